@@ -1,0 +1,51 @@
+//! Fabrik's HTTP API: the axum router under `/api/v1`, the InfluxDB-compatible write
+//! endpoints (`/write`, `/api/v2/write`), bearer-token authentication, `/ready`, `/services`,
+//! `/metrics`, and the OpenAPI document generated from these handlers.
+//!
+//! Handlers translate HTTP to store calls and back; they hold no business logic.
+
+pub mod auth;
+pub mod error;
+pub mod openapi;
+pub mod routes;
+
+use std::sync::Arc;
+
+use fabrik_runtime::Services;
+use fabrik_store::Store;
+use metrics_exporter_prometheus_handle::PrometheusHandle;
+
+pub use auth::Auth;
+pub use error::ApiError;
+pub use routes::router;
+
+/// Re-export so callers need no direct dependency on the exporter crate.
+pub mod metrics_exporter_prometheus_handle {
+    pub use fabrik_runtime::telemetry::PrometheusHandle;
+}
+
+/// Everything handlers need.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The storage engine.
+    pub store: Arc<Store>,
+    /// Service states for `/ready` and `/services`.
+    pub services: Services,
+    /// Token checks.
+    pub auth: Auth,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+    /// Largest accepted body (after decompression).
+    pub max_body_size: usize,
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled; in-flight requests finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}

@@ -1,0 +1,591 @@
+//! Routes and handlers.
+
+use std::io::Read;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Query, RawQuery, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use fabrik_core::{Lineage, Point, Precision, Quality, SourceId, Timestamp, Value};
+use fabrik_store::QueryOutput;
+use fabrik_store::arrow;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::ApiError;
+use crate::{ApiState, Auth};
+
+/// The Arrow IPC stream media type.
+pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
+
+/// Builds the whole router.
+pub fn router(state: ApiState) -> Router {
+    let limit = state.max_body_size;
+    let protected = Router::new()
+        .route("/api/v1/write", post(write_v1))
+        .route("/write", post(write_influx_v1))
+        .route("/api/v2/write", post(write_influx_v2))
+        .route("/api/v1/samples", post(write_samples))
+        .route("/api/v1/query", post(query))
+        .route("/api/v1/tables", get(tables))
+        .route("/api/v1/admin/persist", post(persist))
+        .route("/api/v1/admin/compact", post(compact))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/services", get(services))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/", get(landing))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .merge(protected)
+        // Compressed bodies are limited after decompression, in `body_text`; this bounds what
+        // arrives on the wire (a little headroom over the limit so gzip overhead still fits).
+        .layer(DefaultBodyLimit::max(
+            limit.saturating_add(limit / 8).saturating_add(1024),
+        ))
+        .layer(middleware::from_fn(record_metrics))
+        .with_state(state)
+}
+
+async fn record_metrics(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().to_string();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [("route", route), ("method", method), ("status", status)];
+    metrics::counter!("fabrik_http_requests_total", &labels).increment(1);
+    metrics::histogram!("fabrik_http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn require_token(
+    State(state): State<ApiState>,
+    RawQuery(query): RawQuery,
+    request: Request,
+    next: Next,
+) -> Response {
+    match Auth::token_of(request.headers(), query.as_deref()) {
+        Some(token) if state.auth.check(&token) => next.run(request).await,
+        _ => {
+            metrics::counter!("fabrik_http_unauthorized_total").increment(1);
+            ApiError::unauthorized().into_response()
+        }
+    }
+}
+
+const LANDING: &str = r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Fabrik</title>
+<meta name="viewport" content="width=device-width,initial-scale=1">
+<style>body{font-family:system-ui,sans-serif;max-width:44rem;margin:3rem auto;padding:0 1rem;line-height:1.5}
+code{background:#8882;padding:.1em .3em;border-radius:3px}</style></head><body>
+<h1>Fabrik</h1><p>The API is under <code>/api/v1</code> (contract: <code>/api/v1/openapi.json</code>);
+health at <code>/ready</code>, metrics at <code>/metrics</code>. Every API call needs
+<code>Authorization: Bearer &lt;token&gt;</code>; the admin token is in <code>&lt;data_dir&gt;/admin.token</code>.</p>
+<p>Try: <code>fabrik query "SHOW TABLES"</code></p></body></html>"#;
+
+async fn landing() -> Html<&'static str> {
+    Html(LANDING)
+}
+
+/// Readiness of every service.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadyBody {
+    /// True when every service runs.
+    pub ready: bool,
+    /// Services that are not running, with their state.
+    pub not_ready: Vec<String>,
+}
+
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses((status = 200, description = "every service runs", body = ReadyBody),
+              (status = 503, description = "a service is starting, stopping or failed", body = ReadyBody)))]
+pub(crate) async fn ready(State(state): State<ApiState>) -> Response {
+    let all = state.services.snapshot();
+    let not_ready: Vec<String> = all
+        .iter()
+        .filter(|s| s.state != fabrik_runtime::ServiceState::Running)
+        .map(|s| format!("{}: {:?}", s.name, s.state))
+        .collect();
+    let ready = state.services.ready();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(ReadyBody { ready, not_ready })).into_response()
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
+pub(crate) async fn metrics(State(state): State<ApiState>) -> Response {
+    let (rows, bytes) = state.store.buffer_stats();
+    metrics::gauge!("fabrik_store_buffer_rows").set(rows as f64);
+    metrics::gauge!("fabrik_store_buffer_bytes").set(bytes as f64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// One service and its state.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServiceBody {
+    /// Module name.
+    pub name: String,
+    /// new, starting, running, stopping, terminated or failed.
+    pub state: String,
+    /// The error of a failed service.
+    pub error: Option<String>,
+}
+
+#[utoipa::path(get, path = "/services", tag = "operations", security(("token" = [])),
+    responses((status = 200, body = Vec<ServiceBody>), (status = 401, body = crate::error::ErrorBody)))]
+pub(crate) async fn services(State(state): State<ApiState>) -> Json<Vec<ServiceBody>> {
+    Json(
+        state
+            .services
+            .snapshot()
+            .into_iter()
+            .map(|s| {
+                let (name, error) = match &s.state {
+                    fabrik_runtime::ServiceState::New => ("new", None),
+                    fabrik_runtime::ServiceState::Starting => ("starting", None),
+                    fabrik_runtime::ServiceState::Running => ("running", None),
+                    fabrik_runtime::ServiceState::Stopping => ("stopping", None),
+                    fabrik_runtime::ServiceState::Terminated => ("terminated", None),
+                    fabrik_runtime::ServiceState::Failed(e) => ("failed", Some(e.clone())),
+                };
+                ServiceBody {
+                    name: s.name.to_owned(),
+                    state: name.to_owned(),
+                    error,
+                }
+            })
+            .collect(),
+    )
+}
+
+/// Decompresses (gzip) and decodes a body as UTF-8, enforcing the size limit on the result.
+fn body_text(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<String, ApiError> {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase());
+    let raw: Vec<u8> = match encoding.as_deref() {
+        None | Some("") | Some("identity") => {
+            if body.len() > limit {
+                return Err(ApiError::too_large(limit));
+            }
+            body.into()
+        }
+        Some("gzip") | Some("x-gzip") => {
+            let mut out = Vec::new();
+            let decoder = flate2::read::MultiGzDecoder::new(&body[..]);
+            decoder
+                .take(limit as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| ApiError::bad_request(format!("body is not valid gzip: {e}")))?;
+            if out.len() > limit {
+                return Err(ApiError::too_large(limit));
+            }
+            out
+        }
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_encoding",
+                format!("Content-Encoding `{other}` is not supported; use gzip or none"),
+            ));
+        }
+    };
+    String::from_utf8(raw).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        ApiError::bad_request(format!(
+            "body is not valid UTF-8 at byte {at} (line {line})"
+        ))
+    })
+}
+
+/// Query parameters of `/api/v1/write`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct WriteParams {
+    /// Timestamp unit: ns (default), us, ms or s.
+    pub precision: Option<String>,
+}
+
+/// What a write stored.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WriteResponse {
+    /// Points accepted.
+    pub points: usize,
+    /// The raw-message id stamped on every stored record (lineage).
+    pub raw_id: u64,
+}
+
+fn precision(text: Option<&str>) -> Result<Precision, ApiError> {
+    match text {
+        None | Some("") => Ok(Precision::Ns),
+        Some(p) => Precision::parse(p).map_err(|e| ApiError::bad_request(e.to_string())),
+    }
+}
+
+async fn write_body(
+    state: &ApiState,
+    headers: &HeaderMap,
+    body: Bytes,
+    precision_text: Option<&str>,
+) -> Result<WriteResponse, ApiError> {
+    let precision = precision(precision_text)?;
+    let text = body_text(headers, body, state.max_body_size)?;
+    let report = state
+        .store
+        .write_lines(&text, precision, SourceId::http())
+        .await?;
+    Ok(WriteResponse {
+        points: report.points,
+        raw_id: report.raw_id.0,
+    })
+}
+
+#[utoipa::path(post, path = "/api/v1/write", tag = "write", security(("token" = [])), params(WriteParams),
+    request_body(content = String, content_type = "text/plain", description = "InfluxDB line protocol; may be gzip-compressed (Content-Encoding: gzip)"),
+    responses((status = 200, description = "every line stored and durable", body = WriteResponse),
+              (status = 400, description = "a line is malformed (line, column and reason named) or a field type conflicts; nothing stored", body = crate::error::ErrorBody),
+              (status = 401, body = crate::error::ErrorBody),
+              (status = 413, description = "body over http.max_body_size", body = crate::error::ErrorBody),
+              (status = 507, description = "disk full; nothing stored", body = crate::error::ErrorBody)))]
+pub(crate) async fn write_v1(
+    State(state): State<ApiState>,
+    Query(params): Query<WriteParams>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<WriteResponse>, ApiError> {
+    write_body(&state, &headers, body, params.precision.as_deref())
+        .await
+        .map(Json)
+}
+
+/// InfluxDB 1.x `/write` parameters (db, rp, u and p are accepted and ignored but for `p`).
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct InfluxV1Params {
+    /// n, ns, u, us, ms or s.
+    pub precision: Option<String>,
+    /// Database (ignored: the measurement is the table).
+    pub db: Option<String>,
+    /// Retention policy (ignored).
+    pub rp: Option<String>,
+}
+
+#[utoipa::path(post, path = "/write", tag = "write", security(("token" = [])), params(InfluxV1Params),
+    request_body(content = String, content_type = "text/plain"),
+    responses((status = 204, description = "stored"), (status = 400, body = crate::error::ErrorBody)))]
+pub(crate) async fn write_influx_v1(
+    State(state): State<ApiState>,
+    Query(params): Query<InfluxV1Params>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    write_body(&state, &headers, body, params.precision.as_deref()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// InfluxDB 2.x `/api/v2/write` parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct InfluxV2Params {
+    /// ns, us, ms or s.
+    pub precision: Option<String>,
+    /// Organisation (ignored).
+    pub org: Option<String>,
+    /// Bucket (ignored: the measurement is the table).
+    pub bucket: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v2/write", tag = "write", security(("token" = [])), params(InfluxV2Params),
+    request_body(content = String, content_type = "text/plain"),
+    responses((status = 204, description = "stored"), (status = 400, body = crate::error::ErrorBody)))]
+pub(crate) async fn write_influx_v2(
+    State(state): State<ApiState>,
+    Query(params): Query<InfluxV2Params>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    write_body(&state, &headers, body, params.precision.as_deref()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// One sample in a JSON batch.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SampleIn {
+    /// The table.
+    pub measurement: String,
+    /// Tags (series key).
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// Fields: numbers (integers stay integers), booleans or strings.
+    #[schema(value_type = Object)]
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    /// Nanoseconds since the epoch; the receipt time when absent.
+    pub time: Option<i64>,
+    /// good (default), uncertain or bad.
+    pub quality: Option<String>,
+}
+
+/// A JSON batch.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SamplesIn {
+    /// The samples; all are stored or none.
+    pub samples: Vec<SampleIn>,
+}
+
+fn to_point(i: usize, s: SampleIn, now: i64) -> Result<Point, ApiError> {
+    let at = |msg: String| ApiError::bad_request(format!("samples[{i}]: {msg}"));
+    let mut fields = Vec::with_capacity(s.fields.len());
+    for (k, v) in s.fields {
+        let value = match v {
+            serde_json::Value::Bool(b) => Value::Bool(b),
+            serde_json::Value::String(t) => Value::Str(t),
+            serde_json::Value::Number(n) => {
+                if let Some(x) = n.as_i64() {
+                    Value::I64(x)
+                } else if let Some(x) = n.as_u64() {
+                    Value::U64(x)
+                } else if let Some(x) = n.as_f64() {
+                    Value::F64(x)
+                } else {
+                    return Err(at(format!("field `{k}` is not a representable number")));
+                }
+            }
+            other => {
+                return Err(at(format!(
+                    "field `{k}` must be a number, boolean or string, not {other}"
+                )));
+            }
+        };
+        fields.push((k, value));
+    }
+    let quality = match s.quality.as_deref() {
+        None => Quality::Good,
+        Some(q) => Quality::parse(q).map_err(|e| at(e.to_string()))?,
+    };
+    Ok(Point {
+        measurement: s.measurement,
+        tags: s.tags.into_iter().collect(),
+        fields,
+        time: Timestamp(s.time.unwrap_or(now)),
+        quality,
+    })
+}
+
+#[utoipa::path(post, path = "/api/v1/samples", tag = "write", security(("token" = [])),
+    request_body(content = SamplesIn, description = "may be gzip-compressed"),
+    responses((status = 200, body = WriteResponse), (status = 400, body = crate::error::ErrorBody)))]
+pub(crate) async fn write_samples(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<WriteResponse>, ApiError> {
+    let text = body_text(&headers, body, state.max_body_size)?;
+    let batch: SamplesIn = serde_json::from_str(&text).map_err(|e| {
+        ApiError::bad_request(format!(
+            "invalid JSON at line {}, column {}: {e}",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let now = Timestamp::now().nanos();
+    let points = batch
+        .samples
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| to_point(i, s, now))
+        .collect::<Result<Vec<_>, _>>()?;
+    let lineage = Lineage {
+        source: SourceId::http(),
+        raw_id: state.store.next_raw_id(),
+        mapping_version: 0,
+    };
+    let report = state
+        .store
+        .write_points(&points, lineage, "samples")
+        .await?;
+    Ok(Json(WriteResponse {
+        points: report.points,
+        raw_id: report.raw_id.0,
+    }))
+}
+
+/// A SQL query.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryIn {
+    /// The SQL (SELECT, SHOW, EXPLAIN, DESCRIBE; no DDL or DML).
+    pub sql: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/query", tag = "query", security(("token" = [])),
+    request_body = QueryIn,
+    responses((status = 200, description = "JSON array of row objects (default); CSV with a header row for `Accept: text/csv`; an Arrow IPC stream for `Accept: application/vnd.apache.arrow.stream`",
+               content((Vec<Object> = "application/json"), (String = "text/csv"), (Vec<u8> = "application/vnd.apache.arrow.stream"))),
+              (status = 400, description = "SQL syntax error, unknown table or column (the engine's message)", body = crate::error::ErrorBody),
+              (status = 408, description = "cancelled after query.timeout", body = crate::error::ErrorBody)))]
+pub(crate) async fn query(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let text = body_text(&headers, body, state.max_body_size)?;
+    let q: QueryIn = serde_json::from_str(&text).map_err(|e| {
+        ApiError::bad_request(format!(
+            "invalid JSON body: {e}; expected {{\"sql\": \"...\"}}"
+        ))
+    })?;
+    let output = state.store.query(&q.sql).await?;
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let format = if accept.contains(ARROW_STREAM) {
+        Format::Arrow
+    } else if accept.contains("text/csv") {
+        Format::Csv
+    } else {
+        Format::Json
+    };
+    let encoded = tokio::task::spawn_blocking(move || encode(&output, format))
+        .await
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
+    let content_type = match format {
+        Format::Json => "application/json",
+        Format::Csv => "text/csv; charset=utf-8",
+        Format::Arrow => ARROW_STREAM,
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], Body::from(encoded)).into_response())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Format {
+    Json,
+    Csv,
+    Arrow,
+}
+
+fn encode(output: &QueryOutput, format: Format) -> Result<Vec<u8>, ApiError> {
+    let fail = |e: arrow::error::ArrowError| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("encoding the result: {e}"),
+        )
+    };
+    let mut out = Vec::new();
+    match format {
+        Format::Json => {
+            let mut writer = arrow::json::WriterBuilder::new()
+                .with_explicit_nulls(true)
+                .build::<_, arrow::json::writer::JsonArray>(&mut out);
+            for b in &output.batches {
+                writer.write(b).map_err(fail)?;
+            }
+            writer.finish().map_err(fail)?;
+            drop(writer);
+            if out.is_empty() {
+                out.extend_from_slice(b"[]");
+            }
+        }
+        Format::Csv => {
+            let mut writer = arrow::csv::WriterBuilder::new()
+                .with_header(true)
+                .build(&mut out);
+            if output.batches.is_empty() {
+                let names: Vec<&str> = output
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect();
+                drop(writer);
+                out.extend_from_slice(names.join(",").as_bytes());
+                out.push(b'\n');
+            } else {
+                for b in &output.batches {
+                    writer.write(b).map_err(fail)?;
+                }
+            }
+        }
+        Format::Arrow => {
+            let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut out, &output.schema)
+                .map_err(fail)?;
+            for b in &output.batches {
+                writer.write(b).map_err(fail)?;
+            }
+            writer.finish().map_err(fail)?;
+        }
+    }
+    Ok(out)
+}
+
+/// A table.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TableBody {
+    /// Name (the measurement).
+    pub name: String,
+    /// Tag columns.
+    pub tags: Vec<String>,
+    /// Field columns: name → type.
+    pub fields: std::collections::BTreeMap<String, String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/tables", tag = "query", security(("token" = [])),
+    responses((status = 200, body = Vec<TableBody>)))]
+pub(crate) async fn tables(State(state): State<ApiState>) -> Json<Vec<TableBody>> {
+    Json(
+        state
+            .store
+            .tables()
+            .into_iter()
+            .map(|t| TableBody {
+                name: t.name,
+                tags: t.tags,
+                fields: t.fields.into_iter().collect(),
+            })
+            .collect(),
+    )
+}
+
+#[utoipa::path(post, path = "/api/v1/admin/persist", tag = "operations", security(("token" = [])),
+    responses((status = 204, description = "the buffer is in Parquet segments")))]
+pub(crate) async fn persist(State(state): State<ApiState>) -> Result<StatusCode, ApiError> {
+    state.store.persist().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/admin/compact", tag = "operations", security(("token" = [])),
+    responses((status = 204, description = "segments merged and retention applied")))]
+pub(crate) async fn compact(State(state): State<ApiState>) -> Result<StatusCode, ApiError> {
+    state.store.compact().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "operations", security(("token" = [])),
+    responses((status = 200, description = "this document", content_type = "application/json")))]
+pub(crate) async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::document(),
+    )
+        .into_response()
+}

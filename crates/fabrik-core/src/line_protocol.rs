@@ -1,0 +1,401 @@
+//! InfluxDB line protocol, parsed without copying.
+//!
+//! ```text
+//! measurement[,tag=value...] field=value[,field=value...] [timestamp]
+//! ```
+//!
+//! Escaping follows InfluxDB: in measurements `\,` and `\ `; in tag keys, tag values and field
+//! keys also `\=`; in string field values `\"` and `\\`. A backslash before any other
+//! character is kept as it is. Field values are floats (`1`, `1.5`, `-2e3`), signed integers
+//! (`1i`), unsigned integers (`1u`), booleans (`t`, `true`, `F`, `FALSE`, ...) or double-quoted
+//! strings. Blank lines and lines starting with `#` are skipped.
+//!
+//! Errors name the 1-based line and column (in characters) and the reason, so a client can
+//! find the bad byte in a 5,000-line batch.
+
+use std::borrow::Cow;
+
+/// A parsed field value; strings borrow from the request body unless they had escapes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldValue<'a> {
+    /// A float (no suffix).
+    F64(f64),
+    /// A signed integer (`i` suffix).
+    I64(i64),
+    /// An unsigned integer (`u` suffix).
+    U64(u64),
+    /// A boolean.
+    Bool(bool),
+    /// A double-quoted string.
+    Str(Cow<'a, str>),
+}
+
+/// One parsed line. Reuse one `Line` across a body with [`parse_line`] to avoid allocating.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Line<'a> {
+    /// The measurement (table).
+    pub measurement: Cow<'a, str>,
+    /// Tags in the order they were written.
+    pub tags: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    /// Fields; a key written twice in one line keeps its last value.
+    pub fields: Vec<(Cow<'a, str>, FieldValue<'a>)>,
+    /// The timestamp as written (in the request's precision), if any.
+    pub timestamp: Option<i64>,
+    /// The 1-based line number in the body.
+    pub line_number: usize,
+}
+
+/// Where and why a line failed to parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}, column {column}: {reason}")]
+pub struct LineError {
+    /// 1-based line number.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub column: usize,
+    /// What was wrong.
+    pub reason: String,
+}
+
+/// Iterates over the non-blank, non-comment lines of a body with their 1-based numbers.
+pub fn lines(body: &str) -> impl Iterator<Item = (usize, &str)> {
+    body.split('\n').enumerate().filter_map(|(i, raw)| {
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        let trimmed = line.trim_start_matches([' ', '\t']);
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            None
+        } else {
+            Some((i + 1, trimmed))
+        }
+    })
+}
+
+/// Parses every line of a body into owned-or-borrowed lines; stops at the first error.
+pub fn parse_body(body: &str) -> Result<Vec<Line<'_>>, LineError> {
+    let mut out = Vec::new();
+    for (number, text) in lines(body) {
+        let mut line = Line::default();
+        parse_line(text, number, &mut line)?;
+        out.push(line);
+    }
+    Ok(out)
+}
+
+/// Parses one line (without its newline) into `out`, reusing `out`'s vectors.
+pub fn parse_line<'a>(
+    text: &'a str,
+    line_number: usize,
+    out: &mut Line<'a>,
+) -> Result<(), LineError> {
+    out.tags.clear();
+    out.fields.clear();
+    out.timestamp = None;
+    out.line_number = line_number;
+    let mut p = Parser {
+        text,
+        bytes: text.as_bytes(),
+        pos: 0,
+        line_number,
+    };
+    out.measurement = p.measurement()?;
+    if p.peek() == Some(b',') {
+        p.pos += 1;
+        p.tags(&mut out.tags)?;
+    }
+    p.expect_spaces("expected a space and fields after the measurement and tags")?;
+    p.fields(&mut out.fields)?;
+    out.timestamp = p.timestamp()?;
+    Ok(())
+}
+
+struct Parser<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    pos: usize,
+    line_number: usize,
+}
+
+/// Which characters a backslash escapes in an identifier.
+#[derive(Clone, Copy)]
+enum Escapes {
+    /// `,` and space.
+    Measurement,
+    /// `,`, `=` and space.
+    Key,
+}
+
+impl Escapes {
+    fn escapes(self, b: u8) -> bool {
+        match self {
+            Self::Measurement => matches!(b, b',' | b' '),
+            Self::Key => matches!(b, b',' | b' ' | b'='),
+        }
+    }
+}
+
+impl<'a> Parser<'a> {
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.pos).copied()
+    }
+
+    fn error_at(&self, pos: usize, reason: impl Into<String>) -> LineError {
+        let column = self.text.get(..pos).map_or(pos, |s| s.chars().count()) + 1;
+        LineError {
+            line: self.line_number,
+            column,
+            reason: reason.into(),
+        }
+    }
+
+    /// Scans an escaped identifier up to one of the `stops`; returns it unescaped.
+    fn ident(&mut self, escapes: Escapes, stops: &[u8]) -> Cow<'a, str> {
+        let start = self.pos;
+        let mut has_escape = false;
+        while let Some(&b) = self.bytes.get(self.pos) {
+            if b == b'\\' {
+                if let Some(&next) = self.bytes.get(self.pos + 1)
+                    && escapes.escapes(next)
+                {
+                    has_escape = true;
+                    self.pos += 2;
+                    continue;
+                }
+                self.pos += 1;
+                continue;
+            }
+            if stops.contains(&b) {
+                break;
+            }
+            self.pos += 1;
+        }
+        let raw = &self.text[start..self.pos];
+        if !has_escape {
+            return Cow::Borrowed(raw);
+        }
+        let mut unescaped = String::with_capacity(raw.len());
+        let mut chars = raw.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\\'
+                && let Some(&next) = chars.peek()
+                && next.is_ascii()
+                && escapes.escapes(next as u8)
+            {
+                unescaped.push(next);
+                chars.next();
+                continue;
+            }
+            unescaped.push(c);
+        }
+        Cow::Owned(unescaped)
+    }
+
+    fn measurement(&mut self) -> Result<Cow<'a, str>, LineError> {
+        let start = self.pos;
+        let name = self.ident(Escapes::Measurement, b", ");
+        if name.is_empty() {
+            return Err(self.error_at(start, "missing measurement"));
+        }
+        Ok(name)
+    }
+
+    fn key(&mut self, what: &str) -> Result<Cow<'a, str>, LineError> {
+        let start = self.pos;
+        let key = self.ident(Escapes::Key, b",= ");
+        if key.is_empty() {
+            return Err(self.error_at(start, format!("missing {what} key")));
+        }
+        if self.peek() != Some(b'=') {
+            return Err(self.error_at(self.pos, format!("{what} key `{key}` has no '=' and value")));
+        }
+        if key == "time" {
+            return Err(self.error_at(
+                start,
+                format!("`time` is reserved and cannot be a {what} key"),
+            ));
+        }
+        self.pos += 1;
+        Ok(key)
+    }
+
+    fn tags(&mut self, tags: &mut Vec<(Cow<'a, str>, Cow<'a, str>)>) -> Result<(), LineError> {
+        loop {
+            let key_start = self.pos;
+            let key = self.key("tag")?;
+            let value_start = self.pos;
+            let value = self.ident(Escapes::Key, b", ");
+            if value.is_empty() {
+                return Err(self.error_at(value_start, format!("tag `{key}` has an empty value")));
+            }
+            if tags.iter().any(|(k, _)| *k == key) {
+                return Err(self.error_at(key_start, format!("duplicate tag key `{key}`")));
+            }
+            tags.push((key, value));
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    fn expect_spaces(&mut self, reason: &str) -> Result<(), LineError> {
+        if self.peek() != Some(b' ') {
+            return Err(self.error_at(self.pos, reason));
+        }
+        while self.peek() == Some(b' ') {
+            self.pos += 1;
+        }
+        if self.pos >= self.bytes.len() {
+            return Err(self.error_at(self.pos, "missing fields"));
+        }
+        Ok(())
+    }
+
+    fn fields(
+        &mut self,
+        fields: &mut Vec<(Cow<'a, str>, FieldValue<'a>)>,
+    ) -> Result<(), LineError> {
+        loop {
+            let key = self.key("field")?;
+            let value = self.field_value(&key)?;
+            if let Some(slot) = fields.iter_mut().find(|(k, _)| *k == key) {
+                slot.1 = value;
+            } else {
+                fields.push((key, value));
+            }
+            match self.peek() {
+                Some(b',') => self.pos += 1,
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    fn field_value(&mut self, key: &str) -> Result<FieldValue<'a>, LineError> {
+        let start = self.pos;
+        if self.peek() == Some(b'"') {
+            return self.string_value(key);
+        }
+        while let Some(&b) = self.bytes.get(self.pos) {
+            if b == b',' || b == b' ' {
+                break;
+            }
+            self.pos += 1;
+        }
+        let raw = &self.text[start..self.pos];
+        if raw.is_empty() {
+            return Err(self.error_at(start, format!("field `{key}` has no value")));
+        }
+        let invalid = |p: &Self, what: &str| {
+            p.error_at(
+                start,
+                format!("field `{key}`: invalid {what} value `{raw}`"),
+            )
+        };
+        if let Some(digits) = raw.strip_suffix('i') {
+            return digits
+                .parse::<i64>()
+                .map(FieldValue::I64)
+                .map_err(|_| invalid(self, "integer"));
+        }
+        if let Some(digits) = raw.strip_suffix('u') {
+            return digits
+                .parse::<u64>()
+                .map(FieldValue::U64)
+                .map_err(|_| invalid(self, "unsigned integer"));
+        }
+        match raw {
+            "t" | "T" | "true" | "True" | "TRUE" => return Ok(FieldValue::Bool(true)),
+            "f" | "F" | "false" | "False" | "FALSE" => return Ok(FieldValue::Bool(false)),
+            _ => {}
+        }
+        // Rust's float parser also takes `inf` and `NaN`, which line protocol does not.
+        let first = raw.as_bytes()[0];
+        if !(first.is_ascii_digit() || matches!(first, b'-' | b'+' | b'.')) {
+            return Err(self.error_at(
+                start,
+                format!("field `{key}`: invalid value `{raw}` (strings must be double-quoted)"),
+            ));
+        }
+        match raw.parse::<f64>() {
+            Ok(v) if v.is_finite() => Ok(FieldValue::F64(v)),
+            _ => Err(invalid(self, "float")),
+        }
+    }
+
+    fn string_value(&mut self, key: &str) -> Result<FieldValue<'a>, LineError> {
+        let open = self.pos;
+        self.pos += 1;
+        let start = self.pos;
+        let mut has_escape = false;
+        loop {
+            match self.bytes.get(self.pos) {
+                None => {
+                    return Err(self.error_at(open, format!("field `{key}`: unterminated string")));
+                }
+                Some(b'\\') if matches!(self.bytes.get(self.pos + 1), Some(b'"' | b'\\')) => {
+                    has_escape = true;
+                    self.pos += 2;
+                }
+                Some(b'"') => break,
+                Some(_) => self.pos += 1,
+            }
+        }
+        let raw = &self.text[start..self.pos];
+        self.pos += 1; // closing quote
+        match self.peek() {
+            None | Some(b',') | Some(b' ') => {}
+            Some(_) => {
+                return Err(self.error_at(
+                    self.pos,
+                    format!("field `{key}`: unexpected character after closing quote"),
+                ));
+            }
+        }
+        if !has_escape {
+            return Ok(FieldValue::Str(Cow::Borrowed(raw)));
+        }
+        let mut unescaped = String::with_capacity(raw.len());
+        let mut chars = raw.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '\\'
+                && let Some(&next @ ('"' | '\\')) = chars.peek()
+            {
+                unescaped.push(next);
+                chars.next();
+                continue;
+            }
+            unescaped.push(c);
+        }
+        Ok(FieldValue::Str(Cow::Owned(unescaped)))
+    }
+
+    fn timestamp(&mut self) -> Result<Option<i64>, LineError> {
+        while matches!(self.peek(), Some(b' ' | b'\t')) {
+            self.pos += 1;
+        }
+        let start = self.pos;
+        if start >= self.bytes.len() {
+            return Ok(None);
+        }
+        while let Some(&b) = self.bytes.get(self.pos) {
+            if b == b' ' || b == b'\t' {
+                break;
+            }
+            self.pos += 1;
+        }
+        let raw = &self.text[start..self.pos];
+        let value = raw
+            .parse::<i64>()
+            .map_err(|_| self.error_at(start, format!("invalid timestamp `{raw}`")))?;
+        while matches!(self.peek(), Some(b' ' | b'\t')) {
+            self.pos += 1;
+        }
+        if self.pos < self.bytes.len() {
+            return Err(self.error_at(self.pos, "unexpected text after the timestamp"));
+        }
+        Ok(Some(value))
+    }
+}
+
+#[cfg(test)]
+#[path = "line_protocol_tests.rs"]
+mod tests;

@@ -1,0 +1,102 @@
+//! Golden tests: `testdata/line_protocol.golden` holds `> input` / `< expected` pairs.
+//! Regenerate after an intended change with `UPDATE_GOLDEN=1 cargo test -p fabrik-core`
+//! and review the diff.
+
+use super::*;
+
+fn render(line: &Line<'_>) -> String {
+    let tags: Vec<String> = line
+        .tags
+        .iter()
+        .map(|(k, v)| format!("{k:?}={v:?}"))
+        .collect();
+    let fields: Vec<String> = line
+        .fields
+        .iter()
+        .map(|(k, v)| match v {
+            FieldValue::F64(x) => format!("{k:?}=float({x:?})"),
+            FieldValue::I64(x) => format!("{k:?}=int({x})"),
+            FieldValue::U64(x) => format!("{k:?}=uint({x})"),
+            FieldValue::Bool(x) => format!("{k:?}=bool({x})"),
+            FieldValue::Str(x) => format!("{k:?}=string({x:?})"),
+        })
+        .collect();
+    let ts = line
+        .timestamp
+        .map_or_else(|| "none".to_owned(), |t| t.to_string());
+    format!(
+        "measurement={:?} tags=[{}] fields=[{}] time={ts}",
+        line.measurement,
+        tags.join(" "),
+        fields.join(" ")
+    )
+}
+
+fn run_one(input: &str) -> String {
+    let mut line = Line::default();
+    match parse_line(input, 1, &mut line) {
+        Ok(()) => render(&line),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+#[test]
+fn golden_line_protocol() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/line_protocol.golden");
+    let golden = std::fs::read_to_string(path).expect("golden file");
+    let mut regenerated = String::new();
+    let mut failures = Vec::new();
+    let mut input: Option<&str> = None;
+    for raw in golden.lines() {
+        if let Some(rest) = raw.strip_prefix("> ") {
+            input = Some(rest);
+            regenerated.push_str(raw);
+            regenerated.push('\n');
+        } else if let Some(expected) = raw.strip_prefix("< ") {
+            let case = input.take().expect("`<` line without a `>` line");
+            let actual = run_one(case);
+            if actual != expected {
+                failures.push(format!(
+                    "input:    {case}\nexpected: {expected}\nactual:   {actual}"
+                ));
+            }
+            regenerated.push_str("< ");
+            regenerated.push_str(&actual);
+            regenerated.push('\n');
+        } else {
+            regenerated.push_str(raw);
+            regenerated.push('\n');
+        }
+    }
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(path, regenerated).expect("write golden");
+        return;
+    }
+    assert!(
+        failures.is_empty(),
+        "golden mismatches:\n\n{}",
+        failures.join("\n\n")
+    );
+}
+
+#[test]
+fn lines_skips_blank_and_comment_lines_and_numbers_from_one() {
+    let body = "# header\n\ncpu v=1 1\r\n  \n  mem v=2\n";
+    let got: Vec<(usize, &str)> = lines(body).collect();
+    assert_eq!(got, vec![(3, "cpu v=1 1"), (5, "mem v=2")]);
+}
+
+#[test]
+fn parse_body_reports_the_failing_line_number() {
+    let body = "cpu v=1\ncpu v=2\ncpu v=oops\n";
+    let err = parse_body(body).expect_err("third line is bad");
+    assert_eq!(err.line, 3);
+    assert_eq!(err.column, 7);
+    assert!(err.reason.contains("oops"), "{err}");
+}
+
+#[test]
+fn column_counts_characters_not_bytes() {
+    let err = parse_body("mëßung,tag=ü v=x").expect_err("bad float");
+    assert_eq!(err.column, 16);
+}

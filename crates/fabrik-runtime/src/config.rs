@@ -1,0 +1,633 @@
+//! Configuration: raw TOML (+ `FABRIK__<SECTION>__<KEY>` environment overrides) is checked
+//! against the shape of the defaults, so every unknown field and wrong type is reported at
+//! once with its dotted path, then validated into typed [`Settings`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ConfigProblem, RuntimeError};
+use crate::units::{parse_bytes, parse_duration};
+
+/// The commented example configuration printed by `fabrik config example`. A test checks
+/// that it parses and equals the defaults, so it cannot drift from the code.
+pub const EXAMPLE: &str = include_str!("../fabrik.example.toml");
+
+/// The prefix of environment overrides: `FABRIK__HTTP__LISTEN=0.0.0.0:7800`.
+pub const ENV_PREFIX: &str = "FABRIK__";
+
+/// The configuration as written by the user.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The HTTP API.
+    pub http: HttpConfig,
+    /// The storage engine.
+    pub store: StoreConfig,
+    /// SQL queries.
+    pub query: QueryConfig,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address of the API and dashboard.
+    pub listen: String,
+    /// Largest accepted request body (after gzip decompression).
+    pub max_body_size: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7800".into(),
+            max_body_size: "64MiB".into(),
+        }
+    }
+}
+
+/// `[store]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Where the WAL, segments and tokens live.
+    pub data_dir: String,
+    /// Width of a time partition of the Parquet segments.
+    pub partition: String,
+    /// How often the in-memory buffer is persisted to Parquet.
+    pub flush_interval: String,
+    /// Persist earlier when the buffer holds this many bytes.
+    pub flush_buffer_size: String,
+    /// How often partitions with several segments are merged.
+    pub compaction_interval: String,
+    /// Default retention: a duration, or `forever`.
+    pub retention: String,
+    /// Per-table overrides.
+    pub tables: BTreeMap<String, TableConfig>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: "./fabrik-data".into(),
+            partition: "1d".into(),
+            flush_interval: "5m".into(),
+            flush_buffer_size: "256MiB".into(),
+            compaction_interval: "1m".into(),
+            retention: "forever".into(),
+            tables: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[store.tables.<name>]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TableConfig {
+    /// Retention of this table: a duration, or `forever`.
+    pub retention: String,
+}
+
+impl Default for TableConfig {
+    fn default() -> Self {
+        Self {
+            retention: "forever".into(),
+        }
+    }
+}
+
+/// `[query]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    /// A query running longer is cancelled and answered 408.
+    pub timeout: String,
+    /// Threads of the query pool (0: one per core). Queries never run on ingest threads.
+    pub threads: i64,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            timeout: "30s".into(),
+            threads: 0,
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// The admin token. Empty: generate one on first start and keep it in
+    /// `<data_dir>/admin.token` (mode 0600). Prefer `FABRIK__AUTH__ADMIN_TOKEN` to a file.
+    pub admin_token: String,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter: `info`, `debug`, `fabrik_store=debug,info`, ...
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+        }
+    }
+}
+
+/// Retention of a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Keep everything.
+    Forever,
+    /// Drop data older than this.
+    For(Duration),
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// HTTP listen address.
+    pub http_listen: SocketAddr,
+    /// Body limit in bytes.
+    pub http_max_body_size: usize,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Partition width.
+    pub partition: Duration,
+    /// Flush interval.
+    pub flush_interval: Duration,
+    /// Flush threshold in bytes.
+    pub flush_buffer_size: u64,
+    /// Compaction interval.
+    pub compaction_interval: Duration,
+    /// Default retention.
+    pub retention: Retention,
+    /// Per-table retention.
+    pub table_retention: BTreeMap<String, Retention>,
+    /// Query timeout.
+    pub query_timeout: Duration,
+    /// Query threads (at least 1).
+    pub query_threads: usize,
+    /// Admin token from the config or environment, if given.
+    pub admin_token: Option<String>,
+    /// Log filter.
+    pub log_level: String,
+}
+
+impl Config {
+    /// Loads a config file (or the defaults when `path` is `None`), applies environment
+    /// overrides from `env`, and checks the shape. Every problem is reported at once.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, RuntimeError> {
+        let (origin, text) = match path {
+            Some(p) => (
+                p.display().to_string(),
+                std::fs::read_to_string(p).map_err(|source| RuntimeError::ReadConfig {
+                    path: p.to_path_buf(),
+                    source,
+                })?,
+            ),
+            None => ("defaults".to_owned(), String::new()),
+        };
+        Self::from_toml(&origin, &text, env)
+    }
+
+    /// Like [`Config::load`] from text already read.
+    pub fn from_toml(
+        origin: &str,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, RuntimeError> {
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| RuntimeError::Syntax {
+                    origin: origin.to_owned(),
+                    message: e.to_string(),
+                })?;
+        let template =
+            toml::Table::try_from(Config::default()).map_err(|e| RuntimeError::Syntax {
+                origin: "defaults".into(),
+                message: e.to_string(),
+            })?;
+        let mut problems = Vec::new();
+        apply_env(&mut table, &template, env, &mut problems);
+        check_shape(&table, &template, "", &mut problems);
+        if !problems.is_empty() {
+            return Err(RuntimeError::Invalid {
+                origin: origin.to_owned(),
+                problems,
+            });
+        }
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| RuntimeError::Invalid {
+                origin: origin.to_owned(),
+                problems: vec![ConfigProblem {
+                    path: "(config)".into(),
+                    message: e.to_string(),
+                }],
+            })
+    }
+
+    /// Validates values into [`Settings`], reporting every problem at once.
+    pub fn validate(&self, origin: &str) -> Result<Settings, RuntimeError> {
+        let mut problems = Vec::new();
+        let mut problem = |path: &str, message: String| {
+            problems.push(ConfigProblem {
+                path: path.to_owned(),
+                message,
+            })
+        };
+        let http_listen = self
+            .http
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| {
+                problem(
+                    "http.listen",
+                    format!("`{}` is not ip:port ({e})", self.http.listen),
+                )
+            })
+            .ok();
+        let http_max_body_size = parse_bytes(&self.http.max_body_size)
+            .map_err(|e| problem("http.max_body_size", e))
+            .ok()
+            .and_then(|v| usize::try_from(v).ok());
+        if self.store.data_dir.trim().is_empty() {
+            problem("store.data_dir", "must not be empty".into());
+        }
+        let mut duration = |path: &str, text: &str| match parse_duration(text) {
+            Ok(d) if d.is_zero() => {
+                problem(path, "must be greater than zero".into());
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                problem(path, e);
+                None
+            }
+        };
+        let partition = duration("store.partition", &self.store.partition);
+        let flush_interval = duration("store.flush_interval", &self.store.flush_interval);
+        let compaction_interval =
+            duration("store.compaction_interval", &self.store.compaction_interval);
+        let query_timeout = duration("query.timeout", &self.query.timeout);
+        let retention_of = |text: &str| -> Result<Retention, String> {
+            if text == "forever" {
+                Ok(Retention::Forever)
+            } else {
+                match parse_duration(text)? {
+                    d if d.is_zero() => Err("must be greater than zero (or `forever`)".into()),
+                    d => Ok(Retention::For(d)),
+                }
+            }
+        };
+        let retention = retention_of(&self.store.retention)
+            .map_err(|e| problem("store.retention", e))
+            .ok();
+        let mut table_retention = BTreeMap::new();
+        for (name, table) in &self.store.tables {
+            match retention_of(&table.retention) {
+                Ok(r) => {
+                    table_retention.insert(name.clone(), r);
+                }
+                Err(e) => problem(&format!("store.tables.{name}.retention"), e),
+            }
+        }
+        let flush_buffer_size = parse_bytes(&self.store.flush_buffer_size)
+            .map_err(|e| problem("store.flush_buffer_size", e))
+            .ok();
+        let query_threads = match self.query.threads {
+            0 => std::thread::available_parallelism().map_or(2, usize::from),
+            n if n > 0 => usize::try_from(n).unwrap_or(1),
+            n => {
+                problem("query.threads", format!("{n} is negative"));
+                1
+            }
+        };
+        match (
+            http_listen,
+            http_max_body_size,
+            partition,
+            flush_interval,
+            flush_buffer_size,
+            compaction_interval,
+            retention,
+            query_timeout,
+        ) {
+            (
+                Some(http_listen),
+                Some(http_max_body_size),
+                Some(partition),
+                Some(flush_interval),
+                Some(flush_buffer_size),
+                Some(compaction_interval),
+                Some(retention),
+                Some(query_timeout),
+            ) if problems.is_empty() => Ok(Settings {
+                http_listen,
+                http_max_body_size,
+                data_dir: PathBuf::from(&self.store.data_dir),
+                partition,
+                flush_interval,
+                flush_buffer_size,
+                compaction_interval,
+                retention,
+                table_retention,
+                query_timeout,
+                query_threads,
+                admin_token: Some(self.auth.admin_token.clone()).filter(|t| !t.is_empty()),
+                log_level: self.log.level.clone(),
+            }),
+            _ => Err(RuntimeError::Invalid {
+                origin: origin.to_owned(),
+                problems,
+            }),
+        }
+    }
+}
+
+/// Applies `FABRIK__SECTION__KEY=value` overrides. The value is typed after the default at
+/// that path (so `FABRIK__QUERY__THREADS=4` is an integer); unknown paths are strings.
+fn apply_env(
+    table: &mut toml::Table,
+    template: &toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+    problems: &mut Vec<ConfigProblem>,
+) {
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    vars.sort();
+    for (name, raw) in vars {
+        let path: Vec<String> = name[ENV_PREFIX.len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if path.iter().any(String::is_empty) {
+            problems.push(ConfigProblem {
+                path: name.clone(),
+                message: "malformed variable name (expected FABRIK__SECTION__KEY)".into(),
+            });
+            continue;
+        }
+        let typed = match lookup(template, &path) {
+            Some(toml::Value::Integer(_)) => raw
+                .trim()
+                .parse::<i64>()
+                .map(toml::Value::Integer)
+                .map_err(|_| "an integer"),
+            Some(toml::Value::Boolean(_)) => raw
+                .trim()
+                .parse::<bool>()
+                .map(toml::Value::Boolean)
+                .map_err(|_| "true or false"),
+            Some(toml::Value::Float(_)) => raw
+                .trim()
+                .parse::<f64>()
+                .map(toml::Value::Float)
+                .map_err(|_| "a number"),
+            _ => Ok(toml::Value::String(raw.clone())),
+        };
+        let value = match typed {
+            Ok(v) => v,
+            Err(expected) => {
+                problems.push(ConfigProblem {
+                    path: name.clone(),
+                    message: format!("`{raw}` is not {expected}"),
+                });
+                continue;
+            }
+        };
+        if let Err(message) = insert_path(table, &path, value) {
+            problems.push(ConfigProblem {
+                path: name.clone(),
+                message,
+            });
+        }
+    }
+}
+
+fn insert_path(table: &mut toml::Table, path: &[String], value: toml::Value) -> Result<(), String> {
+    match path {
+        [] => Ok(()),
+        [last] => {
+            table.insert(last.clone(), value);
+            Ok(())
+        }
+        [first, rest @ ..] => match table
+            .entry(first.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        {
+            toml::Value::Table(t) => insert_path(t, rest, value),
+            _ => Err(format!("`{first}` is not a section")),
+        },
+    }
+}
+
+fn lookup<'a>(template: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value> {
+    let (first, rest) = path.split_first()?;
+    let value = template.get(first)?;
+    if rest.is_empty() {
+        return Some(value);
+    }
+    match value {
+        toml::Value::Table(t) => lookup(t, rest),
+        _ => None,
+    }
+}
+
+/// Tables whose keys are user-chosen names, and the template each entry must follow.
+fn map_template(path: &str) -> Option<toml::Table> {
+    match path {
+        "store.tables" => toml::Table::try_from(TableConfig::default()).ok(),
+        _ => None,
+    }
+}
+
+fn type_name(v: &toml::Value) -> &'static str {
+    match v {
+        toml::Value::String(_) => "a string",
+        toml::Value::Integer(_) => "an integer",
+        toml::Value::Float(_) => "a float",
+        toml::Value::Boolean(_) => "a boolean",
+        toml::Value::Datetime(_) => "a datetime",
+        toml::Value::Array(_) => "an array",
+        toml::Value::Table(_) => "a table",
+    }
+}
+
+fn check_shape(
+    table: &toml::Table,
+    template: &toml::Table,
+    prefix: &str,
+    problems: &mut Vec<ConfigProblem>,
+) {
+    for (key, value) in table {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        if let Some(entry_template) = map_template(&path) {
+            match value {
+                toml::Value::Table(entries) => {
+                    for (name, entry) in entries {
+                        let entry_path = format!("{path}.{name}");
+                        match entry {
+                            toml::Value::Table(t) => {
+                                check_shape(t, &entry_template, &entry_path, problems)
+                            }
+                            other => problems.push(ConfigProblem {
+                                path: entry_path,
+                                message: format!("expected a table, found {}", type_name(other)),
+                            }),
+                        }
+                    }
+                }
+                other => problems.push(ConfigProblem {
+                    path,
+                    message: format!("expected a table, found {}", type_name(other)),
+                }),
+            }
+            continue;
+        }
+        let Some(expected) = template.get(key) else {
+            let known: Vec<&str> = template.keys().map(String::as_str).collect();
+            problems.push(ConfigProblem {
+                path,
+                message: format!("unknown field; expected one of: {}", known.join(", ")),
+            });
+            continue;
+        };
+        match (expected, value) {
+            (toml::Value::Table(t), toml::Value::Table(v)) => check_shape(v, t, &path, problems),
+            (e, v) if std::mem::discriminant(e) == std::mem::discriminant(v) => {}
+            (e, v) => problems.push(ConfigProblem {
+                path,
+                message: format!("expected {}, found {}", type_name(e), type_name(v)),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn the_example_config_parses_to_the_defaults() {
+        let config = Config::from_toml("example", EXAMPLE, no_env()).expect("example parses");
+        let mut expected = Config::default();
+        expected.store.tables.insert(
+            "fabrik_events".into(),
+            TableConfig {
+                retention: "90d".into(),
+            },
+        );
+        assert_eq!(config, expected);
+        config.validate("example").expect("example validates");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let text = r#"
+            [http]
+            listen = "nowhere"
+            lisen = "typo"
+            [store]
+            retention = "soon"
+            flush_interval = 5
+            [store.tables.cpu]
+            retention = "1h"
+            keep = 1
+            [bogus]
+        "#;
+        let err = Config::from_toml("t.toml", text, no_env()).expect_err("shape errors");
+        let msg = err.to_string();
+        for needle in [
+            "http.lisen",
+            "store.flush_interval",
+            "store.tables.cpu.keep",
+            "bogus",
+        ] {
+            assert!(msg.contains(needle), "missing {needle} in:\n{msg}");
+        }
+        let text =
+            "[http]\nlisten = \"nowhere\"\n[store]\nretention = \"soon\"\npartition = \"0s\"\n";
+        let config = Config::from_toml("t.toml", text, no_env()).expect("shape ok");
+        let msg = config
+            .validate("t.toml")
+            .expect_err("values invalid")
+            .to_string();
+        for needle in [
+            "http.listen",
+            "store.retention",
+            "store.partition",
+            "3 configuration error",
+        ] {
+            assert!(msg.contains(needle), "missing {needle} in:\n{msg}");
+        }
+    }
+
+    #[test]
+    fn environment_overrides_are_typed_after_the_defaults() {
+        let env = vec![
+            (
+                "FABRIK__HTTP__LISTEN".to_owned(),
+                "127.0.0.1:9999".to_owned(),
+            ),
+            ("FABRIK__STORE__DATA_DIR".to_owned(), "/tmp/x".to_owned()),
+            ("FABRIK__AUTH__ADMIN_TOKEN".to_owned(), "12345".to_owned()),
+            ("FABRIK__QUERY__THREADS".to_owned(), "3".to_owned()),
+            (
+                "FABRIK__STORE__TABLES__CPU__RETENTION".to_owned(),
+                "2h".to_owned(),
+            ),
+            ("UNRELATED".to_owned(), "x".to_owned()),
+        ];
+        let settings = Config::from_toml("defaults", "", env)
+            .expect("loads")
+            .validate("defaults")
+            .expect("valid");
+        assert_eq!(settings.http_listen.port(), 9999);
+        assert_eq!(settings.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(settings.admin_token.as_deref(), Some("12345"));
+        assert_eq!(settings.query_threads, 3);
+        assert_eq!(
+            settings.table_retention.get("cpu"),
+            Some(&Retention::For(Duration::from_secs(7200)))
+        );
+        let bad = vec![("FABRIK__QUERY__THREADS".to_owned(), "many".to_owned())];
+        let msg = Config::from_toml("defaults", "", bad)
+            .expect_err("bad")
+            .to_string();
+        assert!(msg.contains("FABRIK__QUERY__THREADS"), "{msg}");
+        let unknown = vec![("FABRIK__HTTP__NOPE".to_owned(), "1".to_owned())];
+        let msg = Config::from_toml("defaults", "", unknown)
+            .expect_err("unknown")
+            .to_string();
+        assert!(msg.contains("http.nope"), "{msg}");
+    }
+}

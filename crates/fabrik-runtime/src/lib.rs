@@ -1,0 +1,16 @@
+//! Fabrik's runtime: configuration (file + environment, strict, every error at once), the
+//! service manager that starts modules in dependency order and stops them in reverse, shutdown
+//! signals, and telemetry (Prometheus metrics).
+//!
+//! It knows nothing about what the modules do; the `fabrik` binary wires them.
+
+pub mod config;
+pub mod error;
+pub mod services;
+pub mod shutdown;
+pub mod telemetry;
+pub mod units;
+
+pub use config::{Config, Settings};
+pub use error::RuntimeError;
+pub use services::{ServiceHandle, ServiceManager, ServiceState, ServiceStatus, Services};

@@ -1,0 +1,585 @@
+//! Turns parsed line protocol and JSON points into Arrow record batches, one per table and
+//! time partition ([`WriteChunk`]), checking types against the catalog. All or nothing: the
+//! first bad line fails the whole request before anything reaches the WAL.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringArray,
+    StringBuilder, TimestampNanosecondArray, UInt32Array, UInt64Array, UInt64Builder,
+};
+use datafusion::arrow::compute::take_record_batch;
+use datafusion::arrow::datatypes::Schema;
+use datafusion::arrow::record_batch::RecordBatch;
+use fabrik_core::line_protocol::{FieldValue, Line};
+use fabrik_core::{FieldType, Lineage, Point, Precision, Quality, Value};
+
+use crate::StoreError;
+use crate::schema::{self, Catalog, ColumnKind, arrow_field};
+
+/// Rows of one table in one time partition, ready for the WAL and the buffer.
+#[derive(Debug, Clone)]
+pub struct WriteChunk {
+    /// The table.
+    pub table: Arc<str>,
+    /// The partition: `time.div_euclid(partition_width)`.
+    pub partition: i64,
+    /// The rows, with the columns this request used (a subset of the table's schema).
+    pub batch: RecordBatch,
+    /// The series-key hash of each row (tags sorted by key), for de-duplication.
+    pub series: Arc<[u64]>,
+}
+
+/// Hashes a series key: tag pairs sorted by key. Stable within a process run.
+pub fn series_hash<'a>(sorted_tags: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
+    let mut h = ahash::RandomState::with_seeds(0x5eed, 0xfab1, 0x7a65, 0x1234).build_hasher();
+    for (k, v) in sorted_tags {
+        h.write(k.as_bytes());
+        h.write_u8(0xff);
+        h.write(v.as_bytes());
+        h.write_u8(0xfe);
+    }
+    h.finish()
+}
+
+/// Recomputes the series hashes of a batch from its tag columns (used on WAL replay).
+pub fn series_of_batch(batch: &RecordBatch) -> Arc<[u64]> {
+    let schema = batch.schema();
+    let mut tags: Vec<(&str, &StringArray)> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| schema::kind_of(f) == Some(ColumnKind::Tag))
+        .filter_map(|(i, f)| {
+            batch
+                .column(i)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .map(|a| (f.name().as_str(), a))
+        })
+        .collect();
+    tags.sort_by(|a, b| a.0.cmp(b.0));
+    (0..batch.num_rows())
+        .map(|row| {
+            series_hash(
+                tags.iter()
+                    .filter(|(_, a)| a.is_valid(row))
+                    .map(|(k, a)| (*k, a.value(row))),
+            )
+        })
+        .collect()
+}
+
+enum ColData {
+    Str(StringBuilder),
+    F64(Float64Builder),
+    I64(Int64Builder),
+    U64(UInt64Builder),
+    Bool(BooleanBuilder),
+}
+
+impl ColData {
+    fn new(kind: ColumnKind) -> Self {
+        match kind {
+            ColumnKind::Field(FieldType::Float) => Self::F64(Float64Builder::new()),
+            ColumnKind::Field(FieldType::Integer) => Self::I64(Int64Builder::new()),
+            ColumnKind::Field(FieldType::UInteger) => Self::U64(UInt64Builder::new()),
+            ColumnKind::Field(FieldType::Boolean) => Self::Bool(BooleanBuilder::new()),
+            _ => Self::Str(StringBuilder::new()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Str(b) => b.len(),
+            Self::F64(b) => b.len(),
+            Self::I64(b) => b.len(),
+            Self::U64(b) => b.len(),
+            Self::Bool(b) => b.len(),
+        }
+    }
+
+    fn pad_to(&mut self, rows: usize) {
+        let missing = rows.saturating_sub(self.len());
+        if missing == 0 {
+            return;
+        }
+        match self {
+            Self::Str(b) => (0..missing).for_each(|_| b.append_null()),
+            Self::F64(b) => b.append_nulls(missing),
+            Self::I64(b) => b.append_nulls(missing),
+            Self::U64(b) => b.append_nulls(missing),
+            Self::Bool(b) => (0..missing).for_each(|_| b.append_null()),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Self::Str(b) => Arc::new(b.finish()),
+            Self::F64(b) => Arc::new(b.finish()),
+            Self::I64(b) => Arc::new(b.finish()),
+            Self::U64(b) => Arc::new(b.finish()),
+            Self::Bool(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+struct ColBuilder {
+    name: String,
+    kind: ColumnKind,
+    data: ColData,
+    first_line: String,
+}
+
+struct TableRows {
+    name: String,
+    time: Vec<i64>,
+    series: Vec<u64>,
+    quality: Vec<Quality>,
+    lineage: Vec<u32>,
+    columns: Vec<ColBuilder>,
+    index: HashMap<String, usize>,
+    /// Column indices used by the previous row, position by position: rows of one table
+    /// usually repeat their columns in the same order, so this skips the hash lookup.
+    last_order: Vec<usize>,
+}
+
+impl TableRows {
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            time: Vec::new(),
+            series: Vec::new(),
+            quality: Vec::new(),
+            lineage: Vec::new(),
+            columns: Vec::new(),
+            index: HashMap::new(),
+            last_order: Vec::new(),
+        }
+    }
+
+    /// Finds or adds the column for position `pos` of the current row, checking its kind.
+    fn column(
+        &mut self,
+        pos: usize,
+        name: &str,
+        kind: ColumnKind,
+        location: &dyn Fn() -> String,
+    ) -> Result<usize, StoreError> {
+        let idx = match self.last_order.get(pos) {
+            Some(&i) if self.columns[i].name == name => i,
+            _ => match self.index.get(name) {
+                Some(&i) => i,
+                None => {
+                    schema::check_column(None, name, kind).map_err(|reason| {
+                        StoreError::SchemaConflict {
+                            location: location(),
+                            table: self.name.clone(),
+                            column: name.to_owned(),
+                            reason,
+                        }
+                    })?;
+                    let i = self.columns.len();
+                    self.columns.push(ColBuilder {
+                        name: name.to_owned(),
+                        kind,
+                        data: ColData::new(kind),
+                        first_line: location(),
+                    });
+                    self.index.insert(name.to_owned(), i);
+                    i
+                }
+            },
+        };
+        let col = &self.columns[idx];
+        if col.kind != kind {
+            let existing = schema::Column {
+                name: col.name.clone(),
+                kind: col.kind,
+            };
+            let reason = schema::check_column(Some(&existing), name, kind)
+                .err()
+                .unwrap_or_else(|| "conflicting types".into());
+            return Err(StoreError::SchemaConflict {
+                location: location(),
+                table: self.name.clone(),
+                column: name.to_owned(),
+                reason: format!(
+                    "{reason} (first used {})",
+                    col.first_line.trim_end_matches(": ")
+                ),
+            });
+        }
+        if pos < self.last_order.len() {
+            self.last_order[pos] = idx;
+        } else {
+            self.last_order.push(idx);
+        }
+        Ok(idx)
+    }
+
+    fn row(&self) -> usize {
+        self.time.len()
+    }
+}
+
+/// Accumulates one request's rows.
+pub struct BatchBuilder {
+    tables: Vec<TableRows>,
+    table_index: HashMap<String, usize>,
+    last_table: usize,
+    default_time: i64,
+    lineages: Vec<Lineage>,
+    rows: usize,
+}
+
+impl BatchBuilder {
+    /// A builder; rows without a timestamp get `default_time` (the receipt time).
+    pub fn new(default_time: i64, lineage: Lineage) -> Self {
+        Self {
+            tables: Vec::new(),
+            table_index: HashMap::new(),
+            last_table: usize::MAX,
+            default_time,
+            lineages: vec![lineage],
+            rows: 0,
+        }
+    }
+
+    /// Rows added so far.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Rows added after this call carry `lineage`.
+    pub fn set_lineage(&mut self, lineage: Lineage) {
+        if self.lineages.last() != Some(&lineage) {
+            self.lineages.push(lineage);
+        }
+    }
+
+    fn table(&mut self, name: &str) -> usize {
+        if let Some(t) = self.tables.get(self.last_table)
+            && t.name == name
+        {
+            return self.last_table;
+        }
+        let idx = match self.table_index.get(name) {
+            Some(&i) => i,
+            None => {
+                self.tables.push(TableRows::new(name));
+                let i = self.tables.len() - 1;
+                self.table_index.insert(name.to_owned(), i);
+                i
+            }
+        };
+        self.last_table = idx;
+        idx
+    }
+
+    /// Adds one parsed line.
+    pub fn add_line(&mut self, line: &Line<'_>, precision: Precision) -> Result<(), StoreError> {
+        let line_no = line.line_number;
+        let location = move || format!("line {line_no}: ");
+        let time = match line.timestamp {
+            Some(t) => precision
+                .to_nanos(t)
+                .map_err(|e| StoreError::InvalidPoint {
+                    location: format!("line {line_no}"),
+                    reason: e.to_string(),
+                })?,
+            None => self.default_time,
+        };
+        let lineage = u32::try_from(self.lineages.len() - 1).unwrap_or(u32::MAX);
+        let t = self.table(&line.measurement);
+        let table = &mut self.tables[t];
+        let row = table.row();
+        let mut pos = 0;
+        for (k, v) in &line.tags {
+            let c = table.column(pos, k, ColumnKind::Tag, &location)?;
+            pos += 1;
+            let col = &mut table.columns[c].data;
+            col.pad_to(row);
+            if let ColData::Str(b) = col {
+                if b.len() == row + 1 {
+                    continue; // duplicate key in one line is rejected by the parser
+                }
+                b.append_value(v);
+            }
+        }
+        for (k, v) in &line.fields {
+            let kind = ColumnKind::Field(match v {
+                FieldValue::F64(_) => FieldType::Float,
+                FieldValue::I64(_) => FieldType::Integer,
+                FieldValue::U64(_) => FieldType::UInteger,
+                FieldValue::Bool(_) => FieldType::Boolean,
+                FieldValue::Str(_) => FieldType::String,
+            });
+            let c = table.column(pos, k, kind, &location)?;
+            pos += 1;
+            let col = &mut table.columns[c].data;
+            col.pad_to(row);
+            match (col, v) {
+                (ColData::F64(b), FieldValue::F64(x)) => b.append_value(*x),
+                (ColData::I64(b), FieldValue::I64(x)) => b.append_value(*x),
+                (ColData::U64(b), FieldValue::U64(x)) => b.append_value(*x),
+                (ColData::Bool(b), FieldValue::Bool(x)) => b.append_value(*x),
+                (ColData::Str(b), FieldValue::Str(x)) => b.append_value(x),
+                _ => {}
+            }
+        }
+        let sorted = line.tags.windows(2).all(|w| w[0].0 <= w[1].0);
+        let hash = if sorted {
+            series_hash(line.tags.iter().map(|(k, v)| (k.as_ref(), v.as_ref())))
+        } else {
+            let mut tags: Vec<(&str, &str)> = line
+                .tags
+                .iter()
+                .map(|(k, v)| (k.as_ref(), v.as_ref()))
+                .collect();
+            tags.sort_unstable();
+            series_hash(tags.into_iter())
+        };
+        table.time.push(time);
+        table.series.push(hash);
+        table.quality.push(Quality::Good);
+        table.lineage.push(lineage);
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Adds one JSON point; `location` names it in errors (e.g. `samples[3]`).
+    pub fn add_point(&mut self, point: &Point, location: &str) -> Result<(), StoreError> {
+        let invalid = |reason: String| StoreError::InvalidPoint {
+            location: location.to_owned(),
+            reason,
+        };
+        if point.measurement.is_empty() {
+            return Err(invalid("measurement must not be empty".into()));
+        }
+        if point.fields.is_empty() {
+            return Err(invalid("a point needs at least one field".into()));
+        }
+        let loc = format!("{location}: ");
+        let location_fn = move || loc.clone();
+        let lineage = u32::try_from(self.lineages.len() - 1).unwrap_or(u32::MAX);
+        let t = self.table(&point.measurement);
+        let table = &mut self.tables[t];
+        let row = table.row();
+        let mut pos = 0;
+        let mut tags: Vec<(&str, &str)> = Vec::with_capacity(point.tags.len());
+        for (k, v) in &point.tags {
+            if k.is_empty() || v.is_empty() {
+                return Err(invalid(format!(
+                    "tag `{k}` must have a non-empty key and value"
+                )));
+            }
+            if tags.iter().any(|(seen, _)| *seen == k) {
+                return Err(invalid(format!("duplicate tag `{k}`")));
+            }
+            tags.push((k, v));
+            let c = table.column(pos, k, ColumnKind::Tag, &location_fn)?;
+            pos += 1;
+            let col = &mut table.columns[c].data;
+            col.pad_to(row);
+            if let ColData::Str(b) = col {
+                b.append_value(v);
+            }
+        }
+        for (k, v) in &point.fields {
+            if k.is_empty() {
+                return Err(invalid("field names must not be empty".into()));
+            }
+            if let Value::F64(x) = v
+                && !x.is_finite()
+            {
+                return Err(invalid(format!("field `{k}` is not a finite number")));
+            }
+            let c = table.column(pos, k, ColumnKind::Field(v.field_type()), &location_fn)?;
+            pos += 1;
+            let col = &mut table.columns[c].data;
+            col.pad_to(row);
+            match (col, v) {
+                (ColData::F64(b), Value::F64(x)) => b.append_value(*x),
+                (ColData::I64(b), Value::I64(x)) => b.append_value(*x),
+                (ColData::U64(b), Value::U64(x)) => b.append_value(*x),
+                (ColData::Bool(b), Value::Bool(x)) => b.append_value(*x),
+                (ColData::Str(b), Value::Str(x)) => b.append_value(x),
+                // The same field twice in one point: the first value stands.
+                _ => {}
+            }
+        }
+        tags.sort_unstable();
+        table.time.push(point.time.nanos());
+        table.series.push(series_hash(tags.into_iter()));
+        table.quality.push(point.quality);
+        table.lineage.push(lineage);
+        self.rows += 1;
+        Ok(())
+    }
+
+    /// Checks every table against the catalog (extending it) and builds the chunks, split by
+    /// time partition of width `partition_ns`.
+    pub fn finish(
+        self,
+        catalog: &Catalog,
+        partition_ns: i64,
+    ) -> Result<Vec<WriteChunk>, StoreError> {
+        if self.rows == 0 {
+            return Err(StoreError::Empty);
+        }
+        let mut chunks = Vec::new();
+        for mut table in self.tables {
+            let wanted: Vec<(&str, ColumnKind, String)> = table
+                .columns
+                .iter()
+                .map(|c| (c.name.as_str(), c.kind, c.first_line.clone()))
+                .collect();
+            let schema = catalog.ensure(&table.name, &wanted)?;
+            let rows = table.time.len();
+            let mut fields = Vec::with_capacity(table.columns.len() + 5);
+            let mut arrays: Vec<ArrayRef> = Vec::with_capacity(table.columns.len() + 5);
+            for col in &mut table.columns {
+                col.data.pad_to(rows);
+                fields.push(arrow_field(&col.name, col.kind));
+                arrays.push(col.data.finish());
+            }
+            fields.push(arrow_field(schema::TIME, ColumnKind::Time));
+            arrays.push(Arc::new(TimestampNanosecondArray::from(std::mem::take(
+                &mut table.time,
+            ))));
+            let lineage = |i: &u32| &self.lineages[*i as usize];
+            fields.push(arrow_field(schema::SOURCE, ColumnKind::System));
+            arrays.push(Arc::new(StringArray::from_iter_values(
+                table.lineage.iter().map(|i| lineage(i).source.0.as_str()),
+            )));
+            fields.push(arrow_field(schema::RAW_ID, ColumnKind::System));
+            arrays.push(Arc::new(UInt64Array::from_iter_values(
+                table.lineage.iter().map(|i| lineage(i).raw_id.0),
+            )));
+            fields.push(arrow_field(schema::MAPPING_VERSION, ColumnKind::System));
+            arrays.push(Arc::new(UInt32Array::from_iter_values(
+                table.lineage.iter().map(|i| lineage(i).mapping_version),
+            )));
+            fields.push(arrow_field(schema::QUALITY, ColumnKind::System));
+            arrays.push(Arc::new(StringArray::from_iter_values(
+                table.quality.iter().map(|q| q.name()),
+            )));
+            let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?;
+            split_by_partition(&schema.name, batch, table.series, partition_ns, &mut chunks)?;
+        }
+        Ok(chunks)
+    }
+}
+
+/// The time partition of a timestamp.
+pub fn partition_of(time: i64, partition_ns: i64) -> i64 {
+    time.div_euclid(partition_ns)
+}
+
+fn split_by_partition(
+    table: &Arc<str>,
+    batch: RecordBatch,
+    series: Vec<u64>,
+    partition_ns: i64,
+    out: &mut Vec<WriteChunk>,
+) -> Result<(), StoreError> {
+    let times = time_column(&batch)?;
+    let first = times.first().map_or(0, |t| partition_of(*t, partition_ns));
+    if times
+        .iter()
+        .all(|t| partition_of(*t, partition_ns) == first)
+    {
+        out.push(WriteChunk {
+            table: table.clone(),
+            partition: first,
+            batch,
+            series: series.into(),
+        });
+        return Ok(());
+    }
+    let mut groups: std::collections::BTreeMap<i64, Vec<u32>> = std::collections::BTreeMap::new();
+    for (i, t) in times.iter().enumerate() {
+        groups
+            .entry(partition_of(*t, partition_ns))
+            .or_default()
+            .push(u32::try_from(i).unwrap_or(u32::MAX));
+    }
+    for (partition, rows) in groups {
+        let idx = datafusion::arrow::array::UInt32Array::from(rows.clone());
+        let part = take_record_batch(&batch, &idx)?;
+        out.push(WriteChunk {
+            table: table.clone(),
+            partition,
+            batch: part,
+            series: rows.iter().map(|&r| series[r as usize]).collect(),
+        });
+    }
+    Ok(())
+}
+
+/// The `time` column of a batch as nanoseconds.
+pub fn time_column(batch: &RecordBatch) -> Result<&[i64], StoreError> {
+    batch
+        .column_by_name(schema::TIME)
+        .and_then(|c| c.as_any().downcast_ref::<TimestampNanosecondArray>())
+        .map(|a| a.values().as_ref())
+        .ok_or_else(|| StoreError::Internal("batch without a nanosecond `time` column".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fabrik_core::line_protocol::parse_body;
+    use fabrik_core::{RawMessageId, SourceId};
+
+    fn lineage() -> Lineage {
+        Lineage {
+            source: SourceId::http(),
+            raw_id: RawMessageId(42),
+            mapping_version: 0,
+        }
+    }
+
+    fn build(body: &str) -> Result<Vec<WriteChunk>, StoreError> {
+        let catalog = Catalog::default();
+        let mut b = BatchBuilder::new(7, lineage());
+        for line in parse_body(body)? {
+            b.add_line(&line, Precision::Ns)?;
+        }
+        b.finish(&catalog, 1_000)
+    }
+
+    #[test]
+    fn sparse_columns_are_null_padded_and_tag_order_does_not_change_the_series() {
+        let chunks = build("m,a=1,b=2 x=1 10\nm,b=2,a=1 y=2i 20\nm c=\"s\"").expect("build");
+        assert_eq!(chunks.len(), 1);
+        let c = &chunks[0];
+        assert_eq!(c.batch.num_rows(), 3);
+        assert_eq!(c.series[0], c.series[1]);
+        assert_ne!(c.series[0], c.series[2]);
+        let x = c.batch.column_by_name("x").expect("x");
+        assert_eq!(x.null_count(), 2);
+        assert_eq!(time_column(&c.batch).expect("time"), &[10, 20, 7]);
+        assert_eq!(series_of_batch(&c.batch).as_ref(), c.series.as_ref());
+    }
+
+    #[test]
+    fn rows_split_by_partition() {
+        let chunks = build("m v=1 10\nm v=2 2500\nm v=3 20").expect("build");
+        let parts: Vec<(i64, usize)> = chunks
+            .iter()
+            .map(|c| (c.partition, c.batch.num_rows()))
+            .collect();
+        assert_eq!(parts, vec![(0, 2), (2, 1)]);
+    }
+
+    #[test]
+    fn a_type_conflict_inside_one_request_names_both_lines() {
+        let err = build("m v=1 1\nm v=1i 2").expect_err("conflict");
+        let msg = err.to_string();
+        assert!(msg.contains("line 2") && msg.contains("line 1"), "{msg}");
+    }
+}

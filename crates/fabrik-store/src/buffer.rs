@@ -1,0 +1,221 @@
+//! The in-memory buffer: acknowledged rows not yet in Parquet, as Arrow batches per table and
+//! time partition. Rows of the same series and time replace each other here (last write wins)
+//! through a hash index, so the buffer never holds duplicates.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, BooleanArray, StringArray};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::record_batch::RecordBatch;
+
+use crate::batch::{WriteChunk, time_column};
+use crate::schema::{self, ColumnKind};
+
+type Index = HashMap<(u64, i64), (u32, u32), ahash::RandomState>;
+
+struct Buffered {
+    batch: RecordBatch,
+    deleted: Option<Vec<bool>>,
+}
+
+/// One time partition of one table.
+#[derive(Default)]
+pub struct PartitionBuffer {
+    chunks: Vec<Buffered>,
+    index: Index,
+    /// Smallest time held.
+    pub min_time: i64,
+    /// Largest time held.
+    pub max_time: i64,
+}
+
+/// Rows of one partition as a query or the persister sees them.
+#[derive(Debug, Clone)]
+pub struct PartitionData {
+    /// The partition.
+    pub partition: i64,
+    /// Smallest time.
+    pub min_time: i64,
+    /// Largest time.
+    pub max_time: i64,
+    /// The rows, de-duplicated, each batch with its own subset of the table's columns.
+    pub batches: Vec<RecordBatch>,
+}
+
+/// The buffer of all tables.
+#[derive(Default)]
+pub struct Buffer {
+    tables: HashMap<Arc<str>, BTreeMap<i64, PartitionBuffer>>,
+    /// Approximate memory held.
+    pub bytes: usize,
+    /// Rows held (including replaced ones until persisted).
+    pub rows: usize,
+    /// The highest WAL sequence number applied.
+    pub max_seq: u64,
+}
+
+fn tag_value<'a>(batch: &'a RecordBatch, name: &str, row: usize) -> Option<&'a str> {
+    let col = batch
+        .column_by_name(name)?
+        .as_any()
+        .downcast_ref::<StringArray>()?;
+    col.is_valid(row).then(|| col.value(row))
+}
+
+/// True when two rows carry the same tag set (hash collisions are verified, never trusted).
+fn same_series(a: &RecordBatch, ar: usize, b: &RecordBatch, br: usize) -> bool {
+    let tags = |batch: &RecordBatch| -> Vec<String> {
+        batch
+            .schema()
+            .fields()
+            .iter()
+            .filter(|f| schema::kind_of(f) == Some(ColumnKind::Tag))
+            .map(|f| f.name().clone())
+            .collect()
+    };
+    let names_a = tags(a);
+    let names_b = tags(b);
+    names_a
+        .iter()
+        .chain(names_b.iter())
+        .all(|name| tag_value(a, name, ar) == tag_value(b, name, br))
+}
+
+impl Buffer {
+    /// True when nothing is buffered.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Applies durable chunks, replacing rows of the same series and time.
+    pub fn apply(&mut self, seq: u64, chunks: Vec<WriteChunk>) {
+        self.max_seq = self.max_seq.max(seq);
+        for chunk in chunks {
+            let Ok(times) = time_column(&chunk.batch).map(<[i64]>::to_vec) else {
+                continue;
+            };
+            self.bytes += chunk.batch.get_array_memory_size() + times.len() * 32;
+            self.rows += times.len();
+            let partitions = self.tables.entry(chunk.table.clone()).or_default();
+            let part = partitions
+                .entry(chunk.partition)
+                .or_insert_with(|| PartitionBuffer {
+                    min_time: i64::MAX,
+                    max_time: i64::MIN,
+                    ..PartitionBuffer::default()
+                });
+            let batch_no = u32::try_from(part.chunks.len()).unwrap_or(u32::MAX);
+            part.chunks.push(Buffered {
+                batch: chunk.batch,
+                deleted: None,
+            });
+            for (row, (&time, &series)) in times.iter().zip(chunk.series.iter()).enumerate() {
+                part.min_time = part.min_time.min(time);
+                part.max_time = part.max_time.max(time);
+                let here = (batch_no, u32::try_from(row).unwrap_or(u32::MAX));
+                if let Some((old_batch, old_row)) = part.index.insert((series, time), here) {
+                    let (ob, or) = (old_batch as usize, old_row as usize);
+                    let new = &part.chunks[batch_no as usize].batch;
+                    if same_series(&part.chunks[ob].batch, or, new, row) {
+                        let old = &mut part.chunks[ob];
+                        let rows = old.batch.num_rows();
+                        old.deleted.get_or_insert_with(|| vec![false; rows])[or] = true;
+                    }
+                    // A 64-bit hash collision between two different series keeps both rows;
+                    // the older one just stops being de-duplicated against later writes.
+                }
+            }
+        }
+    }
+
+    /// The buffered rows of `table`, per partition, without replaced rows.
+    pub fn table(&self, table: &str) -> Vec<PartitionData> {
+        let Some(partitions) = self.tables.get(table) else {
+            return Vec::new();
+        };
+        partitions
+            .iter()
+            .map(|(&partition, part)| PartitionData {
+                partition,
+                min_time: part.min_time,
+                max_time: part.max_time,
+                batches: part
+                    .chunks
+                    .iter()
+                    .filter_map(|b| match &b.deleted {
+                        None => Some(b.batch.clone()),
+                        Some(deleted) => {
+                            let keep = BooleanArray::from_iter(deleted.iter().map(|d| Some(!d)));
+                            filter_record_batch(&b.batch, &keep).ok()
+                        }
+                    })
+                    .filter(|b| b.num_rows() > 0)
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Names of the tables with buffered rows.
+    pub fn table_names(&self) -> Vec<Arc<str>> {
+        self.tables.keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::BatchBuilder;
+    use crate::schema::Catalog;
+    use fabrik_core::line_protocol::parse_body;
+    use fabrik_core::{Lineage, Precision, RawMessageId, SourceId};
+
+    fn chunks(catalog: &Catalog, body: &str) -> Vec<WriteChunk> {
+        let lineage = Lineage {
+            source: SourceId::http(),
+            raw_id: RawMessageId(1),
+            mapping_version: 0,
+        };
+        let mut b = BatchBuilder::new(0, lineage);
+        for line in parse_body(body).expect("parse") {
+            b.add_line(&line, Precision::Ns).expect("add");
+        }
+        b.finish(catalog, i64::MAX).expect("finish")
+    }
+
+    fn values(buffer: &Buffer) -> Vec<(String, f64)> {
+        let mut out = Vec::new();
+        for part in buffer.table("m") {
+            for batch in part.batches {
+                let hosts = batch.column_by_name("host").expect("host");
+                let hosts = hosts.as_any().downcast_ref::<StringArray>().expect("str");
+                let v = batch.column_by_name("v").expect("v");
+                let v = v
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::Float64Array>()
+                    .expect("f64");
+                for i in 0..batch.num_rows() {
+                    out.push((hosts.value(i).to_owned(), v.value(i)));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    #[test]
+    fn the_same_series_and_time_keeps_the_last_value() {
+        let catalog = Catalog::default();
+        let mut buffer = Buffer::default();
+        buffer.apply(
+            1,
+            chunks(
+                &catalog,
+                "m,host=a v=1 10\nm,host=b v=2 10\nm,host=a v=3 10",
+            ),
+        );
+        buffer.apply(2, chunks(&catalog, "m,host=b v=4 10"));
+        assert_eq!(values(&buffer), vec![("a".into(), 3.0), ("b".into(), 4.0)]);
+        assert_eq!(buffer.max_seq, 2);
+    }
+}

@@ -1,0 +1,349 @@
+//! SQL over the buffer and the Parquet segments together, through DataFusion.
+//!
+//! Each table is a [`FabrikTable`] whose scan takes a snapshot of the live buffer, the frozen
+//! buffers being persisted and the segments in the manifest. Partitions whose pieces cannot
+//! overlap in time are read as they are (Parquet with statistics pruning, memory batches as
+//! they are); a partition with overlapping pieces (late data over a persisted range, or
+//! several segments not yet compacted) is merged with last-write-wins before the query sees
+//! it, so a query never shows two rows for one series and time.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{BooleanArray, RecordBatch};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::datasource::TableType;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown, col, lit};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::union::UnionExec;
+
+use crate::buffer::PartitionData;
+use crate::manifest::SegmentMeta;
+use crate::segments::{self, Objects};
+use crate::{Shared, schema};
+
+/// The URL the segment object store is registered under.
+pub const SEGMENTS_URL: &str = "fabrik://segments";
+
+/// A consistent view of one table at the start of a scan.
+pub(crate) struct TableSnapshot {
+    /// Segments in the manifest.
+    pub segments: Vec<SegmentMeta>,
+    /// Frozen buffers being persisted, oldest first, with their order.
+    pub frozen: Vec<(u64, Vec<PartitionData>)>,
+    /// The live buffer.
+    pub live: Vec<PartitionData>,
+}
+
+/// One table as DataFusion sees it.
+#[derive(Debug)]
+pub(crate) struct FabrikTable {
+    pub name: Arc<str>,
+    pub schema: SchemaRef,
+    pub shared: Arc<Shared>,
+}
+
+/// Inclusive time bounds a scan needs, from the query's filters and the table's retention.
+#[derive(Debug, Clone, Copy)]
+struct TimeBounds {
+    min: i64,
+    max: i64,
+}
+
+impl TimeBounds {
+    fn overlaps(self, lo: i64, hi: i64) -> bool {
+        lo <= self.max && hi >= self.min
+    }
+}
+
+fn literal_nanos(value: &ScalarValue) -> Option<i64> {
+    match value {
+        ScalarValue::TimestampNanosecond(Some(v), _) => Some(*v),
+        ScalarValue::TimestampMicrosecond(Some(v), _) => v.checked_mul(1_000),
+        ScalarValue::TimestampMillisecond(Some(v), _) => v.checked_mul(1_000_000),
+        ScalarValue::TimestampSecond(Some(v), _) => v.checked_mul(1_000_000_000),
+        _ => None,
+    }
+}
+
+/// Narrows `bounds` with `time <op> literal` conjuncts of `expr`.
+fn narrow(expr: &Expr, bounds: &mut TimeBounds) {
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = expr else {
+        return;
+    };
+    if *op == Operator::And {
+        narrow(left, bounds);
+        narrow(right, bounds);
+        return;
+    }
+    let (column, value, op) = match (left.as_ref(), right.as_ref()) {
+        (Expr::Column(c), Expr::Literal(v, _)) => (c, v, *op),
+        (Expr::Literal(v, _), Expr::Column(c)) => match op.swap() {
+            Some(swapped) => (c, v, swapped),
+            None => return,
+        },
+        _ => return,
+    };
+    if column.name != schema::TIME {
+        return;
+    }
+    let Some(t) = literal_nanos(value) else {
+        return;
+    };
+    match op {
+        Operator::Gt => bounds.min = bounds.min.max(t.saturating_add(1)),
+        Operator::GtEq => bounds.min = bounds.min.max(t),
+        Operator::Lt => bounds.max = bounds.max.min(t.saturating_sub(1)),
+        Operator::LtEq => bounds.max = bounds.max.min(t),
+        Operator::Eq => {
+            bounds.min = bounds.min.max(t);
+            bounds.max = bounds.max.min(t);
+        }
+        _ => {}
+    }
+}
+
+/// A piece of one partition, with its age order.
+enum Piece {
+    Segment(SegmentMeta),
+    Batches {
+        order: u64,
+        min: i64,
+        max: i64,
+        batches: Vec<RecordBatch>,
+    },
+}
+
+impl Piece {
+    fn range(&self) -> (i64, i64) {
+        match self {
+            Self::Segment(s) => (s.min_time, s.max_time),
+            Self::Batches { min, max, .. } => (*min, *max),
+        }
+    }
+
+    fn order(&self) -> u64 {
+        match self {
+            Self::Segment(s) => s.order,
+            Self::Batches { order, .. } => *order,
+        }
+    }
+}
+
+fn overlapping(pieces: &[Piece]) -> bool {
+    let mut ranges: Vec<(i64, i64)> = pieces.iter().map(Piece::range).collect();
+    ranges.sort_unstable();
+    ranges.windows(2).any(|w| w[1].0 <= w[0].1)
+}
+
+fn keep_rows_from(batch: &RecordBatch, cutoff: i64) -> DfResult<RecordBatch> {
+    let times =
+        crate::batch::time_column(batch).map_err(|e| DataFusionError::External(Box::new(e)))?;
+    if times.iter().all(|&t| t >= cutoff) {
+        return Ok(batch.clone());
+    }
+    let keep = BooleanArray::from_iter(times.iter().map(|&t| Some(t >= cutoff)));
+    Ok(filter_record_batch(batch, &keep)?)
+}
+
+async fn read_segment(objects: &Objects, meta: &SegmentMeta) -> DfResult<Vec<RecordBatch>> {
+    use object_store::ObjectStoreExt;
+    let path = object_store::path::Path::from(meta.path.as_str());
+    let bytes = objects.get(&path).await?.bytes().await?;
+    segments::decode_parquet(bytes).map_err(|e| DataFusionError::External(Box::new(e)))
+}
+
+#[async_trait]
+impl TableProvider for FabrikTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        // Inexact: filters prune partitions and row groups here, DataFusion still applies them.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let snapshot = self.shared.snapshot_table(&self.name);
+        let cutoff = self.shared.retention_cutoff(&self.name);
+        let mut bounds = TimeBounds {
+            min: cutoff.unwrap_or(i64::MIN),
+            max: i64::MAX,
+        };
+        for f in filters {
+            narrow(f, &mut bounds);
+        }
+
+        let mut partitions: BTreeMap<i64, Vec<Piece>> = BTreeMap::new();
+        for seg in snapshot.segments {
+            if bounds.overlaps(seg.min_time, seg.max_time) {
+                partitions
+                    .entry(seg.partition)
+                    .or_default()
+                    .push(Piece::Segment(seg));
+            }
+        }
+        let newest = u64::MAX;
+        let buffers = snapshot
+            .frozen
+            .into_iter()
+            .chain(std::iter::once((newest, snapshot.live)));
+        for (order, parts) in buffers {
+            for part in parts {
+                if part.batches.is_empty() || !bounds.overlaps(part.min_time, part.max_time) {
+                    continue;
+                }
+                partitions
+                    .entry(part.partition)
+                    .or_default()
+                    .push(Piece::Batches {
+                        order,
+                        min: part.min_time,
+                        max: part.max_time,
+                        batches: part.batches,
+                    });
+            }
+        }
+
+        let mut files = Vec::new();
+        let mut memory = Vec::new();
+        for (_, mut pieces) in partitions {
+            if pieces.len() > 1 && overlapping(&pieces) {
+                pieces.sort_by_key(Piece::order);
+                let mut ordered = Vec::new();
+                for piece in pieces {
+                    match piece {
+                        Piece::Segment(meta) => {
+                            ordered.extend(read_segment(&self.shared.objects, &meta).await?)
+                        }
+                        Piece::Batches { batches, .. } => ordered.extend(batches),
+                    }
+                }
+                let merged = segments::sort_dedup(&self.schema, &ordered)
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                memory.extend(merged);
+                continue;
+            }
+            for piece in pieces {
+                match piece {
+                    Piece::Segment(meta) => files.push(meta),
+                    Piece::Batches { batches, .. } => {
+                        for b in batches {
+                            memory.push(
+                                segments::align(&b, &self.schema)
+                                    .map_err(|e| DataFusionError::External(Box::new(e)))?,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(cutoff) = cutoff {
+            memory = memory
+                .iter()
+                .map(|b| keep_rows_from(b, cutoff))
+                .filter(|b| b.as_ref().map_or(true, |b| b.num_rows() > 0))
+                .collect::<DfResult<_>>()?;
+        }
+
+        let mut plans: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        let parallelism = state.config().target_partitions().max(1);
+        if !memory.is_empty() {
+            let mut groups: Vec<Vec<RecordBatch>> = vec![Vec::new(); parallelism.min(memory.len())];
+            let group_count = groups.len();
+            for (i, b) in memory.into_iter().enumerate() {
+                groups[i % group_count].push(b);
+            }
+            plans.push(MemorySourceConfig::try_new_exec(
+                &groups,
+                self.schema.clone(),
+                projection.cloned(),
+            )?);
+        }
+        if !files.is_empty() {
+            let mut predicates: Vec<Expr> = filters.to_vec();
+            if let Some(cutoff) = cutoff {
+                predicates.push(
+                    col(schema::TIME)
+                        .gt_eq(lit(ScalarValue::TimestampNanosecond(Some(cutoff), None))),
+                );
+            }
+            let mut source = ParquetSource::new(self.schema.clone());
+            if let Some(predicate) = datafusion::logical_expr::utils::conjunction(predicates) {
+                let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
+                let physical = state.create_physical_expr(predicate, &df_schema)?;
+                source = source.with_predicate(physical);
+                if cutoff.is_some() {
+                    // Row-level filtering makes the retention cut exact inside a segment.
+                    source = source.with_pushdown_filters(true);
+                }
+            }
+            let mut groups: Vec<Vec<PartitionedFile>> =
+                vec![Vec::new(); parallelism.min(files.len())];
+            let group_count = groups.len();
+            for (i, meta) in files.into_iter().enumerate() {
+                groups[i % group_count].push(PartitionedFile::new(meta.path.clone(), meta.bytes));
+            }
+            let config =
+                FileScanConfigBuilder::new(ObjectStoreUrl::parse(SEGMENTS_URL)?, Arc::new(source))
+                    .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+                    .with_projection_indices(projection.cloned())?
+                    .build();
+            plans.push(DataSourceExec::from_data_source(config));
+        }
+        if plans.is_empty() {
+            let projected = match projection {
+                Some(p) => Arc::new(self.schema.project(p)?),
+                None => self.schema.clone(),
+            };
+            return Ok(Arc::new(EmptyExec::new(projected)));
+        }
+        UnionExec::try_new(plans)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_bounds_come_from_conjunctions_in_either_order() {
+        let t = |v: i64| lit(ScalarValue::TimestampNanosecond(Some(v), None));
+        let expr = col("time")
+            .gt_eq(t(10))
+            .and(t(20).gt(col("time")))
+            .and(col("x").eq(lit(1)));
+        let mut b = TimeBounds {
+            min: i64::MIN,
+            max: i64::MAX,
+        };
+        narrow(&expr, &mut b);
+        assert_eq!((b.min, b.max), (10, 19));
+        assert!(b.overlaps(19, 30) && !b.overlaps(20, 30) && !b.overlaps(0, 9));
+    }
+}

@@ -1,0 +1,457 @@
+//! The write-ahead log: segment files of checksummed records, written by one thread with
+//! group commit. A write is acknowledged only after the `fdatasync` of the group holding it,
+//! and applied to the buffer right after, in WAL order, so "acknowledged" always means
+//! "durable and queryable".
+//!
+//! Segment `wal/<first seq>.wal` = 8-byte magic, then records:
+//! `len u32 | crc32(seq ‖ payload) u32 | seq u64 | payload`, little-endian. The payload lists
+//! chunks: `count u32`, then per chunk `table_len u16 | table | partition i64 | ipc_len u32 |
+//! Arrow IPC stream`. A torn record at the end of the last segment (a crash mid-write) is cut
+//! off at start-up; damage anywhere else stops the start, because acknowledged data is there.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::arrow::record_batch::RecordBatch;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::StoreError;
+use crate::batch::{WriteChunk, series_of_batch};
+
+const MAGIC: &[u8; 8] = b"FABWAL01";
+const HEADER: usize = 16;
+/// A group stops collecting more writes once it holds this many bytes.
+const MAX_GROUP_BYTES: usize = 32 << 20;
+/// Largest record accepted on replay; anything larger is a damaged length field.
+const MAX_RECORD: u32 = 1 << 30;
+
+/// Encodes the chunks of one write request as a WAL payload.
+pub fn encode(chunks: &[WriteChunk]) -> Result<Vec<u8>, StoreError> {
+    let mut out = Vec::with_capacity(
+        chunks
+            .iter()
+            .map(|c| c.batch.get_array_memory_size() + 256)
+            .sum::<usize>(),
+    );
+    out.extend_from_slice(
+        &u32::try_from(chunks.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    for chunk in chunks {
+        let name = chunk.table.as_bytes();
+        let name_len = u16::try_from(name.len()).map_err(|_| {
+            StoreError::Internal(format!(
+                "table name longer than 65535 bytes: {}",
+                chunk.table
+            ))
+        })?;
+        out.extend_from_slice(&name_len.to_le_bytes());
+        out.extend_from_slice(name);
+        out.extend_from_slice(&chunk.partition.to_le_bytes());
+        let len_at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        let start = out.len();
+        let mut writer = StreamWriter::try_new(&mut out, &chunk.batch.schema())?;
+        writer.write(&chunk.batch)?;
+        writer.finish()?;
+        drop(writer);
+        let ipc_len = u32::try_from(out.len() - start)
+            .map_err(|_| StoreError::Internal("chunk larger than 4 GiB".into()))?;
+        out[len_at..start].copy_from_slice(&ipc_len.to_le_bytes());
+    }
+    Ok(out)
+}
+
+/// Decodes a payload back into chunks (series hashes recomputed from the tag columns).
+pub fn decode(payload: &[u8]) -> Result<Vec<WriteChunk>, String> {
+    let mut cur = payload;
+    let mut take = |n: usize| -> Result<&[u8], String> {
+        if cur.len() < n {
+            return Err("payload ends early".into());
+        }
+        let (head, tail) = cur.split_at(n);
+        cur = tail;
+        Ok(head)
+    };
+    let count = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "count")?);
+    let mut chunks = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let name_len = u16::from_le_bytes(take(2)?.try_into().map_err(|_| "name length")?);
+        let name = std::str::from_utf8(take(name_len as usize)?)
+            .map_err(|e| format!("table name: {e}"))?;
+        let table: Arc<str> = name.into();
+        let partition = i64::from_le_bytes(take(8)?.try_into().map_err(|_| "partition")?);
+        let ipc_len = u32::from_le_bytes(take(4)?.try_into().map_err(|_| "ipc length")?);
+        let ipc = take(ipc_len as usize)?;
+        let reader = StreamReader::try_new(ipc, None).map_err(|e| format!("arrow ipc: {e}"))?;
+        for batch in reader {
+            let batch: RecordBatch = batch.map_err(|e| format!("arrow ipc: {e}"))?;
+            let series = series_of_batch(&batch);
+            chunks.push(WriteChunk {
+                table: table.clone(),
+                partition,
+                batch,
+                series,
+            });
+        }
+    }
+    Ok(chunks)
+}
+
+fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join(format!("{first_seq:020}.wal"))
+}
+
+/// WAL segments in `dir`, sorted by first sequence number.
+pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let mut segments = Vec::new();
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+        let path = entry.path();
+        let Some(stem) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".wal"))
+        else {
+            continue;
+        };
+        if let Ok(seq) = stem.parse::<u64>() {
+            segments.push((seq, path));
+        }
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+/// What replay found.
+#[derive(Debug, Default)]
+pub struct ReplayReport {
+    /// Records applied (newer than the persisted sequence number).
+    pub records: u64,
+    /// Bytes cut off a torn tail.
+    pub torn_bytes: u64,
+    /// The sequence number the next record gets.
+    pub next_seq: u64,
+}
+
+/// Replays every record with `seq > persisted_seq`, calling `apply` in order; truncates a torn
+/// tail of the last segment and deletes empty segments.
+pub fn replay(
+    dir: &Path,
+    persisted_seq: u64,
+    mut apply: impl FnMut(u64, Vec<WriteChunk>) -> Result<(), StoreError>,
+) -> Result<ReplayReport, StoreError> {
+    let segments = list_segments(dir)?;
+    let mut report = ReplayReport {
+        next_seq: persisted_seq + 1,
+        ..ReplayReport::default()
+    };
+    let last_index = segments.len().saturating_sub(1);
+    for (i, (first_seq, path)) in segments.iter().enumerate() {
+        let is_last = i == last_index;
+        let name = path.display().to_string();
+        let mut data = Vec::new();
+        File::open(path)
+            .and_then(|mut f| f.read_to_end(&mut data))
+            .map_err(|e| StoreError::io(format!("reading {name}"), e))?;
+        report.next_seq = report.next_seq.max(*first_seq);
+        let mut good = 0usize;
+        let mut problem: Option<String> = None;
+        if data.len() < MAGIC.len() || &data[..MAGIC.len()] != MAGIC {
+            problem = Some("missing segment header".into());
+        } else {
+            good = MAGIC.len();
+            while good < data.len() {
+                let rest = &data[good..];
+                if rest.len() < HEADER {
+                    problem = Some("record header cut short".into());
+                    break;
+                }
+                let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+                let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+                if len > MAX_RECORD || rest.len() < HEADER + len as usize {
+                    problem = Some("record cut short".into());
+                    break;
+                }
+                let body = &rest[8..HEADER + len as usize];
+                if crc32fast::hash(body) != crc {
+                    problem = Some("checksum mismatch".into());
+                    break;
+                }
+                let seq = u64::from_le_bytes(
+                    body[..8]
+                        .try_into()
+                        .map_err(|_| StoreError::Internal("seq".into()))?,
+                );
+                if seq > persisted_seq {
+                    let chunks = decode(&body[8..]).map_err(|reason| StoreError::CorruptWal {
+                        segment: name.clone(),
+                        offset: good as u64,
+                        reason,
+                    })?;
+                    apply(seq, chunks)?;
+                    report.records += 1;
+                }
+                report.next_seq = report.next_seq.max(seq + 1);
+                good += HEADER + len as usize;
+            }
+        }
+        if let Some(reason) = problem {
+            if !is_last {
+                return Err(StoreError::CorruptWal {
+                    segment: name,
+                    offset: good as u64,
+                    reason,
+                });
+            }
+            let dropped = (data.len() - good) as u64;
+            report.torn_bytes = dropped;
+            tracing::warn!(
+                segment = %name,
+                offset = good,
+                bytes_dropped = dropped,
+                reason = %reason,
+                "Torn WAL tail truncated; only unacknowledged writes can have been there."
+            );
+            if good <= MAGIC.len() {
+                std::fs::remove_file(path)
+                    .map_err(|e| StoreError::io(format!("removing {name}"), e))?;
+                continue;
+            }
+            let file = OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| StoreError::io(format!("opening {name}"), e))?;
+            file.set_len(good as u64)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| StoreError::io(format!("truncating {name}"), e))?;
+        } else if good <= MAGIC.len() {
+            std::fs::remove_file(path)
+                .map_err(|e| StoreError::io(format!("removing {name}"), e))?;
+        }
+    }
+    Ok(report)
+}
+
+/// Deletes segments all of whose records are `<= persisted_seq`: a segment is covered when
+/// the next segment starts at or below `persisted_seq + 1`. The newest segment is never
+/// deleted (the writer appends to it).
+pub fn delete_persisted(dir: &Path, persisted_seq: u64) -> Result<usize, StoreError> {
+    let segments = list_segments(dir)?;
+    let mut deleted = 0;
+    for pair in segments.windows(2) {
+        let (_, path) = &pair[0];
+        let (next_first, _) = &pair[1];
+        if *next_first <= persisted_seq + 1 {
+            std::fs::remove_file(path)
+                .map_err(|e| StoreError::io(format!("removing {}", path.display()), e))?;
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
+/// A request to the WAL thread.
+pub enum WalCommand {
+    /// Append one encoded write, then apply its chunks and answer with its sequence number.
+    Append {
+        /// The encoded chunks.
+        payload: Vec<u8>,
+        /// The chunks, applied to the buffer once durable.
+        chunks: Vec<WriteChunk>,
+        /// The answer.
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    /// Start a new segment and hand the current buffer over for persistence (through the
+    /// `rotate` callback, under the same ordering as appends).
+    Rotate {
+        /// The answer: the last sequence number in the closed segments.
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+}
+
+/// Callbacks the WAL thread drives, in WAL order.
+pub trait WalSink: Send + 'static {
+    /// Applies durable chunks to the buffer.
+    fn apply(&self, seq: u64, chunks: Vec<WriteChunk>);
+    /// Freezes the buffer (everything up to `last_seq`) for persistence.
+    fn rotate(&self, last_seq: u64);
+}
+
+struct Segment {
+    dir: PathBuf,
+    file: File,
+    len: u64,
+    /// Set when the file may hold a partial record we could not cut off: no more writes.
+    poisoned: Option<String>,
+}
+
+impl Segment {
+    fn create(dir: &Path, first_seq: u64) -> Result<Self, StoreError> {
+        let path = segment_path(dir, first_seq);
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StoreError::io(format!("creating {}", path.display()), e))?;
+        file.write_all(MAGIC)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| StoreError::io(format!("writing {}", path.display()), e))?;
+        sync_dir(dir)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            file,
+            len: MAGIC.len() as u64,
+            poisoned: None,
+        })
+    }
+
+    /// Appends and syncs `bytes`; on failure cuts the file back so no partial record stays.
+    fn append(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        if let Some(reason) = &self.poisoned {
+            return Err(StoreError::Internal(format!(
+                "WAL unusable after an earlier failure: {reason}"
+            )));
+        }
+        let result = self
+            .file
+            .write_all(bytes)
+            .and_then(|()| self.file.sync_data());
+        match result {
+            Ok(()) => {
+                self.len += bytes.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let err =
+                    StoreError::io(format!("appending to the WAL in {}", self.dir.display()), e);
+                // Cut back to the last complete record so a later success is never preceded
+                // by garbage that would stop replay before it.
+                let cut = self.file.set_len(self.len).and_then(|()| {
+                    use std::io::Seek;
+                    self.file
+                        .seek(std::io::SeekFrom::Start(self.len))
+                        .map(|_| ())
+                });
+                if let Err(cut_err) = cut {
+                    self.poisoned = Some(format!("{err}; truncation failed: {cut_err}"));
+                }
+                Err(err)
+            }
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io(format!("syncing directory {}", dir.display()), e))
+}
+
+/// Starts the WAL thread, appending to a new segment that begins at `next_seq`.
+pub fn start(
+    dir: &Path,
+    next_seq: u64,
+    sink: impl WalSink,
+    queue: usize,
+) -> Result<(mpsc::Sender<WalCommand>, std::thread::JoinHandle<()>), StoreError> {
+    let mut segment = Segment::create(dir, next_seq)?;
+    let (tx, mut rx) = mpsc::channel::<WalCommand>(queue);
+    let dir = dir.to_path_buf();
+    let handle = std::thread::Builder::new()
+        .name("fabrik-wal".into())
+        .spawn(move || {
+            let mut next_seq = next_seq;
+            let mut pending: Option<WalCommand> = None;
+            let mut buf = Vec::new();
+            loop {
+                let first = match pending.take() {
+                    Some(c) => c,
+                    None => match rx.blocking_recv() {
+                        Some(c) => c,
+                        None => break,
+                    },
+                };
+                match first {
+                    WalCommand::Rotate { reply } => {
+                        let last = next_seq - 1;
+                        let result = Segment::create(&dir, next_seq).map(|s| {
+                            segment = s;
+                            sink.rotate(last);
+                            last
+                        });
+                        let _ = reply.send(result);
+                    }
+                    WalCommand::Append { payload, chunks, reply } => {
+                        let mut group = vec![(payload, chunks, reply)];
+                        let mut bytes = group[0].0.len();
+                        while bytes < MAX_GROUP_BYTES {
+                            match rx.try_recv() {
+                                Ok(WalCommand::Append { payload, chunks, reply }) => {
+                                    bytes += payload.len();
+                                    group.push((payload, chunks, reply));
+                                }
+                                Ok(other) => {
+                                    pending = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        buf.clear();
+                        for (i, (payload, _, _)) in group.iter().enumerate() {
+                            let seq = next_seq + i as u64;
+                            let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+                            let mut hasher = crc32fast::Hasher::new();
+                            hasher.update(&seq.to_le_bytes());
+                            hasher.update(payload);
+                            buf.extend_from_slice(&len.to_le_bytes());
+                            buf.extend_from_slice(&hasher.finalize().to_le_bytes());
+                            buf.extend_from_slice(&seq.to_le_bytes());
+                            buf.extend_from_slice(payload);
+                        }
+                        match segment.append(&buf) {
+                            Ok(()) => {
+                                metrics::counter!("fabrik_wal_groups_total").increment(1);
+                                metrics::counter!("fabrik_wal_bytes_total").increment(buf.len() as u64);
+                                for (payload, chunks, reply) in group {
+                                    drop(payload);
+                                    let seq = next_seq;
+                                    next_seq += 1;
+                                    sink.apply(seq, chunks);
+                                    let _ = reply.send(Ok(seq));
+                                }
+                            }
+                            Err(err) => {
+                                tracing::error!(error = %err, writes = group.len(), "WAL append failed; writes refused.");
+                                let message = err.to_string();
+                                let insufficient = matches!(err, StoreError::InsufficientStorage(_));
+                                for (_, _, reply) in group {
+                                    let e = if insufficient {
+                                        StoreError::InsufficientStorage(message.clone())
+                                    } else {
+                                        StoreError::Internal(message.clone())
+                                    };
+                                    let _ = reply.send(Err(e));
+                                }
+                            }
+                        }
+                        if buf.capacity() > 2 * MAX_GROUP_BYTES {
+                            buf = Vec::new();
+                        }
+                    }
+                }
+            }
+            tracing::debug!("WAL writer stopped.");
+        })
+        .map_err(|e| StoreError::io("starting the WAL thread", e))?;
+    Ok((tx, handle))
+}

@@ -1,0 +1,221 @@
+//! Thin CLI clients of the HTTP API: `fabrik query` and `fabrik write`.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+
+/// Where the server is and how to authenticate.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct Endpoint {
+    /// Base URL of a running Fabrik.
+    #[arg(long, env = "FABRIK_URL", default_value = "http://127.0.0.1:7800")]
+    pub(crate) url: String,
+    /// API token (default: read from <data-dir>/admin.token).
+    #[arg(long, env = "FABRIK_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// Data directory holding admin.token, used when no token is given.
+    #[arg(long, env = "FABRIK__STORE__DATA_DIR", default_value = "./fabrik-data")]
+    pub(crate) data_dir: PathBuf,
+}
+
+impl Endpoint {
+    /// The token to send, if any.
+    pub(crate) fn token(&self) -> Option<String> {
+        if let Some(t) = &self.token {
+            return Some(t.clone());
+        }
+        std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+    }
+
+    /// A request builder with the token set.
+    pub(crate) fn request(
+        &self,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        let url = format!("{}{}", self.url.trim_end_matches('/'), path);
+        let req = client.request(method, url);
+        match self.token() {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+}
+
+/// Runs a client future on a small runtime and turns errors into exit code 1.
+pub(crate) fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fabrik: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fabrik: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Output formats of `fabrik query`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub(crate) enum QueryFormat {
+    /// An aligned text table.
+    Table,
+    /// A JSON array of row objects.
+    Json,
+    /// CSV with a header row.
+    Csv,
+}
+
+/// Arguments of `fabrik query`.
+#[derive(Debug, Args)]
+pub(crate) struct QueryArgs {
+    /// The SQL.
+    pub(crate) sql: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    pub(crate) format: QueryFormat,
+    #[command(flatten)]
+    pub(crate) endpoint: Endpoint,
+}
+
+async fn check(response: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let body = response.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+        .unwrap_or(body);
+    bail!("server answered {status}: {message}")
+}
+
+/// `fabrik query`.
+pub(crate) async fn query(args: QueryArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let accept = match args.format {
+        QueryFormat::Table => fabrik_api::routes::ARROW_STREAM,
+        QueryFormat::Json => "application/json",
+        QueryFormat::Csv => "text/csv",
+    };
+    let response = args
+        .endpoint
+        .request(&client, reqwest::Method::POST, "/api/v1/query")
+        .header("accept", accept)
+        .json(&serde_json::json!({ "sql": args.sql }))
+        .send()
+        .await
+        .with_context(|| format!("cannot reach Fabrik at {}", args.endpoint.url))?;
+    let bytes = check(response).await?.bytes().await?;
+    match args.format {
+        QueryFormat::Table => {
+            let reader = fabrik_store::arrow::ipc::reader::StreamReader::try_new(
+                std::io::Cursor::new(bytes),
+                None,
+            )?;
+            let batches = reader.collect::<Result<Vec<_>, _>>()?;
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            println!(
+                "{}",
+                fabrik_store::arrow::util::pretty::pretty_format_batches(&batches)?
+            );
+            println!("{rows} row(s)");
+        }
+        QueryFormat::Json | QueryFormat::Csv => {
+            print!("{}", String::from_utf8_lossy(&bytes));
+            if !bytes.ends_with(b"\n") {
+                println!();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Arguments of `fabrik write`.
+#[derive(Debug, Args)]
+pub(crate) struct WriteArgs {
+    /// Line-protocol file, or - for standard input.
+    pub(crate) file: String,
+    /// Timestamp precision of the input: ns, us, ms or s.
+    #[arg(long, default_value = "ns")]
+    pub(crate) precision: String,
+    /// Lines per request.
+    #[arg(long, default_value_t = 5000)]
+    pub(crate) batch_lines: usize,
+    #[command(flatten)]
+    pub(crate) endpoint: Endpoint,
+}
+
+/// `fabrik write`: sends the input in batches; stops at the first rejected batch, naming the
+/// input line where it starts.
+pub(crate) async fn write(args: WriteArgs) -> anyhow::Result<()> {
+    let reader: Box<dyn BufRead> = if args.file == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        let f =
+            std::fs::File::open(&args.file).with_context(|| format!("opening {}", args.file))?;
+        Box::new(std::io::BufReader::new(f))
+    };
+    let client = reqwest::Client::new();
+    let batch_lines = args.batch_lines.max(1);
+    let mut batch = String::new();
+    let mut in_batch = 0usize;
+    let mut first_line = 1usize;
+    let mut line_no = 0usize;
+    let mut points = 0u64;
+    let mut lines = reader.lines();
+    loop {
+        let next = lines.next().transpose().context("reading input")?;
+        if let Some(line) = &next {
+            line_no += 1;
+            batch.push_str(line);
+            batch.push('\n');
+            in_batch += 1;
+        }
+        if (next.is_none() && in_batch > 0) || in_batch >= batch_lines {
+            let response = args
+                .endpoint
+                .request(
+                    &client,
+                    reqwest::Method::POST,
+                    &format!("/api/v1/write?precision={}", args.precision),
+                )
+                .header("content-type", "text/plain; charset=utf-8")
+                .body(std::mem::take(&mut batch))
+                .send()
+                .await
+                .with_context(|| format!("cannot reach Fabrik at {}", args.endpoint.url))?;
+            let response = check(response)
+                .await
+                .with_context(|| format!("batch starting at input line {first_line} rejected (line numbers in the message count from there)"))?;
+            let report: serde_json::Value = response.json().await?;
+            points += report
+                .get("points")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            in_batch = 0;
+            first_line = line_no + 1;
+        }
+        if next.is_none() {
+            break;
+        }
+    }
+    println!("wrote {points} point(s)");
+    Ok(())
+}

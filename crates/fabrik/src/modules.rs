@@ -1,0 +1,106 @@
+//! The modules of `fabrik run`, their dependencies, and `--target` resolution (Loki's module
+//! manager, as a closed enum: a new module does not compile until its dependencies are
+//! declared in the `match`).
+
+/// One module of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Module {
+    /// The storage engine (WAL, buffer, segments, SQL).
+    Store,
+    /// The HTTP API and dashboard.
+    Http,
+}
+
+impl Module {
+    /// Every module.
+    pub(crate) const ALL: [Module; 2] = [Module::Store, Module::Http];
+
+    /// The modules this one needs started first.
+    pub(crate) const fn deps(self) -> &'static [Module] {
+        match self {
+            Module::Store => &[],
+            Module::Http => &[Module::Store],
+        }
+    }
+
+    /// The name used by `--target`, `/services` and logs.
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            Module::Store => "store",
+            Module::Http => "http",
+        }
+    }
+
+    /// What it does, for `--list-targets`.
+    pub(crate) const fn about(self) -> &'static str {
+        match self {
+            Module::Store => "WAL, in-memory buffer, Parquet segments, compaction, retention, SQL",
+            Module::Http => {
+                "REST API under /api/v1, InfluxDB write endpoints, /ready, /metrics, dashboard"
+            }
+        }
+    }
+
+    fn parse(name: &str) -> Option<Module> {
+        Module::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
+/// Resolves a `--target` list (`all` or module names) into modules in start order
+/// (dependencies first).
+pub(crate) fn resolve(targets: &[String]) -> Result<Vec<Module>, String> {
+    let mut wanted = Vec::new();
+    for t in targets {
+        let t = t.trim();
+        if t.is_empty() {
+            continue;
+        }
+        if t == "all" {
+            wanted.extend(Module::ALL);
+            continue;
+        }
+        match Module::parse(t) {
+            Some(m) => wanted.push(m),
+            None => {
+                let names: Vec<&str> = Module::ALL.iter().map(|m| m.name()).collect();
+                return Err(format!(
+                    "unknown target `{t}`; known: all, {}",
+                    names.join(", ")
+                ));
+            }
+        }
+    }
+    if wanted.is_empty() {
+        wanted.extend(Module::ALL);
+    }
+    let mut order = Vec::new();
+    fn visit(m: Module, order: &mut Vec<Module>) {
+        if order.contains(&m) {
+            return;
+        }
+        for d in m.deps() {
+            visit(*d, order);
+        }
+        order.push(m);
+    }
+    for m in wanted {
+        visit(m, &mut order);
+    }
+    Ok(order)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_pull_in_their_dependencies_first() {
+        assert_eq!(
+            resolve(&["http".into()]),
+            Ok(vec![Module::Store, Module::Http])
+        );
+        assert_eq!(resolve(&[]), Ok(vec![Module::Store, Module::Http]));
+        assert_eq!(resolve(&["store".into()]), Ok(vec![Module::Store]));
+        assert!(resolve(&["nope".into()]).is_err());
+    }
+}

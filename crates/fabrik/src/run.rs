@@ -1,0 +1,292 @@
+//! `fabrik run`: load the configuration, start the selected modules in dependency order,
+//! print where everything is, and stop gracefully on SIGINT/SIGTERM or when a module fails.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use fabrik_api::{ApiState, Auth};
+use fabrik_runtime::config::Retention;
+use fabrik_runtime::services::StopReason;
+use fabrik_runtime::{Config, ServiceHandle, ServiceManager, Settings};
+use fabrik_store::{Store, StoreOptions};
+use tokio_util::sync::CancellationToken;
+
+use crate::modules::{self, Module};
+
+/// How long a graceful stop may take before the process exits anyway.
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Arguments of `fabrik run`.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// Configuration file (TOML). Without it: embedded defaults plus FABRIK__* overrides.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Modules to run, comma-separated (default: all). Dependencies are started too.
+    #[arg(long, value_delimiter = ',')]
+    target: Vec<String>,
+    /// List the modules and their dependencies, then exit.
+    #[arg(long)]
+    list_targets: bool,
+}
+
+/// Entry point of `fabrik run`.
+pub(crate) fn main(args: RunArgs) -> ExitCode {
+    if args.list_targets {
+        for m in Module::ALL {
+            let deps: Vec<&str> = m.deps().iter().map(|d| d.name()).collect();
+            let deps = if deps.is_empty() {
+                "-".to_owned()
+            } else {
+                deps.join(",")
+            };
+            println!("{:<8} deps: {:<10} {}", m.name(), deps, m.about());
+        }
+        return ExitCode::SUCCESS;
+    }
+    let origin = args
+        .config
+        .as_ref()
+        .map_or_else(|| "defaults".to_owned(), |p| p.display().to_string());
+    let settings = match Config::load(args.config.as_deref(), std::env::vars())
+        .and_then(|c| c.validate(&origin))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("fabrik: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let modules = match modules::resolve(&args.target) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("fabrik: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&settings.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("fabrik")
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fabrik: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(settings, modules)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "Fabrik stopped with an error.");
+            eprintln!("fabrik: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FABRIK_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    // Logs go to stderr so stdout carries only the banner (and stays parseable).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn retention(r: Retention) -> Option<Duration> {
+    match r {
+        Retention::Forever => None,
+        Retention::For(d) => Some(d),
+    }
+}
+
+fn store_options(s: &Settings) -> StoreOptions {
+    StoreOptions {
+        data_dir: s.data_dir.clone(),
+        partition: s.partition,
+        flush_interval: s.flush_interval,
+        flush_buffer_size: s.flush_buffer_size,
+        compaction_interval: s.compaction_interval,
+        retention: retention(s.retention),
+        table_retention: s
+            .table_retention
+            .iter()
+            .map(|(k, v)| (k.clone(), retention(*v)))
+            .collect(),
+        query_timeout: s.query_timeout,
+        query_threads: s.query_threads,
+    }
+}
+
+/// The admin token: from the config/environment, or `<data_dir>/admin.token`, or newly
+/// generated (and then printed once).
+fn admin_token(settings: &Settings) -> anyhow::Result<(String, Option<PathBuf>, bool)> {
+    if let Some(t) = &settings.admin_token {
+        return Ok((t.clone(), None, false));
+    }
+    let path = settings.data_dir.join("admin.token");
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => {
+            return Ok((text.trim().to_owned(), Some(path), false));
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("no randomness for the admin token: {e}"))?;
+    let token = format!(
+        "fbk_{}",
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    write_private(&path, &token).with_context(|| format!("writing {}", path.display()))?;
+    Ok((token, Some(path), true))
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.write_all(b"\n")?;
+    f.sync_all()
+}
+
+/// Shared between module starts: what earlier modules produced.
+#[derive(Default)]
+struct Wiring {
+    store: Option<Arc<Store>>,
+}
+
+async fn start_store(settings: &Settings, wiring: &mut Wiring) -> Result<ServiceHandle, String> {
+    let store = Store::open(store_options(settings))
+        .await
+        .map_err(|e| e.to_string())?;
+    wiring.store = Some(store.clone());
+    let stop = CancellationToken::new();
+    let background_stop = stop.child_token();
+    let background = tokio::spawn(store.clone().run_background(background_stop.clone()));
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        token.cancelled().await;
+        background_stop.cancel();
+        let _ = background.await;
+        // Writes still in the WAL queue are committed; acknowledged data is in the WAL.
+        store.close().await;
+        Ok(())
+    });
+    Ok(ServiceHandle { stop, task })
+}
+
+async fn start_http(
+    settings: &Settings,
+    wiring: &Wiring,
+    services: fabrik_runtime::Services,
+) -> Result<ServiceHandle, String> {
+    let store = wiring
+        .store
+        .clone()
+        .ok_or("the http module needs the store module")?;
+    let (token, token_path, generated) = admin_token(settings).map_err(|e| format!("{e:#}"))?;
+    let listener = tokio::net::TcpListener::bind(settings.http_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", settings.http_listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let state = ApiState {
+        store,
+        services,
+        auth: Auth::new(token.clone()),
+        metrics: fabrik_runtime::telemetry::prometheus(),
+        max_body_size: settings.http_max_body_size,
+    };
+    let stop = CancellationToken::new();
+    let shutdown = stop.clone();
+    let task = tokio::spawn(async move {
+        fabrik_api::serve(listener, state, shutdown)
+            .await
+            .map_err(|e| format!("HTTP server: {e}"))
+    });
+    println!("Fabrik is listening on http://{addr}");
+    println!("  API:       http://{addr}/api/v1   (contract: http://{addr}/api/v1/openapi.json)");
+    println!("  Dashboard: http://{addr}/");
+    println!("  Health:    http://{addr}/ready    Metrics: http://{addr}/metrics");
+    match (token_path, generated) {
+        (Some(path), true) => {
+            println!(
+                "  Admin token (shown once; also stored in {} with mode 0600):",
+                path.display()
+            );
+            println!("    {token}");
+        }
+        (Some(path), false) => println!("  Admin token: in {}", path.display()),
+        (None, _) => println!("  Admin token: from FABRIK__AUTH__ADMIN_TOKEN / auth.admin_token"),
+    }
+    let _ = std::io::stdout().flush();
+    Ok(ServiceHandle { stop, task })
+}
+
+async fn serve(settings: Settings, modules: Vec<Module>) -> anyhow::Result<()> {
+    let names: Vec<&'static str> = modules.iter().map(|m| m.name()).collect();
+    let mut manager = ServiceManager::new(&names);
+    let services = manager.services();
+    let mut wiring = Wiring::default();
+    let mut start_error = None;
+    for module in &modules {
+        let result = match module {
+            Module::Store => {
+                manager
+                    .start(module.name(), || start_store(&settings, &mut wiring))
+                    .await
+            }
+            Module::Http => {
+                let services = services.clone();
+                manager
+                    .start(module.name(), || start_http(&settings, &wiring, services))
+                    .await
+            }
+        };
+        if let Err(e) = result {
+            start_error = Some(e);
+            break;
+        }
+    }
+    let mut exited = None;
+    if start_error.is_none() {
+        tracing::info!(modules = ?names, "Fabrik is ready.");
+        match manager.run(fabrik_runtime::shutdown::signal()).await {
+            StopReason::Signal => tracing::info!("Stopping."),
+            StopReason::ServiceExited(name) => {
+                tracing::error!(service = name, "A service stopped on its own; stopping.");
+                exited = Some(name);
+            }
+        }
+    }
+    let stopped = manager.stop_all(STOP_DEADLINE).await;
+    if let Some(e) = start_error {
+        return Err(e.into());
+    }
+    stopped?;
+    if let Some(name) = exited {
+        anyhow::bail!("service `{name}` stopped unexpectedly");
+    }
+    tracing::info!("Fabrik stopped.");
+    Ok(())
+}

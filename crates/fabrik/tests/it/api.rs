@@ -1,0 +1,350 @@
+//! The HTTP API against an in-process server on an ephemeral port.
+
+use std::io::Write;
+
+use crate::support::{Server, TOKEN};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn line_protocol_is_queryable_as_a_table_with_time_tags_and_fields() {
+    let s = Server::start().await;
+    let r = s
+        .post("/api/v1/write?precision=s")
+        .body("cpu,host=a,region=eu usage=1.5,cores=4i,on=true,label=\"x y\" 1700000000\ncpu,host=b usage=2.5 1700000001\n")
+        .send()
+        .await
+        .expect("write");
+    assert_eq!(r.status(), 200);
+    let report: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(report["points"], 2);
+    let rows = s
+        .query("SELECT host, region, usage, cores, \"on\", label, time FROM cpu ORDER BY host")
+        .await;
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["host"], "a");
+    assert_eq!(rows[0]["region"], "eu");
+    assert_eq!(rows[0]["usage"], 1.5);
+    assert_eq!(rows[0]["cores"], 4);
+    assert_eq!(rows[0]["on"], true);
+    assert_eq!(rows[0]["label"], "x y");
+    assert_eq!(rows[0]["time"], "2023-11-14T22:13:20");
+    assert_eq!(rows[1]["region"], serde_json::Value::Null);
+    // Lineage columns: source and raw-message id of the request.
+    let lineage = s
+        .query("SELECT DISTINCT _source, _raw_id, _quality FROM cpu")
+        .await;
+    assert_eq!(lineage.len(), 1);
+    assert_eq!(lineage[0]["_source"], "http");
+    assert_eq!(lineage[0]["_raw_id"], report["raw_id"]);
+    assert_eq!(lineage[0]["_quality"], "good");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_columns_extend_the_schema_and_type_conflicts_are_rejected_whole() {
+    let s = Server::start().await;
+    assert_eq!(s.write("m v=1 1").await.status(), 200);
+    assert_eq!(s.write("m,t=x w=2i 2").await.status(), 200);
+    let rows = s.query("SELECT t, v, w FROM m ORDER BY time").await;
+    assert_eq!(rows[0]["w"], serde_json::Value::Null);
+    assert_eq!(rows[1]["t"], "x");
+    // One good line and one conflicting line: nothing of the request is stored.
+    let r = s.write("m v=5 10\nm v=6i 11").await;
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.expect("json");
+    let msg = body["error"].as_str().expect("error");
+    assert!(msg.contains("line 2") && msg.contains("`v`"), "{msg}");
+    let r = s.write("m v=7i 12").await;
+    assert_eq!(r.status(), 400);
+    let msg = r.text().await.expect("text");
+    assert!(msg.contains("float") && msg.contains("integer"), "{msg}");
+    assert_eq!(s.count("SELECT count(*) FROM m").await, 2);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_line_protocol_names_line_and_column_and_stores_nothing() {
+    let s = Server::start().await;
+    let r = s.write("ok v=1 1\nok v=2 2\nok v=\"unterminated 3\n").await;
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(
+        body["error"],
+        "line 3, column 6: field `v`: unterminated string"
+    );
+    let r = s
+        .post("/api/v1/query")
+        .json(&serde_json::json!({"sql": "SELECT * FROM ok"}))
+        .send()
+        .await
+        .expect("q");
+    assert_eq!(r.status(), 400, "table must not exist");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_series_and_time_written_twice_keeps_the_last_value() {
+    let s = Server::start().await;
+    s.write("d,dev=p1 v=1 100\nd,dev=p2 v=2 100").await;
+    s.write("d,dev=p1 v=10 100").await;
+    let rows = s.query("SELECT dev, v FROM d ORDER BY dev").await;
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["v"], 10.0);
+    assert_eq!(rows[1]["v"], 2.0);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_and_arrow_results_by_accept_header() {
+    let s = Server::start().await;
+    s.write("m,h=a v=1 1000000000\nm,h=b v=2 2000000000").await;
+    let csv = s
+        .post("/api/v1/query")
+        .header("accept", "text/csv")
+        .json(&serde_json::json!({"sql": "SELECT h, v FROM m ORDER BY h"}))
+        .send()
+        .await
+        .expect("csv");
+    assert_eq!(csv.headers()["content-type"], "text/csv; charset=utf-8");
+    assert_eq!(csv.text().await.expect("text"), "h,v\na,1.0\nb,2.0\n");
+    let arrow = s
+        .post("/api/v1/query")
+        .header("accept", fabrik_api::routes::ARROW_STREAM)
+        .json(&serde_json::json!({"sql": "SELECT h, v FROM m ORDER BY h"}))
+        .send()
+        .await
+        .expect("arrow");
+    let bytes = arrow.bytes().await.expect("bytes");
+    let reader =
+        fabrik_store::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+            .expect("ipc");
+    let batches: Vec<_> = reader.collect::<Result<_, _>>().expect("batches");
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+    assert_eq!(batches[0].schema().field(0).name(), "h");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn influxdb_endpoints_precision_gzip_and_samples() {
+    let s = Server::start().await;
+    let r = s
+        .post("/write?db=x&precision=ms")
+        .body("a v=1 1500")
+        .send()
+        .await
+        .expect("v1");
+    assert_eq!(r.status(), 204);
+    let r = s
+        .client
+        .post(format!(
+            "{}/api/v2/write?org=o&bucket=b&precision=us",
+            s.url
+        ))
+        .header("authorization", format!("Token {TOKEN}"))
+        .body("a v=2 2500")
+        .send()
+        .await
+        .expect("v2");
+    assert_eq!(r.status(), 204);
+    // InfluxDB 1.x clients authenticate with u/p query parameters.
+    let r = s
+        .client
+        .post(format!("{}/write?u=me&p={TOKEN}", s.url))
+        .body("a v=3 3")
+        .send()
+        .await
+        .expect("p");
+    assert_eq!(r.status(), 204);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(b"a v=4 4").expect("gzip");
+    let r = s
+        .post("/api/v1/write")
+        .header("content-encoding", "gzip")
+        .body(gz.finish().expect("gzip"))
+        .send()
+        .await
+        .expect("gz");
+    assert_eq!(r.status(), 200);
+    let r = s
+        .post("/api/v1/samples")
+        .json(&serde_json::json!({"samples": [
+            {"measurement": "a", "fields": {"v": 5.5}, "time": 5},
+            {"measurement": "pump", "tags": {"device": "p-7"}, "fields": {"rpm": 1450, "ok": true}, "time": 6, "quality": "uncertain"}
+        ]}))
+        .send()
+        .await
+        .expect("samples");
+    assert_eq!(r.status(), 200);
+    let rows = s
+        .query("SELECT CAST(time AS BIGINT) AS t, v FROM a ORDER BY time")
+        .await;
+    let times: Vec<i64> = rows.iter().map(|r| r["t"].as_i64().expect("t")).collect();
+    assert_eq!(times, vec![3, 4, 5, 2_500_000, 1_500_000_000]);
+    let pump = s.query("SELECT device, rpm, ok, _quality FROM pump").await;
+    assert_eq!(pump[0]["rpm"], 1450);
+    assert_eq!(pump[0]["_quality"], "uncertain");
+    let r = s
+        .post("/api/v1/samples")
+        .json(&serde_json::json!({"samples": [{"measurement": "a", "fields": {"v": 1.0}}, {"measurement": "a", "fields": {"v": [1]}}]}))
+        .send()
+        .await
+        .expect("bad samples");
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.expect("t").contains("samples[1]"));
+    let r = s
+        .post("/api/v1/write?precision=h")
+        .body("a v=1 1")
+        .send()
+        .await
+        .expect("bad precision");
+    assert_eq!(r.status(), 400);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_ready_and_metrics_answer_without_a_token() {
+    let s = Server::start().await;
+    let c = &s.client;
+    assert_eq!(
+        c.get(format!("{}/metrics", s.url))
+            .send()
+            .await
+            .expect("m")
+            .status(),
+        200
+    );
+    let ready = c
+        .get(format!("{}/ready", s.url))
+        .send()
+        .await
+        .expect("r")
+        .status();
+    assert!(
+        ready == 200 || ready == 503,
+        "ready answers without a token: {ready}"
+    );
+    for (method, path) in [
+        ("POST", "/api/v1/write"),
+        ("POST", "/write"),
+        ("POST", "/api/v2/write"),
+        ("POST", "/api/v1/samples"),
+        ("POST", "/api/v1/query"),
+        ("GET", "/api/v1/tables"),
+        ("GET", "/api/v1/openapi.json"),
+        ("GET", "/services"),
+        ("POST", "/api/v1/admin/persist"),
+    ] {
+        let url = format!("{}{path}", s.url);
+        let req = if method == "GET" {
+            c.get(&url)
+        } else {
+            c.post(&url).body("m v=1")
+        };
+        assert_eq!(
+            req.send().await.expect("req").status(),
+            401,
+            "{method} {path} without token"
+        );
+        let req = if method == "GET" {
+            c.get(&url)
+        } else {
+            c.post(&url).body("m v=1")
+        };
+        assert_eq!(
+            req.bearer_auth("wrong").send().await.expect("req").status(),
+            401,
+            "{method} {path} with a wrong token"
+        );
+    }
+    assert_eq!(
+        s.count("SELECT count(*) FROM information_schema.tables WHERE table_name = 'm'")
+            .await,
+        0
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_get_413_and_bad_sql_gets_400_with_the_engine_message() {
+    let s = Server::start().await; // 1 MiB limit
+    let big = "m v=1 1\n".repeat(200_000);
+    let r = s.write(&big).await;
+    assert_eq!(r.status(), 413);
+    // A small gzip body that inflates past the limit is refused too.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(big.as_bytes()).expect("gzip");
+    let r = s
+        .post("/api/v1/write")
+        .header("content-encoding", "gzip")
+        .body(gz.finish().expect("gz"))
+        .send()
+        .await
+        .expect("gz");
+    assert_eq!(r.status(), 413);
+    s.write("m v=1 1").await;
+    for (sql, needle) in [
+        ("SELECT * FROM nope", "nope"),
+        ("SELECT nope FROM m", "nope"),
+        ("SELEC 1", "SELEC"),
+        ("CREATE TABLE x (a INT)", "DDL"),
+        ("COPY m TO '/tmp/x.csv'", ""),
+    ] {
+        let r = s
+            .post("/api/v1/query")
+            .json(&serde_json::json!({ "sql": sql }))
+            .send()
+            .await
+            .expect("q");
+        assert_eq!(r.status(), 400, "{sql}");
+        let body: serde_json::Value = r.json().await.expect("json");
+        assert!(
+            body["error"].as_str().expect("error").contains(needle),
+            "{sql}: {body}"
+        );
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_past_the_timeout_is_cancelled_without_harming_ingest() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut options = fabrik_store::StoreOptions::new(dir.path());
+    options.query_timeout = std::time::Duration::from_millis(200);
+    let s = Server::with_options(options, 1 << 20).await;
+    let r = s
+        .post("/api/v1/query")
+        .json(&serde_json::json!({"sql": "SELECT count(*) FROM generate_series(1, 20000000000) a"}))
+        .send()
+        .await
+        .expect("q");
+    assert_eq!(r.status(), 408);
+    assert!(r.text().await.expect("t").contains("timeout"));
+    assert_eq!(s.write("after v=1 1").await.status(), 200);
+    assert_eq!(s.count("SELECT count(*) FROM after").await, 1);
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_committed_openapi_document_is_current() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/api/openapi.json");
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    let current = fabrik_api::openapi::document();
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(path, &current).expect("write openapi");
+        return;
+    }
+    assert!(
+        committed == current,
+        "docs/api/openapi.json is stale: run `fabrik openapi > docs/api/openapi.json` (or UPDATE_OPENAPI=1 cargo test) and commit it"
+    );
+    let doc: serde_json::Value = serde_json::from_str(&current).expect("valid json");
+    for path in [
+        "/api/v1/write",
+        "/api/v1/query",
+        "/api/v1/samples",
+        "/write",
+        "/api/v2/write",
+        "/ready",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} documented");
+    }
+}

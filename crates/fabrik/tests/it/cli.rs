@@ -1,0 +1,201 @@
+//! The command line: config handling, start-up errors, and the CLI clients.
+
+use std::process::Command;
+
+use crate::support::{Process, TOKEN, fabrik_bin};
+
+#[test]
+fn config_example_parses_and_config_check_lists_every_error() {
+    let out = Command::new(fabrik_bin())
+        .args(["config", "example"])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let example = String::from_utf8(out.stdout).expect("utf8");
+    let dir = tempfile::tempdir().expect("dir");
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, &example).expect("write");
+    let out = Command::new(fabrik_bin())
+        .args(["config", "check"])
+        .arg(&good)
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[http]\nlisten = \"here\"\nmax_body = 1\n[store]\nretention = \"later\"\n",
+    )
+    .expect("write");
+    let out = Command::new(fabrik_bin())
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("http.max_body"), "{err}");
+    // Shape errors come first; fix them and the value errors are all listed together.
+    std::fs::write(
+        &bad,
+        "[http]\nlisten = \"here\"\n[store]\nretention = \"later\"\n",
+    )
+    .expect("write");
+    let out = Command::new(fabrik_bin())
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("http.listen")
+            && err.contains("store.retention")
+            && err.contains("2 configuration error"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unusable_data_dir_is_a_clear_error_at_start() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").expect("write");
+    let out = Command::new(fabrik_bin())
+        .arg("run")
+        .env("FABRIK__STORE__DATA_DIR", file.join("data"))
+        .env("FABRIK__HTTP__LISTEN", "127.0.0.1:0")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("data directory") && err.contains("not-a-dir"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_generated_admin_token_is_private_and_required() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut command = Command::new(fabrik_bin());
+    command.env_remove("FABRIK__AUTH__ADMIN_TOKEN");
+    let p = Process::start_with(command, dir.path(), &[("FABRIK__AUTH__ADMIN_TOKEN", "")]);
+    let path = dir.path().join("admin.token");
+    let token = std::fs::read_to_string(&path)
+        .expect("token file")
+        .trim()
+        .to_owned();
+    assert!(token.len() >= 32);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).expect("meta").permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    assert_eq!(
+        crate::support::post_status(&p.url, "/api/v1/write", "m v=1"),
+        401,
+        "the test token is not valid here"
+    );
+    let out = Command::new(fabrik_bin())
+        .args([
+            "query",
+            "SELECT 1 AS one",
+            "--format",
+            "csv",
+            "--url",
+            &p.url,
+        ])
+        .env("FABRIK__STORE__DATA_DIR", dir.path())
+        .output()
+        .expect("query");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\n1\n");
+    p.kill9();
+}
+
+#[test]
+fn fabrik_write_and_query_round_trip() {
+    let dir = tempfile::tempdir().expect("dir");
+    let p = Process::start(dir.path(), &[]);
+    let input = dir.path().join("in.lp");
+    let body: String = (0..12_345)
+        .map(|i| format!("w,k=k{} v={i} {i}\n", i % 3))
+        .collect();
+    std::fs::write(&input, body).expect("write");
+    let out = Command::new(fabrik_bin())
+        .args([
+            "write",
+            "--batch-lines",
+            "1000",
+            "--url",
+            &p.url,
+            "--token",
+            TOKEN,
+        ])
+        .arg(&input)
+        .output()
+        .expect("write");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("wrote 12345 point(s)"));
+    let out = Command::new(fabrik_bin())
+        .args([
+            "query",
+            "SELECT k, count(*) AS n FROM w GROUP BY k ORDER BY k",
+            "--url",
+            &p.url,
+            "--token",
+            TOKEN,
+        ])
+        .output()
+        .expect("query");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("| k0 | 4115 |") && table.contains("3 row(s)"),
+        "{table}"
+    );
+    // A bad line makes `fabrik write` fail and say where.
+    std::fs::write(&input, "w v=1 1\nw v=oops 2\n").expect("write");
+    let out = Command::new(fabrik_bin())
+        .args(["write", "--url", &p.url, "--token", TOKEN])
+        .arg(&input)
+        .output()
+        .expect("write");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}
+
+#[test]
+fn run_lists_targets_and_rejects_unknown_ones() {
+    let out = Command::new(fabrik_bin())
+        .args(["run", "--list-targets"])
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("store") && text.contains("http") && text.contains("deps: store"),
+        "{text}"
+    );
+    let out = Command::new(fabrik_bin())
+        .args(["run", "--target", "warp-drive"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown target"));
+}

@@ -1,0 +1,8 @@
+//! Fabrik's integration tests: one binary (links once), one module per area. Servers run on
+//! 127.0.0.1 with ephemeral ports; data lives in temporary directories.
+
+mod api;
+mod cli;
+mod crash;
+mod storage;
+mod support;

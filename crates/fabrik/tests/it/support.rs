@@ -1,0 +1,263 @@
+//! Test support: an in-process server (store + router on a real socket) and a spawned
+//! `fabrik run` process.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use fabrik_api::{ApiState, Auth};
+use fabrik_store::{Store, StoreOptions};
+use tokio_util::sync::CancellationToken;
+
+pub(crate) const TOKEN: &str = "test-token-0123456789";
+
+/// A store and the HTTP API on 127.0.0.1:<ephemeral>, inside the test's runtime.
+pub(crate) struct Server {
+    pub(crate) url: String,
+    pub(crate) store: Arc<Store>,
+    pub(crate) client: reqwest::Client,
+    stop: CancellationToken,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    pub(crate) async fn start() -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = StoreOptions::new(dir.path().join("data"));
+        let mut server = Server::with_options(options, 1 << 20).await;
+        server._dir = Some(dir);
+        server
+    }
+
+    pub(crate) async fn with_options(options: StoreOptions, max_body_size: usize) -> Server {
+        let store = Store::open(options).await.expect("store opens");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let services = fabrik_runtime::ServiceManager::new(&[]).services();
+        let state = ApiState {
+            store: store.clone(),
+            services,
+            auth: Auth::new(TOKEN),
+            metrics: fabrik_runtime::telemetry::prometheus(),
+            max_body_size,
+        };
+        let stop = CancellationToken::new();
+        tokio::spawn(fabrik_api::serve(listener, state, stop.clone()));
+        Server {
+            url,
+            store,
+            client: reqwest::Client::new(),
+            stop,
+            _dir: None,
+        }
+    }
+
+    pub(crate) fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(TOKEN)
+    }
+
+    pub(crate) async fn write(&self, body: &str) -> reqwest::Response {
+        self.post("/api/v1/write")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("write request")
+    }
+
+    /// Runs SQL and returns the JSON rows.
+    pub(crate) async fn query(&self, sql: &str) -> Vec<serde_json::Value> {
+        let r = self
+            .post("/api/v1/query")
+            .json(&serde_json::json!({ "sql": sql }))
+            .send()
+            .await
+            .expect("query request");
+        let status = r.status();
+        let text = r.text().await.expect("body");
+        assert_eq!(status, 200, "query `{sql}` failed: {text}");
+        serde_json::from_str(&text).expect("json rows")
+    }
+
+    pub(crate) async fn count(&self, sql: &str) -> i64 {
+        let rows = self.query(sql).await;
+        rows[0]
+            .as_object()
+            .expect("row")
+            .values()
+            .next()
+            .and_then(|v| v.as_i64())
+            .expect("a count")
+    }
+
+    pub(crate) async fn shutdown(self) {
+        self.stop.cancel();
+        self.store.close().await;
+    }
+}
+
+/// The `fabrik` binary under test.
+pub(crate) fn fabrik_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_fabrik"))
+}
+
+/// A `fabrik run` child process.
+pub(crate) struct Process {
+    pub(crate) child: Child,
+    pub(crate) url: String,
+    pub(crate) log: mpsc::Receiver<String>,
+    /// What the process printed before it listened (start-up and replay logs).
+    pub(crate) startup_log: Vec<String>,
+}
+
+impl Process {
+    /// Starts `fabrik run` on `data_dir` with an ephemeral port, waiting until it listens.
+    pub(crate) fn start(data_dir: &Path, extra_env: &[(&str, &str)]) -> Process {
+        Self::start_with(Command::new(fabrik_bin()), data_dir, extra_env)
+    }
+
+    pub(crate) fn start_with(
+        mut command: Command,
+        data_dir: &Path,
+        extra_env: &[(&str, &str)],
+    ) -> Process {
+        command
+            .arg("run")
+            .env("FABRIK__STORE__DATA_DIR", data_dir)
+            .env("FABRIK__HTTP__LISTEN", "127.0.0.1:0")
+            .env("FABRIK__AUTH__ADMIN_TOKEN", TOKEN)
+            .env("FABRIK_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in extra_env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("spawn fabrik");
+        let (tx, log) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        for stream in [
+            Box::new(stdout) as Box<dyn std::io::Read + Send>,
+            Box::new(stderr),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match log.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("Fabrik is listening on ") {
+                        let url = rest.trim().to_owned();
+                        return Process {
+                            child,
+                            url,
+                            log,
+                            startup_log: seen,
+                        };
+                    }
+                    seen.push(line);
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("fabrik did not start; output:\n{}", seen.join("\n"));
+                }
+            }
+        }
+    }
+
+    pub(crate) fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub(crate) fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        let status = self.child.wait().expect("wait");
+        let lines: Vec<String> = self.log.try_iter().collect();
+        (status, lines)
+    }
+
+    /// Lines logged so far.
+    pub(crate) fn drain_log(&self) -> Vec<String> {
+        self.startup_log
+            .iter()
+            .cloned()
+            .chain(self.log.try_iter())
+            .collect()
+    }
+}
+
+impl Drop for Process {
+    /// A failing test must not leave a server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking HTTP client for process tests.
+pub(crate) fn blocking_query_count(url: &str, sql: &str) -> i64 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!("{url}/api/v1/query"))
+            .bearer_auth(TOKEN)
+            .json(&serde_json::json!({ "sql": sql }))
+            .send()
+            .await
+            .expect("query");
+        let status = r.status();
+        let text = r.text().await.expect("text");
+        assert_eq!(status, 200, "{text}");
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&text).expect("json");
+        rows[0]
+            .as_object()
+            .expect("row")
+            .values()
+            .next()
+            .and_then(|v| v.as_i64())
+            .expect("count")
+    })
+}
+
+/// POSTs `body` to `url` + `path` with the test token; returns the status code.
+pub(crate) fn post_status(url: &str, path: &str, body: &str) -> u16 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{url}{path}"))
+            .bearer_auth(TOKEN)
+            .body(body.to_owned())
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    })
+}
