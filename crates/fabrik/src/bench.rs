@@ -47,6 +47,10 @@ pub(crate) struct IngestArgs {
     /// Only write the generated data, in send order, to this file and exit.
     #[arg(long)]
     pub(crate) generate_only: Option<PathBuf>,
+    /// Send the lines of this file (e.g. from --generate-only) instead of generating data, so
+    /// several systems receive exactly the same bytes.
+    #[arg(long)]
+    pub(crate) input: Option<PathBuf>,
     /// Send no token (for systems without authentication).
     #[arg(long)]
     pub(crate) no_auth: bool,
@@ -160,7 +164,22 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// `fabrik bench ingest`.
 pub(crate) async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
-    let batches = generate(&args);
+    let batches = match &args.input {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            lines
+                .chunks(args.batch.max(1))
+                .map(|c| {
+                    let mut s = c.join("\n");
+                    s.push('\n');
+                    s
+                })
+                .collect()
+        }
+        None => generate(&args),
+    };
     if let Some(path) = &args.generate_only {
         let mut text = String::new();
         for b in &batches {
@@ -175,7 +194,10 @@ pub(crate) async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let total_points = args.points as u64;
+    let total_points: u64 = batches
+        .iter()
+        .map(|b| b.bytes().filter(|&c| c == b'\n').count() as u64)
+        .sum();
     let batches: Arc<Vec<(usize, String)>> = Arc::new(
         batches
             .into_iter()

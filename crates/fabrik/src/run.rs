@@ -244,6 +244,11 @@ async fn start_http(
 }
 
 async fn serve(settings: Settings, modules: Vec<Module>) -> anyhow::Result<()> {
+    // A file-size limit (ulimit -f) must surface as EFBIG → 507 on write, not kill the
+    // process: listening for SIGXFSZ replaces its default action (terminate).
+    #[cfg(target_os = "linux")]
+    let _file_size_signal =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(25)).ok();
     let names: Vec<&'static str> = modules.iter().map(|m| m.name()).collect();
     let mut manager = ServiceManager::new(&names);
     let services = manager.services();

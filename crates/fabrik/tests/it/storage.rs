@@ -179,3 +179,57 @@ fn a_torn_wal_tail_is_cut_off_and_counted_at_restart() {
     );
     p.kill9();
 }
+
+#[test]
+fn a_full_disk_answers_507_and_keeps_every_acknowledged_write() {
+    let dir = tempfile::tempdir().expect("dir");
+    // `prlimit --fsize` makes every file stop growing at 256 KiB: the WAL fills up for real.
+    let mut command = std::process::Command::new("prlimit");
+    command
+        .arg("--fsize=262144")
+        .arg(crate::support::fabrik_bin());
+    let p = Process::start_with(command, dir.path(), &[]);
+    let mut acknowledged = 0i64;
+    let mut refused = 0;
+    for batch in 0..200i64 {
+        let status = crate::support::post_status(
+            &p.url,
+            "/api/v1/write",
+            &lines("full", batch * 100, batch * 100 + 100),
+        );
+        match status {
+            200 => acknowledged += 100,
+            507 => {
+                refused += 1;
+                if refused >= 3 {
+                    break;
+                }
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(refused >= 3, "the WAL never filled up");
+    assert!(acknowledged > 0);
+    assert_eq!(
+        blocking_query_count(&p.url, "SELECT count(*) FROM full"),
+        acknowledged
+    );
+    p.kill9();
+    // Without the limit: the WAL replays cleanly (no partial record), with exactly the
+    // acknowledged points, and takes writes again.
+    let p = Process::start(dir.path(), &[]);
+    assert_eq!(
+        blocking_query_count(&p.url, "SELECT count(*) FROM full"),
+        acknowledged
+    );
+    let log = p.drain_log().join("\n");
+    assert!(
+        log.contains("torn_bytes_dropped=0"),
+        "no partial record may be left: {log}"
+    );
+    assert_eq!(
+        crate::support::post_status(&p.url, "/api/v1/write", "full,dev=x v=1 1"),
+        200
+    );
+    p.kill9();
+}

@@ -1,0 +1,82 @@
+# Shared helpers for the benchmark scripts (sourced). Everything runs on 127.0.0.1 and is
+# stopped on exit.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fabrik-target}"
+FABRIK="$CARGO_TARGET_DIR/release/fabrik"
+WORK="$(mktemp -d /tmp/fabrik-bench.XXXXXX)"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+build_fabrik() {
+  (cd "$ROOT" && cargo build --release -p fabrik >&2)
+}
+
+install_peers() {
+  local missing=()
+  command -v victoria-metrics >/dev/null || missing+=(victoria-metrics)
+  command -v influxd >/dev/null || missing+=(influxdb)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]} (Debian packages)" >&2
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+    # Debian starts the packaged influxdb service on install where it can; we run our own.
+    (service influxdb stop || true) >/dev/null 2>&1
+  fi
+}
+
+wait_http() { # url
+  for _ in $(seq 1 200); do curl -fsS -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done
+  echo "timed out waiting for $1" >&2; return 1
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+start_fabrik() { # data_dir port → sets FABRIK_URL
+  local port=$2
+  FABRIK__STORE__DATA_DIR="$1" FABRIK__HTTP__LISTEN="127.0.0.1:$port" FABRIK__AUTH__ADMIN_TOKEN=bench-token \
+    FABRIK__LOG__LEVEL=warn "$FABRIK" run >"$WORK/fabrik.log" 2>&1 &
+  PIDS+=($!); FABRIK_PID=$!
+  FABRIK_URL="http://127.0.0.1:$port"
+  wait_http "$FABRIK_URL/ready"
+}
+
+start_vm() { # data_dir port → sets VM_URL
+  victoria-metrics -storageDataPath="$1" -httpListenAddr="127.0.0.1:$2" -loggerLevel=ERROR >"$WORK/vm.log" 2>&1 &
+  PIDS+=($!); VM_PID=$!
+  VM_URL="http://127.0.0.1:$2"
+  wait_http "$VM_URL/health"
+}
+
+start_influx() { # data_dir port → sets INFLUX_URL
+  local dir=$1 port=$2
+  mkdir -p "$dir"
+  cat >"$dir/influxdb.conf" <<CONF
+reporting-disabled = true
+bind-address = "127.0.0.1:$(free_port)"
+[meta]
+  dir = "$dir/meta"
+[data]
+  dir = "$dir/data"
+  wal-dir = "$dir/wal"
+  query-log-enabled = false
+[http]
+  bind-address = "127.0.0.1:$port"
+  log-enabled = false
+  max-body-size = 0
+[monitor]
+  store-enabled = false
+CONF
+  influxd -config "$dir/influxdb.conf" >"$WORK/influx.log" 2>&1 &
+  PIDS+=($!); INFLUX_PID=$!
+  INFLUX_URL="http://127.0.0.1:$port"
+  wait_http "$INFLUX_URL/ping"
+  curl -fsS -XPOST "$INFLUX_URL/query" --data-urlencode "q=CREATE DATABASE bench" >/dev/null
+}
+
+stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
