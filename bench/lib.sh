@@ -3,7 +3,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/fabrik-target}"
-FABRIK="$CARGO_TARGET_DIR/release/fabrik"
+# FABRIK_BIN skips the build and uses that binary.
+FABRIK="${FABRIK_BIN:-$CARGO_TARGET_DIR/release/fabrik}"
 WORK="$(mktemp -d /tmp/fabrik-bench.XXXXXX)"
 PIDS=()
 cleanup() {
@@ -14,6 +15,7 @@ cleanup() {
 trap cleanup EXIT
 
 build_fabrik() {
+  [ -n "${FABRIK_BIN:-}" ] && return 0
   (cd "$ROOT" && cargo build --release -p fabrik >&2)
 }
 
