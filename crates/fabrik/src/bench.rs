@@ -123,14 +123,7 @@ pub(crate) fn generate(args: &IngestArgs) -> Vec<String> {
         }
         step += 1;
     }
-    let mut batches: Vec<String> = lines
-        .chunks(args.batch.max(1))
-        .map(|c| {
-            let mut s = c.join("\n");
-            s.push('\n');
-            s
-        })
-        .collect();
+    let mut batches = into_batches(&lines, args.batch);
     // Out of order: swap some batches with a neighbour a few positions away.
     let n = batches.len();
     for b in 0..n {
@@ -154,6 +147,21 @@ pub(crate) fn generate(args: &IngestArgs) -> Vec<String> {
     on_time
 }
 
+/// Joins lines into request bodies of `batch` lines each, every line newline-terminated.
+fn into_batches<S: AsRef<str>>(lines: &[S], batch: usize) -> Vec<String> {
+    lines
+        .chunks(batch.max(1))
+        .map(|chunk| {
+            let mut body = String::new();
+            for line in chunk {
+                body.push_str(line.as_ref());
+                body.push('\n');
+            }
+            body
+        })
+        .collect()
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -169,14 +177,7 @@ pub(crate) async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
             let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-            lines
-                .chunks(args.batch.max(1))
-                .map(|c| {
-                    let mut s = c.join("\n");
-                    s.push('\n');
-                    s
-                })
-                .collect()
+            into_batches(&lines, args.batch)
         }
         None => generate(&args),
     };
@@ -194,16 +195,13 @@ pub(crate) async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let total_points: u64 = batches
-        .iter()
-        .map(|b| b.bytes().filter(|&c| c == b'\n').count() as u64)
-        .sum();
     let batches: Arc<Vec<(usize, String)>> = Arc::new(
         batches
             .into_iter()
             .map(|b| (b.bytes().filter(|&c| c == b'\n').count(), b))
             .collect(),
     );
+    let total_points: u64 = batches.iter().map(|(lines, _)| *lines as u64).sum();
     let next = Arc::new(AtomicUsize::new(0));
     let done_points = Arc::new(AtomicU64::new(0));
     let client = reqwest::Client::builder()
