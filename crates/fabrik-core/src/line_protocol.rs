@@ -108,6 +108,38 @@ pub fn parse_line<'a>(
     Ok(())
 }
 
+/// The length of a line's series key (measurement and tags, as written) when it can be taken
+/// verbatim: the bytes before the first space, if no backslash comes before it. Lines of one
+/// series share this text, so a caller can cache what it parsed to.
+pub fn series_key_len(text: &str) -> Option<usize> {
+    let at = text.bytes().position(|b| b == b' ' || b == b'\\')?;
+    (text.as_bytes()[at] == b' ').then_some(at)
+}
+
+/// Parses the fields and timestamp of a line whose series key, `text[..key_len]` (see
+/// [`series_key_len`]), the caller has already parsed; `out.measurement` and `out.tags` are
+/// left as they are. Errors name the same line and column as [`parse_line`] would.
+pub fn parse_line_fields<'a>(
+    text: &'a str,
+    key_len: usize,
+    line_number: usize,
+    out: &mut Line<'a>,
+) -> Result<(), LineError> {
+    out.fields.clear();
+    out.timestamp = None;
+    out.line_number = line_number;
+    let mut p = Parser {
+        text,
+        bytes: text.as_bytes(),
+        pos: key_len,
+        line_number,
+    };
+    p.expect_spaces("expected a space and fields after the measurement and tags")?;
+    p.fields(&mut out.fields)?;
+    out.timestamp = p.timestamp()?;
+    Ok(())
+}
+
 struct Parser<'a> {
     text: &'a str,
     bytes: &'a [u8],
@@ -115,22 +147,55 @@ struct Parser<'a> {
     line_number: usize,
 }
 
-/// Which characters a backslash escapes in an identifier.
+/// Which characters a backslash escapes in an identifier, and where it stops.
 #[derive(Clone, Copy)]
 enum Escapes {
-    /// `,` and space.
+    /// A measurement: `,` and space are escaped; stops at `,` or space.
     Measurement,
-    /// `,`, `=` and space.
+    /// A tag or field key: `,`, `=` and space escaped; stops at `,`, `=` or space.
     Key,
+    /// A tag value: `,`, `=` and space escaped; stops at `,` or space.
+    TagValue,
 }
+
+/// Byte classes for scanning identifiers with one table lookup per byte.
+const STOP_MEASUREMENT: u8 = 1;
+const STOP_KEY: u8 = 2;
+const STOP_TAG_VALUE: u8 = 4;
+const BACKSLASH: u8 = 8;
+const CLASSES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    t[b',' as usize] = STOP_MEASUREMENT | STOP_KEY | STOP_TAG_VALUE;
+    t[b' ' as usize] = STOP_MEASUREMENT | STOP_KEY | STOP_TAG_VALUE;
+    t[b'=' as usize] = STOP_KEY;
+    t[b'\\' as usize] = BACKSLASH;
+    t
+};
 
 impl Escapes {
     fn escapes(self, b: u8) -> bool {
         match self {
             Self::Measurement => matches!(b, b',' | b' '),
-            Self::Key => matches!(b, b',' | b' ' | b'='),
+            Self::Key | Self::TagValue => matches!(b, b',' | b' ' | b'='),
         }
     }
+
+    fn stop_class(self) -> u8 {
+        match self {
+            Self::Measurement => STOP_MEASUREMENT,
+            Self::Key => STOP_KEY,
+            Self::TagValue => STOP_TAG_VALUE,
+        }
+    }
+}
+
+/// A one-bit fingerprint of a key, so duplicate-key checks compare strings only when two keys
+/// of a line share a bit (rare for the handful of keys a line has).
+fn key_bit(key: &str) -> u64 {
+    let b = key.as_bytes();
+    let first = u64::from(b.first().copied().unwrap_or(0));
+    let last = u64::from(b.last().copied().unwrap_or(0));
+    1 << ((first.wrapping_mul(31) ^ last.wrapping_mul(7) ^ b.len() as u64) & 63)
 }
 
 impl<'a> Parser<'a> {
@@ -147,24 +212,27 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// Scans an escaped identifier up to one of the `stops`; returns it unescaped.
-    fn ident(&mut self, escapes: Escapes, stops: &[u8]) -> Cow<'a, str> {
+    /// Scans an escaped identifier up to its stop character; returns it unescaped.
+    fn ident(&mut self, escapes: Escapes) -> Cow<'a, str> {
         let start = self.pos;
+        let stop = escapes.stop_class();
         let mut has_escape = false;
         while let Some(&b) = self.bytes.get(self.pos) {
-            if b == b'\\' {
-                if let Some(&next) = self.bytes.get(self.pos + 1)
-                    && escapes.escapes(next)
-                {
-                    has_escape = true;
-                    self.pos += 2;
-                    continue;
-                }
+            let class = CLASSES[b as usize];
+            if class == 0 {
                 self.pos += 1;
                 continue;
             }
-            if stops.contains(&b) {
+            if class & stop != 0 {
                 break;
+            }
+            if class & BACKSLASH != 0
+                && let Some(&next) = self.bytes.get(self.pos + 1)
+                && escapes.escapes(next)
+            {
+                has_escape = true;
+                self.pos += 2;
+                continue;
             }
             self.pos += 1;
         }
@@ -191,7 +259,7 @@ impl<'a> Parser<'a> {
 
     fn measurement(&mut self) -> Result<Cow<'a, str>, LineError> {
         let start = self.pos;
-        let name = self.ident(Escapes::Measurement, b", ");
+        let name = self.ident(Escapes::Measurement);
         if name.is_empty() {
             return Err(self.error_at(start, "missing measurement"));
         }
@@ -200,7 +268,7 @@ impl<'a> Parser<'a> {
 
     fn key(&mut self, what: &str) -> Result<Cow<'a, str>, LineError> {
         let start = self.pos;
-        let key = self.ident(Escapes::Key, b",= ");
+        let key = self.ident(Escapes::Key);
         if key.is_empty() {
             return Err(self.error_at(start, format!("missing {what} key")));
         }
@@ -218,17 +286,20 @@ impl<'a> Parser<'a> {
     }
 
     fn tags(&mut self, tags: &mut Vec<(Cow<'a, str>, Cow<'a, str>)>) -> Result<(), LineError> {
+        let mut seen = 0u64;
         loop {
             let key_start = self.pos;
             let key = self.key("tag")?;
             let value_start = self.pos;
-            let value = self.ident(Escapes::Key, b", ");
+            let value = self.ident(Escapes::TagValue);
             if value.is_empty() {
                 return Err(self.error_at(value_start, format!("tag `{key}` has an empty value")));
             }
-            if tags.iter().any(|(k, _)| *k == key) {
+            let bit = key_bit(&key);
+            if seen & bit != 0 && tags.iter().any(|(k, _)| *k == key) {
                 return Err(self.error_at(key_start, format!("duplicate tag key `{key}`")));
             }
+            seen |= bit;
             tags.push((key, value));
             match self.peek() {
                 Some(b',') => self.pos += 1,
@@ -254,14 +325,21 @@ impl<'a> Parser<'a> {
         &mut self,
         fields: &mut Vec<(Cow<'a, str>, FieldValue<'a>)>,
     ) -> Result<(), LineError> {
+        let mut seen = 0u64;
         loop {
             let key = self.key("field")?;
             let value = self.field_value(&key)?;
-            if let Some(slot) = fields.iter_mut().find(|(k, _)| *k == key) {
-                slot.1 = value;
+            let bit = key_bit(&key);
+            let earlier = if seen & bit != 0 {
+                fields.iter_mut().find(|(k, _)| *k == key)
             } else {
-                fields.push((key, value));
+                None
+            };
+            match earlier {
+                Some(slot) => slot.1 = value,
+                None => fields.push((key, value)),
             }
+            seen |= bit;
             match self.peek() {
                 Some(b',') => self.pos += 1,
                 _ => return Ok(()),

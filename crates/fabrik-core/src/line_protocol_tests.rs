@@ -100,3 +100,46 @@ fn column_counts_characters_not_bytes() {
     let err = parse_body("mëßung,tag=ü v=x").expect_err("bad float");
     assert_eq!(err.column, 16);
 }
+
+/// The write path parses a known series key once and then only the rest of each line; that
+/// must give the same fields, timestamp and errors as parsing the whole line, for every golden
+/// case whose key can be taken verbatim.
+#[test]
+fn parsing_after_a_cached_series_key_agrees_with_parsing_the_whole_line() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/line_protocol.golden");
+    let golden = std::fs::read_to_string(path).expect("golden file");
+    let mut checked = 0;
+    for case in golden.lines().filter_map(|l| l.strip_prefix("> ")) {
+        let Some(key_len) = series_key_len(case) else {
+            assert!(
+                case.contains('\\') || !case.contains(' '),
+                "no key found in {case:?}"
+            );
+            continue;
+        };
+        let mut whole = Line::default();
+        let whole_result = parse_line(case, 1, &mut whole);
+        let mut rest = Line::default();
+        let rest_result = parse_line_fields(case, key_len, 1, &mut rest);
+        match (whole_result, rest_result) {
+            (Ok(()), Ok(())) => {
+                assert_eq!(whole.fields, rest.fields, "{case}");
+                assert_eq!(whole.timestamp, rest.timestamp, "{case}");
+            }
+            (Err(w), Err(r)) => assert_eq!(w, r, "{case}"),
+            // The whole line may fail in its key, which the cached path never re-reads.
+            (Err(w), Ok(())) => assert!(w.column <= key_len + 1, "{case}: {w}"),
+            (Ok(()), Err(r)) => panic!("{case}: only the split parse failed: {r}"),
+        }
+        checked += 1;
+    }
+    assert!(checked > 20, "only {checked} golden cases checked");
+}
+
+#[test]
+fn series_key_len_stops_at_the_first_space_unless_escapes_come_first() {
+    assert_eq!(series_key_len("m,a=b v=1 5"), Some(5));
+    assert_eq!(series_key_len("m v=1"), Some(1));
+    assert_eq!(series_key_len(r"m,a=b\ c v=1"), None);
+    assert_eq!(series_key_len("m"), None);
+}

@@ -28,26 +28,60 @@ pub struct WriteChunk {
     pub partition: i64,
     /// The rows, with the columns this request used (a subset of the table's schema).
     pub batch: RecordBatch,
-    /// The series-key hash of each row (tags sorted by key), for de-duplication.
+    /// The series-key hash of each row (see [`series_hash`]), for de-duplication.
     pub series: Arc<[u64]>,
 }
 
-/// Hashes a series key: tag pairs sorted by key. Stable within a process run.
-pub fn series_hash<'a>(sorted_tags: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
-    let mut h = ahash::RandomState::with_seeds(0x5eed, 0xfab1, 0x7a65, 0x1234).build_hasher();
-    for (k, v) in sorted_tags {
+/// Hashes a series key: the set of tag pairs, in any order (pair hashes are summed, so
+/// `a=1,b=2` and `b=2,a=1` agree without sorting). Stable within a process run; equal hashes
+/// are verified against the tag values before rows replace each other.
+pub fn series_hash<'a>(tags: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
+    let state = ahash::RandomState::with_seeds(0x5eed, 0xfab1, 0x7a65, 0x1234);
+    let mut sum = 0u64;
+    for (k, v) in tags {
+        let mut h = state.build_hasher();
         h.write(k.as_bytes());
         h.write_u8(0xff);
         h.write(v.as_bytes());
-        h.write_u8(0xfe);
+        sum = sum.wrapping_add(h.finish());
     }
+    // Mix the sum so that small sets do not share low bits.
+    let mut h = state.build_hasher();
+    h.write_u64(sum);
     h.finish()
+}
+
+/// A parsed series key (measurement and tags) with its hash, cached by the write path so that
+/// lines of a known series skip parsing their tags.
+#[derive(Debug, Clone)]
+pub struct SeriesKey {
+    /// The measurement.
+    pub measurement: Box<str>,
+    /// Tags as written.
+    pub tags: Box<[(Box<str>, Box<str>)]>,
+    /// [`series_hash`] of the tags.
+    pub hash: u64,
+}
+
+impl SeriesKey {
+    /// The series key of a parsed line.
+    pub fn of_line(line: &Line<'_>) -> Self {
+        Self {
+            measurement: line.measurement.as_ref().into(),
+            tags: line
+                .tags
+                .iter()
+                .map(|(k, v)| (k.as_ref().into(), v.as_ref().into()))
+                .collect(),
+            hash: series_hash(line.tags.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))),
+        }
+    }
 }
 
 /// Recomputes the series hashes of a batch from its tag columns (used on WAL replay).
 pub fn series_of_batch(batch: &RecordBatch) -> Arc<[u64]> {
     let schema = batch.schema();
-    let mut tags: Vec<(&str, &StringArray)> = schema
+    let tags: Vec<(&str, &StringArray)> = schema
         .fields()
         .iter()
         .enumerate()
@@ -60,7 +94,6 @@ pub fn series_of_batch(batch: &RecordBatch) -> Arc<[u64]> {
                 .map(|a| (f.name().as_str(), a))
         })
         .collect();
-    tags.sort_by(|a, b| a.0.cmp(b.0));
     (0..batch.num_rows())
         .map(|row| {
             series_hash(
@@ -233,6 +266,18 @@ pub struct BatchBuilder {
     default_time: i64,
     lineages: Vec<Lineage>,
     rows: usize,
+    /// Cached series already resolved to a table and tag columns in this builder, keyed by
+    /// the address of the pinned `Arc` (so lookups hash one integer, not the tag names).
+    resolved: HashMap<usize, ResolvedSeries, ahash::RandomState>,
+    /// Tag column indices of the resolved series, `ResolvedSeries::columns` ranges into it.
+    resolved_columns: Vec<usize>,
+}
+
+struct ResolvedSeries {
+    /// Keeps the address from being reused while it is a key.
+    _pin: Arc<SeriesKey>,
+    table: usize,
+    columns: std::ops::Range<usize>,
 }
 
 impl BatchBuilder {
@@ -245,6 +290,8 @@ impl BatchBuilder {
             default_time,
             lineages: vec![lineage],
             rows: 0,
+            resolved: HashMap::default(),
+            resolved_columns: Vec::new(),
         }
     }
 
@@ -281,34 +328,91 @@ impl BatchBuilder {
 
     /// Adds one parsed line.
     pub fn add_line(&mut self, line: &Line<'_>, precision: Precision) -> Result<(), StoreError> {
-        let line_no = line.line_number;
-        let location = move || format!("line {line_no}: ");
-        let time = match line.timestamp {
-            Some(t) => precision
-                .to_nanos(t)
-                .map_err(|e| StoreError::InvalidPoint {
-                    location: format!("line {line_no}"),
-                    reason: e.to_string(),
-                })?,
-            None => self.default_time,
+        let hash = series_hash(line.tags.iter().map(|(k, v)| (k.as_ref(), v.as_ref())));
+        self.add_row(
+            &line.measurement,
+            line.tags.iter().map(|(k, v)| (k.as_ref(), v.as_ref())),
+            hash,
+            line,
+            precision,
+        )
+    }
+
+    /// Adds a line whose series key was parsed earlier into `series` (only the fields and
+    /// timestamp of `line` are read).
+    pub fn add_series_line(
+        &mut self,
+        series: &Arc<SeriesKey>,
+        line: &Line<'_>,
+        precision: Precision,
+    ) -> Result<(), StoreError> {
+        let key = Arc::as_ptr(series) as usize;
+        let (t, columns) = match self.resolved.get(&key) {
+            Some(r) => (r.table, r.columns.clone()),
+            None => {
+                let line_no = line.line_number;
+                let location = move || format!("line {line_no}: ");
+                let t = self.table(&series.measurement);
+                let table = &mut self.tables[t];
+                let start = self.resolved_columns.len();
+                for (pos, (k, _)) in series.tags.iter().enumerate() {
+                    let c = table.column(pos, k, ColumnKind::Tag, &location)?;
+                    self.resolved_columns.push(c);
+                }
+                let columns = start..self.resolved_columns.len();
+                self.resolved.insert(
+                    key,
+                    ResolvedSeries {
+                        _pin: series.clone(),
+                        table: t,
+                        columns: columns.clone(),
+                    },
+                );
+                (t, columns)
+            }
         };
-        let lineage = u32::try_from(self.lineages.len() - 1).unwrap_or(u32::MAX);
-        let t = self.table(&line.measurement);
+        let time = self.line_time(line, precision)?;
         let table = &mut self.tables[t];
         let row = table.row();
-        let mut pos = 0;
-        for (k, v) in &line.tags {
-            let c = table.column(pos, k, ColumnKind::Tag, &location)?;
-            pos += 1;
+        for (&c, (_, v)) in self.resolved_columns[columns]
+            .iter()
+            .zip(series.tags.iter())
+        {
             let col = &mut table.columns[c].data;
             col.pad_to(row);
             if let ColData::Str(b) = col {
-                if b.len() == row + 1 {
-                    continue; // duplicate key in one line is rejected by the parser
-                }
                 b.append_value(v);
             }
         }
+        let lineage = u32::try_from(self.lineages.len() - 1).unwrap_or(u32::MAX);
+        Self::add_fields(table, series.tags.len(), line)?;
+        table.time.push(time);
+        table.series.push(series.hash);
+        table.quality.push(Quality::Good);
+        table.lineage.push(lineage);
+        self.rows += 1;
+        Ok(())
+    }
+
+    fn line_time(&self, line: &Line<'_>, precision: Precision) -> Result<i64, StoreError> {
+        match line.timestamp {
+            Some(t) => precision.to_nanos(t).map_err(|e| StoreError::InvalidPoint {
+                location: format!("line {}", line.line_number),
+                reason: e.to_string(),
+            }),
+            None => Ok(self.default_time),
+        }
+    }
+
+    /// Appends a line's fields to the current row, starting at column position `pos`.
+    fn add_fields(
+        table: &mut TableRows,
+        mut pos: usize,
+        line: &Line<'_>,
+    ) -> Result<(), StoreError> {
+        let line_no = line.line_number;
+        let location = move || format!("line {line_no}: ");
+        let row = table.row();
         for (k, v) in &line.fields {
             let kind = ColumnKind::Field(match v {
                 FieldValue::F64(_) => FieldType::Float,
@@ -330,18 +434,38 @@ impl BatchBuilder {
                 _ => {}
             }
         }
-        let sorted = line.tags.windows(2).all(|w| w[0].0 <= w[1].0);
-        let hash = if sorted {
-            series_hash(line.tags.iter().map(|(k, v)| (k.as_ref(), v.as_ref())))
-        } else {
-            let mut tags: Vec<(&str, &str)> = line
-                .tags
-                .iter()
-                .map(|(k, v)| (k.as_ref(), v.as_ref()))
-                .collect();
-            tags.sort_unstable();
-            series_hash(tags.into_iter())
-        };
+        Ok(())
+    }
+
+    fn add_row<'t>(
+        &mut self,
+        measurement: &str,
+        tags: impl Iterator<Item = (&'t str, &'t str)>,
+        hash: u64,
+        line: &Line<'_>,
+        precision: Precision,
+    ) -> Result<(), StoreError> {
+        let line_no = line.line_number;
+        let location = move || format!("line {line_no}: ");
+        let time = self.line_time(line, precision)?;
+        let lineage = u32::try_from(self.lineages.len() - 1).unwrap_or(u32::MAX);
+        let t = self.table(measurement);
+        let table = &mut self.tables[t];
+        let row = table.row();
+        let mut pos = 0;
+        for (k, v) in tags {
+            let c = table.column(pos, k, ColumnKind::Tag, &location)?;
+            pos += 1;
+            let col = &mut table.columns[c].data;
+            col.pad_to(row);
+            if let ColData::Str(b) = col {
+                if b.len() == row + 1 {
+                    continue; // duplicate key in one line is rejected by the parser
+                }
+                b.append_value(v);
+            }
+        }
+        Self::add_fields(table, pos, line)?;
         table.time.push(time);
         table.series.push(hash);
         table.quality.push(Quality::Good);
@@ -411,7 +535,6 @@ impl BatchBuilder {
                 _ => {}
             }
         }
-        tags.sort_unstable();
         table.time.push(point.time.nanos());
         table.series.push(series_hash(tags.into_iter()));
         table.quality.push(point.quality);

@@ -1,21 +1,31 @@
 //! The in-memory buffer: acknowledged rows not yet in Parquet, as Arrow batches per table and
 //! time partition. Rows of the same series and time replace each other here (last write wins)
-//! through a hash index, so the buffer never holds duplicates.
+//! through a hash index, so the buffer never holds duplicates. Runs of small writes (one
+//! MQTT reading each, say) are merged into one batch as they arrive, so a query or a persist
+//! never walks thousands of one-row batches.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, BooleanArray, StringArray};
-use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::compute::{concat_batches, filter_record_batch};
+use datafusion::arrow::datatypes::{Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 
 use crate::batch::{WriteChunk, time_column};
 use crate::schema::{self, ColumnKind};
+use crate::segments::align;
 
 type Index = HashMap<(u64, i64), (u32, u32), ahash::RandomState>;
 
+/// A batch with fewer rows than this counts as small.
+const SMALL_BATCH_ROWS: usize = 1024;
+/// This many small batches at the end of a partition are merged into one.
+const MERGE_SMALL_BATCHES: usize = 32;
+
 struct Buffered {
     batch: RecordBatch,
+    series: Arc<[u64]>,
     deleted: Option<Vec<bool>>,
 }
 
@@ -82,6 +92,80 @@ fn same_series(a: &RecordBatch, ar: usize, b: &RecordBatch, br: usize) -> bool {
         .all(|name| tag_value(a, name, ar) == tag_value(b, name, br))
 }
 
+impl PartitionBuffer {
+    /// Merges the small batches at the end into one once there are enough of them, keeping
+    /// the index pointing at the same rows. A merged batch stays small until it has
+    /// `SMALL_BATCH_ROWS` rows, so it is merged again with the next run: each row is copied at
+    /// most about `SMALL_BATCH_ROWS / MERGE_SMALL_BATCHES` times.
+    fn merge_small_tail(&mut self) {
+        let small = self
+            .chunks
+            .iter()
+            .rev()
+            .take_while(|c| c.batch.num_rows() < SMALL_BATCH_ROWS)
+            .count();
+        if small < MERGE_SMALL_BATCHES {
+            return;
+        }
+        let first = self.chunks.len() - small;
+        let tail = &self.chunks[first..];
+        // The union of the columns, in order of first appearance; a column has one type per
+        // table (the catalog enforces it), so the first field seen is the field.
+        let mut fields: Vec<Arc<Field>> = Vec::new();
+        for chunk in tail {
+            for field in chunk.batch.schema().fields() {
+                if !fields.iter().any(|f| f.name() == field.name()) {
+                    fields.push(field.clone());
+                }
+            }
+        }
+        let schema = Arc::new(Schema::new(fields));
+        let merged = tail
+            .iter()
+            .map(|c| align(&c.batch, &schema))
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(|aligned| Ok(concat_batches(&schema, &aligned)?));
+        let Ok(merged) = merged else {
+            // Leave the batches as they are: correct, only slower to scan.
+            return;
+        };
+        let series: Arc<[u64]> = tail.iter().flat_map(|c| c.series.iter().copied()).collect();
+        let any_deleted = tail.iter().any(|c| c.deleted.is_some());
+        let deleted = any_deleted.then(|| {
+            tail.iter()
+                .flat_map(|c| match &c.deleted {
+                    Some(d) => d.clone(),
+                    None => vec![false; c.batch.num_rows()],
+                })
+                .collect::<Vec<bool>>()
+        });
+        let Ok(times) = time_column(&merged).map(<[i64]>::to_vec) else {
+            return;
+        };
+        let new_batch = u32::try_from(first).unwrap_or(u32::MAX);
+        let mut offset = 0u32;
+        for (old_batch, chunk) in tail.iter().enumerate() {
+            let old_batch = u32::try_from(first + old_batch).unwrap_or(u32::MAX);
+            for row in 0..chunk.batch.num_rows() {
+                let here = offset + u32::try_from(row).unwrap_or(u32::MAX);
+                let key = (series[here as usize], times[here as usize]);
+                if let Some(slot) = self.index.get_mut(&key)
+                    && *slot == (old_batch, row as u32)
+                {
+                    *slot = (new_batch, here);
+                }
+            }
+            offset += u32::try_from(chunk.batch.num_rows()).unwrap_or(u32::MAX);
+        }
+        self.chunks.truncate(first);
+        self.chunks.push(Buffered {
+            batch: merged,
+            series,
+            deleted,
+        });
+    }
+}
+
 impl Buffer {
     /// True when nothing is buffered.
     pub fn is_empty(&self) -> bool {
@@ -106,11 +190,14 @@ impl Buffer {
                     ..PartitionBuffer::default()
                 });
             let batch_no = u32::try_from(part.chunks.len()).unwrap_or(u32::MAX);
+            part.index.reserve(times.len());
             part.chunks.push(Buffered {
                 batch: chunk.batch,
+                series: chunk.series,
                 deleted: None,
             });
-            for (row, (&time, &series)) in times.iter().zip(chunk.series.iter()).enumerate() {
+            let series = part.chunks[batch_no as usize].series.clone();
+            for (row, (&time, &series)) in times.iter().zip(series.iter()).enumerate() {
                 part.min_time = part.min_time.min(time);
                 part.max_time = part.max_time.max(time);
                 let here = (batch_no, u32::try_from(row).unwrap_or(u32::MAX));
@@ -126,6 +213,7 @@ impl Buffer {
                     // the older one just stops being de-duplicated against later writes.
                 }
             }
+            part.merge_small_tail();
         }
     }
 
@@ -217,5 +305,42 @@ mod tests {
         buffer.apply(2, chunks(&catalog, "m,host=b v=4 10"));
         assert_eq!(values(&buffer), vec![("a".into(), 3.0), ("b".into(), 4.0)]);
         assert_eq!(buffer.max_seq, 2);
+    }
+
+    #[test]
+    fn small_writes_are_merged_and_still_replace_each_other() {
+        let catalog = Catalog::default();
+        let mut buffer = Buffer::default();
+        let hosts = 40;
+        // One row per write, each host once; some writes carry an extra column.
+        for i in 0..hosts {
+            let line = if i % 3 == 0 {
+                format!("m,host=h{i:02} v={i},extra=1i 10")
+            } else {
+                format!("m,host=h{i:02} v={i} 10")
+            };
+            buffer.apply(i + 1, chunks(&catalog, &line));
+        }
+        // Replace a row that now lives in a merged batch, and one that does not yet.
+        buffer.apply(100, chunks(&catalog, "m,host=h03 v=1003 10"));
+        buffer.apply(101, chunks(&catalog, "m,host=h39 v=1039 10"));
+        let parts = buffer.table("m");
+        assert_eq!(parts.len(), 1);
+        assert!(
+            parts[0].batches.len() < 12,
+            "{} batches for {hosts} one-row writes",
+            parts[0].batches.len()
+        );
+        let got = values(&buffer);
+        assert_eq!(got.len(), hosts as usize, "{got:?}");
+        for (i, (host, v)) in got.iter().enumerate() {
+            assert_eq!(host, &format!("h{i:02}"));
+            let want = match i {
+                3 => 1003.0,
+                39 => 1039.0,
+                _ => i as f64,
+            };
+            assert_eq!(*v, want, "host {host}");
+        }
     }
 }

@@ -32,7 +32,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
-use fabrik_core::line_protocol::{Line, lines, parse_line};
+use fabrik_core::line_protocol::{Line, lines, parse_line, parse_line_fields, series_key_len};
 use fabrik_core::{Lineage, Point, Precision, RawMessageId, RawMessageIds, SourceId, Timestamp};
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 pub use datafusion::arrow;
 pub use error::StoreError;
 
-use crate::batch::{BatchBuilder, WriteChunk};
+use crate::batch::{BatchBuilder, SeriesKey, WriteChunk};
 use crate::buffer::Buffer;
 use crate::manifest::{Manifest, SegmentMeta};
 use crate::query::{FabrikTable, SEGMENTS_URL, TableSnapshot};
@@ -89,6 +89,47 @@ impl StoreOptions {
             query_threads: 2,
         }
     }
+}
+
+/// Series keys seen recently by this thread's writes: most lines of a body belong to series
+/// written before, so their tags are parsed and hashed once, not on every line. Bounded: the
+/// cache is emptied when it grows past `SERIES_CACHE_MAX` keys.
+const SERIES_CACHE_MAX: usize = 100_000;
+
+thread_local! {
+    static SERIES_CACHE: std::cell::RefCell<std::collections::HashMap<Box<str>, Arc<SeriesKey>, ahash::RandomState>> =
+        std::cell::RefCell::new(std::collections::HashMap::default());
+}
+
+/// Parses a line-protocol body into `builder`; stops at the first bad line.
+fn add_body(
+    builder: &mut BatchBuilder,
+    body: &str,
+    precision: Precision,
+) -> Result<(), StoreError> {
+    SERIES_CACHE.with_borrow_mut(|cache| {
+        let mut line = Line::default();
+        for (number, text) in lines(body) {
+            let Some(key_len) = series_key_len(text) else {
+                parse_line(text, number, &mut line)?;
+                builder.add_line(&line, precision)?;
+                continue;
+            };
+            let key = &text[..key_len];
+            if let Some(series) = cache.get(key) {
+                parse_line_fields(text, key_len, number, &mut line)?;
+                builder.add_series_line(series, &line, precision)?;
+                continue;
+            }
+            parse_line(text, number, &mut line)?;
+            builder.add_line(&line, precision)?;
+            if cache.len() >= SERIES_CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(key.into(), Arc::new(SeriesKey::of_line(&line)));
+        }
+        Ok(())
+    })
 }
 
 /// What a write stored.
@@ -392,11 +433,7 @@ impl Store {
             mapping_version: 0,
         };
         let mut builder = BatchBuilder::new(Timestamp::now().nanos(), lineage);
-        let mut line = Line::default();
-        for (number, text) in lines(body) {
-            parse_line(text, number, &mut line)?;
-            builder.add_line(&line, precision)?;
-        }
+        add_body(&mut builder, body, precision)?;
         let points = builder.rows();
         let chunks = builder.finish(&self.shared.catalog, self.partition_ns())?;
         let seq = self.commit(chunks).await?;
@@ -847,4 +884,51 @@ async fn remove_orphan_segments(objects: &Objects, manifest: &Manifest) -> Resul
         objects.delete(&path).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fabrik_core::{RawMessageId, SourceId};
+
+    fn build(body: &str) -> Result<Vec<WriteChunk>, StoreError> {
+        let lineage = Lineage {
+            source: SourceId::http(),
+            raw_id: RawMessageId(1),
+            mapping_version: 0,
+        };
+        let mut builder = BatchBuilder::new(7, lineage);
+        add_body(&mut builder, body, Precision::Ns)?;
+        builder.finish(&Catalog::default(), i64::MAX)
+    }
+
+    /// The series-key cache is per thread and outlives a request: the second identical body
+    /// takes the cached path for every line and must build the very same rows.
+    #[test]
+    fn cached_series_build_the_same_rows_as_parsed_ones() {
+        let body = "m,host=a,dc=x v=1,s=\"q\" 10\nm,dc=x,host=a v=2 20\nn,host=a w=3i 10\nm,host=b v=4 10\n";
+        let first = build(body).expect("first");
+        let second = build(body).expect("second");
+        assert_eq!(first.len(), second.len());
+        for (a, b) in first.iter().zip(&second) {
+            assert_eq!(a.table, b.table);
+            assert_eq!(a.batch, b.batch);
+            assert_eq!(a.series, b.series);
+        }
+        // Tag order does not change the series, cached or not.
+        let m = first.iter().find(|c| &*c.table == "m").expect("m");
+        assert_eq!(m.series[0], m.series[1]);
+        assert_ne!(m.series[0], m.series[2]);
+    }
+
+    #[test]
+    fn errors_on_lines_of_cached_series_name_their_line_and_column() {
+        build("m,host=a v=1 10").expect("warm the cache");
+        let err = build("m,host=a v=2 20\nm,host=a v=oops 30").expect_err("bad float");
+        let msg = err.to_string();
+        assert!(msg.contains("line 2, column 12"), "{msg}");
+        let err = build("m,host=a v=2 20\nm,host=a v=3i 30").expect_err("type conflict");
+        let msg = err.to_string();
+        assert!(msg.contains("line 2") && msg.contains("line 1"), "{msg}");
+    }
 }

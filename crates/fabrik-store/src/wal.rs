@@ -314,21 +314,20 @@ impl Segment {
         })
     }
 
-    /// Appends and syncs `bytes`; on failure cuts the file back so no partial record stays.
-    fn append(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+    /// Appends `parts` (one write call for all of them) and syncs; returns the bytes written.
+    /// On failure cuts the file back so no partial record stays.
+    fn append(&mut self, parts: &[&[u8]]) -> Result<u64, StoreError> {
         if let Some(reason) = &self.poisoned {
             return Err(StoreError::Internal(format!(
                 "WAL unusable after an earlier failure: {reason}"
             )));
         }
-        let result = self
-            .file
-            .write_all(bytes)
-            .and_then(|()| self.file.sync_data());
+        let total: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        let result = write_all_vectored(&mut self.file, parts).and_then(|()| self.file.sync_data());
         match result {
             Ok(()) => {
-                self.len += bytes.len() as u64;
-                Ok(())
+                self.len += total;
+                Ok(total)
             }
             Err(e) => {
                 let err =
@@ -350,13 +349,58 @@ impl Segment {
     }
 }
 
+/// `write_all` for several buffers with `writev`, so records are not copied into one buffer.
+fn write_all_vectored(file: &mut File, parts: &[&[u8]]) -> std::io::Result<()> {
+    use std::io::IoSlice;
+    // writev takes at most IOV_MAX (1024) buffers per call.
+    for batch in parts.chunks(512) {
+        let mut slices: Vec<IoSlice<'_>> = batch.iter().map(|p| IoSlice::new(p)).collect();
+        let mut slices = &mut slices[..];
+        while !slices.is_empty() {
+            match file.write_vectored(slices) {
+                Ok(0) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::WriteZero,
+                        "the WAL file accepted no bytes",
+                    ));
+                }
+                Ok(n) => IoSlice::advance_slices(&mut slices, n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StoreError::io(format!("syncing directory {}", dir.display()), e))
 }
 
-/// Starts the WAL thread, appending to a new segment that begins at `next_seq`.
+/// One durable write: its sequence number, its chunks and who waits for it.
+type DurableWrite = (
+    u64,
+    Vec<WriteChunk>,
+    oneshot::Sender<Result<u64, StoreError>>,
+);
+
+/// What the WAL thread hands the apply thread, in WAL order.
+enum Applied {
+    /// A durable group: apply each write and answer it.
+    Group(Vec<DurableWrite>),
+    /// A new segment was started after `last_seq`: freeze the buffer there, then answer.
+    Rotated {
+        last_seq: u64,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+}
+
+/// Starts the WAL thread, appending to a new segment that begins at `next_seq`, and the apply
+/// thread behind it. The WAL thread writes and syncs group N+1 while the apply thread puts
+/// group N into the buffer; the apply thread answers a write only after applying it, so an
+/// acknowledged write is durable and queryable, and it sees rotations in WAL order.
 pub fn start(
     dir: &Path,
     next_seq: u64,
@@ -365,13 +409,34 @@ pub fn start(
 ) -> Result<(mpsc::Sender<WalCommand>, std::thread::JoinHandle<()>), StoreError> {
     let mut segment = Segment::create(dir, next_seq)?;
     let (tx, mut rx) = mpsc::channel::<WalCommand>(queue);
+    // Two groups in hand at most: one being applied, one waiting; more waits in the WAL queue.
+    let (applied_tx, applied_rx) = std::sync::mpsc::sync_channel::<Applied>(1);
+    let applier = std::thread::Builder::new()
+        .name("fabrik-apply".into())
+        .spawn(move || {
+            while let Ok(item) = applied_rx.recv() {
+                match item {
+                    Applied::Group(writes) => {
+                        for (seq, chunks, reply) in writes {
+                            sink.apply(seq, chunks);
+                            let _ = reply.send(Ok(seq));
+                        }
+                    }
+                    Applied::Rotated { last_seq, reply } => {
+                        sink.rotate(last_seq);
+                        let _ = reply.send(Ok(last_seq));
+                    }
+                }
+            }
+        })
+        .map_err(|e| StoreError::io("starting the WAL apply thread", e))?;
     let dir = dir.to_path_buf();
     let handle = std::thread::Builder::new()
         .name("fabrik-wal".into())
         .spawn(move || {
             let mut next_seq = next_seq;
             let mut pending: Option<WalCommand> = None;
-            let mut buf = Vec::new();
+            let mut headers: Vec<[u8; HEADER]> = Vec::new();
             loop {
                 let first = match pending.take() {
                     Some(c) => c,
@@ -383,12 +448,19 @@ pub fn start(
                 match first {
                     WalCommand::Rotate { reply } => {
                         let last = next_seq - 1;
-                        let result = Segment::create(&dir, next_seq).map(|s| {
-                            segment = s;
-                            sink.rotate(last);
-                            last
-                        });
-                        let _ = reply.send(result);
+                        match Segment::create(&dir, next_seq) {
+                            Ok(s) => {
+                                segment = s;
+                                if let Err(std::sync::mpsc::SendError(Applied::Rotated { reply, .. })) =
+                                    applied_tx.send(Applied::Rotated { last_seq: last, reply })
+                                {
+                                    let _ = reply.send(Err(StoreError::ShuttingDown));
+                                }
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(e));
+                            }
+                        }
                     }
                     WalCommand::Append { payload, chunks, reply } => {
                         let mut group = vec![(payload, chunks, reply)];
@@ -406,28 +478,42 @@ pub fn start(
                                 Err(_) => break,
                             }
                         }
-                        buf.clear();
+                        headers.clear();
                         for (i, (payload, _, _)) in group.iter().enumerate() {
                             let seq = next_seq + i as u64;
                             let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
                             let mut hasher = crc32fast::Hasher::new();
                             hasher.update(&seq.to_le_bytes());
                             hasher.update(payload);
-                            buf.extend_from_slice(&len.to_le_bytes());
-                            buf.extend_from_slice(&hasher.finalize().to_le_bytes());
-                            buf.extend_from_slice(&seq.to_le_bytes());
-                            buf.extend_from_slice(payload);
+                            let mut header = [0u8; HEADER];
+                            header[..4].copy_from_slice(&len.to_le_bytes());
+                            header[4..8].copy_from_slice(&hasher.finalize().to_le_bytes());
+                            header[8..].copy_from_slice(&seq.to_le_bytes());
+                            headers.push(header);
                         }
-                        match segment.append(&buf) {
-                            Ok(()) => {
+                        let parts: Vec<&[u8]> = headers
+                            .iter()
+                            .zip(group.iter())
+                            .flat_map(|(h, (payload, _, _))| [&h[..], &payload[..]])
+                            .collect();
+                        match segment.append(&parts) {
+                            Ok(written) => {
                                 metrics::counter!("fabrik_wal_groups_total").increment(1);
-                                metrics::counter!("fabrik_wal_bytes_total").increment(buf.len() as u64);
-                                for (payload, chunks, reply) in group {
-                                    drop(payload);
-                                    let seq = next_seq;
-                                    next_seq += 1;
-                                    sink.apply(seq, chunks);
-                                    let _ = reply.send(Ok(seq));
+                                metrics::counter!("fabrik_wal_bytes_total").increment(written);
+                                let writes = group
+                                    .into_iter()
+                                    .map(|(_, chunks, reply)| {
+                                        let seq = next_seq;
+                                        next_seq += 1;
+                                        (seq, chunks, reply)
+                                    })
+                                    .collect();
+                                if let Err(std::sync::mpsc::SendError(Applied::Group(writes))) =
+                                    applied_tx.send(Applied::Group(writes))
+                                {
+                                    for (_, _, reply) in writes {
+                                        let _ = reply.send(Err(StoreError::ShuttingDown));
+                                    }
                                 }
                             }
                             Err(err) => {
@@ -444,12 +530,12 @@ pub fn start(
                                 }
                             }
                         }
-                        if buf.capacity() > 2 * MAX_GROUP_BYTES {
-                            buf = Vec::new();
-                        }
                     }
                 }
             }
+            // Every durable write is applied and answered before the thread ends.
+            drop(applied_tx);
+            let _ = applier.join();
             tracing::debug!("WAL writer stopped.");
         })
         .map_err(|e| StoreError::io("starting the WAL thread", e))?;

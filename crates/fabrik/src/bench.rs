@@ -102,7 +102,12 @@ pub(crate) fn generate(args: &IngestArgs) -> Vec<String> {
                     rng.random_range(-90.0..90.0),
                     rng.random_range(-180.0..180.0),
                     rng.random_range(0..5000),
-                    rng.random_range(0..100),
+                    // One truck in fifty is parked, so "stationary trucks" finds some.
+                    if t % 50 == 0 {
+                        0
+                    } else {
+                        rng.random_range(0..100)
+                    },
                     rng.random_range(0..360),
                     rng.random_range(0..100),
                     rng.random_range(0.0..50.0)

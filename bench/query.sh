@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Query benchmark: five TSBS-IoT-style queries over the same generated truck data, loaded into
+# Fabrik (SQL) and InfluxDB 1.x (InfluxQL) in the same run.
+#   bench/query.sh [POINTS] [RUNS]
+# Loads POINTS points (default 10 M) into each system, persists Fabrik's buffer to Parquet (so
+# the queries read segments, as they would after a restart), then runs every query once to warm
+# up and RUNS times (default 5) timed, and prints the median and best latency per system.
+source "$(dirname "$0")/lib.sh"
+POINTS=${1:-10000000}
+RUNS=${2:-5}
+TRUCKS=1000
+
+install_peers
+build_fabrik
+DATA="$WORK/data.lp"
+"$FABRIK" bench ingest --points "$POINTS" --trucks "$TRUCKS" --generate-only "$DATA" >&2
+
+# The generator starts at 2024-01-01T00:00:00Z and writes one line per truck every 10 s.
+START=1704067200
+END=$((START + (POINTS / TRUCKS) * 10))
+iso() { date -u -d "@$1" +%Y-%m-%dT%H:%M:%SZ; }
+DAY_FROM=$(iso "$START"); DAY_TO=$(iso $((START + 86400)))
+LAST_FROM=$(iso $((END - 600))); LAST_TO=$(iso "$END")
+ALL_FROM=$(iso "$START"); ALL_TO=$(iso "$END")
+
+# name | Fabrik SQL | InfluxQL. The same question in each system's own language.
+QUERIES=(
+  "last-loc|SELECT DISTINCT ON (name) name, latitude, longitude, time FROM readings ORDER BY name, time DESC|SELECT latitude, longitude FROM readings GROUP BY name ORDER BY time DESC LIMIT 1"
+  "avg-fuel-hourly-per-fleet|SELECT fleet, date_bin(INTERVAL '1 hour', time) AS hour, avg(fuel_consumption) AS avg_fuel FROM readings WHERE time >= '$DAY_FROM' AND time < '$DAY_TO' GROUP BY fleet, hour ORDER BY fleet, hour|SELECT mean(fuel_consumption) FROM readings WHERE time >= '$DAY_FROM' AND time < '$DAY_TO' GROUP BY fleet, time(1h)"
+  "high-load|SELECT name, driver, current_load, load_capacity FROM (SELECT DISTINCT ON (name) name, driver, current_load, load_capacity FROM diagnostics ORDER BY name, time DESC) WHERE current_load >= 0.9 * load_capacity|SELECT current_load, load_capacity FROM (SELECT current_load, load_capacity FROM diagnostics GROUP BY name, driver ORDER BY time DESC LIMIT 1) WHERE current_load >= 0.9 * load_capacity GROUP BY name"
+  "stationary-trucks|SELECT name, driver, avg(velocity) AS mean_velocity FROM readings WHERE time > '$LAST_FROM' AND time <= '$LAST_TO' GROUP BY name, driver HAVING avg(velocity) < 1|SELECT mean_velocity FROM (SELECT mean(velocity) AS mean_velocity FROM readings WHERE time > '$LAST_FROM' AND time <= '$LAST_TO' GROUP BY name, driver) WHERE mean_velocity < 1"
+  "daily-driving-duration|SELECT fleet, name, driver, day, count(*) / 6.0 AS hours_driven FROM (SELECT fleet, name, driver, date_bin(INTERVAL '1 day', time) AS day, date_bin(INTERVAL '10 minutes', time) AS slot, avg(velocity) AS mv FROM readings WHERE time >= '$ALL_FROM' AND time < '$ALL_TO' GROUP BY fleet, name, driver, day, slot) WHERE mv > 1 GROUP BY fleet, name, driver, day|SELECT count(mv) / 6 AS hours_driven FROM (SELECT mean(velocity) AS mv FROM readings WHERE time >= '$ALL_FROM' AND time < '$ALL_TO' GROUP BY time(10m), fleet, name, driver) WHERE mv > 1 GROUP BY time(1d), fleet, name, driver"
+)
+
+fabrik_query() { # sql → prints rows returned
+  curl -fsS -H "Authorization: Bearer bench-token" -H 'Content-Type: application/json' \
+    --data-binary "$(python3 -c 'import json,sys; print(json.dumps({"sql": sys.argv[1]}))' "$1")" \
+    "$FABRIK_URL/api/v1/query" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(len(d["rows"]) if isinstance(d,dict) else len(d))'
+}
+influx_query() { # influxql → prints rows returned
+  curl -fsS -G "$INFLUX_URL/query" --data-urlencode "db=bench" --data-urlencode "epoch=ns" --data-urlencode "q=$1" |
+    python3 -c 'import json,sys; d=json.load(sys.stdin); r=d["results"][0]
+if "error" in r: sys.exit("InfluxDB: "+r["error"])
+print(sum(len(s["values"]) for s in r.get("series",[])))'
+}
+
+# time_runs fn query → "median_ms best_ms rows"
+time_runs() {
+  local fn=$1 q=$2 rows times=()
+  rows=$("$fn" "$q")
+  for _ in $(seq 1 "$RUNS"); do
+    local t0 t1
+    t0=$(date +%s%N); "$fn" "$q" >/dev/null; t1=$(date +%s%N)
+    times+=($(((t1 - t0) / 1000)))
+  done
+  python3 - "$rows" "${times[@]}" <<'PY'
+import statistics, sys
+rows = sys.argv[1]; us = sorted(int(x) for x in sys.argv[2:])
+print(f"{statistics.median(us)/1000:.1f} {us[0]/1000:.1f} {rows}")
+PY
+}
+
+load() { # url path token-args...
+  local url=$1 path=$2; shift 2
+  "$FABRIK" bench ingest --input "$DATA" --batch 5000 --concurrency 4 --url "$url" --path "$path" --json "$@" >/dev/null
+}
+
+declare -A FAB INF
+start_fabrik "$WORK/fabrik" "$(free_port)"
+load "$FABRIK_URL" /api/v1/write --token bench-token
+curl -fsS -XPOST -H "Authorization: Bearer bench-token" "$FABRIK_URL/api/v1/admin/persist" >/dev/null
+curl -fsS -XPOST -H "Authorization: Bearer bench-token" "$FABRIK_URL/api/v1/admin/compact" >/dev/null
+for entry in "${QUERIES[@]}"; do
+  IFS='|' read -r name sql _ <<<"$entry"
+  FAB[$name]=$(time_runs fabrik_query "$sql")
+done
+stop_pid "$FABRIK_PID"
+
+start_influx "$WORK/influx" "$(free_port)"
+load "$INFLUX_URL" "/write?db=bench" --no-auth
+for entry in "${QUERIES[@]}"; do
+  IFS='|' read -r name _ influxql <<<"$entry"
+  INF[$name]=$(time_runs influx_query "$influxql")
+done
+stop_pid "$INFLUX_PID"
+
+echo "$POINTS points, $RUNS timed runs per query (median / best, ms; rows returned)"
+printf '  %-26s %22s %22s %8s\n' query Fabrik "InfluxDB 1.x" ratio
+for entry in "${QUERIES[@]}"; do
+  IFS='|' read -r name _ _ <<<"$entry"
+  read -r fm fb fr <<<"${FAB[$name]}"
+  read -r im ib ir <<<"${INF[$name]}"
+  ratio=$(python3 -c "print(f'{$im/$fm:.2f}x')")
+  printf '  %-26s %9s / %-7s %5s %9s / %-7s %5s %8s\n' "$name" "$fm" "$fb" "($fr)" "$im" "$ib" "($ir)" "$ratio"
+done
+echo "ratio = InfluxDB median / Fabrik median (above 1: Fabrik faster)"
