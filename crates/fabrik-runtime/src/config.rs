@@ -31,8 +31,185 @@ pub struct Config {
     pub query: QueryConfig,
     /// Authentication.
     pub auth: AuthConfig,
+    /// The MQTT device endpoint.
+    pub mqtt: MqttConfig,
+    /// The ingest path of connectors.
+    pub ingest: IngestConfig,
+    /// Normalisation mappings (empty: the built-in ones).
+    pub mappings: Vec<MappingConfig>,
     /// Logging.
     pub log: LogConfig,
+}
+
+/// `[mqtt]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// MQTT over TCP; empty: off.
+    pub listen: String,
+    /// MQTT over TLS; empty: off.
+    pub tls_listen: String,
+    /// Server certificate chain (PEM); empty with `tls_listen` set: self-signed, generated.
+    pub tls_cert: String,
+    /// Server private key (PEM).
+    pub tls_key: String,
+    /// CA (PEM) for client certificates; set: mTLS, the certificate's CN is the device id.
+    pub tls_client_ca: String,
+    /// Refuse TLS clients without a certificate.
+    pub tls_require_client_cert: bool,
+    /// Let clients connect without credentials and use every topic. For protocol test suites
+    /// only: Fabrik logs a warning at start.
+    pub allow_anonymous: bool,
+    /// Largest packet accepted.
+    pub max_packet_size: String,
+    /// Unacknowledged QoS 1/2 messages a client may send ahead.
+    pub receive_maximum: i64,
+    /// Messages per second per connection (0: unlimited).
+    pub max_message_rate: i64,
+    /// Concurrent connections.
+    pub max_connections: i64,
+    /// Longest a disconnected persistent session is kept.
+    pub max_session_expiry: String,
+    /// Messages queued per offline or slow session.
+    pub max_queued_messages: i64,
+    /// Topic ACL rules; empty: the built-in rules (devices publish under
+    /// `devices/{device_id}/#` and read `devices/{device_id}/cmd/#`).
+    pub acl: Vec<AclRuleConfig>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:1883".into(),
+            tls_listen: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            tls_client_ca: String::new(),
+            tls_require_client_cert: false,
+            allow_anonymous: false,
+            max_packet_size: "1MiB".into(),
+            receive_maximum: 100,
+            max_message_rate: 1000,
+            max_connections: 10_000,
+            max_session_expiry: "1d".into(),
+            max_queued_messages: 1000,
+            acl: Vec::new(),
+        }
+    }
+}
+
+/// `[[mqtt.acl]]`: one allow (or deny) rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRuleConfig {
+    /// `publish`, `subscribe` or `all`.
+    pub action: String,
+    /// Topic filter with `{device_id}`, `{username}`, `{client_id}`, `{sparkplug_group}`,
+    /// `{sparkplug_node}` variables.
+    pub topic: String,
+    /// `allow` (default) or `deny`; deny rules win.
+    #[serde(default = "allow")]
+    pub effect: String,
+}
+
+fn allow() -> String {
+    "allow".into()
+}
+
+/// `[ingest]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Keep every raw message in the `_raw` table (lineage down to the bytes).
+    pub keep_raw: bool,
+    /// Retention of `_raw`.
+    pub raw_retention: String,
+    /// Messages waiting for the ingest worker before publishers are slowed down.
+    pub queue: i64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            keep_raw: true,
+            raw_retention: "7d".into(),
+            queue: 10_000,
+        }
+    }
+}
+
+/// `[[mappings]]`: how a connector's messages become rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingConfig {
+    /// Unique name.
+    pub name: String,
+    /// Bumped on every change; stored with each row as `_mapping_version`.
+    #[serde(default = "one")]
+    pub version: u32,
+    /// Which connector's messages: `mqtt` (the device endpoint) or `bridge:<name>`.
+    #[serde(default = "mqtt_source")]
+    pub source: String,
+    /// Topic template: literal levels, `{name}` captures (`{device}` required), `+`, final `#`.
+    pub topic: String,
+    /// `json` or `value` (the payload is one number, boolean or text).
+    #[serde(default = "json_format")]
+    pub format: String,
+    /// Table name; may use captures and `{device_type}`. Default: the device type, else
+    /// `telemetry`.
+    #[serde(default)]
+    pub measurement: Option<String>,
+    /// JSON pointer of the timestamp (number or RFC 3339 text); absent: receipt time.
+    #[serde(default)]
+    pub time: Option<String>,
+    /// Unit of numeric timestamps: `s`, `ms`, `us`, `ns` or `auto` (by magnitude).
+    #[serde(default = "auto_unit")]
+    pub time_unit: String,
+    /// Explicit signals; none: every scalar member becomes a field (nested objects are
+    /// flattened with `_`).
+    #[serde(default)]
+    pub signals: Vec<SignalConfig>,
+    /// For `format = "value"`: the field name (default: the `{signal}` capture).
+    #[serde(default)]
+    pub signal: Option<String>,
+}
+
+/// `[[mappings.signals]]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalConfig {
+    /// JSON pointer into the payload, e.g. `/motor/current`.
+    pub pointer: String,
+    /// Field name it is stored as.
+    pub name: String,
+    /// Engineering unit.
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// `f64`, `i64`, `u64`, `bool` or `string`; absent: as the JSON value is.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// Multiplier applied to numbers.
+    #[serde(default = "one_f64")]
+    pub scale: f64,
+    /// Added after scaling.
+    #[serde(default)]
+    pub offset: f64,
+}
+
+fn one() -> u32 {
+    1
+}
+fn one_f64() -> f64 {
+    1.0
+}
+fn mqtt_source() -> String {
+    "mqtt".into()
+}
+fn json_format() -> String {
+    "json".into()
+}
+fn auto_unit() -> String {
+    "auto".into()
 }
 
 /// `[http]`
@@ -186,6 +363,33 @@ pub struct Settings {
     pub admin_token: Option<String>,
     /// Log filter.
     pub log_level: String,
+    /// The MQTT device endpoint.
+    pub mqtt: MqttSettings,
+    /// Raw-message retention (the `_raw` table); `None` when raw messages are not kept.
+    pub raw_retention: Option<Retention>,
+    /// Capacity of the ingest queue.
+    pub ingest_queue: usize,
+}
+
+/// The validated `[mqtt]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttSettings {
+    /// TCP listener.
+    pub listen: Option<SocketAddr>,
+    /// TLS listener.
+    pub tls_listen: Option<SocketAddr>,
+    /// Largest packet (bytes).
+    pub max_packet_size: u32,
+    /// Receive maximum.
+    pub receive_maximum: u16,
+    /// Messages per second per connection (0: unlimited).
+    pub max_message_rate: u32,
+    /// Connections.
+    pub max_connections: usize,
+    /// Longest kept disconnected session.
+    pub max_session_expiry: Duration,
+    /// Messages queued per session.
+    pub max_queued_messages: usize,
 }
 
 impl Config {
@@ -313,6 +517,21 @@ impl Config {
         let flush_buffer_size = parse_bytes(&self.store.flush_buffer_size)
             .map_err(|e| problem("store.flush_buffer_size", e))
             .ok();
+        let mqtt = self.validate_mqtt(&mut problem);
+        let raw_retention = if self.ingest.keep_raw {
+            retention_of(&self.ingest.raw_retention)
+                .map_err(|e| problem("ingest.raw_retention", e))
+                .ok()
+        } else {
+            None
+        };
+        let ingest_queue = match usize::try_from(self.ingest.queue) {
+            Ok(n) if n > 0 => n,
+            _ => {
+                problem("ingest.queue", format!("{} must be at least 1", self.ingest.queue));
+                1
+            }
+        };
         let query_threads = match self.query.threads {
             0 => std::thread::available_parallelism().map_or(2, usize::from),
             n if n > 0 => usize::try_from(n).unwrap_or(1),
@@ -354,11 +573,96 @@ impl Config {
                 query_threads,
                 admin_token: Some(self.auth.admin_token.clone()).filter(|t| !t.is_empty()),
                 log_level: self.log.level.clone(),
+                mqtt,
+                raw_retention,
+                ingest_queue,
             }),
             _ => Err(RuntimeError::Invalid {
                 origin: origin.to_owned(),
                 problems,
             }),
+        }
+    }
+}
+
+impl Config {
+    fn validate_mqtt(&self, problem: &mut impl FnMut(&str, String)) -> MqttSettings {
+        let m = &self.mqtt;
+        let mut addr = |path: &str, text: &str| -> Option<SocketAddr> {
+            if text.trim().is_empty() {
+                return None;
+            }
+            text.parse::<SocketAddr>()
+                .map_err(|e| problem(path, format!("`{text}` is not ip:port ({e})")))
+                .ok()
+        };
+        let listen = addr("mqtt.listen", &m.listen);
+        let tls_listen = addr("mqtt.tls_listen", &m.tls_listen);
+        if m.tls_cert.is_empty() != m.tls_key.is_empty() {
+            problem(
+                "mqtt.tls_cert",
+                "mqtt.tls_cert and mqtt.tls_key must be set together".into(),
+            );
+        }
+        let max_packet_size = match parse_bytes(&m.max_packet_size) {
+            Ok(b) if (16..=268_435_455).contains(&b) => b as u32,
+            Ok(b) => {
+                problem(
+                    "mqtt.max_packet_size",
+                    format!("{b} bytes is outside 16 B .. 256 MiB (the MQTT limit)"),
+                );
+                1 << 20
+            }
+            Err(e) => {
+                problem("mqtt.max_packet_size", e);
+                1 << 20
+            }
+        };
+        let mut ranged = |path: &str, v: i64, lo: i64, hi: i64| -> i64 {
+            if (lo..=hi).contains(&v) {
+                v
+            } else {
+                problem(path, format!("{v} is outside {lo} ..= {hi}"));
+                lo
+            }
+        };
+        let receive_maximum = ranged("mqtt.receive_maximum", m.receive_maximum, 1, 65_535) as u16;
+        let max_message_rate =
+            ranged("mqtt.max_message_rate", m.max_message_rate, 0, 1_000_000_000) as u32;
+        let max_connections =
+            ranged("mqtt.max_connections", m.max_connections, 1, 10_000_000) as usize;
+        let max_queued_messages =
+            ranged("mqtt.max_queued_messages", m.max_queued_messages, 0, 100_000_000) as usize;
+        let max_session_expiry = match parse_duration(&m.max_session_expiry) {
+            Ok(d) => d,
+            Err(e) => {
+                problem("mqtt.max_session_expiry", e);
+                Duration::ZERO
+            }
+        };
+        for (i, rule) in m.acl.iter().enumerate() {
+            if !matches!(rule.action.as_str(), "publish" | "subscribe" | "all") {
+                problem(
+                    &format!("mqtt.acl[{i}].action"),
+                    format!("`{}` is not publish, subscribe or all", rule.action),
+                );
+            }
+            if !matches!(rule.effect.as_str(), "allow" | "deny") {
+                problem(
+                    &format!("mqtt.acl[{i}].effect"),
+                    format!("`{}` is not allow or deny", rule.effect),
+                );
+            }
+        }
+        MqttSettings {
+            listen,
+            tls_listen,
+            max_packet_size,
+            receive_maximum,
+            max_message_rate,
+            max_connections,
+            max_session_expiry,
+            max_queued_messages,
         }
     }
 }
@@ -462,6 +766,45 @@ fn map_template(path: &str) -> Option<toml::Table> {
     }
 }
 
+/// Arrays of tables, and the template each element must follow (every key present).
+fn array_template(path: &str) -> Option<toml::Table> {
+    let signal = SignalConfig {
+        pointer: String::new(),
+        name: String::new(),
+        unit: Some(String::new()),
+        kind: Some(String::new()),
+        scale: 1.0,
+        offset: 0.0,
+    };
+    if path == "mqtt.acl" {
+        return toml::Table::try_from(AclRuleConfig {
+            action: String::new(),
+            topic: String::new(),
+            effect: String::new(),
+        })
+        .ok();
+    }
+    if path == "mappings" {
+        return toml::Table::try_from(MappingConfig {
+            name: String::new(),
+            version: 1,
+            source: String::new(),
+            topic: String::new(),
+            format: String::new(),
+            measurement: Some(String::new()),
+            time: Some(String::new()),
+            time_unit: String::new(),
+            signals: Vec::new(),
+            signal: Some(String::new()),
+        })
+        .ok();
+    }
+    if path.starts_with("mappings[") && path.ends_with("].signals") {
+        return toml::Table::try_from(signal).ok();
+    }
+    None
+}
+
 fn type_name(v: &toml::Value) -> &'static str {
     match v {
         toml::Value::String(_) => "a string",
@@ -509,6 +852,29 @@ fn check_shape(
             }
             continue;
         }
+        if let Some(element_template) = array_template(&path) {
+            match value {
+                toml::Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        let item_path = format!("{path}[{i}]");
+                        match item {
+                            toml::Value::Table(t) => {
+                                check_shape(t, &element_template, &item_path, problems)
+                            }
+                            other => problems.push(ConfigProblem {
+                                path: item_path,
+                                message: format!("expected a table, found {}", type_name(other)),
+                            }),
+                        }
+                    }
+                }
+                other => problems.push(ConfigProblem {
+                    path,
+                    message: format!("expected an array of tables, found {}", type_name(other)),
+                }),
+            }
+            continue;
+        }
         let Some(expected) = template.get(key) else {
             let known: Vec<&str> = template.keys().map(String::as_str).collect();
             problems.push(ConfigProblem {
@@ -520,6 +886,8 @@ fn check_shape(
         match (expected, value) {
             (toml::Value::Table(t), toml::Value::Table(v)) => check_shape(v, t, &path, problems),
             (e, v) if std::mem::discriminant(e) == std::mem::discriminant(v) => {}
+            // `scale = 2` is as good as `scale = 2.0`.
+            (toml::Value::Float(_), toml::Value::Integer(_)) => {}
             (e, v) => problems.push(ConfigProblem {
                 path,
                 message: format!("expected {}, found {}", type_name(e), type_name(v)),

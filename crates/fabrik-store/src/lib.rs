@@ -469,6 +469,39 @@ impl Store {
         })
     }
 
+    /// Writes groups of points that each carry their own lineage (one group per raw message,
+    /// as connectors produce them) as one WAL record: all or none. Errors name the group and
+    /// point as `location[group][point]`.
+    pub async fn write_groups(
+        &self,
+        groups: &[(Lineage, Vec<Point>)],
+        location: &str,
+    ) -> Result<WriteReport, StoreError> {
+        let Some((first, _)) = groups.first() else {
+            return Err(StoreError::InvalidPoint {
+                location: location.to_owned(),
+                reason: "nothing to write".into(),
+            });
+        };
+        let raw_id = first.raw_id;
+        let mut builder = BatchBuilder::new(Timestamp::now().nanos(), first.clone());
+        for (g, (lineage, points)) in groups.iter().enumerate() {
+            builder.set_lineage(lineage.clone());
+            for (i, point) in points.iter().enumerate() {
+                builder.add_point(point, &format!("{location}[{g}][{i}]"))?;
+            }
+        }
+        let count = builder.rows();
+        let chunks = builder.finish(&self.shared.catalog, self.partition_ns())?;
+        let seq = self.commit(chunks).await?;
+        metrics::counter!("fabrik_store_points_written_total").increment(count as u64);
+        Ok(WriteReport {
+            points: count,
+            raw_id,
+            seq,
+        })
+    }
+
     /// A fresh raw-message id, for callers that stamp lineage themselves.
     pub fn next_raw_id(&self) -> RawMessageId {
         self.ids.next()

@@ -1,0 +1,420 @@
+//! Wiring of device connectivity: the adapters through which the MQTT endpoint and the ingest
+//! worker (fabrik-connect) reach the registry and the store, and the start functions of the
+//! `registry`, `ingest` and `mqtt` modules.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fabrik_connect::ingest::{
+    DeviceDirectory, Ingest, IngestSettings, RawMessage, RecordSink, SinkError,
+};
+use fabrik_connect::mapping;
+use fabrik_connect::mqtt::{
+    self, Acl, AclRule, Broker, BrokerLimits, ClientIdentity, ConnectRefusal, ConnectRequest,
+    MqttEndpoint, MqttHooks, MqttLimits,
+};
+use fabrik_core::{Lineage, Point, RawMessageIds};
+use fabrik_registry::{Registry, RegistryError};
+use fabrik_runtime::{Config, ServiceHandle, Settings};
+use fabrik_store::{Store, StoreError};
+use parking_lot::RwLock;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// The MQTT user name operators log in with, using the admin token as password.
+pub(crate) const ADMIN_USER: &str = "admin";
+
+/// Stores connector rows.
+pub(crate) struct StoreSink(pub(crate) Arc<Store>);
+
+#[async_trait::async_trait]
+impl RecordSink for StoreSink {
+    async fn write(&self, groups: Vec<(Lineage, Vec<Point>)>) -> Result<(), SinkError> {
+        match self.0.write_groups(&groups, "message").await {
+            Ok(_) => Ok(()),
+            Err(e @ (StoreError::SchemaConflict { .. } | StoreError::InvalidPoint { .. })) => {
+                Err(SinkError::Rejected(e.to_string()))
+            }
+            Err(e) => Err(SinkError::Unavailable(e.to_string())),
+        }
+    }
+}
+
+/// Device facts the ingest path needs, kept in memory (filled when devices authenticate).
+#[derive(Clone, Default)]
+pub(crate) struct Directory {
+    types: Arc<RwLock<HashMap<String, String>>>,
+    registry: Option<Registry>,
+}
+
+impl DeviceDirectory for Directory {
+    fn device_type(&self, device_id: &str) -> String {
+        self.types.read().get(device_id).cloned().unwrap_or_default()
+    }
+
+    fn count(&self, device_id: &str, failed: bool) {
+        if let Some(r) = &self.registry {
+            r.count_message(device_id, failed);
+        }
+    }
+}
+
+/// A connection change, written to the registry by a background task.
+type ConnectionEvent = (String, bool, String);
+
+/// What the MQTT endpoint asks of Fabrik.
+pub(crate) struct EndpointHooks {
+    registry: Option<Registry>,
+    directory: Directory,
+    ingest: mpsc::Sender<RawMessage>,
+    events: mpsc::Sender<ConnectionEvent>,
+    allow_anonymous: bool,
+    admin_token: Option<String>,
+}
+
+fn identity_of(device: &fabrik_registry::Device, client_id: &str, username: &str) -> ClientIdentity {
+    ClientIdentity {
+        client_id: client_id.to_owned(),
+        username: username.to_owned(),
+        device_id: Some(device.id.clone()),
+        sparkplug: device
+            .sparkplug_node
+            .as_deref()
+            .and_then(|n| n.split_once('/'))
+            .map(|(g, n)| (g.to_owned(), n.to_owned())),
+        unrestricted: false,
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[async_trait::async_trait]
+impl MqttHooks for EndpointHooks {
+    async fn authenticate(&self, request: &ConnectRequest) -> Result<ClientIdentity, ConnectRefusal> {
+        let username = request.username.clone().unwrap_or_default();
+        let password = request
+            .password
+            .as_ref()
+            .map(|p| String::from_utf8_lossy(p).into_owned());
+        if let (Some(admin), Some(pw)) = (&self.admin_token, &password)
+            && username == ADMIN_USER
+        {
+            if constant_time_eq(admin.as_bytes(), pw.as_bytes()) {
+                return Ok(ClientIdentity {
+                    client_id: request.client_id.clone(),
+                    username,
+                    unrestricted: true,
+                    ..ClientIdentity::default()
+                });
+            }
+            return Err(ConnectRefusal::BadCredentials);
+        }
+        let registry = self.registry.as_ref();
+        let device = match (&request.cert_identity, &password, registry) {
+            (Some(cn), _, Some(r)) => match r.get(cn).await {
+                Ok(d) if !d.disabled => Ok(d),
+                Ok(_) | Err(RegistryError::NotFound(_)) => Err(ConnectRefusal::NotAuthorized),
+                Err(_) => Err(ConnectRefusal::ServerBusy),
+            },
+            (None, Some(pw), Some(r)) if !username.is_empty() => {
+                match r.authenticate(&username, pw).await {
+                    Ok(d) => Ok(d),
+                    Err(RegistryError::BadCredentials) => Err(ConnectRefusal::BadCredentials),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Registry unavailable for MQTT authentication.");
+                        Err(ConnectRefusal::ServerBusy)
+                    }
+                }
+            }
+            _ if self.allow_anonymous => {
+                return Ok(ClientIdentity {
+                    client_id: request.client_id.clone(),
+                    username,
+                    unrestricted: true,
+                    ..ClientIdentity::default()
+                });
+            }
+            _ => Err(ConnectRefusal::BadCredentials),
+        }?;
+        self.directory
+            .types
+            .write()
+            .insert(device.id.clone(), device.device_type.clone());
+        Ok(identity_of(&device, &request.client_id, &username))
+    }
+
+    async fn ingest(&self, message: mqtt::Inbound) {
+        let raw = RawMessage {
+            source: Arc::from("mqtt"),
+            topic: message.topic,
+            payload: message.payload,
+            received_at: message.received_at,
+            publisher: Some(message.identity),
+            done: message.done,
+        };
+        if let Err(mpsc::error::SendError(raw)) = self.ingest.send(raw).await
+            && let Some(done) = raw.done
+        {
+            let _ = done.send(Err("Fabrik is shutting down".into()));
+        }
+    }
+
+    fn offer(&self, message: mqtt::Inbound) {
+        let raw = RawMessage {
+            source: Arc::from("mqtt"),
+            topic: message.topic,
+            payload: message.payload,
+            received_at: message.received_at,
+            publisher: Some(message.identity),
+            done: message.done,
+        };
+        if self.ingest.try_send(raw).is_err() {
+            metrics::counter!("fabrik_ingest_dropped_total", "reason" => "queue_full").increment(1);
+        }
+    }
+
+    fn connected(&self, identity: &ClientIdentity, peer: SocketAddr) {
+        if let Some(id) = &identity.device_id {
+            let _ = self.events.try_send((id.clone(), true, peer.to_string()));
+        }
+    }
+
+    fn disconnected(&self, identity: &ClientIdentity, reason: &str) {
+        if let Some(id) = &identity.device_id {
+            let _ = self.events.try_send((id.clone(), false, reason.to_owned()));
+        }
+    }
+}
+
+/// Starts the registry: the database in `<data_dir>/registry.db` and the task that writes
+/// device activity counters every second.
+pub(crate) async fn start_registry(
+    settings: &Settings,
+    slot: &mut Option<Registry>,
+) -> Result<ServiceHandle, String> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .map_err(|e| format!("creating {}: {e}", settings.data_dir.display()))?;
+    let registry = Registry::open(&settings.data_dir.join("registry.db"))
+        .await
+        .map_err(|e| e.to_string())?;
+    *slot = Some(registry.clone());
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                _ = tick.tick() => {
+                    if let Err(e) = registry.flush_activity().await {
+                        tracing::warn!(error = %e, "Could not write device activity.");
+                    }
+                }
+            }
+        }
+        registry.close().await;
+        Ok(())
+    });
+    Ok(ServiceHandle { stop, task })
+}
+
+/// What the ingest module hands the MQTT module.
+pub(crate) struct IngestWiring {
+    pub(crate) tx: mpsc::Sender<RawMessage>,
+    pub(crate) directory: Directory,
+}
+
+/// Starts the ingest worker over the configured (or built-in) mappings.
+pub(crate) async fn start_ingest(
+    config: &Config,
+    settings: &Settings,
+    store: Arc<Store>,
+    registry: Option<Registry>,
+    slot: &mut Option<IngestWiring>,
+) -> Result<ServiceHandle, String> {
+    let configs = if config.mappings.is_empty() {
+        mapping::default_mappings()
+    } else {
+        config.mappings.clone()
+    };
+    let mappings = configs
+        .iter()
+        .map(mapping::compile)
+        .collect::<Result<Vec<_>, _>>()?;
+    let directory = Directory {
+        types: Arc::default(),
+        registry,
+    };
+    let (tx, rx) = mpsc::channel(settings.ingest_queue);
+    let worker = Ingest::new(
+        mappings,
+        Arc::new(StoreSink(store)),
+        Arc::new(directory.clone()),
+        Arc::new(RawMessageIds::new()),
+        IngestSettings {
+            keep_raw: settings.raw_retention.is_some(),
+            ..IngestSettings::default()
+        },
+    );
+    *slot = Some(IngestWiring { tx, directory });
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        worker.run(rx, token).await;
+        Ok(())
+    });
+    Ok(ServiceHandle { stop, task })
+}
+
+fn acl_rules(config: &Config) -> Result<Vec<AclRule>, String> {
+    if config.mqtt.acl.is_empty() {
+        return Ok(mqtt::acl::default_rules());
+    }
+    config
+        .mqtt
+        .acl
+        .iter()
+        .enumerate()
+        .map(|(i, r)| AclRule::from_config(r).map_err(|e| format!("mqtt.acl[{i}]: {e}")))
+        .collect()
+}
+
+/// Problems with the parts of a configuration that fabrik-connect checks (mappings, ACLs),
+/// as (path, message).
+pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    for (i, m) in config.mappings.iter().enumerate() {
+        if let Err(e) = mapping::compile(m) {
+            problems.push((format!("mappings[{i}]"), e));
+        }
+    }
+    if let Err(e) = acl_rules(config) {
+        problems.push(("mqtt.acl".to_owned(), e));
+    }
+    problems
+}
+
+/// Starts the MQTT endpoint on the configured listeners.
+pub(crate) async fn start_mqtt(
+    config: &Config,
+    settings: &Settings,
+    admin_token: Option<String>,
+    registry: Option<Registry>,
+    ingest: &IngestWiring,
+) -> Result<ServiceHandle, String> {
+    let m = &settings.mqtt;
+    if m.listen.is_none() && m.tls_listen.is_none() {
+        return Err("mqtt.listen and mqtt.tls_listen are both empty; leave the mqtt module out with --target instead".into());
+    }
+    if config.mqtt.allow_anonymous {
+        tracing::warn!("mqtt.allow_anonymous is on: any client may connect without credentials and use every topic. Use this only for protocol test suites.");
+    }
+    let acl = Acl::new(acl_rules(config)?);
+    let broker = Arc::new(Broker::new(BrokerLimits {
+        max_queued_messages: m.max_queued_messages,
+        ..BrokerLimits::default()
+    }));
+    let (events_tx, mut events_rx) = mpsc::channel::<ConnectionEvent>(10_000);
+    let hooks = Arc::new(EndpointHooks {
+        registry: registry.clone(),
+        directory: ingest.directory.clone(),
+        ingest: ingest.tx.clone(),
+        events: events_tx,
+        allow_anonymous: config.mqtt.allow_anonymous,
+        admin_token,
+    });
+    let stop = CancellationToken::new();
+    let endpoint = Arc::new(MqttEndpoint::new(
+        broker.clone(),
+        acl,
+        hooks,
+        MqttLimits {
+            max_packet_size: m.max_packet_size,
+            receive_maximum: m.receive_maximum,
+            max_message_rate: m.max_message_rate,
+            max_connections: m.max_connections,
+            max_session_expiry: m.max_session_expiry,
+            ..MqttLimits::default()
+        },
+        stop.clone(),
+    ));
+    let mut listeners = Vec::new();
+    if let Some(addr) = m.listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr} (mqtt.listen): {e}"))?;
+        println!("  MQTT:      mqtt://{}", l.local_addr().map_err(|e| e.to_string())?);
+        listeners.push((l, None));
+    }
+    if let Some(addr) = m.tls_listen {
+        let tls = mqtt::tls::TlsAcceptor::new(&mqtt::tls::TlsSettings {
+            cert: Some(config.mqtt.tls_cert.clone()).filter(|s| !s.is_empty()).map(Into::into),
+            key: Some(config.mqtt.tls_key.clone()).filter(|s| !s.is_empty()).map(Into::into),
+            client_ca: Some(config.mqtt.tls_client_ca.clone()).filter(|s| !s.is_empty()).map(Into::into),
+            require_client_cert: config.mqtt.tls_require_client_cert,
+            generated_dir: settings.data_dir.join("tls"),
+            generated_names: vec!["localhost".into(), "127.0.0.1".into()],
+        })
+        .map_err(|e| e.to_string())?;
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr} (mqtt.tls_listen): {e}"))?;
+        println!("  MQTT/TLS:  mqtts://{}", l.local_addr().map_err(|e| e.to_string())?);
+        listeners.push((l, Some(tls)));
+    }
+    let events_registry = registry;
+    let events_task = tokio::spawn(async move {
+        while let Some((id, connected, detail)) = events_rx.recv().await {
+            if let Some(r) = &events_registry
+                && let Err(e) = r.set_connected(&id, connected, &detail).await
+            {
+                tracing::warn!(device = %id, error = %e, "Could not record a connection change.");
+            }
+        }
+    });
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        let mut servers = Vec::new();
+        for (listener, tls) in listeners {
+            let endpoint = endpoint.clone();
+            servers.push(tokio::spawn(async move { endpoint.serve(listener, tls).await }));
+        }
+        let sweeper_broker = broker.clone();
+        let sweeper_token = token.clone();
+        let sweeper = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    _ = sweeper_token.cancelled() => break,
+                    _ = tick.tick() => {
+                        let ended = sweeper_broker.expire_sessions(std::time::Instant::now());
+                        if ended > 0 {
+                            tracing::debug!(sessions = ended, "Expired MQTT sessions removed.");
+                        }
+                        let stats = sweeper_broker.stats();
+                        metrics::gauge!("fabrik_mqtt_sessions").set(stats.sessions as f64);
+                        metrics::gauge!("fabrik_mqtt_subscriptions").set(stats.subscriptions as f64);
+                        metrics::gauge!("fabrik_mqtt_retained_messages").set(stats.retained as f64);
+                        metrics::gauge!("fabrik_mqtt_queued_messages").set(stats.queued as f64);
+                    }
+                }
+            }
+        });
+        token.cancelled().await;
+        for s in servers {
+            let _ = s.await;
+        }
+        let _ = sweeper.await;
+        if !endpoint.drain(Duration::from_secs(5)).await {
+            tracing::warn!("Some MQTT connections did not close within 5 s.");
+        }
+        drop(endpoint);
+        events_task.abort();
+        Ok(())
+    });
+    Ok(ServiceHandle { stop, task })
+}

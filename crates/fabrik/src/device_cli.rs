@@ -1,0 +1,217 @@
+//! `fabrik device add|list|show|rm|rotate-token`: a thin client of `/api/v1/devices`.
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+
+use crate::client::{Endpoint, check};
+
+/// `fabrik device ...`
+#[derive(Debug, Args)]
+pub(crate) struct DeviceArgs {
+    #[command(subcommand)]
+    command: DeviceCommand,
+    #[command(flatten)]
+    endpoint: Endpoint,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCommand {
+    /// Register a device; prints its token once (the MQTT password, user name = id).
+    Add {
+        /// Device id: letters, digits, '-', '_', '.', ':'.
+        id: String,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Kind of equipment (also the table of its telemetry).
+        #[arg(long = "type")]
+        device_type: Option<String>,
+        /// Site or line.
+        #[arg(long)]
+        site: Option<String>,
+        /// A label, key=value; repeat for several.
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Sparkplug B edge node the device owns, group/edge_node.
+        #[arg(long)]
+        sparkplug_node: Option<String>,
+    },
+    /// List devices.
+    List {
+        /// Only this site.
+        #[arg(long)]
+        site: Option<String>,
+        /// Only this type.
+        #[arg(long = "type")]
+        device_type: Option<String>,
+        /// Only this state: online, offline, never.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only devices with this label (key or key=value).
+        #[arg(long)]
+        label: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one device and its recent connection history.
+    Show {
+        /// Device id.
+        id: String,
+    },
+    /// Remove a device (its stored data stays).
+    Rm {
+        /// Device id.
+        id: String,
+    },
+    /// Issue a new token; the old one stops working at once.
+    RotateToken {
+        /// Device id.
+        id: String,
+    },
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("`{text}` is not key=value")),
+    }
+}
+
+fn time_text(ns: Option<i64>) -> String {
+    match ns {
+        None => "-".into(),
+        Some(ns) => chrono::DateTime::from_timestamp_nanos(ns)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string(),
+    }
+}
+
+/// Runs a `fabrik device` command.
+pub(crate) async fn run(args: DeviceArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let ep = &args.endpoint;
+    let send = |req: reqwest::RequestBuilder| async move {
+        let response = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach Fabrik at {}", ep.url))?;
+        check(response).await
+    };
+    match args.command {
+        DeviceCommand::Add {
+            id,
+            name,
+            device_type,
+            site,
+            labels,
+            sparkplug_node,
+        } => {
+            let body = serde_json::json!({
+                "id": id,
+                "name": name,
+                "type": device_type,
+                "site": site,
+                "labels": labels.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                "sparkplug_node": sparkplug_node,
+            });
+            let created: serde_json::Value = send(
+                ep.request(&client, reqwest::Method::POST, "/api/v1/devices")
+                    .json(&body),
+            )
+            .await?
+            .json()
+            .await?;
+            let token = created.get("token").and_then(|t| t.as_str()).unwrap_or("");
+            println!("registered device {id}");
+            println!("  MQTT user name: {id}");
+            println!("  MQTT password (token, shown once): {token}");
+        }
+        DeviceCommand::List {
+            site,
+            device_type,
+            state,
+            label,
+            json,
+        } => {
+            let mut query = Vec::new();
+            for (k, v) in [("site", site), ("type", device_type), ("state", state), ("label", label)] {
+                if let Some(v) = v {
+                    query.push((k, v));
+                }
+            }
+            let devices: Vec<serde_json::Value> = send(
+                ep.request(&client, reqwest::Method::GET, "/api/v1/devices")
+                    .query(&query),
+            )
+            .await?
+            .json()
+            .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&devices)?);
+                return Ok(());
+            }
+            println!(
+                "{:<24} {:<10} {:<12} {:<8} {:>10} {:>7}  last seen",
+                "id", "type", "site", "state", "messages", "errors"
+            );
+            for d in &devices {
+                let s = |k: &str| d.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+                let n = |k: &str| d.get(k).and_then(serde_json::Value::as_i64).unwrap_or(0);
+                println!(
+                    "{:<24} {:<10} {:<12} {:<8} {:>10} {:>7}  {}",
+                    s("id"),
+                    s("device_type"),
+                    s("site"),
+                    s("state"),
+                    n("messages"),
+                    n("errors"),
+                    time_text(d.get("last_seen").and_then(serde_json::Value::as_i64))
+                );
+            }
+            println!("{} device(s)", devices.len());
+        }
+        DeviceCommand::Show { id } => {
+            let path = format!("/api/v1/devices/{id}");
+            let device: serde_json::Value =
+                send(ep.request(&client, reqwest::Method::GET, &path)).await?.json().await?;
+            println!("{}", serde_json::to_string_pretty(&device)?);
+            let events: Vec<serde_json::Value> = send(
+                ep.request(&client, reqwest::Method::GET, &format!("{path}/events"))
+                    .query(&[("limit", "20")]),
+            )
+            .await?
+            .json()
+            .await?;
+            println!("recent events:");
+            for e in events {
+                println!(
+                    "  {}  {:<14} {}",
+                    time_text(e.get("time").and_then(serde_json::Value::as_i64)),
+                    e.get("kind").and_then(|v| v.as_str()).unwrap_or(""),
+                    e.get("detail").and_then(|v| v.as_str()).unwrap_or("")
+                );
+            }
+        }
+        DeviceCommand::Rm { id } => {
+            send(ep.request(&client, reqwest::Method::DELETE, &format!("/api/v1/devices/{id}")))
+                .await?;
+            println!("removed device {id} (its stored data stays)");
+        }
+        DeviceCommand::RotateToken { id } => {
+            let body: serde_json::Value = send(ep.request(
+                &client,
+                reqwest::Method::POST,
+                &format!("/api/v1/devices/{id}/token"),
+            ))
+            .await?
+            .json()
+            .await?;
+            let Some(token) = body.get("token").and_then(|t| t.as_str()) else {
+                bail!("the server sent no token");
+            };
+            println!("new token for {id} (shown once; the old one no longer works): {token}");
+        }
+    }
+    Ok(())
+}
