@@ -5,7 +5,9 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use fabrik_registry::{Device, DeviceEvent, DeviceFilter, DevicePatch, NewDevice, Registry, RegistryError};
+use fabrik_registry::{
+    Device, DeviceEvent, DeviceFilter, DevicePatch, NewDevice, Registry, RegistryError,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -15,7 +17,9 @@ use crate::error::ApiError;
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         match e {
-            RegistryError::NotFound(_) => Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+            RegistryError::NotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
             RegistryError::Exists(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             RegistryError::Invalid(_) => Self::bad_request(e.to_string()),
             RegistryError::BadCredentials => Self::unauthorized(),

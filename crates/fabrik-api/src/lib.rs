@@ -5,6 +5,7 @@
 //! Handlers translate HTTP to store calls and back; they hold no business logic.
 
 pub mod auth;
+pub mod devices;
 pub mod error;
 pub mod openapi;
 pub mod routes;
@@ -37,6 +38,8 @@ pub struct ApiState {
     pub metrics: PrometheusHandle,
     /// Largest accepted body (after decompression).
     pub max_body_size: usize,
+    /// The device registry, when the registry module runs in this process.
+    pub registry: Option<fabrik_registry::Registry>,
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled; in-flight requests finish.

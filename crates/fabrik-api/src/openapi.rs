@@ -33,6 +33,13 @@ impl Modify for TokenAuth {
         crate::routes::persist,
         crate::routes::compact,
         crate::routes::openapi,
+        crate::devices::create,
+        crate::devices::list,
+        crate::devices::show,
+        crate::devices::update,
+        crate::devices::remove,
+        crate::devices::rotate_token,
+        crate::devices::events,
     ),
     modifiers(&TokenAuth)
 )]

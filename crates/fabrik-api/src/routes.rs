@@ -35,6 +35,21 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/admin/persist", post(persist))
         .route("/api/v1/admin/compact", post(compact))
         .route("/api/v1/openapi.json", get(openapi))
+        .route(
+            "/api/v1/devices",
+            get(crate::devices::list).post(crate::devices::create),
+        )
+        .route(
+            "/api/v1/devices/{id}",
+            get(crate::devices::show)
+                .patch(crate::devices::update)
+                .delete(crate::devices::remove),
+        )
+        .route(
+            "/api/v1/devices/{id}/token",
+            post(crate::devices::rotate_token),
+        )
+        .route("/api/v1/devices/{id}/events", get(crate::devices::events))
         .route("/services", get(services))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

@@ -528,7 +528,10 @@ impl Config {
         let ingest_queue = match usize::try_from(self.ingest.queue) {
             Ok(n) if n > 0 => n,
             _ => {
-                problem("ingest.queue", format!("{} must be at least 1", self.ingest.queue));
+                problem(
+                    "ingest.queue",
+                    format!("{} must be at least 1", self.ingest.queue),
+                );
                 1
             }
         };
@@ -627,12 +630,20 @@ impl Config {
             }
         };
         let receive_maximum = ranged("mqtt.receive_maximum", m.receive_maximum, 1, 65_535) as u16;
-        let max_message_rate =
-            ranged("mqtt.max_message_rate", m.max_message_rate, 0, 1_000_000_000) as u32;
+        let max_message_rate = ranged(
+            "mqtt.max_message_rate",
+            m.max_message_rate,
+            0,
+            1_000_000_000,
+        ) as u32;
         let max_connections =
             ranged("mqtt.max_connections", m.max_connections, 1, 10_000_000) as usize;
-        let max_queued_messages =
-            ranged("mqtt.max_queued_messages", m.max_queued_messages, 0, 100_000_000) as usize;
+        let max_queued_messages = ranged(
+            "mqtt.max_queued_messages",
+            m.max_queued_messages,
+            0,
+            100_000_000,
+        ) as usize;
         let max_session_expiry = match parse_duration(&m.max_session_expiry) {
             Ok(d) => d,
             Err(e) => {

@@ -93,7 +93,7 @@ pub(crate) struct QueryArgs {
     pub(crate) endpoint: Endpoint,
 }
 
-async fn check(response: reqwest::Response) -> anyhow::Result<reqwest::Response> {
+pub(crate) async fn check(response: reqwest::Response) -> anyhow::Result<reqwest::Response> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);

@@ -51,7 +51,11 @@ pub(crate) struct Directory {
 
 impl DeviceDirectory for Directory {
     fn device_type(&self, device_id: &str) -> String {
-        self.types.read().get(device_id).cloned().unwrap_or_default()
+        self.types
+            .read()
+            .get(device_id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn count(&self, device_id: &str, failed: bool) {
@@ -74,7 +78,11 @@ pub(crate) struct EndpointHooks {
     admin_token: Option<String>,
 }
 
-fn identity_of(device: &fabrik_registry::Device, client_id: &str, username: &str) -> ClientIdentity {
+fn identity_of(
+    device: &fabrik_registry::Device,
+    client_id: &str,
+    username: &str,
+) -> ClientIdentity {
     ClientIdentity {
         client_id: client_id.to_owned(),
         username: username.to_owned(),
@@ -94,7 +102,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 #[async_trait::async_trait]
 impl MqttHooks for EndpointHooks {
-    async fn authenticate(&self, request: &ConnectRequest) -> Result<ClientIdentity, ConnectRefusal> {
+    async fn authenticate(
+        &self,
+        request: &ConnectRequest,
+    ) -> Result<ClientIdentity, ConnectRefusal> {
         let username = request.username.clone().unwrap_or_default();
         let password = request
             .password
@@ -196,8 +207,12 @@ pub(crate) async fn start_registry(
     settings: &Settings,
     slot: &mut Option<Registry>,
 ) -> Result<ServiceHandle, String> {
-    std::fs::create_dir_all(&settings.data_dir)
-        .map_err(|e| format!("creating {}: {e}", settings.data_dir.display()))?;
+    std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
+        format!(
+            "cannot create the data directory {} (store.data_dir): {e}",
+            settings.data_dir.display()
+        )
+    })?;
     let registry = Registry::open(&settings.data_dir.join("registry.db"))
         .await
         .map_err(|e| e.to_string())?;
@@ -305,13 +320,15 @@ pub(crate) async fn start_mqtt(
     admin_token: Option<String>,
     registry: Option<Registry>,
     ingest: &IngestWiring,
-) -> Result<ServiceHandle, String> {
+) -> Result<(ServiceHandle, Vec<(SocketAddr, bool)>), String> {
     let m = &settings.mqtt;
     if m.listen.is_none() && m.tls_listen.is_none() {
         return Err("mqtt.listen and mqtt.tls_listen are both empty; leave the mqtt module out with --target instead".into());
     }
     if config.mqtt.allow_anonymous {
-        tracing::warn!("mqtt.allow_anonymous is on: any client may connect without credentials and use every topic. Use this only for protocol test suites.");
+        tracing::warn!(
+            "mqtt.allow_anonymous is on: any client may connect without credentials and use every topic. Use this only for protocol test suites."
+        );
     }
     let acl = Acl::new(acl_rules(config)?);
     let broker = Arc::new(Broker::new(BrokerLimits {
@@ -343,18 +360,25 @@ pub(crate) async fn start_mqtt(
         stop.clone(),
     ));
     let mut listeners = Vec::new();
+    let mut addresses = Vec::new();
     if let Some(addr) = m.listen {
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot listen on {addr} (mqtt.listen): {e}"))?;
-        println!("  MQTT:      mqtt://{}", l.local_addr().map_err(|e| e.to_string())?);
+        addresses.push((l.local_addr().map_err(|e| e.to_string())?, false));
         listeners.push((l, None));
     }
     if let Some(addr) = m.tls_listen {
         let tls = mqtt::tls::TlsAcceptor::new(&mqtt::tls::TlsSettings {
-            cert: Some(config.mqtt.tls_cert.clone()).filter(|s| !s.is_empty()).map(Into::into),
-            key: Some(config.mqtt.tls_key.clone()).filter(|s| !s.is_empty()).map(Into::into),
-            client_ca: Some(config.mqtt.tls_client_ca.clone()).filter(|s| !s.is_empty()).map(Into::into),
+            cert: Some(config.mqtt.tls_cert.clone())
+                .filter(|s| !s.is_empty())
+                .map(Into::into),
+            key: Some(config.mqtt.tls_key.clone())
+                .filter(|s| !s.is_empty())
+                .map(Into::into),
+            client_ca: Some(config.mqtt.tls_client_ca.clone())
+                .filter(|s| !s.is_empty())
+                .map(Into::into),
             require_client_cert: config.mqtt.tls_require_client_cert,
             generated_dir: settings.data_dir.join("tls"),
             generated_names: vec!["localhost".into(), "127.0.0.1".into()],
@@ -363,7 +387,7 @@ pub(crate) async fn start_mqtt(
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("cannot listen on {addr} (mqtt.tls_listen): {e}"))?;
-        println!("  MQTT/TLS:  mqtts://{}", l.local_addr().map_err(|e| e.to_string())?);
+        addresses.push((l.local_addr().map_err(|e| e.to_string())?, true));
         listeners.push((l, Some(tls)));
     }
     let events_registry = registry;
@@ -381,7 +405,9 @@ pub(crate) async fn start_mqtt(
         let mut servers = Vec::new();
         for (listener, tls) in listeners {
             let endpoint = endpoint.clone();
-            servers.push(tokio::spawn(async move { endpoint.serve(listener, tls).await }));
+            servers.push(tokio::spawn(
+                async move { endpoint.serve(listener, tls).await },
+            ));
         }
         let sweeper_broker = broker.clone();
         let sweeper_token = token.clone();
@@ -412,9 +438,11 @@ pub(crate) async fn start_mqtt(
         if !endpoint.drain(Duration::from_secs(5)).await {
             tracing::warn!("Some MQTT connections did not close within 5 s.");
         }
+        // Dropping the endpoint drops the hooks and so the event sender: the event task
+        // writes what is queued, then ends.
         drop(endpoint);
-        events_task.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(2), events_task).await;
         Ok(())
     });
-    Ok(ServiceHandle { stop, task })
+    Ok((ServiceHandle { stop, task }, addresses))
 }

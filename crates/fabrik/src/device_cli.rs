@@ -78,6 +78,19 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Percent-encodes a query value (RFC 3986 unreserved characters stay as they are).
+fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fn time_text(ns: Option<i64>) -> String {
     match ns {
         None => "-".into(),
@@ -135,18 +148,30 @@ pub(crate) async fn run(args: DeviceArgs) -> anyhow::Result<()> {
             json,
         } => {
             let mut query = Vec::new();
-            for (k, v) in [("site", site), ("type", device_type), ("state", state), ("label", label)] {
+            for (k, v) in [
+                ("site", site),
+                ("type", device_type),
+                ("state", state),
+                ("label", label),
+            ] {
                 if let Some(v) = v {
                     query.push((k, v));
                 }
             }
-            let devices: Vec<serde_json::Value> = send(
-                ep.request(&client, reqwest::Method::GET, "/api/v1/devices")
-                    .query(&query),
-            )
-            .await?
-            .json()
-            .await?;
+            let query: Vec<String> = query
+                .iter()
+                .map(|(k, v)| format!("{k}={}", percent_encode(v)))
+                .collect();
+            let path = if query.is_empty() {
+                "/api/v1/devices".to_owned()
+            } else {
+                format!("/api/v1/devices?{}", query.join("&"))
+            };
+            let devices: Vec<serde_json::Value> =
+                send(ep.request(&client, reqwest::Method::GET, &path))
+                    .await?
+                    .json()
+                    .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&devices)?);
                 return Ok(());
@@ -173,13 +198,16 @@ pub(crate) async fn run(args: DeviceArgs) -> anyhow::Result<()> {
         }
         DeviceCommand::Show { id } => {
             let path = format!("/api/v1/devices/{id}");
-            let device: serde_json::Value =
-                send(ep.request(&client, reqwest::Method::GET, &path)).await?.json().await?;
+            let device: serde_json::Value = send(ep.request(&client, reqwest::Method::GET, &path))
+                .await?
+                .json()
+                .await?;
             println!("{}", serde_json::to_string_pretty(&device)?);
-            let events: Vec<serde_json::Value> = send(
-                ep.request(&client, reqwest::Method::GET, &format!("{path}/events"))
-                    .query(&[("limit", "20")]),
-            )
+            let events: Vec<serde_json::Value> = send(ep.request(
+                &client,
+                reqwest::Method::GET,
+                &format!("{path}/events?limit=20"),
+            ))
             .await?
             .json()
             .await?;
@@ -194,8 +222,12 @@ pub(crate) async fn run(args: DeviceArgs) -> anyhow::Result<()> {
             }
         }
         DeviceCommand::Rm { id } => {
-            send(ep.request(&client, reqwest::Method::DELETE, &format!("/api/v1/devices/{id}")))
-                .await?;
+            send(ep.request(
+                &client,
+                reqwest::Method::DELETE,
+                &format!("/api/v1/devices/{id}"),
+            ))
+            .await?;
             println!("removed device {id} (its stored data stays)");
         }
         DeviceCommand::RotateToken { id } => {

@@ -3,6 +3,9 @@
 
 mod bench;
 mod client;
+mod connect;
+mod demo;
+mod device_cli;
 mod modules;
 mod run;
 
@@ -32,6 +35,10 @@ enum Command {
     Query(client::QueryArgs),
     /// Write line protocol from a file (or - for stdin) to a running Fabrik.
     Write(client::WriteArgs),
+    /// Register, list, show and remove devices of a running Fabrik.
+    Device(device_cli::DeviceArgs),
+    /// Run a simulated plant against a running Fabrik (devices publish over MQTT).
+    Sim(demo::SimArgs),
     /// Load generators for the benchmarks.
     Bench {
         #[command(subcommand)]
@@ -68,22 +75,42 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             ConfigCommand::Check { file } => {
-                let result = fabrik_runtime::Config::load(Some(&file), std::env::vars())
-                    .and_then(|c| c.validate(&file.display().to_string()));
-                match result {
-                    Ok(_) => {
-                        println!("{}: OK", file.display());
-                        ExitCode::SUCCESS
+                let origin = file.display().to_string();
+                let config = match fabrik_runtime::Config::load(Some(&file), std::env::vars()) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::from(2);
+                    }
+                };
+                // Report the runtime's and the connectors' problems together.
+                let mut problems: Vec<(String, String)> = match config.validate(&origin) {
+                    Ok(_) => Vec::new(),
+                    Err(fabrik_runtime::RuntimeError::Invalid { problems, .. }) => {
+                        problems.into_iter().map(|p| (p.path, p.message)).collect()
                     }
                     Err(e) => {
                         eprintln!("{e}");
-                        ExitCode::from(2)
+                        return ExitCode::from(2);
                     }
+                };
+                problems.extend(connect::check(&config));
+                if problems.is_empty() {
+                    println!("{origin}: OK");
+                    ExitCode::SUCCESS
+                } else {
+                    eprintln!("{origin}: {} configuration error(s):", problems.len());
+                    for (path, message) in problems {
+                        eprintln!("  {path}: {message}");
+                    }
+                    ExitCode::from(2)
                 }
             }
         },
         Command::Query(args) => client::block_on(client::query(args)),
         Command::Write(args) => client::block_on(client::write(args)),
+        Command::Device(args) => client::block_on(device_cli::run(args)),
+        Command::Sim(args) => client::block_on(demo::sim(args)),
         Command::Bench { command } => match command {
             BenchCommand::Ingest(args) => client::block_on(bench::ingest(args)),
         },

@@ -7,19 +7,34 @@
 pub(crate) enum Module {
     /// The storage engine (WAL, buffer, segments, SQL).
     Store,
+    /// The device registry (metadata database).
+    Registry,
+    /// The ingest path of connectors: mappings, lineage, dead letters.
+    Ingest,
+    /// The MQTT device endpoint.
+    Mqtt,
     /// The HTTP API and dashboard.
     Http,
 }
 
 impl Module {
     /// Every module.
-    pub(crate) const ALL: [Module; 2] = [Module::Store, Module::Http];
+    pub(crate) const ALL: [Module; 5] = [
+        Module::Store,
+        Module::Registry,
+        Module::Ingest,
+        Module::Mqtt,
+        Module::Http,
+    ];
 
     /// The modules this one needs started first.
     pub(crate) const fn deps(self) -> &'static [Module] {
         match self {
             Module::Store => &[],
-            Module::Http => &[Module::Store],
+            Module::Registry => &[],
+            Module::Ingest => &[Module::Store, Module::Registry],
+            Module::Mqtt => &[Module::Ingest, Module::Registry],
+            Module::Http => &[Module::Store, Module::Registry],
         }
     }
 
@@ -27,6 +42,9 @@ impl Module {
     pub(crate) const fn name(self) -> &'static str {
         match self {
             Module::Store => "store",
+            Module::Registry => "registry",
+            Module::Ingest => "ingest",
+            Module::Mqtt => "mqtt",
             Module::Http => "http",
         }
     }
@@ -35,6 +53,9 @@ impl Module {
     pub(crate) const fn about(self) -> &'static str {
         match self {
             Module::Store => "WAL, in-memory buffer, Parquet segments, compaction, retention, SQL",
+            Module::Registry => "device registry: credentials, connection state, history (SQLite)",
+            Module::Ingest => "connector messages → mappings → rows with lineage, dead letters",
+            Module::Mqtt => "MQTT 3.1.1/5.0 device endpoint: auth, topic ACLs, TLS, sessions",
             Module::Http => {
                 "REST API under /api/v1, InfluxDB write endpoints, /ready, /metrics, dashboard"
             }
@@ -97,9 +118,18 @@ mod tests {
     fn targets_pull_in_their_dependencies_first() {
         assert_eq!(
             resolve(&["http".into()]),
-            Ok(vec![Module::Store, Module::Http])
+            Ok(vec![Module::Store, Module::Registry, Module::Http])
         );
-        assert_eq!(resolve(&[]), Ok(vec![Module::Store, Module::Http]));
+        assert_eq!(
+            resolve(&["mqtt".into()]),
+            Ok(vec![
+                Module::Store,
+                Module::Registry,
+                Module::Ingest,
+                Module::Mqtt
+            ])
+        );
+        assert_eq!(resolve(&[]), Ok(Module::ALL.to_vec()));
         assert_eq!(resolve(&["store".into()]), Ok(vec![Module::Store]));
         assert!(resolve(&["nope".into()]).is_err());
     }

@@ -33,6 +33,10 @@ pub(crate) struct RunArgs {
     /// List the modules and their dependencies, then exit.
     #[arg(long)]
     list_targets: bool,
+    /// Also run a simulated plant (pumps and motors publishing over MQTT with their own
+    /// credentials), registered and mapped, so there is data to look at right away.
+    #[arg(long)]
+    demo: bool,
 }
 
 /// Entry point of `fabrik run`.
@@ -53,15 +57,26 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
         .config
         .as_ref()
         .map_or_else(|| "defaults".to_owned(), |p| p.display().to_string());
-    let settings = match Config::load(args.config.as_deref(), std::env::vars())
-        .and_then(|c| c.validate(&origin))
-    {
-        Ok(s) => s,
+    let loaded = Config::load(args.config.as_deref(), std::env::vars())
+        .and_then(|c| c.validate(&origin).map(|s| (c, s)));
+    let (config, settings) = match loaded {
+        Ok(pair) => pair,
         Err(e) => {
             eprintln!("fabrik: {e}");
             return ExitCode::from(2);
         }
     };
+    let connect_problems = crate::connect::check(&config);
+    if !connect_problems.is_empty() {
+        eprintln!(
+            "fabrik: {origin}: {} configuration error(s):",
+            connect_problems.len()
+        );
+        for (path, message) in connect_problems {
+            eprintln!("  {path}: {message}");
+        }
+        return ExitCode::from(2);
+    }
     let modules = match modules::resolve(&args.target) {
         Ok(m) => m,
         Err(e) => {
@@ -81,7 +96,7 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(settings, modules)) {
+    match runtime.block_on(serve(config, settings, modules, args.demo)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "Fabrik stopped with an error.");
@@ -174,6 +189,12 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 #[derive(Default)]
 struct Wiring {
     store: Option<Arc<Store>>,
+    registry: Option<fabrik_registry::Registry>,
+    ingest: Option<crate::connect::IngestWiring>,
+    /// The address the MQTT endpoint listens on (for the demo plant).
+    mqtt_address: Option<std::net::SocketAddr>,
+    /// Lines printed once every module runs.
+    banner: Vec<String>,
 }
 
 async fn start_store(settings: &Settings, wiring: &mut Wiring) -> Result<ServiceHandle, String> {
@@ -198,24 +219,30 @@ async fn start_store(settings: &Settings, wiring: &mut Wiring) -> Result<Service
 
 async fn start_http(
     settings: &Settings,
-    wiring: &Wiring,
+    wiring: &mut Wiring,
     services: fabrik_runtime::Services,
+    token: &AdminToken,
 ) -> Result<ServiceHandle, String> {
     let store = wiring
         .store
         .clone()
         .ok_or("the http module needs the store module")?;
-    let (token, token_path, generated) = admin_token(settings).map_err(|e| format!("{e:#}"))?;
     let listener = tokio::net::TcpListener::bind(settings.http_listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", settings.http_listen))?;
+        .map_err(|e| {
+            format!(
+                "cannot listen on {} (http.listen): {e}",
+                settings.http_listen
+            )
+        })?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let state = ApiState {
         store,
         services,
-        auth: Auth::new(token.clone()),
+        auth: Auth::new(token.token.clone()),
         metrics: fabrik_runtime::telemetry::prometheus(),
         max_body_size: settings.http_max_body_size,
+        registry: wiring.registry.clone(),
     };
     let stop = CancellationToken::new();
     let shutdown = stop.clone();
@@ -224,26 +251,50 @@ async fn start_http(
             .await
             .map_err(|e| format!("HTTP server: {e}"))
     });
-    println!("Fabrik is listening on http://{addr}");
-    println!("  API:       http://{addr}/api/v1   (contract: http://{addr}/api/v1/openapi.json)");
-    println!("  Dashboard: http://{addr}/");
-    println!("  Health:    http://{addr}/ready    Metrics: http://{addr}/metrics");
-    match (token_path, generated) {
-        (Some(path), true) => {
-            println!(
-                "  Admin token (shown once; also stored in {} with mode 0600):",
-                path.display()
-            );
-            println!("    {token}");
-        }
-        (Some(path), false) => println!("  Admin token: in {}", path.display()),
-        (None, _) => println!("  Admin token: from FABRIK__AUTH__ADMIN_TOKEN / auth.admin_token"),
-    }
-    let _ = std::io::stdout().flush();
+    let mut lines = vec![
+        format!("Fabrik is listening on http://{addr}"),
+        format!(
+            "  API:       http://{addr}/api/v1   (contract: http://{addr}/api/v1/openapi.json)"
+        ),
+        format!("  Dashboard: http://{addr}/"),
+        format!("  Health:    http://{addr}/ready    Metrics: http://{addr}/metrics"),
+    ];
+    lines.append(&mut wiring.banner);
+    wiring.banner = lines;
     Ok(ServiceHandle { stop, task })
 }
 
-async fn serve(settings: Settings, modules: Vec<Module>) -> anyhow::Result<()> {
+/// The admin token and where it came from.
+struct AdminToken {
+    token: String,
+    path: Option<PathBuf>,
+    generated: bool,
+}
+
+impl AdminToken {
+    fn banner(&self) -> Vec<String> {
+        match (&self.path, self.generated) {
+            (Some(path), true) => vec![
+                format!(
+                    "  Admin token (shown once; also stored in {} with mode 0600):",
+                    path.display()
+                ),
+                format!("    {}", self.token),
+            ],
+            (Some(path), false) => vec![format!("  Admin token: in {}", path.display())],
+            (None, _) => {
+                vec!["  Admin token: from FABRIK__AUTH__ADMIN_TOKEN / auth.admin_token".into()]
+            }
+        }
+    }
+}
+
+async fn serve(
+    config: Config,
+    settings: Settings,
+    modules: Vec<Module>,
+    demo: bool,
+) -> anyhow::Result<()> {
     // A file-size limit (ulimit -f) must surface as EFBIG → 507 on write, not kill the
     // process: listening for SIGXFSZ replaces its default action (terminate).
     #[cfg(target_os = "linux")]
@@ -253,6 +304,25 @@ async fn serve(settings: Settings, modules: Vec<Module>) -> anyhow::Result<()> {
     let mut manager = ServiceManager::new(&names);
     let services = manager.services();
     let mut wiring = Wiring::default();
+    let needs_token = modules
+        .iter()
+        .any(|m| matches!(m, Module::Http | Module::Mqtt));
+    let token = if needs_token {
+        std::fs::create_dir_all(&settings.data_dir).with_context(|| {
+            format!(
+                "cannot create the data directory {} (store.data_dir)",
+                settings.data_dir.display()
+            )
+        })?;
+        let (token, path, generated) = admin_token(&settings)?;
+        Some(AdminToken {
+            token,
+            path,
+            generated,
+        })
+    } else {
+        None
+    };
     let mut start_error = None;
     for module in &modules {
         let result = match module {
@@ -261,11 +331,70 @@ async fn serve(settings: Settings, modules: Vec<Module>) -> anyhow::Result<()> {
                     .start(module.name(), || start_store(&settings, &mut wiring))
                     .await
             }
+            Module::Registry => {
+                manager
+                    .start(module.name(), || {
+                        crate::connect::start_registry(&settings, &mut wiring.registry)
+                    })
+                    .await
+            }
+            Module::Ingest => {
+                let store = wiring.store.clone();
+                let registry = wiring.registry.clone();
+                manager
+                    .start(module.name(), || async {
+                        let store = store.ok_or("the ingest module needs the store module")?;
+                        crate::connect::start_ingest(
+                            &config,
+                            &settings,
+                            store,
+                            registry,
+                            &mut wiring.ingest,
+                        )
+                        .await
+                    })
+                    .await
+            }
+            Module::Mqtt => {
+                let admin = token.as_ref().map(|t| t.token.clone());
+                manager
+                    .start(module.name(), || async {
+                        let ingest = wiring
+                            .ingest
+                            .as_ref()
+                            .ok_or("the mqtt module needs the ingest module")?;
+                        let (handle, addresses) = crate::connect::start_mqtt(
+                            &config,
+                            &settings,
+                            admin,
+                            wiring.registry.clone(),
+                            ingest,
+                        )
+                        .await?;
+                        wiring.mqtt_address = addresses.first().map(|(a, _)| *a);
+                        for (addr, tls) in addresses {
+                            wiring.banner.push(if tls {
+                                format!("  MQTT/TLS:  mqtts://{addr}")
+                            } else {
+                                format!("  MQTT:      mqtt://{addr}   (user = device id, password = device token)")
+                            });
+                        }
+                        Ok(handle)
+                    })
+                    .await
+            }
             Module::Http => {
                 let services = services.clone();
-                manager
-                    .start(module.name(), || start_http(&settings, &wiring, services))
-                    .await
+                match &token {
+                    Some(token) => {
+                        manager
+                            .start(module.name(), || {
+                                start_http(&settings, &mut wiring, services, token)
+                            })
+                            .await
+                    }
+                    None => Ok(()),
+                }
             }
         };
         if let Err(e) = result {
@@ -273,9 +402,37 @@ async fn serve(settings: Settings, modules: Vec<Module>) -> anyhow::Result<()> {
             break;
         }
     }
+    let demo_stop = CancellationToken::new();
+    let mut demo_task = None;
+    if start_error.is_none() {
+        if let Some(t) = &token {
+            wiring.banner.extend(t.banner());
+        }
+        if demo {
+            match crate::demo::start(&wiring.registry, wiring.mqtt_address, demo_stop.clone()).await
+            {
+                Ok((task, lines)) => {
+                    wiring.banner.extend(lines);
+                    demo_task = Some(task);
+                }
+                Err(message) => {
+                    start_error = Some(fabrik_runtime::RuntimeError::ServiceFailed {
+                        service: "demo",
+                        message,
+                    })
+                }
+            }
+        }
+    }
+    if start_error.is_none() {
+        for line in &wiring.banner {
+            println!("{line}");
+        }
+        let _ = std::io::stdout().flush();
+        tracing::info!(modules = ?names, "Fabrik is ready.");
+    }
     let mut exited = None;
     if start_error.is_none() {
-        tracing::info!(modules = ?names, "Fabrik is ready.");
         match manager.run(fabrik_runtime::shutdown::signal()).await {
             StopReason::Signal => tracing::info!("Stopping."),
             StopReason::ServiceExited(name) => {
@@ -283,6 +440,10 @@ async fn serve(settings: Settings, modules: Vec<Module>) -> anyhow::Result<()> {
                 exited = Some(name);
             }
         }
+    }
+    demo_stop.cancel();
+    if let Some(task) = demo_task {
+        let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
     }
     let stopped = manager.stop_all(STOP_DEADLINE).await;
     if let Some(e) = start_error {

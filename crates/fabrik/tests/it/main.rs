@@ -4,5 +4,7 @@
 mod api;
 mod cli;
 mod crash;
+mod devices;
+mod mqtt;
 mod storage;
 mod support;

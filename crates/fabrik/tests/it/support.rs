@@ -33,6 +33,10 @@ impl Server {
     }
 
     pub(crate) async fn with_options(options: StoreOptions, max_body_size: usize) -> Server {
+        std::fs::create_dir_all(&options.data_dir).expect("data dir");
+        let registry = fabrik_registry::Registry::open(&options.data_dir.join("registry.db"))
+            .await
+            .expect("registry opens");
         let store = Store::open(options).await.expect("store opens");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -45,6 +49,7 @@ impl Server {
             auth: Auth::new(TOKEN),
             metrics: fabrik_runtime::telemetry::prometheus(),
             max_body_size,
+            registry: Some(registry),
         };
         let stop = CancellationToken::new();
         tokio::spawn(fabrik_api::serve(listener, state, stop.clone()));
@@ -111,6 +116,8 @@ pub(crate) fn fabrik_bin() -> PathBuf {
 pub(crate) struct Process {
     pub(crate) child: Child,
     pub(crate) url: String,
+    /// `host:port` of the MQTT endpoint, when it runs.
+    pub(crate) mqtt: Option<String>,
     pub(crate) log: mpsc::Receiver<String>,
     /// What the process printed before it listened (start-up and replay logs).
     pub(crate) startup_log: Vec<String>,
@@ -122,15 +129,35 @@ impl Process {
         Self::start_with(Command::new(fabrik_bin()), data_dir, extra_env)
     }
 
+    /// Starts `fabrik run ARGS...`.
+    pub(crate) fn start_with_args(
+        data_dir: &Path,
+        args: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> Process {
+        Self::start_full(Command::new(fabrik_bin()), args, data_dir, extra_env)
+    }
+
     pub(crate) fn start_with(
+        command: Command,
+        data_dir: &Path,
+        extra_env: &[(&str, &str)],
+    ) -> Process {
+        Self::start_full(command, &[], data_dir, extra_env)
+    }
+
+    fn start_full(
         mut command: Command,
+        args: &[&str],
         data_dir: &Path,
         extra_env: &[(&str, &str)],
     ) -> Process {
         command
             .arg("run")
+            .args(args)
             .env("FABRIK__STORE__DATA_DIR", data_dir)
             .env("FABRIK__HTTP__LISTEN", "127.0.0.1:0")
+            .env("FABRIK__MQTT__LISTEN", "127.0.0.1:0")
             .env("FABRIK__AUTH__ADMIN_TOKEN", TOKEN)
             .env("FABRIK_LOG", "info")
             .stdout(Stdio::piped())
@@ -163,9 +190,23 @@ impl Process {
                 Ok(line) => {
                     if let Some(rest) = line.strip_prefix("Fabrik is listening on ") {
                         let url = rest.trim().to_owned();
+                        // The rest of the banner follows; the admin token line ends it.
+                        let mut mqtt = None;
+                        while let Ok(more) = log.recv_timeout(Duration::from_secs(10)) {
+                            if let Some(addr) = more.trim().strip_prefix("MQTT:") {
+                                let addr = addr.trim().trim_start_matches("mqtt://");
+                                mqtt = addr.split_whitespace().next().map(str::to_owned);
+                            }
+                            let done = more.trim_start().starts_with("Admin token");
+                            seen.push(more);
+                            if done {
+                                break;
+                            }
+                        }
                         return Process {
                             child,
                             url,
+                            mqtt,
                             log,
                             startup_log: seen,
                         };

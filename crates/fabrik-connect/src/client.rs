@@ -1,0 +1,552 @@
+//! A small MQTT 3.1.1 client on the same codec as the endpoint, used by the MQTT bridge and the
+//! simulated plant: TCP or TLS, credentials, publish at QoS 0/1, subscribe, keepalive pings,
+//! and reconnection with exponential backoff that resubscribes and re-sends unacknowledged
+//! publishes. Messages received at QoS 1 are acknowledged to the broker only once the consumer
+//! says they are stored, so a crash never loses an acknowledged message.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU16;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use futures::stream::FuturesOrdered;
+use futures::{SinkExt, StreamExt};
+use rmqtt_codec::types::{Protocol, Publish, QoS};
+use rmqtt_codec::{MqttCodec, MqttPacket, v3};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use crate::ConnectError;
+
+/// TLS settings of a client connection.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    /// CA certificates (PEM) to trust; none: the server certificate is not verified against a
+    /// CA (only for tests against self-signed brokers — the bridge refuses this unless
+    /// `insecure` is set).
+    pub ca: Option<PathBuf>,
+    /// Skip certificate verification (tests only).
+    pub insecure: bool,
+    /// Name the server certificate must carry.
+    pub server_name: String,
+}
+
+/// How to reach a broker.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// host:port.
+    pub address: String,
+    /// Client id.
+    pub client_id: String,
+    /// User name.
+    pub username: Option<String>,
+    /// Password.
+    pub password: Option<String>,
+    /// Keepalive.
+    pub keep_alive: Duration,
+    /// Start a fresh session on every connection.
+    pub clean_session: bool,
+    /// TLS, if the broker wants it.
+    pub tls: Option<ClientTls>,
+    /// Longest wait between reconnection attempts.
+    pub max_backoff: Duration,
+}
+
+impl ClientOptions {
+    /// Plain TCP with defaults.
+    pub fn new(address: impl Into<String>, client_id: impl Into<String>) -> Self {
+        Self {
+            address: address.into(),
+            client_id: client_id.into(),
+            username: None,
+            password: None,
+            keep_alive: Duration::from_secs(30),
+            clean_session: true,
+            tls: None,
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A message received from the broker.
+#[derive(Debug)]
+pub struct Received {
+    /// Topic.
+    pub topic: String,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS it arrived with.
+    pub qos: u8,
+    /// Retained message.
+    pub retain: bool,
+    /// Answer `Ok` once the message is stored; only then is a QoS 1 message acknowledged.
+    /// Dropping it without answering leaves the message unacknowledged (the broker re-sends
+    /// it after a reconnect).
+    pub done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// What the client reports.
+#[derive(Debug)]
+pub enum ClientEvent {
+    /// Connected (again); subscriptions are restored.
+    Connected,
+    /// The connection was lost; the client reconnects by itself.
+    Disconnected(String),
+    /// A message arrived.
+    Message(Received),
+}
+
+enum Command {
+    Publish {
+        topic: String,
+        payload: Bytes,
+        qos: u8,
+        retain: bool,
+        done: Option<oneshot::Sender<Result<(), String>>>,
+    },
+    Subscribe(Vec<(String, u8)>),
+}
+
+/// A handle to a client running in the background until its shutdown token fires.
+#[derive(Clone)]
+pub struct MqttClient {
+    commands: mpsc::Sender<Command>,
+}
+
+impl std::fmt::Debug for MqttClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MqttClient")
+    }
+}
+
+impl MqttClient {
+    /// Starts a client; events arrive on the returned receiver (bounded: a slow consumer
+    /// slows the client down rather than losing messages).
+    pub fn start(
+        options: ClientOptions,
+        shutdown: CancellationToken,
+    ) -> Result<(Self, mpsc::Receiver<ClientEvent>), ConnectError> {
+        let tls = match &options.tls {
+            None => None,
+            Some(t) => Some(tls_connector(t)?),
+        };
+        let (commands, rx) = mpsc::channel(1024);
+        let (events_tx, events_rx) = mpsc::channel(1024);
+        tokio::spawn(run(options, tls, rx, events_tx, shutdown));
+        Ok((Self { commands }, events_rx))
+    }
+
+    /// Publishes; for QoS 1 the returned future resolves once the broker acknowledged.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        qos: u8,
+        retain: bool,
+    ) -> Result<(), String> {
+        let (done, answer) = if qos > 0 {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        self.commands
+            .send(Command::Publish {
+                topic: topic.to_owned(),
+                payload: payload.into(),
+                qos: qos.min(1),
+                retain,
+                done,
+            })
+            .await
+            .map_err(|_| "the MQTT client has stopped".to_owned())?;
+        match answer {
+            None => Ok(()),
+            Some(rx) => rx
+                .await
+                .map_err(|_| "the MQTT client has stopped".to_owned())?,
+        }
+    }
+
+    /// Subscribes (kept across reconnections).
+    pub async fn subscribe(&self, filters: Vec<(String, u8)>) -> Result<(), String> {
+        self.commands
+            .send(Command::Subscribe(filters))
+            .await
+            .map_err(|_| "the MQTT client has stopped".to_owned())
+    }
+}
+
+fn tls_connector(t: &ClientTls) -> Result<tokio_rustls::TlsConnector, ConnectError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConnectError::Tls(e.to_string()))?;
+    let config = if t.insecure {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+            .with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = t.ca.as_ref().ok_or_else(|| {
+            ConnectError::Tls("a TLS bridge needs a CA file (or insecure = true for tests)".into())
+        })?;
+        use rustls::pki_types::{CertificateDer, pem::PemObject};
+        for cert in CertificateDer::pem_file_iter(ca)
+            .map_err(|e| ConnectError::Tls(format!("{}: {e}", ca.display())))?
+        {
+            let cert = cert.map_err(|e| ConnectError::Tls(format!("{}: {e}", ca.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| ConnectError::Tls(format!("{}: {e}", ca.display())))?;
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// Accepts any server certificate (tests against self-signed brokers only).
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Who waits for a publish to be acknowledged.
+type Answer = oneshot::Sender<Result<(), String>>;
+
+/// State that survives reconnections.
+struct Session {
+    subscriptions: BTreeMap<String, u8>,
+    /// Sent QoS 1 publishes waiting for PUBACK, by packet id.
+    inflight: BTreeMap<u16, (Publish, Option<Answer>)>,
+    next_id: u16,
+}
+
+impl Session {
+    fn next_packet_id(&mut self) -> u16 {
+        loop {
+            let id = self.next_id;
+            self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+            if !self.inflight.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+}
+
+async fn run(
+    options: ClientOptions,
+    tls: Option<tokio_rustls::TlsConnector>,
+    mut commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<ClientEvent>,
+    shutdown: CancellationToken,
+) {
+    let mut session = Session {
+        subscriptions: BTreeMap::new(),
+        inflight: BTreeMap::new(),
+        next_id: 1,
+    };
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            let tcp = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::net::TcpStream::connect(&options.address),
+            )
+            .await
+            .map_err(|_| "connect timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+            let _ = tcp.set_nodelay(true);
+            match &tls {
+                None => {
+                    connected(
+                        tcp,
+                        &options,
+                        &mut session,
+                        &mut commands,
+                        &events,
+                        &shutdown,
+                    )
+                    .await
+                }
+                Some(connector) => {
+                    let name = options
+                        .tls
+                        .as_ref()
+                        .map(|t| t.server_name.clone())
+                        .unwrap_or_default();
+                    let name = rustls::pki_types::ServerName::try_from(name)
+                        .map_err(|e| format!("TLS server name: {e}"))?;
+                    let stream = connector
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|e| format!("TLS: {e}"))?;
+                    connected(
+                        stream,
+                        &options,
+                        &mut session,
+                        &mut commands,
+                        &events,
+                        &shutdown,
+                    )
+                    .await
+                }
+            }
+        };
+        let outcome = tokio::select! {
+            r = attempt => r,
+            _ = shutdown.cancelled() => return,
+        };
+        match outcome {
+            Ok(Stop::Shutdown) => return,
+            Ok(Stop::Lost(reason)) => {
+                backoff = Duration::from_millis(200);
+                let _ = events.send(ClientEvent::Disconnected(reason)).await;
+            }
+            Err(reason) => {
+                tracing::debug!(broker = %options.address, reason = %reason, "MQTT connection attempt failed.");
+                let _ = events.try_send(ClientEvent::Disconnected(reason));
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(options.max_backoff);
+    }
+}
+
+enum Stop {
+    Shutdown,
+    Lost(String),
+}
+
+fn pid(id: u16) -> NonZeroU16 {
+    NonZeroU16::new(id).unwrap_or(NonZeroU16::MIN)
+}
+
+fn qos(q: u8) -> QoS {
+    if q == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    }
+}
+
+type AckFuture = futures::future::BoxFuture<'static, Option<u16>>;
+
+async fn connected<S>(
+    stream: S,
+    options: &ClientOptions,
+    session: &mut Session,
+    commands: &mut mpsc::Receiver<Command>,
+    events: &mpsc::Sender<ClientEvent>,
+    shutdown: &CancellationToken,
+) -> Result<Stop, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut framed = Framed::new(stream, MqttCodec::V3(v3::Codec::new(64 << 20)));
+    let connect = v3::Connect {
+        protocol: Protocol::default(),
+        clean_session: options.clean_session,
+        keep_alive: u16::try_from(options.keep_alive.as_secs()).unwrap_or(u16::MAX),
+        last_will: None,
+        client_id: ByteString::from(options.client_id.as_str()),
+        username: options.username.as_deref().map(ByteString::from),
+        password: options.password.as_ref().map(|p| Bytes::from(p.clone())),
+        cert: None,
+    };
+    framed
+        .send(MqttPacket::V3(v3::Packet::Connect(Box::new(connect))))
+        .await
+        .map_err(|e| e.to_string())?;
+    let ack = tokio::time::timeout(Duration::from_secs(10), framed.next())
+        .await
+        .map_err(|_| "no CONNACK within 10 s".to_owned())?;
+    match ack {
+        Some(Ok((MqttPacket::V3(v3::Packet::ConnectAck(a)), _))) => {
+            if a.return_code != v3::ConnectAckReason::ConnectionAccepted {
+                return Err(format!("refused: {}", a.return_code.reason()));
+            }
+        }
+        Some(Ok(_)) => return Err("expected CONNACK".into()),
+        Some(Err(e)) => return Err(e.to_string()),
+        None => return Err("closed before CONNACK".into()),
+    }
+    let _ = events.send(ClientEvent::Connected).await;
+    if !session.subscriptions.is_empty() {
+        let filters: Vec<(ByteString, QoS)> = session
+            .subscriptions
+            .iter()
+            .map(|(f, q)| (ByteString::from(f.as_str()), qos(*q)))
+            .collect();
+        let id = session.next_packet_id();
+        framed
+            .send(MqttPacket::V3(v3::Packet::Subscribe {
+                packet_id: pid(id),
+                topic_filters: filters,
+            }))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    for (publish, _) in session.inflight.values() {
+        let mut again = publish.clone();
+        again.dup = true;
+        framed
+            .send(MqttPacket::V3(v3::Packet::Publish(Box::new(again))))
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let mut acks: FuturesOrdered<AckFuture> = FuturesOrdered::new();
+    let ping_every = if options.keep_alive.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        options.keep_alive / 2
+    };
+    let mut ping = tokio::time::interval(ping_every);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = framed.send(MqttPacket::V3(v3::Packet::Disconnect)).await;
+                return Ok(Stop::Shutdown);
+            }
+            Some(acked) = acks.next(), if !acks.is_empty() => {
+                if let Some(id) = acked {
+                    framed.send(MqttPacket::V3(v3::Packet::PublishAck { packet_id: pid(id) }))
+                        .await.map_err(|e| e.to_string())?;
+                }
+            }
+            command = commands.recv() => {
+                let Some(command) = command else { return Ok(Stop::Shutdown) };
+                match command {
+                    Command::Publish { topic, payload, qos: q, retain, done } => {
+                        let packet_id = (q > 0).then(|| session.next_packet_id());
+                        let publish = Publish {
+                            dup: false,
+                            retain,
+                            qos: qos(q),
+                            topic: ByteString::from(topic),
+                            packet_id: packet_id.map(pid),
+                            payload,
+                            properties: None,
+                        };
+                        if let Some(id) = packet_id {
+                            session.inflight.insert(id, (publish.clone(), done));
+                        } else if let Some(done) = done {
+                            let _ = done.send(Ok(()));
+                        }
+                        framed.send(MqttPacket::V3(v3::Packet::Publish(Box::new(publish))))
+                            .await.map_err(|e| e.to_string())?;
+                    }
+                    Command::Subscribe(filters) => {
+                        for (f, q) in &filters {
+                            session.subscriptions.insert(f.clone(), *q);
+                        }
+                        let id = session.next_packet_id();
+                        framed.send(MqttPacket::V3(v3::Packet::Subscribe {
+                            packet_id: pid(id),
+                            topic_filters: filters.iter().map(|(f, q)| (ByteString::from(f.as_str()), qos(*q))).collect(),
+                        })).await.map_err(|e| e.to_string())?;
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                framed.send(MqttPacket::V3(v3::Packet::PingRequest)).await.map_err(|e| e.to_string())?;
+            }
+            frame = tokio::time::timeout(options.keep_alive.max(Duration::from_secs(1)) * 2, framed.next()) => {
+                let frame = match frame {
+                    Err(_) => return Ok(Stop::Lost("no answer from the broker within 2 × keepalive".into())),
+                    Ok(None) => return Ok(Stop::Lost("connection closed by the broker".into())),
+                    Ok(Some(Err(e))) => return Ok(Stop::Lost(e.to_string())),
+                    Ok(Some(Ok((packet, _)))) => packet,
+                };
+                match frame {
+                    MqttPacket::V3(v3::Packet::PublishAck { packet_id }) => {
+                        if let Some((_, Some(done))) = session.inflight.remove(&packet_id.get()) {
+                            let _ = done.send(Ok(()));
+                        }
+                    }
+                    MqttPacket::V3(v3::Packet::Publish(p)) => {
+                        let id = p.packet_id.map(NonZeroU16::get);
+                        let wants_ack = p.qos != QoS::AtMostOnce;
+                        let (done, stored) = if wants_ack {
+                            let (tx, rx) = oneshot::channel();
+                            (Some(tx), Some(rx))
+                        } else {
+                            (None, None)
+                        };
+                        let received = Received {
+                            topic: p.topic.to_string(),
+                            payload: p.payload,
+                            qos: p.qos.value(),
+                            retain: p.retain,
+                            done,
+                        };
+                        if events.send(ClientEvent::Message(received)).await.is_err() {
+                            return Ok(Stop::Shutdown);
+                        }
+                        if let (Some(rx), Some(id)) = (stored, id) {
+                            acks.push_back(Box::pin(async move {
+                                matches!(rx.await, Ok(Ok(()))).then_some(id)
+                            }));
+                        }
+                    }
+                    MqttPacket::V3(v3::Packet::SubscribeAck { status, .. })
+                        if status.iter().any(|s| matches!(s, v3::SubscribeReturnCode::Failure)) =>
+                    {
+                        tracing::warn!(broker = %options.address, "The broker refused a subscription.");
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}

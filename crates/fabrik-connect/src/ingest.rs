@@ -1,0 +1,538 @@
+//! The ingest path of connectors: raw messages in (MQTT publishes from the device endpoint or
+//! a bridge), rows out. It batches what is queued, finds each message's mapping, decodes it,
+//! stamps lineage (source, raw-message id, mapping version), keeps the raw message when asked,
+//! and writes everything as one store write. Messages that match a mapping but cannot be
+//! decoded, or that a device sent to a topic no mapping covers, become dead letters with the
+//! reason and the raw bytes: nothing is dropped silently. A QoS 1/2 message is answered (and so
+//! acknowledged to its client) only after its rows, or its dead letter, are durable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fabrik_core::{Lineage, Point, Quality, RawMessageIds, SourceId, Timestamp, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::mapping::{self, DeviceInfo, Mapping};
+use crate::mqtt::ClientIdentity;
+
+/// Table of messages that could not be mapped.
+pub const DEAD_LETTERS: &str = "_dead_letters";
+/// Table of raw messages (when `keep_raw` is on).
+pub const RAW: &str = "_raw";
+
+/// A raw message from any connector.
+#[derive(Debug)]
+pub struct RawMessage {
+    /// Connector instance: `mqtt`, `bridge:<name>`.
+    pub source: Arc<str>,
+    /// Topic (or address) it arrived on.
+    pub topic: Arc<str>,
+    /// Bytes as received.
+    pub payload: Bytes,
+    /// Receipt time.
+    pub received_at: Timestamp,
+    /// The authenticated publisher, for messages from the device endpoint.
+    pub publisher: Option<Arc<ClientIdentity>>,
+    /// Answered once the message's rows or dead letter are durable (or with the error).
+    pub done: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+/// Where rows go (the store, in `fabrik run`).
+#[async_trait::async_trait]
+pub trait RecordSink: Send + Sync + 'static {
+    /// Writes groups of points, each with its lineage, all or none. The error names what
+    /// failed.
+    async fn write(&self, groups: Vec<(Lineage, Vec<Point>)>) -> Result<(), SinkError>;
+}
+
+/// Why a write failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkError {
+    /// The rows were refused (a type conflict, say): a retry would fail again.
+    Rejected(String),
+    /// The store could not take them now (disk full, shutting down): the sender should retry.
+    Unavailable(String),
+}
+
+/// What the ingest path needs to know about devices.
+pub trait DeviceDirectory: Send + Sync + 'static {
+    /// Type of a registered device (empty if unknown).
+    fn device_type(&self, device_id: &str) -> String;
+    /// Counts a message of a device (and whether it was dead-lettered).
+    fn count(&self, device_id: &str, failed: bool);
+}
+
+/// Settings of the ingest path.
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    /// Keep every raw message in the `_raw` table.
+    pub keep_raw: bool,
+    /// Messages taken into one store write at most.
+    pub max_batch: usize,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            keep_raw: true,
+            max_batch: 2000,
+        }
+    }
+}
+
+/// The ingest worker: call [`Ingest::run`] on a task.
+pub struct Ingest {
+    mappings: Vec<Mapping>,
+    sink: Arc<dyn RecordSink>,
+    devices: Arc<dyn DeviceDirectory>,
+    ids: Arc<RawMessageIds>,
+    settings: IngestSettings,
+}
+
+/// One message on its way through a batch.
+struct Pending {
+    message: RawMessage,
+    raw_id: fabrik_core::RawMessageId,
+    device: Option<String>,
+    /// Mapped rows with their lineage, or the dead letter.
+    rows: Result<(Lineage, Vec<Point>), (String, String)>,
+    /// The message matched no mapping and is not device data: nothing to store.
+    ignored: bool,
+}
+
+fn payload_text(payload: &[u8]) -> String {
+    match std::str::from_utf8(payload) {
+        Ok(text) => text.to_owned(),
+        Err(_) => {
+            let mut s = String::from("base64:");
+            s.push_str(&base64_encode(payload));
+            s
+        }
+    }
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+impl Ingest {
+    /// A worker over `mappings` (compiled), writing to `sink`.
+    pub fn new(
+        mappings: Vec<Mapping>,
+        sink: Arc<dyn RecordSink>,
+        devices: Arc<dyn DeviceDirectory>,
+        ids: Arc<RawMessageIds>,
+        settings: IngestSettings,
+    ) -> Self {
+        Self {
+            mappings,
+            sink,
+            devices,
+            ids,
+            settings,
+        }
+    }
+
+    /// Takes messages until `shutdown` fires and the channel is drained.
+    pub async fn run(self, mut rx: mpsc::Receiver<RawMessage>, shutdown: CancellationToken) {
+        let mut batch = Vec::with_capacity(self.settings.max_batch);
+        loop {
+            let first = tokio::select! {
+                m = rx.recv() => m,
+                _ = shutdown.cancelled() => {
+                    // Stop taking new work, but finish what is queued: its senders wait.
+                    rx.close();
+                    rx.recv().await
+                }
+            };
+            let Some(first) = first else { break };
+            batch.push(first);
+            while batch.len() < self.settings.max_batch {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            self.process(std::mem::take(&mut batch)).await;
+        }
+        tracing::debug!("Ingest worker stopped.");
+    }
+
+    fn prepare(&self, message: RawMessage) -> Pending {
+        let raw_id = self.ids.next();
+        let found = mapping::find(&self.mappings, &message.source, &message.topic);
+        let publisher_device = message.publisher.as_ref().and_then(|p| p.device_id.clone());
+        match found {
+            None => {
+                let device_data = publisher_device.is_some();
+                Pending {
+                    rows: Err((
+                        String::new(),
+                        format!("no mapping covers topic `{}`", message.topic),
+                    )),
+                    device: publisher_device,
+                    raw_id,
+                    ignored: !device_data,
+                    message,
+                }
+            }
+            Some((m, captures)) => {
+                let device = captures.get("device").cloned();
+                let info = DeviceInfo {
+                    device_type: device
+                        .as_deref()
+                        .map(|d| self.devices.device_type(d))
+                        .unwrap_or_default(),
+                };
+                let lineage = Lineage {
+                    source: SourceId(message.source.to_string()),
+                    raw_id,
+                    mapping_version: m.version,
+                };
+                let rows = m
+                    .map(&captures, &message.payload, message.received_at, &info)
+                    .map(|points| (lineage, points))
+                    .map_err(|e| (m.name.clone(), e.to_string()));
+                Pending {
+                    rows,
+                    device,
+                    raw_id,
+                    ignored: false,
+                    message,
+                }
+            }
+        }
+    }
+
+    fn dead_letter(p: &Pending, mapping: &str, reason: &str) -> (Lineage, Vec<Point>) {
+        let mut tags = vec![("source".to_owned(), p.message.source.to_string())];
+        if let Some(d) = &p.device {
+            tags.push(("device".to_owned(), d.clone()));
+        }
+        let lineage = Lineage {
+            source: SourceId(p.message.source.to_string()),
+            raw_id: p.raw_id,
+            mapping_version: 0,
+        };
+        let point = Point {
+            measurement: DEAD_LETTERS.to_owned(),
+            tags,
+            fields: vec![
+                ("topic".to_owned(), Value::Str(p.message.topic.to_string())),
+                ("mapping".to_owned(), Value::Str(mapping.to_owned())),
+                ("reason".to_owned(), Value::Str(reason.to_owned())),
+                (
+                    "payload".to_owned(),
+                    Value::Str(payload_text(&p.message.payload)),
+                ),
+            ],
+            time: p.message.received_at,
+            quality: Quality::Bad,
+        };
+        (lineage, vec![point])
+    }
+
+    fn raw_row(p: &Pending) -> (Lineage, Vec<Point>) {
+        let mut tags = vec![("source".to_owned(), p.message.source.to_string())];
+        if let Some(d) = &p.device {
+            tags.push(("device".to_owned(), d.clone()));
+        }
+        let lineage = Lineage {
+            source: SourceId(p.message.source.to_string()),
+            raw_id: p.raw_id,
+            mapping_version: 0,
+        };
+        (
+            lineage,
+            vec![Point {
+                measurement: RAW.to_owned(),
+                tags,
+                fields: vec![
+                    ("topic".to_owned(), Value::Str(p.message.topic.to_string())),
+                    (
+                        "payload".to_owned(),
+                        Value::Str(payload_text(&p.message.payload)),
+                    ),
+                    (
+                        "bytes".to_owned(),
+                        Value::U64(p.message.payload.len() as u64),
+                    ),
+                ],
+                time: p.message.received_at,
+                quality: Quality::Good,
+            }],
+        )
+    }
+
+    /// The rows one message contributes (data or dead letter, plus its raw copy).
+    fn groups_of(&self, p: &Pending) -> Vec<(Lineage, Vec<Point>)> {
+        let mut out = Vec::with_capacity(2);
+        match &p.rows {
+            Ok(rows) => out.push(rows.clone()),
+            Err((mapping, reason)) => out.push(Self::dead_letter(p, mapping, reason)),
+        }
+        if self.settings.keep_raw {
+            out.push(Self::raw_row(p));
+        }
+        out
+    }
+
+    async fn process(&self, messages: Vec<RawMessage>) {
+        let mut pending: Vec<Pending> = Vec::with_capacity(messages.len());
+        for m in messages {
+            let p = self.prepare(m);
+            if p.ignored {
+                if let Some(done) = p.message.done {
+                    let _ = done.send(Ok(()));
+                }
+                continue;
+            }
+            pending.push(p);
+        }
+        if pending.is_empty() {
+            return;
+        }
+        let all: Vec<(Lineage, Vec<Point>)> =
+            pending.iter().flat_map(|p| self.groups_of(p)).collect();
+        match self.sink.write(all).await {
+            Ok(()) => {
+                for p in pending {
+                    self.finish(p, Ok(()));
+                }
+            }
+            Err(SinkError::Unavailable(reason)) => {
+                tracing::warn!(messages = pending.len(), reason = %reason, "Ingest could not store messages; their senders will retry.");
+                for p in pending {
+                    if let Some(done) = p.message.done {
+                        let _ = done.send(Err(reason.clone()));
+                    }
+                }
+            }
+            Err(SinkError::Rejected(_)) => {
+                // One message spoilt the batch (a field type conflict, say): store them one by
+                // one so only the culprits become dead letters.
+                for mut p in pending {
+                    let own = self.groups_of(&p);
+                    let result = match self.sink.write(own).await {
+                        Ok(()) => Ok(()),
+                        Err(SinkError::Rejected(reason)) => {
+                            let mapping = match &p.rows {
+                                Ok((l, _)) => format!("v{}", l.mapping_version),
+                                Err((m, _)) => m.clone(),
+                            };
+                            p.rows = Err((mapping, reason));
+                            match self.sink.write(self.groups_of(&p)).await {
+                                Ok(()) => Ok(()),
+                                Err(SinkError::Rejected(r) | SinkError::Unavailable(r)) => Err(r),
+                            }
+                        }
+                        Err(SinkError::Unavailable(reason)) => Err(reason),
+                    };
+                    self.finish(p, result);
+                }
+            }
+        }
+    }
+
+    fn finish(&self, p: Pending, result: Result<(), String>) {
+        let failed = p.rows.is_err();
+        if let Some(device) = &p.device {
+            self.devices.count(device, failed);
+        }
+        if failed && result.is_ok() {
+            metrics::counter!("fabrik_ingest_dead_letters_total").increment(1);
+            if let Err((mapping, reason)) = &p.rows {
+                tracing::debug!(topic = %p.message.topic, mapping = %mapping, reason = %reason, "Message stored as a dead letter.");
+            }
+        }
+        if result.is_ok() {
+            metrics::counter!("fabrik_ingest_messages_total").increment(1);
+        }
+        if let Some(done) = p.message.done {
+            let _ = done.send(result);
+        }
+    }
+}
+
+/// How long a sender may wait for the ingest queue before it counts as stuck (used in logs).
+pub const QUEUE_WAIT_WARN: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parking_lot::Mutex;
+
+    #[derive(Default)]
+    struct MemorySink {
+        written: Mutex<Vec<(Lineage, Vec<Point>)>>,
+        reject_field: Option<String>,
+    }
+
+    #[async_trait::async_trait]
+    impl RecordSink for MemorySink {
+        async fn write(&self, groups: Vec<(Lineage, Vec<Point>)>) -> Result<(), SinkError> {
+            if let Some(bad) = &self.reject_field
+                && groups
+                    .iter()
+                    .flat_map(|(_, ps)| ps)
+                    .any(|p| p.fields.iter().any(|(k, _)| k == bad))
+            {
+                return Err(SinkError::Rejected(format!("field `{bad}` conflicts")));
+            }
+            self.written.lock().extend(groups);
+            Ok(())
+        }
+    }
+
+    struct Devices;
+    impl DeviceDirectory for Devices {
+        fn device_type(&self, _: &str) -> String {
+            "pump".into()
+        }
+        fn count(&self, _: &str, _: bool) {}
+    }
+
+    fn ingest(sink: Arc<MemorySink>) -> Ingest {
+        let mappings = mapping::default_mappings()
+            .iter()
+            .map(|m| mapping::compile(m).expect("mapping"))
+            .collect();
+        Ingest::new(
+            mappings,
+            sink,
+            Arc::new(Devices),
+            Arc::new(RawMessageIds::new()),
+            IngestSettings::default(),
+        )
+    }
+
+    fn message(
+        topic: &str,
+        payload: &str,
+        device: Option<&str>,
+    ) -> (RawMessage, oneshot::Receiver<Result<(), String>>) {
+        let (tx, rx) = oneshot::channel();
+        let publisher = device.map(|d| {
+            Arc::new(ClientIdentity {
+                device_id: Some(d.into()),
+                ..ClientIdentity::default()
+            })
+        });
+        (
+            RawMessage {
+                source: Arc::from("mqtt"),
+                topic: Arc::from(topic),
+                payload: Bytes::from(payload.to_owned()),
+                received_at: Timestamp(1_000),
+                publisher,
+                done: Some(tx),
+            },
+            rx,
+        )
+    }
+
+    fn tables(sink: &MemorySink) -> Vec<String> {
+        sink.written
+            .lock()
+            .iter()
+            .flat_map(|(_, ps)| ps.iter().map(|p| p.measurement.clone()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn good_bad_and_unmapped_messages_each_end_somewhere() {
+        let sink = Arc::new(MemorySink::default());
+        let worker = ingest(sink.clone());
+        let (good, good_rx) = message("devices/p1/telemetry", r#"{"v": 1.5}"#, Some("p1"));
+        let (bad, bad_rx) = message("devices/p1/telemetry", "{oops", Some("p1"));
+        let (unmapped, unmapped_rx) = message("devices/p1/status", "online", Some("p1"));
+        let (chatter, chatter_rx) = message("app/notes", "hello", None);
+        worker.process(vec![good, bad, unmapped, chatter]).await;
+        for rx in [good_rx, bad_rx, unmapped_rx, chatter_rx] {
+            assert_eq!(rx.await.expect("answered"), Ok(()));
+        }
+        let t = tables(&sink);
+        assert_eq!(t.iter().filter(|t| *t == "pump").count(), 1);
+        assert_eq!(t.iter().filter(|t| *t == DEAD_LETTERS).count(), 2);
+        assert_eq!(
+            t.iter().filter(|t| *t == RAW).count(),
+            3,
+            "raw copies of all but chatter"
+        );
+        let written = sink.written.lock();
+        let dead: Vec<&Point> = written
+            .iter()
+            .flat_map(|(_, ps)| ps)
+            .filter(|p| p.measurement == DEAD_LETTERS)
+            .collect();
+        let reasons: Vec<String> = dead
+            .iter()
+            .map(|p| match &p.fields[2].1 {
+                Value::Str(s) => s.clone(),
+                _ => String::new(),
+            })
+            .collect();
+        assert!(
+            reasons.iter().any(|r| r.contains("not JSON")),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons.iter().any(|r| r.contains("no mapping covers")),
+            "{reasons:?}"
+        );
+        // The data row and its raw copy share the raw-message id (lineage).
+        let data = written
+            .iter()
+            .find(|(_, ps)| ps[0].measurement == "pump")
+            .expect("data");
+        let raw = written
+            .iter()
+            .find(|(l, ps)| ps[0].measurement == RAW && l.raw_id == data.0.raw_id);
+        assert!(raw.is_some(), "raw copy with the same raw id");
+        assert_eq!(data.0.mapping_version, 1);
+    }
+
+    #[tokio::test]
+    async fn a_rejected_message_is_dead_lettered_without_losing_the_others() {
+        let sink = Arc::new(MemorySink {
+            reject_field: Some("conflict".into()),
+            ..MemorySink::default()
+        });
+        let worker = ingest(sink.clone());
+        let (a, a_rx) = message("devices/p1/telemetry", r#"{"v": 1}"#, Some("p1"));
+        let (b, b_rx) = message("devices/p2/telemetry", r#"{"conflict": 1}"#, Some("p2"));
+        worker.process(vec![a, b]).await;
+        assert_eq!(a_rx.await.expect("a"), Ok(()));
+        assert_eq!(b_rx.await.expect("b"), Ok(()));
+        let t = tables(&sink);
+        assert_eq!(t.iter().filter(|t| *t == "pump").count(), 1);
+        assert_eq!(t.iter().filter(|t| *t == DEAD_LETTERS).count(), 1);
+    }
+
+    #[test]
+    fn binary_payloads_are_kept_as_base64() {
+        assert_eq!(payload_text(b"hi"), "hi");
+        assert_eq!(payload_text(&[0xff, 0x00, 0x10]), "base64:/wAQ");
+        assert_eq!(base64_encode(b"ab"), "YWI=");
+        assert_eq!(base64_encode(b"a"), "YQ==");
+    }
+}

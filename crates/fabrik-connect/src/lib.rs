@@ -1,0 +1,33 @@
+//! Fabrik's device connectivity: the MQTT device endpoint ([`mqtt`]), normalisation mappings
+//! ([`mapping`]) and the ingest path that turns raw messages into stored rows or dead letters
+//! ([`ingest`]).
+//!
+//! This crate must not know about the store or the registry: it reaches them through the
+//! [`ingest::RecordSink`], [`ingest::DeviceDirectory`] and [`mqtt::MqttHooks`] traits, which the
+//! binary implements.
+
+pub mod client;
+pub mod ingest;
+pub mod mapping;
+pub mod mqtt;
+
+/// Errors of the connectivity layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// TLS set-up failed (certificate or key files, CA).
+    #[error("MQTT TLS: {0}")]
+    Tls(String),
+    /// A listener could not be bound.
+    #[error("cannot listen on {address} ({key}): {source}")]
+    Bind {
+        /// The address.
+        address: String,
+        /// The configuration key that set it.
+        key: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A mapping or ACL rule in the configuration is invalid.
+    #[error("{0}")]
+    Config(String),
+}

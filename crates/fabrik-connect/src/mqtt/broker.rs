@@ -1,0 +1,844 @@
+//! The broker core, free of I/O: sessions (subscriptions, queued and in-flight messages,
+//! QoS 2 state), routing a publish to matching sessions, and retained messages. Connection
+//! tasks attach to a session, take what is due for sending, and report acknowledgements; the
+//! state survives their disconnects for as long as the session's expiry allows.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use rmqtt_codec::v5::PublishProperties;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::acl::ClientIdentity;
+use super::subscriptions::{SubOptions, SubscriptionIndex};
+use super::topic;
+
+/// A message as the broker routes it.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Topic name.
+    pub topic: Arc<str>,
+    /// Payload bytes.
+    pub payload: Bytes,
+    /// QoS it was published with.
+    pub qos: u8,
+    /// Retain flag it was published with.
+    pub retain: bool,
+    /// MQTT 5 properties to forward (content type, user properties, response topic, ...).
+    pub properties: Option<PublishProperties>,
+    /// When it stops being deliverable (MQTT 5 message expiry).
+    pub expires_at: Option<Instant>,
+    /// The client that published it (for MQTT 5 `no_local`).
+    pub publisher: Option<Arc<str>>,
+}
+
+/// One message due to one session.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The message.
+    pub message: Arc<Message>,
+    /// QoS of this delivery (the lower of publish and subscription QoS).
+    pub qos: u8,
+    /// Retain flag to send.
+    pub retain: bool,
+    /// MQTT 5 subscription identifiers of the matching subscriptions.
+    pub subscription_ids: Vec<NonZeroU32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::enum_variant_names)] // the names read as the protocol's states
+enum InflightState {
+    /// QoS 1 sent, waiting for PUBACK.
+    WaitAck,
+    /// QoS 2 sent, waiting for PUBREC.
+    WaitRec,
+    /// PUBREL sent, waiting for PUBCOMP.
+    WaitComp,
+}
+
+#[derive(Debug)]
+struct Inflight {
+    delivery: Delivery,
+    state: InflightState,
+}
+
+/// Something a connection must write.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A PUBLISH (`packet_id` is `None` for QoS 0).
+    Publish {
+        /// Packet identifier.
+        packet_id: Option<u16>,
+        /// What to send.
+        delivery: Delivery,
+        /// Set when re-sent after a reconnect.
+        dup: bool,
+    },
+    /// A PUBREL for an in-flight QoS 2 message (re-sent after a reconnect).
+    Release(u16),
+}
+
+/// The handle a connection holds on its session.
+#[derive(Debug, Clone)]
+pub struct Link {
+    /// Distinguishes this connection from earlier ones of the same client id.
+    pub generation: u64,
+    /// Woken when messages are queued for the session.
+    pub notify: Arc<Notify>,
+    /// Cancelled when another connection takes the session over.
+    pub kicked: CancellationToken,
+}
+
+struct Session {
+    identity: ClientIdentity,
+    subscriptions: HashMap<String, SubOptions>,
+    queue: VecDeque<Delivery>,
+    inflight: BTreeMap<u16, Inflight>,
+    incoming_qos2: HashSet<u16>,
+    next_packet_id: u16,
+    /// `None`: never expires; `Some(0)`: ends with the connection.
+    expiry: Option<Duration>,
+    link: Option<Link>,
+    receive_max: u16,
+    disconnected_at: Option<Instant>,
+}
+
+impl Session {
+    fn new(identity: ClientIdentity) -> Self {
+        Self {
+            identity,
+            subscriptions: HashMap::new(),
+            queue: VecDeque::new(),
+            inflight: BTreeMap::new(),
+            incoming_qos2: HashSet::new(),
+            next_packet_id: 1,
+            expiry: Some(Duration::ZERO),
+            link: None,
+            receive_max: 20,
+            disconnected_at: None,
+        }
+    }
+
+    fn allocate_packet_id(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if !self.inflight.contains_key(&id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+}
+
+/// Limits of the broker core.
+#[derive(Debug, Clone, Copy)]
+pub struct BrokerLimits {
+    /// Messages queued per session beyond the in-flight window; more are dropped and counted.
+    pub max_queued_messages: usize,
+    /// Retained messages kept; more are refused and counted.
+    pub max_retained_messages: usize,
+}
+
+impl Default for BrokerLimits {
+    fn default() -> Self {
+        Self {
+            max_queued_messages: 1000,
+            max_retained_messages: 100_000,
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    sessions: HashMap<Arc<str>, Session>,
+    index: SubscriptionIndex,
+    retained: BTreeMap<Arc<str>, Arc<Message>>,
+    next_generation: u64,
+}
+
+/// What attaching a connection to a session gave.
+#[derive(Debug)]
+pub struct Attached {
+    /// The connection's handle.
+    pub link: Link,
+    /// True if an earlier session was resumed.
+    pub session_present: bool,
+}
+
+/// Counts for `/metrics` and the API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BrokerStats {
+    /// Sessions (connected or not).
+    pub sessions: usize,
+    /// Sessions with a live connection.
+    pub connected: usize,
+    /// Subscriptions.
+    pub subscriptions: usize,
+    /// Retained messages.
+    pub retained: usize,
+    /// Messages queued or in flight across sessions.
+    pub queued: usize,
+}
+
+/// The broker core. Cheap to share; every method takes the lock briefly and never awaits.
+pub struct Broker {
+    state: Mutex<State>,
+    limits: BrokerLimits,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl Broker {
+    /// An empty broker.
+    pub fn new(limits: BrokerLimits) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            limits,
+        }
+    }
+
+    /// Attaches a new connection to the session of `client_id`, taking it over from an
+    /// earlier connection (which is kicked). `clean_start` discards an existing session.
+    pub fn attach(
+        &self,
+        client_id: &Arc<str>,
+        identity: ClientIdentity,
+        clean_start: bool,
+        expiry: Option<Duration>,
+        receive_max: u16,
+    ) -> Attached {
+        let mut state = self.state.lock();
+        state.next_generation += 1;
+        let generation = state.next_generation;
+        if let Some(old) = state.sessions.get(client_id)
+            && let Some(link) = &old.link
+        {
+            link.kicked.cancel();
+        }
+        let resumable = !clean_start
+            && state
+                .sessions
+                .get(client_id)
+                .is_some_and(|s| s.identity.device_id == identity.device_id);
+        if !resumable && let Some(old) = state.sessions.remove(client_id) {
+            for filter in old.subscriptions.keys() {
+                state.index.remove(filter, client_id);
+            }
+        }
+        let session = state
+            .sessions
+            .entry(client_id.clone())
+            .or_insert_with(|| Session::new(identity.clone()));
+        session.identity = identity;
+        session.expiry = expiry;
+        session.receive_max = receive_max.max(1);
+        session.disconnected_at = None;
+        let link = Link {
+            generation,
+            notify: Arc::new(Notify::new()),
+            kicked: CancellationToken::new(),
+        };
+        session.link = Some(link.clone());
+        Attached {
+            link,
+            session_present: resumable,
+        }
+    }
+
+    /// Detaches connection `generation` from its session. The session ends now if its expiry
+    /// is zero; otherwise it waits for a reconnect. Returns true if the session lives on.
+    pub fn detach(&self, client_id: &str, generation: u64) -> bool {
+        let mut state = self.state.lock();
+        let State {
+            sessions, index, ..
+        } = &mut *state;
+        let Some(session) = sessions.get_mut(client_id) else {
+            return false;
+        };
+        if session.link.as_ref().map(|l| l.generation) != Some(generation) {
+            // Taken over: the session belongs to the newer connection.
+            return true;
+        }
+        session.link = None;
+        if session.expiry == Some(Duration::ZERO) {
+            if let Some((key, old)) = sessions.remove_entry(client_id) {
+                for filter in old.subscriptions.keys() {
+                    index.remove(filter, &key);
+                }
+            }
+            return false;
+        }
+        session.disconnected_at = Some(Instant::now());
+        // Messages go back to the queue; in-flight ones are re-sent on reconnect.
+        true
+    }
+
+    /// True if `generation` is still the connection attached to `client_id` (used before a
+    /// delayed will is published: a reconnect cancels it).
+    pub fn is_gone(&self, client_id: &str, generation: u64) -> bool {
+        let state = self.state.lock();
+        match state.sessions.get(client_id) {
+            None => true,
+            Some(s) => match &s.link {
+                None => true,
+                Some(l) => l.generation == generation,
+            },
+        }
+    }
+
+    /// Changes the expiry of a session (MQTT 5 DISCONNECT may do so).
+    pub fn set_expiry(&self, client_id: &str, generation: u64, expiry: Option<Duration>) {
+        let mut state = self.state.lock();
+        if let Some(s) = state.sessions.get_mut(client_id)
+            && s.link.as_ref().map(|l| l.generation) == Some(generation)
+        {
+            s.expiry = expiry;
+        }
+    }
+
+    /// Routes a message to every matching session and updates the retained store. Returns the
+    /// number of sessions it was queued for.
+    pub fn publish(&self, message: Message) -> usize {
+        let message = Arc::new(message);
+        let mut state = self.state.lock();
+        if message.retain {
+            if message.payload.is_empty() {
+                state.retained.remove(&message.topic);
+            } else if state.retained.len() < self.limits.max_retained_messages
+                || state.retained.contains_key(&message.topic)
+            {
+                state
+                    .retained
+                    .insert(message.topic.clone(), message.clone());
+            } else {
+                metrics::counter!("fabrik_mqtt_messages_dropped_total", "reason" => "retained_limit")
+                    .increment(1);
+            }
+        }
+        // One delivery per session: the highest QoS of its matching subscriptions.
+        let mut targets: HashMap<Arc<str>, (SubOptions, Vec<NonZeroU32>)> = HashMap::new();
+        state
+            .index
+            .for_each_match(&message.topic, |client, options| {
+                if options.no_local && message.publisher.as_deref() == Some(&**client) {
+                    return;
+                }
+                let entry = targets
+                    .entry(client.clone())
+                    .or_insert((*options, Vec::new()));
+                if options.qos > entry.0.qos {
+                    entry.0.qos = options.qos;
+                }
+                entry.0.retain_as_published |= options.retain_as_published;
+                if let Some(id) = options.id {
+                    entry.1.push(id);
+                }
+            });
+        let delivered = targets.len();
+        for (client, (options, ids)) in targets {
+            let delivery = Delivery {
+                message: message.clone(),
+                qos: message.qos.min(options.qos),
+                retain: options.retain_as_published && message.retain,
+                subscription_ids: ids,
+            };
+            if let Some(session) = state.sessions.get_mut(&client) {
+                enqueue(session, delivery, self.limits.max_queued_messages);
+            }
+        }
+        delivered
+    }
+
+    /// Adds (or replaces) a subscription and returns the retained messages to send for it,
+    /// already queued. `send_retained` decides whether they are (MQTT 5 retain handling).
+    pub fn subscribe(
+        &self,
+        client_id: &Arc<str>,
+        filter: &str,
+        options: SubOptions,
+        send_retained: impl FnOnce(bool) -> bool,
+    ) -> bool {
+        let mut state = self.state.lock();
+        let State {
+            sessions,
+            index,
+            retained,
+            ..
+        } = &mut *state;
+        let Some(session) = sessions.get_mut(client_id) else {
+            return false;
+        };
+        let existed = session
+            .subscriptions
+            .insert(filter.to_owned(), options)
+            .is_some();
+        index.insert(filter, client_id, options);
+        if send_retained(existed) {
+            for message in retained.values() {
+                if topic::matches(filter, &message.topic) {
+                    let delivery = Delivery {
+                        message: message.clone(),
+                        qos: message.qos.min(options.qos),
+                        retain: true,
+                        subscription_ids: options.id.into_iter().collect(),
+                    };
+                    enqueue(session, delivery, self.limits.max_queued_messages);
+                }
+            }
+        }
+        existed
+    }
+
+    /// Removes a subscription; true if it existed.
+    pub fn unsubscribe(&self, client_id: &str, filter: &str) -> bool {
+        let mut state = self.state.lock();
+        let State {
+            sessions, index, ..
+        } = &mut *state;
+        let Some(session) = sessions.get_mut(client_id) else {
+            return false;
+        };
+        if session.subscriptions.remove(filter).is_some() {
+            index.remove(filter, client_id);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// In-flight messages to send again after a reconnect (PUBLISH with DUP, or PUBREL).
+    pub fn resend_inflight(&self, client_id: &str, generation: u64) -> Vec<Outgoing> {
+        let state = self.state.lock();
+        let Some(session) = state.sessions.get(client_id) else {
+            return Vec::new();
+        };
+        if session.link.as_ref().map(|l| l.generation) != Some(generation) {
+            return Vec::new();
+        }
+        session
+            .inflight
+            .iter()
+            .map(|(&id, f)| match f.state {
+                InflightState::WaitComp => Outgoing::Release(id),
+                _ => Outgoing::Publish {
+                    packet_id: Some(id),
+                    delivery: f.delivery.clone(),
+                    dup: true,
+                },
+            })
+            .collect()
+    }
+
+    /// Takes queued messages as far as the in-flight window allows, assigning packet ids.
+    pub fn take_outgoing(&self, client_id: &str, generation: u64, max: usize) -> Vec<Outgoing> {
+        let mut state = self.state.lock();
+        let Some(session) = state.sessions.get_mut(client_id) else {
+            return Vec::new();
+        };
+        if session.link.as_ref().map(|l| l.generation) != Some(generation) {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        let mut out = Vec::new();
+        while out.len() < max {
+            if session.inflight.len() >= usize::from(session.receive_max)
+                && session.queue.front().is_some_and(|d| d.qos > 0)
+            {
+                break;
+            }
+            let Some(delivery) = session.queue.pop_front() else {
+                break;
+            };
+            if delivery.message.expires_at.is_some_and(|t| t <= now) {
+                metrics::counter!("fabrik_mqtt_messages_dropped_total", "reason" => "expired")
+                    .increment(1);
+                continue;
+            }
+            if delivery.qos == 0 {
+                out.push(Outgoing::Publish {
+                    packet_id: None,
+                    delivery,
+                    dup: false,
+                });
+                continue;
+            }
+            let Some(id) = session.allocate_packet_id() else {
+                session.queue.push_front(delivery);
+                break;
+            };
+            let state = if delivery.qos == 1 {
+                InflightState::WaitAck
+            } else {
+                InflightState::WaitRec
+            };
+            session.inflight.insert(
+                id,
+                Inflight {
+                    delivery: delivery.clone(),
+                    state,
+                },
+            );
+            out.push(Outgoing::Publish {
+                packet_id: Some(id),
+                delivery,
+                dup: false,
+            });
+        }
+        out
+    }
+
+    /// PUBACK from the client: the QoS 1 message is done. True if it was in flight.
+    pub fn acked(&self, client_id: &str, packet_id: u16) -> bool {
+        self.finish(client_id, packet_id, InflightState::WaitAck)
+    }
+
+    /// PUBCOMP from the client: the QoS 2 message is done.
+    pub fn completed(&self, client_id: &str, packet_id: u16) -> bool {
+        self.finish(client_id, packet_id, InflightState::WaitComp)
+    }
+
+    fn finish(&self, client_id: &str, packet_id: u16, expected: InflightState) -> bool {
+        let mut state = self.state.lock();
+        let Some(session) = state.sessions.get_mut(client_id) else {
+            return false;
+        };
+        match session.inflight.get(&packet_id) {
+            Some(f) if f.state == expected => {
+                session.inflight.remove(&packet_id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// PUBREC from the client: the QoS 2 message moves to "PUBREL sent". True if it was
+    /// waiting for that.
+    pub fn received(&self, client_id: &str, packet_id: u16) -> bool {
+        let mut state = self.state.lock();
+        let Some(session) = state.sessions.get_mut(client_id) else {
+            return false;
+        };
+        match session.inflight.get_mut(&packet_id) {
+            Some(f) if matches!(f.state, InflightState::WaitRec | InflightState::WaitComp) => {
+                f.state = InflightState::WaitComp;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A QoS 2 PUBLISH arrived from the client: true if it is new (route it), false if it is
+    /// a re-send of one not yet released (do not route it twice).
+    pub fn incoming_qos2(&self, client_id: &str, packet_id: u16) -> bool {
+        let mut state = self.state.lock();
+        state
+            .sessions
+            .get_mut(client_id)
+            .is_some_and(|s| s.incoming_qos2.insert(packet_id))
+    }
+
+    /// PUBREL from the client; true if the packet id was pending.
+    pub fn incoming_released(&self, client_id: &str, packet_id: u16) -> bool {
+        let mut state = self.state.lock();
+        state
+            .sessions
+            .get_mut(client_id)
+            .is_some_and(|s| s.incoming_qos2.remove(&packet_id))
+    }
+
+    /// Ends sessions whose expiry has passed since their connection went away. Returns how
+    /// many ended.
+    pub fn expire_sessions(&self, now: Instant) -> usize {
+        let mut state = self.state.lock();
+        let State {
+            sessions, index, ..
+        } = &mut *state;
+        let expired: Vec<Arc<str>> = sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.link.is_none()
+                    && match (s.expiry, s.disconnected_at) {
+                        (Some(e), Some(at)) => now.saturating_duration_since(at) >= e,
+                        _ => false,
+                    }
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &expired {
+            if let Some(old) = sessions.remove(key) {
+                for filter in old.subscriptions.keys() {
+                    index.remove(filter, key);
+                }
+            }
+        }
+        expired.len()
+    }
+
+    /// Current counts.
+    pub fn stats(&self) -> BrokerStats {
+        let state = self.state.lock();
+        BrokerStats {
+            sessions: state.sessions.len(),
+            connected: state.sessions.values().filter(|s| s.link.is_some()).count(),
+            subscriptions: state.index.len(),
+            retained: state.retained.len(),
+            queued: state
+                .sessions
+                .values()
+                .map(|s| s.queue.len() + s.inflight.len())
+                .sum(),
+        }
+    }
+
+    /// The retained messages (for persistence across restarts).
+    pub fn retained_messages(&self) -> Vec<Arc<Message>> {
+        self.state.lock().retained.values().cloned().collect()
+    }
+
+    /// Restores retained messages saved by an earlier run.
+    pub fn restore_retained(&self, messages: impl IntoIterator<Item = Message>) {
+        let mut state = self.state.lock();
+        for m in messages {
+            state.retained.insert(m.topic.clone(), Arc::new(m));
+        }
+    }
+}
+
+fn enqueue(session: &mut Session, delivery: Delivery, max_queued: usize) {
+    // QoS 0 messages are not kept for offline sessions.
+    if session.link.is_none() && delivery.qos == 0 {
+        return;
+    }
+    if session.queue.len() >= max_queued {
+        metrics::counter!("fabrik_mqtt_messages_dropped_total", "reason" => "queue_full")
+            .increment(1);
+        return;
+    }
+    session.queue.push_back(delivery);
+    if let Some(link) = &session.link {
+        link.notify.notify_one();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> Arc<str> {
+        Arc::from(s)
+    }
+
+    fn msg(topic: &str, qos: u8, retain: bool, payload: &str) -> Message {
+        Message {
+            topic: id(topic),
+            payload: Bytes::from(payload.to_owned()),
+            qos,
+            retain,
+            properties: None,
+            expires_at: None,
+            publisher: None,
+        }
+    }
+
+    fn sub(qos: u8) -> SubOptions {
+        SubOptions {
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            id: None,
+        }
+    }
+
+    fn payloads(out: &[Outgoing]) -> Vec<(Option<u16>, u8, String)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Outgoing::Publish {
+                    packet_id,
+                    delivery,
+                    ..
+                } => Some((
+                    *packet_id,
+                    delivery.qos,
+                    String::from_utf8_lossy(&delivery.message.payload).into_owned(),
+                )),
+                Outgoing::Release(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_delivery_per_session_at_the_highest_matching_qos() {
+        let broker = Broker::new(BrokerLimits::default());
+        let a = id("a");
+        let att = broker.attach(
+            &a,
+            ClientIdentity::default(),
+            true,
+            Some(Duration::ZERO),
+            10,
+        );
+        broker.subscribe(&a, "x/#", sub(1), |_| true);
+        broker.subscribe(&a, "x/+", sub(2), |_| true);
+        assert_eq!(broker.publish(msg("x/y", 2, false, "p")), 1);
+        let out = broker.take_outgoing(&a, att.link.generation, 10);
+        assert_eq!(payloads(&out), vec![(Some(1), 2, "p".into())]);
+    }
+
+    #[test]
+    fn a_persistent_session_keeps_qos1_for_later_and_resends_in_flight() {
+        let broker = Broker::new(BrokerLimits::default());
+        let a = id("a");
+        let att = broker.attach(&a, ClientIdentity::default(), true, None, 10);
+        broker.subscribe(&a, "t", sub(2), |_| true);
+        broker.publish(msg("t", 1, false, "sent"));
+        let out = broker.take_outgoing(&a, att.link.generation, 10);
+        assert_eq!(out.len(), 1);
+        assert!(broker.detach(&a, att.link.generation), "session lives on");
+        broker.publish(msg("t", 0, false, "qos0-dropped-offline"));
+        broker.publish(msg("t", 1, false, "queued"));
+        let att2 = broker.attach(&a, ClientIdentity::default(), false, None, 10);
+        assert!(att2.session_present);
+        let again = broker.resend_inflight(&a, att2.link.generation);
+        assert!(matches!(
+            &again[..],
+            [Outgoing::Publish {
+                dup: true,
+                packet_id: Some(1),
+                ..
+            }]
+        ));
+        let next = broker.take_outgoing(&a, att2.link.generation, 10);
+        assert_eq!(payloads(&next), vec![(Some(2), 1, "queued".into())]);
+        assert!(broker.acked(&a, 1));
+        assert!(!broker.acked(&a, 1), "a second PUBACK is ignored");
+    }
+
+    #[test]
+    fn clean_start_discards_the_session_and_its_subscriptions() {
+        let broker = Broker::new(BrokerLimits::default());
+        let a = id("a");
+        let att = broker.attach(&a, ClientIdentity::default(), true, None, 10);
+        broker.subscribe(&a, "t", sub(1), |_| true);
+        broker.detach(&a, att.link.generation);
+        let att2 = broker.attach(
+            &a,
+            ClientIdentity::default(),
+            true,
+            Some(Duration::ZERO),
+            10,
+        );
+        assert!(!att2.session_present);
+        assert_eq!(broker.publish(msg("t", 1, false, "x")), 0);
+        assert_eq!(broker.stats().subscriptions, 0);
+    }
+
+    #[test]
+    fn takeover_kicks_the_old_connection() {
+        let broker = Broker::new(BrokerLimits::default());
+        let a = id("a");
+        let first = broker.attach(&a, ClientIdentity::default(), true, None, 10);
+        let second = broker.attach(&a, ClientIdentity::default(), false, None, 10);
+        assert!(first.link.kicked.is_cancelled());
+        assert!(!second.link.kicked.is_cancelled());
+        // The old connection's detach leaves the new one attached.
+        assert!(broker.detach(&a, first.link.generation));
+        assert!(!broker.is_gone(&a, first.link.generation));
+        assert_eq!(broker.stats().connected, 1);
+    }
+
+    #[test]
+    fn retained_messages_are_stored_replaced_and_cleared() {
+        let broker = Broker::new(BrokerLimits::default());
+        broker.publish(msg("r/1", 1, true, "one"));
+        broker.publish(msg("r/2", 0, true, "two"));
+        broker.publish(msg("r/2", 0, true, "two-b"));
+        let a = id("a");
+        let att = broker.attach(
+            &a,
+            ClientIdentity::default(),
+            true,
+            Some(Duration::ZERO),
+            10,
+        );
+        broker.subscribe(&a, "r/+", sub(2), |_| true);
+        let mut got = payloads(&broker.take_outgoing(&a, att.link.generation, 10));
+        got.sort_by(|x, y| x.2.cmp(&y.2));
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].2, "one");
+        assert_eq!(got[1].2, "two-b");
+        broker.publish(msg("r/1", 0, true, ""));
+        broker.publish(msg("r/2", 0, true, ""));
+        assert_eq!(broker.stats().retained, 0);
+    }
+
+    #[test]
+    fn the_inflight_window_holds_back_qos1_but_not_qos0() {
+        let broker = Broker::new(BrokerLimits::default());
+        let a = id("a");
+        let att = broker.attach(&a, ClientIdentity::default(), true, Some(Duration::ZERO), 2);
+        broker.subscribe(&a, "t", sub(1), |_| true);
+        for i in 0..4 {
+            broker.publish(msg("t", 1, false, &format!("m{i}")));
+        }
+        let first = broker.take_outgoing(&a, att.link.generation, 100);
+        assert_eq!(first.len(), 2);
+        assert!(
+            broker
+                .take_outgoing(&a, att.link.generation, 100)
+                .is_empty()
+        );
+        assert!(broker.acked(&a, 1));
+        let next = broker.take_outgoing(&a, att.link.generation, 100);
+        assert_eq!(payloads(&next), vec![(Some(3), 1, "m2".into())]);
+    }
+
+    #[test]
+    fn qos2_incoming_is_routed_once_until_released() {
+        let broker = Broker::new(BrokerLimits::default());
+        let a = id("a");
+        broker.attach(
+            &a,
+            ClientIdentity::default(),
+            true,
+            Some(Duration::ZERO),
+            10,
+        );
+        assert!(broker.incoming_qos2(&a, 7));
+        assert!(!broker.incoming_qos2(&a, 7));
+        assert!(broker.incoming_released(&a, 7));
+        assert!(broker.incoming_qos2(&a, 7));
+    }
+
+    #[test]
+    fn sessions_expire_after_their_interval() {
+        let broker = Broker::new(BrokerLimits::default());
+        let a = id("a");
+        let att = broker.attach(
+            &a,
+            ClientIdentity::default(),
+            true,
+            Some(Duration::from_secs(5)),
+            10,
+        );
+        broker.subscribe(&a, "t", sub(1), |_| true);
+        broker.detach(&a, att.link.generation);
+        assert_eq!(broker.expire_sessions(Instant::now()), 0);
+        assert_eq!(
+            broker.expire_sessions(Instant::now() + Duration::from_secs(6)),
+            1
+        );
+        assert_eq!(broker.stats(), BrokerStats::default());
+    }
+}

@@ -1,0 +1,554 @@
+//! Fabrik's metadata store, starting with the device registry: devices (id, name, type, site,
+//! labels, Sparkplug edge node), their credentials (tokens stored as argon2id hashes), their
+//! connection state, last-seen time and message/error counts, and an event history of
+//! connection changes and administrative actions.
+//!
+//! It runs on sqlx with an embedded SQLite file by default; the queries are plain SQL that
+//! PostgreSQL also accepts, so the hub profile can move it there. It knows nothing about
+//! protocols: connectors report connections and counts, the API and CLI manage devices.
+
+mod error;
+mod schema;
+mod tokens;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fabrik_core::{DeviceId, Timestamp};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+pub use error::RegistryError;
+
+/// A registered device, as the API shows it (never with its token or hash).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Device {
+    /// Stable id, e.g. `pump-7`: the MQTT user name and the `device` tag of its data.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Kind of equipment (`pump`, `motor`, ...); also the default table of its telemetry.
+    pub device_type: String,
+    /// Site or line.
+    pub site: String,
+    /// Free labels.
+    pub labels: BTreeMap<String, String>,
+    /// The Sparkplug B edge node the device owns, as `group/edge_node`.
+    pub sparkplug_node: Option<String>,
+    /// `online`, `offline` or `never` (never connected).
+    pub state: String,
+    /// Last message or connection change (ns since the epoch).
+    pub last_seen: Option<i64>,
+    /// Messages received.
+    pub messages: i64,
+    /// Messages that could not be stored (dead-lettered).
+    pub errors: i64,
+    /// Disabled devices cannot connect.
+    pub disabled: bool,
+    /// Registration time (ns).
+    pub created_at: i64,
+}
+
+/// A device to register.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewDevice {
+    /// Stable id: ASCII letters, digits, `-`, `_`, `.`, `:`.
+    pub id: String,
+    /// Display name (default: the id).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Kind of equipment.
+    #[serde(default, rename = "type")]
+    pub device_type: Option<String>,
+    /// Site or line.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// Labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Sparkplug edge node owned, `group/edge_node`.
+    #[serde(default)]
+    pub sparkplug_node: Option<String>,
+}
+
+/// Changes to a device; absent fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DevicePatch {
+    /// New display name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// New type.
+    #[serde(default, rename = "type")]
+    pub device_type: Option<String>,
+    /// New site.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// Labels to replace the current ones.
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// New Sparkplug edge node (empty string: none).
+    #[serde(default)]
+    pub sparkplug_node: Option<String>,
+    /// Enable or disable.
+    #[serde(default)]
+    pub disabled: Option<bool>,
+}
+
+/// Filters for listing devices.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, utoipa::IntoParams)]
+pub struct DeviceFilter {
+    /// Only this site.
+    pub site: Option<String>,
+    /// Only this type.
+    #[serde(rename = "type")]
+    pub device_type: Option<String>,
+    /// Only this state (`online`, `offline`, `never`).
+    pub state: Option<String>,
+    /// Only devices with this label, `key=value`.
+    pub label: Option<String>,
+}
+
+/// One entry of a device's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeviceEvent {
+    /// When (ns).
+    pub time: i64,
+    /// `registered`, `connected`, `disconnected`, `token_rotated`, `updated`, `birth`, `death`.
+    pub kind: String,
+    /// Details (peer address, disconnect reason, ...).
+    pub detail: String,
+}
+
+/// Activity counted in memory and written in batches by [`Registry::flush_activity`].
+#[derive(Debug, Default, Clone, Copy)]
+struct Activity {
+    messages: i64,
+    errors: i64,
+    last_seen: i64,
+}
+
+/// The registry.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    pool: SqlitePool,
+    /// Recently verified tokens (SHA-256), so a reconnect storm does not cost one argon2 hash
+    /// per connection; entries live `VERIFIED_TTL` and are dropped on rotation.
+    verified: Arc<Mutex<HashMap<String, VerifiedToken>>>,
+    activity: Arc<Mutex<HashMap<String, Activity>>>,
+}
+
+/// SHA-256 of a token that passed the argon2 check, and when.
+type VerifiedToken = ([u8; 32], Instant);
+
+const VERIFIED_TTL: Duration = Duration::from_secs(600);
+
+fn now_ns() -> i64 {
+    Timestamp::now().nanos()
+}
+
+fn check_sparkplug(node: &str) -> Result<(), RegistryError> {
+    let parts: Vec<&str> = node.split('/').collect();
+    let valid = parts.len() == 2
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && !p.contains(['+', '#']) && p.trim() == *p);
+    if valid {
+        Ok(())
+    } else {
+        Err(RegistryError::Invalid(format!(
+            "sparkplug_node `{node}`: expected `group/edge_node` without wildcards"
+        )))
+    }
+}
+
+fn device_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Device, RegistryError> {
+    let labels: String = row.try_get("labels")?;
+    Ok(Device {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        device_type: row.try_get("device_type")?,
+        site: row.try_get("site")?,
+        labels: serde_json::from_str(&labels).unwrap_or_default(),
+        sparkplug_node: row.try_get("sparkplug_node")?,
+        state: row.try_get("state")?,
+        last_seen: row.try_get("last_seen")?,
+        messages: row.try_get("messages")?,
+        errors: row.try_get("errors")?,
+        disabled: row.try_get::<i64, _>("disabled")? != 0,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// The columns of a device row, as a macro so queries stay literal (`&'static str`) strings.
+macro_rules! device_columns {
+    () => {
+        "id, name, device_type, site, labels, sparkplug_node, state, last_seen, messages, errors, disabled, created_at"
+    };
+}
+
+impl Registry {
+    /// Opens (creating if needed) the registry database at `path` and brings its schema up to
+    /// date.
+    pub async fn open(path: &Path) -> Result<Self, RegistryError> {
+        let options = SqliteConnectOptions::from_str("sqlite://")
+            .map_err(RegistryError::Db)?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|e| RegistryError::Open(format!("{}: {e}", path.display())))?;
+        schema::migrate(&pool).await?;
+        // Connections of a previous run are over.
+        sqlx::query("UPDATE devices SET state = 'offline' WHERE state = 'online'")
+            .execute(&pool)
+            .await?;
+        Ok(Self {
+            pool,
+            verified: Arc::default(),
+            activity: Arc::default(),
+        })
+    }
+
+    /// Registers a device; returns it with its new token, shown only this once.
+    pub async fn add(&self, new: NewDevice) -> Result<(Device, String), RegistryError> {
+        let id =
+            DeviceId::new(new.id.clone()).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        if let Some(node) = &new.sparkplug_node {
+            check_sparkplug(node)?;
+        }
+        let token = tokens::generate()?;
+        let hash = tokens::hash(&token)?;
+        let now = now_ns();
+        let labels = serde_json::to_string(&new.labels).unwrap_or_else(|_| "{}".into());
+        let result = sqlx::query(
+            "INSERT INTO devices (id, name, device_type, site, labels, sparkplug_node, token_hash, state, messages, errors, disabled, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, 'never', 0, 0, 0, ?, ?)",
+        )
+        .bind(id.as_str())
+        .bind(new.name.clone().unwrap_or_else(|| id.to_string()))
+        .bind(new.device_type.clone().unwrap_or_default())
+        .bind(new.site.clone().unwrap_or_default())
+        .bind(labels)
+        .bind(new.sparkplug_node.clone())
+        .bind(hash)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(RegistryError::Exists(id.to_string()));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.event(id.as_str(), "registered", "").await?;
+        let device = self.get(id.as_str()).await?;
+        Ok((device, token))
+    }
+
+    /// One device.
+    pub async fn get(&self, id: &str) -> Result<Device, RegistryError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            device_columns!(),
+            " FROM devices WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| RegistryError::NotFound(id.to_owned()))?;
+        let mut device = device_from_row(&row)?;
+        self.overlay_activity(&mut device);
+        Ok(device)
+    }
+
+    fn overlay_activity(&self, device: &mut Device) {
+        if let Some(a) = self.activity.lock().get(&device.id) {
+            device.messages += a.messages;
+            device.errors += a.errors;
+            if a.last_seen > device.last_seen.unwrap_or(0) {
+                device.last_seen = Some(a.last_seen);
+            }
+        }
+    }
+
+    /// Devices matching `filter`, by id.
+    pub async fn list(&self, filter: &DeviceFilter) -> Result<Vec<Device>, RegistryError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            device_columns!(),
+            " FROM devices ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        let label = filter.label.as_deref().map(|l| match l.split_once('=') {
+            Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
+            None => (l.to_owned(), None),
+        });
+        let mut out = Vec::new();
+        for row in &rows {
+            let mut d = device_from_row(row)?;
+            let keep = filter.site.as_ref().is_none_or(|s| &d.site == s)
+                && filter
+                    .device_type
+                    .as_ref()
+                    .is_none_or(|t| &d.device_type == t)
+                && filter.state.as_ref().is_none_or(|s| &d.state == s)
+                && label
+                    .as_ref()
+                    .is_none_or(|(k, v)| match (d.labels.get(k), v) {
+                        (Some(have), Some(want)) => have == want,
+                        (Some(_), None) => true,
+                        (None, _) => false,
+                    });
+            if keep {
+                self.overlay_activity(&mut d);
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies a patch; returns the updated device.
+    pub async fn patch(&self, id: &str, patch: DevicePatch) -> Result<Device, RegistryError> {
+        let mut device = self.get(id).await?;
+        if let Some(v) = patch.name {
+            device.name = v;
+        }
+        if let Some(v) = patch.device_type {
+            device.device_type = v;
+        }
+        if let Some(v) = patch.site {
+            device.site = v;
+        }
+        if let Some(v) = patch.labels {
+            device.labels = v;
+        }
+        if let Some(v) = patch.sparkplug_node {
+            if v.is_empty() {
+                device.sparkplug_node = None;
+            } else {
+                check_sparkplug(&v)?;
+                device.sparkplug_node = Some(v);
+            }
+        }
+        if let Some(v) = patch.disabled {
+            device.disabled = v;
+            self.verified.lock().remove(id);
+        }
+        sqlx::query(
+            "UPDATE devices SET name = ?, device_type = ?, site = ?, labels = ?, sparkplug_node = ?, disabled = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(&device.name)
+        .bind(&device.device_type)
+        .bind(&device.site)
+        .bind(serde_json::to_string(&device.labels).unwrap_or_else(|_| "{}".into()))
+        .bind(&device.sparkplug_node)
+        .bind(i64::from(device.disabled))
+        .bind(now_ns())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        self.event(id, "updated", "").await?;
+        Ok(device)
+    }
+
+    /// Removes a device and its history. Its stored data stays (it is history).
+    pub async fn remove(&self, id: &str) -> Result<(), RegistryError> {
+        let done = sqlx::query("DELETE FROM devices WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(RegistryError::NotFound(id.to_owned()));
+        }
+        sqlx::query("DELETE FROM device_events WHERE device_id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        self.verified.lock().remove(id);
+        self.activity.lock().remove(id);
+        Ok(())
+    }
+
+    /// Issues a new token (the old one stops working at once); returns it, shown only once.
+    pub async fn rotate_token(&self, id: &str) -> Result<String, RegistryError> {
+        let token = tokens::generate()?;
+        let hash = tokens::hash(&token)?;
+        let done = sqlx::query("UPDATE devices SET token_hash = ?, updated_at = ? WHERE id = ?")
+            .bind(hash)
+            .bind(now_ns())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(RegistryError::NotFound(id.to_owned()));
+        }
+        self.verified.lock().remove(id);
+        self.event(id, "token_rotated", "").await?;
+        Ok(token)
+    }
+
+    /// Checks a device's token; returns the device if it matches and the device is enabled.
+    /// Unknown devices and wrong tokens give the same error, so ids cannot be probed.
+    pub async fn authenticate(&self, id: &str, token: &str) -> Result<Device, RegistryError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            device_columns!(),
+            ", token_hash FROM devices WHERE id = ?"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            // Spend the time a hash check would, so a miss looks like a wrong token.
+            let token = token.to_owned();
+            let _ =
+                tokio::task::spawn_blocking(move || tokens::verify(&token, tokens::dummy_hash()))
+                    .await;
+            return Err(RegistryError::BadCredentials);
+        };
+        let device = device_from_row(&row)?;
+        if device.disabled {
+            return Err(RegistryError::BadCredentials);
+        }
+        let digest = tokens::digest(token);
+        let cached = {
+            let verified = self.verified.lock();
+            verified
+                .get(id)
+                .is_some_and(|(d, at)| *d == digest && at.elapsed() < VERIFIED_TTL)
+        };
+        if !cached {
+            let hash: String = row.try_get("token_hash")?;
+            let token = token.to_owned();
+            let ok = tokio::task::spawn_blocking(move || tokens::verify(&token, &hash))
+                .await
+                .unwrap_or(false);
+            if !ok {
+                return Err(RegistryError::BadCredentials);
+            }
+            self.verified
+                .lock()
+                .insert(id.to_owned(), (digest, Instant::now()));
+        }
+        Ok(device)
+    }
+
+    /// Records a connection change as the device's state and as an event.
+    pub async fn set_connected(
+        &self,
+        id: &str,
+        connected: bool,
+        detail: &str,
+    ) -> Result<(), RegistryError> {
+        let now = now_ns();
+        sqlx::query("UPDATE devices SET state = ?, last_seen = ? WHERE id = ?")
+            .bind(if connected { "online" } else { "offline" })
+            .bind(now)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        self.event(
+            id,
+            if connected {
+                "connected"
+            } else {
+                "disconnected"
+            },
+            detail,
+        )
+        .await
+    }
+
+    /// Counts a message (and whether it failed) for a device; written by
+    /// [`Registry::flush_activity`].
+    pub fn count_message(&self, id: &str, failed: bool) {
+        let mut activity = self.activity.lock();
+        let a = activity.entry(id.to_owned()).or_default();
+        a.messages += 1;
+        if failed {
+            a.errors += 1;
+        }
+        a.last_seen = now_ns();
+    }
+
+    /// Writes the counted activity to the database.
+    pub async fn flush_activity(&self) -> Result<usize, RegistryError> {
+        let pending: Vec<(String, Activity)> = self.activity.lock().drain().collect();
+        let mut tx = self.pool.begin().await?;
+        for (id, a) in &pending {
+            sqlx::query(
+                "UPDATE devices SET messages = messages + ?, errors = errors + ?, last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE id = ?",
+            )
+            .bind(a.messages)
+            .bind(a.errors)
+            .bind(a.last_seen)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(pending.len())
+    }
+
+    /// Appends an event to a device's history.
+    pub async fn event(&self, id: &str, kind: &str, detail: &str) -> Result<(), RegistryError> {
+        sqlx::query(
+            "INSERT INTO device_events (device_id, time, kind, detail) VALUES (?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(now_ns())
+        .bind(kind)
+        .bind(detail)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The newest `limit` events of a device, newest first.
+    pub async fn events(&self, id: &str, limit: u32) -> Result<Vec<DeviceEvent>, RegistryError> {
+        let rows = sqlx::query(
+            "SELECT time, kind, detail FROM device_events WHERE device_id = ? ORDER BY time DESC, id DESC LIMIT ?",
+        )
+        .bind(id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeviceEvent {
+                    time: r.try_get("time")?,
+                    kind: r.try_get("kind")?,
+                    detail: r.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Closes the pool (after a final activity flush).
+    pub async fn close(&self) {
+        if let Err(e) = self.flush_activity().await {
+            tracing::warn!(error = %e, "Could not write device activity at shutdown.");
+        }
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,62 @@
+//! The registry's schema and its migrations: numbered SQL scripts applied in order, each once,
+//! recorded in `schema_migrations` (plain SQL both SQLite and PostgreSQL accept).
+
+use sqlx::SqlitePool;
+
+use crate::RegistryError;
+
+/// (version, statements). Append only: a released migration never changes.
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE devices (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        device_type TEXT NOT NULL DEFAULT '',
+        site TEXT NOT NULL DEFAULT '',
+        labels TEXT NOT NULL DEFAULT '{}',
+        sparkplug_node TEXT,
+        token_hash TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'never',
+        last_seen BIGINT,
+        messages BIGINT NOT NULL DEFAULT 0,
+        errors BIGINT NOT NULL DEFAULT 0,
+        disabled BIGINT NOT NULL DEFAULT 0,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    CREATE TABLE device_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        device_id TEXT NOT NULL,
+        time BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX device_events_by_device ON device_events (device_id, time);",
+)];
+
+/// Applies the migrations the database has not seen yet.
+pub(crate) async fn migrate(pool: &SqlitePool) -> Result<(), RegistryError> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )
+    .execute(pool)
+    .await?;
+    let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_migrations")
+        .fetch_one(pool)
+        .await?;
+    let current = current.unwrap_or(0);
+    for (version, script) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        let mut tx = pool.begin().await?;
+        for statement in script.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            sqlx::query(statement).execute(&mut *tx).await?;
+        }
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)")
+            .bind(version)
+            .bind(fabrik_core::Timestamp::now().nanos())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::info!(version, "Registry schema migrated.");
+    }
+    Ok(())
+}

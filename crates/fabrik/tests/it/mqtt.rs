@@ -1,0 +1,476 @@
+//! The MQTT device endpoint of a real `fabrik run`, driven by Mosquitto's own clients
+//! (`mosquitto_pub`, `mosquitto_sub`): registered devices, what reaches the store, what the ACLs
+//! let through, and the connection history in the registry.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use crate::support::{Process, TOKEN, blocking_query_count};
+
+/// Runs a Mosquitto client to completion.
+fn mosquitto(tool: &str, args: &[&str]) -> Output {
+    Command::new(tool)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool} must be installed (apt install mosquitto-clients): {e}"))
+}
+
+fn host_port(addr: &str) -> (String, String) {
+    let (h, p) = addr.rsplit_once(':').expect("host:port");
+    (h.to_owned(), p.to_owned())
+}
+
+/// Publishes one message as a device (or the admin) and returns the client's output.
+fn publish(
+    addr: &str,
+    version: &str,
+    qos: &str,
+    user: &str,
+    password: &str,
+    topic: &str,
+    payload: &str,
+) -> Output {
+    let (h, p) = host_port(addr);
+    mosquitto(
+        "mosquitto_pub",
+        &[
+            "-h", &h, "-p", &p, "-V", version, "-q", qos, "-u", user, "-P", password, "-t", topic,
+            "-m", payload,
+        ],
+    )
+}
+
+fn http(
+    url: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let mut req = reqwest::Client::new()
+            .request(method, format!("{url}{path}"))
+            .bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.expect("request");
+        let status = r.status().as_u16();
+        let text = r.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    })
+}
+
+fn query(url: &str, sql: &str) -> Vec<serde_json::Value> {
+    let (status, rows) = http(
+        url,
+        reqwest::Method::POST,
+        "/api/v1/query",
+        Some(serde_json::json!({ "sql": sql })),
+    );
+    assert_eq!(status, 200, "{sql}: {rows}");
+    rows.as_array().cloned().unwrap_or_default()
+}
+
+/// Registers a pump; returns its token.
+fn register(url: &str, id: &str) -> String {
+    let (status, body) = http(
+        url,
+        reqwest::Method::POST,
+        "/api/v1/devices",
+        Some(serde_json::json!({"id": id, "type": "pump", "site": "north"})),
+    );
+    assert_eq!(status, 201, "{body}");
+    body["token"].as_str().expect("token").to_owned()
+}
+
+/// Polls `check` until it holds (the ingest path is asynchronous to the HTTP API).
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+#[test]
+fn device_messages_become_rows_with_lineage_and_bad_ones_dead_letters() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Process::start(dir.path(), &[]);
+    let mqtt = p.mqtt.clone().expect("mqtt address in the banner");
+    let token = register(&p.url, "pump-1");
+    // MQTT 3.1.1 at QoS 1 and MQTT 5 at QoS 2: acknowledged only once stored, so the rows are
+    // there when the client returns.
+    let out = publish(
+        &mqtt,
+        "mqttv311",
+        "1",
+        "pump-1",
+        &token,
+        "devices/pump-1/telemetry",
+        r#"{"ts": 1732500000000, "pressure": 2.5, "running": true}"#,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = publish(
+        &mqtt,
+        "mqttv5",
+        "2",
+        "pump-1",
+        &token,
+        "devices/pump-1/telemetry/env",
+        r#"{"ts": "2024-11-25T02:00:01Z", "humidity": 40}"#,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = publish(
+        &mqtt,
+        "mqttv311",
+        "1",
+        "pump-1",
+        &token,
+        "devices/pump-1/telemetry",
+        "{not json",
+    );
+    assert!(out.status.success(), "dead letters are accepted: {out:?}");
+
+    let rows = query(
+        &p.url,
+        "SELECT device, pressure, running, _source, _mapping_version, _raw_id, time FROM pump",
+    );
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["device"], "pump-1");
+    assert_eq!(rows[0]["pressure"], 2.5);
+    assert_eq!(rows[0]["running"], true);
+    assert_eq!(rows[0]["_source"], "mqtt");
+    assert_eq!(rows[0]["_mapping_version"], 1);
+    assert_eq!(rows[0]["time"], "2024-11-25T02:00:00");
+    let env = query(&p.url, "SELECT humidity, time FROM env");
+    assert_eq!(env[0]["humidity"], 40.0);
+    assert_eq!(env[0]["time"], "2024-11-25T02:00:01");
+    // Lineage: the raw message of the row is kept, byte for byte.
+    let raw_id = rows[0]["_raw_id"].as_u64().expect("raw id");
+    let raw = query(
+        &p.url,
+        &format!("SELECT topic, payload FROM _raw WHERE _raw_id = {raw_id}"),
+    );
+    assert_eq!(raw.len(), 1);
+    assert_eq!(
+        raw[0]["payload"],
+        r#"{"ts": 1732500000000, "pressure": 2.5, "running": true}"#
+    );
+    // The malformed message is a dead letter with its reason and bytes.
+    let dead = query(
+        &p.url,
+        "SELECT device, topic, reason, payload FROM _dead_letters",
+    );
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["device"], "pump-1");
+    assert_eq!(dead[0]["payload"], "{not json");
+    assert!(
+        dead[0]["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("not JSON"),
+        "{dead:?}"
+    );
+    // The registry counts messages and errors (written every second).
+    eventually("message counts in the registry", || {
+        let (_, d) = http(&p.url, reqwest::Method::GET, "/api/v1/devices/pump-1", None);
+        d["messages"] == 3 && d["errors"] == 1
+    });
+}
+
+#[test]
+fn acls_keep_devices_out_of_each_others_topics_by_what_is_delivered_and_stored() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Process::start(dir.path(), &[]);
+    let mqtt = p.mqtt.clone().expect("mqtt");
+    let (h, port) = host_port(&mqtt);
+    let a = register(&p.url, "pump-a");
+    let b = register(&p.url, "pump-b");
+    // An operator sees everything; device A tries to read B's commands.
+    let spy = Command::new("mosquitto_sub")
+        .args([
+            "-h", &h, "-p", &port, "-V", "mqttv5", "-u", "admin", "-P", TOKEN, "-t", "#", "-v",
+            "-W", "6",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub");
+    let intruder = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            &h,
+            "-p",
+            &port,
+            "-V",
+            "mqttv5",
+            "-u",
+            "pump-a",
+            "-P",
+            &a,
+            "-t",
+            "devices/pump-b/cmd/#",
+            "-v",
+            "-W",
+            "6",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub");
+    let owner = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            &h,
+            "-p",
+            &port,
+            "-V",
+            "mqttv311",
+            "-u",
+            "pump-b",
+            "-P",
+            &b,
+            "-t",
+            "devices/pump-b/cmd/#",
+            "-v",
+            "-W",
+            "6",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub");
+    std::thread::sleep(Duration::from_millis(1500));
+    // A writes into B's namespace (3.1.1 cannot refuse a publish; 5.0 answers 0x87).
+    publish(
+        &mqtt,
+        "mqttv311",
+        "1",
+        "pump-a",
+        &a,
+        "devices/pump-b/telemetry",
+        r#"{"pressure": 99}"#,
+    );
+    let out = publish(
+        &mqtt,
+        "mqttv5",
+        "1",
+        "pump-a",
+        &a,
+        "devices/pump-b/telemetry",
+        r#"{"pressure": 98}"#,
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Not authorized"),
+        "{out:?}"
+    );
+    // ... and into its own; the operator sends B a command.
+    publish(
+        &mqtt,
+        "mqttv311",
+        "1",
+        "pump-a",
+        &a,
+        "devices/pump-a/telemetry",
+        r#"{"pressure": 1}"#,
+    );
+    publish(
+        &mqtt,
+        "mqttv311",
+        "1",
+        "admin",
+        TOKEN,
+        "devices/pump-b/cmd/reboot",
+        "now",
+    );
+    // Client ids and user names of `#` or `+` widen nothing.
+    let out = publish(
+        &mqtt,
+        "mqttv311",
+        "1",
+        "#",
+        &a,
+        "devices/pump-b/telemetry",
+        r#"{"pressure": 97}"#,
+    );
+    assert!(!out.status.success(), "a user name of # is not a device");
+
+    let spy = spy.wait_with_output().expect("spy");
+    let seen = String::from_utf8_lossy(&spy.stdout);
+    assert!(seen.contains("devices/pump-a/telemetry"), "{seen}");
+    assert!(seen.contains("devices/pump-b/cmd/reboot"), "{seen}");
+    assert!(
+        !seen.contains("devices/pump-b/telemetry"),
+        "denied publishes are not delivered: {seen}"
+    );
+    let intruder = intruder.wait_with_output().expect("intruder");
+    assert!(
+        String::from_utf8_lossy(&intruder.stdout).trim().is_empty(),
+        "{intruder:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&intruder.stderr).contains("denied"),
+        "{intruder:?}"
+    );
+    let owner = owner.wait_with_output().expect("owner");
+    assert!(
+        String::from_utf8_lossy(&owner.stdout).contains("devices/pump-b/cmd/reboot now"),
+        "{owner:?}"
+    );
+    // Nothing of the denied publishes was stored.
+    assert_eq!(
+        blocking_query_count(&p.url, "SELECT count(*) FROM pump WHERE device = 'pump-b'"),
+        0
+    );
+    assert_eq!(
+        blocking_query_count(&p.url, "SELECT count(*) FROM pump WHERE device = 'pump-a'"),
+        1
+    );
+    assert_eq!(
+        blocking_query_count(
+            &p.url,
+            "SELECT count(*) FROM _raw WHERE topic LIKE 'devices/pump-b/%'"
+        ),
+        0
+    );
+}
+
+#[test]
+fn bad_credentials_are_refused_and_connections_are_history() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Process::start(dir.path(), &[]);
+    let mqtt = p.mqtt.clone().expect("mqtt");
+    let token = register(&p.url, "pump-1");
+    for (user, password) in [
+        ("pump-1", "fdt_wrong"),
+        ("nobody", token.as_str()),
+        ("admin", "nope"),
+    ] {
+        let out = publish(
+            &mqtt,
+            "mqttv311",
+            "1",
+            user,
+            password,
+            "devices/pump-1/telemetry",
+            "{}",
+        );
+        assert!(!out.status.success(), "{user}: {out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("bad user name or password"),
+            "{out:?}"
+        );
+    }
+    let out = publish(
+        &mqtt,
+        "mqttv311",
+        "0",
+        "pump-1",
+        &token,
+        "devices/pump-1/telemetry",
+        r#"{"v": 1}"#,
+    );
+    assert!(out.status.success(), "{out:?}");
+    // A rotated token replaces the old one at once.
+    let (status, body) = http(
+        &p.url,
+        reqwest::Method::POST,
+        "/api/v1/devices/pump-1/token",
+        None,
+    );
+    assert_eq!(status, 200);
+    let fresh = body["token"].as_str().expect("token").to_owned();
+    assert!(
+        !publish(
+            &mqtt,
+            "mqttv311",
+            "1",
+            "pump-1",
+            &token,
+            "devices/pump-1/telemetry",
+            "{}"
+        )
+        .status
+        .success()
+    );
+    assert!(
+        publish(
+            &mqtt,
+            "mqttv311",
+            "1",
+            "pump-1",
+            &fresh,
+            "devices/pump-1/telemetry",
+            r#"{"v": 2}"#
+        )
+        .status
+        .success()
+    );
+    eventually("connected and disconnected events", || {
+        let (_, events) = http(
+            &p.url,
+            reqwest::Method::GET,
+            "/api/v1/devices/pump-1/events",
+            None,
+        );
+        let kinds: Vec<&str> = events
+            .as_array()
+            .map(|a| a.iter().filter_map(|e| e["kind"].as_str()).collect())
+            .unwrap_or_default();
+        kinds.iter().filter(|k| **k == "connected").count() == 2
+            && kinds.iter().filter(|k| **k == "disconnected").count() == 2
+            && kinds.contains(&"token_rotated")
+    });
+    let (_, device) = http(&p.url, reqwest::Method::GET, "/api/v1/devices/pump-1", None);
+    assert_eq!(device["state"], "offline");
+}
+
+#[test]
+fn the_demo_plant_publishes_through_the_endpoint_within_seconds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Process::start_with_args(dir.path(), &["--demo"], &[]);
+    eventually("rows from the simulated pumps", || {
+        let (status, rows) = http(
+            &p.url,
+            reqwest::Method::POST,
+            "/api/v1/query",
+            Some(serde_json::json!({"sql": "SELECT count(DISTINCT device) AS n FROM pump"})),
+        );
+        // 400 until the first row creates the table.
+        status == 200 && rows[0]["n"] == 4
+    });
+    let (_, devices) = http(
+        &p.url,
+        reqwest::Method::GET,
+        "/api/v1/devices?label=simulated%3Dtrue",
+        None,
+    );
+    let devices = devices.as_array().cloned().unwrap_or_default();
+    assert_eq!(devices.len(), 6, "{devices:?}");
+    eventually("every simulated device online", || {
+        let (_, d) = http(
+            &p.url,
+            reqwest::Method::GET,
+            "/api/v1/devices?state=online",
+            None,
+        );
+        d.as_array().map_or(0, Vec::len) == 6
+    });
+    let rows = query(
+        &p.url,
+        "SELECT vibration_rms, flow, motor_current FROM pump WHERE running LIMIT 5",
+    );
+    assert!(!rows.is_empty());
+    for r in rows {
+        let v = r["vibration_rms"].as_f64().expect("vibration");
+        assert!((0.05..1.0).contains(&v), "{r}");
+    }
+}
