@@ -4,10 +4,12 @@
 //!
 //! Handlers translate HTTP to store calls and back; they hold no business logic.
 
+pub mod alerts;
 pub mod auth;
 pub mod devices;
 pub mod error;
 pub mod openapi;
+pub mod pipelines;
 pub mod routes;
 
 use std::sync::Arc;
@@ -40,6 +42,10 @@ pub struct ApiState {
     pub max_body_size: usize,
     /// The device registry, when the registry module runs in this process.
     pub registry: Option<fabrik_registry::Registry>,
+    /// Pipeline states, when the pipelines module runs in this process.
+    pub pipelines: Option<pipelines::PipelineBoard>,
+    /// Alerting, when the alerts module runs in this process.
+    pub alerting: Option<std::sync::Arc<fabrik_alert::Alerting>>,
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled; in-flight requests finish.

@@ -40,6 +40,14 @@ impl Modify for TokenAuth {
         crate::devices::remove,
         crate::devices::rotate_token,
         crate::devices::events,
+        crate::alerts::list,
+        crate::alerts::show,
+        crate::alerts::ack,
+        crate::alerts::silences,
+        crate::alerts::create_silence,
+        crate::alerts::remove_silence,
+        crate::pipelines::list,
+        crate::pipelines::show,
     ),
     modifiers(&TokenAuth)
 )]

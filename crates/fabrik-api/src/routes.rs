@@ -50,6 +50,19 @@ pub fn router(state: ApiState) -> Router {
             post(crate::devices::rotate_token),
         )
         .route("/api/v1/devices/{id}/events", get(crate::devices::events))
+        .route("/api/v1/alerts", get(crate::alerts::list))
+        .route("/api/v1/alerts/{id}", get(crate::alerts::show))
+        .route("/api/v1/alerts/{id}/ack", post(crate::alerts::ack))
+        .route(
+            "/api/v1/silences",
+            get(crate::alerts::silences).post(crate::alerts::create_silence),
+        )
+        .route(
+            "/api/v1/silences/{id}",
+            axum::routing::delete(crate::alerts::remove_silence),
+        )
+        .route("/api/v1/pipelines", get(crate::pipelines::list))
+        .route("/api/v1/pipelines/{name}", get(crate::pipelines::show))
         .route("/services", get(services))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

@@ -1,4 +1,5 @@
-//! Fabrik's device connectivity: the MQTT device endpoint ([`mqtt`]), normalisation mappings
+//! Fabrik's device connectivity: the MQTT device endpoint ([`mqtt`]), the Modbus TCP poller
+//! ([`modbus`]), normalisation mappings
 //! ([`mapping`]) and the ingest path that turns raw messages into stored rows or dead letters
 //! ([`ingest`]).
 //!
@@ -9,6 +10,7 @@
 pub mod client;
 pub mod ingest;
 pub mod mapping;
+pub mod modbus;
 pub mod mqtt;
 
 /// Errors of the connectivity layer.
@@ -30,4 +32,7 @@ pub enum ConnectError {
     /// A mapping or ACL rule in the configuration is invalid.
     #[error("{0}")]
     Config(String),
+    /// The Modbus poller's configuration or a device failed.
+    #[error(transparent)]
+    Modbus(#[from] modbus::ModbusError),
 }

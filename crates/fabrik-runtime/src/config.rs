@@ -37,6 +37,12 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// Normalisation mappings (empty: the built-in ones).
     pub mappings: Vec<MappingConfig>,
+    /// Inference pipelines.
+    pub pipelines: Vec<PipelineConfig>,
+    /// Modbus TCP devices to poll.
+    pub modbus: crate::modbus::ModbusConfig,
+    /// Alert rules and notifiers.
+    pub alerting: AlertingConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -172,6 +178,191 @@ pub struct MappingConfig {
     /// For `format = "value"`: the field name (default: the `{signal}` capture).
     #[serde(default)]
     pub signal: Option<String>,
+}
+
+/// `[[pipelines]]`: windows of a table's signals per device → features → model → inferences.
+/// Names (features, model, threshold) are checked by `fabrik config check`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Unique name; stored with every inference.
+    pub name: String,
+    /// `false` keeps it stopped.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The table the signals are read from.
+    pub table: String,
+    /// The tag column naming the device.
+    #[serde(default = "device_column")]
+    pub device_column: String,
+    /// Only these devices (empty: every device, subject to `site` and `device_type`).
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// Only devices of this site (from the device registry).
+    #[serde(default)]
+    pub site: Option<String>,
+    /// Only devices of this type (from the device registry).
+    #[serde(default)]
+    pub device_type: Option<String>,
+    /// Only devices with this label, `key=value` (from the device registry).
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Field columns fed to the model, in order.
+    pub signals: Vec<String>,
+    /// Window length: a duration (`10s`) or a sample count (`256 samples`).
+    #[serde(default = "ten_seconds")]
+    pub window: String,
+    /// Distance between window starts (default: the window, i.e. tumbling).
+    #[serde(default)]
+    pub hop: Option<String>,
+    /// Features of every signal: mean, std, min, max, rms, p2p, skew, kurtosis, slope,
+    /// band:<low>-<high> (Hz).
+    #[serde(default = "default_features")]
+    pub features: Vec<String>,
+    /// Fewest samples of each signal a window needs.
+    #[serde(default = "three")]
+    pub min_samples: u32,
+    /// `robust_z`, `pca_t2q`, `hst`, or `onnx` (with `model_path`).
+    #[serde(default = "robust_z")]
+    pub model: String,
+    /// The `.onnx` file of an `onnx` model (relative paths: from the working directory).
+    #[serde(default)]
+    pub model_path: Option<String>,
+    /// How an ONNX model's output becomes a score: `auto`, `reconstruction` (autoencoders),
+    /// `decision` (IsolationForest) or `probability` (classifiers).
+    #[serde(default = "auto_unit")]
+    pub model_output: String,
+    /// Windows each device learns from before it is scored.
+    #[serde(default = "thirty")]
+    pub training_windows: u32,
+    /// A number, or `quantile:<q>[*<margin>]` of the training windows' scores.
+    #[serde(default = "default_threshold")]
+    pub threshold: String,
+    /// How often new data is read.
+    #[serde(default = "one_second")]
+    pub interval: String,
+    /// How long to wait for late samples before a window is closed.
+    #[serde(default = "two_seconds")]
+    pub lateness: String,
+    /// Where reading starts: `now`, or `earliest` (replay everything stored).
+    #[serde(default = "now")]
+    pub start: String,
+}
+
+/// `[alerting]`
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlertingConfig {
+    /// Base URL of this Fabrik in notifications (default: the HTTP listen address).
+    pub external_url: String,
+    /// Rules.
+    pub rules: Vec<AlertRuleConfig>,
+    /// Where notifications go.
+    pub notifiers: Vec<NotifierConfig>,
+}
+
+/// `[[alerting.rules]]`: a condition on a SQL value per key, evaluated on new rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRuleConfig {
+    /// Unique name (`alertname` in notifications).
+    pub name: String,
+    /// The table evaluated (`inferences` for model output, or a device table).
+    pub table: String,
+    /// A SQL expression over the table's columns (several signals may be combined).
+    pub value: String,
+    /// The column naming the key (one alert per key).
+    #[serde(default = "device_column")]
+    pub key: String,
+    /// A SQL predicate selecting rows (e.g. `pipeline = 'pump-health'`).
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// `above`, `below`, `rate_above` (units per second) or `absent` (no row for `threshold`
+    /// seconds).
+    pub condition: String,
+    /// The firing level (seconds of silence for `absent`).
+    pub threshold: f64,
+    /// The clearing level (hysteresis; default: the threshold).
+    #[serde(default)]
+    pub clear: Option<f64>,
+    /// How long the condition must hold before the alert fires.
+    #[serde(default = "zero_seconds", rename = "for")]
+    pub for_duration: String,
+    /// `critical`, `warning` or `info`.
+    #[serde(default = "warning")]
+    pub severity: String,
+    /// Columns copied into the alert's annotations (e.g. `top_signal`, `contributions`).
+    #[serde(default)]
+    pub context: Vec<String>,
+    /// How often new rows are read.
+    #[serde(default = "one_second")]
+    pub interval: String,
+    /// Where reading starts: `now`, or `earliest`.
+    #[serde(default = "now")]
+    pub start: String,
+}
+
+/// `[[alerting.notifiers]]`
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifierConfig {
+    /// Unique name.
+    pub name: String,
+    /// `webhook` (Alertmanager-compatible JSON).
+    #[serde(default = "webhook")]
+    pub kind: String,
+    /// The receiver's URL.
+    pub url: String,
+    /// Per-request timeout.
+    #[serde(default = "five_seconds")]
+    pub timeout: String,
+}
+
+fn zero_seconds() -> String {
+    "0s".into()
+}
+fn warning() -> String {
+    "warning".into()
+}
+fn webhook() -> String {
+    "webhook".into()
+}
+fn five_seconds() -> String {
+    "5s".into()
+}
+
+fn yes() -> bool {
+    true
+}
+fn device_column() -> String {
+    "device".into()
+}
+fn ten_seconds() -> String {
+    "10s".into()
+}
+fn default_features() -> Vec<String> {
+    ["mean", "std", "max"].map(String::from).to_vec()
+}
+fn three() -> u32 {
+    3
+}
+fn robust_z() -> String {
+    "robust_z".into()
+}
+fn thirty() -> u32 {
+    30
+}
+fn default_threshold() -> String {
+    "quantile:1.0*1.5".into()
+}
+fn one_second() -> String {
+    "1s".into()
+}
+fn two_seconds() -> String {
+    "2s".into()
+}
+fn now() -> String {
+    "now".into()
 }
 
 /// `[[mappings.signals]]`
@@ -810,8 +1001,108 @@ fn array_template(path: &str) -> Option<toml::Table> {
         })
         .ok();
     }
+    if path == "pipelines" {
+        return toml::Table::try_from(PipelineConfig {
+            name: String::new(),
+            enabled: true,
+            table: String::new(),
+            device_column: String::new(),
+            devices: Vec::new(),
+            site: Some(String::new()),
+            device_type: Some(String::new()),
+            label: Some(String::new()),
+            signals: Vec::new(),
+            window: String::new(),
+            hop: Some(String::new()),
+            features: Vec::new(),
+            min_samples: 0,
+            model: String::new(),
+            model_path: Some(String::new()),
+            model_output: String::new(),
+            training_windows: 0,
+            threshold: String::new(),
+            interval: String::new(),
+            lateness: String::new(),
+            start: String::new(),
+        })
+        .ok();
+    }
+    if path == "alerting.rules" {
+        return toml::Table::try_from(AlertRuleConfig {
+            name: String::new(),
+            table: String::new(),
+            value: String::new(),
+            key: String::new(),
+            filter: Some(String::new()),
+            condition: String::new(),
+            threshold: 0.0,
+            clear: Some(0.0),
+            for_duration: String::new(),
+            severity: String::new(),
+            context: Vec::new(),
+            interval: String::new(),
+            start: String::new(),
+        })
+        .ok();
+    }
+    if path == "alerting.notifiers" {
+        return toml::Table::try_from(NotifierConfig {
+            name: String::new(),
+            kind: String::new(),
+            url: String::new(),
+            timeout: String::new(),
+        })
+        .ok();
+    }
+    if let Some(template) = modbus_template(path) {
+        return Some(template);
+    }
     if path.starts_with("mappings[") && path.ends_with("].signals") {
         return toml::Table::try_from(signal).ok();
+    }
+    None
+}
+
+/// Templates of the `[[modbus.devices]]`, `[[modbus.devices.maps]]` and
+/// `[[modbus.devices.maps.points]]` arrays (every optional key present).
+fn modbus_template(path: &str) -> Option<toml::Table> {
+    use crate::modbus::{DataType, DeviceConfig, MapConfig, Order, PointConfig, Table};
+    let rest = path.strip_prefix("modbus.devices")?;
+    if rest.is_empty() {
+        return toml::Table::try_from(DeviceConfig {
+            id: String::new(),
+            measurement: String::new(),
+            address: String::new(),
+            unit_id: 1,
+            timeout_ms: 1,
+            reconnect_min_ms: 1,
+            reconnect_max_ms: 1,
+            maps: Vec::new(),
+        })
+        .ok();
+    }
+    if rest.starts_with('[') && rest.ends_with("].maps") && !rest.contains("].maps[") {
+        return toml::Table::try_from(MapConfig {
+            poll_interval_ms: 1,
+            max_gap: 0,
+            points: Vec::new(),
+        })
+        .ok();
+    }
+    if rest.contains("].maps[") && rest.ends_with("].points") {
+        return toml::Table::try_from(PointConfig {
+            name: String::new(),
+            table: Table::Holding,
+            address: 0,
+            data_type: DataType::U16,
+            length: Some(0),
+            byte_order: Some(Order::Big),
+            word_order: Some(Order::Big),
+            scale: Some(1.0),
+            offset: Some(0.0),
+            unit: Some(String::new()),
+        })
+        .ok();
     }
     None
 }

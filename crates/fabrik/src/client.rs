@@ -11,13 +11,23 @@ use clap::{Args, ValueEnum};
 #[derive(Debug, Clone, Args)]
 pub(crate) struct Endpoint {
     /// Base URL of a running Fabrik.
-    #[arg(long, env = "FABRIK_URL", default_value = "http://127.0.0.1:7800")]
+    #[arg(
+        long,
+        global = true,
+        env = "FABRIK_URL",
+        default_value = "http://127.0.0.1:7800"
+    )]
     pub(crate) url: String,
     /// API token (default: read from <data-dir>/admin.token).
-    #[arg(long, env = "FABRIK_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "FABRIK_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
     /// Data directory holding admin.token, used when no token is given.
-    #[arg(long, env = "FABRIK__STORE__DATA_DIR", default_value = "./fabrik-data")]
+    #[arg(
+        long,
+        global = true,
+        env = "FABRIK__STORE__DATA_DIR",
+        default_value = "./fabrik-data"
+    )]
     pub(crate) data_dir: PathBuf,
 }
 

@@ -1,12 +1,17 @@
 //! The `fabrik` binary: the command line and the wiring of every module. It is the only crate
 //! that knows every implementation.
 
+mod alert_cli;
+mod alerts;
 mod bench;
 mod client;
 mod connect;
 mod demo;
 mod device_cli;
+mod eval;
+mod modbus;
 mod modules;
+mod pipelines;
 mod run;
 
 use std::path::PathBuf;
@@ -37,8 +42,12 @@ enum Command {
     Write(client::WriteArgs),
     /// Register, list, show and remove devices of a running Fabrik.
     Device(device_cli::DeviceArgs),
+    /// List, acknowledge and silence alerts.
+    Alert(alert_cli::AlertArgs),
     /// Run a simulated plant against a running Fabrik (devices publish over MQTT).
     Sim(demo::SimArgs),
+    /// Score the anomaly detectors on NAB or SKAB with the benchmarks' own protocols.
+    Eval(eval::EvalArgs),
     /// Load generators for the benchmarks.
     Bench {
         #[command(subcommand)]
@@ -95,6 +104,9 @@ fn main() -> ExitCode {
                     }
                 };
                 problems.extend(connect::check(&config));
+                problems.extend(pipelines::check(&config));
+                problems.extend(modbus::check(&config));
+                problems.extend(alerts::check(&config));
                 if problems.is_empty() {
                     println!("{origin}: OK");
                     ExitCode::SUCCESS
@@ -110,7 +122,15 @@ fn main() -> ExitCode {
         Command::Query(args) => client::block_on(client::query(args)),
         Command::Write(args) => client::block_on(client::write(args)),
         Command::Device(args) => client::block_on(device_cli::run(args)),
+        Command::Alert(args) => client::block_on(alert_cli::run(args)),
         Command::Sim(args) => client::block_on(demo::sim(args)),
+        Command::Eval(args) => match eval::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fabrik: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Bench { command } => match command {
             BenchCommand::Ingest(args) => client::block_on(bench::ingest(args)),
         },

@@ -13,17 +13,26 @@ pub(crate) enum Module {
     Ingest,
     /// The MQTT device endpoint.
     Mqtt,
+    /// The Modbus TCP poller.
+    Modbus,
+    /// Inference pipelines: windows, features, models, inferences.
+    Pipelines,
+    /// Alert rules, lifecycle, notifications.
+    Alerts,
     /// The HTTP API and dashboard.
     Http,
 }
 
 impl Module {
     /// Every module.
-    pub(crate) const ALL: [Module; 5] = [
+    pub(crate) const ALL: [Module; 8] = [
         Module::Store,
         Module::Registry,
         Module::Ingest,
         Module::Mqtt,
+        Module::Modbus,
+        Module::Pipelines,
+        Module::Alerts,
         Module::Http,
     ];
 
@@ -34,6 +43,9 @@ impl Module {
             Module::Registry => &[],
             Module::Ingest => &[Module::Store, Module::Registry],
             Module::Mqtt => &[Module::Ingest, Module::Registry],
+            Module::Modbus => &[Module::Store],
+            Module::Pipelines => &[Module::Store, Module::Registry],
+            Module::Alerts => &[Module::Store],
             Module::Http => &[Module::Store, Module::Registry],
         }
     }
@@ -45,6 +57,9 @@ impl Module {
             Module::Registry => "registry",
             Module::Ingest => "ingest",
             Module::Mqtt => "mqtt",
+            Module::Modbus => "modbus",
+            Module::Pipelines => "pipelines",
+            Module::Alerts => "alerts",
             Module::Http => "http",
         }
     }
@@ -56,6 +71,13 @@ impl Module {
             Module::Registry => "device registry: credentials, connection state, history (SQLite)",
             Module::Ingest => "connector messages → mappings → rows with lineage, dead letters",
             Module::Mqtt => "MQTT 3.1.1/5.0 device endpoint: auth, topic ACLs, TLS, sessions",
+            Module::Modbus => {
+                "Modbus TCP poller: register maps, one task per device, bad-quality points"
+            }
+            Module::Alerts => "alert rules, pending → firing → resolved, silences, webhook outbox",
+            Module::Pipelines => {
+                "inference pipelines: per-device windows → features → model → inferences table"
+            }
             Module::Http => {
                 "REST API under /api/v1, InfluxDB write endpoints, /ready, /metrics, dashboard"
             }

@@ -66,7 +66,10 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let connect_problems = crate::connect::check(&config);
+    let mut connect_problems = crate::connect::check(&config);
+    connect_problems.extend(crate::pipelines::check(&config));
+    connect_problems.extend(crate::modbus::check(&config));
+    connect_problems.extend(crate::alerts::check(&config));
     if !connect_problems.is_empty() {
         eprintln!(
             "fabrik: {origin}: {} configuration error(s):",
@@ -191,6 +194,10 @@ struct Wiring {
     store: Option<Arc<Store>>,
     registry: Option<fabrik_registry::Registry>,
     ingest: Option<crate::connect::IngestWiring>,
+    /// Alerting, shared with the API.
+    alerting: Option<Arc<fabrik_alert::Alerting>>,
+    /// Pipeline states, shared with the API.
+    pipelines: Option<fabrik_api::pipelines::PipelineBoard>,
     /// The address the MQTT endpoint listens on (for the demo plant).
     mqtt_address: Option<std::net::SocketAddr>,
     /// Lines printed once every module runs.
@@ -243,6 +250,8 @@ async fn start_http(
         metrics: fabrik_runtime::telemetry::prometheus(),
         max_body_size: settings.http_max_body_size,
         registry: wiring.registry.clone(),
+        pipelines: wiring.pipelines.clone(),
+        alerting: wiring.alerting.clone(),
     };
     let stop = CancellationToken::new();
     let shutdown = stop.clone();
@@ -379,6 +388,46 @@ async fn serve(
                                 format!("  MQTT:      mqtt://{addr}   (user = device id, password = device token)")
                             });
                         }
+                        Ok(handle)
+                    })
+                    .await
+            }
+            Module::Modbus => {
+                let store = wiring.store.clone();
+                manager
+                    .start(module.name(), || async {
+                        let store = store.ok_or("the modbus module needs the store module")?;
+                        crate::modbus::start(&config, store).await
+                    })
+                    .await
+            }
+            Module::Pipelines => {
+                let store = wiring.store.clone();
+                let registry = wiring.registry.clone();
+                let board = fabrik_api::pipelines::PipelineBoard::default();
+                wiring.pipelines = Some(board.clone());
+                manager
+                    .start(module.name(), || async {
+                        let store = store.ok_or("the pipelines module needs the store module")?;
+                        crate::pipelines::start(&config, demo, store, registry, board).await
+                    })
+                    .await
+            }
+            Module::Alerts => {
+                let store = wiring.store.clone();
+                let external_url = format!("http://{}", settings.http_listen);
+                manager
+                    .start(module.name(), || async {
+                        let store = store.ok_or("the alerts module needs the store module")?;
+                        let (handle, alerting) = crate::alerts::start(
+                            &config,
+                            &settings.data_dir,
+                            external_url,
+                            demo,
+                            store,
+                        )
+                        .await?;
+                        wiring.alerting = Some(alerting);
                         Ok(handle)
                     })
                     .await

@@ -199,3 +199,82 @@ fn run_lists_targets_and_rejects_unknown_ones() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown target"));
 }
+
+#[test]
+fn eval_nab_writes_nab_format_results_and_prints_the_three_profiles() {
+    let nab =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fabrik-ml/tests/fixtures/nab");
+    let out = tempfile::tempdir().expect("out");
+    let run = Command::new(fabrik_bin())
+        .args(["eval", "nab", "--nab-dir"])
+        .arg(&nab)
+        .arg("--out")
+        .arg(out.path())
+        .arg("--json")
+        .output()
+        .expect("eval");
+    assert!(run.status.success(), "{run:?}");
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).expect("json");
+    assert_eq!(report["detector"], "rart");
+    assert_eq!(report["files"], 3);
+    for key in ["standard", "reward_low_FP_rate", "reward_low_FN_rate"] {
+        let v = report[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} missing: {report}"));
+        assert!((-100.0..=100.0).contains(&v), "{key} = {v}");
+    }
+    let results = out.path().join("rart/realTraffic/rart_speed_7578.csv");
+    let text = std::fs::read_to_string(&results).expect("results file");
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("timestamp,value,anomaly_score,label"));
+    assert_eq!(lines.count(), 1127, "one row per data row");
+    // A missing directory is a clear error, not a panic.
+    let bad = Command::new(fabrik_bin())
+        .args(["eval", "nab", "--nab-dir", "/nonexistent", "--out"])
+        .arg(out.path())
+        .output()
+        .expect("eval");
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("/nonexistent"),
+        "{bad:?}"
+    );
+}
+
+#[test]
+fn eval_skab_scores_the_protocol_on_skab_formatted_files() {
+    // A synthetic file in SKAB's format (not SKAB data): 8 sensors, a level shift on two of
+    // them from row 450 to 549, labelled as the anomaly.
+    let dir = tempfile::tempdir().expect("dir");
+    let mut text = String::from(
+        "datetime;Accelerometer1RMS;Accelerometer2RMS;Current;Pressure;Temperature;Thermocouple;Voltage;Volume Flow RateRMS;anomaly;changepoint\n",
+    );
+    for i in 0..700u32 {
+        let wobble = f64::from(i % 7) * 0.001;
+        let anomalous = (450..550).contains(&i);
+        let shift = if anomalous { 1.0 } else { 0.0 };
+        text.push_str(&format!(
+            "2020-03-09 10:{:02}:{:02};{};0.27;{};0.1;89.5;28.5;229;{};{};{}\n",
+            i / 60,
+            i % 60,
+            0.21 + wobble,
+            2.4 + shift + wobble,
+            125.0 - 10.0 * shift + wobble,
+            if anomalous { "1.0" } else { "0.0" },
+            if i == 450 || i == 549 { "1.0" } else { "0.0" }
+        ));
+    }
+    std::fs::create_dir_all(dir.path().join("valve9")).expect("mkdir");
+    std::fs::write(dir.path().join("valve9/0.csv"), text).expect("write");
+    let run = Command::new(fabrik_bin())
+        .args(["eval", "skab", "--json", "--data"])
+        .arg(dir.path())
+        .output()
+        .expect("eval");
+    assert!(run.status.success(), "{run:?}");
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).expect("json");
+    assert_eq!(report["files"], 1);
+    let f1 = report["f1"].as_f64().expect("f1");
+    assert!(f1 > 0.8, "a clear level shift is found: {report}");
+    assert!(report["far"].as_f64().is_some() && report["mar"].as_f64().is_some());
+}

@@ -1,10 +1,13 @@
 //! Fabrik's integration tests: one binary (links once), one module per area. Servers run on
 //! 127.0.0.1 with ephemeral ports; data lives in temporary directories.
 
+mod alerts;
 mod api;
 mod cli;
 mod crash;
 mod devices;
+mod modbus;
 mod mqtt;
+mod pipelines;
 mod storage;
 mod support;

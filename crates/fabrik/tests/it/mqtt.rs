@@ -40,7 +40,7 @@ fn publish(
     )
 }
 
-fn http(
+pub(crate) fn http(
     url: &str,
     method: reqwest::Method,
     path: &str,
@@ -67,7 +67,7 @@ fn http(
     })
 }
 
-fn query(url: &str, sql: &str) -> Vec<serde_json::Value> {
+pub(crate) fn query(url: &str, sql: &str) -> Vec<serde_json::Value> {
     let (status, rows) = http(
         url,
         reqwest::Method::POST,
@@ -91,7 +91,7 @@ fn register(url: &str, id: &str) -> String {
 }
 
 /// Polls `check` until it holds (the ingest path is asynchronous to the HTTP API).
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+pub(crate) fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if check() {

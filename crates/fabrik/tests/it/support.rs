@@ -50,6 +50,8 @@ impl Server {
             metrics: fabrik_runtime::telemetry::prometheus(),
             max_body_size,
             registry: Some(registry),
+            pipelines: None,
+            alerting: None,
         };
         let stop = CancellationToken::new();
         tokio::spawn(fabrik_api::serve(listener, state, stop.clone()));

@@ -1,0 +1,354 @@
+//! Persistence of alerts, silences and the notification outbox in `<data_dir>/alerts.db`
+//! (SQLite through sqlx), so firing alerts, acknowledgements and undelivered notifications
+//! survive a restart.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::engine::AlertState;
+use crate::error::AlertError;
+use crate::model::{Ack, Alert, Feedback, Silence};
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS alerts (
+        id TEXT PRIMARY KEY,
+        rule TEXT NOT NULL,
+        key TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        state TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        fired_at TEXT,
+        resolved_at TEXT,
+        value DOUBLE PRECISION,
+        annotations TEXT NOT NULL,
+        ack_by TEXT,
+        ack_at TEXT,
+        feedback TEXT,
+        comment TEXT,
+        silenced BOOLEAN NOT NULL,
+        updated_ns BIGINT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS alerts_state ON alerts (state, updated_ns)",
+    "CREATE TABLE IF NOT EXISTS silences (
+        id TEXT PRIMARY KEY,
+        rule TEXT,
+        key TEXT,
+        until_at TEXT NOT NULL,
+        by_whom TEXT NOT NULL,
+        comment TEXT
+    )",
+    "CREATE TABLE IF NOT EXISTS outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        notifier TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        attempts BIGINT NOT NULL,
+        next_attempt_ns BIGINT NOT NULL,
+        last_error TEXT
+    )",
+];
+
+/// A notification waiting to be delivered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    /// Row id.
+    pub id: i64,
+    /// The notifier's name.
+    pub notifier: String,
+    /// The JSON body.
+    pub payload: String,
+    /// Failed attempts so far.
+    pub attempts: i64,
+}
+
+/// The alert database.
+#[derive(Debug, Clone)]
+pub struct AlertDb {
+    pool: SqlitePool,
+}
+
+fn corrupt(what: &'static str, reason: impl std::fmt::Display) -> AlertError {
+    AlertError::Corrupt {
+        what,
+        reason: reason.to_string(),
+    }
+}
+
+impl AlertDb {
+    /// Opens (creating) the database.
+    pub async fn open(path: &Path) -> Result<Self, AlertError> {
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await?;
+        for statement in SCHEMA {
+            // Audited: the statements are the compile-time constants above.
+            sqlx::query(sqlx::AssertSqlSafe(*statement))
+                .execute(&pool)
+                .await?;
+        }
+        Ok(Self { pool })
+    }
+
+    /// Inserts or replaces an alert.
+    pub async fn upsert(&self, alert: &Alert, now_ns: i64) -> Result<(), AlertError> {
+        let annotations =
+            serde_json::to_string(&alert.annotations).map_err(|e| corrupt("annotations", e))?;
+        sqlx::query(
+            "INSERT INTO alerts (id, rule, key, severity, state, started_at, fired_at, resolved_at, \
+             value, annotations, ack_by, ack_at, feedback, comment, silenced, updated_ns) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (id) DO UPDATE SET state = excluded.state, fired_at = excluded.fired_at, \
+             resolved_at = excluded.resolved_at, value = excluded.value, \
+             annotations = excluded.annotations, ack_by = excluded.ack_by, \
+             ack_at = excluded.ack_at, feedback = excluded.feedback, comment = excluded.comment, \
+             silenced = excluded.silenced, updated_ns = excluded.updated_ns",
+        )
+        .bind(&alert.id)
+        .bind(&alert.rule)
+        .bind(&alert.key)
+        .bind(&alert.severity)
+        .bind(alert.state.as_str())
+        .bind(&alert.started_at)
+        .bind(&alert.fired_at)
+        .bind(&alert.resolved_at)
+        .bind(alert.value)
+        .bind(annotations)
+        .bind(alert.ack.as_ref().map(|a| a.by.clone()))
+        .bind(alert.ack.as_ref().map(|a| a.at.clone()))
+        .bind(alert.ack.as_ref().map(|a| a.feedback.as_str()))
+        .bind(alert.ack.as_ref().and_then(|a| a.comment.clone()))
+        .bind(alert.silenced)
+        .bind(now_ns)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes an alert (a pending one that cleared before firing).
+    pub async fn delete(&self, id: &str) -> Result<(), AlertError> {
+        sqlx::query("DELETE FROM alerts WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// One alert.
+    pub async fn get(&self, id: &str) -> Result<Alert, AlertError> {
+        let row = sqlx::query("SELECT * FROM alerts WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| AlertError::NotFound {
+                what: "alert",
+                id: id.to_owned(),
+            })?;
+        alert_from_row(&row)
+    }
+
+    /// Alerts, newest change first; `state` filters, `limit` bounds.
+    pub async fn list(
+        &self,
+        state: Option<AlertState>,
+        limit: u32,
+    ) -> Result<Vec<Alert>, AlertError> {
+        let rows = match state {
+            Some(s) => {
+                sqlx::query("SELECT * FROM alerts WHERE state = ? ORDER BY updated_ns DESC LIMIT ?")
+                    .bind(s.as_str())
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT * FROM alerts ORDER BY updated_ns DESC LIMIT ?")
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(alert_from_row).collect()
+    }
+
+    /// Alerts that are pending or firing (to restore the engines after a restart).
+    pub async fn open_alerts(&self) -> Result<Vec<Alert>, AlertError> {
+        let rows = sqlx::query("SELECT * FROM alerts WHERE state IN ('pending', 'firing')")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(alert_from_row).collect()
+    }
+
+    /// Stores a silence.
+    pub async fn add_silence(&self, silence: &Silence) -> Result<(), AlertError> {
+        sqlx::query(
+            "INSERT INTO silences (id, rule, key, until_at, by_whom, comment) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&silence.id)
+        .bind(&silence.rule)
+        .bind(&silence.key)
+        .bind(&silence.until)
+        .bind(&silence.by)
+        .bind(&silence.comment)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every silence.
+    pub async fn silences(&self) -> Result<Vec<Silence>, AlertError> {
+        let rows = sqlx::query("SELECT * FROM silences ORDER BY until_at DESC")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Silence {
+                    id: r.try_get("id")?,
+                    rule: r.try_get("rule")?,
+                    key: r.try_get("key")?,
+                    until: r.try_get("until_at")?,
+                    by: r.try_get("by_whom")?,
+                    comment: r.try_get("comment")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes a silence.
+    pub async fn remove_silence(&self, id: &str) -> Result<(), AlertError> {
+        let done = sqlx::query("DELETE FROM silences WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(AlertError::NotFound {
+                what: "silence",
+                id: id.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Queues a notification for delivery now.
+    pub async fn enqueue(
+        &self,
+        notifier: &str,
+        payload: &str,
+        now_ns: i64,
+    ) -> Result<(), AlertError> {
+        sqlx::query(
+            "INSERT INTO outbox (notifier, payload, attempts, next_attempt_ns) VALUES (?, ?, 0, ?)",
+        )
+        .bind(notifier)
+        .bind(payload)
+        .bind(now_ns)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Notifications due at `now_ns`, oldest first.
+    pub async fn due(&self, now_ns: i64, limit: u32) -> Result<Vec<OutboxEntry>, AlertError> {
+        let rows = sqlx::query(
+            "SELECT id, notifier, payload, attempts FROM outbox WHERE next_attempt_ns <= ? \
+             ORDER BY id LIMIT ?",
+        )
+        .bind(now_ns)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OutboxEntry {
+                    id: r.try_get("id")?,
+                    notifier: r.try_get("notifier")?,
+                    payload: r.try_get("payload")?,
+                    attempts: r.try_get("attempts")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Notifications not yet delivered.
+    pub async fn outbox_len(&self) -> Result<i64, AlertError> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM outbox")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    /// Removes a delivered notification.
+    pub async fn delivered(&self, id: i64) -> Result<(), AlertError> {
+        sqlx::query("DELETE FROM outbox WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records a failed attempt and when to try again.
+    pub async fn retry_later(
+        &self,
+        id: i64,
+        next_attempt_ns: i64,
+        error: &str,
+    ) -> Result<(), AlertError> {
+        sqlx::query(
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_ns = ?, last_error = ? WHERE id = ?",
+        )
+        .bind(next_attempt_ns)
+        .bind(error)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+fn alert_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Alert, AlertError> {
+    let state = match r.try_get::<String, _>("state")?.as_str() {
+        "pending" => AlertState::Pending,
+        "firing" => AlertState::Firing,
+        "resolved" => AlertState::Resolved,
+        other => return Err(corrupt("alert state", other)),
+    };
+    let annotations: BTreeMap<String, String> =
+        serde_json::from_str(&r.try_get::<String, _>("annotations")?)
+            .map_err(|e| corrupt("annotations", e))?;
+    let ack = match (
+        r.try_get::<Option<String>, _>("ack_by")?,
+        r.try_get::<Option<String>, _>("ack_at")?,
+        r.try_get::<Option<String>, _>("feedback")?,
+    ) {
+        (Some(by), Some(at), Some(feedback)) => Some(Ack {
+            by,
+            at,
+            feedback: Feedback::parse(&feedback).ok_or_else(|| corrupt("feedback", &feedback))?,
+            comment: r.try_get("comment")?,
+        }),
+        _ => None,
+    };
+    Ok(Alert {
+        id: r.try_get("id")?,
+        rule: r.try_get("rule")?,
+        key: r.try_get("key")?,
+        severity: r.try_get("severity")?,
+        state,
+        started_at: r.try_get("started_at")?,
+        fired_at: r.try_get("fired_at")?,
+        resolved_at: r.try_get("resolved_at")?,
+        value: r.try_get("value")?,
+        annotations,
+        ack,
+        silenced: r.try_get("silenced")?,
+    })
+}

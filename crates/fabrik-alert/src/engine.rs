@@ -1,0 +1,463 @@
+//! The alert lifecycle as a pure state machine: observations and the clock in, transitions out.
+//!
+//! Owns, per rule and key (usually a device), the condition state with hysteresis, the
+//! pending timer of `for`, the last value and time seen (for rate of change and absence), and
+//! the alert instance while it is pending or firing. Time is always passed in, so the
+//! lifecycle is tested without waiting.
+
+use std::collections::BTreeMap;
+
+/// What makes a rule's condition true for one key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Condition {
+    /// The value is above `fire`; it clears only once it is at or below `clear` (hysteresis;
+    /// `clear ≤ fire`).
+    Above {
+        /// Firing level.
+        fire: f64,
+        /// Clearing level.
+        clear: f64,
+    },
+    /// The value is below `fire`; it clears only once it is at or above `clear`
+    /// (`clear ≥ fire`).
+    Below {
+        /// Firing level.
+        fire: f64,
+        /// Clearing level.
+        clear: f64,
+    },
+    /// The value changes faster than this many units per second (either direction).
+    RateAbove {
+        /// Units per second.
+        per_second: f64,
+    },
+    /// No observation for this long (a heartbeat).
+    Absent {
+        /// Silence that fires, ns.
+        after_ns: i64,
+    },
+}
+
+/// A rule as the engine needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    /// Unique name (`alertname` in notifications).
+    pub name: String,
+    /// `critical`, `warning`, `info`, ...
+    pub severity: String,
+    /// The condition.
+    pub condition: Condition,
+    /// How long the condition must hold before the alert fires, ns (0: at once).
+    pub for_ns: i64,
+}
+
+/// Where an alert is in its life.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertState {
+    /// The condition holds, for less than the rule's `for`.
+    Pending,
+    /// The condition held for `for`; notifications went out.
+    Firing,
+    /// The condition cleared.
+    Resolved,
+}
+
+impl AlertState {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Firing => "firing",
+            Self::Resolved => "resolved",
+        }
+    }
+}
+
+/// One observation of a rule's value for a key, with context columns (e.g. the top signal of
+/// an inference) carried into the alert's annotations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// The key (device).
+    pub key: String,
+    /// Time, ns.
+    pub time_ns: i64,
+    /// The rule's value.
+    pub value: f64,
+    /// Extra columns, by name.
+    pub context: BTreeMap<String, String>,
+}
+
+/// A change the caller must record (and, for firing and resolved, notify).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    /// The rule.
+    pub rule: String,
+    /// The key.
+    pub key: String,
+    /// The new state.
+    pub state: AlertState,
+    /// When the condition first held, ns.
+    pub started_ns: i64,
+    /// When this transition happened, ns.
+    pub at_ns: i64,
+    /// The value that caused it (NaN for absence).
+    pub value: f64,
+    /// Context of the observation that caused it.
+    pub context: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct KeyState {
+    /// The condition currently holds (after hysteresis).
+    active: bool,
+    /// When it started to hold.
+    since_ns: i64,
+    firing: bool,
+    last_time_ns: Option<i64>,
+    last_value: Option<f64>,
+    context: BTreeMap<String, String>,
+}
+
+/// The lifecycle of one rule over all its keys.
+#[derive(Debug, Clone)]
+pub struct RuleEngine {
+    rule: Rule,
+    keys: BTreeMap<String, KeyState>,
+}
+
+impl RuleEngine {
+    /// No keys seen yet.
+    pub fn new(rule: Rule) -> Self {
+        Self {
+            rule,
+            keys: BTreeMap::new(),
+        }
+    }
+
+    /// The rule.
+    pub fn rule(&self) -> &Rule {
+        &self.rule
+    }
+
+    /// Restores a key that was firing before a restart, so it neither fires twice nor stays
+    /// firing forever: the next observations decide whether it resolves.
+    pub fn restore_firing(&mut self, key: &str, started_ns: i64) {
+        let state = self.keys.entry(key.to_owned()).or_default();
+        state.active = true;
+        state.firing = true;
+        state.since_ns = started_ns;
+    }
+
+    /// Feeds observations (any order across keys; in time order per key).
+    pub fn observe(&mut self, observations: &[Observation]) -> Vec<Transition> {
+        let mut out = Vec::new();
+        for o in observations {
+            if !o.value.is_finite() {
+                continue;
+            }
+            let state = self.keys.entry(o.key.clone()).or_default();
+            if state.last_time_ns.is_some_and(|t| o.time_ns < t) {
+                continue; // older than what this key already saw
+            }
+            let holds = match self.rule.condition {
+                Condition::Above { fire, clear } => {
+                    if state.active {
+                        o.value > clear
+                    } else {
+                        o.value > fire
+                    }
+                }
+                Condition::Below { fire, clear } => {
+                    if state.active {
+                        o.value < clear
+                    } else {
+                        o.value < fire
+                    }
+                }
+                Condition::RateAbove { per_second } => {
+                    match (state.last_time_ns, state.last_value) {
+                        (Some(t), Some(v)) if o.time_ns > t => {
+                            let rate = (o.value - v) / ((o.time_ns - t) as f64 / 1e9);
+                            rate.abs() > per_second
+                        }
+                        _ => state.active,
+                    }
+                }
+                // Any observation ends a silence.
+                Condition::Absent { .. } => false,
+            };
+            state.last_time_ns = Some(o.time_ns);
+            state.last_value = Some(o.value);
+            if holds {
+                state.context = o.context.clone();
+            }
+            step(
+                &self.rule, &o.key, state, holds, o.time_ns, o.value, &o.context, &mut out,
+            );
+        }
+        out
+    }
+
+    /// Advances the clock: pending alerts whose `for` has elapsed fire, and absence rules
+    /// check every known key (and `expected_keys`, which may never have reported).
+    pub fn tick(&mut self, now_ns: i64, expected_keys: &[String]) -> Vec<Transition> {
+        let mut out = Vec::new();
+        if let Condition::Absent { after_ns } = self.rule.condition {
+            for key in expected_keys {
+                self.keys.entry(key.clone()).or_insert_with(|| KeyState {
+                    // A key that never reported is silent since the rule started watching it.
+                    last_time_ns: Some(now_ns),
+                    ..KeyState::default()
+                });
+            }
+            for (key, state) in &mut self.keys {
+                let silent_since = state.last_time_ns.unwrap_or(now_ns);
+                let holds = now_ns - silent_since >= after_ns;
+                if holds != state.active || holds {
+                    let context = state.context.clone();
+                    let since = if holds && !state.active {
+                        silent_since
+                    } else {
+                        now_ns
+                    };
+                    step_at(
+                        &self.rule,
+                        key,
+                        state,
+                        holds,
+                        since,
+                        now_ns,
+                        f64::NAN,
+                        &context,
+                        &mut out,
+                    );
+                }
+            }
+            return out;
+        }
+        for (key, state) in &mut self.keys {
+            if state.active && !state.firing && now_ns - state.since_ns >= self.rule.for_ns {
+                state.firing = true;
+                out.push(Transition {
+                    rule: self.rule.name.clone(),
+                    key: key.clone(),
+                    state: AlertState::Firing,
+                    started_ns: state.since_ns,
+                    at_ns: now_ns,
+                    value: state.last_value.unwrap_or(f64::NAN),
+                    context: state.context.clone(),
+                });
+            }
+        }
+        out
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn step(
+    rule: &Rule,
+    key: &str,
+    state: &mut KeyState,
+    holds: bool,
+    time_ns: i64,
+    value: f64,
+    context: &BTreeMap<String, String>,
+    out: &mut Vec<Transition>,
+) {
+    step_at(
+        rule, key, state, holds, time_ns, time_ns, value, context, out,
+    );
+}
+
+/// Applies `holds` at `at_ns`; a condition that starts to hold is dated `since_ns`.
+#[allow(clippy::too_many_arguments)]
+fn step_at(
+    rule: &Rule,
+    key: &str,
+    state: &mut KeyState,
+    holds: bool,
+    since_ns: i64,
+    at_ns: i64,
+    value: f64,
+    context: &BTreeMap<String, String>,
+    out: &mut Vec<Transition>,
+) {
+    let transition = |state: AlertState, started_ns: i64| Transition {
+        rule: rule.name.clone(),
+        key: key.to_owned(),
+        state,
+        started_ns,
+        at_ns,
+        value,
+        context: context.clone(),
+    };
+    match (state.active, holds) {
+        (false, true) => {
+            state.active = true;
+            state.since_ns = since_ns;
+            if at_ns - since_ns >= rule.for_ns {
+                state.firing = true;
+                out.push(transition(AlertState::Firing, since_ns));
+            } else {
+                out.push(transition(AlertState::Pending, since_ns));
+            }
+        }
+        (true, true) => {
+            if !state.firing && at_ns - state.since_ns >= rule.for_ns {
+                state.firing = true;
+                out.push(transition(AlertState::Firing, state.since_ns));
+            }
+        }
+        (true, false) => {
+            state.active = false;
+            // A pending alert that never fired resolves quietly (the caller drops it);
+            // a firing one resolves with a notification.
+            out.push(transition(AlertState::Resolved, state.since_ns));
+            state.firing = false;
+        }
+        (false, false) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000_000;
+
+    fn obs(key: &str, t: i64, value: f64) -> Observation {
+        Observation {
+            key: key.into(),
+            time_ns: t * S,
+            value,
+            context: BTreeMap::new(),
+        }
+    }
+
+    fn states(ts: &[Transition]) -> Vec<(&str, AlertState, i64)> {
+        ts.iter()
+            .map(|t| (t.key.as_str(), t.state, t.at_ns / S))
+            .collect()
+    }
+
+    fn rule(condition: Condition, for_s: i64) -> Rule {
+        Rule {
+            name: "r".into(),
+            severity: "warning".into(),
+            condition,
+            for_ns: for_s * S,
+        }
+    }
+
+    #[test]
+    fn threshold_with_hysteresis_and_for_duration() {
+        let mut e = RuleEngine::new(rule(
+            Condition::Above {
+                fire: 10.0,
+                clear: 8.0,
+            },
+            30,
+        ));
+        assert!(e.observe(&[obs("a", 0, 5.0)]).is_empty());
+        // Crossing starts pending; it fires only after 30 s of holding.
+        assert_eq!(
+            states(&e.observe(&[obs("a", 10, 11.0)])),
+            vec![("a", AlertState::Pending, 10)]
+        );
+        assert!(e.tick(39 * S, &[]).is_empty());
+        assert_eq!(
+            states(&e.tick(40 * S, &[])),
+            vec![("a", AlertState::Firing, 40)]
+        );
+        // 9 is below the firing level but above the clearing level: still firing.
+        assert!(e.observe(&[obs("a", 50, 9.0)]).is_empty());
+        assert_eq!(
+            states(&e.observe(&[obs("a", 60, 7.5)])),
+            vec![("a", AlertState::Resolved, 60)]
+        );
+        // Firing again needs the firing level, not the clearing one.
+        assert!(e.observe(&[obs("a", 70, 9.5)]).is_empty());
+    }
+
+    #[test]
+    fn a_short_excursion_never_fires() {
+        let mut e = RuleEngine::new(rule(
+            Condition::Above {
+                fire: 10.0,
+                clear: 10.0,
+            },
+            30,
+        ));
+        e.observe(&[obs("a", 0, 11.0)]);
+        let t = e.observe(&[obs("a", 20, 1.0)]);
+        assert_eq!(states(&t), vec![("a", AlertState::Resolved, 20)]);
+        assert!(e.tick(100 * S, &[]).is_empty());
+    }
+
+    #[test]
+    fn keys_are_independent_and_for_zero_fires_at_once() {
+        let mut e = RuleEngine::new(rule(
+            Condition::Below {
+                fire: 1.0,
+                clear: 1.0,
+            },
+            0,
+        ));
+        let t = e.observe(&[obs("a", 0, 0.5), obs("b", 0, 2.0), obs("b", 1, 0.1)]);
+        assert_eq!(
+            states(&t),
+            vec![("a", AlertState::Firing, 0), ("b", AlertState::Firing, 1)]
+        );
+    }
+
+    #[test]
+    fn rate_of_change_uses_the_time_between_observations() {
+        let mut e = RuleEngine::new(rule(Condition::RateAbove { per_second: 2.0 }, 0));
+        assert!(
+            e.observe(&[obs("a", 0, 0.0), obs("a", 10, 10.0)])
+                .is_empty()
+        );
+        let t = e.observe(&[obs("a", 11, 20.0)]);
+        assert_eq!(states(&t), vec![("a", AlertState::Firing, 11)]);
+        let t = e.observe(&[obs("a", 12, 21.0)]);
+        assert_eq!(states(&t), vec![("a", AlertState::Resolved, 12)]);
+    }
+
+    #[test]
+    fn absence_fires_for_silent_and_never_seen_keys_and_resolves_on_data() {
+        let mut e = RuleEngine::new(rule(Condition::Absent { after_ns: 60 * S }, 0));
+        e.observe(&[obs("a", 0, 1.0)]);
+        assert!(e.tick(30 * S, &["b".into()]).is_empty());
+        assert_eq!(
+            states(&e.tick(61 * S, &["b".into()])),
+            vec![("a", AlertState::Firing, 61)]
+        );
+        assert_eq!(
+            states(&e.tick(91 * S, &["b".into()])),
+            vec![("b", AlertState::Firing, 91)]
+        );
+        let t = e.observe(&[obs("a", 95, 1.0)]);
+        assert_eq!(states(&t), vec![("a", AlertState::Resolved, 95)]);
+        // No repeated firing transitions while it stays silent.
+        assert!(e.tick(120 * S, &["b".into()]).is_empty());
+    }
+
+    #[test]
+    fn a_restored_firing_alert_resolves_without_firing_again() {
+        let mut e = RuleEngine::new(rule(
+            Condition::Above {
+                fire: 10.0,
+                clear: 10.0,
+            },
+            0,
+        ));
+        e.restore_firing("a", 5 * S);
+        assert!(e.observe(&[obs("a", 10, 12.0)]).is_empty());
+        let t = e.observe(&[obs("a", 11, 3.0)]);
+        assert_eq!(t[0].started_ns, 5 * S);
+        assert_eq!(t[0].state, AlertState::Resolved);
+    }
+}

@@ -1,0 +1,499 @@
+//! Fabrik's alerting: rules over samples and inferences, the pending → firing → resolved
+//! lifecycle, silences, acknowledgements with true/false-positive feedback, and notifications
+//! delivered from a persistent outbox.
+//!
+//! - [`engine`]: the pure lifecycle (hysteresis, `for`, rate of change, absence);
+//! - [`model`]: alerts, acknowledgements, silences as the API shows them;
+//! - [`db`]: their persistence (SQLite) and the outbox;
+//! - [`notify`]: notifiers (Alertmanager-compatible webhook) and delivery with backoff.
+//!
+//! [`Alerting`] ties them together. Evaluating rules against data (which rows, how often) is
+//! the caller's job: it feeds [`Alerting::observe`] and [`Alerting::tick`].
+
+pub mod db;
+pub mod engine;
+mod error;
+pub mod model;
+pub mod notify;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+pub use db::AlertDb;
+pub use engine::{AlertState, Condition, Observation, Rule, RuleEngine, Transition};
+pub use error::AlertError;
+pub use model::{Ack, Alert, Feedback, Silence};
+pub use notify::Notifier;
+
+/// Alerting state of a process.
+pub struct Alerting {
+    db: AlertDb,
+    engines: Mutex<BTreeMap<String, RuleEngine>>,
+    notifiers: Vec<Notifier>,
+    external_url: String,
+    client: reqwest::Client,
+    wake: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Alerting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Alerting")
+            .field("notifiers", &self.notifiers)
+            .finish()
+    }
+}
+
+/// `rule~key~start_ns`: readable, stable across restarts, and safe in a URL path segment.
+pub fn alert_id(rule: &str, key: &str, started_ns: i64) -> String {
+    let clean = |s: &str| s.replace(['~', '/', '?', '#', '%'], "_");
+    format!("{}~{}~{started_ns}", clean(rule), clean(key))
+}
+
+fn now_ns() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_nanos()).unwrap_or(i64::MAX)
+}
+
+impl Alerting {
+    /// Opens the database at `path` and restores the lifecycle of alerts that were pending or
+    /// firing when the process stopped.
+    pub async fn open(
+        path: &Path,
+        rules: Vec<Rule>,
+        notifiers: Vec<Notifier>,
+        external_url: String,
+    ) -> Result<Arc<Self>, AlertError> {
+        let db = AlertDb::open(path).await?;
+        let mut engines: BTreeMap<String, RuleEngine> = rules
+            .into_iter()
+            .map(|r| (r.name.clone(), RuleEngine::new(r)))
+            .collect();
+        for alert in db.open_alerts().await? {
+            match engines.get_mut(&alert.rule) {
+                Some(engine) if alert.state == AlertState::Firing => {
+                    let started = model::parse_rfc3339(&alert.started_at).unwrap_or(0);
+                    engine.restore_firing(&alert.key, started);
+                }
+                // A pending alert restarts its `for` from fresh data; a rule that no longer
+                // exists cannot resolve its alerts, so they are closed now.
+                _ => {
+                    let mut closed = alert.clone();
+                    closed.state = AlertState::Resolved;
+                    closed.resolved_at = Some(model::rfc3339(now_ns()));
+                    db.upsert(&closed, now_ns()).await?;
+                }
+            }
+        }
+        Ok(Arc::new(Self {
+            db,
+            engines: Mutex::new(engines),
+            notifiers,
+            external_url,
+            client: reqwest::Client::new(),
+            wake: tokio::sync::Notify::new(),
+        }))
+    }
+
+    /// The rules, in name order.
+    pub fn rules(&self) -> Vec<Rule> {
+        self.engines
+            .lock()
+            .values()
+            .map(|e| e.rule().clone())
+            .collect()
+    }
+
+    /// The database (for listings).
+    pub fn db(&self) -> &AlertDb {
+        &self.db
+    }
+
+    /// Feeds observations of `rule`; records and notifies what changes.
+    pub async fn observe(
+        &self,
+        rule: &str,
+        observations: &[Observation],
+    ) -> Result<Vec<Transition>, AlertError> {
+        let (transitions, severity) = {
+            let mut engines = self.engines.lock();
+            let Some(engine) = engines.get_mut(rule) else {
+                return Err(AlertError::NotFound {
+                    what: "rule",
+                    id: rule.to_owned(),
+                });
+            };
+            (engine.observe(observations), engine.rule().severity.clone())
+        };
+        self.apply(&transitions, &severity).await?;
+        Ok(transitions)
+    }
+
+    /// Advances every rule's clock (pending → firing, absence); `expected_keys` lists, per
+    /// rule, keys that should report (for heartbeat rules).
+    pub async fn tick(
+        &self,
+        now_ns: i64,
+        expected_keys: &BTreeMap<String, Vec<String>>,
+    ) -> Result<Vec<Transition>, AlertError> {
+        let per_rule: Vec<(Vec<Transition>, String)> = {
+            let mut engines = self.engines.lock();
+            engines
+                .iter_mut()
+                .map(|(name, engine)| {
+                    let keys = expected_keys.get(name).map_or(&[][..], Vec::as_slice);
+                    (engine.tick(now_ns, keys), engine.rule().severity.clone())
+                })
+                .collect()
+        };
+        let mut all = Vec::new();
+        for (transitions, severity) in per_rule {
+            self.apply(&transitions, &severity).await?;
+            all.extend(transitions);
+        }
+        Ok(all)
+    }
+
+    async fn apply(&self, transitions: &[Transition], severity: &str) -> Result<(), AlertError> {
+        if transitions.is_empty() {
+            return Ok(());
+        }
+        let now = now_ns();
+        let silences = self.db.silences().await?;
+        for t in transitions {
+            let id = alert_id(&t.rule, &t.key, t.started_ns);
+            let silenced = silences.iter().any(|s| {
+                let until = model::parse_rfc3339(&s.until).unwrap_or(i64::MIN);
+                s.matches(&t.rule, &t.key, t.at_ns.max(now), until)
+            });
+            let previous = match self.db.get(&id).await {
+                Ok(alert) => Some(alert),
+                Err(AlertError::NotFound { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            let mut alert = previous.clone().unwrap_or_else(|| Alert {
+                id: id.clone(),
+                rule: t.rule.clone(),
+                key: t.key.clone(),
+                severity: severity.to_owned(),
+                state: t.state,
+                started_at: model::rfc3339(t.started_ns),
+                fired_at: None,
+                resolved_at: None,
+                value: None,
+                annotations: BTreeMap::new(),
+                ack: None,
+                silenced,
+            });
+            alert.state = t.state;
+            alert.silenced = silenced;
+            if t.value.is_finite() {
+                alert.value = Some(t.value);
+            }
+            if !t.context.is_empty() && t.state != AlertState::Resolved {
+                alert.annotations = t.context.clone();
+            }
+            match t.state {
+                AlertState::Pending => self.db.upsert(&alert, now).await?,
+                AlertState::Firing => {
+                    alert.fired_at = Some(model::rfc3339(t.at_ns));
+                    self.db.upsert(&alert, now).await?;
+                    tracing::warn!(alert = %alert.id, severity, silenced, "Alert firing.");
+                    if !silenced {
+                        self.enqueue(&alert, now).await?;
+                    }
+                }
+                AlertState::Resolved => {
+                    let was_firing = previous
+                        .as_ref()
+                        .is_some_and(|p| p.state == AlertState::Firing);
+                    if !was_firing {
+                        // Pending that cleared before its `for`: never an alert.
+                        self.db.delete(&id).await?;
+                        continue;
+                    }
+                    alert.resolved_at = Some(model::rfc3339(t.at_ns));
+                    self.db.upsert(&alert, now).await?;
+                    tracing::info!(alert = %alert.id, "Alert resolved.");
+                    if !silenced {
+                        self.enqueue(&alert, now).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn enqueue(&self, alert: &Alert, now: i64) -> Result<(), AlertError> {
+        for notifier in &self.notifiers {
+            let payload = notify::alertmanager_payload(alert, notifier.name(), &self.external_url);
+            self.db
+                .enqueue(notifier.name(), &payload.to_string(), now)
+                .await?;
+        }
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Acknowledges an alert with the operator's verdict.
+    pub async fn ack(
+        &self,
+        id: &str,
+        by: &str,
+        feedback: Feedback,
+        comment: Option<String>,
+    ) -> Result<Alert, AlertError> {
+        let mut alert = self.db.get(id).await?;
+        alert.ack = Some(Ack {
+            by: by.to_owned(),
+            at: model::rfc3339(now_ns()),
+            feedback,
+            comment,
+        });
+        self.db.upsert(&alert, now_ns()).await?;
+        tracing::info!(alert = %id, feedback = feedback.as_str(), "Alert acknowledged.");
+        Ok(alert)
+    }
+
+    /// Silences `rule`/`key` (either may be `None` for any) for `duration`.
+    pub async fn silence(
+        &self,
+        rule: Option<String>,
+        key: Option<String>,
+        duration: std::time::Duration,
+        by: &str,
+        comment: Option<String>,
+    ) -> Result<Silence, AlertError> {
+        if duration.is_zero() {
+            return Err(AlertError::Invalid("a silence needs a duration > 0".into()));
+        }
+        let now = now_ns();
+        let until = now.saturating_add(i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX));
+        let silence = Silence {
+            id: format!("s-{now:x}"),
+            rule,
+            key,
+            until: model::rfc3339(until),
+            by: by.to_owned(),
+            comment,
+        };
+        self.db.add_silence(&silence).await?;
+        Ok(silence)
+    }
+
+    /// Delivers the outbox until `stop`: due notifications in order, failures retried with
+    /// backoff. Returns after a last pass once stopped.
+    pub async fn run_outbox(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            if let Err(e) = self.deliver_due().await {
+                tracing::error!(error = %e, "Alert outbox pass failed.");
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    /// One pass over due notifications; returns how many were delivered.
+    pub async fn deliver_due(&self) -> Result<usize, AlertError> {
+        let now = now_ns();
+        let mut delivered = 0;
+        for entry in self.db.due(now, 100).await? {
+            let Some(notifier) = self.notifiers.iter().find(|n| n.name() == entry.notifier) else {
+                // Its notifier left the configuration; keep it for a while in case it returns.
+                self.db
+                    .retry_later(entry.id, now + 3_600_000_000_000, "notifier not configured")
+                    .await?;
+                continue;
+            };
+            match notify::deliver(&self.client, notifier, &entry.payload).await {
+                Ok(()) => {
+                    self.db.delivered(entry.id).await?;
+                    delivered += 1;
+                }
+                Err(e) => {
+                    let delay = notify::backoff(entry.attempts);
+                    let next = now + i64::try_from(delay.as_nanos()).unwrap_or(i64::MAX);
+                    tracing::warn!(error = %e, attempts = entry.attempts + 1, retry_in = ?delay, "Notification not delivered; will retry.");
+                    self.db.retry_later(entry.id, next, &e.to_string()).await?;
+                }
+            }
+        }
+        Ok(delivered)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000_000;
+
+    fn rule() -> Rule {
+        Rule {
+            name: "hot".into(),
+            severity: "critical".into(),
+            condition: Condition::Above {
+                fire: 80.0,
+                clear: 70.0,
+            },
+            for_ns: 0,
+        }
+    }
+
+    fn refused_webhook() -> Notifier {
+        // Port 9 (discard) on loopback: nothing listens, deliveries fail and stay queued.
+        Notifier::Webhook {
+            name: "ops".into(),
+            url: "http://127.0.0.1:9/hook".into(),
+            timeout: std::time::Duration::from_millis(200),
+        }
+    }
+
+    fn obs(key: &str, t: i64, value: f64) -> Observation {
+        Observation {
+            key: key.into(),
+            time_ns: t * S,
+            value,
+            context: [("top_signal".to_owned(), "temperature".to_owned())].into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn firing_is_stored_queued_acknowledged_silenced_and_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alerts.db");
+        let alerting = Alerting::open(
+            &path,
+            vec![rule()],
+            vec![refused_webhook()],
+            "http://x".into(),
+        )
+        .await
+        .unwrap();
+        let t = alerting
+            .observe("hot", &[obs("oven-1", 10, 85.0)])
+            .await
+            .unwrap();
+        assert_eq!(t[0].state, AlertState::Firing);
+        let id = alert_id("hot", "oven-1", 10 * S);
+        let alert = alerting.db().get(&id).await.unwrap();
+        assert_eq!(alert.state, AlertState::Firing);
+        assert_eq!(alert.annotations["top_signal"], "temperature");
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), 1);
+
+        // Delivery fails: the entry stays, with its attempt counted and a later retry time.
+        assert_eq!(alerting.deliver_due().await.unwrap(), 0);
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), 1);
+        assert!(alerting.db().due(now_ns(), 10).await.unwrap().is_empty());
+
+        let acked = alerting
+            .ack(
+                &id,
+                "ana",
+                Feedback::FalsePositive,
+                Some("sensor cleaned".into()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            acked.ack.as_ref().unwrap().feedback,
+            Feedback::FalsePositive
+        );
+        assert!(matches!(
+            alerting
+                .ack("nope", "ana", Feedback::TruePositive, None)
+                .await,
+            Err(AlertError::NotFound { .. })
+        ));
+
+        // A silenced device's alerts are recorded but not notified.
+        alerting
+            .silence(
+                None,
+                Some("oven-2".into()),
+                std::time::Duration::from_secs(3600),
+                "ana",
+                None,
+            )
+            .await
+            .unwrap();
+        alerting
+            .observe("hot", &[obs("oven-2", 20, 90.0)])
+            .await
+            .unwrap();
+        let silenced = alerting
+            .db()
+            .get(&alert_id("hot", "oven-2", 20 * S))
+            .await
+            .unwrap();
+        assert!(silenced.silenced);
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), 1);
+        drop(alerting);
+
+        // After a restart the firing alert resolves (and notifies) instead of firing again.
+        let alerting = Alerting::open(
+            &path,
+            vec![rule()],
+            vec![refused_webhook()],
+            "http://x".into(),
+        )
+        .await
+        .unwrap();
+        let t = alerting
+            .observe("hot", &[obs("oven-1", 30, 86.0)])
+            .await
+            .unwrap();
+        assert!(t.is_empty(), "{t:?}");
+        let t = alerting
+            .observe("hot", &[obs("oven-1", 40, 60.0)])
+            .await
+            .unwrap();
+        assert_eq!(t[0].state, AlertState::Resolved);
+        let resolved = alerting.db().get(&id).await.unwrap();
+        assert_eq!(resolved.state, AlertState::Resolved);
+        assert_eq!(resolved.ack.unwrap().by, "ana");
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_pending_alert_that_clears_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut slow = rule();
+        slow.for_ns = 60 * S;
+        let alerting = Alerting::open(
+            &dir.path().join("a.db"),
+            vec![slow],
+            vec![refused_webhook()],
+            "http://x".into(),
+        )
+        .await
+        .unwrap();
+        alerting
+            .observe("hot", &[obs("oven-1", 0, 85.0)])
+            .await
+            .unwrap();
+        assert_eq!(
+            alerting
+                .db()
+                .list(Some(AlertState::Pending), 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        alerting
+            .observe("hot", &[obs("oven-1", 10, 50.0)])
+            .await
+            .unwrap();
+        assert!(alerting.db().list(None, 10).await.unwrap().is_empty());
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), 0);
+    }
+}

@@ -1,0 +1,117 @@
+//! The records operators see and the API serves: alerts, acknowledgements, silences.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::engine::AlertState;
+
+/// An operator's verdict on an alert; stored as a label for model evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Feedback {
+    /// A real problem.
+    TruePositive,
+    /// Nothing was wrong.
+    FalsePositive,
+}
+
+impl Feedback {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TruePositive => "true_positive",
+            Self::FalsePositive => "false_positive",
+        }
+    }
+
+    /// Parses [`Feedback::as_str`] output.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "true_positive" => Some(Self::TruePositive),
+            "false_positive" => Some(Self::FalsePositive),
+            _ => None,
+        }
+    }
+}
+
+/// An acknowledgement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Ack {
+    /// Who acknowledged (free text: a name or token label).
+    pub by: String,
+    /// When (RFC 3339).
+    pub at: String,
+    /// The verdict.
+    pub feedback: Feedback,
+    /// A note.
+    pub comment: Option<String>,
+}
+
+/// An alert: one rule for one key (device), from the first time its condition held.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Alert {
+    /// `rule~key~start_ns`: stable across restarts and unique per occurrence.
+    pub id: String,
+    /// The rule's name.
+    pub rule: String,
+    /// The key, usually a device id.
+    pub key: String,
+    /// The rule's severity.
+    pub severity: String,
+    /// Pending, firing or resolved.
+    pub state: AlertState,
+    /// When the condition first held (RFC 3339).
+    pub started_at: String,
+    /// When it fired (RFC 3339).
+    pub fired_at: Option<String>,
+    /// When it resolved (RFC 3339).
+    pub resolved_at: Option<String>,
+    /// The last value that changed its state (absent for heartbeat rules).
+    pub value: Option<f64>,
+    /// Context of the observation that raised it (e.g. `top_signal`, `contributions`).
+    pub annotations: BTreeMap<String, String>,
+    /// The operator's acknowledgement.
+    pub ack: Option<Ack>,
+    /// Whether a silence matched when it last changed state.
+    pub silenced: bool,
+}
+
+/// Matches alerts by rule and key (`*` or absent matches any).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Silence {
+    /// Assigned id.
+    pub id: String,
+    /// Rule name, or `None` for any.
+    pub rule: Option<String>,
+    /// Key (device), or `None` for any.
+    pub key: Option<String>,
+    /// Active until (RFC 3339).
+    pub until: String,
+    /// Who created it.
+    pub by: String,
+    /// Why.
+    pub comment: Option<String>,
+}
+
+impl Silence {
+    /// Whether it silences `rule`/`key` at `now_ns` (`until_ns` is its end).
+    pub fn matches(&self, rule: &str, key: &str, now_ns: i64, until_ns: i64) -> bool {
+        now_ns < until_ns
+            && self.rule.as_deref().is_none_or(|r| r == "*" || r == rule)
+            && self.key.as_deref().is_none_or(|k| k == "*" || k == key)
+    }
+}
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn rfc3339(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Parses RFC 3339 into ns.
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .and_then(|t| t.timestamp_nanos_opt())
+}

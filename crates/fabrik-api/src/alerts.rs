@@ -1,0 +1,216 @@
+//! `/api/v1/alerts` and `/api/v1/silences`: list and acknowledge alerts (with true/false
+//! positive feedback, also stored as a row of `alert_labels` for model evaluation), and
+//! silence rules or devices for a while.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use fabrik_alert::{AlertError, AlertState, Alerting, Feedback};
+use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
+use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::ApiState;
+use crate::error::ApiError;
+
+/// The table acknowledgements are stored in, one row per verdict.
+pub const ALERT_LABELS_TABLE: &str = "alert_labels";
+
+impl From<AlertError> for ApiError {
+    fn from(e: AlertError) -> Self {
+        match e {
+            AlertError::NotFound { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            AlertError::Invalid(_) => Self::bad_request(e.to_string()),
+            other => {
+                tracing::error!(error = %other, "Alerting request failed.");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; see the server log",
+                )
+            }
+        }
+    }
+}
+
+fn alerting(state: &ApiState) -> Result<&Arc<Alerting>, ApiError> {
+    state.alerting.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the alerts module does not run in this process (see --target)",
+        )
+    })
+}
+
+/// Filters of the alert listing.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct AlertParams {
+    /// `pending`, `firing` or `resolved`.
+    pub state: Option<String>,
+    /// Newest first, at most this many (default 100, at most 1000).
+    pub limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts", security(("token" = [])),
+    params(AlertParams),
+    responses((status = 200, description = "alerts, most recently changed first", body = [fabrik_alert::Alert]),
+              (status = 400, description = "unknown state", body = crate::error::ErrorBody)))]
+pub(crate) async fn list(
+    State(state): State<ApiState>,
+    Query(params): Query<AlertParams>,
+) -> Result<Json<Vec<fabrik_alert::Alert>>, ApiError> {
+    let wanted = match params.state.as_deref() {
+        None | Some("") => None,
+        Some("pending") => Some(AlertState::Pending),
+        Some("firing") => Some(AlertState::Firing),
+        Some("resolved") => Some(AlertState::Resolved),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "state `{other}`: expected pending, firing or resolved"
+            )));
+        }
+    };
+    let limit = params.limit.unwrap_or(100).clamp(1, 1000);
+    Ok(Json(alerting(&state)?.db().list(wanted, limit).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/alerts/{id}", tag = "alerts", security(("token" = [])),
+    params(("id" = String, Path, description = "alert id (`rule~device~start_ns`)")),
+    responses((status = 200, description = "the alert", body = fabrik_alert::Alert),
+              (status = 404, description = "no such alert", body = crate::error::ErrorBody)))]
+pub(crate) async fn show(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<fabrik_alert::Alert>, ApiError> {
+    Ok(Json(alerting(&state)?.db().get(&id).await?))
+}
+
+/// An acknowledgement.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AckRequest {
+    /// Was it a real problem?
+    pub feedback: Feedback,
+    /// A note for the record.
+    pub comment: Option<String>,
+    /// Who acknowledges (default `operator`).
+    pub by: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/alerts/{id}/ack", tag = "alerts", security(("token" = [])),
+    params(("id" = String, Path, description = "alert id")),
+    request_body = AckRequest,
+    responses((status = 200, description = "acknowledged; the verdict is also a row of `alert_labels`", body = fabrik_alert::Alert),
+              (status = 404, description = "no such alert", body = crate::error::ErrorBody)))]
+pub(crate) async fn ack(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Json(request): Json<AckRequest>,
+) -> Result<Json<fabrik_alert::Alert>, ApiError> {
+    let by = request.by.unwrap_or_else(|| "operator".into());
+    let alert = alerting(&state)?
+        .ack(&id, &by, request.feedback, request.comment.clone())
+        .await?;
+    // The verdict as data: `SELECT * FROM alert_labels` joins with inferences by device and
+    // time for precision/recall of a model.
+    let started = fabrik_alert::model::parse_rfc3339(&alert.started_at).unwrap_or(0);
+    let label = Point {
+        measurement: ALERT_LABELS_TABLE.into(),
+        tags: vec![
+            ("rule".into(), alert.rule.clone()),
+            ("device".into(), alert.key.clone()),
+        ],
+        fields: vec![
+            ("alert_id".into(), Value::Str(alert.id.clone())),
+            (
+                "feedback".into(),
+                Value::Str(request.feedback.as_str().into()),
+            ),
+            (
+                "true_positive".into(),
+                Value::Bool(request.feedback == Feedback::TruePositive),
+            ),
+            ("by".into(), Value::Str(by)),
+            (
+                "comment".into(),
+                Value::Str(request.comment.unwrap_or_default()),
+            ),
+        ],
+        time: Timestamp(started),
+        quality: Quality::Good,
+    };
+    let lineage = Lineage {
+        source: SourceId("alerts".into()),
+        raw_id: state.store.next_raw_id(),
+        mapping_version: 0,
+    };
+    state
+        .store
+        .write_points(&[label], lineage, ALERT_LABELS_TABLE)
+        .await?;
+    Ok(Json(alert))
+}
+
+#[utoipa::path(get, path = "/api/v1/silences", tag = "alerts", security(("token" = [])),
+    responses((status = 200, description = "every silence, active or expired", body = [fabrik_alert::Silence])))]
+pub(crate) async fn silences(
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<fabrik_alert::Silence>>, ApiError> {
+    Ok(Json(alerting(&state)?.db().silences().await?))
+}
+
+/// A new silence.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SilenceRequest {
+    /// Rule name (absent: every rule).
+    pub rule: Option<String>,
+    /// Device (absent: every device).
+    pub device: Option<String>,
+    /// How long, e.g. `2h`.
+    pub duration: String,
+    /// Why.
+    pub comment: Option<String>,
+    /// Who (default `operator`).
+    pub by: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/silences", tag = "alerts", security(("token" = [])),
+    request_body = SilenceRequest,
+    responses((status = 201, description = "created", body = fabrik_alert::Silence),
+              (status = 400, description = "bad duration", body = crate::error::ErrorBody)))]
+pub(crate) async fn create_silence(
+    State(state): State<ApiState>,
+    Json(request): Json<SilenceRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let duration = fabrik_runtime::units::parse_duration(&request.duration)
+        .map_err(|e| ApiError::bad_request(format!("duration: {e}")))?;
+    let silence = alerting(&state)?
+        .silence(
+            request.rule,
+            request.device,
+            duration,
+            request.by.as_deref().unwrap_or("operator"),
+            request.comment,
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(silence)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/silences/{id}", tag = "alerts", security(("token" = [])),
+    params(("id" = String, Path, description = "silence id")),
+    responses((status = 204, description = "removed"),
+              (status = 404, description = "no such silence", body = crate::error::ErrorBody)))]
+pub(crate) async fn remove_silence(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    alerting(&state)?.db().remove_silence(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

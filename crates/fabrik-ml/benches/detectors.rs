@@ -1,0 +1,138 @@
+//! Throughput of every detector on a synthetic stream, one thread (`cargo bench --bench
+//! detectors`). Plain `Instant` timing: each detector processes the whole stream once after a
+//! warm-up pass, and the best of three runs is reported as samples (rows) per second.
+//!
+//! The stream: 5-minute samples of a daily cycle with noise, a slow drift and a spike every
+//! ~5000 samples; rows for the multivariate detectors are 8 channels of the same kind.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use fabrik_ml::{Observation, RowDetectorKind, StreamingDetectorKind};
+
+const STREAM_LENGTH: usize = 1_000_000;
+const ROWS: usize = 200_000;
+const TRAINING_ROWS: usize = 400;
+const FIVE_MINUTES_NS: i64 = 300 * 1_000_000_000;
+/// NAB's probationary period of a long file.
+const PROBATION: usize = 750;
+/// A short file's probationary period (NAB: 15 % of 1000 rows).
+const SHORT_PROBATION: usize = 150;
+
+/// xorshift64*: deterministic noise without a dependency.
+struct Noise(u64);
+
+impl Noise {
+    fn next_unit(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let bits = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11;
+        bits as f64 / (1_u64 << 53) as f64 - 0.5
+    }
+}
+
+fn stream(length: usize) -> Vec<Observation> {
+    let mut noise = Noise(0x9e37_79b9_7f4a_7c15);
+    (0..length)
+        .map(|i| {
+            let day = (i % 288) as f64 / 288.0 * std::f64::consts::TAU;
+            let spike = if i % 4999 == 4998 { 40.0 } else { 0.0 };
+            Observation {
+                timestamp_ns: 1_400_000_000_000_000_000 + i as i64 * FIVE_MINUTES_NS,
+                value: 50.0 + 20.0 * day.sin() + 3.0 * noise.next_unit() + i as f64 * 1e-5 + spike,
+            }
+        })
+        .collect()
+}
+
+fn rows(length: usize) -> Vec<Vec<f64>> {
+    let mut noise = Noise(0x0123_4567_89ab_cdef);
+    (0..length)
+        .map(|i| {
+            let slow = (i as f64 * 0.01).sin();
+            (0..8)
+                .map(|channel| {
+                    let spike = if i % 997 == 996 && channel == 3 {
+                        10.0
+                    } else {
+                        0.0
+                    };
+                    10.0 * channel as f64
+                        + slow * (channel as f64 + 1.0)
+                        + noise.next_unit()
+                        + spike
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn best_of_three(mut run: impl FnMut() -> Duration) -> Duration {
+    run(); // warm-up: caches, page faults, branch predictors
+    (0..3).map(|_| run()).min().unwrap_or_default()
+}
+
+fn report(name: &str, unit: &str, count: usize, elapsed: Duration) {
+    let per_second = count as f64 / elapsed.as_secs_f64();
+    println!(
+        "{name:28} {count:>9} {unit} in {:>8.3} ms  {:>12.0} {unit}/s  {:>8.1} ns/{unit}",
+        elapsed.as_secs_f64() * 1e3,
+        per_second,
+        1e9 / per_second,
+    );
+}
+
+fn main() {
+    let samples = stream(STREAM_LENGTH);
+    println!(
+        "single thread; {} samples (5-min cadence, P = {PROBATION}); {} rows x 8 channels",
+        STREAM_LENGTH, ROWS
+    );
+    // RART downsamples by P/104 rows (7 at P = 750); a short probation (P < 208, files under
+    // ~1400 rows in NAB) runs the ART ensemble on every row, its worst case.
+    let runs = StreamingDetectorKind::ALL
+        .map(|kind| (kind, PROBATION, kind.name().to_owned()))
+        .into_iter()
+        .chain([(
+            StreamingDetectorKind::Rart,
+            SHORT_PROBATION,
+            format!("rart (P = {SHORT_PROBATION})"),
+        )]);
+    for (kind, probation, name) in runs {
+        let elapsed = best_of_three(|| {
+            let mut detector = kind.build(probation);
+            let started = Instant::now();
+            let mut checksum = 0.0;
+            for &observation in &samples {
+                checksum += detector.score_then_learn(black_box(observation));
+            }
+            black_box(checksum);
+            started.elapsed()
+        });
+        report(&name, "samples", STREAM_LENGTH, elapsed);
+    }
+
+    let table = rows(ROWS + TRAINING_ROWS);
+    let (training, test) = table.split_at(TRAINING_ROWS);
+    for kind in RowDetectorKind::ALL {
+        let name = format!("{} (8 channels)", kind.name());
+        let elapsed = best_of_three(|| {
+            let mut detector = kind.build();
+            if let Err(error) = detector.fit(training) {
+                eprintln!("{name}: {error}");
+                return Duration::MAX;
+            }
+            let started = Instant::now();
+            let mut alarms = 0_usize;
+            for row in test {
+                if detector.score_row(black_box(row)).is_ok_and(|v| v.alarm) {
+                    alarms += 1;
+                }
+            }
+            black_box(alarms);
+            started.elapsed()
+        });
+        report(&name, "rows", ROWS, elapsed);
+    }
+}

@@ -1,0 +1,1023 @@
+//! RART's third evidence stream (SPEC2.md §4.3–4.4): an ensemble of dual-vigilance fuzzy ART
+//! novelty detectors over windows of downsampled values, with adaptive vigilance and masking
+//! after detections, as designed by ARTime (published constants, written here from the spec).
+//!
+//! Owns the shared downsampler and the six members; returns the members' mean confidence.
+//! Knows nothing about the other evidence streams or the output score.
+
+use crate::numeric::{numpy_sum, py_max, py_min, round_to_decimals};
+
+/// Value-range margins: a member normalises with the probation range widened by margin × range
+/// on each side, because later values may leave the probation range.
+const MARGINS: [f64; 3] = [0.5, 0.75, 1.0];
+/// Quantisation levels of the normalised value; the members are all (margin, levels) pairs.
+const LEVELS: [u32; 2] = [80, 120];
+/// A normalised value this close to the running median is replaced by the median, so noise
+/// around the usual level does not create categories.
+const CHOMP: f64 = 0.075;
+/// Downsampled samples per feature window.
+pub(crate) const WINDOW: usize = 8;
+/// Feature length: 8 Haar coefficients of the window shape plus the 8 window values.
+const FEATURES: usize = 2 * WINDOW;
+/// Input length after complement coding `[f, 1 − f]`.
+const CODED: usize = 2 * FEATURES;
+/// Index of the newest window value in the coded input, and of its complement.
+const NEWEST: usize = FEATURES - 1;
+const NEWEST_COMPLEMENT: usize = CODED - 1;
+/// Feature windows per probation period; sets the downsampling step.
+const WINDOWS_PER_PROBATION: usize = 13;
+/// A downsampled value keeps the window's extreme only if it is ≥ 10 % of the mean away.
+const SPIKE_FRACTION: f64 = 0.1;
+/// Vigilance of the throw-away ART that derives the initial vigilance.
+const INITIAL_VIGILANCE: f64 = 0.8;
+/// Categories per member; when full, the least recently used is replaced, bounding memory and
+/// the cost per sample.
+const CATEGORY_CAP: usize = 128;
+/// Masking horizon after an anomaly, in downsampled samples (1.5 windows).
+const MASK: i64 = 12;
+/// 1/√2 as the reference computes it (`1.0 / sqrt(2.0)`), one ulp below `FRAC_1_SQRT_2`.
+const HAAR_GAIN: f64 = 0.707_106_781_186_547_5;
+
+// ARTime's vigilance-adaptation and confidence constants, unchanged.
+/// Lower vigilance moves this fraction of the way up to the window's lowest match.
+const RAISE_LOWER_VIGILANCE: f64 = 0.19;
+/// Largest per-sample shortfall counted when lowering the vigilance.
+const MAX_SHORTFALL: f64 = 0.37;
+/// Shortfalls below this are ignored when lowering the vigilance.
+const MIN_SHORTFALL: f64 = 0.05;
+/// Smallest step when lowering the vigilance.
+const MIN_LOWER_STEP: f64 = 0.01;
+/// Upper vigilance never exceeds this.
+const MAX_UPPER_VIGILANCE: f64 = 0.97;
+/// A new anomaly inside the masking horizon must match worse than this fraction of the last.
+const BELOW_LAST_IN_MASK: f64 = 0.90;
+/// Outside the horizon but while a new category masks, the fraction is this.
+const BELOW_LAST_AFTER_CATEGORY: f64 = 0.70;
+/// Weights of the upper and lower vigilance margins and of the newest-value mismatch in the
+/// confidence of an anomaly.
+const UPPER_WEIGHT: f64 = 0.35;
+const LOWER_WEIGHT: f64 = 0.65;
+const ENERGY_WEIGHT: f64 = 1.5;
+/// Matches are capped below 1 so the confidence's division stays finite.
+const MAX_MATCH_IN_CONFIDENCE: f64 = 0.999;
+/// The confidence is rounded to 6 decimals, as ARTime reports it.
+const CONFIDENCE_DECIMALS: usize = 6;
+
+/// What one fuzzy ART step found.
+#[derive(Debug, Clone, Copy)]
+struct TrainOutcome {
+    /// The category label that resonated; `None` when a new cluster had to be created, or when
+    /// not learning.
+    label: Option<u32>,
+    /// Best match value over the categories.
+    best_match: f64,
+    /// Newest-value similarity of the best-matching category.
+    best_energy: f64,
+}
+
+/// A dual-vigilance fuzzy ART (fast learning, β = 1) with an activation that also rewards
+/// agreement on the newest value, and least-recently-used replacement at the category cap.
+#[derive(Debug, Clone)]
+struct FuzzyArt {
+    weights: Vec<[f64; CODED]>,
+    /// Cached numpy-order sums of each weight vector; recomputed whenever a weight changes.
+    weight_sums: Vec<f64>,
+    /// Cluster label per category; `None` mirrors the reference's `-1` ("no cluster").
+    labels: Vec<Option<u32>>,
+    last_use: Vec<i64>,
+    cap: usize,
+    clusters: u32,
+    started: bool,
+    lower_vigilance: f64,
+    upper_vigilance: f64,
+    /// Categories at or above the upper vigilance in the current presentation, with their
+    /// activations; kept between calls only to reuse the allocation.
+    resonating: Vec<(usize, f64)>,
+}
+
+impl FuzzyArt {
+    fn new(cap: usize) -> Self {
+        Self {
+            weights: Vec::with_capacity(cap),
+            weight_sums: Vec::with_capacity(cap),
+            labels: Vec::with_capacity(cap),
+            last_use: Vec::with_capacity(cap),
+            cap,
+            clusters: 0,
+            started: false,
+            lower_vigilance: 0.0,
+            upper_vigilance: 0.0,
+            resonating: Vec::new(),
+        }
+    }
+
+    /// The slot for a new category: the next free one, or the least recently used.
+    fn slot(&mut self) -> usize {
+        if self.weights.len() < self.cap {
+            self.weights.push([0.0; CODED]);
+            self.weight_sums.push(0.0);
+            self.labels.push(None);
+            self.last_use.push(0);
+            return self.weights.len() - 1;
+        }
+        let mut oldest = 0;
+        for (index, &used) in self.last_use.iter().enumerate() {
+            if used < self.last_use[oldest] {
+                oldest = index;
+            }
+        }
+        oldest
+    }
+
+    fn store(&mut self, slot: usize, weights: [f64; CODED], label: Option<u32>, tick: i64) {
+        self.weights[slot] = weights;
+        self.weight_sums[slot] = numpy_sum(&weights);
+        self.labels[slot] = label;
+        self.last_use[slot] = tick;
+    }
+
+    /// One presentation of the coded input `x`.
+    ///
+    /// The reference sorts all activations and visits them in descending order until one
+    /// fails; only the categories at or above the upper vigilance and the best one below it can
+    /// be visited, so those are all that is ordered here. The outcome is the same.
+    fn train(&mut self, x: &[f64; CODED], learning: bool, tick: i64) -> TrainOutcome {
+        if !self.started {
+            // The first presentation only seeds an all-ones category.
+            self.started = true;
+            let slot = self.slot();
+            self.clusters = 1;
+            self.store(slot, [1.0; CODED], Some(1), 0);
+            return TrainOutcome {
+                label: Some(1),
+                best_match: 0.0,
+                best_energy: 0.0,
+            };
+        }
+        let activation = self.activate(x);
+        let (best_match, best_energy) = activation
+            .best
+            .map_or((0.0, 0.0), |best| (best.activation, best.energy));
+        if !learning {
+            return TrainOutcome {
+                label: None,
+                best_match,
+                best_energy,
+            };
+        }
+        if let Some(best) = activation.best {
+            self.last_use[best.index] = tick;
+        }
+        if self.resonating.is_empty() {
+            // Only the best category below the upper vigilance is visited; if it clears the
+            // lower vigilance a copy of the input joins its cluster, otherwise a new cluster.
+            if let Some(first) = activation.best_below_upper
+                && first.activation >= self.lower_vigilance
+            {
+                let joined = if first.activation >= best_match {
+                    self.labels[first.index]
+                } else {
+                    None
+                };
+                let slot = self.slot();
+                self.store(slot, *x, joined, tick);
+                return TrainOutcome {
+                    label: joined,
+                    best_match,
+                    best_energy,
+                };
+            }
+            self.clusters += 1;
+            let slot = self.slot();
+            let cluster = self.clusters;
+            self.store(slot, *x, Some(cluster), tick);
+            return TrainOutcome {
+                label: None,
+                best_match,
+                best_energy,
+            };
+        }
+        // Every category at or above the upper vigilance learns (fast learning: w ← min(x, w));
+        // the label is that of the last one, in visiting order, that ties the best match.
+        let mut resonating = std::mem::take(&mut self.resonating);
+        // Stable: equal activations keep index order, as the reference's stable argsort.
+        resonating.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let mut label = None;
+        for &(category, category_activation) in &resonating {
+            if category_activation >= best_match {
+                label = self.labels[category];
+            }
+            let learned: [f64; CODED] =
+                std::array::from_fn(|i| lesser(x[i], self.weights[category][i]));
+            self.weights[category] = learned;
+            self.weight_sums[category] = numpy_sum(&learned);
+        }
+        self.resonating = resonating;
+        TrainOutcome {
+            label,
+            best_match,
+            best_energy,
+        }
+    }
+
+    /// Activation of every category: (|min(x, w)| / |w|)³ · (newest-value similarity)².
+    /// Collects the categories at or above the upper vigilance in `resonating` (index order)
+    /// and returns the best category and the best one below the upper vigilance.
+    ///
+    /// The reference sorts all activations and visits them in descending order until one
+    /// fails; only those categories can ever be visited, so they are all that is kept.
+    ///
+    /// The activation never exceeds the squared similarity (the fuzzy part is at most 1 and
+    /// rounding is monotone). A category whose bound is below both the upper vigilance and the
+    /// best activation found so far can be none of the three, so its 32-dimensional match is
+    /// skipped; a NaN similarity (a degenerate category) is skipped too, as the reference
+    /// never visits NaN activations.
+    fn activate(&mut self, x: &[f64; CODED]) -> Activation {
+        self.resonating.clear();
+        let upper = self.upper_vigilance;
+        let mut best: Option<Candidate> = None;
+        let mut best_below_upper: Option<Candidate> = None;
+        for (index, (weights, &weight_sum)) in
+            self.weights.iter().zip(&self.weight_sums).enumerate()
+        {
+            let overlap_newest = lesser(x[NEWEST], weights[NEWEST])
+                + lesser(x[NEWEST_COMPLEMENT], weights[NEWEST_COMPLEMENT]);
+            let newest_weight = weights[NEWEST] + weights[NEWEST_COMPLEMENT];
+            let energy = overlap_newest / newest_weight;
+            let bound = energy * energy;
+            let best_so_far = best.map_or(0.0, |b| b.activation);
+            if bound.is_nan() || bound < py_min(upper, best_so_far) {
+                continue;
+            }
+            let norm = if weight_sum == 0.0 { 0.001 } else { weight_sum };
+            let fuzzy = overlap_sum(x, weights) / norm;
+            let activation = fuzzy * fuzzy * fuzzy * (energy * energy);
+            let candidate = Candidate {
+                index,
+                activation,
+                energy,
+            };
+            // Strictly greater: among equal activations the lowest index comes first.
+            if activation > best_so_far {
+                best = Some(candidate);
+            }
+            if activation >= upper {
+                self.resonating.push((index, activation));
+            } else if best_below_upper.is_none_or(|b| activation > b.activation) {
+                best_below_upper = Some(candidate);
+            }
+        }
+        Activation {
+            best,
+            best_below_upper,
+        }
+    }
+}
+
+/// A category's activation and newest-value similarity.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    index: usize,
+    activation: f64,
+    energy: f64,
+}
+
+/// What a presentation activated.
+#[derive(Debug, Clone, Copy)]
+struct Activation {
+    /// The first category in the reference's visiting order, if any activation is above 0.
+    best: Option<Candidate>,
+    /// The first category below the upper vigilance in visiting order.
+    best_below_upper: Option<Candidate>,
+}
+
+/// `min(a, b)` as numpy's `minimum` for non-NaN input, written so it compiles to `minpd`.
+#[inline(always)]
+fn lesser(a: f64, b: f64) -> f64 {
+    if a < b { a } else { b }
+}
+
+/// numpy's sum of `min(x, w)` over 32 values: 8 lanes over 4 blocks, then a pairwise fold
+/// (the same order as [`numpy_sum`], unrolled so the compiler vectorises it).
+#[inline(always)]
+fn overlap_sum(x: &[f64; CODED], w: &[f64; CODED]) -> f64 {
+    let mut lanes: [f64; 8] = std::array::from_fn(|l| lesser(x[l], w[l]));
+    for block in 1..CODED / 8 {
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            *lane += lesser(x[block * 8 + l], w[block * 8 + l]);
+        }
+    }
+    ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+        + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
+}
+
+/// A fixed-length window of the most recent values, oldest first when iterated.
+#[derive(Debug, Clone)]
+struct Recent {
+    values: Vec<f64>,
+    next: usize,
+}
+
+impl Recent {
+    fn filled(length: usize, value: f64) -> Self {
+        Self {
+            values: vec![value; length],
+            next: 0,
+        }
+    }
+
+    fn push(&mut self, value: f64) {
+        if self.values.is_empty() {
+            return;
+        }
+        self.values[self.next] = value;
+        self.next = (self.next + 1) % self.values.len();
+    }
+
+    fn oldest_first(&self) -> impl Iterator<Item = f64> + '_ {
+        self.values[self.next..]
+            .iter()
+            .chain(&self.values[..self.next])
+            .copied()
+    }
+}
+
+/// Approximate running median of quantised levels (a histogram and a pointer that moves one
+/// occupied level at a time), as ARTime keeps it.
+#[derive(Debug, Clone)]
+struct RunningMedian {
+    counts: Vec<u64>,
+    level: usize,
+    below: i64,
+    above: i64,
+}
+
+impl RunningMedian {
+    fn new(levels: u32) -> Self {
+        Self {
+            counts: vec![0; levels as usize + 1],
+            level: 0,
+            below: 0,
+            above: 0,
+        }
+    }
+
+    /// Adds sample number `sample` (1-based) at `level` and returns the median level.
+    fn push(&mut self, level: usize, sample: i64) -> usize {
+        self.counts[level] += 1;
+        let position = sample / 2;
+        if sample == 1 {
+            self.level = level;
+        }
+        if self.level > level {
+            self.below += 1;
+        } else if self.level < level {
+            self.above += 1;
+        }
+        let count = |counts: &[u64], level: usize| counts.get(level).map_or(0, |&c| c as i64);
+        if position < self.above {
+            self.below += count(&self.counts, self.level);
+            self.level += 1;
+            // The loop ends inside the histogram: more samples lie above than the median
+            // position, so some higher level is occupied.
+            while self.level + 1 < self.counts.len() && self.counts[self.level] == 0 {
+                self.level += 1;
+            }
+            self.above -= count(&self.counts, self.level);
+        } else if position < self.below {
+            self.above += count(&self.counts, self.level);
+            self.level = self.level.saturating_sub(1);
+            while self.level > 0 && self.counts[self.level] == 0 {
+                self.level -= 1;
+            }
+            self.below -= count(&self.counts, self.level);
+        }
+        self.level
+    }
+}
+
+/// Full 3-level orthonormal Haar transform of 8 values: `[s3, d3, d2(2), d1(4)]`.
+fn haar8(v: &[f64; WINDOW]) -> [f64; WINDOW] {
+    let c = HAAR_GAIN;
+    let a = [
+        (v[0] + v[1]) * c,
+        (v[2] + v[3]) * c,
+        (v[4] + v[5]) * c,
+        (v[6] + v[7]) * c,
+    ];
+    let b0 = (a[0] + a[1]) * c;
+    let b1 = (a[2] + a[3]) * c;
+    [
+        (b0 + b1) * c,
+        (b0 - b1) * c,
+        (a[0] - a[1]) * c,
+        (a[2] - a[3]) * c,
+        (v[0] - v[1]) * c,
+        (v[2] - v[3]) * c,
+        (v[4] - v[5]) * c,
+        (v[6] - v[7]) * c,
+    ]
+}
+
+/// Shifts values to start at 0 and scales them to end at 1 (unless they are all equal).
+fn rescale_to_unit<const N: usize>(values: &[f64; N]) -> [f64; N] {
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let mut shifted = values.map(|v| v - min);
+    let max = shifted.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if max != 0.0 {
+        for value in &mut shifted {
+            *value /= max;
+        }
+    }
+    shifted
+}
+
+/// The dot product in the summation order of the reference's BLAS (OpenBLAS' SkylakeX `ddot`
+/// kernel for 16 values): four lanes over the four quarter-vectors, then a pairwise fold.
+/// Any order is mathematically equal; this one keeps ties between similarity sums identical
+/// to the reference, which decide the order of the vigilance derivation.
+fn dot16(x: &[f64; FEATURES], y: &[f64; FEATURES]) -> f64 {
+    let p: [f64; FEATURES] = std::array::from_fn(|i| x[i] * y[i]);
+    let lane = |l: usize| ((p[l] + p[4 + l]) + p[8 + l]) + p[12 + l];
+    (lane(0) + lane(2)) + (lane(1) + lane(3))
+}
+
+fn complement_coded(features: &[f64; FEATURES]) -> [f64; CODED] {
+    let mut coded = [0.0; CODED];
+    coded[..FEATURES].copy_from_slice(features);
+    for (complement, &feature) in coded[FEATURES..].iter_mut().zip(features) {
+        *complement = 1.0 - feature;
+    }
+    coded
+}
+
+/// The initial vigilance of a member: a throw-away ART at vigilance 0.8 learns the probation
+/// windows, least typical first (ascending total cosine similarity), and the mean best match
+/// over its second half is how similar this stream's windows usually are.
+fn initial_vigilance(features: &[[f64; FEATURES]], trend_window: usize) -> f64 {
+    let count = features.len();
+    if count == 0 {
+        return INITIAL_VIGILANCE;
+    }
+    let norms: Vec<f64> = features
+        .iter()
+        .map(|f| numpy_sum(&f.map(|v| v * v)).sqrt())
+        .collect();
+    let mut similarity = vec![1.0; count * count];
+    for a in 0..count {
+        for b in 0..a {
+            let cosine = if norms[a] == 0.0 {
+                1.0 - norms[b]
+            } else if norms[b] == 0.0 {
+                1.0 - norms[a]
+            } else {
+                dot16(&features[a], &features[b]) / (norms[a] * norms[b])
+            };
+            similarity[a * count + b] = cosine;
+            similarity[b * count + a] = cosine;
+        }
+    }
+    // Column sums accumulate row by row, as numpy reduces axis 0.
+    let mut column_sums = vec![0.0; count];
+    for row in similarity.chunks_exact(count) {
+        for (sum, &value) in column_sums.iter_mut().zip(row) {
+            *sum += value;
+        }
+    }
+    let mut order: Vec<usize> = (0..count).collect();
+    order.sort_by(|&a, &b| column_sums[a].total_cmp(&column_sums[b]));
+
+    let mut probe = FuzzyArt::new(count + 2);
+    probe.lower_vigilance = INITIAL_VIGILANCE;
+    probe.upper_vigilance = INITIAL_VIGILANCE;
+    let (mut total, mut counted) = (0.0, 0_usize);
+    for (position, &index) in order.iter().enumerate() {
+        let outcome = probe.train(&complement_coded(&features[index]), true, position as i64);
+        if position + 1 >= trend_window / 2 {
+            total += outcome.best_match;
+            counted += 1;
+        }
+    }
+    total / counted.max(1) as f64
+}
+
+/// One ensemble member: a (margin, levels) normalisation, its feature window and its ART.
+#[derive(Debug, Clone)]
+struct ArtMember {
+    value_min: f64,
+    value_span: f64,
+    levels: u32,
+    trend_window: usize,
+    median: RunningMedian,
+    feature_window: [f64; WINDOW],
+    probation_features: Option<Vec<[f64; FEATURES]>>,
+    art: FuzzyArt,
+    last_anomaly_sample: i64,
+    last_anomaly_match: f64,
+    last_vigilance_update: i64,
+    mask_after_category: bool,
+    samples_without_new_category: i64,
+    anomaly_match_sum: f64,
+    anomaly_count: u64,
+    last_anomaly_lowest_match: f64,
+    match_sum: f64,
+    match_count: u64,
+    recent_matches: Recent,
+    recent_shortfalls: Recent,
+}
+
+impl ArtMember {
+    fn new(low: f64, high: f64, margin: f64, levels: u32, trend_window: usize) -> Self {
+        let range = high - low;
+        let value_min = low - margin * range;
+        let value_max = high + margin * range;
+        Self {
+            value_min,
+            value_span: value_max - value_min,
+            levels,
+            trend_window,
+            median: RunningMedian::new(levels),
+            feature_window: [0.0; WINDOW],
+            probation_features: Some(Vec::with_capacity(trend_window)),
+            art: FuzzyArt::new(CATEGORY_CAP),
+            last_anomaly_sample: 0,
+            last_anomaly_match: 0.0,
+            last_vigilance_update: 0,
+            mask_after_category: false,
+            samples_without_new_category: 0,
+            anomaly_match_sum: 0.0,
+            anomaly_count: 0,
+            last_anomaly_lowest_match: 0.0,
+            match_sum: 0.0,
+            match_count: 0,
+            recent_matches: Recent::filled(trend_window / 2 + 1, 1.0),
+            recent_shortfalls: Recent::filled(trend_window + 1, 0.0),
+        }
+    }
+
+    /// Normalises, quantises and median-snaps downsampled sample number `sample` (1-based),
+    /// and returns the feature vector of the window it completes (zeros until 8 samples).
+    fn features(&mut self, downsampled: f64, sample: i64) -> [f64; FEATURES] {
+        let mut value = downsampled - self.value_min;
+        if self.value_span != 0.0 {
+            value /= self.value_span;
+        }
+        value = py_min(1.0, py_max(0.0, value));
+        let level = (value * f64::from(self.levels)).round_ties_even() as usize;
+        value = level as f64 / f64::from(self.levels);
+        let median_level = self.median.push(level, sample);
+        let median = median_level as f64 / f64::from(self.levels);
+        if (value - median).abs() < CHOMP {
+            value = median;
+        }
+        self.feature_window.copy_within(1.., 0);
+        self.feature_window[WINDOW - 1] = value;
+        let mut features = [0.0; FEATURES];
+        if sample >= WINDOW as i64 {
+            let shape = haar8(&rescale_to_unit(&self.feature_window));
+            features[..WINDOW].copy_from_slice(&rescale_to_unit(&shape));
+            features[WINDOW..].copy_from_slice(&self.feature_window);
+        }
+        features
+    }
+
+    /// Processes downsampled sample `sample`; returns the member's anomaly confidence (0 when
+    /// there is no anomaly, and always 0 during the probation windows).
+    fn process(&mut self, downsampled: f64, sample: i64) -> f64 {
+        let features = self.features(downsampled, sample);
+        if sample <= self.trend_window as i64 {
+            let Some(mut collected) = self.probation_features.take() else {
+                return 0.0;
+            };
+            collected.push(features);
+            if sample == self.trend_window as i64 {
+                let skip = (WINDOW - 1).min(collected.len());
+                let vigilance = initial_vigilance(&collected[skip..], self.trend_window);
+                self.art.lower_vigilance = vigilance;
+                self.art.upper_vigilance = vigilance;
+                for (index, replayed) in collected.iter().enumerate() {
+                    self.detect(replayed, index as i64 + 1);
+                }
+            } else {
+                self.probation_features = Some(collected);
+            }
+            return 0.0;
+        }
+        self.detect(&features, sample)
+    }
+
+    fn detect(&mut self, features: &[f64; FEATURES], sample: i64) -> f64 {
+        let trend_window = self.trend_window as i64;
+        let since_anomaly = sample - self.last_anomaly_sample;
+        let update_after_anomaly = since_anomaly == MASK;
+        let update_trend = sample - self.last_vigilance_update >= trend_window / 2;
+        let mask_after_anomaly = since_anomaly <= MASK;
+        if sample > trend_window + MASK
+            && self.mask_after_category
+            && self.samples_without_new_category >= MASK
+        {
+            self.mask_after_category = false;
+        }
+        let coded = complement_coded(features);
+        let (label, outcome) = if sample < WINDOW as i64 {
+            (None, self.art.train(&coded, false, sample))
+        } else {
+            let outcome = self.art.train(&coded, true, sample);
+            (outcome.label, outcome)
+        };
+        let best_match = outcome.best_match;
+        self.samples_without_new_category = match label {
+            None => 0,
+            Some(_) => self.samples_without_new_category + 1,
+        };
+        self.match_sum += best_match;
+        self.match_count += 1;
+        self.recent_matches.push(best_match);
+        self.recent_shortfalls
+            .push(self.art.upper_vigilance - best_match);
+        if since_anomaly < MASK
+            && self.anomaly_count > 0
+            && best_match < self.last_anomaly_lowest_match
+        {
+            // Keep the lowest match of the anomaly in progress.
+            self.anomaly_match_sum += best_match - self.last_anomaly_lowest_match;
+            self.last_anomaly_lowest_match = best_match;
+        }
+        let masking = self.mask_after_category || mask_after_anomaly;
+        let below_last = best_match
+            < self.last_anomaly_match
+                * if mask_after_anomaly {
+                    BELOW_LAST_IN_MASK
+                } else {
+                    BELOW_LAST_AFTER_CATEGORY
+                };
+        let mut confidence = 0.0;
+        if sample > trend_window && label.is_none() && (!masking || below_last) {
+            let capped = py_min(MAX_MATCH_IN_CONFIDENCE, best_match);
+            let upper_margin = ((1.0 - capped) - (1.0 - self.art.upper_vigilance)) / (1.0 - capped);
+            let lower_margin = ((1.0 - capped) - (1.0 - self.art.lower_vigilance)) / (1.0 - capped);
+            confidence = round_to_decimals(
+                py_min(
+                    1.0,
+                    (upper_margin * UPPER_WEIGHT + lower_margin * LOWER_WEIGHT)
+                        + (1.0 - outcome.best_energy) * ENERGY_WEIGHT,
+                ),
+                CONFIDENCE_DECIMALS,
+            );
+            self.anomaly_match_sum += best_match;
+            self.anomaly_count += 1;
+            self.last_anomaly_lowest_match = best_match;
+            self.last_anomaly_match = best_match;
+            self.last_anomaly_sample = sample;
+        }
+        self.mask_after_category = label.is_none() || self.mask_after_category;
+        if sample > trend_window && (update_after_anomaly || update_trend) {
+            self.adapt_vigilance(sample);
+        }
+        confidence
+    }
+
+    /// Upper vigilance follows the mean match; lower vigilance rises towards the recent lowest
+    /// match, or falls by the recent shortfall but not below the anomalies' mean match.
+    fn adapt_vigilance(&mut self, sample: i64) {
+        let lowest_recent = self
+            .recent_matches
+            .oldest_first()
+            .fold(f64::INFINITY, py_min);
+        let new_upper = py_min(
+            MAX_UPPER_VIGILANCE,
+            self.match_sum / self.match_count as f64,
+        );
+        let previous_lower = self.art.lower_vigilance;
+        let new_lower = if previous_lower <= lowest_recent {
+            previous_lower + (lowest_recent - previous_lower) * RAISE_LOWER_VIGILANCE
+        } else {
+            let mut decrease = 0.0;
+            if sample > 2 * self.trend_window as i64 {
+                let (mut sum, mut count) = (0.0, 0_usize);
+                for shortfall in self.recent_shortfalls.oldest_first() {
+                    if shortfall > MIN_SHORTFALL {
+                        sum += py_min(MAX_SHORTFALL, shortfall);
+                        count += 1;
+                    }
+                }
+                if count > 0 {
+                    decrease = sum / count as f64;
+                }
+            }
+            let lowered = previous_lower - py_max(MIN_LOWER_STEP, decrease) / 2.0;
+            if self.anomaly_count > 0 {
+                py_max(self.anomaly_match_sum / self.anomaly_count as f64, lowered)
+            } else {
+                lowered
+            }
+        };
+        self.art.lower_vigilance = py_min(new_upper, new_lower);
+        self.art.upper_vigilance = new_upper;
+        self.last_vigilance_update = sample;
+        self.mask_after_category = true;
+    }
+}
+
+/// The shared downsampler and the six ART members of one stream.
+#[derive(Debug, Clone)]
+pub(crate) struct ArtEnsemble {
+    step: usize,
+    window: Recent,
+    rows: u64,
+    sample: i64,
+    moving_average: f64,
+    members: Vec<ArtMember>,
+}
+
+impl ArtEnsemble {
+    /// The downsampling step and the probation length in downsampled samples for a probation
+    /// period of `probation_rows` rows: 13 feature windows of 8 samples fit in the probation.
+    pub(crate) fn geometry(probation_rows: usize) -> (usize, usize) {
+        let even = probation_rows - probation_rows % 2;
+        let step = (even / (WINDOW * WINDOWS_PER_PROBATION)).max(1);
+        (step, even / step)
+    }
+
+    /// Members for the probation range `[low, high]`, in the reference's order.
+    pub(crate) fn new(low: f64, high: f64, probation_rows: usize) -> Self {
+        let (step, trend_window) = Self::geometry(probation_rows);
+        let members = MARGINS
+            .iter()
+            .flat_map(|&margin| {
+                LEVELS
+                    .iter()
+                    .map(move |&levels| ArtMember::new(low, high, margin, levels, trend_window))
+            })
+            .collect();
+        Self {
+            step,
+            window: Recent::filled(step, 0.0),
+            rows: 0,
+            sample: 1,
+            moving_average: 0.0,
+            members,
+        }
+    }
+
+    /// Feeds one raw value; on every `step`-th row returns the members' mean confidence.
+    pub(crate) fn push(&mut self, value: f64) -> f64 {
+        self.rows += 1;
+        self.window.push(value);
+        if !self.rows.is_multiple_of(self.step as u64) {
+            return 0.0;
+        }
+        let first = self.window.oldest_first().next().unwrap_or(value);
+        let (sum, max, min) = self
+            .window
+            .oldest_first()
+            .fold((0.0, first, first), |(sum, max, min), v| {
+                (sum + v, py_max(max, v), py_min(min, v))
+            });
+        let mean = sum / self.step as f64;
+        if self.sample == 1 {
+            self.moving_average = mean;
+        }
+        self.moving_average = (self.moving_average + mean) / 2.0;
+        // Keep the extreme on the far side of the moving average, so spikes survive.
+        let mut downsampled = max;
+        if (max - self.moving_average).abs() < (min - self.moving_average).abs() {
+            downsampled = min;
+        }
+        if (downsampled - mean).abs() < SPIKE_FRACTION * mean {
+            downsampled = mean;
+        }
+        let sample = self.sample;
+        let total = self
+            .members
+            .iter_mut()
+            .fold(0.0, |acc, member| acc + member.process(downsampled, sample));
+        self.sample += 1;
+        total / self.members.len() as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn haar_gain_is_one_over_sqrt_two_as_computed() {
+        assert_eq!(HAAR_GAIN, 1.0 / 2.0_f64.sqrt());
+    }
+
+    #[test]
+    fn haar_of_a_constant_has_only_the_average() {
+        let h = haar8(&[1.0; WINDOW]);
+        assert!((h[0] - 8.0_f64.sqrt()).abs() < 1e-12);
+        assert!(h[1..].iter().all(|&d| d.abs() < 1e-12));
+    }
+
+    #[test]
+    fn geometry_matches_the_spec() {
+        assert_eq!(ArtEnsemble::geometry(750), (7, 107));
+        assert_eq!(ArtEnsemble::geometry(604), (5, 120));
+        assert_eq!(ArtEnsemble::geometry(200), (1, 200));
+        assert_eq!(ArtEnsemble::geometry(1), (1, 0));
+    }
+
+    #[test]
+    fn running_median_follows_the_middle() {
+        let mut median = RunningMedian::new(10);
+        let mut last = 0;
+        for (sample, level) in [5, 5, 6, 7, 8, 9, 9, 9, 9].into_iter().enumerate() {
+            last = median.push(level, sample as i64 + 1);
+        }
+        assert!((7..=9).contains(&last), "median level {last}");
+    }
+
+    #[test]
+    fn fuzzy_art_creates_a_category_for_a_new_pattern_only() {
+        let mut art = FuzzyArt::new(8);
+        art.lower_vigilance = 0.8;
+        art.upper_vigilance = 0.9;
+        let pattern = complement_coded(&[0.5; FEATURES]);
+        art.train(&pattern, true, 0);
+        let first = art.train(&pattern, true, 1);
+        assert_eq!(first.label, None, "an all-ones category does not resonate");
+        let again = art.train(&pattern, true, 2);
+        assert!(again.label.is_some());
+        assert!((again.best_match - 1.0).abs() < 1e-12);
+        let mut other = [0.0; FEATURES];
+        other[0] = 1.0;
+        let novel = art.train(&complement_coded(&other), true, 3);
+        assert_eq!(novel.label, None);
+        assert!(novel.best_match < 0.8);
+    }
+
+    /// The reference's presentation step written literally (SPEC2.md §4.4): every activation,
+    /// a stable descending sort with NaN last, and the visiting loop.
+    struct LiteralArt {
+        weights: Vec<[f64; CODED]>,
+        labels: Vec<Option<u32>>,
+        last_use: Vec<i64>,
+        cap: usize,
+        clusters: u32,
+        started: bool,
+        lower: f64,
+        upper: f64,
+    }
+
+    impl LiteralArt {
+        fn slot(&mut self) -> usize {
+            if self.weights.len() < self.cap {
+                self.weights.push([0.0; CODED]);
+                self.labels.push(None);
+                self.last_use.push(0);
+                return self.weights.len() - 1;
+            }
+            let mut oldest = 0;
+            for (i, &used) in self.last_use.iter().enumerate() {
+                if used < self.last_use[oldest] {
+                    oldest = i;
+                }
+            }
+            oldest
+        }
+
+        fn train(
+            &mut self,
+            x: &[f64; CODED],
+            learning: bool,
+            tick: i64,
+        ) -> (Option<u32>, f64, f64) {
+            if !self.started {
+                self.started = true;
+                let j = self.slot();
+                self.weights[j] = [1.0; CODED];
+                self.labels[j] = Some(1);
+                self.clusters = 1;
+                return (Some(1), 0.0, 0.0);
+            }
+            let mut m = Vec::new();
+            let mut e = Vec::new();
+            let mut wx = Vec::new();
+            for w in &self.weights {
+                let overlap: [f64; CODED] = std::array::from_fn(|i| x[i].min(w[i]));
+                let sum_w = numpy_sum(w);
+                let fs = numpy_sum(&overlap) / if sum_w == 0.0 { 0.001 } else { sum_w };
+                let es = (overlap[NEWEST] + overlap[NEWEST_COMPLEMENT])
+                    / (w[NEWEST] + w[NEWEST_COMPLEMENT]);
+                m.push(fs * fs * fs * (es * es));
+                e.push(es);
+                wx.push(overlap);
+            }
+            let mut order: Vec<usize> = (0..m.len()).collect();
+            order.sort_by(|&a, &b| match (m[a].is_nan(), m[b].is_nan()) {
+                (false, false) => m[b].total_cmp(&m[a]),
+                (nan_a, nan_b) => nan_a.cmp(&nan_b),
+            });
+            let (mut max_m, mut max_e, mut mismatch, mut label) = (0.0, 0.0, true, None);
+            for b in order {
+                if m[b] > max_m {
+                    max_m = m[b];
+                    max_e = e[b];
+                    if learning {
+                        self.last_use[b] = tick;
+                    }
+                }
+                if !learning {
+                    continue;
+                }
+                if m[b] >= self.upper {
+                    self.weights[b] = wx[b];
+                    if m[b] >= max_m {
+                        label = self.labels[b];
+                    }
+                    mismatch = false;
+                } else if m[b] >= self.lower && mismatch {
+                    if m[b] >= max_m {
+                        label = self.labels[b];
+                    }
+                    let j = self.slot();
+                    self.labels[j] = label;
+                    self.last_use[j] = tick;
+                    self.weights[j] = *x;
+                    mismatch = false;
+                    break;
+                } else {
+                    break;
+                }
+            }
+            if mismatch && learning {
+                label = None;
+                let j = self.slot();
+                self.labels[j] = Some(self.clusters + 1);
+                self.last_use[j] = tick;
+                self.weights[j] = *x;
+                self.clusters += 1;
+            }
+            (label, max_m, max_e)
+        }
+    }
+
+    #[test]
+    fn pruned_presentation_equals_the_literal_reference() {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1_u64 << 53) as f64
+        };
+        let prototypes: Vec<[f64; FEATURES]> = (0..5)
+            .map(|_| std::array::from_fn(|_| (next() * 8.0).round() / 8.0))
+            .collect();
+        for (lower, upper) in [(0.5, 0.8), (0.85, 0.9), (0.2, 0.97), (0.0, 0.0)] {
+            let mut fast = FuzzyArt::new(16);
+            fast.lower_vigilance = lower;
+            fast.upper_vigilance = upper;
+            let mut literal = LiteralArt {
+                weights: Vec::new(),
+                labels: Vec::new(),
+                last_use: Vec::new(),
+                cap: 16,
+                clusters: 0,
+                started: false,
+                lower,
+                upper,
+            };
+            for tick in 0..3000_i64 {
+                let prototype = prototypes[(next() * 5.0) as usize % 5];
+                // Quantised noise makes exact ties between activations common.
+                let features: [f64; FEATURES] = std::array::from_fn(|i| {
+                    (prototype[i] + (next() - 0.5) * 0.25).clamp(0.0, 1.0) * 16.0
+                })
+                .map(|v: f64| v.round() / 16.0);
+                let learning = tick % 7 != 3;
+                let coded = complement_coded(&features);
+                let got = fast.train(&coded, learning, tick);
+                let want = literal.train(&coded, learning, tick);
+                let got_label = if learning { got.label } else { want.0 };
+                assert_eq!(
+                    (
+                        got_label,
+                        got.best_match.to_bits(),
+                        got.best_energy.to_bits()
+                    ),
+                    (want.0, want.1.to_bits(), want.2.to_bits()),
+                    "tick {tick}, vigilance ({lower}, {upper})"
+                );
+                assert_eq!(fast.weights, literal.weights, "tick {tick}");
+                assert_eq!(fast.labels, literal.labels, "tick {tick}");
+                assert_eq!(fast.last_use, literal.last_use, "tick {tick}");
+            }
+        }
+    }
+
+    #[test]
+    fn least_recently_used_category_is_replaced_at_the_cap() {
+        let mut art = FuzzyArt::new(2);
+        for tick in 0..2 {
+            let slot = art.slot();
+            art.store(slot, [1.0; CODED], Some(1), tick);
+        }
+        art.last_use = vec![7, 3];
+        assert_eq!(art.slot(), 1);
+    }
+}

@@ -1,0 +1,521 @@
+//! Inference pipelines as pure computation: samples in, per-device windows, features, a model,
+//! a calibrated threshold, and inferences out, each naming the window it came from.
+//!
+//! - [`window`]: tumbling and sliding windows by time or count;
+//! - [`features`]: moments, extremes, slope and FFT band power;
+//! - [`model`]: the window models and their explanations;
+//! - [`onnx`]: ONNX models (autoencoders, IsolationForest, classifiers) as window models.
+//!
+//! A device's model trains on that device's first `training_windows` windows (the threshold is
+//! calibrated on the same windows), so each pump learns its own normal. Reading samples from
+//! the store and writing inferences back is the caller's job.
+
+pub mod features;
+pub mod model;
+pub mod onnx;
+pub mod window;
+
+use std::collections::BTreeMap;
+
+pub use features::{Feature, FeatureExtractor};
+pub use model::{BuiltinModel, WindowModel, column_medians};
+pub use onnx::OnnxWindowModel;
+pub use window::{DeviceWindows, Row, Window, WindowSpec};
+
+use crate::MlError;
+
+/// How a score becomes a flag.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ThresholdSpec {
+    /// Flag scores above this value.
+    Fixed(f64),
+    /// Flag scores above `margin` × the `quantile` of the training windows' scores.
+    Quantile {
+        /// In (0, 1].
+        quantile: f64,
+        /// Multiplier (≥ 1 widens the normal band).
+        margin: f64,
+    },
+}
+
+impl ThresholdSpec {
+    /// Parses `0.9` (fixed) or `quantile:0.99` / `quantile:0.99*1.5` (calibrated, margin).
+    pub fn parse(text: &str) -> Result<Self, MlError> {
+        let invalid = |reason: String| MlError::Parameter {
+            name: "threshold",
+            reason,
+        };
+        if let Some(rest) = text.strip_prefix("quantile:") {
+            let (q, margin) = rest.split_once('*').unwrap_or((rest, "1"));
+            let q: f64 = q
+                .trim()
+                .parse()
+                .map_err(|_| invalid(format!("`{text}`: `{q}` is not a number")))?;
+            let margin: f64 = margin
+                .trim()
+                .parse()
+                .map_err(|_| invalid(format!("`{text}`: `{margin}` is not a number")))?;
+            if !(q > 0.0 && q <= 1.0 && margin > 0.0 && margin.is_finite()) {
+                return Err(invalid(format!(
+                    "`{text}`: needs 0 < quantile ≤ 1 and a positive margin"
+                )));
+            }
+            Ok(Self::Quantile {
+                quantile: q,
+                margin,
+            })
+        } else {
+            let value: f64 = text.trim().parse().map_err(|_| {
+                invalid(format!(
+                    "`{text}` is neither a number nor `quantile:<q>[*<margin>]`"
+                ))
+            })?;
+            if !value.is_finite() {
+                return Err(invalid(format!("`{text}` is not finite")));
+            }
+            Ok(Self::Fixed(value))
+        }
+    }
+}
+
+/// What a pipeline computes, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineSpec {
+    /// Unique name; stored with every inference.
+    pub name: String,
+    /// Input signals, in feature order.
+    pub signals: Vec<String>,
+    /// Windowing.
+    pub window: WindowSpec,
+    /// Features computed for every signal.
+    pub features: Vec<Feature>,
+    /// Windows each device trains on before it is scored.
+    pub training_windows: usize,
+    /// Fewest samples of every signal a window needs to be scored.
+    pub min_samples: usize,
+    /// Score → flag.
+    pub threshold: ThresholdSpec,
+    /// Contributions kept per inference (the largest ones).
+    pub top_contributions: usize,
+}
+
+/// One scored window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inference {
+    /// The device.
+    pub device: String,
+    /// Window start (inclusive), ns.
+    pub window_start_ns: i64,
+    /// Window end (exclusive), ns.
+    pub window_end_ns: i64,
+    /// Samples in the window.
+    pub samples: usize,
+    /// The model's score.
+    pub score: f64,
+    /// The threshold it was compared with.
+    pub threshold: f64,
+    /// Whether the window is anomalous.
+    pub flag: bool,
+    /// The largest per-feature shares of the score, largest first (`signal.feature`).
+    pub contributions: Vec<(String, f64)>,
+    /// The version of the model that scored it.
+    pub model_version: String,
+}
+
+impl Inference {
+    /// Stable id of the input window: pipeline, device and window start. With the window's
+    /// span it selects the exact input samples from the store.
+    pub fn window_id(&self, pipeline: &str) -> String {
+        format!("{pipeline}/{}/{}", self.device, self.window_start_ns)
+    }
+
+    /// The signal whose features contributed most, if any did.
+    pub fn top_signal(&self) -> Option<&str> {
+        self.contributions
+            .first()
+            .filter(|(_, share)| *share > 0.0)
+            .and_then(|(name, _)| name.split_once('.').map(|(signal, _)| signal))
+    }
+}
+
+enum Phase {
+    Training(Vec<Vec<f64>>),
+    Scoring {
+        model: Box<dyn WindowModel>,
+        threshold: f64,
+        medians: Vec<f64>,
+    },
+}
+
+struct DeviceState {
+    windows: DeviceWindows,
+    phase: Phase,
+}
+
+/// Counters of one pipeline, for status pages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PipelineCounters {
+    /// Windows closed.
+    pub windows: u64,
+    /// Windows skipped because a signal had too few samples.
+    pub incomplete_windows: u64,
+    /// Inferences produced.
+    pub inferences: u64,
+    /// Inferences flagged anomalous.
+    pub anomalies: u64,
+    /// Devices still training.
+    pub training_devices: u64,
+    /// Devices being scored.
+    pub scoring_devices: u64,
+    /// Model fits or scores that failed.
+    pub model_errors: u64,
+}
+
+/// A running pipeline's state across all its devices.
+pub struct Pipeline {
+    spec: PipelineSpec,
+    model: Box<dyn Fn() -> Box<dyn WindowModel> + Send + Sync>,
+    feature_names: Vec<String>,
+    devices: BTreeMap<String, DeviceState>,
+    extractor: FeatureExtractor,
+    counters: PipelineCounters,
+    last_error: Option<String>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("spec", &self.spec)
+            .field("devices", &self.devices.len())
+            .finish()
+    }
+}
+
+impl Pipeline {
+    /// A pipeline whose devices each get a fresh model from `model`.
+    pub fn new(
+        spec: PipelineSpec,
+        model: impl Fn() -> Box<dyn WindowModel> + Send + Sync + 'static,
+    ) -> Result<Self, MlError> {
+        if spec.signals.is_empty() || spec.features.is_empty() {
+            return Err(MlError::Parameter {
+                name: "signals",
+                reason: format!(
+                    "pipeline `{}` needs at least one signal and one feature",
+                    spec.name
+                ),
+            });
+        }
+        if spec.training_windows == 0 {
+            return Err(MlError::Parameter {
+                name: "training_windows",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let feature_names = spec
+            .signals
+            .iter()
+            .flat_map(|s| {
+                spec.features
+                    .iter()
+                    .map(move |f| format!("{s}.{}", f.name()))
+            })
+            .collect();
+        Ok(Self {
+            spec,
+            model: Box::new(model),
+            feature_names,
+            devices: BTreeMap::new(),
+            extractor: FeatureExtractor::new(),
+            counters: PipelineCounters::default(),
+            last_error: None,
+        })
+    }
+
+    /// The spec.
+    pub fn spec(&self) -> &PipelineSpec {
+        &self.spec
+    }
+
+    /// `signal.feature` names in model input order.
+    pub fn feature_names(&self) -> &[String] {
+        &self.feature_names
+    }
+
+    /// Counters so far.
+    pub fn counters(&self) -> PipelineCounters {
+        let mut counters = self.counters;
+        counters.training_devices = 0;
+        counters.scoring_devices = 0;
+        for state in self.devices.values() {
+            match state.phase {
+                Phase::Training(_) => counters.training_devices += 1,
+                Phase::Scoring { .. } => counters.scoring_devices += 1,
+            }
+        }
+        counters
+    }
+
+    /// The most recent model error, if any.
+    pub fn last_error(&self) -> Option<&str> {
+        self.last_error.as_deref()
+    }
+
+    /// Adds a sample of `device` (values in signal order).
+    pub fn push(&mut self, device: &str, row: Row) {
+        let window = self.spec.window;
+        let state = self
+            .devices
+            .entry(device.to_owned())
+            .or_insert_with(|| DeviceState {
+                windows: DeviceWindows::new(window),
+                phase: Phase::Training(Vec::new()),
+            });
+        state.windows.push(row);
+    }
+
+    /// Closes every window complete at `horizon_ns`, trains or scores it, and returns the
+    /// inferences of scored windows.
+    pub fn advance(&mut self, horizon_ns: i64) -> Vec<Inference> {
+        let mut out = Vec::new();
+        let mut features = Vec::with_capacity(self.feature_names.len());
+        for (device, state) in &mut self.devices {
+            for window in state.windows.close(horizon_ns) {
+                self.counters.windows += 1;
+                if !window_features(&mut self.extractor, &self.spec, &window, &mut features) {
+                    self.counters.incomplete_windows += 1;
+                    continue;
+                }
+                match step(
+                    &self.spec,
+                    &self.model,
+                    &self.feature_names,
+                    &mut state.phase,
+                    device,
+                    &window,
+                    &features,
+                ) {
+                    Ok(Some(inference)) => {
+                        self.counters.inferences += 1;
+                        self.counters.anomalies += u64::from(inference.flag);
+                        out.push(inference);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        self.counters.model_errors += 1;
+                        self.last_error = Some(format!("device {device}: {e}"));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Fills `out` with the window's features; false when a signal has too few samples.
+fn window_features(
+    extractor: &mut FeatureExtractor,
+    spec: &PipelineSpec,
+    window: &Window,
+    out: &mut Vec<f64>,
+) -> bool {
+    out.clear();
+    let mut times = Vec::with_capacity(window.rows.len());
+    let mut values = Vec::with_capacity(window.rows.len());
+    for j in 0..spec.signals.len() {
+        times.clear();
+        values.clear();
+        for row in &window.rows {
+            if let Some(Some(v)) = row.values.get(j)
+                && v.is_finite()
+            {
+                times.push(row.time_ns);
+                values.push(*v);
+            }
+        }
+        if values.len() < spec.min_samples.max(1) {
+            return false;
+        }
+        extractor.extract(&times, &values, &spec.features, out);
+    }
+    out.iter().all(|v| v.is_finite())
+}
+
+fn step(
+    spec: &PipelineSpec,
+    make_model: &(dyn Fn() -> Box<dyn WindowModel> + Send + Sync),
+    feature_names: &[String],
+    phase: &mut Phase,
+    device: &str,
+    window: &Window,
+    features: &[f64],
+) -> Result<Option<Inference>, MlError> {
+    match phase {
+        Phase::Training(rows) => {
+            rows.push(features.to_vec());
+            if rows.len() >= spec.training_windows {
+                let rows = std::mem::take(rows);
+                let mut model = make_model();
+                model.fit(&rows)?;
+                let threshold = calibrate(model.as_ref(), &rows, spec.threshold)?;
+                *phase = Phase::Scoring {
+                    model,
+                    threshold,
+                    medians: column_medians(&rows),
+                };
+            }
+            Ok(None)
+        }
+        Phase::Scoring {
+            model,
+            threshold,
+            medians,
+        } => {
+            let score = model.score(features)?;
+            let shares = model.contributions(features, medians)?;
+            let mut contributions: Vec<(String, f64)> = feature_names
+                .iter()
+                .cloned()
+                .zip(shares)
+                .filter(|(_, share)| *share > 0.0)
+                .collect();
+            contributions.sort_by(|a, b| b.1.total_cmp(&a.1));
+            contributions.truncate(spec.top_contributions);
+            Ok(Some(Inference {
+                device: device.to_owned(),
+                window_start_ns: window.start_ns,
+                window_end_ns: window.end_ns,
+                samples: window.rows.len(),
+                score,
+                threshold: *threshold,
+                flag: score > *threshold,
+                contributions,
+                model_version: model.version().to_owned(),
+            }))
+        }
+    }
+}
+
+fn calibrate(
+    model: &dyn WindowModel,
+    rows: &[Vec<f64>],
+    spec: ThresholdSpec,
+) -> Result<f64, MlError> {
+    match spec {
+        ThresholdSpec::Fixed(value) => Ok(value),
+        ThresholdSpec::Quantile { quantile, margin } => {
+            let mut scores = rows
+                .iter()
+                .map(|r| model.probe(r))
+                .collect::<Result<Vec<f64>, _>>()?;
+            scores.sort_by(f64::total_cmp);
+            let rank = ((scores.len() as f64 - 1.0) * quantile).round() as usize;
+            Ok(scores.get(rank).copied().unwrap_or(0.0) * margin)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000_000;
+
+    fn spec(model_windows: usize) -> PipelineSpec {
+        PipelineSpec {
+            name: "pumps".into(),
+            signals: vec!["vibration".into(), "current".into()],
+            window: WindowSpec::Time {
+                size_ns: 10 * S,
+                hop_ns: 10 * S,
+            },
+            features: vec![Feature::Mean, Feature::Std],
+            training_windows: model_windows,
+            min_samples: 5,
+            threshold: ThresholdSpec::parse("quantile:1.0*1.5").unwrap(),
+            top_contributions: 3,
+        }
+    }
+
+    /// One sample per second; vibration jumps by `fault` from second `fault_from`.
+    fn feed(p: &mut Pipeline, device: &str, seconds: std::ops::Range<i64>, fault_from: i64) {
+        for t in seconds {
+            let wobble = ((t * 7919) % 13) as f64 / 13.0;
+            let vibration = 2.0 + wobble * 0.2 + if t >= fault_from { 3.0 } else { 0.0 };
+            let current = 10.0 + wobble;
+            p.push(
+                device,
+                Row {
+                    time_ns: t * S,
+                    values: vec![Some(vibration), Some(current)],
+                },
+            );
+        }
+    }
+
+    #[test]
+    fn devices_train_then_a_fault_is_flagged_and_explained() {
+        let mut p = Pipeline::new(spec(20), || BuiltinModel::RobustZ.build()).unwrap();
+        feed(&mut p, "pump-01", 0..400, 300);
+        feed(&mut p, "pump-02", 0..400, i64::MAX);
+        let inferences = p.advance(400 * S);
+        let counters = p.counters();
+        assert_eq!(counters.windows, 80);
+        assert_eq!(counters.scoring_devices, 2);
+        // 20 training windows per device, the other 20 scored.
+        assert_eq!(inferences.len(), 40);
+        let flagged: Vec<&Inference> = inferences.iter().filter(|i| i.flag).collect();
+        assert_eq!(flagged.len(), 10, "{flagged:#?}");
+        assert!(flagged.iter().all(|i| i.device == "pump-01"));
+        assert!(flagged.iter().all(|i| i.window_start_ns >= 300 * S));
+        assert_eq!(flagged[0].top_signal(), Some("vibration"));
+        assert_eq!(flagged[0].contributions[0].0, "vibration.mean");
+        assert_eq!(
+            flagged[0].window_id("pumps"),
+            format!("pumps/pump-01/{}", 300 * S)
+        );
+    }
+
+    #[test]
+    fn windows_missing_a_signal_are_counted_not_scored() {
+        let mut p = Pipeline::new(spec(2), || BuiltinModel::RobustZ.build()).unwrap();
+        for t in 0..10 {
+            p.push(
+                "pump-01",
+                Row {
+                    time_ns: t * S,
+                    values: vec![Some(1.0), None],
+                },
+            );
+        }
+        assert!(p.advance(10 * S).is_empty());
+        assert_eq!(p.counters().incomplete_windows, 1);
+    }
+
+    #[test]
+    fn a_model_that_cannot_fit_is_reported() {
+        let mut p = Pipeline::new(spec(2), || BuiltinModel::RobustZ.build()).unwrap();
+        feed(&mut p, "pump-01", 0..20, i64::MAX);
+        p.advance(20 * S);
+        assert_eq!(p.counters().model_errors, 1);
+        assert!(p.last_error().unwrap().contains("at least 3"));
+    }
+
+    #[test]
+    fn thresholds_parse_with_named_errors() {
+        assert_eq!(
+            ThresholdSpec::parse("4.5").unwrap(),
+            ThresholdSpec::Fixed(4.5)
+        );
+        assert_eq!(
+            ThresholdSpec::parse("quantile:0.99").unwrap(),
+            ThresholdSpec::Quantile {
+                quantile: 0.99,
+                margin: 1.0
+            }
+        );
+        assert!(ThresholdSpec::parse("quantile:1.5").is_err());
+        let err = ThresholdSpec::parse("high").unwrap_err().to_string();
+        assert!(err.contains("`high`"), "{err}");
+    }
+}

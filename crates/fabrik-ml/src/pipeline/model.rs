@@ -1,0 +1,391 @@
+//! The model step of a pipeline: detectors that learn a device's normal feature vectors from
+//! its first windows, then score each new window and explain the score per feature.
+//!
+//! Owns the built-in window models (robust z-score, PCA T²+Q, Half-Space Trees), the
+//! [`WindowModel`] trait other runtimes (ONNX, tree ensembles) plug into, and the explanation
+//! by occlusion that works for any model.
+
+use crate::MlError;
+use crate::detectors::RowDetector;
+use crate::detectors::hst::{HalfSpaceTrees, HstConfig};
+use crate::detectors::pca::{PcaConfig, PcaT2Q};
+
+/// MAD × 1.4826 estimates the standard deviation of normal data.
+const MAD_TO_SIGMA: f64 = 1.4826;
+
+/// A model scoring one feature vector per window. Higher scores are more anomalous.
+pub trait WindowModel: Send {
+    /// The model's name, stored with every inference.
+    fn name(&self) -> &str;
+    /// Its version (a content hash or a user-given version), stored with every inference.
+    fn version(&self) -> &str;
+    /// Fits on a device's first windows (all of the same width).
+    fn fit(&mut self, rows: &[Vec<f64>]) -> Result<(), MlError>;
+    /// Scores a window; an adaptive model may learn from it.
+    fn score(&mut self, row: &[f64]) -> Result<f64, MlError>;
+    /// Scores without learning, for calibration and explanations.
+    fn probe(&self, row: &[f64]) -> Result<f64, MlError>;
+    /// Per-feature shares (non-negative, summing to 1 unless all are 0) of `row`'s score.
+    /// The default occludes one feature at a time with its training median.
+    fn contributions(&self, row: &[f64], medians: &[f64]) -> Result<Vec<f64>, MlError> {
+        occlusion(self, row, medians)
+    }
+}
+
+/// Share of the score each feature carries: how much the score drops when that feature alone
+/// is set to its normal (median) value.
+pub fn occlusion<M: WindowModel + ?Sized>(
+    model: &M,
+    row: &[f64],
+    medians: &[f64],
+) -> Result<Vec<f64>, MlError> {
+    let full = model.probe(row)?;
+    let mut probe = row.to_vec();
+    let mut drops = Vec::with_capacity(row.len());
+    for j in 0..row.len() {
+        probe[j] = medians.get(j).copied().unwrap_or(row[j]);
+        drops.push((full - model.probe(&probe)?).max(0.0));
+        probe[j] = row[j];
+    }
+    Ok(normalised(drops))
+}
+
+fn normalised(mut weights: Vec<f64>) -> Vec<f64> {
+    let total: f64 = weights.iter().filter(|w| w.is_finite()).sum();
+    if total > 0.0 {
+        for w in &mut weights {
+            *w = if w.is_finite() { *w / total } else { 0.0 };
+        }
+    }
+    weights
+}
+
+/// Median of each column.
+pub fn column_medians(rows: &[Vec<f64>]) -> Vec<f64> {
+    let width = rows.first().map_or(0, Vec::len);
+    (0..width)
+        .map(|j| {
+            let mut column: Vec<f64> = rows.iter().map(|r| r[j]).collect();
+            median_in_place(&mut column)
+        })
+        .collect()
+}
+
+fn median_in_place(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn width_error(model: &'static str, got: usize, expected: usize) -> MlError {
+    MlError::Detector {
+        detector: model,
+        reason: format!("window has {got} features, the model was fitted on {expected}"),
+    }
+}
+
+/// Robust z-score of every feature against its training median and MAD; the score is the
+/// largest |z|. Explains itself: each feature's share is its |z| over the sum.
+#[derive(Debug, Clone, Default)]
+pub struct RobustZModel {
+    medians: Vec<f64>,
+    scales: Vec<f64>,
+}
+
+impl RobustZModel {
+    fn z(&self, row: &[f64]) -> Result<Vec<f64>, MlError> {
+        if row.len() != self.medians.len() {
+            return Err(width_error("robust_z", row.len(), self.medians.len()));
+        }
+        Ok(row
+            .iter()
+            .zip(&self.medians)
+            .zip(&self.scales)
+            .map(|((x, m), s)| ((x - m) / s).abs())
+            .collect())
+    }
+}
+
+impl WindowModel for RobustZModel {
+    fn name(&self) -> &str {
+        "robust_z"
+    }
+    fn version(&self) -> &str {
+        "1"
+    }
+    fn fit(&mut self, rows: &[Vec<f64>]) -> Result<(), MlError> {
+        if rows.len() < 3 {
+            return Err(MlError::Detector {
+                detector: "robust_z",
+                reason: format!("needs at least 3 training windows, got {}", rows.len()),
+            });
+        }
+        self.medians = column_medians(rows);
+        self.scales = self
+            .medians
+            .iter()
+            .enumerate()
+            .map(|(j, &m)| {
+                let mut deviations: Vec<f64> = rows.iter().map(|r| (r[j] - m).abs()).collect();
+                let mad = median_in_place(&mut deviations) * MAD_TO_SIGMA;
+                let spread = rows.iter().map(|r| (r[j] - m).abs()).fold(0.0, f64::max);
+                // A feature that barely moved in training (MAD 0) would make any change
+                // infinite; fall back to its largest training deviation, then to a floor
+                // relative to its magnitude.
+                mad.max(spread / 3.0).max(1e-6 * m.abs()).max(1e-12)
+            })
+            .collect();
+        Ok(())
+    }
+    fn score(&mut self, row: &[f64]) -> Result<f64, MlError> {
+        self.probe(row)
+    }
+    fn probe(&self, row: &[f64]) -> Result<f64, MlError> {
+        Ok(self.z(row)?.into_iter().fold(0.0, f64::max))
+    }
+    fn contributions(&self, row: &[f64], _medians: &[f64]) -> Result<Vec<f64>, MlError> {
+        Ok(normalised(self.z(row)?))
+    }
+}
+
+/// PCA T² and Q against their control limits; the score is the larger ratio (1.0 = at the
+/// limit).
+#[derive(Debug, Clone)]
+pub struct PcaModel {
+    inner: PcaT2Q,
+    width: usize,
+}
+
+impl Default for PcaModel {
+    fn default() -> Self {
+        Self {
+            inner: PcaT2Q::new(PcaConfig {
+                // Windows are already aggregates; no extra smoothing of the statistics.
+                median_window: 1,
+                ..PcaConfig::default()
+            }),
+            width: 0,
+        }
+    }
+}
+
+impl WindowModel for PcaModel {
+    fn name(&self) -> &str {
+        "pca_t2q"
+    }
+    fn version(&self) -> &str {
+        "1"
+    }
+    fn fit(&mut self, rows: &[Vec<f64>]) -> Result<(), MlError> {
+        self.width = rows.first().map_or(0, Vec::len);
+        self.inner.fit(rows)
+    }
+    fn score(&mut self, row: &[f64]) -> Result<f64, MlError> {
+        self.probe(row)
+    }
+    fn probe(&self, row: &[f64]) -> Result<f64, MlError> {
+        if row.len() != self.width {
+            return Err(width_error("pca_t2q", row.len(), self.width));
+        }
+        // `statistics` keeps a median filter; with a window of 1 a clone scores statelessly.
+        Ok(self.inner.clone().statistics(row)?.ratio())
+    }
+}
+
+/// Half-Space Trees over features scaled by their training range.
+#[derive(Debug, Clone, Default)]
+pub struct HstModel {
+    trees: Option<HalfSpaceTrees>,
+    low: Vec<f64>,
+    range: Vec<f64>,
+}
+
+impl HstModel {
+    fn scaled(&self, row: &[f64]) -> Result<Vec<f64>, MlError> {
+        if row.len() != self.low.len() {
+            return Err(width_error("hst", row.len(), self.low.len()));
+        }
+        Ok(row
+            .iter()
+            .zip(&self.low)
+            .zip(&self.range)
+            .map(|((x, lo), r)| (x - lo) / r)
+            .collect())
+    }
+}
+
+impl WindowModel for HstModel {
+    fn name(&self) -> &str {
+        "hst"
+    }
+    fn version(&self) -> &str {
+        "1"
+    }
+    fn fit(&mut self, rows: &[Vec<f64>]) -> Result<(), MlError> {
+        let width = rows.first().map_or(0, Vec::len);
+        if rows.len() < 8 || width == 0 {
+            return Err(MlError::Detector {
+                detector: "hst",
+                reason: format!("needs at least 8 training windows, got {}", rows.len()),
+            });
+        }
+        // Training data fills the middle half of [0, 1], leaving room either side so values
+        // beyond the training range land in sparse cells.
+        self.low.clear();
+        self.range.clear();
+        for j in 0..width {
+            let (lo, hi) = rows
+                .iter()
+                .map(|r| r[j])
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+                    (lo.min(x), hi.max(x))
+                });
+            let span = (hi - lo).max(1e-9 * lo.abs()).max(1e-12);
+            self.low.push(lo - span / 2.0);
+            self.range.push(span * 2.0);
+        }
+        let config = HstConfig {
+            window_size: rows.len(),
+            ..HstConfig::default()
+        };
+        let mut trees = HalfSpaceTrees::new(config, vec![(0.0, 1.0); width]);
+        for row in rows {
+            let scaled = self.scaled(row)?;
+            trees.learn_one(&scaled);
+        }
+        self.trees = Some(trees);
+        Ok(())
+    }
+    fn score(&mut self, row: &[f64]) -> Result<f64, MlError> {
+        let score = self.probe(row)?;
+        let scaled = self.scaled(row)?;
+        if let Some(trees) = &mut self.trees {
+            trees.learn_one(&scaled);
+        }
+        Ok(score)
+    }
+    fn probe(&self, row: &[f64]) -> Result<f64, MlError> {
+        let scaled = self.scaled(row)?;
+        let trees = self.trees.as_ref().ok_or(MlError::Detector {
+            detector: "hst",
+            reason: "scored before fit".into(),
+        })?;
+        Ok(trees.score_one(&scaled))
+    }
+}
+
+/// The built-in window models, by config name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuiltinModel {
+    /// [`RobustZModel`].
+    RobustZ,
+    /// [`PcaModel`].
+    PcaT2Q,
+    /// [`HstModel`].
+    Hst,
+}
+
+impl BuiltinModel {
+    /// Parses `robust_z`, `pca_t2q` or `hst`.
+    pub fn parse(name: &str) -> Result<Self, MlError> {
+        match name {
+            "robust_z" => Ok(Self::RobustZ),
+            "pca_t2q" => Ok(Self::PcaT2Q),
+            "hst" => Ok(Self::Hst),
+            other => Err(MlError::Parameter {
+                name: "model",
+                reason: format!("unknown model `{other}` (expected robust_z, pca_t2q or hst)"),
+            }),
+        }
+    }
+
+    /// A fresh, unfitted instance.
+    pub fn build(self) -> Box<dyn WindowModel> {
+        match self {
+            Self::RobustZ => Box::new(RobustZModel::default()),
+            Self::PcaT2Q => Box::new(PcaModel::default()),
+            Self::Hst => Box::new(HstModel::default()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Training rows: feature 0 ~ 10 ± 1, feature 1 ~ 100 ± 5, feature 2 = 2·feature 0.
+    fn training() -> Vec<Vec<f64>> {
+        (0..64)
+            .map(|i| {
+                let a = 10.0 + ((i * 7919) % 17) as f64 / 8.0 - 1.0;
+                let b = 100.0 + ((i * 104_729) % 11) as f64 - 5.0;
+                vec![a, b, 2.0 * a + ((i % 3) as f64) * 0.01]
+            })
+            .collect()
+    }
+
+    fn check_model(kind: BuiltinModel) {
+        let rows = training();
+        let mut model = kind.build();
+        model.fit(&rows).unwrap();
+        let medians = column_medians(&rows);
+        let normal = model.score(&medians).unwrap();
+        let mut faulty = medians.clone();
+        faulty[1] += 60.0;
+        let anomalous = model.probe(&faulty).unwrap();
+        assert!(
+            anomalous > normal,
+            "{}: fault {anomalous} vs normal {normal}",
+            model.name()
+        );
+        let shares = model.contributions(&faulty, &medians).unwrap();
+        let top = (0..shares.len())
+            .max_by(|&a, &b| shares[a].total_cmp(&shares[b]))
+            .unwrap();
+        assert_eq!(top, 1, "{}: shares {shares:?}", model.name());
+        let total: f64 = shares.iter().sum();
+        assert!((total - 1.0).abs() < 1e-9, "{}: {shares:?}", model.name());
+        let err = model.probe(&[1.0, 2.0]).unwrap_err().to_string();
+        assert!(err.contains("2 features") && err.contains('3'), "{err}");
+    }
+
+    #[test]
+    fn robust_z_scores_and_explains_a_shifted_feature() {
+        check_model(BuiltinModel::RobustZ);
+    }
+
+    #[test]
+    fn pca_scores_and_explains_a_shifted_feature() {
+        check_model(BuiltinModel::PcaT2Q);
+    }
+
+    #[test]
+    fn hst_scores_and_explains_a_shifted_feature() {
+        check_model(BuiltinModel::Hst);
+    }
+
+    #[test]
+    fn pca_sees_a_broken_correlation_that_marginals_miss() {
+        let rows = training();
+        let mut pca = BuiltinModel::PcaT2Q.build();
+        pca.fit(&rows).unwrap();
+        let medians = column_medians(&rows);
+        // Feature 2 stops following feature 0 but stays inside its own training range.
+        let mut broken = medians.clone();
+        broken[0] += 0.9;
+        broken[2] -= 1.8;
+        assert!(pca.probe(&broken).unwrap() > 1.0);
+        let shares = pca.contributions(&broken, &medians).unwrap();
+        assert!(shares[1] < shares[0] && shares[1] < shares[2], "{shares:?}");
+    }
+
+    #[test]
+    fn unknown_models_are_named() {
+        let err = BuiltinModel::parse("lstm").unwrap_err().to_string();
+        assert!(err.contains("`lstm`"), "{err}");
+    }
+}

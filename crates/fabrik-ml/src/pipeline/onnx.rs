@@ -1,0 +1,354 @@
+//! ONNX models as a pipeline's model step, through `fabrik-onnx`: autoencoders (score =
+//! reconstruction error, explained per feature), scikit-learn IsolationForest (score = the
+//! negated `decision_function`, so higher is more anomalous) and classifiers (score = the
+//! probability of the anomaly class).
+//!
+//! Owns loading and checking a model against the pipeline's features: a model whose input does
+//! not take the pipeline's feature vector fails to load with an error naming the input and both
+//! widths. Pre-trained models do not learn on the device; the training windows only calibrate
+//! the threshold.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use fabrik_onnx::{Dim, ElementType, Model, Tensor, ValueKind};
+
+use super::model::{WindowModel, occlusion};
+use crate::MlError;
+
+/// How a model's output becomes a score.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnnxScore {
+    /// Mean squared difference between the input and the output of the same width.
+    Reconstruction {
+        /// The output holding the reconstruction.
+        output: String,
+    },
+    /// `-output` (scikit-learn's decision function: negative is anomalous).
+    NegatedDecision {
+        /// The output holding the decision function.
+        output: String,
+    },
+    /// The last column of a probability output (the positive class of a binary classifier).
+    Probability {
+        /// The output holding class probabilities.
+        output: String,
+    },
+}
+
+/// A loaded ONNX model scoring feature vectors.
+#[derive(Clone)]
+pub struct OnnxWindowModel {
+    model: Arc<Model>,
+    input: String,
+    width: usize,
+    score: OnnxScore,
+    version: String,
+}
+
+impl std::fmt::Debug for OnnxWindowModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnnxWindowModel")
+            .field("input", &self.input)
+            .field("width", &self.width)
+            .field("score", &self.score)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+fn load_error(path: &Path, reason: impl std::fmt::Display) -> MlError {
+    MlError::Parameter {
+        name: "model_path",
+        reason: format!("{}: {reason}", path.display()),
+    }
+}
+
+/// FNV-1a over the file: a content version that changes whenever the model does.
+fn content_version(bytes: &[u8]) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+impl OnnxWindowModel {
+    /// Loads `path` for a pipeline computing `features` (names in input order). `output`
+    /// chooses the score: `auto`, `reconstruction`, `decision` or `probability`.
+    pub fn load(path: &Path, features: &[String], output: &str) -> Result<Self, MlError> {
+        let bytes = std::fs::read(path).map_err(|e| MlError::io(path, e))?;
+        let model = Model::from_bytes(&bytes).map_err(|e| load_error(path, e))?;
+        let [input] = model.inputs() else {
+            return Err(load_error(
+                path,
+                format!(
+                    "the model has {} inputs; a pipeline feeds exactly one [N, features] tensor",
+                    model.inputs().len()
+                ),
+            ));
+        };
+        let width = match &input.kind {
+            ValueKind::Tensor {
+                element_type: Some(ElementType::F32),
+                shape: Some(shape),
+            } if shape.len() == 2 => match shape[1] {
+                Dim::Fixed(n) => n,
+                _ => features.len(),
+            },
+            other => {
+                return Err(load_error(
+                    path,
+                    format!(
+                        "input `{}` is {other:?}; a pipeline feeds a float tensor [N, features]",
+                        input.name
+                    ),
+                ));
+            }
+        };
+        if width != features.len() {
+            return Err(load_error(
+                path,
+                format!(
+                    "input `{}` takes {width} features, the pipeline computes {} ({})",
+                    input.name,
+                    features.len(),
+                    features.join(", ")
+                ),
+            ));
+        }
+        let names: Vec<&str> = model.outputs().iter().map(|o| o.name.as_str()).collect();
+        let find = |candidates: &[&str]| {
+            candidates
+                .iter()
+                .find(|c| names.contains(c))
+                .map(|c| (*c).to_owned())
+        };
+        let score = match output {
+            "auto" | "decision" if find(&["scores"]).is_some() && output != "probability" => {
+                OnnxScore::NegatedDecision {
+                    output: find(&["scores"]).unwrap_or_default(),
+                }
+            }
+            "auto" | "probability" if find(&["probabilities", "output_probability"]).is_some() => {
+                OnnxScore::Probability {
+                    output: find(&["probabilities", "output_probability"]).unwrap_or_default(),
+                }
+            }
+            "auto" | "reconstruction" if !names.is_empty() => OnnxScore::Reconstruction {
+                output: names[0].to_owned(),
+            },
+            other => {
+                return Err(load_error(
+                    path,
+                    format!(
+                        "model_output `{other}` does not fit outputs [{}] (expected auto, \
+                         reconstruction, decision or probability)",
+                        names.join(", ")
+                    ),
+                ));
+            }
+        };
+        let input = input.name.clone();
+        let loaded = Self {
+            model: Arc::new(model),
+            input,
+            width,
+            score,
+            version: content_version(&bytes),
+        };
+        // One run on zeros proves the outputs have the shape the score needs.
+        loaded
+            .probe(&vec![0.0; width])
+            .map_err(|e| load_error(path, e))?;
+        Ok(loaded)
+    }
+
+    /// How the score is read.
+    pub fn score_kind(&self) -> &OnnxScore {
+        &self.score
+    }
+
+    fn run(&self, row: &[f64]) -> Result<Vec<f32>, MlError> {
+        let failed = |reason: String| MlError::Detector {
+            detector: "onnx",
+            reason,
+        };
+        if row.len() != self.width {
+            return Err(failed(format!(
+                "window has {} features, input `{}` takes {}",
+                row.len(),
+                self.input,
+                self.width
+            )));
+        }
+        let x = Tensor::from_f32(vec![1, self.width], row.iter().map(|v| *v as f32).collect())
+            .map_err(|e| failed(e.to_string()))?;
+        let wanted = match &self.score {
+            OnnxScore::Reconstruction { output }
+            | OnnxScore::NegatedDecision { output }
+            | OnnxScore::Probability { output } => output,
+        };
+        let outputs = self
+            .model
+            .run(&[(self.input.as_str(), x)])
+            .map_err(|e| failed(e.to_string()))?;
+        let value = outputs
+            .into_iter()
+            .find(|(name, _)| name == wanted)
+            .map(|(_, v)| v)
+            .ok_or_else(|| failed(format!("output `{wanted}` missing")))?;
+        if let Some(tensor) = value.as_tensor() {
+            return tensor
+                .as_f32()
+                .map(<[f32]>::to_vec)
+                .ok_or_else(|| failed(format!("output `{wanted}` is not float")));
+        }
+        if let Some(maps) = value.as_maps() {
+            return maps
+                .row(0)
+                .map(<[f32]>::to_vec)
+                .ok_or_else(|| failed(format!("output `{wanted}` has no row")));
+        }
+        Err(failed(format!(
+            "output `{wanted}` is neither a tensor nor maps"
+        )))
+    }
+
+    fn squared_errors(&self, row: &[f64], output: &[f32]) -> Result<Vec<f64>, MlError> {
+        if output.len() != row.len() {
+            return Err(MlError::Detector {
+                detector: "onnx",
+                reason: format!(
+                    "reconstruction has {} values for {} features",
+                    output.len(),
+                    row.len()
+                ),
+            });
+        }
+        Ok(row
+            .iter()
+            .zip(output)
+            .map(|(x, y)| (x - f64::from(*y)).powi(2))
+            .collect())
+    }
+}
+
+impl WindowModel for OnnxWindowModel {
+    fn name(&self) -> &str {
+        "onnx"
+    }
+    fn version(&self) -> &str {
+        &self.version
+    }
+    fn fit(&mut self, _rows: &[Vec<f64>]) -> Result<(), MlError> {
+        Ok(())
+    }
+    fn score(&mut self, row: &[f64]) -> Result<f64, MlError> {
+        self.probe(row)
+    }
+    fn probe(&self, row: &[f64]) -> Result<f64, MlError> {
+        let output = self.run(row)?;
+        Ok(match &self.score {
+            OnnxScore::Reconstruction { .. } => {
+                let errors = self.squared_errors(row, &output)?;
+                errors.iter().sum::<f64>() / errors.len().max(1) as f64
+            }
+            OnnxScore::NegatedDecision { .. } => -f64::from(output.first().copied().unwrap_or(0.0)),
+            OnnxScore::Probability { .. } => f64::from(output.last().copied().unwrap_or(0.0)),
+        })
+    }
+    fn contributions(&self, row: &[f64], medians: &[f64]) -> Result<Vec<f64>, MlError> {
+        match &self.score {
+            OnnxScore::Reconstruction { .. } => {
+                let output = self.run(row)?;
+                let errors = self.squared_errors(row, &output)?;
+                let total: f64 = errors.iter().sum();
+                Ok(if total > 0.0 {
+                    errors.iter().map(|e| e / total).collect()
+                } else {
+                    errors
+                })
+            }
+            _ => occlusion(self, row, medians),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fabrik-onnx/tests/fixtures")
+            .join(name)
+    }
+
+    fn features(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("s{i}.mean")).collect()
+    }
+
+    #[test]
+    fn isolation_forest_scores_outliers_higher() {
+        let m = OnnxWindowModel::load(&fixture("iforest_100.onnx"), &features(8), "auto").unwrap();
+        assert!(matches!(m.score_kind(), OnnxScore::NegatedDecision { .. }));
+        let normal = m.probe(&[0.0; 8]).unwrap();
+        // The forest was trained with its first 20 rows shifted by +6: that is where outliers are.
+        let outlier = m.probe(&[6.0; 8]).unwrap();
+        assert!(outlier > normal, "{outlier} vs {normal}");
+        assert_eq!(m.version().len(), 16);
+        let mut shifted = [0.0; 8];
+        shifted[3] = 9.0;
+        let shares = m.contributions(&shifted, &[0.0; 8]).unwrap();
+        let top = (0..8)
+            .max_by(|&a, &b| shares[a].total_cmp(&shares[b]))
+            .unwrap();
+        assert_eq!(top, 3, "{shares:?}");
+    }
+
+    #[test]
+    fn autoencoders_explain_by_reconstruction_error() {
+        let m = OnnxWindowModel::load(&fixture("ae_torch.onnx"), &features(8), "auto").unwrap();
+        assert!(matches!(m.score_kind(), OnnxScore::Reconstruction { .. }));
+        let mut row = [0.1; 8];
+        row[5] = 25.0;
+        assert!(m.probe(&row).unwrap() > m.probe(&[0.1; 8]).unwrap());
+        let shares = m.contributions(&row, &[0.0; 8]).unwrap();
+        assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        assert!(shares[5] > 0.5, "{shares:?}");
+    }
+
+    #[test]
+    fn classifiers_score_the_positive_class() {
+        let m = OnnxWindowModel::load(&fixture("rf_clf_50_nozipmap.onnx"), &features(8), "auto")
+            .unwrap();
+        assert!(matches!(m.score_kind(), OnnxScore::Probability { .. }));
+        // y = (x0 + x1 > 0)
+        let positive = m.probe(&[2.0, 2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]).unwrap();
+        let negative = m
+            .probe(&[-2.0, -2.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+            .unwrap();
+        assert!(positive > 0.5 && negative < 0.5, "{positive} {negative}");
+    }
+
+    #[test]
+    fn a_model_that_does_not_fit_the_pipeline_names_its_input() {
+        let err = OnnxWindowModel::load(&fixture("iforest_100.onnx"), &features(3), "auto")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("input `X` takes 8 features, the pipeline computes 3"),
+            "{err}"
+        );
+        let err = OnnxWindowModel::load(&fixture("nope.onnx"), &features(8), "auto")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nope.onnx"), "{err}");
+        let err = OnnxWindowModel::load(&fixture("ae_torch.onnx"), &features(8), "probability")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("model_output `probability`"), "{err}");
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests: one binary so the crate is linked once. They need only the fixtures in
+//! `tests/fixtures/` (see its README), never `/work/shared`.
+
+mod hst_river;
+mod nab_scorer;
+mod rart_reference;
+mod skab_protocol;
+mod support;

@@ -1,0 +1,51 @@
+//! `fabrik-onnx`: a small native ONNX evaluator for the models Fabrik ships that tract cannot
+//! run — scikit-learn pipelines exported by skl2onnx (IsolationForest, RandomForest and
+//! GradientBoosting classifiers, Scaler, Normalizer, LabelEncoder, ZipMap) — plus the small dense
+//! networks (MatMul, Gemm, Add, Relu, ...) Fabrik uses as autoencoders, so one engine runs them all.
+//!
+//! ```no_run
+//! use fabrik_onnx::{Model, Tensor};
+//! # fn main() -> Result<(), fabrik_onnx::OnnxError> {
+//! let model = Model::from_file("iforest_100.onnx")?;
+//! let x = Tensor::from_f32(vec![1, 8], vec![0.0; 8])?;
+//! for (name, value) in model.run(&[("X", x)])? {
+//!     println!("{name}: {value:?}");
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! Modules and what they own:
+//! - [`model`]: [`Model`] — load (decode + compile once) and run;
+//! - [`signature`]: declared inputs/outputs ([`ValueInfo`], [`Dim`]) and input validation;
+//! - [`tensor`] / [`value`]: the data types crossing the API ([`Tensor`], [`Value`],
+//!   [`MapSequence`]);
+//! - `proto`: the hand-written `prost` messages for the subset of onnx.proto read;
+//! - `plan`: graph → plan compilation (topological order, constants, last use);
+//! - `exec`: the run loop;
+//! - `attrs`: typed attribute access for kernel builders;
+//! - `ops`: the operator kernels, one submodule per family;
+//! - [`error`]: [`OnnxError`], the single error type.
+//!
+//! Semantics follow the ONNX operator specs; where the spec is vague (ONNX-ML tree ensembles
+//! with two classes, single-target post-transforms, ...) they follow onnxruntime, whose outputs
+//! are the reference this crate is tested against.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod attrs;
+pub mod error;
+mod exec;
+pub mod model;
+mod ops;
+mod plan;
+mod proto;
+pub mod signature;
+pub mod tensor;
+pub mod value;
+
+pub use error::{OnnxError, Result};
+pub use model::Model;
+pub use signature::{Dim, ValueInfo, ValueKind};
+pub use tensor::{ElementType, Tensor, TensorData};
+pub use value::{MapKeys, MapSequence, Value};

@@ -1,0 +1,30 @@
+//! `ai.onnx.ml` operators: the tree ensembles ([`tree`], [`regressor`], [`classifier`],
+//! [`transform`]), [`label_encoder`], Scaler and Normalizer ([`preprocess`]) and [`zipmap`].
+
+pub(crate) mod classifier;
+pub(crate) mod label_encoder;
+pub(crate) mod preprocess;
+pub(crate) mod regressor;
+pub(crate) mod transform;
+pub(crate) mod tree;
+pub(crate) mod zipmap;
+
+use super::{KResult, Kernel, NodeCtx};
+
+/// Builds the `ai.onnx.ml` kernel for `op`, or `None` when it is not supported.
+pub(crate) fn build(op: &str, ctx: &NodeCtx<'_>) -> KResult<Option<Box<dyn Kernel>>> {
+    Ok(Some(match op {
+        "TreeEnsembleRegressor" => Box::new(regressor::build(ctx)?),
+        "TreeEnsembleClassifier" => {
+            if !(1..=2).contains(&ctx.n_outputs) {
+                return Err(format!("expected 1 or 2 outputs, got {}", ctx.n_outputs));
+            }
+            Box::new(classifier::build(ctx)?)
+        }
+        "LabelEncoder" => Box::new(label_encoder::build(ctx)?),
+        "Scaler" => Box::new(preprocess::build_scaler(ctx)?),
+        "Normalizer" => Box::new(preprocess::build_normalizer(ctx)?),
+        "ZipMap" => Box::new(zipmap::build(ctx)?),
+        _ => return Ok(None),
+    }))
+}

@@ -1,0 +1,294 @@
+//! Data-movement and type operators of `ai.onnx`: Cast, Reshape, Gather, Flatten, Identity.
+
+use super::{Inputs, KResult, Kernel, NodeCtx};
+use crate::tensor::{ElementType, Tensor, TensorData};
+use crate::value::Value;
+
+/// Builds the kernel for `op`, or `None` when `op` is not one of this module's.
+pub(crate) fn build(op: &str, ctx: &NodeCtx<'_>) -> KResult<Option<Box<dyn Kernel>>> {
+    let k: Box<dyn Kernel> = match op {
+        "Cast" => {
+            let to = ctx.attrs.int("to")?.ok_or("missing attribute 'to'")?;
+            let to = i32::try_from(to)
+                .ok()
+                .and_then(ElementType::from_onnx)
+                .ok_or_else(|| format!("Cast to element type {to} is not supported"))?;
+            Box::new(Cast(to))
+        }
+        "Reshape" => {
+            if ctx.opset < 5 {
+                return Err("Reshape before opset 5 (shape attribute) is not supported".into());
+            }
+            Box::new(Reshape {
+                allowzero: ctx.attrs.int_or("allowzero", 0)? != 0,
+            })
+        }
+        "Gather" => Box::new(Gather {
+            axis: ctx.attrs.int_or("axis", 0)?,
+        }),
+        "Flatten" => Box::new(Flatten {
+            axis: ctx.attrs.int_or("axis", 1)?,
+        }),
+        "Identity" => Box::new(Identity),
+        _ => return Ok(None),
+    };
+    Ok(Some(k))
+}
+
+/// Resolves a possibly negative axis against `rank` (`rank_extra` allows `axis == rank`).
+pub(crate) fn resolve_axis(axis: i64, rank: usize, rank_extra: bool) -> KResult<usize> {
+    let r = rank as i64 + i64::from(rank_extra);
+    let a = if axis < 0 { axis + r } else { axis };
+    if (0..r.max(1)).contains(&a) {
+        Ok(a as usize)
+    } else {
+        Err(format!("axis {axis} out of range for rank {rank}"))
+    }
+}
+
+/// `Cast(to)`.
+#[derive(Debug)]
+struct Cast(ElementType);
+
+fn cast(t: &Tensor, to: ElementType) -> KResult<TensorData> {
+    use TensorData as D;
+    Ok(match (t.data(), to) {
+        (d, to) if d.element_type() == to => d.clone(),
+        (D::F32(v), ElementType::F64) => D::F64(v.iter().map(|&x| f64::from(x)).collect()),
+        (D::F32(v), ElementType::I64) => D::I64(v.iter().map(|&x| x as i64).collect()),
+        (D::F32(v), ElementType::Bool) => D::Bool(v.iter().map(|&x| x != 0.0).collect()),
+        (D::F64(v), ElementType::F32) => D::F32(v.iter().map(|&x| x as f32).collect()),
+        (D::F64(v), ElementType::I64) => D::I64(v.iter().map(|&x| x as i64).collect()),
+        (D::F64(v), ElementType::Bool) => D::Bool(v.iter().map(|&x| x != 0.0).collect()),
+        (D::I64(v), ElementType::F32) => D::F32(v.iter().map(|&x| x as f32).collect()),
+        (D::I64(v), ElementType::F64) => D::F64(v.iter().map(|&x| x as f64).collect()),
+        (D::I64(v), ElementType::Bool) => D::Bool(v.iter().map(|&x| x != 0).collect()),
+        (D::Bool(v), ElementType::F32) => {
+            D::F32(v.iter().map(|&x| f32::from(u8::from(x))).collect())
+        }
+        (D::Bool(v), ElementType::F64) => {
+            D::F64(v.iter().map(|&x| f64::from(u8::from(x))).collect())
+        }
+        (D::Bool(v), ElementType::I64) => D::I64(v.iter().map(|&x| i64::from(x)).collect()),
+        (D::String(v), ElementType::F32) => D::F32(
+            v.iter()
+                .map(|s| {
+                    s.trim()
+                        .parse::<f32>()
+                        .map_err(|_| format!("cannot cast '{s}' to float"))
+                })
+                .collect::<KResult<_>>()?,
+        ),
+        (D::String(v), ElementType::F64) => D::F64(
+            v.iter()
+                .map(|s| {
+                    s.trim()
+                        .parse::<f64>()
+                        .map_err(|_| format!("cannot cast '{s}' to double"))
+                })
+                .collect::<KResult<_>>()?,
+        ),
+        (D::String(v), ElementType::I64) => D::I64(
+            v.iter()
+                .map(|s| {
+                    s.trim()
+                        .parse::<i64>()
+                        .map_err(|_| format!("cannot cast '{s}' to int64"))
+                })
+                .collect::<KResult<_>>()?,
+        ),
+        (d, to) => {
+            return Err(format!(
+                "Cast from {} to {to} is not supported",
+                d.element_type()
+            ));
+        }
+    })
+}
+
+impl Kernel for Cast {
+    fn eval(&self, ins: &Inputs<'_>, out: &mut Vec<Value>) -> KResult<()> {
+        let t = ins.get(0)?;
+        let data = cast(t, self.0)?;
+        out.push(Value::Tensor(Tensor::raw(t.shape().to_vec(), data)));
+        Ok(())
+    }
+}
+
+/// `Reshape(data, shape)` (opset 5+).
+#[derive(Debug)]
+struct Reshape {
+    allowzero: bool,
+}
+
+/// The target shape of a Reshape of `input` to `spec` (0 = copy, -1 = infer).
+pub(crate) fn reshape_target(
+    input: &[usize],
+    spec: &[i64],
+    allowzero: bool,
+) -> KResult<Vec<usize>> {
+    let total: usize = input.iter().product();
+    let mut out = Vec::with_capacity(spec.len());
+    let mut infer = None;
+    for (i, &d) in spec.iter().enumerate() {
+        match d {
+            -1 if infer.is_none() => {
+                infer = Some(i);
+                out.push(1);
+            }
+            0 if !allowzero => out.push(*input.get(i).ok_or_else(|| {
+                format!("Reshape: 0 at index {i} but input rank is {}", input.len())
+            })?),
+            d if d >= 0 => out.push(d as usize),
+            _ => return Err(format!("Reshape: invalid target shape {spec:?}")),
+        }
+    }
+    let known: usize = out.iter().product();
+    if let Some(i) = infer {
+        if known == 0 || !total.is_multiple_of(known) {
+            return Err(format!("Reshape: cannot reshape {input:?} to {spec:?}"));
+        }
+        out[i] = total / known;
+    } else if known != total {
+        return Err(format!("Reshape: cannot reshape {input:?} to {spec:?}"));
+    }
+    Ok(out)
+}
+
+impl Kernel for Reshape {
+    fn eval(&self, ins: &Inputs<'_>, out: &mut Vec<Value>) -> KResult<()> {
+        let (t, s) = (ins.get(0)?, ins.get(1)?);
+        let spec = s.as_i64().ok_or("Reshape: shape input must be int64")?;
+        let shape = reshape_target(t.shape(), spec, self.allowzero)?;
+        out.push(Value::Tensor(t.clone().reshaped(shape)));
+        Ok(())
+    }
+}
+
+/// `Flatten(axis)`.
+#[derive(Debug)]
+struct Flatten {
+    axis: i64,
+}
+
+impl Kernel for Flatten {
+    fn eval(&self, ins: &Inputs<'_>, out: &mut Vec<Value>) -> KResult<()> {
+        let t = ins.get(0)?;
+        let axis = resolve_axis(self.axis, t.shape().len(), true)?;
+        let outer: usize = t.shape()[..axis].iter().product();
+        let inner: usize = t.shape()[axis..].iter().product();
+        out.push(Value::Tensor(t.clone().reshaped(vec![outer, inner])));
+        Ok(())
+    }
+}
+
+/// `Identity`.
+#[derive(Debug)]
+struct Identity;
+
+impl Kernel for Identity {
+    fn eval(&self, ins: &Inputs<'_>, out: &mut Vec<Value>) -> KResult<()> {
+        out.push(Value::Tensor(ins.get(0)?.clone()));
+        Ok(())
+    }
+}
+
+/// `Gather(data, indices, axis)`.
+#[derive(Debug)]
+struct Gather {
+    axis: i64,
+}
+
+fn gather_copy<T: Clone>(
+    src: &[T],
+    outer: usize,
+    axis_dim: usize,
+    inner: usize,
+    idx: &[usize],
+) -> Vec<T> {
+    // Gathering every index in order (skl2onnx's IsolationForest does this per tree) is a copy.
+    if idx.len() == axis_dim && idx.iter().enumerate().all(|(i, &j)| i == j) {
+        return src.to_vec();
+    }
+    let mut dst = Vec::with_capacity(outer * idx.len() * inner);
+    if inner == 1 {
+        for row in src.chunks_exact(axis_dim.max(1)).take(outer) {
+            dst.extend(idx.iter().map(|&i| row[i].clone()));
+        }
+        return dst;
+    }
+    for o in 0..outer {
+        let base = o * axis_dim * inner;
+        for &i in idx {
+            let start = base + i * inner;
+            dst.extend_from_slice(&src[start..start + inner]);
+        }
+    }
+    dst
+}
+
+impl Kernel for Gather {
+    fn eval(&self, ins: &Inputs<'_>, out: &mut Vec<Value>) -> KResult<()> {
+        let (t, ind) = (ins.get(0)?, ins.get(1)?);
+        let shape = t.shape();
+        let axis = resolve_axis(self.axis, shape.len(), false)?;
+        let axis_dim = shape[axis];
+        let raw = ind.as_i64().ok_or("Gather: indices must be int64")?;
+        let idx = raw
+            .iter()
+            .map(|&i| {
+                let j = if i < 0 { i + axis_dim as i64 } else { i };
+                if (0..axis_dim as i64).contains(&j) {
+                    Ok(j as usize)
+                } else {
+                    Err(format!(
+                        "Gather: index {i} out of range for axis of size {axis_dim}"
+                    ))
+                }
+            })
+            .collect::<KResult<Vec<_>>>()?;
+        let outer: usize = shape[..axis].iter().product();
+        let inner: usize = shape[axis + 1..].iter().product();
+        let mut out_shape = shape[..axis].to_vec();
+        out_shape.extend_from_slice(ind.shape());
+        out_shape.extend_from_slice(&shape[axis + 1..]);
+        use TensorData as D;
+        let data = match t.data() {
+            D::F32(v) => D::F32(gather_copy(v, outer, axis_dim, inner, &idx)),
+            D::F64(v) => D::F64(gather_copy(v, outer, axis_dim, inner, &idx)),
+            D::I64(v) => D::I64(gather_copy(v, outer, axis_dim, inner, &idx)),
+            D::Bool(v) => D::Bool(gather_copy(v, outer, axis_dim, inner, &idx)),
+            D::String(v) => D::String(gather_copy(v, outer, axis_dim, inner, &idx)),
+        };
+        out.push(Value::Tensor(Tensor::raw(out_shape, data)));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reshape_rules() {
+        assert_eq!(
+            reshape_target(&[20, 1], &[-1, 1], false).expect("test data"),
+            vec![20, 1]
+        );
+        assert_eq!(
+            reshape_target(&[20, 8], &[-1, 1], false).expect("test data"),
+            vec![160, 1]
+        );
+        assert_eq!(
+            reshape_target(&[2, 3, 4], &[0, -1], false).expect("test data"),
+            vec![2, 12]
+        );
+        assert!(reshape_target(&[2, 3], &[4, -1], false).is_err());
+    }
+
+    #[test]
+    fn gather_columns() {
+        let src: Vec<i32> = (0..6).collect(); // [2, 3]
+        assert_eq!(gather_copy(&src, 2, 3, 1, &[2, 0]), vec![2, 0, 5, 3]);
+    }
+}

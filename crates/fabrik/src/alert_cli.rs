@@ -1,0 +1,163 @@
+//! `fabrik alert list|ack|silence`: a thin client of `/api/v1/alerts` and `/api/v1/silences`.
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+
+use crate::client::{Endpoint, check};
+
+/// `fabrik alert ...`
+#[derive(Debug, Args)]
+pub(crate) struct AlertArgs {
+    #[command(subcommand)]
+    command: AlertCommand,
+    #[command(flatten)]
+    endpoint: Endpoint,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Verdict {
+    /// A real problem.
+    TruePositive,
+    /// Nothing was wrong.
+    FalsePositive,
+}
+
+#[derive(Debug, Subcommand)]
+enum AlertCommand {
+    /// List alerts, most recently changed first.
+    List {
+        /// Only this state: pending, firing, resolved.
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Acknowledge an alert with your verdict (kept for model evaluation).
+    Ack {
+        /// Alert id (from `fabrik alert list`).
+        id: String,
+        /// Was it a real problem?
+        #[arg(long, value_enum)]
+        feedback: Verdict,
+        /// A note.
+        #[arg(long)]
+        comment: Option<String>,
+        /// Who you are.
+        #[arg(long, default_value = "operator")]
+        by: String,
+    },
+    /// Silence a rule and/or a device for a while.
+    Silence {
+        /// Rule name (default: every rule).
+        #[arg(long)]
+        rule: Option<String>,
+        /// Device (default: every device).
+        #[arg(long)]
+        device: Option<String>,
+        /// How long, e.g. 2h.
+        #[arg(long)]
+        duration: String,
+        /// Why.
+        #[arg(long)]
+        comment: Option<String>,
+    },
+}
+
+/// Runs a `fabrik alert` command.
+pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let ep = &args.endpoint;
+    let send = |req: reqwest::RequestBuilder| async move {
+        let response = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach Fabrik at {}", ep.url))?;
+        check(response).await
+    };
+    match args.command {
+        AlertCommand::List { state, limit, json } => {
+            let mut path = format!("/api/v1/alerts?limit={limit}");
+            if let Some(state) = state {
+                path.push_str(&format!("&state={state}"));
+            }
+            let alerts: Vec<serde_json::Value> =
+                send(ep.request(&client, reqwest::Method::GET, &path))
+                    .await?
+                    .json()
+                    .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&alerts)?);
+                return Ok(());
+            }
+            println!(
+                "{:<9} {:<9} {:<20} {:<16} {:<24} {:<16} id",
+                "state", "severity", "rule", "device", "started", "ack"
+            );
+            for a in &alerts {
+                let s = |k: &str| a.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_owned();
+                let ack = a
+                    .get("ack")
+                    .and_then(|ack| ack.get("feedback"))
+                    .and_then(|f| f.as_str())
+                    .unwrap_or("-");
+                println!(
+                    "{:<9} {:<9} {:<20} {:<16} {:<24} {:<16} {}",
+                    s("state"),
+                    s("severity"),
+                    s("rule"),
+                    s("key"),
+                    s("started_at"),
+                    ack,
+                    s("id")
+                );
+            }
+            println!("{} alert(s)", alerts.len());
+        }
+        AlertCommand::Ack {
+            id,
+            feedback,
+            comment,
+            by,
+        } => {
+            let feedback = match feedback {
+                Verdict::TruePositive => "true_positive",
+                Verdict::FalsePositive => "false_positive",
+            };
+            let body = serde_json::json!({"feedback": feedback, "comment": comment, "by": by});
+            let path = format!("/api/v1/alerts/{id}/ack");
+            send(
+                ep.request(&client, reqwest::Method::POST, &path)
+                    .json(&body),
+            )
+            .await?;
+            println!("acknowledged {id} as {feedback}");
+        }
+        AlertCommand::Silence {
+            rule,
+            device,
+            duration,
+            comment,
+        } => {
+            let body = serde_json::json!({
+                "rule": rule, "device": device, "duration": duration, "comment": comment,
+            });
+            let silence: serde_json::Value = send(
+                ep.request(&client, reqwest::Method::POST, "/api/v1/silences")
+                    .json(&body),
+            )
+            .await?
+            .json()
+            .await?;
+            println!(
+                "silence {} until {}",
+                silence["id"].as_str().unwrap_or("?"),
+                silence["until"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
+}

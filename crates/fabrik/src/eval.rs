@@ -1,0 +1,145 @@
+//! `fabrik eval nab|skab`: score Fabrik's anomaly detectors on the public benchmarks, with the
+//! benchmarks' own protocols (fabrik-ml does the work; this is the command line).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use fabrik_ml::{RowDetectorKind, StreamingDetectorKind};
+
+/// `fabrik eval ...`
+#[derive(Debug, Args)]
+pub(crate) struct EvalArgs {
+    #[command(subcommand)]
+    command: EvalCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum EvalCommand {
+    /// Numenta Anomaly Benchmark: stream every file through a detector, write NAB-format
+    /// results and score them as NAB's scorer does (thresholds optimised over the corpus).
+    Nab {
+        /// A NAB tree: data/<category>/<file>.csv and labels/combined_windows.json.
+        #[arg(long)]
+        nab_dir: PathBuf,
+        /// Where <detector>/<category>/<detector>_<file>.csv go.
+        #[arg(long)]
+        out: PathBuf,
+        /// Detector: rart (default), robust_z, ewma, hst.
+        #[arg(long, default_value = "rart")]
+        detector: String,
+        /// Print one JSON object (keys standard, reward_low_FP_rate, reward_low_FN_rate).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Skoltech Anomaly Benchmark: per file, fit on the first 400 rows and score the rest;
+    /// outlier F1/FAR/MAR and SKAB's changepoint (NAB-like) scores over all files.
+    Skab {
+        /// SKAB's data directory (every labelled *.csv below it; anomaly-free.csv is skipped).
+        #[arg(long)]
+        data: PathBuf,
+        /// Detector: dbz (default) or pca_t2q.
+        #[arg(long, default_value = "dbz")]
+        detector: String,
+        /// Print one JSON object (keys f1, far, mar, ...).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs `fabrik eval`.
+pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
+    match args.command {
+        EvalCommand::Nab {
+            nab_dir,
+            out,
+            detector,
+            json,
+        } => {
+            StreamingDetectorKind::from_name(&detector)?;
+            let report = fabrik_ml::nab::run_nab(&nab_dir, &out, &detector)
+                .with_context(|| format!("NAB evaluation of {}", nab_dir.display()))?;
+            let s = &report.scores;
+            if json {
+                let profile = |p: &fabrik_ml::nab::ProfileScore| serde_json::json!({"score": p.normalized, "threshold": p.threshold, "raw": p.raw});
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "detector": report.detector,
+                        "files": report.files,
+                        "rows": report.rows,
+                        "detector_seconds": report.detector_seconds,
+                        "standard": s.standard.normalized,
+                        "reward_low_FP_rate": s.reward_low_fp_rate.normalized,
+                        "reward_low_FN_rate": s.reward_low_fn_rate.normalized,
+                        "profiles": {
+                            "standard": profile(&s.standard),
+                            "reward_low_FP_rate": profile(&s.reward_low_fp_rate),
+                            "reward_low_FN_rate": profile(&s.reward_low_fn_rate),
+                        },
+                        "results": out.join(&report.detector),
+                    })
+                );
+            } else {
+                println!(
+                    "NAB: {} over {} files ({} rows, {:.2} s in the detector); results in {}",
+                    report.detector,
+                    report.files,
+                    report.rows,
+                    report.detector_seconds,
+                    out.join(&report.detector).display()
+                );
+                println!("  {:<22} {:>8} {:>12}", "profile", "score", "threshold");
+                for (name, p) in [
+                    ("standard", &s.standard),
+                    ("reward_low_FP_rate", &s.reward_low_fp_rate),
+                    ("reward_low_FN_rate", &s.reward_low_fn_rate),
+                ] {
+                    println!("  {name:<22} {:>8.2} {:>12.6}", p.normalized, p.threshold);
+                }
+                println!(
+                    "  (normalised: null detector 0, perfect 100; thresholds optimised over these files)"
+                );
+            }
+        }
+        EvalCommand::Skab {
+            data,
+            detector,
+            json,
+        } => {
+            let kind = RowDetectorKind::from_name(&detector)?;
+            let report = fabrik_ml::skab::run_skab(&data, kind)
+                .with_context(|| format!("SKAB evaluation of {}", data.display()))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "detector": report.detector,
+                        "files": report.files,
+                        "f1": report.f1,
+                        "far": report.far,
+                        "mar": report.mar,
+                        "nab_standard": report.nab_standard,
+                        "nab_low_fp": report.nab_low_fp,
+                        "nab_low_fn": report.nab_low_fn,
+                        "detector_seconds": report.detector_seconds,
+                    })
+                );
+            } else {
+                println!(
+                    "SKAB: {} over {} files (per file: fit on rows 0..400, score the rest)",
+                    report.detector, report.files
+                );
+                println!(
+                    "  outlier detection   F1 {:.2}   FAR {:.2} %   MAR {:.2} %",
+                    report.f1, report.far, report.mar
+                );
+                println!(
+                    "  changepoints (NAB)  standard {:.2}   LowFP {:.2}   LowFN {:.2}",
+                    report.nab_standard, report.nab_low_fp, report.nab_low_fn
+                );
+            }
+        }
+    }
+    Ok(())
+}

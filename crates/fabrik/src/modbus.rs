@@ -1,0 +1,160 @@
+//! The modbus module: polls the `[[modbus.devices]]` and stores what they answer.
+//!
+//! Good readings of one device and poll become one row of the device's table (one column per
+//! point); a point that could not be read (timeout, exception, connection down) becomes a row
+//! of `_point_errors` with quality `bad` and the reason, so a gap in the data is explained
+//! rather than silent.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fabrik_connect::modbus::{self, ModbusPoller, Quality as ReadingQuality, Reading};
+use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
+use fabrik_runtime::ServiceHandle;
+use fabrik_runtime::config::Config;
+use fabrik_store::Store;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Table of points that could not be read.
+pub(crate) const POINT_ERRORS_TABLE: &str = "_point_errors";
+/// Readings buffered between the device tasks and the store.
+const QUEUE: usize = 4096;
+/// Longest a reading waits to be written with others.
+const BATCH_WINDOW: Duration = Duration::from_millis(50);
+
+/// Problems of the `[modbus]` section, as `modbus: ...`.
+pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
+    match modbus::plan(&config.modbus) {
+        Ok(_) => Vec::new(),
+        Err(modbus::ModbusError::Config(problems)) => problems
+            .into_iter()
+            .map(|p| ("modbus".to_owned(), p))
+            .collect(),
+        Err(e) => vec![("modbus".to_owned(), e.to_string())],
+    }
+}
+
+/// Starts one polling task per device and the writer that stores their readings.
+pub(crate) async fn start(config: &Config, store: Arc<Store>) -> Result<ServiceHandle, String> {
+    let tables: BTreeMap<String, String> = config
+        .modbus
+        .devices
+        .iter()
+        .map(|d| (d.id.clone(), d.measurement.clone()))
+        .collect();
+    let stop = CancellationToken::new();
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let poller =
+        ModbusPoller::start(&config.modbus, tx, stop.child_token()).map_err(|e| e.to_string())?;
+    if !tables.is_empty() {
+        tracing::info!(devices = tables.len(), "Modbus polling started.");
+    }
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        // The writer ends when every device task has dropped its sender: at once when no
+        // device is configured, else after the stop. The module runs until it is stopped.
+        let written = write_readings(rx, &store, &tables).await;
+        poller.stopped().await;
+        token.cancelled().await;
+        written
+    });
+    Ok(ServiceHandle { stop, task })
+}
+
+async fn write_readings(
+    mut rx: mpsc::Receiver<Reading>,
+    store: &Store,
+    tables: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+        while batch.len() < QUEUE {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(reading)) => batch.push(reading),
+                _ => break,
+            }
+        }
+        let groups = to_groups(store, std::mem::take(&mut batch), tables);
+        if let Err(e) = store.write_groups(&groups, "modbus").await {
+            // The device keeps its schedule; a failed write loses only this batch, and says so.
+            tracing::error!(error = %e, rows = groups.len(), "Storing Modbus readings failed.");
+            metrics::counter!("fabrik_modbus_write_errors_total").increment(1);
+        }
+    }
+    Ok(())
+}
+
+/// One group (one raw message in lineage terms) per device and poll.
+fn to_groups(
+    store: &Store,
+    readings: Vec<Reading>,
+    tables: &BTreeMap<String, String>,
+) -> Vec<(Lineage, Vec<Point>)> {
+    let mut polls: BTreeMap<(Arc<str>, i64), Vec<Reading>> = BTreeMap::new();
+    for r in readings {
+        polls
+            .entry((r.device_id.clone(), r.timestamp_ns))
+            .or_default()
+            .push(r);
+    }
+    polls
+        .into_iter()
+        .map(|((device, time), readings)| {
+            let lineage = Lineage {
+                source: SourceId(format!("modbus:{device}")),
+                raw_id: store.next_raw_id(),
+                mapping_version: 0,
+            };
+            let table = tables
+                .get(&*device)
+                .cloned()
+                .unwrap_or_else(|| "modbus".into());
+            let mut points = Vec::new();
+            let mut fields = Vec::new();
+            for r in readings {
+                match (r.quality, r.value) {
+                    (ReadingQuality::Good, Some(value)) => {
+                        fields.push((r.signal.to_string(), convert(value)));
+                    }
+                    _ => points.push(Point {
+                        measurement: POINT_ERRORS_TABLE.into(),
+                        tags: vec![
+                            ("device".into(), device.to_string()),
+                            ("signal".into(), r.signal.to_string()),
+                            ("source".into(), "modbus".into()),
+                        ],
+                        fields: vec![(
+                            "reason".into(),
+                            Value::Str(r.reason.unwrap_or_else(|| "unreadable".into())),
+                        )],
+                        time: Timestamp(time),
+                        quality: Quality::Bad,
+                    }),
+                }
+            }
+            if !fields.is_empty() {
+                points.push(Point {
+                    measurement: table,
+                    tags: vec![("device".into(), device.to_string())],
+                    fields,
+                    time: Timestamp(time),
+                    quality: Quality::Good,
+                });
+            }
+            (lineage, points)
+        })
+        .collect()
+}
+
+fn convert(value: modbus::Value) -> Value {
+    match value {
+        modbus::Value::F64(v) => Value::F64(v),
+        modbus::Value::I64(v) => Value::I64(v),
+        modbus::Value::Bool(v) => Value::Bool(v),
+        modbus::Value::Str(v) => Value::Str(v),
+    }
+}

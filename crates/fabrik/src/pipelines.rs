@@ -1,0 +1,763 @@
+//! The pipelines module: runs each `[[pipelines]]` entry as its own task that reads new rows
+//! of its table with SQL, feeds them through `fabrik_ml::pipeline`, and writes every scored
+//! window to the `inferences` table.
+//!
+//! Reading through the store's SQL (rather than a tap on the write path) means a pipeline sees
+//! every source alike (HTTP, MQTT, bridges, replayed history) and can start from stored data.
+//! Windows close `lateness` after their end, so samples that arrive a little late still count.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::{Array, Float64Array, Int64Array, StringArray};
+use datafusion::arrow::datatypes::DataType;
+use fabrik_api::pipelines::{PipelineBoard, PipelineState, PipelineStatus};
+use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
+use fabrik_ml::pipeline::{
+    BuiltinModel, Feature, Inference, OnnxWindowModel, Pipeline, PipelineSpec, Row, ThresholdSpec,
+    WindowSpec,
+};
+use fabrik_registry::{DeviceFilter, Registry};
+use fabrik_runtime::ServiceHandle;
+use fabrik_runtime::config::{Config, PipelineConfig};
+use fabrik_runtime::units::parse_duration;
+use fabrik_store::Store;
+use tokio_util::sync::CancellationToken;
+
+/// The table every pipeline writes its inferences to.
+pub(crate) const INFERENCES_TABLE: &str = "inferences";
+/// Rows read per query, so a replay of a long history proceeds in bounded steps.
+const READ_LIMIT: usize = 50_000;
+
+/// Which model a pipeline runs.
+#[derive(Debug, Clone)]
+enum ModelChoice {
+    Builtin(BuiltinModel),
+    /// Loaded when the pipeline starts; a load failure stops only this pipeline.
+    Onnx {
+        path: String,
+        output: String,
+    },
+}
+
+/// A pipeline config checked and turned into what the runner needs.
+#[derive(Debug, Clone)]
+pub(crate) struct Compiled {
+    config: PipelineConfig,
+    spec: PipelineSpec,
+    model: ModelChoice,
+    interval: Duration,
+    lateness_ns: i64,
+    replay: bool,
+}
+
+fn duration_ns(text: &str) -> Result<i64, String> {
+    let d = parse_duration(text)?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    i64::try_from(d.as_nanos()).map_err(|_| "too long".to_owned())
+}
+
+/// `"10s"` → time; `"256 samples"` → count.
+fn window_length(text: &str) -> Result<Result<i64, usize>, String> {
+    match text.trim().strip_suffix("samples") {
+        Some(count) => count
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(Err)
+            .ok_or_else(|| format!("`{text}`: expected `<count> samples` with count ≥ 1")),
+        None => duration_ns(text)
+            .map(Ok)
+            .map_err(|e| format!("`{text}`: {e}")),
+    }
+}
+
+fn sql_identifier_ok(name: &str) -> bool {
+    !name.is_empty() && !name.contains('"') && !name.contains('\0')
+}
+
+/// Checks one pipeline; every problem is reported with its field.
+pub(crate) fn compile(config: &PipelineConfig) -> Result<Compiled, Vec<(String, String)>> {
+    let mut problems = Vec::new();
+    let mut problem = |field: &str, message: String| problems.push((field.to_owned(), message));
+    if config.name.trim().is_empty() || config.name.contains('/') {
+        problem("name", "must be non-empty and contain no `/`".into());
+    }
+    if !sql_identifier_ok(&config.table) {
+        problem(
+            "table",
+            format!("`{}` is not a usable table name", config.table),
+        );
+    }
+    if !sql_identifier_ok(&config.device_column) {
+        problem("device_column", "must be a tag column name".into());
+    }
+    if config.signals.is_empty() {
+        problem("signals", "name at least one field column".into());
+    }
+    for s in &config.signals {
+        if !sql_identifier_ok(s) {
+            problem("signals", format!("`{s}` is not a usable column name"));
+        }
+    }
+    let mut features = Vec::new();
+    for f in &config.features {
+        match Feature::parse(f) {
+            Ok(f) => features.push(f),
+            Err(e) => problem("features", e.to_string()),
+        }
+    }
+    if config.features.is_empty() {
+        problem("features", "name at least one feature".into());
+    }
+    let model = match (config.model.as_str(), &config.model_path) {
+        ("onnx", Some(path)) if !path.trim().is_empty() => Some(ModelChoice::Onnx {
+            path: path.clone(),
+            output: config.model_output.clone(),
+        }),
+        ("onnx", _) => {
+            problem("model_path", "an `onnx` model needs `model_path`".into());
+            None
+        }
+        (name, _) => BuiltinModel::parse(name)
+            .map(ModelChoice::Builtin)
+            .map_err(|e| problem("model", format!("{e}, or onnx")))
+            .ok(),
+    };
+    if !matches!(
+        config.model_output.as_str(),
+        "auto" | "reconstruction" | "decision" | "probability"
+    ) {
+        problem(
+            "model_output",
+            format!(
+                "`{}`: expected auto, reconstruction, decision or probability",
+                config.model_output
+            ),
+        );
+    }
+    let threshold = ThresholdSpec::parse(&config.threshold)
+        .map_err(|e| problem("threshold", e.to_string()))
+        .ok();
+    let window = match window_length(&config.window) {
+        Ok(length) => {
+            let hop = match &config.hop {
+                None => Some(length),
+                Some(h) => window_length(h).map_err(|e| problem("hop", e)).ok(),
+            };
+            match (length, hop) {
+                (Ok(size_ns), Some(Ok(hop_ns))) if hop_ns <= size_ns => {
+                    Some(WindowSpec::Time { size_ns, hop_ns })
+                }
+                (Err(size), Some(Err(hop))) if hop <= size => Some(WindowSpec::Count { size, hop }),
+                (_, None) => None,
+                _ => {
+                    problem(
+                        "hop",
+                        "must be of the same kind as `window` (duration or samples) and no \
+                         longer than it"
+                            .into(),
+                    );
+                    None
+                }
+            }
+        }
+        Err(e) => {
+            problem("window", e);
+            None
+        }
+    };
+    if config.training_windows == 0 {
+        problem("training_windows", "must be at least 1".into());
+    }
+    let interval = parse_duration(&config.interval)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            problem(
+                "interval",
+                format!("`{}` is not a duration > 0", config.interval),
+            )
+        })
+        .ok();
+    let lateness_ns = parse_duration(&config.lateness)
+        .map_err(|e| problem("lateness", e))
+        .ok()
+        .and_then(|d| i64::try_from(d.as_nanos()).ok());
+    let replay = match config.start.as_str() {
+        "now" => false,
+        "earliest" => true,
+        other => {
+            problem("start", format!("`{other}`: expected `now` or `earliest`"));
+            false
+        }
+    };
+    if let Some(label) = &config.label
+        && !label.contains('=')
+    {
+        problem("label", format!("`{label}`: expected `key=value`"));
+    }
+    match (model, threshold, window, interval, lateness_ns) {
+        (Some(model), Some(threshold), Some(window), Some(interval), Some(lateness_ns))
+            if problems.is_empty() =>
+        {
+            Ok(Compiled {
+                spec: PipelineSpec {
+                    name: config.name.clone(),
+                    signals: config.signals.clone(),
+                    window,
+                    features,
+                    training_windows: config.training_windows as usize,
+                    min_samples: config.min_samples as usize,
+                    threshold,
+                    top_contributions: 5,
+                },
+                config: config.clone(),
+                model,
+                interval,
+                lateness_ns,
+                replay,
+            })
+        }
+        _ => Err(problems),
+    }
+}
+
+/// Problems of every `[[pipelines]]` entry, as `pipelines[i].field`.
+pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    let mut names = BTreeSet::new();
+    for (i, p) in config.pipelines.iter().enumerate() {
+        if !names.insert(p.name.as_str()) {
+            problems.push((
+                format!("pipelines[{i}].name"),
+                format!("`{}` is used by an earlier pipeline", p.name),
+            ));
+        }
+        if let Err(found) = compile(p) {
+            problems.extend(
+                found
+                    .into_iter()
+                    .map(|(field, message)| (format!("pipelines[{i}].{field}"), message)),
+            );
+        }
+    }
+    problems
+}
+
+/// The pipeline the demo plant runs when none is configured: pump health from vibration,
+/// current and pressure.
+pub(crate) fn demo_pipeline() -> PipelineConfig {
+    PipelineConfig {
+        name: "pump-health".into(),
+        enabled: true,
+        table: "pump".into(),
+        device_column: "device".into(),
+        devices: Vec::new(),
+        site: None,
+        device_type: None,
+        label: None,
+        model_path: None,
+        model_output: "auto".into(),
+        signals: ["vibration_rms", "motor_current", "pressure", "flow"]
+            .map(String::from)
+            .to_vec(),
+        window: "10s".into(),
+        hop: None,
+        features: ["mean", "std", "max"].map(String::from).to_vec(),
+        min_samples: 3,
+        model: "robust_z".into(),
+        training_windows: 12,
+        threshold: "quantile:1.0*1.5".into(),
+        interval: "1s".into(),
+        lateness: "2s".into(),
+        start: "now".into(),
+    }
+}
+
+fn feature_names(spec: &PipelineSpec) -> Vec<String> {
+    spec.signals
+        .iter()
+        .flat_map(|s| {
+            spec.features
+                .iter()
+                .map(move |f| format!("{s}.{}", f.name()))
+        })
+        .collect()
+}
+
+fn status_of(compiled: &Compiled, state: PipelineState, error: Option<String>) -> PipelineStatus {
+    let c = &compiled.config;
+    PipelineStatus {
+        name: c.name.clone(),
+        state,
+        error,
+        table: c.table.clone(),
+        signals: c.signals.clone(),
+        model: c.model.clone(),
+        features: feature_names(&compiled.spec),
+        window: c.hop.as_ref().map_or_else(
+            || c.window.clone(),
+            |hop| format!("{} every {hop}", c.window),
+        ),
+        threshold: c.threshold.clone(),
+        devices: 0,
+        training_devices: 0,
+        windows: 0,
+        incomplete_windows: 0,
+        inferences: 0,
+        anomalies: 0,
+        samples: 0,
+        horizon: None,
+    }
+}
+
+/// Starts every enabled pipeline (plus the demo one when asked and none is configured); each
+/// runs in its own task, so one that fails leaves the others running.
+pub(crate) async fn start(
+    config: &Config,
+    demo: bool,
+    store: Arc<Store>,
+    registry: Option<Registry>,
+    board: PipelineBoard,
+) -> Result<ServiceHandle, String> {
+    let mut configs = config.pipelines.clone();
+    if demo && configs.is_empty() {
+        configs.push(demo_pipeline());
+    }
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for pipeline_config in configs {
+        let compiled = compile(&pipeline_config).map_err(|problems| {
+            let (field, message) = problems.into_iter().next().unwrap_or_default();
+            format!("pipeline `{}`: {field}: {message}", pipeline_config.name)
+        })?;
+        if !pipeline_config.enabled {
+            board.write().insert(
+                pipeline_config.name.clone(),
+                status_of(&compiled, PipelineState::Stopped, Some("disabled".into())),
+            );
+            continue;
+        }
+        board.write().insert(
+            pipeline_config.name.clone(),
+            status_of(&compiled, PipelineState::Running, None),
+        );
+        let runner = Runner {
+            compiled,
+            store: store.clone(),
+            registry: registry.clone(),
+            board: board.clone(),
+        };
+        tasks.push(tokio::spawn(runner.run(stop.child_token())));
+    }
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        token.cancelled().await;
+        for task in tasks {
+            let _ = task.await;
+        }
+        Ok(())
+    });
+    Ok(ServiceHandle { stop, task })
+}
+
+struct Runner {
+    compiled: Compiled,
+    store: Arc<Store>,
+    registry: Option<Registry>,
+    board: PipelineBoard,
+}
+
+impl Runner {
+    async fn run(self, stop: CancellationToken) {
+        let name = self.compiled.config.name.clone();
+        let loaded = match &self.compiled.model {
+            ModelChoice::Builtin(model) => {
+                let model = *model;
+                Pipeline::new(self.compiled.spec.clone(), move || model.build())
+            }
+            ModelChoice::Onnx { path, output } => {
+                let features = feature_names(&self.compiled.spec);
+                OnnxWindowModel::load(std::path::Path::new(path), &features, output).and_then(
+                    |model| {
+                        Pipeline::new(self.compiled.spec.clone(), move || {
+                            Box::new(model.clone()) as Box<dyn fabrik_ml::pipeline::WindowModel>
+                        })
+                    },
+                )
+            }
+        };
+        let mut pipeline = match loaded {
+            Ok(p) => p,
+            Err(e) => {
+                self.update(|s| {
+                    s.state = PipelineState::Failed;
+                    s.error = Some(e.to_string());
+                });
+                tracing::error!(pipeline = %name, error = %e, "Pipeline failed to load; the others keep running.");
+                return;
+            }
+        };
+        tracing::info!(pipeline = %name, model = %self.compiled.config.model, "Pipeline started.");
+        // Exclusive lower bound of the next read; `None` reads from the beginning.
+        let mut read_after: Option<i64> = if self.compiled.replay {
+            None
+        } else {
+            Some(Timestamp::now().nanos() - self.compiled.lateness_ns)
+        };
+        let mut samples = 0u64;
+        let mut ticker = tokio::time::interval(self.compiled.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            let horizon = Timestamp::now().nanos() - self.compiled.lateness_ns;
+            let result = self
+                .step(&mut pipeline, &mut read_after, horizon, &mut samples)
+                .await;
+            let counters = pipeline.counters();
+            let model_error = pipeline.last_error().map(str::to_owned);
+            self.update(|s| {
+                s.devices = counters.training_devices + counters.scoring_devices;
+                s.training_devices = counters.training_devices;
+                s.windows = counters.windows;
+                s.incomplete_windows = counters.incomplete_windows;
+                s.inferences = counters.inferences;
+                s.anomalies = counters.anomalies;
+                s.samples = samples;
+                s.horizon = Some(rfc3339(horizon));
+                s.error = result.as_ref().err().cloned().or(model_error);
+            });
+            if let Err(e) = result {
+                tracing::debug!(pipeline = %name, error = %e, "Pipeline step failed; retrying.");
+            }
+        }
+        self.update(|s| s.state = PipelineState::Stopped);
+    }
+
+    fn update(&self, change: impl FnOnce(&mut PipelineStatus)) {
+        if let Some(status) = self.board.write().get_mut(&self.compiled.config.name) {
+            change(status);
+        }
+    }
+
+    /// Reads what arrived up to `horizon`, closes windows, stores the inferences.
+    async fn step(
+        &self,
+        pipeline: &mut Pipeline,
+        read_after: &mut Option<i64>,
+        horizon: i64,
+        samples: &mut u64,
+    ) -> Result<(), String> {
+        let devices = self.selected_devices().await?;
+        if devices.as_ref().is_some_and(Vec::is_empty) {
+            return Err("no registered device matches the pipeline's selection".into());
+        }
+        loop {
+            let (mut rows, mut last, page) =
+                self.read(*read_after, horizon, devices.as_deref()).await?;
+            let full = page >= READ_LIMIT;
+            if full && let Some(t) = last {
+                // The page may have cut the rows of its last timestamp in two: leave that
+                // timestamp for the next page (unless it is all the page holds).
+                let keep = rows.iter().take_while(|(_, r)| r.time_ns < t).count();
+                if keep > 0 {
+                    rows.truncate(keep);
+                    last = Some(t - 1);
+                }
+            }
+            *samples += rows.len() as u64;
+            for (device, row) in rows {
+                pipeline.push(&device, row);
+            }
+            if let Some(last) = last {
+                *read_after = Some(last);
+            }
+            // A full page may end mid-timestamp; close windows only up to what is complete.
+            let complete_to = if full {
+                last.unwrap_or(horizon)
+            } else {
+                horizon
+            };
+            let inferences = pipeline.advance(complete_to);
+            self.write(&inferences).await?;
+            if !full {
+                break;
+            }
+        }
+        // Everything up to the horizon has been read; later arrivals for that span are past
+        // the configured lateness.
+        if read_after.is_none_or(|t| t < horizon) {
+            *read_after = Some(horizon);
+        }
+        Ok(())
+    }
+
+    async fn selected_devices(&self) -> Result<Option<Vec<String>>, String> {
+        let c = &self.compiled.config;
+        let filtered = c.site.is_some() || c.device_type.is_some() || c.label.is_some();
+        let mut devices: Option<Vec<String>> = (!c.devices.is_empty()).then(|| c.devices.clone());
+        if filtered {
+            let registry = self
+                .registry
+                .as_ref()
+                .ok_or("selecting devices by site, type or label needs the registry module")?;
+            let filter = DeviceFilter {
+                site: c.site.clone(),
+                device_type: c.device_type.clone(),
+                state: None,
+                label: c.label.clone(),
+            };
+            let matching: Vec<String> = registry
+                .list(&filter)
+                .await
+                .map_err(|e| format!("device registry: {e}"))?
+                .into_iter()
+                .map(|d| d.id)
+                .collect();
+            devices = Some(match devices {
+                Some(listed) => listed
+                    .into_iter()
+                    .filter(|d| matching.contains(d))
+                    .collect(),
+                None => matching,
+            });
+        }
+        Ok(devices)
+    }
+
+    /// Rows with `after < time ≤ horizon`, in time order, and the last time read.
+    async fn read(
+        &self,
+        after: Option<i64>,
+        horizon: i64,
+        devices: Option<&[String]>,
+    ) -> Result<(Vec<(String, Row)>, Option<i64>, usize), String> {
+        let c = &self.compiled.config;
+        let quote = |name: &str| format!("\"{name}\"");
+        let columns: Vec<String> = c.signals.iter().map(|s| quote(s)).collect();
+        let mut sql = format!(
+            "SELECT time, {}, {} FROM {} WHERE time <= to_timestamp_nanos({horizon})",
+            quote(&c.device_column),
+            columns.join(", "),
+            quote(&c.table),
+        );
+        if let Some(after) = after {
+            sql.push_str(&format!(" AND time > to_timestamp_nanos({after})"));
+        }
+        if let Some(devices) = devices {
+            let list: Vec<String> = devices
+                .iter()
+                .map(|d| format!("'{}'", d.replace('\'', "''")))
+                .collect();
+            sql.push_str(&format!(
+                " AND {} IN ({})",
+                quote(&c.device_column),
+                list.join(", ")
+            ));
+        }
+        sql.push_str(&format!(" ORDER BY time LIMIT {READ_LIMIT}"));
+        let output = match self.store.query(&sql).await {
+            Ok(output) => output,
+            Err(e) => {
+                let message = e.to_string();
+                return Err(if message.contains("not found") {
+                    format!("waiting for data: {message}")
+                } else {
+                    message
+                });
+            }
+        };
+        let mut rows = Vec::new();
+        let mut last = None;
+        let page = output.batches.iter().map(|b| b.num_rows()).sum();
+        for batch in &output.batches {
+            let cast = |i: usize, to: &DataType| {
+                datafusion::arrow::compute::cast(batch.column(i), to).map_err(|e| e.to_string())
+            };
+            let times = cast(0, &DataType::Int64)?;
+            let times = times
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or("time column did not cast to integers")?;
+            let device_column = cast(1, &DataType::Utf8)?;
+            let device_names = device_column
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or("device column did not cast to text")?;
+            let mut signal_columns = Vec::with_capacity(c.signals.len());
+            for (j, signal) in c.signals.iter().enumerate() {
+                // Booleans and integers become numbers; text cannot be scored.
+                let column = cast(2 + j, &DataType::Float64)
+                    .map_err(|e| format!("signal `{signal}` is not numeric: {e}"))?;
+                signal_columns.push(column);
+            }
+            let signal_arrays: Vec<&Float64Array> = signal_columns
+                .iter()
+                .filter_map(|a| a.as_any().downcast_ref::<Float64Array>())
+                .collect();
+            for i in 0..batch.num_rows() {
+                if times.is_null(i) {
+                    continue;
+                }
+                let time_ns = times.value(i);
+                last = Some(time_ns);
+                if device_names.is_null(i) {
+                    continue;
+                }
+                let values = signal_arrays
+                    .iter()
+                    .map(|a| (!a.is_null(i)).then(|| a.value(i)))
+                    .collect();
+                rows.push((device_names.value(i).to_owned(), Row { time_ns, values }));
+            }
+        }
+        Ok((rows, last, page))
+    }
+
+    async fn write(&self, inferences: &[Inference]) -> Result<(), String> {
+        if inferences.is_empty() {
+            return Ok(());
+        }
+        let name = &self.compiled.config.name;
+        let model = &self.compiled.config.model;
+        let points: Vec<Point> = inferences
+            .iter()
+            .map(|inference| inference_point(name, model, inference))
+            .collect();
+        let lineage = Lineage {
+            source: SourceId(format!("pipeline:{name}")),
+            raw_id: self.store.next_raw_id(),
+            mapping_version: 0,
+        };
+        self.store
+            .write_points(&points, lineage, INFERENCES_TABLE)
+            .await
+            .map_err(|e| format!("storing inferences: {e}"))?;
+        for inference in inferences.iter().filter(|i| i.flag) {
+            tracing::info!(
+                pipeline = %name,
+                device = %inference.device,
+                score = inference.score,
+                threshold = inference.threshold,
+                top_signal = inference.top_signal().unwrap_or("-"),
+                "Anomalous window."
+            );
+        }
+        Ok(())
+    }
+}
+
+fn inference_point(pipeline: &str, model: &str, inference: &Inference) -> Point {
+    let contributions = serde_json::Value::Object(
+        inference
+            .contributions
+            .iter()
+            .map(|(feature, share)| (feature.clone(), serde_json::json!(share)))
+            .collect(),
+    );
+    let mut fields = vec![
+        ("score".to_owned(), Value::F64(finite(inference.score))),
+        (
+            "threshold".to_owned(),
+            Value::F64(finite(inference.threshold)),
+        ),
+        ("flag".to_owned(), Value::Bool(inference.flag)),
+        (
+            "window_start".to_owned(),
+            Value::I64(inference.window_start_ns),
+        ),
+        ("window_end".to_owned(), Value::I64(inference.window_end_ns)),
+        (
+            "samples".to_owned(),
+            Value::I64(i64::try_from(inference.samples).unwrap_or(i64::MAX)),
+        ),
+        (
+            "window_id".to_owned(),
+            Value::Str(inference.window_id(pipeline)),
+        ),
+        (
+            "contributions".to_owned(),
+            Value::Str(contributions.to_string()),
+        ),
+        (
+            "model_version".to_owned(),
+            Value::Str(inference.model_version.clone()),
+        ),
+    ];
+    if let Some(signal) = inference.top_signal() {
+        fields.push(("top_signal".to_owned(), Value::Str(signal.to_owned())));
+    }
+    Point {
+        measurement: INFERENCES_TABLE.to_owned(),
+        tags: vec![
+            ("pipeline".to_owned(), pipeline.to_owned()),
+            ("device".to_owned(), inference.device.clone()),
+            ("model".to_owned(), model.to_owned()),
+        ],
+        fields,
+        // The window's last instant: the inference is about data up to there.
+        time: Timestamp(inference.window_end_ns - 1),
+        quality: Quality::Good,
+    }
+}
+
+/// The store rejects NaN and infinities; a saturated score is stored as the largest float.
+fn finite(x: f64) -> f64 {
+    if x.is_nan() {
+        0.0
+    } else {
+        x.clamp(f64::MIN, f64::MAX)
+    }
+}
+
+fn rfc3339(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_pipeline_and_the_example_compile() {
+        assert!(compile(&demo_pipeline()).is_ok());
+    }
+
+    #[test]
+    fn every_problem_is_named_with_its_field() {
+        let mut bad = demo_pipeline();
+        bad.features = vec!["mean".into(), "median".into()];
+        bad.model = "lstm".into();
+        bad.window = "100 samples".into();
+        bad.hop = Some("5s".into());
+        bad.start = "yesterday".into();
+        let problems = compile(&bad).unwrap_err();
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            vec!["features", "model", "hop", "start"],
+            "{problems:?}"
+        );
+        assert!(problems[0].1.contains("`median`"));
+    }
+
+    #[test]
+    fn count_and_sliding_windows_parse() {
+        let mut p = demo_pipeline();
+        p.window = "256 samples".into();
+        p.hop = Some("64 samples".into());
+        let c = compile(&p).unwrap();
+        assert_eq!(c.spec.window, WindowSpec::Count { size: 256, hop: 64 });
+        p.window = "10s".into();
+        p.hop = Some("20s".into());
+        assert!(compile(&p).is_err());
+    }
+}

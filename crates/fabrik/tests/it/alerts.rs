@@ -1,0 +1,299 @@
+//! Alerting end to end in a real `fabrik run`: a fault in replayed data → inference → alert
+//! firing → an Alertmanager-style webhook to a real local HTTP receiver naming the signal that
+//! contributed most; acknowledgement with feedback (kept in `alert_labels`); and a notification
+//! that the receiver refused surviving a restart in the outbox until it is delivered.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::mqtt::{eventually, http, query};
+use crate::support::Process;
+
+const SECOND: i64 = 1_000_000_000;
+
+/// A minimal HTTP/1.1 receiver: records every request body and answers 200 when `accept` is
+/// set, 503 otherwise.
+struct Receiver {
+    url: String,
+    accept: Arc<AtomicBool>,
+    /// (answered with 200?, body)
+    requests: Arc<Mutex<Vec<(bool, serde_json::Value)>>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        let accept = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (accept_flag, log) = (accept.clone(), requests.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':')
+                        && name.eq_ignore_ascii_case("content-length")
+                    {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; length];
+                if reader.read_exact(&mut body).is_err() {
+                    continue;
+                }
+                let ok = accept_flag.load(Ordering::SeqCst);
+                let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                log.lock().expect("log").push((ok, json));
+                let status = if ok {
+                    "200 OK"
+                } else {
+                    "503 Service Unavailable"
+                };
+                let _ = stream.write_all(
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                );
+            }
+        });
+        Receiver {
+            url,
+            accept,
+            requests,
+        }
+    }
+
+    fn delivered(&self) -> Vec<serde_json::Value> {
+        self.requests
+            .lock()
+            .expect("log")
+            .iter()
+            .filter(|(ok, _)| *ok)
+            .map(|(_, body)| body.clone())
+            .collect()
+    }
+
+    fn attempts(&self) -> usize {
+        self.requests.lock().expect("log").len()
+    }
+}
+
+fn history(start_ns: i64) -> String {
+    let mut body = String::new();
+    for t in 0..600i64 {
+        let wobble = ((t * 7919) % 13) as f64 / 13.0;
+        for device in ["pump-a", "pump-b"] {
+            let fault = if device == "pump-a" && t >= 500 {
+                3.0
+            } else {
+                0.0
+            };
+            body.push_str(&format!(
+                "pump,device={device} vibration={},current={} {}\n",
+                2.0 + wobble * 0.2 + fault,
+                10.0 + wobble,
+                start_ns + t * SECOND
+            ));
+        }
+    }
+    body
+}
+
+fn notifier(url: &str) -> String {
+    format!(
+        r#"
+[[alerting.notifiers]]
+name = "ops"
+kind = "webhook"
+url = "{url}"
+timeout = "2s"
+"#
+    )
+}
+
+const PIPELINE_AND_RULE: &str = r#"
+[[pipelines]]
+name = "pumps"
+table = "pump"
+signals = ["vibration", "current"]
+window = "10s"
+features = ["mean", "std", "max"]
+training_windows = 20
+interval = "200ms"
+lateness = "0s"
+start = "earliest"
+
+[[alerting.rules]]
+name = "pump-anomaly"
+table = "inferences"
+value = "score / threshold"
+key = "device"
+filter = "pipeline = 'pumps'"
+condition = "above"
+threshold = 1.0
+clear = 0.8
+severity = "critical"
+context = ["top_signal", "contributions"]
+interval = "200ms"
+start = "earliest"
+"#;
+
+#[test]
+fn a_fault_becomes_a_webhook_naming_its_signal_and_survives_a_restart_undelivered() {
+    let receiver = Receiver::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let first = dir.path().join("first.toml");
+    std::fs::write(
+        &first,
+        format!("{PIPELINE_AND_RULE}{}", notifier(&receiver.url)),
+    )
+    .expect("config");
+    let p = Process::start_with_args(&data, &["--config", first.to_str().expect("utf-8")], &[]);
+    let now_ns = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos(),
+    )
+    .expect("ns");
+    let start = (now_ns - 3600 * SECOND) / (10 * SECOND) * (10 * SECOND);
+    assert_eq!(
+        crate::support::post_status(&p.url, "/api/v1/write", &history(start)),
+        200
+    );
+
+    eventually("an alert fires for pump-a", || {
+        let (_, alerts) = http(
+            &p.url,
+            reqwest::Method::GET,
+            "/api/v1/alerts?state=firing",
+            None,
+        );
+        alerts.as_array().is_some_and(|a| !a.is_empty())
+    });
+    let (_, alerts) = http(
+        &p.url,
+        reqwest::Method::GET,
+        "/api/v1/alerts?state=firing",
+        None,
+    );
+    let alerts = alerts.as_array().expect("list").clone();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    let alert = &alerts[0];
+    assert_eq!(alert["key"], "pump-a");
+    assert_eq!(alert["severity"], "critical");
+    assert_eq!(alert["annotations"]["top_signal"], "vibration", "{alert}");
+    let id = alert["id"].as_str().expect("id").to_owned();
+    // The alert starts at the first faulty window (its inference is stamped at the window's end).
+    assert!(id.starts_with("pump-anomaly~pump-a~"), "{id}");
+
+    // The receiver refuses: the notification was attempted and stays queued.
+    eventually("a delivery attempt", || receiver.attempts() >= 1);
+    assert!(receiver.delivered().is_empty());
+
+    // Acknowledge with feedback; the verdict is data.
+    let (code, acked) = http(
+        &p.url,
+        reqwest::Method::POST,
+        &format!("/api/v1/alerts/{id}/ack"),
+        Some(
+            serde_json::json!({"feedback": "true_positive", "comment": "bearing noise", "by": "ana"}),
+        ),
+    );
+    assert_eq!(code, 200, "{acked}");
+    assert_eq!(acked["ack"]["feedback"], "true_positive");
+    let labels = query(
+        &p.url,
+        "SELECT device, rule, true_positive, alert_id, \"by\" FROM alert_labels",
+    );
+    assert_eq!(labels.len(), 1, "{labels:?}");
+    assert_eq!(labels[0]["device"], "pump-a");
+    assert_eq!(labels[0]["true_positive"], true);
+    assert_eq!(labels[0]["alert_id"].as_str(), Some(id.as_str()));
+    let (code, _) = http(
+        &p.url,
+        reqwest::Method::POST,
+        "/api/v1/alerts/nope/ack",
+        Some(serde_json::json!({"feedback": "false_positive"})),
+    );
+    assert_eq!(code, 404);
+    let (code, silence) = http(
+        &p.url,
+        reqwest::Method::POST,
+        "/api/v1/silences",
+        Some(serde_json::json!({"device": "pump-b", "duration": "1h", "comment": "maintenance"})),
+    );
+    assert_eq!(code, 201, "{silence}");
+    let (code, _) = http(
+        &p.url,
+        reqwest::Method::POST,
+        "/api/v1/silences",
+        Some(serde_json::json!({"duration": "soon"})),
+    );
+    assert_eq!(code, 400);
+    let (status, _) = p.terminate();
+    assert!(status.success());
+
+    // Restart without the rule or pipeline: anything delivered now came from the outbox.
+    receiver.accept.store(true, Ordering::SeqCst);
+    let second = dir.path().join("second.toml");
+    std::fs::write(&second, notifier(&receiver.url)).expect("config");
+    let p = Process::start_with_args(&data, &["--config", second.to_str().expect("utf-8")], &[]);
+    eventually(
+        "the queued notification is delivered after the restart",
+        || !receiver.delivered().is_empty(),
+    );
+    let delivered = receiver.delivered();
+    let body = &delivered[0];
+    assert_eq!(body["version"], "4", "{body}");
+    assert_eq!(body["status"], "firing", "{body}");
+    let first_alert = &body["alerts"][0];
+    assert_eq!(first_alert["labels"]["alertname"], "pump-anomaly");
+    assert_eq!(first_alert["labels"]["device"], "pump-a");
+    assert_eq!(first_alert["labels"]["severity"], "critical");
+    assert_eq!(first_alert["annotations"]["top_signal"], "vibration");
+    assert!(
+        first_alert["annotations"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("vibration")),
+        "{body}"
+    );
+    // The acknowledgement and the silence were kept.
+    let (_, kept) = http(
+        &p.url,
+        reqwest::Method::GET,
+        &format!("/api/v1/alerts/{id}"),
+        None,
+    );
+    assert_eq!(kept["ack"]["by"], "ana", "{kept}");
+    let (_, silences) = http(&p.url, reqwest::Method::GET, "/api/v1/silences", None);
+    assert_eq!(silences[0]["key"], "pump-b", "{silences}");
+    // The CLI sees the same alert (resolved now: its rule left the configuration).
+    let out = std::process::Command::new(crate::support::fabrik_bin())
+        .args([
+            "alert",
+            "list",
+            "--url",
+            &p.url,
+            "--token",
+            crate::support::TOKEN,
+        ])
+        .output()
+        .expect("fabrik alert list");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&id) && text.contains("true_positive"),
+        "{text}"
+    );
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}
