@@ -1,16 +1,28 @@
 //! Authentication: every route but `/ready`, `/metrics` and the static landing page needs a
 //! token. Accepted forms, so InfluxDB clients work unchanged: `Authorization: Bearer <t>`,
 //! `Authorization: Token <t>` (InfluxDB 2), HTTP Basic with the token as password, and the
-//! `p` query parameter (InfluxDB 1 `/write`).
+//! `p` query parameter (InfluxDB 1 `/write`). The dashboard signs in once with a token and then
+//! carries a session cookie (random id, HttpOnly, SameSite=Strict) instead of the token.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
+use parking_lot::Mutex;
 
-/// The known tokens. For now: the admin token.
+/// The cookie that carries a dashboard session.
+pub const SESSION_COOKIE: &str = "fabrik_session";
+/// How long a session lasts without signing in again.
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+/// Sessions kept at most; the oldest are dropped first.
+const MAX_SESSIONS: usize = 1024;
+
+/// The known tokens (for now: the admin token) and the dashboard sessions.
 #[derive(Clone)]
 pub struct Auth {
     admin_token: Arc<str>,
+    sessions: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -63,7 +75,55 @@ impl Auth {
     pub fn new(admin_token: impl Into<Arc<str>>) -> Self {
         Self {
             admin_token: admin_token.into(),
+            sessions: Arc::default(),
         }
+    }
+
+    /// Starts a session; returns its id (the cookie value), or `None` without randomness.
+    pub fn create_session(&self) -> Option<String> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).ok()?;
+        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let mut sessions = self.sessions.lock();
+        let now = Instant::now();
+        sessions.retain(|_, expires| *expires > now);
+        if sessions.len() >= MAX_SESSIONS
+            && let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, expires)| **expires)
+                .map(|(k, _)| k.clone())
+        {
+            sessions.remove(&oldest);
+        }
+        sessions.insert(id.clone(), now + SESSION_LIFETIME);
+        Some(id)
+    }
+
+    /// Ends a session.
+    pub fn end_session(&self, id: &str) {
+        self.sessions.lock().remove(id);
+    }
+
+    /// The session id in a request's cookies, if any.
+    pub fn session_of(headers: &HeaderMap) -> Option<String> {
+        headers
+            .get_all(axum::http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| {
+                let (k, v) = pair.trim().split_once('=')?;
+                (k == SESSION_COOKIE).then(|| v.to_owned())
+            })
+    }
+
+    /// True when `id` is a live session.
+    pub fn check_session(&self, id: &str) -> bool {
+        let sessions = self.sessions.lock();
+        // Every id has the same length, so the lookup leaks nothing a guess could use.
+        sessions
+            .get(id)
+            .is_some_and(|expires| *expires > Instant::now())
     }
 
     /// Extracts the token a request carries, in any accepted form.

@@ -11,6 +11,8 @@ pub mod error;
 pub mod openapi;
 pub mod pipelines;
 pub mod routes;
+pub mod session;
+pub mod stream;
 
 use std::sync::Arc;
 

@@ -50,6 +50,10 @@ pub fn router(state: ApiState) -> Router {
             post(crate::devices::rotate_token),
         )
         .route("/api/v1/devices/{id}/events", get(crate::devices::events))
+        .route(
+            "/api/v1/devices/{id}/stream",
+            get(crate::stream::device_stream),
+        )
         .route("/api/v1/alerts", get(crate::alerts::list))
         .route("/api/v1/alerts/{id}", get(crate::alerts::show))
         .route("/api/v1/alerts/{id}/ack", post(crate::alerts::ack))
@@ -67,6 +71,10 @@ pub fn router(state: ApiState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/", get(landing))
+        .route(
+            "/api/v1/session",
+            post(crate::session::sign_in).delete(crate::session::sign_out),
+        )
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .merge(protected)
@@ -101,9 +109,12 @@ async fn require_token(
     request: Request,
     next: Next,
 ) -> Response {
-    match Auth::token_of(request.headers(), query.as_deref()) {
-        Some(token) if state.auth.check(&token) => next.run(request).await,
-        _ => {
+    let allowed = Auth::token_of(request.headers(), query.as_deref())
+        .is_some_and(|token| state.auth.check(&token))
+        || Auth::session_of(request.headers()).is_some_and(|id| state.auth.check_session(&id));
+    match allowed {
+        true => next.run(request).await,
+        false => {
             metrics::counter!("fabrik_http_unauthorized_total").increment(1);
             ApiError::unauthorized().into_response()
         }
@@ -502,6 +513,25 @@ pub(crate) async fn query(
         Format::Arrow => ARROW_STREAM,
     };
     Ok(([(header::CONTENT_TYPE, content_type)], Body::from(encoded)).into_response())
+}
+
+/// Rows as JSON objects (the `/api/v1/query` JSON shape), for handlers that post-process them.
+pub(crate) fn batches_to_json(
+    batches: &[arrow::record_batch::RecordBatch],
+) -> Result<Vec<serde_json::Value>, String> {
+    let mut out = Vec::new();
+    let mut writer = arrow::json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .build::<_, arrow::json::writer::JsonArray>(&mut out);
+    for b in batches {
+        writer.write(b).map_err(|e| e.to_string())?;
+    }
+    writer.finish().map_err(|e| e.to_string())?;
+    drop(writer);
+    if out.is_empty() {
+        return Ok(Vec::new());
+    }
+    serde_json::from_slice(&out).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -43,6 +43,8 @@ pub struct Config {
     pub modbus: crate::modbus::ModbusConfig,
     /// Alert rules and notifiers.
     pub alerting: AlertingConfig,
+    /// External MQTT brokers to subscribe to.
+    pub bridges: Vec<BridgeConfig>,
     /// Logging.
     pub log: LogConfig,
 }
@@ -247,6 +249,44 @@ pub struct PipelineConfig {
     /// Where reading starts: `now`, or `earliest` (replay everything stored).
     #[serde(default = "now")]
     pub start: String,
+}
+
+/// `[[bridges]]`: an external MQTT broker whose messages enter the ingest path as source
+/// `bridge:<name>` (map them with `[[mappings]]` whose `source` is that).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// Unique name.
+    pub name: String,
+    /// `host:port` of the broker.
+    pub address: String,
+    /// Topic filters to subscribe to.
+    pub topics: Vec<String>,
+    /// Subscription QoS (0 or 1; QoS 1 messages are acknowledged once stored).
+    #[serde(default = "one_u8")]
+    pub qos: u8,
+    /// Client id (default `fabrik-bridge-<name>`).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// User name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Connect with TLS.
+    #[serde(default)]
+    pub tls: bool,
+    /// CA certificate (PEM) for TLS.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// Name the broker's certificate must carry (default: the host of `address`).
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+fn one_u8() -> u8 {
+    1
 }
 
 /// `[alerting]`
@@ -1024,6 +1064,21 @@ fn array_template(path: &str) -> Option<toml::Table> {
             interval: String::new(),
             lateness: String::new(),
             start: String::new(),
+        })
+        .ok();
+    }
+    if path == "bridges" {
+        return toml::Table::try_from(BridgeConfig {
+            name: String::new(),
+            address: String::new(),
+            topics: Vec::new(),
+            qos: 1,
+            client_id: Some(String::new()),
+            username: Some(String::new()),
+            password: Some(String::new()),
+            tls: false,
+            ca: Some(String::new()),
+            server_name: Some(String::new()),
         })
         .ok();
     }

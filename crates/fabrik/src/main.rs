@@ -4,6 +4,7 @@
 mod alert_cli;
 mod alerts;
 mod bench;
+mod bridge;
 mod client;
 mod connect;
 mod demo;
@@ -107,6 +108,7 @@ fn main() -> ExitCode {
                 problems.extend(pipelines::check(&config));
                 problems.extend(modbus::check(&config));
                 problems.extend(alerts::check(&config));
+                problems.extend(bridge::check(&config));
                 if problems.is_empty() {
                     println!("{origin}: OK");
                     ExitCode::SUCCESS

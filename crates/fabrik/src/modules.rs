@@ -13,6 +13,8 @@ pub(crate) enum Module {
     Ingest,
     /// The MQTT device endpoint.
     Mqtt,
+    /// MQTT bridges to external brokers.
+    Bridge,
     /// The Modbus TCP poller.
     Modbus,
     /// Inference pipelines: windows, features, models, inferences.
@@ -25,11 +27,12 @@ pub(crate) enum Module {
 
 impl Module {
     /// Every module.
-    pub(crate) const ALL: [Module; 8] = [
+    pub(crate) const ALL: [Module; 9] = [
         Module::Store,
         Module::Registry,
         Module::Ingest,
         Module::Mqtt,
+        Module::Bridge,
         Module::Modbus,
         Module::Pipelines,
         Module::Alerts,
@@ -43,6 +46,7 @@ impl Module {
             Module::Registry => &[],
             Module::Ingest => &[Module::Store, Module::Registry],
             Module::Mqtt => &[Module::Ingest, Module::Registry],
+            Module::Bridge => &[Module::Ingest],
             Module::Modbus => &[Module::Store],
             Module::Pipelines => &[Module::Store, Module::Registry],
             Module::Alerts => &[Module::Store],
@@ -57,6 +61,7 @@ impl Module {
             Module::Registry => "registry",
             Module::Ingest => "ingest",
             Module::Mqtt => "mqtt",
+            Module::Bridge => "bridge",
             Module::Modbus => "modbus",
             Module::Pipelines => "pipelines",
             Module::Alerts => "alerts",
@@ -71,6 +76,7 @@ impl Module {
             Module::Registry => "device registry: credentials, connection state, history (SQLite)",
             Module::Ingest => "connector messages → mappings → rows with lineage, dead letters",
             Module::Mqtt => "MQTT 3.1.1/5.0 device endpoint: auth, topic ACLs, TLS, sessions",
+            Module::Bridge => "MQTT bridges: subscribe to external brokers into the ingest path",
             Module::Modbus => {
                 "Modbus TCP poller: register maps, one task per device, bad-quality points"
             }

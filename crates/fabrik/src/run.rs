@@ -70,6 +70,7 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
     connect_problems.extend(crate::pipelines::check(&config));
     connect_problems.extend(crate::modbus::check(&config));
     connect_problems.extend(crate::alerts::check(&config));
+    connect_problems.extend(crate::bridge::check(&config));
     if !connect_problems.is_empty() {
         eprintln!(
             "fabrik: {origin}: {} configuration error(s):",
@@ -389,6 +390,15 @@ async fn serve(
                             });
                         }
                         Ok(handle)
+                    })
+                    .await
+            }
+            Module::Bridge => {
+                let ingest = wiring.ingest.as_ref().map(|i| i.tx.clone());
+                manager
+                    .start(module.name(), || async {
+                        let ingest = ingest.ok_or("the bridge module needs the ingest module")?;
+                        crate::bridge::start(&config, ingest).await
                     })
                     .await
             }

@@ -348,3 +348,120 @@ async fn the_committed_openapi_document_is_current() {
         assert!(doc["paths"][path].is_object(), "{path} documented");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_cookie_replaces_the_token_until_sign_out() {
+    let s = Server::start().await;
+    let plain = reqwest::Client::new();
+    let sign_in = |token: &str| {
+        plain
+            .post(format!("{}/api/v1/session", s.url))
+            .json(&serde_json::json!({ "token": token }))
+            .send()
+    };
+    assert_eq!(sign_in("wrong").await.expect("send").status(), 401);
+    let r = sign_in(TOKEN).await.expect("send");
+    assert_eq!(r.status(), 204);
+    let set_cookie = r
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .expect("a cookie")
+        .to_owned();
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"));
+    let cookie = set_cookie.split(';').next().expect("pair").to_owned();
+    assert!(
+        !cookie.contains(TOKEN),
+        "the cookie must not carry the token"
+    );
+    let with_cookie = |path: &str| {
+        plain
+            .get(format!("{}{path}", s.url))
+            .header("cookie", cookie.clone())
+            .send()
+    };
+    assert_eq!(
+        with_cookie("/api/v1/tables").await.expect("send").status(),
+        200
+    );
+    let out = plain
+        .delete(format!("{}/api/v1/session", s.url))
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(out.status(), 204);
+    assert_eq!(
+        with_cookie("/api/v1/tables").await.expect("send").status(),
+        401
+    );
+    // A made-up session id is refused too.
+    let forged = plain
+        .get(format!("{}/api/v1/tables", s.url))
+        .header("cookie", "fabrik_session=00ff")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(forged.status(), 401);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_stream_sends_its_latest_values_as_server_sent_events() {
+    let s = Server::start().await;
+    let r = s
+        .post("/api/v1/devices")
+        .json(&serde_json::json!({"id": "pump-9", "type": "pump"}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(r.status(), 201);
+    let r = s
+        .post("/api/v1/write")
+        .body("pump,device=pump-9 vibration_rms=0.25,running=true\npump,device=other vibration_rms=9\n")
+        .send()
+        .await
+        .expect("write");
+    assert_eq!(r.status(), 200);
+    let mut response = s
+        .client
+        .get(format!("{}/api/v1/devices/pump-9/stream", s.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(response.status(), 200);
+    assert!(
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"))
+    );
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), response.chunk())
+            .await
+            .expect("an event within 10 s")
+            .expect("chunk")
+            .expect("stream open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let data = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data:"))
+        .expect("a data line");
+    let event: serde_json::Value = serde_json::from_str(data.trim()).expect("json");
+    assert_eq!(event["values"]["vibration_rms"], 0.25, "{event}");
+    assert_eq!(event["values"]["running"], true, "{event}");
+    assert!(event["time"].is_string(), "{event}");
+    let missing = s
+        .client
+        .get(format!("{}/api/v1/devices/nope/stream", s.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(missing.status(), 404);
+    s.shutdown().await;
+}

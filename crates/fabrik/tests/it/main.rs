@@ -3,6 +3,7 @@
 
 mod alerts;
 mod api;
+mod bridge;
 mod cli;
 mod crash;
 mod devices;

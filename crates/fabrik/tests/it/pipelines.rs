@@ -200,3 +200,114 @@ hop = "20s"
         assert!(text.contains(expected), "missing {expected} in:\n{text}");
     }
 }
+
+#[test]
+fn onnx_models_run_in_pipelines_and_one_that_does_not_fit_fails_alone() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../fabrik-onnx/tests/fixtures");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("fabrik.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[pipelines]]
+name = "forest"
+table = "pump"
+signals = ["vibration", "current"]
+window = "10s"
+features = ["mean", "std", "min", "max"]
+model = "onnx"
+model_path = "{fixtures}/iforest_100.onnx"
+training_windows = 10
+interval = "200ms"
+lateness = "0s"
+start = "earliest"
+
+[[pipelines]]
+name = "misfit"
+table = "pump"
+signals = ["vibration"]
+features = ["mean", "std", "max"]
+model = "onnx"
+model_path = "{fixtures}/iforest_100.onnx"
+interval = "200ms"
+start = "earliest"
+
+[[pipelines]]
+name = "missing"
+table = "pump"
+signals = ["vibration"]
+model = "onnx"
+model_path = "{fixtures}/no-such-model.onnx"
+interval = "200ms"
+start = "earliest"
+"#
+        ),
+    )
+    .expect("config");
+    let p = Process::start_with_args(
+        &dir.path().join("data"),
+        &["--config", config.to_str().expect("utf-8")],
+        &[],
+    );
+    let now_ns = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos(),
+    )
+    .expect("ns");
+    let start = (now_ns - 3600 * SECOND) / (10 * SECOND) * (10 * SECOND);
+    assert_eq!(
+        crate::support::post_status(&p.url, "/api/v1/write", &history(start)),
+        200
+    );
+    eventually("the ONNX pipeline scores windows", || {
+        let (_, s) = http(
+            &p.url,
+            reqwest::Method::GET,
+            "/api/v1/pipelines/forest",
+            None,
+        );
+        s["inferences"].as_u64().unwrap_or(0) >= 100
+    });
+    let (_, all) = http(&p.url, reqwest::Method::GET, "/api/v1/pipelines", None);
+    let by_name = |name: &str| {
+        all.as_array()
+            .expect("list")
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .expect("listed")
+    };
+    assert_eq!(by_name("forest")["state"], "running");
+    let misfit = by_name("misfit");
+    assert_eq!(misfit["state"], "failed", "{misfit}");
+    assert!(
+        misfit["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("input `X` takes 8 features, the pipeline computes 3")),
+        "{misfit}"
+    );
+    let missing = by_name("missing");
+    assert_eq!(missing["state"], "failed", "{missing}");
+    assert!(
+        missing["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no-such-model.onnx")),
+        "{missing}"
+    );
+    // Every inference names the model file's content version.
+    let versions = query(
+        &p.url,
+        "SELECT DISTINCT model_version, model FROM inferences WHERE pipeline = 'forest'",
+    );
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    assert_eq!(versions[0]["model"], "onnx");
+    assert_eq!(
+        versions[0]["model_version"].as_str().map(str::len),
+        Some(16)
+    );
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}

@@ -1,0 +1,170 @@
+//! The MQTT bridge of a real `fabrik run` reading from a real Mosquitto broker: messages on
+//! the subscribed filters are mapped and stored with source `bridge:<name>`, others are not
+//! subscribed, and after the broker restarts the bridge reconnects and resubscribes by itself.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::mqtt::{eventually, http, query};
+use crate::support::Process;
+
+/// A Mosquitto broker on `port`, anonymous, no persistence; killed on drop.
+struct Broker(Child);
+
+impl Broker {
+    fn start(dir: &std::path::Path, port: u16) -> Broker {
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .expect("conf");
+        let mut child = Command::new(mosquitto_path())
+            .args(["-c", conf.to_str().expect("utf-8")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed (apt install mosquitto; .ci/run does)");
+        // Wait until it accepts connections.
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Broker(child);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("mosquitto did not listen on {port}");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn mosquitto_path() -> &'static str {
+    if std::path::Path::new("/usr/sbin/mosquitto").exists() {
+        "/usr/sbin/mosquitto"
+    } else {
+        "mosquitto"
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn publish(port: u16, topic: &str, payload: &str) {
+    let out = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-m",
+            payload,
+        ])
+        .output()
+        .expect("mosquitto_pub");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn count(url: &str, sql: &str) -> i64 {
+    let (code, rows) = http(
+        url,
+        reqwest::Method::POST,
+        "/api/v1/query",
+        Some(serde_json::json!({ "sql": sql })),
+    );
+    if code != 200 {
+        return 0;
+    }
+    rows[0]["n"].as_i64().unwrap_or(0)
+}
+
+#[test]
+fn bridged_messages_are_mapped_and_the_bridge_survives_a_broker_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let broker = Broker::start(dir.path(), port);
+    let config = dir.path().join("fabrik.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[bridges]]
+name = "plant"
+address = "127.0.0.1:{port}"
+topics = ["plant/+/telemetry"]
+qos = 1
+
+[[mappings]]
+name = "plant-telemetry"
+source = "bridge:plant"
+topic = "plant/{{device}}/telemetry"
+measurement = "line"
+"#
+        ),
+    )
+    .expect("config");
+    let p = Process::start_with_args(
+        &dir.path().join("data"),
+        &["--config", config.to_str().expect("utf-8")],
+        &[],
+    );
+    // The subscription is made asynchronously after start; publish until one arrives.
+    eventually("a bridged message is stored", || {
+        publish(port, "plant/press-1/telemetry", r#"{"pressure": 4.5}"#);
+        count(&p.url, "SELECT count(*) AS n FROM line") > 0
+    });
+    publish(port, "plant/press-1/other", r#"{"pressure": 99}"#);
+    let rows = query(
+        &p.url,
+        "SELECT device, pressure, _source FROM line ORDER BY time DESC LIMIT 1",
+    );
+    assert_eq!(rows[0]["device"], "press-1", "{rows:?}");
+    assert_eq!(rows[0]["pressure"], 4.5, "{rows:?}");
+    assert_eq!(rows[0]["_source"], "bridge:plant", "{rows:?}");
+    // A malformed payload on a subscribed topic is a dead letter, not lost.
+    publish(port, "plant/press-1/telemetry", "{not json");
+    eventually("the malformed message is dead-lettered", || {
+        count(
+            &p.url,
+            "SELECT count(*) AS n FROM _dead_letters WHERE source = 'bridge:plant'",
+        ) > 0
+    });
+
+    // The broker goes away and comes back on the same port: the bridge resubscribes.
+    drop(broker);
+    std::thread::sleep(Duration::from_millis(500));
+    let _broker = Broker::start(dir.path(), port);
+    eventually("messages flow again after the broker restart", || {
+        publish(port, "plant/press-2/telemetry", r#"{"pressure": 5.5}"#);
+        count(
+            &p.url,
+            "SELECT count(*) AS n FROM line WHERE device = 'press-2'",
+        ) > 0
+    });
+    assert_eq!(
+        count(&p.url, "SELECT count(*) AS n FROM line WHERE pressure = 99"),
+        0,
+        "an unsubscribed topic was stored"
+    );
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}
