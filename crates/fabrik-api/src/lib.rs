@@ -13,6 +13,7 @@ pub mod pipelines;
 pub mod routes;
 pub mod session;
 pub mod stream;
+mod ui;
 
 use std::sync::Arc;
 

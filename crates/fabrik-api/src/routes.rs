@@ -7,7 +7,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Query, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use fabrik_core::{Lineage, Point, Precision, Quality, SourceId, Timestamp, Value};
@@ -70,7 +70,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/services", get(services))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
-        .route("/", get(landing))
+        .route("/", get(crate::ui::index))
+        .route("/ui/{*path}", get(crate::ui::file))
         .route(
             "/api/v1/session",
             post(crate::session::sign_in).delete(crate::session::sign_out),
@@ -119,19 +120,6 @@ async fn require_token(
             ApiError::unauthorized().into_response()
         }
     }
-}
-
-const LANDING: &str = r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Fabrik</title>
-<meta name="viewport" content="width=device-width,initial-scale=1">
-<style>body{font-family:system-ui,sans-serif;max-width:44rem;margin:3rem auto;padding:0 1rem;line-height:1.5}
-code{background:#8882;padding:.1em .3em;border-radius:3px}</style></head><body>
-<h1>Fabrik</h1><p>The API is under <code>/api/v1</code> (contract: <code>/api/v1/openapi.json</code>);
-health at <code>/ready</code>, metrics at <code>/metrics</code>. Every API call needs
-<code>Authorization: Bearer &lt;token&gt;</code>; the admin token is in <code>&lt;data_dir&gt;/admin.token</code>.</p>
-<p>Try: <code>fabrik query "SHOW TABLES"</code></p></body></html>"#;
-
-async fn landing() -> Html<&'static str> {
-    Html(LANDING)
 }
 
 /// Readiness of every service.

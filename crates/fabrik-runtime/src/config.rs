@@ -78,6 +78,9 @@ pub struct MqttConfig {
     pub max_connections: i64,
     /// Longest a disconnected persistent session is kept.
     pub max_session_expiry: String,
+    /// Longest keepalive an MQTT 5 client may use (announced as Server Keep Alive); empty:
+    /// the client's own.
+    pub max_keep_alive: String,
     /// Messages queued per offline or slow session.
     pub max_queued_messages: i64,
     /// Topic ACL rules; empty: the built-in rules (devices publish under
@@ -100,6 +103,7 @@ impl Default for MqttConfig {
             max_message_rate: 1000,
             max_connections: 10_000,
             max_session_expiry: "1d".into(),
+            max_keep_alive: String::new(),
             max_queued_messages: 1000,
             acl: Vec::new(),
         }
@@ -619,6 +623,8 @@ pub struct MqttSettings {
     pub max_connections: usize,
     /// Longest kept disconnected session.
     pub max_session_expiry: Duration,
+    /// Longest MQTT 5 keepalive, seconds (0: the client's own).
+    pub max_keep_alive: u16,
     /// Messages queued per session.
     pub max_queued_messages: usize,
 }
@@ -882,6 +888,24 @@ impl Config {
                 Duration::ZERO
             }
         };
+        let max_keep_alive = if m.max_keep_alive.is_empty() {
+            0
+        } else {
+            match parse_duration(&m.max_keep_alive) {
+                Ok(d) if (1..=65_535).contains(&d.as_secs()) => d.as_secs() as u16,
+                Ok(_) => {
+                    problem(
+                        "mqtt.max_keep_alive",
+                        "must be between 1s and 65535s".into(),
+                    );
+                    0
+                }
+                Err(e) => {
+                    problem("mqtt.max_keep_alive", e);
+                    0
+                }
+            }
+        };
         for (i, rule) in m.acl.iter().enumerate() {
             if !matches!(rule.action.as_str(), "publish" | "subscribe" | "all") {
                 problem(
@@ -904,6 +928,7 @@ impl Config {
             max_message_rate,
             max_connections,
             max_session_expiry,
+            max_keep_alive,
             max_queued_messages,
         }
     }

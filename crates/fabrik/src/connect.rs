@@ -355,6 +355,7 @@ pub(crate) async fn start_mqtt(
             max_message_rate: m.max_message_rate,
             max_connections: m.max_connections,
             max_session_expiry: m.max_session_expiry,
+            max_keep_alive: m.max_keep_alive,
             ..MqttLimits::default()
         },
         stop.clone(),

@@ -206,11 +206,13 @@ impl Acl {
     }
 
     /// May `who` subscribe with `filter`? Only if one allow pattern covers everything it
-    /// matches and no deny pattern overlaps it.
+    /// matches and no deny pattern covers it. A filter that only overlaps a deny pattern (`#`
+    /// against a denied `secret/x`) is accepted: the messages the deny pattern matches are held
+    /// back at delivery instead (see [`Acl::read_denies`]).
     pub fn may_subscribe(&self, who: &ClientIdentity, filter: &str) -> bool {
         if self
             .patterns(who, AclAction::Subscribe, true)
-            .any(|p| topic::overlaps(&p, filter))
+            .any(|p| topic::covers(&p, filter))
         {
             return false;
         }
@@ -218,6 +220,12 @@ impl Acl {
             || self
                 .patterns(who, AclAction::Subscribe, false)
                 .any(|p| topic::covers(&p, filter))
+    }
+
+    /// The subscribe-deny patterns of `who`, variables substituted: the broker delivers no
+    /// message whose topic one of them matches, whatever filter matched it.
+    pub fn read_denies(&self, who: &ClientIdentity) -> Vec<String> {
+        self.patterns(who, AclAction::Subscribe, true).collect()
     }
 }
 
@@ -301,9 +309,10 @@ mod tests {
         };
         assert!(!acl.may_subscribe(&open, "nosubscribe"));
         assert!(
-            !acl.may_subscribe(&open, "+"),
-            "`+` would receive `nosubscribe`"
+            acl.may_subscribe(&open, "+"),
+            "`+` is accepted; `nosubscribe` is filtered at delivery"
         );
+        assert_eq!(acl.read_denies(&open), vec!["nosubscribe".to_owned()]);
         assert!(acl.may_subscribe(&open, "a/+"));
         assert!(!acl.may_publish(&open, "$SYS/x"));
         assert!(acl.may_publish(&open, "a/b"));

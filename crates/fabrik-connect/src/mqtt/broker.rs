@@ -106,6 +106,9 @@ struct Session {
     link: Option<Link>,
     receive_max: u16,
     disconnected_at: Option<Instant>,
+    /// Subscribe-deny ACL patterns (variables substituted): a message whose topic one of them
+    /// matches is never delivered to this session, whatever filter it subscribed with.
+    read_denies: Vec<String>,
 }
 
 impl Session {
@@ -121,7 +124,24 @@ impl Session {
             link: None,
             receive_max: 20,
             disconnected_at: None,
+            read_denies: Vec::new(),
         }
+    }
+
+    /// True if the session is disconnected and its expiry interval has passed.
+    fn has_expired(&self, now: Instant) -> bool {
+        self.link.is_none()
+            && match (self.expiry, self.disconnected_at) {
+                (Some(e), Some(at)) => now.saturating_duration_since(at) >= e,
+                _ => false,
+            }
+    }
+
+    /// True if a subscribe-deny ACL pattern of this client matches the topic name.
+    fn may_not_read(&self, topic_name: &str) -> bool {
+        self.read_denies
+            .iter()
+            .any(|p| topic::matches(p, topic_name))
     }
 
     fn allocate_packet_id(&mut self) -> Option<u16> {
@@ -211,6 +231,7 @@ impl Broker {
 
     /// Attaches a new connection to the session of `client_id`, taking it over from an
     /// earlier connection (which is kicked). `clean_start` discards an existing session.
+    /// `read_denies` are the client's subscribe-deny ACL patterns ([`super::Acl::read_denies`]).
     pub fn attach(
         &self,
         client_id: &Arc<str>,
@@ -218,6 +239,7 @@ impl Broker {
         clean_start: bool,
         expiry: Option<Duration>,
         receive_max: u16,
+        read_denies: Vec<String>,
     ) -> Attached {
         let mut state = self.state.lock();
         state.next_generation += 1;
@@ -227,11 +249,14 @@ impl Broker {
         {
             link.kicked.cancel();
         }
+        // A session whose expiry passed while disconnected is gone, even if the sweeper has
+        // not removed it yet (it runs every few seconds).
+        let now = Instant::now();
         let resumable = !clean_start
             && state
                 .sessions
                 .get(client_id)
-                .is_some_and(|s| s.identity.device_id == identity.device_id);
+                .is_some_and(|s| s.identity.device_id == identity.device_id && !s.has_expired(now));
         if !resumable && let Some(old) = state.sessions.remove(client_id) {
             for filter in old.subscriptions.keys() {
                 state.index.remove(filter, client_id);
@@ -242,6 +267,7 @@ impl Broker {
             .entry(client_id.clone())
             .or_insert_with(|| Session::new(identity.clone()));
         session.identity = identity;
+        session.read_denies = read_denies;
         session.expiry = expiry;
         session.receive_max = receive_max.max(1);
         session.disconnected_at = None;
@@ -298,6 +324,16 @@ impl Broker {
         }
     }
 
+    /// The expiry interval of the session of `client_id` (`None`: it never expires, or there
+    /// is no session).
+    pub fn session_expiry(&self, client_id: &str) -> Option<Duration> {
+        self.state
+            .lock()
+            .sessions
+            .get(client_id)
+            .and_then(|s| s.expiry)
+    }
+
     /// Changes the expiry of a session (MQTT 5 DISCONNECT may do so).
     pub fn set_expiry(&self, client_id: &str, generation: u64, expiry: Option<Duration>) {
         let mut state = self.state.lock();
@@ -346,7 +382,7 @@ impl Broker {
                     entry.1.push(id);
                 }
             });
-        let delivered = targets.len();
+        let mut delivered = 0;
         for (client, (options, ids)) in targets {
             let delivery = Delivery {
                 message: message.clone(),
@@ -354,8 +390,11 @@ impl Broker {
                 retain: options.retain_as_published && message.retain,
                 subscription_ids: ids,
             };
-            if let Some(session) = state.sessions.get_mut(&client) {
+            if let Some(session) = state.sessions.get_mut(&client)
+                && !session.may_not_read(&message.topic)
+            {
                 enqueue(session, delivery, self.limits.max_queued_messages);
+                delivered += 1;
             }
         }
         delivered
@@ -387,7 +426,7 @@ impl Broker {
         index.insert(filter, client_id, options);
         if send_retained(existed) {
             for message in retained.values() {
-                if topic::matches(filter, &message.topic) {
+                if topic::matches(filter, &message.topic) && !session.may_not_read(&message.topic) {
                     let delivery = Delivery {
                         message: message.clone(),
                         qos: message.qos.min(options.qos),
@@ -499,6 +538,17 @@ impl Broker {
         out
     }
 
+    /// An in-flight message that could not be sent because it exceeds the client's Maximum
+    /// Packet Size: it is done, as if delivered (MQTT 5 [MQTT-3.1.2-25]). True if it was in
+    /// flight.
+    pub fn discard(&self, client_id: &str, packet_id: u16) -> bool {
+        let mut state = self.state.lock();
+        state
+            .sessions
+            .get_mut(client_id)
+            .is_some_and(|s| s.inflight.remove(&packet_id).is_some())
+    }
+
     /// PUBACK from the client: the QoS 1 message is done. True if it was in flight.
     pub fn acked(&self, client_id: &str, packet_id: u16) -> bool {
         self.finish(client_id, packet_id, InflightState::WaitAck)
@@ -567,13 +617,7 @@ impl Broker {
         } = &mut *state;
         let expired: Vec<Arc<str>> = sessions
             .iter()
-            .filter(|(_, s)| {
-                s.link.is_none()
-                    && match (s.expiry, s.disconnected_at) {
-                        (Some(e), Some(at)) => now.saturating_duration_since(at) >= e,
-                        _ => false,
-                    }
-            })
+            .filter(|(_, s)| s.has_expired(now))
             .map(|(k, _)| k.clone())
             .collect();
         for key in &expired {
@@ -688,6 +732,7 @@ mod tests {
             true,
             Some(Duration::ZERO),
             10,
+            Vec::new(),
         );
         broker.subscribe(&a, "x/#", sub(1), |_| true);
         broker.subscribe(&a, "x/+", sub(2), |_| true);
@@ -700,7 +745,7 @@ mod tests {
     fn a_persistent_session_keeps_qos1_for_later_and_resends_in_flight() {
         let broker = Broker::new(BrokerLimits::default());
         let a = id("a");
-        let att = broker.attach(&a, ClientIdentity::default(), true, None, 10);
+        let att = broker.attach(&a, ClientIdentity::default(), true, None, 10, Vec::new());
         broker.subscribe(&a, "t", sub(2), |_| true);
         broker.publish(msg("t", 1, false, "sent"));
         let out = broker.take_outgoing(&a, att.link.generation, 10);
@@ -708,7 +753,7 @@ mod tests {
         assert!(broker.detach(&a, att.link.generation), "session lives on");
         broker.publish(msg("t", 0, false, "qos0-dropped-offline"));
         broker.publish(msg("t", 1, false, "queued"));
-        let att2 = broker.attach(&a, ClientIdentity::default(), false, None, 10);
+        let att2 = broker.attach(&a, ClientIdentity::default(), false, None, 10, Vec::new());
         assert!(att2.session_present);
         let again = broker.resend_inflight(&a, att2.link.generation);
         assert!(matches!(
@@ -729,7 +774,7 @@ mod tests {
     fn clean_start_discards_the_session_and_its_subscriptions() {
         let broker = Broker::new(BrokerLimits::default());
         let a = id("a");
-        let att = broker.attach(&a, ClientIdentity::default(), true, None, 10);
+        let att = broker.attach(&a, ClientIdentity::default(), true, None, 10, Vec::new());
         broker.subscribe(&a, "t", sub(1), |_| true);
         broker.detach(&a, att.link.generation);
         let att2 = broker.attach(
@@ -738,6 +783,7 @@ mod tests {
             true,
             Some(Duration::ZERO),
             10,
+            Vec::new(),
         );
         assert!(!att2.session_present);
         assert_eq!(broker.publish(msg("t", 1, false, "x")), 0);
@@ -748,8 +794,8 @@ mod tests {
     fn takeover_kicks_the_old_connection() {
         let broker = Broker::new(BrokerLimits::default());
         let a = id("a");
-        let first = broker.attach(&a, ClientIdentity::default(), true, None, 10);
-        let second = broker.attach(&a, ClientIdentity::default(), false, None, 10);
+        let first = broker.attach(&a, ClientIdentity::default(), true, None, 10, Vec::new());
+        let second = broker.attach(&a, ClientIdentity::default(), false, None, 10, Vec::new());
         assert!(first.link.kicked.is_cancelled());
         assert!(!second.link.kicked.is_cancelled());
         // The old connection's detach leaves the new one attached.
@@ -771,6 +817,7 @@ mod tests {
             true,
             Some(Duration::ZERO),
             10,
+            Vec::new(),
         );
         broker.subscribe(&a, "r/+", sub(2), |_| true);
         let mut got = payloads(&broker.take_outgoing(&a, att.link.generation, 10));
@@ -787,7 +834,14 @@ mod tests {
     fn the_inflight_window_holds_back_qos1_but_not_qos0() {
         let broker = Broker::new(BrokerLimits::default());
         let a = id("a");
-        let att = broker.attach(&a, ClientIdentity::default(), true, Some(Duration::ZERO), 2);
+        let att = broker.attach(
+            &a,
+            ClientIdentity::default(),
+            true,
+            Some(Duration::ZERO),
+            2,
+            Vec::new(),
+        );
         broker.subscribe(&a, "t", sub(1), |_| true);
         for i in 0..4 {
             broker.publish(msg("t", 1, false, &format!("m{i}")));
@@ -814,6 +868,7 @@ mod tests {
             true,
             Some(Duration::ZERO),
             10,
+            Vec::new(),
         );
         assert!(broker.incoming_qos2(&a, 7));
         assert!(!broker.incoming_qos2(&a, 7));
@@ -831,6 +886,7 @@ mod tests {
             true,
             Some(Duration::from_secs(5)),
             10,
+            Vec::new(),
         );
         broker.subscribe(&a, "t", sub(1), |_| true);
         broker.detach(&a, att.link.generation);

@@ -130,11 +130,12 @@ pub(crate) async fn serve<S>(
         stream,
         MqttCodec::Version(rmqtt_codec::version::VersionCodec),
     );
+    // Err((why, Some(version))): answer with a CONNACK refusing the client id before closing.
     let handshake = tokio::time::timeout(shared.limits.connect_timeout, async {
         let version = match framed.next().await {
             Some(Ok((MqttPacket::Version(v), _))) => v,
-            Some(Err(e)) => return Err(format!("not an MQTT CONNECT: {e}")),
-            _ => return Err("closed before CONNECT".to_owned()),
+            Some(Err(e)) => return Err((format!("not an MQTT CONNECT: {e}"), None)),
+            _ => return Err(("closed before CONNECT".to_owned(), None)),
         };
         *framed.codec_mut() = match version {
             ProtocolVersion::MQTT3 => MqttCodec::V3(v3::Codec::new(max)),
@@ -142,19 +143,37 @@ pub(crate) async fn serve<S>(
         };
         match framed.next().await {
             Some(Ok((packet, _))) => {
-                connect_info(packet).ok_or_else(|| "first packet is not CONNECT".to_owned())
+                connect_info(packet).ok_or_else(|| ("first packet is not CONNECT".to_owned(), None))
             }
-            Some(Err(e)) => Err(format!("malformed CONNECT: {e}")),
-            None => Err("closed during CONNECT".to_owned()),
+            // The codec refuses an empty client id without clean session; [MQTT-3.1.3-9] wants
+            // a CONNACK with "identifier rejected" (0x02 / 0x85) before the close.
+            Some(Err(rmqtt_codec::error::DecodeError::InvalidClientId)) => Err((
+                "empty client id without clean session".to_owned(),
+                Some(match version {
+                    ProtocolVersion::MQTT3 => Version::V3,
+                    ProtocolVersion::MQTT5 => Version::V5,
+                }),
+            )),
+            Some(Err(e)) => Err((format!("malformed CONNECT: {e}"), None)),
+            None => Err(("closed during CONNECT".to_owned(), None)),
         }
     })
     .await;
     let info = match handshake {
         Ok(Ok(info)) => info,
-        Ok(Err(reason)) => {
+        Ok(Err((reason, refuse_in))) => {
             tracing::debug!(%peer, %reason, "MQTT handshake failed.");
-            metrics::counter!("fabrik_mqtt_connects_refused_total", "reason" => "malformed")
-                .increment(1);
+            match refuse_in {
+                Some(version) => {
+                    let _ =
+                        conn_refuse(&mut framed, Wire(version), ConnectRefusal::ClientIdRejected)
+                            .await;
+                }
+                None => {
+                    metrics::counter!("fabrik_mqtt_connects_refused_total", "reason" => "malformed")
+                        .increment(1);
+                }
+            }
             return;
         }
         Err(_) => {
@@ -204,13 +223,19 @@ pub(crate) async fn serve<S>(
                 _ => true,
             };
             if send_will && let Some(will) = will {
+                // `None`: the session never expires.
+                let session_expiry = if lives_on {
+                    shared.broker.session_expiry(&client_id)
+                } else {
+                    Some(Duration::ZERO)
+                };
                 publish_will(
                     &shared,
                     &client_id,
                     &identity,
                     link.generation,
                     will,
-                    lives_on,
+                    session_expiry,
                 );
             }
         }
@@ -305,9 +330,18 @@ where
         info.clean_start,
         expiry,
         info.receive_max,
+        shared.acl.read_denies(&identity),
     );
     let limits = shared.limits;
+    // MQTT 5: the server may impose its own keepalive (Server Keep Alive, §3.2.2.3.14).
+    let keep_alive_secs = match (info.version, limits.max_keep_alive) {
+        (Version::V5, max) if max > 0 && (info.keep_alive == 0 || info.keep_alive > max) => max,
+        _ => info.keep_alive,
+    };
     let ack = connack(info.version, attached.session_present, None, |ack| {
+        if keep_alive_secs != info.keep_alive {
+            ack.server_keepalive_sec = Some(keep_alive_secs);
+        }
         ack.receive_max =
             std::num::NonZeroU16::new(limits.receive_maximum).unwrap_or(std::num::NonZeroU16::MIN);
         ack.max_packet_size = Some(limits.max_packet_size);
@@ -324,7 +358,7 @@ where
         return Err(ConnectRefusal::ProtocolError);
     }
     let keep_alive =
-        (info.keep_alive > 0).then(|| Duration::from_millis(u64::from(info.keep_alive) * 1500));
+        (keep_alive_secs > 0).then(|| Duration::from_millis(u64::from(keep_alive_secs) * 1500));
     Ok((
         (
             client_id,
@@ -351,7 +385,7 @@ fn publish_will(
     identity: &Arc<ClientIdentity>,
     generation: u64,
     will: Will,
-    session_lives_on: bool,
+    session_expiry: Option<Duration>,
 ) {
     let message = Message {
         topic: Arc::from(will.topic.as_str()),
@@ -385,7 +419,10 @@ fn publish_will(
             shared.hooks.offer(inbound);
         }
     };
-    if will.delay.is_zero() || !session_lives_on {
+    // The will waits for its delay or for the end of the session, whichever comes first
+    // (MQTT 5 §3.1.3.2.2).
+    let delay = session_expiry.map_or(will.delay, |e| will.delay.min(e));
+    if delay.is_zero() {
         send();
         return;
     }
@@ -393,7 +430,7 @@ fn publish_will(
     let client_id = client_id.clone();
     shared.tasks.spawn(async move {
         tokio::select! {
-            _ = tokio::time::sleep(will.delay) => {
+            _ = tokio::time::sleep(delay) => {
                 if tracker_shared.broker.is_gone(&client_id, generation) {
                     send();
                 }
@@ -437,7 +474,12 @@ where
                     return Ended::TakenOver;
                 }
                 Some((qos2, id, result)) = self.pending_acks.next(), if !self.pending_acks.is_empty() => {
-                    self.unacked_inbound = self.unacked_inbound.saturating_sub(1);
+                    // A PUBACK ends a QoS 1 exchange, and so does a PUBREC with an error code;
+                    // a successful PUBREC keeps the QoS 2 message counted against the receive
+                    // maximum until its PUBREL arrives (MQTT 5 §4.9).
+                    if !qos2 || result != PubResult::Success {
+                        self.unacked_inbound = self.unacked_inbound.saturating_sub(1);
+                    }
                     let packet = if qos2 { self.wire.pubrec(id, result) } else { self.wire.puback(id, result) };
                     if self.framed.send(packet).await.is_err() {
                         return Ended::Lost;
@@ -489,19 +531,44 @@ where
     }
 
     async fn write_outgoing(&mut self, out: Outgoing) -> Result<(), ()> {
-        let packet = match out {
+        self.feed_outgoing(out).await?;
+        self.framed.flush().await.map_err(|_| ())
+    }
+
+    /// Queues one outgoing packet. A PUBLISH larger than the client's Maximum Packet Size is
+    /// dropped as if it had been delivered (MQTT 5 [MQTT-3.1.2-25]), not treated as a failed
+    /// connection.
+    async fn feed_outgoing(&mut self, out: Outgoing) -> Result<(), ()> {
+        // `publish`: Some(packet id) for a PUBLISH (None inside for QoS 0), None for a PUBREL.
+        let (packet, publish) = match out {
             Outgoing::Publish {
                 packet_id,
                 delivery,
                 dup,
-            } => {
-                metrics::counter!("fabrik_mqtt_messages_sent_total").increment(1);
-                self.wire.publish(packet_id, &delivery, dup)
-            }
-            Outgoing::Release(id) => self.wire.pubrel(id),
+            } => (
+                self.wire.publish(packet_id, &delivery, dup),
+                Some(packet_id),
+            ),
+            Outgoing::Release(id) => (self.wire.pubrel(id), None),
         };
-        self.framed.feed(packet).await.map_err(|_| ())?;
-        self.framed.flush().await.map_err(|_| ())
+        match self.framed.feed(packet).await {
+            Ok(()) => {
+                if publish.is_some() {
+                    metrics::counter!("fabrik_mqtt_messages_sent_total").increment(1);
+                }
+                Ok(())
+            }
+            Err(rmqtt_codec::error::EncodeError::OverMaxPacketSize { size, max }) => {
+                metrics::counter!("fabrik_mqtt_messages_dropped_total", "reason" => "client_max_packet_size")
+                    .increment(1);
+                tracing::debug!(client_id = %self.client_id, size, max, "Message larger than the client's maximum packet size dropped.");
+                if let Some(Some(id)) = publish {
+                    self.shared.broker.discard(&self.client_id, id);
+                }
+                Ok(())
+            }
+            Err(_) => Err(()),
+        }
     }
 
     /// Writes what the session has due, as far as the client's in-flight window allows.
@@ -515,18 +582,7 @@ where
                 return Ok(());
             }
             for out in due {
-                let packet = match out {
-                    Outgoing::Publish {
-                        packet_id,
-                        delivery,
-                        dup,
-                    } => {
-                        metrics::counter!("fabrik_mqtt_messages_sent_total").increment(1);
-                        self.wire.publish(packet_id, &delivery, dup)
-                    }
-                    Outgoing::Release(id) => self.wire.pubrel(id),
-                };
-                self.framed.feed(packet).await.map_err(|_| ())?;
+                self.feed_outgoing(out).await?;
             }
             self.framed.flush().await.map_err(|_| ())?;
         }
@@ -558,6 +614,10 @@ where
             }
             Inbound::PubRel(id) => {
                 let found = self.shared.broker.incoming_released(&self.client_id, id);
+                if found {
+                    // The QoS 2 exchange ends with our PUBCOMP: its receive-maximum slot is free.
+                    self.unacked_inbound = self.unacked_inbound.saturating_sub(1);
+                }
                 self.framed
                     .send(self.wire.pubcomp(id, found))
                     .await
@@ -733,8 +793,10 @@ where
             }
             return Ok(None);
         }
-        // A QoS 2 re-send of a message not yet released must not be routed twice.
+        // A QoS 2 re-send of a message not yet released must not be routed twice, nor
+        // counted twice against the receive maximum.
         if qos == 2 && !self.shared.broker.incoming_qos2(&self.client_id, id) {
+            self.unacked_inbound = self.unacked_inbound.saturating_sub(1);
             self.pending_acks
                 .push_back(Box::pin(async move { (true, id, PubResult::Success) }));
             return Ok(None);

@@ -102,6 +102,9 @@ pub struct MqttLimits {
     pub max_session_expiry: Duration,
     /// Topic aliases a client may set.
     pub topic_alias_max: u16,
+    /// Longest keepalive (seconds) an MQTT 5 client may use; a longer one (or none) is
+    /// replaced by this value, announced as Server Keep Alive in CONNACK. 0: the client's own.
+    pub max_keep_alive: u16,
 }
 
 impl Default for MqttLimits {
@@ -114,6 +117,7 @@ impl Default for MqttLimits {
             connect_timeout: Duration::from_secs(10),
             max_session_expiry: Duration::from_secs(86_400),
             topic_alias_max: 16,
+            max_keep_alive: 0,
         }
     }
 }

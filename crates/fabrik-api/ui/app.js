@@ -1,0 +1,1162 @@
+// Fabrik dashboard: vanilla JS, no build step. Hash routes:
+//   #/overview  #/devices  #/devices/<id>  #/explorer  #/pipelines[/<name>[/<window_id>]]  #/alerts[/<state>]
+// API base: same origin, or `?api=http://host:port` (needs the server to allow it, or dev/proxy.js).
+
+const uPlot = window.uPlot;
+const API = (new URLSearchParams(location.search).get('api') || '').replace(/\/+$/, '');
+const main = document.getElementById('main');
+
+// ---------------------------------------------------------------- helpers
+
+class Raw { constructor(s) { this.s = s; } toString() { return this.s; } }
+const raw = (s) => new Raw(String(s));
+const esc = (v) => String(v ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
+const part = (v) => (v instanceof Raw ? v.s : Array.isArray(v) ? v.map(part).join('') : v === null || v === undefined || v === false ? '' : esc(v));
+/** Tagged template: interpolations are escaped unless wrapped in raw() or produced by html``. */
+function html(strings, ...vals) {
+  let out = strings[0];
+  vals.forEach((v, i) => { out += part(v) + strings[i + 1]; });
+  return new Raw(out);
+}
+const $ = (sel, root = document) => root.querySelector(sel);
+const $$ = (sel, root = document) => [...root.querySelectorAll(sel)];
+const sqlStr = (s) => `'${String(s).replace(/'/g, "''")}'`;
+const sqlId = (s) => `"${String(s).replace(/"/g, '""')}"`;
+const enc = encodeURIComponent;
+
+/** ms since epoch from ns integers, RFC 3339 strings, or the query engine's zone-less UTC strings. */
+function toMs(v) {
+  if (v === null || v === undefined || v === '') return NaN;
+  if (typeof v === 'number') return v > 1e16 ? v / 1e6 : v > 1e13 ? v / 1e3 : v;
+  let s = String(v).trim().replace(' ', 'T');
+  s = s.replace(/(\.\d{3})\d+/, '$1');
+  if (/T/.test(s) && !/(Z|[+-]\d\d:?\d\d)$/.test(s)) s += 'Z';
+  return Date.parse(s);
+}
+const pad = (n) => String(n).padStart(2, '0');
+function fmtTime(v, withDate = true) {
+  const ms = toMs(v);
+  if (!Number.isFinite(ms)) return '—';
+  const d = new Date(ms);
+  const t = `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  return withDate ? `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${t}` : t;
+}
+function fmtAgo(v) {
+  const ms = toMs(v);
+  if (!Number.isFinite(ms)) return '—';
+  const s = Math.max(0, Math.round((Date.now() - ms) / 1000));
+  if (s < 60) return `${s} s ago`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
+  if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
+  return `${Math.floor(s / 86400)} d ago`;
+}
+function fmtNum(v, digits = 4) {
+  if (v === null || v === undefined || v === '') return '—';
+  if (typeof v !== 'number') return String(v);
+  if (!Number.isFinite(v)) return String(v);
+  if (Number.isInteger(v)) return v.toLocaleString('en-US');
+  const a = Math.abs(v);
+  if (a >= 1000) return v.toLocaleString('en-US', { maximumFractionDigits: 1 });
+  return String(Number(v.toPrecision(digits)));
+}
+const time = (v) => html`<time datetime="${new Date(toMs(v) || 0).toISOString()}" title="${fmtTime(v)}">${fmtAgo(v)}</time>`;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+const STATE_CLASS = {
+  online: 'ok', running: 'ok', firing: 'bad', failed: 'bad', offline: 'bad', pending: 'warn',
+  stopped: 'warn', never: '', resolved: '', true_positive: 'bad', false_positive: 'ok',
+};
+const pill = (state, label) => html`<span class="pill ${STATE_CLASS[state] ?? ''}">${label ?? String(state).replace('_', ' ')}</span>`;
+
+let toastTimer;
+function toast(msg, ms = 3500) {
+  const el = $('#toast');
+  el.textContent = msg;
+  el.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => { el.hidden = true; }, ms);
+}
+
+// ---------------------------------------------------------------- API and sign-in
+
+const auth = {
+  get mode() { return localStorage.getItem('fabrik.auth') === 'cookie' ? 'cookie' : sessionStorage.getItem('fabrik.token') ? 'token' : null; },
+  get token() { return sessionStorage.getItem('fabrik.token'); },
+  clear() { localStorage.removeItem('fabrik.auth'); sessionStorage.removeItem('fabrik.token'); },
+};
+const caps = { session: false, stream: false };
+
+class ApiError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+function headers(extra = {}) {
+  const h = { ...extra };
+  if (auth.mode === 'token') h.Authorization = `Bearer ${auth.token}`;
+  return h;
+}
+
+async function api(path, { method = 'GET', body, accept = 'application/json', signal, token } = {}) {
+  const h = headers({ Accept: accept });
+  if (token) h.Authorization = `Bearer ${token}`;
+  if (body !== undefined) h['Content-Type'] = 'application/json';
+  let res;
+  try {
+    res = await fetch(API + path, {
+      method, headers: h, signal, body: body === undefined ? undefined : JSON.stringify(body),
+      credentials: API ? 'include' : 'same-origin', cache: 'no-store',
+    });
+  } catch (e) {
+    if (e.name === 'AbortError') throw e;
+    throw new ApiError(0, 'The server cannot be reached.');
+  }
+  if (res.status === 401 && !token) {
+    auth.clear();
+    showSignIn('Your session has ended. Sign in again.');
+    throw new ApiError(401, 'Not signed in.');
+  }
+  if (!res.ok) {
+    let msg = `${res.status} ${res.statusText}`;
+    try { const j = await res.json(); msg = j.error || j.message || msg; } catch { /* not JSON */ }
+    throw new ApiError(res.status, msg);
+  }
+  if (res.status === 204) return null;
+  if (accept === 'application/json') return res.json();
+  if (accept.startsWith('text/')) return res.text();
+  return res;
+}
+const query = (sql, opts) => api('/api/v1/query', { method: 'POST', body: { sql }, ...opts });
+
+async function loadCaps(token) {
+  const spec = await api('/api/v1/openapi.json', { token });
+  const paths = spec.paths || {};
+  caps.session = Boolean(paths['/api/v1/session']);
+  caps.stream = Object.keys(paths).some((p) => /^\/api\/v1\/devices\/\{[^}]+\}\/stream$/.test(p));
+}
+
+async function signIn(token) {
+  // The contract (which needs a valid token) tells whether cookie sessions exist; it also checks the token.
+  await loadCaps(token);
+  if (caps.session) {
+    try {
+      await api('/api/v1/session', { method: 'POST', body: { token }, token });
+      localStorage.setItem('fabrik.auth', 'cookie');
+      sessionStorage.removeItem('fabrik.token');
+      return;
+    } catch (e) {
+      if (e.status !== 404 && e.status !== 405) throw e;
+    }
+  }
+  localStorage.removeItem('fabrik.auth');
+  sessionStorage.setItem('fabrik.token', token);
+}
+
+async function signOut() {
+  if (auth.mode === 'cookie') {
+    try { await api('/api/v1/session', { method: 'DELETE' }); } catch { /* signed out anyway */ }
+  }
+  auth.clear();
+  showSignIn();
+}
+
+function showSignIn(message) {
+  leavePage();
+  stopGlobal();
+  $('#topbar').hidden = true;
+  document.title = 'Sign in · Fabrik';
+  main.innerHTML = String(html`
+    <div class="signin">
+      <div class="card">
+        <h1>Sign in to Fabrik</h1>
+        <p class="muted">Use the admin token (<code>auth.admin_token</code>, or <code>admin.token</code> in the data directory) or an API token.</p>
+        ${message ? html`<div class="notice warn" role="status">${message}</div>` : ''}
+        <form id="signin-form" novalidate>
+          <div class="field">
+            <label for="signin-token">Token</label>
+            <input id="signin-token" name="token" type="password" autocomplete="current-password" required spellcheck="false">
+          </div>
+          <div id="signin-error" class="notice bad" role="alert" hidden></div>
+          <button class="primary" type="submit" id="signin-submit">Sign in</button>
+        </form>
+      </div>
+    </div>`);
+  const form = $('#signin-form');
+  const input = $('#signin-token');
+  input.focus();
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const token = input.value.trim();
+    const err = $('#signin-error');
+    err.hidden = true;
+    if (!token) { err.textContent = 'Enter a token.'; err.hidden = false; return; }
+    $('#signin-submit').disabled = true;
+    try {
+      await signIn(token);
+      startApp();
+    } catch (e) {
+      err.textContent = e.status === 401 ? 'That token was not accepted.' : e.message;
+      err.hidden = false;
+      $('#signin-submit').disabled = false;
+      input.select();
+    }
+  });
+}
+
+// ---------------------------------------------------------------- theme
+
+function currentTheme() {
+  const t = document.documentElement.dataset.theme;
+  if (t) return t;
+  return matchMedia('(prefers-color-scheme: dark)').matches ? 'dark' : 'light';
+}
+function syncThemeButton() {
+  const next = currentTheme() === 'dark' ? 'light' : 'dark';
+  const b = $('#theme-toggle');
+  b.setAttribute('aria-label', `Switch to ${next} theme`);
+  b.title = `Switch to ${next} theme`;
+}
+$('#theme-toggle').addEventListener('click', () => {
+  const next = currentTheme() === 'dark' ? 'light' : 'dark';
+  document.documentElement.dataset.theme = next;
+  localStorage.setItem('fabrik.theme', next);
+  syncThemeButton();
+  charts.forEach((c) => c.restyle());
+});
+matchMedia('(prefers-color-scheme: dark)').addEventListener('change', () => { syncThemeButton(); charts.forEach((c) => c.restyle()); });
+$('#sign-out').addEventListener('click', signOut);
+
+// ---------------------------------------------------------------- charts (uPlot)
+
+const PALETTE = ['#3b82f6', '#e8803a', '#22a06b', '#c04bd6', '#d6a400', '#e5484d', '#0ea5b7', '#8b5cf6', '#7c8a9e', '#b45f06', '#2dd4bf', '#f472b6'];
+const charts = new Set();
+const cssVar = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+
+/**
+ * A time-series chart that resizes with its container, follows the theme, and updates in place.
+ * series: [{label, color?, points?, dash?, width?}]; data: [times (s), ...values].
+ */
+class Chart {
+  constructor(el, { series, data, height = 220, band, sync, yLabel, logY } = {}) {
+    this.el = el; this.series = series; this.height = height; this.band = band; this.sync = sync; this.yLabel = yLabel; this.logY = logY;
+    this.data = data || [[], ...series.map(() => [])];
+    this.build();
+    this.ro = new ResizeObserver(() => {
+      const w = this.el.clientWidth;
+      if (this.u && w && Math.abs(w - this.u.width) > 1) this.u.setSize({ width: w, height: this.height });
+    });
+    this.ro.observe(el);
+    charts.add(this);
+    this.mark();
+  }
+  opts() {
+    const axis = { stroke: cssVar('--muted'), grid: { stroke: cssVar('--grid'), width: 1 }, ticks: { stroke: cssVar('--grid'), width: 1 }, font: '11px system-ui, sans-serif' };
+    const band = this.band;
+    return {
+      width: Math.max(this.el.clientWidth, 200), height: this.height,
+      cursor: { sync: this.sync ? { key: this.sync } : undefined, drag: { x: true, y: false } },
+      legend: { show: this.series.length > 1, live: true },
+      scales: { x: { time: true }, y: this.logY ? { distr: 3, log: 10 } : {} },
+      axes: [{ ...axis, space: 72, values: timeTicks }, { ...axis, size: 56, label: this.yLabel, labelSize: this.yLabel ? 16 : 0, labelFont: '11px system-ui, sans-serif' }],
+      series: [{}, ...this.series.map((s, i) => {
+        const color = s.color || PALETTE[i % PALETTE.length];
+        return {
+          label: s.label, stroke: color, width: s.width ?? 1.6, dash: s.dash, spanGaps: true,
+          value: (u, v) => (v === null || v === undefined ? '—' : fmtNum(v)),
+          points: s.points ? { show: true, size: 6, fill: color, stroke: color } : { show: false },
+          paths: s.points ? () => null : undefined,
+        };
+      })],
+      hooks: band ? {
+        drawClear: [(u) => {
+          const x0 = u.valToPos(band[0], 'x', true); const x1 = u.valToPos(band[1], 'x', true);
+          u.ctx.save();
+          u.ctx.fillStyle = 'rgba(229, 72, 77, 0.10)';
+          u.ctx.fillRect(x0, u.bbox.top, x1 - x0, u.bbox.height);
+          u.ctx.restore();
+        }],
+      } : {},
+    };
+  }
+  build() {
+    this.el.innerHTML = '';
+    this.u = new uPlot(this.opts(), this.data, this.el);
+  }
+  restyle() { this.build(); }
+  setData(data) { this.data = data; this.u.setData(data); this.mark(); }
+  mark() { this.el.dataset.points = String(this.data[0].length); }
+  destroy() { this.ro.disconnect(); this.u.destroy(); charts.delete(this); }
+}
+
+/** x-axis labels that never overlap: seconds for short spans, dates only when the span needs them. */
+function timeTicks(u, splits) {
+  const span = (u.scales.x.max ?? 0) - (u.scales.x.min ?? 0);
+  return splits.map((v) => {
+    const d = new Date(v * 1000);
+    const hm = `${pad(d.getHours())}:${pad(d.getMinutes())}`;
+    if (span <= 900) return `${hm}:${pad(d.getSeconds())}`;
+    if (span <= 2 * 86400) return hm;
+    return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}${span <= 14 * 86400 ? ` ${hm}` : ''}`;
+  });
+}
+
+/** Aligns rows [{t: ms, key, value}] into uPlot data with one series per key. */
+function align(rows, keys) {
+  const times = [...new Set(rows.map((r) => r.t))].sort((a, b) => a - b);
+  const idx = new Map(times.map((t, i) => [t, i]));
+  const cols = keys.map(() => new Array(times.length).fill(null));
+  const kIdx = new Map(keys.map((k, i) => [k, i]));
+  for (const r of rows) if (kIdx.has(r.key)) cols[kIdx.get(r.key)][idx.get(r.t)] = r.value;
+  return [times.map((t) => t / 1000), ...cols];
+}
+
+// ---------------------------------------------------------------- router and page lifecycle
+
+let page = null; // { cleanups: [], alive }
+function leavePage() {
+  if (!page) return;
+  page.alive = false;
+  page.cleanups.forEach((f) => { try { f(); } catch { /* already gone */ } });
+  page = null;
+}
+function newPage() {
+  leavePage();
+  page = { cleanups: [], alive: true };
+  return page;
+}
+/** Runs fn now and every ms while the page is shown; never overlaps itself; pauses when hidden. */
+function every(p, ms, fn) {
+  let busy = false;
+  const tick = async () => {
+    if (busy || !p.alive || document.hidden || document.querySelector('dialog[open]')) return;
+    busy = true;
+    try { await fn(); } catch (e) { if (e.status !== 401 && e.name !== 'AbortError') showError(e, p); } finally { busy = false; }
+  };
+  const id = setInterval(tick, ms);
+  p.cleanups.push(() => clearInterval(id));
+  return tick();
+}
+function chartIn(p, el, opts) {
+  const c = new Chart(el, opts);
+  p.cleanups.push(() => c.destroy());
+  return c;
+}
+function showError(e, p) {
+  if (p && !p.alive) return;
+  const box = $('#page-error');
+  if (box) { box.textContent = e.message || String(e); box.hidden = false; } else toast(e.message || String(e));
+}
+/** Sets innerHTML only when it changed, so periodic refreshes keep focus and scroll. */
+function patch(el, content) {
+  if (!el) return;
+  const s = part(content);
+  if (el._html !== s) { el.innerHTML = s; el._html = s; }
+}
+
+const routes = { overview: pageOverview, devices: pageDevices, explorer: pageExplorer, pipelines: pagePipelines, alerts: pageAlerts };
+async function route() {
+  if (!auth.mode) return showSignIn();
+  const parts = location.hash.replace(/^#\/?/, '').split('/').filter(Boolean).map(decodeURIComponent);
+  const name = routes[parts[0]] ? parts[0] : 'overview';
+  if (!routes[parts[0]] && location.hash !== '#/overview') { history.replaceState(null, '', '#/overview'); }
+  $$('.nav a').forEach((a) => { if (a.dataset.route === name) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current'); });
+  const p = newPage();
+  main.innerHTML = '';
+  main._html = undefined;
+  try {
+    await routes[name](p, parts.slice(1));
+  } catch (e) {
+    if (e.status === 401 || !p.alive) return;
+    main.insertAdjacentHTML('afterbegin', String(html`<div class="notice bad" role="alert">${e.message}</div>`));
+  }
+}
+function setTitle(t) { document.title = `${t} · Fabrik`; }
+const errorBox = html`<div id="page-error" class="notice bad" role="alert" hidden></div>`;
+
+// Global: firing-alert badge in the nav.
+let globalTimer = null;
+function stopGlobal() { clearInterval(globalTimer); globalTimer = null; }
+async function refreshBadge() {
+  if (!auth.mode || document.hidden) return;
+  try {
+    const firing = await api('/api/v1/alerts?state=firing&limit=1000');
+    const el = $('#nav-alerts');
+    el.innerHTML = firing.length ? String(html`<span class="pill bad plain" aria-label="${firing.length} firing">${firing.length}</span>`) : '';
+  } catch { /* shown by pages */ }
+}
+
+let tablesCache = null;
+async function tables(force) {
+  if (!tablesCache || force || Date.now() - tablesCache.at > 10000) tablesCache = { at: Date.now(), list: await api('/api/v1/tables') };
+  return tablesCache.list;
+}
+async function hasTable(name) { return (await tables()).some((t) => t.name === name); }
+const NUMERIC = new Set(['float', 'integer', 'uinteger', 'double', 'int', 'f64', 'i64', 'u64']);
+
+// ---------------------------------------------------------------- Overview
+
+const ingest = { last: null, history: [] }; // survives page changes: points/s samples
+async function sampleIngest() {
+  const text = await api('/metrics', { accept: 'text/plain' });
+  const m = text.match(/^fabrik_store_points_written_total(?:\{[^}]*\})?\s+([0-9.eE+]+)/m);
+  if (!m) return null;
+  const now = Date.now(); const v = Number(m[1]);
+  if (ingest.last && now > ingest.last.t) {
+    const rate = Math.max(0, (v - ingest.last.v) / ((now - ingest.last.t) / 1000));
+    ingest.history.push({ t: now, rate });
+    if (ingest.history.length > 180) ingest.history.shift();
+  }
+  ingest.last = { t: now, v };
+  return ingest.history.at(-1)?.rate ?? null;
+}
+
+async function pageOverview(p) {
+  setTitle('Overview');
+  main.innerHTML = String(html`
+    <div class="page-head"><div><h1>Overview</h1><div class="sub">Fleet health, live</div></div><div class="muted" id="ov-updated" aria-live="off"></div></div>
+    ${errorBox}
+    <section class="stats" aria-label="Key figures">
+      <div class="card stat" id="st-devices"><div class="label">Devices online</div><div class="value">—</div></div>
+      <div class="card stat" id="st-ingest"><div class="label">Ingest rate</div><div class="value">—</div></div>
+      <div class="card stat" id="st-alerts"><div class="label">Active alerts</div><div class="value">—</div></div>
+      <div class="card stat" id="st-pipelines"><div class="label">Pipelines running</div><div class="value">—</div></div>
+    </section>
+    <div class="grid cols-side">
+      <div class="stack">
+        <section class="card" aria-labelledby="h-active"><div class="card-head"><h2 id="h-active">Active alerts</h2><a href="#/alerts">All alerts →</a></div><div id="ov-alerts"></div></section>
+        <section class="card" aria-labelledby="h-ingest"><div class="card-head"><h2 id="h-ingest">Points written per second</h2><span class="muted">this session</span></div><div class="chart" id="ov-ingest-chart" hidden></div><div class="empty" id="ov-ingest-empty">Measuring: the rate needs a few samples of <code>/metrics</code>, 5 s apart.</div></section>
+        <section class="card" aria-labelledby="h-pipes"><div class="card-head"><h2 id="h-pipes">Pipelines</h2><a href="#/pipelines">Details →</a></div><div id="ov-pipelines"></div></section>
+      </div>
+      <div class="stack">
+        <section class="card" aria-labelledby="h-attn"><div class="card-head"><h2 id="h-attn">Devices</h2><a href="#/devices">All devices →</a></div><div id="ov-devices"></div></section>
+        <section class="card" aria-labelledby="h-svc"><h2 id="h-svc">Services</h2><div id="ov-services"></div></section>
+      </div>
+    </div>`);
+  const ingestChart = chartIn(p, $('#ov-ingest-chart'), { series: [{ label: 'points/s', color: PALETTE[0] }], height: 160 });
+
+  await every(p, 5000, async () => {
+    const [devices, active, pending, pipelines, services, rate] = await Promise.all([
+      api('/api/v1/devices'), api('/api/v1/alerts?state=firing&limit=200'), api('/api/v1/alerts?state=pending&limit=200'),
+      api('/api/v1/pipelines'), api('/services'), sampleIngest().catch(() => null),
+    ]);
+    if (!p.alive) return;
+    const count = (s) => devices.filter((d) => d.state === s).length;
+    const on = count('online'); const off = count('offline'); const never = count('never'); const total = devices.length || 1;
+    patch($('#st-devices'), html`<div class="label">Devices online</div>
+      <div class="value">${on}<small>/ ${devices.length}</small></div>
+      <div class="hint"><span>${off} offline</span> · <span>${never} never connected</span></div>
+      <div class="bar3" role="img" aria-label="${on} online, ${off} offline, ${never} never connected">
+        <span style="width:${(on / total) * 100}%;background:var(--ok)"></span><span style="width:${(off / total) * 100}%;background:var(--bad)"></span></div>`);
+    $('#st-devices').className = `card stat ${off ? 'warn' : 'ok'}`;
+    patch($('#st-ingest'), html`<div class="label">Ingest rate</div>
+      <div class="value">${rate === null ? '…' : fmtNum(Math.round(rate * 10) / 10)}<small>points/s</small></div>
+      <div class="hint">${rate === null ? 'measuring (needs two samples)' : 'from /metrics, 5 s average'}</div>`);
+    const activeAll = [...active, ...pending];
+    patch($('#st-alerts'), html`<div class="label">Active alerts</div><div class="value">${activeAll.length}</div>
+      <div class="hint">${active.length} firing · ${pending.length} pending</div>`);
+    $('#st-alerts').className = `card stat ${active.length ? 'bad' : pending.length ? 'warn' : 'ok'}`;
+    const running = pipelines.filter((x) => x.state === 'running').length;
+    patch($('#st-pipelines'), html`<div class="label">Pipelines running</div><div class="value">${running}<small>/ ${pipelines.length}</small></div>
+      <div class="hint">${pipelines.reduce((a, x) => a + x.anomalies, 0)} anomalies flagged</div>`);
+    $('#st-pipelines').className = `card stat ${pipelines.some((x) => x.state === 'failed') ? 'bad' : 'ok'}`;
+
+    patch($('#ov-alerts'), activeAll.length ? alertsTable(activeAll.slice(0, 8), { compact: true }) : html`<div class="empty">No active alerts. All clear.</div>`);
+    patch($('#ov-pipelines'), pipelinesTable(pipelines));
+    const attention = [...devices].sort((a, b) => (a.state === 'online') - (b.state === 'online') || a.id.localeCompare(b.id));
+    patch($('#ov-devices'), html`<table><caption class="muted" hidden>Devices</caption><thead><tr><th>Device</th><th>State</th><th>Last seen</th></tr></thead><tbody>
+      ${attention.slice(0, 10).map((d) => html`<tr><td><a href="#/devices/${enc(d.id)}">${d.id}</a></td><td>${pill(d.state)}</td><td>${d.last_seen ? time(d.last_seen) : '—'}</td></tr>`)}
+      </tbody></table>`);
+    patch($('#ov-services'), html`<table><tbody>${services.map((s) => html`<tr><td>${s.name}</td><td>${pill(s.state)}</td><td class="wrap muted">${s.error || ''}</td></tr>`)}</tbody></table>`);
+    const enough = ingest.history.length >= 2;
+    $('#ov-ingest-chart').hidden = !enough;
+    $('#ov-ingest-empty').hidden = enough;
+    if (enough) ingestChart.setData([ingest.history.map((h) => h.t / 1000), ingest.history.map((h) => h.rate)]);
+    $('#ov-updated').textContent = `Updated ${fmtTime(Date.now(), false)}`;
+  });
+}
+
+function pipelinesTable(pipelines) {
+  if (!pipelines.length) return html`<div class="empty">No pipelines configured.</div>`;
+  return html`<div class="table-wrap"><table><thead><tr><th>Pipeline</th><th>State</th><th>Model</th><th class="num">Devices</th><th class="num">Training</th><th class="num">Inferences</th><th class="num">Anomalies</th><th>Data up to</th></tr></thead><tbody>
+    ${pipelines.map((x) => html`<tr><td><a href="#/pipelines/${enc(x.name)}">${x.name}</a></td><td>${pill(x.state)}${x.error ? html` <span class="muted" title="${x.error}">⚠</span>` : ''}</td>
+      <td>${x.model}</td><td class="num">${x.devices}</td><td class="num">${x.training_devices}</td><td class="num">${fmtNum(x.inferences)}</td>
+      <td class="num">${fmtNum(x.anomalies)}</td><td>${x.horizon ? time(x.horizon) : '—'}</td></tr>`)}
+    </tbody></table></div>`;
+}
+
+// ---------------------------------------------------------------- Devices
+
+async function pageDevices(p, args) {
+  if (args[0]) return pageDevice(p, args[0]);
+  setTitle('Devices');
+  const f = JSON.parse(sessionStorage.getItem('fabrik.devfilter') || '{}');
+  main.innerHTML = String(html`
+    <div class="page-head"><div><h1>Devices</h1><div class="sub" id="dev-count">Loading…</div></div></div>
+    ${errorBox}
+    <section class="card">
+      <form class="filters" id="dev-filters" role="search" aria-label="Filter devices">
+        <div class="field"><label for="f-site">Site</label><select id="f-site" name="site"><option value="">All sites</option></select></div>
+        <div class="field"><label for="f-type">Type</label><select id="f-type" name="type"><option value="">All types</option></select></div>
+        <div class="field"><label for="f-state">State</label><select id="f-state" name="state">
+          <option value="">Any state</option><option value="online">Online</option><option value="offline">Offline</option><option value="never">Never connected</option></select></div>
+        <div class="field"><label for="f-label">Label</label><input id="f-label" name="label" placeholder="key=value" value="${f.label || ''}" spellcheck="false"></div>
+        <button type="button" id="f-clear">Clear filters</button>
+      </form>
+      <div id="dev-table"></div>
+    </section>`);
+  const form = $('#dev-filters');
+  let all = [];
+  const fillSelect = (sel, values, current) => {
+    const opts = [...new Set(values)].sort();
+    const first = sel.options[0].outerHTML;
+    sel.innerHTML = first + opts.map((v) => `<option value="${esc(v)}">${esc(v)}</option>`).join('');
+    sel.value = opts.includes(current) ? current : '';
+  };
+  const load = async () => {
+    const q = new URLSearchParams();
+    for (const k of ['site', 'type', 'state', 'label']) {
+      const v = form.elements[k].value.trim();
+      if (v && (k !== 'label' || v.includes('='))) q.set(k, v);
+    }
+    sessionStorage.setItem('fabrik.devfilter', JSON.stringify(Object.fromEntries(q)));
+    const list = await api(`/api/v1/devices${q.size ? `?${q}` : ''}`);
+    if (!p.alive) return;
+    $('#dev-count').textContent = `${list.length} of ${all.length} devices`;
+    patch($('#dev-table'), list.length ? html`<div class="table-wrap"><table id="devices-table"><thead><tr>
+        <th>Device</th><th>Name</th><th>Type</th><th>Site</th><th>State</th><th>Labels</th><th>Last seen</th><th class="num">Messages</th><th class="num">Errors</th></tr></thead><tbody>
+        ${list.map((d) => html`<tr data-device="${d.id}"><td><a href="#/devices/${enc(d.id)}">${d.id}</a></td><td>${d.name}</td><td>${d.device_type}</td><td>${d.site}</td>
+          <td>${pill(d.state)}${d.disabled ? html` <span class="pill warn plain">disabled</span>` : ''}</td>
+          <td>${Object.entries(d.labels || {}).map(([k, v]) => html`<span class="tag">${k}=${v}</span>`)}</td>
+          <td>${d.last_seen ? time(d.last_seen) : '—'}</td><td class="num">${fmtNum(d.messages)}</td><td class="num">${d.errors ? html`<span style="color:var(--bad)">${fmtNum(d.errors)}</span>` : '0'}</td></tr>`)}
+        </tbody></table></div>` : html`<div class="empty">No device matches these filters.</div>`);
+  };
+  all = await api('/api/v1/devices');
+  fillSelect(form.elements.site, all.map((d) => d.site), f.site);
+  fillSelect(form.elements.type, all.map((d) => d.device_type), f.type);
+  form.elements.state.value = f.state || '';
+  form.addEventListener('change', load);
+  let deb;
+  form.elements.label.addEventListener('input', () => { clearTimeout(deb); deb = setTimeout(load, 300); });
+  form.addEventListener('submit', (e) => { e.preventDefault(); load(); });
+  $('#f-clear').addEventListener('click', () => { form.reset(); form.elements.label.value = ''; load(); });
+  await every(p, 5000, load);
+}
+
+async function pageDevice(p, id) {
+  setTitle(id);
+  const d = await api(`/api/v1/devices/${enc(id)}`);
+  const tbl = (await tables()).find((t) => t.name === d.device_type);
+  const numeric = tbl ? Object.entries(tbl.fields).filter(([, t]) => NUMERIC.has(t)).map(([k]) => k).sort() : [];
+  const preferred = ['vibration_rms', 'motor_current'];
+  const saved = JSON.parse(sessionStorage.getItem(`fabrik.signals.${d.device_type}`) || 'null');
+  let chosen = (saved || preferred).filter((s) => numeric.includes(s)).slice(0, 6);
+  if (!chosen.length) chosen = numeric.slice(0, 2);
+
+  main.innerHTML = String(html`
+    <div class="crumbs"><a href="#/devices">Devices</a> / ${id}</div>
+    <div class="page-head">
+      <div><h1>${d.name || id}</h1><div class="sub"><span class="mono">${id}</span> · ${d.device_type} · ${d.site}</div></div>
+      <div class="row" id="dev-actions"></div>
+    </div>
+    ${errorBox}
+    <div id="token-box"></div>
+    <div class="grid cols-side">
+      <div class="stack">
+        <section class="card" aria-labelledby="h-live">
+          <div class="card-head"><h2 id="h-live">Live signals</h2><span class="muted" id="live-mode"></span></div>
+          ${numeric.length ? html`
+            <fieldset><legend>Signals to plot</legend><div class="checks" id="signal-picks">
+              ${numeric.map((s) => html`<label><input type="checkbox" value="${s}" ${chosen.includes(s) ? raw('checked') : ''}> ${s}</label>`)}
+            </div></fieldset>
+            <div class="charts" id="live-chart" aria-label="Live chart of the chosen signals" role="img"></div>`
+          : html`<div class="empty">No telemetry table <code>${d.device_type}</code> yet.</div>`}
+        </section>
+        <section class="card" aria-labelledby="h-last"><div class="card-head"><h2 id="h-last">Last values</h2><span class="muted" id="last-time"></span></div><div class="values" id="last-values"><div class="muted">Waiting for data…</div></div></section>
+        <section class="card" aria-labelledby="h-inf"><div class="card-head"><h2 id="h-inf">Recent inferences</h2></div><div id="dev-inferences"></div></section>
+      </div>
+      <div class="stack">
+        <section class="card" aria-labelledby="h-meta"><h2 id="h-meta">Details</h2><div id="dev-meta"></div></section>
+        <section class="card" aria-labelledby="h-alerts"><div class="card-head"><h2 id="h-alerts">Recent alerts</h2><a href="#/alerts">All alerts →</a></div><div id="dev-alerts"></div></section>
+        <section class="card" aria-labelledby="h-events"><h2 id="h-events">Connection history</h2><ul class="timeline" id="dev-events" aria-label="Connection history"></ul></section>
+      </div>
+    </div>`);
+
+  const renderMeta = (dev) => {
+    patch($('#dev-actions'), html`
+      <button type="button" id="btn-disable" aria-pressed="${dev.disabled}">${dev.disabled ? 'Enable device' : 'Disable device'}</button>
+      <button type="button" id="btn-rotate">Rotate token</button>`);
+    patch($('#dev-meta'), html`<dl class="kv">
+      <dt>State</dt><dd>${pill(dev.state)}${dev.disabled ? html` <span class="pill warn plain">disabled</span>` : ''}</dd>
+      <dt>Last seen</dt><dd>${dev.last_seen ? html`${time(dev.last_seen)} <span class="muted">(${fmtTime(dev.last_seen)})</span>` : 'never'}</dd>
+      <dt>Id</dt><dd class="mono">${dev.id}</dd><dt>Name</dt><dd>${dev.name}</dd>
+      <dt>Type</dt><dd>${dev.device_type}</dd><dt>Site</dt><dd>${dev.site}</dd>
+      <dt>Labels</dt><dd>${Object.entries(dev.labels || {}).map(([k, v]) => html`<span class="tag">${k}=${v}</span>`)}${Object.keys(dev.labels || {}).length ? '' : '—'}</dd>
+      <dt>Messages</dt><dd>${fmtNum(dev.messages)}</dd><dt>Errors</dt><dd>${fmtNum(dev.errors)} <span class="muted">(dead-lettered)</span></dd>
+      <dt>Sparkplug node</dt><dd>${dev.sparkplug_node || '—'}</dd><dt>Registered</dt><dd>${fmtTime(dev.created_at)}</dd></dl>`);
+  };
+  renderMeta(d);
+  $('#dev-actions').addEventListener('click', async (ev) => {
+    const b = ev.target.closest('button');
+    if (!b) return;
+    if (b.id === 'btn-rotate') {
+      const ok = await confirmDialog('Rotate token?', `The device ${id} will be disconnected until it is given the new token. The old token stops working at once.`, 'Rotate token');
+      if (!ok) return;
+      try {
+        const r = await api(`/api/v1/devices/${enc(id)}/token`, { method: 'POST' });
+        $('#token-box').innerHTML = String(html`<div class="notice ok" role="alert"><strong>New token for ${id}.</strong> It is shown only once: copy it now.
+          <div class="secret"><code id="new-token">${r.token}</code><button type="button" id="copy-token">Copy</button><button type="button" id="dismiss-token">Done</button></div></div>`);
+        $('#copy-token').addEventListener('click', async () => { try { await navigator.clipboard.writeText(r.token); toast('Token copied.'); } catch { toast('Select the token and copy it.'); } });
+        $('#dismiss-token').addEventListener('click', () => { $('#token-box').innerHTML = ''; });
+        $('#copy-token').focus();
+      } catch (e) { showError(e, p); }
+    }
+    if (b.id === 'btn-disable') {
+      const cur = b.getAttribute('aria-pressed') === 'true';
+      try {
+        const dev = await api(`/api/v1/devices/${enc(id)}`, { method: 'PATCH', body: { disabled: !cur } });
+        renderMeta(dev && dev.id ? dev : await api(`/api/v1/devices/${enc(id)}`));
+        toast(cur ? 'Device enabled.' : 'Device disabled.');
+        $('#btn-disable')?.focus();
+      } catch (e) { showError(e, p); }
+    }
+  });
+
+  // Live data: seed from the table, then the SSE stream (or polling the query API).
+  const live = { times: [], cols: Object.fromEntries(numeric.map((s) => [s, []])), lastMs: 0, last: null };
+  const WINDOW_S = 300;
+  let liveCharts = [];
+  const buildCharts = () => {
+    liveCharts.forEach((c) => c.destroy());
+    const box = $('#live-chart');
+    if (!box) return;
+    box.innerHTML = chosen.length ? '' : '<div class="empty">Pick at least one signal.</div>';
+    box.dataset.points = String(live.times.length);
+    liveCharts = chosen.map((s) => {
+      box.insertAdjacentHTML('beforeend', `<div class="chart-title">${esc(s)}</div><div class="chart" data-signal="${esc(s)}"></div>`);
+      return new Chart(box.lastElementChild, { series: [{ label: s, color: PALETTE[numeric.indexOf(s) % PALETTE.length] }], height: chosen.length > 2 ? 130 : 170, sync: `dev-${id}`, data: [live.times, live.cols[s]] });
+    });
+  };
+  p.cleanups.push(() => liveCharts.forEach((c) => c.destroy()));
+  const redraw = () => {
+    const cut = Date.now() / 1000 - WINDOW_S;
+    let drop = 0;
+    while (drop < live.times.length && live.times[drop] < cut) drop++;
+    if (drop) { live.times.splice(0, drop); numeric.forEach((s) => live.cols[s].splice(0, drop)); }
+    liveCharts.forEach((c, i) => c.setData([live.times, live.cols[chosen[i]]]));
+    const box = $('#live-chart');
+    if (box) box.dataset.points = String(live.times.length);
+  };
+  const push = (ms, values) => {
+    if (!(ms > live.lastMs)) return false;
+    live.lastMs = ms;
+    live.times.push(ms / 1000);
+    numeric.forEach((s) => live.cols[s].push(typeof values[s] === 'number' ? values[s] : null));
+    live.last = { ms, values };
+    return true;
+  };
+  const showLast = () => {
+    if (!live.last) return;
+    const vals = Object.entries(live.last.values).filter(([k]) => !k.startsWith('_') && k !== 'device' && k !== 'time').sort(([a], [b]) => a.localeCompare(b));
+    patch($('#last-values'), vals.map(([k, v]) => html`<div class="v"><div class="k">${k}</div><div class="n">${typeof v === 'boolean' ? (v ? 'true' : 'false') : fmtNum(v)}</div></div>`));
+    $('#last-time').textContent = `at ${fmtTime(live.last.ms, false)}`;
+  };
+  if (tbl) {
+    const rows = await query(`SELECT * FROM ${sqlId(tbl.name)} WHERE device = ${sqlStr(id)} AND time >= now() - interval '${WINDOW_S} seconds' ORDER BY time`);
+    rows.forEach((r) => push(toMs(r.time), r));
+    if (!p.alive) return;
+    buildCharts();
+    showLast();
+    $('#signal-picks')?.addEventListener('change', () => {
+      chosen = $$('#signal-picks input:checked').map((x) => x.value);
+      sessionStorage.setItem(`fabrik.signals.${d.device_type}`, JSON.stringify(chosen));
+      buildCharts();
+    });
+    const onPoint = (ms, values) => { if (push(ms, values)) { redraw(); showLast(); } };
+    startLive(p, id, tbl.name, () => live.lastMs, onPoint, (mode) => { $('#live-mode').textContent = mode; });
+  }
+
+  // Slower panels.
+  const hasInf = await hasTable('inferences');
+  await every(p, 5000, async () => {
+    const [dev, events, alerts, infs] = await Promise.all([
+      api(`/api/v1/devices/${enc(id)}`), api(`/api/v1/devices/${enc(id)}/events?limit=50`), api('/api/v1/alerts?limit=300'),
+      (hasInf || await hasTable('inferences')) ? query(`SELECT time, pipeline, score, threshold, flag, top_signal, window_id FROM inferences WHERE device = ${sqlStr(id)} ORDER BY time DESC LIMIT 10`) : Promise.resolve(null),
+    ]);
+    if (!p.alive) return;
+    if (!document.activeElement?.closest('#dev-actions')) renderMeta(dev);
+    patch($('#dev-events'), events.length ? events.map((e) => html`<li><span class="muted">${fmtTime(e.time)}</span><span>${pill(e.kind === 'connected' || e.kind === 'birth' ? 'online' : e.kind === 'disconnected' || e.kind === 'death' ? 'offline' : 'never', e.kind.replace('_', ' '))}</span><span class="mono muted">${e.detail}</span></li>`) : html`<li class="muted">No events.</li>`);
+    const mine = alerts.filter((a) => a.key === id).slice(0, 8);
+    patch($('#dev-alerts'), mine.length ? alertsTable(mine, { compact: true, noDevice: true }) : html`<div class="empty">No alerts for this device.</div>`);
+    patch($('#dev-inferences'), infs === null ? html`<div class="empty">No inferences yet (pipelines are still training).</div>` : inferencesTable(infs, { device: false }));
+  });
+}
+
+/** Streams a device's latest values: SSE (GET /devices/{id}/stream) when the server has it, else polls SQL each second. */
+function startLive(p, id, table, lastMs, onPoint, setMode) {
+  const ctl = new AbortController();
+  p.cleanups.push(() => ctl.abort());
+  const poll = async () => {
+    setMode('polling every second');
+    while (p.alive) {
+      if (!document.hidden) {
+        try {
+          const since = lastMs() ? `'${new Date(lastMs()).toISOString()}'` : "now() - interval '10 seconds'";
+          const rows = await query(`SELECT * FROM ${sqlId(table)} WHERE device = ${sqlStr(id)} AND time > ${since} ORDER BY time`, { signal: ctl.signal });
+          rows.forEach((r) => onPoint(toMs(r.time), r));
+        } catch (e) { if (e.name === 'AbortError' || e.status === 401) return; }
+      }
+      await sleep(1000);
+    }
+  };
+  const sse = async () => {
+    let failures = 0;
+    while (p.alive) {
+      try {
+        const res = await fetch(`${API}/api/v1/devices/${enc(id)}/stream`, {
+          headers: headers({ Accept: 'text/event-stream' }), credentials: API ? 'include' : 'same-origin', signal: ctl.signal, cache: 'no-store',
+        });
+        if (res.status === 404 || res.status === 405 || !res.body) return poll();
+        if (res.status === 401) { auth.clear(); showSignIn('Your session has ended. Sign in again.'); return; }
+        if (!res.ok) throw new Error(String(res.status));
+        setMode('live (stream)');
+        failures = 0;
+        const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buf = '';
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buf = (buf + value).replace(/\r\n?/g, '\n');
+          let i;
+          while ((i = buf.indexOf('\n\n')) >= 0) {
+            const chunk = buf.slice(0, i); buf = buf.slice(i + 2);
+            const data = chunk.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).replace(/^ /, '')).join('\n');
+            if (!data) continue;
+            try {
+              const msg = JSON.parse(data);
+              onPoint(toMs(msg.time), msg.values || {});
+            } catch { /* skip a malformed event */ }
+          }
+        }
+      } catch (e) {
+        if (e.name === 'AbortError' || !p.alive) return;
+        failures++;
+      }
+      if (failures > 3) return poll();
+      setMode('reconnecting…');
+      await sleep(2000);
+    }
+  };
+  return caps.stream ? sse() : poll();
+}
+
+function inferencesTable(rows, { device = true, selected } = {}) {
+  if (!rows.length) return html`<div class="empty">No inferences.</div>`;
+  return html`<div class="table-wrap"><table class="inf-table"><thead><tr><th>Window end</th>${device ? html`<th>Device</th>` : html`<th>Pipeline</th>`}<th class="num">Score</th><th class="num">Threshold</th><th>Result</th><th>Top signal</th></tr></thead><tbody>
+    ${rows.map((r) => html`<tr class="clickable" data-window="${r.window_id}" aria-selected="${selected === r.window_id}">
+      <td><a href="#/pipelines/${enc(r.pipeline)}/${enc(r.window_id)}" title="Show the input window">${fmtTime(r.time)}</a></td>
+      ${device ? html`<td>${r.device}</td>` : html`<td>${r.pipeline}</td>`}
+      <td class="num">${fmtNum(r.score)}</td><td class="num">${fmtNum(r.threshold)}</td>
+      <td>${r.flag ? pill('firing', 'anomaly') : pill('online', 'normal')}</td><td class="mono">${r.top_signal || '—'}</td></tr>`)}
+    </tbody></table></div>`;
+}
+
+// ---------------------------------------------------------------- Data explorer
+
+const DEFAULT_SQL = "SELECT time, device, vibration_rms, motor_current\nFROM pump\nWHERE time >= now() - interval '5 minutes'\nORDER BY time";
+async function pageExplorer(p) {
+  setTitle('Data explorer');
+  const sql = sessionStorage.getItem('fabrik.sql') || DEFAULT_SQL;
+  main.innerHTML = String(html`
+    <div class="page-head"><div><h1>Data explorer</h1><div class="sub">Read-only SQL over every table (SELECT, SHOW, DESCRIBE, EXPLAIN)</div></div></div>
+    <div class="grid cols-side" style="grid-template-columns:minmax(0,3fr) minmax(0,1fr)">
+      <section class="card" aria-labelledby="h-sql">
+        <h2 id="h-sql"><label for="sql">Query</label></h2>
+        <textarea id="sql" rows="7" spellcheck="false" aria-describedby="sql-hint">${sql}</textarea>
+        <div class="editor-bar">
+          <button class="primary" type="button" id="run">Run query</button>
+          <button type="button" id="csv" disabled>Export CSV</button>
+          <span class="muted" id="sql-hint"><span class="kbd">Ctrl</span>+<span class="kbd">Enter</span> runs the query</span>
+          <span class="spacer"></span><span class="muted" id="sql-status" role="status" aria-live="polite"></span>
+        </div>
+      </section>
+      <section class="card" aria-labelledby="h-tables"><h2 id="h-tables">Tables</h2><div id="tables-list" class="muted">Loading…</div></section>
+    </div>
+    <div id="sql-error" class="notice bad" role="alert" hidden style="margin-top:16px"></div>
+    <section class="card" id="result-chart-card" hidden style="margin-top:16px" aria-labelledby="h-rchart">
+      <div class="card-head"><h2 id="h-rchart">Chart</h2><span class="muted" id="chart-note"></span></div><div class="chart" id="result-chart"></div></section>
+    <section class="card" id="result-card" hidden style="margin-top:16px" aria-labelledby="h-result">
+      <div class="card-head"><h2 id="h-result">Result</h2></div><div class="table-wrap" id="result"></div>
+      <div class="pager" id="pager"></div></section>`);
+  const ta = $('#sql');
+  let result = null; let pageNo = 0; let chart = null; let lastSql = '';
+  const PAGE = 50;
+  p.cleanups.push(() => chart?.destroy());
+
+  const list = await tables();
+  $('#tables-list').innerHTML = String(html`<ul class="bars" style="list-style:none">${list.map((t) => html`<li style="display:block"><button type="button" class="small" data-table="${t.name}" aria-label="Query table ${t.name}">${t.name}</button>
+    <span class="muted" style="font-size:12px">${[...t.tags, ...Object.keys(t.fields)].slice(0, 6).join(', ')}${Object.keys(t.fields).length + t.tags.length > 6 ? '…' : ''}</span></li>`)}</ul>`);
+  $('#tables-list').addEventListener('click', (e) => {
+    const b = e.target.closest('button[data-table]');
+    if (!b) return;
+    ta.value = `SELECT *\nFROM ${/^[a-z_][a-z0-9_]*$/.test(b.dataset.table) ? b.dataset.table : sqlId(b.dataset.table)}\nORDER BY time DESC\nLIMIT 100`;
+    ta.focus();
+    run();
+  });
+
+  const renderPage = () => {
+    const cols = result.length ? Object.keys(result[0]) : [];
+    const pages = Math.max(1, Math.ceil(result.length / PAGE));
+    pageNo = Math.min(pageNo, pages - 1);
+    const rows = result.slice(pageNo * PAGE, pageNo * PAGE + PAGE);
+    $('#result').innerHTML = String(result.length ? html`<table class="result-table"><thead><tr>${cols.map((c) => html`<th scope="col">${c}</th>`)}</tr></thead><tbody>
+      ${rows.map((r) => html`<tr>${cols.map((c) => { const v = r[c]; return typeof v === 'number' ? html`<td class="num">${v}</td>` : html`<td title="${typeof v === 'object' && v !== null ? JSON.stringify(v) : v ?? ''}">${v === null ? html`<span class="muted">null</span>` : typeof v === 'object' ? JSON.stringify(v) : String(v)}</td>`; })}</tr>`)}
+      </tbody></table>` : html`<div class="empty">The query returned no rows.</div>`);
+    $('#pager').innerHTML = String(result.length > PAGE ? html`<span class="muted">Rows ${pageNo * PAGE + 1}–${Math.min(result.length, (pageNo + 1) * PAGE)} of ${result.length}</span>
+      <button type="button" class="small" id="pg-prev" ${pageNo === 0 ? raw('disabled') : ''} aria-label="Previous page">← Prev</button>
+      <span>Page ${pageNo + 1} / ${pages}</span>
+      <button type="button" class="small" id="pg-next" ${pageNo >= pages - 1 ? raw('disabled') : ''} aria-label="Next page">Next →</button>` : '');
+  };
+  $('#pager').addEventListener('click', (e) => {
+    const id = e.target.closest('button')?.id;
+    if (id === 'pg-prev') pageNo--; else if (id === 'pg-next') pageNo++; else return;
+    renderPage();
+    $(`#${id}`)?.focus();
+  });
+
+  const renderChart = () => {
+    chart?.destroy(); chart = null;
+    const card = $('#result-chart-card');
+    card.hidden = true;
+    if (!result.length || !('time' in result[0])) return;
+    const sample = result.slice(0, 50);
+    const cols = Object.keys(result[0]).filter((c) => c !== 'time' && !c.startsWith('_') && sample.some((r) => typeof r[c] === 'number') && sample.every((r) => r[c] === null || typeof r[c] === 'number'));
+    if (!cols.length) return;
+    const devCol = ['device', 'key'].find((c) => c in result[0] && typeof result[0][c] === 'string');
+    const groups = devCol ? [...new Set(result.map((r) => r[devCol]))] : [null];
+    let keys = []; const pts = [];
+    const split = groups.length > 1 && groups.length <= 12;
+    for (const r of result) {
+      const t = toMs(r.time);
+      if (!Number.isFinite(t)) continue;
+      for (const c of cols) {
+        const key = split ? (cols.length > 1 ? `${r[devCol]} · ${c}` : r[devCol]) : c;
+        if (typeof r[c] === 'number') pts.push({ t, key, value: r[c] });
+      }
+    }
+    keys = [...new Set(pts.map((x) => x.key))].sort();
+    let note = '';
+    if (keys.length > 12) { note = `showing 12 of ${keys.length} series`; keys = keys.slice(0, 12); }
+    card.hidden = false;
+    $('#chart-note').textContent = note || `${keys.length} series`;
+    chart = new Chart($('#result-chart'), { series: keys.map((k) => ({ label: k })), data: align(pts, keys), height: 280 });
+  };
+
+  const run = async () => {
+    const text = ta.value.trim();
+    if (!text) return;
+    sessionStorage.setItem('fabrik.sql', ta.value);
+    $('#sql-error').hidden = true;
+    $('#sql-status').textContent = 'Running…';
+    $('#run').disabled = true;
+    const t0 = performance.now();
+    try {
+      result = await query(text);
+      if (!p.alive) return;
+      lastSql = text;
+      if (!Array.isArray(result)) result = [];
+      pageNo = 0;
+      $('#sql-status').textContent = `${result.length.toLocaleString('en-US')} row${result.length === 1 ? '' : 's'} in ${Math.round(performance.now() - t0)} ms`;
+      $('#result-card').hidden = false;
+      $('#csv').disabled = false;
+      renderPage();
+      renderChart();
+    } catch (e) {
+      if (!p.alive || e.status === 401) return;
+      $('#sql-status').textContent = '';
+      $('#sql-error').textContent = e.message;
+      $('#sql-error').hidden = false;
+    } finally {
+      if (p.alive) $('#run').disabled = false;
+    }
+  };
+  $('#run').addEventListener('click', run);
+  ta.addEventListener('keydown', (e) => {
+    if ((e.ctrlKey || e.metaKey) && e.key === 'Enter') { e.preventDefault(); run(); }
+  });
+  $('#csv').addEventListener('click', async () => {
+    try {
+      const text = await api('/api/v1/query', { method: 'POST', body: { sql: lastSql || ta.value }, accept: 'text/csv' });
+      const url = URL.createObjectURL(new Blob([text], { type: 'text/csv' }));
+      const a = document.createElement('a');
+      a.href = url; a.download = `fabrik-query-${new Date().toISOString().replace(/[:.]/g, '-')}.csv`;
+      document.body.append(a); a.click(); a.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 1000);
+    } catch (e) { $('#sql-error').textContent = e.message; $('#sql-error').hidden = false; }
+  });
+  run();
+}
+
+// ---------------------------------------------------------------- Pipelines
+
+async function pagePipelines(p, args) {
+  setTitle('Pipelines');
+  const pipelines = await api('/api/v1/pipelines');
+  const name = args[0] || pipelines[0]?.name;
+  const windowId = args[1];
+  main.innerHTML = String(html`
+    <div class="page-head"><div><h1>Pipelines</h1><div class="sub">Windows scored by each model, and why</div></div></div>
+    ${errorBox}
+    <section class="card" aria-labelledby="h-plist"><h2 id="h-plist">All pipelines</h2><div id="pl-table"></div></section>
+    ${name ? html`
+    <section class="card" aria-labelledby="h-pdef"><div class="card-head"><h2 id="h-pdef">${name}</h2><span id="pl-state"></span></div><div id="pl-def"></div></section>
+    <section class="card" aria-labelledby="h-scores"><div class="card-head"><h2 id="h-scores">Scores over the last hour</h2><span class="muted">one point per window and device; dashed: threshold; log scale</span></div><div class="chart" id="score-chart"></div><div id="score-empty"></div></section>
+    <div class="grid cols-2" style="margin-top:16px">
+      <section class="card" aria-labelledby="h-anom"><div class="card-head"><h2 id="h-anom">Latest inferences</h2>
+        <div class="seg" role="group" aria-label="Which inferences"><button type="button" data-only="1" aria-pressed="true">Anomalies</button><button type="button" data-only="0" aria-pressed="false">All</button></div></div>
+        <div id="pl-inferences"></div></section>
+      <section class="card" aria-labelledby="h-win" id="win-card"><h2 id="h-win">Input window</h2><div id="win-detail"><div class="empty">Select an inference to see its input window and what drove its score.</div></div></section>
+    </div>` : html`<div class="empty">No pipelines configured.</div>`}`);
+  if (!name) return;
+  let onlyAnomalies = true; let selected = windowId || null; let scoreChart = null; let winCharts = [];
+  p.cleanups.push(() => { scoreChart?.destroy(); winCharts.forEach((c) => c.destroy()); });
+
+  $('.seg').addEventListener('click', (e) => {
+    const b = e.target.closest('button');
+    if (!b) return;
+    onlyAnomalies = b.dataset.only === '1';
+    $$('.seg button').forEach((x) => x.setAttribute('aria-pressed', String(x === b)));
+    refreshList();
+  });
+  $('#pl-inferences').addEventListener('click', (e) => {
+    const tr = e.target.closest('tr[data-window]');
+    if (!tr || e.target.closest('a')) return;
+    location.hash = `#/pipelines/${enc(name)}/${enc(tr.dataset.window)}`;
+  });
+
+  const refreshList = async () => {
+    if (!(await hasTable('inferences'))) { patch($('#pl-inferences'), html`<div class="empty">No inferences yet: the model is still learning each device's normal.</div>`); return; }
+    const rows = await query(`SELECT time, device, pipeline, score, threshold, flag, top_signal, window_id FROM inferences WHERE pipeline = ${sqlStr(name)}${onlyAnomalies ? ' AND flag = true' : ''} ORDER BY time DESC LIMIT 15`);
+    if (!p.alive) return;
+    patch($('#pl-inferences'), rows.length ? inferencesTable(rows, { selected }) : html`<div class="empty">${onlyAnomalies ? 'No anomalies flagged yet.' : 'No inferences yet.'}</div>`);
+  };
+
+  const showWindow = async (wid) => {
+    const [inf] = await query(`SELECT * FROM inferences WHERE pipeline = ${sqlStr(name)} AND window_id = ${sqlStr(wid)} LIMIT 1`);
+    const def = pipelines.find((x) => x.name === name);
+    if (!p.alive) return;
+    if (!inf) { $('#win-detail').innerHTML = String(html`<div class="empty">Inference ${wid} not found.</div>`); return; }
+    const ws = Number(inf.window_start); const we = Number(inf.window_end);
+    const pad = Math.max(5e9, (we - ws) / 2);
+    const signals = def?.signals || [];
+    const rows = signals.length ? await query(`SELECT time, ${signals.map(sqlId).join(', ')} FROM ${sqlId(def.table)} WHERE device = ${sqlStr(inf.device)} AND time >= to_timestamp_nanos(${Math.round(ws - pad)}) AND time < to_timestamp_nanos(${Math.round(we + pad)}) ORDER BY time`) : [];
+    if (!p.alive) return;
+    let contrib = {};
+    try { contrib = JSON.parse(inf.contributions || '{}'); } catch { /* shown empty */ }
+    const entries = Object.entries(contrib).filter(([, v]) => typeof v === 'number').sort((a, b) => Math.abs(b[1]) - Math.abs(a[1]));
+    const total = entries.reduce((a, [, v]) => a + Math.abs(v), 0) || 1;
+    winCharts.forEach((c) => c.destroy()); winCharts = [];
+    $('#win-detail').innerHTML = String(html`
+      <dl class="kv" style="margin-bottom:12px"><dt>Device</dt><dd><a href="#/devices/${enc(inf.device)}">${inf.device}</a></dd>
+        <dt>Window</dt><dd>${fmtTime(ws)} → ${fmtTime(we, false)} <span class="muted">(${inf.samples} samples)</span></dd>
+        <dt>Score</dt><dd><strong>${fmtNum(inf.score)}</strong> <span class="muted">threshold ${fmtNum(inf.threshold)}</span> ${inf.flag ? pill('firing', 'anomaly') : pill('online', 'normal')}</dd>
+        <dt>Window id</dt><dd class="mono">${inf.window_id}</dd></dl>
+      <h3>What drove the score</h3>
+      ${entries.length ? html`<ul class="bars" aria-label="Per-feature contributions">${entries.map(([k, v]) => html`<li><span class="name" title="${k}">${k}</span>
+        <span class="track" role="img" aria-label="${k}: ${Math.round((Math.abs(v) / total) * 100)} percent"><span class="fill" style="display:block;width:${(Math.abs(v) / total) * 100}%"></span></span><span class="pct">${Math.round((Math.abs(v) / total) * 100)}%</span></li>`)}</ul>` : html`<div class="muted">No contributions recorded.</div>`}
+      <h3 style="margin-top:16px">Input signals <span style="text-transform:none;letter-spacing:0;font-weight:400">(window shaded)</span></h3>
+      <div class="charts" id="win-charts"></div>`);
+    const box = $('#win-charts');
+    const t = rows.map((r) => toMs(r.time) / 1000);
+    box.dataset.points = String(t.length);
+    winCharts = signals.map((s, i) => {
+      box.insertAdjacentHTML('beforeend', `<div class="chart-title">${esc(s)}</div><div class="chart"></div>`);
+      return new Chart(box.lastElementChild, { series: [{ label: s, color: PALETTE[i % PALETTE.length] }], data: [t, rows.map((r) => r[s] ?? null)], height: 110, band: [ws / 1e9, we / 1e9], sync: `win-${name}` });
+    });
+  };
+
+  await every(p, 5000, async () => {
+    const list = await api('/api/v1/pipelines');
+    if (!p.alive) return;
+    patch($('#pl-table'), pipelinesTable(list));
+    const x = list.find((y) => y.name === name);
+    if (!x) { patch($('#pl-def'), html`<div class="notice bad">Pipeline ${name} not found.</div>`); return; }
+    patch($('#pl-state'), pill(x.state));
+    patch($('#pl-def'), html`${x.error ? html`<div class="notice ${x.state === 'failed' ? 'bad' : 'warn'}">${x.error}</div>` : ''}
+      <div class="grid cols-2"><dl class="kv"><dt>Input table</dt><dd class="mono">${x.table}</dd><dt>Signals</dt><dd>${x.signals.map((s) => html`<span class="tag">${s}</span>`)}</dd>
+        <dt>Model</dt><dd>${x.model}</dd><dt>Window</dt><dd>${x.window}</dd><dt>Threshold</dt><dd class="mono">${x.threshold}</dd><dt>Features</dt><dd>${x.features.length}</dd></dl>
+      <div class="stats" style="grid-template-columns:repeat(3,minmax(0,1fr));margin:0">
+        ${[['Devices', x.devices], ['Training', x.training_devices], ['Windows', x.windows], ['Inferences', x.inferences], ['Anomalies', x.anomalies], ['Incomplete', x.incomplete_windows]].map(([k, v]) => html`<div class="stat"><div class="label">${k}</div><div class="value" style="font-size:20px">${fmtNum(v)}</div></div>`)}
+      </div></div>
+      <div class="muted" style="margin-top:8px">Data complete up to ${x.horizon ? fmtTime(x.horizon) : '—'} · ${fmtNum(x.samples)} samples read</div>`);
+    if (await hasTable('inferences')) {
+      const rows = await query(`SELECT time, device, score, threshold FROM inferences WHERE pipeline = ${sqlStr(name)} AND time >= now() - interval '1 hour' ORDER BY time LIMIT 20000`);
+      if (!p.alive) return;
+      const devices = [...new Set(rows.map((r) => r.device))].sort();
+      // Log scale: a stuck or spiking sensor scores in the hundreds while normal windows score ~1.
+      const pts = rows.map((r) => ({ t: toMs(r.time), key: r.device, value: Math.max(r.score, 0.01) }));
+      const thr = new Map();
+      rows.forEach((r) => thr.set(toMs(r.time), Math.max(thr.get(toMs(r.time)) ?? -Infinity, r.threshold)));
+      thr.forEach((v, t) => pts.push({ t, key: '__thr', value: v }));
+      const data = align(pts, [...devices, '__thr']);
+      const series = [...devices.map((dv) => ({ label: dv, points: true })), { label: 'threshold', color: '#e5484d', dash: [6, 4], width: 1.2 }];
+      if (!scoreChart || scoreChart.series.length !== series.length) { scoreChart?.destroy(); scoreChart = new Chart($('#score-chart'), { series, data, height: 240, yLabel: 'score (log)', logY: true }); } else scoreChart.setData(data);
+      patch($('#score-empty'), rows.length ? '' : html`<div class="empty">No inferences in the last hour.</div>`);
+    } else {
+      patch($('#score-empty'), html`<div class="empty">No inferences yet: ${x.training_devices} device(s) still learning their normal.</div>`);
+    }
+    await refreshList();
+  });
+  if (selected) {
+    try { await showWindow(selected); $('#win-card').scrollIntoView({ block: 'nearest' }); } catch (e) { showError(e, p); }
+  }
+}
+
+// ---------------------------------------------------------------- Alerts
+
+function alertsTable(alerts, { compact = false, noDevice = false, actions = false } = {}) {
+  return html`<div class="table-wrap"><table class="alerts-table"><thead><tr><th>State</th><th>Rule</th>${noDevice ? '' : html`<th>Device</th>`}
+    ${compact ? '' : html`<th>Severity</th>`}<th>Started</th>${compact ? '' : html`<th>Fired</th><th>Resolved</th><th class="num">Value</th><th>Top signal</th>`}<th>Acknowledged</th>${actions ? html`<th><span class="sr">Actions</span></th>` : ''}</tr></thead><tbody>
+    ${alerts.map((a) => html`<tr data-alert="${a.id}"><td>${pill(a.state)}${a.silenced ? html` <span class="pill plain" title="A silence matched">silenced</span>` : ''}</td>
+      <td>${a.rule}</td>${noDevice ? '' : html`<td><a href="#/devices/${enc(a.key)}">${a.key}</a></td>`}
+      ${compact ? '' : html`<td>${pill(a.severity === 'critical' ? 'failed' : a.severity === 'warning' ? 'pending' : '', a.severity)}</td>`}
+      <td>${time(a.started_at)}</td>
+      ${compact ? '' : html`<td>${a.fired_at ? fmtTime(a.fired_at) : '—'}</td><td>${a.resolved_at ? fmtTime(a.resolved_at) : '—'}</td><td class="num">${fmtNum(a.value)}</td><td class="mono">${a.annotations?.top_signal || '—'}</td>`}
+      <td>${a.ack ? html`<span title="${a.ack.comment || ''}">${pill(a.ack.feedback)} <span class="muted">by ${a.ack.by}</span></span>` : html`<span class="muted">—</span>`}</td>
+      ${actions ? html`<td><div class="row">${a.ack ? '' : html`<button type="button" class="small" data-ack="${a.id}" aria-label="Acknowledge alert ${a.rule} on ${a.key}">Acknowledge</button>`}
+        <button type="button" class="small" data-silence="${a.id}" aria-label="Silence ${a.rule} on ${a.key}">Silence</button></div></td>` : ''}</tr>`)}
+    </tbody></table></div>`;
+}
+
+async function pageAlerts(p, args) {
+  setTitle('Alerts');
+  const state = ['firing', 'pending', 'resolved'].includes(args[0]) ? args[0] : '';
+  main.innerHTML = String(html`<div id="alerts-page">
+    <div class="page-head"><div><h1>Alerts</h1><div class="sub" id="al-count"></div></div>
+      <div class="row"><button type="button" id="new-silence">New silence</button></div></div>
+    ${errorBox}
+    <section class="card" aria-labelledby="h-alist">
+      <div class="card-head"><h2 id="h-alist">Alerts</h2>
+        <nav class="seg" aria-label="Filter by state">${[['', 'All'], ['firing', 'Firing'], ['pending', 'Pending'], ['resolved', 'Resolved']].map(([v, l]) => html`<a class="btn" style="border:0;border-radius:0" href="#/alerts${v ? `/${v}` : ''}" aria-pressed="${state === v}" ${state === v ? raw('aria-current="page"') : ''}>${l}</a>`)}</nav></div>
+      <div id="al-table"></div>
+    </section>
+    <section class="card" aria-labelledby="h-sil"><h2 id="h-sil">Active silences</h2><div id="sil-table"></div></section></div>`);
+  $$('.seg a').forEach((a) => { if (a.getAttribute('aria-pressed') === 'true') a.style.boxShadow = 'inset 0 -2px 0 var(--accent)'; });
+  let alerts = [];
+  const load = async () => {
+    const [list, silences] = await Promise.all([api(`/api/v1/alerts?limit=500${state ? `&state=${state}` : ''}`), api('/api/v1/silences')]);
+    if (!p.alive) return;
+    alerts = list;
+    $('#al-count').textContent = `${list.length} ${state || ''} alert${list.length === 1 ? '' : 's'}`.replace('  ', ' ');
+    patch($('#al-table'), list.length ? alertsTable(list, { actions: true }) : html`<div class="empty">No ${state} alerts.</div>`);
+    const active = silences.filter((s) => toMs(s.until) > Date.now());
+    patch($('#sil-table'), active.length ? html`<div class="table-wrap"><table><thead><tr><th>Rule</th><th>Device</th><th>Until</th><th>By</th><th>Comment</th><th><span class="sr">Actions</span></th></tr></thead><tbody>
+      ${active.map((s) => html`<tr><td>${s.rule || html`<span class="muted">any</span>`}</td><td>${s.key || html`<span class="muted">any</span>`}</td><td>${fmtTime(s.until)}</td><td>${s.by}</td><td class="wrap">${s.comment || ''}</td>
+        <td><button type="button" class="small danger" data-unsilence="${s.id}" aria-label="Remove silence ${s.id}">Remove</button></td></tr>`)}</tbody></table></div>` : html`<div class="empty">No active silences.</div>`);
+  };
+  $('#alerts-page').addEventListener('click', async (e) => {
+    const b = e.target.closest('button');
+    if (!b || !p.alive) return;
+    if (b.dataset.ack) {
+      const a = alerts.find((x) => x.id === b.dataset.ack);
+      if (a && await ackDialog(a)) { await load(); refreshBadge(); }
+    } else if (b.dataset.silence) {
+      const a = alerts.find((x) => x.id === b.dataset.silence);
+      if (a && await silenceDialog(a)) await load();
+    } else if (b.dataset.unsilence) {
+      try { await api(`/api/v1/silences/${enc(b.dataset.unsilence)}`, { method: 'DELETE' }); toast('Silence removed.'); await load(); } catch (err) { showError(err, p); }
+    } else if (b.id === 'new-silence') {
+      if (await silenceDialog(null)) await load();
+    }
+  });
+  await every(p, 5000, load);
+}
+
+// ---------------------------------------------------------------- dialogs
+
+function dialog(content, onSubmit) {
+  return new Promise((resolve) => {
+    const dlg = document.createElement('dialog');
+    dlg.innerHTML = String(content);
+    document.body.append(dlg);
+    const opener = document.activeElement;
+    let result = false;
+    dlg.addEventListener('close', () => { dlg.remove(); if (opener?.isConnected) opener.focus(); resolve(result); });
+    $('[data-cancel]', dlg)?.addEventListener('click', () => dlg.close());
+    $('form', dlg).addEventListener('submit', async (e) => {
+      e.preventDefault();
+      const err = $('.notice.bad', dlg);
+      const submit = $('button[type=submit]', dlg);
+      submit.disabled = true;
+      try {
+        result = (await onSubmit(new FormData(e.target))) ?? true;
+        dlg.close();
+      } catch (ex) {
+        if (err) { err.textContent = ex.message; err.hidden = false; }
+        submit.disabled = false;
+      }
+    });
+    dlg.showModal();
+  });
+}
+function confirmDialog(title, text, action) {
+  return dialog(html`<form><h2>${title}</h2><p style="margin:0">${text}</p><div class="notice bad" role="alert" hidden></div>
+    <div class="actions"><button type="button" data-cancel>Cancel</button><button type="submit" class="primary">${action}</button></div></form>`, () => true);
+}
+function ackDialog(a) {
+  return dialog(html`<form id="ack-form" aria-labelledby="ack-title"><h2 id="ack-title">Acknowledge alert</h2>
+    <div class="muted">${a.rule} on <strong>${a.key}</strong>, started ${fmtTime(a.started_at)}${a.annotations?.top_signal ? html` · top signal <code>${a.annotations.top_signal}</code>` : ''}</div>
+    <fieldset><legend>Was it a real problem?</legend>
+      <label><input type="radio" name="feedback" value="true_positive" checked> Yes, a real problem (true positive)</label>
+      <label><input type="radio" name="feedback" value="false_positive"> No, a false alarm (false positive)</label></fieldset>
+    <div class="field"><label for="ack-comment">Comment (optional)</label><textarea id="ack-comment" name="comment" rows="3" style="font-family:inherit"></textarea></div>
+    <div class="notice bad" role="alert" hidden></div>
+    <div class="actions"><button type="button" data-cancel>Cancel</button><button type="submit" class="primary">Acknowledge</button></div></form>`,
+  async (fd) => {
+    const body = { feedback: fd.get('feedback') };
+    const comment = String(fd.get('comment') || '').trim();
+    if (comment) body.comment = comment;
+    await api(`/api/v1/alerts/${enc(a.id)}/ack`, { method: 'POST', body });
+    toast(`Alert on ${a.key} acknowledged.`);
+    return true;
+  });
+}
+function silenceDialog(a) {
+  return dialog(html`<form id="silence-form" aria-labelledby="sil-title"><h2 id="sil-title">Silence alerts</h2>
+    <div class="field"><label for="sil-rule">Rule</label><input id="sil-rule" name="rule" value="${a?.rule || ''}" placeholder="any rule" spellcheck="false"></div>
+    <div class="field"><label for="sil-device">Device</label><input id="sil-device" name="device" value="${a?.key || ''}" placeholder="any device" spellcheck="false"></div>
+    <div class="field"><label for="sil-duration">Duration</label><select id="sil-duration" name="duration">
+      ${['30m', '1h', '2h', '4h', '8h', '24h', '7d'].map((d) => html`<option value="${d}" ${d === '2h' ? raw('selected') : ''}>${d}</option>`)}</select></div>
+    <div class="field"><label for="sil-comment">Comment (optional)</label><input id="sil-comment" name="comment"></div>
+    <div class="notice bad" role="alert" hidden></div>
+    <div class="actions"><button type="button" data-cancel>Cancel</button><button type="submit" class="primary">Silence</button></div></form>`,
+  async (fd) => {
+    const body = { duration: fd.get('duration') };
+    for (const k of ['rule', 'device', 'comment']) { const v = String(fd.get(k) || '').trim(); if (v) body[k] = v; }
+    await api('/api/v1/silences', { method: 'POST', body });
+    toast(`Silenced for ${body.duration}.`);
+    return true;
+  });
+}
+
+// ---------------------------------------------------------------- start
+
+async function startApp() {
+  $('#topbar').hidden = false;
+  syncThemeButton();
+  if (!globalTimer) { refreshBadge(); globalTimer = setInterval(refreshBadge, 10000); }
+  if (!location.hash || location.hash === '#' || location.hash === '#/') history.replaceState(null, '', '#/overview');
+  await route();
+  main.focus({ preventScroll: true });
+}
+
+window.addEventListener('hashchange', () => { if (auth.mode) { route(); main.focus({ preventScroll: true }); } });
+
+(async function boot() {
+  syncThemeButton();
+  if (!auth.mode) return showSignIn();
+  try {
+    await loadCaps();
+    startApp();
+  } catch (e) {
+    if (e.status !== 401) showSignIn(e.message);
+  }
+}());

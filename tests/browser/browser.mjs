@@ -1,0 +1,369 @@
+// Browser test of the Fabrik dashboard: starts `fabrik run --demo` on ephemeral ports, drives
+// Debian's chromium through playwright-core, and checks every page.
+//
+//   node tests/browser.mjs
+// Env: FABRIK_BIN (the binary under test; .ci/run passes its debug build), CHROMIUM
+//      (default: `which chromium`), SCREENSHOT_DIR (default ./screenshots),
+//      UI=server|proxy|auto (default auto: the binary's embedded dashboard when it serves
+//      /ui/app.js, else crates/fabrik-api/ui through dev/proxy.js, for UI development),
+//      ALERT_WAIT_S (default 0: seconds to wait for a natural alert before injecting one).
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, mkdirSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { randomBytes } from 'node:crypto';
+
+const require = createRequire(import.meta.url);
+const { chromium } = require('playwright-core');
+const { createProxy } = require('./dev/proxy.js');
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const BIN = process.env.FABRIK_BIN
+  || path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../target/debug/fabrik');
+const SHOTS = path.resolve(process.env.SCREENSHOT_DIR || './screenshots');
+const TOKEN = `ui-test-${randomBytes(12).toString('hex')}`;
+const ALERT_WAIT_S = Number(process.env.ALERT_WAIT_S || 0);
+const started = Date.now();
+const log = (...a) => console.log(`[${((Date.now() - started) / 1000).toFixed(1).padStart(6)}s]`, ...a);
+
+let server; let proxy; let browser; let dataDir; let currentPage; let lastErrors = [];
+const results = [];
+let failed = 0;
+
+async function step(name, fn) {
+  const t0 = Date.now();
+  try {
+    await fn();
+    results.push(`ok   ${name} (${Date.now() - t0} ms)`);
+    log(`ok   ${name}`);
+  } catch (e) {
+    failed++;
+    results.push(`FAIL ${name}: ${e.message}`);
+    if (lastErrors.length) results.push(`     console errors so far:\n       ${lastErrors.join('\n       ')}`);
+    await currentPage?.screenshot({ path: path.join(SHOTS, 'FAILED.png'), fullPage: true }).catch(() => {});
+    log(`FAIL ${name}: ${e.stack || e.message}`);
+    throw e;
+  }
+}
+function assert(cond, msg) { if (!cond) throw new Error(msg); }
+
+function startServer() {
+  dataDir = mkdtempSync(path.join(tmpdir(), 'fabrik-ui-test-'));
+  return new Promise((resolve, reject) => {
+    server = spawn(BIN, ['run', '--demo'], {
+      cwd: dataDir,
+      env: {
+        ...process.env,
+        FABRIK__HTTP__LISTEN: '127.0.0.1:0',
+        FABRIK__MQTT__LISTEN: '127.0.0.1:0',
+        FABRIK__AUTH__ADMIN_TOKEN: TOKEN,
+        NO_COLOR: '1',
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`server did not print "Fabrik is listening on" within 60 s; output:\n${out.slice(-2000)}`)), 60000);
+    server.on('error', (e) => { clearTimeout(timer); reject(new Error(`cannot start ${BIN}: ${e.message}`)); });
+    server.on('exit', (code) => { clearTimeout(timer); reject(new Error(`server exited with ${code}; output:\n${out.slice(-2000)}`)); });
+    const onData = (buf) => {
+      out += buf.toString();
+      const m = out.match(/Fabrik is listening on (http:\/\/[^\s]+)/);
+      if (m) { clearTimeout(timer); resolve(m[1].replace(/\/$/, '')); }
+    };
+    server.stdout.on('data', onData);
+    server.stderr.on('data', (b) => { out += b.toString(); });
+  });
+}
+
+let BASE;
+async function apiCall(p, { method = 'GET', body, type = 'application/json' } = {}) {
+  const res = await fetch(BASE + p, {
+    method, headers: { Authorization: `Bearer ${TOKEN}`, ...(body !== undefined ? { 'Content-Type': type } : {}) },
+    body: body === undefined ? undefined : type === 'application/json' ? JSON.stringify(body) : body,
+  });
+  const text = await res.text();
+  if (!res.ok) throw new Error(`${method} ${p} -> ${res.status}: ${text}`);
+  return text ? JSON.parse(text) : null;
+}
+
+function findChromium() {
+  if (process.env.CHROMIUM) return process.env.CHROMIUM;
+  for (const c of ['chromium', 'chromium-browser']) {
+    try { return execFileSync('which', [c]).toString().trim(); } catch { /* next */ }
+  }
+  throw new Error('chromium not found: apt-get install -y chromium (or set CHROMIUM)');
+}
+
+async function main() {
+  mkdirSync(SHOTS, { recursive: true });
+  const serverUrl = await startServer();
+  log(`server at ${serverUrl} (data in ${dataDir})`);
+  BASE = serverUrl;
+  for (let i = 0; i < 100; i++) {
+    const r = await fetch(`${serverUrl}/ready`).catch(() => null);
+    if (r?.ok) break;
+    await new Promise((res) => setTimeout(res, 200));
+  }
+
+  // Where the dashboard comes from: the binary (once it embeds ui/) or our proxy.
+  const mode = process.env.UI || 'auto';
+  const embedded = (await fetch(`${serverUrl}/ui/app.js`).catch(() => null))?.ok;
+  let uiUrl = serverUrl;
+  if (mode === 'proxy' || (mode === 'auto' && !embedded)) {
+    proxy = createProxy(serverUrl);
+    await new Promise((r) => proxy.listen(0, '127.0.0.1', r));
+    uiUrl = `http://127.0.0.1:${proxy.address().port}`;
+    log(`dashboard served from crates/fabrik-api/ui via proxy ${uiUrl}`);
+  } else {
+    assert(embedded, 'UI=server but the binary does not serve /ui/app.js');
+    log('dashboard served by the binary');
+  }
+
+  browser = await chromium.launch({ executablePath: findChromium(), headless: true, args: ['--no-sandbox', '--disable-dev-shm-usage'] });
+  const context = await browser.newContext({ viewport: { width: 1366, height: 900 }, colorScheme: 'light', acceptDownloads: true });
+  const page = await context.newPage();
+  const errors = [];
+  currentPage = page; lastErrors = errors;
+  page.on('console', (m) => { if (m.type() === 'error') errors.push(`console: ${m.text()} (${m.location()?.url || ''})`); });
+  page.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
+  const noErrors = (where) => {
+    assert(errors.length === 0, `console errors on ${where}:\n  ${errors.join('\n  ')}`);
+  };
+  const shot = async (name, opts = {}) => { await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true, ...opts }); };
+  const go = async (hash) => { await page.evaluate((h) => { location.hash = h; }, hash); };
+
+  await step('sign-in page shows', async () => {
+    await page.goto(`${uiUrl}/`);
+    await page.waitForSelector('#signin-token');
+    await shot('00-sign-in');
+    noErrors('sign-in page');
+  });
+
+  await step('sign in with the admin token', async () => {
+    await page.fill('#signin-token', TOKEN);
+    await page.click('#signin-submit');
+    await page.waitForSelector('#topbar:not([hidden])', { timeout: 10000 });
+    const mode = await page.evaluate(() => (localStorage.getItem('fabrik.auth') === 'cookie' ? 'cookie session' : 'bearer token in sessionStorage'));
+    log(`signed in using ${mode}`);
+    noErrors('sign-in');
+  });
+
+  await step('overview shows fleet health', async () => {
+    await page.waitForFunction(() => /6\s*\/\s*6|\b6\b/.test(document.querySelector('#st-devices .value')?.textContent || ''), null, { timeout: 20000 });
+    await page.waitForSelector('#ov-pipelines table');
+    // The ingest rate needs two /metrics samples, 5 s apart.
+    await page.waitForFunction(() => /\d/.test(document.querySelector('#st-ingest .value')?.textContent || ''), null, { timeout: 15000 });
+    await shot('01-overview');
+    noErrors('overview');
+  });
+
+  await step('devices list shows the 6 simulated devices', async () => {
+    await go('#/devices');
+    await page.waitForFunction(() => document.querySelectorAll('#devices-table tbody tr').length >= 6, null, { timeout: 15000 });
+    const ids = await page.$$eval('#devices-table tbody tr', (rows) => rows.map((r) => r.dataset.device).sort());
+    const want = ['motor-01', 'motor-02', 'pump-01', 'pump-02', 'pump-03', 'pump-04'];
+    assert(JSON.stringify(ids) === JSON.stringify(want), `devices ${ids.join(',')} != ${want.join(',')}`);
+    await page.selectOption('#f-type', 'motor');
+    await page.waitForFunction(() => document.querySelectorAll('#devices-table tbody tr').length === 2, null, { timeout: 10000 });
+    await page.click('#f-clear');
+    await page.waitForFunction(() => document.querySelectorAll('#devices-table tbody tr').length === 6, null, { timeout: 10000 });
+    await shot('02-devices');
+    noErrors('devices');
+  });
+
+  await step('device page: live chart has data and grows', async () => {
+    await page.click('#devices-table a[href="#/devices/pump-01"]');
+    await page.waitForSelector('#live-chart .chart canvas', { timeout: 15000 });
+    await page.waitForFunction(() => Number(document.querySelector('#live-chart')?.dataset.points) > 0, null, { timeout: 15000 });
+    const n1 = Number(await page.getAttribute('#live-chart', 'data-points'));
+    await page.waitForFunction((n) => Number(document.querySelector('#live-chart')?.dataset.points) > n, n1, { timeout: 10000 });
+    const n2 = Number(await page.getAttribute('#live-chart', 'data-points'));
+    log(`live chart ${n1} -> ${n2} points (${await page.textContent('#live-mode')})`);
+    await page.waitForSelector('#dev-events li');
+    await page.waitForSelector('#last-values .v');
+    await shot('03-device');
+    noErrors('device page');
+  });
+
+  await step('device page: rotate token shows the new token once', async () => {
+    // motor-02: not an input of the pump pipeline, so the rest of the run is unaffected.
+    await go('#/devices/motor-02');
+    await page.waitForSelector('#btn-rotate');
+    await page.click('#btn-rotate');
+    await page.waitForSelector('dialog[open]');
+    await page.click('dialog[open] button[type=submit]');
+    await page.waitForSelector('#new-token');
+    const t = (await page.textContent('#new-token')).trim();
+    assert(t.length >= 16, `new token looks wrong: ${t}`);
+    await page.click('#dismiss-token');
+    noErrors('rotate token');
+  });
+
+  await step('data explorer: query, table, chart, Ctrl+Enter, CSV', async () => {
+    await go('#/explorer');
+    await page.waitForSelector('#result table tbody tr', { timeout: 15000 });
+    await page.waitForSelector('#result-chart canvas', { timeout: 5000 });
+    await page.fill('#sql', 'SELECT device, count(*) AS n FROM pump GROUP BY device ORDER BY device');
+    await page.focus('#sql');
+    await page.keyboard.press('Control+Enter');
+    await page.waitForFunction(() => /^4 rows/.test(document.querySelector('#sql-status')?.textContent || ''), null, { timeout: 10000 });
+    const [download] = await Promise.all([page.waitForEvent('download'), page.click('#csv')]);
+    const file = path.join(dataDir, 'export.csv');
+    await download.saveAs(file);
+    const csv = (await import('node:fs')).readFileSync(file, 'utf8');
+    assert(/^device,n\n/.test(csv) && csv.trim().split('\n').length === 5, `unexpected CSV: ${csv.slice(0, 200)}`);
+    await page.fill('#sql', 'SELECT value AS n FROM generate_series(1, 120)');
+    await page.click('#run');
+    await page.waitForSelector('#pg-next:not([disabled])');
+    await page.click('#pg-next');
+    await page.waitForFunction(() => document.querySelector('#result tbody tr td')?.textContent.trim() === '51', null, { timeout: 5000 });
+    await page.fill('#sql', "SELECT time, device, vibration_rms, flow FROM pump WHERE time >= now() - interval '5 minutes' ORDER BY time");
+    await page.click('#run');
+    await page.waitForSelector('#result-chart canvas');
+    await shot('04-explorer');
+    noErrors('explorer');
+  });
+
+  await step('pipelines page', async () => {
+    await go('#/pipelines');
+    await page.waitForFunction(() => document.querySelector('#pl-table')?.textContent.includes('pump-health'), null, { timeout: 10000 });
+    await page.waitForSelector('#pl-def dl');
+    await shot('05-pipelines');
+    noErrors('pipelines');
+  });
+
+  let alertId;
+  await step('an alert exists (natural, or injected through /api/v1/write)', async () => {
+    const deadline = Date.now() + ALERT_WAIT_S * 1000;
+    let open = [];
+    for (;;) {
+      open = (await apiCall('/api/v1/alerts?limit=100')).filter((a) => !a.ack);
+      if (open.length || Date.now() >= deadline) break;
+      await new Promise((r) => setTimeout(r, 5000));
+    }
+    if (open.length) { alertId = open[0].id; log(`natural alert ${alertId}`); return; }
+    // The demo rule `pump-anomaly` fires on inferences of `pump-health` whose score/threshold > 1.
+    const device = `ui-test-${randomBytes(3).toString('hex')}`;
+    const now = BigInt(Date.now()) * 1000000n; const ws = now - 10000000000n;
+    const contributions = JSON.stringify({ 'vibration_rms.mean': 0.7, 'flow.std': 0.3 }).replace(/"/g, '\\"');
+    const line = `inferences,pipeline=pump-health,device=${device},model=robust_z score=9.0,threshold=4.5,flag=true,window_start=${ws}i,window_end=${now}i,samples=10i,window_id="pump-health/${device}/${ws}",contributions="${contributions}",model_version="ui-test",top_signal="vibration_rms" ${now}`;
+    await apiCall('/api/v1/write', { method: 'POST', body: line, type: 'text/plain' });
+    for (let i = 0; i < 60 && !alertId; i++) {
+      await new Promise((r) => setTimeout(r, 500));
+      alertId = (await apiCall('/api/v1/alerts?limit=100')).find((a) => a.key === device)?.id;
+    }
+    assert(alertId, `no alert after injecting an anomalous inference for ${device}`);
+    log(`injected alert ${alertId}`);
+  });
+
+  await step('alerts page: acknowledge an alert in the UI', async () => {
+    await go('#/alerts');
+    const sel = `button[data-ack="${alertId.replace(/"/g, '\\"')}"]`;
+    await page.waitForSelector(sel, { timeout: 15000 });
+    await shot('06-alerts');
+    await page.click(sel);
+    await page.waitForSelector('dialog[open] #ack-form');
+    await page.check('dialog[open] input[value=false_positive]');
+    await page.fill('#ack-comment', 'browser test: not a real fault');
+    await shot('07-ack-dialog', { fullPage: false });
+    await page.click('dialog[open] button[type=submit]');
+    await page.waitForSelector('dialog[open]', { state: 'detached', timeout: 10000 });
+    const a = await apiCall(`/api/v1/alerts/${encodeURIComponent(alertId)}`);
+    assert(a.ack && a.ack.feedback === 'false_positive', `alert not acknowledged via the API: ${JSON.stringify(a.ack)}`);
+    assert(a.ack.comment === 'browser test: not a real fault', `comment not stored: ${JSON.stringify(a.ack)}`);
+    await page.waitForSelector(`${sel}`, { state: 'detached', timeout: 10000 });
+    noErrors('alerts');
+  });
+
+  await step('alerts page: silence for a duration', async () => {
+    const a = await apiCall(`/api/v1/alerts/${encodeURIComponent(alertId)}`);
+    await page.click(`button[data-silence="${alertId}"]`);
+    await page.waitForSelector('dialog[open] #silence-form');
+    await page.selectOption('#sil-duration', '1h');
+    await page.click('dialog[open] button[type=submit]');
+    await page.waitForSelector('dialog[open]', { state: 'detached', timeout: 10000 });
+    const sil = await apiCall('/api/v1/silences');
+    assert(sil.some((s) => s.key === a.key && s.rule === a.rule), `silence not created: ${JSON.stringify(sil)}`);
+    await page.waitForSelector('#sil-table button[data-unsilence]');
+    await shot('06-alerts');
+    noErrors('silence');
+  });
+
+  await step('pipelines: an inference shows its input window and contributions', async () => {
+    await go('#/pipelines');
+    await page.waitForSelector('#pl-inferences tr[data-window], #pl-inferences .empty', { timeout: 15000 });
+    if (!(await page.$('#pl-inferences tr[data-window]'))) {
+      await page.click('.seg button[data-only="0"]');
+      await page.waitForSelector('#pl-inferences tr[data-window]', { timeout: 15000 });
+    }
+    await page.click('#pl-inferences tr[data-window] td:nth-child(3)');
+    await page.waitForSelector('#win-detail .bars li', { timeout: 15000 });
+    await page.waitForSelector('#win-charts canvas');
+    await shot('05-pipelines');
+    noErrors('pipeline inference detail');
+  });
+
+  await step('dark theme and tablet width render without errors', async () => {
+    await page.click('#theme-toggle');
+    assert(await page.evaluate(() => document.documentElement.dataset.theme === 'dark'), 'theme toggle did not switch to dark');
+    await go('#/overview');
+    await page.waitForSelector('#ov-pipelines table');
+    await shot('08-overview-dark');
+    await page.setViewportSize({ width: 768, height: 1024 });
+    await go('#/devices/pump-02');
+    await page.waitForFunction(() => Number(document.querySelector('#live-chart')?.dataset.points) > 0, null, { timeout: 15000 });
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert(overflow <= 1, `page is ${overflow}px wider than a 768px viewport`);
+    await shot('09-device-tablet-dark');
+    await page.click('#theme-toggle');
+    noErrors('dark theme / tablet');
+  });
+
+  await step('keyboard: nav reachable by Tab, sign out returns to sign-in', async () => {
+    await page.setViewportSize({ width: 1366, height: 900 });
+    await page.goto(`${uiUrl}/#/overview`);
+    await page.waitForSelector('#topbar:not([hidden])');
+    let reached = false;
+    for (let i = 0; i < 8 && !reached; i++) {
+      await page.keyboard.press('Tab');
+      reached = await page.evaluate(() => document.activeElement?.getAttribute('href') === '#/devices');
+    }
+    assert(reached, 'could not reach the Devices link with Tab');
+    await page.keyboard.press('Enter');
+    await page.waitForSelector('#devices-table');
+    await page.click('#sign-out');
+    await page.waitForSelector('#signin-token');
+    noErrors('keyboard / sign out');
+  });
+}
+
+async function cleanup() {
+  await browser?.close().catch(() => {});
+  proxy?.close();
+  if (server && server.exitCode === null) {
+    server.removeAllListeners('exit');
+    server.kill('SIGTERM');
+    await new Promise((r) => { const t = setTimeout(() => { server.kill('SIGKILL'); r(); }, 5000); server.once('exit', () => { clearTimeout(t); r(); }); });
+  }
+  if (dataDir && existsSync(dataDir)) rmSync(dataDir, { recursive: true, force: true });
+}
+
+let code = 0;
+try {
+  await main();
+} catch (e) {
+  code = 1;
+  if (!failed) { results.push(`FAIL setup: ${e.message}`); failed++; }
+} finally {
+  await cleanup();
+}
+console.log(`\n${results.join('\n')}`);
+console.log(`screenshots: ${SHOTS}`);
+const passed = results.filter((r) => r.startsWith('ok')).length;
+console.log(`${passed} passed, ${failed} failed`);
+if (code || failed) {
+  console.error('Dashboard browser test FAILED');
+  process.exit(1);
+}
