@@ -16,6 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::mapping::{self, DeviceInfo, Mapping};
 use crate::mqtt::ClientIdentity;
+use crate::sparkplug::{
+    Event as SparkplugEvent, Sample as SparkplugSample, SessionConfig, SparkplugHost,
+    Value as SparkplugValue,
+};
 
 /// Table of messages that could not be mapped.
 pub const DEAD_LETTERS: &str = "_dead_letters";
@@ -89,6 +93,23 @@ pub struct Ingest {
     devices: Arc<dyn DeviceDirectory>,
     ids: Arc<RawMessageIds>,
     settings: IngestSettings,
+    /// Sparkplug B edge-node sessions (births, aliases, sequence numbers).
+    sparkplug: parking_lot::Mutex<SparkplugHost>,
+    /// Where messages to publish go (Sparkplug rebirth requests), if anyone publishes them.
+    outbound: Option<mpsc::Sender<Outbound>>,
+}
+
+/// The table Sparkplug B metrics are stored in (tags `device`, `group`, `edge_node`; one column
+/// per metric name).
+pub const SPARKPLUG_TABLE: &str = "sparkplug";
+
+/// A message the ingest path wants published on the device endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outbound {
+    /// Topic.
+    pub topic: String,
+    /// Payload.
+    pub payload: Bytes,
 }
 
 /// One message on its way through a batch.
@@ -149,6 +170,84 @@ impl Ingest {
             devices,
             ids,
             settings,
+            sparkplug: parking_lot::Mutex::new(SparkplugHost::new(SessionConfig::default())),
+            outbound: None,
+        }
+    }
+
+    /// Sends messages the ingest path must publish (Sparkplug NCMD rebirth requests) to `tx`.
+    pub fn with_outbound(mut self, tx: mpsc::Sender<Outbound>) -> Self {
+        self.outbound = Some(tx);
+        self
+    }
+
+    /// Sparkplug B: births and data become rows of [`SPARKPLUG_TABLE`], deaths mark nodes
+    /// offline, a sequence gap or unknown alias asks the node to rebirth (NCMD).
+    fn prepare_sparkplug(
+        &self,
+        message: RawMessage,
+        raw_id: fabrik_core::RawMessageId,
+        device: Option<String>,
+    ) -> Pending {
+        let received_ms = u64::try_from(message.received_at.nanos() / 1_000_000).unwrap_or(0);
+        let step = self
+            .sparkplug
+            .lock()
+            .handle(&message.topic, &message.payload, received_ms);
+        let step = match step {
+            Ok(step) => step,
+            Err(e) => {
+                return Pending {
+                    rows: Err(("sparkplug".into(), e.to_string())),
+                    device,
+                    raw_id,
+                    ignored: false,
+                    message,
+                };
+            }
+        };
+        for event in &step.events {
+            match event {
+                SparkplugEvent::Online(id) => {
+                    tracing::info!(node = %id, "Sparkplug node or device online.")
+                }
+                SparkplugEvent::Offline(id) => {
+                    tracing::info!(node = %id, "Sparkplug node or device offline.")
+                }
+                SparkplugEvent::RebirthNeeded {
+                    node,
+                    reason,
+                    ncmd_topic,
+                    ncmd_payload,
+                } => {
+                    tracing::warn!(node = %node, reason = ?reason, "Sparkplug session out of step; asking the node to rebirth.");
+                    metrics::counter!("fabrik_sparkplug_rebirth_requests_total").increment(1);
+                    if let Some(tx) = &self.outbound {
+                        let command = Outbound {
+                            topic: ncmd_topic.clone(),
+                            payload: Bytes::from(ncmd_payload.clone()),
+                        };
+                        if tx.try_send(command).is_err() {
+                            tracing::warn!(node = %node, "Rebirth request dropped: the publish queue is full.");
+                        }
+                    }
+                }
+            }
+        }
+        for rejected in &step.rejected {
+            tracing::debug!(device = %rejected.device_id, metric = %rejected.metric, error = %rejected.error, "Sparkplug metric not stored.");
+        }
+        let lineage = Lineage {
+            source: SourceId(message.source.to_string()),
+            raw_id,
+            mapping_version: 0,
+        };
+        Pending {
+            rows: Ok((lineage, sparkplug_points(&step.samples))),
+            device,
+            raw_id,
+            ignored: false,
+            message,
         }
     }
 
@@ -179,8 +278,11 @@ impl Ingest {
 
     fn prepare(&self, message: RawMessage) -> Pending {
         let raw_id = self.ids.next();
-        let found = mapping::find(&self.mappings, &message.source, &message.topic);
         let publisher_device = message.publisher.as_ref().and_then(|p| p.device_id.clone());
+        if message.topic.starts_with("spBv1.0/") {
+            return self.prepare_sparkplug(message, raw_id, publisher_device);
+        }
+        let found = mapping::find(&self.mappings, &message.source, &message.topic);
         match found {
             None => {
                 let device_data = publisher_device.is_some();
@@ -287,6 +389,8 @@ impl Ingest {
     fn groups_of(&self, p: &Pending) -> Vec<(Lineage, Vec<Point>)> {
         let mut out = Vec::with_capacity(2);
         match &p.rows {
+            // A message may carry no values (a Sparkplug death): only its raw copy is kept.
+            Ok(rows) if rows.1.is_empty() => {}
             Ok(rows) => out.push(rows.clone()),
             Err((mapping, reason)) => out.push(Self::dead_letter(p, mapping, reason)),
         }
@@ -313,6 +417,12 @@ impl Ingest {
         }
         let all: Vec<(Lineage, Vec<Point>)> =
             pending.iter().flat_map(|p| self.groups_of(p)).collect();
+        if all.is_empty() {
+            for p in pending {
+                self.finish(p, Ok(()));
+            }
+            return;
+        }
         match self.sink.write(all).await {
             Ok(()) => {
                 for p in pending {
@@ -371,6 +481,46 @@ impl Ingest {
             let _ = done.send(result);
         }
     }
+}
+
+/// Sparkplug samples as rows: one per device and timestamp, one column per metric. Metric names
+/// keep their `/` (`Motor/Speed`), which SQL reaches as `"Motor/Speed"`.
+fn sparkplug_points(samples: &[SparkplugSample]) -> Vec<Point> {
+    let mut rows: std::collections::BTreeMap<(&str, u64), Vec<(String, Value)>> =
+        std::collections::BTreeMap::new();
+    for s in samples {
+        let value = match &s.value {
+            SparkplugValue::I64(v) => Value::I64(*v),
+            SparkplugValue::U64(v) => Value::U64(*v),
+            SparkplugValue::F64(v) if v.is_finite() => Value::F64(*v),
+            SparkplugValue::Bool(v) => Value::Bool(*v),
+            SparkplugValue::Str(v) => Value::Str(v.clone()),
+            SparkplugValue::Unsupported { json, .. } => Value::Str(json.clone()),
+            SparkplugValue::Bytes(b) => Value::Str(b.iter().map(|x| format!("{x:02x}")).collect()),
+            SparkplugValue::Array(items) => Value::Str(format!("{items:?}")),
+            SparkplugValue::F64(_) | SparkplugValue::Null => continue,
+        };
+        rows.entry((s.device_id.as_str(), s.timestamp_ms))
+            .or_default()
+            .push((s.metric.clone(), value));
+    }
+    rows.into_iter()
+        .map(|((device, ms), fields)| {
+            let mut parts = device.splitn(3, '/');
+            let mut tags = vec![("device".to_owned(), device.to_owned())];
+            if let (Some(group), Some(edge)) = (parts.next(), parts.next()) {
+                tags.push(("group".to_owned(), group.to_owned()));
+                tags.push(("edge_node".to_owned(), edge.to_owned()));
+            }
+            Point {
+                measurement: SPARKPLUG_TABLE.to_owned(),
+                tags,
+                fields,
+                time: Timestamp(i64::try_from(ms).unwrap_or(i64::MAX / 1_000_000) * 1_000_000),
+                quality: Quality::Good,
+            }
+        })
+        .collect()
 }
 
 /// How long a sender may wait for the ingest queue before it counts as stuck (used in logs).

@@ -241,6 +241,10 @@ pub(crate) async fn start_registry(
 pub(crate) struct IngestWiring {
     pub(crate) tx: mpsc::Sender<RawMessage>,
     pub(crate) directory: Directory,
+    /// Messages the ingest path wants published (Sparkplug rebirth requests); the MQTT module
+    /// takes the receiver.
+    pub(crate) outbound:
+        parking_lot::Mutex<Option<mpsc::Receiver<fabrik_connect::ingest::Outbound>>>,
 }
 
 /// Starts the ingest worker over the configured (or built-in) mappings.
@@ -265,6 +269,7 @@ pub(crate) async fn start_ingest(
         registry,
     };
     let (tx, rx) = mpsc::channel(settings.ingest_queue);
+    let (outbound_tx, outbound_rx) = mpsc::channel(256);
     let worker = Ingest::new(
         mappings,
         Arc::new(StoreSink(store)),
@@ -274,8 +279,13 @@ pub(crate) async fn start_ingest(
             keep_raw: settings.raw_retention.is_some(),
             ..IngestSettings::default()
         },
-    );
-    *slot = Some(IngestWiring { tx, directory });
+    )
+    .with_outbound(outbound_tx);
+    *slot = Some(IngestWiring {
+        tx,
+        directory,
+        outbound: parking_lot::Mutex::new(Some(outbound_rx)),
+    });
     let stop = CancellationToken::new();
     let token = stop.clone();
     let task = tokio::spawn(async move {
@@ -401,6 +411,24 @@ pub(crate) async fn start_mqtt(
             }
         }
     });
+    // Messages the ingest path publishes (Sparkplug NCMD rebirth requests) go through the
+    // broker like any publish, so the edge node's subscription receives them.
+    let outbound_task = ingest.outbound.lock().take().map(|mut rx| {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            while let Some(out) = rx.recv().await {
+                broker.publish(mqtt::broker::Message {
+                    topic: Arc::from(out.topic.as_str()),
+                    payload: out.payload,
+                    qos: 0,
+                    retain: false,
+                    properties: None,
+                    expires_at: None,
+                    publisher: None,
+                });
+            }
+        })
+    });
     let token = stop.clone();
     let task = tokio::spawn(async move {
         let mut servers = Vec::new();
@@ -443,6 +471,9 @@ pub(crate) async fn start_mqtt(
         // writes what is queued, then ends.
         drop(endpoint);
         let _ = tokio::time::timeout(Duration::from_secs(2), events_task).await;
+        if let Some(t) = outbound_task {
+            t.abort();
+        }
         Ok(())
     });
     Ok((ServiceHandle { stop, task }, addresses))

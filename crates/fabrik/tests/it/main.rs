@@ -10,5 +10,6 @@ mod devices;
 mod modbus;
 mod mqtt;
 mod pipelines;
+mod sparkplug;
 mod storage;
 mod support;
