@@ -1,5 +1,5 @@
 //! Fabrik's device connectivity: the MQTT device endpoint ([`mqtt`]), the Modbus TCP poller
-//! ([`modbus`]), Sparkplug B ([`sparkplug`]), normalisation mappings
+//! ([`modbus`]), the OPC UA client ([`opcua`]), Sparkplug B ([`sparkplug`]), normalisation mappings
 //! ([`mapping`]) and the ingest path that turns raw messages into stored rows or dead letters
 //! ([`ingest`]).
 //!
@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod mapping;
 pub mod modbus;
 pub mod mqtt;
+pub mod opcua;
 pub mod sparkplug;
 
 /// Errors of the connectivity layer.
@@ -36,6 +37,9 @@ pub enum ConnectError {
     /// The Modbus poller's configuration or a device failed.
     #[error(transparent)]
     Modbus(#[from] modbus::ModbusError),
+    /// The OPC UA client's configuration or a server failed.
+    #[error(transparent)]
+    OpcUa(#[from] opcua::OpcUaError),
     /// A Sparkplug B topic or payload could not be decoded.
     #[error(transparent)]
     Sparkplug(#[from] sparkplug::SparkplugError),

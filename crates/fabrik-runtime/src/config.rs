@@ -41,6 +41,8 @@ pub struct Config {
     pub pipelines: Vec<PipelineConfig>,
     /// Modbus TCP devices to poll.
     pub modbus: crate::modbus::ModbusConfig,
+    /// OPC UA servers to subscribe to.
+    pub opcua: crate::opcua::OpcUaConfig,
     /// Alert rules and notifiers.
     pub alerting: AlertingConfig,
     /// External MQTT brokers to subscribe to.
@@ -1134,11 +1136,53 @@ fn array_template(path: &str) -> Option<toml::Table> {
         })
         .ok();
     }
+    if let Some(template) = opcua_template(path) {
+        return Some(template);
+    }
     if let Some(template) = modbus_template(path) {
         return Some(template);
     }
     if path.starts_with("mappings[") && path.ends_with("].signals") {
         return toml::Table::try_from(signal).ok();
+    }
+    None
+}
+
+/// Templates of `[[opcua.servers]]` and `[[opcua.servers.items]]` (every optional key present).
+fn opcua_template(path: &str) -> Option<toml::Table> {
+    use crate::opcua::{ItemConfig, SecurityMode, SecurityPolicyName, ServerConfig, TrustMode};
+    let rest = path.strip_prefix("opcua.servers")?;
+    if rest.is_empty() {
+        return toml::Table::try_from(ServerConfig {
+            id: String::new(),
+            measurement: String::new(),
+            endpoint: String::new(),
+            security_policy: SecurityPolicyName::None,
+            security_mode: SecurityMode::None,
+            pki_dir: PathBuf::new(),
+            trust_server: TrustMode::TrustList,
+            username: Some(String::new()),
+            password: Some(String::new()),
+            device: Some(String::new()),
+            publishing_interval_ms: 1,
+            reconnect_min_ms: 1,
+            reconnect_max_ms: 1,
+            request_timeout_ms: 1,
+            keep_alive_ms: 1,
+            items: Vec::new(),
+        })
+        .ok();
+    }
+    if rest.starts_with('[') && rest.ends_with("].items") {
+        return toml::Table::try_from(ItemConfig {
+            node_id: String::new(),
+            signal: String::new(),
+            device: Some(String::new()),
+            sampling_interval_ms: Some(1),
+            deadband: Some(0.0),
+            queue_size: 1,
+        })
+        .ok();
     }
     None
 }

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod error;
 pub mod modbus;
+pub mod opcua;
 pub mod services;
 pub mod shutdown;
 pub mod telemetry;

@@ -4,10 +4,14 @@
 //! 89 °C ...) with noise, duty cycles and thermal lag; faults can be injected on demand:
 //! spikes, gradual drift (bearing wear), stuck sensors, drop-outs and malformed payloads.
 //!
+//! A Sparkplug B edge node ([`sparkplug`]) publishes a compressor's metrics with births,
+//! aliases and sequence numbers.
+//!
 //! It owns only device behaviour; registering devices and reaching the broker is the caller's
 //! job (through [`DeviceCredentials`] and an MQTT address).
 
 pub mod signals;
+pub mod sparkplug;
 
 use std::sync::Arc;
 use std::time::Duration;

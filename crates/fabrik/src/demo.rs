@@ -54,6 +54,36 @@ pub(crate) async fn register(
     Ok(out)
 }
 
+/// Registers the demo's Sparkplug B edge node (`edge-01`, node `<site>/edge-01`).
+async fn register_edge_node(
+    registry: &Registry,
+    site: &str,
+) -> Result<fabrik_sim::sparkplug::EdgeNode, String> {
+    let id = "edge-01".to_owned();
+    let new = NewDevice {
+        id: id.clone(),
+        name: Some("Simulated compressor edge node".into()),
+        device_type: Some("edge-node".into()),
+        site: Some(site.to_owned()),
+        labels: [("simulated".to_owned(), "true".to_owned())].into(),
+        sparkplug_node: Some(format!("{site}/{id}")),
+    };
+    let token = match registry.add(new).await {
+        Ok((_, token)) => token,
+        Err(RegistryError::Exists(_)) => registry
+            .rotate_token(&id)
+            .await
+            .map_err(|e| e.to_string())?,
+        Err(e) => return Err(format!("registering {id}: {e}")),
+    };
+    Ok(fabrik_sim::sparkplug::EdgeNode {
+        device_id: id.clone(),
+        token,
+        group: site.to_owned(),
+        node: id,
+    })
+}
+
 /// Cycles through [`FAULT_CYCLE`] until `stop`.
 pub(crate) async fn inject_faults(board: FaultBoard, stop: CancellationToken) {
     let mut next = 0;
@@ -90,13 +120,23 @@ pub(crate) async fn start(
     };
     let spec = PlantSpec::default();
     let devices = register(registry, &spec).await?;
-    let names: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
+    let mut names: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
+    let edge = register_edge_node(registry, &spec.site).await?;
+    names.push(format!("{} (Sparkplug B)", edge.device_id));
     let board = FaultBoard::default();
     let address = reachable(mqtt).to_string();
     let task = tokio::spawn(async move {
         let faults = tokio::spawn(inject_faults(board.clone(), stop.clone()));
+        let node = tokio::spawn(fabrik_sim::sparkplug::run_edge_node(
+            edge,
+            address.clone(),
+            spec.interval,
+            spec.seed,
+            stop.clone(),
+        ));
         fabrik_sim::run_plant(spec, devices, address, board, stop).await;
         let _ = faults.await;
+        let _ = node.await;
     });
     let lines = vec![
         format!(
@@ -104,6 +144,7 @@ pub(crate) async fn start(
             names.join(", ")
         ),
         "             try: fabrik query \"SELECT device, time, vibration_rms, flow FROM pump ORDER BY time DESC LIMIT 8\"".into(),
+        "             Sparkplug B: fabrik query \"SELECT * FROM sparkplug ORDER BY time DESC LIMIT 3\"".into(),
     ];
     Ok((task, lines))
 }

@@ -4,6 +4,7 @@
 mod alert_cli;
 mod alerts;
 mod bench;
+mod bench_mqtt;
 mod bridge;
 mod client;
 mod connect;
@@ -12,6 +13,7 @@ mod device_cli;
 mod eval;
 mod modbus;
 mod modules;
+mod opcua;
 mod pipelines;
 mod run;
 
@@ -73,6 +75,8 @@ enum ConfigCommand {
 enum BenchCommand {
     /// Generate TSBS-IoT-like truck data and write it over HTTP as fast as the server takes it.
     Ingest(bench::IngestArgs),
+    /// Many MQTT connections publishing single-reading JSON messages (Fabrik or any broker).
+    Mqtt(bench_mqtt::MqttArgs),
 }
 
 fn main() -> ExitCode {
@@ -107,6 +111,7 @@ fn main() -> ExitCode {
                 problems.extend(connect::check(&config));
                 problems.extend(pipelines::check(&config));
                 problems.extend(modbus::check(&config));
+                problems.extend(opcua::check(&config));
                 problems.extend(alerts::check(&config));
                 problems.extend(bridge::check(&config));
                 if problems.is_empty() {
@@ -135,6 +140,7 @@ fn main() -> ExitCode {
         },
         Command::Bench { command } => match command {
             BenchCommand::Ingest(args) => client::block_on(bench::ingest(args)),
+            BenchCommand::Mqtt(args) => client::block_on(bench_mqtt::run(args)),
         },
         Command::Openapi => {
             print!("{}", fabrik_api::openapi::document());

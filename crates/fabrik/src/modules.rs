@@ -17,6 +17,8 @@ pub(crate) enum Module {
     Bridge,
     /// The Modbus TCP poller.
     Modbus,
+    /// The OPC UA client.
+    Opcua,
     /// Inference pipelines: windows, features, models, inferences.
     Pipelines,
     /// Alert rules, lifecycle, notifications.
@@ -27,13 +29,14 @@ pub(crate) enum Module {
 
 impl Module {
     /// Every module.
-    pub(crate) const ALL: [Module; 9] = [
+    pub(crate) const ALL: [Module; 10] = [
         Module::Store,
         Module::Registry,
         Module::Ingest,
         Module::Mqtt,
         Module::Bridge,
         Module::Modbus,
+        Module::Opcua,
         Module::Pipelines,
         Module::Alerts,
         Module::Http,
@@ -48,6 +51,7 @@ impl Module {
             Module::Mqtt => &[Module::Ingest, Module::Registry],
             Module::Bridge => &[Module::Ingest],
             Module::Modbus => &[Module::Store],
+            Module::Opcua => &[Module::Store],
             Module::Pipelines => &[Module::Store, Module::Registry],
             Module::Alerts => &[Module::Store],
             Module::Http => &[Module::Store, Module::Registry],
@@ -63,6 +67,7 @@ impl Module {
             Module::Mqtt => "mqtt",
             Module::Bridge => "bridge",
             Module::Modbus => "modbus",
+            Module::Opcua => "opcua",
             Module::Pipelines => "pipelines",
             Module::Alerts => "alerts",
             Module::Http => "http",
@@ -79,6 +84,9 @@ impl Module {
             Module::Bridge => "MQTT bridges: subscribe to external brokers into the ingest path",
             Module::Modbus => {
                 "Modbus TCP poller: register maps, one task per device, bad-quality points"
+            }
+            Module::Opcua => {
+                "OPC UA client: subscriptions, quality from status, reconnect + restore"
             }
             Module::Alerts => "alert rules, pending → firing → resolved, silences, webhook outbox",
             Module::Pipelines => {

@@ -69,6 +69,7 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
     let mut connect_problems = crate::connect::check(&config);
     connect_problems.extend(crate::pipelines::check(&config));
     connect_problems.extend(crate::modbus::check(&config));
+    connect_problems.extend(crate::opcua::check(&config));
     connect_problems.extend(crate::alerts::check(&config));
     connect_problems.extend(crate::bridge::check(&config));
     if !connect_problems.is_empty() {
@@ -408,6 +409,15 @@ async fn serve(
                     .start(module.name(), || async {
                         let store = store.ok_or("the modbus module needs the store module")?;
                         crate::modbus::start(&config, store).await
+                    })
+                    .await
+            }
+            Module::Opcua => {
+                let store = wiring.store.clone();
+                manager
+                    .start(module.name(), || async {
+                        let store = store.ok_or("the opcua module needs the store module")?;
+                        crate::opcua::start(&config, store).await
                     })
                     .await
             }

@@ -117,6 +117,9 @@ struct Conn<S> {
 }
 
 /// Serves one accepted connection until it ends.
+/// Initial read and write buffer of a connection.
+const IDLE_BUFFER: usize = 256;
+
 pub(crate) async fn serve<S>(
     stream: S,
     peer: SocketAddr,
@@ -126,10 +129,15 @@ pub(crate) async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let max = shared.limits.max_packet_size;
-    let mut framed = Framed::new(
+    // Small initial buffers: most device connections are idle between small packets, and the
+    // default 8 KiB read plus 8 KiB write buffer per connection dominated the memory of tens of
+    // thousands of them. Buffers grow when a large packet needs it.
+    let mut framed = Framed::with_capacity(
         stream,
         MqttCodec::Version(rmqtt_codec::version::VersionCodec),
+        IDLE_BUFFER,
     );
+    *framed.write_buffer_mut() = bytes::BytesMut::with_capacity(IDLE_BUFFER);
     // Err((why, Some(version))): answer with a CONNACK refusing the client id before closing.
     let handshake = tokio::time::timeout(shared.limits.connect_timeout, async {
         let version = match framed.next().await {

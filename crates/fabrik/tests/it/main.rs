@@ -9,6 +9,8 @@ mod crash;
 mod devices;
 mod modbus;
 mod mqtt;
+mod opcua;
+mod paho;
 mod pipelines;
 mod sparkplug;
 mod storage;

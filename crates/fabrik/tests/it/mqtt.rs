@@ -454,7 +454,8 @@ fn the_demo_plant_publishes_through_the_endpoint_within_seconds() {
         None,
     );
     let devices = devices.as_array().cloned().unwrap_or_default();
-    assert_eq!(devices.len(), 6, "{devices:?}");
+    // Four pumps and two motors publishing JSON, and one Sparkplug B edge node.
+    assert_eq!(devices.len(), 7, "{devices:?}");
     eventually("every simulated device online", || {
         let (_, d) = http(
             &p.url,
@@ -462,8 +463,22 @@ fn the_demo_plant_publishes_through_the_endpoint_within_seconds() {
             "/api/v1/devices?state=online",
             None,
         );
-        d.as_array().map_or(0, Vec::len) == 6
+        d.as_array().map_or(0, Vec::len) == 7
     });
+    eventually(
+        "the edge node's births and data are stored by metric name",
+        || {
+            let (status, rows) = http(
+                &p.url,
+                reqwest::Method::POST,
+                "/api/v1/query",
+                Some(
+                    serde_json::json!({"sql": "SELECT count(*) AS n FROM sparkplug WHERE device = 'plant-1/edge-01' AND \"Compressor/Pressure\" > 5"}),
+                ),
+            );
+            status == 200 && rows[0]["n"].as_i64().unwrap_or(0) >= 2
+        },
+    );
     let rows = query(
         &p.url,
         "SELECT vibration_rms, flow, motor_current FROM pump WHERE running LIMIT 5",

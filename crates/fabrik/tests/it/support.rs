@@ -120,6 +120,8 @@ pub(crate) struct Process {
     pub(crate) url: String,
     /// `host:port` of the MQTT endpoint, when it runs.
     pub(crate) mqtt: Option<String>,
+    /// `host:port` of the MQTT/TLS endpoint, when it runs.
+    pub(crate) mqtts: Option<String>,
     pub(crate) log: mpsc::Receiver<String>,
     /// What the process printed before it listened (start-up and replay logs).
     pub(crate) startup_log: Vec<String>,
@@ -194,10 +196,15 @@ impl Process {
                         let url = rest.trim().to_owned();
                         // The rest of the banner follows; the admin token line ends it.
                         let mut mqtt = None;
+                        let mut mqtts = None;
                         while let Ok(more) = log.recv_timeout(Duration::from_secs(10)) {
                             if let Some(addr) = more.trim().strip_prefix("MQTT:") {
                                 let addr = addr.trim().trim_start_matches("mqtt://");
                                 mqtt = addr.split_whitespace().next().map(str::to_owned);
+                            }
+                            if let Some(addr) = more.trim().strip_prefix("MQTT/TLS:") {
+                                let addr = addr.trim().trim_start_matches("mqtts://");
+                                mqtts = addr.split_whitespace().next().map(str::to_owned);
                             }
                             let done = more.trim_start().starts_with("Admin token");
                             seen.push(more);
@@ -209,6 +216,7 @@ impl Process {
                             child,
                             url,
                             mqtt,
+                            mqtts,
                             log,
                             startup_log: seen,
                         };

@@ -1,0 +1,799 @@
+//! The connector end to end: values and quality, Bad/Uncertain status, a refused node id,
+//! recovery after a server restart, Basic256Sha256 with a trusted and an untrusted server
+//! certificate, browse, and shutdown of every task.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use fabrik_connect::opcua::{
+    OpcUaClient, OpcUaConfig, Quality, Reading, Value, browse, trust_server_certificate,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::opcua_peer::{Peer, PeerOptions};
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fabrik_connect=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+struct Running {
+    client: OpcUaClient,
+    rx: mpsc::Receiver<Reading>,
+    shutdown: CancellationToken,
+}
+
+impl Running {
+    fn start(toml_text: &str) -> Running {
+        let config: OpcUaConfig = toml::from_str(toml_text).unwrap();
+        let (tx, rx) = mpsc::channel(1024);
+        let shutdown = CancellationToken::new();
+        let client = OpcUaClient::start(&config, tx, shutdown.clone()).unwrap();
+        Running {
+            client,
+            rx,
+            shutdown,
+        }
+    }
+
+    /// The first reading matching `pred` within `timeout`.
+    async fn wait_for(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&Reading) -> bool,
+    ) -> Option<Reading> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(r)) if pred(&r) => return Some(r),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
+    /// Readings until `done` holds for everything collected, or `timeout`.
+    async fn collect(
+        &mut self,
+        timeout: Duration,
+        mut done: impl FnMut(&[Reading]) -> bool,
+    ) -> Vec<Reading> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut all = Vec::new();
+        while !done(&all) {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(r)) => all.push(r),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        all
+    }
+
+    /// Cancels and checks that every task ends within 5 s.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), self.client.stopped())
+            .await
+            .expect("every OPC UA task ends within 5 s of shutdown");
+    }
+}
+
+fn server_toml(
+    id: &str,
+    endpoint: &str,
+    pki: &Path,
+    extra: &str,
+    items: &[(&str, &str)],
+) -> String {
+    let mut s = format!(
+        r#"
+[[servers]]
+id = "{id}"
+endpoint = "{endpoint}"
+pki_dir = "{pki}"
+device = "{id}-dev"
+publishing_interval_ms = 100
+reconnect_min_ms = 200
+reconnect_max_ms = 1000
+request_timeout_ms = 3000
+keep_alive_ms = 1000
+{extra}
+"#,
+        pki = pki.display()
+    );
+    for (node, signal) in items {
+        s.push_str(&format!(
+            "[[servers.items]]\nnode_id = \"{node}\"\nsignal = \"{signal}\"\nsampling_interval_ms = 100\n"
+        ));
+    }
+    s
+}
+
+const PUMP_ITEMS: &[(&str, &str)] = &[
+    ("ns=2;s=Pump1.Pressure", "pressure"),
+    ("ns=2;s=Pump1.Count", "count"),
+    ("ns=2;s=Pump1.Running", "running"),
+    ("ns=2;s=Pump1.Mode", "mode"),
+];
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+}
+
+/// At least two Good readings of each signal of `device`.
+fn each_signal_twice(readings: &[Reading], device: &str, signals: &[&str]) -> bool {
+    signals.iter().all(|s| {
+        readings
+            .iter()
+            .filter(|r| &*r.device_id == device && &*r.signal == *s && r.quality == Quality::Good)
+            .count()
+            >= 2
+    })
+}
+
+async fn plain_peer(dir: &Path, bad: bool) -> Peer {
+    Peer::start(PeerOptions {
+        port: 0,
+        security: "none",
+        cert_dir: dir.join("server"),
+        bad,
+        user: None,
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_arrive_with_good_quality_and_typed_values() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let peer = plain_peer(dir.path(), false).await;
+    let mut run = Running::start(&server_toml(
+        "plc",
+        &peer.endpoint(),
+        &dir.path().join("pki"),
+        "",
+        PUMP_ITEMS,
+    ));
+    let signals = ["pressure", "count", "running", "mode"];
+    let readings = run
+        .collect(Duration::from_secs(20), |r| {
+            each_signal_twice(r, "plc-dev", &signals)
+        })
+        .await;
+    assert!(
+        each_signal_twice(&readings, "plc-dev", &signals),
+        "not every signal arrived twice: {readings:#?}"
+    );
+    let now = now_ns();
+    for r in readings.iter().filter(|r| r.quality == Quality::Good) {
+        assert_eq!(r.status, "Good");
+        assert!(
+            (r.timestamp_ns - now).abs() < 60_000_000_000,
+            "timestamp far from now: {r:?}"
+        );
+        let typed = match (&*r.signal, &r.value) {
+            ("pressure", Some(Value::F64(v))) => v.is_finite(),
+            ("count", Some(Value::I64(v))) => *v >= 0,
+            ("running", Some(Value::Bool(_))) => true,
+            ("mode", Some(Value::Str(s))) => s.starts_with("mode-"),
+            _ => false,
+        };
+        assert!(typed, "wrong value type: {r:?}");
+    }
+    // The Int32 counter moves: the server changes it every 100 ms.
+    let counts: Vec<i64> = readings
+        .iter()
+        .filter_map(|r| match (&*r.signal, &r.value) {
+            ("count", Some(Value::I64(v))) => Some(*v),
+            _ => None,
+        })
+        .collect();
+    assert!(counts.windows(2).any(|w| w[1] > w[0]), "{counts:?}");
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_and_uncertain_status_map_to_quality() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let peer = plain_peer(dir.path(), true).await;
+    let mut run = Running::start(&server_toml(
+        "plc",
+        &peer.endpoint(),
+        &dir.path().join("pki"),
+        "",
+        &[
+            ("ns=2;s=Pump1.Broken", "broken"),
+            ("ns=2;s=Pump1.Stale", "stale"),
+        ],
+    ));
+    let broken = run
+        .wait_for(Duration::from_secs(20), |r| &*r.signal == "broken")
+        .await
+        .expect("a reading of the Bad variable");
+    assert_eq!(broken.quality, Quality::Bad, "{broken:?}");
+    assert_eq!(broken.status, "BadSensorFailure");
+    let stale = run
+        .wait_for(Duration::from_secs(10), |r| &*r.signal == "stale")
+        .await
+        .expect("a reading of the Uncertain variable");
+    assert_eq!(stale.quality, Quality::Uncertain, "{stale:?}");
+    assert_eq!(stale.status, "UncertainLastUsableValue");
+    assert!(matches!(stale.value, Some(Value::F64(_))), "{stale:?}");
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_node_id_is_reported_bad_and_named() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let peer = plain_peer(dir.path(), false).await;
+    let mut run = Running::start(&server_toml(
+        "plc",
+        &peer.endpoint(),
+        &dir.path().join("pki"),
+        "",
+        &[
+            ("ns=2;s=Pump1.DoesNotExist", "ghost"),
+            ("ns=2;s=Pump1.Count", "count"),
+        ],
+    ));
+    let readings = run
+        .collect(Duration::from_secs(20), |all| {
+            all.iter().any(|r| &*r.signal == "ghost")
+                && all
+                    .iter()
+                    .any(|r| &*r.signal == "count" && r.quality == Quality::Good)
+        })
+        .await;
+    let ghost = readings
+        .iter()
+        .find(|r| &*r.signal == "ghost")
+        .unwrap_or_else(|| panic!("no reading for the unknown node: {readings:#?}"));
+    assert_eq!(ghost.quality, Quality::Bad);
+    assert!(ghost.value.is_none());
+    assert!(
+        ghost.status.contains("ns=2;s=Pump1.DoesNotExist")
+            && ghost.status.contains("BadNodeIdUnknown"),
+        "{}",
+        ghost.status
+    );
+    println!("unknown node reported as: {}", ghost.status);
+    assert!(
+        readings
+            .iter()
+            .any(|r| &*r.signal == "count" && r.quality == Quality::Good),
+        "the good item must still deliver: {readings:#?}"
+    );
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_recovers_without_restarting_the_client() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let peer = plain_peer(dir.path(), false).await;
+    let mut run = Running::start(&server_toml(
+        "plc",
+        &peer.endpoint(),
+        &dir.path().join("pki"),
+        "",
+        PUMP_ITEMS,
+    ));
+    run.wait_for(Duration::from_secs(20), |r| {
+        &*r.signal == "count" && r.quality == Quality::Good
+    })
+    .await
+    .expect("Good readings before the restart");
+
+    // Two rounds: recovery must work again after a recovered outage.
+    let mut peer = peer;
+    for round in 1..=2 {
+        let options = peer.kill().await;
+        let killed_at = Instant::now();
+        let lost = run
+            .wait_for(Duration::from_secs(10), |r| r.quality == Quality::Bad)
+            .await
+            .expect("a Bad reading announcing the lost connection");
+        println!(
+            "round {round}: after kill: {} ({:?})",
+            lost.status,
+            killed_at.elapsed()
+        );
+
+        // Down for a while (longer than the backoff cap), then back on the same port.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        while run.rx.try_recv().is_ok() {}
+        peer = Peer::start(options).await;
+        let ready_at = Instant::now();
+        let ready_ns = now_ns();
+        let fresh = run
+            .wait_for(Duration::from_secs(10), |r| {
+                &*r.signal == "count" && r.quality == Quality::Good && r.timestamp_ns >= ready_ns
+            })
+            .await;
+        let recovery = ready_at.elapsed();
+        let fresh = fresh.unwrap_or_else(|| {
+            panic!("round {round}: no fresh Good sample within 10 s of the restart")
+        });
+        println!(
+            "round {round}: OPC UA recovery: first fresh sample {recovery:?} after the restarted server was listening ({:?} after the kill): {fresh:?}",
+            killed_at.elapsed()
+        );
+        assert!(recovery < Duration::from_secs(10));
+        // The restored subscription delivers all items, not just one.
+        let signals = ["pressure", "count", "running", "mode"];
+        let after = run
+            .collect(Duration::from_secs(10), |r| {
+                each_signal_twice(r, "plc-dev", &signals)
+            })
+            .await;
+        assert!(each_signal_twice(&after, "plc-dev", &signals), "{after:#?}");
+    }
+    run.stop().await;
+    drop(peer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic256sha256_sign_and_encrypt_with_trusted_server_cert() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let peer = Peer::start(PeerOptions {
+        port: 0,
+        security: "sign,encrypt",
+        cert_dir: dir.path().join("server"),
+        bad: false,
+        user: None,
+    })
+    .await;
+    // The operator drops the server certificate into trusted/ under any name.
+    let pki = dir.path().join("pki");
+    std::fs::create_dir_all(pki.join("trusted")).unwrap();
+    std::fs::copy(peer.cert_path(), pki.join("trusted/plant-server.der")).unwrap();
+    // Two servers (two tasks) on the same peer: SignAndEncrypt and Sign.
+    let mut toml_text = server_toml(
+        "enc",
+        &peer.endpoint(),
+        &pki,
+        "security_policy = \"Basic256Sha256\"\nsecurity_mode = \"SignAndEncrypt\"\ntrust_server = \"trust_list\"",
+        PUMP_ITEMS,
+    );
+    toml_text.push_str(&server_toml(
+        "sign",
+        &peer.endpoint(),
+        &pki,
+        "security_policy = \"Basic256Sha256\"\nsecurity_mode = \"Sign\"",
+        PUMP_ITEMS,
+    ));
+    let mut run = Running::start(&toml_text);
+    let signals = ["pressure", "count", "running", "mode"];
+    let readings = run
+        .collect(Duration::from_secs(40), |r| {
+            each_signal_twice(r, "enc-dev", &signals) && each_signal_twice(r, "sign-dev", &signals)
+        })
+        .await;
+    assert!(
+        each_signal_twice(&readings, "enc-dev", &signals),
+        "SignAndEncrypt delivered nothing: {readings:#?}"
+    );
+    assert!(
+        each_signal_twice(&readings, "sign-dev", &signals),
+        "Sign delivered nothing: {readings:#?}"
+    );
+    assert!(
+        std::fs::read_dir(pki.join("rejected"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "nothing was rejected"
+    );
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_server_cert_is_refused_then_trusted_by_the_operator() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let peer = Peer::start(PeerOptions {
+        port: 0,
+        security: "encrypt",
+        cert_dir: dir.path().join("server"),
+        bad: false,
+        user: None,
+    })
+    .await;
+    let pki = dir.path().join("pki");
+    let toml_text = server_toml(
+        "enc",
+        &peer.endpoint(),
+        &pki,
+        "security_policy = \"Basic256Sha256\"\nsecurity_mode = \"SignAndEncrypt\"",
+        &[("ns=2;s=Pump1.Count", "count")],
+    );
+    let mut run = Running::start(&toml_text);
+    let readings = run.collect(Duration::from_secs(8), |_| false).await;
+    assert!(
+        readings.iter().all(|r| r.quality == Quality::Bad),
+        "an untrusted server delivered data: {readings:#?}"
+    );
+    let refused = readings
+        .first()
+        .unwrap_or_else(|| panic!("no Bad reading reports the refusal"));
+    println!("untrusted server reported as: {}", refused.status);
+    let rejected: Vec<_> = std::fs::read_dir(pki.join("rejected"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        rejected.len(),
+        1,
+        "the refused certificate lands in rejected/"
+    );
+
+    // The operator trusts it; the running connector picks it up at its next retry.
+    let trusted_at = Instant::now();
+    trust_server_certificate(&pki, &peer.cert_path()).unwrap();
+    let good = run
+        .wait_for(Duration::from_secs(30), |r| r.quality == Quality::Good)
+        .await;
+    assert!(good.is_some(), "a trusted server must deliver");
+    println!(
+        "connected {:?} after the certificate was trusted",
+        trusted_at.elapsed()
+    );
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trust_on_first_use_stores_the_server_cert() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let peer = Peer::start(PeerOptions {
+        port: 0,
+        security: "encrypt",
+        cert_dir: dir.path().join("server"),
+        bad: false,
+        user: None,
+    })
+    .await;
+    let pki = dir.path().join("pki");
+    let mut run = Running::start(&server_toml(
+        "enc",
+        &peer.endpoint(),
+        &pki,
+        "security_policy = \"Basic256Sha256\"\nsecurity_mode = \"SignAndEncrypt\"\ntrust_server = \"trust_on_first_use\"",
+        &[("ns=2;s=Pump1.Count", "count")],
+    ));
+    let good = run
+        .wait_for(Duration::from_secs(30), |r| r.quality == Quality::Good)
+        .await;
+    assert!(good.is_some(), "trust on first use must connect");
+    let trusted = std::fs::read_dir(pki.join("trusted")).unwrap().count();
+    assert_eq!(trusted, 1, "the server certificate is now in trusted/");
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browse_lists_the_pump_variables() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let peer = plain_peer(dir.path(), false).await;
+    let pki = dir.path().join("pki");
+    let objects = browse(&peer.endpoint(), "i=85", &pki, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        objects.iter().any(|n| n.node_id == "ns=2;s=Pump1"
+            && n.browse_name == "2:Pump1"
+            && n.node_class == "Object"),
+        "{objects:#?}"
+    );
+    let vars = browse(
+        &peer.endpoint(),
+        "ns=2;s=Pump1",
+        &pki,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let by_name: HashMap<_, _> = vars
+        .iter()
+        .map(|n| {
+            (
+                n.browse_name.as_str(),
+                (n.node_id.as_str(), n.node_class.as_str()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_name.get("2:Pressure"),
+        Some(&("ns=2;s=Pump1.Pressure", "Variable")),
+        "{vars:#?}"
+    );
+    assert!(by_name.contains_key("2:Mode"), "{vars:#?}");
+    let err = browse(
+        "opc.tcp://127.0.0.1:1/none/",
+        "i=85",
+        &pki,
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap_err();
+    println!("browse of a dead endpoint: {err}");
+}
+
+/// A TCP proxy whose open connections can be cut (a network blip: both ends stay up).
+struct Proxy {
+    port: u16,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target_port: u16) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let accepted = std::sync::Arc::clone(&conns);
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                accepted.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Proxy {
+            port,
+            conns,
+            accept,
+        }
+    }
+
+    /// Drops every open connection (both sockets close).
+    fn cut(&self) -> usize {
+        let conns: Vec<_> = self.conns.lock().unwrap().drain(..).collect();
+        for c in &conns {
+            c.abort();
+        }
+        conns.len()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_blip_recovers_with_the_same_server() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let peer = plain_peer(dir.path(), false).await;
+    let proxy = Proxy::start(peer.port).await;
+    let endpoint = format!("opc.tcp://127.0.0.1:{}/fabrik/", proxy.port);
+    let mut run = Running::start(&server_toml(
+        "plc",
+        &endpoint,
+        &dir.path().join("pki"),
+        "",
+        PUMP_ITEMS,
+    ));
+    run.wait_for(Duration::from_secs(20), |r| {
+        &*r.signal == "count" && r.quality == Quality::Good
+    })
+    .await
+    .expect("Good readings through the proxy");
+    for round in 1..=2 {
+        let cut = proxy.cut();
+        let cut_at = Instant::now();
+        let cut_ns = now_ns();
+        assert!(cut > 0, "the session went through the proxy");
+        let fresh = run
+            .wait_for(Duration::from_secs(10), |r| {
+                &*r.signal == "count" && r.quality == Quality::Good && r.timestamp_ns > cut_ns
+            })
+            .await;
+        assert!(
+            fresh.is_some(),
+            "round {round}: no fresh sample within 10 s of the cut"
+        );
+        println!(
+            "round {round}: network blip: fresh sample {:?} after the cut",
+            cut_at.elapsed()
+        );
+        // Drain, then check all four signals flow again.
+        let signals = ["pressure", "count", "running", "mode"];
+        let after = run
+            .collect(Duration::from_secs(10), |r| {
+                each_signal_twice(r, "plc-dev", &signals)
+            })
+            .await;
+        assert!(each_signal_twice(&after, "plc-dev", &signals), "{after:#?}");
+    }
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_deadband_suppresses_small_changes() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let peer = plain_peer(dir.path(), false).await;
+    // Pump1.Step moves +0.1 per 100 ms tick and +10 every 10th tick.
+    let toml_text = format!(
+        r#"
+[[servers]]
+id = "plc"
+endpoint = "{}"
+pki_dir = "{}"
+device = "pump"
+publishing_interval_ms = 100
+[[servers.items]]
+node_id = "ns=2;s=Pump1.Step"
+signal = "step"
+sampling_interval_ms = 50
+deadband = 4.5
+[[servers.items]]
+node_id = "ns=2;s=Pump1.Step"
+signal = "step_all"
+sampling_interval_ms = 50
+"#,
+        peer.endpoint(),
+        dir.path().join("pki").display()
+    );
+    let mut run = Running::start(&toml_text);
+    let good = |r: &&Reading, signal: &str| r.quality == Quality::Good && &*r.signal == signal;
+    let readings = run
+        .collect(Duration::from_secs(20), |all| {
+            all.iter().filter(|r| good(r, "step")).count() >= 4
+        })
+        .await;
+    let values = |signal: &str| -> Vec<f64> {
+        readings
+            .iter()
+            .filter(|r| good(r, signal))
+            .filter_map(|r| match r.value {
+                Some(Value::F64(v)) => Some(v),
+                _ => None,
+            })
+            .collect()
+    };
+    let (filtered, all) = (values("step"), values("step_all"));
+    assert!(filtered.len() >= 4, "{readings:#?}");
+    // Without the filter the 0.1 steps arrive; with it only the jumps of 10.
+    assert!(all.windows(2).any(|w| w[1] - w[0] < 1.0), "{all:?}");
+    assert!(
+        filtered.windows(2).all(|w| w[1] - w[0] > 4.5),
+        "deadband not applied: {filtered:?}"
+    );
+    assert!(
+        all.len() > 3 * filtered.len(),
+        "{} vs {}",
+        all.len(),
+        filtered.len()
+    );
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn username_password_is_required_and_accepted() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let peer = Peer::start(PeerOptions {
+        port: 0,
+        security: "encrypt",
+        cert_dir: dir.path().join("server"),
+        bad: false,
+        user: Some("fabrik:s3cret"),
+    })
+    .await;
+    let pki = dir.path().join("pki");
+    trust_server_certificate(&pki, &peer.cert_path()).unwrap();
+    let secure = "security_policy = \"Basic256Sha256\"\nsecurity_mode = \"SignAndEncrypt\"";
+    let items = &[("ns=2;s=Pump1.Count", "count")];
+
+    let mut run = Running::start(&server_toml(
+        "user",
+        &peer.endpoint(),
+        &pki,
+        &format!("{secure}\nusername = \"fabrik\"\npassword = \"s3cret\""),
+        items,
+    ));
+    let good = run
+        .wait_for(Duration::from_secs(30), |r| r.quality == Quality::Good)
+        .await;
+    assert!(good.is_some(), "the right password must log in");
+    run.stop().await;
+
+    let mut run = Running::start(&server_toml(
+        "user",
+        &peer.endpoint(),
+        &pki,
+        &format!("{secure}\nusername = \"fabrik\"\npassword = \"wrong\""),
+        items,
+    ));
+    let readings = run.collect(Duration::from_secs(6), |_| false).await;
+    assert!(
+        !readings.is_empty() && readings.iter().all(|r| r.quality == Quality::Bad),
+        "a wrong password must not deliver data: {readings:#?}"
+    );
+    println!("wrong password reported as: {}", readings[0].status);
+    run.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_down_at_start_is_reported_then_connected_when_it_comes_up() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("opc.tcp://127.0.0.1:{port}/fabrik/");
+    let mut run = Running::start(&server_toml(
+        "late",
+        &endpoint,
+        &dir.path().join("pki"),
+        "",
+        PUMP_ITEMS,
+    ));
+    // One Bad reading per item, once, naming the endpoint.
+    let bad = run
+        .collect(Duration::from_secs(10), |r| r.len() >= PUMP_ITEMS.len())
+        .await;
+    assert_eq!(bad.len(), PUMP_ITEMS.len(), "{bad:#?}");
+    assert!(
+        bad.iter()
+            .all(|r| r.quality == Quality::Bad && r.status.contains(&endpoint))
+    );
+    println!("server down at start reported as: {}", bad[0].status);
+    let more = run.collect(Duration::from_secs(2), |_| false).await;
+    assert!(more.is_empty(), "the outage is reported once: {more:#?}");
+
+    let peer = Peer::start(PeerOptions {
+        port,
+        security: "none",
+        cert_dir: dir.path().join("server"),
+        bad: false,
+        user: None,
+    })
+    .await;
+    let ready_at = Instant::now();
+    let good = run
+        .wait_for(Duration::from_secs(10), |r| r.quality == Quality::Good)
+        .await;
+    assert!(good.is_some(), "connected once the server came up");
+    println!(
+        "first Good sample {:?} after the late server was listening",
+        ready_at.elapsed()
+    );
+
+    // Dropping the receiver also ends the task.
+    let Running {
+        client,
+        rx,
+        shutdown,
+    } = run;
+    drop(rx);
+    tokio::time::timeout(Duration::from_secs(5), client.stopped())
+        .await
+        .expect("the task ends once the readings receiver is gone");
+    assert!(!shutdown.is_cancelled());
+    drop(peer);
+}

@@ -1,0 +1,168 @@
+//! The opcua module: subscribes to the `[[opcua.servers]]` and stores what they report.
+//!
+//! Good and uncertain readings of a device at one timestamp become one row of the server's
+//! table (quality kept in `_quality`); a bad reading (a Bad status, a refused node id, a lost
+//! connection) becomes a row of `_point_errors` with the status, as Modbus errors do.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fabrik_connect::opcua::{self, OpcUaClient, Quality as OpcQuality, Reading};
+use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
+use fabrik_runtime::ServiceHandle;
+use fabrik_runtime::config::Config;
+use fabrik_store::Store;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::modbus::POINT_ERRORS_TABLE;
+
+const QUEUE: usize = 4096;
+const BATCH_WINDOW: Duration = Duration::from_millis(50);
+
+/// Problems of the `[opcua]` section.
+pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
+    match opcua::plan(&config.opcua) {
+        Ok(_) => Vec::new(),
+        Err(opcua::OpcUaError::Config(problems)) => problems
+            .into_iter()
+            .map(|p| ("opcua".to_owned(), p))
+            .collect(),
+        Err(e) => vec![("opcua".to_owned(), e.to_string())],
+    }
+}
+
+/// Which table each device's readings go to.
+fn tables(config: &Config) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for server in &config.opcua.servers {
+        for item in &server.items {
+            let device = item
+                .device
+                .clone()
+                .or_else(|| server.device.clone())
+                .unwrap_or_else(|| server.id.clone());
+            out.insert(device, server.measurement.clone());
+        }
+    }
+    out
+}
+
+/// Starts one client per server and the writer that stores their readings.
+pub(crate) async fn start(config: &Config, store: Arc<Store>) -> Result<ServiceHandle, String> {
+    let tables = tables(config);
+    let stop = CancellationToken::new();
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let client =
+        OpcUaClient::start(&config.opcua, tx, stop.child_token()).map_err(|e| e.to_string())?;
+    if !config.opcua.servers.is_empty() {
+        tracing::info!(
+            servers = config.opcua.servers.len(),
+            "OPC UA clients started."
+        );
+    }
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        write_readings(rx, &store, &tables).await;
+        client.stopped().await;
+        // With no server configured the writer ends at once; the module still runs until stopped.
+        token.cancelled().await;
+        Ok(())
+    });
+    Ok(ServiceHandle { stop, task })
+}
+
+async fn write_readings(
+    mut rx: mpsc::Receiver<Reading>,
+    store: &Store,
+    tables: &BTreeMap<String, String>,
+) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+        while batch.len() < QUEUE {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(reading)) => batch.push(reading),
+                _ => break,
+            }
+        }
+        let groups = to_groups(store, std::mem::take(&mut batch), tables);
+        if let Err(e) = store.write_groups(&groups, "opcua").await {
+            tracing::error!(error = %e, rows = groups.len(), "Storing OPC UA readings failed.");
+            metrics::counter!("fabrik_opcua_write_errors_total").increment(1);
+        }
+    }
+}
+
+fn to_groups(
+    store: &Store,
+    readings: Vec<Reading>,
+    tables: &BTreeMap<String, String>,
+) -> Vec<(Lineage, Vec<Point>)> {
+    // (device, time, uncertain) → the values of that row.
+    type RowKey = (Arc<str>, i64, bool);
+    let mut rows: BTreeMap<RowKey, Vec<(String, Value)>> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for r in readings {
+        match (r.quality, r.value) {
+            (OpcQuality::Bad, _) | (_, None) => errors.push(Point {
+                measurement: POINT_ERRORS_TABLE.into(),
+                tags: vec![
+                    ("device".into(), r.device_id.to_string()),
+                    ("signal".into(), r.signal.to_string()),
+                    ("source".into(), "opcua".into()),
+                ],
+                fields: vec![("reason".into(), Value::Str(r.status.clone()))],
+                time: Timestamp(r.timestamp_ns),
+                quality: Quality::Bad,
+            }),
+            (quality, Some(value)) => {
+                let value = match value {
+                    opcua::Value::F64(v) if v.is_finite() => Value::F64(v),
+                    opcua::Value::F64(_) => continue,
+                    opcua::Value::I64(v) => Value::I64(v),
+                    opcua::Value::Bool(v) => Value::Bool(v),
+                    opcua::Value::Str(v) => Value::Str(v),
+                };
+                rows.entry((
+                    r.device_id.clone(),
+                    r.timestamp_ns,
+                    quality == OpcQuality::Uncertain,
+                ))
+                .or_default()
+                .push((r.signal.to_string(), value));
+            }
+        }
+    }
+    let lineage = |source: &str| Lineage {
+        source: SourceId(source.to_owned()),
+        raw_id: store.next_raw_id(),
+        mapping_version: 0,
+    };
+    let mut out: Vec<(Lineage, Vec<Point>)> = rows
+        .into_iter()
+        .map(|((device, time, uncertain), fields)| {
+            let point = Point {
+                measurement: tables
+                    .get(&*device)
+                    .cloned()
+                    .unwrap_or_else(|| "opcua".into()),
+                tags: vec![("device".into(), device.to_string())],
+                fields,
+                time: Timestamp(time),
+                quality: if uncertain {
+                    Quality::Uncertain
+                } else {
+                    Quality::Good
+                },
+            };
+            (lineage(&format!("opcua:{device}")), vec![point])
+        })
+        .collect();
+    if !errors.is_empty() {
+        out.push((lineage("opcua"), errors));
+    }
+    out
+}

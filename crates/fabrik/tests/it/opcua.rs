@@ -1,0 +1,109 @@
+//! The opcua module of a real `fabrik run` against a Python asyncua server: subscribed values
+//! are stored in the server's table with their quality, and a node whose status is Bad lands
+//! in `_point_errors` with the status.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use crate::mqtt::{eventually, http, query};
+use crate::support::Process;
+
+#[test]
+fn subscribed_opcua_values_are_stored_and_bad_ones_explained() {
+    let python = std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fabrik-connect/tests/peers/opcua_server.py"
+    );
+    let mut server = Command::new(&python)
+        .args([script, "--port", "0", "--bad"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run `{python}` (FABRIK_PYTHON; .ci/run sets it): {e}"));
+    let stdout = server.stdout.take().expect("stdout");
+    let port: u16 = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.strip_prefix("READY ")
+                .map(|p| p.trim().parse().expect("port"))
+        })
+        .expect("the server prints READY <port> (is asyncua installed? .ci/run installs it)");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("fabrik.toml");
+    let pki = dir.path().join("pki");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[opcua.servers]]
+id = "line-1"
+measurement = "line"
+endpoint = "opc.tcp://127.0.0.1:{port}/fabrik/"
+pki_dir = "{}"
+trust_server = "trust_on_first_use"
+device = "pump-1"
+publishing_interval_ms = 100
+
+[[opcua.servers.items]]
+node_id = "ns=2;s=Pump1.Pressure"
+signal = "pressure"
+sampling_interval_ms = 100
+
+[[opcua.servers.items]]
+node_id = "ns=2;s=Pump1.Running"
+signal = "running"
+
+[[opcua.servers.items]]
+node_id = "ns=2;s=Pump1.Broken"
+signal = "broken"
+"#,
+            pki.display()
+        ),
+    )
+    .expect("config");
+    let p = Process::start_with_args(
+        &dir.path().join("data"),
+        &["--config", config.to_str().expect("utf-8")],
+        &[],
+    );
+    eventually("pressure samples are stored", || {
+        let (code, rows) = http(
+            &p.url,
+            reqwest::Method::POST,
+            "/api/v1/query",
+            Some(serde_json::json!({"sql": "SELECT count(pressure) AS n FROM line"})),
+        );
+        code == 200 && rows[0]["n"].as_i64().unwrap_or(0) >= 3
+    });
+    let rows = query(
+        &p.url,
+        "SELECT device, pressure, _quality, _source FROM line WHERE pressure IS NOT NULL LIMIT 1",
+    );
+    assert_eq!(rows[0]["device"], "pump-1", "{rows:?}");
+    assert!(rows[0]["pressure"].is_f64(), "{rows:?}");
+    assert_eq!(rows[0]["_quality"], "good", "{rows:?}");
+    assert_eq!(rows[0]["_source"], "opcua:pump-1", "{rows:?}");
+    eventually("the Bad node is explained in _point_errors", || {
+        let (code, rows) = http(
+            &p.url,
+            reqwest::Method::POST,
+            "/api/v1/query",
+            Some(
+                serde_json::json!({"sql": "SELECT reason FROM _point_errors WHERE signal = 'broken'"}),
+            ),
+        );
+        code == 200
+            && rows
+                .as_array()
+                .and_then(|r| r.first())
+                .and_then(|r| r["reason"].as_str())
+                .is_some_and(|r| r.contains("BadSensorFailure"))
+    });
+    let (status, _) = p.terminate();
+    assert!(status.success());
+    let _ = server.kill();
+    let _ = server.wait();
+}
