@@ -5,7 +5,9 @@
 //! - [`engine`]: the pure lifecycle (hysteresis, `for`, rate of change, absence);
 //! - [`model`]: alerts, acknowledgements, silences as the API shows them;
 //! - [`db`]: their persistence (SQLite) and the outbox;
-//! - [`notify`]: notifiers (Alertmanager-compatible webhook) and delivery with backoff.
+//! - [`notify`]: notifiers (Alertmanager-compatible webhook, MQTT, e-mail) and delivery with
+//!   backoff;
+//! - [`smtp`]: the SMTP submission client the e-mail notifier uses.
 //!
 //! [`Alerting`] ties them together. Evaluating rules against data (which rows, how often) is
 //! the caller's job: it feeds [`Alerting::observe`] and [`Alerting::tick`].
@@ -15,6 +17,7 @@ pub mod engine;
 mod error;
 pub mod model;
 pub mod notify;
+pub mod smtp;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,7 +30,7 @@ pub use db::AlertDb;
 pub use engine::{AlertState, Condition, Observation, Rule, RuleEngine, Transition};
 pub use error::AlertError;
 pub use model::{Ack, Alert, Feedback, Silence};
-pub use notify::Notifier;
+pub use notify::{Notifier, Publish, PublishFuture, Publisher};
 
 /// Alerting state of a process.
 pub struct Alerting {
@@ -231,7 +234,7 @@ impl Alerting {
 
     async fn enqueue(&self, alert: &Alert, now: i64) -> Result<(), AlertError> {
         for notifier in &self.notifiers {
-            let payload = notify::alertmanager_payload(alert, notifier.name(), &self.external_url);
+            let payload = notifier.payload(alert, &self.external_url);
             self.db
                 .enqueue(notifier.name(), &payload.to_string(), now)
                 .await?;

@@ -3,9 +3,14 @@
 //! of the receiver.
 //!
 //! The webhook body is Alertmanager's webhook format (version 4), so receivers written for
-//! Prometheus (PagerDuty bridges, chat bots, ticketing) take Fabrik's alerts unchanged.
+//! Prometheus (PagerDuty bridges, chat bots, ticketing) take Fabrik's alerts unchanged. MQTT
+//! and e-mail notifiers carry [`alert_message`], a flat JSON form of the alert that a SCADA
+//! tag, a Node-RED flow or a person reads without knowing Alertmanager.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -13,9 +18,36 @@ use serde_json::json;
 use crate::engine::AlertState;
 use crate::error::AlertError;
 use crate::model::{Alert, parse_rfc3339};
+use crate::smtp::{Envelope, SmtpServer};
+
+/// A future a [`Publish`] implementation returns.
+pub type PublishFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// Publishes MQTT messages for the MQTT notifier: the process's own endpoint or a client of an
+/// external broker, supplied by whoever wires the modules together.
+pub trait Publish: Send + Sync {
+    /// Publishes one message; resolves once the broker has it (QoS 1: acknowledged).
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        payload: Vec<u8>,
+        qos: u8,
+        retain: bool,
+    ) -> PublishFuture<'a>;
+}
+
+/// An MQTT notifier's connection (opaque in debug output).
+#[derive(Clone)]
+pub struct Publisher(pub Arc<dyn Publish>);
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Publisher")
+    }
+}
 
 /// Where notifications go.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Notifier {
     /// POST of Alertmanager-compatible JSON.
     Webhook {
@@ -26,33 +58,56 @@ pub enum Notifier {
         /// Per-request timeout.
         timeout: Duration,
     },
+    /// An MQTT message per state change, on a topic built from the alert.
+    Mqtt {
+        /// Unique name.
+        name: String,
+        /// Topic template: `{rule}`, `{device}`, `{severity}` and `{status}` are replaced.
+        topic: String,
+        /// QoS 0 or 1.
+        qos: u8,
+        /// Retain the last state per topic, so a dashboard that connects later sees it.
+        retain: bool,
+        /// How long a publish may take.
+        timeout: Duration,
+        /// The connection.
+        publisher: Publisher,
+    },
+    /// An e-mail per state change, submitted over SMTP.
+    Email {
+        /// Unique name.
+        name: String,
+        /// The mail server.
+        server: SmtpServer,
+        /// Sender address.
+        from: String,
+        /// Recipient addresses.
+        to: Vec<String>,
+        /// How long one submission may take.
+        timeout: Duration,
+    },
 }
 
 impl Notifier {
     /// Its name.
     pub fn name(&self) -> &str {
         match self {
-            Self::Webhook { name, .. } => name,
+            Self::Webhook { name, .. } | Self::Mqtt { name, .. } | Self::Email { name, .. } => name,
+        }
+    }
+
+    /// The payload queued for `alert`: Alertmanager JSON for webhooks, [`alert_message`] for
+    /// the others.
+    pub fn payload(&self, alert: &Alert, external_url: &str) -> serde_json::Value {
+        match self {
+            Self::Webhook { name, .. } => alertmanager_payload(alert, name, external_url),
+            Self::Mqtt { .. } | Self::Email { .. } => alert_message(alert, external_url),
         }
     }
 }
 
-/// The Alertmanager webhook (v4) body for one alert's state change.
-pub fn alertmanager_payload(
-    alert: &Alert,
-    receiver: &str,
-    external_url: &str,
-) -> serde_json::Value {
-    let status = match alert.state {
-        AlertState::Resolved => "resolved",
-        _ => "firing",
-    };
-    let mut labels = BTreeMap::new();
-    labels.insert("alertname".to_owned(), alert.rule.clone());
-    labels.insert("device".to_owned(), alert.key.clone());
-    labels.insert("severity".to_owned(), alert.severity.clone());
-    let mut annotations = alert.annotations.clone();
-    let summary = match (&alert.value, annotations.get("top_signal")) {
+fn summary(alert: &Alert) -> String {
+    match (&alert.value, alert.annotations.get("top_signal")) {
         (Some(v), Some(signal)) => {
             format!(
                 "{} on {}: value {v:.4}, top signal {signal}",
@@ -61,8 +116,124 @@ pub fn alertmanager_payload(
         }
         (Some(v), None) => format!("{} on {}: value {v:.4}", alert.rule, alert.key),
         (None, _) => format!("{} on {}", alert.rule, alert.key),
+    }
+}
+
+fn status(alert: &Alert) -> &'static str {
+    match alert.state {
+        AlertState::Resolved => "resolved",
+        _ => "firing",
+    }
+}
+
+/// The flat JSON form of one alert state change (MQTT and e-mail notifiers).
+pub fn alert_message(alert: &Alert, external_url: &str) -> serde_json::Value {
+    json!({
+        "id": alert.id,
+        "status": status(alert),
+        "rule": alert.rule,
+        "device": alert.key,
+        "severity": alert.severity,
+        "value": alert.value,
+        "summary": summary(alert),
+        "started_at": alert.started_at,
+        "fired_at": alert.fired_at,
+        "resolved_at": alert.resolved_at,
+        "annotations": alert.annotations,
+        "url": format!("{external_url}/api/v1/alerts/{}", alert.id),
+    })
+}
+
+/// `template` with `{rule}`, `{device}`, `{severity}`, `{status}` from `message`; values are
+/// made topic-safe (`/`, `+`, `#` become `_`), so an alert key can never widen or redirect
+/// the topic.
+pub fn expand_topic(template: &str, message: &serde_json::Value) -> String {
+    let field = |k: &str| {
+        message[k]
+            .as_str()
+            .unwrap_or("")
+            .replace(['/', '+', '#', '\0'], "_")
     };
-    annotations.insert("summary".to_owned(), summary);
+    template
+        .replace("{rule}", &field("rule"))
+        .replace("{device}", &field("device"))
+        .replace("{severity}", &field("severity"))
+        .replace("{status}", &field("status"))
+}
+
+/// The RFC 5322 text of the e-mail for `message` (UTF-8 subject as an encoded word, body in
+/// base64 so any server takes it).
+pub fn email_text(message: &serde_json::Value, from: &str, to: &[String]) -> String {
+    use base64::Engine as _;
+    let text = |k: &str| message[k].as_str().unwrap_or("").to_owned();
+    let status = text("status").to_uppercase();
+    let subject = format!("[{status}] {}", text("summary"));
+    let mut body = format!(
+        "{}\n\nAlert:     {}\nRule:      {}\nDevice:    {}\nSeverity:  {}\nStarted:   {}\n",
+        text("summary"),
+        text("id"),
+        text("rule"),
+        text("device"),
+        text("severity"),
+        text("started_at"),
+    );
+    if let Some(fired) = message["fired_at"].as_str() {
+        body.push_str(&format!("Fired:     {fired}\n"));
+    }
+    if let Some(resolved) = message["resolved_at"].as_str() {
+        body.push_str(&format!("Resolved:  {resolved}\n"));
+    }
+    if let Some(annotations) = message["annotations"].as_object()
+        && !annotations.is_empty()
+    {
+        body.push_str("\nContext:\n");
+        for (k, v) in annotations {
+            let v = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+            body.push_str(&format!("  {k}: {v}\n"));
+        }
+    }
+    body.push_str(&format!(
+        "\nOpen: {}\nAcknowledge with: fabrik alert ack {} --feedback true_positive|false_positive\n",
+        text("url"),
+        text("id")
+    ));
+    let encoded = base64::engine::general_purpose::STANDARD.encode(body.as_bytes());
+    let mut wrapped = String::with_capacity(encoded.len() + encoded.len() / 76 * 2 + 2);
+    for chunk in encoded.as_bytes().chunks(76) {
+        wrapped.push_str(&String::from_utf8_lossy(chunk));
+        wrapped.push_str("\r\n");
+    }
+    let subject = if subject.is_ascii() {
+        subject
+    } else {
+        format!(
+            "=?utf-8?b?{}?=",
+            base64::engine::general_purpose::STANDARD.encode(subject.as_bytes())
+        )
+    };
+    format!(
+        "From: {from}\r\nTo: {}\r\nSubject: {subject}\r\nDate: {}\r\nMessage-ID: <{}.{}@fabrik>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\nX-Fabrik-Alert: {}\r\n\r\n{wrapped}",
+        to.join(", "),
+        chrono::Utc::now().to_rfc2822(),
+        fingerprint(&text("id")),
+        text("status"),
+        text("id"),
+    )
+}
+
+/// The Alertmanager webhook (v4) body for one alert's state change.
+pub fn alertmanager_payload(
+    alert: &Alert,
+    receiver: &str,
+    external_url: &str,
+) -> serde_json::Value {
+    let status = status(alert);
+    let mut labels = BTreeMap::new();
+    labels.insert("alertname".to_owned(), alert.rule.clone());
+    labels.insert("device".to_owned(), alert.key.clone());
+    labels.insert("severity".to_owned(), alert.severity.clone());
+    let mut annotations = alert.annotations.clone();
+    annotations.insert("summary".to_owned(), summary(alert));
     let group_key = format!("{{}}:{{alertname=\"{}\"}}", alert.rule);
     json!({
         "version": "4",
@@ -124,6 +295,57 @@ pub async fn deliver(
                 })
             }
         }
+        Notifier::Mqtt {
+            name,
+            topic,
+            qos,
+            retain,
+            timeout,
+            publisher,
+        } => {
+            let failed = |reason: String| AlertError::Delivery {
+                notifier: name.clone(),
+                reason,
+            };
+            let message: serde_json::Value = serde_json::from_str(payload)
+                .map_err(|e| failed(format!("queued payload is not JSON: {e}")))?;
+            let topic = expand_topic(topic, &message);
+            tokio::time::timeout(
+                *timeout,
+                publisher
+                    .0
+                    .publish(&topic, payload.as_bytes().to_vec(), *qos, *retain),
+            )
+            .await
+            .map_err(|_| failed(format!("publish to `{topic}` took longer than {timeout:?}")))?
+            .map_err(|e| failed(format!("publish to `{topic}`: {e}")))
+        }
+        Notifier::Email {
+            name,
+            server,
+            from,
+            to,
+            timeout,
+        } => {
+            let failed = |reason: String| AlertError::Delivery {
+                notifier: name.clone(),
+                reason,
+            };
+            let message: serde_json::Value = serde_json::from_str(payload)
+                .map_err(|e| failed(format!("queued payload is not JSON: {e}")))?;
+            let text = email_text(&message, from, to);
+            crate::smtp::send(
+                server,
+                &Envelope {
+                    from,
+                    to,
+                    message: &text,
+                },
+                *timeout,
+            )
+            .await
+            .map_err(failed)
+        }
     }
 }
 
@@ -180,6 +402,46 @@ mod tests {
         assert_eq!(r["status"], "resolved");
         assert_eq!(r["alerts"][0]["endsAt"], "2023-11-14T22:20:00.000Z");
         assert_eq!(r["alerts"][0]["fingerprint"], a["fingerprint"]);
+    }
+
+    #[test]
+    fn topics_are_built_from_the_alert_and_cannot_be_widened() {
+        let mut a = alert(AlertState::Firing);
+        a.key = "pump/#+x".into();
+        let m = alert_message(&a, "http://fabrik:7800");
+        assert_eq!(
+            expand_topic("plant/alerts/{severity}/{rule}/{device}/{status}", &m),
+            "plant/alerts/warning/pump-health/pump___x/firing"
+        );
+        assert_eq!(
+            m["url"],
+            format!("http://fabrik:7800/api/v1/alerts/{}", a.id)
+        );
+    }
+
+    #[test]
+    fn the_email_names_the_alert_and_its_signal() {
+        let m = alert_message(&alert(AlertState::Resolved), "http://fabrik:7800");
+        let text = email_text(&m, "fabrik@plant.example", &["ops@plant.example".into()]);
+        let (headers, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            headers.contains(
+                "Subject: [RESOLVED] pump-health on pump-02: value 7.2500, top signal vibration_rms"
+            ),
+            "{headers}"
+        );
+        assert!(headers.contains("To: ops@plant.example\r\n"));
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(body.replace("\r\n", ""))
+            .unwrap();
+        let decoded = String::from_utf8(decoded).unwrap();
+        assert!(
+            decoded.contains("Resolved:  2023-11-14T22:20:00.000Z"),
+            "{decoded}"
+        );
+        assert!(decoded.contains("top_signal: vibration_rms"), "{decoded}");
+        assert!(body.lines().all(|l| l.len() <= 76));
     }
 
     #[test]

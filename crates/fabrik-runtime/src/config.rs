@@ -354,14 +354,44 @@ pub struct AlertRuleConfig {
 pub struct NotifierConfig {
     /// Unique name.
     pub name: String,
-    /// `webhook` (Alertmanager-compatible JSON).
+    /// `webhook` (Alertmanager-compatible JSON), `mqtt` or `email`.
     #[serde(default = "webhook")]
     pub kind: String,
-    /// The receiver's URL.
+    /// webhook: the receiver's http(s) URL; mqtt: `mqtt://host:port` or `mqtts://host:port` of
+    /// an external broker, empty for this process's own endpoint; email: `smtp://host[:port]`
+    /// (STARTTLS, 587) or `smtps://host[:port]` (TLS, 465).
+    #[serde(default)]
     pub url: String,
-    /// Per-request timeout.
+    /// Per-delivery timeout.
     #[serde(default = "five_seconds")]
     pub timeout: String,
+    /// mqtt: topic template with `{rule}`, `{device}`, `{severity}`, `{status}`.
+    #[serde(default)]
+    pub topic: Option<String>,
+    /// mqtt: QoS 0 or 1.
+    #[serde(default = "one_u8")]
+    pub qos: u8,
+    /// mqtt: publish retained.
+    #[serde(default)]
+    pub retain: bool,
+    /// mqtt (external broker) and email: user name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// mqtt (external broker) and email: password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// mqtts and email: PEM file of CAs to trust (email: the system bundle when empty).
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// email: sender address.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// email: recipient addresses.
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// email with `smtp://`: require STARTTLS (turn off only for a relay on the same host).
+    #[serde(default = "yes")]
+    pub starttls: bool,
 }
 
 fn zero_seconds() -> String {
@@ -1133,6 +1163,15 @@ fn array_template(path: &str) -> Option<toml::Table> {
             kind: String::new(),
             url: String::new(),
             timeout: String::new(),
+            topic: Some(String::new()),
+            qos: 1,
+            retain: false,
+            username: Some(String::new()),
+            password: Some(String::new()),
+            ca: Some(String::new()),
+            from: Some(String::new()),
+            to: Vec::new(),
+            starttls: true,
         })
         .ok();
     }

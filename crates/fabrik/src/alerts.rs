@@ -12,6 +12,8 @@ use std::time::Duration;
 use datafusion::arrow::array::{Array, Float64Array, Int64Array, StringArray};
 use datafusion::arrow::datatypes::DataType;
 use fabrik_alert::{Alerting, Condition, Notifier, Observation, Rule};
+use fabrik_connect::client::{ClientEvent, ClientOptions, ClientTls, MqttClient};
+use fabrik_connect::mqtt::broker::{Broker, Message};
 use fabrik_core::Timestamp;
 use fabrik_runtime::ServiceHandle;
 use fabrik_runtime::config::{AlertRuleConfig, Config, NotifierConfig};
@@ -149,37 +151,310 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
     }
 }
 
-fn compile_notifier(n: &NotifierConfig) -> Result<Notifier, Vec<(String, String)>> {
-    let mut problems = Vec::new();
+/// What a checked notifier needs to be built.
+enum NotifierPlan {
+    Webhook,
+    /// To this process's MQTT endpoint.
+    MqttEmbedded,
+    /// To an external broker: its client options.
+    MqttExternal(ClientOptions),
+    Email(fabrik_alert::smtp::SmtpServer),
+}
+
+const DEFAULT_ALERT_TOPIC: &str = "fabrik/alerts/{rule}/{device}";
+
+fn plausible_address(a: &str) -> bool {
+    !a.is_empty()
+        && !a.contains(['<', '>', ' ', ','])
+        && a.split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
+}
+
+/// Checks one notifier; every problem with its field.
+fn check_notifier(n: &NotifierConfig) -> Result<(NotifierPlan, Duration), Vec<(String, String)>> {
+    let mut problems: Vec<(String, String)> = Vec::new();
+    let mut problem = |field: &str, message: String| problems.push((field.to_owned(), message));
     if !name_ok(&n.name) {
-        problems.push((
-            "name".to_owned(),
-            format!("`{}` is not a valid name", n.name),
-        ));
-    }
-    if n.kind != "webhook" {
-        problems.push((
-            "kind".to_owned(),
-            format!("`{}`: only `webhook` is built so far", n.kind),
-        ));
-    }
-    if !(n.url.starts_with("http://") || n.url.starts_with("https://")) {
-        problems.push((
-            "url".to_owned(),
-            format!("`{}` is not an http(s) URL", n.url),
-        ));
+        problem("name", format!("`{}` is not a valid name", n.name));
     }
     let timeout = parse_duration(&n.timeout)
-        .map_err(|e| problems.push(("timeout".to_owned(), e)))
+        .map_err(|e| problem("timeout", e))
         .ok();
-    match timeout {
-        Some(timeout) if problems.is_empty() => Ok(Notifier::Webhook {
+    let mqtt_only = [
+        ("topic", n.topic.is_some()),
+        ("retain", n.retain),
+        ("qos", n.qos != 1),
+    ];
+    let email_only = [
+        ("from", n.from.is_some()),
+        ("to", !n.to.is_empty()),
+        ("starttls", !n.starttls),
+    ];
+    let mut not_for = |fields: &[(&str, bool)], kind: &str| {
+        for (field, set) in fields {
+            if *set {
+                problem(field, format!("does not apply to kind = \"{kind}\""));
+            }
+        }
+    };
+    let plan = match n.kind.as_str() {
+        "webhook" => {
+            not_for(&mqtt_only, "webhook");
+            not_for(&email_only, "webhook");
+            for (field, set) in [
+                ("username", n.username.is_some()),
+                ("password", n.password.is_some()),
+                ("ca", n.ca.is_some()),
+            ] {
+                if set {
+                    problem(field, "does not apply to kind = \"webhook\" (put credentials in the URL's receiver)".into());
+                }
+            }
+            if !(n.url.starts_with("http://") || n.url.starts_with("https://")) {
+                problem("url", format!("`{}` is not an http(s) URL", n.url));
+            }
+            Some(NotifierPlan::Webhook)
+        }
+        "mqtt" => {
+            not_for(&email_only, "mqtt");
+            if n.qos > 1 {
+                problem(
+                    "qos",
+                    format!("{} (alerts are published at QoS 0 or 1)", n.qos),
+                );
+            }
+            let topic = n.topic.as_deref().unwrap_or(DEFAULT_ALERT_TOPIC);
+            let probe = topic
+                .replace("{rule}", "r")
+                .replace("{device}", "d")
+                .replace("{severity}", "s")
+                .replace("{status}", "f");
+            if let Err(e) = fabrik_connect::mqtt::topic::validate_name(&probe) {
+                problem("topic", format!("`{topic}`: {e}"));
+            }
+            if n.url.is_empty() {
+                for (field, set) in [
+                    ("username", n.username.is_some()),
+                    ("password", n.password.is_some()),
+                    ("ca", n.ca.is_some()),
+                ] {
+                    if set {
+                        problem(
+                            field,
+                            "applies only to an external broker (`url = \"mqtt(s)://host:port\"`)"
+                                .into(),
+                        );
+                    }
+                }
+                Some(NotifierPlan::MqttEmbedded)
+            } else {
+                let scheme = if let Some(rest) = n.url.strip_prefix("mqtts://") {
+                    Some((true, rest.trim_end_matches('/')))
+                } else {
+                    n.url
+                        .strip_prefix("mqtt://")
+                        .map(|rest| (false, rest.trim_end_matches('/')))
+                };
+                match scheme.and_then(|(tls, rest)| {
+                    let (host, port) = rest.rsplit_once(':')?;
+                    (!host.is_empty() && port.parse::<u16>().is_ok()).then_some((tls, rest, host))
+                }) {
+                    Some((tls, rest, host)) => {
+                        if tls && n.ca.is_none() {
+                            problem("ca", "mqtts:// needs the broker's CA file".into());
+                        }
+                        let mut o = ClientOptions::new(
+                            rest.to_owned(),
+                            format!("fabrik-notifier-{}", n.name),
+                        );
+                        o.username = n.username.clone();
+                        o.password = n.password.clone();
+                        o.clean_session = true;
+                        o.tls = tls.then(|| ClientTls {
+                            ca: n.ca.clone().map(Into::into),
+                            insecure: false,
+                            server_name: host.to_owned(),
+                        });
+                        Some(NotifierPlan::MqttExternal(o))
+                    }
+                    None => {
+                        problem(
+                            "url",
+                            format!(
+                                "`{}`: expected mqtt://host:port, mqtts://host:port, or empty for this Fabrik's endpoint",
+                                n.url
+                            ),
+                        );
+                        None
+                    }
+                }
+            }
+        }
+        "email" => {
+            not_for(&mqtt_only, "email");
+            match fabrik_alert::smtp::SmtpServer::from_url(&n.url) {
+                Ok(mut server) => {
+                    if !n.starttls && server.security == fabrik_alert::smtp::SmtpSecurity::StartTls
+                    {
+                        server.security = fabrik_alert::smtp::SmtpSecurity::None;
+                        if n.password.is_some() {
+                            problem("starttls", "a password is sent only over TLS; keep starttls = true or use smtps://".into());
+                        }
+                    }
+                    if n.username.is_some() != n.password.is_some() {
+                        problem(
+                            "password",
+                            "give both `username` and `password`, or neither".into(),
+                        );
+                    }
+                    server.credentials = n.username.clone().zip(n.password.clone());
+                    server.ca = n.ca.clone().filter(|c| !c.is_empty()).map(Into::into);
+                    match &n.from {
+                        Some(from) if plausible_address(from) => {}
+                        Some(from) => problem("from", format!("`{from}` is not an e-mail address")),
+                        None => problem("from", "an e-mail notifier needs a sender address".into()),
+                    }
+                    if n.to.is_empty() {
+                        problem("to", "name at least one recipient".into());
+                    }
+                    for to in &n.to {
+                        if !plausible_address(to) {
+                            problem("to", format!("`{to}` is not an e-mail address"));
+                        }
+                    }
+                    Some(NotifierPlan::Email(server))
+                }
+                Err(e) => {
+                    problem("url", e);
+                    None
+                }
+            }
+        }
+        other => {
+            problem(
+                "kind",
+                format!("`{other}`: expected webhook, mqtt or email"),
+            );
+            None
+        }
+    };
+    match (plan, timeout) {
+        (Some(plan), Some(timeout)) if problems.is_empty() => Ok((plan, timeout)),
+        _ => Err(problems),
+    }
+}
+
+/// Publishes into this process's MQTT endpoint, as any client's publish would be routed.
+struct EmbeddedPublisher(Arc<Broker>);
+
+impl fabrik_alert::Publish for EmbeddedPublisher {
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        payload: Vec<u8>,
+        qos: u8,
+        retain: bool,
+    ) -> fabrik_alert::PublishFuture<'a> {
+        let message = Message {
+            topic: Arc::from(topic),
+            payload: payload.into(),
+            qos,
+            retain,
+            properties: None,
+            expires_at: None,
+            publisher: None,
+        };
+        self.0.publish(message);
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// Publishes through a client of an external broker (QoS 1: after its PUBACK).
+struct ClientPublisher(MqttClient);
+
+impl fabrik_alert::Publish for ClientPublisher {
+    fn publish<'a>(
+        &'a self,
+        topic: &'a str,
+        payload: Vec<u8>,
+        qos: u8,
+        retain: bool,
+    ) -> fabrik_alert::PublishFuture<'a> {
+        Box::pin(self.0.publish(topic, payload, qos, retain))
+    }
+}
+
+/// Builds a checked notifier; MQTT clients run until `stop`.
+fn build_notifier(
+    n: &NotifierConfig,
+    broker: Option<&Arc<Broker>>,
+    stop: &CancellationToken,
+) -> Result<Notifier, String> {
+    let (plan, timeout) = check_notifier(n).map_err(|p| {
+        let (field, message) = p.into_iter().next().unwrap_or_default();
+        format!("notifier `{}`: {field}: {message}", n.name)
+    })?;
+    let topic = || {
+        n.topic
+            .clone()
+            .unwrap_or_else(|| DEFAULT_ALERT_TOPIC.to_owned())
+    };
+    Ok(match plan {
+        NotifierPlan::Webhook => Notifier::Webhook {
             name: n.name.clone(),
             url: n.url.clone(),
             timeout,
-        }),
-        _ => Err(problems),
-    }
+        },
+        NotifierPlan::MqttEmbedded => {
+            let broker = broker.ok_or_else(|| format!(
+                "notifier `{}` publishes to this process's MQTT endpoint, which is not running here; start the mqtt module or give the notifier a `url`",
+                n.name
+            ))?;
+            Notifier::Mqtt {
+                name: n.name.clone(),
+                topic: topic(),
+                qos: n.qos,
+                retain: n.retain,
+                timeout,
+                publisher: fabrik_alert::Publisher(Arc::new(EmbeddedPublisher(broker.clone()))),
+            }
+        }
+        NotifierPlan::MqttExternal(options) => {
+            let address = options.address.clone();
+            let (client, mut events) = MqttClient::start(options, stop.child_token())
+                .map_err(|e| format!("notifier `{}`: {e}", n.name))?;
+            let name = n.name.clone();
+            // The client reports connection changes; nothing subscribes, so they are only logged.
+            tokio::spawn(async move {
+                while let Some(event) = events.recv().await {
+                    match event {
+                        ClientEvent::Connected => {
+                            tracing::info!(notifier = %name, broker = %address, "Alert notifier connected.")
+                        }
+                        ClientEvent::Disconnected(reason) => {
+                            tracing::warn!(notifier = %name, broker = %address, %reason, "Alert notifier lost its broker; reconnecting.")
+                        }
+                        ClientEvent::Message(_) => {}
+                    }
+                }
+            });
+            Notifier::Mqtt {
+                name: n.name.clone(),
+                topic: topic(),
+                qos: n.qos,
+                retain: n.retain,
+                timeout,
+                publisher: fabrik_alert::Publisher(Arc::new(ClientPublisher(client))),
+            }
+        }
+        NotifierPlan::Email(server) => Notifier::Email {
+            name: n.name.clone(),
+            server,
+            from: n.from.clone().unwrap_or_default(),
+            to: n.to.clone(),
+            timeout,
+        },
+    })
 }
 
 /// Problems of `[alerting]`, as `alerting.rules[i].field`.
@@ -202,7 +477,7 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
         }
     }
     for (i, n) in config.alerting.notifiers.iter().enumerate() {
-        if let Err(found) = compile_notifier(n) {
+        if let Err(found) = check_notifier(n) {
             problems.extend(
                 found
                     .into_iter()
@@ -239,6 +514,7 @@ pub(crate) async fn start(
     external_url: String,
     demo: bool,
     store: Arc<Store>,
+    broker: Option<&Arc<Broker>>,
 ) -> Result<(ServiceHandle, Arc<Alerting>), String> {
     let mut rule_configs = config.alerting.rules.clone();
     if demo && rule_configs.is_empty() && config.pipelines.is_empty() {
@@ -253,16 +529,12 @@ pub(crate) async fn start(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let stop = CancellationToken::new();
     let notifiers = config
         .alerting
         .notifiers
         .iter()
-        .map(|n| {
-            compile_notifier(n).map_err(|p| {
-                let (field, message) = p.into_iter().next().unwrap_or_default();
-                format!("notifier `{}`: {field}: {message}", n.name)
-            })
-        })
+        .map(|n| build_notifier(n, broker, &stop))
         .collect::<Result<Vec<_>, _>>()?;
     let external_url = if config.alerting.external_url.is_empty() {
         external_url
@@ -281,7 +553,6 @@ pub(crate) async fn start(
     )
     .await
     .map_err(|e| e.to_string())?;
-    let stop = CancellationToken::new();
     let mut tasks = vec![tokio::spawn(
         alerting.clone().run_outbox(stop.child_token()),
     )];
@@ -484,5 +755,51 @@ mod tests {
         let mut inverted = demo_rule();
         inverted.clear = Some(2.0);
         assert_eq!(compile_rule(&inverted).unwrap_err()[0].0, "clear");
+    }
+
+    fn notifier(kind: &str, url: &str) -> NotifierConfig {
+        let mut n: NotifierConfig =
+            toml::from_str(&format!("name = \"n\"\nkind = \"{kind}\"\nurl = \"{url}\"")).unwrap();
+        n.url = url.into();
+        n
+    }
+
+    fn fields(n: &NotifierConfig) -> Vec<String> {
+        match check_notifier(n) {
+            Ok(_) => Vec::new(),
+            Err(p) => p.into_iter().map(|(f, _)| f).collect(),
+        }
+    }
+
+    #[test]
+    fn notifiers_are_checked_field_by_field() {
+        assert!(fields(&notifier("webhook", "http://127.0.0.1:9093/hook")).is_empty());
+        assert!(fields(&notifier("mqtt", "")).is_empty());
+        assert!(fields(&notifier("mqtt", "mqtt://broker.plant:1883")).is_empty());
+
+        let mut mqtt = notifier("mqtt", "mqtts://broker.plant:8883");
+        mqtt.topic = Some("alerts/+/{device}".into());
+        mqtt.qos = 2;
+        mqtt.to = vec!["x@y.z".into()];
+        assert_eq!(fields(&mqtt), vec!["to", "qos", "topic", "ca"]);
+        let mut embedded = notifier("mqtt", "");
+        embedded.password = Some("p".into());
+        assert_eq!(fields(&embedded), vec!["password"]);
+        assert_eq!(fields(&notifier("mqtt", "tcp://x:1")), vec!["url"]);
+
+        let mut mail = notifier("email", "smtp://mail.plant:587");
+        assert_eq!(fields(&mail), vec!["from", "to"]);
+        mail.from = Some("fabrik@plant".into());
+        mail.to = vec!["ops@plant".into(), "not an address".into()];
+        mail.username = Some("u".into());
+        assert_eq!(fields(&mail), vec!["password", "to"]);
+        mail.to.pop();
+        mail.password = Some("p".into());
+        assert!(fields(&mail).is_empty());
+        // Credentials only over TLS.
+        mail.starttls = false;
+        assert_eq!(fields(&mail), vec!["starttls"]);
+        assert_eq!(fields(&notifier("email", "mail.plant")), vec!["url"]);
+        assert_eq!(fields(&notifier("pager", "")), vec!["kind"]);
     }
 }

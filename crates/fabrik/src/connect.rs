@@ -330,7 +330,7 @@ pub(crate) async fn start_mqtt(
     admin_token: Option<String>,
     registry: Option<Registry>,
     ingest: &IngestWiring,
-) -> Result<(ServiceHandle, Vec<(SocketAddr, bool)>), String> {
+) -> Result<(ServiceHandle, Vec<(SocketAddr, bool)>, Arc<Broker>), String> {
     let m = &settings.mqtt;
     if m.listen.is_none() && m.tls_listen.is_none() {
         return Err("mqtt.listen and mqtt.tls_listen are both empty; leave the mqtt module out with --target instead".into());
@@ -429,6 +429,7 @@ pub(crate) async fn start_mqtt(
             }
         })
     });
+    let broker_handle = broker.clone();
     let token = stop.clone();
     let task = tokio::spawn(async move {
         let mut servers = Vec::new();
@@ -476,5 +477,5 @@ pub(crate) async fn start_mqtt(
         }
         Ok(())
     });
-    Ok((ServiceHandle { stop, task }, addresses))
+    Ok((ServiceHandle { stop, task }, addresses, broker_handle))
 }

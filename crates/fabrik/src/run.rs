@@ -200,6 +200,8 @@ struct Wiring {
     alerting: Option<Arc<fabrik_alert::Alerting>>,
     /// Pipeline states, shared with the API.
     pipelines: Option<fabrik_api::pipelines::PipelineBoard>,
+    /// The MQTT endpoint's broker (alert notifiers publish into it).
+    broker: Option<Arc<fabrik_connect::mqtt::broker::Broker>>,
     /// The address the MQTT endpoint listens on (for the demo plant).
     mqtt_address: Option<std::net::SocketAddr>,
     /// Lines printed once every module runs.
@@ -374,7 +376,7 @@ async fn serve(
                             .ingest
                             .as_ref()
                             .ok_or("the mqtt module needs the ingest module")?;
-                        let (handle, addresses) = crate::connect::start_mqtt(
+                        let (handle, addresses, broker) = crate::connect::start_mqtt(
                             &config,
                             &settings,
                             admin,
@@ -383,6 +385,7 @@ async fn serve(
                         )
                         .await?;
                         wiring.mqtt_address = addresses.first().map(|(a, _)| *a);
+                        wiring.broker = Some(broker);
                         for (addr, tls) in addresses {
                             wiring.banner.push(if tls {
                                 format!("  MQTT/TLS:  mqtts://{addr}")
@@ -435,6 +438,7 @@ async fn serve(
             }
             Module::Alerts => {
                 let store = wiring.store.clone();
+                let broker = wiring.broker.clone();
                 let external_url = format!("http://{}", settings.http_listen);
                 manager
                     .start(module.name(), || async {
@@ -445,6 +449,7 @@ async fn serve(
                             external_url,
                             demo,
                             store,
+                            broker.as_ref(),
                         )
                         .await?;
                         wiring.alerting = Some(alerting);

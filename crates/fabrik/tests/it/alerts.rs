@@ -297,3 +297,285 @@ fn a_fault_becomes_a_webhook_naming_its_signal_and_survives_a_restart_undelivere
     let (status, _) = p.terminate();
     assert!(status.success());
 }
+
+/// The aiosmtpd peer: its port, the CA file of its certificate (empty with `--plain`), and
+/// the lines it prints (`MAIL {json}` per accepted message, `EVENT {json}` per EHLO or AUTH).
+struct SmtpPeer {
+    child: std::process::Child,
+    port: u16,
+    ca: String,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl SmtpPeer {
+    fn start(args: &[&str]) -> SmtpPeer {
+        let python = std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into());
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../fabrik-alert/tests/peers/smtp_server.py"
+        );
+        let mut child = std::process::Command::new(&python)
+            .arg(script)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run `{python}` (FABRIK_PYTHON): {e}"));
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let next = || {
+            lines
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .expect("the SMTP peer starts (is aiosmtpd installed? .ci/run installs it)")
+        };
+        let port = next()
+            .strip_prefix("PORT ")
+            .expect("PORT line")
+            .parse()
+            .expect("port");
+        let ca = next()
+            .strip_prefix("CA")
+            .expect("CA line")
+            .trim()
+            .to_owned();
+        SmtpPeer {
+            child,
+            port,
+            ca,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    fn collect(&mut self) {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+    }
+
+    fn records(&mut self, kind: &str) -> Vec<serde_json::Value> {
+        self.collect();
+        self.seen
+            .iter()
+            .filter_map(|l| l.strip_prefix(kind))
+            .map(|json| serde_json::from_str(json.trim()).expect("peer JSON"))
+            .collect()
+    }
+}
+
+impl Drop for SmtpPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `mosquitto_sub` for one message on `filter` (retained ones included), as `topic payload`.
+fn one_mqtt_message(mqtt: &str, filter: &str) -> std::process::Child {
+    let (host, port) = mqtt.rsplit_once(':').expect("host:port");
+    std::process::Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            host,
+            "-p",
+            port,
+            "-u",
+            "admin",
+            "-P",
+            crate::support::TOKEN,
+            "-t",
+            filter,
+            "-q",
+            "1",
+            "-v",
+            "-C",
+            "1",
+            "-W",
+            "30",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub")
+}
+
+fn finish(sub: std::process::Child) -> (String, serde_json::Value) {
+    let out = sub.wait_with_output().expect("mosquitto_sub");
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (topic, payload) = text
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("no message: `{text}`"));
+    (
+        topic.to_owned(),
+        serde_json::from_str(payload).expect("alert JSON"),
+    )
+}
+
+#[test]
+fn alerts_reach_mqtt_subscribers_and_mailboxes_and_credentials_never_travel_in_clear() {
+    let mut mail = SmtpPeer::start(&[]);
+    let mut relay = SmtpPeer::start(&["--plain"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("fabrik.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[alerting.rules]]
+name = "oven-hot"
+table = "oven"
+value = "celsius"
+key = "device"
+condition = "above"
+threshold = 80.0
+clear = 70.0
+severity = "critical"
+interval = "200ms"
+start = "earliest"
+
+[[alerting.notifiers]]
+name = "scada"
+kind = "mqtt"
+topic = "plant/alerts/{{severity}}/{{rule}}/{{device}}"
+retain = true
+
+[[alerting.notifiers]]
+name = "shift-lead"
+kind = "email"
+url = "smtp://localhost:{mail_port}"
+ca = "{ca}"
+username = "fabrik"
+password = "s3cret"
+from = "fabrik@plant.example"
+to = ["lead@plant.example", "maintenance@plant.example"]
+
+[[alerting.notifiers]]
+name = "old-relay"
+kind = "email"
+url = "smtp://localhost:{relay_port}"
+username = "fabrik"
+password = "s3cret"
+from = "fabrik@plant.example"
+to = ["lead@plant.example"]
+"#,
+            mail_port = mail.port,
+            ca = mail.ca,
+            relay_port = relay.port,
+        ),
+    )
+    .expect("config");
+    let data = dir.path().join("data");
+    let p = Process::start_with_args(&data, &["--config", config.to_str().expect("utf-8")], &[]);
+    let mqtt = p.mqtt.clone().expect("mqtt endpoint");
+    let subscriber = one_mqtt_message(&mqtt, "plant/alerts/#");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos(),
+    )
+    .expect("ns");
+    assert_eq!(
+        crate::support::post_status(
+            &p.url,
+            "/api/v1/write",
+            &format!("oven,device=oven-1 celsius=95 {now}\n")
+        ),
+        200
+    );
+
+    // MQTT: the flat alert JSON on a topic built from the alert.
+    let (topic, firing) = finish(subscriber);
+    assert_eq!(topic, "plant/alerts/critical/oven-hot/oven-1");
+    assert_eq!(firing["status"], "firing", "{firing}");
+    assert_eq!(firing["device"], "oven-1");
+    assert_eq!(firing["value"], 95.0);
+    let id = firing["id"].as_str().expect("id").to_owned();
+
+    // E-mail: over STARTTLS, authenticated, to both recipients.
+    let mut log = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while mail.records("MAIL ").is_empty() {
+        log.extend(p.log.try_iter());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no e-mail; Fabrik said:\n{}",
+            log.join("\n")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let m = &mail.records("MAIL ")[0];
+    assert_eq!(m["tls"], true, "{m}");
+    assert_eq!(m["user"], "fabrik", "{m}");
+    assert_eq!(m["mail_from"], "fabrik@plant.example");
+    assert_eq!(
+        m["rcpt_tos"],
+        serde_json::json!(["lead@plant.example", "maintenance@plant.example"])
+    );
+    assert_eq!(m["alert"], id);
+    assert!(
+        m["subject"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("[FIRING] oven-hot on oven-1: value 95")),
+        "{m}"
+    );
+    assert!(
+        m["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("Device:    oven-1") && b.contains(&id)),
+        "{m}"
+    );
+
+    // Cooling down resolves it: a second e-mail, and the retained message now says resolved.
+    assert_eq!(
+        crate::support::post_status(
+            &p.url,
+            "/api/v1/write",
+            &format!("oven,device=oven-1 celsius=60 {}\n", now + SECOND)
+        ),
+        200
+    );
+    eventually("the resolved e-mail", || mail.records("MAIL ").len() >= 2);
+    let resolved = &mail.records("MAIL ")[1];
+    assert!(
+        resolved["subject"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("[RESOLVED] oven-hot on oven-1")),
+        "{resolved}"
+    );
+    let (topic, last) = finish(one_mqtt_message(&mqtt, "plant/alerts/critical/#"));
+    assert_eq!(topic, "plant/alerts/critical/oven-hot/oven-1");
+    assert_eq!(last["status"], "resolved", "{last}");
+    assert_eq!(last["id"], id.as_str());
+
+    // The relay without STARTTLS got a connection but neither credentials nor a message, and
+    // Fabrik said why; the notification stays queued for it.
+    eventually("the refused relay is logged", || {
+        log.extend(p.drain_log());
+        log.iter().any(|l| l.contains("does not offer STARTTLS"))
+    });
+    assert!(
+        !relay.records("EVENT ").is_empty(),
+        "the relay was contacted"
+    );
+    assert!(
+        relay
+            .records("EVENT ")
+            .iter()
+            .all(|e| e.get("auth").is_none()),
+        "{:?}",
+        relay.seen
+    );
+    assert!(relay.records("MAIL ").is_empty());
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}
