@@ -5,11 +5,12 @@
 //! spikes, gradual drift (bearing wear), stuck sensors, drop-outs and malformed payloads.
 //!
 //! A Sparkplug B edge node ([`sparkplug`]) publishes a compressor's metrics with births,
-//! aliases and sequence numbers.
+//! aliases and sequence numbers; chilled-water skids answer Modbus TCP ([`modbus`]).
 //!
 //! It owns only device behaviour; registering devices and reaching the broker is the caller's
 //! job (through [`DeviceCredentials`] and an MQTT address).
 
+pub mod modbus;
 pub mod signals;
 pub mod sparkplug;
 

@@ -1,6 +1,6 @@
 //! `fabrik run --demo` and `fabrik sim`: a simulated plant whose devices are registered (with
-//! their own tokens) and publish to an MQTT endpoint, with faults injected now and then so
-//! there is something to detect.
+//! their own tokens) and publish to an MQTT endpoint, chillers that answer Modbus TCP and are
+//! polled, with faults injected now and then so there is something to detect.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -11,14 +11,91 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Faults the demo plant goes through, one every `FAULT_EVERY`, in a loop.
-const FAULT_CYCLE: [(&str, FaultKind); 6] = [
+const FAULT_CYCLE: [(&str, FaultKind); 9] = [
     ("pump-02", FaultKind::Spike),
     ("pump-03", FaultKind::Drift),
+    ("chiller-02", FaultKind::Drift),
     ("motor-01", FaultKind::Stuck),
     ("pump-04", FaultKind::Malformed),
+    ("chiller-01", FaultKind::Dropout),
     ("pump-03", FaultKind::Clear),
+    ("chiller-02", FaultKind::Clear),
     ("pump-01", FaultKind::Dropout),
 ];
+/// The demo's Modbus TCP chillers.
+const CHILLERS: [&str; 2] = ["chiller-01", "chiller-02"];
+
+/// The part of the demo plant that Fabrik polls rather than that publishes: Modbus TCP
+/// chillers on ephemeral ports, started before the modules so that the modbus module finds
+/// them in its configuration.
+pub(crate) struct DemoField {
+    /// Faults for every simulated device (shared with the publishing plant).
+    pub(crate) board: FaultBoard,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl DemoField {
+    /// Waits for the field devices to stop (after the demo's stop token fired).
+    pub(crate) async fn stopped(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Starts the demo's chillers and adds them to `config.modbus` (a configured device with the
+/// same id wins).
+pub(crate) async fn start_field(
+    config: &mut fabrik_runtime::config::Config,
+    stop: &CancellationToken,
+) -> Result<DemoField, String> {
+    let board = FaultBoard::default();
+    let mut tasks = Vec::new();
+    for (n, id) in CHILLERS.iter().enumerate() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("demo chiller: cannot listen on 127.0.0.1: {e}"))?;
+        let address = listener.local_addr().map_err(|e| e.to_string())?;
+        let snippet = fabrik_sim::modbus::chiller_config_toml(id, &address.to_string(), 1000);
+        let parsed: fabrik_runtime::config::Config =
+            toml::from_str(&snippet).map_err(|e| format!("demo chiller register map: {e}"))?;
+        if !config.modbus.devices.iter().any(|d| d.id == *id) {
+            config.modbus.devices.extend(parsed.modbus.devices);
+        }
+        tasks.push(tokio::spawn(fabrik_sim::modbus::serve_chiller(
+            (*id).to_owned(),
+            listener,
+            7 + n as u64,
+            Duration::from_millis(500),
+            board.clone(),
+            stop.clone(),
+        )));
+    }
+    Ok(DemoField { board, tasks })
+}
+
+/// Registers the demo's chillers (no token: Fabrik polls them).
+async fn register_chillers(registry: &Registry, site: &str) -> Result<(), String> {
+    for id in CHILLERS {
+        let new = NewDevice {
+            id: id.to_owned(),
+            name: Some(format!("Simulated chiller {}", &id[id.len() - 2..])),
+            device_type: Some("chiller".into()),
+            site: Some(site.to_owned()),
+            labels: [
+                ("simulated".to_owned(), "true".to_owned()),
+                ("protocol".to_owned(), "modbus".to_owned()),
+            ]
+            .into(),
+            sparkplug_node: None,
+        };
+        match registry.add(new).await {
+            Ok(_) | Err(RegistryError::Exists(_)) => {}
+            Err(e) => return Err(format!("registering {id}: {e}")),
+        }
+    }
+    Ok(())
+}
 const FAULT_EVERY: Duration = Duration::from_secs(90);
 
 /// Registers the plant's devices (a device already registered gets a fresh token) and returns
@@ -113,6 +190,7 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
 pub(crate) async fn start(
     registry: &Option<Registry>,
     mqtt: Option<SocketAddr>,
+    field: Option<&DemoField>,
     stop: CancellationToken,
 ) -> Result<(JoinHandle<()>, Vec<String>), String> {
     let (Some(registry), Some(mqtt)) = (registry, mqtt) else {
@@ -123,7 +201,11 @@ pub(crate) async fn start(
     let mut names: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
     let edge = register_edge_node(registry, &spec.site).await?;
     names.push(format!("{} (Sparkplug B)", edge.device_id));
-    let board = FaultBoard::default();
+    if field.is_some() {
+        register_chillers(registry, &spec.site).await?;
+        names.extend(CHILLERS.iter().map(|c| format!("{c} (Modbus TCP)")));
+    }
+    let board = field.map(|f| f.board.clone()).unwrap_or_default();
     let address = reachable(mqtt).to_string();
     let task = tokio::spawn(async move {
         let faults = tokio::spawn(inject_faults(board.clone(), stop.clone()));
@@ -145,6 +227,7 @@ pub(crate) async fn start(
         ),
         "             try: fabrik query \"SELECT device, time, vibration_rms, flow FROM pump ORDER BY time DESC LIMIT 8\"".into(),
         "             Sparkplug B: fabrik query \"SELECT * FROM sparkplug ORDER BY time DESC LIMIT 3\"".into(),
+        "             Modbus:      fabrik query \"SELECT device, time, supply_temp, compressor_current FROM chiller ORDER BY time DESC LIMIT 4\"".into(),
     ];
     Ok((task, lines))
 }
@@ -167,6 +250,14 @@ pub(crate) struct SimArgs {
     /// MQTT endpoint of the Fabrik to publish to.
     #[arg(long, default_value = "127.0.0.1:1883")]
     mqtt: String,
+    /// Modbus TCP chillers to serve (Fabrik polls them; the register map to add to
+    /// fabrik.toml is printed at start).
+    #[arg(long, default_value_t = 2)]
+    chillers: usize,
+    /// Where the first chiller's Modbus TCP server listens; the next ones take the following
+    /// ports.
+    #[arg(long, default_value = "127.0.0.1:5020")]
+    modbus_listen: SocketAddr,
     /// A fault to inject, DEVICE:KIND[@SECONDS] (kinds: spike, drift, stuck, dropout,
     /// malformed, clear); repeat for several.
     #[arg(long = "fault", value_parser = parse_fault)]
@@ -243,14 +334,52 @@ pub(crate) async fn sim(args: SimArgs) -> anyhow::Result<()> {
             .to_owned();
         devices.push(DeviceCredentials { id, token, kind });
     }
-    println!(
-        "simulating {} device(s) at {} → mqtt://{} (Ctrl-C to stop)",
-        devices.len(),
-        spec.site,
-        args.mqtt
-    );
     let stop = CancellationToken::new();
     let board = FaultBoard::default();
+    let mut field = Vec::new();
+    for n in 0..args.chillers {
+        let id = format!("chiller-{:02}", n + 1);
+        let port = args
+            .modbus_listen
+            .port()
+            .checked_add(u16::try_from(n)?)
+            .context("--modbus-listen port range overflows")?;
+        let address = SocketAddr::new(args.modbus_listen.ip(), port);
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address} for {id} (--modbus-listen)"))?;
+        let body = serde_json::json!({
+            "id": id, "type": "chiller", "site": spec.site,
+            "labels": {"simulated": "true", "protocol": "modbus"},
+        });
+        let response = ep
+            .request(&client, reqwest::Method::POST, "/api/v1/devices")
+            .json(&body)
+            .send()
+            .await?;
+        if response.status() != reqwest::StatusCode::CONFLICT {
+            crate::client::check(response).await?;
+        }
+        println!(
+            "# {id}: Modbus TCP on {address}; poll it with:\n{}",
+            fabrik_sim::modbus::chiller_config_toml(&id, &reachable(address).to_string(), 1000)
+        );
+        field.push(tokio::spawn(fabrik_sim::modbus::serve_chiller(
+            id,
+            listener,
+            7 + n as u64,
+            Duration::from_millis(500),
+            board.clone(),
+            stop.clone(),
+        )));
+    }
+    println!(
+        "simulating {} device(s) at {} → mqtt://{}, {} Modbus chiller(s) (Ctrl-C to stop)",
+        devices.len(),
+        spec.site,
+        args.mqtt,
+        field.len()
+    );
     for (at, fault) in args.faults {
         let board = board.clone();
         let stop = stop.clone();
@@ -274,5 +403,8 @@ pub(crate) async fn sim(args: SimArgs) -> anyhow::Result<()> {
     fabrik_runtime::shutdown::signal().await;
     stop.cancel();
     let _ = plant.await;
+    for task in field {
+        let _ = task.await;
+    }
     Ok(())
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use fabrik_connect::modbus::{self, ModbusPoller, Quality as ReadingQuality, Reading};
 use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
+use fabrik_registry::Registry;
 use fabrik_runtime::ServiceHandle;
 use fabrik_runtime::config::Config;
 use fabrik_store::Store;
@@ -36,8 +37,13 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
     }
 }
 
-/// Starts one polling task per device and the writer that stores their readings.
-pub(crate) async fn start(config: &Config, store: Arc<Store>) -> Result<ServiceHandle, String> {
+/// Starts one polling task per device and the writer that stores their readings (and, with a
+/// registry, keeps registered devices' state, last-seen time and counts up to date).
+pub(crate) async fn start(
+    config: &Config,
+    store: Arc<Store>,
+    registry: Option<Registry>,
+) -> Result<ServiceHandle, String> {
     let tables: BTreeMap<String, String> = config
         .modbus
         .devices
@@ -55,7 +61,7 @@ pub(crate) async fn start(config: &Config, store: Arc<Store>) -> Result<ServiceH
     let task = tokio::spawn(async move {
         // The writer ends when every device task has dropped its sender: at once when no
         // device is configured, else after the stop. The module runs until it is stopped.
-        let written = write_readings(rx, &store, &tables).await;
+        let written = write_readings(rx, &store, &tables, registry.as_ref()).await;
         poller.stopped().await;
         token.cancelled().await;
         written
@@ -67,7 +73,9 @@ async fn write_readings(
     mut rx: mpsc::Receiver<Reading>,
     store: &Store,
     tables: &BTreeMap<String, String>,
+    registry: Option<&Registry>,
 ) -> Result<(), String> {
+    let mut online: BTreeMap<Arc<str>, bool> = BTreeMap::new();
     let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -78,7 +86,11 @@ async fn write_readings(
                 _ => break,
             }
         }
-        let groups = to_groups(store, std::mem::take(&mut batch), tables);
+        let polls = group_polls(std::mem::take(&mut batch));
+        if let Some(registry) = registry {
+            track_state(registry, &polls, &mut online).await;
+        }
+        let groups = to_groups(store, polls, tables);
         if let Err(e) = store.write_groups(&groups, "modbus").await {
             // The device keeps its schedule; a failed write loses only this batch, and says so.
             tracing::error!(error = %e, rows = groups.len(), "Storing Modbus readings failed.");
@@ -88,19 +100,60 @@ async fn write_readings(
     Ok(())
 }
 
-/// One group (one raw message in lineage terms) per device and poll.
-fn to_groups(
-    store: &Store,
-    readings: Vec<Reading>,
-    tables: &BTreeMap<String, String>,
-) -> Vec<(Lineage, Vec<Point>)> {
-    let mut polls: BTreeMap<(Arc<str>, i64), Vec<Reading>> = BTreeMap::new();
+type Polls = BTreeMap<(Arc<str>, i64), Vec<Reading>>;
+
+fn group_polls(readings: Vec<Reading>) -> Polls {
+    let mut polls: Polls = BTreeMap::new();
     for r in readings {
         polls
             .entry((r.device_id.clone(), r.timestamp_ns))
             .or_default()
             .push(r);
     }
+    polls
+}
+
+/// A device is online while a poll reads anything; a poll that reads nothing (connection
+/// refused, timeouts) takes it offline. Changes become registry state and events; every poll
+/// counts as a message (an error when nothing was read). Unregistered devices are skipped.
+async fn track_state(registry: &Registry, polls: &Polls, online: &mut BTreeMap<Arc<str>, bool>) {
+    for ((device, _), readings) in polls {
+        let good = readings.iter().any(|r| r.quality == ReadingQuality::Good);
+        registry.count_message(device, !good);
+        if online.get(device) == Some(&good) {
+            continue;
+        }
+        if registry.get(device).await.is_err() {
+            continue;
+        }
+        let detail = if good {
+            "modbus: polls answered".to_owned()
+        } else {
+            format!(
+                "modbus: {}",
+                readings
+                    .iter()
+                    .find_map(|r| r.reason.clone())
+                    .unwrap_or_else(|| "no answer".into())
+            )
+        };
+        match registry.set_connected(device, good, &detail).await {
+            Ok(()) => {
+                online.insert(device.clone(), good);
+            }
+            Err(e) => {
+                tracing::warn!(device = %device, error = %e, "Could not record a Modbus device's state.")
+            }
+        }
+    }
+}
+
+/// One group (one raw message in lineage terms) per device and poll.
+fn to_groups(
+    store: &Store,
+    polls: Polls,
+    tables: &BTreeMap<String, String>,
+) -> Vec<(Lineage, Vec<Point>)> {
     polls
         .into_iter()
         .map(|((device, time), readings)| {

@@ -303,7 +303,7 @@ impl AdminToken {
 }
 
 async fn serve(
-    config: Config,
+    mut config: Config,
     settings: Settings,
     modules: Vec<Module>,
     demo: bool,
@@ -333,6 +333,17 @@ async fn serve(
             path,
             generated,
         })
+    } else {
+        None
+    };
+    let demo_stop = CancellationToken::new();
+    // The demo's Modbus chillers must listen before the modbus module reads its devices.
+    let demo_field = if demo && modules.contains(&Module::Modbus) {
+        Some(
+            crate::demo::start_field(&mut config, &demo_stop)
+                .await
+                .map_err(anyhow::Error::msg)?,
+        )
     } else {
         None
     };
@@ -408,10 +419,11 @@ async fn serve(
             }
             Module::Modbus => {
                 let store = wiring.store.clone();
+                let registry = wiring.registry.clone();
                 manager
                     .start(module.name(), || async {
                         let store = store.ok_or("the modbus module needs the store module")?;
-                        crate::modbus::start(&config, store).await
+                        crate::modbus::start(&config, store, registry).await
                     })
                     .await
             }
@@ -476,14 +488,19 @@ async fn serve(
             break;
         }
     }
-    let demo_stop = CancellationToken::new();
     let mut demo_task = None;
     if start_error.is_none() {
         if let Some(t) = &token {
             wiring.banner.extend(t.banner());
         }
         if demo {
-            match crate::demo::start(&wiring.registry, wiring.mqtt_address, demo_stop.clone()).await
+            match crate::demo::start(
+                &wiring.registry,
+                wiring.mqtt_address,
+                demo_field.as_ref(),
+                demo_stop.clone(),
+            )
+            .await
             {
                 Ok((task, lines)) => {
                     wiring.banner.extend(lines);
@@ -518,6 +535,9 @@ async fn serve(
     demo_stop.cancel();
     if let Some(task) = demo_task {
         let _ = tokio::time::timeout(Duration::from_secs(3), task).await;
+    }
+    if let Some(field) = demo_field {
+        let _ = tokio::time::timeout(Duration::from_secs(3), field.stopped()).await;
     }
     let stopped = manager.stop_all(STOP_DEADLINE).await;
     if let Some(e) = start_error {

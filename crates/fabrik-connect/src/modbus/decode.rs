@@ -108,7 +108,21 @@ impl Codec {
     }
 
     fn float(&self, raw: f64) -> Value {
-        Value::F64(raw * self.scale.unwrap_or(1.0) + self.offset.unwrap_or(0.0))
+        let scaled = match self.scale {
+            None => raw,
+            // Decimal scales (0.1, 0.01, ...) are not exact in binary: 3 × 0.1 is
+            // 0.30000000000000004, 3 / 10 is the 0.3 the device means.
+            Some(scale) if scale.abs() < 1.0 && scale != 0.0 => {
+                let divisor = 1.0 / scale;
+                if (divisor - divisor.round()).abs() < 1e-9 {
+                    raw / divisor.round()
+                } else {
+                    raw * scale
+                }
+            }
+            Some(scale) => raw * scale,
+        };
+        Value::F64(scaled + self.offset.unwrap_or(0.0))
     }
 }
 
@@ -229,6 +243,19 @@ mod tests {
             ..Codec::plain(DataType::I32, 2)
         };
         assert_eq!(c.decode_registers(&[0xFFFF, 0xFFFF]), Ok(Value::F64(-2.0)));
+        let tenths = Codec {
+            scale: Some(0.1),
+            ..Codec::plain(DataType::U16, 1)
+        };
+        assert_eq!(tenths.decode_registers(&[3]), Ok(Value::F64(0.3)));
+        let hundredths = Codec {
+            scale: Some(0.01),
+            ..Codec::plain(DataType::I16, 1)
+        };
+        assert_eq!(
+            hundredths.decode_registers(&[0xFFF9]),
+            Ok(Value::F64(-0.07))
+        );
         let c = Codec {
             offset: Some(1.5),
             ..Codec::plain(DataType::F32, 2)

@@ -454,8 +454,9 @@ fn the_demo_plant_publishes_through_the_endpoint_within_seconds() {
         None,
     );
     let devices = devices.as_array().cloned().unwrap_or_default();
-    // Four pumps and two motors publishing JSON, and one Sparkplug B edge node.
-    assert_eq!(devices.len(), 7, "{devices:?}");
+    // Four pumps and two motors publishing JSON, one Sparkplug B edge node, and two chillers
+    // that Fabrik polls over Modbus TCP.
+    assert_eq!(devices.len(), 9, "{devices:?}");
     eventually("every simulated device online", || {
         let (_, d) = http(
             &p.url,
@@ -463,7 +464,7 @@ fn the_demo_plant_publishes_through_the_endpoint_within_seconds() {
             "/api/v1/devices?state=online",
             None,
         );
-        d.as_array().map_or(0, Vec::len) == 7
+        d.as_array().map_or(0, Vec::len) == 9
     });
     eventually(
         "the edge node's births and data are stored by metric name",
@@ -488,4 +489,67 @@ fn the_demo_plant_publishes_through_the_endpoint_within_seconds() {
         let v = r["vibration_rms"].as_f64().expect("vibration");
         assert!((0.05..1.0).contains(&v), "{r}");
     }
+
+    // The chillers' register map decodes to plausible engineering values.
+    let rows = query(
+        &p.url,
+        "SELECT supply_temp, return_temp, discharge_pressure, setpoint, energy, run_hours \
+         FROM chiller WHERE device = 'chiller-01' AND supply_temp IS NOT NULL LIMIT 3",
+    );
+    assert!(!rows.is_empty());
+    for r in &rows {
+        let supply = r["supply_temp"].as_f64().expect("supply");
+        assert!((3.0..12.0).contains(&supply), "{r}");
+        assert!(r["return_temp"].as_f64().expect("return") > supply, "{r}");
+        assert!(
+            (5.0..20.0).contains(&r["discharge_pressure"].as_f64().expect("p")),
+            "{r}"
+        );
+        assert_eq!(r["setpoint"], 7.0, "{r}");
+        assert!(r["energy"].as_f64().expect("energy") >= 12_480.0, "{r}");
+        assert!(r["run_hours"].as_f64().expect("hours") >= 3_120.5, "{r}");
+    }
+    let model = query(
+        &p.url,
+        "SELECT model FROM chiller WHERE device = 'chiller-02' AND model IS NOT NULL LIMIT 1",
+    );
+    assert_eq!(model[0]["model"], "FBK-CH200");
+
+    // A Modbus client (pymodbus) changes chiller-01's set-point; the next polls show it.
+    let log = p.drain_log().join("\n");
+    let address = log
+        .lines()
+        .find(|l| l.contains("Modbus device connected") && l.contains("device=chiller-01"))
+        .and_then(|l| l.split("address=").nth(1))
+        .map(|a| a.trim().to_owned())
+        .expect("the chiller's address in the log");
+    let (host, port) = address.rsplit_once(':').expect("host:port");
+    let python = std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = format!(
+        "from pymodbus.client import ModbusTcpClient\n\
+         c = ModbusTcpClient('{host}', port={port})\n\
+         assert c.connect()\n\
+         r = c.write_register(100, 90)\n\
+         assert not r.isError(), r\n\
+         r = c.write_register(100, 900)\n\
+         assert r.isError() and r.exception_code == 3, r\n\
+         c.close()\n"
+    );
+    let out = std::process::Command::new(&python)
+        .args(["-c", &script])
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually("the new set-point is polled", || {
+        let rows = query(
+            &p.url,
+            "SELECT setpoint FROM chiller WHERE device = 'chiller-01' AND setpoint IS NOT NULL \
+             ORDER BY time DESC LIMIT 1",
+        );
+        rows.first().is_some_and(|r| r["setpoint"] == 9.0)
+    });
 }
