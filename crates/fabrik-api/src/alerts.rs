@@ -4,16 +4,17 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use axum::{Extension, Json};
 use fabrik_alert::{AlertError, AlertState, Alerting, Feedback};
 use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::ApiState;
+use crate::auth::Identity;
 use crate::error::ApiError;
 
 /// The table acknowledgements are stored in, one row per verdict.
@@ -99,8 +100,19 @@ pub struct AckRequest {
     pub feedback: Feedback,
     /// A note for the record.
     pub comment: Option<String>,
-    /// Who acknowledges (default `operator`).
+    /// Who acknowledges, when signed in with the admin token (default `admin-token`); a
+    /// signed-in user is always recorded under their own name.
     pub by: Option<String>,
+}
+
+/// Who a change is recorded under: a user's own name (no impersonation), or what a token
+/// holder says.
+fn recorded_by(identity: &Identity, stated: Option<String>) -> String {
+    if identity.name == Identity::admin_token().name {
+        stated.unwrap_or_else(|| identity.name.clone())
+    } else {
+        identity.name.clone()
+    }
 }
 
 #[utoipa::path(post, path = "/api/v1/alerts/{id}/ack", tag = "alerts", security(("token" = [])),
@@ -110,10 +122,11 @@ pub struct AckRequest {
               (status = 404, description = "no such alert", body = crate::error::ErrorBody)))]
 pub(crate) async fn ack(
     State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
     Path(id): Path<String>,
     Json(request): Json<AckRequest>,
 ) -> Result<Json<fabrik_alert::Alert>, ApiError> {
-    let by = request.by.unwrap_or_else(|| "operator".into());
+    let by = recorded_by(&identity, request.by);
     let alert = alerting(&state)?
         .ack(&id, &by, request.feedback, request.comment.clone())
         .await?;
@@ -177,7 +190,8 @@ pub struct SilenceRequest {
     pub duration: String,
     /// Why.
     pub comment: Option<String>,
-    /// Who (default `operator`).
+    /// Who, when signed in with the admin token (default `admin-token`); a signed-in user is
+    /// always recorded under their own name.
     pub by: Option<String>,
 }
 
@@ -187,18 +201,14 @@ pub struct SilenceRequest {
               (status = 400, description = "bad duration", body = crate::error::ErrorBody)))]
 pub(crate) async fn create_silence(
     State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
     Json(request): Json<SilenceRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
+    let by = recorded_by(&identity, request.by);
     let duration = fabrik_runtime::units::parse_duration(&request.duration)
         .map_err(|e| ApiError::bad_request(format!("duration: {e}")))?;
     let silence = alerting(&state)?
-        .silence(
-            request.rule,
-            request.device,
-            duration,
-            request.by.as_deref().unwrap_or("operator"),
-            request.comment,
-        )
+        .silence(request.rule, request.device, duration, &by, request.comment)
         .await?;
     Ok((StatusCode::CREATED, Json(silence)))
 }

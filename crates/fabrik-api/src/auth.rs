@@ -1,15 +1,23 @@
 //! Authentication: every route but `/ready`, `/metrics` and the static landing page needs a
 //! token. Accepted forms, so InfluxDB clients work unchanged: `Authorization: Bearer <t>`,
 //! `Authorization: Token <t>` (InfluxDB 2), HTTP Basic with the token as password, and the
-//! `p` query parameter (InfluxDB 1 `/write`). The dashboard signs in once with a token and then
-//! carries a session cookie (random id, HttpOnly, SameSite=Strict) instead of the token.
+//! `p` query parameter (InfluxDB 1 `/write`). The dashboard signs in once, with a token or a
+//! user name and password, and then carries a session cookie (random id, HttpOnly,
+//! SameSite=Strict) instead.
+//!
+//! Every authenticated request has an [`Identity`] with a role; [`required_role`] says what
+//! each route needs: viewers read, operators also acknowledge and silence alerts, admins (and
+//! the admin token) do everything else.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Method};
+use fabrik_registry::Role;
 use parking_lot::Mutex;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 /// The cookie that carries a dashboard session.
 pub const SESSION_COOKIE: &str = "fabrik_session";
@@ -18,11 +26,45 @@ pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// Sessions kept at most; the oldest are dropped first.
 const MAX_SESSIONS: usize = 1024;
 
+/// Who a request acts as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Identity {
+    /// User name, or `admin-token` for the admin token.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+}
+
+impl Identity {
+    /// The identity of the admin token.
+    pub fn admin_token() -> Self {
+        Self {
+            name: "admin-token".into(),
+            role: Role::Admin,
+        }
+    }
+}
+
+/// The role a request needs: reads (and SQL queries) are for viewers; acknowledging and
+/// silencing alerts for operators; every other change, and the user list, for admins. A user
+/// changing their own password is checked by that handler.
+pub fn required_role(method: &Method, route: &str) -> Role {
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    match (route, read) {
+        ("/api/v1/users", true) => Role::Admin,
+        (_, true) | ("/api/v1/query", _) | ("/api/v1/users/{name}/password", _) => Role::Viewer,
+        ("/api/v1/alerts/{id}/ack" | "/api/v1/silences" | "/api/v1/silences/{id}", _) => {
+            Role::Operator
+        }
+        _ => Role::Admin,
+    }
+}
+
 /// The known tokens (for now: the admin token) and the dashboard sessions.
 #[derive(Clone)]
 pub struct Auth {
     admin_token: Arc<str>,
-    sessions: Arc<Mutex<HashMap<String, Instant>>>,
+    sessions: Arc<Mutex<HashMap<String, (Instant, Identity)>>>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -79,24 +121,30 @@ impl Auth {
         }
     }
 
-    /// Starts a session; returns its id (the cookie value), or `None` without randomness.
-    pub fn create_session(&self) -> Option<String> {
+    /// Starts a session for `identity`; returns its id (the cookie value), or `None` without
+    /// randomness.
+    pub fn create_session(&self, identity: Identity) -> Option<String> {
         let mut bytes = [0u8; 32];
         getrandom::fill(&mut bytes).ok()?;
         let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let mut sessions = self.sessions.lock();
         let now = Instant::now();
-        sessions.retain(|_, expires| *expires > now);
+        sessions.retain(|_, (expires, _)| *expires > now);
         if sessions.len() >= MAX_SESSIONS
             && let Some(oldest) = sessions
                 .iter()
-                .min_by_key(|(_, expires)| **expires)
+                .min_by_key(|(_, (expires, _))| *expires)
                 .map(|(k, _)| k.clone())
         {
             sessions.remove(&oldest);
         }
-        sessions.insert(id.clone(), now + SESSION_LIFETIME);
+        sessions.insert(id.clone(), (now + SESSION_LIFETIME, identity));
         Some(id)
+    }
+
+    /// Ends every session of a user (removed, or their password changed).
+    pub fn end_sessions_of(&self, name: &str) {
+        self.sessions.lock().retain(|_, (_, who)| who.name != name);
     }
 
     /// Ends a session.
@@ -117,13 +165,22 @@ impl Auth {
             })
     }
 
-    /// True when `id` is a live session.
-    pub fn check_session(&self, id: &str) -> bool {
+    /// The identity of a live session.
+    pub fn check_session(&self, id: &str) -> Option<Identity> {
         let sessions = self.sessions.lock();
         // Every id has the same length, so the lookup leaks nothing a guess could use.
         sessions
             .get(id)
-            .is_some_and(|expires| *expires > Instant::now())
+            .filter(|(expires, _)| *expires > Instant::now())
+            .map(|(_, who)| who.clone())
+    }
+
+    /// The identity a request carries (token or session), if any.
+    pub fn identify(&self, headers: &HeaderMap, query: Option<&str>) -> Option<Identity> {
+        if Self::token_of(headers, query).is_some_and(|t| self.check(&t)) {
+            return Some(Identity::admin_token());
+        }
+        Self::session_of(headers).and_then(|id| self.check_session(&id))
     }
 
     /// Extracts the token a request carries, in any accepted form.
@@ -221,5 +278,35 @@ mod tests {
         assert!(auth.check("s3cret"));
         assert!(!auth.check("s3cre"));
         assert!(!auth.check("s3creT"));
+    }
+
+    #[test]
+    fn roles_follow_the_route_and_method() {
+        use Role::*;
+        for (method, route, role) in [
+            (Method::GET, "/api/v1/devices", Viewer),
+            (Method::POST, "/api/v1/query", Viewer),
+            (Method::GET, "/api/v1/users", Admin),
+            (Method::POST, "/api/v1/alerts/{id}/ack", Operator),
+            (Method::POST, "/api/v1/silences", Operator),
+            (Method::DELETE, "/api/v1/silences/{id}", Operator),
+            (Method::POST, "/api/v1/write", Admin),
+            (Method::POST, "/api/v1/devices/{id}/token", Admin),
+            (Method::DELETE, "/api/v1/devices/{id}", Admin),
+            (Method::POST, "/api/v1/users", Admin),
+            (Method::PUT, "/api/v1/users/{name}/password", Viewer),
+        ] {
+            assert_eq!(required_role(&method, route), role, "{method} {route}");
+        }
+        let auth = Auth::new("t");
+        let id = auth
+            .create_session(Identity {
+                name: "ana".into(),
+                role: Operator,
+            })
+            .unwrap();
+        assert_eq!(auth.check_session(&id).unwrap().role, Operator);
+        auth.end_sessions_of("ana");
+        assert!(auth.check_session(&id).is_none());
     }
 }

@@ -23,6 +23,15 @@ impl From<RegistryError> for ApiError {
             RegistryError::Exists(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             RegistryError::Invalid(_) => Self::bad_request(e.to_string()),
             RegistryError::BadCredentials => Self::unauthorized(),
+            RegistryError::UserNotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            RegistryError::UserExists(_) => {
+                Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
+            RegistryError::Locked { .. } => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "locked", e.to_string())
+            }
             other => {
                 tracing::error!(error = %other, "Registry request failed.");
                 Self::new(
@@ -35,7 +44,7 @@ impl From<RegistryError> for ApiError {
     }
 }
 
-fn registry(state: &ApiState) -> Result<&Registry, ApiError> {
+pub(crate) fn registry(state: &ApiState) -> Result<&Registry, ApiError> {
     state.registry.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

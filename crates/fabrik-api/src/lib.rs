@@ -14,6 +14,7 @@ pub mod routes;
 pub mod session;
 pub mod stream;
 mod ui;
+pub mod users;
 
 use std::sync::Arc;
 
@@ -21,7 +22,7 @@ use fabrik_runtime::Services;
 use fabrik_store::Store;
 use metrics_exporter_prometheus_handle::PrometheusHandle;
 
-pub use auth::Auth;
+pub use auth::{Auth, Identity};
 pub use error::ApiError;
 pub use routes::router;
 

@@ -16,8 +16,8 @@ use fabrik_store::arrow;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use crate::ApiState;
 use crate::error::ApiError;
-use crate::{ApiState, Auth};
 
 /// The Arrow IPC stream media type.
 pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
@@ -65,6 +65,18 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/silences/{id}",
             axum::routing::delete(crate::alerts::remove_silence),
         )
+        .route(
+            "/api/v1/users",
+            get(crate::users::list).post(crate::users::create),
+        )
+        .route(
+            "/api/v1/users/{name}",
+            axum::routing::delete(crate::users::remove),
+        )
+        .route(
+            "/api/v1/users/{name}/password",
+            axum::routing::put(crate::users::set_password),
+        )
         .route("/api/v1/pipelines", get(crate::pipelines::list))
         .route("/api/v1/pipelines/{name}", get(crate::pipelines::show))
         .route("/services", get(services))
@@ -74,7 +86,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/ui/{*path}", get(crate::ui::file))
         .route(
             "/api/v1/session",
-            post(crate::session::sign_in).delete(crate::session::sign_out),
+            post(crate::session::sign_in)
+                .delete(crate::session::sign_out)
+                .get(crate::session::whoami),
         )
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -107,19 +121,36 @@ async fn record_metrics(request: Request, next: Next) -> Response {
 async fn require_token(
     State(state): State<ApiState>,
     RawQuery(query): RawQuery,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
-    let allowed = Auth::token_of(request.headers(), query.as_deref())
-        .is_some_and(|token| state.auth.check(&token))
-        || Auth::session_of(request.headers()).is_some_and(|id| state.auth.check_session(&id));
-    match allowed {
-        true => next.run(request).await,
-        false => {
-            metrics::counter!("fabrik_http_unauthorized_total").increment(1);
-            ApiError::unauthorized().into_response()
-        }
+    let Some(identity) = state.auth.identify(request.headers(), query.as_deref()) else {
+        metrics::counter!("fabrik_http_unauthorized_total").increment(1);
+        return ApiError::unauthorized().into_response();
+    };
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("", MatchedPath::as_str);
+    let needed = crate::auth::required_role(request.method(), route);
+    if identity.role < needed {
+        metrics::counter!("fabrik_http_forbidden_total").increment(1);
+        tracing::info!(user = %identity.name, role = identity.role.as_str(), route, "Request refused: role too low.");
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{} {route} needs the {} role; `{}` is {}",
+                request.method(),
+                needed.as_str(),
+                identity.name,
+                identity.role.as_str()
+            ),
+        )
+        .into_response();
     }
+    request.extensions_mut().insert(identity);
+    next.run(request).await
 }
 
 /// Readiness of every service.

@@ -1,23 +1,31 @@
-//! `/api/v1/session`: the dashboard trades a token for a session cookie once, so the token is
-//! not kept in the page and `EventSource` (which cannot send headers) is authenticated too.
+//! `/api/v1/session`: the dashboard trades a token, or a user name and password, for a session
+//! cookie once, so no secret is kept in the page and `EventSource` (which cannot send headers)
+//! is authenticated too. `GET` tells who the session is.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
 use crate::ApiState;
-use crate::auth::{Auth, SESSION_COOKIE, SESSION_LIFETIME};
+use crate::auth::{Auth, Identity, SESSION_COOKIE, SESSION_LIFETIME};
 use crate::error::ApiError;
 
-/// A sign-in.
+/// A sign-in: a token, or a user name and password.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignIn {
     /// An API token (the admin token).
-    pub token: String,
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A user's name (with `password`).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// That user's password.
+    #[serde(default)]
+    pub password: Option<String>,
 }
 
 fn cookie(value: &str, max_age: u64) -> Result<HeaderValue, ApiError> {
@@ -29,28 +37,86 @@ fn cookie(value: &str, max_age: u64) -> Result<HeaderValue, ApiError> {
 
 #[utoipa::path(post, path = "/api/v1/session", tag = "auth",
     request_body = SignIn,
-    responses((status = 204, description = "signed in; the session cookie is set"),
-              (status = 401, description = "unknown token", body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "signed in; the session cookie is set", body = Identity),
+              (status = 400, description = "neither a token nor a user name and password", body = crate::error::ErrorBody),
+              (status = 401, description = "unknown token, or unknown user or wrong password", body = crate::error::ErrorBody),
+              (status = 429, description = "too many failed sign-ins for this user name", body = crate::error::ErrorBody)))]
 pub(crate) async fn sign_in(
     State(state): State<ApiState>,
     Json(request): Json<SignIn>,
 ) -> Result<Response, ApiError> {
-    if !state.auth.check(&request.token) {
-        metrics::counter!("fabrik_http_unauthorized_total").increment(1);
-        return Err(ApiError::unauthorized());
-    }
-    let id = state.auth.create_session().ok_or_else(|| {
+    let identity = match request {
+        SignIn {
+            token: Some(token),
+            username: None,
+            password: None,
+        } => {
+            if !state.auth.check(&token) {
+                metrics::counter!("fabrik_http_unauthorized_total").increment(1);
+                return Err(ApiError::unauthorized());
+            }
+            Identity::admin_token()
+        }
+        SignIn {
+            token: None,
+            username: Some(name),
+            password: Some(password),
+        } => {
+            let registry = state.registry.as_ref().ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the registry module, which keeps the users, does not run in this process",
+                )
+            })?;
+            match registry.verify_user(&name, &password).await {
+                Ok(user) => {
+                    tracing::info!(user = %user.name, role = user.role.as_str(), "Signed in.");
+                    Identity {
+                        name: user.name,
+                        role: user.role,
+                    }
+                }
+                Err(e) => {
+                    metrics::counter!("fabrik_http_unauthorized_total").increment(1);
+                    tracing::warn!(user = %name, error = %e, "Sign-in refused.");
+                    return Err(e.into());
+                }
+            }
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "sign in with either `token`, or `username` and `password`",
+            ));
+        }
+    };
+    let id = state.auth.create_session(identity.clone()).ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "no randomness for a session id",
         )
     })?;
-    let mut response = StatusCode::NO_CONTENT.into_response();
+    let mut response = Json(identity).into_response();
     response
         .headers_mut()
         .insert(header::SET_COOKIE, cookie(&id, SESSION_LIFETIME.as_secs())?);
     Ok(response)
+}
+
+#[utoipa::path(get, path = "/api/v1/session", tag = "auth",
+    responses((status = 200, description = "who this session (or token) is", body = Identity),
+              (status = 401, description = "not signed in", body = crate::error::ErrorBody)))]
+pub(crate) async fn whoami(
+    State(state): State<ApiState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Result<Json<Identity>, ApiError> {
+    state
+        .auth
+        .identify(&headers, query.as_deref())
+        .map(Json)
+        .ok_or_else(ApiError::unauthorized)
 }
 
 #[utoipa::path(delete, path = "/api/v1/session", tag = "auth",

@@ -151,6 +151,38 @@ async function signIn(token) {
   sessionStorage.setItem('fabrik.token', token);
 }
 
+/** User name and password → session cookie (no token ever reaches the page). */
+async function signInUser(username, password) {
+  let res;
+  try {
+    res = await fetch(`${API}/api/v1/session`, {
+      method: 'POST', headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
+      body: JSON.stringify({ username, password }), credentials: API ? 'include' : 'same-origin', cache: 'no-store',
+    });
+  } catch {
+    throw new ApiError(0, 'The server cannot be reached.');
+  }
+  if (!res.ok) {
+    let msg = `${res.status} ${res.statusText}`;
+    try { const j = await res.json(); msg = j.error || j.message || msg; } catch { /* not JSON */ }
+    throw new ApiError(res.status, msg);
+  }
+  localStorage.setItem('fabrik.auth', 'cookie');
+  sessionStorage.removeItem('fabrik.token');
+  await loadCaps();
+}
+
+async function showIdentity() {
+  const el = $('#whoami');
+  if (!caps.session) { el.textContent = ''; return; }
+  try {
+    const me = await api('/api/v1/session');
+    el.textContent = `${me.name} · ${me.role}`;
+    el.title = `Signed in as ${me.name} (${me.role})`;
+    document.body.dataset.role = me.role;
+  } catch { el.textContent = ''; }
+}
+
 async function signOut() {
   if (auth.mode === 'cookie') {
     try { await api('/api/v1/session', { method: 'DELETE' }); } catch { /* signed out anyway */ }
@@ -164,16 +196,29 @@ function showSignIn(message) {
   stopGlobal();
   $('#topbar').hidden = true;
   document.title = 'Sign in · Fabrik';
+  let mode = localStorage.getItem('fabrik.signin') === 'user' ? 'user' : 'token';
   main.innerHTML = String(html`
     <div class="signin">
       <div class="card">
         <h1>Sign in to Fabrik</h1>
-        <p class="muted">Use the admin token (<code>auth.admin_token</code>, or <code>admin.token</code> in the data directory) or an API token.</p>
+        <div class="seg" role="group" aria-label="Sign in with">
+          <button type="button" id="mode-user" aria-pressed="false">User name</button>
+          <button type="button" id="mode-token" aria-pressed="false">Token</button>
+        </div>
+        <p class="muted" id="signin-help"></p>
         ${message ? html`<div class="notice warn" role="status">${message}</div>` : ''}
         <form id="signin-form" novalidate>
-          <div class="field">
+          <div class="field" data-mode="user">
+            <label for="signin-user">User name</label>
+            <input id="signin-user" name="username" autocomplete="username" spellcheck="false" autocapitalize="none">
+          </div>
+          <div class="field" data-mode="user">
+            <label for="signin-password">Password</label>
+            <input id="signin-password" name="password" type="password" autocomplete="current-password">
+          </div>
+          <div class="field" data-mode="token">
             <label for="signin-token">Token</label>
-            <input id="signin-token" name="token" type="password" autocomplete="current-password" required spellcheck="false">
+            <input id="signin-token" name="token" type="password" autocomplete="current-password" spellcheck="false">
           </div>
           <div id="signin-error" class="notice bad" role="alert" hidden></div>
           <button class="primary" type="submit" id="signin-submit">Sign in</button>
@@ -181,23 +226,45 @@ function showSignIn(message) {
       </div>
     </div>`);
   const form = $('#signin-form');
-  const input = $('#signin-token');
-  input.focus();
+  const setMode = (m) => {
+    mode = m;
+    localStorage.setItem('fabrik.signin', m);
+    $('#mode-user').setAttribute('aria-pressed', String(m === 'user'));
+    $('#mode-token').setAttribute('aria-pressed', String(m === 'token'));
+    $$('[data-mode]', form).forEach((f) => { f.hidden = f.dataset.mode !== m; });
+    $('#signin-help').innerHTML = m === 'user'
+      ? 'Use the name and password an administrator gave you (<code>fabrik user add</code>).'
+      : 'Use the admin token (<code>auth.admin_token</code>, or <code>admin.token</code> in the data directory) or an API token.';
+    (m === 'user' ? $('#signin-user') : $('#signin-token')).focus();
+  };
+  $('#mode-user').addEventListener('click', () => setMode('user'));
+  $('#mode-token').addEventListener('click', () => setMode('token'));
+  setMode(mode);
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
-    const token = input.value.trim();
     const err = $('#signin-error');
     err.hidden = true;
-    if (!token) { err.textContent = 'Enter a token.'; err.hidden = false; return; }
+    const fail = (text) => { err.textContent = text; err.hidden = false; };
+    let attempt;
+    if (mode === 'user') {
+      const username = $('#signin-user').value.trim();
+      const password = $('#signin-password').value;
+      if (!username || !password) return fail('Enter your user name and password.');
+      attempt = () => signInUser(username, password);
+    } else {
+      const token = $('#signin-token').value.trim();
+      if (!token) return fail('Enter a token.');
+      attempt = () => signIn(token);
+    }
     $('#signin-submit').disabled = true;
     try {
-      await signIn(token);
+      await attempt();
       startApp();
     } catch (e) {
-      err.textContent = e.status === 401 ? 'That token was not accepted.' : e.message;
-      err.hidden = false;
+      const wrong = mode === 'user' ? 'That user name and password were not accepted.' : 'That token was not accepted.';
+      fail(e.status === 401 ? wrong : e.message);
       $('#signin-submit').disabled = false;
-      input.select();
+      (mode === 'user' ? $('#signin-password') : $('#signin-token')).select();
     }
   });
 }
@@ -1142,6 +1209,7 @@ function silenceDialog(a) {
 async function startApp() {
   $('#topbar').hidden = false;
   syncThemeButton();
+  showIdentity();
   if (!globalTimer) { refreshBadge(); globalTimer = setInterval(refreshBadge, 10000); }
   if (!location.hash || location.hash === '#' || location.hash === '#/') history.replaceState(null, '', '#/overview');
   await route();

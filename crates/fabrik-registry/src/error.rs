@@ -21,6 +21,18 @@ pub enum RegistryError {
     /// Unknown device, wrong token or disabled device (deliberately not told apart).
     #[error("unknown device or wrong token")]
     BadCredentials,
+    /// No such user.
+    #[error("user `{0}` does not exist")]
+    UserNotFound(String),
+    /// The user name is taken.
+    #[error("user `{0}` already exists")]
+    UserExists(String),
+    /// Too many failed sign-ins for this name.
+    #[error("too many failed sign-ins; try again in {} s", retry_after.as_secs().max(1))]
+    Locked {
+        /// How long until the next attempt is checked.
+        retry_after: std::time::Duration,
+    },
     /// Token generation or hashing failed.
     #[error("token handling failed: {0}")]
     Token(String),

@@ -10,6 +10,7 @@
 mod error;
 mod schema;
 mod tokens;
+pub mod users;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -26,6 +27,7 @@ use sqlx::sqlite::{
 };
 
 pub use error::RegistryError;
+pub use users::{Role, User};
 
 /// A registered device, as the API shows it (never with its token or hash).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -144,6 +146,7 @@ pub struct Registry {
     /// per connection; entries live `VERIFIED_TTL` and are dropped on rotation.
     verified: Arc<Mutex<HashMap<String, VerifiedToken>>>,
     activity: Arc<Mutex<HashMap<String, Activity>>>,
+    attempts: Arc<Mutex<users::Attempts>>,
 }
 
 /// SHA-256 of a token that passed the argon2 check, and when.
@@ -220,6 +223,7 @@ impl Registry {
             pool,
             verified: Arc::default(),
             activity: Arc::default(),
+            attempts: Arc::default(),
         })
     }
 

@@ -6,9 +6,10 @@ use sqlx::SqlitePool;
 use crate::RegistryError;
 
 /// (version, statements). Append only: a released migration never changes.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "CREATE TABLE devices (
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE devices (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL,
         device_type TEXT NOT NULL DEFAULT '',
@@ -32,7 +33,18 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         detail TEXT NOT NULL DEFAULT ''
     );
     CREATE INDEX device_events_by_device ON device_events (device_id, time);",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE users (
+        name TEXT PRIMARY KEY,
+        role TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        last_sign_in BIGINT
+    )",
+    ),
+];
 
 /// Applies the migrations the database has not seen yet.
 pub(crate) async fn migrate(pool: &SqlitePool) -> Result<(), RegistryError> {

@@ -16,6 +16,7 @@ mod modules;
 mod opcua;
 mod pipelines;
 mod run;
+mod user_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +46,8 @@ enum Command {
     Write(client::WriteArgs),
     /// Register, list, show and remove devices of a running Fabrik.
     Device(device_cli::DeviceArgs),
+    /// Create, list and remove the users who sign in with a password, and set passwords.
+    User(user_cli::UserArgs),
     /// List, acknowledge and silence alerts.
     Alert(alert_cli::AlertArgs),
     /// Run a simulated plant against a running Fabrik (devices publish over MQTT).
@@ -129,6 +132,7 @@ fn main() -> ExitCode {
         Command::Query(args) => client::block_on(client::query(args)),
         Command::Write(args) => client::block_on(client::write(args)),
         Command::Device(args) => client::block_on(device_cli::run(args)),
+        Command::User(args) => client::block_on(user_cli::run(args)),
         Command::Alert(args) => client::block_on(alert_cli::run(args)),
         Command::Sim(args) => client::block_on(demo::sim(args)),
         Command::Eval(args) => match eval::run(args) {

@@ -361,7 +361,7 @@ async fn a_session_cookie_replaces_the_token_until_sign_out() {
     };
     assert_eq!(sign_in("wrong").await.expect("send").status(), 401);
     let r = sign_in(TOKEN).await.expect("send");
-    assert_eq!(r.status(), 204);
+    assert_eq!(r.status(), 200);
     let set_cookie = r
         .headers()
         .get("set-cookie")
@@ -384,6 +384,13 @@ async fn a_session_cookie_replaces_the_token_until_sign_out() {
         with_cookie("/api/v1/tables").await.expect("send").status(),
         200
     );
+    let me: serde_json::Value = with_cookie("/api/v1/session")
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(me["role"], "admin", "{me}");
     let out = plain
         .delete(format!("{}/api/v1/session", s.url))
         .header("cookie", cookie.clone())

@@ -15,3 +15,4 @@ mod pipelines;
 mod sparkplug;
 mod storage;
 mod support;
+mod users;

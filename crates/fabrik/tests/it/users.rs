@@ -1,0 +1,259 @@
+//! Users and roles in a real `fabrik run`: created with `fabrik user`, signed in by password to
+//! a session cookie, held to their role by what the API refuses (403 naming the role), locked
+//! after repeated wrong passwords, recorded under their own name when they acknowledge or
+//! silence, and signed out for good when removed.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::mqtt::eventually;
+use crate::support::{Process, TOKEN, fabrik_bin};
+
+/// A request with a session cookie (or none): (status, JSON body, Set-Cookie session value).
+fn call(
+    url: &str,
+    method: reqwest::Method,
+    path: &str,
+    cookie: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value, Option<String>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let mut req = reqwest::Client::new().request(method, format!("{url}{path}"));
+        if let Some(c) = cookie {
+            req = req.header("cookie", format!("fabrik_session={c}"));
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.expect("request");
+        let status = r.status().as_u16();
+        let session = r
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| {
+                v.split(';')
+                    .next()
+                    .and_then(|kv| kv.strip_prefix("fabrik_session="))
+                    .map(str::to_owned)
+            });
+        let text = r.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+            session,
+        )
+    })
+}
+
+fn cli(url: &str, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    let mut child = Command::new(fabrik_bin())
+        .args(["user"])
+        .args(args)
+        .args(["--url", url, "--token", TOKEN])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("fabrik user");
+    if let Some(text) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(text.as_bytes())
+            .expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("fabrik user");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn sign_in(url: &str, name: &str, password: &str) -> (u16, serde_json::Value, Option<String>) {
+    call(
+        url,
+        reqwest::Method::POST,
+        "/api/v1/session",
+        None,
+        Some(serde_json::json!({"username": name, "password": password})),
+    )
+}
+
+#[test]
+fn users_sign_in_with_passwords_and_are_held_to_their_roles() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Process::start(dir.path(), &[]);
+    let url = p.url.clone();
+
+    // An operator with a generated password, a viewer with a chosen one.
+    let (ok, out) = cli(&url, &["add", "ana", "--role", "operator"], None);
+    assert!(ok, "{out}");
+    let password = out
+        .lines()
+        .find_map(|l| l.strip_prefix("password: "))
+        .expect("the generated password is printed")
+        .trim()
+        .to_owned();
+    let (ok, out) = cli(
+        &url,
+        &["add", "vic", "--role", "viewer", "--password-stdin"],
+        Some("correct horse battery\n"),
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&url, &["add", "eve", "--password-stdin"], Some("short\n"));
+    assert!(!ok, "a short password is refused: {out}");
+    assert!(out.contains("at least 12"), "{out}");
+    let (ok, out) = cli(&url, &["list"], None);
+    assert!(
+        ok && out.contains("ana") && out.contains("operator") && out.contains("vic"),
+        "{out}"
+    );
+
+    // Sign-in: a cookie and who it is.
+    let (status, who, cookie) = sign_in(&url, "ana", &password);
+    assert_eq!(status, 200, "{who}");
+    assert_eq!(who["role"], "operator");
+    let ana = cookie.expect("session cookie");
+    let (status, me, _) = call(
+        &url,
+        reqwest::Method::GET,
+        "/api/v1/session",
+        Some(&ana),
+        None,
+    );
+    assert_eq!((status, me["name"].as_str()), (200, Some("ana")));
+
+    // An operator reads and silences, but does not register devices or list users.
+    let (status, _, _) = call(
+        &url,
+        reqwest::Method::GET,
+        "/api/v1/devices",
+        Some(&ana),
+        None,
+    );
+    assert_eq!(status, 200);
+    let (status, refusal, _) = call(
+        &url,
+        reqwest::Method::POST,
+        "/api/v1/devices",
+        Some(&ana),
+        Some(serde_json::json!({"id": "pump-9"})),
+    );
+    assert_eq!(status, 403, "{refusal}");
+    assert!(
+        refusal.to_string().contains("needs the admin role"),
+        "{refusal}"
+    );
+    let (status, _, _) = call(
+        &url,
+        reqwest::Method::GET,
+        "/api/v1/users",
+        Some(&ana),
+        None,
+    );
+    assert_eq!(status, 403);
+    let (status, silence, _) = call(
+        &url,
+        reqwest::Method::POST,
+        "/api/v1/silences",
+        Some(&ana),
+        Some(serde_json::json!({"device": "pump-1", "duration": "1h", "by": "somebody-else"})),
+    );
+    assert_eq!(status, 201, "{silence}");
+    assert_eq!(
+        silence["by"], "ana",
+        "a user is recorded under their own name"
+    );
+
+    // A viewer queries but does not silence or write.
+    let (status, _, cookie) = sign_in(&url, "vic", "correct horse battery");
+    assert_eq!(status, 200);
+    let vic = cookie.expect("cookie");
+    let (status, rows, _) = call(
+        &url,
+        reqwest::Method::POST,
+        "/api/v1/query",
+        Some(&vic),
+        Some(serde_json::json!({"sql": "SELECT 1 AS one"})),
+    );
+    assert_eq!((status, rows[0]["one"].as_i64()), (200, Some(1)));
+    let (status, _, _) = call(
+        &url,
+        reqwest::Method::POST,
+        "/api/v1/silences",
+        Some(&vic),
+        Some(serde_json::json!({"duration": "1h"})),
+    );
+    assert_eq!(status, 403);
+    let (status, _, _) = call(
+        &url,
+        reqwest::Method::DELETE,
+        "/api/v1/users/ana",
+        Some(&vic),
+        None,
+    );
+    assert_eq!(status, 403);
+    // ... and changes only their own password.
+    let (status, _, _) = call(
+        &url,
+        reqwest::Method::PUT,
+        "/api/v1/users/ana/password",
+        Some(&vic),
+        Some(serde_json::json!({"password": "taken over by vic"})),
+    );
+    assert_eq!(status, 403);
+
+    // Wrong passwords: 401 each, then the name is locked (even for the right password).
+    for _ in 0..5 {
+        let (status, _, cookie) = sign_in(&url, "vic", "not the password");
+        assert_eq!(status, 401);
+        assert!(cookie.is_none());
+    }
+    let (status, locked, _) = sign_in(&url, "vic", "correct horse battery");
+    assert_eq!(status, 429, "{locked}");
+    assert!(locked.to_string().contains("try again"), "{locked}");
+    let (status, _, _) = sign_in(&url, "nobody", "whatever it is");
+    assert_eq!(status, 401);
+    let (status, _, _) = call(
+        &url,
+        reqwest::Method::POST,
+        "/api/v1/session",
+        None,
+        Some(serde_json::json!({"username": "ana"})),
+    );
+    assert_eq!(status, 400, "a user name without a password");
+
+    // Removing a user ends their sessions at once.
+    let (ok, out) = cli(&url, &["rm", "ana"], None);
+    assert!(ok, "{out}");
+    eventually("ana's session ends", || {
+        call(
+            &url,
+            reqwest::Method::GET,
+            "/api/v1/devices",
+            Some(&ana),
+            None,
+        )
+        .0 == 401
+    });
+    let (status, _, _) = sign_in(&url, "ana", &password);
+    assert_eq!(status, 401);
+
+    // Users outlive a restart.
+    let (status, _) = p.terminate();
+    assert!(status.success());
+    let p = Process::start(dir.path(), &[]);
+    let (ok, out) = cli(&p.url, &["list"], None);
+    assert!(ok && out.contains("vic") && !out.contains("ana"), "{out}");
+}
