@@ -157,7 +157,7 @@ async function main() {
   });
 
   await step('overview shows fleet health', async () => {
-    await page.waitForFunction(() => /9\s*\/\s*9|\b9\b/.test(document.querySelector('#st-devices .value')?.textContent || ''), null, { timeout: 20000 });
+    await page.waitForFunction(() => /10\s*\/\s*10|\b10\b/.test(document.querySelector('#st-devices .value')?.textContent || ''), null, { timeout: 20000 });
     await page.waitForSelector('#ov-pipelines table');
     // The ingest rate needs two /metrics samples, 5 s apart.
     await page.waitForFunction(() => /\d/.test(document.querySelector('#st-ingest .value')?.textContent || ''), null, { timeout: 15000 });
@@ -165,16 +165,16 @@ async function main() {
     noErrors('overview');
   });
 
-  await step('devices list shows the 9 simulated devices', async () => {
+  await step('devices list shows the 10 simulated devices', async () => {
     await go('#/devices');
-    await page.waitForFunction(() => document.querySelectorAll('#devices-table tbody tr').length >= 9, null, { timeout: 15000 });
+    await page.waitForFunction(() => document.querySelectorAll('#devices-table tbody tr').length >= 10, null, { timeout: 15000 });
     const ids = await page.$$eval('#devices-table tbody tr', (rows) => rows.map((r) => r.dataset.device).sort());
-    const want = ['chiller-01', 'chiller-02', 'edge-01', 'motor-01', 'motor-02', 'pump-01', 'pump-02', 'pump-03', 'pump-04'];
+    const want = ['chiller-01', 'chiller-02', 'edge-01', 'line-01', 'motor-01', 'motor-02', 'pump-01', 'pump-02', 'pump-03', 'pump-04'];
     assert(JSON.stringify(ids) === JSON.stringify(want), `devices ${ids.join(',')} != ${want.join(',')}`);
     await page.selectOption('#f-type', 'motor');
     await page.waitForFunction(() => document.querySelectorAll('#devices-table tbody tr').length === 2, null, { timeout: 10000 });
     await page.click('#f-clear');
-    await page.waitForFunction(() => document.querySelectorAll('#devices-table tbody tr').length === 9, null, { timeout: 10000 });
+    await page.waitForFunction(() => document.querySelectorAll('#devices-table tbody tr').length === 10, null, { timeout: 10000 });
     await shot('02-devices');
     noErrors('devices');
   });

@@ -5,12 +5,14 @@
 //! spikes, gradual drift (bearing wear), stuck sensors, drop-outs and malformed payloads.
 //!
 //! A Sparkplug B edge node ([`sparkplug`]) publishes a compressor's metrics with births,
-//! aliases and sequence numbers; chilled-water skids answer Modbus TCP ([`modbus`]).
+//! aliases and sequence numbers; chilled-water skids answer Modbus TCP ([`modbus`]); a
+//! bottle-filling line's controller is an OPC UA server ([`opcua`]).
 //!
 //! It owns only device behaviour; registering devices and reaching the broker is the caller's
 //! job (through [`DeviceCredentials`] and an MQTT address).
 
 pub mod modbus;
+pub mod opcua;
 pub mod signals;
 pub mod sparkplug;
 

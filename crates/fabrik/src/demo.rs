@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Faults the demo plant goes through, one every `FAULT_EVERY`, in a loop.
-const FAULT_CYCLE: [(&str, FaultKind); 9] = [
+const FAULT_CYCLE: [(&str, FaultKind); 11] = [
     ("pump-02", FaultKind::Spike),
     ("pump-03", FaultKind::Drift),
     ("chiller-02", FaultKind::Drift),
@@ -20,7 +20,9 @@ const FAULT_CYCLE: [(&str, FaultKind); 9] = [
     ("chiller-01", FaultKind::Dropout),
     ("pump-03", FaultKind::Clear),
     ("chiller-02", FaultKind::Clear),
+    ("line-01", FaultKind::Stuck),
     ("pump-01", FaultKind::Dropout),
+    ("line-01", FaultKind::Dropout),
 ];
 /// The demo's Modbus TCP chillers.
 const CHILLERS: [&str; 2] = ["chiller-01", "chiller-02"];
@@ -32,6 +34,8 @@ pub(crate) struct DemoField {
     /// Faults for every simulated device (shared with the publishing plant).
     pub(crate) board: FaultBoard,
     tasks: Vec<JoinHandle<()>>,
+    modbus: bool,
+    opcua: bool,
 }
 
 impl DemoField {
@@ -43,15 +47,20 @@ impl DemoField {
     }
 }
 
-/// Starts the demo's chillers and adds them to `config.modbus` (a configured device with the
-/// same id wins).
+/// Starts the demo's field devices and adds them to the configuration (a configured device or
+/// server with the same id wins): Modbus chillers when the modbus module runs, the OPC UA
+/// filler line when the opcua module does.
 pub(crate) async fn start_field(
     config: &mut fabrik_runtime::config::Config,
+    data_dir: &std::path::Path,
+    modbus: bool,
+    opcua: bool,
     stop: &CancellationToken,
 ) -> Result<DemoField, String> {
     let board = FaultBoard::default();
     let mut tasks = Vec::new();
-    for (n, id) in CHILLERS.iter().enumerate() {
+    let chillers = if modbus { &CHILLERS[..] } else { &[] };
+    for (n, id) in chillers.iter().enumerate() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| format!("demo chiller: cannot listen on 127.0.0.1: {e}"))?;
@@ -71,20 +80,73 @@ pub(crate) async fn start_field(
             stop.clone(),
         )));
     }
-    Ok(DemoField { board, tasks })
+    if opcua {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("demo OPC UA line: cannot listen on 127.0.0.1: {e}"))?;
+        let address = listener.local_addr().map_err(|e| e.to_string())?;
+        let client_pki = data_dir.join("opcua").join("demo-pki");
+        let snippet = fabrik_sim::opcua::line_config_toml(
+            &format!("opc.tcp://{address}/"),
+            &client_pki.to_string_lossy(),
+        );
+        let parsed: fabrik_runtime::config::Config =
+            toml::from_str(&snippet).map_err(|e| format!("demo OPC UA line configuration: {e}"))?;
+        if !config
+            .opcua
+            .servers
+            .iter()
+            .any(|s| parsed.opcua.servers.iter().any(|p| p.id == s.id))
+        {
+            config.opcua.servers.extend(parsed.opcua.servers);
+        }
+        tasks.push(tokio::spawn(fabrik_sim::opcua::serve_line(
+            listener,
+            data_dir.join("sim").join("opcua-server-pki"),
+            11,
+            Duration::from_millis(500),
+            board.clone(),
+            stop.clone(),
+        )));
+    }
+    Ok(DemoField {
+        board,
+        tasks,
+        modbus,
+        opcua,
+    })
 }
 
-/// Registers the demo's chillers (no token: Fabrik polls them).
-async fn register_chillers(registry: &Registry, site: &str) -> Result<(), String> {
-    for id in CHILLERS {
+/// Registers the demo's polled devices (no token: Fabrik reaches out to them).
+async fn register_field(registry: &Registry, site: &str, field: &DemoField) -> Result<(), String> {
+    let mut devices: Vec<(String, String, &str, &str)> = Vec::new();
+    if field.modbus {
+        for id in CHILLERS {
+            devices.push((
+                id.to_owned(),
+                format!("Simulated chiller {}", &id[id.len() - 2..]),
+                "chiller",
+                "modbus",
+            ));
+        }
+    }
+    if field.opcua {
+        devices.push((
+            fabrik_sim::opcua::DEVICE_ID.to_owned(),
+            "Simulated filler line 01".to_owned(),
+            "filler",
+            "opcua",
+        ));
+    }
+    for (id, name, device_type, protocol) in devices {
         let new = NewDevice {
-            id: id.to_owned(),
-            name: Some(format!("Simulated chiller {}", &id[id.len() - 2..])),
-            device_type: Some("chiller".into()),
+            id: id.clone(),
+            name: Some(name),
+            device_type: Some(device_type.into()),
             site: Some(site.to_owned()),
             labels: [
                 ("simulated".to_owned(), "true".to_owned()),
-                ("protocol".to_owned(), "modbus".to_owned()),
+                ("protocol".to_owned(), protocol.to_owned()),
             ]
             .into(),
             sparkplug_node: None,
@@ -201,9 +263,14 @@ pub(crate) async fn start(
     let mut names: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
     let edge = register_edge_node(registry, &spec.site).await?;
     names.push(format!("{} (Sparkplug B)", edge.device_id));
-    if field.is_some() {
-        register_chillers(registry, &spec.site).await?;
-        names.extend(CHILLERS.iter().map(|c| format!("{c} (Modbus TCP)")));
+    if let Some(field) = field {
+        register_field(registry, &spec.site, field).await?;
+        if field.modbus {
+            names.extend(CHILLERS.iter().map(|c| format!("{c} (Modbus TCP)")));
+        }
+        if field.opcua {
+            names.push(format!("{} (OPC UA)", fabrik_sim::opcua::DEVICE_ID));
+        }
     }
     let board = field.map(|f| f.board.clone()).unwrap_or_default();
     let address = reachable(mqtt).to_string();
@@ -228,6 +295,7 @@ pub(crate) async fn start(
         "             try: fabrik query \"SELECT device, time, vibration_rms, flow FROM pump ORDER BY time DESC LIMIT 8\"".into(),
         "             Sparkplug B: fabrik query \"SELECT * FROM sparkplug ORDER BY time DESC LIMIT 3\"".into(),
         "             Modbus:      fabrik query \"SELECT device, time, supply_temp, compressor_current FROM chiller ORDER BY time DESC LIMIT 4\"".into(),
+        "             OPC UA:      fabrik query \"SELECT time, speed, product_temp, co2_pressure, state FROM filler ORDER BY time DESC LIMIT 4\"".into(),
     ];
     Ok((task, lines))
 }
@@ -258,6 +326,13 @@ pub(crate) struct SimArgs {
     /// ports.
     #[arg(long, default_value = "127.0.0.1:5020")]
     modbus_listen: SocketAddr,
+    /// Where the OPC UA filler line listens (the `[[opcua.servers]]` entry to add to
+    /// fabrik.toml is printed at start).
+    #[arg(long, default_value = "127.0.0.1:4840")]
+    opcua_listen: SocketAddr,
+    /// Do not serve the OPC UA filler line.
+    #[arg(long)]
+    no_opcua: bool,
     /// A fault to inject, DEVICE:KIND[@SECONDS] (kinds: spike, drift, stuck, dropout,
     /// malformed, clear); repeat for several.
     #[arg(long = "fault", value_parser = parse_fault)]
@@ -373,12 +448,49 @@ pub(crate) async fn sim(args: SimArgs) -> anyhow::Result<()> {
             stop.clone(),
         )));
     }
+    let chillers = field.len();
+    if !args.no_opcua {
+        let listener = tokio::net::TcpListener::bind(args.opcua_listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} for the OPC UA line (--opcua-listen)",
+                    args.opcua_listen
+                )
+            })?;
+        let id = fabrik_sim::opcua::DEVICE_ID;
+        let body = serde_json::json!({
+            "id": id, "type": "filler", "site": spec.site,
+            "labels": {"simulated": "true", "protocol": "opcua"},
+        });
+        let response = ep
+            .request(&client, reqwest::Method::POST, "/api/v1/devices")
+            .json(&body)
+            .send()
+            .await?;
+        if response.status() != reqwest::StatusCode::CONFLICT {
+            crate::client::check(response).await?;
+        }
+        let endpoint = format!("opc.tcp://{}/", reachable(args.opcua_listen));
+        println!(
+            "# {id}: OPC UA on {endpoint} (None and Basic256Sha256/SignAndEncrypt); subscribe with:\n{}",
+            fabrik_sim::opcua::line_config_toml(&endpoint, "./fabrik-data/opcua/pki")
+        );
+        field.push(tokio::spawn(fabrik_sim::opcua::serve_line(
+            listener,
+            std::env::temp_dir().join("fabrik-sim-opcua-pki"),
+            11,
+            Duration::from_millis(500),
+            board.clone(),
+            stop.clone(),
+        )));
+    }
     println!(
-        "simulating {} device(s) at {} → mqtt://{}, {} Modbus chiller(s) (Ctrl-C to stop)",
+        "simulating {} device(s) at {} → mqtt://{}, {chillers} Modbus chiller(s), {} OPC UA line (Ctrl-C to stop)",
         devices.len(),
         spec.site,
         args.mqtt,
-        field.len()
+        usize::from(!args.no_opcua)
     );
     for (at, fault) in args.faults {
         let board = board.clone();

@@ -10,6 +10,7 @@ mod client;
 mod connect;
 mod demo;
 mod device_cli;
+mod device_state;
 mod eval;
 mod modbus;
 mod modules;

@@ -12,6 +12,8 @@ use std::time::Duration;
 use fabrik_connect::modbus::{self, ModbusPoller, Quality as ReadingQuality, Reading};
 use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
 use fabrik_registry::Registry;
+
+use crate::device_state::DeviceStates;
 use fabrik_runtime::ServiceHandle;
 use fabrik_runtime::config::Config;
 use fabrik_store::Store;
@@ -75,7 +77,7 @@ async fn write_readings(
     tables: &BTreeMap<String, String>,
     registry: Option<&Registry>,
 ) -> Result<(), String> {
-    let mut online: BTreeMap<Arc<str>, bool> = BTreeMap::new();
+    let mut states = registry.map(|r| DeviceStates::new(r.clone(), "modbus"));
     let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -87,8 +89,8 @@ async fn write_readings(
             }
         }
         let polls = group_polls(std::mem::take(&mut batch));
-        if let Some(registry) = registry {
-            track_state(registry, &polls, &mut online).await;
+        if let Some(states) = states.as_mut() {
+            track_state(states, &polls).await;
         }
         let groups = to_groups(store, polls, tables);
         if let Err(e) = store.write_groups(&groups, "modbus").await {
@@ -114,37 +116,21 @@ fn group_polls(readings: Vec<Reading>) -> Polls {
 }
 
 /// A device is online while a poll reads anything; a poll that reads nothing (connection
-/// refused, timeouts) takes it offline. Changes become registry state and events; every poll
-/// counts as a message (an error when nothing was read). Unregistered devices are skipped.
-async fn track_state(registry: &Registry, polls: &Polls, online: &mut BTreeMap<Arc<str>, bool>) {
+/// refused, timeouts) takes it offline. Every poll counts as a message (an error when nothing
+/// was read).
+async fn track_state(states: &mut DeviceStates, polls: &Polls) {
     for ((device, _), readings) in polls {
         let good = readings.iter().any(|r| r.quality == ReadingQuality::Good);
-        registry.count_message(device, !good);
-        if online.get(device) == Some(&good) {
-            continue;
-        }
-        if registry.get(device).await.is_err() {
-            continue;
-        }
+        states.count(device, !good);
         let detail = if good {
-            "modbus: polls answered".to_owned()
+            "polls answered".to_owned()
         } else {
-            format!(
-                "modbus: {}",
-                readings
-                    .iter()
-                    .find_map(|r| r.reason.clone())
-                    .unwrap_or_else(|| "no answer".into())
-            )
+            readings
+                .iter()
+                .find_map(|r| r.reason.clone())
+                .unwrap_or_else(|| "no answer".into())
         };
-        match registry.set_connected(device, good, &detail).await {
-            Ok(()) => {
-                online.insert(device.clone(), good);
-            }
-            Err(e) => {
-                tracing::warn!(device = %device, error = %e, "Could not record a Modbus device's state.")
-            }
-        }
+        states.set(device, good, &detail).await;
     }
 }
 

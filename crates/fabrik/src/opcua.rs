@@ -10,12 +10,14 @@ use std::time::Duration;
 
 use fabrik_connect::opcua::{self, OpcUaClient, Quality as OpcQuality, Reading};
 use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
+use fabrik_registry::Registry;
 use fabrik_runtime::ServiceHandle;
 use fabrik_runtime::config::Config;
 use fabrik_store::Store;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::device_state::DeviceStates;
 use crate::modbus::POINT_ERRORS_TABLE;
 
 const QUEUE: usize = 4096;
@@ -49,9 +51,31 @@ fn tables(config: &Config) -> BTreeMap<String, String> {
     out
 }
 
-/// Starts one client per server and the writer that stores their readings.
-pub(crate) async fn start(config: &Config, store: Arc<Store>) -> Result<ServiceHandle, String> {
+/// How many items each device has (an outage reports every one of them Bad).
+fn item_counts(config: &Config) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for server in &config.opcua.servers {
+        for item in &server.items {
+            let device = item
+                .device
+                .clone()
+                .or_else(|| server.device.clone())
+                .unwrap_or_else(|| server.id.clone());
+            *out.entry(device).or_default() += 1;
+        }
+    }
+    out
+}
+
+/// Starts one client per server and the writer that stores their readings (and, with a
+/// registry, keeps registered devices' state up to date).
+pub(crate) async fn start(
+    config: &Config,
+    store: Arc<Store>,
+    registry: Option<Registry>,
+) -> Result<ServiceHandle, String> {
     let tables = tables(config);
+    let counts = item_counts(config);
     let stop = CancellationToken::new();
     let (tx, rx) = mpsc::channel(QUEUE);
     let client =
@@ -64,7 +88,8 @@ pub(crate) async fn start(config: &Config, store: Arc<Store>) -> Result<ServiceH
     }
     let token = stop.clone();
     let task = tokio::spawn(async move {
-        write_readings(rx, &store, &tables).await;
+        let states = registry.map(|r| DeviceStates::new(r, "opcua"));
+        write_readings(rx, &store, &tables, states, &counts).await;
         client.stopped().await;
         // With no server configured the writer ends at once; the module still runs until stopped.
         token.cancelled().await;
@@ -77,6 +102,8 @@ async fn write_readings(
     mut rx: mpsc::Receiver<Reading>,
     store: &Store,
     tables: &BTreeMap<String, String>,
+    mut states: Option<DeviceStates>,
+    item_counts: &BTreeMap<String, usize>,
 ) {
     let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -88,10 +115,44 @@ async fn write_readings(
                 _ => break,
             }
         }
+        if let Some(states) = states.as_mut() {
+            track_state(states, &batch, item_counts).await;
+        }
         let groups = to_groups(store, std::mem::take(&mut batch), tables);
         if let Err(e) = store.write_groups(&groups, "opcua").await {
             tracing::error!(error = %e, rows = groups.len(), "Storing OPC UA readings failed.");
             metrics::counter!("fabrik_opcua_write_errors_total").increment(1);
+        }
+    }
+}
+
+/// A device with any usable reading is online; one whose every item is reported Bad at once
+/// (the connector's outage report) is offline. A single Bad item (a failed sensor) changes
+/// nothing.
+async fn track_state(
+    states: &mut DeviceStates,
+    batch: &[Reading],
+    item_counts: &BTreeMap<String, usize>,
+) {
+    let mut per_device: BTreeMap<&str, (bool, std::collections::BTreeSet<&str>, &str)> =
+        BTreeMap::new();
+    for r in batch {
+        let entry = per_device
+            .entry(&r.device_id)
+            .or_insert((false, Default::default(), ""));
+        if r.quality == OpcQuality::Bad {
+            entry.1.insert(&r.signal);
+            entry.2 = &r.status;
+        } else {
+            entry.0 = true;
+        }
+    }
+    for (device, (usable, bad, status)) in per_device {
+        states.count(device, !usable);
+        if usable {
+            states.set(device, true, "data changes arrive").await;
+        } else if bad.len() >= item_counts.get(device).copied().unwrap_or(usize::MAX) {
+            states.set(device, false, status).await;
         }
     }
 }

@@ -337,12 +337,19 @@ async fn serve(
         None
     };
     let demo_stop = CancellationToken::new();
-    // The demo's Modbus chillers must listen before the modbus module reads its devices.
-    let demo_field = if demo && modules.contains(&Module::Modbus) {
+    // The demo's Modbus and OPC UA servers must listen before those modules read their
+    // configuration.
+    let demo_field = if demo {
         Some(
-            crate::demo::start_field(&mut config, &demo_stop)
-                .await
-                .map_err(anyhow::Error::msg)?,
+            crate::demo::start_field(
+                &mut config,
+                &settings.data_dir,
+                modules.contains(&Module::Modbus),
+                modules.contains(&Module::Opcua),
+                &demo_stop,
+            )
+            .await
+            .map_err(anyhow::Error::msg)?,
         )
     } else {
         None
@@ -429,10 +436,11 @@ async fn serve(
             }
             Module::Opcua => {
                 let store = wiring.store.clone();
+                let registry = wiring.registry.clone();
                 manager
                     .start(module.name(), || async {
                         let store = store.ok_or("the opcua module needs the store module")?;
-                        crate::opcua::start(&config, store).await
+                        crate::opcua::start(&config, store, registry).await
                     })
                     .await
             }

@@ -454,9 +454,9 @@ fn the_demo_plant_publishes_through_the_endpoint_within_seconds() {
         None,
     );
     let devices = devices.as_array().cloned().unwrap_or_default();
-    // Four pumps and two motors publishing JSON, one Sparkplug B edge node, and two chillers
-    // that Fabrik polls over Modbus TCP.
-    assert_eq!(devices.len(), 9, "{devices:?}");
+    // Four pumps and two motors publishing JSON, one Sparkplug B edge node, two chillers that
+    // Fabrik polls over Modbus TCP and a filler line it subscribes to over OPC UA.
+    assert_eq!(devices.len(), 10, "{devices:?}");
     eventually("every simulated device online", || {
         let (_, d) = http(
             &p.url,
@@ -464,7 +464,7 @@ fn the_demo_plant_publishes_through_the_endpoint_within_seconds() {
             "/api/v1/devices?state=online",
             None,
         );
-        d.as_array().map_or(0, Vec::len) == 9
+        d.as_array().map_or(0, Vec::len) == 10
     });
     eventually(
         "the edge node's births and data are stored by metric name",
@@ -489,6 +489,26 @@ fn the_demo_plant_publishes_through_the_endpoint_within_seconds() {
         let v = r["vibration_rms"].as_f64().expect("vibration");
         assert!((0.05..1.0).contains(&v), "{r}");
     }
+
+    // The filler line arrives over OPC UA (Basic256Sha256, SignAndEncrypt), one row per tick.
+    eventually("filler rows over OPC UA", || {
+        let (status, rows) = http(
+            &p.url,
+            reqwest::Method::POST,
+            "/api/v1/query",
+            Some(
+                serde_json::json!({"sql": "SELECT speed, product_temp, co2_pressure, good_count FROM filler \
+                WHERE device = 'line-01' AND speed > 0 AND product_temp IS NOT NULL AND good_count IS NOT NULL LIMIT 3"}),
+            ),
+        );
+        status == 200
+            && rows.as_array().is_some_and(|r| r.len() == 3)
+            && rows.as_array().into_iter().flatten().all(|r| {
+                (2.0..6.0).contains(&r["product_temp"].as_f64().unwrap_or(0.0))
+                    && (2.0..4.0).contains(&r["co2_pressure"].as_f64().unwrap_or(0.0))
+                    && r["good_count"].as_i64().unwrap_or(0) >= 182_340
+            })
+    });
 
     // The chillers' register map decodes to plausible engineering values.
     let rows = query(
