@@ -323,6 +323,33 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
     problems
 }
 
+/// Saves the broker's retained messages and persistent sessions whenever they changed, at
+/// most once a second, until `stop`.
+async fn save_state(broker: Arc<Broker>, path: std::path::PathBuf, stop: CancellationToken) {
+    let mut saved_at = broker.changes();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let changes = broker.changes();
+        if changes == saved_at {
+            continue;
+        }
+        let snapshot = broker.snapshot();
+        let file = path.clone();
+        match tokio::task::spawn_blocking(move || mqtt::persist::save(&file, &snapshot)).await {
+            Ok(Ok(())) => saved_at = changes,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, file = %path.display(), "MQTT state not saved; retrying.");
+            }
+            Err(e) => tracing::warn!(error = %e, "MQTT state saver failed; retrying."),
+        }
+    }
+}
+
 /// Starts the MQTT endpoint on the configured listeners.
 pub(crate) async fn start_mqtt(
     config: &Config,
@@ -345,6 +372,28 @@ pub(crate) async fn start_mqtt(
         max_queued_messages: m.max_queued_messages,
         ..BrokerLimits::default()
     }));
+    // Retained messages and persistent sessions of the previous run.
+    let state_file = settings.data_dir.join("mqtt").join("state.json");
+    let loaded = {
+        let path = state_file.clone();
+        tokio::task::spawn_blocking(move || mqtt::persist::load(&path))
+            .await
+            .map_err(|e| e.to_string())?
+    };
+    match loaded {
+        Ok(Some(snapshot)) => {
+            let (retained, sessions) = broker.restore(snapshot)?;
+            tracing::info!(retained, sessions, file = %state_file.display(), "MQTT state restored.");
+        }
+        Ok(None) => {}
+        // A damaged state file must not keep devices from connecting: start empty, keep the
+        // file for inspection.
+        Err(e) => {
+            let aside = state_file.with_extension("damaged");
+            let _ = std::fs::rename(&state_file, &aside);
+            tracing::error!(error = %e, kept_as = %aside.display(), "MQTT state not restored; starting without retained messages and sessions.");
+        }
+    }
     let (events_tx, mut events_rx) = mpsc::channel::<ConnectionEvent>(10_000);
     let hooks = Arc::new(EndpointHooks {
         registry: registry.clone(),
@@ -439,6 +488,11 @@ pub(crate) async fn start_mqtt(
                 async move { endpoint.serve(listener, tls).await },
             ));
         }
+        let saver = tokio::spawn(save_state(
+            broker.clone(),
+            state_file.clone(),
+            token.clone(),
+        ));
         let sweeper_broker = broker.clone();
         let sweeper_token = token.clone();
         let sweeper = tokio::spawn(async move {
@@ -467,6 +521,15 @@ pub(crate) async fn start_mqtt(
         let _ = sweeper.await;
         if !endpoint.drain(Duration::from_secs(5)).await {
             tracing::warn!("Some MQTT connections did not close within 5 s.");
+        }
+        // The last snapshot, with every session now disconnected.
+        let _ = saver.await;
+        let snapshot = broker.snapshot();
+        let path = state_file.clone();
+        match tokio::task::spawn_blocking(move || mqtt::persist::save(&path, &snapshot)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "MQTT state not saved at shutdown."),
+            Err(e) => tracing::error!(error = %e, "MQTT state not saved at shutdown."),
         }
         // Dropping the endpoint drops the hooks and so the event sender: the event task
         // writes what is queued, then ends.

@@ -6,15 +6,21 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use bytestring::ByteString;
 use parking_lot::Mutex;
 use rmqtt_codec::v5::PublishProperties;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::acl::ClientIdentity;
+use super::persist::{
+    self, BrokerSnapshot, SavedDelivery, SavedInflight, SavedMessage, SavedSession,
+    SavedSubscription,
+};
 use super::subscriptions::{SubOptions, SubscriptionIndex};
 use super::topic;
 
@@ -210,6 +216,8 @@ pub struct BrokerStats {
 pub struct Broker {
     state: Mutex<State>,
     limits: BrokerLimits,
+    /// Bumped by every change a snapshot would see (see [`Broker::changes`]).
+    changes: AtomicU64,
 }
 
 impl std::fmt::Debug for Broker {
@@ -226,7 +234,18 @@ impl Broker {
         Self {
             state: Mutex::new(State::default()),
             limits,
+            changes: AtomicU64::new(0),
         }
+    }
+
+    /// A counter that moves whenever retained messages or sessions change; a saver compares
+    /// it with the value at its last snapshot.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
+    }
+
+    fn changed(&self) {
+        self.changes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Attaches a new connection to the session of `client_id`, taking it over from an
@@ -241,6 +260,7 @@ impl Broker {
         receive_max: u16,
         read_denies: Vec<String>,
     ) -> Attached {
+        self.changed();
         let mut state = self.state.lock();
         state.next_generation += 1;
         let generation = state.next_generation;
@@ -286,6 +306,7 @@ impl Broker {
     /// Detaches connection `generation` from its session. The session ends now if its expiry
     /// is zero; otherwise it waits for a reconnect. Returns true if the session lives on.
     pub fn detach(&self, client_id: &str, generation: u64) -> bool {
+        self.changed();
         let mut state = self.state.lock();
         let State {
             sessions, index, ..
@@ -336,6 +357,7 @@ impl Broker {
 
     /// Changes the expiry of a session (MQTT 5 DISCONNECT may do so).
     pub fn set_expiry(&self, client_id: &str, generation: u64, expiry: Option<Duration>) {
+        self.changed();
         let mut state = self.state.lock();
         if let Some(s) = state.sessions.get_mut(client_id)
             && s.link.as_ref().map(|l| l.generation) == Some(generation)
@@ -348,6 +370,9 @@ impl Broker {
     /// number of sessions it was queued for.
     pub fn publish(&self, message: Message) -> usize {
         let message = Arc::new(message);
+        if message.retain || message.qos > 0 {
+            self.changed();
+        }
         let mut state = self.state.lock();
         if message.retain {
             if message.payload.is_empty() {
@@ -409,6 +434,7 @@ impl Broker {
         options: SubOptions,
         send_retained: impl FnOnce(bool) -> bool,
     ) -> bool {
+        self.changed();
         let mut state = self.state.lock();
         let State {
             sessions,
@@ -442,6 +468,7 @@ impl Broker {
 
     /// Removes a subscription; true if it existed.
     pub fn unsubscribe(&self, client_id: &str, filter: &str) -> bool {
+        self.changed();
         let mut state = self.state.lock();
         let State {
             sessions, index, ..
@@ -482,6 +509,7 @@ impl Broker {
 
     /// Takes queued messages as far as the in-flight window allows, assigning packet ids.
     pub fn take_outgoing(&self, client_id: &str, generation: u64, max: usize) -> Vec<Outgoing> {
+        self.changed();
         let mut state = self.state.lock();
         let Some(session) = state.sessions.get_mut(client_id) else {
             return Vec::new();
@@ -560,6 +588,7 @@ impl Broker {
     }
 
     fn finish(&self, client_id: &str, packet_id: u16, expected: InflightState) -> bool {
+        self.changed();
         let mut state = self.state.lock();
         let Some(session) = state.sessions.get_mut(client_id) else {
             return false;
@@ -576,6 +605,7 @@ impl Broker {
     /// PUBREC from the client: the QoS 2 message moves to "PUBREL sent". True if it was
     /// waiting for that.
     pub fn received(&self, client_id: &str, packet_id: u16) -> bool {
+        self.changed();
         let mut state = self.state.lock();
         let Some(session) = state.sessions.get_mut(client_id) else {
             return false;
@@ -627,6 +657,9 @@ impl Broker {
                 }
             }
         }
+        if !expired.is_empty() {
+            self.changed();
+        }
         expired.len()
     }
 
@@ -646,18 +679,224 @@ impl Broker {
         }
     }
 
-    /// The retained messages (for persistence across restarts).
-    pub fn retained_messages(&self) -> Vec<Arc<Message>> {
-        self.state.lock().retained.values().cloned().collect()
-    }
-
-    /// Restores retained messages saved by an earlier run.
-    pub fn restore_retained(&self, messages: impl IntoIterator<Item = Message>) {
-        let mut state = self.state.lock();
-        for m in messages {
-            state.retained.insert(m.topic.clone(), Arc::new(m));
+    /// The retained messages and every session that outlives its connection, for
+    /// [`persist::save`].
+    pub fn snapshot(&self) -> BrokerSnapshot {
+        let now = Instant::now();
+        let state = self.state.lock();
+        let retained = state
+            .retained
+            .values()
+            .filter(|m| m.expires_at.is_none_or(|t| t > now))
+            .map(|m| save_message(m, now))
+            .collect();
+        let mut sessions: Vec<SavedSession> = state
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.expiry != Some(Duration::ZERO) && !s.has_expired(now))
+            .map(|(id, s)| SavedSession {
+                client_id: id.to_string(),
+                username: s.identity.username.clone(),
+                device_id: s.identity.device_id.clone(),
+                sparkplug: s.identity.sparkplug.clone(),
+                unrestricted: s.identity.unrestricted,
+                expiry_secs: s.expiry.map(|e| e.as_secs()),
+                receive_max: s.receive_max,
+                read_denies: s.read_denies.clone(),
+                subscriptions: s
+                    .subscriptions
+                    .iter()
+                    .map(|(filter, o)| SavedSubscription {
+                        filter: filter.clone(),
+                        qos: o.qos,
+                        no_local: o.no_local,
+                        retain_as_published: o.retain_as_published,
+                        id: o.id.map(NonZeroU32::get),
+                    })
+                    .collect(),
+                // QoS 0 messages are not kept for offline sessions.
+                queue: s
+                    .queue
+                    .iter()
+                    .filter(|d| d.qos > 0)
+                    .map(|d| save_delivery(d, now))
+                    .collect(),
+                inflight: s
+                    .inflight
+                    .iter()
+                    .map(|(&packet_id, f)| SavedInflight {
+                        packet_id,
+                        delivery: save_delivery(&f.delivery, now),
+                        state: match f.state {
+                            InflightState::WaitAck => "ack",
+                            InflightState::WaitRec => "rec",
+                            InflightState::WaitComp => "comp",
+                        }
+                        .to_owned(),
+                    })
+                    .collect(),
+                next_packet_id: s.next_packet_id,
+            })
+            .collect();
+        // Stable order: the same state gives the same file.
+        sessions.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        for s in &mut sessions {
+            s.subscriptions.sort_by(|a, b| a.filter.cmp(&b.filter));
+        }
+        BrokerSnapshot {
+            format: persist::FORMAT,
+            retained,
+            sessions,
         }
     }
+
+    /// Restores a snapshot into an empty broker: retained messages, and sessions waiting for
+    /// their clients (their expiry counts from now). Returns (retained, sessions) restored.
+    pub fn restore(&self, snapshot: BrokerSnapshot) -> Result<(usize, usize), String> {
+        let now = Instant::now();
+        let mut state = self.state.lock();
+        let retained = snapshot.retained.len();
+        for m in snapshot.retained {
+            let m = restore_message(m, now)?;
+            state.retained.insert(m.topic.clone(), Arc::new(m));
+        }
+        let sessions = snapshot.sessions.len();
+        for saved in snapshot.sessions {
+            let client_id: Arc<str> = Arc::from(saved.client_id.as_str());
+            let mut session = Session::new(ClientIdentity {
+                client_id: saved.client_id.clone(),
+                username: saved.username,
+                device_id: saved.device_id,
+                sparkplug: saved.sparkplug,
+                unrestricted: saved.unrestricted,
+            });
+            session.expiry = saved.expiry_secs.map(Duration::from_secs);
+            session.receive_max = saved.receive_max.max(1);
+            session.read_denies = saved.read_denies;
+            session.disconnected_at = Some(now);
+            session.next_packet_id = saved.next_packet_id.max(1);
+            for sub in saved.subscriptions {
+                let options = SubOptions {
+                    qos: sub.qos.min(2),
+                    no_local: sub.no_local,
+                    retain_as_published: sub.retain_as_published,
+                    id: sub.id.and_then(NonZeroU32::new),
+                };
+                state.index.insert(&sub.filter, &client_id, options);
+                session.subscriptions.insert(sub.filter, options);
+            }
+            for d in saved.queue {
+                session.queue.push_back(restore_delivery(d, now)?);
+            }
+            for f in saved.inflight {
+                let state = match f.state.as_str() {
+                    "ack" => InflightState::WaitAck,
+                    "rec" => InflightState::WaitRec,
+                    "comp" => InflightState::WaitComp,
+                    other => return Err(format!("unknown in-flight state `{other}`")),
+                };
+                session.inflight.insert(
+                    f.packet_id,
+                    Inflight {
+                        delivery: restore_delivery(f.delivery, now)?,
+                        state,
+                    },
+                );
+            }
+            state.sessions.insert(client_id, session);
+        }
+        Ok((retained, sessions))
+    }
+}
+
+fn save_message(m: &Message, now: Instant) -> SavedMessage {
+    let p = m.properties.as_ref();
+    SavedMessage {
+        topic: m.topic.to_string(),
+        payload: persist::encode_bytes(&m.payload),
+        qos: m.qos,
+        retain: m.retain,
+        expires_in_ms: m.expires_at.map(|t| {
+            u64::try_from(t.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
+        }),
+        content_type: p
+            .and_then(|p| p.content_type.as_ref())
+            .map(|s| s.to_string()),
+        response_topic: p
+            .and_then(|p| p.response_topic.as_ref())
+            .map(|s| s.to_string()),
+        correlation_data: p
+            .and_then(|p| p.correlation_data.as_ref())
+            .map(|b| persist::encode_bytes(b)),
+        user_properties: p
+            .map(|p| {
+                p.user_properties
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        utf8_payload: p.is_some_and(|p| p.is_utf8_payload),
+        publisher: m.publisher.as_ref().map(|s| s.to_string()),
+    }
+}
+
+fn restore_message(m: SavedMessage, now: Instant) -> Result<Message, String> {
+    let has_properties = m.content_type.is_some()
+        || m.response_topic.is_some()
+        || m.correlation_data.is_some()
+        || !m.user_properties.is_empty()
+        || m.utf8_payload;
+    let properties = if has_properties {
+        Some(PublishProperties {
+            content_type: m.content_type.map(ByteString::from),
+            response_topic: m.response_topic.map(ByteString::from),
+            correlation_data: m
+                .correlation_data
+                .map(|c| persist::decode_bytes(&c).map(Bytes::from))
+                .transpose()?,
+            user_properties: m
+                .user_properties
+                .into_iter()
+                .map(|(k, v)| (ByteString::from(k), ByteString::from(v)))
+                .collect(),
+            is_utf8_payload: m.utf8_payload,
+            ..PublishProperties::default()
+        })
+    } else {
+        None
+    };
+    Ok(Message {
+        topic: Arc::from(m.topic.as_str()),
+        payload: Bytes::from(persist::decode_bytes(&m.payload)?),
+        qos: m.qos.min(2),
+        retain: m.retain,
+        properties,
+        expires_at: m.expires_in_ms.map(|ms| now + Duration::from_millis(ms)),
+        publisher: m.publisher.map(|p| Arc::from(p.as_str())),
+    })
+}
+
+fn save_delivery(d: &Delivery, now: Instant) -> SavedDelivery {
+    SavedDelivery {
+        message: save_message(&d.message, now),
+        qos: d.qos,
+        retain: d.retain,
+        subscription_ids: d.subscription_ids.iter().map(|i| i.get()).collect(),
+    }
+}
+
+fn restore_delivery(d: SavedDelivery, now: Instant) -> Result<Delivery, String> {
+    Ok(Delivery {
+        message: Arc::new(restore_message(d.message, now)?),
+        qos: d.qos.min(2),
+        retain: d.retain,
+        subscription_ids: d
+            .subscription_ids
+            .into_iter()
+            .filter_map(NonZeroU32::new)
+            .collect(),
+    })
 }
 
 fn enqueue(session: &mut Session, delivery: Delivery, max_queued: usize) {
@@ -739,6 +978,94 @@ mod tests {
         assert_eq!(broker.publish(msg("x/y", 2, false, "p")), 1);
         let out = broker.take_outgoing(&a, att.link.generation, 10);
         assert_eq!(payloads(&out), vec![(Some(1), 2, "p".into())]);
+    }
+
+    #[test]
+    fn a_snapshot_restores_retained_messages_sessions_queues_and_in_flight() {
+        let broker = Broker::new(BrokerLimits::default());
+        let a = id("a");
+        let who = ClientIdentity {
+            client_id: "a".into(),
+            username: "pump-1".into(),
+            device_id: Some("pump-1".into()),
+            sparkplug: None,
+            unrestricted: false,
+        };
+        let att = broker.attach(
+            &a,
+            who.clone(),
+            true,
+            Some(Duration::from_secs(3600)),
+            10,
+            vec!["secret/#".into()],
+        );
+        let b = id("b");
+        broker.attach(
+            &b,
+            ClientIdentity::default(),
+            true,
+            Some(Duration::ZERO),
+            10,
+            Vec::new(),
+        );
+        broker.subscribe(&b, "t", sub(1), |_| true);
+        broker.subscribe(&a, "t", sub(1), |_| true);
+        broker.subscribe(&a, "u/+", sub(2), |_| true);
+        let before = broker.changes();
+        let mut with_props = msg("t", 1, true, "retained");
+        with_props.properties = Some(PublishProperties {
+            content_type: Some("application/json".into()),
+            user_properties: vec![("site".into(), "north".into())],
+            ..PublishProperties::default()
+        });
+        broker.publish(with_props);
+        assert!(broker.changes() > before, "a retained publish is a change");
+        let out = broker.take_outgoing(&a, att.link.generation, 10);
+        assert_eq!(out.len(), 1, "one in flight");
+        broker.detach(&a, att.link.generation);
+        broker.publish(msg("u/1", 2, false, "queued"));
+        let snapshot = broker.snapshot();
+        // `b` ends with its connection: not saved.
+        assert_eq!(snapshot.sessions.len(), 1);
+        let text = serde_json::to_string(&snapshot).unwrap();
+
+        let restored = Broker::new(BrokerLimits::default());
+        let counts = restored
+            .restore(serde_json::from_str(&text).unwrap())
+            .unwrap();
+        assert_eq!(counts, (1, 1));
+        assert_eq!(restored.snapshot(), snapshot);
+        let att = restored.attach(
+            &a,
+            who,
+            false,
+            Some(Duration::from_secs(3600)),
+            10,
+            Vec::new(),
+        );
+        assert!(att.session_present, "the device resumes its session");
+        let again = restored.resend_inflight(&a, att.link.generation);
+        assert!(matches!(&again[..], [Outgoing::Publish { dup: true, .. }]));
+        let queued = restored.take_outgoing(&a, att.link.generation, 10);
+        assert_eq!(payloads(&queued), vec![(Some(2), 2, "queued".into())]);
+        // A new subscriber gets the retained message with its properties.
+        let c = id("c");
+        let att_c = restored.attach(
+            &c,
+            ClientIdentity::default(),
+            true,
+            Some(Duration::ZERO),
+            10,
+            Vec::new(),
+        );
+        restored.subscribe(&c, "t", sub(1), |_| true);
+        let out = restored.take_outgoing(&c, att_c.link.generation, 10);
+        let Outgoing::Publish { delivery, .. } = &out[0] else {
+            panic!("{out:?}")
+        };
+        let props = delivery.message.properties.as_ref().unwrap();
+        assert_eq!(props.content_type.as_deref(), Some("application/json"));
+        assert_eq!(props.user_properties[0].1, "north");
     }
 
     #[test]

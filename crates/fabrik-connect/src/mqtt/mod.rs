@@ -10,6 +10,7 @@
 pub mod acl;
 pub mod broker;
 mod connection;
+pub mod persist;
 pub mod subscriptions;
 pub mod tls;
 pub mod topic;

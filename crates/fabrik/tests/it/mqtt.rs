@@ -573,3 +573,125 @@ fn the_demo_plant_publishes_through_the_endpoint_within_seconds() {
         rows.first().is_some_and(|r| r["setpoint"] == 9.0)
     });
 }
+
+/// `mosquitto_sub` with a persistent session (`-c`), QoS 1, until `count` messages or `wait`
+/// seconds; returns the `topic payload` lines.
+fn persistent_sub(
+    addr: &str,
+    client_id: &str,
+    filter: &str,
+    count: &str,
+    wait: &str,
+) -> Vec<String> {
+    let (h, p) = host_port(addr);
+    let out = mosquitto(
+        "mosquitto_sub",
+        &[
+            "-h", &h, "-p", &p, "-V", "mqttv311", "-u", "admin", "-P", TOKEN, "-i", client_id,
+            "-c", "-q", "1", "-t", filter, "-v", "-C", count, "-W", wait,
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn retained_messages_and_persistent_sessions_survive_a_restart_and_a_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Process::start(dir.path(), &[]);
+    let mqtt = p.mqtt.clone().expect("mqtt");
+    // A persistent session subscribes, then goes away.
+    let first = persistent_sub(&mqtt, "keeper", "plant/#", "1", "1");
+    assert!(first.is_empty(), "{first:?}");
+    let out = publish(
+        &mqtt,
+        "mqttv311",
+        "1",
+        "admin",
+        TOKEN,
+        "plant/state",
+        "running",
+    );
+    assert!(out.status.success());
+    // Retained: the same again with -r.
+    let (h, port) = host_port(&mqtt);
+    let out = mosquitto(
+        "mosquitto_pub",
+        &[
+            "-h",
+            &h,
+            "-p",
+            &port,
+            "-u",
+            "admin",
+            "-P",
+            TOKEN,
+            "-q",
+            "1",
+            "-r",
+            "-t",
+            "plant/mode",
+            "-m",
+            "auto",
+        ],
+    );
+    assert!(out.status.success());
+    let (status, _) = p.terminate();
+    assert!(status.success());
+
+    // After a graceful restart: the retained message is there for a new subscriber, and the
+    // offline session still collects QoS 1 messages.
+    let p = Process::start(dir.path(), &[]);
+    let mqtt = p.mqtt.clone().expect("mqtt");
+    let (h, port) = host_port(&mqtt);
+    let fresh = mosquitto(
+        "mosquitto_sub",
+        &[
+            "-h",
+            &h,
+            "-p",
+            &port,
+            "-u",
+            "admin",
+            "-P",
+            TOKEN,
+            "-t",
+            "plant/mode",
+            "-v",
+            "-C",
+            "1",
+            "-W",
+            "5",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&fresh.stdout).trim(),
+        "plant/mode auto"
+    );
+    let out = publish(
+        &mqtt,
+        "mqttv311",
+        "1",
+        "admin",
+        TOKEN,
+        "plant/alarm",
+        "high",
+    );
+    assert!(out.status.success());
+    // Let the saver write the change (it runs once a second), then crash.
+    std::thread::sleep(Duration::from_millis(2500));
+    p.kill9();
+
+    let p = Process::start(dir.path(), &[]);
+    let mqtt = p.mqtt.clone().expect("mqtt");
+    let got = persistent_sub(&mqtt, "keeper", "plant/#", "3", "10");
+    // The queued messages of the session (published while it was away, across a restart and
+    // a crash), and the retained one again for the renewed subscription.
+    assert!(got.contains(&"plant/state running".to_owned()), "{got:?}");
+    assert!(got.contains(&"plant/alarm high".to_owned()), "{got:?}");
+    assert!(got.contains(&"plant/mode auto".to_owned()), "{got:?}");
+    let log = p.drain_log().join("\n");
+    assert!(log.contains("MQTT state restored"), "{log}");
+}
