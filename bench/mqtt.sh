@@ -37,7 +37,11 @@ echo "fabrik idle RSS: $(rss_mib $fpid) MiB; mosquitto idle RSS: $(rss_mib $mpid
 
 for qos in $([ "$skip_load" = 1 ] || echo 0 1); do
   echo "== QoS $qos, $conns connections, $messages messages"
-  echo "-- Fabrik (end to end into the store; subscriber on devices/+/telemetry)"
+  echo "-- Fabrik, end to end into the store (no subscriber: every message a queryable row)"
+  "$bin" bench mqtt --broker 127.0.0.1:$fp --connections "$conns" --messages "$messages" --qos $qos \
+    --username admin --password "$token" --verify-store \
+    --url http://127.0.0.1:$hp --token "$token"
+  echo "-- Fabrik as a broker (stored as well; subscriber on devices/+/telemetry)"
   "$bin" bench mqtt --broker 127.0.0.1:$fp --connections "$conns" --messages "$messages" --qos $qos \
     --username admin --password "$token" --subscribe --verify-store \
     --url http://127.0.0.1:$hp --token "$token"

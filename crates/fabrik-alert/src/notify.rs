@@ -167,7 +167,8 @@ pub fn email_text(message: &serde_json::Value, from: &str, to: &[String]) -> Str
     use base64::Engine as _;
     let text = |k: &str| message[k].as_str().unwrap_or("").to_owned();
     let status = text("status").to_uppercase();
-    let subject = format!("[{status}] {}", text("summary"));
+    // Alert keys come from data: a line break in one must not start a new header.
+    let subject = format!("[{status}] {}", text("summary")).replace(['\r', '\n'], " ");
     let mut body = format!(
         "{}\n\nAlert:     {}\nRule:      {}\nDevice:    {}\nSeverity:  {}\nStarted:   {}\n",
         text("summary"),
@@ -442,6 +443,11 @@ mod tests {
         );
         assert!(decoded.contains("top_signal: vibration_rms"), "{decoded}");
         assert!(body.lines().all(|l| l.len() <= 76));
+        let mut evil = alert(AlertState::Firing);
+        evil.key = "pump\r\nBcc: everyone@example.com".into();
+        let text = email_text(&alert_message(&evil, "x"), "a@b.c", &["d@e.f".into()]);
+        let headers = text.split_once("\r\n\r\n").unwrap().0;
+        assert!(!headers.contains("\r\nBcc:"), "{headers}");
     }
 
     #[test]

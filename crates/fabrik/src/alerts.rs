@@ -166,6 +166,7 @@ const DEFAULT_ALERT_TOPIC: &str = "fabrik/alerts/{rule}/{device}";
 fn plausible_address(a: &str) -> bool {
     !a.is_empty()
         && !a.contains(['<', '>', ' ', ','])
+        && !a.chars().any(char::is_control)
         && a.split_once('@')
             .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
 }
@@ -801,5 +802,9 @@ mod tests {
         assert_eq!(fields(&mail), vec!["starttls"]);
         assert_eq!(fields(&notifier("email", "mail.plant")), vec!["url"]);
         assert_eq!(fields(&notifier("pager", "")), vec!["kind"]);
+        let mut injected = notifier("email", "smtp://mail.plant:587");
+        injected.from = Some("fabrik@plant\r\nBcc:x@y".into());
+        injected.to = vec!["ops@plant".into()];
+        assert_eq!(fields(&injected), vec!["from"]);
     }
 }

@@ -1,6 +1,11 @@
 //! `fabrik bench mqtt`: many publishing connections against an MQTT broker (Fabrik's endpoint
 //! or any other, e.g. Mosquitto), one single-reading JSON message per publish.
 //!
+//! The publishers speak MQTT 3.1.1 directly on their sockets with pre-encoded packets, written
+//! in bursts (QoS 0) or as far as the in-flight window allows (QoS 1): on a two-core machine
+//! the load generator shares the CPU with the broker under test, and a full client per
+//! connection would measure the client rather than the broker.
+//!
 //! Reports the publish rate the broker accepted (QoS 1: acknowledged; Fabrik acknowledges only
 //! once a message is stored, so that is publish-to-durable), PUBACK latency percentiles, the
 //! rate a subscriber on `devices/+/telemetry` received, and, with `--url`, the end-to-end rate:
@@ -35,6 +40,9 @@ pub(crate) struct MqttArgs {
     /// Unacknowledged QoS 1 publishes per connection.
     #[arg(long, default_value_t = 8)]
     inflight: usize,
+    /// QoS 0 publishes written to a socket at once.
+    #[arg(long, default_value_t = 16)]
+    burst: usize,
     /// User name of every connection (Fabrik: `admin`, with the admin token as password).
     #[arg(long)]
     username: Option<String>,
@@ -130,62 +138,39 @@ pub(crate) async fn run(args: MqttArgs) -> anyhow::Result<()> {
     }
 
     let connect_started = Instant::now();
-    let mut clients = Vec::with_capacity(args.connections);
-    let mut pending = Vec::new();
-    for i in 0..args.connections {
-        let (client, events) = MqttClient::start(
-            options(&args, format!("bench-{run_id}-{i}")),
-            stop.child_token(),
-        )
-        .context("client")?;
-        pending.push(events);
-        clients.push(client);
-    }
-    for (i, events) in pending.iter_mut().enumerate() {
-        connected(events)
-            .await
-            .with_context(|| format!("connection {i}"))?;
-    }
-    // Drain events in the background so the clients never block on a full event channel.
-    let drains: Vec<_> = pending
-        .into_iter()
-        .map(|mut events| tokio::spawn(async move { while events.recv().await.is_some() {} }))
-        .collect();
-    let connect_time = connect_started.elapsed();
-
     let per_connection = args.messages.div_ceil(args.connections.max(1));
     let total = per_connection * args.connections;
-    let lanes = if args.qos == 1 {
-        args.inflight.max(1)
-    } else {
-        1
-    };
+    let mut connections = Vec::with_capacity(args.connections);
+    for i in 0..args.connections {
+        let stream = raw::connect(
+            &args.broker,
+            &format!("bench-{run_id}-{i}"),
+            args.username.as_deref(),
+            args.password.as_deref(),
+        )
+        .await
+        .with_context(|| format!("connection {i}"))?;
+        connections.push(stream);
+    }
+    let connect_time = connect_started.elapsed();
+
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for (i, client) in clients.iter().enumerate() {
+    for (i, stream) in connections.into_iter().enumerate() {
         let topic = format!("devices/bench-{run_id}-{i}/telemetry");
-        for lane in 0..lanes {
-            let client = client.clone();
-            let topic = topic.clone();
-            let errors = errors.clone();
-            let qos = args.qos;
-            let count = per_connection / lanes + usize::from(lane < per_connection % lanes);
-            tasks.push(tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(if qos == 1 { count } else { 0 });
-                for n in 0..count {
-                    let payload = format!("{{\"v\":{}}}", n * lanes + lane);
-                    let sent = Instant::now();
-                    if client.publish(&topic, payload, qos, false).await.is_err() {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    } else if qos == 1 {
-                        latencies
-                            .push(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX));
-                    }
+        let errors = errors.clone();
+        let (qos, inflight, burst) = (args.qos, args.inflight.max(1), args.burst.max(1));
+        tasks.push(tokio::spawn(async move {
+            match raw::publish_all(stream, &topic, per_connection, qos, inflight, burst).await {
+                Ok(latencies) => latencies,
+                Err(e) => {
+                    tracing::warn!(error = %e, topic = %topic, "Publisher failed.");
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    Vec::new()
                 }
-                latencies
-            }));
-        }
+            }
+        }));
     }
     let mut latencies = Vec::with_capacity(if args.qos == 1 { total } else { 0 });
     for t in tasks {
@@ -238,9 +223,6 @@ pub(crate) async fn run(args: MqttArgs) -> anyhow::Result<()> {
         }
     }
     stop.cancel();
-    for d in drains {
-        let _ = d.await;
-    }
     if let Some(t) = subscriber_task {
         let _ = t.await;
     }
@@ -299,4 +281,166 @@ pub(crate) async fn run(args: MqttArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// MQTT 3.1.1 on a bare socket: just enough to connect, publish and count acknowledgements.
+mod raw {
+    use std::time::Instant;
+
+    use anyhow::{Context, bail};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    fn put_remaining_length(out: &mut Vec<u8>, mut n: usize) {
+        loop {
+            let mut byte = (n % 128) as u8;
+            n /= 128;
+            if n > 0 {
+                byte |= 0x80;
+            }
+            out.push(byte);
+            if n == 0 {
+                break;
+            }
+        }
+    }
+
+    fn put_str(out: &mut Vec<u8>, s: &[u8]) {
+        out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        out.extend_from_slice(s);
+    }
+
+    /// Connects with a clean session and waits for a successful CONNACK.
+    pub(super) async fn connect(
+        broker: &str,
+        client_id: &str,
+        username: Option<&str>,
+        password: Option<&str>,
+    ) -> anyhow::Result<TcpStream> {
+        let mut stream = TcpStream::connect(broker)
+            .await
+            .with_context(|| format!("cannot connect to {broker}"))?;
+        stream.set_nodelay(true)?;
+        let mut body = Vec::new();
+        put_str(&mut body, b"MQTT");
+        body.push(4);
+        let mut flags = 0x02u8;
+        if username.is_some() {
+            flags |= 0x80;
+        }
+        if password.is_some() {
+            flags |= 0x40;
+        }
+        body.push(flags);
+        body.extend_from_slice(&60u16.to_be_bytes());
+        put_str(&mut body, client_id.as_bytes());
+        if let Some(u) = username {
+            put_str(&mut body, u.as_bytes());
+        }
+        if let Some(p) = password {
+            put_str(&mut body, p.as_bytes());
+        }
+        let mut packet = vec![0x10];
+        put_remaining_length(&mut packet, body.len());
+        packet.extend_from_slice(&body);
+        stream.write_all(&packet).await?;
+        let mut connack = [0u8; 4];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            stream.read_exact(&mut connack),
+        )
+        .await
+        .context("no CONNACK within 30 s")??;
+        if connack[0] != 0x20 || connack[3] != 0 {
+            bail!("refused: CONNACK {connack:02x?}");
+        }
+        Ok(stream)
+    }
+
+    fn publish_packet(out: &mut Vec<u8>, topic: &str, payload: &[u8], packet_id: Option<u16>) {
+        out.push(if packet_id.is_some() { 0x32 } else { 0x30 });
+        let length = 2 + topic.len() + payload.len() + if packet_id.is_some() { 2 } else { 0 };
+        put_remaining_length(out, length);
+        put_str(out, topic.as_bytes());
+        if let Some(id) = packet_id {
+            out.extend_from_slice(&id.to_be_bytes());
+        }
+        out.extend_from_slice(payload);
+    }
+
+    /// Publishes `count` single-reading JSON messages; for QoS 1 returns each PUBACK latency
+    /// in microseconds.
+    pub(super) async fn publish_all(
+        mut stream: TcpStream,
+        topic: &str,
+        count: usize,
+        qos: u8,
+        inflight: usize,
+        burst: usize,
+    ) -> anyhow::Result<Vec<u64>> {
+        let mut out = Vec::with_capacity(burst * (topic.len() + 32));
+        let mut latencies = Vec::new();
+        if qos == 0 {
+            let mut n = 0;
+            while n < count {
+                out.clear();
+                for _ in 0..burst.min(count - n) {
+                    publish_packet(&mut out, topic, format!("{{\"v\":{n}}}").as_bytes(), None);
+                    n += 1;
+                }
+                stream.write_all(&out).await?;
+            }
+        } else {
+            let mut sent_at = vec![None::<Instant>; 65_536];
+            let (mut sent, mut acked) = (0usize, 0usize);
+            let mut next_id: u16 = 1;
+            let mut input = Vec::with_capacity(4096);
+            let mut chunk = [0u8; 4096];
+            while acked < count {
+                out.clear();
+                while sent < count && sent - acked < inflight {
+                    let id = next_id;
+                    next_id = next_id.checked_add(1).unwrap_or(1);
+                    publish_packet(
+                        &mut out,
+                        topic,
+                        format!("{{\"v\":{sent}}}").as_bytes(),
+                        Some(id),
+                    );
+                    sent_at[usize::from(id)] = Some(Instant::now());
+                    sent += 1;
+                }
+                if !out.is_empty() {
+                    stream.write_all(&out).await?;
+                }
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    bail!("the broker closed the connection after {acked} acknowledgements");
+                }
+                input.extend_from_slice(&chunk[..n]);
+                let mut at = 0;
+                while input.len() - at >= 2 {
+                    let kind = input[at];
+                    let length = usize::from(input[at + 1]);
+                    if input.len() - at < 2 + length {
+                        break;
+                    }
+                    if kind == 0x40 && length == 2 {
+                        let id = u16::from_be_bytes([input[at + 2], input[at + 3]]);
+                        if let Some(t) = sent_at[usize::from(id)].take() {
+                            latencies
+                                .push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+                            acked += 1;
+                        }
+                    }
+                    at += 2 + length;
+                }
+                input.drain(..at);
+            }
+        }
+        // DISCONNECT: the broker has everything before it.
+        stream.write_all(&[0xE0, 0x00]).await?;
+        let _ = stream.shutdown().await;
+        Ok(latencies)
+    }
 }

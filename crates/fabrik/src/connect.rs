@@ -76,6 +76,8 @@ pub(crate) struct EndpointHooks {
     events: mpsc::Sender<ConnectionEvent>,
     allow_anonymous: bool,
     admin_token: Option<String>,
+    /// `mqtt`, shared by every message instead of allocated per message.
+    source: Arc<str>,
 }
 
 fn identity_of(
@@ -160,7 +162,7 @@ impl MqttHooks for EndpointHooks {
 
     async fn ingest(&self, message: mqtt::Inbound) {
         let raw = RawMessage {
-            source: Arc::from("mqtt"),
+            source: self.source.clone(),
             topic: message.topic,
             payload: message.payload,
             received_at: message.received_at,
@@ -176,7 +178,7 @@ impl MqttHooks for EndpointHooks {
 
     fn offer(&self, message: mqtt::Inbound) {
         let raw = RawMessage {
-            source: Arc::from("mqtt"),
+            source: self.source.clone(),
             topic: message.topic,
             payload: message.payload,
             received_at: message.received_at,
@@ -402,6 +404,7 @@ pub(crate) async fn start_mqtt(
         events: events_tx,
         allow_anonymous: config.mqtt.allow_anonymous,
         admin_token,
+        source: Arc::from("mqtt"),
     });
     let stop = CancellationToken::new();
     let endpoint = Arc::new(MqttEndpoint::new(

@@ -24,6 +24,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// jemalloc: on the MQTT path glibc malloc spent a third of the CPU in arena locks and
+/// consolidation; with jemalloc the same load stores 1.5–1.8x more messages (decision 0016).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Fabrik: an open-source AIoT platform in one binary.
 #[derive(Debug, Parser)]
 #[command(name = "fabrik", version, about, propagate_version = true)]
