@@ -137,7 +137,11 @@ async function main() {
   const noErrors = (where) => {
     assert(errors.length === 0, `console errors on ${where}:\n  ${errors.join('\n  ')}`);
   };
-  const shot = async (name, opts = {}) => { await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true, ...opts }); };
+  // From the top: a full-page shot taken while scrolled draws the sticky top bar mid-page.
+  const shot = async (name, opts = {}) => {
+    await page.evaluate(() => window.scrollTo(0, 0));
+    await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true, ...opts });
+  };
   const go = async (hash) => { await page.evaluate((h) => { location.hash = h; }, hash); };
 
   await step('sign-in page shows', async () => {
@@ -254,6 +258,12 @@ async function main() {
     const device = `ui-test-${randomBytes(3).toString('hex')}`;
     const now = BigInt(Date.now()) * 1000000n; const ws = now - 10000000000n;
     const contributions = JSON.stringify({ 'vibration_rms.mean': 0.7, 'flow.std': 0.3 }).replace(/"/g, '\\"');
+    // The window's input samples, so the inference detail has something to plot.
+    const samples = Array.from({ length: 10 }, (_, i) => {
+      const t = ws + BigInt(i) * 1000000000n;
+      return `pump,device=${device} vibration_rms=${(0.21 + (i > 6 ? 0.5 : 0.01 * i)).toFixed(3)},motor_current=${(2.4 + 0.02 * i).toFixed(2)},pressure=${(1.1 - 0.01 * i).toFixed(3)},flow=${(125 - i * 0.5).toFixed(1)} ${t}`;
+    }).join('\n');
+    await apiCall('/api/v1/write', { method: 'POST', body: samples, type: 'text/plain' });
     const line = `inferences,pipeline=pump-health,device=${device},model=robust_z score=9.0,threshold=4.5,flag=true,window_start=${ws}i,window_end=${now}i,samples=10i,window_id="pump-health/${device}/${ws}",contributions="${contributions}",model_version="ui-test",top_signal="vibration_rms" ${now}`;
     await apiCall('/api/v1/write', { method: 'POST', body: line, type: 'text/plain' });
     for (let i = 0; i < 60 && !alertId; i++) {

@@ -347,9 +347,16 @@ class Chart {
   build() {
     this.el.innerHTML = '';
     this.u = new uPlot(this.opts(), this.data, this.el);
+    this.widenSingle();
+  }
+  /** One sample (a single inference, a fresh device) would get uPlot's padding of years around
+   * it: show a minute either side instead. */
+  widenSingle() {
+    const t = this.data[0];
+    if (t.length === 1) this.u.setScale('x', { min: t[0] - 60, max: t[0] + 60 });
   }
   restyle() { this.build(); }
-  setData(data) { this.data = data; this.u.setData(data); this.mark(); }
+  setData(data) { this.data = data; this.u.setData(data); this.widenSingle(); this.mark(); }
   mark() { this.el.dataset.points = String(this.data[0].length); }
   destroy() { this.ro.disconnect(); this.u.destroy(); charts.delete(this); }
 }

@@ -15,6 +15,8 @@ use crate::{Registry, RegistryError, now_ns, tokens};
 pub const MAX_FAILED_SIGN_INS: u32 = 5;
 /// How long a name stays locked.
 pub const LOCKOUT: Duration = Duration::from_secs(60);
+/// Names whose failed sign-ins are tracked at most (see [`Registry::verify_user`]).
+const MAX_TRACKED_NAMES: usize = 10_000;
 /// Shortest password accepted.
 pub const MIN_PASSWORD_LEN: usize = 12;
 
@@ -250,6 +252,14 @@ impl Registry {
             .unwrap_or(false);
         let Some(row) = row.filter(|_| matches) else {
             let mut attempts = self.attempts.lock();
+            // Names sprayed by a guesser must not grow this without bound: past a limit, forget
+            // every name that is not locked right now.
+            if attempts.by_name.len() >= MAX_TRACKED_NAMES {
+                let now = Instant::now();
+                attempts
+                    .by_name
+                    .retain(|_, (_, until)| until.is_some_and(|u| u > now));
+            }
             let entry = attempts.by_name.entry(name.to_owned()).or_default();
             entry.0 += 1;
             if entry.0 >= MAX_FAILED_SIGN_INS {

@@ -31,8 +31,8 @@ pub(crate) struct StoreSink(pub(crate) Arc<Store>);
 
 #[async_trait::async_trait]
 impl RecordSink for StoreSink {
-    async fn write(&self, groups: Vec<(Lineage, Vec<Point>)>) -> Result<(), SinkError> {
-        match self.0.write_groups(&groups, "message").await {
+    async fn write(&self, groups: &[(Lineage, Vec<Point>)]) -> Result<(), SinkError> {
+        match self.0.write_groups(groups, "message").await {
             Ok(_) => Ok(()),
             Err(e @ (StoreError::SchemaConflict { .. } | StoreError::InvalidPoint { .. })) => {
                 Err(SinkError::Rejected(e.to_string()))

@@ -680,69 +680,105 @@ impl Broker {
     }
 
     /// The retained messages and every session that outlives its connection, for
-    /// [`persist::save`].
+    /// [`persist::save`]. Only cheap clones (`Arc`s) happen under the lock; encoding happens
+    /// after it is released, so routing is not held up by a large snapshot.
     pub fn snapshot(&self) -> BrokerSnapshot {
+        struct Copied {
+            client_id: String,
+            identity: ClientIdentity,
+            expiry: Option<Duration>,
+            receive_max: u16,
+            read_denies: Vec<String>,
+            subscriptions: Vec<(String, SubOptions)>,
+            queue: Vec<Delivery>,
+            inflight: Vec<(u16, Delivery, InflightState)>,
+            next_packet_id: u16,
+        }
         let now = Instant::now();
-        let state = self.state.lock();
-        let retained = state
-            .retained
-            .values()
-            .filter(|m| m.expires_at.is_none_or(|t| t > now))
-            .map(|m| save_message(m, now))
-            .collect();
-        let mut sessions: Vec<SavedSession> = state
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.expiry != Some(Duration::ZERO) && !s.has_expired(now))
-            .map(|(id, s)| SavedSession {
-                client_id: id.to_string(),
-                username: s.identity.username.clone(),
-                device_id: s.identity.device_id.clone(),
-                sparkplug: s.identity.sparkplug.clone(),
-                unrestricted: s.identity.unrestricted,
-                expiry_secs: s.expiry.map(|e| e.as_secs()),
-                receive_max: s.receive_max,
-                read_denies: s.read_denies.clone(),
-                subscriptions: s
+        let (retained, copied) = {
+            let state = self.state.lock();
+            let retained: Vec<Arc<Message>> = state
+                .retained
+                .values()
+                .filter(|m| m.expires_at.is_none_or(|t| t > now))
+                .cloned()
+                .collect();
+            let copied: Vec<Copied> = state
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.expiry != Some(Duration::ZERO) && !s.has_expired(now))
+                .map(|(id, s)| Copied {
+                    client_id: id.to_string(),
+                    identity: s.identity.clone(),
+                    expiry: s.expiry,
+                    receive_max: s.receive_max,
+                    read_denies: s.read_denies.clone(),
+                    subscriptions: s
+                        .subscriptions
+                        .iter()
+                        .map(|(f, o)| (f.clone(), *o))
+                        .collect(),
+                    // QoS 0 messages are not kept for offline sessions.
+                    queue: s.queue.iter().filter(|d| d.qos > 0).cloned().collect(),
+                    inflight: s
+                        .inflight
+                        .iter()
+                        .map(|(&id, f)| (id, f.delivery.clone(), f.state))
+                        .collect(),
+                    next_packet_id: s.next_packet_id,
+                })
+                .collect();
+            (retained, copied)
+        };
+        let mut sessions: Vec<SavedSession> = copied
+            .into_iter()
+            .map(|c| {
+                let mut subscriptions: Vec<SavedSubscription> = c
                     .subscriptions
-                    .iter()
+                    .into_iter()
                     .map(|(filter, o)| SavedSubscription {
-                        filter: filter.clone(),
+                        filter,
                         qos: o.qos,
                         no_local: o.no_local,
                         retain_as_published: o.retain_as_published,
                         id: o.id.map(NonZeroU32::get),
                     })
-                    .collect(),
-                // QoS 0 messages are not kept for offline sessions.
-                queue: s
-                    .queue
-                    .iter()
-                    .filter(|d| d.qos > 0)
-                    .map(|d| save_delivery(d, now))
-                    .collect(),
-                inflight: s
-                    .inflight
-                    .iter()
-                    .map(|(&packet_id, f)| SavedInflight {
-                        packet_id,
-                        delivery: save_delivery(&f.delivery, now),
-                        state: match f.state {
-                            InflightState::WaitAck => "ack",
-                            InflightState::WaitRec => "rec",
-                            InflightState::WaitComp => "comp",
-                        }
-                        .to_owned(),
-                    })
-                    .collect(),
-                next_packet_id: s.next_packet_id,
+                    .collect();
+                // Stable order: the same state gives the same file.
+                subscriptions.sort_by(|a, b| a.filter.cmp(&b.filter));
+                SavedSession {
+                    client_id: c.client_id,
+                    username: c.identity.username,
+                    device_id: c.identity.device_id,
+                    sparkplug: c.identity.sparkplug,
+                    unrestricted: c.identity.unrestricted,
+                    expiry_secs: c.expiry.map(|e| e.as_secs()),
+                    receive_max: c.receive_max,
+                    read_denies: c.read_denies,
+                    subscriptions,
+                    queue: c.queue.iter().map(|d| save_delivery(d, now)).collect(),
+                    inflight: c
+                        .inflight
+                        .iter()
+                        .map(|(packet_id, d, state)| SavedInflight {
+                            packet_id: *packet_id,
+                            delivery: save_delivery(d, now),
+                            state: match state {
+                                InflightState::WaitAck => "ack",
+                                InflightState::WaitRec => "rec",
+                                InflightState::WaitComp => "comp",
+                            }
+                            .to_owned(),
+                        })
+                        .collect(),
+                    next_packet_id: c.next_packet_id,
+                }
             })
             .collect();
-        // Stable order: the same state gives the same file.
         sessions.sort_by(|a, b| a.client_id.cmp(&b.client_id));
-        for s in &mut sessions {
-            s.subscriptions.sort_by(|a, b| a.filter.cmp(&b.filter));
-        }
+        let mut retained: Vec<SavedMessage> =
+            retained.iter().map(|m| save_message(m, now)).collect();
+        retained.sort_by(|a, b| a.topic.cmp(&b.topic));
         BrokerSnapshot {
             format: persist::FORMAT,
             retained,

@@ -35,6 +35,9 @@ pub(crate) struct Shared {
     pub(crate) limits: MqttLimits,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tasks: TaskTracker,
+    /// Per-message counters, looked up once rather than by name on every message.
+    pub(crate) received_counter: metrics::Counter,
+    pub(crate) sent_counter: metrics::Counter,
 }
 
 /// Why a connection ended.
@@ -562,7 +565,7 @@ where
         match self.framed.feed(packet).await {
             Ok(()) => {
                 if publish.is_some() {
-                    metrics::counter!("fabrik_mqtt_messages_sent_total").increment(1);
+                    self.shared.sent_counter.increment(1);
                 }
                 Ok(())
             }
@@ -789,7 +792,7 @@ where
                     .await;
             }
         }
-        metrics::counter!("fabrik_mqtt_messages_received_total").increment(1);
+        self.shared.received_counter.increment(1);
         let id = packet_id.unwrap_or(0);
         if !self.shared.acl.may_publish(&self.identity, &publish.topic) {
             metrics::counter!("fabrik_mqtt_publish_denied_total").increment(1);

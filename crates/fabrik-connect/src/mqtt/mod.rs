@@ -158,6 +158,8 @@ impl MqttEndpoint {
                 limits,
                 shutdown,
                 tasks: TaskTracker::new(),
+                received_counter: metrics::counter!("fabrik_mqtt_messages_received_total"),
+                sent_counter: metrics::counter!("fabrik_mqtt_messages_sent_total"),
             }),
             connections,
         }
