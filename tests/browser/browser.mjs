@@ -162,6 +162,9 @@ async function main() {
 
   await step('overview shows fleet health', async () => {
     await page.waitForFunction(() => /10\s*\/\s*10|\b10\b/.test(document.querySelector('#st-devices .value')?.textContent || ''), null, { timeout: 20000 });
+    // Fleet health counts online, silent (connected, nothing heard for a minute), offline, never.
+    const health = await page.textContent('#st-devices .hint');
+    assert(/0 silent · 0 offline · 0 never connected/.test(health), `fleet health: ${health}`);
     await page.waitForSelector('#ov-pipelines table');
     // The ingest rate needs two /metrics samples, 5 s apart.
     await page.waitForFunction(() => /\d/.test(document.querySelector('#st-ingest .value')?.textContent || ''), null, { timeout: 15000 });
@@ -240,6 +243,9 @@ async function main() {
     await go('#/pipelines');
     await page.waitForFunction(() => document.querySelector('#pl-table')?.textContent.includes('pump-health'), null, { timeout: 10000 });
     await page.waitForSelector('#pl-def dl');
+    // Throughput comes from two polls of the counters, 5 s apart.
+    await page.waitForFunction(() => /samples\/s/.test(document.querySelector('#pl-rate')?.textContent || ''), null, { timeout: 15000 });
+    log(`pipeline ${await page.textContent('#pl-rate')}`);
     await shot('05-pipelines');
     noErrors('pipelines');
   });

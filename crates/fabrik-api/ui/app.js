@@ -64,8 +64,11 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 const STATE_CLASS = {
   online: 'ok', running: 'ok', firing: 'bad', failed: 'bad', offline: 'bad', pending: 'warn',
-  stopped: 'warn', never: '', resolved: '', true_positive: 'bad', false_positive: 'ok',
+  stopped: 'warn', silent: 'warn', never: '', resolved: '', true_positive: 'bad', false_positive: 'ok',
 };
+/** Online by its connection, but nothing heard for a minute. */
+const SILENT_AFTER_MS = 60000;
+const isSilent = (d) => d.state === 'online' && (!d.last_seen || Date.now() - toMs(d.last_seen) > SILENT_AFTER_MS);
 const pill = (state, label) => html`<span class="pill ${STATE_CLASS[state] ?? ''}">${label ?? String(state).replace('_', ' ')}</span>`;
 
 let toastTimer;
@@ -515,12 +518,14 @@ async function pageOverview(p) {
     if (!p.alive) return;
     const count = (s) => devices.filter((d) => d.state === s).length;
     const on = count('online'); const off = count('offline'); const never = count('never'); const total = devices.length || 1;
+    // Silent: connected (or polled) but nothing heard for a minute — a stuck gateway or PLC.
+    const silent = devices.filter((d) => isSilent(d)).length;
     patch($('#st-devices'), html`<div class="label">Devices online</div>
       <div class="value">${on}<small>/ ${devices.length}</small></div>
-      <div class="hint"><span>${off} offline</span> · <span>${never} never connected</span></div>
-      <div class="bar3" role="img" aria-label="${on} online, ${off} offline, ${never} never connected">
-        <span style="width:${(on / total) * 100}%;background:var(--ok)"></span><span style="width:${(off / total) * 100}%;background:var(--bad)"></span></div>`);
-    $('#st-devices').className = `card stat ${off ? 'warn' : 'ok'}`;
+      <div class="hint"><span>${silent} silent</span> · <span>${off} offline</span> · <span>${never} never connected</span></div>
+      <div class="bar3" role="img" aria-label="${on - silent} online and reporting, ${silent} silent, ${off} offline, ${never} never connected">
+        <span style="width:${((on - silent) / total) * 100}%;background:var(--ok)"></span><span style="width:${(silent / total) * 100}%;background:var(--warn)"></span><span style="width:${(off / total) * 100}%;background:var(--bad)"></span></div>`);
+    $('#st-devices').className = `card stat ${off || silent ? 'warn' : 'ok'}`;
     patch($('#st-ingest'), html`<div class="label">Ingest rate</div>
       <div class="value">${rate === null ? '…' : fmtNum(Math.round(rate * 10) / 10)}<small>points/s</small></div>
       <div class="hint">${rate === null ? 'measuring (needs two samples)' : 'from /metrics, 5 s average'}</div>`);
@@ -535,9 +540,10 @@ async function pageOverview(p) {
 
     patch($('#ov-alerts'), activeAll.length ? alertsTable(activeAll.slice(0, 8), { compact: true }) : html`<div class="empty">No active alerts. All clear.</div>`);
     patch($('#ov-pipelines'), pipelinesTable(pipelines));
-    const attention = [...devices].sort((a, b) => (a.state === 'online') - (b.state === 'online') || a.id.localeCompare(b.id));
+    const healthy = (d) => d.state === 'online' && !isSilent(d);
+    const attention = [...devices].sort((a, b) => healthy(a) - healthy(b) || a.id.localeCompare(b.id));
     patch($('#ov-devices'), html`<table><caption class="muted" hidden>Devices</caption><thead><tr><th>Device</th><th>State</th><th>Last seen</th></tr></thead><tbody>
-      ${attention.slice(0, 10).map((d) => html`<tr><td><a href="#/devices/${enc(d.id)}">${d.id}</a></td><td>${pill(d.state)}</td><td>${d.last_seen ? time(d.last_seen) : '—'}</td></tr>`)}
+      ${attention.slice(0, 10).map((d) => html`<tr><td><a href="#/devices/${enc(d.id)}">${d.id}</a></td><td>${isSilent(d) ? pill('silent') : pill(d.state)}</td><td>${d.last_seen ? time(d.last_seen) : '—'}</td></tr>`)}
       </tbody></table>`);
     patch($('#ov-services'), html`<table><tbody>${services.map((s) => html`<tr><td>${s.name}</td><td>${pill(s.state)}</td><td class="wrap muted">${s.error || ''}</td></tr>`)}</tbody></table>`);
     const enough = ingest.history.length >= 2;
@@ -598,7 +604,7 @@ async function pageDevices(p, args) {
     patch($('#dev-table'), list.length ? html`<div class="table-wrap"><table id="devices-table"><thead><tr>
         <th>Device</th><th>Name</th><th>Type</th><th>Site</th><th>State</th><th>Labels</th><th>Last seen</th><th class="num">Messages</th><th class="num">Errors</th></tr></thead><tbody>
         ${list.map((d) => html`<tr data-device="${d.id}"><td><a href="#/devices/${enc(d.id)}">${d.id}</a></td><td>${d.name}</td><td>${d.device_type}</td><td>${d.site}</td>
-          <td>${pill(d.state)}${d.disabled ? html` <span class="pill warn plain">disabled</span>` : ''}</td>
+          <td>${isSilent(d) ? pill("silent") : pill(d.state)}${d.disabled ? html` <span class="pill warn plain">disabled</span>` : ''}</td>
           <td>${Object.entries(d.labels || {}).map(([k, v]) => html`<span class="tag">${k}=${v}</span>`)}</td>
           <td>${d.last_seen ? time(d.last_seen) : '—'}</td><td class="num">${fmtNum(d.messages)}</td><td class="num">${d.errors ? html`<span style="color:var(--bad)">${fmtNum(d.errors)}</span>` : '0'}</td></tr>`)}
         </tbody></table></div>` : html`<div class="empty">No device matches these filters.</div>`);
@@ -1047,6 +1053,16 @@ async function pagePipelines(p, args) {
     });
   };
 
+  // Throughput from the counters since the page opened (polls every 5 s), so a 10 s window
+  // that closes between two polls does not make the rate jump between 0 and double.
+  let firstCounts = null;
+  const throughput = (x) => {
+    const now = Date.now();
+    if (!firstCounts || x.samples < firstCounts.samples) firstCounts = { t: now, samples: x.samples, windows: x.windows };
+    const dt = (now - firstCounts.t) / 1000;
+    if (dt < 1) return 'throughput: measuring…';
+    return `throughput ${fmtNum((x.samples - firstCounts.samples) / dt, 3)} samples/s · ${fmtNum(((x.windows - firstCounts.windows) / dt) * 60, 3)} windows/min`;
+  };
   await every(p, 5000, async () => {
     const list = await api('/api/v1/pipelines');
     if (!p.alive) return;
@@ -1060,7 +1076,7 @@ async function pagePipelines(p, args) {
       <div class="stats" style="grid-template-columns:repeat(3,minmax(0,1fr));margin:0">
         ${[['Devices', x.devices], ['Training', x.training_devices], ['Windows', x.windows], ['Inferences', x.inferences], ['Anomalies', x.anomalies], ['Incomplete', x.incomplete_windows]].map(([k, v]) => html`<div class="stat"><div class="label">${k}</div><div class="value" style="font-size:20px">${fmtNum(v)}</div></div>`)}
       </div></div>
-      <div class="muted" style="margin-top:8px">Data complete up to ${x.horizon ? fmtTime(x.horizon) : '—'} · ${fmtNum(x.samples)} samples read</div>`);
+      <div class="muted" style="margin-top:8px">Data complete up to ${x.horizon ? fmtTime(x.horizon) : '—'} · ${fmtNum(x.samples)} samples read · <span id="pl-rate">${throughput(x)}</span></div>`);
     if (await hasTable('inferences')) {
       const rows = await query(`SELECT time, device, score, threshold FROM inferences WHERE pipeline = ${sqlStr(name)} AND time >= now() - interval '1 hour' ORDER BY time LIMIT 20000`);
       if (!p.alive) return;
