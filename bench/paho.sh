@@ -16,6 +16,8 @@ cat > "$work/fabrik.toml" <<'TOML'
 allow_anonymous = true
 # test_server_keep_alive expects the server to cap keepalive at 60 s.
 max_keep_alive = "60s"
+# test_subscribe_failure accepts only 0x80 in the SUBACK (Fabrik's default is 0x87).
+subscribe_denied_reason = "unspecified"
 
 [[mqtt.acl]]
 action = "all"

@@ -85,6 +85,9 @@ pub struct MqttConfig {
     pub max_keep_alive: String,
     /// Messages queued per offline or slow session.
     pub max_queued_messages: i64,
+    /// MQTT 5 reason code of a SUBACK refused by the ACLs: `not_authorized` (0x87, the
+    /// default) or `unspecified` (0x80, what the Eclipse Paho test client expects).
+    pub subscribe_denied_reason: String,
     /// Topic ACL rules; empty: the built-in rules (devices publish under
     /// `devices/{device_id}/#` and read `devices/{device_id}/cmd/#`).
     pub acl: Vec<AclRuleConfig>,
@@ -107,6 +110,7 @@ impl Default for MqttConfig {
             max_session_expiry: "1d".into(),
             max_keep_alive: String::new(),
             max_queued_messages: 1000,
+            subscribe_denied_reason: "not_authorized".into(),
             acl: Vec::new(),
         }
     }
@@ -659,6 +663,8 @@ pub struct MqttSettings {
     pub max_keep_alive: u16,
     /// Messages queued per session.
     pub max_queued_messages: usize,
+    /// Answer refused subscriptions with 0x80 (unspecified) instead of 0x87 (not authorized).
+    pub subscribe_denied_unspecified: bool,
 }
 
 impl Config {
@@ -938,6 +944,17 @@ impl Config {
                 }
             }
         };
+        let subscribe_denied_unspecified = match m.subscribe_denied_reason.as_str() {
+            "not_authorized" => false,
+            "unspecified" => true,
+            other => {
+                problem(
+                    "mqtt.subscribe_denied_reason",
+                    format!("`{other}`: expected not_authorized or unspecified"),
+                );
+                false
+            }
+        };
         for (i, rule) in m.acl.iter().enumerate() {
             if !matches!(rule.action.as_str(), "publish" | "subscribe" | "all") {
                 problem(
@@ -962,6 +979,7 @@ impl Config {
             max_session_expiry,
             max_keep_alive,
             max_queued_messages,
+            subscribe_denied_unspecified,
         }
     }
 }

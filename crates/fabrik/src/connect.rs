@@ -418,6 +418,7 @@ pub(crate) async fn start_mqtt(
             max_connections: m.max_connections,
             max_session_expiry: m.max_session_expiry,
             max_keep_alive: m.max_keep_alive,
+            subscribe_denied_unspecified: m.subscribe_denied_unspecified,
             ..MqttLimits::default()
         },
         stop.clone(),

@@ -602,7 +602,26 @@ where
     async fn violation(&mut self, reason: Reason, text: &str) -> Result<Option<Ended>, ()> {
         tracing::info!(client_id = %self.client_id, peer = %self.peer, reason = text, "MQTT client disconnected for a protocol violation or limit.");
         self.goodbye(reason, text).await;
+        self.linger().await;
         Ok(Some(Ended::Violation))
+    }
+
+    /// After a DISCONNECT for a violation the client is usually still sending: closing at once
+    /// would answer its data with a TCP reset, which can destroy the DISCONNECT before the
+    /// client reads it. Half-close and discard what arrives, for at most a second.
+    async fn linger(&mut self) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let io = self.framed.get_mut();
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            let _ = io.shutdown().await;
+            let mut discard = [0u8; 4096];
+            while let Ok(n) = io.read(&mut discard).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 
     async fn handle(&mut self, inbound: Inbound) -> Result<Option<Ended>, ()> {
@@ -653,7 +672,11 @@ where
                     {
                         metrics::counter!("fabrik_mqtt_subscribe_denied_total").increment(1);
                         tracing::info!(client_id = %self.client_id, filter = %request.filter, "MQTT subscribe denied by the ACLs.");
-                        SubResult::NotAuthorized
+                        if self.shared.limits.subscribe_denied_unspecified {
+                            SubResult::Refused
+                        } else {
+                            SubResult::NotAuthorized
+                        }
                     } else {
                         accepted.push(request.clone());
                         SubResult::Granted(request.qos.min(2))

@@ -106,6 +106,10 @@ pub struct MqttLimits {
     /// Longest keepalive (seconds) an MQTT 5 client may use; a longer one (or none) is
     /// replaced by this value, announced as Server Keep Alive in CONNACK. 0: the client's own.
     pub max_keep_alive: u16,
+    /// MQTT 5: answer a subscription the ACLs refuse with 0x80 (unspecified error) rather
+    /// than 0x87 (not authorized); some clients, the Eclipse Paho test client among them,
+    /// accept only 0x80.
+    pub subscribe_denied_unspecified: bool,
 }
 
 impl Default for MqttLimits {
@@ -119,6 +123,7 @@ impl Default for MqttLimits {
             max_session_expiry: Duration::from_secs(86_400),
             topic_alias_max: 16,
             max_keep_alive: 0,
+            subscribe_denied_unspecified: false,
         }
     }
 }

@@ -192,6 +192,8 @@ pub enum SubResult {
     Granted(u8),
     /// Denied by the ACLs.
     NotAuthorized,
+    /// Denied by the ACLs, reported as "unspecified error" (0x80).
+    Refused,
     /// Not a valid filter.
     Invalid,
     /// `$share/...`: not supported.
@@ -334,6 +336,7 @@ impl Wire {
                         SubResult::Granted(1) => v5::SubscribeAckReason::GrantedQos1,
                         SubResult::Granted(_) => v5::SubscribeAckReason::GrantedQos2,
                         SubResult::NotAuthorized => v5::SubscribeAckReason::NotAuthorized,
+                        SubResult::Refused => v5::SubscribeAckReason::UnspecifiedError,
                         SubResult::Invalid => v5::SubscribeAckReason::TopicFilterInvalid,
                         SubResult::SharedNotSupported => {
                             v5::SubscribeAckReason::SharedSubscriptionNotSupported
