@@ -1,9 +1,8 @@
 //! `fabrik alert list|ack|silence`: a thin client of `/api/v1/alerts` and `/api/v1/silences`.
 
-use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 
-use crate::client::{Endpoint, check};
+use crate::client::Endpoint;
 
 /// `fabrik alert ...`
 #[derive(Debug, Args)]
@@ -71,24 +70,17 @@ enum AlertCommand {
 pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let ep = &args.endpoint;
-    let send = |req: reqwest::RequestBuilder| async move {
-        let response = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach Fabrik at {}", ep.url))?;
-        check(response).await
-    };
     match args.command {
         AlertCommand::List { state, limit, json } => {
             let mut path = format!("/api/v1/alerts?limit={limit}");
             if let Some(state) = state {
                 path.push_str(&format!("&state={state}"));
             }
-            let alerts: Vec<serde_json::Value> =
-                send(ep.request(&client, reqwest::Method::GET, &path))
-                    .await?
-                    .json()
-                    .await?;
+            let alerts: Vec<serde_json::Value> = ep
+                .send(ep.request(&client, reqwest::Method::GET, &path))
+                .await?
+                .json()
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&alerts)?);
                 return Ok(());
@@ -129,7 +121,7 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
             };
             let body = serde_json::json!({"feedback": feedback, "comment": comment, "by": by});
             let path = format!("/api/v1/alerts/{id}/ack");
-            send(
+            ep.send(
                 ep.request(&client, reqwest::Method::POST, &path)
                     .json(&body),
             )
@@ -145,13 +137,14 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
             let body = serde_json::json!({
                 "rule": rule, "device": device, "duration": duration, "comment": comment,
             });
-            let silence: serde_json::Value = send(
-                ep.request(&client, reqwest::Method::POST, "/api/v1/silences")
-                    .json(&body),
-            )
-            .await?
-            .json()
-            .await?;
+            let silence: serde_json::Value = ep
+                .send(
+                    ep.request(&client, reqwest::Method::POST, "/api/v1/silences")
+                        .json(&body),
+                )
+                .await?
+                .json()
+                .await?;
             println!(
                 "silence {} until {}",
                 silence["id"].as_str().unwrap_or("?"),

@@ -57,6 +57,20 @@ impl Endpoint {
             None => req,
         }
     }
+
+    /// Sends a request built with [`Endpoint::request`]; an unreachable server or a non-2xx
+    /// answer is an error naming what went wrong.
+    pub(crate) async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> anyhow::Result<reqwest::Response> {
+        use anyhow::Context;
+        let response = req
+            .send()
+            .await
+            .with_context(|| format!("cannot reach Fabrik at {}", self.url))?;
+        check(response).await
+    }
 }
 
 /// Runs a client future on a small runtime and turns errors into exit code 1.

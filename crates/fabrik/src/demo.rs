@@ -365,6 +365,31 @@ fn parse_fault(text: &str) -> Result<(u64, Fault), String> {
     ))
 }
 
+/// Registers a device Fabrik polls or subscribes to (no token needed); one registered by an
+/// earlier run is kept as it is.
+async fn register_polled(
+    ep: &crate::client::Endpoint,
+    client: &reqwest::Client,
+    id: &str,
+    device_type: &str,
+    site: &str,
+    protocol: &str,
+) -> anyhow::Result<()> {
+    let body = serde_json::json!({
+        "id": id, "type": device_type, "site": site,
+        "labels": {"simulated": "true", "protocol": protocol},
+    });
+    let response = ep
+        .request(client, reqwest::Method::POST, "/api/v1/devices")
+        .json(&body)
+        .send()
+        .await?;
+    if response.status() != reqwest::StatusCode::CONFLICT {
+        crate::client::check(response).await?;
+    }
+    Ok(())
+}
+
 /// `fabrik sim`: registers the plant through the API of a running Fabrik and publishes until
 /// interrupted.
 pub(crate) async fn sim(args: SimArgs) -> anyhow::Result<()> {
@@ -423,18 +448,7 @@ pub(crate) async fn sim(args: SimArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .with_context(|| format!("cannot listen on {address} for {id} (--modbus-listen)"))?;
-        let body = serde_json::json!({
-            "id": id, "type": "chiller", "site": spec.site,
-            "labels": {"simulated": "true", "protocol": "modbus"},
-        });
-        let response = ep
-            .request(&client, reqwest::Method::POST, "/api/v1/devices")
-            .json(&body)
-            .send()
-            .await?;
-        if response.status() != reqwest::StatusCode::CONFLICT {
-            crate::client::check(response).await?;
-        }
+        register_polled(ep, &client, &id, "chiller", &spec.site, "modbus").await?;
         println!(
             "# {id}: Modbus TCP on {address}; poll it with:\n{}",
             fabrik_sim::modbus::chiller_config_toml(&id, &reachable(address).to_string(), 1000)
@@ -459,18 +473,7 @@ pub(crate) async fn sim(args: SimArgs) -> anyhow::Result<()> {
                 )
             })?;
         let id = fabrik_sim::opcua::DEVICE_ID;
-        let body = serde_json::json!({
-            "id": id, "type": "filler", "site": spec.site,
-            "labels": {"simulated": "true", "protocol": "opcua"},
-        });
-        let response = ep
-            .request(&client, reqwest::Method::POST, "/api/v1/devices")
-            .json(&body)
-            .send()
-            .await?;
-        if response.status() != reqwest::StatusCode::CONFLICT {
-            crate::client::check(response).await?;
-        }
+        register_polled(ep, &client, id, "filler", &spec.site, "opcua").await?;
         let endpoint = format!("opc.tcp://{}/", reachable(args.opcua_listen));
         println!(
             "# {id}: OPC UA on {endpoint} (None and Basic256Sha256/SignAndEncrypt); subscribe with:\n{}",

@@ -1,9 +1,9 @@
 //! `fabrik device add|list|show|rm|rotate-token`: a thin client of `/api/v1/devices`.
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand};
 
-use crate::client::{Endpoint, check};
+use crate::client::Endpoint;
 
 /// `fabrik device ...`
 #[derive(Debug, Args)]
@@ -104,13 +104,6 @@ fn time_text(ns: Option<i64>) -> String {
 pub(crate) async fn run(args: DeviceArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let ep = &args.endpoint;
-    let send = |req: reqwest::RequestBuilder| async move {
-        let response = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach Fabrik at {}", ep.url))?;
-        check(response).await
-    };
     match args.command {
         DeviceCommand::Add {
             id,
@@ -128,13 +121,14 @@ pub(crate) async fn run(args: DeviceArgs) -> anyhow::Result<()> {
                 "labels": labels.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
                 "sparkplug_node": sparkplug_node,
             });
-            let created: serde_json::Value = send(
-                ep.request(&client, reqwest::Method::POST, "/api/v1/devices")
-                    .json(&body),
-            )
-            .await?
-            .json()
-            .await?;
+            let created: serde_json::Value = ep
+                .send(
+                    ep.request(&client, reqwest::Method::POST, "/api/v1/devices")
+                        .json(&body),
+                )
+                .await?
+                .json()
+                .await?;
             let token = created.get("token").and_then(|t| t.as_str()).unwrap_or("");
             println!("registered device {id}");
             println!("  MQTT user name: {id}");
@@ -167,11 +161,11 @@ pub(crate) async fn run(args: DeviceArgs) -> anyhow::Result<()> {
             } else {
                 format!("/api/v1/devices?{}", query.join("&"))
             };
-            let devices: Vec<serde_json::Value> =
-                send(ep.request(&client, reqwest::Method::GET, &path))
-                    .await?
-                    .json()
-                    .await?;
+            let devices: Vec<serde_json::Value> = ep
+                .send(ep.request(&client, reqwest::Method::GET, &path))
+                .await?
+                .json()
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&devices)?);
                 return Ok(());
@@ -198,19 +192,21 @@ pub(crate) async fn run(args: DeviceArgs) -> anyhow::Result<()> {
         }
         DeviceCommand::Show { id } => {
             let path = format!("/api/v1/devices/{id}");
-            let device: serde_json::Value = send(ep.request(&client, reqwest::Method::GET, &path))
+            let device: serde_json::Value = ep
+                .send(ep.request(&client, reqwest::Method::GET, &path))
                 .await?
                 .json()
                 .await?;
             println!("{}", serde_json::to_string_pretty(&device)?);
-            let events: Vec<serde_json::Value> = send(ep.request(
-                &client,
-                reqwest::Method::GET,
-                &format!("{path}/events?limit=20"),
-            ))
-            .await?
-            .json()
-            .await?;
+            let events: Vec<serde_json::Value> = ep
+                .send(ep.request(
+                    &client,
+                    reqwest::Method::GET,
+                    &format!("{path}/events?limit=20"),
+                ))
+                .await?
+                .json()
+                .await?;
             println!("recent events:");
             for e in events {
                 println!(
@@ -222,7 +218,7 @@ pub(crate) async fn run(args: DeviceArgs) -> anyhow::Result<()> {
             }
         }
         DeviceCommand::Rm { id } => {
-            send(ep.request(
+            ep.send(ep.request(
                 &client,
                 reqwest::Method::DELETE,
                 &format!("/api/v1/devices/{id}"),
@@ -231,14 +227,15 @@ pub(crate) async fn run(args: DeviceArgs) -> anyhow::Result<()> {
             println!("removed device {id} (its stored data stays)");
         }
         DeviceCommand::RotateToken { id } => {
-            let body: serde_json::Value = send(ep.request(
-                &client,
-                reqwest::Method::POST,
-                &format!("/api/v1/devices/{id}/token"),
-            ))
-            .await?
-            .json()
-            .await?;
+            let body: serde_json::Value = ep
+                .send(ep.request(
+                    &client,
+                    reqwest::Method::POST,
+                    &format!("/api/v1/devices/{id}/token"),
+                ))
+                .await?
+                .json()
+                .await?;
             let Some(token) = body.get("token").and_then(|t| t.as_str()) else {
                 bail!("the server sent no token");
             };

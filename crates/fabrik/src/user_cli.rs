@@ -5,7 +5,7 @@ use std::io::BufRead;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use crate::client::{Endpoint, check};
+use crate::client::Endpoint;
 
 /// `fabrik user ...`
 #[derive(Debug, Args)]
@@ -61,13 +61,6 @@ fn read_password() -> anyhow::Result<String> {
 pub(crate) async fn run(args: UserArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let ep = &args.endpoint;
-    let send = |req: reqwest::RequestBuilder| async move {
-        let response = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach Fabrik at {}", ep.url))?;
-        check(response).await
-    };
     match args.command {
         UserCommand::Add {
             name,
@@ -78,13 +71,14 @@ pub(crate) async fn run(args: UserArgs) -> anyhow::Result<()> {
             if password_stdin {
                 body["password"] = read_password()?.into();
             }
-            let created: serde_json::Value = send(
-                ep.request(&client, reqwest::Method::POST, "/api/v1/users")
-                    .json(&body),
-            )
-            .await?
-            .json()
-            .await?;
+            let created: serde_json::Value = ep
+                .send(
+                    ep.request(&client, reqwest::Method::POST, "/api/v1/users")
+                        .json(&body),
+                )
+                .await?
+                .json()
+                .await?;
             println!("created user {name} ({role})");
             if let Some(password) = created["password"].as_str() {
                 println!("password: {password}");
@@ -92,11 +86,11 @@ pub(crate) async fn run(args: UserArgs) -> anyhow::Result<()> {
             }
         }
         UserCommand::List { json } => {
-            let users: Vec<serde_json::Value> =
-                send(ep.request(&client, reqwest::Method::GET, "/api/v1/users"))
-                    .await?
-                    .json()
-                    .await?;
+            let users: Vec<serde_json::Value> = ep
+                .send(ep.request(&client, reqwest::Method::GET, "/api/v1/users"))
+                .await?
+                .json()
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&users)?);
                 return Ok(());
@@ -120,7 +114,7 @@ pub(crate) async fn run(args: UserArgs) -> anyhow::Result<()> {
             println!("{} user(s)", users.len());
         }
         UserCommand::Rm { name } => {
-            send(ep.request(
+            ep.send(ep.request(
                 &client,
                 reqwest::Method::DELETE,
                 &format!("/api/v1/users/{name}"),
@@ -130,7 +124,7 @@ pub(crate) async fn run(args: UserArgs) -> anyhow::Result<()> {
         }
         UserCommand::Passwd { name } => {
             let password = read_password()?;
-            send(
+            ep.send(
                 ep.request(
                     &client,
                     reqwest::Method::PUT,
