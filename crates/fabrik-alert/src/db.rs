@@ -63,6 +63,18 @@ pub struct OutboxEntry {
     pub payload: String,
     /// Failed attempts so far.
     pub attempts: i64,
+    /// Entries of one notifier with the same group key go out as one notification.
+    pub group_key: Option<String>,
+}
+
+fn entry_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<OutboxEntry, AlertError> {
+    Ok(OutboxEntry {
+        id: r.try_get("id")?,
+        notifier: r.try_get("notifier")?,
+        payload: r.try_get("payload")?,
+        attempts: r.try_get("attempts")?,
+        group_key: r.try_get("group_key")?,
+    })
 }
 
 /// The alert database.
@@ -94,6 +106,16 @@ impl AlertDb {
         for statement in SCHEMA {
             // Audited: the statements are the compile-time constants above.
             sqlx::query(sqlx::AssertSqlSafe(*statement))
+                .execute(&pool)
+                .await?;
+        }
+        // Databases written before notification grouping lack the outbox's group column.
+        let columns: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM pragma_table_info('outbox')")
+                .fetch_all(&pool)
+                .await?;
+        if !columns.iter().any(|c| c == "group_key") {
+            sqlx::query("ALTER TABLE outbox ADD COLUMN group_key TEXT")
                 .execute(&pool)
                 .await?;
         }
@@ -246,37 +268,81 @@ impl AlertDb {
         payload: &str,
         now_ns: i64,
     ) -> Result<(), AlertError> {
+        self.enqueue_grouped(notifier, payload, now_ns, None).await
+    }
+
+    /// Queues a notification for delivery at `due_ns`; entries of one notifier with the same
+    /// `group_key` that are due together are delivered as one notification.
+    pub async fn enqueue_grouped(
+        &self,
+        notifier: &str,
+        payload: &str,
+        due_ns: i64,
+        group_key: Option<&str>,
+    ) -> Result<(), AlertError> {
         sqlx::query(
-            "INSERT INTO outbox (notifier, payload, attempts, next_attempt_ns) VALUES (?, ?, 0, ?)",
+            "INSERT INTO outbox (notifier, payload, attempts, next_attempt_ns, group_key) \
+             VALUES (?, ?, 0, ?, ?)",
         )
         .bind(notifier)
         .bind(payload)
-        .bind(now_ns)
+        .bind(due_ns)
+        .bind(group_key)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
+    /// When the open group `group_key` of `notifier` goes out: the due time of its queued,
+    /// not yet attempted entries that are still waiting at `now_ns`. `None` when no such group
+    /// is waiting (a new one starts).
+    pub async fn open_group_due(
+        &self,
+        notifier: &str,
+        group_key: &str,
+        now_ns: i64,
+    ) -> Result<Option<i64>, AlertError> {
+        Ok(sqlx::query_scalar(
+            "SELECT min(next_attempt_ns) FROM outbox WHERE notifier = ? AND group_key = ? \
+             AND attempts = 0 AND next_attempt_ns > ?",
+        )
+        .bind(notifier)
+        .bind(group_key)
+        .bind(now_ns)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// Notifications due at `now_ns`, oldest first.
     pub async fn due(&self, now_ns: i64, limit: u32) -> Result<Vec<OutboxEntry>, AlertError> {
         let rows = sqlx::query(
-            "SELECT id, notifier, payload, attempts FROM outbox WHERE next_attempt_ns <= ? \
-             ORDER BY id LIMIT ?",
+            "SELECT id, notifier, payload, attempts, group_key FROM outbox \
+             WHERE next_attempt_ns <= ? ORDER BY id LIMIT ?",
         )
         .bind(now_ns)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(OutboxEntry {
-                    id: r.try_get("id")?,
-                    notifier: r.try_get("notifier")?,
-                    payload: r.try_get("payload")?,
-                    attempts: r.try_get("attempts")?,
-                })
-            })
-            .collect()
+        rows.iter().map(entry_from_row).collect()
+    }
+
+    /// Every due entry of one group of one notifier, oldest first.
+    pub async fn due_group(
+        &self,
+        notifier: &str,
+        group_key: &str,
+        now_ns: i64,
+    ) -> Result<Vec<OutboxEntry>, AlertError> {
+        let rows = sqlx::query(
+            "SELECT id, notifier, payload, attempts, group_key FROM outbox \
+             WHERE notifier = ? AND group_key = ? AND next_attempt_ns <= ? ORDER BY id",
+        )
+        .bind(notifier)
+        .bind(group_key)
+        .bind(now_ns)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(entry_from_row).collect()
     }
 
     /// Notifications not yet delivered.

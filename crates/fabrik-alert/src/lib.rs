@@ -234,10 +234,22 @@ impl Alerting {
 
     async fn enqueue(&self, alert: &Alert, now: i64) -> Result<(), AlertError> {
         for notifier in &self.notifiers {
-            let payload = notifier.payload(alert, &self.external_url);
-            self.db
-                .enqueue(notifier.name(), &payload.to_string(), now)
-                .await?;
+            let payload = notifier.payload(alert, &self.external_url).to_string();
+            match notifier.grouping() {
+                None => self.db.enqueue(notifier.name(), &payload, now).await?,
+                Some(grouping) => {
+                    // Join the group's open window, or open one.
+                    let key = grouping.key(alert);
+                    let wait = i64::try_from(grouping.wait.as_nanos()).unwrap_or(i64::MAX);
+                    let due = match self.db.open_group_due(notifier.name(), &key, now).await? {
+                        Some(due) => due,
+                        None => now.saturating_add(wait),
+                    };
+                    self.db
+                        .enqueue_grouped(notifier.name(), &payload, due, Some(&key))
+                        .await?;
+                }
+            }
         }
         self.wake.notify_one();
         Ok(())
@@ -304,11 +316,16 @@ impl Alerting {
         }
     }
 
-    /// One pass over due notifications; returns how many were delivered.
+    /// One pass over due notifications; returns how many notifications were delivered (a
+    /// group counts once).
     pub async fn deliver_due(&self) -> Result<usize, AlertError> {
         let now = now_ns();
         let mut delivered = 0;
+        let mut handled = std::collections::HashSet::new();
         for entry in self.db.due(now, 100).await? {
+            if handled.contains(&entry.id) {
+                continue;
+            }
             let Some(notifier) = self.notifiers.iter().find(|n| n.name() == entry.notifier) else {
                 // Its notifier left the configuration; keep it for a while in case it returns.
                 self.db
@@ -316,16 +333,46 @@ impl Alerting {
                     .await?;
                 continue;
             };
-            match notify::deliver(&self.client, notifier, &entry.payload).await {
+            // A group goes out whole: every due entry with its key, merged into one body.
+            let (ids, payload, attempts) = match &entry.group_key {
+                Some(key) => {
+                    let group = self.db.due_group(&entry.notifier, key, now).await?;
+                    let ids: Vec<i64> = group.iter().map(|e| e.id).collect();
+                    let attempts = group.iter().map(|e| e.attempts).max().unwrap_or(0);
+                    let payload = if let [only] = group.as_slice() {
+                        only.payload.clone()
+                    } else {
+                        let bodies: Vec<serde_json::Value> = group
+                            .iter()
+                            .filter_map(|e| match serde_json::from_str(&e.payload) {
+                                Ok(v) => Some(v),
+                                Err(error) => {
+                                    tracing::error!(id = e.id, %error, "Queued notification is not JSON; left out of its group.");
+                                    None
+                                }
+                            })
+                            .collect();
+                        notifier.merge(&bodies, key).to_string()
+                    };
+                    (ids, payload, attempts)
+                }
+                None => (vec![entry.id], entry.payload.clone(), entry.attempts),
+            };
+            handled.extend(ids.iter().copied());
+            match notify::deliver(&self.client, notifier, &payload).await {
                 Ok(()) => {
-                    self.db.delivered(entry.id).await?;
+                    for id in &ids {
+                        self.db.delivered(*id).await?;
+                    }
                     delivered += 1;
                 }
                 Err(e) => {
-                    let delay = notify::backoff(entry.attempts);
+                    let delay = notify::backoff(attempts);
                     let next = now + i64::try_from(delay.as_nanos()).unwrap_or(i64::MAX);
-                    tracing::warn!(error = %e, attempts = entry.attempts + 1, retry_in = ?delay, "Notification not delivered; will retry.");
-                    self.db.retry_later(entry.id, next, &e.to_string()).await?;
+                    tracing::warn!(error = %e, attempts = attempts + 1, changes = ids.len(), retry_in = ?delay, "Notification not delivered; will retry.");
+                    for id in &ids {
+                        self.db.retry_later(*id, next, &e.to_string()).await?;
+                    }
                 }
             }
         }
@@ -357,6 +404,7 @@ mod tests {
             name: "ops".into(),
             url: "http://127.0.0.1:9/hook".into(),
             timeout: std::time::Duration::from_millis(200),
+            grouping: notify::Grouping::default(),
         }
     }
 
@@ -498,5 +546,152 @@ mod tests {
             .unwrap();
         assert!(alerting.db().list(None, 10).await.unwrap().is_empty());
         assert_eq!(alerting.db().outbox_len().await.unwrap(), 0);
+    }
+
+    /// A real HTTP receiver on 127.0.0.1 that answers 200 and hands over every request body.
+    async fn http_receiver() -> (String, tokio::sync::mpsc::Receiver<serde_json::Value>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut data = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let n = socket.read(&mut buf).await.unwrap();
+                        if n == 0 {
+                            return;
+                        }
+                        data.extend_from_slice(&buf[..n]);
+                        let text = String::from_utf8_lossy(&data).to_string();
+                        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                            continue;
+                        };
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse().ok())?
+                            })
+                            .unwrap_or(0);
+                        if body.len() < length {
+                            continue;
+                        }
+                        tx.send(serde_json::from_str(body).unwrap()).await.unwrap();
+                        socket
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                            .await
+                            .unwrap();
+                        return;
+                    }
+                });
+            }
+        });
+        (url, rx)
+    }
+
+    #[tokio::test]
+    async fn a_storm_of_state_changes_goes_out_as_one_notification_per_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, mut bodies) = http_receiver().await;
+        let wait = std::time::Duration::from_millis(600);
+        let webhook = Notifier::Webhook {
+            name: "ops".into(),
+            url,
+            timeout: std::time::Duration::from_secs(5),
+            grouping: notify::Grouping {
+                by: vec![notify::GroupLabel::Rule],
+                wait,
+            },
+        };
+        let mut cold = rule();
+        cold.name = "cold".into();
+        cold.condition = Condition::Below {
+            fire: 5.0,
+            clear: 10.0,
+        };
+        let alerting = Alerting::open(
+            &dir.path().join("a.db"),
+            vec![rule(), cold],
+            vec![webhook],
+            "http://x".into(),
+        )
+        .await
+        .unwrap();
+        alerting
+            .observe(
+                "hot",
+                &[
+                    obs("oven-1", 1, 85.0),
+                    obs("oven-2", 1, 90.0),
+                    obs("oven-3", 1, 95.0),
+                ],
+            )
+            .await
+            .unwrap();
+        alerting
+            .observe("cold", &[obs("freezer-1", 1, 1.0)])
+            .await
+            .unwrap();
+        // A change inside the open window joins it; one that fires and resolves inside it is
+        // sent once, in its latest state.
+        alerting
+            .observe("hot", &[obs("oven-4", 2, 99.0)])
+            .await
+            .unwrap();
+        alerting
+            .observe("hot", &[obs("oven-4", 3, 50.0)])
+            .await
+            .unwrap();
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), 6);
+        assert_eq!(alerting.deliver_due().await.unwrap(), 0, "the groups wait");
+        tokio::time::sleep(wait + std::time::Duration::from_millis(100)).await;
+        assert_eq!(alerting.deliver_due().await.unwrap(), 2, "one per rule");
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), 0);
+        let mut got = [bodies.recv().await.unwrap(), bodies.recv().await.unwrap()];
+        got.sort_by_key(|b| b["groupLabels"]["alertname"].as_str().unwrap().to_owned());
+        let (cold, hot) = (&got[0], &got[1]);
+        assert_eq!(cold["alerts"].as_array().unwrap().len(), 1);
+        assert_eq!(cold["groupKey"], "{}:{alertname=\"cold\"}");
+        let alerts = hot["alerts"].as_array().unwrap();
+        let devices: Vec<(&str, &str)> = alerts
+            .iter()
+            .map(|a| {
+                (
+                    a["labels"]["device"].as_str().unwrap(),
+                    a["status"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            devices,
+            [
+                ("oven-1", "firing"),
+                ("oven-2", "firing"),
+                ("oven-3", "firing"),
+                ("oven-4", "resolved")
+            ]
+        );
+        assert_eq!(hot["status"], "firing");
+        assert_eq!(hot["groupLabels"], serde_json::json!({"alertname": "hot"}));
+        assert_eq!(hot["commonLabels"]["alertname"], "hot");
+        assert_eq!(hot["commonLabels"]["severity"], "critical");
+        assert!(hot["commonLabels"].get("device").is_none(), "{hot}");
+        // The next change opens a new window.
+        alerting
+            .observe("hot", &[obs("oven-1", 4, 10.0)])
+            .await
+            .unwrap();
+        assert_eq!(alerting.deliver_due().await.unwrap(), 0);
+        tokio::time::sleep(wait + std::time::Duration::from_millis(100)).await;
+        assert_eq!(alerting.deliver_due().await.unwrap(), 1);
+        // A group of one goes out as the alert's own body.
+        let alone = bodies.recv().await.unwrap();
+        assert_eq!(alone["status"], "resolved");
+        assert_eq!(alone["alerts"].as_array().unwrap().len(), 1);
     }
 }

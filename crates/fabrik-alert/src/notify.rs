@@ -46,6 +46,76 @@ impl std::fmt::Debug for Publisher {
     }
 }
 
+/// A label that can make notification groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupLabel {
+    /// The rule (`alertname`).
+    Rule,
+    /// The key, usually a device.
+    Device,
+    /// The severity.
+    Severity,
+}
+
+impl GroupLabel {
+    /// Parses `rule` (or `alertname`), `device` or `severity`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "rule" | "alertname" => Some(Self::Rule),
+            "device" => Some(Self::Device),
+            "severity" => Some(Self::Severity),
+            _ => None,
+        }
+    }
+
+    /// Its name among Alertmanager labels.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Rule => "alertname",
+            Self::Device => "device",
+            Self::Severity => "severity",
+        }
+    }
+
+    fn value(self, alert: &Alert) -> &str {
+        match self {
+            Self::Rule => &alert.rule,
+            Self::Device => &alert.key,
+            Self::Severity => &alert.severity,
+        }
+    }
+}
+
+/// How a notifier groups alert state changes into one notification, as Alertmanager's
+/// `group_by` and `group_wait` do: the first change of a group waits `wait`, and every change
+/// of the same group that comes in meanwhile goes out with it. A storm (fifty pumps losing
+/// pressure after one power dip) becomes one notification instead of fifty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grouping {
+    /// The labels whose values make a group (none: one group per notifier).
+    pub by: Vec<GroupLabel>,
+    /// How long a group collects changes; zero: every change goes out on its own.
+    pub wait: Duration,
+}
+
+impl Grouping {
+    /// The group of `alert`: its group labels and their values as a JSON object (which
+    /// [`group_labels`] reads back).
+    pub fn key(&self, alert: &Alert) -> String {
+        let labels: BTreeMap<&str, &str> = self
+            .by
+            .iter()
+            .map(|l| (l.label(), l.value(alert)))
+            .collect();
+        serde_json::to_string(&labels).unwrap_or_default()
+    }
+}
+
+/// The group labels of a group key written by [`Grouping::key`].
+pub fn group_labels(group_key: &str) -> BTreeMap<String, String> {
+    serde_json::from_str(group_key).unwrap_or_default()
+}
+
 /// Where notifications go.
 #[derive(Debug, Clone)]
 pub enum Notifier {
@@ -57,6 +127,8 @@ pub enum Notifier {
         url: String,
         /// Per-request timeout.
         timeout: Duration,
+        /// Grouping of state changes.
+        grouping: Grouping,
     },
     /// An MQTT message per state change, on a topic built from the alert.
     Mqtt {
@@ -85,6 +157,8 @@ pub enum Notifier {
         to: Vec<String>,
         /// How long one submission may take.
         timeout: Duration,
+        /// Grouping of state changes.
+        grouping: Grouping,
     },
 }
 
@@ -93,6 +167,33 @@ impl Notifier {
     pub fn name(&self) -> &str {
         match self {
             Self::Webhook { name, .. } | Self::Mqtt { name, .. } | Self::Email { name, .. } => name,
+        }
+    }
+
+    /// Its grouping, if it groups (webhook and e-mail notifiers with a `group_wait`). MQTT
+    /// notifiers publish every change on its own: their topics carry one alert's state, which
+    /// a retained message keeps per device.
+    pub fn grouping(&self) -> Option<&Grouping> {
+        match self {
+            Self::Webhook { grouping, .. } | Self::Email { grouping, .. } => {
+                (!grouping.wait.is_zero()).then_some(grouping)
+            }
+            Self::Mqtt { .. } => None,
+        }
+    }
+
+    /// One notification for a group of queued payloads (each made by [`Notifier::payload`],
+    /// oldest first): an Alertmanager body with every alert of the group for webhooks, a
+    /// grouped [`alert_message`] list for e-mail. When one alert changed twice inside the
+    /// group's wait, only its latest state is sent.
+    pub fn merge(&self, payloads: &[serde_json::Value], group_key: &str) -> serde_json::Value {
+        let labels = group_labels(group_key);
+        match self {
+            Self::Webhook { .. } => merge_alertmanager(payloads, &labels),
+            Self::Mqtt { .. } | Self::Email { .. } => {
+                let alerts = latest_per_key(payloads.iter().cloned(), |m| m["id"].clone());
+                json!({"group": labels, "alerts": alerts})
+            }
         }
     }
 
@@ -161,14 +262,9 @@ pub fn expand_topic(template: &str, message: &serde_json::Value) -> String {
         .replace("{status}", &field("status"))
 }
 
-/// The RFC 5322 text of the e-mail for `message` (UTF-8 subject as an encoded word, body in
-/// base64 so any server takes it).
-pub fn email_text(message: &serde_json::Value, from: &str, to: &[String]) -> String {
-    use base64::Engine as _;
+/// The text about one alert in an e-mail: summary, fields, context, where to answer it.
+fn alert_text(message: &serde_json::Value) -> String {
     let text = |k: &str| message[k].as_str().unwrap_or("").to_owned();
-    let status = text("status").to_uppercase();
-    // Alert keys come from data: a line break in one must not start a new header.
-    let subject = format!("[{status}] {}", text("summary")).replace(['\r', '\n'], " ");
     let mut body = format!(
         "{}\n\nAlert:     {}\nRule:      {}\nDevice:    {}\nSeverity:  {}\nStarted:   {}\n",
         text("summary"),
@@ -198,6 +294,63 @@ pub fn email_text(message: &serde_json::Value, from: &str, to: &[String]) -> Str
         text("url"),
         text("id")
     ));
+    body
+}
+
+/// The RFC 5322 text of the e-mail for `message`: one alert ([`alert_message`]) or a group
+/// ([`Notifier::merge`]: `{"group": {...}, "alerts": [...]}`). UTF-8 subject as an encoded
+/// word, body in base64 so any server takes it.
+pub fn email_text(message: &serde_json::Value, from: &str, to: &[String]) -> String {
+    use base64::Engine as _;
+    let (subject, body, id, status) = match message["alerts"].as_array() {
+        Some(alerts) => {
+            let firing = alerts.iter().filter(|a| a["status"] == "firing").count();
+            let resolved = alerts.len() - firing;
+            let mut counts = Vec::new();
+            if firing > 0 {
+                counts.push(format!("FIRING:{firing}"));
+            }
+            if resolved > 0 {
+                counts.push(format!("RESOLVED:{resolved}"));
+            }
+            let group: Vec<String> = message["group"]
+                .as_object()
+                .map(|g| {
+                    g.values()
+                        .map(|v| v.as_str().unwrap_or("").to_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let what = if group.is_empty() {
+                "alerts".to_owned()
+            } else {
+                group.join(" ")
+            };
+            let subject = format!("[{}] {what}: {} alerts", counts.join(" "), alerts.len());
+            let mut body = format!("{} alert state changes, grouped:\n", alerts.len());
+            for a in alerts {
+                body.push_str(&format!(
+                    "  {:<9} {}\n",
+                    a["status"].as_str().unwrap_or("").to_uppercase(),
+                    a["summary"].as_str().unwrap_or("")
+                ));
+            }
+            for a in alerts {
+                body.push_str("\n----------------------------------------\n");
+                body.push_str(&alert_text(a));
+            }
+            let ids: Vec<&str> = alerts.iter().filter_map(|a| a["id"].as_str()).collect();
+            let status = if firing > 0 { "firing" } else { "resolved" };
+            (subject, body, ids.join(" "), status.to_owned())
+        }
+        None => {
+            let text = |k: &str| message[k].as_str().unwrap_or("").to_owned();
+            let subject = format!("[{}] {}", text("status").to_uppercase(), text("summary"));
+            (subject, alert_text(message), text("id"), text("status"))
+        }
+    };
+    // Alert keys come from data: a line break in one must not start a new header.
+    let subject = subject.replace(['\r', '\n'], " ");
     let encoded = base64::engine::general_purpose::STANDARD.encode(body.as_bytes());
     let mut wrapped = String::with_capacity(encoded.len() + encoded.len() / 76 * 2 + 2);
     for chunk in encoded.as_bytes().chunks(76) {
@@ -212,13 +365,14 @@ pub fn email_text(message: &serde_json::Value, from: &str, to: &[String]) -> Str
             base64::engine::general_purpose::STANDARD.encode(subject.as_bytes())
         )
     };
+    let header_safe = |v: &str| v.replace(['\r', '\n'], " ");
     format!(
         "From: {from}\r\nTo: {}\r\nSubject: {subject}\r\nDate: {}\r\nMessage-ID: <{}.{}@fabrik>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\nX-Fabrik-Alert: {}\r\n\r\n{wrapped}",
         to.join(", "),
         chrono::Utc::now().to_rfc2822(),
-        fingerprint(&text("id")),
-        text("status"),
-        text("id"),
+        fingerprint(&id),
+        header_safe(&status),
+        header_safe(&id),
     )
 }
 
@@ -258,6 +412,68 @@ pub fn alertmanager_payload(
     })
 }
 
+/// Keeps, for every key, only the last item with it, in the order of their first appearance.
+fn latest_per_key(
+    items: impl Iterator<Item = serde_json::Value>,
+    key: impl Fn(&serde_json::Value) -> serde_json::Value,
+) -> Vec<serde_json::Value> {
+    let mut order: Vec<serde_json::Value> = Vec::new();
+    let mut latest: Vec<serde_json::Value> = Vec::new();
+    for item in items {
+        let k = key(&item);
+        match order.iter().position(|o| *o == k) {
+            Some(i) => latest[i] = item,
+            None => {
+                order.push(k);
+                latest.push(item);
+            }
+        }
+    }
+    latest
+}
+
+/// The labels (or annotations) every alert shares with the same value.
+fn common(alerts: &[serde_json::Value], field: &str) -> serde_json::Map<String, serde_json::Value> {
+    let mut shared = alerts
+        .first()
+        .and_then(|a| a[field].as_object().cloned())
+        .unwrap_or_default();
+    for alert in alerts.iter().skip(1) {
+        shared.retain(|k, v| alert[field].get(k) == Some(v));
+    }
+    shared
+}
+
+/// The Alertmanager webhook (v4) body for a group: the alerts of all `payloads` (bodies of
+/// [`alertmanager_payload`]), the latest state per alert, the group's labels, and the labels
+/// and annotations all its alerts share.
+pub fn merge_alertmanager(
+    payloads: &[serde_json::Value],
+    group: &BTreeMap<String, String>,
+) -> serde_json::Value {
+    let alerts = latest_per_key(
+        payloads
+            .iter()
+            .flat_map(|p| p["alerts"].as_array().cloned().unwrap_or_default()),
+        |a| a["fingerprint"].clone(),
+    );
+    let firing = alerts.iter().any(|a| a["status"] == "firing");
+    let pairs: Vec<String> = group.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    let first = payloads.first().cloned().unwrap_or_default();
+    json!({
+        "version": "4",
+        "groupKey": format!("{{}}:{{{}}}", pairs.join(",")),
+        "truncatedAlerts": 0,
+        "status": if firing { "firing" } else { "resolved" },
+        "receiver": first["receiver"],
+        "groupLabels": group,
+        "commonLabels": common(&alerts, "labels"),
+        "commonAnnotations": common(&alerts, "annotations"),
+        "externalURL": first["externalURL"],
+        "alerts": alerts,
+    })
+}
+
 /// A short stable hash of the alert id (FNV-1a, hex), as Alertmanager's fingerprints are.
 fn fingerprint(id: &str) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -275,7 +491,9 @@ pub async fn deliver(
     payload: &str,
 ) -> Result<(), AlertError> {
     match notifier {
-        Notifier::Webhook { name, url, timeout } => {
+        Notifier::Webhook {
+            name, url, timeout, ..
+        } => {
             let response = client
                 .post(url)
                 .timeout(*timeout)
@@ -327,6 +545,7 @@ pub async fn deliver(
             from,
             to,
             timeout,
+            ..
         } => {
             let failed = |reason: String| AlertError::Delivery {
                 notifier: name.clone(),
@@ -448,6 +667,69 @@ mod tests {
         let text = email_text(&alert_message(&evil, "x"), "a@b.c", &["d@e.f".into()]);
         let headers = text.split_once("\r\n\r\n").unwrap().0;
         assert!(!headers.contains("\r\nBcc:"), "{headers}");
+    }
+
+    #[test]
+    fn a_grouped_email_lists_every_alert_once_in_its_latest_state() {
+        let grouping = Grouping {
+            by: vec![GroupLabel::Rule, GroupLabel::Severity],
+            wait: Duration::from_secs(30),
+        };
+        let mut other = alert(AlertState::Firing);
+        other.id = "pump-health~pump-07~1700000000000000000".into();
+        other.key = "pump-07".into();
+        let key = grouping.key(&other);
+        assert_eq!(key, r#"{"alertname":"pump-health","severity":"warning"}"#);
+        let email = Notifier::Email {
+            name: "mail".into(),
+            server: crate::smtp::SmtpServer::from_url("smtp://127.0.0.1:25").unwrap(),
+            from: "f@x.y".into(),
+            to: vec!["t@x.y".into()],
+            timeout: Duration::from_secs(1),
+            grouping: grouping.clone(),
+        };
+        assert!(email.grouping().is_some());
+        let queued = [
+            alert_message(&alert(AlertState::Firing), "http://f"),
+            alert_message(&other, "http://f"),
+            alert_message(&alert(AlertState::Resolved), "http://f"),
+        ];
+        let merged = email.merge(&queued, &key);
+        assert_eq!(merged["alerts"].as_array().unwrap().len(), 2, "{merged}");
+        assert_eq!(
+            merged["alerts"][0]["status"], "resolved",
+            "latest state wins"
+        );
+        let text = email_text(&merged, "f@x.y", &["t@x.y".into()]);
+        let (headers, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            headers.contains("Subject: [FIRING:1 RESOLVED:1] pump-health warning: 2 alerts"),
+            "{headers}"
+        );
+        use base64::Engine as _;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(body.replace("\r\n", ""))
+            .unwrap();
+        let decoded = String::from_utf8(decoded).unwrap();
+        assert!(
+            decoded.contains("RESOLVED  pump-health on pump-02"),
+            "{decoded}"
+        );
+        assert!(
+            decoded.contains("FIRING    pump-health on pump-07"),
+            "{decoded}"
+        );
+        assert!(decoded.contains("fabrik alert ack pump-health~pump-07~"));
+        // MQTT notifiers and a zero wait do not group.
+        let mut flat = grouping;
+        flat.wait = Duration::ZERO;
+        let webhook = Notifier::Webhook {
+            name: "w".into(),
+            url: "http://x".into(),
+            timeout: Duration::from_secs(1),
+            grouping: flat,
+        };
+        assert!(webhook.grouping().is_none());
     }
 
     #[test]

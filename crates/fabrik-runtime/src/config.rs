@@ -396,6 +396,18 @@ pub struct NotifierConfig {
     /// email with `smtp://`: require STARTTLS (turn off only for a relay on the same host).
     #[serde(default = "yes")]
     pub starttls: bool,
+    /// webhook and email: how long the first state change of a group waits for others to go
+    /// out with it in one notification (`0s`: every change on its own).
+    #[serde(default = "zero_seconds")]
+    pub group_wait: String,
+    /// webhook and email: the labels that make a group: `rule`, `device`, `severity` (none:
+    /// one group for everything).
+    #[serde(default = "group_by_rule")]
+    pub group_by: Vec<String>,
+}
+
+fn group_by_rule() -> Vec<String> {
+    vec!["rule".into()]
 }
 
 fn zero_seconds() -> String {
@@ -1190,6 +1202,8 @@ fn array_template(path: &str) -> Option<toml::Table> {
             from: Some(String::new()),
             to: Vec::new(),
             starttls: true,
+            group_wait: String::new(),
+            group_by: Vec::new(),
         })
         .ok();
     }

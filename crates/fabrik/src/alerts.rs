@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use datafusion::arrow::array::{Array, Float64Array, Int64Array, StringArray};
 use datafusion::arrow::datatypes::DataType;
+use fabrik_alert::notify::{GroupLabel, Grouping};
 use fabrik_alert::{Alerting, Condition, Notifier, Observation, Rule};
 use fabrik_connect::client::{ClientEvent, ClientOptions, ClientTls, MqttClient};
 use fabrik_connect::mqtt::broker::{Broker, Message};
@@ -172,7 +173,9 @@ fn plausible_address(a: &str) -> bool {
 }
 
 /// Checks one notifier; every problem with its field.
-fn check_notifier(n: &NotifierConfig) -> Result<(NotifierPlan, Duration), Vec<(String, String)>> {
+fn check_notifier(
+    n: &NotifierConfig,
+) -> Result<(NotifierPlan, Duration, Grouping), Vec<(String, String)>> {
     let mut problems: Vec<(String, String)> = Vec::new();
     let mut problem = |field: &str, message: String| problems.push((field.to_owned(), message));
     if !name_ok(&n.name) {
@@ -181,6 +184,27 @@ fn check_notifier(n: &NotifierConfig) -> Result<(NotifierPlan, Duration), Vec<(S
     let timeout = parse_duration(&n.timeout)
         .map_err(|e| problem("timeout", e))
         .ok();
+    let mut grouping = Grouping::default();
+    match parse_duration(&n.group_wait) {
+        Ok(wait) => grouping.wait = wait,
+        Err(e) => problem("group_wait", e),
+    }
+    for label in &n.group_by {
+        match GroupLabel::parse(label) {
+            Some(l) if !grouping.by.contains(&l) => grouping.by.push(l),
+            Some(_) => problem("group_by", format!("`{label}` is named twice")),
+            None => problem(
+                "group_by",
+                format!("`{label}`: expected rule, device or severity"),
+            ),
+        }
+    }
+    if n.kind == "mqtt" && !grouping.wait.is_zero() {
+        problem(
+            "group_wait",
+            "does not apply to kind = \"mqtt\" (its topics carry one alert's state each)".into(),
+        );
+    }
     let mqtt_only = [
         ("topic", n.topic.is_some()),
         ("retain", n.retain),
@@ -340,7 +364,7 @@ fn check_notifier(n: &NotifierConfig) -> Result<(NotifierPlan, Duration), Vec<(S
         }
     };
     match (plan, timeout) {
-        (Some(plan), Some(timeout)) if problems.is_empty() => Ok((plan, timeout)),
+        (Some(plan), Some(timeout)) if problems.is_empty() => Ok((plan, timeout, grouping)),
         _ => Err(problems),
     }
 }
@@ -391,7 +415,7 @@ fn build_notifier(
     broker: Option<&Arc<Broker>>,
     stop: &CancellationToken,
 ) -> Result<Notifier, String> {
-    let (plan, timeout) = check_notifier(n).map_err(|p| {
+    let (plan, timeout, grouping) = check_notifier(n).map_err(|p| {
         let (field, message) = p.into_iter().next().unwrap_or_default();
         format!("notifier `{}`: {field}: {message}", n.name)
     })?;
@@ -405,6 +429,7 @@ fn build_notifier(
             name: n.name.clone(),
             url: n.url.clone(),
             timeout,
+            grouping,
         },
         NotifierPlan::MqttEmbedded => {
             let broker = broker.ok_or_else(|| format!(
@@ -454,6 +479,7 @@ fn build_notifier(
             from: n.from.clone().unwrap_or_default(),
             to: n.to.clone(),
             timeout,
+            grouping,
         },
     })
 }
@@ -787,6 +813,17 @@ mod tests {
         embedded.password = Some("p".into());
         assert_eq!(fields(&embedded), vec!["password"]);
         assert_eq!(fields(&notifier("mqtt", "tcp://x:1")), vec!["url"]);
+        let mut grouped = notifier("mqtt", "");
+        grouped.group_wait = "30s".into();
+        assert_eq!(fields(&grouped), vec!["group_wait"]);
+        let mut grouped = notifier("webhook", "http://127.0.0.1:9093/hook");
+        grouped.group_wait = "30s".into();
+        grouped.group_by = vec!["device".into(), "site".into(), "device".into()];
+        assert_eq!(fields(&grouped), vec!["group_by", "group_by"]);
+        grouped.group_by = vec!["rule".into(), "severity".into()];
+        assert!(fields(&grouped).is_empty());
+        grouped.group_wait = "soon".into();
+        assert_eq!(fields(&grouped), vec!["group_wait"]);
 
         let mut mail = notifier("email", "smtp://mail.plant:587");
         assert_eq!(fields(&mail), vec!["from", "to"]);

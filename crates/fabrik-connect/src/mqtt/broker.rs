@@ -21,7 +21,7 @@ use super::persist::{
     self, BrokerSnapshot, SavedDelivery, SavedInflight, SavedMessage, SavedSession,
     SavedSubscription,
 };
-use super::subscriptions::{SubOptions, SubscriptionIndex};
+use super::subscriptions::{Availability, SubOptions, SubscriptionIndex};
 use super::topic;
 
 /// A message as the broker routes it.
@@ -390,23 +390,40 @@ impl Broker {
         }
         // One delivery per session: the highest QoS of its matching subscriptions.
         let mut targets: HashMap<Arc<str>, (SubOptions, Vec<NonZeroU32>)> = HashMap::new();
-        state
-            .index
-            .for_each_match(&message.topic, |client, options| {
-                if options.no_local && message.publisher.as_deref() == Some(&**client) {
-                    return;
+        let mut add = |client: &Arc<str>, options: &SubOptions| {
+            let entry = targets
+                .entry(client.clone())
+                .or_insert((*options, Vec::new()));
+            if options.qos > entry.0.qos {
+                entry.0.qos = options.qos;
+            }
+            entry.0.retain_as_published |= options.retain_as_published;
+            if let Some(id) = options.id {
+                entry.1.push(id);
+            }
+        };
+        let State {
+            sessions, index, ..
+        } = &mut *state;
+        index.for_each_match(&message.topic, |client, options| {
+            if !(options.no_local && message.publisher.as_deref() == Some(&**client)) {
+                add(client, options);
+            }
+        });
+        index.pick_shared(
+            &message.topic,
+            |client| match sessions.get(client) {
+                Some(s) if !s.may_not_read(&message.topic) => {
+                    if s.link.is_some() {
+                        Availability::Connected
+                    } else {
+                        Availability::Offline
+                    }
                 }
-                let entry = targets
-                    .entry(client.clone())
-                    .or_insert((*options, Vec::new()));
-                if options.qos > entry.0.qos {
-                    entry.0.qos = options.qos;
-                }
-                entry.0.retain_as_published |= options.retain_as_published;
-                if let Some(id) = options.id {
-                    entry.1.push(id);
-                }
-            });
+                _ => Availability::Unavailable,
+            },
+            &mut add,
+        );
         let mut delivered = 0;
         for (client, (options, ids)) in targets {
             let delivery = Delivery {
@@ -450,7 +467,9 @@ impl Broker {
             .insert(filter.to_owned(), options)
             .is_some();
         index.insert(filter, client_id, options);
-        if send_retained(existed) {
+        // Retained messages are not sent for shared subscriptions (MQTT 5 §4.8.2).
+        let shared = filter.starts_with("$share/");
+        if !shared && send_retained(existed) {
             for message in retained.values() {
                 if topic::matches(filter, &message.topic) && !session.may_not_read(&message.topic) {
                     let delivery = Delivery {
@@ -1014,6 +1033,53 @@ mod tests {
         assert_eq!(broker.publish(msg("x/y", 2, false, "p")), 1);
         let out = broker.take_outgoing(&a, att.link.generation, 10);
         assert_eq!(payloads(&out), vec![(Some(1), 2, "p".into())]);
+    }
+
+    #[test]
+    fn a_shared_group_prefers_connected_members_and_survives_a_snapshot() {
+        let broker = Broker::new(BrokerLimits::default());
+        let (a, b) = (id("a"), id("b"));
+        let keep = Some(Duration::from_secs(3600));
+        let att_a = broker.attach(&a, ClientIdentity::default(), true, keep, 10, Vec::new());
+        let att_b = broker.attach(&b, ClientIdentity::default(), true, keep, 10, Vec::new());
+        broker.publish(msg("jobs/old", 1, true, "retained"));
+        for c in [&a, &b] {
+            broker.subscribe(c, "$share/workers/jobs/+", sub(1), |_| true);
+        }
+        assert!(
+            broker
+                .take_outgoing(&a, att_a.link.generation, 10)
+                .is_empty(),
+            "no retained message for a shared subscription"
+        );
+        for i in 0..4 {
+            assert_eq!(broker.publish(msg(&format!("jobs/{i}"), 1, false, "j")), 1);
+        }
+        let to_a = broker.take_outgoing(&a, att_a.link.generation, 10).len();
+        let to_b = broker.take_outgoing(&b, att_b.link.generation, 10).len();
+        assert_eq!((to_a, to_b), (2, 2), "round robin");
+        // With `b` offline, everything goes to the connected `a`.
+        broker.detach(&b, att_b.link.generation);
+        for i in 0..3 {
+            broker.publish(msg(&format!("jobs/{i}"), 1, false, "j"));
+        }
+        assert_eq!(broker.take_outgoing(&a, att_a.link.generation, 10).len(), 3);
+        // Alone in the group and offline, `b` still queues what it is handed.
+        assert!(broker.unsubscribe(&a, "$share/workers/jobs/+"));
+        broker.publish(msg("jobs/9", 1, false, "for-b"));
+        let restored = Broker::new(BrokerLimits::default());
+        restored.restore(broker.snapshot()).unwrap();
+        let att_b = restored.attach(&b, ClientIdentity::default(), false, keep, 10, Vec::new());
+        let out = restored.take_outgoing(&b, att_b.link.generation, 10);
+        // (Packet id 3: the two handed to `b` earlier are still unacknowledged.)
+        assert_eq!(payloads(&out), vec![(Some(3), 1, "for-b".into())]);
+        restored.publish(msg("jobs/10", 0, false, "again"));
+        let out = restored.take_outgoing(&b, att_b.link.generation, 10);
+        assert_eq!(
+            payloads(&out),
+            vec![(None, 0, "again".into())],
+            "restored shared subscription routes"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! acknowledgements once the ingest path has stored a message, enforces keepalive and limits,
 //! and publishes the will when the connection ends without a DISCONNECT.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,8 +23,8 @@ use super::acl::{Acl, ClientIdentity};
 use super::broker::{Broker, Link, Message, Outgoing};
 use super::topic;
 use super::wire::{
-    ConnectInfo, ConnectRefusal, Inbound, PubResult, SubResult, Version, Will, Wire, connack,
-    connect_info, qos_of,
+    AliasUse, ConnectInfo, ConnectRefusal, Inbound, PubResult, SubResult, Version, Will, Wire,
+    connack, connect_info, qos_of,
 };
 use super::{ConnectRequest, Inbound as IngestMessage, MqttHooks, MqttLimits};
 
@@ -116,6 +117,10 @@ struct Conn<S> {
     pending_acks: FuturesOrdered<AckFuture>,
     rate: Option<RateLimit>,
     topic_aliases: Vec<Option<Arc<str>>>,
+    /// Topic aliases this connection assigned for messages to the client (MQTT 5).
+    outgoing_aliases: HashMap<Arc<str>, u16>,
+    /// How many the client accepts (its Topic Alias Maximum, capped by ours).
+    outgoing_alias_max: u16,
     peer: SocketAddr,
 }
 
@@ -200,6 +205,7 @@ pub(crate) async fn serve<S>(
     {
         codec.set_max_outbound_size(limit);
     }
+    let outgoing_alias_max = info.topic_alias_max.min(shared.limits.topic_alias_max);
     match accept(&mut framed, info, peer, cert_identity, &shared).await {
         Ok((conn_parts, will)) => {
             let (client_id, identity, link, keep_alive, session_present) = conn_parts;
@@ -216,6 +222,8 @@ pub(crate) async fn serve<S>(
                 pending_acks: FuturesOrdered::new(),
                 rate: RateLimit::new(shared.limits.max_message_rate),
                 topic_aliases: vec![None; usize::from(shared.limits.topic_alias_max)],
+                outgoing_aliases: HashMap::new(),
+                outgoing_alias_max,
                 peer,
             };
             metrics::gauge!("fabrik_mqtt_connections").increment(1.0);
@@ -357,7 +365,7 @@ where
             std::num::NonZeroU16::new(limits.receive_maximum).unwrap_or(std::num::NonZeroU16::MIN);
         ack.max_packet_size = Some(limits.max_packet_size);
         ack.topic_alias_max = limits.topic_alias_max;
-        ack.shared_subscription_available = false;
+        ack.shared_subscription_available = true;
         ack.assigned_client_id = assigned.map(Into::into);
         if info.session_expiry != expiry {
             ack.session_expiry_interval_secs =
@@ -551,18 +559,32 @@ where
     /// connection.
     async fn feed_outgoing(&mut self, out: Outgoing) -> Result<(), ()> {
         // `publish`: Some(packet id) for a PUBLISH (None inside for QoS 0), None for a PUBREL.
+        let mut assigned_alias = None;
         let (packet, publish) = match out {
             Outgoing::Publish {
                 packet_id,
                 delivery,
                 dup,
-            } => (
-                self.wire.publish(packet_id, &delivery, dup),
-                Some(packet_id),
-            ),
+            } => {
+                let alias = self.outgoing_alias(&delivery.message.topic);
+                if let Some((_, AliasUse::Set)) = alias {
+                    assigned_alias = Some(delivery.message.topic.clone());
+                }
+                (
+                    self.wire.publish(packet_id, &delivery, dup, alias),
+                    Some(packet_id),
+                )
+            }
             Outgoing::Release(id) => (self.wire.pubrel(id), None),
         };
-        match self.framed.feed(packet).await {
+        let fed = self.framed.feed(packet).await;
+        if fed.is_err()
+            && let Some(topic) = assigned_alias
+        {
+            // The client never learnt this alias.
+            self.outgoing_aliases.remove(&topic);
+        }
+        match fed {
             Ok(()) => {
                 if publish.is_some() {
                     self.shared.sent_counter.increment(1);
@@ -580,6 +602,27 @@ where
             }
             Err(_) => Err(()),
         }
+    }
+
+    /// The server topic alias for a message to the client: the one this connection assigned to
+    /// the topic earlier, or a new one while the client accepts more. Aliases live as long as
+    /// the network connection (MQTT 5 §3.3.2.3.4), so a resumed session starts without any.
+    fn outgoing_alias(&mut self, topic: &Arc<str>) -> Option<(u16, AliasUse)> {
+        if self.outgoing_alias_max == 0 {
+            return None;
+        }
+        if let Some(&alias) = self.outgoing_aliases.get(topic) {
+            return Some((alias, AliasUse::Reuse));
+        }
+        let taken = self.outgoing_aliases.len();
+        if taken >= usize::from(self.outgoing_alias_max) {
+            return None;
+        }
+        // Aliases are handed out 1, 2, ... and only the newest is ever taken back (when the
+        // PUBLISH that set it could not be sent), so those in use are always 1..=taken.
+        let alias = u16::try_from(taken + 1).ok()?;
+        self.outgoing_aliases.insert(topic.clone(), alias);
+        Some((alias, AliasUse::Set))
     }
 
     /// Writes what the session has due, as far as the client's in-flight window allows.
@@ -661,14 +704,26 @@ where
                 let mut results = Vec::with_capacity(filters.len());
                 let mut accepted = Vec::new();
                 for request in &filters {
-                    let result = if request.filter.starts_with("$share/") {
-                        SubResult::SharedNotSupported
-                    } else if topic::validate_filter(&request.filter).is_err() {
-                        SubResult::Invalid
-                    } else if !self
-                        .shared
-                        .acl
-                        .may_subscribe(&self.identity, &request.filter)
+                    // A shared subscription is authorised by the filter proper.
+                    let checked = match topic::split_shared(&request.filter) {
+                        Ok(Some((_, inner))) => {
+                            if request.no_local {
+                                return self
+                                    .violation(
+                                        Reason::ProtocolError,
+                                        "No Local set on a shared subscription",
+                                    )
+                                    .await;
+                            }
+                            Some(inner)
+                        }
+                        Ok(None) => topic::validate_filter(&request.filter)
+                            .ok()
+                            .map(|()| &*request.filter),
+                        Err(_) => None,
+                    };
+                    let result = if let Some(filter) = checked
+                        && !self.shared.acl.may_subscribe(&self.identity, filter)
                     {
                         metrics::counter!("fabrik_mqtt_subscribe_denied_total").increment(1);
                         tracing::info!(client_id = %self.client_id, filter = %request.filter, "MQTT subscribe denied by the ACLs.");
@@ -677,17 +732,18 @@ where
                         } else {
                             SubResult::NotAuthorized
                         }
+                    } else if checked.is_none() {
+                        SubResult::Invalid
                     } else {
                         accepted.push(request.clone());
                         SubResult::Granted(request.qos.min(2))
                     };
                     results.push(result);
                 }
-                // SUBACK goes before the retained messages the subscriptions bring.
-                self.framed
-                    .send(self.wire.suback(packet_id, &results))
-                    .await
-                    .map_err(|_| ())?;
+                // The subscriptions take effect before the SUBACK leaves, so a message
+                // published once the client has its SUBACK is never missed. The retained
+                // messages they bring are only queued here; the SUBACK is written first and
+                // they follow when the queue is flushed after this packet.
                 for request in accepted {
                     let options = super::subscriptions::SubOptions {
                         qos: request.qos.min(2),
@@ -703,6 +759,10 @@ where
                         |existed| handling == 0 || (handling == 1 && !existed),
                     );
                 }
+                self.framed
+                    .send(self.wire.suback(packet_id, &results))
+                    .await
+                    .map_err(|_| ())?;
             }
             Inbound::Unsubscribe { packet_id, filters } => {
                 let existed: Vec<bool> = filters
@@ -752,9 +812,13 @@ where
                 }));
             }
             Inbound::Connect => {
-                return self
-                    .violation(Reason::ProtocolError, "second CONNECT on one connection")
-                    .await;
+                // [MQTT-3.1.0-2]: close the connection. No DISCONNECT: a client that sent a
+                // second CONNECT is reading for a CONNACK, and Paho's test client reads from
+                // two threads at that moment, which can tear a DISCONNECT apart (its reason
+                // code 0x82 then reads as a continued length byte) and leave it spinning.
+                tracing::info!(client_id = %self.client_id, peer = %self.peer, "MQTT client closed: second CONNECT on one connection.");
+                self.linger().await;
+                return Ok(Some(Ended::Violation));
             }
             Inbound::Unexpected(what) => {
                 let text = format!("{what} is not a packet a client sends here");

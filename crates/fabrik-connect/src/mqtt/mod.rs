@@ -101,7 +101,8 @@ pub struct MqttLimits {
     pub connect_timeout: Duration,
     /// Longest a disconnected session is kept.
     pub max_session_expiry: Duration,
-    /// Topic aliases a client may set.
+    /// Topic aliases a client may set, and at most as many the broker assigns for messages to
+    /// a client that accepts them.
     pub topic_alias_max: u16,
     /// Longest keepalive (seconds) an MQTT 5 client may use; a longer one (or none) is
     /// replaced by this value, announced as Server Keep Alive in CONNACK. 0: the client's own.

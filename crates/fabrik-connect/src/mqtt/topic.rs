@@ -58,6 +58,27 @@ pub fn validate_filter(filter: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// Splits a shared-subscription filter `$share/{group}/{filter}` (MQTT 5 §4.8.2) into its
+/// group name and the filter proper; `Ok(None)` for an ordinary filter. The group name must be
+/// a non-empty level without wildcards, and the filter proper must be valid.
+pub fn split_shared(filter: &str) -> Result<Option<(&str, &str)>, TopicError> {
+    let Some(rest) = filter.strip_prefix("$share/") else {
+        return Ok(None);
+    };
+    let Some((group, inner)) = rest.split_once('/') else {
+        return Err(TopicError(
+            "a shared subscription needs `$share/{group}/{filter}`",
+        ));
+    };
+    if group.is_empty() || group.contains(['+', '#']) {
+        return Err(TopicError(
+            "the group name of a shared subscription must be a non-empty level without `+` or `#`",
+        ));
+    }
+    validate_filter(inner)?;
+    Ok(Some((group, inner)))
+}
+
 /// True if `filter` matches the topic name `topic`. Filters starting with a wildcard do not
 /// match topics starting with `$` (MQTT 3.1.1 §4.7.2).
 pub fn matches(filter: &str, topic: &str) -> bool {
@@ -127,6 +148,17 @@ pub fn overlaps(a: &str, b: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_filters_split_into_group_and_filter() {
+        assert_eq!(split_shared("a/b"), Ok(None));
+        assert_eq!(split_shared("$share/g/a/+"), Ok(Some(("g", "a/+"))));
+        assert_eq!(split_shared("$share/g/#"), Ok(Some(("g", "#"))));
+        assert!(split_shared("$share/g").is_err());
+        assert!(split_shared("$share//a").is_err());
+        assert!(split_shared("$share/g+/a").is_err());
+        assert!(split_shared("$share/g/a#").is_err());
+    }
 
     #[test]
     fn names_and_filters_are_validated() {

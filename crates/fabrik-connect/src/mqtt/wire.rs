@@ -196,8 +196,15 @@ pub enum SubResult {
     Refused,
     /// Not a valid filter.
     Invalid,
-    /// `$share/...`: not supported.
-    SharedNotSupported,
+}
+
+/// How an outgoing PUBLISH uses a server-assigned topic alias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AliasUse {
+    /// First use on this connection: topic and alias together.
+    Set,
+    /// The client knows it: alias only, empty topic.
+    Reuse,
 }
 
 /// Outcome of a PUBLISH, for its acknowledgement.
@@ -221,13 +228,23 @@ fn pid(id: u16) -> NonZeroU16 {
 
 impl Wire {
     /// PUBLISH of a delivery.
-    pub fn publish(self, packet_id: Option<u16>, delivery: &Delivery, dup: bool) -> MqttPacket {
+    /// PUBLISH of a delivery. `alias` (MQTT 5 only) is the topic alias to send: with
+    /// `AliasUse::Set` the topic goes along and the client learns the alias, with
+    /// `AliasUse::Reuse` the topic is left empty.
+    pub fn publish(
+        self,
+        packet_id: Option<u16>,
+        delivery: &Delivery,
+        dup: bool,
+        alias: Option<(u16, AliasUse)>,
+    ) -> MqttPacket {
         let message = &delivery.message;
+        let alias = alias.filter(|_| self.0 == Version::V5);
         let properties = match self.0 {
             Version::V3 => None,
             Version::V5 => {
                 let mut props = message.properties.clone().unwrap_or_default();
-                props.topic_alias = None;
+                props.topic_alias = alias.and_then(|(a, _)| NonZeroU16::new(a));
                 props.subscription_ids = delivery.subscription_ids.clone();
                 if let Some(at) = message.expires_at {
                     let left = at.saturating_duration_since(Instant::now()).as_secs();
@@ -241,7 +258,10 @@ impl Wire {
             dup,
             retain: delivery.retain,
             qos: qos_of(delivery.qos),
-            topic: ByteString::from(&*message.topic),
+            topic: match alias {
+                Some((_, AliasUse::Reuse)) => ByteString::new(),
+                _ => ByteString::from(&*message.topic),
+            },
             packet_id: packet_id.map(pid),
             payload: message.payload.clone(),
             properties,
@@ -338,9 +358,6 @@ impl Wire {
                         SubResult::NotAuthorized => v5::SubscribeAckReason::NotAuthorized,
                         SubResult::Refused => v5::SubscribeAckReason::UnspecifiedError,
                         SubResult::Invalid => v5::SubscribeAckReason::TopicFilterInvalid,
-                        SubResult::SharedNotSupported => {
-                            v5::SubscribeAckReason::SharedSubscriptionNotSupported
-                        }
                     })
                     .collect(),
             })),
@@ -474,7 +491,9 @@ pub struct ConnectInfo {
     pub receive_max: u16,
     /// Largest packet the client accepts.
     pub max_packet_size: Option<u32>,
-    /// Topic aliases the client accepts from us (we send none).
+    /// Topic aliases the client accepts from us (MQTT 5 Topic Alias Maximum; 0: none).
+    pub topic_alias_max: u16,
+    /// The last will, if any.
     pub will: Option<Will>,
 }
 
@@ -513,6 +532,7 @@ pub fn connect_info(packet: MqttPacket) -> Option<ConnectInfo> {
             },
             receive_max: 65_535,
             max_packet_size: None,
+            topic_alias_max: 0,
             will: c.last_will.map(|w| Will {
                 topic: w.topic.to_string(),
                 payload: w.message,
@@ -535,6 +555,7 @@ pub fn connect_info(packet: MqttPacket) -> Option<ConnectInfo> {
             },
             receive_max: c.receive_max.map(NonZeroU16::get).unwrap_or(65_535),
             max_packet_size: c.max_packet_size.map(NonZeroU32::get),
+            topic_alias_max: c.topic_alias_max,
             will: c.last_will.map(|w| Will {
                 topic: w.topic.to_string(),
                 payload: w.message,

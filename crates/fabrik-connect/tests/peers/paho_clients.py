@@ -9,7 +9,8 @@ No pytest: each named scenario runs for MQTT 3.1.1 and 5.0, prints one line per 
         --mqtts 127.0.0.1:P --ca <data_dir>/tls/mqtt-cert.pem --certs DIR \
         --device pump-1:TOKEN --device pump-2:TOKEN  SCENARIO...
 
-Scenarios: qos0 qos1 qos2 retained will session qos2-delivery qos2-resume tls mtls (or "all-plain" =
+Scenarios: qos0 qos1 qos2 retained will session qos2-delivery qos2-resume tls mtls shared
+topic-alias (or "all-plain" =
 every scenario but mtls). The first --device is the device under test ("A"); mtls also needs a
 second one ("B") and a Fabrik started with mqtt.tls_client_ca = DIR/ca.pem. Devices given
 without ":TOKEN" are registered through the API (type "pump").
@@ -197,16 +198,20 @@ class Peer:
         self.disconnect_rc = rc
         self.disconnected.set()
 
-    def connect(self, addr: str, *, session_expiry: int | None = None, timeout: float = WAIT):
+    def connect(self, addr: str, *, session_expiry: int | None = None,
+                topic_alias_max: int | None = None, timeout: float = WAIT):
         """Connects; returns None on success or a string saying why it failed."""
         host, port = hostport(addr)
         props = None
         kwargs = {}
         if self.version == mqtt.MQTTv5:
             kwargs["clean_start"] = self.clean
-            if session_expiry is not None:
+            if session_expiry is not None or topic_alias_max is not None:
                 props = Properties(PacketTypes.CONNECT)
+            if session_expiry is not None:
                 props.SessionExpiryInterval = session_expiry
+            if topic_alias_max is not None:
+                props.TopicAliasMaximum = topic_alias_max
         try:
             self.c.connect(host, port, keepalive=30, properties=props, **kwargs)
         except (ssl.SSLError, OSError) as e:
@@ -233,12 +238,16 @@ class Peer:
             raise CheckFailed(f"{self.name} could not connect to {addr}: {why}")
         return self
 
-    def subscribe(self, topic: str, qos: int):
+    def subscribe_result(self, topic: str, qos: int):
+        """Subscribes and returns the SUBACK's reason codes, whatever they are."""
         self.c.subscribe(topic, qos)
         try:
-            rcs = self.subacks.get(timeout=WAIT)
+            return self.subacks.get(timeout=WAIT)
         except queue.Empty:
             raise CheckFailed(f"{self.name}: no SUBACK for {topic}")
+
+    def subscribe(self, topic: str, qos: int):
+        rcs = self.subscribe_result(topic, qos)
         if any(rc.is_failure for rc in rcs) or rcs[0].value != qos:
             raise CheckFailed(f"{self.name}: SUBACK for {topic} at QoS {qos} was {rcs}")
 
@@ -642,6 +651,84 @@ def sc_mtls(ctx, ver):
     check(why is not None, f"certificate signed by another CA is refused ({why})")
 
 
+def sc_shared(ctx, ver):
+    """Two connections of one device (a redundant gateway pair, say) share its command
+    stream: each command reaches exactly one of them, both take turns, retained commands are
+    not replayed to the group, and the ACLs judge the filter inside `$share/{group}/`."""
+    did, _ = ctx.dev
+    addr = ctx.need("--mqtt", ctx.args.mqtt)
+    group = f"$share/gw-{uuid.uuid4().hex[:6]}/devices/{did}/cmd/#"
+    cmd = ctx.commander(ver).must_connect(addr)
+    retained_topic = f"devices/{did}/cmd/shared-retained"
+    cmd.publish(retained_topic, b"old", 1, retain=True)
+    a = ctx.device(ver, "-sha").must_connect(addr)
+    b = ctx.device(ver, "-shb").must_connect(addr)
+    try:
+        a.subscribe(group, 1)
+        b.subscribe(group, 1)
+        ok(f"two connections subscribed to {group}")
+        replayed = a.drain(0.5) + b.drain(0.5)
+        check(not replayed, f"no retained message for a shared subscription (got {len(replayed)})")
+        sent = [f"s-{i}-{uuid.uuid4().hex[:6]}".encode() for i in range(10)]
+        for i, p in enumerate(sent):
+            cmd.publish(f"devices/{did}/cmd/job/{i}", p, 1)
+        got_a = [m.payload for m in a.drain(2.0)]
+        got_b = [m.payload for m in b.drain(0.5)]
+        check(sorted(got_a + got_b) == sorted(sent),
+              f"each of 10 commands reached exactly one member (a {len(got_a)}, b {len(got_b)})")
+        check(got_a and got_b, f"both members took turns (a {len(got_a)}, b {len(got_b)})")
+        other = "someone-else"
+        rcs = a.subscribe_result(f"$share/gw/devices/{other}/cmd/#", 1)
+        check(rcs[0].is_failure,
+              f"a shared subscription to another device's commands is refused ({rcs[0]})")
+        rcs = a.subscribe_result("$share/gw", 1)
+        check(rcs[0].is_failure, f"a malformed shared filter is refused ({rcs[0]})")
+    finally:
+        a.disconnect()
+        b.disconnect()
+        cmd.publish(retained_topic, b"", 1, retain=True)
+        cmd.disconnect()
+
+
+def sc_topic_alias(ctx, ver):
+    """MQTT 5 server topic aliases: a client that accepts N aliases gets the topic once with
+    an alias, then the alias alone; topics beyond N go in full; a client that accepts none
+    gets none."""
+    if ver != mqtt.MQTTv5:
+        ok("topic aliases are MQTT 5 only: nothing to check for 3.1.1")
+        return
+    did, _ = ctx.dev
+    addr = ctx.need("--mqtt", ctx.args.mqtt)
+    dev = ctx.device(ver, "-alias").must_connect(addr, topic_alias_max=2)
+    plain = ctx.device(ver, "-noalias").must_connect(addr)
+    cmd = ctx.commander(ver).must_connect(addr)
+    try:
+        dev.subscribe(f"devices/{did}/cmd/#", 1)
+        plain.subscribe(f"devices/{did}/cmd/#", 1)
+        topics = [f"devices/{did}/cmd/{t}" for t in ("a", "a", "b", "a", "c", "b", "c")]
+        for i, t in enumerate(topics):
+            cmd.publish(t, f"m{i}".encode(), 1)
+        got = dev.drain(2.0)
+        check([m.payload for m in got] == [f"m{i}".encode() for i in range(len(topics))],
+              f"all {len(topics)} messages arrived in order")
+        seen = []
+        for m in got:
+            alias = getattr(m.properties, "TopicAlias", None)
+            seen.append((m.topic, alias))
+        a, b, c = (f"devices/{did}/cmd/{t}" for t in "abc")
+        want = [(a, 1), ("", 1), (b, 2), ("", 1), (c, None), ("", 2), (c, None)]
+        check(seen == want, f"topics and aliases as expected: {seen}")
+        ok("first use sends topic + alias, later ones the alias alone, none beyond the maximum")
+        plain_seen = [(m.topic, getattr(m.properties, "TopicAlias", None))
+                      for m in plain.drain(1.0)]
+        check(plain_seen == [(t, None) for t in topics],
+              f"a client without Topic Alias Maximum gets full topics and no alias: {plain_seen}")
+    finally:
+        dev.disconnect()
+        plain.disconnect()
+        cmd.disconnect()
+
+
 SCENARIOS = {
     "qos0": sc_qos0,
     "qos1": sc_qos1,
@@ -653,6 +740,8 @@ SCENARIOS = {
     "qos2-resume": sc_qos2_resume,
     "tls": sc_tls,
     "mtls": sc_mtls,
+    "shared": sc_shared,
+    "topic-alias": sc_topic_alias,
 }
 GROUPS = {"all-plain": [s for s in SCENARIOS if s != "mtls"]}
 
