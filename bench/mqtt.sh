@@ -25,7 +25,7 @@ rss_mib() { awk '/VmRSS/ {printf "%.1f", $2/1024}' /proc/$1/status; }
 
 hp=$(free_port); fp=$(free_port); mp=$(free_port)
 FABRIK__STORE__DATA_DIR=$work/data FABRIK__HTTP__LISTEN=127.0.0.1:$hp FABRIK__MQTT__LISTEN=127.0.0.1:$fp \
-FABRIK__AUTH__ADMIN_TOKEN=$token FABRIK__MQTT__MAX_CONNECTIONS=$((idle + conns + 100)) \
+FABRIK__AUTH__ADMIN_TOKEN=$token FABRIK__MQTT__MAX_CONNECTIONS=$((idle + conns + 100)) FABRIK__MQTT__MAX_QUEUED_MESSAGES=100000 \
 FABRIK__LOG__LEVEL=warn "$bin" run > "$work/fabrik.log" 2>&1 &
 fpid=$!
 printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\n' "$mp" > "$work/mosquitto.conf"

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::FuturesOrdered;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use rmqtt_codec::types::Publish;
 use rmqtt_codec::{MqttCodec, MqttPacket, v3, v5, version::ProtocolVersion};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -127,6 +127,8 @@ struct Conn<S> {
 /// Serves one accepted connection until it ends.
 /// Initial read and write buffer of a connection.
 const IDLE_BUFFER: usize = 256;
+/// Read buffer of a connection that sends bursts of packets.
+const BUSY_BUFFER: usize = 8192;
 
 pub(crate) async fn serve<S>(
     stream: S,
@@ -492,15 +494,26 @@ where
                     self.goodbye(Reason::SessionTakenOver, "another connection took over the session").await;
                     return Ended::TakenOver;
                 }
-                Some((qos2, id, result)) = self.pending_acks.next(), if !self.pending_acks.is_empty() => {
-                    // A PUBACK ends a QoS 1 exchange, and so does a PUBREC with an error code;
-                    // a successful PUBREC keeps the QoS 2 message counted against the receive
-                    // maximum until its PUBREL arrives (MQTT 5 §4.9).
-                    if !qos2 || result != PubResult::Success {
-                        self.unacked_inbound = self.unacked_inbound.saturating_sub(1);
+                Some(first) = self.pending_acks.next(), if !self.pending_acks.is_empty() => {
+                    // One store write usually completes several of this client's messages:
+                    // their acknowledgements go out in one write, not one syscall each.
+                    let mut ack = Some(first);
+                    while let Some((qos2, id, result)) = ack {
+                        // A PUBACK ends a QoS 1 exchange, and so does a PUBREC with an error
+                        // code; a successful PUBREC keeps the QoS 2 message counted against the
+                        // receive maximum until its PUBREL arrives (MQTT 5 §4.9).
+                        if !qos2 || result != PubResult::Success {
+                            self.unacked_inbound = self.unacked_inbound.saturating_sub(1);
+                        }
+                        let packet = if qos2 { self.wire.pubrec(id, result) } else { self.wire.puback(id, result) };
+                        if self.framed.feed(packet).await.is_err() {
+                            return Ended::Lost;
+                        }
+                        // Polled again with the task's waker at the top of the loop, so a
+                        // completion after this check is not missed.
+                        ack = self.pending_acks.next().now_or_never().flatten();
                     }
-                    let packet = if qos2 { self.wire.pubrec(id, result) } else { self.wire.puback(id, result) };
-                    if self.framed.send(packet).await.is_err() {
+                    if self.framed.flush().await.is_err() {
                         return Ended::Lost;
                     }
                     continue;
@@ -529,11 +542,29 @@ where
                     }
                     Some(Ok((packet, _))) => packet,
                 };
+                // More bytes already buffered behind this packet: the client sends bursts, so
+                // it gets a larger read buffer (one read per burst instead of one per 256
+                // bytes). A device that sends now and then keeps the small one.
+                let buffered = self.framed.read_buffer();
+                if !buffered.is_empty() && buffered.capacity() < BUSY_BUFFER {
+                    self.framed.read_buffer_mut().reserve(BUSY_BUFFER);
+                }
                 self.last_received = Instant::now();
-                match self.handle(Inbound::from_packet(packet)).await {
+                let inbound = Inbound::from_packet(packet);
+                // Only an acknowledgement of ours can open the in-flight window; anything
+                // queued for this session rings `notify`. So a publishing device does not
+                // take the broker's lock after every packet just to find nothing due.
+                let opens_window = matches!(
+                    inbound,
+                    Inbound::PubAck(_) | Inbound::PubRec(_) | Inbound::PubComp(_)
+                );
+                match self.handle(inbound).await {
                     Ok(None) => {}
                     Ok(Some(ended)) => return ended,
                     Err(()) => return Ended::Lost,
+                }
+                if !opens_window {
+                    continue;
                 }
             }
             if self.flush_due().await.is_err() {
