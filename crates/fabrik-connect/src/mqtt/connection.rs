@@ -481,6 +481,8 @@ where
         }
         loop {
             let deadline = self.keep_alive.map(|k| self.last_received + k);
+            // An empty read buffer means the next frame comes from a fresh socket read.
+            let fresh_read = self.framed.read_buffer().is_empty();
             let shutdown = self.shared.shutdown.clone();
             let kicked = self.link.kicked.clone();
             let notify = self.link.notify.clone();
@@ -551,6 +553,14 @@ where
                 }
                 self.last_received = Instant::now();
                 let inbound = Inbound::from_packet(packet);
+                if fresh_read && matches!(inbound, Inbound::Publish(_)) {
+                    // Tokio runs the most recently woken task first (its LIFO slot), so of two
+                    // connections whose packets arrived together the later one would be handled
+                    // first: a PUBLISH could overtake another client's SUBSCRIBE sent just
+                    // before it, and miss it. Yielding once per read lets connections woken
+                    // together be handled closer to arrival order, at one extra poll per read.
+                    tokio::task::yield_now().await;
+                }
                 // Only an acknowledgement of ours can open the in-flight window; anything
                 // queued for this session rings `notify`. So a publishing device does not
                 // take the broker's lock after every packet just to find nothing due.
