@@ -24,7 +24,7 @@ use super::broker::{Broker, Link, Message, Outgoing};
 use super::topic;
 use super::wire::{
     AliasUse, ConnectInfo, ConnectRefusal, Inbound, PubResult, SubResult, Version, Will, Wire,
-    connack, connect_info, qos_of,
+    connack, connect_info,
 };
 use super::{ConnectRequest, Inbound as IngestMessage, MqttHooks, MqttLimits};
 
@@ -982,7 +982,6 @@ where
                 (qos == 2, id, result)
             }));
         }
-        let _ = qos_of;
         Ok(None)
     }
 }
