@@ -44,31 +44,39 @@ QUERIES=(
   "daily-driving-duration|$Q_DAILY_SQL|$Q_DAILY_IQL"
 )
 
-fabrik_query() { # sql → prints rows returned
-  curl -fsS -H "Authorization: Bearer bench-token" -H 'Content-Type: application/json' \
-    --data-binary "$(python3 -c 'import json,sys; print(json.dumps({"sql": sys.argv[1]}))' "$1")" \
-    "$FABRIK_URL/api/v1/query" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(len(d["rows"]) if isinstance(d,dict) else len(d))'
+# Each system is asked over HTTP with curl; a run's latency is curl's own time_total for the
+# request (connect, query, full response), so no client-side JSON work or interpreter start-up
+# is counted for either system. Rows are counted once, outside the timed runs.
+fabrik_body() { python3 -c 'import json,sys; print(json.dumps({"sql": sys.argv[1]}))' "$1"; }
+fabrik_request() { # sql → curl arguments (after the output and format options)
+  printf '%s\n' -H "Authorization: Bearer bench-token" -H 'Content-Type: application/json' \
+    --data-binary "$(fabrik_body "$1")" "$FABRIK_URL/api/v1/query"
 }
-influx_query() { # influxql → prints rows returned
-  curl -fsS -G "$INFLUX_URL/query" --data-urlencode "db=bench" --data-urlencode "epoch=ns" --data-urlencode "q=$1" |
-    python3 -c 'import json,sys; d=json.load(sys.stdin); r=d["results"][0]
+fabrik_rows() {
+  python3 -c 'import json,sys; d=json.load(sys.stdin); print(len(d["rows"]) if isinstance(d,dict) else len(d))'
+}
+influx_request() {
+  printf '%s\n' -G "$INFLUX_URL/query" --data-urlencode "db=bench" --data-urlencode "epoch=ns" \
+    --data-urlencode "q=$1"
+}
+influx_rows() {
+  python3 -c 'import json,sys; d=json.load(sys.stdin); r=d["results"][0]
 if "error" in r: sys.exit("InfluxDB: "+r["error"])
 print(sum(len(s["values"]) for s in r.get("series",[])))'
 }
 
-# time_runs fn query → "median_ms best_ms rows"
+# time_runs system query → "median_ms best_ms rows"
 time_runs() {
-  local fn=$1 q=$2 rows times=()
-  rows=$("$fn" "$q") || { echo "query failed: $q" >&2; exit 1; }
+  local system=$1 q=$2 rows times=() args
+  mapfile -t args < <("${system}_request" "$q")
+  rows=$(curl -fsS "${args[@]}" | "${system}_rows") || { echo "query failed: $q" >&2; exit 1; }
   for _ in $(seq 1 "$RUNS"); do
-    local t0 t1
-    t0=$(date +%s%N); "$fn" "$q" >/dev/null; t1=$(date +%s%N)
-    times+=($(((t1 - t0) / 1000)))
+    times+=("$(curl -fsS -o /dev/null -w '%{time_total}' "${args[@]}")")
   done
   python3 - "$rows" "${times[@]}" <<'PY'
 import statistics, sys
-rows = sys.argv[1]; us = sorted(int(x) for x in sys.argv[2:])
-print(f"{statistics.median(us)/1000:.1f} {us[0]/1000:.1f} {rows}")
+rows = sys.argv[1]; s = sorted(float(x) for x in sys.argv[2:])
+print(f"{statistics.median(s)*1000:.1f} {s[0]*1000:.1f} {rows}")
 PY
 }
 
@@ -84,7 +92,7 @@ curl -fsS -XPOST -H "Authorization: Bearer bench-token" "$FABRIK_URL/api/v1/admi
 curl -fsS -XPOST -H "Authorization: Bearer bench-token" "$FABRIK_URL/api/v1/admin/compact" >/dev/null
 for entry in "${QUERIES[@]}"; do
   IFS='|' read -r name sql _ <<<"$entry"
-  FAB[$name]=$(time_runs fabrik_query "$sql")
+  FAB[$name]=$(time_runs fabrik "$sql")
 done
 stop_pid "$FABRIK_PID"
 
@@ -92,7 +100,7 @@ start_influx "$WORK/influx" "$(free_port)"
 load "$INFLUX_URL" "/write?db=bench" --no-auth
 for entry in "${QUERIES[@]}"; do
   IFS='|' read -r name _ influxql <<<"$entry"
-  INF[$name]=$(time_runs influx_query "$influxql")
+  INF[$name]=$(time_runs influx "$influxql")
 done
 stop_pid "$INFLUX_PID"
 

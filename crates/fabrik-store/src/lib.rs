@@ -16,6 +16,7 @@
 pub mod batch;
 pub mod buffer;
 pub mod error;
+mod last_rows;
 pub mod manifest;
 pub mod query;
 pub mod schema;
@@ -183,7 +184,14 @@ pub(crate) struct Shared {
     buffer: Mutex<Buffer>,
     objects: Objects,
     flush_wanted: Notify,
+    /// Per table and segment path, the last row of each series in that segment file
+    /// ([`last_rows`]); segment files never change, so an entry stays valid while the file lives.
+    last_rows_cache: LastRowsCache,
 }
+
+type LastRowsCache = Mutex<
+    std::collections::HashMap<Arc<str>, std::collections::HashMap<String, Option<RecordBatch>>>,
+>;
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -227,15 +235,30 @@ impl Shared {
     }
 }
 
+/// The distinct tables of a WAL record's chunks (usually one or two).
+fn applied_tables(chunks: &[WriteChunk]) -> Vec<Arc<str>> {
+    let mut tables: Vec<Arc<str>> = Vec::new();
+    for chunk in chunks {
+        if !tables.contains(&chunk.table) {
+            tables.push(chunk.table.clone());
+        }
+    }
+    tables
+}
+
 struct Sink(Arc<Shared>);
 
 impl WalSink for Sink {
     fn apply(&self, seq: u64, chunks: Vec<WriteChunk>) {
+        let tables = applied_tables(&chunks);
         let bytes = {
             let mut buffer = self.0.buffer.lock();
             buffer.apply(seq, chunks);
             buffer.bytes
         };
+        for table in &tables {
+            self.0.catalog.mark_queryable(table);
+        }
         metrics::gauge!("fabrik_store_buffer_bytes").set(bytes as f64);
         if bytes as u64 >= self.0.options.flush_buffer_size {
             self.0.flush_wanted.notify_one();
@@ -339,6 +362,7 @@ impl Store {
             buffer: Mutex::new(Buffer::default()),
             objects: objects.clone(),
             flush_wanted: Notify::new(),
+            last_rows_cache: Mutex::default(),
         });
         let wal_dir = dir.join("wal");
         let started = Instant::now();
@@ -361,7 +385,11 @@ impl Store {
                             .collect();
                         shared.catalog.ensure(&chunk.table, &wanted)?;
                     }
+                    let tables = applied_tables(&chunks);
                     shared.buffer.lock().apply(seq, chunks);
+                    for table in &tables {
+                        shared.catalog.mark_queryable(table);
+                    }
                     Ok(())
                 })
             })
@@ -532,11 +560,13 @@ impl Store {
             .with_information_schema(true)
             .with_target_partitions(self.shared.options.query_threads.max(1));
         let ctx = SessionContext::new_with_config_rt(config, self.runtime_env.clone());
-        for table in self.shared.catalog.all() {
+        ctx.add_optimizer_rule(Arc::new(last_rows::LastRowsRule));
+        for table in self.shared.catalog.queryable() {
             let provider = FabrikTable {
                 name: table.name.clone(),
                 schema: table.arrow(),
                 shared: self.shared.clone(),
+                last_rows: false,
             };
             ctx.register_table(
                 datafusion::common::TableReference::bare(table.name.as_ref()),
@@ -588,7 +618,7 @@ impl Store {
         let mut out: Vec<TableInfo> = self
             .shared
             .catalog
-            .all()
+            .queryable()
             .iter()
             .map(|t| TableInfo {
                 name: t.name.to_string(),

@@ -4,7 +4,7 @@
 //! with a type other than its first one is rejected. The kind of a column travels in its Arrow
 //! field metadata (`fabrik.kind`), so WAL records and Parquet files describe themselves.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -214,9 +214,15 @@ pub fn check_column(existing: Option<&Column>, name: &str, kind: ColumnKind) -> 
 }
 
 /// All tables' schemas.
+///
+/// A write registers its table before its WAL batch is fsynced (so concurrent writes agree on
+/// column types), but a table becomes visible to queries only once rows of it are in the
+/// buffer or on disk. Otherwise a reader could see the new table empty, conclude that nothing
+/// was written up to now and move its cursor past rows that were about to land.
 #[derive(Debug, Default)]
 pub struct Catalog {
     tables: RwLock<HashMap<Arc<str>, Arc<TableSchema>>>,
+    queryable: RwLock<HashSet<Arc<str>>>,
 }
 
 impl Catalog {
@@ -228,10 +234,31 @@ impl Catalog {
                 let name: Arc<str> = name.into();
                 (name.clone(), Arc::new(TableSchema::new(name, id, columns)))
             })
-            .collect();
+            .collect::<HashMap<_, _>>();
+        let queryable = map.keys().cloned().collect();
         Self {
             tables: RwLock::new(map),
+            queryable: RwLock::new(queryable),
         }
+    }
+
+    /// Makes `table` visible to queries: call after its rows were applied.
+    pub fn mark_queryable(&self, table: &Arc<str>) {
+        if self.queryable.read().contains(table) {
+            return;
+        }
+        self.queryable.write().insert(table.clone());
+    }
+
+    /// The schemas of the tables that hold applied rows (what queries and listings see).
+    pub fn queryable(&self) -> Vec<Arc<TableSchema>> {
+        let visible = self.queryable.read();
+        self.tables
+            .read()
+            .iter()
+            .filter(|(name, _)| visible.contains(*name))
+            .map(|(_, schema)| schema.clone())
+            .collect()
     }
 
     /// A table's current schema.
@@ -299,6 +326,27 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_table_is_queryable_only_once_rows_of_it_were_applied() {
+        let catalog = Catalog::default();
+        let float = ColumnKind::Field(FieldType::Float);
+        catalog
+            .ensure("cpu", &[("usage", float, String::new())])
+            .expect("create");
+        assert!(catalog.get("cpu").is_some(), "registered for type checks");
+        assert!(catalog.queryable().is_empty(), "not yet visible");
+        catalog.mark_queryable(&Arc::from("cpu"));
+        let names: Vec<String> = catalog
+            .queryable()
+            .iter()
+            .map(|t| t.name.to_string())
+            .collect();
+        assert_eq!(names, ["cpu"]);
+        // Tables loaded from the manifest have data on disk.
+        let loaded = Catalog::from_tables([("mem".to_owned(), 1, Vec::new())]);
+        assert_eq!(loaded.queryable().len(), 1);
+    }
 
     #[test]
     fn tables_grow_and_reject_type_conflicts() {

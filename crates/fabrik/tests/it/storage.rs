@@ -62,6 +62,122 @@ async fn a_query_spans_segments_and_buffer_and_late_duplicates_keep_the_last_val
     s.shutdown().await;
 }
 
+/// The physical plan of `sql`, as one string.
+async fn physical_plan(s: &Server, sql: &str) -> String {
+    s.query(&format!("EXPLAIN {sql}"))
+        .await
+        .iter()
+        .map(|row| row["plan"].as_str().unwrap_or_default().to_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_values_per_series_come_from_last_rows_and_equal_a_full_scan() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut options = StoreOptions::new(dir.path());
+    options.partition = Duration::from_nanos(500);
+    let s = Server::with_options(options, 8 << 20).await;
+    let history: String = (0..1000)
+        .map(|i| {
+            format!(
+                "t,dev=d{},site=s{} v={i},w={} {}\n",
+                i % 5,
+                i % 5 % 2,
+                i * 2,
+                1_000 + i
+            )
+        })
+        .collect();
+    assert_eq!(s.write(&history).await.status(), 200);
+    assert_eq!(
+        s.post("/api/v1/admin/persist")
+            .send()
+            .await
+            .expect("persist")
+            .status(),
+        204
+    );
+    // d0's last persisted row is overwritten (same time, newer write); d1 moves on in a later
+    // segment; d2 moves on in the buffer; d3 and d4 stay as persisted.
+    let overwrite = "t,dev=d0,site=s0 v=-5,w=-10 1995\nt,dev=d1,site=s1 v=7777,w=1 2500\n";
+    assert_eq!(s.write(overwrite).await.status(), 200);
+    assert_eq!(
+        s.post("/api/v1/admin/persist")
+            .send()
+            .await
+            .expect("persist")
+            .status(),
+        204
+    );
+    assert_eq!(
+        s.write("t,dev=d2,site=s0 v=8888,w=2 2600\n").await.status(),
+        200
+    );
+
+    let latest = "SELECT dev, last_value(v ORDER BY time) AS v, max(time) AS t FROM t \
+                  GROUP BY dev ORDER BY dev";
+    let full_scan = "SELECT dev, last_value(v ORDER BY time) AS v, max(time) AS t FROM t \
+                     WHERE time >= arrow_cast(0, 'Timestamp(Nanosecond, None)') \
+                     GROUP BY dev ORDER BY dev";
+    assert!(
+        !physical_plan(&s, latest).await.contains("parquet"),
+        "rewritten to last rows"
+    );
+    assert!(
+        physical_plan(&s, full_scan).await.contains("parquet"),
+        "the filter keeps the scan"
+    );
+    let rows = s.query(latest).await;
+    assert_eq!(rows, s.query(full_scan).await);
+    let got: Vec<(String, f64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["dev"].as_str().expect("dev").to_owned(),
+                r["v"].as_f64().expect("v"),
+            )
+        })
+        .collect();
+    let expected = [
+        ("d0", -5.0),
+        ("d1", 7777.0),
+        ("d2", 8888.0),
+        ("d3", 998.0),
+        ("d4", 999.0),
+    ];
+    assert_eq!(
+        got,
+        expected
+            .iter()
+            .map(|(d, v)| ((*d).to_owned(), *v))
+            .collect::<Vec<_>>()
+    );
+    // Again, now from the cached per-segment rows; and grouped by a tag several series share.
+    assert_eq!(s.query(latest).await, rows);
+    let by_site = "SELECT site, last_value(w ORDER BY time) AS w, max(time) AS t FROM t \
+                   GROUP BY site ORDER BY site";
+    let by_site_full = "SELECT site, last_value(w ORDER BY time) AS w, max(time) AS t FROM t \
+                        WHERE time >= arrow_cast(0, 'Timestamp(Nanosecond, None)') \
+                        GROUP BY site ORDER BY site";
+    let sites = s.query(by_site).await;
+    assert_eq!(sites, s.query(by_site_full).await);
+    assert_eq!(sites.len(), 2);
+    // Aggregates the last rows cannot answer keep the full scan.
+    for other in [
+        "SELECT dev, max(v) FROM t GROUP BY dev",
+        "SELECT dev, last_value(v ORDER BY w) FROM t GROUP BY dev",
+        "SELECT dev, last_value(v ORDER BY time) IGNORE NULLS FROM t GROUP BY dev",
+        "SELECT v, max(time) FROM t GROUP BY v",
+    ] {
+        assert!(
+            physical_plan(&s, other).await.contains("parquet"),
+            "{other}"
+        );
+    }
+    s.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_drops_old_data_from_queries_and_disk() {
     let dir = tempfile::tempdir().expect("dir");
