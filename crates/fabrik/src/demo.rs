@@ -180,17 +180,23 @@ pub(crate) async fn register(
             labels: [("simulated".to_owned(), "true".to_owned())].into(),
             sparkplug_node: None,
         };
-        let token = match registry.add(new).await {
-            Ok((_, token)) => token,
-            Err(RegistryError::Exists(_)) => registry
-                .rotate_token(&id)
-                .await
-                .map_err(|e| e.to_string())?,
-            Err(e) => return Err(format!("registering {id}: {e}")),
-        };
+        let token = add_or_rotate(registry, new).await?;
         out.push(DeviceCredentials { id, token, kind });
     }
     Ok(out)
+}
+
+/// Registers a device and returns its token; a device registered by an earlier run keeps its
+/// record and gets a fresh token (the old one was printed by that run only).
+async fn add_or_rotate(registry: &Registry, new: NewDevice) -> Result<String, String> {
+    let id = new.id.clone();
+    match registry.add(new).await {
+        Ok((_, token)) => Ok(token),
+        Err(RegistryError::Exists(_)) => {
+            registry.rotate_token(&id).await.map_err(|e| e.to_string())
+        }
+        Err(e) => Err(format!("registering {id}: {e}")),
+    }
 }
 
 /// Registers the demo's Sparkplug B edge node (`edge-01`, node `<site>/edge-01`).
@@ -207,14 +213,7 @@ async fn register_edge_node(
         labels: [("simulated".to_owned(), "true".to_owned())].into(),
         sparkplug_node: Some(format!("{site}/{id}")),
     };
-    let token = match registry.add(new).await {
-        Ok((_, token)) => token,
-        Err(RegistryError::Exists(_)) => registry
-            .rotate_token(&id)
-            .await
-            .map_err(|e| e.to_string())?,
-        Err(e) => return Err(format!("registering {id}: {e}")),
-    };
+    let token = add_or_rotate(registry, new).await?;
     Ok(fabrik_sim::sparkplug::EdgeNode {
         device_id: id.clone(),
         token,

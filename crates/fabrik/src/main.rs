@@ -16,6 +16,7 @@ mod modbus;
 mod modules;
 mod opcua;
 mod pipelines;
+mod readings;
 mod run;
 mod user_cli;
 

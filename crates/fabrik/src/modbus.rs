@@ -7,25 +7,18 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use fabrik_connect::modbus::{self, ModbusPoller, Quality as ReadingQuality, Reading};
 use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
 use fabrik_registry::Registry;
-
-use crate::device_state::DeviceStates;
 use fabrik_runtime::ServiceHandle;
 use fabrik_runtime::config::Config;
 use fabrik_store::Store;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Table of points that could not be read.
-pub(crate) const POINT_ERRORS_TABLE: &str = "_point_errors";
-/// Readings buffered between the device tasks and the store.
-const QUEUE: usize = 4096;
-/// Longest a reading waits to be written with others.
-const BATCH_WINDOW: Duration = Duration::from_millis(50);
+use crate::device_state::DeviceStates;
+use crate::readings::{QUEUE, next_batch, point_error};
 
 /// Problems of the `[modbus]` section, as `modbus: ...`.
 pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
@@ -78,17 +71,8 @@ async fn write_readings(
     registry: Option<&Registry>,
 ) -> Result<(), String> {
     let mut states = registry.map(|r| DeviceStates::new(r.clone(), "modbus"));
-    let mut batch = Vec::new();
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
-        while batch.len() < QUEUE {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(reading)) => batch.push(reading),
-                _ => break,
-            }
-        }
-        let polls = group_polls(std::mem::take(&mut batch));
+    while let Some(batch) = next_batch(&mut rx).await {
+        let polls = group_polls(batch);
         if let Some(states) = states.as_mut() {
             track_state(states, &polls).await;
         }
@@ -159,20 +143,13 @@ fn to_groups(
                     (ReadingQuality::Good, Some(value)) => {
                         fields.push((r.signal.to_string(), convert(value)));
                     }
-                    _ => points.push(Point {
-                        measurement: POINT_ERRORS_TABLE.into(),
-                        tags: vec![
-                            ("device".into(), device.to_string()),
-                            ("signal".into(), r.signal.to_string()),
-                            ("source".into(), "modbus".into()),
-                        ],
-                        fields: vec![(
-                            "reason".into(),
-                            Value::Str(r.reason.unwrap_or_else(|| "unreadable".into())),
-                        )],
-                        time: Timestamp(time),
-                        quality: Quality::Bad,
-                    }),
+                    _ => points.push(point_error(
+                        &device,
+                        &r.signal,
+                        "modbus",
+                        r.reason.unwrap_or_else(|| "unreadable".into()),
+                        time,
+                    )),
                 }
             }
             if !fields.is_empty() {

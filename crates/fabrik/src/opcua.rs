@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use fabrik_connect::opcua::{self, OpcUaClient, Quality as OpcQuality, Reading};
 use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
@@ -18,10 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::device_state::DeviceStates;
-use crate::modbus::POINT_ERRORS_TABLE;
-
-const QUEUE: usize = 4096;
-const BATCH_WINDOW: Duration = Duration::from_millis(50);
+use crate::readings::{QUEUE, next_batch, point_error};
 
 /// Problems of the `[opcua]` section.
 pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
@@ -35,34 +31,33 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
     }
 }
 
-/// Which table each device's readings go to.
-fn tables(config: &Config) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    for server in &config.opcua.servers {
-        for item in &server.items {
+/// Each monitored item's device (the item's, else the server's, else the server id) with the
+/// server's table.
+fn item_devices(config: &Config) -> impl Iterator<Item = (String, &str)> {
+    config.opcua.servers.iter().flat_map(|server| {
+        server.items.iter().map(move |item| {
             let device = item
                 .device
                 .clone()
                 .or_else(|| server.device.clone())
                 .unwrap_or_else(|| server.id.clone());
-            out.insert(device, server.measurement.clone());
-        }
-    }
-    out
+            (device, server.measurement.as_str())
+        })
+    })
+}
+
+/// Which table each device's readings go to.
+fn tables(config: &Config) -> BTreeMap<String, String> {
+    item_devices(config)
+        .map(|(device, table)| (device, table.to_owned()))
+        .collect()
 }
 
 /// How many items each device has (an outage reports every one of them Bad).
 fn item_counts(config: &Config) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
-    for server in &config.opcua.servers {
-        for item in &server.items {
-            let device = item
-                .device
-                .clone()
-                .or_else(|| server.device.clone())
-                .unwrap_or_else(|| server.id.clone());
-            *out.entry(device).or_default() += 1;
-        }
+    for (device, _) in item_devices(config) {
+        *out.entry(device).or_default() += 1;
     }
     out
 }
@@ -105,20 +100,11 @@ async fn write_readings(
     mut states: Option<DeviceStates>,
     item_counts: &BTreeMap<String, usize>,
 ) {
-    let mut batch = Vec::new();
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
-        while batch.len() < QUEUE {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(reading)) => batch.push(reading),
-                _ => break,
-            }
-        }
+    while let Some(batch) = next_batch(&mut rx).await {
         if let Some(states) = states.as_mut() {
             track_state(states, &batch, item_counts).await;
         }
-        let groups = to_groups(store, std::mem::take(&mut batch), tables);
+        let groups = to_groups(store, batch, tables);
         if let Err(e) = store.write_groups(&groups, "opcua").await {
             tracing::error!(error = %e, rows = groups.len(), "Storing OPC UA readings failed.");
             metrics::counter!("fabrik_opcua_write_errors_total").increment(1);
@@ -168,17 +154,13 @@ fn to_groups(
     let mut errors = Vec::new();
     for r in readings {
         match (r.quality, r.value) {
-            (OpcQuality::Bad, _) | (_, None) => errors.push(Point {
-                measurement: POINT_ERRORS_TABLE.into(),
-                tags: vec![
-                    ("device".into(), r.device_id.to_string()),
-                    ("signal".into(), r.signal.to_string()),
-                    ("source".into(), "opcua".into()),
-                ],
-                fields: vec![("reason".into(), Value::Str(r.status.clone()))],
-                time: Timestamp(r.timestamp_ns),
-                quality: Quality::Bad,
-            }),
+            (OpcQuality::Bad, _) | (_, None) => errors.push(point_error(
+                &r.device_id,
+                &r.signal,
+                "opcua",
+                r.status.clone(),
+                r.timestamp_ns,
+            )),
             (quality, Some(value)) => {
                 let value = match value {
                     opcua::Value::F64(v) if v.is_finite() => Value::F64(v),

@@ -1,0 +1,73 @@
+//! What the polling connectors (Modbus, OPC UA) share on the way to the store: readings
+//! batched into one store write, and the rows that explain a point that could not be read.
+
+use std::time::Duration;
+
+use fabrik_core::{Point, Quality, Timestamp, Value};
+use tokio::sync::mpsc;
+
+/// Table of points that could not be read.
+pub(crate) const POINT_ERRORS_TABLE: &str = "_point_errors";
+/// Readings buffered between the device tasks and the store, and the most written at once.
+pub(crate) const QUEUE: usize = 4096;
+/// Longest a reading waits to be written with others.
+const BATCH_WINDOW: Duration = Duration::from_millis(50);
+
+/// Waits for a reading, then gathers what else arrives within the batch window (up to
+/// [`QUEUE`]). `None` once every sender is gone and nothing is left.
+pub(crate) async fn next_batch<T>(rx: &mut mpsc::Receiver<T>) -> Option<Vec<T>> {
+    let first = rx.recv().await?;
+    let mut batch = vec![first];
+    let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+    while batch.len() < QUEUE {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(reading)) => batch.push(reading),
+            _ => break,
+        }
+    }
+    Some(batch)
+}
+
+/// The `_point_errors` row for a point of `device` that `source` could not read.
+pub(crate) fn point_error(
+    device: &str,
+    signal: &str,
+    source: &str,
+    reason: String,
+    time_ns: i64,
+) -> Point {
+    Point {
+        measurement: POINT_ERRORS_TABLE.into(),
+        tags: vec![
+            ("device".into(), device.to_owned()),
+            ("signal".into(), signal.to_owned()),
+            ("source".into(), source.to_owned()),
+        ],
+        fields: vec![("reason".into(), Value::Str(reason))],
+        time: Timestamp(time_ns),
+        quality: Quality::Bad,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_batch_holds_what_arrives_within_the_window_and_ends_with_the_senders() {
+        let (tx, mut rx) = mpsc::channel(16);
+        tx.send(1).await.expect("send");
+        tx.send(2).await.expect("send");
+        let late = tx.clone();
+        // Sent well after the window that opens with the first reading has closed.
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(BATCH_WINDOW * 4).await;
+            late.send(3).await.expect("send");
+        });
+        assert_eq!(next_batch(&mut rx).await, Some(vec![1, 2]));
+        sender.await.expect("sender");
+        drop(tx);
+        assert_eq!(next_batch(&mut rx).await, Some(vec![3]));
+        assert_eq!(next_batch(&mut rx).await, None);
+    }
+}
