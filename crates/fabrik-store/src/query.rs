@@ -233,7 +233,10 @@ impl FabrikTable {
                     last
                 }
             };
-            pieces.extend(last);
+            // Cached under the schema of its day: the table may have gained columns since.
+            if let Some(batch) = last {
+                pieces.push(segments::align(&batch, &self.schema).map_err(external)?);
+            }
         }
         // Forget segments that compaction or retention has removed since.
         if let Some(table) = self.shared.last_rows_cache.lock().get_mut(&self.name) {

@@ -163,6 +163,21 @@ async fn latest_values_per_series_come_from_last_rows_and_equal_a_full_scan() {
     let sites = s.query(by_site).await;
     assert_eq!(sites, s.query(by_site_full).await);
     assert_eq!(sites.len(), 2);
+    // A column added after the segments' last rows were cached.
+    assert_eq!(
+        s.write("t,dev=d3,site=s1 v=1,load=0.5 2700\n")
+            .await
+            .status(),
+        200
+    );
+    let with_load = s
+        .query(
+            "SELECT dev, last_value(load ORDER BY time) AS load FROM t GROUP BY dev ORDER BY dev",
+        )
+        .await;
+    assert_eq!(with_load.len(), 5, "{with_load:?}");
+    assert_eq!(with_load[3]["load"], 0.5, "{with_load:?}");
+    assert!(with_load[0]["load"].is_null(), "{with_load:?}");
     // Aggregates the last rows cannot answer keep the full scan.
     for other in [
         "SELECT dev, max(v) FROM t GROUP BY dev",
