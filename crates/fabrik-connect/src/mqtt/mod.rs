@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fabrik_core::Timestamp;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -200,15 +200,10 @@ impl MqttEndpoint {
                 };
                 match tls {
                     None => connection::serve(stream, peer, None, conn_shared).await,
-                    Some(acceptor) => match acceptor.accept(stream).await {
-                        Ok((tls_stream, identity)) => {
-                            connection::serve(tls_stream, peer, identity, conn_shared).await
-                        }
-                        Err(e) => {
-                            metrics::counter!("fabrik_mqtt_connects_refused_total", "reason" => "tls").increment(1);
-                            tracing::info!(%peer, error = %e, "MQTT TLS handshake failed.");
-                        }
-                    },
+                    // Boxed: the TLS stream and its handshake make this future several KiB
+                    // larger, and every plain connection's task would otherwise carry that
+                    // space for its whole life.
+                    Some(acceptor) => Box::pin(serve_tls(acceptor, stream, peer, conn_shared)).await,
                 }
             });
         }
@@ -221,5 +216,22 @@ impl MqttEndpoint {
         tokio::time::timeout(deadline, self.shared.tasks.wait())
             .await
             .is_ok()
+    }
+}
+
+/// Completes the TLS handshake (the client certificate, if any, names the device) and serves
+/// the connection.
+async fn serve_tls(
+    acceptor: tls::TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<connection::Shared>,
+) {
+    match acceptor.accept(stream).await {
+        Ok((tls_stream, identity)) => connection::serve(tls_stream, peer, identity, shared).await,
+        Err(e) => {
+            metrics::counter!("fabrik_mqtt_connects_refused_total", "reason" => "tls").increment(1);
+            tracing::info!(%peer, error = %e, "MQTT TLS handshake failed.");
+        }
     }
 }
