@@ -15,6 +15,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use datafusion::arrow::array::{RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
@@ -25,6 +27,10 @@ use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::expr::NullTreatment;
 use datafusion::logical_expr::{Expr, LogicalPlan, TableScan};
 use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
+use datafusion::parquet::arrow::ProjectionMask;
+use datafusion::parquet::arrow::arrow_reader::{
+    ParquetRecordBatchReaderBuilder, RowSelection, RowSelector,
+};
 
 use crate::StoreError;
 use crate::query::FabrikTable;
@@ -194,4 +200,142 @@ pub(crate) fn last_rows_of(
         latest.sort_unstable();
     }
     Ok(Some(take_record_batch(&all, &UInt32Array::from(latest))?))
+}
+
+/// Rows decoded at a time from a segment file.
+const READ_BATCH_ROWS: usize = 64 * 1024;
+
+/// One row per series of a Parquet segment file (the one with the largest time), aligned to
+/// `schema`. Reads the tag and time columns first, a batch at a time, to find those rows, then
+/// decodes only them: a segment of millions of rows never sits in memory whole.
+pub(crate) fn last_rows_of_segment(
+    bytes: Bytes,
+    schema: &SchemaRef,
+) -> Result<Option<RecordBatch>, StoreError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes.clone())?;
+    let file_schema = builder.schema().clone();
+    let Ok(time_index) = file_schema.index_of(schema::TIME) else {
+        return Err(StoreError::Internal(
+            "segment without a `time` column".into(),
+        ));
+    };
+    let tag_indices: Vec<usize> = file_schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| schema::kind_of(f) == Some(ColumnKind::Tag))
+        .map(|(i, _)| i)
+        .collect();
+    let mut key_indices = tag_indices.clone();
+    key_indices.push(time_index);
+    let mask = ProjectionMask::roots(builder.parquet_schema(), key_indices);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(READ_BATCH_ROWS)
+        .build()?;
+    let converter = RowConverter::new(
+        tag_indices
+            .iter()
+            .map(|&i| SortField::new(file_schema.field(i).data_type().clone()))
+            .collect(),
+    )?;
+    // Series key (row-format bytes of its tags) → (row in the file, time).
+    let mut latest: HashMap<Vec<u8>, (usize, i64)> = HashMap::new();
+    let mut offset = 0usize;
+    for batch in reader {
+        let batch = batch?;
+        let times = crate::batch::time_column(&batch)?;
+        let tags = tag_indices
+            .iter()
+            .map(|&i| {
+                let name = file_schema.field(i).name();
+                batch.column_by_name(name).cloned().ok_or_else(|| {
+                    StoreError::Internal(format!("segment read lost tag column `{name}`"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let rows = converter.convert_columns(&tags)?;
+        for (i, &t) in times.iter().enumerate() {
+            let key = rows.row(i);
+            match latest.get_mut(key.as_ref()) {
+                Some(best) if t >= best.1 => *best = (offset + i, t),
+                Some(_) => {}
+                None => {
+                    latest.insert(key.as_ref().to_vec(), (offset + i, t));
+                }
+            }
+        }
+        offset += batch.num_rows();
+    }
+    if latest.is_empty() {
+        return Ok(None);
+    }
+    let mut wanted: Vec<usize> = latest.into_values().map(|(row, _)| row).collect();
+    wanted.sort_unstable();
+    let mut selectors = Vec::with_capacity(wanted.len() * 2 + 1);
+    let mut next = 0usize;
+    for row in wanted {
+        if row > next {
+            selectors.push(RowSelector::skip(row - next));
+        }
+        selectors.push(RowSelector::select(1));
+        next = row + 1;
+    }
+    let batches = ParquetRecordBatchReaderBuilder::try_new(bytes)?
+        .with_row_selection(RowSelection::from(selectors))
+        .with_batch_size(READ_BATCH_ROWS)
+        .build()?
+        .map(|b| {
+            b.map_err(StoreError::from)
+                .and_then(|b| crate::segments::align(&b, schema))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(concat_batches(schema, &batches)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::BatchBuilder;
+    use crate::schema::Catalog;
+    use fabrik_core::line_protocol::parse_body;
+    use fabrik_core::{Lineage, Precision, RawMessageId, SourceId};
+
+    /// A segment read in several batches (more rows than `READ_BATCH_ROWS`, series spread
+    /// through the file in no order) gives the same rows as the in-memory computation.
+    #[test]
+    fn a_segments_last_rows_equal_those_of_its_decoded_rows() {
+        let rows = READ_BATCH_ROWS * 2 + 1234;
+        let body: String = (0..rows)
+            .map(|i| {
+                let time = (i * 7919) % rows;
+                format!("m,dev=d{},site=s{} v={i} {time}\n", i % 7, i % 3)
+            })
+            .collect();
+        let catalog = Catalog::default();
+        let mut builder = BatchBuilder::new(
+            0,
+            Lineage {
+                source: SourceId::http(),
+                raw_id: RawMessageId(1),
+                mapping_version: 0,
+            },
+        );
+        for line in parse_body(&body).expect("parse") {
+            builder.add_line(&line, Precision::Ns).expect("add");
+        }
+        let chunks = builder.finish(&catalog, i64::MAX).expect("finish");
+        let schema = catalog.get("m").expect("table").arrow();
+        let batch = crate::segments::align(&chunks[0].batch, &schema).expect("align");
+        let file = Bytes::from(crate::segments::encode_parquet(&batch).expect("encode"));
+
+        let from_file = last_rows_of_segment(file, &schema)
+            .expect("read")
+            .expect("rows");
+        let in_memory = last_rows_of(&schema, &[batch])
+            .expect("rows")
+            .expect("rows");
+        assert_eq!(from_file.num_rows(), 21, "7 devices x 3 sites");
+        assert_eq!(from_file, in_memory);
+    }
 }

@@ -29,7 +29,7 @@ use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 
 use crate::buffer::PartitionData;
-use crate::last_rows::last_rows_of;
+use crate::last_rows::{last_rows_of, last_rows_of_segment};
 use crate::manifest::SegmentMeta;
 use crate::segments::{self, Objects};
 use crate::{Shared, schema};
@@ -217,13 +217,10 @@ impl FabrikTable {
             let last = match cached {
                 Some(last) => last,
                 None => {
-                    let batches = read_segment(&self.shared.objects, seg)
-                        .await?
-                        .iter()
-                        .map(|b| segments::align(b, &self.schema))
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(external)?;
-                    let last = last_rows_of(&self.schema, &batches).map_err(external)?;
+                    use object_store::ObjectStoreExt;
+                    let path = object_store::path::Path::from(seg.path.as_str());
+                    let bytes = self.shared.objects.get(&path).await?.bytes().await?;
+                    let last = last_rows_of_segment(bytes, &self.schema).map_err(external)?;
                     self.shared
                         .last_rows_cache
                         .lock()
