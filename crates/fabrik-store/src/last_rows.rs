@@ -17,10 +17,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use datafusion::arrow::array::{RecordBatch, UInt32Array};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::tree_node::Transformed;
 use datafusion::datasource::{provider_as_source, source_as_provider};
 use datafusion::error::Result as DfResult;
@@ -146,6 +146,29 @@ fn answerable_from_last_rows(table: &FabrikTable, group_by: &[Expr], aggregates:
     groups_are_tags && aggregates_are_latest
 }
 
+/// The series key of each row of a batch: its tag values in the row format, so rows of one
+/// series have equal bytes. A table without tags is one series, whose key is empty.
+struct SeriesKeys(Option<Rows>);
+
+impl SeriesKeys {
+    /// Keys from the tag columns of a batch (none for a table without tags).
+    fn new(tags: &[ArrayRef]) -> Result<Self, StoreError> {
+        if tags.is_empty() {
+            return Ok(Self(None));
+        }
+        let converter = RowConverter::new(
+            tags.iter()
+                .map(|c| SortField::new(c.data_type().clone()))
+                .collect(),
+        )?;
+        Ok(Self(Some(converter.convert_columns(tags)?)))
+    }
+
+    fn key(&self, row: usize) -> &[u8] {
+        self.0.as_ref().map_or(&[], |rows| rows.row(row).data())
+    }
+}
+
 /// One row per series of `batches` (all aligned to `schema`): the one with the largest time,
 /// and among equal times the later one (batches are given oldest first).
 pub(crate) fn last_rows_of(
@@ -156,49 +179,28 @@ pub(crate) fn last_rows_of(
         return Ok(None);
     }
     let all = concat_batches(schema, batches)?;
-    let tags: Vec<usize> = schema
-        .fields()
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| schema::kind_of(f) == Some(ColumnKind::Tag))
-        .map(|(i, _)| i)
+    let tags: Vec<ArrayRef> = schema::tag_indices(schema)
+        .into_iter()
+        .map(|i| all.column(i).clone())
         .collect();
+    let keys = SeriesKeys::new(&tags)?;
     let times = crate::batch::time_column(&all)?;
-    let mut latest: Vec<u32> = Vec::new();
-    if tags.is_empty() {
-        // One series: the table's measurement alone.
-        let mut best = 0usize;
-        for (i, &t) in times.iter().enumerate() {
-            if t >= times[best] {
-                best = i;
-            }
-        }
-        latest.push(u32::try_from(best).unwrap_or(u32::MAX));
-    } else {
-        let converter = RowConverter::new(
-            tags.iter()
-                .map(|&i| SortField::new(schema.field(i).data_type().clone()))
-                .collect(),
-        )?;
-        let keys: Vec<_> = tags.iter().map(|&i| all.column(i).clone()).collect();
-        let rows = converter.convert_columns(&keys)?;
-        let mut by_series: HashMap<_, usize> = HashMap::new();
-        for (i, &t) in times.iter().enumerate() {
-            by_series
-                .entry(rows.row(i))
-                .and_modify(|best: &mut usize| {
-                    if t >= times[*best] {
-                        *best = i;
-                    }
-                })
-                .or_insert(i);
-        }
-        latest = by_series
-            .into_values()
-            .map(|i| u32::try_from(i).unwrap_or(u32::MAX))
-            .collect();
-        latest.sort_unstable();
+    let mut by_series: HashMap<&[u8], usize> = HashMap::new();
+    for (i, &t) in times.iter().enumerate() {
+        by_series
+            .entry(keys.key(i))
+            .and_modify(|best| {
+                if t >= times[*best] {
+                    *best = i;
+                }
+            })
+            .or_insert(i);
     }
+    let mut latest: Vec<u32> = by_series
+        .into_values()
+        .map(|i| u32::try_from(i).unwrap_or(u32::MAX))
+        .collect();
+    latest.sort_unstable();
     Ok(Some(take_record_batch(&all, &UInt32Array::from(latest))?))
 }
 
@@ -219,13 +221,7 @@ pub(crate) fn last_rows_of_segment(
             "segment without a `time` column".into(),
         ));
     };
-    let tag_indices: Vec<usize> = file_schema
-        .fields()
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| schema::kind_of(f) == Some(ColumnKind::Tag))
-        .map(|(i, _)| i)
-        .collect();
+    let tag_indices = schema::tag_indices(&file_schema);
     let mut key_indices = tag_indices.clone();
     key_indices.push(time_index);
     let mask = ProjectionMask::roots(builder.parquet_schema(), key_indices);
@@ -233,12 +229,6 @@ pub(crate) fn last_rows_of_segment(
         .with_projection(mask)
         .with_batch_size(READ_BATCH_ROWS)
         .build()?;
-    let converter = RowConverter::new(
-        tag_indices
-            .iter()
-            .map(|&i| SortField::new(file_schema.field(i).data_type().clone()))
-            .collect(),
-    )?;
     // Series key (row-format bytes of its tags) → (row in the file, time).
     let mut latest: HashMap<Vec<u8>, (usize, i64)> = HashMap::new();
     let mut offset = 0usize;
@@ -254,14 +244,14 @@ pub(crate) fn last_rows_of_segment(
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let rows = converter.convert_columns(&tags)?;
+        let keys = SeriesKeys::new(&tags)?;
         for (i, &t) in times.iter().enumerate() {
-            let key = rows.row(i);
-            match latest.get_mut(key.as_ref()) {
+            let key = keys.key(i);
+            match latest.get_mut(key) {
                 Some(best) if t >= best.1 => *best = (offset + i, t),
                 Some(_) => {}
                 None => {
-                    latest.insert(key.as_ref().to_vec(), (offset + i, t));
+                    latest.insert(key.to_vec(), (offset + i, t));
                 }
             }
         }
@@ -301,6 +291,42 @@ mod tests {
     use fabrik_core::line_protocol::parse_body;
     use fabrik_core::{Lineage, Precision, RawMessageId, SourceId};
 
+    /// A table without tags is one series: its last row is the one with the largest time.
+    #[test]
+    fn a_table_without_tags_has_one_last_row() {
+        let (schema, batch) = build("m v=1 10\nm v=2 30\nm v=3 20\n");
+        let file = Bytes::from(crate::segments::encode_parquet(&batch).expect("encode"));
+        let from_file = last_rows_of_segment(file, &schema)
+            .expect("read")
+            .expect("rows");
+        let in_memory = last_rows_of(&schema, &[batch])
+            .expect("rows")
+            .expect("rows");
+        assert_eq!(from_file.num_rows(), 1);
+        assert_eq!(crate::batch::time_column(&from_file).expect("time"), &[30]);
+        assert_eq!(from_file, in_memory);
+    }
+
+    /// One table `m` built from a line-protocol body, aligned to the table's schema.
+    fn build(body: &str) -> (SchemaRef, RecordBatch) {
+        let catalog = Catalog::default();
+        let mut builder = BatchBuilder::new(
+            0,
+            Lineage {
+                source: SourceId::http(),
+                raw_id: RawMessageId(1),
+                mapping_version: 0,
+            },
+        );
+        for line in parse_body(body).expect("parse") {
+            builder.add_line(&line, Precision::Ns).expect("add");
+        }
+        let chunks = builder.finish(&catalog, i64::MAX).expect("finish");
+        let schema = catalog.get("m").expect("table").arrow();
+        let batch = crate::segments::align(&chunks[0].batch, &schema).expect("align");
+        (schema, batch)
+    }
+
     /// A segment read in several batches (more rows than `READ_BATCH_ROWS`, series spread
     /// through the file in no order) gives the same rows as the in-memory computation.
     #[test]
@@ -312,21 +338,7 @@ mod tests {
                 format!("m,dev=d{},site=s{} v={i} {time}\n", i % 7, i % 3)
             })
             .collect();
-        let catalog = Catalog::default();
-        let mut builder = BatchBuilder::new(
-            0,
-            Lineage {
-                source: SourceId::http(),
-                raw_id: RawMessageId(1),
-                mapping_version: 0,
-            },
-        );
-        for line in parse_body(&body).expect("parse") {
-            builder.add_line(&line, Precision::Ns).expect("add");
-        }
-        let chunks = builder.finish(&catalog, i64::MAX).expect("finish");
-        let schema = catalog.get("m").expect("table").arrow();
-        let batch = crate::segments::align(&chunks[0].batch, &schema).expect("align");
+        let (schema, batch) = build(&body);
         let file = Bytes::from(crate::segments::encode_parquet(&batch).expect("encode"));
 
         let from_file = last_rows_of_segment(file, &schema)

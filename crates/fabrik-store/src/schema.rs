@@ -111,6 +111,17 @@ pub fn kind_of(field: &Field) -> Option<ColumnKind> {
     })
 }
 
+/// Positions of the tag columns of `schema`, in schema order.
+pub fn tag_indices(schema: &Schema) -> Vec<usize> {
+    schema
+        .fields()
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| kind_of(f) == Some(ColumnKind::Tag))
+        .map(|(i, _)| i)
+        .collect()
+}
+
 /// One column of a table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Column {

@@ -14,7 +14,7 @@ use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 
 use crate::StoreError;
-use crate::schema::{self, ColumnKind};
+use crate::schema;
 
 /// Projects a batch onto the table schema: missing columns become nulls, order follows the
 /// schema.
@@ -51,12 +51,8 @@ pub fn sort_dedup(
         return Ok(None);
     }
     let all = concat_batches(schema, &aligned)?;
-    let key_columns: Vec<usize> = schema
-        .fields()
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| schema::kind_of(f) == Some(ColumnKind::Tag))
-        .map(|(i, _)| i)
+    let key_columns: Vec<usize> = schema::tag_indices(schema)
+        .into_iter()
         .chain(schema.index_of(schema::TIME).ok())
         .collect();
     let converter = RowConverter::new(
