@@ -350,7 +350,8 @@ pub fn email_text(message: &serde_json::Value, from: &str, to: &[String]) -> Str
         }
     };
     // Alert keys come from data: a line break in one must not start a new header.
-    let subject = subject.replace(['\r', '\n'], " ");
+    let header_safe = |v: &str| v.replace(['\r', '\n'], " ");
+    let subject = header_safe(&subject);
     let encoded = base64::engine::general_purpose::STANDARD.encode(body.as_bytes());
     let mut wrapped = String::with_capacity(encoded.len() + encoded.len() / 76 * 2 + 2);
     for chunk in encoded.as_bytes().chunks(76) {
@@ -365,7 +366,6 @@ pub fn email_text(message: &serde_json::Value, from: &str, to: &[String]) -> Str
             base64::engine::general_purpose::STANDARD.encode(subject.as_bytes())
         )
     };
-    let header_safe = |v: &str| v.replace(['\r', '\n'], " ");
     format!(
         "From: {from}\r\nTo: {}\r\nSubject: {subject}\r\nDate: {}\r\nMessage-ID: <{}.{}@fabrik>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\nX-Fabrik-Alert: {}\r\n\r\n{wrapped}",
         to.join(", "),
@@ -584,6 +584,15 @@ pub fn started_ns(alert: &Alert) -> Option<i64> {
 mod tests {
     use super::*;
 
+    /// The text of a base64 (76-column) e-mail body.
+    fn decoded_text(body: &str) -> String {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(body.replace("\r\n", ""))
+            .unwrap();
+        String::from_utf8(bytes).unwrap()
+    }
+
     fn alert(state: AlertState) -> Alert {
         Alert {
             id: "pump-health~pump-02~1700000000000000000".into(),
@@ -651,11 +660,7 @@ mod tests {
             "{headers}"
         );
         assert!(headers.contains("To: ops@plant.example\r\n"));
-        use base64::Engine as _;
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(body.replace("\r\n", ""))
-            .unwrap();
-        let decoded = String::from_utf8(decoded).unwrap();
+        let decoded = decoded_text(body);
         assert!(
             decoded.contains("Resolved:  2023-11-14T22:20:00.000Z"),
             "{decoded}"
@@ -706,11 +711,7 @@ mod tests {
             headers.contains("Subject: [FIRING:1 RESOLVED:1] pump-health warning: 2 alerts"),
             "{headers}"
         );
-        use base64::Engine as _;
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(body.replace("\r\n", ""))
-            .unwrap();
-        let decoded = String::from_utf8(decoded).unwrap();
+        let decoded = decoded_text(body);
         assert!(
             decoded.contains("RESOLVED  pump-health on pump-02"),
             "{decoded}"

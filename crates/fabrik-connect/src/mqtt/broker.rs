@@ -468,7 +468,7 @@ impl Broker {
             .is_some();
         index.insert(filter, client_id, options);
         // Retained messages are not sent for shared subscriptions (MQTT 5 §4.8.2).
-        let shared = filter.starts_with("$share/");
+        let shared = matches!(topic::split_shared(filter), Ok(Some(_)));
         if !shared && send_retained(existed) {
             for message in retained.values() {
                 if topic::matches(filter, &message.topic) && !session.may_not_read(&message.topic) {

@@ -763,21 +763,21 @@ where
                             .map(|()| &*request.filter),
                         Err(_) => None,
                     };
-                    let result = if let Some(filter) = checked
-                        && !self.shared.acl.may_subscribe(&self.identity, filter)
-                    {
-                        metrics::counter!("fabrik_mqtt_subscribe_denied_total").increment(1);
-                        tracing::info!(client_id = %self.client_id, filter = %request.filter, "MQTT subscribe denied by the ACLs.");
-                        if self.shared.limits.subscribe_denied_unspecified {
-                            SubResult::Refused
-                        } else {
-                            SubResult::NotAuthorized
+                    let result = match checked {
+                        None => SubResult::Invalid,
+                        Some(filter) if !self.shared.acl.may_subscribe(&self.identity, filter) => {
+                            metrics::counter!("fabrik_mqtt_subscribe_denied_total").increment(1);
+                            tracing::info!(client_id = %self.client_id, filter = %request.filter, "MQTT subscribe denied by the ACLs.");
+                            if self.shared.limits.subscribe_denied_unspecified {
+                                SubResult::Refused
+                            } else {
+                                SubResult::NotAuthorized
+                            }
                         }
-                    } else if checked.is_none() {
-                        SubResult::Invalid
-                    } else {
-                        accepted.push(request.clone());
-                        SubResult::Granted(request.qos.min(2))
+                        Some(_) => {
+                            accepted.push(request.clone());
+                            SubResult::Granted(request.qos.min(2))
+                        }
                     };
                     results.push(result);
                 }

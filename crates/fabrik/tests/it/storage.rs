@@ -62,6 +62,15 @@ async fn a_query_spans_segments_and_buffer_and_late_duplicates_keep_the_last_val
     s.shutdown().await;
 }
 
+/// Persists the buffer through the admin API; the response status.
+async fn persist(s: &Server) -> reqwest::StatusCode {
+    s.post("/api/v1/admin/persist")
+        .send()
+        .await
+        .expect("persist")
+        .status()
+}
+
 /// The physical plan of `sql`, as one string.
 async fn physical_plan(s: &Server, sql: &str) -> String {
     s.query(&format!("EXPLAIN {sql}"))
@@ -90,26 +99,12 @@ async fn latest_values_per_series_come_from_last_rows_and_equal_a_full_scan() {
         })
         .collect();
     assert_eq!(s.write(&history).await.status(), 200);
-    assert_eq!(
-        s.post("/api/v1/admin/persist")
-            .send()
-            .await
-            .expect("persist")
-            .status(),
-        204
-    );
+    assert_eq!(persist(&s).await, 204);
     // d0's last persisted row is overwritten (same time, newer write); d1 moves on in a later
     // segment; d2 moves on in the buffer; d3 and d4 stay as persisted.
     let overwrite = "t,dev=d0,site=s0 v=-5,w=-10 1995\nt,dev=d1,site=s1 v=7777,w=1 2500\n";
     assert_eq!(s.write(overwrite).await.status(), 200);
-    assert_eq!(
-        s.post("/api/v1/admin/persist")
-            .send()
-            .await
-            .expect("persist")
-            .status(),
-        204
-    );
+    assert_eq!(persist(&s).await, 204);
     assert_eq!(
         s.write("t,dev=d2,site=s0 v=8888,w=2 2600\n").await.status(),
         200
