@@ -6,6 +6,7 @@
 
 pub mod alerts;
 pub mod auth;
+mod body;
 pub mod devices;
 pub mod error;
 pub mod openapi;

@@ -1,6 +1,5 @@
 //! Routes and handlers.
 
-use std::io::Read;
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
@@ -17,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::ApiState;
+use crate::body::{body_text, read_body, wire_limit};
 use crate::error::ApiError;
 
 /// The Arrow IPC stream media type.
@@ -93,11 +93,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .merge(protected)
-        // Compressed bodies are limited after decompression, in `body_text`; this bounds what
-        // arrives on the wire (a little headroom over the limit so gzip overhead still fits).
-        .layer(DefaultBodyLimit::max(
-            limit.saturating_add(limit / 8).saturating_add(1024),
-        ))
+        .layer(DefaultBodyLimit::max(wire_limit(limit)))
         .layer(middleware::from_fn(record_metrics))
         .with_state(state)
 }
@@ -232,48 +228,6 @@ pub(crate) async fn services(State(state): State<ApiState>) -> Json<Vec<ServiceB
     )
 }
 
-/// Decompresses (gzip) and decodes a body as UTF-8, enforcing the size limit on the result.
-fn body_text(headers: &HeaderMap, body: Bytes, limit: usize) -> Result<String, ApiError> {
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| v.trim().to_ascii_lowercase());
-    let raw: Vec<u8> = match encoding.as_deref() {
-        None | Some("") | Some("identity") => {
-            if body.len() > limit {
-                return Err(ApiError::too_large(limit));
-            }
-            body.into()
-        }
-        Some("gzip") | Some("x-gzip") => {
-            let mut out = Vec::new();
-            let decoder = flate2::read::MultiGzDecoder::new(&body[..]);
-            decoder
-                .take(limit as u64 + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| ApiError::bad_request(format!("body is not valid gzip: {e}")))?;
-            if out.len() > limit {
-                return Err(ApiError::too_large(limit));
-            }
-            out
-        }
-        Some(other) => {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_encoding",
-                format!("Content-Encoding `{other}` is not supported; use gzip or none"),
-            ));
-        }
-    };
-    String::from_utf8(raw).map_err(|e| {
-        let at = e.utf8_error().valid_up_to();
-        let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
-        ApiError::bad_request(format!(
-            "body is not valid UTF-8 at byte {at} (line {line})"
-        ))
-    })
-}
-
 /// Query parameters of `/api/v1/write`.
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct WriteParams {
@@ -300,11 +254,12 @@ fn precision(text: Option<&str>) -> Result<Precision, ApiError> {
 async fn write_body(
     state: &ApiState,
     headers: &HeaderMap,
-    body: Bytes,
+    body: Body,
     precision_text: Option<&str>,
 ) -> Result<WriteResponse, ApiError> {
     let precision = precision(precision_text)?;
-    let text = body_text(headers, body, state.max_body_size)?;
+    let body = read_body(headers, body, state.max_body_size).await?;
+    let text = body_text(headers, &body, state.max_body_size)?;
     let report = state
         .store
         .write_lines(&text, precision, SourceId::http())
@@ -326,7 +281,7 @@ pub(crate) async fn write_v1(
     State(state): State<ApiState>,
     Query(params): Query<WriteParams>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<WriteResponse>, ApiError> {
     write_body(&state, &headers, body, params.precision.as_deref())
         .await
@@ -351,7 +306,7 @@ pub(crate) async fn write_influx_v1(
     State(state): State<ApiState>,
     Query(params): Query<InfluxV1Params>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<StatusCode, ApiError> {
     write_body(&state, &headers, body, params.precision.as_deref()).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -375,7 +330,7 @@ pub(crate) async fn write_influx_v2(
     State(state): State<ApiState>,
     Query(params): Query<InfluxV2Params>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<StatusCode, ApiError> {
     write_body(&state, &headers, body, params.precision.as_deref()).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -454,7 +409,7 @@ pub(crate) async fn write_samples(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<WriteResponse>, ApiError> {
-    let text = body_text(&headers, body, state.max_body_size)?;
+    let text = body_text(&headers, &body, state.max_body_size)?;
     let batch: SamplesIn = serde_json::from_str(&text).map_err(|e| {
         ApiError::bad_request(format!(
             "invalid JSON at line {}, column {}: {e}",
@@ -503,7 +458,7 @@ pub(crate) async fn query(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let text = body_text(&headers, body, state.max_body_size)?;
+    let text = body_text(&headers, &body, state.max_body_size)?;
     let q: QueryIn = serde_json::from_str(&text).map_err(|e| {
         ApiError::bad_request(format!(
             "invalid JSON body: {e}; expected {{\"sql\": \"...\"}}"

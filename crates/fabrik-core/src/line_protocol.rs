@@ -15,6 +15,8 @@
 
 use std::borrow::Cow;
 
+use crate::FieldType;
+
 /// A parsed field value; strings borrow from the request body unless they had escapes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FieldValue<'a> {
@@ -112,8 +114,176 @@ pub fn parse_line<'a>(
 /// verbatim: the bytes before the first space, if no backslash comes before it. Lines of one
 /// series share this text, so a caller can cache what it parsed to.
 pub fn series_key_len(text: &str) -> Option<usize> {
-    let at = text.bytes().position(|b| b == b' ' || b == b'\\')?;
+    let at = memchr::memchr2(b' ', b'\\', text.as_bytes())?;
     (text.as_bytes()[at] == b' ').then_some(at)
+}
+
+/// The field keys and types of a line, in order, as a template for the next lines of the same
+/// table: consecutive lines of a table usually repeat their fields, so
+/// [`parse_known_fields`] checks each key with one comparison instead of parsing it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FieldLayout {
+    /// Each key as written, with its `=`; keys written with escapes never make a layout.
+    keys: Vec<(Box<[u8]>, FieldType)>,
+}
+
+impl FieldLayout {
+    /// The layout of a parsed line, if it can be one: no string fields (their quoting and
+    /// escapes stay with the general parser) and no key that was unescaped.
+    pub fn of_line(line: &Line<'_>) -> Option<Self> {
+        let keys = line
+            .fields
+            .iter()
+            .map(|(key, value)| {
+                let Cow::Borrowed(key) = key else {
+                    return None;
+                };
+                let mut written = Vec::with_capacity(key.len() + 1);
+                written.extend_from_slice(key.as_bytes());
+                written.push(b'=');
+                Some((written.into_boxed_slice(), numeric_type(value)?))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self { keys })
+    }
+
+    /// True when `line` has exactly these fields, in this order, with these types.
+    pub fn matches(&self, line: &Line<'_>) -> bool {
+        self.keys.len() == line.fields.len()
+            && self
+                .keys
+                .iter()
+                .zip(&line.fields)
+                .all(|((written, ty), (key, value))| {
+                    written.strip_suffix(b"=") == Some(key.as_bytes())
+                        && numeric_type(value) == Some(*ty)
+                })
+    }
+
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True for a layout without fields (never made by [`FieldLayout::of_line`] for a valid line).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+fn numeric_type(value: &FieldValue<'_>) -> Option<FieldType> {
+    match value {
+        FieldValue::F64(_) => Some(FieldType::Float),
+        FieldValue::I64(_) => Some(FieldType::Integer),
+        FieldValue::U64(_) => Some(FieldType::UInteger),
+        FieldValue::Bool(_) => Some(FieldType::Boolean),
+        FieldValue::Str(_) => None,
+    }
+}
+
+/// Parses the fields and timestamp of `text` after its series key (`text[..key_len]`, see
+/// [`series_key_len`]) when they are exactly `layout`'s fields, in its order, each a valid
+/// value of its type; `values` receives them in that order. Returns the timestamp as written
+/// (`Some(None)` when there is none), or `None` when the line differs from the layout in any
+/// way, valid or not: the caller then parses it with [`parse_line_fields`], which accepts
+/// every valid line and names the error of an invalid one. Whatever this accepts,
+/// [`parse_line_fields`] parses to the same values.
+pub fn parse_known_fields(
+    text: &str,
+    key_len: usize,
+    layout: &FieldLayout,
+    values: &mut Vec<FieldValue<'static>>,
+) -> Option<Option<i64>> {
+    let bytes = text.as_bytes();
+    let mut pos = key_len;
+    if bytes.get(pos) != Some(&b' ') {
+        return None;
+    }
+    while bytes.get(pos) == Some(&b' ') {
+        pos += 1;
+    }
+    values.clear();
+    for (i, (key, ty)) in layout.keys.iter().enumerate() {
+        if i > 0 {
+            if bytes.get(pos) != Some(&b',') {
+                return None;
+            }
+            pos += 1;
+        }
+        if !bytes.get(pos..)?.starts_with(key) {
+            return None;
+        }
+        pos += key.len();
+        let start = pos;
+        pos += memchr::memchr2(b',', b' ', &bytes[pos..]).unwrap_or(bytes.len() - pos);
+        values.push(known_value(&text[start..pos], *ty)?);
+    }
+    match bytes.get(pos) {
+        None => Some(None),
+        Some(b' ') => known_timestamp(bytes, pos),
+        Some(_) => None,
+    }
+}
+
+/// The timestamp after the fields as [`Parser::timestamp`] reads it, for plain decimal
+/// digits with an optional minus sign; `None` for anything else.
+fn known_timestamp(bytes: &[u8], mut pos: usize) -> Option<Option<i64>> {
+    while matches!(bytes.get(pos), Some(b' ' | b'\t')) {
+        pos += 1;
+    }
+    if pos == bytes.len() {
+        return Some(None);
+    }
+    let negative = bytes[pos] == b'-';
+    pos += usize::from(negative);
+    let start = pos;
+    let mut value: i64 = 0;
+    while let Some(&b) = bytes.get(pos) {
+        if !b.is_ascii_digit() {
+            break;
+        }
+        let digit = i64::from(b - b'0');
+        // Accumulated with the sign, so that i64::MIN parses as it does with `str::parse`.
+        value = value.checked_mul(10)?;
+        value = if negative {
+            value.checked_sub(digit)?
+        } else {
+            value.checked_add(digit)?
+        };
+        pos += 1;
+    }
+    if pos == start {
+        return None;
+    }
+    while matches!(bytes.get(pos), Some(b' ' | b'\t')) {
+        pos += 1;
+    }
+    (pos == bytes.len()).then_some(Some(value))
+}
+
+/// A value as [`Parser::field_value`] parses it, when it has type `ty`; `None` otherwise.
+fn known_value(raw: &str, ty: FieldType) -> Option<FieldValue<'static>> {
+    match ty {
+        FieldType::Float => {
+            let first = *raw.as_bytes().first()?;
+            if !(first.is_ascii_digit() || matches!(first, b'-' | b'+' | b'.')) {
+                return None;
+            }
+            // `1i` and `1u` fail here as the general parser reads them as other types.
+            raw.parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .map(FieldValue::F64)
+        }
+        FieldType::Integer => raw.strip_suffix('i')?.parse().ok().map(FieldValue::I64),
+        FieldType::UInteger => raw.strip_suffix('u')?.parse().ok().map(FieldValue::U64),
+        FieldType::Boolean => match raw {
+            "t" | "T" | "true" | "True" | "TRUE" => Some(FieldValue::Bool(true)),
+            "f" | "F" | "false" | "False" | "FALSE" => Some(FieldValue::Bool(false)),
+            _ => None,
+        },
+        FieldType::String => None,
+    }
 }
 
 /// Parses the fields and timestamp of a line whose series key, `text[..key_len]` (see

@@ -143,3 +143,123 @@ fn series_key_len_stops_at_the_first_space_unless_escapes_come_first() {
     assert_eq!(series_key_len(r"m,a=b\ c v=1"), None);
     assert_eq!(series_key_len("m"), None);
 }
+
+/// What the layout fast path made of a line, checked against the general parser: whatever it
+/// accepts, `parse_line_fields` must parse to the same keys, values and timestamp.
+fn known_agrees(layout: &FieldLayout, case: &str) -> bool {
+    let Some(key_len) = series_key_len(case) else {
+        return false;
+    };
+    let mut values = Vec::new();
+    let fast = parse_known_fields(case, key_len, layout, &mut values);
+    let Some(timestamp) = fast else {
+        return false;
+    };
+    let mut general = Line::default();
+    parse_line_fields(case, key_len, 1, &mut general)
+        .unwrap_or_else(|e| panic!("{case}: fast path accepted what the parser rejects: {e}"));
+    assert_eq!(general.timestamp, timestamp, "{case}");
+    let general_values: Vec<&FieldValue<'_>> = general.fields.iter().map(|(_, v)| v).collect();
+    let fast_values: Vec<&FieldValue<'_>> = values.iter().collect();
+    assert_eq!(general_values, fast_values, "{case}");
+    assert!(layout.matches(&general), "{case}: keys or types differ");
+    true
+}
+
+fn layout_of(text: &str) -> FieldLayout {
+    let mut line = Line::default();
+    parse_line(text, 1, &mut line).expect("template parses");
+    FieldLayout::of_line(&line).expect("template makes a layout")
+}
+
+#[test]
+fn the_layout_fast_path_takes_only_lines_the_parser_reads_the_same_way() {
+    let layout = layout_of("m,t=1 a=1.5,b=2i,c=3u,d=t 100");
+    assert_eq!(layout.len(), 4);
+    let accepted = [
+        "m,t=2 a=1.5,b=2i,c=3u,d=t 100",
+        "m,t=2 a=-1e3,b=-2i,c=0u,d=FALSE",
+        "m,t=2   a=.5,b=9223372036854775807i,c=18446744073709551615u,d=true   -7  ",
+        "m,t=2 a=+1,b=0i,c=1u,d=F 1\t",
+        "m,t=2 a=1,b=0i,c=1u,d=F -9223372036854775808",
+        "m,t=2 a=1,b=0i,c=1u,d=F 9223372036854775807 \t ",
+        "m,t=2 a=1,b=0i,c=1u,d=F 007",
+        "m,t=2 a=1,b=0i,c=1u,d=F    ",
+    ];
+    for case in accepted {
+        assert!(known_agrees(&layout, case), "not taken: {case}");
+    }
+    let declined = [
+        "m,t=2 a=inf,b=2i,c=3u,d=t 100",
+        "m,t=2 a=NaN,b=2i,c=3u,d=t",
+        "m,t=2 a=-inf,b=2i,c=3u,d=t",
+        "m,t=2 a=+NaN,b=2i,c=3u,d=t",
+        "m,t=2 a=1e999,b=2i,c=3u,d=t",
+        "m,t=2 a=1.5i,b=2i,c=3u,d=t",
+        "m,t=2 a=1.5,b=2.0,c=3u,d=t",
+        "m,t=2 a=1.5,b=2i,c=3i,d=t",
+        "m,t=2 a=1.5,b=2i,c=3u,d=yes",
+        "m,t=2 a=1.5,b=2i,c=3u",
+        "m,t=2 a=1.5,b=2i,c=3u,d=t,e=1",
+        "m,t=2 b=2i,a=1.5,c=3u,d=t",
+        "m,t=2 a=1.5,a=2,b=2i,c=3u,d=t",
+        "m,t=2 a=\"x\",b=2i,c=3u,d=t",
+        "m,t=2 a=1.5,b=2i,c=3u,d=t 1x",
+        "m,t=2 a=1.5,b=2i,c=3u,d=t 100 7",
+        "m,t=2 a=1.5,b=2i,c=3u,d=t 100\t7",
+        "m,t=2 a=1.5,b=2i,c=3u,d=t 9223372036854775808",
+        "m,t=2 a=1.5,b=2i,c=3u,d=t -9223372036854775809",
+        "m,t=2 a=1.5,b=2i,c=3u,d=t -",
+        "m,t=2 a=1.5,b=2i,c=3u,d=t 1.5",
+        "m,t=2 a=1.5,b=99999999999999999999i,c=3u,d=t",
+        "m,t=2 a=1.5,b=2i,c=-3u,d=t",
+        "m,t=2 a=,b=2i,c=3u,d=t",
+        "m,t=2 ab=1.5,b=2i,c=3u,d=t",
+        "m,t=2 a\\ =1.5,b=2i,c=3u,d=t",
+        "m,t=2",
+        "m,t=2 ",
+    ];
+    for case in declined {
+        assert!(!known_agrees(&layout, case), "taken: {case}");
+    }
+}
+
+#[test]
+fn string_fields_and_escaped_keys_make_no_layout() {
+    let mut line = Line::default();
+    parse_line("m a=1,s=\"x\" 1", 1, &mut line).expect("parses");
+    assert_eq!(FieldLayout::of_line(&line), None);
+    parse_line("m a\\,b=1 1", 1, &mut line).expect("parses");
+    assert_eq!(FieldLayout::of_line(&line), None);
+}
+
+/// Every golden case against the layout of every golden case: the fast path never accepts a
+/// line the general parser reads differently or rejects.
+#[test]
+fn the_layout_fast_path_agrees_with_the_parser_on_every_golden_pair() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/line_protocol.golden");
+    let golden = std::fs::read_to_string(path).expect("golden file");
+    let cases: Vec<&str> = golden
+        .lines()
+        .filter_map(|l| l.strip_prefix("> "))
+        .collect();
+    let layouts: Vec<FieldLayout> = cases
+        .iter()
+        .filter_map(|case| {
+            let mut line = Line::default();
+            parse_line(case, 1, &mut line).ok()?;
+            FieldLayout::of_line(&line)
+        })
+        .collect();
+    assert!(layouts.len() > 10, "only {} layouts", layouts.len());
+    let mut taken = 0;
+    for layout in &layouts {
+        for case in &cases {
+            taken += usize::from(known_agrees(layout, case));
+        }
+    }
+    assert!(
+        taken >= layouts.len(),
+        "the fast path took only {taken} pairs"
+    );
+}

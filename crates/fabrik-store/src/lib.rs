@@ -98,8 +98,15 @@ impl StoreOptions {
 const SERIES_CACHE_MAX: usize = 100_000;
 
 thread_local! {
-    static SERIES_CACHE: std::cell::RefCell<std::collections::HashMap<Box<str>, Arc<SeriesKey>, ahash::RandomState>> =
+    static SERIES_CACHE: std::cell::RefCell<std::collections::HashMap<Box<str>, SeriesKey, ahash::RandomState>> =
         std::cell::RefCell::new(std::collections::HashMap::default());
+}
+
+/// About how many lines a body has, from the length of its first line (lines of one body are
+/// usually alike).
+fn estimated_lines(body: &str) -> usize {
+    let first = body.find('\n').map_or(body.len(), |at| at + 1);
+    body.len() / first.max(1) + 1
 }
 
 /// Parses a line-protocol body into `builder`; stops at the first bad line.
@@ -117,7 +124,10 @@ fn add_body(
                 continue;
             };
             let key = &text[..key_len];
-            if let Some(series) = cache.get(key) {
+            if let Some(series) = cache.get_mut(key) {
+                if builder.add_known_series_line(series, text, key_len, number, precision)? {
+                    continue;
+                }
                 parse_line_fields(text, key_len, number, &mut line)?;
                 builder.add_series_line(series, &line, precision)?;
                 continue;
@@ -127,7 +137,7 @@ fn add_body(
             if cache.len() >= SERIES_CACHE_MAX {
                 cache.clear();
             }
-            cache.insert(key.into(), Arc::new(SeriesKey::of_line(&line)));
+            cache.insert(key.into(), SeriesKey::of_line(&line));
         }
         Ok(())
     })
@@ -460,7 +470,8 @@ impl Store {
             raw_id,
             mapping_version: 0,
         };
-        let mut builder = BatchBuilder::new(Timestamp::now().nanos(), lineage);
+        let mut builder = BatchBuilder::new(Timestamp::now().nanos(), lineage)
+            .with_row_hint(estimated_lines(body));
         add_body(&mut builder, body, precision)?;
         let points = builder.rows();
         let chunks = builder.finish(&self.shared.catalog, self.partition_ns())?;
@@ -993,5 +1004,74 @@ mod tests {
         let err = build("m,host=a v=2 20\nm,host=a v=3i 30").expect_err("type conflict");
         let msg = err.to_string();
         assert!(msg.contains("line 2") && msg.contains("line 1"), "{msg}");
+    }
+
+    fn build_general(body: &str) -> Result<Vec<WriteChunk>, StoreError> {
+        let lineage = Lineage {
+            source: SourceId::http(),
+            raw_id: RawMessageId(1),
+            mapping_version: 0,
+        };
+        let mut builder = BatchBuilder::new(7, lineage);
+        for line in fabrik_core::line_protocol::parse_body(body)? {
+            builder.add_line(&line, Precision::Ns)?;
+        }
+        builder.finish(&Catalog::default(), i64::MAX)
+    }
+
+    /// Lines of known series whose fields follow their table's layout skip the general
+    /// parser; the rows must be the very ones the general parser builds, whatever mix of
+    /// layouts, missing fields, types and timestamps the body has.
+    #[test]
+    fn the_layout_fast_path_builds_the_same_rows_as_the_general_parser() {
+        let body = "\
+m,host=a,dc=x v=1,n=2i,u=3u,b=t 10
+m,host=b,dc=x v=1.5,n=-2i,u=0u,b=F 11
+m,host=a,dc=x v=2,n=4i,u=5u,b=false
+m,host=a,dc=x n=6i,v=3,u=7u,b=true 12
+m,host=b,dc=x v=4 13
+m,host=a,dc=x v=5,n=8i,u=9u,b=t,extra=1 14
+n,host=a w=1i 10
+m,host=a,dc=x v=6,n=10i,u=11u,b=t   15
+n,host=a w=2i 11
+m,host=b,dc=x v=7,n=12i,u=13u,b=f 16
+m,dc=x,host=a v=8,n=14i,u=15u,b=t 17
+m,host=c,dc=x v=9,n=16i,u=17u,b=t 18
+m,host=c,dc=x v=10,n=18i,u=19u,b=t 18
+";
+        build(body).expect("warm the series cache");
+        let fast = build(body).expect("fast");
+        let general = build_general(body).expect("general");
+        assert_eq!(fast.len(), general.len());
+        for (a, b) in fast.iter().zip(&general) {
+            assert_eq!(a.table, b.table);
+            assert_eq!(a.batch, b.batch, "table {}", a.table);
+            assert_eq!(a.series, b.series);
+        }
+        let mut builder = BatchBuilder::new(7, fast_lineage());
+        add_body(&mut builder, body, Precision::Ns).expect("add");
+        assert!(
+            builder.lines_by_layout() >= 6,
+            "only {} lines took the fast path",
+            builder.lines_by_layout()
+        );
+    }
+
+    fn fast_lineage() -> Lineage {
+        Lineage {
+            source: SourceId::http(),
+            raw_id: RawMessageId(1),
+            mapping_version: 0,
+        }
+    }
+
+    #[test]
+    fn a_type_change_on_the_fast_path_is_reported_as_on_the_general_one() {
+        build("m,host=a v=1,n=2i 10").expect("warm the cache");
+        let err = build("m,host=a v=1,n=2i 10\nm,host=a v=1,n=2 20").expect_err("conflict");
+        let msg = err.to_string();
+        assert!(msg.contains("line 2") && msg.contains("line 1"), "{msg}");
+        let err = build("m,host=a v=1,n=2i 10\nm,host=a v=1,n=2i 1e3").expect_err("bad time");
+        assert!(err.to_string().contains("line 2"), "{err}");
     }
 }

@@ -29,9 +29,29 @@ const MAX_GROUP_BYTES: usize = 32 << 20;
 /// Largest record accepted on replay; anything larger is a damaged length field.
 const MAX_RECORD: u32 = 1 << 30;
 
+/// Payload buffers kept for reuse: a fresh one per write cost a page fault per 4 KiB, 6 % of
+/// the server's CPU in an ingest profile. The WAL thread returns each after writing it.
+const KEPT_PAYLOADS: usize = 8;
+/// Larger payload buffers are freed after use rather than kept.
+const KEPT_PAYLOAD_MAX: usize = 8 << 20;
+
+static FREE_PAYLOADS: parking_lot::Mutex<Vec<Vec<u8>>> = parking_lot::Mutex::new(Vec::new());
+
+fn recycle_payload(mut payload: Vec<u8>) {
+    if payload.capacity() > KEPT_PAYLOAD_MAX {
+        return;
+    }
+    payload.clear();
+    let mut free = FREE_PAYLOADS.lock();
+    if free.len() < KEPT_PAYLOADS {
+        free.push(payload);
+    }
+}
+
 /// Encodes the chunks of one write request as a WAL payload.
 pub fn encode(chunks: &[WriteChunk]) -> Result<Vec<u8>, StoreError> {
-    let mut out = Vec::with_capacity(
+    let mut out = FREE_PAYLOADS.lock().pop().unwrap_or_default();
+    out.reserve(
         chunks
             .iter()
             .map(|c| c.batch.get_array_memory_size() + 256)
@@ -502,7 +522,8 @@ pub fn start(
                                 metrics::counter!("fabrik_wal_bytes_total").increment(written);
                                 let writes = group
                                     .into_iter()
-                                    .map(|(_, chunks, reply)| {
+                                    .map(|(payload, chunks, reply)| {
+                                        recycle_payload(payload);
                                         let seq = next_seq;
                                         next_seq += 1;
                                         (seq, chunks, reply)
