@@ -263,3 +263,30 @@ fn the_layout_fast_path_agrees_with_the_parser_on_every_golden_pair() {
         "the fast path took only {taken} pairs"
     );
 }
+
+#[test]
+fn has_prefix_agrees_with_starts_with() {
+    let hay = b"fuel_consumption=29.4,x=1";
+    for len in 0..=hay.len() + 2 {
+        for cut in 0..=hay.len() {
+            let mut prefix: Vec<u8> = hay.iter().copied().take(len).collect();
+            if len > hay.len() {
+                prefix.extend(std::iter::repeat_n(b'x', len - hay.len()));
+            }
+            let hay = &hay[..cut];
+            assert_eq!(
+                has_prefix(hay, &prefix),
+                hay.starts_with(&prefix),
+                "{len} {cut}"
+            );
+            if let Some(last) = prefix.last_mut() {
+                *last ^= 1;
+                assert_eq!(
+                    has_prefix(hay, &prefix),
+                    hay.starts_with(&prefix),
+                    "{len} {cut} flipped"
+                );
+            }
+        }
+    }
+}
