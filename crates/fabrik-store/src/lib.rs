@@ -102,10 +102,13 @@ thread_local! {
         std::cell::RefCell::new(std::collections::HashMap::default());
 }
 
-/// About how many lines a body has, from the length of its first line (lines of one body are
-/// usually alike).
+/// About how many lines a body has, from the length of its first line that is not blank
+/// (lines of one body are usually alike).
 fn estimated_lines(body: &str) -> usize {
-    let first = body.find('\n').map_or(body.len(), |at| at + 1);
+    let first = body
+        .split('\n')
+        .find(|line| !line.trim().is_empty())
+        .map_or(body.len(), |line| line.len() + 1);
     body.len() / first.max(1) + 1
 }
 
@@ -1073,5 +1076,19 @@ m,host=c,dc=x v=10,n=18i,u=19u,b=t 18
         assert!(msg.contains("line 2") && msg.contains("line 1"), "{msg}");
         let err = build("m,host=a v=1,n=2i 10\nm,host=a v=1,n=2i 1e3").expect_err("bad time");
         assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn the_line_estimate_follows_the_first_line_that_is_not_blank() {
+        let body = "m,host=a v=1 10\n".repeat(100);
+        assert_eq!(estimated_lines(&body), 101);
+        let padded = format!("\n\n   \n{body}");
+        assert!(
+            estimated_lines(&padded) <= 102,
+            "{}",
+            estimated_lines(&padded)
+        );
+        assert_eq!(estimated_lines(""), 1);
+        assert_eq!(estimated_lines("m v=1"), 1);
     }
 }
