@@ -263,6 +263,36 @@ async fn only_ready_and_metrics_answer_without_a_token() {
     s.shutdown().await;
 }
 
+/// POSTs `body` to `/api/v1/write` with `Transfer-Encoding: chunked` over a raw socket (the
+/// HTTP client always sends a length); returns the response's status code.
+async fn chunked_write(url: &str, body: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /api/v1/write HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    for chunk in body.as_bytes().chunks(64 * 1024) {
+        let mut frame = format!("{:x}\r\n", chunk.len()).into_bytes();
+        frame.extend_from_slice(chunk);
+        frame.extend_from_slice(b"\r\n");
+        // The server may answer and stop reading before the whole body is sent.
+        if stream.write_all(&frame).await.is_err() {
+            break;
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_get_413_and_bad_sql_gets_400_with_the_engine_message() {
     let s = Server::start().await; // 1 MiB limit
@@ -280,6 +310,13 @@ async fn oversized_bodies_get_413_and_bad_sql_gets_400_with_the_engine_message()
         .await
         .expect("gz");
     assert_eq!(r.status(), 413);
+    // A chunked body has no length to refuse up front: it is cut off at the limit.
+    assert_eq!(chunked_write(&s.url, &big).await, 413);
+    assert_eq!(
+        chunked_write(&s.url, "chunked v=1 1\nchunked v=2 2\n").await,
+        200
+    );
+    assert_eq!(s.count("SELECT count(*) AS n FROM chunked").await, 2);
     s.write("m v=1 1").await;
     for (sql, needle) in [
         ("SELECT * FROM nope", "nope"),
