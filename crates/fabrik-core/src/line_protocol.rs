@@ -32,6 +32,19 @@ pub enum FieldValue<'a> {
     Str(Cow<'a, str>),
 }
 
+impl FieldValue<'_> {
+    /// The type of this value.
+    pub fn field_type(&self) -> FieldType {
+        match self {
+            Self::F64(_) => FieldType::Float,
+            Self::I64(_) => FieldType::Integer,
+            Self::U64(_) => FieldType::UInteger,
+            Self::Bool(_) => FieldType::Boolean,
+            Self::Str(_) => FieldType::String,
+        }
+    }
+}
+
 /// One parsed line. Reuse one `Line` across a body with [`parse_line`] to avoid allocating.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Line<'a> {
@@ -171,14 +184,9 @@ impl FieldLayout {
     }
 }
 
+/// The type of a value a layout can hold: any but a string.
 fn numeric_type(value: &FieldValue<'_>) -> Option<FieldType> {
-    match value {
-        FieldValue::F64(_) => Some(FieldType::Float),
-        FieldValue::I64(_) => Some(FieldType::Integer),
-        FieldValue::U64(_) => Some(FieldType::UInteger),
-        FieldValue::Bool(_) => Some(FieldType::Boolean),
-        FieldValue::Str(_) => None,
-    }
+    Some(value.field_type()).filter(|ty| *ty != FieldType::String)
 }
 
 /// Parses the fields and timestamp of `text` after its series key (`text[..key_len]`, see

@@ -119,17 +119,14 @@ enum ColData {
 }
 
 impl ColData {
-    /// A column with room for `rows` rows (0: the builders' defaults).
+    /// A column with room for `rows` rows (0: as much as Arrow's `Builder::new()` reserves).
     fn new(kind: ColumnKind, rows: usize) -> Self {
-        if rows == 0 {
-            return match kind {
-                ColumnKind::Field(FieldType::Float) => Self::F64(Float64Builder::new()),
-                ColumnKind::Field(FieldType::Integer) => Self::I64(Int64Builder::new()),
-                ColumnKind::Field(FieldType::UInteger) => Self::U64(UInt64Builder::new()),
-                ColumnKind::Field(FieldType::Boolean) => Self::Bool(BooleanBuilder::new()),
-                _ => Self::Str(StringBuilder::new()),
-            };
-        }
+        // What Arrow's builders reserve in `new()`: 1,024 items (and 1,024 string bytes).
+        const ARROW_DEFAULT_ROWS: usize = 1024;
+        let (rows, string_bytes) = match rows {
+            0 => (ARROW_DEFAULT_ROWS, ARROW_DEFAULT_ROWS),
+            rows => (rows, rows * 8),
+        };
         match kind {
             ColumnKind::Field(FieldType::Float) => Self::F64(Float64Builder::with_capacity(rows)),
             ColumnKind::Field(FieldType::Integer) => Self::I64(Int64Builder::with_capacity(rows)),
@@ -137,7 +134,7 @@ impl ColData {
             ColumnKind::Field(FieldType::Boolean) => {
                 Self::Bool(BooleanBuilder::with_capacity(rows))
             }
-            _ => Self::Str(StringBuilder::with_capacity(rows, rows * 8)),
+            _ => Self::Str(StringBuilder::with_capacity(rows, string_bytes)),
         }
     }
 
@@ -157,6 +154,21 @@ impl ColData {
     fn pad_to(&mut self, rows: usize) {
         if self.len() < rows {
             self.append_nulls(rows - self.len());
+        }
+    }
+
+    /// Appends a field value as row `row` (nulls first if the column missed earlier rows);
+    /// the catalog and `TableRows::column` keep types matching, a mismatch appends nothing.
+    #[inline(always)]
+    fn append_field(&mut self, row: usize, value: &FieldValue<'_>) {
+        self.pad_to(row);
+        match (self, value) {
+            (Self::F64(b), FieldValue::F64(x)) => b.append_value(*x),
+            (Self::I64(b), FieldValue::I64(x)) => b.append_value(*x),
+            (Self::U64(b), FieldValue::U64(x)) => b.append_value(*x),
+            (Self::Bool(b), FieldValue::Bool(x)) => b.append_value(*x),
+            (Self::Str(b), FieldValue::Str(x)) => b.append_value(x),
+            _ => {}
         }
     }
 
@@ -481,15 +493,7 @@ impl BatchBuilder {
         else {
             return Ok(false);
         };
-        let time = match timestamp {
-            Some(t) => precision
-                .to_nanos(t)
-                .map_err(|e| StoreError::InvalidPoint {
-                    location: format!("line {line_number}"),
-                    reason: e.to_string(),
-                })?,
-            None => self.default_time,
-        };
+        let time = self.nanos(timestamp, line_number, precision)?;
         let table = &mut self.tables[t];
         Self::append_tags(table, &self.resolved_columns[tag_columns], series);
         let row = table.row();
@@ -498,15 +502,7 @@ impl BatchBuilder {
         } = table;
         let field_columns = layout.as_ref().map_or(&[][..], |(_, c)| c.as_slice());
         for (&c, value) in field_columns.iter().zip(&self.known_values) {
-            let col = &mut columns[c].data;
-            col.pad_to(row);
-            match (col, value) {
-                (ColData::F64(b), FieldValue::F64(x)) => b.append_value(*x),
-                (ColData::I64(b), FieldValue::I64(x)) => b.append_value(*x),
-                (ColData::U64(b), FieldValue::U64(x)) => b.append_value(*x),
-                (ColData::Bool(b), FieldValue::Bool(x)) => b.append_value(*x),
-                _ => {}
-            }
+            columns[c].data.append_field(row, value);
         }
         self.push_row(t, time, series.hash, Quality::Good);
         self.lines_by_layout += 1;
@@ -531,9 +527,19 @@ impl BatchBuilder {
     }
 
     fn line_time(&self, line: &Line<'_>, precision: Precision) -> Result<i64, StoreError> {
-        match line.timestamp {
+        self.nanos(line.timestamp, line.line_number, precision)
+    }
+
+    /// A line's timestamp as written, in nanoseconds; the receipt time when it has none.
+    fn nanos(
+        &self,
+        timestamp: Option<i64>,
+        line_number: usize,
+        precision: Precision,
+    ) -> Result<i64, StoreError> {
+        match timestamp {
             Some(t) => precision.to_nanos(t).map_err(|e| StoreError::InvalidPoint {
-                location: format!("line {}", line.line_number),
+                location: format!("line {line_number}"),
                 reason: e.to_string(),
             }),
             None => Ok(self.default_time),
@@ -553,26 +559,11 @@ impl BatchBuilder {
         let row = table.row();
         field_columns.clear();
         for (k, v) in &line.fields {
-            let kind = ColumnKind::Field(match v {
-                FieldValue::F64(_) => FieldType::Float,
-                FieldValue::I64(_) => FieldType::Integer,
-                FieldValue::U64(_) => FieldType::UInteger,
-                FieldValue::Bool(_) => FieldType::Boolean,
-                FieldValue::Str(_) => FieldType::String,
-            });
+            let kind = ColumnKind::Field(v.field_type());
             let c = table.column(pos, k, kind, &location)?;
             pos += 1;
             field_columns.push(c);
-            let col = &mut table.columns[c].data;
-            col.pad_to(row);
-            match (col, v) {
-                (ColData::F64(b), FieldValue::F64(x)) => b.append_value(*x),
-                (ColData::I64(b), FieldValue::I64(x)) => b.append_value(*x),
-                (ColData::U64(b), FieldValue::U64(x)) => b.append_value(*x),
-                (ColData::Bool(b), FieldValue::Bool(x)) => b.append_value(*x),
-                (ColData::Str(b), FieldValue::Str(x)) => b.append_value(x),
-                _ => {}
-            }
+            table.columns[c].data.append_field(row, v);
         }
         table.remember_layout(line, field_columns);
         Ok(())

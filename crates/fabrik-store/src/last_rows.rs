@@ -294,7 +294,17 @@ mod tests {
     /// A table without tags is one series: its last row is the one with the largest time.
     #[test]
     fn a_table_without_tags_has_one_last_row() {
-        let (schema, batch) = build("m v=1 10\nm v=2 30\nm v=3 20\n");
+        let (from_file, in_memory) =
+            last_rows_from_file_and_memory("m v=1 10\nm v=2 30\nm v=3 20\n");
+        assert_eq!(from_file.num_rows(), 1);
+        assert_eq!(crate::batch::time_column(&from_file).expect("time"), &[30]);
+        assert_eq!(from_file, in_memory);
+    }
+
+    /// The last rows of table `m` built from `body`, read from its Parquet encoding and
+    /// computed from the batch in memory.
+    fn last_rows_from_file_and_memory(body: &str) -> (RecordBatch, RecordBatch) {
+        let (schema, batch) = build(body);
         let file = Bytes::from(crate::segments::encode_parquet(&batch).expect("encode"));
         let from_file = last_rows_of_segment(file, &schema)
             .expect("read")
@@ -302,9 +312,7 @@ mod tests {
         let in_memory = last_rows_of(&schema, &[batch])
             .expect("rows")
             .expect("rows");
-        assert_eq!(from_file.num_rows(), 1);
-        assert_eq!(crate::batch::time_column(&from_file).expect("time"), &[30]);
-        assert_eq!(from_file, in_memory);
+        (from_file, in_memory)
     }
 
     /// One table `m` built from a line-protocol body, aligned to the table's schema.
@@ -338,15 +346,7 @@ mod tests {
                 format!("m,dev=d{},site=s{} v={i} {time}\n", i % 7, i % 3)
             })
             .collect();
-        let (schema, batch) = build(&body);
-        let file = Bytes::from(crate::segments::encode_parquet(&batch).expect("encode"));
-
-        let from_file = last_rows_of_segment(file, &schema)
-            .expect("read")
-            .expect("rows");
-        let in_memory = last_rows_of(&schema, &[batch])
-            .expect("rows")
-            .expect("rows");
+        let (from_file, in_memory) = last_rows_from_file_and_memory(&body);
         assert_eq!(from_file.num_rows(), 21, "7 devices x 3 sites");
         assert_eq!(from_file, in_memory);
     }

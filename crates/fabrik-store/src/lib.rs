@@ -18,6 +18,7 @@ pub mod buffer;
 pub mod error;
 mod last_rows;
 pub mod manifest;
+pub mod pool;
 pub mod query;
 pub mod schema;
 pub mod segments;
@@ -969,12 +970,7 @@ mod tests {
     use fabrik_core::{RawMessageId, SourceId};
 
     fn build(body: &str) -> Result<Vec<WriteChunk>, StoreError> {
-        let lineage = Lineage {
-            source: SourceId::http(),
-            raw_id: RawMessageId(1),
-            mapping_version: 0,
-        };
-        let mut builder = BatchBuilder::new(7, lineage);
+        let mut builder = BatchBuilder::new(7, lineage());
         add_body(&mut builder, body, Precision::Ns)?;
         builder.finish(&Catalog::default(), i64::MAX)
     }
@@ -1010,12 +1006,7 @@ mod tests {
     }
 
     fn build_general(body: &str) -> Result<Vec<WriteChunk>, StoreError> {
-        let lineage = Lineage {
-            source: SourceId::http(),
-            raw_id: RawMessageId(1),
-            mapping_version: 0,
-        };
-        let mut builder = BatchBuilder::new(7, lineage);
+        let mut builder = BatchBuilder::new(7, lineage());
         for line in fabrik_core::line_protocol::parse_body(body)? {
             builder.add_line(&line, Precision::Ns)?;
         }
@@ -1051,7 +1042,7 @@ m,host=c,dc=x v=10,n=18i,u=19u,b=t 18
             assert_eq!(a.batch, b.batch, "table {}", a.table);
             assert_eq!(a.series, b.series);
         }
-        let mut builder = BatchBuilder::new(7, fast_lineage());
+        let mut builder = BatchBuilder::new(7, lineage());
         add_body(&mut builder, body, Precision::Ns).expect("add");
         assert!(
             builder.lines_by_layout() >= 6,
@@ -1060,7 +1051,7 @@ m,host=c,dc=x v=10,n=18i,u=19u,b=t 18
         );
     }
 
-    fn fast_lineage() -> Lineage {
+    fn lineage() -> Lineage {
         Lineage {
             source: SourceId::http(),
             raw_id: RawMessageId(1),

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::StoreError;
 use crate::batch::{WriteChunk, series_of_batch};
+use crate::pool::BufferPool;
 
 const MAGIC: &[u8; 8] = b"FABWAL01";
 const HEADER: usize = 16;
@@ -29,28 +30,12 @@ const MAX_GROUP_BYTES: usize = 32 << 20;
 /// Largest record accepted on replay; anything larger is a damaged length field.
 const MAX_RECORD: u32 = 1 << 30;
 
-/// Payload buffers kept for reuse: a fresh one per write cost a page fault per 4 KiB, 6 % of
-/// the server's CPU in an ingest profile. The WAL thread returns each after writing it.
-const KEPT_PAYLOADS: usize = 8;
-/// Larger payload buffers are freed after use rather than kept.
-const KEPT_PAYLOAD_MAX: usize = 8 << 20;
-
-static FREE_PAYLOADS: parking_lot::Mutex<Vec<Vec<u8>>> = parking_lot::Mutex::new(Vec::new());
-
-fn recycle_payload(mut payload: Vec<u8>) {
-    if payload.capacity() > KEPT_PAYLOAD_MAX {
-        return;
-    }
-    payload.clear();
-    let mut free = FREE_PAYLOADS.lock();
-    if free.len() < KEPT_PAYLOADS {
-        free.push(payload);
-    }
-}
+/// Payload buffers: 8 kept, up to 8 MiB each. The WAL thread returns each after writing it.
+static PAYLOADS: BufferPool = BufferPool::new(8, 8 << 20);
 
 /// Encodes the chunks of one write request as a WAL payload.
 pub fn encode(chunks: &[WriteChunk]) -> Result<Vec<u8>, StoreError> {
-    let mut out = FREE_PAYLOADS.lock().pop().unwrap_or_default();
+    let mut out = PAYLOADS.take();
     out.reserve(
         chunks
             .iter()
@@ -523,7 +508,7 @@ pub fn start(
                                 let writes = group
                                     .into_iter()
                                     .map(|(payload, chunks, reply)| {
-                                        recycle_payload(payload);
+                                        PAYLOADS.give(payload);
                                         let seq = next_seq;
                                         next_seq += 1;
                                         (seq, chunks, reply)
