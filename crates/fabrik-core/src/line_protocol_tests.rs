@@ -290,3 +290,73 @@ fn has_prefix_agrees_with_starts_with() {
         }
     }
 }
+
+#[test]
+fn short_decimal_agrees_with_str_parse_to_the_bit() {
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move |below: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % below
+    };
+    let alphabet = b"0123456789.-+e";
+    let mut taken = 0;
+    for case in 0..400_000 {
+        // Mostly well-formed decimals of 1 to 18 digits around a random point; some noise.
+        let text: Vec<u8> = if case % 4 == 0 {
+            (0..1 + next(8))
+                .map(|_| alphabet[next(alphabet.len() as u64) as usize])
+                .collect()
+        } else {
+            let digits = 1 + next(18) as usize;
+            let point = next(digits as u64 + 2) as usize;
+            let mut text = Vec::new();
+            match next(4) {
+                0 => text.push(b'-'),
+                1 => text.push(b'+'),
+                _ => {}
+            }
+            for i in 0..digits {
+                if i == point {
+                    text.push(b'.');
+                }
+                text.push(b'0' + next(10) as u8);
+            }
+            if point == digits {
+                text.push(b'.');
+            }
+            text
+        };
+        let text = String::from_utf8(text).expect("ascii");
+        let fast = short_decimal(text.as_bytes());
+        let general = text.parse::<f64>().ok();
+        match fast {
+            Some(value) => {
+                taken += 1;
+                assert_eq!(Some(value.to_bits()), general.map(f64::to_bits), "{text:?}");
+            }
+            None => assert!(!short_decimal_shape(&text), "{text:?} declined"),
+        }
+    }
+    assert!(taken > 150_000, "fast path taken {taken} times");
+    for (text, want) in [
+        ("-0", -0.0_f64),
+        ("0.1", 0.1),
+        ("56.57493", 56.57493),
+        ("1.", 1.0),
+    ] {
+        assert_eq!(
+            short_decimal(text.as_bytes()).map(f64::to_bits),
+            Some(want.to_bits())
+        );
+    }
+}
+
+/// `[+-]digits[.digits]` with 1 to 15 digits: what `short_decimal` must take.
+fn short_decimal_shape(text: &str) -> bool {
+    let body = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let digits = body.bytes().filter(u8::is_ascii_digit).count();
+    let points = body.bytes().filter(|&b| b == b'.').count();
+    (1..=15).contains(&digits) && points <= 1 && digits + points == body.len()
+}

@@ -53,12 +53,16 @@ pub fn series_hash<'a>(tags: impl Iterator<Item = (&'a str, &'a str)>) -> u64 {
 
 /// A parsed series key (measurement and tags) with its hash, cached by the write path so that
 /// lines of a known series skip parsing their tags.
+///
+/// The measurement and the tags live in one string rather than one allocation each: every
+/// line of a cached series copies its tag values from here, and one or two cache lines are
+/// cheaper to reach than eleven scattered ones.
 #[derive(Debug, Clone)]
 pub struct SeriesKey {
-    /// The measurement.
-    pub measurement: Box<str>,
-    /// Tags as written.
-    pub tags: Box<[(Box<str>, Box<str>)]>,
+    /// The measurement, then each tag's key and value, unescaped and back to back.
+    text: Box<str>,
+    /// Where each piece of `text` ends: the measurement, then each tag's key and value.
+    ends: Box<[u32]>,
     /// [`series_hash`] of the tags.
     pub hash: u64,
     /// Where the builder identified by the first number put this series: its table and the
@@ -68,18 +72,57 @@ pub struct SeriesKey {
 }
 
 impl SeriesKey {
-    /// The series key of a parsed line.
-    pub fn of_line(line: &Line<'_>) -> Self {
-        Self {
-            measurement: line.measurement.as_ref().into(),
-            tags: line
-                .tags
-                .iter()
-                .map(|(k, v)| (k.as_ref().into(), v.as_ref().into()))
-                .collect(),
+    /// The series key of a parsed line; `None` for a key too long to index with 32 bits
+    /// (which no body under the size limit can hold).
+    pub fn of_line(line: &Line<'_>) -> Option<Self> {
+        let mut text = String::from(line.measurement.as_ref());
+        let mut ends = Vec::with_capacity(1 + 2 * line.tags.len());
+        ends.push(u32::try_from(text.len()).ok()?);
+        for (key, value) in &line.tags {
+            text.push_str(key);
+            ends.push(u32::try_from(text.len()).ok()?);
+            text.push_str(value);
+            ends.push(u32::try_from(text.len()).ok()?);
+        }
+        Some(Self {
+            text: text.into_boxed_str(),
+            ends: ends.into_boxed_slice(),
             hash: series_hash(line.tags.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))),
             resolved: None,
-        }
+        })
+    }
+
+    /// Piece `index` of `text` (0: the measurement).
+    #[inline]
+    fn piece(&self, index: usize) -> &str {
+        let start = match index {
+            0 => 0,
+            _ => self.ends[index - 1] as usize,
+        };
+        &self.text[start..self.ends[index] as usize]
+    }
+
+    /// The measurement.
+    pub fn measurement(&self) -> &str {
+        self.piece(0)
+    }
+
+    /// The number of tags.
+    pub fn tag_count(&self) -> usize {
+        self.ends.len() / 2
+    }
+
+    /// The tags as written: (key, value) pairs.
+    pub fn tags(&self) -> impl Iterator<Item = (&str, &str)> {
+        (0..self.tag_count()).map(|tag| (self.piece(1 + 2 * tag), self.piece(2 + 2 * tag)))
+    }
+
+    /// The tag values in order, for the hot path that copies them into columns.
+    #[inline]
+    pub fn tag_values(&self) -> impl Iterator<Item = &str> {
+        self.ends[1..]
+            .chunks_exact(2)
+            .map(|bounds| &self.text[bounds[0] as usize..bounds[1] as usize])
     }
 }
 
@@ -438,10 +481,10 @@ impl BatchBuilder {
             return Ok((*table, columns.clone()));
         }
         let location = move || format!("line {line_number}: ");
-        let t = self.table(&series.measurement);
+        let t = self.table(series.measurement());
         let table = &mut self.tables[t];
         let start = self.resolved_columns.len();
-        for (pos, (k, _)) in series.tags.iter().enumerate() {
+        for (pos, (k, _)) in series.tags().enumerate() {
             let c = table.column(pos, k, ColumnKind::Tag, &location)?;
             self.resolved_columns.push(c);
         }
@@ -453,7 +496,7 @@ impl BatchBuilder {
     /// Appends a resolved series' tag values to the current row of its table.
     fn append_tags(table: &mut TableRows, tag_columns: &[usize], series: &SeriesKey) {
         let row = table.row();
-        for (&c, (_, v)) in tag_columns.iter().zip(series.tags.iter()) {
+        for (&c, v) in tag_columns.iter().zip(series.tag_values()) {
             let col = &mut table.columns[c].data;
             col.pad_to(row);
             if let ColData::Str(b) = col {
@@ -521,7 +564,7 @@ impl BatchBuilder {
         let time = self.line_time(line, precision)?;
         let table = &mut self.tables[t];
         Self::append_tags(table, &self.resolved_columns[tag_columns], series);
-        Self::add_fields(table, series.tags.len(), line, &mut self.field_columns)?;
+        Self::add_fields(table, series.tag_count(), line, &mut self.field_columns)?;
         self.push_row(t, time, series.hash, Quality::Good);
         Ok(())
     }

@@ -19,15 +19,19 @@ use crate::segments::align;
 /// Where a buffered row is: batch number and row within the batch.
 type RowAt = (u32, u32);
 
+/// How far from the newest end a late row may land and still be inserted into the ordered
+/// vector (a short move of its tail); later rows go to the `late` map.
+const NEAR_END: usize = 64;
+
 /// The rows of one series in a partition, by time.
 #[derive(Default)]
 struct SeriesRows {
     /// Rows in ascending time order: every row newer than all before it is appended here,
     /// which is how devices send, so the common write is a push onto a short, cached vector.
+    /// A row a little late (out-of-order batches, concurrent writers) is inserted near its end.
     in_order: Vec<(i64, RowAt)>,
-    /// Rows older than the newest in `in_order` when they arrived (late or out of order), by
-    /// time. A time is in one of the two, never both.
-    /// (An empty map allocates nothing.)
+    /// Rows that arrived more than [`NEAR_END`] rows late, by time. A time is in one of the
+    /// two, never both. (An empty map allocates nothing.)
     late: HashMap<i64, RowAt, ahash::RandomState>,
 }
 
@@ -41,17 +45,44 @@ impl SeriesRows {
                 return None;
             }
         }
-        if let Ok(i) = self.in_order.binary_search_by_key(&time, |&(t, _)| t) {
-            return Some(std::mem::replace(&mut self.in_order[i].1, at));
+        let position = match self.search(time) {
+            Ok(i) => return Some(std::mem::replace(&mut self.in_order[i].1, at)),
+            Err(position) => position,
+        };
+        if let Some(held) = self.late.get_mut(&time) {
+            return Some(std::mem::replace(held, at));
+        }
+        if self.in_order.len() - position <= NEAR_END {
+            self.in_order.insert(position, (time, at));
+            return None;
         }
         self.late.insert(time, at)
     }
 
     fn get_mut(&mut self, time: i64) -> Option<&mut RowAt> {
-        match self.in_order.binary_search_by_key(&time, |&(t, _)| t) {
+        match self.search(time) {
             Ok(i) => Some(&mut self.in_order[i].1),
             Err(_) => self.late.get_mut(&time),
         }
+    }
+
+    /// Binary search of `in_order` for `time`, narrowed first by probing back from the newest
+    /// end at distances 1, 2, 4, …: a late row is usually only a little late, and the vector's
+    /// tail is in cache while its middle is not (a full binary search was 40 % of the apply
+    /// thread's time in a profile).
+    fn search(&self, time: i64) -> Result<usize, usize> {
+        let len = self.in_order.len();
+        let mut distance = 1;
+        while distance < len && self.in_order[len - distance].0 > time {
+            distance *= 2;
+        }
+        // Everything from `end` on is newer than `time` (checked by the previous probe).
+        let start = len.saturating_sub(distance);
+        let end = len - distance / 2;
+        self.in_order[start..end]
+            .binary_search_by_key(&time, |&(t, _)| t)
+            .map(|i| start + i)
+            .map_err(|i| start + i)
     }
 }
 
@@ -454,5 +485,54 @@ mod tests {
             };
             assert_eq!(*v, want, "host {host}");
         }
+    }
+
+    #[test]
+    fn series_rows_agree_with_an_ordered_map_for_near_and_far_late_rows() {
+        let mut rows = SeriesRows::default();
+        let mut model: BTreeMap<i64, RowAt> = BTreeMap::new();
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |below: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % below
+        };
+        let mut newest = 0_i64;
+        for n in 0..20_000_u32 {
+            // Mostly in order; some a few rows late, some far (past NEAR_END), some repeats.
+            let time = match next(10) {
+                0..=5 => {
+                    newest += 1 + next(3) as i64;
+                    newest
+                }
+                6 | 7 => newest - next(40) as i64,
+                8 => newest - next(2_000) as i64,
+                _ => newest - next(5) as i64,
+            };
+            let at = (n, n);
+            assert_eq!(
+                rows.insert(time, at),
+                model.insert(time, at),
+                "write {n} at {time}"
+            );
+            let probe = newest - next(3_000) as i64;
+            assert_eq!(
+                rows.get_mut(probe).copied(),
+                model.get(&probe).copied(),
+                "{probe}"
+            );
+        }
+        assert!(!rows.late.is_empty(), "far-late rows took the map");
+        assert!(
+            rows.in_order.windows(2).all(|w| w[0].0 < w[1].0),
+            "vector sorted"
+        );
+        assert!(
+            rows.in_order
+                .iter()
+                .all(|(t, _)| !rows.late.contains_key(t))
+        );
+        assert_eq!(rows.in_order.len() + rows.late.len(), model.len());
     }
 }

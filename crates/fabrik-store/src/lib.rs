@@ -138,10 +138,12 @@ fn add_body(
             }
             parse_line(text, number, &mut line)?;
             builder.add_line(&line, precision)?;
-            if cache.len() >= SERIES_CACHE_MAX {
-                cache.clear();
+            if let Some(series) = SeriesKey::of_line(&line) {
+                if cache.len() >= SERIES_CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(key.into(), series);
             }
-            cache.insert(key.into(), SeriesKey::of_line(&line));
         }
         Ok(())
     })

@@ -82,6 +82,16 @@ struct FuzzyArt {
     weights: Vec<[f64; CODED]>,
     /// Cached numpy-order sums of each weight vector; recomputed whenever a weight changes.
     weight_sums: Vec<f64>,
+    /// Each category's weights on the newest value and on its complement, kept apart so the
+    /// similarity bound of every category is computed in one vectorised pass.
+    newest_weights: Vec<f64>,
+    newest_complement_weights: Vec<f64>,
+    /// The best category of the previous presentation: consecutive windows overlap, so its
+    /// activation is a good first threshold for pruning the next one.
+    previous_best: usize,
+    /// Per category, whether the pre-filter kept it; kept between calls only to reuse the
+    /// allocation.
+    kept: Vec<bool>,
     /// Cluster label per category; `None` mirrors the reference's `-1` ("no cluster").
     labels: Vec<Option<u32>>,
     last_use: Vec<i64>,
@@ -100,6 +110,10 @@ impl FuzzyArt {
         Self {
             weights: Vec::with_capacity(cap),
             weight_sums: Vec::with_capacity(cap),
+            newest_weights: Vec::with_capacity(cap),
+            newest_complement_weights: Vec::with_capacity(cap),
+            previous_best: 0,
+            kept: Vec::with_capacity(cap),
             labels: Vec::with_capacity(cap),
             last_use: Vec::with_capacity(cap),
             cap,
@@ -116,6 +130,8 @@ impl FuzzyArt {
         if self.weights.len() < self.cap {
             self.weights.push([0.0; CODED]);
             self.weight_sums.push(0.0);
+            self.newest_weights.push(0.0);
+            self.newest_complement_weights.push(0.0);
             self.labels.push(None);
             self.last_use.push(0);
             return self.weights.len() - 1;
@@ -130,10 +146,17 @@ impl FuzzyArt {
     }
 
     fn store(&mut self, slot: usize, weights: [f64; CODED], label: Option<u32>, tick: i64) {
-        self.weights[slot] = weights;
-        self.weight_sums[slot] = numpy_sum(&weights);
+        self.set_weights(slot, weights);
         self.labels[slot] = label;
         self.last_use[slot] = tick;
+    }
+
+    /// Replaces a category's weights and everything cached from them.
+    fn set_weights(&mut self, category: usize, weights: [f64; CODED]) {
+        self.weights[category] = weights;
+        self.weight_sums[category] = numpy_sum(&weights);
+        self.newest_weights[category] = weights[NEWEST];
+        self.newest_complement_weights[category] = weights[NEWEST_COMPLEMENT];
     }
 
     /// One presentation of the coded input `x`.
@@ -209,8 +232,7 @@ impl FuzzyArt {
             }
             let learned: [f64; CODED] =
                 std::array::from_fn(|i| lesser(x[i], self.weights[category][i]));
-            self.weights[category] = learned;
-            self.weight_sums[category] = numpy_sum(&learned);
+            self.set_weights(category, learned);
         }
         self.resonating = resonating;
         TrainOutcome {
@@ -218,6 +240,46 @@ impl FuzzyArt {
             best_match,
             best_energy,
         }
+    }
+
+    /// Newest-value similarity of category `index`: `|min(x, w)| / |w|` over the newest value
+    /// and its complement.
+    #[inline(always)]
+    fn similarity(&self, x: &[f64; CODED], index: usize) -> f64 {
+        let (newest, complement) = (
+            self.newest_weights[index],
+            self.newest_complement_weights[index],
+        );
+        (lesser(x[NEWEST], newest) + lesser(x[NEWEST_COMPLEMENT], complement))
+            / (newest + complement)
+    }
+
+    /// Activation of category `index` given its similarity `energy`.
+    #[inline(always)]
+    fn activation(&self, x: &[f64; CODED], index: usize, energy: f64) -> f64 {
+        let weight_sum = self.weight_sums[index];
+        let norm = if weight_sum == 0.0 { 0.001 } else { weight_sum };
+        let fuzzy = overlap_sum(x, &self.weights[index]) / norm;
+        fuzzy * fuzzy * fuzzy * (energy * energy)
+    }
+
+    /// Marks in `kept` the categories whose squared similarity may reach `threshold`, without
+    /// a division per category so the pass vectorises. The comparison is made with a relative
+    /// slack of 1e-9, a million times any rounding error here, so it only ever keeps too many.
+    fn keep_candidates(&mut self, x: &[f64; CODED], threshold: f64) {
+        let (newest, complement) = (x[NEWEST], x[NEWEST_COMPLEMENT]);
+        let limit = threshold * (1.0 - 1e-9);
+        self.kept.clear();
+        self.kept.extend(
+            self.newest_weights
+                .iter()
+                .zip(&self.newest_complement_weights)
+                .map(|(&w_newest, &w_complement)| {
+                    let overlap = lesser(newest, w_newest) + lesser(complement, w_complement);
+                    let total = w_newest + w_complement;
+                    overlap * overlap >= limit * total * total
+                }),
+        );
     }
 
     /// Activation of every category: (|min(x, w)| / |w|)³ · (newest-value similarity)².
@@ -228,30 +290,38 @@ impl FuzzyArt {
     /// fails; only those categories can ever be visited, so they are all that is kept.
     ///
     /// The activation never exceeds the squared similarity (the fuzzy part is at most 1 and
-    /// rounding is monotone). A category whose bound is below both the upper vigilance and the
-    /// best activation found so far can be none of the three, so its 32-dimensional match is
+    /// rounding is monotone). A category whose bound is below both the upper vigilance and
+    /// some category's activation can be none of the three, so its 32-dimensional match is
     /// skipped; a NaN similarity (a degenerate category) is skipped too, as the reference
-    /// never visits NaN activations.
+    /// never visits NaN activations. The first such threshold is the activation of the
+    /// previous presentation's best category (consecutive windows overlap, so it is usually
+    /// close to this one's best); the running best tightens it as the scan goes on.
     fn activate(&mut self, x: &[f64; CODED]) -> Activation {
         self.resonating.clear();
         let upper = self.upper_vigilance;
+        let mut threshold = 0.0;
+        if self.previous_best < self.weights.len() {
+            let energy = self.similarity(x, self.previous_best);
+            let activation = self.activation(x, self.previous_best, energy);
+            // `>` is false for NaN: then nothing is pruned up front.
+            if energy * energy >= 0.0 && activation > 0.0 {
+                threshold = py_min(upper, activation);
+            }
+        }
+        self.keep_candidates(x, threshold);
         let mut best: Option<Candidate> = None;
         let mut best_below_upper: Option<Candidate> = None;
-        for (index, (weights, &weight_sum)) in
-            self.weights.iter().zip(&self.weight_sums).enumerate()
-        {
-            let overlap_newest = lesser(x[NEWEST], weights[NEWEST])
-                + lesser(x[NEWEST_COMPLEMENT], weights[NEWEST_COMPLEMENT]);
-            let newest_weight = weights[NEWEST] + weights[NEWEST_COMPLEMENT];
-            let energy = overlap_newest / newest_weight;
+        for index in 0..self.weights.len() {
+            if !self.kept[index] {
+                continue;
+            }
+            let energy = self.similarity(x, index);
             let bound = energy * energy;
             let best_so_far = best.map_or(0.0, |b| b.activation);
             if bound.is_nan() || bound < py_min(upper, best_so_far) {
                 continue;
             }
-            let norm = if weight_sum == 0.0 { 0.001 } else { weight_sum };
-            let fuzzy = overlap_sum(x, weights) / norm;
-            let activation = fuzzy * fuzzy * fuzzy * (energy * energy);
+            let activation = self.activation(x, index, energy);
             let candidate = Candidate {
                 index,
                 activation,
@@ -266,6 +336,9 @@ impl FuzzyArt {
             } else if best_below_upper.is_none_or(|b| activation > b.activation) {
                 best_below_upper = Some(candidate);
             }
+        }
+        if let Some(best) = best {
+            self.previous_best = best.index;
         }
         Activation {
             best,
