@@ -92,19 +92,9 @@ impl SeriesKey {
         })
     }
 
-    /// Piece `index` of `text` (0: the measurement).
-    #[inline]
-    fn piece(&self, index: usize) -> &str {
-        let start = match index {
-            0 => 0,
-            _ => self.ends[index - 1] as usize,
-        };
-        &self.text[start..self.ends[index] as usize]
-    }
-
     /// The measurement.
     pub fn measurement(&self) -> &str {
-        self.piece(0)
+        &self.text[..self.ends[0] as usize]
     }
 
     /// The number of tags.
@@ -114,7 +104,10 @@ impl SeriesKey {
 
     /// The tags as written: (key, value) pairs.
     pub fn tags(&self) -> impl Iterator<Item = (&str, &str)> {
-        (0..self.tag_count()).map(|tag| (self.piece(1 + 2 * tag), self.piece(2 + 2 * tag)))
+        self.ends.windows(3).step_by(2).map(|bounds| {
+            let [start, middle, end] = [bounds[0], bounds[1], bounds[2]].map(|b| b as usize);
+            (&self.text[start..middle], &self.text[middle..end])
+        })
     }
 
     /// The tag values in order, for the hot path that copies them into columns.

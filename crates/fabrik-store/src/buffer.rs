@@ -68,7 +68,7 @@ impl SeriesRows {
 
     /// Binary search of `in_order` for `time`, narrowed first by probing back from the newest
     /// end at distances 1, 2, 4, …: a late row is usually only a little late, and the vector's
-    /// tail is in cache while its middle is not (a full binary search was 40 % of the apply
+    /// tail is in cache while its middle is not (a full binary search was 44 % of the apply
     /// thread's time in a profile).
     fn search(&self, time: i64) -> Result<usize, usize> {
         let len = self.in_order.len();

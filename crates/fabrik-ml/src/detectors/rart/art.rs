@@ -299,15 +299,17 @@ impl FuzzyArt {
     fn activate(&mut self, x: &[f64; CODED]) -> Activation {
         self.resonating.clear();
         let upper = self.upper_vigilance;
-        let mut threshold = 0.0;
-        if self.previous_best < self.weights.len() {
-            let energy = self.similarity(x, self.previous_best);
-            let activation = self.activation(x, self.previous_best, energy);
-            // `>` is false for NaN: then nothing is pruned up front.
-            if energy * energy >= 0.0 && activation > 0.0 {
-                threshold = py_min(upper, activation);
-            }
-        }
+        let seed = self.previous_best;
+        let seed_activation = (seed < self.weights.len()).then(|| {
+            let energy = self.similarity(x, seed);
+            self.activation(x, seed, energy)
+        });
+        // `>` is false for NaN: then nothing is pruned up front (nor is a NaN-similarity seed,
+        // whose activation is NaN too).
+        let threshold = match seed_activation {
+            Some(activation) if activation > 0.0 => py_min(upper, activation),
+            _ => 0.0,
+        };
         self.keep_candidates(x, threshold);
         let mut best: Option<Candidate> = None;
         let mut best_below_upper: Option<Candidate> = None;
@@ -321,7 +323,10 @@ impl FuzzyArt {
             if bound.is_nan() || bound < py_min(upper, best_so_far) {
                 continue;
             }
-            let activation = self.activation(x, index, energy);
+            let activation = match seed_activation {
+                Some(activation) if index == seed => activation,
+                _ => self.activation(x, index, energy),
+            };
             let candidate = Candidate {
                 index,
                 activation,
