@@ -74,7 +74,23 @@ pub struct LineError {
 
 /// Iterates over the non-blank, non-comment lines of a body with their 1-based numbers.
 pub fn lines(body: &str) -> impl Iterator<Item = (usize, &str)> {
-    body.split('\n').enumerate().filter_map(|(i, raw)| {
+    // `split('\n')`, with the newline found by `memchr`'s vectorised search: the standard
+    // library's scan was 4 % of the server's CPU on a load of 200-byte lines.
+    let mut rest = Some(body);
+    let pieces = std::iter::from_fn(move || {
+        let text = rest?;
+        match memchr::memchr(b'\n', text.as_bytes()) {
+            Some(at) => {
+                rest = Some(&text[at + 1..]);
+                Some(&text[..at])
+            }
+            None => {
+                rest = None;
+                Some(text)
+            }
+        }
+    });
+    pieces.enumerate().filter_map(|(i, raw)| {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
         let trimmed = line.trim_start_matches([' ', '\t']);
         if trimmed.is_empty() || trimmed.starts_with('#') {

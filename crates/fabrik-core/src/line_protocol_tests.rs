@@ -86,6 +86,34 @@ fn lines_skips_blank_and_comment_lines_and_numbers_from_one() {
     assert_eq!(got, vec![(3, "cpu v=1 1"), (5, "mem v=2")]);
 }
 
+/// `lines` finds newlines with `memchr`; it must cut exactly where `split('\n')` does,
+/// including bodies without a final newline, empty ones and multi-byte characters.
+#[test]
+fn lines_cuts_where_split_on_newline_does() {
+    let bodies = [
+        "",
+        "\n",
+        "\n\n",
+        "a v=1",
+        "a v=1\n",
+        "a v=1\nb v=2",
+        "\r\n\ta v=1\r\n\r\n",
+        "mëß,t=ü v=\"x\ny\" 1\n# c\nz v=2\n\n",
+    ];
+    for body in bodies {
+        let expected: Vec<(usize, &str)> = body
+            .split('\n')
+            .enumerate()
+            .filter_map(|(i, raw)| {
+                let line = raw.strip_suffix('\r').unwrap_or(raw);
+                let trimmed = line.trim_start_matches([' ', '\t']);
+                (!trimmed.is_empty() && !trimmed.starts_with('#')).then_some((i + 1, trimmed))
+            })
+            .collect();
+        assert_eq!(lines(body).collect::<Vec<_>>(), expected, "{body:?}");
+    }
+}
+
 #[test]
 fn parse_body_reports_the_failing_line_number() {
     let body = "cpu v=1\ncpu v=2\ncpu v=oops\n";

@@ -22,6 +22,7 @@ pub mod pool;
 pub mod query;
 pub mod schema;
 pub mod segments;
+mod series_cache;
 pub mod wal;
 
 use std::collections::BTreeMap;
@@ -51,6 +52,7 @@ use crate::manifest::{Manifest, SegmentMeta};
 use crate::query::{FabrikTable, SEGMENTS_URL, TableSnapshot};
 use crate::schema::{Catalog, ColumnKind};
 use crate::segments::Objects;
+use crate::series_cache::SeriesCache;
 use crate::wal::{WalCommand, WalSink};
 
 /// How the store is set up.
@@ -93,14 +95,9 @@ impl StoreOptions {
     }
 }
 
-/// Series keys seen recently by this thread's writes: most lines of a body belong to series
-/// written before, so their tags are parsed and hashed once, not on every line. Bounded: the
-/// cache is emptied when it grows past `SERIES_CACHE_MAX` keys.
-const SERIES_CACHE_MAX: usize = 100_000;
-
 thread_local! {
-    static SERIES_CACHE: std::cell::RefCell<std::collections::HashMap<Box<str>, SeriesKey, ahash::RandomState>> =
-        std::cell::RefCell::new(std::collections::HashMap::default());
+    /// Series keys seen recently by this thread's writes (see [`SeriesCache`]).
+    static SERIES_CACHE: std::cell::RefCell<SeriesCache> = std::cell::RefCell::default();
 }
 
 /// About how many lines a body has, from the length of its first line that is not blank
@@ -121,14 +118,19 @@ fn add_body(
 ) -> Result<(), StoreError> {
     SERIES_CACHE.with_borrow_mut(|cache| {
         let mut line = Line::default();
+        // The cache slot of the previous line's series, whose successor is guessed first.
+        let mut previous = None;
         for (number, text) in lines(body) {
             let Some(key_len) = series_key_len(text) else {
                 parse_line(text, number, &mut line)?;
                 builder.add_line(&line, precision)?;
+                previous = None;
                 continue;
             };
             let key = &text[..key_len];
-            if let Some(series) = cache.get_mut(key) {
+            let cached = cache.find(previous, key);
+            if let Some(series) = cached.and_then(|slot| cache.get_mut(slot)) {
+                previous = cached;
                 if builder.add_known_series_line(series, text, key_len, number, precision)? {
                     continue;
                 }
@@ -138,12 +140,7 @@ fn add_body(
             }
             parse_line(text, number, &mut line)?;
             builder.add_line(&line, precision)?;
-            if let Some(series) = SeriesKey::of_line(&line) {
-                if cache.len() >= SERIES_CACHE_MAX {
-                    cache.clear();
-                }
-                cache.insert(key.into(), series);
-            }
+            previous = SeriesKey::of_line(&line, key).map(|series| cache.insert(previous, series));
         }
         Ok(())
     })

@@ -89,9 +89,12 @@ struct FuzzyArt {
     /// The best category of the previous presentation: consecutive windows overlap, so its
     /// activation is a good first threshold for pruning the next one.
     previous_best: usize,
-    /// Per category, whether the pre-filter kept it; kept between calls only to reuse the
+    /// Per category, all ones if the pre-filter kept it (a vector compare's lane mask), else 0;
+    /// kept between calls only to reuse the allocation.
+    kept: Vec<i64>,
+    /// The indices of the kept categories, ascending; kept between calls only to reuse the
     /// allocation.
-    kept: Vec<bool>,
+    candidates: Vec<u32>,
     /// Cluster label per category; `None` mirrors the reference's `-1` ("no cluster").
     labels: Vec<Option<u32>>,
     last_use: Vec<i64>,
@@ -114,6 +117,7 @@ impl FuzzyArt {
             newest_complement_weights: Vec::with_capacity(cap),
             previous_best: 0,
             kept: Vec::with_capacity(cap),
+            candidates: Vec::with_capacity(cap),
             labels: Vec::with_capacity(cap),
             last_use: Vec::with_capacity(cap),
             cap,
@@ -242,29 +246,39 @@ impl FuzzyArt {
         }
     }
 
-    /// Newest-value similarity of category `index`: `|min(x, w)| / |w|` over the newest value
-    /// and its complement.
+    /// The newest-value overlap `|min(x, w)|` of category `index` and its weight `|w|`, over
+    /// the newest value and its complement.
     #[inline(always)]
-    fn similarity(&self, x: &[f64; CODED], index: usize) -> f64 {
+    fn newest_overlap(&self, x: &[f64; CODED], index: usize) -> (f64, f64) {
         let (newest, complement) = (
             self.newest_weights[index],
             self.newest_complement_weights[index],
         );
-        (lesser(x[NEWEST], newest) + lesser(x[NEWEST_COMPLEMENT], complement))
-            / (newest + complement)
+        (
+            lesser(x[NEWEST], newest) + lesser(x[NEWEST_COMPLEMENT], complement),
+            newest + complement,
+        )
     }
 
-    /// Activation of category `index` given its similarity `energy`.
+    /// The activation's denominator `|w|` of category `index` (0.001 for an all-zero category).
     #[inline(always)]
-    fn activation(&self, x: &[f64; CODED], index: usize, energy: f64) -> f64 {
+    fn norm(&self, index: usize) -> f64 {
         let weight_sum = self.weight_sums[index];
-        let norm = if weight_sum == 0.0 { 0.001 } else { weight_sum };
-        let fuzzy = overlap_sum(x, &self.weights[index]) / norm;
+        if weight_sum == 0.0 { 0.001 } else { weight_sum }
+    }
+
+    /// Activation of category `index` from its overlap `|min(x, w)|` and its newest-value
+    /// similarity `energy`.
+    #[inline(always)]
+    fn activation(&self, index: usize, overlap: f64, energy: f64) -> f64 {
+        let fuzzy = overlap / self.norm(index);
         fuzzy * fuzzy * fuzzy * (energy * energy)
     }
 
-    /// Marks in `kept` the categories whose squared similarity may reach `threshold`, without
-    /// a division per category so the pass vectorises. The comparison is made with a relative
+    /// Fills `candidates` with the categories whose squared similarity may reach
+    /// `threshold`. The test has no division, so its pass over all categories vectorises, and
+    /// the indices are then gathered without a branch per category (a branch that the scan
+    /// mispredicted about twice per kept category). The comparison is made with a relative
     /// slack of 1e-9, a million times any rounding error here, so it only ever keeps too many.
     fn keep_candidates(&mut self, x: &[f64; CODED], threshold: f64) {
         let (newest, complement) = (x[NEWEST], x[NEWEST_COMPLEMENT]);
@@ -277,9 +291,21 @@ impl FuzzyArt {
                 .map(|(&w_newest, &w_complement)| {
                     let overlap = lesser(newest, w_newest) + lesser(complement, w_complement);
                     let total = w_newest + w_complement;
-                    overlap * overlap >= limit * total * total
+                    -i64::from(overlap * overlap >= limit * total * total)
                 }),
         );
+        self.candidates.clear();
+        self.candidates.resize(self.kept.len(), 0);
+        let mut count = 0;
+        for (index, &mask) in self.kept.iter().enumerate() {
+            // `count <= index`, so this stays inside the vector; a kept index is overwritten
+            // only by the next one.
+            if let Some(slot) = self.candidates.get_mut(count) {
+                *slot = index as u32;
+            }
+            count += (mask & 1) as usize;
+        }
+        self.candidates.truncate(count);
     }
 
     /// Activation of every category: (|min(x, w)| / |w|)³ · (newest-value similarity)².
@@ -289,20 +315,23 @@ impl FuzzyArt {
     /// The reference sorts all activations and visits them in descending order until one
     /// fails; only those categories can ever be visited, so they are all that is kept.
     ///
-    /// The activation never exceeds the squared similarity (the fuzzy part is at most 1 and
-    /// rounding is monotone). A category whose bound is below both the upper vigilance and
-    /// some category's activation can be none of the three, so its 32-dimensional match is
-    /// skipped; a NaN similarity (a degenerate category) is skipped too, as the reference
-    /// never visits NaN activations. The first such threshold is the activation of the
-    /// previous presentation's best category (consecutive windows overlap, so it is usually
-    /// close to this one's best); the running best tightens it as the scan goes on.
+    /// A category whose activation is below both the upper vigilance and some category's
+    /// activation can be none of the three, so it is skipped, in three stages of rising
+    /// cost: the squared similarity bounds the activation (the fuzzy part is at most 1 and
+    /// rounding is monotone), first against the previous presentation's best category's
+    /// activation (consecutive windows overlap, so it is usually close to this one's best)
+    /// for all categories at once, then against the running best; a candidate that passes is
+    /// compared by products instead of quotients (with the same 1e-9 slack), and only the few
+    /// that pass that pay for the two divisions of the exact activation. A NaN similarity (a
+    /// degenerate category) is skipped too, as the reference never visits NaN activations.
     fn activate(&mut self, x: &[f64; CODED]) -> Activation {
         self.resonating.clear();
         let upper = self.upper_vigilance;
         let seed = self.previous_best;
         let seed_activation = (seed < self.weights.len()).then(|| {
-            let energy = self.similarity(x, seed);
-            self.activation(x, seed, energy)
+            let (newest_overlap, newest_total) = self.newest_overlap(x, seed);
+            let overlap = overlap_sum(x, &self.weights[seed]);
+            self.activation(seed, overlap, newest_overlap / newest_total)
         });
         // `>` is false for NaN: then nothing is pruned up front (nor is a NaN-similarity seed,
         // whose activation is NaN too).
@@ -313,20 +342,35 @@ impl FuzzyArt {
         self.keep_candidates(x, threshold);
         let mut best: Option<Candidate> = None;
         let mut best_below_upper: Option<Candidate> = None;
-        for index in 0..self.weights.len() {
-            if !self.kept[index] {
-                continue;
-            }
-            let energy = self.similarity(x, index);
-            let bound = energy * energy;
+        for position in 0..self.candidates.len() {
+            let index = self.candidates[position] as usize;
             let best_so_far = best.map_or(0.0, |b| b.activation);
-            if bound.is_nan() || bound < py_min(upper, best_so_far) {
+            let floor = py_min(upper, best_so_far);
+            let (newest_overlap, newest_total) = self.newest_overlap(x, index);
+            let limit = floor * (1.0 - 1e-9);
+            if newest_overlap * newest_overlap < limit * newest_total * newest_total {
                 continue;
             }
-            let activation = match seed_activation {
-                Some(activation) if index == seed => activation,
-                _ => self.activation(x, index, energy),
+            let seeded = seed_activation.filter(|_| index == seed);
+            let overlap = match seeded {
+                Some(_) => 0.0,
+                None => {
+                    let overlap = overlap_sum(x, &self.weights[index]);
+                    let norm = self.norm(index);
+                    let scaled = overlap * overlap * overlap * (newest_overlap * newest_overlap);
+                    let needed = limit * (norm * norm * norm) * (newest_total * newest_total);
+                    if scaled < needed {
+                        continue;
+                    }
+                    overlap
+                }
             };
+            let energy = newest_overlap / newest_total;
+            let bound = energy * energy;
+            if bound.is_nan() || bound < floor {
+                continue;
+            }
+            let activation = seeded.unwrap_or_else(|| self.activation(index, overlap, energy));
             let candidate = Candidate {
                 index,
                 activation,
@@ -409,7 +453,11 @@ impl Recent {
             return;
         }
         self.values[self.next] = value;
-        self.next = (self.next + 1) % self.values.len();
+        // A compare, not `%`: an integer division per push was measurable at one push per row.
+        self.next += 1;
+        if self.next == self.values.len() {
+            self.next = 0;
+        }
     }
 
     fn oldest_first(&self) -> impl Iterator<Item = f64> + '_ {
