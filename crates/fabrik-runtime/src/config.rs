@@ -686,7 +686,25 @@ impl Config {
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, RuntimeError> {
-        let (origin, text) = match path {
+        let (origin, text) = Self::read(path)?;
+        Self::from_toml(&origin, &text, env)
+    }
+
+    /// Like [`Config::load`], but a value of the wrong type or an unknown field does not stop
+    /// the load: it is reported in the returned problems and left out, so its default applies
+    /// and the rest of the file can still be validated (`fabrik config check` lists the
+    /// values' problems together with the shape's). An error only when the file cannot be
+    /// read or parsed, or what is left still does not make a config.
+    pub fn load_reporting(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Config, Vec<ConfigProblem>), RuntimeError> {
+        let (origin, text) = Self::read(path)?;
+        Self::from_toml_reporting(&origin, &text, env)
+    }
+
+    fn read(path: Option<&Path>) -> Result<(String, String), RuntimeError> {
+        Ok(match path {
             Some(p) => (
                 p.display().to_string(),
                 std::fs::read_to_string(p).map_err(|source| RuntimeError::ReadConfig {
@@ -695,8 +713,7 @@ impl Config {
                 })?,
             ),
             None => ("defaults".to_owned(), String::new()),
-        };
-        Self::from_toml(&origin, &text, env)
+        })
     }
 
     /// Like [`Config::load`] from text already read.
@@ -705,6 +722,23 @@ impl Config {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, RuntimeError> {
+        let (config, problems) = Self::from_toml_reporting(origin, text, env)?;
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(RuntimeError::Invalid {
+                origin: origin.to_owned(),
+                problems,
+            })
+        }
+    }
+
+    /// Like [`Config::load_reporting`] from text already read.
+    pub fn from_toml_reporting(
+        origin: &str,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Config, Vec<ConfigProblem>), RuntimeError> {
         let mut table: toml::Table =
             text.parse()
                 .map_err(|e: toml::de::Error| RuntimeError::Syntax {
@@ -718,22 +752,24 @@ impl Config {
             })?;
         let mut problems = Vec::new();
         apply_env(&mut table, &template, env, &mut problems);
-        check_shape(&table, &template, "", &mut problems);
-        if !problems.is_empty() {
-            return Err(RuntimeError::Invalid {
-                origin: origin.to_owned(),
-                problems,
-            });
+        check_shape(&mut table, &template, "", &mut problems);
+        match toml::Value::Table(table).try_into() {
+            Ok(config) => Ok((config, problems)),
+            Err(e) => {
+                // What is left still does not make a config (a list entry that is no table, or
+                // a required field left out): the shape's problems are the whole report.
+                if problems.is_empty() {
+                    problems.push(ConfigProblem {
+                        path: "(config)".into(),
+                        message: e.to_string(),
+                    });
+                }
+                Err(RuntimeError::Invalid {
+                    origin: origin.to_owned(),
+                    problems,
+                })
+            }
         }
-        toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| RuntimeError::Invalid {
-                origin: origin.to_owned(),
-                problems: vec![ConfigProblem {
-                    path: "(config)".into(),
-                    message: e.to_string(),
-                }],
-            })
     }
 
     /// Validates values into [`Settings`], reporting every problem at once.
@@ -1314,45 +1350,64 @@ fn type_name(v: &toml::Value) -> &'static str {
     }
 }
 
+/// Reports every value of the wrong type and every unknown field in `table`, with its path,
+/// and removes it, so the defaults apply in its place and the rest can still be validated. A
+/// list entry that is not a table is reported and kept (removing it would shift the indices
+/// in later reports), which makes the whole table fail to load.
 fn check_shape(
-    table: &toml::Table,
+    table: &mut toml::Table,
     template: &toml::Table,
     prefix: &str,
     problems: &mut Vec<ConfigProblem>,
 ) {
-    for (key, value) in table {
+    let mut rejected = Vec::new();
+    for (key, value) in table.iter_mut() {
         let path = if prefix.is_empty() {
             key.clone()
         } else {
             format!("{prefix}.{key}")
         };
+        let mut reject = |message: String| {
+            problems.push(ConfigProblem {
+                path: path.clone(),
+                message,
+            });
+            rejected.push(key.clone());
+        };
         if let Some(entry_template) = map_template(&path) {
             match value {
                 toml::Value::Table(entries) => {
-                    for (name, entry) in entries {
+                    let mut bad_entries = Vec::new();
+                    for (name, entry) in entries.iter_mut() {
                         let entry_path = format!("{path}.{name}");
                         match entry {
                             toml::Value::Table(t) => {
                                 check_shape(t, &entry_template, &entry_path, problems)
                             }
-                            other => problems.push(ConfigProblem {
-                                path: entry_path,
-                                message: format!("expected a table, found {}", type_name(other)),
-                            }),
+                            other => {
+                                problems.push(ConfigProblem {
+                                    path: entry_path,
+                                    message: format!(
+                                        "expected a table, found {}",
+                                        type_name(other)
+                                    ),
+                                });
+                                bad_entries.push(name.clone());
+                            }
                         }
                     }
+                    for name in bad_entries {
+                        entries.remove(&name);
+                    }
                 }
-                other => problems.push(ConfigProblem {
-                    path,
-                    message: format!("expected a table, found {}", type_name(other)),
-                }),
+                other => reject(format!("expected a table, found {}", type_name(other))),
             }
             continue;
         }
         if let Some(element_template) = array_template(&path) {
             match value {
                 toml::Value::Array(items) => {
-                    for (i, item) in items.iter().enumerate() {
+                    for (i, item) in items.iter_mut().enumerate() {
                         let item_path = format!("{path}[{i}]");
                         match item {
                             toml::Value::Table(t) => {
@@ -1365,19 +1420,19 @@ fn check_shape(
                         }
                     }
                 }
-                other => problems.push(ConfigProblem {
-                    path,
-                    message: format!("expected an array of tables, found {}", type_name(other)),
-                }),
+                other => reject(format!(
+                    "expected an array of tables, found {}",
+                    type_name(other)
+                )),
             }
             continue;
         }
         let Some(expected) = template.get(key) else {
             let known: Vec<&str> = template.keys().map(String::as_str).collect();
-            problems.push(ConfigProblem {
-                path,
-                message: format!("unknown field; expected one of: {}", known.join(", ")),
-            });
+            reject(format!(
+                "unknown field; expected one of: {}",
+                known.join(", ")
+            ));
             continue;
         };
         match (expected, value) {
@@ -1385,11 +1440,11 @@ fn check_shape(
             (e, v) if std::mem::discriminant(e) == std::mem::discriminant(v) => {}
             // `scale = 2` is as good as `scale = 2.0`.
             (toml::Value::Float(_), toml::Value::Integer(_)) => {}
-            (e, v) => problems.push(ConfigProblem {
-                path,
-                message: format!("expected {}, found {}", type_name(e), type_name(v)),
-            }),
+            (e, v) => reject(format!("expected {}, found {}", type_name(e), type_name(v))),
         }
+    }
+    for key in rejected {
+        table.remove(&key);
     }
 }
 
@@ -1439,6 +1494,30 @@ mod tests {
         ] {
             assert!(msg.contains(needle), "missing {needle} in:\n{msg}");
         }
+        // Reporting instead of failing: the bad entries are left out (their defaults apply),
+        // so the values that remain can be validated in the same pass.
+        let (config, shape) =
+            Config::from_toml_reporting("t.toml", text, no_env()).expect("the rest loads");
+        let paths: Vec<&str> = shape.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "bogus",
+                "http.lisen",
+                "store.flush_interval",
+                "store.tables.cpu.keep"
+            ]
+        );
+        assert_eq!(
+            config.store.flush_interval,
+            Config::default().store.flush_interval
+        );
+        assert_eq!(config.store.tables["cpu"].retention, "1h");
+        let msg = config.validate("t.toml").expect_err("values").to_string();
+        assert!(
+            msg.contains("http.listen") && msg.contains("store.retention"),
+            "{msg}"
+        );
         let text =
             "[http]\nlisten = \"nowhere\"\n[store]\nretention = \"soon\"\npartition = \"0s\"\n";
         let config = Config::from_toml("t.toml", text, no_env()).expect("shape ok");

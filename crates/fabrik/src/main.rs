@@ -101,19 +101,26 @@ fn main() -> ExitCode {
             }
             ConfigCommand::Check { file } => {
                 let origin = file.display().to_string();
-                let config = match fabrik_runtime::Config::load(Some(&file), std::env::vars()) {
-                    Ok(c) => c,
+                // Values of the wrong type and unknown fields are reported and left out, so
+                // the rest of the file is still validated: every problem is listed at once.
+                let loaded = fabrik_runtime::Config::load_reporting(Some(&file), std::env::vars());
+                let (config, shape_problems) = match loaded {
+                    Ok(loaded) => loaded,
                     Err(e) => {
                         eprintln!("{e}");
                         return ExitCode::from(2);
                     }
                 };
+                let mut problems: Vec<(String, String)> = shape_problems
+                    .into_iter()
+                    .map(|p| (p.path, p.message))
+                    .collect();
                 // Report the runtime's and the connectors' problems together.
-                let mut problems: Vec<(String, String)> = match config.validate(&origin) {
-                    Ok(_) => Vec::new(),
-                    Err(fabrik_runtime::RuntimeError::Invalid { problems, .. }) => {
-                        problems.into_iter().map(|p| (p.path, p.message)).collect()
-                    }
+                match config.validate(&origin) {
+                    Ok(_) => {}
+                    Err(fabrik_runtime::RuntimeError::Invalid {
+                        problems: invalid, ..
+                    }) => problems.extend(invalid.into_iter().map(|p| (p.path, p.message))),
                     Err(e) => {
                         eprintln!("{e}");
                         return ExitCode::from(2);
