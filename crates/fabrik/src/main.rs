@@ -7,6 +7,7 @@ mod bench;
 mod bench_mqtt;
 mod bridge;
 mod client;
+mod config_check;
 mod connect;
 mod demo;
 mod device_cli;
@@ -101,46 +102,15 @@ fn main() -> ExitCode {
             }
             ConfigCommand::Check { file } => {
                 let origin = file.display().to_string();
-                // Values of the wrong type and unknown fields are reported and left out, so
-                // the rest of the file is still validated: every problem is listed at once.
-                let loaded = fabrik_runtime::Config::load_reporting(Some(&file), std::env::vars());
-                let (config, shape_problems) = match loaded {
-                    Ok(loaded) => loaded,
-                    Err(e) => {
-                        eprintln!("{e}");
-                        return ExitCode::from(2);
+                match config_check::load(Some(&file), &origin) {
+                    Ok(_) => {
+                        println!("{origin}: OK");
+                        ExitCode::SUCCESS
                     }
-                };
-                let mut problems: Vec<(String, String)> = shape_problems
-                    .into_iter()
-                    .map(|p| (p.path, p.message))
-                    .collect();
-                // Report the runtime's and the connectors' problems together.
-                match config.validate(&origin) {
-                    Ok(_) => {}
-                    Err(fabrik_runtime::RuntimeError::Invalid {
-                        problems: invalid, ..
-                    }) => problems.extend(invalid.into_iter().map(|p| (p.path, p.message))),
-                    Err(e) => {
-                        eprintln!("{e}");
-                        return ExitCode::from(2);
+                    Err(failure) => {
+                        config_check::report("", &origin, failure);
+                        ExitCode::from(2)
                     }
-                };
-                problems.extend(connect::check(&config));
-                problems.extend(pipelines::check(&config));
-                problems.extend(modbus::check(&config));
-                problems.extend(opcua::check(&config));
-                problems.extend(alerts::check(&config));
-                problems.extend(bridge::check(&config));
-                if problems.is_empty() {
-                    println!("{origin}: OK");
-                    ExitCode::SUCCESS
-                } else {
-                    eprintln!("{origin}: {} configuration error(s):", problems.len());
-                    for (path, message) in problems {
-                        eprintln!("  {path}: {message}");
-                    }
-                    ExitCode::from(2)
                 }
             }
         },

@@ -57,31 +57,13 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
         .config
         .as_ref()
         .map_or_else(|| "defaults".to_owned(), |p| p.display().to_string());
-    let loaded = Config::load(args.config.as_deref(), std::env::vars())
-        .and_then(|c| c.validate(&origin).map(|s| (c, s)));
-    let (config, settings) = match loaded {
-        Ok(pair) => pair,
-        Err(e) => {
-            eprintln!("fabrik: {e}");
+    let (config, settings) = match crate::config_check::load(args.config.as_deref(), &origin) {
+        Ok(loaded) => loaded,
+        Err(failure) => {
+            crate::config_check::report("fabrik: ", &origin, failure);
             return ExitCode::from(2);
         }
     };
-    let mut connect_problems = crate::connect::check(&config);
-    connect_problems.extend(crate::pipelines::check(&config));
-    connect_problems.extend(crate::modbus::check(&config));
-    connect_problems.extend(crate::opcua::check(&config));
-    connect_problems.extend(crate::alerts::check(&config));
-    connect_problems.extend(crate::bridge::check(&config));
-    if !connect_problems.is_empty() {
-        eprintln!(
-            "fabrik: {origin}: {} configuration error(s):",
-            connect_problems.len()
-        );
-        for (path, message) in connect_problems {
-            eprintln!("  {path}: {message}");
-        }
-        return ExitCode::from(2);
-    }
     let modules = match modules::resolve(&args.target) {
         Ok(m) => m,
         Err(e) => {

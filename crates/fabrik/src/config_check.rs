@@ -1,0 +1,60 @@
+//! Loading a config with every problem found at once: its shape, its values and each
+//! connector's settings, for `fabrik run` and `fabrik config check` alike.
+
+use std::path::Path;
+
+use fabrik_runtime::{Config, RuntimeError, Settings};
+
+/// Why a config cannot be used.
+pub(crate) enum ConfigFailure {
+    /// The file could not be read or parsed at all.
+    Unreadable(RuntimeError),
+    /// Every problem found, as (field path, message).
+    Problems(Vec<(String, String)>),
+}
+
+/// Loads the config at `path` (the defaults when `None`) with the environment's overrides and
+/// checks all of it: a mistyped or unknown entry is reported and left out, so the values and
+/// the connectors' settings are still checked in the same pass.
+pub(crate) fn load(path: Option<&Path>, origin: &str) -> Result<(Config, Settings), ConfigFailure> {
+    let (config, shape) =
+        Config::load_reporting(path, std::env::vars()).map_err(ConfigFailure::Unreadable)?;
+    let mut problems: Vec<(String, String)> =
+        shape.into_iter().map(|p| (p.path, p.message)).collect();
+    let settings = match config.validate(origin) {
+        Ok(settings) => Some(settings),
+        Err(RuntimeError::Invalid {
+            problems: invalid, ..
+        }) => {
+            problems.extend(invalid.into_iter().map(|p| (p.path, p.message)));
+            None
+        }
+        Err(e) => return Err(ConfigFailure::Unreadable(e)),
+    };
+    problems.extend(crate::connect::check(&config));
+    problems.extend(crate::pipelines::check(&config));
+    problems.extend(crate::modbus::check(&config));
+    problems.extend(crate::opcua::check(&config));
+    problems.extend(crate::alerts::check(&config));
+    problems.extend(crate::bridge::check(&config));
+    match settings {
+        Some(settings) if problems.is_empty() => Ok((config, settings)),
+        _ => Err(ConfigFailure::Problems(problems)),
+    }
+}
+
+/// Prints why the config from `origin` cannot be used, `prefix` first on each headline.
+pub(crate) fn report(prefix: &str, origin: &str, failure: ConfigFailure) {
+    match failure {
+        ConfigFailure::Unreadable(e) => eprintln!("{prefix}{e}"),
+        ConfigFailure::Problems(problems) => {
+            eprintln!(
+                "{prefix}{origin}: {} configuration error(s):",
+                problems.len()
+            );
+            for (path, message) in problems {
+                eprintln!("  {path}: {message}");
+            }
+        }
+    }
+}
