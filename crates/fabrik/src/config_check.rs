@@ -17,8 +17,15 @@ pub(crate) enum ConfigFailure {
 /// checks all of it: a mistyped or unknown entry is reported and left out, so the values and
 /// the connectors' settings are still checked in the same pass.
 pub(crate) fn load(path: Option<&Path>, origin: &str) -> Result<(Config, Settings), ConfigFailure> {
-    let (config, shape) =
-        Config::load_reporting(path, std::env::vars()).map_err(ConfigFailure::Unreadable)?;
+    let (config, shape) = match Config::load_reporting(path, std::env::vars()) {
+        Ok(loaded) => loaded,
+        Err(RuntimeError::Invalid { problems, .. }) => {
+            return Err(ConfigFailure::Problems(
+                problems.into_iter().map(|p| (p.path, p.message)).collect(),
+            ));
+        }
+        Err(e) => return Err(ConfigFailure::Unreadable(e)),
+    };
     let mut problems: Vec<(String, String)> =
         shape.into_iter().map(|p| (p.path, p.message)).collect();
     let settings = match config.validate(origin) {

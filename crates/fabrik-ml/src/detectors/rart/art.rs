@@ -283,8 +283,8 @@ impl FuzzyArt {
 
     /// Fills `candidates` with the categories whose squared similarity may reach
     /// `threshold`. The test has no division, so its pass over all categories vectorises, and
-    /// the indices are then gathered without a branch per category (a branch that the scan
-    /// mispredicted about twice per kept category). The comparison is made with a relative
+    /// the indices are then gathered without a data-dependent branch per category, which the
+    /// scan over all categories used to take. The comparison is made with a relative
     /// slack of 1e-9, a million times any rounding error here, so it only ever keeps too many.
     fn keep_candidates(&mut self, x: &[f64; CODED], threshold: f64) {
         let (newest, complement) = (x[NEWEST], x[NEWEST_COMPLEMENT]);
