@@ -681,20 +681,12 @@ pub struct MqttSettings {
 
 impl Config {
     /// Loads a config file (or the defaults when `path` is `None`), applies environment
-    /// overrides from `env`, and checks the shape. Every problem is reported at once.
-    pub fn load(
-        path: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, RuntimeError> {
-        let (origin, text) = Self::read(path)?;
-        Self::from_toml(&origin, &text, env)
-    }
-
-    /// Like [`Config::load`], but a value of the wrong type or an unknown field does not stop
-    /// the load: it is reported in the returned problems and left out, so its default applies
-    /// and the rest of the file can still be validated (`fabrik config check` lists the
-    /// values' problems together with the shape's). An error only when the file cannot be
-    /// read or parsed, or what is left still does not make a config.
+    /// overrides from `env`, and checks the shape. A value of the wrong type or an unknown
+    /// field does not stop the load: it is reported in the returned problems and left out, so
+    /// its default applies and the rest of the file can still be validated (`fabrik run` and
+    /// `fabrik config check` list the values' problems together with the shape's). An error
+    /// only when the file cannot be read or parsed, or what is left still does not make a
+    /// config.
     pub fn load_reporting(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
@@ -716,7 +708,7 @@ impl Config {
         })
     }
 
-    /// Like [`Config::load`] from text already read.
+    /// Like [`Config::load_reporting`] from text already read, but any problem is an error.
     pub fn from_toml(
         origin: &str,
         text: &str,

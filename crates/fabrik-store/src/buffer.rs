@@ -491,13 +491,7 @@ mod tests {
     fn series_rows_agree_with_an_ordered_map_for_near_and_far_late_rows() {
         let mut rows = SeriesRows::default();
         let mut model: BTreeMap<i64, RowAt> = BTreeMap::new();
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move |below: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % below
-        };
+        let mut next = crate::test_noise(0x9e37_79b9_7f4a_7c15);
         let mut newest = 0_i64;
         for n in 0..20_000_u32 {
             // Mostly in order; some a few rows late, some far (past NEAR_END), some repeats.

@@ -963,6 +963,17 @@ async fn remove_orphan_segments(objects: &Objects, manifest: &Manifest) -> Resul
     Ok(())
 }
 
+/// xorshift64 reduced below a bound: deterministic test inputs without a dependency.
+#[cfg(test)]
+pub(crate) fn test_noise(mut state: u64) -> impl FnMut(u64) -> u64 {
+    move |below| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % below
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -117,15 +117,12 @@ mod tests {
             previous = Some(slot);
         }
         // The same order (every guess holds), then a shuffled one (most guesses fail).
-        let mut state = 0x9e37_79b9_u64;
+        let mut next = crate::test_noise(0x9e37_79b9);
         let mut order: Vec<usize> = (0..keys.len()).collect();
         for round in 0..4 {
             if round >= 2 {
                 for i in (1..order.len()).rev() {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    order.swap(i, (state % (i as u64 + 1)) as usize);
+                    order.swap(i, next(i as u64 + 1) as usize);
                 }
             }
             for &i in &order {

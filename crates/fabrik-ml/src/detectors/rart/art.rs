@@ -1163,15 +1163,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn pruned_presentation_equals_the_literal_reference() {
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move || {
+    /// xorshift64 in [0, 1): deterministic test inputs without a dependency.
+    fn unit_noise(mut state: u64) -> impl FnMut() -> f64 {
+        move || {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             (state >> 11) as f64 / (1_u64 << 53) as f64
-        };
+        }
+    }
+
+    #[test]
+    fn pruned_presentation_equals_the_literal_reference() {
+        let mut next = unit_noise(0x2545_f491_4f6c_dd1d_u64);
         let prototypes: Vec<[f64; FEATURES]> = (0..5)
             .map(|_| std::array::from_fn(|_| (next() * 8.0).round() / 8.0))
             .collect();
@@ -1221,13 +1225,7 @@ mod tests {
     /// true one, for categories learned from several inputs (boxes) and from one (points).
     #[test]
     fn block_sums_never_overstate_the_shortfall() {
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 11) as f64 / (1_u64 << 53) as f64
-        };
+        let mut next = unit_noise(0x9e37_79b9_7f4a_7c15_u64);
         let mut coded = || complement_coded(&std::array::from_fn(|_| next()));
         let mut tight = 0;
         for round in 0..20_000 {
