@@ -1,7 +1,8 @@
 //! Fabrik's streaming anomaly detection and its benchmark evaluations.
 //!
 //! - [`detectors`]: the [`StreamingDetector`] and [`RowDetector`] traits and the detectors:
-//!   RART (NAB), DBZ (SKAB), robust z-score, EWMA z-score, Half-Space Trees and PCA T²+Q.
+//!   RART (NAB), DBZ (SKAB), robust z-score, EWMA z-score, Half-Space Trees, PCA T²+Q and
+//!   Isolation Forest.
 //! - [`nab`]: runs a detector over a Numenta Anomaly Benchmark tree and scores results exactly
 //!   as NAB's own scorer does.
 //! - [`pipeline`]: windows, features (FFT band power included), window models with

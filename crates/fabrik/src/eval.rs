@@ -38,7 +38,7 @@ enum EvalCommand {
         /// SKAB's data directory (every labelled *.csv below it; anomaly-free.csv is skipped).
         #[arg(long)]
         data: PathBuf,
-        /// Detector: dbz (default) or pca_t2q.
+        /// Detector: dbz (default), pca_t2q or iforest.
         #[arg(long, default_value = "dbz")]
         detector: String,
         /// Print one JSON object (keys f1, far, mar, ...).

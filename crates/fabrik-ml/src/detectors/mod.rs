@@ -8,6 +8,7 @@
 pub mod dbz;
 pub mod ewma;
 pub mod hst;
+pub mod iforest;
 pub mod pca;
 pub mod rart;
 pub mod robust_z;
@@ -127,17 +128,20 @@ pub enum RowDetectorKind {
     Dbz,
     /// [`pca::PcaT2Q`], SKAB's T²+Q baseline.
     PcaT2Q,
+    /// [`iforest::IsolationForest`] with its default settings.
+    IsolationForest,
 }
 
 impl RowDetectorKind {
     /// Every kind, in a stable order.
-    pub const ALL: [Self; 2] = [Self::Dbz, Self::PcaT2Q];
+    pub const ALL: [Self; 3] = [Self::Dbz, Self::PcaT2Q, Self::IsolationForest];
 
     /// The name used in reports and on the command line.
     pub const fn name(self) -> &'static str {
         match self {
             Self::Dbz => "dbz",
             Self::PcaT2Q => "pca_t2q",
+            Self::IsolationForest => "iforest",
         }
     }
 
@@ -160,6 +164,9 @@ impl RowDetectorKind {
         match self {
             Self::Dbz => Box::new(dbz::Dbz::new(dbz::DbzConfig::default())),
             Self::PcaT2Q => Box::new(pca::PcaT2Q::new(pca::PcaConfig::default())),
+            Self::IsolationForest => Box::new(iforest::IsolationForest::new(
+                iforest::IsolationForestConfig::default(),
+            )),
         }
     }
 }

@@ -1,13 +1,15 @@
 //! The model step of a pipeline: detectors that learn a device's normal feature vectors from
 //! its first windows, then score each new window and explain the score per feature.
 //!
-//! Owns the built-in window models (robust z-score, PCA T²+Q, Half-Space Trees), the
+//! Owns the built-in window models (robust z-score, PCA T²+Q, Half-Space Trees, Isolation
+//! Forest), the
 //! [`WindowModel`] trait other runtimes (ONNX, tree ensembles) plug into, and the explanation
 //! by occlusion that works for any model.
 
 use crate::MlError;
 use crate::detectors::RowDetector;
 use crate::detectors::hst::{HalfSpaceTrees, HstConfig};
+use crate::detectors::iforest::{IsolationForest, IsolationForestConfig};
 use crate::detectors::pca::{PcaConfig, PcaT2Q};
 
 /// MAD × 1.4826 estimates the standard deviation of normal data.
@@ -278,6 +280,59 @@ impl WindowModel for HstModel {
     }
 }
 
+/// Isolation Forest grown on the device's training windows, then regrown from its latest
+/// windows, so it follows slow drift and a new operating point.
+#[derive(Debug, Clone, Default)]
+pub struct IsolationForestModel {
+    forest: Option<IsolationForest>,
+}
+
+impl IsolationForestModel {
+    fn forest(&self) -> Result<&IsolationForest, MlError> {
+        self.forest.as_ref().ok_or(MlError::Detector {
+            detector: "iforest",
+            reason: "scored before fit".into(),
+        })
+    }
+}
+
+impl WindowModel for IsolationForestModel {
+    fn name(&self) -> &str {
+        "iforest"
+    }
+    fn version(&self) -> &str {
+        "1"
+    }
+    fn fit(&mut self, rows: &[Vec<f64>]) -> Result<(), MlError> {
+        // Windows are few and slow: keep at least a full sample's worth and regrow each time
+        // that many have been scored.
+        let memory = rows.len().max(256);
+        let mut forest = IsolationForest::new(IsolationForestConfig {
+            refit_every: memory,
+            memory,
+            ..IsolationForestConfig::default()
+        });
+        forest.fit(rows)?;
+        self.forest = Some(forest);
+        Ok(())
+    }
+    fn score(&mut self, row: &[f64]) -> Result<f64, MlError> {
+        let score = self.probe(row)?;
+        if let Some(forest) = &mut self.forest {
+            forest.score_then_learn(row)?;
+        }
+        Ok(score)
+    }
+    fn probe(&self, row: &[f64]) -> Result<f64, MlError> {
+        let forest = self.forest()?;
+        let width = forest.width().unwrap_or(0);
+        if row.len() != width {
+            return Err(width_error("iforest", row.len(), width));
+        }
+        forest.raw_score(row)
+    }
+}
+
 /// The built-in window models, by config name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BuiltinModel {
@@ -287,18 +342,23 @@ pub enum BuiltinModel {
     PcaT2Q,
     /// [`HstModel`].
     Hst,
+    /// [`IsolationForestModel`].
+    IsolationForest,
 }
 
 impl BuiltinModel {
-    /// Parses `robust_z`, `pca_t2q` or `hst`.
+    /// Parses `robust_z`, `pca_t2q`, `hst` or `iforest`.
     pub fn parse(name: &str) -> Result<Self, MlError> {
         match name {
             "robust_z" => Ok(Self::RobustZ),
             "pca_t2q" => Ok(Self::PcaT2Q),
             "hst" => Ok(Self::Hst),
+            "iforest" => Ok(Self::IsolationForest),
             other => Err(MlError::Parameter {
                 name: "model",
-                reason: format!("unknown model `{other}` (expected robust_z, pca_t2q or hst)"),
+                reason: format!(
+                    "unknown model `{other}` (expected robust_z, pca_t2q, hst or iforest)"
+                ),
             }),
         }
     }
@@ -309,6 +369,7 @@ impl BuiltinModel {
             Self::RobustZ => Box::new(RobustZModel::default()),
             Self::PcaT2Q => Box::new(PcaModel::default()),
             Self::Hst => Box::new(HstModel::default()),
+            Self::IsolationForest => Box::new(IsolationForestModel::default()),
         }
     }
 }
@@ -366,6 +427,11 @@ mod tests {
     #[test]
     fn hst_scores_and_explains_a_shifted_feature() {
         check_model(BuiltinModel::Hst);
+    }
+
+    #[test]
+    fn iforest_scores_and_explains_a_shifted_feature() {
+        check_model(BuiltinModel::IsolationForest);
     }
 
     #[test]

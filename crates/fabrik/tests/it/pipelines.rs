@@ -21,6 +21,19 @@ lateness = "0s"
 start = "earliest"
 
 [[pipelines]]
+name = "pumps-forest"
+table = "pump"
+signals = ["vibration", "current"]
+window = "10s"
+features = ["mean", "std", "max"]
+model = "iforest"
+training_windows = 20
+threshold = "quantile:1.0*1.05"
+interval = "200ms"
+lateness = "0s"
+start = "earliest"
+
+[[pipelines]]
 name = "elsewhere"
 table = "pump"
 site = "no-such-site"
@@ -142,7 +155,30 @@ fn a_replayed_fault_is_flagged_explained_and_traced_to_its_samples() {
     assert_eq!(Some(inputs), first["samples"].as_i64());
     assert_eq!(inputs, 10);
 
-    // The pipeline whose selection matches nothing says so; the other one ran regardless.
+    // The Isolation Forest grown on each pump's own first windows finds the same fault.
+    eventually("the forest pipeline scores every window", || {
+        let (code, status) = http(
+            &p.url,
+            reqwest::Method::GET,
+            "/api/v1/pipelines/pumps-forest",
+            None,
+        );
+        code == 200 && status["inferences"] == 80
+    });
+    let forest_flags = query(
+        &p.url,
+        "SELECT device, window_start, model, top_signal FROM inferences \
+         WHERE pipeline = 'pumps-forest' AND flag = true ORDER BY time",
+    );
+    assert_eq!(forest_flags.len(), 10, "{forest_flags:?}");
+    for row in &forest_flags {
+        assert_eq!(row["device"], "pump-a", "{row}");
+        assert_eq!(row["model"], "iforest", "{row}");
+        assert_eq!(row["top_signal"], "vibration", "{row}");
+        assert!(row["window_start"].as_i64().expect("start") >= start + 500 * SECOND);
+    }
+
+    // The pipeline whose selection matches nothing says so; the others ran regardless.
     let (_, all) = http(&p.url, reqwest::Method::GET, "/api/v1/pipelines", None);
     let elsewhere = all
         .as_array()
