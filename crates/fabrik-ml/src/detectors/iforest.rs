@@ -103,21 +103,27 @@ struct Node {
 }
 
 impl Node {
-    /// How far `value` lies outside the node's range, in node widths (capped; 0 inside it,
-    /// for NaN, and at pass-through nodes).
+    /// How far `value` lies outside the node's range, in node widths.
     #[inline]
     fn relative_gap(&self, value: f64) -> f64 {
-        // Written as comparisons rather than `max`/`min`, which spend instructions on NaN
-        // handling: a NaN difference fails the comparison and counts as no gap.
-        let below = self.low - value;
-        let above = value - self.high;
-        let gap = if below > 0.0 { below } else { 0.0 } + if above > 0.0 { above } else { 0.0 };
-        let relative = gap * f64::from(self.inverse_width);
-        if relative < GAP_CAP {
-            relative
-        } else {
-            GAP_CAP
-        }
+        relative_gap(value, self.low, self.high, f64::from(self.inverse_width))
+    }
+}
+
+/// How far `value` lies outside `[low, high]`, in widths (capped; 0 inside it, for NaN, and at
+/// pass-through nodes).
+#[inline]
+fn relative_gap(value: f64, low: f64, high: f64, inverse_width: f64) -> f64 {
+    // Written as comparisons rather than `max`/`min`, which spend instructions on NaN
+    // handling: a NaN difference fails the comparison and counts as no gap.
+    let below = low - value;
+    let above = value - high;
+    let gap = if below > 0.0 { below } else { 0.0 } + if above > 0.0 { above } else { 0.0 };
+    let relative = gap * inverse_width;
+    if relative < GAP_CAP {
+        relative
+    } else {
+        GAP_CAP
     }
 }
 
@@ -268,13 +274,25 @@ impl Forest {
             let mut denominator = [1.0_f64; LANES];
             for level in 0..self.depth {
                 let cost = (level + 1) as f64;
+                // Gather first, then do the arithmetic lane-wise on arrays the compiler can
+                // vectorise.
+                let mut value = [0.0_f64; LANES];
+                let mut low = [0.0_f64; LANES];
+                let mut high = [0.0_f64; LANES];
+                let mut inverse_width = [0.0_f64; LANES];
                 for lane in 0..LANES {
                     let node = &self.nodes[(tree + lane) * internal + at[lane]];
-                    let value = row[node.feature as usize];
-                    let relative = node.relative_gap(value);
+                    value[lane] = row[node.feature as usize];
+                    low[lane] = node.low;
+                    high[lane] = node.high;
+                    inverse_width[lane] = f64::from(node.inverse_width);
+                    at[lane] = 2 * at[lane] + 1 + usize::from(value[lane] > node.threshold);
+                }
+                for lane in 0..LANES {
+                    let relative =
+                        relative_gap(value[lane], low[lane], high[lane], inverse_width[lane]);
                     numerator[lane] = numerator[lane] * (1.0 + relative) + relative * cost;
                     denominator[lane] *= 1.0 + relative;
-                    at[lane] = 2 * at[lane] + 1 + usize::from(value > node.threshold);
                 }
             }
             for lane in 0..LANES {
@@ -493,6 +511,54 @@ mod tests {
                 .filter(|node| node.threshold.is_finite())
                 .count();
             assert_eq!(stored, splits + 1, "tree {tree}");
+        }
+    }
+
+    /// The expected path length of one tree, written the readable way: the chance of being
+    /// cut off at each level, with divisions.
+    fn expected_path_length(forest: &Forest, tree: usize, row: &[f64]) -> f64 {
+        let internal = (1 << forest.depth) - 1;
+        let (mut node, mut survive, mut expected) = (0, 1.0, 0.0);
+        for level in 0..forest.depth {
+            let split = &forest.nodes[tree * internal + node];
+            let value = row[split.feature as usize];
+            let gap = (split.low - value).max(0.0) + (value - split.high).max(0.0);
+            let width = split.high - split.low;
+            let cut = if gap > 0.0 { gap / (width + gap) } else { 0.0 };
+            expected += survive * cut * (level + 1) as f64;
+            survive *= 1.0 - cut;
+            node = 2 * node + 1 + usize::from(value > split.threshold);
+        }
+        expected + survive * forest.leaves[tree * (internal + 1) + node - internal]
+    }
+
+    #[test]
+    fn the_walk_computes_the_expected_path_length() {
+        let rows = normal_rows(400, 8);
+        let views: Vec<&[f64]> = rows.iter().map(Vec::as_slice).collect();
+        // 13 trees: one group of eight walked side by side and five walked alone.
+        let config = IsolationForestConfig {
+            trees: 13,
+            ..IsolationForestConfig::default()
+        };
+        let forest = Forest::grow(&views, &config, &mut SplitMix(4));
+        let mut probes = normal_rows(50, 9);
+        probes.extend([
+            vec![14.0, 20.0, 2.0],
+            vec![-3.0, 50.0, 2.0],
+            vec![10.0, 20.0, 1e200],
+            vec![10.0, f64::NAN, 2.0],
+        ]);
+        for row in &probes {
+            let reference = (0..forest.trees)
+                .map(|tree| expected_path_length(&forest, tree, row))
+                .sum::<f64>()
+                / forest.trees as f64;
+            let walked = forest.mean_path_length(row);
+            assert!(
+                (walked - reference).abs() <= 1e-9 * reference.abs().max(1.0),
+                "{row:?}: walked {walked}, reference {reference}"
+            );
         }
     }
 
