@@ -226,12 +226,16 @@ impl Forest {
             threshold,
             low,
             high,
-            inverse_width: (1.0 / (high - low)) as f32,
+            // Clamped so a range narrower than f32 can invert still gives a finite factor
+            // (an infinite one would turn a zero gap into NaN).
+            inverse_width: (1.0 / (high - low)).min(f64::from(f32::MAX)) as f32,
             feature: feature as u32,
         };
         let mut left = 0;
         for i in 0..sample.len() {
-            if rows[sample[i]][feature] <= threshold {
+            // The walk's rule, NaN included: only a greater value goes right.
+            let goes_right = rows[sample[i]][feature] > threshold;
+            if !goes_right {
                 sample.swap(i, left);
                 left += 1;
             }
@@ -391,29 +395,35 @@ impl IsolationForest {
         self.scored_since_fit = 0;
     }
 
-    /// Scores `row` against the current forest and, when refits are on, keeps it and regrows
-    /// the forest when it is due.
+    /// Scores `row` against the current forest, then learns from it.
     pub fn score_then_learn(&mut self, row: &[f64]) -> Result<RowVerdict, MlError> {
         let raw = self.raw_score(row)?;
-        let alarm = raw > self.alarm_level;
-        if self.config.refit_every > 0 {
-            if self.recent.len() >= self.config.memory.max(2) {
-                self.recent.pop_front();
-            }
-            self.recent.push_back(row.to_vec());
-            self.scored_since_fit += 1;
-            if self.scored_since_fit >= self.config.refit_every {
-                let mut recent = std::mem::take(&mut self.recent);
-                let views: Vec<&[f64]> =
-                    recent.make_contiguous().iter().map(Vec::as_slice).collect();
-                self.regrow(&views);
-                self.recent = recent;
-            }
-        }
-        Ok(RowVerdict {
+        // Judged against the forest that scored it, before a refit can move the level.
+        let verdict = RowVerdict {
             score: unit_score(raw / self.alarm_level, 1.0),
-            alarm,
-        })
+            alarm: raw > self.alarm_level,
+        };
+        self.learn(row);
+        Ok(verdict)
+    }
+
+    /// When refits are on, keeps `row` and regrows the forest when it is due; otherwise does
+    /// nothing.
+    pub fn learn(&mut self, row: &[f64]) {
+        if self.config.refit_every == 0 {
+            return;
+        }
+        if self.recent.len() >= self.config.memory.max(2) {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(row.to_vec());
+        self.scored_since_fit += 1;
+        if self.scored_since_fit >= self.config.refit_every {
+            let mut recent = std::mem::take(&mut self.recent);
+            let views: Vec<&[f64]> = recent.make_contiguous().iter().map(Vec::as_slice).collect();
+            self.regrow(&views);
+            self.recent = recent;
+        }
     }
 }
 

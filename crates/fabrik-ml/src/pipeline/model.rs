@@ -319,7 +319,7 @@ impl WindowModel for IsolationForestModel {
     fn score(&mut self, row: &[f64]) -> Result<f64, MlError> {
         let score = self.probe(row)?;
         if let Some(forest) = &mut self.forest {
-            forest.score_then_learn(row)?;
+            forest.learn(row);
         }
         Ok(score)
     }
