@@ -102,14 +102,6 @@ struct Node {
     feature: u32,
 }
 
-impl Node {
-    /// How far `value` lies outside the node's range, in node widths.
-    #[inline]
-    fn relative_gap(&self, value: f64) -> f64 {
-        relative_gap(value, self.low, self.high, f64::from(self.inverse_width))
-    }
-}
-
 /// How far `value` lies outside `[low, high]`, in widths (capped; 0 inside it, for NaN, and at
 /// pass-through nodes).
 #[inline]
@@ -267,57 +259,54 @@ impl Forest {
     /// `r / (1 + r)`, costing `d + 1`. Kept as one fraction `numerator / denominator` (the
     /// denominator is the product of the `1 + r`) so a step needs no division.
     fn mean_path_length(&self, row: &[f64]) -> f64 {
-        let internal = (1_usize << self.depth) - 1;
+        let whole_groups = self.trees / LANES * LANES;
         let mut total = 0.0;
-        let mut tree = 0;
-        // Several trees at a time: each walk is a chain of dependent loads, and independent
-        // chains overlap in the core.
-        while tree + LANES <= self.trees {
-            let mut at = [0_usize; LANES];
-            let mut numerator = [0.0_f64; LANES];
-            let mut denominator = [1.0_f64; LANES];
-            for level in 0..self.depth {
-                let cost = (level + 1) as f64;
-                // Gather first, then do the arithmetic lane-wise on arrays the compiler can
-                // vectorise.
-                let mut value = [0.0_f64; LANES];
-                let mut low = [0.0_f64; LANES];
-                let mut high = [0.0_f64; LANES];
-                let mut inverse_width = [0.0_f64; LANES];
-                for lane in 0..LANES {
-                    let node = &self.nodes[(tree + lane) * internal + at[lane]];
-                    value[lane] = row[node.feature as usize];
-                    low[lane] = node.low;
-                    high[lane] = node.high;
-                    inverse_width[lane] = f64::from(node.inverse_width);
-                    at[lane] = 2 * at[lane] + 1 + usize::from(value[lane] > node.threshold);
-                }
-                for lane in 0..LANES {
-                    let relative =
-                        relative_gap(value[lane], low[lane], high[lane], inverse_width[lane]);
-                    numerator[lane] = numerator[lane] * (1.0 + relative) + relative * cost;
-                    denominator[lane] *= 1.0 + relative;
-                }
-            }
-            for lane in 0..LANES {
-                let leaf = self.leaves[(tree + lane) * (internal + 1) + at[lane] - internal];
-                total += (numerator[lane] + leaf) / denominator[lane];
-            }
-            tree += LANES;
+        for first in (0..whole_groups).step_by(LANES) {
+            total += self.walk::<LANES>(row, first);
         }
-        for tree in tree..self.trees {
-            let (mut at, mut numerator, mut denominator) = (0, 0.0, 1.0);
-            for level in 0..self.depth {
-                let node = &self.nodes[tree * internal + at];
-                let value = row[node.feature as usize];
-                let relative = node.relative_gap(value);
-                numerator = numerator * (1.0 + relative) + relative * (level + 1) as f64;
-                denominator *= 1.0 + relative;
-                at = 2 * at + 1 + usize::from(value > node.threshold);
-            }
-            total += (numerator + self.leaves[tree * (internal + 1) + at - internal]) / denominator;
+        for tree in whole_groups..self.trees {
+            total += self.walk::<1>(row, tree);
         }
         total / self.trees as f64
+    }
+
+    /// The summed expected path lengths of `row` in trees `first..first + N`, walked side by
+    /// side: each walk is a chain of dependent loads, and independent chains overlap in the
+    /// core.
+    fn walk<const N: usize>(&self, row: &[f64], first: usize) -> f64 {
+        let internal = (1_usize << self.depth) - 1;
+        let mut at = [0_usize; N];
+        let mut numerator = [0.0_f64; N];
+        let mut denominator = [1.0_f64; N];
+        for level in 0..self.depth {
+            let cost = (level + 1) as f64;
+            // Gather first, then do the arithmetic lane-wise on arrays the compiler can
+            // vectorise.
+            let mut value = [0.0_f64; N];
+            let mut low = [0.0_f64; N];
+            let mut high = [0.0_f64; N];
+            let mut inverse_width = [0.0_f64; N];
+            for lane in 0..N {
+                let node = &self.nodes[(first + lane) * internal + at[lane]];
+                value[lane] = row[node.feature as usize];
+                low[lane] = node.low;
+                high[lane] = node.high;
+                inverse_width[lane] = f64::from(node.inverse_width);
+                at[lane] = 2 * at[lane] + 1 + usize::from(value[lane] > node.threshold);
+            }
+            for lane in 0..N {
+                let relative =
+                    relative_gap(value[lane], low[lane], high[lane], inverse_width[lane]);
+                numerator[lane] = numerator[lane] * (1.0 + relative) + relative * cost;
+                denominator[lane] *= 1.0 + relative;
+            }
+        }
+        (0..N)
+            .map(|lane| {
+                let leaf = self.leaves[(first + lane) * (internal + 1) + at[lane] - internal];
+                (numerator[lane] + leaf) / denominator[lane]
+            })
+            .sum()
     }
 
     /// The paper's anomaly score in (0, 1]: near 1 isolates easily, about 0.5 or below is
@@ -454,12 +443,15 @@ impl RowDetector for IsolationForest {
         let views: Vec<&[f64]> = training_rows.iter().map(Vec::as_slice).collect();
         self.regrow(&views);
         self.recent.clear();
-        let memory = self.config.memory.max(2);
-        self.recent.extend(
-            training_rows[training_rows.len().saturating_sub(memory)..]
-                .iter()
-                .cloned(),
-        );
+        // Only a detector that refits reads the memory; one fitted once keeps no copy.
+        if self.config.refit_every > 0 {
+            let memory = self.config.memory.max(2);
+            self.recent.extend(
+                training_rows[training_rows.len().saturating_sub(memory)..]
+                    .iter()
+                    .cloned(),
+            );
+        }
         Ok(())
     }
 

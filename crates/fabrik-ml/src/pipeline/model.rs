@@ -82,6 +82,13 @@ fn median_in_place(values: &mut [f64]) -> f64 {
     }
 }
 
+fn unfitted(model: &'static str) -> MlError {
+    MlError::Detector {
+        detector: model,
+        reason: "scored before fit".into(),
+    }
+}
+
 fn width_error(model: &'static str, got: usize, expected: usize) -> MlError {
     MlError::Detector {
         detector: model,
@@ -271,10 +278,7 @@ impl WindowModel for HstModel {
     }
     fn probe(&self, row: &[f64]) -> Result<f64, MlError> {
         let scaled = self.scaled(row)?;
-        let trees = self.trees.as_ref().ok_or(MlError::Detector {
-            detector: "hst",
-            reason: "scored before fit".into(),
-        })?;
+        let trees = self.trees.as_ref().ok_or_else(|| unfitted("hst"))?;
         Ok(trees.score_one(&scaled))
     }
 }
@@ -288,10 +292,7 @@ pub struct IsolationForestModel {
 
 impl IsolationForestModel {
     fn forest(&self) -> Result<&IsolationForest, MlError> {
-        self.forest.as_ref().ok_or(MlError::Detector {
-            detector: "iforest",
-            reason: "scored before fit".into(),
-        })
+        self.forest.as_ref().ok_or_else(|| unfitted("iforest"))
     }
 }
 
