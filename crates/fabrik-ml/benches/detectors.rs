@@ -2,12 +2,21 @@
 //! detectors`). Plain `Instant` timing: each detector processes the whole stream once after a
 //! warm-up pass, and the best of three runs is reported as samples (rows) per second.
 //!
+//! Arguments that are not flags filter by name: `cargo bench --bench detectors -- rart` runs
+//! only the detectors whose name contains `rart`.
+//!
+//! With NAB's data (`FABRIK_NAB_DIR`, else `../shared/data/nab` if present), RART also runs
+//! over every NAB file at the file's own probationary period, best of three per file: the
+//! mix of short and long periods and of steady and noisy streams that NAB scores.
+//!
 //! The stream: 5-minute samples of a daily cycle with noise, a slow drift and a spike every
 //! ~5000 samples; rows for the multivariate detectors are 8 channels of the same kind.
 
 use std::hint::black_box;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use fabrik_ml::nab::{NabCorpus, detect_file};
 use fabrik_ml::{Observation, RowDetectorKind, StreamingDetectorKind};
 
 const STREAM_LENGTH: usize = 1_000_000;
@@ -83,7 +92,52 @@ fn report(name: &str, unit: &str, count: usize, elapsed: Duration) {
     );
 }
 
+/// Whether `name` is selected by the command line's non-flag arguments (all when none).
+fn selected(filters: &[String], name: &str) -> bool {
+    filters.is_empty() || filters.iter().any(|filter| name.contains(filter.as_str()))
+}
+
+/// RART over every file of the NAB corpus, each at its own probationary period.
+fn nab_files() {
+    let dir = std::env::var_os("FABRIK_NAB_DIR")
+        .map_or_else(|| PathBuf::from("../../../shared/data/nab"), PathBuf::from);
+    if !dir.join("data").is_dir() {
+        println!(
+            "rart (NAB files)             skipped: no NAB corpus at {} (set FABRIK_NAB_DIR)",
+            dir.display()
+        );
+        return;
+    }
+    let corpus = match NabCorpus::load(&dir) {
+        Ok(corpus) => corpus,
+        Err(error) => {
+            eprintln!("rart (NAB files): {error}");
+            return;
+        }
+    };
+    let (mut rows, mut elapsed) = (0, Duration::ZERO);
+    for file in &corpus.files {
+        elapsed += best_of_three(|| {
+            let started = Instant::now();
+            black_box(detect_file(black_box(file), StreamingDetectorKind::Rart));
+            started.elapsed()
+        });
+        rows += file.len();
+    }
+    report(
+        &format!("rart (NAB files, {})", corpus.files.len()),
+        "samples",
+        rows,
+        elapsed,
+    );
+}
+
 fn main() {
+    // cargo passes `--bench`; every other argument is a name filter.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|argument| !argument.starts_with('-'))
+        .collect();
     let samples = stream(STREAM_LENGTH);
     println!(
         "single thread; {} samples (5-min cadence, P = {PROBATION}); {} rows x 8 channels",
@@ -99,7 +153,7 @@ fn main() {
             SHORT_PROBATION,
             format!("rart (P = {SHORT_PROBATION})"),
         )]);
-    for (kind, probation, name) in runs {
+    for (kind, probation, name) in runs.filter(|(_, _, name)| selected(&filters, name)) {
         let elapsed = best_of_three(|| {
             let mut detector = kind.build(probation);
             let started = Instant::now();
@@ -113,10 +167,17 @@ fn main() {
         report(&name, "samples", STREAM_LENGTH, elapsed);
     }
 
+    if selected(&filters, "rart (NAB files)") {
+        nab_files();
+    }
+
     let table = rows(ROWS + TRAINING_ROWS);
     let (training, test) = table.split_at(TRAINING_ROWS);
     for kind in RowDetectorKind::ALL {
         let name = format!("{} (8 channels)", kind.name());
+        if !selected(&filters, &name) {
+            continue;
+        }
         let elapsed = best_of_three(|| {
             let mut detector = kind.build();
             if let Err(error) = detector.fit(training) {

@@ -134,10 +134,18 @@ pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
                     "  outlier detection   F1 {:.2}   FAR {:.2} %   MAR {:.2} %",
                     report.f1, report.far, report.mar
                 );
-                println!(
-                    "  changepoints (NAB)  standard {:.2}   LowFP {:.2}   LowFN {:.2}",
-                    report.nab_standard, report.nab_low_fp, report.nab_low_fn
-                );
+                if report.nab_standard.is_finite() {
+                    println!(
+                        "  changepoints (NAB)  standard {:.2}   LowFP {:.2}   LowFN {:.2}",
+                        report.nab_standard, report.nab_low_fp, report.nab_low_fn
+                    );
+                } else {
+                    // Normalising divides by the perfect detector's score, which is 0 when
+                    // no file labels a changepoint (anomaly-free recordings).
+                    println!(
+                        "  changepoints (NAB)  n/a: no changepoint is labelled in these files"
+                    );
+                }
             }
         }
     }

@@ -95,9 +95,10 @@ struct FuzzyArt {
     /// Per category, all ones if the pre-filter kept it (a vector compare's lane mask), else 0;
     /// kept between calls only to reuse the allocation.
     kept: Vec<i64>,
-    /// The indices of the kept categories, ascending; kept between calls only to reuse the
-    /// allocation.
+    /// The indices of the kept categories, ascending, in the first `candidate_count` slots;
+    /// kept between calls only to reuse the allocation.
     candidates: Vec<u32>,
+    candidate_count: usize,
     /// Cluster label per category; `None` mirrors the reference's `-1` ("no cluster").
     labels: Vec<Option<u32>>,
     last_use: Vec<i64>,
@@ -122,6 +123,7 @@ impl FuzzyArt {
             previous_best: 0,
             kept: Vec::with_capacity(cap),
             candidates: Vec::with_capacity(cap),
+            candidate_count: 0,
             labels: Vec::with_capacity(cap),
             last_use: Vec::with_capacity(cap),
             cap,
@@ -145,10 +147,11 @@ impl FuzzyArt {
             self.last_use.push(0);
             return self.weights.len() - 1;
         }
-        let mut oldest = 0;
+        // The first least recently used; the running minimum stays in a register.
+        let (mut oldest, mut oldest_use) = (0, i64::MAX);
         for (index, &used) in self.last_use.iter().enumerate() {
-            if used < self.last_use[oldest] {
-                oldest = index;
+            if used < oldest_use {
+                (oldest, oldest_use) = (index, used);
             }
         }
         oldest
@@ -160,13 +163,35 @@ impl FuzzyArt {
         self.last_use[slot] = tick;
     }
 
+    /// Fast learning `w ← min(x, w)` in place. A category that already contains `x` (often
+    /// most of those resonating with a steady stream) keeps its cached sums.
+    fn learn(&mut self, category: usize, x: &[f64; CODED]) {
+        let weights = &mut self.weights[category];
+        let mut changed = false;
+        for (weight, &value) in weights.iter_mut().zip(x) {
+            let learned = lesser(value, *weight);
+            // `!=` is also true for NaN, which then refreshes the caches as before.
+            changed |= learned != *weight;
+            *weight = learned;
+        }
+        if changed {
+            self.refresh_cache(category);
+        }
+    }
+
     /// Replaces a category's weights and everything cached from them.
     fn set_weights(&mut self, category: usize, weights: [f64; CODED]) {
         self.weights[category] = weights;
-        self.weight_sums[category] = numpy_sum(&weights);
+        self.refresh_cache(category);
+    }
+
+    /// Recomputes what is cached from a category's weights.
+    fn refresh_cache(&mut self, category: usize) {
+        let weights = &self.weights[category];
+        self.weight_sums[category] = numpy_sum(weights);
         self.newest_weights[category] = weights[NEWEST];
         self.newest_complement_weights[category] = weights[NEWEST_COMPLEMENT];
-        self.block_sums[category] = BlockSums::of(&weights);
+        self.block_sums[category] = BlockSums::of(weights);
     }
 
     /// One presentation of the coded input `x`.
@@ -232,17 +257,17 @@ impl FuzzyArt {
         }
         // Every category at or above the upper vigilance learns (fast learning: w ← min(x, w));
         // the label is that of the last one, in visiting order, that ties the best match.
-        let mut resonating = std::mem::take(&mut self.resonating);
-        // Stable: equal activations keep index order, as the reference's stable argsort.
-        resonating.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let resonating = std::mem::take(&mut self.resonating);
+        // The reference visits them in descending activation, ties in index order (a stable
+        // argsort). Only ties with the best match pass the label test, as no activation
+        // exceeds it, so the last to pass is the highest index among them, and each category
+        // learns from `x` alone: index order gives the same outcome without the sort.
         let mut label = None;
         for &(category, category_activation) in &resonating {
             if category_activation >= best_match {
                 label = self.labels[category];
             }
-            let learned: [f64; CODED] =
-                std::array::from_fn(|i| lesser(x[i], self.weights[category][i]));
-            self.set_weights(category, learned);
+            self.learn(category, x);
         }
         self.resonating = resonating;
         TrainOutcome {
@@ -302,8 +327,11 @@ impl FuzzyArt {
         );
         // Local borrows, so the compiler need not reload the vectors after every store.
         let (kept, candidates) = (&self.kept, &mut self.candidates);
-        candidates.clear();
-        candidates.resize(kept.len(), 0);
+        // Every slot below `count` is written before it is read, so the buffer only ever
+        // grows; zeroing it anew (a memset per presentation) was measurable.
+        if candidates.len() < kept.len() {
+            candidates.resize(kept.len(), 0);
+        }
         let gathered = candidates.as_mut_slice();
         let mut count = 0;
         for (index, &mask) in kept.iter().enumerate() {
@@ -314,7 +342,7 @@ impl FuzzyArt {
             }
             count += (mask & 1) as usize;
         }
-        candidates.truncate(count);
+        self.candidate_count = count;
     }
 
     /// Keeps, of the `candidates`, those whose activation bound from the block sums may reach
@@ -333,7 +361,7 @@ impl FuzzyArt {
         let window: f64 = x[WINDOW..FEATURES].iter().sum();
         let mut candidates = std::mem::take(&mut self.candidates);
         let mut count = 0;
-        for position in 0..candidates.len() {
+        for position in 0..self.candidate_count {
             let index = candidates[position] as usize;
             let shortfall = self.block_sums[index].distance(shape, window);
             let weight_sum = self.weight_sums[index];
@@ -346,7 +374,7 @@ impl FuzzyArt {
             candidates[count] = index as u32;
             count += usize::from(reaches);
         }
-        candidates.truncate(count);
+        self.candidate_count = count;
         self.candidates = candidates;
     }
 
@@ -386,7 +414,7 @@ impl FuzzyArt {
         self.screen_candidates(x, threshold);
         let mut best: Option<Candidate> = None;
         let mut best_below_upper: Option<Candidate> = None;
-        for position in 0..self.candidates.len() {
+        for position in 0..self.candidate_count {
             let index = self.candidates[position] as usize;
             let best_so_far = best.map_or(0.0, |b| b.activation);
             let floor = py_min(upper, best_so_far);
@@ -1219,6 +1247,46 @@ mod tests {
                 assert_eq!(fast.last_use, literal.last_use, "tick {tick}");
             }
         }
+    }
+
+    /// Categories with equal weights and different clusters tie; the reference visits ties in
+    /// index order and keeps the label of the last one, which the fast path, visiting in index
+    /// order without a sort, must reproduce.
+    #[test]
+    fn a_tie_among_resonating_categories_takes_the_last_label() {
+        let x = complement_coded(&[0.5; FEATURES]);
+        let mut fast = FuzzyArt::new(8);
+        fast.lower_vigilance = 0.5;
+        fast.upper_vigilance = 0.9;
+        let mut literal = LiteralArt {
+            weights: Vec::new(),
+            labels: Vec::new(),
+            last_use: Vec::new(),
+            cap: 8,
+            clusters: 0,
+            started: false,
+            lower: 0.5,
+            upper: 0.9,
+        };
+        // The first presentation seeds the all-ones category of cluster 1.
+        fast.train(&x, true, 0);
+        literal.train(&x, true, 0);
+        for (label, tick) in [(7, 1), (3, 2)] {
+            let slot = fast.slot();
+            fast.store(slot, x, Some(label), tick);
+            let slot = literal.slot();
+            literal.weights[slot] = x;
+            literal.labels[slot] = Some(label);
+            literal.last_use[slot] = tick;
+        }
+        (fast.clusters, literal.clusters) = (7, 7);
+        let want = literal.train(&x, true, 3);
+        let got = fast.train(&x, true, 3);
+        assert_eq!(want.0, Some(3), "the reference keeps the last tie's label");
+        assert_eq!(got.label, want.0);
+        assert_eq!(got.best_match.to_bits(), want.1.to_bits());
+        assert_eq!(fast.weights, literal.weights);
+        assert_eq!(fast.last_use, literal.last_use);
     }
 
     /// The block-sum screen may only ever keep too many: its shortfall must never exceed the
