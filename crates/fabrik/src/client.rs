@@ -88,7 +88,7 @@ pub(crate) fn block_on(fut: impl std::future::Future<Output = anyhow::Result<()>
     match runtime.block_on(fut) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("fabrik: {e:#}");
+            eprintln!("fabrik: {}", crate::error_text::describe(&e));
             ExitCode::FAILURE
         }
     }

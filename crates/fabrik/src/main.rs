@@ -12,6 +12,7 @@ mod connect;
 mod demo;
 mod device_cli;
 mod device_state;
+mod error_text;
 mod eval;
 mod modbus;
 mod modules;
@@ -123,7 +124,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => match eval::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("fabrik: {e:#}");
+                eprintln!("fabrik: {}", crate::error_text::describe(&e));
                 ExitCode::FAILURE
             }
         },

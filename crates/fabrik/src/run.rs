@@ -86,8 +86,11 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
     match runtime.block_on(serve(config, settings, modules, args.demo)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "Fabrik stopped with an error.");
-            eprintln!("fabrik: {e:#}");
+            tracing::error!(
+                error = crate::error_text::describe(&e),
+                "Fabrik stopped with an error."
+            );
+            eprintln!("fabrik: {}", crate::error_text::describe(&e));
             ExitCode::FAILURE
         }
     }
