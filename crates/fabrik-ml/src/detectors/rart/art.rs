@@ -655,10 +655,18 @@ fn haar8(v: &[f64; WINDOW]) -> [f64; WINDOW] {
 }
 
 /// Shifts values to start at 0 and scales them to end at 1 (unless they are all equal).
+///
+/// The values are quantised levels in [0, 1] or their Haar coefficients, never NaN, so plain
+/// compares find the same extremes as `f64::min`/`max`, whose NaN handling cost 4 % of the
+/// time at a short probationary period.
 fn rescale_to_unit<const N: usize>(values: &[f64; N]) -> [f64; N] {
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    debug_assert!(values.iter().all(|v| !v.is_nan()), "{values:?}");
+    let min = values.iter().copied().fold(f64::INFINITY, lesser);
     let mut shifted = values.map(|v| v - min);
-    let max = shifted.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let max = shifted
+        .iter()
+        .copied()
+        .fold(f64::NEG_INFINITY, |a, b| if a > b { a } else { b });
     if max != 0.0 {
         for value in &mut shifted {
             *value /= max;
