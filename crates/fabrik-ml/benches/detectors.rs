@@ -5,7 +5,8 @@
 //! Arguments that are not flags filter by name: `cargo bench --bench detectors -- rart` runs
 //! only the detectors whose name contains `rart`.
 //!
-//! With NAB's data (`FABRIK_NAB_DIR`, else `../shared/data/nab` if present), RART also runs
+//! With NAB's data (`FABRIK_NAB_DIR`, else `../shared/data/nab` beside the workspace, as the
+//! team's machines have it; cargo runs benches from the crate's directory), RART also runs
 //! over every NAB file at the file's own probationary period, best of three per file: the
 //! mix of short and long periods and of steady and noisy streams that NAB scores.
 //!
