@@ -49,6 +49,8 @@ pub struct ApiState {
     pub registry: Option<fabrik_registry::Registry>,
     /// Pipeline states, when the pipelines module runs in this process.
     pub pipelines: Option<pipelines::PipelineBoard>,
+    /// Changes to the pipelines, when the pipelines module runs in this process.
+    pub pipeline_control: Option<Arc<dyn pipelines::PipelineControl>>,
     /// Alerting, when the alerts module runs in this process.
     pub alerting: Option<std::sync::Arc<fabrik_alert::Alerting>>,
 }

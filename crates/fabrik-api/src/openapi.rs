@@ -56,6 +56,8 @@ impl Modify for TokenAuth {
         crate::stream::device_stream,
         crate::pipelines::list,
         crate::pipelines::show,
+        crate::pipelines::apply,
+        crate::pipelines::remove,
     ),
     modifiers(&TokenAuth)
 )]

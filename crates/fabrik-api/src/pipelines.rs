@@ -1,20 +1,38 @@
-//! `/api/v1/pipelines`: the inference pipelines of this process and how each is doing.
+//! `/api/v1/pipelines`: the inference pipelines of this process, how each is doing, and
+//! defining, replacing and removing them at run time.
 //!
-//! Owns the shared [`PipelineBoard`] the pipeline runner writes and the handlers read; the
-//! inferences themselves are rows of the `inferences` table, queried with SQL.
+//! Owns the shared [`PipelineBoard`] the pipeline runner writes and the handlers read, and the
+//! [`PipelineControl`] interface the pipelines module implements; the inferences themselves
+//! are rows of the `inferences` table, queried with SQL.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use fabrik_runtime::config::PipelineConfig;
+use futures::future::BoxFuture;
 use parking_lot::RwLock;
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::ApiState;
 use crate::error::ApiError;
+
+/// Where a pipeline was defined, which decides who may change it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PipelineOrigin {
+    /// A `[[pipelines]]` entry of the configuration file: changed there, not through the API.
+    Config,
+    /// Defined through the API; kept in the data directory across restarts.
+    Api,
+    /// The demo plant's pipeline (`fabrik run --demo` without configured pipelines).
+    Demo,
+}
 
 /// What a pipeline is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -33,6 +51,8 @@ pub enum PipelineState {
 pub struct PipelineStatus {
     /// Unique name.
     pub name: String,
+    /// Where it was defined.
+    pub origin: PipelineOrigin,
     /// Its state.
     pub state: PipelineState,
     /// Why it failed, or the last transient problem (e.g. its table does not exist yet).
@@ -69,6 +89,69 @@ pub struct PipelineStatus {
 
 /// The pipelines of this process, by name; written by the runner, read by the API.
 pub type PipelineBoard = Arc<RwLock<BTreeMap<String, PipelineStatus>>>;
+
+/// Why a change to the pipelines was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlError {
+    /// The definition has problems: `(field, message)` pairs.
+    Invalid(Vec<(String, String)>),
+    /// The pipeline is defined in the configuration file (or is the demo's).
+    NotChangeable(String),
+    /// No pipeline has this name.
+    NotFound(String),
+    /// The definition could not be stored; nothing changed.
+    Storage(String),
+}
+
+impl From<ControlError> for ApiError {
+    fn from(error: ControlError) -> Self {
+        match error {
+            ControlError::Invalid(problems) => ApiError::bad_request(
+                problems
+                    .iter()
+                    .map(|(field, message)| format!("{field}: {message}"))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            ControlError::NotChangeable(message) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", message)
+            }
+            ControlError::NotFound(name) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no pipeline named `{name}`"),
+            ),
+            ControlError::Storage(message) => {
+                tracing::error!(error = %message, "Storing the pipeline definitions failed.");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the pipeline definitions could not be stored; nothing was changed",
+                )
+            }
+        }
+    }
+}
+
+/// Defines, replaces and removes pipelines while the process runs; the pipelines module
+/// implements it. A change is stored before it takes effect, so it survives a restart.
+pub trait PipelineControl: Send + Sync {
+    /// Checks `config`, stores it, and starts it, replacing (stopping first) a pipeline of the
+    /// same name that was defined through the API. Returns whether it is new.
+    fn apply(&self, config: PipelineConfig) -> BoxFuture<'_, Result<bool, ControlError>>;
+    /// Stops a pipeline defined through the API and forgets it.
+    fn remove(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>>;
+}
+
+fn control(state: &ApiState) -> Result<&Arc<dyn PipelineControl>, ApiError> {
+    state.pipeline_control.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the pipelines module does not run in this process (see --target)",
+        )
+    })
+}
 
 fn board(state: &ApiState) -> Result<&PipelineBoard, ApiError> {
     state.pipelines.as_ref().ok_or_else(|| {
@@ -109,4 +192,55 @@ pub(crate) async fn show(
                 format!("no pipeline named `{name}`"),
             )
         })
+}
+
+#[utoipa::path(put, path = "/api/v1/pipelines/{name}", tag = "pipelines", security(("token" = [])),
+    params(("name" = String, Path, description = "pipeline name; must equal `name` in the body")),
+    request_body(content = PipelineConfig, description = "the fields of a `[[pipelines]]` entry, as JSON"),
+    responses((status = 201, description = "defined and started (or stored stopped, with `enabled: false`)", body = PipelineStatus),
+              (status = 200, description = "replaced: the previous definition was stopped first", body = PipelineStatus),
+              (status = 400, description = "invalid definition; the message names each field", body = crate::error::ErrorBody),
+              (status = 409, description = "defined in the configuration file", body = crate::error::ErrorBody),
+              (status = 503, description = "the pipelines module does not run here", body = crate::error::ErrorBody)))]
+pub(crate) async fn apply(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let control = control(&state)?;
+    let config: PipelineConfig = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("pipeline definition: {e}")))?;
+    if config.name != name {
+        return Err(ApiError::bad_request(format!(
+            "name: `{}` in the body differs from `{name}` in the path",
+            config.name
+        )));
+    }
+    let created = control.apply(config).await?;
+    let status = board(&state)?.read().get(&name).cloned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("pipeline `{name}` was stored but is not listed"),
+        )
+    })?;
+    let code = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((code, Json(status)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/pipelines/{name}", tag = "pipelines", security(("token" = [])),
+    params(("name" = String, Path, description = "pipeline name")),
+    responses((status = 204, description = "stopped and forgotten; its inferences stay stored"),
+              (status = 404, description = "no such pipeline", body = crate::error::ErrorBody),
+              (status = 409, description = "defined in the configuration file", body = crate::error::ErrorBody)))]
+pub(crate) async fn remove(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    control(&state)?.remove(name).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -78,7 +78,12 @@ pub fn router(state: ApiState) -> Router {
             axum::routing::put(crate::users::set_password),
         )
         .route("/api/v1/pipelines", get(crate::pipelines::list))
-        .route("/api/v1/pipelines/{name}", get(crate::pipelines::show))
+        .route(
+            "/api/v1/pipelines/{name}",
+            get(crate::pipelines::show)
+                .put(crate::pipelines::apply)
+                .delete(crate::pipelines::remove),
+        )
         .route("/services", get(services))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

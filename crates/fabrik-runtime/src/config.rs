@@ -193,8 +193,9 @@ pub struct MappingConfig {
 }
 
 /// `[[pipelines]]`: windows of a table's signals per device → features → model → inferences.
-/// Names (features, model, threshold) are checked by `fabrik config check`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Names (features, model, threshold) are checked by `fabrik config check`. The same fields,
+/// as JSON, define a pipeline through `PUT /api/v1/pipelines/{name}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Unique name; stored with every inference.

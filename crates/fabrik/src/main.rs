@@ -17,6 +17,7 @@ mod eval;
 mod modbus;
 mod modules;
 mod opcua;
+mod pipeline_cli;
 mod pipelines;
 mod readings;
 mod run;
@@ -60,6 +61,8 @@ enum Command {
     User(user_cli::UserArgs),
     /// List, acknowledge and silence alerts.
     Alert(alert_cli::AlertArgs),
+    /// List, show, define (from a file) and remove inference pipelines of a running Fabrik.
+    Pipeline(pipeline_cli::PipelineArgs),
     /// Run a simulated plant against a running Fabrik (devices publish over MQTT).
     Sim(demo::SimArgs),
     /// Score the anomaly detectors on NAB or SKAB with the benchmarks' own protocols.
@@ -120,6 +123,7 @@ fn main() -> ExitCode {
         Command::Device(args) => client::block_on(device_cli::run(args)),
         Command::User(args) => client::block_on(user_cli::run(args)),
         Command::Alert(args) => client::block_on(alert_cli::run(args)),
+        Command::Pipeline(args) => client::block_on(pipeline_cli::run(args)),
         Command::Sim(args) => client::block_on(demo::sim(args)),
         Command::Eval(args) => match eval::run(args) {
             Ok(()) => ExitCode::SUCCESS,

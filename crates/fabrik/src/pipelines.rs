@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use datafusion::arrow::array::{Array, Float64Array, Int64Array, StringArray};
 use datafusion::arrow::datatypes::DataType;
-use fabrik_api::pipelines::{PipelineBoard, PipelineState, PipelineStatus};
+use fabrik_api::pipelines::{
+    ControlError, PipelineBoard, PipelineControl, PipelineOrigin, PipelineState, PipelineStatus,
+};
 use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
 use fabrik_ml::pipeline::{
     BuiltinModel, Feature, Inference, OnnxWindowModel, Pipeline, PipelineSpec, Row, ThresholdSpec,
@@ -23,6 +25,7 @@ use fabrik_runtime::ServiceHandle;
 use fabrik_runtime::config::{Config, PipelineConfig};
 use fabrik_runtime::units::parse_duration;
 use fabrik_store::Store;
+use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 /// The table every pipeline writes its inferences to.
@@ -290,16 +293,25 @@ fn feature_names(spec: &PipelineSpec) -> Vec<String> {
         .collect()
 }
 
-fn status_of(compiled: &Compiled, state: PipelineState, error: Option<String>) -> PipelineStatus {
-    let c = &compiled.config;
+/// The status of a pipeline that has not run yet; `features` is empty for a definition that
+/// does not compile.
+fn status_of(
+    config: &PipelineConfig,
+    features: Vec<String>,
+    origin: PipelineOrigin,
+    state: PipelineState,
+    error: Option<String>,
+) -> PipelineStatus {
+    let c = config;
     PipelineStatus {
         name: c.name.clone(),
+        origin,
         state,
         error,
         table: c.table.clone(),
         signals: c.signals.clone(),
         model: c.model.clone(),
-        features: feature_names(&compiled.spec),
+        features,
         window: c.hop.as_ref().map_or_else(
             || c.window.clone(),
             |hop| format!("{} every {hop}", c.window),
@@ -316,54 +328,318 @@ fn status_of(compiled: &Compiled, state: PipelineState, error: Option<String>) -
     }
 }
 
-/// Starts every enabled pipeline (plus the demo one when asked and none is configured); each
-/// runs in its own task, so one that fails leaves the others running.
-pub(crate) async fn start(
-    config: &Config,
-    demo: bool,
+/// The file in the data directory that keeps the pipelines defined through the API.
+pub(crate) const STORED_PIPELINES_FILE: &str = "pipelines.json";
+
+/// One pipeline the manager knows, running or not.
+struct Managed {
+    origin: PipelineOrigin,
+    config: PipelineConfig,
+    stop: CancellationToken,
+    /// `None` when disabled or when its stored definition does not compile.
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Managed {
+    /// Stops the runner and waits until it has ended, so it cannot write after this returns.
+    async fn stop(self) {
+        self.stop.cancel();
+        if let Some(task) = self.task {
+            let _ = task.await;
+        }
+    }
+}
+
+#[derive(Default)]
+struct Pipelines {
+    by_name: std::collections::BTreeMap<String, Managed>,
+    /// Stored API definitions whose name a configuration-file pipeline took: not run, but
+    /// kept in the file.
+    shadowed: Vec<PipelineConfig>,
+}
+
+/// Runs the pipelines of the configuration file, of the demo and of the API, and applies the
+/// API's changes (stored in `pipelines.json` first, so they survive a restart).
+pub(crate) struct PipelineManager {
     store: Arc<Store>,
     registry: Option<Registry>,
     board: PipelineBoard,
-) -> Result<ServiceHandle, String> {
-    let mut configs = config.pipelines.clone();
-    if demo && configs.is_empty() {
-        configs.push(demo_pipeline());
-    }
-    let stop = CancellationToken::new();
-    let mut tasks = Vec::new();
-    for pipeline_config in configs {
-        let compiled = compile(&pipeline_config).map_err(|problems| {
-            let (field, message) = problems.into_iter().next().unwrap_or_default();
-            format!("pipeline `{}`: {field}: {message}", pipeline_config.name)
-        })?;
-        if !pipeline_config.enabled {
-            board.write().insert(
-                pipeline_config.name.clone(),
-                status_of(&compiled, PipelineState::Stopped, Some("disabled".into())),
+    stop: CancellationToken,
+    stored_path: std::path::PathBuf,
+    /// One change at a time; held while a replaced runner is stopped.
+    pipelines: tokio::sync::Mutex<Pipelines>,
+}
+
+impl PipelineManager {
+    /// Starts `compiled` (or records it as stopped when disabled) under its name.
+    fn launch(&self, pipelines: &mut Pipelines, origin: PipelineOrigin, compiled: Compiled) {
+        let config = compiled.config.clone();
+        let stop = self.stop.child_token();
+        let features = feature_names(&compiled.spec);
+        let task = if config.enabled {
+            self.board.write().insert(
+                config.name.clone(),
+                status_of(&config, features, origin, PipelineState::Running, None),
             );
-            continue;
-        }
-        board.write().insert(
-            pipeline_config.name.clone(),
-            status_of(&compiled, PipelineState::Running, None),
-        );
-        let runner = Runner {
-            compiled,
-            store: store.clone(),
-            registry: registry.clone(),
-            board: board.clone(),
+            let runner = Runner {
+                compiled,
+                store: self.store.clone(),
+                registry: self.registry.clone(),
+                board: self.board.clone(),
+            };
+            Some(tokio::spawn(runner.run(stop.clone())))
+        } else {
+            self.board.write().insert(
+                config.name.clone(),
+                status_of(
+                    &config,
+                    features,
+                    origin,
+                    PipelineState::Stopped,
+                    Some("disabled".into()),
+                ),
+            );
+            None
         };
-        tasks.push(tokio::spawn(runner.run(stop.child_token())));
+        pipelines.by_name.insert(
+            config.name.clone(),
+            Managed {
+                origin,
+                config,
+                stop,
+                task,
+            },
+        );
+    }
+
+    /// The API's definitions after a change: all of them but `except`, plus `with`.
+    fn api_definitions(
+        pipelines: &Pipelines,
+        except: &str,
+        with: Option<&PipelineConfig>,
+    ) -> Vec<PipelineConfig> {
+        let mut definitions: Vec<PipelineConfig> = pipelines
+            .by_name
+            .values()
+            .filter(|m| m.origin == PipelineOrigin::Api && m.config.name != except)
+            .map(|m| m.config.clone())
+            .chain(pipelines.shadowed.iter().cloned())
+            .chain(with.cloned())
+            .collect();
+        definitions.sort_by(|a, b| a.name.cmp(&b.name));
+        definitions
+    }
+
+    async fn store_definitions(
+        &self,
+        definitions: Vec<PipelineConfig>,
+    ) -> Result<(), ControlError> {
+        let path = self.stored_path.clone();
+        tokio::task::spawn_blocking(move || write_definitions(&path, &definitions))
+            .await
+            .map_err(|e| ControlError::Storage(e.to_string()))?
+            .map_err(|e| ControlError::Storage(format!("{}: {e}", self.stored_path.display())))
+    }
+
+    fn refuse_unless_api(managed: &Managed) -> Result<(), ControlError> {
+        match managed.origin {
+            PipelineOrigin::Api => Ok(()),
+            PipelineOrigin::Config => Err(ControlError::NotChangeable(format!(
+                "pipeline `{}` is defined in the configuration file; change it there",
+                managed.config.name
+            ))),
+            PipelineOrigin::Demo => Err(ControlError::NotChangeable(format!(
+                "pipeline `{}` is the demo plant's; define pipelines in the configuration \
+                 file or under another name",
+                managed.config.name
+            ))),
+        }
+    }
+
+    async fn apply_definition(&self, config: PipelineConfig) -> Result<bool, ControlError> {
+        let compiled = compile(&config).map_err(ControlError::Invalid)?;
+        let mut pipelines = self.pipelines.lock().await;
+        let created = match pipelines.by_name.get(&config.name) {
+            Some(existing) => {
+                Self::refuse_unless_api(existing)?;
+                false
+            }
+            None => true,
+        };
+        let definitions = Self::api_definitions(&pipelines, &config.name, Some(&config));
+        self.store_definitions(definitions).await?;
+        if let Some(previous) = pipelines.by_name.remove(&config.name) {
+            previous.stop().await;
+        }
+        tracing::info!(pipeline = %config.name, replaced = !created, "Pipeline defined through the API.");
+        self.launch(&mut pipelines, PipelineOrigin::Api, compiled);
+        Ok(created)
+    }
+
+    async fn remove_definition(&self, name: String) -> Result<(), ControlError> {
+        let mut pipelines = self.pipelines.lock().await;
+        let existing = pipelines
+            .by_name
+            .get(&name)
+            .ok_or_else(|| ControlError::NotFound(name.clone()))?;
+        Self::refuse_unless_api(existing)?;
+        let definitions = Self::api_definitions(&pipelines, &name, None);
+        self.store_definitions(definitions).await?;
+        if let Some(previous) = pipelines.by_name.remove(&name) {
+            previous.stop().await;
+        }
+        self.board.write().remove(&name);
+        tracing::info!(pipeline = %name, "Pipeline removed through the API.");
+        Ok(())
+    }
+}
+
+impl PipelineControl for PipelineManager {
+    fn apply(&self, config: PipelineConfig) -> BoxFuture<'_, Result<bool, ControlError>> {
+        Box::pin(self.apply_definition(config))
+    }
+
+    fn remove(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>> {
+        Box::pin(self.remove_definition(name))
+    }
+}
+
+/// The API's stored definitions; none when the file does not exist yet.
+fn read_definitions(path: &std::path::Path) -> Result<Vec<PipelineConfig>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            format!(
+                "{}: not a list of pipeline definitions: {e} (fix or remove the file)",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Replaces the file atomically: a crash leaves the old list or the new one, never a mix.
+fn write_definitions(
+    path: &std::path::Path,
+    definitions: &[PipelineConfig],
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let text = serde_json::to_vec_pretty(definitions).map_err(std::io::Error::other)?;
+    let temporary = path.with_extension("json.tmp");
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(&text)?;
+    file.write_all(b"\n")?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)?;
+    if let Some(directory) = path.parent() {
+        std::fs::File::open(directory)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Starts every enabled pipeline of the configuration file (plus the demo one when asked and
+/// none is configured) and those defined earlier through the API; each runs in its own task,
+/// so one that fails leaves the others running.
+pub(crate) async fn start(
+    config: &Config,
+    demo: bool,
+    data_dir: &std::path::Path,
+    store: Arc<Store>,
+    registry: Option<Registry>,
+    board: PipelineBoard,
+) -> Result<(ServiceHandle, Arc<PipelineManager>), String> {
+    let mut configured: Vec<(PipelineOrigin, PipelineConfig)> = config
+        .pipelines
+        .iter()
+        .map(|p| (PipelineOrigin::Config, p.clone()))
+        .collect();
+    if demo && configured.is_empty() {
+        configured.push((PipelineOrigin::Demo, demo_pipeline()));
+    }
+    let stored_path = data_dir.join(STORED_PIPELINES_FILE);
+    let stored = read_definitions(&stored_path)?;
+    let stop = CancellationToken::new();
+    let manager = Arc::new(PipelineManager {
+        store,
+        registry,
+        board,
+        stop: stop.clone(),
+        stored_path,
+        pipelines: tokio::sync::Mutex::new(Pipelines::default()),
+    });
+    // Every configured pipeline compiles before any starts, so a bad one leaves no runner
+    // behind that nothing would stop.
+    let configured = configured
+        .into_iter()
+        .map(|(origin, pipeline_config)| {
+            compile(&pipeline_config)
+                .map(|compiled| (origin, compiled))
+                .map_err(|problems| {
+                    let (field, message) = problems.into_iter().next().unwrap_or_default();
+                    format!("pipeline `{}`: {field}: {message}", pipeline_config.name)
+                })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    {
+        let mut pipelines = manager.pipelines.lock().await;
+        for (origin, compiled) in configured {
+            manager.launch(&mut pipelines, origin, compiled);
+        }
+        for definition in stored {
+            if pipelines.by_name.contains_key(&definition.name) {
+                tracing::warn!(
+                    pipeline = %definition.name,
+                    "A pipeline defined through the API has the name of one in the \
+                     configuration file; the configuration file's runs."
+                );
+                pipelines.shadowed.push(definition);
+                continue;
+            }
+            match compile(&definition) {
+                Ok(compiled) => manager.launch(&mut pipelines, PipelineOrigin::Api, compiled),
+                Err(problems) => {
+                    // Rules may tighten between versions: show it failed, keep it in the
+                    // file, and let the API replace or remove it.
+                    let reason = problems
+                        .iter()
+                        .map(|(field, message)| format!("{field}: {message}"))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    tracing::error!(pipeline = %definition.name, error = %reason, "Stored pipeline definition does not load; the others keep running.");
+                    manager.board.write().insert(
+                        definition.name.clone(),
+                        status_of(
+                            &definition,
+                            Vec::new(),
+                            PipelineOrigin::Api,
+                            PipelineState::Failed,
+                            Some(reason),
+                        ),
+                    );
+                    pipelines.by_name.insert(
+                        definition.name.clone(),
+                        Managed {
+                            origin: PipelineOrigin::Api,
+                            config: definition,
+                            stop: stop.child_token(),
+                            task: None,
+                        },
+                    );
+                }
+            }
+        }
     }
     let token = stop.clone();
+    let running = manager.clone();
     let task = tokio::spawn(async move {
         token.cancelled().await;
-        for task in tasks {
-            let _ = task.await;
+        let mut pipelines = running.pipelines.lock().await;
+        for (_, managed) in std::mem::take(&mut pipelines.by_name) {
+            managed.stop().await;
         }
         Ok(())
     });
-    Ok(ServiceHandle { stop, task })
+    Ok((ServiceHandle { stop, task }, manager))
 }
 
 struct Runner {
@@ -725,6 +1001,28 @@ fn rfc3339(ns: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_definitions_round_trip_and_a_damaged_file_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(STORED_PIPELINES_FILE);
+        assert_eq!(read_definitions(&path), Ok(Vec::new()), "no file yet");
+        let mut second = demo_pipeline();
+        second.name = "second".into();
+        second.model = "iforest".into();
+        let definitions = vec![demo_pipeline(), second];
+        write_definitions(&path, &definitions).expect("write");
+        assert_eq!(read_definitions(&path), Ok(definitions.clone()));
+        write_definitions(&path, &definitions[..1]).expect("replace");
+        assert_eq!(read_definitions(&path), Ok(definitions[..1].to_vec()));
+        assert!(
+            !path.with_extension("json.tmp").exists(),
+            "the temporary file is renamed into place"
+        );
+        std::fs::write(&path, "[{\"name\": ").expect("damage");
+        let error = read_definitions(&path).expect_err("damaged");
+        assert!(error.contains(STORED_PIPELINES_FILE), "{error}");
+    }
 
     #[test]
     fn the_demo_pipeline_and_the_example_compile() {

@@ -185,6 +185,8 @@ struct Wiring {
     alerting: Option<Arc<fabrik_alert::Alerting>>,
     /// Pipeline states, shared with the API.
     pipelines: Option<fabrik_api::pipelines::PipelineBoard>,
+    /// Changes to the pipelines, for the API.
+    pipeline_control: Option<Arc<dyn fabrik_api::pipelines::PipelineControl>>,
     /// The MQTT endpoint's broker (alert notifiers publish into it).
     broker: Option<Arc<fabrik_connect::mqtt::broker::Broker>>,
     /// The address the MQTT endpoint listens on (for the demo plant).
@@ -240,6 +242,7 @@ async fn start_http(
         max_body_size: settings.http_max_body_size,
         registry: wiring.registry.clone(),
         pipelines: wiring.pipelines.clone(),
+        pipeline_control: wiring.pipeline_control.clone(),
         alerting: wiring.alerting.clone(),
     };
     let stop = CancellationToken::new();
@@ -437,7 +440,17 @@ async fn serve(
                 manager
                     .start(module.name(), || async {
                         let store = store.ok_or("the pipelines module needs the store module")?;
-                        crate::pipelines::start(&config, demo, store, registry, board).await
+                        let (handle, control) = crate::pipelines::start(
+                            &config,
+                            demo,
+                            &settings.data_dir,
+                            store,
+                            registry,
+                            board,
+                        )
+                        .await?;
+                        wiring.pipeline_control = Some(control);
+                        Ok(handle)
                     })
                     .await
             }

@@ -357,3 +357,237 @@ start = "earliest"
     let (status, _) = p.terminate();
     assert!(status.success());
 }
+
+/// A pipeline of the configuration file, which the API may read but not change.
+const CONFIGURED_ONLY: &str = r#"
+[[pipelines]]
+name = "configured"
+table = "pump"
+signals = ["vibration"]
+interval = "200ms"
+lateness = "0s"
+start = "earliest"
+"#;
+
+/// The `pumps` pipeline of [`CONFIG`] as an API definition, with `threshold`.
+fn api_pumps(threshold: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": "api-pumps",
+        "table": "pump",
+        "signals": ["vibration", "current"],
+        "window": "10s",
+        "features": ["mean", "std", "max"],
+        "training_windows": 20,
+        "threshold": threshold,
+        "interval": "200ms",
+        "lateness": "0s",
+        "start": "earliest",
+    })
+}
+
+fn pipeline_status(url: &str, name: &str) -> (u16, serde_json::Value) {
+    http(
+        url,
+        reqwest::Method::GET,
+        &format!("/api/v1/pipelines/{name}"),
+        None,
+    )
+}
+
+#[test]
+fn pipelines_defined_through_the_api_run_are_replaced_survive_restarts_and_are_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("fabrik.toml");
+    std::fs::write(&config, CONFIGURED_ONLY).expect("config");
+    let data = dir.path().join("data");
+    let args = ["--config", config.to_str().expect("utf-8")];
+    let p = Process::start_with_args(&data, &args, &[]);
+    let now_ns = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos(),
+    )
+    .expect("ns");
+    let start = (now_ns - 3600 * SECOND) / (10 * SECOND) * (10 * SECOND);
+    assert_eq!(
+        crate::support::post_status(&p.url, "/api/v1/write", &history(start)),
+        200
+    );
+
+    // Defined through the API: it runs like a configured one and finds pump-a's fault.
+    let (code, created) = http(
+        &p.url,
+        reqwest::Method::PUT,
+        "/api/v1/pipelines/api-pumps",
+        Some(api_pumps("quantile:1.0*1.5")),
+    );
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(created["origin"], "api", "{created}");
+    assert_eq!(created["state"], "running", "{created}");
+    eventually("the API's pipeline scores every window", || {
+        let (code, status) = pipeline_status(&p.url, "api-pumps");
+        code == 200 && status["inferences"] == 80
+    });
+    let (_, status) = pipeline_status(&p.url, "api-pumps");
+    assert_eq!(status["anomalies"], 10, "{status}");
+    let flagged = blocking_query_count(
+        &p.url,
+        "SELECT count(*) FROM inferences WHERE pipeline = 'api-pumps' AND flag = true \
+         AND device = 'pump-a'",
+    );
+    assert_eq!(flagged, 10);
+
+    // Bad definitions are refused with the field named, and change nothing.
+    let mut bad = api_pumps("quantile:1.0*1.5");
+    bad["window"] = "ten seconds".into();
+    bad["signals"] = serde_json::json!([]);
+    let (code, error) = http(
+        &p.url,
+        reqwest::Method::PUT,
+        "/api/v1/pipelines/api-pumps",
+        Some(bad),
+    );
+    assert_eq!(code, 400, "{error}");
+    let message = error["error"].as_str().expect("message");
+    assert!(
+        message.contains("window") && message.contains("signals"),
+        "{message}"
+    );
+    let mut unknown = api_pumps("quantile:1.0*1.5");
+    unknown["windw"] = "10s".into();
+    let (code, error) = http(
+        &p.url,
+        reqwest::Method::PUT,
+        "/api/v1/pipelines/api-pumps",
+        Some(unknown),
+    );
+    assert_eq!(code, 400, "{error}");
+    assert!(
+        error["error"].as_str().is_some_and(|e| e.contains("windw")),
+        "{error}"
+    );
+    let (code, error) = http(
+        &p.url,
+        reqwest::Method::PUT,
+        "/api/v1/pipelines/other-name",
+        Some(api_pumps("quantile:1.0*1.5")),
+    );
+    assert_eq!(code, 400, "{error}");
+    let (_, status) = pipeline_status(&p.url, "api-pumps");
+    assert_eq!(status["threshold"], "quantile:1.0*1.5", "{status}");
+    assert_eq!(status["state"], "running", "{status}");
+
+    // The configuration file's pipeline is changed there, not through the API.
+    let (_, configured) = pipeline_status(&p.url, "configured");
+    assert_eq!(configured["origin"], "config", "{configured}");
+    let mut takeover = api_pumps("quantile:1.0*1.5");
+    takeover["name"] = "configured".into();
+    let (code, error) = http(
+        &p.url,
+        reqwest::Method::PUT,
+        "/api/v1/pipelines/configured",
+        Some(takeover),
+    );
+    assert_eq!(code, 409, "{error}");
+    let (code, _) = http(
+        &p.url,
+        reqwest::Method::DELETE,
+        "/api/v1/pipelines/configured",
+        None,
+    );
+    assert_eq!(code, 409);
+
+    // Replacing stops the old definition and starts the new one, which replays the history.
+    let (code, replaced) = http(
+        &p.url,
+        reqwest::Method::PUT,
+        "/api/v1/pipelines/api-pumps",
+        Some(api_pumps("quantile:1.0*1.2")),
+    );
+    assert_eq!(code, 200, "{replaced}");
+    assert_eq!(replaced["threshold"], "quantile:1.0*1.2", "{replaced}");
+    eventually("the replaced pipeline scores every window again", || {
+        let (_, status) = pipeline_status(&p.url, "api-pumps");
+        status["inferences"] == 80 && status["threshold"] == "quantile:1.0*1.2"
+    });
+
+    // The definition is stored, so it runs again after a restart.
+    let (status, _) = p.terminate();
+    assert!(status.success());
+    let p = Process::start_with_args(&data, &args, &[]);
+    let (code, status) = pipeline_status(&p.url, "api-pumps");
+    assert_eq!(code, 200, "{status}");
+    assert_eq!(status["origin"], "api", "{status}");
+    assert_eq!(status["threshold"], "quantile:1.0*1.2", "{status}");
+    eventually("the restored pipeline scores every window", || {
+        pipeline_status(&p.url, "api-pumps").1["inferences"] == 80
+    });
+
+    // The CLI defines pipelines from a file as the configuration file writes them.
+    let file = dir.path().join("forest.toml");
+    std::fs::write(
+        &file,
+        "[[pipelines]]\nname = \"cli-forest\"\ntable = \"pump\"\n\
+         signals = [\"vibration\", \"current\"]\nmodel = \"iforest\"\n\
+         training_windows = 20\ninterval = \"200ms\"\nstart = \"earliest\"\n",
+    )
+    .expect("pipeline file");
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(crate::support::fabrik_bin())
+            .args(args)
+            .args(["--url", &p.url, "--token", crate::support::TOKEN])
+            .output()
+            .expect("fabrik pipeline");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, text) = cli(&["pipeline", "apply", file.to_str().expect("utf-8")]);
+    assert!(ok && text.contains("defined cli-forest"), "{text}");
+    let (ok, text) = cli(&["pipeline", "list"]);
+    assert!(ok, "{text}");
+    let forest_line = text
+        .lines()
+        .find(|line| line.starts_with("cli-forest"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        forest_line.contains("api") && forest_line.contains("iforest"),
+        "{text}"
+    );
+    let (ok, text) = cli(&["pipeline", "rm", "configured"]);
+    assert!(!ok && text.contains("configuration file"), "{text}");
+    let (ok, text) = cli(&["pipeline", "rm", "cli-forest"]);
+    assert!(ok && text.contains("removed cli-forest"), "{text}");
+
+    // Removed: stopped, unlisted, and gone after the next restart too.
+    let (code, _) = http(
+        &p.url,
+        reqwest::Method::DELETE,
+        "/api/v1/pipelines/api-pumps",
+        None,
+    );
+    assert_eq!(code, 204);
+    assert_eq!(pipeline_status(&p.url, "api-pumps").0, 404);
+    let (code, _) = http(
+        &p.url,
+        reqwest::Method::DELETE,
+        "/api/v1/pipelines/api-pumps",
+        None,
+    );
+    assert_eq!(code, 404);
+    let (status, _) = p.terminate();
+    assert!(status.success());
+    let p = Process::start_with_args(&data, &args, &[]);
+    let (_, all) = http(&p.url, reqwest::Method::GET, "/api/v1/pipelines", None);
+    let names: Vec<&str> = all
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(names, ["configured"], "{all}");
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}

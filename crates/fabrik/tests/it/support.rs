@@ -51,6 +51,7 @@ impl Server {
             max_body_size,
             registry: Some(registry),
             pipelines: None,
+            pipeline_control: None,
             alerting: None,
         };
         let stop = CancellationToken::new();
