@@ -58,6 +58,9 @@ impl Modify for TokenAuth {
         crate::pipelines::show,
         crate::pipelines::apply,
         crate::pipelines::remove,
+        crate::pipelines::models,
+        crate::pipelines::put_model,
+        crate::pipelines::remove_model,
     ),
     modifiers(&TokenAuth)
 )]

@@ -97,7 +97,7 @@ pub enum ControlError {
     Invalid(Vec<(String, String)>),
     /// The pipeline is defined in the configuration file (or is the demo's).
     NotChangeable(String),
-    /// No pipeline has this name.
+    /// No pipeline (or model) has this name: the message says which.
     NotFound(String),
     /// The definition could not be stored; nothing changed.
     Storage(String),
@@ -116,11 +116,9 @@ impl From<ControlError> for ApiError {
             ControlError::NotChangeable(message) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", message)
             }
-            ControlError::NotFound(name) => ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no pipeline named `{name}`"),
-            ),
+            ControlError::NotFound(message) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+            }
             ControlError::Storage(message) => {
                 tracing::error!(error = %message, "Storing the pipeline definitions failed.");
                 ApiError::new(
@@ -141,6 +139,36 @@ pub trait PipelineControl: Send + Sync {
     fn apply(&self, config: PipelineConfig) -> BoxFuture<'_, Result<bool, ControlError>>;
     /// Stops a pipeline defined through the API and forgets it.
     fn remove(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>>;
+    /// The uploaded ONNX models.
+    fn models(&self) -> BoxFuture<'_, Result<Vec<ModelInfo>, ControlError>>;
+    /// Checks and stores an ONNX model under `name`, restarting the pipelines that use it.
+    /// Returns it and whether it is new.
+    fn put_model(
+        &self,
+        name: String,
+        bytes: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(ModelInfo, bool), ControlError>>;
+    /// Deletes an uploaded model that no pipeline uses.
+    fn remove_model(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>>;
+}
+
+/// An ONNX model uploaded for pipelines to use with `model_name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct ModelInfo {
+    /// Its name.
+    pub name: String,
+    /// Size of the file.
+    pub bytes: u64,
+    /// SHA-256 of the file, hex.
+    pub sha256: String,
+    /// The `model_version` its inferences carry.
+    pub version: String,
+    /// Input names and, in brackets, their shapes as the model declares them.
+    pub inputs: Vec<String>,
+    /// Output names.
+    pub outputs: Vec<String>,
+    /// Pipelines whose `model_name` is this model.
+    pub used_by: Vec<String>,
 }
 
 fn control(state: &ApiState) -> Result<&Arc<dyn PipelineControl>, ApiError> {
@@ -242,5 +270,47 @@ pub(crate) async fn remove(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     control(&state)?.remove(name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/models", tag = "pipelines", security(("token" = [])),
+    responses((status = 200, description = "the uploaded ONNX models, by name", body = [ModelInfo]),
+              (status = 503, description = "the pipelines module does not run here", body = crate::error::ErrorBody)))]
+pub(crate) async fn models(
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<ModelInfo>>, ApiError> {
+    Ok(Json(control(&state)?.models().await?))
+}
+
+#[utoipa::path(put, path = "/api/v1/models/{name}", tag = "pipelines", security(("token" = [])),
+    params(("name" = String, Path, description = "model name: letters, digits, `.`, `_`, `-`; at most 64")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the `.onnx` file"),
+    responses((status = 201, description = "stored; pipelines can name it in `model_name`", body = ModelInfo),
+              (status = 200, description = "replaced; the pipelines using it were restarted with it", body = ModelInfo),
+              (status = 400, description = "not a model Fabrik can run (the message names the operator or problem), or a bad name", body = crate::error::ErrorBody)))]
+pub(crate) async fn put_model(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    let (info, created) = control(&state)?.put_model(name, body.to_vec()).await?;
+    let code = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((code, Json(info)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/models/{name}", tag = "pipelines", security(("token" = [])),
+    params(("name" = String, Path, description = "model name")),
+    responses((status = 204, description = "deleted"),
+              (status = 404, description = "no such model", body = crate::error::ErrorBody),
+              (status = 409, description = "pipelines use it; the message names them", body = crate::error::ErrorBody)))]
+pub(crate) async fn remove_model(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    control(&state)?.remove_model(name).await?;
     Ok(StatusCode::NO_CONTENT)
 }

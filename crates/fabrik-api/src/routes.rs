@@ -84,6 +84,11 @@ pub fn router(state: ApiState) -> Router {
                 .put(crate::pipelines::apply)
                 .delete(crate::pipelines::remove),
         )
+        .route("/api/v1/models", get(crate::pipelines::models))
+        .route(
+            "/api/v1/models/{name}",
+            axum::routing::put(crate::pipelines::put_model).delete(crate::pipelines::remove_model),
+        )
         .route("/services", get(services))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

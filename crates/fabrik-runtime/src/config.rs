@@ -241,6 +241,9 @@ pub struct PipelineConfig {
     /// The `.onnx` file of an `onnx` model (relative paths: from the working directory).
     #[serde(default)]
     pub model_path: Option<String>,
+    /// Instead of `model_path`: an ONNX model uploaded with `PUT /api/v1/models/{name}`.
+    #[serde(default)]
+    pub model_name: Option<String>,
     /// How an ONNX model's output becomes a score: `auto`, `reconstruction` (autoencoders),
     /// `decision` (IsolationForest) or `probability` (classifiers).
     #[serde(default = "auto_unit")]
@@ -1174,6 +1177,7 @@ fn array_template(path: &str) -> Option<toml::Table> {
             min_samples: 0,
             model: String::new(),
             model_path: Some(String::new()),
+            model_name: Some(String::new()),
             model_output: String::new(),
             training_windows: 0,
             threshold: String::new(),

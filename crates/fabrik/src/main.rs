@@ -15,6 +15,7 @@ mod device_state;
 mod error_text;
 mod eval;
 mod modbus;
+mod model_cli;
 mod modules;
 mod opcua;
 mod pipeline_cli;
@@ -63,6 +64,8 @@ enum Command {
     Alert(alert_cli::AlertArgs),
     /// List, show, define (from a file) and remove inference pipelines of a running Fabrik.
     Pipeline(pipeline_cli::PipelineArgs),
+    /// Upload, list and delete the ONNX models pipelines name in `model_name`.
+    Model(model_cli::ModelArgs),
     /// Run a simulated plant against a running Fabrik (devices publish over MQTT).
     Sim(demo::SimArgs),
     /// Score the anomaly detectors on NAB or SKAB with the benchmarks' own protocols.
@@ -124,6 +127,7 @@ fn main() -> ExitCode {
         Command::User(args) => client::block_on(user_cli::run(args)),
         Command::Alert(args) => client::block_on(alert_cli::run(args)),
         Command::Pipeline(args) => client::block_on(pipeline_cli::run(args)),
+        Command::Model(args) => client::block_on(model_cli::run(args)),
         Command::Sim(args) => client::block_on(demo::sim(args)),
         Command::Eval(args) => match eval::run(args) {
             Ok(()) => ExitCode::SUCCESS,

@@ -13,7 +13,8 @@ use std::time::Duration;
 use datafusion::arrow::array::{Array, Float64Array, Int64Array, StringArray};
 use datafusion::arrow::datatypes::DataType;
 use fabrik_api::pipelines::{
-    ControlError, PipelineBoard, PipelineControl, PipelineOrigin, PipelineState, PipelineStatus,
+    ControlError, ModelInfo, PipelineBoard, PipelineControl, PipelineOrigin, PipelineState,
+    PipelineStatus,
 };
 use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
 use fabrik_ml::pipeline::{
@@ -39,10 +40,35 @@ enum ModelChoice {
     Builtin(BuiltinModel),
     /// Loaded when the pipeline starts; a load failure stops only this pipeline.
     Onnx {
-        path: String,
+        source: OnnxSource,
         output: String,
     },
 }
+
+/// Where an ONNX model's file is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum OnnxSource {
+    /// `model_path`, as given.
+    Path(String),
+    /// `model_name`: uploaded through the API, in the data directory's `models/`.
+    Uploaded(String),
+}
+
+/// The directory in the data directory that holds uploaded models, `<name>.onnx`.
+const MODELS_DIRECTORY: &str = "models";
+
+/// Whether `name` can name an uploaded model (and so a file): 1–64 letters, digits, `.`,
+/// `_`, `-`, not starting with `.`.
+fn model_name_ok(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+const MODEL_NAME_RULE: &str =
+    "a model name is 1–64 letters, digits, `.`, `_` or `-`, not starting with `.`";
 
 /// A pipeline config checked and turned into what the runner needs.
 #[derive(Debug, Clone)]
@@ -117,16 +143,40 @@ pub(crate) fn compile(config: &PipelineConfig) -> Result<Compiled, Vec<(String, 
     if config.features.is_empty() {
         problem("features", "name at least one feature".into());
     }
-    let model = match (config.model.as_str(), &config.model_path) {
-        ("onnx", Some(path)) if !path.trim().is_empty() => Some(ModelChoice::Onnx {
-            path: path.clone(),
-            output: config.model_output.clone(),
-        }),
-        ("onnx", _) => {
-            problem("model_path", "an `onnx` model needs `model_path`".into());
+    let onnx = |source| ModelChoice::Onnx {
+        source,
+        output: config.model_output.clone(),
+    };
+    let model = match (
+        config.model.as_str(),
+        config.model_path.as_deref().map(str::trim),
+        config.model_name.as_deref(),
+    ) {
+        ("onnx", Some(path), None) if !path.is_empty() => {
+            Some(onnx(OnnxSource::Path(path.to_owned())))
+        }
+        ("onnx", None, Some(name)) if model_name_ok(name) => {
+            Some(onnx(OnnxSource::Uploaded(name.to_owned())))
+        }
+        ("onnx", None, Some(name)) => {
+            problem("model_name", format!("`{name}`: {MODEL_NAME_RULE}"));
             None
         }
-        (name, _) => BuiltinModel::parse(name)
+        ("onnx", Some(_), Some(_)) => {
+            problem(
+                "model_name",
+                "give `model_path` or `model_name`, not both".into(),
+            );
+            None
+        }
+        ("onnx", _, _) => {
+            problem(
+                "model_path",
+                "an `onnx` model needs `model_path` (a file) or `model_name` (uploaded)".into(),
+            );
+            None
+        }
+        (name, _, _) => BuiltinModel::parse(name)
             .map(ModelChoice::Builtin)
             .map_err(|e| problem("model", format!("{e}, or onnx")))
             .ok(),
@@ -265,6 +315,7 @@ pub(crate) fn demo_pipeline() -> PipelineConfig {
         device_type: None,
         label: None,
         model_path: None,
+        model_name: None,
         model_output: "auto".into(),
         signals: ["vibration_rms", "motor_current", "pressure", "flow"]
             .map(String::from)
@@ -366,6 +417,8 @@ pub(crate) struct PipelineManager {
     board: PipelineBoard,
     stop: CancellationToken,
     stored_path: std::path::PathBuf,
+    /// Uploaded models, `<name>.onnx`.
+    models_dir: std::path::PathBuf,
     /// One change at a time; held while a replaced runner is stopped.
     pipelines: tokio::sync::Mutex<Pipelines>,
 }
@@ -386,6 +439,7 @@ impl PipelineManager {
                 store: self.store.clone(),
                 registry: self.registry.clone(),
                 board: self.board.clone(),
+                models_dir: self.models_dir.clone(),
             };
             Some(tokio::spawn(runner.run(stop.clone())))
         } else {
@@ -481,7 +535,7 @@ impl PipelineManager {
         let existing = pipelines
             .by_name
             .get(&name)
-            .ok_or_else(|| ControlError::NotFound(name.clone()))?;
+            .ok_or_else(|| ControlError::NotFound(format!("no pipeline named `{name}`")))?;
         Self::refuse_unless_api(existing)?;
         let definitions = Self::api_definitions(&pipelines, &name, None);
         self.store_definitions(definitions).await?;
@@ -494,6 +548,150 @@ impl PipelineManager {
     }
 }
 
+/// Uploaded models.
+impl PipelineManager {
+    fn model_path(&self, name: &str) -> std::path::PathBuf {
+        self.models_dir.join(format!("{name}.onnx"))
+    }
+
+    /// The pipelines whose `model_name` is `name`, by name.
+    fn users_of(pipelines: &Pipelines, name: &str) -> Vec<String> {
+        pipelines
+            .by_name
+            .values()
+            .filter(|m| m.config.model == "onnx" && m.config.model_name.as_deref() == Some(name))
+            .map(|m| m.config.name.clone())
+            .collect()
+    }
+
+    fn describe_model(
+        name: &str,
+        bytes: &[u8],
+        model: &fabrik_onnx::Model,
+        used_by: Vec<String>,
+    ) -> ModelInfo {
+        use sha2::Digest;
+        let sha256 = sha2::Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        ModelInfo {
+            name: name.to_owned(),
+            bytes: bytes.len() as u64,
+            sha256,
+            version: fabrik_ml::pipeline::onnx::content_version(bytes),
+            inputs: model
+                .inputs()
+                .iter()
+                .map(|input| format!("{} {:?}", input.name, input.kind))
+                .collect(),
+            outputs: model.outputs().iter().map(|o| o.name.clone()).collect(),
+            used_by,
+        }
+    }
+
+    async fn list_models(&self) -> Result<Vec<ModelInfo>, ControlError> {
+        let pipelines = self.pipelines.lock().await;
+        let entries = match std::fs::read_dir(&self.models_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(ControlError::Storage(format!(
+                    "{}: {e}",
+                    self.models_dir.display()
+                )));
+            }
+        };
+        let mut models = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(name) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".onnx"))
+                .filter(|n| model_name_ok(n))
+            else {
+                continue;
+            };
+            let bytes = std::fs::read(&path)
+                .map_err(|e| ControlError::Storage(format!("{}: {e}", path.display())))?;
+            // Stored models were checked on upload; one that no longer loads is still listed.
+            let used_by = Self::users_of(&pipelines, name);
+            match fabrik_onnx::Model::from_bytes(&bytes) {
+                Ok(model) => models.push(Self::describe_model(name, &bytes, &model, used_by)),
+                Err(e) => {
+                    tracing::warn!(model = name, error = %e, "An uploaded model no longer loads.")
+                }
+            }
+        }
+        models.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(models)
+    }
+
+    async fn store_model(
+        &self,
+        name: String,
+        bytes: Vec<u8>,
+    ) -> Result<(ModelInfo, bool), ControlError> {
+        if !model_name_ok(&name) {
+            return Err(ControlError::Invalid(vec![(
+                "name".into(),
+                format!("`{name}`: {MODEL_NAME_RULE}"),
+            )]));
+        }
+        let model = fabrik_onnx::Model::from_bytes(&bytes)
+            .map_err(|e| ControlError::Invalid(vec![("model".into(), e.to_string())]))?;
+        let mut pipelines = self.pipelines.lock().await;
+        let users = Self::users_of(&pipelines, &name);
+        let info = Self::describe_model(&name, &bytes, &model, users.clone());
+        let path = self.model_path(&name);
+        let created = !path.exists();
+        let directory = self.models_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&directory)?;
+            write_atomically(&path, &bytes)
+        })
+        .await
+        .map_err(|e| ControlError::Storage(e.to_string()))?
+        .map_err(|e| ControlError::Storage(format!("{}: {e}", self.model_path(&name).display())))?;
+        // The pipelines that use it load it again; a model that does not fit them fails
+        // them alone, with the reason on their status.
+        for user in &users {
+            if let Some(previous) = pipelines.by_name.remove(user) {
+                let origin = previous.origin;
+                let config = previous.config.clone();
+                previous.stop().await;
+                if let Ok(compiled) = compile(&config) {
+                    self.launch(&mut pipelines, origin, compiled);
+                }
+            }
+        }
+        tracing::info!(model = %name, bytes = info.bytes, restarted = users.len(), "Model uploaded.");
+        Ok((info, created))
+    }
+
+    async fn delete_model(&self, name: String) -> Result<(), ControlError> {
+        let pipelines = self.pipelines.lock().await;
+        let path = self.model_path(&name);
+        if !model_name_ok(&name) || !path.exists() {
+            return Err(ControlError::NotFound(format!(
+                "no uploaded model named `{name}`"
+            )));
+        }
+        let users = Self::users_of(&pipelines, &name);
+        if !users.is_empty() {
+            return Err(ControlError::NotChangeable(format!(
+                "model `{name}` is used by pipeline(s) {}; remove them or change their model first",
+                users.join(", ")
+            )));
+        }
+        std::fs::remove_file(&path)
+            .map_err(|e| ControlError::Storage(format!("{}: {e}", path.display())))?;
+        tracing::info!(model = %name, "Model deleted.");
+        Ok(())
+    }
+}
+
 impl PipelineControl for PipelineManager {
     fn apply(&self, config: PipelineConfig) -> BoxFuture<'_, Result<bool, ControlError>> {
         Box::pin(self.apply_definition(config))
@@ -501,6 +699,22 @@ impl PipelineControl for PipelineManager {
 
     fn remove(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>> {
         Box::pin(self.remove_definition(name))
+    }
+
+    fn models(&self) -> BoxFuture<'_, Result<Vec<ModelInfo>, ControlError>> {
+        Box::pin(self.list_models())
+    }
+
+    fn put_model(
+        &self,
+        name: String,
+        bytes: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(ModelInfo, bool), ControlError>> {
+        Box::pin(self.store_model(name, bytes))
+    }
+
+    fn remove_model(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>> {
+        Box::pin(self.delete_model(name))
     }
 }
 
@@ -523,12 +737,20 @@ fn write_definitions(
     path: &std::path::Path,
     definitions: &[PipelineConfig],
 ) -> std::io::Result<()> {
+    let mut text = serde_json::to_vec_pretty(definitions).map_err(std::io::Error::other)?;
+    text.push(b'\n');
+    write_atomically(path, &text)
+}
+
+/// Writes `bytes` to a temporary file beside `path`, syncs it and renames it into place, so
+/// a crash leaves the old content or the new, never a mix.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let text = serde_json::to_vec_pretty(definitions).map_err(std::io::Error::other)?;
-    let temporary = path.with_extension("json.tmp");
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = std::path::PathBuf::from(temporary);
     let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(&text)?;
-    file.write_all(b"\n")?;
+    file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&temporary, path)?;
     if let Some(directory) = path.parent() {
@@ -565,6 +787,7 @@ pub(crate) async fn start(
         board,
         stop: stop.clone(),
         stored_path,
+        models_dir: data_dir.join(MODELS_DIRECTORY),
         pipelines: tokio::sync::Mutex::new(Pipelines::default()),
     });
     // Every configured pipeline compiles before any starts, so a bad one leaves no runner
@@ -647,6 +870,8 @@ struct Runner {
     store: Arc<Store>,
     registry: Option<Registry>,
     board: PipelineBoard,
+    /// Where uploaded models are.
+    models_dir: std::path::PathBuf,
 }
 
 impl Runner {
@@ -657,15 +882,33 @@ impl Runner {
                 let model = *model;
                 Pipeline::new(self.compiled.spec.clone(), move || model.build())
             }
-            ModelChoice::Onnx { path, output } => {
+            ModelChoice::Onnx { source, output } => {
                 let features = feature_names(&self.compiled.spec);
-                OnnxWindowModel::load(std::path::Path::new(path), &features, output).and_then(
-                    |model| {
-                        Pipeline::new(self.compiled.spec.clone(), move || {
-                            Box::new(model.clone()) as Box<dyn fabrik_ml::pipeline::WindowModel>
-                        })
-                    },
-                )
+                let path = match source {
+                    OnnxSource::Path(path) => std::path::PathBuf::from(path),
+                    OnnxSource::Uploaded(name) => self.models_dir.join(format!("{name}.onnx")),
+                };
+                let missing = matches!(source, OnnxSource::Uploaded(_)) && !path.exists();
+                let loaded = if missing {
+                    Err(fabrik_ml::MlError::Parameter {
+                        name: "model_name",
+                        reason: format!(
+                            "no uploaded model named `{}` (upload it with PUT /api/v1/models/{{name}})",
+                            self.compiled
+                                .config
+                                .model_name
+                                .as_deref()
+                                .unwrap_or_default()
+                        ),
+                    })
+                } else {
+                    OnnxWindowModel::load(&path, &features, output)
+                };
+                loaded.and_then(|model| {
+                    Pipeline::new(self.compiled.spec.clone(), move || {
+                        Box::new(model.clone()) as Box<dyn fabrik_ml::pipeline::WindowModel>
+                    })
+                })
             }
         };
         let mut pipeline = match loaded {
@@ -1001,6 +1244,36 @@ fn rfc3339(ns: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_onnx_pipeline_names_a_file_or_an_uploaded_model_but_not_both() {
+        let mut config = demo_pipeline();
+        config.model = "onnx".into();
+        config.model_name = Some("pump-ae".into());
+        let compiled = compile(&config).expect("uploaded model");
+        assert!(matches!(
+            compiled.model,
+            ModelChoice::Onnx { source: OnnxSource::Uploaded(ref name), .. } if name == "pump-ae"
+        ));
+        let fields = |config: &PipelineConfig| -> Vec<String> {
+            compile(config)
+                .err()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(field, _)| field)
+                .collect()
+        };
+        config.model_path = Some("models/pump.onnx".into());
+        assert_eq!(fields(&config), ["model_name"], "both");
+        config.model_path = None;
+        for bad in ["../pump", ".hidden", "", "a b"] {
+            config.model_name = Some(bad.into());
+            assert_eq!(fields(&config), ["model_name"], "`{bad}`");
+        }
+        config.model_name = None;
+        assert_eq!(fields(&config), ["model_path"], "neither");
+        assert!(model_name_ok(&"m".repeat(64)) && !model_name_ok(&"m".repeat(65)));
+    }
 
     #[test]
     fn stored_definitions_round_trip_and_a_damaged_file_is_named() {

@@ -64,8 +64,9 @@ fn load_error(path: &Path, reason: impl std::fmt::Display) -> MlError {
     }
 }
 
-/// FNV-1a over the file: a content version that changes whenever the model does.
-fn content_version(bytes: &[u8]) -> String {
+/// FNV-1a over the file: a content version that changes whenever the model does; it is the
+/// `model_version` of the inferences an ONNX model scores.
+pub fn content_version(bytes: &[u8]) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         hash ^= u64::from(*b);

@@ -591,3 +591,197 @@ fn pipelines_defined_through_the_api_run_are_replaced_survive_restarts_and_are_r
     let (status, _) = p.terminate();
     assert!(status.success());
 }
+
+fn put_bytes(url: &str, path: &str, bytes: Vec<u8>) -> (u16, serde_json::Value) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let response = reqwest::Client::new()
+            .put(format!("{url}{path}"))
+            .bearer_auth(crate::support::TOKEN)
+            .header("content-type", "application/octet-stream")
+            .body(bytes)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    })
+}
+
+#[test]
+fn uploaded_models_run_in_pipelines_are_replaced_in_place_and_deleted_when_unused() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../fabrik-onnx/tests/fixtures");
+    let forest = std::fs::read(format!("{fixtures}/iforest_100.onnx")).expect("fixture");
+    let autoencoder = std::fs::read(format!("{fixtures}/mlp_ae_8_4_8.onnx")).expect("fixture");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Process::start_with_args(&dir.path().join("data"), &[], &[]);
+    let now_ns = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos(),
+    )
+    .expect("ns");
+    let start = (now_ns - 3600 * SECOND) / (10 * SECOND) * (10 * SECOND);
+    assert_eq!(
+        crate::support::post_status(&p.url, "/api/v1/write", &history(start)),
+        200
+    );
+
+    // What is not a model Fabrik can run, or not a usable name, is refused.
+    let (code, error) = put_bytes(&p.url, "/api/v1/models/pump-model", b"not onnx".to_vec());
+    assert_eq!(code, 400, "{error}");
+    let (code, error) = put_bytes(&p.url, "/api/v1/models/.hidden", forest.clone());
+    assert_eq!(code, 400, "{error}");
+    let (_, models) = http(&p.url, reqwest::Method::GET, "/api/v1/models", None);
+    assert_eq!(models, serde_json::json!([]));
+
+    let (code, stored) = put_bytes(&p.url, "/api/v1/models/pump-model", forest.clone());
+    assert_eq!(code, 201, "{stored}");
+    assert_eq!(stored["bytes"], forest.len(), "{stored}");
+    assert_eq!(
+        stored["sha256"].as_str().map(str::len),
+        Some(64),
+        "{stored}"
+    );
+    let forest_version = stored["version"].as_str().expect("version").to_owned();
+
+    let definition = serde_json::json!({
+        "name": "uploaded",
+        "table": "pump",
+        "signals": ["vibration", "current"],
+        "features": ["mean", "std", "min", "max"],
+        "model": "onnx",
+        "model_name": "pump-model",
+        "training_windows": 10,
+        "interval": "200ms",
+        "lateness": "0s",
+        "start": "earliest",
+    });
+    let (code, status) = http(
+        &p.url,
+        reqwest::Method::PUT,
+        "/api/v1/pipelines/uploaded",
+        Some(definition.clone()),
+    );
+    assert_eq!(code, 201, "{status}");
+    eventually("the uploaded forest scores every window", || {
+        pipeline_status(&p.url, "uploaded").1["inferences"] == 100
+    });
+    let versions = query(
+        &p.url,
+        "SELECT DISTINCT model_version FROM inferences WHERE pipeline = 'uploaded'",
+    );
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    assert_eq!(versions[0]["model_version"], forest_version.as_str());
+    let (_, models) = http(&p.url, reqwest::Method::GET, "/api/v1/models", None);
+    assert_eq!(
+        models[0]["used_by"],
+        serde_json::json!(["uploaded"]),
+        "{models}"
+    );
+
+    // Replacing the model restarts its pipeline with the new one, which re-scores the history.
+    let (code, replaced) = put_bytes(&p.url, "/api/v1/models/pump-model", autoencoder.clone());
+    assert_eq!(code, 200, "{replaced}");
+    assert_eq!(
+        replaced["used_by"],
+        serde_json::json!(["uploaded"]),
+        "{replaced}"
+    );
+    let autoencoder_version = replaced["version"].as_str().expect("version").to_owned();
+    assert_ne!(autoencoder_version, forest_version);
+    eventually("the autoencoder re-scores every window", || {
+        blocking_query_count(
+            &p.url,
+            &format!(
+                "SELECT count(*) FROM inferences WHERE pipeline = 'uploaded' \
+                 AND model_version = '{autoencoder_version}'"
+            ),
+        ) == 100
+    });
+
+    // The CLI lists it with its user.
+    let out = std::process::Command::new(crate::support::fabrik_bin())
+        .args([
+            "model",
+            "list",
+            "--url",
+            &p.url,
+            "--token",
+            crate::support::TOKEN,
+        ])
+        .output()
+        .expect("fabrik model list");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("pump-model"))
+        .unwrap_or_default();
+    assert!(
+        line.contains(&autoencoder_version) && line.ends_with("uploaded"),
+        "{text}"
+    );
+
+    // A model in use is not deleted; once its pipeline is gone, it is.
+    let (code, error) = http(
+        &p.url,
+        reqwest::Method::DELETE,
+        "/api/v1/models/pump-model",
+        None,
+    );
+    assert_eq!(code, 409, "{error}");
+    assert!(
+        error["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("uploaded")),
+        "{error}"
+    );
+    let (code, _) = http(
+        &p.url,
+        reqwest::Method::DELETE,
+        "/api/v1/pipelines/uploaded",
+        None,
+    );
+    assert_eq!(code, 204);
+    let (code, _) = http(
+        &p.url,
+        reqwest::Method::DELETE,
+        "/api/v1/models/pump-model",
+        None,
+    );
+    assert_eq!(code, 204);
+    let (code, _) = http(
+        &p.url,
+        reqwest::Method::DELETE,
+        "/api/v1/models/pump-model",
+        None,
+    );
+    assert_eq!(code, 404);
+
+    // A pipeline naming a model that is not there fails alone, saying so.
+    let (code, status) = http(
+        &p.url,
+        reqwest::Method::PUT,
+        "/api/v1/pipelines/uploaded",
+        Some(definition),
+    );
+    assert_eq!(code, 201, "{status}");
+    eventually("the pipeline without its model reports it", || {
+        let (_, status) = pipeline_status(&p.url, "uploaded");
+        status["state"] == "failed"
+            && status["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("no uploaded model named `pump-model`"))
+    });
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}
