@@ -646,6 +646,10 @@ impl PipelineManager {
         let info = Self::describe_model(&name, &bytes, &model, users.clone());
         let path = self.model_path(&name);
         let created = !path.exists();
+        // The same bytes again (a deployment re-run) change nothing and restart nothing.
+        if !created && std::fs::read(&path).is_ok_and(|stored| stored == bytes) {
+            return Ok((info, false));
+        }
         let directory = self.models_dir.clone();
         tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&directory)?;

@@ -688,6 +688,22 @@ fn uploaded_models_run_in_pipelines_are_replaced_in_place_and_deleted_when_unuse
         "{models}"
     );
 
+    // The same bytes again change nothing: the file is not rewritten and the pipeline keeps
+    // running, not re-trained.
+    let stored_file = dir.path().join("data/models/pump-model.onnx");
+    let modified = || {
+        std::fs::metadata(&stored_file)
+            .and_then(|m| m.modified())
+            .expect("stored model")
+    };
+    let before = modified();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let (code, again) = put_bytes(&p.url, "/api/v1/models/pump-model", forest.clone());
+    assert_eq!(code, 200, "{again}");
+    assert_eq!(again["version"], forest_version.as_str(), "{again}");
+    assert_eq!(modified(), before);
+    assert_eq!(pipeline_status(&p.url, "uploaded").1["inferences"], 100);
+
     // Replacing the model restarts its pipeline with the new one, which re-scores the history.
     let (code, replaced) = put_bytes(&p.url, "/api/v1/models/pump-model", autoencoder.clone());
     assert_eq!(code, 200, "{replaced}");
