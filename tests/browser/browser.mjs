@@ -243,6 +243,8 @@ async function main() {
     await go('#/pipelines');
     await page.waitForFunction(() => document.querySelector('#pl-table')?.textContent.includes('pump-health'), null, { timeout: 10000 });
     await page.waitForSelector('#pl-def dl');
+    const definedIn = await page.textContent('#pl-def dl');
+    if (!definedIn.includes('the demo plant')) throw new Error(`the demo pipeline's origin is not shown: ${definedIn}`);
     // Throughput comes from two polls of the counters, 5 s apart.
     await page.waitForFunction(() => /samples\/s/.test(document.querySelector('#pl-rate')?.textContent || ''), null, { timeout: 15000 });
     log(`pipeline ${await page.textContent('#pl-rate')}`);

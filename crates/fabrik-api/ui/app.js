@@ -555,7 +555,7 @@ async function pageOverview(p) {
 }
 
 function pipelinesTable(pipelines) {
-  if (!pipelines.length) return html`<div class="empty">No pipelines configured.</div>`;
+  if (!pipelines.length) return html`<div class="empty">No pipelines yet: define them in the configuration file or with <code>fabrik pipeline apply</code>.</div>`;
   return html`<div class="table-wrap"><table><thead><tr><th>Pipeline</th><th>State</th><th>Model</th><th class="num">Devices</th><th class="num">Training</th><th class="num">Inferences</th><th class="num">Anomalies</th><th>Data up to</th></tr></thead><tbody>
     ${pipelines.map((x) => html`<tr><td><a href="#/pipelines/${enc(x.name)}">${x.name}</a></td><td>${pill(x.state)}${x.error ? html` <span class="muted" title="${x.error}">⚠</span>` : ''}</td>
       <td>${x.model}</td><td class="num">${x.devices}</td><td class="num">${x.training_devices}</td><td class="num">${fmtNum(x.inferences)}</td>
@@ -994,7 +994,7 @@ async function pagePipelines(p, args) {
         <div class="seg" role="group" aria-label="Which inferences"><button type="button" data-only="1" aria-pressed="true">Anomalies</button><button type="button" data-only="0" aria-pressed="false">All</button></div></div>
         <div id="pl-inferences"></div></section>
       <section class="card" aria-labelledby="h-win" id="win-card"><h2 id="h-win">Input window</h2><div id="win-detail"><div class="empty">Select an inference to see its input window and what drove its score.</div></div></section>
-    </div>` : html`<div class="empty">No pipelines configured.</div>`}`);
+    </div>` : html`<div class="empty">No pipelines yet: define them in the configuration file or with <code>fabrik pipeline apply</code>.</div>`}`);
   if (!name) return;
   let onlyAnomalies = true; let selected = windowId || null; let scoreChart = null; let winCharts = [];
   p.cleanups.push(() => { scoreChart?.destroy(); winCharts.forEach((c) => c.destroy()); });
@@ -1072,7 +1072,7 @@ async function pagePipelines(p, args) {
     patch($('#pl-state'), pill(x.state));
     patch($('#pl-def'), html`${x.error ? html`<div class="notice ${x.state === 'failed' ? 'bad' : 'warn'}">${x.error}</div>` : ''}
       <div class="grid cols-2"><dl class="kv"><dt>Input table</dt><dd class="mono">${x.table}</dd><dt>Signals</dt><dd>${x.signals.map((s) => html`<span class="tag">${s}</span>`)}</dd>
-        <dt>Model</dt><dd>${x.model}</dd><dt>Window</dt><dd>${x.window}</dd><dt>Threshold</dt><dd class="mono">${x.threshold}</dd><dt>Features</dt><dd>${x.features.length}</dd></dl>
+        <dt>Model</dt><dd>${x.model}</dd><dt>Defined in</dt><dd>${({ config: 'the configuration file', api: 'the API (kept across restarts)', demo: 'the demo plant' })[x.origin] || x.origin}</dd><dt>Window</dt><dd>${x.window}</dd><dt>Threshold</dt><dd class="mono">${x.threshold}</dd><dt>Features</dt><dd>${x.features.length}</dd></dl>
       <div class="stats" style="grid-template-columns:repeat(3,minmax(0,1fr));margin:0">
         ${[['Devices', x.devices], ['Training', x.training_devices], ['Windows', x.windows], ['Inferences', x.inferences], ['Anomalies', x.anomalies], ['Incomplete', x.incomplete_windows]].map(([k, v]) => html`<div class="stat"><div class="label">${k}</div><div class="value" style="font-size:20px">${fmtNum(v)}</div></div>`)}
       </div></div>
