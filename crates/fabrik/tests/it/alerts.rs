@@ -277,19 +277,8 @@ fn a_fault_becomes_a_webhook_naming_its_signal_and_survives_a_restart_undelivere
     let (_, silences) = http(&p.url, reqwest::Method::GET, "/api/v1/silences", None);
     assert_eq!(silences[0]["key"], "pump-b", "{silences}");
     // The CLI sees the same alert (resolved now: its rule left the configuration).
-    let out = std::process::Command::new(crate::support::fabrik_bin())
-        .args([
-            "alert",
-            "list",
-            "--url",
-            &p.url,
-            "--token",
-            crate::support::TOKEN,
-        ])
-        .output()
-        .expect("fabrik alert list");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let (ok, text) = crate::support::client_command(&p.url, &["alert", "list"]);
+    assert!(ok, "{text}");
     assert!(
         text.contains(&id) && text.contains("true_positive"),
         "{text}"

@@ -65,6 +65,29 @@ fn history(start_ns: i64) -> String {
     body
 }
 
+/// Writes [`history`] so that it ends an hour ago, aligned to the 10 s windows (each then
+/// holds exactly ten samples), and returns its start.
+fn write_history_an_hour_ago(url: &str) -> i64 {
+    let now_ns = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos(),
+    )
+    .expect("ns");
+    let start = (now_ns - 3600 * SECOND) / (10 * SECOND) * (10 * SECOND);
+    assert_eq!(
+        crate::support::post_status(url, "/api/v1/write", &history(start)),
+        200
+    );
+    start
+}
+
+/// The status code of `DELETE path`.
+fn delete(url: &str, path: &str) -> u16 {
+    http(url, reqwest::Method::DELETE, path, None).0
+}
+
 #[test]
 fn a_replayed_fault_is_flagged_explained_and_traced_to_its_samples() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -73,17 +96,7 @@ fn a_replayed_fault_is_flagged_explained_and_traced_to_its_samples() {
     let data = dir.path().join("data");
     let p = Process::start_with_args(&data, &["--config", config.to_str().expect("utf-8")], &[]);
 
-    let now_ns = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos(),
-    )
-    .expect("ns");
-    // Aligned to the 10 s windows, so each holds exactly ten samples.
-    let start = (now_ns - 3600 * SECOND) / (10 * SECOND) * (10 * SECOND);
-    let status = crate::support::post_status(&p.url, "/api/v1/write", &history(start));
-    assert_eq!(status, 200);
+    let start = write_history_an_hour_ago(&p.url);
 
     eventually("the pipeline scores every window after training", || {
         let (code, status) = http(
@@ -286,18 +299,7 @@ start = "earliest"
         &["--config", config.to_str().expect("utf-8")],
         &[],
     );
-    let now_ns = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos(),
-    )
-    .expect("ns");
-    let start = (now_ns - 3600 * SECOND) / (10 * SECOND) * (10 * SECOND);
-    assert_eq!(
-        crate::support::post_status(&p.url, "/api/v1/write", &history(start)),
-        200
-    );
+    write_history_an_hour_ago(&p.url);
     // Alone this takes about 2 s; with the whole suite sharing two cores it once took longer
     // than the usual 20 s, so this wait is longer and says where the pipeline stood.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
@@ -402,18 +404,7 @@ fn pipelines_defined_through_the_api_run_are_replaced_survive_restarts_and_are_r
     let data = dir.path().join("data");
     let args = ["--config", config.to_str().expect("utf-8")];
     let p = Process::start_with_args(&data, &args, &[]);
-    let now_ns = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos(),
-    )
-    .expect("ns");
-    let start = (now_ns - 3600 * SECOND) / (10 * SECOND) * (10 * SECOND);
-    assert_eq!(
-        crate::support::post_status(&p.url, "/api/v1/write", &history(start)),
-        200
-    );
+    write_history_an_hour_ago(&p.url);
 
     // Defined through the API: it runs like a configured one and finds pump-a's fault.
     let (code, created) = http(
@@ -490,13 +481,7 @@ fn pipelines_defined_through_the_api_run_are_replaced_survive_restarts_and_are_r
         Some(takeover),
     );
     assert_eq!(code, 409, "{error}");
-    let (code, _) = http(
-        &p.url,
-        reqwest::Method::DELETE,
-        "/api/v1/pipelines/configured",
-        None,
-    );
-    assert_eq!(code, 409);
+    assert_eq!(delete(&p.url, "/api/v1/pipelines/configured"), 409);
 
     // Replacing stops the old definition and starts the new one, which replays the history.
     let (code, replaced) = http(
@@ -533,16 +518,7 @@ fn pipelines_defined_through_the_api_run_are_replaced_survive_restarts_and_are_r
          training_windows = 20\ninterval = \"200ms\"\nstart = \"earliest\"\n",
     )
     .expect("pipeline file");
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(crate::support::fabrik_bin())
-            .args(args)
-            .args(["--url", &p.url, "--token", crate::support::TOKEN])
-            .output()
-            .expect("fabrik pipeline");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.success(), text)
-    };
+    let cli = |args: &[&str]| crate::support::client_command(&p.url, args);
     let (ok, text) = cli(&["pipeline", "apply", file.to_str().expect("utf-8")]);
     assert!(ok && text.contains("defined cli-forest"), "{text}");
     let (ok, text) = cli(&["pipeline", "list"]);
@@ -562,21 +538,9 @@ fn pipelines_defined_through_the_api_run_are_replaced_survive_restarts_and_are_r
     assert!(ok && text.contains("removed cli-forest"), "{text}");
 
     // Removed: stopped, unlisted, and gone after the next restart too.
-    let (code, _) = http(
-        &p.url,
-        reqwest::Method::DELETE,
-        "/api/v1/pipelines/api-pumps",
-        None,
-    );
-    assert_eq!(code, 204);
+    assert_eq!(delete(&p.url, "/api/v1/pipelines/api-pumps"), 204);
     assert_eq!(pipeline_status(&p.url, "api-pumps").0, 404);
-    let (code, _) = http(
-        &p.url,
-        reqwest::Method::DELETE,
-        "/api/v1/pipelines/api-pumps",
-        None,
-    );
-    assert_eq!(code, 404);
+    assert_eq!(delete(&p.url, "/api/v1/pipelines/api-pumps"), 404);
     let (status, _) = p.terminate();
     assert!(status.success());
     let p = Process::start_with_args(&data, &args, &[]);
@@ -622,18 +586,7 @@ fn uploaded_models_run_in_pipelines_are_replaced_in_place_and_deleted_when_unuse
     let autoencoder = std::fs::read(format!("{fixtures}/mlp_ae_8_4_8.onnx")).expect("fixture");
     let dir = tempfile::tempdir().expect("tempdir");
     let p = Process::start_with_args(&dir.path().join("data"), &[], &[]);
-    let now_ns = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos(),
-    )
-    .expect("ns");
-    let start = (now_ns - 3600 * SECOND) / (10 * SECOND) * (10 * SECOND);
-    assert_eq!(
-        crate::support::post_status(&p.url, "/api/v1/write", &history(start)),
-        200
-    );
+    write_history_an_hour_ago(&p.url);
 
     // What is not a model Fabrik can run, or not a usable name, is refused.
     let (code, error) = put_bytes(&p.url, "/api/v1/models/pump-model", b"not onnx".to_vec());
@@ -725,19 +678,8 @@ fn uploaded_models_run_in_pipelines_are_replaced_in_place_and_deleted_when_unuse
     });
 
     // The CLI lists it with its user.
-    let out = std::process::Command::new(crate::support::fabrik_bin())
-        .args([
-            "model",
-            "list",
-            "--url",
-            &p.url,
-            "--token",
-            crate::support::TOKEN,
-        ])
-        .output()
-        .expect("fabrik model list");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let (ok, text) = crate::support::client_command(&p.url, &["model", "list"]);
+    assert!(ok, "{text}");
     let line = text
         .lines()
         .find(|line| line.starts_with("pump-model"))
@@ -761,27 +703,9 @@ fn uploaded_models_run_in_pipelines_are_replaced_in_place_and_deleted_when_unuse
             .is_some_and(|e| e.contains("uploaded")),
         "{error}"
     );
-    let (code, _) = http(
-        &p.url,
-        reqwest::Method::DELETE,
-        "/api/v1/pipelines/uploaded",
-        None,
-    );
-    assert_eq!(code, 204);
-    let (code, _) = http(
-        &p.url,
-        reqwest::Method::DELETE,
-        "/api/v1/models/pump-model",
-        None,
-    );
-    assert_eq!(code, 204);
-    let (code, _) = http(
-        &p.url,
-        reqwest::Method::DELETE,
-        "/api/v1/models/pump-model",
-        None,
-    );
-    assert_eq!(code, 404);
+    assert_eq!(delete(&p.url, "/api/v1/pipelines/uploaded"), 204);
+    assert_eq!(delete(&p.url, "/api/v1/models/pump-model"), 204);
+    assert_eq!(delete(&p.url, "/api/v1/models/pump-model"), 404);
 
     // A pipeline naming a model that is not there fails alone, saying so.
     let (code, status) = http(

@@ -268,6 +268,19 @@ impl Drop for Process {
     }
 }
 
+/// Runs a client command (`fabrik <args> --url <url> --token <TOKEN>`); returns whether it
+/// succeeded and its stdout followed by its stderr.
+pub(crate) fn client_command(url: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new(fabrik_bin())
+        .args(args)
+        .args(["--url", url, "--token", TOKEN])
+        .output()
+        .expect("fabrik client command");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
 /// A blocking HTTP client for process tests.
 pub(crate) fn blocking_query_count(url: &str, sql: &str) -> i64 {
     let rt = tokio::runtime::Builder::new_current_thread()
