@@ -95,11 +95,12 @@ pub type PipelineBoard = Arc<RwLock<BTreeMap<String, PipelineStatus>>>;
 pub enum ControlError {
     /// The definition has problems: `(field, message)` pairs.
     Invalid(Vec<(String, String)>),
-    /// The pipeline is defined in the configuration file (or is the demo's).
+    /// Refused: the pipeline is the configuration file's or the demo's, or the model is in
+    /// use; the message says which.
     NotChangeable(String),
     /// No pipeline (or model) has this name: the message says which.
     NotFound(String),
-    /// The definition could not be stored; nothing changed.
+    /// The change could not be stored; nothing changed.
     Storage(String),
 }
 
@@ -120,11 +121,11 @@ impl From<ControlError> for ApiError {
                 ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
             }
             ControlError::Storage(message) => {
-                tracing::error!(error = %message, "Storing the pipeline definitions failed.");
+                tracing::error!(error = %message, "Storing a pipeline or model change failed.");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",
-                    "the pipeline definitions could not be stored; nothing was changed",
+                    "the change could not be stored; nothing was changed",
                 )
             }
         }
@@ -163,7 +164,7 @@ pub struct ModelInfo {
     pub sha256: String,
     /// The `model_version` its inferences carry.
     pub version: String,
-    /// Input names and, in brackets, their shapes as the model declares them.
+    /// Each input's name, then its type and shape as the model declares them.
     pub inputs: Vec<String>,
     /// Output names.
     pub outputs: Vec<String>,
@@ -192,7 +193,7 @@ fn board(state: &ApiState) -> Result<&PipelineBoard, ApiError> {
 }
 
 #[utoipa::path(get, path = "/api/v1/pipelines", tag = "pipelines", security(("token" = [])),
-    responses((status = 200, description = "every configured pipeline", body = [PipelineStatus]),
+    responses((status = 200, description = "every pipeline: configured, defined through the API, or the demo's", body = [PipelineStatus]),
               (status = 503, description = "the pipelines module does not run here", body = crate::error::ErrorBody)))]
 pub(crate) async fn list(
     State(state): State<ApiState>,
