@@ -313,15 +313,26 @@ fn load_file(root: &Path, key: &str, windows: &[[String; 2]]) -> Result<NabFile,
     }
     let mut ranges = Vec::with_capacity(windows.len());
     for [start, end] in windows {
-        let find = |text: &str| -> Result<(usize, usize), MlError> {
-            let t = parse_civil_timestamp(text)?;
-            rows_of.get(&t).copied().ok_or_else(|| {
-                MlError::Layout(format!(
-                    "{key}: window edge `{text}` is not a row timestamp"
-                ))
-            })
+        let (start_ns, end_ns) = (parse_civil_timestamp(start)?, parse_civil_timestamp(end)?);
+        // NAB's windows start and end on row timestamps. An edge between rows falls back to
+        // what NAB's scorer does with any edge, comparing timestamps: the window runs from the
+        // first row at or after its start to the last row at or before its end.
+        let left = rows_of
+            .get(&start_ns)
+            .map(|&(first, _)| first)
+            .or_else(|| timestamps_ns.iter().position(|&t| t >= start_ns));
+        let right = rows_of
+            .get(&end_ns)
+            .map(|&(_, last)| last)
+            .or_else(|| timestamps_ns.iter().rposition(|&t| t <= end_ns));
+        let (left, right) = match (left, right) {
+            (Some(left), Some(right)) if left <= right => (left, right),
+            _ => {
+                return Err(MlError::Layout(format!(
+                    "{key}: window `{start}`..`{end}` holds no row"
+                )));
+            }
         };
-        let (left, right) = (find(start)?.0, find(end)?.1);
         if right < left
             || ranges
                 .last()
@@ -365,6 +376,39 @@ mod tests {
         assert_eq!(probationary_period(1127), 169);
         assert_eq!(probationary_period(22_695), 750);
         assert_eq!(probationary_period(3), 0);
+    }
+
+    #[test]
+    fn a_window_edge_between_rows_takes_the_rows_inside_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data").join("c");
+        std::fs::create_dir_all(&data).expect("dirs");
+        let mut csv = String::from("timestamp,value\n");
+        for minute in 0..60 {
+            csv.push_str(&format!("2015-01-01 00:{minute:02}:00,{minute}\n"));
+        }
+        std::fs::write(data.join("f.csv"), csv).expect("csv");
+        let load = |windows: &[[&str; 2]]| {
+            let windows: Vec<[String; 2]> = windows
+                .iter()
+                .map(|[a, b]| [(*a).to_owned(), (*b).to_owned()])
+                .collect();
+            load_file(dir.path(), "c/f.csv", &windows)
+        };
+        // On row timestamps, as NAB's labels are.
+        let exact = load(&[["2015-01-01 00:10:00.000000", "2015-01-01 00:20:00.000000"]])
+            .expect("exact edges");
+        assert_eq!(exact.windows, [(10, 20)]);
+        // Between rows: the rows inside the window, as NAB's scorer compares timestamps.
+        let between = load(&[["2015-01-01 00:09:30.000000", "2015-01-01 00:20:30.000000"]])
+            .expect("edges between rows");
+        assert_eq!(between.windows, [(10, 20)]);
+        // A window between two rows holds none, and says so.
+        let empty = load(&[["2015-01-01 00:09:10.000000", "2015-01-01 00:09:50.000000"]]);
+        assert!(
+            empty.is_err_and(|e| e.to_string().contains("holds no row")),
+            "an empty window is an error"
+        );
     }
 
     #[test]
