@@ -111,7 +111,7 @@ fn a_missing_results_file_is_an_error_naming_it() {
 }
 
 #[test]
-fn a_window_edge_that_is_not_a_row_is_reported_with_its_file() {
+fn a_window_edge_between_rows_compares_timestamps_and_an_empty_window_is_reported() {
     let dir = crate::support::ScratchDir::new("bad-labels");
     let root = &dir.0;
     std::fs::create_dir_all(root.join("data/cat")).expect("mkdir");
@@ -126,10 +126,18 @@ fn a_window_edge_that_is_not_a_row_is_reported_with_its_file() {
         r#"{"cat/f.csv": [["2020-01-01 00:00:00.000000", "2020-01-01 00:07:00.000000"]]}"#,
     )
     .expect("write labels");
-    let error = NabCorpus::load(root).expect_err("edge 00:07 is not a row");
+    // As NAB's scorer does: the rows whose timestamps lie inside the window.
+    let corpus = NabCorpus::load(root).expect("edge 00:07 lies between rows");
+    assert_eq!(corpus.files[0].windows, [(0, 1)]);
+    std::fs::write(
+        root.join("labels/combined_windows.json"),
+        r#"{"cat/f.csv": [["2020-01-01 00:01:00.000000", "2020-01-01 00:04:00.000000"]]}"#,
+    )
+    .expect("write labels");
+    let error = NabCorpus::load(root).expect_err("no row lies in 00:01..00:04");
     let message = error.to_string();
     assert!(
-        message.contains("cat/f.csv") && message.contains("00:07"),
+        message.contains("cat/f.csv") && message.contains("holds no row"),
         "{message}"
     );
     // Without config/profiles.json the corpus falls back to NAB's profiles.
