@@ -76,11 +76,7 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
             if let Some(state) = state {
                 path.push_str(&format!("&state={state}"));
             }
-            let alerts: Vec<serde_json::Value> = ep
-                .send(ep.request(&client, reqwest::Method::GET, &path))
-                .await?
-                .json()
-                .await?;
+            let alerts: Vec<serde_json::Value> = ep.get_json(&client, &path).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&alerts)?);
                 return Ok(());

@@ -58,6 +58,19 @@ impl Endpoint {
         }
     }
 
+    /// `GET path`, its JSON answer read as `T`.
+    pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+    ) -> anyhow::Result<T> {
+        Ok(self
+            .send(self.request(client, reqwest::Method::GET, path))
+            .await?
+            .json()
+            .await?)
+    }
+
     /// Sends a request built with [`Endpoint::request`]; an unreachable server or a non-2xx
     /// answer is an error naming what went wrong.
     pub(crate) async fn send(

@@ -161,11 +161,7 @@ pub(crate) async fn run(args: DeviceArgs) -> anyhow::Result<()> {
             } else {
                 format!("/api/v1/devices?{}", query.join("&"))
             };
-            let devices: Vec<serde_json::Value> = ep
-                .send(ep.request(&client, reqwest::Method::GET, &path))
-                .await?
-                .json()
-                .await?;
+            let devices: Vec<serde_json::Value> = ep.get_json(&client, &path).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&devices)?);
                 return Ok(());
@@ -192,20 +188,10 @@ pub(crate) async fn run(args: DeviceArgs) -> anyhow::Result<()> {
         }
         DeviceCommand::Show { id } => {
             let path = format!("/api/v1/devices/{id}");
-            let device: serde_json::Value = ep
-                .send(ep.request(&client, reqwest::Method::GET, &path))
-                .await?
-                .json()
-                .await?;
+            let device: serde_json::Value = ep.get_json(&client, &path).await?;
             println!("{}", serde_json::to_string_pretty(&device)?);
             let events: Vec<serde_json::Value> = ep
-                .send(ep.request(
-                    &client,
-                    reqwest::Method::GET,
-                    &format!("{path}/events?limit=20"),
-                ))
-                .await?
-                .json()
+                .get_json(&client, &format!("{path}/events?limit=20"))
                 .await?;
             println!("recent events:");
             for e in events {

@@ -45,11 +45,7 @@ pub(crate) async fn run(args: ModelArgs) -> anyhow::Result<()> {
     let ep = &args.endpoint;
     match args.command {
         ModelCommand::List { json } => {
-            let models: Vec<serde_json::Value> = ep
-                .send(ep.request(&client, reqwest::Method::GET, "/api/v1/models"))
-                .await?
-                .json()
-                .await?;
+            let models: Vec<serde_json::Value> = ep.get_json(&client, "/api/v1/models").await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&models)?);
                 return Ok(());

@@ -76,11 +76,8 @@ pub(crate) async fn run(args: PipelineArgs) -> anyhow::Result<()> {
     let ep = &args.endpoint;
     match args.command {
         PipelineCommand::List { json } => {
-            let pipelines: Vec<serde_json::Value> = ep
-                .send(ep.request(&client, reqwest::Method::GET, "/api/v1/pipelines"))
-                .await?
-                .json()
-                .await?;
+            let pipelines: Vec<serde_json::Value> =
+                ep.get_json(&client, "/api/v1/pipelines").await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&pipelines)?);
                 return Ok(());
@@ -108,11 +105,7 @@ pub(crate) async fn run(args: PipelineArgs) -> anyhow::Result<()> {
         }
         PipelineCommand::Show { name } => {
             let path = format!("/api/v1/pipelines/{name}");
-            let pipeline: serde_json::Value = ep
-                .send(ep.request(&client, reqwest::Method::GET, &path))
-                .await?
-                .json()
-                .await?;
+            let pipeline: serde_json::Value = ep.get_json(&client, &path).await?;
             println!("{}", serde_json::to_string_pretty(&pipeline)?);
         }
         PipelineCommand::Apply { file } => {

@@ -86,11 +86,7 @@ pub(crate) async fn run(args: UserArgs) -> anyhow::Result<()> {
             }
         }
         UserCommand::List { json } => {
-            let users: Vec<serde_json::Value> = ep
-                .send(ep.request(&client, reqwest::Method::GET, "/api/v1/users"))
-                .await?
-                .json()
-                .await?;
+            let users: Vec<serde_json::Value> = ep.get_json(&client, "/api/v1/users").await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&users)?);
                 return Ok(());
