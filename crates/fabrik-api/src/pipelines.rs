@@ -104,16 +104,19 @@ pub enum ControlError {
     Storage(String),
 }
 
+/// `field: message` pairs as one line, `; ` between them.
+pub fn describe_problems(problems: &[(String, String)]) -> String {
+    problems
+        .iter()
+        .map(|(field, message)| format!("{field}: {message}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl From<ControlError> for ApiError {
     fn from(error: ControlError) -> Self {
         match error {
-            ControlError::Invalid(problems) => ApiError::bad_request(
-                problems
-                    .iter()
-                    .map(|(field, message)| format!("{field}: {message}"))
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            ),
+            ControlError::Invalid(problems) => ApiError::bad_request(describe_problems(&problems)),
             ControlError::NotChangeable(message) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", message)
             }
@@ -172,24 +175,23 @@ pub struct ModelInfo {
     pub used_by: Vec<String>,
 }
 
+fn not_in_this_process() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "the pipelines module does not run in this process (see --target)",
+    )
+}
+
 fn control(state: &ApiState) -> Result<&Arc<dyn PipelineControl>, ApiError> {
-    state.pipeline_control.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the pipelines module does not run in this process (see --target)",
-        )
-    })
+    state
+        .pipeline_control
+        .as_ref()
+        .ok_or_else(not_in_this_process)
 }
 
 fn board(state: &ApiState) -> Result<&PipelineBoard, ApiError> {
-    state.pipelines.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the pipelines module does not run in this process (see --target)",
-        )
-    })
+    state.pipelines.as_ref().ok_or_else(not_in_this_process)
 }
 
 #[utoipa::path(get, path = "/api/v1/pipelines", tag = "pipelines", security(("token" = [])),

@@ -14,7 +14,7 @@ use datafusion::arrow::array::{Array, Float64Array, Int64Array, StringArray};
 use datafusion::arrow::datatypes::DataType;
 use fabrik_api::pipelines::{
     ControlError, ModelInfo, PipelineBoard, PipelineControl, PipelineOrigin, PipelineState,
-    PipelineStatus,
+    PipelineStatus, describe_problems,
 };
 use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
 use fabrik_ml::pipeline::{
@@ -466,6 +466,15 @@ impl PipelineManager {
         );
     }
 
+    /// Stops the runner of `compiled`'s name, if any, and waits for it, then starts
+    /// `compiled` in its place, so two versions never write at once.
+    async fn replace(&self, pipelines: &mut Pipelines, origin: PipelineOrigin, compiled: Compiled) {
+        if let Some(previous) = pipelines.by_name.remove(&compiled.config.name) {
+            previous.stop().await;
+        }
+        self.launch(pipelines, origin, compiled);
+    }
+
     /// The API's definitions after a change: all of them but `except`, plus `with`.
     fn api_definitions(
         pipelines: &Pipelines,
@@ -488,11 +497,7 @@ impl PipelineManager {
         &self,
         definitions: Vec<PipelineConfig>,
     ) -> Result<(), ControlError> {
-        let path = self.stored_path.clone();
-        tokio::task::spawn_blocking(move || write_definitions(&path, &definitions))
-            .await
-            .map_err(|e| ControlError::Storage(e.to_string()))?
-            .map_err(|e| ControlError::Storage(format!("{}: {e}", self.stored_path.display())))
+        store_file(self.stored_path.clone(), definitions_json(&definitions)?).await
     }
 
     fn refuse_unless_api(managed: &Managed) -> Result<(), ControlError> {
@@ -522,11 +527,9 @@ impl PipelineManager {
         };
         let definitions = Self::api_definitions(&pipelines, &config.name, Some(&config));
         self.store_definitions(definitions).await?;
-        if let Some(previous) = pipelines.by_name.remove(&config.name) {
-            previous.stop().await;
-        }
         tracing::info!(pipeline = %config.name, replaced = !created, "Pipeline defined through the API.");
-        self.launch(&mut pipelines, PipelineOrigin::Api, compiled);
+        self.replace(&mut pipelines, PipelineOrigin::Api, compiled)
+            .await;
         Ok(created)
     }
 
@@ -650,24 +653,17 @@ impl PipelineManager {
         if !created && std::fs::read(&path).is_ok_and(|stored| stored == bytes) {
             return Ok((info, false));
         }
-        let directory = self.models_dir.clone();
-        tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&directory)?;
-            write_atomically(&path, &bytes)
-        })
-        .await
-        .map_err(|e| ControlError::Storage(e.to_string()))?
-        .map_err(|e| ControlError::Storage(format!("{}: {e}", self.model_path(&name).display())))?;
+        store_file(path, bytes).await?;
         // The pipelines that use it load it again; a model that does not fit them fails
-        // them alone, with the reason on their status.
+        // them alone, with the reason on their status. A stored definition that does not
+        // compile stays as it is, failed with its reason (and kept in the file).
         for user in &users {
-            if let Some(previous) = pipelines.by_name.remove(user) {
-                let origin = previous.origin;
-                let config = previous.config.clone();
-                previous.stop().await;
-                if let Ok(compiled) = compile(&config) {
-                    self.launch(&mut pipelines, origin, compiled);
-                }
+            let Some(managed) = pipelines.by_name.get(user) else {
+                continue;
+            };
+            let origin = managed.origin;
+            if let Ok(compiled) = compile(&managed.config) {
+                self.replace(&mut pipelines, origin, compiled).await;
             }
         }
         tracing::info!(model = %name, bytes = info.bytes, restarted = users.len(), "Model uploaded.");
@@ -736,14 +732,26 @@ fn read_definitions(path: &std::path::Path) -> Result<Vec<PipelineConfig>, Strin
     }
 }
 
-/// Replaces the file atomically: a crash leaves the old list or the new one, never a mix.
-fn write_definitions(
-    path: &std::path::Path,
-    definitions: &[PipelineConfig],
-) -> std::io::Result<()> {
-    let mut text = serde_json::to_vec_pretty(definitions).map_err(std::io::Error::other)?;
+/// The stored file's content: the definitions as pretty JSON.
+fn definitions_json(definitions: &[PipelineConfig]) -> Result<Vec<u8>, ControlError> {
+    let mut text = serde_json::to_vec_pretty(definitions)
+        .map_err(|e| ControlError::Storage(format!("pipeline definitions as JSON: {e}")))?;
     text.push(b'\n');
-    write_atomically(path, &text)
+    Ok(text)
+}
+
+/// Writes `bytes` to `path` atomically, creating its directory, off the async threads.
+async fn store_file(path: std::path::PathBuf, bytes: Vec<u8>) -> Result<(), ControlError> {
+    let shown = path.display().to_string();
+    tokio::task::spawn_blocking(move || {
+        if let Some(directory) = path.parent() {
+            std::fs::create_dir_all(directory)?;
+        }
+        write_atomically(&path, &bytes)
+    })
+    .await
+    .map_err(|e| ControlError::Storage(e.to_string()))?
+    .map_err(|e| ControlError::Storage(format!("{shown}: {e}")))
 }
 
 /// Writes `bytes` to a temporary file beside `path`, syncs it and renames it into place, so
@@ -827,11 +835,7 @@ pub(crate) async fn start(
                 Err(problems) => {
                     // Rules may tighten between versions: show it failed, keep it in the
                     // file, and let the API replace or remove it.
-                    let reason = problems
-                        .iter()
-                        .map(|(field, message)| format!("{field}: {message}"))
-                        .collect::<Vec<_>>()
-                        .join("; ");
+                    let reason = describe_problems(&problems);
                     tracing::error!(pipeline = %definition.name, error = %reason, "Stored pipeline definition does not load; the others keep running.");
                     manager.board.write().insert(
                         definition.name.clone(),
@@ -1288,9 +1292,11 @@ mod tests {
         second.name = "second".into();
         second.model = "iforest".into();
         let definitions = vec![demo_pipeline(), second];
-        write_definitions(&path, &definitions).expect("write");
+        let json = definitions_json(&definitions).expect("json");
+        write_atomically(&path, &json).expect("write");
         assert_eq!(read_definitions(&path), Ok(definitions.clone()));
-        write_definitions(&path, &definitions[..1]).expect("replace");
+        let json = definitions_json(&definitions[..1]).expect("json");
+        write_atomically(&path, &json).expect("replace");
         assert_eq!(read_definitions(&path), Ok(definitions[..1].to_vec()));
         assert!(
             !path.with_extension("json.tmp").exists(),

@@ -725,3 +725,57 @@ fn uploaded_models_run_in_pipelines_are_replaced_in_place_and_deleted_when_unuse
     let (status, _) = p.terminate();
     assert!(status.success());
 }
+
+/// A stored definition that no longer compiles stays stored and listed as failed, even when
+/// a model it names is uploaded and the pipelines using that model are restarted.
+#[test]
+fn a_stored_definition_that_does_not_compile_survives_its_model_being_uploaded() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../fabrik-onnx/tests/fixtures");
+    let forest = std::fs::read(format!("{fixtures}/iforest_100.onnx")).expect("fixture");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let stored = data.join("pipelines.json");
+    std::fs::write(
+        &stored,
+        r#"[{"name": "stale", "table": "pump", "signals": ["vibration"], "model": "onnx",
+             "model_name": "pump-model", "threshold": "bogus"}]"#,
+    )
+    .expect("stored definitions");
+    let p = Process::start_with_args(&data, &[], &[]);
+    let (_, status) = pipeline_status(&p.url, "stale");
+    assert_eq!(status["state"], "failed", "{status}");
+    assert!(
+        status["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("threshold")),
+        "{status}"
+    );
+
+    let (code, model) = put_bytes(&p.url, "/api/v1/models/pump-model", forest);
+    assert_eq!(code, 201, "{model}");
+    assert_eq!(model["used_by"], serde_json::json!(["stale"]), "{model}");
+    let (_, status) = pipeline_status(&p.url, "stale");
+    assert_eq!(status["state"], "failed", "{status}");
+
+    // Another change rewrites the file: the failed definition is still in it.
+    let mut other_definition = api_pumps("quantile:1.0*1.5");
+    other_definition["name"] = "other".into();
+    let (code, other) = http(
+        &p.url,
+        reqwest::Method::PUT,
+        "/api/v1/pipelines/other",
+        Some(other_definition),
+    );
+    assert_eq!(code, 201, "{other}");
+    let names: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(
+        &std::fs::read_to_string(&stored).expect("file"),
+    )
+    .expect("json")
+    .iter()
+    .filter_map(|d| d["name"].as_str().map(str::to_owned))
+    .collect();
+    assert_eq!(names, ["other", "stale"]);
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}
