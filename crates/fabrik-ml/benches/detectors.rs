@@ -117,12 +117,23 @@ fn nab_files() {
         }
     };
     let (mut rows, mut elapsed) = (0, Duration::ZERO);
+    let per_file = std::env::var_os("FABRIK_BENCH_PER_FILE").is_some();
     for file in &corpus.files {
-        elapsed += best_of_three(|| {
+        let best = best_of_three(|| {
             let started = Instant::now();
             black_box(detect_file(black_box(file), StreamingDetectorKind::Rart));
             started.elapsed()
         });
+        if per_file {
+            println!(
+                "  {:<55} {:>6} rows {:>8.3} ms {:>10.0} rows/s",
+                file.key,
+                file.len(),
+                best.as_secs_f64() * 1e3,
+                file.len() as f64 / best.as_secs_f64()
+            );
+        }
+        elapsed += best;
         rows += file.len();
     }
     report(
