@@ -86,7 +86,9 @@ struct FuzzyArt {
     /// Cached numpy-order sums of each weight vector; recomputed whenever a weight changes.
     weight_sums: Vec<f64>,
     /// Each category's weights on the newest value and on its complement, kept apart so the
-    /// similarity bound of every category is computed in one vectorised pass.
+    /// similarity bound of every category is computed in one vectorised pass. A copy in a
+    /// group (see `group`) has NaN as its newest weight, which fails that bound: only
+    /// representatives become candidates, at no cost per category.
     newest_weights: Vec<f64>,
     newest_complement_weights: Vec<f64>,
     /// Per category, where its box lies along the sums of the two feature blocks (see
@@ -110,9 +112,9 @@ struct FuzzyArt {
     group: Vec<u32>,
     /// Per category, the next higher index in its group, or [`NO_TWIN`].
     next_twin: Vec<u32>,
-    /// Per category, all ones if it represents its group (a vector compare's lane mask), else
-    /// 0: only representatives are candidates.
-    representative: Vec<i64>,
+    /// Per category, whether its weights changed since it was last compared with the other
+    /// resonating groups for identity.
+    uncompared: Vec<bool>,
     /// Cluster label per category; `None` mirrors the reference's `-1` ("no cluster").
     labels: Vec<Option<u32>>,
     last_use: Vec<i64>,
@@ -140,7 +142,7 @@ impl FuzzyArt {
             candidate_count: 0,
             group: Vec::with_capacity(cap),
             next_twin: Vec::with_capacity(cap),
-            representative: Vec::with_capacity(cap),
+            uncompared: Vec::with_capacity(cap),
             labels: Vec::with_capacity(cap),
             last_use: Vec::with_capacity(cap),
             cap,
@@ -162,7 +164,7 @@ impl FuzzyArt {
             self.block_sums.push(BlockSums::default());
             self.group.push(self.weights.len() as u32 - 1);
             self.next_twin.push(NO_TWIN);
-            self.representative.push(-1);
+            self.uncompared.push(true);
             self.labels.push(None);
             self.last_use.push(0);
             return self.weights.len() - 1;
@@ -205,7 +207,6 @@ impl FuzzyArt {
             let copy = twin as usize;
             self.weights[copy] = self.weights[representative];
             self.weight_sums[copy] = self.weight_sums[representative];
-            self.newest_weights[copy] = self.newest_weights[representative];
             self.newest_complement_weights[copy] = self.newest_complement_weights[representative];
             self.block_sums[copy] = self.block_sums[representative];
             twin = self.next_twin[copy];
@@ -228,7 +229,7 @@ impl FuzzyArt {
         let next = self.next_twin[category];
         if representative == category {
             if next != NO_TWIN {
-                self.representative[next as usize] = -1;
+                self.newest_weights[next as usize] = self.weights[next as usize][NEWEST];
                 let mut member = next;
                 while member != NO_TWIN {
                     self.group[member as usize] = next;
@@ -244,7 +245,6 @@ impl FuzzyArt {
         }
         self.group[category] = category as u32;
         self.next_twin[category] = NO_TWIN;
-        self.representative[category] = -1;
     }
 
     /// Joins the groups of representatives `a` and `b`, whose weights are bit-identical: the
@@ -265,20 +265,27 @@ impl FuzzyArt {
             };
             self.next_twin[tail] = take;
             self.group[take as usize] = low as u32;
-            self.representative[take as usize] = 0;
+            self.newest_weights[take as usize] = f64::NAN;
             tail = take as usize;
         }
         self.next_twin[tail] = NO_TWIN;
     }
 
     /// Joins the groups among `representatives` whose weights became bit-identical.
+    /// Only groups whose weights changed since they were last compared are compared: identical
+    /// weights resonate together, so two groups that have not changed since were compared at
+    /// the first resonance after the later change, and found different.
     fn join_identical(&mut self, representatives: &[(usize, f64)]) {
-        for (position, &(a, _)) in representatives.iter().enumerate() {
-            if self.group[a] as usize != a {
+        for &(a, _) in representatives {
+            if !std::mem::take(&mut self.uncompared[a]) {
                 continue;
             }
-            for &(b, _) in &representatives[position + 1..] {
-                if self.group[b] as usize == b
+            for &(b, _) in representatives {
+                if self.group[a] as usize != a {
+                    break;
+                }
+                if b != a
+                    && self.group[b] as usize == b
                     && self.weight_sums[a].to_bits() == self.weight_sums[b].to_bits()
                     && bit_identical(&self.weights[a], &self.weights[b])
                 {
@@ -301,6 +308,7 @@ impl FuzzyArt {
         self.newest_weights[category] = weights[NEWEST];
         self.newest_complement_weights[category] = weights[NEWEST_COMPLEMENT];
         self.block_sums[category] = BlockSums::of(weights);
+        self.uncompared[category] = true;
     }
 
     /// One presentation of the coded input `x`.
@@ -430,11 +438,12 @@ impl FuzzyArt {
             self.newest_weights
                 .iter()
                 .zip(&self.newest_complement_weights)
-                .zip(&self.representative)
-                .map(|((&w_newest, &w_complement), &representative)| {
+                .map(|(&w_newest, &w_complement)| {
+                    // A copy's NaN makes `overlap` NaN (`lesser` returns its second argument
+                    // when the comparison fails), and the test false.
                     let overlap = lesser(newest, w_newest) + lesser(complement, w_complement);
                     let total = w_newest + w_complement;
-                    -i64::from(overlap * overlap >= limit * total * total) & representative
+                    -i64::from(overlap * overlap >= limit * total * total)
                 }),
         );
         // Local borrows, so the compiler need not reload the vectors after every store.
@@ -1328,7 +1337,7 @@ mod tests {
         for category in 0..art.weights.len() {
             let group = art.group[category] as usize;
             assert!(group <= category, "{category} in the group of {group}");
-            assert_eq!(art.representative[category] != 0, group == category);
+            assert_eq!(art.newest_weights[category].is_nan(), group != category);
             assert!(bit_identical(&art.weights[category], &art.weights[group]));
             assert_eq!(
                 art.weight_sums[category].to_bits(),
