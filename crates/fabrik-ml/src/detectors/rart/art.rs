@@ -126,6 +126,19 @@ struct FuzzyArt {
     /// Categories at or above the upper vigilance in the current presentation, with their
     /// activations; kept between calls only to reuse the allocation.
     resonating: Vec<(usize, f64)>,
+    /// What a repeat of the last learning presentation's input can reuse, if anything.
+    repeat: Option<Repeat>,
+}
+
+/// The last learning presentation's input, the upper vigilance it met, and the groups (by
+/// representative) that contain the input after it: those that resonated and learned it, or
+/// the new copy of it. Steady streams present the same window again and again (on NAB's
+/// `machine_temperature_system_failure` 36 % of presentations repeat the previous input).
+#[derive(Debug, Clone)]
+struct Repeat {
+    input: [f64; CODED],
+    upper_vigilance: f64,
+    containing: Vec<usize>,
 }
 
 impl FuzzyArt {
@@ -151,6 +164,7 @@ impl FuzzyArt {
             lower_vigilance: 0.0,
             upper_vigilance: 0.0,
             resonating: Vec::new(),
+            repeat: None,
         }
     }
 
@@ -329,6 +343,17 @@ impl FuzzyArt {
                 best_energy: 0.0,
             };
         }
+        if learning && let Some(outcome) = self.train_repeat(x, tick) {
+            return outcome;
+        }
+        let mut repeat = self.repeat.take().unwrap_or_else(|| Repeat {
+            input: *x,
+            upper_vigilance: self.upper_vigilance,
+            containing: Vec::new(),
+        });
+        repeat.input = *x;
+        repeat.upper_vigilance = self.upper_vigilance;
+        repeat.containing.clear();
         let activation = self.activate(x);
         let (best_match, best_energy) = activation
             .best
@@ -356,6 +381,8 @@ impl FuzzyArt {
                 };
                 let slot = self.slot();
                 self.store(slot, *x, joined, tick);
+                repeat.containing.push(slot);
+                self.repeat = Some(repeat);
                 return TrainOutcome {
                     label: joined,
                     best_match,
@@ -366,6 +393,8 @@ impl FuzzyArt {
             let slot = self.slot();
             let cluster = self.clusters;
             self.store(slot, *x, Some(cluster), tick);
+            repeat.containing.push(slot);
+            self.repeat = Some(repeat);
             return TrainOutcome {
                 label: None,
                 best_match,
@@ -388,12 +417,59 @@ impl FuzzyArt {
             self.learn(representative, x);
         }
         self.join_identical(&resonating);
+        repeat
+            .containing
+            .extend(resonating.iter().map(|&(representative, _)| representative));
+        self.repeat = Some(repeat);
         self.resonating = resonating;
         TrainOutcome {
             label: last_tie.and_then(|category| self.labels[category]),
             best_match,
             best_energy,
         }
+    }
+
+    /// A learning presentation of the same input as the last one, at the same upper
+    /// vigilance, decided without activating every category; `None` when that cannot be done.
+    ///
+    /// The groups that contain `x` (`w ≤ x`, bit for bit after `w ← min(x, w)`) have
+    /// `min(x, w) = w`, summed in the same order as `|w|`, so their activation is exactly 1
+    /// unless `|w|` or their newest-value weight is 0. Every other category is unchanged since
+    /// the last presentation, where it stayed below the upper vigilance, as it does now, so
+    /// below 1. The containing groups therefore resonate, tie at 1 (the lowest index is the
+    /// best, the highest gives the label) and learn nothing.
+    fn train_repeat(&mut self, x: &[f64; CODED], tick: i64) -> Option<TrainOutcome> {
+        let repeat = self.repeat.as_ref()?;
+        if repeat.upper_vigilance.to_bits() != self.upper_vigilance.to_bits()
+            || self.upper_vigilance > 1.0
+            || !bit_identical(&repeat.input, x)
+        {
+            return None;
+        }
+        let (mut best, mut last_tie) = (usize::MAX, 0);
+        for &representative in &repeat.containing {
+            // A group joined into another after learning is represented there too.
+            if self.group[representative] as usize != representative {
+                continue;
+            }
+            let newest_total = self.newest_weights[representative]
+                + self.newest_complement_weights[representative];
+            if self.weight_sums[representative] == 0.0 || newest_total == 0.0 {
+                return None;
+            }
+            best = best.min(representative);
+            last_tie = last_tie.max(self.last_twin(representative));
+        }
+        if best == usize::MAX {
+            return None;
+        }
+        self.last_use[best] = tick;
+        self.previous_best = best;
+        Some(TrainOutcome {
+            label: self.labels[last_tie],
+            best_match: 1.0,
+            best_energy: 1.0,
+        })
     }
 
     /// The newest-value overlap `|min(x, w)|` of category `index` and its weight `|w|`, over
@@ -1372,7 +1448,7 @@ mod tests {
         let prototypes: Vec<[f64; FEATURES]> = (0..5)
             .map(|_| std::array::from_fn(|_| (next() * 8.0).round() / 8.0))
             .collect();
-        let mut copies = 0;
+        let (mut copies, mut repeats) = (0, 0);
         for (lower, upper) in [(0.5, 0.8), (0.85, 0.9), (0.2, 0.97), (0.0, 0.0)] {
             let mut fast = FuzzyArt::new(16);
             fast.lower_vigilance = lower;
@@ -1387,13 +1463,26 @@ mod tests {
                 lower,
                 upper,
             };
+            let mut features = [0.0; FEATURES];
             for tick in 0..3000_i64 {
                 let prototype = prototypes[(next() * 5.0) as usize % 5];
-                // Quantised noise makes exact ties between activations common.
-                let features: [f64; FEATURES] = std::array::from_fn(|i| {
-                    (prototype[i] + (next() - 0.5) * 0.25).clamp(0.0, 1.0) * 16.0
-                })
-                .map(|v: f64| v.round() / 16.0);
+                // Quantised noise makes exact ties between activations common, and a steady
+                // stream repeats its input.
+                if next() < 0.6 {
+                    features = std::array::from_fn(|i| {
+                        (prototype[i] + (next() - 0.5) * 0.25).clamp(0.0, 1.0) * 16.0
+                    })
+                    .map(|v: f64| v.round() / 16.0);
+                } else {
+                    repeats += 1;
+                }
+                // The vigilance moves now and then, as it adapts in a member; a lower one
+                // lets categories resonate that did not with the same input before.
+                if tick % 25 == 24 {
+                    let step = if tick % 50 == 24 { -0.1 } else { 0.1 };
+                    fast.upper_vigilance = (fast.upper_vigilance + step).clamp(0.0, 1.0);
+                    literal.upper = fast.upper_vigilance;
+                }
                 let learning = tick % 7 != 3;
                 let coded = complement_coded(&features);
                 let got = fast.train(&coded, learning, tick);
@@ -1416,6 +1505,7 @@ mod tests {
         }
         // Identical categories must have been grouped, or the groups went untested.
         assert!(copies > 1000, "{copies} copies seen");
+        assert!(repeats > 1000, "{repeats} repeated inputs");
     }
 
     /// Categories with equal weights and different clusters tie; the reference visits ties in
