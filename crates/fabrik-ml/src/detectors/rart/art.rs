@@ -126,8 +126,8 @@ struct FuzzyArt {
     /// Categories at or above the upper vigilance in the current presentation, with their
     /// activations; kept between calls only to reuse the allocation.
     resonating: Vec<(usize, f64)>,
-    /// What a repeat of the last learning presentation's input can reuse, if anything.
-    repeat: Option<Repeat>,
+    /// What a repeat of the last learning presentation's input can reuse.
+    repeat: Repeat,
 }
 
 /// The last learning presentation's input, the upper vigilance it met, and the groups (by
@@ -136,6 +136,8 @@ struct FuzzyArt {
 /// `machine_temperature_system_failure` 36 % of presentations repeat the previous input).
 #[derive(Debug, Clone)]
 struct Repeat {
+    /// False until a learning presentation has filled the rest.
+    valid: bool,
     input: [f64; CODED],
     upper_vigilance: f64,
     containing: Vec<usize>,
@@ -164,7 +166,12 @@ impl FuzzyArt {
             lower_vigilance: 0.0,
             upper_vigilance: 0.0,
             resonating: Vec::new(),
-            repeat: None,
+            repeat: Repeat {
+                valid: false,
+                input: [0.0; CODED],
+                upper_vigilance: 0.0,
+                containing: Vec::new(),
+            },
         }
     }
 
@@ -346,11 +353,9 @@ impl FuzzyArt {
         if learning && let Some(outcome) = self.train_repeat(x, tick) {
             return outcome;
         }
-        let mut repeat = self.repeat.take().unwrap_or_else(|| Repeat {
-            input: *x,
-            upper_vigilance: self.upper_vigilance,
-            containing: Vec::new(),
-        });
+        // Filled in place: the input is 256 bytes, and moving it about cost a copy each time.
+        let repeat = &mut self.repeat;
+        repeat.valid = false;
         repeat.input = *x;
         repeat.upper_vigilance = self.upper_vigilance;
         repeat.containing.clear();
@@ -381,8 +386,8 @@ impl FuzzyArt {
                 };
                 let slot = self.slot();
                 self.store(slot, *x, joined, tick);
-                repeat.containing.push(slot);
-                self.repeat = Some(repeat);
+                self.repeat.containing.push(slot);
+                self.repeat.valid = true;
                 return TrainOutcome {
                     label: joined,
                     best_match,
@@ -393,8 +398,8 @@ impl FuzzyArt {
             let slot = self.slot();
             let cluster = self.clusters;
             self.store(slot, *x, Some(cluster), tick);
-            repeat.containing.push(slot);
-            self.repeat = Some(repeat);
+            self.repeat.containing.push(slot);
+            self.repeat.valid = true;
             return TrainOutcome {
                 label: None,
                 best_match,
@@ -417,10 +422,10 @@ impl FuzzyArt {
             self.learn(representative, x);
         }
         self.join_identical(&resonating);
-        repeat
+        self.repeat
             .containing
             .extend(resonating.iter().map(|&(representative, _)| representative));
-        self.repeat = Some(repeat);
+        self.repeat.valid = true;
         self.resonating = resonating;
         TrainOutcome {
             label: last_tie.and_then(|category| self.labels[category]),
@@ -439,8 +444,9 @@ impl FuzzyArt {
     /// below 1. The containing groups therefore resonate, tie at 1 (the lowest index is the
     /// best, the highest gives the label) and learn nothing.
     fn train_repeat(&mut self, x: &[f64; CODED], tick: i64) -> Option<TrainOutcome> {
-        let repeat = self.repeat.as_ref()?;
-        if repeat.upper_vigilance.to_bits() != self.upper_vigilance.to_bits()
+        let repeat = &self.repeat;
+        if !repeat.valid
+            || repeat.upper_vigilance.to_bits() != self.upper_vigilance.to_bits()
             || self.upper_vigilance > 1.0
             || !bit_identical(&repeat.input, x)
         {
