@@ -65,6 +65,8 @@ const CONFIDENCE_DECIMALS: usize = 6;
 
 /// Marks the end of a group's chain in [`FuzzyArt::next_twin`].
 const NO_TWIN: u32 = u32::MAX;
+/// Marks either end of the use order in [`FuzzyArt::lru_next`] and `lru_previous`.
+const NO_LINK: u32 = u32::MAX;
 
 /// What one fuzzy ART step found.
 #[derive(Debug, Clone, Copy)]
@@ -118,6 +120,13 @@ struct FuzzyArt {
     /// Cluster label per category; `None` mirrors the reference's `-1` ("no cluster").
     labels: Vec<Option<u32>>,
     last_use: Vec<i64>,
+    /// The categories in order of (last use, index), as a doubly linked list: its head is
+    /// the one to replace at the cap, which a scan over all categories found before, on
+    /// every presentation that stores a category.
+    lru_previous: Vec<u32>,
+    lru_next: Vec<u32>,
+    lru_head: u32,
+    lru_tail: u32,
     cap: usize,
     clusters: u32,
     started: bool,
@@ -160,6 +169,10 @@ impl FuzzyArt {
             uncompared: Vec::with_capacity(cap),
             labels: Vec::with_capacity(cap),
             last_use: Vec::with_capacity(cap),
+            lru_previous: Vec::with_capacity(cap),
+            lru_next: Vec::with_capacity(cap),
+            lru_head: NO_LINK,
+            lru_tail: NO_LINK,
             cap,
             clusters: 0,
             started: false,
@@ -188,23 +201,67 @@ impl FuzzyArt {
             self.uncompared.push(true);
             self.labels.push(None);
             self.last_use.push(0);
+            self.lru_previous.push(NO_LINK);
+            self.lru_next.push(NO_LINK);
+            // Linked when it is stored.
             return self.weights.len() - 1;
         }
-        // The first least recently used; the running minimum stays in a register.
-        let (mut oldest, mut oldest_use) = (0, i64::MAX);
-        for (index, &used) in self.last_use.iter().enumerate() {
-            if used < oldest_use {
-                (oldest, oldest_use) = (index, used);
-            }
-        }
-        oldest
+        // The first least recently used.
+        self.lru_head as usize
     }
 
     fn store(&mut self, slot: usize, weights: [f64; CODED], label: Option<u32>, tick: i64) {
         self.leave_group(slot);
         self.set_weights(slot, weights);
         self.labels[slot] = label;
-        self.last_use[slot] = tick;
+        self.touch(slot, tick);
+    }
+
+    /// Records a use of `category` at `tick` and moves it to its place in the use order:
+    /// after every category used earlier, and after those used at `tick` with a lower index.
+    /// Ticks only grow, so that is at or next to the tail.
+    fn touch(&mut self, category: usize, tick: i64) {
+        self.last_use[category] = tick;
+        self.unlink(category);
+        let mut after = self.lru_tail;
+        while after != NO_LINK {
+            let used = self.last_use[after as usize];
+            if used < tick || (used == tick && (after as usize) < category) {
+                break;
+            }
+            after = self.lru_previous[after as usize];
+        }
+        let before = if after == NO_LINK {
+            std::mem::replace(&mut self.lru_head, category as u32)
+        } else {
+            std::mem::replace(&mut self.lru_next[after as usize], category as u32)
+        };
+        if before == NO_LINK {
+            self.lru_tail = category as u32;
+        } else {
+            self.lru_previous[before as usize] = category as u32;
+        }
+        self.lru_previous[category] = after;
+        self.lru_next[category] = before;
+    }
+
+    /// Takes `category` out of the use order, if it is in it.
+    fn unlink(&mut self, category: usize) {
+        let (previous, next) = (self.lru_previous[category], self.lru_next[category]);
+        if previous != NO_LINK {
+            self.lru_next[previous as usize] = next;
+        } else if self.lru_head as usize == category {
+            self.lru_head = next;
+        } else {
+            return;
+        }
+        if next != NO_LINK {
+            self.lru_previous[next as usize] = previous;
+        } else {
+            self.lru_tail = previous;
+        }
+        self.lru_previous[category] = NO_LINK;
+        self.lru_next[category] = NO_LINK;
     }
 
     /// Fast learning `w ← min(x, w)` in place for a group, through its representative. A
@@ -371,7 +428,7 @@ impl FuzzyArt {
             };
         }
         if let Some(best) = activation.best {
-            self.last_use[best.index] = tick;
+            self.touch(best.index, tick);
         }
         if self.resonating.is_empty() {
             // Only the best category below the upper vigilance is visited; if it clears the
@@ -469,7 +526,7 @@ impl FuzzyArt {
         if best == usize::MAX {
             return None;
         }
-        self.last_use[best] = tick;
+        self.touch(best, tick);
         self.previous_best = best;
         Some(TrainOutcome {
             label: self.labels[last_tie],
@@ -1596,12 +1653,23 @@ mod tests {
 
     #[test]
     fn least_recently_used_category_is_replaced_at_the_cap() {
-        let mut art = FuzzyArt::new(2);
-        for tick in 0..2 {
+        let mut art = FuzzyArt::new(3);
+        for _ in 0..3 {
             let slot = art.slot();
-            art.store(slot, [1.0; CODED], Some(1), tick);
+            art.store(slot, [1.0; CODED], Some(1), 4);
         }
-        art.last_use = vec![7, 3];
+        assert_eq!(art.slot(), 0, "the first of equally old categories");
+        art.touch(0, 7);
+        assert_eq!(art.slot(), 1);
+        art.touch(2, 7);
+        art.touch(1, 7);
+        assert_eq!(
+            art.slot(),
+            0,
+            "used at 7 like the others, with the lowest index"
+        );
+        assert_eq!(art.last_use, vec![7, 7, 7]);
+        art.touch(0, 9);
         assert_eq!(art.slot(), 1);
     }
 }
