@@ -99,6 +99,10 @@ struct FuzzyArt {
     /// The best category of the previous presentation: consecutive windows overlap, so its
     /// activation is a good first threshold for pruning the next one.
     previous_best: usize,
+    /// The category the previous presentation stored its input in, if it did (else
+    /// `usize::MAX`): that input overlaps this one as much as the previous best did, so it is
+    /// a second first threshold, often the higher one on a noisy stream.
+    previous_stored: usize,
     /// Per category, all ones if the pre-filter kept it (a vector compare's lane mask), else 0;
     /// kept between calls only to reuse the allocation.
     kept: Vec<i64>,
@@ -161,6 +165,7 @@ impl FuzzyArt {
             newest_complement_weights: Vec::with_capacity(cap),
             block_sums: Vec::with_capacity(cap),
             previous_best: 0,
+            previous_stored: usize::MAX,
             kept: Vec::with_capacity(cap),
             candidates: Vec::with_capacity(cap),
             candidate_count: 0,
@@ -417,6 +422,7 @@ impl FuzzyArt {
         repeat.upper_vigilance = self.upper_vigilance;
         repeat.containing.clear();
         let activation = self.activate(x);
+        self.previous_stored = usize::MAX;
         let (best_match, best_energy) = activation
             .best
             .map_or((0.0, 0.0), |best| (best.activation, best.energy));
@@ -443,6 +449,7 @@ impl FuzzyArt {
                 };
                 let slot = self.slot();
                 self.store(slot, *x, joined, tick);
+                self.previous_stored = slot;
                 self.repeat.containing.push(slot);
                 self.repeat.valid = true;
                 return TrainOutcome {
@@ -455,6 +462,7 @@ impl FuzzyArt {
             let slot = self.slot();
             let cluster = self.clusters;
             self.store(slot, *x, Some(cluster), tick);
+            self.previous_stored = slot;
             self.repeat.containing.push(slot);
             self.repeat.valid = true;
             return TrainOutcome {
@@ -664,16 +672,29 @@ impl FuzzyArt {
             .group
             .get(self.previous_best)
             .map_or(self.previous_best, |&group| group as usize);
-        let seed_activation = (seed < self.weights.len()).then(|| {
-            let (newest_overlap, newest_total) = self.newest_overlap(x, seed);
-            let overlap = overlap_sum(x, &self.weights[seed]);
-            self.activation(seed, overlap, newest_overlap / newest_total)
-        });
+        let exact = |index: usize| {
+            let (newest_overlap, newest_total) = self.newest_overlap(x, index);
+            let overlap = overlap_sum(x, &self.weights[index]);
+            self.activation(index, overlap, newest_overlap / newest_total)
+        };
+        let seed_activation = (seed < self.weights.len()).then(|| exact(seed));
+        let stored = self
+            .group
+            .get(self.previous_stored)
+            .map(|&group| group as usize)
+            .filter(|&stored| stored != seed);
+        let stored_activation = stored.map(exact);
         // `>` is false for NaN: then nothing is pruned up front (nor is a NaN-similarity seed,
         // whose activation is NaN too).
-        let threshold = match seed_activation {
-            Some(activation) if activation > 0.0 => py_min(upper, activation),
-            _ => 0.0,
+        let known = [seed_activation, stored_activation]
+            .into_iter()
+            .flatten()
+            .filter(|&activation| activation > 0.0)
+            .fold(0.0, f64::max);
+        let threshold = if known > 0.0 {
+            py_min(upper, known)
+        } else {
+            0.0
         };
         self.keep_candidates(x, threshold);
         self.screen_candidates(x, threshold);
@@ -688,7 +709,13 @@ impl FuzzyArt {
             if newest_overlap * newest_overlap < limit * newest_total * newest_total {
                 continue;
             }
-            let seeded = seed_activation.filter(|_| index == seed);
+            let seeded = if index == seed {
+                seed_activation
+            } else if Some(index) == stored {
+                stored_activation
+            } else {
+                None
+            };
             let overlap = match seeded {
                 Some(_) => 0.0,
                 None => {
