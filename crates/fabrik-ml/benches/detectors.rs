@@ -9,6 +9,7 @@
 //! team's machines have it; cargo runs benches from the crate's directory), RART also runs
 //! over every NAB file at the file's own probationary period, best of three per file: the
 //! mix of short and long periods and of steady and noisy streams that NAB scores.
+//! `FABRIK_BENCH_PER_FILE=1` prints each file's best time as well.
 //!
 //! The stream: 5-minute samples of a daily cycle with noise, a slow drift and a spike every
 //! ~5000 samples; rows for the multivariate detectors are 8 channels of the same kind.
