@@ -255,12 +255,7 @@ pub(crate) async fn apply(
             format!("pipeline `{name}` was stored but is not listed"),
         )
     })?;
-    let code = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((code, Json(status)))
+    Ok((created_or_replaced(created), Json(status)))
 }
 
 #[utoipa::path(delete, path = "/api/v1/pipelines/{name}", tag = "pipelines", security(("token" = [])),
@@ -297,12 +292,7 @@ pub(crate) async fn put_model(
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let (info, created) = control(&state)?.put_model(name, body.to_vec()).await?;
-    let code = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((code, Json(info)))
+    Ok((created_or_replaced(created), Json(info)))
 }
 
 #[utoipa::path(delete, path = "/api/v1/models/{name}", tag = "pipelines", security(("token" = [])),
@@ -316,4 +306,13 @@ pub(crate) async fn remove_model(
 ) -> Result<StatusCode, ApiError> {
     control(&state)?.remove_model(name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// 201 for a name defined anew, 200 for one replaced.
+fn created_or_replaced(created: bool) -> StatusCode {
+    if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
 }

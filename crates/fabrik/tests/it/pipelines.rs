@@ -407,12 +407,7 @@ fn pipelines_defined_through_the_api_run_are_replaced_survive_restarts_and_are_r
     write_history_an_hour_ago(&p.url);
 
     // Defined through the API: it runs like a configured one and finds pump-a's fault.
-    let (code, created) = http(
-        &p.url,
-        reqwest::Method::PUT,
-        "/api/v1/pipelines/api-pumps",
-        Some(api_pumps("quantile:1.0*1.5")),
-    );
+    let (code, created) = put_pipeline(&p.url, "api-pumps", api_pumps("quantile:1.0*1.5"));
     assert_eq!(code, 201, "{created}");
     assert_eq!(created["origin"], "api", "{created}");
     assert_eq!(created["state"], "running", "{created}");
@@ -433,12 +428,7 @@ fn pipelines_defined_through_the_api_run_are_replaced_survive_restarts_and_are_r
     let mut bad = api_pumps("quantile:1.0*1.5");
     bad["window"] = "ten seconds".into();
     bad["signals"] = serde_json::json!([]);
-    let (code, error) = http(
-        &p.url,
-        reqwest::Method::PUT,
-        "/api/v1/pipelines/api-pumps",
-        Some(bad),
-    );
+    let (code, error) = put_pipeline(&p.url, "api-pumps", bad);
     assert_eq!(code, 400, "{error}");
     let message = error["error"].as_str().expect("message");
     assert!(
@@ -447,23 +437,13 @@ fn pipelines_defined_through_the_api_run_are_replaced_survive_restarts_and_are_r
     );
     let mut unknown = api_pumps("quantile:1.0*1.5");
     unknown["windw"] = "10s".into();
-    let (code, error) = http(
-        &p.url,
-        reqwest::Method::PUT,
-        "/api/v1/pipelines/api-pumps",
-        Some(unknown),
-    );
+    let (code, error) = put_pipeline(&p.url, "api-pumps", unknown);
     assert_eq!(code, 400, "{error}");
     assert!(
         error["error"].as_str().is_some_and(|e| e.contains("windw")),
         "{error}"
     );
-    let (code, error) = http(
-        &p.url,
-        reqwest::Method::PUT,
-        "/api/v1/pipelines/other-name",
-        Some(api_pumps("quantile:1.0*1.5")),
-    );
+    let (code, error) = put_pipeline(&p.url, "other-name", api_pumps("quantile:1.0*1.5"));
     assert_eq!(code, 400, "{error}");
     let (_, status) = pipeline_status(&p.url, "api-pumps");
     assert_eq!(status["threshold"], "quantile:1.0*1.5", "{status}");
@@ -474,22 +454,12 @@ fn pipelines_defined_through_the_api_run_are_replaced_survive_restarts_and_are_r
     assert_eq!(configured["origin"], "config", "{configured}");
     let mut takeover = api_pumps("quantile:1.0*1.5");
     takeover["name"] = "configured".into();
-    let (code, error) = http(
-        &p.url,
-        reqwest::Method::PUT,
-        "/api/v1/pipelines/configured",
-        Some(takeover),
-    );
+    let (code, error) = put_pipeline(&p.url, "configured", takeover);
     assert_eq!(code, 409, "{error}");
     assert_eq!(delete(&p.url, "/api/v1/pipelines/configured"), 409);
 
     // Replacing stops the old definition and starts the new one, which replays the history.
-    let (code, replaced) = http(
-        &p.url,
-        reqwest::Method::PUT,
-        "/api/v1/pipelines/api-pumps",
-        Some(api_pumps("quantile:1.0*1.2")),
-    );
+    let (code, replaced) = put_pipeline(&p.url, "api-pumps", api_pumps("quantile:1.0*1.2"));
     assert_eq!(code, 200, "{replaced}");
     assert_eq!(replaced["threshold"], "quantile:1.0*1.2", "{replaced}");
     eventually("the replaced pipeline scores every window again", || {
@@ -556,6 +526,16 @@ fn pipelines_defined_through_the_api_run_are_replaced_survive_restarts_and_are_r
     assert!(status.success());
 }
 
+/// Defines (or replaces) pipeline `name` through the API.
+fn put_pipeline(url: &str, name: &str, definition: serde_json::Value) -> (u16, serde_json::Value) {
+    http(
+        url,
+        reqwest::Method::PUT,
+        &format!("/api/v1/pipelines/{name}"),
+        Some(definition),
+    )
+}
+
 fn put_bytes(url: &str, path: &str, bytes: Vec<u8>) -> (u16, serde_json::Value) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -618,12 +598,7 @@ fn uploaded_models_run_in_pipelines_are_replaced_in_place_and_deleted_when_unuse
         "lateness": "0s",
         "start": "earliest",
     });
-    let (code, status) = http(
-        &p.url,
-        reqwest::Method::PUT,
-        "/api/v1/pipelines/uploaded",
-        Some(definition.clone()),
-    );
+    let (code, status) = put_pipeline(&p.url, "uploaded", definition.clone());
     assert_eq!(code, 201, "{status}");
     eventually("the uploaded forest scores every window", || {
         pipeline_status(&p.url, "uploaded").1["inferences"] == 100
@@ -708,12 +683,7 @@ fn uploaded_models_run_in_pipelines_are_replaced_in_place_and_deleted_when_unuse
     assert_eq!(delete(&p.url, "/api/v1/models/pump-model"), 404);
 
     // A pipeline naming a model that is not there fails alone, saying so.
-    let (code, status) = http(
-        &p.url,
-        reqwest::Method::PUT,
-        "/api/v1/pipelines/uploaded",
-        Some(definition),
-    );
+    let (code, status) = put_pipeline(&p.url, "uploaded", definition);
     assert_eq!(code, 201, "{status}");
     eventually("the pipeline without its model reports it", || {
         let (_, status) = pipeline_status(&p.url, "uploaded");
@@ -761,12 +731,7 @@ fn a_stored_definition_that_does_not_compile_survives_its_model_being_uploaded()
     // Another change rewrites the file: the failed definition is still in it.
     let mut other_definition = api_pumps("quantile:1.0*1.5");
     other_definition["name"] = "other".into();
-    let (code, other) = http(
-        &p.url,
-        reqwest::Method::PUT,
-        "/api/v1/pipelines/other",
-        Some(other_definition),
-    );
+    let (code, other) = put_pipeline(&p.url, "other", other_definition);
     assert_eq!(code, 201, "{other}");
     let names: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(
         &std::fs::read_to_string(&stored).expect("file"),
