@@ -46,12 +46,13 @@ fn evaluate(config: DbzConfig, labelled: &[SkabFile], normal: &[SkabFile]) -> Ou
             .collect()
     };
     let sum = |all: &[OutlierCounts]| {
-        all.iter().fold(OutlierCounts::default(), |total, c| OutlierCounts {
-            tp: total.tp + c.tp,
-            tn: total.tn + c.tn,
-            fp: total.fp + c.fp,
-            fn_: total.fn_ + c.fn_,
-        })
+        all.iter()
+            .fold(OutlierCounts::default(), |total, c| OutlierCounts {
+                tp: total.tp + c.tp,
+                tn: total.tn + c.tn,
+                fp: total.fp + c.fp,
+                fn_: total.fn_ + c.fn_,
+            })
     };
     match (counts(labelled), counts(normal)) {
         (Ok(per_file), Ok(normal_files)) => Outcome {
