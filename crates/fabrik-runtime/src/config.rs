@@ -235,7 +235,8 @@ pub struct PipelineConfig {
     /// Fewest samples of each signal a window needs.
     #[serde(default = "three")]
     pub min_samples: u32,
-    /// `robust_z`, `pca_t2q`, `hst`, `iforest`, or `onnx` (with `model_path`).
+    /// `robust_z`, `pca_t2q`, `hst`, `iforest`, `rart` (the NAB detector, on each feature;
+    /// give it a fixed threshold such as 0.7), or `onnx` (with `model_path`).
     #[serde(default = "robust_z")]
     pub model: String,
     /// The `.onnx` file of an `onnx` model (relative paths: from the working directory).

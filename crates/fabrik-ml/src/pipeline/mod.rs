@@ -139,7 +139,8 @@ impl Inference {
 }
 
 enum Phase {
-    Training(Vec<Vec<f64>>),
+    /// The device's windows so far, with their start times.
+    Training(Vec<Vec<f64>>, Vec<i64>),
     Scoring {
         model: Box<dyn WindowModel>,
         threshold: f64,
@@ -249,7 +250,7 @@ impl Pipeline {
         counters.scoring_devices = 0;
         for state in self.devices.values() {
             match state.phase {
-                Phase::Training(_) => counters.training_devices += 1,
+                Phase::Training(..) => counters.training_devices += 1,
                 Phase::Scoring { .. } => counters.scoring_devices += 1,
             }
         }
@@ -269,7 +270,7 @@ impl Pipeline {
             .entry(device.to_owned())
             .or_insert_with(|| DeviceState {
                 windows: DeviceWindows::new(window),
-                phase: Phase::Training(Vec::new()),
+                phase: Phase::Training(Vec::new(), Vec::new()),
             });
         state.windows.push(row);
     }
@@ -351,12 +352,13 @@ fn step(
     features: &[f64],
 ) -> Result<Option<Inference>, MlError> {
     match phase {
-        Phase::Training(rows) => {
+        Phase::Training(rows, times) => {
             rows.push(features.to_vec());
+            times.push(window.start_ns);
             if rows.len() >= spec.training_windows {
-                let rows = std::mem::take(rows);
+                let (rows, times) = (std::mem::take(rows), std::mem::take(times));
                 let mut model = make_model();
-                model.fit(&rows)?;
+                model.fit_at(&rows, &times)?;
                 let threshold = calibrate(model.as_ref(), &rows, spec.threshold)?;
                 *phase = Phase::Scoring {
                     model,
@@ -371,7 +373,7 @@ fn step(
             threshold,
             medians,
         } => {
-            let score = model.score(features)?;
+            let score = model.score_at(features, window.start_ns)?;
             let shares = model.contributions(features, medians)?;
             let mut contributions: Vec<(String, f64)> = feature_names
                 .iter()

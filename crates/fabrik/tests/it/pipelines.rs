@@ -212,6 +212,77 @@ fn a_replayed_fault_is_flagged_explained_and_traced_to_its_samples() {
     assert!(status.success());
 }
 
+/// RART, the NAB detector, as a pipeline model: each feature its own stream, the training
+/// windows its probationary period.
+#[test]
+fn rart_flags_the_onset_of_a_replayed_fault_in_its_own_signal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("fabrik.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[pipelines]]
+name = "pumps-rart"
+table = "pump"
+signals = ["vibration", "current"]
+window = "10s"
+features = ["mean"]
+model = "rart"
+training_windows = 20
+threshold = "0.7"
+interval = "200ms"
+lateness = "0s"
+start = "earliest"
+"#,
+    )
+    .expect("config");
+    let data = dir.path().join("data");
+    let p = Process::start_with_args(&data, &["--config", config.to_str().expect("utf-8")], &[]);
+    // Within one hour of the day, so RART's time-of-day evidence is the same on every run.
+    let now_ns = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos(),
+    )
+    .expect("ns");
+    let hour = 3600 * SECOND;
+    let start = (now_ns - 3 * hour) / hour * hour;
+    assert_eq!(
+        crate::support::post_status(&p.url, "/api/v1/write", &history(start)),
+        200
+    );
+    eventually("the pipeline scores every window after training", || {
+        let (code, status) = http(
+            &p.url,
+            reqwest::Method::GET,
+            "/api/v1/pipelines/pumps-rart",
+            None,
+        );
+        code == 200 && status["inferences"] == 80
+    });
+    let flagged = query(
+        &p.url,
+        "SELECT device, window_start, model, score, top_signal FROM inferences \
+         WHERE pipeline = 'pumps-rart' AND flag = true ORDER BY time",
+    );
+    let first = flagged.first().expect("a flagged window");
+    assert_eq!(first["device"], "pump-a", "{flagged:?}");
+    assert_eq!(first["model"], "rart", "{flagged:?}");
+    assert_eq!(first["top_signal"], "vibration", "{flagged:?}");
+    assert_eq!(
+        first["window_start"].as_i64(),
+        Some(start + 500 * SECOND),
+        "the first window of the fault: {flagged:?}"
+    );
+    assert!(
+        flagged.iter().all(|row| row["device"] == "pump-a"),
+        "the healthy pump was flagged: {flagged:?}"
+    );
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}
+
 #[test]
 fn config_check_names_every_pipeline_problem() {
     let dir = tempfile::tempdir().expect("tempdir");
