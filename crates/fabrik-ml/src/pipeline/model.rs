@@ -2,8 +2,8 @@
 //! its first windows, then score each new window and explain the score per feature.
 //!
 //! Owns the built-in window models (robust z-score, PCA T²+Q, Half-Space Trees, Isolation
-//! Forest, RART), the [`WindowModel`] trait other runtimes (ONNX, tree ensembles) plug into, and the
-//! explanation by occlusion that works for any model.
+//! Forest, RART), the [`WindowModel`] trait other runtimes (ONNX, tree ensembles) plug into,
+//! and the explanation by occlusion that works for any model.
 
 use crate::MlError;
 use crate::detectors::RowDetector;
@@ -352,8 +352,8 @@ impl WindowModel for IsolationForestModel {
 /// gives the hour of day, and the score is the largest of the features' scores: each a
 /// probability (`1/(1+e^−s)` of its fused evidence), 0 on the rows RART holds back after a
 /// detection. RART calibrates itself per stream, so a fixed threshold (NAB's optimum on the
-/// subset is about 0.72) suits it better than a quantile of the training windows, where it
-/// scores 0.
+/// subset is about 0.72) suits it better than a quantile of its scores on the training
+/// windows, which it has just learned as normal.
 #[derive(Debug, Clone, Default)]
 pub struct RartModel {
     features: Vec<Rart>,
@@ -386,6 +386,16 @@ impl WindowModel for RartModel {
         }
         if let Some(bad) = rows.iter().find(|row| row.len() != width) {
             return Err(width_error("rart", bad.len(), width));
+        }
+        if times_ns.len() != rows.len() {
+            return Err(MlError::Detector {
+                detector: "rart",
+                reason: format!(
+                    "{} training windows but {} window times",
+                    rows.len(),
+                    times_ns.len()
+                ),
+            });
         }
         self.features = (0..width).map(|_| Rart::new(rows.len())).collect();
         self.last_scores = vec![0.0; width];
@@ -656,6 +666,8 @@ mod tests {
             "{err}"
         );
         let rows: Vec<Vec<f64>> = (0..100).map(daily_window).collect();
+        let err = model.fit_at(&rows, &[0; 99]).unwrap_err().to_string();
+        assert!(err.contains("100 training windows but 99"), "{err}");
         model.fit(&rows).unwrap();
         let err = model.score(&[1.0]).unwrap_err().to_string();
         assert!(err.contains("1 ") && err.contains('2'), "{err}");
