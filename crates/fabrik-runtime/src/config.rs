@@ -236,7 +236,8 @@ pub struct PipelineConfig {
     #[serde(default = "three")]
     pub min_samples: u32,
     /// `robust_z`, `pca_t2q`, `hst`, `iforest`, `rart` (the NAB detector, on each feature;
-    /// give it a fixed threshold such as 0.7), or `onnx` (with `model_path`).
+    /// give it a fixed threshold such as 0.7), `dbz` (the SKAB detector, 81 training windows
+    /// or more; 1.0 is its alarm level), or `onnx` (with `model_path`).
     #[serde(default = "robust_z")]
     pub model: String,
     /// The `.onnx` file of an `onnx` model (relative paths: from the working directory).

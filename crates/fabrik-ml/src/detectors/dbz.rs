@@ -98,6 +98,38 @@ impl Dbz {
         self.fitted.as_ref().map(|f| f.baseline.as_slice())
     }
 
+    /// The settings.
+    pub fn config(&self) -> DbzConfig {
+        self.config
+    }
+
+    /// Each channel's `|m_j − b_j| / s_j` if `row` were the next row, leaving the state as
+    /// it is; the largest is the `max_z` that [`Self::step`] would report for it.
+    pub fn channel_z(&self, row: &[f64]) -> Result<Vec<f64>, MlError> {
+        let fitted = self.fitted.as_ref().ok_or_else(|| MlError::Detector {
+            detector: NAME,
+            reason: "scored before fit".to_owned(),
+        })?;
+        if row.len() != fitted.scales.len() {
+            return Err(width_error(row.len(), fitted.scales.len()));
+        }
+        // The rows `step` would average, in its order: all but the oldest, then `row`.
+        let kept = fitted.recent_rows.iter().skip(1);
+        let mut mean = vec![0.0; row.len()];
+        for recent in kept.map(Vec::as_slice).chain(std::iter::once(row)) {
+            for (sum, value) in mean.iter_mut().zip(recent) {
+                *sum += value;
+            }
+        }
+        let count = fitted.recent_rows.len() as f64;
+        Ok(mean
+            .iter()
+            .zip(&fitted.baseline)
+            .zip(&fitted.scales)
+            .map(|((sum, b), s)| (sum / count - b).abs() / s)
+            .collect())
+    }
+
     /// Scores the next row and updates the baseline.
     pub fn step(&mut self, row: &[f64]) -> Result<DbzStep, MlError> {
         let config = self.config;
@@ -246,6 +278,23 @@ impl RowDetector for Dbz {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn channel_z_is_what_the_next_step_sees() {
+        let rows: Vec<Vec<f64>> = (0..600)
+            .map(|t| {
+                let wobble = ((t * 7919) % 13) as f64 / 13.0;
+                vec![wobble, 3.0 * wobble + if t > 450 { 2.0 } else { 0.0 }]
+            })
+            .collect();
+        let mut dbz = Dbz::new(DbzConfig::default());
+        dbz.fit(&rows[..400]).unwrap();
+        for (t, row) in rows.iter().enumerate().skip(400) {
+            let predicted = dbz.channel_z(row).unwrap().into_iter().fold(0.0, f64::max);
+            let step = dbz.step(row).unwrap();
+            assert_eq!(predicted.to_bits(), step.max_z.to_bits(), "row {t}");
+        }
+    }
 
     /// Two channels: a slow oscillation and a square-ish wave, deterministic.
     fn normal_row(t: usize) -> Vec<f64> {

@@ -2,11 +2,12 @@
 //! its first windows, then score each new window and explain the score per feature.
 //!
 //! Owns the built-in window models (robust z-score, PCA T²+Q, Half-Space Trees, Isolation
-//! Forest, RART), the [`WindowModel`] trait other runtimes (ONNX, tree ensembles) plug into,
+//! Forest, RART, DBZ), the [`WindowModel`] trait other runtimes (ONNX, tree ensembles) plug into,
 //! and the explanation by occlusion that works for any model.
 
 use crate::MlError;
 use crate::detectors::RowDetector;
+use crate::detectors::dbz::{Dbz, DbzConfig};
 use crate::detectors::hst::{HalfSpaceTrees, HstConfig};
 use crate::detectors::iforest::{IsolationForest, IsolationForestConfig};
 use crate::detectors::pca::{PcaConfig, PcaT2Q};
@@ -452,6 +453,55 @@ impl RartModel {
     }
 }
 
+/// DBZ, Fabrik's SKAB detector, with each feature as a channel: the largest z of a rolling
+/// mean of the last 20 windows against a delayed baseline that stops learning while it
+/// alarms, scaled by the training windows. The score is that z over DBZ's threshold of 6, so
+/// 1.0 is DBZ's alarm level (SKAB's setting is a window of one sample and the `mean`
+/// feature). It needs 81 training windows; its off-delay is left to the alert rule.
+#[derive(Debug, Clone)]
+pub struct DbzModel {
+    inner: Dbz,
+    /// Each channel's z in the last scored window, for its explanation.
+    last_z: Vec<f64>,
+}
+
+impl Default for DbzModel {
+    fn default() -> Self {
+        Self {
+            inner: Dbz::new(DbzConfig::default()),
+            last_z: Vec::new(),
+        }
+    }
+}
+
+impl WindowModel for DbzModel {
+    fn name(&self) -> &str {
+        "dbz"
+    }
+    fn version(&self) -> &str {
+        "1"
+    }
+    fn fit(&mut self, rows: &[Vec<f64>]) -> Result<(), MlError> {
+        self.inner.fit(rows)
+    }
+    fn score(&mut self, row: &[f64]) -> Result<f64, MlError> {
+        self.last_z = self.inner.channel_z(row)?;
+        let step = self.inner.step(row)?;
+        Ok(step.max_z / self.inner.config().z_threshold)
+    }
+    fn probe(&self, row: &[f64]) -> Result<f64, MlError> {
+        let largest = self.inner.channel_z(row)?.into_iter().fold(0.0, f64::max);
+        Ok(largest / self.inner.config().z_threshold)
+    }
+    /// The channels' shares of the z's of the window just scored.
+    fn contributions(&self, row: &[f64], _medians: &[f64]) -> Result<Vec<f64>, MlError> {
+        if row.len() != self.last_z.len() {
+            return Err(width_error("dbz", row.len(), self.last_z.len()));
+        }
+        Ok(normalised(self.last_z.clone()))
+    }
+}
+
 /// The built-in window models, by config name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BuiltinModel {
@@ -465,10 +515,12 @@ pub enum BuiltinModel {
     IsolationForest,
     /// [`RartModel`].
     Rart,
+    /// [`DbzModel`].
+    Dbz,
 }
 
 impl BuiltinModel {
-    /// Parses `robust_z`, `pca_t2q`, `hst`, `iforest` or `rart`.
+    /// Parses `robust_z`, `pca_t2q`, `hst`, `iforest`, `rart` or `dbz`.
     pub fn parse(name: &str) -> Result<Self, MlError> {
         match name {
             "robust_z" => Ok(Self::RobustZ),
@@ -476,10 +528,11 @@ impl BuiltinModel {
             "hst" => Ok(Self::Hst),
             "iforest" => Ok(Self::IsolationForest),
             "rart" => Ok(Self::Rart),
+            "dbz" => Ok(Self::Dbz),
             other => Err(MlError::Parameter {
                 name: "model",
                 reason: format!(
-                    "unknown model `{other}` (expected robust_z, pca_t2q, hst, iforest or rart)"
+                    "unknown model `{other}` (expected robust_z, pca_t2q, hst, iforest, rart or dbz)"
                 ),
             }),
         }
@@ -493,6 +546,7 @@ impl BuiltinModel {
             Self::Hst => Box::new(HstModel::default()),
             Self::IsolationForest => Box::new(IsolationForestModel::default()),
             Self::Rart => Box::new(RartModel::default()),
+            Self::Dbz => Box::new(DbzModel::default()),
         }
     }
 }
@@ -654,6 +708,50 @@ mod tests {
             model.probe(&probe).unwrap().to_bits(),
             model.probe(&probe).unwrap().to_bits()
         );
+    }
+
+    /// Three channels with deterministic noise of different scales.
+    fn pump_row(i: usize) -> Vec<f64> {
+        let noise = |k: usize| ((i * k) % 17) as f64 / 17.0 - 0.5;
+        vec![
+            10.0 + noise(7919),
+            100.0 + 5.0 * noise(104_729),
+            2.0 + 0.1 * noise(1_299_709),
+        ]
+    }
+
+    #[test]
+    fn dbz_model_scores_what_it_probes_and_names_the_shifted_channel() {
+        let rows: Vec<Vec<f64>> = (0..120).map(pump_row).collect();
+        let mut model = BuiltinModel::Dbz.build();
+        let err = model.fit(&rows[..80]).unwrap_err().to_string();
+        assert!(err.contains("81") && err.contains("80"), "{err}");
+        model.fit(&rows).unwrap();
+        let mut quiet_max: f64 = 0.0;
+        for i in 120..400 {
+            let row = pump_row(i);
+            let probed = model.probe(&row).unwrap();
+            let scored = model.score(&row).unwrap();
+            // The probe predicts the score exactly and leaves the state alone.
+            assert_eq!(probed.to_bits(), scored.to_bits(), "window {i}");
+            quiet_max = quiet_max.max(scored);
+        }
+        assert!(quiet_max < 1.0, "normal windows scored up to {quiet_max}");
+        // The second channel drifts up by 20 (four of its noise widths); the rolling mean
+        // takes a few windows to cross DBZ's threshold.
+        let mut alarm = None;
+        for i in 400..430 {
+            let mut row = pump_row(i);
+            row[1] += 20.0;
+            let score = model.score(&row).unwrap();
+            if score > 1.0 {
+                alarm = Some((i, model.contributions(&row, &[]).unwrap()));
+                break;
+            }
+        }
+        let (at, shares) = alarm.expect("the shift was never flagged");
+        assert!(at < 420, "flagged only at window {at}");
+        assert!(shares[1] > 0.9, "{shares:?}");
     }
 
     #[test]

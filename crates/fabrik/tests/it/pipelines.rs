@@ -212,10 +212,10 @@ fn a_replayed_fault_is_flagged_explained_and_traced_to_its_samples() {
     assert!(status.success());
 }
 
-/// RART, the NAB detector, as a pipeline model: each feature its own stream, the training
-/// windows its probationary period.
+/// The benchmark detectors as pipeline models: RART (NAB) with each feature its own stream and
+/// the training windows its probationary period, and DBZ (SKAB) with each feature a channel.
 #[test]
-fn rart_flags_the_onset_of_a_replayed_fault_in_its_own_signal() {
+fn the_benchmark_detectors_flag_the_onset_of_a_replayed_fault_in_its_own_signal() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("fabrik.toml");
     std::fs::write(
@@ -230,6 +230,20 @@ features = ["mean"]
 model = "rart"
 training_windows = 20
 threshold = "0.7"
+interval = "200ms"
+lateness = "0s"
+start = "earliest"
+
+[[pipelines]]
+name = "pumps-dbz"
+table = "pump"
+signals = ["vibration", "current"]
+window = "2s"
+min_samples = 2
+features = ["mean"]
+model = "dbz"
+training_windows = 100
+threshold = "1.0"
 interval = "200ms"
 lateness = "0s"
 start = "earliest"
@@ -274,6 +288,38 @@ start = "earliest"
         first["window_start"].as_i64(),
         Some(start + 500 * SECOND),
         "the first window of the fault: {flagged:?}"
+    );
+    assert!(
+        flagged.iter().all(|row| row["device"] == "pump-a"),
+        "the healthy pump was flagged: {flagged:?}"
+    );
+
+    // DBZ's rolling mean of 20 two-second windows crosses its threshold within 40 s.
+    eventually(
+        "the DBZ pipeline scores every window after training",
+        || {
+            let (code, status) = http(
+                &p.url,
+                reqwest::Method::GET,
+                "/api/v1/pipelines/pumps-dbz",
+                None,
+            );
+            code == 200 && status["inferences"] == 400
+        },
+    );
+    let flagged = query(
+        &p.url,
+        "SELECT device, window_start, model, top_signal FROM inferences \
+         WHERE pipeline = 'pumps-dbz' AND flag = true ORDER BY time",
+    );
+    let first = flagged.first().expect("a flagged window");
+    assert_eq!(first["model"], "dbz", "{flagged:?}");
+    assert_eq!(first["top_signal"], "vibration", "{flagged:?}");
+    let onset = first["window_start"].as_i64().expect("start") - start;
+    assert!(
+        (500 * SECOND..540 * SECOND).contains(&onset),
+        "first flag {} s into the history: {flagged:?}",
+        onset / SECOND
     );
     assert!(
         flagged.iter().all(|row| row["device"] == "pump-a"),
