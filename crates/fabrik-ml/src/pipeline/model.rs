@@ -2,8 +2,8 @@
 //! its first windows, then score each new window and explain the score per feature.
 //!
 //! Owns the built-in window models (robust z-score, PCA T²+Q, Half-Space Trees, Isolation
-//! Forest, RART, DBZ), the [`WindowModel`] trait other runtimes (ONNX, tree ensembles) plug into,
-//! and the explanation by occlusion that works for any model.
+//! Forest, RART, DBZ), the [`WindowModel`] trait other runtimes (ONNX, tree ensembles) plug
+//! into, and the explanation by occlusion that works for any model.
 
 use crate::MlError;
 use crate::detectors::RowDetector;
