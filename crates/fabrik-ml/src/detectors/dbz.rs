@@ -60,6 +60,8 @@ struct Fitted {
     recent_means: VecDeque<Vec<f64>>,
     rows_since_exceedance: u64,
     rows_since_alarm: u64,
+    /// Each channel's z in the last step, for explanations; reused row after row.
+    last_z: Vec<f64>,
 }
 
 /// The DBZ detector.
@@ -106,13 +108,8 @@ impl Dbz {
     /// Each channel's `|m_j − b_j| / s_j` if `row` were the next row, leaving the state as
     /// it is; the largest is the `max_z` that [`Self::step`] would report for it.
     pub fn channel_z(&self, row: &[f64]) -> Result<Vec<f64>, MlError> {
-        let fitted = self.fitted.as_ref().ok_or_else(|| MlError::Detector {
-            detector: NAME,
-            reason: "scored before fit".to_owned(),
-        })?;
-        if row.len() != fitted.scales.len() {
-            return Err(width_error(row.len(), fitted.scales.len()));
-        }
+        let fitted = self.fitted.as_ref().ok_or_else(unfitted)?;
+        fitted.check_width(row)?;
         // The rows `step` would average, in its order: all but the oldest, then `row`.
         let kept = fitted.recent_rows.iter().skip(1);
         let mut mean = vec![0.0; row.len()];
@@ -122,24 +119,22 @@ impl Dbz {
             }
         }
         let count = fitted.recent_rows.len() as f64;
-        Ok(mean
-            .iter()
-            .zip(&fitted.baseline)
-            .zip(&fitted.scales)
-            .map(|((sum, b), s)| (sum / count - b).abs() / s)
-            .collect())
+        for sum in &mut mean {
+            *sum /= count;
+        }
+        Ok(fitted.z_scores(&mean).collect())
+    }
+
+    /// Each channel's `|m_j − b_j| / s_j` in the last [`Self::step`] (empty before one).
+    pub fn last_channel_z(&self) -> &[f64] {
+        self.fitted.as_ref().map_or(&[], |f| f.last_z.as_slice())
     }
 
     /// Scores the next row and updates the baseline.
     pub fn step(&mut self, row: &[f64]) -> Result<DbzStep, MlError> {
         let config = self.config;
-        let fitted = self.fitted.as_mut().ok_or_else(|| MlError::Detector {
-            detector: NAME,
-            reason: "score_row before fit".to_owned(),
-        })?;
-        if row.len() != fitted.scales.len() {
-            return Err(width_error(row.len(), fitted.scales.len()));
-        }
+        let fitted = self.fitted.as_mut().ok_or_else(unfitted)?;
+        fitted.check_width(row)?;
         // Reuse the oldest buffers instead of allocating per row.
         let mut oldest_row = fitted.recent_rows.pop_front().unwrap_or_default();
         oldest_row.clear();
@@ -159,12 +154,11 @@ impl Dbz {
         for sum in &mut mean {
             *sum /= count;
         }
-        let max_z = mean
-            .iter()
-            .zip(&fitted.baseline)
-            .zip(&fitted.scales)
-            .map(|((m, b), s)| (m - b).abs() / s)
-            .fold(f64::NEG_INFINITY, f64::max);
+        let mut last_z = std::mem::take(&mut fitted.last_z);
+        last_z.clear();
+        last_z.extend(fitted.z_scores(&mean));
+        let max_z = last_z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        fitted.last_z = last_z;
         fitted.recent_means.push_back(mean);
 
         fitted.rows_since_exceedance = if max_z > config.z_threshold {
@@ -186,6 +180,32 @@ impl Dbz {
             }
         }
         Ok(DbzStep { alarm, max_z })
+    }
+}
+
+impl Fitted {
+    fn check_width(&self, row: &[f64]) -> Result<(), MlError> {
+        if row.len() == self.scales.len() {
+            Ok(())
+        } else {
+            Err(width_error(row.len(), self.scales.len()))
+        }
+    }
+
+    /// `|m_j − b_j| / s_j` of the rolling means `m` against the baseline.
+    fn z_scores<'a>(&'a self, means: &'a [f64]) -> impl Iterator<Item = f64> + 'a {
+        means
+            .iter()
+            .zip(&self.baseline)
+            .zip(&self.scales)
+            .map(|((m, b), s)| (m - b).abs() / s)
+    }
+}
+
+fn unfitted() -> MlError {
+    MlError::Detector {
+        detector: NAME,
+        reason: "scored before fit".to_owned(),
     }
 }
 
@@ -262,6 +282,7 @@ impl RowDetector for Dbz {
             recent_means: means[n - delay - 1..].iter().cloned().collect(),
             rows_since_exceedance: LONG_AGO,
             rows_since_alarm: LONG_AGO,
+            last_z: Vec::with_capacity(width),
         });
         Ok(())
     }
@@ -290,9 +311,11 @@ mod tests {
         let mut dbz = Dbz::new(DbzConfig::default());
         dbz.fit(&rows[..400]).unwrap();
         for (t, row) in rows.iter().enumerate().skip(400) {
-            let predicted = dbz.channel_z(row).unwrap().into_iter().fold(0.0, f64::max);
+            let predicted = dbz.channel_z(row).unwrap();
             let step = dbz.step(row).unwrap();
-            assert_eq!(predicted.to_bits(), step.max_z.to_bits(), "row {t}");
+            let largest = predicted.iter().copied().fold(0.0, f64::max);
+            assert_eq!(largest.to_bits(), step.max_z.to_bits(), "row {t}");
+            assert_eq!(dbz.last_channel_z(), predicted, "row {t}");
         }
     }
 

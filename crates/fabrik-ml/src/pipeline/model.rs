@@ -96,6 +96,13 @@ fn median_in_place(values: &mut [f64]) -> f64 {
     }
 }
 
+fn too_few_windows(model: &'static str, needed: usize, got: usize) -> MlError {
+    MlError::Detector {
+        detector: model,
+        reason: format!("needs at least {needed} training windows, got {got}"),
+    }
+}
+
 fn unfitted(model: &'static str) -> MlError {
     MlError::Detector {
         detector: model,
@@ -141,10 +148,7 @@ impl WindowModel for RobustZModel {
     }
     fn fit(&mut self, rows: &[Vec<f64>]) -> Result<(), MlError> {
         if rows.len() < 3 {
-            return Err(MlError::Detector {
-                detector: "robust_z",
-                reason: format!("needs at least 3 training windows, got {}", rows.len()),
-            });
+            return Err(too_few_windows("robust_z", 3, rows.len()));
         }
         self.medians = column_medians(rows);
         self.scales = self
@@ -250,10 +254,7 @@ impl WindowModel for HstModel {
     fn fit(&mut self, rows: &[Vec<f64>]) -> Result<(), MlError> {
         let width = rows.first().map_or(0, Vec::len);
         if rows.len() < 8 || width == 0 {
-            return Err(MlError::Detector {
-                detector: "hst",
-                reason: format!("needs at least 8 training windows, got {}", rows.len()),
-            });
+            return Err(too_few_windows("hst", 8, rows.len()));
         }
         // Training data fills the middle half of [0, 1], leaving room either side so values
         // beyond the training range land in sparse cells.
@@ -376,14 +377,11 @@ impl WindowModel for RartModel {
     fn fit_at(&mut self, rows: &[Vec<f64>], times_ns: &[i64]) -> Result<(), MlError> {
         let width = rows.first().map_or(0, Vec::len);
         if rows.len() < RART_MIN_TRAINING_WINDOWS || width == 0 {
-            return Err(MlError::Detector {
-                detector: "rart",
-                reason: format!(
-                    "needs at least {} training windows (its probationary period), got {}",
-                    RART_MIN_TRAINING_WINDOWS,
-                    rows.len()
-                ),
-            });
+            return Err(too_few_windows(
+                "rart",
+                RART_MIN_TRAINING_WINDOWS,
+                rows.len(),
+            ));
         }
         if let Some(bad) = rows.iter().find(|row| row.len() != width) {
             return Err(width_error("rart", bad.len(), width));
@@ -461,15 +459,12 @@ impl RartModel {
 #[derive(Debug, Clone)]
 pub struct DbzModel {
     inner: Dbz,
-    /// Each channel's z in the last scored window, for its explanation.
-    last_z: Vec<f64>,
 }
 
 impl Default for DbzModel {
     fn default() -> Self {
         Self {
             inner: Dbz::new(DbzConfig::default()),
-            last_z: Vec::new(),
         }
     }
 }
@@ -485,7 +480,6 @@ impl WindowModel for DbzModel {
         self.inner.fit(rows)
     }
     fn score(&mut self, row: &[f64]) -> Result<f64, MlError> {
-        self.last_z = self.inner.channel_z(row)?;
         let step = self.inner.step(row)?;
         Ok(step.max_z / self.inner.config().z_threshold)
     }
@@ -495,10 +489,11 @@ impl WindowModel for DbzModel {
     }
     /// The channels' shares of the z's of the window just scored.
     fn contributions(&self, row: &[f64], _medians: &[f64]) -> Result<Vec<f64>, MlError> {
-        if row.len() != self.last_z.len() {
-            return Err(width_error("dbz", row.len(), self.last_z.len()));
+        let last_z = self.inner.last_channel_z();
+        if row.len() != last_z.len() {
+            return Err(width_error("dbz", row.len(), last_z.len()));
         }
-        Ok(normalised(self.last_z.clone()))
+        Ok(normalised(last_z.to_vec()))
     }
 }
 

@@ -65,21 +65,30 @@ fn history(start_ns: i64) -> String {
     body
 }
 
-/// Writes [`history`] so that it ends an hour ago, aligned to the 10 s windows (each then
-/// holds exactly ten samples), and returns its start.
-fn write_history_an_hour_ago(url: &str) -> i64 {
-    let now_ns = i64::try_from(
+fn now_ns() -> i64 {
+    i64::try_from(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .expect("clock")
             .as_nanos(),
     )
-    .expect("ns");
-    let start = (now_ns - 3600 * SECOND) / (10 * SECOND) * (10 * SECOND);
+    .expect("ns")
+}
+
+/// Writes [`history`] from `start`.
+fn write_history(url: &str, start: i64) {
     assert_eq!(
         crate::support::post_status(url, "/api/v1/write", &history(start)),
         200
     );
+}
+
+/// Writes [`history`] so that it ends an hour ago, aligned to the 10 s windows (each then
+/// holds exactly ten samples), and returns its start.
+fn write_history_an_hour_ago(url: &str) -> i64 {
+    let now_ns = now_ns();
+    let start = (now_ns - 3600 * SECOND) / (10 * SECOND) * (10 * SECOND);
+    write_history(url, start);
     start
 }
 
@@ -98,15 +107,12 @@ fn a_replayed_fault_is_flagged_explained_and_traced_to_its_samples() {
 
     let start = write_history_an_hour_ago(&p.url);
 
-    eventually("the pipeline scores every window after training", || {
-        let (code, status) = http(
-            &p.url,
-            reqwest::Method::GET,
-            "/api/v1/pipelines/pumps",
-            None,
-        );
-        code == 200 && status["inferences"] == 80
-    });
+    await_inferences(
+        &p.url,
+        "pumps",
+        80,
+        "the pipeline scores every window after training",
+    );
     let (_, status) = http(
         &p.url,
         reqwest::Method::GET,
@@ -169,15 +175,12 @@ fn a_replayed_fault_is_flagged_explained_and_traced_to_its_samples() {
     assert_eq!(inputs, 10);
 
     // The Isolation Forest grown on each pump's own first windows finds the same fault.
-    eventually("the forest pipeline scores every window", || {
-        let (code, status) = http(
-            &p.url,
-            reqwest::Method::GET,
-            "/api/v1/pipelines/pumps-forest",
-            None,
-        );
-        code == 200 && status["inferences"] == 80
-    });
+    await_inferences(
+        &p.url,
+        "pumps-forest",
+        80,
+        "the forest pipeline scores every window",
+    );
     let forest_flags = query(
         &p.url,
         "SELECT device, window_start, model, top_signal FROM inferences \
@@ -253,80 +256,61 @@ start = "earliest"
     let data = dir.path().join("data");
     let p = Process::start_with_args(&data, &["--config", config.to_str().expect("utf-8")], &[]);
     // Within one hour of the day, so RART's time-of-day evidence is the same on every run.
-    let now_ns = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos(),
-    )
-    .expect("ns");
+    let now_ns = now_ns();
     let hour = 3600 * SECOND;
     let start = (now_ns - 3 * hour) / hour * hour;
-    assert_eq!(
-        crate::support::post_status(&p.url, "/api/v1/write", &history(start)),
-        200
-    );
-    eventually("the pipeline scores every window after training", || {
-        let (code, status) = http(
-            &p.url,
-            reqwest::Method::GET,
-            "/api/v1/pipelines/pumps-rart",
-            None,
-        );
-        code == 200 && status["inferences"] == 80
-    });
-    let flagged = query(
+    write_history(&p.url, start);
+    await_inferences(
         &p.url,
-        "SELECT device, window_start, model, score, top_signal FROM inferences \
-         WHERE pipeline = 'pumps-rart' AND flag = true ORDER BY time",
+        "pumps-rart",
+        80,
+        "the pipeline scores every window after training",
     );
-    let first = flagged.first().expect("a flagged window");
-    assert_eq!(first["device"], "pump-a", "{flagged:?}");
-    assert_eq!(first["model"], "rart", "{flagged:?}");
-    assert_eq!(first["top_signal"], "vibration", "{flagged:?}");
+    let first = first_flag(&p.url, "pumps-rart", "rart");
     assert_eq!(
         first["window_start"].as_i64(),
         Some(start + 500 * SECOND),
-        "the first window of the fault: {flagged:?}"
-    );
-    assert!(
-        flagged.iter().all(|row| row["device"] == "pump-a"),
-        "the healthy pump was flagged: {flagged:?}"
+        "the first window of the fault: {first}"
     );
 
     // DBZ's rolling mean of 20 two-second windows crosses its threshold within 40 s.
-    eventually(
-        "the DBZ pipeline scores every window after training",
-        || {
-            let (code, status) = http(
-                &p.url,
-                reqwest::Method::GET,
-                "/api/v1/pipelines/pumps-dbz",
-                None,
-            );
-            code == 200 && status["inferences"] == 400
-        },
-    );
-    let flagged = query(
+    await_inferences(
         &p.url,
-        "SELECT device, window_start, model, top_signal FROM inferences \
-         WHERE pipeline = 'pumps-dbz' AND flag = true ORDER BY time",
+        "pumps-dbz",
+        400,
+        "the DBZ pipeline scores every window after training",
     );
-    let first = flagged.first().expect("a flagged window");
-    assert_eq!(first["model"], "dbz", "{flagged:?}");
-    assert_eq!(first["top_signal"], "vibration", "{flagged:?}");
+    let first = first_flag(&p.url, "pumps-dbz", "dbz");
     let onset = first["window_start"].as_i64().expect("start") - start;
     assert!(
         (500 * SECOND..540 * SECOND).contains(&onset),
-        "first flag {} s into the history: {flagged:?}",
+        "first flag {} s into the history: {first}",
         onset / SECOND
-    );
-    assert!(
-        flagged.iter().all(|row| row["device"] == "pump-a"),
-        "the healthy pump was flagged: {flagged:?}"
     );
     let (status, _) = p.terminate();
     assert!(status.success());
+}
+
+/// The first window pipeline `name` flagged, after checking that every flagged window is
+/// pump-a's (the healthy pump-b never is), scored by `model` and led by the vibration.
+fn first_flag(url: &str, name: &str, model: &str) -> serde_json::Value {
+    let flagged = query(
+        url,
+        &format!(
+            "SELECT device, window_start, model, top_signal FROM inferences \
+             WHERE pipeline = '{name}' AND flag = true ORDER BY time"
+        ),
+    );
+    for row in &flagged {
+        assert_eq!(
+            row["device"], "pump-a",
+            "the healthy pump was flagged: {flagged:?}"
+        );
+        assert_eq!(row["model"], model, "{flagged:?}");
+    }
+    let first = flagged.first().expect("a flagged window").clone();
+    assert_eq!(first["top_signal"], "vibration", "{flagged:?}");
+    first
 }
 
 #[test]
@@ -504,6 +488,14 @@ fn api_pumps(threshold: &str) -> serde_json::Value {
     })
 }
 
+/// Waits until pipeline `name` has produced `count` inferences.
+fn await_inferences(url: &str, name: &str, count: u64, what: &str) {
+    eventually(what, || {
+        let (code, status) = pipeline_status(url, name);
+        code == 200 && status["inferences"] == count
+    });
+}
+
 fn pipeline_status(url: &str, name: &str) -> (u16, serde_json::Value) {
     http(
         url,
@@ -528,10 +520,12 @@ fn pipelines_defined_through_the_api_run_are_replaced_survive_restarts_and_are_r
     assert_eq!(code, 201, "{created}");
     assert_eq!(created["origin"], "api", "{created}");
     assert_eq!(created["state"], "running", "{created}");
-    eventually("the API's pipeline scores every window", || {
-        let (code, status) = pipeline_status(&p.url, "api-pumps");
-        code == 200 && status["inferences"] == 80
-    });
+    await_inferences(
+        &p.url,
+        "api-pumps",
+        80,
+        "the API's pipeline scores every window",
+    );
     let (_, status) = pipeline_status(&p.url, "api-pumps");
     assert_eq!(status["anomalies"], 10, "{status}");
     let flagged = blocking_query_count(
