@@ -45,19 +45,10 @@ fn evaluate(config: DbzConfig, labelled: &[SkabFile], normal: &[SkabFile]) -> Ou
             })
             .collect()
     };
-    let sum = |all: &[OutlierCounts]| {
-        all.iter()
-            .fold(OutlierCounts::default(), |total, c| OutlierCounts {
-                tp: total.tp + c.tp,
-                tn: total.tn + c.tn,
-                fp: total.fp + c.fp,
-                fn_: total.fn_ + c.fn_,
-            })
-    };
     match (counts(labelled), counts(normal)) {
         (Ok(per_file), Ok(normal_files)) => Outcome {
-            labelled: sum(&per_file),
-            normal: sum(&normal_files),
+            labelled: per_file.iter().copied().sum(),
+            normal: normal_files.into_iter().sum(),
             worst_file_f1: per_file
                 .iter()
                 .map(OutlierCounts::f1)

@@ -52,6 +52,24 @@ pub struct OutlierCounts {
     pub fn_: usize,
 }
 
+impl std::ops::AddAssign for OutlierCounts {
+    fn add_assign(&mut self, other: Self) {
+        self.tp += other.tp;
+        self.tn += other.tn;
+        self.fp += other.fp;
+        self.fn_ += other.fn_;
+    }
+}
+
+impl std::iter::Sum for OutlierCounts {
+    fn sum<I: Iterator<Item = Self>>(counts: I) -> Self {
+        counts.fold(Self::default(), |mut total, c| {
+            total += c;
+            total
+        })
+    }
+}
+
 impl OutlierCounts {
     /// `TP / (TP + (FP + FN)/2)`, 0 when there is nothing to count.
     pub fn f1(&self) -> f64 {
@@ -271,11 +289,7 @@ pub fn evaluate(items: &[SkabItem]) -> SkabMetrics {
     let (mut windows, mut false_positives, mut missed) = (0, 0, 0);
     let mut delays = Vec::new();
     for item in items {
-        let counts = outlier_counts(item);
-        outlier.tp += counts.tp;
-        outlier.tn += counts.tn;
-        outlier.fp += counts.fp;
-        outlier.fn_ += counts.fn_;
+        outlier += outlier_counts(item);
         let true_changepoints = item
             .label_seconds
             .iter()
