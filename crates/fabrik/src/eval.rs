@@ -35,7 +35,8 @@ enum EvalCommand {
     /// Skoltech Anomaly Benchmark: per file, fit on the first 400 rows and score the rest;
     /// outlier F1/FAR/MAR and SKAB's changepoint (NAB-like) scores over all files.
     Skab {
-        /// SKAB's data directory (every labelled *.csv below it; anomaly-free.csv is skipped).
+        /// SKAB's repository root, its data/ directory or one group's directory (e.g.
+        /// data/valve2): every labelled *.csv below it, at any depth; anomaly-free is skipped.
         #[arg(long)]
         data: PathBuf,
         /// Detector: dbz (default), pca_t2q or iforest.

@@ -25,6 +25,7 @@ use crate::time::{parse_civil_timestamp, seconds_of};
 pub const TRAINING_ROWS: usize = 400;
 /// The directory of normal-operation data, which no SKAB leaderboard notebook scores.
 const ANOMALY_FREE_DIR: &str = "anomaly-free";
+const ANOMALY_FREE_FILE: &str = "anomaly-free.csv";
 const TIME_COLUMN: &str = "datetime";
 const ANOMALY_COLUMN: &str = "anomaly";
 const CHANGEPOINT_COLUMN: &str = "changepoint";
@@ -97,45 +98,60 @@ fn file_order(name: &str) -> (u64, String) {
     (stem.parse().unwrap_or(u64::MAX), name.to_owned())
 }
 
-/// Every labelled file under `data_dir` (`<dir>/<file>.csv`, except `anomaly-free/`), in
-/// directory order and numeric file order.
+/// Every labelled file below `data_dir`, at any depth, as SKAB's `load_skab()` walks its
+/// `data/`: so SKAB's repository root, its `data/` directory, or one group's directory (e.g.
+/// `data/valve2`) all work. `anomaly-free/` is skipped. Directories are visited in name order,
+/// the files of one directory in numeric order; each file is named `<its directory>/<file>`.
 pub fn load_labelled_files(data_dir: &Path) -> Result<Vec<SkabFile>, MlError> {
-    let list = |dir: &Path| -> Result<Vec<PathBuf>, MlError> {
-        let mut entries = std::fs::read_dir(dir)
-            .map_err(|source| MlError::io(dir, source))?
-            .map(|entry| entry.map(|e| e.path()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| MlError::io(dir, source))?;
-        entries.sort();
-        Ok(entries)
-    };
+    // The repository root: walk only its data/, as load_skab() does, so no other CSV counts.
+    let nested = data_dir.join("data");
+    let walked = if nested.is_dir() { &nested } else { data_dir };
     let mut files = Vec::new();
-    for dir in list(data_dir)? {
-        let Some(dir_name) = dir.file_name().and_then(|n| n.to_str()) else {
-            continue;
-        };
-        if !dir.is_dir() || dir_name == ANOMALY_FREE_DIR {
-            continue;
-        }
-        let mut csvs: Vec<(PathBuf, String)> = list(&dir)?
-            .into_iter()
-            .filter_map(|path| {
-                let name = path.file_name()?.to_str()?.to_owned();
-                name.ends_with(".csv").then_some((path, name))
-            })
-            .collect();
-        csvs.sort_by_key(|(_, name)| file_order(name));
-        for (path, name) in csvs {
-            files.push(SkabFile::load(&path, &format!("{dir_name}/{name}"))?);
-        }
-    }
+    collect_labelled_files(walked, &mut files)?;
     if files.is_empty() {
         return Err(MlError::Layout(format!(
-            "{}: no labelled SKAB files (<dir>/<n>.csv)",
+            "{}: no labelled SKAB files (<group>/<n>.csv with anomaly and changepoint columns) \
+             below it",
             data_dir.display()
         )));
     }
     Ok(files)
+}
+
+fn collect_labelled_files(dir: &Path, files: &mut Vec<SkabFile>) -> Result<(), MlError> {
+    let mut entries = std::fs::read_dir(dir)
+        .map_err(|source| MlError::io(dir, source))?
+        .map(|entry| entry.map(|e| e.path()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| MlError::io(dir, source))?;
+    entries.sort();
+    let dir_name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_owned();
+    let mut csvs: Vec<(PathBuf, String)> = Vec::new();
+    let mut subdirs = Vec::new();
+    for path in entries {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+            continue;
+        };
+        if path.is_dir() {
+            if name != ANOMALY_FREE_DIR {
+                subdirs.push(path);
+            }
+        } else if name.ends_with(".csv") && name != ANOMALY_FREE_FILE {
+            csvs.push((path, name));
+        }
+    }
+    csvs.sort_by_key(|(_, name)| file_order(name));
+    for (path, name) in csvs {
+        files.push(SkabFile::load(&path, &format!("{dir_name}/{name}"))?);
+    }
+    for subdir in subdirs {
+        collect_labelled_files(&subdir, files)?;
+    }
+    Ok(())
 }
 
 /// One file's outlier result.

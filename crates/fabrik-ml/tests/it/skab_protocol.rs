@@ -201,6 +201,38 @@ fn run_skab_detects_synthetic_step_faults_and_stays_quiet_otherwise() {
 }
 
 #[test]
+fn skab_files_are_found_from_the_repository_root_its_data_or_one_group() {
+    // SKAB's repository layout, with a stray CSV outside data/ that is not SKAB's format.
+    let dir = ScratchDir::new("skab-layouts");
+    let data = dir.0.join("data");
+    for sub in ["valve2", "other", "anomaly-free"] {
+        std::fs::create_dir_all(data.join(sub)).expect("mkdir");
+    }
+    std::fs::create_dir_all(dir.0.join("notebooks")).expect("mkdir");
+    std::fs::write(dir.0.join("notebooks/results.csv"), "model,f1\nx,0.5\n").expect("write");
+    write_synthetic(&data.join("valve2/1.csv"), 1, None);
+    write_synthetic(&data.join("other/11.csv"), 2, None);
+    write_synthetic(&data.join("other/9.csv"), 3, None);
+    write_synthetic(&data.join("anomaly-free/anomaly-free.csv"), 4, None);
+    let names = |root: &std::path::Path| -> Vec<String> {
+        skab::load_labelled_files(root)
+            .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+            .into_iter()
+            .map(|f| f.name)
+            .collect()
+    };
+    let all = ["other/9.csv", "other/11.csv", "valve2/1.csv"];
+    assert_eq!(names(&dir.0), all, "repository root: only data/ is walked");
+    assert_eq!(names(&data), all, "data directory");
+    assert_eq!(names(&data.join("other")), ["other/9.csv", "other/11.csv"]);
+    let error = skab::load_labelled_files(&data.join("anomaly-free")).expect_err("unlabelled");
+    assert!(
+        error.to_string().contains("no labelled SKAB files"),
+        "{error}"
+    );
+}
+
+#[test]
 fn too_short_files_are_rejected() {
     let dir = ScratchDir::new("skab-short");
     let data = dir.0.join("data/valve1");
