@@ -62,7 +62,14 @@ pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("NAB evaluation of {}", nab_dir.display()))?;
             let s = &report.scores;
             if json {
-                let profile = |p: &fabrik_ml::nab::ProfileScore| serde_json::json!({"score": p.normalized, "threshold": p.threshold, "raw": p.raw});
+                let profile = |p: &fabrik_ml::nab::ProfileScore| {
+                    serde_json::json!({
+                        "score": p.normalized,
+                        "threshold": p.threshold,
+                        "raw": p.raw,
+                        "categories": p.per_category,
+                    })
+                };
                 println!(
                     "{}",
                     serde_json::json!({
@@ -101,6 +108,24 @@ pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
                 println!(
                     "  (normalised: null detector 0, perfect 100; thresholds optimised over these files)"
                 );
+                println!(
+                    "\n  standard profile by category (per-file tables: {}/{}_<profile>_scores.csv)",
+                    out.join(&report.detector).display(),
+                    report.detector
+                );
+                println!(
+                    "  {:<24} {:>5} {:>8} {:>8} {:>8} {:>9} {:>10}",
+                    "category", "files", "windows", "detected", "FP rows", "raw", "normalised"
+                );
+                for (name, c) in &s.standard.per_category {
+                    let normalised = c
+                        .normalized
+                        .map_or_else(|| "-".to_owned(), |n| format!("{n:.2}"));
+                    println!(
+                        "  {name:<24} {:>5} {:>8} {:>8} {:>8} {:>9.2} {normalised:>10}",
+                        c.files, c.windows, c.detected_windows, c.counts.fp, c.raw
+                    );
+                }
             }
         }
         EvalCommand::Skab {

@@ -15,10 +15,12 @@ use std::path::Path;
 use std::time::Instant;
 
 pub use corpus::{NabCorpus, NabFile, Profile, ProfileName, probationary_period, scaled_sigmoid};
-pub use results::{read_results, results_path, write_results};
+pub use results::{
+    read_results, results_path, score_table_path, write_results, write_score_tables,
+};
 pub use scorer::{
-    AnomalyScores, Counts, FileScore, ProfileScore, Scores, ThresholdChoice, optimize_threshold,
-    score_at_threshold, score_file, score_results,
+    AnomalyScores, CategoryScore, Counts, FileScore, ProfileScore, Scores, ThresholdChoice,
+    optimize_threshold, score_at_threshold, score_file, score_results,
 };
 
 use crate::MlError;
@@ -55,8 +57,9 @@ pub fn detect_file(file: &NabFile, kind: StreamingDetectorKind) -> Vec<f64> {
 }
 
 /// Runs `detector` over every file of the NAB tree at `nab_dir`, writes
-/// `<out_dir>/<detector>/<category>/<detector>_<file>.csv`, and scores the results with
-/// optimised thresholds.
+/// `<out_dir>/<detector>/<category>/<detector>_<file>.csv`, scores the results with
+/// optimised thresholds, and writes NAB's per-file score tables
+/// (`<out_dir>/<detector>/<detector>_<profile>_scores.csv`).
 pub fn run_nab(nab_dir: &Path, out_dir: &Path, detector: &str) -> Result<NabReport, MlError> {
     let kind = StreamingDetectorKind::from_name(detector)?;
     let corpus = NabCorpus::load(nab_dir)?;
@@ -72,6 +75,7 @@ pub fn run_nab(nab_dir: &Path, out_dir: &Path, detector: &str) -> Result<NabRepo
         anomaly_scores.insert(file.key.clone(), scores);
     }
     let scores = score_results(&corpus, &anomaly_scores, ThresholdChoice::Optimize)?;
+    write_score_tables(out_dir, kind.name(), &corpus, &scores)?;
     Ok(NabReport {
         detector: kind.name().to_owned(),
         files: corpus.files.len(),

@@ -1,11 +1,12 @@
 //! NAB results files: `<results>/<detector>/<category>/<detector>_<file>.csv` with columns
-//! `timestamp,value,anomaly_score,label`. Owns writing them and reading back `anomaly_score`.
+//! `timestamp,value,anomaly_score,label`, and the per-file score tables NAB's runner writes
+//! beside them. Owns writing both and reading back `anomaly_score`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use super::corpus::{NabCorpus, NabFile};
-use super::scorer::AnomalyScores;
+use super::corpus::{NabCorpus, NabFile, ProfileName};
+use super::scorer::{AnomalyScores, Scores};
 use crate::MlError;
 use crate::delimited::{DelimitedFile, parse_f64};
 
@@ -73,4 +74,65 @@ pub fn read_results(
         all.insert(file.key.clone(), scores);
     }
     Ok(all)
+}
+
+/// Where the score table of `detector` under `profile` lives under `results_dir`.
+pub fn score_table_path(results_dir: &Path, detector: &str, profile: ProfileName) -> PathBuf {
+    results_dir
+        .join(detector)
+        .join(format!("{detector}_{}_scores.csv", profile.nab_name()))
+}
+
+/// Writes NAB's per-file score tables, one per profile, in the format of NAB's runner
+/// (`Detector,Profile,File,Threshold,Score,TP,TN,FP,FN,Total_Count`, files in corpus order,
+/// then a `Totals` row), so a detector's results read like any NAB entry's.
+pub fn write_score_tables(
+    results_dir: &Path,
+    detector: &str,
+    corpus: &NabCorpus,
+    scores: &Scores,
+) -> Result<(), MlError> {
+    for profile in ProfileName::ALL {
+        let score = scores.profile(profile);
+        let name = profile.nab_name();
+        let mut text =
+            String::from("Detector,Profile,File,Threshold,Score,TP,TN,FP,FN,Total_Count\n");
+        for file in &corpus.files {
+            let Some(file_score) = score.per_file.get(&file.key) else {
+                continue;
+            };
+            let c = file_score.counts;
+            // `{:?}` prints the shortest text that reads back as the same f64, as Python's
+            // repr does in NAB's tables.
+            let _ = writeln!(
+                text,
+                "{detector},{name},{},{:?},{:?},{},{},{},{},{}",
+                file.key,
+                score.threshold,
+                file_score.score,
+                c.tp,
+                c.tn,
+                c.fp,
+                c.fn_,
+                c.total()
+            );
+        }
+        let c = score.counts;
+        let _ = writeln!(
+            text,
+            "Totals,,,,{:?},{},{},{},{},{}",
+            score.raw,
+            c.tp,
+            c.tn,
+            c.fp,
+            c.fn_,
+            c.total()
+        );
+        let path = score_table_path(results_dir, detector, profile);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| MlError::io(parent, source))?;
+        }
+        std::fs::write(&path, text).map_err(|source| MlError::io(&path, source))?;
+    }
+    Ok(())
 }

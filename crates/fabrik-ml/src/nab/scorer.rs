@@ -47,6 +47,28 @@ pub struct FileScore {
     pub score: f64,
     /// Row counts.
     pub counts: Counts,
+    /// Label windows in the file.
+    pub windows: usize,
+    /// Windows with at least one detection.
+    pub detected_windows: usize,
+}
+
+/// The files of one NAB category under one profile: where a detector wins or loses points.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CategoryScore {
+    /// Files in the category.
+    pub files: usize,
+    /// Label windows in them.
+    pub windows: usize,
+    /// Windows with at least one detection.
+    pub detected_windows: usize,
+    /// Sum of the file scores.
+    pub raw: f64,
+    /// The raw score normalised over the category's own windows (null 0, perfect 100);
+    /// `None` for a category without windows, where only false positives can cost.
+    pub normalized: Option<f64>,
+    /// Summed row counts.
+    pub counts: Counts,
 }
 
 /// A detector's score under one profile.
@@ -62,6 +84,8 @@ pub struct ProfileScore {
     pub counts: Counts,
     /// Per-file scores by file key.
     pub per_file: BTreeMap<String, FileScore>,
+    /// Per-category sums by category name.
+    pub per_category: BTreeMap<String, CategoryScore>,
 }
 
 /// A detector's scores under NAB's three profiles.
@@ -125,6 +149,7 @@ pub fn score_file(
     };
     let mut score = 0.0;
     let mut counts = Counts::default();
+    let mut detected_windows = 0;
     // NAB adds the false positives in row order, then the windows in order.
     for row in probation..file.len() {
         let inside = file.window_of_row[row].is_some();
@@ -141,15 +166,29 @@ pub fn score_file(
     for &(left, right) in &file.windows {
         // Weights fall inside a window, so only the earliest detection counts.
         match (left..=right).find(|&row| detected(row)) {
-            Some(row) => score += row_weight(file, row, profile),
+            Some(row) => {
+                score += row_weight(file, row, profile);
+                detected_windows += 1;
+            }
             None => score -= profile.fn_weight,
         }
     }
-    FileScore { score, counts }
+    FileScore {
+        score,
+        counts,
+        windows: file.windows.len(),
+        detected_windows,
+    }
 }
 
 fn normalized(corpus: &NabCorpus, raw: f64, profile: Profile) -> f64 {
-    let windows = corpus.window_count() as f64;
+    normalized_over(corpus.window_count(), raw, profile)
+}
+
+/// NAB's normalisation over `windows` label windows: the null detector (no detection)
+/// scores 0, the perfect one (every window on its first row, no false positive) 100.
+fn normalized_over(windows: usize, raw: f64, profile: Profile) -> f64 {
+    let windows = windows as f64;
     let null = -profile.fn_weight * windows;
     let perfect = profile.tp_weight * windows;
     if perfect == null {
@@ -208,8 +247,42 @@ pub fn score_at_threshold(
         raw,
         normalized: normalized(corpus, raw, costs),
         counts,
+        per_category: per_category(corpus, &per_file, costs),
         per_file,
     })
+}
+
+fn per_category(
+    corpus: &NabCorpus,
+    per_file: &BTreeMap<String, FileScore>,
+    costs: Profile,
+) -> BTreeMap<String, CategoryScore> {
+    let mut categories: BTreeMap<String, CategoryScore> = BTreeMap::new();
+    for file in &corpus.files {
+        let Some(file_score) = per_file.get(&file.key) else {
+            continue;
+        };
+        let category = categories
+            .entry(file.category().to_owned())
+            .or_insert_with(|| CategoryScore {
+                files: 0,
+                windows: 0,
+                detected_windows: 0,
+                raw: 0.0,
+                normalized: None,
+                counts: Counts::default(),
+            });
+        category.files += 1;
+        category.windows += file_score.windows;
+        category.detected_windows += file_score.detected_windows;
+        category.raw += file_score.score;
+        category.counts.add(file_score.counts);
+    }
+    for category in categories.values_mut() {
+        category.normalized =
+            (category.windows > 0).then(|| normalized_over(category.windows, category.raw, costs));
+    }
+    categories
 }
 
 /// NAB's threshold optimiser for one profile: the candidate thresholds are 1.1 and every

@@ -3,8 +3,8 @@
 //! computed them, and the 3-file corpus totals with NAB's and with optimised thresholds.
 
 use fabrik_ml::nab::{
-    NabCorpus, ProfileName, ThresholdChoice, optimize_threshold, read_results, read_thresholds,
-    score_results,
+    AnomalyScores, NabCorpus, ProfileName, ThresholdChoice, optimize_threshold, read_results,
+    read_thresholds, score_results, score_table_path, write_score_tables,
 };
 
 use crate::support::{fixture, json};
@@ -98,6 +98,106 @@ fn corpus_scores_and_optimised_thresholds_equal_the_verified_port() {
                 "{context}"
             );
         }
+    }
+}
+
+#[test]
+fn score_tables_in_nabs_format_hold_nabs_per_file_counts() {
+    let root = fixture("nab");
+    let corpus = NabCorpus::load(&root).expect("load fixture corpus");
+    let expected = json("nab/expected_scores.json");
+    let results = read_results(&corpus, &root.join("results"), "numenta").expect("results");
+    let thresholds = read_thresholds(&root, "numenta").expect("thresholds");
+    let scores =
+        score_results(&corpus, &results, ThresholdChoice::Fixed(thresholds)).expect("score");
+    let out = crate::support::ScratchDir::new("score-tables");
+    write_score_tables(&out.0, "numenta", &corpus, &scores).expect("write tables");
+    for profile in ProfileName::ALL {
+        let path = score_table_path(&out.0, "numenta", profile);
+        let text = std::fs::read_to_string(&path).expect("score table");
+        let mut lines = text.lines();
+        assert_eq!(
+            lines.next(),
+            Some("Detector,Profile,File,Threshold,Score,TP,TN,FP,FN,Total_Count")
+        );
+        let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+        assert_eq!(rows.len(), corpus.files.len() + 1, "{text}");
+        let (mut raw, mut tp) = (0.0, 0);
+        for (row, file) in rows.iter().zip(&corpus.files) {
+            assert_eq!(row[..3], ["numenta", profile.nab_name(), file.key.as_str()]);
+            assert_eq!(
+                row[3].parse::<f64>().ok(),
+                Some(scores.profile(profile).threshold)
+            );
+            let want = &expected["per_file"]["numenta"][profile.nab_name()][&file.key];
+            let score: f64 = row[4].parse().expect("score");
+            assert!((score - want["score"].as_f64().expect("score")).abs() < 1e-9);
+            for (column, name) in [
+                (5, "TP"),
+                (6, "TN"),
+                (7, "FP"),
+                (8, "FN"),
+                (9, "Total_Count"),
+            ] {
+                assert_eq!(
+                    row[column].parse::<u64>().ok(),
+                    want[name].as_u64(),
+                    "{name}"
+                );
+            }
+            raw += score;
+            tp += row[5].parse::<u64>().expect("tp");
+        }
+        let totals = rows.last().expect("totals");
+        assert_eq!(totals[..4], ["Totals", "", "", ""]);
+        assert!((totals[4].parse::<f64>().expect("raw") - raw).abs() < 1e-12);
+        assert_eq!(totals[5].parse::<u64>().ok(), Some(tp));
+    }
+}
+
+#[test]
+fn category_sums_count_detected_windows_and_normalise_over_their_own_windows() {
+    let root = fixture("nab");
+    let corpus = NabCorpus::load(&root).expect("load fixture corpus");
+    let constant = |value: f64| -> AnomalyScores {
+        corpus
+            .files
+            .iter()
+            .map(|f| (f.key.clone(), vec![value; f.len()]))
+            .collect()
+    };
+    // Every row detected: every window is found on its first row, and the false positives
+    // cost, so each category scores below 100. No row detected: the null detector, 0.
+    let all =
+        score_results(&corpus, &constant(1.0), ThresholdChoice::Fixed([0.5; 3])).expect("all");
+    let none =
+        score_results(&corpus, &constant(0.0), ThresholdChoice::Fixed([0.5; 3])).expect("none");
+    for profile in ProfileName::ALL {
+        let (all, none) = (all.profile(profile), none.profile(profile));
+        assert_eq!(all.per_category.len(), 3, "one category per fixture file");
+        for (name, category) in &all.per_category {
+            let file = corpus
+                .files
+                .iter()
+                .find(|f| f.category() == name)
+                .expect("file of category");
+            assert_eq!(category.files, 1);
+            assert_eq!(category.windows, file.windows.len());
+            assert_eq!(category.detected_windows, category.windows, "{name}");
+            assert!(category.counts.fp > 0);
+            let costs = corpus.profile(profile);
+            let windows = category.windows as f64;
+            let want = 100.0 * (category.raw + costs.fn_weight * windows)
+                / ((costs.tp_weight + costs.fn_weight) * windows);
+            let normalised = category.normalized.expect("windows");
+            assert!((normalised - want).abs() < 1e-9, "{name}: {normalised}");
+            assert!(normalised < 100.0, "{name}: {normalised}");
+            let nothing = &none.per_category[name];
+            assert_eq!(nothing.detected_windows, 0);
+            assert_eq!(nothing.normalized, Some(0.0), "{name}");
+        }
+        let sum: f64 = all.per_category.values().map(|c| c.raw).sum();
+        assert!((sum - all.raw).abs() < 1e-9);
     }
 }
 

@@ -232,6 +232,28 @@ fn eval_nab_writes_nab_format_results_and_prints_the_three_profiles() {
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("timestamp,value,anomaly_score,label"));
     assert_eq!(lines.count(), 1127, "one row per data row");
+    // NAB's per-file score table, and the per-category sums in the JSON, agree on the files.
+    let table = std::fs::read_to_string(out.path().join("rart/rart_standard_scores.csv"))
+        .expect("score table");
+    assert_eq!(
+        table.lines().count(),
+        1 + 3 + 1,
+        "header, three files, totals"
+    );
+    assert!(
+        table.contains("rart,standard,realTraffic/speed_7578.csv,"),
+        "{table}"
+    );
+    let categories = &report["profiles"]["standard"]["categories"];
+    let files: u64 = ["realAdExchange", "realKnownCause", "realTraffic"]
+        .iter()
+        .map(|c| {
+            categories[c]["files"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{c}: {report}"))
+        })
+        .sum();
+    assert_eq!(files, 3);
     // A missing directory is a clear error, not a panic.
     let bad = Command::new(fabrik_bin())
         .args(["eval", "nab", "--nab-dir", "/nonexistent", "--out"])
