@@ -148,6 +148,8 @@ pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
                         "nab_standard": report.nab_standard,
                         "nab_low_fp": report.nab_low_fp,
                         "nab_low_fn": report.nab_low_fn,
+                        "groups": report.per_group,
+                        "per_file": report.per_file,
                         "detector_seconds": report.detector_seconds,
                     })
                 );
@@ -160,6 +162,14 @@ pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
                     "  outlier detection   F1 {:.2}   FAR {:.2} %   MAR {:.2} %",
                     report.f1, report.far, report.mar
                 );
+                if report.per_group.len() > 1 {
+                    for (group, g) in &report.per_group {
+                        println!(
+                            "    {group:<16}  F1 {:.2}   FAR {:.2} %   MAR {:.2} %   ({} files)",
+                            g.f1, g.far, g.mar, g.files
+                        );
+                    }
+                }
                 if report.nab_standard.is_finite() {
                     println!(
                         "  changepoints (NAB)  standard {:.2}   LowFP {:.2}   LowFN {:.2}",

@@ -7,6 +7,7 @@
 
 mod metrics;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -165,6 +166,22 @@ pub struct SkabFileReport {
     pub f1: f64,
 }
 
+/// One group of files (SKAB's `valve1`, `valve2`, `other`): the outlier metrics over its files'
+/// test rows, pooled as the protocol pools all files.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SkabGroupReport {
+    /// Files in the group.
+    pub files: usize,
+    /// Outlier counts over their test rows.
+    pub counts: OutlierCounts,
+    /// F1 over those rows.
+    pub f1: f64,
+    /// False alarm rate, percent.
+    pub far: f64,
+    /// Missed alarm rate, percent.
+    pub mar: f64,
+}
+
 /// The result of [`run_skab`]. Rates are unrounded (SKAB prints them to 2 decimals).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SkabReport {
@@ -188,6 +205,8 @@ pub struct SkabReport {
     pub metrics: SkabMetrics,
     /// Per-file outlier results.
     pub per_file: Vec<SkabFileReport>,
+    /// Outlier results per group (the directory part of each file's name).
+    pub per_group: BTreeMap<String, SkabGroupReport>,
     /// Seconds spent fitting and scoring.
     pub detector_seconds: f64,
 }
@@ -200,7 +219,7 @@ impl SkabReport {
         detector_seconds: f64,
     ) -> Self {
         let metrics = evaluate(items);
-        let per_file = names
+        let per_file: Vec<SkabFileReport> = names
             .into_iter()
             .zip(items)
             .map(|(name, item)| {
@@ -210,6 +229,26 @@ impl SkabReport {
                     f1: counts.f1(),
                     counts,
                 }
+            })
+            .collect();
+        let mut grouped: BTreeMap<String, (usize, OutlierCounts)> = BTreeMap::new();
+        for file in &per_file {
+            let group = file.name.rsplit_once('/').map_or("", |(group, _)| group);
+            let (files, counts) = grouped.entry(group.to_owned()).or_default();
+            *files += 1;
+            *counts += file.counts;
+        }
+        let per_group = grouped
+            .into_iter()
+            .map(|(group, (files, counts))| {
+                let report = SkabGroupReport {
+                    files,
+                    f1: counts.f1(),
+                    far: counts.far_percent(),
+                    mar: counts.mar_percent(),
+                    counts,
+                };
+                (group, report)
             })
             .collect();
         Self {
@@ -223,6 +262,7 @@ impl SkabReport {
             nab_low_fn: metrics.changepoint.nab_low_fn,
             metrics,
             per_file,
+            per_group,
             detector_seconds,
         }
     }

@@ -225,6 +225,19 @@ fn skab_files_are_found_from_the_repository_root_its_data_or_one_group() {
     assert_eq!(names(&dir.0), all, "repository root: only data/ is walked");
     assert_eq!(names(&data), all, "data directory");
     assert_eq!(names(&data.join("other")), ["other/9.csv", "other/11.csv"]);
+    // Per group, the counts of its files; together, the pooled counts.
+    let report = skab::run_skab(&dir.0, RowDetectorKind::Dbz).expect("run from the root");
+    let groups: Vec<(&str, usize)> = report
+        .per_group
+        .iter()
+        .map(|(name, g)| (name.as_str(), g.files))
+        .collect();
+    assert_eq!(groups, [("other", 2), ("valve2", 1)]);
+    let mut other = report.per_file[0].counts;
+    other += report.per_file[1].counts;
+    assert_eq!(report.per_group["other"].counts, other);
+    let pooled: skab::OutlierCounts = report.per_group.values().map(|g| g.counts).sum();
+    assert_eq!(pooled, report.metrics.outlier);
     let error = skab::load_labelled_files(&data.join("anomaly-free")).expect_err("unlabelled");
     assert!(
         error.to_string().contains("no labelled SKAB files"),
