@@ -108,7 +108,7 @@ pub fn load_labelled_files(data_dir: &Path) -> Result<Vec<SkabFile>, MlError> {
     let nested = data_dir.join("data");
     let walked = if nested.is_dir() { &nested } else { data_dir };
     let mut files = Vec::new();
-    collect_labelled_files(walked, &mut files)?;
+    collect_labelled_files(walked, MAX_DEPTH, &mut files)?;
     if files.is_empty() {
         return Err(MlError::Layout(format!(
             "{}: no labelled SKAB files (<group>/<n>.csv with anomaly and changepoint columns) \
@@ -119,7 +119,15 @@ pub fn load_labelled_files(data_dir: &Path) -> Result<Vec<SkabFile>, MlError> {
     Ok(files)
 }
 
-fn collect_labelled_files(dir: &Path, files: &mut Vec<SkabFile>) -> Result<(), MlError> {
+/// How deep the walk goes below the given directory: SKAB nests one level, and a bound keeps a
+/// symbolic-link loop from recursing for ever.
+const MAX_DEPTH: usize = 8;
+
+fn collect_labelled_files(
+    dir: &Path,
+    depth_left: usize,
+    files: &mut Vec<SkabFile>,
+) -> Result<(), MlError> {
     let mut entries = std::fs::read_dir(dir)
         .map_err(|source| MlError::io(dir, source))?
         .map(|entry| entry.map(|e| e.path()))
@@ -138,7 +146,7 @@ fn collect_labelled_files(dir: &Path, files: &mut Vec<SkabFile>) -> Result<(), M
             continue;
         };
         if path.is_dir() {
-            if name != ANOMALY_FREE_DIR {
+            if name != ANOMALY_FREE_DIR && depth_left > 0 {
                 subdirs.push(path);
             }
         } else if name.ends_with(".csv") && name != ANOMALY_FREE_FILE {
@@ -150,7 +158,7 @@ fn collect_labelled_files(dir: &Path, files: &mut Vec<SkabFile>) -> Result<(), M
         files.push(SkabFile::load(&path, &format!("{dir_name}/{name}"))?);
     }
     for subdir in subdirs {
-        collect_labelled_files(&subdir, files)?;
+        collect_labelled_files(&subdir, depth_left - 1, files)?;
     }
     Ok(())
 }
