@@ -602,7 +602,8 @@ pub struct AuthConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    /// A `tracing` filter: `info`, `debug`, `fabrik_store=debug,info`, ...
+    /// A `tracing` filter: `info`, `debug`, `fabrik_store=debug,info`, ... (`FABRIK_LOG`, when
+    /// set, takes its place).
     pub level: String,
 }
 

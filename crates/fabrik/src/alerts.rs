@@ -602,6 +602,12 @@ pub(crate) async fn start(
     Ok((ServiceHandle { stop, task }, alerting))
 }
 
+/// Whether a rule's table existed when it was evaluated.
+enum TableState {
+    Present,
+    Missing,
+}
+
 struct Evaluator {
     rule: CompiledRule,
     store: Arc<Store>,
@@ -619,22 +625,42 @@ impl Evaluator {
         let mut ticker = tokio::time::interval(self.rule.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_problem = String::new();
+        let mut said_waiting = false;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = ticker.tick() => {}
             }
-            if let Err(e) = self.step(&mut read_after).await
-                && e != last_problem
-            {
-                tracing::warn!(rule = %name, error = %e, "Alert rule evaluation failed; retrying.");
-                last_problem = e;
+            match self.step(&mut read_after).await {
+                Ok(TableState::Missing) if !said_waiting => {
+                    // Normal on a fresh data directory or before a pipeline's first score,
+                    // and the one hint a misspelt table name gets: said once, not as a fault.
+                    tracing::info!(
+                        rule = %name,
+                        table = %self.rule.config.table,
+                        "Alert rule waiting for its table; it evaluates once rows arrive."
+                    );
+                    said_waiting = true;
+                }
+                Ok(_) => {}
+                Err(e) if e != last_problem => {
+                    tracing::warn!(rule = %name, error = %e, "Alert rule evaluation failed; retrying.");
+                    last_problem = e;
+                }
+                Err(_) => {}
             }
         }
     }
 
-    async fn step(&self, read_after: &mut Option<i64>) -> Result<(), String> {
+    /// Reads the rule's new rows and advances its clock. A table that does not exist yet has
+    /// no rows: the clock still advances (pending alerts fire, heartbeats are checked).
+    async fn step(&self, read_after: &mut Option<i64>) -> Result<TableState, String> {
         let now = Timestamp::now().nanos();
+        let table = &self.rule.config.table;
+        if !self.store.tables().iter().any(|t| &t.name == table) {
+            self.tick(now).await?;
+            return Ok(TableState::Missing);
+        }
         // Rows are read in arrival order (`_raw_id` starts from the receipt time in ns), so a
         // row with an old timestamp written now (an inference about a window that just
         // closed, a device's buffered backlog) is still evaluated. Ids younger than
@@ -667,6 +693,11 @@ impl Evaluator {
                 break;
             }
         }
+        self.tick(now).await?;
+        Ok(TableState::Present)
+    }
+
+    async fn tick(&self, now: i64) -> Result<(), String> {
         let mut expected = BTreeMap::new();
         expected.insert(self.rule.config.name.clone(), Vec::new());
         self.alerting

@@ -96,9 +96,25 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
     }
 }
 
+/// Library log lines that describe no fault, kept out of the log unless a `FABRIK_LOG`
+/// directive names their module (the more specific directive wins):
+/// - the OPC UA client library warns "no endpoints" on every client it builds, because
+///   Fabrik connects to the configured URL directly instead of listing endpoints there;
+/// - the demo's simulated OPC UA server (the only OPC UA server code in the process) logs an
+///   error for every connection that closes before the OPC UA handshake, which is what
+///   Fabrik's reachability probe before each session is.
+///
+/// (The crates' library names are `opcua_client` and `opcua_server`.)
+const QUIET_LIBRARY_LOGS: &str = "opcua_client::config=error,opcua_server::session::controller=off";
+
 fn init_tracing(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FABRIK_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+    let with_quiet = |directives: &str| {
+        tracing_subscriber::EnvFilter::try_new(format!("{QUIET_LIBRARY_LOGS},{directives}"))
+    };
+    let filter = std::env::var("FABRIK_LOG")
+        .map_err(|_| ())
+        .and_then(|directives| with_quiet(&directives).map_err(|_| ()))
+        .or_else(|()| with_quiet(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
     // Logs go to stderr so stdout carries only the banner (and stays parseable).

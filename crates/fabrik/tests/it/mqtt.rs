@@ -447,6 +447,27 @@ fn the_demo_plant_publishes_through_the_endpoint_within_seconds() {
         // 400 until the first row creates the table.
         status == 200 && rows[0]["n"] == 4
     });
+    // A newcomer's first screen of log: no errors, and no alert rule failing because the
+    // pipeline has not scored yet (the first demo fault comes after 90 s).
+    let startup: Vec<String> = p
+        .drain_log()
+        .into_iter()
+        .take_while(|line| !line.contains("Fault injected"))
+        .collect();
+    let faults: Vec<&String> = startup
+        .iter()
+        .filter(|line| line.contains(" ERROR ") || line.contains("Alert rule evaluation failed"))
+        .collect();
+    assert!(
+        faults.is_empty(),
+        "a healthy demo logs no faults: {faults:#?}"
+    );
+    assert!(
+        startup
+            .iter()
+            .any(|line| line.contains("Alert rule waiting for its table")),
+        "{startup:#?}"
+    );
     let (_, devices) = http(
         &p.url,
         reqwest::Method::GET,
