@@ -82,7 +82,27 @@ impl Endpoint {
             .send()
             .await
             .with_context(|| format!("cannot reach Fabrik at {}", self.url))?;
-        check(response).await
+        self.check(response).await
+    }
+
+    /// [`check`], and when the server wants a token this client did not have, where it
+    /// looked for one.
+    pub(crate) async fn check(
+        &self,
+        response: reqwest::Response,
+    ) -> anyhow::Result<reqwest::Response> {
+        let unauthorized = response.status() == reqwest::StatusCode::UNAUTHORIZED;
+        let result = check(response).await;
+        if unauthorized && self.token().is_none() {
+            return result.with_context(|| {
+                format!(
+                    "no API token: none given with --token or FABRIK_TOKEN, and no {} \
+                     (point --data-dir or FABRIK__STORE__DATA_DIR at the server's data directory)",
+                    self.data_dir.join("admin.token").display()
+                )
+            });
+        }
+        result
     }
 }
 
@@ -159,7 +179,7 @@ pub(crate) async fn query(args: QueryArgs) -> anyhow::Result<()> {
         .send()
         .await
         .with_context(|| format!("cannot reach Fabrik at {}", args.endpoint.url))?;
-    let bytes = check(response).await?.bytes().await?;
+    let bytes = args.endpoint.check(response).await?.bytes().await?;
     match args.format {
         QueryFormat::Table => {
             let reader = fabrik_store::arrow::ipc::reader::StreamReader::try_new(
@@ -238,7 +258,9 @@ pub(crate) async fn write(args: WriteArgs) -> anyhow::Result<()> {
                 .send()
                 .await
                 .with_context(|| format!("cannot reach Fabrik at {}", args.endpoint.url))?;
-            let response = check(response)
+            let response = args
+                .endpoint
+                .check(response)
                 .await
                 .with_context(|| format!("batch starting at input line {first_line} rejected (line numbers in the message count from there)"))?;
             let report: serde_json::Value = response.json().await?;

@@ -181,6 +181,21 @@ fn fabrik_write_and_query_round_trip() {
         .expect("write");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
+    // Without a token anywhere, the refusal says where the CLI looked for one.
+    let elsewhere = tempfile::tempdir().expect("dir");
+    let out = Command::new(fabrik_bin())
+        .args(["query", "SELECT 1", "--url", &p.url, "--data-dir"])
+        .arg(elsewhere.path())
+        .env_remove("FABRIK_TOKEN")
+        .output()
+        .expect("query");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let looked_at = elsewhere.path().join("admin.token");
+    assert!(
+        stderr.contains("no API token") && stderr.contains(&*looked_at.to_string_lossy()),
+        "{stderr}"
+    );
     let (status, _) = p.terminate();
     assert!(status.success());
 }
