@@ -250,9 +250,10 @@ pub struct PipelineConfig {
     /// `decision` (IsolationForest) or `probability` (classifiers).
     #[serde(default = "auto_unit")]
     pub model_output: String,
-    /// Windows each device learns from before it is scored.
-    #[serde(default = "thirty")]
-    pub training_windows: u32,
+    /// Windows each device learns from before it is scored. Unset: 30, or the model's
+    /// minimum where that is more (81 for `dbz`).
+    #[serde(default)]
+    pub training_windows: Option<u32>,
     /// A number, or `quantile:<q>[*<margin>]` of the training windows' scores.
     #[serde(default = "default_threshold")]
     pub threshold: String,
@@ -446,9 +447,6 @@ fn three() -> u32 {
 }
 fn robust_z() -> String {
     "robust_z".into()
-}
-fn thirty() -> u32 {
-    30
 }
 fn default_threshold() -> String {
     "quantile:1.0*1.5".into()
@@ -1182,7 +1180,7 @@ fn array_template(path: &str) -> Option<toml::Table> {
             model_path: Some(String::new()),
             model_name: Some(String::new()),
             model_output: String::new(),
-            training_windows: 0,
+            training_windows: Some(0),
             threshold: String::new(),
             interval: String::new(),
             lateness: String::new(),

@@ -31,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 /// The table every pipeline writes its inferences to.
 pub(crate) const INFERENCES_TABLE: &str = "inferences";
+/// Training windows of a pipeline that names none (unless its model needs more).
+const DEFAULT_TRAINING_WINDOWS: usize = 30;
 /// Rows read per query, so a replay of a long history proceeds in bounded steps.
 const READ_LIMIT: usize = 50_000;
 
@@ -224,9 +226,28 @@ pub(crate) fn compile(config: &PipelineConfig) -> Result<Compiled, Vec<(String, 
             None
         }
     };
-    if config.training_windows == 0 {
-        problem("training_windows", "must be at least 1".into());
-    }
+    let least = match &model {
+        Some(ModelChoice::Builtin(builtin)) => builtin.min_training_windows(),
+        _ => 1,
+    };
+    let training_windows = match config.training_windows {
+        None => DEFAULT_TRAINING_WINDOWS.max(least),
+        Some(0) => {
+            problem("training_windows", "must be at least 1".into());
+            1
+        }
+        Some(n) if (n as usize) < least => {
+            problem(
+                "training_windows",
+                format!(
+                    "model `{}` needs at least {least} training windows, got {n}",
+                    config.model
+                ),
+            );
+            least
+        }
+        Some(n) => n as usize,
+    };
     let interval = parse_duration(&config.interval)
         .ok()
         .filter(|d| !d.is_zero())
@@ -264,7 +285,7 @@ pub(crate) fn compile(config: &PipelineConfig) -> Result<Compiled, Vec<(String, 
                     signals: config.signals.clone(),
                     window,
                     features,
-                    training_windows: config.training_windows as usize,
+                    training_windows,
                     min_samples: config.min_samples as usize,
                     threshold,
                     top_contributions: 5,
@@ -325,7 +346,7 @@ pub(crate) fn demo_pipeline() -> PipelineConfig {
         features: ["mean", "std", "max"].map(String::from).to_vec(),
         min_samples: 3,
         model: "robust_z".into(),
-        training_windows: 12,
+        training_windows: Some(12),
         threshold: "quantile:1.0*1.5".into(),
         interval: "1s".into(),
         lateness: "2s".into(),
@@ -1328,6 +1349,27 @@ mod tests {
             "{problems:?}"
         );
         assert!(problems[0].1.contains("`median`"));
+    }
+
+    #[test]
+    fn too_few_training_windows_for_the_model_are_refused_when_defined() {
+        let mut p = demo_pipeline();
+        p.model = "dbz".into();
+        p.training_windows = Some(12);
+        let problems = compile(&p).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "training_windows");
+        assert!(
+            problems[0].1.contains("`dbz` needs at least 81"),
+            "{problems:?}"
+        );
+        p.training_windows = Some(81);
+        assert!(compile(&p).is_ok());
+        // Unset, it is 30 or the model's minimum, whichever is more.
+        p.training_windows = None;
+        assert_eq!(compile(&p).expect("dbz").spec.training_windows, 81);
+        p.model = "robust_z".into();
+        assert_eq!(compile(&p).expect("robust_z").spec.training_windows, 30);
     }
 
     #[test]

@@ -16,6 +16,9 @@ use super::{RowDetector, RowVerdict, unit_score};
 use crate::MlError;
 
 const NAME: &str = "iforest";
+/// Fewest training rows the forest is fitted on: fewer leave its trees a few levels deep and
+/// its calibrated alarm level a guess.
+pub const MIN_TRAINING_ROWS: usize = 8;
 /// Trees walked side by side.
 const LANES: usize = 8;
 const EULER_GAMMA: f64 = 0.577_215_664_901_532_9;
@@ -425,11 +428,12 @@ impl RowDetector for IsolationForest {
                 reason: format!("training rows of widths {width} and {}", bad.len()),
             });
         }
-        if training_rows.len() < 8 || width == 0 {
+        if training_rows.len() < MIN_TRAINING_ROWS || width == 0 {
             return Err(MlError::Detector {
                 detector: NAME,
                 reason: format!(
-                    "needs at least 8 training rows of at least one value, got {} of {width}",
+                    "needs at least {MIN_TRAINING_ROWS} training rows of at least one value, got \
+                     {} of {width}",
                     training_rows.len()
                 ),
             });

@@ -184,7 +184,9 @@ impl RowDetector for PcaT2Q {
             return Err(MlError::Detector {
                 detector: NAME,
                 reason: format!(
-                    "{n} training rows with {d} varying channels; needs at least channels + 2 rows"
+                    "{n} training rows with {d} varying channels; needs at least {} (varying \
+                     channels + 2, and at least one varying channel)",
+                    d.max(1) + 2
                 ),
             });
         }

@@ -17,6 +17,12 @@ use crate::time::hour_of_day;
 /// Fewest training windows RART takes as its probationary period: two of its eight-sample
 /// feature windows.
 const RART_MIN_TRAINING_WINDOWS: usize = 16;
+/// Fewest training windows robust z takes: a median and a MAD of fewer say little.
+const ROBUST_Z_MIN_TRAINING_WINDOWS: usize = 3;
+/// Fewest training windows Half-Space Trees take to place their work space.
+const HST_MIN_TRAINING_WINDOWS: usize = 8;
+/// PCA T²+Q needs the count of varying features + 2; with one varying feature, 3.
+const PCA_MIN_TRAINING_WINDOWS: usize = 3;
 /// MAD × 1.4826 estimates the standard deviation of normal data.
 const MAD_TO_SIGMA: f64 = 1.4826;
 
@@ -147,8 +153,12 @@ impl WindowModel for RobustZModel {
         "1"
     }
     fn fit(&mut self, rows: &[Vec<f64>]) -> Result<(), MlError> {
-        if rows.len() < 3 {
-            return Err(too_few_windows("robust_z", 3, rows.len()));
+        if rows.len() < ROBUST_Z_MIN_TRAINING_WINDOWS {
+            return Err(too_few_windows(
+                "robust_z",
+                ROBUST_Z_MIN_TRAINING_WINDOWS,
+                rows.len(),
+            ));
         }
         self.medians = column_medians(rows);
         self.scales = self
@@ -253,8 +263,8 @@ impl WindowModel for HstModel {
     }
     fn fit(&mut self, rows: &[Vec<f64>]) -> Result<(), MlError> {
         let width = rows.first().map_or(0, Vec::len);
-        if rows.len() < 8 || width == 0 {
-            return Err(too_few_windows("hst", 8, rows.len()));
+        if rows.len() < HST_MIN_TRAINING_WINDOWS || width == 0 {
+            return Err(too_few_windows("hst", HST_MIN_TRAINING_WINDOWS, rows.len()));
         }
         // Training data fills the middle half of [0, 1], leaving room either side so values
         // beyond the training range land in sparse cells.
@@ -533,6 +543,20 @@ impl BuiltinModel {
         }
     }
 
+    /// The fewest training windows the model fits on, so a pipeline asking for fewer is
+    /// refused when it is defined rather than when its training is done. For PCA T²+Q it is a
+    /// lower bound: it needs two more windows than it has varying features.
+    pub fn min_training_windows(self) -> usize {
+        match self {
+            Self::RobustZ => ROBUST_Z_MIN_TRAINING_WINDOWS,
+            Self::PcaT2Q => PCA_MIN_TRAINING_WINDOWS,
+            Self::Hst => HST_MIN_TRAINING_WINDOWS,
+            Self::IsolationForest => crate::detectors::iforest::MIN_TRAINING_ROWS,
+            Self::Rart => RART_MIN_TRAINING_WINDOWS,
+            Self::Dbz => Dbz::new(DbzConfig::default()).min_training_rows(),
+        }
+    }
+
     /// A fresh, unfitted instance.
     pub fn build(self) -> Box<dyn WindowModel> {
         match self {
@@ -549,6 +573,32 @@ impl BuiltinModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_builtin_model_fits_on_its_stated_minimum_and_not_below() {
+        // One varying feature: the case where PCA T²+Q's bound is exact.
+        let rows: Vec<Vec<f64>> = (0..200)
+            .map(|i| vec![10.0 + ((i * 7919) % 17) as f64 / 8.0])
+            .collect();
+        let times: Vec<i64> = (0..200).map(|i| i * 300_000_000_000).collect();
+        for model in [
+            BuiltinModel::RobustZ,
+            BuiltinModel::PcaT2Q,
+            BuiltinModel::Hst,
+            BuiltinModel::IsolationForest,
+            BuiltinModel::Rart,
+            BuiltinModel::Dbz,
+        ] {
+            let least = model.min_training_windows();
+            let fit = |n: usize| model.build().fit_at(&rows[..n], &times[..n]);
+            assert!(fit(least).is_ok(), "{model:?} on {least}: {:?}", fit(least));
+            let error = fit(least - 1).expect_err("one window short");
+            assert!(
+                error.to_string().contains(&least.to_string()),
+                "{model:?}: {error}"
+            );
+        }
+    }
 
     /// Training rows: feature 0 ~ 10 ± 1, feature 1 ~ 100 ± 5, feature 2 = 2·feature 0.
     fn training() -> Vec<Vec<f64>> {
