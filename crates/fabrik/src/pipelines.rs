@@ -31,6 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 /// The table every pipeline writes its inferences to.
 pub(crate) const INFERENCES_TABLE: &str = "inferences";
+/// Windows closed, none of them complete, after which a pipeline's status says why.
+const STARVED_AFTER_WINDOWS: u64 = 3;
 /// Training windows of a pipeline that names none (unless its model needs more).
 const DEFAULT_TRAINING_WINDOWS: usize = 30;
 /// Rows read per query, so a replay of a long history proceeds in bounded steps.
@@ -972,6 +974,18 @@ impl Runner {
                 .await;
             let counters = pipeline.counters();
             let model_error = pipeline.last_error().map(str::to_owned);
+            // A window shorter than the data's cadence times `min_samples` leaves every window
+            // incomplete: the pipeline runs, trains nothing and would say nothing.
+            let starved = (counters.windows >= STARVED_AFTER_WINDOWS
+                && counters.incomplete_windows == counters.windows)
+                .then(|| {
+                    format!(
+                        "no complete window yet ({} closed); the last: {}. Widen `window` or \
+                         lower `min_samples`",
+                        counters.windows,
+                        pipeline.last_incomplete().unwrap_or("too few samples")
+                    )
+                });
             self.update(|s| {
                 s.devices = counters.training_devices + counters.scoring_devices;
                 s.training_devices = counters.training_devices;
@@ -981,7 +995,7 @@ impl Runner {
                 s.anomalies = counters.anomalies;
                 s.samples = samples;
                 s.horizon = Some(rfc3339(horizon));
-                s.error = result.as_ref().err().cloned().or(model_error);
+                s.error = result.as_ref().err().cloned().or(model_error).or(starved);
             });
             if let Err(e) = result {
                 tracing::debug!(pipeline = %name, error = %e, "Pipeline step failed; retrying.");

@@ -181,6 +181,8 @@ pub struct Pipeline {
     extractor: FeatureExtractor,
     counters: PipelineCounters,
     last_error: Option<String>,
+    /// Why the most recent incomplete window was skipped.
+    last_incomplete: Option<String>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -230,6 +232,7 @@ impl Pipeline {
             extractor: FeatureExtractor::new(),
             counters: PipelineCounters::default(),
             last_error: None,
+            last_incomplete: None,
         })
     }
 
@@ -262,6 +265,12 @@ impl Pipeline {
         self.last_error.as_deref()
     }
 
+    /// Why the most recent incomplete window was skipped, e.g. "device `m-1`: 2 samples of
+    /// `current` in the window, `min_samples` is 3".
+    pub fn last_incomplete(&self) -> Option<&str> {
+        self.last_incomplete.as_deref()
+    }
+
     /// Adds a sample of `device` (values in signal order).
     pub fn push(&mut self, device: &str, row: Row) {
         let window = self.spec.window;
@@ -283,8 +292,21 @@ impl Pipeline {
         for (device, state) in &mut self.devices {
             for window in state.windows.close(horizon_ns) {
                 self.counters.windows += 1;
-                if !window_features(&mut self.extractor, &self.spec, &window, &mut features) {
+                if let Err(shortfall) =
+                    window_features(&mut self.extractor, &self.spec, &window, &mut features)
+                {
                     self.counters.incomplete_windows += 1;
+                    self.last_incomplete = Some(match shortfall {
+                        Shortfall::Samples { signal, samples } => format!(
+                            "device `{device}`: {samples} sample(s) of `{}` in the window, \
+                             `min_samples` is {}",
+                            self.spec.signals[signal],
+                            self.spec.min_samples.max(1)
+                        ),
+                        Shortfall::NotFinite => format!(
+                            "device `{device}`: a feature of the window is not a finite number"
+                        ),
+                    });
                     continue;
                 }
                 match step(
@@ -313,13 +335,21 @@ impl Pipeline {
     }
 }
 
-/// Fills `out` with the window's features; false when a signal has too few samples.
+/// Why a window was not scored.
+enum Shortfall {
+    /// Signal number `signal` had only `samples` finite values.
+    Samples { signal: usize, samples: usize },
+    /// A feature came out NaN or infinite.
+    NotFinite,
+}
+
+/// Fills `out` with the window's features, or says why the window cannot be scored.
 fn window_features(
     extractor: &mut FeatureExtractor,
     spec: &PipelineSpec,
     window: &Window,
     out: &mut Vec<f64>,
-) -> bool {
+) -> Result<(), Shortfall> {
     out.clear();
     let mut times = Vec::with_capacity(window.rows.len());
     let mut values = Vec::with_capacity(window.rows.len());
@@ -335,11 +365,18 @@ fn window_features(
             }
         }
         if values.len() < spec.min_samples.max(1) {
-            return false;
+            return Err(Shortfall::Samples {
+                signal: j,
+                samples: values.len(),
+            });
         }
         extractor.extract(&times, &values, &spec.features, out);
     }
-    out.iter().all(|v| v.is_finite())
+    if out.iter().all(|v| v.is_finite()) {
+        Ok(())
+    } else {
+        Err(Shortfall::NotFinite)
+    }
 }
 
 fn step(
@@ -492,6 +529,12 @@ mod tests {
         }
         assert!(p.advance(10 * S).is_empty());
         assert_eq!(p.counters().incomplete_windows, 1);
+        let why = p.last_incomplete().expect("a reason");
+        let second = &p.spec().signals[1];
+        assert!(
+            why.contains("pump-01") && why.contains(&format!("0 sample(s) of `{second}`")),
+            "{why}"
+        );
     }
 
     #[test]

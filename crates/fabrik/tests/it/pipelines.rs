@@ -40,6 +40,16 @@ site = "no-such-site"
 signals = ["vibration"]
 interval = "200ms"
 start = "earliest"
+
+[[pipelines]]
+name = "too-short"
+table = "pump"
+signals = ["vibration"]
+window = "2s"
+min_samples = 3
+interval = "200ms"
+lateness = "0s"
+start = "earliest"
 "#;
 
 /// 600 s of two pumps at 1 Hz ending an hour ago; pump-a's vibration jumps by 3 from
@@ -209,6 +219,21 @@ fn a_replayed_fault_is_flagged_explained_and_traced_to_its_samples() {
             .is_some_and(|e| e.contains("no registered device")),
         "{elsewhere}"
     );
+    // Two samples per 2 s window against `min_samples` 3: never a complete window, and the
+    // status says why instead of nothing.
+    eventually("the starved pipeline says why", || {
+        let (_, too_short) = http(
+            &p.url,
+            reqwest::Method::GET,
+            "/api/v1/pipelines/too-short",
+            None,
+        );
+        let why = too_short["error"].as_str().unwrap_or_default();
+        too_short["inferences"] == 0
+            && why.contains("no complete window yet")
+            && why.contains("2 sample(s) of `vibration`")
+            && why.contains("`min_samples` is 3")
+    });
     let (code, _) = http(&p.url, reqwest::Method::GET, "/api/v1/pipelines/nope", None);
     assert_eq!(code, 404);
     let (status, _) = p.terminate();
