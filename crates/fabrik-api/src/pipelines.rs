@@ -59,6 +59,8 @@ pub struct PipelineStatus {
     pub error: Option<String>,
     /// Input table.
     pub table: String,
+    /// The SQL condition rows must meet to enter windows, if any.
+    pub filter: Option<String>,
     /// Input signals.
     pub signals: Vec<String>,
     /// Model name.

@@ -1071,7 +1071,7 @@ async function pagePipelines(p, args) {
     if (!x) { patch($('#pl-def'), html`<div class="notice bad">Pipeline ${name} not found.</div>`); return; }
     patch($('#pl-state'), pill(x.state));
     patch($('#pl-def'), html`${x.error ? html`<div class="notice ${x.state === 'failed' ? 'bad' : 'warn'}">${x.error}</div>` : ''}
-      <div class="grid cols-2"><dl class="kv"><dt>Input table</dt><dd class="mono">${x.table}</dd><dt>Signals</dt><dd>${x.signals.map((s) => html`<span class="tag">${s}</span>`)}</dd>
+      <div class="grid cols-2"><dl class="kv"><dt>Input table</dt><dd class="mono">${x.table}</dd>${x.filter ? html`<dt>Rows where</dt><dd class="mono">${x.filter}</dd>` : ''}<dt>Signals</dt><dd>${x.signals.map((s) => html`<span class="tag">${s}</span>`)}</dd>
         <dt>Model</dt><dd>${x.model}</dd><dt>Defined in</dt><dd>${({ config: 'the configuration file', api: 'the API (kept across restarts)', demo: 'the demo plant' })[x.origin] || x.origin}</dd><dt>Window</dt><dd>${x.window}</dd><dt>Threshold</dt><dd class="mono">${x.threshold}</dd><dt>Features</dt><dd>${x.features.length}</dd></dl>
       <div class="stats" style="grid-template-columns:repeat(3,minmax(0,1fr));margin:0">
         ${[['Devices', x.devices], ['Training', x.training_devices], ['Windows', x.windows], ['Inferences', x.inferences], ['Anomalies', x.anomalies], ['Incomplete', x.incomplete_windows]].map(([k, v]) => html`<div class="stat"><div class="label">${k}</div><div class="value" style="font-size:20px">${fmtNum(v)}</div></div>`)}

@@ -220,6 +220,11 @@ pub struct PipelineConfig {
     /// Only devices with this label, `key=value` (from the device registry).
     #[serde(default)]
     pub label: Option<String>,
+    /// A SQL condition over the table's columns: only rows where it holds enter windows, so
+    /// a model learns and scores one operating state (`running` scores a pump only while it
+    /// runs; its stops are then not anomalies).
+    #[serde(default)]
+    pub filter: Option<String>,
     /// Field columns fed to the model, in order.
     pub signals: Vec<String>,
     /// Window length: a duration (`10s`) or a sample count (`256 samples`).
@@ -1171,6 +1176,7 @@ fn array_template(path: &str) -> Option<toml::Table> {
             site: Some(String::new()),
             device_type: Some(String::new()),
             label: Some(String::new()),
+            filter: Some(String::new()),
             signals: Vec::new(),
             window: String::new(),
             hop: Some(String::new()),

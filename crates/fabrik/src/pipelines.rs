@@ -277,6 +277,11 @@ pub(crate) fn compile(config: &PipelineConfig) -> Result<Compiled, Vec<(String, 
     {
         problem("label", format!("`{label}`: expected `key=value`"));
     }
+    if let Some(filter) = &config.filter
+        && (filter.contains(';') || filter.trim().is_empty())
+    {
+        problem("filter", "must be one SQL condition".into());
+    }
     match (model, threshold, window, interval, lateness_ns) {
         (Some(model), Some(threshold), Some(window), Some(interval), Some(lateness_ns))
             if problems.is_empty() =>
@@ -337,6 +342,8 @@ pub(crate) fn demo_pipeline() -> PipelineConfig {
         site: None,
         device_type: None,
         label: None,
+        // The pumps stop and start on a duty cycle; a stop is normal, not an anomaly.
+        filter: Some("running".into()),
         model_path: None,
         model_name: None,
         model_output: "auto".into(),
@@ -383,6 +390,7 @@ fn status_of(
         state,
         error,
         table: c.table.clone(),
+        filter: c.filter.clone(),
         signals: c.signals.clone(),
         model: c.model.clone(),
         features,
@@ -1114,6 +1122,9 @@ impl Runner {
         if let Some(after) = after {
             sql.push_str(&format!(" AND time > to_timestamp_nanos({after})"));
         }
+        if let Some(filter) = &c.filter {
+            sql.push_str(&format!(" AND ({filter})"));
+        }
         if let Some(devices) = devices {
             let list: Vec<String> = devices
                 .iter()
@@ -1355,11 +1366,12 @@ mod tests {
         bad.window = "100 samples".into();
         bad.hop = Some("5s".into());
         bad.start = "yesterday".into();
+        bad.filter = Some("running; DROP TABLE pump".into());
         let problems = compile(&bad).unwrap_err();
         let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(
             fields,
-            vec!["features", "model", "hop", "start"],
+            vec!["features", "model", "hop", "start", "filter"],
             "{problems:?}"
         );
         assert!(problems[0].1.contains("`median`"));

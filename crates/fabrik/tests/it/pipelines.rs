@@ -880,3 +880,90 @@ fn a_stored_definition_that_does_not_compile_survives_its_model_being_uploaded()
     let (status, _) = p.terminate();
     assert!(status.success());
 }
+
+/// A pipeline's `filter` keeps one operating state: a pump that stops for a minute is
+/// flagged by a pipeline that sees every row, and not by one that reads `running` rows only.
+#[test]
+fn a_filtered_pipeline_learns_and_scores_one_operating_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("fabrik.toml");
+    let pipeline = |name: &str, filter: &str| {
+        format!(
+            "[[pipelines]]\nname = \"{name}\"\ntable = \"pump\"\nsignals = [\"vibration\", \
+             \"current\"]\nwindow = \"10s\"\ntraining_windows = 20\n{filter}\
+             interval = \"200ms\"\nlateness = \"0s\"\nstart = \"earliest\"\n\n"
+        )
+    };
+    std::fs::write(
+        &config,
+        pipeline("every-row", "") + &pipeline("running-only", "filter = \"running\"\n"),
+    )
+    .expect("config");
+    let p = Process::start_with_args(
+        &dir.path().join("data"),
+        &["--config", config.to_str().expect("utf-8")],
+        &[],
+    );
+    // 600 s at 1 Hz ending an hour ago, windows aligned; the pump stops from 400 s to 460 s.
+    let start = (now_ns() - 3600 * SECOND) / (10 * SECOND) * (10 * SECOND);
+    let mut body = String::new();
+    for t in 0..600i64 {
+        let wobble = ((t * 7919) % 13) as f64 / 13.0;
+        let running = !(400..460).contains(&t);
+        let (vibration, current) = if running {
+            (2.0 + wobble * 0.2, 10.0 + wobble)
+        } else {
+            (0.01 * wobble, 0.02)
+        };
+        body.push_str(&format!(
+            "pump,device=pump-a running={running},vibration={vibration},current={current} {}\n",
+            start + t * SECOND
+        ));
+    }
+    assert_eq!(
+        crate::support::post_status(&p.url, "/api/v1/write", &body),
+        200
+    );
+    // 60 windows; 20 train; the filtered pipeline never sees the six stopped ones.
+    await_inferences(
+        &p.url,
+        "every-row",
+        40,
+        "every window after training is scored",
+    );
+    await_inferences(
+        &p.url,
+        "running-only",
+        34,
+        "only running windows are scored",
+    );
+    let stopped = |name: &str| {
+        blocking_query_count(
+            &p.url,
+            &format!(
+                "SELECT count(*) FROM inferences WHERE pipeline = '{name}' AND flag = true \
+                 AND window_start >= {} AND window_start < {}",
+                start + 400 * SECOND,
+                start + 460 * SECOND
+            ),
+        )
+    };
+    assert_eq!(
+        stopped("every-row"),
+        6,
+        "the stop is unlike anything it learnt"
+    );
+    assert_eq!(stopped("running-only"), 0);
+    let flagged_running = blocking_query_count(
+        &p.url,
+        "SELECT count(*) FROM inferences WHERE pipeline = 'running-only' AND flag = true",
+    );
+    assert_eq!(
+        flagged_running, 0,
+        "nothing else about this pump is unusual"
+    );
+    let (_, status) = pipeline_status(&p.url, "running-only");
+    assert_eq!(status["filter"], "running", "{status}");
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}
