@@ -159,6 +159,10 @@ async fn register_field(registry: &Registry, site: &str, field: &DemoField) -> R
     Ok(())
 }
 const FAULT_EVERY: Duration = Duration::from_secs(90);
+/// The first fault waits until the demo's pump pipeline has trained (twelve 10 s windows,
+/// plus the first, partial one): a fault during training is learnt as normal, and a
+/// newcomer's first fault would go unseen.
+const FIRST_FAULT_AFTER: Duration = Duration::from_secs(150);
 
 /// Registers the plant's devices (a device already registered gets a fresh token) and returns
 /// their credentials.
@@ -222,14 +226,16 @@ async fn register_edge_node(
     })
 }
 
-/// Cycles through [`FAULT_CYCLE`] until `stop`.
+/// Cycles through [`FAULT_CYCLE`] until `stop`, the first after [`FIRST_FAULT_AFTER`].
 pub(crate) async fn inject_faults(board: FaultBoard, stop: CancellationToken) {
     let mut next = 0;
+    let mut wait = FIRST_FAULT_AFTER;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(FAULT_EVERY) => {}
+            _ = tokio::time::sleep(wait) => {}
         }
+        wait = FAULT_EVERY;
         let (device, kind) = FAULT_CYCLE[next % FAULT_CYCLE.len()];
         board.inject(Fault {
             device: device.into(),
@@ -521,4 +527,25 @@ pub(crate) async fn sim(args: SimArgs) -> anyhow::Result<()> {
         let _ = task.await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_fault_comes_after_the_demo_pipeline_has_trained() {
+        let pipeline = crate::pipelines::demo_pipeline();
+        let window = fabrik_runtime::units::parse_duration(&pipeline.window).expect("window");
+        let lateness = fabrik_runtime::units::parse_duration(&pipeline.lateness).expect("late");
+        let windows = pipeline
+            .training_windows
+            .expect("the demo names its training")
+            + 1;
+        let trained = window * windows + lateness;
+        assert!(
+            FIRST_FAULT_AFTER > trained,
+            "{FIRST_FAULT_AFTER:?} vs {trained:?}"
+        );
+    }
 }
