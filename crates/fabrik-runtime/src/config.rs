@@ -259,9 +259,11 @@ pub struct PipelineConfig {
     /// minimum where that is more (81 for `dbz`).
     #[serde(default)]
     pub training_windows: Option<u32>,
-    /// A number, or `quantile:<q>[*<margin>]` of the training windows' scores.
-    #[serde(default = "default_threshold")]
-    pub threshold: String,
+    /// A number, or `quantile:<q>[*<margin>]` of the training windows' scores. Unset: the
+    /// model's own alarm level where its scores have one (`dbz` 1.0, `rart` 0.72), else
+    /// `quantile:1.0*1.5`.
+    #[serde(default)]
+    pub threshold: Option<String>,
     /// How often new data is read.
     #[serde(default = "one_second")]
     pub interval: String,
@@ -452,9 +454,6 @@ fn three() -> u32 {
 }
 fn robust_z() -> String {
     "robust_z".into()
-}
-fn default_threshold() -> String {
-    "quantile:1.0*1.5".into()
 }
 fn one_second() -> String {
     "1s".into()
@@ -1187,7 +1186,7 @@ fn array_template(path: &str) -> Option<toml::Table> {
             model_name: Some(String::new()),
             model_output: String::new(),
             training_windows: Some(0),
-            threshold: String::new(),
+            threshold: Some(String::new()),
             interval: String::new(),
             lateness: String::new(),
             start: String::new(),

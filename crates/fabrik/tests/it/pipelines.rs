@@ -257,7 +257,6 @@ window = "10s"
 features = ["mean"]
 model = "rart"
 training_windows = 20
-threshold = "0.7"
 interval = "200ms"
 lateness = "0s"
 start = "earliest"
@@ -271,7 +270,6 @@ min_samples = 2
 features = ["mean"]
 model = "dbz"
 training_windows = 100
-threshold = "1.0"
 interval = "200ms"
 lateness = "0s"
 start = "earliest"
@@ -291,6 +289,11 @@ start = "earliest"
         80,
         "the pipeline scores every window after training",
     );
+    // Neither names a threshold: each gets its model's own alarm level.
+    for (name, threshold) in [("pumps-rart", "0.72"), ("pumps-dbz", "1.0")] {
+        let (_, status) = pipeline_status(&p.url, name);
+        assert_eq!(status["threshold"], threshold, "{status}");
+    }
     let first = first_flag(&p.url, "pumps-rart", "rart");
     assert_eq!(
         first["window_start"].as_i64(),
