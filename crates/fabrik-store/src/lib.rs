@@ -934,12 +934,32 @@ impl Store {
 
 fn query_error(e: datafusion::error::DataFusionError) -> StoreError {
     use datafusion::error::DataFusionError as E;
+    // The planner wraps its errors (diagnostics, context); the cause is the root.
+    if let E::Plan(message) = e.find_root()
+        && let Some(explained) = explain_missing_table(message)
+    {
+        return StoreError::Query(explained);
+    }
     match e {
         E::ObjectStore(_) | E::IoError(_) | E::ParquetError(_) | E::Internal(_) => {
             StoreError::Internal(e.to_string())
         }
         other => StoreError::Query(other.to_string()),
     }
+}
+
+/// DataFusion says "table 'datafusion.public.pump' not found", naming its internal catalog
+/// and schema; a table here exists once rows have been written to it, which is what a user
+/// asking for it before its first write needs to know.
+fn explain_missing_table(message: &str) -> Option<String> {
+    let name = message
+        .strip_prefix("table '")?
+        .strip_suffix("' not found")?;
+    let name = name.strip_prefix("datafusion.public.").unwrap_or(name);
+    Some(format!(
+        "table `{name}` not found: a table exists once rows have been written to it \
+         (GET /api/v1/tables lists them)"
+    ))
 }
 
 async fn remove_orphan_segments(objects: &Objects, manifest: &Manifest) -> Result<(), StoreError> {

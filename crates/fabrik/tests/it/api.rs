@@ -120,6 +120,20 @@ async fn csv_and_arrow_results_by_accept_header() {
     let batches: Vec<_> = reader.collect::<Result<_, _>>().expect("batches");
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
     assert_eq!(batches[0].schema().field(0).name(), "h");
+    // A table before its first write: a 400 that says so in this product's terms.
+    let missing = s
+        .post("/api/v1/query")
+        .json(&serde_json::json!({"sql": "SELECT * FROM inferences"}))
+        .send()
+        .await
+        .expect("missing");
+    assert_eq!(missing.status(), 400);
+    let body: serde_json::Value = missing.json().await.expect("json");
+    let message = body["error"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("table `inferences` not found: a table exists once rows"),
+        "{body}"
+    );
     s.shutdown().await;
 }
 
