@@ -342,7 +342,7 @@ pub struct AlertRuleConfig {
     #[serde(default)]
     pub filter: Option<String>,
     /// `above`, `below`, `rate_above` (units per second) or `absent` (no row for `threshold`
-    /// seconds).
+    /// seconds, counted from the key's last row, also one stored before a restart).
     pub condition: String,
     /// The firing level (seconds of silence for `absent`).
     pub threshold: f64,

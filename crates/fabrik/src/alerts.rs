@@ -622,6 +622,17 @@ impl Evaluator {
         } else {
             Some(Timestamp::now().nanos())
         };
+        if read_after.is_some()
+            && matches!(self.rule.rule.condition, Condition::Absent { .. })
+            && let Err(e) = self.recall_last_seen().await
+        {
+            tracing::warn!(
+                rule = %name,
+                error = %e,
+                "Heartbeat rule could not read when its keys last reported; it watches those \
+                 that report from now on."
+            );
+        }
         let mut ticker = tokio::time::interval(self.rule.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_problem = String::new();
@@ -650,6 +661,59 @@ impl Evaluator {
                 Err(_) => {}
             }
         }
+    }
+
+    /// Tells a heartbeat (`absent`) rule when each key of its table last reported, so a key
+    /// that went silent before this process started is still missed: reading only rows from
+    /// now on, the rule would never hear of it.
+    async fn recall_last_seen(&self) -> Result<(), String> {
+        let c = &self.rule.config;
+        if !self.store.tables().iter().any(|t| t.name == c.table) {
+            return Ok(());
+        }
+        let mut sql = format!(
+            "SELECT \"{key}\" AS key, CAST(max(time) AS BIGINT) AS last FROM \"{table}\"",
+            key = c.key,
+            table = c.table
+        );
+        if let Some(filter) = &c.filter {
+            sql.push_str(&format!(" WHERE ({filter})"));
+        }
+        sql.push_str(&format!(" GROUP BY \"{}\"", c.key));
+        let output = self.store.query(&sql).await.map_err(|e| e.to_string())?;
+        let mut observations = Vec::new();
+        for batch in &output.batches {
+            let cast = |i: usize, to: &DataType| {
+                datafusion::arrow::compute::cast(batch.column(i), to).map_err(|e| e.to_string())
+            };
+            let keys = cast(0, &DataType::Utf8)?;
+            let keys = keys
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or("key did not cast")?;
+            let times = cast(1, &DataType::Int64)?;
+            let times = times
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or("time did not cast")?;
+            for row in 0..batch.num_rows() {
+                if keys.is_null(row) || times.is_null(row) {
+                    continue;
+                }
+                observations.push(Observation {
+                    key: keys.value(row).to_owned(),
+                    time_ns: times.value(row),
+                    // Any finite value: for a heartbeat only the time counts.
+                    value: 0.0,
+                    context: BTreeMap::new(),
+                });
+            }
+        }
+        self.alerting
+            .observe(&c.name, &observations)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
     }
 
     /// Reads the rule's new rows and advances its clock. A table that does not exist yet has

@@ -568,3 +568,104 @@ to = ["lead@plant.example"]
     let (status, _) = p.terminate();
     assert!(status.success());
 }
+
+/// A heartbeat (`absent`) rule across a restart: a device that last reported an hour ago,
+/// before this process started, is missed from its last report; one that reports again
+/// resolves it.
+#[test]
+fn a_heartbeat_rule_misses_a_device_that_went_silent_before_the_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("fabrik.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[alerting.rules]]
+name = "heartbeat"
+table = "beat"
+value = "1"
+key = "device"
+condition = "absent"
+threshold = 30
+interval = "200ms"
+"#,
+    )
+    .expect("config");
+    let data = dir.path().join("data");
+    let args = ["--config", config.to_str().expect("utf-8")];
+    let now_ns = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos(),
+    )
+    .expect("ns");
+    let an_hour_ago = now_ns - 3600 * SECOND;
+    let p = Process::start_with_args(&data, &args, &[]);
+    assert_eq!(
+        crate::support::post_status(
+            &p.url,
+            "/api/v1/write",
+            &format!("beat,device=gw-1 up=1 {an_hour_ago}\nbeat,device=gw-2 up=1 {now_ns}\n"),
+        ),
+        200
+    );
+    let (status, _) = p.terminate();
+    assert!(status.success());
+
+    // Restarted, the rule reads only new rows; gw-1's silence began an hour ago all the same.
+    let p = Process::start_with_args(&data, &args, &[]);
+    let mut missed = serde_json::Value::Null;
+    eventually("the silent gateway is missed", || {
+        let (_, alerts) = http(
+            &p.url,
+            reqwest::Method::GET,
+            "/api/v1/alerts?state=firing",
+            None,
+        );
+        missed = alerts
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["key"] == "gw-1").cloned())
+            .unwrap_or_default();
+        !missed.is_null()
+    });
+    let started = missed["started_at"].as_str().expect("started_at");
+    let written = time_text(an_hour_ago);
+    assert!(
+        started.starts_with(&written[..16]),
+        "silent since its last report ({written}): {missed}"
+    );
+    // gw-2 reported a moment ago: not silent for 30 s yet.
+    let (_, alerts) = http(&p.url, reqwest::Method::GET, "/api/v1/alerts", None);
+    assert!(
+        alerts
+            .as_array()
+            .is_some_and(|a| a.iter().all(|x| x["key"] != "gw-2")),
+        "{alerts}"
+    );
+    // A report ends the silence.
+    assert_eq!(
+        crate::support::post_status(&p.url, "/api/v1/write", "beat,device=gw-1 up=1\n"),
+        200
+    );
+    eventually("the gateway's alert resolves", || {
+        let (_, alert) = http(
+            &p.url,
+            reqwest::Method::GET,
+            &format!(
+                "/api/v1/alerts/{}",
+                missed["id"].as_str().expect("id").replace('~', "%7E")
+            ),
+            None,
+        );
+        alert["state"] == "resolved"
+    });
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}
+
+/// `ns` as RFC 3339 UTC text, to the second.
+fn time_text(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns)
+        .format("%Y-%m-%dT%H:%M:%S")
+        .to_string()
+}
