@@ -151,6 +151,16 @@ impl RuleEngine {
         state.since_ns = started_ns;
     }
 
+    /// Tells the rule when `key` last reported, from data stored before this engine
+    /// started, so an absence counts from then. Changes no alert: a restored firing alert
+    /// stays firing while the silence lasts, instead of resolving on a report it never got.
+    pub fn recall_last_seen(&mut self, key: &str, time_ns: i64) {
+        let state = self.keys.entry(key.to_owned()).or_default();
+        if state.last_time_ns.is_none_or(|t| t < time_ns) {
+            state.last_time_ns = Some(time_ns);
+        }
+    }
+
     /// Feeds observations (any order across keys; in time order per key).
     pub fn observe(&mut self, observations: &[Observation]) -> Vec<Transition> {
         let mut out = Vec::new();
@@ -443,6 +453,25 @@ mod tests {
         assert_eq!(states(&t), vec![("a", AlertState::Resolved, 95)]);
         // No repeated firing transitions while it stays silent.
         assert!(e.tick(120 * S, &["b".into()]).is_empty());
+    }
+
+    #[test]
+    fn a_recalled_report_dates_a_silence_and_keeps_a_restored_alert_firing() {
+        let mut e = RuleEngine::new(rule(Condition::Absent { after_ns: 60 * S }, 0));
+        // Silent since 10 s, long before this engine started at 1000 s.
+        e.recall_last_seen("a", 10 * S);
+        let t = e.tick(1000 * S, &[]);
+        assert_eq!(states(&t), vec![("a", AlertState::Firing, 1000)]);
+        assert_eq!(t[0].started_ns, 10 * S);
+        // After a restart the firing alert is restored and its last report recalled: it
+        // neither resolves nor fires again while the silence lasts.
+        let mut e = RuleEngine::new(rule(Condition::Absent { after_ns: 60 * S }, 0));
+        e.restore_firing("a", 10 * S);
+        e.recall_last_seen("a", 10 * S);
+        assert!(e.tick(2000 * S, &[]).is_empty());
+        assert!(e.tick(2001 * S, &[]).is_empty());
+        let t = e.observe(&[obs("a", 2002, 1.0)]);
+        assert_eq!(states(&t), vec![("a", AlertState::Resolved, 2002)]);
     }
 
     #[test]

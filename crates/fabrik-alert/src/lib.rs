@@ -56,6 +56,18 @@ pub fn alert_id(rule: &str, key: &str, started_ns: i64) -> String {
     format!("{}~{}~{started_ns}", clean(rule), clean(key))
 }
 
+/// When `alert` started, to the nanosecond: from its id, which [`alert_id`] made from the
+/// exact time. `started_at` is shown to the millisecond, and a restored alert started at
+/// that rounded time would resolve under another id while the original stayed firing.
+fn started_ns(alert: &Alert) -> i64 {
+    alert
+        .id
+        .rsplit_once('~')
+        .and_then(|(_, ns)| ns.parse().ok())
+        .or_else(|| model::parse_rfc3339(&alert.started_at))
+        .unwrap_or(0)
+}
+
 fn now_ns() -> i64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -80,8 +92,7 @@ impl Alerting {
         for alert in db.open_alerts().await? {
             match engines.get_mut(&alert.rule) {
                 Some(engine) if alert.state == AlertState::Firing => {
-                    let started = model::parse_rfc3339(&alert.started_at).unwrap_or(0);
-                    engine.restore_firing(&alert.key, started);
+                    engine.restore_firing(&alert.key, started_ns(&alert));
                 }
                 // A pending alert restarts its `for` from fresh data; a rule that no longer
                 // exists cannot resolve its alerts, so they are closed now.
@@ -115,6 +126,26 @@ impl Alerting {
     /// The database (for listings).
     pub fn db(&self) -> &AlertDb {
         &self.db
+    }
+
+    /// Tells heartbeat rule `rule` when each key last reported before this process started
+    /// (see [`RuleEngine::recall_last_seen`]).
+    pub fn recall_last_seen(
+        &self,
+        rule: &str,
+        last_seen: &[(String, i64)],
+    ) -> Result<(), AlertError> {
+        let mut engines = self.engines.lock();
+        let Some(engine) = engines.get_mut(rule) else {
+            return Err(AlertError::NotFound {
+                what: "rule",
+                id: rule.to_owned(),
+            });
+        };
+        for (key, time_ns) in last_seen {
+            engine.recall_last_seen(key, *time_ns);
+        }
+        Ok(())
     }
 
     /// Feeds observations of `rule`; records and notifies what changes.
@@ -385,6 +416,42 @@ mod tests {
     use super::*;
 
     const S: i64 = 1_000_000_000;
+
+    /// An inference is stamped at its window's last instant (…9.999999999 s); its alert's
+    /// `started_at` shows milliseconds only.
+    #[tokio::test]
+    async fn a_restored_alert_started_between_milliseconds_resolves_under_its_own_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alerts.db");
+        let open = || Alerting::open(&path, vec![rule()], Vec::new(), "http://x".into());
+        let started = 10 * S - 1;
+        let observation = |time_ns: i64, value: f64| Observation {
+            key: "oven-1".into(),
+            time_ns,
+            value,
+            context: BTreeMap::new(),
+        };
+        let alerting = open().await.unwrap();
+        alerting
+            .observe("hot", &[observation(started, 85.0)])
+            .await
+            .unwrap();
+        drop(alerting);
+        let alerting = open().await.unwrap();
+        let t = alerting
+            .observe("hot", &[observation(20 * S, 60.0)])
+            .await
+            .unwrap();
+        let id = alert_id("hot", "oven-1", started);
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!(t[0].started_ns, started);
+        assert_eq!(
+            alerting.db().get(&id).await.unwrap().state,
+            AlertState::Resolved
+        );
+        let open_alerts = alerting.db().open_alerts().await.unwrap();
+        assert!(open_alerts.is_empty(), "{open_alerts:?}");
+    }
 
     fn rule() -> Rule {
         Rule {

@@ -681,7 +681,7 @@ impl Evaluator {
         }
         sql.push_str(&format!(" GROUP BY \"{}\"", c.key));
         let output = self.store.query(&sql).await.map_err(|e| e.to_string())?;
-        let mut observations = Vec::new();
+        let mut last_seen = Vec::new();
         for batch in &output.batches {
             let cast = |i: usize, to: &DataType| {
                 datafusion::arrow::compute::cast(batch.column(i), to).map_err(|e| e.to_string())
@@ -700,20 +700,12 @@ impl Evaluator {
                 if keys.is_null(row) || times.is_null(row) {
                     continue;
                 }
-                observations.push(Observation {
-                    key: keys.value(row).to_owned(),
-                    time_ns: times.value(row),
-                    // Any finite value: for a heartbeat only the time counts.
-                    value: 0.0,
-                    context: BTreeMap::new(),
-                });
+                last_seen.push((keys.value(row).to_owned(), times.value(row)));
             }
         }
         self.alerting
-            .observe(&c.name, &observations)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(())
+            .recall_last_seen(&c.name, &last_seen)
+            .map_err(|e| e.to_string())
     }
 
     /// Reads the rule's new rows and advances its clock. A table that does not exist yet has

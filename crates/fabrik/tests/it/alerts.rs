@@ -642,6 +642,20 @@ interval = "200ms"
             .is_some_and(|a| a.iter().all(|x| x["key"] != "gw-2")),
         "{alerts}"
     );
+    // Restarted while the alert fires, the silence goes on: the same alert stays firing,
+    // neither resolved by the restart nor fired anew.
+    let (status, _) = p.terminate();
+    assert!(status.success());
+    let p = Process::start_with_args(&data, &args, &[]);
+    std::thread::sleep(std::time::Duration::from_secs(2)); // ten evaluations
+    let (_, alerts) = http(&p.url, reqwest::Method::GET, "/api/v1/alerts", None);
+    let gw1: Vec<&serde_json::Value> = alerts
+        .as_array()
+        .map(|a| a.iter().filter(|x| x["key"] == "gw-1").collect())
+        .unwrap_or_default();
+    assert_eq!(gw1.len(), 1, "{alerts}");
+    assert_eq!(gw1[0]["id"], missed["id"], "{alerts}");
+    assert_eq!(gw1[0]["state"], "firing", "{alerts}");
     // A report ends the silence.
     assert_eq!(
         crate::support::post_status(&p.url, "/api/v1/write", "beat,device=gw-1 up=1\n"),
