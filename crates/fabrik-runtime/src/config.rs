@@ -270,7 +270,9 @@ pub struct PipelineConfig {
     /// How long to wait for late samples before a window is closed.
     #[serde(default = "two_seconds")]
     pub lateness: String,
-    /// Where reading starts: `now`, or `earliest` (replay everything stored).
+    /// Where reading starts: `now` (score windows from now on, after training on the stored
+    /// windows just before, if any: time windows only), or `earliest` (replay everything
+    /// stored).
     #[serde(default = "now")]
     pub start: String,
 }

@@ -986,7 +986,17 @@ impl Runner {
         let mut read_after: Option<i64> = if self.compiled.replay {
             None
         } else {
-            Some(Timestamp::now().nanos() - self.compiled.lateness_ns)
+            let start = Timestamp::now().nanos() - self.compiled.lateness_ns;
+            Some(match self.history_to_train_on() {
+                // Train on the stored windows just before the start, if there are any, so a
+                // pipeline defined or restarted where data already flows scores at once
+                // instead of waiting `training_windows` windows. History is never scored.
+                Some(lookback_ns) => {
+                    pipeline.train_only_until(start);
+                    start.saturating_sub(lookback_ns)
+                }
+                None => start,
+            })
         };
         let mut samples = 0u64;
         let mut ticker = tokio::time::interval(self.compiled.interval);
@@ -1035,6 +1045,22 @@ impl Runner {
     fn update(&self, change: impl FnOnce(&mut PipelineStatus)) {
         if let Some(status) = self.board.write().get_mut(&self.compiled.config.name) {
             change(status);
+        }
+    }
+
+    /// How far back before its start a `start = "now"` pipeline reads stored rows to train
+    /// on: its training windows, one more (the first is usually partial) and a window's
+    /// length. `None` for count windows, whose span in time is unknown.
+    fn history_to_train_on(&self) -> Option<i64> {
+        match self.compiled.spec.window {
+            WindowSpec::Time { size_ns, hop_ns } => {
+                let windows = i64::try_from(self.compiled.spec.training_windows).ok()?;
+                windows
+                    .checked_add(1)?
+                    .checked_mul(hop_ns)?
+                    .checked_add(size_ns)
+            }
+            WindowSpec::Count { .. } => None,
         }
     }
 

@@ -183,6 +183,8 @@ pub struct Pipeline {
     last_error: Option<String>,
     /// Why the most recent incomplete window was skipped.
     last_incomplete: Option<String>,
+    /// Windows ending at or before this (stored history read at start) only train.
+    history_until_ns: i64,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -233,6 +235,7 @@ impl Pipeline {
             counters: PipelineCounters::default(),
             last_error: None,
             last_incomplete: None,
+            history_until_ns: i64::MIN,
         })
     }
 
@@ -263,6 +266,14 @@ impl Pipeline {
     /// The most recent model error, if any.
     pub fn last_error(&self) -> Option<&str> {
         self.last_error.as_deref()
+    }
+
+    /// Windows ending at or before `end_ns` are stored history: they train a device's model
+    /// (its first `training_windows` complete ones) but are never scored, so a pipeline that
+    /// starts, or restarts, on recent history scores only windows still to come and never
+    /// writes a second inference for a window scored before.
+    pub fn train_only_until(&mut self, end_ns: i64) {
+        self.history_until_ns = end_ns;
     }
 
     /// Why the most recent incomplete window was skipped, e.g. "device `m-1`: 2 samples of
@@ -307,6 +318,11 @@ impl Pipeline {
                             "device `{device}`: a feature of the window is not a finite number"
                         ),
                     });
+                    continue;
+                }
+                if window.end_ns <= self.history_until_ns
+                    && matches!(state.phase, Phase::Scoring { .. })
+                {
                     continue;
                 }
                 match step(
@@ -513,6 +529,22 @@ mod tests {
             flagged[0].window_id("pumps"),
             format!("pumps/pump-01/{}", 300 * S)
         );
+    }
+
+    #[test]
+    fn stored_history_trains_but_is_never_scored() {
+        let mut p = Pipeline::new(spec(20), || BuiltinModel::RobustZ.build()).unwrap();
+        p.train_only_until(300 * S);
+        // 30 windows of history: the first 20 train, the 10 after them are not scored.
+        feed(&mut p, "pump-01", 0..300, i64::MAX);
+        assert!(p.advance(300 * S).is_empty());
+        assert_eq!(p.counters().scoring_devices, 1, "trained on history alone");
+        // Live windows score from the first one on, fault included.
+        feed(&mut p, "pump-01", 300..340, 320);
+        let inferences = p.advance(340 * S);
+        let starts: Vec<i64> = inferences.iter().map(|i| i.window_start_ns / S).collect();
+        assert_eq!(starts, [300, 310, 320, 330]);
+        assert!(inferences[2].flag && !inferences[0].flag, "{inferences:#?}");
     }
 
     #[test]

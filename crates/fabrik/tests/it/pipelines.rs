@@ -970,3 +970,72 @@ fn a_filtered_pipeline_learns_and_scores_one_operating_state() {
     let (status, _) = p.terminate();
     assert!(status.success());
 }
+
+/// A pipeline defined where data already flows (`start = "now"`) trains on the stored windows
+/// just before it started and scores from then on: no waiting `training_windows` windows,
+/// and no inference for a window of the stored history.
+#[test]
+fn a_pipeline_defined_on_flowing_data_trains_on_its_recent_history() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Process::start(&dir.path().join("data"), &[]);
+    // The last 40 s of pump-a at 5 Hz: twenty 2 s windows of ten samples.
+    let now = now_ns();
+    let sample = |t: i64| {
+        let wobble = ((t / (SECOND / 5)) * 7919 % 13) as f64 / 13.0;
+        format!(
+            "pump,device=pump-a vibration={},current={} {t}\n",
+            2.0 + wobble * 0.2,
+            10.0 + wobble
+        )
+    };
+    let history: String = (1..=200).map(|i| sample(now - i * SECOND / 5)).collect();
+    assert_eq!(
+        crate::support::post_status(&p.url, "/api/v1/write", &history),
+        200
+    );
+    let defined_at = now_ns();
+    let (code, body) = put_pipeline(
+        &p.url,
+        "recent",
+        serde_json::json!({
+            "name": "recent",
+            "table": "pump",
+            "signals": ["vibration", "current"],
+            "window": "2s",
+            "training_windows": 10,
+            "interval": "200ms",
+            "lateness": "0s",
+            "start": "now",
+        }),
+    );
+    assert_eq!(code, 201, "{body}");
+    // Trained without a single new sample: only the stored history can have trained it.
+    eventually("the pipeline trains on its history", || {
+        let (_, status) = pipeline_status(&p.url, "recent");
+        status["devices"] == 1 && status["training_devices"] == 0
+    });
+    // New samples are scored as their windows close.
+    eventually("live windows are scored", || {
+        let t = now_ns();
+        assert_eq!(
+            crate::support::post_status(&p.url, "/api/v1/write", &sample(t)),
+            200
+        );
+        let (_, status) = pipeline_status(&p.url, "recent");
+        status["inferences"].as_u64().unwrap_or(0) >= 2
+    });
+    let live = query(
+        &p.url,
+        "SELECT window_start, window_end FROM inferences WHERE pipeline = 'recent'",
+    );
+    assert!(live.len() >= 2, "{live:?}");
+    for row in &live {
+        let end = row["window_end"].as_i64().expect("end");
+        assert!(
+            end > defined_at,
+            "a window of the stored history was scored: {row}"
+        );
+    }
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}
