@@ -15,7 +15,8 @@ const FAULT_CYCLE: [(&str, FaultKind); 11] = [
     ("pump-02", FaultKind::Spike),
     ("pump-03", FaultKind::Drift),
     ("chiller-02", FaultKind::Drift),
-    ("motor-01", FaultKind::Stuck),
+    // A stuck pressure sensor (motors have none, so the fault goes to a pump).
+    ("pump-01", FaultKind::Stuck),
     ("pump-04", FaultKind::Malformed),
     ("chiller-01", FaultKind::Dropout),
     ("pump-03", FaultKind::Clear),
@@ -532,6 +533,36 @@ pub(crate) async fn sim(args: SimArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
+
+    /// A stuck-sensor fault freezes the pressure sensor; on a device without one (a motor)
+    /// it would change nothing a newcomer could see.
+    #[test]
+    fn stuck_faults_of_the_cycle_go_to_devices_with_a_pressure_sensor() {
+        let plant = PlantSpec::default().devices();
+        let mut checked = 0;
+        for (device, fault) in FAULT_CYCLE {
+            let Some((_, kind)) = plant.iter().find(|(id, _)| id == device) else {
+                continue; // the polled chillers and the OPC UA line have their own servers
+            };
+            if fault != FaultKind::Stuck {
+                continue;
+            }
+            let mut sim =
+                fabrik_sim::Simulator::new(*kind, rand::rngs::SmallRng::seed_from_u64(7), 0);
+            let payload: serde_json::Value =
+                serde_json::from_str(&sim.step(0, 1.0).expect("a payload")).expect("json");
+            assert!(
+                payload.get("pressure").is_some(),
+                "a stuck sensor on {device}, which has none: {payload}"
+            );
+            checked += 1;
+        }
+        assert!(
+            checked > 0,
+            "the cycle has a stuck sensor on a published device"
+        );
+    }
 
     #[test]
     fn the_first_fault_comes_after_the_demo_pipeline_has_trained() {
