@@ -627,6 +627,12 @@ impl Store {
         (b.rows, b.bytes)
     }
 
+    /// Whether queries can read `table` (it exists once rows of it have been applied); a
+    /// lookup, where [`Store::tables`] lists every table with its columns.
+    pub fn has_table(&self, table: &str) -> bool {
+        self.shared.catalog.is_queryable(table)
+    }
+
     /// Tables and their columns.
     pub fn tables(&self) -> Vec<TableInfo> {
         let mut out: Vec<TableInfo> = self

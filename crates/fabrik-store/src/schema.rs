@@ -261,6 +261,11 @@ impl Catalog {
         self.queryable.write().insert(table.clone());
     }
 
+    /// Whether `table` holds applied rows, so queries see it.
+    pub fn is_queryable(&self, table: &str) -> bool {
+        self.queryable.read().contains(table)
+    }
+
     /// The schemas of the tables that hold applied rows (what queries and listings see).
     pub fn queryable(&self) -> Vec<Arc<TableSchema>> {
         let visible = self.queryable.read();

@@ -20,6 +20,8 @@ use fabrik_runtime::ServiceHandle;
 use fabrik_runtime::config::{AlertRuleConfig, Config, NotifierConfig};
 use fabrik_runtime::units::parse_duration;
 use fabrik_store::Store;
+
+use crate::columns::cast_column;
 use tokio_util::sync::CancellationToken;
 
 /// Rows read per rule and pass.
@@ -668,7 +670,7 @@ impl Evaluator {
     /// now on, the rule would never hear of it.
     async fn recall_last_seen(&self) -> Result<(), String> {
         let c = &self.rule.config;
-        if !self.store.tables().iter().any(|t| t.name == c.table) {
+        if !self.store.has_table(&c.table) {
             return Ok(());
         }
         let mut sql = format!(
@@ -683,19 +685,8 @@ impl Evaluator {
         let output = self.store.query(&sql).await.map_err(|e| e.to_string())?;
         let mut last_seen = Vec::new();
         for batch in &output.batches {
-            let cast = |i: usize, to: &DataType| {
-                datafusion::arrow::compute::cast(batch.column(i), to).map_err(|e| e.to_string())
-            };
-            let keys = cast(0, &DataType::Utf8)?;
-            let keys = keys
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .ok_or("key did not cast")?;
-            let times = cast(1, &DataType::Int64)?;
-            let times = times
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .ok_or("time did not cast")?;
+            let keys: StringArray = cast_column(batch, 0, &DataType::Utf8, "key did not cast")?;
+            let times: Int64Array = cast_column(batch, 1, &DataType::Int64, "time did not cast")?;
             for row in 0..batch.num_rows() {
                 if keys.is_null(row) || times.is_null(row) {
                     continue;
@@ -713,7 +704,7 @@ impl Evaluator {
     async fn step(&self, read_after: &mut Option<i64>) -> Result<TableState, String> {
         let now = Timestamp::now().nanos();
         let table = &self.rule.config.table;
-        if !self.store.tables().iter().any(|t| &t.name == table) {
+        if !self.store.has_table(table) {
             self.tick(now).await?;
             return Ok(TableState::Missing);
         }
@@ -793,32 +784,17 @@ impl Evaluator {
         let mut last = None;
         let page = output.batches.iter().map(|b| b.num_rows()).sum();
         for batch in &output.batches {
-            let cast = |i: usize, to: &DataType| {
-                datafusion::arrow::compute::cast(batch.column(i), to).map_err(|e| e.to_string())
-            };
-            let raw_ids = cast(0, &DataType::Int64)?;
-            let raw_ids = raw_ids
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .ok_or("_raw_id did not cast")?;
-            let times = cast(1, &DataType::Int64)?;
-            let times = times
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .ok_or("time did not cast")?;
-            let keys = cast(2, &DataType::Utf8)?;
-            let keys = keys
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .ok_or("key did not cast")?;
-            let values = cast(3, &DataType::Float64)?;
-            let values = values
-                .as_any()
-                .downcast_ref::<Float64Array>()
-                .ok_or("value did not cast")?;
+            let raw_ids: Int64Array =
+                cast_column(batch, 0, &DataType::Int64, "_raw_id did not cast")?;
+            let times: Int64Array = cast_column(batch, 1, &DataType::Int64, "time did not cast")?;
+            let keys: StringArray = cast_column(batch, 2, &DataType::Utf8, "key did not cast")?;
+            let values: Float64Array =
+                cast_column(batch, 3, &DataType::Float64, "value did not cast")?;
             let mut context_columns = Vec::new();
             for (j, name) in c.context.iter().enumerate() {
-                context_columns.push((name, cast(4 + j, &DataType::Utf8)?));
+                let column: StringArray =
+                    cast_column(batch, 4 + j, &DataType::Utf8, "context did not cast")?;
+                context_columns.push((name, column));
             }
             for i in 0..batch.num_rows() {
                 if !raw_ids.is_null(i) {
@@ -829,10 +805,8 @@ impl Evaluator {
                 }
                 let context = context_columns
                     .iter()
-                    .filter_map(|(name, column)| {
-                        let column = column.as_any().downcast_ref::<StringArray>()?;
-                        (!column.is_null(i)).then(|| ((*name).clone(), column.value(i).to_owned()))
-                    })
+                    .filter(|(_, column)| !column.is_null(i))
+                    .map(|(name, column)| ((*name).clone(), column.value(i).to_owned()))
                     .collect();
                 out.push((
                     raw_ids.value(i),

@@ -7,6 +7,7 @@ mod bench;
 mod bench_mqtt;
 mod bridge;
 mod client;
+mod columns;
 mod config_check;
 mod connect;
 mod demo;

@@ -26,6 +26,8 @@ use fabrik_runtime::ServiceHandle;
 use fabrik_runtime::config::{Config, PipelineConfig};
 use fabrik_runtime::units::parse_duration;
 use fabrik_store::Store;
+
+use crate::columns::cast_column;
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
@@ -1198,30 +1200,26 @@ impl Runner {
         let mut last = None;
         let page = output.batches.iter().map(|b| b.num_rows()).sum();
         for batch in &output.batches {
-            let cast = |i: usize, to: &DataType| {
-                datafusion::arrow::compute::cast(batch.column(i), to).map_err(|e| e.to_string())
-            };
-            let times = cast(0, &DataType::Int64)?;
-            let times = times
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .ok_or("time column did not cast to integers")?;
-            let device_column = cast(1, &DataType::Utf8)?;
-            let device_names = device_column
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .ok_or("device column did not cast to text")?;
-            let mut signal_columns = Vec::with_capacity(c.signals.len());
+            let times: Int64Array = cast_column(
+                batch,
+                0,
+                &DataType::Int64,
+                "time column did not cast to integers",
+            )?;
+            let device_names: StringArray = cast_column(
+                batch,
+                1,
+                &DataType::Utf8,
+                "device column did not cast to text",
+            )?;
+            let mut signal_arrays: Vec<Float64Array> = Vec::with_capacity(c.signals.len());
             for (j, signal) in c.signals.iter().enumerate() {
                 // Booleans and integers become numbers; text cannot be scored.
-                let column = cast(2 + j, &DataType::Float64)
-                    .map_err(|e| format!("signal `{signal}` is not numeric: {e}"))?;
-                signal_columns.push(column);
+                let column =
+                    cast_column(batch, 2 + j, &DataType::Float64, "did not cast to floats")
+                        .map_err(|e| format!("signal `{signal}` is not numeric: {e}"))?;
+                signal_arrays.push(column);
             }
-            let signal_arrays: Vec<&Float64Array> = signal_columns
-                .iter()
-                .filter_map(|a| a.as_any().downcast_ref::<Float64Array>())
-                .collect();
             for i in 0..batch.num_rows() {
                 if times.is_null(i) {
                     continue;
