@@ -379,21 +379,17 @@ fn feature_names(spec: &PipelineSpec) -> Vec<String> {
         .collect()
 }
 
-/// A pipeline's threshold: as given, or the model's default. DBZ's score is its largest z
-/// over its alarm level, so 1.0 is where DBZ itself alarms; RART's is a calibrated
-/// probability-like evidence, and 0.72 is about where NAB's optimiser puts its threshold on
-/// the benchmark (0.7247). The others' scores have no natural scale: the training windows'
-/// largest, with a margin.
+/// A pipeline's threshold: as given, else the model's own alarm level where its scores have
+/// one ([`BuiltinModel::own_threshold`]), else the training windows' largest score with a
+/// margin.
 fn effective_threshold(config: &PipelineConfig) -> String {
     if let Some(given) = &config.threshold {
         return given.clone();
     }
-    match config.model.as_str() {
-        "dbz" => "1.0",
-        "rart" => "0.72",
-        _ => "quantile:1.0*1.5",
+    match BuiltinModel::parse(&config.model).map(BuiltinModel::own_threshold) {
+        Ok(Some(level)) => format!("{level:?}"),
+        _ => "quantile:1.0*1.5".to_owned(),
     }
-    .to_owned()
 }
 
 /// The status of a pipeline that has not run yet; `features` is empty for a definition that

@@ -557,6 +557,18 @@ impl BuiltinModel {
         }
     }
 
+    /// The score at which the model itself alarms, where its scores have such a scale: DBZ's
+    /// score is its largest z over its alarm level, so 1.0; RART's is calibrated evidence, and
+    /// 0.72 is about where NAB's optimiser puts its threshold on the benchmark (0.7247). The
+    /// others' scores have no natural scale (`None`).
+    pub fn own_threshold(self) -> Option<f64> {
+        match self {
+            Self::Dbz => Some(1.0),
+            Self::Rart => Some(0.72),
+            Self::RobustZ | Self::PcaT2Q | Self::Hst | Self::IsolationForest => None,
+        }
+    }
+
     /// A fresh, unfitted instance.
     pub fn build(self) -> Box<dyn WindowModel> {
         match self {
