@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::corpus::{NabCorpus, NabFile, ProfileName};
-use super::scorer::{AnomalyScores, Scores};
+use super::scorer::{AnomalyScores, Counts, Scores};
 use crate::MlError;
 use crate::delimited::{DelimitedFile, parse_f64};
 
@@ -101,32 +101,22 @@ pub fn write_score_tables(
             let Some(file_score) = score.per_file.get(&file.key) else {
                 continue;
             };
-            let c = file_score.counts;
             // `{:?}` prints the shortest text that reads back as the same f64, as Python's
             // repr does in NAB's tables.
             let _ = writeln!(
                 text,
-                "{detector},{name},{},{:?},{:?},{},{},{},{},{}",
+                "{detector},{name},{},{:?},{:?},{}",
                 file.key,
                 score.threshold,
                 file_score.score,
-                c.tp,
-                c.tn,
-                c.fp,
-                c.fn_,
-                c.total()
+                count_columns(file_score.counts)
             );
         }
-        let c = score.counts;
         let _ = writeln!(
             text,
-            "Totals,,,,{:?},{},{},{},{},{}",
+            "Totals,,,,{:?},{}",
             score.raw,
-            c.tp,
-            c.tn,
-            c.fp,
-            c.fn_,
-            c.total()
+            count_columns(score.counts)
         );
         let path = score_table_path(results_dir, detector, profile);
         if let Some(parent) = path.parent() {
@@ -135,4 +125,9 @@ pub fn write_score_tables(
         std::fs::write(&path, text).map_err(|source| MlError::io(&path, source))?;
     }
     Ok(())
+}
+
+/// `TP,TN,FP,FN,Total_Count`, in the order of NAB's score tables.
+fn count_columns(c: Counts) -> String {
+    format!("{},{},{},{},{}", c.tp, c.tn, c.fp, c.fn_, c.total())
 }

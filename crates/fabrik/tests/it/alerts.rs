@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::mqtt::{eventually, http, query};
-use crate::support::Process;
+use crate::support::{Process, now_ns};
 
 const SECOND: i64 = 1_000_000_000;
 
@@ -157,14 +157,8 @@ fn a_fault_becomes_a_webhook_naming_its_signal_and_survives_a_restart_undelivere
     )
     .expect("config");
     let p = Process::start_with_args(&data, &["--config", first.to_str().expect("utf-8")], &[]);
-    let now_ns = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos(),
-    )
-    .expect("ns");
-    let start = (now_ns - 3600 * SECOND) / (10 * SECOND) * (10 * SECOND);
+    let now = now_ns();
+    let start = (now - 3600 * SECOND) / (10 * SECOND) * (10 * SECOND);
     assert_eq!(
         crate::support::post_status(&p.url, "/api/v1/write", &history(start)),
         200
@@ -466,13 +460,7 @@ to = ["lead@plant.example"]
     let mqtt = p.mqtt.clone().expect("mqtt endpoint");
     let subscriber = one_mqtt_message(&mqtt, "plant/alerts/#");
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let now = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos(),
-    )
-    .expect("ns");
+    let now = now_ns();
     assert_eq!(
         crate::support::post_status(
             &p.url,
@@ -592,20 +580,14 @@ interval = "200ms"
     .expect("config");
     let data = dir.path().join("data");
     let args = ["--config", config.to_str().expect("utf-8")];
-    let now_ns = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos(),
-    )
-    .expect("ns");
-    let an_hour_ago = now_ns - 3600 * SECOND;
+    let now = now_ns();
+    let an_hour_ago = now - 3600 * SECOND;
     let p = Process::start_with_args(&data, &args, &[]);
     assert_eq!(
         crate::support::post_status(
             &p.url,
             "/api/v1/write",
-            &format!("beat,device=gw-1 up=1 {an_hour_ago}\nbeat,device=gw-2 up=1 {now_ns}\n"),
+            &format!("beat,device=gw-1 up=1 {an_hour_ago}\nbeat,device=gw-2 up=1 {now}\n"),
         ),
         200
     );

@@ -3,7 +3,7 @@
 //! back to its exact input samples.
 
 use crate::mqtt::{eventually, http, query};
-use crate::support::{Process, blocking_query_count};
+use crate::support::{Process, blocking_query_count, now_ns};
 
 const SECOND: i64 = 1_000_000_000;
 
@@ -73,16 +73,6 @@ fn history(start_ns: i64) -> String {
         }
     }
     body
-}
-
-fn now_ns() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos(),
-    )
-    .expect("ns")
 }
 
 /// Writes [`history`] from `start`.

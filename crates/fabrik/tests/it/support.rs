@@ -326,3 +326,14 @@ pub(crate) fn post_status(url: &str, path: &str, body: &str) -> u16 {
             .unwrap_or(0)
     })
 }
+
+/// The wall clock in ns since the epoch, as row timestamps are.
+pub(crate) fn now_ns() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos(),
+    )
+    .expect("ns")
+}
