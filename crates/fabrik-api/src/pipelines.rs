@@ -10,14 +10,14 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use fabrik_runtime::config::PipelineConfig;
 use futures::future::BoxFuture;
 use parking_lot::RwLock;
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::ApiState;
 use crate::error::ApiError;
@@ -143,6 +143,9 @@ pub trait PipelineControl: Send + Sync {
     /// Checks `config`, stores it, and starts it, replacing (stopping first) a pipeline of the
     /// same name that was defined through the API. Returns whether it is new.
     fn apply(&self, config: PipelineConfig) -> BoxFuture<'_, Result<bool, ControlError>>;
+    /// Checks `config` as [`PipelineControl::apply`] would, changing nothing. Returns whether
+    /// it would be new.
+    fn check(&self, config: PipelineConfig) -> BoxFuture<'_, Result<bool, ControlError>>;
     /// Stops a pipeline defined through the API and forgets it.
     fn remove(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>>;
     /// The uploaded ONNX models.
@@ -227,10 +230,29 @@ pub(crate) async fn show(
         })
 }
 
+/// Options of `PUT /api/v1/pipelines/{name}`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ApplyParams {
+    /// Check the definition as a change would, and change nothing: answers 200 with what
+    /// would happen, or the same error a change would get.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What a dry run of `PUT /api/v1/pipelines/{name}` found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DryRun {
+    /// The pipeline's name.
+    pub name: String,
+    /// `define` for a new name, `replace` for one defined through the API before.
+    pub action: String,
+}
+
 #[utoipa::path(put, path = "/api/v1/pipelines/{name}", tag = "pipelines", security(("token" = [])),
-    params(("name" = String, Path, description = "pipeline name; must equal `name` in the body")),
+    params(("name" = String, Path, description = "pipeline name; must equal `name` in the body"), ApplyParams),
     request_body(content = PipelineConfig, description = "the fields of a `[[pipelines]]` entry, as JSON"),
     responses((status = 201, description = "defined and started (or stored stopped, with `enabled: false`)", body = PipelineStatus),
+              (status = 200, description = "with `dry_run=true`: the definition is valid and nothing changed", body = DryRun),
               (status = 200, description = "replaced: the previous definition was stopped first", body = PipelineStatus),
               (status = 400, description = "invalid definition; the message names each field", body = crate::error::ErrorBody),
               (status = 409, description = "defined in the configuration file", body = crate::error::ErrorBody),
@@ -238,8 +260,9 @@ pub(crate) async fn show(
 pub(crate) async fn apply(
     State(state): State<ApiState>,
     Path(name): Path<String>,
+    Query(params): Query<ApplyParams>,
     body: Bytes,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let control = control(&state)?;
     let config: PipelineConfig = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("pipeline definition: {e}")))?;
@@ -249,6 +272,15 @@ pub(crate) async fn apply(
             config.name
         )));
     }
+    if params.dry_run {
+        let created = control.check(config).await?;
+        let action = if created { "define" } else { "replace" };
+        return Ok(Json(DryRun {
+            name,
+            action: action.to_owned(),
+        })
+        .into_response());
+    }
     let created = control.apply(config).await?;
     let status = board(&state)?.read().get(&name).cloned().ok_or_else(|| {
         ApiError::new(
@@ -257,7 +289,7 @@ pub(crate) async fn apply(
             format!("pipeline `{name}` was stored but is not listed"),
         )
     })?;
-    Ok((created_or_replaced(created), Json(status)))
+    Ok((created_or_replaced(created), Json(status)).into_response())
 }
 
 #[utoipa::path(delete, path = "/api/v1/pipelines/{name}", tag = "pipelines", security(("token" = [])),

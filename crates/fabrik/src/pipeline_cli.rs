@@ -33,9 +33,15 @@ enum PipelineCommand {
     /// Define or replace pipelines from a file without restarting Fabrik: TOML with
     /// `[[pipelines]]` entries as in the configuration file (or one pipeline's fields at the
     /// top level), or JSON (one definition or a list). They are kept across restarts.
+    ///
+    /// Every definition is checked by the server first; if any is refused, none is applied
+    /// and every problem is listed.
     Apply {
         /// The file.
         file: PathBuf,
+        /// Only check the definitions and say what would change.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Stop a pipeline defined through the API and forget it (its inferences stay stored).
     Rm {
@@ -68,6 +74,15 @@ fn definitions(path: &Path, text: &str) -> anyhow::Result<Vec<PipelineConfig>> {
     } else {
         vec![toml::from_str(text)?]
     })
+}
+
+/// The first name defined more than once, if any.
+fn first_repeated_name(definitions: &[PipelineConfig]) -> Option<&str> {
+    let mut seen = std::collections::HashSet::new();
+    definitions
+        .iter()
+        .map(|d| d.name.as_str())
+        .find(|name| !seen.insert(*name))
 }
 
 /// Runs a `fabrik pipeline` command.
@@ -108,13 +123,52 @@ pub(crate) async fn run(args: PipelineArgs) -> anyhow::Result<()> {
             let pipeline: serde_json::Value = ep.get_json(&client, &path).await?;
             println!("{}", serde_json::to_string_pretty(&pipeline)?);
         }
-        PipelineCommand::Apply { file } => {
+        PipelineCommand::Apply { file, dry_run } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
             let definitions = definitions(&file, &text)
                 .with_context(|| format!("{}: not a pipeline definition", file.display()))?;
             if definitions.is_empty() {
                 anyhow::bail!("{}: defines no pipeline", file.display());
+            }
+            if let Some(name) = first_repeated_name(&definitions) {
+                anyhow::bail!("{}: defines pipeline `{name}` twice", file.display());
+            }
+            // Check all before changing any, so a file with one bad definition changes nothing.
+            let mut actions = Vec::with_capacity(definitions.len());
+            let mut problems = Vec::new();
+            for definition in &definitions {
+                let path = format!("/api/v1/pipelines/{}?dry_run=true", definition.name);
+                // Not reaching the server ends the command; a refusal is collected.
+                let response = ep
+                    .request(&client, reqwest::Method::PUT, &path)
+                    .json(definition)
+                    .send()
+                    .await
+                    .with_context(|| format!("cannot reach Fabrik at {}", ep.url))?;
+                match ep.check(response).await {
+                    Ok(response) => {
+                        let outcome: serde_json::Value = response.json().await?;
+                        let action = outcome["action"].as_str().unwrap_or("apply").to_owned();
+                        actions.push(action);
+                    }
+                    Err(e) => problems.push(format!("pipeline `{}`: {e:#}", definition.name)),
+                }
+            }
+            if !problems.is_empty() {
+                anyhow::bail!(
+                    "{}: nothing applied; {} of {} definition(s) refused:\n  {}",
+                    file.display(),
+                    problems.len(),
+                    definitions.len(),
+                    problems.join("\n  ")
+                );
+            }
+            if dry_run {
+                for (definition, action) in definitions.iter().zip(&actions) {
+                    println!("would {action} {}", definition.name);
+                }
+                return Ok(());
             }
             for definition in definitions {
                 let path = format!("/api/v1/pipelines/{}", definition.name);

@@ -564,6 +564,16 @@ impl PipelineManager {
         }
     }
 
+    /// What [`Self::apply_definition`] checks, without storing or starting anything.
+    async fn check_definition(&self, config: PipelineConfig) -> Result<bool, ControlError> {
+        compile(&config).map_err(ControlError::Invalid)?;
+        let pipelines = self.pipelines.lock().await;
+        match pipelines.by_name.get(&config.name) {
+            Some(existing) => Self::refuse_unless_api(existing).map(|()| false),
+            None => Ok(true),
+        }
+    }
+
     async fn apply_definition(&self, config: PipelineConfig) -> Result<bool, ControlError> {
         let compiled = compile(&config).map_err(ControlError::Invalid)?;
         let mut pipelines = self.pipelines.lock().await;
@@ -744,6 +754,10 @@ impl PipelineManager {
 impl PipelineControl for PipelineManager {
     fn apply(&self, config: PipelineConfig) -> BoxFuture<'_, Result<bool, ControlError>> {
         Box::pin(self.apply_definition(config))
+    }
+
+    fn check(&self, config: PipelineConfig) -> BoxFuture<'_, Result<bool, ControlError>> {
+        Box::pin(self.check_definition(config))
     }
 
     fn remove(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>> {
@@ -1147,6 +1161,47 @@ impl Runner {
         Ok(devices)
     }
 
+    /// What a failed read means for the operator: a table or column that has not been
+    /// written yet is a wait (data may still come), named; anything else is the store's own
+    /// message.
+    fn explain_read_error(&self, message: &str) -> String {
+        let c = &self.compiled.config;
+        if !self.store.has_table(&c.table) {
+            return format!(
+                "waiting for data: table `{}` has no rows yet (a table exists once rows have \
+                 been written to it)",
+                c.table
+            );
+        }
+        let Some(table) = self.store.tables().into_iter().find(|t| t.name == c.table) else {
+            return message.to_owned();
+        };
+        let present = |name: &str| {
+            name == "time"
+                || table.tags.iter().any(|tag| tag == name)
+                || table.fields.iter().any(|(field, _)| field == name)
+        };
+        let missing: Vec<&str> = std::iter::once(c.device_column.as_str())
+            .chain(c.signals.iter().map(String::as_str))
+            .filter(|name| !present(name))
+            .collect();
+        if missing.is_empty() {
+            return message.to_owned();
+        }
+        let mut columns: Vec<&str> = table.tags.iter().map(String::as_str).collect();
+        columns.extend(table.fields.iter().map(|(field, _)| field.as_str()));
+        format!(
+            "waiting for data: table `{}` has no column {} yet (it has: {})",
+            c.table,
+            missing
+                .iter()
+                .map(|name| format!("`{name}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            columns.join(", ")
+        )
+    }
+
     /// Rows with `after < time ≤ horizon`, in time order, and the last time read.
     async fn read(
         &self,
@@ -1183,14 +1238,7 @@ impl Runner {
         sql.push_str(&format!(" ORDER BY time LIMIT {READ_LIMIT}"));
         let output = match self.store.query(&sql).await {
             Ok(output) => output,
-            Err(e) => {
-                let message = e.to_string();
-                return Err(if message.contains("not found") {
-                    format!("waiting for data: {message}")
-                } else {
-                    message
-                });
-            }
+            Err(e) => return Err(self.explain_read_error(&e.to_string())),
         };
         let mut rows = Vec::new();
         let mut last = None;

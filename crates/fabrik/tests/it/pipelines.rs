@@ -42,6 +42,20 @@ interval = "200ms"
 start = "earliest"
 
 [[pipelines]]
+name = "no-table"
+table = "compressor"
+signals = ["vibration"]
+interval = "200ms"
+start = "earliest"
+
+[[pipelines]]
+name = "typo"
+table = "pump"
+signals = ["vibraton", "current"]
+interval = "200ms"
+start = "earliest"
+
+[[pipelines]]
 name = "too-short"
 table = "pump"
 signals = ["vibration"]
@@ -223,6 +237,25 @@ fn a_replayed_fault_is_flagged_explained_and_traced_to_its_samples() {
             && why.contains("no complete window yet")
             && why.contains("2 sample(s) of `vibration`")
             && why.contains("`min_samples` is 3")
+    });
+    // A table nobody has written and a signal the table lacks are waits, named as such.
+    let pipeline_error = |name: &str| {
+        let (_, status) = http(
+            &p.url,
+            reqwest::Method::GET,
+            &format!("/api/v1/pipelines/{name}"),
+            None,
+        );
+        status["error"].as_str().unwrap_or_default().to_owned()
+    };
+    eventually("the pipeline on a missing table says so", || {
+        pipeline_error("no-table").contains("table `compressor` has no rows yet")
+    });
+    eventually("the pipeline with a missing signal names it", || {
+        let why = pipeline_error("typo");
+        why.contains("table `pump` has no column `vibraton` yet")
+            && why.contains("vibration")
+            && !why.contains("`current`")
     });
     let (code, _) = http(&p.url, reqwest::Method::GET, "/api/v1/pipelines/nope", None);
     assert_eq!(code, 404);
@@ -618,8 +651,45 @@ fn pipelines_defined_through_the_api_run_are_replaced_survive_restarts_and_are_r
     )
     .expect("pipeline file");
     let cli = |args: &[&str]| crate::support::client_command(&p.url, args);
+    let (ok, text) = cli(&[
+        "pipeline",
+        "apply",
+        "--dry-run",
+        file.to_str().expect("utf-8"),
+    ]);
+    assert!(ok && text.contains("would define cli-forest"), "{text}");
+    assert_eq!(pipeline_status(&p.url, "cli-forest").0, 404, "a dry run");
+    // One bad definition in a file: nothing in it is applied, and the problem is named.
+    let mixed = dir.path().join("mixed.toml");
+    std::fs::write(
+        &mixed,
+        "[[pipelines]]\nname = \"cli-good\"\ntable = \"pump\"\nsignals = [\"vibration\"]\n\n\
+         [[pipelines]]\nname = \"cli-bad\"\ntable = \"pump\"\nsignals = [\"vibration\"]\n\
+         window = \"ten seconds\"\n",
+    )
+    .expect("pipeline file");
+    let (ok, text) = cli(&["pipeline", "apply", mixed.to_str().expect("utf-8")]);
+    assert!(
+        !ok && text.contains("nothing applied")
+            && text.contains("pipeline `cli-bad`")
+            && text.contains("window")
+            && !text.contains("pipeline `cli-good`"),
+        "{text}"
+    );
+    assert_eq!(
+        pipeline_status(&p.url, "cli-good").0,
+        404,
+        "nothing applied"
+    );
     let (ok, text) = cli(&["pipeline", "apply", file.to_str().expect("utf-8")]);
     assert!(ok && text.contains("defined cli-forest"), "{text}");
+    let (ok, text) = cli(&[
+        "pipeline",
+        "apply",
+        "--dry-run",
+        file.to_str().expect("utf-8"),
+    ]);
+    assert!(ok && text.contains("would replace cli-forest"), "{text}");
     let (ok, text) = cli(&["pipeline", "list"]);
     assert!(ok, "{text}");
     let forest_line = text
