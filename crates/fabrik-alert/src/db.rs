@@ -65,6 +65,8 @@ pub struct OutboxEntry {
     pub attempts: i64,
     /// Entries of one notifier with the same group key go out as one notification.
     pub group_key: Option<String>,
+    /// The alert whose state change it carries (absent in rows queued before it was kept).
+    pub alert_id: Option<String>,
 }
 
 fn entry_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<OutboxEntry, AlertError> {
@@ -74,6 +76,7 @@ fn entry_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<OutboxEntry, AlertError
         payload: r.try_get("payload")?,
         attempts: r.try_get("attempts")?,
         group_key: r.try_get("group_key")?,
+        alert_id: r.try_get("alert_id")?,
     })
 }
 
@@ -109,13 +112,19 @@ impl AlertDb {
                 .execute(&pool)
                 .await?;
         }
-        // Databases written before notification grouping lack the outbox's group column.
+        // Databases written before notification grouping lack the outbox's group column, and
+        // those written before silences were checked at delivery its alert column.
         let columns: Vec<String> =
             sqlx::query_scalar("SELECT name FROM pragma_table_info('outbox')")
                 .fetch_all(&pool)
                 .await?;
         if !columns.iter().any(|c| c == "group_key") {
             sqlx::query("ALTER TABLE outbox ADD COLUMN group_key TEXT")
+                .execute(&pool)
+                .await?;
+        }
+        if !columns.iter().any(|c| c == "alert_id") {
+            sqlx::query("ALTER TABLE outbox ADD COLUMN alert_id TEXT")
                 .execute(&pool)
                 .await?;
         }
@@ -261,33 +270,38 @@ impl AlertDb {
         Ok(())
     }
 
-    /// Queues a notification for delivery now.
+    /// Queues a notification about alert `alert_id` for delivery now.
     pub async fn enqueue(
         &self,
         notifier: &str,
         payload: &str,
         now_ns: i64,
+        alert_id: &str,
     ) -> Result<(), AlertError> {
-        self.enqueue_grouped(notifier, payload, now_ns, None).await
+        self.enqueue_grouped(notifier, payload, now_ns, None, alert_id)
+            .await
     }
 
-    /// Queues a notification for delivery at `due_ns`; entries of one notifier with the same
-    /// `group_key` that are due together are delivered as one notification.
+    /// Queues a notification about alert `alert_id` for delivery at `due_ns`; entries of one
+    /// notifier with the same `group_key` that are due together are delivered as one
+    /// notification.
     pub async fn enqueue_grouped(
         &self,
         notifier: &str,
         payload: &str,
         due_ns: i64,
         group_key: Option<&str>,
+        alert_id: &str,
     ) -> Result<(), AlertError> {
         sqlx::query(
-            "INSERT INTO outbox (notifier, payload, attempts, next_attempt_ns, group_key) \
-             VALUES (?, ?, 0, ?, ?)",
+            "INSERT INTO outbox (notifier, payload, attempts, next_attempt_ns, group_key, \
+             alert_id) VALUES (?, ?, 0, ?, ?, ?)",
         )
         .bind(notifier)
         .bind(payload)
         .bind(due_ns)
         .bind(group_key)
+        .bind(alert_id)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -316,7 +330,7 @@ impl AlertDb {
     /// Notifications due at `now_ns`, oldest first.
     pub async fn due(&self, now_ns: i64, limit: u32) -> Result<Vec<OutboxEntry>, AlertError> {
         let rows = sqlx::query(
-            "SELECT id, notifier, payload, attempts, group_key FROM outbox \
+            "SELECT id, notifier, payload, attempts, group_key, alert_id FROM outbox \
              WHERE next_attempt_ns <= ? ORDER BY id LIMIT ?",
         )
         .bind(now_ns)
@@ -334,7 +348,7 @@ impl AlertDb {
         now_ns: i64,
     ) -> Result<Vec<OutboxEntry>, AlertError> {
         let rows = sqlx::query(
-            "SELECT id, notifier, payload, attempts, group_key FROM outbox \
+            "SELECT id, notifier, payload, attempts, group_key, alert_id FROM outbox \
              WHERE notifier = ? AND group_key = ? AND next_attempt_ns <= ? ORDER BY id",
         )
         .bind(notifier)

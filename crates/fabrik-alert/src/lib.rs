@@ -68,6 +68,14 @@ fn started_ns(alert: &Alert) -> i64 {
         .unwrap_or(0)
 }
 
+/// Whether any of `silences` silences `rule`/`key` at `now_ns`.
+fn is_silenced(silences: &[Silence], rule: &str, key: &str, now_ns: i64) -> bool {
+    silences.iter().any(|s| {
+        let until = model::parse_rfc3339(&s.until).unwrap_or(i64::MIN);
+        s.matches(rule, key, now_ns, until)
+    })
+}
+
 fn now_ns() -> i64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -201,10 +209,7 @@ impl Alerting {
         let silences = self.db.silences().await?;
         for t in transitions {
             let id = alert_id(&t.rule, &t.key, t.started_ns);
-            let silenced = silences.iter().any(|s| {
-                let until = model::parse_rfc3339(&s.until).unwrap_or(i64::MIN);
-                s.matches(&t.rule, &t.key, t.at_ns.max(now), until)
-            });
+            let silenced = is_silenced(&silences, &t.rule, &t.key, t.at_ns.max(now));
             let previous = match self.db.get(&id).await {
                 Ok(alert) => Some(alert),
                 Err(AlertError::NotFound { .. }) => None,
@@ -267,7 +272,11 @@ impl Alerting {
         for notifier in &self.notifiers {
             let payload = notifier.payload(alert, &self.external_url).to_string();
             match notifier.grouping() {
-                None => self.db.enqueue(notifier.name(), &payload, now).await?,
+                None => {
+                    self.db
+                        .enqueue(notifier.name(), &payload, now, &alert.id)
+                        .await?;
+                }
                 Some(grouping) => {
                     // Join the group's open window, or open one.
                     let key = grouping.key(alert);
@@ -277,7 +286,7 @@ impl Alerting {
                         None => now.saturating_add(wait),
                     };
                     self.db
-                        .enqueue_grouped(notifier.name(), &payload, due, Some(&key))
+                        .enqueue_grouped(notifier.name(), &payload, due, Some(&key), &alert.id)
                         .await?;
                 }
             }
@@ -336,6 +345,9 @@ impl Alerting {
     /// backoff. Returns after a last pass once stopped.
     pub async fn run_outbox(self: Arc<Self>, stop: CancellationToken) {
         loop {
+            if let Err(e) = self.refresh_silences().await {
+                tracing::error!(error = %e, "Checking silences against open alerts failed.");
+            }
             if let Err(e) = self.deliver_due().await {
                 tracing::error!(error = %e, "Alert outbox pass failed.");
             }
@@ -347,14 +359,94 @@ impl Alerting {
         }
     }
 
+    /// Whether `entry`'s alert is silenced now (a silence added after it was queued): then it
+    /// is dropped from the outbox instead of delivered or retried, and `true` is returned.
+    async fn silenced_since_queued(
+        &self,
+        entry: &db::OutboxEntry,
+        silences: &[Silence],
+        now: i64,
+    ) -> Result<bool, AlertError> {
+        let Some(alert_id) = &entry.alert_id else {
+            return Ok(false);
+        };
+        let alert = match self.db.get(alert_id).await {
+            Ok(alert) => alert,
+            Err(AlertError::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if !is_silenced(silences, &alert.rule, &alert.key, now) {
+            return Ok(false);
+        }
+        tracing::info!(alert = %alert_id, notifier = %entry.notifier, "Notification dropped: its alert was silenced after it was queued.");
+        self.db.delivered(entry.id).await?;
+        Ok(true)
+    }
+
+    /// Brings the open alerts' `silenced` flags up to date with the silences in force now: a
+    /// silence added while an alert is open marks it, and one that ended (or was removed)
+    /// unmarks it. A firing alert whose silence ended is notified as firing: its firing was
+    /// held back, or (silenced after it was notified) it is still firing after the quiet the
+    /// operator asked for, which is worth a reminder. Returns how many were notified.
+    pub async fn refresh_silences(&self) -> Result<usize, AlertError> {
+        let now = now_ns();
+        let silences = self.db.silences().await?;
+        let mut notified = 0;
+        for mut alert in self.db.open_alerts().await? {
+            let silenced = is_silenced(&silences, &alert.rule, &alert.key, now);
+            if silenced == alert.silenced {
+                continue;
+            }
+            alert.silenced = silenced;
+            self.db.upsert(&alert, now).await?;
+            if !silenced && alert.state == AlertState::Firing {
+                tracing::warn!(alert = %alert.id, "Silence over; the alert still fires.");
+                self.enqueue(&alert, now).await?;
+                notified += 1;
+            }
+        }
+        Ok(notified)
+    }
+
+    /// The payloads, for `notifier`, of the alerts of group `key` that fire now and are not
+    /// silenced.
+    async fn firing_in_group(
+        &self,
+        notifier: &Notifier,
+        key: &str,
+        silences: &[Silence],
+        now: i64,
+    ) -> Result<Vec<serde_json::Value>, AlertError> {
+        let Some(grouping) = notifier.grouping() else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .db
+            .open_alerts()
+            .await?
+            .iter()
+            .filter(|a| {
+                a.state == AlertState::Firing
+                    && grouping.key(a) == key
+                    && !is_silenced(silences, &a.rule, &a.key, now)
+            })
+            .map(|a| notifier.payload(a, &self.external_url))
+            .collect())
+    }
+
     /// One pass over due notifications; returns how many notifications were delivered (a
     /// group counts once).
     pub async fn deliver_due(&self) -> Result<usize, AlertError> {
         let now = now_ns();
+        let silences = self.db.silences().await?;
         let mut delivered = 0;
         let mut handled = std::collections::HashSet::new();
         for entry in self.db.due(now, 100).await? {
             if handled.contains(&entry.id) {
+                continue;
+            }
+            if self.silenced_since_queued(&entry, &silences, now).await? {
+                handled.insert(entry.id);
                 continue;
             }
             let Some(notifier) = self.notifiers.iter().find(|n| n.name() == entry.notifier) else {
@@ -367,10 +459,28 @@ impl Alerting {
             // A group goes out whole: every due entry with its key, merged into one body.
             let (ids, payload, attempts) = match &entry.group_key {
                 Some(key) => {
-                    let group = self.db.due_group(&entry.notifier, key, now).await?;
+                    let mut group = Vec::new();
+                    for member in self.db.due_group(&entry.notifier, key, now).await? {
+                        if self.silenced_since_queued(&member, &silences, now).await? {
+                            handled.insert(member.id);
+                        } else {
+                            group.push(member);
+                        }
+                    }
+                    if group.is_empty() {
+                        continue;
+                    }
                     let ids: Vec<i64> = group.iter().map(|e| e.id).collect();
                     let attempts = group.iter().map(|e| e.attempts).max().unwrap_or(0);
-                    let payload = if let [only] = group.as_slice() {
+                    // A webhook group always goes out as the group's body (its key and
+                    // labels, its alerts still firing); a lone e-mail as the alert's own.
+                    let webhook = matches!(notifier, Notifier::Webhook { .. });
+                    let firing = if webhook {
+                        self.firing_in_group(notifier, key, &silences, now).await?
+                    } else {
+                        Vec::new()
+                    };
+                    let payload = if let ([only], false) = (group.as_slice(), webhook) {
                         only.payload.clone()
                     } else {
                         let bodies: Vec<serde_json::Value> = group
@@ -383,7 +493,7 @@ impl Alerting {
                                 }
                             })
                             .collect();
-                        notifier.merge(&bodies, key).to_string()
+                        notifier.merge(&bodies, key, &firing).to_string()
                     };
                     (ids, payload, attempts)
                 }
@@ -756,9 +866,131 @@ mod tests {
         assert_eq!(alerting.deliver_due().await.unwrap(), 0);
         tokio::time::sleep(wait + std::time::Duration::from_millis(100)).await;
         assert_eq!(alerting.deliver_due().await.unwrap(), 1);
-        // A group of one goes out as the alert's own body.
-        let alone = bodies.recv().await.unwrap();
-        assert_eq!(alone["status"], "resolved");
-        assert_eq!(alone["alerts"].as_array().unwrap().len(), 1);
+        // One alert of the group resolves while two still fire: the group's body says so, as
+        // Alertmanager's does, under the group's key, so a receiver that keys incidents by
+        // `groupKey` keeps the incident open.
+        let partly = bodies.recv().await.unwrap();
+        assert_eq!(partly["groupKey"], "{}:{alertname=\"hot\"}", "{partly}");
+        assert_eq!(partly["status"], "firing", "{partly}");
+        let states: Vec<(&str, &str)> = partly["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["labels"]["device"].as_str().unwrap(),
+                    a["status"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            states,
+            [
+                ("oven-1", "resolved"),
+                ("oven-2", "firing"),
+                ("oven-3", "firing")
+            ]
+        );
+        // The last one resolving resolves the group.
+        alerting
+            .observe("hot", &[obs("oven-2", 5, 10.0), obs("oven-3", 5, 10.0)])
+            .await
+            .unwrap();
+        tokio::time::sleep(wait + std::time::Duration::from_millis(100)).await;
+        assert_eq!(alerting.deliver_due().await.unwrap(), 1);
+        let resolved = bodies.recv().await.unwrap();
+        assert_eq!(resolved["status"], "resolved", "{resolved}");
+        assert_eq!(resolved["alerts"].as_array().unwrap().len(), 2);
+    }
+
+    /// A silence added after an alert fired stops its queued notification; when the silence
+    /// ends with the alert still firing, the alert is notified.
+    #[tokio::test]
+    async fn a_silence_holds_back_queued_notifications_and_its_end_releases_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, mut bodies) = http_receiver().await;
+        let webhook = Notifier::Webhook {
+            name: "ops".into(),
+            url,
+            timeout: std::time::Duration::from_secs(5),
+            grouping: notify::Grouping::default(),
+        };
+        let alerting = Alerting::open(
+            &dir.path().join("a.db"),
+            vec![rule()],
+            vec![webhook],
+            "http://x".into(),
+        )
+        .await
+        .unwrap();
+        alerting
+            .observe("hot", &[obs("oven-1", 1, 85.0)])
+            .await
+            .unwrap();
+        let id = alert_id("hot", "oven-1", S);
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), 1);
+        let quiet = std::time::Duration::from_millis(800);
+        alerting
+            .silence(None, Some("oven-1".into()), quiet, "ana", None)
+            .await
+            .unwrap();
+        assert_eq!(alerting.refresh_silences().await.unwrap(), 0);
+        assert!(alerting.db().get(&id).await.unwrap().silenced);
+        assert_eq!(alerting.deliver_due().await.unwrap(), 0);
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), 0, "dropped");
+        assert_eq!(alerting.refresh_silences().await.unwrap(), 0, "still quiet");
+
+        tokio::time::sleep(quiet + std::time::Duration::from_millis(100)).await;
+        assert_eq!(alerting.refresh_silences().await.unwrap(), 1);
+        assert!(!alerting.db().get(&id).await.unwrap().silenced);
+        assert_eq!(alerting.refresh_silences().await.unwrap(), 0, "once");
+        assert_eq!(alerting.deliver_due().await.unwrap(), 1);
+        let body = bodies.recv().await.unwrap();
+        assert_eq!(body["status"], "firing", "{body}");
+        assert_eq!(body["alerts"][0]["labels"]["device"], "oven-1", "{body}");
+    }
+
+    /// Without grouping every alert is its own group: two devices of one rule never share a
+    /// `groupKey`, so one resolving cannot close the other's incident at the receiver.
+    #[tokio::test]
+    async fn ungrouped_alerts_each_have_their_own_group_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, mut bodies) = http_receiver().await;
+        let webhook = Notifier::Webhook {
+            name: "ops".into(),
+            url,
+            timeout: std::time::Duration::from_secs(5),
+            grouping: notify::Grouping::default(),
+        };
+        let alerting = Alerting::open(
+            &dir.path().join("a.db"),
+            vec![rule()],
+            vec![webhook],
+            "http://x".into(),
+        )
+        .await
+        .unwrap();
+        alerting
+            .observe("hot", &[obs("oven-1", 1, 85.0), obs("oven-2", 1, 90.0)])
+            .await
+            .unwrap();
+        alerting
+            .observe("hot", &[obs("oven-1", 2, 10.0)])
+            .await
+            .unwrap();
+        assert_eq!(alerting.deliver_due().await.unwrap(), 3);
+        let got = [
+            bodies.recv().await.unwrap(),
+            bodies.recv().await.unwrap(),
+            bodies.recv().await.unwrap(),
+        ];
+        let key = |device: &str| {
+            format!("{{}}:{{alertname=\"hot\",device=\"{device}\",severity=\"critical\"}}")
+        };
+        assert_eq!(got[0]["groupKey"], key("oven-1"), "{}", got[0]);
+        assert_eq!(got[1]["groupKey"], key("oven-2"), "{}", got[1]);
+        assert_eq!(got[2]["groupKey"], key("oven-1"), "{}", got[2]);
+        assert_eq!(got[2]["status"], "resolved");
+        assert_eq!(got[2]["groupLabels"]["device"], "oven-1");
     }
 }

@@ -186,10 +186,20 @@ impl Notifier {
     /// oldest first): an Alertmanager body with every alert of the group for webhooks, a
     /// grouped [`alert_message`] list for e-mail. When one alert changed twice inside the
     /// group's wait, only its latest state is sent.
-    pub fn merge(&self, payloads: &[serde_json::Value], group_key: &str) -> serde_json::Value {
+    ///
+    /// `firing` holds the payloads of the group's alerts that are firing now; a webhook body
+    /// carries them too, as Alertmanager's does, so a receiver that keys incidents by
+    /// `groupKey` sees the group still firing when one of its alerts resolves. E-mails list
+    /// what changed only.
+    pub fn merge(
+        &self,
+        payloads: &[serde_json::Value],
+        group_key: &str,
+        firing: &[serde_json::Value],
+    ) -> serde_json::Value {
         let labels = group_labels(group_key);
         match self {
-            Self::Webhook { .. } => merge_alertmanager(payloads, &labels),
+            Self::Webhook { .. } => merge_alertmanager(payloads, &labels, firing),
             Self::Mqtt { .. } | Self::Email { .. } => {
                 let alerts = latest_per_key(payloads.iter().cloned(), |m| m["id"].clone());
                 json!({"group": labels, "alerts": alerts})
@@ -389,14 +399,15 @@ pub fn alertmanager_payload(
     labels.insert("severity".to_owned(), alert.severity.clone());
     let mut annotations = alert.annotations.clone();
     annotations.insert("summary".to_owned(), summary(alert));
-    let group_key = format!("{{}}:{{alertname=\"{}\"}}", alert.rule);
+    // Without grouping every alert is its own group, as with Alertmanager's `group_by:
+    // ['...']`: the group key names all its labels, so two devices never share an incident.
     json!({
         "version": "4",
-        "groupKey": group_key,
+        "groupKey": group_key_text(&labels),
         "truncatedAlerts": 0,
         "status": status,
         "receiver": receiver,
-        "groupLabels": {"alertname": alert.rule},
+        "groupLabels": labels,
         "commonLabels": labels,
         "commonAnnotations": annotations,
         "externalURL": external_url,
@@ -444,25 +455,37 @@ fn common(alerts: &[serde_json::Value], field: &str) -> serde_json::Map<String, 
     shared
 }
 
+/// Alertmanager's group key text for a group's labels: `{}:{name="value",...}`.
+fn group_key_text<V: std::fmt::Debug>(labels: &BTreeMap<String, V>) -> String {
+    let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    format!("{{}}:{{{}}}", pairs.join(","))
+}
+
 /// The Alertmanager webhook (v4) body for a group: the alerts of all `payloads` (bodies of
-/// [`alertmanager_payload`]), the latest state per alert, the group's labels, and the labels
-/// and annotations all its alerts share.
+/// [`alertmanager_payload`]), the latest state per alert, then those of `firing` (the
+/// group's alerts firing now) not among them; the group's labels, and the labels and
+/// annotations all its alerts share. The group's status is `firing` while any alert in it
+/// fires.
 pub fn merge_alertmanager(
     payloads: &[serde_json::Value],
     group: &BTreeMap<String, String>,
+    firing: &[serde_json::Value],
 ) -> serde_json::Value {
-    let alerts = latest_per_key(
-        payloads
-            .iter()
-            .flat_map(|p| p["alerts"].as_array().cloned().unwrap_or_default()),
-        |a| a["fingerprint"].clone(),
-    );
+    let changed = payloads
+        .iter()
+        .flat_map(|p| p["alerts"].as_array().cloned().unwrap_or_default());
+    let mut alerts = latest_per_key(changed, |a| a["fingerprint"].clone());
+    let still_firing: Vec<serde_json::Value> = firing
+        .iter()
+        .flat_map(|p| p["alerts"].as_array().cloned().unwrap_or_default())
+        .filter(|a| !alerts.iter().any(|b| b["fingerprint"] == a["fingerprint"]))
+        .collect();
+    alerts.extend(still_firing);
     let firing = alerts.iter().any(|a| a["status"] == "firing");
-    let pairs: Vec<String> = group.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
     let first = payloads.first().cloned().unwrap_or_default();
     json!({
         "version": "4",
-        "groupKey": format!("{{}}:{{{}}}", pairs.join(",")),
+        "groupKey": group_key_text(group),
         "truncatedAlerts": 0,
         "status": if firing { "firing" } else { "resolved" },
         "receiver": first["receiver"],
@@ -699,7 +722,7 @@ mod tests {
             alert_message(&other, "http://f"),
             alert_message(&alert(AlertState::Resolved), "http://f"),
         ];
-        let merged = email.merge(&queued, &key);
+        let merged = email.merge(&queued, &key, &[]);
         assert_eq!(merged["alerts"].as_array().unwrap().len(), 2, "{merged}");
         assert_eq!(
             merged["alerts"][0]["status"], "resolved",

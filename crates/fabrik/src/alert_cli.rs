@@ -16,8 +16,10 @@ pub(crate) struct AlertArgs {
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Verdict {
     /// A real problem.
+    #[value(name = "true_positive", alias = "true-positive")]
     TruePositive,
     /// Nothing was wrong.
+    #[value(name = "false_positive", alias = "false-positive")]
     FalsePositive,
 }
 

@@ -193,17 +193,30 @@ fn a_fault_becomes_a_webhook_naming_its_signal_and_survives_a_restart_undelivere
     eventually("a delivery attempt", || receiver.attempts() >= 1);
     assert!(receiver.delivered().is_empty());
 
-    // Acknowledge with feedback; the verdict is data.
-    let (code, acked) = http(
+    // Acknowledge with feedback, as the alert e-mail tells operators to; the verdict is data.
+    let cli = |args: &[&str]| crate::support::client_command(&p.url, args);
+    let (ok, text) = cli(&["alert", "ack", "--feedback", "maybe", &id]);
+    assert!(!ok && text.contains("true_positive"), "{text}");
+    let (ok, text) = cli(&[
+        "alert",
+        "ack",
+        &id,
+        "--feedback",
+        "true_positive",
+        "--comment",
+        "bearing noise",
+        "--by",
+        "ana",
+    ]);
+    assert!(ok && text.contains("as true_positive"), "{text}");
+    let (_, acked) = http(
         &p.url,
-        reqwest::Method::POST,
-        &format!("/api/v1/alerts/{id}/ack"),
-        Some(
-            serde_json::json!({"feedback": "true_positive", "comment": "bearing noise", "by": "ana"}),
-        ),
+        reqwest::Method::GET,
+        &format!("/api/v1/alerts/{id}"),
+        None,
     );
-    assert_eq!(code, 200, "{acked}");
-    assert_eq!(acked["ack"]["feedback"], "true_positive");
+    assert_eq!(acked["ack"]["feedback"], "true_positive", "{acked}");
+    assert_eq!(acked["ack"]["comment"], "bearing noise", "{acked}");
     let labels = query(
         &p.url,
         "SELECT device, rule, true_positive, alert_id, \"by\" FROM alert_labels",
@@ -219,13 +232,17 @@ fn a_fault_becomes_a_webhook_naming_its_signal_and_survives_a_restart_undelivere
         Some(serde_json::json!({"feedback": "false_positive"})),
     );
     assert_eq!(code, 404);
-    let (code, silence) = http(
-        &p.url,
-        reqwest::Method::POST,
-        "/api/v1/silences",
-        Some(serde_json::json!({"device": "pump-b", "duration": "1h", "comment": "maintenance"})),
-    );
-    assert_eq!(code, 201, "{silence}");
+    let (ok, text) = cli(&[
+        "alert",
+        "silence",
+        "--device",
+        "pump-b",
+        "--duration",
+        "1h",
+        "--comment",
+        "maintenance",
+    ]);
+    assert!(ok && text.starts_with("silence s-"), "{text}");
     let (code, _) = http(
         &p.url,
         reqwest::Method::POST,
@@ -270,6 +287,7 @@ fn a_fault_becomes_a_webhook_naming_its_signal_and_survives_a_restart_undelivere
     assert_eq!(kept["ack"]["by"], "ana", "{kept}");
     let (_, silences) = http(&p.url, reqwest::Method::GET, "/api/v1/silences", None);
     assert_eq!(silences[0]["key"], "pump-b", "{silences}");
+    assert_eq!(silences[0]["comment"], "maintenance", "{silences}");
     // The CLI sees the same alert (resolved now: its rule left the configuration).
     let (ok, text) = crate::support::client_command(&p.url, &["alert", "list"]);
     assert!(ok, "{text}");
