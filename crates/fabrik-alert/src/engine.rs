@@ -119,6 +119,8 @@ struct KeyState {
     last_time_ns: Option<i64>,
     last_value: Option<f64>,
     context: BTreeMap<String, String>,
+    /// Watched only because a heartbeat rule expects it; it has never reported.
+    expected_only: bool,
 }
 
 /// The lifecycle of one rule over all its keys.
@@ -156,6 +158,7 @@ impl RuleEngine {
     /// stays firing while the silence lasts, instead of resolving on a report it never got.
     pub fn recall_last_seen(&mut self, key: &str, time_ns: i64) {
         let state = self.keys.entry(key.to_owned()).or_default();
+        state.expected_only = false;
         if state.last_time_ns.is_none_or(|t| t < time_ns) {
             state.last_time_ns = Some(time_ns);
         }
@@ -201,6 +204,7 @@ impl RuleEngine {
             };
             state.last_time_ns = Some(o.time_ns);
             state.last_value = Some(o.value);
+            state.expected_only = false;
             if holds {
                 state.context = o.context.clone();
             }
@@ -212,7 +216,9 @@ impl RuleEngine {
     }
 
     /// Advances the clock: pending alerts whose `for` has elapsed fire, and absence rules
-    /// check every known key (and `expected_keys`, which may never have reported).
+    /// check every key that reported and every one of `expected_keys` (all the keys expected
+    /// now, which may never have reported). A key that never reported and is no longer
+    /// expected (a device removed from the registry) is forgotten, its alert resolved.
     pub fn tick(&mut self, now_ns: i64, expected_keys: &[String]) -> Vec<Transition> {
         let mut out = Vec::new();
         if let Condition::Absent { after_ns } = self.rule.condition {
@@ -220,9 +226,29 @@ impl RuleEngine {
                 self.keys.entry(key.clone()).or_insert_with(|| KeyState {
                     // A key that never reported is silent since the rule started watching it.
                     last_time_ns: Some(now_ns),
+                    expected_only: true,
                     ..KeyState::default()
                 });
             }
+            let rule = &self.rule;
+            self.keys.retain(|key, state| {
+                if !state.expected_only || expected_keys.contains(key) {
+                    return true;
+                }
+                let context = state.context.clone();
+                step_at(
+                    rule,
+                    key,
+                    state,
+                    false,
+                    now_ns,
+                    now_ns,
+                    f64::NAN,
+                    &context,
+                    &mut out,
+                );
+                false
+            });
             for (key, state) in &mut self.keys {
                 let silent_since = state.last_time_ns.unwrap_or(now_ns);
                 let holds = now_ns - silent_since >= after_ns;
@@ -453,6 +479,17 @@ mod tests {
         assert_eq!(states(&t), vec![("a", AlertState::Resolved, 95)]);
         // No repeated firing transitions while it stays silent.
         assert!(e.tick(120 * S, &["b".into()]).is_empty());
+        // No longer expected (removed from the registry) and never heard of: forgotten, its
+        // alert resolved; `a`, which reported, is still watched though not expected.
+        assert_eq!(
+            states(&e.tick(130 * S, &[])),
+            vec![("b", AlertState::Resolved, 130)]
+        );
+        assert!(e.tick(140 * S, &[]).is_empty());
+        assert_eq!(
+            states(&e.tick(200 * S, &[])),
+            vec![("a", AlertState::Firing, 200)]
+        );
     }
 
     #[test]

@@ -176,8 +176,9 @@ impl Alerting {
         Ok(transitions)
     }
 
-    /// Advances every rule's clock (pending → firing, absence); `expected_keys` lists, per
-    /// rule, keys that should report (for heartbeat rules).
+    /// Advances the clocks of the rules named in `expected_keys` (pending → firing,
+    /// absence); their values are the keys each rule expects to report now (for heartbeat
+    /// rules; see [`RuleEngine::tick`]).
     pub async fn tick(
         &self,
         now_ns: i64,
@@ -187,9 +188,9 @@ impl Alerting {
             let mut engines = self.engines.lock();
             engines
                 .iter_mut()
-                .map(|(name, engine)| {
-                    let keys = expected_keys.get(name).map_or(&[][..], Vec::as_slice);
-                    (engine.tick(now_ns, keys), engine.rule().severity.clone())
+                .filter_map(|(name, engine)| {
+                    let keys = expected_keys.get(name)?;
+                    Some((engine.tick(now_ns, keys), engine.rule().severity.clone()))
                 })
                 .collect()
         };

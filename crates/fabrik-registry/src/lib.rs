@@ -147,6 +147,9 @@ pub struct Registry {
     verified: Arc<Mutex<HashMap<String, VerifiedToken>>>,
     activity: Arc<Mutex<HashMap<String, Activity>>>,
     attempts: Arc<Mutex<users::Attempts>>,
+    /// Bumped by every change to the set of devices or their site, type or labels, so a
+    /// reader that selects devices (a heartbeat rule's `expect`) re-reads only after one.
+    changes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// SHA-256 of a token that passed the argon2 check, and when.
@@ -224,7 +227,19 @@ impl Registry {
             verified: Arc::default(),
             activity: Arc::default(),
             attempts: Arc::default(),
+            changes: Arc::default(),
         })
+    }
+
+    /// A number that changes whenever a device is added, changed or removed (in this
+    /// process).
+    pub fn generation(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Registers a device; returns it with its new token, shown only this once.
@@ -260,6 +275,7 @@ impl Registry {
             }
             Err(e) => return Err(e.into()),
         }
+        self.changed();
         self.event(id.as_str(), "registered", "").await?;
         let device = self.get(id.as_str()).await?;
         Ok((device, token))
@@ -368,6 +384,7 @@ impl Registry {
         .bind(id)
         .execute(&self.pool)
         .await?;
+        self.changed();
         self.event(id, "updated", "").await?;
         Ok(device)
     }
@@ -381,6 +398,7 @@ impl Registry {
         if done.rows_affected() == 0 {
             return Err(RegistryError::NotFound(id.to_owned()));
         }
+        self.changed();
         sqlx::query("DELETE FROM device_events WHERE device_id = ?")
             .bind(id)
             .execute(&self.pool)

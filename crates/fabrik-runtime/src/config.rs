@@ -366,6 +366,40 @@ pub struct AlertRuleConfig {
     /// Where reading starts: `now`, or `earliest`.
     #[serde(default = "now")]
     pub start: String,
+    /// `absent` rules: keys that must report even if they never have. Without it a heartbeat
+    /// rule watches the keys that have reported, so a device that never sends is never missed.
+    #[serde(default)]
+    pub expect: Option<ExpectConfig>,
+}
+
+/// `expect` of an `absent` rule: the devices (keys) that must report. Listed devices, and the
+/// registered devices that match `site`, `device_type` and `label` (all of them with
+/// `registered = true` and no filter), kept current as the registry changes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectConfig {
+    /// These keys.
+    #[serde(default)]
+    pub devices: Vec<String>,
+    /// Registered devices of this site.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// Registered devices of this type.
+    #[serde(default)]
+    pub device_type: Option<String>,
+    /// Registered devices with this label, `key=value` (or `key` for any value).
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Every registered device (narrowed by `site`, `device_type`, `label` if given).
+    #[serde(default)]
+    pub registered: bool,
+}
+
+impl ExpectConfig {
+    /// Whether the registry is asked for devices.
+    pub fn uses_registry(&self) -> bool {
+        self.registered || self.site.is_some() || self.device_type.is_some() || self.label.is_some()
+    }
 }
 
 /// `[[alerting.notifiers]]`
@@ -1225,6 +1259,13 @@ fn array_template(path: &str) -> Option<toml::Table> {
             context: Vec::new(),
             interval: String::new(),
             start: String::new(),
+            expect: Some(ExpectConfig {
+                devices: Vec::new(),
+                site: Some(String::new()),
+                device_type: Some(String::new()),
+                label: Some(String::new()),
+                registered: false,
+            }),
         })
         .ok();
     }

@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 const READ_LIMIT: usize = 20_000;
 /// How long a write may take between taking its raw-message id and committing.
 const SETTLE_NS: i64 = 1_000_000_000;
+/// How often a heartbeat rule's `expect` re-reads the registry.
+const EXPECT_REFRESH: Duration = Duration::from_secs(10);
 
 /// A rule checked and ready to evaluate.
 #[derive(Debug, Clone)]
@@ -127,6 +129,30 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
             "severity",
             format!("`{}`: expected critical, warning or info", c.severity),
         );
+    }
+    let heartbeat = c.condition == "absent";
+    if c.clear.is_some() && (heartbeat || c.condition == "rate_above") {
+        problem(
+            "clear",
+            format!(
+                "applies to `above` and `below` rules, not `{}`",
+                c.condition
+            ),
+        );
+    }
+    match &c.expect {
+        Some(_) if !heartbeat => {
+            problem("expect", "applies to `absent` rules only".into());
+        }
+        Some(expect) if expect.devices.is_empty() && !expect.uses_registry() => {
+            problem(
+                "expect",
+                "names no device: give `devices`, a registry filter (`site`, `device_type`, \
+                 `label`) or `registered = true`"
+                    .into(),
+            );
+        }
+        _ => {}
     }
     let replay = match c.start.as_str() {
         "now" => false,
@@ -533,6 +559,7 @@ fn demo_rule() -> AlertRuleConfig {
         context: vec!["top_signal".into(), "contributions".into()],
         interval: "1s".into(),
         start: "now".into(),
+        expect: None,
     }
 }
 
@@ -544,6 +571,7 @@ pub(crate) async fn start(
     demo: bool,
     store: Arc<Store>,
     broker: Option<&Arc<Broker>>,
+    registry: Option<fabrik_registry::Registry>,
 ) -> Result<(ServiceHandle, Arc<Alerting>), String> {
     let mut rule_configs = config.alerting.rules.clone();
     if demo && rule_configs.is_empty() && config.pipelines.is_empty() {
@@ -590,6 +618,8 @@ pub(crate) async fn start(
             rule,
             store: store.clone(),
             alerting: alerting.clone(),
+            registry: registry.clone(),
+            expected_registered: parking_lot::Mutex::default(),
         };
         tasks.push(tokio::spawn(evaluator.run(stop.child_token())));
     }
@@ -614,6 +644,19 @@ struct Evaluator {
     rule: CompiledRule,
     store: Arc<Store>,
     alerting: Arc<Alerting>,
+    registry: Option<fabrik_registry::Registry>,
+    /// The registered devices `expect` selected when the registry was last read.
+    expected_registered: parking_lot::Mutex<RegisteredDevices>,
+}
+
+/// What a heartbeat rule last read from the registry for `expect`.
+#[derive(Default)]
+struct RegisteredDevices {
+    /// When; `None` before the first read.
+    read: Option<std::time::Instant>,
+    /// The registry's generation then.
+    generation: u64,
+    devices: Vec<String>,
 }
 
 impl Evaluator {
@@ -663,6 +706,58 @@ impl Evaluator {
                 Err(_) => {}
             }
         }
+    }
+
+    /// The keys a heartbeat rule's `expect` names: its listed devices and the registered
+    /// devices it selects. The registry is read again after it changed, and at least every
+    /// [`EXPECT_REFRESH`] (a change made by another process).
+    async fn expected_keys(&self) -> Result<Vec<String>, String> {
+        let Some(expect) = &self.rule.config.expect else {
+            return Ok(Vec::new());
+        };
+        let mut keys = expect.devices.clone();
+        if expect.uses_registry() {
+            let registry = self
+                .registry
+                .as_ref()
+                .ok_or("`expect` selects registered devices, which needs the registry module")?;
+            let generation = registry.generation();
+            let cached = {
+                let cache = self.expected_registered.lock();
+                cache
+                    .read
+                    .filter(|read| {
+                        read.elapsed() < EXPECT_REFRESH && cache.generation == generation
+                    })
+                    .map(|_| cache.devices.clone())
+            };
+            let registered = match cached {
+                Some(registered) => registered,
+                None => {
+                    let filter = fabrik_registry::DeviceFilter {
+                        site: expect.site.clone(),
+                        device_type: expect.device_type.clone(),
+                        state: None,
+                        label: expect.label.clone(),
+                    };
+                    let registered: Vec<String> = registry
+                        .list(&filter)
+                        .await
+                        .map_err(|e| format!("device registry: {e}"))?
+                        .into_iter()
+                        .map(|d| d.id)
+                        .collect();
+                    *self.expected_registered.lock() = RegisteredDevices {
+                        read: Some(std::time::Instant::now()),
+                        generation,
+                        devices: registered.clone(),
+                    };
+                    registered
+                }
+            };
+            keys.extend(registered);
+        }
+        Ok(keys)
     }
 
     /// Tells a heartbeat (`absent`) rule when each key of its table last reported, so a key
@@ -746,7 +841,7 @@ impl Evaluator {
 
     async fn tick(&self, now: i64) -> Result<(), String> {
         let mut expected = BTreeMap::new();
-        expected.insert(self.rule.config.name.clone(), Vec::new());
+        expected.insert(self.rule.config.name.clone(), self.expected_keys().await?);
         self.alerting
             .tick(now, &expected)
             .await
@@ -826,6 +921,7 @@ impl Evaluator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fabrik_runtime::config::ExpectConfig;
 
     #[test]
     fn the_demo_rule_compiles_and_bad_rules_name_their_fields() {
@@ -843,6 +939,26 @@ mod tests {
         let mut inverted = demo_rule();
         inverted.clear = Some(2.0);
         assert_eq!(compile_rule(&inverted).unwrap_err()[0].0, "clear");
+        // `expect` is for heartbeat rules, and must name something; `clear` is not for them.
+        let mut expecting = demo_rule();
+        expecting.expect = Some(ExpectConfig {
+            registered: true,
+            ..ExpectConfig::default()
+        });
+        assert_eq!(compile_rule(&expecting).unwrap_err()[0].0, "expect");
+        let mut heartbeat = demo_rule();
+        heartbeat.condition = "absent".into();
+        heartbeat.threshold = 30.0;
+        heartbeat.expect = Some(ExpectConfig::default());
+        let problems = compile_rule(&heartbeat).unwrap_err();
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(fields, ["clear", "expect"], "{problems:?}");
+        heartbeat.clear = None;
+        heartbeat.expect = Some(ExpectConfig {
+            site: Some("north".into()),
+            ..ExpectConfig::default()
+        });
+        assert!(compile_rule(&heartbeat).is_ok());
     }
 
     fn notifier(kind: &str, url: &str) -> NotifierConfig {

@@ -473,6 +473,7 @@ async fn serve(
             Module::Alerts => {
                 let store = wiring.store.clone();
                 let broker = wiring.broker.clone();
+                let registry = wiring.registry.clone();
                 let external_url = format!("http://{}", settings.http_listen);
                 manager
                     .start(module.name(), || async {
@@ -484,6 +485,7 @@ async fn serve(
                             demo,
                             store,
                             broker.as_ref(),
+                            registry,
                         )
                         .await?;
                         wiring.alerting = Some(alerting);

@@ -683,3 +683,109 @@ fn time_text(ns: i64) -> String {
         .format("%Y-%m-%dT%H:%M:%S")
         .to_string()
 }
+
+/// A heartbeat rule with `expect` misses registered devices of its selection and listed ones
+/// that never reported, ignores the other registered devices, and forgets a device removed
+/// from the registry (its alert resolves).
+#[test]
+fn a_heartbeat_rule_expects_registered_devices_that_never_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("fabrik.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[alerting.rules]]
+name = "expected-beat"
+table = "beat"
+value = "1"
+condition = "absent"
+threshold = 2
+interval = "200ms"
+expect = { site = "north", devices = ["gw-listed"] }
+"#,
+    )
+    .expect("config");
+    let data = dir.path().join("data");
+    let p = Process::start_with_args(&data, &["--config", config.to_str().expect("utf-8")], &[]);
+    let register = |id: &str, site: &str| {
+        let (code, body) = http(
+            &p.url,
+            reqwest::Method::POST,
+            "/api/v1/devices",
+            Some(serde_json::json!({"id": id, "site": site})),
+        );
+        assert_eq!(code, 201, "{body}");
+    };
+    register("gw-north", "north");
+    register("gw-south", "south");
+    // Every alert as (key, id, state).
+    let alerts = || -> Vec<(String, String, String)> {
+        let (_, alerts) = http(&p.url, reqwest::Method::GET, "/api/v1/alerts", None);
+        let text = |x: &serde_json::Value, k: &str| x[k].as_str().unwrap_or_default().to_owned();
+        alerts
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| (text(x, "key"), text(x, "id"), text(x, "state")))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let firing_id = |key: &str| {
+        alerts()
+            .into_iter()
+            .find(|(k, _, state)| k == key && state == "firing")
+            .map(|(_, id, _)| id)
+    };
+    let state_of = |id: &str| {
+        alerts()
+            .into_iter()
+            .find(|(_, i, _)| i == id)
+            .map(|(_, _, state)| state)
+            .unwrap_or_default()
+    };
+    eventually(
+        "the expected devices that never reported are missed",
+        || firing_id("gw-north").is_some() && firing_id("gw-listed").is_some(),
+    );
+    let north = firing_id("gw-north").expect("firing");
+    // Its table does not even exist: nothing was ever written. A report resolves it.
+    assert_eq!(
+        crate::support::post_status(&p.url, "/api/v1/write", "beat,device=gw-north up=1\n"),
+        200
+    );
+    eventually("gw-north's report resolves its alert", || {
+        state_of(&north) == "resolved"
+    });
+    // A device registered later is expected from then on; removed, it is forgotten.
+    register("gw-north-2", "north");
+    eventually("the new device is missed", || {
+        firing_id("gw-north-2").is_some()
+    });
+    let added = firing_id("gw-north-2").expect("firing");
+    let (code, _) = http(
+        &p.url,
+        reqwest::Method::DELETE,
+        "/api/v1/devices/gw-north-2",
+        None,
+    );
+    assert_eq!(code, 204);
+    eventually("the removed device's alert resolves", || {
+        state_of(&added) == "resolved"
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3)); // past the threshold again
+    let all = alerts();
+    assert!(
+        all.iter().all(|(key, _, _)| key != "gw-south"),
+        "a device outside the selection is not expected: {all:?}"
+    );
+    assert!(
+        all.iter()
+            .filter(|(key, _, _)| key == "gw-north-2")
+            .all(|(_, id, _)| *id == added),
+        "the removed device is not missed again: {all:?}"
+    );
+    assert!(firing_id("gw-listed").is_some(), "{all:?}");
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}
