@@ -42,6 +42,12 @@ const SCHEMA: &[&str] = &[
         by_whom TEXT NOT NULL,
         comment TEXT
     )",
+    "CREATE TABLE IF NOT EXISTS notified (
+        alert_id TEXT NOT NULL,
+        notifier TEXT NOT NULL,
+        at_ns BIGINT NOT NULL,
+        PRIMARY KEY (alert_id, notifier)
+    )",
     "CREATE TABLE IF NOT EXISTS outbox (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         notifier TEXT NOT NULL,
@@ -357,6 +363,65 @@ impl AlertDb {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(entry_from_row).collect()
+    }
+
+    /// Records that `notifier` told its receiver about each of `alert_ids` at `at_ns`.
+    pub async fn record_notified(
+        &self,
+        alert_ids: &[String],
+        notifier: &str,
+        at_ns: i64,
+    ) -> Result<(), AlertError> {
+        for alert_id in alert_ids {
+            sqlx::query(
+                "INSERT INTO notified (alert_id, notifier, at_ns) VALUES (?, ?, ?) \
+                 ON CONFLICT (alert_id, notifier) DO UPDATE SET at_ns = excluded.at_ns",
+            )
+            .bind(alert_id)
+            .bind(notifier)
+            .bind(at_ns)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// When each open alert was last notified, per notifier, as `((alert id, notifier),
+    /// ns)`. Rows of alerts no longer open are dropped first.
+    pub async fn last_notified(
+        &self,
+    ) -> Result<std::collections::HashMap<(String, String), i64>, AlertError> {
+        sqlx::query(
+            "DELETE FROM notified WHERE alert_id NOT IN \
+             (SELECT id FROM alerts WHERE state IN ('pending', 'firing'))",
+        )
+        .execute(&self.pool)
+        .await?;
+        let rows = sqlx::query("SELECT alert_id, notifier, at_ns FROM notified")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    (r.try_get("alert_id")?, r.try_get("notifier")?),
+                    r.try_get("at_ns")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// The (alert id, notifier) pairs with a notification queued.
+    pub async fn queued_pairs(
+        &self,
+    ) -> Result<std::collections::HashSet<(String, String)>, AlertError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT alert_id, notifier FROM outbox WHERE alert_id IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("alert_id")?, r.try_get("notifier")?)))
+            .collect()
     }
 
     /// Notifications not yet delivered.

@@ -271,29 +271,83 @@ impl Alerting {
 
     async fn enqueue(&self, alert: &Alert, now: i64) -> Result<(), AlertError> {
         for notifier in &self.notifiers {
-            let payload = notifier.payload(alert, &self.external_url).to_string();
-            match notifier.grouping() {
-                None => {
-                    self.db
-                        .enqueue(notifier.name(), &payload, now, &alert.id)
-                        .await?;
-                }
-                Some(grouping) => {
-                    // Join the group's open window, or open one.
-                    let key = grouping.key(alert);
-                    let wait = i64::try_from(grouping.wait.as_nanos()).unwrap_or(i64::MAX);
-                    let due = match self.db.open_group_due(notifier.name(), &key, now).await? {
-                        Some(due) => due,
-                        None => now.saturating_add(wait),
-                    };
-                    self.db
-                        .enqueue_grouped(notifier.name(), &payload, due, Some(&key), &alert.id)
-                        .await?;
-                }
-            }
+            self.enqueue_for(notifier, alert, now).await?;
         }
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Queues `alert`'s state for one notifier, joining its group's open window if it groups.
+    async fn enqueue_for(
+        &self,
+        notifier: &Notifier,
+        alert: &Alert,
+        now: i64,
+    ) -> Result<(), AlertError> {
+        let payload = notifier.payload(alert, &self.external_url).to_string();
+        match notifier.grouping() {
+            None => {
+                self.db
+                    .enqueue(notifier.name(), &payload, now, &alert.id)
+                    .await?;
+            }
+            Some(grouping) => {
+                // Join the group's open window, or open one.
+                let key = grouping.key(alert);
+                let wait = i64::try_from(grouping.wait.as_nanos()).unwrap_or(i64::MAX);
+                let due = match self.db.open_group_due(notifier.name(), &key, now).await? {
+                    Some(due) => due,
+                    None => now.saturating_add(wait),
+                };
+                self.db
+                    .enqueue_grouped(notifier.name(), &payload, due, Some(&key), &alert.id)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a reminder for every alert that still fires, is not silenced, and was last
+    /// notified by a repeating notifier at least its `repeat_interval` ago (Alertmanager's
+    /// `repeat_interval`), unless one is queued already. An alert that notifier never told
+    /// about (its first notification is still queued) waits for that. Returns how many were
+    /// queued.
+    pub async fn queue_reminders(&self) -> Result<usize, AlertError> {
+        if self.notifiers.iter().all(|n| n.repeat_interval().is_none()) {
+            return Ok(0);
+        }
+        let now = now_ns();
+        let last_notified = self.db.last_notified().await?;
+        let queued = self.db.queued_pairs().await?;
+        let silences = self.db.silences().await?;
+        let mut reminders = 0;
+        for alert in self.db.open_alerts().await? {
+            if alert.state != AlertState::Firing
+                || is_silenced(&silences, &alert.rule, &alert.key, now)
+            {
+                continue;
+            }
+            for notifier in &self.notifiers {
+                let Some(repeat) = notifier.repeat_interval() else {
+                    continue;
+                };
+                let pair = (alert.id.clone(), notifier.name().to_owned());
+                let Some(&last) = last_notified.get(&pair) else {
+                    continue;
+                };
+                let repeat = i64::try_from(repeat.as_nanos()).unwrap_or(i64::MAX);
+                if now.saturating_sub(last) < repeat || queued.contains(&pair) {
+                    continue;
+                }
+                tracing::info!(alert = %alert.id, notifier = %notifier.name(), "Alert still firing; reminding.");
+                self.enqueue_for(notifier, &alert, now).await?;
+                reminders += 1;
+            }
+        }
+        if reminders > 0 {
+            self.wake.notify_one();
+        }
+        Ok(reminders)
     }
 
     /// Acknowledges an alert with the operator's verdict.
@@ -348,6 +402,9 @@ impl Alerting {
         loop {
             if let Err(e) = self.refresh_silences().await {
                 tracing::error!(error = %e, "Checking silences against open alerts failed.");
+            }
+            if let Err(e) = self.queue_reminders().await {
+                tracing::error!(error = %e, "Queueing reminders of firing alerts failed.");
             }
             if let Err(e) = self.deliver_due().await {
                 tracing::error!(error = %e, "Alert outbox pass failed.");
@@ -409,17 +466,17 @@ impl Alerting {
         Ok(notified)
     }
 
-    /// The payloads, for `notifier`, of the alerts of group `key` that fire now and are not
-    /// silenced.
+    /// The ids and payloads, for `notifier`, of the alerts of group `key` that fire now and
+    /// are not silenced.
     async fn firing_in_group(
         &self,
         notifier: &Notifier,
         key: &str,
         silences: &[Silence],
         now: i64,
-    ) -> Result<Vec<serde_json::Value>, AlertError> {
+    ) -> Result<(Vec<String>, Vec<serde_json::Value>), AlertError> {
         let Some(grouping) = notifier.grouping() else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         };
         Ok(self
             .db
@@ -431,8 +488,8 @@ impl Alerting {
                     && grouping.key(a) == key
                     && !is_silenced(silences, &a.rule, &a.key, now)
             })
-            .map(|a| notifier.payload(a, &self.external_url))
-            .collect())
+            .map(|a| (a.id.clone(), notifier.payload(a, &self.external_url)))
+            .unzip())
     }
 
     /// One pass over due notifications; returns how many notifications were delivered (a
@@ -450,6 +507,8 @@ impl Alerting {
                 handled.insert(entry.id);
                 continue;
             }
+            // The alerts the notification tells about, for reminders.
+            let mut told: Vec<String> = Vec::new();
             let Some(notifier) = self.notifiers.iter().find(|n| n.name() == entry.notifier) else {
                 // Its notifier left the configuration; keep it for a while in case it returns.
                 self.db
@@ -465,6 +524,7 @@ impl Alerting {
                         if self.silenced_since_queued(&member, &silences, now).await? {
                             handled.insert(member.id);
                         } else {
+                            told.extend(member.alert_id.clone());
                             group.push(member);
                         }
                     }
@@ -476,11 +536,12 @@ impl Alerting {
                     // A webhook group always goes out as the group's body (its key and
                     // labels, its alerts still firing); a lone e-mail as the alert's own.
                     let webhook = matches!(notifier, Notifier::Webhook { .. });
-                    let firing = if webhook {
+                    let (firing_ids, firing) = if webhook {
                         self.firing_in_group(notifier, key, &silences, now).await?
                     } else {
-                        Vec::new()
+                        (Vec::new(), Vec::new())
                     };
+                    told.extend(firing_ids);
                     let payload = if let ([only], false) = (group.as_slice(), webhook) {
                         only.payload.clone()
                     } else {
@@ -498,7 +559,10 @@ impl Alerting {
                     };
                     (ids, payload, attempts)
                 }
-                None => (vec![entry.id], entry.payload.clone(), entry.attempts),
+                None => {
+                    told.extend(entry.alert_id.clone());
+                    (vec![entry.id], entry.payload.clone(), entry.attempts)
+                }
             };
             handled.extend(ids.iter().copied());
             match notify::deliver(&self.client, notifier, &payload).await {
@@ -506,6 +570,11 @@ impl Alerting {
                     for id in &ids {
                         self.db.delivered(*id).await?;
                     }
+                    told.sort();
+                    told.dedup();
+                    self.db
+                        .record_notified(&told, notifier.name(), now_ns())
+                        .await?;
                     delivered += 1;
                 }
                 Err(e) => {
@@ -784,6 +853,7 @@ mod tests {
             grouping: notify::Grouping {
                 by: vec![notify::GroupLabel::Rule],
                 wait,
+                repeat: std::time::Duration::ZERO,
             },
         };
         let mut cold = rule();
@@ -949,6 +1019,69 @@ mod tests {
         let body = bodies.recv().await.unwrap();
         assert_eq!(body["status"], "firing", "{body}");
         assert_eq!(body["alerts"][0]["labels"]["device"], "oven-1", "{body}");
+    }
+
+    /// A firing alert is notified again every `repeat_interval` after its last notification,
+    /// once per interval; not while silenced, and not after it resolved.
+    #[tokio::test]
+    async fn a_still_firing_alert_is_notified_again_after_the_repeat_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, mut bodies) = http_receiver().await;
+        let repeat = std::time::Duration::from_millis(400);
+        let webhook = Notifier::Webhook {
+            name: "ops".into(),
+            url,
+            timeout: std::time::Duration::from_secs(5),
+            grouping: notify::Grouping {
+                repeat,
+                ..notify::Grouping::default()
+            },
+        };
+        let alerting = Alerting::open(
+            &dir.path().join("a.db"),
+            vec![rule()],
+            vec![webhook],
+            "http://x".into(),
+        )
+        .await
+        .unwrap();
+        alerting
+            .observe("hot", &[obs("oven-1", 1, 85.0)])
+            .await
+            .unwrap();
+        assert_eq!(
+            alerting.queue_reminders().await.unwrap(),
+            0,
+            "first notification still queued"
+        );
+        assert_eq!(alerting.deliver_due().await.unwrap(), 1);
+        assert_eq!(bodies.recv().await.unwrap()["status"], "firing");
+        assert_eq!(alerting.queue_reminders().await.unwrap(), 0, "too soon");
+
+        let later = repeat + std::time::Duration::from_millis(100);
+        tokio::time::sleep(later).await;
+        assert_eq!(alerting.queue_reminders().await.unwrap(), 1);
+        assert_eq!(alerting.queue_reminders().await.unwrap(), 0, "queued once");
+        assert_eq!(alerting.deliver_due().await.unwrap(), 1);
+        let reminder = bodies.recv().await.unwrap();
+        assert_eq!(reminder["status"], "firing", "{reminder}");
+        assert_eq!(reminder["alerts"][0]["labels"]["device"], "oven-1");
+        assert_eq!(alerting.queue_reminders().await.unwrap(), 0, "just told");
+
+        // Silenced: no reminder.
+        alerting
+            .silence(None, Some("oven-1".into()), later * 4, "ana", None)
+            .await
+            .unwrap();
+        tokio::time::sleep(later).await;
+        assert_eq!(alerting.queue_reminders().await.unwrap(), 0);
+        // Resolved: nothing to remind of.
+        alerting
+            .observe("hot", &[obs("oven-1", 2, 10.0)])
+            .await
+            .unwrap();
+        tokio::time::sleep(later * 4).await;
+        assert_eq!(alerting.queue_reminders().await.unwrap(), 0);
     }
 
     /// Without grouping every alert is its own group: two devices of one rule never share a

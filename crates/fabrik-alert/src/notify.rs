@@ -96,6 +96,9 @@ pub struct Grouping {
     pub by: Vec<GroupLabel>,
     /// How long a group collects changes; zero: every change goes out on its own.
     pub wait: Duration,
+    /// How long after its last notification an alert that still fires is notified again
+    /// (Alertmanager's `repeat_interval`); zero: never.
+    pub repeat: Duration,
 }
 
 impl Grouping {
@@ -177,6 +180,17 @@ impl Notifier {
         match self {
             Self::Webhook { grouping, .. } | Self::Email { grouping, .. } => {
                 (!grouping.wait.is_zero()).then_some(grouping)
+            }
+            Self::Mqtt { .. } => None,
+        }
+    }
+
+    /// How long after its last notification a still-firing alert is notified again, if
+    /// this notifier repeats (webhook and e-mail; an MQTT topic keeps the state retained).
+    pub fn repeat_interval(&self) -> Option<Duration> {
+        match self {
+            Self::Webhook { grouping, .. } | Self::Email { grouping, .. } => {
+                (!grouping.repeat.is_zero()).then_some(grouping.repeat)
             }
             Self::Mqtt { .. } => None,
         }
@@ -702,6 +716,7 @@ mod tests {
         let grouping = Grouping {
             by: vec![GroupLabel::Rule, GroupLabel::Severity],
             wait: Duration::from_secs(30),
+            repeat: Duration::ZERO,
         };
         let mut other = alert(AlertState::Firing);
         other.id = "pump-health~pump-07~1700000000000000000".into();

@@ -454,6 +454,10 @@ pub struct NotifierConfig {
     /// one group for everything).
     #[serde(default = "group_by_rule")]
     pub group_by: Vec<String>,
+    /// webhook and email: how long after its last notification an alert that still fires is
+    /// notified again (default `4h`, as Alertmanager's `repeat_interval`; `0s`: never).
+    #[serde(default)]
+    pub repeat_interval: Option<String>,
 }
 
 fn group_by_rule() -> Vec<String> {
@@ -1286,6 +1290,7 @@ fn array_template(path: &str) -> Option<toml::Table> {
             starttls: true,
             group_wait: String::new(),
             group_by: Vec::new(),
+            repeat_interval: Some(String::new()),
         })
         .ok();
     }

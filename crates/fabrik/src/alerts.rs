@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 const READ_LIMIT: usize = 20_000;
 /// How long a write may take between taking its raw-message id and committing.
 const SETTLE_NS: i64 = 1_000_000_000;
+/// Alertmanager's default `repeat_interval`: a still-firing alert is notified again after.
+const DEFAULT_REPEAT_INTERVAL: Duration = Duration::from_secs(4 * 3600);
 /// How often a heartbeat rule's `expect` re-reads the registry.
 const EXPECT_REFRESH: Duration = Duration::from_secs(10);
 
@@ -232,6 +234,18 @@ fn check_notifier(
             "group_wait",
             "does not apply to kind = \"mqtt\" (its topics carry one alert's state each)".into(),
         );
+    }
+    match (&n.repeat_interval, n.kind.as_str()) {
+        (Some(_), "mqtt") => problem(
+            "repeat_interval",
+            "does not apply to kind = \"mqtt\" (a retained topic keeps the state)".into(),
+        ),
+        (Some(text), _) => match parse_duration(text) {
+            Ok(repeat) => grouping.repeat = repeat,
+            Err(e) => problem("repeat_interval", e),
+        },
+        (None, "mqtt") => {}
+        (None, _) => grouping.repeat = DEFAULT_REPEAT_INTERVAL,
     }
     let mqtt_only = [
         ("topic", n.topic.is_some()),
@@ -1001,6 +1015,19 @@ mod tests {
         assert!(fields(&grouped).is_empty());
         grouped.group_wait = "soon".into();
         assert_eq!(fields(&grouped), vec!["group_wait"]);
+        // Reminders: 4 h unless set, `0s` for none; not for MQTT topics.
+        let hook = notifier("webhook", "http://127.0.0.1:9093/hook");
+        let repeat = |n: &NotifierConfig| check_notifier(n).ok().map(|(_, _, g)| g.repeat);
+        assert_eq!(repeat(&hook), Some(DEFAULT_REPEAT_INTERVAL));
+        let mut quiet = hook.clone();
+        quiet.repeat_interval = Some("0s".into());
+        assert_eq!(repeat(&quiet), Some(Duration::ZERO));
+        quiet.repeat_interval = Some("daily".into());
+        assert_eq!(fields(&quiet), vec!["repeat_interval"]);
+        let mut reminded = notifier("mqtt", "");
+        assert_eq!(repeat(&reminded), Some(Duration::ZERO));
+        reminded.repeat_interval = Some("1h".into());
+        assert_eq!(fields(&reminded), vec!["repeat_interval"]);
 
         let mut mail = notifier("email", "smtp://mail.plant:587");
         assert_eq!(fields(&mail), vec!["from", "to"]);
