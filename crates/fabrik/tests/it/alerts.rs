@@ -789,3 +789,56 @@ expect = { site = "north", devices = ["gw-listed"] }
     let (status, _) = p.terminate();
     assert!(status.success());
 }
+
+/// A rule's value is an SQL expression over several signals of a row: the alert fires on the
+/// product of two, which neither signal alone decides, and carries the product as its value.
+#[test]
+fn a_rule_on_an_expression_over_two_signals_fires_on_their_combination() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("fabrik.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[alerting.rules]]
+name = "electrical-load"
+table = "pump"
+value = "vibration * current"
+condition = "above"
+threshold = 40
+interval = "200ms"
+start = "earliest"
+"#,
+    )
+    .expect("config");
+    let data = dir.path().join("data");
+    let p = Process::start_with_args(&data, &["--config", config.to_str().expect("utf-8")], &[]);
+    let now = now_ns();
+    // Products 30, 45 and 36: only pump-y's passes 40, though pump-z has the highest vibration
+    // and pump-x the highest current.
+    let rows = format!(
+        "pump,device=pump-x vibration=3,current=10 {now}\n\
+         pump,device=pump-y vibration=5,current=9 {now}\n\
+         pump,device=pump-z vibration=9,current=4 {now}\n"
+    );
+    assert_eq!(
+        crate::support::post_status(&p.url, "/api/v1/write", &rows),
+        200
+    );
+    let firing = || {
+        let (_, alerts) = http(
+            &p.url,
+            reqwest::Method::GET,
+            "/api/v1/alerts?state=firing",
+            None,
+        );
+        alerts.as_array().cloned().unwrap_or_default()
+    };
+    eventually("the combined load fires", || !firing().is_empty());
+    std::thread::sleep(std::time::Duration::from_secs(2)); // ten more evaluations
+    let alerts = firing();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["key"], "pump-y", "{alerts:?}");
+    assert_eq!(alerts[0]["value"], 45.0, "{alerts:?}");
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}

@@ -42,6 +42,18 @@ interval = "200ms"
 start = "earliest"
 
 [[pipelines]]
+name = "north"
+table = "pump"
+site = "north"
+signals = ["vibration"]
+window = "10s"
+features = ["mean"]
+training_windows = 20
+interval = "200ms"
+lateness = "0s"
+start = "earliest"
+
+[[pipelines]]
 name = "no-table"
 table = "compressor"
 signals = ["vibration"]
@@ -118,6 +130,15 @@ fn a_replayed_fault_is_flagged_explained_and_traced_to_its_samples() {
     std::fs::write(&config, CONFIG).expect("config");
     let data = dir.path().join("data");
     let p = Process::start_with_args(&data, &["--config", config.to_str().expect("utf-8")], &[]);
+    for (device, site) in [("pump-a", "north"), ("pump-b", "south")] {
+        let (code, body) = http(
+            &p.url,
+            reqwest::Method::POST,
+            "/api/v1/devices",
+            Some(serde_json::json!({"id": device, "site": site})),
+        );
+        assert_eq!(code, 201, "{body}");
+    }
 
     let start = write_history_an_hour_ago(&p.url);
 
@@ -126,6 +147,15 @@ fn a_replayed_fault_is_flagged_explained_and_traced_to_its_samples() {
         "pumps",
         80,
         "the pipeline scores every window after training",
+    );
+    // Selected by site: the north pump's 60 windows, 20 of them training; none of the south's.
+    await_inferences(&p.url, "north", 40, "the site's pipeline scores its pump");
+    assert_eq!(
+        blocking_query_count(
+            &p.url,
+            "SELECT count(*) FROM inferences WHERE pipeline = 'north' AND device <> 'pump-a'"
+        ),
+        0
     );
     let (_, status) = http(
         &p.url,
