@@ -78,7 +78,8 @@ pub struct Alert {
     pub silenced: bool,
 }
 
-/// Matches alerts by rule and key (`*` or absent matches any).
+/// Matches alerts by rule and key: absent matches any, and a `*` in either matches any run of
+/// characters (`pump-*` silences every pump, `*` everything).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Silence {
     /// Assigned id.
@@ -99,9 +100,36 @@ impl Silence {
     /// Whether it silences `rule`/`key` at `now_ns` (`until_ns` is its end).
     pub fn matches(&self, rule: &str, key: &str, now_ns: i64, until_ns: i64) -> bool {
         now_ns < until_ns
-            && self.rule.as_deref().is_none_or(|r| r == "*" || r == rule)
-            && self.key.as_deref().is_none_or(|k| k == "*" || k == key)
+            && self.rule.as_deref().is_none_or(|r| glob_match(r, rule))
+            && self.key.as_deref().is_none_or(|k| glob_match(k, key))
     }
+}
+
+/// Whether `text` matches `pattern`, in which `*` stands for any run of characters (also
+/// none) and every other character for itself.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (pattern, text): (Vec<char>, Vec<char>) =
+        (pattern.chars().collect(), text.chars().collect());
+    let (mut p, mut t) = (0, 0);
+    // Where the last `*` was, and the text position it has absorbed up to.
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == '*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((star_p, star_t)) = star {
+            // Let the last `*` absorb one more character and retry after it.
+            p = star_p + 1;
+            t = star_t + 1;
+            star = Some((star_p, star_t + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == '*')
 }
 
 /// RFC 3339 with milliseconds, UTC.
@@ -114,4 +142,57 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
     chrono::DateTime::parse_from_rfc3339(text)
         .ok()
         .and_then(|t| t.timestamp_nanos_opt())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_patterns_match_runs_of_characters() {
+        for (pattern, text) in [
+            ("pump-*", "pump-07"),
+            ("pump-*", "pump-"),
+            ("*", ""),
+            ("*", "anything"),
+            ("*-07", "pump-07"),
+            ("line-2/*/bearing*", "line-2/pump-07/bearing-temp"),
+            ("a*b*c", "aXbYbZc"),
+            ("exact", "exact"),
+        ] {
+            assert!(glob_match(pattern, text), "{pattern} ~ {text}");
+        }
+        for (pattern, text) in [
+            ("pump-*", "motor-01"),
+            ("pump-*", "pump"),
+            ("*-07", "pump-08"),
+            ("a*b*c", "aXbYbZ"),
+            ("exact", "exactly"),
+            ("", "x"),
+        ] {
+            assert!(!glob_match(pattern, text), "{pattern} !~ {text}");
+        }
+    }
+
+    #[test]
+    fn a_silence_matches_rule_and_device_patterns_until_it_ends() {
+        let silence = Silence {
+            id: "s-1".into(),
+            rule: None,
+            key: Some("pump-*".into()),
+            until: String::new(),
+            by: "ana".into(),
+            comment: None,
+        };
+        assert!(silence.matches("pressure", "pump-07", 5, 10));
+        assert!(!silence.matches("pressure", "motor-01", 5, 10));
+        assert!(!silence.matches("pressure", "pump-07", 10, 10), "ended");
+        let rule_only = Silence {
+            rule: Some("vibration-*".into()),
+            key: None,
+            ..silence
+        };
+        assert!(rule_only.matches("vibration-high", "motor-01", 0, 1));
+        assert!(!rule_only.matches("pressure-low", "pump-07", 0, 1));
+    }
 }

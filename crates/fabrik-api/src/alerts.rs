@@ -182,9 +182,9 @@ pub(crate) async fn silences(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SilenceRequest {
-    /// Rule name (absent: every rule).
+    /// Rule name (absent: every rule); `*` matches any run of characters.
     pub rule: Option<String>,
-    /// Device (absent: every device).
+    /// Device (absent: every device); `*` matches any run of characters (`pump-*`).
     pub device: Option<String>,
     /// How long, e.g. `2h`.
     pub duration: String,

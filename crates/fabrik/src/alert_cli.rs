@@ -53,10 +53,11 @@ enum AlertCommand {
     },
     /// Silence a rule and/or a device for a while.
     Silence {
-        /// Rule name (default: every rule).
+        /// Rule name (default: every rule); `*` matches any run of characters.
         #[arg(long)]
         rule: Option<String>,
-        /// Device (default: every device).
+        /// Device (default: every device); `*` matches any run of characters, as in
+        /// `--device 'pump-*'`.
         #[arg(long)]
         device: Option<String>,
         /// How long, e.g. 2h.
