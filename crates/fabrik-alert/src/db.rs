@@ -137,7 +137,53 @@ impl AlertDb {
         Ok(Self { pool })
     }
 
-    /// Inserts or replaces an alert.
+    /// Sets an alert's acknowledgement alone, so a state change written meanwhile stays.
+    /// Fails with `NotFound` for an unknown id.
+    pub async fn set_ack(&self, id: &str, ack: &Ack, now_ns: i64) -> Result<(), AlertError> {
+        let done = sqlx::query(
+            "UPDATE alerts SET ack_by = ?, ack_at = ?, feedback = ?, comment = ?, updated_ns = ? \
+             WHERE id = ?",
+        )
+        .bind(&ack.by)
+        .bind(&ack.at)
+        .bind(ack.feedback.as_str())
+        .bind(&ack.comment)
+        .bind(now_ns)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(AlertError::NotFound {
+                what: "alert",
+                id: id.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Sets an alert's `silenced` flag alone, if it is still in `state`; returns whether it
+    /// was (a transition written meanwhile wins).
+    pub async fn set_silenced(
+        &self,
+        id: &str,
+        silenced: bool,
+        state: AlertState,
+        now_ns: i64,
+    ) -> Result<bool, AlertError> {
+        let done = sqlx::query(
+            "UPDATE alerts SET silenced = ?, updated_ns = ? WHERE id = ? AND state = ?",
+        )
+        .bind(silenced)
+        .bind(now_ns)
+        .bind(id)
+        .bind(state.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Inserts or replaces an alert. An acknowledgement already stored is kept when `alert`
+    /// has none: a transition read the alert before an operator acknowledged it.
     pub async fn upsert(&self, alert: &Alert, now_ns: i64) -> Result<(), AlertError> {
         let annotations =
             serde_json::to_string(&alert.annotations).map_err(|e| corrupt("annotations", e))?;
@@ -147,8 +193,11 @@ impl AlertDb {
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (id) DO UPDATE SET state = excluded.state, fired_at = excluded.fired_at, \
              resolved_at = excluded.resolved_at, value = excluded.value, \
-             annotations = excluded.annotations, ack_by = excluded.ack_by, \
-             ack_at = excluded.ack_at, feedback = excluded.feedback, comment = excluded.comment, \
+             annotations = excluded.annotations, \
+             ack_by = coalesce(excluded.ack_by, alerts.ack_by), \
+             ack_at = coalesce(excluded.ack_at, alerts.ack_at), \
+             feedback = coalesce(excluded.feedback, alerts.feedback), \
+             comment = coalesce(excluded.comment, alerts.comment), \
              silenced = excluded.silenced, updated_ns = excluded.updated_ns",
         )
         .bind(&alert.id)

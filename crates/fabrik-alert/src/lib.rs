@@ -358,16 +358,15 @@ impl Alerting {
         feedback: Feedback,
         comment: Option<String>,
     ) -> Result<Alert, AlertError> {
-        let mut alert = self.db.get(id).await?;
-        alert.ack = Some(Ack {
+        let ack = Ack {
             by: by.to_owned(),
             at: model::rfc3339(now_ns()),
             feedback,
             comment,
-        });
-        self.db.upsert(&alert, now_ns()).await?;
+        };
+        self.db.set_ack(id, &ack, now_ns()).await?;
         tracing::info!(alert = %id, feedback = feedback.as_str(), "Alert acknowledged.");
-        Ok(alert)
+        self.db.get(id).await
     }
 
     /// Silences `rule`/`key` (either may be `None` for any) for `duration`.
@@ -455,8 +454,14 @@ impl Alerting {
             if silenced == alert.silenced {
                 continue;
             }
+            if !self
+                .db
+                .set_silenced(&alert.id, silenced, alert.state, now)
+                .await?
+            {
+                continue; // it changed state meanwhile; that transition saw the silences
+            }
             alert.silenced = silenced;
-            self.db.upsert(&alert, now).await?;
             if !silenced && alert.state == AlertState::Firing {
                 tracing::warn!(alert = %alert.id, "Silence over; the alert still fires.");
                 self.enqueue(&alert, now).await?;
@@ -1082,6 +1087,50 @@ mod tests {
             .unwrap();
         tokio::time::sleep(later * 4).await;
         assert_eq!(alerting.queue_reminders().await.unwrap(), 0);
+    }
+
+    /// The outbox worker and the operator change an alert while its rule's evaluator may be
+    /// writing a transition read before: neither the acknowledgement nor the transition is
+    /// lost.
+    #[tokio::test]
+    async fn acknowledgements_and_silence_flags_survive_a_concurrent_transition() {
+        let dir = tempfile::tempdir().unwrap();
+        let alerting = Alerting::open(
+            &dir.path().join("a.db"),
+            vec![rule()],
+            Vec::new(),
+            "http://x".into(),
+        )
+        .await
+        .unwrap();
+        alerting
+            .observe("hot", &[obs("oven-1", 1, 85.0)])
+            .await
+            .unwrap();
+        let id = alert_id("hot", "oven-1", S);
+        // A transition read the alert, then the operator acknowledged it, then the
+        // transition was written.
+        let mut read_before = alerting.db().get(&id).await.unwrap();
+        alerting
+            .ack(&id, "ana", Feedback::TruePositive, None)
+            .await
+            .unwrap();
+        read_before.state = AlertState::Resolved;
+        alerting.db().upsert(&read_before, now_ns()).await.unwrap();
+        let stored = alerting.db().get(&id).await.unwrap();
+        assert_eq!(stored.state, AlertState::Resolved);
+        assert_eq!(stored.ack.unwrap().by, "ana", "the acknowledgement stays");
+        // A silence flag for the state the worker saw does not overwrite a newer state.
+        assert!(
+            !alerting
+                .db()
+                .set_silenced(&id, true, AlertState::Firing, now_ns())
+                .await
+                .unwrap()
+        );
+        let stored = alerting.db().get(&id).await.unwrap();
+        assert_eq!(stored.state, AlertState::Resolved);
+        assert!(!stored.silenced);
     }
 
     /// Without grouping every alert is its own group: two devices of one rule never share a
