@@ -85,8 +85,8 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "{:<9} {:<9} {:<20} {:<16} {:<24} {:<16} id",
-                "state", "severity", "rule", "device", "started", "ack"
+                "{:<9} {:<8} {:<9} {:<20} {:<16} {:<24} {:<16} id",
+                "state", "silenced", "severity", "rule", "device", "started", "ack"
             );
             for a in &alerts {
                 let s = |k: &str| a.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_owned();
@@ -95,9 +95,11 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
                     .and_then(|ack| ack.get("feedback"))
                     .and_then(|f| f.as_str())
                     .unwrap_or("-");
+                let silenced = a.get("silenced").and_then(serde_json::Value::as_bool);
                 println!(
-                    "{:<9} {:<9} {:<20} {:<16} {:<24} {:<16} {}",
+                    "{:<9} {:<8} {:<9} {:<20} {:<16} {:<24} {:<16} {}",
                     s("state"),
+                    if silenced == Some(true) { "yes" } else { "-" },
                     s("severity"),
                     s("rule"),
                     s("key"),
