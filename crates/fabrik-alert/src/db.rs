@@ -473,6 +473,19 @@ impl AlertDb {
             .collect()
     }
 
+    /// The last delivery error of each queued notification that failed, as (notifier,
+    /// error), oldest first.
+    pub async fn outbox_errors(&self) -> Result<Vec<(String, String)>, AlertError> {
+        let rows = sqlx::query(
+            "SELECT notifier, last_error FROM outbox WHERE last_error IS NOT NULL ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("notifier")?, r.try_get("last_error")?)))
+            .collect()
+    }
+
     /// Notifications not yet delivered.
     pub async fn outbox_len(&self) -> Result<i64, AlertError> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM outbox")

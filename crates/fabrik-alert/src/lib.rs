@@ -38,7 +38,6 @@ pub struct Alerting {
     engines: Mutex<BTreeMap<String, RuleEngine>>,
     notifiers: Vec<Notifier>,
     external_url: String,
-    client: reqwest::Client,
     wake: tokio::sync::Notify,
 }
 
@@ -117,7 +116,6 @@ impl Alerting {
             engines: Mutex::new(engines),
             notifiers,
             external_url,
-            client: reqwest::Client::new(),
             wake: tokio::sync::Notify::new(),
         }))
     }
@@ -570,7 +568,7 @@ impl Alerting {
                 }
             };
             handled.extend(ids.iter().copied());
-            match notify::deliver(&self.client, notifier, &payload).await {
+            match notify::deliver(notifier, &payload).await {
                 Ok(()) => {
                     for id in &ids {
                         self.db.delivered(*id).await?;
@@ -652,12 +650,15 @@ mod tests {
 
     fn refused_webhook() -> Notifier {
         // Port 9 (discard) on loopback: nothing listens, deliveries fail and stay queued.
-        Notifier::Webhook {
-            name: "ops".into(),
-            url: "http://127.0.0.1:9/hook".into(),
-            timeout: std::time::Duration::from_millis(200),
-            grouping: notify::Grouping::default(),
-        }
+        Notifier::webhook(
+            "ops",
+            "http://127.0.0.1:9/hook",
+            std::time::Duration::from_millis(200),
+            notify::Grouping::default(),
+            None,
+            None,
+        )
+        .unwrap()
     }
 
     fn obs(key: &str, t: i64, value: f64) -> Observation {
@@ -851,16 +852,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (url, mut bodies) = http_receiver().await;
         let wait = std::time::Duration::from_millis(600);
-        let webhook = Notifier::Webhook {
-            name: "ops".into(),
-            url,
-            timeout: std::time::Duration::from_secs(5),
-            grouping: notify::Grouping {
+        let webhook = Notifier::webhook(
+            "ops",
+            &url,
+            std::time::Duration::from_secs(5),
+            notify::Grouping {
                 by: vec![notify::GroupLabel::Rule],
                 wait,
                 repeat: std::time::Duration::ZERO,
             },
-        };
+            None,
+            None,
+        )
+        .unwrap();
         let mut cold = rule();
         cold.name = "cold".into();
         cold.condition = Condition::Below {
@@ -985,12 +989,15 @@ mod tests {
     async fn a_silence_holds_back_queued_notifications_and_its_end_releases_them() {
         let dir = tempfile::tempdir().unwrap();
         let (url, mut bodies) = http_receiver().await;
-        let webhook = Notifier::Webhook {
-            name: "ops".into(),
-            url,
-            timeout: std::time::Duration::from_secs(5),
-            grouping: notify::Grouping::default(),
-        };
+        let webhook = Notifier::webhook(
+            "ops",
+            &url,
+            std::time::Duration::from_secs(5),
+            notify::Grouping::default(),
+            None,
+            None,
+        )
+        .unwrap();
         let alerting = Alerting::open(
             &dir.path().join("a.db"),
             vec![rule()],
@@ -1033,15 +1040,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (url, mut bodies) = http_receiver().await;
         let repeat = std::time::Duration::from_millis(400);
-        let webhook = Notifier::Webhook {
-            name: "ops".into(),
-            url,
-            timeout: std::time::Duration::from_secs(5),
-            grouping: notify::Grouping {
+        let webhook = Notifier::webhook(
+            "ops",
+            &url,
+            std::time::Duration::from_secs(5),
+            notify::Grouping {
                 repeat,
                 ..notify::Grouping::default()
             },
-        };
+            None,
+            None,
+        )
+        .unwrap();
         let alerting = Alerting::open(
             &dir.path().join("a.db"),
             vec![rule()],
@@ -1133,18 +1143,144 @@ mod tests {
         assert!(!stored.silenced);
     }
 
+    /// The HTTPS receiver peer (`tests/peers/https_receiver.py`): its port, its CA file, its
+    /// own certificate's file, and its `POST` lines as JSON.
+    struct HttpsPeer {
+        child: std::process::Child,
+        port: u16,
+        ca: String,
+        cert: String,
+        posts: std::sync::mpsc::Receiver<serde_json::Value>,
+    }
+
+    impl HttpsPeer {
+        fn start() -> Self {
+            use std::io::BufRead;
+            let python = std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into());
+            let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/https_receiver.py");
+            let mut child = std::process::Command::new(&python)
+                .arg(script)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run `{python}` (FABRIK_PYTHON): {e}"));
+            let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+            let mut next = || lines.next().expect("the HTTPS peer starts").unwrap();
+            let port = next().strip_prefix("PORT ").unwrap().parse().unwrap();
+            let ca = next().strip_prefix("CA ").unwrap().to_owned();
+            let cert = next().strip_prefix("CERT ").unwrap().to_owned();
+            let (tx, posts) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in lines.map_while(Result::ok) {
+                    if let Some(json) = line.strip_prefix("POST ") {
+                        let _ = tx.send(serde_json::from_str(json).unwrap());
+                    }
+                }
+            });
+            Self {
+                child,
+                port,
+                ca,
+                cert,
+                posts,
+            }
+        }
+    }
+
+    impl Drop for HttpsPeer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// An https:// receiver with a private CA and basic authentication: delivered with the
+    /// notifier's `ca` and credentials; refused (and kept queued) when the notifier trusts
+    /// another anchor (the server's own certificate, which signed nothing) or sends a wrong
+    /// password, with the reason named.
+    #[tokio::test]
+    async fn webhooks_reach_an_https_receiver_with_its_own_ca_and_basic_auth() {
+        let peer = HttpsPeer::start();
+        let url = format!("https://localhost:{}/hook", peer.port);
+        let credentials = |password: &str| Some(("fabrik".to_owned(), password.to_owned()));
+        let webhook = |name: &str, ca: Option<&str>, password: &str| {
+            Notifier::webhook(
+                name,
+                &url,
+                std::time::Duration::from_secs(5),
+                notify::Grouping::default(),
+                ca.map(Path::new),
+                credentials(password),
+            )
+            .unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let alerting = Alerting::open(
+            &dir.path().join("a.db"),
+            vec![rule()],
+            vec![
+                webhook("trusted", Some(&peer.ca), "s3cret"),
+                webhook("untrusted", Some(&peer.cert), "s3cret"),
+                webhook("wrong-password", Some(&peer.ca), "guess"),
+            ],
+            "http://x".into(),
+        )
+        .await
+        .unwrap();
+        alerting
+            .observe("hot", &[obs("oven-1", 1, 85.0)])
+            .await
+            .unwrap();
+        assert_eq!(
+            alerting.deliver_due().await.unwrap(),
+            1,
+            "only the trusted one"
+        );
+        let mut posts: Vec<serde_json::Value> = Vec::new();
+        while let Ok(post) = peer.posts.recv_timeout(std::time::Duration::from_secs(5)) {
+            posts.push(post);
+            if posts.len() == 2 {
+                break;
+            }
+        }
+        // The untrusted one never got past the TLS handshake; the wrong password got a 401.
+        assert_eq!(posts.len(), 2, "{posts:?}");
+        let authorized: Vec<bool> = posts.iter().map(|p| p["authorized"] == true).collect();
+        assert_eq!(authorized.iter().filter(|&&a| a).count(), 1, "{posts:?}");
+        let delivered = posts.iter().find(|p| p["authorized"] == true).unwrap();
+        assert_eq!(delivered["body"]["alerts"][0]["labels"]["device"], "oven-1");
+        assert_eq!(
+            alerting.db().outbox_len().await.unwrap(),
+            2,
+            "the failures stay queued"
+        );
+        let errors = alerting.db().outbox_errors().await.unwrap();
+        let error_of = |notifier: &str| {
+            errors
+                .iter()
+                .find(|(n, _)| n == notifier)
+                .map(|(_, e)| e.clone())
+                .unwrap_or_default()
+        };
+        assert!(error_of("untrusted").contains("certificate"), "{errors:?}");
+        assert!(error_of("wrong-password").contains("401"), "{errors:?}");
+    }
+
     /// Without grouping every alert is its own group: two devices of one rule never share a
     /// `groupKey`, so one resolving cannot close the other's incident at the receiver.
     #[tokio::test]
     async fn ungrouped_alerts_each_have_their_own_group_key() {
         let dir = tempfile::tempdir().unwrap();
         let (url, mut bodies) = http_receiver().await;
-        let webhook = Notifier::Webhook {
-            name: "ops".into(),
-            url,
-            timeout: std::time::Duration::from_secs(5),
-            grouping: notify::Grouping::default(),
-        };
+        let webhook = Notifier::webhook(
+            "ops",
+            &url,
+            std::time::Duration::from_secs(5),
+            notify::Grouping::default(),
+            None,
+            None,
+        )
+        .unwrap();
         let alerting = Alerting::open(
             &dir.path().join("a.db"),
             vec![rule()],

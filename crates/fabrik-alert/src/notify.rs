@@ -122,7 +122,7 @@ pub fn group_labels(group_key: &str) -> BTreeMap<String, String> {
 /// Where notifications go.
 #[derive(Debug, Clone)]
 pub enum Notifier {
-    /// POST of Alertmanager-compatible JSON.
+    /// POST of Alertmanager-compatible JSON (built with [`Notifier::webhook`]).
     Webhook {
         /// Unique name.
         name: String,
@@ -132,6 +132,10 @@ pub enum Notifier {
         timeout: Duration,
         /// Grouping of state changes.
         grouping: Grouping,
+        /// HTTP basic authentication: user name and password.
+        basic_auth: Option<(String, String)>,
+        /// Its HTTP client: rustls trusting the system's CAs or the notifier's own.
+        client: reqwest::Client,
     },
     /// An MQTT message per state change, on a topic built from the alert.
     Mqtt {
@@ -166,6 +170,40 @@ pub enum Notifier {
 }
 
 impl Notifier {
+    /// A webhook notifier POSTing to `url`. For `https://` it trusts the CAs of the PEM file
+    /// `ca`, or the system's; `basic_auth` is a user name and password.
+    pub fn webhook(
+        name: &str,
+        url: &str,
+        timeout: Duration,
+        grouping: Grouping,
+        ca: Option<&std::path::Path>,
+        basic_auth: Option<(String, String)>,
+    ) -> Result<Self, AlertError> {
+        let invalid = |reason: String| AlertError::Invalid(format!("notifier `{name}`: {reason}"));
+        let mut builder = reqwest::Client::builder();
+        // The system bundle is read only for https, so an http receiver works on a host
+        // without one.
+        if url.starts_with("https://") || ca.is_some() {
+            let tls = crate::smtp::tls_client_config(ca).map_err(invalid)?;
+            builder = builder.tls_backend_preconfigured(tls);
+        } else {
+            let tls = crate::smtp::trust_nothing_config().map_err(invalid)?;
+            builder = builder.tls_backend_preconfigured(tls);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| invalid(format!("HTTP client: {e}")))?;
+        Ok(Self::Webhook {
+            name: name.to_owned(),
+            url: url.to_owned(),
+            timeout,
+            grouping,
+            basic_auth,
+            client,
+        })
+    }
+
     /// Its name.
     pub fn name(&self) -> &str {
         match self {
@@ -521,27 +559,41 @@ fn fingerprint(id: &str) -> String {
     format!("{hash:016x}")
 }
 
+/// An error and its causes, `: `-separated: reqwest's own text ("error sending request")
+/// leaves out whether the connection was refused or the certificate untrusted.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(&format!(": {inner}"));
+        cause = inner.source();
+    }
+    text
+}
+
 /// Delivers one payload.
-pub async fn deliver(
-    client: &reqwest::Client,
-    notifier: &Notifier,
-    payload: &str,
-) -> Result<(), AlertError> {
+pub async fn deliver(notifier: &Notifier, payload: &str) -> Result<(), AlertError> {
     match notifier {
         Notifier::Webhook {
-            name, url, timeout, ..
+            name,
+            url,
+            timeout,
+            basic_auth,
+            client,
+            ..
         } => {
-            let response = client
+            let mut request = client
                 .post(url)
                 .timeout(*timeout)
                 .header("content-type", "application/json")
-                .body(payload.to_owned())
-                .send()
-                .await
-                .map_err(|e| AlertError::Delivery {
-                    notifier: name.clone(),
-                    reason: e.to_string(),
-                })?;
+                .body(payload.to_owned());
+            if let Some((user, password)) = basic_auth {
+                request = request.basic_auth(user, Some(password));
+            }
+            let response = request.send().await.map_err(|e| AlertError::Delivery {
+                notifier: name.clone(),
+                reason: with_causes(&e),
+            })?;
             if response.status().is_success() {
                 Ok(())
             } else {
@@ -762,12 +814,8 @@ mod tests {
         // MQTT notifiers and a zero wait do not group.
         let mut flat = grouping;
         flat.wait = Duration::ZERO;
-        let webhook = Notifier::Webhook {
-            name: "w".into(),
-            url: "http://x".into(),
-            timeout: Duration::from_secs(1),
-            grouping: flat,
-        };
+        let webhook =
+            Notifier::webhook("w", "http://x", Duration::from_secs(1), flat, None, None).unwrap();
         assert!(webhook.grouping().is_none());
     }
 

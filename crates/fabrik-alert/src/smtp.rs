@@ -188,11 +188,31 @@ async fn tls<S: Stream + 'static>(
 }
 
 fn connector(server: &SmtpServer) -> Result<tokio_rustls::TlsConnector, String> {
+    let config = tls_client_config(server.ca.as_deref())?;
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// A rustls client configuration (ring) that trusts no CA: for an HTTP client that talks
+/// plain `http://` only, which reqwest still builds TLS settings for.
+pub(crate) fn trust_nothing_config() -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth())
+}
+
+/// A rustls client configuration (ring) trusting the CAs of the PEM file `ca`, or of the
+/// system bundle when `None`; shared by the e-mail and webhook notifiers.
+pub(crate) fn tls_client_config(
+    ca: Option<&std::path::Path>,
+) -> Result<rustls::ClientConfig, String> {
     use rustls::pki_types::{CertificateDer, pem::PemObject};
-    let path = server
-        .ca
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE));
+    let path = ca.map_or_else(
+        || PathBuf::from(SYSTEM_CA_BUNDLE),
+        std::path::Path::to_path_buf,
+    );
     let mut roots = rustls::RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(&path)
         .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
@@ -203,12 +223,11 @@ fn connector(server: &SmtpServer) -> Result<tokio_rustls::TlsConnector, String> 
             .map_err(|e| format!("CA file {}: {e}", path.display()))?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+        .with_no_client_auth())
 }
 
 async fn authenticate(

@@ -428,13 +428,15 @@ pub struct NotifierConfig {
     /// mqtt: publish retained.
     #[serde(default)]
     pub retain: bool,
-    /// mqtt (external broker) and email: user name.
+    /// mqtt (external broker), email and webhook (HTTP basic authentication): user name.
     #[serde(default)]
     pub username: Option<String>,
-    /// mqtt (external broker) and email: password.
+    /// mqtt (external broker), email and webhook: password (sent only over TLS, or to a
+    /// receiver on this host).
     #[serde(default)]
     pub password: Option<String>,
-    /// mqtts and email: PEM file of CAs to trust (email: the system bundle when empty).
+    /// mqtts, email and https webhooks: PEM file of CAs to trust (email and webhook: the
+    /// system bundle when empty).
     #[serde(default)]
     pub ca: Option<String>,
     /// email: sender address.

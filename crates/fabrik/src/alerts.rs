@@ -194,6 +194,26 @@ enum NotifierPlan {
 
 const DEFAULT_ALERT_TOPIC: &str = "fabrik/alerts/{rule}/{device}";
 
+/// Whether an http(s) URL names this host (`localhost`, 127.0.0.0/8 or `[::1]`).
+fn loopback_url(url: &str) -> bool {
+    let rest = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default();
+    let authority = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        authority.split(':').next().unwrap_or_default()
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn plausible_address(a: &str) -> bool {
     !a.is_empty()
         && !a.contains(['<', '>', ' ', ','])
@@ -268,17 +288,23 @@ fn check_notifier(
         "webhook" => {
             not_for(&mqtt_only, "webhook");
             not_for(&email_only, "webhook");
-            for (field, set) in [
-                ("username", n.username.is_some()),
-                ("password", n.password.is_some()),
-                ("ca", n.ca.is_some()),
-            ] {
-                if set {
-                    problem(field, "does not apply to kind = \"webhook\" (put credentials in the URL's receiver)".into());
-                }
-            }
-            if !(n.url.starts_with("http://") || n.url.starts_with("https://")) {
+            let https = n.url.starts_with("https://");
+            if !(https || n.url.starts_with("http://")) {
                 problem("url", format!("`{}` is not an http(s) URL", n.url));
+            }
+            if n.ca.is_some() && !https {
+                problem("ca", "applies only to an https:// receiver".into());
+            }
+            match (&n.username, &n.password) {
+                (Some(_), None) => problem("password", "is needed with `username`".into()),
+                (None, Some(_)) => problem("username", "is needed with `password`".into()),
+                // Basic authentication sends the password as it is: only inside TLS, or to a
+                // receiver on this host.
+                (Some(_), Some(_)) if !https && !loopback_url(&n.url) => problem(
+                    "password",
+                    "is sent only over https:// (or to a receiver on this host)".into(),
+                ),
+                _ => {}
             }
             Some(NotifierPlan::Webhook)
         }
@@ -467,12 +493,15 @@ fn build_notifier(
             .unwrap_or_else(|| DEFAULT_ALERT_TOPIC.to_owned())
     };
     Ok(match plan {
-        NotifierPlan::Webhook => Notifier::Webhook {
-            name: n.name.clone(),
-            url: n.url.clone(),
+        NotifierPlan::Webhook => Notifier::webhook(
+            &n.name,
+            &n.url,
             timeout,
             grouping,
-        },
+            n.ca.as_deref().map(std::path::Path::new),
+            n.username.clone().zip(n.password.clone()),
+        )
+        .map_err(|e| e.to_string())?,
         NotifierPlan::MqttEmbedded => {
             let broker = broker.ok_or_else(|| format!(
                 "notifier `{}` publishes to this process's MQTT endpoint, which is not running here; start the mqtt module or give the notifier a `url`",
@@ -1015,6 +1044,26 @@ mod tests {
         assert!(fields(&grouped).is_empty());
         grouped.group_wait = "soon".into();
         assert_eq!(fields(&grouped), vec!["group_wait"]);
+        // Webhooks: basic authentication inside TLS or to this host; a CA only for https.
+        let mut secured = notifier("webhook", "https://hooks.plant.example/alerts");
+        secured.username = Some("fabrik".into());
+        secured.password = Some("p".into());
+        secured.ca = Some("/etc/fabrik/plant-ca.pem".into());
+        assert!(fields(&secured).is_empty());
+        let mut local = notifier("webhook", "http://127.0.0.1:9093/hook");
+        local.username = Some("fabrik".into());
+        local.password = Some("p".into());
+        assert!(fields(&local).is_empty());
+        let mut exposed = notifier("webhook", "http://hooks.plant.example/alerts");
+        exposed.username = Some("fabrik".into());
+        exposed.password = Some("p".into());
+        exposed.ca = Some("/etc/fabrik/plant-ca.pem".into());
+        assert_eq!(fields(&exposed), vec!["ca", "password"]);
+        exposed.password = None;
+        assert_eq!(fields(&exposed), vec!["ca", "password"]);
+        assert!(loopback_url("http://[::1]:9093/hook"));
+        assert!(loopback_url("http://user@localhost/hook"));
+        assert!(!loopback_url("http://127.0.0.1.plant.example/hook"));
         // Reminders: 4 h unless set, `0s` for none; not for MQTT topics.
         let hook = notifier("webhook", "http://127.0.0.1:9093/hook");
         let repeat = |n: &NotifierConfig| check_notifier(n).ok().map(|(_, _, g)| g.repeat);

@@ -100,6 +100,9 @@ enum BenchCommand {
 }
 
 fn main() -> ExitCode {
+    // One TLS implementation (rustls with ring) for every HTTP client of the process; the
+    // clients built without their own TLS settings (the CLI's) take it from here.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run::main(args),

@@ -432,7 +432,7 @@ async fn the_committed_openapi_document_is_current() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_cookie_replaces_the_token_until_sign_out() {
     let s = Server::start().await;
-    let plain = reqwest::Client::new();
+    let plain = crate::support::http_client();
     let sign_in = |token: &str| {
         plain
             .post(format!("{}/api/v1/session", s.url))

@@ -25,7 +25,7 @@ fn batch_body(batch: u64) -> String {
 }
 
 async fn count_by_batch(url: &str) -> BTreeMap<u64, i64> {
-    let r = reqwest::Client::new()
+    let r = crate::support::http_client()
         .post(format!("{url}/api/v1/query"))
         .bearer_auth(TOKEN)
         .json(&serde_json::json!({"sql": "SELECT batch, count(*) AS n FROM crash GROUP BY batch"}))
@@ -83,7 +83,7 @@ fn every_acknowledged_point_survives_sigkill_exactly_once() {
                 let acked = acked.clone();
                 let attempted = attempted.clone();
                 writers.push(tokio::spawn(async move {
-                    let client = reqwest::Client::new();
+                    let client = crate::support::http_client();
                     let mut batch = first + w;
                     loop {
                         attempted.lock().expect("lock").insert(batch);
@@ -137,7 +137,7 @@ fn every_acknowledged_point_survives_sigkill_exactly_once() {
     }
     // Clients retry after a crash: re-sending acknowledged batches must not duplicate them.
     rt.block_on(async {
-        let client = reqwest::Client::new();
+        let client = crate::support::http_client();
         for b in acked.iter().take(5) {
             let r = client
                 .post(format!("{}/api/v1/write", p.url))

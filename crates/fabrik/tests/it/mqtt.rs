@@ -51,7 +51,7 @@ pub(crate) fn http(
         .build()
         .expect("rt");
     rt.block_on(async {
-        let mut req = reqwest::Client::new()
+        let mut req = crate::support::http_client()
             .request(method, format!("{url}{path}"))
             .bearer_auth(TOKEN);
         if let Some(b) = body {

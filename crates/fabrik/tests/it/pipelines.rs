@@ -771,7 +771,7 @@ fn put_bytes(url: &str, path: &str, bytes: Vec<u8>) -> (u16, serde_json::Value) 
         .build()
         .expect("rt");
     rt.block_on(async {
-        let response = reqwest::Client::new()
+        let response = crate::support::http_client()
             .put(format!("{url}{path}"))
             .bearer_auth(crate::support::TOKEN)
             .header("content-type", "application/octet-stream")

@@ -59,7 +59,7 @@ impl Server {
         Server {
             url,
             store,
-            client: reqwest::Client::new(),
+            client: crate::support::http_client(),
             stop,
             _dir: None,
         }
@@ -288,7 +288,7 @@ pub(crate) fn blocking_query_count(url: &str, sql: &str) -> i64 {
         .build()
         .expect("rt");
     rt.block_on(async {
-        let r = reqwest::Client::new()
+        let r = crate::support::http_client()
             .post(format!("{url}/api/v1/query"))
             .bearer_auth(TOKEN)
             .json(&serde_json::json!({ "sql": sql }))
@@ -316,7 +316,7 @@ pub(crate) fn post_status(url: &str, path: &str, body: &str) -> u16 {
         .build()
         .expect("rt");
     rt.block_on(async {
-        reqwest::Client::new()
+        crate::support::http_client()
             .post(format!("{url}{path}"))
             .bearer_auth(TOKEN)
             .body(body.to_owned())
@@ -336,4 +336,14 @@ pub(crate) fn now_ns() -> i64 {
             .as_nanos(),
     )
     .expect("ns")
+}
+
+/// An HTTP client for talking to the process under test. reqwest is built with rustls and
+/// no default crypto provider (as `fabrik` is), so the test process installs ring first.
+pub(crate) fn http_client() -> reqwest::Client {
+    static PROVIDER: std::sync::Once = std::sync::Once::new();
+    PROVIDER.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::new()
 }

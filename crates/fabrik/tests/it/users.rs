@@ -22,7 +22,7 @@ fn call(
         .build()
         .expect("rt");
     rt.block_on(async {
-        let mut req = reqwest::Client::new().request(method, format!("{url}{path}"));
+        let mut req = crate::support::http_client().request(method, format!("{url}{path}"));
         if let Some(c) = cookie {
             req = req.header("cookie", format!("fabrik_session={c}"));
         }
