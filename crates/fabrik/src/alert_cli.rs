@@ -1,4 +1,4 @@
-//! `fabrik alert list|ack|silence`: a thin client of `/api/v1/alerts` and `/api/v1/silences`.
+//! `fabrik alert list|ack|silence|silences|unsilence`: a thin client of `/api/v1/alerts` and `/api/v1/silences`.
 
 use clap::{Args, Subcommand, ValueEnum};
 
@@ -66,6 +66,17 @@ enum AlertCommand {
         /// Why.
         #[arg(long)]
         comment: Option<String>,
+    },
+    /// List the silences in force (with `--all`, the expired ones too).
+    Silences {
+        /// Also those that have ended.
+        #[arg(long)]
+        all: bool,
+    },
+    /// End a silence now.
+    Unsilence {
+        /// Silence id (from `fabrik alert silences`).
+        id: String,
     },
 }
 
@@ -151,6 +162,42 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
                 silence["id"].as_str().unwrap_or("?"),
                 silence["until"].as_str().unwrap_or("?")
             );
+        }
+        AlertCommand::Silences { all } => {
+            let silences: Vec<serde_json::Value> = ep.get_json(&client, "/api/v1/silences").await?;
+            let now = chrono::Utc::now();
+            let shown: Vec<&serde_json::Value> = silences
+                .iter()
+                .filter(|s| {
+                    all || s["until"]
+                        .as_str()
+                        .and_then(|u| chrono::DateTime::parse_from_rfc3339(u).ok())
+                        .is_some_and(|until| until > now)
+                })
+                .collect();
+            println!(
+                "{:<20} {:<20} {:<16} {:<24} {:<12} comment",
+                "id", "rule", "device", "until", "by"
+            );
+            for s in &shown {
+                let text = |k: &str| s[k].as_str().unwrap_or("*").to_owned();
+                println!(
+                    "{:<20} {:<20} {:<16} {:<24} {:<12} {}",
+                    text("id"),
+                    text("rule"),
+                    text("key"),
+                    text("until"),
+                    text("by"),
+                    s["comment"].as_str().unwrap_or("")
+                );
+            }
+            println!("{} silence(s)", shown.len());
+        }
+        AlertCommand::Unsilence { id } => {
+            let path = format!("/api/v1/silences/{id}");
+            ep.send(ep.request(&client, reqwest::Method::DELETE, &path))
+                .await?;
+            println!("silence {id} removed; alerts it held back are notified if they still fire");
         }
     }
     Ok(())

@@ -243,6 +243,30 @@ fn a_fault_becomes_a_webhook_naming_its_signal_and_survives_a_restart_undelivere
         "maintenance",
     ]);
     assert!(ok && text.starts_with("silence s-"), "{text}");
+    // A second silence, listed and then ended from the CLI; the first stays.
+    let (ok, text) = cli(&["alert", "silence", "--rule", "pump-*", "--duration", "1h"]);
+    assert!(ok, "{text}");
+    let second = text
+        .split_whitespace()
+        .nth(1)
+        .expect("silence id")
+        .to_owned();
+    let (ok, text) = cli(&["alert", "silences"]);
+    assert!(
+        ok && text.contains("maintenance")
+            && text.contains("pump-*")
+            && text.contains("2 silence(s)"),
+        "{text}"
+    );
+    let (ok, text) = cli(&["alert", "unsilence", &second]);
+    assert!(ok && text.contains(&second), "{text}");
+    let (ok, text) = cli(&["alert", "silences"]);
+    assert!(
+        ok && text.contains("1 silence(s)") && !text.contains(&second),
+        "{text}"
+    );
+    let (ok, text) = cli(&["alert", "unsilence", &second]);
+    assert!(!ok && text.contains("404"), "{text}");
     let (code, _) = http(
         &p.url,
         reqwest::Method::POST,
