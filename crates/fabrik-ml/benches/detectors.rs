@@ -9,7 +9,9 @@
 //! team's machines have it; cargo runs benches from the crate's directory), RART also runs
 //! over every NAB file at the file's own probationary period, best of three per file: the
 //! mix of short and long periods and of steady and noisy streams that NAB scores.
-//! `FABRIK_BENCH_PER_FILE=1` prints each file's best time as well.
+//! `FABRIK_BENCH_PER_FILE=1` prints each file's best time as well, and
+//! `FABRIK_BENCH_CHECKSUM=1` each streaming detector's sum of scores (`bench/river_hst.py`
+//! prints river's Half-Space Trees' on the same stream).
 //!
 //! The stream: 5-minute samples of a daily cycle with noise, a slow drift and a spike every
 //! ~5000 samples; rows for the multivariate detectors are 8 channels of the same kind.
@@ -166,11 +168,13 @@ fn main() {
             SHORT_PROBATION,
             format!("rart (P = {SHORT_PROBATION})"),
         )]);
+    let print_checksums = std::env::var_os("FABRIK_BENCH_CHECKSUM").is_some();
     for (kind, probation, name) in runs.filter(|(_, _, name)| selected(&filters, name)) {
+        let mut checksum = 0.0;
         let elapsed = best_of_three(|| {
             let mut detector = kind.build(probation);
             let started = Instant::now();
-            let mut checksum = 0.0;
+            checksum = 0.0;
             for &observation in &samples {
                 checksum += detector.score_then_learn(black_box(observation));
             }
@@ -178,6 +182,11 @@ fn main() {
             started.elapsed()
         });
         report(&name, "samples", STREAM_LENGTH, elapsed);
+        if print_checksums {
+            // The sum of the scores, to set beside another implementation's on this stream
+            // (bench/river_hst.py prints river's).
+            println!("{:28} score sum {checksum:.9}", "");
+        }
     }
 
     if selected(&filters, "rart (NAB files)") {
