@@ -324,12 +324,18 @@ mod tests {
     }
 
     #[test]
-    fn skew_and_kurtosis_have_the_textbook_signs() {
+    fn skew_and_kurtosis_are_the_population_moments() {
         let times: Vec<i64> = (0..6).collect();
+        // One spike among n = 6: skewness (n−2)/√(n−1) = 4/√5 and excess kurtosis
+        // (n²−3n+3)/(n−1) − 3 = 1.2, as scipy.stats.skew / kurtosis (bias=True, fisher=True)
+        // give (1.7888543819998317 and 1.2000000000000002).
         let right_tail = [0.0, 0.0, 0.0, 0.0, 0.0, 10.0];
         let f = extract(&times, &right_tail, &[Feature::Skew, Feature::Kurtosis]);
-        assert!(f[0] > 1.5, "skew {}", f[0]);
-        assert!(f[1] > 0.0, "kurtosis {}", f[1]);
+        assert!(close(f[0], 4.0 / 5.0_f64.sqrt(), 1e-12), "skew {}", f[0]);
+        assert!(close(f[1], 1.2, 1e-12), "kurtosis {}", f[1]);
+        let left_tail = right_tail.map(|v| -v);
+        let g = extract(&times, &left_tail, &[Feature::Skew, Feature::Kurtosis]);
+        assert!(close(g[0], -f[0], 1e-12) && close(g[1], f[1], 1e-12), "{g:?}");
         let flat = extract(&times, &[3.0; 6], &[Feature::Skew, Feature::Kurtosis]);
         assert_eq!(flat, vec![0.0, 0.0]);
     }
