@@ -143,9 +143,9 @@ pub trait PipelineControl: Send + Sync {
     /// Checks `config`, stores it, and starts it, replacing (stopping first) a pipeline of the
     /// same name that was defined through the API. Returns whether it is new.
     fn apply(&self, config: PipelineConfig) -> BoxFuture<'_, Result<bool, ControlError>>;
-    /// Checks `config` as [`PipelineControl::apply`] would, changing nothing. Returns whether
-    /// it would be new.
-    fn check(&self, config: PipelineConfig) -> BoxFuture<'_, Result<bool, ControlError>>;
+    /// Checks `config` as [`PipelineControl::apply`] would, changing nothing: what would
+    /// happen, and what would keep it from scoring.
+    fn check(&self, config: PipelineConfig) -> BoxFuture<'_, Result<DryRun, ControlError>>;
     /// Stops a pipeline defined through the API and forgets it.
     fn remove(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>>;
     /// The uploaded ONNX models.
@@ -246,6 +246,9 @@ pub struct DryRun {
     pub name: String,
     /// `define` for a new name, `replace` for one defined through the API before.
     pub action: String,
+    /// What would keep it from scoring once applied (its table or a signal not written yet,
+    /// its ONNX model not uploaded); it would be applied all the same.
+    pub warnings: Vec<String>,
 }
 
 #[utoipa::path(put, path = "/api/v1/pipelines/{name}", tag = "pipelines", security(("token" = [])),
@@ -273,13 +276,7 @@ pub(crate) async fn apply(
         )));
     }
     if params.dry_run {
-        let created = control.check(config).await?;
-        let action = if created { "define" } else { "replace" };
-        return Ok(Json(DryRun {
-            name,
-            action: action.to_owned(),
-        })
-        .into_response());
+        return Ok(Json(control.check(config).await?).into_response());
     }
     let created = control.apply(config).await?;
     let status = board(&state)?.read().get(&name).cloned().ok_or_else(|| {

@@ -151,6 +151,13 @@ pub(crate) async fn run(args: PipelineArgs) -> anyhow::Result<()> {
                         let outcome: serde_json::Value = response.json().await?;
                         let action = outcome["action"].as_str().unwrap_or("apply").to_owned();
                         actions.push(action);
+                        for warning in outcome["warnings"].as_array().into_iter().flatten() {
+                            eprintln!(
+                                "warning: pipeline `{}`: {}",
+                                definition.name,
+                                warning.as_str().unwrap_or_default()
+                            );
+                        }
                     }
                     Err(e) => problems.push(format!("pipeline `{}`: {e:#}", definition.name)),
                 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use datafusion::arrow::array::{Array, Float64Array, Int64Array, StringArray};
 use datafusion::arrow::datatypes::DataType;
 use fabrik_api::pipelines::{
-    ControlError, ModelInfo, PipelineBoard, PipelineControl, PipelineOrigin, PipelineState,
+    ControlError, DryRun, ModelInfo, PipelineBoard, PipelineControl, PipelineOrigin, PipelineState,
     PipelineStatus, describe_problems,
 };
 use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
@@ -564,14 +564,36 @@ impl PipelineManager {
         }
     }
 
-    /// What [`Self::apply_definition`] checks, without storing or starting anything.
-    async fn check_definition(&self, config: PipelineConfig) -> Result<bool, ControlError> {
+    /// What [`Self::apply_definition`] checks, without storing or starting anything; and
+    /// what would keep the pipeline from scoring once applied: input not in the store yet, an
+    /// ONNX model not uploaded.
+    async fn check_definition(&self, config: PipelineConfig) -> Result<DryRun, ControlError> {
         compile(&config).map_err(ControlError::Invalid)?;
-        let pipelines = self.pipelines.lock().await;
-        match pipelines.by_name.get(&config.name) {
-            Some(existing) => Self::refuse_unless_api(existing).map(|()| false),
-            None => Ok(true),
+        let created = {
+            let pipelines = self.pipelines.lock().await;
+            match pipelines.by_name.get(&config.name) {
+                Some(existing) => Self::refuse_unless_api(existing).map(|()| false)?,
+                None => true,
+            }
+        };
+        let mut warnings: Vec<String> = missing_input(&self.store, &config)
+            .map(|missing| format!("{missing}; the pipeline waits for it"))
+            .into_iter()
+            .collect();
+        if config.model == "onnx"
+            && let Some(model) = &config.model_name
+            && !self.model_path(model).exists()
+        {
+            warnings.push(format!(
+                "model `{model}` is not uploaded: the pipeline fails to load until it is \
+                 (`fabrik model upload {model} FILE`)"
+            ));
         }
+        Ok(DryRun {
+            name: config.name,
+            action: if created { "define" } else { "replace" }.to_owned(),
+            warnings,
+        })
     }
 
     async fn apply_definition(&self, config: PipelineConfig) -> Result<bool, ControlError> {
@@ -756,7 +778,7 @@ impl PipelineControl for PipelineManager {
         Box::pin(self.apply_definition(config))
     }
 
-    fn check(&self, config: PipelineConfig) -> BoxFuture<'_, Result<bool, ControlError>> {
+    fn check(&self, config: PipelineConfig) -> BoxFuture<'_, Result<DryRun, ControlError>> {
         Box::pin(self.check_definition(config))
     }
 
@@ -779,6 +801,42 @@ impl PipelineControl for PipelineManager {
     fn remove_model(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>> {
         Box::pin(self.delete_model(name))
     }
+}
+
+/// What of `config`'s input is not in the store yet: its table, or columns of it (named,
+/// with the columns it has); `None` when everything is there.
+fn missing_input(store: &Store, config: &PipelineConfig) -> Option<String> {
+    if !store.has_table(&config.table) {
+        return Some(format!(
+            "table `{}` has no rows yet (a table exists once rows have been written to it)",
+            config.table
+        ));
+    }
+    let table = store
+        .tables()
+        .into_iter()
+        .find(|t| t.name == config.table)?;
+    let present = |name: &str| {
+        name == "time"
+            || table.tags.iter().any(|tag| tag == name)
+            || table.fields.iter().any(|(field, _)| field == name)
+    };
+    let missing: Vec<String> = std::iter::once(config.device_column.as_str())
+        .chain(config.signals.iter().map(String::as_str))
+        .filter(|name| !present(name))
+        .map(|name| format!("`{name}`"))
+        .collect();
+    if missing.is_empty() {
+        return None;
+    }
+    let mut columns: Vec<&str> = table.tags.iter().map(String::as_str).collect();
+    columns.extend(table.fields.iter().map(|(field, _)| field.as_str()));
+    Some(format!(
+        "table `{}` has no column {} yet (it has: {})",
+        config.table,
+        missing.join(", "),
+        columns.join(", ")
+    ))
 }
 
 /// The API's stored definitions; none when the file does not exist yet.
@@ -1165,41 +1223,10 @@ impl Runner {
     /// written yet is a wait (data may still come), named; anything else is the store's own
     /// message.
     fn explain_read_error(&self, message: &str) -> String {
-        let c = &self.compiled.config;
-        if !self.store.has_table(&c.table) {
-            return format!(
-                "waiting for data: table `{}` has no rows yet (a table exists once rows have \
-                 been written to it)",
-                c.table
-            );
+        match missing_input(&self.store, &self.compiled.config) {
+            Some(missing) => format!("waiting for data: {missing}"),
+            None => message.to_owned(),
         }
-        let Some(table) = self.store.tables().into_iter().find(|t| t.name == c.table) else {
-            return message.to_owned();
-        };
-        let present = |name: &str| {
-            name == "time"
-                || table.tags.iter().any(|tag| tag == name)
-                || table.fields.iter().any(|(field, _)| field == name)
-        };
-        let missing: Vec<&str> = std::iter::once(c.device_column.as_str())
-            .chain(c.signals.iter().map(String::as_str))
-            .filter(|name| !present(name))
-            .collect();
-        if missing.is_empty() {
-            return message.to_owned();
-        }
-        let mut columns: Vec<&str> = table.tags.iter().map(String::as_str).collect();
-        columns.extend(table.fields.iter().map(|(field, _)| field.as_str()));
-        format!(
-            "waiting for data: table `{}` has no column {} yet (it has: {})",
-            c.table,
-            missing
-                .iter()
-                .map(|name| format!("`{name}`"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            columns.join(", ")
-        )
     }
 
     /// Rows with `after < time ≤ horizon`, in time order, and the last time read.

@@ -335,7 +335,10 @@ mod tests {
         assert!(close(f[1], 1.2, 1e-12), "kurtosis {}", f[1]);
         let left_tail = right_tail.map(|v| -v);
         let g = extract(&times, &left_tail, &[Feature::Skew, Feature::Kurtosis]);
-        assert!(close(g[0], -f[0], 1e-12) && close(g[1], f[1], 1e-12), "{g:?}");
+        assert!(
+            close(g[0], -f[0], 1e-12) && close(g[1], f[1], 1e-12),
+            "{g:?}"
+        );
         let flat = extract(&times, &[3.0; 6], &[Feature::Skew, Feature::Kurtosis]);
         assert_eq!(flat, vec![0.0, 0.0]);
     }

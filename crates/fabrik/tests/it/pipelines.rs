@@ -688,7 +688,30 @@ fn pipelines_defined_through_the_api_run_are_replaced_survive_restarts_and_are_r
         file.to_str().expect("utf-8"),
     ]);
     assert!(ok && text.contains("would define cli-forest"), "{text}");
+    assert!(!text.contains("warning"), "its input is all there: {text}");
     assert_eq!(pipeline_status(&p.url, "cli-forest").0, 404, "a dry run");
+    // What would keep a valid definition from scoring is said before it is applied.
+    let waiting = dir.path().join("waiting.toml");
+    std::fs::write(
+        &waiting,
+        "[[pipelines]]\nname = \"cli-typo\"\ntable = \"pump\"\n\
+         signals = [\"vibraton\", \"current\"]\nmodel = \"onnx\"\nmodel_name = \"pump-ae\"\n",
+    )
+    .expect("pipeline file");
+    let (ok, text) = cli(&[
+        "pipeline",
+        "apply",
+        "--dry-run",
+        waiting.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        ok && text.contains("would define cli-typo")
+            && text.contains(
+                "warning: pipeline `cli-typo`: table `pump` has no column `vibraton` yet"
+            )
+            && text.contains("model `pump-ae` is not uploaded"),
+        "{text}"
+    );
     // One bad definition in a file: nothing in it is applied, and the problem is named.
     let mixed = dir.path().join("mixed.toml");
     std::fs::write(
