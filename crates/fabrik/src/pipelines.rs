@@ -1315,10 +1315,10 @@ impl Runner {
             return Ok(());
         }
         let name = &self.compiled.config.name;
-        let model = &self.compiled.config.model;
+        let model = model_tag(&self.compiled.config);
         let points: Vec<Point> = inferences
             .iter()
-            .map(|inference| inference_point(name, model, inference))
+            .map(|inference| inference_point(name, &model, inference))
             .collect();
         let lineage = Lineage {
             source: SourceId(format!("pipeline:{name}")),
@@ -1340,6 +1340,26 @@ impl Runner {
             );
         }
         Ok(())
+    }
+}
+
+/// The `model` of a pipeline's inferences: the built-in model's name, or for ONNX
+/// `onnx:<model>` with the uploaded model's name or the file's stem, so inferences of two
+/// ONNX models are told apart by name (and by `model_version`, the file's content hash).
+fn model_tag(config: &PipelineConfig) -> String {
+    if config.model != "onnx" {
+        return config.model.clone();
+    }
+    let named = config.model_name.clone().or_else(|| {
+        config.model_path.as_deref().and_then(|path| {
+            std::path::Path::new(path.trim())
+                .file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned())
+        })
+    });
+    match named {
+        Some(name) => format!("onnx:{name}"),
+        None => config.model.clone(),
     }
 }
 
@@ -1413,6 +1433,18 @@ fn rfc3339(ns: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inferences_name_the_onnx_model_they_came_from() {
+        let mut config = demo_pipeline();
+        assert_eq!(model_tag(&config), config.model);
+        config.model = "onnx".into();
+        config.model_name = Some("pump-ae".into());
+        assert_eq!(model_tag(&config), "onnx:pump-ae");
+        config.model_name = None;
+        config.model_path = Some(" /opt/models/pump-ae-v2.onnx ".into());
+        assert_eq!(model_tag(&config), "onnx:pump-ae-v2");
+    }
 
     #[test]
     fn an_onnx_pipeline_names_a_file_or_an_uploaded_model_but_not_both() {

@@ -527,13 +527,13 @@ start = "earliest"
             .is_some_and(|e| e.contains("no-such-model.onnx")),
         "{missing}"
     );
-    // Every inference names the model file's content version.
+    // Every inference names the model (the file's stem) and its content version.
     let versions = query(
         &p.url,
         "SELECT DISTINCT model_version, model FROM inferences WHERE pipeline = 'forest'",
     );
     assert_eq!(versions.len(), 1, "{versions:?}");
-    assert_eq!(versions[0]["model"], "onnx");
+    assert_eq!(versions[0]["model"], "onnx:iforest_100");
     assert_eq!(
         versions[0]["model_version"].as_str().map(str::len),
         Some(16)
