@@ -1202,7 +1202,12 @@ mod tests {
     async fn webhooks_reach_an_https_receiver_with_its_own_ca_and_basic_auth() {
         let peer = HttpsPeer::start();
         let url = format!("https://localhost:{}/hook", peer.port);
-        let credentials = |password: &str| Some(("fabrik".to_owned(), password.to_owned()));
+        let credentials = |password: &str| {
+            Some(notify::BasicAuth {
+                user: "fabrik".into(),
+                password: password.into(),
+            })
+        };
         let webhook = |name: &str, ca: Option<&str>, password: &str| {
             Notifier::webhook(
                 name,

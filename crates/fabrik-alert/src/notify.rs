@@ -119,6 +119,24 @@ pub fn group_labels(group_key: &str) -> BTreeMap<String, String> {
     serde_json::from_str(group_key).unwrap_or_default()
 }
 
+/// A user name and password for HTTP basic authentication (its `Debug` leaves out the
+/// password).
+#[derive(Clone, PartialEq, Eq)]
+pub struct BasicAuth {
+    /// User name.
+    pub user: String,
+    /// Password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for BasicAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BasicAuth")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Where notifications go.
 #[derive(Debug, Clone)]
 pub enum Notifier {
@@ -132,8 +150,8 @@ pub enum Notifier {
         timeout: Duration,
         /// Grouping of state changes.
         grouping: Grouping,
-        /// HTTP basic authentication: user name and password.
-        basic_auth: Option<(String, String)>,
+        /// HTTP basic authentication.
+        basic_auth: Option<BasicAuth>,
         /// Its HTTP client: rustls trusting the system's CAs or the notifier's own.
         client: reqwest::Client,
     },
@@ -178,7 +196,7 @@ impl Notifier {
         timeout: Duration,
         grouping: Grouping,
         ca: Option<&std::path::Path>,
-        basic_auth: Option<(String, String)>,
+        basic_auth: Option<BasicAuth>,
     ) -> Result<Self, AlertError> {
         let invalid = |reason: String| AlertError::Invalid(format!("notifier `{name}`: {reason}"));
         let mut builder = reqwest::Client::builder();
@@ -587,8 +605,8 @@ pub async fn deliver(notifier: &Notifier, payload: &str) -> Result<(), AlertErro
                 .timeout(*timeout)
                 .header("content-type", "application/json")
                 .body(payload.to_owned());
-            if let Some((user, password)) = basic_auth {
-                request = request.basic_auth(user, Some(password));
+            if let Some(auth) = basic_auth {
+                request = request.basic_auth(&auth.user, Some(&auth.password));
             }
             let response = request.send().await.map_err(|e| AlertError::Delivery {
                 notifier: name.clone(),
@@ -817,6 +835,22 @@ mod tests {
         let webhook =
             Notifier::webhook("w", "http://x", Duration::from_secs(1), flat, None, None).unwrap();
         assert!(webhook.grouping().is_none());
+    }
+
+    #[test]
+    fn passwords_stay_out_of_debug_output() {
+        let auth = BasicAuth {
+            user: "fabrik".into(),
+            password: "s3cret".into(),
+        };
+        let mut server = SmtpServer::from_url("smtps://mail.plant:465").unwrap();
+        server.credentials = Some(("fabrik".into(), "s3cret".into()));
+        for text in [format!("{auth:?}"), format!("{server:?}")] {
+            assert!(
+                text.contains("fabrik") && !text.contains("s3cret"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

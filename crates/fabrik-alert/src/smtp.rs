@@ -30,8 +30,8 @@ pub enum SmtpSecurity {
     None,
 }
 
-/// A mail server and how to use it.
-#[derive(Debug, Clone, PartialEq)]
+/// A mail server and how to use it (its `Debug` leaves out the password).
+#[derive(Clone, PartialEq)]
 pub struct SmtpServer {
     /// Host name (also the name its certificate must carry).
     pub host: String,
@@ -45,6 +45,19 @@ pub struct SmtpServer {
     pub credentials: Option<(String, String)>,
     /// Name sent in EHLO.
     pub helo_name: String,
+}
+
+impl std::fmt::Debug for SmtpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SmtpServer")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("security", &self.security)
+            .field("ca", &self.ca)
+            .field("user", &self.credentials.as_ref().map(|(user, _)| user))
+            .field("helo_name", &self.helo_name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SmtpServer {

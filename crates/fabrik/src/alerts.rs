@@ -499,7 +499,10 @@ fn build_notifier(
             timeout,
             grouping,
             n.ca.as_deref().map(std::path::Path::new),
-            n.username.clone().zip(n.password.clone()),
+            n.username
+                .clone()
+                .zip(n.password.clone())
+                .map(|(user, password)| fabrik_alert::notify::BasicAuth { user, password }),
         )
         .map_err(|e| e.to_string())?,
         NotifierPlan::MqttEmbedded => {
