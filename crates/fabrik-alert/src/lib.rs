@@ -207,6 +207,12 @@ impl Alerting {
         let now = now_ns();
         let silences = self.db.silences().await?;
         for t in transitions {
+            metrics::counter!(
+                "fabrik_alert_transitions_total",
+                "rule" => t.rule.clone(),
+                "state" => t.state.as_str()
+            )
+            .increment(1);
             let id = alert_id(&t.rule, &t.key, t.started_ns);
             let silenced = is_silenced(&silences, &t.rule, &t.key, t.at_ns.max(now));
             let previous = match self.db.get(&id).await {
@@ -406,12 +412,36 @@ impl Alerting {
             if let Err(e) = self.deliver_due().await {
                 tracing::error!(error = %e, "Alert outbox pass failed.");
             }
+            if let Err(e) = self.export_gauges().await {
+                tracing::debug!(error = %e, "Alert gauges not updated.");
+            }
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
             }
         }
+    }
+
+    /// Sets `fabrik_alerts_firing{rule,severity}` (every rule, 0 when none fires) and
+    /// `fabrik_alert_outbox_pending`.
+    async fn export_gauges(&self) -> Result<(), AlertError> {
+        let mut firing: BTreeMap<(String, String), u64> = self
+            .rules()
+            .into_iter()
+            .map(|rule| ((rule.name, rule.severity), 0))
+            .collect();
+        for alert in self.db.open_alerts().await? {
+            if alert.state == AlertState::Firing {
+                *firing.entry((alert.rule, alert.severity)).or_default() += 1;
+            }
+        }
+        for ((rule, severity), count) in firing {
+            metrics::gauge!("fabrik_alerts_firing", "rule" => rule, "severity" => severity)
+                .set(count as f64);
+        }
+        metrics::gauge!("fabrik_alert_outbox_pending").set(self.db.outbox_len().await? as f64);
+        Ok(())
     }
 
     /// Whether `entry`'s alert is silenced now (a silence added after it was queued): then it
@@ -434,6 +464,12 @@ impl Alerting {
             return Ok(false);
         }
         tracing::info!(alert = %alert_id, notifier = %entry.notifier, "Notification dropped: its alert was silenced after it was queued.");
+        metrics::counter!(
+            "fabrik_notifications_total",
+            "notifier" => entry.notifier.clone(),
+            "outcome" => "dropped"
+        )
+        .increment(1);
         self.db.delivered(entry.id).await?;
         Ok(true)
     }
@@ -578,9 +614,21 @@ impl Alerting {
                     self.db
                         .record_notified(&told, notifier.name(), now_ns())
                         .await?;
+                    metrics::counter!(
+                        "fabrik_notifications_total",
+                        "notifier" => notifier.name().to_owned(),
+                        "outcome" => "delivered"
+                    )
+                    .increment(1);
                     delivered += 1;
                 }
                 Err(e) => {
+                    metrics::counter!(
+                        "fabrik_notifications_total",
+                        "notifier" => notifier.name().to_owned(),
+                        "outcome" => "failed"
+                    )
+                    .increment(1);
                     let delay = notify::backoff(attempts);
                     let next = now + i64::try_from(delay.as_nanos()).unwrap_or(i64::MAX);
                     tracing::warn!(error = %e, attempts = attempts + 1, changes = ids.len(), retry_in = ?delay, "Notification not delivered; will retry.");

@@ -18,8 +18,8 @@ use fabrik_api::pipelines::{
 };
 use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
 use fabrik_ml::pipeline::{
-    BuiltinModel, Feature, Inference, OnnxWindowModel, Pipeline, PipelineSpec, Row, ThresholdSpec,
-    WindowSpec,
+    BuiltinModel, Feature, Inference, OnnxWindowModel, Pipeline, PipelineCounters, PipelineSpec,
+    Row, ThresholdSpec, WindowSpec,
 };
 use fabrik_registry::{DeviceFilter, Registry};
 use fabrik_runtime::ServiceHandle;
@@ -803,6 +803,71 @@ impl PipelineControl for PipelineManager {
     }
 }
 
+/// A pipeline's counters as Prometheus metrics (`fabrik_pipeline_*{pipeline}`): the
+/// counters grow by what each pass added, so a replaced or restarted pipeline, whose own
+/// counters start again from zero, never moves them backwards.
+struct ExportedCounters {
+    pipeline: String,
+    last: PipelineCounters,
+    last_samples: u64,
+}
+
+impl ExportedCounters {
+    fn new(pipeline: &str) -> Self {
+        metrics::gauge!("fabrik_pipeline_problem", "pipeline" => pipeline.to_owned()).set(0.0);
+        Self {
+            pipeline: pipeline.to_owned(),
+            last: PipelineCounters::default(),
+            last_samples: 0,
+        }
+    }
+
+    /// Adds what the last pass did; `problem`: the pipeline's status shows one.
+    fn update(&mut self, now: &PipelineCounters, samples: u64, pass: Duration, problem: bool) {
+        let pipeline = &self.pipeline;
+        let grow = |name: &'static str, before: u64, after: u64| {
+            metrics::counter!(name, "pipeline" => pipeline.clone())
+                .increment(after.saturating_sub(before));
+        };
+        grow("fabrik_pipeline_samples_total", self.last_samples, samples);
+        grow(
+            "fabrik_pipeline_windows_total",
+            self.last.windows,
+            now.windows,
+        );
+        grow(
+            "fabrik_pipeline_incomplete_windows_total",
+            self.last.incomplete_windows,
+            now.incomplete_windows,
+        );
+        grow(
+            "fabrik_pipeline_inferences_total",
+            self.last.inferences,
+            now.inferences,
+        );
+        grow(
+            "fabrik_pipeline_anomalies_total",
+            self.last.anomalies,
+            now.anomalies,
+        );
+        grow(
+            "fabrik_pipeline_model_errors_total",
+            self.last.model_errors,
+            now.model_errors,
+        );
+        metrics::gauge!("fabrik_pipeline_training_devices", "pipeline" => pipeline.clone())
+            .set(now.training_devices as f64);
+        metrics::gauge!("fabrik_pipeline_scoring_devices", "pipeline" => pipeline.clone())
+            .set(now.scoring_devices as f64);
+        metrics::gauge!("fabrik_pipeline_problem", "pipeline" => pipeline.clone())
+            .set(if problem { 1.0 } else { 0.0 });
+        metrics::histogram!("fabrik_pipeline_pass_seconds", "pipeline" => pipeline.clone())
+            .record(pass.as_secs_f64());
+        self.last = *now;
+        self.last_samples = samples;
+    }
+}
+
 /// What of `config`'s input is not in the store yet: its table, or columns of it (named,
 /// with the columns it has); `None` when everything is there.
 fn missing_input(store: &Store, config: &PipelineConfig) -> Option<String> {
@@ -1043,6 +1108,7 @@ impl Runner {
         let mut pipeline = match loaded {
             Ok(p) => p,
             Err(e) => {
+                metrics::gauge!("fabrik_pipeline_problem", "pipeline" => name.clone()).set(1.0);
                 self.update(|s| {
                     s.state = PipelineState::Failed;
                     s.error = Some(e.to_string());
@@ -1069,6 +1135,7 @@ impl Runner {
             })
         };
         let mut samples = 0u64;
+        let mut exported = ExportedCounters::new(&name);
         let mut ticker = tokio::time::interval(self.compiled.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -1077,9 +1144,11 @@ impl Runner {
                 _ = ticker.tick() => {}
             }
             let horizon = Timestamp::now().nanos() - self.compiled.lateness_ns;
+            let started = std::time::Instant::now();
             let result = self
                 .step(&mut pipeline, &mut read_after, horizon, &mut samples)
                 .await;
+            let pass = started.elapsed();
             let counters = pipeline.counters();
             let model_error = pipeline.last_error().map(str::to_owned);
             // A window shorter than the data's cadence times `min_samples` leaves every window
@@ -1094,6 +1163,8 @@ impl Runner {
                         pipeline.last_incomplete().unwrap_or("too few samples")
                     )
                 });
+            let problem = result.as_ref().err().cloned().or(model_error).or(starved);
+            exported.update(&counters, samples, pass, problem.is_some());
             self.update(|s| {
                 s.devices = counters.training_devices + counters.scoring_devices;
                 s.training_devices = counters.training_devices;
@@ -1103,7 +1174,7 @@ impl Runner {
                 s.anomalies = counters.anomalies;
                 s.samples = samples;
                 s.horizon = Some(rfc3339(horizon));
-                s.error = result.as_ref().err().cloned().or(model_error).or(starved);
+                s.error = problem;
             });
             if let Err(e) = result {
                 tracing::debug!(pipeline = %name, error = %e, "Pipeline step failed; retrying.");

@@ -192,6 +192,36 @@ fn a_fault_becomes_a_webhook_naming_its_signal_and_survives_a_restart_undelivere
     // The receiver refuses: the notification was attempted and stays queued.
     eventually("a delivery attempt", || receiver.attempts() >= 1);
     assert!(receiver.delivered().is_empty());
+    // All of it is on /metrics for Prometheus: the pipeline's work, the alert, the failure.
+    let metric = |series: &str| crate::support::metric(&p.url, series);
+    eventually("the pipeline's counters are exported", || {
+        metric("fabrik_pipeline_inferences_total{pipeline=\"pumps\"}") == Some(80.0)
+    });
+    assert_eq!(
+        metric("fabrik_pipeline_anomalies_total{pipeline=\"pumps\"}"),
+        Some(10.0)
+    );
+    assert_eq!(
+        metric("fabrik_pipeline_samples_total{pipeline=\"pumps\"}"),
+        Some(1200.0)
+    );
+    assert_eq!(
+        metric("fabrik_pipeline_problem{pipeline=\"pumps\"}"),
+        Some(0.0)
+    );
+    eventually(
+        "the firing alert and the failed delivery are exported",
+        || {
+            metric("fabrik_alerts_firing{rule=\"pump-anomaly\",severity=\"critical\"}") == Some(1.0)
+                && metric("fabrik_notifications_total{notifier=\"ops\",outcome=\"failed\"}")
+                    .is_some_and(|failed| failed >= 1.0)
+                && metric("fabrik_alert_outbox_pending") == Some(1.0)
+        },
+    );
+    assert_eq!(
+        metric("fabrik_alert_transitions_total{rule=\"pump-anomaly\",state=\"firing\"}"),
+        Some(1.0)
+    );
 
     // Acknowledge with feedback, as the alert e-mail tells operators to; the verdict is data.
     let cli = |args: &[&str]| crate::support::client_command(&p.url, args);

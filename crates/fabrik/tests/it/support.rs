@@ -347,3 +347,24 @@ pub(crate) fn http_client() -> reqwest::Client {
     });
     reqwest::Client::new()
 }
+
+/// The value of the Prometheus sample whose name and labels are `series` (as rendered, e.g.
+/// `fabrik_alerts_firing{rule="r",severity="critical"}`) on the process's `/metrics`.
+pub(crate) fn metric(url: &str, series: &str) -> Option<f64> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let text = rt.block_on(async {
+        http_client()
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    });
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
