@@ -36,6 +36,12 @@ pub enum Condition {
         /// Silence that fires, ns.
         after_ns: i64,
     },
+    /// The value has not changed for this long while observations keep coming: a frozen
+    /// sensor or a stale register. Any change clears it.
+    Unchanged {
+        /// How long the same value fires, ns.
+        after_ns: i64,
+    },
 }
 
 /// A rule as the engine needs it.
@@ -121,6 +127,8 @@ struct KeyState {
     context: BTreeMap<String, String>,
     /// Watched only because a heartbeat rule expects it; it has never reported.
     expected_only: bool,
+    /// Since when the value has been the one last seen (`Unchanged` rules).
+    unchanged_since_ns: i64,
 }
 
 /// The lifecycle of one rule over all its keys.
@@ -201,6 +209,23 @@ impl RuleEngine {
                 }
                 // Any observation ends a silence.
                 Condition::Absent { .. } => false,
+                // Bit-equal: a sensor that reports its last value again, not one that drifts
+                // by less than some tolerance.
+                Condition::Unchanged { after_ns } => match state.last_value {
+                    Some(last) if last.to_bits() == o.value.to_bits() => {
+                        o.time_ns - state.unchanged_since_ns >= after_ns
+                    }
+                    // Restored firing after a restart, its value unknown: it stays firing
+                    // until a value differs from this one.
+                    None if state.active => {
+                        state.unchanged_since_ns = state.since_ns;
+                        true
+                    }
+                    _ => {
+                        state.unchanged_since_ns = o.time_ns;
+                        false
+                    }
+                },
             };
             state.last_time_ns = Some(o.time_ns);
             state.last_value = Some(o.value);
@@ -208,8 +233,13 @@ impl RuleEngine {
             if holds {
                 state.context = o.context.clone();
             }
-            step(
-                &self.rule, &o.key, state, holds, o.time_ns, o.value, &o.context, &mut out,
+            // A frozen value started when it last changed, not when the wait ran out.
+            let since = match self.rule.condition {
+                Condition::Unchanged { .. } => state.unchanged_since_ns,
+                _ => o.time_ns,
+            };
+            step_at(
+                &self.rule, &o.key, state, holds, since, o.time_ns, o.value, &o.context, &mut out,
             );
         }
         out
@@ -290,22 +320,6 @@ impl RuleEngine {
         }
         out
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn step(
-    rule: &Rule,
-    key: &str,
-    state: &mut KeyState,
-    holds: bool,
-    time_ns: i64,
-    value: f64,
-    context: &BTreeMap<String, String>,
-    out: &mut Vec<Transition>,
-) {
-    step_at(
-        rule, key, state, holds, time_ns, time_ns, value, context, out,
-    );
 }
 
 /// Applies `holds` at `at_ns`; a condition that starts to hold is dated `since_ns`.
@@ -490,6 +504,38 @@ mod tests {
             states(&e.tick(200 * S, &[])),
             vec![("a", AlertState::Firing, 200)]
         );
+    }
+
+    #[test]
+    fn an_unchanged_value_fires_from_when_it_froze_and_any_change_resolves_it() {
+        let mut e = RuleEngine::new(rule(Condition::Unchanged { after_ns: 30 * S }, 0));
+        // Changing every second: never.
+        let t = e.observe(
+            &(0..40)
+                .map(|i| obs("p", i, i as f64 * 0.1))
+                .collect::<Vec<_>>(),
+        );
+        assert!(t.is_empty(), "{t:?}");
+        // Frozen at 2.5 from second 40: fires at second 70, dated 40.
+        let frozen: Vec<Observation> = (40..75).map(|i| obs("p", i, 2.5)).collect();
+        let t = e.observe(&frozen);
+        assert_eq!(states(&t), vec![("p", AlertState::Firing, 70)]);
+        assert_eq!(t[0].started_ns, 40 * S);
+        // The next different value resolves it; one equal value after it starts afresh.
+        let t = e.observe(&[obs("p", 75, 2.6), obs("p", 76, 2.6)]);
+        assert_eq!(states(&t), vec![("p", AlertState::Resolved, 75)]);
+        // Silence is not a frozen value: without observations nothing happens.
+        assert!(e.tick(500 * S, &[]).is_empty());
+        // Restored firing after a restart: the same value keeps it, a new one resolves it.
+        let mut e = RuleEngine::new(rule(Condition::Unchanged { after_ns: 30 * S }, 0));
+        e.restore_firing("p", 40 * S);
+        assert!(
+            e.observe(&[obs("p", 600, 2.5), obs("p", 601, 2.5)])
+                .is_empty()
+        );
+        let t = e.observe(&[obs("p", 602, 2.7)]);
+        assert_eq!(states(&t), vec![("p", AlertState::Resolved, 602)]);
+        assert_eq!(t[0].started_ns, 40 * S);
     }
 
     #[test]

@@ -343,10 +343,12 @@ pub struct AlertRuleConfig {
     /// A SQL predicate selecting rows (e.g. `pipeline = 'pump-health'`).
     #[serde(default)]
     pub filter: Option<String>,
-    /// `above`, `below`, `rate_above` (units per second) or `absent` (no row for `threshold`
-    /// seconds, counted from the key's last row, also one stored before a restart).
+    /// `above`, `below`, `rate_above` (units per second), `absent` (no row for `threshold`
+    /// seconds, counted from the key's last row, also one stored before a restart) or
+    /// `unchanged` (rows keep coming with the same value for `threshold` seconds: a frozen
+    /// sensor).
     pub condition: String,
-    /// The firing level (seconds of silence for `absent`).
+    /// The firing level (seconds of silence for `absent`, of the same value for `unchanged`).
     pub threshold: f64,
     /// The clearing level (hysteresis; default: the threshold).
     #[serde(default)]

@@ -100,14 +100,17 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
         "absent" if c.threshold > 0.0 => Some(Condition::Absent {
             after_ns: (c.threshold * 1e9) as i64,
         }),
-        "rate_above" | "absent" => {
+        "unchanged" if c.threshold > 0.0 => Some(Condition::Unchanged {
+            after_ns: (c.threshold * 1e9) as i64,
+        }),
+        "rate_above" | "absent" | "unchanged" => {
             problem("threshold", "must be greater than zero".into());
             None
         }
         other => {
             problem(
                 "condition",
-                format!("`{other}`: expected above, below, rate_above or absent"),
+                format!("`{other}`: expected above, below, rate_above, absent or unchanged"),
             );
             None
         }
@@ -133,7 +136,7 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
         );
     }
     let heartbeat = c.condition == "absent";
-    if c.clear.is_some() && (heartbeat || c.condition == "rate_above") {
+    if c.clear.is_some() && matches!(c.condition.as_str(), "absent" | "rate_above" | "unchanged") {
         problem(
             "clear",
             format!(
@@ -609,6 +612,22 @@ fn demo_rule() -> AlertRuleConfig {
     }
 }
 
+/// The demo's second rule: a pump's pressure reported unchanged for 20 s, which the plant's
+/// stuck-sensor fault produces and its noisy sensors never do (values to 4 decimals).
+fn demo_frozen_rule() -> AlertRuleConfig {
+    AlertRuleConfig {
+        name: "pressure-frozen".into(),
+        table: "pump".into(),
+        value: "pressure".into(),
+        filter: None,
+        condition: "unchanged".into(),
+        threshold: 20.0,
+        clear: None,
+        context: Vec::new(),
+        ..demo_rule()
+    }
+}
+
 /// Opens `<data_dir>/alerts.db`, then runs one evaluation task per rule and the outbox.
 pub(crate) async fn start(
     config: &Config,
@@ -622,6 +641,7 @@ pub(crate) async fn start(
     let mut rule_configs = config.alerting.rules.clone();
     if demo && rule_configs.is_empty() && config.pipelines.is_empty() {
         rule_configs.push(demo_rule());
+        rule_configs.push(demo_frozen_rule());
     }
     let rules = rule_configs
         .iter()
@@ -972,6 +992,16 @@ mod tests {
     #[test]
     fn the_demo_rule_compiles_and_bad_rules_name_their_fields() {
         assert!(compile_rule(&demo_rule()).is_ok());
+        assert!(compile_rule(&demo_frozen_rule()).is_ok());
+        let mut frozen = demo_frozen_rule();
+        frozen.clear = Some(1.0);
+        frozen.threshold = 0.0;
+        let fields: Vec<String> = compile_rule(&frozen)
+            .unwrap_err()
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
+        assert_eq!(fields, vec!["threshold", "clear"]);
         let mut bad = demo_rule();
         bad.condition = "over".into();
         bad.severity = "loud".into();

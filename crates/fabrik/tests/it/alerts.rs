@@ -844,6 +844,76 @@ expect = { site = "north", devices = ["gw-listed"] }
     assert!(status.success());
 }
 
+/// An `unchanged` rule fires on a sensor that keeps reporting one value (a stuck sensor),
+/// dated from when it froze, and not on one whose readings vary.
+#[test]
+fn a_frozen_sensor_is_alerted_from_when_it_froze() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("fabrik.toml");
+    std::fs::write(
+        &config,
+        r#"
+[[alerting.rules]]
+name = "pressure-frozen"
+table = "pump"
+value = "pressure"
+condition = "unchanged"
+threshold = 20
+interval = "200ms"
+start = "earliest"
+"#,
+    )
+    .expect("config");
+    let data = dir.path().join("data");
+    let p = Process::start_with_args(&data, &["--config", config.to_str().expect("utf-8")], &[]);
+    // A minute at 1 Hz: pump-x varies throughout; pump-y freezes at 1.0235 from second 30.
+    let start = (now_ns() - 3600 * SECOND) / SECOND * SECOND;
+    let mut rows = String::new();
+    for t in 0..60i64 {
+        let varying = 1.0 + ((t * 7919) % 13) as f64 / 1000.0;
+        let frozen = if t >= 30 { 1.0235 } else { varying };
+        let time = start + t * SECOND;
+        rows.push_str(&format!(
+            "pump,device=pump-x pressure={varying} {time}\npump,device=pump-y pressure={frozen} {time}\n"
+        ));
+    }
+    assert_eq!(
+        crate::support::post_status(&p.url, "/api/v1/write", &rows),
+        200
+    );
+    let firing = || {
+        let (_, alerts) = http(
+            &p.url,
+            reqwest::Method::GET,
+            "/api/v1/alerts?state=firing",
+            None,
+        );
+        alerts.as_array().cloned().unwrap_or_default()
+    };
+    eventually("the frozen sensor is alerted", || !firing().is_empty());
+    std::thread::sleep(std::time::Duration::from_secs(1)); // five more evaluations
+    let alerts = firing();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["key"], "pump-y", "{alerts:?}");
+    assert_eq!(
+        alerts[0]["id"].as_str(),
+        Some(format!("pressure-frozen~pump-y~{}", start + 30 * SECOND).as_str()),
+        "dated from the first frozen reading: {alerts:?}"
+    );
+    // A different reading resolves it.
+    assert_eq!(
+        crate::support::post_status(
+            &p.url,
+            "/api/v1/write",
+            &format!("pump,device=pump-y pressure=1.02 {}\n", start + 60 * SECOND)
+        ),
+        200
+    );
+    eventually("the new reading resolves it", || firing().is_empty());
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}
+
 /// A rule's value is an SQL expression over several signals of a row: the alert fires on the
 /// product of two, which neither signal alone decides, and carries the product as its value.
 #[test]
