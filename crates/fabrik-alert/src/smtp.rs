@@ -227,8 +227,14 @@ pub(crate) fn tls_client_config(
         std::path::Path::to_path_buf,
     );
     let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(&path)
-        .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+    let certs = CertificateDer::pem_file_iter(&path).map_err(|e| {
+        let hint = if ca.is_none() {
+            " (the system's CA bundle; set the notifier's `ca` to a PEM file of the CAs to trust)"
+        } else {
+            ""
+        };
+        format!("cannot read CA file {}: {e}{hint}", path.display())
+    })?;
     for cert in certs {
         let cert = cert.map_err(|e| format!("CA file {}: {e}", path.display()))?;
         roots
