@@ -815,6 +815,59 @@ mod tests {
         assert_eq!(alerting.db().outbox_len().await.unwrap(), 2);
     }
 
+    /// Listing by patterns: `*` is the only special character, as in silences, so a key
+    /// with `?` or `[` in it is matched literally.
+    #[tokio::test]
+    async fn alerts_are_found_by_rule_and_device_patterns() {
+        let dir = tempfile::tempdir().unwrap();
+        let alerting = Alerting::open(
+            &dir.path().join("a.db"),
+            vec![rule()],
+            Vec::new(),
+            "http://x".into(),
+        )
+        .await
+        .unwrap();
+        alerting
+            .observe(
+                "hot",
+                &[
+                    obs("oven-1", 1, 85.0),
+                    obs("oven-2", 1, 85.0),
+                    obs("kiln[a]?", 1, 85.0),
+                ],
+            )
+            .await
+            .unwrap();
+        let keys = |rule: Option<&str>, key: Option<&str>| {
+            let query = db::AlertQuery {
+                state: Some(AlertState::Firing),
+                rule: rule.map(str::to_owned),
+                key: key.map(str::to_owned),
+            };
+            let db = alerting.db().clone();
+            async move {
+                let mut keys: Vec<String> = db
+                    .find(&query, 10)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|a| a.key)
+                    .collect();
+                keys.sort();
+                keys
+            }
+        };
+        assert_eq!(keys(None, Some("oven-*")).await, ["oven-1", "oven-2"]);
+        assert_eq!(keys(Some("h*"), Some("*-2")).await, ["oven-2"]);
+        assert_eq!(keys(None, Some("kiln[a]?")).await, ["kiln[a]?"]);
+        assert!(
+            keys(None, Some("kiln?a]?")).await.is_empty(),
+            "`?` is literal"
+        );
+        assert!(keys(Some("cold"), None).await.is_empty());
+    }
+
     #[tokio::test]
     async fn a_pending_alert_that_clears_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();

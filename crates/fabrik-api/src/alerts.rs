@@ -56,6 +56,10 @@ pub struct AlertParams {
     pub state: Option<String>,
     /// Newest first, at most this many (default 100, at most 1000).
     pub limit: Option<u32>,
+    /// Only rules matching this pattern (`*` matches any run of characters).
+    pub rule: Option<String>,
+    /// Only devices matching this pattern, e.g. `pump-*`.
+    pub device: Option<String>,
 }
 
 #[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts", security(("token" = [])),
@@ -78,7 +82,12 @@ pub(crate) async fn list(
         }
     };
     let limit = params.limit.unwrap_or(100).clamp(1, 1000);
-    Ok(Json(alerting(&state)?.db().list(wanted, limit).await?))
+    let query = fabrik_alert::db::AlertQuery {
+        state: wanted,
+        rule: params.rule.filter(|r| !r.is_empty()),
+        key: params.device.filter(|d| !d.is_empty()),
+    };
+    Ok(Json(alerting(&state)?.db().find(&query, limit).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/alerts/{id}", tag = "alerts", security(("token" = [])),

@@ -33,6 +33,12 @@ enum AlertCommand {
         /// At most this many.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Only rules matching this pattern (`*` matches any run of characters).
+        #[arg(long)]
+        rule: Option<String>,
+        /// Only devices matching this pattern, e.g. 'pump-*'.
+        #[arg(long)]
+        device: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -85,10 +91,18 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let ep = &args.endpoint;
     match args.command {
-        AlertCommand::List { state, limit, json } => {
+        AlertCommand::List {
+            state,
+            limit,
+            rule,
+            device,
+            json,
+        } => {
             let mut path = format!("/api/v1/alerts?limit={limit}");
-            if let Some(state) = state {
-                path.push_str(&format!("&state={state}"));
+            for (key, value) in [("state", state), ("rule", rule), ("device", device)] {
+                if let Some(value) = value {
+                    path.push_str(&format!("&{key}={}", crate::client::percent_encode(&value)));
+                }
             }
             let alerts: Vec<serde_json::Value> = ep.get_json(&client, &path).await?;
             if json {

@@ -278,3 +278,16 @@ pub(crate) async fn write(args: WriteArgs) -> anyhow::Result<()> {
     println!("wrote {points} point(s)");
     Ok(())
 }
+
+/// Percent-encodes a query value (RFC 3986 unreserved characters stay as they are).
+pub(crate) fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

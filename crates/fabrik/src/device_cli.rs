@@ -78,19 +78,6 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Percent-encodes a query value (RFC 3986 unreserved characters stay as they are).
-fn percent_encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 fn time_text(ns: Option<i64>) -> String {
     match ns {
         None => "-".into(),
@@ -154,7 +141,7 @@ pub(crate) async fn run(args: DeviceArgs) -> anyhow::Result<()> {
             }
             let query: Vec<String> = query
                 .iter()
-                .map(|(k, v)| format!("{k}={}", percent_encode(v)))
+                .map(|(k, v)| format!("{k}={}", crate::client::percent_encode(v)))
                 .collect();
             let path = if query.is_empty() {
                 "/api/v1/devices".to_owned()

@@ -349,6 +349,18 @@ fn a_fault_becomes_a_webhook_naming_its_signal_and_survives_a_restart_undelivere
         text.contains(&id) && text.contains("true_positive"),
         "{text}"
     );
+    // Filtered by device and rule patterns.
+    let (ok, text) = crate::support::client_command(
+        &p.url,
+        &["alert", "list", "--device", "pump-*", "--rule", "*anomaly"],
+    );
+    assert!(
+        ok && text.contains(&id) && text.contains("1 alert(s)"),
+        "{text}"
+    );
+    let (ok, text) =
+        crate::support::client_command(&p.url, &["alert", "list", "--device", "motor-*"]);
+    assert!(ok && text.contains("0 alert(s)"), "{text}");
     let (status, _) = p.terminate();
     assert!(status.success());
 }
