@@ -207,8 +207,9 @@ impl AlertDb {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Inserts or replaces an alert. An acknowledgement already stored is kept when `alert`
-    /// has none: a transition read the alert before an operator acknowledged it.
+    /// Inserts an alert, or updates its lifecycle. An existing alert's acknowledgement is
+    /// [`AlertDb::set_ack`]'s alone to change: a transition that read the alert before an
+    /// operator acknowledged it (or acknowledged it again) must not write the old one back.
     pub async fn upsert(&self, alert: &Alert, now_ns: i64) -> Result<(), AlertError> {
         let annotations =
             serde_json::to_string(&alert.annotations).map_err(|e| corrupt("annotations", e))?;
@@ -219,10 +220,6 @@ impl AlertDb {
              ON CONFLICT (id) DO UPDATE SET state = excluded.state, fired_at = excluded.fired_at, \
              resolved_at = excluded.resolved_at, value = excluded.value, \
              annotations = excluded.annotations, \
-             ack_by = coalesce(excluded.ack_by, alerts.ack_by), \
-             ack_at = coalesce(excluded.ack_at, alerts.ack_at), \
-             feedback = coalesce(excluded.feedback, alerts.feedback), \
-             comment = coalesce(excluded.comment, alerts.comment), \
              silenced = excluded.silenced, updated_ns = excluded.updated_ns",
         )
         .bind(&alert.id)
@@ -379,13 +376,15 @@ impl AlertDb {
         now_ns: i64,
         alert_id: &str,
     ) -> Result<(), AlertError> {
-        self.enqueue_grouped(notifier, payload, now_ns, None, alert_id)
+        self.enqueue_grouped(notifier, payload, now_ns, None, alert_id, false)
             .await
+            .map(|_| ())
     }
 
     /// Queues a notification about alert `alert_id` for delivery at `due_ns`; entries of one
     /// notifier with the same `group_key` that are due together are delivered as one
-    /// notification.
+    /// notification. With `only_while_firing`, only if the alert is firing, checked in the
+    /// same statement. Returns whether it was queued.
     pub async fn enqueue_grouped(
         &self,
         notifier: &str,
@@ -393,19 +392,33 @@ impl AlertDb {
         due_ns: i64,
         group_key: Option<&str>,
         alert_id: &str,
-    ) -> Result<(), AlertError> {
-        sqlx::query(
+        only_while_firing: bool,
+    ) -> Result<bool, AlertError> {
+        let done = sqlx::query(
             "INSERT INTO outbox (notifier, payload, attempts, next_attempt_ns, group_key, \
-             alert_id) VALUES (?, ?, 0, ?, ?, ?)",
+             alert_id) SELECT ?, ?, 0, ?, ?, ? WHERE NOT ? OR EXISTS \
+             (SELECT 1 FROM alerts WHERE id = ? AND state = 'firing')",
         )
         .bind(notifier)
         .bind(payload)
         .bind(due_ns)
         .bind(group_key)
         .bind(alert_id)
+        .bind(only_while_firing)
+        .bind(alert_id)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The notifiers that told their receivers about alert `alert_id`.
+    pub async fn notified_by(&self, alert_id: &str) -> Result<Vec<String>, AlertError> {
+        Ok(
+            sqlx::query_scalar("SELECT notifier FROM notified WHERE alert_id = ?")
+                .bind(alert_id)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// When the open group `group_key` of `notifier` goes out: the due time of its queued,

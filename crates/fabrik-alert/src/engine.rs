@@ -155,10 +155,18 @@ impl RuleEngine {
     /// Restores a key that was firing before a restart, so it neither fires twice nor stays
     /// firing forever: the next observations decide whether it resolves.
     pub fn restore_firing(&mut self, key: &str, started_ns: i64) {
+        let absence = matches!(self.rule.condition, Condition::Absent { .. });
         let state = self.keys.entry(key.to_owned()).or_default();
         state.active = true;
         state.firing = true;
         state.since_ns = started_ns;
+        if absence && state.last_time_ns.is_none() {
+            // An absence is dated from the key's last report (or from when the rule began to
+            // expect it): silent since then, whether or not its rows are recalled. Until a
+            // recalled report says otherwise, it is watched only because it is expected.
+            state.last_time_ns = Some(started_ns);
+            state.expected_only = true;
+        }
     }
 
     /// Tells the rule when `key` last reported, from data stored before this engine
@@ -260,9 +268,11 @@ impl RuleEngine {
                     ..KeyState::default()
                 });
             }
+            let expected: std::collections::HashSet<&str> =
+                expected_keys.iter().map(String::as_str).collect();
             let rule = &self.rule;
             self.keys.retain(|key, state| {
-                if !state.expected_only || expected_keys.contains(key) {
+                if !state.expected_only || expected.contains(key.as_str()) {
                     return true;
                 }
                 let context = state.context.clone();
@@ -536,6 +546,29 @@ mod tests {
         let t = e.observe(&[obs("p", 602, 2.7)]);
         assert_eq!(states(&t), vec![("p", AlertState::Resolved, 602)]);
         assert_eq!(t[0].started_ns, 40 * S);
+    }
+
+    #[test]
+    fn a_restored_alert_of_an_expected_key_that_never_reported_stays_firing() {
+        let mut e = RuleEngine::new(rule(Condition::Absent { after_ns: 60 * S }, 0));
+        // Fired before the restart for a device that never reported (no rows to recall).
+        e.restore_firing("gw", 100 * S);
+        let expected = ["gw".to_owned()];
+        assert!(
+            e.tick(1000 * S, &expected).is_empty(),
+            "neither resolved nor fired anew"
+        );
+        assert!(e.tick(2000 * S, &expected).is_empty());
+        // No longer expected (removed from the registry): forgotten, resolved.
+        let t = e.tick(2001 * S, &[]);
+        assert_eq!(states(&t), vec![("gw", AlertState::Resolved, 2001)]);
+        assert_eq!(t[0].started_ns, 100 * S);
+        // Reported at last: resolved by the report.
+        let mut e = RuleEngine::new(rule(Condition::Absent { after_ns: 60 * S }, 0));
+        e.restore_firing("gw", 100 * S);
+        assert!(e.tick(1000 * S, &expected).is_empty());
+        let t = e.observe(&[obs("gw", 1001, 1.0)]);
+        assert_eq!(states(&t), vec![("gw", AlertState::Resolved, 1001)]);
     }
 
     #[test]

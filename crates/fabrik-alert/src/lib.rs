@@ -261,11 +261,26 @@ impl Alerting {
                         self.db.delete(&id).await?;
                         continue;
                     }
+                    // A receiver told of the firing hears of the resolution, silence or not:
+                    // otherwise its incident stays open. Read before the resolution is
+                    // stored, after which the worker forgets who was told.
+                    let told = if silenced {
+                        self.db.notified_by(&id).await?
+                    } else {
+                        Vec::new()
+                    };
                     alert.resolved_at = Some(model::rfc3339(t.at_ns));
                     self.db.upsert(&alert, now).await?;
                     tracing::info!(alert = %alert.id, "Alert resolved.");
                     if !silenced {
                         self.enqueue(&alert, now).await?;
+                    } else if !told.is_empty() {
+                        for notifier in &self.notifiers {
+                            if told.iter().any(|name| name == notifier.name()) {
+                                self.enqueue_for(notifier, &alert, now, false).await?;
+                            }
+                        }
+                        self.wake.notify_one();
                     }
                 }
             }
@@ -275,26 +290,27 @@ impl Alerting {
 
     async fn enqueue(&self, alert: &Alert, now: i64) -> Result<(), AlertError> {
         for notifier in &self.notifiers {
-            self.enqueue_for(notifier, alert, now).await?;
+            self.enqueue_for(notifier, alert, now, false).await?;
         }
         self.wake.notify_one();
         Ok(())
     }
 
     /// Queues `alert`'s state for one notifier, joining its group's open window if it groups.
+    /// With `only_while_firing` (a reminder, or a firing released by a silence's end, both
+    /// made from an earlier read of the alert) nothing is queued if the alert stopped firing
+    /// meanwhile, in the same statement: its resolution, queued by the rule's evaluator, must
+    /// stay the last word. Returns whether it was queued.
     async fn enqueue_for(
         &self,
         notifier: &Notifier,
         alert: &Alert,
         now: i64,
-    ) -> Result<(), AlertError> {
+        only_while_firing: bool,
+    ) -> Result<bool, AlertError> {
         let payload = notifier.payload(alert, &self.external_url).to_string();
-        match notifier.grouping() {
-            None => {
-                self.db
-                    .enqueue(notifier.name(), &payload, now, &alert.id)
-                    .await?;
-            }
+        let (due, key) = match notifier.grouping() {
+            None => (now, None),
             Some(grouping) => {
                 // Join the group's open window, or open one.
                 let key = grouping.key(alert);
@@ -303,12 +319,19 @@ impl Alerting {
                     Some(due) => due,
                     None => now.saturating_add(wait),
                 };
-                self.db
-                    .enqueue_grouped(notifier.name(), &payload, due, Some(&key), &alert.id)
-                    .await?;
+                (due, Some(key))
             }
-        }
-        Ok(())
+        };
+        self.db
+            .enqueue_grouped(
+                notifier.name(),
+                &payload,
+                due,
+                key.as_deref(),
+                &alert.id,
+                only_while_firing,
+            )
+            .await
     }
 
     /// Queues a reminder for every alert that still fires, is not silenced, and was last
@@ -343,9 +366,10 @@ impl Alerting {
                 if now.saturating_sub(last) < repeat || queued.contains(&pair) {
                     continue;
                 }
-                tracing::info!(alert = %alert.id, notifier = %notifier.name(), "Alert still firing; reminding.");
-                self.enqueue_for(notifier, &alert, now).await?;
-                reminders += 1;
+                if self.enqueue_for(notifier, &alert, now, true).await? {
+                    tracing::info!(alert = %alert.id, notifier = %notifier.name(), "Alert still firing; reminding.");
+                    reminders += 1;
+                }
             }
         }
         if reminders > 0 {
@@ -444,8 +468,9 @@ impl Alerting {
         Ok(())
     }
 
-    /// Whether `entry`'s alert is silenced now (a silence added after it was queued): then it
-    /// is dropped from the outbox instead of delivered or retried, and `true` is returned.
+    /// Whether `entry` is a firing whose alert is silenced now (a silence added after it was
+    /// queued): then it is dropped from the outbox instead of delivered or retried, and
+    /// `true` is returned.
     async fn silenced_since_queued(
         &self,
         entry: &db::OutboxEntry,
@@ -455,6 +480,13 @@ impl Alerting {
         let Some(alert_id) = &entry.alert_id else {
             return Ok(false);
         };
+        // A resolution always goes out: it was queued only for receivers told of the firing,
+        // whose incidents would otherwise stay open.
+        let resolution = serde_json::from_str::<serde_json::Value>(&entry.payload)
+            .is_ok_and(|payload| payload["status"] == "resolved");
+        if resolution {
+            return Ok(false);
+        }
         let alert = match self.db.get(alert_id).await {
             Ok(alert) => alert,
             Err(AlertError::NotFound { .. }) => return Ok(false),
@@ -483,24 +515,29 @@ impl Alerting {
         let now = now_ns();
         let silences = self.db.silences().await?;
         let mut notified = 0;
-        for mut alert in self.db.open_alerts().await? {
+        for alert in self.db.open_alerts().await? {
             let silenced = is_silenced(&silences, &alert.rule, &alert.key, now);
             if silenced == alert.silenced {
                 continue;
             }
-            if !self
-                .db
-                .set_silenced(&alert.id, silenced, alert.state, now)
-                .await?
-            {
-                continue; // it changed state meanwhile; that transition saw the silences
-            }
-            alert.silenced = silenced;
+            // Queued before the flag is cleared: a failure in between sends the firing twice
+            // (the flag still set, the next pass queues it again), never not at all.
             if !silenced && alert.state == AlertState::Firing {
-                tracing::warn!(alert = %alert.id, "Silence over; the alert still fires.");
-                self.enqueue(&alert, now).await?;
-                notified += 1;
+                let mut queued = false;
+                for notifier in &self.notifiers {
+                    queued |= self.enqueue_for(notifier, &alert, now, true).await?;
+                }
+                if queued {
+                    tracing::warn!(alert = %alert.id, "Silence over; the alert still fires.");
+                    self.wake.notify_one();
+                    notified += 1;
+                }
             }
+            // Only if still in the state read: a transition written meanwhile saw the
+            // silences itself.
+            self.db
+                .set_silenced(&alert.id, silenced, alert.state, now)
+                .await?;
         }
         Ok(notified)
     }
@@ -1132,6 +1169,72 @@ mod tests {
         let body = bodies.recv().await.unwrap();
         assert_eq!(body["status"], "firing", "{body}");
         assert_eq!(body["alerts"][0]["labels"]["device"], "oven-1", "{body}");
+    }
+
+    /// A receiver told of a firing hears of its resolution even if a silence came in between
+    /// (else its incident stays open); one never told of it hears nothing. What the worker
+    /// queues from an earlier read is not queued once the alert stopped firing.
+    #[tokio::test]
+    async fn resolutions_reach_the_receivers_told_of_the_firing_despite_a_silence() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, mut bodies) = http_receiver().await;
+        let webhook = Notifier::webhook(
+            "ops",
+            &url,
+            std::time::Duration::from_secs(5),
+            notify::Grouping::default(),
+            None,
+            None,
+        )
+        .unwrap();
+        let alerting = Alerting::open(
+            &dir.path().join("a.db"),
+            vec![rule()],
+            vec![webhook],
+            "http://x".into(),
+        )
+        .await
+        .unwrap();
+        alerting
+            .observe("hot", &[obs("oven-1", 1, 85.0)])
+            .await
+            .unwrap();
+        assert_eq!(alerting.deliver_due().await.unwrap(), 1);
+        assert_eq!(bodies.recv().await.unwrap()["status"], "firing");
+        alerting
+            .silence(
+                None,
+                Some("oven-*".into()),
+                std::time::Duration::from_secs(3600),
+                "ana",
+                None,
+            )
+            .await
+            .unwrap();
+        // oven-2 fires and resolves under the silence: nobody was told, nobody hears.
+        alerting
+            .observe("hot", &[obs("oven-2", 2, 90.0), obs("oven-2", 3, 10.0)])
+            .await
+            .unwrap();
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), 0);
+        // oven-1 resolves under the silence: its receiver hears it.
+        alerting
+            .observe("hot", &[obs("oven-1", 4, 10.0)])
+            .await
+            .unwrap();
+        assert_eq!(alerting.deliver_due().await.unwrap(), 1);
+        let resolved = bodies.recv().await.unwrap();
+        assert_eq!(resolved["status"], "resolved", "{resolved}");
+        assert_eq!(resolved["alerts"][0]["labels"]["device"], "oven-1");
+        // A notification made from a read taken while it fired is not queued now.
+        let id = alert_id("hot", "oven-1", S);
+        let queued = alerting
+            .db()
+            .enqueue_grouped("ops", "{}", now_ns(), None, &id, true)
+            .await
+            .unwrap();
+        assert!(!queued);
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), 0);
     }
 
     /// A firing alert is notified again every `repeat_interval` after its last notification,

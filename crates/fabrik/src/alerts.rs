@@ -197,22 +197,18 @@ enum NotifierPlan {
 
 const DEFAULT_ALERT_TOPIC: &str = "fabrik/alerts/{rule}/{device}";
 
-/// Whether an http(s) URL names this host (`localhost`, 127.0.0.0/8 or `[::1]`).
+/// Whether an http(s) URL names this host (`localhost`, 127.0.0.0/8 or `[::1]`), as the
+/// HTTP client will parse it (WHATWG URL rules: `\\` counts as `/`, and so on).
 fn loopback_url(url: &str) -> bool {
-    let rest = url
-        .split_once("://")
-        .map_or(url, |(_, rest)| rest)
-        .split(['/', '?', '#'])
-        .next()
-        .unwrap_or_default();
-    let authority = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    let host = if let Some(v6) = authority.strip_prefix('[') {
-        v6.split(']').next().unwrap_or_default()
-    } else {
-        authority.split(':').next().unwrap_or_default()
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return false;
     };
+    let Some(host) = parsed.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
-        || host
+        || bare
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
 }
@@ -294,6 +290,14 @@ fn check_notifier(
             let https = n.url.starts_with("https://");
             if !(https || n.url.starts_with("http://")) {
                 problem("url", format!("`{}` is not an http(s) URL", n.url));
+            } else if reqwest::Url::parse(&n.url)
+                .is_ok_and(|u| !u.username().is_empty() || u.password().is_some())
+            {
+                // Credentials in the URL would be logged with it and sent unchecked.
+                problem(
+                    "url",
+                    "carries credentials: give them as `username` and `password`".into(),
+                );
             }
             if n.ca.is_some() && !https {
                 problem("ca", "applies only to an https:// receiver".into());
@@ -806,11 +810,13 @@ impl Evaluator {
                         state: None,
                         label: expect.label.clone(),
                     };
+                    // A disabled device is not expected to report.
                     let registered: Vec<String> = registry
                         .list(&filter)
                         .await
                         .map_err(|e| format!("device registry: {e}"))?
                         .into_iter()
+                        .filter(|d| !d.disabled)
                         .map(|d| d.id)
                         .collect();
                     *self.expected_registered.lock() = RegisteredDevices {
@@ -1095,8 +1101,14 @@ mod tests {
         exposed.password = None;
         assert_eq!(fields(&exposed), vec!["ca", "password"]);
         assert!(loopback_url("http://[::1]:9093/hook"));
-        assert!(loopback_url("http://user@localhost/hook"));
+        assert!(loopback_url("http://LOCALHOST:9093/hook"));
         assert!(!loopback_url("http://127.0.0.1.plant.example/hook"));
+        // A backslash ends the host for the HTTP client: this one is evil.example.
+        assert!(!loopback_url("http://evil.example\\@127.0.0.1/hook"));
+        let mut in_url = notifier("webhook", "http://fabrik:p@127.0.0.1:9093/hook");
+        assert_eq!(fields(&in_url), vec!["url"]);
+        in_url.url = "https://fabrik@hooks.plant.example/alerts".into();
+        assert_eq!(fields(&in_url), vec!["url"]);
         // Reminders: 4 h unless set, `0s` for none; not for MQTT topics.
         let hook = notifier("webhook", "http://127.0.0.1:9093/hook");
         let repeat = |n: &NotifierConfig| check_notifier(n).ok().map(|(_, _, g)| g.repeat);

@@ -822,6 +822,17 @@ impl ExportedCounters {
         }
     }
 
+    /// A stopped (removed, replaced) pipeline scores no device and reports no problem.
+    fn stopped(&self) {
+        for gauge in [
+            "fabrik_pipeline_training_devices",
+            "fabrik_pipeline_scoring_devices",
+            "fabrik_pipeline_problem",
+        ] {
+            metrics::gauge!(gauge, "pipeline" => self.pipeline.clone()).set(0.0);
+        }
+    }
+
     /// Adds what the last pass did; `problem`: the pipeline's status shows one.
     fn update(&mut self, now: &PipelineCounters, samples: u64, pass: Duration, problem: bool) {
         let pipeline = &self.pipeline;
@@ -1180,6 +1191,7 @@ impl Runner {
                 tracing::debug!(pipeline = %name, error = %e, "Pipeline step failed; retrying.");
             }
         }
+        exported.stopped();
         self.update(|s| s.state = PipelineState::Stopped);
     }
 
