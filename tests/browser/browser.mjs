@@ -161,10 +161,17 @@ async function main() {
   });
 
   await step('overview shows fleet health', async () => {
-    await page.waitForFunction(() => /10\s*\/\s*10|\b10\b/.test(document.querySelector('#st-devices .value')?.textContent || ''), null, { timeout: 20000 });
     // Fleet health counts online, silent (connected, nothing heard for a minute), offline, never.
+    // The polled devices (Modbus, OPC UA) come up a moment after the publishing ones: wait for
+    // every device to have connected rather than read the first figures.
+    const healthy = /0 silent · 0 offline · 0 never connected/;
+    await page
+      .waitForFunction((pattern) => new RegExp(pattern).test(document.querySelector('#st-devices .hint')?.textContent || ''), healthy.source, { timeout: 20000 })
+      .catch(() => {});
     const health = await page.textContent('#st-devices .hint');
-    assert(/0 silent · 0 offline · 0 never connected/.test(health), `fleet health: ${health}`);
+    assert(healthy.test(health), `fleet health: ${health}`);
+    const online = await page.textContent('#st-devices .value');
+    assert(/10\s*\/\s*10|^\s*10\s*$/.test(online), `devices online: ${online}`);
     await page.waitForSelector('#ov-pipelines table');
     // The ingest rate needs two /metrics samples, 5 s apart.
     await page.waitForFunction(() => /\d/.test(document.querySelector('#st-ingest .value')?.textContent || ''), null, { timeout: 15000 });
