@@ -57,6 +57,7 @@ impl Modify for TokenAuth {
         crate::pipelines::list,
         crate::pipelines::show,
         crate::pipelines::apply,
+        crate::pipelines::apply_all,
         crate::pipelines::remove,
         crate::pipelines::models,
         crate::pipelines::put_model,

@@ -143,6 +143,12 @@ pub trait PipelineControl: Send + Sync {
     /// Checks `config`, stores it, and starts it, replacing (stopping first) a pipeline of the
     /// same name that was defined through the API. Returns whether it is new.
     fn apply(&self, config: PipelineConfig) -> BoxFuture<'_, Result<bool, ControlError>>;
+    /// Applies several definitions together: all are checked first, then all are stored and
+    /// started, or none is. Returns, per definition, whether it is new.
+    fn apply_all(
+        &self,
+        configs: Vec<PipelineConfig>,
+    ) -> BoxFuture<'_, Result<Vec<bool>, ControlError>>;
     /// Checks `config` as [`PipelineControl::apply`] would, changing nothing: what would
     /// happen, and what would keep it from scoring.
     fn check(&self, config: PipelineConfig) -> BoxFuture<'_, Result<DryRun, ControlError>>;
@@ -287,6 +293,37 @@ pub(crate) async fn apply(
         )
     })?;
     Ok((created_or_replaced(created), Json(status)).into_response())
+}
+
+#[utoipa::path(put, path = "/api/v1/pipelines", tag = "pipelines", security(("token" = [])),
+    request_body(content = [PipelineConfig], description = "several `[[pipelines]]` entries, as a JSON list"),
+    responses((status = 200, description = "all defined or replaced and started (or stored stopped, with `enabled: false`), in the order given", body = [PipelineStatus]),
+              (status = 400, description = "at least one invalid definition; none was applied; the message names each `<pipeline>.<field>`", body = crate::error::ErrorBody),
+              (status = 409, description = "one is defined in the configuration file; none was applied", body = crate::error::ErrorBody),
+              (status = 503, description = "the pipelines module does not run here", body = crate::error::ErrorBody)))]
+pub(crate) async fn apply_all(
+    State(state): State<ApiState>,
+    body: Bytes,
+) -> Result<Json<Vec<PipelineStatus>>, ApiError> {
+    let control = control(&state)?;
+    let configs: Vec<PipelineConfig> = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("pipeline definitions: {e}")))?;
+    let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
+    control.apply_all(configs).await?;
+    let board = board(&state)?.read();
+    names
+        .iter()
+        .map(|name| {
+            board.get(name).cloned().ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    format!("pipeline `{name}` was stored but is not listed"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Json)
 }
 
 #[utoipa::path(delete, path = "/api/v1/pipelines/{name}", tag = "pipelines", security(("token" = [])),

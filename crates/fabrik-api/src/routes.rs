@@ -77,7 +77,10 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/users/{name}/password",
             axum::routing::put(crate::users::set_password),
         )
-        .route("/api/v1/pipelines", get(crate::pipelines::list))
+        .route(
+            "/api/v1/pipelines",
+            get(crate::pipelines::list).put(crate::pipelines::apply_all),
+        )
         .route(
             "/api/v1/pipelines/{name}",
             get(crate::pipelines::show)

@@ -177,21 +177,22 @@ pub(crate) async fn run(args: PipelineArgs) -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
-            for definition in definitions {
-                let path = format!("/api/v1/pipelines/{}", definition.name);
-                let response = ep
-                    .send(
-                        ep.request(&client, reqwest::Method::PUT, &path)
-                            .json(&definition),
-                    )
-                    .await
-                    .with_context(|| format!("pipeline `{}`", definition.name))?;
-                let verb = if response.status() == reqwest::StatusCode::CREATED {
+            // All in one request: the server stores all of them or none.
+            let statuses: Vec<serde_json::Value> = ep
+                .send(
+                    ep.request(&client, reqwest::Method::PUT, "/api/v1/pipelines")
+                        .json(&definitions),
+                )
+                .await
+                .with_context(|| format!("{}: nothing applied", file.display()))?
+                .json()
+                .await?;
+            for ((definition, action), status) in definitions.iter().zip(&actions).zip(&statuses) {
+                let verb = if action == "define" {
                     "defined"
                 } else {
                     "replaced"
                 };
-                let status: serde_json::Value = response.json().await?;
                 println!(
                     "{verb} {} ({})",
                     definition.name,

@@ -614,6 +614,64 @@ impl PipelineManager {
         Ok(created)
     }
 
+    /// Applies `configs` together: every one is checked first, and either all are stored
+    /// (in one write of the definitions file) and started, or none is. Returns, per
+    /// definition, whether it is new.
+    async fn apply_definitions(
+        &self,
+        configs: Vec<PipelineConfig>,
+    ) -> Result<Vec<bool>, ControlError> {
+        let mut problems = Vec::new();
+        let mut compiled = Vec::with_capacity(configs.len());
+        let mut names = std::collections::HashSet::new();
+        for config in &configs {
+            if !names.insert(config.name.as_str()) {
+                problems.push((
+                    format!("{}.name", config.name),
+                    "is defined twice".to_owned(),
+                ));
+            }
+            match compile(config) {
+                Ok(pipeline) => compiled.push(pipeline),
+                Err(found) => problems.extend(
+                    found
+                        .into_iter()
+                        .map(|(field, message)| (format!("{}.{field}", config.name), message)),
+                ),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ControlError::Invalid(problems));
+        }
+        let mut pipelines = self.pipelines.lock().await;
+        let mut created = Vec::with_capacity(configs.len());
+        for config in &configs {
+            created.push(match pipelines.by_name.get(&config.name) {
+                Some(existing) => {
+                    Self::refuse_unless_api(existing)?;
+                    false
+                }
+                None => true,
+            });
+        }
+        let mut definitions: Vec<PipelineConfig> = pipelines
+            .by_name
+            .values()
+            .filter(|m| m.origin == PipelineOrigin::Api && !names.contains(m.config.name.as_str()))
+            .map(|m| m.config.clone())
+            .chain(pipelines.shadowed.iter().cloned())
+            .chain(configs.iter().cloned())
+            .collect();
+        definitions.sort_by(|a, b| a.name.cmp(&b.name));
+        self.store_definitions(definitions).await?;
+        for pipeline in compiled {
+            tracing::info!(pipeline = %pipeline.config.name, "Pipeline defined through the API.");
+            self.replace(&mut pipelines, PipelineOrigin::Api, pipeline)
+                .await;
+        }
+        Ok(created)
+    }
+
     async fn remove_definition(&self, name: String) -> Result<(), ControlError> {
         let mut pipelines = self.pipelines.lock().await;
         let existing = pipelines
@@ -776,6 +834,13 @@ impl PipelineManager {
 impl PipelineControl for PipelineManager {
     fn apply(&self, config: PipelineConfig) -> BoxFuture<'_, Result<bool, ControlError>> {
         Box::pin(self.apply_definition(config))
+    }
+
+    fn apply_all(
+        &self,
+        configs: Vec<PipelineConfig>,
+    ) -> BoxFuture<'_, Result<Vec<bool>, ControlError>> {
+        Box::pin(self.apply_definitions(configs))
     }
 
     fn check(&self, config: PipelineConfig) -> BoxFuture<'_, Result<DryRun, ControlError>> {

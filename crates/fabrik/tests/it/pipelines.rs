@@ -671,6 +671,42 @@ fn pipelines_defined_through_the_api_run_are_replaced_survive_restarts_and_are_r
         pipeline_status(&p.url, "api-pumps").1["inferences"] == 80
     });
 
+    // Several at once: all or none.
+    let batch = |definitions: serde_json::Value| {
+        http(
+            &p.url,
+            reqwest::Method::PUT,
+            "/api/v1/pipelines",
+            Some(definitions),
+        )
+    };
+    let named = |name: &str| {
+        let mut definition = api_pumps("quantile:1.0*1.5");
+        definition["name"] = name.into();
+        definition
+    };
+    let mut bad = named("batch-bad");
+    bad["window"] = "ten seconds".into();
+    let (code, error) = batch(serde_json::json!([named("batch-a"), bad]));
+    assert_eq!(code, 400, "{error}");
+    assert!(
+        error["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("batch-bad.window")),
+        "{error}"
+    );
+    let (code, error) = batch(serde_json::json!([named("batch-a"), named("configured")]));
+    assert_eq!(code, 409, "{error}");
+    assert_eq!(pipeline_status(&p.url, "batch-a").0, 404, "none applied");
+    let (code, applied) = batch(serde_json::json!([named("batch-a"), named("batch-b")]));
+    assert_eq!(code, 200, "{applied}");
+    assert_eq!(applied[0]["name"], "batch-a", "{applied}");
+    assert_eq!(applied[1]["origin"], "api", "{applied}");
+    for name in ["batch-a", "batch-b"] {
+        assert_eq!(pipeline_status(&p.url, name).1["state"], "running");
+        assert_eq!(delete(&p.url, &format!("/api/v1/pipelines/{name}")), 204);
+    }
+
     // The CLI defines pipelines from a file as the configuration file writes them.
     let file = dir.path().join("forest.toml");
     std::fs::write(
