@@ -1462,11 +1462,15 @@ impl Runner {
         if inferences.is_empty() {
             return Ok(());
         }
-        let name = &self.compiled.config.name;
-        let model = model_tag(&self.compiled.config);
+        let config = &self.compiled.config;
+        let name = &config.name;
+        let model = model_tag(config);
         let points: Vec<Point> = inferences
             .iter()
-            .map(|inference| inference_point(name, &model, inference))
+            .map(|inference| {
+                let version = model_version(config, &inference.model_version);
+                inference_point(name, &model, &version, inference)
+            })
             .collect();
         let lineage = Lineage {
             source: SourceId(format!("pipeline:{name}")),
@@ -1491,6 +1495,35 @@ impl Runner {
     }
 }
 
+/// The `model_version` of a pipeline's inferences. An ONNX model's is its file's content
+/// hash. A built-in model trains on each device's data, so its version is the algorithm's
+/// (`1`) and a digest of everything in the definition that decides what it learns and scores
+/// (`1+3f2a9c0d`): inferences before and after a change of features, windows, training or
+/// threshold are told apart, as two model versions of an A/B comparison would be.
+fn model_version(config: &PipelineConfig, from_model: &str) -> String {
+    if config.model == "onnx" {
+        return from_model.to_owned();
+    }
+    let decisive = serde_json::json!([
+        config.model,
+        config.table,
+        config.filter,
+        config.signals,
+        config.window,
+        config.hop,
+        config.features,
+        config.min_samples,
+        config.training_windows,
+        config.threshold,
+    ]);
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in decisive.to_string().bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    format!("{from_model}+{hash:08x}")
+}
+
 /// The `model` of a pipeline's inferences: the built-in model's name, or for ONNX
 /// `onnx:<model>` with the uploaded model's name or the file's stem, so inferences of two
 /// ONNX models are told apart by name (and by `model_version`, the file's content hash).
@@ -1511,7 +1544,7 @@ fn model_tag(config: &PipelineConfig) -> String {
     }
 }
 
-fn inference_point(pipeline: &str, model: &str, inference: &Inference) -> Point {
+fn inference_point(pipeline: &str, model: &str, version: &str, inference: &Inference) -> Point {
     let contributions = serde_json::Value::Object(
         inference
             .contributions
@@ -1543,10 +1576,7 @@ fn inference_point(pipeline: &str, model: &str, inference: &Inference) -> Point 
             "contributions".to_owned(),
             Value::Str(contributions.to_string()),
         ),
-        (
-            "model_version".to_owned(),
-            Value::Str(inference.model_version.clone()),
-        ),
+        ("model_version".to_owned(), Value::Str(version.to_owned())),
     ];
     if let Some(signal) = inference.top_signal() {
         fields.push(("top_signal".to_owned(), Value::Str(signal.to_owned())));
@@ -1581,6 +1611,33 @@ fn rfc3339(ns: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_built_in_model_version_changes_with_what_decides_its_scores_only() {
+        let config = demo_pipeline();
+        let version = model_version(&config, "1");
+        assert!(
+            version.starts_with("1+") && version.len() == 10,
+            "{version}"
+        );
+        assert_eq!(model_version(&config.clone(), "1"), version, "stable");
+        let mut moved = config.clone();
+        moved.interval = "5s".into();
+        assert_eq!(
+            model_version(&moved, "1"),
+            version,
+            "how often it runs is not the model"
+        );
+        let mut retuned = config.clone();
+        retuned.threshold = Some("quantile:1.0*3".into());
+        assert_ne!(model_version(&retuned, "1"), version);
+        let mut refeatured = config;
+        refeatured.features.push("kurtosis".into());
+        assert_ne!(model_version(&refeatured, "1"), version);
+        let mut onnx = demo_pipeline();
+        onnx.model = "onnx".into();
+        assert_eq!(model_version(&onnx, "00ff00ff00ff00ff"), "00ff00ff00ff00ff");
+    }
 
     #[test]
     fn inferences_name_the_onnx_model_they_came_from() {

@@ -148,6 +148,18 @@ fn a_replayed_fault_is_flagged_explained_and_traced_to_its_samples() {
         80,
         "the pipeline scores every window after training",
     );
+    // A built-in model's version: the algorithm's and a digest of the definition.
+    let versions = query(
+        &p.url,
+        "SELECT DISTINCT model_version FROM inferences WHERE pipeline = 'pumps'",
+    );
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    assert!(
+        versions[0]["model_version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("1+") && v.len() == 10),
+        "{versions:?}"
+    );
     // Selected by site: the north pump's 60 windows, 20 of them training; none of the south's.
     await_inferences(&p.url, "north", 40, "the site's pipeline scores its pump");
     assert_eq!(
