@@ -733,6 +733,31 @@ mod tests {
         }
     }
 
+    /// The `ops` webhook notifier to `url`, grouped by `grouping`.
+    fn webhook_to(url: &str, grouping: notify::Grouping) -> Notifier {
+        Notifier::webhook(
+            "ops",
+            url,
+            std::time::Duration::from_secs(5),
+            grouping,
+            None,
+            None,
+        )
+        .unwrap()
+    }
+
+    /// Alerting in `dir` with the `hot` rule, notifying through `notifiers`.
+    async fn alerting_in(dir: &Path, notifiers: Vec<Notifier>) -> Arc<Alerting> {
+        Alerting::open(
+            &dir.join("a.db"),
+            vec![rule()],
+            notifiers,
+            "http://x".into(),
+        )
+        .await
+        .unwrap()
+    }
+
     fn refused_webhook() -> Notifier {
         // Port 9 (discard) on loopback: nothing listens, deliveries fail and stay queued.
         Notifier::webhook(
@@ -857,14 +882,7 @@ mod tests {
     #[tokio::test]
     async fn alerts_are_found_by_rule_and_device_patterns() {
         let dir = tempfile::tempdir().unwrap();
-        let alerting = Alerting::open(
-            &dir.path().join("a.db"),
-            vec![rule()],
-            Vec::new(),
-            "http://x".into(),
-        )
-        .await
-        .unwrap();
+        let alerting = alerting_in(dir.path(), Vec::new()).await;
         alerting
             .observe(
                 "hot",
@@ -990,19 +1008,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (url, mut bodies) = http_receiver().await;
         let wait = std::time::Duration::from_millis(600);
-        let webhook = Notifier::webhook(
-            "ops",
+        let webhook = webhook_to(
             &url,
-            std::time::Duration::from_secs(5),
             notify::Grouping {
                 by: vec![notify::GroupLabel::Rule],
                 wait,
                 repeat: std::time::Duration::ZERO,
             },
-            None,
-            None,
-        )
-        .unwrap();
+        );
         let mut cold = rule();
         cold.name = "cold".into();
         cold.condition = Condition::Below {
@@ -1127,23 +1140,8 @@ mod tests {
     async fn a_silence_holds_back_queued_notifications_and_its_end_releases_them() {
         let dir = tempfile::tempdir().unwrap();
         let (url, mut bodies) = http_receiver().await;
-        let webhook = Notifier::webhook(
-            "ops",
-            &url,
-            std::time::Duration::from_secs(5),
-            notify::Grouping::default(),
-            None,
-            None,
-        )
-        .unwrap();
-        let alerting = Alerting::open(
-            &dir.path().join("a.db"),
-            vec![rule()],
-            vec![webhook],
-            "http://x".into(),
-        )
-        .await
-        .unwrap();
+        let webhook = webhook_to(&url, notify::Grouping::default());
+        let alerting = alerting_in(dir.path(), vec![webhook]).await;
         alerting
             .observe("hot", &[obs("oven-1", 1, 85.0)])
             .await
@@ -1178,23 +1176,8 @@ mod tests {
     async fn resolutions_reach_the_receivers_told_of_the_firing_despite_a_silence() {
         let dir = tempfile::tempdir().unwrap();
         let (url, mut bodies) = http_receiver().await;
-        let webhook = Notifier::webhook(
-            "ops",
-            &url,
-            std::time::Duration::from_secs(5),
-            notify::Grouping::default(),
-            None,
-            None,
-        )
-        .unwrap();
-        let alerting = Alerting::open(
-            &dir.path().join("a.db"),
-            vec![rule()],
-            vec![webhook],
-            "http://x".into(),
-        )
-        .await
-        .unwrap();
+        let webhook = webhook_to(&url, notify::Grouping::default());
+        let alerting = alerting_in(dir.path(), vec![webhook]).await;
         alerting
             .observe("hot", &[obs("oven-1", 1, 85.0)])
             .await
@@ -1244,26 +1227,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (url, mut bodies) = http_receiver().await;
         let repeat = std::time::Duration::from_millis(400);
-        let webhook = Notifier::webhook(
-            "ops",
+        let webhook = webhook_to(
             &url,
-            std::time::Duration::from_secs(5),
             notify::Grouping {
                 repeat,
                 ..notify::Grouping::default()
             },
-            None,
-            None,
-        )
-        .unwrap();
-        let alerting = Alerting::open(
-            &dir.path().join("a.db"),
-            vec![rule()],
-            vec![webhook],
-            "http://x".into(),
-        )
-        .await
-        .unwrap();
+        );
+        let alerting = alerting_in(dir.path(), vec![webhook]).await;
         alerting
             .observe("hot", &[obs("oven-1", 1, 85.0)])
             .await
@@ -1309,14 +1280,7 @@ mod tests {
     #[tokio::test]
     async fn acknowledgements_and_silence_flags_survive_a_concurrent_transition() {
         let dir = tempfile::tempdir().unwrap();
-        let alerting = Alerting::open(
-            &dir.path().join("a.db"),
-            vec![rule()],
-            Vec::new(),
-            "http://x".into(),
-        )
-        .await
-        .unwrap();
+        let alerting = alerting_in(dir.path(), Vec::new()).await;
         alerting
             .observe("hot", &[obs("oven-1", 1, 85.0)])
             .await
@@ -1424,18 +1388,15 @@ mod tests {
             .unwrap()
         };
         let dir = tempfile::tempdir().unwrap();
-        let alerting = Alerting::open(
-            &dir.path().join("a.db"),
-            vec![rule()],
+        let alerting = alerting_in(
+            dir.path(),
             vec![
                 webhook("trusted", Some(&peer.ca), "s3cret"),
                 webhook("untrusted", Some(&peer.cert), "s3cret"),
                 webhook("wrong-password", Some(&peer.ca), "guess"),
             ],
-            "http://x".into(),
         )
-        .await
-        .unwrap();
+        .await;
         alerting
             .observe("hot", &[obs("oven-1", 1, 85.0)])
             .await
@@ -1481,23 +1442,8 @@ mod tests {
     async fn ungrouped_alerts_each_have_their_own_group_key() {
         let dir = tempfile::tempdir().unwrap();
         let (url, mut bodies) = http_receiver().await;
-        let webhook = Notifier::webhook(
-            "ops",
-            &url,
-            std::time::Duration::from_secs(5),
-            notify::Grouping::default(),
-            None,
-            None,
-        )
-        .unwrap();
-        let alerting = Alerting::open(
-            &dir.path().join("a.db"),
-            vec![rule()],
-            vec![webhook],
-            "http://x".into(),
-        )
-        .await
-        .unwrap();
+        let webhook = webhook_to(&url, notify::Grouping::default());
+        let alerting = alerting_in(dir.path(), vec![webhook]).await;
         alerting
             .observe("hot", &[obs("oven-1", 1, 85.0), obs("oven-2", 1, 90.0)])
             .await
