@@ -756,9 +756,8 @@ fn time_text(ns: i64) -> String {
 #[test]
 fn a_heartbeat_rule_expects_registered_devices_that_never_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("fabrik.toml");
-    std::fs::write(
-        &config,
+    let p = start_configured(
+        dir.path(),
         r#"
 [[alerting.rules]]
 name = "expected-beat"
@@ -769,10 +768,7 @@ threshold = 2
 interval = "200ms"
 expect = { site = "north", devices = ["gw-listed"] }
 "#,
-    )
-    .expect("config");
-    let data = dir.path().join("data");
-    let p = Process::start_with_args(&data, &["--config", config.to_str().expect("utf-8")], &[]);
+    );
     let register = |id: &str, site: &str| {
         let (code, body) = http(
             &p.url,
@@ -861,9 +857,8 @@ expect = { site = "north", devices = ["gw-listed"] }
 #[test]
 fn a_frozen_sensor_is_alerted_from_when_it_froze() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("fabrik.toml");
-    std::fs::write(
-        &config,
+    let p = start_configured(
+        dir.path(),
         r#"
 [[alerting.rules]]
 name = "pressure-frozen"
@@ -874,10 +869,7 @@ threshold = 20
 interval = "200ms"
 start = "earliest"
 "#,
-    )
-    .expect("config");
-    let data = dir.path().join("data");
-    let p = Process::start_with_args(&data, &["--config", config.to_str().expect("utf-8")], &[]);
+    );
     // A minute at 1 Hz: pump-x varies throughout; pump-y freezes at 1.0235 from second 30.
     let start = (now_ns() - 3600 * SECOND) / SECOND * SECOND;
     let mut rows = String::new();
@@ -893,15 +885,7 @@ start = "earliest"
         crate::support::post_status(&p.url, "/api/v1/write", &rows),
         200
     );
-    let firing = || {
-        let (_, alerts) = http(
-            &p.url,
-            reqwest::Method::GET,
-            "/api/v1/alerts?state=firing",
-            None,
-        );
-        alerts.as_array().cloned().unwrap_or_default()
-    };
+    let firing = || firing_alerts(&p.url);
     eventually("the frozen sensor is alerted", || !firing().is_empty());
     std::thread::sleep(std::time::Duration::from_secs(1)); // five more evaluations
     let alerts = firing();
@@ -931,9 +915,8 @@ start = "earliest"
 #[test]
 fn a_rule_on_an_expression_over_two_signals_fires_on_their_combination() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("fabrik.toml");
-    std::fs::write(
-        &config,
+    let p = start_configured(
+        dir.path(),
         r#"
 [[alerting.rules]]
 name = "electrical-load"
@@ -944,10 +927,7 @@ threshold = 40
 interval = "200ms"
 start = "earliest"
 "#,
-    )
-    .expect("config");
-    let data = dir.path().join("data");
-    let p = Process::start_with_args(&data, &["--config", config.to_str().expect("utf-8")], &[]);
+    );
     let now = now_ns();
     // Products 30, 45 and 36: only pump-y's passes 40, though pump-z has the highest vibration
     // and pump-x the highest current.
@@ -960,15 +940,7 @@ start = "earliest"
         crate::support::post_status(&p.url, "/api/v1/write", &rows),
         200
     );
-    let firing = || {
-        let (_, alerts) = http(
-            &p.url,
-            reqwest::Method::GET,
-            "/api/v1/alerts?state=firing",
-            None,
-        );
-        alerts.as_array().cloned().unwrap_or_default()
-    };
+    let firing = || firing_alerts(&p.url);
     eventually("the combined load fires", || !firing().is_empty());
     std::thread::sleep(std::time::Duration::from_secs(2)); // ten more evaluations
     let alerts = firing();
@@ -977,4 +949,26 @@ start = "earliest"
     assert_eq!(alerts[0]["value"], 45.0, "{alerts:?}");
     let (status, _) = p.terminate();
     assert!(status.success());
+}
+
+/// A `fabrik run` whose configuration file holds `config`, with its files under `dir`.
+fn start_configured(dir: &std::path::Path, config: &str) -> Process {
+    let file = dir.join("fabrik.toml");
+    std::fs::write(&file, config).expect("config");
+    Process::start_with_args(
+        &dir.join("data"),
+        &["--config", file.to_str().expect("utf-8")],
+        &[],
+    )
+}
+
+/// The alerts firing now.
+fn firing_alerts(url: &str) -> Vec<serde_json::Value> {
+    let (_, alerts) = http(
+        url,
+        reqwest::Method::GET,
+        "/api/v1/alerts?state=firing",
+        None,
+    );
+    alerts.as_array().cloned().unwrap_or_default()
 }
