@@ -32,6 +32,15 @@ pub use error::AlertError;
 pub use model::{Ack, Alert, Feedback, Silence};
 pub use notify::{Notifier, Publish, PublishFuture, Publisher};
 
+/// What one pass of the outbox worker reads once and its steps share: the time, the
+/// silences, and the open alerts (as they were at its start; each step's writes check the
+/// alert's state again where it matters).
+struct PassView {
+    now: i64,
+    silences: Vec<Silence>,
+    open: Vec<Alert>,
+}
+
 /// Alerting state of a process.
 pub struct Alerting {
     db: AlertDb,
@@ -340,17 +349,20 @@ impl Alerting {
     /// about (its first notification is still queued) waits for that. Returns how many were
     /// queued.
     pub async fn queue_reminders(&self) -> Result<usize, AlertError> {
+        self.queue_reminders_in(&self.view().await?).await
+    }
+
+    async fn queue_reminders_in(&self, view: &PassView) -> Result<usize, AlertError> {
         if self.notifiers.iter().all(|n| n.repeat_interval().is_none()) {
             return Ok(0);
         }
-        let now = now_ns();
+        let now = view.now;
         let last_notified = self.db.last_notified().await?;
         let queued = self.db.queued_pairs().await?;
-        let silences = self.db.silences().await?;
         let mut reminders = 0;
-        for alert in self.db.open_alerts().await? {
+        for alert in &view.open {
             if alert.state != AlertState::Firing
-                || is_silenced(&silences, &alert.rule, &alert.key, now)
+                || is_silenced(&view.silences, &alert.rule, &alert.key, now)
             {
                 continue;
             }
@@ -366,7 +378,7 @@ impl Alerting {
                 if now.saturating_sub(last) < repeat || queued.contains(&pair) {
                     continue;
                 }
-                if self.enqueue_for(notifier, &alert, now, true).await? {
+                if self.enqueue_for(notifier, alert, now, true).await? {
                     tracing::info!(alert = %alert.id, notifier = %notifier.name(), "Alert still firing; reminding.");
                     reminders += 1;
                 }
@@ -427,17 +439,24 @@ impl Alerting {
     /// backoff. Returns after a last pass once stopped.
     pub async fn run_outbox(self: Arc<Self>, stop: CancellationToken) {
         loop {
-            if let Err(e) = self.refresh_silences().await {
-                tracing::error!(error = %e, "Checking silences against open alerts failed.");
-            }
-            if let Err(e) = self.queue_reminders().await {
-                tracing::error!(error = %e, "Queueing reminders of firing alerts failed.");
-            }
-            if let Err(e) = self.deliver_due().await {
-                tracing::error!(error = %e, "Alert outbox pass failed.");
-            }
-            if let Err(e) = self.export_gauges().await {
-                tracing::debug!(error = %e, "Alert gauges not updated.");
+            match self.view().await {
+                Ok(view) => {
+                    if let Err(e) = self.refresh_silences_in(&view).await {
+                        tracing::error!(error = %e, "Checking silences against open alerts failed.");
+                    }
+                    if let Err(e) = self.queue_reminders_in(&view).await {
+                        tracing::error!(error = %e, "Queueing reminders of firing alerts failed.");
+                    }
+                    if let Err(e) = self.deliver_due_in(&view).await {
+                        tracing::error!(error = %e, "Alert outbox pass failed.");
+                    }
+                    if let Err(e) = self.export_gauges(&view).await {
+                        tracing::debug!(error = %e, "Alert gauges not updated.");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "Alert outbox pass could not read the alerts.")
+                }
             }
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -447,17 +466,28 @@ impl Alerting {
         }
     }
 
+    /// Reads what a pass of the outbox worker works from.
+    async fn view(&self) -> Result<PassView, AlertError> {
+        Ok(PassView {
+            now: now_ns(),
+            silences: self.db.silences().await?,
+            open: self.db.open_alerts().await?,
+        })
+    }
+
     /// Sets `fabrik_alerts_firing{rule,severity}` (every rule, 0 when none fires) and
     /// `fabrik_alert_outbox_pending`.
-    async fn export_gauges(&self) -> Result<(), AlertError> {
+    async fn export_gauges(&self, view: &PassView) -> Result<(), AlertError> {
         let mut firing: BTreeMap<(String, String), u64> = self
             .rules()
             .into_iter()
             .map(|rule| ((rule.name, rule.severity), 0))
             .collect();
-        for alert in self.db.open_alerts().await? {
+        for alert in &view.open {
             if alert.state == AlertState::Firing {
-                *firing.entry((alert.rule, alert.severity)).or_default() += 1;
+                *firing
+                    .entry((alert.rule.clone(), alert.severity.clone()))
+                    .or_default() += 1;
             }
         }
         for ((rule, severity), count) in firing {
@@ -512,11 +542,14 @@ impl Alerting {
     /// held back, or (silenced after it was notified) it is still firing after the quiet the
     /// operator asked for, which is worth a reminder. Returns how many were notified.
     pub async fn refresh_silences(&self) -> Result<usize, AlertError> {
-        let now = now_ns();
-        let silences = self.db.silences().await?;
+        self.refresh_silences_in(&self.view().await?).await
+    }
+
+    async fn refresh_silences_in(&self, view: &PassView) -> Result<usize, AlertError> {
+        let now = view.now;
         let mut notified = 0;
-        for alert in self.db.open_alerts().await? {
-            let silenced = is_silenced(&silences, &alert.rule, &alert.key, now);
+        for alert in &view.open {
+            let silenced = is_silenced(&view.silences, &alert.rule, &alert.key, now);
             if silenced == alert.silenced {
                 continue;
             }
@@ -525,7 +558,7 @@ impl Alerting {
             if !silenced && alert.state == AlertState::Firing {
                 let mut queued = false;
                 for notifier in &self.notifiers {
-                    queued |= self.enqueue_for(notifier, &alert, now, true).await?;
+                    queued |= self.enqueue_for(notifier, alert, now, true).await?;
                 }
                 if queued {
                     tracing::warn!(alert = %alert.id, "Silence over; the alert still fires.");
@@ -544,42 +577,42 @@ impl Alerting {
 
     /// The ids and payloads, for `notifier`, of the alerts of group `key` that fire now and
     /// are not silenced.
-    async fn firing_in_group(
+    fn firing_in_group(
         &self,
         notifier: &Notifier,
         key: &str,
-        silences: &[Silence],
-        now: i64,
-    ) -> Result<(Vec<String>, Vec<serde_json::Value>), AlertError> {
+        view: &PassView,
+    ) -> (Vec<String>, Vec<serde_json::Value>) {
         let Some(grouping) = notifier.grouping() else {
-            return Ok((Vec::new(), Vec::new()));
+            return (Vec::new(), Vec::new());
         };
-        Ok(self
-            .db
-            .open_alerts()
-            .await?
+        view.open
             .iter()
             .filter(|a| {
                 a.state == AlertState::Firing
                     && grouping.key(a) == key
-                    && !is_silenced(silences, &a.rule, &a.key, now)
+                    && !is_silenced(&view.silences, &a.rule, &a.key, view.now)
             })
             .map(|a| (a.id.clone(), notifier.payload(a, &self.external_url)))
-            .unzip())
+            .unzip()
     }
 
     /// One pass over due notifications; returns how many notifications were delivered (a
     /// group counts once).
     pub async fn deliver_due(&self) -> Result<usize, AlertError> {
-        let now = now_ns();
-        let silences = self.db.silences().await?;
+        self.deliver_due_in(&self.view().await?).await
+    }
+
+    async fn deliver_due_in(&self, view: &PassView) -> Result<usize, AlertError> {
+        let now = view.now;
+        let silences = &view.silences;
         let mut delivered = 0;
         let mut handled = std::collections::HashSet::new();
         for entry in self.db.due(now, 100).await? {
             if handled.contains(&entry.id) {
                 continue;
             }
-            if self.silenced_since_queued(&entry, &silences, now).await? {
+            if self.silenced_since_queued(&entry, silences, now).await? {
                 handled.insert(entry.id);
                 continue;
             }
@@ -597,7 +630,7 @@ impl Alerting {
                 Some(key) => {
                     let mut group = Vec::new();
                     for member in self.db.due_group(&entry.notifier, key, now).await? {
-                        if self.silenced_since_queued(&member, &silences, now).await? {
+                        if self.silenced_since_queued(&member, silences, now).await? {
                             handled.insert(member.id);
                         } else {
                             told.extend(member.alert_id.clone());
@@ -613,7 +646,7 @@ impl Alerting {
                     // labels, its alerts still firing); a lone e-mail as the alert's own.
                     let webhook = matches!(notifier, Notifier::Webhook { .. });
                     let (firing_ids, firing) = if webhook {
-                        self.firing_in_group(notifier, key, &silences, now).await?
+                        self.firing_in_group(notifier, key, view)
                     } else {
                         (Vec::new(), Vec::new())
                     };
