@@ -7,7 +7,8 @@
 //! - [`db`]: their persistence (SQLite) and the outbox;
 //! - [`notify`]: notifiers (Alertmanager-compatible webhook, MQTT, e-mail) and delivery with
 //!   backoff;
-//! - [`smtp`]: the SMTP submission client the e-mail notifier uses.
+//! - [`smtp`]: the SMTP submission client the e-mail notifier uses;
+//! - `tls`: the CAs the e-mail and webhook notifiers trust.
 //!
 //! [`Alerting`] ties them together. Evaluating rules against data (which rows, how often) is
 //! the caller's job: it feeds [`Alerting::observe`] and [`Alerting::tick`].
@@ -18,6 +19,7 @@ mod error;
 pub mod model;
 pub mod notify;
 pub mod smtp;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::path::Path;

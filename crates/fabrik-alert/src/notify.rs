@@ -203,10 +203,10 @@ impl Notifier {
         // The system bundle is read only for https, so an http receiver works on a host
         // without one.
         if url.starts_with("https://") || ca.is_some() {
-            let tls = crate::smtp::tls_client_config(ca).map_err(invalid)?;
+            let tls = crate::tls::client_config(ca).map_err(invalid)?;
             builder = builder.tls_backend_preconfigured(tls);
         } else {
-            let tls = crate::smtp::trust_nothing_config().map_err(invalid)?;
+            let tls = crate::tls::trust_nothing().map_err(invalid)?;
             builder = builder.tls_backend_preconfigured(tls);
         }
         let client = builder

@@ -14,8 +14,6 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-/// Where the Debian/Ubuntu/Alpine family keeps the system's trusted CAs.
-const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Longest reply line accepted from a server.
 const MAX_LINE: usize = 4096;
 
@@ -201,52 +199,8 @@ async fn tls<S: Stream + 'static>(
 }
 
 fn connector(server: &SmtpServer) -> Result<tokio_rustls::TlsConnector, String> {
-    let config = tls_client_config(server.ca.as_deref())?;
+    let config = crate::tls::client_config(server.ca.as_deref())?;
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
-}
-
-/// A rustls client configuration (ring) that trusts no CA: for an HTTP client that talks
-/// plain `http://` only, which reqwest still builds TLS settings for.
-pub(crate) fn trust_nothing_config() -> Result<rustls::ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth())
-}
-
-/// A rustls client configuration (ring) trusting the CAs of the PEM file `ca`, or of the
-/// system bundle when `None`; shared by the e-mail and webhook notifiers.
-pub(crate) fn tls_client_config(
-    ca: Option<&std::path::Path>,
-) -> Result<rustls::ClientConfig, String> {
-    use rustls::pki_types::{CertificateDer, pem::PemObject};
-    let path = ca.map_or_else(
-        || PathBuf::from(SYSTEM_CA_BUNDLE),
-        std::path::Path::to_path_buf,
-    );
-    let mut roots = rustls::RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(&path).map_err(|e| {
-        let hint = if ca.is_none() {
-            " (the system's CA bundle; set the notifier's `ca` to a PEM file of the CAs to trust)"
-        } else {
-            ""
-        };
-        format!("cannot read CA file {}: {e}{hint}", path.display())
-    })?;
-    for cert in certs {
-        let cert = cert.map_err(|e| format!("CA file {}: {e}", path.display()))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("CA file {}: {e}", path.display()))?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
 }
 
 async fn authenticate(

@@ -1516,12 +1516,10 @@ fn model_version(config: &PipelineConfig, from_model: &str) -> String {
         config.training_windows,
         config.threshold,
     ]);
-    let mut hash: u32 = 0x811c_9dc5;
-    for byte in decisive.to_string().bytes() {
-        hash ^= u32::from(byte);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    format!("{from_model}+{hash:08x}")
+    // The same FNV-1a digest as an ONNX file's version, shortened: 8 hex digits tell a
+    // pipeline's few definitions apart.
+    let digest = fabrik_ml::pipeline::onnx::content_version(decisive.to_string().as_bytes());
+    format!("{from_model}+{}", &digest[..8])
 }
 
 /// The `model` of a pipeline's inferences: the built-in model's name, or for ONNX
