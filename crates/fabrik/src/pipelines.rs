@@ -549,6 +549,15 @@ impl PipelineManager {
         store_file(self.stored_path.clone(), definitions_json(&definitions)?).await
     }
 
+    /// Whether a definition named `name` through the API would be new (`false`: it replaces
+    /// one defined through the API); refused for the configuration file's or the demo's.
+    fn defines_anew(pipelines: &Pipelines, name: &str) -> Result<bool, ControlError> {
+        match pipelines.by_name.get(name) {
+            Some(existing) => Self::refuse_unless_api(existing).map(|()| false),
+            None => Ok(true),
+        }
+    }
+
     fn refuse_unless_api(managed: &Managed) -> Result<(), ControlError> {
         match managed.origin {
             PipelineOrigin::Api => Ok(()),
@@ -569,13 +578,7 @@ impl PipelineManager {
     /// ONNX model not uploaded.
     async fn check_definition(&self, config: PipelineConfig) -> Result<DryRun, ControlError> {
         compile(&config).map_err(ControlError::Invalid)?;
-        let created = {
-            let pipelines = self.pipelines.lock().await;
-            match pipelines.by_name.get(&config.name) {
-                Some(existing) => Self::refuse_unless_api(existing).map(|()| false)?,
-                None => true,
-            }
-        };
+        let created = Self::defines_anew(&*self.pipelines.lock().await, &config.name)?;
         let mut warnings: Vec<String> = missing_input(&self.store, &config)
             .map(|missing| format!("{missing}; the pipeline waits for it"))
             .into_iter()
@@ -599,13 +602,7 @@ impl PipelineManager {
     async fn apply_definition(&self, config: PipelineConfig) -> Result<bool, ControlError> {
         let compiled = compile(&config).map_err(ControlError::Invalid)?;
         let mut pipelines = self.pipelines.lock().await;
-        let created = match pipelines.by_name.get(&config.name) {
-            Some(existing) => {
-                Self::refuse_unless_api(existing)?;
-                false
-            }
-            None => true,
-        };
+        let created = Self::defines_anew(&pipelines, &config.name)?;
         let definitions = Self::api_definitions(&pipelines, &config.name, Some(&config));
         self.store_definitions(definitions).await?;
         tracing::info!(pipeline = %config.name, replaced = !created, "Pipeline defined through the API.");
@@ -644,16 +641,10 @@ impl PipelineManager {
             return Err(ControlError::Invalid(problems));
         }
         let mut pipelines = self.pipelines.lock().await;
-        let mut created = Vec::with_capacity(configs.len());
-        for config in &configs {
-            created.push(match pipelines.by_name.get(&config.name) {
-                Some(existing) => {
-                    Self::refuse_unless_api(existing)?;
-                    false
-                }
-                None => true,
-            });
-        }
+        let created = configs
+            .iter()
+            .map(|config| Self::defines_anew(&pipelines, &config.name))
+            .collect::<Result<Vec<bool>, ControlError>>()?;
         let mut definitions: Vec<PipelineConfig> = pipelines
             .by_name
             .values()
