@@ -322,6 +322,17 @@ async function main() {
     noErrors('silence');
   });
 
+  await step('alerts page: the rules, their health and open alerts', async () => {
+    const rules = await apiCall('/api/v1/alert-rules');
+    const rule = rules.find((r) => r.name === 'pump-anomaly');
+    assert(rule && rule.health === 'ok', `pump-anomaly is not evaluating: ${JSON.stringify(rules)}`);
+    const row = page.locator('#rule-table tr', { hasText: 'pump-anomaly' });
+    await row.waitFor({ timeout: 15000 });
+    const text = await row.innerText();
+    assert(text.includes('score / threshold > 1') && text.includes('ok'), `rule row: ${text}`);
+    noErrors('rules');
+  });
+
   await step('pipelines: an inference shows its input window and contributions', async () => {
     await go('#/pipelines');
     await page.waitForSelector('#pl-inferences tr[data-window], #pl-inferences .empty', { timeout: 15000 });

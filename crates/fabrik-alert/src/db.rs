@@ -207,6 +207,24 @@ impl AlertDb {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Sets an open alert's severity (its rule was redefined with another), leaving the rest.
+    pub async fn set_severity(
+        &self,
+        id: &str,
+        severity: &str,
+        now_ns: i64,
+    ) -> Result<(), AlertError> {
+        sqlx::query(
+            "UPDATE alerts SET severity = ?, updated_ns = ? WHERE id = ? AND state != 'resolved'",
+        )
+        .bind(severity)
+        .bind(now_ns)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Inserts an alert, or updates its lifecycle. An existing alert's acknowledgement is
     /// [`AlertDb::set_ack`]'s alone to change: a transition that read the alert before an
     /// operator acknowledged it (or acknowledged it again) must not write the old one back.

@@ -155,10 +155,16 @@ impl RuleEngine {
     /// Restores a key that was firing before a restart, so it neither fires twice nor stays
     /// firing forever: the next observations decide whether it resolves.
     pub fn restore_firing(&mut self, key: &str, started_ns: i64) {
+        self.restore(key, started_ns, true);
+    }
+
+    /// Restores a key whose condition held since `started_ns`, firing or still pending (its
+    /// `for` counting from then), as when a rule is redefined while it runs.
+    pub fn restore(&mut self, key: &str, started_ns: i64, firing: bool) {
         let absence = matches!(self.rule.condition, Condition::Absent { .. });
         let state = self.keys.entry(key.to_owned()).or_default();
         state.active = true;
-        state.firing = true;
+        state.firing = firing;
         state.since_ns = started_ns;
         if absence && state.last_time_ns.is_none() {
             // An absence is dated from the key's last report (or from when the rule began to

@@ -107,28 +107,32 @@ impl Alerting {
             .into_iter()
             .map(|r| (r.name.clone(), RuleEngine::new(r)))
             .collect();
+        let mut orphans = Vec::new();
         for alert in db.open_alerts().await? {
             match engines.get_mut(&alert.rule) {
                 Some(engine) if alert.state == AlertState::Firing => {
                     engine.restore_firing(&alert.key, started_ns(&alert));
                 }
-                // A pending alert restarts its `for` from fresh data; a rule that no longer
-                // exists cannot resolve its alerts, so they are closed now.
-                _ => {
-                    let mut closed = alert.clone();
-                    closed.state = AlertState::Resolved;
-                    closed.resolved_at = Some(model::rfc3339(now_ns()));
-                    db.upsert(&closed, now_ns()).await?;
-                }
+                // A pending alert restarts its `for` from fresh data.
+                Some(_) => db.delete(&alert.id).await?,
+                // A rule that no longer exists cannot resolve its alerts: they are resolved
+                // now, and the receivers of firing ones told, as when a rule is removed.
+                None => orphans.push(alert),
             }
         }
-        Ok(Arc::new(Self {
+        let alerting = Arc::new(Self {
             db,
             engines: Mutex::new(engines),
             notifiers,
             external_url,
             wake: tokio::sync::Notify::new(),
-        }))
+        });
+        for alert in &orphans {
+            alerting
+                .close(std::slice::from_ref(alert), &alert.severity)
+                .await?;
+        }
+        Ok(alerting)
     }
 
     /// The rules, in name order.
@@ -138,6 +142,90 @@ impl Alerting {
             .values()
             .map(|e| e.rule().clone())
             .collect()
+    }
+
+    /// Adds `rule`, or replaces the rule of its name, keeping its open alerts: firing ones
+    /// stay firing and pending ones keep counting their `for`, as if the rule had always
+    /// been defined so; its next observations decide whether they resolve. They take the new
+    /// severity. The caller stops the rule's evaluation first, so no observation of the old
+    /// definition lands after this, and resolves the old alerts first ([`Self::remove_rule`])
+    /// when the new definition watches something else (another table, key, value or filter).
+    ///
+    /// The rule is in place even on an error (reading the open alerts failed); its alerts
+    /// then start again from fresh data.
+    pub async fn define_rule(&self, rule: Rule) -> Result<(), AlertError> {
+        let name = rule.name.clone();
+        let severity = rule.severity.clone();
+        let mut engine = RuleEngine::new(rule);
+        let carried = self.carry_over(&name, &severity, &mut engine).await;
+        self.engines.lock().insert(name, engine);
+        carried
+    }
+
+    async fn carry_over(
+        &self,
+        name: &str,
+        severity: &str,
+        engine: &mut RuleEngine,
+    ) -> Result<(), AlertError> {
+        for alert in self.db.open_alerts().await? {
+            if alert.rule != name {
+                continue;
+            }
+            engine.restore(
+                &alert.key,
+                started_ns(&alert),
+                alert.state == AlertState::Firing,
+            );
+            if alert.severity != severity {
+                self.db.set_severity(&alert.id, severity, now_ns()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes rule `name`: its firing alerts resolve now and their receivers are told, so no
+    /// incident stays open for a rule that no longer exists; its pending alerts are dropped.
+    /// Returns whether the rule existed. The caller stops its evaluation first. On an error
+    /// the rule stays, so a later removal (or the next start) finishes the job.
+    pub async fn remove_rule(&self, name: &str) -> Result<bool, AlertError> {
+        let Some(severity) = self
+            .engines
+            .lock()
+            .get(name)
+            .map(|engine| engine.rule().severity.clone())
+        else {
+            return Ok(false);
+        };
+        let open: Vec<Alert> = self
+            .db
+            .open_alerts()
+            .await?
+            .into_iter()
+            .filter(|alert| alert.rule == name)
+            .collect();
+        self.close(&open, &severity).await?;
+        self.engines.lock().remove(name);
+        Ok(true)
+    }
+
+    /// Resolves `alerts` now, as their rule's last word: firing ones are notified, pending
+    /// ones dropped (nobody was told of them).
+    async fn close(&self, alerts: &[Alert], severity: &str) -> Result<(), AlertError> {
+        let now = now_ns();
+        let transitions: Vec<Transition> = alerts
+            .iter()
+            .map(|alert| Transition {
+                rule: alert.rule.clone(),
+                key: alert.key.clone(),
+                state: AlertState::Resolved,
+                started_ns: started_ns(alert),
+                at_ns: now,
+                value: f64::NAN,
+                context: BTreeMap::new(),
+            })
+            .collect();
+        self.apply(&transitions, severity).await
     }
 
     /// The database (for listings).
@@ -910,6 +998,116 @@ mod tests {
         assert_eq!(resolved.state, AlertState::Resolved);
         assert_eq!(resolved.ack.unwrap().by, "ana");
         assert_eq!(alerting.db().outbox_len().await.unwrap(), 2);
+    }
+
+    /// A rule redefined at run time keeps its open alerts: a firing one stays firing (same
+    /// id, no second notification) and takes the new severity, a pending one keeps counting
+    /// its `for`. A removed rule resolves its firing alerts and notifies the resolution.
+    #[tokio::test]
+    async fn redefining_a_rule_keeps_its_open_alerts_and_removing_it_resolves_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let alerting = alerting_in(dir.path(), vec![refused_webhook()]).await;
+        alerting
+            .observe("hot", &[obs("oven-1", 10, 85.0)])
+            .await
+            .unwrap();
+        let firing = alert_id("hot", "oven-1", 10 * S);
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), 1);
+
+        // A slower rule under the same name: oven-2 becomes pending under it.
+        let slower = Rule {
+            for_ns: 60 * S,
+            ..rule()
+        };
+        alerting.define_rule(slower.clone()).await.unwrap();
+        alerting
+            .observe("hot", &[obs("oven-2", 11, 90.0)])
+            .await
+            .unwrap();
+        let pending = alert_id("hot", "oven-2", 11 * S);
+        assert_eq!(
+            alerting.db().get(&pending).await.unwrap().state,
+            AlertState::Pending
+        );
+        // Still above: oven-1 stays firing under the new definition, not fired again.
+        let t = alerting
+            .observe("hot", &[obs("oven-1", 12, 86.0)])
+            .await
+            .unwrap();
+        assert!(t.is_empty(), "{t:?}");
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), 1);
+
+        // Redefined again, now a warning: both alerts carry over. oven-2's `for` counts
+        // from 11 s, so it fires at 71 s, not a minute after the redefinition.
+        let warning = Rule {
+            severity: "warning".into(),
+            ..slower
+        };
+        alerting.define_rule(warning).await.unwrap();
+        let kept = alerting.db().get(&firing).await.unwrap();
+        assert_eq!(
+            (kept.state, kept.severity.as_str()),
+            (AlertState::Firing, "warning")
+        );
+        let t = alerting.tick(70 * S, &expecting("hot")).await.unwrap();
+        assert!(t.is_empty(), "{t:?}");
+        let t = alerting.tick(71 * S, &expecting("hot")).await.unwrap();
+        assert_eq!((t.len(), t[0].key.as_str()), (1, "oven-2"), "{t:?}");
+        assert_eq!(
+            alerting.db().get(&pending).await.unwrap().state,
+            AlertState::Firing
+        );
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), 2);
+
+        assert!(alerting.remove_rule("hot").await.unwrap());
+        for id in [&firing, &pending] {
+            let resolved = alerting.db().get(id).await.unwrap();
+            assert_eq!(resolved.state, AlertState::Resolved);
+            assert!(resolved.resolved_at.is_some());
+        }
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), 4);
+        assert!(alerting.rules().is_empty());
+        assert!(matches!(
+            alerting.observe("hot", &[obs("oven-1", 80, 90.0)]).await,
+            Err(AlertError::NotFound { .. })
+        ));
+        assert!(!alerting.remove_rule("hot").await.unwrap());
+    }
+
+    /// A rule gone from the configuration at a restart resolves its firing alerts and tells
+    /// the receivers, as a removal through the API does.
+    #[tokio::test]
+    async fn a_rule_gone_at_a_restart_resolves_its_firing_alerts_with_a_notification() {
+        let dir = tempfile::tempdir().unwrap();
+        let alerting = alerting_in(dir.path(), vec![refused_webhook()]).await;
+        alerting
+            .observe("hot", &[obs("oven-1", 10, 85.0)])
+            .await
+            .unwrap();
+        drop(alerting);
+        let alerting = Alerting::open(
+            &dir.path().join("a.db"),
+            Vec::new(),
+            vec![refused_webhook()],
+            "http://x".into(),
+        )
+        .await
+        .unwrap();
+        let alert = alerting
+            .db()
+            .get(&alert_id("hot", "oven-1", 10 * S))
+            .await
+            .unwrap();
+        assert_eq!(alert.state, AlertState::Resolved);
+        assert_eq!(
+            alerting.db().outbox_len().await.unwrap(),
+            2,
+            "firing, then resolved"
+        );
+    }
+
+    fn expecting(rule: &str) -> BTreeMap<String, Vec<String>> {
+        [(rule.to_owned(), Vec::new())].into()
     }
 
     /// Listing by patterns: `*` is the only special character, as in silences, so a key

@@ -4,9 +4,11 @@
 //!
 //! Handlers translate HTTP to store calls and back; they hold no business logic.
 
+pub mod alert_rules;
 pub mod alerts;
 pub mod auth;
 mod body;
+pub mod control;
 pub mod devices;
 pub mod error;
 pub mod openapi;
@@ -53,6 +55,10 @@ pub struct ApiState {
     pub pipeline_control: Option<Arc<dyn pipelines::PipelineControl>>,
     /// Alerting, when the alerts module runs in this process.
     pub alerting: Option<std::sync::Arc<fabrik_alert::Alerting>>,
+    /// Alert rule states, when the alerts module runs in this process.
+    pub alert_rules: Option<alert_rules::AlertRuleBoard>,
+    /// Changes to the alert rules, when the alerts module runs in this process.
+    pub alert_rule_control: Option<Arc<dyn alert_rules::AlertRuleControl>>,
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled; in-flight requests finish.

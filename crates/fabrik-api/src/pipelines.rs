@@ -16,10 +16,12 @@ use axum::response::IntoResponse;
 use fabrik_runtime::config::PipelineConfig;
 use futures::future::BoxFuture;
 use parking_lot::RwLock;
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::ApiState;
+pub use crate::control::{ApplyParams, ControlError, DryRun, describe_problems};
+use crate::control::{created_or_replaced, named_definition};
 use crate::error::ApiError;
 
 /// Where a pipeline was defined, which decides who may change it.
@@ -91,51 +93,6 @@ pub struct PipelineStatus {
 
 /// The pipelines of this process, by name; written by the runner, read by the API.
 pub type PipelineBoard = Arc<RwLock<BTreeMap<String, PipelineStatus>>>;
-
-/// Why a change to the pipelines was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ControlError {
-    /// The definition has problems: `(field, message)` pairs.
-    Invalid(Vec<(String, String)>),
-    /// Refused: the pipeline is the configuration file's or the demo's, or the model is in
-    /// use; the message says which.
-    NotChangeable(String),
-    /// No pipeline (or model) has this name: the message says which.
-    NotFound(String),
-    /// The change could not be stored; nothing changed.
-    Storage(String),
-}
-
-/// `field: message` pairs as one line, `; ` between them.
-pub fn describe_problems(problems: &[(String, String)]) -> String {
-    problems
-        .iter()
-        .map(|(field, message)| format!("{field}: {message}"))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-impl From<ControlError> for ApiError {
-    fn from(error: ControlError) -> Self {
-        match error {
-            ControlError::Invalid(problems) => ApiError::bad_request(describe_problems(&problems)),
-            ControlError::NotChangeable(message) => {
-                ApiError::new(StatusCode::CONFLICT, "conflict", message)
-            }
-            ControlError::NotFound(message) => {
-                ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
-            }
-            ControlError::Storage(message) => {
-                tracing::error!(error = %message, "Storing a pipeline or model change failed.");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "the change could not be stored; nothing was changed",
-                )
-            }
-        }
-    }
-}
 
 /// Defines, replaces and removes pipelines while the process runs; the pipelines module
 /// implements it. A change is stored before it takes effect, so it survives a restart.
@@ -236,33 +193,23 @@ pub(crate) async fn show(
         })
 }
 
-/// Options of `PUT /api/v1/pipelines/{name}`.
-#[derive(Debug, Deserialize, IntoParams)]
-pub struct ApplyParams {
-    /// Check the definition as a change would, and change nothing: answers 200 with what
-    /// would happen, or the same error a change would get.
-    #[serde(default)]
-    pub dry_run: bool,
-}
-
-/// What a dry run of `PUT /api/v1/pipelines/{name}` found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct DryRun {
-    /// The pipeline's name.
-    pub name: String,
-    /// `define` for a new name, `replace` for one defined through the API before.
-    pub action: String,
-    /// What would keep it from scoring once applied (its table or a signal not written yet,
-    /// its ONNX model not uploaded); it would be applied all the same.
-    pub warnings: Vec<String>,
+/// The body of a 200 answer to `PUT .../{name}`: the replaced pipeline, or what a dry run found.
+/// Documents the answer's two shapes; the handler builds either directly.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum ReplacedPipeline {
+    /// Replaced.
+    Replaced(Box<PipelineStatus>),
+    /// `dry_run=true`.
+    DryRun(DryRun),
 }
 
 #[utoipa::path(put, path = "/api/v1/pipelines/{name}", tag = "pipelines", security(("token" = [])),
     params(("name" = String, Path, description = "pipeline name; must equal `name` in the body"), ApplyParams),
     request_body(content = PipelineConfig, description = "the fields of a `[[pipelines]]` entry, as JSON"),
     responses((status = 201, description = "defined and started (or stored stopped, with `enabled: false`)", body = PipelineStatus),
-              (status = 200, description = "with `dry_run=true`: the definition is valid and nothing changed", body = DryRun),
-              (status = 200, description = "replaced: the previous definition was stopped first", body = PipelineStatus),
+              (status = 200, description = "replaced (the previous definition was stopped first) or, with `dry_run=true`, checked without any change", body = ReplacedPipeline),
               (status = 400, description = "invalid definition; the message names each field", body = crate::error::ErrorBody),
               (status = 409, description = "defined in the configuration file", body = crate::error::ErrorBody),
               (status = 503, description = "the pipelines module does not run here", body = crate::error::ErrorBody)))]
@@ -273,14 +220,8 @@ pub(crate) async fn apply(
     body: Bytes,
 ) -> Result<axum::response::Response, ApiError> {
     let control = control(&state)?;
-    let config: PipelineConfig = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("pipeline definition: {e}")))?;
-    if config.name != name {
-        return Err(ApiError::bad_request(format!(
-            "name: `{}` in the body differs from `{name}` in the path",
-            config.name
-        )));
-    }
+    let config: PipelineConfig =
+        named_definition(&body, &name, "pipeline", |c: &PipelineConfig| &c.name)?;
     if params.dry_run {
         return Ok(Json(control.check(config).await?).into_response());
     }
@@ -352,7 +293,7 @@ pub(crate) async fn models(
     params(("name" = String, Path, description = "model name: letters, digits, `.`, `_`, `-`; at most 64")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the `.onnx` file"),
     responses((status = 201, description = "stored; pipelines can name it in `model_name`", body = ModelInfo),
-              (status = 200, description = "replaced; the pipelines using it were restarted with it", body = ModelInfo),
+              (status = 200, description = "replaced (the previous definition was stopped first) or, with `dry_run=true`, checked without any change", body = ReplacedPipeline),
               (status = 400, description = "not a model Fabrik can run (the message names the operator or problem), or a bad name", body = crate::error::ErrorBody)))]
 pub(crate) async fn put_model(
     State(state): State<ApiState>,
@@ -374,13 +315,4 @@ pub(crate) async fn remove_model(
 ) -> Result<StatusCode, ApiError> {
     control(&state)?.remove_model(name).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// 201 for a name defined anew, 200 for one replaced.
-fn created_or_replaced(created: bool) -> StatusCode {
-    if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    }
 }

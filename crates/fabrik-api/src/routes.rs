@@ -78,6 +78,16 @@ pub fn router(state: ApiState) -> Router {
             axum::routing::put(crate::users::set_password),
         )
         .route(
+            "/api/v1/alert-rules",
+            get(crate::alert_rules::list).put(crate::alert_rules::apply_all),
+        )
+        .route(
+            "/api/v1/alert-rules/{name}",
+            get(crate::alert_rules::show)
+                .put(crate::alert_rules::apply)
+                .delete(crate::alert_rules::remove),
+        )
+        .route(
             "/api/v1/pipelines",
             get(crate::pipelines::list).put(crate::pipelines::apply_all),
         )

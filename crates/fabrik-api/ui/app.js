@@ -1116,6 +1116,28 @@ function alertsTable(alerts, { compact = false, noDevice = false, actions = fals
     </tbody></table></div>`;
 }
 
+/** A rule's condition as an operator reads it, e.g. `pressure > 6 for 30s`. */
+function ruleCondition(d) {
+  const forText = d.for && d.for !== '0s' ? ` for ${d.for}` : '';
+  switch (d.condition) {
+    case 'above': return `${d.value} > ${d.threshold}${forText}`;
+    case 'below': return `${d.value} < ${d.threshold}${forText}`;
+    case 'rate_above': return `|d(${d.value})/dt| > ${d.threshold}/s${forText}`;
+    case 'absent': return `no row for ${d.threshold}s${forText}`;
+    case 'unchanged': return `${d.value} unchanged for ${d.threshold}s${forText}`;
+    default: return d.condition;
+  }
+}
+
+function rulesTable(rules) {
+  return html`<div class="table-wrap"><table><thead><tr><th>Rule</th><th>Health</th><th>Condition</th><th>Table</th><th>Severity</th><th class="num">Pending</th><th class="num">Firing</th><th>Evaluated</th><th>Origin</th></tr></thead><tbody>
+    ${rules.map((r) => html`<tr><td>${r.name}</td><td>${pill(RULE_HEALTH[r.health] ?? r.health, r.health)}${r.error ? html` <span class="muted" title="${r.error}">⚠ ${r.error}</span>` : ''}</td>
+      <td class="wrap"><code>${ruleCondition(r.definition)}</code></td><td>${r.definition.table}</td><td>${r.definition.severity}</td>
+      <td class="num">${r.pending}</td><td class="num">${r.firing}</td><td>${r.last_evaluated ? time(r.last_evaluated) : html`<span class="muted">not yet</span>`}</td><td>${r.origin}</td></tr>`)}</tbody></table></div>`;
+}
+/** Rule health → the state whose colour it takes. */
+const RULE_HEALTH = { ok: 'running', starting: 'pending', waiting: 'pending', failing: 'failed', invalid: 'failed' };
+
 async function pageAlerts(p, args) {
   setTitle('Alerts');
   const state = ['firing', 'pending', 'resolved'].includes(args[0]) ? args[0] : '';
@@ -1128,11 +1150,12 @@ async function pageAlerts(p, args) {
         <nav class="seg" aria-label="Filter by state">${[['', 'All'], ['firing', 'Firing'], ['pending', 'Pending'], ['resolved', 'Resolved']].map(([v, l]) => html`<a class="btn" style="border:0;border-radius:0" href="#/alerts${v ? `/${v}` : ''}" aria-pressed="${state === v}" ${state === v ? raw('aria-current="page"') : ''}>${l}</a>`)}</nav></div>
       <div id="al-table"></div>
     </section>
-    <section class="card" aria-labelledby="h-sil"><h2 id="h-sil">Active silences</h2><div id="sil-table"></div></section></div>`);
+    <section class="card" aria-labelledby="h-sil"><h2 id="h-sil">Active silences</h2><div id="sil-table"></div></section>
+    <section class="card" aria-labelledby="h-rules"><h2 id="h-rules">Rules</h2><div id="rule-table"></div></section></div>`);
   $$('.seg a').forEach((a) => { if (a.getAttribute('aria-pressed') === 'true') a.style.boxShadow = 'inset 0 -2px 0 var(--accent)'; });
   let alerts = [];
   const load = async () => {
-    const [list, silences] = await Promise.all([api(`/api/v1/alerts?limit=500${state ? `&state=${state}` : ''}`), api('/api/v1/silences')]);
+    const [list, silences, rules] = await Promise.all([api(`/api/v1/alerts?limit=500${state ? `&state=${state}` : ''}`), api('/api/v1/silences'), api('/api/v1/alert-rules')]);
     if (!p.alive) return;
     alerts = list;
     $('#al-count').textContent = `${list.length} ${state || ''} alert${list.length === 1 ? '' : 's'}`.replace('  ', ' ');
@@ -1141,6 +1164,7 @@ async function pageAlerts(p, args) {
     patch($('#sil-table'), active.length ? html`<div class="table-wrap"><table><thead><tr><th>Rule</th><th>Device</th><th>Until</th><th>By</th><th>Comment</th><th><span class="sr">Actions</span></th></tr></thead><tbody>
       ${active.map((s) => html`<tr><td>${s.rule || html`<span class="muted">any</span>`}</td><td>${s.key || html`<span class="muted">any</span>`}</td><td>${fmtTime(s.until)}</td><td>${s.by}</td><td class="wrap">${s.comment || ''}</td>
         <td><button type="button" class="small danger" data-unsilence="${s.id}" aria-label="Remove silence ${s.id}">Remove</button></td></tr>`)}</tbody></table></div>` : html`<div class="empty">No active silences.</div>`);
+    patch($('#rule-table'), rules.length ? rulesTable(rules) : html`<div class="empty">No alert rules: define them in the configuration file or with <code>fabrik alert rule apply</code>.</div>`);
   };
   $('#alerts-page').addEventListener('click', async (e) => {
     const b = e.target.closest('button');

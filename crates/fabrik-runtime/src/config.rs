@@ -328,7 +328,7 @@ pub struct AlertingConfig {
 }
 
 /// `[[alerting.rules]]`: a condition on a SQL value per key, evaluated on new rows.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AlertRuleConfig {
     /// Unique name (`alertname` in notifications).
@@ -377,7 +377,7 @@ pub struct AlertRuleConfig {
 /// `expect` of an `absent` rule: the devices (keys) that must report. Listed devices, and the
 /// registered devices that match `site`, `device_type` and `label` (all of them with
 /// `registered = true` and no filter), kept current as the registry changes.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExpectConfig {
     /// These keys.

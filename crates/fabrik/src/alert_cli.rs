@@ -1,8 +1,22 @@
-//! `fabrik alert list|ack|silence|silences|unsilence`: a thin client of `/api/v1/alerts` and `/api/v1/silences`.
+//! `fabrik alert list|ack|silence|silences|unsilence|rules|rule`: a thin client of
+//! `/api/v1/alerts`, `/api/v1/silences` and `/api/v1/alert-rules`.
+
+use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
+use fabrik_runtime::config::AlertRuleConfig;
 
 use crate::client::Endpoint;
+use crate::define_cli::Kind;
+
+/// Alert rules as `fabrik alert rule apply` reads and sends them: a file lists them under
+/// `[[rules]]`, or under `[[alerting.rules]]` as in the configuration file.
+pub(crate) const ALERT_RULES: Kind = Kind {
+    noun: "alert rule",
+    a_noun: "an alert rule",
+    collection: "/api/v1/alert-rules",
+    status_field: "health",
+};
 
 /// `fabrik alert ...`
 #[derive(Debug, Args)]
@@ -83,6 +97,44 @@ enum AlertCommand {
     Unsilence {
         /// Silence id (from `fabrik alert silences`).
         id: String,
+    },
+    /// List the alert rules, how the evaluation of each is going, and their open alerts.
+    Rules {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show, define, replace or remove alert rules without restarting Fabrik.
+    Rule {
+        #[command(subcommand)]
+        command: RuleCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RuleCommand {
+    /// Show one rule, as JSON.
+    Show {
+        /// Rule name.
+        name: String,
+    },
+    /// Define or replace rules from a file: TOML with `[[rules]]` (or `[[alerting.rules]]`)
+    /// entries as in the configuration file, or one rule's fields at the top level; or JSON
+    /// (one definition or a list). They are kept across restarts.
+    ///
+    /// Every definition is checked by the server first; if any is refused, none is applied
+    /// and every problem is listed. A replaced rule's firing alerts stay firing.
+    Apply {
+        /// The file.
+        file: PathBuf,
+        /// Only check the definitions and say what would change.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Stop a rule defined through the API and forget it; its firing alerts resolve.
+    Rm {
+        /// Rule name.
+        name: String,
     },
 }
 
@@ -213,6 +265,109 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
                 .await?;
             println!("silence {id} removed; alerts it held back are notified if they still fire");
         }
+        AlertCommand::Rules { json } => {
+            let rules: Vec<serde_json::Value> = ep.get_json(&client, "/api/v1/alert-rules").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rules)?);
+                return Ok(());
+            }
+            println!(
+                "{:<20} {:<7} {:<9} {:<10} {:<16} {:>7} {:>6} {:>10}  error",
+                "name", "origin", "health", "condition", "table", "pending", "firing", "rows"
+            );
+            for r in &rules {
+                let s = |k: &str| r[k].as_str().unwrap_or("-").to_owned();
+                let n = |k: &str| r[k].as_u64().unwrap_or(0);
+                println!(
+                    "{:<20} {:<7} {:<9} {:<10} {:<16} {:>7} {:>6} {:>10}  {}",
+                    s("name"),
+                    s("origin"),
+                    s("health"),
+                    r["definition"]["condition"].as_str().unwrap_or("-"),
+                    r["definition"]["table"].as_str().unwrap_or("-"),
+                    n("pending"),
+                    n("firing"),
+                    n("rows"),
+                    s("error")
+                );
+            }
+            println!("{} rule(s)", rules.len());
+        }
+        AlertCommand::Rule { command } => match command {
+            RuleCommand::Show { name } => {
+                let path = format!(
+                    "/api/v1/alert-rules/{}",
+                    crate::client::percent_encode(&name)
+                );
+                let rule: serde_json::Value = ep.get_json(&client, &path).await?;
+                println!("{}", serde_json::to_string_pretty(&rule)?);
+            }
+            RuleCommand::Apply { file, dry_run } => {
+                crate::define_cli::apply::<AlertRuleConfig>(
+                    &ALERT_RULES,
+                    ep,
+                    &client,
+                    &file,
+                    dry_run,
+                )
+                .await?;
+            }
+            RuleCommand::Rm { name } => {
+                let path = format!(
+                    "/api/v1/alert-rules/{}",
+                    crate::client::percent_encode(&name)
+                );
+                ep.send(ep.request(&client, reqwest::Method::DELETE, &path))
+                    .await?;
+                println!("removed {name}; its firing alerts resolved");
+            }
+        },
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use fabrik_runtime::config::AlertRuleConfig;
+    use std::path::Path;
+
+    fn definitions(text: &str) -> anyhow::Result<Vec<AlertRuleConfig>> {
+        crate::define_cli::definitions(Path::new("rules.toml"), text)
+    }
+
+    #[test]
+    fn a_rules_file_reads_like_the_configuration_file() {
+        let rule = "name = \"{n}\"\ntable = \"pump\"\nvalue = \"pressure\"\n\
+                    condition = \"above\"\nthreshold = 9.0\n";
+        let entry = |n: &str| rule.replace("{n}", n);
+        let listed = format!("[[rules]]\n{}\n[[rules]]\n{}", entry("a"), entry("b"));
+        let names: Vec<String> = definitions(&listed)
+            .expect("[[rules]]")
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        let pasted = format!("[[alerting.rules]]\n{}", entry("c"));
+        assert_eq!(
+            definitions(&pasted).expect("[[alerting.rules]]")[0].name,
+            "c"
+        );
+        assert_eq!(
+            definitions(&entry("d")).expect("one rule")[0].threshold,
+            9.0
+        );
+        let typo = format!("{}thresold = 3\n", entry("e"));
+        let error = format!("{:#}", definitions(&typo).expect_err("unknown field"));
+        assert!(error.contains("thresold"), "{error}");
+        let beside = format!("[[rules]]\n{}\n[other]\nx = 1\n", entry("f"));
+        let error = format!("{:#}", definitions(&beside).expect_err("extra key"));
+        assert!(error.contains("other"), "{error}");
+        let notifiers = format!(
+            "[[alerting.rules]]\n{}\n[[alerting.notifiers]]\nname = \"ops\"\n",
+            entry("g")
+        );
+        let error = format!("{:#}", definitions(&notifiers).expect_err("not rules"));
+        assert!(error.contains("notifiers"), "{error}");
+        assert!(error.contains("line"), "an error names its line: {error}");
+    }
 }

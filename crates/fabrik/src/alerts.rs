@@ -13,6 +13,10 @@ use datafusion::arrow::array::{Array, Float64Array, Int64Array, StringArray};
 use datafusion::arrow::datatypes::DataType;
 use fabrik_alert::notify::{GroupLabel, Grouping};
 use fabrik_alert::{Alerting, Condition, Notifier, Observation, Rule};
+use fabrik_api::alert_rules::{
+    AlertRuleBoard, AlertRuleControl, AlertRuleStatus, RuleHealth, RuleOrigin,
+};
+use fabrik_api::control::{ControlError, DryRun, describe_problems};
 use fabrik_connect::client::{ClientEvent, ClientOptions, ClientTls, MqttClient};
 use fabrik_connect::mqtt::broker::{Broker, Message};
 use fabrik_core::Timestamp;
@@ -22,6 +26,8 @@ use fabrik_runtime::units::parse_duration;
 use fabrik_store::Store;
 
 use crate::columns::cast_column;
+use crate::stored::{definitions_json, read_definitions, store_file};
+use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 /// Rows read per rule and pass.
@@ -49,6 +55,36 @@ fn name_ok(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// Whether `text` is exactly one SQL expression as the rule's query embeds it — between
+/// parentheses, on lines of its own (see [`read_sql`]), so a scalar subquery is one too and
+/// a trailing `--` comment ends with its line. A typo is named when the rule is defined
+/// rather than on every evaluation, and nothing after the expression (`1) FROM other`) can
+/// change the shape of the query around it.
+fn one_sql_expression(text: &str) -> Result<(), String> {
+    use datafusion::sql::sqlparser::dialect::GenericDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+    use datafusion::sql::sqlparser::tokenizer::Token;
+    if text.trim().is_empty() {
+        return Err("must be one SQL expression; it is empty".into());
+    }
+    let dialect = GenericDialect {};
+    let embedded = format!("(\n{text}\n)");
+    let mut parser = Parser::new(&dialect)
+        .try_with_sql(&embedded)
+        .map_err(|e| format!("`{text}` is not a SQL expression: {e}"))?;
+    parser
+        .parse_expr()
+        .map_err(|e| format!("`{text}` is not a SQL expression: {e}"))?;
+    let next = parser.peek_token();
+    if next.token != Token::EOF {
+        return Err(format!(
+            "`{text}` must be one SQL expression; `{}` follows a complete one",
+            next.token
+        ));
+    }
+    Ok(())
+}
+
 /// Checks one rule; every problem with its field.
 pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(String, String)>> {
     let mut problems = Vec::new();
@@ -59,7 +95,10 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
             format!("`{}`: use letters, digits, `-`, `_` and `.`", c.name),
         );
     }
-    for (field, value) in [("table", &c.table), ("key", &c.key)] {
+    let names = [("table", &c.table), ("key", &c.key)]
+        .into_iter()
+        .chain(c.context.iter().map(|column| ("context", column)));
+    for (field, value) in names {
         if value.is_empty() || value.contains('"') {
             problem(
                 field,
@@ -69,9 +108,9 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
     }
     for (field, value) in [("value", Some(&c.value)), ("filter", c.filter.as_ref())] {
         if let Some(v) = value
-            && (v.contains(';') || v.trim().is_empty())
+            && let Err(why) = one_sql_expression(v)
         {
-            problem(field, "must be one SQL expression".into());
+            problem(field, why);
         }
     }
     if !c.threshold.is_finite() {
@@ -632,7 +671,324 @@ fn demo_frozen_rule() -> AlertRuleConfig {
     }
 }
 
-/// Opens `<data_dir>/alerts.db`, then runs one evaluation task per rule and the outbox.
+/// The file in the data directory that keeps the rules defined through the API.
+pub(crate) const STORED_RULES_FILE: &str = "alert_rules.json";
+
+/// One rule the manager knows, evaluating or not.
+struct ManagedRule {
+    origin: RuleOrigin,
+    config: AlertRuleConfig,
+    stop: CancellationToken,
+    /// `None` when its stored definition does not compile. The evaluator ends with the
+    /// arrival id it had read up to.
+    task: Option<tokio::task::JoinHandle<Option<i64>>>,
+}
+
+impl ManagedRule {
+    /// Stops the evaluator and waits until it has ended, so it cannot observe after this
+    /// returns. Returns where it had read up to (`Some(None)`: nothing yet, from the
+    /// earliest row), `None` when it was not running.
+    async fn stop(self) -> Option<Option<i64>> {
+        self.stop.cancel();
+        self.task?.await.ok()
+    }
+}
+
+/// Whether two definitions of a rule watch the same thing: the same value of the same rows
+/// per the same key, under the same condition. Only then do the old definition's open
+/// alerts and read position carry over; a threshold, `for`, severity or interval may change.
+fn watches_the_same(old: &AlertRuleConfig, new: &AlertRuleConfig) -> bool {
+    (
+        &old.table,
+        &old.key,
+        &old.filter,
+        &old.value,
+        &old.condition,
+    ) == (
+        &new.table,
+        &new.key,
+        &new.filter,
+        &new.value,
+        &new.condition,
+    )
+}
+
+#[derive(Default)]
+struct Rules {
+    by_name: BTreeMap<String, ManagedRule>,
+    /// Stored API definitions whose name a configuration-file rule took: not evaluated, but
+    /// kept in the file.
+    shadowed: Vec<AlertRuleConfig>,
+}
+
+/// Runs the evaluators of the configuration file's, the demo's and the API's rules, and
+/// applies the API's changes (stored in `alert_rules.json` first, so they survive a restart).
+pub(crate) struct AlertRuleManager {
+    store: Arc<Store>,
+    alerting: Arc<Alerting>,
+    registry: Option<fabrik_registry::Registry>,
+    board: AlertRuleBoard,
+    stop: CancellationToken,
+    stored_path: std::path::PathBuf,
+    /// One change at a time; held while a replaced evaluator is stopped.
+    rules: tokio::sync::Mutex<Rules>,
+}
+
+fn rule_status(
+    config: &AlertRuleConfig,
+    origin: RuleOrigin,
+    health: RuleHealth,
+    error: Option<String>,
+) -> AlertRuleStatus {
+    AlertRuleStatus {
+        name: config.name.clone(),
+        origin,
+        health,
+        error,
+        last_evaluated: None,
+        rows: 0,
+        pending: 0,
+        firing: 0,
+        definition: config.clone(),
+    }
+}
+
+impl AlertRuleManager {
+    /// Starts evaluating `rule` under its name, reading after `resume` when given (the
+    /// position of the definition it replaces) or where its `start` says; its engine is
+    /// already in `alerting`.
+    fn launch(
+        &self,
+        rules: &mut Rules,
+        origin: RuleOrigin,
+        rule: CompiledRule,
+        resume: Option<Option<i64>>,
+    ) {
+        let name = rule.config.name.clone();
+        self.board.write().insert(
+            name.clone(),
+            rule_status(&rule.config, origin, RuleHealth::Starting, None),
+        );
+        let stop = self.stop.child_token();
+        let config = rule.config.clone();
+        let evaluator = Evaluator {
+            rule,
+            store: self.store.clone(),
+            alerting: self.alerting.clone(),
+            registry: self.registry.clone(),
+            expected_registered: parking_lot::Mutex::default(),
+            board: self.board.clone(),
+        };
+        let task = tokio::spawn(evaluator.run(stop.clone(), resume));
+        rules.by_name.insert(
+            name,
+            ManagedRule {
+                origin,
+                config,
+                stop,
+                task: Some(task),
+            },
+        );
+    }
+
+    /// Stops the evaluator of `rule`'s name, if any, and waits for it, then hands the new
+    /// definition to the engine and starts evaluating it, so two versions never observe at
+    /// once. If the new definition watches the same rows and value, it goes on reading where
+    /// the old one stopped (no row is skipped or evaluated twice) and the old one's open
+    /// alerts carry over; otherwise those resolve first and it starts as its `start` says.
+    /// Nothing here can leave the rule unevaluated: the stored definitions already say it
+    /// runs.
+    async fn replace(&self, rules: &mut Rules, rule: CompiledRule) {
+        let name = rule.config.name.clone();
+        let mut resume = None;
+        if let Some(previous) = rules.by_name.remove(&name) {
+            let same = watches_the_same(&previous.config, &rule.config);
+            let position = previous.stop().await;
+            if same {
+                resume = position;
+            } else if let Err(e) = self.alerting.remove_rule(&name).await {
+                tracing::error!(rule = %name, error = %e, "The replaced rule's alerts could not all be resolved; they are at the next start.");
+            }
+        }
+        if let Err(e) = self.alerting.define_rule(rule.rule.clone()).await {
+            tracing::error!(rule = %name, error = %e, "The replaced rule's open alerts could not be carried over; they start again from fresh data.");
+        }
+        self.launch(rules, RuleOrigin::Api, rule, resume);
+    }
+
+    /// The API's definitions after a change: all of them but those named in `except`, plus
+    /// `with`, by name.
+    fn api_definitions(
+        rules: &Rules,
+        except: &BTreeSet<&str>,
+        with: &[AlertRuleConfig],
+    ) -> Vec<AlertRuleConfig> {
+        let mut definitions: Vec<AlertRuleConfig> = rules
+            .by_name
+            .values()
+            .filter(|m| m.origin == RuleOrigin::Api && !except.contains(m.config.name.as_str()))
+            .map(|m| m.config.clone())
+            .chain(rules.shadowed.iter().cloned())
+            .chain(with.iter().cloned())
+            .collect();
+        definitions.sort_by(|a, b| a.name.cmp(&b.name));
+        definitions
+    }
+
+    /// Whether a definition named `name` through the API would be new (`false`: it replaces
+    /// one defined through the API); refused for the configuration file's or the demo's.
+    fn defines_anew(rules: &Rules, name: &str) -> Result<bool, ControlError> {
+        let Some(existing) = rules.by_name.get(name) else {
+            return Ok(true);
+        };
+        match existing.origin {
+            RuleOrigin::Api => Ok(false),
+            RuleOrigin::Config => Err(ControlError::NotChangeable(format!(
+                "alert rule `{name}` is defined in the configuration file; change it there"
+            ))),
+            RuleOrigin::Demo => Err(ControlError::NotChangeable(format!(
+                "alert rule `{name}` is the demo plant's; define rules in the configuration \
+                 file or under another name"
+            ))),
+        }
+    }
+
+    /// What [`Self::apply_definitions`] checks, without storing or starting anything; and
+    /// what would keep the rule from evaluating once applied: its table missing, its
+    /// expressions or columns not fitting the table as it is now, `expect` without a registry.
+    async fn check_definition(&self, config: AlertRuleConfig) -> Result<DryRun, ControlError> {
+        compile_rule(&config).map_err(ControlError::Invalid)?;
+        let created = Self::defines_anew(&*self.rules.lock().await, &config.name)?;
+        let mut warnings = Vec::new();
+        if !self.store.has_table(&config.table) {
+            warnings.push(format!(
+                "table `{}` does not exist yet; the rule waits for it",
+                config.table
+            ));
+        } else {
+            // The evaluator's own query, planned and not run: an unknown column or function,
+            // or a value that is not a number, shows now instead of on every evaluation.
+            let sql = format!("SELECT * FROM ({}) LIMIT 0", read_sql(&config, None, 0));
+            if let Err(e) = self.store.query(&sql).await {
+                warnings.push(format!(
+                    "its query does not fit table `{}` as it is now: {e}",
+                    config.table
+                ));
+            }
+        }
+        if config.expect.as_ref().is_some_and(|e| e.uses_registry()) && self.registry.is_none() {
+            warnings.push(
+                "`expect` selects registered devices, and the registry module does not run in \
+                 this process: the rule fails until it does"
+                    .into(),
+            );
+        }
+        Ok(DryRun {
+            name: config.name,
+            action: if created { "define" } else { "replace" }.to_owned(),
+            warnings,
+        })
+    }
+
+    /// Applies `configs` together: every one is checked first, and either all are stored
+    /// (in one write of the definitions file) and started, or none is. Returns, per
+    /// definition, whether it is new.
+    async fn apply_definitions(
+        &self,
+        configs: Vec<AlertRuleConfig>,
+    ) -> Result<Vec<bool>, ControlError> {
+        let mut problems = Vec::new();
+        let mut compiled = Vec::with_capacity(configs.len());
+        let mut names = BTreeSet::new();
+        for config in &configs {
+            if !names.insert(config.name.as_str()) {
+                problems.push((format!("{}.name", config.name), "is defined twice".into()));
+            }
+            match compile_rule(config) {
+                Ok(rule) => compiled.push(rule),
+                Err(found) => problems.extend(
+                    found
+                        .into_iter()
+                        .map(|(field, message)| (format!("{}.{field}", config.name), message)),
+                ),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(ControlError::Invalid(problems));
+        }
+        let mut rules = self.rules.lock().await;
+        let created = configs
+            .iter()
+            .map(|config| Self::defines_anew(&rules, &config.name))
+            .collect::<Result<Vec<bool>, ControlError>>()?;
+        let definitions = Self::api_definitions(&rules, &names, &configs);
+        store_file(self.stored_path.clone(), definitions_json(&definitions)?).await?;
+        for rule in compiled {
+            tracing::info!(rule = %rule.config.name, "Alert rule defined through the API.");
+            self.replace(&mut rules, rule).await;
+        }
+        Ok(created)
+    }
+
+    /// Stops a rule defined through the API and forgets it; its firing alerts resolve.
+    async fn remove_definition(&self, name: String) -> Result<(), ControlError> {
+        let mut rules = self.rules.lock().await;
+        Self::defines_anew(&rules, &name)?;
+        if !rules.by_name.contains_key(&name) {
+            return Err(ControlError::NotFound(format!(
+                "no alert rule named `{name}`"
+            )));
+        }
+        let definitions = Self::api_definitions(&rules, &BTreeSet::from([name.as_str()]), &[]);
+        store_file(self.stored_path.clone(), definitions_json(&definitions)?).await?;
+        if let Some(previous) = rules.by_name.remove(&name) {
+            previous.stop().await;
+        }
+        self.board.write().remove(&name);
+        // The removal is stored and done; alerts left open are resolved at the next start.
+        if let Err(e) = self.alerting.remove_rule(&name).await {
+            tracing::error!(rule = %name, error = %e, "The removed rule's alerts could not all be resolved; they are at the next start.");
+        }
+        tracing::info!(rule = %name, "Alert rule removed through the API.");
+        Ok(())
+    }
+}
+
+impl AlertRuleControl for AlertRuleManager {
+    fn apply(&self, config: AlertRuleConfig) -> BoxFuture<'_, Result<bool, ControlError>> {
+        Box::pin(async move {
+            let created = self.apply_definitions(vec![config]).await?;
+            Ok(created.first().copied().unwrap_or(true))
+        })
+    }
+
+    fn apply_all(
+        &self,
+        configs: Vec<AlertRuleConfig>,
+    ) -> BoxFuture<'_, Result<Vec<bool>, ControlError>> {
+        Box::pin(self.apply_definitions(configs))
+    }
+
+    fn check(&self, config: AlertRuleConfig) -> BoxFuture<'_, Result<DryRun, ControlError>> {
+        Box::pin(self.check_definition(config))
+    }
+
+    fn remove(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>> {
+        Box::pin(self.remove_definition(name))
+    }
+}
+
+/// What [`start`] hands back: the module's handle, alerting for the API's alert listing, and
+/// the rule manager for its rule endpoints.
+pub(crate) struct AlertsModule {
+    pub(crate) handle: ServiceHandle,
+    pub(crate) alerting: Arc<Alerting>,
+    pub(crate) rules: Arc<AlertRuleManager>,
+}
+
+/// Opens `<data_dir>/alerts.db`, then runs one evaluation task per rule (the configuration
+/// file's, the demo's, and those defined earlier through the API) and the outbox.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn start(
     config: &Config,
     data_dir: &std::path::Path,
@@ -641,21 +997,52 @@ pub(crate) async fn start(
     store: Arc<Store>,
     broker: Option<&Arc<Broker>>,
     registry: Option<fabrik_registry::Registry>,
-) -> Result<(ServiceHandle, Arc<Alerting>), String> {
-    let mut rule_configs = config.alerting.rules.clone();
-    if demo && rule_configs.is_empty() && config.pipelines.is_empty() {
-        rule_configs.push(demo_rule());
-        rule_configs.push(demo_frozen_rule());
-    }
-    let rules = rule_configs
+    board: AlertRuleBoard,
+) -> Result<AlertsModule, String> {
+    let mut configured: Vec<(RuleOrigin, AlertRuleConfig)> = config
+        .alerting
+        .rules
         .iter()
-        .map(|c| {
-            compile_rule(c).map_err(|p| {
+        .map(|r| (RuleOrigin::Config, r.clone()))
+        .collect();
+    if demo && configured.is_empty() && config.pipelines.is_empty() {
+        configured.push((RuleOrigin::Demo, demo_rule()));
+        configured.push((RuleOrigin::Demo, demo_frozen_rule()));
+    }
+    let mut rules = configured
+        .iter()
+        .map(|(origin, c)| {
+            compile_rule(c).map(|rule| (*origin, rule)).map_err(|p| {
                 let (field, message) = p.into_iter().next().unwrap_or_default();
                 format!("alert rule `{}`: {field}: {message}", c.name)
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let stored_path = data_dir.join(STORED_RULES_FILE);
+    let stored: Vec<AlertRuleConfig> = read_definitions(&stored_path, "alert rule")?;
+    let mut shadowed = Vec::new();
+    let mut invalid = Vec::new();
+    for definition in stored {
+        if rules.iter().any(|(_, r)| r.config.name == definition.name) {
+            tracing::warn!(
+                rule = %definition.name,
+                "An alert rule defined through the API has the name of an earlier rule (of \
+                 the configuration file, the demo or the API); the earlier one is evaluated."
+            );
+            shadowed.push(definition);
+            continue;
+        }
+        match compile_rule(&definition) {
+            Ok(rule) => rules.push((RuleOrigin::Api, rule)),
+            Err(problems) => {
+                // Checks may tighten between versions: show it, keep it in the file, and let
+                // the API replace or remove it.
+                let reason = describe_problems(&problems);
+                tracing::error!(rule = %definition.name, error = %reason, "Stored alert rule does not load; the others are evaluated.");
+                invalid.push((definition, reason));
+            }
+        }
+    }
     let stop = CancellationToken::new();
     let notifiers = config
         .alerting
@@ -672,36 +1059,71 @@ pub(crate) async fn start(
             .trim_end_matches('/')
             .to_owned()
     };
+    // Every rule is known before the database is opened, so the firing alerts of each (API
+    // rules included) are restored rather than closed as orphans.
     let alerting = Alerting::open(
         &data_dir.join("alerts.db"),
-        rules.iter().map(|r| r.rule.clone()).collect(),
+        rules.iter().map(|(_, r)| r.rule.clone()).collect(),
         notifiers,
         external_url,
     )
     .await
     .map_err(|e| e.to_string())?;
-    let mut tasks = vec![tokio::spawn(
-        alerting.clone().run_outbox(stop.child_token()),
-    )];
-    for rule in rules {
-        let evaluator = Evaluator {
-            rule,
-            store: store.clone(),
-            alerting: alerting.clone(),
-            registry: registry.clone(),
-            expected_registered: parking_lot::Mutex::default(),
-        };
-        tasks.push(tokio::spawn(evaluator.run(stop.child_token())));
+    let outbox = tokio::spawn(alerting.clone().run_outbox(stop.child_token()));
+    let manager = Arc::new(AlertRuleManager {
+        store,
+        alerting: alerting.clone(),
+        registry,
+        board,
+        stop: stop.clone(),
+        stored_path,
+        rules: tokio::sync::Mutex::new(Rules {
+            by_name: BTreeMap::new(),
+            shadowed,
+        }),
+    });
+    {
+        let mut managed = manager.rules.lock().await;
+        for (origin, rule) in rules {
+            manager.launch(&mut managed, origin, rule, None);
+        }
+        for (definition, reason) in invalid {
+            manager.board.write().insert(
+                definition.name.clone(),
+                rule_status(
+                    &definition,
+                    RuleOrigin::Api,
+                    RuleHealth::Invalid,
+                    Some(reason),
+                ),
+            );
+            managed.by_name.insert(
+                definition.name.clone(),
+                ManagedRule {
+                    origin: RuleOrigin::Api,
+                    config: definition,
+                    stop: stop.child_token(),
+                    task: None,
+                },
+            );
+        }
     }
     let token = stop.clone();
+    let running = manager.clone();
     let task = tokio::spawn(async move {
         token.cancelled().await;
-        for task in tasks {
-            let _ = task.await;
+        let mut managed = running.rules.lock().await;
+        for (_, rule) in std::mem::take(&mut managed.by_name) {
+            rule.stop().await;
         }
+        let _ = outbox.await;
         Ok(())
     });
-    Ok((ServiceHandle { stop, task }, alerting))
+    Ok(AlertsModule {
+        handle: ServiceHandle { stop, task },
+        alerting,
+        rules: manager,
+    })
 }
 
 /// Whether a rule's table existed when it was evaluated.
@@ -717,6 +1139,8 @@ struct Evaluator {
     registry: Option<fabrik_registry::Registry>,
     /// The registered devices `expect` selected when the registry was last read.
     expected_registered: parking_lot::Mutex<RegisteredDevices>,
+    /// Where the API reads how the evaluation goes.
+    board: AlertRuleBoard,
 }
 
 /// What a heartbeat rule last read from the registry for `expect`.
@@ -730,12 +1154,14 @@ struct RegisteredDevices {
 }
 
 impl Evaluator {
-    async fn run(self, stop: CancellationToken) {
+    /// Evaluates every `interval` until `stop`; reads after `resume` when given, else where
+    /// the rule's `start` says. Returns the arrival id it read up to.
+    async fn run(self, stop: CancellationToken, resume: Option<Option<i64>>) -> Option<i64> {
         let name = self.rule.config.name.clone();
-        let mut read_after = if self.rule.replay {
-            None
-        } else {
-            Some(Timestamp::now().nanos())
+        let mut read_after = match resume {
+            Some(position) => position,
+            None if self.rule.replay => None,
+            None => Some(Timestamp::now().nanos()),
         };
         if read_after.is_some()
             && matches!(self.rule.rule.condition, Condition::Absent { .. })
@@ -754,11 +1180,13 @@ impl Evaluator {
         let mut said_waiting = false;
         loop {
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => return read_after,
                 _ = ticker.tick() => {}
             }
-            match self.step(&mut read_after).await {
-                Ok(TableState::Missing) if !said_waiting => {
+            let outcome = self.step(&mut read_after, &stop).await;
+            self.report(&outcome);
+            match outcome {
+                Ok((TableState::Missing, _)) if !said_waiting => {
                     // Normal on a fresh data directory or before a pipeline's first score,
                     // and the one hint a misspelt table name gets: said once, not as a fault.
                     tracing::info!(
@@ -774,6 +1202,33 @@ impl Evaluator {
                     last_problem = e;
                 }
                 Err(_) => {}
+            }
+        }
+    }
+
+    /// Shows the outcome of an evaluation on the board.
+    fn report(&self, outcome: &Result<(TableState, usize), String>) {
+        let mut board = self.board.write();
+        let Some(status) = board.get_mut(&self.rule.config.name) else {
+            return;
+        };
+        status.last_evaluated = Some(crate::pipelines::rfc3339(Timestamp::now().nanos()));
+        match outcome {
+            Ok((TableState::Present, rows)) => {
+                status.health = RuleHealth::Ok;
+                status.error = None;
+                status.rows += *rows as u64;
+            }
+            Ok((TableState::Missing, _)) => {
+                status.health = RuleHealth::Waiting;
+                status.error = Some(format!(
+                    "table `{}` does not exist yet",
+                    self.rule.config.table
+                ));
+            }
+            Err(e) => {
+                status.health = RuleHealth::Failing;
+                status.error = Some(e.clone());
             }
         }
     }
@@ -846,7 +1301,7 @@ impl Evaluator {
             table = c.table
         );
         if let Some(filter) = &c.filter {
-            sql.push_str(&format!(" WHERE ({filter})"));
+            sql.push_str(&format!(" WHERE (\n{filter}\n)"));
         }
         sql.push_str(&format!(" GROUP BY \"{}\"", c.key));
         let output = self.store.query(&sql).await.map_err(|e| e.to_string())?;
@@ -866,15 +1321,22 @@ impl Evaluator {
             .map_err(|e| e.to_string())
     }
 
-    /// Reads the rule's new rows and advances its clock. A table that does not exist yet has
-    /// no rows: the clock still advances (pending alerts fire, heartbeats are checked).
-    async fn step(&self, read_after: &mut Option<i64>) -> Result<TableState, String> {
+    /// Reads the rule's new rows and advances its clock; returns how many rows it read. A
+    /// table that does not exist yet has no rows: the clock still advances (pending alerts
+    /// fire, heartbeats are checked). A long backlog is read a page at a time, and `stop`
+    /// is heeded between pages, so a change to the rule does not wait for the backlog.
+    async fn step(
+        &self,
+        read_after: &mut Option<i64>,
+        stop: &CancellationToken,
+    ) -> Result<(TableState, usize), String> {
         let now = Timestamp::now().nanos();
         let table = &self.rule.config.table;
         if !self.store.has_table(table) {
             self.tick(now).await?;
-            return Ok(TableState::Missing);
+            return Ok((TableState::Missing, 0));
         }
+        let mut rows_read = 0;
         // Rows are read in arrival order (`_raw_id` starts from the receipt time in ns), so a
         // row with an old timestamp written now (an inference about a window that just
         // closed, a device's buffered backlog) is still evaluated. Ids younger than
@@ -893,6 +1355,7 @@ impl Evaluator {
                     last = Some(cut - 1);
                 }
             }
+            rows_read += rows.len();
             let observations: Vec<Observation> = rows.into_iter().map(|(_, o)| o).collect();
             if !observations.is_empty() {
                 self.alerting
@@ -903,12 +1366,12 @@ impl Evaluator {
             if let Some(last) = last {
                 *read_after = Some(last);
             }
-            if !full {
+            if !full || stop.is_cancelled() {
                 break;
             }
         }
         self.tick(now).await?;
-        Ok(TableState::Present)
+        Ok((TableState::Present, rows_read))
     }
 
     async fn tick(&self, now: i64) -> Result<(), String> {
@@ -927,25 +1390,7 @@ impl Evaluator {
         until: i64,
     ) -> Result<(Vec<(i64, Observation)>, Option<i64>, usize), String> {
         let c = &self.rule.config;
-        let mut columns = vec![
-            "CAST(_raw_id AS BIGINT) AS _arrival".to_owned(),
-            "time".to_owned(),
-            format!("\"{}\"", c.key),
-            format!("CAST(({}) AS DOUBLE)", c.value),
-        ];
-        columns.extend(c.context.iter().map(|col| format!("\"{col}\"")));
-        let mut sql = format!(
-            "SELECT {} FROM \"{}\" WHERE _raw_id <= {until}",
-            columns.join(", "),
-            c.table
-        );
-        if let Some(after) = after {
-            sql.push_str(&format!(" AND _raw_id > {after}"));
-        }
-        if let Some(filter) = &c.filter {
-            sql.push_str(&format!(" AND ({filter})"));
-        }
-        sql.push_str(&format!(" ORDER BY _arrival, time LIMIT {READ_LIMIT}"));
+        let sql = read_sql(c, after, until);
         let output = self.store.query(&sql).await.map_err(|e| e.to_string())?;
         let mut out = Vec::new();
         let mut last = None;
@@ -990,10 +1435,68 @@ impl Evaluator {
     }
 }
 
+/// The query that reads rule `c`'s rows that arrived after `after` and by `until` (raw ids),
+/// with its key, value and context columns, in arrival order, one page at most.
+fn read_sql(c: &AlertRuleConfig, after: Option<i64>, until: i64) -> String {
+    let mut columns = vec![
+        "CAST(_raw_id AS BIGINT) AS _arrival".to_owned(),
+        "time".to_owned(),
+        format!("\"{}\"", c.key),
+        // On lines of their own, as `one_sql_expression` checked them.
+        format!("CAST((\n{}\n) AS DOUBLE)", c.value),
+    ];
+    columns.extend(c.context.iter().map(|col| format!("\"{col}\"")));
+    let mut sql = format!(
+        "SELECT {} FROM \"{}\" WHERE _raw_id <= {until}",
+        columns.join(", "),
+        c.table
+    );
+    if let Some(after) = after {
+        sql.push_str(&format!(" AND _raw_id > {after}"));
+    }
+    if let Some(filter) = &c.filter {
+        sql.push_str(&format!(" AND (\n{filter}\n)"));
+    }
+    sql.push_str(&format!(" ORDER BY _arrival, time LIMIT {READ_LIMIT}"));
+    sql
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use fabrik_runtime::config::ExpectConfig;
+
+    #[test]
+    fn a_value_or_filter_must_be_exactly_one_sql_expression() {
+        for good in [
+            "pressure",
+            "vibration * current",
+            "score / threshold",
+            "CASE WHEN a > 1 THEN a ELSE 0 END",
+            "pipeline = 'pump-health' AND device LIKE 'p%'",
+            "SELECT max(pressure) FROM pump",
+            "pressure -- bar, gauge",
+        ] {
+            assert_eq!(one_sql_expression(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "  ",
+            "pressure >",
+            "1) AS v FROM other --",
+            "a; DROP TABLE x",
+            "a b",
+            "a /* unterminated",
+        ] {
+            assert!(one_sql_expression(bad).is_err(), "`{bad}` accepted");
+        }
+        let rule = AlertRuleConfig {
+            filter: Some("pipeline = ".into()),
+            ..demo_rule()
+        };
+        let problems = compile_rule(&rule).expect_err("filter");
+        assert_eq!(problems[0].0, "filter", "{problems:?}");
+    }
 
     #[test]
     fn the_demo_rule_compiles_and_bad_rules_name_their_fields() {

@@ -10,6 +10,7 @@ mod client;
 mod columns;
 mod config_check;
 mod connect;
+mod define_cli;
 mod demo;
 mod device_cli;
 mod device_state;
@@ -23,6 +24,7 @@ mod pipeline_cli;
 mod pipelines;
 mod readings;
 mod run;
+mod stored;
 mod user_cli;
 
 use std::path::PathBuf;

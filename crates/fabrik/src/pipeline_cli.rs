@@ -1,12 +1,12 @@
 //! `fabrik pipeline list|show|apply|rm`: a thin client of `/api/v1/pipelines`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::{Args, Subcommand};
 use fabrik_runtime::config::PipelineConfig;
 
 use crate::client::Endpoint;
+use crate::define_cli::Kind;
 
 /// `fabrik pipeline ...`
 #[derive(Debug, Args)]
@@ -50,40 +50,13 @@ enum PipelineCommand {
     },
 }
 
-/// The definitions in `text`, read as JSON or TOML by the file's extension.
-fn definitions(path: &Path, text: &str) -> anyhow::Result<Vec<PipelineConfig>> {
-    let json = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
-    if json {
-        let value: serde_json::Value = serde_json::from_str(text)?;
-        return Ok(if value.is_array() {
-            serde_json::from_value(value)?
-        } else {
-            vec![serde_json::from_value(value)?]
-        });
-    }
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Entries {
-        pipelines: Vec<PipelineConfig>,
-    }
-    let table: toml::Table = toml::from_str(text)?;
-    Ok(if table.contains_key("pipelines") {
-        toml::from_str::<Entries>(text)?.pipelines
-    } else {
-        vec![toml::from_str(text)?]
-    })
-}
-
-/// The first name defined more than once, if any.
-fn first_repeated_name(definitions: &[PipelineConfig]) -> Option<&str> {
-    let mut seen = std::collections::HashSet::new();
-    definitions
-        .iter()
-        .map(|d| d.name.as_str())
-        .find(|name| !seen.insert(*name))
-}
+/// Pipelines as `fabrik pipeline apply` reads and sends them.
+pub(crate) const PIPELINES: Kind = Kind {
+    noun: "pipeline",
+    a_noun: "a pipeline",
+    collection: "/api/v1/pipelines",
+    status_field: "state",
+};
 
 /// Runs a `fabrik pipeline` command.
 pub(crate) async fn run(args: PipelineArgs) -> anyhow::Result<()> {
@@ -124,81 +97,8 @@ pub(crate) async fn run(args: PipelineArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&pipeline)?);
         }
         PipelineCommand::Apply { file, dry_run } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            let definitions = definitions(&file, &text)
-                .with_context(|| format!("{}: not a pipeline definition", file.display()))?;
-            if definitions.is_empty() {
-                anyhow::bail!("{}: defines no pipeline", file.display());
-            }
-            if let Some(name) = first_repeated_name(&definitions) {
-                anyhow::bail!("{}: defines pipeline `{name}` twice", file.display());
-            }
-            // Check all before changing any, so a file with one bad definition changes nothing.
-            let mut actions = Vec::with_capacity(definitions.len());
-            let mut problems = Vec::new();
-            for definition in &definitions {
-                let path = format!("/api/v1/pipelines/{}?dry_run=true", definition.name);
-                // Not reaching the server ends the command; a refusal is collected.
-                let response = ep
-                    .request(&client, reqwest::Method::PUT, &path)
-                    .json(definition)
-                    .send()
-                    .await
-                    .with_context(|| format!("cannot reach Fabrik at {}", ep.url))?;
-                match ep.check(response).await {
-                    Ok(response) => {
-                        let outcome: serde_json::Value = response.json().await?;
-                        let action = outcome["action"].as_str().unwrap_or("apply").to_owned();
-                        actions.push(action);
-                        for warning in outcome["warnings"].as_array().into_iter().flatten() {
-                            eprintln!(
-                                "warning: pipeline `{}`: {}",
-                                definition.name,
-                                warning.as_str().unwrap_or_default()
-                            );
-                        }
-                    }
-                    Err(e) => problems.push(format!("pipeline `{}`: {e:#}", definition.name)),
-                }
-            }
-            if !problems.is_empty() {
-                anyhow::bail!(
-                    "{}: nothing applied; {} of {} definition(s) refused:\n  {}",
-                    file.display(),
-                    problems.len(),
-                    definitions.len(),
-                    problems.join("\n  ")
-                );
-            }
-            if dry_run {
-                for (definition, action) in definitions.iter().zip(&actions) {
-                    println!("would {action} {}", definition.name);
-                }
-                return Ok(());
-            }
-            // All in one request: the server stores all of them or none.
-            let statuses: Vec<serde_json::Value> = ep
-                .send(
-                    ep.request(&client, reqwest::Method::PUT, "/api/v1/pipelines")
-                        .json(&definitions),
-                )
-                .await
-                .with_context(|| format!("{}: nothing applied", file.display()))?
-                .json()
+            crate::define_cli::apply::<PipelineConfig>(&PIPELINES, ep, &client, &file, dry_run)
                 .await?;
-            for ((definition, action), status) in definitions.iter().zip(&actions).zip(&statuses) {
-                let verb = if action == "define" {
-                    "defined"
-                } else {
-                    "replaced"
-                };
-                println!(
-                    "{verb} {} ({})",
-                    definition.name,
-                    status["state"].as_str().unwrap_or("?")
-                );
-            }
         }
         PipelineCommand::Rm { name } => {
             let path = format!("/api/v1/pipelines/{name}");
@@ -212,8 +112,12 @@ pub(crate) async fn run(args: PipelineArgs) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::definitions;
+    use fabrik_runtime::config::PipelineConfig;
     use std::path::Path;
+
+    fn definitions(path: &Path, text: &str) -> anyhow::Result<Vec<PipelineConfig>> {
+        crate::define_cli::definitions(path, text)
+    }
 
     #[test]
     fn a_file_defines_pipelines_as_the_config_file_does_or_one_at_the_top() {

@@ -28,6 +28,7 @@ use fabrik_runtime::units::parse_duration;
 use fabrik_store::Store;
 
 use crate::columns::cast_column;
+use crate::stored::{definitions_json, read_definitions, store_file};
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
@@ -971,59 +972,6 @@ fn missing_input(store: &Store, config: &PipelineConfig) -> Option<String> {
     ))
 }
 
-/// The API's stored definitions; none when the file does not exist yet.
-fn read_definitions(path: &std::path::Path) -> Result<Vec<PipelineConfig>, String> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-            format!(
-                "{}: not a list of pipeline definitions: {e} (fix or remove the file)",
-                path.display()
-            )
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(format!("{}: {e}", path.display())),
-    }
-}
-
-/// The stored file's content: the definitions as pretty JSON.
-fn definitions_json(definitions: &[PipelineConfig]) -> Result<Vec<u8>, ControlError> {
-    let mut text = serde_json::to_vec_pretty(definitions)
-        .map_err(|e| ControlError::Storage(format!("pipeline definitions as JSON: {e}")))?;
-    text.push(b'\n');
-    Ok(text)
-}
-
-/// Writes `bytes` to `path` atomically, creating its directory, off the async threads.
-async fn store_file(path: std::path::PathBuf, bytes: Vec<u8>) -> Result<(), ControlError> {
-    let shown = path.display().to_string();
-    tokio::task::spawn_blocking(move || {
-        if let Some(directory) = path.parent() {
-            std::fs::create_dir_all(directory)?;
-        }
-        write_atomically(&path, &bytes)
-    })
-    .await
-    .map_err(|e| ControlError::Storage(e.to_string()))?
-    .map_err(|e| ControlError::Storage(format!("{shown}: {e}")))
-}
-
-/// Writes `bytes` to a temporary file beside `path`, syncs it and renames it into place, so
-/// a crash leaves the old content or the new, never a mix.
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = std::path::PathBuf::from(temporary);
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)?;
-    if let Some(directory) = path.parent() {
-        std::fs::File::open(directory)?.sync_all()?;
-    }
-    Ok(())
-}
-
 /// Starts every enabled pipeline of the configuration file (plus the demo one when asked and
 /// none is configured) and those defined earlier through the API; each runs in its own task,
 /// so one that fails leaves the others running.
@@ -1044,7 +992,7 @@ pub(crate) async fn start(
         configured.push((PipelineOrigin::Demo, demo_pipeline()));
     }
     let stored_path = data_dir.join(STORED_PIPELINES_FILE);
-    let stored = read_definitions(&stored_path)?;
+    let stored: Vec<PipelineConfig> = read_definitions(&stored_path, "pipeline")?;
     let stop = CancellationToken::new();
     let manager = Arc::new(PipelineManager {
         store,
@@ -1593,7 +1541,7 @@ fn finite(x: f64) -> f64 {
     }
 }
 
-fn rfc3339(ns: i64) -> String {
+pub(crate) fn rfc3339(ns: i64) -> String {
     chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
@@ -1672,25 +1620,33 @@ mod tests {
 
     #[test]
     fn stored_definitions_round_trip_and_a_damaged_file_is_named() {
+        use crate::stored::write_atomically;
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(STORED_PIPELINES_FILE);
-        assert_eq!(read_definitions(&path), Ok(Vec::new()), "no file yet");
+        assert_eq!(
+            read_definitions::<PipelineConfig>(&path, "pipeline"),
+            Ok(Vec::new()),
+            "no file yet"
+        );
         let mut second = demo_pipeline();
         second.name = "second".into();
         second.model = "iforest".into();
         let definitions = vec![demo_pipeline(), second];
         let json = definitions_json(&definitions).expect("json");
         write_atomically(&path, &json).expect("write");
-        assert_eq!(read_definitions(&path), Ok(definitions.clone()));
+        assert_eq!(read_definitions(&path, "pipeline"), Ok(definitions.clone()));
         let json = definitions_json(&definitions[..1]).expect("json");
         write_atomically(&path, &json).expect("replace");
-        assert_eq!(read_definitions(&path), Ok(definitions[..1].to_vec()));
+        assert_eq!(
+            read_definitions(&path, "pipeline"),
+            Ok(definitions[..1].to_vec())
+        );
         assert!(
             !path.with_extension("json.tmp").exists(),
             "the temporary file is renamed into place"
         );
         std::fs::write(&path, "[{\"name\": ").expect("damage");
-        let error = read_definitions(&path).expect_err("damaged");
+        let error = read_definitions::<PipelineConfig>(&path, "pipeline").expect_err("damaged");
         assert!(error.contains(STORED_PIPELINES_FILE), "{error}");
     }
 

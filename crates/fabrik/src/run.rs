@@ -199,6 +199,10 @@ struct Wiring {
     ingest: Option<crate::connect::IngestWiring>,
     /// Alerting, shared with the API.
     alerting: Option<Arc<fabrik_alert::Alerting>>,
+    /// Alert rule states, shared with the API.
+    alert_rules: Option<fabrik_api::alert_rules::AlertRuleBoard>,
+    /// Changes to the alert rules, for the API.
+    alert_rule_control: Option<Arc<dyn fabrik_api::alert_rules::AlertRuleControl>>,
     /// Pipeline states, shared with the API.
     pipelines: Option<fabrik_api::pipelines::PipelineBoard>,
     /// Changes to the pipelines, for the API.
@@ -260,6 +264,8 @@ async fn start_http(
         pipelines: wiring.pipelines.clone(),
         pipeline_control: wiring.pipeline_control.clone(),
         alerting: wiring.alerting.clone(),
+        alert_rules: wiring.alert_rules.clone(),
+        alert_rule_control: wiring.alert_rule_control.clone(),
     };
     let stop = CancellationToken::new();
     let shutdown = stop.clone();
@@ -475,10 +481,12 @@ async fn serve(
                 let broker = wiring.broker.clone();
                 let registry = wiring.registry.clone();
                 let external_url = format!("http://{}", settings.http_listen);
+                let board = fabrik_api::alert_rules::AlertRuleBoard::default();
+                wiring.alert_rules = Some(board.clone());
                 manager
                     .start(module.name(), || async {
                         let store = store.ok_or("the alerts module needs the store module")?;
-                        let (handle, alerting) = crate::alerts::start(
+                        let module = crate::alerts::start(
                             &config,
                             &settings.data_dir,
                             external_url,
@@ -486,10 +494,12 @@ async fn serve(
                             store,
                             broker.as_ref(),
                             registry,
+                            board,
                         )
                         .await?;
-                        wiring.alerting = Some(alerting);
-                        Ok(handle)
+                        wiring.alerting = Some(module.alerting);
+                        wiring.alert_rule_control = Some(module.rules);
+                        Ok(module.handle)
                     })
                     .await
             }

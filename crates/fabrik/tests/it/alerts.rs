@@ -307,10 +307,15 @@ fn a_fault_becomes_a_webhook_naming_its_signal_and_survives_a_restart_undelivere
     let (status, _) = p.terminate();
     assert!(status.success());
 
-    // Restart without the rule or pipeline: anything delivered now came from the outbox.
+    // Restart without the pipeline: nothing new is scored, and the rule, still configured,
+    // keeps its alert firing, so anything delivered now came from the outbox. (Without the
+    // rule the alert would resolve at the start, as a removed rule's alerts do.)
     receiver.accept.store(true, Ordering::SeqCst);
     let second = dir.path().join("second.toml");
-    std::fs::write(&second, notifier(&receiver.url)).expect("config");
+    // Reading from now on: replaying the stored inferences would resolve the alert.
+    let rule = PIPELINE_AND_RULE[PIPELINE_AND_RULE.find("[[alerting.rules]]").expect("rule")..]
+        .replace("start = \"earliest\"", "start = \"now\"");
+    std::fs::write(&second, format!("{rule}{}", notifier(&receiver.url))).expect("config");
     let p = Process::start_with_args(&data, &["--config", second.to_str().expect("utf-8")], &[]);
     eventually(
         "the queued notification is delivered after the restart",
@@ -342,7 +347,7 @@ fn a_fault_becomes_a_webhook_naming_its_signal_and_survives_a_restart_undelivere
     let (_, silences) = http(&p.url, reqwest::Method::GET, "/api/v1/silences", None);
     assert_eq!(silences[0]["key"], "pump-b", "{silences}");
     assert_eq!(silences[0]["comment"], "maintenance", "{silences}");
-    // The CLI sees the same alert (resolved now: its rule left the configuration).
+    // The CLI sees the same alert.
     let (ok, text) = crate::support::client_command(&p.url, &["alert", "list"]);
     assert!(ok, "{text}");
     assert!(
@@ -971,4 +976,250 @@ fn firing_alerts(url: &str) -> Vec<serde_json::Value> {
         None,
     );
     alerts.as_array().cloned().unwrap_or_default()
+}
+
+/// Alert rules defined through the API: checked field by field (the value as SQL), dry-run
+/// warnings about the table, a firing alert that carries over a replacement and a restart
+/// without a second notification, and a removal that resolves it and tells the receiver. The
+/// configuration file's rule cannot be changed through the API. The CLI reads a rules file.
+#[test]
+fn alert_rules_are_defined_replaced_and_removed_at_run_time() {
+    let receiver = Receiver::start();
+    receiver.accept.store(true, Ordering::SeqCst);
+    let config = format!(
+        "{}\n[[alerting.rules]]\nname = \"configured\"\ntable = \"pump\"\n\
+         value = \"pressure\"\ncondition = \"above\"\nthreshold = 100\n",
+        notifier(&receiver.url)
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = start_configured(dir.path(), &config);
+    let put = |url: &str, path: &str, body: serde_json::Value| {
+        http(url, reqwest::Method::PUT, path, Some(body))
+    };
+    let hot = |threshold: f64, severity: &str| {
+        serde_json::json!({
+            "name": "hot", "table": "pump", "value": "pressure", "condition": "above",
+            "threshold": threshold, "severity": severity, "interval": "200ms",
+            "start": "earliest",
+        })
+    };
+
+    let (status, rules) = http(&p.url, reqwest::Method::GET, "/api/v1/alert-rules", None);
+    assert_eq!(status, 200);
+    assert_eq!(rules[0]["name"], "configured", "{rules}");
+    assert_eq!(rules[0]["origin"], "config", "{rules}");
+    assert_eq!(rules[0]["health"], "waiting", "no table yet: {rules}");
+
+    // Refused: a value that is not one SQL expression, the configuration file's rule.
+    let mut broken = hot(3.0, "warning");
+    broken["value"] = "pressure >".into();
+    let (status, error) = put(&p.url, "/api/v1/alert-rules/hot", broken);
+    assert_eq!(status, 400, "{error}");
+    assert!(error.to_string().contains("value"), "{error}");
+    let mut smuggled = hot(3.0, "warning");
+    smuggled["value"] = "1) AS v FROM other --".into();
+    let (status, error) = put(&p.url, "/api/v1/alert-rules/hot", smuggled);
+    assert_eq!(status, 400, "{error}");
+    let mut configured = hot(3.0, "warning");
+    configured["name"] = "configured".into();
+    let (status, error) = put(&p.url, "/api/v1/alert-rules/configured", configured);
+    assert_eq!(status, 409, "{error}");
+
+    // A dry run warns of the missing table, then of a column the table does not have.
+    let (status, dry) = put(
+        &p.url,
+        "/api/v1/alert-rules/hot?dry_run=true",
+        hot(3.0, "warning"),
+    );
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(dry["action"], "define");
+    assert!(
+        dry["warnings"][0].as_str().unwrap_or("").contains("`pump`"),
+        "{dry}"
+    );
+    let now = now_ns();
+    let rows =
+        format!("pump,device=pump-a pressure=5 {now}\npump,device=pump-b pressure=1 {now}\n");
+    assert_eq!(
+        crate::support::post_status(&p.url, "/api/v1/write", &rows),
+        200
+    );
+    let mut misspelt = hot(3.0, "warning");
+    misspelt["value"] = "presure * 2".into();
+    let (status, dry) = put(&p.url, "/api/v1/alert-rules/hot?dry_run=true", misspelt);
+    assert_eq!(status, 200, "{dry}");
+    assert!(
+        dry["warnings"][0]
+            .as_str()
+            .unwrap_or("")
+            .contains("presure"),
+        "{dry}"
+    );
+    let listed = http(&p.url, reqwest::Method::GET, "/api/v1/alert-rules", None).1;
+    assert_eq!(
+        listed.as_array().map(Vec::len),
+        Some(1),
+        "a dry run defines nothing: {listed}"
+    );
+
+    // Defined: it evaluates the stored rows and pump-a fires, once.
+    let (status, defined) = put(&p.url, "/api/v1/alert-rules/hot", hot(3.0, "warning"));
+    assert_eq!(status, 201, "{defined}");
+    assert_eq!(defined["origin"], "api");
+    eventually("pump-a fires", || firing_alerts(&p.url).len() == 1);
+    let alert = firing_alerts(&p.url).remove(0);
+    assert_eq!(alert["key"], "pump-a");
+    let id = alert["id"].as_str().expect("id").to_owned();
+    eventually("the firing is delivered", || {
+        receiver.delivered().len() == 1
+    });
+    let shown = http(
+        &p.url,
+        reqwest::Method::GET,
+        "/api/v1/alert-rules/hot",
+        None,
+    )
+    .1;
+    assert_eq!(
+        (shown["health"].as_str(), shown["firing"].as_u64()),
+        (Some("ok"), Some(1)),
+        "{shown}"
+    );
+    assert!(shown["rows"].as_u64() >= Some(2), "{shown}");
+
+    // Replaced: the firing alert carries over, under the same id, without a second message.
+    let (status, replaced) = put(&p.url, "/api/v1/alert-rules/hot", hot(4.0, "critical"));
+    assert_eq!(status, 200, "{replaced}");
+    assert_eq!(replaced["definition"]["severity"], "critical");
+    std::thread::sleep(std::time::Duration::from_secs(2)); // ten evaluations of the new one
+    let still = firing_alerts(&p.url);
+    assert_eq!(still.len(), 1, "{still:?}");
+    assert_eq!(still[0]["id"], id.as_str());
+    assert_eq!(receiver.delivered().len(), 1);
+
+    // Kept across a restart, still firing under the same id.
+    let (status, _) = p.terminate();
+    assert!(status.success());
+    let stored = std::fs::read_to_string(dir.path().join("data/alert_rules.json")).expect("stored");
+    assert!(stored.contains("\"critical\""), "{stored}");
+    let p = start_configured(dir.path(), &config);
+    let shown = http(
+        &p.url,
+        reqwest::Method::GET,
+        "/api/v1/alert-rules/hot",
+        None,
+    )
+    .1;
+    assert_eq!(shown["origin"], "api", "{shown}");
+    let still = firing_alerts(&p.url);
+    assert_eq!(still.len(), 1, "{still:?}");
+    assert_eq!(still[0]["id"], id.as_str());
+
+    // Replaced by one that watches another value: the old alert resolves (the receiver is
+    // told) and the new definition, reading from the earliest row, fires anew.
+    let mut scaled = hot(40.0, "critical");
+    scaled["value"] = "pressure * 10".into();
+    let (status, replaced) = put(&p.url, "/api/v1/alert-rules/hot", scaled);
+    assert_eq!(status, 200, "{replaced}");
+    let resolved = http(
+        &p.url,
+        reqwest::Method::GET,
+        &format!("/api/v1/alerts/{id}"),
+        None,
+    )
+    .1;
+    assert_eq!(resolved["state"], "resolved", "{resolved}");
+    eventually("the new definition fires", || {
+        firing_alerts(&p.url).iter().any(|a| a["value"] == 50.0)
+    });
+    let id = firing_alerts(&p.url).remove(0)["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let statuses = || -> Vec<String> {
+        receiver
+            .delivered()
+            .iter()
+            .map(|body| body["status"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    eventually("resolved, then firing anew, delivered", || {
+        statuses() == ["firing", "resolved", "firing"]
+    });
+
+    // Removed: the alert resolves and the receiver hears of it; the rule is gone.
+    let (status, _) = http(
+        &p.url,
+        reqwest::Method::DELETE,
+        "/api/v1/alert-rules/hot",
+        None,
+    );
+    assert_eq!(status, 204);
+    let resolved = http(
+        &p.url,
+        reqwest::Method::GET,
+        &format!("/api/v1/alerts/{id}"),
+        None,
+    )
+    .1;
+    assert_eq!(resolved["state"], "resolved", "{resolved}");
+    eventually("the resolution is delivered", || statuses().len() == 4);
+    assert_eq!(statuses()[3], "resolved");
+    let (status, _) = http(
+        &p.url,
+        reqwest::Method::GET,
+        "/api/v1/alert-rules/hot",
+        None,
+    );
+    assert_eq!(status, 404);
+    let (status, _) = http(
+        &p.url,
+        reqwest::Method::DELETE,
+        "/api/v1/alert-rules/configured",
+        None,
+    );
+    assert_eq!(status, 409);
+
+    // The CLI: a rules file checked, then applied; one bad entry applies nothing.
+    let file = dir.path().join("rules.toml");
+    std::fs::write(
+        &file,
+        "[[rules]]\nname = \"low\"\ntable = \"pump\"\nvalue = \"pressure\"\n\
+         condition = \"below\"\nthreshold = 2\n\n\
+         [[rules]]\nname = \"bad\"\ntable = \"pump\"\nvalue = \"pressure\"\n\
+         condition = \"sideways\"\nthreshold = 2\n",
+    )
+    .expect("rules file");
+    let path = file.to_str().expect("utf-8");
+    let (ok, out) = crate::support::client_command(&p.url, &["alert", "rule", "apply", path]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("bad") && out.contains("condition"), "{out}");
+    let rules = http(&p.url, reqwest::Method::GET, "/api/v1/alert-rules", None).1;
+    assert_eq!(
+        rules.as_array().map(Vec::len),
+        Some(1),
+        "nothing applied: {rules}"
+    );
+    std::fs::write(
+        &file,
+        "[[rules]]\nname = \"low\"\ntable = \"pump\"\nvalue = \"pressure\"\n\
+         condition = \"below\"\nthreshold = 2\ninterval = \"200ms\"\nstart = \"earliest\"\n",
+    )
+    .expect("rules file");
+    let (ok, out) = crate::support::client_command(&p.url, &["alert", "rule", "apply", path]);
+    assert!(ok, "{out}");
+    assert!(out.contains("defined low"), "{out}");
+    eventually("pump-b is low", || {
+        firing_alerts(&p.url)
+            .iter()
+            .any(|a| a["rule"] == "low" && a["key"] == "pump-b")
+    });
+    let (ok, out) = crate::support::client_command(&p.url, &["alert", "rules"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("low") && out.contains("configured") && out.contains("2 rule(s)"),
+        "{out}"
+    );
+    let (status, _) = p.terminate();
+    assert!(status.success());
 }

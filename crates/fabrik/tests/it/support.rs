@@ -52,6 +52,8 @@ impl Server {
             registry: Some(registry),
             pipelines: None,
             pipeline_control: None,
+            alert_rules: None,
+            alert_rule_control: None,
             alerting: None,
         };
         let stop = CancellationToken::new();

@@ -1,0 +1,104 @@
+//! What the run-time definition endpoints (`/api/v1/pipelines`, `/api/v1/alert-rules`) share:
+//! why a change was refused and how that maps to HTTP, the `dry_run` option and its answer.
+
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::ApiError;
+
+/// Why a change to the pipelines, models or alert rules was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlError {
+    /// The definition has problems: `(field, message)` pairs.
+    Invalid(Vec<(String, String)>),
+    /// Refused: the definition is the configuration file's or the demo's, or the model is in
+    /// use; the message says which.
+    NotChangeable(String),
+    /// Nothing has this name: the message says what was looked for.
+    NotFound(String),
+    /// The change could not be stored; nothing changed.
+    Storage(String),
+}
+
+/// `field: message` pairs as one line, `; ` between them.
+pub fn describe_problems(problems: &[(String, String)]) -> String {
+    problems
+        .iter()
+        .map(|(field, message)| format!("{field}: {message}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl From<ControlError> for ApiError {
+    fn from(error: ControlError) -> Self {
+        match error {
+            ControlError::Invalid(problems) => ApiError::bad_request(describe_problems(&problems)),
+            ControlError::NotChangeable(message) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", message)
+            }
+            ControlError::NotFound(message) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+            }
+            ControlError::Storage(message) => {
+                tracing::error!(error = %message, "Storing a definition change failed.");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the change could not be stored; nothing was changed",
+                )
+            }
+        }
+    }
+}
+
+/// Options of a `PUT` that defines something by name.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ApplyParams {
+    /// Check the definition as a change would, and change nothing: answers 200 with what
+    /// would happen, or the same error a change would get.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What a dry run found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DryRun {
+    /// The definition's name.
+    pub name: String,
+    /// `define` for a new name, `replace` for one defined through the API before.
+    pub action: String,
+    /// What would keep it from working once applied (a pipeline's table or signal not
+    /// written yet or its ONNX model not uploaded; an alert rule's table missing or its
+    /// expressions not fitting the table's columns); it would be applied all the same.
+    pub warnings: Vec<String>,
+}
+
+/// 201 for a name defined anew, 200 for one replaced.
+pub(crate) fn created_or_replaced(created: bool) -> StatusCode {
+    if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
+/// The definition in a `PUT .../{name}` body, which must carry the path's name: a
+/// `what` definition (`pipeline`, `alert rule`) as JSON, or a 400 naming what was wrong.
+pub(crate) fn named_definition<T: DeserializeOwned>(
+    body: &[u8],
+    path_name: &str,
+    what: &str,
+    name_of: impl Fn(&T) -> &str,
+) -> Result<T, ApiError> {
+    let definition: T = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("{what} definition: {e}")))?;
+    let name = name_of(&definition);
+    if name != path_name {
+        return Err(ApiError::bad_request(format!(
+            "name: `{name}` in the body differs from `{path_name}` in the path"
+        )));
+    }
+    Ok(definition)
+}
