@@ -147,6 +147,14 @@ impl RuleEngine {
         }
     }
 
+    /// Puts `rule` in place of the current definition, keeping every key's state: open
+    /// alerts, `for` timers, last values and times (for `rate_above`, `absent`, `unchanged`).
+    /// For a redefinition that watches the same values; the next observations decide under
+    /// the new levels.
+    pub fn set_rule(&mut self, rule: Rule) {
+        self.rule = rule;
+    }
+
     /// The rule.
     pub fn rule(&self) -> &Rule {
         &self.rule

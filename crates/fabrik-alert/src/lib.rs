@@ -50,6 +50,8 @@ pub struct Alerting {
     notifiers: Vec<Notifier>,
     external_url: String,
     wake: tokio::sync::Notify,
+    /// The (rule, severity) series of `fabrik_alerts_firing` exported by the last pass.
+    exported_firing: Mutex<std::collections::BTreeSet<(String, String)>>,
 }
 
 impl std::fmt::Debug for Alerting {
@@ -126,6 +128,7 @@ impl Alerting {
             notifiers,
             external_url,
             wake: tokio::sync::Notify::new(),
+            exported_firing: Mutex::default(),
         });
         for alert in &orphans {
             alerting
@@ -144,40 +147,64 @@ impl Alerting {
             .collect()
     }
 
-    /// Adds `rule`, or replaces the rule of its name, keeping its open alerts: firing ones
-    /// stay firing and pending ones keep counting their `for`, as if the rule had always
-    /// been defined so; its next observations decide whether they resolve. They take the new
-    /// severity. The caller stops the rule's evaluation first, so no observation of the old
-    /// definition lands after this, and resolves the old alerts first ([`Self::remove_rule`])
-    /// when the new definition watches something else (another table, key, value or filter).
+    /// Adds `rule`, or replaces the rule of its name. With `carry_over` (the caller found
+    /// that the new definition watches the same values: table, key, filter, value,
+    /// condition) the rule keeps its state: open alerts — firing ones stay firing, pending
+    /// ones keep counting their `for` —, last values and times; its open alerts take the new
+    /// severity, and its next observations decide under the new levels. If it has no engine
+    /// (its stored definition did not load) the open alerts are restored from the database,
+    /// as after a restart. Without `carry_over` it starts afresh; the caller resolves the old
+    /// alerts first ([`Self::remove_rule`]). The caller stops the rule's evaluation first, so
+    /// no observation of the old definition lands after this.
     ///
-    /// The rule is in place even on an error (reading the open alerts failed); its alerts
-    /// then start again from fresh data.
-    pub async fn define_rule(&self, rule: Rule) -> Result<(), AlertError> {
+    /// The rule is in place even on an error (the database could not be read or written);
+    /// open alerts it did not learn of stay open until the rule's next restart restores them.
+    pub async fn define_rule(&self, rule: Rule, carry_over: bool) -> Result<(), AlertError> {
         let name = rule.name.clone();
         let severity = rule.severity.clone();
+        let kept = carry_over
+            && match self.engines.lock().get_mut(&name) {
+                Some(engine) => {
+                    engine.set_rule(rule.clone());
+                    true
+                }
+                None => false,
+            };
+        if kept {
+            return self.set_open_severity(&name, &severity).await;
+        }
         let mut engine = RuleEngine::new(rule);
-        let carried = self.carry_over(&name, &severity, &mut engine).await;
-        self.engines.lock().insert(name, engine);
-        carried
+        let open = if carry_over {
+            self.db.open_alerts().await.map(|alerts| {
+                alerts
+                    .into_iter()
+                    .filter(|alert| alert.rule == name)
+                    .collect::<Vec<_>>()
+            })
+        } else {
+            Ok(Vec::new())
+        };
+        if let Ok(open) = &open {
+            for alert in open {
+                engine.restore(
+                    &alert.key,
+                    started_ns(alert),
+                    alert.state == AlertState::Firing,
+                );
+            }
+        }
+        self.engines.lock().insert(name.clone(), engine);
+        if carry_over {
+            open?;
+            return self.set_open_severity(&name, &severity).await;
+        }
+        Ok(())
     }
 
-    async fn carry_over(
-        &self,
-        name: &str,
-        severity: &str,
-        engine: &mut RuleEngine,
-    ) -> Result<(), AlertError> {
+    /// Gives rule `name`'s open alerts `severity`.
+    async fn set_open_severity(&self, name: &str, severity: &str) -> Result<(), AlertError> {
         for alert in self.db.open_alerts().await? {
-            if alert.rule != name {
-                continue;
-            }
-            engine.restore(
-                &alert.key,
-                started_ns(&alert),
-                alert.state == AlertState::Firing,
-            );
-            if alert.severity != severity {
+            if alert.rule == name && alert.severity != severity {
                 self.db.set_severity(&alert.id, severity, now_ns()).await?;
             }
         }
@@ -335,6 +362,11 @@ impl Alerting {
             });
             alert.state = t.state;
             alert.silenced = silenced;
+            if t.state != AlertState::Resolved {
+                // The same rule, key and start again (rows replayed by a redefined rule):
+                // the alert is open again, not resolved.
+                alert.resolved_at = None;
+            }
             if t.value.is_finite() {
                 alert.value = Some(t.value);
             }
@@ -579,6 +611,19 @@ impl Alerting {
                     .entry((alert.rule.clone(), alert.severity.clone()))
                     .or_default() += 1;
             }
+        }
+        // A series exported before whose rule was removed or changed severity goes to 0:
+        // the exporter keeps a series' last value forever, and a stale 1 would keep an
+        // alert on this gauge firing.
+        {
+            let current: std::collections::BTreeSet<(String, String)> =
+                firing.keys().cloned().collect();
+            let mut exported = self.exported_firing.lock();
+            for (rule, severity) in exported.difference(&current) {
+                metrics::gauge!("fabrik_alerts_firing", "rule" => rule.clone(), "severity" => severity.clone())
+                    .set(0.0);
+            }
+            *exported = current;
         }
         for ((rule, severity), count) in firing {
             metrics::gauge!("fabrik_alerts_firing", "rule" => rule, "severity" => severity)
@@ -1019,7 +1064,7 @@ mod tests {
             for_ns: 60 * S,
             ..rule()
         };
-        alerting.define_rule(slower.clone()).await.unwrap();
+        alerting.define_rule(slower.clone(), true).await.unwrap();
         alerting
             .observe("hot", &[obs("oven-2", 11, 90.0)])
             .await
@@ -1043,7 +1088,7 @@ mod tests {
             severity: "warning".into(),
             ..slower
         };
-        alerting.define_rule(warning).await.unwrap();
+        alerting.define_rule(warning, true).await.unwrap();
         let kept = alerting.db().get(&firing).await.unwrap();
         assert_eq!(
             (kept.state, kept.severity.as_str()),

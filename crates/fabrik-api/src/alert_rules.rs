@@ -256,7 +256,7 @@ pub(crate) async fn apply_all(
 
 #[utoipa::path(delete, path = "/api/v1/alert-rules/{name}", tag = "alerts", security(("token" = [])),
     params(("name" = String, Path, description = "rule name")),
-    responses((status = 204, description = "stopped and forgotten; its firing alerts resolved and their receivers were told"),
+    responses((status = 204, description = "stopped and forgotten; its firing alerts resolve and their receivers are told (should that fail, at the next start)"),
               (status = 404, description = "no such rule", body = crate::error::ErrorBody),
               (status = 409, description = "defined in the configuration file or by the demo", body = crate::error::ErrorBody)))]
 pub(crate) async fn remove(

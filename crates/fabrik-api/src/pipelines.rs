@@ -293,7 +293,7 @@ pub(crate) async fn models(
     params(("name" = String, Path, description = "model name: letters, digits, `.`, `_`, `-`; at most 64")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the `.onnx` file"),
     responses((status = 201, description = "stored; pipelines can name it in `model_name`", body = ModelInfo),
-              (status = 200, description = "replaced (the previous definition was stopped first) or, with `dry_run=true`, checked without any change", body = ReplacedPipeline),
+              (status = 200, description = "replaced; the pipelines using it were restarted with it", body = ModelInfo),
               (status = 400, description = "not a model Fabrik can run (the message names the operator or problem), or a bad name", body = crate::error::ErrorBody)))]
 pub(crate) async fn put_model(
     State(state): State<ApiState>,

@@ -123,7 +123,8 @@ enum RuleCommand {
     /// (one definition or a list). They are kept across restarts.
     ///
     /// Every definition is checked by the server first; if any is refused, none is applied
-    /// and every problem is listed. A replaced rule's firing alerts stay firing.
+    /// and every problem is listed. A replaced rule that watches the same value of the same
+    /// rows keeps its open alerts; one that watches something else resolves them first.
     Apply {
         /// The file.
         file: PathBuf,
@@ -319,7 +320,7 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
                 );
                 ep.send(ep.request(&client, reqwest::Method::DELETE, &path))
                     .await?;
-                println!("removed {name}; its firing alerts resolved");
+                println!("removed {name}");
             }
         },
     }

@@ -793,25 +793,33 @@ impl AlertRuleManager {
 
     /// Stops the evaluator of `rule`'s name, if any, and waits for it, then hands the new
     /// definition to the engine and starts evaluating it, so two versions never observe at
-    /// once. If the new definition watches the same rows and value, it goes on reading where
-    /// the old one stopped (no row is skipped or evaluated twice) and the old one's open
-    /// alerts carry over; otherwise those resolve first and it starts as its `start` says.
-    /// Nothing here can leave the rule unevaluated: the stored definitions already say it
-    /// runs.
+    /// once. If the new definition watches the same rows and value, it keeps the old one's
+    /// state (open alerts, `for` timers, last values) and goes on reading where the old one
+    /// stopped, so no row is skipped or evaluated twice; otherwise the old alerts resolve
+    /// first and it starts afresh, as its `start` says. Nothing here can leave the rule
+    /// unevaluated: the stored definitions already say it runs.
     async fn replace(&self, rules: &mut Rules, rule: CompiledRule) {
         let name = rule.config.name.clone();
         let mut resume = None;
+        let mut carry_over = false;
         if let Some(previous) = rules.by_name.remove(&name) {
             let same = watches_the_same(&previous.config, &rule.config);
             let position = previous.stop().await;
             if same {
+                // `None` when the old evaluator never ran (its definition did not load) or
+                // crashed: the new one then starts as its `start` says.
                 resume = position;
+                carry_over = true;
             } else if let Err(e) = self.alerting.remove_rule(&name).await {
-                tracing::error!(rule = %name, error = %e, "The replaced rule's alerts could not all be resolved; they are at the next start.");
+                tracing::error!(rule = %name, error = %e, "The replaced rule's alerts could not all be resolved; they stay open.");
             }
         }
-        if let Err(e) = self.alerting.define_rule(rule.rule.clone()).await {
-            tracing::error!(rule = %name, error = %e, "The replaced rule's open alerts could not be carried over; they start again from fresh data.");
+        if let Err(e) = self
+            .alerting
+            .define_rule(rule.rule.clone(), carry_over)
+            .await
+        {
+            tracing::error!(rule = %name, error = %e, "The rule's open alerts could not all be carried over; they stay open, and its next start restores them.");
         }
         self.launch(rules, RuleOrigin::Api, rule, resume);
     }
@@ -945,7 +953,8 @@ impl AlertRuleManager {
             previous.stop().await;
         }
         self.board.write().remove(&name);
-        // The removal is stored and done; alerts left open are resolved at the next start.
+        // The removal is stored and done: alerts left open now are resolved at the next
+        // start, as the alerts of any rule that is gone.
         if let Err(e) = self.alerting.remove_rule(&name).await {
             tracing::error!(rule = %name, error = %e, "The removed rule's alerts could not all be resolved; they are at the next start.");
         }
@@ -1059,8 +1068,9 @@ pub(crate) async fn start(
             .trim_end_matches('/')
             .to_owned()
     };
-    // Every rule is known before the database is opened, so the firing alerts of each (API
-    // rules included) are restored rather than closed as orphans.
+    // Every rule that loads is known before the database is opened, so the firing alerts of
+    // each (API rules included) are restored; those of a rule that is gone, or whose stored
+    // definition no longer loads, are resolved and their receivers told.
     let alerting = Alerting::open(
         &data_dir.join("alerts.db"),
         rules.iter().map(|(_, r)| r.rule.clone()).collect(),
@@ -1366,7 +1376,12 @@ impl Evaluator {
             if let Some(last) = last {
                 *read_after = Some(last);
             }
-            if !full || stop.is_cancelled() {
+            if stop.is_cancelled() {
+                // Not ticked: having read only part of the backlog, the rule would miss keys
+                // whose rows it has not reached, and fire pending alerts those rows clear.
+                return Ok((TableState::Present, rows_read));
+            }
+            if !full {
                 break;
             }
         }

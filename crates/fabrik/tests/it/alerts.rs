@@ -1115,10 +1115,11 @@ fn alert_rules_are_defined_replaced_and_removed_at_run_time() {
     assert_eq!(still.len(), 1, "{still:?}");
     assert_eq!(still[0]["id"], id.as_str());
 
-    // Replaced by one that watches another value: the old alert resolves (the receiver is
-    // told) and the new definition, reading from the earliest row, fires anew.
+    // Replaced by one that watches another value: the old alert resolves before the answer
+    // (the receiver is told) and the new definition starts afresh, from new rows.
     let mut scaled = hot(40.0, "critical");
     scaled["value"] = "pressure * 10".into();
+    scaled["start"] = "now".into();
     let (status, replaced) = put(&p.url, "/api/v1/alert-rules/hot", scaled);
     assert_eq!(status, 200, "{replaced}");
     let resolved = http(
@@ -1129,8 +1130,14 @@ fn alert_rules_are_defined_replaced_and_removed_at_run_time() {
     )
     .1;
     assert_eq!(resolved["state"], "resolved", "{resolved}");
+    let later = now_ns();
+    let row = format!("pump,device=pump-a pressure=6 {later}\n");
+    assert_eq!(
+        crate::support::post_status(&p.url, "/api/v1/write", &row),
+        200
+    );
     eventually("the new definition fires", || {
-        firing_alerts(&p.url).iter().any(|a| a["value"] == 50.0)
+        firing_alerts(&p.url).iter().any(|a| a["value"] == 60.0)
     });
     let id = firing_alerts(&p.url).remove(0)["id"]
         .as_str()
@@ -1145,6 +1152,11 @@ fn alert_rules_are_defined_replaced_and_removed_at_run_time() {
     };
     eventually("resolved, then firing anew, delivered", || {
         statuses() == ["firing", "resolved", "firing"]
+    });
+
+    let gauge = "fabrik_alerts_firing{rule=\"hot\",severity=\"critical\"}";
+    eventually("the firing gauge counts it", || {
+        crate::support::metric(&p.url, gauge) == Some(1.0)
     });
 
     // Removed: the alert resolves and the receiver hears of it; the rule is gone.
@@ -1165,6 +1177,10 @@ fn alert_rules_are_defined_replaced_and_removed_at_run_time() {
     assert_eq!(resolved["state"], "resolved", "{resolved}");
     eventually("the resolution is delivered", || statuses().len() == 4);
     assert_eq!(statuses()[3], "resolved");
+    // Its firing gauge reads 0, not the last value it had.
+    eventually("the removed rule's gauge reads 0", || {
+        crate::support::metric(&p.url, gauge) == Some(0.0)
+    });
     let (status, _) = http(
         &p.url,
         reqwest::Method::GET,
