@@ -392,25 +392,22 @@ impl Alerting {
                         self.db.delete(&id).await?;
                         continue;
                     }
-                    // A receiver told of the firing hears of the resolution, silence or not:
-                    // otherwise its incident stays open. Read before the resolution is
-                    // stored, after which the worker forgets who was told.
-                    let told = if silenced {
-                        self.db.notified_by(&id).await?
-                    } else {
-                        Vec::new()
-                    };
+                    // A receiver told of the firing hears of the resolution, silence or route
+                    // (a rule's severity redefined) or not: otherwise its incident stays
+                    // open. Read before the resolution is stored, after which the worker
+                    // forgets who was told.
+                    let told = self.db.notified_by(&id).await?;
                     alert.resolved_at = Some(model::rfc3339(t.at_ns));
                     self.db.upsert(&alert, now).await?;
                     tracing::info!(alert = %alert.id, "Alert resolved.");
-                    if !silenced {
-                        self.enqueue(&alert, now).await?;
-                    } else if !told.is_empty() {
-                        for notifier in &self.notifiers {
-                            if told.iter().any(|name| name == notifier.name()) {
-                                self.enqueue_for(notifier, &alert, now, false).await?;
-                            }
+                    let mut queued = false;
+                    for notifier in &self.notifiers {
+                        let was_told = told.iter().any(|name| name == notifier.name());
+                        if was_told || (!silenced && notifier.route().takes(&alert)) {
+                            queued |= self.enqueue_for(notifier, &alert, now, false).await?;
                         }
+                    }
+                    if queued {
                         self.wake.notify_one();
                     }
                 }
@@ -419,9 +416,12 @@ impl Alerting {
         Ok(())
     }
 
+    /// Queues `alert`'s state for every notifier whose route takes it.
     async fn enqueue(&self, alert: &Alert, now: i64) -> Result<(), AlertError> {
         for notifier in &self.notifiers {
-            self.enqueue_for(notifier, alert, now, false).await?;
+            if notifier.route().takes(alert) {
+                self.enqueue_for(notifier, alert, now, false).await?;
+            }
         }
         self.wake.notify_one();
         Ok(())
@@ -492,6 +492,9 @@ impl Alerting {
                 let Some(repeat) = notifier.repeat_interval() else {
                     continue;
                 };
+                if !notifier.route().takes(alert) {
+                    continue;
+                }
                 let pair = (alert.id.clone(), notifier.name().to_owned());
                 let Some(&last) = last_notified.get(&pair) else {
                     continue;
@@ -693,7 +696,9 @@ impl Alerting {
             if !silenced && alert.state == AlertState::Firing {
                 let mut queued = false;
                 for notifier in &self.notifiers {
-                    queued |= self.enqueue_for(notifier, alert, now, true).await?;
+                    if notifier.route().takes(alert) {
+                        queued |= self.enqueue_for(notifier, alert, now, true).await?;
+                    }
                 }
                 if queued {
                     tracing::warn!(alert = %alert.id, "Silence over; the alert still fires.");
@@ -726,6 +731,7 @@ impl Alerting {
             .filter(|a| {
                 a.state == AlertState::Firing
                     && grouping.key(a) == key
+                    && notifier.route().takes(a)
                     && !is_silenced(&view.silences, &a.rule, &a.key, view.now)
             })
             .map(|a| (a.id.clone(), notifier.payload(a, &self.external_url)))
@@ -1117,6 +1123,118 @@ mod tests {
             Err(AlertError::NotFound { .. })
         ));
         assert!(!alerting.remove_rule("hot").await.unwrap());
+    }
+
+    /// Routes: the on-call webhook hears of critical alerts only, line 2's of its devices
+    /// only; a notifier told of a firing hears of its resolution even if the rule's severity
+    /// was redefined out of its route meanwhile.
+    #[tokio::test]
+    async fn notifiers_are_told_only_of_the_alerts_their_routes_take() {
+        let dir = tempfile::tempdir().unwrap();
+        let named = |name: &str, route: notify::Route| {
+            Notifier::webhook(
+                name,
+                "http://127.0.0.1:9/hook",
+                std::time::Duration::from_millis(200),
+                notify::Grouping::default(),
+                None,
+                None,
+            )
+            .unwrap()
+            .routed(route)
+        };
+        let on_call = named(
+            "on-call",
+            notify::Route {
+                severities: vec!["critical".into()],
+                ..Default::default()
+            },
+        );
+        let line2 = named(
+            "line2",
+            notify::Route {
+                devices: vec!["line2-*".into()],
+                rules: vec!["h*".into()],
+                ..Default::default()
+            },
+        );
+        let warm = Rule {
+            name: "warm".into(),
+            severity: "warning".into(),
+            ..rule()
+        };
+        let alerting = Alerting::open(
+            &dir.path().join("a.db"),
+            vec![rule(), warm.clone()],
+            vec![on_call, line2],
+            "http://x".into(),
+        )
+        .await
+        .unwrap();
+        let queued = || async {
+            let mut pairs: Vec<(String, String)> = alerting
+                .db()
+                .due(i64::MAX, 100)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.notifier, e.alert_id.unwrap_or_default()))
+                .collect();
+            pairs.sort();
+            pairs
+        };
+        alerting
+            .observe("hot", &[obs("oven-1", 1, 85.0)])
+            .await
+            .unwrap();
+        alerting
+            .observe("hot", &[obs("line2-oven", 1, 85.0)])
+            .await
+            .unwrap();
+        alerting
+            .observe("warm", &[obs("line2-oven", 1, 85.0)])
+            .await
+            .unwrap();
+        let hot = |key: &str| alert_id("hot", key, S);
+        assert_eq!(
+            queued().await,
+            [
+                ("line2".to_owned(), hot("line2-oven")),
+                ("on-call".to_owned(), hot("line2-oven")),
+                ("on-call".to_owned(), hot("oven-1")),
+            ]
+        );
+        // Told of the firing (recorded as a delivery would), the on-call hears of the
+        // resolution although `hot` is a warning now; line 2 was never told of oven-1.
+        alerting
+            .db()
+            .record_notified(&[hot("oven-1")], "on-call", now_ns())
+            .await
+            .unwrap();
+        alerting
+            .define_rule(
+                Rule {
+                    severity: "warning".into(),
+                    ..rule()
+                },
+                true,
+            )
+            .await
+            .unwrap();
+        let before = queued().await.len();
+        alerting
+            .observe("hot", &[obs("oven-1", 2, 60.0)])
+            .await
+            .unwrap();
+        let after = queued().await;
+        assert_eq!(after.len(), before + 1, "{after:?}");
+        assert_eq!(
+            after
+                .iter()
+                .filter(|(n, a)| n == "on-call" && *a == hot("oven-1"))
+                .count(),
+            2
+        );
     }
 
     /// A rule gone from the configuration at a restart resolves its firing alerts and tells

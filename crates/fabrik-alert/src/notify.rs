@@ -17,7 +17,7 @@ use serde_json::json;
 
 use crate::engine::AlertState;
 use crate::error::AlertError;
-use crate::model::{Alert, parse_rfc3339};
+use crate::model::{Alert, glob_match, parse_rfc3339};
 use crate::smtp::{Envelope, SmtpServer};
 
 /// A future a [`Publish`] implementation returns.
@@ -119,6 +119,36 @@ pub fn group_labels(group_key: &str) -> BTreeMap<String, String> {
     serde_json::from_str(group_key).unwrap_or_default()
 }
 
+/// Which alerts a notifier is told of, as the matchers of an Alertmanager route: every list
+/// that is not empty must hold the alert's value (critical alerts to the on-call webhook,
+/// warnings to the maintenance mailbox, line 2's devices to line 2's team). Empty: all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Route {
+    /// Severities, exactly.
+    pub severities: Vec<String>,
+    /// Rule name patterns (`*` stands for any run of characters).
+    pub rules: Vec<String>,
+    /// Device (key) patterns, e.g. `line2-*`.
+    pub devices: Vec<String>,
+}
+
+impl Route {
+    /// Whether an alert of `rule` on `key` with `severity` goes to the notifier.
+    pub fn matches(&self, rule: &str, key: &str, severity: &str) -> bool {
+        let any = |patterns: &[String], value: &str| {
+            patterns.is_empty() || patterns.iter().any(|p| glob_match(p, value))
+        };
+        (self.severities.is_empty() || self.severities.iter().any(|s| s == severity))
+            && any(&self.rules, rule)
+            && any(&self.devices, key)
+    }
+
+    /// Whether it takes `alert`.
+    pub fn takes(&self, alert: &Alert) -> bool {
+        self.matches(&alert.rule, &alert.key, &alert.severity)
+    }
+}
+
 /// A user name and password for HTTP basic authentication (its `Debug` leaves out the
 /// password).
 #[derive(Clone, PartialEq, Eq)]
@@ -154,6 +184,8 @@ pub enum Notifier {
         basic_auth: Option<BasicAuth>,
         /// Its HTTP client: rustls trusting the system's CAs or the notifier's own.
         client: reqwest::Client,
+        /// The alerts it is told of.
+        route: Route,
     },
     /// An MQTT message per state change, on a topic built from the alert.
     Mqtt {
@@ -169,6 +201,8 @@ pub enum Notifier {
         timeout: Duration,
         /// The connection.
         publisher: Publisher,
+        /// The alerts it is told of.
+        route: Route,
     },
     /// An e-mail per state change, submitted over SMTP.
     Email {
@@ -184,6 +218,8 @@ pub enum Notifier {
         timeout: Duration,
         /// Grouping of state changes.
         grouping: Grouping,
+        /// The alerts it is told of.
+        route: Route,
     },
 }
 
@@ -219,7 +255,29 @@ impl Notifier {
             grouping,
             basic_auth,
             client,
+            route: Route::default(),
         })
+    }
+
+    /// This notifier, told only of the alerts `route` takes.
+    pub fn routed(mut self, route: Route) -> Self {
+        match &mut self {
+            Self::Webhook { route: r, .. }
+            | Self::Mqtt { route: r, .. }
+            | Self::Email { route: r, .. } => {
+                *r = route;
+            }
+        }
+        self
+    }
+
+    /// The alerts it is told of.
+    pub fn route(&self) -> &Route {
+        match self {
+            Self::Webhook { route, .. } | Self::Mqtt { route, .. } | Self::Email { route, .. } => {
+                route
+            }
+        }
     }
 
     /// Its name.
@@ -628,6 +686,7 @@ pub async fn deliver(notifier: &Notifier, payload: &str) -> Result<(), AlertErro
             retain,
             timeout,
             publisher,
+            ..
         } => {
             let failed = |reason: String| AlertError::Delivery {
                 notifier: name.clone(),
@@ -800,6 +859,7 @@ mod tests {
             to: vec!["t@x.y".into()],
             timeout: Duration::from_secs(1),
             grouping: grouping.clone(),
+            route: Route::default(),
         };
         assert!(email.grouping().is_some());
         let queued = [

@@ -462,6 +462,17 @@ pub struct NotifierConfig {
     /// notified again (default `4h`, as Alertmanager's `repeat_interval`; `0s`: never).
     #[serde(default)]
     pub repeat_interval: Option<String>,
+    /// Only alerts of these severities (default: all), e.g. `["critical"]` for the on-call.
+    #[serde(default)]
+    pub severities: Vec<String>,
+    /// Only alerts of rules matching one of these patterns (`*`: any run of characters;
+    /// default: all).
+    #[serde(default)]
+    pub rules: Vec<String>,
+    /// Only alerts on devices matching one of these patterns, e.g. `["line2-*"]` (default:
+    /// all).
+    #[serde(default)]
+    pub devices: Vec<String>,
 }
 
 fn group_by_rule() -> Vec<String> {
@@ -1295,6 +1306,9 @@ fn array_template(path: &str) -> Option<toml::Table> {
             group_wait: String::new(),
             group_by: Vec::new(),
             repeat_interval: Some(String::new()),
+            severities: Vec::new(),
+            rules: Vec::new(),
+            devices: Vec::new(),
         })
         .ok();
     }

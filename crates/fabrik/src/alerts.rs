@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use datafusion::arrow::array::{Array, Float64Array, Int64Array, StringArray};
 use datafusion::arrow::datatypes::DataType;
-use fabrik_alert::notify::{GroupLabel, Grouping};
+use fabrik_alert::notify::{GroupLabel, Grouping, Route};
 use fabrik_alert::{Alerting, Condition, Notifier, Observation, Rule};
 use fabrik_api::alert_rules::{
     AlertRuleBoard, AlertRuleControl, AlertRuleStatus, RuleHealth, RuleOrigin,
@@ -272,6 +272,22 @@ fn check_notifier(
     let timeout = parse_duration(&n.timeout)
         .map_err(|e| problem("timeout", e))
         .ok();
+    for severity in &n.severities {
+        if !matches!(severity.as_str(), "critical" | "warning" | "info") {
+            problem(
+                "severities",
+                format!("`{severity}`: expected critical, warning or info"),
+            );
+        }
+    }
+    for (field, patterns) in [("rules", &n.rules), ("devices", &n.devices)] {
+        if patterns.iter().any(|p| p.trim().is_empty()) {
+            problem(
+                field,
+                "has an empty pattern (leave the list out to take every one)".into(),
+            );
+        }
+    }
     let mut grouping = Grouping::default();
     match parse_duration(&n.group_wait) {
         Ok(wait) => grouping.wait = wait,
@@ -533,6 +549,11 @@ fn build_notifier(
         let (field, message) = p.into_iter().next().unwrap_or_default();
         format!("notifier `{}`: {field}: {message}", n.name)
     })?;
+    let route = Route {
+        severities: n.severities.clone(),
+        rules: n.rules.clone(),
+        devices: n.devices.clone(),
+    };
     let topic = || {
         n.topic
             .clone()
@@ -563,6 +584,7 @@ fn build_notifier(
                 retain: n.retain,
                 timeout,
                 publisher: fabrik_alert::Publisher(Arc::new(EmbeddedPublisher(broker.clone()))),
+                route: Route::default(),
             }
         }
         NotifierPlan::MqttExternal(options) => {
@@ -591,6 +613,7 @@ fn build_notifier(
                 retain: n.retain,
                 timeout,
                 publisher: fabrik_alert::Publisher(Arc::new(ClientPublisher(client))),
+                route: Route::default(),
             }
         }
         NotifierPlan::Email(server) => Notifier::Email {
@@ -600,8 +623,10 @@ fn build_notifier(
             to: n.to.clone(),
             timeout,
             grouping,
+            route: Route::default(),
         },
-    })
+    }
+    .routed(route))
 }
 
 /// Problems of `[alerting]`, as `alerting.rules[i].field`.
@@ -1601,6 +1626,12 @@ mod tests {
         assert!(fields(&grouped).is_empty());
         grouped.group_wait = "soon".into();
         assert_eq!(fields(&grouped), vec!["group_wait"]);
+        // Routes: known severities, no empty pattern.
+        let mut routed = notifier("webhook", "http://127.0.0.1:9093/hook");
+        routed.severities = vec!["critical".into(), "urgent".into()];
+        routed.rules = vec!["pump-*".into()];
+        routed.devices = vec![String::new()];
+        assert_eq!(fields(&routed), vec!["severities", "devices"]);
         // Webhooks: basic authentication inside TLS or to this host; a CA only for https.
         let mut secured = notifier("webhook", "https://hooks.plant.example/alerts");
         secured.username = Some("fabrik".into());

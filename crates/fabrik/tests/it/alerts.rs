@@ -986,10 +986,21 @@ fn firing_alerts(url: &str) -> Vec<serde_json::Value> {
 fn alert_rules_are_defined_replaced_and_removed_at_run_time() {
     let receiver = Receiver::start();
     receiver.accept.store(true, Ordering::SeqCst);
+    // Two routed receivers: one for pump-a's alerts only, one for `info` alerts only.
+    let pump_a = Receiver::start();
+    pump_a.accept.store(true, Ordering::SeqCst);
+    let info_only = Receiver::start();
+    info_only.accept.store(true, Ordering::SeqCst);
     let config = format!(
-        "{}\n[[alerting.rules]]\nname = \"configured\"\ntable = \"pump\"\n\
+        "{}\n[[alerting.notifiers]]\nname = \"pump-a-team\"\nurl = \"{}\"\n\
+         devices = [\"pump-a\"]\n\
+         \n[[alerting.notifiers]]\nname = \"info-log\"\nurl = \"{}\"\n\
+         severities = [\"info\"]\n\
+         \n[[alerting.rules]]\nname = \"configured\"\ntable = \"pump\"\n\
          value = \"pressure\"\ncondition = \"above\"\nthreshold = 100\n",
-        notifier(&receiver.url)
+        notifier(&receiver.url),
+        pump_a.url,
+        info_only.url
     );
     let dir = tempfile::tempdir().expect("tempdir");
     let p = start_configured(dir.path(), &config);
@@ -1236,6 +1247,24 @@ fn alert_rules_are_defined_replaced_and_removed_at_run_time() {
         out.contains("low") && out.contains("configured") && out.contains("2 rule(s)"),
         "{out}"
     );
+    // Routes: pump-b's alert reached the unrouted receiver, not pump-a's team; no alert was
+    // `info`, so its receiver heard nothing.
+    eventually("pump-b's alert is delivered", || {
+        receiver
+            .delivered()
+            .iter()
+            .any(|body| body["alerts"][0]["labels"]["device"] == "pump-b")
+    });
+    let devices: Vec<serde_json::Value> = pump_a
+        .delivered()
+        .iter()
+        .map(|body| body["alerts"][0]["labels"]["device"].clone())
+        .collect();
+    assert!(
+        !devices.is_empty() && devices.iter().all(|d| d == "pump-a"),
+        "{devices:?}"
+    );
+    assert_eq!(info_only.attempts(), 0);
     let (status, _) = p.terminate();
     assert!(status.success());
 }
