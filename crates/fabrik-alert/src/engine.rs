@@ -55,6 +55,9 @@ pub struct Rule {
     pub condition: Condition,
     /// How long the condition must hold before the alert fires, ns (0: at once).
     pub for_ns: i64,
+    /// Annotation templates (`summary`, `runbook`, ...): rendered into an alert's annotations
+    /// when it becomes pending or fires (see [`crate::notify::render_annotation`]).
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// Where an alert is in its life.
@@ -423,6 +426,7 @@ mod tests {
             severity: "warning".into(),
             condition,
             for_ns: for_s * S,
+            annotations: BTreeMap::new(),
         }
     }
 

@@ -252,7 +252,7 @@ impl Alerting {
                 context: BTreeMap::new(),
             })
             .collect();
-        self.apply(&transitions, severity).await
+        self.apply(&transitions, severity, &BTreeMap::new()).await
     }
 
     /// The database (for listings).
@@ -286,7 +286,7 @@ impl Alerting {
         rule: &str,
         observations: &[Observation],
     ) -> Result<Vec<Transition>, AlertError> {
-        let (transitions, severity) = {
+        let (transitions, severity, annotations) = {
             let mut engines = self.engines.lock();
             let Some(engine) = engines.get_mut(rule) else {
                 return Err(AlertError::NotFound {
@@ -294,9 +294,11 @@ impl Alerting {
                     id: rule.to_owned(),
                 });
             };
-            (engine.observe(observations), engine.rule().severity.clone())
+            let transitions = engine.observe(observations);
+            let rule = engine.rule();
+            (transitions, rule.severity.clone(), rule.annotations.clone())
         };
-        self.apply(&transitions, &severity).await?;
+        self.apply(&transitions, &severity, &annotations).await?;
         Ok(transitions)
     }
 
@@ -308,25 +310,34 @@ impl Alerting {
         now_ns: i64,
         expected_keys: &BTreeMap<String, Vec<String>>,
     ) -> Result<Vec<Transition>, AlertError> {
-        let per_rule: Vec<(Vec<Transition>, String)> = {
+        let per_rule: Vec<(Vec<Transition>, Rule)> = {
             let mut engines = self.engines.lock();
             engines
                 .iter_mut()
                 .filter_map(|(name, engine)| {
                     let keys = expected_keys.get(name)?;
-                    Some((engine.tick(now_ns, keys), engine.rule().severity.clone()))
+                    let transitions = engine.tick(now_ns, keys);
+                    (!transitions.is_empty()).then(|| (transitions, engine.rule().clone()))
                 })
                 .collect()
         };
         let mut all = Vec::new();
-        for (transitions, severity) in per_rule {
-            self.apply(&transitions, &severity).await?;
+        for (transitions, rule) in per_rule {
+            self.apply(&transitions, &rule.severity, &rule.annotations)
+                .await?;
             all.extend(transitions);
         }
         Ok(all)
     }
 
-    async fn apply(&self, transitions: &[Transition], severity: &str) -> Result<(), AlertError> {
+    /// Records `transitions` of a rule of `severity` whose annotation templates are
+    /// `annotations`, and queues their notifications.
+    async fn apply(
+        &self,
+        transitions: &[Transition],
+        severity: &str,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<(), AlertError> {
         if transitions.is_empty() {
             return Ok(());
         }
@@ -370,8 +381,16 @@ impl Alerting {
             if t.value.is_finite() {
                 alert.value = Some(t.value);
             }
-            if !t.context.is_empty() && t.state != AlertState::Resolved {
-                alert.annotations = t.context.clone();
+            if t.state != AlertState::Resolved {
+                if !t.context.is_empty() {
+                    alert.annotations = t.context.clone();
+                }
+                // Rendered from this transition's value and context, so a summary names the
+                // value that fired it; kept as they were at the resolution.
+                for (name, template) in annotations {
+                    let text = notify::render_annotation(template, &alert, &t.context);
+                    alert.annotations.insert(name.clone(), text);
+                }
             }
             match t.state {
                 AlertState::Pending => self.db.upsert(&alert, now).await?,
@@ -904,6 +923,7 @@ mod tests {
                 clear: 70.0,
             },
             for_ns: 0,
+            annotations: BTreeMap::new(),
         }
     }
 

@@ -345,7 +345,57 @@ impl Notifier {
     }
 }
 
+/// `template` with `{rule}`, `{device}`, `{severity}`, `{value}` and `{<context column>}`
+/// replaced by the alert's (an unknown name stays as written). A value is shown with at most
+/// four decimals, as an operator reads it: `87.25`, not `87.250000001`.
+pub fn render_annotation(
+    template: &str,
+    alert: &Alert,
+    context: &BTreeMap<String, String>,
+) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            out.push_str(&rest[open..]);
+            return out;
+        };
+        let name = &after[..close];
+        let value = match name {
+            "rule" => Some(alert.rule.clone()),
+            "device" => Some(alert.key.clone()),
+            "severity" => Some(alert.severity.clone()),
+            "value" => Some(alert.value.map_or_else(|| "-".to_owned(), short_number)),
+            other => context.get(other).cloned(),
+        };
+        match value {
+            Some(value) => out.push_str(&value),
+            None => out.push_str(&rest[open..open + close + 2]),
+        }
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `x` with at most four decimals and no trailing zeros.
+fn short_number(x: f64) -> String {
+    let text = format!("{x:.4}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text == "-0" {
+        "0".to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
+/// The rule's own `summary` annotation if it has one, else one made from the alert.
 fn summary(alert: &Alert) -> String {
+    if let Some(summary) = alert.annotations.get("summary") {
+        return summary.clone();
+    }
     match (&alert.value, alert.annotations.get("top_signal")) {
         (Some(v), Some(signal)) => {
             format!(
@@ -774,6 +824,43 @@ mod tests {
             ack: None,
             silenced: false,
         }
+    }
+
+    #[test]
+    fn annotation_templates_name_the_alert_and_its_context() {
+        let firing = alert(AlertState::Firing);
+        let context: BTreeMap<String, String> =
+            [("top_signal".to_owned(), "vibration_rms".to_owned())].into();
+        let render = |template: &str| render_annotation(template, &firing, &context);
+        assert_eq!(
+            render("{rule} on {device} ({severity}): {top_signal} at {value}"),
+            "pump-health on pump-02 (warning): vibration_rms at 7.25"
+        );
+        assert_eq!(render("{unknown} stays, {value"), "{unknown} stays, {value");
+        assert_eq!(render("no placeholders"), "no placeholders");
+        let mut rounded = alert(AlertState::Firing);
+        for (value, shown) in [
+            (87.0, "87"),
+            (0.123456, "0.1235"),
+            (-0.00001, "0"),
+            (1e6, "1000000"),
+        ] {
+            rounded.value = Some(value);
+            assert_eq!(render_annotation("{value}", &rounded, &context), shown);
+        }
+        rounded.value = None;
+        assert_eq!(render_annotation("{value}", &rounded, &context), "-");
+        // A rule's summary replaces the generated one.
+        let mut summarised = alert(AlertState::Firing);
+        summarised
+            .annotations
+            .insert("summary".into(), "Pump 2 vibrates".into());
+        let p = alertmanager_payload(&summarised, "ops", "http://fabrik:7800");
+        assert_eq!(p["alerts"][0]["annotations"]["summary"], "Pump 2 vibrates");
+        assert_eq!(
+            alert_message(&summarised, "http://f")["summary"],
+            "Pump 2 vibrates"
+        );
     }
 
     #[test]

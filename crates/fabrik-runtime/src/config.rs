@@ -372,6 +372,12 @@ pub struct AlertRuleConfig {
     /// rule watches the keys that have reported, so a device that never sends is never missed.
     #[serde(default)]
     pub expect: Option<ExpectConfig>,
+    /// Annotations every alert of the rule carries, by name: what an operator should know or
+    /// do (`summary`, `runbook`, `team`). `{device}`, `{rule}`, `{severity}`, `{value}` and
+    /// `{<context column>}` are replaced; a `summary` replaces the generated one in every
+    /// notification.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// `expect` of an `absent` rule: the devices (keys) that must report. Listed devices, and the
@@ -1285,6 +1291,7 @@ fn array_template(path: &str) -> Option<toml::Table> {
                 label: Some(String::new()),
                 registered: false,
             }),
+            annotations: BTreeMap::from([(String::new(), String::new())]),
         })
         .ok();
     }

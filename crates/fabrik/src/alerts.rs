@@ -174,6 +174,18 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
             format!("`{}`: expected critical, warning or info", c.severity),
         );
     }
+    for name in c.annotations.keys() {
+        let usable = !name.is_empty()
+            && name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_');
+        if !usable {
+            problem(
+                "annotations",
+                format!("`{name}`: name annotations with letters, digits and `_`"),
+            );
+        }
+    }
     let heartbeat = c.condition == "absent";
     if c.clear.is_some() && matches!(c.condition.as_str(), "absent" | "rate_above" | "unchanged") {
         problem(
@@ -214,6 +226,7 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
                     severity: c.severity.clone(),
                     condition,
                     for_ns,
+                    annotations: c.annotations.clone(),
                 },
                 config: c.clone(),
                 interval,
@@ -677,6 +690,20 @@ fn demo_rule() -> AlertRuleConfig {
         interval: "1s".into(),
         start: "now".into(),
         expect: None,
+        annotations: BTreeMap::from([
+            (
+                "summary".to_owned(),
+                "Pump {device} behaves unlike its normal: {top_signal} stands out (score \
+                 {value} × its threshold)"
+                    .to_owned(),
+            ),
+            (
+                "runbook".to_owned(),
+                "Open the alert's inference in the dashboard (Pipelines) to see the window and \
+                 each feature's contribution; check the pump named there before acknowledging."
+                    .to_owned(),
+            ),
+        ]),
     }
 }
 
@@ -692,6 +719,11 @@ fn demo_frozen_rule() -> AlertRuleConfig {
         threshold: 20.0,
         clear: None,
         context: Vec::new(),
+        annotations: BTreeMap::from([(
+            "summary".to_owned(),
+            "Pump {device}: pressure stuck at {value} bar; the sensor or its wiring is suspect"
+                .to_owned(),
+        )]),
         ..demo_rule()
     }
 }

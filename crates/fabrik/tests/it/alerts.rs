@@ -1012,6 +1012,7 @@ fn alert_rules_are_defined_replaced_and_removed_at_run_time() {
             "name": "hot", "table": "pump", "value": "pressure", "condition": "above",
             "threshold": threshold, "severity": severity, "interval": "200ms",
             "start": "earliest",
+            "annotations": { "summary": "{device} at {value} bar", "runbook": "vent {device}" },
         })
     };
 
@@ -1080,10 +1081,17 @@ fn alert_rules_are_defined_replaced_and_removed_at_run_time() {
     eventually("pump-a fires", || firing_alerts(&p.url).len() == 1);
     let alert = firing_alerts(&p.url).remove(0);
     assert_eq!(alert["key"], "pump-a");
+    assert_eq!(
+        alert["annotations"]["summary"], "pump-a at 5 bar",
+        "{alert}"
+    );
+    assert_eq!(alert["annotations"]["runbook"], "vent pump-a", "{alert}");
     let id = alert["id"].as_str().expect("id").to_owned();
     eventually("the firing is delivered", || {
         receiver.delivered().len() == 1
     });
+    let delivered = &receiver.delivered()[0]["alerts"][0]["annotations"];
+    assert_eq!(delivered["summary"], "pump-a at 5 bar", "{delivered}");
     let shown = http(
         &p.url,
         reqwest::Method::GET,
