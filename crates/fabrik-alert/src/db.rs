@@ -207,24 +207,6 @@ impl AlertDb {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Sets an open alert's severity (its rule was redefined with another), leaving the rest.
-    pub async fn set_severity(
-        &self,
-        id: &str,
-        severity: &str,
-        now_ns: i64,
-    ) -> Result<(), AlertError> {
-        sqlx::query(
-            "UPDATE alerts SET severity = ?, updated_ns = ? WHERE id = ? AND state != 'resolved'",
-        )
-        .bind(severity)
-        .bind(now_ns)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     /// Inserts an alert, or updates its lifecycle. An existing alert's acknowledgement is
     /// [`AlertDb::set_ack`]'s alone to change: a transition that read the alert before an
     /// operator acknowledged it (or acknowledged it again) must not write the old one back.
@@ -429,14 +411,41 @@ impl AlertDb {
         Ok(done.rows_affected() == 1)
     }
 
-    /// The notifiers that told their receivers about alert `alert_id`.
+    /// The notifiers that told their receivers about alert `alert_id`, or have a notification
+    /// of it queued (which will tell them).
     pub async fn notified_by(&self, alert_id: &str) -> Result<Vec<String>, AlertError> {
-        Ok(
-            sqlx::query_scalar("SELECT notifier FROM notified WHERE alert_id = ?")
-                .bind(alert_id)
-                .fetch_all(&self.pool)
-                .await?,
+        Ok(sqlx::query_scalar(
+            "SELECT notifier FROM notified WHERE alert_id = ? \
+             UNION SELECT notifier FROM outbox WHERE alert_id = ?",
         )
+        .bind(alert_id)
+        .bind(alert_id)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Sets an open alert's severity and annotations (its rule was redefined), leaving the
+    /// rest.
+    pub async fn set_severity_and_annotations(
+        &self,
+        id: &str,
+        severity: &str,
+        annotations: &std::collections::BTreeMap<String, String>,
+        now_ns: i64,
+    ) -> Result<(), AlertError> {
+        let annotations =
+            serde_json::to_string(annotations).map_err(|e| corrupt("annotations", e))?;
+        sqlx::query(
+            "UPDATE alerts SET severity = ?, annotations = ?, updated_ns = ? \
+             WHERE id = ? AND state != 'resolved'",
+        )
+        .bind(severity)
+        .bind(annotations)
+        .bind(now_ns)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// When the open group `group_key` of `notifier` goes out: the due time of its queued,

@@ -161,18 +161,20 @@ impl Alerting {
     /// open alerts it did not learn of stay open until the rule's next restart restores them.
     pub async fn define_rule(&self, rule: Rule, carry_over: bool) -> Result<(), AlertError> {
         let name = rule.name.clone();
-        let severity = rule.severity.clone();
-        let kept = carry_over
-            && match self.engines.lock().get_mut(&name) {
-                Some(engine) => {
-                    engine.set_rule(rule.clone());
-                    true
-                }
-                None => false,
-            };
-        if kept {
-            return self.set_open_severity(&name, &severity).await;
+        let kept = if carry_over {
+            self.engines.lock().get_mut(&name).map(|engine| {
+                let old_templates: Vec<String> =
+                    engine.rule().annotations.keys().cloned().collect();
+                engine.set_rule(rule.clone());
+                old_templates
+            })
+        } else {
+            None
+        };
+        if let Some(old_templates) = kept {
+            return self.refresh_open_alerts(&rule, &old_templates).await;
         }
+        let new_rule = rule.clone();
         let mut engine = RuleEngine::new(rule);
         let open = if carry_over {
             self.db.open_alerts().await.map(|alerts| {
@@ -196,17 +198,56 @@ impl Alerting {
         self.engines.lock().insert(name.clone(), engine);
         if carry_over {
             open?;
-            return self.set_open_severity(&name, &severity).await;
+            return self.refresh_open_alerts(&new_rule, &[]).await;
         }
         Ok(())
     }
 
-    /// Gives rule `name`'s open alerts `severity`.
-    async fn set_open_severity(&self, name: &str, severity: &str) -> Result<(), AlertError> {
-        for alert in self.db.open_alerts().await? {
-            if alert.rule == name && alert.severity != severity {
-                self.db.set_severity(&alert.id, severity, now_ns()).await?;
+    /// Brings `rule`'s open alerts in line with its new definition: its severity, and its
+    /// annotations rendered again (those of `old_templates` that it no longer has dropped).
+    /// A firing alert whose new severity a notifier's route takes now, and that notifier was
+    /// not told of, is notified to it: the on-call paged when a warning becomes critical.
+    async fn refresh_open_alerts(
+        &self,
+        rule: &Rule,
+        old_templates: &[String],
+    ) -> Result<(), AlertError> {
+        let now = now_ns();
+        let mut queued = false;
+        for mut alert in self.db.open_alerts().await? {
+            if alert.rule != rule.name {
+                continue;
             }
+            let severity_changed = alert.severity != rule.severity;
+            let mut annotations = alert.annotations.clone();
+            for name in old_templates {
+                annotations.remove(name);
+            }
+            let fields = annotations.clone();
+            alert.severity.clone_from(&rule.severity);
+            for (name, template) in &rule.annotations {
+                let text = notify::render_annotation(template, &alert, &fields);
+                annotations.insert(name.clone(), text);
+            }
+            if !severity_changed && annotations == alert.annotations {
+                continue;
+            }
+            self.db
+                .set_severity_and_annotations(&alert.id, &rule.severity, &annotations, now)
+                .await?;
+            alert.annotations = annotations;
+            if severity_changed && alert.state == AlertState::Firing && !alert.silenced {
+                let told = self.db.notified_by(&alert.id).await?;
+                for notifier in &self.notifiers {
+                    let was_told = told.iter().any(|name| name == notifier.name());
+                    if !was_told && notifier.route().takes(&alert) {
+                        queued |= self.enqueue_for(notifier, &alert, now, true).await?;
+                    }
+                }
+            }
+        }
+        if queued {
+            self.wake.notify_one();
         }
         Ok(())
     }
@@ -385,10 +426,12 @@ impl Alerting {
                 if !t.context.is_empty() {
                     alert.annotations = t.context.clone();
                 }
-                // Rendered from this transition's value and context, so a summary names the
+                // Rendered from this transition's value and the latest context (this
+                // transition's, or the one before when it has none), so a summary names the
                 // value that fired it; kept as they were at the resolution.
+                let fields = alert.annotations.clone();
                 for (name, template) in annotations {
-                    let text = notify::render_annotation(template, &alert, &t.context);
+                    let text = notify::render_annotation(template, &alert, &fields);
                     alert.annotations.insert(name.clone(), text);
                 }
             }
@@ -667,7 +710,8 @@ impl Alerting {
         let Some(alert_id) = &entry.alert_id else {
             return Ok(false);
         };
-        // A resolution always goes out: it was queued only for receivers told of the firing,
+        // A resolution always goes out: under a silence it was queued only for receivers told
+        // of the firing,
         // whose incidents would otherwise stay open.
         let resolution = serde_json::from_str::<serde_json::Value>(&entry.payload)
             .is_ok_and(|payload| payload["status"] == "resolved");
@@ -1224,8 +1268,10 @@ mod tests {
                 ("on-call".to_owned(), hot("oven-1")),
             ]
         );
-        // Told of the firing (recorded as a delivery would), the on-call hears of the
-        // resolution although `hot` is a warning now; line 2 was never told of oven-1.
+        // Told of oven-1's firing (recorded as a delivery would), the on-call hears of its
+        // resolution although `hot` is a warning now; line 2 was never told of oven-1. The
+        // firing of line2-oven is still queued for the on-call: that counts as told too.
+        // Line 2's webhook takes warnings, so its annotations and severity follow.
         alerting
             .db()
             .record_notified(&[hot("oven-1")], "on-call", now_ns())
@@ -1241,19 +1287,42 @@ mod tests {
             )
             .await
             .unwrap();
-        let before = queued().await.len();
+        let count = |pairs: &[(String, String)], notifier: &str, id: &str| {
+            pairs
+                .iter()
+                .filter(|(n, a)| n == notifier && a == id)
+                .count()
+        };
+        let before = queued().await;
         alerting
-            .observe("hot", &[obs("oven-1", 2, 60.0)])
+            .observe("hot", &[obs("oven-1", 2, 60.0), obs("line2-oven", 2, 60.0)])
             .await
             .unwrap();
         let after = queued().await;
-        assert_eq!(after.len(), before + 1, "{after:?}");
+        assert_eq!(after.len(), before.len() + 3, "{after:?}");
+        assert_eq!(count(&after, "on-call", &hot("oven-1")), 2);
+        assert_eq!(count(&after, "on-call", &hot("line2-oven")), 2);
+        assert_eq!(count(&after, "line2", &hot("line2-oven")), 2);
+        assert_eq!(count(&after, "line2", &hot("oven-1")), 0);
+
+        // `warm` firing on line2-oven reached nobody (a warning; line 2 takes `h*` rules).
+        // Redefined as critical, it goes to the on-call now, while it fires.
+        let warm_id = alert_id("warm", "line2-oven", S);
+        assert_eq!(count(&after, "on-call", &warm_id), 0);
+        alerting
+            .define_rule(
+                Rule {
+                    severity: "critical".into(),
+                    ..warm
+                },
+                true,
+            )
+            .await
+            .unwrap();
+        assert_eq!(count(&queued().await, "on-call", &warm_id), 1);
         assert_eq!(
-            after
-                .iter()
-                .filter(|(n, a)| n == "on-call" && *a == hot("oven-1"))
-                .count(),
-            2
+            alerting.db().get(&warm_id).await.unwrap().severity,
+            "critical"
         );
     }
 

@@ -546,14 +546,7 @@ pub fn email_text(message: &serde_json::Value, from: &str, to: &[String]) -> Str
         wrapped.push_str(&String::from_utf8_lossy(chunk));
         wrapped.push_str("\r\n");
     }
-    let subject = if subject.is_ascii() {
-        subject
-    } else {
-        format!(
-            "=?utf-8?b?{}?=",
-            base64::engine::general_purpose::STANDARD.encode(subject.as_bytes())
-        )
-    };
+    let subject = encode_subject(&subject);
     format!(
         "From: {from}\r\nTo: {}\r\nSubject: {subject}\r\nDate: {}\r\nMessage-ID: <{}.{}@fabrik>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\nX-Fabrik-Alert: {}\r\n\r\n{wrapped}",
         to.join(", "),
@@ -562,6 +555,48 @@ pub fn email_text(message: &serde_json::Value, from: &str, to: &[String]) -> Str
         header_safe(&status),
         header_safe(&id),
     )
+}
+
+/// Longest subject, in characters: a rule's own summary may be long, and a subject is read
+/// in one line of a mail client's list.
+const SUBJECT_CHARS: usize = 200;
+
+/// `subject` as a `Subject:` header value: cut to [`SUBJECT_CHARS`], and beyond ASCII as
+/// RFC 2047 encoded words of at most 75 characters each, on folded lines, so no header line
+/// exceeds what mail servers accept.
+fn encode_subject(subject: &str) -> String {
+    use base64::Engine as _;
+    let subject: String = if subject.chars().count() > SUBJECT_CHARS {
+        // Cut with ASCII dots, so an ASCII subject stays readable without decoding.
+        let mut cut: String = subject.chars().take(SUBJECT_CHARS - 3).collect();
+        cut.push_str("...");
+        cut
+    } else {
+        subject.to_owned()
+    };
+    if subject.is_ascii() {
+        return subject;
+    }
+    // 45 bytes of UTF-8 are 60 of base64; with `=?utf-8?b?` and `?=` an encoded word is 72.
+    let mut words = Vec::new();
+    let mut chunk = String::new();
+    for ch in subject.chars() {
+        if chunk.len() + ch.len_utf8() > 45 {
+            words.push(std::mem::take(&mut chunk));
+        }
+        chunk.push(ch);
+    }
+    words.push(chunk);
+    words
+        .iter()
+        .map(|w| {
+            format!(
+                "=?utf-8?b?{}?=",
+                base64::engine::general_purpose::STANDARD.encode(w.as_bytes())
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n ")
 }
 
 /// The Alertmanager webhook (v4) body for one alert's state change.
@@ -824,6 +859,36 @@ mod tests {
             ack: None,
             silenced: false,
         }
+    }
+
+    #[test]
+    fn long_and_non_ascii_subjects_fold_into_short_encoded_words() {
+        use base64::Engine as _;
+        assert_eq!(
+            encode_subject("[FIRING] pump-02 hot"),
+            "[FIRING] pump-02 hot"
+        );
+        let long = "x".repeat(500);
+        assert_eq!(encode_subject(&long).chars().count(), SUBJECT_CHARS);
+        let summary =
+            "[FIRING] Pump pump-02: vibration_rms stands out (score 1.3 × its threshold) "
+                .repeat(2);
+        let encoded = encode_subject(&summary);
+        let lines: Vec<&str> = encoded.split("\r\n ").collect();
+        assert!(lines.len() > 1, "{encoded}");
+        let mut decoded = String::new();
+        for word in &lines {
+            assert!(word.len() <= 75, "{word}");
+            let inner = word
+                .strip_prefix("=?utf-8?b?")
+                .and_then(|w| w.strip_suffix("?="))
+                .expect("an encoded word");
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(inner)
+                .expect("base64");
+            decoded.push_str(std::str::from_utf8(&bytes).expect("each word whole UTF-8"));
+        }
+        assert_eq!(decoded, summary);
     }
 
     #[test]

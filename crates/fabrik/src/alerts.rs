@@ -85,6 +85,21 @@ fn one_sql_expression(text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The names between `{` and `}` in `template`.
+fn placeholders(template: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            break;
+        };
+        names.push(&after[..close]);
+        rest = &after[close + 1..];
+    }
+    names
+}
+
 /// Checks one rule; every problem with its field.
 pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(String, String)>> {
     let mut problems = Vec::new();
@@ -174,7 +189,7 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
             format!("`{}`: expected critical, warning or info", c.severity),
         );
     }
-    for name in c.annotations.keys() {
+    for (name, template) in &c.annotations {
         let usable = !name.is_empty()
             && name
                 .chars()
@@ -184,6 +199,25 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
                 "annotations",
                 format!("`{name}`: name annotations with letters, digits and `_`"),
             );
+        }
+        if c.context.contains(name) {
+            problem(
+                "annotations",
+                format!("`{name}` is also a context column; name one of them otherwise"),
+            );
+        }
+        for placeholder in placeholders(template) {
+            let known = matches!(placeholder, "rule" | "device" | "severity" | "value")
+                || c.context.iter().any(|column| column == placeholder);
+            if !known {
+                problem(
+                    "annotations",
+                    format!(
+                        "{name}: `{{{placeholder}}}` is none of rule, device, severity, value \
+                         or a `context` column"
+                    ),
+                );
+            }
         }
     }
     let heartbeat = c.condition == "absent";
@@ -294,11 +328,18 @@ fn check_notifier(
         }
     }
     for (field, patterns) in [("rules", &n.rules), ("devices", &n.devices)] {
-        if patterns.iter().any(|p| p.trim().is_empty()) {
-            problem(
-                field,
-                "has an empty pattern (leave the list out to take every one)".into(),
-            );
+        for pattern in patterns {
+            if pattern.trim().is_empty() {
+                problem(
+                    field,
+                    "has an empty pattern (leave the list out to take every one)".into(),
+                );
+            } else if pattern.trim() != pattern {
+                problem(
+                    field,
+                    format!("`{pattern}` has spaces around it, which names never have"),
+                );
+            }
         }
     }
     let mut grouping = Grouping::default();
@@ -1571,6 +1612,32 @@ mod tests {
     }
 
     #[test]
+    fn annotation_templates_name_only_what_an_alert_has() {
+        assert!(compile_rule(&demo_rule()).is_ok(), "the demo's templates");
+        let with = |name: &str, template: &str| AlertRuleConfig {
+            annotations: [(name.to_owned(), template.to_owned())].into(),
+            ..demo_rule()
+        };
+        let problems = |rule: AlertRuleConfig| -> Vec<String> {
+            compile_rule(&rule)
+                .err()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(field, message)| format!("{field}: {message}"))
+                .collect()
+        };
+        assert!(problems(with("runbook", "{device} at {value}: see {top_signal}")).is_empty());
+        let typo = problems(with("summary", "{device}: {top_signa}"));
+        assert!(typo.len() == 1 && typo[0].contains("top_signa"), "{typo:?}");
+        let clash = problems(with("top_signal", "x"));
+        assert!(
+            clash.len() == 1 && clash[0].contains("context"),
+            "{clash:?}"
+        );
+        assert_eq!(problems(with("run book", "x")).len(), 1);
+    }
+
+    #[test]
     fn the_demo_rule_compiles_and_bad_rules_name_their_fields() {
         assert!(compile_rule(&demo_rule()).is_ok());
         assert!(compile_rule(&demo_frozen_rule()).is_ok());
@@ -1662,8 +1729,8 @@ mod tests {
         let mut routed = notifier("webhook", "http://127.0.0.1:9093/hook");
         routed.severities = vec!["critical".into(), "urgent".into()];
         routed.rules = vec!["pump-*".into()];
-        routed.devices = vec![String::new()];
-        assert_eq!(fields(&routed), vec!["severities", "devices"]);
+        routed.devices = vec![String::new(), " line2-*".into()];
+        assert_eq!(fields(&routed), vec!["severities", "devices", "devices"]);
         // Webhooks: basic authentication inside TLS or to this host; a CA only for https.
         let mut secured = notifier("webhook", "https://hooks.plant.example/alerts");
         secured.username = Some("fabrik".into());
