@@ -333,6 +333,16 @@ async function main() {
     noErrors('rules');
   });
 
+  await step('alerts page: an alert leads to the input window that fired it', async () => {
+    await go('#/alerts');
+    const link = `tr[data-alert="${alertId.replace(/"/g, '\\"')}"] a[data-window-link]`;
+    await page.waitForSelector(link, { timeout: 15000 });
+    await page.click(link);
+    await page.waitForSelector('#win-detail .bars li', { timeout: 15000 });
+    assert(page.url().includes('#/pipelines/pump-health/'), `not on the window's page: ${page.url()}`);
+    noErrors('alert to window');
+  });
+
   await step('pipelines: an inference shows its input window and contributions', async () => {
     await go('#/pipelines');
     await page.waitForSelector('#pl-inferences tr[data-window], #pl-inferences .empty', { timeout: 15000 });

@@ -1106,14 +1106,23 @@ function alertsTable(alerts, { compact = false, noDevice = false, actions = fals
   return html`<div class="table-wrap"><table class="alerts-table"><thead><tr><th>State</th><th>Rule</th>${noDevice ? '' : html`<th>Device</th>`}
     ${compact ? '' : html`<th>Severity</th>`}<th>Started</th>${compact ? '' : html`<th>Fired</th><th>Resolved</th><th class="num">Value</th><th>Top signal</th>`}<th>Acknowledged</th>${actions ? html`<th><span class="sr">Actions</span></th>` : ''}</tr></thead><tbody>
     ${alerts.map((a) => html`<tr data-alert="${a.id}"><td>${pill(a.state)}${a.silenced ? html` <span class="pill plain" title="A silence matched">silenced</span>` : ''}</td>
-      <td>${a.rule}</td>${noDevice ? '' : html`<td><a href="#/devices/${enc(a.key)}">${a.key}</a></td>`}
+      <td>${a.rule}${!compact && a.annotations?.summary ? html`<div class="muted small-text">${a.annotations.summary}</div>` : ''}</td>${noDevice ? '' : html`<td><a href="#/devices/${enc(a.key)}">${a.key}</a></td>`}
       ${compact ? '' : html`<td>${pill(a.severity === 'critical' ? 'failed' : a.severity === 'warning' ? 'pending' : '', a.severity)}</td>`}
       <td>${time(a.started_at)}</td>
-      ${compact ? '' : html`<td>${a.fired_at ? fmtTime(a.fired_at) : '—'}</td><td>${a.resolved_at ? fmtTime(a.resolved_at) : '—'}</td><td class="num">${fmtNum(a.value)}</td><td class="mono">${a.annotations?.top_signal || '—'}</td>`}
+      ${compact ? '' : html`<td>${a.fired_at ? fmtTime(a.fired_at) : '—'}</td><td>${a.resolved_at ? fmtTime(a.resolved_at) : '—'}</td><td class="num">${fmtNum(a.value)}</td><td class="mono">${windowLink(a)}</td>`}
       <td>${a.ack ? html`<span title="${a.ack.comment || ''}">${pill(a.ack.feedback)} <span class="muted">by ${a.ack.by}</span></span>` : html`<span class="muted">—</span>`}</td>
       ${actions ? html`<td><div class="row">${a.ack ? '' : html`<button type="button" class="small" data-ack="${a.id}" aria-label="Acknowledge alert ${a.rule} on ${a.key}">Acknowledge</button>`}
         <button type="button" class="small" data-silence="${a.id}" aria-label="Silence ${a.rule} on ${a.key}">Silence</button></div></td>` : ''}</tr>`)}
     </tbody></table></div>`;
+}
+
+/** An alert's top signal, linked to the inference window that fired it when the rule
+ *  carries `window_id` and `pipeline` (the demo's does): alert → inference → input samples. */
+function windowLink(a) {
+  const n = a.annotations || {};
+  const label = n.top_signal || (n.window_id ? 'window' : '—');
+  if (!n.window_id || !n.pipeline) return label;
+  return html`<a href="#/pipelines/${enc(n.pipeline)}/${enc(n.window_id)}" title="Show the input window that fired it" data-window-link>${label}</a>`;
 }
 
 /** A rule's condition as an operator reads it, e.g. `pressure > 6 for 30s`. */

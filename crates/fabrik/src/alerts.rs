@@ -727,7 +727,14 @@ fn demo_rule() -> AlertRuleConfig {
         clear: Some(0.8),
         for_duration: "0s".into(),
         severity: "warning".into(),
-        context: vec!["top_signal".into(), "contributions".into()],
+        // The window and pipeline lead from the alert to the inference that fired it, and
+        // on to its input samples.
+        context: vec![
+            "top_signal".into(),
+            "contributions".into(),
+            "window_id".into(),
+            "pipeline".into(),
+        ],
         interval: "1s".into(),
         start: "now".into(),
         expect: None,
