@@ -1058,6 +1058,7 @@ impl AlertRuleManager {
             previous.stop().await;
         }
         self.board.write().remove(&name);
+        metrics::gauge!("fabrik_alert_rule_problem", "rule" => name.clone()).set(0.0);
         // The removal is stored and done: alerts left open now are resolved at the next
         // start, as the alerts of any rule that is gone.
         if let Err(e) = self.alerting.remove_rule(&name).await {
@@ -1203,6 +1204,8 @@ pub(crate) async fn start(
             manager.launch(&mut managed, origin, rule, None);
         }
         for (definition, reason) in invalid {
+            metrics::gauge!("fabrik_alert_rule_problem", "rule" => definition.name.clone())
+                .set(1.0);
             manager.board.write().insert(
                 definition.name.clone(),
                 rule_status(
@@ -1321,8 +1324,15 @@ impl Evaluator {
         }
     }
 
-    /// Shows the outcome of an evaluation on the board.
+    /// Shows the outcome of an evaluation on the board and in the metrics.
     fn report(&self, outcome: &Result<(TableState, usize), String>) {
+        let rule = self.rule.config.name.clone();
+        metrics::gauge!("fabrik_alert_rule_problem", "rule" => rule.clone())
+            .set(if outcome.is_err() { 1.0 } else { 0.0 });
+        if let Ok((_, rows)) = outcome {
+            metrics::counter!("fabrik_alert_rule_rows_total", "rule" => rule)
+                .increment(*rows as u64);
+        }
         let mut board = self.board.write();
         let Some(status) = board.get_mut(&self.rule.config.name) else {
             return;

@@ -1074,6 +1074,36 @@ fn alert_rules_are_defined_replaced_and_removed_at_run_time() {
         "a dry run defines nothing: {listed}"
     );
 
+    // Applied despite the warning (a column may come later), it shows why it fails, on the
+    // board and in the metrics, until it is removed.
+    let mut typo = hot(3.0, "warning");
+    typo["name"] = "typo".into();
+    typo["value"] = "presure * 2".into();
+    typo["annotations"] = serde_json::json!({});
+    let (status, defined) = put(&p.url, "/api/v1/alert-rules/typo", typo);
+    assert_eq!(status, 201, "{defined}");
+    let problem = "fabrik_alert_rule_problem{rule=\"typo\"}";
+    eventually("the typo shows as failing", || {
+        let shown = http(
+            &p.url,
+            reqwest::Method::GET,
+            "/api/v1/alert-rules/typo",
+            None,
+        )
+        .1;
+        shown["health"] == "failing"
+            && shown["error"].as_str().unwrap_or("").contains("presure")
+            && crate::support::metric(&p.url, problem) == Some(1.0)
+    });
+    let (status, _) = http(
+        &p.url,
+        reqwest::Method::DELETE,
+        "/api/v1/alert-rules/typo",
+        None,
+    );
+    assert_eq!(status, 204);
+    assert_eq!(crate::support::metric(&p.url, problem), Some(0.0));
+
     // Defined: it evaluates the stored rows and pump-a fires, once.
     let (status, defined) = put(&p.url, "/api/v1/alert-rules/hot", hot(3.0, "warning"));
     assert_eq!(status, 201, "{defined}");
