@@ -264,7 +264,8 @@ async function main() {
     const deadline = Date.now() + ALERT_WAIT_S * 1000;
     let open = [];
     for (;;) {
-      open = (await apiCall('/api/v1/alerts?limit=100')).filter((a) => !a.ack);
+      // The model's alerts: they lead to the inference window that fired them.
+      open = (await apiCall('/api/v1/alerts?limit=100&rule=pump-anomaly')).filter((a) => !a.ack);
       if (open.length || Date.now() >= deadline) break;
       await new Promise((r) => setTimeout(r, 5000));
     }

@@ -411,17 +411,24 @@ impl AlertDb {
         Ok(done.rows_affected() == 1)
     }
 
-    /// The notifiers that told their receivers about alert `alert_id`, or have a notification
-    /// of it queued (which will tell them).
+    /// The notifiers that told their receivers about alert `alert_id`.
     pub async fn notified_by(&self, alert_id: &str) -> Result<Vec<String>, AlertError> {
-        Ok(sqlx::query_scalar(
-            "SELECT notifier FROM notified WHERE alert_id = ? \
-             UNION SELECT notifier FROM outbox WHERE alert_id = ?",
+        Ok(
+            sqlx::query_scalar("SELECT notifier FROM notified WHERE alert_id = ?")
+                .bind(alert_id)
+                .fetch_all(&self.pool)
+                .await?,
         )
-        .bind(alert_id)
-        .bind(alert_id)
-        .fetch_all(&self.pool)
-        .await?)
+    }
+
+    /// The notifiers with a notification about alert `alert_id` still queued.
+    pub async fn queued_for(&self, alert_id: &str) -> Result<Vec<String>, AlertError> {
+        Ok(
+            sqlx::query_scalar("SELECT DISTINCT notifier FROM outbox WHERE alert_id = ?")
+                .bind(alert_id)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// Sets an open alert's severity and annotations (its rule was redefined), leaving the

@@ -237,7 +237,8 @@ impl Alerting {
                 .await?;
             alert.annotations = annotations;
             if severity_changed && alert.state == AlertState::Firing && !alert.silenced {
-                let told = self.db.notified_by(&alert.id).await?;
+                let mut told = self.db.notified_by(&alert.id).await?;
+                told.extend(self.db.queued_for(&alert.id).await?);
                 for notifier in &self.notifiers {
                     let was_told = told.iter().any(|name| name == notifier.name());
                     if !was_told && notifier.route().takes(&alert) {
@@ -456,9 +457,14 @@ impl Alerting {
                     }
                     // A receiver told of the firing hears of the resolution, silence or route
                     // (a rule's severity redefined) or not: otherwise its incident stays
-                    // open. Read before the resolution is stored, after which the worker
-                    // forgets who was told.
-                    let told = self.db.notified_by(&id).await?;
+                    // open. Outside a silence, one with the firing still queued counts as
+                    // told (it will be); under a silence that queued firing is dropped at
+                    // delivery, so only a delivered one counts. Read before the resolution is
+                    // stored, after which the worker forgets who was told.
+                    let mut told = self.db.notified_by(&id).await?;
+                    if !silenced {
+                        told.extend(self.db.queued_for(&id).await?);
+                    }
                     alert.resolved_at = Some(model::rfc3339(t.at_ns));
                     self.db.upsert(&alert, now).await?;
                     tracing::info!(alert = %alert.id, "Alert resolved.");
@@ -880,14 +886,16 @@ impl Alerting {
             handled.extend(ids.iter().copied());
             match notify::deliver(notifier, &payload).await {
                 Ok(()) => {
-                    for id in &ids {
-                        self.db.delivered(*id).await?;
-                    }
+                    // Recorded as told before the entries leave the outbox, so a reader in
+                    // between sees the receiver as told or as about to be, never neither.
                     told.sort();
                     told.dedup();
                     self.db
                         .record_notified(&told, notifier.name(), now_ns())
                         .await?;
+                    for id in &ids {
+                        self.db.delivered(*id).await?;
+                    }
                     metrics::counter!(
                         "fabrik_notifications_total",
                         "notifier" => notifier.name().to_owned(),
@@ -1324,6 +1332,55 @@ mod tests {
             alerting.db().get(&warm_id).await.unwrap().severity,
             "critical"
         );
+    }
+
+    /// A firing still queued when its alert is silenced is dropped at delivery, so under the
+    /// silence its resolution is not sent either: the receiver never saw the firing.
+    #[tokio::test]
+    async fn a_silenced_alert_whose_firing_never_went_out_resolves_quietly() {
+        let dir = tempfile::tempdir().unwrap();
+        let alerting = alerting_in(dir.path(), vec![refused_webhook()]).await;
+        alerting
+            .observe("hot", &[obs("oven-1", 10, 85.0)])
+            .await
+            .unwrap();
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), 1);
+        alerting
+            .silence(
+                None,
+                Some("oven-*".into()),
+                std::time::Duration::from_secs(3600),
+                "ana",
+                None,
+            )
+            .await
+            .unwrap();
+        alerting
+            .observe("hot", &[obs("oven-1", 20, 60.0)])
+            .await
+            .unwrap();
+        assert_eq!(
+            alerting.db().outbox_len().await.unwrap(),
+            1,
+            "no resolution queued beside the firing the silence drops"
+        );
+        // Delivered, the firing would have told the receiver: then the resolution goes out.
+        alerting
+            .observe("hot", &[obs("oven-2", 30, 85.0)])
+            .await
+            .unwrap();
+        let oven2 = alert_id("hot", "oven-2", 30 * S);
+        alerting
+            .db()
+            .record_notified(std::slice::from_ref(&oven2), "ops", now_ns())
+            .await
+            .unwrap();
+        let before = alerting.db().outbox_len().await.unwrap();
+        alerting
+            .observe("hot", &[obs("oven-2", 40, 60.0)])
+            .await
+            .unwrap();
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), before + 1);
     }
 
     /// A rule gone from the configuration at a restart resolves its firing alerts and tells

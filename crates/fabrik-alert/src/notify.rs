@@ -345,38 +345,71 @@ impl Notifier {
     }
 }
 
+/// The pieces of an annotation template: literal text, and placeholders — a name of
+/// letters, digits and `_` between `{` and `}`. Any other brace is text, so JSON or a URL
+/// with braces stays as written.
+enum Piece<'a> {
+    Text(&'a str),
+    Placeholder(&'a str),
+}
+
+fn pieces(template: &str) -> Vec<Piece<'_>> {
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    let mut search = 0;
+    while let Some(offset) = template[search..].find('{') {
+        let open = search + offset;
+        let name_end = template[open + 1..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(template.len(), |n| open + 1 + n);
+        if name_end > open + 1 && template[name_end..].starts_with('}') {
+            pieces.push(Piece::Text(&template[start..open]));
+            pieces.push(Piece::Placeholder(&template[open + 1..name_end]));
+            start = name_end + 1;
+            search = start;
+        } else {
+            search = open + 1;
+        }
+    }
+    pieces.push(Piece::Text(&template[start..]));
+    pieces
+}
+
+/// The placeholder names of an annotation template, in order.
+pub fn placeholders(template: &str) -> Vec<&str> {
+    pieces(template)
+        .into_iter()
+        .filter_map(|piece| match piece {
+            Piece::Placeholder(name) => Some(name),
+            Piece::Text(_) => None,
+        })
+        .collect()
+}
+
 /// `template` with `{rule}`, `{device}`, `{severity}`, `{value}` and `{<context column>}`
-/// replaced by the alert's (an unknown name stays as written). A value is shown with at most
-/// four decimals, as an operator reads it: `87.25`, not `87.250000001`.
+/// replaced by the alert's; `-` where it has no such value (a null context column). A value
+/// is shown with at most four decimals, as an operator reads it: `87.25`, not
+/// `87.250000001`. Rules are checked when defined, so every name is one of these.
 pub fn render_annotation(
     template: &str,
     alert: &Alert,
     context: &BTreeMap<String, String>,
 ) -> String {
     let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let after = &rest[open + 1..];
-        let Some(close) = after.find('}') else {
-            out.push_str(&rest[open..]);
-            return out;
-        };
-        let name = &after[..close];
-        let value = match name {
-            "rule" => Some(alert.rule.clone()),
-            "device" => Some(alert.key.clone()),
-            "severity" => Some(alert.severity.clone()),
-            "value" => Some(alert.value.map_or_else(|| "-".to_owned(), short_number)),
-            other => context.get(other).cloned(),
-        };
-        match value {
-            Some(value) => out.push_str(&value),
-            None => out.push_str(&rest[open..open + close + 2]),
+    for piece in pieces(template) {
+        match piece {
+            Piece::Text(text) => out.push_str(text),
+            Piece::Placeholder("rule") => out.push_str(&alert.rule),
+            Piece::Placeholder("device") => out.push_str(&alert.key),
+            Piece::Placeholder("severity") => out.push_str(&alert.severity),
+            Piece::Placeholder("value") => {
+                out.push_str(&alert.value.map_or_else(|| "-".to_owned(), short_number));
+            }
+            Piece::Placeholder(other) => {
+                out.push_str(context.get(other).map_or("-", String::as_str));
+            }
         }
-        rest = &after[close + 1..];
     }
-    out.push_str(rest);
     out
 }
 
@@ -577,11 +610,12 @@ fn encode_subject(subject: &str) -> String {
     if subject.is_ascii() {
         return subject;
     }
-    // 45 bytes of UTF-8 are 60 of base64; with `=?utf-8?b?` and `?=` an encoded word is 72.
+    // 39 bytes of UTF-8 are 52 of base64; with `=?utf-8?b?` and `?=` an encoded word is 64,
+    // so even the first line, after `Subject: `, stays within RFC 2047's 76 characters.
     let mut words = Vec::new();
     let mut chunk = String::new();
     for ch in subject.chars() {
-        if chunk.len() + ch.len_utf8() > 45 {
+        if chunk.len() + ch.len_utf8() > 39 {
             words.push(std::mem::take(&mut chunk));
         }
         chunk.push(ch);
@@ -877,8 +911,13 @@ mod tests {
         let lines: Vec<&str> = encoded.split("\r\n ").collect();
         assert!(lines.len() > 1, "{encoded}");
         let mut decoded = String::new();
-        for word in &lines {
-            assert!(word.len() <= 75, "{word}");
+        for (i, word) in lines.iter().enumerate() {
+            let line = if i == 0 {
+                9 + word.len()
+            } else {
+                1 + word.len()
+            };
+            assert!(line <= 76, "{word}");
             let inner = word
                 .strip_prefix("=?utf-8?b?")
                 .and_then(|w| w.strip_suffix("?="))
@@ -901,8 +940,19 @@ mod tests {
             render("{rule} on {device} ({severity}): {top_signal} at {value}"),
             "pump-health on pump-02 (warning): vibration_rms at 7.25"
         );
-        assert_eq!(render("{unknown} stays, {value"), "{unknown} stays, {value");
+        assert_eq!(
+            render("{unknown} is missing, {value"),
+            "- is missing, {value"
+        );
         assert_eq!(render("no placeholders"), "no placeholders");
+        assert_eq!(
+            render(r#"{"device": "{device}"} ${x-y} {{device}}"#),
+            r#"{"device": "pump-02"} ${x-y} {pump-02}"#
+        );
+        assert_eq!(
+            placeholders("{{device}} {a b} {value}{x}"),
+            ["device", "value", "x"]
+        );
         let mut rounded = alert(AlertState::Firing);
         for (value, shown) in [
             (87.0, "87"),

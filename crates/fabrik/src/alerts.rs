@@ -85,21 +85,6 @@ fn one_sql_expression(text: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The names between `{` and `}` in `template`.
-fn placeholders(template: &str) -> Vec<&str> {
-    let mut names = Vec::new();
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        let after = &rest[open + 1..];
-        let Some(close) = after.find('}') else {
-            break;
-        };
-        names.push(&after[..close]);
-        rest = &after[close + 1..];
-    }
-    names
-}
-
 /// Checks one rule; every problem with its field.
 pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(String, String)>> {
     let mut problems = Vec::new();
@@ -206,7 +191,7 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
                 format!("`{name}` is also a context column; name one of them otherwise"),
             );
         }
-        for placeholder in placeholders(template) {
+        for placeholder in fabrik_alert::notify::placeholders(template) {
             let known = matches!(placeholder, "rule" | "device" | "severity" | "value")
                 || c.context.iter().any(|column| column == placeholder);
             if !known {
