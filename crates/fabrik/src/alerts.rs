@@ -26,7 +26,7 @@ use fabrik_runtime::units::parse_duration;
 use fabrik_store::Store;
 
 use crate::columns::cast_column;
-use crate::stored::{definitions_json, read_definitions, store_file};
+use crate::stored::{compile_batch, definitions_json, read_definitions, store_file};
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
@@ -995,25 +995,8 @@ impl AlertRuleManager {
         &self,
         configs: Vec<AlertRuleConfig>,
     ) -> Result<Vec<bool>, ControlError> {
-        let mut problems = Vec::new();
-        let mut compiled = Vec::with_capacity(configs.len());
-        let mut names = BTreeSet::new();
-        for config in &configs {
-            if !names.insert(config.name.as_str()) {
-                problems.push((format!("{}.name", config.name), "is defined twice".into()));
-            }
-            match compile_rule(config) {
-                Ok(rule) => compiled.push(rule),
-                Err(found) => problems.extend(
-                    found
-                        .into_iter()
-                        .map(|(field, message)| (format!("{}.{field}", config.name), message)),
-                ),
-            }
-        }
-        if !problems.is_empty() {
-            return Err(ControlError::Invalid(problems));
-        }
+        let (compiled, names) =
+            compile_batch(&configs, |c: &AlertRuleConfig| &c.name, compile_rule)?;
         let mut rules = self.rules.lock().await;
         let created = configs
             .iter()

@@ -28,7 +28,7 @@ use fabrik_runtime::units::parse_duration;
 use fabrik_store::Store;
 
 use crate::columns::cast_column;
-use crate::stored::{definitions_json, read_definitions, store_file};
+use crate::stored::{compile_batch, definitions_json, read_definitions, store_file};
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
@@ -619,28 +619,7 @@ impl PipelineManager {
         &self,
         configs: Vec<PipelineConfig>,
     ) -> Result<Vec<bool>, ControlError> {
-        let mut problems = Vec::new();
-        let mut compiled = Vec::with_capacity(configs.len());
-        let mut names = std::collections::HashSet::new();
-        for config in &configs {
-            if !names.insert(config.name.as_str()) {
-                problems.push((
-                    format!("{}.name", config.name),
-                    "is defined twice".to_owned(),
-                ));
-            }
-            match compile(config) {
-                Ok(pipeline) => compiled.push(pipeline),
-                Err(found) => problems.extend(
-                    found
-                        .into_iter()
-                        .map(|(field, message)| (format!("{}.{field}", config.name), message)),
-                ),
-            }
-        }
-        if !problems.is_empty() {
-            return Err(ControlError::Invalid(problems));
-        }
+        let (compiled, names) = compile_batch(&configs, |c: &PipelineConfig| &c.name, compile)?;
         let mut pipelines = self.pipelines.lock().await;
         let created = configs
             .iter()

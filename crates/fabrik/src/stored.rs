@@ -64,3 +64,71 @@ pub(crate) fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io:
     }
     Ok(())
 }
+
+/// Checks a batch of definitions named by `name` with `compile`, all of them: either every
+/// one compiles and no name repeats, or every problem is returned as `<name>.<field>`.
+/// Returns the compiled definitions, in order, and the batch's names.
+pub(crate) fn compile_batch<C, T>(
+    configs: &[C],
+    name: impl Fn(&C) -> &str,
+    compile: impl Fn(&C) -> Result<T, Vec<(String, String)>>,
+) -> Result<(Vec<T>, std::collections::BTreeSet<&str>), ControlError> {
+    let mut problems = Vec::new();
+    let mut compiled = Vec::with_capacity(configs.len());
+    let mut names = std::collections::BTreeSet::new();
+    for config in configs {
+        let config_name = name(config);
+        if !names.insert(name(config)) {
+            problems.push((format!("{config_name}.name"), "is defined twice".to_owned()));
+        }
+        match compile(config) {
+            Ok(done) => compiled.push(done),
+            Err(found) => problems.extend(
+                found
+                    .into_iter()
+                    .map(|(field, message)| (format!("{config_name}.{field}"), message)),
+            ),
+        }
+    }
+    if problems.is_empty() {
+        Ok((compiled, names))
+    } else {
+        Err(ControlError::Invalid(problems))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_compiles_whole_or_names_every_problem() {
+        let compile = |n: &(String, i32)| {
+            if n.1 >= 0 {
+                Ok(n.1)
+            } else {
+                Err(vec![(
+                    "level".to_owned(),
+                    "must not be negative".to_owned(),
+                )])
+            }
+        };
+        fn name(n: &(String, i32)) -> &str {
+            &n.0
+        }
+        let good = [("a".to_owned(), 1), ("b".to_owned(), 2)];
+        let (compiled, names) = compile_batch(&good, name, compile).expect("good batch");
+        assert_eq!(compiled, [1, 2]);
+        assert_eq!(names.into_iter().collect::<Vec<_>>(), ["a", "b"]);
+        let bad = [
+            ("a".to_owned(), 1),
+            ("b".to_owned(), -1),
+            ("a".to_owned(), 3),
+        ];
+        let Err(ControlError::Invalid(problems)) = compile_batch(&bad, name, compile) else {
+            panic!("a bad batch compiled");
+        };
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(fields, ["b.level", "a.name"]);
+    }
+}
