@@ -1291,6 +1291,7 @@ fn array_template(path: &str) -> Option<toml::Table> {
                 label: Some(String::new()),
                 registered: false,
             }),
+            // Any names: see `check_shape`.
             annotations: BTreeMap::from([(String::new(), String::new())]),
         })
         .ok();
@@ -1512,6 +1513,32 @@ fn check_shape(
             continue;
         };
         match (expected, value) {
+            // A template table whose only key is empty stands for a map with any keys, each
+            // value like the template's (a rule's `annotations`).
+            (toml::Value::Table(t), toml::Value::Table(v))
+                if t.len() == 1 && t.contains_key("") =>
+            {
+                let want = &t[""];
+                let wrong: Vec<String> = v
+                    .iter()
+                    .filter(|(_, value)| {
+                        std::mem::discriminant(*value) != std::mem::discriminant(want)
+                    })
+                    .map(|(name, _)| name.clone())
+                    .collect();
+                for name in wrong {
+                    if let Some(value) = v.remove(&name) {
+                        problems.push(ConfigProblem {
+                            path: format!("{path}.{name}"),
+                            message: format!(
+                                "expected {}, found {}",
+                                type_name(want),
+                                type_name(&value)
+                            ),
+                        });
+                    }
+                }
+            }
             (toml::Value::Table(t), toml::Value::Table(v)) => check_shape(v, t, &path, problems),
             (e, v) if std::mem::discriminant(e) == std::mem::discriminant(v) => {}
             // `scale = 2` is as good as `scale = 2.0`.
@@ -1609,6 +1636,27 @@ mod tests {
         ] {
             assert!(msg.contains(needle), "missing {needle} in:\n{msg}");
         }
+    }
+
+    #[test]
+    fn a_rules_annotations_take_any_name_with_a_text_value() {
+        let text = r#"
+            [[alerting.rules]]
+            name = "hot"
+            table = "pump"
+            value = "temperature"
+            condition = "above"
+            threshold = 80.0
+            annotations = { summary = "{device} hot", runbook = "https://wiki", level = 3 }
+        "#;
+        let (config, shape) =
+            Config::from_toml_reporting("t.toml", text, no_env()).expect("the rest loads");
+        let paths: Vec<&str> = shape.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["alerting.rules[0].annotations.level"], "{shape:?}");
+        let annotations = &config.alerting.rules[0].annotations;
+        assert_eq!(annotations["summary"], "{device} hot");
+        assert_eq!(annotations["runbook"], "https://wiki");
+        assert_eq!(annotations.len(), 2);
     }
 
     #[test]

@@ -931,6 +931,7 @@ condition = "above"
 threshold = 40
 interval = "200ms"
 start = "earliest"
+annotations = { summary = "{device}: electrical load {value}", team = "maintenance" }
 "#,
     );
     let now = now_ns();
@@ -952,6 +953,13 @@ start = "earliest"
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert_eq!(alerts[0]["key"], "pump-y", "{alerts:?}");
     assert_eq!(alerts[0]["value"], 45.0, "{alerts:?}");
+    // Annotations from the configuration file, rendered.
+    let annotations = &alerts[0]["annotations"];
+    assert_eq!(
+        annotations["summary"], "pump-y: electrical load 45",
+        "{annotations}"
+    );
+    assert_eq!(annotations["team"], "maintenance", "{annotations}");
     let (status, _) = p.terminate();
     assert!(status.success());
 }
