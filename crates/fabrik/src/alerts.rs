@@ -26,6 +26,7 @@ use fabrik_runtime::units::parse_duration;
 use fabrik_store::Store;
 
 use crate::columns::cast_column;
+use crate::sql_text;
 use crate::stored::{compile_batch, definitions_json, read_definitions, store_file};
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
@@ -55,36 +56,6 @@ fn name_ok(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// Whether `text` is exactly one SQL expression as the rule's query embeds it — between
-/// parentheses, on lines of its own (see [`read_sql`]), so a scalar subquery is one too and
-/// a trailing `--` comment ends with its line. A typo is named when the rule is defined
-/// rather than on every evaluation, and nothing after the expression (`1) FROM other`) can
-/// change the shape of the query around it.
-fn one_sql_expression(text: &str) -> Result<(), String> {
-    use datafusion::sql::sqlparser::dialect::GenericDialect;
-    use datafusion::sql::sqlparser::parser::Parser;
-    use datafusion::sql::sqlparser::tokenizer::Token;
-    if text.trim().is_empty() {
-        return Err("must be one SQL expression; it is empty".into());
-    }
-    let dialect = GenericDialect {};
-    let embedded = format!("(\n{text}\n)");
-    let mut parser = Parser::new(&dialect)
-        .try_with_sql(&embedded)
-        .map_err(|e| format!("`{text}` is not a SQL expression: {e}"))?;
-    parser
-        .parse_expr()
-        .map_err(|e| format!("`{text}` is not a SQL expression: {e}"))?;
-    let next = parser.peek_token();
-    if next.token != Token::EOF {
-        return Err(format!(
-            "`{text}` must be one SQL expression; `{}` follows a complete one",
-            next.token
-        ));
-    }
-    Ok(())
-}
-
 /// Checks one rule; every problem with its field.
 pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(String, String)>> {
     let mut problems = Vec::new();
@@ -108,7 +79,7 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
     }
     for (field, value) in [("value", Some(&c.value)), ("filter", c.filter.as_ref())] {
         if let Some(v) = value
-            && let Err(why) = one_sql_expression(v)
+            && let Err(why) = sql_text::one_expression(v)
         {
             problem(field, why);
         }
@@ -1394,7 +1365,7 @@ impl Evaluator {
             table = c.table
         );
         if let Some(filter) = &c.filter {
-            sql.push_str(&format!(" WHERE (\n{filter}\n)"));
+            sql.push_str(&format!(" WHERE {}", sql_text::embedded(filter)));
         }
         sql.push_str(&format!(" GROUP BY \"{}\"", c.key));
         let output = self.store.query(&sql).await.map_err(|e| e.to_string())?;
@@ -1540,8 +1511,8 @@ fn read_sql(c: &AlertRuleConfig, after: Option<i64>, until: i64) -> String {
         "CAST(_raw_id AS BIGINT) AS _arrival".to_owned(),
         "time".to_owned(),
         format!("\"{}\"", c.key),
-        // On lines of their own, as `one_sql_expression` checked them.
-        format!("CAST((\n{}\n) AS DOUBLE)", c.value),
+        // Embedded as `sql_text::one_expression` checked them.
+        format!("CAST({} AS DOUBLE)", sql_text::embedded(&c.value)),
     ];
     columns.extend(c.context.iter().map(|col| format!("\"{col}\"")));
     let mut sql = format!(
@@ -1553,7 +1524,7 @@ fn read_sql(c: &AlertRuleConfig, after: Option<i64>, until: i64) -> String {
         sql.push_str(&format!(" AND _raw_id > {after}"));
     }
     if let Some(filter) = &c.filter {
-        sql.push_str(&format!(" AND (\n{filter}\n)"));
+        sql.push_str(&format!(" AND {}", sql_text::embedded(filter)));
     }
     sql.push_str(&format!(" ORDER BY _arrival, time LIMIT {READ_LIMIT}"));
     sql
@@ -1575,7 +1546,7 @@ mod tests {
             "SELECT max(pressure) FROM pump",
             "pressure -- bar, gauge",
         ] {
-            assert_eq!(one_sql_expression(good), Ok(()), "{good}");
+            assert_eq!(sql_text::one_expression(good), Ok(()), "{good}");
         }
         for bad in [
             "",
@@ -1586,7 +1557,7 @@ mod tests {
             "a b",
             "a /* unterminated",
         ] {
-            assert!(one_sql_expression(bad).is_err(), "`{bad}` accepted");
+            assert!(sql_text::one_expression(bad).is_err(), "`{bad}` accepted");
         }
         let rule = AlertRuleConfig {
             filter: Some("pipeline = ".into()),

@@ -24,6 +24,7 @@ mod pipeline_cli;
 mod pipelines;
 mod readings;
 mod run;
+mod sql_text;
 mod stored;
 mod user_cli;
 

@@ -281,9 +281,9 @@ pub(crate) fn compile(config: &PipelineConfig) -> Result<Compiled, Vec<(String, 
         problem("label", format!("`{label}`: expected `key=value`"));
     }
     if let Some(filter) = &config.filter
-        && (filter.contains(';') || filter.trim().is_empty())
+        && let Err(why) = crate::sql_text::one_expression(filter)
     {
-        problem("filter", "must be one SQL condition".into());
+        problem("filter", why);
     }
     match (model, threshold, window, interval, lateness_ns) {
         (Some(model), Some(threshold), Some(window), Some(interval), Some(lateness_ns))
@@ -1315,7 +1315,7 @@ impl Runner {
             sql.push_str(&format!(" AND time > to_timestamp_nanos({after})"));
         }
         if let Some(filter) = &c.filter {
-            sql.push_str(&format!(" AND ({filter})"));
+            sql.push_str(&format!(" AND {}", crate::sql_text::embedded(filter)));
         }
         if let Some(devices) = devices {
             let list: Vec<String> = devices
@@ -1651,6 +1651,14 @@ mod tests {
             "{problems:?}"
         );
         assert!(problems[0].1.contains("`median`"));
+        // The filter is checked as the query embeds it, as an alert rule's is: text after
+        // one complete condition is refused, a trailing comment is not.
+        let mut filtered = demo_pipeline();
+        filtered.filter = Some("running) FROM other WHERE (true".into());
+        let problems = compile(&filtered).unwrap_err();
+        assert_eq!(problems[0].0, "filter", "{problems:?}");
+        filtered.filter = Some("running -- only while it runs".into());
+        assert!(compile(&filtered).is_ok());
     }
 
     #[test]
