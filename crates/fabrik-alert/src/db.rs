@@ -595,6 +595,25 @@ impl AlertDb {
         Ok(())
     }
 
+    /// Removes a delivered notification and every older one of its notifier about the same
+    /// alert that is still queued (waiting out a retry backoff): the delivered one carried a
+    /// later state, and delivering the older one afterwards would leave the receiver with a
+    /// stale one, such as a firing after its resolution. Returns how many older ones went.
+    pub async fn delivered_superseding(&self, id: i64) -> Result<u64, AlertError> {
+        let superseded = sqlx::query(
+            "DELETE FROM outbox WHERE id IN (SELECT older.id FROM outbox older \
+             JOIN outbox newer ON newer.id = ? \
+             WHERE older.notifier = newer.notifier AND older.alert_id = newer.alert_id \
+             AND older.id < newer.id)",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        self.delivered(id).await?;
+        Ok(superseded)
+    }
+
     /// Records a failed attempt and when to try again.
     pub async fn retry_later(
         &self,

@@ -893,8 +893,18 @@ impl Alerting {
                     self.db
                         .record_notified(&told, notifier.name(), now_ns())
                         .await?;
+                    let mut superseded = 0;
                     for id in &ids {
-                        self.db.delivered(*id).await?;
+                        superseded += self.db.delivered_superseding(*id).await?;
+                    }
+                    if superseded > 0 {
+                        tracing::info!(notifier = %notifier.name(), superseded, "Older queued notifications dropped: a later state of their alerts was delivered.");
+                        metrics::counter!(
+                            "fabrik_notifications_total",
+                            "notifier" => notifier.name().to_owned(),
+                            "outcome" => "superseded"
+                        )
+                        .increment(superseded);
                     }
                     metrics::counter!(
                         "fabrik_notifications_total",
@@ -1709,6 +1719,45 @@ mod tests {
         let body = bodies.recv().await.unwrap();
         assert_eq!(body["status"], "firing", "{body}");
         assert_eq!(body["alerts"][0]["labels"]["device"], "oven-1", "{body}");
+    }
+
+    /// A firing that failed and waits out its retry backoff is superseded when the alert's
+    /// resolution, due now, gets through: the receiver is left with the resolution, not with
+    /// the stale firing delivered after it.
+    #[tokio::test]
+    async fn a_delivered_resolution_supersedes_its_firing_waiting_to_be_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let down = alerting_in(dir.path(), vec![refused_webhook()]).await;
+        down.observe("hot", &[obs("oven-1", 1, 85.0)])
+            .await
+            .unwrap();
+        assert_eq!(down.deliver_due().await.unwrap(), 0);
+        down.observe("hot", &[obs("oven-1", 2, 10.0)])
+            .await
+            .unwrap();
+        // The firing waits a second for its retry; the resolution was queued after it.
+        let queued = down.db().due(i64::MAX, 10).await.unwrap();
+        assert_eq!(queued.len(), 2, "{queued:?}");
+        let not_due = down.db().due(now_ns(), 10).await.unwrap();
+        assert_eq!(not_due.len(), 1, "{not_due:?}");
+        assert!(not_due[0].payload.contains("\"resolved\""), "{not_due:?}");
+        drop(down);
+
+        // The receiver is back (the notifier reconfigured to it, as after a restart).
+        let (url, mut bodies) = http_receiver().await;
+        let up = alerting_in(
+            dir.path(),
+            vec![webhook_to(&url, notify::Grouping::default())],
+        )
+        .await;
+        assert_eq!(up.deliver_due().await.unwrap(), 1);
+        let body = bodies.recv().await.unwrap();
+        assert_eq!(body["status"], "resolved", "{body}");
+        assert_eq!(
+            up.db().outbox_len().await.unwrap(),
+            0,
+            "the stale firing is still queued"
+        );
     }
 
     /// A receiver told of a firing hears of its resolution even if a silence came in between
