@@ -8,9 +8,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::extract::Query;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use fabrik_alert::AlertState;
@@ -94,6 +95,11 @@ pub trait AlertRuleControl: Send + Sync {
     /// Checks `config` as [`AlertRuleControl::apply`] would, changing nothing: what would
     /// happen, and what would keep it from evaluating.
     fn check(&self, config: AlertRuleConfig) -> BoxFuture<'_, Result<DryRun, ControlError>>;
+    /// Checks several definitions as [`AlertRuleControl::apply_all`] would, changing nothing.
+    fn check_all(
+        &self,
+        configs: Vec<AlertRuleConfig>,
+    ) -> BoxFuture<'_, Result<Vec<DryRun>, ControlError>>;
     /// Stops a rule defined through the API and forgets it; its firing alerts resolve.
     fn remove(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>>;
 }
@@ -223,19 +229,36 @@ fn stored_but_not_listed(name: &str) -> ApiError {
     )
 }
 
+/// The body of a 200 answer to `PUT /api/v1/alert-rules`: the rules, or what a dry run found
+/// for each. Documents the answer's two shapes; the handler builds either directly.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum AppliedRules {
+    /// Applied, in the order given.
+    Applied(Vec<AlertRuleStatus>),
+    /// `dry_run=true`, in the order given.
+    DryRun(Vec<DryRun>),
+}
+
 #[utoipa::path(put, path = "/api/v1/alert-rules", tag = "alerts", security(("token" = [])),
+    params(ApplyParams),
     request_body(content = [AlertRuleConfig], description = "several `[[alerting.rules]]` entries, as a JSON list"),
-    responses((status = 200, description = "all defined or replaced and evaluating, in the order given", body = [AlertRuleStatus]),
+    responses((status = 200, description = "all defined or replaced and evaluating, in the order given; with `dry_run=true`, each checked without any change", body = AppliedRules),
               (status = 400, description = "at least one invalid definition; none was applied; the message names each `<rule>.<field>`", body = crate::error::ErrorBody),
               (status = 409, description = "one is defined in the configuration file or by the demo; none was applied", body = crate::error::ErrorBody),
               (status = 503, description = "the alerts module does not run here", body = crate::error::ErrorBody)))]
 pub(crate) async fn apply_all(
     State(state): State<ApiState>,
+    Query(params): Query<ApplyParams>,
     body: Bytes,
-) -> Result<Json<Vec<AlertRuleStatus>>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let control = control(&state)?;
     let configs: Vec<AlertRuleConfig> = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("alert rule definitions: {e}")))?;
+    if params.dry_run {
+        return Ok(Json(control.check_all(configs).await?).into_response());
+    }
     let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
     control.apply_all(configs).await?;
     let mut by_name: BTreeMap<String, AlertRuleStatus> = statuses(&state, None)
@@ -251,7 +274,7 @@ pub(crate) async fn apply_all(
                 .ok_or_else(|| stored_but_not_listed(name))
         })
         .collect::<Result<Vec<_>, _>>()
-        .map(Json)
+        .map(|statuses| Json(statuses).into_response())
 }
 
 #[utoipa::path(delete, path = "/api/v1/alert-rules/{name}", tag = "alerts", security(("token" = [])),

@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use crate::extract::Query;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::{Extension, Json};
@@ -51,6 +52,8 @@ fn alerting(state: &ApiState) -> Result<&Arc<Alerting>, ApiError> {
 
 /// Filters of the alert listing.
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AlertParams {
     /// `pending`, `firing` or `resolved`.
     pub state: Option<String>,
@@ -81,7 +84,10 @@ pub(crate) async fn list(
             )));
         }
     };
-    let limit = params.limit.unwrap_or(100).clamp(1, 1000);
+    if params.limit == Some(0) {
+        return Err(ApiError::bad_request("limit must be at least 1"));
+    }
+    let limit = params.limit.unwrap_or(100).min(1000);
     let query = fabrik_alert::db::AlertQuery {
         state: wanted,
         rule: params.rule.filter(|r| !r.is_empty()),
@@ -133,7 +139,7 @@ pub(crate) async fn ack(
     State(state): State<ApiState>,
     Extension(identity): Extension<Identity>,
     Path(id): Path<String>,
-    Json(request): Json<AckRequest>,
+    crate::extract::Json(request): crate::extract::Json<AckRequest>,
 ) -> Result<Json<fabrik_alert::Alert>, ApiError> {
     let by = recorded_by(&identity, request.by);
     let alert = alerting(&state)?
@@ -211,7 +217,7 @@ pub struct SilenceRequest {
 pub(crate) async fn create_silence(
     State(state): State<ApiState>,
     Extension(identity): Extension<Identity>,
-    Json(request): Json<SilenceRequest>,
+    crate::extract::Json(request): crate::extract::Json<SilenceRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let by = recorded_by(&identity, request.by);
     let duration = fabrik_runtime::units::parse_duration(&request.duration)

@@ -55,6 +55,8 @@ impl From<ControlError> for ApiError {
 
 /// Options of a `PUT` that defines something by name.
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ApplyParams {
     /// Check the definition as a change would, and change nothing: answers 200 with what
     /// would happen, or the same error a change would get.

@@ -1,8 +1,9 @@
 //! `/api/v1/devices`: register, list, show, change and remove devices, rotate their tokens and
 //! read their connection history. Thin handlers over the registry.
 
+use crate::extract::Query;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use fabrik_registry::{
@@ -73,6 +74,8 @@ pub struct TokenBody {
 
 /// Parameters of the history listing.
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventParams {
     /// Newest events to return (default 100, at most 1000).
     pub limit: Option<u32>,
@@ -85,7 +88,7 @@ pub struct EventParams {
               (status = 409, description = "the id is taken", body = crate::error::ErrorBody)))]
 pub(crate) async fn create(
     State(state): State<ApiState>,
-    Json(new): Json<NewDevice>,
+    crate::extract::Json(new): crate::extract::Json<NewDevice>,
 ) -> Result<impl IntoResponse, ApiError> {
     let (device, token) = registry(&state)?.add(new).await?;
     Ok((StatusCode::CREATED, Json(DeviceWithToken { device, token })))
@@ -118,7 +121,7 @@ pub(crate) async fn show(
 pub(crate) async fn update(
     State(state): State<ApiState>,
     Path(id): Path<String>,
-    Json(patch): Json<DevicePatch>,
+    crate::extract::Json(patch): crate::extract::Json<DevicePatch>,
 ) -> Result<Json<Device>, ApiError> {
     Ok(Json(registry(&state)?.patch(&id, patch).await?))
 }

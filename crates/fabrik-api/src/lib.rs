@@ -11,6 +11,7 @@ mod body;
 pub mod control;
 pub mod devices;
 pub mod error;
+mod extract;
 pub mod openapi;
 pub mod pipelines;
 pub mod routes;

@@ -8,9 +8,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::extract::Query;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use fabrik_runtime::config::PipelineConfig;
@@ -109,6 +110,11 @@ pub trait PipelineControl: Send + Sync {
     /// Checks `config` as [`PipelineControl::apply`] would, changing nothing: what would
     /// happen, and what would keep it from scoring.
     fn check(&self, config: PipelineConfig) -> BoxFuture<'_, Result<DryRun, ControlError>>;
+    /// Checks several definitions as [`PipelineControl::apply_all`] would, changing nothing.
+    fn check_all(
+        &self,
+        configs: Vec<PipelineConfig>,
+    ) -> BoxFuture<'_, Result<Vec<DryRun>, ControlError>>;
     /// Stops a pipeline defined through the API and forgets it.
     fn remove(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>>;
     /// The uploaded ONNX models.
@@ -236,19 +242,36 @@ pub(crate) async fn apply(
     Ok((created_or_replaced(created), Json(status)).into_response())
 }
 
+/// The body of a 200 answer to `PUT /api/v1/pipelines`: the pipelines, or what a dry run
+/// found for each. Documents the answer's two shapes; the handler builds either directly.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum AppliedPipelines {
+    /// Applied, in the order given.
+    Applied(Vec<PipelineStatus>),
+    /// `dry_run=true`, in the order given.
+    DryRun(Vec<DryRun>),
+}
+
 #[utoipa::path(put, path = "/api/v1/pipelines", tag = "pipelines", security(("token" = [])),
+    params(ApplyParams),
     request_body(content = [PipelineConfig], description = "several `[[pipelines]]` entries, as a JSON list"),
-    responses((status = 200, description = "all defined or replaced and started (or stored stopped, with `enabled: false`), in the order given", body = [PipelineStatus]),
+    responses((status = 200, description = "all defined or replaced and started (or stored stopped, with `enabled: false`), in the order given; with `dry_run=true`, each checked without any change", body = AppliedPipelines),
               (status = 400, description = "at least one invalid definition; none was applied; the message names each `<pipeline>.<field>`", body = crate::error::ErrorBody),
               (status = 409, description = "one is defined in the configuration file; none was applied", body = crate::error::ErrorBody),
               (status = 503, description = "the pipelines module does not run here", body = crate::error::ErrorBody)))]
 pub(crate) async fn apply_all(
     State(state): State<ApiState>,
+    Query(params): Query<ApplyParams>,
     body: Bytes,
-) -> Result<Json<Vec<PipelineStatus>>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let control = control(&state)?;
     let configs: Vec<PipelineConfig> = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("pipeline definitions: {e}")))?;
+    if params.dry_run {
+        return Ok(Json(control.check_all(configs).await?).into_response());
+    }
     let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
     control.apply_all(configs).await?;
     let board = board(&state)?.read();
@@ -264,7 +287,7 @@ pub(crate) async fn apply_all(
             })
         })
         .collect::<Result<Vec<_>, _>>()
-        .map(Json)
+        .map(|statuses| Json(statuses).into_response())
 }
 
 #[utoipa::path(delete, path = "/api/v1/pipelines/{name}", tag = "pipelines", security(("token" = [])),

@@ -43,7 +43,7 @@ fn cookie(value: &str, max_age: u64) -> Result<HeaderValue, ApiError> {
               (status = 429, description = "too many failed sign-ins for this user name", body = crate::error::ErrorBody)))]
 pub(crate) async fn sign_in(
     State(state): State<ApiState>,
-    Json(request): Json<SignIn>,
+    crate::extract::Json(request): crate::extract::Json<SignIn>,
 ) -> Result<Response, ApiError> {
     let identity = match request {
         SignIn {

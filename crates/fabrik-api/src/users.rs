@@ -60,7 +60,7 @@ pub(crate) async fn list(State(state): State<ApiState>) -> Result<Json<Vec<User>
 pub(crate) async fn create(
     State(state): State<ApiState>,
     Extension(by): Extension<Identity>,
-    Json(request): Json<NewUser>,
+    crate::extract::Json(request): crate::extract::Json<NewUser>,
 ) -> Result<(StatusCode, Json<CreatedUser>), ApiError> {
     let (user, password) = registry(&state)?
         .add_user(&request.name, request.role, request.password)
@@ -93,7 +93,7 @@ pub(crate) async fn set_password(
     State(state): State<ApiState>,
     Extension(by): Extension<Identity>,
     Path(name): Path<String>,
-    Json(request): Json<NewPassword>,
+    crate::extract::Json(request): crate::extract::Json<NewPassword>,
 ) -> Result<StatusCode, ApiError> {
     if by.role != Role::Admin && by.name != name {
         return Err(ApiError::new(

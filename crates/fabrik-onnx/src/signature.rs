@@ -50,6 +50,33 @@ pub enum ValueKind {
     Other,
 }
 
+/// As users read it: `float tensor [N, 8]`, `map sequence int64 → float`.
+impl fmt::Display for ValueKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let element =
+            |t: &Option<ElementType>| t.map_or("unsupported".to_owned(), |t| t.to_string());
+        match self {
+            Self::Tensor {
+                element_type,
+                shape,
+            } => {
+                write!(f, "{} tensor", element(element_type))?;
+                match shape {
+                    Some(dims) => {
+                        let dims: Vec<String> = dims.iter().map(Dim::to_string).collect();
+                        write!(f, " [{}]", dims.join(", "))
+                    }
+                    None => f.write_str(" of undeclared shape"),
+                }
+            }
+            Self::MapSequence { key, value } => {
+                write!(f, "map sequence {} → {}", element(key), element(value))
+            }
+            Self::Other => f.write_str("value of another kind"),
+        }
+    }
+}
+
 /// A declared graph input or output.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ValueInfo {

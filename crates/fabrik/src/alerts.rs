@@ -1027,6 +1027,20 @@ impl AlertRuleControl for AlertRuleManager {
         Box::pin(self.check_definition(config))
     }
 
+    fn check_all(
+        &self,
+        configs: Vec<AlertRuleConfig>,
+    ) -> BoxFuture<'_, Result<Vec<DryRun>, ControlError>> {
+        Box::pin(async move {
+            compile_batch(&configs, |c: &AlertRuleConfig| &c.name, compile_rule)?;
+            let mut found = Vec::with_capacity(configs.len());
+            for config in configs {
+                found.push(self.check_definition(config).await?);
+            }
+            Ok(found)
+        })
+    }
+
     fn remove(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>> {
         Box::pin(self.remove_definition(name))
     }
@@ -1553,6 +1567,8 @@ mod tests {
             "  ",
             "pressure >",
             "1) AS v FROM other --",
+            "true) OR (1=1",
+            "(a",
             "a; DROP TABLE x",
             "a b",
             "a /* unterminated",
@@ -1565,6 +1581,14 @@ mod tests {
         };
         let problems = compile_rule(&rule).expect_err("filter");
         assert_eq!(problems[0].0, "filter", "{problems:?}");
+        // Positions are the text's own, not the embedding's.
+        let why = sql_text::one_expression("level +").expect_err("incomplete");
+        assert!(
+            why.contains("found: EOF") && !why.contains("Line: 3"),
+            "{why}"
+        );
+        let why = sql_text::one_expression("true) OR (1=1").expect_err("escapes");
+        assert!(why.contains("line 1, column 5"), "{why}");
     }
 
     #[test]

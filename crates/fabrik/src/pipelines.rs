@@ -18,8 +18,8 @@ use fabrik_api::pipelines::{
 };
 use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
 use fabrik_ml::pipeline::{
-    BuiltinModel, Feature, Inference, OnnxWindowModel, Pipeline, PipelineCounters, PipelineSpec,
-    Row, ThresholdSpec, WindowSpec,
+    BuiltinModel, Feature, Inference, ModelSource, OnnxScore, OnnxWindowModel, Pipeline,
+    PipelineCounters, PipelineSpec, Row, ThresholdSpec, WindowSpec,
 };
 use fabrik_registry::{DeviceFilter, Registry};
 use fabrik_runtime::ServiceHandle;
@@ -40,6 +40,8 @@ const STARVED_AFTER_WINDOWS: u64 = 3;
 const DEFAULT_TRAINING_WINDOWS: usize = 30;
 /// Rows read per query, so a replay of a long history proceeds in bounded steps.
 const READ_LIMIT: usize = 50_000;
+/// The threshold of an ONNX classifier's probability when none is given.
+const PROBABILITY_THRESHOLD: f64 = 0.5;
 
 /// Which model a pipeline runs.
 #[derive(Debug, Clone)]
@@ -574,25 +576,77 @@ impl PipelineManager {
         }
     }
 
+    /// The ONNX model of `compiled`: if it is there and does not fit the pipeline, the
+    /// definition is refused (`field` problems); if it is not there yet, a warning (the
+    /// pipeline fails to load until it is).
+    fn check_model(&self, compiled: &Compiled) -> Result<Option<String>, Vec<(String, String)>> {
+        let ModelChoice::Onnx { source, .. } = &compiled.model else {
+            return Ok(None);
+        };
+        let (bytes, field) = match source {
+            OnnxSource::Uploaded(name) => match std::fs::read(self.model_path(name)) {
+                Ok(bytes) => (bytes, "model_name"),
+                Err(_) => {
+                    return Ok(Some(format!(
+                        "model `{name}` is not uploaded: the pipeline fails to load until it is \
+                         (`fabrik model upload {name} FILE`)"
+                    )));
+                }
+            },
+            OnnxSource::Path(path) => match std::fs::read(path) {
+                Ok(bytes) => (bytes, "model_path"),
+                Err(e) => {
+                    return Ok(Some(format!(
+                        "model_path `{path}` cannot be read ({e}): the pipeline fails to load \
+                         until it can"
+                    )));
+                }
+            },
+        };
+        let model_source = match source {
+            OnnxSource::Uploaded(name) => ModelSource::Uploaded(name),
+            OnnxSource::Path(path) => ModelSource::Path(std::path::Path::new(path)),
+        };
+        match model_misfit(compiled, &bytes, model_source) {
+            Some(why) => Err(vec![(field.to_owned(), why)]),
+            None => Ok(None),
+        }
+    }
+
+    /// Checks the models of a batch, naming each problem `<pipeline>.<field>`; returns the
+    /// warnings per definition.
+    fn check_models(&self, compiled: &[Compiled]) -> Result<Vec<Option<String>>, ControlError> {
+        let mut problems = Vec::new();
+        let mut warnings = Vec::new();
+        for pipeline in compiled {
+            match self.check_model(pipeline) {
+                Ok(warning) => warnings.push(warning),
+                Err(found) => problems.extend(
+                    found
+                        .into_iter()
+                        .map(|(field, why)| (format!("{}.{field}", pipeline.config.name), why)),
+                ),
+            }
+        }
+        if problems.is_empty() {
+            Ok(warnings)
+        } else {
+            Err(ControlError::Invalid(problems))
+        }
+    }
+
     /// What [`Self::apply_definition`] checks, without storing or starting anything; and
     /// what would keep the pipeline from scoring once applied: input not in the store yet, an
     /// ONNX model not uploaded.
     async fn check_definition(&self, config: PipelineConfig) -> Result<DryRun, ControlError> {
-        compile(&config).map_err(ControlError::Invalid)?;
+        let compiled = compile(&config).map_err(ControlError::Invalid)?;
+        let model_warning = self.check_model(&compiled).map_err(ControlError::Invalid)?;
         let created = Self::defines_anew(&*self.pipelines.lock().await, &config.name)?;
         let mut warnings: Vec<String> = missing_input(&self.store, &config)
             .map(|missing| format!("{missing}; the pipeline waits for it"))
             .into_iter()
             .collect();
-        if config.model == "onnx"
-            && let Some(model) = &config.model_name
-            && !self.model_path(model).exists()
-        {
-            warnings.push(format!(
-                "model `{model}` is not uploaded: the pipeline fails to load until it is \
-                 (`fabrik model upload {model} FILE`)"
-            ));
-        }
+        warnings.extend(model_warning);
         Ok(DryRun {
             name: config.name,
             action: if created { "define" } else { "replace" }.to_owned(),
@@ -602,6 +656,7 @@ impl PipelineManager {
 
     async fn apply_definition(&self, config: PipelineConfig) -> Result<bool, ControlError> {
         let compiled = compile(&config).map_err(ControlError::Invalid)?;
+        self.check_model(&compiled).map_err(ControlError::Invalid)?;
         let mut pipelines = self.pipelines.lock().await;
         let created = Self::defines_anew(&pipelines, &config.name)?;
         let definitions = Self::api_definitions(&pipelines, &config.name, Some(&config));
@@ -620,6 +675,7 @@ impl PipelineManager {
         configs: Vec<PipelineConfig>,
     ) -> Result<Vec<bool>, ControlError> {
         let (compiled, names) = compile_batch(&configs, |c: &PipelineConfig| &c.name, compile)?;
+        self.check_models(&compiled)?;
         let mut pipelines = self.pipelines.lock().await;
         let created = configs
             .iter()
@@ -696,7 +752,7 @@ impl PipelineManager {
             inputs: model
                 .inputs()
                 .iter()
-                .map(|input| format!("{} {:?}", input.name, input.kind))
+                .map(|input| format!("{}: {}", input.name, input.kind))
                 .collect(),
             outputs: model.outputs().iter().map(|o| o.name.clone()).collect(),
             used_by,
@@ -756,6 +812,23 @@ impl PipelineManager {
             .map_err(|e| ControlError::Invalid(vec![("model".into(), e.to_string())]))?;
         let mut pipelines = self.pipelines.lock().await;
         let users = Self::users_of(&pipelines, &name);
+        // A replacement must fit every pipeline that uses the model: one that does not would
+        // take them down with the old model gone.
+        let misfits: Vec<String> = users
+            .iter()
+            .filter_map(|user| {
+                let managed = pipelines.by_name.get(user)?;
+                let compiled = compile(&managed.config).ok()?;
+                model_misfit(&compiled, &bytes, ModelSource::Uploaded(&name))
+                    .map(|why| format!("pipeline `{user}`: {why}"))
+            })
+            .collect();
+        if !misfits.is_empty() {
+            return Err(ControlError::NotChangeable(format!(
+                "model `{name}` is used by pipelines it does not fit, so it was not replaced: {}",
+                misfits.join("; ")
+            )));
+        }
         let info = Self::describe_model(&name, &bytes, &model, users.clone());
         let path = self.model_path(&name);
         let created = !path.exists();
@@ -816,6 +889,21 @@ impl PipelineControl for PipelineManager {
 
     fn check(&self, config: PipelineConfig) -> BoxFuture<'_, Result<DryRun, ControlError>> {
         Box::pin(self.check_definition(config))
+    }
+
+    fn check_all(
+        &self,
+        configs: Vec<PipelineConfig>,
+    ) -> BoxFuture<'_, Result<Vec<DryRun>, ControlError>> {
+        Box::pin(async move {
+            let (compiled, _) = compile_batch(&configs, |c: &PipelineConfig| &c.name, compile)?;
+            self.check_models(&compiled)?;
+            let mut found = Vec::with_capacity(configs.len());
+            for config in configs {
+                found.push(self.check_definition(config).await?);
+            }
+            Ok(found)
+        })
     }
 
     fn remove(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>> {
@@ -1071,29 +1159,24 @@ impl Runner {
                 Pipeline::new(self.compiled.spec.clone(), move || model.build())
             }
             ModelChoice::Onnx { source, output } => {
-                let features = feature_names(&self.compiled.spec);
-                let path = match source {
-                    OnnxSource::Path(path) => std::path::PathBuf::from(path),
-                    OnnxSource::Uploaded(name) => self.models_dir.join(format!("{name}.onnx")),
-                };
-                let missing = matches!(source, OnnxSource::Uploaded(_)) && !path.exists();
-                let loaded = if missing {
-                    Err(fabrik_ml::MlError::Parameter {
-                        name: "model_name",
-                        reason: format!(
-                            "no uploaded model named `{}` (upload it with PUT /api/v1/models/{{name}})",
-                            self.compiled
-                                .config
-                                .model_name
-                                .as_deref()
-                                .unwrap_or_default()
-                        ),
-                    })
-                } else {
-                    OnnxWindowModel::load(&path, &features, output)
-                };
+                let loaded = load_onnx(
+                    source,
+                    &self.models_dir,
+                    &feature_names(&self.compiled.spec),
+                    output,
+                );
                 loaded.and_then(|model| {
-                    Pipeline::new(self.compiled.spec.clone(), move || {
+                    let mut spec = self.compiled.spec.clone();
+                    // A class probability never exceeds 1, so the default calibrated level
+                    // (the training windows' largest score × 1.5) could leave every window
+                    // unflagged: without a threshold given, the more likely class decides.
+                    if self.compiled.config.threshold.is_none()
+                        && matches!(model.score_kind(), OnnxScore::Probability { .. })
+                    {
+                        spec.threshold = ThresholdSpec::Fixed(PROBABILITY_THRESHOLD);
+                        self.update(|s| s.threshold = format!("{PROBABILITY_THRESHOLD:?}"));
+                    }
+                    Pipeline::new(spec, move || {
                         Box::new(model.clone()) as Box<dyn fabrik_ml::pipeline::WindowModel>
                     })
                 })
@@ -1418,6 +1501,46 @@ impl Runner {
 /// (`1`) and a digest of everything in the definition that decides what it learns and scores
 /// (`1+3f2a9c0d`): inferences before and after a change of features, windows, training or
 /// threshold are told apart, as two model versions of an A/B comparison would be.
+/// Reads and loads a pipeline's ONNX model for its `features`; an uploaded model's errors
+/// name it, not where the server keeps it.
+fn load_onnx(
+    source: &OnnxSource,
+    models_dir: &std::path::Path,
+    features: &[String],
+    output: &str,
+) -> Result<OnnxWindowModel, fabrik_ml::MlError> {
+    match source {
+        OnnxSource::Path(path) => {
+            OnnxWindowModel::load(std::path::Path::new(path), features, output)
+        }
+        OnnxSource::Uploaded(name) => {
+            let bytes = std::fs::read(models_dir.join(format!("{name}.onnx"))).map_err(|_| {
+                fabrik_ml::MlError::Parameter {
+                    name: "model_name",
+                    reason: format!(
+                        "no uploaded model named `{name}` (upload it with PUT /api/v1/models/{{name}})"
+                    ),
+                }
+            })?;
+            OnnxWindowModel::from_bytes(&bytes, features, output, ModelSource::Uploaded(name))
+        }
+    }
+}
+
+/// Why `bytes`, as the ONNX model of `compiled`, would not load: a model that does not fit
+/// its pipeline is refused where it is defined or uploaded, not found failing later.
+fn model_misfit(compiled: &Compiled, bytes: &[u8], source: ModelSource<'_>) -> Option<String> {
+    let ModelChoice::Onnx { output, .. } = &compiled.model else {
+        return None;
+    };
+    OnnxWindowModel::from_bytes(bytes, &feature_names(&compiled.spec), output, source)
+        .err()
+        .map(|e| match e {
+            fabrik_ml::MlError::Parameter { reason, .. } => reason,
+            other => other.to_string(),
+        })
+}
+
 fn model_version(config: &PipelineConfig, from_model: &str) -> String {
     if config.model == "onnx" {
         return from_model.to_owned();

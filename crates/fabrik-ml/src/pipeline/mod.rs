@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 pub use features::{Feature, FeatureExtractor};
 pub use model::{BuiltinModel, WindowModel, column_medians};
-pub use onnx::OnnxWindowModel;
+pub use onnx::{ModelSource, OnnxScore, OnnxWindowModel};
 pub use window::{DeviceWindows, Row, Window, WindowSpec};
 
 use crate::MlError;
@@ -427,6 +427,14 @@ fn step(
             medians,
         } => {
             let score = model.score_at(features, window.start_ns)?;
+            // A NaN is never above the threshold: scored, the window would pass as normal
+            // whatever it holds, so a model that puts one out is failing.
+            if !score.is_finite() {
+                return Err(MlError::Detector {
+                    detector: "model",
+                    reason: format!("the score of the window is {score}, not a finite number"),
+                });
+            }
             let shares = model.contributions(features, medians)?;
             let mut contributions: Vec<(String, f64)> = feature_names
                 .iter()
@@ -463,6 +471,15 @@ fn calibrate(
                 .iter()
                 .map(|r| model.probe(r))
                 .collect::<Result<Vec<f64>, _>>()?;
+            if let Some(bad) = scores.iter().find(|score| !score.is_finite()) {
+                return Err(MlError::Detector {
+                    detector: "model",
+                    reason: format!(
+                        "a training window's score is {bad}, not a finite number: no \
+                         threshold can be calibrated"
+                    ),
+                });
+            }
             scores.sort_by(f64::total_cmp);
             let rank = ((scores.len() as f64 - 1.0) * quantile).round() as usize;
             Ok(scores.get(rank).copied().unwrap_or(0.0) * margin)
@@ -576,6 +593,80 @@ mod tests {
         p.advance(20 * S);
         assert_eq!(p.counters().model_errors, 1);
         assert!(p.last_error().unwrap().contains("at least 3"));
+    }
+
+    /// Scores NaN from window `nan_from` on (its training windows are fine), as an ONNX
+    /// graph dividing by zero does.
+    #[derive(Clone)]
+    struct NanAfter {
+        scored: usize,
+        nan_from: usize,
+        probe_nan: bool,
+    }
+
+    impl WindowModel for NanAfter {
+        fn name(&self) -> &str {
+            "nan-after"
+        }
+        fn version(&self) -> &str {
+            "1"
+        }
+        fn fit(&mut self, _rows: &[Vec<f64>]) -> Result<(), MlError> {
+            Ok(())
+        }
+        fn score(&mut self, row: &[f64]) -> Result<f64, MlError> {
+            self.scored += 1;
+            if self.scored > self.nan_from {
+                Ok(f64::NAN)
+            } else {
+                self.probe(row)
+            }
+        }
+        fn probe(&self, row: &[f64]) -> Result<f64, MlError> {
+            Ok(if self.probe_nan { f64::NAN } else { row[0] })
+        }
+    }
+
+    #[test]
+    fn a_score_that_is_not_a_number_is_a_model_error_not_a_normal_window() {
+        let mut p = Pipeline::new(spec(2), || {
+            Box::new(NanAfter {
+                scored: 0,
+                nan_from: 1,
+                probe_nan: false,
+            }) as Box<dyn WindowModel>
+        })
+        .unwrap();
+        feed(&mut p, "pump-01", 0..40, i64::MAX);
+        let inferences = p.advance(40 * S);
+        assert_eq!(
+            inferences.len(),
+            1,
+            "only the finite score: {inferences:#?}"
+        );
+        assert_eq!(p.counters().model_errors, 1);
+        assert!(
+            p.last_error().unwrap().contains("not a finite number"),
+            "{:?}",
+            p.last_error()
+        );
+        // Nor is a threshold calibrated from training scores that are not numbers.
+        let mut p = Pipeline::new(spec(2), || {
+            Box::new(NanAfter {
+                scored: 0,
+                nan_from: usize::MAX,
+                probe_nan: true,
+            }) as Box<dyn WindowModel>
+        })
+        .unwrap();
+        feed(&mut p, "pump-01", 0..40, i64::MAX);
+        assert!(p.advance(40 * S).is_empty());
+        assert!(p.counters().model_errors > 0);
+        assert!(
+            p.last_error().unwrap().contains("no threshold"),
+            "{:?}",
+            p.last_error()
+        );
     }
 
     #[test]

@@ -57,10 +57,28 @@ impl std::fmt::Debug for OnnxWindowModel {
     }
 }
 
-fn load_error(path: &Path, reason: impl std::fmt::Display) -> MlError {
-    MlError::Parameter {
-        name: "model_path",
-        reason: format!("{}: {reason}", path.display()),
+/// Where a model came from, for its load errors: the file a pipeline's `model_path` names, or
+/// the uploaded model its `model_name` names.
+#[derive(Debug, Clone, Copy)]
+pub enum ModelSource<'a> {
+    /// `model_path`.
+    Path(&'a Path),
+    /// `model_name`.
+    Uploaded(&'a str),
+}
+
+impl ModelSource<'_> {
+    fn error(self, reason: impl std::fmt::Display) -> MlError {
+        match self {
+            Self::Path(path) => MlError::Parameter {
+                name: "model_path",
+                reason: format!("{}: {reason}", path.display()),
+            },
+            Self::Uploaded(name) => MlError::Parameter {
+                name: "model_name",
+                reason: format!("model `{name}`: {reason}"),
+            },
+        }
     }
 }
 
@@ -80,15 +98,23 @@ impl OnnxWindowModel {
     /// chooses the score: `auto`, `reconstruction`, `decision` or `probability`.
     pub fn load(path: &Path, features: &[String], output: &str) -> Result<Self, MlError> {
         let bytes = std::fs::read(path).map_err(|e| MlError::io(path, e))?;
-        let model = Model::from_bytes(&bytes).map_err(|e| load_error(path, e))?;
+        Self::from_bytes(&bytes, features, output, ModelSource::Path(path))
+    }
+
+    /// As [`OnnxWindowModel::load`], from the model's bytes; errors name `source`.
+    pub fn from_bytes(
+        bytes: &[u8],
+        features: &[String],
+        output: &str,
+        source: ModelSource<'_>,
+    ) -> Result<Self, MlError> {
+        let load_error = |reason: String| source.error(reason);
+        let model = Model::from_bytes(bytes).map_err(|e| load_error(e.to_string()))?;
         let [input] = model.inputs() else {
-            return Err(load_error(
-                path,
-                format!(
-                    "the model has {} inputs; a pipeline feeds exactly one [N, features] tensor",
-                    model.inputs().len()
-                ),
-            ));
+            return Err(load_error(format!(
+                "the model has {} inputs; a pipeline feeds exactly one [N, features] tensor",
+                model.inputs().len()
+            )));
         };
         let width = match &input.kind {
             ValueKind::Tensor {
@@ -99,25 +125,19 @@ impl OnnxWindowModel {
                 _ => features.len(),
             },
             other => {
-                return Err(load_error(
-                    path,
-                    format!(
-                        "input `{}` is {other:?}; a pipeline feeds a float tensor [N, features]",
-                        input.name
-                    ),
-                ));
+                return Err(load_error(format!(
+                    "input `{}` is a {other}; a pipeline feeds a float tensor [N, features]",
+                    input.name
+                )));
             }
         };
         if width != features.len() {
-            return Err(load_error(
-                path,
-                format!(
-                    "input `{}` takes {width} features, the pipeline computes {} ({})",
-                    input.name,
-                    features.len(),
-                    features.join(", ")
-                ),
-            ));
+            return Err(load_error(format!(
+                "input `{}` takes {width} features, the pipeline computes {} ({})",
+                input.name,
+                features.len(),
+                features.join(", ")
+            )));
         }
         let names: Vec<&str> = model.outputs().iter().map(|o| o.name.as_str()).collect();
         let find = |candidates: &[&str]| {
@@ -141,14 +161,11 @@ impl OnnxWindowModel {
                 output: names[0].to_owned(),
             },
             other => {
-                return Err(load_error(
-                    path,
-                    format!(
-                        "model_output `{other}` does not fit outputs [{}] (expected auto, \
+                return Err(load_error(format!(
+                    "model_output `{other}` does not fit outputs [{}] (expected auto, \
                          reconstruction, decision or probability)",
-                        names.join(", ")
-                    ),
-                ));
+                    names.join(", ")
+                )));
             }
         };
         let input = input.name.clone();
@@ -157,12 +174,12 @@ impl OnnxWindowModel {
             input,
             width,
             score,
-            version: content_version(&bytes),
+            version: content_version(bytes),
         };
         // One run on zeros proves the outputs have the shape the score needs.
         loaded
             .probe(&vec![0.0; width])
-            .map_err(|e| load_error(path, e))?;
+            .map_err(|e| load_error(e.to_string()))?;
         Ok(loaded)
     }
 

@@ -1081,6 +1081,22 @@ fn alert_rules_are_defined_replaced_and_removed_at_run_time() {
         Some(1),
         "a dry run defines nothing: {listed}"
     );
+    let mut other = hot(3.0, "warning");
+    other["name"] = "other".into();
+    let (status, checked) = put(
+        &p.url,
+        "/api/v1/alert-rules?dry_run=true",
+        serde_json::json!([hot(3.0, "warning"), other]),
+    );
+    assert_eq!(status, 200, "{checked}");
+    assert_eq!(checked[1]["name"], "other", "{checked}");
+    assert_eq!(checked[1]["action"], "define", "{checked}");
+    let listed = http(&p.url, reqwest::Method::GET, "/api/v1/alert-rules", None).1;
+    assert_eq!(
+        listed.as_array().map(Vec::len),
+        Some(1),
+        "a dry run of a list defines nothing: {listed}"
+    );
 
     // Applied despite the warning (a column may come later), it shows why it fails, on the
     // board and in the metrics, until it is removed.

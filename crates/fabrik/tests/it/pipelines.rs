@@ -467,6 +467,19 @@ lateness = "0s"
 start = "earliest"
 
 [[pipelines]]
+name = "classifier"
+table = "pump"
+signals = ["vibration", "current"]
+window = "10s"
+features = ["mean", "std", "min", "max"]
+model = "onnx"
+model_path = "{fixtures}/rf_clf_50.onnx"
+training_windows = 10
+interval = "200ms"
+lateness = "0s"
+start = "earliest"
+
+[[pipelines]]
 name = "misfit"
 table = "pump"
 signals = ["vibration"]
@@ -523,6 +536,11 @@ start = "earliest"
             .expect("listed")
     };
     assert_eq!(by_name("forest")["state"], "running");
+    // A classifier's probability is flagged above one half unless told otherwise: the
+    // calibrated default (largest training score × 1.5) could exceed 1.
+    let classifier = by_name("classifier");
+    assert_eq!(classifier["state"], "running", "{classifier}");
+    assert_eq!(classifier["threshold"], "0.5", "{classifier}");
     let misfit = by_name("misfit");
     assert_eq!(misfit["state"], "failed", "{misfit}");
     assert!(
@@ -709,6 +727,31 @@ fn pipelines_defined_through_the_api_run_are_replaced_survive_restarts_and_are_r
     );
     let (code, error) = batch(serde_json::json!([named("batch-a"), named("configured")]));
     assert_eq!(code, 409, "{error}");
+    assert_eq!(pipeline_status(&p.url, "batch-a").0, 404, "none applied");
+    // A dry run of a batch checks each and applies none; a misspelt option is refused
+    // rather than ignored (which would apply the batch).
+    let (code, checked) = http(
+        &p.url,
+        reqwest::Method::PUT,
+        "/api/v1/pipelines?dry_run=true",
+        Some(serde_json::json!([named("batch-a"), named("batch-b")])),
+    );
+    assert_eq!(code, 200, "{checked}");
+    assert_eq!(checked[0]["action"], "define", "{checked}");
+    assert_eq!(checked[1]["name"], "batch-b", "{checked}");
+    let (code, error) = http(
+        &p.url,
+        reqwest::Method::PUT,
+        "/api/v1/pipelines?dryrun=true",
+        Some(serde_json::json!([named("batch-a")])),
+    );
+    assert_eq!(code, 400, "{error}");
+    assert!(
+        error["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("dryrun")),
+        "{error}"
+    );
     assert_eq!(pipeline_status(&p.url, "batch-a").0, 404, "none applied");
     let (code, applied) = batch(serde_json::json!([named("batch-a"), named("batch-b")]));
     assert_eq!(code, 200, "{applied}");
@@ -951,6 +994,42 @@ fn uploaded_models_run_in_pipelines_are_replaced_in_place_and_deleted_when_unuse
             ),
         ) == 100
     });
+
+    // A replacement that does not fit its pipeline is refused, naming the pipeline and
+    // why; the model in use stays, and so does the pipeline.
+    let projection = std::fs::read(format!("{fixtures}/scaler_pca4.onnx")).expect("fixture");
+    let (code, error) = put_bytes(&p.url, "/api/v1/models/pump-model", projection);
+    assert_eq!(code, 409, "{error}");
+    let message = error["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("pipeline `uploaded`") && message.contains("4 values for 8 features"),
+        "{error}"
+    );
+    let (_, models) = http(&p.url, reqwest::Method::GET, "/api/v1/models", None);
+    assert_eq!(
+        models[0]["version"],
+        autoencoder_version.as_str(),
+        "{models}"
+    );
+    assert_eq!(pipeline_status(&p.url, "uploaded").1["state"], "running");
+    // So is a definition its uploaded model does not fit, in a dry run too.
+    let mut narrow = definition.clone();
+    narrow["name"] = "narrow".into();
+    narrow["features"] = serde_json::json!(["mean"]);
+    for path in [
+        "/api/v1/pipelines/narrow?dry_run=true",
+        "/api/v1/pipelines/narrow",
+    ] {
+        let (code, error) = http(&p.url, reqwest::Method::PUT, path, Some(narrow.clone()));
+        assert_eq!(code, 400, "{path}: {error}");
+        let message = error["error"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("model_name: model `pump-model`")
+                && message.contains("takes 8 features, the pipeline computes 2")
+                && !message.contains("/models/"),
+            "{path}: {error}"
+        );
+    }
 
     // The CLI lists it with its user.
     let (ok, text) = crate::support::client_command(&p.url, &["model", "list"]);
