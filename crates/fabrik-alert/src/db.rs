@@ -48,6 +48,11 @@ const SCHEMA: &[&str] = &[
         at_ns BIGINT NOT NULL,
         PRIMARY KEY (alert_id, notifier)
     )",
+    "CREATE TABLE IF NOT EXISTS rule_positions (
+        rule TEXT PRIMARY KEY,
+        watches TEXT NOT NULL,
+        read_after BIGINT
+    )",
     "CREATE TABLE IF NOT EXISTS outbox (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         notifier TEXT NOT NULL,
@@ -156,6 +161,12 @@ impl AlertDb {
         }
         if !columns.iter().any(|c| c == "alert_id") {
             sqlx::query("ALTER TABLE outbox ADD COLUMN alert_id TEXT")
+                .execute(&pool)
+                .await?;
+        }
+        // And those written before a delivered state superseded older ones, its series.
+        if !columns.iter().any(|c| c == "series") {
+            sqlx::query("ALTER TABLE outbox ADD COLUMN series TEXT")
                 .execute(&pool)
                 .await?;
         }
@@ -368,35 +379,27 @@ impl AlertDb {
         Ok(())
     }
 
-    /// Queues a notification about alert `alert_id` for delivery now.
-    pub async fn enqueue(
-        &self,
-        notifier: &str,
-        payload: &str,
-        now_ns: i64,
-        alert_id: &str,
-    ) -> Result<(), AlertError> {
-        self.enqueue_grouped(notifier, payload, now_ns, None, alert_id, false)
-            .await
-            .map(|_| ())
-    }
-
-    /// Queues a notification about alert `alert_id` for delivery at `due_ns`; entries of one
-    /// notifier with the same `group_key` that are due together are delivered as one
-    /// notification. With `only_while_firing`, only if the alert is firing, checked in the
-    /// same statement. Returns whether it was queued.
+    /// Queues a notification for delivery at `due_ns`; entries of one notifier with the same
+    /// `group_key` that are due together are delivered as one notification. It tells about
+    /// alert `alert_id` (`None` for one whose delivery must not count as telling the alert's
+    /// receivers, such as the resolution of labels the alert no longer has), and about the
+    /// label set `series`: a later state of the same series delivered first supersedes it.
+    /// With `only_while_firing`, it is queued only if the alert is firing, checked in the same
+    /// statement. Returns whether it was queued.
+    #[allow(clippy::too_many_arguments)]
     pub async fn enqueue_grouped(
         &self,
         notifier: &str,
         payload: &str,
         due_ns: i64,
         group_key: Option<&str>,
-        alert_id: &str,
+        alert_id: Option<&str>,
+        series: &str,
         only_while_firing: bool,
     ) -> Result<bool, AlertError> {
         let done = sqlx::query(
             "INSERT INTO outbox (notifier, payload, attempts, next_attempt_ns, group_key, \
-             alert_id) SELECT ?, ?, 0, ?, ?, ? WHERE NOT ? OR EXISTS \
+             alert_id, series) SELECT ?, ?, 0, ?, ?, ?, ? WHERE NOT ? OR EXISTS \
              (SELECT 1 FROM alerts WHERE id = ? AND state = 'firing')",
         )
         .bind(notifier)
@@ -404,6 +407,7 @@ impl AlertDb {
         .bind(due_ns)
         .bind(group_key)
         .bind(alert_id)
+        .bind(series)
         .bind(only_while_firing)
         .bind(alert_id)
         .execute(&self.pool)
@@ -596,14 +600,16 @@ impl AlertDb {
     }
 
     /// Removes a delivered notification and every older one of its notifier about the same
-    /// alert that is still queued (waiting out a retry backoff): the delivered one carried a
-    /// later state, and delivering the older one afterwards would leave the receiver with a
-    /// stale one, such as a firing after its resolution. Returns how many older ones went.
+    /// series (label set: rule, device, severity) that is still queued, waiting out a retry
+    /// backoff: the delivered one carried a later state, and delivering the older one
+    /// afterwards would leave the receiver with a stale one, such as a firing after its
+    /// resolution, or an earlier episode's resolution after the next one's firing. Returns
+    /// how many older ones went.
     pub async fn delivered_superseding(&self, id: i64) -> Result<u64, AlertError> {
         let superseded = sqlx::query(
             "DELETE FROM outbox WHERE id IN (SELECT older.id FROM outbox older \
              JOIN outbox newer ON newer.id = ? \
-             WHERE older.notifier = newer.notifier AND older.alert_id = newer.alert_id \
+             WHERE older.notifier = newer.notifier AND older.series = newer.series \
              AND older.id < newer.id)",
         )
         .bind(id)
@@ -612,6 +618,68 @@ impl AlertDb {
         .rows_affected();
         self.delivered(id).await?;
         Ok(superseded)
+    }
+
+    /// Where rule `rule` had read its table up to, if it watched what `watches` describes:
+    /// `Some(None)` for "nothing yet, from the earliest row". `None` when it never saved a
+    /// position or watched something else then.
+    pub async fn position(
+        &self,
+        rule: &str,
+        watches: &str,
+    ) -> Result<Option<Option<i64>>, AlertError> {
+        let row: Option<(String, Option<i64>)> =
+            sqlx::query_as("SELECT watches, read_after FROM rule_positions WHERE rule = ?")
+                .bind(rule)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row
+            .filter(|(stored, _)| stored == watches)
+            .map(|(_, read_after)| read_after))
+    }
+
+    /// Saves where rule `rule`, watching what `watches` describes, has read up to.
+    pub async fn save_position(
+        &self,
+        rule: &str,
+        watches: &str,
+        read_after: Option<i64>,
+    ) -> Result<(), AlertError> {
+        sqlx::query(
+            "INSERT INTO rule_positions (rule, watches, read_after) VALUES (?, ?, ?) \
+             ON CONFLICT (rule) DO UPDATE SET watches = excluded.watches, \
+             read_after = excluded.read_after",
+        )
+        .bind(rule)
+        .bind(watches)
+        .bind(read_after)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets rule `rule`'s position (the rule is gone).
+    pub async fn forget_position(&self, rule: &str) -> Result<(), AlertError> {
+        sqlx::query("DELETE FROM rule_positions WHERE rule = ?")
+            .bind(rule)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets which notifiers were told of alert `alert_id`, or have it queued: its labels
+    /// changed, and no receiver has heard of the new ones yet. Its queued notifications stay
+    /// queued, about the old labels, without counting as telling of it.
+    pub async fn forget_told(&self, alert_id: &str) -> Result<(), AlertError> {
+        sqlx::query("DELETE FROM notified WHERE alert_id = ?")
+            .bind(alert_id)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("UPDATE outbox SET alert_id = NULL WHERE alert_id = ?")
+            .bind(alert_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Records a failed attempt and when to try again.

@@ -339,7 +339,9 @@ impl RuleEngine {
                     key: key.clone(),
                     state: AlertState::Firing,
                     started_ns: state.since_ns,
-                    at_ns: now_ns,
+                    // It fired when the condition had held for `for`, not when a tick
+                    // noticed: the time stays in the data's clock, as a resolution's does.
+                    at_ns: state.since_ns.saturating_add(self.rule.for_ns),
                     value: state.last_value.unwrap_or(f64::NAN),
                     context: state.context.clone(),
                 });
@@ -458,6 +460,13 @@ mod tests {
         );
         // Firing again needs the firing level, not the clearing one.
         assert!(e.observe(&[obs("a", 70, 9.5)]).is_empty());
+        // A tick long after `for` elapsed dates the firing when it elapsed (data time), not
+        // when the tick came.
+        e.observe(&[obs("a", 80, 12.0)]);
+        assert_eq!(
+            states(&e.tick(500 * S, &[])),
+            vec![("a", AlertState::Firing, 110)]
+        );
     }
 
     #[test]

@@ -88,6 +88,9 @@ fn is_silenced(silences: &[Silence], rule: &str, key: &str, now_ns: i64) -> bool
     })
 }
 
+/// The longest silence: a year and a day.
+const MAX_SILENCE: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
+
 fn now_ns() -> i64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -112,11 +115,14 @@ impl Alerting {
         let mut orphans = Vec::new();
         for alert in db.open_alerts().await? {
             match engines.get_mut(&alert.rule) {
-                Some(engine) if alert.state == AlertState::Firing => {
-                    engine.restore_firing(&alert.key, started_ns(&alert));
-                }
-                // A pending alert restarts its `for` from fresh data.
-                Some(_) => db.delete(&alert.id).await?,
+                // A pending alert keeps counting its `for` from when its condition began to
+                // hold: a device that reports only on change sends no fresh row to start it
+                // again, and its alarm would be lost with the restart.
+                Some(engine) => engine.restore(
+                    &alert.key,
+                    started_ns(&alert),
+                    alert.state == AlertState::Firing,
+                ),
                 // A rule that no longer exists cannot resolve its alerts: they are resolved
                 // now, and the receivers of firing ones told, as when a rule is removed.
                 None => orphans.push(alert),
@@ -205,8 +211,10 @@ impl Alerting {
 
     /// Brings `rule`'s open alerts in line with its new definition: its severity, and its
     /// annotations rendered again (those of `old_templates` that it no longer has dropped).
-    /// A firing alert whose new severity a notifier's route takes now, and that notifier was
-    /// not told of, is notified to it: the on-call paged when a warning becomes critical.
+    /// The severity is a label, so a firing alert whose severity changes is, to receivers,
+    /// one label set resolving and another firing: those told of the old one hear it
+    /// resolved, and every notifier whose route takes the new one hears it fire (the on-call
+    /// is paged when a warning becomes critical).
     async fn refresh_open_alerts(
         &self,
         rule: &Rule,
@@ -219,6 +227,7 @@ impl Alerting {
                 continue;
             }
             let severity_changed = alert.severity != rule.severity;
+            let old_severity = alert.severity.clone();
             let mut annotations = alert.annotations.clone();
             for name in old_templates {
                 annotations.remove(name);
@@ -232,17 +241,35 @@ impl Alerting {
             if !severity_changed && annotations == alert.annotations {
                 continue;
             }
+            // The severity is a label: for the receivers told of the alert, its old label set
+            // resolves (an MQTT topic with the severity in it is cleared, a webhook incident
+            // keyed by labels closes), and the new one fires, for every route that takes it.
+            let mut old_labels = None;
+            if severity_changed && alert.state == AlertState::Firing {
+                let mut told = self.db.notified_by(&alert.id).await?;
+                told.extend(self.db.queued_for(&alert.id).await?);
+                let mut old = alert.clone();
+                old.severity = old_severity.clone();
+                old.state = AlertState::Resolved;
+                old.resolved_at = Some(model::rfc3339(now));
+                old_labels = Some((old, told));
+            }
             self.db
                 .set_severity_and_annotations(&alert.id, &rule.severity, &annotations, now)
                 .await?;
             alert.annotations = annotations;
-            if severity_changed && alert.state == AlertState::Firing && !alert.silenced {
-                let mut told = self.db.notified_by(&alert.id).await?;
-                told.extend(self.db.queued_for(&alert.id).await?);
+            if let Some((old, told)) = old_labels {
                 for notifier in &self.notifiers {
-                    let was_told = told.iter().any(|name| name == notifier.name());
-                    if !was_told && notifier.route().takes(&alert) {
-                        queued |= self.enqueue_for(notifier, &alert, now, true).await?;
+                    if told.iter().any(|name| name == notifier.name()) {
+                        queued |= self.enqueue_old_labels_resolved(notifier, &old, now).await?;
+                    }
+                }
+                self.db.forget_told(&alert.id).await?;
+                if !alert.silenced {
+                    for notifier in &self.notifiers {
+                        if notifier.route().takes(&alert) {
+                            queued |= self.enqueue_for(notifier, &alert, now, true).await?;
+                        }
                     }
                 }
             }
@@ -274,6 +301,7 @@ impl Alerting {
             .filter(|alert| alert.rule == name)
             .collect();
         self.close(&open, &severity).await?;
+        self.db.forget_position(name).await?;
         self.engines.lock().remove(name);
         Ok(true)
     }
@@ -465,7 +493,11 @@ impl Alerting {
                     if !silenced {
                         told.extend(self.db.queued_for(&id).await?);
                     }
-                    alert.resolved_at = Some(model::rfc3339(t.at_ns));
+                    // A clearing row that arrived late may be dated before the firing;
+                    // the alert still never ends before it fired.
+                    let fired_ns = alert.fired_at.as_deref().and_then(model::parse_rfc3339);
+                    let resolved_ns = fired_ns.map_or(t.at_ns, |fired| t.at_ns.max(fired));
+                    alert.resolved_at = Some(model::rfc3339(resolved_ns));
                     self.db.upsert(&alert, now).await?;
                     tracing::info!(alert = %alert.id, "Alert resolved.");
                     let mut queued = false;
@@ -527,8 +559,34 @@ impl Alerting {
                 &payload,
                 due,
                 key.as_deref(),
-                &alert.id,
+                Some(&alert.id),
+                &notify::series(alert),
                 only_while_firing,
+            )
+            .await
+    }
+
+    /// Queues, for `notifier`, the resolution of the label set `alert` had before its rule's
+    /// severity changed: receivers key incidents by labels, and the new ones are a new
+    /// incident. Its delivery does not count as telling the alert's receivers, whose record
+    /// is about the new labels from now on.
+    async fn enqueue_old_labels_resolved(
+        &self,
+        notifier: &Notifier,
+        old: &Alert,
+        now: i64,
+    ) -> Result<bool, AlertError> {
+        let payload = notifier.payload(old, &self.external_url).to_string();
+        let key = notifier.grouping().map(|grouping| grouping.key(old));
+        self.db
+            .enqueue_grouped(
+                notifier.name(),
+                &payload,
+                now,
+                key.as_deref(),
+                None,
+                &notify::series(old),
+                false,
             )
             .await
     }
@@ -613,6 +671,37 @@ impl Alerting {
     ) -> Result<Silence, AlertError> {
         if duration.is_zero() {
             return Err(AlertError::Invalid("a silence needs a duration > 0".into()));
+        }
+        if duration > MAX_SILENCE {
+            return Err(AlertError::Invalid(
+                "a silence lasts at most 366 days; to stop a rule for good, remove it".into(),
+            ));
+        }
+        match (rule.as_deref().map(str::trim), key.as_deref().map(str::trim)) {
+            (None, None) => {
+                return Err(AlertError::Invalid(
+                    "name the `rule` or the `device` to silence (`*` silences every alert)"
+                        .into(),
+                ));
+            }
+            (Some(""), _) | (_, Some("")) => {
+                return Err(AlertError::Invalid(
+                    "an empty `rule` or `device` matches nothing; leave it out, or give `*`"
+                        .into(),
+                ));
+            }
+            _ => {}
+        }
+        // A rule named without a pattern must exist: a misspelt name would silence nothing
+        // while the operator believes the alarms quiet.
+        if let Some(name) = rule.as_deref().filter(|name| !name.contains('*')) {
+            let known: Vec<String> = self.engines.lock().keys().cloned().collect();
+            if !known.iter().any(|known| known == name) {
+                return Err(AlertError::Invalid(format!(
+                    "no alert rule is named `{name}` (rules: {})",
+                    known.join(", ")
+                )));
+            }
         }
         let now = now_ns();
         let until = now.saturating_add(i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX));
@@ -745,9 +834,10 @@ impl Alerting {
 
     /// Brings the open alerts' `silenced` flags up to date with the silences in force now: a
     /// silence added while an alert is open marks it, and one that ended (or was removed)
-    /// unmarks it. A firing alert whose silence ended is notified as firing: its firing was
-    /// held back, or (silenced after it was notified) it is still firing after the quiet the
-    /// operator asked for, which is worth a reminder. Returns how many were notified.
+    /// unmarks it. A firing alert whose silence ended is notified as firing to the receivers
+    /// whose notification the silence held back; one told before the silence is not paged
+    /// again (as Alertmanager does not re-send an unchanged group), its reminders follow
+    /// `repeat_interval`. Returns how many were notified.
     pub async fn refresh_silences(&self) -> Result<usize, AlertError> {
         self.refresh_silences_in(&self.view().await?).await
     }
@@ -763,9 +853,15 @@ impl Alerting {
             // Queued before the flag is cleared: a failure in between sends the firing twice
             // (the flag still set, the next pass queues it again), never not at all.
             if !silenced && alert.state == AlertState::Firing {
+                // Only the firing the silence held back goes out: a receiver told of it
+                // before the silence (or with it queued) is not paged again for an alert
+                // that did not change; its reminders keep their schedule.
+                let mut told = self.db.notified_by(&alert.id).await?;
+                told.extend(self.db.queued_for(&alert.id).await?);
                 let mut queued = false;
                 for notifier in &self.notifiers {
-                    if notifier.route().takes(alert) {
+                    let was_told = told.iter().any(|name| name == notifier.name());
+                    if !was_told && notifier.route().takes(alert) {
                         queued |= self.enqueue_for(notifier, alert, now, true).await?;
                     }
                 }
@@ -1171,7 +1267,9 @@ mod tests {
         assert_eq!(alerting.db().outbox_len().await.unwrap(), 1);
 
         // Redefined again, now a warning: both alerts carry over. oven-2's `for` counts
-        // from 11 s, so it fires at 71 s, not a minute after the redefinition.
+        // from 11 s, so it fires at 71 s, not a minute after the redefinition. oven-1's
+        // labels changed: its critical label set resolves for the receiver with its firing
+        // queued, and the warning one fires.
         let warning = Rule {
             severity: "warning".into(),
             ..slower
@@ -1190,7 +1288,32 @@ mod tests {
             alerting.db().get(&pending).await.unwrap().state,
             AlertState::Firing
         );
-        assert_eq!(alerting.db().outbox_len().await.unwrap(), 2);
+        let queued: Vec<String> = alerting
+            .db()
+            .due(i64::MAX, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let body: serde_json::Value = serde_json::from_str(&e.payload).unwrap();
+                let alert = &body["alerts"][0];
+                format!(
+                    "{} {} {}",
+                    alert["labels"]["device"].as_str().unwrap(),
+                    alert["labels"]["severity"].as_str().unwrap(),
+                    alert["status"].as_str().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(
+            queued,
+            [
+                "oven-1 critical firing",
+                "oven-1 critical resolved",
+                "oven-1 warning firing",
+                "oven-2 warning firing"
+            ]
+        );
 
         assert!(alerting.remove_rule("hot").await.unwrap());
         for id in [&firing, &pending] {
@@ -1198,7 +1321,7 @@ mod tests {
             assert_eq!(resolved.state, AlertState::Resolved);
             assert!(resolved.resolved_at.is_some());
         }
-        assert_eq!(alerting.db().outbox_len().await.unwrap(), 4);
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), 6);
         assert!(alerting.rules().is_empty());
         assert!(matches!(
             alerting.observe("hot", &[obs("oven-1", 80, 90.0)]).await,
@@ -1253,17 +1376,30 @@ mod tests {
         )
         .await
         .unwrap();
+        // What is queued, as `notifier rule device severity status`.
         let queued = || async {
-            let mut pairs: Vec<(String, String)> = alerting
+            let mut entries: Vec<String> = alerting
                 .db()
                 .due(i64::MAX, 100)
                 .await
                 .unwrap()
                 .into_iter()
-                .map(|e| (e.notifier, e.alert_id.unwrap_or_default()))
+                .map(|e| {
+                    let body: serde_json::Value = serde_json::from_str(&e.payload).unwrap();
+                    let alert = &body["alerts"][0];
+                    let label = |name: &str| alert["labels"][name].as_str().unwrap().to_owned();
+                    format!(
+                        "{} {} {} {} {}",
+                        e.notifier,
+                        label("alertname"),
+                        label("device"),
+                        label("severity"),
+                        alert["status"].as_str().unwrap()
+                    )
+                })
                 .collect();
-            pairs.sort();
-            pairs
+            entries.sort();
+            entries
         };
         alerting
             .observe("hot", &[obs("oven-1", 1, 85.0)])
@@ -1281,15 +1417,15 @@ mod tests {
         assert_eq!(
             queued().await,
             [
-                ("line2".to_owned(), hot("line2-oven")),
-                ("on-call".to_owned(), hot("line2-oven")),
-                ("on-call".to_owned(), hot("oven-1")),
+                "line2 hot line2-oven critical firing",
+                "on-call hot line2-oven critical firing",
+                "on-call hot oven-1 critical firing",
             ]
         );
-        // Told of oven-1's firing (recorded as a delivery would), the on-call hears of its
-        // resolution although `hot` is a warning now; line 2 was never told of oven-1. The
-        // firing of line2-oven is still queued for the on-call: that counts as told too.
-        // Line 2's webhook takes warnings, so its annotations and severity follow.
+        // Told of oven-1's firing (recorded as a delivery would), the on-call hears its
+        // critical label set resolve when `hot` becomes a warning; line 2 was never told of
+        // oven-1. The firing of line2-oven is still queued for both: that counts as told too.
+        // The warning label set fires for the routes that take it: line 2's, for its device.
         alerting
             .db()
             .record_notified(&[hot("oven-1")], "on-call", now_ns())
@@ -1305,28 +1441,31 @@ mod tests {
             )
             .await
             .unwrap();
-        let count = |pairs: &[(String, String)], notifier: &str, id: &str| {
-            pairs
-                .iter()
-                .filter(|(n, a)| n == notifier && a == id)
-                .count()
-        };
-        let before = queued().await;
+        let redefined = queued().await;
+        assert_eq!(
+            redefined,
+            [
+                "line2 hot line2-oven critical firing",
+                "line2 hot line2-oven critical resolved",
+                "line2 hot line2-oven warning firing",
+                "on-call hot line2-oven critical firing",
+                "on-call hot line2-oven critical resolved",
+                "on-call hot oven-1 critical firing",
+                "on-call hot oven-1 critical resolved",
+            ]
+        );
+        // When they clear, the warning label set resolves where it fired: line 2 only.
         alerting
             .observe("hot", &[obs("oven-1", 2, 60.0), obs("line2-oven", 2, 60.0)])
             .await
             .unwrap();
         let after = queued().await;
-        assert_eq!(after.len(), before.len() + 3, "{after:?}");
-        assert_eq!(count(&after, "on-call", &hot("oven-1")), 2);
-        assert_eq!(count(&after, "on-call", &hot("line2-oven")), 2);
-        assert_eq!(count(&after, "line2", &hot("line2-oven")), 2);
-        assert_eq!(count(&after, "line2", &hot("oven-1")), 0);
+        let added: Vec<&String> = after.iter().filter(|e| !redefined.contains(e)).collect();
+        assert_eq!(added, ["line2 hot line2-oven warning resolved"], "{after:?}");
 
         // `warm` firing on line2-oven reached nobody (a warning; line 2 takes `h*` rules).
         // Redefined as critical, it goes to the on-call now, while it fires.
         let warm_id = alert_id("warm", "line2-oven", S);
-        assert_eq!(count(&after, "on-call", &warm_id), 0);
         alerting
             .define_rule(
                 Rule {
@@ -1337,7 +1476,12 @@ mod tests {
             )
             .await
             .unwrap();
-        assert_eq!(count(&queued().await, "on-call", &warm_id), 1);
+        let warm_queued: Vec<String> = queued()
+            .await
+            .into_iter()
+            .filter(|e| e.contains(" warm "))
+            .collect();
+        assert_eq!(warm_queued, ["on-call warm line2-oven critical firing"]);
         assert_eq!(
             alerting.db().get(&warm_id).await.unwrap().severity,
             "critical"
@@ -1721,6 +1865,77 @@ mod tests {
         assert_eq!(body["alerts"][0]["labels"]["device"], "oven-1", "{body}");
     }
 
+    /// A silence names what it silences, a rule by its name, and ends within a year.
+    #[tokio::test]
+    async fn a_silence_must_say_what_it_silences() {
+        let dir = tempfile::tempdir().unwrap();
+        let alerting = alerting_in(dir.path(), Vec::new()).await;
+        let hour = std::time::Duration::from_secs(3600);
+        let refused = |result: Result<Silence, AlertError>| match result {
+            Err(AlertError::Invalid(why)) => why,
+            other => panic!("accepted: {other:?}"),
+        };
+        let why = refused(alerting.silence(None, None, hour, "ana", None).await);
+        assert!(why.contains("`*` silences every alert"), "{why}");
+        let why = refused(
+            alerting
+                .silence(Some(" ".into()), None, hour, "ana", None)
+                .await,
+        );
+        assert!(why.contains("empty"), "{why}");
+        let why = refused(
+            alerting
+                .silence(Some("hto".into()), None, hour, "ana", None)
+                .await,
+        );
+        assert!(why.contains("no alert rule is named `hto` (rules: hot)"), "{why}");
+        let why = refused(
+            alerting
+                .silence(Some("*".into()), None, hour * 24 * 400, "ana", None)
+                .await,
+        );
+        assert!(why.contains("366 days"), "{why}");
+        assert!(
+            alerting
+                .silence(Some("*".into()), None, hour, "ana", None)
+                .await
+                .is_ok()
+        );
+        assert!(
+            alerting
+                .silence(Some("hot".into()), Some("oven-*".into()), hour, "ana", None)
+                .await
+                .is_ok()
+        );
+    }
+
+    /// A silence over an alert its receiver was already told of holds nothing back: when it
+    /// ends, the receiver is not paged again for an alert that did not change.
+    #[tokio::test]
+    async fn the_end_of_a_silence_pages_no_one_already_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, mut bodies) = http_receiver().await;
+        let webhook = webhook_to(&url, notify::Grouping::default());
+        let alerting = alerting_in(dir.path(), vec![webhook]).await;
+        alerting
+            .observe("hot", &[obs("oven-1", 1, 85.0)])
+            .await
+            .unwrap();
+        assert_eq!(alerting.deliver_due().await.unwrap(), 1);
+        assert_eq!(bodies.recv().await.unwrap()["status"], "firing");
+        let quiet = std::time::Duration::from_millis(300);
+        alerting
+            .silence(None, Some("oven-*".into()), quiet, "ana", None)
+            .await
+            .unwrap();
+        assert_eq!(alerting.refresh_silences().await.unwrap(), 0);
+        tokio::time::sleep(quiet + std::time::Duration::from_millis(100)).await;
+        assert_eq!(alerting.refresh_silences().await.unwrap(), 0);
+        let id = alert_id("hot", "oven-1", S);
+        assert!(!alerting.db().get(&id).await.unwrap().silenced);
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), 0);
+    }
+
     /// A firing that failed and waits out its retry backoff is superseded when the alert's
     /// resolution, due now, gets through: the receiver is left with the resolution, not with
     /// the stale firing delivered after it.
@@ -1758,6 +1973,45 @@ mod tests {
             0,
             "the stale firing is still queued"
         );
+    }
+
+    /// The next episode's firing, delivered first, supersedes the previous episode's firing
+    /// and resolution still waiting out their backoff: receivers key an incident by its
+    /// labels, and the stale resolution delivered last would close one that is open.
+    #[tokio::test]
+    async fn a_later_episode_supersedes_the_queued_states_of_the_one_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let down = alerting_in(dir.path(), vec![refused_webhook()]).await;
+        down.observe("hot", &[obs("oven-1", 1, 85.0)])
+            .await
+            .unwrap();
+        assert_eq!(down.deliver_due().await.unwrap(), 0);
+        down.observe("hot", &[obs("oven-1", 2, 10.0)])
+            .await
+            .unwrap();
+        assert_eq!(down.deliver_due().await.unwrap(), 0);
+        // Both wait out a backoff; the second episode fires now.
+        down.observe("hot", &[obs("oven-1", 3, 90.0)])
+            .await
+            .unwrap();
+        assert_eq!(down.db().due(now_ns(), 10).await.unwrap().len(), 1);
+        drop(down);
+
+        let (url, mut bodies) = http_receiver().await;
+        let up = alerting_in(
+            dir.path(),
+            vec![webhook_to(&url, notify::Grouping::default())],
+        )
+        .await;
+        assert_eq!(up.deliver_due().await.unwrap(), 1);
+        let body = bodies.recv().await.unwrap();
+        assert_eq!(body["status"], "firing", "{body}");
+        assert_eq!(
+            body["alerts"][0]["startsAt"].as_str().map(|s| &s[..19]),
+            Some("1970-01-01T00:00:03"),
+            "{body}"
+        );
+        assert_eq!(up.db().outbox_len().await.unwrap(), 0, "stale states queued");
     }
 
     /// A receiver told of a firing hears of its resolution even if a silence came in between
@@ -1804,7 +2058,7 @@ mod tests {
         let id = alert_id("hot", "oven-1", S);
         let queued = alerting
             .db()
-            .enqueue_grouped("ops", "{}", now_ns(), None, &id, true)
+            .enqueue_grouped("ops", "{}", now_ns(), None, Some(&id), "s", true)
             .await
             .unwrap();
         assert!(!queued);

@@ -633,6 +633,22 @@ fn encode_subject(subject: &str) -> String {
         .join("\r\n ")
 }
 
+/// An alert's labels as Alertmanager's webhook carries them.
+fn labels(alert: &Alert) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("alertname".to_owned(), alert.rule.clone()),
+        ("device".to_owned(), alert.key.clone()),
+        ("severity".to_owned(), alert.severity.clone()),
+    ])
+}
+
+/// The identity of an alert's label set (`{}:{alertname="…",device="…",severity="…"}`):
+/// what receivers key an incident by, across the alert's episodes. Its hash is the webhook's
+/// `fingerprint`, as Alertmanager's is the hash of the labels.
+pub fn series(alert: &Alert) -> String {
+    group_key_text(&labels(alert))
+}
+
 /// The Alertmanager webhook (v4) body for one alert's state change.
 pub fn alertmanager_payload(
     alert: &Alert,
@@ -640,10 +656,7 @@ pub fn alertmanager_payload(
     external_url: &str,
 ) -> serde_json::Value {
     let status = status(alert);
-    let mut labels = BTreeMap::new();
-    labels.insert("alertname".to_owned(), alert.rule.clone());
-    labels.insert("device".to_owned(), alert.key.clone());
-    labels.insert("severity".to_owned(), alert.severity.clone());
+    let labels = labels(alert);
     let mut annotations = alert.annotations.clone();
     annotations.insert("summary".to_owned(), summary(alert));
     // Without grouping every alert is its own group, as with Alertmanager's `group_by:
@@ -665,7 +678,7 @@ pub fn alertmanager_payload(
             "startsAt": alert.fired_at.clone().unwrap_or_else(|| alert.started_at.clone()),
             "endsAt": alert.resolved_at.clone().unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
             "generatorURL": format!("{external_url}/api/v1/alerts/{}", alert.id),
-            "fingerprint": fingerprint(&alert.id),
+            "fingerprint": fingerprint(&series(alert)),
         }],
     })
 }
@@ -1113,6 +1126,24 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn a_fingerprint_is_of_the_labels_not_of_the_episode() {
+        let episode = |id: &str, severity: &str| Alert {
+            id: id.into(),
+            severity: severity.into(),
+            ..alert(AlertState::Firing)
+        };
+        let print = |a: &Alert| alertmanager_payload(a, "ops", "http://x")["alerts"][0]["fingerprint"].clone();
+        assert_eq!(
+            print(&episode("hot/oven-1/1", "critical")),
+            print(&episode("hot/oven-1/2", "critical"))
+        );
+        assert_ne!(
+            print(&episode("hot/oven-1/1", "critical")),
+            print(&episode("hot/oven-1/1", "warning"))
+        );
     }
 
     #[test]

@@ -197,11 +197,13 @@ pub(crate) async fn silences(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SilenceRequest {
-    /// Rule name (absent: every rule); `*` matches any run of characters.
+    /// Rule name (absent: every rule); `*` matches any run of characters. A name without `*`
+    /// must be a rule's. At least one of `rule` and `device` is given (`"rule": "*"` silences
+    /// every alert).
     pub rule: Option<String>,
     /// Device (absent: every device); `*` matches any run of characters (`pump-*`).
     pub device: Option<String>,
-    /// How long, e.g. `2h`.
+    /// How long, e.g. `2h`; at most 366 days.
     pub duration: String,
     /// Why.
     pub comment: Option<String>,
@@ -213,7 +215,7 @@ pub struct SilenceRequest {
 #[utoipa::path(post, path = "/api/v1/silences", tag = "alerts", security(("token" = [])),
     request_body = SilenceRequest,
     responses((status = 201, description = "created", body = fabrik_alert::Silence),
-              (status = 400, description = "bad duration", body = crate::error::ErrorBody)))]
+              (status = 400, description = "bad duration, no `rule` or `device`, or an unknown rule", body = crate::error::ErrorBody)))]
 pub(crate) async fn create_silence(
     State(state): State<ApiState>,
     Extension(identity): Extension<Identity>,

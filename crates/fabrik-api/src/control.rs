@@ -86,15 +86,24 @@ pub(crate) fn created_or_replaced(created: bool) -> StatusCode {
     }
 }
 
-/// The definition in a `PUT .../{name}` body, which must carry the path's name: a
-/// `what` definition (`pipeline`, `alert rule`) as JSON, or a 400 naming what was wrong.
+/// The definition in a `PUT .../{name}` body, which takes the path's name (a `name` in the
+/// body must equal it): a `what` definition (`pipeline`, `alert rule`) as JSON, or a 400
+/// naming what was wrong.
 pub(crate) fn named_definition<T: DeserializeOwned>(
     body: &[u8],
     path_name: &str,
     what: &str,
     name_of: impl Fn(&T) -> &str,
 ) -> Result<T, ApiError> {
-    let definition: T = serde_json::from_slice(body)
+    let mut value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("{what} definition: {e}")))?;
+    // The path names it: a body without `name` takes the path's.
+    if let Some(fields) = value.as_object_mut() {
+        fields
+            .entry("name")
+            .or_insert_with(|| serde_json::Value::String(path_name.to_owned()));
+    }
+    let definition: T = serde_json::from_value(value)
         .map_err(|e| ApiError::bad_request(format!("{what} definition: {e}")))?;
     let name = name_of(&definition);
     if name != path_name {

@@ -1244,7 +1244,7 @@ function ackDialog(a) {
 }
 function silenceDialog(a) {
   return dialog(html`<form id="silence-form" aria-labelledby="sil-title"><h2 id="sil-title">Silence alerts</h2>
-    <div class="field"><label for="sil-rule">Rule</label><input id="sil-rule" name="rule" value="${a?.rule || ''}" placeholder="any rule" spellcheck="false"></div>
+    <div class="field"><label for="sil-rule">Rule</label><input id="sil-rule" name="rule" value="${a?.rule || ''}" placeholder="a rule; * for every rule" spellcheck="false"></div>
     <div class="field"><label for="sil-device">Device</label><input id="sil-device" name="device" value="${a?.key || ''}" placeholder="any device; pump-* for every pump" spellcheck="false"></div>
     <div class="field"><label for="sil-duration">Duration</label><select id="sil-duration" name="duration">
       ${['30m', '1h', '2h', '4h', '8h', '24h', '7d'].map((d) => html`<option value="${d}" ${d === '2h' ? raw('selected') : ''}>${d}</option>`)}</select></div>

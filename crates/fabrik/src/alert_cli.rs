@@ -71,12 +71,14 @@ enum AlertCommand {
         #[arg(long, default_value = "operator")]
         by: String,
     },
-    /// Silence a rule and/or a device for a while.
+    /// Silence a rule and/or a device for a while (name at least one; `--rule '*'` silences
+    /// every alert).
     Silence {
-        /// Rule name (default: every rule); `*` matches any run of characters.
-        #[arg(long)]
+        /// Rule name (without it: every rule); `*` matches any run of characters. A name
+        /// without `*` must be a rule's.
+        #[arg(long, required_unless_present = "device")]
         rule: Option<String>,
-        /// Device (default: every device); `*` matches any run of characters, as in
+        /// Device (without it: every device); `*` matches any run of characters, as in
         /// `--device 'pump-*'`.
         #[arg(long)]
         device: Option<String>,
@@ -289,7 +291,8 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
                     n("pending"),
                     n("firing"),
                     n("rows"),
-                    s("error")
+                    // One line per rule: a planner's error spans several.
+                    s("error").split_whitespace().collect::<Vec<_>>().join(" ")
                 );
             }
             println!("{} rule(s)", rules.len());

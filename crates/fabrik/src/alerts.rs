@@ -272,9 +272,17 @@ fn check_notifier(
     if !name_ok(&n.name) {
         problem("name", format!("`{}` is not a valid name", n.name));
     }
-    let timeout = parse_duration(&n.timeout)
-        .map_err(|e| problem("timeout", e))
-        .ok();
+    let timeout = match parse_duration(&n.timeout) {
+        Ok(timeout) if timeout.is_zero() => {
+            problem("timeout", "must be greater than zero".into());
+            None
+        }
+        Ok(timeout) => Some(timeout),
+        Err(e) => {
+            problem("timeout", e);
+            None
+        }
+    };
     for severity in &n.severities {
         if !matches!(severity.as_str(), "critical" | "warning" | "info") {
             problem(
@@ -389,6 +397,18 @@ fn check_notifier(
                 );
             }
             let topic = n.topic.as_deref().unwrap_or(DEFAULT_ALERT_TOPIC);
+            for unknown in fabrik_alert::notify::placeholders(topic)
+                .into_iter()
+                .filter(|name| !matches!(*name, "rule" | "device" | "severity" | "status"))
+            {
+                problem(
+                    "topic",
+                    format!(
+                        "`{topic}`: `{{{unknown}}}` is not a placeholder (rule, device, \
+                         severity or status)"
+                    ),
+                );
+            }
             let probe = topic
                 .replace("{rule}", "r")
                 .replace("{device}", "d")
@@ -658,7 +678,16 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
             );
         }
     }
+    let mut notifier_names = BTreeSet::new();
     for (i, n) in config.alerting.notifiers.iter().enumerate() {
+        // The outbox and the record of who was told go by name: a second notifier of the
+        // same name would never be reached.
+        if !notifier_names.insert(n.name.as_str()) {
+            problems.push((
+                format!("alerting.notifiers[{i}].name"),
+                format!("`{}` is used by an earlier notifier", n.name),
+            ));
+        }
         if let Err(found) = check_notifier(n) {
             problems.extend(
                 found
@@ -754,6 +783,24 @@ impl ManagedRule {
         self.task?.await.ok()
     }
 }
+
+/// What a rule watches, as saved with its read position: a position is resumed only by a
+/// definition that watches the same (see [`watches_the_same`]).
+fn watch_signature(config: &AlertRuleConfig) -> String {
+    serde_json::json!([
+        config.table,
+        config.key,
+        config.filter,
+        config.value,
+        config.condition
+    ])
+    .to_string()
+}
+
+/// How far back a `start = "now"` rule catches up after a restart: rows that arrived while
+/// Fabrik was down are evaluated, up to this long ago; older ones would only page for
+/// what is long over.
+const CATCH_UP_NS: i64 = 3_600_000_000_000;
 
 /// Whether two definitions of a rule watch the same thing: the same value of the same rows
 /// per the same key, under the same condition. Only then do the old definition's open
@@ -927,8 +974,31 @@ impl AlertRuleManager {
     /// expressions or columns not fitting the table as it is now, `expect` without a registry.
     async fn check_definition(&self, config: AlertRuleConfig) -> Result<DryRun, ControlError> {
         compile_rule(&config).map_err(ControlError::Invalid)?;
-        let created = Self::defines_anew(&*self.rules.lock().await, &config.name)?;
+        let (created, replaced) = {
+            let rules = self.rules.lock().await;
+            let created = Self::defines_anew(&rules, &config.name)?;
+            let replaced = rules.by_name.get(&config.name).map(|m| m.config.clone());
+            (created, replaced)
+        };
         let mut warnings = Vec::new();
+        if replaced.is_some_and(|old| !watches_the_same(&old, &config)) {
+            let open = self
+                .alerting
+                .db()
+                .open_alerts()
+                .await
+                .map_err(|e| ControlError::Storage(e.to_string()))?
+                .iter()
+                .filter(|alert| alert.rule == config.name)
+                .count();
+            if open > 0 {
+                warnings.push(format!(
+                    "it watches other rows or another value than the definition it replaces \
+                     (table, key, filter, value or condition changed): its {open} open \
+                     alert(s) resolve, receivers are told, and it starts afresh as `start` says"
+                ));
+            }
+        }
         if !self.store.has_table(&config.table) {
             warnings.push(format!(
                 "table `{}` does not exist yet; the rule waits for it",
@@ -1229,11 +1299,26 @@ impl Evaluator {
     /// the rule's `start` says. Returns the arrival id it read up to.
     async fn run(self, stop: CancellationToken, resume: Option<Option<i64>>) -> Option<i64> {
         let name = self.rule.config.name.clone();
-        let mut read_after = match resume {
-            Some(position) => position,
-            None if self.rule.replay => None,
-            None => Some(Timestamp::now().nanos()),
+        let watches = watch_signature(&self.rule.config);
+        let now = Timestamp::now().nanos();
+        // Where it stopped before a restart, if it watched the same: the rows that arrived
+        // meanwhile are evaluated, none twice, and a pending alert restored from the database
+        // meets the rows that clear it.
+        let saved = match self.alerting.db().position(&name, &watches).await {
+            Ok(saved) => saved,
+            Err(e) => {
+                tracing::warn!(rule = %name, error = %e, "Alert rule's read position could not be read; it starts as `start` says.");
+                None
+            }
         };
+        let mut read_after = match (resume, saved) {
+            (Some(position), _) => position,
+            (None, Some(position)) if self.rule.replay => position,
+            (None, Some(position)) => Some(position.unwrap_or(now).max(now - CATCH_UP_NS)),
+            (None, None) if self.rule.replay => None,
+            (None, None) => Some(now),
+        };
+        let mut saved_position = None;
         if read_after.is_some()
             && matches!(self.rule.rule.condition, Condition::Absent { .. })
             && let Err(e) = self.recall_last_seen().await
@@ -1256,6 +1341,19 @@ impl Evaluator {
             }
             let outcome = self.step(&mut read_after, &stop).await;
             self.report(&outcome);
+            if saved_position != Some(read_after) {
+                match self
+                    .alerting
+                    .db()
+                    .save_position(&name, &watches, read_after)
+                    .await
+                {
+                    Ok(()) => saved_position = Some(read_after),
+                    Err(e) => {
+                        tracing::debug!(rule = %name, error = %e, "Alert rule's read position not saved; retrying.");
+                    }
+                }
+            }
             match outcome {
                 Ok((TableState::Missing, _)) if !said_waiting => {
                     // Normal on a fresh data directory or before a pipeline's first score,
@@ -1409,9 +1507,13 @@ impl Evaluator {
         stop: &CancellationToken,
     ) -> Result<(TableState, usize), String> {
         let now = Timestamp::now().nanos();
+        // Everything that arrived up to here is read before the clock advances to it: a
+        // `for` is measured against the rows, so a clearing row still settling cannot be
+        // overtaken by a tick that fires what it clears.
+        let until = now - SETTLE_NS;
         let table = &self.rule.config.table;
         if !self.store.has_table(table) {
-            self.tick(now).await?;
+            self.tick(until).await?;
             return Ok((TableState::Missing, 0));
         }
         let mut rows_read = 0;
@@ -1420,7 +1522,6 @@ impl Evaluator {
         // closed, a device's buffered backlog) is still evaluated. Ids younger than
         // `SETTLE_NS` are left for the next pass: a write that took its id earlier may still
         // be committing.
-        let until = now - SETTLE_NS;
         loop {
             let (mut rows, mut last, page) = self.read(*read_after, until).await?;
             let full = page >= READ_LIMIT;
@@ -1453,7 +1554,7 @@ impl Evaluator {
                 break;
             }
         }
-        self.tick(now).await?;
+        self.tick(until).await?;
         Ok((TableState::Present, rows_read))
     }
 
@@ -1769,5 +1870,29 @@ mod tests {
         injected.from = Some("fabrik@plant\r\nBcc:x@y".into());
         injected.to = vec!["ops@plant".into()];
         assert_eq!(fields(&injected), vec!["from"]);
+        // A timeout of nothing, a topic placeholder that is not one.
+        let mut hasty = notifier("webhook", "http://127.0.0.1:9093/hook");
+        hasty.timeout = "0s".into();
+        assert_eq!(fields(&hasty), vec!["timeout"]);
+        let mut topic = notifier("mqtt", "");
+        topic.topic = Some("alerts/{site}/{rule}/{device}".into());
+        assert_eq!(fields(&topic), vec!["topic"]);
+    }
+
+    #[test]
+    fn two_notifiers_of_one_name_are_refused() {
+        let config: Config = toml::from_str(
+            "[[alerting.notifiers]]\nname = \"ops\"\nkind = \"webhook\"\n\
+             url = \"http://127.0.0.1:9093/a\"\n\
+             [[alerting.notifiers]]\nname = \"ops\"\nkind = \"webhook\"\n\
+             url = \"http://127.0.0.1:9093/b\"\n",
+        )
+        .unwrap();
+        let problems = check(&config);
+        assert_eq!(
+            problems.iter().map(|(f, _)| f.as_str()).collect::<Vec<_>>(),
+            ["alerting.notifiers[1].name"],
+            "{problems:?}"
+        );
     }
 }

@@ -964,6 +964,70 @@ annotations = { summary = "{device}: electrical load {value}", team = "maintenan
     assert!(status.success());
 }
 
+/// A crash loses no alert: rows acknowledged just before a `kill -9`, which the rule had not
+/// read yet, are evaluated after the restart (it resumes where it stopped, not at "now"), and
+/// a pending alert keeps counting its `for` without a fresh row, as a device that reports
+/// only on change never sends one.
+#[test]
+fn a_crash_loses_neither_unread_rows_nor_pending_alerts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = r#"
+[[alerting.rules]]
+name = "level-high"
+table = "tank"
+value = "level"
+key = "device"
+condition = "above"
+threshold = 5
+interval = "200ms"
+
+[[alerting.rules]]
+name = "level-held"
+table = "tank"
+value = "level"
+key = "device"
+condition = "above"
+threshold = 50
+for = "6s"
+interval = "200ms"
+"#;
+    let p = start_configured(dir.path(), config);
+    let write = |url: &str, rows: &str| {
+        assert_eq!(crate::support::post_status(url, "/api/v1/write", rows), 200);
+    };
+    // Pending under `level-held` (and firing under `level-high`), then a crash.
+    write(&p.url, &format!("tank,device=t-1 level=80 {}\n", now_ns()));
+    eventually("t-1 is pending under level-held", || {
+        let (_, alerts) = http(
+            &p.url,
+            reqwest::Method::GET,
+            "/api/v1/alerts?state=pending&rule=level-held",
+            None,
+        );
+        alerts.as_array().is_some_and(|a| a.len() == 1)
+    });
+    // t-2's row is acknowledged and the process killed before the rule's next read.
+    write(&p.url, &format!("tank,device=t-2 level=9 {}\n", now_ns()));
+    p.kill9();
+
+    let p = start_configured(dir.path(), config);
+    eventually("t-1 fires under level-held, t-2 under level-high", || {
+        let firing: Vec<(String, String)> = firing_alerts(&p.url)
+            .iter()
+            .map(|a| {
+                (
+                    a["rule"].as_str().unwrap_or_default().to_owned(),
+                    a["key"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        firing.contains(&("level-held".into(), "t-1".into()))
+            && firing.contains(&("level-high".into(), "t-2".into()))
+    });
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}
+
 /// A `fabrik run` whose configuration file holds `config`, with its files under `dir`.
 fn start_configured(dir: &std::path::Path, config: &str) -> Process {
     let file = dir.join("fabrik.toml");
@@ -1081,6 +1145,12 @@ fn alert_rules_are_defined_replaced_and_removed_at_run_time() {
         Some(1),
         "a dry run defines nothing: {listed}"
     );
+    // The path names the rule; the body need not repeat it.
+    let mut nameless = hot(3.0, "warning");
+    nameless.as_object_mut().map(|fields| fields.remove("name"));
+    let (status, dry) = put(&p.url, "/api/v1/alert-rules/hot?dry_run=true", nameless);
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(dry["name"], "hot", "{dry}");
     let mut other = hot(3.0, "warning");
     other["name"] = "other".into();
     let (status, checked) = put(
@@ -1160,7 +1230,8 @@ fn alert_rules_are_defined_replaced_and_removed_at_run_time() {
     );
     assert!(shown["rows"].as_u64() >= Some(2), "{shown}");
 
-    // Replaced: the firing alert carries over, under the same id, without a second message.
+    // Replaced: the firing alert carries over, under the same id. Its severity is a label:
+    // the receiver hears the warning resolve and the critical one fire, once each.
     let (status, replaced) = put(&p.url, "/api/v1/alert-rules/hot", hot(4.0, "critical"));
     assert_eq!(status, 200, "{replaced}");
     assert_eq!(replaced["definition"]["severity"], "critical");
@@ -1168,7 +1239,25 @@ fn alert_rules_are_defined_replaced_and_removed_at_run_time() {
     let still = firing_alerts(&p.url);
     assert_eq!(still.len(), 1, "{still:?}");
     assert_eq!(still[0]["id"], id.as_str());
-    assert_eq!(receiver.delivered().len(), 1);
+    let relabelled: Vec<(String, String)> = receiver
+        .delivered()
+        .iter()
+        .map(|body| {
+            let alert = &body["alerts"][0];
+            (
+                alert["labels"]["severity"].as_str().unwrap_or("").to_owned(),
+                alert["status"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        relabelled,
+        [
+            ("warning".to_owned(), "firing".to_owned()),
+            ("warning".to_owned(), "resolved".to_owned()),
+            ("critical".to_owned(), "firing".to_owned()),
+        ]
+    );
 
     // Kept across a restart, still firing under the same id.
     let (status, _) = p.terminate();
@@ -1193,6 +1282,21 @@ fn alert_rules_are_defined_replaced_and_removed_at_run_time() {
     let mut scaled = hot(40.0, "critical");
     scaled["value"] = "pressure * 10".into();
     scaled["start"] = "now".into();
+    // A dry run says so first.
+    let (status, dry) = put(
+        &p.url,
+        "/api/v1/alert-rules/hot?dry_run=true",
+        scaled.clone(),
+    );
+    assert_eq!(status, 200, "{dry}");
+    assert!(
+        dry["warnings"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|w| w
+                .as_str()
+                .is_some_and(|w| w.contains("its 1 open alert(s) resolve")))),
+        "{dry}"
+    );
     let (status, replaced) = put(&p.url, "/api/v1/alert-rules/hot", scaled);
     assert_eq!(status, 200, "{replaced}");
     let resolved = http(
@@ -1224,7 +1328,7 @@ fn alert_rules_are_defined_replaced_and_removed_at_run_time() {
             .collect()
     };
     eventually("resolved, then firing anew, delivered", || {
-        statuses() == ["firing", "resolved", "firing"]
+        statuses() == ["firing", "resolved", "firing", "resolved", "firing"]
     });
 
     let gauge = "fabrik_alerts_firing{rule=\"hot\",severity=\"critical\"}";
@@ -1248,8 +1352,8 @@ fn alert_rules_are_defined_replaced_and_removed_at_run_time() {
     )
     .1;
     assert_eq!(resolved["state"], "resolved", "{resolved}");
-    eventually("the resolution is delivered", || statuses().len() == 4);
-    assert_eq!(statuses()[3], "resolved");
+    eventually("the resolution is delivered", || statuses().len() == 6);
+    assert_eq!(statuses()[5], "resolved");
     // Its firing gauge reads 0, not the last value it had.
     eventually("the removed rule's gauge reads 0", || {
         crate::support::metric(&p.url, gauge) == Some(0.0)
