@@ -261,7 +261,9 @@ impl Alerting {
             if let Some((old, told)) = old_labels {
                 for notifier in &self.notifiers {
                     if told.iter().any(|name| name == notifier.name()) {
-                        queued |= self.enqueue_old_labels_resolved(notifier, &old, now).await?;
+                        queued |= self
+                            .enqueue_old_labels_resolved(notifier, &old, now)
+                            .await?;
                     }
                 }
                 self.db.forget_told(&alert.id).await?;
@@ -677,17 +679,18 @@ impl Alerting {
                 "a silence lasts at most 366 days; to stop a rule for good, remove it".into(),
             ));
         }
-        match (rule.as_deref().map(str::trim), key.as_deref().map(str::trim)) {
+        match (
+            rule.as_deref().map(str::trim),
+            key.as_deref().map(str::trim),
+        ) {
             (None, None) => {
                 return Err(AlertError::Invalid(
-                    "name the `rule` or the `device` to silence (`*` silences every alert)"
-                        .into(),
+                    "name the `rule` or the `device` to silence (`*` silences every alert)".into(),
                 ));
             }
             (Some(""), _) | (_, Some("")) => {
                 return Err(AlertError::Invalid(
-                    "an empty `rule` or `device` matches nothing; leave it out, or give `*`"
-                        .into(),
+                    "an empty `rule` or `device` matches nothing; leave it out, or give `*`".into(),
                 ));
             }
             _ => {}
@@ -1461,7 +1464,11 @@ mod tests {
             .unwrap();
         let after = queued().await;
         let added: Vec<&String> = after.iter().filter(|e| !redefined.contains(e)).collect();
-        assert_eq!(added, ["line2 hot line2-oven warning resolved"], "{after:?}");
+        assert_eq!(
+            added,
+            ["line2 hot line2-oven warning resolved"],
+            "{after:?}"
+        );
 
         // `warm` firing on line2-oven reached nobody (a warning; line 2 takes `h*` rules).
         // Redefined as critical, it goes to the on-call now, while it fires.
@@ -1888,7 +1895,10 @@ mod tests {
                 .silence(Some("hto".into()), None, hour, "ana", None)
                 .await,
         );
-        assert!(why.contains("no alert rule is named `hto` (rules: hot)"), "{why}");
+        assert!(
+            why.contains("no alert rule is named `hto` (rules: hot)"),
+            "{why}"
+        );
         let why = refused(
             alerting
                 .silence(Some("*".into()), None, hour * 24 * 400, "ana", None)
@@ -2011,7 +2021,11 @@ mod tests {
             Some("1970-01-01T00:00:03"),
             "{body}"
         );
-        assert_eq!(up.db().outbox_len().await.unwrap(), 0, "stale states queued");
+        assert_eq!(
+            up.db().outbox_len().await.unwrap(),
+            0,
+            "stale states queued"
+        );
     }
 
     /// A receiver told of a firing hears of its resolution even if a silence came in between

@@ -1135,7 +1135,9 @@ mod tests {
             severity: severity.into(),
             ..alert(AlertState::Firing)
         };
-        let print = |a: &Alert| alertmanager_payload(a, "ops", "http://x")["alerts"][0]["fingerprint"].clone();
+        let print = |a: &Alert| {
+            alertmanager_payload(a, "ops", "http://x")["alerts"][0]["fingerprint"].clone()
+        };
         assert_eq!(
             print(&episode("hot/oven-1/1", "critical")),
             print(&episode("hot/oven-1/2", "critical"))

@@ -90,6 +90,8 @@ pub struct PipelineStatus {
     pub samples: u64,
     /// Data is complete up to this time (RFC 3339), if the pipeline has run.
     pub horizon: Option<String>,
+    /// The definition as applied, every field (defaults filled in): what a change replaces.
+    pub definition: PipelineConfig,
 }
 
 /// The pipelines of this process, by name; written by the runner, read by the API.

@@ -362,26 +362,39 @@ impl Mapping {
                 let v = n
                     .as_f64()
                     .ok_or_else(|| format!("`{pointer}` is not a number"))?;
-                let multiplier = match self.time_unit {
-                    TimeUnit::Fixed(m) => m as f64,
+                let multiplier: i64 = match self.time_unit {
+                    TimeUnit::Fixed(m) => m,
                     TimeUnit::Auto => {
                         let a = v.abs();
                         if a < 1e11 {
-                            1e9
+                            1_000_000_000
                         } else if a < 1e14 {
-                            1e6
+                            1_000_000
                         } else if a < 1e17 {
-                            1e3
+                            1_000
                         } else {
-                            1.0
+                            1
                         }
                     }
                 };
-                let ns = v * multiplier;
-                if !ns.is_finite() || ns.abs() > 9.2e18 {
-                    return Err(format!("`{pointer}` = {v} is out of range for a timestamp"));
-                }
-                Ok(Timestamp(ns as i64))
+                let out_of_range = || format!("`{pointer}` = {v} is out of range for a timestamp");
+                // In integers where the payload has one: an f64 holds a nanosecond time only
+                // to 256 ns, and 1732500000446 ms would be stored as …446000128.
+                let ns = match n.as_i64() {
+                    Some(whole) => whole.checked_mul(multiplier).ok_or_else(out_of_range)?,
+                    None => {
+                        if !v.is_finite() || v.abs() * multiplier as f64 > 9.2e18 {
+                            return Err(out_of_range());
+                        }
+                        let whole = v.trunc();
+                        let fraction = ((v - whole) * multiplier as f64).round() as i64;
+                        (whole as i64)
+                            .checked_mul(multiplier)
+                            .and_then(|ns| ns.checked_add(fraction))
+                            .ok_or_else(out_of_range)?
+                    }
+                };
+                Ok(Timestamp(ns))
             }
             Some(serde_json::Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
                 .ok()
@@ -572,6 +585,34 @@ mod tests {
             "integers are floats unless typed"
         );
         assert!(!fields.contains_key("ts"));
+        // Times keep every digit the payload gives: integers exactly, fractions to the ns.
+        for (payload, want) in [
+            (
+                &br#"{"ts": 1732500000446, "p": 1}"#[..],
+                1_732_500_000_446_000_000,
+            ),
+            (
+                br#"{"ts": 1732500000.123456789, "p": 1}"#,
+                1_732_500_000_123_456_716,
+            ),
+            (
+                br#"{"ts": 1732500000446123, "p": 1}"#,
+                1_732_500_000_446_123_000,
+            ),
+        ] {
+            let points = m
+                .map(&caps, payload, Timestamp(5), &pump())
+                .expect("mapped");
+            let got = points[0].time.0;
+            assert!(
+                (got - want).abs() < 1_000,
+                "{}: {got}",
+                String::from_utf8_lossy(payload)
+            );
+            if !String::from_utf8_lossy(payload).contains('.') {
+                assert_eq!(got, want, "{}", String::from_utf8_lossy(payload));
+            }
+        }
     }
 
     #[test]

@@ -40,6 +40,8 @@ const STARVED_AFTER_WINDOWS: u64 = 3;
 const DEFAULT_TRAINING_WINDOWS: usize = 30;
 /// Rows read per query, so a replay of a long history proceeds in bounded steps.
 const READ_LIMIT: usize = 50_000;
+/// Most windows a sample may belong to (`window` / `hop`).
+const MAX_OVERLAP: i64 = 100;
 /// The threshold of an ONNX classifier's probability when none is given.
 const PROBABILITY_THRESHOLD: f64 = 0.5;
 
@@ -137,9 +139,16 @@ pub(crate) fn compile(config: &PipelineConfig) -> Result<Compiled, Vec<(String, 
     if config.signals.is_empty() {
         problem("signals", "name at least one field column".into());
     }
-    for s in &config.signals {
+    for (i, s) in config.signals.iter().enumerate() {
         if !sql_identifier_ok(s) {
             problem("signals", format!("`{s}` is not a usable column name"));
+        } else if config.signals[..i].contains(s) {
+            problem("signals", format!("`{s}` is named twice"));
+        } else if *s == config.device_column {
+            problem(
+                "signals",
+                format!("`{s}` is the device column, not a signal"),
+            );
         }
     }
     let mut features = Vec::new();
@@ -212,10 +221,38 @@ pub(crate) fn compile(config: &PipelineConfig) -> Result<Compiled, Vec<(String, 
                 Some(h) => window_length(h).map_err(|e| problem("hop", e)).ok(),
             };
             match (length, hop) {
+                // Each sample is in size/hop windows: a slip of a unit (`10ms` for `10s`)
+                // would score every sample thousands of times.
+                (Ok(size_ns), Some(Ok(hop_ns)))
+                    if hop_ns <= size_ns && hop_ns < size_ns / MAX_OVERLAP =>
+                {
+                    problem(
+                        "hop",
+                        format!(
+                            "puts each sample in more than {MAX_OVERLAP} windows; a hop of at \
+                             least 1/{MAX_OVERLAP} of the window"
+                        ),
+                    );
+                    None
+                }
                 (Ok(size_ns), Some(Ok(hop_ns))) if hop_ns <= size_ns => {
                     Some(WindowSpec::Time { size_ns, hop_ns })
                 }
-                (Err(size), Some(Err(hop))) if hop <= size => Some(WindowSpec::Count { size, hop }),
+                (Err(size), Some(Err(hop)))
+                    if hop <= size && hop * MAX_OVERLAP as usize >= size =>
+                {
+                    Some(WindowSpec::Count { size, hop })
+                }
+                (Err(size), Some(Err(hop))) if hop <= size => {
+                    problem(
+                        "hop",
+                        format!(
+                            "puts each sample in more than {MAX_OVERLAP} windows ({size} \
+                             samples every {hop}); a hop of at least 1/{MAX_OVERLAP} of the window"
+                        ),
+                    );
+                    None
+                }
                 (_, None) => None,
                 _ => {
                     problem(
@@ -233,6 +270,17 @@ pub(crate) fn compile(config: &PipelineConfig) -> Result<Compiled, Vec<(String, 
             None
         }
     };
+    if let Some(WindowSpec::Count { size, .. }) = window
+        && (config.min_samples as usize) > size
+    {
+        problem(
+            "min_samples",
+            format!(
+                "{} is more than the {size} samples a window holds: no window could be scored",
+                config.min_samples
+            ),
+        );
+    }
     let least = match &model {
         Some(ModelChoice::Builtin(builtin)) => builtin.min_training_windows(),
         _ => 1,
@@ -428,6 +476,7 @@ fn status_of(
         anomalies: 0,
         samples: 0,
         horizon: None,
+        definition: c.clone(),
     }
 }
 
@@ -1782,6 +1831,27 @@ mod tests {
         assert_eq!(problems[0].0, "filter", "{problems:?}");
         filtered.filter = Some("running -- only while it runs".into());
         assert!(compile(&filtered).is_ok());
+        filtered.filter = Some("true) OR (1=1".into());
+        let problems = compile(&filtered).unwrap_err();
+        assert_eq!(problems[0].0, "filter", "{problems:?}");
+        // Definitions that could never score are refused.
+        let mut never = demo_pipeline();
+        never.signals = vec![
+            "vibration_rms".into(),
+            "vibration_rms".into(),
+            "device".into(),
+        ];
+        never.window = "10s".into();
+        never.hop = Some("10ms".into());
+        let problems = compile(&never).unwrap_err();
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(fields, ["signals", "signals", "hop"], "{problems:?}");
+        let mut short = demo_pipeline();
+        short.window = "5 samples".into();
+        short.hop = None;
+        short.min_samples = 10;
+        let problems = compile(&short).unwrap_err();
+        assert_eq!(problems[0].0, "min_samples", "{problems:?}");
     }
 
     #[test]

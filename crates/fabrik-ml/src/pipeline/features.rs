@@ -198,7 +198,13 @@ impl FeatureExtractor {
                 Feature::Slope => slope_per_second(times_ns, values),
                 Feature::Band { low_hz, high_hz } => {
                     let power = spectrum.get_or_insert_with(|| self.power_spectrum(values, m.mean));
-                    band_power(power, sample_rate_hz(times_ns), *low_hz, *high_hz)
+                    band_power(
+                        power,
+                        values.len(),
+                        sample_rate_hz(times_ns),
+                        *low_hz,
+                        *high_hz,
+                    )
                 }
             };
             out.push(value);
@@ -254,12 +260,14 @@ fn sample_rate_hz(times_ns: &[i64]) -> f64 {
     }
 }
 
-fn band_power(power: &[f64], rate_hz: f64, low_hz: f64, high_hz: f64) -> f64 {
+/// The power of the bins of an `n`-point spectrum in `[low_hz, high_hz)`. `n` is given, not
+/// derived from the bins: `n/2 + 1` bins stand for an odd `n` as for the even one below it.
+fn band_power(power: &[f64], n: usize, rate_hz: f64, low_hz: f64, high_hz: f64) -> f64 {
     if rate_hz <= 0.0 || power.len() < 2 {
         return 0.0;
     }
-    // Bin k of an n-point transform sits at k·rate/n; power has n/2 + 1 bins.
-    let n = ((power.len() - 1) * 2) as f64;
+    // Bin k of an n-point transform sits at k·rate/n.
+    let n = n as f64;
     power
         .iter()
         .enumerate()
@@ -349,6 +357,23 @@ mod tests {
         let values: Vec<f64> = (0..10).map(|i| 1.0 + 0.25 * i as f64).collect();
         let f = extract(&times, &values, &[Feature::Slope]);
         assert!(close(f[0], 0.5, 1e-12), "{}", f[0]);
+    }
+
+    #[test]
+    fn band_power_places_the_bins_of_an_odd_window_where_they_are() {
+        // 15 samples at 1 Hz: bin 7 sits at 7/15 Hz, not at 7/14 = 0.5 Hz.
+        let n = 15;
+        let times: Vec<i64> = (0..n).map(|i| i * 1_000_000_000).collect();
+        let values: Vec<f64> = (0..n)
+            .map(|i| (2.0 * std::f64::consts::PI * 7.0 * i as f64 / n as f64).cos())
+            .collect();
+        let bands = [
+            Feature::parse("band:0.45-0.5").unwrap(),
+            Feature::parse("band:0.5-0.6").unwrap(),
+        ];
+        let f = extract(&times, &values, &bands);
+        assert!(close(f[0], 0.5, 1e-9), "in band {f:?}");
+        assert!(f[1].abs() < 1e-12, "{f:?}");
     }
 
     #[test]

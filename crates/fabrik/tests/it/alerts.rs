@@ -1245,7 +1245,10 @@ fn alert_rules_are_defined_replaced_and_removed_at_run_time() {
         .map(|body| {
             let alert = &body["alerts"][0];
             (
-                alert["labels"]["severity"].as_str().unwrap_or("").to_owned(),
+                alert["labels"]["severity"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
                 alert["status"].as_str().unwrap_or("").to_owned(),
             )
         })

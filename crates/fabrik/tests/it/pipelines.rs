@@ -630,6 +630,13 @@ fn pipelines_defined_through_the_api_run_are_replaced_survive_restarts_and_are_r
     let (code, created) = put_pipeline(&p.url, "api-pumps", api_pumps("quantile:1.0*1.5"));
     assert_eq!(code, 201, "{created}");
     assert_eq!(created["origin"], "api", "{created}");
+    // Its whole definition reads back, defaults filled in.
+    assert_eq!(created["definition"]["training_windows"], 20, "{created}");
+    assert_eq!(created["definition"]["lateness"], "0s", "{created}");
+    assert_eq!(
+        created["definition"]["device_column"], "device",
+        "{created}"
+    );
     assert_eq!(created["state"], "running", "{created}");
     await_inferences(
         &p.url,
