@@ -164,11 +164,20 @@ impl AlertDb {
                 .execute(&pool)
                 .await?;
         }
-        // And those written before a delivered state superseded older ones, its series.
+        // And those written before a delivered state superseded older ones, its series:
+        // filled from each row's alert, as `notify::series` writes it, so rows queued before
+        // the upgrade are superseded too.
         if !columns.iter().any(|c| c == "series") {
             sqlx::query("ALTER TABLE outbox ADD COLUMN series TEXT")
                 .execute(&pool)
                 .await?;
+            sqlx::query(
+                "UPDATE outbox SET series = (SELECT '{}:{alertname=\"' || rule || \
+                 '\",device=\"' || key || '\",severity=\"' || severity || '\"}' \
+                 FROM alerts WHERE alerts.id = outbox.alert_id) WHERE series IS NULL",
+            )
+            .execute(&pool)
+            .await?;
         }
         Ok(Self { pool })
     }
@@ -384,8 +393,10 @@ impl AlertDb {
     /// alert `alert_id` (`None` for one whose delivery must not count as telling the alert's
     /// receivers, such as the resolution of labels the alert no longer has), and about the
     /// label set `series`: a later state of the same series delivered first supersedes it.
-    /// With `only_while_firing`, it is queued only if the alert is firing, checked in the same
-    /// statement. Returns whether it was queued.
+    /// With `while_firing_as` (a severity), it is queued only if the alert still fires with
+    /// that severity, checked in the same statement: a notification made from an earlier read
+    /// of the alert never lands after its resolution, nor after its labels changed. Returns
+    /// whether it was queued.
     #[allow(clippy::too_many_arguments)]
     pub async fn enqueue_grouped(
         &self,
@@ -395,12 +406,12 @@ impl AlertDb {
         group_key: Option<&str>,
         alert_id: Option<&str>,
         series: &str,
-        only_while_firing: bool,
+        while_firing_as: Option<&str>,
     ) -> Result<bool, AlertError> {
         let done = sqlx::query(
             "INSERT INTO outbox (notifier, payload, attempts, next_attempt_ns, group_key, \
-             alert_id, series) SELECT ?, ?, 0, ?, ?, ?, ? WHERE NOT ? OR EXISTS \
-             (SELECT 1 FROM alerts WHERE id = ? AND state = 'firing')",
+             alert_id, series) SELECT ?, ?, 0, ?, ?, ?, ? WHERE ? IS NULL OR EXISTS \
+             (SELECT 1 FROM alerts WHERE id = ? AND state = 'firing' AND severity = ?)",
         )
         .bind(notifier)
         .bind(payload)
@@ -408,8 +419,9 @@ impl AlertDb {
         .bind(group_key)
         .bind(alert_id)
         .bind(series)
-        .bind(only_while_firing)
+        .bind(while_firing_as)
         .bind(alert_id)
+        .bind(while_firing_as)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -667,18 +679,38 @@ impl AlertDb {
         Ok(())
     }
 
-    /// Forgets which notifiers were told of alert `alert_id`, or have it queued: its labels
-    /// changed, and no receiver has heard of the new ones yet. Its queued notifications stay
-    /// queued, about the old labels, without counting as telling of it.
-    pub async fn forget_told(&self, alert_id: &str) -> Result<(), AlertError> {
+    /// Forgets which notifiers were told of alert `alert_id`: its labels changed, and no
+    /// receiver has heard of the new ones yet.
+    pub async fn forget_notified(&self, alert_id: &str) -> Result<(), AlertError> {
         sqlx::query("DELETE FROM notified WHERE alert_id = ?")
             .bind(alert_id)
             .execute(&self.pool)
             .await?;
-        sqlx::query("UPDATE outbox SET alert_id = NULL WHERE alert_id = ?")
+        Ok(())
+    }
+
+    /// Drops the queued notifications about alert `alert_id` under the label set `series`
+    /// (its labels before a change): no receiver has seen them, and they are out of date.
+    pub async fn drop_queued(&self, alert_id: &str, series: &str) -> Result<(), AlertError> {
+        sqlx::query("DELETE FROM outbox WHERE alert_id = ? AND series = ?")
             .bind(alert_id)
+            .bind(series)
             .execute(&self.pool)
             .await?;
+        Ok(())
+    }
+
+    /// Forgets the read positions of rules other than `rules`: a rule that is gone and comes
+    /// back later starts as its `start` says, not from a position long stale.
+    pub async fn keep_positions_of(&self, rules: &[crate::Rule]) -> Result<(), AlertError> {
+        let saved: Vec<String> = sqlx::query_scalar("SELECT rule FROM rule_positions")
+            .fetch_all(&self.pool)
+            .await?;
+        for rule in saved {
+            if !rules.iter().any(|r| r.name == rule) {
+                self.forget_position(&rule).await?;
+            }
+        }
         Ok(())
     }
 

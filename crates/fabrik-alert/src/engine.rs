@@ -163,6 +163,27 @@ impl RuleEngine {
         &self.rule
     }
 
+    /// Whether a pending alert of this rule can be restored after a restart: one whose
+    /// condition is a level (above, below) or a silence, which the next rows confirm or
+    /// clear. A rate or a frozen value needs the last value before the restart, which is
+    /// gone: its first row would look like a change.
+    pub fn restores_pending(&self) -> bool {
+        matches!(
+            self.rule.condition,
+            Condition::Above { .. } | Condition::Below { .. } | Condition::Absent { .. }
+        )
+    }
+
+    /// Forgets the keys whose condition holds but has not fired: their `for` starts again
+    /// from the rows read from now on.
+    pub fn forget_pending(&mut self) {
+        for state in self.keys.values_mut() {
+            if state.active && !state.firing {
+                state.active = false;
+            }
+        }
+    }
+
     /// Restores a key that was firing before a restart, so it neither fires twice nor stays
     /// firing forever: the next observations decide whether it resolves.
     pub fn restore_firing(&mut self, key: &str, started_ns: i64) {

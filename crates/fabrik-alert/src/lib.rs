@@ -115,14 +115,17 @@ impl Alerting {
         let mut orphans = Vec::new();
         for alert in db.open_alerts().await? {
             match engines.get_mut(&alert.rule) {
+                Some(engine) if alert.state == AlertState::Firing => {
+                    engine.restore_firing(&alert.key, started_ns(&alert));
+                }
                 // A pending alert keeps counting its `for` from when its condition began to
                 // hold: a device that reports only on change sends no fresh row to start it
-                // again, and its alarm would be lost with the restart.
-                Some(engine) => engine.restore(
-                    &alert.key,
-                    started_ns(&alert),
-                    alert.state == AlertState::Firing,
-                ),
+                // again, and its alarm would be lost with the restart. Its evaluator drops it
+                // ([`Self::drop_pending`]) unless it reads on from where it stopped.
+                Some(engine) if engine.restores_pending() => {
+                    engine.restore(&alert.key, started_ns(&alert), false);
+                }
+                Some(_) => db.delete(&alert.id).await?,
                 // A rule that no longer exists cannot resolve its alerts: they are resolved
                 // now, and the receivers of firing ones told, as when a rule is removed.
                 None => orphans.push(alert),
@@ -141,6 +144,13 @@ impl Alerting {
                 .close(std::slice::from_ref(alert), &alert.severity)
                 .await?;
         }
+        let rules = alerting.rules();
+        alerting.db.keep_positions_of(&rules).await?;
+        // A rule whose severity changed in the configuration file while Fabrik was down
+        // relabels its open alerts as a change through the API does.
+        for rule in &rules {
+            alerting.refresh_open_alerts(rule, &[]).await?;
+        }
         Ok(alerting)
     }
 
@@ -151,6 +161,22 @@ impl Alerting {
             .values()
             .map(|e| e.rule().clone())
             .collect()
+    }
+
+    /// Drops rule `name`'s pending alerts (their `for` starts again from fresh rows): its
+    /// evaluator calls this when it does not read on from where it stopped, so a pending
+    /// alert restored from the database would otherwise fire on a clock that has not seen the
+    /// rows in between.
+    pub async fn drop_pending(&self, name: &str) -> Result<(), AlertError> {
+        for alert in self.db.open_alerts().await? {
+            if alert.rule == name && alert.state == AlertState::Pending {
+                self.db.delete(&alert.id).await?;
+            }
+        }
+        if let Some(engine) = self.engines.lock().get_mut(name) {
+            engine.forget_pending();
+        }
+        Ok(())
     }
 
     /// Adds `rule`, or replaces the rule of its name. With `carry_over` (the caller found
@@ -246,12 +272,16 @@ impl Alerting {
             // keyed by labels closes), and the new one fires, for every route that takes it.
             let mut old_labels = None;
             if severity_changed && alert.state == AlertState::Firing {
-                let mut told = self.db.notified_by(&alert.id).await?;
-                told.extend(self.db.queued_for(&alert.id).await?);
+                // Only receivers that heard of the old label set hear it resolve; what is
+                // still queued about it was never seen, and goes.
+                let told = self.db.notified_by(&alert.id).await?;
                 let mut old = alert.clone();
                 old.severity = old_severity.clone();
                 old.state = AlertState::Resolved;
                 old.resolved_at = Some(model::rfc3339(now));
+                self.db
+                    .drop_queued(&alert.id, &notify::series(&old))
+                    .await?;
                 old_labels = Some((old, told));
             }
             self.db
@@ -266,7 +296,7 @@ impl Alerting {
                             .await?;
                     }
                 }
-                self.db.forget_told(&alert.id).await?;
+                self.db.forget_notified(&alert.id).await?;
                 if !alert.silenced {
                     for notifier in &self.notifiers {
                         if notifier.route().takes(&alert) {
@@ -532,8 +562,8 @@ impl Alerting {
     /// Queues `alert`'s state for one notifier, joining its group's open window if it groups.
     /// With `only_while_firing` (a reminder, or a firing released by a silence's end, both
     /// made from an earlier read of the alert) nothing is queued if the alert stopped firing
-    /// meanwhile, in the same statement: its resolution, queued by the rule's evaluator, must
-    /// stay the last word. Returns whether it was queued.
+    /// or changed severity meanwhile, in the same statement: its resolution, or its old label
+    /// set's, must stay the last word. Returns whether it was queued.
     async fn enqueue_for(
         &self,
         notifier: &Notifier,
@@ -542,19 +572,7 @@ impl Alerting {
         only_while_firing: bool,
     ) -> Result<bool, AlertError> {
         let payload = notifier.payload(alert, &self.external_url).to_string();
-        let (due, key) = match notifier.grouping() {
-            None => (now, None),
-            Some(grouping) => {
-                // Join the group's open window, or open one.
-                let key = grouping.key(alert);
-                let wait = i64::try_from(grouping.wait.as_nanos()).unwrap_or(i64::MAX);
-                let due = match self.db.open_group_due(notifier.name(), &key, now).await? {
-                    Some(due) => due,
-                    None => now.saturating_add(wait),
-                };
-                (due, Some(key))
-            }
-        };
+        let (due, key) = self.due_in_group(notifier, alert, now).await?;
         self.db
             .enqueue_grouped(
                 notifier.name(),
@@ -563,15 +581,15 @@ impl Alerting {
                 key.as_deref(),
                 Some(&alert.id),
                 &notify::series(alert),
-                only_while_firing,
+                only_while_firing.then_some(alert.severity.as_str()),
             )
             .await
     }
 
     /// Queues, for `notifier`, the resolution of the label set `alert` had before its rule's
     /// severity changed: receivers key incidents by labels, and the new ones are a new
-    /// incident. Its delivery does not count as telling the alert's receivers, whose record
-    /// is about the new labels from now on.
+    /// incident. It joins its group's window as any change does. Its delivery does not count
+    /// as telling the alert's receivers, whose record is about the new labels from now on.
     async fn enqueue_old_labels_resolved(
         &self,
         notifier: &Notifier,
@@ -579,18 +597,40 @@ impl Alerting {
         now: i64,
     ) -> Result<bool, AlertError> {
         let payload = notifier.payload(old, &self.external_url).to_string();
-        let key = notifier.grouping().map(|grouping| grouping.key(old));
+        let (due, key) = self.due_in_group(notifier, old, now).await?;
         self.db
             .enqueue_grouped(
                 notifier.name(),
                 &payload,
-                now,
+                due,
                 key.as_deref(),
                 None,
                 &notify::series(old),
-                false,
+                None,
             )
             .await
+    }
+
+    /// When a change of `alert` queued now for `notifier` is due, and its group key: at once
+    /// without grouping; else its group's open window, or a new one.
+    async fn due_in_group(
+        &self,
+        notifier: &Notifier,
+        alert: &Alert,
+        now: i64,
+    ) -> Result<(i64, Option<String>), AlertError> {
+        Ok(match notifier.grouping() {
+            None => (now, None),
+            Some(grouping) => {
+                let key = grouping.key(alert);
+                let wait = i64::try_from(grouping.wait.as_nanos()).unwrap_or(i64::MAX);
+                let due = match self.db.open_group_due(notifier.name(), &key, now).await? {
+                    Some(due) => due,
+                    None => now.saturating_add(wait),
+                };
+                (due, Some(key))
+            }
+        })
     }
 
     /// Queues a reminder for every alert that still fires, is not silenced, and was last
@@ -1271,8 +1311,8 @@ mod tests {
 
         // Redefined again, now a warning: both alerts carry over. oven-2's `for` counts
         // from 11 s, so it fires at 71 s, not a minute after the redefinition. oven-1's
-        // labels changed: its critical label set resolves for the receiver with its firing
-        // queued, and the warning one fires.
+        // labels changed: its critical firing, never delivered, goes (no receiver saw it, so
+        // none hears it resolve), and the warning one fires.
         let warning = Rule {
             severity: "warning".into(),
             ..slower
@@ -1308,15 +1348,7 @@ mod tests {
                 )
             })
             .collect();
-        assert_eq!(
-            queued,
-            [
-                "oven-1 critical firing",
-                "oven-1 critical resolved",
-                "oven-1 warning firing",
-                "oven-2 warning firing"
-            ]
-        );
+        assert_eq!(queued, ["oven-1 warning firing", "oven-2 warning firing"]);
 
         assert!(alerting.remove_rule("hot").await.unwrap());
         for id in [&firing, &pending] {
@@ -1324,7 +1356,7 @@ mod tests {
             assert_eq!(resolved.state, AlertState::Resolved);
             assert!(resolved.resolved_at.is_some());
         }
-        assert_eq!(alerting.db().outbox_len().await.unwrap(), 6);
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), 4);
         assert!(alerting.rules().is_empty());
         assert!(matches!(
             alerting.observe("hot", &[obs("oven-1", 80, 90.0)]).await,
@@ -1427,8 +1459,9 @@ mod tests {
         );
         // Told of oven-1's firing (recorded as a delivery would), the on-call hears its
         // critical label set resolve when `hot` becomes a warning; line 2 was never told of
-        // oven-1. The firing of line2-oven is still queued for both: that counts as told too.
-        // The warning label set fires for the routes that take it: line 2's, for its device.
+        // oven-1. The critical firings of line2-oven, still queued, were never seen: they go,
+        // and nobody hears that label set resolve. The warning label set fires for the routes
+        // that take it: line 2's, for its device.
         alerting
             .db()
             .record_notified(&[hot("oven-1")], "on-call", now_ns())
@@ -1448,12 +1481,7 @@ mod tests {
         assert_eq!(
             redefined,
             [
-                "line2 hot line2-oven critical firing",
-                "line2 hot line2-oven critical resolved",
                 "line2 hot line2-oven warning firing",
-                "on-call hot line2-oven critical firing",
-                "on-call hot line2-oven critical resolved",
-                "on-call hot oven-1 critical firing",
                 "on-call hot oven-1 critical resolved",
             ]
         );
@@ -1872,6 +1900,119 @@ mod tests {
         assert_eq!(body["alerts"][0]["labels"]["device"], "oven-1", "{body}");
     }
 
+    /// A pending alert survives a restart with its `for` still counting, unless its evaluator
+    /// does not read on from where it stopped; an alert never ends before it fired.
+    #[tokio::test]
+    async fn pending_alerts_are_restored_and_an_alert_never_ends_before_it_fired() {
+        let dir = tempfile::tempdir().unwrap();
+        let slow = Rule {
+            for_ns: 30 * S,
+            ..rule()
+        };
+        let path = dir.path().join("a.db");
+        let open = || Alerting::open(&path, vec![slow.clone()], Vec::new(), "http://x".into());
+        let alerting = open().await.unwrap();
+        alerting
+            .observe("hot", &[obs("oven-1", 10, 85.0), obs("oven-2", 10, 85.0)])
+            .await
+            .unwrap();
+        drop(alerting);
+        let alerting = open().await.unwrap();
+        let t = alerting.tick(40 * S, &expecting("hot")).await.unwrap();
+        assert_eq!(t.len(), 2, "restored pending alerts fire on time: {t:?}");
+        let fired = alerting
+            .db()
+            .get(&alert_id("hot", "oven-1", 10 * S))
+            .await
+            .unwrap();
+        assert_eq!(fired.fired_at.as_deref(), Some("1970-01-01T00:00:40.000Z"));
+        // A clearing row that arrives late, dated before the firing.
+        alerting
+            .observe("hot", &[obs("oven-1", 20, 10.0)])
+            .await
+            .unwrap();
+        let resolved = alerting
+            .db()
+            .get(&alert_id("hot", "oven-1", 10 * S))
+            .await
+            .unwrap();
+        assert_eq!(resolved.resolved_at, resolved.fired_at);
+
+        // An evaluator that starts afresh drops them instead.
+        alerting
+            .observe("hot", &[obs("oven-3", 50, 85.0)])
+            .await
+            .unwrap();
+        drop(alerting);
+        let alerting = open().await.unwrap();
+        alerting.drop_pending("hot").await.unwrap();
+        assert!(
+            alerting
+                .tick(100 * S, &expecting("hot"))
+                .await
+                .unwrap()
+                .is_empty(),
+            "a dropped pending alert does not fire"
+        );
+        assert!(
+            alerting
+                .db()
+                .get(&alert_id("hot", "oven-3", 50 * S))
+                .await
+                .is_err()
+        );
+    }
+
+    /// A severity changed in the configuration while Fabrik was down relabels the open
+    /// alerts at start, as a change through the API does.
+    #[tokio::test]
+    async fn a_severity_changed_across_a_restart_relabels_open_alerts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, mut bodies) = http_receiver().await;
+        let path = dir.path().join("a.db");
+        let open = |severity: &str| {
+            Alerting::open(
+                &path,
+                vec![Rule {
+                    severity: severity.into(),
+                    ..rule()
+                }],
+                vec![webhook_to(&url, notify::Grouping::default())],
+                "http://x".into(),
+            )
+        };
+        let alerting = open("critical").await.unwrap();
+        alerting
+            .observe("hot", &[obs("oven-1", 1, 85.0)])
+            .await
+            .unwrap();
+        assert_eq!(alerting.deliver_due().await.unwrap(), 1);
+        assert_eq!(bodies.recv().await.unwrap()["status"], "firing");
+        drop(alerting);
+        let alerting = open("warning").await.unwrap();
+        assert_eq!(alerting.deliver_due().await.unwrap(), 2);
+        let got: Vec<(String, String)> =
+            [bodies.recv().await.unwrap(), bodies.recv().await.unwrap()]
+                .iter()
+                .map(|b| {
+                    (
+                        b["alerts"][0]["labels"]["severity"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned(),
+                        b["status"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect();
+        assert_eq!(
+            got,
+            [
+                ("critical".to_owned(), "resolved".to_owned()),
+                ("warning".to_owned(), "firing".to_owned())
+            ]
+        );
+    }
+
     /// A silence names what it silences, a rule by its name, and ends within a year.
     #[tokio::test]
     async fn a_silence_must_say_what_it_silences() {
@@ -1949,6 +2090,18 @@ mod tests {
     /// A firing that failed and waits out its retry backoff is superseded when the alert's
     /// resolution, due now, gets through: the receiver is left with the resolution, not with
     /// the stale firing delivered after it.
+    /// Puts every queued notification's next attempt an hour away, as a long backoff does,
+    /// so a slow test run cannot make them due again.
+    async fn postpone_all(alerting: &Alerting) {
+        for entry in alerting.db().due(i64::MAX, 100).await.unwrap() {
+            alerting
+                .db()
+                .retry_later(entry.id, now_ns() + 3600 * S, "receiver down")
+                .await
+                .unwrap();
+        }
+    }
+
     #[tokio::test]
     async fn a_delivered_resolution_supersedes_its_firing_waiting_to_be_retried() {
         let dir = tempfile::tempdir().unwrap();
@@ -1957,10 +2110,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(down.deliver_due().await.unwrap(), 0);
+        postpone_all(&down).await;
         down.observe("hot", &[obs("oven-1", 2, 10.0)])
             .await
             .unwrap();
-        // The firing waits a second for its retry; the resolution was queued after it.
+        // The firing waits for its retry; the resolution was queued after it.
         let queued = down.db().due(i64::MAX, 10).await.unwrap();
         assert_eq!(queued.len(), 2, "{queued:?}");
         let not_due = down.db().due(now_ns(), 10).await.unwrap();
@@ -2000,6 +2154,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(down.deliver_due().await.unwrap(), 0);
+        postpone_all(&down).await;
         // Both wait out a backoff; the second episode fires now.
         down.observe("hot", &[obs("oven-1", 3, 90.0)])
             .await
@@ -2072,7 +2227,15 @@ mod tests {
         let id = alert_id("hot", "oven-1", S);
         let queued = alerting
             .db()
-            .enqueue_grouped("ops", "{}", now_ns(), None, Some(&id), "s", true)
+            .enqueue_grouped(
+                "ops",
+                "{}",
+                now_ns(),
+                None,
+                Some(&id),
+                "s",
+                Some("critical"),
+            )
             .await
             .unwrap();
         assert!(!queued);

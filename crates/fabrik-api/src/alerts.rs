@@ -52,7 +52,6 @@ fn alerting(state: &ApiState) -> Result<&Arc<Alerting>, ApiError> {
 
 /// Filters of the alert listing.
 #[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct AlertParams {
     /// `pending`, `firing` or `resolved`.

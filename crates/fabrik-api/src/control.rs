@@ -53,7 +53,8 @@ impl From<ControlError> for ApiError {
     }
 }
 
-/// Options of a `PUT` that defines something by name.
+/// Options of a `PUT` that defines something. An unknown option is refused: a misspelt
+/// `dryrun=true` must not apply the change.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -62,6 +63,16 @@ pub struct ApplyParams {
     /// would happen, or the same error a change would get.
     #[serde(default)]
     pub dry_run: bool,
+    /// The token as a query parameter (InfluxDB-style `p`, and its `u`), which every route
+    /// accepts: named here so any other unknown parameter can be refused.
+    #[serde(default)]
+    #[param(ignore)]
+    #[allow(dead_code)]
+    p: Option<String>,
+    #[serde(default)]
+    #[param(ignore)]
+    #[allow(dead_code)]
+    u: Option<String>,
 }
 
 /// What a dry run found.
@@ -112,4 +123,21 @@ pub(crate) fn named_definition<T: DeserializeOwned>(
         )));
     }
     Ok(definition)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apply_options_refuse_unknown_ones_but_take_the_token() {
+        let parse = |uri: &str| {
+            axum::extract::Query::<ApplyParams>::try_from_uri(&uri.parse().unwrap())
+                .map(|q| q.0.dry_run)
+        };
+        assert_eq!(parse("/x?dry_run=true").ok(), Some(true));
+        assert_eq!(parse("/x?p=secret&u=admin&dry_run=true").ok(), Some(true));
+        assert_eq!(parse("/x").ok(), Some(false));
+        assert!(parse("/x?dryrun=true").is_err());
+    }
 }

@@ -74,7 +74,6 @@ pub struct TokenBody {
 
 /// Parameters of the history listing.
 #[derive(Debug, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct EventParams {
     /// Newest events to return (default 100, at most 1000).

@@ -792,7 +792,8 @@ fn watch_signature(config: &AlertRuleConfig) -> String {
         config.key,
         config.filter,
         config.value,
-        config.condition
+        config.condition,
+        config.start
     ])
     .to_string()
 }
@@ -1302,8 +1303,8 @@ impl Evaluator {
         let watches = watch_signature(&self.rule.config);
         let now = Timestamp::now().nanos();
         // Where it stopped before a restart, if it watched the same: the rows that arrived
-        // meanwhile are evaluated, none twice, and a pending alert restored from the database
-        // meets the rows that clear it.
+        // meanwhile are evaluated (after a crash, the last pass's rows may be read again), and
+        // a pending alert restored from the database meets the rows that clear it.
         let saved = match self.alerting.db().position(&name, &watches).await {
             Ok(saved) => saved,
             Err(e) => {
@@ -1311,6 +1312,7 @@ impl Evaluator {
                 None
             }
         };
+        let resumes = resume.is_some() || saved.is_some();
         let mut read_after = match (resume, saved) {
             (Some(position), _) => position,
             (None, Some(position)) if self.rule.replay => position,
@@ -1318,6 +1320,11 @@ impl Evaluator {
             (None, None) if self.rule.replay => None,
             (None, None) => Some(now),
         };
+        // Not reading on from where it stopped, it has not seen the rows since a pending
+        // alert was restored: that alert's `for` starts again from fresh rows.
+        if !resumes && let Err(e) = self.alerting.drop_pending(&name).await {
+            tracing::warn!(rule = %name, error = %e, "Alert rule's restored pending alerts could not be dropped.");
+        }
         let mut saved_position = None;
         if read_after.is_some()
             && matches!(self.rule.rule.condition, Condition::Absent { .. })

@@ -41,7 +41,7 @@ const DEFAULT_TRAINING_WINDOWS: usize = 30;
 /// Rows read per query, so a replay of a long history proceeds in bounded steps.
 const READ_LIMIT: usize = 50_000;
 /// Most windows a sample may belong to (`window` / `hop`).
-const MAX_OVERLAP: i64 = 100;
+const MAX_OVERLAP: i64 = 1000;
 /// The threshold of an ONNX classifier's probability when none is given.
 const PROBABILITY_THRESHOLD: f64 = 0.5;
 
@@ -705,8 +705,10 @@ impl PipelineManager {
 
     async fn apply_definition(&self, config: PipelineConfig) -> Result<bool, ControlError> {
         let compiled = compile(&config).map_err(ControlError::Invalid)?;
-        self.check_model(&compiled).map_err(ControlError::Invalid)?;
+        // Under the lock an upload also takes: a model replaced meanwhile is checked against
+        // this pipeline, or this pipeline against the replacement.
         let mut pipelines = self.pipelines.lock().await;
+        self.check_model(&compiled).map_err(ControlError::Invalid)?;
         let created = Self::defines_anew(&pipelines, &config.name)?;
         let definitions = Self::api_definitions(&pipelines, &config.name, Some(&config));
         self.store_definitions(definitions).await?;
@@ -724,8 +726,8 @@ impl PipelineManager {
         configs: Vec<PipelineConfig>,
     ) -> Result<Vec<bool>, ControlError> {
         let (compiled, names) = compile_batch(&configs, |c: &PipelineConfig| &c.name, compile)?;
-        self.check_models(&compiled)?;
         let mut pipelines = self.pipelines.lock().await;
+        self.check_models(&compiled)?;
         let created = configs
             .iter()
             .map(|config| Self::defines_anew(&pipelines, &config.name))
@@ -1842,7 +1844,7 @@ mod tests {
             "device".into(),
         ];
         never.window = "10s".into();
-        never.hop = Some("10ms".into());
+        never.hop = Some("5ms".into());
         let problems = compile(&never).unwrap_err();
         let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(fields, ["signals", "signals", "hop"], "{problems:?}");

@@ -427,9 +427,10 @@ fn step(
             medians,
         } => {
             let score = model.score_at(features, window.start_ns)?;
-            // A NaN is never above the threshold: scored, the window would pass as normal
-            // whatever it holds, so a model that puts one out is failing.
-            if !score.is_finite() {
+            // A NaN (or −∞) is never above the threshold: scored, the window would pass as
+            // normal whatever it holds, so a model that puts one out is failing. +∞ (an error
+            // that overflowed on an extreme window) is above any threshold, and flagged.
+            if score.is_nan() || score == f64::NEG_INFINITY {
                 return Err(MlError::Detector {
                     detector: "model",
                     reason: format!("the score of the window is {score}, not a finite number"),
