@@ -10,55 +10,84 @@ const NANOS_PER_SECOND: i64 = 1_000_000_000;
 const SECONDS_PER_DAY: i64 = 86_400;
 const NANOS_PER_HOUR: i64 = 3_600 * NANOS_PER_SECOND;
 
-/// Parses `YYYY-MM-DD HH:MM:SS` with an optional fraction of up to 9 digits (a `T` separator
-/// is accepted too) into nanoseconds since 1970-01-01 00:00:00.
+/// Parses `YYYY-MM-DD HH:MM:SS` with an optional fraction of up to 9 digits into
+/// nanoseconds since 1970-01-01 00:00:00. As leniently as pandas reads the benchmarks' files:
+/// spaces around it, `T` or any run of spaces between date and time, `/` in the date, one-digit
+/// month, day, hour, minute or second, and no seconds at all.
 pub fn parse_civil_timestamp(text: &str) -> Result<i64, MlError> {
     let fail = |reason| MlError::Timestamp {
         text: text.to_owned(),
         reason,
     };
-    let bytes = text.as_bytes();
-    if bytes.len() < 19 {
-        return Err(fail("expected YYYY-MM-DD HH:MM:SS"));
-    }
-    let separators_ok = bytes[4] == b'-'
-        && bytes[7] == b'-'
-        && (bytes[10] == b' ' || bytes[10] == b'T')
-        && bytes[13] == b':'
-        && bytes[16] == b':';
-    if !separators_ok {
-        return Err(fail("expected YYYY-MM-DD HH:MM:SS"));
-    }
-    let number = |range: std::ops::Range<usize>| -> Result<i64, MlError> {
-        let digits = &bytes[range];
-        if digits.iter().all(u8::is_ascii_digit) {
-            Ok(digits
-                .iter()
-                .fold(0_i64, |acc, digit| acc * 10 + i64::from(digit - b'0')))
-        } else {
-            Err(fail("expected digits"))
-        }
+    let shape = "expected YYYY-MM-DD HH:MM:SS";
+    let trimmed = text.trim();
+    let (date, time) = match trimmed.split_once('T') {
+        Some((date, time)) => (date, time),
+        None => trimmed
+            .split_once(char::is_whitespace)
+            .map(|(date, time)| (date, time.trim_start()))
+            .ok_or_else(|| fail(shape))?,
     };
-    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
-    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    let number = |digits: &str, most: usize| -> Result<i64, MlError> {
+        if digits.is_empty()
+            || digits.len() > most
+            || !digits.bytes().all(|digit| digit.is_ascii_digit())
+        {
+            return Err(fail(shape));
+        }
+        Ok(digits
+            .bytes()
+            .fold(0_i64, |acc, digit| acc * 10 + i64::from(digit - b'0')))
+    };
+    let separator = if date.contains('/') { '/' } else { '-' };
+    let mut date_parts = date.split(separator);
+    let (Some(year), Some(month), Some(day), None) = (
+        date_parts.next(),
+        date_parts.next(),
+        date_parts.next(),
+        date_parts.next(),
+    ) else {
+        return Err(fail(shape));
+    };
+    if year.len() != 4 {
+        return Err(fail(shape));
+    }
+    let (year, month, day) = (number(year, 4)?, number(month, 2)?, number(day, 2)?);
+    let (clock, fraction) = match time.split_once('.') {
+        Some((clock, fraction)) => (clock, Some(fraction)),
+        None => (time, None),
+    };
+    let mut clock_parts = clock.split(':');
+    let (Some(hour), Some(minute), second, None) = (
+        clock_parts.next(),
+        clock_parts.next(),
+        clock_parts.next(),
+        clock_parts.next(),
+    ) else {
+        return Err(fail(shape));
+    };
+    let (hour, minute) = (number(hour, 2)?, number(minute, 2)?);
+    let second = second.map_or(Ok(0), |second| number(second, 2))?;
     if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
         return Err(fail("no such date"));
     }
     if hour > 23 || minute > 59 || second > 59 {
         return Err(fail("no such time of day"));
     }
-    let mut fraction_nanos = 0;
-    if bytes.len() > 19 {
-        let fraction = &bytes[19..];
-        let digits = &fraction[1..];
-        if fraction[0] != b'.' || digits.is_empty() || digits.len() > 9 {
-            return Err(fail(
-                "expected a fraction of 1 to 9 digits after the seconds",
-            ));
+    let fraction_nanos = match fraction {
+        None => 0,
+        Some(digits) => {
+            if digits.is_empty()
+                || digits.len() > 9
+                || !digits.bytes().all(|digit| digit.is_ascii_digit())
+            {
+                return Err(fail(
+                    "expected a fraction of 1 to 9 digits after the seconds",
+                ));
+            }
+            number(digits, 9)? * 10_i64.pow(9 - u32::try_from(digits.len()).unwrap_or(9))
         }
-        let value = number(20..bytes.len())?;
-        fraction_nanos = value * 10_i64.pow(9 - u32::try_from(digits.len()).unwrap_or(9));
-    }
+    };
     let days = days_from_civil(year, month, day);
     let seconds = days * SECONDS_PER_DAY + hour * 3_600 + minute * 60 + second;
     Ok(seconds * NANOS_PER_SECOND + fraction_nanos)
@@ -123,6 +152,27 @@ mod tests {
     }
 
     #[test]
+    fn reads_what_pandas_reads() -> Result<(), MlError> {
+        let canonical = parse_civil_timestamp("2020-03-09 10:34:05")?;
+        for variant in [
+            "2020-03-09T10:34:05",
+            " 2020-03-09 10:34:05 ",
+            "2020-03-09  10:34:05",
+            "2020-3-9 10:34:05",
+            "2020/03/09 10:34:05",
+            "2020-03-09 10:34:05.000",
+            "2020-03-09 10:34:5",
+        ] {
+            assert_eq!(parse_civil_timestamp(variant)?, canonical, "{variant}");
+        }
+        assert_eq!(
+            parse_civil_timestamp("2020-03-09 10:34")?,
+            canonical - 5 * NANOS_PER_SECOND
+        );
+        Ok(())
+    }
+
+    #[test]
     fn hour_is_the_written_hour_field() -> Result<(), MlError> {
         assert_eq!(
             hour_of_day(parse_civil_timestamp("2015-09-08 11:39:00")?),
@@ -139,7 +189,11 @@ mod tests {
     fn rejects_malformed_text() {
         for bad in [
             "2014-07-01",
-            "2014/07/01 00:00:00",
+            "14-07-01 00:00:00",
+            "2014-07/01 00:00:00",
+            "2014-07-01 00",
+            "2014-07-01 00:00:00:00",
+            "2014-07-01 00:00:00.",
             "2014-13-01 00:00:00",
             "2014-02-30 00:00:00",
             "2014-07-01 24:00:00",

@@ -343,6 +343,11 @@ pub struct AlertRuleConfig {
     /// A SQL predicate selecting rows (e.g. `pipeline = 'pump-health'`).
     #[serde(default)]
     pub filter: Option<String>,
+    /// `previous`: a field the `value` names that a row lacks takes the key's last reported
+    /// value (for report-by-exception sources — OPC UA, Sparkplug — whose rows carry only
+    /// the signals that changed). Absent: such a row has no value and is skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fill: Option<String>,
     /// `above`, `below`, `rate_above` (units per second), `absent` (no row for `threshold`
     /// seconds, counted from the key's last row, also one stored before a restart) or
     /// `unchanged` (rows keep coming with the same value for `threshold` seconds: a frozen
@@ -1276,6 +1281,7 @@ fn array_template(path: &str) -> Option<toml::Table> {
             value: String::new(),
             key: String::new(),
             filter: Some(String::new()),
+            fill: Some(String::new()),
             condition: String::new(),
             threshold: 0.0,
             clear: Some(0.0),

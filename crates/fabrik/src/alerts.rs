@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::arrow::array::{Array, Float64Array, Int64Array, StringArray};
+use datafusion::arrow::array::{Array, Float64Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::DataType;
 use fabrik_alert::notify::{GroupLabel, Grouping, Route};
 use fabrik_alert::{Alerting, Condition, Notifier, Observation, Rule};
@@ -26,8 +26,8 @@ use fabrik_runtime::units::parse_duration;
 use fabrik_store::Store;
 
 use crate::columns::cast_column;
-use crate::sql_text;
 use crate::stored::{compile_batch, definitions_json, read_definitions, store_file};
+use crate::{alert_fill, sql_text};
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
@@ -125,6 +125,18 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
             None
         }
     };
+    match (c.fill.as_deref(), c.condition.as_str()) {
+        (None, _) => {}
+        (Some(_), "absent") => problem(
+            "fill",
+            "does not apply to `absent`, which watches rows arriving, not their values".into(),
+        ),
+        (Some("previous"), _) => {}
+        (Some(other), _) => problem(
+            "fill",
+            format!("`{other}`: expected `previous` (or leave it out)"),
+        ),
+    }
     let for_ns = parse_duration(&c.for_duration)
         .map_err(|e| problem("for", e))
         .ok()
@@ -707,6 +719,7 @@ fn demo_rule() -> AlertRuleConfig {
         value: "score / threshold".into(),
         key: "device".into(),
         filter: Some("pipeline = 'pump-health'".into()),
+        fill: None,
         condition: "above".into(),
         threshold: 1.0,
         clear: Some(0.8),
@@ -748,6 +761,7 @@ fn demo_frozen_rule() -> AlertRuleConfig {
         table: "pump".into(),
         value: "pressure".into(),
         filter: None,
+        fill: None,
         condition: "unchanged".into(),
         threshold: 20.0,
         clear: None,
@@ -793,7 +807,8 @@ fn watch_signature(config: &AlertRuleConfig) -> String {
         config.filter,
         config.value,
         config.condition,
-        config.start
+        config.start,
+        config.fill
     ])
     .to_string()
 }
@@ -813,12 +828,14 @@ fn watches_the_same(old: &AlertRuleConfig, new: &AlertRuleConfig) -> bool {
         &old.filter,
         &old.value,
         &old.condition,
+        &old.fill,
     ) == (
         &new.table,
         &new.key,
         &new.filter,
         &new.value,
         &new.condition,
+        &new.fill,
     )
 }
 
@@ -887,6 +904,7 @@ impl AlertRuleManager {
             registry: self.registry.clone(),
             expected_registered: parking_lot::Mutex::default(),
             board: self.board.clone(),
+            filler: config.fill.is_some().then(Default::default),
         };
         let task = tokio::spawn(evaluator.run(stop.clone(), resume));
         rules.by_name.insert(
@@ -1283,6 +1301,8 @@ struct Evaluator {
     expected_registered: parking_lot::Mutex<RegisteredDevices>,
     /// Where the API reads how the evaluation goes.
     board: AlertRuleBoard,
+    /// With `fill = "previous"`, each key's last field values.
+    filler: Option<tokio::sync::Mutex<alert_fill::Filler>>,
 }
 
 /// What a heartbeat rule last read from the registry for `expect`.
@@ -1581,12 +1601,21 @@ impl Evaluator {
         until: i64,
     ) -> Result<(Vec<(i64, Observation)>, Option<i64>, usize), String> {
         let c = &self.rule.config;
-        let sql = read_sql(c, after, until);
-        let output = self.store.query(&sql).await.map_err(|e| e.to_string())?;
+        let (batches, page) = match &self.filler {
+            None => {
+                let output = self
+                    .store
+                    .query(&read_sql(c, after, until))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let page = output.batches.iter().map(|b| b.num_rows()).sum();
+                (output.batches, page)
+            }
+            Some(filler) => self.read_filled(filler, after, until).await?,
+        };
         let mut out = Vec::new();
         let mut last = None;
-        let page = output.batches.iter().map(|b| b.num_rows()).sum();
-        for batch in &output.batches {
+        for batch in &batches {
             let raw_ids: Int64Array =
                 cast_column(batch, 0, &DataType::Int64, "_raw_id did not cast")?;
             let times: Int64Array = cast_column(batch, 1, &DataType::Int64, "time did not cast")?;
@@ -1624,11 +1653,47 @@ impl Evaluator {
         }
         Ok((out, last, page))
     }
+
+    /// A page read whole (every column), its missing field values filled from each key's
+    /// last ones, and the rule's select list evaluated over it; and the page's row count.
+    async fn read_filled(
+        &self,
+        filler: &tokio::sync::Mutex<alert_fill::Filler>,
+        after: Option<i64>,
+        until: i64,
+    ) -> Result<(Vec<RecordBatch>, usize), String> {
+        let c = &self.rule.config;
+        let field_names: Vec<String> = self
+            .store
+            .tables()
+            .into_iter()
+            .find(|table| table.name == c.table)
+            .map(|table| table.fields.into_iter().map(|(name, _)| name).collect())
+            .unwrap_or_default();
+        let fields = alert_fill::referenced_fields(&c.value, &field_names);
+        let mut filler = filler.lock().await;
+        filler.seed(&self.store, c, &fields, after).await?;
+        let sql = format!(
+            "SELECT * FROM \"{}\" WHERE {} ORDER BY _raw_id, time LIMIT {READ_LIMIT}",
+            c.table,
+            page_condition(c, after, until)
+        );
+        let output = self.store.query(&sql).await.map_err(|e| e.to_string())?;
+        let page = output.batches.iter().map(|b| b.num_rows()).sum();
+        if page == 0 {
+            return Ok((Vec::new(), 0));
+        }
+        let filled = filler.fill(&output.batches, &c.key, &fields)?;
+        drop(filler);
+        let batches = alert_fill::evaluate(output.schema, filled, &select_list(c)).await?;
+        Ok((batches, page))
+    }
 }
 
 /// The query that reads rule `c`'s rows that arrived after `after` and by `until` (raw ids),
 /// with its key, value and context columns, in arrival order, one page at most.
-fn read_sql(c: &AlertRuleConfig, after: Option<i64>, until: i64) -> String {
+/// The rule's select list: arrival id, time, key, value (as a double), context columns.
+fn select_list(c: &AlertRuleConfig) -> String {
     let mut columns = vec![
         "CAST(_raw_id AS BIGINT) AS _arrival".to_owned(),
         "time".to_owned(),
@@ -1637,19 +1702,28 @@ fn read_sql(c: &AlertRuleConfig, after: Option<i64>, until: i64) -> String {
         format!("CAST({} AS DOUBLE)", sql_text::embedded(&c.value)),
     ];
     columns.extend(c.context.iter().map(|col| format!("\"{col}\"")));
-    let mut sql = format!(
-        "SELECT {} FROM \"{}\" WHERE _raw_id <= {until}",
-        columns.join(", "),
-        c.table
-    );
+    columns.join(", ")
+}
+
+/// The rows of a rule's page: after arrival `after`, up to `until`, through its filter.
+fn page_condition(c: &AlertRuleConfig, after: Option<i64>, until: i64) -> String {
+    let mut condition = format!("_raw_id <= {until}");
     if let Some(after) = after {
-        sql.push_str(&format!(" AND _raw_id > {after}"));
+        condition.push_str(&format!(" AND _raw_id > {after}"));
     }
     if let Some(filter) = &c.filter {
-        sql.push_str(&format!(" AND {}", sql_text::embedded(filter)));
+        condition.push_str(&format!(" AND {}", sql_text::embedded(filter)));
     }
-    sql.push_str(&format!(" ORDER BY _arrival, time LIMIT {READ_LIMIT}"));
-    sql
+    condition
+}
+
+fn read_sql(c: &AlertRuleConfig, after: Option<i64>, until: i64) -> String {
+    format!(
+        "SELECT {} FROM \"{}\" WHERE {} ORDER BY _arrival, time LIMIT {READ_LIMIT}",
+        select_list(c),
+        c.table,
+        page_condition(c, after, until)
+    )
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! that knows every implementation.
 
 mod alert_cli;
+mod alert_fill;
 mod alerts;
 mod bench;
 mod bench_mqtt;

@@ -1028,6 +1028,71 @@ interval = "200ms"
     assert!(status.success());
 }
 
+/// A report-by-exception table (rows carry only the signal that changed): with
+/// `fill = "previous"` an expression over two signals takes each one's last reported value,
+/// also one reported before the rule was defined; without it such rows have no value.
+#[test]
+fn an_expression_over_signals_reported_by_exception_fills_in_their_last_values() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = start_configured(dir.path(), "");
+    let write = |rows: &str| {
+        assert_eq!(
+            crate::support::post_status(&p.url, "/api/v1/write", rows),
+            200
+        );
+    };
+    let t0 = now_ns();
+    write(&format!("line,device=filler-1 good=100,rejects=1 {t0}\n"));
+    let rule = |name: &str, fill: Option<&str>| {
+        let mut rule = serde_json::json!({
+            "name": name,
+            "table": "line",
+            "value": "CAST(rejects AS DOUBLE) / good * 100",
+            "condition": "above",
+            "threshold": 5,
+            "interval": "200ms",
+        });
+        if let Some(fill) = fill {
+            rule["fill"] = fill.into();
+        }
+        let (status, body) = http(
+            &p.url,
+            reqwest::Method::PUT,
+            &format!("/api/v1/alert-rules/{name}"),
+            Some(rule),
+        );
+        assert_eq!(status, 201, "{body}");
+    };
+    rule("scrap-filled", Some("previous"));
+    rule("scrap-sparse", None);
+    let (status, error) = http(
+        &p.url,
+        reqwest::Method::PUT,
+        "/api/v1/alert-rules/beat?dry_run=true",
+        Some(serde_json::json!({
+            "table": "line", "value": "1", "condition": "absent", "threshold": 5,
+            "fill": "previous",
+        })),
+    );
+    assert_eq!(status, 400, "{error}");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Rejects climb to 8 % of the good count, which is not reported again.
+    write(&format!("line,device=filler-1 rejects=8 {}\n", now_ns()));
+    eventually("the filled rule fires", || {
+        firing_alerts(&p.url)
+            .iter()
+            .any(|a| a["rule"] == "scrap-filled" && a["value"] == 8.0)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let sparse: Vec<serde_json::Value> = firing_alerts(&p.url)
+        .into_iter()
+        .filter(|a| a["rule"] == "scrap-sparse")
+        .collect();
+    assert!(sparse.is_empty(), "{sparse:?}");
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}
+
 /// A `fabrik run` whose configuration file holds `config`, with its files under `dir`.
 fn start_configured(dir: &std::path::Path, config: &str) -> Process {
     let file = dir.join("fabrik.toml");
