@@ -373,5 +373,11 @@ mod tests {
         let error = format!("{:#}", definitions(&notifiers).expect_err("not rules"));
         assert!(error.contains("notifiers"), "{error}");
         assert!(error.contains("line"), "an error names its line: {error}");
+        // A JSON list names the element it refuses.
+        let json = r#"[{"name": "a", "table": "t", "value": "v", "condition": "above",
+            "threshold": 1}, {"name": "b", "table": "t", "value": "v", "threshold": 1}]"#;
+        let error = crate::define_cli::definitions::<AlertRuleConfig>(Path::new("r.json"), json)
+            .expect_err("no condition");
+        assert!(format!("{error:#}").contains("definition [1]"), "{error:#}");
     }
 }

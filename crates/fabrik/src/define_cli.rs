@@ -84,11 +84,18 @@ pub(crate) fn definitions<T: Named>(path: &Path, text: &str) -> anyhow::Result<V
         .is_some_and(|e| e.eq_ignore_ascii_case("json"));
     if json {
         let value: serde_json::Value = serde_json::from_str(text)?;
-        return Ok(if value.is_array() {
-            serde_json::from_value(value)?
-        } else {
-            vec![serde_json::from_value(value)?]
-        });
+        return match value {
+            // Each element on its own, so a refusal names which one.
+            serde_json::Value::Array(elements) => elements
+                .into_iter()
+                .enumerate()
+                .map(|(index, element)| {
+                    serde_json::from_value(element)
+                        .map_err(|e| anyhow::anyhow!("definition [{index}]: {e}"))
+                })
+                .collect(),
+            single => Ok(vec![serde_json::from_value(single)?]),
+        };
     }
     let keys: toml::Table = toml::from_str(text)?;
     Ok(match T::toml_list(&keys, text) {
