@@ -662,12 +662,17 @@ impl PipelineManager {
         }
     }
 
-    /// Checks the models of a batch, naming each problem `<pipeline>.<field>`; returns the
-    /// warnings per definition.
+    /// Checks the columns and models of a batch, naming each problem `<pipeline>.<field>`;
+    /// returns the warnings per definition.
     fn check_models(&self, compiled: &[Compiled]) -> Result<Vec<Option<String>>, ControlError> {
         let mut problems = Vec::new();
         let mut warnings = Vec::new();
         for pipeline in compiled {
+            problems.extend(
+                column_kind_problems(&self.store, &pipeline.config)
+                    .into_iter()
+                    .map(|(field, why)| (format!("{}.{field}", pipeline.config.name), why)),
+            );
             match self.check_model(pipeline) {
                 Ok(warning) => warnings.push(warning),
                 Err(found) => problems.extend(
@@ -689,6 +694,10 @@ impl PipelineManager {
     /// ONNX model not uploaded.
     async fn check_definition(&self, config: PipelineConfig) -> Result<DryRun, ControlError> {
         let compiled = compile(&config).map_err(ControlError::Invalid)?;
+        let kinds = column_kind_problems(&self.store, &config);
+        if !kinds.is_empty() {
+            return Err(ControlError::Invalid(kinds));
+        }
         let model_warning = self.check_model(&compiled).map_err(ControlError::Invalid)?;
         let created = Self::defines_anew(&*self.pipelines.lock().await, &config.name)?;
         let mut warnings: Vec<String> = missing_input(&self.store, &config)
@@ -705,6 +714,10 @@ impl PipelineManager {
 
     async fn apply_definition(&self, config: PipelineConfig) -> Result<bool, ControlError> {
         let compiled = compile(&config).map_err(ControlError::Invalid)?;
+        let kinds = column_kind_problems(&self.store, &config);
+        if !kinds.is_empty() {
+            return Err(ControlError::Invalid(kinds));
+        }
         // Under the lock an upload also takes: a model replaced meanwhile is checked against
         // this pipeline, or this pipeline against the replacement.
         let mut pipelines = self.pipelines.lock().await;
@@ -1056,6 +1069,57 @@ impl ExportedCounters {
 
 /// What of `config`'s input is not in the store yet: its table, or columns of it (named,
 /// with the columns it has); `None` when everything is there.
+/// What the table, if it exists, says cannot work: a device column that is a field (every
+/// distinct value would become a device, each with its own model), a signal that is a tag or
+/// a text field (signals are numbers). Column kinds never change once a table has them.
+fn column_kind_problems(store: &Store, config: &PipelineConfig) -> Vec<(String, String)> {
+    let Some(table) = store.tables().into_iter().find(|t| t.name == config.table) else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    if table
+        .fields
+        .iter()
+        .any(|(field, _)| *field == config.device_column)
+    {
+        problems.push((
+            "device_column".to_owned(),
+            format!(
+                "`{}` is a field of `{}`, not a tag: every value of it would be a device \
+                 (tags: {})",
+                config.device_column,
+                config.table,
+                table.tags.join(", ")
+            ),
+        ));
+    }
+    for signal in &config.signals {
+        if table.tags.iter().any(|tag| tag == signal) {
+            problems.push((
+                "signals".to_owned(),
+                format!(
+                    "`{signal}` is a tag of `{}` (text), not a signal",
+                    config.table
+                ),
+            ));
+        } else if table
+            .fields
+            .iter()
+            .any(|(field, kind)| field == signal && kind == "string")
+        {
+            problems.push((
+                "signals".to_owned(),
+                format!(
+                    "`{signal}` is a text field of `{}`; signals are numbers (float, integer \
+                     or boolean)",
+                    config.table
+                ),
+            ));
+        }
+    }
+    problems
+}
+
 fn missing_input(store: &Store, config: &PipelineConfig) -> Option<String> {
     if !store.has_table(&config.table) {
         return Some(format!(

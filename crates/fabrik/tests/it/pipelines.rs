@@ -664,6 +664,37 @@ fn pipelines_defined_through_the_api_run_are_replaced_survive_restarts_and_are_r
         message.contains("window") && message.contains("signals"),
         "{message}"
     );
+    // Columns of the wrong kind: a field as the device column, a text field as a signal.
+    let mut by_field = api_pumps("quantile:1.0*1.5");
+    by_field["device_column"] = "current".into();
+    by_field["signals"] = serde_json::json!(["vibration"]);
+    let (code, error) = put_pipeline(&p.url, "api-pumps", by_field);
+    assert_eq!(code, 400, "{error}");
+    assert!(
+        error["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("device_column") && e.contains("not a tag")),
+        "{error}"
+    );
+    assert_eq!(
+        crate::support::post_status(
+            &p.url,
+            "/api/v1/write",
+            "modes,device=pump-a mode=\"auto\",load=1 1\n"
+        ),
+        200
+    );
+    let mut texts = api_pumps("quantile:1.0*1.5");
+    texts["table"] = "modes".into();
+    texts["signals"] = serde_json::json!(["load", "mode"]);
+    let (code, error) = put_pipeline(&p.url, "api-pumps", texts);
+    assert_eq!(code, 400, "{error}");
+    assert!(
+        error["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("`mode` is a text field")),
+        "{error}"
+    );
     let mut unknown = api_pumps("quantile:1.0*1.5");
     unknown["windw"] = "10s".into();
     let (code, error) = put_pipeline(&p.url, "api-pumps", unknown);
