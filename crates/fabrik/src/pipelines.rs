@@ -1504,7 +1504,8 @@ impl Runner {
         let quote = |name: &str| format!("\"{name}\"");
         let columns: Vec<String> = c.signals.iter().map(|s| quote(s)).collect();
         let mut sql = format!(
-            "SELECT time, {}, {} FROM {} WHERE time <= to_timestamp_nanos({horizon})",
+            "SELECT time, {}, CAST(_raw_id AS BIGINT), {} FROM {} \
+             WHERE time <= to_timestamp_nanos({horizon})",
             quote(&c.device_column),
             columns.join(", "),
             quote(&c.table),
@@ -1547,11 +1548,17 @@ impl Runner {
                 &DataType::Utf8,
                 "device column did not cast to text",
             )?;
+            let arrivals: Int64Array = cast_column(
+                batch,
+                2,
+                &DataType::Int64,
+                "_raw_id did not cast to integers",
+            )?;
             let mut signal_arrays: Vec<Float64Array> = Vec::with_capacity(c.signals.len());
             for (j, signal) in c.signals.iter().enumerate() {
                 // Booleans and integers become numbers; text cannot be scored.
                 let column =
-                    cast_column(batch, 2 + j, &DataType::Float64, "did not cast to floats")
+                    cast_column(batch, 3 + j, &DataType::Float64, "did not cast to floats")
                         .map_err(|e| format!("signal `{signal}` is not numeric: {e}"))?;
                 signal_arrays.push(column);
             }
@@ -1568,7 +1575,19 @@ impl Runner {
                     .iter()
                     .map(|a| (!a.is_null(i)).then(|| a.value(i)))
                     .collect();
-                rows.push((device_names.value(i).to_owned(), Row { time_ns, values }));
+                let arrival = if arrivals.is_null(i) {
+                    0
+                } else {
+                    arrivals.value(i)
+                };
+                rows.push((
+                    device_names.value(i).to_owned(),
+                    Row {
+                        time_ns,
+                        values,
+                        arrival,
+                    },
+                ));
             }
         }
         Ok((rows, last, page))
@@ -1721,6 +1740,10 @@ fn inference_point(pipeline: &str, model: &str, version: &str, inference: &Infer
         (
             "samples".to_owned(),
             Value::I64(i64::try_from(inference.samples).unwrap_or(i64::MAX)),
+        ),
+        (
+            "last_arrival".to_owned(),
+            Value::I64(inference.last_arrival),
         ),
         (
             "window_id".to_owned(),

@@ -110,6 +110,9 @@ pub struct Inference {
     pub window_end_ns: i64,
     /// Samples in the window.
     pub samples: usize,
+    /// The largest arrival id among them: the window read exactly its span's rows that
+    /// arrived up to here (a row that arrives later for the span was not part of it).
+    pub last_arrival: i64,
     /// The model's score.
     pub score: f64,
     /// The threshold it was compared with.
@@ -450,6 +453,7 @@ fn step(
                 window_start_ns: window.start_ns,
                 window_end_ns: window.end_ns,
                 samples: window.rows.len(),
+                last_arrival: window.rows.iter().map(|row| row.arrival).max().unwrap_or(0),
                 score,
                 threshold: *threshold,
                 flag: score > *threshold,
@@ -521,6 +525,7 @@ mod tests {
                 Row {
                     time_ns: t * S,
                     values: vec![Some(vibration), Some(current)],
+                    arrival: t,
                 },
             );
         }
@@ -574,6 +579,7 @@ mod tests {
                 Row {
                     time_ns: t * S,
                     values: vec![Some(1.0), None],
+                    arrival: t,
                 },
             );
         }

@@ -33,6 +33,9 @@ pub struct Row {
     pub time_ns: i64,
     /// One entry per pipeline signal.
     pub values: Vec<Option<f64>>,
+    /// The store's arrival id of the row (`_raw_id`), 0 where there is none: the largest of
+    /// a window's tells which rows it read (see [`crate::pipeline::Inference::last_arrival`]).
+    pub arrival: i64,
 }
 
 /// A closed window of one device.
@@ -174,6 +177,7 @@ mod tests {
         Row {
             time_ns: t,
             values: vec![Some(v)],
+            arrival: 0,
         }
     }
 

@@ -184,8 +184,8 @@ fn a_replayed_fault_is_flagged_explained_and_traced_to_its_samples() {
 
     let flagged = query(
         &p.url,
-        "SELECT device, window_start, window_end, samples, top_signal, contributions, window_id \
-         FROM inferences WHERE pipeline = 'pumps' AND flag = true ORDER BY time",
+        "SELECT device, window_start, window_end, samples, top_signal, contributions, window_id, \
+         last_arrival FROM inferences WHERE pipeline = 'pumps' AND flag = true ORDER BY time",
     );
     assert_eq!(flagged.len(), 10, "{flagged:?}");
     for row in &flagged {
@@ -229,6 +229,29 @@ fn a_replayed_fault_is_flagged_explained_and_traced_to_its_samples() {
     );
     assert_eq!(Some(inputs), first["samples"].as_i64());
     assert_eq!(inputs, 10);
+    // A sample that arrives later for that span was not part of the inference: the arrival
+    // bound still selects exactly its inputs.
+    let late = format!("pump,device=pump-a vibration=99,current=1 {}\n", ws + 1);
+    assert_eq!(
+        crate::support::post_status(&p.url, "/api/v1/write", &late),
+        200
+    );
+    let last_arrival = first["last_arrival"].as_i64().expect("last_arrival");
+    let span = format!(
+        "FROM pump WHERE device = 'pump-a' AND time >= to_timestamp_nanos({ws}) \
+         AND time < to_timestamp_nanos({we})"
+    );
+    assert_eq!(
+        blocking_query_count(&p.url, &format!("SELECT count(*) {span}")),
+        11
+    );
+    assert_eq!(
+        blocking_query_count(
+            &p.url,
+            &format!("SELECT count(*) {span} AND _raw_id <= {last_arrival}")
+        ),
+        10
+    );
 
     // The Isolation Forest grown on each pump's own first windows finds the same fault.
     await_inferences(
