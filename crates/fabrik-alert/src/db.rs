@@ -650,6 +650,16 @@ impl AlertDb {
             .map(|(_, read_after)| read_after))
     }
 
+    /// What rule `rule` watched when it last saved its position, if it ever did.
+    pub async fn saved_watch(&self, rule: &str) -> Result<Option<String>, AlertError> {
+        Ok(
+            sqlx::query_scalar("SELECT watches FROM rule_positions WHERE rule = ?")
+                .bind(rule)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     /// Saves where rule `rule`, watching what `watches` describes, has read up to.
     pub async fn save_position(
         &self,

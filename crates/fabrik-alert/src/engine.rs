@@ -91,8 +91,12 @@ impl AlertState {
 pub struct Observation {
     /// The key (device).
     pub key: String,
-    /// Time, ns.
+    /// Time, ns: the row's own (the device's clock).
     pub time_ns: i64,
+    /// When the row arrived, ns, on the clock the caller ticks with (Fabrik's `_raw_id`,
+    /// taken from the receipt time): the difference to `time_ns` is the device's clock
+    /// offset, by which a tick is read in the key's own clock.
+    pub arrival_ns: i64,
     /// The rule's value.
     pub value: f64,
     /// Extra columns, by name.
@@ -132,6 +136,10 @@ struct KeyState {
     expected_only: bool,
     /// Since when the value has been the one last seen (`Unchanged` rules).
     unchanged_since_ns: i64,
+    /// The key's clock minus the caller's, from its latest row: a tick at `now` is at
+    /// `now + clock_offset_ns` for this key, so `for` and silences are measured on one clock
+    /// even when a device's clock runs behind or ahead.
+    clock_offset_ns: i64,
 }
 
 /// The lifecycle of one rule over all its keys.
@@ -210,11 +218,12 @@ impl RuleEngine {
     /// Tells the rule when `key` last reported, from data stored before this engine
     /// started, so an absence counts from then. Changes no alert: a restored firing alert
     /// stays firing while the silence lasts, instead of resolving on a report it never got.
-    pub fn recall_last_seen(&mut self, key: &str, time_ns: i64) {
+    pub fn recall_last_seen(&mut self, key: &str, time_ns: i64, arrival_ns: i64) {
         let state = self.keys.entry(key.to_owned()).or_default();
         state.expected_only = false;
         if state.last_time_ns.is_none_or(|t| t < time_ns) {
             state.last_time_ns = Some(time_ns);
+            state.clock_offset_ns = clock_offset(time_ns, arrival_ns);
         }
     }
 
@@ -275,6 +284,7 @@ impl RuleEngine {
             };
             state.last_time_ns = Some(o.time_ns);
             state.last_value = Some(o.value);
+            state.clock_offset_ns = clock_offset(o.time_ns, o.arrival_ns);
             state.expected_only = false;
             if holds {
                 state.context = o.context.clone();
@@ -328,22 +338,26 @@ impl RuleEngine {
                 false
             });
             for (key, state) in &mut self.keys {
-                let silent_since = state.last_time_ns.unwrap_or(now_ns);
-                let holds = now_ns - silent_since >= after_ns;
+                // On the key's own clock, as its last report is dated.
+                let key_now = now_ns.saturating_add(state.clock_offset_ns);
+                let silent_since = state.last_time_ns.unwrap_or(key_now);
+                let holds = key_now - silent_since >= after_ns;
                 if holds != state.active || holds {
                     let context = state.context.clone();
                     let since = if holds && !state.active {
                         silent_since
                     } else {
-                        now_ns
+                        key_now
                     };
+                    // The silence is one once it has lasted `after`; `for` counts from there,
+                    // adding to it instead of overlapping it: the clock is read `after` back.
                     step_at(
                         &self.rule,
                         key,
                         state,
                         holds,
                         since,
-                        now_ns,
+                        key_now.saturating_sub(after_ns),
                         f64::NAN,
                         &context,
                         &mut out,
@@ -353,7 +367,8 @@ impl RuleEngine {
             return out;
         }
         for (key, state) in &mut self.keys {
-            if state.active && !state.firing && now_ns - state.since_ns >= self.rule.for_ns {
+            let key_now = now_ns.saturating_add(state.clock_offset_ns);
+            if state.active && !state.firing && key_now - state.since_ns >= self.rule.for_ns {
                 state.firing = true;
                 out.push(Transition {
                     rule: self.rule.name.clone(),
@@ -369,6 +384,21 @@ impl RuleEngine {
             }
         }
         out
+    }
+}
+
+/// The largest difference between a row's time and its arrival that is taken for the
+/// device's clock running off; a larger one is a row sent late (a backlog, a reading from an
+/// hour ago), which says nothing about the clock.
+const MAX_CLOCK_OFFSET_NS: i64 = 600_000_000_000;
+
+/// A key's clock offset from a row dated `time_ns` that arrived at `arrival_ns`.
+fn clock_offset(time_ns: i64, arrival_ns: i64) -> i64 {
+    let offset = time_ns.saturating_sub(arrival_ns);
+    if offset.abs() <= MAX_CLOCK_OFFSET_NS {
+        offset
+    } else {
+        0
     }
 }
 
@@ -390,7 +420,17 @@ fn step_at(
         key: key.to_owned(),
         state,
         started_ns,
-        at_ns,
+        // A firing is dated when the condition had held for `for`, whichever row or tick
+        // noticed it: between two reports the last value holds. A frozen value is dated by
+        // the row that showed it frozen long enough (it started when the value froze).
+        at_ns: match (state, &rule.condition) {
+            (AlertState::Firing, Condition::Unchanged { .. }) | (AlertState::Pending, _) => at_ns,
+            (AlertState::Firing, Condition::Absent { after_ns }) => started_ns
+                .saturating_add(*after_ns)
+                .saturating_add(rule.for_ns),
+            (AlertState::Firing, _) => started_ns.saturating_add(rule.for_ns).min(at_ns),
+            (AlertState::Resolved, _) => at_ns,
+        },
         value,
         context: context.clone(),
     };
@@ -432,6 +472,7 @@ mod tests {
         Observation {
             key: key.into(),
             time_ns: t * S,
+            arrival_ns: t * S,
             value,
             context: BTreeMap::new(),
         }
@@ -451,6 +492,58 @@ mod tests {
             for_ns: for_s * S,
             annotations: BTreeMap::new(),
         }
+    }
+
+    /// A row as a device whose clock runs `behind` seconds behind the caller's sends it.
+    fn skewed(key: &str, t: i64, value: f64, behind: i64) -> Observation {
+        Observation {
+            arrival_ns: (t + behind) * S,
+            ..obs(key, t, value)
+        }
+    }
+
+    #[test]
+    fn a_device_clock_behind_neither_shortens_for_nor_fakes_a_silence() {
+        let mut e = RuleEngine::new(rule(
+            Condition::Above {
+                fire: 50.0,
+                clear: 40.0,
+            },
+            3,
+        ));
+        // Above at its 0 s (our 10 s), below at its 1.6 s: held 1.6 s, not 3.
+        e.observe(&[skewed("t", 0, 60.0, 10)]);
+        assert!(
+            e.tick(12 * S, &[]).is_empty(),
+            "fired on the caller's clock"
+        );
+        let cleared = e.observe(&[Observation {
+            arrival_ns: 11_600_000_000,
+            ..obs("t", 0, 10.0)
+        }]);
+        assert_eq!(states(&cleared)[0].1, AlertState::Resolved);
+        assert!(e.tick(30 * S, &[]).is_empty());
+
+        // A heartbeat every second from a device 10 s behind is never missed.
+        let mut beat = RuleEngine::new(rule(Condition::Absent { after_ns: 8 * S }, 0));
+        for t in 0..20 {
+            beat.observe(&[skewed("h", t, 1.0, 10)]);
+            assert!(beat.tick((t + 10) * S + S / 2, &[]).is_empty(), "at {t}");
+        }
+    }
+
+    #[test]
+    fn an_absence_waits_its_for_after_the_silence() {
+        let mut e = RuleEngine::new(rule(Condition::Absent { after_ns: 8 * S }, 8));
+        e.observe(&[obs("h", 0, 1.0)]);
+        // Silent for 8 s at 8 s: pending from then; firing 8 s later, dated then.
+        assert!(e.tick(7 * S, &[]).is_empty());
+        assert_eq!(states(&e.tick(10 * S, &[]))[0].1, AlertState::Pending);
+        assert!(e.tick(15 * S, &[]).is_empty());
+        assert_eq!(
+            states(&e.tick(17 * S, &[])),
+            vec![("h", AlertState::Firing, 16)]
+        );
     }
 
     #[test]
@@ -541,11 +634,11 @@ mod tests {
         assert!(e.tick(30 * S, &["b".into()]).is_empty());
         assert_eq!(
             states(&e.tick(61 * S, &["b".into()])),
-            vec![("a", AlertState::Firing, 61)]
+            vec![("a", AlertState::Firing, 60)]
         );
         assert_eq!(
             states(&e.tick(91 * S, &["b".into()])),
-            vec![("b", AlertState::Firing, 91)]
+            vec![("b", AlertState::Firing, 90)]
         );
         let t = e.observe(&[obs("a", 95, 1.0)]);
         assert_eq!(states(&t), vec![("a", AlertState::Resolved, 95)]);
@@ -560,7 +653,7 @@ mod tests {
         assert!(e.tick(140 * S, &[]).is_empty());
         assert_eq!(
             states(&e.tick(200 * S, &[])),
-            vec![("a", AlertState::Firing, 200)]
+            vec![("a", AlertState::Firing, 155)]
         );
     }
 
@@ -623,15 +716,15 @@ mod tests {
     fn a_recalled_report_dates_a_silence_and_keeps_a_restored_alert_firing() {
         let mut e = RuleEngine::new(rule(Condition::Absent { after_ns: 60 * S }, 0));
         // Silent since 10 s, long before this engine started at 1000 s.
-        e.recall_last_seen("a", 10 * S);
+        e.recall_last_seen("a", 10 * S, 10 * S);
         let t = e.tick(1000 * S, &[]);
-        assert_eq!(states(&t), vec![("a", AlertState::Firing, 1000)]);
+        assert_eq!(states(&t), vec![("a", AlertState::Firing, 70)]);
         assert_eq!(t[0].started_ns, 10 * S);
         // After a restart the firing alert is restored and its last report recalled: it
         // neither resolves nor fires again while the silence lasts.
         let mut e = RuleEngine::new(rule(Condition::Absent { after_ns: 60 * S }, 0));
         e.restore_firing("a", 10 * S);
-        e.recall_last_seen("a", 10 * S);
+        e.recall_last_seen("a", 10 * S, 10 * S);
         assert!(e.tick(2000 * S, &[]).is_empty());
         assert!(e.tick(2001 * S, &[]).is_empty());
         let t = e.observe(&[obs("a", 2002, 1.0)]);

@@ -163,6 +163,28 @@ impl Alerting {
             .collect()
     }
 
+    /// Starts rule `name` afresh: its open alerts resolve (receivers of firing ones told)
+    /// and its per-key state is forgotten. For a rule whose definition changed what it
+    /// watches while Fabrik was down: its old alerts would otherwise stay open for ever, as
+    /// no row of theirs is read again.
+    pub async fn start_afresh(&self, name: &str) -> Result<(), AlertError> {
+        let Some(rule) = self.engines.lock().get(name).map(|e| e.rule().clone()) else {
+            return Ok(());
+        };
+        let open: Vec<Alert> = self
+            .db
+            .open_alerts()
+            .await?
+            .into_iter()
+            .filter(|alert| alert.rule == name)
+            .collect();
+        self.close(&open, &rule.severity).await?;
+        if let Some(engine) = self.engines.lock().get_mut(name) {
+            *engine = RuleEngine::new(rule);
+        }
+        Ok(())
+    }
+
     /// Drops rule `name`'s pending alerts (their `for` starts again from fresh rows): its
     /// evaluator calls this when it does not read on from where it stopped, so a pending
     /// alert restored from the database would otherwise fire on a clock that has not seen the
@@ -367,7 +389,7 @@ impl Alerting {
     pub fn recall_last_seen(
         &self,
         rule: &str,
-        last_seen: &[(String, i64)],
+        last_seen: &[(String, i64, i64)],
     ) -> Result<(), AlertError> {
         let mut engines = self.engines.lock();
         let Some(engine) = engines.get_mut(rule) else {
@@ -376,8 +398,8 @@ impl Alerting {
                 id: rule.to_owned(),
             });
         };
-        for (key, time_ns) in last_seen {
-            engine.recall_last_seen(key, *time_ns);
+        for (key, time_ns, arrival_ns) in last_seen {
+            engine.recall_last_seen(key, *time_ns, *arrival_ns);
         }
         Ok(())
     }
@@ -1090,6 +1112,7 @@ mod tests {
         let observation = |time_ns: i64, value: f64| Observation {
             key: "oven-1".into(),
             time_ns,
+            arrival_ns: time_ns,
             value,
             context: BTreeMap::new(),
         };
@@ -1170,6 +1193,7 @@ mod tests {
         Observation {
             key: key.into(),
             time_ns: t * S,
+            arrival_ns: t * S,
             value,
             context: [("top_signal".to_owned(), "temperature".to_owned())].into(),
         }

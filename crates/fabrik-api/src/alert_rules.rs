@@ -284,6 +284,7 @@ pub(crate) async fn apply_all(
               (status = 409, description = "defined in the configuration file or by the demo", body = crate::error::ErrorBody)))]
 pub(crate) async fn remove(
     State(state): State<ApiState>,
+    Query(_options): Query<crate::control::NoOptions>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     control(&state)?.remove(name).await?;

@@ -136,6 +136,7 @@ fn recorded_by(identity: &Identity, stated: Option<String>) -> String {
               (status = 404, description = "no such alert", body = crate::error::ErrorBody)))]
 pub(crate) async fn ack(
     State(state): State<ApiState>,
+    Query(_options): Query<crate::control::NoOptions>,
     Extension(identity): Extension<Identity>,
     Path(id): Path<String>,
     crate::extract::Json(request): crate::extract::Json<AckRequest>,
@@ -217,6 +218,7 @@ pub struct SilenceRequest {
               (status = 400, description = "bad duration, no `rule` or `device`, or an unknown rule", body = crate::error::ErrorBody)))]
 pub(crate) async fn create_silence(
     State(state): State<ApiState>,
+    Query(_options): Query<crate::control::NoOptions>,
     Extension(identity): Extension<Identity>,
     crate::extract::Json(request): crate::extract::Json<SilenceRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -235,6 +237,7 @@ pub(crate) async fn create_silence(
               (status = 404, description = "no such silence", body = crate::error::ErrorBody)))]
 pub(crate) async fn remove_silence(
     State(state): State<ApiState>,
+    Query(_options): Query<crate::control::NoOptions>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     alerting(&state)?.db().remove_silence(&id).await?;

@@ -75,6 +75,23 @@ pub struct ApplyParams {
     u: Option<String>,
 }
 
+/// The options of a request that changes something and takes none: only the token
+/// parameters (`p`, `u`), so `?dry_run=true` on a `DELETE` is refused instead of ignored
+/// while the change is made.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct NoOptions {
+    #[serde(default)]
+    #[param(ignore)]
+    #[allow(dead_code)]
+    p: Option<String>,
+    #[serde(default)]
+    #[param(ignore)]
+    #[allow(dead_code)]
+    u: Option<String>,
+}
+
 /// What a dry run found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DryRun {

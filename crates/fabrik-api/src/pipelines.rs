@@ -299,6 +299,7 @@ pub(crate) async fn apply_all(
               (status = 409, description = "defined in the configuration file", body = crate::error::ErrorBody)))]
 pub(crate) async fn remove(
     State(state): State<ApiState>,
+    Query(_options): Query<crate::control::NoOptions>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     control(&state)?.remove(name).await?;
@@ -322,6 +323,7 @@ pub(crate) async fn models(
               (status = 400, description = "not a model Fabrik can run (the message names the operator or problem), or a bad name", body = crate::error::ErrorBody)))]
 pub(crate) async fn put_model(
     State(state): State<ApiState>,
+    Query(_options): Query<crate::control::NoOptions>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -336,6 +338,7 @@ pub(crate) async fn put_model(
               (status = 409, description = "pipelines use it; the message names them", body = crate::error::ErrorBody)))]
 pub(crate) async fn remove_model(
     State(state): State<ApiState>,
+    Query(_options): Query<crate::control::NoOptions>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     control(&state)?.remove_model(name).await?;

@@ -22,8 +22,9 @@ use fabrik_store::Store;
 
 use crate::sql_text;
 
-/// How far back the last values from before the rule started are looked for.
-const SEED_LOOKBACK_NS: i64 = 24 * 3_600_000_000_000;
+/// How far back the last values from before the rule started are looked for: a setpoint or
+/// a mode may stay put for days.
+const SEED_LOOKBACK_NS: i64 = 7 * 24 * 3_600_000_000_000;
 
 /// The name the filled page is queried under.
 const FILLED_TABLE: &str = "filled_rows";
@@ -63,7 +64,7 @@ pub(crate) struct Filler {
 
 impl Filler {
     /// Reads, once, each key's last value of every field in `fields` reported before
-    /// arrival `before` (within a day), so the first rows after a start are filled too.
+    /// arrival `before` (within a week), so the first rows after a start are filled too.
     pub(crate) async fn seed(
         &mut self,
         store: &Store,

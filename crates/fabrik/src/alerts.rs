@@ -807,11 +807,14 @@ fn watch_signature(config: &AlertRuleConfig) -> String {
         config.filter,
         config.value,
         config.condition,
-        config.start,
         config.fill
     ])
     .to_string()
 }
+
+/// How far ahead of its arrival a row may be dated and still be evaluated: device clocks
+/// drift, but one a year ahead must not hide the key's later rows.
+const FUTURE_TOLERANCE_NS: i64 = 600_000_000_000;
 
 /// How far back a `start = "now"` rule catches up after a restart: rows that arrived while
 /// Fabrik was down are evaluated, up to this long ago; older ones would only page for
@@ -905,6 +908,7 @@ impl AlertRuleManager {
             expected_registered: parking_lot::Mutex::default(),
             board: self.board.clone(),
             filler: config.fill.is_some().then(Default::default),
+            warned_future: std::sync::atomic::AtomicBool::new(false),
         };
         let task = tokio::spawn(evaluator.run(stop.clone(), resume));
         rules.by_name.insert(
@@ -1303,6 +1307,8 @@ struct Evaluator {
     board: AlertRuleBoard,
     /// With `fill = "previous"`, each key's last field values.
     filler: Option<tokio::sync::Mutex<alert_fill::Filler>>,
+    /// Whether it said that it skips rows dated in the future.
+    warned_future: std::sync::atomic::AtomicBool,
 }
 
 /// What a heartbeat rule last read from the registry for `expect`.
@@ -1332,7 +1338,22 @@ impl Evaluator {
                 None
             }
         };
-        let resumes = resume.is_some() || saved.is_some();
+        // A definition that watches something else than the one that saved a position
+        // (changed in the configuration file while Fabrik was down): its old alerts resolve,
+        // as a replacement through the API resolves them.
+        if resume.is_none()
+            && saved.is_none()
+            && let Ok(Some(watched)) = self.alerting.db().saved_watch(&name).await
+            && watched != watches
+            && let Err(e) = self.alerting.start_afresh(&name).await
+        {
+            tracing::warn!(rule = %name, error = %e, "Alert rule changed while Fabrik was down; its old alerts could not all be resolved.");
+        }
+        let clamped = matches!(
+            (&resume, &saved),
+            (None, Some(Some(position))) if !self.rule.replay && *position < now - CATCH_UP_NS
+        );
+        let resumes = (resume.is_some() || saved.is_some()) && !clamped;
         let mut read_after = match (resume, saved) {
             (Some(position), _) => position,
             (None, Some(position)) if self.rule.replay => position,
@@ -1498,13 +1519,17 @@ impl Evaluator {
         if !self.store.has_table(&c.table) {
             return Ok(());
         }
+        // A row dated in the future (a device clock gone wrong) is no report of now.
+        let latest = Timestamp::now().nanos().saturating_add(FUTURE_TOLERANCE_NS);
         let mut sql = format!(
-            "SELECT \"{key}\" AS key, CAST(max(time) AS BIGINT) AS last FROM \"{table}\"",
+            "SELECT \"{key}\" AS key, CAST(max(time) AS BIGINT) AS last, \
+             CAST(max(_raw_id) AS BIGINT) AS arrival FROM \"{table}\" \
+             WHERE time <= to_timestamp_nanos({latest})",
             key = c.key,
             table = c.table
         );
         if let Some(filter) = &c.filter {
-            sql.push_str(&format!(" WHERE {}", sql_text::embedded(filter)));
+            sql.push_str(&format!(" AND {}", sql_text::embedded(filter)));
         }
         sql.push_str(&format!(" GROUP BY \"{}\"", c.key));
         let output = self.store.query(&sql).await.map_err(|e| e.to_string())?;
@@ -1512,11 +1537,17 @@ impl Evaluator {
         for batch in &output.batches {
             let keys: StringArray = cast_column(batch, 0, &DataType::Utf8, "key did not cast")?;
             let times: Int64Array = cast_column(batch, 1, &DataType::Int64, "time did not cast")?;
+            let arrivals: Int64Array =
+                cast_column(batch, 2, &DataType::Int64, "arrival did not cast")?;
             for row in 0..batch.num_rows() {
-                if keys.is_null(row) || times.is_null(row) {
+                if keys.is_null(row) || times.is_null(row) || arrivals.is_null(row) {
                     continue;
                 }
-                last_seen.push((keys.value(row).to_owned(), times.value(row)));
+                last_seen.push((
+                    keys.value(row).to_owned(),
+                    times.value(row),
+                    arrivals.value(row),
+                ));
             }
         }
         self.alerting
@@ -1635,6 +1666,21 @@ impl Evaluator {
                 if times.is_null(i) || keys.is_null(i) || values.is_null(i) {
                     continue;
                 }
+                let (time_ns, arrival_ns) = (times.value(i), raw_ids.value(i));
+                // A row dated far ahead of its arrival (a device clock reset or gone wrong)
+                // would hide the key's rows for as long as the clock is ahead: every later
+                // row would be older. It is left out, counted and said once.
+                if time_ns > arrival_ns.saturating_add(FUTURE_TOLERANCE_NS) {
+                    metrics::counter!("fabrik_alert_rows_from_the_future_total", "rule" => c.name.clone())
+                        .increment(1);
+                    if !self
+                        .warned_future
+                        .swap(true, std::sync::atomic::Ordering::Relaxed)
+                    {
+                        tracing::warn!(rule = %c.name, key = %keys.value(i), ahead_s = (time_ns - arrival_ns) / 1_000_000_000, "Alert rule skips rows dated more than 10 minutes after they arrived; check the device's clock.");
+                    }
+                    continue;
+                }
                 let context = context_columns
                     .iter()
                     .filter(|(_, column)| !column.is_null(i))
@@ -1644,7 +1690,8 @@ impl Evaluator {
                     raw_ids.value(i),
                     Observation {
                         key: keys.value(i).to_owned(),
-                        time_ns: times.value(i),
+                        time_ns,
+                        arrival_ns,
                         value: values.value(i),
                         context,
                     },

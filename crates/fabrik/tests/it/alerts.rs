@@ -1028,6 +1028,62 @@ interval = "200ms"
     assert!(status.success());
 }
 
+/// Nothing leaves an alert stuck: a row dated a year ahead (a device clock reset) does not
+/// hide the key's later rows, and a configured rule that watches something else after a
+/// restart resolves the alerts of what it watched before. A DELETE takes no dry run.
+#[test]
+fn neither_a_clock_a_year_ahead_nor_a_rule_changed_while_down_leaves_alerts_stuck() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rule = |filter: &str| {
+        format!(
+            "[[alerting.rules]]\nname = \"level-high\"\ntable = \"tank\"\nvalue = \"level\"\n\
+             condition = \"above\"\nthreshold = 5\ninterval = \"200ms\"\n{filter}"
+        )
+    };
+    let p = start_configured(dir.path(), &rule(""));
+    let write = |url: &str, rows: &str| {
+        assert_eq!(crate::support::post_status(url, "/api/v1/write", rows), 200);
+    };
+    let year = 365 * 24 * 3600 * SECOND;
+    write(
+        &p.url,
+        &format!("tank,device=t-9 level=1 {}\n", now_ns() + year),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    write(
+        &p.url,
+        &format!(
+            "tank,device=t-9 level=9 {now}\ntank,device=t-8 level=9 {now}\n",
+            now = now_ns()
+        ),
+    );
+    let firing_keys = |url: &str| -> Vec<String> {
+        let mut keys: Vec<String> = firing_alerts(url)
+            .iter()
+            .map(|a| a["key"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        keys.sort();
+        keys
+    };
+    eventually("both fire", || firing_keys(&p.url) == ["t-8", "t-9"]);
+    let skipped = "fabrik_alert_rows_from_the_future_total{rule=\"level-high\"}";
+    assert_eq!(crate::support::metric(&p.url, skipped), Some(1.0));
+    let (status, error) = http(
+        &p.url,
+        reqwest::Method::DELETE,
+        "/api/v1/alert-rules/level-high?dry_run=true",
+        None,
+    );
+    assert_eq!(status, 400, "{error}");
+    let (status, _) = p.terminate();
+    assert!(status.success());
+
+    let p = start_configured(dir.path(), &rule("filter = \"device = 'none'\"\n"));
+    eventually("the old alerts resolve", || firing_keys(&p.url).is_empty());
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}
+
 /// A report-by-exception table (rows carry only the signal that changed): with
 /// `fill = "previous"` an expression over two signals takes each one's last reported value,
 /// also one reported before the rule was defined; without it such rows have no value.
