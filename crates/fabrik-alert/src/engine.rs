@@ -140,6 +140,8 @@ struct KeyState {
     /// `now + clock_offset_ns` for this key, so `for` and silences are measured on one clock
     /// even when a device's clock runs behind or ahead.
     clock_offset_ns: i64,
+    /// Whether its latest row was dated more than [`MAX_CLOCK_OFFSET_NS`] after it arrived.
+    last_was_ahead: bool,
 }
 
 /// The lifecycle of one rule over all its keys.
@@ -235,8 +237,11 @@ impl RuleEngine {
                 continue;
             }
             let state = self.keys.entry(o.key.clone()).or_default();
-            if state.last_time_ns.is_some_and(|t| o.time_ns < t) {
-                continue; // older than what this key already saw
+            // Older than what this key already saw: out of order, skipped. Unless what it saw
+            // was dated far ahead of its arrival (a device clock reset into the future): that
+            // row must not hide every later one, so this one is taken as the key's time now.
+            if state.last_time_ns.is_some_and(|t| o.time_ns < t) && !state.last_was_ahead {
+                continue;
             }
             let holds = match self.rule.condition {
                 Condition::Above { fire, clear } => {
@@ -285,6 +290,7 @@ impl RuleEngine {
             state.last_time_ns = Some(o.time_ns);
             state.last_value = Some(o.value);
             state.clock_offset_ns = clock_offset(o.time_ns, o.arrival_ns);
+            state.last_was_ahead = o.time_ns.saturating_sub(o.arrival_ns) > MAX_CLOCK_OFFSET_NS;
             state.expected_only = false;
             if holds {
                 state.context = o.context.clone();
@@ -395,7 +401,7 @@ const MAX_CLOCK_OFFSET_NS: i64 = 600_000_000_000;
 /// A key's clock offset from a row dated `time_ns` that arrived at `arrival_ns`.
 fn clock_offset(time_ns: i64, arrival_ns: i64) -> i64 {
     let offset = time_ns.saturating_sub(arrival_ns);
-    if offset.abs() <= MAX_CLOCK_OFFSET_NS {
+    if offset.unsigned_abs() <= MAX_CLOCK_OFFSET_NS.unsigned_abs() {
         offset
     } else {
         0
@@ -530,6 +536,26 @@ mod tests {
             beat.observe(&[skewed("h", t, 1.0, 10)]);
             assert!(beat.tick((t + 10) * S + S / 2, &[]).is_empty(), "at {t}");
         }
+    }
+
+    #[test]
+    fn a_row_dated_a_year_ahead_does_not_hide_the_later_ones() {
+        let mut e = RuleEngine::new(rule(
+            Condition::Above {
+                fire: 50.0,
+                clear: 40.0,
+            },
+            0,
+        ));
+        let year = 365 * 24 * 3600;
+        e.observe(&[Observation {
+            arrival_ns: 10 * S,
+            ..obs("t", 10 + year, 1.0)
+        }]);
+        let fired = e.observe(&[obs("t", 11, 60.0)]);
+        assert_eq!(states(&fired), vec![("t", AlertState::Firing, 11)]);
+        // Back in order, an older row is skipped again.
+        assert!(e.observe(&[obs("t", 5, 10.0)]).is_empty());
     }
 
     #[test]

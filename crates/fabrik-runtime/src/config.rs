@@ -345,7 +345,9 @@ pub struct AlertRuleConfig {
     pub filter: Option<String>,
     /// `previous`: a field the `value` names that a row lacks takes the key's last reported
     /// value (for report-by-exception sources — OPC UA, Sparkplug — whose rows carry only
-    /// the signals that changed). Absent: such a row has no value and is skipped.
+    /// the signals that changed). Absent: such a row has no value and is skipped. For `above`
+    /// and `below` only: a filled value repeats the last one, which a rate or a frozen-value
+    /// rule would take for a still signal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fill: Option<String>,
     /// `above`, `below`, `rate_above` (units per second), `absent` (no row for `threshold`

@@ -54,7 +54,7 @@ pub(crate) fn referenced_fields(value: &str, fields: &[String]) -> Vec<String> {
 }
 
 /// The last reported values of one rule's filled fields, per key.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Filler {
     /// Per key, per field, the last non-null value.
     last: HashMap<String, HashMap<String, ScalarValue>>,
@@ -123,6 +123,9 @@ impl Filler {
     ) -> Result<Vec<RecordBatch>, String> {
         let mut filled = Vec::with_capacity(batches.len());
         for batch in batches {
+            if batch.num_rows() == 0 {
+                continue;
+            }
             let schema = batch.schema();
             let Ok(key_index) = schema.index_of(key) else {
                 return Err(format!("the page has no key column `{key}`"));

@@ -127,9 +127,13 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
     };
     match (c.fill.as_deref(), c.condition.as_str()) {
         (None, _) => {}
-        (Some(_), "absent") => problem(
+        (Some(_), "absent" | "unchanged" | "rate_above") => problem(
             "fill",
-            "does not apply to `absent`, which watches rows arriving, not their values".into(),
+            format!(
+                "does not apply to `{}`: a filled value repeats the last one, which would look \
+                 frozen or still (it applies to above and below)",
+                c.condition
+            ),
         ),
         (Some("previous"), _) => {}
         (Some(other), _) => problem(
@@ -801,19 +805,24 @@ impl ManagedRule {
 /// What a rule watches, as saved with its read position: a position is resumed only by a
 /// definition that watches the same (see [`watches_the_same`]).
 fn watch_signature(config: &AlertRuleConfig) -> String {
-    serde_json::json!([
+    // Versioned: a signature written in another form says nothing about whether the rule
+    // changed, so it neither resumes nor starts the rule afresh.
+    let watched = serde_json::json!([
         config.table,
         config.key,
         config.filter,
         config.value,
         config.condition,
         config.fill
-    ])
-    .to_string()
+    ]);
+    format!("{WATCH_SIGNATURE_VERSION}{watched}")
 }
 
-/// How far ahead of its arrival a row may be dated and still be evaluated: device clocks
-/// drift, but one a year ahead must not hide the key's later rows.
+/// The form of [`watch_signature`]'s text.
+const WATCH_SIGNATURE_VERSION: &str = "2:";
+
+/// A row dated more than this after it arrived is no report of now for a heartbeat rule's
+/// recall (a device clock reset into the future).
 const FUTURE_TOLERANCE_NS: i64 = 600_000_000_000;
 
 /// How far back a `start = "now"` rule catches up after a restart: rows that arrived while
@@ -908,7 +917,6 @@ impl AlertRuleManager {
             expected_registered: parking_lot::Mutex::default(),
             board: self.board.clone(),
             filler: config.fill.is_some().then(Default::default),
-            warned_future: std::sync::atomic::AtomicBool::new(false),
         };
         let task = tokio::spawn(evaluator.run(stop.clone(), resume));
         rules.by_name.insert(
@@ -1307,8 +1315,6 @@ struct Evaluator {
     board: AlertRuleBoard,
     /// With `fill = "previous"`, each key's last field values.
     filler: Option<tokio::sync::Mutex<alert_fill::Filler>>,
-    /// Whether it said that it skips rows dated in the future.
-    warned_future: std::sync::atomic::AtomicBool,
 }
 
 /// What a heartbeat rule last read from the registry for `expect`.
@@ -1344,6 +1350,7 @@ impl Evaluator {
         if resume.is_none()
             && saved.is_none()
             && let Ok(Some(watched)) = self.alerting.db().saved_watch(&name).await
+            && watched.starts_with(WATCH_SIGNATURE_VERSION)
             && watched != watches
             && let Err(e) = self.alerting.start_afresh(&name).await
         {
@@ -1523,7 +1530,7 @@ impl Evaluator {
         let latest = Timestamp::now().nanos().saturating_add(FUTURE_TOLERANCE_NS);
         let mut sql = format!(
             "SELECT \"{key}\" AS key, CAST(max(time) AS BIGINT) AS last, \
-             CAST(max(_raw_id) AS BIGINT) AS arrival FROM \"{table}\" \
+             CAST(last_value(_raw_id ORDER BY time) AS BIGINT) AS arrival FROM \"{table}\" \
              WHERE time <= to_timestamp_nanos({latest})",
             key = c.key,
             table = c.table
@@ -1667,20 +1674,6 @@ impl Evaluator {
                     continue;
                 }
                 let (time_ns, arrival_ns) = (times.value(i), raw_ids.value(i));
-                // A row dated far ahead of its arrival (a device clock reset or gone wrong)
-                // would hide the key's rows for as long as the clock is ahead: every later
-                // row would be older. It is left out, counted and said once.
-                if time_ns > arrival_ns.saturating_add(FUTURE_TOLERANCE_NS) {
-                    metrics::counter!("fabrik_alert_rows_from_the_future_total", "rule" => c.name.clone())
-                        .increment(1);
-                    if !self
-                        .warned_future
-                        .swap(true, std::sync::atomic::Ordering::Relaxed)
-                    {
-                        tracing::warn!(rule = %c.name, key = %keys.value(i), ahead_s = (time_ns - arrival_ns) / 1_000_000_000, "Alert rule skips rows dated more than 10 minutes after they arrived; check the device's clock.");
-                    }
-                    continue;
-                }
                 let context = context_columns
                     .iter()
                     .filter(|(_, column)| !column.is_null(i))
@@ -1730,9 +1723,12 @@ impl Evaluator {
         if page == 0 {
             return Ok((Vec::new(), 0));
         }
-        let filled = filler.fill(&output.batches, &c.key, &fields)?;
-        drop(filler);
+        // Filled from a copy, kept only once the page evaluated: a page read again after an
+        // error is filled from the values before it, not from its own later rows.
+        let mut scratch = filler.clone();
+        let filled = scratch.fill(&output.batches, &c.key, &fields)?;
         let batches = alert_fill::evaluate(output.schema, filled, &select_list(c)).await?;
+        *filler = scratch;
         Ok((batches, page))
     }
 }
