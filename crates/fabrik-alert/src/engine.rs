@@ -363,7 +363,12 @@ impl RuleEngine {
                         state,
                         holds,
                         since,
-                        key_now.saturating_sub(after_ns),
+                        // A resolution is dated now.
+                        if holds {
+                            key_now.saturating_sub(after_ns)
+                        } else {
+                            key_now
+                        },
                         f64::NAN,
                         &context,
                         &mut out,

@@ -1039,7 +1039,27 @@ impl AlertRuleManager {
             // The evaluator's own query, planned and not run: an unknown column or function,
             // or a value that is not a number, shows now instead of on every evaluation.
             let sql = format!("SELECT * FROM ({}) LIMIT 0", read_sql(&config, None, 0));
-            if let Err(e) = self.store.query(&sql).await {
+            let planned = match self.store.query(&sql).await {
+                Err(e) => Err(e.to_string()),
+                // A filled rule evaluates over its page alone: plan it there too, where a
+                // table-qualified column or another table is not found.
+                Ok(_) if config.fill.is_some() => {
+                    match self
+                        .store
+                        .query(&format!("SELECT * FROM \"{}\" LIMIT 0", config.table))
+                        .await
+                    {
+                        Ok(page) => {
+                            alert_fill::evaluate(page.schema, Vec::new(), &select_list(&config))
+                                .await
+                                .map(|_| ())
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                Ok(_) => Ok(()),
+            };
+            if let Err(e) = planned {
                 warnings.push(format!(
                     "its query does not fit table `{}` as it is now: {e}",
                     config.table

@@ -1129,6 +1129,23 @@ fn an_expression_over_signals_reported_by_exception_fills_in_their_last_values()
         })),
     );
     assert_eq!(status, 400, "{error}");
+    // Checked as it runs: over the filled page, where the table's name qualifies nothing.
+    let (status, dry) = http(
+        &p.url,
+        reqwest::Method::PUT,
+        "/api/v1/alert-rules/qualified?dry_run=true",
+        Some(serde_json::json!({
+            "table": "line", "value": "\"line\".rejects / good", "condition": "above",
+            "threshold": 5, "fill": "previous",
+        })),
+    );
+    assert_eq!(status, 200, "{dry}");
+    assert!(
+        dry["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("does not fit")),
+        "{dry}"
+    );
     std::thread::sleep(std::time::Duration::from_millis(500));
     // Rejects climb to 8 % of the good count, which is not reported again.
     write(&format!("line,device=filler-1 rejects=8 {}\n", now_ns()));
