@@ -632,28 +632,15 @@ impl AlertDb {
         Ok(superseded)
     }
 
-    /// Where rule `rule` had read its table up to, if it watched what `watches` describes:
-    /// `Some(None)` for "nothing yet, from the earliest row". `None` when it never saved a
-    /// position or watched something else then.
-    pub async fn position(
+    /// Where rule `rule` had read its table up to when it last saved it, and what it
+    /// watched then: `(watches, None)` for "nothing yet, from the earliest row". `None` when
+    /// it never saved a position.
+    pub async fn saved_position(
         &self,
         rule: &str,
-        watches: &str,
-    ) -> Result<Option<Option<i64>>, AlertError> {
-        let row: Option<(String, Option<i64>)> =
-            sqlx::query_as("SELECT watches, read_after FROM rule_positions WHERE rule = ?")
-                .bind(rule)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row
-            .filter(|(stored, _)| stored == watches)
-            .map(|(_, read_after)| read_after))
-    }
-
-    /// What rule `rule` watched when it last saved its position, if it ever did.
-    pub async fn saved_watch(&self, rule: &str) -> Result<Option<String>, AlertError> {
+    ) -> Result<Option<(String, Option<i64>)>, AlertError> {
         Ok(
-            sqlx::query_scalar("SELECT watches FROM rule_positions WHERE rule = ?")
+            sqlx::query_as("SELECT watches, read_after FROM rule_positions WHERE rule = ?")
                 .bind(rule)
                 .fetch_optional(&self.pool)
                 .await?,

@@ -401,7 +401,7 @@ impl RuleEngine {
 /// The largest difference between a row's time and its arrival that is taken for the
 /// device's clock running off; a larger one is a row sent late (a backlog, a reading from an
 /// hour ago), which says nothing about the clock.
-const MAX_CLOCK_OFFSET_NS: i64 = 600_000_000_000;
+pub const MAX_CLOCK_OFFSET_NS: i64 = 600_000_000_000;
 
 /// A key's clock offset from a row dated `time_ns` that arrived at `arrival_ns`.
 fn clock_offset(time_ns: i64, arrival_ns: i64) -> i64 {

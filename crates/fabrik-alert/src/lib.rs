@@ -593,55 +593,42 @@ impl Alerting {
         now: i64,
         only_while_firing: bool,
     ) -> Result<bool, AlertError> {
-        let payload = notifier.payload(alert, &self.external_url).to_string();
-        let (due, key) = self.due_in_group(notifier, alert, now).await?;
-        self.db
-            .enqueue_grouped(
-                notifier.name(),
-                &payload,
-                due,
-                key.as_deref(),
-                Some(&alert.id),
-                &notify::series(alert),
-                only_while_firing.then_some(alert.severity.as_str()),
-            )
-            .await
+        self.queue(
+            notifier,
+            alert,
+            now,
+            Some(&alert.id),
+            only_while_firing.then_some(alert.severity.as_str()),
+        )
+        .await
     }
 
     /// Queues, for `notifier`, the resolution of the label set `alert` had before its rule's
     /// severity changed: receivers key incidents by labels, and the new ones are a new
-    /// incident. It joins its group's window as any change does. Its delivery does not count
-    /// as telling the alert's receivers, whose record is about the new labels from now on.
+    /// incident. Its delivery does not count as telling the alert's receivers (no alert id),
+    /// whose record is about the new labels from now on.
     async fn enqueue_old_labels_resolved(
         &self,
         notifier: &Notifier,
         old: &Alert,
         now: i64,
     ) -> Result<bool, AlertError> {
-        let payload = notifier.payload(old, &self.external_url).to_string();
-        let (due, key) = self.due_in_group(notifier, old, now).await?;
-        self.db
-            .enqueue_grouped(
-                notifier.name(),
-                &payload,
-                due,
-                key.as_deref(),
-                None,
-                &notify::series(old),
-                None,
-            )
-            .await
+        self.queue(notifier, old, now, None, None).await
     }
 
-    /// When a change of `alert` queued now for `notifier` is due, and its group key: at once
-    /// without grouping; else its group's open window, or a new one.
-    async fn due_in_group(
+    /// Queues `alert`'s payload for `notifier`: due at once without grouping, else in its
+    /// group's open window (or a new one), as telling of `alert_id`, and only while the
+    /// alert fires with severity `while_firing_as` when that is given.
+    async fn queue(
         &self,
         notifier: &Notifier,
         alert: &Alert,
         now: i64,
-    ) -> Result<(i64, Option<String>), AlertError> {
-        Ok(match notifier.grouping() {
+        alert_id: Option<&str>,
+        while_firing_as: Option<&str>,
+    ) -> Result<bool, AlertError> {
+        let payload = notifier.payload(alert, &self.external_url).to_string();
+        let (due, key) = match notifier.grouping() {
             None => (now, None),
             Some(grouping) => {
                 let key = grouping.key(alert);
@@ -652,7 +639,18 @@ impl Alerting {
                 };
                 (due, Some(key))
             }
-        })
+        };
+        self.db
+            .enqueue_grouped(
+                notifier.name(),
+                &payload,
+                due,
+                key.as_deref(),
+                alert_id,
+                &notify::series(alert),
+                while_firing_as,
+            )
+            .await
     }
 
     /// Queues a reminder for every alert that still fires, is not silenced, and was last

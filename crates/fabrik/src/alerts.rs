@@ -821,10 +821,6 @@ fn watch_signature(config: &AlertRuleConfig) -> String {
 /// The form of [`watch_signature`]'s text.
 const WATCH_SIGNATURE_VERSION: &str = "2:";
 
-/// A row dated more than this after it arrived is no report of now for a heartbeat rule's
-/// recall (a device clock reset into the future).
-const FUTURE_TOLERANCE_NS: i64 = 600_000_000_000;
-
 /// How far back a `start = "now"` rule catches up after a restart: rows that arrived while
 /// Fabrik was down are evaluated, up to this long ago; older ones would only page for
 /// what is long over.
@@ -834,21 +830,7 @@ const CATCH_UP_NS: i64 = 3_600_000_000_000;
 /// per the same key, under the same condition. Only then do the old definition's open
 /// alerts and read position carry over; a threshold, `for`, severity or interval may change.
 fn watches_the_same(old: &AlertRuleConfig, new: &AlertRuleConfig) -> bool {
-    (
-        &old.table,
-        &old.key,
-        &old.filter,
-        &old.value,
-        &old.condition,
-        &old.fill,
-    ) == (
-        &new.table,
-        &new.key,
-        &new.filter,
-        &new.value,
-        &new.condition,
-        &new.fill,
-    )
+    watch_signature(old) == watch_signature(new)
 }
 
 #[derive(Default)]
@@ -1357,21 +1339,23 @@ impl Evaluator {
         // Where it stopped before a restart, if it watched the same: the rows that arrived
         // meanwhile are evaluated (after a crash, the last pass's rows may be read again), and
         // a pending alert restored from the database meets the rows that clear it.
-        let saved = match self.alerting.db().position(&name, &watches).await {
-            Ok(saved) => saved,
+        let stored = match self.alerting.db().saved_position(&name).await {
+            Ok(stored) => stored,
             Err(e) => {
                 tracing::warn!(rule = %name, error = %e, "Alert rule's read position could not be read; it starts as `start` says.");
                 None
             }
         };
+        let (saved, changed) = match stored {
+            Some((watched, read_after)) if watched == watches => (Some(read_after), false),
+            Some((watched, _)) => (None, watched.starts_with(WATCH_SIGNATURE_VERSION)),
+            None => (None, false),
+        };
         // A definition that watches something else than the one that saved a position
         // (changed in the configuration file while Fabrik was down): its old alerts resolve,
         // as a replacement through the API resolves them.
         if resume.is_none()
-            && saved.is_none()
-            && let Ok(Some(watched)) = self.alerting.db().saved_watch(&name).await
-            && watched.starts_with(WATCH_SIGNATURE_VERSION)
-            && watched != watches
+            && changed
             && let Err(e) = self.alerting.start_afresh(&name).await
         {
             tracing::warn!(rule = %name, error = %e, "Alert rule changed while Fabrik was down; its old alerts could not all be resolved.");
@@ -1547,7 +1531,9 @@ impl Evaluator {
             return Ok(());
         }
         // A row dated in the future (a device clock gone wrong) is no report of now.
-        let latest = Timestamp::now().nanos().saturating_add(FUTURE_TOLERANCE_NS);
+        let latest = Timestamp::now()
+            .nanos()
+            .saturating_add(fabrik_alert::engine::MAX_CLOCK_OFFSET_NS);
         let mut sql = format!(
             "SELECT \"{key}\" AS key, CAST(max(time) AS BIGINT) AS last, \
              CAST(last_value(_raw_id ORDER BY time) AS BIGINT) AS arrival FROM \"{table}\" \
