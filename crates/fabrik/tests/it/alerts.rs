@@ -1228,7 +1228,11 @@ fn alert_rules_are_defined_replaced_and_removed_at_run_time() {
     assert_eq!(status, 200);
     assert_eq!(rules[0]["name"], "configured", "{rules}");
     assert_eq!(rules[0]["origin"], "config", "{rules}");
-    assert_eq!(rules[0]["health"], "waiting", "no table yet: {rules}");
+    // `starting` until its first evaluation, which finds no table yet.
+    eventually("the configured rule waits for its table", || {
+        let rules = http(&p.url, reqwest::Method::GET, "/api/v1/alert-rules", None).1;
+        rules[0]["health"] == "waiting"
+    });
 
     // Refused: a value that is not one SQL expression, the configuration file's rule.
     let mut broken = hot(3.0, "warning");
