@@ -182,6 +182,17 @@ impl AlertDb {
         Ok(Self { pool })
     }
 
+    /// Starts a batch of writes that land together or not at all: an alert's state, the
+    /// notifications it queues and the read position of the rows that caused it, so a crash
+    /// leaves neither a firing alert whose notification was never queued nor rows evaluated
+    /// twice. `BEGIN IMMEDIATE` takes the write lock at once, so the batch never has to
+    /// upgrade a read snapshot that another connection's write made stale.
+    pub async fn batch(&self) -> Result<Batch, AlertError> {
+        Ok(Batch {
+            tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
+        })
+    }
+
     /// Sets an alert's acknowledgement alone, so a state change written meanwhile stays.
     /// Fails with `NotFound` for an unknown id.
     pub async fn set_ack(&self, id: &str, ack: &Ack, now_ns: i64) -> Result<(), AlertError> {
@@ -215,74 +226,24 @@ impl AlertDb {
         state: AlertState,
         now_ns: i64,
     ) -> Result<bool, AlertError> {
-        let done = sqlx::query(
-            "UPDATE alerts SET silenced = ?, updated_ns = ? WHERE id = ? AND state = ?",
-        )
-        .bind(silenced)
-        .bind(now_ns)
-        .bind(id)
-        .bind(state.as_str())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        set_silenced(&self.pool, id, silenced, state, now_ns).await
     }
 
     /// Inserts an alert, or updates its lifecycle. An existing alert's acknowledgement is
     /// [`AlertDb::set_ack`]'s alone to change: a transition that read the alert before an
     /// operator acknowledged it (or acknowledged it again) must not write the old one back.
     pub async fn upsert(&self, alert: &Alert, now_ns: i64) -> Result<(), AlertError> {
-        let annotations =
-            serde_json::to_string(&alert.annotations).map_err(|e| corrupt("annotations", e))?;
-        sqlx::query(
-            "INSERT INTO alerts (id, rule, key, severity, state, started_at, fired_at, resolved_at, \
-             value, annotations, ack_by, ack_at, feedback, comment, silenced, updated_ns) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (id) DO UPDATE SET state = excluded.state, fired_at = excluded.fired_at, \
-             resolved_at = excluded.resolved_at, value = excluded.value, \
-             annotations = excluded.annotations, \
-             silenced = excluded.silenced, updated_ns = excluded.updated_ns",
-        )
-        .bind(&alert.id)
-        .bind(&alert.rule)
-        .bind(&alert.key)
-        .bind(&alert.severity)
-        .bind(alert.state.as_str())
-        .bind(&alert.started_at)
-        .bind(&alert.fired_at)
-        .bind(&alert.resolved_at)
-        .bind(alert.value)
-        .bind(annotations)
-        .bind(alert.ack.as_ref().map(|a| a.by.clone()))
-        .bind(alert.ack.as_ref().map(|a| a.at.clone()))
-        .bind(alert.ack.as_ref().map(|a| a.feedback.as_str()))
-        .bind(alert.ack.as_ref().and_then(|a| a.comment.clone()))
-        .bind(alert.silenced)
-        .bind(now_ns)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        upsert(&self.pool, alert, now_ns).await
     }
 
     /// Removes an alert (a pending one that cleared before firing).
     pub async fn delete(&self, id: &str) -> Result<(), AlertError> {
-        sqlx::query("DELETE FROM alerts WHERE id = ?")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        delete(&self.pool, id).await
     }
 
     /// One alert.
     pub async fn get(&self, id: &str) -> Result<Alert, AlertError> {
-        let row = sqlx::query("SELECT * FROM alerts WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| AlertError::NotFound {
-                what: "alert",
-                id: id.to_owned(),
-            })?;
-        alert_from_row(&row)
+        get(&self.pool, id).await
     }
 
     /// Alerts, newest change first; `state` filters, `limit` bounds.
@@ -408,43 +369,27 @@ impl AlertDb {
         series: &str,
         while_firing_as: Option<&str>,
     ) -> Result<bool, AlertError> {
-        let done = sqlx::query(
-            "INSERT INTO outbox (notifier, payload, attempts, next_attempt_ns, group_key, \
-             alert_id, series) SELECT ?, ?, 0, ?, ?, ?, ? WHERE ? IS NULL OR EXISTS \
-             (SELECT 1 FROM alerts WHERE id = ? AND state = 'firing' AND severity = ?)",
+        enqueue_grouped(
+            &self.pool,
+            notifier,
+            payload,
+            due_ns,
+            group_key,
+            alert_id,
+            series,
+            while_firing_as,
         )
-        .bind(notifier)
-        .bind(payload)
-        .bind(due_ns)
-        .bind(group_key)
-        .bind(alert_id)
-        .bind(series)
-        .bind(while_firing_as)
-        .bind(alert_id)
-        .bind(while_firing_as)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .await
     }
 
     /// The notifiers that told their receivers about alert `alert_id`.
     pub async fn notified_by(&self, alert_id: &str) -> Result<Vec<String>, AlertError> {
-        Ok(
-            sqlx::query_scalar("SELECT notifier FROM notified WHERE alert_id = ?")
-                .bind(alert_id)
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        notified_by(&self.pool, alert_id).await
     }
 
     /// The notifiers with a notification about alert `alert_id` still queued.
     pub async fn queued_for(&self, alert_id: &str) -> Result<Vec<String>, AlertError> {
-        Ok(
-            sqlx::query_scalar("SELECT DISTINCT notifier FROM outbox WHERE alert_id = ?")
-                .bind(alert_id)
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        queued_for(&self.pool, alert_id).await
     }
 
     /// Sets an open alert's severity and annotations (its rule was redefined), leaving the
@@ -456,19 +401,7 @@ impl AlertDb {
         annotations: &std::collections::BTreeMap<String, String>,
         now_ns: i64,
     ) -> Result<(), AlertError> {
-        let annotations =
-            serde_json::to_string(annotations).map_err(|e| corrupt("annotations", e))?;
-        sqlx::query(
-            "UPDATE alerts SET severity = ?, annotations = ?, updated_ns = ? \
-             WHERE id = ? AND state != 'resolved'",
-        )
-        .bind(severity)
-        .bind(annotations)
-        .bind(now_ns)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        set_severity_and_annotations(&self.pool, id, severity, annotations, now_ns).await
     }
 
     /// When the open group `group_key` of `notifier` goes out: the due time of its queued,
@@ -480,15 +413,7 @@ impl AlertDb {
         group_key: &str,
         now_ns: i64,
     ) -> Result<Option<i64>, AlertError> {
-        Ok(sqlx::query_scalar(
-            "SELECT min(next_attempt_ns) FROM outbox WHERE notifier = ? AND group_key = ? \
-             AND attempts = 0 AND next_attempt_ns > ?",
-        )
-        .bind(notifier)
-        .bind(group_key)
-        .bind(now_ns)
-        .fetch_one(&self.pool)
-        .await?)
+        open_group_due(&self.pool, notifier, group_key, now_ns).await
     }
 
     /// Notifications due at `now_ns`, oldest first.
@@ -654,17 +579,7 @@ impl AlertDb {
         watches: &str,
         read_after: Option<i64>,
     ) -> Result<(), AlertError> {
-        sqlx::query(
-            "INSERT INTO rule_positions (rule, watches, read_after) VALUES (?, ?, ?) \
-             ON CONFLICT (rule) DO UPDATE SET watches = excluded.watches, \
-             read_after = excluded.read_after",
-        )
-        .bind(rule)
-        .bind(watches)
-        .bind(read_after)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        save_position(&self.pool, rule, watches, read_after).await
     }
 
     /// Forgets rule `rule`'s position (the rule is gone).
@@ -679,22 +594,13 @@ impl AlertDb {
     /// Forgets which notifiers were told of alert `alert_id`: its labels changed, and no
     /// receiver has heard of the new ones yet.
     pub async fn forget_notified(&self, alert_id: &str) -> Result<(), AlertError> {
-        sqlx::query("DELETE FROM notified WHERE alert_id = ?")
-            .bind(alert_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        forget_notified(&self.pool, alert_id).await
     }
 
     /// Drops the queued notifications about alert `alert_id` under the label set `series`
     /// (its labels before a change): no receiver has seen them, and they are out of date.
     pub async fn drop_queued(&self, alert_id: &str, series: &str) -> Result<(), AlertError> {
-        sqlx::query("DELETE FROM outbox WHERE alert_id = ? AND series = ?")
-            .bind(alert_id)
-            .bind(series)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        drop_queued(&self.pool, alert_id, series).await
     }
 
     /// Forgets the read positions of rules other than `rules`: a rule that is gone and comes
@@ -728,6 +634,348 @@ impl AlertDb {
         .await?;
         Ok(())
     }
+}
+
+/// Writes that commit together ([`AlertDb::batch`]); dropped without [`Batch::commit`], none
+/// of them land. Reads through it see its own writes.
+pub struct Batch {
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+}
+
+impl Batch {
+    /// Makes the batch's writes durable, all at once.
+    pub async fn commit(self) -> Result<(), AlertError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    /// Sets an alert's `silenced` flag alone, if it is still in `state`; returns whether it
+    /// was (a transition written meanwhile wins).
+    pub async fn set_silenced(
+        &mut self,
+        id: &str,
+        silenced: bool,
+        state: AlertState,
+        now_ns: i64,
+    ) -> Result<bool, AlertError> {
+        set_silenced(&mut *self.tx, id, silenced, state, now_ns).await
+    }
+
+    /// Inserts an alert, or updates its lifecycle. An existing alert's acknowledgement is
+    /// [`AlertDb::set_ack`]'s alone to change: a transition that read the alert before an
+    /// operator acknowledged it (or acknowledged it again) must not write the old one back.
+    pub async fn upsert(&mut self, alert: &Alert, now_ns: i64) -> Result<(), AlertError> {
+        upsert(&mut *self.tx, alert, now_ns).await
+    }
+
+    /// Removes an alert (a pending one that cleared before firing).
+    pub async fn delete(&mut self, id: &str) -> Result<(), AlertError> {
+        delete(&mut *self.tx, id).await
+    }
+
+    /// One alert.
+    pub async fn get(&mut self, id: &str) -> Result<Alert, AlertError> {
+        get(&mut *self.tx, id).await
+    }
+
+    /// Queues a notification for delivery at `due_ns`; entries of one notifier with the same
+    /// `group_key` that are due together are delivered as one notification. It tells about
+    /// alert `alert_id` (`None` for one whose delivery must not count as telling the alert's
+    /// receivers, such as the resolution of labels the alert no longer has), and about the
+    /// label set `series`: a later state of the same series delivered first supersedes it.
+    /// With `while_firing_as` (a severity), it is queued only if the alert still fires with
+    /// that severity, checked in the same statement: a notification made from an earlier read
+    /// of the alert never lands after its resolution, nor after its labels changed. Returns
+    /// whether it was queued.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn enqueue_grouped(
+        &mut self,
+        notifier: &str,
+        payload: &str,
+        due_ns: i64,
+        group_key: Option<&str>,
+        alert_id: Option<&str>,
+        series: &str,
+        while_firing_as: Option<&str>,
+    ) -> Result<bool, AlertError> {
+        enqueue_grouped(
+            &mut *self.tx,
+            notifier,
+            payload,
+            due_ns,
+            group_key,
+            alert_id,
+            series,
+            while_firing_as,
+        )
+        .await
+    }
+
+    /// The notifiers that told their receivers about alert `alert_id`.
+    pub async fn notified_by(&mut self, alert_id: &str) -> Result<Vec<String>, AlertError> {
+        notified_by(&mut *self.tx, alert_id).await
+    }
+
+    /// The notifiers with a notification about alert `alert_id` still queued.
+    pub async fn queued_for(&mut self, alert_id: &str) -> Result<Vec<String>, AlertError> {
+        queued_for(&mut *self.tx, alert_id).await
+    }
+
+    /// Sets an open alert's severity and annotations (its rule was redefined), leaving the
+    /// rest.
+    pub async fn set_severity_and_annotations(
+        &mut self,
+        id: &str,
+        severity: &str,
+        annotations: &std::collections::BTreeMap<String, String>,
+        now_ns: i64,
+    ) -> Result<(), AlertError> {
+        set_severity_and_annotations(&mut *self.tx, id, severity, annotations, now_ns).await
+    }
+
+    /// When the open group `group_key` of `notifier` goes out: the due time of its queued,
+    /// not yet attempted entries that are still waiting at `now_ns`. `None` when no such group
+    /// is waiting (a new one starts).
+    pub async fn open_group_due(
+        &mut self,
+        notifier: &str,
+        group_key: &str,
+        now_ns: i64,
+    ) -> Result<Option<i64>, AlertError> {
+        open_group_due(&mut *self.tx, notifier, group_key, now_ns).await
+    }
+
+    /// Saves where rule `rule`, watching what `watches` describes, has read up to.
+    pub async fn save_position(
+        &mut self,
+        rule: &str,
+        watches: &str,
+        read_after: Option<i64>,
+    ) -> Result<(), AlertError> {
+        save_position(&mut *self.tx, rule, watches, read_after).await
+    }
+
+    /// Forgets which notifiers were told of alert `alert_id`: its labels changed, and no
+    /// receiver has heard of the new ones yet.
+    pub async fn forget_notified(&mut self, alert_id: &str) -> Result<(), AlertError> {
+        forget_notified(&mut *self.tx, alert_id).await
+    }
+
+    /// Drops the queued notifications about alert `alert_id` under the label set `series`
+    /// (its labels before a change): no receiver has seen them, and they are out of date.
+    pub async fn drop_queued(&mut self, alert_id: &str, series: &str) -> Result<(), AlertError> {
+        drop_queued(&mut *self.tx, alert_id, series).await
+    }
+}
+
+async fn set_silenced(
+    db: impl sqlx::SqliteExecutor<'_>,
+    id: &str,
+    silenced: bool,
+    state: AlertState,
+    now_ns: i64,
+) -> Result<bool, AlertError> {
+    let done =
+        sqlx::query("UPDATE alerts SET silenced = ?, updated_ns = ? WHERE id = ? AND state = ?")
+            .bind(silenced)
+            .bind(now_ns)
+            .bind(id)
+            .bind(state.as_str())
+            .execute(db)
+            .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+async fn upsert(
+    db: impl sqlx::SqliteExecutor<'_>,
+    alert: &Alert,
+    now_ns: i64,
+) -> Result<(), AlertError> {
+    let annotations =
+        serde_json::to_string(&alert.annotations).map_err(|e| corrupt("annotations", e))?;
+    sqlx::query(
+        "INSERT INTO alerts (id, rule, key, severity, state, started_at, fired_at, resolved_at, \
+         value, annotations, ack_by, ack_at, feedback, comment, silenced, updated_ns) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (id) DO UPDATE SET state = excluded.state, fired_at = excluded.fired_at, \
+         resolved_at = excluded.resolved_at, value = excluded.value, \
+         annotations = excluded.annotations, \
+         silenced = excluded.silenced, updated_ns = excluded.updated_ns",
+    )
+    .bind(&alert.id)
+    .bind(&alert.rule)
+    .bind(&alert.key)
+    .bind(&alert.severity)
+    .bind(alert.state.as_str())
+    .bind(&alert.started_at)
+    .bind(&alert.fired_at)
+    .bind(&alert.resolved_at)
+    .bind(alert.value)
+    .bind(annotations)
+    .bind(alert.ack.as_ref().map(|a| a.by.clone()))
+    .bind(alert.ack.as_ref().map(|a| a.at.clone()))
+    .bind(alert.ack.as_ref().map(|a| a.feedback.as_str()))
+    .bind(alert.ack.as_ref().and_then(|a| a.comment.clone()))
+    .bind(alert.silenced)
+    .bind(now_ns)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+async fn delete(db: impl sqlx::SqliteExecutor<'_>, id: &str) -> Result<(), AlertError> {
+    sqlx::query("DELETE FROM alerts WHERE id = ?")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+async fn get(db: impl sqlx::SqliteExecutor<'_>, id: &str) -> Result<Alert, AlertError> {
+    let row = sqlx::query("SELECT * FROM alerts WHERE id = ?")
+        .bind(id)
+        .fetch_optional(db)
+        .await?
+        .ok_or_else(|| AlertError::NotFound {
+            what: "alert",
+            id: id.to_owned(),
+        })?;
+    alert_from_row(&row)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn enqueue_grouped(
+    db: impl sqlx::SqliteExecutor<'_>,
+    notifier: &str,
+    payload: &str,
+    due_ns: i64,
+    group_key: Option<&str>,
+    alert_id: Option<&str>,
+    series: &str,
+    while_firing_as: Option<&str>,
+) -> Result<bool, AlertError> {
+    let done = sqlx::query(
+        "INSERT INTO outbox (notifier, payload, attempts, next_attempt_ns, group_key, \
+         alert_id, series) SELECT ?, ?, 0, ?, ?, ?, ? WHERE ? IS NULL OR EXISTS \
+         (SELECT 1 FROM alerts WHERE id = ? AND state = 'firing' AND severity = ?)",
+    )
+    .bind(notifier)
+    .bind(payload)
+    .bind(due_ns)
+    .bind(group_key)
+    .bind(alert_id)
+    .bind(series)
+    .bind(while_firing_as)
+    .bind(alert_id)
+    .bind(while_firing_as)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+async fn notified_by(
+    db: impl sqlx::SqliteExecutor<'_>,
+    alert_id: &str,
+) -> Result<Vec<String>, AlertError> {
+    Ok(
+        sqlx::query_scalar("SELECT notifier FROM notified WHERE alert_id = ?")
+            .bind(alert_id)
+            .fetch_all(db)
+            .await?,
+    )
+}
+
+async fn queued_for(
+    db: impl sqlx::SqliteExecutor<'_>,
+    alert_id: &str,
+) -> Result<Vec<String>, AlertError> {
+    Ok(
+        sqlx::query_scalar("SELECT DISTINCT notifier FROM outbox WHERE alert_id = ?")
+            .bind(alert_id)
+            .fetch_all(db)
+            .await?,
+    )
+}
+
+async fn set_severity_and_annotations(
+    db: impl sqlx::SqliteExecutor<'_>,
+    id: &str,
+    severity: &str,
+    annotations: &std::collections::BTreeMap<String, String>,
+    now_ns: i64,
+) -> Result<(), AlertError> {
+    let annotations = serde_json::to_string(annotations).map_err(|e| corrupt("annotations", e))?;
+    sqlx::query(
+        "UPDATE alerts SET severity = ?, annotations = ?, updated_ns = ? \
+         WHERE id = ? AND state != 'resolved'",
+    )
+    .bind(severity)
+    .bind(annotations)
+    .bind(now_ns)
+    .bind(id)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+async fn open_group_due(
+    db: impl sqlx::SqliteExecutor<'_>,
+    notifier: &str,
+    group_key: &str,
+    now_ns: i64,
+) -> Result<Option<i64>, AlertError> {
+    Ok(sqlx::query_scalar(
+        "SELECT min(next_attempt_ns) FROM outbox WHERE notifier = ? AND group_key = ? \
+         AND attempts = 0 AND next_attempt_ns > ?",
+    )
+    .bind(notifier)
+    .bind(group_key)
+    .bind(now_ns)
+    .fetch_one(db)
+    .await?)
+}
+
+async fn save_position(
+    db: impl sqlx::SqliteExecutor<'_>,
+    rule: &str,
+    watches: &str,
+    read_after: Option<i64>,
+) -> Result<(), AlertError> {
+    sqlx::query(
+        "INSERT INTO rule_positions (rule, watches, read_after) VALUES (?, ?, ?) \
+         ON CONFLICT (rule) DO UPDATE SET watches = excluded.watches, \
+         read_after = excluded.read_after",
+    )
+    .bind(rule)
+    .bind(watches)
+    .bind(read_after)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+async fn forget_notified(
+    db: impl sqlx::SqliteExecutor<'_>,
+    alert_id: &str,
+) -> Result<(), AlertError> {
+    sqlx::query("DELETE FROM notified WHERE alert_id = ?")
+        .bind(alert_id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+async fn drop_queued(
+    db: impl sqlx::SqliteExecutor<'_>,
+    alert_id: &str,
+    series: &str,
+) -> Result<(), AlertError> {
+    sqlx::query("DELETE FROM outbox WHERE alert_id = ? AND series = ?")
+        .bind(alert_id)
+        .bind(series)
+        .execute(db)
+        .await?;
+    Ok(())
 }
 
 fn alert_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Alert, AlertError> {

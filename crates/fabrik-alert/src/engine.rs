@@ -144,6 +144,20 @@ struct KeyState {
     last_was_ahead: bool,
 }
 
+/// The states of the keys a step changed, as they were before it: put back with
+/// [`RuleEngine::undo`] when its transitions could not be recorded, so the rows are read
+/// again from the state the record still describes instead of one that already moved on.
+#[derive(Debug, Default)]
+pub struct Undo {
+    keys: Vec<(String, Option<KeyState>)>,
+}
+
+impl Undo {
+    fn save(&mut self, key: &str, state: Option<&KeyState>) {
+        self.keys.push((key.to_owned(), state.cloned()));
+    }
+}
+
 /// The lifecycle of one rule over all its keys.
 #[derive(Debug, Clone)]
 pub struct RuleEngine {
@@ -226,6 +240,32 @@ impl RuleEngine {
         if state.last_time_ns.is_none_or(|t| t < time_ns) {
             state.last_time_ns = Some(time_ns);
             state.clock_offset_ns = clock_offset(time_ns, arrival_ns);
+        }
+    }
+
+    /// [`Self::observe`], with what puts its keys back as they were.
+    pub fn observe_undoable(&mut self, observations: &[Observation]) -> (Vec<Transition>, Undo) {
+        let mut undo = Undo::default();
+        let mut saved = std::collections::HashSet::new();
+        for o in observations {
+            if saved.insert(o.key.as_str()) {
+                undo.save(&o.key, self.keys.get(&o.key));
+            }
+        }
+        (self.observe(observations), undo)
+    }
+
+    /// Puts back the key states `undo` saved.
+    pub fn undo(&mut self, undo: Undo) {
+        for (key, state) in undo.keys.into_iter().rev() {
+            match state {
+                Some(state) => {
+                    self.keys.insert(key, state);
+                }
+                None => {
+                    self.keys.remove(&key);
+                }
+            }
         }
     }
 
@@ -312,7 +352,18 @@ impl RuleEngine {
     /// now, which may never have reported). A key that never reported and is no longer
     /// expected (a device removed from the registry) is forgotten, its alert resolved.
     pub fn tick(&mut self, now_ns: i64, expected_keys: &[String]) -> Vec<Transition> {
+        self.tick_undoable(now_ns, expected_keys).0
+    }
+
+    /// [`Self::tick`], with what puts back the keys whose state changed with a transition
+    /// (the others changed nothing that was recorded, and tick again the same way).
+    pub fn tick_undoable(
+        &mut self,
+        now_ns: i64,
+        expected_keys: &[String],
+    ) -> (Vec<Transition>, Undo) {
         let mut out = Vec::new();
+        let mut undo = Undo::default();
         if let Condition::Absent { after_ns } = self.rule.condition {
             for key in expected_keys {
                 self.keys.entry(key.clone()).or_insert_with(|| KeyState {
@@ -330,6 +381,7 @@ impl RuleEngine {
                     return true;
                 }
                 let context = state.context.clone();
+                let (before, transitions) = (state.clone(), out.len());
                 step_at(
                     rule,
                     key,
@@ -341,6 +393,9 @@ impl RuleEngine {
                     &context,
                     &mut out,
                 );
+                if out.len() > transitions {
+                    undo.save(key, Some(&before));
+                }
                 false
             });
             for (key, state) in &mut self.keys {
@@ -355,6 +410,7 @@ impl RuleEngine {
                     } else {
                         key_now
                     };
+                    let (before, transitions) = (state.clone(), out.len());
                     // The silence is one once it has lasted `after`; `for` counts from there,
                     // adding to it instead of overlapping it: the clock is read `after` back.
                     step_at(
@@ -373,13 +429,17 @@ impl RuleEngine {
                         &context,
                         &mut out,
                     );
+                    if out.len() > transitions {
+                        undo.save(key, Some(&before));
+                    }
                 }
             }
-            return out;
+            return (out, undo);
         }
         for (key, state) in &mut self.keys {
             let key_now = now_ns.saturating_add(state.clock_offset_ns);
             if state.active && !state.firing && key_now - state.since_ns >= self.rule.for_ns {
+                undo.save(key, Some(state));
                 state.firing = true;
                 out.push(Transition {
                     rule: self.rule.name.clone(),
@@ -394,7 +454,7 @@ impl RuleEngine {
                 });
             }
         }
-        out
+        (out, undo)
     }
 }
 

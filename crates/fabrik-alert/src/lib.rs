@@ -29,6 +29,19 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
 pub use db::AlertDb;
+
+/// Where an alert rule's evaluator has read its table up to, saved with the changes the rows
+/// caused ([`Alerting::observe_up_to`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ReadPosition<'a> {
+    /// The rule.
+    pub rule: &'a str,
+    /// What it watches (its definition's signature): a position is resumed only by a rule
+    /// that watches the same.
+    pub watches: &'a str,
+    /// The arrival id read up to (`None`: nothing read yet).
+    pub read_after: Option<i64>,
+}
 pub use engine::{AlertState, Condition, Observation, Rule, RuleEngine, Transition};
 pub use error::AlertError;
 pub use model::{Ack, Alert, Feedback, Silence};
@@ -270,7 +283,9 @@ impl Alerting {
     ) -> Result<(), AlertError> {
         let now = now_ns();
         let mut queued = false;
-        for mut alert in self.db.open_alerts().await? {
+        let open = self.db.open_alerts().await?;
+        let mut batch = self.db.batch().await?;
+        for mut alert in open {
             if alert.rule != rule.name {
                 continue;
             }
@@ -296,17 +311,15 @@ impl Alerting {
             if severity_changed && alert.state == AlertState::Firing {
                 // Only receivers that heard of the old label set hear it resolve; what is
                 // still queued about it was never seen, and goes.
-                let told = self.db.notified_by(&alert.id).await?;
+                let told = batch.notified_by(&alert.id).await?;
                 let mut old = alert.clone();
                 old.severity = old_severity.clone();
                 old.state = AlertState::Resolved;
                 old.resolved_at = Some(model::rfc3339(now));
-                self.db
-                    .drop_queued(&alert.id, &notify::series(&old))
-                    .await?;
+                batch.drop_queued(&alert.id, &notify::series(&old)).await?;
                 old_labels = Some((old, told));
             }
-            self.db
+            batch
                 .set_severity_and_annotations(&alert.id, &rule.severity, &annotations, now)
                 .await?;
             alert.annotations = annotations;
@@ -314,20 +327,23 @@ impl Alerting {
                 for notifier in &self.notifiers {
                     if told.iter().any(|name| name == notifier.name()) {
                         queued |= self
-                            .enqueue_old_labels_resolved(notifier, &old, now)
+                            .enqueue_old_labels_resolved(&mut batch, notifier, &old, now)
                             .await?;
                     }
                 }
-                self.db.forget_notified(&alert.id).await?;
+                batch.forget_notified(&alert.id).await?;
                 if !alert.silenced {
                     for notifier in &self.notifiers {
                         if notifier.route().takes(&alert) {
-                            queued |= self.enqueue_for(notifier, &alert, now, true).await?;
+                            queued |= self
+                                .enqueue_for(&mut batch, notifier, &alert, now, true)
+                                .await?;
                         }
                     }
                 }
             }
         }
+        batch.commit().await?;
         if queued {
             self.wake.notify_one();
         }
@@ -410,7 +426,28 @@ impl Alerting {
         rule: &str,
         observations: &[Observation],
     ) -> Result<Vec<Transition>, AlertError> {
-        let (transitions, severity, annotations) = {
+        self.observe_read(rule, observations, None).await
+    }
+
+    /// [`Self::observe`] for rows read up to `position`, which is saved with the changes they
+    /// cause: after a crash the rows are read again only if their changes were not recorded,
+    /// so no episode is notified twice and none is lost.
+    pub async fn observe_up_to(
+        &self,
+        rule: &str,
+        observations: &[Observation],
+        position: &ReadPosition<'_>,
+    ) -> Result<Vec<Transition>, AlertError> {
+        self.observe_read(rule, observations, Some(position)).await
+    }
+
+    async fn observe_read(
+        &self,
+        rule: &str,
+        observations: &[Observation],
+        position: Option<&ReadPosition<'_>>,
+    ) -> Result<Vec<Transition>, AlertError> {
+        let (transitions, undo, severity, annotations) = {
             let mut engines = self.engines.lock();
             let Some(engine) = engines.get_mut(rule) else {
                 return Err(AlertError::NotFound {
@@ -418,12 +455,34 @@ impl Alerting {
                     id: rule.to_owned(),
                 });
             };
-            let transitions = engine.observe(observations);
+            let (transitions, undo) = engine.observe_undoable(observations);
             let rule = engine.rule();
-            (transitions, rule.severity.clone(), rule.annotations.clone())
+            (
+                transitions,
+                undo,
+                rule.severity.clone(),
+                rule.annotations.clone(),
+            )
         };
-        self.apply(&transitions, &severity, &annotations).await?;
+        if transitions.is_empty() {
+            // Nothing to record with it: the evaluator saves where it read to.
+            return Ok(transitions);
+        }
+        if let Err(e) = self
+            .apply_and_save(&transitions, &severity, &annotations, position)
+            .await
+        {
+            self.undo(rule, undo);
+            return Err(e);
+        }
         Ok(transitions)
+    }
+
+    /// Puts rule `rule`'s keys back as `undo` saved them: their transitions were not recorded.
+    fn undo(&self, rule: &str, undo: engine::Undo) {
+        if let Some(engine) = self.engines.lock().get_mut(rule) {
+            engine.undo(undo);
+        }
     }
 
     /// Advances the clocks of the rules named in `expected_keys` (pending → firing,
@@ -434,24 +493,40 @@ impl Alerting {
         now_ns: i64,
         expected_keys: &BTreeMap<String, Vec<String>>,
     ) -> Result<Vec<Transition>, AlertError> {
-        let per_rule: Vec<(Vec<Transition>, Rule)> = {
+        let per_rule: Vec<(Vec<Transition>, engine::Undo, Rule)> = {
             let mut engines = self.engines.lock();
             engines
                 .iter_mut()
                 .filter_map(|(name, engine)| {
                     let keys = expected_keys.get(name)?;
-                    let transitions = engine.tick(now_ns, keys);
-                    (!transitions.is_empty()).then(|| (transitions, engine.rule().clone()))
+                    let (transitions, undo) = engine.tick_undoable(now_ns, keys);
+                    (!transitions.is_empty()).then(|| (transitions, undo, engine.rule().clone()))
                 })
                 .collect()
         };
         let mut all = Vec::new();
-        for (transitions, rule) in per_rule {
-            self.apply(&transitions, &rule.severity, &rule.annotations)
-                .await?;
-            all.extend(transitions);
+        let mut failed = None;
+        for (transitions, undo, rule) in per_rule {
+            // Every rule's undo is needed once one fails: none of the later ones is applied.
+            if failed.is_some() {
+                self.undo(&rule.name, undo);
+                continue;
+            }
+            match self
+                .apply(&transitions, &rule.severity, &rule.annotations)
+                .await
+            {
+                Ok(()) => all.extend(transitions),
+                Err(e) => {
+                    self.undo(&rule.name, undo);
+                    failed = Some(e);
+                }
+            }
         }
-        Ok(all)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(all),
+        }
     }
 
     /// Records `transitions` of a rule of `severity` whose annotation templates are
@@ -462,11 +537,26 @@ impl Alerting {
         severity: &str,
         annotations: &BTreeMap<String, String>,
     ) -> Result<(), AlertError> {
+        self.apply_and_save(transitions, severity, annotations, None)
+            .await
+    }
+
+    /// [`Self::apply`], saving the read `position` of the rows that caused `transitions` in
+    /// the same batch: alert states, their notifications and the position land together.
+    async fn apply_and_save(
+        &self,
+        transitions: &[Transition],
+        severity: &str,
+        annotations: &BTreeMap<String, String>,
+        position: Option<&ReadPosition<'_>>,
+    ) -> Result<(), AlertError> {
         if transitions.is_empty() {
             return Ok(());
         }
         let now = now_ns();
         let silences = self.db.silences().await?;
+        let mut batch = self.db.batch().await?;
+        let mut queued = false;
         for t in transitions {
             metrics::counter!(
                 "fabrik_alert_transitions_total",
@@ -476,7 +566,7 @@ impl Alerting {
             .increment(1);
             let id = alert_id(&t.rule, &t.key, t.started_ns);
             let silenced = is_silenced(&silences, &t.rule, &t.key, t.at_ns.max(now));
-            let previous = match self.db.get(&id).await {
+            let previous = match batch.get(&id).await {
                 Ok(alert) => Some(alert),
                 Err(AlertError::NotFound { .. }) => None,
                 Err(e) => return Err(e),
@@ -519,13 +609,13 @@ impl Alerting {
                 }
             }
             match t.state {
-                AlertState::Pending => self.db.upsert(&alert, now).await?,
+                AlertState::Pending => batch.upsert(&alert, now).await?,
                 AlertState::Firing => {
                     alert.fired_at = Some(model::rfc3339(t.at_ns));
-                    self.db.upsert(&alert, now).await?;
+                    batch.upsert(&alert, now).await?;
                     tracing::warn!(alert = %alert.id, severity, silenced, "Alert firing.");
                     if !silenced {
-                        self.enqueue(&alert, now).await?;
+                        queued |= self.enqueue(&mut batch, &alert, now).await?;
                     }
                 }
                 AlertState::Resolved => {
@@ -534,7 +624,7 @@ impl Alerting {
                         .is_some_and(|p| p.state == AlertState::Firing);
                     if !was_firing {
                         // Pending that cleared before its `for`: never an alert.
-                        self.db.delete(&id).await?;
+                        batch.delete(&id).await?;
                         continue;
                     }
                     // A receiver told of the firing hears of the resolution, silence or route
@@ -543,42 +633,55 @@ impl Alerting {
                     // told (it will be); under a silence that queued firing is dropped at
                     // delivery, so only a delivered one counts. Read before the resolution is
                     // stored, after which the worker forgets who was told.
-                    let mut told = self.db.notified_by(&id).await?;
+                    let mut told = batch.notified_by(&id).await?;
                     if !silenced {
-                        told.extend(self.db.queued_for(&id).await?);
+                        told.extend(batch.queued_for(&id).await?);
                     }
                     // A clearing row that arrived late may be dated before the firing;
                     // the alert still never ends before it fired.
                     let fired_ns = alert.fired_at.as_deref().and_then(model::parse_rfc3339);
                     let resolved_ns = fired_ns.map_or(t.at_ns, |fired| t.at_ns.max(fired));
                     alert.resolved_at = Some(model::rfc3339(resolved_ns));
-                    self.db.upsert(&alert, now).await?;
+                    batch.upsert(&alert, now).await?;
                     tracing::info!(alert = %alert.id, "Alert resolved.");
-                    let mut queued = false;
                     for notifier in &self.notifiers {
                         let was_told = told.iter().any(|name| name == notifier.name());
                         if was_told || (!silenced && notifier.route().takes(&alert)) {
-                            queued |= self.enqueue_for(notifier, &alert, now, false).await?;
+                            queued |= self
+                                .enqueue_for(&mut batch, notifier, &alert, now, false)
+                                .await?;
                         }
-                    }
-                    if queued {
-                        self.wake.notify_one();
                     }
                 }
             }
         }
+        if let Some(position) = position {
+            batch
+                .save_position(position.rule, position.watches, position.read_after)
+                .await?;
+        }
+        batch.commit().await?;
+        if queued {
+            self.wake.notify_one();
+        }
         Ok(())
     }
 
-    /// Queues `alert`'s state for every notifier whose route takes it.
-    async fn enqueue(&self, alert: &Alert, now: i64) -> Result<(), AlertError> {
+    /// Queues `alert`'s state for every notifier whose route takes it; returns whether any
+    /// did.
+    async fn enqueue(
+        &self,
+        batch: &mut db::Batch,
+        alert: &Alert,
+        now: i64,
+    ) -> Result<bool, AlertError> {
+        let mut queued = false;
         for notifier in &self.notifiers {
             if notifier.route().takes(alert) {
-                self.enqueue_for(notifier, alert, now, false).await?;
+                queued |= self.enqueue_for(batch, notifier, alert, now, false).await?;
             }
         }
-        self.wake.notify_one();
-        Ok(())
+        Ok(queued)
     }
 
     /// Queues `alert`'s state for one notifier, joining its group's open window if it groups.
@@ -588,12 +691,14 @@ impl Alerting {
     /// set's, must stay the last word. Returns whether it was queued.
     async fn enqueue_for(
         &self,
+        batch: &mut db::Batch,
         notifier: &Notifier,
         alert: &Alert,
         now: i64,
         only_while_firing: bool,
     ) -> Result<bool, AlertError> {
         self.queue(
+            batch,
             notifier,
             alert,
             now,
@@ -609,11 +714,12 @@ impl Alerting {
     /// whose record is about the new labels from now on.
     async fn enqueue_old_labels_resolved(
         &self,
+        batch: &mut db::Batch,
         notifier: &Notifier,
         old: &Alert,
         now: i64,
     ) -> Result<bool, AlertError> {
-        self.queue(notifier, old, now, None, None).await
+        self.queue(batch, notifier, old, now, None, None).await
     }
 
     /// Queues `alert`'s payload for `notifier`: due at once without grouping, else in its
@@ -621,6 +727,7 @@ impl Alerting {
     /// alert fires with severity `while_firing_as` when that is given.
     async fn queue(
         &self,
+        batch: &mut db::Batch,
         notifier: &Notifier,
         alert: &Alert,
         now: i64,
@@ -633,14 +740,14 @@ impl Alerting {
             Some(grouping) => {
                 let key = grouping.key(alert);
                 let wait = i64::try_from(grouping.wait.as_nanos()).unwrap_or(i64::MAX);
-                let due = match self.db.open_group_due(notifier.name(), &key, now).await? {
+                let due = match batch.open_group_due(notifier.name(), &key, now).await? {
                     Some(due) => due,
                     None => now.saturating_add(wait),
                 };
                 (due, Some(key))
             }
         };
-        self.db
+        batch
             .enqueue_grouped(
                 notifier.name(),
                 &payload,
@@ -670,6 +777,7 @@ impl Alerting {
         let last_notified = self.db.last_notified().await?;
         let queued = self.db.queued_pairs().await?;
         let mut reminders = 0;
+        let mut batch = None;
         for alert in &view.open {
             if alert.state != AlertState::Firing
                 || is_silenced(&view.silences, &alert.rule, &alert.key, now)
@@ -691,11 +799,18 @@ impl Alerting {
                 if now.saturating_sub(last) < repeat || queued.contains(&pair) {
                     continue;
                 }
-                if self.enqueue_for(notifier, alert, now, true).await? {
+                let batch = match &mut batch {
+                    Some(batch) => batch,
+                    None => batch.insert(self.db.batch().await?),
+                };
+                if self.enqueue_for(batch, notifier, alert, now, true).await? {
                     tracing::info!(alert = %alert.id, notifier = %notifier.name(), "Alert still firing; reminding.");
                     reminders += 1;
                 }
             }
+        }
+        if let Some(batch) = batch {
+            batch.commit().await?;
         }
         if reminders > 0 {
             self.wake.notify_one();
@@ -913,32 +1028,35 @@ impl Alerting {
             if silenced == alert.silenced {
                 continue;
             }
-            // Queued before the flag is cleared: a failure in between sends the firing twice
-            // (the flag still set, the next pass queues it again), never not at all.
+            // The release and the flag land together.
+            let mut batch = self.db.batch().await?;
+            let mut queued = false;
             if !silenced && alert.state == AlertState::Firing {
                 // Only the firing the silence held back goes out: a receiver told of it
                 // before the silence (or with it queued) is not paged again for an alert
                 // that did not change; its reminders keep their schedule.
-                let mut told = self.db.notified_by(&alert.id).await?;
-                told.extend(self.db.queued_for(&alert.id).await?);
-                let mut queued = false;
+                let mut told = batch.notified_by(&alert.id).await?;
+                told.extend(batch.queued_for(&alert.id).await?);
                 for notifier in &self.notifiers {
                     let was_told = told.iter().any(|name| name == notifier.name());
                     if !was_told && notifier.route().takes(alert) {
-                        queued |= self.enqueue_for(notifier, alert, now, true).await?;
+                        queued |= self
+                            .enqueue_for(&mut batch, notifier, alert, now, true)
+                            .await?;
                     }
-                }
-                if queued {
-                    tracing::warn!(alert = %alert.id, "Silence over; the alert still fires.");
-                    self.wake.notify_one();
-                    notified += 1;
                 }
             }
             // Only if still in the state read: a transition written meanwhile saw the
             // silences itself.
-            self.db
+            batch
                 .set_silenced(&alert.id, silenced, alert.state, now)
                 .await?;
+            batch.commit().await?;
+            if queued {
+                tracing::warn!(alert = %alert.id, "Silence over; the alert still fires.");
+                self.wake.notify_one();
+                notified += 1;
+            }
         }
         Ok(notified)
     }
@@ -2510,5 +2628,105 @@ mod tests {
         assert_eq!(got[2]["groupKey"], key("oven-1"), "{}", got[2]);
         assert_eq!(got[2]["status"], "resolved");
         assert_eq!(got[2]["groupLabels"]["device"], "oven-1");
+    }
+
+    /// Moves the outbox out of the way (`away`) or back, through a connection of its own, so
+    /// that queueing a notification fails as a full disk or a broken file would.
+    async fn outbox_away(path: &Path, away: bool) {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        let (from, to) = if away {
+            ("outbox", "outbox_away")
+        } else {
+            ("outbox_away", "outbox")
+        };
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER TABLE {from} RENAME TO {to}"
+        )))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    }
+
+    /// An alert's state, its notifications and the read position of the rows that caused it
+    /// land together or not at all; when they do not, the rule's keys are put back, so the
+    /// same rows read again fire the alert that was lost.
+    #[tokio::test]
+    async fn a_transition_that_cannot_be_recorded_changes_nothing_and_is_made_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let alerting = alerting_in(dir.path(), vec![refused_webhook()]).await;
+        let id = alert_id("hot", "oven-1", 10 * S);
+        let position = ReadPosition {
+            rule: "hot",
+            watches: "w",
+            read_after: Some(10 * S),
+        };
+        outbox_away(&path, true).await;
+        let failed = alerting
+            .observe_up_to("hot", &[obs("oven-1", 10, 85.0)], &position)
+            .await;
+        assert!(failed.is_err(), "{failed:?}");
+        // Not a firing alert nobody will hear of, and not a position past its row.
+        assert!(matches!(
+            alerting.db().get(&id).await,
+            Err(AlertError::NotFound { .. })
+        ));
+        assert_eq!(alerting.db().saved_position("hot").await.unwrap(), None);
+
+        outbox_away(&path, false).await;
+        let t = alerting
+            .observe_up_to("hot", &[obs("oven-1", 10, 85.0)], &position)
+            .await
+            .unwrap();
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!(t[0].state, AlertState::Firing);
+        assert_eq!(
+            alerting.db().get(&id).await.unwrap().state,
+            AlertState::Firing
+        );
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), 1);
+        assert_eq!(
+            alerting.db().saved_position("hot").await.unwrap(),
+            Some(("w".to_owned(), Some(10 * S)))
+        );
+    }
+
+    /// The same for a pending alert that a tick fires.
+    #[tokio::test]
+    async fn a_tick_whose_firing_cannot_be_recorded_fires_at_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let mut slow = rule();
+        slow.for_ns = 5 * S;
+        let alerting = Alerting::open(
+            &path,
+            vec![slow],
+            vec![refused_webhook()],
+            "http://x".into(),
+        )
+        .await
+        .unwrap();
+        let t = alerting
+            .observe("hot", &[obs("oven-1", 10, 85.0)])
+            .await
+            .unwrap();
+        assert_eq!(t[0].state, AlertState::Pending);
+        let expected: BTreeMap<String, Vec<String>> = [("hot".to_owned(), Vec::new())].into();
+        outbox_away(&path, true).await;
+        assert!(alerting.tick(20 * S, &expected).await.is_err());
+        let id = alert_id("hot", "oven-1", 10 * S);
+        assert_eq!(
+            alerting.db().get(&id).await.unwrap().state,
+            AlertState::Pending
+        );
+        outbox_away(&path, false).await;
+        let t = alerting.tick(21 * S, &expected).await.unwrap();
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!(t[0].state, AlertState::Firing);
+        assert_eq!(t[0].at_ns, 15 * S);
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), 1);
     }
 }

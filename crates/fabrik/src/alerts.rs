@@ -1316,7 +1316,16 @@ struct Evaluator {
     /// Where the API reads how the evaluation goes.
     board: AlertRuleBoard,
     /// With `fill = "previous"`, each key's last field values.
-    filler: Option<tokio::sync::Mutex<alert_fill::Filler>>,
+    filler: Option<tokio::sync::Mutex<FillValues>>,
+}
+
+/// A `fill` rule's last field values per key: those of the pages whose changes are recorded,
+/// and those of the page read last, kept once its changes are. A page read again (its alerts
+/// could not be recorded) is filled from the values before it, not from its own later rows.
+#[derive(Default)]
+struct FillValues {
+    kept: alert_fill::Filler,
+    staged: Option<alert_fill::Filler>,
 }
 
 /// What a heartbeat rule last read from the registry for `expect`.
@@ -1337,8 +1346,9 @@ impl Evaluator {
         let watches = watch_signature(&self.rule.config);
         let now = Timestamp::now().nanos();
         // Where it stopped before a restart, if it watched the same: the rows that arrived
-        // meanwhile are evaluated (after a crash, the last pass's rows may be read again), and
-        // a pending alert restored from the database meets the rows that clear it.
+        // meanwhile are evaluated (after a crash, rows whose evaluation changed nothing may
+        // be read again; those that changed an alert were saved with it), and a pending alert
+        // restored from the database meets the rows that clear it.
         let stored = match self.alerting.db().saved_position(&name).await {
             Ok(stored) => stored,
             Err(e) => {
@@ -1398,7 +1408,7 @@ impl Evaluator {
                 _ = stop.cancelled() => return read_after,
                 _ = ticker.tick() => {}
             }
-            let outcome = self.step(&mut read_after, &stop).await;
+            let outcome = self.step(&mut read_after, &watches, &stop).await;
             self.report(&outcome);
             if saved_position != Some(read_after) {
                 match self
@@ -1575,6 +1585,7 @@ impl Evaluator {
     async fn step(
         &self,
         read_after: &mut Option<i64>,
+        watches: &str,
         stop: &CancellationToken,
     ) -> Result<(TableState, usize), String> {
         let now = Timestamp::now().nanos();
@@ -1608,11 +1619,19 @@ impl Evaluator {
             rows_read += rows.len();
             let observations: Vec<Observation> = rows.into_iter().map(|(_, o)| o).collect();
             if !observations.is_empty() {
+                // The page's position lands with the alerts it changes: after a crash its
+                // rows are read again only if those changes were lost with it.
+                let position = fabrik_alert::ReadPosition {
+                    rule: &self.rule.config.name,
+                    watches,
+                    read_after: last.or(*read_after),
+                };
                 self.alerting
-                    .observe(&self.rule.config.name, &observations)
+                    .observe_up_to(&self.rule.config.name, &observations, &position)
                     .await
                     .map_err(|e| e.to_string())?;
             }
+            self.keep_filled().await;
             if let Some(last) = last {
                 *read_after = Some(last);
             }
@@ -1704,7 +1723,7 @@ impl Evaluator {
     /// last ones, and the rule's select list evaluated over it; and the page's row count.
     async fn read_filled(
         &self,
-        filler: &tokio::sync::Mutex<alert_fill::Filler>,
+        filler: &tokio::sync::Mutex<FillValues>,
         after: Option<i64>,
         until: i64,
     ) -> Result<(Vec<RecordBatch>, usize), String> {
@@ -1717,8 +1736,9 @@ impl Evaluator {
             .map(|table| table.fields.into_iter().map(|(name, _)| name).collect())
             .unwrap_or_default();
         let fields = alert_fill::referenced_fields(&c.value, &field_names);
-        let mut filler = filler.lock().await;
-        filler.seed(&self.store, c, &fields, after).await?;
+        let mut values = filler.lock().await;
+        values.staged = None;
+        values.kept.seed(&self.store, c, &fields, after).await?;
         let sql = format!(
             "SELECT * FROM \"{}\" WHERE {} ORDER BY _raw_id, time LIMIT {READ_LIMIT}",
             c.table,
@@ -1729,13 +1749,23 @@ impl Evaluator {
         if page == 0 {
             return Ok((Vec::new(), 0));
         }
-        // Filled from a copy, kept only once the page evaluated: a page read again after an
-        // error is filled from the values before it, not from its own later rows.
-        let mut scratch = filler.clone();
+        // Filled from a copy, kept ([`Self::keep_filled`]) only once the page's changes are
+        // recorded.
+        let mut scratch = values.kept.clone();
         let filled = scratch.fill(&output.batches, &c.key, &fields)?;
         let batches = alert_fill::evaluate(output.schema, filled, &select_list(c)).await?;
-        *filler = scratch;
+        values.staged = Some(scratch);
         Ok((batches, page))
+    }
+
+    /// Keeps the field values of the page read last: its changes are recorded.
+    async fn keep_filled(&self) {
+        if let Some(filler) = &self.filler {
+            let mut values = filler.lock().await;
+            if let Some(staged) = values.staged.take() {
+                values.kept = staged;
+            }
+        }
     }
 }
 

@@ -1754,6 +1754,14 @@ fn inference_point(pipeline: &str, model: &str, version: &str, inference: &Infer
             Value::Str(contributions.to_string()),
         ),
         ("model_version".to_owned(), Value::Str(version.to_owned())),
+        (
+            "trained_from".to_owned(),
+            Value::I64(inference.trained_from_ns),
+        ),
+        (
+            "trained_until".to_owned(),
+            Value::I64(inference.trained_until_ns),
+        ),
     ];
     if let Some(signal) = inference.top_signal() {
         fields.push(("top_signal".to_owned(), Value::Str(signal.to_owned())));

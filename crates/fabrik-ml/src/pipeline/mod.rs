@@ -123,6 +123,12 @@ pub struct Inference {
     pub contributions: Vec<(String, f64)>,
     /// The version of the model that scored it.
     pub model_version: String,
+    /// Start of the first of the device's windows the model learnt (and its threshold was
+    /// calibrated) on, ns. A built-in model's version names its definition; this span names
+    /// the data, which a restart or a redefinition trains afresh.
+    pub trained_from_ns: i64,
+    /// End of the last of those windows, ns.
+    pub trained_until_ns: i64,
 }
 
 impl Inference {
@@ -148,6 +154,8 @@ enum Phase {
         model: Box<dyn WindowModel>,
         threshold: f64,
         medians: Vec<f64>,
+        /// Start of the first training window and end of the last, ns.
+        trained: (i64, i64),
     },
 }
 
@@ -416,10 +424,12 @@ fn step(
                 let mut model = make_model();
                 model.fit_at(&rows, &times)?;
                 let threshold = calibrate(model.as_ref(), &rows, spec.threshold)?;
+                let first_start = times.first().copied().unwrap_or(window.start_ns);
                 *phase = Phase::Scoring {
                     model,
                     threshold,
                     medians: column_medians(&rows),
+                    trained: (first_start, window.end_ns),
                 };
             }
             Ok(None)
@@ -428,6 +438,7 @@ fn step(
             model,
             threshold,
             medians,
+            trained,
         } => {
             let score = model.score_at(features, window.start_ns)?;
             // A NaN (or −∞) is never above the threshold: scored, the window would pass as
@@ -459,6 +470,8 @@ fn step(
                 flag: score > *threshold,
                 contributions,
                 model_version: model.version().to_owned(),
+                trained_from_ns: trained.0,
+                trained_until_ns: trained.1,
             }))
         }
     }
@@ -568,6 +581,13 @@ mod tests {
         let starts: Vec<i64> = inferences.iter().map(|i| i.window_start_ns / S).collect();
         assert_eq!(starts, [300, 310, 320, 330]);
         assert!(inferences[2].flag && !inferences[0].flag, "{inferences:#?}");
+        // Each inference names the history it was learnt from: the first 20 windows.
+        assert!(
+            inferences
+                .iter()
+                .all(|i| (i.trained_from_ns, i.trained_until_ns) == (0, 200 * S)),
+            "{inferences:#?}"
+        );
     }
 
     #[test]

@@ -185,11 +185,19 @@ fn a_replayed_fault_is_flagged_explained_and_traced_to_its_samples() {
     let flagged = query(
         &p.url,
         "SELECT device, window_start, window_end, samples, top_signal, contributions, window_id, \
-         last_arrival FROM inferences WHERE pipeline = 'pumps' AND flag = true ORDER BY time",
+         last_arrival, trained_from, trained_until FROM inferences \
+         WHERE pipeline = 'pumps' AND flag = true ORDER BY time",
     );
     assert_eq!(flagged.len(), 10, "{flagged:?}");
     for row in &flagged {
         assert_eq!(row["device"], "pump-a", "{row}");
+        // The data its model learnt from: the pump's first 20 windows of 10 s.
+        assert_eq!(row["trained_from"].as_i64(), Some(start), "{row}");
+        assert_eq!(
+            row["trained_until"].as_i64(),
+            Some(start + 200 * SECOND),
+            "{row}"
+        );
         assert_eq!(row["top_signal"], "vibration", "{row}");
         assert!(row["window_start"].as_i64().expect("start") >= start + 500 * SECOND);
         let contributions: serde_json::Value =
