@@ -295,6 +295,13 @@ async function main() {
     const sel = `button[data-ack="${alertId.replace(/"/g, '\\"')}"]`;
     await page.waitForSelector(sel, { timeout: 15000 });
     await shot('06-alerts');
+    // The row's actions are on screen, not cut off by the table's card on a 1366 px screen.
+    const fits = await page.evaluate((s) => {
+      const wrap = document.querySelector('#al-table .table-wrap');
+      const box = document.querySelector(s).getBoundingClientRect();
+      return { over: wrap.scrollWidth - wrap.clientWidth, right: box.right, edge: wrap.getBoundingClientRect().right };
+    }, sel);
+    assert(fits.over <= 1 && fits.right <= fits.edge, `alerts table overflows its card: ${JSON.stringify(fits)}`);
     await page.click(sel);
     await page.waitForSelector('dialog[open] #ack-form');
     await page.check('dialog[open] input[value=false_positive]');
@@ -331,6 +338,14 @@ async function main() {
     await row.waitFor({ timeout: 15000 });
     const text = await row.innerText();
     assert(text.includes('score / threshold > 1') && text.includes('ok'), `rule row: ${text}`);
+    // A failing rule's error (DataFusion lists every column) stays in its cell: the other
+    // rules' counts remain on screen.
+    await apiCall('/api/v1/alert-rules/ui-typo', { method: 'PUT', body: { table: 'pump', value: 'no_such_column', condition: 'above', threshold: 1 } });
+    await page.waitForFunction(() => document.querySelector('#rule-table')?.textContent.includes('no_such_column'), null, { timeout: 20000 });
+    const over = await page.evaluate(() => { const w = document.querySelector('#rule-table .table-wrap'); return w.scrollWidth - w.clientWidth; });
+    await shot('08-rules-failing');
+    assert(over <= 1, `a failing rule's error widens the rules table by ${over}px`);
+    await apiCall('/api/v1/alert-rules/ui-typo', { method: 'DELETE' });
     noErrors('rules');
   });
 

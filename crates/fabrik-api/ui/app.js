@@ -1104,14 +1104,14 @@ async function pagePipelines(p, args) {
 
 function alertsTable(alerts, { compact = false, noDevice = false, actions = false } = {}) {
   return html`<div class="table-wrap"><table class="alerts-table"><thead><tr><th>State</th><th>Rule</th>${noDevice ? '' : html`<th>Device</th>`}
-    ${compact ? '' : html`<th>Severity</th>`}<th>Started</th>${compact ? '' : html`<th>Fired</th><th>Resolved</th><th class="num">Value</th><th>Top signal</th>`}<th>Acknowledged</th>${actions ? html`<th><span class="sr">Actions</span></th>` : ''}</tr></thead><tbody>
+    ${compact ? '' : html`<th>Severity</th>`}<th>Started</th>${compact ? '' : html`<th>Fired / resolved</th><th class="num">Value</th><th>Top signal</th>`}<th>Acknowledged</th>${actions ? html`<th><span class="sr">Actions</span></th>` : ''}</tr></thead><tbody>
     ${alerts.map((a) => html`<tr data-alert="${a.id}"><td>${pill(a.state)}${a.silenced ? html` <span class="pill plain" title="A silence matched">silenced</span>` : ''}</td>
       <td>${a.rule}${!compact && a.annotations?.summary ? html`<div class="muted small-text">${a.annotations.summary}</div>` : ''}</td>${noDevice ? '' : html`<td><a href="#/devices/${enc(a.key)}">${a.key}</a></td>`}
       ${compact ? '' : html`<td>${pill(a.severity === 'critical' ? 'failed' : a.severity === 'warning' ? 'pending' : '', a.severity)}</td>`}
       <td>${time(a.started_at)}</td>
-      ${compact ? '' : html`<td>${a.fired_at ? fmtTime(a.fired_at) : '—'}</td><td>${a.resolved_at ? fmtTime(a.resolved_at) : '—'}</td><td class="num">${fmtNum(a.value)}</td><td class="mono">${windowLink(a)}</td>`}
+      ${compact ? '' : html`<td><div>${a.fired_at ? fmtTime(a.fired_at) : '—'}</div>${a.resolved_at ? html`<div class="muted">→ ${fmtTime(a.resolved_at)}</div>` : ''}</td><td class="num">${fmtNum(a.value)}</td><td class="mono">${windowLink(a)}</td>`}
       <td>${a.ack ? html`<span title="${a.ack.comment || ''}">${pill(a.ack.feedback)} <span class="muted">by ${a.ack.by}</span></span>` : html`<span class="muted">—</span>`}</td>
-      ${actions ? html`<td><div class="row">${a.ack ? '' : html`<button type="button" class="small" data-ack="${a.id}" aria-label="Acknowledge alert ${a.rule} on ${a.key}">Acknowledge</button>`}
+      ${actions ? html`<td><div class="stack">${a.ack ? '' : html`<button type="button" class="small" data-ack="${a.id}" aria-label="Acknowledge alert ${a.rule} on ${a.key}">Acknowledge</button>`}
         <button type="button" class="small" data-silence="${a.id}" aria-label="Silence ${a.rule} on ${a.key}">Silence</button></div></td>` : ''}</tr>`)}
     </tbody></table></div>`;
 }
@@ -1140,7 +1140,7 @@ function ruleCondition(d) {
 
 function rulesTable(rules) {
   return html`<div class="table-wrap"><table><thead><tr><th>Rule</th><th>Health</th><th>Condition</th><th>Table</th><th>Severity</th><th class="num">Pending</th><th class="num">Firing</th><th>Evaluated</th><th>Origin</th></tr></thead><tbody>
-    ${rules.map((r) => html`<tr><td>${r.name}</td><td>${pill(RULE_HEALTH[r.health] ?? r.health, r.health)}${r.error ? html` <span class="muted" title="${r.error}">⚠ ${r.error}</span>` : ''}</td>
+    ${rules.map((r) => html`<tr><td>${r.name}</td><td>${pill(RULE_HEALTH[r.health] ?? r.health, r.health)}${r.error ? html`<div class="muted small-text clamp rule-error" title="${r.error}">⚠ ${r.error}</div>` : ''}</td>
       <td class="wrap"><code>${ruleCondition(r.definition)}</code></td><td>${r.definition.table}</td><td>${r.definition.severity}</td>
       <td class="num">${r.pending}</td><td class="num">${r.firing}</td><td>${r.last_evaluated ? time(r.last_evaluated) : html`<span class="muted">not yet</span>`}</td><td>${r.origin}</td></tr>`)}</tbody></table></div>`;
 }
