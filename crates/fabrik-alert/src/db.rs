@@ -334,19 +334,35 @@ impl AlertDb {
             .collect()
     }
 
-    /// Deletes a silence.
-    pub async fn remove_silence(&self, id: &str) -> Result<(), AlertError> {
-        let done = sqlx::query("DELETE FROM silences WHERE id = ?")
+    /// Ends a silence in force at `now_ns`; it stays listed, expired, as a record of who
+    /// silenced what and until when (as Alertmanager expires silences). Fails with `NotFound`
+    /// for an unknown id and `Invalid` for one that has ended already.
+    pub async fn end_silence(&self, id: &str, now_ns: i64) -> Result<(), AlertError> {
+        // RFC 3339 with fixed millisecond digits and `Z` sorts as text.
+        let now = crate::model::rfc3339(now_ns);
+        let ended = sqlx::query("UPDATE silences SET until_at = ? WHERE id = ? AND until_at > ?")
+            .bind(&now)
             .bind(id)
+            .bind(&now)
             .execute(&self.pool)
             .await?;
-        if done.rows_affected() == 0 {
-            return Err(AlertError::NotFound {
+        if ended.rows_affected() == 1 {
+            return Ok(());
+        }
+        let until: Option<String> =
+            sqlx::query_scalar("SELECT until_at FROM silences WHERE id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        match until {
+            Some(until) => Err(AlertError::Invalid(format!(
+                "silence `{id}` already ended at {until}"
+            ))),
+            None => Err(AlertError::NotFound {
                 what: "silence",
                 id: id.to_owned(),
-            });
+            }),
         }
-        Ok(())
     }
 
     /// Queues a notification for delivery at `due_ns`; entries of one notifier with the same

@@ -187,6 +187,17 @@ impl RuleEngine {
         &self.rule
     }
 
+    /// Whether it watches a key (has seen a row of it, or expects it) that `pattern` matches
+    /// (`*`: any run of characters).
+    pub fn watches_key_matching(&self, pattern: &str) -> bool {
+        if !pattern.contains('*') {
+            return self.keys.contains_key(pattern);
+        }
+        self.keys
+            .keys()
+            .any(|key| crate::model::glob_match(pattern, key))
+    }
+
     /// Whether a pending alert of this rule can be restored after a restart: one whose
     /// condition is a level (above, below) or a silence, which the next rows confirm or
     /// clear. A rate or a frozen value needs the last value before the restart, which is

@@ -395,6 +395,25 @@ impl Alerting {
         self.apply(&transitions, severity, &BTreeMap::new()).await
     }
 
+    /// Whether the device pattern `pattern` (`*`: any run of characters) matches a device the
+    /// alerting knows: one a rule watches now, or one with an alert on record. A silence for
+    /// any other matches nothing yet (a misspelt device?).
+    pub async fn knows_key(&self, pattern: &str) -> Result<bool, AlertError> {
+        if self
+            .engines
+            .lock()
+            .values()
+            .any(|e| e.watches_key_matching(pattern))
+        {
+            return Ok(true);
+        }
+        let query = db::AlertQuery {
+            key: Some(pattern.to_owned()),
+            ..db::AlertQuery::default()
+        };
+        Ok(!self.db.find(&query, 1).await?.is_empty())
+    }
+
     /// The database (for listings).
     pub fn db(&self) -> &AlertDb {
         &self.db

@@ -11,7 +11,7 @@ use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use fabrik_alert::{AlertError, AlertState, Alerting, Feedback};
 use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::ApiState;
@@ -212,9 +212,20 @@ pub struct SilenceRequest {
     pub by: Option<String>,
 }
 
+/// A silence as created, with what may make it miss its mark.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedSilence {
+    #[serde(flatten)]
+    silence: fabrik_alert::Silence,
+    /// E.g. that its device matches no device Fabrik knows (a misspelt name silences
+    /// nothing); absent when there is nothing to say.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+}
+
 #[utoipa::path(post, path = "/api/v1/silences", tag = "alerts", security(("token" = [])),
     request_body = SilenceRequest,
-    responses((status = 201, description = "created", body = fabrik_alert::Silence),
+    responses((status = 201, description = "created (with `warnings` when its device matches no known device)", body = CreatedSilence),
               (status = 400, description = "bad duration, no `rule` or `device`, or an unknown rule", body = crate::error::ErrorBody)))]
 pub(crate) async fn create_silence(
     State(state): State<ApiState>,
@@ -225,21 +236,43 @@ pub(crate) async fn create_silence(
     let by = recorded_by(&identity, request.by);
     let duration = fabrik_runtime::units::parse_duration(&request.duration)
         .map_err(|e| ApiError::bad_request(format!("duration: {e}")))?;
-    let silence = alerting(&state)?
+    let alerting = alerting(&state)?;
+    let silence = alerting
         .silence(request.rule, request.device, duration, &by, request.comment)
         .await?;
-    Ok((StatusCode::CREATED, Json(silence)))
+    let mut warnings = Vec::new();
+    if let Some(device) = silence.key.as_deref().filter(|device| *device != "*") {
+        // Devices may be planned for before they report, so this is a warning, not a refusal:
+        // a maintenance window set on a misspelt name would otherwise silence nothing unseen.
+        let registered = match &state.registry {
+            Some(registry) if !device.contains('*') => registry.get(device).await.is_ok(),
+            _ => false,
+        };
+        if !registered && !alerting.knows_key(device).await? {
+            warnings.push(format!(
+                "device `{device}` matches no device that alert rules have seen or that is \
+                 registered; check its spelling (the silence is in force)"
+            ));
+        }
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedSilence { silence, warnings }),
+    ))
 }
 
 #[utoipa::path(delete, path = "/api/v1/silences/{id}", tag = "alerts", security(("token" = [])),
     params(("id" = String, Path, description = "silence id")),
-    responses((status = 204, description = "removed"),
+    responses((status = 204, description = "ended now: it stays listed, expired, as a record"),
               (status = 404, description = "no such silence", body = crate::error::ErrorBody)))]
 pub(crate) async fn remove_silence(
     State(state): State<ApiState>,
     Query(_options): Query<crate::control::NoOptions>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    alerting(&state)?.db().remove_silence(&id).await?;
+    alerting(&state)?
+        .db()
+        .end_silence(&id, Timestamp::now().nanos())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1254,8 +1254,8 @@ function silenceDialog(a) {
   async (fd) => {
     const body = { duration: fd.get('duration') };
     for (const k of ['rule', 'device', 'comment']) { const v = String(fd.get(k) || '').trim(); if (v) body[k] = v; }
-    await api('/api/v1/silences', { method: 'POST', body });
-    toast(`Silenced for ${body.duration}.`);
+    const made = await api('/api/v1/silences', { method: 'POST', body });
+    toast(`Silenced for ${body.duration}.${made?.warnings?.length ? ` Warning: ${made.warnings.join(' ')}` : ''}`);
     return true;
   });
 }

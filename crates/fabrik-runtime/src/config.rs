@@ -259,8 +259,11 @@ pub struct PipelineConfig {
     /// minimum where that is more (81 for `dbz`).
     #[serde(default)]
     pub training_windows: Option<u32>,
-    /// A number, or `quantile:<q>[*<margin>]` of the training windows' scores. Unset: the
-    /// model's own alarm level where its scores have one (`dbz` 1.0, `rart` 0.72), else
+    /// A number, or `quantile:<q>[*<margin>]`: the training windows' score at quantile q,
+    /// moved by the margin m away from the normal scores (m × q for non-negative scores; for
+    /// scores bounded by 1, such as `iforest` and `hst`, 1 − (1 − q)/m; for scores that go
+    /// negative, median + m × (q − median)). Unset: the model's own alarm level where its scores
+    /// have one (`dbz` 1.0, `rart` 0.72), `quantile:1.0*1.1` for `iforest` and `hst`, else
     /// `quantile:1.0*1.5`.
     #[serde(default)]
     pub threshold: Option<String>,

@@ -73,10 +73,11 @@ enum AlertCommand {
     },
     /// Silence a rule and/or a device for a while (name at least one; `--rule '*'` silences
     /// every alert).
+    #[command(group = clap::ArgGroup::new("target").args(["rule", "device"]).required(true).multiple(true))]
     Silence {
         /// Rule name (without it: every rule); `*` matches any run of characters. A name
         /// without `*` must be a rule's.
-        #[arg(long, required_unless_present = "device")]
+        #[arg(long)]
         rule: Option<String>,
         /// Device (without it: every device); `*` matches any run of characters, as in
         /// `--device 'pump-*'`.
@@ -231,6 +232,9 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
                 silence["id"].as_str().unwrap_or("?"),
                 silence["until"].as_str().unwrap_or("?")
             );
+            for warning in silence["warnings"].as_array().into_iter().flatten() {
+                eprintln!("warning: {}", warning.as_str().unwrap_or_default());
+            }
         }
         AlertCommand::Silences { all } => {
             let silences: Vec<serde_json::Value> = ep.get_json(&client, "/api/v1/silences").await?;
@@ -266,7 +270,10 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
             let path = format!("/api/v1/silences/{id}");
             ep.send(ep.request(&client, reqwest::Method::DELETE, &path))
                 .await?;
-            println!("silence {id} removed; alerts it held back are notified if they still fire");
+            println!(
+                "silence {id} ended (it stays listed with `--all`); alerts it held back are \
+                 notified if they still fire"
+            );
         }
         AlertCommand::Rules { json } => {
             let rules: Vec<serde_json::Value> = ep.get_json(&client, "/api/v1/alert-rules").await?;

@@ -6,7 +6,7 @@
 //! every source alike (HTTP, MQTT, bridges, replayed history) and can start from stored data.
 //! Windows close `lateness` after their end, so samples that arrive a little late still count.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -437,9 +437,9 @@ fn effective_threshold(config: &PipelineConfig) -> String {
     if let Some(given) = &config.threshold {
         return given.clone();
     }
-    match BuiltinModel::parse(&config.model).map(BuiltinModel::own_threshold) {
-        Ok(Some(level)) => format!("{level:?}"),
-        _ => "quantile:1.0*1.5".to_owned(),
+    match BuiltinModel::parse(&config.model) {
+        Ok(model) => model.default_threshold(),
+        Err(_) => "quantile:1.0*1.5".to_owned(),
     }
 }
 
@@ -1268,6 +1268,8 @@ struct Runner {
 impl Runner {
     async fn run(self, stop: CancellationToken) {
         let name = self.compiled.config.name.clone();
+        // The `model_version` its inferences carry (built-in models are all version 1).
+        let mut version = model_version(&self.compiled.config, "1");
         let loaded = match &self.compiled.model {
             ModelChoice::Builtin(model) => {
                 let model = *model;
@@ -1281,6 +1283,10 @@ impl Runner {
                     output,
                 );
                 loaded.and_then(|model| {
+                    version = model_version(
+                        &self.compiled.config,
+                        fabrik_ml::pipeline::WindowModel::version(&model),
+                    );
                     let mut spec = self.compiled.spec.clone();
                     // A class probability never exceeds 1, so the default calibrated level
                     // (the training windows' largest score × 1.5) could leave every window
@@ -1315,12 +1321,30 @@ impl Runner {
             None
         } else {
             let start = Timestamp::now().nanos() - self.compiled.lateness_ns;
+            pipeline.train_only_until(start);
+            // A device this definition scored before learns again from the windows it learnt
+            // from then, not from those just before the restart: a restart during or after a
+            // fault would otherwise learn the fault as normal (false alarms once it clears,
+            // none while it lasts).
+            let restored = match self.retrain_on_saved_spans(&mut pipeline, &version).await {
+                Ok(restored) => restored,
+                Err(e) => {
+                    tracing::warn!(pipeline = %name, error = %e, "Pipeline could not read its devices' training spans; they train on the stored history before the start.");
+                    0
+                }
+            };
             Some(match self.history_to_train_on() {
-                // Train on the stored windows just before the start, if there are any, so a
-                // pipeline defined or restarted where data already flows scores at once
-                // instead of waiting `training_windows` windows. History is never scored.
+                // The other devices train on the stored windows just before the start, if
+                // there are any, so a pipeline defined or restarted where data already flows
+                // scores at once instead of waiting `training_windows` windows. History is
+                // never scored.
                 Some(lookback_ns) => {
-                    pipeline.train_only_until(start);
+                    tracing::info!(
+                        pipeline = %name,
+                        restored,
+                        "Pipeline started: devices it scored before learn from their saved \
+                         training spans, the others from the stored windows before the start."
+                    );
                     start.saturating_sub(lookback_ns)
                 }
                 None => start,
@@ -1380,6 +1404,84 @@ impl Runner {
         if let Some(status) = self.board.write().get_mut(&self.compiled.config.name) {
             change(status);
         }
+    }
+
+    /// Trains each device that inferences of this definition (`version`) name a training
+    /// span for on that span's stored rows, so it scores with the model it had; returns how
+    /// many devices. Inferences written before spans were recorded have none: those devices
+    /// train as new ones do.
+    async fn retrain_on_saved_spans(
+        &self,
+        pipeline: &mut Pipeline,
+        version: &str,
+    ) -> Result<usize, String> {
+        if !self.store.has_table(INFERENCES_TABLE) {
+            return Ok(0);
+        }
+        let literal = |text: &str| format!("'{}'", text.replace('\'', "''"));
+        let sql = format!(
+            "SELECT device, min(trained_from) AS trained_from, trained_until FROM {INFERENCES_TABLE} \
+             WHERE pipeline = {} AND model_version = {} AND trained_until IS NOT NULL \
+             GROUP BY device, trained_until",
+            literal(&self.compiled.config.name),
+            literal(version)
+        );
+        let output = match self.store.query(&sql).await {
+            Ok(output) => output,
+            // A table written before spans were recorded has no such columns.
+            Err(e) if e.to_string().contains("trained_") => return Ok(0),
+            Err(e) => return Err(e.to_string()),
+        };
+        let mut spans: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        for batch in &output.batches {
+            let devices: StringArray =
+                cast_column(batch, 0, &DataType::Utf8, "device did not cast to text")?;
+            let from: Int64Array =
+                cast_column(batch, 1, &DataType::Int64, "trained_from did not cast")?;
+            let until: Int64Array =
+                cast_column(batch, 2, &DataType::Int64, "trained_until did not cast")?;
+            for i in 0..batch.num_rows() {
+                if devices.is_null(i) || from.is_null(i) || until.is_null(i) {
+                    continue;
+                }
+                let span = (from.value(i), until.value(i));
+                spans
+                    .entry(devices.value(i).to_owned())
+                    .and_modify(|latest| {
+                        if span.1 > latest.1 {
+                            *latest = span;
+                        }
+                    })
+                    .or_insert(span);
+            }
+        }
+        for (device, (from, until)) in &spans {
+            let only = std::slice::from_ref(device);
+            let mut after = from.saturating_sub(1);
+            loop {
+                let (mut rows, mut last, page) =
+                    self.read(Some(after), until - 1, Some(only)).await?;
+                let full = page >= READ_LIMIT;
+                if full && let Some(t) = last {
+                    // As in `step`: a full page may end inside its last timestamp's rows.
+                    let keep = rows.iter().take_while(|(_, r)| r.time_ns < t).count();
+                    if keep > 0 {
+                        rows.truncate(keep);
+                        last = Some(t - 1);
+                    }
+                }
+                for (device, row) in rows {
+                    pipeline.push(&device, row);
+                }
+                match last {
+                    Some(last) if full && last > after => after = last,
+                    _ => break,
+                }
+            }
+            // Training windows are not scored: nothing comes out to store.
+            let _ = pipeline.advance(*until);
+        }
+        Ok(spans.len())
     }
 
     /// How far back before its start a `start = "now"` pipeline reads stored rows to train

@@ -29,7 +29,8 @@ use crate::MlError;
 pub enum ThresholdSpec {
     /// Flag scores above this value.
     Fixed(f64),
-    /// Flag scores above `margin` × the `quantile` of the training windows' scores.
+    /// Flag scores above the `quantile` of the training windows' scores, moved away from the
+    /// normal scores by `margin` (see [`calibrated_threshold`]).
     Quantile {
         /// In (0, 1].
         quantile: f64,
@@ -499,8 +500,44 @@ fn calibrate(
                 });
             }
             scores.sort_by(f64::total_cmp);
-            let rank = ((scores.len() as f64 - 1.0) * quantile).round() as usize;
-            Ok(scores.get(rank).copied().unwrap_or(0.0) * margin)
+            Ok(calibrated_threshold(
+                &scores,
+                quantile,
+                margin,
+                model.score_bound(),
+            ))
+        }
+    }
+}
+
+/// The threshold `quantile:<quantile>*<margin>` calibrates from the training windows'
+/// `sorted` scores: their `quantile` q, moved by the margin m away from the normal scores, in
+/// the way the score's scale allows.
+///
+/// - Scores with an upper bound b (an Isolation Forest's 2^(−E(h)/c), Half-Space Trees' mass
+///   deficit: both at most 1): the headroom above q shrinks by m, b − (b − q)/m. Multiplying
+///   instead put the threshold above 1 whenever a training window scored 0.67 or more, and
+///   such a pipeline never flagged anything.
+/// - Non-negative scores (z-scores, errors, ratios to a limit): m × q, "m times the worst
+///   seen in training".
+/// - Scores that go negative (an ONNX Isolation Forest's negated decision function is
+///   negative for inliers): median + m × (q − median). Multiplying a negative q by 1.5 put the
+///   threshold below every normal score, and every window was flagged.
+///
+/// All three are q at m = 1.
+pub fn calibrated_threshold(sorted: &[f64], quantile: f64, margin: f64, bound: Option<f64>) -> f64 {
+    let Some(&lowest) = sorted.first() else {
+        return 0.0;
+    };
+    let at = |fraction: f64| sorted[((sorted.len() as f64 - 1.0) * fraction).round() as usize];
+    let q = at(quantile);
+    match bound {
+        Some(bound) if q < bound => bound - (bound - q) / margin,
+        Some(bound) => bound,
+        None if lowest >= 0.0 => q * margin,
+        None => {
+            let median = at(0.5);
+            median + margin * (q - median)
         }
     }
 }
@@ -565,6 +602,59 @@ mod tests {
             flagged[0].window_id("pumps"),
             format!("pumps/pump-01/{}", 300 * S)
         );
+    }
+
+    #[test]
+    fn a_calibrated_threshold_respects_the_scale_of_the_scores() {
+        let sorted = [0.1, 0.2, 0.3, 0.4, 0.8];
+        // Unbounded, non-negative: margin × the worst training score.
+        assert!((calibrated_threshold(&sorted, 1.0, 1.5, None) - 1.2).abs() < 1e-12);
+        // Bounded by 1: the headroom above it shrinks, and the threshold stays below 1.
+        let bounded = calibrated_threshold(&sorted, 1.0, 1.5, Some(1.0));
+        assert!((bounded - (1.0 - 0.2 / 1.5)).abs() < 1e-12, "{bounded}");
+        assert_eq!(calibrated_threshold(&[0.5, 1.0], 1.0, 1.5, Some(1.0)), 1.0);
+        // Negative normal scores: the margin widens the band around the median, not toward
+        // minus infinity.
+        let negative = [-0.3, -0.2, -0.15, -0.12, -0.1];
+        let t = calibrated_threshold(&negative, 1.0, 1.5, None);
+        assert!((t - (-0.15 + 1.5 * 0.05)).abs() < 1e-12, "{t}");
+        assert!(t > -0.1, "above every training score: {t}");
+        // All three are the quantile itself at margin 1.
+        for bound in [None, Some(1.0)] {
+            assert_eq!(calibrated_threshold(&sorted, 1.0, 1.0, bound), 0.8);
+        }
+        assert_eq!(calibrated_threshold(&negative, 1.0, 1.0, None), -0.1);
+    }
+
+    /// Isolation Forest and Half-Space Trees score in [0, 1]: with the default calibrated
+    /// threshold they flag the fault, and only the fault.
+    #[test]
+    fn bounded_models_flag_with_the_default_threshold() {
+        for model in [BuiltinModel::IsolationForest, BuiltinModel::Hst] {
+            let mut spec = spec(20);
+            spec.threshold = ThresholdSpec::parse(&model.default_threshold()).unwrap();
+            let mut p = Pipeline::new(spec, move || model.build()).unwrap();
+            feed(&mut p, "pump-01", 0..400, 300);
+            let inferences = p.advance(400 * S);
+            let flagged: Vec<i64> = inferences
+                .iter()
+                .filter(|i| i.flag)
+                .map(|i| i.window_start_ns / S)
+                .collect();
+            assert!(
+                inferences.iter().all(|i| i.threshold < 1.0),
+                "{model:?}: {inferences:#?}"
+            );
+            let scores: Vec<(i64, f64, f64)> = inferences
+                .iter()
+                .map(|i| (i.window_start_ns / S, i.score, i.threshold))
+                .collect();
+            assert!(!flagged.is_empty(), "{model:?} flags nothing: {scores:?}");
+            assert!(
+                flagged.iter().all(|&start| start >= 300),
+                "{model:?} flags normal windows: {flagged:?}"
+            );
+        }
     }
 
     #[test]

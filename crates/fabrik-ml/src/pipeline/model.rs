@@ -46,6 +46,11 @@ pub trait WindowModel: Send {
     }
     /// Scores without learning, for calibration and explanations.
     fn probe(&self, row: &[f64]) -> Result<f64, MlError>;
+    /// The largest score the model can give, if its scores are bounded above: a calibrated
+    /// threshold then stays below it (see [`super::calibrated_threshold`]).
+    fn score_bound(&self) -> Option<f64> {
+        None
+    }
     /// Per-feature shares (non-negative, summing to 1 unless all are 0) of `row`'s score.
     /// The default occludes one feature at a time with its training median.
     fn contributions(&self, row: &[f64], medians: &[f64]) -> Result<Vec<f64>, MlError> {
@@ -306,6 +311,10 @@ impl WindowModel for HstModel {
         let trees = self.trees.as_ref().ok_or_else(|| unfitted("hst"))?;
         Ok(trees.score_one(&scaled))
     }
+    /// One minus the window's mass over the largest mass.
+    fn score_bound(&self) -> Option<f64> {
+        Some(1.0)
+    }
 }
 
 /// Isolation Forest grown on the device's training windows, then regrown from its latest
@@ -355,6 +364,10 @@ impl WindowModel for IsolationForestModel {
             return Err(width_error("iforest", row.len(), width));
         }
         forest.raw_score(row)
+    }
+    /// 2^(−E(h)/c) is at most 1.
+    fn score_bound(&self) -> Option<f64> {
+        Some(1.0)
     }
 }
 
@@ -440,6 +453,10 @@ impl WindowModel for RartModel {
             .zip(row)
             .map(|(detector, &value)| detector.clone().score_value(value, 0))
             .fold(0.0, f64::max))
+    }
+    /// An anomaly likelihood in [0, 1].
+    fn score_bound(&self) -> Option<f64> {
+        Some(1.0)
     }
     /// The features' shares of the last scored window's scores (the pipeline explains the
     /// window it has just scored).
@@ -566,6 +583,19 @@ impl BuiltinModel {
             Self::Dbz => Some(1.0),
             Self::Rart => Some(0.72),
             Self::RobustZ | Self::PcaT2Q | Self::Hst | Self::IsolationForest => None,
+        }
+    }
+
+    /// The threshold a pipeline of this model takes when none is given: its own alarm level
+    /// where it has one, else a calibrated one. Isolation Forest and Half-Space Trees score in
+    /// [0, 1] and crowd their scores below 1 (a forest of 20-window samples never scores much
+    /// above 0.8), so their margin takes a tenth of the headroom above the training windows'
+    /// largest score; the unbounded scores take 1.5 × it.
+    pub fn default_threshold(self) -> String {
+        match (self.own_threshold(), self) {
+            (Some(level), _) => format!("{level:?}"),
+            (None, Self::Hst | Self::IsolationForest) => "quantile:1.0*1.1".to_owned(),
+            (None, _) => "quantile:1.0*1.5".to_owned(),
         }
     }
 

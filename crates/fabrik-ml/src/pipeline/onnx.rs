@@ -266,6 +266,10 @@ impl WindowModel for OnnxWindowModel {
     fn score(&mut self, row: &[f64]) -> Result<f64, MlError> {
         self.probe(row)
     }
+    /// A class probability is at most 1; the other scores are unbounded.
+    fn score_bound(&self) -> Option<f64> {
+        matches!(self.score, OnnxScore::Probability { .. }).then_some(1.0)
+    }
     fn probe(&self, row: &[f64]) -> Result<f64, MlError> {
         let output = self.run(row)?;
         Ok(match &self.score {

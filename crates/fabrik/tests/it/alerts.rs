@@ -295,8 +295,28 @@ fn a_fault_becomes_a_webhook_naming_its_signal_and_survives_a_restart_undelivere
         ok && text.contains("1 silence(s)") && !text.contains(&second),
         "{text}"
     );
+    // Ended, not erased: the shift log keeps who silenced what.
+    let (ok, text) = cli(&["alert", "silences", "--all"]);
+    assert!(ok && text.contains(&second), "{text}");
     let (ok, text) = cli(&["alert", "unsilence", &second]);
+    assert!(!ok && text.contains("already ended"), "{text}");
+    let (ok, text) = cli(&["alert", "unsilence", "s-nope"]);
     assert!(!ok && text.contains("404"), "{text}");
+    // A device no rule has seen and no registry knows: in force, with a warning.
+    let (ok, text) = cli(&[
+        "alert",
+        "silence",
+        "--device",
+        "pmup-b",
+        "--duration",
+        "2m30s",
+    ]);
+    assert!(
+        ok && text.contains("warning: device `pmup-b` matches no device"),
+        "{text}"
+    );
+    let (ok, text) = cli(&["alert", "silence", "--device", "pump-b", "--duration", "1m"]);
+    assert!(ok && !text.contains("warning"), "{text}");
     let (code, _) = http(
         &p.url,
         reqwest::Method::POST,

@@ -1348,3 +1348,91 @@ fn a_pipeline_defined_on_flowing_data_trains_on_its_recent_history() {
     let (status, _) = p.terminate();
     assert!(status.success());
 }
+
+/// A restart during a fault: the pipeline relearns each device from the windows it learnt
+/// from before (its saved training span), not from the faulty windows just before the
+/// restart, so the fault is still flagged afterwards.
+#[test]
+fn a_restarted_pipeline_relearns_its_training_span_not_the_fault_before_the_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let p = Process::start(&data, &[]);
+    // 20 Hz: ten samples per 500 ms window. `fault` lifts the vibration by 3.
+    let sample = |t: i64, fault: bool| {
+        let wobble = ((t / (SECOND / 20)) * 7919 % 13) as f64 / 13.0;
+        let lift = if fault { 3.0 } else { 0.0 };
+        format!(
+            "pump,device=pump-a vibration={},current={} {t}\n",
+            2.0 + wobble * 0.2 + lift,
+            10.0 + wobble
+        )
+    };
+    let now = now_ns();
+    let history: String = (1..=200)
+        .map(|i| sample(now - i * SECOND / 20, false))
+        .collect();
+    assert_eq!(
+        crate::support::post_status(&p.url, "/api/v1/write", &history),
+        200
+    );
+    let (code, body) = put_pipeline(
+        &p.url,
+        "steady",
+        serde_json::json!({
+            "name": "steady",
+            "table": "pump",
+            "signals": ["vibration", "current"],
+            "window": "500ms",
+            "training_windows": 10,
+            "interval": "100ms",
+            "lateness": "0s",
+            "start": "now",
+        }),
+    );
+    assert_eq!(code, 201, "{body}");
+    eventually("the pipeline trains on its history", || {
+        let (_, status) = pipeline_status(&p.url, "steady");
+        status["devices"] == 1 && status["training_devices"] == 0
+    });
+    // The fault, written as it happens, is flagged.
+    let write_fault = |url: &str| {
+        let t = now_ns();
+        let lines = sample(t, true) + &sample(t - SECOND / 20, true);
+        crate::support::post_status(url, "/api/v1/write", &lines);
+    };
+    let flagged = "SELECT trained_from, trained_until FROM inferences \
+                   WHERE pipeline = 'steady' AND flag = true";
+    eventually("the fault is flagged", || {
+        write_fault(&p.url);
+        let (_, status) = pipeline_status(&p.url, "steady");
+        status["anomalies"].as_u64().unwrap_or(0) >= 1
+    });
+    let span = query(&p.url, flagged)[0].clone();
+    // It lasts longer than the history a restart would otherwise learn from (11 windows and
+    // one more window's length: 6 s).
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    while std::time::Instant::now() < until {
+        write_fault(&p.url);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (status, _) = p.terminate();
+    assert!(status.success());
+
+    let p = Process::start(&data, &[]);
+    let restarted = now_ns();
+    let after_restart = format!(
+        "SELECT flag, trained_from, trained_until FROM inferences \
+         WHERE pipeline = 'steady' AND window_start > {restarted}"
+    );
+    eventually("windows after the restart are scored", || {
+        write_fault(&p.url);
+        query(&p.url, &after_restart).len() >= 3
+    });
+    for row in query(&p.url, &after_restart) {
+        assert_eq!(row["flag"], true, "the fault was learnt as normal: {row}");
+        assert_eq!(row["trained_from"], span["trained_from"], "{row}");
+        assert_eq!(row["trained_until"], span["trained_until"], "{row}");
+    }
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}
