@@ -359,6 +359,16 @@ async function main() {
     noErrors('alert to window');
   });
 
+  await step('alerts page: an unregistered device says so', async () => {
+    await go('#/alerts');
+    const a = await apiCall(`/api/v1/alerts/${encodeURIComponent(alertId)}`);
+    await page.click(`tr[data-alert="${alertId.replace(/"/g, '\\"')}"] a[href^="#/devices/"]`);
+    await page.waitForFunction(() => document.querySelector('main h1') && document.querySelector('main .sub')?.textContent.includes('Not a registered device'), null, { timeout: 10000 });
+    assert((await page.textContent('main h1')) === a.key, 'the page names the device');
+    expectedErrors(/404/);
+    noErrors('unregistered device');
+  });
+
   await step('pipelines: an inference shows its input window and contributions', async () => {
     await go('#/pipelines');
     await page.waitForSelector('#pl-inferences tr[data-window], #pl-inferences .empty', { timeout: 15000 });

@@ -798,7 +798,10 @@ impl Alerting {
         let mut reminders = 0;
         let mut batch = None;
         for alert in &view.open {
+            // An acknowledged alert has someone on it: reminding pages them for what they
+            // are working on.
             if alert.state != AlertState::Firing
+                || alert.ack.is_some()
                 || is_silenced(&view.silences, &alert.rule, &alert.key, now)
             {
                 continue;
@@ -2438,6 +2441,15 @@ mod tests {
         assert_eq!(reminder["status"], "firing", "{reminder}");
         assert_eq!(reminder["alerts"][0]["labels"]["device"], "oven-1");
         assert_eq!(alerting.queue_reminders().await.unwrap(), 0, "just told");
+
+        // Acknowledged: someone has it; no more reminders.
+        let id = alert_id("hot", "oven-1", S);
+        alerting
+            .ack(&id, "ana", Feedback::TruePositive, None)
+            .await
+            .unwrap();
+        tokio::time::sleep(later).await;
+        assert_eq!(alerting.queue_reminders().await.unwrap(), 0, "acknowledged");
 
         // Silenced: no reminder.
         alerting

@@ -51,7 +51,11 @@ fn alerting(state: &ApiState) -> Result<&Arc<Alerting>, ApiError> {
 }
 
 /// Filters of the alert listing.
+///
+/// Other parameters are refused (400), so a filter this endpoint does not have (`since`) is
+/// not silently ignored while the answer looks filtered.
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct AlertParams {
     /// `pending`, `firing` or `resolved`.
@@ -62,6 +66,15 @@ pub struct AlertParams {
     pub rule: Option<String>,
     /// Only devices matching this pattern, e.g. `pump-*`.
     pub device: Option<String>,
+    /// The token parameters a dashboard link may carry.
+    #[serde(default)]
+    #[param(ignore)]
+    #[allow(dead_code)]
+    p: Option<String>,
+    #[serde(default)]
+    #[param(ignore)]
+    #[allow(dead_code)]
+    u: Option<String>,
 }
 
 #[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts", security(("token" = [])),

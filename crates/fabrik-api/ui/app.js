@@ -623,7 +623,18 @@ async function pageDevices(p, args) {
 
 async function pageDevice(p, id) {
   setTitle(id);
-  const d = await api(`/api/v1/devices/${enc(id)}`);
+  let d;
+  try {
+    d = await api(`/api/v1/devices/${enc(id)}`);
+  } catch (e) {
+    if (e.status !== 404) throw e;
+    // Alerts and inferences are keyed by a table's device column, which can name devices that
+    // write without registering (line protocol, a bridge): say so instead of failing.
+    main.innerHTML = String(html`<div class="crumbs"><a href="#/devices">Devices</a> / ${id}</div>
+      <div class="page-head"><div><h1>${id}</h1><div class="sub">Not a registered device</div></div></div>
+      <section class="card"><p><span class="mono">${id}</span> is not in the device registry: its rows came in without a registered identity (line protocol, a bridge or a replay). Its alerts are on the <a href="#/alerts">alerts page</a>; its rows can be queried in the <a href="#/explorer">data explorer</a>.</p></section>`);
+    return;
+  }
   const tbl = (await tables()).find((t) => t.name === d.device_type);
   const numeric = tbl ? Object.entries(tbl.fields).filter(([, t]) => NUMERIC.has(t)).map(([k]) => k).sort() : [];
   const preferred = ['vibration_rms', 'motor_current'];
@@ -1027,7 +1038,8 @@ async function pagePipelines(p, args) {
     const ws = Number(inf.window_start); const we = Number(inf.window_end);
     const pad = Math.max(5e9, (we - ws) / 2);
     const signals = def?.signals || [];
-    const rows = signals.length ? await query(`SELECT time, ${signals.map(sqlId).join(', ')} FROM ${sqlId(def.table)} WHERE device = ${sqlStr(inf.device)} AND time >= to_timestamp_nanos(${Math.round(ws - pad)}) AND time < to_timestamp_nanos(${Math.round(we + pad)}) ORDER BY time`) : [];
+    const deviceColumn = def?.definition?.device_column || def?.device_column || 'device';
+    const rows = signals.length ? await query(`SELECT time, ${signals.map(sqlId).join(', ')} FROM ${sqlId(def.table)} WHERE ${sqlId(deviceColumn)} = ${sqlStr(inf.device)} AND time >= to_timestamp_nanos(${Math.round(ws - pad)}) AND time < to_timestamp_nanos(${Math.round(we + pad)}) ORDER BY time`) : [];
     if (!p.alive) return;
     let contrib = {};
     try { contrib = JSON.parse(inf.contributions || '{}'); } catch { /* shown empty */ }
@@ -1038,7 +1050,8 @@ async function pagePipelines(p, args) {
       <dl class="kv" style="margin-bottom:12px"><dt>Device</dt><dd><a href="#/devices/${enc(inf.device)}">${inf.device}</a></dd>
         <dt>Window</dt><dd>${fmtTime(ws)} → ${fmtTime(we, false)} <span class="muted">(${inf.samples} samples)</span></dd>
         <dt>Score</dt><dd><strong>${fmtNum(inf.score)}</strong> <span class="muted">threshold ${fmtNum(inf.threshold)}</span> ${inf.flag ? pill('firing', 'anomaly') : pill('online', 'normal')}</dd>
-        <dt>Window id</dt><dd class="mono">${inf.window_id}</dd></dl>
+        <dt>Window id</dt><dd class="mono">${inf.window_id}</dd>
+        ${inf.trained_until != null ? html`<dt>Learnt from</dt><dd>${fmtTime(Number(inf.trained_from))} → ${fmtTime(Number(inf.trained_until))} <span class="muted">(model ${inf.model_version || ''})</span></dd>` : ''}</dl>
       <h3>What drove the score</h3>
       ${entries.length ? html`<ul class="bars" aria-label="Per-feature contributions">${entries.map(([k, v]) => html`<li><span class="name" title="${k}">${k}</span>
         <span class="track" role="img" aria-label="${k}: ${Math.round((Math.abs(v) / total) * 100)} percent"><span class="fill" style="display:block;width:${(Math.abs(v) / total) * 100}%"></span></span><span class="pct">${Math.round((Math.abs(v) / total) * 100)}%</span></li>`)}</ul>` : html`<div class="muted">No contributions recorded.</div>`}

@@ -474,8 +474,9 @@ pub struct NotifierConfig {
     /// one group for everything).
     #[serde(default = "group_by_rule")]
     pub group_by: Vec<String>,
-    /// webhook and email: how long after its last notification an alert that still fires is
-    /// notified again (default `4h`, as Alertmanager's `repeat_interval`; `0s`: never).
+    /// webhook and email: how long after its last notification an alert that still fires, and
+    /// that nobody has acknowledged, is notified again (default `4h`, as Alertmanager's
+    /// `repeat_interval`; `0s`: never).
     #[serde(default)]
     pub repeat_interval: Option<String>,
     /// Only alerts of these severities (default: all), e.g. `["critical"]` for the on-call.

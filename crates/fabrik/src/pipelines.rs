@@ -149,6 +149,12 @@ pub(crate) fn compile(config: &PipelineConfig) -> Result<Compiled, Vec<(String, 
                 "signals",
                 format!("`{s}` is the device column, not a signal"),
             );
+        } else if matches!(s.as_str(), "time" | "_raw_id") {
+            // The read selects both already; as a signal the query would name them twice.
+            problem(
+                "signals",
+                format!("`{s}` is the row's own timestamp or arrival id, not a signal"),
+            );
         }
     }
     let mut features = Vec::new();
@@ -194,10 +200,25 @@ pub(crate) fn compile(config: &PipelineConfig) -> Result<Compiled, Vec<(String, 
             );
             None
         }
-        (name, _, _) => BuiltinModel::parse(name)
-            .map(ModelChoice::Builtin)
-            .map_err(|e| problem("model", format!("{e}, or onnx")))
-            .ok(),
+        (name, path, model_name) => {
+            // A built-in model trains on the device: a model file or upload named with it
+            // would be ignored, and the user left believing it runs.
+            if path.is_some() || model_name.is_some() {
+                let field = if path.is_some() {
+                    "model_path"
+                } else {
+                    "model_name"
+                };
+                problem(
+                    field,
+                    format!("`{field}` is for `model = \"onnx\"`; `{name}` trains on the device"),
+                );
+            }
+            BuiltinModel::parse(name)
+                .map(ModelChoice::Builtin)
+                .map_err(|e| problem("model", format!("{e}, or onnx")))
+                .ok()
+        }
     };
     if !matches!(
         config.model_output.as_str(),
@@ -2051,6 +2072,14 @@ mod tests {
         short.min_samples = 10;
         let problems = compile(&short).unwrap_err();
         assert_eq!(problems[0].0, "min_samples", "{problems:?}");
+        // The row's own columns are not signals; a model file with a built-in model is not
+        // silently ignored.
+        let mut own = demo_pipeline();
+        own.signals = vec!["time".into(), "_raw_id".into()];
+        own.model_name = Some("pump-ae".into());
+        let problems = compile(&own).unwrap_err();
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(fields, ["signals", "signals", "model_name"], "{problems:?}");
     }
 
     #[test]

@@ -324,6 +324,18 @@ fn a_fault_becomes_a_webhook_naming_its_signal_and_survives_a_restart_undelivere
         Some(serde_json::json!({"duration": "soon"})),
     );
     assert_eq!(code, 400);
+    // A filter the listing does not have is refused, not ignored.
+    let (code, body) = http(
+        &p.url,
+        reqwest::Method::GET,
+        "/api/v1/alerts?since=1h",
+        None,
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains("since")),
+        "{body}"
+    );
     let (status, _) = p.terminate();
     assert!(status.success());
 
