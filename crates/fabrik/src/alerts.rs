@@ -779,6 +779,52 @@ fn demo_frozen_rule() -> AlertRuleConfig {
     }
 }
 
+/// The demo's heartbeat rules: a device of `table` whose `value` column has not been reported
+/// for `seconds`. They catch the plant's drop-outs (a pump that stops publishing, a chiller
+/// PLC that stops answering, the filler's OPC UA server restarting) and its stuck OPC UA
+/// sensor: the server reports only changes, so a frozen value sends no rows at all, which an
+/// `unchanged` rule never sees, while its absence is plain.
+fn demo_heartbeat_rules() -> Vec<AlertRuleConfig> {
+    let silent =
+        |name: &str, table: &str, value: &str, seconds: f64, summary: &str| AlertRuleConfig {
+            name: name.into(),
+            table: table.into(),
+            value: value.into(),
+            filter: Some(format!("{value} IS NOT NULL")),
+            fill: None,
+            condition: "absent".into(),
+            threshold: seconds,
+            clear: None,
+            context: Vec::new(),
+            annotations: BTreeMap::from([("summary".to_owned(), summary.to_owned())]),
+            ..demo_rule()
+        };
+    vec![
+        silent(
+            "pump-silent",
+            "pump",
+            "vibration_rms",
+            15.0,
+            "Pump {device} has sent nothing for 15 s: check its link and power",
+        ),
+        silent(
+            "chiller-silent",
+            "chiller",
+            "discharge_pressure",
+            15.0,
+            "Chiller {device}'s PLC has not answered for 15 s (Modbus): check it and its network",
+        ),
+        silent(
+            "line-temp-silent",
+            "filler",
+            "product_temp",
+            20.0,
+            "Line {device}: no new product temperature for 20 s; the OPC UA server reports \
+             only changes, so the sensor is stuck or the server is down",
+        ),
+    ]
+}
+
 /// The file in the data directory that keeps the rules defined through the API.
 pub(crate) const STORED_RULES_FILE: &str = "alert_rules.json";
 
@@ -1179,6 +1225,11 @@ pub(crate) async fn start(
     if demo && configured.is_empty() && config.pipelines.is_empty() {
         configured.push((RuleOrigin::Demo, demo_rule()));
         configured.push((RuleOrigin::Demo, demo_frozen_rule()));
+        configured.extend(
+            demo_heartbeat_rules()
+                .into_iter()
+                .map(|rule| (RuleOrigin::Demo, rule)),
+        );
     }
     let mut rules = configured
         .iter()
@@ -1882,6 +1933,9 @@ mod tests {
     fn the_demo_rule_compiles_and_bad_rules_name_their_fields() {
         assert!(compile_rule(&demo_rule()).is_ok());
         assert!(compile_rule(&demo_frozen_rule()).is_ok());
+        for rule in demo_heartbeat_rules() {
+            assert!(compile_rule(&rule).is_ok(), "{}", rule.name);
+        }
         let mut frozen = demo_frozen_rule();
         frozen.clear = Some(1.0);
         frozen.threshold = 0.0;

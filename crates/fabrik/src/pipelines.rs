@@ -663,6 +663,18 @@ impl PipelineManager {
                     )));
                 }
             },
+            // Read by the server from its working directory, which the client does not know
+            // and a restart from elsewhere changes: a relative path loads now, fails later.
+            OnnxSource::Path(path) if !std::path::Path::new(path).is_absolute() => {
+                return Err(vec![(
+                    "model_path".to_owned(),
+                    format!(
+                        "`{path}` is relative; through the API give an absolute path on the \
+                         server, or upload the model (PUT /api/v1/models/{{name}}) and name it \
+                         in `model_name`"
+                    ),
+                )]);
+            }
             OnnxSource::Path(path) => match std::fs::read(path) {
                 Ok(bytes) => (bytes, "model_path"),
                 Err(e) => {

@@ -998,6 +998,25 @@ fn uploaded_models_run_in_pipelines_are_replaced_in_place_and_deleted_when_unuse
     );
     let forest_version = stored["version"].as_str().expect("version").to_owned();
 
+    // A relative file path through the API would be read from wherever the server runs.
+    let (code, error) = put_pipeline(
+        &p.url,
+        "relative",
+        serde_json::json!({
+            "name": "relative",
+            "table": "pump",
+            "signals": ["vibration", "current"],
+            "features": ["mean", "std", "min", "max"],
+            "model": "onnx",
+            "model_path": "models/pump.onnx",
+        }),
+    );
+    assert_eq!(code, 400, "{error}");
+    assert!(
+        error.to_string().contains("model_path") && error.to_string().contains("relative"),
+        "{error}"
+    );
+
     let definition = serde_json::json!({
         "name": "uploaded",
         "table": "pump",
