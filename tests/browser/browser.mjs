@@ -359,6 +359,13 @@ async function main() {
     noErrors('alert to window');
   });
 
+  await step("a notification's link opens its alert", async () => {
+    await go(`#/alerts/id/${encodeURIComponent(alertId)}`);
+    await page.waitForFunction((id) => document.querySelectorAll('#al-table tr[data-alert]').length === 1
+      && document.querySelector('#al-table tr[data-alert]').dataset.alert === id, alertId, { timeout: 10000 });
+    noErrors('alert link');
+  });
+
   await step('alerts page: an unregistered device says so', async () => {
     await go('#/alerts');
     const a = await apiCall(`/api/v1/alerts/${encodeURIComponent(alertId)}`);

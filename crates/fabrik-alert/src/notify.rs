@@ -463,7 +463,24 @@ pub fn alert_message(alert: &Alert, external_url: &str) -> serde_json::Value {
         "resolved_at": alert.resolved_at,
         "annotations": alert.annotations,
         "url": format!("{external_url}/api/v1/alerts/{}", alert.id),
+        "dashboard_url": dashboard_url(external_url, &alert.id),
     })
+}
+
+/// The dashboard's page of alert `id`, for people (the API's URL answers 401 in a browser).
+pub fn dashboard_url(external_url: &str, id: &str) -> String {
+    // Alert ids are rule, device and start joined by `~`; a rule or device name could hold
+    // characters a fragment does not take as they are.
+    let encoded: String = id
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect();
+    format!("{external_url}/#/alerts/id/{encoded}")
 }
 
 /// `template` with `{rule}`, `{device}`, `{severity}`, `{status}` from `message`; values are
@@ -512,7 +529,7 @@ fn alert_text(message: &serde_json::Value) -> String {
     }
     body.push_str(&format!(
         "\nOpen: {}\nAcknowledge with: fabrik alert ack {} --feedback true_positive|false_positive\n",
-        text("url"),
+        text("dashboard_url"),
         text("id")
     ));
     body
@@ -677,7 +694,9 @@ pub fn alertmanager_payload(
             "annotations": annotations,
             "startsAt": alert.fired_at.clone().unwrap_or_else(|| alert.started_at.clone()),
             "endsAt": alert.resolved_at.clone().unwrap_or_else(|| "0001-01-01T00:00:00Z".into()),
-            "generatorURL": format!("{external_url}/api/v1/alerts/{}", alert.id),
+            // The dashboard's page of this alert: a link a receiver's operator can open (after
+            // signing in), where the API's URL answered 401 in a browser.
+            "generatorURL": dashboard_url(external_url, &alert.id),
             "fingerprint": fingerprint(&series(alert)),
         }],
     })
@@ -1026,6 +1045,16 @@ mod tests {
         assert_eq!(
             m["url"],
             format!("http://fabrik:7800/api/v1/alerts/{}", a.id)
+        );
+        // People get the dashboard's page, with the id encoded for a URL fragment.
+        assert_eq!(
+            m["dashboard_url"],
+            format!(
+                "http://fabrik:7800/#/alerts/id/{}",
+                a.id.replace('/', "%2F")
+                    .replace('#', "%23")
+                    .replace('+', "%2B")
+            )
         );
     }
 

@@ -1163,6 +1163,8 @@ const RULE_HEALTH = { ok: 'running', starting: 'pending', waiting: 'pending', fa
 async function pageAlerts(p, args) {
   setTitle('Alerts');
   const state = ['firing', 'pending', 'resolved'].includes(args[0]) ? args[0] : '';
+  // `#/alerts/id/<alert id>`: the one alert a notification links to (its generatorURL).
+  const only = args[0] === 'id' && args[1] ? args[1] : null;
   main.innerHTML = String(html`<div id="alerts-page">
     <div class="page-head"><div><h1>Alerts</h1><div class="sub" id="al-count"></div></div>
       <div class="row"><button type="button" id="new-silence">New silence</button></div></div>
@@ -1177,10 +1179,12 @@ async function pageAlerts(p, args) {
   $$('.seg a').forEach((a) => { if (a.getAttribute('aria-pressed') === 'true') a.style.boxShadow = 'inset 0 -2px 0 var(--accent)'; });
   let alerts = [];
   const load = async () => {
-    const [list, silences, rules] = await Promise.all([api(`/api/v1/alerts?limit=500${state ? `&state=${state}` : ''}`), api('/api/v1/silences'), api('/api/v1/alert-rules')]);
+    const listed = only ? api(`/api/v1/alerts/${enc(only)}`).then((a) => [a]) : api(`/api/v1/alerts?limit=500${state ? `&state=${state}` : ''}`);
+    const [list, silences, rules] = await Promise.all([listed, api('/api/v1/silences'), api('/api/v1/alert-rules')]);
     if (!p.alive) return;
     alerts = list;
-    $('#al-count').textContent = `${list.length} ${state || ''} alert${list.length === 1 ? '' : 's'}`.replace('  ', ' ');
+    if (only) $('#al-count').innerHTML = String(html`Alert <span class="mono">${only}</span> · <a href="#/alerts">all alerts</a>`);
+    else $('#al-count').textContent = `${list.length} ${state || ''} alert${list.length === 1 ? '' : 's'}`.replace('  ', ' ');
     patch($('#al-table'), list.length ? alertsTable(list, { actions: true }) : html`<div class="empty">No ${state} alerts.</div>`);
     const active = silences.filter((s) => toMs(s.until) > Date.now());
     patch($('#sil-table'), active.length ? html`<div class="table-wrap"><table><thead><tr><th>Rule</th><th>Device</th><th>Until</th><th>By</th><th>Comment</th><th><span class="sr">Actions</span></th></tr></thead><tbody>
