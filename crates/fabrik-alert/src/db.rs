@@ -116,6 +116,16 @@ fn glob_pattern(pattern: &str) -> String {
     glob
 }
 
+/// What must still hold of an alert for a notification made from an earlier read of it to
+/// be queued ([`AlertDb::enqueue_grouped`]).
+#[derive(Debug, Clone, Copy)]
+pub struct StillFiring<'a> {
+    /// It fires with this severity.
+    pub severity: &'a str,
+    /// Nobody has acknowledged it (reminders).
+    pub unacknowledged: bool,
+}
+
 /// The alert database.
 #[derive(Debug, Clone)]
 pub struct AlertDb {
@@ -334,6 +344,16 @@ impl AlertDb {
             .collect()
     }
 
+    /// Deletes the silences that ended before `before_ns`: they are kept a while as a record,
+    /// not for ever (every transition reads the table).
+    pub async fn forget_silences_ended_before(&self, before_ns: i64) -> Result<(), AlertError> {
+        sqlx::query("DELETE FROM silences WHERE until_at < ?")
+            .bind(crate::model::rfc3339(before_ns))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Ends a silence in force at `now_ns`; it stays listed, expired, as a record of who
     /// silenced what and until when (as Alertmanager expires silences). Fails with `NotFound`
     /// for an unknown id and `Invalid` for one that has ended already.
@@ -370,10 +390,10 @@ impl AlertDb {
     /// alert `alert_id` (`None` for one whose delivery must not count as telling the alert's
     /// receivers, such as the resolution of labels the alert no longer has), and about the
     /// label set `series`: a later state of the same series delivered first supersedes it.
-    /// With `while_firing_as` (a severity), it is queued only if the alert still fires with
-    /// that severity, checked in the same statement: a notification made from an earlier read
-    /// of the alert never lands after its resolution, nor after its labels changed. Returns
-    /// whether it was queued.
+    /// With `still` given, it is queued only if the alert still fires with that severity (and,
+    /// for a reminder, nobody has acknowledged it), checked in the same statement: a
+    /// notification made from an earlier read of the alert never lands after its resolution,
+    /// its labels' change or its acknowledgement. Returns whether it was queued.
     #[allow(clippy::too_many_arguments)]
     pub async fn enqueue_grouped(
         &self,
@@ -383,17 +403,10 @@ impl AlertDb {
         group_key: Option<&str>,
         alert_id: Option<&str>,
         series: &str,
-        while_firing_as: Option<&str>,
+        still: Option<StillFiring<'_>>,
     ) -> Result<bool, AlertError> {
         enqueue_grouped(
-            &self.pool,
-            notifier,
-            payload,
-            due_ns,
-            group_key,
-            alert_id,
-            series,
-            while_firing_as,
+            &self.pool, notifier, payload, due_ns, group_key, alert_id, series, still,
         )
         .await
     }
@@ -699,10 +712,10 @@ impl Batch {
     /// alert `alert_id` (`None` for one whose delivery must not count as telling the alert's
     /// receivers, such as the resolution of labels the alert no longer has), and about the
     /// label set `series`: a later state of the same series delivered first supersedes it.
-    /// With `while_firing_as` (a severity), it is queued only if the alert still fires with
-    /// that severity, checked in the same statement: a notification made from an earlier read
-    /// of the alert never lands after its resolution, nor after its labels changed. Returns
-    /// whether it was queued.
+    /// With `still` given, it is queued only if the alert still fires with that severity (and,
+    /// for a reminder, nobody has acknowledged it), checked in the same statement: a
+    /// notification made from an earlier read of the alert never lands after its resolution,
+    /// its labels' change or its acknowledgement. Returns whether it was queued.
     #[allow(clippy::too_many_arguments)]
     pub async fn enqueue_grouped(
         &mut self,
@@ -712,7 +725,7 @@ impl Batch {
         group_key: Option<&str>,
         alert_id: Option<&str>,
         series: &str,
-        while_firing_as: Option<&str>,
+        still: Option<StillFiring<'_>>,
     ) -> Result<bool, AlertError> {
         enqueue_grouped(
             &mut *self.tx,
@@ -722,7 +735,7 @@ impl Batch {
             group_key,
             alert_id,
             series,
-            while_firing_as,
+            still,
         )
         .await
     }
@@ -868,12 +881,15 @@ async fn enqueue_grouped(
     group_key: Option<&str>,
     alert_id: Option<&str>,
     series: &str,
-    while_firing_as: Option<&str>,
+    still: Option<StillFiring<'_>>,
 ) -> Result<bool, AlertError> {
+    let severity = still.map(|s| s.severity);
+    let unacknowledged = still.is_some_and(|s| s.unacknowledged);
     let done = sqlx::query(
         "INSERT INTO outbox (notifier, payload, attempts, next_attempt_ns, group_key, \
          alert_id, series) SELECT ?, ?, 0, ?, ?, ?, ? WHERE ? IS NULL OR EXISTS \
-         (SELECT 1 FROM alerts WHERE id = ? AND state = 'firing' AND severity = ?)",
+         (SELECT 1 FROM alerts WHERE id = ? AND state = 'firing' AND severity = ? \
+         AND (? = 0 OR ack_by IS NULL))",
     )
     .bind(notifier)
     .bind(payload)
@@ -881,9 +897,10 @@ async fn enqueue_grouped(
     .bind(group_key)
     .bind(alert_id)
     .bind(series)
-    .bind(while_firing_as)
+    .bind(severity)
     .bind(alert_id)
-    .bind(while_firing_as)
+    .bind(severity)
+    .bind(unacknowledged)
     .execute(db)
     .await?;
     Ok(done.rows_affected() == 1)

@@ -28,7 +28,20 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
-pub use db::AlertDb;
+pub use db::{AlertDb, Batch, StillFiring};
+
+/// What a notification made from an earlier read of its alert needs to still hold when it is
+/// queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Guard {
+    /// Nothing: a transition just recorded in the same batch.
+    Always,
+    /// The alert still fires with the severity read (a firing a silence's end releases, a
+    /// relabelled one).
+    WhileFiring,
+    /// That, and nobody has acknowledged it (a reminder).
+    WhileUnacknowledged,
+}
 
 /// Where an alert rule's evaluator has read its table up to, saved with the changes the rows
 /// caused ([`Alerting::observe_up_to`]).
@@ -103,6 +116,8 @@ fn is_silenced(silences: &[Silence], rule: &str, key: &str, now_ns: i64) -> bool
 
 /// The longest silence: a year and a day.
 const MAX_SILENCE: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
+/// How long an ended silence stays listed as a record (`fabrik alert silences --all`).
+const ENDED_SILENCES_KEPT_NS: i64 = 30 * 24 * 3600 * 1_000_000_000;
 
 fn now_ns() -> i64 {
     let now = std::time::SystemTime::now()
@@ -336,7 +351,7 @@ impl Alerting {
                     for notifier in &self.notifiers {
                         if notifier.route().takes(&alert) {
                             queued |= self
-                                .enqueue_for(&mut batch, notifier, &alert, now, true)
+                                .enqueue_for(&mut batch, notifier, &alert, now, Guard::WhileFiring)
                                 .await?;
                         }
                     }
@@ -576,13 +591,10 @@ impl Alerting {
         let silences = self.db.silences().await?;
         let mut batch = self.db.batch().await?;
         let mut queued = false;
+        // Said (logged, counted) once the batch has committed: a batch that fails is made
+        // again, and its firing must not be counted or logged twice.
+        let mut said: Vec<(String, AlertState, bool)> = Vec::new();
         for t in transitions {
-            metrics::counter!(
-                "fabrik_alert_transitions_total",
-                "rule" => t.rule.clone(),
-                "state" => t.state.as_str()
-            )
-            .increment(1);
             let id = alert_id(&t.rule, &t.key, t.started_ns);
             let silenced = is_silenced(&silences, &t.rule, &t.key, t.at_ns.max(now));
             let previous = match batch.get(&id).await {
@@ -632,7 +644,7 @@ impl Alerting {
                 AlertState::Firing => {
                     alert.fired_at = Some(model::rfc3339(t.at_ns));
                     batch.upsert(&alert, now).await?;
-                    tracing::warn!(alert = %alert.id, severity, silenced, "Alert firing.");
+                    said.push((alert.id.clone(), AlertState::Firing, silenced));
                     if !silenced {
                         queued |= self.enqueue(&mut batch, &alert, now).await?;
                     }
@@ -662,12 +674,12 @@ impl Alerting {
                     let resolved_ns = fired_ns.map_or(t.at_ns, |fired| t.at_ns.max(fired));
                     alert.resolved_at = Some(model::rfc3339(resolved_ns));
                     batch.upsert(&alert, now).await?;
-                    tracing::info!(alert = %alert.id, "Alert resolved.");
+                    said.push((alert.id.clone(), AlertState::Resolved, silenced));
                     for notifier in &self.notifiers {
                         let was_told = told.iter().any(|name| name == notifier.name());
                         if was_told || (!silenced && notifier.route().takes(&alert)) {
                             queued |= self
-                                .enqueue_for(&mut batch, notifier, &alert, now, false)
+                                .enqueue_for(&mut batch, notifier, &alert, now, Guard::Always)
                                 .await?;
                         }
                     }
@@ -680,6 +692,22 @@ impl Alerting {
                 .await?;
         }
         batch.commit().await?;
+        for t in transitions {
+            metrics::counter!(
+                "fabrik_alert_transitions_total",
+                "rule" => t.rule.clone(),
+                "state" => t.state.as_str()
+            )
+            .increment(1);
+        }
+        for (id, state, silenced) in said {
+            match state {
+                AlertState::Firing => {
+                    tracing::warn!(alert = %id, severity, silenced, "Alert firing.");
+                }
+                _ => tracing::info!(alert = %id, "Alert resolved."),
+            }
+        }
         if queued {
             self.wake.notify_one();
         }
@@ -697,24 +725,26 @@ impl Alerting {
         let mut queued = false;
         for notifier in &self.notifiers {
             if notifier.route().takes(alert) {
-                queued |= self.enqueue_for(batch, notifier, alert, now, false).await?;
+                queued |= self
+                    .enqueue_for(batch, notifier, alert, now, Guard::Always)
+                    .await?;
             }
         }
         Ok(queued)
     }
 
     /// Queues `alert`'s state for one notifier, joining its group's open window if it groups.
-    /// With `only_while_firing` (a reminder, or a firing released by a silence's end, both
-    /// made from an earlier read of the alert) nothing is queued if the alert stopped firing
-    /// or changed severity meanwhile, in the same statement: its resolution, or its old label
-    /// set's, must stay the last word. Returns whether it was queued.
+    /// Under `guard` (see [`Guard`]) nothing is queued if the alert stopped firing, changed
+    /// severity or (a reminder) was acknowledged meanwhile, in the same statement: its
+    /// resolution, or its old label set's, must stay the last word. Returns whether it was
+    /// queued.
     async fn enqueue_for(
         &self,
         batch: &mut db::Batch,
         notifier: &Notifier,
         alert: &Alert,
         now: i64,
-        only_while_firing: bool,
+        guard: Guard,
     ) -> Result<bool, AlertError> {
         self.queue(
             batch,
@@ -722,7 +752,13 @@ impl Alerting {
             alert,
             now,
             Some(&alert.id),
-            only_while_firing.then_some(alert.severity.as_str()),
+            match guard {
+                Guard::Always => None,
+                Guard::WhileFiring | Guard::WhileUnacknowledged => Some(db::StillFiring {
+                    severity: alert.severity.as_str(),
+                    unacknowledged: guard == Guard::WhileUnacknowledged,
+                }),
+            },
         )
         .await
     }
@@ -742,8 +778,8 @@ impl Alerting {
     }
 
     /// Queues `alert`'s payload for `notifier`: due at once without grouping, else in its
-    /// group's open window (or a new one), as telling of `alert_id`, and only while the
-    /// alert fires with severity `while_firing_as` when that is given.
+    /// group's open window (or a new one), as telling of `alert_id`, and only while `still`
+    /// holds when that is given.
     async fn queue(
         &self,
         batch: &mut db::Batch,
@@ -751,7 +787,7 @@ impl Alerting {
         alert: &Alert,
         now: i64,
         alert_id: Option<&str>,
-        while_firing_as: Option<&str>,
+        still: Option<db::StillFiring<'_>>,
     ) -> Result<bool, AlertError> {
         let payload = notifier.payload(alert, &self.external_url).to_string();
         let (due, key) = match notifier.grouping() {
@@ -774,7 +810,7 @@ impl Alerting {
                 key.as_deref(),
                 alert_id,
                 &notify::series(alert),
-                while_firing_as,
+                still,
             )
             .await
     }
@@ -825,7 +861,10 @@ impl Alerting {
                     Some(batch) => batch,
                     None => batch.insert(self.db.batch().await?),
                 };
-                if self.enqueue_for(batch, notifier, alert, now, true).await? {
+                if self
+                    .enqueue_for(batch, notifier, alert, now, Guard::WhileUnacknowledged)
+                    .await?
+                {
                     tracing::info!(alert = %alert.id, notifier = %notifier.name(), "Alert still firing; reminding.");
                     reminders += 1;
                 }
@@ -934,6 +973,10 @@ impl Alerting {
                     }
                     if let Err(e) = self.export_gauges(&view).await {
                         tracing::debug!(error = %e, "Alert gauges not updated.");
+                    }
+                    let kept_since = view.now.saturating_sub(ENDED_SILENCES_KEPT_NS);
+                    if let Err(e) = self.db.forget_silences_ended_before(kept_since).await {
+                        tracing::debug!(error = %e, "Ended silences not pruned.");
                     }
                 }
                 Err(e) => {
@@ -1063,7 +1106,7 @@ impl Alerting {
                     let was_told = told.iter().any(|name| name == notifier.name());
                     if !was_told && notifier.route().takes(alert) {
                         queued |= self
-                            .enqueue_for(&mut batch, notifier, alert, now, true)
+                            .enqueue_for(&mut batch, notifier, alert, now, Guard::WhileFiring)
                             .await?;
                     }
                 }
@@ -2396,7 +2439,10 @@ mod tests {
                 None,
                 Some(&id),
                 "s",
-                Some("critical"),
+                Some(db::StillFiring {
+                    severity: "critical",
+                    unacknowledged: false,
+                }),
             )
             .await
             .unwrap();
@@ -2450,6 +2496,26 @@ mod tests {
             .unwrap();
         tokio::time::sleep(later).await;
         assert_eq!(alerting.queue_reminders().await.unwrap(), 0, "acknowledged");
+        // Also when the acknowledgement lands after the reminder pass read the alert: the
+        // statement that queues it checks.
+        let reminder_of_earlier_read = db::StillFiring {
+            severity: "critical",
+            unacknowledged: true,
+        };
+        let queued = alerting
+            .db()
+            .enqueue_grouped(
+                "ops",
+                "{}",
+                now_ns(),
+                None,
+                Some(&id),
+                "s",
+                Some(reminder_of_earlier_read),
+            )
+            .await
+            .unwrap();
+        assert!(!queued, "a reminder queued after the acknowledgement");
 
         // Silenced: no reminder.
         alerting
@@ -2759,5 +2825,37 @@ mod tests {
         assert_eq!(t[0].state, AlertState::Firing);
         assert_eq!(t[0].at_ns, 15 * S);
         assert_eq!(alerting.db().outbox_len().await.unwrap(), 1);
+    }
+
+    /// An ended silence stays listed, then goes once it has been over for a while; one in
+    /// force stays.
+    #[tokio::test]
+    async fn ended_silences_are_kept_as_a_record_then_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let alerting = alerting_in(dir.path(), vec![refused_webhook()]).await;
+        let hour = std::time::Duration::from_secs(3600);
+        let ended = alerting
+            .silence(None, Some("oven-1".into()), hour, "ana", None)
+            .await
+            .unwrap();
+        let running = alerting
+            .silence(None, Some("oven-2".into()), hour, "ana", None)
+            .await
+            .unwrap();
+        let now = now_ns();
+        alerting.db().end_silence(&ended.id, now).await.unwrap();
+        assert!(matches!(
+            alerting.db().end_silence(&ended.id, now + 1).await,
+            Err(AlertError::Invalid(_))
+        ));
+        assert_eq!(alerting.db().silences().await.unwrap().len(), 2);
+        alerting
+            .db()
+            .forget_silences_ended_before(now + S)
+            .await
+            .unwrap();
+        let left = alerting.db().silences().await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].id, running.id);
     }
 }

@@ -1036,11 +1036,12 @@ mod tests {
     #[test]
     fn topics_are_built_from_the_alert_and_cannot_be_widened() {
         let mut a = alert(AlertState::Firing);
-        a.key = "pump/#+x".into();
+        a.key = "pump/#+x y".into();
+        a.id = crate::alert_id(&a.rule, &a.key, 7);
         let m = alert_message(&a, "http://fabrik:7800");
         assert_eq!(
             expand_topic("plant/alerts/{severity}/{rule}/{device}/{status}", &m),
-            "plant/alerts/warning/pump-health/pump___x/firing"
+            "plant/alerts/warning/pump-health/pump___x y/firing"
         );
         assert_eq!(
             m["url"],
@@ -1049,13 +1050,10 @@ mod tests {
         // People get the dashboard's page, with the id encoded for a URL fragment.
         assert_eq!(
             m["dashboard_url"],
-            format!(
-                "http://fabrik:7800/#/alerts/id/{}",
-                a.id.replace('/', "%2F")
-                    .replace('#', "%23")
-                    .replace('+', "%2B")
-            )
+            format!("http://fabrik:7800/#/alerts/id/{}~pump__%2Bx%20y~7", a.rule)
         );
+        let webhook = alertmanager_payload(&a, "ops", "http://fabrik:7800");
+        assert_eq!(webhook["alerts"][0]["generatorURL"], m["dashboard_url"]);
     }
 
     #[test]

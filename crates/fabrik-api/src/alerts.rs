@@ -259,7 +259,16 @@ pub(crate) async fn create_silence(
         // a maintenance window set on a misspelt name would otherwise silence nothing unseen.
         let registered = match &state.registry {
             Some(registry) if !device.contains('*') => registry.get(device).await.is_ok(),
-            _ => false,
+            Some(registry) => registry
+                .list(&fabrik_registry::DeviceFilter::default())
+                .await
+                .map(|devices| {
+                    devices
+                        .iter()
+                        .any(|d| fabrik_alert::model::glob_match(device, &d.id))
+                })
+                .unwrap_or(false),
+            None => false,
         };
         if !registered && !alerting.knows_key(device).await? {
             warnings.push(format!(

@@ -40,6 +40,8 @@ const STARVED_AFTER_WINDOWS: u64 = 3;
 const DEFAULT_TRAINING_WINDOWS: usize = 30;
 /// Rows read per query, so a replay of a long history proceeds in bounded steps.
 const READ_LIMIT: usize = 50_000;
+/// How far back a restarting pipeline looks for its devices' training spans.
+const SPAN_LOOKUP_DAYS: u32 = 30;
 /// Most windows a sample may belong to (`window` / `hop`).
 const MAX_OVERLAP: i64 = 1000;
 /// The threshold of an ONNX classifier's probability when none is given.
@@ -1362,7 +1364,7 @@ impl Runner {
             let restored = match self.retrain_on_saved_spans(&mut pipeline, &version).await {
                 Ok(restored) => restored,
                 Err(e) => {
-                    tracing::warn!(pipeline = %name, error = %e, "Pipeline could not read its devices' training spans; they train on the stored history before the start.");
+                    tracing::warn!(pipeline = %name, error = %e, "Pipeline could not read all its devices' training spans; those not restored train on the stored history before the start.");
                     0
                 }
             };
@@ -1439,22 +1441,31 @@ impl Runner {
         }
     }
 
-    /// Trains each device that inferences of this definition (`version`) name a training
-    /// span for on that span's stored rows, so it scores with the model it had; returns how
-    /// many devices. Inferences written before spans were recorded have none: those devices
-    /// train as new ones do.
+    /// Trains each device that recent inferences of this definition (`version`) name a
+    /// training span for on that span's stored rows, so it scores with the model it had;
+    /// returns how many devices it restored. Only for models that do not learn while they
+    /// score: an adaptive one's model after weeks is not its first windows', and going back
+    /// to them would undo its adaptation (it learns from the recent history instead). A
+    /// device whose span no longer trains a model (retention removed rows) is forgotten, and
+    /// trains as a new one does; so are devices of inferences written before spans were
+    /// recorded.
     async fn retrain_on_saved_spans(
         &self,
         pipeline: &mut Pipeline,
         version: &str,
     ) -> Result<usize, String> {
-        if !self.store.has_table(INFERENCES_TABLE) {
+        if matches!(self.compiled.model, ModelChoice::Builtin(model) if model.adapts())
+            || !self.store.has_table(INFERENCES_TABLE)
+        {
             return Ok(0);
         }
         let literal = |text: &str| format!("'{}'", text.replace('\'', "''"));
+        // Bounded in time: the scan runs at every start, and a device silent for longer
+        // than this trains afresh.
         let sql = format!(
             "SELECT device, min(trained_from) AS trained_from, trained_until FROM {INFERENCES_TABLE} \
              WHERE pipeline = {} AND model_version = {} AND trained_until IS NOT NULL \
+             AND time > now() - INTERVAL '{SPAN_LOOKUP_DAYS} days' \
              GROUP BY device, trained_until",
             literal(&self.compiled.config.name),
             literal(version)
@@ -1488,33 +1499,55 @@ impl Runner {
                     .or_insert(span);
             }
         }
-        for (device, (from, until)) in &spans {
-            let only = std::slice::from_ref(device);
-            let mut after = from.saturating_sub(1);
-            loop {
-                let (mut rows, mut last, page) =
-                    self.read(Some(after), until - 1, Some(only)).await?;
-                let full = page >= READ_LIMIT;
-                if full && let Some(t) = last {
-                    // As in `step`: a full page may end inside its last timestamp's rows.
-                    let keep = rows.iter().take_while(|(_, r)| r.time_ns < t).count();
-                    if keep > 0 {
-                        rows.truncate(keep);
-                        last = Some(t - 1);
-                    }
+        let mut restored = 0;
+        for (device, &(from, until)) in &spans {
+            match self.replay_span(pipeline, device, from, until).await {
+                Ok(()) if pipeline.is_scoring(device) => {
+                    pipeline.skip_rows_before(device, until);
+                    restored += 1;
                 }
-                for (device, row) in rows {
-                    pipeline.push(&device, row);
-                }
-                match last {
-                    Some(last) if full && last > after => after = last,
-                    _ => break,
+                Ok(()) => pipeline.forget(device),
+                Err(e) => {
+                    pipeline.forget(device);
+                    return Err(e);
                 }
             }
-            // Training windows are not scored: nothing comes out to store.
-            let _ = pipeline.advance(*until);
         }
-        Ok(spans.len())
+        Ok(restored)
+    }
+
+    /// Pushes `device`'s stored rows of `[from, until)` and closes their windows.
+    async fn replay_span(
+        &self,
+        pipeline: &mut Pipeline,
+        device: &str,
+        from: i64,
+        until: i64,
+    ) -> Result<(), String> {
+        let only = [device.to_owned()];
+        let mut after = from.saturating_sub(1);
+        loop {
+            let (mut rows, mut last, page) = self.read(Some(after), until - 1, Some(&only)).await?;
+            let full = page >= READ_LIMIT;
+            if full && let Some(t) = last {
+                // As in `step`: a full page may end inside its last timestamp's rows.
+                let keep = rows.iter().take_while(|(_, r)| r.time_ns < t).count();
+                if keep > 0 {
+                    rows.truncate(keep);
+                    last = Some(t - 1);
+                }
+            }
+            for (device, row) in rows {
+                pipeline.push(&device, row);
+            }
+            match last {
+                Some(last) if full && last > after => after = last,
+                _ => break,
+            }
+        }
+        // Training windows are not scored: nothing comes out to store.
+        let _ = pipeline.advance(until);
+        Ok(())
     }
 
     /// How far back before its start a `start = "now"` pipeline reads stored rows to train

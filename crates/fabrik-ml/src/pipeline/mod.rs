@@ -163,6 +163,8 @@ enum Phase {
 struct DeviceState {
     windows: DeviceWindows,
     phase: Phase,
+    /// Rows dated before this are not taken (see [`Pipeline::skip_rows_before`]).
+    skip_before_ns: i64,
 }
 
 /// Counters of one pipeline, for status pages.
@@ -288,6 +290,27 @@ impl Pipeline {
         self.history_until_ns = end_ns;
     }
 
+    /// Whether `device` has trained and is being scored.
+    pub fn is_scoring(&self, device: &str) -> bool {
+        self.devices
+            .get(device)
+            .is_some_and(|state| matches!(state.phase, Phase::Scoring { .. }))
+    }
+
+    /// Forgets `device` (it trains again from the next rows pushed).
+    pub fn forget(&mut self, device: &str) {
+        self.devices.remove(device);
+    }
+
+    /// Rows of `device` dated before `time_ns` are no longer taken: it has read them already
+    /// (its training span, read ahead of the other rows), and a sliding window would count
+    /// the ones it still holds twice.
+    pub fn skip_rows_before(&mut self, device: &str, time_ns: i64) {
+        if let Some(state) = self.devices.get_mut(device) {
+            state.skip_before_ns = time_ns;
+        }
+    }
+
     /// Why the most recent incomplete window was skipped, e.g. "device `m-1`: 2 samples of
     /// `current` in the window, `min_samples` is 3".
     pub fn last_incomplete(&self) -> Option<&str> {
@@ -303,7 +326,11 @@ impl Pipeline {
             .or_insert_with(|| DeviceState {
                 windows: DeviceWindows::new(window),
                 phase: Phase::Training(Vec::new(), Vec::new()),
+                skip_before_ns: i64::MIN,
             });
+        if row.time_ns < state.skip_before_ns {
+            return;
+        }
         state.windows.push(row);
     }
 
@@ -631,6 +658,7 @@ mod tests {
     #[test]
     fn bounded_models_flag_with_the_default_threshold() {
         for model in [BuiltinModel::IsolationForest, BuiltinModel::Hst] {
+            assert_eq!(model.build().score_bound(), Some(1.0), "{model:?}");
             let mut spec = spec(20);
             spec.threshold = ThresholdSpec::parse(&model.default_threshold()).unwrap();
             let mut p = Pipeline::new(spec, move || model.build()).unwrap();
@@ -655,6 +683,30 @@ mod tests {
                 "{model:?} flags normal windows: {flagged:?}"
             );
         }
+    }
+
+    /// A device retrained on its saved span ahead of the other rows: it scores, takes none
+    /// of the rows before the span's end again, and one forgotten trains afresh.
+    #[test]
+    fn a_device_read_ahead_takes_no_row_twice_and_can_be_forgotten() {
+        let mut p = Pipeline::new(spec(20), || BuiltinModel::RobustZ.build()).unwrap();
+        feed(&mut p, "pump-01", 0..200, i64::MAX);
+        assert!(p.advance(200 * S).is_empty());
+        assert!(p.is_scoring("pump-01"));
+        p.skip_rows_before("pump-01", 200 * S);
+        let windows = p.counters().windows;
+        // Rows of the span again (as a history read overlapping it would push): not taken.
+        feed(&mut p, "pump-01", 150..200, i64::MAX);
+        feed(&mut p, "pump-01", 200..230, i64::MAX);
+        let scored = p.advance(230 * S);
+        assert_eq!(p.counters().windows, windows + 3);
+        assert!(scored.iter().all(|i| i.samples == 10), "{scored:#?}");
+        p.forget("pump-01");
+        assert!(!p.is_scoring("pump-01"));
+        assert_eq!(
+            p.counters().training_devices + p.counters().scoring_devices,
+            0
+        );
     }
 
     #[test]

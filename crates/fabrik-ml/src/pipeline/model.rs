@@ -173,11 +173,14 @@ impl WindowModel for RobustZModel {
             .map(|(j, &m)| {
                 let mut deviations: Vec<f64> = rows.iter().map(|r| (r[j] - m).abs()).collect();
                 let mad = median_in_place(&mut deviations) * MAD_TO_SIGMA;
-                let spread = rows.iter().map(|r| (r[j] - m).abs()).fold(0.0, f64::max);
-                // A feature that barely moved in training (MAD 0) would make any change
-                // infinite; fall back to its largest training deviation, then to a floor
-                // relative to its magnitude.
-                mad.max(spread / 3.0).max(1e-6 * m.abs()).max(1e-12)
+                // A feature that mostly held still in training (MAD 0: a quantised or idle
+                // signal) would make any change infinite; its 90th-percentile deviation
+                // estimates the spread instead (over 1.645, a normal's 90 % half-width). The
+                // largest deviation did this before: one faulty training window then set the
+                // scale, and the fault never stood out again. Last, a floor relative to the
+                // feature's magnitude.
+                let p90 = deviations[((deviations.len() - 1) * 9).div_ceil(10)];
+                mad.max(p90 / 1.645).max(1e-6 * m.abs()).max(1e-12)
             })
             .collect();
         Ok(())
@@ -587,6 +590,16 @@ impl BuiltinModel {
         }
     }
 
+    /// Whether the model keeps learning while it scores (Half-Space Trees learn every window,
+    /// the Isolation Forest regrows from the latest, DBZ's baseline and RART's categories
+    /// move on): its training windows alone do not make the model it has after a while.
+    pub fn adapts(self) -> bool {
+        matches!(
+            self,
+            Self::Hst | Self::IsolationForest | Self::Rart | Self::Dbz
+        )
+    }
+
     /// The score at which the model itself alarms, where its scores have such a scale: DBZ's
     /// score is its largest z over its alarm level, so 1.0; RART's is calibrated evidence, and
     /// 0.72 is about where NAB's optimiser puts its threshold on the benchmark (0.7247). The
@@ -852,6 +865,22 @@ mod tests {
         let (at, shares) = alarm.expect("the shift was never flagged");
         assert!(at < 420, "flagged only at window {at}");
         assert!(shares[1] > 0.9, "{shares:?}");
+    }
+
+    /// One faulty window among the training windows does not set the scale: a later fault
+    /// of eight normal widths still scores about eight.
+    #[test]
+    fn robust_z_is_not_blinded_by_one_faulty_training_window() {
+        let mut rows: Vec<Vec<f64>> = (0..30)
+            .map(|i| vec![10.0 + ((i * 7919) % 13) as f64 / 13.0 - 0.5])
+            .collect();
+        rows[17][0] = 60.0;
+        let mut model = BuiltinModel::RobustZ.build();
+        model.fit(&rows).unwrap();
+        let normal = model.score(&[10.2]).unwrap();
+        let fault = model.score(&[12.4]).unwrap();
+        assert!(normal < 1.5, "{normal}");
+        assert!(fault > 6.0, "the fault scores {fault}");
     }
 
     /// The deployed model flags exactly the rows the benchmarked detector alarms on,
