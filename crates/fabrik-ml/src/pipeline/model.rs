@@ -174,13 +174,15 @@ impl WindowModel for RobustZModel {
                 let mut deviations: Vec<f64> = rows.iter().map(|r| (r[j] - m).abs()).collect();
                 let mad = median_in_place(&mut deviations) * MAD_TO_SIGMA;
                 // A feature that mostly held still in training (MAD 0: a quantised or idle
-                // signal) would make any change infinite; its 90th-percentile deviation
-                // estimates the spread instead (over 1.645, a normal's 90 % half-width). The
-                // largest deviation did this before: one faulty training window then set the
-                // scale, and the fault never stood out again. Last, a floor relative to the
+                // signal) would make any change infinite; a third of its second-largest
+                // deviation bounds the scale from below instead. The largest did this before:
+                // one faulty training window then set the scale, and the fault never stood
+                // out again. (A 90th percentile was tried: on skewed features such as a
+                // window's std it exceeds the MAD and dulled the demo's stuck-sensor window
+                // from 7.8 to under its threshold of 6.) Last, a floor relative to the
                 // feature's magnitude.
-                let p90 = deviations[((deviations.len() - 1) * 9).div_ceil(10)];
-                mad.max(p90 / 1.645).max(1e-6 * m.abs()).max(1e-12)
+                let second_largest = deviations[deviations.len().saturating_sub(2)];
+                mad.max(second_largest / 3.0).max(1e-6 * m.abs()).max(1e-12)
             })
             .collect();
         Ok(())
