@@ -142,6 +142,9 @@ struct KeyState {
     clock_offset_ns: i64,
     /// Whether its latest row was dated more than [`MAX_CLOCK_OFFSET_NS`] after it arrived.
     last_was_ahead: bool,
+    /// What its transitions report as their value: the latest rate for a rate rule (what
+    /// crossed the threshold), else the latest value.
+    last_reported: Option<f64>,
 }
 
 /// The states of the keys a step changed, as they were before it: put back with
@@ -294,6 +297,8 @@ impl RuleEngine {
             if state.last_time_ns.is_some_and(|t| o.time_ns < t) && !state.last_was_ahead {
                 continue;
             }
+            // What a transition of this row reports: its value, or for a rate rule its rate.
+            let mut reported = o.value;
             let holds = match self.rule.condition {
                 Condition::Above { fire, clear } => {
                     if state.active {
@@ -313,9 +318,13 @@ impl RuleEngine {
                     match (state.last_time_ns, state.last_value) {
                         (Some(t), Some(v)) if o.time_ns > t => {
                             let rate = (o.value - v) / ((o.time_ns - t) as f64 / 1e9);
+                            reported = rate;
                             rate.abs() > per_second
                         }
-                        _ => state.active,
+                        _ => {
+                            reported = f64::NAN;
+                            state.active
+                        }
                     }
                 }
                 // Any observation ends a silence.
@@ -340,6 +349,9 @@ impl RuleEngine {
             };
             state.last_time_ns = Some(o.time_ns);
             state.last_value = Some(o.value);
+            if reported.is_finite() {
+                state.last_reported = Some(reported);
+            }
             state.clock_offset_ns = clock_offset(o.time_ns, o.arrival_ns);
             state.last_was_ahead = o.time_ns.saturating_sub(o.arrival_ns) > MAX_CLOCK_OFFSET_NS;
             state.expected_only = false;
@@ -352,7 +364,7 @@ impl RuleEngine {
                 _ => o.time_ns,
             };
             step_at(
-                &self.rule, &o.key, state, holds, since, o.time_ns, o.value, &o.context, &mut out,
+                &self.rule, &o.key, state, holds, since, o.time_ns, reported, &o.context, &mut out,
             );
         }
         out
@@ -460,7 +472,7 @@ impl RuleEngine {
                     // It fired when the condition had held for `for`, not when a tick
                     // noticed: the time stays in the data's clock, as a resolution's does.
                     at_ns: state.since_ns.saturating_add(self.rule.for_ns),
-                    value: state.last_value.unwrap_or(f64::NAN),
+                    value: state.last_reported.unwrap_or(f64::NAN),
                     context: state.context.clone(),
                 });
             }
@@ -725,8 +737,17 @@ mod tests {
         );
         let t = e.observe(&[obs("a", 11, 20.0)]);
         assert_eq!(states(&t), vec![("a", AlertState::Firing, 11)]);
+        // The alert carries what crossed the threshold: 10 units in 1 s, not the level 20.
+        assert_eq!(t[0].value, 10.0);
         let t = e.observe(&[obs("a", 12, 21.0)]);
         assert_eq!(states(&t), vec![("a", AlertState::Resolved, 12)]);
+        assert_eq!(t[0].value, 1.0);
+        // Held for `for`, the tick that fires reports the latest rate too.
+        let mut held = RuleEngine::new(rule(Condition::RateAbove { per_second: 2.0 }, 5));
+        held.observe(&[obs("a", 0, 0.0), obs("a", 1, -4.0)]);
+        let t = held.tick(7 * S, &[]);
+        assert_eq!(states(&t), vec![("a", AlertState::Firing, 6)]);
+        assert_eq!(t[0].value, -4.0, "a fall fires as a rise does");
     }
 
     #[test]

@@ -353,7 +353,8 @@ pub struct AlertRuleConfig {
     /// rule would take for a still signal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fill: Option<String>,
-    /// `above`, `below`, `rate_above` (units per second), `absent` (no row for `threshold`
+    /// `above`, `below`, `rate_above` (units per second, rising or falling; its alerts carry
+    /// the rate as their value), `absent` (no row for `threshold`
     /// seconds, counted from the key's last row, also one stored before a restart) or
     /// `unchanged` (rows keep coming with the same value for `threshold` seconds: a frozen
     /// sensor).
