@@ -271,7 +271,8 @@ async function main() {
     }
     if (open.length) { alertId = open[0].id; log(`natural alert ${alertId}`); return; }
     // The demo rule `pump-anomaly` fires on inferences of `pump-health` whose score/threshold > 1.
-    const device = `ui-test-${randomBytes(3).toString('hex')}`;
+    // A long key, as line protocol allows: the alerts table must still fit the screen.
+    const device = `ui-test-${randomBytes(3).toString('hex')}-plant-north-building-7-line-3-compressor-unit-0042`;
     const now = BigInt(Date.now()) * 1000000n; const ws = now - 10000000000n;
     const contributions = JSON.stringify({ 'vibration_rms.mean': 0.7, 'flow.std': 0.3 }).replace(/"/g, '\\"');
     // The window's input samples, so the inference detail has something to plot.

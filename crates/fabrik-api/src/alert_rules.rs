@@ -162,6 +162,8 @@ async fn statuses(
               (status = 503, description = "the alerts module does not run here", body = crate::error::ErrorBody)))]
 pub(crate) async fn list(
     State(state): State<ApiState>,
+    // No filters: one asked for (`?since=`) is refused, not ignored.
+    Query(_options): Query<crate::control::NoOptions>,
 ) -> Result<Json<Vec<AlertRuleStatus>>, ApiError> {
     Ok(Json(statuses(&state, None).await?))
 }

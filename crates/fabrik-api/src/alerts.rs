@@ -202,6 +202,8 @@ pub(crate) async fn ack(
     responses((status = 200, description = "every silence, active or expired", body = [fabrik_alert::Silence])))]
 pub(crate) async fn silences(
     State(state): State<ApiState>,
+    // No filters: one asked for (`?all=false`) is refused, not ignored.
+    Query(_options): Query<crate::control::NoOptions>,
 ) -> Result<Json<Vec<fabrik_alert::Silence>>, ApiError> {
     Ok(Json(alerting(&state)?.db().silences().await?))
 }
@@ -254,6 +256,24 @@ pub(crate) async fn create_silence(
         .silence(request.rule, request.device, duration, &by, request.comment)
         .await?;
     let mut warnings = Vec::new();
+    // An exact rule name that is not a rule was refused; a pattern that matches none is
+    // allowed (rules may come later) but said.
+    if let Some(pattern) = silence.rule.as_deref().filter(|rule| *rule != "*")
+        && pattern.contains('*')
+    {
+        let rules = alerting.rules();
+        if !rules
+            .iter()
+            .any(|rule| fabrik_alert::model::glob_match(pattern, &rule.name))
+        {
+            let names: Vec<&str> = rules.iter().map(|rule| rule.name.as_str()).collect();
+            warnings.push(format!(
+                "rule pattern `{pattern}` matches no alert rule (rules: {}); the silence is in \
+                 force",
+                names.join(", ")
+            ));
+        }
+    }
     if let Some(device) = silence.key.as_deref().filter(|device| *device != "*") {
         // Devices may be planned for before they report, so this is a warning, not a refusal:
         // a maintenance window set on a misspelt name would otherwise silence nothing unseen.

@@ -75,9 +75,9 @@ pub struct ApplyParams {
     u: Option<String>,
 }
 
-/// The options of a request that changes something and takes none: only the token
-/// parameters (`p`, `u`), so `?dry_run=true` on a `DELETE` is refused instead of ignored
-/// while the change is made.
+/// The options of a request that takes none: only the token parameters (`p`, `u`), so
+/// `?dry_run=true` on a `DELETE` is refused instead of ignored while the change is made, and a
+/// filter a listing does not have is refused instead of answered unfiltered.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]

@@ -64,6 +64,7 @@ impl Modify for TokenAuth {
         crate::pipelines::apply,
         crate::pipelines::apply_all,
         crate::pipelines::remove,
+        crate::pipelines::retrain,
         crate::pipelines::models,
         crate::pipelines::put_model,
         crate::pipelines::remove_model,

@@ -119,6 +119,9 @@ pub trait PipelineControl: Send + Sync {
     ) -> BoxFuture<'_, Result<Vec<DryRun>, ControlError>>;
     /// Stops a pipeline defined through the API and forgets it.
     fn remove(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>>;
+    /// Restarts pipeline `name` with every device training afresh on the stored history
+    /// before now, instead of on its saved training span (a model that learnt a fault).
+    fn retrain(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>>;
     /// The uploaded ONNX models.
     fn models(&self) -> BoxFuture<'_, Result<Vec<ModelInfo>, ControlError>>;
     /// Checks and stores an ONNX model under `name`, restarting the pipelines that use it.
@@ -303,6 +306,19 @@ pub(crate) async fn remove(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     control(&state)?.remove(name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/v1/pipelines/{name}/retrain", tag = "pipelines", security(("token" = [])),
+    params(("name" = String, Path, description = "pipeline name")),
+    responses((status = 204, description = "restarted; every device trains afresh on the stored windows before now (its training span there is kept from then on)"),
+              (status = 404, description = "no such pipeline", body = crate::error::ErrorBody)))]
+pub(crate) async fn retrain(
+    State(state): State<ApiState>,
+    Query(_options): Query<crate::control::NoOptions>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    control(&state)?.retrain(name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

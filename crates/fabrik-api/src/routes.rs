@@ -98,6 +98,10 @@ pub fn router(state: ApiState) -> Router {
                 .put(crate::pipelines::apply)
                 .delete(crate::pipelines::remove),
         )
+        .route(
+            "/api/v1/pipelines/{name}/retrain",
+            axum::routing::post(crate::pipelines::retrain),
+        )
         .route("/api/v1/models", get(crate::pipelines::models))
         .route(
             "/api/v1/models/{name}",

@@ -103,11 +103,33 @@ enum BenchCommand {
     Mqtt(bench_mqtt::MqttArgs),
 }
 
+/// A client command whose reader stopped early (`fabrik query … | head -1`) ends quietly, as
+/// Unix tools do, instead of panicking with a backtrace: Rust ignores SIGPIPE, so `println!`
+/// panics on the closed pipe. Not for `fabrik run`, whose output must not vanish silently.
+fn quiet_on_closed_stdout() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default_hook(info);
+    }));
+}
+
 fn main() -> ExitCode {
     // One TLS implementation (rustls with ring) for every HTTP client of the process; the
     // clients built without their own TLS settings (the CLI's) take it from here.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        quiet_on_closed_stdout();
+    }
     match cli.command {
         Command::Run(args) => run::main(args),
         Command::Config { command } => match command {

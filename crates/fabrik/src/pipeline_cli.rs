@@ -48,6 +48,13 @@ enum PipelineCommand {
         /// Pipeline name.
         name: String,
     },
+    /// Restart a pipeline with every device learning afresh from the stored windows before
+    /// now. A restart otherwise keeps each device's model (its saved training span): use this
+    /// when a device learnt a fault as normal.
+    Retrain {
+        /// Pipeline name.
+        name: String,
+    },
 }
 
 /// Pipelines as `fabrik pipeline apply` reads and sends them.
@@ -105,6 +112,12 @@ pub(crate) async fn run(args: PipelineArgs) -> anyhow::Result<()> {
             ep.send(ep.request(&client, reqwest::Method::DELETE, &path))
                 .await?;
             println!("removed {name}");
+        }
+        PipelineCommand::Retrain { name } => {
+            let path = format!("/api/v1/pipelines/{name}/retrain");
+            ep.send(ep.request(&client, reqwest::Method::POST, &path))
+                .await?;
+            println!("{name} restarted; its devices learn afresh from the stored windows");
         }
     }
     Ok(())

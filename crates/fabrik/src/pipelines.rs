@@ -550,6 +550,18 @@ pub(crate) struct PipelineManager {
 impl PipelineManager {
     /// Starts `compiled` (or records it as stopped when disabled) under its name.
     fn launch(&self, pipelines: &mut Pipelines, origin: PipelineOrigin, compiled: Compiled) {
+        self.launch_with(pipelines, origin, compiled, true);
+    }
+
+    /// [`Self::launch`]; `restore_spans: false` makes every device train afresh instead of on
+    /// its saved training span ([`Runner::retrain_on_saved_spans`]).
+    fn launch_with(
+        &self,
+        pipelines: &mut Pipelines,
+        origin: PipelineOrigin,
+        compiled: Compiled,
+        restore_spans: bool,
+    ) {
         let config = compiled.config.clone();
         let stop = self.stop.child_token();
         let features = feature_names(&compiled.spec);
@@ -564,6 +576,7 @@ impl PipelineManager {
                 registry: self.registry.clone(),
                 board: self.board.clone(),
                 models_dir: self.models_dir.clone(),
+                restore_spans,
             };
             Some(tokio::spawn(runner.run(stop.clone())))
         } else {
@@ -814,6 +827,25 @@ impl PipelineManager {
         tracing::info!(pipeline = %name, "Pipeline removed through the API.");
         Ok(())
     }
+
+    /// Restarts pipeline `name`, whatever defined it, with every device training afresh: a
+    /// model whose saved training span held a fault would otherwise come back at every
+    /// restart. The definition does not change.
+    async fn retrain_pipeline(&self, name: String) -> Result<(), ControlError> {
+        let mut pipelines = self.pipelines.lock().await;
+        let existing = pipelines
+            .by_name
+            .get(&name)
+            .ok_or_else(|| ControlError::NotFound(format!("no pipeline named `{name}`")))?;
+        let origin = existing.origin;
+        let compiled = compile(&existing.config).map_err(ControlError::Invalid)?;
+        if let Some(previous) = pipelines.by_name.remove(&name) {
+            previous.stop().await;
+        }
+        tracing::info!(pipeline = %name, "Pipeline retraining: every device learns afresh from the stored windows before now.");
+        self.launch_with(&mut pipelines, origin, compiled, false);
+        Ok(())
+    }
 }
 
 /// Uploaded models.
@@ -1007,6 +1039,10 @@ impl PipelineControl for PipelineManager {
 
     fn remove(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>> {
         Box::pin(self.remove_definition(name))
+    }
+
+    fn retrain(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>> {
+        Box::pin(self.retrain_pipeline(name))
     }
 
     fn models(&self) -> BoxFuture<'_, Result<Vec<ModelInfo>, ControlError>> {
@@ -1298,6 +1334,9 @@ struct Runner {
     board: PipelineBoard,
     /// Where uploaded models are.
     models_dir: std::path::PathBuf,
+    /// Whether devices retrain on their saved training spans at start (not after a retrain
+    /// request).
+    restore_spans: bool,
 }
 
 impl Runner {
@@ -1374,15 +1413,33 @@ impl Runner {
                 // scores at once instead of waiting `training_windows` windows. History is
                 // never scored.
                 Some(lookback_ns) => {
-                    tracing::info!(
-                        pipeline = %name,
-                        restored,
-                        "Pipeline started: devices it scored before learn from their saved \
-                         training spans, the others from the stored windows before the start."
-                    );
+                    if restored > 0 {
+                        tracing::info!(
+                            pipeline = %name,
+                            restored,
+                            "Pipeline started: devices it scored before learnt from their saved \
+                             training spans, the others learn from the stored windows before \
+                             the start."
+                        );
+                    } else {
+                        tracing::info!(
+                            pipeline = %name,
+                            "Pipeline started: devices learn from the stored windows before the start."
+                        );
+                    }
                     start.saturating_sub(lookback_ns)
                 }
-                None => start,
+                None => {
+                    if restored > 0 {
+                        tracing::info!(
+                            pipeline = %name,
+                            restored,
+                            "Pipeline started: devices it scored before learnt from their saved \
+                             training spans, the others learn from their next windows."
+                        );
+                    }
+                    start
+                }
             })
         };
         let mut samples = 0u64;
@@ -1454,7 +1511,8 @@ impl Runner {
         pipeline: &mut Pipeline,
         version: &str,
     ) -> Result<usize, String> {
-        if matches!(self.compiled.model, ModelChoice::Builtin(model) if model.adapts())
+        if !self.restore_spans
+            || matches!(self.compiled.model, ModelChoice::Builtin(model) if model.adapts())
             || !self.store.has_table(INFERENCES_TABLE)
         {
             return Ok(0);

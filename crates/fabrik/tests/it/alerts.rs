@@ -317,6 +317,15 @@ fn a_fault_becomes_a_webhook_naming_its_signal_and_survives_a_restart_undelivere
     );
     let (ok, text) = cli(&["alert", "silence", "--device", "pump-b", "--duration", "1m"]);
     assert!(ok && !text.contains("warning"), "{text}");
+    let (ok, text) = cli(&["alert", "silence", "--rule", "pmp-*", "--duration", "1m"]);
+    assert!(
+        ok && text.contains("warning: rule pattern `pmp-*` matches no alert rule"),
+        "{text}"
+    );
+    for listing in ["/api/v1/silences?all=false", "/api/v1/alert-rules?since=1h"] {
+        let (code, body) = http(&p.url, reqwest::Method::GET, listing, None);
+        assert_eq!(code, 400, "{listing}: {body}");
+    }
     let (code, _) = http(
         &p.url,
         reqwest::Method::POST,

@@ -4,6 +4,32 @@ use std::process::Command;
 
 use crate::support::{Process, TOKEN, fabrik_bin};
 
+/// A reader that stops early (`fabrik openapi | head -c 10`): the command ends quietly, as
+/// Unix tools do, not with a panic and a backtrace.
+#[test]
+fn a_client_command_whose_reader_stops_early_ends_quietly() {
+    use std::io::Read;
+    let mut child = Command::new(fabrik_bin())
+        .arg("openapi")
+        .env("RUST_BACKTRACE", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run");
+    let mut start = [0u8; 10];
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_exact(&mut start)
+        .expect("read");
+    // The pipe is closed here; the document is far larger than the pipe's buffer.
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
 #[test]
 fn config_example_parses_and_config_check_lists_every_error() {
     let out = Command::new(fabrik_bin())

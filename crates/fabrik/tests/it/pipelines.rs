@@ -1452,6 +1452,30 @@ fn a_restarted_pipeline_relearns_its_training_span_not_the_fault_before_the_rest
         assert_eq!(row["trained_from"], span["trained_from"], "{row}");
         assert_eq!(row["trained_until"], span["trained_until"], "{row}");
     }
+    // Asked to, it learns afresh from the recent windows (here the fault, now its normal).
+    let (ok, text) = crate::support::client_command(&p.url, &["pipeline", "retrain", "steady"]);
+    assert!(ok, "{text}");
+    let saved_until = span["trained_until"].as_i64().expect("until");
+    let retrained = format!(
+        "SELECT flag FROM inferences WHERE pipeline = 'steady' AND trained_until > {saved_until}"
+    );
+    eventually("windows scored by the retrained model", || {
+        write_fault(&p.url);
+        query(&p.url, &retrained).len() >= 3
+    });
+    assert!(
+        query(&p.url, &retrained)
+            .iter()
+            .any(|row| row["flag"] == false),
+        "the retrained model still flags the fault it learnt from"
+    );
+    let (code, _) = http(
+        &p.url,
+        reqwest::Method::POST,
+        "/api/v1/pipelines/nope/retrain",
+        None,
+    );
+    assert_eq!(code, 404);
     let (status, _) = p.terminate();
     assert!(status.success());
 }
