@@ -174,6 +174,16 @@ impl AlertDb {
                 .execute(&pool)
                 .await?;
         }
+        // Silences ended early record who ended them (databases before that lack it).
+        let silence_columns: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM pragma_table_info('silences')")
+                .fetch_all(&pool)
+                .await?;
+        if !silence_columns.iter().any(|c| c == "ended_by") {
+            sqlx::query("ALTER TABLE silences ADD COLUMN ended_by TEXT")
+                .execute(&pool)
+                .await?;
+        }
         // And those written before a delivered state superseded older ones, its series:
         // filled from each row's alert, as `notify::series` writes it, so rows queued before
         // the upgrade are superseded too.
@@ -339,6 +349,7 @@ impl AlertDb {
                     until: r.try_get("until_at")?,
                     by: r.try_get("by_whom")?,
                     comment: r.try_get("comment")?,
+                    ended_by: r.try_get("ended_by")?,
                 })
             })
             .collect()
@@ -354,18 +365,21 @@ impl AlertDb {
         Ok(())
     }
 
-    /// Ends a silence in force at `now_ns`; it stays listed, expired, as a record of who
-    /// silenced what and until when (as Alertmanager expires silences). Fails with `NotFound`
-    /// for an unknown id and `Invalid` for one that has ended already.
-    pub async fn end_silence(&self, id: &str, now_ns: i64) -> Result<(), AlertError> {
+    /// Ends a silence in force at `now_ns`, by `by`; it stays listed, expired, as a record of
+    /// who silenced what, until when and who ended it (as Alertmanager expires silences).
+    /// Fails with `NotFound` for an unknown id and `Invalid` for one that has ended already.
+    pub async fn end_silence(&self, id: &str, now_ns: i64, by: &str) -> Result<(), AlertError> {
         // RFC 3339 with fixed millisecond digits and `Z` sorts as text.
         let now = crate::model::rfc3339(now_ns);
-        let ended = sqlx::query("UPDATE silences SET until_at = ? WHERE id = ? AND until_at > ?")
-            .bind(&now)
-            .bind(id)
-            .bind(&now)
-            .execute(&self.pool)
-            .await?;
+        let ended = sqlx::query(
+            "UPDATE silences SET until_at = ?, ended_by = ? WHERE id = ? AND until_at > ?",
+        )
+        .bind(&now)
+        .bind(by)
+        .bind(id)
+        .bind(&now)
+        .execute(&self.pool)
+        .await?;
         if ended.rows_affected() == 1 {
             return Ok(());
         }

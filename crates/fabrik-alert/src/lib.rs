@@ -951,6 +951,7 @@ impl Alerting {
             until: model::rfc3339(until),
             by: by.to_owned(),
             comment,
+            ended_by: None,
         };
         self.db.add_silence(&silence).await?;
         Ok(silence)
@@ -2843,12 +2844,20 @@ mod tests {
             .await
             .unwrap();
         let now = now_ns();
-        alerting.db().end_silence(&ended.id, now).await.unwrap();
+        alerting
+            .db()
+            .end_silence(&ended.id, now, "bo")
+            .await
+            .unwrap();
         assert!(matches!(
-            alerting.db().end_silence(&ended.id, now + 1).await,
+            alerting.db().end_silence(&ended.id, now + 1, "bo").await,
             Err(AlertError::Invalid(_))
         ));
-        assert_eq!(alerting.db().silences().await.unwrap().len(), 2);
+        let listed = alerting.db().silences().await.unwrap();
+        assert_eq!(listed.len(), 2);
+        let record = listed.iter().find(|s| s.id == ended.id).unwrap();
+        assert_eq!(record.ended_by.as_deref(), Some("bo"), "{record:?}");
+        assert_eq!(record.until, model::rfc3339(now));
         alerting
             .db()
             .forget_silences_ended_before(now + S)

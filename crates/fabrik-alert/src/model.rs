@@ -94,6 +94,10 @@ pub struct Silence {
     pub by: String,
     /// Why.
     pub comment: Option<String>,
+    /// Who ended it before its time (`until` is then when), for the shift log; absent for a
+    /// silence that ran its course or is in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_by: Option<String>,
 }
 
 impl Silence {
@@ -183,6 +187,7 @@ mod tests {
             until: String::new(),
             by: "ana".into(),
             comment: None,
+            ended_by: None,
         };
         assert!(silence.matches("pressure", "pump-07", 5, 10));
         assert!(!silence.matches("pressure", "motor-01", 5, 10));

@@ -305,16 +305,18 @@ pub(crate) async fn create_silence(
 
 #[utoipa::path(delete, path = "/api/v1/silences/{id}", tag = "alerts", security(("token" = [])),
     params(("id" = String, Path, description = "silence id")),
-    responses((status = 204, description = "ended now: it stays listed, expired, as a record"),
+    responses((status = 204, description = "ended now: it stays listed, expired, as a record with `ended_by`"),
+              (status = 400, description = "it has ended already", body = crate::error::ErrorBody),
               (status = 404, description = "no such silence", body = crate::error::ErrorBody)))]
 pub(crate) async fn remove_silence(
     State(state): State<ApiState>,
     Query(_options): Query<crate::control::NoOptions>,
+    Extension(identity): Extension<Identity>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     alerting(&state)?
         .db()
-        .end_silence(&id, Timestamp::now().nanos())
+        .end_silence(&id, Timestamp::now().nanos(), &identity.name)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

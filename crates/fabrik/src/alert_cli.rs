@@ -261,7 +261,15 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
                     text("key"),
                     text("until"),
                     text("by"),
-                    s["comment"].as_str().unwrap_or("")
+                    match s["ended_by"].as_str() {
+                        Some(who) => format!(
+                            "{} (ended early by {who})",
+                            s["comment"].as_str().unwrap_or("")
+                        )
+                        .trim_start()
+                        .to_owned(),
+                        None => s["comment"].as_str().unwrap_or("").to_owned(),
+                    }
                 );
             }
             println!("{} silence(s)", shown.len());

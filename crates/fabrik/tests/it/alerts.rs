@@ -295,9 +295,12 @@ fn a_fault_becomes_a_webhook_naming_its_signal_and_survives_a_restart_undelivere
         ok && text.contains("1 silence(s)") && !text.contains(&second),
         "{text}"
     );
-    // Ended, not erased: the shift log keeps who silenced what.
+    // Ended, not erased: the shift log keeps who silenced what, and who ended it early.
     let (ok, text) = cli(&["alert", "silences", "--all"]);
-    assert!(ok && text.contains(&second), "{text}");
+    assert!(
+        ok && text.contains(&second) && text.contains("ended early by admin-token"),
+        "{text}"
+    );
     let (ok, text) = cli(&["alert", "unsilence", &second]);
     assert!(!ok && text.contains("already ended"), "{text}");
     let (ok, text) = cli(&["alert", "unsilence", "s-nope"]);
