@@ -391,6 +391,18 @@ async function main() {
     noErrors('pipeline inference detail');
   });
 
+  await step('pipelines: an admin retrains a pipeline', async () => {
+    await go('#/pipelines/pump-health');
+    await page.waitForSelector('#btn-retrain');
+    await page.click('#btn-retrain');
+    await page.waitForSelector('dialog[open] form');
+    await page.click('dialog[open] button[type=submit]');
+    await page.waitForFunction(() => (document.querySelector('#toast')?.textContent || '').includes('is retraining'), null, { timeout: 10000 });
+    const status = await apiCall('/api/v1/pipelines/pump-health');
+    assert(status.state === 'running', `after a retrain: ${JSON.stringify(status.state)}`);
+    noErrors('retrain');
+  });
+
   await step('dark theme and tablet width render without errors', async () => {
     await page.click('#theme-toggle');
     assert(await page.evaluate(() => document.documentElement.dataset.theme === 'dark'), 'theme toggle did not switch to dark');
@@ -451,6 +463,10 @@ async function main() {
     }, alertId);
     assert(/^403 .*operator/.test(status), `viewer ack answered ${status}`);
     expectedErrors(/status of 403 .*\/ack\)$/);
+    // Retraining is an admin's change: a viewer is not offered it.
+    await go('#/pipelines/pump-health');
+    await page.waitForSelector('#pl-def dl');
+    assert(!(await page.$('#btn-retrain')), 'a viewer is offered Retrain');
     await page.click('#sign-out');
     await page.click('#mode-token');
     await page.waitForSelector('#signin-token');

@@ -998,7 +998,7 @@ async function pagePipelines(p, args) {
     ${errorBox}
     <section class="card" aria-labelledby="h-plist"><h2 id="h-plist">All pipelines</h2><div id="pl-table"></div></section>
     ${name ? html`
-    <section class="card" aria-labelledby="h-pdef"><div class="card-head"><h2 id="h-pdef">${name}</h2><span id="pl-state"></span></div><div id="pl-def"></div></section>
+    <section class="card" aria-labelledby="h-pdef"><div class="card-head"><h2 id="h-pdef">${name}</h2><div class="row"><span id="pl-state"></span>${document.body.dataset.role === 'admin' ? html`<button type="button" class="small" id="btn-retrain" title="Every device learns its normal afresh from the stored windows before now">Retrain</button>` : ''}</div></div><div id="pl-def"></div></section>
     <section class="card" aria-labelledby="h-scores"><div class="card-head"><h2 id="h-scores">Scores over the last hour</h2><span class="muted">one point per window and device; dashed: threshold; log scale</span></div><div class="chart" id="score-chart"></div><div id="score-empty"></div></section>
     <div class="grid cols-2" style="margin-top:16px">
       <section class="card" aria-labelledby="h-anom"><div class="card-head"><h2 id="h-anom">Latest inferences</h2>
@@ -1010,6 +1010,11 @@ async function pagePipelines(p, args) {
   let onlyAnomalies = true; let selected = windowId || null; let scoreChart = null; let winCharts = [];
   p.cleanups.push(() => { scoreChart?.destroy(); winCharts.forEach((c) => c.destroy()); });
 
+  $('#btn-retrain')?.addEventListener('click', async () => {
+    const ok = await confirmDialog(`Retrain ${name}?`, 'Every device learns its normal afresh from the stored windows before now. A restart otherwise keeps the model each device has: retrain when one learnt a fault as normal.', 'Retrain');
+    if (!ok) return;
+    try { await api(`/api/v1/pipelines/${enc(name)}/retrain`, { method: 'POST' }); toast(`${name} is retraining.`); } catch (err) { showError(err, p); }
+  });
   $('.seg').addEventListener('click', (e) => {
     const b = e.target.closest('button');
     if (!b) return;
