@@ -237,16 +237,18 @@ impl AlertDb {
         Ok(())
     }
 
-    /// Sets an alert's `silenced` flag alone, if it is still in `state`; returns whether it
-    /// was (a transition written meanwhile wins).
+    /// Sets an alert's `silenced` flag alone, if it is still in `state` with `severity`;
+    /// returns whether it was (a transition or a relabelling written meanwhile wins, and the
+    /// next pass sees the alert as it is now).
     pub async fn set_silenced(
         &self,
         id: &str,
         silenced: bool,
         state: AlertState,
+        severity: &str,
         now_ns: i64,
     ) -> Result<bool, AlertError> {
-        set_silenced(&self.pool, id, silenced, state, now_ns).await
+        set_silenced(&self.pool, id, silenced, state, severity, now_ns).await
     }
 
     /// Inserts an alert, or updates its lifecycle. An existing alert's acknowledgement is
@@ -692,16 +694,18 @@ impl Batch {
         Ok(())
     }
 
-    /// Sets an alert's `silenced` flag alone, if it is still in `state`; returns whether it
-    /// was (a transition written meanwhile wins).
+    /// Sets an alert's `silenced` flag alone, if it is still in `state` with `severity`;
+    /// returns whether it was (a transition or a relabelling written meanwhile wins, and the
+    /// next pass sees the alert as it is now).
     pub async fn set_silenced(
         &mut self,
         id: &str,
         silenced: bool,
         state: AlertState,
+        severity: &str,
         now_ns: i64,
     ) -> Result<bool, AlertError> {
-        set_silenced(&mut *self.tx, id, silenced, state, now_ns).await
+        set_silenced(&mut *self.tx, id, silenced, state, severity, now_ns).await
     }
 
     /// Inserts an alert, or updates its lifecycle. An existing alert's acknowledgement is
@@ -816,16 +820,20 @@ async fn set_silenced(
     id: &str,
     silenced: bool,
     state: AlertState,
+    severity: &str,
     now_ns: i64,
 ) -> Result<bool, AlertError> {
-    let done =
-        sqlx::query("UPDATE alerts SET silenced = ?, updated_ns = ? WHERE id = ? AND state = ?")
-            .bind(silenced)
-            .bind(now_ns)
-            .bind(id)
-            .bind(state.as_str())
-            .execute(db)
-            .await?;
+    let done = sqlx::query(
+        "UPDATE alerts SET silenced = ?, updated_ns = ? WHERE id = ? AND state = ? \
+         AND severity = ?",
+    )
+    .bind(silenced)
+    .bind(now_ns)
+    .bind(id)
+    .bind(state.as_str())
+    .bind(severity)
+    .execute(db)
+    .await?;
     Ok(done.rows_affected() == 1)
 }
 

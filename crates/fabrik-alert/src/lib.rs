@@ -1112,10 +1112,11 @@ impl Alerting {
                     }
                 }
             }
-            // Only if still in the state read: a transition written meanwhile saw the
-            // silences itself.
+            // Only if still in the state and severity read: a transition written meanwhile saw
+            // the silences itself, and a relabelled alert is released by the next pass under
+            // its new labels (this pass's release, guarded by the old severity, queued none).
             batch
-                .set_silenced(&alert.id, silenced, alert.state, now)
+                .set_silenced(&alert.id, silenced, alert.state, &alert.severity, now)
                 .await?;
             batch.commit().await?;
             if queued {
@@ -2562,7 +2563,7 @@ mod tests {
         assert!(
             !alerting
                 .db()
-                .set_silenced(&id, true, AlertState::Firing, now_ns())
+                .set_silenced(&id, true, AlertState::Firing, "critical", now_ns())
                 .await
                 .unwrap()
         );
@@ -2866,5 +2867,48 @@ mod tests {
         let left = alerting.db().silences().await.unwrap();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].id, running.id);
+    }
+
+    /// A silence ends while the alert's severity changes: the release read before the change
+    /// queues nothing (its guard holds the old severity) and leaves the flag, so the next pass
+    /// releases the firing under the new labels instead of losing it.
+    #[tokio::test]
+    async fn a_silence_ending_while_the_severity_changes_still_releases_the_firing() {
+        let dir = tempfile::tempdir().unwrap();
+        let alerting = alerting_in(dir.path(), vec![refused_webhook()]).await;
+        let hour = std::time::Duration::from_secs(3600);
+        let silence = alerting
+            .silence(None, Some("oven-1".into()), hour, "ana", None)
+            .await
+            .unwrap();
+        alerting
+            .observe("hot", &[obs("oven-1", 1, 85.0)])
+            .await
+            .unwrap();
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), 0, "silenced");
+        alerting
+            .db()
+            .end_silence(&silence.id, now_ns(), "ana")
+            .await
+            .unwrap();
+        let before_the_change = alerting.view().await.unwrap();
+        let mut warning = rule();
+        warning.severity = "warning".into();
+        alerting.define_rule(warning, true).await.unwrap();
+        assert_eq!(
+            alerting
+                .refresh_silences_in(&before_the_change)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            alerting.refresh_silences().await.unwrap(),
+            1,
+            "never released"
+        );
+        let queued = alerting.db().due(i64::MAX, 10).await.unwrap();
+        assert_eq!(queued.len(), 1, "{queued:?}");
+        assert!(queued[0].payload.contains("\"warning\""), "{queued:?}");
     }
 }
