@@ -116,6 +116,8 @@ fn is_silenced(silences: &[Silence], rule: &str, key: &str, now_ns: i64) -> bool
 
 /// The longest silence: a year and a day.
 const MAX_SILENCE: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
+/// The annotation that says why an alert was resolved when no row cleared it.
+const RESOLUTION_ANNOTATION: &str = "resolution";
 /// How long an ended silence stays listed as a record (`fabrik alert silences --all`).
 const ENDED_SILENCES_KEPT_NS: i64 = 30 * 24 * 3600 * 1_000_000_000;
 
@@ -169,7 +171,11 @@ impl Alerting {
         });
         for alert in &orphans {
             alerting
-                .close(std::slice::from_ref(alert), &alert.severity)
+                .close(
+                    std::slice::from_ref(alert),
+                    &alert.severity,
+                    "its rule no longer exists; the condition was not seen to clear",
+                )
                 .await?;
         }
         let rules = alerting.rules();
@@ -206,7 +212,12 @@ impl Alerting {
             .into_iter()
             .filter(|alert| alert.rule == name)
             .collect();
-        self.close(&open, &rule.severity).await?;
+        self.close(
+            &open,
+            &rule.severity,
+            "its rule was redefined to watch something else; the condition was not seen to clear",
+        )
+        .await?;
         if let Some(engine) = self.engines.lock().get_mut(name) {
             *engine = RuleEngine::new(rule);
         }
@@ -385,7 +396,12 @@ impl Alerting {
             .into_iter()
             .filter(|alert| alert.rule == name)
             .collect();
-        self.close(&open, &severity).await?;
+        self.close(
+            &open,
+            &severity,
+            "its rule was removed; the condition was not seen to clear",
+        )
+        .await?;
         self.db.forget_position(name).await?;
         self.engines.lock().remove(name);
         Ok(true)
@@ -393,7 +409,7 @@ impl Alerting {
 
     /// Resolves `alerts` now, as their rule's last word: firing ones are notified, pending
     /// ones dropped (nobody was told of them).
-    async fn close(&self, alerts: &[Alert], severity: &str) -> Result<(), AlertError> {
+    async fn close(&self, alerts: &[Alert], severity: &str, why: &str) -> Result<(), AlertError> {
         let now = now_ns();
         let transitions: Vec<Transition> = alerts
             .iter()
@@ -404,7 +420,7 @@ impl Alerting {
                 started_ns: started_ns(alert),
                 at_ns: now,
                 value: f64::NAN,
-                context: BTreeMap::new(),
+                context: BTreeMap::from([(RESOLUTION_ANNOTATION.to_owned(), why.to_owned())]),
             })
             .collect();
         self.apply(&transitions, severity, &BTreeMap::new()).await
@@ -673,6 +689,13 @@ impl Alerting {
                     let fired_ns = alert.fired_at.as_deref().and_then(model::parse_rfc3339);
                     let resolved_ns = fired_ns.map_or(t.at_ns, |fired| t.at_ns.max(fired));
                     alert.resolved_at = Some(model::rfc3339(resolved_ns));
+                    // Closed without its condition clearing (its rule removed or changed):
+                    // receivers must not read it as a recovery.
+                    if let Some(why) = t.context.get(RESOLUTION_ANNOTATION) {
+                        alert
+                            .annotations
+                            .insert(RESOLUTION_ANNOTATION.to_owned(), why.clone());
+                    }
                     batch.upsert(&alert, now).await?;
                     said.push((alert.id.clone(), AlertState::Resolved, silenced));
                     for notifier in &self.notifiers {
@@ -1562,8 +1585,20 @@ mod tests {
             let resolved = alerting.db().get(id).await.unwrap();
             assert_eq!(resolved.state, AlertState::Resolved);
             assert!(resolved.resolved_at.is_some());
+            // Not a recovery: the notification says why it ended.
+            assert!(
+                resolved.annotations["resolution"].contains("rule was removed"),
+                "{resolved:?}"
+            );
         }
         assert_eq!(alerting.db().outbox_len().await.unwrap(), 4);
+        let last = alerting.db().due(i64::MAX, 10).await.unwrap();
+        assert!(
+            last.iter()
+                .any(|e| e.payload.contains("\"resolved\"")
+                    && e.payload.contains("rule was removed")),
+            "{last:?}"
+        );
         assert!(alerting.rules().is_empty());
         assert!(matches!(
             alerting.observe("hot", &[obs("oven-1", 80, 90.0)]).await,
