@@ -399,7 +399,7 @@ impl Alerting {
         self.close(
             &open,
             &severity,
-            "its rule was removed; the condition was not seen to clear",
+            "its rule was removed or redefined; the condition was not seen to clear",
         )
         .await?;
         self.db.forget_position(name).await?;
@@ -1587,7 +1587,7 @@ mod tests {
             assert!(resolved.resolved_at.is_some());
             // Not a recovery: the notification says why it ended.
             assert!(
-                resolved.annotations["resolution"].contains("rule was removed"),
+                resolved.annotations["resolution"].contains("rule was removed or redefined"),
                 "{resolved:?}"
             );
         }
