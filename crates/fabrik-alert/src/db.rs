@@ -116,6 +116,29 @@ fn glob_pattern(pattern: &str) -> String {
     glob
 }
 
+/// Adds the TEXT column `column` to `table` of a database written before it existed;
+/// returns whether it was added.
+async fn add_column_if_missing(
+    pool: &SqlitePool,
+    table: &'static str,
+    column: &'static str,
+) -> Result<bool, AlertError> {
+    let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info(?)")
+        .bind(table)
+        .fetch_all(pool)
+        .await?;
+    if columns.iter().any(|c| c == column) {
+        return Ok(false);
+    }
+    // Audited: the table and column are the compile-time constants of `AlertDb::open`.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE {table} ADD COLUMN {column} TEXT"
+    )))
+    .execute(pool)
+    .await?;
+    Ok(true)
+}
+
 /// What must still hold of an alert for a notification made from an earlier read of it to
 /// be queued ([`AlertDb::enqueue_grouped`]).
 #[derive(Debug, Clone, Copy)]
@@ -159,38 +182,15 @@ impl AlertDb {
                 .await?;
         }
         // Databases written before notification grouping lack the outbox's group column, and
-        // those written before silences were checked at delivery its alert column.
-        let columns: Vec<String> =
-            sqlx::query_scalar("SELECT name FROM pragma_table_info('outbox')")
-                .fetch_all(&pool)
-                .await?;
-        if !columns.iter().any(|c| c == "group_key") {
-            sqlx::query("ALTER TABLE outbox ADD COLUMN group_key TEXT")
-                .execute(&pool)
-                .await?;
-        }
-        if !columns.iter().any(|c| c == "alert_id") {
-            sqlx::query("ALTER TABLE outbox ADD COLUMN alert_id TEXT")
-                .execute(&pool)
-                .await?;
-        }
-        // Silences ended early record who ended them (databases before that lack it).
-        let silence_columns: Vec<String> =
-            sqlx::query_scalar("SELECT name FROM pragma_table_info('silences')")
-                .fetch_all(&pool)
-                .await?;
-        if !silence_columns.iter().any(|c| c == "ended_by") {
-            sqlx::query("ALTER TABLE silences ADD COLUMN ended_by TEXT")
-                .execute(&pool)
-                .await?;
-        }
+        // those written before silences were checked at delivery its alert column; those
+        // before silences recorded who ended them early, `ended_by`.
+        add_column_if_missing(&pool, "outbox", "group_key").await?;
+        add_column_if_missing(&pool, "outbox", "alert_id").await?;
+        add_column_if_missing(&pool, "silences", "ended_by").await?;
         // And those written before a delivered state superseded older ones, its series:
         // filled from each row's alert, as `notify::series` writes it, so rows queued before
         // the upgrade are superseded too.
-        if !columns.iter().any(|c| c == "series") {
-            sqlx::query("ALTER TABLE outbox ADD COLUMN series TEXT")
-                .execute(&pool)
-                .await?;
+        if add_column_if_missing(&pool, "outbox", "series").await? {
             sqlx::query(
                 "UPDATE outbox SET series = (SELECT '{}:{alertname=\"' || rule || \
                  '\",device=\"' || key || '\",severity=\"' || severity || '\"}' \

@@ -1585,16 +1585,7 @@ impl Runner {
         let only = [device.to_owned()];
         let mut after = from.saturating_sub(1);
         loop {
-            let (mut rows, mut last, page) = self.read(Some(after), until - 1, Some(&only)).await?;
-            let full = page >= READ_LIMIT;
-            if full && let Some(t) = last {
-                // As in `step`: a full page may end inside its last timestamp's rows.
-                let keep = rows.iter().take_while(|(_, r)| r.time_ns < t).count();
-                if keep > 0 {
-                    rows.truncate(keep);
-                    last = Some(t - 1);
-                }
-            }
+            let (rows, last, full) = self.read_page(Some(after), until - 1, Some(&only)).await?;
             for (device, row) in rows {
                 pipeline.push(&device, row);
             }
@@ -1624,6 +1615,27 @@ impl Runner {
         }
     }
 
+    /// [`Self::read`], and whether the page was full. A full page may have cut the rows of its
+    /// last timestamp in two: that timestamp is left for the next page (unless it is all the
+    /// page holds), and the returned position is just before it.
+    async fn read_page(
+        &self,
+        after: Option<i64>,
+        horizon: i64,
+        devices: Option<&[String]>,
+    ) -> Result<(Vec<(String, Row)>, Option<i64>, bool), String> {
+        let (mut rows, mut last, page) = self.read(after, horizon, devices).await?;
+        let full = page >= READ_LIMIT;
+        if full && let Some(t) = last {
+            let keep = rows.iter().take_while(|(_, r)| r.time_ns < t).count();
+            if keep > 0 {
+                rows.truncate(keep);
+                last = Some(t - 1);
+            }
+        }
+        Ok((rows, last, full))
+    }
+
     /// Reads what arrived up to `horizon`, closes windows, stores the inferences.
     async fn step(
         &self,
@@ -1637,18 +1649,9 @@ impl Runner {
             return Err("no registered device matches the pipeline's selection".into());
         }
         loop {
-            let (mut rows, mut last, page) =
-                self.read(*read_after, horizon, devices.as_deref()).await?;
-            let full = page >= READ_LIMIT;
-            if full && let Some(t) = last {
-                // The page may have cut the rows of its last timestamp in two: leave that
-                // timestamp for the next page (unless it is all the page holds).
-                let keep = rows.iter().take_while(|(_, r)| r.time_ns < t).count();
-                if keep > 0 {
-                    rows.truncate(keep);
-                    last = Some(t - 1);
-                }
-            }
+            let (rows, last, full) = self
+                .read_page(*read_after, horizon, devices.as_deref())
+                .await?;
             *samples += rows.len() as u64;
             for (device, row) in rows {
                 pipeline.push(&device, row);

@@ -524,7 +524,7 @@ impl WindowModel for DbzModel {
             return Ok(score);
         }
         self.held_peak = self.held_peak.max(score);
-        Ok(self.held_peak.max(score))
+        Ok(self.held_peak)
     }
     fn probe(&self, row: &[f64]) -> Result<f64, MlError> {
         let largest = self.inner.channel_z(row)?.into_iter().fold(0.0, f64::max);
