@@ -500,6 +500,24 @@ pub fn expand_topic(template: &str, message: &serde_json::Value) -> String {
         .replace("{status}", &field("status"))
 }
 
+/// The topics `template` gives this alert under the statuses it no longer has: none when the
+/// template does not name `{status}`.
+fn stale_status_topics(template: &str, message: &serde_json::Value) -> Vec<String> {
+    if !template.contains("{status}") {
+        return Vec::new();
+    }
+    let current = message["status"].as_str().unwrap_or("");
+    ["firing", "resolved"]
+        .into_iter()
+        .filter(|&status| status != current)
+        .map(|status| {
+            let mut other = message.clone();
+            other["status"] = json!(status);
+            expand_topic(template, &other)
+        })
+        .collect()
+}
+
 /// The text about one alert in an e-mail: summary, fields, context, where to answer it.
 fn alert_text(message: &serde_json::Value) -> String {
     let text = |k: &str| message[k].as_str().unwrap_or("").to_owned();
@@ -845,16 +863,24 @@ pub async fn deliver(notifier: &Notifier, payload: &str) -> Result<(), AlertErro
             };
             let message: serde_json::Value = serde_json::from_str(payload)
                 .map_err(|e| failed(format!("queued payload is not JSON: {e}")))?;
-            let topic = expand_topic(topic, &message);
-            tokio::time::timeout(
-                *timeout,
-                publisher
-                    .0
-                    .publish(&topic, payload.as_bytes().to_vec(), *qos, *retain),
-            )
-            .await
-            .map_err(|_| failed(format!("publish to `{topic}` took longer than {timeout:?}")))?
-            .map_err(|e| failed(format!("publish to `{topic}`: {e}")))
+            let publish = |topic: String, body: Vec<u8>| async move {
+                tokio::time::timeout(*timeout, publisher.0.publish(&topic, body, *qos, *retain))
+                    .await
+                    .map_err(|_| {
+                        failed(format!("publish to `{topic}` took longer than {timeout:?}"))
+                    })?
+                    .map_err(|e| failed(format!("publish to `{topic}`: {e}")))
+            };
+            publish(expand_topic(topic, &message), payload.as_bytes().to_vec()).await?;
+            // With the status in the topic, the alert's other status topic still retains its
+            // previous state: a dashboard connecting later would see it both firing and
+            // resolved. An empty retained message is MQTT's way to delete a retained one.
+            if *retain {
+                for stale in stale_status_topics(topic, &message) {
+                    publish(stale, Vec::new()).await?;
+                }
+            }
+            Ok(())
         }
         Notifier::Email {
             name,

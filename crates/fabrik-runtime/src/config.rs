@@ -444,7 +444,8 @@ pub struct NotifierConfig {
     /// mqtt: QoS 0 or 1.
     #[serde(default = "one_u8")]
     pub qos: u8,
-    /// mqtt: publish retained.
+    /// mqtt: publish retained. With `{status}` in the topic, each publish also deletes the
+    /// alert's retained message under its other status.
     #[serde(default)]
     pub retain: bool,
     /// mqtt (external broker), email and webhook (HTTP basic authentication): user name.

@@ -523,6 +523,36 @@ fn one_mqtt_message(mqtt: &str, filter: &str) -> std::process::Child {
         .expect("mosquitto_sub")
 }
 
+/// The topics of the retained messages that match `filter`, sorted.
+fn retained_topics(mqtt: &str, filter: &str) -> Vec<String> {
+    let (host, port) = mqtt.rsplit_once(':').expect("host:port");
+    let out = std::process::Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            host,
+            "-p",
+            port,
+            "-u",
+            "admin",
+            "-P",
+            crate::support::TOKEN,
+            "-t",
+            filter,
+            "--retained-only",
+            "-v",
+            "-W",
+            "2",
+        ])
+        .output()
+        .expect("mosquitto_sub");
+    let mut topics: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.split(' ').next().map(str::to_owned))
+        .collect();
+    topics.sort();
+    topics
+}
+
 fn finish(sub: std::process::Child) -> (String, serde_json::Value) {
     let out = sub.wait_with_output().expect("mosquitto_sub");
     let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
@@ -561,6 +591,12 @@ start = "earliest"
 name = "scada"
 kind = "mqtt"
 topic = "plant/alerts/{{severity}}/{{rule}}/{{device}}"
+retain = true
+
+[[alerting.notifiers]]
+name = "hmi"
+kind = "mqtt"
+topic = "plant/state/{{device}}/{{rule}}/{{status}}"
 retain = true
 
 [[alerting.notifiers]]
@@ -666,6 +702,11 @@ to = ["lead@plant.example"]
     assert_eq!(topic, "plant/alerts/critical/oven-hot/oven-1");
     assert_eq!(last["status"], "resolved", "{last}");
     assert_eq!(last["id"], id.as_str());
+    // With the status in the topic, the resolution also deleted the retained firing message:
+    // a client connecting now is not told the alert is firing.
+    eventually("only the resolved state is retained", || {
+        retained_topics(&mqtt, "plant/state/#") == ["plant/state/oven-1/oven-hot/resolved"]
+    });
 
     // The relay without STARTTLS got a connection but neither credentials nor a message, and
     // Fabrik said why; the notification stays queued for it.
