@@ -494,6 +494,12 @@ pub struct DbzModel {
     inner: Dbz,
     /// The largest score of the exceedances whose alarm still holds (0 when none does).
     held_peak: f64,
+    /// The channels' shares of the z's of the window that scored `held_peak`.
+    held_shares: Vec<f64>,
+    /// Whether the window just scored took `held_peak` rather than its own score: its
+    /// contributions are then the peak's, so an alert names the signals that raised the
+    /// alarm, not whichever channel is largest while it holds.
+    holding: bool,
 }
 
 impl Default for DbzModel {
@@ -501,6 +507,8 @@ impl Default for DbzModel {
         Self {
             inner: Dbz::new(DbzConfig::default()),
             held_peak: 0.0,
+            held_shares: Vec::new(),
+            holding: false,
         }
     }
 }
@@ -514,27 +522,34 @@ impl WindowModel for DbzModel {
     }
     fn fit(&mut self, rows: &[Vec<f64>]) -> Result<(), MlError> {
         self.held_peak = 0.0;
+        self.holding = false;
         self.inner.fit(rows)
     }
     fn score(&mut self, row: &[f64]) -> Result<f64, MlError> {
         let step = self.inner.step(row)?;
         let score = step.max_z / self.inner.config().z_threshold;
+        self.holding = step.alarm && score < self.held_peak;
         if !step.alarm {
             self.held_peak = 0.0;
-            return Ok(score);
+        } else if !self.holding {
+            self.held_peak = score;
+            self.held_shares = normalised(self.inner.last_channel_z().to_vec());
         }
-        self.held_peak = self.held_peak.max(score);
-        Ok(self.held_peak)
+        Ok(if step.alarm { self.held_peak } else { score })
     }
     fn probe(&self, row: &[f64]) -> Result<f64, MlError> {
         let largest = self.inner.channel_z(row)?.into_iter().fold(0.0, f64::max);
         Ok(largest / self.inner.config().z_threshold)
     }
-    /// The channels' shares of the z's of the window just scored.
+    /// The channels' shares of the z's of the window just scored, or, while an alarm holds,
+    /// of the window that scored its peak.
     fn contributions(&self, row: &[f64], _medians: &[f64]) -> Result<Vec<f64>, MlError> {
         let last_z = self.inner.last_channel_z();
         if row.len() != last_z.len() {
             return Err(width_error("dbz", row.len(), last_z.len()));
+        }
+        if self.holding {
+            return Ok(self.held_shares.clone());
         }
         Ok(normalised(last_z.to_vec()))
     }
@@ -889,6 +904,43 @@ mod tests {
             held += usize::from(step.alarm && step.max_z <= 6.0);
         }
         assert!(held >= 30, "the hold was exercised: {held} of {alarms}");
+    }
+
+    /// While DBZ's alarm holds after an excursion of one channel, the windows it flags name
+    /// that channel, even when another one is the larger of their own small z's.
+    #[test]
+    fn a_held_dbz_alarm_names_the_signal_that_raised_it() {
+        let rows: Vec<Vec<f64>> = (0..120).map(pump_row).collect();
+        let mut model = DbzModel::default();
+        model.fit(&rows).unwrap();
+        for i in 120..200 {
+            model.score(&pump_row(i)).unwrap();
+        }
+        let mut raised = false;
+        let mut held_while_other_larger = 0;
+        for i in 200..260 {
+            let mut row = pump_row(i);
+            if i < 215 {
+                row[1] += 40.0;
+            } else {
+                // After the excursion the first channel is a little off: once the second
+                // one's rolling mean has settled, its own z is the larger, below the alarm.
+                row[0] += 1.0;
+            }
+            let score = model.score(&row).unwrap();
+            let shares = model.contributions(&row, &[]).unwrap();
+            if score > 1.0 {
+                raised |= i < 215;
+                assert!(
+                    shares[1] > shares[0] && shares[1] > shares[2],
+                    "window {i}: {shares:?}"
+                );
+                let own = model.inner.last_channel_z();
+                held_while_other_larger += usize::from(own[0] > own[1]);
+            }
+        }
+        assert!(raised, "the excursion raised the alarm");
+        assert!(held_while_other_larger > 0, "the hold was exercised");
     }
 
     #[test]
