@@ -1069,5 +1069,6 @@ fn alert_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Alert, AlertError> {
         annotations,
         ack,
         silenced: r.try_get("silenced")?,
+        inhibited_by: None,
     })
 }

@@ -57,7 +57,7 @@ pub struct ReadPosition<'a> {
 }
 pub use engine::{AlertState, Condition, Observation, Rule, RuleEngine, Transition};
 pub use error::AlertError;
-pub use model::{Ack, Alert, Feedback, Silence};
+pub use model::{Ack, Alert, Feedback, Inhibition, Silence};
 pub use notify::{Notifier, Publish, PublishFuture, Publisher};
 
 /// What one pass of the outbox worker reads once and its steps share: the time, the
@@ -67,6 +67,57 @@ struct PassView {
     now: i64,
     silences: Vec<Silence>,
     open: Vec<Alert>,
+    inhibitions: Arc<[Inhibition]>,
+}
+
+impl PassView {
+    fn suppression(&self) -> Suppression<'_> {
+        Suppression::new(&self.silences, &self.inhibitions, &self.open)
+    }
+}
+
+/// What holds an alert's notifications back: the silences in force, and the inhibitions of
+/// the alerts that fire.
+struct Suppression<'a> {
+    silences: &'a [Silence],
+    inhibitions: &'a [Inhibition],
+    /// Rule, key and id of each firing alert (none when there is no inhibition).
+    firing: Vec<(&'a str, &'a str, &'a str)>,
+}
+
+impl<'a> Suppression<'a> {
+    fn new(silences: &'a [Silence], inhibitions: &'a [Inhibition], open: &'a [Alert]) -> Self {
+        let firing = if inhibitions.is_empty() {
+            Vec::new()
+        } else {
+            open.iter()
+                .filter(|alert| alert.state == AlertState::Firing)
+                .map(|alert| (alert.rule.as_str(), alert.key.as_str(), alert.id.as_str()))
+                .collect()
+        };
+        Self {
+            silences,
+            inhibitions,
+            firing,
+        }
+    }
+
+    /// The id of a firing alert that inhibits `rule`/`key`, if one does.
+    fn inhibitor(&self, rule: &str, key: &str) -> Option<&'a str> {
+        self.firing
+            .iter()
+            .find(|(source_rule, source_key, _)| {
+                self.inhibitions
+                    .iter()
+                    .any(|i| i.inhibits(source_rule, source_key, rule, key))
+            })
+            .map(|&(_, _, id)| id)
+    }
+
+    /// Whether `rule`/`key`'s notifications are held back at `now_ns`.
+    fn holds_back(&self, rule: &str, key: &str, now_ns: i64) -> bool {
+        is_silenced(self.silences, rule, key, now_ns) || self.inhibitor(rule, key).is_some()
+    }
 }
 
 /// Alerting state of a process.
@@ -78,6 +129,8 @@ pub struct Alerting {
     wake: tokio::sync::Notify,
     /// The (rule, severity) series of `fabrik_alerts_firing` exported by the last pass.
     exported_firing: Mutex<std::collections::BTreeSet<(String, String)>>,
+    /// See [`Inhibition`]; set by [`Alerting::set_inhibitions`].
+    inhibitions: Mutex<Arc<[Inhibition]>>,
 }
 
 impl std::fmt::Debug for Alerting {
@@ -168,6 +221,7 @@ impl Alerting {
             external_url,
             wake: tokio::sync::Notify::new(),
             exported_firing: Mutex::default(),
+            inhibitions: Mutex::new(Arc::from(Vec::new())),
         });
         for alert in &orphans {
             alerting
@@ -186,6 +240,72 @@ impl Alerting {
             alerting.refresh_open_alerts(rule, &[]).await?;
         }
         Ok(alerting)
+    }
+
+    /// Sets the inhibitions (see [`Inhibition`]). A source or target named without a `*`
+    /// must be one of the `known` rule names: a misspelt one would hold nothing back while
+    /// the operator believes the consequences of a fault quiet.
+    pub fn set_inhibitions(
+        &self,
+        inhibitions: Vec<Inhibition>,
+        known: &[String],
+    ) -> Result<(), AlertError> {
+        for (index, inhibition) in inhibitions.iter().enumerate() {
+            let invalid = |what: String| {
+                AlertError::Invalid(format!("alerting.inhibitions[{index}]: {what}"))
+            };
+            if inhibition.targets.is_empty() {
+                return Err(invalid("`targets` names no rule".into()));
+            }
+            let names = std::iter::once(("source", &inhibition.source))
+                .chain(inhibition.targets.iter().map(|t| ("targets", t)));
+            for (field, name) in names {
+                if name.trim().is_empty() {
+                    return Err(invalid(format!("`{field}` has an empty rule name")));
+                }
+                if !name.contains('*') && !known.iter().any(|known| known == name) {
+                    return Err(invalid(format!(
+                        "`{field}`: no alert rule is named `{name}` (rules: {})",
+                        known.join(", ")
+                    )));
+                }
+            }
+        }
+        *self.inhibitions.lock() = Arc::from(inhibitions);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// The inhibitions in force.
+    pub fn inhibitions(&self) -> Vec<Inhibition> {
+        self.inhibitions.lock().to_vec()
+    }
+
+    /// The index of the first inhibition that names rule `name` itself (not by a pattern).
+    pub fn inhibition_naming(&self, name: &str) -> Option<usize> {
+        self.inhibitions
+            .lock()
+            .iter()
+            .position(|i| i.source == name || i.targets.iter().any(|target| target == name))
+    }
+
+    /// Fills in `inhibited_by` of the open ones among `alerts`: the firing alert that holds
+    /// each back now.
+    pub async fn explain_inhibited(&self, alerts: &mut [Alert]) -> Result<(), AlertError> {
+        let inhibitions = self.inhibitions.lock().clone();
+        if inhibitions.is_empty() || alerts.iter().all(|a| a.state == AlertState::Resolved) {
+            return Ok(());
+        }
+        let open = self.db.open_alerts().await?;
+        let suppression = Suppression::new(&[], &inhibitions, &open);
+        for alert in alerts {
+            if alert.state != AlertState::Resolved {
+                alert.inhibited_by = suppression
+                    .inhibitor(&alert.rule, &alert.key)
+                    .map(str::to_owned);
+            }
+        }
+        Ok(())
     }
 
     /// The rules, in name order.
@@ -605,6 +725,13 @@ impl Alerting {
         }
         let now = now_ns();
         let silences = self.db.silences().await?;
+        let inhibitions = self.inhibitions.lock().clone();
+        let open = if inhibitions.is_empty() {
+            Vec::new()
+        } else {
+            self.db.open_alerts().await?
+        };
+        let suppression = Suppression::new(&silences, &inhibitions, &open);
         let mut batch = self.db.batch().await?;
         let mut queued = false;
         // Said (logged, counted) once the batch has committed: a batch that fails is made
@@ -612,7 +739,7 @@ impl Alerting {
         let mut said: Vec<(String, AlertState, bool)> = Vec::new();
         for t in transitions {
             let id = alert_id(&t.rule, &t.key, t.started_ns);
-            let silenced = is_silenced(&silences, &t.rule, &t.key, t.at_ns.max(now));
+            let silenced = suppression.holds_back(&t.rule, &t.key, t.at_ns.max(now));
             let previous = match batch.get(&id).await {
                 Ok(alert) => Some(alert),
                 Err(AlertError::NotFound { .. }) => None,
@@ -631,6 +758,7 @@ impl Alerting {
                 annotations: BTreeMap::new(),
                 ack: None,
                 silenced,
+                inhibited_by: None,
             });
             alert.state = t.state;
             alert.silenced = silenced;
@@ -852,6 +980,7 @@ impl Alerting {
             return Ok(0);
         }
         let now = view.now;
+        let suppression = view.suppression();
         let last_notified = self.db.last_notified().await?;
         let queued = self.db.queued_pairs().await?;
         let mut reminders = 0;
@@ -861,7 +990,7 @@ impl Alerting {
             // are working on.
             if alert.state != AlertState::Firing
                 || alert.ack.is_some()
-                || is_silenced(&view.silences, &alert.rule, &alert.key, now)
+                || suppression.holds_back(&alert.rule, &alert.key, now)
             {
                 continue;
             }
@@ -1021,6 +1150,7 @@ impl Alerting {
             now: now_ns(),
             silences: self.db.silences().await?,
             open: self.db.open_alerts().await?,
+            inhibitions: self.inhibitions.lock().clone(),
         })
     }
 
@@ -1060,13 +1190,13 @@ impl Alerting {
         Ok(())
     }
 
-    /// Whether `entry` is a firing whose alert is silenced now (a silence added after it was
-    /// queued): then it is dropped from the outbox instead of delivered or retried, and
-    /// `true` is returned.
+    /// Whether `entry` is a firing whose alert is silenced or inhibited now (a silence added,
+    /// or an inhibiting alert fired, after it was queued): then it is dropped from the outbox
+    /// instead of delivered or retried, and `true` is returned.
     async fn silenced_since_queued(
         &self,
         entry: &db::OutboxEntry,
-        silences: &[Silence],
+        suppression: &Suppression<'_>,
         now: i64,
     ) -> Result<bool, AlertError> {
         let Some(alert_id) = &entry.alert_id else {
@@ -1085,10 +1215,10 @@ impl Alerting {
             Err(AlertError::NotFound { .. }) => return Ok(false),
             Err(e) => return Err(e),
         };
-        if !is_silenced(silences, &alert.rule, &alert.key, now) {
+        if !suppression.holds_back(&alert.rule, &alert.key, now) {
             return Ok(false);
         }
-        tracing::info!(alert = %alert_id, notifier = %entry.notifier, "Notification dropped: its alert was silenced after it was queued.");
+        tracing::info!(alert = %alert_id, notifier = %entry.notifier, "Notification dropped: its alert was silenced or inhibited after it was queued.");
         metrics::counter!(
             "fabrik_notifications_total",
             "notifier" => entry.notifier.clone(),
@@ -1111,9 +1241,10 @@ impl Alerting {
 
     async fn refresh_silences_in(&self, view: &PassView) -> Result<usize, AlertError> {
         let now = view.now;
+        let suppression = view.suppression();
         let mut notified = 0;
         for alert in &view.open {
-            let silenced = is_silenced(&view.silences, &alert.rule, &alert.key, now);
+            let silenced = suppression.holds_back(&alert.rule, &alert.key, now);
             if silenced == alert.silenced {
                 continue;
             }
@@ -1143,7 +1274,7 @@ impl Alerting {
                 .await?;
             batch.commit().await?;
             if queued {
-                tracing::warn!(alert = %alert.id, "Silence over; the alert still fires.");
+                tracing::warn!(alert = %alert.id, "No longer silenced or inhibited; the alert still fires.");
                 self.wake.notify_one();
                 notified += 1;
             }
@@ -1162,13 +1293,14 @@ impl Alerting {
         let Some(grouping) = notifier.grouping() else {
             return (Vec::new(), Vec::new());
         };
+        let suppression = view.suppression();
         view.open
             .iter()
             .filter(|a| {
                 a.state == AlertState::Firing
                     && grouping.key(a) == key
                     && notifier.route().takes(a)
-                    && !is_silenced(&view.silences, &a.rule, &a.key, view.now)
+                    && !suppression.holds_back(&a.rule, &a.key, view.now)
             })
             .map(|a| (a.id.clone(), notifier.payload(a, &self.external_url)))
             .unzip()
@@ -1182,14 +1314,17 @@ impl Alerting {
 
     async fn deliver_due_in(&self, view: &PassView) -> Result<usize, AlertError> {
         let now = view.now;
-        let silences = &view.silences;
+        let suppression = view.suppression();
         let mut delivered = 0;
         let mut handled = std::collections::HashSet::new();
         for entry in self.db.due(now, 100).await? {
             if handled.contains(&entry.id) {
                 continue;
             }
-            if self.silenced_since_queued(&entry, silences, now).await? {
+            if self
+                .silenced_since_queued(&entry, &suppression, now)
+                .await?
+            {
                 handled.insert(entry.id);
                 continue;
             }
@@ -1207,7 +1342,10 @@ impl Alerting {
                 Some(key) => {
                     let mut group = Vec::new();
                     for member in self.db.due_group(&entry.notifier, key, now).await? {
-                        if self.silenced_since_queued(&member, silences, now).await? {
+                        if self
+                            .silenced_since_queued(&member, &suppression, now)
+                            .await?
+                        {
                             handled.insert(member.id);
                         } else {
                             told.extend(member.alert_id.clone());
@@ -2140,6 +2278,130 @@ mod tests {
         let body = bodies.recv().await.unwrap();
         assert_eq!(body["status"], "firing", "{body}");
         assert_eq!(body["alerts"][0]["labels"]["device"], "oven-1", "{body}");
+    }
+
+    /// While a `silent` alert fires for a device, that device's `hot` alerts are held back:
+    /// one queued before is dropped, a new one is not notified, reminders skip them, the
+    /// listing names the inhibitor; when the inhibitor resolves, a target still firing is
+    /// notified. Another device's alerts are not held back.
+    #[tokio::test]
+    async fn an_inhibiting_alert_holds_back_its_devices_target_alerts_while_it_fires() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, mut bodies) = http_receiver().await;
+        let webhook = webhook_to(&url, notify::Grouping::default());
+        let silent = Rule {
+            name: "silent".into(),
+            ..rule()
+        };
+        let alerting = Alerting::open(
+            &dir.path().join("a.db"),
+            vec![rule(), silent],
+            vec![webhook],
+            "http://x".into(),
+        )
+        .await
+        .unwrap();
+        let known = ["hot".to_owned(), "silent".to_owned()];
+        let err = alerting
+            .set_inhibitions(
+                vec![Inhibition {
+                    source: "silnet".into(),
+                    targets: vec!["hot".into()],
+                    same_device: true,
+                }],
+                &known,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("inhibitions[0]") && err.contains("`silnet`") && err.contains("hot"),
+            "{err}"
+        );
+        alerting
+            .set_inhibitions(
+                vec![Inhibition {
+                    source: "silent".into(),
+                    targets: vec!["h*".into()],
+                    same_device: true,
+                }],
+                &known,
+            )
+            .unwrap();
+        assert_eq!(alerting.inhibition_naming("silent"), Some(0));
+        assert_eq!(
+            alerting.inhibition_naming("hot"),
+            None,
+            "named by a pattern only"
+        );
+
+        // oven-1's `hot` fires and is queued; then oven-1's `silent` fires.
+        alerting
+            .observe("hot", &[obs("oven-1", 1, 85.0)])
+            .await
+            .unwrap();
+        alerting
+            .observe("silent", &[obs("oven-1", 2, 85.0)])
+            .await
+            .unwrap();
+        let hot_1 = alert_id("hot", "oven-1", S);
+        let silent_1 = alert_id("silent", "oven-1", 2 * S);
+        assert_eq!(alerting.refresh_silences().await.unwrap(), 0);
+        assert!(alerting.db().get(&hot_1).await.unwrap().silenced);
+        // The queued `hot` firing is dropped; the `silent` one goes out.
+        assert_eq!(alerting.deliver_due().await.unwrap(), 1);
+        let body = bodies.recv().await.unwrap();
+        assert_eq!(body["alerts"][0]["labels"]["alertname"], "silent", "{body}");
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), 0);
+
+        // A `hot` alert of another device is not held back; one of oven-1 fired now is.
+        alerting
+            .observe("hot", &[obs("oven-2", 3, 85.0)])
+            .await
+            .unwrap();
+        let mut listed = vec![
+            alerting.db().get(&hot_1).await.unwrap(),
+            alerting
+                .db()
+                .get(&alert_id("hot", "oven-2", 3 * S))
+                .await
+                .unwrap(),
+        ];
+        alerting.explain_inhibited(&mut listed).await.unwrap();
+        assert_eq!(listed[0].inhibited_by.as_deref(), Some(silent_1.as_str()));
+        assert_eq!(listed[1].inhibited_by, None);
+        assert!(!listed[1].silenced);
+        assert_eq!(alerting.deliver_due().await.unwrap(), 1);
+        let body = bodies.recv().await.unwrap();
+        assert_eq!(body["alerts"][0]["labels"]["device"], "oven-2", "{body}");
+
+        // The inhibitor resolves: oven-1's `hot`, still firing, is notified now.
+        alerting
+            .observe("silent", &[obs("oven-1", 4, 10.0)])
+            .await
+            .unwrap();
+        assert_eq!(alerting.refresh_silences().await.unwrap(), 1);
+        assert!(!alerting.db().get(&hot_1).await.unwrap().silenced);
+        assert_eq!(alerting.deliver_due().await.unwrap(), 2);
+        let mut heard: Vec<(String, String)> = Vec::new();
+        for _ in 0..2 {
+            let body = bodies.recv().await.unwrap();
+            let alert = &body["alerts"][0];
+            heard.push((
+                alert["labels"]["alertname"].as_str().unwrap().to_owned(),
+                alert["status"].as_str().unwrap().to_owned(),
+            ));
+        }
+        heard.sort();
+        assert_eq!(
+            heard,
+            [
+                ("hot".to_owned(), "firing".to_owned()),
+                ("silent".to_owned(), "resolved".to_owned())
+            ]
+        );
+        let mut listed = vec![alerting.db().get(&hot_1).await.unwrap()];
+        alerting.explain_inhibited(&mut listed).await.unwrap();
+        assert_eq!(listed[0].inhibited_by, None);
     }
 
     /// A pending alert survives a restart with its `for` still counting, unless its evaluator

@@ -74,8 +74,38 @@ pub struct Alert {
     pub annotations: BTreeMap<String, String>,
     /// The operator's acknowledgement.
     pub ack: Option<Ack>,
-    /// Whether a silence matched when it last changed state.
+    /// Whether its notifications are held back: a silence matched, or (see `inhibited_by`)
+    /// an inhibition held it when it last changed state or the silences were last checked.
     pub silenced: bool,
+    /// The firing alert that inhibits this open one now (see [`Inhibition`]), if any; never
+    /// stored, filled in when alerts are listed.
+    #[serde(default)]
+    pub inhibited_by: Option<String>,
+}
+
+/// While an alert of a `source` rule fires, the alerts of the `targets` rules (of the same
+/// device, unless `same_device` is false) are held back as if silenced: the root cause pages,
+/// its consequences do not (a pump that stopped reporting also looks anomalous, a frozen
+/// sensor also trips the model). An alert never inhibits the alerts of its own rule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Inhibition {
+    /// The inhibiting rule: a name, or a pattern with `*`.
+    pub source: String,
+    /// The inhibited rules: names or patterns with `*`.
+    pub targets: Vec<String>,
+    /// Only alerts of the source alert's own device are held back (default).
+    pub same_device: bool,
+}
+
+impl Inhibition {
+    /// Whether a firing alert of `source_rule` on `source_key` inhibits the alert of `rule`
+    /// on `key`.
+    pub fn inhibits(&self, source_rule: &str, source_key: &str, rule: &str, key: &str) -> bool {
+        source_rule != rule
+            && glob_match(&self.source, source_rule)
+            && self.targets.iter().any(|target| glob_match(target, rule))
+            && (!self.same_device || source_key == key)
+    }
 }
 
 /// Matches alerts by rule and key: absent matches any, and a `*` in either matches any run of
@@ -199,5 +229,28 @@ mod tests {
         };
         assert!(rule_only.matches("vibration-high", "motor-01", 0, 1));
         assert!(!rule_only.matches("pressure-low", "pump-07", 0, 1));
+    }
+
+    #[test]
+    fn an_inhibition_holds_back_its_targets_on_the_source_device_only() {
+        let inhibition = Inhibition {
+            source: "pump-silent".into(),
+            targets: vec!["pump-*".into(), "pressure-frozen".into()],
+            same_device: true,
+        };
+        assert!(inhibition.inhibits("pump-silent", "pump-01", "pump-anomaly", "pump-01"));
+        assert!(inhibition.inhibits("pump-silent", "pump-01", "pressure-frozen", "pump-01"));
+        assert!(!inhibition.inhibits("pump-silent", "pump-01", "pump-anomaly", "pump-02"));
+        assert!(!inhibition.inhibits("pump-silent", "pump-01", "motor-hot", "pump-01"));
+        assert!(
+            !inhibition.inhibits("pump-silent", "pump-01", "pump-silent", "pump-01"),
+            "never its own rule, though `pump-*` matches it"
+        );
+        assert!(!inhibition.inhibits("chiller-silent", "pump-01", "pump-anomaly", "pump-01"));
+        let plant_wide = Inhibition {
+            same_device: false,
+            ..inhibition
+        };
+        assert!(plant_wide.inhibits("pump-silent", "pump-01", "pump-anomaly", "pump-02"));
     }
 }

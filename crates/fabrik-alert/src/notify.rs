@@ -950,6 +950,7 @@ mod tests {
             annotations: [("top_signal".to_owned(), "vibration_rms".to_owned())].into(),
             ack: None,
             silenced: false,
+            inhibited_by: None,
         }
     }
 

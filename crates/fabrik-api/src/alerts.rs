@@ -105,7 +105,10 @@ pub(crate) async fn list(
         rule: params.rule.filter(|r| !r.is_empty()),
         key: params.device.filter(|d| !d.is_empty()),
     };
-    Ok(Json(alerting(&state)?.db().find(&query, limit).await?))
+    let alerting = alerting(&state)?;
+    let mut alerts = alerting.db().find(&query, limit).await?;
+    alerting.explain_inhibited(&mut alerts).await?;
+    Ok(Json(alerts))
 }
 
 #[utoipa::path(get, path = "/api/v1/alerts/{id}", tag = "alerts", security(("token" = [])),
@@ -116,7 +119,12 @@ pub(crate) async fn show(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<fabrik_alert::Alert>, ApiError> {
-    Ok(Json(alerting(&state)?.db().get(&id).await?))
+    let alerting = alerting(&state)?;
+    let mut alert = alerting.db().get(&id).await?;
+    alerting
+        .explain_inhibited(std::slice::from_mut(&mut alert))
+        .await?;
+    Ok(Json(alert))
 }
 
 /// An acknowledgement.

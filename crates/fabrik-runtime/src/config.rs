@@ -328,6 +328,24 @@ pub struct AlertingConfig {
     pub rules: Vec<AlertRuleConfig>,
     /// Where notifications go.
     pub notifiers: Vec<NotifierConfig>,
+    /// Alerts that hold back others while they fire (a root cause and its consequences).
+    pub inhibitions: Vec<InhibitionConfig>,
+}
+
+/// `[[alerting.inhibitions]]`: while an alert of the `source` rule fires, the alerts of the
+/// `targets` rules are held back as if silenced (listed with `inhibited_by`), on the source
+/// alert's device only unless `same_device = false`. Once it resolves, a target alert that
+/// still fires is notified. An alert never inhibits its own rule's alerts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InhibitionConfig {
+    /// The inhibiting rule: a name, or a pattern with `*`.
+    pub source: String,
+    /// The inhibited rules: names or patterns with `*`.
+    pub targets: Vec<String>,
+    /// Only the source alert's own device (default `true`).
+    #[serde(default = "yes")]
+    pub same_device: bool,
 }
 
 /// `[[alerting.rules]]`: a condition on a SQL value per key, evaluated on new rows.

@@ -675,7 +675,7 @@ fn build_notifier(
     .routed(route))
 }
 
-/// Problems of `[alerting]`, as `alerting.rules[i].field`.
+/// Problems of `[alerting]`, as `alerting.rules[i].field` (notifiers and inhibitions alike).
 pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
     let mut problems = Vec::new();
     let mut names = BTreeSet::new();
@@ -712,7 +712,46 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
             );
         }
     }
+    // Whether the rules named exist is checked at start, when the API's rules are known too.
+    for (i, inhibition) in config.alerting.inhibitions.iter().enumerate() {
+        if inhibition.source.trim().is_empty() {
+            problems.push((
+                format!("alerting.inhibitions[{i}].source"),
+                "name the rule (or a pattern with `*`) whose firing alerts inhibit".into(),
+            ));
+        }
+        if inhibition.targets.is_empty() {
+            problems.push((
+                format!("alerting.inhibitions[{i}].targets"),
+                "name the rules (or patterns with `*`) whose alerts are held back".into(),
+            ));
+        }
+        if inhibition.targets.iter().any(|t| t.trim().is_empty()) {
+            problems.push((
+                format!("alerting.inhibitions[{i}].targets"),
+                "an empty rule name matches nothing".into(),
+            ));
+        }
+    }
     problems
+}
+
+/// The demo's causes and consequences: a pump that went quiet or whose pressure sensor froze
+/// is that pump's page; its model's anomaly (its windows stop, or a frozen signal looks
+/// abnormal) is held back meanwhile.
+fn demo_inhibitions() -> Vec<fabrik_alert::Inhibition> {
+    vec![
+        fabrik_alert::Inhibition {
+            source: "pump-silent".into(),
+            targets: vec!["pump-anomaly".into(), "pressure-frozen".into()],
+            same_device: true,
+        },
+        fabrik_alert::Inhibition {
+            source: "pressure-frozen".into(),
+            targets: vec!["pump-anomaly".into()],
+            same_device: true,
+        },
+    ]
 }
 
 /// The rule the demo plant gets when none is configured: anomalous windows of `pump-health`.
@@ -1140,6 +1179,13 @@ impl AlertRuleManager {
                 "no alert rule named `{name}`"
             )));
         }
+        // The next start would refuse an inhibition that names a rule that is gone.
+        if let Some(index) = self.alerting.inhibition_naming(&name) {
+            return Err(ControlError::NotChangeable(format!(
+                "alert rule `{name}` is named by the configuration file's \
+                 `alerting.inhibitions[{index}]`; remove it there first"
+            )));
+        }
         let definitions = Self::api_definitions(&rules, &BTreeSet::from([name.as_str()]), &[]);
         store_file(self.stored_path.clone(), definitions_json(&definitions)?).await?;
         if let Some(previous) = rules.by_name.remove(&name) {
@@ -1222,7 +1268,20 @@ pub(crate) async fn start(
         .iter()
         .map(|r| (RuleOrigin::Config, r.clone()))
         .collect();
+    let mut inhibitions: Vec<fabrik_alert::Inhibition> = config
+        .alerting
+        .inhibitions
+        .iter()
+        .map(|i| fabrik_alert::Inhibition {
+            source: i.source.clone(),
+            targets: i.targets.clone(),
+            same_device: i.same_device,
+        })
+        .collect();
     if demo && configured.is_empty() && config.pipelines.is_empty() {
+        if inhibitions.is_empty() {
+            inhibitions = demo_inhibitions();
+        }
         configured.push((RuleOrigin::Demo, demo_rule()));
         configured.push((RuleOrigin::Demo, demo_frozen_rule()));
         configured.extend(
@@ -1292,6 +1351,17 @@ pub(crate) async fn start(
     )
     .await
     .map_err(|e| e.to_string())?;
+    // Every definition's name counts, also one that does not load now: a stored rule that a
+    // newer version refuses must not stop the start.
+    let known: Vec<String> = configured
+        .iter()
+        .map(|(_, c)| c.name.clone())
+        .chain(rules.iter().map(|(_, r)| r.config.name.clone()))
+        .chain(invalid.iter().map(|(d, _)| d.name.clone()))
+        .collect();
+    alerting
+        .set_inhibitions(inhibitions, &known)
+        .map_err(|e| e.to_string())?;
     let outbox = tokio::spawn(alerting.clone().run_outbox(stop.child_token()));
     let manager = Arc::new(AlertRuleManager {
         store,
@@ -1935,6 +2005,17 @@ mod tests {
         assert!(compile_rule(&demo_frozen_rule()).is_ok());
         for rule in demo_heartbeat_rules() {
             assert!(compile_rule(&rule).is_ok(), "{}", rule.name);
+        }
+        // The demo's inhibitions name its rules.
+        let names: Vec<String> = [demo_rule(), demo_frozen_rule()]
+            .into_iter()
+            .chain(demo_heartbeat_rules())
+            .map(|rule| rule.name)
+            .collect();
+        for inhibition in demo_inhibitions() {
+            for name in std::iter::once(&inhibition.source).chain(&inhibition.targets) {
+                assert!(names.contains(name), "{name} is not a demo rule");
+            }
         }
         let mut frozen = demo_frozen_rule();
         frozen.clear = Some(1.0);
