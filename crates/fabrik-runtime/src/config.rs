@@ -72,9 +72,11 @@ pub struct MqttConfig {
     pub allow_anonymous: bool,
     /// Largest packet accepted.
     pub max_packet_size: String,
-    /// Unacknowledged QoS 1/2 messages a client may send ahead.
+    /// Unacknowledged QoS 1/2 messages a client may send ahead; beyond them, reading from
+    /// it pauses until the store has acknowledged some.
     pub receive_maximum: i64,
-    /// Messages per second per connection (0: unlimited).
+    /// Messages per second per connection (0: unlimited); above it, reading from the client
+    /// pauses (it is slowed down, not disconnected).
     pub max_message_rate: i64,
     /// Concurrent connections.
     pub max_connections: i64,

@@ -99,6 +99,16 @@ impl RateLimit {
             false
         }
     }
+
+    /// When the next message may be taken, if the bucket is empty now.
+    fn ready_at(&self) -> Option<Instant> {
+        let missing = 1.0 - self.tokens;
+        if missing <= 0.0 {
+            return None;
+        }
+        let ready = self.at + Duration::from_secs_f64(missing / self.per_second);
+        (ready > Instant::now()).then_some(ready)
+    }
 }
 
 type AckFuture = futures::future::BoxFuture<'static, (bool, u16, PubResult)>;
@@ -486,6 +496,16 @@ where
             let shutdown = self.shared.shutdown.clone();
             let kicked = self.link.kicked.clone();
             let notify = self.link.notify.clone();
+            // Flow control instead of disconnection, so a client that re-sends its whole
+            // offline queue at once (paho does, ignoring its own in-flight limit) is slowed by
+            // TCP, not cut off and locked out at every reconnect: reading pauses while the
+            // message rate's bucket is empty, and while the receive maximum of this client's
+            // QoS 1/2 messages waits for the store (only then: with none waiting for the
+            // store, the unacknowledged ones are QoS 2 messages whose PUBRELs come next).
+            let throttled = self.rate.as_ref().and_then(RateLimit::ready_at);
+            let may_read = throttled.is_none()
+                && (self.pending_acks.is_empty()
+                    || self.unacked_inbound < usize::from(self.shared.limits.receive_maximum));
             let event = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
@@ -521,7 +541,11 @@ where
                     continue;
                 }
                 _ = notify.notified() => None,
-                frame = self.framed.next() => Some(frame),
+                frame = self.framed.next(), if may_read => Some(frame),
+                _ = sleep_until(throttled), if throttled.is_some() => {
+                    metrics::counter!("fabrik_mqtt_reads_throttled_total").increment(1);
+                    continue;
+                }
                 _ = sleep_until(deadline) => {
                     self.goodbye(Reason::KeepAliveTimeout, "keepalive timeout").await;
                     return Ended::KeepAlive;
@@ -870,17 +894,10 @@ where
     }
 
     async fn on_publish(&mut self, mut publish: Publish) -> Result<Option<Ended>, ()> {
-        if let Some(rate) = &mut self.rate
-            && !rate.take()
-        {
-            metrics::counter!("fabrik_mqtt_messages_dropped_total", "reason" => "rate_limit")
-                .increment(1);
-            return self
-                .violation(
-                    Reason::MessageRateTooHigh,
-                    "message rate above mqtt.max_message_rate",
-                )
-                .await;
+        // Reading pauses while the bucket is empty (see `run`), so this publish has its
+        // token; rounding may leave it a hair short, which is not worth a disconnection.
+        if let Some(rate) = &mut self.rate {
+            rate.take();
         }
         // MQTT 5 topic aliases: a publish may set one, or use one set earlier.
         if let Some(alias) = publish.properties.as_ref().and_then(|p| p.topic_alias) {
@@ -911,7 +928,12 @@ where
         let packet_id = publish.packet_id.map(|p| p.get());
         if qos > 0 {
             self.unacked_inbound += 1;
-            if self.unacked_inbound > usize::from(self.shared.limits.receive_maximum) {
+            // Reading pauses at the receive maximum while acknowledgements are due, so only a
+            // client that keeps QoS 2 messages unreleased gets here. MQTT 3.1.1 has no
+            // receive maximum to exceed.
+            if self.wire.0 == Version::V5
+                && self.unacked_inbound > usize::from(self.shared.limits.receive_maximum)
+            {
                 return self
                     .violation(
                         Reason::ReceiveMaximumExceeded,

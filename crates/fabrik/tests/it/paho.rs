@@ -131,3 +131,39 @@ fn a_client_certificate_is_the_device_identity_and_nothing_else_gets_in() {
     let (status, _) = p.terminate();
     assert!(status.success());
 }
+
+/// A client that sends far more QoS 1 messages than the receive maximum and the message rate
+/// allow, without waiting (as paho re-sends its offline queue at a reconnect), is slowed, not
+/// disconnected: every message is acknowledged and stored, at no more than the rate. Before,
+/// it was cut off, and each reconnect replayed a longer queue: locked out for good.
+#[test]
+fn a_burst_beyond_the_receive_maximum_and_the_rate_is_slowed_not_cut_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let p = Process::start_with_args(
+        &data,
+        &[],
+        &[
+            ("FABRIK__MQTT__RECEIVE_MAXIMUM", "20"),
+            ("FABRIK__MQTT__MAX_MESSAGE_RATE", "500"),
+        ],
+    );
+    run_script(
+        &[
+            "--url",
+            &p.url,
+            "--token",
+            TOKEN,
+            "--mqtt",
+            p.mqtt.as_deref().expect("mqtt"),
+            "--rate",
+            "500",
+            "burst",
+        ],
+        true,
+    );
+    let log = p.drain_log().join("\n");
+    assert!(!log.contains("protocol violation"), "{log}");
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}
