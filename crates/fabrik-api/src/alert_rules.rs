@@ -256,8 +256,8 @@ pub(crate) async fn apply_all(
     body: Bytes,
 ) -> Result<axum::response::Response, ApiError> {
     let control = control(&state)?;
-    let configs: Vec<AlertRuleConfig> = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("alert rule definitions: {e}")))?;
+    let configs: Vec<AlertRuleConfig> =
+        crate::control::parse_body(&body, "alert rule definitions")?;
     if params.dry_run {
         return Ok(Json(control.check_all(configs).await?).into_response());
     }

@@ -66,15 +66,6 @@ pub struct AlertParams {
     pub rule: Option<String>,
     /// Only devices matching this pattern, e.g. `pump-*`.
     pub device: Option<String>,
-    /// The token parameters a dashboard link may carry.
-    #[serde(default)]
-    #[param(ignore)]
-    #[allow(dead_code)]
-    p: Option<String>,
-    #[serde(default)]
-    #[param(ignore)]
-    #[allow(dead_code)]
-    u: Option<String>,
 }
 
 #[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts", security(("token" = [])),

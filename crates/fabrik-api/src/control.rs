@@ -63,41 +63,23 @@ pub struct ApplyParams {
     /// would happen, or the same error a change would get.
     #[serde(default)]
     pub dry_run: bool,
-    /// The token as a query parameter (InfluxDB-style `p`, and its `u`), which every route
-    /// accepts: named here so any other unknown parameter can be refused.
-    #[serde(default)]
-    #[param(ignore)]
-    #[allow(dead_code)]
-    p: Option<String>,
-    #[serde(default)]
-    #[param(ignore)]
-    #[allow(dead_code)]
-    u: Option<String>,
 }
 
-/// The options of a request that takes none: only the token parameters (`p`, `u`), so
-/// `?dry_run=true` on a `DELETE` is refused instead of ignored while the change is made, and a
-/// filter a listing does not have is refused instead of answered unfiltered.
+/// The options of a request that takes none, so `?dry_run=true` on a `DELETE` is refused
+/// instead of ignored while the change is made, and a filter a listing does not have is
+/// refused instead of answered unfiltered.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct NoOptions {
-    #[serde(default)]
-    #[param(ignore)]
-    #[allow(dead_code)]
-    p: Option<String>,
-    #[serde(default)]
-    #[param(ignore)]
-    #[allow(dead_code)]
-    u: Option<String>,
-}
+pub struct NoOptions {}
 
 /// What a dry run found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct DryRun {
     /// The definition's name.
     pub name: String,
-    /// `define` for a new name, `replace` for one defined through the API before.
+    /// `define` for a new name, `replace` for one defined through the API before,
+    /// `unchanged` for the same definition again (nothing restarts).
     pub action: String,
     /// What would keep it from working once applied (a pipeline's table or signal not
     /// written yet or its ONNX model not uploaded; an alert rule's table missing or its
@@ -111,6 +93,29 @@ pub(crate) fn created_or_replaced(created: bool) -> StatusCode {
         StatusCode::CREATED
     } else {
         StatusCode::OK
+    }
+}
+
+/// A JSON body of `what` (`pipeline definitions`), or a 400 naming the field that failed
+/// (`[1].signals: invalid type ...`).
+pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
+    let mut reader = serde_json::Deserializer::from_slice(body);
+    let parsed: T = serde_path_to_error::deserialize(&mut reader)
+        .map_err(|e| ApiError::bad_request(path_error(what, e)))?;
+    reader
+        .end()
+        .map_err(|e| ApiError::bad_request(format!("{what}: {e}")))?;
+    Ok(parsed)
+}
+
+/// `what: path: error`, or `what: error` when the body itself failed.
+fn path_error<E: std::fmt::Display>(what: &str, e: serde_path_to_error::Error<E>) -> String {
+    let path = e.path().to_string();
+    let error = e.into_inner();
+    if path == "." {
+        format!("{what}: {error}")
+    } else {
+        format!("{what}: {path}: {error}")
     }
 }
 
@@ -131,8 +136,9 @@ pub(crate) fn named_definition<T: DeserializeOwned>(
             .entry("name")
             .or_insert_with(|| serde_json::Value::String(path_name.to_owned()));
     }
-    let definition: T = serde_json::from_value(value)
-        .map_err(|e| ApiError::bad_request(format!("{what} definition: {e}")))?;
+    // The path of the field that failed, as the configuration file's checks name theirs.
+    let definition: T = serde_path_to_error::deserialize(value)
+        .map_err(|e| ApiError::bad_request(path_error(&format!("{what} definition"), e)))?;
     let name = name_of(&definition);
     if name != path_name {
         return Err(ApiError::bad_request(format!(
@@ -147,13 +153,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn apply_options_refuse_unknown_ones_but_take_the_token() {
+    fn apply_options_refuse_unknown_ones() {
         let parse = |uri: &str| {
             axum::extract::Query::<ApplyParams>::try_from_uri(&uri.parse().unwrap())
                 .map(|q| q.0.dry_run)
         };
         assert_eq!(parse("/x?dry_run=true").ok(), Some(true));
-        assert_eq!(parse("/x?p=secret&u=admin&dry_run=true").ok(), Some(true));
+        assert!(
+            parse("/x?p=secret&dry_run=true").is_err(),
+            "a token in the URL is InfluxDB 1.x's /write's alone"
+        );
         assert_eq!(parse("/x").ok(), Some(false));
         assert!(parse("/x?dryrun=true").is_err());
     }

@@ -44,11 +44,12 @@ impl ApiError {
 
     /// 401.
     pub fn unauthorized() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or invalid token: send `Authorization: Bearer <token>`",
-        )
+        Self::unauthorized_because("missing or invalid token: send `Authorization: Bearer <token>`")
+    }
+
+    /// 401 saying why.
+    pub fn unauthorized_because(why: &str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", why)
     }
 
     /// 413.

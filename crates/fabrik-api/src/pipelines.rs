@@ -272,8 +272,7 @@ pub(crate) async fn apply_all(
     body: Bytes,
 ) -> Result<axum::response::Response, ApiError> {
     let control = control(&state)?;
-    let configs: Vec<PipelineConfig> = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("pipeline definitions: {e}")))?;
+    let configs: Vec<PipelineConfig> = crate::control::parse_body(&body, "pipeline definitions")?;
     if params.dry_run {
         return Ok(Json(control.check_all(configs).await?).into_response());
     }

@@ -28,7 +28,7 @@ pub fn router(state: ApiState) -> Router {
     let limit = state.max_body_size;
     let protected = Router::new()
         .route("/api/v1/write", post(write_v1))
-        .route("/write", post(write_influx_v1))
+        .route(INFLUX_V1_WRITE, post(write_influx_v1))
         .route("/api/v2/write", post(write_influx_v2))
         .route("/api/v1/samples", post(write_samples))
         .route("/api/v1/query", post(query))
@@ -142,14 +142,28 @@ async fn record_metrics(request: Request, next: Next) -> Response {
     response
 }
 
+/// InfluxDB 1.x's write endpoint, the only one that takes the token as a query parameter.
+const INFLUX_V1_WRITE: &str = "/write";
+
 async fn require_token(
     State(state): State<ApiState>,
     RawQuery(query): RawQuery,
     mut request: Request,
     next: Next,
 ) -> Response {
+    // A token in the URL ends up in proxy and access logs: only InfluxDB 1.x's `/write`,
+    // whose clients (Telegraf among them) can send credentials no other way, takes `p`.
+    let query = query.filter(|_| request.uri().path() == INFLUX_V1_WRITE);
     let Some(identity) = state.auth.identify(request.headers(), query.as_deref()) else {
         metrics::counter!("fabrik_http_unauthorized_total").increment(1);
+        // Sessions live in memory: a restart (or 12 hours) ends them.
+        let has_token = crate::auth::Auth::token_of(request.headers(), query.as_deref()).is_some();
+        if !has_token && crate::auth::Auth::session_of(request.headers()).is_some() {
+            return ApiError::unauthorized_because(
+                "the session has ended (they last 12 hours and end when Fabrik restarts): sign in again",
+            )
+            .into_response();
+        }
         return ApiError::unauthorized().into_response();
     };
     let route = request

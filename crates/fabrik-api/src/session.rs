@@ -3,7 +3,7 @@
 //! is authenticated too. `GET` tells who the session is.
 
 use axum::Json;
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -53,7 +53,7 @@ pub(crate) async fn sign_in(
         } => {
             if !state.auth.check(&token) {
                 metrics::counter!("fabrik_http_unauthorized_total").increment(1);
-                return Err(ApiError::unauthorized());
+                return Err(ApiError::unauthorized_because("unknown token"));
             }
             Identity::admin_token()
         }
@@ -80,7 +80,12 @@ pub(crate) async fn sign_in(
                 Err(e) => {
                     metrics::counter!("fabrik_http_unauthorized_total").increment(1);
                     tracing::warn!(user = %name, error = %e, "Sign-in refused.");
-                    return Err(e.into());
+                    return Err(match e {
+                        fabrik_registry::RegistryError::BadCredentials => {
+                            ApiError::unauthorized_because("unknown user or wrong password")
+                        }
+                        other => other.into(),
+                    });
                 }
             }
         }
@@ -109,12 +114,11 @@ pub(crate) async fn sign_in(
               (status = 401, description = "not signed in", body = crate::error::ErrorBody)))]
 pub(crate) async fn whoami(
     State(state): State<ApiState>,
-    RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Json<Identity>, ApiError> {
     state
         .auth
-        .identify(&headers, query.as_deref())
+        .identify(&headers, None)
         .map(Json)
         .ok_or_else(ApiError::unauthorized)
 }

@@ -1049,6 +1049,20 @@ impl AlertRuleManager {
         definitions
     }
 
+    /// Whether `config` is what rule `config.name` already evaluates: applying it again
+    /// changes nothing (its evaluator is not restarted). One whose evaluator ended (its
+    /// stored definition did not load) is started again.
+    fn unchanged(rules: &Rules, config: &AlertRuleConfig) -> bool {
+        rules.by_name.get(&config.name).is_some_and(|existing| {
+            existing.origin == RuleOrigin::Api
+                && existing.config == *config
+                && existing
+                    .task
+                    .as_ref()
+                    .is_some_and(|task| !task.is_finished())
+        })
+    }
+
     /// Whether a definition named `name` through the API would be new (`false`: it replaces
     /// one defined through the API); refused for the configuration file's or the demo's.
     fn defines_anew(rules: &Rules, name: &str) -> Result<bool, ControlError> {
@@ -1072,11 +1086,11 @@ impl AlertRuleManager {
     /// expressions or columns not fitting the table as it is now, `expect` without a registry.
     async fn check_definition(&self, config: AlertRuleConfig) -> Result<DryRun, ControlError> {
         compile_rule(&config).map_err(ControlError::Invalid)?;
-        let (created, replaced) = {
+        let (created, replaced, unchanged) = {
             let rules = self.rules.lock().await;
             let created = Self::defines_anew(&rules, &config.name)?;
             let replaced = rules.by_name.get(&config.name).map(|m| m.config.clone());
-            (created, replaced)
+            (created, replaced, Self::unchanged(&rules, &config))
         };
         let mut warnings = Vec::new();
         if replaced.is_some_and(|old| !watches_the_same(&old, &config)) {
@@ -1140,9 +1154,14 @@ impl AlertRuleManager {
                     .into(),
             );
         }
+        let action = match (created, unchanged) {
+            (true, _) => "define",
+            (false, true) => "unchanged",
+            (false, false) => "replace",
+        };
         Ok(DryRun {
             name: config.name,
-            action: if created { "define" } else { "replace" }.to_owned(),
+            action: action.to_owned(),
             warnings,
         })
     }
@@ -1164,6 +1183,10 @@ impl AlertRuleManager {
         let definitions = Self::api_definitions(&rules, &names, &configs);
         store_file(self.stored_path.clone(), definitions_json(&definitions)?).await?;
         for rule in compiled {
+            if Self::unchanged(&rules, &rule.config) {
+                tracing::info!(rule = %rule.config.name, "Alert rule applied through the API unchanged; it keeps evaluating.");
+                continue;
+            }
             tracing::info!(rule = %rule.config.name, "Alert rule defined through the API.");
             self.replace(&mut rules, rule).await;
         }

@@ -175,7 +175,14 @@ pub(crate) async fn apply<T: Named>(
     }
     if dry_run {
         for (definition, action) in definitions.iter().zip(&actions) {
-            println!("would {action} {}", definition.name());
+            if action == "unchanged" {
+                println!(
+                    "unchanged {} (applying it would change nothing)",
+                    definition.name()
+                );
+            } else {
+                println!("would {action} {}", definition.name());
+            }
         }
         return Ok(());
     }
@@ -190,10 +197,10 @@ pub(crate) async fn apply<T: Named>(
         .json()
         .await?;
     for ((definition, action), status) in definitions.iter().zip(&actions).zip(&statuses) {
-        let verb = if action == "define" {
-            "defined"
-        } else {
-            "replaced"
+        let verb = match action.as_str() {
+            "define" => "defined",
+            "unchanged" => "unchanged",
+            _ => "replaced",
         };
         println!(
             "{verb} {} ({})",

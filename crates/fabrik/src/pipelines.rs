@@ -646,6 +646,21 @@ impl PipelineManager {
         }
     }
 
+    /// Whether `config` is what pipeline `config.name` already runs (or, disabled, keeps
+    /// stopped): applying it again changes nothing, so a configuration-sync job that applies
+    /// every definition on each run does not restart every pipeline. One that failed (a model
+    /// that did not load) is started again.
+    fn unchanged(pipelines: &Pipelines, config: &PipelineConfig) -> bool {
+        pipelines.by_name.get(&config.name).is_some_and(|existing| {
+            existing.origin == PipelineOrigin::Api
+                && existing.config == *config
+                && match &existing.task {
+                    Some(task) => !task.is_finished(),
+                    None => !config.enabled,
+                }
+        })
+    }
+
     fn refuse_unless_api(managed: &Managed) -> Result<(), ControlError> {
         match managed.origin {
             PipelineOrigin::Api => Ok(()),
@@ -747,15 +762,23 @@ impl PipelineManager {
             return Err(ControlError::Invalid(kinds));
         }
         let model_warning = self.check_model(&compiled).map_err(ControlError::Invalid)?;
-        let created = Self::defines_anew(&*self.pipelines.lock().await, &config.name)?;
+        let pipelines = self.pipelines.lock().await;
+        let created = Self::defines_anew(&pipelines, &config.name)?;
+        let unchanged = Self::unchanged(&pipelines, &config);
+        drop(pipelines);
         let mut warnings: Vec<String> = missing_input(&self.store, &config)
             .map(|missing| format!("{missing}; the pipeline waits for it"))
             .into_iter()
             .collect();
         warnings.extend(model_warning);
+        let action = match (created, unchanged) {
+            (true, _) => "define",
+            (false, true) => "unchanged",
+            (false, false) => "replace",
+        };
         Ok(DryRun {
             name: config.name,
-            action: if created { "define" } else { "replace" }.to_owned(),
+            action: action.to_owned(),
             warnings,
         })
     }
@@ -771,6 +794,10 @@ impl PipelineManager {
         let mut pipelines = self.pipelines.lock().await;
         self.check_model(&compiled).map_err(ControlError::Invalid)?;
         let created = Self::defines_anew(&pipelines, &config.name)?;
+        if Self::unchanged(&pipelines, &config) {
+            tracing::info!(pipeline = %config.name, "Pipeline applied through the API unchanged; it keeps running.");
+            return Ok(false);
+        }
         let definitions = Self::api_definitions(&pipelines, &config.name, Some(&config));
         self.store_definitions(definitions).await?;
         tracing::info!(pipeline = %config.name, replaced = !created, "Pipeline defined through the API.");
@@ -804,6 +831,10 @@ impl PipelineManager {
         definitions.sort_by(|a, b| a.name.cmp(&b.name));
         self.store_definitions(definitions).await?;
         for pipeline in compiled {
+            if Self::unchanged(&pipelines, &pipeline.config) {
+                tracing::info!(pipeline = %pipeline.config.name, "Pipeline applied through the API unchanged; it keeps running.");
+                continue;
+            }
             tracing::info!(pipeline = %pipeline.config.name, "Pipeline defined through the API.");
             self.replace(&mut pipelines, PipelineOrigin::Api, pipeline)
                 .await;

@@ -684,6 +684,20 @@ fn pipelines_defined_through_the_api_run_are_replaced_survive_restarts_and_are_r
     );
     assert_eq!(flagged, 10);
 
+    // The same definition again (a configuration-sync job's run) changes nothing: the
+    // dry run says so, and the pipeline is not restarted (its counters go on).
+    let (code, dry) = http(
+        &p.url,
+        reqwest::Method::PUT,
+        "/api/v1/pipelines/api-pumps?dry_run=true",
+        Some(api_pumps("quantile:1.0*1.5")),
+    );
+    assert_eq!(code, 200, "{dry}");
+    assert_eq!(dry["action"], "unchanged", "{dry}");
+    let (code, again) = put_pipeline(&p.url, "api-pumps", api_pumps("quantile:1.0*1.5"));
+    assert_eq!(code, 200, "{again}");
+    assert_eq!(again["inferences"], 80, "not restarted: {again}");
+
     // Bad definitions are refused with the field named, and change nothing.
     let mut bad = api_pumps("quantile:1.0*1.5");
     bad["window"] = "ten seconds".into();
@@ -732,6 +746,30 @@ fn pipelines_defined_through_the_api_run_are_replaced_survive_restarts_and_are_r
     assert_eq!(code, 400, "{error}");
     assert!(
         error["error"].as_str().is_some_and(|e| e.contains("windw")),
+        "{error}"
+    );
+    // A value of the wrong type names its field, in one definition and in a list of them.
+    let mut mistyped = api_pumps("quantile:1.0*1.5");
+    mistyped["signals"] = "vibration".into();
+    let (code, error) = put_pipeline(&p.url, "api-pumps", mistyped.clone());
+    assert_eq!(code, 400, "{error}");
+    assert!(
+        error["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("signals: invalid type")),
+        "{error}"
+    );
+    let (code, error) = http(
+        &p.url,
+        reqwest::Method::PUT,
+        "/api/v1/pipelines",
+        Some(serde_json::json!([api_pumps("quantile:1.0*1.5"), mistyped])),
+    );
+    assert_eq!(code, 400, "{error}");
+    assert!(
+        error["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("[1].signals: invalid type")),
         "{error}"
     );
     let (code, error) = put_pipeline(&p.url, "other-name", api_pumps("quantile:1.0*1.5"));
@@ -902,7 +940,12 @@ fn pipelines_defined_through_the_api_run_are_replaced_survive_restarts_and_are_r
         "--dry-run",
         file.to_str().expect("utf-8"),
     ]);
-    assert!(ok && text.contains("would replace cli-forest"), "{text}");
+    assert!(ok && text.contains("unchanged cli-forest"), "{text}");
+    let (ok, text) = cli(&["pipeline", "apply", file.to_str().expect("utf-8")]);
+    assert!(
+        ok && text.contains("unchanged cli-forest (running)"),
+        "{text}"
+    );
     let (ok, text) = cli(&["pipeline", "list"]);
     assert!(ok, "{text}");
     let forest_line = text

@@ -223,8 +223,12 @@ fn users_sign_in_with_passwords_and_are_held_to_their_roles() {
     let (status, locked, _) = sign_in(&url, "vic", "correct horse battery");
     assert_eq!(status, 429, "{locked}");
     assert!(locked.to_string().contains("try again"), "{locked}");
-    let (status, _, _) = sign_in(&url, "nobody", "whatever it is");
+    let (status, body, _) = sign_in(&url, "nobody", "whatever it is");
     assert_eq!(status, 401);
+    assert!(
+        body.to_string().contains("unknown user or wrong password"),
+        "{body}"
+    );
     let (status, _, _) = call(
         &url,
         reqwest::Method::POST,
@@ -247,6 +251,17 @@ fn users_sign_in_with_passwords_and_are_held_to_their_roles() {
         )
         .0 == 401
     });
+    let (_, ended, _) = call(
+        &url,
+        reqwest::Method::GET,
+        "/api/v1/devices",
+        Some(&ana),
+        None,
+    );
+    assert!(
+        ended.to_string().contains("session has ended"),
+        "an ended session says so: {ended}"
+    );
     let (status, _, _) = sign_in(&url, "ana", &password);
     assert_eq!(status, 401);
 
