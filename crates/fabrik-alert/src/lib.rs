@@ -1039,6 +1039,15 @@ impl Alerting {
         feedback: Feedback,
         comment: Option<String>,
     ) -> Result<Alert, AlertError> {
+        // A pending alert is not one yet: if its condition clears before its `for`, it is
+        // deleted, and an acknowledgement (a ticket's link, a label for model evaluation)
+        // would point at nothing.
+        if self.db.get(id).await?.state == AlertState::Pending {
+            return Err(AlertError::Invalid(format!(
+                "alert `{id}` is pending (its condition has held for less than its rule's \
+                 `for`); it can be acknowledged once it fires"
+            )));
+        }
         let ack = Ack {
             by: by.to_owned(),
             at: model::rfc3339(now_ns()),
@@ -2420,6 +2429,18 @@ mod tests {
             .observe("hot", &[obs("oven-1", 10, 85.0), obs("oven-2", 10, 85.0)])
             .await
             .unwrap();
+        // Not an alert yet: it may be deleted, and an acknowledgement would point at nothing.
+        let err = alerting
+            .ack(
+                &alert_id("hot", "oven-1", 10 * S),
+                "ana",
+                Feedback::TruePositive,
+                None,
+            )
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pending"), "{err}");
         drop(alerting);
         let alerting = open().await.unwrap();
         let t = alerting.tick(40 * S, &expecting("hot")).await.unwrap();

@@ -173,6 +173,7 @@ pub(crate) async fn list(
     responses((status = 200, description = "the rule", body = AlertRuleStatus),
               (status = 404, description = "no such rule", body = crate::error::ErrorBody)))]
 pub(crate) async fn show(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
     State(state): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<Json<AlertRuleStatus>, ApiError> {

@@ -107,6 +107,7 @@ pub(crate) async fn list(
     responses((status = 200, description = "the alert", body = fabrik_alert::Alert),
               (status = 404, description = "no such alert", body = crate::error::ErrorBody)))]
 pub(crate) async fn show(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<fabrik_alert::Alert>, ApiError> {

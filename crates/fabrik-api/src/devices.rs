@@ -74,6 +74,7 @@ pub struct TokenBody {
 
 /// Parameters of the history listing.
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct EventParams {
     /// Newest events to return (default 100, at most 1000).
@@ -86,6 +87,7 @@ pub struct EventParams {
               (status = 400, description = "invalid id or field", body = crate::error::ErrorBody),
               (status = 409, description = "the id is taken", body = crate::error::ErrorBody)))]
 pub(crate) async fn create(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
     State(state): State<ApiState>,
     crate::extract::Json(new): crate::extract::Json<NewDevice>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -100,6 +102,14 @@ pub(crate) async fn list(
     State(state): State<ApiState>,
     Query(filter): Query<DeviceFilter>,
 ) -> Result<Json<Vec<Device>>, ApiError> {
+    // A state no device can be in would answer an empty list that looks like "none".
+    if let Some(state) = filter.state.as_deref()
+        && !matches!(state, "online" | "offline" | "never")
+    {
+        return Err(ApiError::bad_request(format!(
+            "state: `{state}` is not one of online, offline, never"
+        )));
+    }
     Ok(Json(registry(&state)?.list(&filter).await?))
 }
 
@@ -107,6 +117,7 @@ pub(crate) async fn list(
     params(("id" = String, Path, description = "device id")),
     responses((status = 200, body = Device), (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn show(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<Device>, ApiError> {
@@ -130,6 +141,7 @@ pub(crate) async fn update(
     responses((status = 204, description = "removed (its stored data stays)"),
               (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn remove(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -142,6 +154,7 @@ pub(crate) async fn remove(
     responses((status = 200, description = "new token (shown once); the old one stops working", body = TokenBody),
               (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn rotate_token(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<TokenBody>, ApiError> {

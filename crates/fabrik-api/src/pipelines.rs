@@ -177,6 +177,7 @@ fn board(state: &ApiState) -> Result<&PipelineBoard, ApiError> {
     responses((status = 200, description = "every pipeline: configured, defined through the API, or the demo's", body = [PipelineStatus]),
               (status = 503, description = "the pipelines module does not run here", body = crate::error::ErrorBody)))]
 pub(crate) async fn list(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
     State(state): State<ApiState>,
 ) -> Result<Json<Vec<PipelineStatus>>, ApiError> {
     Ok(Json(board(&state)?.read().values().cloned().collect()))
@@ -187,6 +188,7 @@ pub(crate) async fn list(
     responses((status = 200, description = "the pipeline", body = PipelineStatus),
               (status = 404, description = "no such pipeline", body = crate::error::ErrorBody)))]
 pub(crate) async fn show(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
     State(state): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<Json<PipelineStatus>, ApiError> {
@@ -325,6 +327,7 @@ pub(crate) async fn retrain(
     responses((status = 200, description = "the uploaded ONNX models, by name", body = [ModelInfo]),
               (status = 503, description = "the pipelines module does not run here", body = crate::error::ErrorBody)))]
 pub(crate) async fn models(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
     State(state): State<ApiState>,
 ) -> Result<Json<Vec<ModelInfo>>, ApiError> {
     Ok(Json(control(&state)?.models().await?))

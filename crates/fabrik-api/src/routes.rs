@@ -121,9 +121,40 @@ pub fn router(state: ApiState) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .merge(protected)
+        .fallback(no_such_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(wire_limit(limit)))
         .layer(middleware::from_fn(record_metrics))
         .with_state(state)
+}
+
+/// A 404 with the usual JSON error body (not an empty one), naming what was asked for.
+async fn no_such_route(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    let hint = if uri.path().len() > 1 && uri.path().ends_with('/') {
+        " (without the trailing `/`?)"
+    } else {
+        ""
+    };
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no route {method} {}{hint}: see /api/v1/openapi.json",
+            uri.path()
+        ),
+    )
+}
+
+/// A 405 with the usual JSON error body.
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} does not take {method}: see /api/v1/openapi.json",
+            uri.path()
+        ),
+    )
 }
 
 async fn record_metrics(request: Request, next: Next) -> Response {
@@ -245,7 +276,10 @@ pub struct ServiceBody {
 
 #[utoipa::path(get, path = "/services", tag = "operations", security(("token" = [])),
     responses((status = 200, body = Vec<ServiceBody>), (status = 401, body = crate::error::ErrorBody)))]
-pub(crate) async fn services(State(state): State<ApiState>) -> Json<Vec<ServiceBody>> {
+pub(crate) async fn services(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
+    State(state): State<ApiState>,
+) -> Json<Vec<ServiceBody>> {
     Json(
         state
             .services
@@ -447,6 +481,7 @@ fn to_point(i: usize, s: SampleIn, now: i64) -> Result<Point, ApiError> {
     request_body(content = SamplesIn, description = "may be gzip-compressed"),
     responses((status = 200, body = WriteResponse), (status = 400, body = crate::error::ErrorBody)))]
 pub(crate) async fn write_samples(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
     State(state): State<ApiState>,
     headers: HeaderMap,
     body: Bytes,
@@ -496,6 +531,7 @@ pub struct QueryIn {
               (status = 400, description = "SQL syntax error, unknown table or column (the engine's message)", body = crate::error::ErrorBody),
               (status = 408, description = "cancelled after query.timeout", body = crate::error::ErrorBody)))]
 pub(crate) async fn query(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
     State(state): State<ApiState>,
     headers: HeaderMap,
     body: Bytes,
@@ -625,7 +661,10 @@ pub struct TableBody {
 
 #[utoipa::path(get, path = "/api/v1/tables", tag = "query", security(("token" = [])),
     responses((status = 200, body = Vec<TableBody>)))]
-pub(crate) async fn tables(State(state): State<ApiState>) -> Json<Vec<TableBody>> {
+pub(crate) async fn tables(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
+    State(state): State<ApiState>,
+) -> Json<Vec<TableBody>> {
     Json(
         state
             .store
@@ -642,14 +681,20 @@ pub(crate) async fn tables(State(state): State<ApiState>) -> Json<Vec<TableBody>
 
 #[utoipa::path(post, path = "/api/v1/admin/persist", tag = "operations", security(("token" = [])),
     responses((status = 204, description = "the buffer is in Parquet segments")))]
-pub(crate) async fn persist(State(state): State<ApiState>) -> Result<StatusCode, ApiError> {
+pub(crate) async fn persist(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
+    State(state): State<ApiState>,
+) -> Result<StatusCode, ApiError> {
     state.store.persist().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(post, path = "/api/v1/admin/compact", tag = "operations", security(("token" = [])),
     responses((status = 204, description = "segments merged and retention applied")))]
-pub(crate) async fn compact(State(state): State<ApiState>) -> Result<StatusCode, ApiError> {
+pub(crate) async fn compact(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
+    State(state): State<ApiState>,
+) -> Result<StatusCode, ApiError> {
     state.store.compact().await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -48,7 +48,10 @@ pub struct NewPassword {
 #[utoipa::path(get, path = "/api/v1/users", tag = "users",
     responses((status = 200, description = "every user", body = [User]),
               (status = 403, description = "not an admin", body = crate::error::ErrorBody)))]
-pub(crate) async fn list(State(state): State<ApiState>) -> Result<Json<Vec<User>>, ApiError> {
+pub(crate) async fn list(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<User>>, ApiError> {
     Ok(Json(registry(&state)?.users().await?))
 }
 
@@ -58,6 +61,7 @@ pub(crate) async fn list(State(state): State<ApiState>) -> Result<Json<Vec<User>
               (status = 400, description = "bad name or too short a password", body = crate::error::ErrorBody),
               (status = 409, description = "the name is taken", body = crate::error::ErrorBody)))]
 pub(crate) async fn create(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
     State(state): State<ApiState>,
     Extension(by): Extension<Identity>,
     crate::extract::Json(request): crate::extract::Json<NewUser>,
@@ -74,6 +78,7 @@ pub(crate) async fn create(
     responses((status = 204, description = "removed; their sessions end"),
               (status = 404, description = "no such user", body = crate::error::ErrorBody)))]
 pub(crate) async fn remove(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
     State(state): State<ApiState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
@@ -90,6 +95,7 @@ pub(crate) async fn remove(
               (status = 403, description = "neither an admin nor this user", body = crate::error::ErrorBody),
               (status = 404, description = "no such user", body = crate::error::ErrorBody)))]
 pub(crate) async fn set_password(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
     State(state): State<ApiState>,
     Extension(by): Extension<Identity>,
     Path(name): Path<String>,

@@ -107,6 +107,7 @@ pub struct DevicePatch {
 
 /// Filters for listing devices.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct DeviceFilter {
     /// Only this site.

@@ -67,9 +67,10 @@ enum AlertCommand {
         /// A note.
         #[arg(long)]
         comment: Option<String>,
-        /// Who you are.
-        #[arg(long, default_value = "operator")]
-        by: String,
+        /// Who you are, recorded with the acknowledgement when you use the admin token (the
+        /// server's default: `admin-token`); a signed-in user is recorded under their name.
+        #[arg(long)]
+        by: Option<String>,
     },
     /// Silence a rule and/or a device for a while (name at least one; `--rule '*'` silences
     /// every alert).
@@ -89,6 +90,9 @@ enum AlertCommand {
         /// Why.
         #[arg(long)]
         comment: Option<String>,
+        /// Who you are, recorded with the silence (as for `ack`).
+        #[arg(long)]
+        by: Option<String>,
     },
     /// List the silences in force (with `--all`, the expired ones too).
     Silences {
@@ -215,9 +219,11 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
             device,
             duration,
             comment,
+            by,
         } => {
             let body = serde_json::json!({
                 "rule": rule, "device": device, "duration": duration, "comment": comment,
+                "by": by,
             });
             let silence: serde_json::Value = ep
                 .send(

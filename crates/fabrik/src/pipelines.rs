@@ -126,8 +126,21 @@ fn sql_identifier_ok(name: &str) -> bool {
 pub(crate) fn compile(config: &PipelineConfig) -> Result<Compiled, Vec<(String, String)>> {
     let mut problems = Vec::new();
     let mut problem = |field: &str, message: String| problems.push((field.to_owned(), message));
-    if config.name.trim().is_empty() || config.name.contains('/') {
-        problem("name", "must be non-empty and contain no `/`".into());
+    // The name is written into every inference row and matched in rules' filters
+    // (`pipeline = '...'`), where a quote or a space would break them.
+    if !(1..=128).contains(&config.name.len())
+        || !config
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        problem(
+            "name",
+            format!(
+                "`{}`: use 1–128 letters, digits, `-`, `_` and `.`",
+                config.name
+            ),
+        );
     }
     if !sql_identifier_ok(&config.table) {
         problem(

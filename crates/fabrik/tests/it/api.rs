@@ -283,6 +283,32 @@ async fn only_ready_and_metrics_answer_without_a_token() {
             .await,
         0
     );
+    // A path or method that does not exist gets the usual JSON error body too.
+    for (request, status, says) in [
+        (
+            c.get(format!("{}/api/v1/alertz", s.url)),
+            404,
+            "no route GET /api/v1/alertz",
+        ),
+        (
+            c.get(format!("{}/api/v1/tables/", s.url)),
+            404,
+            "without the trailing `/`",
+        ),
+        (
+            c.patch(format!("{}/api/v1/tables", s.url)),
+            405,
+            "/api/v1/tables does not take PATCH",
+        ),
+    ] {
+        let response = request.bearer_auth(TOKEN).send().await.expect("req");
+        assert_eq!(response.status(), status);
+        let body: serde_json::Value = response.json().await.expect("a JSON error body");
+        assert!(
+            body["error"].as_str().is_some_and(|e| e.contains(says)),
+            "{body}"
+        );
+    }
     s.shutdown().await;
 }
 

@@ -59,6 +59,18 @@ async fn devices_are_registered_listed_changed_and_removed() {
         .await
         .expect("json");
     assert_eq!(list.len(), 1);
+    // A misspelt filter, or a state no device can be in, is refused rather than answered
+    // with every device or none; so is a parameter an endpoint does not take.
+    for path in [
+        "/api/v1/devices?sit=north",
+        "/api/v1/devices?state=bogus",
+        "/api/v1/devices/pump-7?x=1",
+        "/api/v1/tables?x=1",
+        "/api/v1/pipelines?state=failed",
+    ] {
+        let r = get(path).await.expect("get");
+        assert_eq!(r.status(), 400, "{path}");
+    }
 
     let r = s
         .client

@@ -772,6 +772,16 @@ fn pipelines_defined_through_the_api_run_are_replaced_survive_restarts_and_are_r
             .is_some_and(|e| e.contains("[1].signals: invalid type")),
         "{error}"
     );
+    let mut quoted = api_pumps("quantile:1.0*1.5");
+    quoted["name"] = "x'y".into();
+    let (code, error) = put_pipeline(&p.url, "x'y", quoted);
+    assert_eq!(code, 400, "{error}");
+    assert!(
+        error["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("name: `x'y`: use 1–128 letters")),
+        "{error}"
+    );
     let (code, error) = put_pipeline(&p.url, "other-name", api_pumps("quantile:1.0*1.5"));
     assert_eq!(code, 400, "{error}");
     let (_, status) = pipeline_status(&p.url, "api-pumps");
