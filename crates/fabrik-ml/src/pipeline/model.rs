@@ -60,6 +60,11 @@ pub trait WindowModel: Send {
 
 /// Share of the score each feature carries: how much the score drops when that feature alone
 /// is set to its normal (median) value.
+///
+/// When no single feature lowers the score (several are abnormal together — a tone raises
+/// several spectral bands — and a model such as Half-Space Trees stays as sure with any one
+/// of them normal), the shares are how much each feature alone raises the score of an
+/// otherwise normal (all-median) window, so a flagged window always names its signals.
 pub fn occlusion<M: WindowModel + ?Sized>(
     model: &M,
     row: &[f64],
@@ -73,7 +78,19 @@ pub fn occlusion<M: WindowModel + ?Sized>(
         drops.push((full - model.probe(&probe)?).max(0.0));
         probe[j] = row[j];
     }
-    Ok(normalised(drops))
+    let explained = drops.iter().any(|&d| d > 0.0);
+    if explained || medians.len() != row.len() {
+        return Ok(normalised(drops));
+    }
+    let mut alone = medians.to_vec();
+    let normal = model.probe(&alone)?;
+    let mut rises = Vec::with_capacity(row.len());
+    for j in 0..row.len() {
+        alone[j] = row[j];
+        rises.push((model.probe(&alone)? - normal).max(0.0));
+        alone[j] = medians[j];
+    }
+    Ok(normalised(rises))
 }
 
 fn normalised(mut weights: Vec<f64>) -> Vec<f64> {
@@ -904,6 +921,46 @@ mod tests {
             held += usize::from(step.alarm && step.max_z <= 6.0);
         }
         assert!(held >= 30, "the hold was exercised: {held} of {alarms}");
+    }
+
+    /// A bounded score, as Half-Space Trees' and Isolation Forest's are: the largest feature,
+    /// capped at 5.
+    struct LargestFeature;
+
+    impl WindowModel for LargestFeature {
+        fn name(&self) -> &str {
+            "largest"
+        }
+        fn version(&self) -> &str {
+            "1"
+        }
+        fn fit(&mut self, _rows: &[Vec<f64>]) -> Result<(), MlError> {
+            Ok(())
+        }
+        fn score(&mut self, row: &[f64]) -> Result<f64, MlError> {
+            self.probe(row)
+        }
+        fn probe(&self, row: &[f64]) -> Result<f64, MlError> {
+            Ok(row.iter().copied().fold(0.0, f64::max).min(5.0))
+        }
+    }
+
+    /// Two features abnormal together: setting either to normal leaves the (capped) score as
+    /// it is,
+    /// and the explanation falls back to each feature alone in a normal window, which names
+    /// both (and not the normal third).
+    #[test]
+    fn features_abnormal_together_are_named_when_no_single_one_lowers_the_score() {
+        let medians = [1.0, 1.0, 1.0];
+        let row = [9.0, 6.0, 1.0];
+        let shares = occlusion(&LargestFeature, &row, &medians).unwrap();
+        assert!(shares[0] > 0.0 && shares[1] > 0.0, "{shares:?}");
+        assert_eq!(shares[2], 0.0, "{shares:?}");
+        let total: f64 = shares.iter().sum();
+        assert!((total - 1.0).abs() < 1e-12, "{shares:?}");
+        // One abnormal feature: plain occlusion names it alone.
+        let shares = occlusion(&LargestFeature, &[4.0, 1.0, 1.0], &medians).unwrap();
+        assert_eq!(shares, vec![1.0, 0.0, 0.0]);
     }
 
     /// While DBZ's alarm holds after an excursion of one channel, the windows it flags name
