@@ -1542,14 +1542,17 @@ impl Runner {
         }
     }
 
-    /// Trains each device that recent inferences of this definition (`version`) name a
-    /// training span for on that span's stored rows, so it scores with the model it had;
-    /// returns how many devices it restored. Only for models that do not learn while they
-    /// score: an adaptive one's model after weeks is not its first windows', and going back
-    /// to them would undo its adaptation (it learns from the recent history instead). A
-    /// device whose span no longer trains a model (retention removed rows) is forgotten, and
-    /// trains as a new one does; so are devices of inferences written before spans were
-    /// recorded.
+    /// Trains each device that recent inferences of this pipeline name a training span for
+    /// on that span's stored rows, so it scores with the model it had; returns how many
+    /// devices it restored. The span of this definition (`version`) if it scored the device,
+    /// else that of the definition that scored it last: a pipeline redefined during a fault
+    /// (a feature added, a threshold changed) learnt the fault as normal when it trained on
+    /// the windows before the change. Only for models that do not learn while they score: an
+    /// adaptive one's model after weeks is not its first windows', and going back to them
+    /// would undo its adaptation (it learns from the recent history instead). A device whose
+    /// span no longer trains a model (retention removed rows, or the new definition needs
+    /// more windows than the span holds) is forgotten, and trains as a new one does; so are
+    /// devices of inferences written before spans were recorded.
     async fn retrain_on_saved_spans(
         &self,
         pipeline: &mut Pipeline,
@@ -1565,12 +1568,14 @@ impl Runner {
         // Bounded in time: the scan runs at every start, and a device silent for longer
         // than this trains afresh.
         let sql = format!(
-            "SELECT device, min(trained_from) AS trained_from, trained_until FROM {INFERENCES_TABLE} \
-             WHERE pipeline = {} AND model_version = {} AND trained_until IS NOT NULL \
+            "SELECT device, min(trained_from) AS trained_from, trained_until, \
+             CAST(model_version = {} AS BIGINT) AS this_version, \
+             CAST(max(time) AS BIGINT) AS last_scored FROM {INFERENCES_TABLE} \
+             WHERE pipeline = {} AND trained_until IS NOT NULL \
              AND time > now() - INTERVAL '{SPAN_LOOKUP_DAYS} days' \
-             GROUP BY device, trained_until",
+             GROUP BY device, trained_until, model_version",
+            literal(version),
             literal(&self.compiled.config.name),
-            literal(version)
         );
         let output = match self.store.query(&sql).await {
             Ok(output) => output,
@@ -1578,7 +1583,9 @@ impl Runner {
             Err(e) if e.to_string().contains("trained_") => return Ok(0),
             Err(e) => return Err(e.to_string()),
         };
-        let mut spans: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        // Per device, the preferred span: this definition's latest, else the one scored last.
+        // The key orders them: (this version?, its latest, when scored last).
+        let mut spans: BTreeMap<String, ((bool, i64, i64), (i64, i64))> = BTreeMap::new();
         for batch in &output.batches {
             let devices: StringArray =
                 cast_column(batch, 0, &DataType::Utf8, "device did not cast to text")?;
@@ -1586,23 +1593,33 @@ impl Runner {
                 cast_column(batch, 1, &DataType::Int64, "trained_from did not cast")?;
             let until: Int64Array =
                 cast_column(batch, 2, &DataType::Int64, "trained_until did not cast")?;
+            let this_version: Int64Array =
+                cast_column(batch, 3, &DataType::Int64, "this_version did not cast")?;
+            let last_scored: Int64Array =
+                cast_column(batch, 4, &DataType::Int64, "last_scored did not cast")?;
             for i in 0..batch.num_rows() {
                 if devices.is_null(i) || from.is_null(i) || until.is_null(i) {
                     continue;
                 }
+                let ours = !this_version.is_null(i) && this_version.value(i) == 1;
+                let key = if ours {
+                    (true, until.value(i), 0)
+                } else {
+                    (false, 0, last_scored.value(i))
+                };
                 let span = (from.value(i), until.value(i));
                 spans
                     .entry(devices.value(i).to_owned())
-                    .and_modify(|latest| {
-                        if span.1 > latest.1 {
-                            *latest = span;
+                    .and_modify(|best| {
+                        if key > best.0 {
+                            *best = (key, span);
                         }
                     })
-                    .or_insert(span);
+                    .or_insert((key, span));
             }
         }
         let mut restored = 0;
-        for (device, &(from, until)) in &spans {
+        for (device, &(_, (from, until))) in &spans {
             match self.replay_span(pipeline, device, from, until).await {
                 Ok(()) if pipeline.is_scoring(device) => {
                     pipeline.skip_rows_before(device, until);

@@ -1505,6 +1505,38 @@ fn a_restarted_pipeline_relearns_its_training_span_not_the_fault_before_the_rest
         assert_eq!(row["trained_from"], span["trained_from"], "{row}");
         assert_eq!(row["trained_until"], span["trained_until"], "{row}");
     }
+    // Redefined during the fault (other features: another model version), it also learns
+    // from the span the device was learnt from, not from the fault before the change.
+    let (code, body) = put_pipeline(
+        &p.url,
+        "steady",
+        serde_json::json!({
+            "name": "steady",
+            "table": "pump",
+            "signals": ["vibration", "current"],
+            "window": "500ms",
+            "features": ["mean", "max"],
+            "training_windows": 10,
+            "interval": "100ms",
+            "lateness": "0s",
+            "start": "now",
+        }),
+    );
+    assert_eq!(code, 200, "{body}");
+    let redefined = now_ns();
+    let after_redefinition = format!(
+        "SELECT flag, model_version, trained_from, trained_until FROM inferences \
+         WHERE pipeline = 'steady' AND window_start > {redefined}"
+    );
+    eventually("windows after the redefinition are scored", || {
+        write_fault(&p.url);
+        query(&p.url, &after_redefinition).len() >= 3
+    });
+    for row in query(&p.url, &after_redefinition) {
+        assert_eq!(row["flag"], true, "the fault was learnt as normal: {row}");
+        assert_eq!(row["trained_from"], span["trained_from"], "{row}");
+        assert_eq!(row["trained_until"], span["trained_until"], "{row}");
+    }
     // Asked to, it learns afresh from the recent windows (here the fault, now its normal).
     let (ok, text) = crate::support::client_command(&p.url, &["pipeline", "retrain", "steady"]);
     assert!(ok, "{text}");
