@@ -1584,8 +1584,9 @@ impl Runner {
             Err(e) => return Err(e.to_string()),
         };
         // Per device, the preferred span: this definition's latest, else the one scored last.
-        // The key orders them: (this version?, its latest, when scored last).
-        let mut spans: BTreeMap<String, ((bool, i64, i64), (i64, i64))> = BTreeMap::new();
+        // The preference orders them: (this version?, its latest, when scored last).
+        type Preference = (bool, i64, i64);
+        let mut spans: BTreeMap<String, (Preference, (i64, i64))> = BTreeMap::new();
         for batch in &output.batches {
             let devices: StringArray =
                 cast_column(batch, 0, &DataType::Utf8, "device did not cast to text")?;
