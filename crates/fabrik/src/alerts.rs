@@ -155,6 +155,24 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
             )
         })
         .ok();
+    // Silence is measured at each evaluation: one shorter than the interval between them
+    // cannot be told from the gap to the next evaluation, and fires on every device that
+    // reports less often than each interval.
+    if let Some(every) = interval
+        && matches!(c.condition.as_str(), "absent" | "unchanged")
+        && c.threshold > 0.0
+        && c.threshold < every.as_secs_f64()
+    {
+        problem(
+            "threshold",
+            format!(
+                "{} s is shorter than the rule's `interval` ({}): an `{}` rule measures at \
+                 each evaluation, so use at least the interval (and more than the devices' \
+                 reporting period)",
+                c.threshold, c.interval, c.condition
+            ),
+        );
+    }
     if !matches!(c.severity.as_str(), "critical" | "warning" | "info") {
         problem(
             "severity",
@@ -1147,6 +1165,30 @@ impl AlertRuleManager {
                 ));
             }
         }
+        // An `expect` selection that matches no registered device watches nobody: the rule
+        // can never fire, and the operator believes the devices covered.
+        if let (Some(expect), Some(registry)) = (&config.expect, &self.registry)
+            && expect.uses_registry()
+            && expect.devices.is_empty()
+        {
+            let filter = fabrik_registry::DeviceFilter {
+                site: expect.site.clone(),
+                device_type: expect.device_type.clone(),
+                state: None,
+                label: expect.label.clone(),
+            };
+            if registry
+                .list(&filter)
+                .await
+                .is_ok_and(|devices| devices.iter().all(|d| d.disabled))
+            {
+                warnings.push(
+                    "`expect` matches no registered (enabled) device yet: the rule expects \
+                     none, and fires for none, until one is registered"
+                        .into(),
+                );
+            }
+        }
         if config.expect.as_ref().is_some_and(|e| e.uses_registry()) && self.registry.is_none() {
             warnings.push(
                 "`expect` selects registered devices, and the registry module does not run in \
@@ -2049,6 +2091,13 @@ mod tests {
             .map(|(f, _)| f)
             .collect();
         assert_eq!(fields, vec!["threshold", "clear"]);
+        // A silence shorter than the evaluation interval cannot be measured.
+        let mut blink = demo_heartbeat_rules().remove(0);
+        blink.threshold = 0.0001;
+        let problems = compile_rule(&blink).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "threshold");
+        assert!(problems[0].1.contains("shorter than"), "{problems:?}");
         let mut bad = demo_rule();
         bad.condition = "over".into();
         bad.severity = "loud".into();

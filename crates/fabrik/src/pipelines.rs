@@ -250,6 +250,19 @@ pub(crate) fn compile(config: &PipelineConfig) -> Result<Compiled, Vec<(String, 
     let threshold = ThresholdSpec::parse(&effective_threshold(config))
         .map_err(|e| problem("threshold", e.to_string()))
         .ok();
+    // Every built-in model's score is ≥ 0 (distances, z magnitudes, anomaly probabilities):
+    // a fixed threshold at or below 0 flags (nearly) every window.
+    if let (Some(ModelChoice::Builtin(_)), Some(ThresholdSpec::Fixed(level))) = (&model, &threshold)
+        && *level <= 0.0
+    {
+        problem(
+            "threshold",
+            format!(
+                "{level}: `{}` scores are never negative, so it would flag every window",
+                config.model
+            ),
+        );
+    }
     let window = match window_length(&config.window) {
         Ok(length) => {
             let hop = match &config.hop {
@@ -466,6 +479,25 @@ fn feature_names(spec: &PipelineSpec) -> Vec<String> {
         .collect()
 }
 
+/// Training windows too few for the features PCA T²+Q fits a covariance to: with fewer than
+/// five windows per feature its estimate is poor and the calibrated threshold sits among
+/// normal scores (a review: 10 windows for 8 features flagged 271 of 285 windows, mostly on
+/// healthy data).
+fn training_warning(compiled: &Compiled) -> Option<String> {
+    const WINDOWS_PER_FEATURE: usize = 5;
+    let features = feature_names(&compiled.spec).len();
+    let windows = compiled.spec.training_windows;
+    (matches!(compiled.model, ModelChoice::Builtin(BuiltinModel::PcaT2Q))
+        && windows < WINDOWS_PER_FEATURE * features)
+        .then(|| {
+            format!(
+                "`pca_t2q` learns {features} features from {windows} training windows; with \
+                 fewer than {} (5 per feature) expect many false alarms",
+                WINDOWS_PER_FEATURE * features
+            )
+        })
+}
+
 /// A pipeline's threshold: as given, else the model's own alarm level where its scores have
 /// one ([`BuiltinModel::own_threshold`]), else the training windows' largest score with a
 /// margin.
@@ -578,6 +610,9 @@ impl PipelineManager {
         let config = compiled.config.clone();
         let stop = self.stop.child_token();
         let features = feature_names(&compiled.spec);
+        if let Some(warning) = training_warning(&compiled) {
+            tracing::warn!(pipeline = %config.name, "{warning}");
+        }
         let task = if config.enabled {
             self.board.write().insert(
                 config.name.clone(),
@@ -657,6 +692,29 @@ impl PipelineManager {
             Some(existing) => Self::refuse_unless_api(existing).map(|()| false),
             None => Ok(true),
         }
+    }
+
+    /// What a selection by site, type or label would select now, if nothing: the pipeline
+    /// would score no device (and says so once it runs).
+    async fn selection_warning(&self, config: &PipelineConfig) -> Option<String> {
+        if config.site.is_none() && config.device_type.is_none() && config.label.is_none() {
+            return None;
+        }
+        let registry = self.registry.as_ref()?;
+        let filter = DeviceFilter {
+            site: config.site.clone(),
+            device_type: config.device_type.clone(),
+            state: None,
+            label: config.label.clone(),
+        };
+        let matching = registry.list(&filter).await.ok()?;
+        let listed_and_matching =
+            config.devices.is_empty() || matching.iter().any(|d| config.devices.contains(&d.id));
+        (matching.is_empty() || !listed_and_matching).then(|| {
+            "no registered device matches the selection (site, type, label and devices \
+             together) yet; the pipeline scores none until one does"
+                .to_owned()
+        })
     }
 
     /// Whether `config` is what pipeline `config.name` already runs (or, disabled, keeps
@@ -784,6 +842,8 @@ impl PipelineManager {
             .into_iter()
             .collect();
         warnings.extend(model_warning);
+        warnings.extend(self.selection_warning(&config).await);
+        warnings.extend(training_warning(&compiled));
         let action = match (created, unchanged) {
             (true, _) => "define",
             (false, true) => "unchanged",
@@ -2248,6 +2308,22 @@ mod tests {
         let problems = compile(&own).unwrap_err();
         let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(fields, ["signals", "signals", "model_name"], "{problems:?}");
+    }
+
+    /// A built-in model's scores are never negative: a fixed threshold at or below 0 would
+    /// flag every window, and is refused naming the field.
+    #[test]
+    fn a_threshold_no_built_in_score_can_stay_under_is_refused() {
+        let mut p = demo_pipeline();
+        for level in ["-3", "0"] {
+            p.threshold = Some(level.into());
+            let problems = compile(&p).unwrap_err();
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(problems[0].0, "threshold");
+            assert!(problems[0].1.contains("never negative"), "{problems:?}");
+        }
+        p.threshold = Some("0.5".into());
+        assert!(compile(&p).is_ok());
     }
 
     #[test]

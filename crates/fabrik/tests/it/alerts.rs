@@ -1214,6 +1214,23 @@ fn an_expression_over_signals_reported_by_exception_fills_in_their_last_values()
         })),
     );
     assert_eq!(status, 400, "{error}");
+    // A heartbeat expecting the devices of a site no device is registered at watches nobody.
+    let (status, dry) = http(
+        &p.url,
+        reqwest::Method::PUT,
+        "/api/v1/alert-rules/beat?dry_run=true",
+        Some(serde_json::json!({
+            "table": "line", "value": "1", "condition": "absent", "threshold": 5,
+            "expect": {"site": "no-such-site"},
+        })),
+    );
+    assert_eq!(status, 200, "{dry}");
+    assert!(
+        dry["warnings"]
+            .to_string()
+            .contains("`expect` matches no registered"),
+        "{dry}"
+    );
     // Checked as it runs: over the filled page, where the table's name qualifies nothing.
     let (status, dry) = http(
         &p.url,

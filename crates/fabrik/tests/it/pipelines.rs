@@ -697,6 +697,24 @@ fn pipelines_defined_through_the_api_run_are_replaced_survive_restarts_and_are_r
     let (code, again) = put_pipeline(&p.url, "api-pumps", api_pumps("quantile:1.0*1.5"));
     assert_eq!(code, 200, "{again}");
     assert_eq!(again["inferences"], 80, "not restarted: {again}");
+    // A dry run warns of a selection that matches no device, and of PCA fitted to fewer
+    // than five training windows per feature (6 features, 20 windows).
+    let mut doubtful = api_pumps("quantile:1.0*1.5");
+    doubtful["site"] = "nowhere".into();
+    doubtful["model"] = "pca_t2q".into();
+    let (code, dry) = http(
+        &p.url,
+        reqwest::Method::PUT,
+        "/api/v1/pipelines/api-pumps?dry_run=true",
+        Some(doubtful),
+    );
+    assert_eq!(code, 200, "{dry}");
+    let warnings = dry["warnings"].to_string();
+    assert!(
+        warnings.contains("no registered device matches")
+            && warnings.contains("6 features from 20 training windows"),
+        "{dry}"
+    );
 
     // Bad definitions are refused with the field named, and change nothing.
     let mut bad = api_pumps("quantile:1.0*1.5");
