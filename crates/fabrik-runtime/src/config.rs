@@ -320,6 +320,92 @@ fn one_u8() -> u8 {
     1
 }
 
+/// Most list entries reported as not deserializing, before the rest is given up on.
+const MAX_ENTRY_PROBLEMS: usize = 50;
+
+/// `path` as the file names it (`pipelines[2].signals`: its indices shifted back by the
+/// entries removed before from the same list), and the path of the list its deepest index
+/// is in (the key of `removed`).
+fn file_path(
+    path: &[serde_path_to_error::Segment],
+    removed: &BTreeMap<String, usize>,
+) -> (String, Option<String>) {
+    use serde_path_to_error::Segment;
+    let last_index = path.iter().rposition(|s| matches!(s, Segment::Seq { .. }));
+    let mut text = String::new();
+    let mut list = None;
+    for (position, segment) in path.iter().enumerate() {
+        match segment {
+            Segment::Map { key } => {
+                if !text.is_empty() {
+                    text.push('.');
+                }
+                text.push_str(key);
+            }
+            Segment::Seq { index } => {
+                let shift = if Some(position) == last_index {
+                    list = Some(text.clone());
+                    removed.get(&text).copied().unwrap_or(0)
+                } else {
+                    0
+                };
+                text.push_str(&format!("[{}]", index + shift));
+            }
+            Segment::Enum { variant } => {
+                if !text.is_empty() {
+                    text.push('.');
+                }
+                text.push_str(variant);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    if text.is_empty() {
+        text = "(config)".into();
+    }
+    (text, list)
+}
+
+/// Removes the list entry that the deepest index of `path` names (`pipelines[1].signals`:
+/// the second pipeline); false when the path names no list entry.
+fn remove_entry(table: &mut toml::Table, path: &[serde_path_to_error::Segment]) -> bool {
+    use serde_path_to_error::Segment;
+    let Some(last_index) = path.iter().rposition(|s| matches!(s, Segment::Seq { .. })) else {
+        return false;
+    };
+    let Segment::Seq { index } = path[last_index] else {
+        return false;
+    };
+    // Walk to the list that holds the entry.
+    let mut value: &mut toml::Value = match path.first() {
+        Some(Segment::Map { key }) => match table.get_mut(key) {
+            Some(value) => value,
+            None => return false,
+        },
+        _ => return false,
+    };
+    for segment in &path[1..last_index] {
+        value = match (segment, value) {
+            (Segment::Map { key }, toml::Value::Table(t)) => match t.get_mut(key) {
+                Some(v) => v,
+                None => return false,
+            },
+            (Segment::Seq { index }, toml::Value::Array(a)) => match a.get_mut(*index) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match value {
+        toml::Value::Array(entries) if index < entries.len() => {
+            entries.remove(index);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// `[alerting]`
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -848,23 +934,43 @@ impl Config {
         let mut problems = Vec::new();
         apply_env(&mut table, &template, env, &mut problems);
         check_shape(&mut table, &template, "", &mut problems);
-        match toml::Value::Table(table).try_into() {
-            Ok(config) => Ok((config, problems)),
-            Err(e) => {
-                // What is left still does not make a config (a list entry that is no table, or
-                // a required field left out): the shape's problems are the whole report.
-                if problems.is_empty() {
-                    problems.push(ConfigProblem {
-                        path: "(config)".into(),
-                        message: e.to_string(),
-                    });
-                }
-                Err(RuntimeError::Invalid {
-                    origin: origin.to_owned(),
-                    problems,
-                })
+        // A list entry (a pipeline, a rule, a device) that does not deserialize — a required
+        // field left out, a value of the wrong type — is reported with its index and field
+        // and left out, and the rest is tried again, so every entry's problem is reported
+        // and the others are still checked.
+        // Entries removed so far per list (by its path): the indices reported are the file's.
+        let mut removed: BTreeMap<String, usize> = BTreeMap::new();
+        for _ in 0..MAX_ENTRY_PROBLEMS {
+            let error = match serde_path_to_error::deserialize::<_, Config>(toml::Value::Table(
+                table.clone(),
+            )) {
+                Ok(config) => return Ok((config, problems)),
+                Err(e) => e,
+            };
+            let segments: Vec<serde_path_to_error::Segment> =
+                error.path().iter().cloned().collect();
+            let (mut path, list) = file_path(&segments, &removed);
+            let mut message = error.inner().message().to_owned();
+            // "missing field `x`": the path names the entry; name the field too.
+            if let Some(field) = message
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.strip_suffix('`'))
+            {
+                path = format!("{path}.{field}");
+                message = "missing (it is required)".into();
+            }
+            problems.push(ConfigProblem { path, message });
+            if !remove_entry(&mut table, &segments) {
+                break;
+            }
+            if let Some(list) = list {
+                *removed.entry(list).or_default() += 1;
             }
         }
+        Err(RuntimeError::Invalid {
+            origin: origin.to_owned(),
+            problems,
+        })
     }
 
     /// Validates values into [`Settings`], reporting every problem at once.
@@ -1605,6 +1711,43 @@ mod tests {
         );
         assert_eq!(config, expected);
         config.validate("example").expect("example validates");
+    }
+
+    /// List entries that do not deserialize (a required field left out) are each reported
+    /// with the file's index and the field, and left out; the others load.
+    #[test]
+    fn each_entry_missing_a_required_field_is_named_with_its_index() {
+        let text = r#"
+            [[pipelines]]
+            name = "a"
+            table = "pump"
+            [[pipelines]]
+            name = "b"
+            table = "pump"
+            signals = ["x"]
+            [[pipelines]]
+            name = "c"
+            [[alerting.rules]]
+            name = "r"
+            table = "pump"
+            condition = "above"
+            threshold = 1
+        "#;
+        let err = Config::from_toml("t.toml", text, no_env()).expect_err("missing fields");
+        let RuntimeError::Invalid { problems, .. } = err else {
+            panic!("{err}");
+        };
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "alerting.rules[0].value",
+                "pipelines[0].signals",
+                "pipelines[2].table"
+            ],
+            "{problems:?}"
+        );
+        assert!(problems.iter().all(|p| p.message.contains("required")));
     }
 
     #[test]
