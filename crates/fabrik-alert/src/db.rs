@@ -100,6 +100,9 @@ pub struct AlertQuery {
     pub rule: Option<String>,
     /// Keys (devices) matching this pattern.
     pub key: Option<String>,
+    /// Only alerts changed after this (update time in ns, then id, for alerts changed at the
+    /// same instant), oldest change first: a cursor to read every change, page by page.
+    pub changed_after: Option<(i64, String)>,
 }
 
 /// A silence-style pattern (only `*` is special) as an SQLite GLOB pattern, in which `?` and
@@ -296,7 +299,16 @@ impl AlertDb {
         if query.key.is_some() {
             sql.push_str(" AND key GLOB ?");
         }
-        sql.push_str(" ORDER BY updated_ns DESC LIMIT ?");
+        // The id breaks ties: one pass changes many alerts at the same instant, and without
+        // it a page boundary could fall anywhere among them.
+        if query.changed_after.is_some() {
+            sql.push_str(
+                " AND (updated_ns > ? OR (updated_ns = ? AND id > ?)) \
+                 ORDER BY updated_ns ASC, id ASC LIMIT ?",
+            );
+        } else {
+            sql.push_str(" ORDER BY updated_ns DESC, id DESC LIMIT ?");
+        }
         // Audited: the statement is built from the constant fragments above; the values are
         // bound.
         let mut statement = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -305,6 +317,9 @@ impl AlertDb {
         }
         for pattern in [&query.rule, &query.key].into_iter().flatten() {
             statement = statement.bind(glob_pattern(pattern));
+        }
+        if let Some((after_ns, after_id)) = &query.changed_after {
+            statement = statement.bind(after_ns).bind(after_ns).bind(after_id);
         }
         let rows = statement
             .bind(i64::from(limit))
@@ -1070,5 +1085,6 @@ fn alert_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Alert, AlertError> {
         ack,
         silenced: r.try_get("silenced")?,
         inhibited_by: None,
+        updated_at: crate::model::rfc3339_ns(r.try_get("updated_ns")?),
     })
 }

@@ -759,6 +759,7 @@ impl Alerting {
                 ack: None,
                 silenced,
                 inhibited_by: None,
+                updated_at: String::new(),
             });
             alert.state = t.state;
             alert.silenced = silenced;
@@ -2019,6 +2020,7 @@ mod tests {
                 state: Some(AlertState::Firing),
                 rule: rule.map(str::to_owned),
                 key: key.map(str::to_owned),
+                changed_after: None,
             };
             let db = alerting.db().clone();
             async move {
@@ -2411,6 +2413,67 @@ mod tests {
         let mut listed = vec![alerting.db().get(&hot_1).await.unwrap()];
         alerting.explain_inhibited(&mut listed).await.unwrap();
         assert_eq!(listed[0].inhibited_by, None);
+    }
+
+    /// One pass changes many alerts at the same instant; `changed_after` with the last
+    /// alert's `updated_at` and id reads every one of them, page by page, once, and then a
+    /// later change; the newest-first listing is ordered the same way every time.
+    #[tokio::test]
+    async fn every_change_can_be_read_page_by_page_though_many_share_an_instant() {
+        let dir = tempfile::tempdir().unwrap();
+        let alerting = alerting_in(dir.path(), Vec::new()).await;
+        let ovens: Vec<Observation> = (0..7).map(|i| obs(&format!("oven-{i}"), 1, 85.0)).collect();
+        alerting.observe("hot", &ovens).await.unwrap();
+        let newest_first = alerting
+            .db()
+            .find(&db::AlertQuery::default(), 100)
+            .await
+            .unwrap();
+        assert_eq!(newest_first.len(), 7);
+        assert!(
+            newest_first
+                .iter()
+                .all(|a| a.updated_at == newest_first[0].updated_at),
+            "one pass, one instant"
+        );
+        let ids: Vec<&str> = newest_first.iter().map(|a| a.id.as_str()).collect();
+        let mut descending = ids.clone();
+        descending.sort_unstable_by(|a, b| b.cmp(a));
+        assert_eq!(ids, descending, "ties broken by id");
+
+        let read_all = |after: Option<(i64, String)>| {
+            let db = alerting.db().clone();
+            async move {
+                let mut seen = Vec::new();
+                let mut cursor = after;
+                loop {
+                    let query = db::AlertQuery {
+                        changed_after: cursor.clone(),
+                        ..db::AlertQuery::default()
+                    };
+                    let page = db.find(&query, 3).await.unwrap();
+                    let Some(last) = page.last() else {
+                        return (seen, cursor);
+                    };
+                    cursor = Some((
+                        model::parse_rfc3339(&last.updated_at).unwrap(),
+                        last.id.clone(),
+                    ));
+                    seen.extend(page.into_iter().map(|a| a.id));
+                }
+            }
+        };
+        let (seen, cursor) = read_all(Some((0, String::new()))).await;
+        let mut expected: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        expected.sort();
+        assert_eq!(seen, expected, "each once, oldest change first, ties by id");
+        // A later change (oven-3 cools down) is the only thing after the cursor.
+        alerting
+            .observe("hot", &[obs("oven-3", 2, 10.0)])
+            .await
+            .unwrap();
+        let (later, _) = read_all(cursor).await;
+        assert_eq!(later, [alert_id("hot", "oven-3", S)]);
     }
 
     /// A pending alert survives a restart with its `for` still counting, unless its evaluator

@@ -81,6 +81,10 @@ pub struct Alert {
     /// stored, filled in when alerts are listed.
     #[serde(default)]
     pub inhibited_by: Option<String>,
+    /// When it last changed (state, acknowledgement, silence, severity), RFC 3339 to the
+    /// nanosecond: with the id, the cursor of `changed_after` to read every change.
+    #[serde(default)]
+    pub updated_at: String,
 }
 
 /// While an alert of a `source` rule fires, the alerts of the `targets` rules (of the same
@@ -169,6 +173,11 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 /// RFC 3339 with milliseconds, UTC.
 pub fn rfc3339(ns: i64) -> String {
     chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// RFC 3339 to the nanosecond, UTC.
+pub fn rfc3339_ns(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
 /// Parses RFC 3339 into ns.

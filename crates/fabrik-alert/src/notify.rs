@@ -951,6 +951,7 @@ mod tests {
             ack: None,
             silenced: false,
             inhibited_by: None,
+            updated_at: String::new(),
         }
     }
 

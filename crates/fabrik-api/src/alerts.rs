@@ -60,18 +60,26 @@ fn alerting(state: &ApiState) -> Result<&Arc<Alerting>, ApiError> {
 pub struct AlertParams {
     /// `pending`, `firing` or `resolved`.
     pub state: Option<String>,
-    /// Newest first, at most this many (default 100, at most 1000).
+    /// At most this many (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// Only rules matching this pattern (`*` matches any run of characters).
     pub rule: Option<String>,
     /// Only devices matching this pattern, e.g. `pump-*`.
     pub device: Option<String>,
+    /// Only alerts changed after this `updated_at` (RFC 3339), oldest change first instead
+    /// of newest first: to read every change page by page, pass the last alert's
+    /// `updated_at` here and its id as `after_id`.
+    pub changed_after: Option<String>,
+    /// With `changed_after`: of the alerts changed at that very instant, only those with a
+    /// greater id.
+    pub after_id: Option<String>,
 }
 
 #[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts", security(("token" = [])),
     params(AlertParams),
-    responses((status = 200, description = "alerts, most recently changed first", body = [fabrik_alert::Alert]),
-              (status = 400, description = "unknown state", body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "alerts, most recently changed first (with `changed_after`: oldest change first)", body = [fabrik_alert::Alert]),
+              (status = 400, description = "unknown state, a limit out of range, a bad cursor or an unknown parameter", body = crate::error::ErrorBody)))]
 pub(crate) async fn list(
     State(state): State<ApiState>,
     Query(params): Query<AlertParams>,
@@ -87,14 +95,34 @@ pub(crate) async fn list(
             )));
         }
     };
-    if params.limit == Some(0) {
-        return Err(ApiError::bad_request("limit must be at least 1"));
+    let limit = params.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "limit {limit}: expected 1 to 1000 (to read more, page with changed_after)"
+        )));
     }
-    let limit = params.limit.unwrap_or(100).min(1000);
+    let changed_after = match (params.changed_after.as_deref(), params.after_id) {
+        (None, None) => None,
+        (None, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "after_id: goes with changed_after (the same alert's updated_at)",
+            ));
+        }
+        (Some(text), after_id) => {
+            let ns = fabrik_alert::model::parse_rfc3339(text).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "changed_after `{text}`: expected an RFC 3339 time, e.g. an alert's \
+                     updated_at"
+                ))
+            })?;
+            Some((ns, after_id.unwrap_or_default()))
+        }
+    };
     let query = fabrik_alert::db::AlertQuery {
         state: wanted,
         rule: params.rule.filter(|r| !r.is_empty()),
         key: params.device.filter(|d| !d.is_empty()),
+        changed_after,
     };
     let alerting = alerting(&state)?;
     let mut alerts = alerting.db().find(&query, limit).await?;

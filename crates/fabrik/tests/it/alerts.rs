@@ -348,6 +348,30 @@ fn a_fault_becomes_a_webhook_naming_its_signal_and_survives_a_restart_undelivere
         body["error"].as_str().is_some_and(|e| e.contains("since")),
         "{body}"
     );
+    for (listing, says) in [
+        ("/api/v1/alerts?limit=5000", "expected 1 to 1000"),
+        ("/api/v1/alerts?changed_after=yesterday", "RFC 3339"),
+        ("/api/v1/alerts?after_id=x", "goes with changed_after"),
+    ] {
+        let (code, body) = http(&p.url, reqwest::Method::GET, listing, None);
+        assert_eq!(code, 400, "{listing}: {body}");
+        assert!(body.to_string().contains(says), "{listing}: {body}");
+    }
+    // The alert's updated_at is the cursor: nothing changed after it.
+    let (_, all) = http(&p.url, reqwest::Method::GET, "/api/v1/alerts", None);
+    let newest = &all[0];
+    let (code, after) = http(
+        &p.url,
+        reqwest::Method::GET,
+        &format!(
+            "/api/v1/alerts?changed_after={}&after_id={}",
+            newest["updated_at"].as_str().expect("updated_at"),
+            newest["id"].as_str().expect("id")
+        ),
+        None,
+    );
+    assert_eq!(code, 200, "{after}");
+    assert_eq!(after, serde_json::json!([]), "{all}");
     let (status, _) = p.terminate();
     assert!(status.success());
 
