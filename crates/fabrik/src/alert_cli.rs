@@ -169,9 +169,10 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&alerts)?);
                 return Ok(());
             }
+            // `fired` is the webhook's startsAt; a pending alert shows when its condition began.
             println!(
-                "{:<9} {:<8} {:<9} {:<20} {:<16} {:<24} {:<16} id",
-                "state", "silenced", "severity", "rule", "device", "started", "ack"
+                "{:<9} {:<9} {:<9} {:<20} {:<16} {:<24} {:<16} id",
+                "state", "held back", "severity", "rule", "device", "fired (pending: since)", "ack"
             );
             for a in &alerts {
                 let s = |k: &str| a.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_owned();
@@ -181,19 +182,34 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
                     .and_then(|f| f.as_str())
                     .unwrap_or("-");
                 let silenced = a.get("silenced").and_then(serde_json::Value::as_bool);
+                let held_back = if a.get("inhibited_by").is_some_and(|v| v.is_string()) {
+                    "inhibited"
+                } else if silenced == Some(true) {
+                    "silenced"
+                } else {
+                    "-"
+                };
+                let since = a
+                    .get("fired_at")
+                    .and_then(|v| v.as_str())
+                    .map_or_else(|| s("started_at"), str::to_owned);
                 println!(
-                    "{:<9} {:<8} {:<9} {:<20} {:<16} {:<24} {:<16} {}",
+                    "{:<9} {:<9} {:<9} {:<20} {:<16} {:<24} {:<16} {}",
                     s("state"),
-                    if silenced == Some(true) { "yes" } else { "-" },
+                    held_back,
                     s("severity"),
                     s("rule"),
                     s("key"),
-                    s("started_at"),
+                    since,
                     ack,
                     s("id")
                 );
             }
-            println!("{} alert(s)", alerts.len());
+            if alerts.len() == limit as usize {
+                println!("{} alert(s), the --limit: there may be more", alerts.len());
+            } else {
+                println!("{} alert(s)", alerts.len());
+            }
         }
         AlertCommand::Ack {
             id,

@@ -34,8 +34,15 @@ pub(crate) struct Endpoint {
 impl Endpoint {
     /// The token to send, if any.
     pub(crate) fn token(&self) -> Option<String> {
-        if let Some(t) = &self.token {
-            return Some(t.clone());
+        // An empty `FABRIK_TOKEN=` (a variable set from a missing file) is no token: the
+        // token file is tried, and the error says what is missing.
+        if let Some(t) = self
+            .token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
+            return Some(t.to_owned());
         }
         std::fs::read_to_string(self.data_dir.join("admin.token"))
             .ok()

@@ -481,6 +481,17 @@ async fn serve(
                 let broker = wiring.broker.clone();
                 let registry = wiring.registry.clone();
                 let external_url = format!("http://{}", settings.http_listen);
+                // On every interface, the listen address is no address a receiver can open.
+                if settings.http_listen.ip().is_unspecified()
+                    && config.alerting.external_url.is_empty()
+                    && !config.alerting.notifiers.is_empty()
+                {
+                    tracing::warn!(
+                        link = %external_url,
+                        "Notifications link to the HTTP listen address, which is every interface \
+                         here: set alerting.external_url to the address people open."
+                    );
+                }
                 let board = fabrik_api::alert_rules::AlertRuleBoard::default();
                 wiring.alert_rules = Some(board.clone());
                 manager

@@ -434,6 +434,11 @@ fn a_fault_becomes_a_webhook_naming_its_signal_and_survives_a_restart_undelivere
     let (ok, text) =
         crate::support::client_command(&p.url, &["alert", "list", "--device", "motor-*"]);
     assert!(ok && text.contains("0 alert(s)"), "{text}");
+    let (ok, text) = crate::support::client_command(&p.url, &["alert", "list", "--limit", "1"]);
+    assert!(
+        ok && text.contains("1 alert(s), the --limit: there may be more"),
+        "{text}"
+    );
     let (status, _) = p.terminate();
     assert!(status.success());
 }
