@@ -7,6 +7,86 @@ use utoipa::{Modify, OpenApi};
 
 struct TokenAuth;
 
+/// What every protected operation can answer, declared where a handler's annotation left it
+/// out, so generated clients know them: 400 (every endpoint refuses unknown query
+/// parameters), 401 (no or a wrong token, or an ended session), and for changes 403 (a role
+/// too low). Also declares the token on protected operations that did not say so, and makes
+/// the answer schemas that are one of two lists `anyOf`: an empty list is both.
+struct CommonAnswers;
+
+/// Paths that answer without a token.
+const OPEN_PATHS: [&str; 3] = ["/ready", "/metrics", "/api/v1/session"];
+
+impl Modify for CommonAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::HttpMethod;
+        use utoipa::openapi::security::SecurityRequirement;
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if OPEN_PATHS.contains(&path.as_str()) {
+                continue;
+            }
+            for method in [
+                HttpMethod::Get,
+                HttpMethod::Put,
+                HttpMethod::Post,
+                HttpMethod::Delete,
+                HttpMethod::Patch,
+            ] {
+                let operation = match method {
+                    HttpMethod::Get => item.get.as_mut(),
+                    HttpMethod::Put => item.put.as_mut(),
+                    HttpMethod::Post => item.post.as_mut(),
+                    HttpMethod::Delete => item.delete.as_mut(),
+                    HttpMethod::Patch => item.patch.as_mut(),
+                    _ => None,
+                };
+                let Some(operation) = operation else {
+                    continue;
+                };
+                operation.security.get_or_insert_with(|| {
+                    vec![SecurityRequirement::new("token", Vec::<String>::new())]
+                });
+                let responses = &mut operation.responses.responses;
+                responses.entry("400".into()).or_insert_with(|| {
+                    error("a bad request: the message names what was wrong (an unknown query parameter, a bad value)").into()
+                });
+                responses.entry("401".into()).or_insert_with(|| {
+                    error("no token, a wrong one, or a session that ended").into()
+                });
+                if method != HttpMethod::Get {
+                    responses
+                        .entry("403".into())
+                        .or_insert_with(|| error("the signed-in user's role is too low").into());
+                }
+            }
+        }
+        if let Some(components) = openapi.components.as_mut() {
+            for name in ["AppliedPipelines", "AppliedRules"] {
+                if let Some(utoipa::openapi::RefOr::T(schema)) = components.schemas.get_mut(name)
+                    && let utoipa::openapi::schema::Schema::OneOf(one_of) = schema
+                {
+                    let mut any_of = utoipa::openapi::schema::AnyOf::new();
+                    any_of.items = std::mem::take(&mut one_of.items);
+                    any_of.description = one_of.description.take();
+                    *schema = utoipa::openapi::schema::Schema::AnyOf(any_of);
+                }
+            }
+        }
+    }
+}
+
 impl Modify for TokenAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
@@ -69,7 +149,7 @@ impl Modify for TokenAuth {
         crate::pipelines::put_model,
         crate::pipelines::remove_model,
     ),
-    modifiers(&TokenAuth)
+    modifiers(&TokenAuth, &CommonAnswers)
 )]
 struct ApiDoc;
 
