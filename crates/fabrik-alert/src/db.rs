@@ -63,6 +63,19 @@ const SCHEMA: &[&str] = &[
     )",
 ];
 
+/// What waits in the outbox for one notifier.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueuedFor {
+    /// Notifications queued.
+    pub queued: u64,
+    /// Of them, those that failed at least once.
+    pub retrying: u64,
+    /// When the next is due.
+    pub next_attempt_ns: Option<i64>,
+    /// The error of the one that failed most often.
+    pub last_error: Option<String>,
+}
+
 /// A notification waiting to be delivered.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxEntry {
@@ -581,6 +594,33 @@ impl AlertDb {
     }
 
     /// Notifications not yet delivered.
+    /// Per notifier, what waits in the outbox for it.
+    pub async fn outbox_by_notifier(&self) -> Result<BTreeMap<String, QueuedFor>, AlertError> {
+        let rows = sqlx::query(
+            "SELECT notifier, count(*) AS queued, sum(attempts > 0) AS retrying, \
+             min(next_attempt_ns) AS next_attempt_ns, \
+             (SELECT last_error FROM outbox AS o WHERE o.notifier = outbox.notifier \
+              AND o.last_error IS NOT NULL ORDER BY o.attempts DESC, o.id LIMIT 1) AS last_error \
+             FROM outbox GROUP BY notifier",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("notifier")?,
+                    QueuedFor {
+                        queued: r.try_get::<i64, _>("queued")?.max(0) as u64,
+                        retrying: r.try_get::<Option<i64>, _>("retrying")?.unwrap_or(0).max(0)
+                            as u64,
+                        next_attempt_ns: r.try_get("next_attempt_ns")?,
+                        last_error: r.try_get("last_error")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
     pub async fn outbox_len(&self) -> Result<i64, AlertError> {
         Ok(sqlx::query_scalar("SELECT count(*) FROM outbox")
             .fetch_one(&self.pool)

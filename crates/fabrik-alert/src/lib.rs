@@ -57,7 +57,7 @@ pub struct ReadPosition<'a> {
 }
 pub use engine::{AlertState, Condition, Observation, Rule, RuleEngine, Transition};
 pub use error::AlertError;
-pub use model::{Ack, Alert, Feedback, Inhibition, Silence};
+pub use model::{Ack, Alert, Feedback, Inhibition, NotifierStatus, Silence};
 pub use notify::{Notifier, Publish, PublishFuture, Publisher};
 
 /// What one pass of the outbox worker reads once and its steps share: the time, the
@@ -131,6 +131,16 @@ pub struct Alerting {
     exported_firing: Mutex<std::collections::BTreeSet<(String, String)>>,
     /// See [`Inhibition`]; set by [`Alerting::set_inhibitions`].
     inhibitions: Mutex<Arc<[Inhibition]>>,
+    /// Per notifier, its last delivery and last failure since this process started.
+    deliveries: Mutex<BTreeMap<String, DeliveryRecord>>,
+}
+
+/// A notifier's last delivery and last failure (this process's).
+#[derive(Debug, Clone, Default)]
+struct DeliveryRecord {
+    delivered_ns: Option<i64>,
+    failed_ns: Option<i64>,
+    error: Option<String>,
 }
 
 impl std::fmt::Debug for Alerting {
@@ -222,6 +232,7 @@ impl Alerting {
             wake: tokio::sync::Notify::new(),
             exported_firing: Mutex::default(),
             inhibitions: Mutex::new(Arc::from(Vec::new())),
+            deliveries: Mutex::default(),
         });
         for alert in &orphans {
             alerting
@@ -274,6 +285,36 @@ impl Alerting {
         *self.inhibitions.lock() = Arc::from(inhibitions);
         self.wake.notify_one();
         Ok(())
+    }
+
+    /// Each notifier as an operator needs to see it: where it sends, what it is told of,
+    /// what waits in the outbox for it, and how its last deliveries went.
+    pub async fn notifier_statuses(&self) -> Result<Vec<model::NotifierStatus>, AlertError> {
+        let queued = self.db.outbox_by_notifier().await?;
+        let deliveries = self.deliveries.lock().clone();
+        Ok(self
+            .notifiers
+            .iter()
+            .map(|notifier| {
+                let waiting = queued.get(notifier.name()).cloned().unwrap_or_default();
+                let record = deliveries.get(notifier.name()).cloned().unwrap_or_default();
+                let route = notifier.route();
+                model::NotifierStatus {
+                    name: notifier.name().to_owned(),
+                    kind: notifier.kind().to_owned(),
+                    target: notifier.target(),
+                    severities: route.severities.clone(),
+                    rules: route.rules.clone(),
+                    devices: route.devices.clone(),
+                    queued: waiting.queued,
+                    retrying: waiting.retrying,
+                    next_attempt_at: waiting.next_attempt_ns.map(model::rfc3339),
+                    last_error: waiting.last_error.or(record.error.clone()),
+                    last_delivered_at: record.delivered_ns.map(model::rfc3339),
+                    last_failed_at: record.failed_ns.map(model::rfc3339),
+                }
+            })
+            .collect())
     }
 
     /// The inhibitions in force.
@@ -1427,9 +1468,20 @@ impl Alerting {
                         "outcome" => "delivered"
                     )
                     .increment(1);
+                    self.deliveries
+                        .lock()
+                        .entry(notifier.name().to_owned())
+                        .or_default()
+                        .delivered_ns = Some(now_ns());
                     delivered += 1;
                 }
                 Err(e) => {
+                    {
+                        let mut deliveries = self.deliveries.lock();
+                        let record = deliveries.entry(notifier.name().to_owned()).or_default();
+                        record.failed_ns = Some(now_ns());
+                        record.error = Some(e.to_string());
+                    }
                     metrics::counter!(
                         "fabrik_notifications_total",
                         "notifier" => notifier.name().to_owned(),

@@ -112,6 +112,36 @@ impl Inhibition {
     }
 }
 
+/// A notifier as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct NotifierStatus {
+    /// Its name.
+    pub name: String,
+    /// `webhook`, `mqtt` or `email`.
+    pub kind: String,
+    /// Where it sends: a webhook's scheme, host and port (its path and query may hold a
+    /// secret), a topic template, or recipients and mail server.
+    pub target: String,
+    /// Its route: only alerts of these severities (empty: all).
+    pub severities: Vec<String>,
+    /// ... of rules matching these patterns (empty: all).
+    pub rules: Vec<String>,
+    /// ... on devices matching these patterns (empty: all).
+    pub devices: Vec<String>,
+    /// Notifications waiting in the outbox for it.
+    pub queued: u64,
+    /// Of them, those that failed at least once and wait for a retry.
+    pub retrying: u64,
+    /// When the next waiting one is due (RFC 3339).
+    pub next_attempt_at: Option<String>,
+    /// Why a waiting one last failed, else the last failure since the process started.
+    pub last_error: Option<String>,
+    /// Its last successful delivery since the process started (RFC 3339).
+    pub last_delivered_at: Option<String>,
+    /// Its last failed attempt since the process started (RFC 3339).
+    pub last_failed_at: Option<String>,
+}
+
 /// Matches alerts by rule and key: absent matches any, and a `*` in either matches any run of
 /// characters (`pump-*` silences every pump, `*` everything).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

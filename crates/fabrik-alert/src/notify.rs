@@ -280,6 +280,26 @@ impl Notifier {
         }
     }
 
+    /// `webhook`, `mqtt` or `email`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Webhook { .. } => "webhook",
+            Self::Mqtt { .. } => "mqtt",
+            Self::Email { .. } => "email",
+        }
+    }
+
+    /// Where it sends, without credentials.
+    pub fn target(&self) -> String {
+        match self {
+            Self::Webhook { url, .. } => origin_only(url),
+            Self::Mqtt { topic, .. } => format!("topic {topic}"),
+            Self::Email { server, to, .. } => {
+                format!("{} via {}:{}", to.join(", "), server.host, server.port)
+            }
+        }
+    }
+
     /// Its name.
     pub fn name(&self) -> &str {
         match self {
@@ -814,6 +834,27 @@ fn with_causes(error: &dyn std::error::Error) -> String {
         cause = inner.source();
     }
     text
+}
+
+/// `url`'s scheme, host and port, without credentials, path or query: webhook URLs often
+/// carry their secret in the path (chat services' incoming webhooks) or the query.
+fn origin_only(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let authority = &rest[..authority_end];
+            let host = authority
+                .rfind('@')
+                .map_or(authority, |at| &authority[at + 1..]);
+            let more = if authority_end < rest.len() {
+                "/…"
+            } else {
+                ""
+            };
+            format!("{scheme}://{host}{more}")
+        }
+        None => "(not a URL)".to_owned(),
+    }
 }
 
 /// Delivers one payload.

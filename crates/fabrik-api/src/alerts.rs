@@ -348,3 +348,12 @@ pub(crate) async fn remove_silence(
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[utoipa::path(get, path = "/api/v1/notifiers", tag = "alerts", security(("token" = [])),
+    responses((status = 200, description = "the notifiers: where each sends, its route, what waits in the outbox for it and how its last deliveries went", body = [fabrik_alert::NotifierStatus])))]
+pub(crate) async fn notifiers(
+    State(state): State<ApiState>,
+    Query(_options): Query<crate::control::NoOptions>,
+) -> Result<Json<Vec<fabrik_alert::NotifierStatus>>, ApiError> {
+    Ok(Json(alerting(&state)?.notifier_statuses().await?))
+}

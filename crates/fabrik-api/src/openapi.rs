@@ -126,6 +126,7 @@ impl Modify for TokenAuth {
         crate::alerts::silences,
         crate::alerts::create_silence,
         crate::alerts::remove_silence,
+        crate::alerts::notifiers,
         crate::alert_rules::list,
         crate::alert_rules::show,
         crate::alert_rules::apply,

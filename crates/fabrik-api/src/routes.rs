@@ -78,6 +78,7 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/users/{name}/password",
             axum::routing::put(crate::users::set_password),
         )
+        .route("/api/v1/notifiers", get(crate::alerts::notifiers))
         .route(
             "/api/v1/alert-rules",
             get(crate::alert_rules::list).put(crate::alert_rules::apply_all),

@@ -100,6 +100,13 @@ enum AlertCommand {
         #[arg(long)]
         all: bool,
     },
+    /// The notifiers: where each sends, and whether its notifications get through (queued,
+    /// retrying, the last error, the last delivery).
+    Notifiers {
+        /// Print the JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// End a silence now.
     Unsilence {
         /// Silence id (from `fabrik alert silences`).
@@ -295,6 +302,33 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
                 );
             }
             println!("{} silence(s)", shown.len());
+        }
+        AlertCommand::Notifiers { json } => {
+            let notifiers: Vec<serde_json::Value> =
+                ep.get_json(&client, "/api/v1/notifiers").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&notifiers)?);
+                return Ok(());
+            }
+            println!(
+                "{:<16} {:<8} {:>6} {:>8} {:<24} {:<40} last error",
+                "name", "kind", "queued", "retrying", "last delivered", "target"
+            );
+            for n in &notifiers {
+                let text = |k: &str| n[k].as_str().unwrap_or("-").to_owned();
+                let count = |k: &str| n[k].as_u64().unwrap_or(0);
+                println!(
+                    "{:<16} {:<8} {:>6} {:>8} {:<24} {:<40} {}",
+                    text("name"),
+                    text("kind"),
+                    count("queued"),
+                    count("retrying"),
+                    text("last_delivered_at"),
+                    text("target"),
+                    text("last_error")
+                );
+            }
+            println!("{} notifier(s)", notifiers.len());
         }
         AlertCommand::Unsilence { id } => {
             let path = format!("/api/v1/silences/{id}");

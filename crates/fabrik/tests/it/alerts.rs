@@ -192,6 +192,32 @@ fn a_fault_becomes_a_webhook_naming_its_signal_and_survives_a_restart_undelivere
     // The receiver refuses: the notification was attempted and stays queued.
     eventually("a delivery attempt", || receiver.attempts() >= 1);
     assert!(receiver.delivered().is_empty());
+    // The operator sees why: the notifier's queue and its receiver's answer, and where it
+    // sends without the URL's path (which may hold a secret).
+    let (code, notifiers) = http(&p.url, reqwest::Method::GET, "/api/v1/notifiers", None);
+    assert_eq!(code, 200, "{notifiers}");
+    let ops = &notifiers[0];
+    assert_eq!(ops["name"], "ops", "{notifiers}");
+    assert_eq!(ops["kind"], "webhook", "{notifiers}");
+    assert!(ops["queued"].as_u64().is_some_and(|n| n >= 1), "{ops}");
+    assert!(ops["retrying"].as_u64().is_some_and(|n| n >= 1), "{ops}");
+    assert!(
+        ops["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("503")),
+        "{ops}"
+    );
+    assert!(
+        ops["target"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("http://127.0.0.1:") && !t.contains("hook")),
+        "{ops}"
+    );
+    let (ok, text) = crate::support::client_command(&p.url, &["alert", "notifiers"]);
+    assert!(
+        ok && text.contains("503") && text.contains("1 notifier(s)"),
+        "{text}"
+    );
     // All of it is on /metrics for Prometheus: the pipeline's work, the alert, the failure.
     let metric = |series: &str| crate::support::metric(&p.url, series);
     eventually("the pipeline's counters are exported", || {
