@@ -323,13 +323,57 @@ fn one_u8() -> u8 {
 /// Most list entries reported as not deserializing, before the rest is given up on.
 const MAX_ENTRY_PROBLEMS: usize = 50;
 
-/// `path` as the file names it (`pipelines[2].signals`: its indices shifted back by the
-/// entries removed before from the same list), and the path of the list its deepest index
-/// is in (the key of `removed`).
-fn file_path(
-    path: &[serde_path_to_error::Segment],
-    removed: &BTreeMap<String, usize>,
-) -> (String, Option<String>) {
+/// Where the entries of the loaded config's lists stood in the file, for lists that lost
+/// entries that did not deserialize: a problem found later in the loaded config names the
+/// file's entry.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FileIndices {
+    /// Per list, by its path in the loaded config (`pipelines`, `modbus.devices[0].registers`),
+    /// the file's index of each entry left.
+    kept: BTreeMap<String, Vec<usize>>,
+}
+
+impl FileIndices {
+    /// Records that entry `index` of `list` (which had `length` entries) was left out.
+    fn removed(&mut self, list: &str, index: usize, length: usize) {
+        let kept = self
+            .kept
+            .entry(list.to_owned())
+            .or_insert_with(|| (0..length).collect());
+        if index < kept.len() {
+            kept.remove(index);
+        }
+    }
+
+    /// `path` into the loaded config (`pipelines[1].window`) as the file names it.
+    pub fn file_path(&self, path: &str) -> String {
+        let mut out = String::with_capacity(path.len());
+        let mut rest = path;
+        let mut consumed = 0;
+        while let Some(open) = rest.find('[') {
+            let Some(close) = rest[open..].find(']').map(|c| open + c) else {
+                break;
+            };
+            let list = &path[..consumed + open];
+            out.push_str(&rest[..open]);
+            let index = &rest[open + 1..close];
+            match (index.parse::<usize>(), self.kept.get(list)) {
+                (Ok(n), Some(kept)) => {
+                    out.push_str(&format!("[{}]", kept.get(n).copied().unwrap_or(n)))
+                }
+                _ => out.push_str(&rest[open..=close]),
+            }
+            consumed += close + 1;
+            rest = &rest[close + 1..];
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+/// `path` in the loaded config's terms (`pipelines[1].signals`), and the path of the list its
+/// deepest index is in with that index.
+fn loaded_path(path: &[serde_path_to_error::Segment]) -> (String, Option<(String, usize)>) {
     use serde_path_to_error::Segment;
     let last_index = path.iter().rposition(|s| matches!(s, Segment::Seq { .. }));
     let mut text = String::new();
@@ -343,13 +387,10 @@ fn file_path(
                 text.push_str(key);
             }
             Segment::Seq { index } => {
-                let shift = if Some(position) == last_index {
-                    list = Some(text.clone());
-                    removed.get(&text).copied().unwrap_or(0)
-                } else {
-                    0
-                };
-                text.push_str(&format!("[{}]", index + shift));
+                if Some(position) == last_index {
+                    list = Some((text.clone(), *index));
+                }
+                text.push_str(&format!("[{index}]"));
             }
             Segment::Enum { variant } => {
                 if !text.is_empty() {
@@ -367,42 +408,43 @@ fn file_path(
 }
 
 /// Removes the list entry that the deepest index of `path` names (`pipelines[1].signals`:
-/// the second pipeline); false when the path names no list entry.
-fn remove_entry(table: &mut toml::Table, path: &[serde_path_to_error::Segment]) -> bool {
+/// the second pipeline); returns the list's length after, `None` when the path names no list
+/// entry.
+fn remove_entry(table: &mut toml::Table, path: &[serde_path_to_error::Segment]) -> Option<usize> {
     use serde_path_to_error::Segment;
-    let Some(last_index) = path.iter().rposition(|s| matches!(s, Segment::Seq { .. })) else {
-        return false;
-    };
+    let last_index = path
+        .iter()
+        .rposition(|s| matches!(s, Segment::Seq { .. }))?;
     let Segment::Seq { index } = path[last_index] else {
-        return false;
+        return None;
     };
     // Walk to the list that holds the entry.
     let mut value: &mut toml::Value = match path.first() {
         Some(Segment::Map { key }) => match table.get_mut(key) {
             Some(value) => value,
-            None => return false,
+            None => return None,
         },
-        _ => return false,
+        _ => return None,
     };
     for segment in &path[1..last_index] {
         value = match (segment, value) {
             (Segment::Map { key }, toml::Value::Table(t)) => match t.get_mut(key) {
                 Some(v) => v,
-                None => return false,
+                None => return None,
             },
             (Segment::Seq { index }, toml::Value::Array(a)) => match a.get_mut(*index) {
                 Some(v) => v,
-                None => return false,
+                None => return None,
             },
-            _ => return false,
+            _ => return None,
         };
     }
     match value {
         toml::Value::Array(entries) if index < entries.len() => {
             entries.remove(index);
-            true
+            Some(entries.len())
         }
-        _ => false,
+        _ => None,
     }
 }
 
@@ -876,12 +918,16 @@ impl Config {
     /// `fabrik config check` list the values' problems together with the shape's). An error
     /// only when the file cannot be read or parsed, or what is left still does not make a
     /// config.
+    ///
+    /// List entries that did not deserialize are left out too; the returned [`FileIndices`]
+    /// turns a path into the loaded config (`pipelines[1]`) into the file's (`pipelines[2]`
+    /// when the file's second pipeline was left out), for the problems found later.
     pub fn load_reporting(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<(Config, Vec<ConfigProblem>), RuntimeError> {
+    ) -> Result<(Config, Vec<ConfigProblem>, FileIndices), RuntimeError> {
         let (origin, text) = Self::read(path)?;
-        Self::from_toml_reporting(&origin, &text, env)
+        Self::from_toml_indexed(&origin, &text, env)
     }
 
     fn read(path: Option<&Path>) -> Result<(String, String), RuntimeError> {
@@ -914,12 +960,21 @@ impl Config {
         }
     }
 
-    /// Like [`Config::load_reporting`] from text already read.
+    /// Like [`Config::load_reporting`] from text already read, without the file's indices.
     pub fn from_toml_reporting(
         origin: &str,
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(Config, Vec<ConfigProblem>), RuntimeError> {
+        Self::from_toml_indexed(origin, text, env).map(|(config, problems, _)| (config, problems))
+    }
+
+    /// Like [`Config::load_reporting`] from text already read.
+    pub fn from_toml_indexed(
+        origin: &str,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Config, Vec<ConfigProblem>, FileIndices), RuntimeError> {
         let mut table: toml::Table =
             text.parse()
                 .map_err(|e: toml::de::Error| RuntimeError::Syntax {
@@ -938,18 +993,18 @@ impl Config {
         // field left out, a value of the wrong type — is reported with its index and field
         // and left out, and the rest is tried again, so every entry's problem is reported
         // and the others are still checked.
-        // Entries removed so far per list (by its path): the indices reported are the file's.
-        let mut removed: BTreeMap<String, usize> = BTreeMap::new();
+        let mut indices = FileIndices::default();
         for _ in 0..MAX_ENTRY_PROBLEMS {
             let error = match serde_path_to_error::deserialize::<_, Config>(toml::Value::Table(
                 table.clone(),
             )) {
-                Ok(config) => return Ok((config, problems)),
+                Ok(config) => return Ok((config, problems, indices)),
                 Err(e) => e,
             };
             let segments: Vec<serde_path_to_error::Segment> =
                 error.path().iter().cloned().collect();
-            let (mut path, list) = file_path(&segments, &removed);
+            let (loaded_path, list) = loaded_path(&segments);
+            let mut path = indices.file_path(&loaded_path);
             let mut message = error.inner().message().to_owned();
             // "missing field `x`": the path names the entry; name the field too.
             if let Some(field) = message
@@ -960,11 +1015,11 @@ impl Config {
                 message = "missing (it is required)".into();
             }
             problems.push(ConfigProblem { path, message });
-            if !remove_entry(&mut table, &segments) {
+            let Some(length) = remove_entry(&mut table, &segments) else {
                 break;
-            }
-            if let Some(list) = list {
-                *removed.entry(list).or_default() += 1;
+            };
+            if let Some((list, index)) = list {
+                indices.removed(&list, index, length + 1);
             }
         }
         Err(RuntimeError::Invalid {
@@ -1748,6 +1803,33 @@ mod tests {
             "{problems:?}"
         );
         assert!(problems.iter().all(|p| p.message.contains("required")));
+        // The pipeline left is the file's second: a problem found in it later says so.
+        let (config, _, indices) = Config::from_toml_indexed(
+            "t.toml",
+            text.replace(
+                "name = \"c\"",
+                "name = \"c\"\n            table = \"t\"\n            signals = [\"y\"]",
+            )
+            .as_str(),
+            no_env(),
+        )
+        .expect("loads without the entries left out");
+        assert_eq!(config.pipelines.len(), 2);
+        assert_eq!(config.pipelines[0].name, "b");
+        assert_eq!(
+            indices.file_path("pipelines[0].window"),
+            "pipelines[1].window"
+        );
+        assert_eq!(
+            indices.file_path("pipelines[1].window"),
+            "pipelines[2].window"
+        );
+        assert_eq!(indices.file_path("http.listen"), "http.listen");
+        assert_eq!(
+            indices.file_path("modbus.devices[0].unit_id"),
+            "modbus.devices[0].unit_id",
+            "a list that lost nothing"
+        );
     }
 
     #[test]

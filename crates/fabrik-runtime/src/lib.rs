@@ -13,6 +13,6 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod units;
 
-pub use config::{Config, Settings};
+pub use config::{Config, FileIndices, Settings};
 pub use error::RuntimeError;
 pub use services::{ServiceHandle, ServiceManager, ServiceState, ServiceStatus, Services};

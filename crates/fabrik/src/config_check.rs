@@ -17,7 +17,7 @@ pub(crate) enum ConfigFailure {
 /// checks all of it: a mistyped or unknown entry is reported and left out, so the values and
 /// the connectors' settings are still checked in the same pass.
 pub(crate) fn load(path: Option<&Path>, origin: &str) -> Result<(Config, Settings), ConfigFailure> {
-    let (config, shape) = match Config::load_reporting(path, std::env::vars()) {
+    let (config, shape, indices) = match Config::load_reporting(path, std::env::vars()) {
         Ok(loaded) => loaded,
         Err(RuntimeError::Invalid { problems, .. }) => {
             return Err(ConfigFailure::Problems(
@@ -28,22 +28,30 @@ pub(crate) fn load(path: Option<&Path>, origin: &str) -> Result<(Config, Setting
     };
     let mut problems: Vec<(String, String)> =
         shape.into_iter().map(|p| (p.path, p.message)).collect();
+    // Found in the loaded config, from which entries that did not load were left out: named
+    // by the file's index.
+    let mut later: Vec<(String, String)> = Vec::new();
     let settings = match config.validate(origin) {
         Ok(settings) => Some(settings),
         Err(RuntimeError::Invalid {
             problems: invalid, ..
         }) => {
-            problems.extend(invalid.into_iter().map(|p| (p.path, p.message)));
+            later.extend(invalid.into_iter().map(|p| (p.path, p.message)));
             None
         }
         Err(e) => return Err(ConfigFailure::Unreadable(e)),
     };
-    problems.extend(crate::connect::check(&config));
-    problems.extend(crate::pipelines::check(&config));
-    problems.extend(crate::modbus::check(&config));
-    problems.extend(crate::opcua::check(&config));
-    problems.extend(crate::alerts::check(&config));
-    problems.extend(crate::bridge::check(&config));
+    later.extend(crate::connect::check(&config));
+    later.extend(crate::pipelines::check(&config));
+    later.extend(crate::modbus::check(&config));
+    later.extend(crate::opcua::check(&config));
+    later.extend(crate::alerts::check(&config));
+    later.extend(crate::bridge::check(&config));
+    problems.extend(
+        later
+            .into_iter()
+            .map(|(path, message)| (indices.file_path(&path), message)),
+    );
     match settings {
         Some(settings) if problems.is_empty() => Ok((config, settings)),
         _ => Err(ConfigFailure::Problems(problems)),

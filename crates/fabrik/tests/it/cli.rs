@@ -87,6 +87,27 @@ fn config_example_parses_and_config_check_lists_every_error() {
     ] {
         assert!(err.contains(needle), "missing {needle} in:\n{err}");
     }
+    // An entry that does not load is named by its index in the file and left out; the
+    // problems found in the others still name their entries by the file's index.
+    std::fs::write(
+        &bad,
+        "[[alerting.rules]]\nname = \"a\"\ntable = \"t\"\ncondition = \"above\"\nthreshold = 1\n\n\
+         [[alerting.rules]]\nname = \"b\"\ntable = \"t\"\nvalue = \"v\"\ncondition = \"above\"\n\
+         threshold = 1\nseverity = \"bogus\"\n",
+    )
+    .expect("write");
+    let out = Command::new(fabrik_bin())
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("alerting.rules[0].value: missing")
+            && err.contains("alerting.rules[1].severity"),
+        "{err}"
+    );
 }
 
 #[test]
