@@ -420,22 +420,13 @@ fn remove_entry(table: &mut toml::Table, path: &[serde_path_to_error::Segment]) 
     };
     // Walk to the list that holds the entry.
     let mut value: &mut toml::Value = match path.first() {
-        Some(Segment::Map { key }) => match table.get_mut(key) {
-            Some(value) => value,
-            None => return None,
-        },
+        Some(Segment::Map { key }) => table.get_mut(key)?,
         _ => return None,
     };
     for segment in &path[1..last_index] {
         value = match (segment, value) {
-            (Segment::Map { key }, toml::Value::Table(t)) => match t.get_mut(key) {
-                Some(v) => v,
-                None => return None,
-            },
-            (Segment::Seq { index }, toml::Value::Array(a)) => match a.get_mut(*index) {
-                Some(v) => v,
-                None => return None,
-            },
+            (Segment::Map { key }, toml::Value::Table(t)) => t.get_mut(key)?,
+            (Segment::Seq { index }, toml::Value::Array(a)) => a.get_mut(*index)?,
             _ => return None,
         };
     }
