@@ -34,6 +34,7 @@ const SCHEMA: &[&str] = &[
         updated_ns BIGINT NOT NULL
     )",
     "CREATE INDEX IF NOT EXISTS alerts_state ON alerts (state, updated_ns)",
+    "CREATE INDEX IF NOT EXISTS alerts_changed ON alerts (updated_ns, id)",
     "CREATE TABLE IF NOT EXISTS silences (
         id TEXT PRIMARY KEY,
         rule TEXT,
@@ -113,8 +114,11 @@ pub struct AlertQuery {
     pub rule: Option<String>,
     /// Keys (devices) matching this pattern.
     pub key: Option<String>,
-    /// Only alerts changed after this (update time in ns, then id, for alerts changed at the
-    /// same instant), oldest change first: a cursor to read every change, page by page.
+    /// Only alerts changed after this (update time in ns, then id), oldest change first, and
+    /// no pending ones: a cursor to read every change, page by page. Every write sets a
+    /// change's time above every earlier one's (`max(now, latest + 1)`, under SQLite's write
+    /// lock), so the times are in commit order and a change is never committed behind a
+    /// cursor already read past.
     pub changed_after: Option<(i64, String)>,
 }
 
@@ -233,7 +237,8 @@ impl AlertDb {
     /// Fails with `NotFound` for an unknown id.
     pub async fn set_ack(&self, id: &str, ack: &Ack, now_ns: i64) -> Result<(), AlertError> {
         let done = sqlx::query(
-            "UPDATE alerts SET ack_by = ?, ack_at = ?, feedback = ?, comment = ?, updated_ns = ? \
+            "UPDATE alerts SET ack_by = ?, ack_at = ?, feedback = ?, comment = ?, updated_ns = \
+             max(?, (SELECT coalesce(max(updated_ns), 0) + 1 FROM alerts)) \
              WHERE id = ?",
         )
         .bind(&ack.by)
@@ -312,11 +317,12 @@ impl AlertDb {
         if query.key.is_some() {
             sql.push_str(" AND key GLOB ?");
         }
-        // The id breaks ties: one pass changes many alerts at the same instant, and without
-        // it a page boundary could fall anywhere among them.
+        // The id breaks ties in the newest-first listing (rows written before update times
+        // were made unique may share one). The change feed leaves pending alerts out: one
+        // that clears before its `for` is deleted, and a reader would keep it as pending.
         if query.changed_after.is_some() {
             sql.push_str(
-                " AND (updated_ns > ? OR (updated_ns = ? AND id > ?)) \
+                " AND state != 'pending' AND (updated_ns, id) > (?, ?) \
                  ORDER BY updated_ns ASC, id ASC LIMIT ?",
             );
         } else {
@@ -332,7 +338,7 @@ impl AlertDb {
             statement = statement.bind(glob_pattern(pattern));
         }
         if let Some((after_ns, after_id)) = &query.changed_after {
-            statement = statement.bind(after_ns).bind(after_ns).bind(after_id);
+            statement = statement.bind(after_ns).bind(after_id);
         }
         let rows = statement
             .bind(i64::from(limit))
@@ -879,7 +885,8 @@ async fn set_silenced(
     now_ns: i64,
 ) -> Result<bool, AlertError> {
     let done = sqlx::query(
-        "UPDATE alerts SET silenced = ?, updated_ns = ? WHERE id = ? AND state = ? \
+        "UPDATE alerts SET silenced = ?, updated_ns = \
+         max(?, (SELECT coalesce(max(updated_ns), 0) + 1 FROM alerts)) WHERE id = ? AND state = ? \
          AND severity = ?",
     )
     .bind(silenced)
@@ -902,7 +909,8 @@ async fn upsert(
     sqlx::query(
         "INSERT INTO alerts (id, rule, key, severity, state, started_at, fired_at, resolved_at, \
          value, annotations, ack_by, ack_at, feedback, comment, silenced, updated_ns) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \
+         max(?, (SELECT coalesce(max(updated_ns), 0) + 1 FROM alerts))) \
          ON CONFLICT (id) DO UPDATE SET state = excluded.state, fired_at = excluded.fired_at, \
          resolved_at = excluded.resolved_at, value = excluded.value, \
          annotations = excluded.annotations, \
@@ -1016,7 +1024,8 @@ async fn set_severity_and_annotations(
 ) -> Result<(), AlertError> {
     let annotations = serde_json::to_string(annotations).map_err(|e| corrupt("annotations", e))?;
     sqlx::query(
-        "UPDATE alerts SET severity = ?, annotations = ?, updated_ns = ? \
+        "UPDATE alerts SET severity = ?, annotations = ?, updated_ns = \
+         max(?, (SELECT coalesce(max(updated_ns), 0) + 1 FROM alerts)) \
          WHERE id = ? AND state != 'resolved'",
     )
     .bind(severity)
