@@ -102,14 +102,20 @@ impl<'a> Suppression<'a> {
         }
     }
 
-    /// The id of a firing alert that inhibits `rule`/`key`, if one does.
+    /// The id of a firing alert that inhibits `rule`/`key`, if one does. Two alerts that
+    /// would inhibit each other (`a` inhibits `b` and `b` inhibits `a`, or `pump-*` both ways)
+    /// inhibit neither: held back by each other, neither would ever be notified.
     fn inhibitor(&self, rule: &str, key: &str) -> Option<&'a str> {
+        let inhibits = |source_rule: &str, source_key: &str, rule: &str, key: &str| {
+            self.inhibitions
+                .iter()
+                .any(|i| i.inhibits(source_rule, source_key, rule, key))
+        };
         self.firing
             .iter()
             .find(|(source_rule, source_key, _)| {
-                self.inhibitions
-                    .iter()
-                    .any(|i| i.inhibits(source_rule, source_key, rule, key))
+                inhibits(source_rule, source_key, rule, key)
+                    && !inhibits(rule, key, source_rule, source_key)
             })
             .map(|&(_, _, id)| id)
     }
@@ -2465,6 +2471,43 @@ mod tests {
         let mut listed = vec![alerting.db().get(&hot_1).await.unwrap()];
         alerting.explain_inhibited(&mut listed).await.unwrap();
         assert_eq!(listed[0].inhibited_by, None);
+
+        // Inhibitions both ways: two alerts that would hold each other back are both
+        // notified.
+        alerting
+            .set_inhibitions(
+                vec![
+                    Inhibition {
+                        source: "silent".into(),
+                        targets: vec!["hot".into()],
+                        same_device: true,
+                    },
+                    Inhibition {
+                        source: "hot".into(),
+                        targets: vec!["silent".into()],
+                        same_device: true,
+                    },
+                ],
+                &known,
+            )
+            .unwrap();
+        alerting
+            .observe("silent", &[obs("oven-1", 5, 85.0)])
+            .await
+            .unwrap();
+        let mut both = vec![
+            alerting.db().get(&hot_1).await.unwrap(),
+            alerting
+                .db()
+                .get(&alert_id("silent", "oven-1", 5 * S))
+                .await
+                .unwrap(),
+        ];
+        alerting.explain_inhibited(&mut both).await.unwrap();
+        assert!(
+            both.iter().all(|a| a.inhibited_by.is_none() && !a.silenced),
+            "{both:?}"
+        );
     }
 
     /// One pass changes many alerts; `changed_after` with the last alert's `updated_at` and id

@@ -520,10 +520,14 @@ pub fn expand_topic(template: &str, message: &serde_json::Value) -> String {
         .replace("{status}", &field("status"))
 }
 
-/// The topics `template` gives this alert under the statuses it no longer has: none when the
-/// template does not name `{status}`.
+/// The topics `template` gives this alert under the statuses it no longer has: none unless
+/// the template names `{status}`, and `{rule}` and `{device}` too (without them a topic is
+/// shared by several alerts, and one resolving would delete another's firing state).
 fn stale_status_topics(template: &str, message: &serde_json::Value) -> Vec<String> {
-    if !template.contains("{status}") {
+    if !["{status}", "{rule}", "{device}"]
+        .iter()
+        .all(|placeholder| template.contains(placeholder))
+    {
         return Vec::new();
     }
     let current = message["status"].as_str().unwrap_or("");
@@ -967,6 +971,18 @@ pub fn started_ns(alert: &Alert) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_alerts_own_status_topics_are_deleted() {
+        let message = json!({"rule": "hot", "device": "oven-1", "status": "resolved"});
+        assert_eq!(
+            stale_status_topics("plant/{device}/{rule}/{status}", &message),
+            ["plant/oven-1/hot/firing"]
+        );
+        // Shared by every device's alerts of the rule: another may still fire.
+        assert!(stale_status_topics("plant/{rule}/{status}", &message).is_empty());
+        assert!(stale_status_topics("plant/{rule}/{device}", &message).is_empty());
+    }
 
     /// The text of a base64 (76-column) e-mail body.
     fn decoded_text(body: &str) -> String {

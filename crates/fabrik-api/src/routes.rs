@@ -305,8 +305,10 @@ pub(crate) async fn services(
     )
 }
 
-/// Query parameters of `/api/v1/write`.
+/// Query parameters of `/api/v1/write`. Others are refused: a misspelt `?precison=ms` would
+/// store millisecond timestamps as nanoseconds, in 1970.
 #[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 pub struct WriteParams {
     /// Timestamp unit: ns (default), us, ms or s.
     pub precision: Option<String>,

@@ -1129,7 +1129,7 @@ function alertsTable(alerts, { compact = false, noDevice = false, actions = fals
       <td>${time(a.started_at)}</td>
       ${compact ? '' : html`<td><div>${a.fired_at ? fmtTime(a.fired_at) : '—'}</div>${a.resolved_at ? html`<div class="muted">→ ${fmtTime(a.resolved_at)}</div>` : ''}</td><td class="num">${fmtNum(a.value)}</td><td class="mono">${windowLink(a)}</td>`}
       <td>${a.ack ? html`<span title="${a.ack.comment || ''}">${pill(a.ack.feedback)} <span class="muted">by ${a.ack.by}</span></span>` : html`<span class="muted">—</span>`}</td>
-      ${actions ? html`<td><div class="stack">${a.ack ? '' : html`<button type="button" class="small" data-ack="${a.id}" aria-label="Acknowledge alert ${a.rule} on ${a.key}">Acknowledge</button>`}
+      ${actions ? html`<td><div class="stack">${a.ack || a.state === 'pending' ? '' : html`<button type="button" class="small" data-ack="${a.id}" aria-label="Acknowledge alert ${a.rule} on ${a.key}">Acknowledge</button>`}
         <button type="button" class="small" data-silence="${a.id}" aria-label="Silence ${a.rule} on ${a.key}">Silence</button></div></td>` : ''}</tr>`)}
     </tbody></table></div>`;
 }

@@ -464,7 +464,8 @@ pub struct InhibitionConfig {
     pub source: String,
     /// The inhibited rules: names or patterns with `*`.
     pub targets: Vec<String>,
-    /// Only the source alert's own device (default `true`).
+    /// Only alerts with the source alert's key, its device for rules keyed by device
+    /// (default `true`).
     #[serde(default = "yes")]
     pub same_device: bool,
 }
@@ -583,8 +584,9 @@ pub struct NotifierConfig {
     /// mqtt: QoS 0 or 1.
     #[serde(default = "one_u8")]
     pub qos: u8,
-    /// mqtt: publish retained. With `{status}` in the topic, each publish also deletes the
-    /// alert's retained message under its other status.
+    /// mqtt: publish retained. With `{status}`, `{rule}` and `{device}` in the topic, each
+    /// publish also deletes the alert's retained message under its other status (an empty
+    /// message, which live subscribers receive too).
     #[serde(default)]
     pub retain: bool,
     /// mqtt (external broker), email and webhook (HTTP basic authentication): user name.

@@ -44,8 +44,8 @@ enum AlertCommand {
         /// Only this state: pending, firing, resolved.
         #[arg(long)]
         state: Option<String>,
-        /// At most this many.
-        #[arg(long, default_value_t = 50)]
+        /// At most this many (1 to 1000, as the API takes).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
         /// Only rules matching this pattern (`*` matches any run of characters).
         #[arg(long)]

@@ -1504,7 +1504,7 @@ impl Runner {
             // from then, not from those just before the restart: a restart during or after a
             // fault would otherwise learn the fault as normal (false alarms once it clears,
             // none while it lasts).
-            let restored = match self.retrain_on_saved_spans(&mut pipeline, &version).await {
+            let restored = match self.retrain_on_saved_spans(&mut pipeline).await {
                 Ok(restored) => restored,
                 Err(e) => {
                     tracing::warn!(pipeline = %name, error = %e, "Pipeline could not read all its devices' training spans; those not restored train on the stored history before the start.");
@@ -1604,20 +1604,17 @@ impl Runner {
 
     /// Trains each device that recent inferences of this pipeline name a training span for
     /// on that span's stored rows, so it scores with the model it had; returns how many
-    /// devices it restored. The span of this definition (`version`) if it scored the device,
-    /// else that of the definition that scored it last: a pipeline redefined during a fault
-    /// (a feature added, a threshold changed) learnt the fault as normal when it trained on
-    /// the windows before the change. Only for models that do not learn while they score: an
+    /// devices it restored. The span of the inferences scored last, whichever definition
+    /// wrote them: after a restart that is this definition's latest span, and a pipeline
+    /// redefined during a fault (a feature added, a threshold changed) learnt the fault as
+    /// normal when it trained on the windows before the change; a definition restored after
+    /// a retrain under another one keeps the retrained span. Only for models that do not learn while they score: an
     /// adaptive one's model after weeks is not its first windows', and going back to them
     /// would undo its adaptation (it learns from the recent history instead). A device whose
     /// span no longer trains a model (retention removed rows, or the new definition needs
     /// more windows than the span holds) is forgotten, and trains as a new one does; so are
     /// devices of inferences written before spans were recorded.
-    async fn retrain_on_saved_spans(
-        &self,
-        pipeline: &mut Pipeline,
-        version: &str,
-    ) -> Result<usize, String> {
+    async fn retrain_on_saved_spans(&self, pipeline: &mut Pipeline) -> Result<usize, String> {
         if !self.restore_spans
             || matches!(self.compiled.model, ModelChoice::Builtin(model) if model.adapts())
             || !self.store.has_table(INFERENCES_TABLE)
@@ -1629,24 +1626,22 @@ impl Runner {
         // than this trains afresh.
         let sql = format!(
             "SELECT device, min(trained_from) AS trained_from, trained_until, \
-             CAST(model_version = {} AS BIGINT) AS this_version, \
              CAST(max(time) AS BIGINT) AS last_scored FROM {INFERENCES_TABLE} \
              WHERE pipeline = {} AND trained_until IS NOT NULL \
              AND time > now() - INTERVAL '{SPAN_LOOKUP_DAYS} days' \
-             GROUP BY device, trained_until, model_version",
-            literal(version),
+             GROUP BY device, trained_until",
             literal(&self.compiled.config.name),
         );
+        // A device the definition no longer selects is not trained for nothing.
+        let selected = self.selected_devices().await.ok().flatten();
         let output = match self.store.query(&sql).await {
             Ok(output) => output,
             // A table written before spans were recorded has no such columns.
             Err(e) if e.to_string().contains("trained_") => return Ok(0),
             Err(e) => return Err(e.to_string()),
         };
-        // Per device, the preferred span: this definition's latest, else the one scored last.
-        // The preference orders them: (this version?, its latest, when scored last).
-        type Preference = (bool, i64, i64);
-        let mut spans: BTreeMap<String, (Preference, (i64, i64))> = BTreeMap::new();
+        // Per device, the span of the inferences scored last.
+        let mut spans: BTreeMap<String, (i64, (i64, i64))> = BTreeMap::new();
         for batch in &output.batches {
             let devices: StringArray =
                 cast_column(batch, 0, &DataType::Utf8, "device did not cast to text")?;
@@ -1654,19 +1649,22 @@ impl Runner {
                 cast_column(batch, 1, &DataType::Int64, "trained_from did not cast")?;
             let until: Int64Array =
                 cast_column(batch, 2, &DataType::Int64, "trained_until did not cast")?;
-            let this_version: Int64Array =
-                cast_column(batch, 3, &DataType::Int64, "this_version did not cast")?;
             let last_scored: Int64Array =
-                cast_column(batch, 4, &DataType::Int64, "last_scored did not cast")?;
+                cast_column(batch, 3, &DataType::Int64, "last_scored did not cast")?;
             for i in 0..batch.num_rows() {
                 if devices.is_null(i) || from.is_null(i) || until.is_null(i) {
                     continue;
                 }
-                let ours = !this_version.is_null(i) && this_version.value(i) == 1;
-                let key = if ours {
-                    (true, until.value(i), 0)
+                if selected
+                    .as_ref()
+                    .is_some_and(|selected| !selected.iter().any(|d| d == devices.value(i)))
+                {
+                    continue;
+                }
+                let key = if last_scored.is_null(i) {
+                    i64::MIN
                 } else {
-                    (false, 0, last_scored.value(i))
+                    last_scored.value(i)
                 };
                 let span = (from.value(i), until.value(i));
                 spans

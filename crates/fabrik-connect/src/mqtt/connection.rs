@@ -490,7 +490,6 @@ where
             return Ended::Lost;
         }
         loop {
-            let deadline = self.keep_alive.map(|k| self.last_received + k);
             // An empty read buffer means the next frame comes from a fresh socket read.
             let fresh_read = self.framed.read_buffer().is_empty();
             let shutdown = self.shared.shutdown.clone();
@@ -506,6 +505,14 @@ where
             let may_read = throttled.is_none()
                 && (self.pending_acks.is_empty()
                     || self.unacked_inbound < usize::from(self.shared.limits.receive_maximum));
+            // While this side does not read, a PINGREQ waits unread in the socket: the pause is
+            // not the client's silence, so keepalive counts from when reading resumes.
+            let deadline = if may_read {
+                self.keep_alive.map(|k| self.last_received + k)
+            } else {
+                self.last_received = Instant::now();
+                None
+            };
             let event = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {

@@ -478,7 +478,13 @@ fn step(
                     reason: format!("the score of the window is {score}, not a finite number"),
                 });
             }
-            let shares = model.contributions(features, medians)?;
+            let mut shares = model.contributions(features, medians)?;
+            // A flagged window names its signals even when no single one lowers the score;
+            // a normal window is not explained that way (it would name noise, and cost a
+            // probe per feature).
+            if score > *threshold && shares.iter().all(|&share| share <= 0.0) {
+                shares = model::single_feature_rises(model.as_ref(), features, medians)?;
+            }
             let mut contributions: Vec<(String, f64)> = feature_names
                 .iter()
                 .cloned()

@@ -60,11 +60,6 @@ pub trait WindowModel: Send {
 
 /// Share of the score each feature carries: how much the score drops when that feature alone
 /// is set to its normal (median) value.
-///
-/// When no single feature lowers the score (several are abnormal together — a tone raises
-/// several spectral bands — and a model such as Half-Space Trees stays as sure with any one
-/// of them normal), the shares are how much each feature alone raises the score of an
-/// otherwise normal (all-median) window, so a flagged window always names its signals.
 pub fn occlusion<M: WindowModel + ?Sized>(
     model: &M,
     row: &[f64],
@@ -78,9 +73,21 @@ pub fn occlusion<M: WindowModel + ?Sized>(
         drops.push((full - model.probe(&probe)?).max(0.0));
         probe[j] = row[j];
     }
-    let explained = drops.iter().any(|&d| d > 0.0);
-    if explained || medians.len() != row.len() {
-        return Ok(normalised(drops));
+    Ok(normalised(drops))
+}
+
+/// Share of the score each feature carries, for a window that no single normal feature makes
+/// less anomalous (several are abnormal together — a tone raises several spectral bands —
+/// and a model such as Half-Space Trees stays as sure with any one of them normal): how much
+/// each feature alone raises the score of an otherwise normal (all-median) window. All zero
+/// when `medians` do not fit the row.
+pub fn single_feature_rises<M: WindowModel + ?Sized>(
+    model: &M,
+    row: &[f64],
+    medians: &[f64],
+) -> Result<Vec<f64>, MlError> {
+    if medians.len() != row.len() {
+        return Ok(vec![0.0; row.len()]);
     }
     let mut alone = medians.to_vec();
     let normal = model.probe(&alone)?;
@@ -954,6 +961,12 @@ mod tests {
         let medians = [1.0, 1.0, 1.0];
         let row = [9.0, 6.0, 1.0];
         let shares = occlusion(&LargestFeature, &row, &medians).unwrap();
+        assert_eq!(
+            shares,
+            vec![0.0; 3],
+            "no single feature lowers the capped score"
+        );
+        let shares = single_feature_rises(&LargestFeature, &row, &medians).unwrap();
         assert!(shares[0] > 0.0 && shares[1] > 0.0, "{shares:?}");
         assert_eq!(shares[2], 0.0, "{shares:?}");
         let total: f64 = shares.iter().sum();

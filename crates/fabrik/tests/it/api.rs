@@ -177,6 +177,14 @@ async fn influxdb_endpoints_precision_gzip_and_samples() {
         .await
         .expect("p elsewhere");
     assert_eq!(r.status(), 401);
+    // A misspelt precision would store milliseconds as nanoseconds: refused, nothing stored.
+    let r = s
+        .post("/api/v1/write?precison=ms")
+        .body("a v=9 1732500000000")
+        .send()
+        .await
+        .expect("misspelt");
+    assert_eq!(r.status(), 400);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(b"a v=4 4").expect("gzip");
     let r = s
