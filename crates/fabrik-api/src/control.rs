@@ -111,7 +111,17 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: &[u8], what: &str) -> Result
 /// `what: path: error`, or `what: error` when the body itself failed.
 fn path_error<E: std::fmt::Display>(what: &str, e: serde_path_to_error::Error<E>) -> String {
     let path = e.path().to_string();
-    let error = e.into_inner();
+    // serde names the Rust type (`expected struct PipelineConfig`); the user wrote JSON.
+    let text = e.into_inner().to_string();
+    let error = match text.split_once("expected struct ") {
+        Some((before, after)) => {
+            let rest = after.split_once(' ').map_or("", |(_, rest)| rest);
+            format!("{before}expected an object {rest}")
+                .trim_end()
+                .to_owned()
+        }
+        None => text.clone(),
+    };
     if path == "." {
         format!("{what}: {error}")
     } else {
@@ -151,6 +161,32 @@ pub(crate) fn named_definition<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Thing {
+        size: u32,
+    }
+
+    /// A body's error names the field's path and speaks JSON, not Rust types.
+    #[test]
+    fn body_errors_name_the_field_in_json_terms() {
+        // The error's Debug form holds its status and message.
+        let text = |body: &str| match parse_body::<Vec<Thing>>(body.as_bytes(), "things") {
+            Err(e) => format!("{e:?}"),
+            Ok(_) => String::new(),
+        };
+        let wrong = text("[1]");
+        assert!(
+            wrong.contains("400")
+                && wrong.contains("[0]")
+                && wrong.contains("expected an object")
+                && !wrong.contains("Thing"),
+            "{wrong}"
+        );
+        let typed = text(r#"[{"size": 1}, {"size": "big"}]"#);
+        assert!(typed.contains("[1].size: invalid type"), "{typed}");
+    }
 
     #[test]
     fn apply_options_refuse_unknown_ones() {

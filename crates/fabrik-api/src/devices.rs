@@ -129,6 +129,7 @@ pub(crate) async fn show(
     responses((status = 200, body = Device), (status = 400, body = crate::error::ErrorBody),
               (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn update(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
     State(state): State<ApiState>,
     Path(id): Path<String>,
     crate::extract::Json(patch): crate::extract::Json<DevicePatch>,

@@ -704,7 +704,9 @@ pub(crate) async fn compact(
 
 #[utoipa::path(get, path = "/api/v1/openapi.json", tag = "operations", security(("token" = [])),
     responses((status = 200, description = "this document", content_type = "application/json")))]
-pub(crate) async fn openapi() -> Response {
+pub(crate) async fn openapi(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
+) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
         crate::openapi::document(),

@@ -266,8 +266,8 @@ pub struct PipelineConfig {
     /// scores bounded by 1, such as `iforest` and `hst`, 1 − (1 − q)/m; for scores that go
     /// negative, median + m × (q − median)). Unset: the model's own alarm level where its scores
     /// have one (`dbz` 1.0, `rart` 0.72), `quantile:1.0*1.1` for `iforest` and `hst`, else
-    /// `quantile:1.0*1.5`.
-    #[serde(default)]
+    /// `quantile:1.0*1.5`. A fixed score may be given as a number too.
+    #[serde(default, deserialize_with = "string_or_number")]
     pub threshold: Option<String>,
     /// How often new data is read.
     #[serde(default = "one_second")]
@@ -318,6 +318,47 @@ pub struct BridgeConfig {
 
 fn one_u8() -> u8 {
     1
+}
+
+/// An optional text that may be written as a number (a pipeline's fixed threshold, `3.0` or
+/// `"3.0"`): the number's shortest decimal form.
+fn string_or_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        Text(String),
+        Integer(i64),
+        Number(f64),
+    }
+    Ok(
+        Option::<Text>::deserialize(deserializer)?.map(|value| match value {
+            Text::Text(text) => text,
+            Text::Integer(n) => n.to_string(),
+            Text::Number(n) => n.to_string(),
+        }),
+    )
+}
+
+/// Numbers where the shape check's template has text that may be written as a number (a
+/// pipeline's `threshold`), turned into that text, so the check does not refuse them.
+fn numbers_as_text(table: &mut toml::Table) {
+    let Some(toml::Value::Array(pipelines)) = table.get_mut("pipelines") else {
+        return;
+    };
+    for pipeline in pipelines {
+        if let toml::Value::Table(fields) = pipeline
+            && let Some(threshold) = fields.get_mut("threshold")
+        {
+            let text = match threshold {
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::Float(n) => n.to_string(),
+                _ => continue,
+            };
+            *threshold = toml::Value::String(text);
+        }
+    }
 }
 
 /// Most list entries reported as not deserializing, before the rest is given up on.
@@ -981,6 +1022,7 @@ impl Config {
             })?;
         let mut problems = Vec::new();
         apply_env(&mut table, &template, env, &mut problems);
+        numbers_as_text(&mut table);
         check_shape(&mut table, &template, "", &mut problems);
         // A list entry (a pipeline, a rule, a device) that does not deserialize — a required
         // field left out, a value of the wrong type — is reported with its index and field
@@ -1007,7 +1049,11 @@ impl Config {
                 path = format!("{path}.{field}");
                 message = "missing (it is required)".into();
             }
-            problems.push(ConfigProblem { path, message });
+            // A required value of the wrong type was reported and left out by the shape
+            // check; that it is now missing says nothing new.
+            if !problems.iter().any(|p| p.path == path) {
+                problems.push(ConfigProblem { path, message });
+            }
             let Some(length) = remove_entry(&mut table, &segments) else {
                 break;
             };
@@ -1759,6 +1805,25 @@ mod tests {
         );
         assert_eq!(config, expected);
         config.validate("example").expect("example validates");
+    }
+
+    /// A pipeline's fixed threshold may be written as a number, in the file and in JSON.
+    #[test]
+    fn a_fixed_threshold_may_be_a_number() {
+        let text =
+            "[[pipelines]]\nname = \"p\"\ntable = \"t\"\nsignals = [\"x\"]\nthreshold = 3.0\n";
+        let config = Config::from_toml("t.toml", text, no_env()).expect("loads");
+        assert_eq!(config.pipelines[0].threshold.as_deref(), Some("3"));
+        let json: PipelineConfig = serde_json::from_str(
+            r#"{"name": "p", "table": "t", "signals": ["x"], "threshold": 2.5}"#,
+        )
+        .expect("json");
+        assert_eq!(json.threshold.as_deref(), Some("2.5"));
+        let json: PipelineConfig = serde_json::from_str(
+            r#"{"name": "p", "table": "t", "signals": ["x"], "threshold": 4}"#,
+        )
+        .expect("json");
+        assert_eq!(json.threshold.as_deref(), Some("4"));
     }
 
     /// List entries that do not deserialize (a required field left out) are each reported

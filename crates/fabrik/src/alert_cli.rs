@@ -189,8 +189,12 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
                     .and_then(|f| f.as_str())
                     .unwrap_or("-");
                 let silenced = a.get("silenced").and_then(serde_json::Value::as_bool);
+                // `inhibited_by` is known for open alerts only: a resolved one was held back by
+                // a silence or an inhibition.
                 let held_back = if a.get("inhibited_by").is_some_and(|v| v.is_string()) {
                     "inhibited"
+                } else if silenced == Some(true) && s("state") == "resolved" {
+                    "yes"
                 } else if silenced == Some(true) {
                     "silenced"
                 } else {

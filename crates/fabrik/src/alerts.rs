@@ -730,8 +730,42 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
             );
         }
     }
-    // Whether the rules named exist is checked at start, when the API's rules are known too.
+    // The rules an inhibition may name: the file's, the demo's when the file defines none,
+    // and those defined through the API (stored in the data directory) — as at start.
+    let mut known: Vec<String> = config
+        .alerting
+        .rules
+        .iter()
+        .map(|r| r.name.clone())
+        .collect();
+    if config.alerting.rules.is_empty() && config.pipelines.is_empty() {
+        known.extend(
+            [demo_rule(), demo_frozen_rule()]
+                .into_iter()
+                .chain(demo_heartbeat_rules())
+                .map(|r| r.name),
+        );
+    }
+    let stored = std::path::Path::new(&config.store.data_dir).join(STORED_RULES_FILE);
+    if let Ok(definitions) = read_definitions::<AlertRuleConfig>(&stored, "alert rule") {
+        known.extend(definitions.into_iter().map(|d| d.name));
+    }
+    known.sort();
+    known.dedup();
     for (i, inhibition) in config.alerting.inhibitions.iter().enumerate() {
+        let names = std::iter::once(("source", &inhibition.source))
+            .chain(inhibition.targets.iter().map(|t| ("targets", t)));
+        for (field, name) in names {
+            if !name.trim().is_empty() && !name.contains('*') && !known.contains(name) {
+                problems.push((
+                    format!("alerting.inhibitions[{i}].{field}"),
+                    format!(
+                        "no alert rule is named `{name}` (rules: {})",
+                        known.join(", ")
+                    ),
+                ));
+            }
+        }
         if inhibition.source.trim().is_empty() {
             problems.push((
                 format!("alerting.inhibitions[{i}].source"),
@@ -1418,12 +1452,13 @@ pub(crate) async fn start(
     .map_err(|e| e.to_string())?;
     // Every definition's name counts, also one that does not load now: a stored rule that a
     // newer version refuses must not stop the start.
-    let known: Vec<String> = configured
+    let mut known: Vec<String> = rules
         .iter()
-        .map(|(_, c)| c.name.clone())
-        .chain(rules.iter().map(|(_, r)| r.config.name.clone()))
+        .map(|(_, r)| r.config.name.clone())
         .chain(invalid.iter().map(|(d, _)| d.name.clone()))
         .collect();
+    known.sort();
+    known.dedup();
     alerting
         .set_inhibitions(inhibitions, &known)
         .map_err(|e| e.to_string())?;

@@ -1679,7 +1679,20 @@ impl Runner {
         }
         let mut restored = 0;
         for (device, &(_, (from, until))) in &spans {
-            match self.replay_span(pipeline, device, from, until).await {
+            let mut replayed = self.replay_span(pipeline, device, from, until).await;
+            // A redefinition may need more windows than the span holds (longer windows, more
+            // training windows): it learns from as many as it needs ending where the span
+            // ended, when the device was last known normal, rather than from the windows just
+            // before the change (a review: a window widened during a drift learnt the drift).
+            if matches!(replayed, Ok(())) && !pipeline.is_scoring(device) {
+                pipeline.forget(device);
+                if let Some(lookback) = self.history_to_train_on() {
+                    replayed = self
+                        .replay_span(pipeline, device, until.saturating_sub(lookback), until)
+                        .await;
+                }
+            }
+            match replayed {
                 Ok(()) if pipeline.is_scoring(device) => {
                     pipeline.skip_rows_before(device, until);
                     restored += 1;

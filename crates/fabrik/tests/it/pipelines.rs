@@ -1555,6 +1555,41 @@ fn a_restarted_pipeline_relearns_its_training_span_not_the_fault_before_the_rest
         assert_eq!(row["trained_from"], span["trained_from"], "{row}");
         assert_eq!(row["trained_until"], span["trained_until"], "{row}");
     }
+    // Longer windows: the span (5 s) holds too few of them; the device learns from the
+    // windows before the span's end, not from the fault before the change.
+    let (code, body) = put_pipeline(
+        &p.url,
+        "steady",
+        serde_json::json!({
+            "name": "steady",
+            "table": "pump",
+            "signals": ["vibration", "current"],
+            "window": "750ms",
+            "features": ["mean", "max"],
+            "training_windows": 10,
+            "interval": "100ms",
+            "lateness": "0s",
+            "start": "now",
+        }),
+    );
+    assert_eq!(code, 200, "{body}");
+    let widened = now_ns();
+    let after_widening = format!(
+        "SELECT flag, trained_from, trained_until FROM inferences \
+         WHERE pipeline = 'steady' AND window_start > {widened}"
+    );
+    eventually("windows after the widening are scored", || {
+        write_fault(&p.url);
+        query(&p.url, &after_widening).len() >= 3
+    });
+    for row in query(&p.url, &after_widening) {
+        assert_eq!(row["flag"], true, "the fault was learnt as normal: {row}");
+        assert!(
+            row["trained_until"].as_i64() <= span["trained_until"].as_i64()
+                && row["trained_from"].as_i64() < span["trained_from"].as_i64(),
+            "trained before the span's end, from earlier windows: {row} {span}"
+        );
+    }
     // Asked to, it learns afresh from the recent windows (here the fault, now its normal).
     let (ok, text) = crate::support::client_command(&p.url, &["pipeline", "retrain", "steady"]);
     assert!(ok, "{text}");
