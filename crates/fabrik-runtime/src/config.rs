@@ -327,16 +327,16 @@ fn string_or_number<'de, D: serde::Deserializer<'de>>(
 ) -> Result<Option<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum Text {
+    enum Written {
         Text(String),
         Integer(i64),
-        Number(f64),
+        Float(f64),
     }
     Ok(
-        Option::<Text>::deserialize(deserializer)?.map(|value| match value {
-            Text::Text(text) => text,
-            Text::Integer(n) => n.to_string(),
-            Text::Number(n) => n.to_string(),
+        Option::<Written>::deserialize(deserializer)?.map(|value| match value {
+            Written::Text(text) => text,
+            Written::Integer(n) => n.to_string(),
+            Written::Float(n) => n.to_string(),
         }),
     )
 }
