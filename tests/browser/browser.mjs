@@ -347,6 +347,10 @@ async function main() {
     await shot('08-rules-failing');
     assert(over <= 1, `a failing rule's error widens the rules table by ${over}px`);
     await apiCall('/api/v1/alert-rules/ui-typo', { method: 'DELETE' });
+    // The demo has no notifiers: the page says where alerts go (nowhere but here) and how to
+    // add one, rather than an empty table.
+    const notifiers = await page.locator('#notifier-table').innerText();
+    assert(notifiers.includes('No notifiers') && notifiers.includes('[[alerting.notifiers]]'), `notifiers card: ${notifiers}`);
     noErrors('rules');
   });
 

@@ -135,6 +135,7 @@ async function loadCaps(token) {
   const paths = spec.paths || {};
   caps.session = Boolean(paths['/api/v1/session']);
   caps.stream = Object.keys(paths).some((p) => /^\/api\/v1\/devices\/\{[^}]+\}\/stream$/.test(p));
+  caps.notifiers = Boolean(paths['/api/v1/notifiers']);
 }
 
 async function signIn(token) {
@@ -1180,12 +1181,14 @@ async function pageAlerts(p, args) {
       <div id="al-table"></div>
     </section>
     <section class="card" aria-labelledby="h-sil"><h2 id="h-sil">Active silences</h2><div id="sil-table"></div></section>
-    <section class="card" aria-labelledby="h-rules"><h2 id="h-rules">Rules</h2><div id="rule-table"></div></section></div>`);
+    <section class="card" aria-labelledby="h-rules"><h2 id="h-rules">Rules</h2><div id="rule-table"></div></section>
+    ${caps.notifiers ? html`<section class="card" aria-labelledby="h-notifiers"><h2 id="h-notifiers">Notifiers</h2><div id="notifier-table"></div></section>` : ''}</div>`);
   $$('.seg a').forEach((a) => { if (a.getAttribute('aria-pressed') === 'true') a.style.boxShadow = 'inset 0 -2px 0 var(--accent)'; });
   let alerts = [];
   const load = async () => {
     const listed = only ? api(`/api/v1/alerts/${enc(only)}`).then((a) => [a]) : api(`/api/v1/alerts?limit=500${state ? `&state=${state}` : ''}`);
-    const [list, silences, rules] = await Promise.all([listed, api('/api/v1/silences'), api('/api/v1/alert-rules')]);
+    const [list, silences, rules, notifiers] = await Promise.all([listed, api('/api/v1/silences'), api('/api/v1/alert-rules'),
+      caps.notifiers ? api('/api/v1/notifiers') : Promise.resolve(null)]);
     if (!p.alive) return;
     alerts = list;
     if (only) $('#al-count').innerHTML = String(html`Alert <span class="mono">${only}</span> · <a href="#/alerts">all alerts</a>`);
@@ -1196,6 +1199,13 @@ async function pageAlerts(p, args) {
       ${active.map((s) => html`<tr><td>${s.rule || html`<span class="muted">any</span>`}</td><td>${s.key || html`<span class="muted">any</span>`}</td><td>${fmtTime(s.until)}</td><td>${s.by}</td><td class="wrap">${s.comment || ''}</td>
         <td><button type="button" class="small danger" data-unsilence="${s.id}" aria-label="Remove silence ${s.id}">Remove</button></td></tr>`)}</tbody></table></div>` : html`<div class="empty">No active silences.</div>`);
     patch($('#rule-table'), rules.length ? rulesTable(rules) : html`<div class="empty">No alert rules: define them in the configuration file or with <code>fabrik alert rule apply</code>.</div>`);
+    if (notifiers) {
+      // Whether notifications get through: what waits in the outbox, and why it failed.
+      patch($('#notifier-table'), notifiers.length ? html`<div class="table-wrap"><table><thead><tr><th>Name</th><th>Kind</th><th>Target</th><th class="num">Queued</th><th class="num">Retrying</th><th>Last delivered</th><th>Last error</th></tr></thead><tbody>
+        ${notifiers.map((n) => html`<tr data-notifier="${n.name}"><td>${n.name}</td><td>${n.kind}</td><td class="wrap mono">${n.target}</td><td class="num">${n.queued}</td>
+          <td class="num">${n.retrying ? pill('failed', `${n.retrying}`) : '0'}</td><td>${n.last_delivered_at ? time(n.last_delivered_at) : html`<span class="muted">not since the start</span>`}</td>
+          <td class="wrap">${n.last_error || ''}</td></tr>`)}</tbody></table></div>` : html`<div class="empty">No notifiers: alerts are listed here only. Add <code>[[alerting.notifiers]]</code> (webhook, MQTT, e-mail) to the configuration file.</div>`);
+    }
   };
   $('#alerts-page').addEventListener('click', async (e) => {
     const b = e.target.closest('button');
