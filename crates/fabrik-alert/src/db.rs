@@ -391,6 +391,29 @@ impl AlertDb {
             .collect()
     }
 
+    /// Deletes resolved alerts unchanged since before `before_ns`, with what refers to them
+    /// (the record of who was told, queued notifications); returns how many.
+    pub async fn forget_resolved_before(&self, before_ns: i64) -> Result<u64, AlertError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let stale = "SELECT id FROM alerts WHERE state = 'resolved' AND updated_ns < ?";
+        for table in ["notified", "outbox"] {
+            // Audited: the table names are the constants above.
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE alert_id IN ({stale})"
+            )))
+            .bind(before_ns)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let deleted = sqlx::query("DELETE FROM alerts WHERE state = 'resolved' AND updated_ns < ?")
+            .bind(before_ns)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
     /// Deletes the silences that ended before `before_ns`: they are kept a while as a record,
     /// not for ever (every transition reads the table).
     pub async fn forget_silences_ended_before(&self, before_ns: i64) -> Result<(), AlertError> {

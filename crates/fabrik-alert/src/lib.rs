@@ -139,6 +139,8 @@ pub struct Alerting {
     inhibitions: Mutex<Arc<[Inhibition]>>,
     /// Per notifier, its last delivery and last failure since this process started.
     deliveries: Mutex<BTreeMap<String, DeliveryRecord>>,
+    /// How long a resolved alert is kept after its last change (`None`: for ever).
+    retention: Mutex<Option<std::time::Duration>>,
 }
 
 /// A notifier's last delivery and last failure (this process's).
@@ -187,6 +189,8 @@ fn is_silenced(silences: &[Silence], rule: &str, key: &str, now_ns: i64) -> bool
 const MAX_SILENCE: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
 /// The annotation that says why an alert was resolved when no row cleared it.
 const RESOLUTION_ANNOTATION: &str = "resolution";
+/// How often resolved alerts past the retention are deleted.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 /// How long an ended silence stays listed as a record (`fabrik alert silences --all`).
 const ENDED_SILENCES_KEPT_NS: i64 = 30 * 24 * 3600 * 1_000_000_000;
 
@@ -239,6 +243,7 @@ impl Alerting {
             exported_firing: Mutex::default(),
             inhibitions: Mutex::new(Arc::from(Vec::new())),
             deliveries: Mutex::default(),
+            retention: Mutex::new(None),
         });
         for alert in &orphans {
             alerting
@@ -321,6 +326,23 @@ impl Alerting {
                 }
             })
             .collect())
+    }
+
+    /// Keeps resolved alerts `retention` after their last change (`None`: for ever); the
+    /// outbox worker deletes older ones.
+    pub fn set_retention(&self, retention: Option<std::time::Duration>) {
+        *self.retention.lock() = retention;
+    }
+
+    /// Deletes the resolved alerts unchanged for longer than the retention; returns how many.
+    pub async fn forget_old_alerts(&self) -> Result<u64, AlertError> {
+        let Some(retention) = *self.retention.lock() else {
+            return Ok(0);
+        };
+        let keep = i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX);
+        self.db
+            .forget_resolved_before(now_ns().saturating_sub(keep))
+            .await
     }
 
     /// The inhibitions in force.
@@ -1169,6 +1191,7 @@ impl Alerting {
     /// Delivers the outbox until `stop`: due notifications in order, failures retried with
     /// backoff. Returns after a last pass once stopped.
     pub async fn run_outbox(self: Arc<Self>, stop: CancellationToken) {
+        let mut pruned: Option<std::time::Instant> = None;
         loop {
             match self.view().await {
                 Ok(view) => {
@@ -1187,6 +1210,20 @@ impl Alerting {
                     let kept_since = view.now.saturating_sub(ENDED_SILENCES_KEPT_NS);
                     if let Err(e) = self.db.forget_silences_ended_before(kept_since).await {
                         tracing::debug!(error = %e, "Ended silences not pruned.");
+                    }
+                    // Once a minute: it takes the write lock the evaluators need.
+                    if pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+                        pruned = Some(std::time::Instant::now());
+                        match self.forget_old_alerts().await {
+                            Ok(0) => {}
+                            Ok(forgotten) => {
+                                tracing::info!(
+                                    forgotten,
+                                    "Resolved alerts older than alerting.retention deleted."
+                                );
+                            }
+                            Err(e) => tracing::debug!(error = %e, "Old alerts not pruned."),
+                        }
                     }
                 }
                 Err(e) => {
@@ -2579,6 +2616,45 @@ mod tests {
         alerting.db().set_ack(&ids[6], &ack, 1).await.unwrap();
         let (late, _) = read_all(cursor).await;
         assert_eq!(late, [ids[6].clone()]);
+    }
+
+    /// Resolved alerts unchanged for longer than the retention are deleted with their queued
+    /// notifications; firing ones are kept whatever their age; without a retention, nothing.
+    #[tokio::test]
+    async fn resolved_alerts_past_the_retention_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let alerting = alerting_in(dir.path(), vec![refused_webhook()]).await;
+        alerting
+            .observe("hot", &[obs("oven-1", 1, 85.0), obs("oven-2", 1, 85.0)])
+            .await
+            .unwrap();
+        alerting
+            .observe("hot", &[obs("oven-1", 2, 10.0)])
+            .await
+            .unwrap();
+        assert_eq!(
+            alerting.forget_old_alerts().await.unwrap(),
+            0,
+            "no retention"
+        );
+        alerting.set_retention(Some(std::time::Duration::from_millis(1)));
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        assert_eq!(alerting.forget_old_alerts().await.unwrap(), 1);
+        assert!(
+            alerting
+                .db()
+                .get(&alert_id("hot", "oven-1", S))
+                .await
+                .is_err()
+        );
+        let firing = alerting
+            .db()
+            .get(&alert_id("hot", "oven-2", S))
+            .await
+            .unwrap();
+        assert_eq!(firing.state, AlertState::Firing);
+        // Only oven-2's firing is still queued for the unreachable receiver.
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), 1);
     }
 
     /// A pending alert survives a restart with its `for` still counting, unless its evaluator

@@ -481,17 +481,31 @@ fn remove_entry(table: &mut toml::Table, path: &[serde_path_to_error::Segment]) 
 }
 
 /// `[alerting]`
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AlertingConfig {
     /// Base URL of this Fabrik in notifications (default: the HTTP listen address).
     pub external_url: String,
+    /// How long a resolved alert is kept after its last change, or `forever`.
+    pub retention: String,
     /// Rules.
     pub rules: Vec<AlertRuleConfig>,
     /// Where notifications go.
     pub notifiers: Vec<NotifierConfig>,
     /// Alerts that hold back others while they fire (a root cause and its consequences).
     pub inhibitions: Vec<InhibitionConfig>,
+}
+
+impl Default for AlertingConfig {
+    fn default() -> Self {
+        Self {
+            external_url: String::new(),
+            retention: "365d".into(),
+            rules: Vec::new(),
+            notifiers: Vec::new(),
+            inhibitions: Vec::new(),
+        }
+    }
 }
 
 /// `[[alerting.inhibitions]]`: while an alert of the `source` rule fires, the alerts of the

@@ -730,6 +730,9 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
             );
         }
     }
+    if let Err(e) = alert_retention(&config.alerting.retention) {
+        problems.push(("alerting.retention".into(), e));
+    }
     // The rules an inhibition may name: the file's, the demo's when the file defines none,
     // and those defined through the API (stored in the data directory) — as at start.
     let mut known: Vec<String> = config
@@ -786,6 +789,18 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
         }
     }
     problems
+}
+
+/// `alerting.retention`: a duration > 0, or `forever` (`None`).
+fn alert_retention(text: &str) -> Result<Option<Duration>, String> {
+    if text == "forever" {
+        return Ok(None);
+    }
+    match parse_duration(text) {
+        Ok(d) if !d.is_zero() => Ok(Some(d)),
+        Ok(_) => Err("must be greater than zero (or `forever`)".into()),
+        Err(e) => Err(format!("{e} (or `forever`)")),
+    }
 }
 
 /// The demo's causes and consequences: a pump that went quiet or whose pressure sensor froze
@@ -1462,6 +1477,7 @@ pub(crate) async fn start(
     alerting
         .set_inhibitions(inhibitions, &known)
         .map_err(|e| e.to_string())?;
+    alerting.set_retention(alert_retention(&config.alerting.retention)?);
     let outbox = tokio::spawn(alerting.clone().run_outbox(stop.child_token()));
     let manager = Arc::new(AlertRuleManager {
         store,
