@@ -74,6 +74,10 @@ pub struct AlertRuleStatus {
     pub firing: u64,
     /// The definition.
     pub definition: AlertRuleConfig,
+    /// In the answer to a `PUT` only: what would keep it from working as applied (the
+    /// dry run's warnings: a table or column not there yet, `expect` matching no device).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The rules of this process, by name; written by the evaluators, read by the API. The
@@ -216,11 +220,14 @@ pub(crate) async fn apply(
     if params.dry_run {
         return Ok(Json(control.check(config).await?).into_response());
     }
+    // The dry run's warnings go with the answer: a client that applies directly sees them too.
+    let warnings = control.check(config.clone()).await?.warnings;
     let created = control.apply(config).await?;
-    let status = statuses(&state, Some(&name))
+    let mut status = statuses(&state, Some(&name))
         .await?
         .pop()
         .ok_or_else(|| stored_but_not_listed(&name))?;
+    status.warnings = warnings;
     Ok((created_or_replaced(created), Json(status)).into_response())
 }
 
@@ -263,6 +270,7 @@ pub(crate) async fn apply_all(
         return Ok(Json(control.check_all(configs).await?).into_response());
     }
     let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
+    let checked = control.check_all(configs.clone()).await?;
     control.apply_all(configs).await?;
     let mut by_name: BTreeMap<String, AlertRuleStatus> = statuses(&state, None)
         .await?
@@ -271,10 +279,13 @@ pub(crate) async fn apply_all(
         .collect();
     names
         .iter()
-        .map(|name| {
-            by_name
+        .zip(checked)
+        .map(|(name, dry)| {
+            let mut status = by_name
                 .remove(name)
-                .ok_or_else(|| stored_but_not_listed(name))
+                .ok_or_else(|| stored_but_not_listed(name))?;
+            status.warnings = dry.warnings;
+            Ok(status)
         })
         .collect::<Result<Vec<_>, _>>()
         .map(|statuses| Json(statuses).into_response())

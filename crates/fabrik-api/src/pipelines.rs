@@ -92,6 +92,11 @@ pub struct PipelineStatus {
     pub horizon: Option<String>,
     /// The definition as applied, every field (defaults filled in): what a change replaces.
     pub definition: PipelineConfig,
+    /// In the answer to a `PUT` only: what would keep it from working as applied (the
+    /// dry run's warnings: input not written yet, a model not uploaded, a selection that
+    /// matches no device, too few training windows).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// The pipelines of this process, by name; written by the runner, read by the API.
@@ -238,14 +243,17 @@ pub(crate) async fn apply(
     if params.dry_run {
         return Ok(Json(control.check(config).await?).into_response());
     }
+    // The dry run's warnings go with the answer: a client that applies directly sees them too.
+    let warnings = control.check(config.clone()).await?.warnings;
     let created = control.apply(config).await?;
-    let status = board(&state)?.read().get(&name).cloned().ok_or_else(|| {
+    let mut status = board(&state)?.read().get(&name).cloned().ok_or_else(|| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             format!("pipeline `{name}` was stored but is not listed"),
         )
     })?;
+    status.warnings = warnings;
     Ok((created_or_replaced(created), Json(status)).into_response())
 }
 
@@ -279,18 +287,22 @@ pub(crate) async fn apply_all(
         return Ok(Json(control.check_all(configs).await?).into_response());
     }
     let names: Vec<String> = configs.iter().map(|c| c.name.clone()).collect();
+    let checked = control.check_all(configs.clone()).await?;
     control.apply_all(configs).await?;
     let board = board(&state)?.read();
     names
         .iter()
-        .map(|name| {
-            board.get(name).cloned().ok_or_else(|| {
+        .zip(checked)
+        .map(|(name, dry)| {
+            let mut status = board.get(name).cloned().ok_or_else(|| {
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",
                     format!("pipeline `{name}` was stored but is not listed"),
                 )
-            })
+            })?;
+            status.warnings = dry.warnings;
+            Ok(status)
         })
         .collect::<Result<Vec<_>, _>>()
         .map(|statuses| Json(statuses).into_response())

@@ -1013,6 +1013,7 @@ fn rule_status(
     error: Option<String>,
 ) -> AlertRuleStatus {
     AlertRuleStatus {
+        warnings: Vec::new(),
         name: config.name.clone(),
         origin,
         health,

@@ -522,6 +522,7 @@ fn status_of(
 ) -> PipelineStatus {
     let c = config;
     PipelineStatus {
+        warnings: Vec::new(),
         name: c.name.clone(),
         origin,
         state,

@@ -706,7 +706,7 @@ fn pipelines_defined_through_the_api_run_are_replaced_survive_restarts_and_are_r
         &p.url,
         reqwest::Method::PUT,
         "/api/v1/pipelines/api-pumps?dry_run=true",
-        Some(doubtful),
+        Some(doubtful.clone()),
     );
     assert_eq!(code, 200, "{dry}");
     let warnings = dry["warnings"].to_string();
@@ -715,6 +715,23 @@ fn pipelines_defined_through_the_api_run_are_replaced_survive_restarts_and_are_r
             && warnings.contains("6 features from 20 training windows"),
         "{dry}"
     );
+    // Applied directly, the answer carries the same warnings.
+    doubtful["name"] = "doubtful".into();
+    let (code, applied) = put_pipeline(&p.url, "doubtful", doubtful);
+    assert_eq!(code, 201, "{applied}");
+    assert!(
+        applied["warnings"]
+            .to_string()
+            .contains("no registered device matches"),
+        "{applied}"
+    );
+    let (code, _) = http(
+        &p.url,
+        reqwest::Method::DELETE,
+        "/api/v1/pipelines/doubtful",
+        None,
+    );
+    assert_eq!(code, 204);
 
     // Bad definitions are refused with the field named, and change nothing.
     let mut bad = api_pumps("quantile:1.0*1.5");
