@@ -698,10 +698,23 @@ impl PipelineManager {
     /// What a selection by site, type or label would select now, if nothing: the pipeline
     /// would score no device (and says so once it runs).
     async fn selection_warning(&self, config: &PipelineConfig) -> Option<String> {
-        if config.site.is_none() && config.device_type.is_none() && config.label.is_none() {
-            return None;
-        }
         let registry = self.registry.as_ref()?;
+        if config.site.is_none() && config.device_type.is_none() && config.label.is_none() {
+            // Devices named outright: one the registry does not know may be a misspelling
+            // (or a source that writes without registering, over HTTP).
+            let mut unknown = Vec::new();
+            for device in &config.devices {
+                if registry.get(device).await.is_err() {
+                    unknown.push(format!("`{device}`"));
+                }
+            }
+            return (!unknown.is_empty()).then(|| {
+                format!(
+                    "{} not registered: if misspelt, the pipeline never sees it",
+                    unknown.join(", ")
+                )
+            });
+        }
         let filter = DeviceFilter {
             site: config.site.clone(),
             device_type: config.device_type.clone(),

@@ -715,6 +715,21 @@ fn pipelines_defined_through_the_api_run_are_replaced_survive_restarts_and_are_r
             && warnings.contains("6 features from 20 training windows"),
         "{dry}"
     );
+    // A device named outright that the registry does not know may be misspelt.
+    let mut ghost = api_pumps("quantile:1.0*1.5");
+    ghost["devices"] = serde_json::json!(["pump-gost"]);
+    let (_, dry) = http(
+        &p.url,
+        reqwest::Method::PUT,
+        "/api/v1/pipelines/api-pumps?dry_run=true",
+        Some(ghost),
+    );
+    assert!(
+        dry["warnings"]
+            .to_string()
+            .contains("`pump-gost` not registered"),
+        "{dry}"
+    );
     // Applied directly, the answer carries the same warnings.
     doubtful["name"] = "doubtful".into();
     let (code, applied) = put_pipeline(&p.url, "doubtful", doubtful);
