@@ -994,12 +994,15 @@ async function pagePipelines(p, args) {
   const pipelines = await api('/api/v1/pipelines');
   const name = args[0] || pipelines[0]?.name;
   const windowId = args[1];
+  // A replaying pipeline (start = "earliest") learns from the first stored windows: a retrain
+  // would replay the same ones, and the API refuses it.
+  const retrainable = pipelines.find((x) => x.name === name)?.definition?.start !== 'earliest';
   main.innerHTML = String(html`
     <div class="page-head"><div><h1>Pipelines</h1><div class="sub">Windows scored by each model, and why</div></div></div>
     ${errorBox}
     <section class="card" aria-labelledby="h-plist"><h2 id="h-plist">All pipelines</h2><div id="pl-table"></div></section>
     ${name ? html`
-    <section class="card" aria-labelledby="h-pdef"><div class="card-head"><h2 id="h-pdef">${name}</h2><div class="row"><span id="pl-state"></span>${document.body.dataset.role === 'admin' ? html`<button type="button" class="small" id="btn-retrain" title="Every device learns its normal afresh from the stored windows before now">Retrain</button>` : ''}</div></div><div id="pl-def"></div></section>
+    <section class="card" aria-labelledby="h-pdef"><div class="card-head"><h2 id="h-pdef">${name}</h2><div class="row"><span id="pl-state"></span>${document.body.dataset.role === 'admin' && retrainable ? html`<button type="button" class="small" id="btn-retrain" title="Every device learns its normal afresh from the stored windows before now">Retrain</button>` : ''}</div></div><div id="pl-def"></div></section>
     <section class="card" aria-labelledby="h-scores"><div class="card-head"><h2 id="h-scores">Scores over the last hour</h2><span class="muted">one point per window and device; dashed: threshold; log scale</span></div><div class="chart" id="score-chart"></div><div id="score-empty"></div></section>
     <div class="grid cols-2" style="margin-top:16px">
       <section class="card" aria-labelledby="h-anom"><div class="card-head"><h2 id="h-anom">Latest inferences</h2>

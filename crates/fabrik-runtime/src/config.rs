@@ -243,7 +243,7 @@ pub struct PipelineConfig {
     #[serde(default = "three")]
     pub min_samples: u32,
     /// `robust_z`, `pca_t2q`, `hst`, `iforest`, `rart` (the NAB detector, on each feature;
-    /// give it a fixed threshold such as 0.7), `dbz` (the SKAB detector, 81 training windows
+    /// give it a fixed threshold such as 0.7), `dbz` (the SKAB detector, 140 training windows
     /// or more; 1.0 is its alarm level), or `onnx` (with `model_path`).
     #[serde(default = "robust_z")]
     pub model: String,
@@ -258,7 +258,7 @@ pub struct PipelineConfig {
     #[serde(default = "auto_unit")]
     pub model_output: String,
     /// Windows each device learns from before it is scored. Unset: 30, or the model's
-    /// minimum where that is more (81 for `dbz`).
+    /// minimum where that is more (140 for `dbz`).
     #[serde(default)]
     pub training_windows: Option<u32>,
     /// A number, or `quantile:<q>[*<margin>]`: the training windows' score at quantile q,

@@ -957,6 +957,18 @@ impl PipelineManager {
             .ok_or_else(|| ControlError::NotFound(format!("no pipeline named `{name}`")))?;
         let origin = existing.origin;
         let compiled = compile(&existing.config).map_err(ControlError::Invalid)?;
+        // A replaying pipeline learns from the first stored windows: retrained, it would
+        // replay the same ones (a review) while saying it learnt afresh.
+        if compiled.replay {
+            return Err(ControlError::Invalid(vec![(
+                "start".into(),
+                format!(
+                    "pipeline `{name}` has `start = \"earliest\"`: it learns from the first \
+                     stored windows, which a retrain would replay; to learn from recent \
+                     windows, define it with `start = \"now\"`"
+                ),
+            )]));
+        }
         if let Some(previous) = pipelines.by_name.remove(&name) {
             previous.stop().await;
         }
@@ -1518,7 +1530,7 @@ impl Runner {
             // from then, not from those just before the restart: a restart during or after a
             // fault would otherwise learn the fault as normal (false alarms once it clears,
             // none while it lasts).
-            let restored = match self.retrain_on_saved_spans(&mut pipeline).await {
+            let restored = match self.retrain_on_saved_spans(&mut pipeline, start).await {
                 Ok(restored) => restored,
                 Err(e) => {
                     tracing::warn!(pipeline = %name, error = %e, "Pipeline could not read all its devices' training spans; those not restored train on the stored history before the start.");
@@ -1628,7 +1640,11 @@ impl Runner {
     /// span no longer trains a model (retention removed rows, or the new definition needs
     /// more windows than the span holds) is forgotten, and trains as a new one does; so are
     /// devices of inferences written before spans were recorded.
-    async fn retrain_on_saved_spans(&self, pipeline: &mut Pipeline) -> Result<usize, String> {
+    async fn retrain_on_saved_spans(
+        &self,
+        pipeline: &mut Pipeline,
+        start: i64,
+    ) -> Result<usize, String> {
         if !self.restore_spans
             || matches!(self.compiled.model, ModelChoice::Builtin(model) if model.adapts())
             || !self.store.has_table(INFERENCES_TABLE)
@@ -1692,12 +1708,16 @@ impl Runner {
             }
         }
         let mut restored = 0;
+        let mut lost = Vec::new();
         for (device, &(_, (from, until))) in &spans {
+            let mut end = until;
             let mut replayed = self.replay_span(pipeline, device, from, until).await;
             // A redefinition may need more windows than the span holds (longer windows, more
-            // training windows): it learns from as many as it needs ending where the span
-            // ended, when the device was last known normal, rather than from the windows just
-            // before the change (a review: a window widened during a drift learnt the drift).
+            // training windows). It learns from windows the device was known normal in, not
+            // from those just before the change (a review: a window widened during a drift
+            // learnt the drift): first as many as it needs ending where the span ended, then,
+            // if the device has no data that early, the span and the windows after it up to
+            // the first one flagged.
             if matches!(replayed, Ok(())) && !pipeline.is_scoring(device) {
                 pipeline.forget(device);
                 if let Some(lookback) = self.history_to_train_on() {
@@ -1706,19 +1726,60 @@ impl Runner {
                         .await;
                 }
             }
+            if matches!(replayed, Ok(())) && !pipeline.is_scoring(device) {
+                pipeline.forget(device);
+                match self.normal_until(device, until).await {
+                    Ok(normal_until) if normal_until.min(start) > until => {
+                        end = normal_until.min(start);
+                        replayed = self.replay_span(pipeline, device, from, end).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => replayed = Err(e),
+                }
+            }
             match replayed {
                 Ok(()) if pipeline.is_scoring(device) => {
-                    pipeline.skip_rows_before(device, until);
+                    pipeline.skip_rows_before(device, end);
                     restored += 1;
                 }
-                Ok(()) => pipeline.forget(device),
+                Ok(()) => {
+                    pipeline.forget(device);
+                    lost.push(device.clone());
+                }
                 Err(e) => {
                     pipeline.forget(device);
                     return Err(e);
                 }
             }
         }
+        if !lost.is_empty() {
+            tracing::warn!(
+                pipeline = %self.compiled.config.name,
+                devices = %lost.join(", "),
+                "These devices' saved training spans hold too few windows for this definition \
+                 and no later windows were known normal: they learn from the recent history, \
+                 which may hold a fault in progress (retrain them once it is over)."
+            );
+        }
         Ok(restored)
+    }
+
+    /// Where the windows known normal after `after` end for `device`: the start of its first
+    /// window this pipeline flagged since, else now.
+    async fn normal_until(&self, device: &str, after: i64) -> Result<i64, String> {
+        let literal = |text: &str| format!("'{}'", text.replace('\'', "''"));
+        let sql = format!(
+            "SELECT CAST(min(window_start) AS BIGINT) FROM {INFERENCES_TABLE} \
+             WHERE pipeline = {} AND device = {} AND flag = true AND window_start >= {after}",
+            literal(&self.compiled.config.name),
+            literal(device),
+        );
+        let output = self.store.query(&sql).await.map_err(|e| e.to_string())?;
+        let first_flagged = output.batches.iter().find_map(|batch| {
+            let column: Int64Array = cast_column(batch, 0, &DataType::Int64, "").ok()?;
+            (!column.is_empty() && !column.is_null(0)).then(|| column.value(0))
+        });
+        Ok(first_flagged.unwrap_or_else(|| Timestamp::now().nanos()))
     }
 
     /// Pushes `device`'s stored rows of `[from, until)` and closes their windows.
@@ -2360,17 +2421,17 @@ mod tests {
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].0, "training_windows");
         assert!(
-            problems[0].1.contains("`dbz` needs at least 81"),
+            problems[0].1.contains("`dbz` needs at least 140"),
             "{problems:?}"
         );
-        p.training_windows = Some(81);
+        p.training_windows = Some(140);
         assert!(compile(&p).is_ok());
         // Unset, it is 30 or the model's minimum, whichever is more; an unset threshold
         // is the model's own alarm level where it has one.
         p.training_windows = None;
         p.threshold = None;
         let dbz = compile(&p).expect("dbz");
-        assert_eq!(dbz.spec.training_windows, 81);
+        assert_eq!(dbz.spec.training_windows, 140);
         assert_eq!(dbz.spec.threshold, ThresholdSpec::Fixed(1.0));
         p.model = "rart".into();
         assert_eq!(

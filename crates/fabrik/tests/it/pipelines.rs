@@ -365,7 +365,7 @@ window = "2s"
 min_samples = 2
 features = ["mean"]
 model = "dbz"
-training_windows = 100
+training_windows = 140
 interval = "200ms"
 lateness = "0s"
 start = "earliest"
@@ -401,7 +401,7 @@ start = "earliest"
     await_inferences(
         &p.url,
         "pumps-dbz",
-        400,
+        320,
         "the DBZ pipeline scores every window after training",
     );
     let first = first_flag(&p.url, "pumps-dbz", "dbz");
@@ -697,6 +697,18 @@ fn pipelines_defined_through_the_api_run_are_replaced_survive_restarts_and_are_r
     let (code, again) = put_pipeline(&p.url, "api-pumps", api_pumps("quantile:1.0*1.5"));
     assert_eq!(code, 200, "{again}");
     assert_eq!(again["inferences"], 80, "not restarted: {again}");
+    // A replaying pipeline would replay the same first windows: a retrain is refused.
+    let (code, refused) = http(
+        &p.url,
+        reqwest::Method::POST,
+        "/api/v1/pipelines/api-pumps/retrain",
+        None,
+    );
+    assert_eq!(code, 400, "{refused}");
+    assert!(
+        refused.to_string().contains("start = \\\"earliest\\\""),
+        "{refused}"
+    );
     // A dry run warns of a selection that matches no device, and of PCA fitted to fewer
     // than five training windows per feature (6 features, 20 windows).
     let mut doubtful = api_pumps("quantile:1.0*1.5");
@@ -1639,6 +1651,31 @@ fn a_restarted_pipeline_relearns_its_training_span_not_the_fault_before_the_rest
             .any(|row| row["flag"] == false),
         "the retrained model still flags the fault it learnt from"
     );
+    // A definition that needs more windows than the device was ever known normal in cannot
+    // keep its span: the device learns from the recent history, and the log says so.
+    let (code, body) = put_pipeline(
+        &p.url,
+        "steady",
+        serde_json::json!({
+            "name": "steady",
+            "table": "pump",
+            "signals": ["vibration", "current"],
+            "window": "10 samples",
+            "features": ["mean", "max"],
+            "training_windows": 200,
+            "interval": "100ms",
+            "lateness": "0s",
+            "start": "now",
+        }),
+    );
+    assert_eq!(code, 200, "{body}");
+    let mut said = Vec::new();
+    eventually("the lost span is logged", || {
+        said.extend(p.drain_log());
+        said.iter().any(|line| {
+            line.contains("saved training spans hold too few windows") && line.contains("pump-a")
+        })
+    });
     let (code, _) = http(
         &p.url,
         reqwest::Method::POST,
