@@ -64,6 +64,16 @@ const SCHEMA: &[&str] = &[
     )",
 ];
 
+/// The `updated_ns` of a change, from its bound time: `max(now, latest + 1 ns)`. Evaluated
+/// inside the writing statement, under SQLite's write lock, so the stamps are unique and in
+/// commit order (what the `changed_after` cursor relies on); every write of `updated_ns`
+/// uses it.
+macro_rules! change_stamp {
+    () => {
+        "max(?, (SELECT coalesce(max(updated_ns), 0) + 1 FROM alerts))"
+    };
+}
+
 /// What waits in the outbox for one notifier.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QueuedFor {
@@ -236,11 +246,12 @@ impl AlertDb {
     /// Sets an alert's acknowledgement alone, so a state change written meanwhile stays.
     /// Fails with `NotFound` for an unknown id.
     pub async fn set_ack(&self, id: &str, ack: &Ack, now_ns: i64) -> Result<(), AlertError> {
-        let done = sqlx::query(
-            "UPDATE alerts SET ack_by = ?, ack_at = ?, feedback = ?, comment = ?, updated_ns = \
-             max(?, (SELECT coalesce(max(updated_ns), 0) + 1 FROM alerts)) \
-             WHERE id = ?",
-        )
+        let done = sqlx::query(concat!(
+            "UPDATE alerts SET ack_by = ?, ack_at = ?, feedback = ?, comment = ?, \
+                 updated_ns = ",
+            change_stamp!(),
+            " WHERE id = ?"
+        ))
         .bind(&ack.by)
         .bind(&ack.at)
         .bind(ack.feedback.as_str())
@@ -907,11 +918,11 @@ async fn set_silenced(
     severity: &str,
     now_ns: i64,
 ) -> Result<bool, AlertError> {
-    let done = sqlx::query(
-        "UPDATE alerts SET silenced = ?, updated_ns = \
-         max(?, (SELECT coalesce(max(updated_ns), 0) + 1 FROM alerts)) WHERE id = ? AND state = ? \
-         AND severity = ?",
-    )
+    let done = sqlx::query(concat!(
+        "UPDATE alerts SET silenced = ?, updated_ns = ",
+        change_stamp!(),
+        " WHERE id = ? AND state = ? AND severity = ?"
+    ))
     .bind(silenced)
     .bind(now_ns)
     .bind(id)
@@ -929,16 +940,16 @@ async fn upsert(
 ) -> Result<(), AlertError> {
     let annotations =
         serde_json::to_string(&alert.annotations).map_err(|e| corrupt("annotations", e))?;
-    sqlx::query(
+    sqlx::query(concat!(
         "INSERT INTO alerts (id, rule, key, severity, state, started_at, fired_at, resolved_at, \
          value, annotations, ack_by, ack_at, feedback, comment, silenced, updated_ns) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \
-         max(?, (SELECT coalesce(max(updated_ns), 0) + 1 FROM alerts))) \
-         ON CONFLICT (id) DO UPDATE SET state = excluded.state, fired_at = excluded.fired_at, \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ",
+        change_stamp!(),
+        ") ON CONFLICT (id) DO UPDATE SET state = excluded.state, fired_at = excluded.fired_at, \
          resolved_at = excluded.resolved_at, value = excluded.value, \
          annotations = excluded.annotations, \
-         silenced = excluded.silenced, updated_ns = excluded.updated_ns",
-    )
+         silenced = excluded.silenced, updated_ns = excluded.updated_ns"
+    ))
     .bind(&alert.id)
     .bind(&alert.rule)
     .bind(&alert.key)
@@ -1046,11 +1057,11 @@ async fn set_severity_and_annotations(
     now_ns: i64,
 ) -> Result<(), AlertError> {
     let annotations = serde_json::to_string(annotations).map_err(|e| corrupt("annotations", e))?;
-    sqlx::query(
-        "UPDATE alerts SET severity = ?, annotations = ?, updated_ns = \
-         max(?, (SELECT coalesce(max(updated_ns), 0) + 1 FROM alerts)) \
-         WHERE id = ? AND state != 'resolved'",
-    )
+    sqlx::query(concat!(
+        "UPDATE alerts SET severity = ?, annotations = ?, updated_ns = ",
+        change_stamp!(),
+        " WHERE id = ? AND state != 'resolved'"
+    ))
     .bind(severity)
     .bind(annotations)
     .bind(now_ns)
