@@ -791,6 +791,16 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
     problems
 }
 
+/// The registry filter of a rule's `expect` by site, type and label.
+fn expect_filter(expect: &fabrik_runtime::config::ExpectConfig) -> fabrik_registry::DeviceFilter {
+    fabrik_registry::DeviceFilter {
+        site: expect.site.clone(),
+        device_type: expect.device_type.clone(),
+        state: None,
+        label: expect.label.clone(),
+    }
+}
+
 /// `alerting.retention`: a duration > 0, or `forever` (`None`).
 fn alert_retention(text: &str) -> Result<Option<Duration>, String> {
     if text == "forever" {
@@ -1220,24 +1230,16 @@ impl AlertRuleManager {
         if let (Some(expect), Some(registry)) = (&config.expect, &self.registry)
             && expect.uses_registry()
             && expect.devices.is_empty()
-        {
-            let filter = fabrik_registry::DeviceFilter {
-                site: expect.site.clone(),
-                device_type: expect.device_type.clone(),
-                state: None,
-                label: expect.label.clone(),
-            };
-            if registry
-                .list(&filter)
+            && registry
+                .list(&expect_filter(expect))
                 .await
                 .is_ok_and(|devices| devices.iter().all(|d| d.disabled))
-            {
-                warnings.push(
-                    "`expect` matches no registered (enabled) device yet: the rule expects \
-                     none, and fires for none, until one is registered"
-                        .into(),
-                );
-            }
+        {
+            warnings.push(
+                "`expect` matches no registered (enabled) device yet: the rule expects none, \
+                 and fires for none, until one is registered"
+                    .into(),
+            );
         }
         if config.expect.as_ref().is_some_and(|e| e.uses_registry()) && self.registry.is_none() {
             warnings.push(
@@ -1742,12 +1744,7 @@ impl Evaluator {
             let registered = match cached {
                 Some(registered) => registered,
                 None => {
-                    let filter = fabrik_registry::DeviceFilter {
-                        site: expect.site.clone(),
-                        device_type: expect.device_type.clone(),
-                        state: None,
-                        label: expect.label.clone(),
-                    };
+                    let filter = expect_filter(expect);
                     // A disabled device is not expected to report.
                     let registered: Vec<String> = registry
                         .list(&filter)

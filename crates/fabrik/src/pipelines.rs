@@ -479,6 +479,16 @@ fn feature_names(spec: &PipelineSpec) -> Vec<String> {
         .collect()
 }
 
+/// The registry filter of a pipeline's selection by site, type and label.
+fn selection_filter(config: &PipelineConfig) -> DeviceFilter {
+    DeviceFilter {
+        site: config.site.clone(),
+        device_type: config.device_type.clone(),
+        state: None,
+        label: config.label.clone(),
+    }
+}
+
 /// Training windows too few for the features PCA T²+Q fits a covariance to: with fewer than
 /// five windows per feature its estimate is poor and the calibrated threshold sits among
 /// normal scores (a review: 10 windows for 8 features flagged 271 of 285 windows, mostly on
@@ -715,13 +725,7 @@ impl PipelineManager {
                 )
             });
         }
-        let filter = DeviceFilter {
-            site: config.site.clone(),
-            device_type: config.device_type.clone(),
-            state: None,
-            label: config.label.clone(),
-        };
-        let matching = registry.list(&filter).await.ok()?;
+        let matching = registry.list(&selection_filter(config)).await.ok()?;
         let listed_and_matching =
             config.devices.is_empty() || matching.iter().any(|d| config.devices.contains(&d.id));
         (matching.is_empty() || !listed_and_matching).then(|| {
@@ -1896,14 +1900,8 @@ impl Runner {
                 .registry
                 .as_ref()
                 .ok_or("selecting devices by site, type or label needs the registry module")?;
-            let filter = DeviceFilter {
-                site: c.site.clone(),
-                device_type: c.device_type.clone(),
-                state: None,
-                label: c.label.clone(),
-            };
             let matching: Vec<String> = registry
-                .list(&filter)
+                .list(&selection_filter(c))
                 .await
                 .map_err(|e| format!("device registry: {e}"))?
                 .into_iter()
