@@ -1483,6 +1483,27 @@ fn a_pipeline_defined_on_flowing_data_trains_on_its_recent_history() {
     assert!(status.success());
 }
 
+/// The restart test's pipeline: the pumps' vibration and current in `window`s, each
+/// device learning from `training_windows` of them, from now on.
+fn steady(window: &str, training_windows: u32) -> serde_json::Value {
+    serde_json::json!({
+        "name": "steady",
+        "table": "pump",
+        "signals": ["vibration", "current"],
+        "window": window,
+        "training_windows": training_windows,
+        "interval": "100ms",
+        "lateness": "0s",
+        "start": "now",
+    })
+}
+
+/// `definition` with other features than the default: another model version.
+fn with_features(mut definition: serde_json::Value) -> serde_json::Value {
+    definition["features"] = serde_json::json!(["mean", "max"]);
+    definition
+}
+
 /// A restart during a fault: the pipeline relearns each device from the windows it learnt
 /// from before (its saved training span), not from the faulty windows just before the
 /// restart, so the fault is still flagged afterwards.
@@ -1509,20 +1530,7 @@ fn a_restarted_pipeline_relearns_its_training_span_not_the_fault_before_the_rest
         crate::support::post_status(&p.url, "/api/v1/write", &history),
         200
     );
-    let (code, body) = put_pipeline(
-        &p.url,
-        "steady",
-        serde_json::json!({
-            "name": "steady",
-            "table": "pump",
-            "signals": ["vibration", "current"],
-            "window": "500ms",
-            "training_windows": 10,
-            "interval": "100ms",
-            "lateness": "0s",
-            "start": "now",
-        }),
-    );
+    let (code, body) = put_pipeline(&p.url, "steady", steady("500ms", 10));
     assert_eq!(code, 201, "{body}");
     eventually("the pipeline trains on its history", || {
         let (_, status) = pipeline_status(&p.url, "steady");
@@ -1553,80 +1561,40 @@ fn a_restarted_pipeline_relearns_its_training_span_not_the_fault_before_the_rest
     assert!(status.success());
 
     let p = Process::start(&data, &[]);
+    // The windows scored after `since` (at least three, the fault written meanwhile).
+    let scored_after = |since: i64, what: &str| {
+        let sql = format!(
+            "SELECT flag, trained_from, trained_until FROM inferences \
+             WHERE pipeline = 'steady' AND window_start > {since}"
+        );
+        eventually(what, || {
+            write_fault(&p.url);
+            query(&p.url, &sql).len() >= 3
+        });
+        query(&p.url, &sql)
+    };
     let restarted = now_ns();
-    let after_restart = format!(
-        "SELECT flag, trained_from, trained_until FROM inferences \
-         WHERE pipeline = 'steady' AND window_start > {restarted}"
-    );
-    eventually("windows after the restart are scored", || {
-        write_fault(&p.url);
-        query(&p.url, &after_restart).len() >= 3
-    });
-    for row in query(&p.url, &after_restart) {
+    for row in scored_after(restarted, "windows after the restart are scored") {
         assert_eq!(row["flag"], true, "the fault was learnt as normal: {row}");
         assert_eq!(row["trained_from"], span["trained_from"], "{row}");
         assert_eq!(row["trained_until"], span["trained_until"], "{row}");
     }
     // Redefined during the fault (other features: another model version), it also learns
     // from the span the device was learnt from, not from the fault before the change.
-    let (code, body) = put_pipeline(
-        &p.url,
-        "steady",
-        serde_json::json!({
-            "name": "steady",
-            "table": "pump",
-            "signals": ["vibration", "current"],
-            "window": "500ms",
-            "features": ["mean", "max"],
-            "training_windows": 10,
-            "interval": "100ms",
-            "lateness": "0s",
-            "start": "now",
-        }),
-    );
+    let (code, body) = put_pipeline(&p.url, "steady", with_features(steady("500ms", 10)));
     assert_eq!(code, 200, "{body}");
     let redefined = now_ns();
-    let after_redefinition = format!(
-        "SELECT flag, model_version, trained_from, trained_until FROM inferences \
-         WHERE pipeline = 'steady' AND window_start > {redefined}"
-    );
-    eventually("windows after the redefinition are scored", || {
-        write_fault(&p.url);
-        query(&p.url, &after_redefinition).len() >= 3
-    });
-    for row in query(&p.url, &after_redefinition) {
+    for row in scored_after(redefined, "windows after the redefinition are scored") {
         assert_eq!(row["flag"], true, "the fault was learnt as normal: {row}");
         assert_eq!(row["trained_from"], span["trained_from"], "{row}");
         assert_eq!(row["trained_until"], span["trained_until"], "{row}");
     }
     // Longer windows: the span (5 s) holds too few of them; the device learns from the
     // windows before the span's end, not from the fault before the change.
-    let (code, body) = put_pipeline(
-        &p.url,
-        "steady",
-        serde_json::json!({
-            "name": "steady",
-            "table": "pump",
-            "signals": ["vibration", "current"],
-            "window": "750ms",
-            "features": ["mean", "max"],
-            "training_windows": 10,
-            "interval": "100ms",
-            "lateness": "0s",
-            "start": "now",
-        }),
-    );
+    let (code, body) = put_pipeline(&p.url, "steady", with_features(steady("750ms", 10)));
     assert_eq!(code, 200, "{body}");
     let widened = now_ns();
-    let after_widening = format!(
-        "SELECT flag, trained_from, trained_until FROM inferences \
-         WHERE pipeline = 'steady' AND window_start > {widened}"
-    );
-    eventually("windows after the widening are scored", || {
-        write_fault(&p.url);
-        query(&p.url, &after_widening).len() >= 3
-    });
-    for row in query(&p.url, &after_widening) {
+    for row in scored_after(widened, "windows after the widening are scored") {
         assert_eq!(row["flag"], true, "the fault was learnt as normal: {row}");
         assert!(
             row["trained_until"].as_i64() <= span["trained_until"].as_i64()
@@ -1653,21 +1621,7 @@ fn a_restarted_pipeline_relearns_its_training_span_not_the_fault_before_the_rest
     );
     // A definition that needs more windows than the device was ever known normal in cannot
     // keep its span: the device learns from the recent history, and the log says so.
-    let (code, body) = put_pipeline(
-        &p.url,
-        "steady",
-        serde_json::json!({
-            "name": "steady",
-            "table": "pump",
-            "signals": ["vibration", "current"],
-            "window": "10 samples",
-            "features": ["mean", "max"],
-            "training_windows": 200,
-            "interval": "100ms",
-            "lateness": "0s",
-            "start": "now",
-        }),
-    );
+    let (code, body) = put_pipeline(&p.url, "steady", with_features(steady("10 samples", 200)));
     assert_eq!(code, 200, "{body}");
     let mut said = Vec::new();
     eventually("the lost span is logged", || {
