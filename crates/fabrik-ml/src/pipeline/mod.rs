@@ -10,6 +10,7 @@
 //! calibrated on the same windows), so each pump learns its own normal. Reading samples from
 //! the store and writing inferences back is the caller's job.
 
+pub mod explain;
 pub mod features;
 pub mod model;
 pub mod onnx;
@@ -122,6 +123,9 @@ pub struct Inference {
     pub flag: bool,
     /// The largest per-feature shares of the score, largest first (`signal.feature`).
     pub contributions: Vec<(String, f64)>,
+    /// The signal whose features' shares sum highest (over all of them, not only the
+    /// `contributions` kept), if any share is above 0.
+    pub top_signal: Option<String>,
     /// The version of the model that scored it.
     pub model_version: String,
     /// Start of the first of the device's windows the model learnt (and its threshold was
@@ -139,13 +143,27 @@ impl Inference {
         format!("{pipeline}/{}/{}", self.device, self.window_start_ns)
     }
 
-    /// The signal whose features contributed most, if any did.
+    /// The signal whose features together contributed most, if any did.
     pub fn top_signal(&self) -> Option<&str> {
-        self.contributions
-            .first()
-            .filter(|(_, share)| *share > 0.0)
-            .and_then(|(name, _)| name.split_once('.').map(|(signal, _)| signal))
+        self.top_signal.as_deref()
     }
+}
+
+/// The signal whose features' shares (signal-major, as the pipeline orders them) sum highest;
+/// the first of equals; `None` when no share is above 0.
+fn top_signal(signals: &[String], shares: &[f64]) -> Option<String> {
+    if signals.is_empty() || !shares.len().is_multiple_of(signals.len()) {
+        return None;
+    }
+    let per_signal = shares.len() / signals.len();
+    let mut best: Option<(usize, f64)> = None;
+    for (index, chunk) in shares.chunks(per_signal.max(1)).enumerate() {
+        let total: f64 = chunk.iter().filter(|share| **share > 0.0).sum();
+        if total > best.map_or(0.0, |(_, most)| most) {
+            best = Some((index, total));
+        }
+    }
+    best.map(|(index, _)| signals[index].clone())
 }
 
 enum Phase {
@@ -478,13 +496,22 @@ fn step(
                     reason: format!("the score of the window is {score}, not a finite number"),
                 });
             }
-            let mut shares = model.contributions(features, medians)?;
-            // A flagged window names its signals even when no single one lowers the score;
-            // a normal window is not explained that way (it would name noise, and cost a
+            let flag = score > *threshold;
+            // A flagged window is what an operator reads to find the signals at fault: it is
+            // explained by Owen values (a few hundred probes); a normal one by occlusion (a
             // probe per feature).
-            if score > *threshold && shares.iter().all(|&share| share <= 0.0) {
+            let mut shares = if flag {
+                model.explain_flagged(features, medians, spec.features.len())?
+            } else {
+                model.contributions(features, medians)?
+            };
+            // A flagged window names its signals even when no combination of them raises the
+            // score above the normal window's; a normal window is not explained that way (it
+            // would name noise).
+            if flag && shares.iter().all(|&share| share <= 0.0) {
                 shares = model::single_feature_rises(model.as_ref(), features, medians)?;
             }
+            let top_signal = top_signal(&spec.signals, &shares);
             let mut contributions: Vec<(String, f64)> = feature_names
                 .iter()
                 .cloned()
@@ -501,8 +528,9 @@ fn step(
                 last_arrival: window.rows.iter().map(|row| row.arrival).max().unwrap_or(0),
                 score,
                 threshold: *threshold,
-                flag: score > *threshold,
+                flag,
                 contributions,
+                top_signal,
                 model_version: model.version().to_owned(),
                 trained_from_ns: trained.0,
                 trained_until_ns: trained.1,
@@ -635,6 +663,64 @@ mod tests {
             flagged[0].window_id("pumps"),
             format!("pumps/pump-01/{}", 300 * S)
         );
+    }
+
+    /// Scores the vibration mean; explains a normal window one way and a flagged one another.
+    struct TwoExplanations;
+
+    impl WindowModel for TwoExplanations {
+        fn name(&self) -> &str {
+            "two"
+        }
+        fn version(&self) -> &str {
+            "1"
+        }
+        fn fit(&mut self, _rows: &[Vec<f64>]) -> Result<(), MlError> {
+            Ok(())
+        }
+        fn score(&mut self, row: &[f64]) -> Result<f64, MlError> {
+            self.probe(row)
+        }
+        fn probe(&self, row: &[f64]) -> Result<f64, MlError> {
+            Ok(row[0])
+        }
+        fn contributions(&self, _row: &[f64], _medians: &[f64]) -> Result<Vec<f64>, MlError> {
+            Ok(vec![0.0, 0.0, 1.0, 0.0])
+        }
+        fn explain_flagged(
+            &self,
+            _row: &[f64],
+            _medians: &[f64],
+            features_per_signal: usize,
+        ) -> Result<Vec<f64>, MlError> {
+            assert_eq!(features_per_signal, 2);
+            Ok(vec![0.3, 0.3, 0.4, 0.0])
+        }
+    }
+
+    /// A flagged window gets the model's explanation for flagged windows, and its top signal
+    /// is the one whose features' shares sum highest, not the one with the largest single
+    /// share.
+    #[test]
+    fn a_flagged_window_is_explained_for_operators_and_names_the_signal_with_most_weight() {
+        let mut p = Pipeline::new(spec(20), || Box::new(TwoExplanations)).unwrap();
+        feed(&mut p, "pump-01", 0..400, 300);
+        let inferences = p.advance(400 * S);
+        let (flagged, normal): (Vec<&Inference>, Vec<&Inference>) =
+            inferences.iter().partition(|i| i.flag);
+        assert_eq!(flagged.len(), 10);
+        assert!(!normal.is_empty());
+        for inference in &flagged {
+            assert_eq!(inference.contributions[0], ("current.mean".to_owned(), 0.4));
+            assert_eq!(inference.top_signal(), Some("vibration"));
+        }
+        for inference in &normal {
+            assert_eq!(
+                inference.contributions,
+                vec![("current.mean".to_owned(), 1.0)]
+            );
+            assert_eq!(inference.top_signal(), Some("current"));
+        }
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! its first windows, then score each new window and explain the score per feature.
 //!
 //! Owns the built-in window models (robust z-score, PCA T²+Q, Half-Space Trees, Isolation
-//! Forest, RART, DBZ), the [`WindowModel`] trait other runtimes (ONNX, tree ensembles) plug
-//! into, and the explanation by occlusion that works for any model.
+//! Forest, RART, DBZ) and the [`WindowModel`] trait other runtimes (ONNX, tree ensembles) plug
+//! into; the explanations that work for any model are in [`super::explain`].
 
 use crate::MlError;
 use crate::detectors::RowDetector;
@@ -13,6 +13,9 @@ use crate::detectors::iforest::{IsolationForest, IsolationForestConfig};
 use crate::detectors::pca::{PcaConfig, PcaT2Q};
 use crate::detectors::rart::Rart;
 use crate::time::hour_of_day;
+
+use super::explain::normalised;
+pub use super::explain::{occlusion, owen_shares, single_feature_rises};
 
 /// Fewest training windows RART takes as its probationary period: two of its eight-sample
 /// feature windows.
@@ -60,58 +63,18 @@ pub trait WindowModel: Send {
     fn contributions(&self, row: &[f64], medians: &[f64]) -> Result<Vec<f64>, MlError> {
         occlusion(self, row, medians)
     }
-}
-
-/// Share of the score each feature carries: how much the score drops when that feature alone
-/// is set to its normal (median) value.
-pub fn occlusion<M: WindowModel + ?Sized>(
-    model: &M,
-    row: &[f64],
-    medians: &[f64],
-) -> Result<Vec<f64>, MlError> {
-    let full = model.probe(row)?;
-    let mut probe = row.to_vec();
-    let mut drops = Vec::with_capacity(row.len());
-    for j in 0..row.len() {
-        probe[j] = medians.get(j).copied().unwrap_or(row[j]);
-        drops.push((full - model.probe(&probe)?).max(0.0));
-        probe[j] = row[j];
+    /// Per-feature shares of a flagged window's score, which operators read to find the
+    /// signals at fault, so worth more probes than [`Self::contributions`]: by default
+    /// [`owen_shares`], each signal's `features_per_signal` consecutive features a coalition.
+    /// A model whose score is built from per-feature terms explains itself exactly instead.
+    fn explain_flagged(
+        &self,
+        row: &[f64],
+        medians: &[f64],
+        features_per_signal: usize,
+    ) -> Result<Vec<f64>, MlError> {
+        owen_shares(self, row, medians, features_per_signal)
     }
-    Ok(normalised(drops))
-}
-
-/// Share of the score each feature carries, for a window that no single normal feature makes
-/// less anomalous (several are abnormal together — a tone raises several spectral bands —
-/// and a model such as Half-Space Trees stays as sure with any one of them normal): how much
-/// each feature alone raises the score of an otherwise normal (all-median) window. All zero
-/// when `medians` do not fit the row.
-pub fn single_feature_rises<M: WindowModel + ?Sized>(
-    model: &M,
-    row: &[f64],
-    medians: &[f64],
-) -> Result<Vec<f64>, MlError> {
-    if medians.len() != row.len() {
-        return Ok(vec![0.0; row.len()]);
-    }
-    let mut alone = medians.to_vec();
-    let normal = model.probe(&alone)?;
-    let mut rises = Vec::with_capacity(row.len());
-    for j in 0..row.len() {
-        alone[j] = row[j];
-        rises.push((model.probe(&alone)? - normal).max(0.0));
-        alone[j] = medians[j];
-    }
-    Ok(normalised(rises))
-}
-
-fn normalised(mut weights: Vec<f64>) -> Vec<f64> {
-    let total: f64 = weights.iter().filter(|w| w.is_finite()).sum();
-    if total > 0.0 {
-        for w in &mut weights {
-            *w = if w.is_finite() { *w / total } else { 0.0 };
-        }
-    }
-    weights
 }
 
 /// Median of each column.
@@ -221,6 +184,15 @@ impl WindowModel for RobustZModel {
     }
     fn contributions(&self, row: &[f64], _medians: &[f64]) -> Result<Vec<f64>, MlError> {
         Ok(normalised(self.z(row)?))
+    }
+    /// The score is the largest z: each feature's z is its own term.
+    fn explain_flagged(
+        &self,
+        row: &[f64],
+        medians: &[f64],
+        _features_per_signal: usize,
+    ) -> Result<Vec<f64>, MlError> {
+        self.contributions(row, medians)
     }
 }
 
@@ -495,6 +467,15 @@ impl WindowModel for RartModel {
         self.check_width(row)?;
         Ok(normalised(self.last_scores.clone()))
     }
+    /// The score is the largest feature's: each feature is its own detector.
+    fn explain_flagged(
+        &self,
+        row: &[f64],
+        medians: &[f64],
+        _features_per_signal: usize,
+    ) -> Result<Vec<f64>, MlError> {
+        self.contributions(row, medians)
+    }
 }
 
 impl RartModel {
@@ -584,6 +565,15 @@ impl WindowModel for DbzModel {
             return Ok(self.held_shares.clone());
         }
         Ok(normalised(last_z.to_vec()))
+    }
+    /// The score is the largest channel's z: each channel is its own term.
+    fn explain_flagged(
+        &self,
+        row: &[f64],
+        medians: &[f64],
+        _features_per_signal: usize,
+    ) -> Result<Vec<f64>, MlError> {
+        self.contributions(row, medians)
     }
 }
 

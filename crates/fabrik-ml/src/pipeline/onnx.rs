@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use fabrik_onnx::{Dim, ElementType, Model, Tensor, ValueKind};
 
-use super::model::{WindowModel, occlusion};
+use super::model::{WindowModel, occlusion, owen_shares};
 use crate::MlError;
 
 /// How a model's output becomes a score.
@@ -294,6 +294,19 @@ impl WindowModel for OnnxWindowModel {
                 })
             }
             _ => occlusion(self, row, medians),
+        }
+    }
+    /// An autoencoder's error is a sum of per-feature errors, its own explanation; a decision
+    /// or probability is explained like the built-in forests.
+    fn explain_flagged(
+        &self,
+        row: &[f64],
+        medians: &[f64],
+        features_per_signal: usize,
+    ) -> Result<Vec<f64>, MlError> {
+        match &self.score {
+            OnnxScore::Reconstruction { .. } => self.contributions(row, medians),
+            _ => owen_shares(self, row, medians, features_per_signal),
         }
     }
 }
