@@ -1561,7 +1561,9 @@ impl Runner {
                             "Pipeline started: devices learn from the stored windows before the start."
                         );
                     }
-                    start.saturating_sub(lookback_ns)
+                    let read_after = start.saturating_sub(lookback_ns);
+                    pipeline.history_read_from(read_after.saturating_add(1));
+                    read_after
                 }
                 None => {
                     if restored > 0 {
@@ -1795,6 +1797,7 @@ impl Runner {
         until: i64,
     ) -> Result<(), String> {
         let only = [device.to_owned()];
+        pipeline.rows_read_from(device, from);
         let mut after = from.saturating_sub(1);
         loop {
             let (rows, last, full) = self.read_page(Some(after), until - 1, Some(&only)).await?;

@@ -183,6 +183,20 @@ struct DeviceState {
     phase: Phase,
     /// Rows dated before this are not taken (see [`Pipeline::skip_rows_before`]).
     skip_before_ns: i64,
+    /// The device's rows were read from this time on: a window starting earlier lacks the
+    /// rows before it and is dropped (see [`Pipeline::history_read_from`]).
+    read_from_ns: i64,
+}
+
+impl DeviceState {
+    fn new(window: WindowSpec, read_from_ns: i64) -> Self {
+        Self {
+            windows: DeviceWindows::new(window),
+            phase: Phase::Training(Vec::new(), Vec::new()),
+            skip_before_ns: i64::MIN,
+            read_from_ns,
+        }
+    }
 }
 
 /// Counters of one pipeline, for status pages.
@@ -217,6 +231,9 @@ pub struct Pipeline {
     last_incomplete: Option<String>,
     /// Windows ending at or before this (stored history read at start) only train.
     history_until_ns: i64,
+    /// Where reading the stored history began, for devices first seen in it (see
+    /// [`Pipeline::history_read_from`]).
+    history_read_from_ns: i64,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -268,6 +285,7 @@ impl Pipeline {
             last_error: None,
             last_incomplete: None,
             history_until_ns: i64::MIN,
+            history_read_from_ns: i64::MIN,
         })
     }
 
@@ -308,6 +326,25 @@ impl Pipeline {
         self.history_until_ns = end_ns;
     }
 
+    /// The stored history is read from `from_ns` on (inclusive): a window that starts earlier
+    /// holds only its rows from `from_ns` and is dropped, for every device first seen after
+    /// this call. Reading begins at an arbitrary time, so the first window was partial, and
+    /// as a training window it skewed the threshold (a review: a retrained device's threshold
+    /// 88 % above the one its full windows give).
+    pub fn history_read_from(&mut self, from_ns: i64) {
+        self.history_read_from_ns = from_ns;
+    }
+
+    /// [`Self::history_read_from`] for one device, seen or not (a saved training span
+    /// replayed).
+    pub fn rows_read_from(&mut self, device: &str, from_ns: i64) {
+        let window = self.spec.window;
+        self.devices
+            .entry(device.to_owned())
+            .or_insert_with(|| DeviceState::new(window, from_ns))
+            .read_from_ns = from_ns;
+    }
+
     /// Whether `device` has trained and is being scored.
     pub fn is_scoring(&self, device: &str) -> bool {
         self.devices
@@ -337,15 +374,11 @@ impl Pipeline {
 
     /// Adds a sample of `device` (values in signal order).
     pub fn push(&mut self, device: &str, row: Row) {
-        let window = self.spec.window;
+        let (window, read_from_ns) = (self.spec.window, self.history_read_from_ns);
         let state = self
             .devices
             .entry(device.to_owned())
-            .or_insert_with(|| DeviceState {
-                windows: DeviceWindows::new(window),
-                phase: Phase::Training(Vec::new(), Vec::new()),
-                skip_before_ns: i64::MIN,
-            });
+            .or_insert_with(|| DeviceState::new(window, read_from_ns));
         if row.time_ns < state.skip_before_ns {
             return;
         }
@@ -359,6 +392,9 @@ impl Pipeline {
         let mut features = Vec::with_capacity(self.feature_names.len());
         for (device, state) in &mut self.devices {
             for window in state.windows.close(horizon_ns) {
+                if window.start_ns < state.read_from_ns {
+                    continue;
+                }
                 self.counters.windows += 1;
                 if let Err(shortfall) =
                     window_features(&mut self.extractor, &self.spec, &window, &mut features)
@@ -663,6 +699,37 @@ mod tests {
             flagged[0].window_id("pumps"),
             format!("pumps/pump-01/{}", 300 * S)
         );
+    }
+
+    /// Reading the stored history from an arbitrary time cuts the first window short: it is
+    /// dropped, so a device learns only from whole windows.
+    #[test]
+    fn a_window_cut_short_by_where_reading_began_is_not_learnt_from() {
+        let trained_from = |read_from: Option<i64>| {
+            let mut p = Pipeline::new(spec(20), || BuiltinModel::RobustZ.build()).unwrap();
+            if let Some(from) = read_from {
+                p.history_read_from(from * S);
+            }
+            // Rows from 3 s on: the window [0 s, 10 s) holds 7 of its 10.
+            feed(&mut p, "pump-01", 3..400, i64::MAX);
+            let inferences = p.advance(400 * S);
+            (inferences[0].trained_from_ns / S, p.counters().windows)
+        };
+        assert_eq!(trained_from(None), (0, 40), "without it, the partial window trains");
+        assert_eq!(trained_from(Some(3)), (10, 39));
+        // The same for one device whose saved span is replayed from a given time.
+        let mut p = Pipeline::new(spec(20), || BuiltinModel::RobustZ.build()).unwrap();
+        p.rows_read_from("pump-01", 3 * S);
+        feed(&mut p, "pump-01", 3..400, i64::MAX);
+        feed(&mut p, "pump-02", 3..400, i64::MAX);
+        let inferences = p.advance(400 * S);
+        let first = |device: &str| {
+            inferences
+                .iter()
+                .find(|i| i.device == device)
+                .map(|i| i.trained_from_ns / S)
+        };
+        assert_eq!((first("pump-01"), first("pump-02")), (Some(10), Some(0)));
     }
 
     /// Scores the vibration mean; explains a normal window one way and a flagged one another.
