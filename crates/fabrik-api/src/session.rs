@@ -79,7 +79,14 @@ pub(crate) async fn sign_in(
                 }
                 Err(e) => {
                     metrics::counter!("fabrik_http_unauthorized_total").increment(1);
-                    tracing::warn!(user = %name, error = %e, "Sign-in refused.");
+                    // The registry's wording for bad credentials is a device's.
+                    let reason = match &e {
+                        fabrik_registry::RegistryError::BadCredentials => {
+                            "unknown user or wrong password".to_owned()
+                        }
+                        other => other.to_string(),
+                    };
+                    tracing::warn!(user = %name, error = %reason, "Sign-in refused.");
                     return Err(match e {
                         fabrik_registry::RegistryError::BadCredentials => {
                             ApiError::unauthorized_because("unknown user or wrong password")

@@ -1126,9 +1126,9 @@ async function pagePipelines(p, args) {
 
 function alertsTable(alerts, { compact = false, noDevice = false, actions = false } = {}) {
   return html`<div class="table-wrap"><table class="alerts-table"><thead><tr><th>State</th><th>Rule</th>${noDevice ? '' : html`<th>Device</th>`}
-    ${compact ? '' : html`<th>Severity</th>`}<th>Started</th>${compact ? '' : html`<th>Fired / resolved</th><th class="num">Value</th><th>Top signal</th>`}<th>Acknowledged</th>${actions ? html`<th><span class="sr">Actions</span></th>` : ''}</tr></thead><tbody>
+    ${compact ? '' : html`<th>Severity</th>`}<th>Started</th>${compact ? '' : html`<th>Fired / resolved</th><th class="num" title="The value at the last evaluation: a resolved alert's is the one that cleared it">Last value</th><th>Top signal</th>`}<th>Acknowledged</th>${actions ? html`<th><span class="sr">Actions</span></th>` : ''}</tr></thead><tbody>
     ${alerts.map((a) => html`<tr data-alert="${a.id}"><td>${pill(a.state)}${a.inhibited_by ? html` <span class="pill plain" title="${`Held back while ${a.inhibited_by} fires`}">inhibited</span>` : a.silenced && a.state === 'resolved' ? html` <span class="pill plain" title="A silence or an inhibition held its notifications back">held back</span>` : a.silenced ? html` <span class="pill plain" title="A silence matched">silenced</span>` : ''}</td>
-      <td class="wrap-id">${a.rule}${!compact && a.annotations?.summary ? html`<div class="muted small-text">${a.annotations.summary}</div>` : ''}</td>${noDevice ? '' : html`<td class="wrap-id"><a href="#/devices/${enc(a.key)}">${a.key}</a></td>`}
+      <td class="wrap-id">${a.rule}${a.annotations?.summary ? html`<div class="muted small-text${compact ? ' clamp' : ''}" title="${compact ? a.annotations.summary : ''}">${a.annotations.summary}</div>` : ''}</td>${noDevice ? '' : html`<td class="wrap-id"><a href="#/devices/${enc(a.key)}">${a.key}</a></td>`}
       ${compact ? '' : html`<td>${pill(a.severity === 'critical' ? 'failed' : a.severity === 'warning' ? 'pending' : '', a.severity)}</td>`}
       <td>${time(a.started_at)}</td>
       ${compact ? '' : html`<td><div>${a.fired_at ? fmtTime(a.fired_at) : '—'}</div>${a.resolved_at ? html`<div class="muted">→ ${fmtTime(a.resolved_at)}</div>` : ''}</td><td class="num">${fmtNum(a.value)}</td><td class="mono">${windowLink(a)}</td>`}

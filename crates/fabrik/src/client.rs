@@ -193,7 +193,14 @@ pub(crate) async fn query(args: QueryArgs) -> anyhow::Result<()> {
                 std::io::Cursor::new(bytes),
                 None,
             )?;
-            let batches = reader.collect::<Result<Vec<_>, _>>()?;
+            let schema = reader.schema();
+            let mut batches = reader.collect::<Result<Vec<_>, _>>()?;
+            // No rows still has columns: print their names over an empty table.
+            if batches.is_empty() {
+                batches.push(fabrik_store::arrow::record_batch::RecordBatch::new_empty(
+                    schema,
+                ));
+            }
             let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
             println!(
                 "{}",

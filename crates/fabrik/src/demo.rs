@@ -160,10 +160,10 @@ async fn register_field(registry: &Registry, site: &str, field: &DemoField) -> R
     Ok(())
 }
 const FAULT_EVERY: Duration = Duration::from_secs(90);
-/// The first fault waits until the demo's pump pipeline has trained (twelve 10 s windows,
+/// The first fault waits until the demo's pump pipeline has trained (eighteen 10 s windows,
 /// plus the first, partial one): a fault during training is learnt as normal, and a
 /// newcomer's first fault would go unseen.
-const FIRST_FAULT_AFTER: Duration = Duration::from_secs(150);
+const FIRST_FAULT_AFTER: Duration = Duration::from_secs(210);
 
 /// Registers the plant's devices (a device already registered gets a fresh token) and returns
 /// their credentials.
@@ -246,7 +246,8 @@ pub(crate) async fn inject_faults(board: FaultBoard, stop: CancellationToken) {
     }
 }
 
-fn reachable(addr: SocketAddr) -> SocketAddr {
+/// `addr` as a client on this machine reaches it: a wildcard listen address becomes localhost.
+pub(crate) fn reachable(addr: SocketAddr) -> SocketAddr {
     if addr.ip().is_unspecified() {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
     } else {

@@ -42,14 +42,23 @@ pub(crate) struct RunArgs {
 /// Entry point of `fabrik run`.
 pub(crate) fn main(args: RunArgs) -> ExitCode {
     if args.list_targets {
-        for m in Module::ALL {
-            let deps: Vec<&str> = m.deps().iter().map(|d| d.name()).collect();
-            let deps = if deps.is_empty() {
-                "-".to_owned()
-            } else {
-                deps.join(",")
-            };
-            println!("{:<8} deps: {:<10} {}", m.name(), deps, m.about());
+        let rows: Vec<(&str, String, &str)> = Module::ALL
+            .iter()
+            .map(|m| {
+                let deps: Vec<&str> = m.deps().iter().map(|d| d.name()).collect();
+                let deps = if deps.is_empty() {
+                    "-".to_owned()
+                } else {
+                    deps.join(",")
+                };
+                (m.name(), deps, m.about())
+            })
+            .collect();
+        // Columns as wide as their longest entry, so the descriptions line up.
+        let name_width = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+        let deps_width = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+        for (name, deps, about) in rows {
+            println!("{name:<name_width$}  deps: {deps:<deps_width$}  {about}");
         }
         return ExitCode::SUCCESS;
     }
@@ -86,11 +95,12 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
     match runtime.block_on(serve(config, settings, modules, args.demo)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // Logs go to stderr too: one line, in the log's format, so a log collector
+            // keeps it with the rest.
             tracing::error!(
                 error = crate::error_text::describe(&e),
                 "Fabrik stopped with an error."
             );
-            eprintln!("fabrik: {}", crate::error_text::describe(&e));
             ExitCode::FAILURE
         }
     }
@@ -102,10 +112,16 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
 ///   Fabrik connects to the configured URL directly instead of listing endpoints there;
 /// - the demo's simulated OPC UA server (the only OPC UA server code in the process) logs an
 ///   error for every connection that closes before the OPC UA handshake, which is what
-///   Fabrik's reachability probe before each session is.
+///   Fabrik's reachability probe before each session is;
+/// - the OPC UA crates' INFO lines (certificates written, endpoints listed, connections
+///   accepted: some 30 lines at every start of the demo, before the banner); their warnings
+///   and errors stay.
 ///
-/// (The crates' library names are `opcua_client` and `opcua_server`.)
-const QUIET_LIBRARY_LOGS: &str = "opcua_client::config=error,opcua_server::session::controller=off";
+/// (The crates' library names are `opcua_client`, `opcua_server`, `opcua_core`, `opcua_nodes`,
+/// `opcua_types` and `opcua_crypto`.)
+const QUIET_LIBRARY_LOGS: &str = "opcua_client=warn,opcua_server=warn,opcua_core=warn,\
+     opcua_crypto=warn,opcua_nodes=warn,opcua_types=warn,opcua_client::config=error,\
+     opcua_server::session::controller=off";
 
 fn init_tracing(level: &str) {
     let with_quiet = |directives: &str| {
@@ -277,11 +293,19 @@ async fn start_http(
     let mut lines = vec![
         format!("Fabrik is listening on http://{addr}"),
         format!(
-            "  API:       http://{addr}/api/v1   (contract: http://{addr}/api/v1/openapi.json)"
+            "  API:       http://{addr}/api/v1   (contract: `fabrik openapi`, or \
+             /api/v1/openapi.json with the token)"
         ),
         format!("  Dashboard: http://{addr}/"),
         format!("  Health:    http://{addr}/ready    Metrics: http://{addr}/metrics"),
     ];
+    // Client commands look for Fabrik at its default address; tell them where it is.
+    if addr.to_string() != "127.0.0.1:7800" {
+        lines.push(format!(
+            "  Clients:   export FABRIK_URL=http://{}",
+            crate::demo::reachable(addr)
+        ));
+    }
     lines.append(&mut wiring.banner);
     wiring.banner = lines;
     Ok(ServiceHandle { stop, task })

@@ -585,4 +585,73 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn demo_tuning_experiment() {
+        use crate::pipeline::model::BuiltinModel;
+        for (training, margin) in [
+            (12, 2.0),
+            (18, 2.0),
+            (24, 2.0),
+            (30, 2.0),
+            (12, 2.5),
+            (24, 1.5),
+            (30, 1.5),
+        ] {
+            let (mut normal, mut false_flags, mut faults, mut caught) = (0, 0, [0; 3], [0; 3]);
+            for seed in 1..=200_u64 {
+                let mut rng = SplitMix(seed);
+                let mut next = move || (rng.next() >> 11) as f64 / (1_u64 << 53) as f64;
+                let training_rows: Vec<Vec<f64>> = (0..training)
+                    .map(|_| pump_window(&mut next, PumpFault::None))
+                    .collect();
+                let mut model = BuiltinModel::RobustZ.build();
+                model.fit(&training_rows).unwrap();
+                let mut scores: Vec<f64> = training_rows
+                    .iter()
+                    .map(|r| model.probe(r).unwrap())
+                    .collect();
+                scores.sort_by(f64::total_cmp);
+                let threshold = crate::pipeline::calibrated_threshold(&scores, 1.0, margin, None);
+                for window in 0..60 {
+                    let fault = match window % 6 {
+                        0 => PumpFault::Spike,
+                        1 => PumpFault::Drift(1.0),
+                        2 => PumpFault::Stuck,
+                        _ => PumpFault::None,
+                    };
+                    let row = pump_window(&mut next, fault);
+                    let flagged = model.probe(&row).unwrap() > threshold;
+                    match fault {
+                        PumpFault::None => {
+                            normal += 1;
+                            false_flags += usize::from(flagged);
+                        }
+                        PumpFault::Spike => {
+                            faults[0] += 1;
+                            caught[0] += usize::from(flagged);
+                        }
+                        PumpFault::Drift(_) => {
+                            faults[1] += 1;
+                            caught[1] += usize::from(flagged);
+                        }
+                        PumpFault::Stuck => {
+                            faults[2] += 1;
+                            caught[2] += usize::from(flagged);
+                        }
+                    }
+                }
+            }
+            eprintln!(
+                "training {training} margin {margin}: false {false_flags}/{normal} = {:.4}; spike {}/{} drift {}/{} stuck {}/{}",
+                false_flags as f64 / normal as f64,
+                caught[0],
+                faults[0],
+                caught[1],
+                faults[1],
+                caught[2],
+                faults[2]
+            );
+        }
+    }
 }

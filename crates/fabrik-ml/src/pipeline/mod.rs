@@ -715,7 +715,11 @@ mod tests {
             let inferences = p.advance(400 * S);
             (inferences[0].trained_from_ns / S, p.counters().windows)
         };
-        assert_eq!(trained_from(None), (0, 40), "without it, the partial window trains");
+        assert_eq!(
+            trained_from(None),
+            (0, 40),
+            "without it, the partial window trains"
+        );
         assert_eq!(trained_from(Some(3)), (10, 39));
         // The same for one device whose saved span is replayed from a given time.
         let mut p = Pipeline::new(spec(20), || BuiltinModel::RobustZ.build()).unwrap();
