@@ -257,6 +257,7 @@ pub(crate) fn normalised(weights: Vec<f64>) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::simulated_pump::{PumpFault, pump_window};
 
     /// A model given by a closure of the row.
     struct Score<F>(F);
@@ -434,60 +435,6 @@ mod tests {
         );
     }
 
-    /// One ten-second window (1 Hz) of a running pump as the demo plant simulates it:
-    /// vibration, motor current, pressure and flow, each as mean, std and max; with `fault`,
-    /// a 3-sample spike of vibration and current, a drift of both (bearing wear, `d` in 0..1),
-    /// or a pressure sensor stuck at one value.
-    fn pump_window(next: &mut impl FnMut() -> f64, fault: PumpFault) -> Vec<f64> {
-        use crate::pipeline::features::{Feature, FeatureExtractor};
-        let mut noise = |sd: f64| (0..4).map(|_| next() - 0.5).sum::<f64>() * sd * 1.7320;
-        let mut columns = vec![Vec::new(); 4];
-        let spike_at = (noise(1.0).abs() * 4.0) as usize % 8;
-        let stuck = 1.05 + noise(0.04);
-        for second in 0..10 {
-            let spike = match fault {
-                PumpFault::Spike if (spike_at..spike_at + 3).contains(&second) => 5.0,
-                _ => 1.0,
-            };
-            let wear = if let PumpFault::Drift(d) = fault {
-                d
-            } else {
-                0.0
-            };
-            let vibration = (0.21 + 0.04 * wear) * spike + 0.01 + noise(0.005);
-            let current = (2.4 + noise(0.12) + 0.3 * wear) * f64::sqrt(spike) + 0.02;
-            let pressure = if fault == PumpFault::Stuck {
-                stuck
-            } else {
-                1.05 + noise(0.04)
-            };
-            let flow = 125.2 + noise(1.6);
-            for (column, value) in columns.iter_mut().zip([vibration, current, pressure, flow]) {
-                column.push((value * 1e4_f64).round() / 1e4);
-            }
-        }
-        let times: Vec<i64> = (0..10).map(|s| s * 1_000_000_000).collect();
-        let mut extractor = FeatureExtractor::new();
-        let mut row = Vec::new();
-        for column in &columns {
-            extractor.extract(
-                &times,
-                column,
-                &[Feature::Mean, Feature::Std, Feature::Max],
-                &mut row,
-            );
-        }
-        row
-    }
-
-    #[derive(Debug, Clone, Copy, PartialEq)]
-    enum PumpFault {
-        None,
-        Spike,
-        Drift(f64),
-        Stuck,
-    }
-
     /// The signal (of 4, 3 features each) with the largest summed share, as the pipeline
     /// names it, or with the largest single share, as it did before Owen values.
     fn named_signal(shares: &[f64], summed: bool) -> Option<usize> {
@@ -582,75 +529,6 @@ mod tests {
             assert!(
                 by_pipeline as f64 >= floor * flagged as f64,
                 "{model_kind:?}: {by_pipeline} of {flagged}"
-            );
-        }
-    }
-
-    #[test]
-    fn demo_tuning_experiment() {
-        use crate::pipeline::model::BuiltinModel;
-        for (training, margin) in [
-            (12, 2.0),
-            (18, 2.0),
-            (24, 2.0),
-            (30, 2.0),
-            (12, 2.5),
-            (24, 1.5),
-            (30, 1.5),
-        ] {
-            let (mut normal, mut false_flags, mut faults, mut caught) = (0, 0, [0; 3], [0; 3]);
-            for seed in 1..=200_u64 {
-                let mut rng = SplitMix(seed);
-                let mut next = move || (rng.next() >> 11) as f64 / (1_u64 << 53) as f64;
-                let training_rows: Vec<Vec<f64>> = (0..training)
-                    .map(|_| pump_window(&mut next, PumpFault::None))
-                    .collect();
-                let mut model = BuiltinModel::RobustZ.build();
-                model.fit(&training_rows).unwrap();
-                let mut scores: Vec<f64> = training_rows
-                    .iter()
-                    .map(|r| model.probe(r).unwrap())
-                    .collect();
-                scores.sort_by(f64::total_cmp);
-                let threshold = crate::pipeline::calibrated_threshold(&scores, 1.0, margin, None);
-                for window in 0..60 {
-                    let fault = match window % 6 {
-                        0 => PumpFault::Spike,
-                        1 => PumpFault::Drift(1.0),
-                        2 => PumpFault::Stuck,
-                        _ => PumpFault::None,
-                    };
-                    let row = pump_window(&mut next, fault);
-                    let flagged = model.probe(&row).unwrap() > threshold;
-                    match fault {
-                        PumpFault::None => {
-                            normal += 1;
-                            false_flags += usize::from(flagged);
-                        }
-                        PumpFault::Spike => {
-                            faults[0] += 1;
-                            caught[0] += usize::from(flagged);
-                        }
-                        PumpFault::Drift(_) => {
-                            faults[1] += 1;
-                            caught[1] += usize::from(flagged);
-                        }
-                        PumpFault::Stuck => {
-                            faults[2] += 1;
-                            caught[2] += usize::from(flagged);
-                        }
-                    }
-                }
-            }
-            eprintln!(
-                "training {training} margin {margin}: false {false_flags}/{normal} = {:.4}; spike {}/{} drift {}/{} stuck {}/{}",
-                false_flags as f64 / normal as f64,
-                caught[0],
-                faults[0],
-                caught[1],
-                faults[1],
-                caught[2],
-                faults[2]
             );
         }
     }

@@ -14,6 +14,8 @@ pub mod explain;
 pub mod features;
 pub mod model;
 pub mod onnx;
+#[cfg(test)]
+mod simulated_pump;
 pub mod window;
 
 use std::collections::BTreeMap;

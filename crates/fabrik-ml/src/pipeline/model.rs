@@ -678,6 +678,7 @@ impl BuiltinModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::simulated_pump::{PumpFault, pump_window};
 
     #[test]
     fn every_builtin_model_fits_on_its_stated_minimum_and_not_below() {
@@ -1029,5 +1030,55 @@ mod tests {
         model.fit(&rows).unwrap();
         let err = model.score(&[1.0]).unwrap_err().to_string();
         assert!(err.contains("1 ") && err.contains('2'), "{err}");
+    }
+
+    /// Robust z on the demo's pump windows with the demo's threshold (twice the largest
+    /// training score): how often a healthy window crosses it, and how many faulty ones do,
+    /// by training windows. The demo's pump-health pipeline takes 18 (decision 0008, session
+    /// 25); `cargo test -p fabrik-ml --release --lib healthy_pump -- --nocapture` prints the
+    /// table.
+    #[test]
+    fn robust_z_rarely_flags_a_healthy_pump_after_eighteen_training_windows() {
+        for training in [12, 18] {
+            let (mut normal, mut false_flags, mut faults, mut caught) = (0, 0, [0; 3], [0; 3]);
+            for seed in 1..=200_u64 {
+                let mut rng = crate::detectors::iforest::SplitMix(seed);
+                let mut next = move || (rng.next() >> 11) as f64 / (1_u64 << 53) as f64;
+                let training_rows: Vec<Vec<f64>> = (0..training)
+                    .map(|_| pump_window(&mut next, PumpFault::None))
+                    .collect();
+                let mut model = BuiltinModel::RobustZ.build();
+                model.fit(&training_rows).unwrap();
+                let mut scores: Vec<f64> = training_rows
+                    .iter()
+                    .map(|r| model.probe(r).unwrap())
+                    .collect();
+                scores.sort_by(f64::total_cmp);
+                let threshold = crate::pipeline::calibrated_threshold(&scores, 1.0, 2.0, None);
+                for window in 0..60 {
+                    let (fault, kind) = match window % 6 {
+                        0 => (PumpFault::Spike, Some(0)),
+                        1 => (PumpFault::Drift(1.0), Some(1)),
+                        2 => (PumpFault::Stuck, Some(2)),
+                        _ => (PumpFault::None, None),
+                    };
+                    let row = pump_window(&mut next, fault);
+                    let flagged = usize::from(model.probe(&row).unwrap() > threshold);
+                    match kind {
+                        None => (normal, false_flags) = (normal + 1, false_flags + flagged),
+                        Some(k) => (faults[k], caught[k]) = (faults[k] + 1, caught[k] + flagged),
+                    }
+                }
+            }
+            eprintln!(
+                "{training} training windows: healthy windows flagged {false_flags} of {normal}; \
+                 spikes {} of {}, drifts {} of {}, stuck sensors {} of {}",
+                caught[0], faults[0], caught[1], faults[1], caught[2], faults[2]
+            );
+            if training == 18 {
+                assert!(false_flags * 1000 <= normal, "{false_flags} of {normal}");
+                assert_eq!(caught[..2], faults[..2], "every spike and drift is flagged");
+            }
+        }
     }
 }
