@@ -147,6 +147,7 @@ impl Modify for TokenAuth {
         crate::pipelines::remove,
         crate::pipelines::retrain,
         crate::pipelines::models,
+        crate::pipelines::model_file,
         crate::pipelines::put_model,
         crate::pipelines::remove_model,
     ),

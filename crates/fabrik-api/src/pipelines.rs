@@ -138,6 +138,8 @@ pub trait PipelineControl: Send + Sync {
     ) -> BoxFuture<'_, Result<(ModelInfo, bool), ControlError>>;
     /// Deletes an uploaded model that no pipeline uses.
     fn remove_model(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>>;
+    /// The `.onnx` file of an uploaded model, as it was uploaded.
+    fn model_file(&self, name: String) -> BoxFuture<'_, Result<Vec<u8>, ControlError>>;
 }
 
 /// An ONNX model uploaded for pipelines to use with `model_name`.
@@ -350,15 +352,40 @@ pub(crate) async fn models(
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the `.onnx` file"),
     responses((status = 201, description = "stored; pipelines can name it in `model_name`", body = ModelInfo),
               (status = 200, description = "replaced; the pipelines using it were restarted with it", body = ModelInfo),
-              (status = 400, description = "not a model Fabrik can run (the message names the operator or problem), or a bad name", body = crate::error::ErrorBody)))]
+              (status = 400, description = "not a model Fabrik can run (the message names the operator or problem), or a bad name", body = crate::error::ErrorBody),
+              (status = 409, description = "a pipeline uses the model and the new one does not fit it; the message names the pipeline", body = crate::error::ErrorBody),
+              (status = 413, description = "the file is larger than http.max_body_size", body = crate::error::ErrorBody)))]
 pub(crate) async fn put_model(
     State(state): State<ApiState>,
     Query(_options): Query<crate::control::NoOptions>,
     Path(name): Path<String>,
-    body: Bytes,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
 ) -> Result<impl IntoResponse, ApiError> {
-    let (info, created) = control(&state)?.put_model(name, body.to_vec()).await?;
+    let limit = state.max_body_size;
+    let file = crate::body::read_body(&headers, body, limit).await?;
+    // The wire limit leaves room for gzip's overhead; a model is taken as it is.
+    if file.len() > limit {
+        return Err(ApiError::too_large(limit));
+    }
+    let (info, created) = control(&state)?.put_model(name, file.to_vec()).await?;
     Ok((created_or_replaced(created), Json(info)))
+}
+
+#[utoipa::path(get, path = "/api/v1/models/{name}", tag = "pipelines", security(("token" = [])),
+    params(("name" = String, Path, description = "model name")),
+    responses((status = 200, description = "the `.onnx` file as it was uploaded", body = Vec<u8>, content_type = "application/octet-stream"),
+              (status = 404, description = "no such model", body = crate::error::ErrorBody)))]
+pub(crate) async fn model_file(
+    State(state): State<ApiState>,
+    Query(_options): Query<crate::control::NoOptions>,
+    Path(name): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let bytes = control(&state)?.model_file(name).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        bytes,
+    ))
 }
 
 #[utoipa::path(delete, path = "/api/v1/models/{name}", tag = "pipelines", security(("token" = [])),

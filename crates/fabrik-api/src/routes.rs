@@ -106,7 +106,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/models", get(crate::pipelines::models))
         .route(
             "/api/v1/models/{name}",
-            axum::routing::put(crate::pipelines::put_model).delete(crate::pipelines::remove_model),
+            get(crate::pipelines::model_file)
+                .put(crate::pipelines::put_model)
+                .delete(crate::pipelines::remove_model),
         )
         .route("/services", get(services))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));

@@ -53,6 +53,14 @@ pub enum MlError {
         /// What was wrong.
         reason: String,
     },
+    /// A pipeline's model put out a score no threshold can be compared with.
+    #[error("model `{model}`: {reason}")]
+    Score {
+        /// The model's name (`robust_z`, `onnx`, ...).
+        model: String,
+        /// What was wrong.
+        reason: String,
+    },
     /// A detector or evaluation parameter outside its valid range.
     #[error("invalid parameter `{name}`: {reason}")]
     Parameter {

@@ -253,8 +253,11 @@ pub struct PipelineConfig {
     /// Instead of `model_path`: an ONNX model uploaded with `PUT /api/v1/models/{name}`.
     #[serde(default)]
     pub model_name: Option<String>,
-    /// How an ONNX model's output becomes a score: `auto`, `reconstruction` (autoencoders),
-    /// `decision` (IsolationForest) or `probability` (classifiers).
+    /// How an ONNX model's output becomes a score: `auto`, `reconstruction` (an autoencoder's
+    /// mean squared error over the features), `decision` (minus scikit-learn's decision
+    /// function, as an IsolationForest exports it in `scores`), `probability` (the last column
+    /// of a binary classifier's probabilities) or `score` (the model's one value per row, as
+    /// it is; higher is more anomalous). `:<output name>` picks the output, e.g. `score:err`.
     #[serde(default = "auto_unit")]
     pub model_output: String,
     /// Windows each device learns from before it is scored. Unset: 30, or the model's

@@ -1,4 +1,4 @@
-//! `fabrik model list|upload|rm`: a thin client of `/api/v1/models`, the ONNX models that
+//! `fabrik model list|upload|rm|download`: a thin client of `/api/v1/models`, the ONNX models that
 //! pipelines name in `model_name`.
 
 use std::path::PathBuf;
@@ -37,10 +37,34 @@ enum ModelCommand {
         /// Model name.
         name: String,
     },
+    /// Save an uploaded model's `.onnx` file, as it was uploaded.
+    Download {
+        /// Model name.
+        name: String,
+        /// Where to write it (`-`: standard output).
+        file: PathBuf,
+    },
+}
+
+impl ModelCommand {
+    /// The model the command names, if it names one.
+    fn name(&self) -> Option<&str> {
+        match self {
+            Self::List { .. } => None,
+            Self::Upload { name, .. } | Self::Rm { name } | Self::Download { name, .. } => {
+                Some(name)
+            }
+        }
+    }
 }
 
 /// Runs a `fabrik model` command.
 pub(crate) async fn run(args: ModelArgs) -> anyhow::Result<()> {
+    if let Some(name) = args.command.name()
+        && !crate::pipelines::model_name_ok(name)
+    {
+        anyhow::bail!("`{name}`: {}", crate::pipelines::MODEL_NAME_RULE);
+    }
     let client = reqwest::Client::new();
     let ep = &args.endpoint;
     match args.command {
@@ -74,7 +98,7 @@ pub(crate) async fn run(args: ModelArgs) -> anyhow::Result<()> {
         ModelCommand::Upload { name, file } => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let path = format!("/api/v1/models/{name}");
+            let path = format!("/api/v1/models/{}", crate::client::percent_encode(&name));
             let response = ep
                 .send(
                     ep.request(&client, reqwest::Method::PUT, &path)
@@ -101,10 +125,26 @@ pub(crate) async fn run(args: ModelArgs) -> anyhow::Result<()> {
             );
         }
         ModelCommand::Rm { name } => {
-            let path = format!("/api/v1/models/{name}");
+            let path = format!("/api/v1/models/{}", crate::client::percent_encode(&name));
             ep.send(ep.request(&client, reqwest::Method::DELETE, &path))
                 .await?;
             println!("deleted {name}");
+        }
+        ModelCommand::Download { name, file } => {
+            let path = format!("/api/v1/models/{}", crate::client::percent_encode(&name));
+            let bytes = ep
+                .send(ep.request(&client, reqwest::Method::GET, &path))
+                .await?
+                .bytes()
+                .await?;
+            if file.as_os_str() == "-" {
+                use std::io::Write;
+                std::io::stdout().write_all(&bytes)?;
+            } else {
+                std::fs::write(&file, &bytes)
+                    .with_context(|| format!("writing {}", file.display()))?;
+                eprintln!("saved {name} to {} ({} bytes)", file.display(), bytes.len());
+            }
         }
     }
     Ok(())

@@ -72,7 +72,7 @@ const MODELS_DIRECTORY: &str = "models";
 
 /// Whether `name` can name an uploaded model (and so a file): 1–64 letters, digits, `.`,
 /// `_`, `-`, not starting with `.`.
-fn model_name_ok(name: &str) -> bool {
+pub(crate) fn model_name_ok(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && !name.starts_with('.')
         && name
@@ -80,7 +80,7 @@ fn model_name_ok(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-const MODEL_NAME_RULE: &str =
+pub(crate) const MODEL_NAME_RULE: &str =
     "a model name is 1–64 letters, digits, `.`, `_` or `-`, not starting with `.`";
 
 /// A pipeline config checked and turned into what the runner needs.
@@ -235,17 +235,8 @@ pub(crate) fn compile(config: &PipelineConfig) -> Result<Compiled, Vec<(String, 
                 .ok()
         }
     };
-    if !matches!(
-        config.model_output.as_str(),
-        "auto" | "reconstruction" | "decision" | "probability"
-    ) {
-        problem(
-            "model_output",
-            format!(
-                "`{}`: expected auto, reconstruction, decision or probability",
-                config.model_output
-            ),
-        );
+    if let Err(e) = fabrik_ml::pipeline::onnx::OutputChoice::parse(&config.model_output) {
+        problem("model_output", e);
     }
     let threshold = ThresholdSpec::parse(&effective_threshold(config))
         .map_err(|e| problem("threshold", e.to_string()))
@@ -1197,6 +1188,24 @@ impl PipelineControl for PipelineManager {
 
     fn remove_model(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>> {
         Box::pin(self.delete_model(name))
+    }
+
+    fn model_file(&self, name: String) -> BoxFuture<'_, Result<Vec<u8>, ControlError>> {
+        Box::pin(async move {
+            let path = self.model_path(&name);
+            if !model_name_ok(&name) {
+                return Err(ControlError::NotFound(format!(
+                    "no uploaded model named `{name}`"
+                )));
+            }
+            match tokio::fs::read(&path).await {
+                Ok(bytes) => Ok(bytes),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ControlError::NotFound(
+                    format!("no uploaded model named `{name}`"),
+                )),
+                Err(e) => Err(ControlError::Storage(format!("{}: {e}", path.display()))),
+            }
+        })
     }
 }
 

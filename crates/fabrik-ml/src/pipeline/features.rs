@@ -31,8 +31,9 @@ pub enum Feature {
     Kurtosis,
     /// Least-squares slope, in value units per second.
     Slope,
-    /// Power of the mean-removed signal between two frequencies (Hz, `low ≤ f < high`),
-    /// from a real FFT; the bands of the whole spectrum add up to the variance.
+    /// Power of the mean-removed signal between two frequencies (Hz, `low ≤ f < high`; a band
+    /// reaching the Nyquist frequency includes its bin), from a real FFT; the bands of the
+    /// whole spectrum add up to the variance.
     Band {
         /// Lower edge, Hz.
         low_hz: f64,
@@ -260,12 +261,16 @@ fn sample_rate_hz(times_ns: &[i64]) -> f64 {
     }
 }
 
-/// The power of the bins of an `n`-point spectrum in `[low_hz, high_hz)`. `n` is given, not
-/// derived from the bins: `n/2 + 1` bins stand for an odd `n` as for the even one below it.
+/// The power of the bins of an `n`-point spectrum in `[low_hz, high_hz)`, and of the highest
+/// bin when the band reaches it: `band:0-0.5` at 1 Hz is the whole spectrum, which a band
+/// open at the top would miss the Nyquist bin of. `n` is given, not derived from the bins:
+/// `n/2 + 1` bins stand for an odd `n` as for the even one below it.
 fn band_power(power: &[f64], n: usize, rate_hz: f64, low_hz: f64, high_hz: f64) -> f64 {
     if rate_hz <= 0.0 || power.len() < 2 {
         return 0.0;
     }
+    // The Nyquist bin is the last of an even-length transform.
+    let nyquist = n.is_multiple_of(2).then_some(power.len() - 1);
     // Bin k of an n-point transform sits at k·rate/n.
     let n = n as f64;
     power
@@ -273,7 +278,7 @@ fn band_power(power: &[f64], n: usize, rate_hz: f64, low_hz: f64, high_hz: f64) 
         .enumerate()
         .filter(|(k, _)| {
             let f = *k as f64 * rate_hz / n;
-            f >= low_hz && f < high_hz
+            f >= low_hz && (f < high_hz || (Some(*k) == nyquist && f <= high_hz))
         })
         .map(|(_, p)| p)
         .sum()
@@ -396,6 +401,22 @@ mod tests {
         assert!(f[0] < 1e-6 && f[2] < 1e-6, "leakage {} {}", f[0], f[2]);
         let variance = extract(&times, &values, &[Feature::Std])[0].powi(2);
         assert!(close(f.iter().sum::<f64>(), variance, 1e-9));
+    }
+
+    /// At 1 Hz, `band:0-0.5` is the whole spectrum: it takes the Nyquist bin, where a signal
+    /// alternating sample by sample has all its power.
+    #[test]
+    fn a_band_reaching_the_nyquist_frequency_includes_its_bin() {
+        let times: Vec<i64> = (0..10).map(|s| s * 1_000_000_000).collect();
+        let alternating: Vec<f64> = (0..10)
+            .map(|s| if s % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
+        let bands = ["band:0-0.5", "band:0-0.25", "band:0.25-0.5", "band:0-0.45"]
+            .map(|b| Feature::parse(b).unwrap());
+        let f = extract(&times, &alternating, &bands);
+        assert!(close(f[0], 1.0, 1e-12), "{f:?}");
+        assert!(close(f[1] + f[2], 1.0, 1e-12), "{f:?}");
+        assert!(f[3].abs() < 1e-12, "below Nyquist: {f:?}");
     }
 
     #[test]

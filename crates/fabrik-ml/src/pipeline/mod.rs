@@ -529,8 +529,8 @@ fn step(
             // normal whatever it holds, so a model that puts one out is failing. +∞ (an error
             // that overflowed on an extreme window) is above any threshold, and flagged.
             if score.is_nan() || score == f64::NEG_INFINITY {
-                return Err(MlError::Detector {
-                    detector: "model",
+                return Err(MlError::Score {
+                    model: model.name().to_owned(),
                     reason: format!("the score of the window is {score}, not a finite number"),
                 });
             }
@@ -590,11 +590,12 @@ fn calibrate(
                 .map(|r| model.probe(r))
                 .collect::<Result<Vec<f64>, _>>()?;
             if let Some(bad) = scores.iter().find(|score| !score.is_finite()) {
-                return Err(MlError::Detector {
-                    detector: "model",
+                return Err(MlError::Score {
+                    model: model.name().to_owned(),
                     reason: format!(
-                        "a training window's score is {bad}, not a finite number: no \
-                         threshold can be calibrated"
+                        "the model scored a training window {bad}, not a finite number (an \
+                         overflow or a log of 0 in the model?): no threshold can be \
+                         calibrated from it"
                     ),
                 });
             }

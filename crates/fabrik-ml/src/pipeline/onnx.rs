@@ -1,7 +1,7 @@
 //! ONNX models as a pipeline's model step, through `fabrik-onnx`: autoencoders (score =
 //! reconstruction error, explained per feature), scikit-learn IsolationForest (score = the
-//! negated `decision_function`, so higher is more anomalous) and classifiers (score = the
-//! probability of the anomaly class).
+//! negated `decision_function`, so higher is more anomalous), binary classifiers (score = the
+//! probability of the anomaly class) and models that compute their own score.
 //!
 //! Owns loading and checking a model against the pipeline's features: a model whose input does
 //! not take the pipeline's feature vector fails to load with an error naming the input and both
@@ -34,6 +34,57 @@ pub enum OnnxScore {
         /// The output holding class probabilities.
         output: String,
     },
+    /// The output's one value per row, as it is (higher is more anomalous).
+    Score {
+        /// The output holding the score.
+        output: String,
+    },
+}
+
+impl OnnxScore {
+    fn output(&self) -> &str {
+        match self {
+            Self::Reconstruction { output }
+            | Self::NegatedDecision { output }
+            | Self::Probability { output }
+            | Self::Score { output } => output,
+        }
+    }
+}
+
+/// What `model_output` asks for: how the output becomes a score, and which output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputChoice {
+    /// `auto`, `reconstruction`, `decision`, `probability` or `score`.
+    pub mode: &'static str,
+    /// The output named after a colon, e.g. `score:err`.
+    pub output: Option<String>,
+}
+
+/// The values `model_output` takes, for messages.
+pub const MODEL_OUTPUT_RULE: &str = "expected auto, reconstruction, decision, probability or \
+     score, optionally followed by `:<output name>` (e.g. `score:anomaly`); auto takes no name";
+
+impl OutputChoice {
+    /// Parses `model_output`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (mode, output) = match text.split_once(':') {
+            Some((mode, output)) => (mode, Some(output)),
+            None => (text, None),
+        };
+        let mode = ["auto", "reconstruction", "decision", "probability", "score"]
+            .into_iter()
+            .find(|known| *known == mode)
+            .ok_or_else(|| format!("`{text}`: {MODEL_OUTPUT_RULE}"))?;
+        match output {
+            Some(_) if mode == "auto" => Err(format!("`{text}`: {MODEL_OUTPUT_RULE}")),
+            Some("") => Err(format!("`{text}`: the output name after `:` is empty")),
+            _ => Ok(Self {
+                mode,
+                output: output.map(str::to_owned),
+            }),
+        }
+    }
 }
 
 /// A loaded ONNX model scoring feature vectors.
@@ -139,44 +190,120 @@ impl OnnxWindowModel {
                 features.join(", ")
             )));
         }
+        let choice = OutputChoice::parse(output).map_err(|e| MlError::Parameter {
+            name: "model_output",
+            reason: e,
+        })?;
         let names: Vec<&str> = model.outputs().iter().map(|o| o.name.as_str()).collect();
+        let listed = names.join(", ");
+        if let Some(named) = &choice.output
+            && !names.contains(&named.as_str())
+        {
+            return Err(load_error(format!(
+                "model_output `{output}` names output `{named}`; the model's outputs are \
+                 [{listed}]"
+            )));
+        }
         let find = |candidates: &[&str]| {
-            candidates
-                .iter()
-                .find(|c| names.contains(c))
-                .map(|c| (*c).to_owned())
+            choice.output.clone().or_else(|| {
+                candidates
+                    .iter()
+                    .find(|c| names.contains(c))
+                    .map(|c| (*c).to_owned())
+            })
         };
-        let score = match output {
-            "auto" | "decision" if find(&["scores"]).is_some() && output != "probability" => {
-                OnnxScore::NegatedDecision {
-                    output: find(&["scores"]).unwrap_or_default(),
-                }
-            }
-            "auto" | "probability" if find(&["probabilities", "output_probability"]).is_some() => {
-                OnnxScore::Probability {
-                    output: find(&["probabilities", "output_probability"]).unwrap_or_default(),
-                }
-            }
-            "auto" | "reconstruction" if !names.is_empty() => OnnxScore::Reconstruction {
-                output: names[0].to_owned(),
-            },
-            other => {
-                return Err(load_error(format!(
-                    "model_output `{other}` does not fit outputs [{}] (expected auto, \
-                         reconstruction, decision or probability)",
-                    names.join(", ")
-                )));
-            }
+        // The one output, when the model has only one.
+        let only = || {
+            choice.output.clone().or_else(|| match names.as_slice() {
+                [one] => Some((*one).to_owned()),
+                _ => None,
+            })
+        };
+        let score = match choice.mode {
+            "decision" => find(&["scores"])
+                .or_else(only)
+                .map(|output| OnnxScore::NegatedDecision { output }),
+            "probability" => find(&["probabilities", "output_probability"])
+                .map(|output| OnnxScore::Probability { output }),
+            "score" => only().map(|output| OnnxScore::Score { output }),
+            "reconstruction" => find(&[])
+                .or_else(|| names.first().map(|n| (*n).to_owned()))
+                .map(|output| OnnxScore::Reconstruction { output }),
+            _ => find(&["scores"])
+                .map(|output| OnnxScore::NegatedDecision { output })
+                .or_else(|| {
+                    find(&["probabilities", "output_probability"])
+                        .map(|output| OnnxScore::Probability { output })
+                })
+                .or_else(|| {
+                    names.first().map(|n| OnnxScore::Reconstruction {
+                        output: (*n).to_owned(),
+                    })
+                }),
+        };
+        let Some(score) = score else {
+            let hint = match choice.mode {
+                "decision" => "an output named `scores` (or the model's only output)",
+                "probability" => "an output named `probabilities` or `output_probability`",
+                "score" => "one output, or an output named after `score:`",
+                _ => "an output",
+            };
+            return Err(load_error(format!(
+                "model_output `{output}` needs {hint}; the model's outputs are [{listed}] \
+                 (name one, e.g. `{}:{}`)",
+                if choice.mode == "auto" {
+                    "score"
+                } else {
+                    choice.mode
+                },
+                names.first().copied().unwrap_or("out")
+            )));
         };
         let input = input.name.clone();
-        let loaded = Self {
+        let mut loaded = Self {
             model: Arc::new(model),
             input,
             width,
             score,
             version: content_version(bytes),
         };
-        // One run on zeros proves the outputs have the shape the score needs.
+        // One run on zeros proves the output has the shape the score needs.
+        let values = loaded
+            .run(&vec![0.0; width])
+            .map_err(|e| load_error(e.to_string()))?;
+        let wanted = loaded.score.output().to_owned();
+        match &loaded.score {
+            // `auto` took the first output as a reconstruction; one value per row is a score.
+            OnnxScore::Reconstruction { .. }
+                if choice.mode == "auto" && values.len() == 1 && width > 1 =>
+            {
+                loaded.score = OnnxScore::Score { output: wanted };
+            }
+            OnnxScore::Reconstruction { .. } if values.len() != width => {
+                return Err(load_error(format!(
+                    "output `{wanted}` has {} values per row, the pipeline computes {width} \
+                     features: a reconstruction has one per feature (for a model that outputs \
+                     its own anomaly score, `model_output = \"score\"`)",
+                    values.len()
+                )));
+            }
+            OnnxScore::Probability { .. } if values.len() > 2 => {
+                return Err(load_error(format!(
+                    "output `{wanted}` holds {} classes; `probability` scores the anomaly class \
+                     of a binary classifier (its last column): export a normal-against-anomalous \
+                     model, or one that outputs its score (`model_output = \"score\"`)",
+                    values.len()
+                )));
+            }
+            OnnxScore::NegatedDecision { .. } | OnnxScore::Score { .. } if values.len() != 1 => {
+                return Err(load_error(format!(
+                    "output `{wanted}` has {} values per row; `{}` reads one",
+                    values.len(),
+                    choice.mode
+                )));
+            }
+            _ => {}
+        }
         loaded
             .probe(&vec![0.0; width])
             .map_err(|e| load_error(e.to_string()))?;
@@ -203,11 +330,7 @@ impl OnnxWindowModel {
         }
         let x = Tensor::from_f32(vec![1, self.width], row.iter().map(|v| *v as f32).collect())
             .map_err(|e| failed(e.to_string()))?;
-        let wanted = match &self.score {
-            OnnxScore::Reconstruction { output }
-            | OnnxScore::NegatedDecision { output }
-            | OnnxScore::Probability { output } => output,
-        };
+        let wanted = self.score.output();
         let outputs = self
             .model
             .run(&[(self.input.as_str(), x)])
@@ -279,6 +402,7 @@ impl WindowModel for OnnxWindowModel {
             }
             OnnxScore::NegatedDecision { .. } => -f64::from(output.first().copied().unwrap_or(0.0)),
             OnnxScore::Probability { .. } => f64::from(output.last().copied().unwrap_or(0.0)),
+            OnnxScore::Score { .. } => f64::from(output.first().copied().unwrap_or(0.0)),
         })
     }
     fn contributions(&self, row: &[f64], medians: &[f64]) -> Result<Vec<f64>, MlError> {
@@ -385,5 +509,77 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("model_output `probability`"), "{err}");
+    }
+
+    fn edge(name: &str) -> std::path::PathBuf {
+        fixture("edge").join(name)
+    }
+
+    /// A regressor's one value per row (as an anomaly score model exports it) is the score,
+    /// found by `auto`, asked for by `score` with or without its name, negated by `decision`.
+    #[test]
+    fn a_model_that_outputs_its_own_score_is_read_as_it_is() {
+        let row = [0.3, -1.2, 2.5];
+        let raw = |output: &str| {
+            let m = OnnxWindowModel::load(&edge("reg_agg_sum.onnx"), &features(3), output).unwrap();
+            (m.score_kind().clone(), m.probe(&row).unwrap())
+        };
+        let (kind, auto) = raw("auto");
+        assert_eq!(kind, OnnxScore::Score { output: "Y".into() });
+        let m = OnnxWindowModel::load(&edge("reg_agg_sum.onnx"), &features(3), "score").unwrap();
+        assert_eq!(f64::from(m.run(&row).unwrap()[0]), auto);
+        assert_eq!(raw("score"), raw("score:Y"));
+        assert_eq!(raw("score").1, auto);
+        assert_eq!(raw("decision").1, -auto);
+        assert!(auto != 0.0);
+    }
+
+    #[test]
+    fn a_multi_class_probability_is_refused() {
+        let err = OnnxWindowModel::load(
+            &edge("clf3_softmax.onnx"),
+            &features(3),
+            "probability:probs",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("holds 3 classes") && err.contains("binary"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn model_output_names_and_modes_are_checked() {
+        let err = OnnxWindowModel::load(&edge("reg_agg_sum.onnx"), &features(3), "score:err")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("output `err`") && err.contains("[Y]"), "{err}");
+        // Two values per row are neither a score nor a reconstruction of three features.
+        let err = OnnxWindowModel::load(
+            &edge("reg_2targets_none.onnx"),
+            &features(3),
+            "reconstruction",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("2 values per row") && err.contains("model_output = \"score\""),
+            "{err}"
+        );
+        let err = OnnxWindowModel::load(&edge("reg_2targets_none.onnx"), &features(3), "score")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("2 values per row"), "{err}");
+        for bad in ["auto:Y", "score:", "scores", "probability:"] {
+            assert!(OutputChoice::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            OutputChoice::parse("decision:scores").unwrap(),
+            OutputChoice {
+                mode: "decision",
+                output: Some("scores".into())
+            }
+        );
     }
 }

@@ -1205,7 +1205,8 @@ fn uploaded_models_run_in_pipelines_are_replaced_in_place_and_deleted_when_unuse
     assert_eq!(code, 409, "{error}");
     let message = error["error"].as_str().unwrap_or_default();
     assert!(
-        message.contains("pipeline `uploaded`") && message.contains("4 values for 8 features"),
+        message.contains("pipeline `uploaded`")
+            && message.contains("4 values per row, the pipeline computes 8 features"),
         "{error}"
     );
     let (_, models) = http(&p.url, reqwest::Method::GET, "/api/v1/models", None);
@@ -1245,6 +1246,39 @@ fn uploaded_models_run_in_pipelines_are_replaced_in_place_and_deleted_when_unuse
         line.contains(&autoencoder_version) && line.ends_with("uploaded"),
         "{text}"
     );
+
+    // It downloads as it was uploaded, over the API and with the CLI; a name that cannot
+    // be a model's is refused before anything is sent.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let downloaded = rt.block_on(async {
+        crate::support::http_client()
+            .get(format!("{}/api/v1/models/pump-model", p.url))
+            .bearer_auth(crate::support::TOKEN)
+            .send()
+            .await
+            .expect("request")
+            .bytes()
+            .await
+            .expect("body")
+    });
+    assert!(
+        downloaded.as_ref() == autoencoder.as_slice(),
+        "download differs"
+    );
+    let saved = dir.path().join("saved.onnx");
+    let saved_arg = saved.to_string_lossy().into_owned();
+    let (ok, text) =
+        crate::support::client_command(&p.url, &["model", "download", "pump-model", &saved_arg]);
+    assert!(ok, "{text}");
+    assert!(std::fs::read(&saved).expect("saved") == autoencoder);
+    let (ok, text) =
+        crate::support::client_command(&p.url, &["model", "upload", "../x", &saved_arg]);
+    assert!(!ok && text.contains("`../x`: a model name is"), "{text}");
+    let (code, _) = http(&p.url, reqwest::Method::GET, "/api/v1/models/nope", None);
+    assert_eq!(code, 404);
 
     // A model in use is not deleted; once its pipeline is gone, it is.
     let (code, error) = http(
