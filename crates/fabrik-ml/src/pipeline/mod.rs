@@ -636,7 +636,13 @@ pub fn calibrated_threshold(sorted: &[f64], quantile: f64, margin: f64, bound: O
         Some(bound) => bound,
         None if lowest >= 0.0 => q * margin,
         None => {
-            let median = at(0.5);
+            // The median proper: of an even count, the mean of the middle two.
+            let n = sorted.len();
+            let median = if n.is_multiple_of(2) {
+                (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+            } else {
+                sorted[n / 2]
+            };
             median + margin * (q - median)
         }
     }
@@ -817,6 +823,10 @@ mod tests {
             assert_eq!(calibrated_threshold(&sorted, 1.0, 1.0, bound), 0.8);
         }
         assert_eq!(calibrated_threshold(&negative, 1.0, 1.0, None), -0.1);
+        // Of an even count, the median is the mean of the middle two.
+        let even = [-0.4, -0.3, -0.1, 0.0];
+        let t = calibrated_threshold(&even, 1.0, 1.5, None);
+        assert!((t - (-0.2 + 1.5 * 0.2)).abs() < 1e-12, "{t}");
     }
 
     /// Isolation Forest and Half-Space Trees score in [0, 1]: with the default calibrated
