@@ -22,15 +22,13 @@ pub enum OnnxError {
     /// output name...).
     #[error("invalid model: {0}")]
     InvalidModel(String),
-    /// An operator (domain, op type) this evaluator does not implement.
-    #[error("unsupported operator {domain}:{op_type} in node '{node}'")]
-    UnsupportedOperator {
-        /// Operator domain, `ai.onnx` for the default domain.
-        domain: String,
-        /// Operator type, e.g. `TreeEnsembleRegressor`.
-        op_type: String,
-        /// Node name (or its first output when the node has no name).
-        node: String,
+    /// Operators this evaluator does not implement: every one the graph uses, each listed once,
+    /// so a model is fixed in one round rather than one operator at a time. The message groups
+    /// them by domain: `unsupported operators: LSTM, TopK (ai.onnx); SVMClassifier (ai.onnx.ml)`.
+    #[error("unsupported operators: {}", list_unsupported(.operators))]
+    UnsupportedOperators {
+        /// Distinct (domain, op type) pairs, sorted by domain then op type.
+        operators: Vec<UnsupportedOperator>,
     },
     /// A supported operator with an attribute value or input kind this evaluator cannot handle,
     /// or an attribute that is missing or inconsistent.
@@ -79,6 +77,33 @@ pub enum OnnxError {
         /// What went wrong.
         message: String,
     },
+}
+
+/// One operator of a model this evaluator does not implement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnsupportedOperator {
+    /// Operator domain, `ai.onnx` for the default domain.
+    pub domain: String,
+    /// Operator type, e.g. `LSTM`.
+    pub op_type: String,
+    /// The nodes using it (name, or first output when unnamed), in graph order.
+    pub nodes: Vec<String>,
+}
+
+/// `LSTM, TopK (ai.onnx); SVMClassifier (ai.onnx.ml)` from operators sorted by domain.
+fn list_unsupported(ops: &[UnsupportedOperator]) -> String {
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    for o in ops {
+        match groups.last_mut() {
+            Some((d, names)) if *d == o.domain => names.push(&o.op_type),
+            _ => groups.push((&o.domain, vec![&o.op_type])),
+        }
+    }
+    groups
+        .iter()
+        .map(|(d, names)| format!("{} ({d})", names.join(", ")))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// Result alias used throughout the crate.

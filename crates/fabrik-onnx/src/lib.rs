@@ -44,8 +44,18 @@ pub mod signature;
 pub mod tensor;
 pub mod value;
 
-pub use error::{OnnxError, Result};
+pub use error::{OnnxError, Result, UnsupportedOperator};
 pub use model::Model;
 pub use signature::{Dim, ValueInfo, ValueKind};
 pub use tensor::{ElementType, Tensor, TensorData};
 pub use value::{MapKeys, MapSequence, Value};
+
+/// Every operator this crate runs, as (domain, op type) pairs sorted by domain then op type —
+/// check a model against it before uploading. Any other operator fails [`Model::from_bytes`]
+/// with [`OnnxError::UnsupportedOperators`], which lists all of them at once.
+pub fn supported_operators() -> Vec<(&'static str, &'static str)> {
+    ops::Domain::ALL
+        .iter()
+        .flat_map(|&d| ops::supported(d).into_iter().map(move |op| (d.name(), op)))
+        .collect()
+}

@@ -25,8 +25,8 @@ pub struct Model {
 
 impl Model {
     /// Decodes and compiles a serialized `ModelProto`. Fails on malformed protobuf or graphs,
-    /// on operators this crate does not implement (naming domain, op and node) and on attribute
-    /// values it cannot honour.
+    /// on operators this crate does not implement (all of them at once, by domain; see
+    /// [`crate::supported_operators`]) and on attribute values it cannot honour.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let m = ModelProto::decode(bytes)?;
         let graph = m

@@ -1,12 +1,13 @@
 //! Compiling a decoded ONNX graph into an executable [`Plan`] at load time: value naming and
 //! slot assignment, topological ordering, kernel construction (attributes resolved, trees
 //! flattened), constant folding, `Constant` nodes, and last-use analysis so `run` frees
-//! intermediates early. Unsupported operators are reported here, naming domain, op and node.
+//! intermediates early. Unsupported operators are reported here, all of them at once (distinct
+//! domain and op type, with the nodes using them), before any kernel is built.
 
 use std::collections::HashMap;
 
 use crate::attrs::Attrs;
-use crate::error::{OnnxError, Result};
+use crate::error::{OnnxError, Result, UnsupportedOperator};
 use crate::exec;
 use crate::ops::{self, Domain, Kernel, NodeCtx};
 use crate::proto::{GraphProto, NodeProto};
@@ -72,6 +73,43 @@ fn bad_node(n: &NodeProto, message: impl Into<String>) -> OnnxError {
         op_type: n.op_type.clone(),
         message: message.into(),
     }
+}
+
+/// The domain name an unsupported-operator report shows for `n`.
+fn domain_label(n: &NodeProto) -> &str {
+    if n.domain.is_empty() {
+        "ai.onnx"
+    } else {
+        &n.domain
+    }
+}
+
+/// Fails listing every operator of `g` this crate does not implement (each distinct domain and
+/// op type once, with all its nodes), so a user fixes a model in one round, not op by op.
+fn check_supported(g: &GraphProto) -> Result<()> {
+    let mut missing: Vec<UnsupportedOperator> = Vec::new();
+    for n in &g.node {
+        if Domain::parse(&n.domain).is_some_and(|d| ops::is_supported(d, &n.op_type)) {
+            continue;
+        }
+        let domain = domain_label(n);
+        match missing
+            .iter_mut()
+            .find(|o| o.domain == domain && o.op_type == n.op_type)
+        {
+            Some(o) => o.nodes.push(node_label(n)),
+            None => missing.push(UnsupportedOperator {
+                domain: domain.to_string(),
+                op_type: n.op_type.clone(),
+                nodes: vec![node_label(n)],
+            }),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    missing.sort_by(|a, b| (&a.domain, &a.op_type).cmp(&(&b.domain, &b.op_type)));
+    Err(OnnxError::UnsupportedOperators { operators: missing })
 }
 
 /// Topological order of the nodes (stable: ready nodes run in file order).
@@ -161,6 +199,7 @@ pub(crate) fn compile(g: &GraphProto, opsets: &HashMap<String, i64>) -> Result<P
             "sparse initializers are not supported".into(),
         ));
     }
+    check_supported(g)?;
     let mut consts: Vec<Tensor> = Vec::new();
     let mut names: HashMap<String, Ref> = HashMap::new();
     for t in &g.initializer {
@@ -192,14 +231,13 @@ pub(crate) fn compile(g: &GraphProto, opsets: &HashMap<String, i64>) -> Result<P
             }
             continue;
         }
-        let unsupported = || OnnxError::UnsupportedOperator {
-            domain: if n.domain.is_empty() {
-                "ai.onnx".into()
-            } else {
-                n.domain.clone()
-            },
-            op_type: n.op_type.clone(),
-            node: node_label(n),
+        // Only reached if an operator list and its builder disagree (`check_supported` ran).
+        let unsupported = || OnnxError::UnsupportedOperators {
+            operators: vec![UnsupportedOperator {
+                domain: domain_label(n).to_string(),
+                op_type: n.op_type.clone(),
+                nodes: vec![node_label(n)],
+            }],
         };
         let domain = Domain::parse(&n.domain).ok_or_else(unsupported)?;
         let opset_key = if domain == Domain::Onnx {
@@ -325,4 +363,59 @@ pub(crate) fn compile(g: &GraphProto, opsets: &HashMap<String, i64>) -> Result<P
         output_infos,
         steps,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(op: &str, domain: &str, name: &str, inputs: &[&str], output: &str) -> NodeProto {
+        NodeProto {
+            op_type: op.into(),
+            domain: domain.into(),
+            name: name.into(),
+            input: inputs.iter().map(|s| (*s).to_string()).collect(),
+            output: vec![output.into()],
+            ..Default::default()
+        }
+    }
+
+    /// A torch LSTM export used to be rejected naming only its first unsupported node; now
+    /// every unsupported operator is listed, once, grouped by domain, whatever the graph order.
+    #[test]
+    fn every_unsupported_operator_is_reported_at_once() {
+        let g = GraphProto {
+            node: vec![
+                node("Relu", "", "r", &["x"], "a"),
+                node("LSTM", "", "lstm0", &["a"], "b"),
+                node("SVMClassifier", "ai.onnx.ml", "svm", &["b"], "c"),
+                node("LSTM", "ai.onnx", "lstm1", &["c"], "d"),
+                node("FusedGemm", "com.microsoft", "", &["d"], "e"),
+                node("GRU", "", "gru", &["e"], "f"),
+                node("Add", "", "add", &["f", "f"], "y"),
+            ],
+            ..Default::default()
+        };
+        let err = compile(&g, &HashMap::new()).expect_err("must fail");
+        assert_eq!(
+            err.to_string(),
+            "unsupported operators: GRU, LSTM (ai.onnx); SVMClassifier (ai.onnx.ml); \
+             FusedGemm (com.microsoft)"
+        );
+        let OnnxError::UnsupportedOperators { operators } = err else {
+            panic!("wrong error variant");
+        };
+        let lstm = operators
+            .iter()
+            .find(|o| o.op_type == "LSTM")
+            .expect("LSTM listed");
+        assert_eq!(lstm.domain, "ai.onnx");
+        assert_eq!(lstm.nodes, ["lstm0", "lstm1"]);
+        let fused = operators
+            .iter()
+            .find(|o| o.op_type == "FusedGemm")
+            .expect("FusedGemm listed");
+        // An unnamed node is named by its first output.
+        assert_eq!(fused.nodes, ["e"]);
+    }
 }

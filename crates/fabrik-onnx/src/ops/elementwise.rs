@@ -8,6 +8,36 @@ use super::{Inputs, KResult, Kernel, NodeCtx};
 use crate::tensor::{Tensor, TensorData};
 use crate::value::Value;
 
+/// The operators [`build`] implements.
+pub(crate) const OPS: &[&str] = &[
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Pow",
+    "Equal",
+    "Less",
+    "LessOrEqual",
+    "Greater",
+    "GreaterOrEqual",
+    "Neg",
+    "Abs",
+    "Log",
+    "Exp",
+    "Sqrt",
+    "Relu",
+    "Sigmoid",
+    "Tanh",
+    "Floor",
+    "Ceil",
+    "Reciprocal",
+    "Not",
+    "Sum",
+    "Max",
+    "Min",
+    "Mean",
+];
+
 /// Builds the element-wise kernel for `op`, or `None` when `op` is not element-wise.
 pub(crate) fn build(op: &str, ctx: &NodeCtx<'_>) -> KResult<Option<Box<dyn Kernel>>> {
     let k: Box<dyn Kernel> = match op {

@@ -7,6 +7,9 @@ use super::{Inputs, KResult, Kernel, NodeCtx};
 use crate::tensor::{Tensor, TensorData};
 use crate::value::Value;
 
+/// The operators [`build`] implements.
+pub(crate) const OPS: &[&str] = &["MatMul", "Gemm"];
+
 /// Builds MatMul or Gemm, or `None` for other ops.
 pub(crate) fn build(op: &str, ctx: &NodeCtx<'_>) -> KResult<Option<Box<dyn Kernel>>> {
     match op {

@@ -66,6 +66,17 @@ pub(crate) enum Domain {
 }
 
 impl Domain {
+    /// Every domain, in the order operator lists show them.
+    pub(crate) const ALL: [Self; 2] = [Self::Onnx, Self::Ml];
+
+    /// The canonical name (`ai.onnx`, `ai.onnx.ml`).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Onnx => "ai.onnx",
+            Self::Ml => "ai.onnx.ml",
+        }
+    }
+
     /// Parses a node's domain string.
     pub(crate) fn parse(domain: &str) -> Option<Self> {
         match domain {
@@ -74,6 +85,27 @@ impl Domain {
             _ => None,
         }
     }
+}
+
+/// The operators of `domain` this crate runs: those [`build`] implements, plus `Constant`, which
+/// the plan compiler folds itself. The plan checks every node against this list before building
+/// any kernel, so that all unsupported operators of a graph are reported together.
+pub(crate) fn supported(domain: Domain) -> Vec<&'static str> {
+    let mut ops: Vec<&'static str> = match domain {
+        Domain::Onnx => [&["Constant"][..], elementwise::OPS, shape::OPS, linalg::OPS].concat(),
+        Domain::Ml => ml::OPS.to_vec(),
+    };
+    ops.sort_unstable();
+    ops
+}
+
+/// True when `op` of `domain` is in [`supported`].
+pub(crate) fn is_supported(domain: Domain, op: &str) -> bool {
+    let lists: &[&[&str]] = match domain {
+        Domain::Onnx => &[&["Constant"], elementwise::OPS, shape::OPS, linalg::OPS],
+        Domain::Ml => &[ml::OPS],
+    };
+    lists.iter().any(|l| l.contains(&op))
 }
 
 /// Builds the kernel for `node`; `Ok(None)` when the operator is not supported.
@@ -150,5 +182,56 @@ pub(crate) fn as_f32_cow(t: &Tensor) -> KResult<std::borrow::Cow<'_, [f32]>> {
             "expected a numeric tensor, got {}",
             other.element_type()
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every listed operator has a builder: with no attributes or inputs it either builds or
+    /// complains about the node, but never answers "unknown operator" (`Ok(None)`).
+    #[test]
+    fn operator_lists_match_the_builders() {
+        for domain in Domain::ALL {
+            for op in supported(domain) {
+                if op == "Constant" {
+                    continue;
+                }
+                let node = NodeProto {
+                    op_type: op.to_string(),
+                    ..Default::default()
+                };
+                for opset in [1, 11, 13, 18, 21] {
+                    let ctx = NodeCtx {
+                        attrs: Attrs::new(&node).expect("test data"),
+                        consts: Vec::new(),
+                        n_inputs: 1,
+                        n_outputs: 1,
+                        opset,
+                    };
+                    let built = build(domain, &node, &ctx);
+                    assert!(
+                        !matches!(built, Ok(None)),
+                        "{}:{op} (opset {opset}) is listed but has no builder",
+                        domain.name()
+                    );
+                }
+                assert!(is_supported(domain, op));
+            }
+        }
+        let node = NodeProto {
+            op_type: "NoSuchOp".into(),
+            ..Default::default()
+        };
+        let ctx = NodeCtx {
+            attrs: Attrs::new(&node).expect("test data"),
+            consts: Vec::new(),
+            n_inputs: 1,
+            n_outputs: 1,
+            opset: 13,
+        };
+        assert!(matches!(build(Domain::Onnx, &node, &ctx), Ok(None)));
+        assert!(!is_supported(Domain::Onnx, "NoSuchOp"));
     }
 }

@@ -4,6 +4,9 @@ use super::{Inputs, KResult, Kernel, NodeCtx};
 use crate::tensor::{ElementType, Tensor, TensorData};
 use crate::value::Value;
 
+/// The operators [`build`] implements.
+pub(crate) const OPS: &[&str] = &["Cast", "Reshape", "Gather", "Flatten", "Identity"];
+
 /// Builds the kernel for `op`, or `None` when `op` is not one of this module's.
 pub(crate) fn build(op: &str, ctx: &NodeCtx<'_>) -> KResult<Option<Box<dyn Kernel>>> {
     let k: Box<dyn Kernel> = match op {

@@ -7,22 +7,28 @@ use fabrik_onnx::{Dim, ElementType, Model, OnnxError, Tensor, ValueKind};
 fn unsupported_ml_operator_is_named_at_load() {
     let err = Model::from_file(fixture("edge/unsupported_op.onnx")).expect_err("must fail");
     assert!(
-        matches!(err, OnnxError::UnsupportedOperator { .. }),
+        matches!(&err, OnnxError::UnsupportedOperators { operators } if operators.len() == 1
+            && operators[0].nodes == ["bar"]),
         "{err:?}"
     );
-    assert_eq!(
-        err.to_string(),
-        "unsupported operator ai.onnx.ml:Foo in node 'bar'"
-    );
+    assert_eq!(err.to_string(), "unsupported operators: Foo (ai.onnx.ml)");
 }
 
 #[test]
 fn unsupported_standard_operator_is_named_at_load() {
     let err = Model::from_file(fixture("edge/unsupported_std_op.onnx")).expect_err("must fail");
-    assert_eq!(
-        err.to_string(),
-        "unsupported operator ai.onnx:Conv in node 'conv0'"
-    );
+    assert_eq!(err.to_string(), "unsupported operators: Conv (ai.onnx)");
+}
+
+#[test]
+fn supported_operators_are_listed() {
+    let ops = fabrik_onnx::supported_operators();
+    assert!(ops.contains(&("ai.onnx", "Gemm")));
+    assert!(ops.contains(&("ai.onnx.ml", "TreeEnsembleClassifier")));
+    assert!(!ops.iter().any(|&(_, op)| op == "Conv"));
+    let mut sorted = ops.clone();
+    sorted.sort_unstable();
+    assert_eq!(ops, sorted, "sorted by domain, then op type");
 }
 
 #[test]

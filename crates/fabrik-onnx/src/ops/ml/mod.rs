@@ -11,6 +11,16 @@ pub(crate) mod zipmap;
 
 use super::{KResult, Kernel, NodeCtx};
 
+/// The operators [`build`] implements.
+pub(crate) const OPS: &[&str] = &[
+    "TreeEnsembleRegressor",
+    "TreeEnsembleClassifier",
+    "LabelEncoder",
+    "Scaler",
+    "Normalizer",
+    "ZipMap",
+];
+
 /// Builds the `ai.onnx.ml` kernel for `op`, or `None` when it is not supported.
 pub(crate) fn build(op: &str, ctx: &NodeCtx<'_>) -> KResult<Option<Box<dyn Kernel>>> {
     Ok(Some(match op {
