@@ -1,9 +1,10 @@
 //! Element-wise `ai.onnx` operators with numpy broadcasting: arithmetic (Add, Sub, Mul, Div,
 //! Pow), comparisons (Equal, Less, Greater, LessOrEqual, GreaterOrEqual), unary math (Neg, Abs,
-//! Log, Exp, Sqrt, Relu, Sigmoid, Tanh, Floor, Ceil, Reciprocal, Not) and the variadic
-//! Sum, Max, Min and Mean.
+//! Log, Exp, Sqrt, Relu, Sigmoid, Tanh, Floor, Ceil, Reciprocal, Erf, Sin, Cos, Not) and the
+//! variadic Sum, Max, Min and Mean. Activations with attributes are in [`super::activation`].
 
 use super::broadcast::{zip, zip_into};
+use super::num::erf;
 use super::{Inputs, KResult, Kernel, NodeCtx};
 use crate::tensor::{Tensor, TensorData};
 use crate::value::Value;
@@ -32,6 +33,9 @@ pub(crate) const OPS: &[&str] = &[
     "Ceil",
     "Reciprocal",
     "Not",
+    "Erf",
+    "Sin",
+    "Cos",
     "Sum",
     "Max",
     "Min",
@@ -63,6 +67,9 @@ pub(crate) fn build(op: &str, ctx: &NodeCtx<'_>) -> KResult<Option<Box<dyn Kerne
         "Ceil" => Box::new(Unary(UnOp::Ceil)),
         "Reciprocal" => Box::new(Unary(UnOp::Reciprocal)),
         "Not" => Box::new(Unary(UnOp::Not)),
+        "Erf" => Box::new(Unary(UnOp::Erf)),
+        "Sin" => Box::new(Unary(UnOp::Sin)),
+        "Cos" => Box::new(Unary(UnOp::Cos)),
         "Sum" => Box::new(Variadic(VarOp::Sum)),
         "Max" => Box::new(Variadic(VarOp::Max)),
         "Min" => Box::new(Variadic(VarOp::Min)),
@@ -233,6 +240,9 @@ pub(crate) enum UnOp {
     Floor,
     Ceil,
     Reciprocal,
+    Erf,
+    Sin,
+    Cos,
     Not,
 }
 
@@ -250,6 +260,10 @@ impl UnOp {
             Self::Floor => f32::floor,
             Self::Ceil => f32::ceil,
             Self::Reciprocal => |x: f32| 1.0 / x,
+            // Computed in f64 and rounded: within half an ulp of the true value.
+            Self::Erf => |x: f32| erf(f64::from(x)) as f32,
+            Self::Sin => f32::sin,
+            Self::Cos => f32::cos,
             Self::Not => return None,
         })
     }
@@ -267,6 +281,9 @@ impl UnOp {
             Self::Floor => f64::floor,
             Self::Ceil => f64::ceil,
             Self::Reciprocal => |x: f64| 1.0 / x,
+            Self::Erf => erf,
+            Self::Sin => f64::sin,
+            Self::Cos => f64::cos,
             Self::Not => return None,
         })
     }

@@ -2,15 +2,30 @@
 //! its constant inputs) into a boxed [`Kernel`] at load time; [`Kernel::eval`] runs it on the
 //! node's [`Inputs`] at run time. Each submodule owns one family of operators:
 //!
-//! - [`elementwise`]: broadcasting arithmetic, comparisons, unary math, variadic Sum/Max/Min/Mean;
-//! - [`shape`]: Cast, Reshape, Gather, Flatten, Identity;
+//! - [`elementwise`]: broadcasting arithmetic, comparisons, unary math (Erf, Sin, Cos...),
+//!   variadic Sum/Max/Min/Mean;
+//! - [`activation`]: activations with attributes (LeakyRelu, Elu, Selu, Softplus, HardSigmoid,
+//!   Gelu...) and Clip;
+//! - [`normalize`]: Softmax, LogSoftmax, BatchNormalization;
+//! - [`reduce`]: the Reduce* family and TopK;
+//! - [`shape`]: Cast, Reshape, Gather, Flatten, Identity, Unsqueeze, Squeeze, Shape;
+//! - [`layout`]: Concat, Transpose, Slice;
 //! - [`linalg`]: MatMul and Gemm;
-//! - [`ml`]: the `ai.onnx.ml` operators (tree ensembles, Scaler, Normalizer, LabelEncoder, ZipMap).
+//! - [`ml`]: the `ai.onnx.ml` operators (tree ensembles, linear models, Scaler, Normalizer,
+//!   LabelEncoder, ZipMap).
+//!
+//! [`num`] holds what they share (the `f32`/`f64` [`num::Real`] trait, erf, axis helpers).
+//! Every module lists its operators in an `OPS` constant, which [`supported`] gathers.
 
+pub(crate) mod activation;
 pub(crate) mod broadcast;
 pub(crate) mod elementwise;
+pub(crate) mod layout;
 pub(crate) mod linalg;
 pub(crate) mod ml;
+pub(crate) mod normalize;
+pub(crate) mod num;
+pub(crate) mod reduce;
 pub(crate) mod shape;
 
 use crate::attrs::Attrs;
@@ -91,21 +106,31 @@ impl Domain {
 /// the plan compiler folds itself. The plan checks every node against this list before building
 /// any kernel, so that all unsupported operators of a graph are reported together.
 pub(crate) fn supported(domain: Domain) -> Vec<&'static str> {
-    let mut ops: Vec<&'static str> = match domain {
-        Domain::Onnx => [&["Constant"][..], elementwise::OPS, shape::OPS, linalg::OPS].concat(),
-        Domain::Ml => ml::OPS.to_vec(),
-    };
+    let mut ops = op_lists(domain).concat();
     ops.sort_unstable();
     ops
 }
 
 /// True when `op` of `domain` is in [`supported`].
 pub(crate) fn is_supported(domain: Domain, op: &str) -> bool {
-    let lists: &[&[&str]] = match domain {
-        Domain::Onnx => &[&["Constant"], elementwise::OPS, shape::OPS, linalg::OPS],
+    op_lists(domain).iter().any(|l| l.contains(&op))
+}
+
+/// The `OPS` lists of the modules serving `domain`.
+fn op_lists(domain: Domain) -> &'static [&'static [&'static str]] {
+    match domain {
+        Domain::Onnx => &[
+            &["Constant"],
+            elementwise::OPS,
+            activation::OPS,
+            normalize::OPS,
+            reduce::OPS,
+            shape::OPS,
+            layout::OPS,
+            linalg::OPS,
+        ],
         Domain::Ml => &[ml::OPS],
-    };
-    lists.iter().any(|l| l.contains(&op))
+    }
 }
 
 /// Builds the kernel for `node`; `Ok(None)` when the operator is not supported.
@@ -117,13 +142,22 @@ pub(crate) fn build(
     let op = node.op_type.as_str();
     match domain {
         Domain::Onnx => {
-            if let Some(k) = elementwise::build(op, ctx)? {
-                return Ok(Some(k));
+            type Builder = fn(&str, &NodeCtx<'_>) -> KResult<Option<Box<dyn Kernel>>>;
+            let builders: [(&[&str], Builder); 7] = [
+                (elementwise::OPS, elementwise::build),
+                (activation::OPS, activation::build),
+                (normalize::OPS, normalize::build),
+                (reduce::OPS, reduce::build),
+                (shape::OPS, shape::build),
+                (layout::OPS, layout::build),
+                (linalg::OPS, linalg::build),
+            ];
+            // Only the module that lists `op` is asked, so a module's arity checks never
+            // reject another module's operator.
+            match builders.iter().find(|(ops, _)| ops.contains(&op)) {
+                Some((_, build)) => build(op, ctx),
+                None => Ok(None),
             }
-            if let Some(k) = shape::build(op, ctx)? {
-                return Ok(Some(k));
-            }
-            linalg::build(op, ctx)
         }
         Domain::Ml => ml::build(op, ctx),
     }

@@ -1,11 +1,24 @@
-//! Data-movement and type operators of `ai.onnx`: Cast, Reshape, Gather, Flatten, Identity.
+//! Type and shape operators of `ai.onnx` that keep the elements in order: Cast, Reshape,
+//! Flatten, Identity, Unsqueeze and Squeeze (axes as attribute before opset 13, as input from
+//! 13 on), Shape (with opset 15's `start`/`end`), plus Gather. Operators that reorder elements
+//! (Concat, Transpose, Slice) are in [`super::layout`].
 
+use super::num::{ints_of, resolve_axes};
 use super::{Inputs, KResult, Kernel, NodeCtx};
 use crate::tensor::{ElementType, Tensor, TensorData};
 use crate::value::Value;
 
 /// The operators [`build`] implements.
-pub(crate) const OPS: &[&str] = &["Cast", "Reshape", "Gather", "Flatten", "Identity"];
+pub(crate) const OPS: &[&str] = &[
+    "Cast",
+    "Reshape",
+    "Gather",
+    "Flatten",
+    "Identity",
+    "Unsqueeze",
+    "Squeeze",
+    "Shape",
+];
 
 /// Builds the kernel for `op`, or `None` when `op` is not one of this module's.
 pub(crate) fn build(op: &str, ctx: &NodeCtx<'_>) -> KResult<Option<Box<dyn Kernel>>> {
@@ -33,6 +46,36 @@ pub(crate) fn build(op: &str, ctx: &NodeCtx<'_>) -> KResult<Option<Box<dyn Kerne
             axis: ctx.attrs.int_or("axis", 1)?,
         }),
         "Identity" => Box::new(Identity),
+        "Unsqueeze" | "Squeeze" => {
+            let axes = if ctx.opset < 13 {
+                if ctx.n_inputs != 1 {
+                    return Err(format!(
+                        "expected 1 input at opset {} (axes is an attribute), got {}",
+                        ctx.opset, ctx.n_inputs
+                    ));
+                }
+                let a = ctx.attrs.ints("axes")?;
+                // Unsqueeze requires axes; Squeeze without axes drops every 1.
+                if a.is_empty() && op == "Unsqueeze" {
+                    return Err("missing attribute 'axes'".into());
+                }
+                Some(a.to_vec())
+            } else {
+                if !(1..=2).contains(&ctx.n_inputs) || (op == "Unsqueeze" && ctx.n_inputs != 2) {
+                    return Err(format!("unexpected number of inputs: {}", ctx.n_inputs));
+                }
+                None
+            };
+            if op == "Unsqueeze" {
+                Box::new(Unsqueeze { axes })
+            } else {
+                Box::new(Squeeze { axes })
+            }
+        }
+        "Shape" => Box::new(ShapeOf {
+            start: ctx.attrs.int_or("start", 0)?,
+            end: ctx.attrs.int("end")?,
+        }),
         _ => return Ok(None),
     };
     Ok(Some(k))
@@ -196,6 +239,106 @@ impl Kernel for Identity {
     }
 }
 
+/// The axes of Unsqueeze/Squeeze: the attribute, else input 1 (absent → `None`).
+fn axes_of(attr: &Option<Vec<i64>>, ins: &Inputs<'_>) -> KResult<Option<Vec<i64>>> {
+    match attr {
+        Some(a) => Ok(Some(a.clone())),
+        None => ins.opt(1)?.map(|t| ints_of(t, "axes")).transpose(),
+    }
+}
+
+/// `Unsqueeze`: inserts dimensions of size 1 at `axes` (positions in the output).
+#[derive(Debug)]
+struct Unsqueeze {
+    axes: Option<Vec<i64>>,
+}
+
+/// The shape of `shape` with 1s inserted at `axes` (resolved against the output rank).
+pub(crate) fn unsqueeze_shape(shape: &[usize], axes: &[i64]) -> KResult<Vec<usize>> {
+    let rank = shape.len() + axes.len();
+    let axes = resolve_axes(axes, rank)?;
+    let mut dims = shape.iter();
+    Ok((0..rank)
+        .map(|i| {
+            if axes.contains(&i) {
+                1
+            } else {
+                dims.next().copied().unwrap_or(1)
+            }
+        })
+        .collect())
+}
+
+impl Kernel for Unsqueeze {
+    fn eval(&self, ins: &Inputs<'_>, out: &mut Vec<Value>) -> KResult<()> {
+        let t = ins.get(0)?;
+        let axes = axes_of(&self.axes, ins)?.ok_or("axes is required")?;
+        let shape = unsqueeze_shape(t.shape(), &axes)?;
+        out.push(Value::Tensor(t.clone().reshaped(shape)));
+        Ok(())
+    }
+}
+
+/// `Squeeze`: removes dimensions of size 1 (those at `axes`, or all of them).
+#[derive(Debug)]
+struct Squeeze {
+    axes: Option<Vec<i64>>,
+}
+
+impl Kernel for Squeeze {
+    fn eval(&self, ins: &Inputs<'_>, out: &mut Vec<Value>) -> KResult<()> {
+        let t = ins.get(0)?;
+        let shape = t.shape();
+        let drop = match axes_of(&self.axes, ins)? {
+            Some(a) if !a.is_empty() => {
+                let axes = resolve_axes(&a, shape.len())?;
+                if let Some(&bad) = axes.iter().find(|&&i| shape[i] != 1) {
+                    return Err(format!(
+                        "cannot squeeze axis {bad} of size {} (shape {shape:?})",
+                        shape[bad]
+                    ));
+                }
+                axes
+            }
+            _ => (0..shape.len()).filter(|&i| shape[i] == 1).collect(),
+        };
+        let new: Vec<usize> = (0..shape.len())
+            .filter(|i| !drop.contains(i))
+            .map(|i| shape[i])
+            .collect();
+        out.push(Value::Tensor(t.clone().reshaped(new)));
+        Ok(())
+    }
+}
+
+/// `Shape`: the input's dimensions `[start, end)` as int64.
+#[derive(Debug)]
+struct ShapeOf {
+    start: i64,
+    end: Option<i64>,
+}
+
+impl Kernel for ShapeOf {
+    fn eval(&self, ins: &Inputs<'_>, out: &mut Vec<Value>) -> KResult<()> {
+        let shape = ins.get(0)?.shape();
+        let r = shape.len() as i64;
+        // Negative positions count from the end; both are clamped to [0, rank].
+        let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+        let (s, e) = (clamp(self.start), clamp(self.end.unwrap_or(r)));
+        let dims: Vec<i64> = shape
+            .get(s..e.max(s))
+            .unwrap_or(&[])
+            .iter()
+            .map(|&d| d as i64)
+            .collect();
+        out.push(Value::Tensor(Tensor::raw(
+            vec![dims.len()],
+            TensorData::I64(dims),
+        )));
+        Ok(())
+    }
+}
+
 /// `Gather(data, indices, axis)`.
 #[derive(Debug)]
 struct Gather {
@@ -287,6 +430,19 @@ mod tests {
             vec![2, 12]
         );
         assert!(reshape_target(&[2, 3], &[4, -1], false).is_err());
+    }
+
+    #[test]
+    fn unsqueeze_positions_are_output_positions() {
+        assert_eq!(
+            unsqueeze_shape(&[3, 4], &[0, -1]).expect("test data"),
+            vec![1, 3, 4, 1]
+        );
+        assert_eq!(
+            unsqueeze_shape(&[3], &[1, 0]).expect("test data"),
+            vec![1, 1, 3]
+        );
+        assert!(unsqueeze_shape(&[3], &[0, 0]).is_err());
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! `ai.onnx.ml` operators: the tree ensembles ([`tree`], [`regressor`], [`classifier`],
-//! [`transform`]), [`label_encoder`], Scaler and Normalizer ([`preprocess`]) and [`zipmap`].
+//! [`transform`]), LinearClassifier and LinearRegressor ([`linear`]), [`label_encoder`],
+//! Scaler and Normalizer ([`preprocess`]) and [`zipmap`].
 
 pub(crate) mod classifier;
 pub(crate) mod label_encoder;
+pub(crate) mod linear;
 pub(crate) mod preprocess;
 pub(crate) mod regressor;
 pub(crate) mod transform;
@@ -16,6 +18,8 @@ pub(crate) const OPS: &[&str] = &[
     "TreeEnsembleRegressor",
     "TreeEnsembleClassifier",
     "LabelEncoder",
+    "LinearClassifier",
+    "LinearRegressor",
     "Scaler",
     "Normalizer",
     "ZipMap",
@@ -32,6 +36,8 @@ pub(crate) fn build(op: &str, ctx: &NodeCtx<'_>) -> KResult<Option<Box<dyn Kerne
             Box::new(classifier::build(ctx)?)
         }
         "LabelEncoder" => Box::new(label_encoder::build(ctx)?),
+        "LinearClassifier" => Box::new(linear::build_classifier(ctx)?),
+        "LinearRegressor" => Box::new(linear::build_regressor(ctx)?),
         "Scaler" => Box::new(preprocess::build_scaler(ctx)?),
         "Normalizer" => Box::new(preprocess::build_normalizer(ctx)?),
         "ZipMap" => Box::new(zipmap::build(ctx)?),
