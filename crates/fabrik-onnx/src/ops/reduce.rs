@@ -2,7 +2,8 @@
 //! ReduceProd, ReduceL1, ReduceL2, ReduceSumSquare, ReduceLogSum, ReduceLogSumExp on `f32` and
 //! `f64` (Sum, Max, Min, Prod also on `int64`), with `keepdims` and `noop_with_empty_axes`.
 //! `axes` is an attribute before opset 13 (ReduceSum) or 18 (the others) and an optional
-//! input from then on; absent or empty axes reduce everything unless `noop_with_empty_axes`.
+//! input from then on; absent or empty axes reduce everything unless `noop_with_empty_axes`,
+//! which then reduces nothing (but still squares for SumSquare, etc.).
 //! Also TopK (largest or smallest `k` along an axis, ties to the lower index).
 
 use super::num::{Real, ints_of, resolve_axes, strides};
@@ -228,11 +229,11 @@ impl Kernel for Reduce {
                 None => Vec::new(),
             },
         };
-        if axes.is_empty() && self.noop_empty {
-            out.push(Value::Tensor(t.clone()));
-            return Ok(());
-        }
-        let mut reduced = vec![axes.is_empty(); shape.len()];
+        // noop_with_empty_axes reduces over no axis: every element is its own group, so
+        // Sum/Max/Mean... return the input and SumSquare, L1, L2, LogSum still apply their
+        // element-wise part (x², |x|, |x|, ln x), as onnxruntime does.
+        let noop = axes.is_empty() && self.noop_empty;
+        let mut reduced = vec![axes.is_empty() && !noop; shape.len()];
         for a in resolve_axes(&axes, shape.len())? {
             reduced[a] = true;
         }

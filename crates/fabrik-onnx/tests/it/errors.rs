@@ -20,6 +20,25 @@ fn unsupported_standard_operator_is_named_at_load() {
     assert_eq!(err.to_string(), "unsupported operators: Conv (ai.onnx)");
 }
 
+/// A torch LSTM export used to be refused naming only `Unsqueeze`, its first node; now every
+/// unsupported operator is named at once, grouped by domain.
+#[test]
+fn every_unsupported_operator_is_named_at_load() {
+    let err = Model::from_file(fixture("ops/unsupported_many.onnx")).expect_err("must fail");
+    assert_eq!(
+        err.to_string(),
+        "unsupported operators: GRU, LSTM (ai.onnx); SVMClassifier (ai.onnx.ml)"
+    );
+    let OnnxError::UnsupportedOperators { operators } = err else {
+        panic!("wrong variant: {err:?}");
+    };
+    let lstm = operators
+        .iter()
+        .find(|o| o.op_type == "LSTM")
+        .expect("LSTM listed");
+    assert_eq!(lstm.nodes, ["/lstm/LSTM", "/lstm2/LSTM"]);
+}
+
 #[test]
 fn supported_operators_are_listed() {
     let ops = fabrik_onnx::supported_operators();

@@ -3,5 +3,6 @@
 
 mod edge_cases;
 mod errors;
+mod ops;
 mod reference;
 mod support;

@@ -3,18 +3,20 @@
 //! conventions where the spec leaves room:
 //!
 //! - scores are `X · coefficientsᵀ + intercepts` in `f32` (inputs of other numeric types are
-//!   cast first); the number of targets is the number of intercepts (without intercepts, the
-//!   coefficient count over the feature count);
+//!   cast first);
 //! - classifier with several targets: label = first class with the highest raw score, then
 //!   `post_transform` over the row (`multi_class` is accepted and, as in onnxruntime, unused);
 //! - classifier with one target (the binary case): label = `classlabels[1]` when the score is
-//!   `> 0`, else `classlabels[0]` (1 / 0, or "1" / "0", without two labels); with two labels the
-//!   scores are `[1 - s, s]` whatever the post-transform except PROBIT (onnxruntime applies no
-//!   LOGISTIC there), otherwise the single raw (or probit) score;
+//!   `> 0`, else `classlabels[0]` (1 / 0 without labels; otherwise exactly two are required);
+//!   with the two labels the scores are `[logistic(-s), logistic(s)]` under LOGISTIC and
+//!   `[1 - s, s]` under NONE, SOFTMAX and SOFTMAX_ZERO (onnxruntime 1.32 measured), PROBIT is
+//!   refused (onnxruntime fills half of its `[N, 2]` output then); without labels, the single
+//!   raw (or probit) score;
+//! - `intercepts` is required and sets the number of targets; extra coefficients are ignored;
 //! - regressor with one target: only PROBIT is applied, as in onnxruntime; with several, every
 //!   post-transform.
 
-use super::transform::{PostTransform, probit};
+use super::transform::{PostTransform, logistic, probit};
 use crate::ops::{Inputs, KResult, Kernel, NodeCtx, as_f32_cow, rows_cols};
 use crate::tensor::{Tensor, TensorData};
 use crate::value::Value;
@@ -32,27 +34,17 @@ fn scores(x: &[f32], width: usize, coef: &[f32], intercepts: &[f32], targets: us
     out
 }
 
-/// The target count for a `width`-feature input, checking the coefficient count.
-fn target_count(coef: &[f32], intercepts: &[f32], width: usize) -> KResult<usize> {
-    let targets = if intercepts.is_empty() {
-        if width == 0 || !coef.len().is_multiple_of(width) {
-            return Err(format!(
-                "{} coefficients do not split into rows of {width} features",
-                coef.len()
-            ));
-        }
-        coef.len() / width
-    } else {
-        intercepts.len()
-    };
-    if coef.len() != targets * width {
+/// Checks there are coefficients for `targets` rows of `width` features (onnxruntime ignores
+/// any beyond).
+fn check_coefficients(coef: &[f32], targets: usize, width: usize) -> KResult<()> {
+    if coef.len() < targets * width {
         return Err(format!(
             "{} coefficients for {targets} targets of {width} features (expected {})",
             coef.len(),
             targets * width
         ));
     }
-    Ok(targets)
+    Ok(())
 }
 
 /// Class labels of a LinearClassifier (`classlabels_ints` or `classlabels_strings`).
@@ -102,11 +94,24 @@ pub(crate) fn build_classifier(ctx: &NodeCtx<'_>) -> KResult<LinearClassifier> {
     let intercepts = a.floats("intercepts")?.to_vec();
     let post = PostTransform::parse(&a.string_or("post_transform", "NONE")?)?;
     let n = intercepts.len();
-    if n > 1 && labels.len() != n {
+    if n == 0 {
+        return Err("intercepts must not be empty (they set the number of classes)".into());
+    }
+    if !coef.len().is_multiple_of(n) {
         return Err(format!(
-            "{} class labels for {n} score columns",
-            labels.len()
+            "{} coefficients do not split into {n} class rows",
+            coef.len()
         ));
+    }
+    match (n, labels.len()) {
+        (1, 0 | 2) => {}
+        (1, l) => {
+            return Err(format!(
+                "binary classification needs 2 class labels, got {l}"
+            ));
+        }
+        (n, l) if l < n => return Err(format!("{l} class labels for {n} classes")),
+        _ => {}
     }
     if n == 1 && labels.len() == 2 && post == PostTransform::Probit {
         // onnxruntime fills only half of the [N, 2] scores then: nothing to be equal to.
@@ -124,7 +129,8 @@ impl Kernel for LinearClassifier {
     fn eval(&self, ins: &Inputs<'_>, out: &mut Vec<Value>) -> KResult<()> {
         let xt = ins.get(0)?;
         let (n_rows, width) = rows_cols(xt)?;
-        let targets = target_count(&self.coef, &self.intercepts, width)?;
+        let targets = self.intercepts.len();
+        check_coefficients(&self.coef, targets, width)?;
         let x = as_f32_cow(xt)?;
         let mut s = scores(&x, width, &self.coef, &self.intercepts, targets);
         let labels = &self.labels;
@@ -132,10 +138,13 @@ impl Kernel for LinearClassifier {
             // Index 1 = positive class, 0 = negative.
             let idx = s.iter().map(|&v| usize::from(v > 0.0)).collect();
             if labels.len() == 2 {
-                if self.post == PostTransform::Probit {
-                    return Err("PROBIT with a single score column is not supported".into());
-                }
-                let p = s.iter().flat_map(|&v| [1.0 - v, v]).collect();
+                let p = if self.post == PostTransform::Logistic {
+                    s.iter()
+                        .flat_map(|&v| [logistic(-v), logistic(v)])
+                        .collect()
+                } else {
+                    s.iter().flat_map(|&v| [1.0 - v, v]).collect()
+                };
                 (idx, p, 2)
             } else {
                 if self.post == PostTransform::Probit {
@@ -144,12 +153,6 @@ impl Kernel for LinearClassifier {
                 (idx, s, 1)
             }
         } else {
-            if labels.len() != targets {
-                return Err(format!(
-                    "{} class labels for {targets} score columns",
-                    labels.len()
-                ));
-            }
             let mut idx = Vec::with_capacity(n_rows);
             for row in s.chunks_exact_mut(targets) {
                 let mut best = 0;
@@ -164,11 +167,9 @@ impl Kernel for LinearClassifier {
             (idx, s, targets)
         };
         let label_data = match labels {
-            ClassLabels::Int64(l) if targets == 1 && l.len() != 2 => {
+            // Binary without labels: 1 / 0.
+            ClassLabels::Int64(l) if l.is_empty() => {
                 TensorData::I64(label_idx.iter().map(|&i| i as i64).collect())
-            }
-            ClassLabels::String(l) if targets == 1 && l.len() != 2 => {
-                TensorData::String(label_idx.iter().map(|&i| i.to_string()).collect())
             }
             ClassLabels::Int64(l) => TensorData::I64(label_idx.iter().map(|&i| l[i]).collect()),
             ClassLabels::String(l) => {
@@ -227,13 +228,7 @@ impl Kernel for LinearRegressor {
     fn eval(&self, ins: &Inputs<'_>, out: &mut Vec<Value>) -> KResult<()> {
         let xt = ins.get(0)?;
         let (n_rows, width) = rows_cols(xt)?;
-        if self.coef.len() != self.targets * width {
-            return Err(format!(
-                "{} coefficients for {} targets of {width} features",
-                self.coef.len(),
-                self.targets
-            ));
-        }
+        check_coefficients(&self.coef, self.targets, width)?;
         let x = as_f32_cow(xt)?;
         let mut s = scores(&x, width, &self.coef, &self.intercepts, self.targets);
         if self.targets == 1 {
@@ -267,7 +262,7 @@ mod tests {
             3,
         );
         assert_eq!(s, vec![1.5, 2.0, 2.0, 3.5, 4.0, 6.0]);
-        assert_eq!(target_count(&[0.0; 6], &[], 2).expect("test data"), 3);
-        assert!(target_count(&[0.0; 6], &[0.0; 2], 2).is_err());
+        assert!(check_coefficients(&[0.0; 6], 3, 2).is_ok());
+        assert!(check_coefficients(&[0.0; 6], 2, 4).is_err());
     }
 }

@@ -1,6 +1,6 @@
 //! `ai.onnx.ml` operators: the tree ensembles ([`tree`], [`regressor`], [`classifier`],
 //! [`transform`]), LinearClassifier and LinearRegressor ([`linear`]), [`label_encoder`],
-//! Scaler and Normalizer ([`preprocess`]) and [`zipmap`].
+//! Scaler, Normalizer and ArrayFeatureExtractor ([`preprocess`]) and [`zipmap`].
 
 pub(crate) mod classifier;
 pub(crate) mod label_encoder;
@@ -23,6 +23,7 @@ pub(crate) const OPS: &[&str] = &[
     "Scaler",
     "Normalizer",
     "ZipMap",
+    "ArrayFeatureExtractor",
 ];
 
 /// Builds the `ai.onnx.ml` kernel for `op`, or `None` when it is not supported.
@@ -41,6 +42,15 @@ pub(crate) fn build(op: &str, ctx: &NodeCtx<'_>) -> KResult<Option<Box<dyn Kerne
         "Scaler" => Box::new(preprocess::build_scaler(ctx)?),
         "Normalizer" => Box::new(preprocess::build_normalizer(ctx)?),
         "ZipMap" => Box::new(zipmap::build(ctx)?),
+        "ArrayFeatureExtractor" => {
+            if ctx.n_inputs != 2 || ctx.n_outputs != 1 {
+                return Err(format!(
+                    "expected 2 inputs and 1 output, got {} and {}",
+                    ctx.n_inputs, ctx.n_outputs
+                ));
+            }
+            Box::new(preprocess::ArrayFeatureExtractor)
+        }
         _ => return Ok(None),
     }))
 }

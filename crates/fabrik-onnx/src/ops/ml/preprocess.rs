@@ -1,6 +1,9 @@
 //! Row preprocessing operators of `ai.onnx.ml`: Scaler (`(x - offset) * scale` per column) and
-//! Normalizer (MAX, L1, L2 per row, as onnxruntime computes them). Both output `f32`.
+//! Normalizer (MAX, L1, L2 per row, as onnxruntime computes them), both outputting `f32`, and
+//! ArrayFeatureExtractor (columns picked by index along the last axis, any element type; what
+//! skl2onnx uses to take the positive-class column of a binary LinearSVC).
 
+use crate::ops::num::ints_of;
 use crate::ops::{Inputs, KResult, Kernel, NodeCtx, as_f32_cow};
 use crate::tensor::{Tensor, TensorData};
 use crate::value::Value;
@@ -118,9 +121,61 @@ impl Kernel for Normalizer {
     }
 }
 
+/// `ArrayFeatureExtractor(X, Y)`: `X[..., Y]`.
+#[derive(Debug)]
+pub(crate) struct ArrayFeatureExtractor;
+
+/// Picks columns `idx` of every `width`-wide row of `src`.
+fn pick_columns<T: Clone>(src: &[T], width: usize, idx: &[usize]) -> Vec<T> {
+    let mut out = Vec::with_capacity(src.len() / width.max(1) * idx.len());
+    for row in src.chunks_exact(width.max(1)) {
+        out.extend(idx.iter().map(|&i| row[i].clone()));
+    }
+    out
+}
+
+impl Kernel for ArrayFeatureExtractor {
+    fn eval(&self, ins: &Inputs<'_>, out: &mut Vec<Value>) -> KResult<()> {
+        let (x, y) = (ins.get(0)?, ins.get(1)?);
+        let shape = x.shape();
+        let width = *shape.last().ok_or("X must have at least one dimension")?;
+        let idx = ints_of(y, "indices")?
+            .into_iter()
+            .map(|i| {
+                usize::try_from(i)
+                    .ok()
+                    .filter(|&i| i < width)
+                    .ok_or_else(|| format!("index {i} out of range for last dimension {width}"))
+            })
+            .collect::<KResult<Vec<_>>>()?;
+        // onnxruntime returns [1, k] for a 1-D X.
+        let out_shape = match shape {
+            [_] => vec![1, idx.len()],
+            _ => [&shape[..shape.len() - 1], &[idx.len()][..]].concat(),
+        };
+        let data = match x.data() {
+            TensorData::F32(v) => TensorData::F32(pick_columns(v, width, &idx)),
+            TensorData::F64(v) => TensorData::F64(pick_columns(v, width, &idx)),
+            TensorData::I64(v) => TensorData::I64(pick_columns(v, width, &idx)),
+            TensorData::Bool(v) => TensorData::Bool(pick_columns(v, width, &idx)),
+            TensorData::String(v) => TensorData::String(pick_columns(v, width, &idx)),
+        };
+        out.push(Value::Tensor(Tensor::raw(out_shape, data)));
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn columns_are_picked_per_row() {
+        assert_eq!(
+            pick_columns(&[1, 2, 3, 4, 5, 6], 3, &[2, 0]),
+            vec![3, 1, 6, 4]
+        );
+    }
 
     #[test]
     fn norms() {
