@@ -1,7 +1,10 @@
 //! `fabrik-onnx`: a small native ONNX evaluator for the models Fabrik ships that tract cannot
 //! run — scikit-learn pipelines exported by skl2onnx (IsolationForest, RandomForest and
-//! GradientBoosting classifiers, Scaler, Normalizer, LabelEncoder, ZipMap) — plus the small dense
-//! networks (MatMul, Gemm, Add, Relu, ...) Fabrik uses as autoencoders, so one engine runs them all.
+//! GradientBoosting classifiers, LogisticRegression, LinearSVC, LinearRegression, Scaler,
+//! Normalizer, LabelEncoder, ZipMap) — plus the small dense networks users export from torch
+//! (MatMul/Gemm, activations, BatchNormalization, Softmax, reductions, shape and layout
+//! operators), so one engine runs them all. [`supported_operators`] lists every operator; a
+//! model using any other fails to load with an error naming all of them.
 //!
 //! ```no_run
 //! use fabrik_onnx::{Model, Tensor};
@@ -23,7 +26,8 @@
 //! - `plan`: graph → plan compilation (topological order, constants, last use);
 //! - `exec`: the run loop;
 //! - `attrs`: typed attribute access for kernel builders;
-//! - `ops`: the operator kernels, one submodule per family;
+//! - `ops`: the operator kernels, one submodule per family (element-wise, activations,
+//!   normalisations, reductions, shape, layout, linear algebra, ONNX-ML);
 //! - [`error`]: [`OnnxError`], the single error type.
 //!
 //! Semantics follow the ONNX operator specs; where the spec is vague (ONNX-ML tree ensembles

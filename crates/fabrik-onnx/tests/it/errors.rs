@@ -149,3 +149,21 @@ fn model_is_shareable_between_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Model>();
 }
+
+/// The crate README lists every supported operator, so users can check a model by reading it.
+#[test]
+fn readme_lists_every_supported_operator() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let missing: Vec<String> = fabrik_onnx::supported_operators()
+        .into_iter()
+        .filter(|(_, op)| {
+            // Whole words only: "Relu" must not be satisfied by "LeakyRelu".
+            !readme
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .any(|w| w == *op)
+        })
+        .map(|(d, op)| format!("{d}:{op}"))
+        .collect();
+    assert!(missing.is_empty(), "README.md lacks {missing:?}");
+}
