@@ -742,12 +742,7 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
         .map(|r| r.name.clone())
         .collect();
     if config.alerting.rules.is_empty() && config.pipelines.is_empty() {
-        known.extend(
-            [demo_rule(), demo_frozen_rule()]
-                .into_iter()
-                .chain(demo_heartbeat_rules())
-                .map(|r| r.name),
-        );
+        known.extend(demo_rules().into_iter().map(|r| r.name));
     }
     let stored = std::path::Path::new(&config.store.data_dir).join(STORED_RULES_FILE);
     if let Ok(definitions) = read_definitions::<AlertRuleConfig>(&stored, "alert rule") {
@@ -831,6 +826,18 @@ fn demo_inhibitions() -> Vec<fabrik_alert::Inhibition> {
     ]
 }
 
+/// Every rule the demo plant gets when none is configured.
+fn demo_rules() -> Vec<AlertRuleConfig> {
+    [
+        demo_rule(),
+        demo_frozen_rule(),
+        demo_chiller_pressure_rule(),
+    ]
+    .into_iter()
+    .chain(demo_heartbeat_rules())
+    .collect()
+}
+
 /// The rule the demo plant gets when none is configured: anomalous windows of `pump-health`.
 fn demo_rule() -> AlertRuleConfig {
     AlertRuleConfig {
@@ -891,6 +898,43 @@ fn demo_frozen_rule() -> AlertRuleConfig {
             "Pump {device}: pressure stuck at {value} bar; the sensor or its wiring is suspect"
                 .to_owned(),
         )]),
+        ..demo_rule()
+    }
+}
+
+/// The demo's chiller rule: discharge pressure above 16.5 bar while the compressor runs, for
+/// 30 s, clearing below 16. A running chiller's is 14.5–15.5 bar; the plant's
+/// condenser-fouling drift raises it by up to 3.5 bar over ten minutes (the PLC's own
+/// high-pressure alarm bit is set only at 17, close to the trip level), and no model of the
+/// demo watches the chillers. The compressor cycles on its thermostat every minute or so,
+/// and a stopped one reads 6 bar: only running rows count, or the rule would resolve at
+/// every stop.
+fn demo_chiller_pressure_rule() -> AlertRuleConfig {
+    AlertRuleConfig {
+        name: "chiller-pressure-high".into(),
+        table: "chiller".into(),
+        value: "discharge_pressure".into(),
+        filter: Some("running".into()),
+        fill: None,
+        condition: "above".into(),
+        threshold: 16.5,
+        clear: Some(16.0),
+        for_duration: "30s".into(),
+        context: Vec::new(),
+        annotations: BTreeMap::from([
+            (
+                "summary".to_owned(),
+                "Chiller {device}: discharge pressure {value} bar, above 16.5 for 30 s while \
+                 running; the condenser is fouling or its fan failing"
+                    .to_owned(),
+            ),
+            (
+                "runbook".to_owned(),
+                "Check the condenser coil and fan; clean the coil before the high-pressure \
+                 cut-out trips the compressor."
+                    .to_owned(),
+            ),
+        ]),
         ..demo_rule()
     }
 }
@@ -1399,10 +1443,8 @@ pub(crate) async fn start(
         if inhibitions.is_empty() {
             inhibitions = demo_inhibitions();
         }
-        configured.push((RuleOrigin::Demo, demo_rule()));
-        configured.push((RuleOrigin::Demo, demo_frozen_rule()));
         configured.extend(
-            demo_heartbeat_rules()
+            demo_rules()
                 .into_iter()
                 .map(|rule| (RuleOrigin::Demo, rule)),
         );
