@@ -23,6 +23,13 @@ pub struct Model {
     opsets: Vec<(String, i64)>,
 }
 
+/// The newest `ai.onnx` opset a model may import (ONNX 1.18).
+const MAX_ONNX_OPSET: i64 = 23;
+/// The newest `ai.onnx.ml` opset a model may import.
+const MAX_ML_OPSET: i64 = 5;
+/// The newest IR version a model may declare (ONNX 1.18).
+const MAX_IR_VERSION: i64 = 11;
+
 impl Model {
     /// Decodes and compiles a serialized `ModelProto`. Fails on malformed protobuf or graphs,
     /// on operators this crate does not implement (all of them at once, by domain; see
@@ -33,6 +40,13 @@ impl Model {
             .graph
             .as_ref()
             .ok_or_else(|| OnnxError::InvalidModel("the model has no graph".into()))?;
+        if m.ir_version > MAX_IR_VERSION {
+            return Err(OnnxError::InvalidModel(format!(
+                "IR version {} is newer than this evaluator knows ({MAX_IR_VERSION}); export \
+                 with an older onnx package",
+                m.ir_version
+            )));
+        }
         let mut opsets = HashMap::new();
         let mut opset_list = Vec::new();
         for o in &m.opset_import {
@@ -41,6 +55,24 @@ impl Model {
             } else {
                 o.domain.as_str()
             };
+            // A newer opset may change what an operator means; its models are refused, as
+            // onnxruntime refuses opsets it does not know, rather than run by older rules.
+            let newest = match domain {
+                "" => Some(MAX_ONNX_OPSET),
+                "ai.onnx.ml" => Some(MAX_ML_OPSET),
+                _ => None,
+            };
+            if let Some(newest) = newest
+                && o.version > newest
+            {
+                return Err(OnnxError::InvalidModel(format!(
+                    "the model imports opset {} of {}; this evaluator runs opsets up to \
+                     {newest} (export with a lower one, e.g. torch.onnx.export(..., \
+                     opset_version=17) or skl2onnx's target_opset)",
+                    o.version,
+                    if domain.is_empty() { "ai.onnx" } else { domain }
+                )));
+            }
             // Keep the highest version if a domain is imported twice.
             let e = opsets.entry(domain.to_string()).or_insert(o.version);
             *e = (*e).max(o.version);

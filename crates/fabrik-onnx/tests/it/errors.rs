@@ -50,6 +50,19 @@ fn supported_operators_are_listed() {
     assert_eq!(ops, sorted, "sorted by domain, then op type");
 }
 
+/// Opsets and IR versions newer than the evaluator knows are refused, as onnxruntime refuses
+/// them: a newer opset may change what an operator means.
+#[test]
+fn opsets_and_ir_versions_newer_than_known_are_refused() {
+    let err = Model::from_file(fixture("ops/opset_too_new.onnx")).expect_err("must fail");
+    assert!(
+        err.to_string().contains("opset 99 of ai.onnx") && err.to_string().contains("up to 23"),
+        "{err}"
+    );
+    let err = Model::from_file(fixture("ops/ir_too_new.onnx")).expect_err("must fail");
+    assert!(err.to_string().contains("IR version 99"), "{err}");
+}
+
 #[test]
 fn garbage_is_a_decode_error() {
     let err = Model::from_bytes(b"\xff\xff\xff\xff not onnx").expect_err("must fail");
