@@ -34,7 +34,8 @@ use tokio_util::sync::CancellationToken;
 
 /// The table every pipeline writes its inferences to.
 pub(crate) const INFERENCES_TABLE: &str = "inferences";
-/// Windows closed, none of them complete, after which a pipeline's status says why.
+/// Windows closed per device, none of them complete, after which a pipeline's status says
+/// why.
 const STARVED_AFTER_WINDOWS: u64 = 3;
 /// Training windows of a pipeline that names none (unless its model needs more).
 const DEFAULT_TRAINING_WINDOWS: usize = 30;
@@ -1609,8 +1610,11 @@ impl Runner {
             let counters = pipeline.counters();
             let model_error = pipeline.last_error().map(str::to_owned);
             // A window shorter than the data's cadence times `min_samples` leaves every window
-            // incomplete: the pipeline runs, trains nothing and would say nothing.
-            let starved = (counters.windows >= STARVED_AFTER_WINDOWS
+            // incomplete: the pipeline runs, trains nothing and would say nothing. Each
+            // device's first window is usually partial (it began mid-window), so the count is
+            // per device.
+            let devices = (counters.training_devices + counters.scoring_devices).max(1);
+            let starved = (counters.windows >= STARVED_AFTER_WINDOWS * devices
                 && counters.incomplete_windows == counters.windows)
                 .then(|| {
                     format!(
