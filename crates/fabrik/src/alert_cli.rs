@@ -176,9 +176,18 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&alerts)?);
                 return Ok(());
             }
+            // Columns as wide as their longest rule name and device.
+            let widest = |key: &str, least: usize| {
+                alerts
+                    .iter()
+                    .filter_map(|a| a.get(key).and_then(|v| v.as_str()))
+                    .map(|v| v.chars().count())
+                    .fold(least, usize::max)
+            };
+            let (rule_width, key_width) = (widest("rule", 20), widest("key", 16));
             // `fired` is the webhook's startsAt; a pending alert shows when its condition began.
             println!(
-                "{:<9} {:<9} {:<9} {:<20} {:<16} {:<24} {:<16} id",
+                "{:<9} {:<9} {:<9} {:<rule_width$} {:<key_width$} {:<24} {:<16} id",
                 "state", "held back", "severity", "rule", "device", "fired (pending: since)", "ack"
             );
             for a in &alerts {
@@ -205,7 +214,7 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
                     .and_then(|v| v.as_str())
                     .map_or_else(|| s("started_at"), str::to_owned);
                 println!(
-                    "{:<9} {:<9} {:<9} {:<20} {:<16} {:<24} {:<16} {}",
+                    "{:<9} {:<9} {:<9} {:<rule_width$} {:<key_width$} {:<24} {:<16} {}",
                     s("state"),
                     held_back,
                     s("severity"),
@@ -349,15 +358,20 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&rules)?);
                 return Ok(());
             }
+            let name_width = rules
+                .iter()
+                .filter_map(|r| r["name"].as_str())
+                .map(|name| name.chars().count())
+                .fold(20, usize::max);
             println!(
-                "{:<20} {:<7} {:<9} {:<10} {:<16} {:>7} {:>6} {:>10}  error",
+                "{:<name_width$} {:<7} {:<9} {:<10} {:<16} {:>7} {:>6} {:>10}  error",
                 "name", "origin", "health", "condition", "table", "pending", "firing", "rows"
             );
             for r in &rules {
                 let s = |k: &str| r[k].as_str().unwrap_or("-").to_owned();
                 let n = |k: &str| r[k].as_u64().unwrap_or(0);
                 println!(
-                    "{:<20} {:<7} {:<9} {:<10} {:<16} {:>7} {:>6} {:>10}  {}",
+                    "{:<name_width$} {:<7} {:<9} {:<10} {:<16} {:>7} {:>6} {:>10}  {}",
                     s("name"),
                     s("origin"),
                     s("health"),
