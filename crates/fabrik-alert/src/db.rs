@@ -620,6 +620,31 @@ impl AlertDb {
             .collect()
     }
 
+    /// Deletes the notifications queued for notifiers not in `configured`; returns how many
+    /// went, per notifier.
+    pub async fn drop_queued_for_unconfigured(
+        &self,
+        configured: &[&str],
+    ) -> Result<Vec<(String, u64)>, AlertError> {
+        let rows = sqlx::query("SELECT notifier, count(*) AS queued FROM outbox GROUP BY notifier")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut dropped = Vec::new();
+        for row in &rows {
+            let notifier: String = row.try_get("notifier")?;
+            if configured.contains(&notifier.as_str()) {
+                continue;
+            }
+            sqlx::query("DELETE FROM outbox WHERE notifier = ?")
+                .bind(&notifier)
+                .execute(&self.pool)
+                .await?;
+            let queued: i64 = row.try_get("queued")?;
+            dropped.push((notifier, queued.max(0) as u64));
+        }
+        Ok(dropped)
+    }
+
     /// The last delivery error of each queued notification that failed, as (notifier,
     /// error), oldest first.
     pub async fn outbox_errors(&self) -> Result<Vec<(String, String)>, AlertError> {

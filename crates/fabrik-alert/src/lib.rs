@@ -261,7 +261,67 @@ impl Alerting {
         for rule in &rules {
             alerting.refresh_open_alerts(rule, &[]).await?;
         }
+        alerting.reconcile_notifiers().await?;
         Ok(alerting)
+    }
+
+    /// Brings the outbox in line with the configured notifiers, at start. Notifications
+    /// queued for a notifier no longer configured are dropped: they were retried for ever,
+    /// and a renamed notifier never received them (a review). Each firing alert that is
+    /// neither acknowledged nor held back is queued for every configured notifier whose
+    /// route takes it and that has neither told of it nor has it queued: a notifier added or
+    /// renamed while alerts fire learnt of none of them, and then got only their resolutions.
+    async fn reconcile_notifiers(&self) -> Result<(), AlertError> {
+        let configured: Vec<&str> = self.notifiers.iter().map(Notifier::name).collect();
+        for (notifier, dropped) in self.db.drop_queued_for_unconfigured(&configured).await? {
+            tracing::warn!(
+                notifier = %notifier,
+                dropped,
+                "Notifications queued for a notifier that is no longer configured were dropped; \
+                 the configured notifiers whose routes take the alerts still firing are told of \
+                 them."
+            );
+        }
+        let now = now_ns();
+        let mut queued = 0_u64;
+        for alert in self.db.open_alerts().await? {
+            if alert.state != AlertState::Firing || alert.ack.is_some() || alert.silenced {
+                continue;
+            }
+            let told = self.db.notified_by(&alert.id).await?;
+            let waiting = self.db.queued_for(&alert.id).await?;
+            let untold: Vec<&Notifier> = self
+                .notifiers
+                .iter()
+                .filter(|n| {
+                    n.route().takes(&alert)
+                        && !told.iter().any(|t| t == n.name())
+                        && !waiting.iter().any(|w| w == n.name())
+                })
+                .collect();
+            if untold.is_empty() {
+                continue;
+            }
+            let mut batch = self.db.batch().await?;
+            for notifier in untold {
+                if self
+                    .enqueue_for(&mut batch, notifier, &alert, now, Guard::WhileFiring)
+                    .await?
+                {
+                    queued += 1;
+                }
+            }
+            batch.commit().await?;
+        }
+        if queued > 0 {
+            tracing::info!(
+                queued,
+                "Firing alerts queued for notifiers that had not been told of them (added or \
+                 renamed since they fired)."
+            );
+            self.wake.notify_one();
+        }
+        Ok(())
     }
 
     /// Sets the inhibitions (see [`Inhibition`]). A source or target named without a `*`
@@ -1626,9 +1686,13 @@ mod tests {
     }
 
     fn refused_webhook() -> Notifier {
+        refused_webhook_named("ops")
+    }
+
+    fn refused_webhook_named(name: &str) -> Notifier {
         // Port 9 (discard) on loopback: nothing listens, deliveries fail and stay queued.
         Notifier::webhook(
-            "ops",
+            name,
             "http://127.0.0.1:9/hook",
             std::time::Duration::from_millis(200),
             notify::Grouping::default(),
@@ -1646,6 +1710,64 @@ mod tests {
             value,
             context: [("top_signal".to_owned(), "temperature".to_owned())].into(),
         }
+    }
+
+    /// A notifier renamed while an alert fires: the old name's queue is dropped, the new
+    /// name is told of the alert (once, however often Fabrik restarts); an acknowledged alert
+    /// is not paged to a notifier added later.
+    #[tokio::test]
+    async fn notifiers_added_or_renamed_while_alerts_fire_are_told_of_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alerts.db");
+        let open = |name: &'static str| {
+            let path = path.clone();
+            async move {
+                Alerting::open(
+                    &path,
+                    vec![rule()],
+                    vec![refused_webhook_named(name)],
+                    "http://x".into(),
+                )
+                .await
+                .unwrap()
+            }
+        };
+        let queued = |alerting: Arc<Alerting>| async move {
+            alerting
+                .db()
+                .outbox_by_notifier()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(name, q)| (name, q.queued))
+                .collect::<Vec<_>>()
+        };
+        let alerting = open("shift-mail").await;
+        alerting
+            .observe("hot", &[obs("oven-1", 10, 85.0)])
+            .await
+            .unwrap();
+        assert_eq!(queued(alerting.clone()).await, [("shift-mail".into(), 1)]);
+        drop(alerting);
+
+        let alerting = open("shift-email").await;
+        assert_eq!(queued(alerting.clone()).await, [("shift-email".into(), 1)]);
+        drop(alerting);
+        let alerting = open("shift-email").await;
+        assert_eq!(
+            queued(alerting.clone()).await,
+            [("shift-email".into(), 1)],
+            "not queued twice"
+        );
+
+        let id = alert_id("hot", "oven-1", 10 * S);
+        alerting
+            .ack(&id, "ana", Feedback::TruePositive, None)
+            .await
+            .unwrap();
+        drop(alerting);
+        let alerting = open("pager").await;
+        assert!(queued(alerting.clone()).await.is_empty());
     }
 
     #[tokio::test]
