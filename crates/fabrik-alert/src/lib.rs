@@ -1070,7 +1070,16 @@ impl Alerting {
         alert_id: Option<&str>,
         still: Option<db::StillFiring<'_>>,
     ) -> Result<bool, AlertError> {
-        let payload = notifier.payload(alert, &self.external_url).to_string();
+        let mut payload = notifier.payload(alert, &self.external_url);
+        // Only reminders are queued on the condition that nobody acknowledged the alert; the
+        // flat forms say so, so an e-mail does not read as a new event.
+        if still.as_ref().is_some_and(|s| s.unacknowledged)
+            && let Some(fields) = payload.as_object_mut()
+            && !matches!(notifier, Notifier::Webhook { .. })
+        {
+            fields.insert("reminder".into(), serde_json::Value::Bool(true));
+        }
+        let payload = payload.to_string();
         let (due, key) = match notifier.grouping() {
             None => (now, None),
             Some(grouping) => {

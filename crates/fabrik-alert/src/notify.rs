@@ -542,11 +542,55 @@ fn stale_status_topics(template: &str, message: &serde_json::Value) -> Vec<Strin
         .collect()
 }
 
+/// Whether a flat message is a reminder of an alert that still fires (nothing changed).
+fn is_reminder(message: &serde_json::Value) -> bool {
+    message["reminder"] == serde_json::Value::Bool(true)
+}
+
+/// `count` and `noun`, plural unless the count is 1.
+fn counted(count: usize, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
+}
+
+/// An annotation's value as a person reads it: `contributions` (feature → share, as JSON) as
+/// percentages, largest first; anything else as it is.
+fn annotation_text(name: &str, value: &serde_json::Value) -> String {
+    let text = value
+        .as_str()
+        .map_or_else(|| value.to_string(), str::to_owned);
+    if name != "contributions" {
+        return text;
+    }
+    let Ok(serde_json::Value::Object(shares)) = serde_json::from_str::<serde_json::Value>(&text)
+    else {
+        return text;
+    };
+    let mut shares: Vec<(String, f64)> = shares
+        .into_iter()
+        .filter_map(|(feature, share)| share.as_f64().map(|share| (feature, share)))
+        .collect();
+    shares.sort_by(|a, b| b.1.total_cmp(&a.1));
+    shares
+        .iter()
+        .map(|(feature, share)| format!("{feature} {:.0} %", share * 100.0))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The text about one alert in an e-mail: summary, fields, context, where to answer it.
 fn alert_text(message: &serde_json::Value) -> String {
     let text = |k: &str| message[k].as_str().unwrap_or("").to_owned();
+    let reminder = if is_reminder(message) {
+        "Still firing: a reminder, nothing changed since the last notification.\n\n"
+    } else {
+        ""
+    };
     let mut body = format!(
-        "{}\n\nAlert:     {}\nRule:      {}\nDevice:    {}\nSeverity:  {}\nStarted:   {}\n",
+        "{reminder}{}\n\nAlert:     {}\nRule:      {}\nDevice:    {}\nSeverity:  {}\nStarted:   {}\n",
         text("summary"),
         text("id"),
         text("rule"),
@@ -565,12 +609,17 @@ fn alert_text(message: &serde_json::Value) -> String {
     {
         body.push_str("\nContext:\n");
         for (k, v) in annotations {
-            let v = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
-            body.push_str(&format!("  {k}: {v}\n"));
+            body.push_str(&format!("  {k}: {}\n", annotation_text(k, v)));
         }
     }
+    // The API's address, from the alert's URL, so the command reaches this Fabrik.
+    let api = text("url");
+    let url = api
+        .split_once("/api/v1/alerts/")
+        .map(|(base, _)| format!(" --url {base}"))
+        .unwrap_or_default();
     body.push_str(&format!(
-        "\nOpen: {}\nAcknowledge with: fabrik alert ack {} --feedback true_positive|false_positive\n",
+        "\nOpen: {}\nAcknowledge with: fabrik alert ack {} --feedback true_positive|false_positive{url}\n",
         text("dashboard_url"),
         text("id")
     ));
@@ -582,7 +631,14 @@ fn alert_text(message: &serde_json::Value) -> String {
 /// word, body in base64 so any server takes it.
 pub fn email_text(message: &serde_json::Value, from: &str, to: &[String]) -> String {
     use base64::Engine as _;
-    let (subject, body, id, status) = match message["alerts"].as_array() {
+    // A group that came down to one alert (its firing and resolution merged) reads as that
+    // alert's own message.
+    let alone = match message["alerts"].as_array().map(Vec::as_slice) {
+        Some([only]) => Some(only),
+        _ => None,
+    };
+    let (subject, body, id, status) = match message["alerts"].as_array().filter(|_| alone.is_none())
+    {
         Some(alerts) => {
             let firing = alerts.iter().filter(|a| a["status"] == "firing").count();
             let resolved = alerts.len() - firing;
@@ -606,12 +662,35 @@ pub fn email_text(message: &serde_json::Value, from: &str, to: &[String]) -> Str
             } else {
                 group.join(" ")
             };
-            let subject = format!("[{}] {what}: {} alerts", counts.join(" "), alerts.len());
-            let mut body = format!("{} alert state changes, grouped:\n", alerts.len());
+            let reminders = alerts.iter().filter(|a| is_reminder(a)).count();
+            if reminders == alerts.len() {
+                counts.push("REMINDER".into());
+            }
+            let subject = format!(
+                "[{}] {what}: {}",
+                counts.join(" "),
+                counted(alerts.len(), "alert")
+            );
+            let mut body = if reminders == alerts.len() {
+                format!(
+                    "{} still firing: a reminder, nothing changed since the last notification:\n",
+                    counted(alerts.len(), "alert")
+                )
+            } else {
+                format!(
+                    "{}, grouped:\n",
+                    counted(alerts.len(), "alert state change")
+                )
+            };
             for a in alerts {
+                let state = a["status"].as_str().unwrap_or("").to_uppercase();
+                let state = if is_reminder(a) && reminders < alerts.len() {
+                    format!("{state} (reminder)")
+                } else {
+                    state
+                };
                 body.push_str(&format!(
-                    "  {:<9} {}\n",
-                    a["status"].as_str().unwrap_or("").to_uppercase(),
+                    "  {state:<9} {}\n",
                     a["summary"].as_str().unwrap_or("")
                 ));
             }
@@ -624,8 +703,18 @@ pub fn email_text(message: &serde_json::Value, from: &str, to: &[String]) -> Str
             (subject, body, ids.join(" "), status.to_owned())
         }
         None => {
+            let message = alone.unwrap_or(message);
             let text = |k: &str| message[k].as_str().unwrap_or("").to_owned();
-            let subject = format!("[{}] {}", text("status").to_uppercase(), text("summary"));
+            let reminder = if is_reminder(message) {
+                " REMINDER"
+            } else {
+                ""
+            };
+            let subject = format!(
+                "[{}{reminder}] {}",
+                text("status").to_uppercase(),
+                text("summary")
+            );
             (subject, alert_text(message), text("id"), text("status"))
         }
     };
@@ -639,15 +728,25 @@ pub fn email_text(message: &serde_json::Value, from: &str, to: &[String]) -> Str
         wrapped.push_str("\r\n");
     }
     let subject = encode_subject(&subject);
+    // Every message gets its own Message-ID (RFC 5322 §3.6.4: a mailbox may drop a second
+    // message with an ID it has, and reminders would vanish); `References` names the
+    // incident, so a mail client threads its firing, reminders and resolution together.
+    // `Auto-Submitted` keeps out-of-office replies away (RFC 3834).
+    let now = chrono::Utc::now();
+    let sequence = MESSAGE_SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let incident = fingerprint(&id);
     format!(
-        "From: {from}\r\nTo: {}\r\nSubject: {subject}\r\nDate: {}\r\nMessage-ID: <{}.{}@fabrik>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\nX-Fabrik-Alert: {}\r\n\r\n{wrapped}",
+        "From: {from}\r\nTo: {}\r\nSubject: {subject}\r\nDate: {}\r\nMessage-ID: <{incident}.{}.{}.{sequence}@fabrik>\r\nReferences: <{incident}@fabrik>\r\nAuto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\nX-Fabrik-Alert: {}\r\n\r\n{wrapped}",
         to.join(", "),
-        chrono::Utc::now().to_rfc2822(),
-        fingerprint(&id),
+        now.to_rfc2822(),
         header_safe(&status),
+        now.timestamp_nanos_opt().unwrap_or_default(),
         header_safe(&id),
     )
 }
+
+/// Makes Message-IDs of e-mails written in the same nanosecond differ.
+static MESSAGE_SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Longest subject, in characters: a rule's own summary may be long, and a subject is read
 /// in one line of a mail client's list.
@@ -1139,6 +1238,74 @@ mod tests {
         );
         let webhook = alertmanager_payload(&a, "ops", "http://fabrik:7800");
         assert_eq!(webhook["alerts"][0]["generatorURL"], m["dashboard_url"]);
+    }
+
+    /// Each e-mail has its own Message-ID (a mailbox may drop a repeated one, and reminders
+    /// would vanish), threaded by the incident; a reminder says it is one; a group that came
+    /// down to one alert reads as that alert; contributions read as percentages, and the ack
+    /// command names the Fabrik to send it to.
+    #[test]
+    fn every_email_is_its_own_message_and_a_reminder_says_so() {
+        let header = |text: &str, name: &str| {
+            text.split("\r\n")
+                .find_map(|line| line.strip_prefix(name))
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let mut firing = alert(AlertState::Firing);
+        firing.annotations.insert(
+            "contributions".into(),
+            r#"{"pressure.std":0.2500000000000001,"vibration_rms.mean":0.7499999999999999}"#.into(),
+        );
+        let m = alert_message(&firing, "http://fabrik.plant:7800");
+        let first = email_text(&m, "f@x.y", &["t@x.y".into()]);
+        let second = email_text(&m, "f@x.y", &["t@x.y".into()]);
+        assert_ne!(
+            header(&first, "Message-ID: "),
+            header(&second, "Message-ID: ")
+        );
+        assert_eq!(
+            header(&first, "References: "),
+            header(&second, "References: ")
+        );
+        assert_eq!(header(&first, "Auto-Submitted: "), "auto-generated");
+        let body = decoded_text(first.split_once("\r\n\r\n").unwrap().1);
+        assert!(
+            body.contains("contributions: vibration_rms.mean 75 %, pressure.std 25 %"),
+            "{body}"
+        );
+        assert!(
+            body.contains("--feedback true_positive|false_positive --url http://fabrik.plant:7800"),
+            "{body}"
+        );
+        assert!(!body.contains("reminder"), "{body}");
+
+        let mut reminder = m.clone();
+        reminder["reminder"] = true.into();
+        let text = email_text(&reminder, "f@x.y", &["t@x.y".into()]);
+        assert!(
+            header(&text, "Subject: ").starts_with("[FIRING REMINDER] "),
+            "{text}"
+        );
+        let body = decoded_text(text.split_once("\r\n\r\n").unwrap().1);
+        assert!(body.starts_with("Still firing: a reminder"), "{body}");
+        // Two reminders grouped: the subject and the first line say so.
+        let mut other = reminder.clone();
+        other["id"] = "pump-health~pump-03~1".into();
+        let group =
+            serde_json::json!({"group": {"rule": "pump-health"}, "alerts": [reminder, other]});
+        let text = email_text(&group, "f@x.y", &["t@x.y".into()]);
+        assert!(
+            header(&text, "Subject: ").starts_with("[FIRING:2 REMINDER] pump-health: 2 alerts"),
+            "{text}"
+        );
+        // A group of one is the alert's own message.
+        let one = serde_json::json!({"group": {"rule": "pump-health"}, "alerts": [m]});
+        let text = email_text(&one, "f@x.y", &["t@x.y".into()]);
+        assert!(
+            header(&text, "Subject: ").starts_with("[FIRING] "),
+            "{text}"
+        );
     }
 
     #[test]
