@@ -1476,11 +1476,37 @@ impl Alerting {
     }
 
     async fn deliver_due_in(&self, view: &PassView) -> Result<usize, AlertError> {
+        let mut by_notifier: BTreeMap<String, Vec<db::OutboxEntry>> = BTreeMap::new();
+        for entry in self.db.due(view.now, 100).await? {
+            by_notifier
+                .entry(entry.notifier.clone())
+                .or_default()
+                .push(entry);
+        }
+        // Each notifier delivers on its own: one whose receiver hangs until the timeout (a
+        // relay that does not answer) held back every later notifier, the pager among them
+        // (a review: 5 s per hanging notifier before the page went out).
+        let passes = by_notifier
+            .into_values()
+            .map(|entries| self.deliver_entries(entries, view));
+        let mut delivered = 0;
+        for pass in futures::future::join_all(passes).await {
+            delivered += pass?;
+        }
+        Ok(delivered)
+    }
+
+    /// Delivers `entries`, due notifications of one notifier, in order.
+    async fn deliver_entries(
+        &self,
+        entries: Vec<db::OutboxEntry>,
+        view: &PassView,
+    ) -> Result<usize, AlertError> {
         let now = view.now;
         let suppression = view.suppression();
         let mut delivered = 0;
         let mut handled = std::collections::HashSet::new();
-        for entry in self.db.due(now, 100).await? {
+        for entry in entries {
             if handled.contains(&entry.id) {
                 continue;
             }
@@ -1553,7 +1579,25 @@ impl Alerting {
             };
             handled.extend(ids.iter().copied());
             match notify::deliver(notifier, &payload).await {
-                Ok(()) => {
+                Ok(refused) => {
+                    // Taken for the others; the refusals are the notifier's last error, and
+                    // retrying would resend to everyone who has it.
+                    if !refused.is_empty() {
+                        let error = format!(
+                            "delivered, but {} refused it: {}",
+                            if refused.len() == 1 {
+                                "a recipient"
+                            } else {
+                                "recipients"
+                            },
+                            refused.join("; ")
+                        );
+                        tracing::warn!(notifier = %notifier.name(), error = %error, "Notification delivered to some recipients only.");
+                        let mut deliveries = self.deliveries.lock();
+                        let record = deliveries.entry(notifier.name().to_owned()).or_default();
+                        record.failed_ns = Some(now_ns());
+                        record.error = Some(error);
+                    }
                     // Recorded as told before the entries leave the outbox, so a reader in
                     // between sees the receiver as told or as about to be, never neither.
                     told.sort();
@@ -1719,6 +1763,48 @@ mod tests {
             value,
             context: [("top_signal".to_owned(), "temperature".to_owned())].into(),
         }
+    }
+
+    /// A notifier whose receiver hangs until the timeout does not hold back another: the
+    /// other's body arrives while the hanging delivery still waits.
+    #[tokio::test]
+    async fn a_hanging_receiver_does_not_hold_back_the_other_notifiers() {
+        let dir = tempfile::tempdir().unwrap();
+        // Accepts connections and never answers.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_url = format!("http://{}/hook", silent.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = silent.accept().await {
+                open.push(socket);
+            }
+        });
+        let (url, mut bodies) = http_receiver().await;
+        let hanging = Notifier::webhook(
+            "a-relay",
+            &silent_url,
+            std::time::Duration::from_secs(30),
+            notify::Grouping::default(),
+            None,
+            None,
+        )
+        .unwrap();
+        let alerting = alerting_in(
+            dir.path(),
+            vec![hanging, webhook_to(&url, notify::Grouping::default())],
+        )
+        .await;
+        alerting
+            .observe("hot", &[obs("oven-1", 10, 85.0)])
+            .await
+            .unwrap();
+        let delivering = alerting.deliver_due();
+        tokio::pin!(delivering);
+        tokio::select! {
+            body = bodies.recv() => assert_eq!(body.unwrap()["status"], "firing"),
+            _ = &mut delivering => panic!("the pass ended before the other notifier delivered"),
+        }
+        held.abort();
     }
 
     /// A notifier renamed while an alert fires: the old name's queue is dropped, the new

@@ -960,8 +960,9 @@ fn origin_only(url: &str) -> String {
     }
 }
 
-/// Delivers one payload.
-pub async fn deliver(notifier: &Notifier, payload: &str) -> Result<(), AlertError> {
+/// Delivers one payload. `Ok` holds what the receiver took it with but reported: the
+/// e-mail recipients its server refused while taking it for the others.
+pub async fn deliver(notifier: &Notifier, payload: &str) -> Result<Vec<String>, AlertError> {
     match notifier {
         Notifier::Webhook {
             name,
@@ -984,7 +985,7 @@ pub async fn deliver(notifier: &Notifier, payload: &str) -> Result<(), AlertErro
                 reason: with_causes(&e),
             })?;
             if response.status().is_success() {
-                Ok(())
+                Ok(Vec::new())
             } else {
                 Err(AlertError::Delivery {
                     notifier: name.clone(),
@@ -1024,7 +1025,7 @@ pub async fn deliver(notifier: &Notifier, payload: &str) -> Result<(), AlertErro
                     publish(stale, Vec::new()).await?;
                 }
             }
-            Ok(())
+            Ok(Vec::new())
         }
         Notifier::Email {
             name,

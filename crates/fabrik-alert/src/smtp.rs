@@ -108,12 +108,14 @@ pub struct Envelope<'a> {
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-/// Sends one message, all within `timeout`.
+/// Sends one message, all within `timeout`. Returns the recipients the server refused while
+/// it took the message for the others: one mistyped or closed mailbox must not keep a page
+/// from everyone else on the list. With every recipient refused, nothing was sent: an error.
 pub async fn send(
     server: &SmtpServer,
     envelope: &Envelope<'_>,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<Vec<String>, String> {
     tokio::time::timeout(timeout, send_inner(server, envelope))
         .await
         .map_err(|_| {
@@ -124,7 +126,7 @@ pub async fn send(
         })?
 }
 
-async fn send_inner(server: &SmtpServer, envelope: &Envelope<'_>) -> Result<(), String> {
+async fn send_inner(server: &SmtpServer, envelope: &Envelope<'_>) -> Result<Vec<String>, String> {
     let address = format!("{}:{}", server.host, server.port);
     let tcp = TcpStream::connect(&address)
         .await
@@ -169,11 +171,16 @@ async fn send_inner(server: &SmtpServer, envelope: &Envelope<'_>) -> Result<(), 
         "MAIL FROM",
     )
     .await?;
+    let mut refused = Vec::new();
     for to in envelope.to {
         let reply = roundtrip(&mut conn, &format!("RCPT TO:<{to}>")).await?;
         if !matches!(reply.0, 250 | 251) {
-            return Err(format!("recipient <{to}> refused: {} {}", reply.0, reply.1));
+            refused.push(format!("<{to}> refused: {} {}", reply.0, reply.1));
         }
+    }
+    if refused.len() == envelope.to.len() {
+        let _ = roundtrip(&mut conn, "QUIT").await;
+        return Err(format!("every recipient refused: {}", refused.join("; ")));
     }
     command(&mut conn, "DATA", 354, "DATA").await?;
     let mut data = dot_stuff(envelope.message);
@@ -182,7 +189,7 @@ async fn send_inner(server: &SmtpServer, envelope: &Envelope<'_>) -> Result<(), 
     expect(&mut conn, 250, "end of data").await?;
     // The message is accepted; a failed QUIT changes nothing.
     let _ = roundtrip(&mut conn, "QUIT").await;
-    Ok(())
+    Ok(refused)
 }
 
 async fn tls<S: Stream + 'static>(

@@ -1,6 +1,7 @@
 """An SMTP submission server for Fabrik's e-mail notifier tests (aiosmtpd, a real SMTP
 implementation): STARTTLS with a certificate generated on start, AUTH PLAIN/LOGIN for one
-user, or, with --plain, no TLS at all (to show that Fabrik then sends no credentials).
+user, or, with --plain, no TLS at all (to show that Fabrik then sends no credentials);
+--reject ADDRESS answers 550 to that recipient.
 
 Prints `PORT <n>` and `CA <path>` once listening, then one `MAIL <json>` line per accepted
 message and one `EVENT <json>` line per AUTH attempt or connection.
@@ -81,6 +82,15 @@ def make_certificate(directory):
 
 
 class Handler:
+    def __init__(self, reject=()):
+        self.reject = set(reject)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.reject:
+            return "550 5.1.1 <%s>: mailbox unavailable" % address
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
         say("EVENT", {"ehlo": hostname, "tls": session.ssl is not None})
@@ -126,6 +136,7 @@ def main():
     parser.add_argument("--plain", action="store_true", help="no STARTTLS")
     parser.add_argument("--user", default="fabrik")
     parser.add_argument("--password", default="s3cret")
+    parser.add_argument("--reject", action="append", default=[], help="refuse this recipient (550)")
     args = parser.parse_args()
 
     with socket.socket() as s:
@@ -152,7 +163,7 @@ def main():
             auth_require_tls=False,
             authenticator=authenticator(args.user, args.password),
         )
-    controller = Controller(Handler(), hostname="127.0.0.1", port=port, **kwargs)
+    controller = Controller(Handler(args.reject), hostname="127.0.0.1", port=port, **kwargs)
     controller.start()
     print("PORT", port, flush=True)
     print("CA", ca, flush=True)

@@ -702,6 +702,76 @@ repeat_interval = "1s"
     );
 }
 
+/// A recipient the mail server refuses does not keep the page from the others: the message
+/// goes to them, and the notifier's status names the refusal (a review: one closed mailbox
+/// held every e-mail of its notifier back, retried for ever).
+#[test]
+fn a_refused_recipient_does_not_hold_back_the_others() {
+    let mut mail = SmtpPeer::start(&["--reject", "gone@plant.example"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("fabrik.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[alerting.rules]]
+name = "oven-hot"
+table = "oven"
+value = "celsius"
+key = "device"
+condition = "above"
+threshold = 80.0
+interval = "200ms"
+start = "earliest"
+
+[[alerting.notifiers]]
+name = "shift-lead"
+kind = "email"
+url = "smtp://localhost:{mail_port}"
+ca = "{ca}"
+username = "fabrik"
+password = "s3cret"
+from = "fabrik@plant.example"
+to = ["gone@plant.example", "lead@plant.example"]
+"#,
+            mail_port = mail.port,
+            ca = mail.ca,
+        ),
+    )
+    .expect("config");
+    let p = Process::start_with_args(
+        &dir.path().join("data"),
+        &["--config", config.to_str().expect("utf-8")],
+        &[],
+    );
+    assert_eq!(
+        crate::support::post_status(
+            &p.url,
+            "/api/v1/write",
+            &format!("oven,device=oven-1 celsius=95 {}\n", now_ns())
+        ),
+        200
+    );
+    eventually("the e-mail to the other recipient", || {
+        !mail.records("MAIL ").is_empty()
+    });
+    assert_eq!(
+        mail.records("MAIL ")[0]["rcpt_tos"],
+        serde_json::json!(["lead@plant.example"])
+    );
+    eventually(
+        "the notifier names the refusal, with nothing queued",
+        || {
+            let (_, notifiers) = http(&p.url, reqwest::Method::GET, "/api/v1/notifiers", None);
+            let status = &notifiers[0];
+            status["queued"] == 0
+                && status["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("<gone@plant.example> refused: 550"))
+        },
+    );
+}
+
 #[test]
 fn alerts_reach_mqtt_subscribers_and_mailboxes_and_credentials_never_travel_in_clear() {
     let mut mail = SmtpPeer::start(&[]);
