@@ -22,9 +22,13 @@ pub enum AlertError {
         /// The id asked for.
         id: String,
     },
-    /// A request that cannot be applied (e.g. acknowledging a resolved alert twice).
+    /// A request that cannot be applied (e.g. acknowledging a pending alert).
     #[error("{0}")]
     Invalid(String),
+    /// A request that would overwrite someone's record (acknowledging an acknowledged alert
+    /// without saying to replace the verdict).
+    #[error("{0}")]
+    Conflict(String),
     /// A notification could not be delivered (it stays in the outbox).
     #[error("notifier `{notifier}`: {reason}")]
     Delivery {

@@ -1177,15 +1177,36 @@ impl Alerting {
         by: &str,
         feedback: Feedback,
         comment: Option<String>,
+        replace: bool,
     ) -> Result<Alert, AlertError> {
+        let alert = self.db.get(id).await?;
         // A pending alert is not one yet: if its condition clears before its `for`, it is
         // deleted, and an acknowledgement (a ticket's link, a label for model evaluation)
         // would point at nothing.
-        if self.db.get(id).await?.state == AlertState::Pending {
+        if alert.state == AlertState::Pending {
             return Err(AlertError::Invalid(format!(
                 "alert `{id}` is pending (its condition has held for less than its rule's \
                  `for`); it can be acknowledged once it fires"
             )));
+        }
+        // Another operator's verdict is not overwritten by accident (a review: a second
+        // acknowledgement silently replaced the first, and its label with it).
+        if let Some(previous) = &alert.ack {
+            if !replace {
+                return Err(AlertError::Conflict(format!(
+                    "alert `{id}` was acknowledged by {} at {} as {}; to change the verdict, \
+                     acknowledge it again with `replace` (`--replace`)",
+                    previous.by,
+                    previous.at,
+                    previous.feedback.as_str()
+                )));
+            }
+            tracing::info!(
+                alert = %id,
+                previous_by = %previous.by,
+                previous_feedback = previous.feedback.as_str(),
+                "Acknowledgement replaced."
+            );
         }
         let ack = Ack {
             by: by.to_owned(),
@@ -1857,7 +1878,7 @@ mod tests {
 
         let id = alert_id("hot", "oven-1", 10 * S);
         alerting
-            .ack(&id, "ana", Feedback::TruePositive, None)
+            .ack(&id, "ana", Feedback::TruePositive, None, false)
             .await
             .unwrap();
         drop(alerting);
@@ -1899,6 +1920,7 @@ mod tests {
                 "ana",
                 Feedback::FalsePositive,
                 Some("sensor cleaned".into()),
+                false,
             )
             .await
             .unwrap();
@@ -1906,9 +1928,29 @@ mod tests {
             acked.ack.as_ref().unwrap().feedback,
             Feedback::FalsePositive
         );
+        // A second verdict does not overwrite the first unless it says to replace it.
+        let conflict = alerting
+            .ack(&id, "bo", Feedback::TruePositive, None, false)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&conflict, AlertError::Conflict(m) if m.contains("by ana") && m.contains("false_positive")),
+            "{conflict}"
+        );
+        let replaced = alerting
+            .ack(
+                &id,
+                "bo",
+                Feedback::FalsePositive,
+                Some("sensor cleaned".into()),
+                true,
+            )
+            .await
+            .unwrap();
+        assert_eq!(replaced.ack.as_ref().unwrap().by, "bo");
         assert!(matches!(
             alerting
-                .ack("nope", "ana", Feedback::TruePositive, None)
+                .ack("nope", "ana", Feedback::TruePositive, None, false)
                 .await,
             Err(AlertError::NotFound { .. })
         ));
@@ -1958,7 +2000,7 @@ mod tests {
         assert_eq!(t[0].state, AlertState::Resolved);
         let resolved = alerting.db().get(&id).await.unwrap();
         assert_eq!(resolved.state, AlertState::Resolved);
-        assert_eq!(resolved.ack.unwrap().by, "ana");
+        assert_eq!(resolved.ack.unwrap().by, "bo");
         assert_eq!(alerting.db().outbox_len().await.unwrap(), 2);
     }
 
@@ -2897,6 +2939,7 @@ mod tests {
                 "ana",
                 Feedback::TruePositive,
                 None,
+                false,
             )
             .await
             .unwrap_err()
@@ -3272,7 +3315,7 @@ mod tests {
         // Acknowledged: someone has it; no more reminders.
         let id = alert_id("hot", "oven-1", S);
         alerting
-            .ack(&id, "ana", Feedback::TruePositive, None)
+            .ack(&id, "ana", Feedback::TruePositive, None, false)
             .await
             .unwrap();
         tokio::time::sleep(later).await;
@@ -3330,7 +3373,7 @@ mod tests {
         // transition was written.
         let mut read_before = alerting.db().get(&id).await.unwrap();
         alerting
-            .ack(&id, "ana", Feedback::TruePositive, None)
+            .ack(&id, "ana", Feedback::TruePositive, None, false)
             .await
             .unwrap();
         read_before.state = AlertState::Resolved;

@@ -28,6 +28,7 @@ impl From<AlertError> for ApiError {
                 Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
             }
             AlertError::Invalid(_) => Self::bad_request(e.to_string()),
+            AlertError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             other => {
                 tracing::error!(error = %other, "Alerting request failed.");
                 Self::new(
@@ -158,6 +159,10 @@ pub struct AckRequest {
     /// Who acknowledges, when signed in with the admin token (default `admin-token`); a
     /// signed-in user is always recorded under their own name.
     pub by: Option<String>,
+    /// Replace an earlier acknowledgement's verdict (without it, acknowledging an
+    /// acknowledged alert is a 409 naming who acknowledged it).
+    #[serde(default)]
+    pub replace: bool,
 }
 
 /// Who a change is recorded under: a user's own name (no impersonation), or what a token
@@ -174,7 +179,8 @@ fn recorded_by(identity: &Identity, stated: Option<String>) -> String {
     params(("id" = String, Path, description = "alert id")),
     request_body = AckRequest,
     responses((status = 200, description = "acknowledged; the verdict is also a row of `alert_labels`", body = fabrik_alert::Alert),
-              (status = 404, description = "no such alert", body = crate::error::ErrorBody)))]
+              (status = 404, description = "no such alert", body = crate::error::ErrorBody),
+              (status = 409, description = "already acknowledged, and `replace` not given; the message names by whom and the verdict", body = crate::error::ErrorBody)))]
 pub(crate) async fn ack(
     State(state): State<ApiState>,
     Query(_options): Query<crate::control::NoOptions>,
@@ -184,33 +190,54 @@ pub(crate) async fn ack(
 ) -> Result<Json<fabrik_alert::Alert>, ApiError> {
     let by = recorded_by(&identity, request.by);
     let alert = alerting(&state)?
-        .ack(&id, &by, request.feedback, request.comment.clone())
+        .ack(
+            &id,
+            &by,
+            request.feedback,
+            request.comment.clone(),
+            request.replace,
+        )
         .await?;
-    // The verdict as data: `SELECT * FROM alert_labels` joins with inferences by device and
-    // time for precision/recall of a model.
-    let started = fabrik_alert::model::parse_rfc3339(&alert.started_at).unwrap_or(0);
+    // The verdict as data, one row per alert (a replaced verdict overwrites its row), at the
+    // instant the alert started: for an alert on a pipeline's inferences that is the
+    // inference's own time, so `alert_labels` joins `inferences` on device and time, and the
+    // pipeline and window are fields when the rule carries them in its context.
+    let started = alert
+        .id
+        .rsplit_once('~')
+        .and_then(|(_, ns)| ns.parse().ok())
+        .or_else(|| fabrik_alert::model::parse_rfc3339(&alert.started_at))
+        .unwrap_or(0);
+    let mut tags = vec![
+        ("rule".into(), alert.rule.clone()),
+        ("device".into(), alert.key.clone()),
+    ];
+    if let Some(pipeline) = alert.annotations.get("pipeline") {
+        tags.push(("pipeline".into(), pipeline.clone()));
+    }
+    let mut fields = vec![
+        ("alert_id".into(), Value::Str(alert.id.clone())),
+        (
+            "feedback".into(),
+            Value::Str(request.feedback.as_str().into()),
+        ),
+        (
+            "true_positive".into(),
+            Value::Bool(request.feedback == Feedback::TruePositive),
+        ),
+        ("by".into(), Value::Str(by)),
+        (
+            "comment".into(),
+            Value::Str(request.comment.unwrap_or_default()),
+        ),
+    ];
+    if let Some(window) = alert.annotations.get("window_id") {
+        fields.push(("window_id".into(), Value::Str(window.clone())));
+    }
     let label = Point {
         measurement: ALERT_LABELS_TABLE.into(),
-        tags: vec![
-            ("rule".into(), alert.rule.clone()),
-            ("device".into(), alert.key.clone()),
-        ],
-        fields: vec![
-            ("alert_id".into(), Value::Str(alert.id.clone())),
-            (
-                "feedback".into(),
-                Value::Str(request.feedback.as_str().into()),
-            ),
-            (
-                "true_positive".into(),
-                Value::Bool(request.feedback == Feedback::TruePositive),
-            ),
-            ("by".into(), Value::Str(by)),
-            (
-                "comment".into(),
-                Value::Str(request.comment.unwrap_or_default()),
-            ),
-        ],
+        tags,
+        fields,
         time: Timestamp(started),
         quality: Quality::Good,
     };

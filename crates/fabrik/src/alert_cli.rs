@@ -71,6 +71,10 @@ enum AlertCommand {
         /// server's default: `admin-token`); a signed-in user is recorded under their name.
         #[arg(long)]
         by: Option<String>,
+        /// Replace the verdict of an alert someone acknowledged already (without it, that is
+        /// refused, naming who acknowledged it and how).
+        #[arg(long)]
+        replace: bool,
     },
     /// Silence a rule and/or a device for a while (name at least one; `--rule '*'` silences
     /// every alert).
@@ -236,12 +240,15 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
             feedback,
             comment,
             by,
+            replace,
         } => {
             let feedback = match feedback {
                 Verdict::TruePositive => "true_positive",
                 Verdict::FalsePositive => "false_positive",
             };
-            let body = serde_json::json!({"feedback": feedback, "comment": comment, "by": by});
+            let body = serde_json::json!({
+                "feedback": feedback, "comment": comment, "by": by, "replace": replace
+            });
             let path = format!("/api/v1/alerts/{id}/ack");
             ep.send(
                 ep.request(&client, reqwest::Method::POST, &path)

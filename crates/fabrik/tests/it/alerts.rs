@@ -140,7 +140,7 @@ condition = "above"
 threshold = 1.0
 clear = 0.8
 severity = "critical"
-context = ["top_signal", "contributions"]
+context = ["top_signal", "contributions", "window_id", "pipeline"]
 interval = "200ms"
 start = "earliest"
 "#;
@@ -281,6 +281,64 @@ fn a_fault_becomes_a_webhook_naming_its_signal_and_survives_a_restart_undelivere
     assert_eq!(labels[0]["device"], "pump-a");
     assert_eq!(labels[0]["true_positive"], true);
     assert_eq!(labels[0]["alert_id"].as_str(), Some(id.as_str()));
+    // The verdict joins the inference that raised the alert: same device and time, and it
+    // names the pipeline and window.
+    let joined = query(
+        &p.url,
+        "SELECT i.flag, i.window_id, l.window_id AS labelled, l.pipeline FROM alert_labels l \
+         JOIN inferences i ON i.device = l.device AND i.time = l.time",
+    );
+    assert_eq!(joined.len(), 1, "{joined:?}");
+    assert_eq!(joined[0]["flag"], true, "{joined:?}");
+    assert_eq!(joined[0]["pipeline"], "pumps", "{joined:?}");
+    assert_eq!(joined[0]["window_id"], joined[0]["labelled"], "{joined:?}");
+    // A second verdict does not overwrite the first by accident; with --replace it does.
+    let (ok, text) = cli(&[
+        "alert",
+        "ack",
+        &id,
+        "--feedback",
+        "false_positive",
+        "--by",
+        "bo",
+    ]);
+    assert!(!ok && text.contains("acknowledged by ana"), "{text}");
+    let (ok, text) = cli(&[
+        "alert",
+        "ack",
+        &id,
+        "--feedback",
+        "false_positive",
+        "--by",
+        "bo",
+        "--replace",
+    ]);
+    assert!(ok, "{text}");
+    let labels = query(&p.url, "SELECT true_positive, \"by\" FROM alert_labels");
+    assert_eq!(labels.len(), 1, "{labels:?}");
+    assert_eq!(labels[0]["by"], "bo", "{labels:?}");
+    let (ok, text) = cli(&[
+        "alert",
+        "ack",
+        &id,
+        "--feedback",
+        "true_positive",
+        "--by",
+        "ana",
+        "--replace",
+    ]);
+    assert!(ok, "{text}");
+    // The README's precision per pipeline.
+    let precision = query(
+        &p.url,
+        "SELECT pipeline, count(*) AS verdicts, \
+         avg(CASE WHEN true_positive THEN 1.0 ELSE 0.0 END) AS precision \
+         FROM alert_labels GROUP BY pipeline",
+    );
+    assert_eq!(
+        precision,
+        vec![serde_json::json!({"pipeline": "pumps", "verdicts": 1, "precision": 1.0})]
+    );
     let (code, _) = http(
         &p.url,
         reqwest::Method::POST,
