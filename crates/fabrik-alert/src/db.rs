@@ -620,6 +620,24 @@ impl AlertDb {
             .collect()
     }
 
+    /// Makes every notification that failed before due now (a restart is how a notifier's
+    /// configuration is fixed, and its backoff was up to five minutes), unless a later state
+    /// of its series is queued for its notifier: that one goes first and supersedes it
+    /// ([`Self::delivered_superseding`]), so a receiver is not paged for a firing already
+    /// resolved. Returns how many.
+    pub async fn retry_failed_now(&self, now_ns: i64) -> Result<u64, AlertError> {
+        Ok(sqlx::query(
+            "UPDATE outbox SET next_attempt_ns = ? WHERE attempts > 0 AND next_attempt_ns > ? \
+             AND NOT EXISTS (SELECT 1 FROM outbox AS newer WHERE newer.notifier = outbox.notifier \
+             AND newer.series = outbox.series AND newer.id > outbox.id)",
+        )
+        .bind(now_ns)
+        .bind(now_ns)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
     /// Deletes the notifications queued for notifiers not in `configured`; returns how many
     /// went, per notifier.
     pub async fn drop_queued_for_unconfigured(

@@ -265,9 +265,10 @@ impl Alerting {
         Ok(alerting)
     }
 
-    /// Brings the outbox in line with the configured notifiers, at start. Notifications
-    /// queued for a notifier no longer configured are dropped: they were retried for ever,
-    /// and a renamed notifier never received them (a review). Each firing alert that is
+    /// Brings the outbox in line with the configured notifiers, at start. Notifications that
+    /// failed are due at once: the restart may have fixed their notifier's configuration.
+    /// Notifications queued for a notifier no longer configured are dropped: they were
+    /// retried for ever, and a renamed notifier never received them (a review). Each firing alert that is
     /// neither acknowledged nor held back is queued for every configured notifier whose
     /// route takes it and that has neither told of it nor has it queued: a notifier added or
     /// renamed while alerts fire learnt of none of them, and then got only their resolutions.
@@ -283,6 +284,13 @@ impl Alerting {
             );
         }
         let now = now_ns();
+        let retried = self.db.retry_failed_now(now).await?;
+        if retried > 0 {
+            tracing::info!(
+                retried,
+                "Notifications that failed before the start are retried now."
+            );
+        }
         let mut queued = 0_u64;
         for alert in self.db.open_alerts().await? {
             if alert.state != AlertState::Firing || alert.ack.is_some() || alert.silenced {
@@ -1252,6 +1260,19 @@ impl Alerting {
             }
             _ => {}
         }
+        // Matched as written: a space around a name (a paste) silenced nothing, and was
+        // listed looking like the name (a review).
+        for (field, value) in [("rule", &rule), ("device", &key)] {
+            if let Some(value) = value
+                && value.trim() != value
+            {
+                return Err(AlertError::Invalid(format!(
+                    "`{field}` `{value}` has spaces around it, and would match no {field}; \
+                     did you mean `{}`?",
+                    value.trim()
+                )));
+            }
+        }
         // A rule named without a pattern must exist: a misspelt name would silence nothing
         // while the operator believes the alarms quiet.
         if let Some(name) = rule.as_deref().filter(|name| !name.contains('*')) {
@@ -1826,6 +1847,49 @@ mod tests {
             _ = &mut delivering => panic!("the pass ended before the other notifier delivered"),
         }
         held.abort();
+    }
+
+    #[tokio::test]
+    async fn a_silence_with_spaces_around_a_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let alerting = alerting_in(dir.path(), Vec::new()).await;
+        let hour = std::time::Duration::from_secs(3600);
+        let err = alerting
+            .silence(None, Some("pump-03 ".into()), hour, "ana", None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did you mean `pump-03`"), "{err}");
+        assert!(
+            alerting
+                .silence(Some(" hot".into()), None, hour, "ana", None)
+                .await
+                .is_err()
+        );
+        assert!(
+            alerting
+                .silence(None, Some("pump-03".into()), hour, "ana", None)
+                .await
+                .is_ok()
+        );
+    }
+
+    /// A notification that failed waits out its backoff, unless Fabrik restarts (how a
+    /// notifier's configuration is fixed): then it is due at once.
+    #[tokio::test]
+    async fn a_restart_retries_failed_notifications_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let alerting = alerting_in(dir.path(), vec![refused_webhook()]).await;
+        alerting
+            .observe("hot", &[obs("oven-1", 1, 85.0)])
+            .await
+            .unwrap();
+        assert_eq!(alerting.deliver_due().await.unwrap(), 0);
+        postpone_all(&alerting).await;
+        assert!(alerting.db().due(now_ns(), 10).await.unwrap().is_empty());
+        drop(alerting);
+        let alerting = alerting_in(dir.path(), vec![refused_webhook()]).await;
+        assert_eq!(alerting.db().due(now_ns(), 10).await.unwrap().len(), 1);
     }
 
     /// A notifier renamed while an alert fires: the old name's queue is dropped, the new

@@ -604,6 +604,18 @@ fn alert_text(message: &serde_json::Value) -> String {
     if let Some(resolved) = message["resolved_at"].as_str() {
         body.push_str(&format!("Resolved:  {resolved}\n"));
     }
+    // The summary was written when the alert fired; a resolution's value is the one that
+    // cleared it (a review read "1.062 above 0.30" in a recovery mail).
+    if let Some(value) = message["value"].as_f64() {
+        if message["status"] == "resolved" {
+            body.push_str(&format!(
+                "Cleared:   at {} (the summary is as it fired)\n",
+                short_number(value)
+            ));
+        } else {
+            body.push_str(&format!("Value:     {}\n", short_number(value)));
+        }
+    }
     if let Some(annotations) = message["annotations"].as_object()
         && !annotations.is_empty()
     {
@@ -1324,6 +1336,10 @@ mod tests {
         let decoded = decoded_text(body);
         assert!(
             decoded.contains("Resolved:  2023-11-14T22:20:00.000Z"),
+            "{decoded}"
+        );
+        assert!(
+            decoded.contains("Cleared:   at 7.25 (the summary is as it fired)"),
             "{decoded}"
         );
         assert!(decoded.contains("top_signal: vibration_rms"), "{decoded}");

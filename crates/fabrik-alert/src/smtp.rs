@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -116,17 +117,37 @@ pub async fn send(
     envelope: &Envelope<'_>,
     timeout: Duration,
 ) -> Result<Vec<String>, String> {
-    tokio::time::timeout(timeout, send_inner(server, envelope))
+    let stage = AtomicU8::new(Stage::Connecting as u8);
+    tokio::time::timeout(timeout, send_inner(server, envelope, &stage))
         .await
         .map_err(|_| {
+            let waiting = match stage.load(Ordering::Relaxed) {
+                s if s == Stage::Connecting as u8 => "for the connection",
+                s if s == Stage::Greeting as u8 => {
+                    "for the SMTP greeting (is an SMTP server listening on that port?)"
+                }
+                _ => "for the server to take the message",
+            };
             format!(
-                "{}:{} did not finish within {timeout:?}",
+                "{}:{} did not finish within {timeout:?}: it waited {waiting}",
                 server.host, server.port
             )
         })?
 }
 
-async fn send_inner(server: &SmtpServer, envelope: &Envelope<'_>) -> Result<Vec<String>, String> {
+/// How far a submission got, for the message when it times out.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    Connecting,
+    Greeting,
+    Session,
+}
+
+async fn send_inner(
+    server: &SmtpServer,
+    envelope: &Envelope<'_>,
+    stage: &AtomicU8,
+) -> Result<Vec<String>, String> {
     let address = format!("{}:{}", server.host, server.port);
     let tcp = TcpStream::connect(&address)
         .await
@@ -136,7 +157,9 @@ async fn send_inner(server: &SmtpServer, envelope: &Envelope<'_>) -> Result<Vec<
         SmtpSecurity::Implicit => BufReader::new(Box::new(tls(server, tcp).await?)),
         SmtpSecurity::StartTls | SmtpSecurity::None => BufReader::new(Box::new(tcp)),
     };
+    stage.store(Stage::Greeting as u8, Ordering::Relaxed);
     expect(&mut conn, 220, "greeting").await?;
+    stage.store(Stage::Session as u8, Ordering::Relaxed);
     let mut capabilities = ehlo(&mut conn, &server.helo_name).await?;
     let mut encrypted = server.security == SmtpSecurity::Implicit;
     if server.security == SmtpSecurity::StartTls {
@@ -199,10 +222,19 @@ async fn tls<S: Stream + 'static>(
     let connector = connector(server)?;
     let name = rustls::pki_types::ServerName::try_from(server.host.clone())
         .map_err(|e| format!("`{}` is not a valid TLS server name: {e}", server.host))?;
-    connector
-        .connect(name, tcp)
-        .await
-        .map_err(|e| format!("TLS with {}:{} failed: {e}", server.host, server.port))
+    connector.connect(name, tcp).await.map_err(|e| {
+        // A plain SMTP port answers a TLS hello with its text greeting, which rustls reads
+        // as a corrupt record.
+        let hint = if server.security == SmtpSecurity::Implicit
+            && e.to_string().contains("InvalidContentType")
+        {
+            " (the port does not speak TLS from the start: smtps:// is for port 465; for 587 \
+             or 25 use smtp://, which upgrades with STARTTLS)"
+        } else {
+            ""
+        };
+        format!("TLS with {}:{} failed: {e}{hint}", server.host, server.port)
+    })
 }
 
 fn connector(server: &SmtpServer) -> Result<tokio_rustls::TlsConnector, String> {

@@ -337,6 +337,21 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
             for n in &notifiers {
                 let text = |k: &str| n[k].as_str().unwrap_or("-").to_owned();
                 let count = |k: &str| n[k].as_u64().unwrap_or(0);
+                // When the error was, and whether a delivery succeeded since (RFC 3339 times
+                // of one zone compare as text).
+                let error = match (n["last_error"].as_str(), n["last_failed_at"].as_str()) {
+                    (Some(error), Some(at)) => {
+                        let since = n["last_delivered_at"].as_str().is_some_and(|d| d > at);
+                        let recovered = if since && count("retrying") == 0 {
+                            "(delivered since) "
+                        } else {
+                            ""
+                        };
+                        format!("{recovered}{at}: {error}")
+                    }
+                    (Some(error), None) => error.to_owned(),
+                    (None, _) => "-".to_owned(),
+                };
                 println!(
                     "{:<16} {:<8} {:>6} {:>8} {:<24} {:<40} {}",
                     text("name"),
@@ -345,7 +360,7 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
                     count("retrying"),
                     text("last_delivered_at"),
                     text("target"),
-                    text("last_error")
+                    error
                 );
             }
             println!("{} notifier(s)", notifiers.len());

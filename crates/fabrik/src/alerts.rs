@@ -293,8 +293,17 @@ fn plausible_address(a: &str) -> bool {
     !a.is_empty()
         && !a.contains(['<', '>', ' ', ','])
         && !a.chars().any(char::is_control)
-        && a.split_once('@')
-            .is_some_and(|(l, d)| !l.is_empty() && !d.is_empty())
+        && a.rsplit_once('@').is_some_and(|(local, domain)| {
+            // One `@` outside a quoted local part (`ops@@plant` passed before), and a domain
+            // of dot-separated labels.
+            !local.is_empty()
+                && (!local.contains('@') || (local.starts_with('"') && local.ends_with('"')))
+                && !domain.is_empty()
+                && domain.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                })
+        })
 }
 
 /// Checks one notifier; every problem with its field.
@@ -2085,6 +2094,29 @@ fn read_sql(c: &AlertRuleConfig, after: Option<i64>, until: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn e_mail_addresses_are_checked_for_one_at_and_a_domain() {
+        for good in [
+            "ops@plant.example",
+            "a.b-c@mail.plant-1.example",
+            "root@localhost",
+        ] {
+            assert!(plausible_address(good), "{good}");
+        }
+        for bad in [
+            "ops@@plant",
+            "not-an-address",
+            "@plant.example",
+            "ops@",
+            "ops@plant..x",
+            "ops@plant example",
+            "<ops@plant.example>",
+            "ops@pla_nt",
+        ] {
+            assert!(!plausible_address(bad), "{bad}");
+        }
+    }
     use fabrik_runtime::config::ExpectConfig;
 
     #[test]
