@@ -206,6 +206,11 @@ pub(crate) fn slice_range(dim: usize, start: i64, end: i64, step: i64) -> KResul
     if step == 0 {
         return Err("slice step cannot be 0".into());
     }
+    // Nothing to take from an empty axis (with a negative step the clamps below would
+    // otherwise leave one element of it).
+    if dim == 0 {
+        return Ok((0, 0));
+    }
     let d = dim as i128;
     let norm = |v: i64| {
         let v = i128::from(v);
@@ -291,6 +296,9 @@ mod tests {
 
     #[test]
     fn slice_ranges_follow_the_spec() {
+        // An empty axis yields nothing, whatever the step (a negative one panicked).
+        assert_eq!(slice_range(0, -1, i64::MIN, -1).expect("test data"), (0, 0));
+        assert_eq!(slice_range(0, 0, 5, 1).expect("test data"), (0, 0));
         assert_eq!(slice_range(10, 2, 5, 1).expect("test data"), (2, 3));
         assert_eq!(slice_range(10, -3, i64::MAX, 1).expect("test data"), (7, 3));
         assert_eq!(slice_range(10, 0, 10, 3).expect("test data"), (0, 4));

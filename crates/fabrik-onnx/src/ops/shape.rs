@@ -81,11 +81,15 @@ pub(crate) fn build(op: &str, ctx: &NodeCtx<'_>) -> KResult<Option<Box<dyn Kerne
     Ok(Some(k))
 }
 
-/// Resolves a possibly negative axis against `rank` (`rank_extra` allows `axis == rank`).
+/// Resolves a possibly negative axis against `rank`: a negative axis counts from the end
+/// (`-1` is the last), and `rank_extra` also allows `axis == rank` (Flatten, and Softmax
+/// before opset 13, split the shape before the axis: `[-r, r]`, a negative one still
+/// counted against `r`).
 pub(crate) fn resolve_axis(axis: i64, rank: usize, rank_extra: bool) -> KResult<usize> {
-    let r = rank as i64 + i64::from(rank_extra);
+    let r = rank as i64;
     let a = if axis < 0 { axis + r } else { axis };
-    if (0..r.max(1)).contains(&a) {
+    let last = if rank_extra { r } else { r - 1 };
+    if (0..=last.max(0)).contains(&a) {
         Ok(a as usize)
     } else {
         Err(format!("axis {axis} out of range for rank {rank}"))
