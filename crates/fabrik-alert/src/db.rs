@@ -245,12 +245,21 @@ impl AlertDb {
 
     /// Sets an alert's acknowledgement alone, so a state change written meanwhile stays.
     /// Fails with `NotFound` for an unknown id.
-    pub async fn set_ack(&self, id: &str, ack: &Ack, now_ns: i64) -> Result<(), AlertError> {
+    /// Sets an alert's acknowledgement; unless `replace`, only if it has none, in the same
+    /// statement (two operators acknowledging at once: the second learns of the first).
+    /// Returns whether it was set; `NotFound` when there is no such alert.
+    pub async fn set_ack(
+        &self,
+        id: &str,
+        ack: &Ack,
+        replace: bool,
+        now_ns: i64,
+    ) -> Result<bool, AlertError> {
         let done = sqlx::query(concat!(
             "UPDATE alerts SET ack_by = ?, ack_at = ?, feedback = ?, comment = ?, \
                  updated_ns = ",
             change_stamp!(),
-            " WHERE id = ?"
+            " WHERE id = ? AND (? OR ack_by IS NULL)"
         ))
         .bind(&ack.by)
         .bind(&ack.at)
@@ -258,15 +267,15 @@ impl AlertDb {
         .bind(&ack.comment)
         .bind(now_ns)
         .bind(id)
+        .bind(replace)
         .execute(&self.pool)
         .await?;
         if done.rows_affected() == 0 {
-            return Err(AlertError::NotFound {
-                what: "alert",
-                id: id.to_owned(),
-            });
+            // Absent, or acknowledged by someone else meanwhile.
+            self.get(id).await?;
+            return Ok(false);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Sets an alert's `silenced` flag alone, if it is still in `state` with `severity`;
@@ -542,6 +551,25 @@ impl AlertDb {
         rows.iter().map(entry_from_row).collect()
     }
 
+    /// Due entries of one notifier, oldest first.
+    pub async fn due_for(
+        &self,
+        notifier: &str,
+        now_ns: i64,
+        limit: u32,
+    ) -> Result<Vec<OutboxEntry>, AlertError> {
+        let rows = sqlx::query(
+            "SELECT id, notifier, payload, attempts, group_key, alert_id FROM outbox \
+             WHERE notifier = ? AND next_attempt_ns <= ? ORDER BY id LIMIT ?",
+        )
+        .bind(notifier)
+        .bind(now_ns)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(entry_from_row).collect()
+    }
+
     /// Every due entry of one group of one notifier, oldest first.
     pub async fn due_group(
         &self,
@@ -643,8 +671,8 @@ impl AlertDb {
     pub async fn drop_queued_for_unconfigured(
         &self,
         configured: &[&str],
-    ) -> Result<Vec<(String, u64)>, AlertError> {
-        let rows = sqlx::query("SELECT notifier, count(*) AS queued FROM outbox GROUP BY notifier")
+    ) -> Result<Vec<(String, Vec<OutboxEntry>)>, AlertError> {
+        let rows = sqlx::query("SELECT DISTINCT notifier FROM outbox")
             .fetch_all(&self.pool)
             .await?;
         let mut dropped = Vec::new();
@@ -653,12 +681,21 @@ impl AlertDb {
             if configured.contains(&notifier.as_str()) {
                 continue;
             }
+            let entries = sqlx::query(
+                "SELECT id, notifier, payload, attempts, group_key, alert_id FROM outbox \
+                 WHERE notifier = ? ORDER BY id",
+            )
+            .bind(&notifier)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(entry_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
             sqlx::query("DELETE FROM outbox WHERE notifier = ?")
                 .bind(&notifier)
                 .execute(&self.pool)
                 .await?;
-            let queued: i64 = row.try_get("queued")?;
-            dropped.push((notifier, queued.max(0) as u64));
+            dropped.push((notifier, entries));
         }
         Ok(dropped)
     }

@@ -63,6 +63,7 @@ pub use notify::{Notifier, Publish, PublishFuture, Publisher};
 /// What one pass of the outbox worker reads once and its steps share: the time, the
 /// silences, and the open alerts (as they were at its start; each step's writes check the
 /// alert's state again where it matters).
+#[derive(Clone)]
 struct PassView {
     now: i64,
     silences: Vec<Silence>,
@@ -274,16 +275,39 @@ impl Alerting {
     /// renamed while alerts fire learnt of none of them, and then got only their resolutions.
     async fn reconcile_notifiers(&self) -> Result<(), AlertError> {
         let configured: Vec<&str> = self.notifiers.iter().map(Notifier::name).collect();
+        let now = now_ns();
         for (notifier, dropped) in self.db.drop_queued_for_unconfigured(&configured).await? {
             tracing::warn!(
                 notifier = %notifier,
-                dropped,
+                dropped = dropped.len(),
                 "Notifications queued for a notifier that is no longer configured were dropped; \
-                 the configured notifiers whose routes take the alerts still firing are told of \
-                 them."
+                 the configured notifiers whose routes take their alerts are told of the ones \
+                 still firing and of the resolutions."
             );
+            // A renamed notifier's receiver still holds the incident open: its resolution
+            // goes to the configured notifiers whose routes take the alert.
+            for entry in &dropped {
+                let Some(alert_id) = &entry.alert_id else {
+                    continue;
+                };
+                let alert = match self.db.get(alert_id).await {
+                    Ok(alert) if alert.state == AlertState::Resolved => alert,
+                    Ok(_) | Err(AlertError::NotFound { .. }) => continue,
+                    Err(e) => return Err(e),
+                };
+                let waiting = self.db.queued_for(alert_id).await?;
+                let mut batch = self.db.batch().await?;
+                for notifier in &self.notifiers {
+                    if notifier.route().takes(&alert)
+                        && !waiting.iter().any(|w| w == notifier.name())
+                    {
+                        self.enqueue_for(&mut batch, notifier, &alert, now, Guard::Always)
+                            .await?;
+                    }
+                }
+                batch.commit().await?;
+            }
         }
-        let now = now_ns();
         let retried = self.db.retry_failed_now(now).await?;
         if retried > 0 {
             tracing::info!(
@@ -1199,15 +1223,18 @@ impl Alerting {
         }
         // Another operator's verdict is not overwritten by accident (a review: a second
         // acknowledgement silently replaced the first, and its label with it).
+        let conflict = |previous: &Ack| {
+            AlertError::Conflict(format!(
+                "alert `{id}` was acknowledged by {} at {} as {}; to change the verdict, \
+                 acknowledge it again with `replace` (`--replace`)",
+                previous.by,
+                previous.at,
+                previous.feedback.as_str()
+            ))
+        };
         if let Some(previous) = &alert.ack {
             if !replace {
-                return Err(AlertError::Conflict(format!(
-                    "alert `{id}` was acknowledged by {} at {} as {}; to change the verdict, \
-                     acknowledge it again with `replace` (`--replace`)",
-                    previous.by,
-                    previous.at,
-                    previous.feedback.as_str()
-                )));
+                return Err(conflict(previous));
             }
             tracing::info!(
                 alert = %id,
@@ -1222,7 +1249,14 @@ impl Alerting {
             feedback,
             comment,
         };
-        self.db.set_ack(id, &ack, now_ns()).await?;
+        if !self.db.set_ack(id, &ack, replace, now_ns()).await? {
+            // Someone acknowledged it between the read above and this write.
+            let now = self.db.get(id).await?;
+            return Err(now.ack.as_ref().map_or_else(
+                || AlertError::Invalid(format!("alert `{id}` could not be acknowledged")),
+                conflict,
+            ));
+        }
         tracing::info!(alert = %id, feedback = feedback.as_str(), "Alert acknowledged.");
         self.db.get(id).await
     }
@@ -1303,6 +1337,10 @@ impl Alerting {
     /// backoff. Returns after a last pass once stopped.
     pub async fn run_outbox(self: Arc<Self>, stop: CancellationToken) {
         let mut pruned: Option<std::time::Instant> = None;
+        // Per notifier, its deliveries in progress: a receiver that hangs until its timeout
+        // holds back only its own notifications, also those queued while it hangs (a
+        // review: with one pass for all, every page waited for a hanging e-mail relay).
+        let mut delivering: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
         loop {
             match self.view().await {
                 Ok(view) => {
@@ -1312,7 +1350,8 @@ impl Alerting {
                     if let Err(e) = self.queue_reminders_in(&view).await {
                         tracing::error!(error = %e, "Queueing reminders of firing alerts failed.");
                     }
-                    if let Err(e) = self.deliver_due_in(&view).await {
+                    delivering.retain(|_, task| !task.is_finished());
+                    if let Err(e) = self.start_deliveries(&view, &mut delivering).await {
                         tracing::error!(error = %e, "Alert outbox pass failed.");
                     }
                     if let Err(e) = self.export_gauges(&view).await {
@@ -1342,11 +1381,48 @@ impl Alerting {
                 }
             }
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => {
+                    // What was being delivered stays queued and goes out after the restart
+                    // (delivery is at least once).
+                    for task in delivering.values() {
+                        task.abort();
+                    }
+                    return;
+                }
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
             }
         }
+    }
+
+    /// Starts delivering the due notifications of every notifier that is not delivering
+    /// already, each notifier in a task of its own (see [`Self::run_outbox`]).
+    async fn start_deliveries(
+        self: &Arc<Self>,
+        view: &PassView,
+        delivering: &mut BTreeMap<String, tokio::task::JoinHandle<()>>,
+    ) -> Result<(), AlertError> {
+        let names: Vec<String> = self.db.outbox_by_notifier().await?.into_keys().collect();
+        for name in names {
+            if delivering.contains_key(&name) {
+                continue;
+            }
+            let entries = self.db.due_for(&name, view.now, 100).await?;
+            if entries.is_empty() {
+                continue;
+            }
+            let this = Arc::clone(self);
+            let view = view.clone();
+            let task = tokio::spawn(async move {
+                if let Err(e) = this.deliver_entries(entries, &view).await {
+                    tracing::error!(error = %e, "Alert outbox pass failed.");
+                }
+                // The next pass looks at once for what queued meanwhile.
+                this.wake.notify_one();
+            });
+            delivering.insert(name, task);
+        }
+        Ok(())
     }
 
     /// Reads what a pass of the outbox worker works from.
@@ -1562,10 +1638,11 @@ impl Alerting {
             // The alerts the notification tells about, for reminders.
             let mut told: Vec<String> = Vec::new();
             let Some(notifier) = self.notifiers.iter().find(|n| n.name() == entry.notifier) else {
-                // Its notifier left the configuration; keep it for a while in case it returns.
-                self.db
-                    .retry_later(entry.id, now + 3_600_000_000_000, "notifier not configured")
-                    .await?;
+                // Notifiers are set at start, where the queues of those no longer configured
+                // are dropped ([`Self::reconcile_notifiers`]); one found later goes the same way.
+                tracing::warn!(notifier = %entry.notifier, id = entry.id, "Notification for a notifier that is not configured dropped.");
+                self.db.delivered(entry.id).await?;
+                handled.insert(entry.id);
                 continue;
             };
             // A group goes out whole: every due entry with its key, merged into one body.
@@ -1622,24 +1699,6 @@ impl Alerting {
             handled.extend(ids.iter().copied());
             match notify::deliver(notifier, &payload).await {
                 Ok(refused) => {
-                    // Taken for the others; the refusals are the notifier's last error, and
-                    // retrying would resend to everyone who has it.
-                    if !refused.is_empty() {
-                        let error = format!(
-                            "delivered, but {} refused it: {}",
-                            if refused.len() == 1 {
-                                "a recipient"
-                            } else {
-                                "recipients"
-                            },
-                            refused.join("; ")
-                        );
-                        tracing::warn!(notifier = %notifier.name(), error = %error, "Notification delivered to some recipients only.");
-                        let mut deliveries = self.deliveries.lock();
-                        let record = deliveries.entry(notifier.name().to_owned()).or_default();
-                        record.failed_ns = Some(now_ns());
-                        record.error = Some(error);
-                    }
                     // Recorded as told before the entries leave the outbox, so a reader in
                     // between sees the receiver as told or as about to be, never neither.
                     told.sort();
@@ -1666,11 +1725,37 @@ impl Alerting {
                         "outcome" => "delivered"
                     )
                     .increment(1);
+                    let delivered_ns = now_ns();
                     self.deliveries
                         .lock()
                         .entry(notifier.name().to_owned())
                         .or_default()
-                        .delivered_ns = Some(now_ns());
+                        .delivered_ns = Some(delivered_ns);
+                    // Taken for the others; the refusals are the notifier's last error (at the
+                    // delivery's own time, so not shown as recovered from), and retrying would
+                    // resend to everyone who has it.
+                    if !refused.is_empty() {
+                        let error = format!(
+                            "delivered, but {} refused it for good: {}",
+                            if refused.len() == 1 {
+                                "a recipient"
+                            } else {
+                                "recipients"
+                            },
+                            refused.join("; ")
+                        );
+                        tracing::warn!(notifier = %notifier.name(), error = %error, "Notification delivered to some recipients only.");
+                        metrics::counter!(
+                            "fabrik_notifications_total",
+                            "notifier" => notifier.name().to_owned(),
+                            "outcome" => "partial"
+                        )
+                        .increment(1);
+                        let mut deliveries = self.deliveries.lock();
+                        let record = deliveries.entry(notifier.name().to_owned()).or_default();
+                        record.failed_ns = Some(delivered_ns);
+                        record.error = Some(error);
+                    }
                     delivered += 1;
                 }
                 Err(e) => {
@@ -1892,6 +1977,60 @@ mod tests {
         assert_eq!(alerting.db().due(now_ns(), 10).await.unwrap().len(), 1);
     }
 
+    /// The outbox worker delivers each notifier on its own: while one receiver hangs, the
+    /// other notifier delivers an alert that fired after the hang began.
+    #[tokio::test]
+    async fn alerts_firing_while_a_receiver_hangs_reach_the_other_notifiers() {
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        // Accepts connections, never answers, and reports when the client gives up.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_url = format!("http://{}/hook", silent.local_addr().unwrap());
+        let (gave_up, mut given_up) = tokio::sync::mpsc::channel(4);
+        let held = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = silent.accept().await {
+                let gave_up = gave_up.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while socket.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+                    let _ = gave_up.send(()).await;
+                });
+            }
+        });
+        let (url, mut bodies) = http_receiver().await;
+        let hanging = Notifier::webhook(
+            "a-relay",
+            &silent_url,
+            std::time::Duration::from_secs(20),
+            notify::Grouping::default(),
+            None,
+            None,
+        )
+        .unwrap();
+        let alerting = alerting_in(
+            dir.path(),
+            vec![hanging, webhook_to(&url, notify::Grouping::default())],
+        )
+        .await;
+        let stop = CancellationToken::new();
+        let worker = tokio::spawn(Arc::clone(&alerting).run_outbox(stop.clone()));
+        for (device, t) in [("oven-1", 10), ("oven-2", 11)] {
+            alerting
+                .observe("hot", &[obs(device, t, 85.0)])
+                .await
+                .unwrap();
+            tokio::select! {
+                body = bodies.recv() => {
+                    assert_eq!(body.unwrap()["alerts"][0]["labels"]["device"], device);
+                }
+                _ = given_up.recv() => panic!("{device} waited for the hanging receiver"),
+            }
+        }
+        stop.cancel();
+        worker.await.unwrap();
+        held.abort();
+    }
+
     /// A notifier renamed while an alert fires: the old name's queue is dropped, the new
     /// name is told of the alert (once, however often Fabrik restarts); an acknowledged alert
     /// is not paged to a notifier added later.
@@ -1927,16 +2066,36 @@ mod tests {
             .observe("hot", &[obs("oven-1", 10, 85.0)])
             .await
             .unwrap();
-        assert_eq!(queued(alerting.clone()).await, [("shift-mail".into(), 1)]);
+        // oven-2 fires and resolves while the receiver is down.
+        alerting
+            .observe("hot", &[obs("oven-2", 11, 85.0)])
+            .await
+            .unwrap();
+        alerting
+            .observe("hot", &[obs("oven-2", 12, 10.0)])
+            .await
+            .unwrap();
+        assert_eq!(queued(alerting.clone()).await, [("shift-mail".into(), 3)]);
         drop(alerting);
 
+        // Renamed: the firing oven-1 and oven-2's resolution go to the new name (the
+        // receiver still holds oven-2 open).
         let alerting = open("shift-email").await;
-        assert_eq!(queued(alerting.clone()).await, [("shift-email".into(), 1)]);
+        assert_eq!(queued(alerting.clone()).await, [("shift-email".into(), 2)]);
+        let resolutions = alerting
+            .db()
+            .due(i64::MAX, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.payload.contains("\"resolved\""))
+            .count();
+        assert_eq!(resolutions, 1);
         drop(alerting);
         let alerting = open("shift-email").await;
         assert_eq!(
             queued(alerting.clone()).await,
-            [("shift-email".into(), 1)],
+            [("shift-email".into(), 2)],
             "not queued twice"
         );
 
@@ -1946,8 +2105,10 @@ mod tests {
             .await
             .unwrap();
         drop(alerting);
+        // The acknowledged oven-1 is not paged to a notifier added later; oven-2's
+        // resolution, which waited for the notifier before, is passed on.
         let alerting = open("pager").await;
-        assert!(queued(alerting.clone()).await.is_empty());
+        assert_eq!(queued(alerting.clone()).await, [("pager".into(), 1)]);
     }
 
     #[tokio::test]
@@ -2012,6 +2173,22 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(replaced.ack.as_ref().unwrap().by, "bo");
+        // The write itself checks: one read before another's acknowledgement cannot replace
+        // it.
+        let stale = Ack {
+            by: "cy".into(),
+            at: model::rfc3339(now_ns()),
+            feedback: Feedback::TruePositive,
+            comment: None,
+        };
+        assert!(
+            !alerting
+                .db()
+                .set_ack(&id, &stale, false, now_ns())
+                .await
+                .unwrap()
+        );
+        assert_eq!(alerting.db().get(&id).await.unwrap().ack.unwrap().by, "bo");
         assert!(matches!(
             alerting
                 .ack("nope", "ana", Feedback::TruePositive, None, false)
@@ -2936,7 +3113,11 @@ mod tests {
             feedback: Feedback::TruePositive,
             comment: None,
         };
-        alerting.db().set_ack(&ids[6], &ack, 1).await.unwrap();
+        alerting
+            .db()
+            .set_ack(&ids[6], &ack, false, 1)
+            .await
+            .unwrap();
         let (late, _) = read_all(cursor).await;
         assert_eq!(late, [ids[6].clone()]);
     }

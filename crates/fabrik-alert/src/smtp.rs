@@ -109,9 +109,10 @@ pub struct Envelope<'a> {
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-/// Sends one message, all within `timeout`. Returns the recipients the server refused while
-/// it took the message for the others: one mistyped or closed mailbox must not keep a page
-/// from everyone else on the list. With every recipient refused, nothing was sent: an error.
+/// Sends one message, all within `timeout`. Returns the recipients the server refused for
+/// good (5xx) while it took the message for the others: one mistyped or closed mailbox must
+/// not keep a page from everyone else on the list. With every recipient refused, or any
+/// refused for now (4xx), nothing is sent: an error, retried.
 pub async fn send(
     server: &SmtpServer,
     envelope: &Envelope<'_>,
@@ -197,8 +198,19 @@ async fn send_inner(
     let mut refused = Vec::new();
     for to in envelope.to {
         let reply = roundtrip(&mut conn, &format!("RCPT TO:<{to}>")).await?;
-        if !matches!(reply.0, 250 | 251) {
-            refused.push(format!("<{to}> refused: {} {}", reply.0, reply.1));
+        match reply.0 {
+            250 | 251 => {}
+            // A temporary refusal (greylisting, too many recipients at once) is retried with
+            // the whole message: nobody has it yet, and a recipient left out now would never
+            // get it.
+            400..=499 => {
+                let _ = roundtrip(&mut conn, "QUIT").await;
+                return Err(format!(
+                    "recipient <{to}> refused for now: {} {}",
+                    reply.0, reply.1
+                ));
+            }
+            code => refused.push(format!("<{to}> refused: {code} {}", reply.1)),
         }
     }
     if refused.len() == envelope.to.len() {

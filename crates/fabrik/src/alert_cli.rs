@@ -341,6 +341,7 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
                 // of one zone compare as text).
                 let error = match (n["last_error"].as_str(), n["last_failed_at"].as_str()) {
                     (Some(error), Some(at)) => {
+                        // A partial delivery's refusals carry the delivery's own time.
                         let since = n["last_delivered_at"].as_str().is_some_and(|d| d > at);
                         let recovered = if since && count("retrying") == 0 {
                             "(delivered since) "
