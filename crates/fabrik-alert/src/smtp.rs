@@ -124,6 +124,9 @@ pub async fn send(
         .map_err(|_| {
             let waiting = match stage.load(Ordering::Relaxed) {
                 s if s == Stage::Connecting as u8 => "for the connection",
+                s if s == Stage::Tls as u8 => {
+                    "for the TLS handshake (does the port speak TLS from the start?)"
+                }
                 s if s == Stage::Greeting as u8 => {
                     "for the SMTP greeting (is an SMTP server listening on that port?)"
                 }
@@ -140,6 +143,7 @@ pub async fn send(
 #[derive(Debug, Clone, Copy)]
 enum Stage {
     Connecting,
+    Tls,
     Greeting,
     Session,
 }
@@ -155,7 +159,10 @@ async fn send_inner(
         .map_err(|e| format!("cannot connect to {address}: {e}"))?;
     let _ = tcp.set_nodelay(true);
     let mut conn: BufReader<Box<dyn Stream>> = match server.security {
-        SmtpSecurity::Implicit => BufReader::new(Box::new(tls(server, tcp).await?)),
+        SmtpSecurity::Implicit => {
+            stage.store(Stage::Tls as u8, Ordering::Relaxed);
+            BufReader::new(Box::new(tls(server, tcp).await?))
+        }
         SmtpSecurity::StartTls | SmtpSecurity::None => BufReader::new(Box::new(tcp)),
     };
     stage.store(Stage::Greeting as u8, Ordering::Relaxed);

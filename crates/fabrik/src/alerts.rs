@@ -295,14 +295,14 @@ fn plausible_address(a: &str) -> bool {
         && !a.chars().any(char::is_control)
         && a.rsplit_once('@').is_some_and(|(local, domain)| {
             // One `@` outside a quoted local part (`ops@@plant` passed before), and a domain
-            // of dot-separated labels.
+            // of dot-separated labels (internationalised ones too) or an address literal.
+            let literal = domain.starts_with('[') && domain.ends_with(']') && domain.len() > 2;
             !local.is_empty()
                 && (!local.contains('@') || (local.starts_with('"') && local.ends_with('"')))
-                && !domain.is_empty()
-                && domain.split('.').all(|label| {
-                    !label.is_empty()
-                        && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                })
+                && (literal
+                    || domain.split('.').all(|label| {
+                        !label.is_empty() && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+                    }))
         })
 }
 
@@ -2101,6 +2101,8 @@ mod tests {
             "ops@plant.example",
             "a.b-c@mail.plant-1.example",
             "root@localhost",
+            "ops@[192.0.2.1]",
+            "ops@münchen.example",
         ] {
             assert!(plausible_address(good), "{good}");
         }

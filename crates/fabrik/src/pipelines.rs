@@ -1193,12 +1193,13 @@ impl PipelineControl for PipelineManager {
 
     fn model_file(&self, name: String) -> BoxFuture<'_, Result<Vec<u8>, ControlError>> {
         Box::pin(async move {
-            let path = self.model_path(&name);
+            // Checked before it becomes a path: `../x` must not read outside the directory.
             if !model_name_ok(&name) {
                 return Err(ControlError::NotFound(format!(
                     "no uploaded model named `{name}`"
                 )));
             }
+            let path = self.model_path(&name);
             match tokio::fs::read(&path).await {
                 Ok(bytes) => Ok(bytes),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ControlError::NotFound(

@@ -11,11 +11,12 @@ use crate::detectors::iforest::SplitMix;
 
 use super::model::WindowModel;
 
-/// Most model probes an exact Owen explanation may take; wider windows are sampled with about
-/// as many. A pipeline's typical window (4 signals × 3 features) needs 256 exact probes.
+/// Most model probes an exact Owen explanation may take; wider windows are sampled with as
+/// many, or with one antithetic pair of orders (2 × features probes) beyond 512 features. A
+/// pipeline's typical window (4 signals × 3 features) needs 256 exact probes.
 const OWEN_PROBE_BUDGET: usize = 1024;
-/// Fewest sampled orders (in antithetic pairs) when the budget allows fewer.
-const OWEN_MIN_ORDERS: usize = 8;
+/// Fewest sampled orders: one antithetic pair.
+const OWEN_MIN_ORDERS: usize = 2;
 
 /// Share of the score each feature carries: how much the score drops when that feature alone
 /// is set to its normal (median) value.

@@ -63,17 +63,27 @@ pub trait WindowModel: Send {
     fn contributions(&self, row: &[f64], medians: &[f64]) -> Result<Vec<f64>, MlError> {
         occlusion(self, row, medians)
     }
+    /// Whether [`Self::contributions`] are the model's own per-feature terms (robust z's
+    /// |z|, RART's and DBZ's per-feature scores, an autoencoder's errors), which explain a
+    /// flagged window as well as any probing would.
+    fn explains_itself(&self) -> bool {
+        false
+    }
     /// Per-feature shares of a flagged window's score, which operators read to find the
-    /// signals at fault, so worth more probes than [`Self::contributions`]: by default
-    /// [`owen_shares`], each signal's `features_per_signal` consecutive features a coalition.
-    /// A model whose score is built from per-feature terms explains itself exactly instead.
+    /// signals at fault, so worth more probes than [`Self::contributions`]: [`owen_shares`],
+    /// each signal's `features_per_signal` consecutive features a coalition, unless the
+    /// model [explains itself](Self::explains_itself).
     fn explain_flagged(
         &self,
         row: &[f64],
         medians: &[f64],
         features_per_signal: usize,
     ) -> Result<Vec<f64>, MlError> {
-        owen_shares(self, row, medians, features_per_signal)
+        if self.explains_itself() {
+            self.contributions(row, medians)
+        } else {
+            owen_shares(self, row, medians, features_per_signal)
+        }
     }
 }
 
@@ -185,14 +195,9 @@ impl WindowModel for RobustZModel {
     fn contributions(&self, row: &[f64], _medians: &[f64]) -> Result<Vec<f64>, MlError> {
         Ok(normalised(self.z(row)?))
     }
-    /// The score is the largest z: each feature's z is its own term.
-    fn explain_flagged(
-        &self,
-        row: &[f64],
-        medians: &[f64],
-        _features_per_signal: usize,
-    ) -> Result<Vec<f64>, MlError> {
-        self.contributions(row, medians)
+    /// Each feature's |z| is its own term of the score (the largest), and its share.
+    fn explains_itself(&self) -> bool {
+        true
     }
 }
 
@@ -467,14 +472,9 @@ impl WindowModel for RartModel {
         self.check_width(row)?;
         Ok(normalised(self.last_scores.clone()))
     }
-    /// The score is the largest feature's: each feature is its own detector.
-    fn explain_flagged(
-        &self,
-        row: &[f64],
-        medians: &[f64],
-        _features_per_signal: usize,
-    ) -> Result<Vec<f64>, MlError> {
-        self.contributions(row, medians)
+    /// Each feature is its own detector; the score is the largest of theirs.
+    fn explains_itself(&self) -> bool {
+        true
     }
 }
 
@@ -566,14 +566,9 @@ impl WindowModel for DbzModel {
         }
         Ok(normalised(last_z.to_vec()))
     }
-    /// The score is the largest channel's z: each channel is its own term.
-    fn explain_flagged(
-        &self,
-        row: &[f64],
-        medians: &[f64],
-        _features_per_signal: usize,
-    ) -> Result<Vec<f64>, MlError> {
-        self.contributions(row, medians)
+    /// Each channel's z is its own term of the score (the largest).
+    fn explains_itself(&self) -> bool {
+        true
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use fabrik_onnx::{Dim, ElementType, Model, Tensor, ValueKind};
 
-use super::model::{WindowModel, occlusion, owen_shares};
+use super::model::{WindowModel, occlusion};
 use crate::MlError;
 
 /// How a model's output becomes a score.
@@ -52,11 +52,47 @@ impl OnnxScore {
     }
 }
 
+/// How `model_output` says an output becomes a score (see [`OnnxScore`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputMode {
+    /// Decided from the outputs' names and widths.
+    Auto,
+    /// [`OnnxScore::Reconstruction`].
+    Reconstruction,
+    /// [`OnnxScore::NegatedDecision`].
+    Decision,
+    /// [`OnnxScore::Probability`].
+    Probability,
+    /// [`OnnxScore::Score`].
+    Score,
+}
+
+impl OutputMode {
+    const ALL: [Self; 5] = [
+        Self::Auto,
+        Self::Reconstruction,
+        Self::Decision,
+        Self::Probability,
+        Self::Score,
+    ];
+
+    /// Its name in `model_output`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Reconstruction => "reconstruction",
+            Self::Decision => "decision",
+            Self::Probability => "probability",
+            Self::Score => "score",
+        }
+    }
+}
+
 /// What `model_output` asks for: how the output becomes a score, and which output.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputChoice {
-    /// `auto`, `reconstruction`, `decision`, `probability` or `score`.
-    pub mode: &'static str,
+    /// How.
+    pub mode: OutputMode,
     /// The output named after a colon, e.g. `score:err`.
     pub output: Option<String>,
 }
@@ -72,12 +108,12 @@ impl OutputChoice {
             Some((mode, output)) => (mode, Some(output)),
             None => (text, None),
         };
-        let mode = ["auto", "reconstruction", "decision", "probability", "score"]
+        let mode = OutputMode::ALL
             .into_iter()
-            .find(|known| *known == mode)
+            .find(|known| known.name() == mode)
             .ok_or_else(|| format!("`{text}`: {MODEL_OUTPUT_RULE}"))?;
         match output {
-            Some(_) if mode == "auto" => Err(format!("`{text}`: {MODEL_OUTPUT_RULE}")),
+            Some(_) if mode == OutputMode::Auto => Err(format!("`{text}`: {MODEL_OUTPUT_RULE}")),
             Some("") => Err(format!("`{text}`: the output name after `:` is empty")),
             _ => Ok(Self {
                 mode,
@@ -220,16 +256,16 @@ impl OnnxWindowModel {
             })
         };
         let score = match choice.mode {
-            "decision" => find(&["scores"])
+            OutputMode::Decision => find(&["scores"])
                 .or_else(only)
                 .map(|output| OnnxScore::NegatedDecision { output }),
-            "probability" => find(&["probabilities", "output_probability"])
+            OutputMode::Probability => find(&["probabilities", "output_probability"])
                 .map(|output| OnnxScore::Probability { output }),
-            "score" => only().map(|output| OnnxScore::Score { output }),
-            "reconstruction" => find(&[])
+            OutputMode::Score => only().map(|output| OnnxScore::Score { output }),
+            OutputMode::Reconstruction => find(&[])
                 .or_else(|| names.first().map(|n| (*n).to_owned()))
                 .map(|output| OnnxScore::Reconstruction { output }),
-            _ => find(&["scores"])
+            OutputMode::Auto => find(&["scores"])
                 .map(|output| OnnxScore::NegatedDecision { output })
                 .or_else(|| {
                     find(&["probabilities", "output_probability"])
@@ -243,19 +279,21 @@ impl OnnxWindowModel {
         };
         let Some(score) = score else {
             let hint = match choice.mode {
-                "decision" => "an output named `scores` (or the model's only output)",
-                "probability" => "an output named `probabilities` or `output_probability`",
-                "score" => "one output, or an output named after `score:`",
-                _ => "an output",
+                OutputMode::Decision => "an output named `scores` (or the model's only output)",
+                OutputMode::Probability => {
+                    "an output named `probabilities` or `output_probability`"
+                }
+                OutputMode::Score => "one output, or an output named after `score:`",
+                OutputMode::Auto | OutputMode::Reconstruction => "an output",
+            };
+            let example = match choice.mode {
+                OutputMode::Auto => OutputMode::Score,
+                named => named,
             };
             return Err(load_error(format!(
                 "model_output `{output}` needs {hint}; the model's outputs are [{listed}] \
                  (name one, e.g. `{}:{}`)",
-                if choice.mode == "auto" {
-                    "score"
-                } else {
-                    choice.mode
-                },
+                example.name(),
                 names.first().copied().unwrap_or("out")
             )));
         };
@@ -273,10 +311,19 @@ impl OnnxWindowModel {
             .map_err(|e| load_error(e.to_string()))?;
         let wanted = loaded.score.output().to_owned();
         match &loaded.score {
-            // `auto` took the first output as a reconstruction; one value per row is a score.
+            // `auto` took the first output as a reconstruction; one value per row is a score,
+            // unless there is one feature, where it may be either.
             OnnxScore::Reconstruction { .. }
-                if choice.mode == "auto" && values.len() == 1 && width > 1 =>
+                if choice.mode == OutputMode::Auto && values.len() == 1 =>
             {
+                if width == 1 {
+                    return Err(load_error(format!(
+                        "output `{wanted}` has one value per row, as the pipeline has one \
+                         feature: say whether it is the model's own score \
+                         (`model_output = \"score\"`) or its reconstruction of the feature \
+                         (`model_output = \"reconstruction\"`)"
+                    )));
+                }
                 loaded.score = OnnxScore::Score { output: wanted };
             }
             OnnxScore::Reconstruction { .. } if values.len() != width => {
@@ -299,7 +346,7 @@ impl OnnxWindowModel {
                 return Err(load_error(format!(
                     "output `{wanted}` has {} values per row; `{}` reads one",
                     values.len(),
-                    choice.mode
+                    choice.mode.name()
                 )));
             }
             _ => {}
@@ -422,16 +469,8 @@ impl WindowModel for OnnxWindowModel {
     }
     /// An autoencoder's error is a sum of per-feature errors, its own explanation; a decision
     /// or probability is explained like the built-in forests.
-    fn explain_flagged(
-        &self,
-        row: &[f64],
-        medians: &[f64],
-        features_per_signal: usize,
-    ) -> Result<Vec<f64>, MlError> {
-        match &self.score {
-            OnnxScore::Reconstruction { .. } => self.contributions(row, medians),
-            _ => owen_shares(self, row, medians, features_per_signal),
-        }
+    fn explains_itself(&self) -> bool {
+        matches!(self.score, OnnxScore::Reconstruction { .. })
     }
 }
 
@@ -534,6 +573,27 @@ mod tests {
         assert!(auto != 0.0);
     }
 
+    /// With one feature, a one-value output may be a score or a reconstruction: `auto`
+    /// asks which instead of guessing.
+    #[test]
+    fn one_value_for_one_feature_needs_the_mode_named() {
+        let path = fixture("ops/identity_width1.onnx");
+        let err = OnnxWindowModel::load(&path, &features(1), "auto")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("say whether"), "{err}");
+        for (mode, kind) in [
+            ("score", OnnxScore::Score { output: "Y".into() }),
+            (
+                "reconstruction",
+                OnnxScore::Reconstruction { output: "Y".into() },
+            ),
+        ] {
+            let m = OnnxWindowModel::load(&path, &features(1), mode).unwrap();
+            assert_eq!(m.score_kind(), &kind);
+        }
+    }
+
     #[test]
     fn a_multi_class_probability_is_refused() {
         let err = OnnxWindowModel::load(
@@ -577,7 +637,7 @@ mod tests {
         assert_eq!(
             OutputChoice::parse("decision:scores").unwrap(),
             OutputChoice {
-                mode: "decision",
+                mode: OutputMode::Decision,
                 output: Some("scores".into())
             }
         );

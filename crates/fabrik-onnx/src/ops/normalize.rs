@@ -231,14 +231,16 @@ mod tests {
 
     #[test]
     fn batch_norm_per_channel() {
-        // [2, 2] input, channel 1 has mean 1, var 4.
+        // [2, 2] input: channel 0 becomes 2x (scale 2, bias 1, mean 0.5, var 1), channel 1
+        // 1.5x - 2.5 (scale 3, bias -1, mean 1, var 4); a channel taken from the wrong index
+        // changes the result.
         let y = batch_norm(
             &[1.0f64, 3.0, 2.0, 5.0],
             &[2, 2],
-            [&[1.0, 2.0], &[0.0, 1.0], &[0.0, 1.0], &[1.0, 4.0]],
+            [&[2.0, 3.0], &[1.0, -1.0], &[0.5, 1.0], &[1.0, 4.0]],
             0.0,
         )
         .expect("test data");
-        assert_eq!(y, vec![1.0, 3.0, 2.0, 5.0]);
+        assert_eq!(y, vec![2.0, 2.0, 4.0, 5.0]);
     }
 }
