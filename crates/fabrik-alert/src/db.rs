@@ -217,6 +217,8 @@ impl AlertDb {
         add_column_if_missing(&pool, "outbox", "group_key").await?;
         add_column_if_missing(&pool, "outbox", "alert_id").await?;
         add_column_if_missing(&pool, "silences", "ended_by").await?;
+        // Before silences could be scheduled ahead (`from`).
+        add_column_if_missing(&pool, "silences", "from_at").await?;
         // And those written before a delivered state superseded older ones, its series:
         // filled from each row's alert, as `notify::series` writes it, so rows queued before
         // the upgrade are superseded too.
@@ -378,11 +380,13 @@ impl AlertDb {
     /// Stores a silence.
     pub async fn add_silence(&self, silence: &Silence) -> Result<(), AlertError> {
         sqlx::query(
-            "INSERT INTO silences (id, rule, key, until_at, by_whom, comment) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO silences (id, rule, key, from_at, until_at, by_whom, comment) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&silence.id)
         .bind(&silence.rule)
         .bind(&silence.key)
+        .bind(&silence.from)
         .bind(&silence.until)
         .bind(&silence.by)
         .bind(&silence.comment)
@@ -402,6 +406,7 @@ impl AlertDb {
                     id: r.try_get("id")?,
                     rule: r.try_get("rule")?,
                     key: r.try_get("key")?,
+                    from: r.try_get("from_at")?,
                     until: r.try_get("until_at")?,
                     by: r.try_get("by_whom")?,
                     comment: r.try_get("comment")?,

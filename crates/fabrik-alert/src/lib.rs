@@ -1261,11 +1261,27 @@ impl Alerting {
         self.db.get(id).await
     }
 
-    /// Silences `rule`/`key` (either may be `None` for any) for `duration`.
+    /// Silences `rule`/`key` (either may be `None` for any) for `duration` from now.
     pub async fn silence(
         &self,
         rule: Option<String>,
         key: Option<String>,
+        duration: std::time::Duration,
+        by: &str,
+        comment: Option<String>,
+    ) -> Result<Silence, AlertError> {
+        self.silence_from(rule, key, None, duration, by, comment)
+            .await
+    }
+
+    /// Silences `rule`/`key` for `duration` from `from_ns` (a maintenance window scheduled
+    /// ahead; `None` or a time already past: from now). It begins at most a year and a day
+    /// ahead.
+    pub async fn silence_from(
+        &self,
+        rule: Option<String>,
+        key: Option<String>,
+        from_ns: Option<i64>,
         duration: std::time::Duration,
         by: &str,
         comment: Option<String>,
@@ -1319,11 +1335,21 @@ impl Alerting {
             }
         }
         let now = now_ns();
-        let until = now.saturating_add(i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX));
+        let from = from_ns.filter(|&from| from > now);
+        let longest_ahead = i64::try_from(MAX_SILENCE.as_nanos()).unwrap_or(i64::MAX);
+        if from.is_some_and(|from| from - now > longest_ahead) {
+            return Err(AlertError::Invalid(
+                "a silence begins at most 366 days ahead".into(),
+            ));
+        }
+        let until = from
+            .unwrap_or(now)
+            .saturating_add(i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX));
         let silence = Silence {
             id: format!("s-{now:x}"),
             rule,
             key,
+            from: from.map(model::rfc3339),
             until: model::rfc3339(until),
             by: by.to_owned(),
             comment,

@@ -152,6 +152,10 @@ pub struct Silence {
     pub rule: Option<String>,
     /// Key (device), or `None` for any.
     pub key: Option<String>,
+    /// Active from (RFC 3339), for a silence scheduled ahead, such as a maintenance window;
+    /// absent: from its creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
     /// Active until (RFC 3339).
     pub until: String,
     /// Who created it.
@@ -168,8 +172,19 @@ impl Silence {
     /// Whether it silences `rule`/`key` at `now_ns` (`until_ns` is its end).
     pub fn matches(&self, rule: &str, key: &str, now_ns: i64, until_ns: i64) -> bool {
         now_ns < until_ns
+            && self.started(now_ns)
             && self.rule.as_deref().is_none_or(|r| glob_match(r, rule))
             && self.key.as_deref().is_none_or(|k| glob_match(k, key))
+    }
+}
+
+impl Silence {
+    /// Whether it has begun at `now_ns` (a scheduled one waits for its `from`).
+    pub fn started(&self, now_ns: i64) -> bool {
+        self.from
+            .as_deref()
+            .and_then(parse_rfc3339)
+            .is_none_or(|from| now_ns >= from)
     }
 }
 
@@ -253,6 +268,7 @@ mod tests {
             id: "s-1".into(),
             rule: None,
             key: Some("pump-*".into()),
+            from: None,
             until: String::new(),
             by: "ana".into(),
             comment: None,
@@ -264,10 +280,21 @@ mod tests {
         let rule_only = Silence {
             rule: Some("vibration-*".into()),
             key: None,
-            ..silence
+            ..silence.clone()
         };
         assert!(rule_only.matches("vibration-high", "motor-01", 0, 1));
         assert!(!rule_only.matches("pressure-low", "pump-07", 0, 1));
+        // Scheduled ahead: nothing until it begins.
+        const MS: i64 = 1_000_000;
+        let window = Silence {
+            from: Some(rfc3339(7 * MS)),
+            ..silence
+        };
+        assert!(
+            !window.matches("pressure", "pump-07", 5 * MS, 10 * MS),
+            "not begun"
+        );
+        assert!(window.matches("pressure", "pump-07", 7 * MS, 10 * MS));
     }
 
     #[test]

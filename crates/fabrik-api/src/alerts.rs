@@ -273,8 +273,13 @@ pub struct SilenceRequest {
     pub rule: Option<String>,
     /// Device (absent: every device); `*` matches any run of characters (`pump-*`).
     pub device: Option<String>,
-    /// How long, e.g. `2h`; at most 366 days.
-    pub duration: String,
+    /// How long, e.g. `2h`; at most 366 days. Give this or `ends_at`.
+    pub duration: Option<String>,
+    /// When it begins (RFC 3339, e.g. `2026-12-05T22:00:00Z`), for a maintenance window set
+    /// ahead (at most 366 days); absent: now.
+    pub starts_at: Option<String>,
+    /// When it ends (RFC 3339), instead of a `duration`.
+    pub ends_at: Option<String>,
     /// Why.
     pub comment: Option<String>,
     /// Who, when signed in with the admin token (default `admin-token`); a signed-in user is
@@ -296,7 +301,7 @@ pub struct CreatedSilence {
 #[utoipa::path(post, path = "/api/v1/silences", tag = "alerts", security(("token" = [])),
     request_body = SilenceRequest,
     responses((status = 201, description = "created (with `warnings` when its device matches no known device)", body = CreatedSilence),
-              (status = 400, description = "bad duration, no `rule` or `device`, or an unknown rule", body = crate::error::ErrorBody)))]
+              (status = 400, description = "bad duration or times, no `rule` or `device`, or an unknown rule", body = crate::error::ErrorBody)))]
 pub(crate) async fn create_silence(
     State(state): State<ApiState>,
     Query(_options): Query<crate::control::NoOptions>,
@@ -304,11 +309,48 @@ pub(crate) async fn create_silence(
     crate::extract::Json(request): crate::extract::Json<SilenceRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     let by = recorded_by(&identity, request.by);
-    let duration = fabrik_runtime::units::parse_duration(&request.duration)
-        .map_err(|e| ApiError::bad_request(format!("duration: {e}")))?;
+    let time = |field: &str, text: &str| {
+        fabrik_alert::model::parse_rfc3339(text).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{field}: `{text}` is not an RFC 3339 time (e.g. 2026-12-05T22:00:00Z)"
+            ))
+        })
+    };
+    let starts = request
+        .starts_at
+        .as_deref()
+        .map(|text| time("starts_at", text))
+        .transpose()?;
+    let duration = match (&request.duration, &request.ends_at) {
+        (Some(duration), None) => fabrik_runtime::units::parse_duration(duration)
+            .map_err(|e| ApiError::bad_request(format!("duration: {e}")))?,
+        (None, Some(ends)) => {
+            let ends_ns = time("ends_at", ends)?;
+            let begins = starts.unwrap_or_else(|| Timestamp::now().nanos());
+            if ends_ns <= begins {
+                return Err(ApiError::bad_request(format!(
+                    "ends_at `{ends}` is not after the silence begins ({})",
+                    if starts.is_some() { "starts_at" } else { "now" }
+                )));
+            }
+            std::time::Duration::from_nanos(u64::try_from(ends_ns - begins).unwrap_or(0))
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "give the silence a `duration` or an `ends_at`, one of them",
+            ));
+        }
+    };
     let alerting = alerting(&state)?;
     let silence = alerting
-        .silence(request.rule, request.device, duration, &by, request.comment)
+        .silence_from(
+            request.rule,
+            request.device,
+            starts,
+            duration,
+            &by,
+            request.comment,
+        )
         .await?;
     let mut warnings = Vec::new();
     // An exact rule name that is not a rule was refused; a pattern that matches none is

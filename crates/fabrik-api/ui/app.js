@@ -1198,8 +1198,8 @@ async function pageAlerts(p, args) {
     else $('#al-count').textContent = `${list.length} ${state || ''} alert${list.length === 1 ? '' : 's'}`.replace('  ', ' ');
     patch($('#al-table'), list.length ? alertsTable(list, { actions: true }) : html`<div class="empty">No ${state} alerts.</div>`);
     const active = silences.filter((s) => toMs(s.until) > Date.now());
-    patch($('#sil-table'), active.length ? html`<div class="table-wrap"><table><thead><tr><th>Rule</th><th>Device</th><th>Until</th><th>By</th><th>Comment</th><th><span class="sr">Actions</span></th></tr></thead><tbody>
-      ${active.map((s) => html`<tr><td>${s.rule || html`<span class="muted">any</span>`}</td><td>${s.key || html`<span class="muted">any</span>`}</td><td>${fmtTime(s.until)}</td><td>${s.by}</td><td class="wrap">${s.comment || ''}</td>
+    patch($('#sil-table'), active.length ? html`<div class="table-wrap"><table><thead><tr><th>Rule</th><th>Device</th><th>From</th><th>Until</th><th>By</th><th>Comment</th><th><span class="sr">Actions</span></th></tr></thead><tbody>
+      ${active.map((s) => html`<tr><td>${s.rule || html`<span class="muted">any</span>`}</td><td>${s.key || html`<span class="muted">any</span>`}</td><td>${s.from && toMs(s.from) > Date.now() ? html`${fmtTime(s.from)} <span class="pill plain">scheduled</span>` : html`<span class="muted">now</span>`}</td><td>${fmtTime(s.until)}</td><td>${s.by}</td><td class="wrap">${s.comment || ''}</td>
         <td><button type="button" class="small danger" data-unsilence="${s.id}" aria-label="Remove silence ${s.id}">Remove</button></td></tr>`)}</tbody></table></div>` : html`<div class="empty">No active silences.</div>`);
     patch($('#rule-table'), rules.length ? rulesTable(rules) : html`<div class="empty">No alert rules: define them in the configuration file or with <code>fabrik alert rule apply</code>.</div>`);
     if (notifiers) {

@@ -77,8 +77,9 @@ enum AlertCommand {
         replace: bool,
     },
     /// Silence a rule and/or a device for a while (name at least one; `--rule '*'` silences
-    /// every alert).
+    /// every alert), from now or from `--from` (a maintenance window set ahead).
     #[command(group = clap::ArgGroup::new("target").args(["rule", "device"]).required(true).multiple(true))]
+    #[command(group = clap::ArgGroup::new("length").args(["duration", "until"]).required(true))]
     Silence {
         /// Rule name (without it: every rule); `*` matches any run of characters. A name
         /// without `*` must be a rule's.
@@ -88,9 +89,15 @@ enum AlertCommand {
         /// `--device 'pump-*'`.
         #[arg(long)]
         device: Option<String>,
-        /// How long, e.g. 2h.
+        /// How long, e.g. 2h (or give `--until`).
         #[arg(long)]
-        duration: String,
+        duration: Option<String>,
+        /// When it begins, RFC 3339 (e.g. 2026-12-05T22:00:00Z); without it, now.
+        #[arg(long)]
+        from: Option<String>,
+        /// When it ends, RFC 3339, instead of a `--duration`.
+        #[arg(long)]
+        until: Option<String>,
         /// Why.
         #[arg(long)]
         comment: Option<String>,
@@ -261,12 +268,14 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
             rule,
             device,
             duration,
+            from,
+            until,
             comment,
             by,
         } => {
             let body = serde_json::json!({
-                "rule": rule, "device": device, "duration": duration, "comment": comment,
-                "by": by,
+                "rule": rule, "device": device, "duration": duration, "starts_at": from,
+                "ends_at": until, "comment": comment, "by": by,
             });
             let silence: serde_json::Value = ep
                 .send(
@@ -276,11 +285,18 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
                 .await?
                 .json()
                 .await?;
-            println!(
-                "silence {} until {}",
-                silence["id"].as_str().unwrap_or("?"),
-                silence["until"].as_str().unwrap_or("?")
-            );
+            match silence["from"].as_str() {
+                Some(from) => println!(
+                    "silence {} from {from} until {}",
+                    silence["id"].as_str().unwrap_or("?"),
+                    silence["until"].as_str().unwrap_or("?")
+                ),
+                None => println!(
+                    "silence {} until {}",
+                    silence["id"].as_str().unwrap_or("?"),
+                    silence["until"].as_str().unwrap_or("?")
+                ),
+            }
             for warning in silence["warnings"].as_array().into_iter().flatten() {
                 eprintln!("warning: {}", warning.as_str().unwrap_or_default());
             }
@@ -298,16 +314,17 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
                 })
                 .collect();
             println!(
-                "{:<20} {:<20} {:<16} {:<24} {:<12} comment",
-                "id", "rule", "device", "until", "by"
+                "{:<20} {:<20} {:<16} {:<24} {:<24} {:<12} comment",
+                "id", "rule", "device", "from", "until", "by"
             );
             for s in &shown {
                 let text = |k: &str| s[k].as_str().unwrap_or("*").to_owned();
                 println!(
-                    "{:<20} {:<20} {:<16} {:<24} {:<12} {}",
+                    "{:<20} {:<20} {:<16} {:<24} {:<24} {:<12} {}",
                     text("id"),
                     text("rule"),
                     text("key"),
+                    s["from"].as_str().unwrap_or("-"),
                     text("until"),
                     text("by"),
                     match s["ended_by"].as_str() {

@@ -409,6 +409,44 @@ fn a_fault_becomes_a_webhook_naming_its_signal_and_survives_a_restart_undelivere
         ok && text.contains("warning: rule pattern `pmp-*` matches no alert rule"),
         "{text}"
     );
+    // A maintenance window set ahead: listed with when it begins; an end before its start
+    // and a silence with no length are refused.
+    let rfc = |offset_s: i64| format!("{}Z", time_text(now_ns() + offset_s * SECOND));
+    let (from, until) = (rfc(600), rfc(3000));
+    let (ok, text) = cli(&[
+        "alert", "silence", "--device", "pump-b", "--from", &from, "--until", &until,
+    ]);
+    assert!(
+        ok && text.contains(" from ") && text.contains(" until "),
+        "{text}"
+    );
+    let (ok, text) = cli(&["alert", "silences"]);
+    assert!(ok && text.contains(&from[..16]), "{text}");
+    for (body, says) in [
+        (
+            serde_json::json!({"device": "pump-b", "starts_at": until, "ends_at": from}),
+            "is not after",
+        ),
+        (
+            serde_json::json!({"device": "pump-b"}),
+            "`duration` or an `ends_at`",
+        ),
+        (
+            serde_json::json!({"device": "pump-b", "starts_at": "tonight", "duration": "1h"}),
+            "not an RFC 3339 time",
+        ),
+    ] {
+        let (code, error) = http(
+            &p.url,
+            reqwest::Method::POST,
+            "/api/v1/silences",
+            Some(body),
+        );
+        assert!(
+            code == 400 && error["error"].as_str().is_some_and(|e| e.contains(says)),
+            "{error}"
+        );
+    }
     for listing in ["/api/v1/silences?all=false", "/api/v1/alert-rules?since=1h"] {
         let (code, body) = http(&p.url, reqwest::Method::GET, listing, None);
         assert_eq!(code, 400, "{listing}: {body}");
