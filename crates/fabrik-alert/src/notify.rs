@@ -747,8 +747,15 @@ pub fn email_text(message: &serde_json::Value, from: &str, to: &[String]) -> Str
     let now = chrono::Utc::now();
     let sequence = MESSAGE_SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let incident = fingerprint(&id);
+    // Each alert's incident, so a reminder of one alert threads with the group mail that
+    // first told of it (`id` holds a group's alert ids, space-separated).
+    let references: Vec<String> = id
+        .split_whitespace()
+        .map(|alert| format!("<{}@fabrik>", fingerprint(alert)))
+        .collect();
+    let references = references.join(" ");
     format!(
-        "From: {from}\r\nTo: {}\r\nSubject: {subject}\r\nDate: {}\r\nMessage-ID: <{incident}.{}.{}.{sequence}@fabrik>\r\nReferences: <{incident}@fabrik>\r\nAuto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\nX-Fabrik-Alert: {}\r\n\r\n{wrapped}",
+        "From: {from}\r\nTo: {}\r\nSubject: {subject}\r\nDate: {}\r\nMessage-ID: <{incident}.{}.{}.{sequence}@fabrik>\r\nReferences: {references}\r\nAuto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\nX-Fabrik-Alert: {}\r\n\r\n{wrapped}",
         to.join(", "),
         now.to_rfc2822(),
         header_safe(&status),
@@ -1311,6 +1318,12 @@ mod tests {
         assert!(
             header(&text, "Subject: ").starts_with("[FIRING:2 REMINDER] pump-health: 2 alerts"),
             "{text}"
+        );
+        // Its references name both alerts' incidents, so each one's own mails thread with it.
+        let references = header(&text, "References: ");
+        assert!(
+            references.contains(&header(&first, "References: ")) && references.contains(' '),
+            "{references}"
         );
         // A group of one is the alert's own message.
         let one = serde_json::json!({"group": {"rule": "pump-health"}, "alerts": [m]});

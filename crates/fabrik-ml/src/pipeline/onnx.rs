@@ -294,7 +294,18 @@ impl OnnxWindowModel {
                 "model_output `{output}` needs {hint}; the model's outputs are [{listed}] \
                  (name one, e.g. `{}:{}`)",
                 example.name(),
-                names.first().copied().unwrap_or("out")
+                // A float output, which a score can be (a classifier's label is not).
+                model
+                    .outputs()
+                    .iter()
+                    .find(|o| matches!(
+                        o.kind,
+                        ValueKind::Tensor {
+                            element_type: Some(ElementType::F32 | ElementType::F64),
+                            ..
+                        }
+                    ))
+                    .map_or("out", |o| o.name.as_str())
             )));
         };
         let input = input.name.clone();
@@ -332,6 +343,15 @@ impl OnnxWindowModel {
                      features: a reconstruction has one per feature (for a model that outputs \
                      its own anomaly score, `model_output = \"score\"`)",
                     values.len()
+                )));
+            }
+            // A LinearSVC exports its decision margins under `probabilities`.
+            OnnxScore::Probability { .. } if values.iter().any(|p| !(0.0..=1.0).contains(p)) => {
+                return Err(load_error(format!(
+                    "output `{wanted}` gave {values:?} for an all-zero window: not \
+                     probabilities (a LinearSVC exports its decision margins under that name); \
+                     export a model whose one output per row is the anomaly score and read it \
+                     with `model_output = \"score\"`"
                 )));
             }
             OnnxScore::Probability { .. } if values.len() > 2 => {
@@ -592,6 +612,28 @@ mod tests {
             let m = OnnxWindowModel::load(&path, &features(1), mode).unwrap();
             assert_eq!(m.score_kind(), &kind);
         }
+    }
+
+    /// A LinearSVC's `probabilities` are decision margins: refused as probabilities. A
+    /// model of several outputs asked for its `score` is pointed at a float one.
+    #[test]
+    fn margins_are_not_probabilities_and_a_score_is_a_float_output() {
+        let err = OnnxWindowModel::load(
+            &fixture("ops/skl_linearsvc_2class.onnx"),
+            &features(6),
+            "probability",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("not probabilities"), "{err}");
+        let err = OnnxWindowModel::load(
+            &fixture("ops/skl_logreg_3class.onnx"),
+            &features(6),
+            "score",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("e.g. `score:probabilities`"), "{err}");
     }
 
     #[test]
