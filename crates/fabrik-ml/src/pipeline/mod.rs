@@ -507,7 +507,13 @@ fn step(
                 let (rows, times) = (std::mem::take(rows), std::mem::take(times));
                 let mut model = make_model();
                 model.fit_at(&rows, &times)?;
-                let threshold = calibrate(model.as_ref(), &rows, spec.threshold)?;
+                let threshold = if model.calibrates_held_out() {
+                    // Too few windows for every fold to fit: the model's own scores.
+                    calibrate_held_out(make_model, &rows, &times, model.as_ref(), spec.threshold)
+                        .or_else(|_| calibrate(model.as_ref(), &rows, spec.threshold))?
+                } else {
+                    calibrate(model.as_ref(), &rows, spec.threshold)?
+                };
                 let first_start = times.first().copied().unwrap_or(window.start_ns);
                 *phase = Phase::Scoring {
                     model,
@@ -577,6 +583,63 @@ fn step(
     }
 }
 
+/// Folds of [`calibrate_held_out`].
+const CALIBRATION_FOLDS: usize = 5;
+
+/// [`calibrate`] on out-of-sample scores: the training windows in [`CALIBRATION_FOLDS`]
+/// folds (every fifth window in one, so each spans the training period), each scored by a
+/// model fitted on the others. `fitted` (the model fitted on all of them) gives the score's
+/// bound. An error when a fold's model cannot be fitted.
+pub fn calibrate_held_out(
+    make_model: &(dyn Fn() -> Box<dyn WindowModel> + Send + Sync),
+    rows: &[Vec<f64>],
+    times: &[i64],
+    fitted: &dyn WindowModel,
+    spec: ThresholdSpec,
+) -> Result<f64, MlError> {
+    let ThresholdSpec::Quantile { quantile, margin } = spec else {
+        return calibrate(fitted, rows, spec);
+    };
+    let folds = CALIBRATION_FOLDS.min(rows.len());
+    let mut scores = Vec::with_capacity(rows.len());
+    for fold in 0..folds {
+        let (mut fit_rows, mut fit_times) = (Vec::new(), Vec::new());
+        for (index, (row, time)) in rows.iter().zip(times).enumerate() {
+            if index % folds != fold {
+                fit_rows.push(row.clone());
+                fit_times.push(*time);
+            }
+        }
+        let mut model = make_model();
+        model.fit_at(&fit_rows, &fit_times)?;
+        for row in rows.iter().skip(fold).step_by(folds) {
+            scores.push(model.probe(row)?);
+        }
+    }
+    finite_training_scores(fitted, &scores)?;
+    scores.sort_by(f64::total_cmp);
+    Ok(calibrated_threshold(
+        &scores,
+        quantile,
+        margin,
+        fitted.score_bound(),
+    ))
+}
+
+/// A training window scored NaN or ±∞ leaves no threshold to calibrate.
+fn finite_training_scores(model: &dyn WindowModel, scores: &[f64]) -> Result<(), MlError> {
+    match scores.iter().find(|score| !score.is_finite()) {
+        Some(bad) => Err(MlError::Score {
+            model: model.name().to_owned(),
+            reason: format!(
+                "the model scored a training window {bad}, not a finite number (an overflow \
+                 or a log of 0 in the model?): no threshold can be calibrated from it"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 fn calibrate(
     model: &dyn WindowModel,
     rows: &[Vec<f64>],
@@ -589,16 +652,7 @@ fn calibrate(
                 .iter()
                 .map(|r| model.probe(r))
                 .collect::<Result<Vec<f64>, _>>()?;
-            if let Some(bad) = scores.iter().find(|score| !score.is_finite()) {
-                return Err(MlError::Score {
-                    model: model.name().to_owned(),
-                    reason: format!(
-                        "the model scored a training window {bad}, not a finite number (an \
-                         overflow or a log of 0 in the model?): no threshold can be \
-                         calibrated from it"
-                    ),
-                });
-            }
+            finite_training_scores(model, &scores)?;
             scores.sort_by(f64::total_cmp);
             Ok(calibrated_threshold(
                 &scores,
