@@ -558,7 +558,7 @@ async function pageOverview(p) {
 function pipelinesTable(pipelines) {
   if (!pipelines.length) return html`<div class="empty">No pipelines yet: define them in the configuration file or with <code>fabrik pipeline apply</code>.</div>`;
   return html`<div class="table-wrap"><table><thead><tr><th>Pipeline</th><th>State</th><th>Model</th><th class="num">Devices</th><th class="num">Training</th><th class="num">Inferences</th><th class="num">Anomalies</th><th>Data up to</th></tr></thead><tbody>
-    ${pipelines.map((x) => html`<tr><td><a href="#/pipelines/${enc(x.name)}">${x.name}</a></td><td>${pill(x.state)}${x.error ? html` <span class="muted" title="${x.error}">⚠</span>` : ''}</td>
+    ${pipelines.map((x) => html`<tr><td><a href="#/pipelines/${enc(x.name)}">${x.name}</a></td><td>${pill(x.state)}${x.error?.startsWith('waiting for data') ? html` <span class="muted small-text" title="${x.error}">waiting for data</span>` : x.error ? html` <span class="muted" title="${x.error}">⚠</span>` : ''}</td>
       <td>${x.model}</td><td class="num">${x.devices}</td><td class="num">${x.training_devices}</td><td class="num">${fmtNum(x.inferences)}</td>
       <td class="num">${fmtNum(x.anomalies)}</td><td>${x.horizon ? time(x.horizon) : '—'}</td></tr>`)}
     </tbody></table></div>`;
