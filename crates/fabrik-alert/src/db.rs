@@ -556,6 +556,15 @@ impl AlertDb {
         rows.iter().map(entry_from_row).collect()
     }
 
+    /// Whether outbox entry `id` is still queued.
+    pub async fn is_queued(&self, id: i64) -> Result<bool, AlertError> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT id FROM outbox WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
+    }
+
     /// Due entries of one notifier, oldest first.
     pub async fn due_for(
         &self,

@@ -1438,9 +1438,8 @@ impl Alerting {
                 continue;
             }
             let this = Arc::clone(self);
-            let view = view.clone();
             let task = tokio::spawn(async move {
-                if let Err(e) = this.deliver_entries(entries, &view).await {
+                if let Err(e) = this.deliver_entries(entries).await {
                     tracing::error!(error = %e, "Alert outbox pass failed.");
                 }
                 // The next pass looks at once for what queued meanwhile.
@@ -1632,7 +1631,7 @@ impl Alerting {
         // (a review: 5 s per hanging notifier before the page went out).
         let passes = by_notifier
             .into_values()
-            .map(|entries| self.deliver_entries(entries, view));
+            .map(|entries| self.deliver_entries(entries));
         let mut delivered = 0;
         for pass in futures::future::join_all(passes).await {
             delivered += pass?;
@@ -1641,19 +1640,24 @@ impl Alerting {
     }
 
     /// Delivers `entries`, due notifications of one notifier, in order.
-    async fn deliver_entries(
-        &self,
-        entries: Vec<db::OutboxEntry>,
-        view: &PassView,
-    ) -> Result<usize, AlertError> {
-        let now = view.now;
-        let suppression = view.suppression();
+    async fn deliver_entries(&self, entries: Vec<db::OutboxEntry>) -> Result<usize, AlertError> {
         let mut delivered = 0;
         let mut handled = std::collections::HashSet::new();
         for entry in entries {
             if handled.contains(&entry.id) {
                 continue;
             }
+            // A delivery may wait out a receiver's timeout, and what the pass read before it
+            // goes stale meanwhile: the silences, inhibitions and open alerts are read again
+            // before each notification (a silence that began or ended, an alert that
+            // resolved), and one dropped meanwhile (a rule's relabel) is not sent.
+            if !self.db.is_queued(entry.id).await? {
+                continue;
+            }
+            let view = self.view().await?;
+            let view = &view;
+            let now = view.now;
+            let suppression = view.suppression();
             if self
                 .silenced_since_queued(&entry, &suppression, now)
                 .await?
@@ -2055,6 +2059,45 @@ mod tests {
         stop.cancel();
         worker.await.unwrap();
         held.abort();
+    }
+
+    /// What a notifier's delivery read before waiting out another receiver may be stale by
+    /// the time it sends: an entry dropped meanwhile is not sent, and a silence that began
+    /// meanwhile holds its alert's firing back.
+    #[tokio::test]
+    async fn a_delivery_decides_on_what_holds_when_it_sends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, mut bodies) = http_receiver().await;
+        let alerting = alerting_in(
+            dir.path(),
+            vec![webhook_to(&url, notify::Grouping::default())],
+        )
+        .await;
+        for (device, t) in [("oven-1", 10), ("oven-2", 11), ("oven-3", 12)] {
+            alerting
+                .observe("hot", &[obs(device, t, 85.0)])
+                .await
+                .unwrap();
+        }
+        let entries = alerting.db().due(now_ns(), 10).await.unwrap();
+        assert_eq!(entries.len(), 3);
+        // Read, then: oven-1's entry dropped (as a relabel drops it), oven-2 silenced.
+        alerting.db().delivered(entries[0].id).await.unwrap();
+        alerting
+            .silence(
+                None,
+                Some("oven-2".into()),
+                std::time::Duration::from_secs(600),
+                "ana",
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(alerting.deliver_entries(entries).await.unwrap(), 1);
+        let body = bodies.recv().await.unwrap();
+        assert_eq!(body["alerts"][0]["labels"]["device"], "oven-3", "{body}");
+        assert!(bodies.try_recv().is_err());
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), 0);
     }
 
     /// A notifier renamed while an alert fires: the old name's queue is dropped, the new
