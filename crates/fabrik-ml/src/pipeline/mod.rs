@@ -586,10 +586,17 @@ fn step(
 /// Folds of [`calibrate_held_out`].
 const CALIBRATION_FOLDS: usize = 5;
 
+/// How far above the in-sample threshold the held-out one may go: a held-out score is
+/// unbounded, and one odd training window (a start-up transient) would otherwise set a
+/// threshold no later fault reaches.
+const HELD_OUT_LIMIT: f64 = 3.0;
+
 /// [`calibrate`] on out-of-sample scores: the training windows in [`CALIBRATION_FOLDS`]
-/// folds (every fifth window in one, so each spans the training period), each scored by a
-/// model fitted on the others. `fitted` (the model fitted on all of them) gives the score's
-/// bound. An error when a fold's model cannot be fitted.
+/// contiguous folds (sliding windows share samples with their neighbours, which interleaved
+/// folds would leave in the fit), each scored by a model fitted on the others; at most
+/// [`HELD_OUT_LIMIT`] times the in-sample threshold of `fitted` (the model fitted on all of
+/// them), which also gives the score's bound. An error when a fold's model cannot be
+/// fitted.
 pub fn calibrate_held_out(
     make_model: &(dyn Fn() -> Box<dyn WindowModel> + Send + Sync),
     rows: &[Vec<f64>],
@@ -601,29 +608,33 @@ pub fn calibrate_held_out(
         return calibrate(fitted, rows, spec);
     };
     let folds = CALIBRATION_FOLDS.min(rows.len());
+    let fold_of = |index: usize| index * folds / rows.len();
     let mut scores = Vec::with_capacity(rows.len());
     for fold in 0..folds {
         let (mut fit_rows, mut fit_times) = (Vec::new(), Vec::new());
         for (index, (row, time)) in rows.iter().zip(times).enumerate() {
-            if index % folds != fold {
+            if fold_of(index) != fold {
                 fit_rows.push(row.clone());
                 fit_times.push(*time);
             }
         }
         let mut model = make_model();
         model.fit_at(&fit_rows, &fit_times)?;
-        for row in rows.iter().skip(fold).step_by(folds) {
+        for (_, row) in rows
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| fold_of(*index) == fold)
+        {
             scores.push(model.probe(row)?);
         }
     }
     finite_training_scores(fitted, &scores)?;
     scores.sort_by(f64::total_cmp);
-    Ok(calibrated_threshold(
-        &scores,
-        quantile,
-        margin,
-        fitted.score_bound(),
-    ))
+    let held_out = calibrated_threshold(&scores, quantile, margin, fitted.score_bound());
+    let in_sample = calibrate(fitted, rows, spec)?;
+    Ok(held_out
+        .min(in_sample.max(0.0) * HELD_OUT_LIMIT)
+        .max(in_sample))
 }
 
 /// A training window scored NaN or ±∞ leaves no threshold to calibrate.

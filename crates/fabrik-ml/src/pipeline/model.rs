@@ -67,8 +67,8 @@ pub trait WindowModel: Send {
     /// fit (k-fold, see `pipeline::calibrate_held_out`) instead of on the fitted model's
     /// scores of its own training windows. A model that fits its training windows closely
     /// scores them lower than new windows of the same normal: PCA's covariance explains the
-    /// samples it was estimated from, and a threshold from those scores flagged 10 % of
-    /// healthy simulated pump windows (0.5 % held out).
+    /// samples it was estimated from, and a threshold from those scores flagged 9.5 % of
+    /// healthy simulated pump windows (0.3 % held out).
     fn calibrates_held_out(&self) -> bool {
         false
     }
@@ -1144,5 +1144,50 @@ mod tests {
         );
         assert!(held_out * 100 <= normal, "{held_out} of {normal}");
         assert_eq!(caught, spikes);
+
+        // One spike among the training windows (a start-up transient) widens the fitted
+        // covariance itself, and its score sets a max-based threshold: later spikes mostly
+        // go unflagged however the threshold is calibrated (in-sample 31 of 200, held out
+        // 0 of 200: the price of the clean case's 30 times fewer false alarms; a fault in
+        // the training windows is what `fabrik pipeline retrain` is for). Held out, its
+        // score is unbounded: the threshold stays within three times the in-sample one.
+        let (mut spikes, mut caught, mut caught_in_sample) = (0, 0, 0);
+        for seed in 41..=60_u64 {
+            let mut rng = SplitMix(seed);
+            let mut next = move || (rng.next() >> 11) as f64 / (1_u64 << 53) as f64;
+            let rows: Vec<Vec<f64>> = (0..30)
+                .map(|i| {
+                    let fault = if i == 7 {
+                        PumpFault::Spike
+                    } else {
+                        PumpFault::None
+                    };
+                    pump_window(&mut next, fault)
+                })
+                .collect();
+            let times: Vec<i64> = (0..30).collect();
+            let mut model = make();
+            model.fit_at(&rows, &times).unwrap();
+            let threshold = calibrate_held_out(&make, &rows, &times, model.as_ref(), spec).unwrap();
+            let mut own: Vec<f64> = rows.iter().map(|r| model.probe(r).unwrap()).collect();
+            own.sort_by(f64::total_cmp);
+            let naive = calibrated_threshold(&own, quantile, margin, model.score_bound());
+            assert!(
+                threshold <= 3.0 * naive + 1e-9,
+                "{threshold} against {naive}"
+            );
+            for _ in 0..10 {
+                spikes += 1;
+                let score = model
+                    .score(&pump_window(&mut next, PumpFault::Spike))
+                    .unwrap();
+                caught += usize::from(score > threshold);
+                caught_in_sample += usize::from(score > naive);
+            }
+        }
+        eprintln!(
+            "PCA with a spike in training: later spikes flagged {caught} of {spikes} \
+             (in-sample threshold {caught_in_sample})"
+        );
     }
 }
