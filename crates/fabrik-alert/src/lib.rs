@@ -1275,8 +1275,9 @@ impl Alerting {
     }
 
     /// Silences `rule`/`key` for `duration` from `from_ns` (a maintenance window scheduled
-    /// ahead; `None` or a time already past: from now). It begins at most a year and a day
-    /// ahead.
+    /// ahead; `None`: from now). A start already past counts too: the silence ends `duration`
+    /// after it, as a window sent late should (and one that would have ended is refused). It
+    /// begins at most a year and a day ahead.
     pub async fn silence_from(
         &self,
         rule: Option<String>,
@@ -1335,16 +1336,22 @@ impl Alerting {
             }
         }
         let now = now_ns();
-        let from = from_ns.filter(|&from| from > now);
         let longest_ahead = i64::try_from(MAX_SILENCE.as_nanos()).unwrap_or(i64::MAX);
-        if from.is_some_and(|from| from - now > longest_ahead) {
+        if from_ns.is_some_and(|from| from.saturating_sub(now) > longest_ahead) {
             return Err(AlertError::Invalid(
                 "a silence begins at most 366 days ahead".into(),
             ));
         }
-        let until = from
+        let until = from_ns
             .unwrap_or(now)
             .saturating_add(i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX));
+        if until <= now {
+            return Err(AlertError::Invalid(format!(
+                "the silence would have ended at {} already",
+                model::rfc3339(until)
+            )));
+        }
+        let from = from_ns.filter(|&from| from > now);
         let silence = Silence {
             id: format!("s-{now:x}"),
             rule,
@@ -1962,6 +1969,66 @@ mod tests {
             _ = &mut delivering => panic!("the pass ended before the other notifier delivered"),
         }
         held.abort();
+    }
+
+    /// A silence scheduled ahead holds nothing back before it begins; one whose start is
+    /// already past ends its duration after that start; one that would have ended, or that
+    /// begins more than a year and a day ahead, is refused.
+    #[tokio::test]
+    async fn a_silence_scheduled_ahead_waits_for_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let alerting = alerting_in(dir.path(), vec![refused_webhook()]).await;
+        let hour = std::time::Duration::from_secs(3600);
+        let hour_ns = 3600 * S;
+        let window = alerting
+            .silence_from(
+                None,
+                Some("oven-1".into()),
+                Some(now_ns() + hour_ns),
+                hour,
+                "ana",
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(window.from.is_some());
+        alerting
+            .observe("hot", &[obs("oven-1", 10, 85.0)])
+            .await
+            .unwrap();
+        let alert = alerting
+            .db()
+            .get(&alert_id("hot", "oven-1", 10 * S))
+            .await
+            .unwrap();
+        assert!(!alert.silenced, "held back before its start");
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), 1);
+
+        let late = alerting
+            .silence_from(
+                None,
+                Some("oven-2".into()),
+                Some(now_ns() - hour_ns / 6),
+                hour,
+                "ana",
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(late.from.is_none());
+        let ends = model::parse_rfc3339(&late.until).unwrap();
+        assert!(ends < now_ns() + hour_ns * 5 / 6 + S, "{}", late.until);
+        for (from, why) in [
+            (now_ns() - 2 * hour_ns, "would have ended"),
+            (now_ns() + 367 * 24 * hour_ns, "366 days ahead"),
+        ] {
+            let err = alerting
+                .silence_from(None, Some("oven-3".into()), Some(from), hour, "ana", None)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{err}");
+        }
     }
 
     #[tokio::test]

@@ -748,21 +748,40 @@ pub fn email_text(message: &serde_json::Value, from: &str, to: &[String]) -> Str
     let sequence = MESSAGE_SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let incident = fingerprint(&id);
     // Each alert's incident, so a reminder of one alert threads with the group mail that
-    // first told of it (`id` holds a group's alert ids, space-separated).
-    let references: Vec<String> = id
-        .split_whitespace()
+    // first told of it; folded, one per line, and the first few only: a header line may not
+    // pass 998 characters, and a heartbeat rule over a line groups dozens of alerts.
+    let alert_ids: Vec<&str> = match message["alerts"].as_array().filter(|_| alone.is_none()) {
+        Some(alerts) => alerts.iter().filter_map(|a| a["id"].as_str()).collect(),
+        None => vec![id.as_str()],
+    };
+    let references: Vec<String> = alert_ids
+        .iter()
+        .take(MAX_REFERENCES)
         .map(|alert| format!("<{}@fabrik>", fingerprint(alert)))
         .collect();
-    let references = references.join(" ");
+    let references = references.join("\r\n ");
+    let listed: Vec<String> = alert_ids
+        .iter()
+        .take(MAX_REFERENCES)
+        .map(|alert| header_safe(alert))
+        .collect();
+    let id = if alert_ids.len() > MAX_REFERENCES {
+        format!("{}\r\n ...", listed.join("\r\n "))
+    } else {
+        listed.join("\r\n ")
+    };
     format!(
         "From: {from}\r\nTo: {}\r\nSubject: {subject}\r\nDate: {}\r\nMessage-ID: <{incident}.{}.{}.{sequence}@fabrik>\r\nReferences: {references}\r\nAuto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\nX-Fabrik-Alert: {}\r\n\r\n{wrapped}",
         to.join(", "),
         now.to_rfc2822(),
         header_safe(&status),
         now.timestamp_nanos_opt().unwrap_or_default(),
-        header_safe(&id),
+        id,
     )
 }
+
+/// Alerts a group e-mail's `References` and `X-Fabrik-Alert` headers name at most.
+const MAX_REFERENCES: usize = 20;
 
 /// Makes Message-IDs of e-mails written in the same nanosecond differ.
 static MESSAGE_SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -1319,11 +1338,38 @@ mod tests {
             header(&text, "Subject: ").starts_with("[FIRING:2 REMINDER] pump-health: 2 alerts"),
             "{text}"
         );
-        // Its references name both alerts' incidents, so each one's own mails thread with it.
-        let references = header(&text, "References: ");
+        // Its references name both alerts' incidents, one per folded line, so each one's
+        // own mails thread with it.
+        let (_, after) = text.split_once("References: ").unwrap();
+        let mut lines = after.split("\r\n");
+        assert_eq!(lines.next(), Some(header(&first, "References: ").as_str()));
         assert!(
-            references.contains(&header(&first, "References: ")) && references.contains(' '),
-            "{references}"
+            lines
+                .next()
+                .is_some_and(|l| l.starts_with(" <") && l.ends_with("@fabrik>"))
+        );
+        // Forty alerts: every header line stays short, twenty are named.
+        let many: Vec<serde_json::Value> = (0..40)
+            .map(|i| {
+                let mut a = m.clone();
+                a["id"] = format!("pump-health~pump-{i:02}~1").into();
+                a
+            })
+            .collect();
+        let text = email_text(
+            &serde_json::json!({"group": {"rule": "pump-health"}, "alerts": many}),
+            "f@x.y",
+            &["t@x.y".into()],
+        );
+        let (headers, _) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            headers.split("\r\n").all(|line| line.len() < 200),
+            "{headers}"
+        );
+        assert_eq!(
+            headers.matches("@fabrik>").count(),
+            21,
+            "20 references and the Message-ID"
         );
         // A group of one is the alert's own message.
         let one = serde_json::json!({"group": {"rule": "pump-health"}, "alerts": [m]});

@@ -326,13 +326,11 @@ pub(crate) async fn create_silence(
             .map_err(|e| ApiError::bad_request(format!("duration: {e}")))?,
         (None, Some(ends)) => {
             let ends_ns = time("ends_at", ends)?;
-            // A start already past is now, as for the silence itself.
-            let now = Timestamp::now().nanos();
-            let begins = starts.map_or(now, |starts| starts.max(now));
+            let begins = starts.unwrap_or_else(|| Timestamp::now().nanos());
             if ends_ns <= begins {
                 return Err(ApiError::bad_request(format!(
                     "ends_at `{ends}` is not after the silence begins ({})",
-                    if begins > now { "starts_at" } else { "now" }
+                    if starts.is_some() { "starts_at" } else { "now" }
                 )));
             }
             std::time::Duration::from_nanos(u64::try_from(ends_ns - begins).unwrap_or(0))

@@ -295,13 +295,15 @@ fn plausible_address(a: &str) -> bool {
         && !a.chars().any(char::is_control)
         && a.rsplit_once('@').is_some_and(|(local, domain)| {
             // One `@` outside a quoted local part (`ops@@plant` passed before), and a domain
-            // of dot-separated labels (internationalised ones too) or an address literal.
+            // of dot-separated ASCII labels (an internationalised one in its punycode form,
+            // `xn--…`: the SMTP client does not convert it) or an address literal.
             let literal = domain.starts_with('[') && domain.ends_with(']') && domain.len() > 2;
             !local.is_empty()
                 && (!local.contains('@') || (local.starts_with('"') && local.ends_with('"')))
                 && (literal
                     || domain.split('.').all(|label| {
-                        !label.is_empty() && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+                        !label.is_empty()
+                            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
                     }))
         })
 }
@@ -2102,7 +2104,7 @@ mod tests {
             "a.b-c@mail.plant-1.example",
             "root@localhost",
             "ops@[192.0.2.1]",
-            "ops@münchen.example",
+            "ops@xn--mnchen-3ya.example",
         ] {
             assert!(plausible_address(good), "{good}");
         }
@@ -2115,6 +2117,7 @@ mod tests {
             "ops@plant example",
             "<ops@plant.example>",
             "ops@pla_nt",
+            "ops@münchen.example",
         ] {
             assert!(!plausible_address(bad), "{bad}");
         }

@@ -345,8 +345,11 @@ impl OnnxWindowModel {
                     values.len()
                 )));
             }
-            // A LinearSVC exports its decision margins under `probabilities`.
-            OnnxScore::Probability { .. } if values.iter().any(|p| !(0.0..=1.0).contains(p)) => {
+            // A LinearSVC exports its decision margins under `probabilities`. (A forest's
+            // probabilities are sums of f32 leaf weights: 10 × 0.1 is 1.0000001.)
+            OnnxScore::Probability { .. }
+                if values.iter().any(|p| !(-1e-4..=1.0 + 1e-4).contains(p)) =>
+            {
                 return Err(load_error(format!(
                     "output `{wanted}` gave {values:?} for an all-zero window: not \
                      probabilities (a LinearSVC exports its decision margins under that name); \
