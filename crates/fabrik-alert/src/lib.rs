@@ -186,6 +186,8 @@ fn is_silenced(silences: &[Silence], rule: &str, key: &str, now_ns: i64) -> bool
     })
 }
 
+/// How long a delivery task works from what it read of the silences and open alerts.
+const VIEW_FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 /// The longest silence: a year and a day.
 const MAX_SILENCE: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
 /// The annotation that says why an alert was resolved when no row cleared it.
@@ -1650,19 +1652,28 @@ impl Alerting {
     async fn deliver_entries(&self, entries: Vec<db::OutboxEntry>) -> Result<usize, AlertError> {
         let mut delivered = 0;
         let mut handled = std::collections::HashSet::new();
+        let mut read: Option<(std::time::Instant, PassView)> = None;
         for entry in entries {
             if handled.contains(&entry.id) {
                 continue;
             }
-            // A delivery may wait out a receiver's timeout, and what the pass read before it
-            // goes stale meanwhile: the silences, inhibitions and open alerts are read again
-            // before each notification (a silence that began or ended, an alert that
-            // resolved), and one dropped meanwhile (a rule's relabel) is not sent.
+            // A delivery may wait out a receiver's timeout, and what was read before it goes
+            // stale meanwhile: the silences, inhibitions and open alerts are read again when
+            // the last read is older than a second (a silence that began or ended, an alert
+            // that resolved; not per notification, which reads every open alert), and one
+            // dropped meanwhile (a rule's relabel) is not sent.
             if !self.db.is_queued(entry.id).await? {
                 continue;
             }
-            let view = self.view().await?;
-            let view = &view;
+            if read
+                .as_ref()
+                .is_none_or(|(at, _)| at.elapsed() > VIEW_FRESH_FOR)
+            {
+                read = Some((std::time::Instant::now(), self.view().await?));
+            }
+            let Some((_, view)) = read.as_ref() else {
+                continue;
+            };
             let now = view.now;
             let suppression = view.suppression();
             if self
