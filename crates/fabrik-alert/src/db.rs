@@ -102,6 +102,8 @@ pub struct OutboxEntry {
     pub group_key: Option<String>,
     /// The alert whose state change it carries (absent in rows queued before it was kept).
     pub alert_id: Option<String>,
+    /// A reminder: it goes out only while nobody has acknowledged the alert.
+    pub reminder: bool,
 }
 
 fn entry_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<OutboxEntry, AlertError> {
@@ -112,6 +114,7 @@ fn entry_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<OutboxEntry, AlertError
         attempts: r.try_get("attempts")?,
         group_key: r.try_get("group_key")?,
         alert_id: r.try_get("alert_id")?,
+        reminder: r.try_get::<Option<String>, _>("reminder")?.is_some(),
     })
 }
 
@@ -217,8 +220,9 @@ impl AlertDb {
         add_column_if_missing(&pool, "outbox", "group_key").await?;
         add_column_if_missing(&pool, "outbox", "alert_id").await?;
         add_column_if_missing(&pool, "silences", "ended_by").await?;
-        // Before silences could be scheduled ahead (`from`).
+        // Before silences could be scheduled ahead (`from`), and reminders told apart.
         add_column_if_missing(&pool, "silences", "from_at").await?;
+        add_column_if_missing(&pool, "outbox", "reminder").await?;
         // And those written before a delivered state superseded older ones, its series:
         // filled from each row's alert, as `notify::series` writes it, so rows queued before
         // the upgrade are superseded too.
@@ -546,7 +550,7 @@ impl AlertDb {
     /// Notifications due at `now_ns`, oldest first.
     pub async fn due(&self, now_ns: i64, limit: u32) -> Result<Vec<OutboxEntry>, AlertError> {
         let rows = sqlx::query(
-            "SELECT id, notifier, payload, attempts, group_key, alert_id FROM outbox \
+            "SELECT id, notifier, payload, attempts, group_key, alert_id, reminder FROM outbox \
              WHERE next_attempt_ns <= ? ORDER BY id LIMIT ?",
         )
         .bind(now_ns)
@@ -573,7 +577,7 @@ impl AlertDb {
         limit: u32,
     ) -> Result<Vec<OutboxEntry>, AlertError> {
         let rows = sqlx::query(
-            "SELECT id, notifier, payload, attempts, group_key, alert_id FROM outbox \
+            "SELECT id, notifier, payload, attempts, group_key, alert_id, reminder FROM outbox \
              WHERE notifier = ? AND next_attempt_ns <= ? ORDER BY id LIMIT ?",
         )
         .bind(notifier)
@@ -592,7 +596,7 @@ impl AlertDb {
         now_ns: i64,
     ) -> Result<Vec<OutboxEntry>, AlertError> {
         let rows = sqlx::query(
-            "SELECT id, notifier, payload, attempts, group_key, alert_id FROM outbox \
+            "SELECT id, notifier, payload, attempts, group_key, alert_id, reminder FROM outbox \
              WHERE notifier = ? AND group_key = ? AND next_attempt_ns <= ? ORDER BY id",
         )
         .bind(notifier)
@@ -696,7 +700,7 @@ impl AlertDb {
                 continue;
             }
             let entries = sqlx::query(
-                "SELECT id, notifier, payload, attempts, group_key, alert_id FROM outbox \
+                "SELECT id, notifier, payload, attempts, group_key, alert_id, reminder FROM outbox \
                  WHERE notifier = ? ORDER BY id",
             )
             .bind(&notifier)
@@ -1100,7 +1104,7 @@ async fn enqueue_grouped(
     let unacknowledged = still.is_some_and(|s| s.unacknowledged);
     let done = sqlx::query(
         "INSERT INTO outbox (notifier, payload, attempts, next_attempt_ns, group_key, \
-         alert_id, series) SELECT ?, ?, 0, ?, ?, ?, ? WHERE ? IS NULL OR EXISTS \
+         alert_id, series, reminder) SELECT ?, ?, 0, ?, ?, ?, ?, ? WHERE ? IS NULL OR EXISTS \
          (SELECT 1 FROM alerts WHERE id = ? AND state = 'firing' AND severity = ? \
          AND (? = 0 OR ack_by IS NULL))",
     )
@@ -1110,6 +1114,7 @@ async fn enqueue_grouped(
     .bind(group_key)
     .bind(alert_id)
     .bind(series)
+    .bind(unacknowledged.then_some("1"))
     .bind(severity)
     .bind(alert_id)
     .bind(severity)

@@ -1506,8 +1506,9 @@ impl Alerting {
     }
 
     /// Whether `entry` is a firing whose alert is silenced or inhibited now (a silence added,
-    /// or an inhibiting alert fired, after it was queued): then it is dropped from the outbox
-    /// instead of delivered or retried, and `true` is returned.
+    /// or an inhibiting alert fired, after it was queued), or a reminder of an alert
+    /// acknowledged since: then it is dropped from the outbox instead of delivered or
+    /// retried, and `true` is returned.
     async fn silenced_since_queued(
         &self,
         entry: &db::OutboxEntry,
@@ -1530,6 +1531,13 @@ impl Alerting {
             Err(AlertError::NotFound { .. }) => return Ok(false),
             Err(e) => return Err(e),
         };
+        // A reminder is for an alert nobody has taken on; one acknowledged since it was
+        // queued would page the person working on it.
+        if entry.reminder && alert.ack.is_some() {
+            tracing::info!(alert = %alert_id, notifier = %entry.notifier, "Reminder dropped: its alert was acknowledged after it was queued.");
+            self.db.delivered(entry.id).await?;
+            return Ok(true);
+        }
         if !suppression.holds_back(&alert.rule, &alert.key, now) {
             return Ok(false);
         }
@@ -2065,6 +2073,44 @@ mod tests {
                 .await
                 .is_ok()
         );
+    }
+
+    /// A reminder queued before an acknowledgement is dropped, not delivered: the alert has
+    /// someone on it.
+    #[tokio::test]
+    async fn a_reminder_of_an_alert_acknowledged_since_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, mut bodies) = http_receiver().await;
+        let repeat = std::time::Duration::from_millis(200);
+        let webhook = webhook_to(
+            &url,
+            notify::Grouping {
+                repeat,
+                ..notify::Grouping::default()
+            },
+        );
+        let alerting = alerting_in(dir.path(), vec![webhook]).await;
+        alerting
+            .observe("hot", &[obs("oven-1", 1, 85.0)])
+            .await
+            .unwrap();
+        assert_eq!(alerting.deliver_due().await.unwrap(), 1);
+        assert_eq!(bodies.recv().await.unwrap()["status"], "firing");
+        tokio::time::sleep(repeat * 2).await;
+        assert_eq!(alerting.queue_reminders().await.unwrap(), 1);
+        alerting
+            .ack(
+                &alert_id("hot", "oven-1", S),
+                "ana",
+                Feedback::TruePositive,
+                None,
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(alerting.deliver_due().await.unwrap(), 0);
+        assert_eq!(alerting.db().outbox_len().await.unwrap(), 0);
+        assert!(bodies.try_recv().is_err());
     }
 
     /// A notification that failed waits out its backoff, unless Fabrik restarts (how a
