@@ -281,6 +281,36 @@ mod tests {
         }
     }
 
+    /// A bounded score, as Half-Space Trees' and Isolation Forest's are: the largest feature,
+    /// capped at 5.
+    fn largest_feature(row: &[f64]) -> f64 {
+        row.iter().copied().fold(0.0, f64::max).min(5.0)
+    }
+
+    /// Two features abnormal together: setting either to normal leaves the (capped) score as
+    /// it is, and the explanation falls back to each feature alone in a normal window, which
+    /// names both (and not the normal third).
+    #[test]
+    fn features_abnormal_together_are_named_when_no_single_one_lowers_the_score() {
+        let model = Score(largest_feature);
+        let medians = [1.0, 1.0, 1.0];
+        let row = [9.0, 6.0, 1.0];
+        let shares = occlusion(&model, &row, &medians).unwrap();
+        assert_eq!(
+            shares,
+            vec![0.0; 3],
+            "no single feature lowers the capped score"
+        );
+        let shares = single_feature_rises(&model, &row, &medians).unwrap();
+        assert!(shares[0] > 0.0 && shares[1] > 0.0, "{shares:?}");
+        assert_eq!(shares[2], 0.0, "{shares:?}");
+        let total: f64 = shares.iter().sum();
+        assert!((total - 1.0).abs() < 1e-12, "{shares:?}");
+        // One abnormal feature: plain occlusion names it alone.
+        let shares = occlusion(&model, &[4.0, 1.0, 1.0], &medians).unwrap();
+        assert_eq!(shares, vec![1.0, 0.0, 0.0]);
+    }
+
     /// A score with interactions: the larger of two products plus a square.
     fn interacting(row: &[f64]) -> f64 {
         (row[0] * row[1]).max(row[2] * row[3] * row[4]) + row[5] * row[5] + 0.5 * row[1]

@@ -940,52 +940,6 @@ mod tests {
         assert!(held >= 30, "the hold was exercised: {held} of {alarms}");
     }
 
-    /// A bounded score, as Half-Space Trees' and Isolation Forest's are: the largest feature,
-    /// capped at 5.
-    struct LargestFeature;
-
-    impl WindowModel for LargestFeature {
-        fn name(&self) -> &str {
-            "largest"
-        }
-        fn version(&self) -> &str {
-            "1"
-        }
-        fn fit(&mut self, _rows: &[Vec<f64>]) -> Result<(), MlError> {
-            Ok(())
-        }
-        fn score(&mut self, row: &[f64]) -> Result<f64, MlError> {
-            self.probe(row)
-        }
-        fn probe(&self, row: &[f64]) -> Result<f64, MlError> {
-            Ok(row.iter().copied().fold(0.0, f64::max).min(5.0))
-        }
-    }
-
-    /// Two features abnormal together: setting either to normal leaves the (capped) score as
-    /// it is,
-    /// and the explanation falls back to each feature alone in a normal window, which names
-    /// both (and not the normal third).
-    #[test]
-    fn features_abnormal_together_are_named_when_no_single_one_lowers_the_score() {
-        let medians = [1.0, 1.0, 1.0];
-        let row = [9.0, 6.0, 1.0];
-        let shares = occlusion(&LargestFeature, &row, &medians).unwrap();
-        assert_eq!(
-            shares,
-            vec![0.0; 3],
-            "no single feature lowers the capped score"
-        );
-        let shares = single_feature_rises(&LargestFeature, &row, &medians).unwrap();
-        assert!(shares[0] > 0.0 && shares[1] > 0.0, "{shares:?}");
-        assert_eq!(shares[2], 0.0, "{shares:?}");
-        let total: f64 = shares.iter().sum();
-        assert!((total - 1.0).abs() < 1e-12, "{shares:?}");
-        // One abnormal feature: plain occlusion names it alone.
-        let shares = occlusion(&LargestFeature, &[4.0, 1.0, 1.0], &medians).unwrap();
-        assert_eq!(shares, vec![1.0, 0.0, 0.0]);
-    }
-
     /// While DBZ's alarm holds after an excursion of one channel, the windows it flags name
     /// that channel, even when another one is the larger of their own small z's.
     #[test]
