@@ -6,19 +6,10 @@
 use fabrik_onnx::{Model, Tensor, TensorData, Value};
 use serde_json::Value as Json;
 
+use crate::support::json_number as num;
+
 fn edge(name: &str) -> std::path::PathBuf {
     crate::support::fixture("edge").join(name)
-}
-
-fn num(v: &Json) -> f64 {
-    match v {
-        Json::String(s) if s == "nan" => f64::NAN,
-        Json::String(s) if s == "inf" => f64::INFINITY,
-        Json::String(s) if s == "-inf" => f64::NEG_INFINITY,
-        other => other
-            .as_f64()
-            .unwrap_or_else(|| panic!("not a number: {other}")),
-    }
 }
 
 fn same(a: f64, b: f64) -> bool {

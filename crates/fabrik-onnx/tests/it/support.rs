@@ -7,6 +7,18 @@ use serde_json::Value as Json;
 
 pub(crate) const TOL: f64 = 1e-5;
 
+/// A number as the fixture generators write it: JSON numbers, or `"nan"`, `"inf"`, `"-inf"`.
+pub(crate) fn json_number(v: &Json) -> f64 {
+    match v {
+        Json::String(s) if s == "nan" => f64::NAN,
+        Json::String(s) if s == "inf" => f64::INFINITY,
+        Json::String(s) if s == "-inf" => f64::NEG_INFINITY,
+        other => other
+            .as_f64()
+            .unwrap_or_else(|| panic!("not a number: {other}")),
+    }
+}
+
 pub(crate) fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
