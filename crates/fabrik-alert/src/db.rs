@@ -106,6 +106,14 @@ pub struct OutboxEntry {
     pub reminder: bool,
 }
 
+/// The columns [`entry_from_row`] reads, for every query of outbox entries (one list, so a
+/// column added to [`OutboxEntry`] reaches them all).
+macro_rules! select_outbox_entries {
+    () => {
+        "SELECT id, notifier, payload, attempts, group_key, alert_id, reminder FROM outbox"
+    };
+}
+
 fn entry_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<OutboxEntry, AlertError> {
     Ok(OutboxEntry {
         id: r.try_get("id")?,
@@ -549,10 +557,10 @@ impl AlertDb {
 
     /// Notifications due at `now_ns`, oldest first.
     pub async fn due(&self, now_ns: i64, limit: u32) -> Result<Vec<OutboxEntry>, AlertError> {
-        let rows = sqlx::query(
-            "SELECT id, notifier, payload, attempts, group_key, alert_id, reminder FROM outbox \
-             WHERE next_attempt_ns <= ? ORDER BY id LIMIT ?",
-        )
+        let rows = sqlx::query(concat!(
+            select_outbox_entries!(),
+            " WHERE next_attempt_ns <= ? ORDER BY id LIMIT ?"
+        ))
         .bind(now_ns)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -576,10 +584,10 @@ impl AlertDb {
         now_ns: i64,
         limit: u32,
     ) -> Result<Vec<OutboxEntry>, AlertError> {
-        let rows = sqlx::query(
-            "SELECT id, notifier, payload, attempts, group_key, alert_id, reminder FROM outbox \
-             WHERE notifier = ? AND next_attempt_ns <= ? ORDER BY id LIMIT ?",
-        )
+        let rows = sqlx::query(concat!(
+            select_outbox_entries!(),
+            " WHERE notifier = ? AND next_attempt_ns <= ? ORDER BY id LIMIT ?"
+        ))
         .bind(notifier)
         .bind(now_ns)
         .bind(i64::from(limit))
@@ -595,10 +603,10 @@ impl AlertDb {
         group_key: &str,
         now_ns: i64,
     ) -> Result<Vec<OutboxEntry>, AlertError> {
-        let rows = sqlx::query(
-            "SELECT id, notifier, payload, attempts, group_key, alert_id, reminder FROM outbox \
-             WHERE notifier = ? AND group_key = ? AND next_attempt_ns <= ? ORDER BY id",
-        )
+        let rows = sqlx::query(concat!(
+            select_outbox_entries!(),
+            " WHERE notifier = ? AND group_key = ? AND next_attempt_ns <= ? ORDER BY id"
+        ))
         .bind(notifier)
         .bind(group_key)
         .bind(now_ns)
@@ -699,10 +707,10 @@ impl AlertDb {
             if configured.contains(&notifier.as_str()) {
                 continue;
             }
-            let entries = sqlx::query(
-                "SELECT id, notifier, payload, attempts, group_key, alert_id, reminder FROM outbox \
-                 WHERE notifier = ? ORDER BY id",
-            )
+            let entries = sqlx::query(concat!(
+                select_outbox_entries!(),
+                " WHERE notifier = ? ORDER BY id"
+            ))
             .bind(&notifier)
             .fetch_all(&self.pool)
             .await?
