@@ -187,15 +187,10 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&alerts)?);
                 return Ok(());
             }
-            // Columns as wide as their longest rule name and device.
-            let widest = |key: &str, least: usize| {
-                alerts
-                    .iter()
-                    .filter_map(|a| a.get(key).and_then(|v| v.as_str()))
-                    .map(|v| v.chars().count())
-                    .fold(least, usize::max)
-            };
-            let (rule_width, key_width) = (widest("rule", 20), widest("key", 16));
+            let (rule_width, key_width) = (
+                column_width(&alerts, "rule", 20),
+                column_width(&alerts, "key", 16),
+            );
             // `fired` is the webhook's startsAt; a pending alert shows when its condition began.
             println!(
                 "{:<9} {:<9} {:<9} {:<rule_width$} {:<key_width$} {:<24} {:<16} id",
@@ -398,11 +393,7 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&rules)?);
                 return Ok(());
             }
-            let name_width = rules
-                .iter()
-                .filter_map(|r| r["name"].as_str())
-                .map(|name| name.chars().count())
-                .fold(20, usize::max);
+            let name_width = column_width(&rules, "name", 20);
             println!(
                 "{:<name_width$} {:<7} {:<9} {:<10} {:<16} {:>7} {:>6} {:>10}  error",
                 "name", "origin", "health", "condition", "table", "pending", "firing", "rows"
@@ -457,6 +448,15 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
         },
     }
     Ok(())
+}
+
+/// A table column as wide as the longest `key` of `rows` (at least `least` characters), so
+/// a long rule name or device does not push the later columns out of line.
+fn column_width(rows: &[serde_json::Value], key: &str, least: usize) -> usize {
+    rows.iter()
+        .filter_map(|row| row[key].as_str())
+        .map(|text| text.chars().count())
+        .fold(least, usize::max)
 }
 
 #[cfg(test)]
