@@ -577,6 +577,16 @@ impl AlertDb {
         Ok(found.is_some())
     }
 
+    /// The notifiers with an entry due at `now_ns`.
+    pub async fn notifiers_due(&self, now_ns: i64) -> Result<Vec<String>, AlertError> {
+        Ok(
+            sqlx::query_scalar("SELECT DISTINCT notifier FROM outbox WHERE next_attempt_ns <= ?")
+                .bind(now_ns)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     /// Due entries of one notifier, oldest first.
     pub async fn due_for(
         &self,
