@@ -7,6 +7,7 @@
 pub mod alert_rules;
 pub mod alerts;
 pub mod auth;
+pub mod blobs;
 mod body;
 pub mod control;
 pub mod devices;

@@ -109,6 +109,8 @@ impl Modify for TokenAuth {
         crate::routes::write_influx_v2,
         crate::routes::write_samples,
         crate::routes::query,
+        crate::blobs::put_blob,
+        crate::blobs::get_blob,
         crate::routes::tables,
         crate::routes::persist,
         crate::routes::compact,

@@ -31,6 +31,8 @@ pub fn router(state: ApiState) -> Router {
         .route(INFLUX_V1_WRITE, post(write_influx_v1))
         .route("/api/v2/write", post(write_influx_v2))
         .route("/api/v1/samples", post(write_samples))
+        .route("/api/v1/blobs", post(crate::blobs::put_blob))
+        .route("/api/v1/blobs/{id}", get(crate::blobs::get_blob))
         .route("/api/v1/query", post(query))
         .route("/api/v1/tables", get(tables))
         .route("/api/v1/admin/persist", post(persist))

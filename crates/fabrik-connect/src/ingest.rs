@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+pub use bytes::Bytes;
 use fabrik_core::{Lineage, Point, Quality, RawMessageIds, SourceId, Timestamp, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -49,6 +49,12 @@ pub trait RecordSink: Send + Sync + 'static {
     /// Writes groups of points, each with its lineage, all or none. The error names what
     /// failed.
     async fn write(&self, groups: &[(Lineage, Vec<Point>)]) -> Result<(), SinkError>;
+
+    /// Stores a payload as a blob under its SHA-256 (see [`fabrik_core::BlobId`]), durably,
+    /// before the rows naming it are written. A sink without blob storage refuses.
+    async fn put_blob(&self, _bytes: &Bytes, _content_type: &str) -> Result<(), SinkError> {
+        Err(SinkError::Rejected("this sink stores no blobs".into()))
+    }
 }
 
 /// Why a write failed.
@@ -123,6 +129,8 @@ struct Pending {
     rows: Result<(Lineage, Vec<Point>), (String, String)>,
     /// The message matched no mapping and is not device data: nothing to store.
     ignored: bool,
+    /// The media type its payload is stored under as a blob (a WAV clip), if it is one.
+    blob: Option<&'static str>,
 }
 
 fn payload_text(payload: &[u8]) -> String {
@@ -208,6 +216,7 @@ impl Ingest {
                     device,
                     raw_id,
                     ignored: false,
+                    blob: None,
                     message,
                 };
             }
@@ -253,6 +262,7 @@ impl Ingest {
             device,
             raw_id,
             ignored: false,
+            blob: None,
             message,
         }
     }
@@ -300,6 +310,7 @@ impl Ingest {
                     device: publisher_device,
                     raw_id,
                     ignored: !device_data,
+                    blob: None,
                     message,
                 }
             }
@@ -321,6 +332,7 @@ impl Ingest {
                     .map(|points| (lineage, points))
                     .map_err(|e| (m.name.clone(), e.to_string()));
                 Pending {
+                    blob: rows.as_ref().ok().and(m.blob_media_type()),
                     rows,
                     device,
                     raw_id,
@@ -378,7 +390,11 @@ impl Ingest {
                     ("topic".to_owned(), Value::Str(p.message.topic.to_string())),
                     (
                         "payload".to_owned(),
-                        Value::Str(payload_text(&p.message.payload)),
+                        // A clip is kept once, as its blob: the raw copy names it.
+                        Value::Str(match p.blob {
+                            Some(_) => fabrik_core::BlobId::of(&p.message.payload).to_string(),
+                            None => payload_text(&p.message.payload),
+                        }),
                     ),
                     (
                         "bytes".to_owned(),
@@ -439,6 +455,7 @@ impl Ingest {
             }
             pending.push(p);
         }
+        self.store_blobs(&mut pending).await;
         if pending.is_empty() {
             return;
         }
@@ -494,6 +511,39 @@ impl Ingest {
                 }
             }
         }
+    }
+
+    /// Stores the payloads that are blobs, before the rows naming them: one the sink refuses
+    /// becomes a dead letter; one it cannot store now is answered with the error (its sender
+    /// retries) and leaves the batch.
+    async fn store_blobs(&self, pending: &mut Vec<Pending>) {
+        let mut kept = Vec::with_capacity(pending.len());
+        for mut p in pending.drain(..) {
+            let Some(media_type) = p.blob else {
+                kept.push(p);
+                continue;
+            };
+            match self.sink.put_blob(&p.message.payload, media_type).await {
+                Ok(()) => kept.push(p),
+                Err(SinkError::Rejected(reason)) => {
+                    let mapping = match &p.rows {
+                        Ok((lineage, _)) => format!("v{}", lineage.mapping_version),
+                        Err((mapping, _)) => mapping.clone(),
+                    };
+                    p.rows = Err((mapping, format!("storing the clip: {reason}")));
+                    // Not stored: the raw copy keeps the bytes instead of naming a blob.
+                    p.blob = None;
+                    kept.push(p);
+                }
+                Err(SinkError::Unavailable(reason)) => {
+                    tracing::warn!(topic = %p.message.topic, reason = %reason, "Ingest could not store a clip; its sender will retry.");
+                    if let Some(done) = p.message.done {
+                        let _ = done.send(Err(reason));
+                    }
+                }
+            }
+        }
+        *pending = kept;
     }
 
     fn finish(&self, p: Pending, result: Result<(), String>) {
@@ -567,6 +617,7 @@ mod tests {
     #[derive(Default)]
     struct MemorySink {
         written: Mutex<Vec<(Lineage, Vec<Point>)>>,
+        blobs: Mutex<Vec<(Bytes, String)>>,
         reject_field: Option<String>,
     }
 
@@ -582,6 +633,13 @@ mod tests {
                 return Err(SinkError::Rejected(format!("field `{bad}` conflicts")));
             }
             self.written.lock().extend(groups.iter().cloned());
+            Ok(())
+        }
+
+        async fn put_blob(&self, bytes: &Bytes, content_type: &str) -> Result<(), SinkError> {
+            self.blobs
+                .lock()
+                .push((bytes.clone(), content_type.to_owned()));
             Ok(())
         }
     }
@@ -709,6 +767,58 @@ mod tests {
         let t = tables(&sink);
         assert_eq!(t.iter().filter(|t| *t == "pump").count(), 1);
         assert_eq!(t.iter().filter(|t| *t == DEAD_LETTERS).count(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_clip_is_stored_as_a_blob_named_by_its_row_and_a_bad_one_dead_lettered() {
+        let sink = Arc::new(MemorySink::default());
+        let worker = ingest(sink.clone());
+        let clip = fabrik_core::wav::encode_pcm16(8_000, 1, &[0; 4_000]);
+        let id = fabrik_core::BlobId::of(&clip).to_string();
+        let (good, good_rx) = message("devices/p1/clips/acoustic", "", Some("p1"));
+        let good = RawMessage {
+            payload: Bytes::from(clip.clone()),
+            received_at: Timestamp(2_000_000_000),
+            ..good
+        };
+        let (bad, bad_rx) = message("devices/p1/clips/acoustic", "RIFF-not-wave", Some("p1"));
+        worker.process(vec![good, bad]).await;
+        assert_eq!(good_rx.await.expect("good"), Ok(()));
+        assert_eq!(bad_rx.await.expect("bad"), Ok(()));
+        let blobs = sink.blobs.lock().clone();
+        assert_eq!(blobs, vec![(Bytes::from(clip), "audio/wav".to_owned())]);
+        let written = sink.written.lock();
+        let points: Vec<&Point> = written.iter().flat_map(|(_, ps)| ps).collect();
+        let row = points
+            .iter()
+            .find(|p| p.measurement == "clips")
+            .expect("the clip's row");
+        assert_eq!(
+            row.fields,
+            vec![("acoustic".to_owned(), Value::Str(id.clone()))]
+        );
+        // At its receipt: a row dated earlier than pipelines' read horizon would be missed.
+        assert_eq!(row.time, Timestamp(2_000_000_000));
+        assert!(
+            points
+                .iter()
+                .any(|p| p.measurement == fabrik_core::blob::BLOBS_TABLE)
+        );
+        let raw = points.iter().find(|p| {
+            p.measurement == RAW && p.fields.iter().any(|(_, v)| *v == Value::Str(id.clone()))
+        });
+        assert!(
+            raw.is_some(),
+            "the raw copy names the blob instead of repeating it"
+        );
+        let dead = points
+            .iter()
+            .find(|p| p.measurement == DEAD_LETTERS)
+            .expect("dead letter");
+        assert!(
+            matches!(&dead.fields[2].1, Value::Str(r) if r.contains("not a WAV clip")),
+            "{dead:?}"
+        );
     }
 
     #[test]

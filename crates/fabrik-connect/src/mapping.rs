@@ -14,7 +14,8 @@ use fabrik_core::{FieldType, Point, Quality, Timestamp, Value};
 pub use fabrik_runtime::config::{MappingConfig, SignalConfig};
 
 /// The mappings a fresh install uses: devices publish JSON to `devices/<id>/telemetry` (table
-/// = device type) or `devices/<id>/telemetry/<table>`.
+/// = device type) or `devices/<id>/telemetry/<table>`, and WAV clips to
+/// `devices/<id>/clips/<signal>` (table `clips`, the signal's field holding the clip's id).
 pub fn default_mappings() -> Vec<MappingConfig> {
     let base = |name: &str, topic: &str, measurement: Option<&str>| MappingConfig {
         name: name.into(),
@@ -28,6 +29,15 @@ pub fn default_mappings() -> Vec<MappingConfig> {
         signals: Vec::new(),
         signal: None,
     };
+    let clips = MappingConfig {
+        format: "wav".into(),
+        time: None,
+        ..base(
+            "device-clips",
+            "devices/{device}/clips/{signal}",
+            Some("clips"),
+        )
+    };
     vec![
         base("device-telemetry", "devices/{device}/telemetry", None),
         base(
@@ -35,6 +45,7 @@ pub fn default_mappings() -> Vec<MappingConfig> {
             "devices/{device}/telemetry/{measurement}",
             Some("{measurement}"),
         ),
+        clips,
     ]
 }
 
@@ -50,6 +61,8 @@ enum Level {
 enum Format {
     Json,
     Value,
+    /// The payload is a WAV clip, stored as a blob; the row holds its id.
+    Wav,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -139,9 +152,10 @@ pub fn compile(config: &MappingConfig) -> Result<Mapping, String> {
     let format = match config.format.as_str() {
         "json" => Format::Json,
         "value" => Format::Value,
+        "wav" => Format::Wav,
         other => {
             return Err(format!(
-                "mapping `{name}`: format `{other}` is not `json` or `value`"
+                "mapping `{name}`: format `{other}` is not `json`, `value` or `wav`"
             ));
         }
     };
@@ -255,6 +269,12 @@ impl Mapping {
         }
     }
 
+    /// The media type under which a message's payload is stored as a blob, for mappings whose
+    /// rows name their payload (WAV clips).
+    pub fn blob_media_type(&self) -> Option<&'static str> {
+        matches!(self.format, Format::Wav).then_some(fabrik_core::blob::WAV_MEDIA_TYPE)
+    }
+
     /// Maps one message whose topic gave `captures`. `received` is the receipt time.
     pub fn map(
         &self,
@@ -284,6 +304,30 @@ impl Mapping {
             }
         }
         match self.format {
+            Format::Wav => {
+                let field = self
+                    .signal
+                    .clone()
+                    .or_else(|| captures.get("signal").cloned())
+                    .ok_or_else(|| {
+                        self.fail("no signal name (set `signal` or capture `{signal}`)")
+                    })?;
+                let audio =
+                    fabrik_core::wav::wav_info(payload).map_err(|e| self.fail(e.to_string()))?;
+                // Dated at receipt, not at when the recording began (its length earlier): a
+                // row dated before the pipelines' read horizon, which trails the clock by their
+                // lateness, would never be read.
+                let row = fabrik_core::BlobRow {
+                    table: measurement,
+                    tags,
+                    signal: field,
+                    bytes: payload,
+                    content_type: fabrik_core::blob::WAV_MEDIA_TYPE.to_owned(),
+                    audio: Some(audio),
+                    time: received,
+                };
+                Ok(row.points())
+            }
             Format::Value => {
                 let text = std::str::from_utf8(payload)
                     .map_err(|e| self.fail(format!("payload is not UTF-8 text: {e}")))?

@@ -27,4 +27,7 @@ pub enum CoreError {
     /// A quality name that is not good, uncertain or bad.
     #[error("invalid quality `{0}`: expected good, uncertain or bad")]
     InvalidQuality(String),
+    /// A WAV clip Fabrik cannot read.
+    #[error("not a WAV clip Fabrik can read: {0}")]
+    InvalidWav(String),
 }

@@ -172,7 +172,8 @@ pub struct MappingConfig {
     pub source: String,
     /// Topic template: literal levels, `{name}` captures (`{device}` required), `+`, final `#`.
     pub topic: String,
-    /// `json` or `value` (the payload is one number, boolean or text).
+    /// `json`, `value` (the payload is one number, boolean or text) or `wav` (the payload is a
+    /// WAV clip, stored as a blob; the row's `signal` field holds its id).
     #[serde(default = "json_format")]
     pub format: String,
     /// Table name; may use captures and `{device_type}`. Default: the device type, else

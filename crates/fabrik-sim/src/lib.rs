@@ -102,8 +102,16 @@ impl FaultBoard {
     }
 }
 
+/// Seconds between a pump's acoustic clips.
+pub const CLIP_EVERY_TICKS: u64 = 5;
+/// Length of an acoustic clip, s.
+pub const CLIP_SECONDS: f64 = 1.0;
+/// Sample rate of the acoustic clips, Hz.
+pub const CLIP_RATE: u32 = 8_000;
+
 /// Runs every device until `shutdown`: each connects to `mqtt_address` with its credentials
-/// and publishes JSON telemetry to `devices/<id>/telemetry` at QoS 1.
+/// and publishes JSON telemetry to `devices/<id>/telemetry` at QoS 1; pumps also publish a
+/// WAV clip of their sound to `devices/<id>/clips/acoustic` every [`CLIP_EVERY_TICKS`].
 pub async fn run_plant(
     spec: PlantSpec,
     devices: Vec<DeviceCredentials>,
@@ -159,6 +167,8 @@ async fn run_device(
     });
     let mut sim = Simulator::new(device.kind, SmallRng::seed_from_u64(seed), index);
     let topic = format!("devices/{}/telemetry", device.id);
+    let clip_topic = format!("devices/{}/clips/acoustic", device.id);
+    let mut ticks: u64 = 0;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -176,12 +186,21 @@ async fn run_device(
         let Some(payload) = sim.step(now_ms, interval.as_secs_f64()) else {
             continue; // a drop-out: the device is silent
         };
-        let publish = client.publish(&topic, payload, 1, false);
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = publish => {
-                if let Err(e) = r {
-                    tracing::debug!(device = %device.id, error = %e, "Simulated publish failed.");
+        ticks += 1;
+        let clip = ticks
+            .is_multiple_of(CLIP_EVERY_TICKS)
+            .then(|| sim.acoustic_clip(CLIP_RATE, CLIP_SECONDS))
+            .flatten();
+        let messages = std::iter::once((topic.as_str(), payload.into_bytes()))
+            .chain(clip.map(|clip| (clip_topic.as_str(), clip)));
+        for (to, body) in messages {
+            let publish = client.publish(to, body, 1, false);
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = publish => {
+                    if let Err(e) = r {
+                        tracing::debug!(device = %device.id, error = %e, "Simulated publish failed.");
+                    }
                 }
             }
         }

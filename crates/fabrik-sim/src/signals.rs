@@ -137,6 +137,31 @@ impl Simulator {
         (self.t + self.phase) % DUTY_PERIOD < DUTY_ON
     }
 
+    /// A pump's microphone: `seconds` of 16-bit mono WAV at `rate` Hz while the pump runs
+    /// (the recorder is triggered by the motor; a stopped pump gives no clip, nor does a
+    /// silent device or a motor). The motor hums at 100 Hz with harmonics over broadband flow
+    /// noise; bearing wear (the drift fault) adds a whine at 3.2 kHz that grows with it, long
+    /// before the vibration RMS moves much.
+    pub fn acoustic_clip(&mut self, rate: u32, seconds: f64) -> Option<Vec<u8>> {
+        if self.kind != DeviceKind::Pump || !self.running() || self.silent_left > 0.0 {
+            return None;
+        }
+        let frames = (f64::from(rate) * seconds) as usize;
+        let whine = 0.06 * self.drift.min(1.0);
+        let phase: f64 = self.rng.random::<f64>() * std::f64::consts::TAU;
+        let samples: Vec<i16> = (0..frames)
+            .map(|n| {
+                let t = n as f64 / f64::from(rate);
+                let w = std::f64::consts::TAU * t;
+                let hum = 0.25 * (w * 100.0 + phase).sin() + 0.08 * (w * 300.0 + phase).sin();
+                let flow = (self.rng.random::<f64>() - 0.5) * 0.04;
+                let bearing = whine * (w * 3_200.0).sin();
+                ((hum + flow + bearing).clamp(-1.0, 1.0) * 32_767.0) as i16
+            })
+            .collect();
+        Some(fabrik_core::wav::encode_pcm16(rate, 1, &samples))
+    }
+
     /// Advances by `dt` seconds; returns the JSON payload of this sample, or `None` while the
     /// device is silent.
     pub fn step(&mut self, now_ms: i64, dt: f64) -> Option<String> {
@@ -228,6 +253,41 @@ mod tests {
             .filter_map(|i| sim.step(i as i64 * 1000, 1.0))
             .map(|p| serde_json::from_str(&p).expect("valid JSON"))
             .collect()
+    }
+
+    /// Power of the clip at `hz` (Goertzel), from the decoded samples.
+    fn tone_power(clip: &[u8], hz: f64) -> f64 {
+        let (info, samples) = fabrik_core::wav::decode_mono(clip).expect("a WAV clip");
+        let w = std::f64::consts::TAU * hz / f64::from(info.sample_rate);
+        let (re, im) = samples
+            .iter()
+            .enumerate()
+            .fold((0.0, 0.0), |(re, im), (n, x)| {
+                (re + x * (w * n as f64).cos(), im - x * (w * n as f64).sin())
+            });
+        (re * re + im * im) / (samples.len() as f64).powi(2)
+    }
+
+    #[test]
+    fn bearing_wear_is_heard_as_a_whine_and_a_stopped_pump_records_nothing() {
+        let mut pump = Simulator::new(DeviceKind::Pump, SmallRng::seed_from_u64(3), 0);
+        let healthy = pump
+            .acoustic_clip(8_000, 1.0)
+            .expect("a running pump's clip");
+        pump.inject(FaultKind::Drift);
+        values(&mut pump, 120);
+        let worn = pump.acoustic_clip(8_000, 1.0).expect("still running");
+        let (before, after) = (tone_power(&healthy, 3_200.0), tone_power(&worn, 3_200.0));
+        assert!(after > 100.0 * before, "whine {before} → {after}");
+        // The hum is the same; only the bearing band changed.
+        let hum = (tone_power(&healthy, 100.0), tone_power(&worn, 100.0));
+        assert!((hum.0 / hum.1 - 1.0).abs() < 0.05, "{hum:?}");
+        let mut motor = Simulator::new(DeviceKind::Motor, SmallRng::seed_from_u64(3), 0);
+        assert!(motor.acoustic_clip(8_000, 1.0).is_none());
+        // 600 s running, then stopped.
+        values(&mut pump, 500);
+        assert!(!pump.running());
+        assert!(pump.acoustic_clip(8_000, 1.0).is_none());
     }
 
     fn mean(vs: &[serde_json::Value], key: &str) -> f64 {

@@ -14,6 +14,7 @@
 //! This crate must not know about HTTP or any protocol: callers hand it bodies and points.
 
 pub mod batch;
+pub mod blobs;
 pub mod buffer;
 pub mod error;
 mod last_rows;
@@ -43,6 +44,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+pub use blobs::{Blob, BlobStore};
 pub use datafusion::arrow;
 pub use error::StoreError;
 
@@ -312,6 +314,7 @@ pub struct Store {
     runtime_env: Arc<RuntimeEnv>,
     query_pool: QueryPool,
     ids: RawMessageIds,
+    blobs: BlobStore,
     _lock: File,
 }
 
@@ -357,6 +360,7 @@ impl Store {
                 .iter()
                 .map(|(name, t)| (name.clone(), t.id, t.columns.clone())),
         );
+        let blobs = BlobStore::open(dir.join("blobs"))?;
         let segments_dir = dir.join("segments");
         let objects: Objects = Arc::new(
             object_store::local::LocalFileSystem::new_with_prefix(&segments_dir)
@@ -445,8 +449,14 @@ impl Store {
             runtime_env,
             query_pool: QueryPool(Some(query_pool)),
             ids: RawMessageIds::new(),
+            blobs,
             _lock: lock,
         }))
+    }
+
+    /// The clips, images and files rows refer to by [`fabrik_core::BlobId`].
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
     }
 
     /// The options the store runs with.

@@ -826,7 +826,11 @@ fn demo_inhibitions() -> Vec<fabrik_alert::Inhibition> {
     vec![
         fabrik_alert::Inhibition {
             source: "pump-silent".into(),
-            targets: vec!["pump-anomaly".into(), "pressure-frozen".into()],
+            targets: vec![
+                "pump-anomaly".into(),
+                "pump-noise".into(),
+                "pressure-frozen".into(),
+            ],
             same_device: true,
         },
         fabrik_alert::Inhibition {
@@ -841,6 +845,7 @@ fn demo_inhibitions() -> Vec<fabrik_alert::Inhibition> {
 fn demo_rules() -> Vec<AlertRuleConfig> {
     [
         demo_rule(),
+        demo_noise_rule(),
         demo_frozen_rule(),
         demo_chiller_pressure_rule(),
     ]
@@ -888,6 +893,31 @@ fn demo_rule() -> AlertRuleConfig {
                     .to_owned(),
             ),
         ]),
+    }
+}
+
+/// Anomalous windows of `pump-acoustic`: a pump that sounds unlike its normal (the demo's
+/// bearing wear whines in the 2.5–3.5 kHz band).
+fn demo_noise_rule() -> AlertRuleConfig {
+    AlertRuleConfig {
+        name: "pump-noise".into(),
+        filter: Some("pipeline = 'pump-acoustic'".into()),
+        annotations: BTreeMap::from([
+            (
+                "summary".to_owned(),
+                "Pump {device} sounds unlike its normal (score {value} × its threshold; \
+                 contributions by band: {contributions})"
+                    .to_owned(),
+            ),
+            (
+                "runbook".to_owned(),
+                "A rise in band:2500-3500 is the whine of a worn bearing: listen to the clip \
+                 (GET /api/v1/blobs/<id> of the window's row in `clips`) and check the pump's \
+                 vibration before acknowledging."
+                    .to_owned(),
+            ),
+        ]),
+        ..demo_rule()
     }
 }
 
@@ -2194,17 +2224,11 @@ mod tests {
 
     #[test]
     fn the_demo_rule_compiles_and_bad_rules_name_their_fields() {
-        assert!(compile_rule(&demo_rule()).is_ok());
-        assert!(compile_rule(&demo_frozen_rule()).is_ok());
-        for rule in demo_heartbeat_rules() {
+        for rule in demo_rules() {
             assert!(compile_rule(&rule).is_ok(), "{}", rule.name);
         }
         // The demo's inhibitions name its rules.
-        let names: Vec<String> = [demo_rule(), demo_frozen_rule()]
-            .into_iter()
-            .chain(demo_heartbeat_rules())
-            .map(|rule| rule.name)
-            .collect();
+        let names: Vec<String> = demo_rules().into_iter().map(|rule| rule.name).collect();
         for inhibition in demo_inhibitions() {
             for name in std::iter::once(&inhibition.source).chain(&inhibition.targets) {
                 assert!(names.contains(name), "{name} is not a demo rule");

@@ -40,6 +40,24 @@ impl RecordSink for StoreSink {
             Err(e) => Err(SinkError::Unavailable(e.to_string())),
         }
     }
+
+    async fn put_blob(
+        &self,
+        bytes: &fabrik_connect::ingest::Bytes,
+        content_type: &str,
+    ) -> Result<(), SinkError> {
+        let (blobs, bytes, media) = (
+            self.0.blobs().clone(),
+            bytes.clone(),
+            content_type.to_owned(),
+        );
+        match tokio::task::spawn_blocking(move || blobs.put(&bytes, &media)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e @ StoreError::InvalidPoint { .. })) => Err(SinkError::Rejected(e.to_string())),
+            Ok(Err(e)) => Err(SinkError::Unavailable(e.to_string())),
+            Err(e) => Err(SinkError::Unavailable(e.to_string())),
+        }
+    }
 }
 
 /// Device facts the ingest path needs, kept in memory (filled when devices authenticate).

@@ -6,8 +6,10 @@ mod alert_fill;
 mod alerts;
 mod bench;
 mod bench_mqtt;
+mod blob_cli;
 mod bridge;
 mod client;
+mod clips;
 mod columns;
 mod config_check;
 mod connect;
@@ -61,6 +63,8 @@ enum Command {
     Query(client::QueryArgs),
     /// Write line protocol from a file (or - for stdin) to a running Fabrik.
     Write(client::WriteArgs),
+    /// Store a clip or file (WAV clips become signals pipelines read) and fetch it back.
+    Blob(blob_cli::BlobArgs),
     /// Register, list, show and remove devices of a running Fabrik.
     Device(device_cli::DeviceArgs),
     /// Create, list and remove the users who sign in with a password, and set passwords.
@@ -158,6 +162,7 @@ fn main() -> ExitCode {
         Command::Alert(args) => client::block_on(alert_cli::run(args)),
         Command::Pipeline(args) => client::block_on(pipeline_cli::run(args)),
         Command::Model(args) => client::block_on(model_cli::run(args)),
+        Command::Blob(args) => client::block_on(blob_cli::run(args)),
         Command::Sim(args) => client::block_on(demo::sim(args)),
         Command::Eval(args) => match eval::run(args) {
             Ok(()) => ExitCode::SUCCESS,

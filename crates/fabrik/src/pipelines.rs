@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use datafusion::arrow::array::{Array, Float64Array, Int64Array, StringArray};
+use datafusion::arrow::array::{Array, Int64Array, StringArray};
 use datafusion::arrow::datatypes::DataType;
 use fabrik_api::pipelines::{
     ControlError, DryRun, ModelInfo, PipelineBoard, PipelineControl, PipelineOrigin, PipelineState,
@@ -27,6 +27,7 @@ use fabrik_runtime::config::{Config, PipelineConfig};
 use fabrik_runtime::units::parse_duration;
 use fabrik_store::Store;
 
+use crate::clips::SignalColumn;
 use crate::columns::cast_column;
 use crate::stored::{compile_batch, definitions_json, read_definitions, store_file};
 use futures::future::BoxFuture;
@@ -41,6 +42,15 @@ const STARVED_AFTER_WINDOWS: u64 = 3;
 const DEFAULT_TRAINING_WINDOWS: usize = 30;
 /// Rows read per query, so a replay of a long history proceeds in bounded steps.
 const READ_LIMIT: usize = 50_000;
+/// The clips a stored row names: (signal index, blob id).
+type ClipReferences = Vec<(usize, String)>;
+
+/// Stored rows of a page with their devices and the clips they name.
+type StoredRows = Vec<(String, Row, ClipReferences)>;
+
+/// Stored rows per read when a signal is a clip: each becomes its clip's samples (a minute of
+/// 48 kHz audio is 2.9 million), which stay in memory until their windows close.
+const CLIP_READ_LIMIT: usize = 4;
 /// How far back a restarting pipeline looks for its devices' training spans.
 const SPAN_LOOKUP_DAYS: u32 = 30;
 /// Most windows a sample may belong to (`window` / `hop`).
@@ -461,6 +471,25 @@ pub(crate) fn demo_pipeline() -> PipelineConfig {
         interval: "1s".into(),
         lateness: "2s".into(),
         start: "now".into(),
+    }
+}
+
+/// The demo's second pipeline: the pumps' sound, from the one-second WAV clips each running
+/// pump publishes every 5 s (`devices/<id>/clips/acoustic`): loudness, the motor hum's band
+/// and the band a worn bearing whines in (3.2 kHz).
+pub(crate) fn demo_acoustic_pipeline() -> PipelineConfig {
+    PipelineConfig {
+        name: "pump-acoustic".into(),
+        table: "clips".into(),
+        filter: None,
+        signals: vec!["acoustic".into()],
+        window: "5s".into(),
+        features: ["rms", "band:50-500", "band:2500-3500"]
+            .map(String::from)
+            .to_vec(),
+        // One clip of 8,000 samples per window; a window the clip straddles has part of it.
+        min_samples: 2_000,
+        ..demo_pipeline()
     }
 }
 
@@ -1287,11 +1316,10 @@ impl ExportedCounters {
     }
 }
 
-/// What of `config`'s input is not in the store yet: its table, or columns of it (named,
-/// with the columns it has); `None` when everything is there.
 /// What the table, if it exists, says cannot work: a device column that is a field (every
-/// distinct value would become a device, each with its own model), a signal that is a tag or
-/// a text field (signals are numbers). Column kinds never change once a table has them.
+/// distinct value would become a device, each with its own model), a signal that is a tag
+/// (text fields are fine: they name WAV clips, see [`crate::clips`]). Column kinds never change
+/// once a table has them.
 fn column_kind_problems(store: &Store, config: &PipelineConfig) -> Vec<(String, String)> {
     let Some(table) = store.tables().into_iter().find(|t| t.name == config.table) else {
         return Vec::new();
@@ -1322,24 +1350,13 @@ fn column_kind_problems(store: &Store, config: &PipelineConfig) -> Vec<(String, 
                     config.table
                 ),
             ));
-        } else if table
-            .fields
-            .iter()
-            .any(|(field, kind)| field == signal && kind == "string")
-        {
-            problems.push((
-                "signals".to_owned(),
-                format!(
-                    "`{signal}` is a text field of `{}`; signals are numbers (float, integer \
-                     or boolean)",
-                    config.table
-                ),
-            ));
         }
     }
     problems
 }
 
+/// What of `config`'s input is not in the store yet: its table, or columns of it (named,
+/// with the columns it has); `None` when everything is there.
 fn missing_input(store: &Store, config: &PipelineConfig) -> Option<String> {
     if !store.has_table(&config.table) {
         return Some(format!(
@@ -1392,6 +1409,7 @@ pub(crate) async fn start(
         .collect();
     if demo && configured.is_empty() {
         configured.push((PipelineOrigin::Demo, demo_pipeline()));
+        configured.push((PipelineOrigin::Demo, demo_acoustic_pipeline()));
     }
     let stored_path = data_dir.join(STORED_PIPELINES_FILE);
     let stored: Vec<PipelineConfig> = read_definitions(&stored_path, "pipeline")?;
@@ -1818,7 +1836,7 @@ impl Runner {
         pipeline.rows_read_from(device, from);
         let mut after = from.saturating_sub(1);
         loop {
-            let (rows, last, full) = self.read_page(Some(after), until - 1, Some(&only)).await?;
+            let (rows, last, full) = self.read(Some(after), until - 1, Some(&only)).await?;
             for (device, row) in rows {
                 pipeline.push(&device, row);
             }
@@ -1848,25 +1866,20 @@ impl Runner {
         }
     }
 
-    /// [`Self::read`], and whether the page was full. A full page may have cut the rows of its
-    /// last timestamp in two: that timestamp is left for the next page (unless it is all the
-    /// page holds), and the returned position is just before it.
-    async fn read_page(
-        &self,
-        after: Option<i64>,
-        horizon: i64,
-        devices: Option<&[String]>,
-    ) -> Result<(Vec<(String, Row)>, Option<i64>, bool), String> {
-        let (mut rows, mut last, page) = self.read(after, horizon, devices).await?;
-        let full = page >= READ_LIMIT;
-        if full && let Some(t) = last {
-            let keep = rows.iter().take_while(|(_, r)| r.time_ns < t).count();
-            if keep > 0 {
-                rows.truncate(keep);
-                last = Some(t - 1);
-            }
+    /// Stored rows per page: a clip becomes thousands of samples, so pages of clips are short.
+    fn read_limit(&self) -> usize {
+        let c = &self.compiled.config;
+        let reads_clips = self.store.tables().iter().any(|t| {
+            t.name == c.table
+                && t.fields
+                    .iter()
+                    .any(|(field, kind)| kind == "string" && c.signals.contains(field))
+        });
+        if reads_clips {
+            CLIP_READ_LIMIT
+        } else {
+            READ_LIMIT
         }
-        Ok((rows, last, full))
     }
 
     /// Reads what arrived up to `horizon`, closes windows, stores the inferences.
@@ -1882,9 +1895,7 @@ impl Runner {
             return Err("no registered device matches the pipeline's selection".into());
         }
         loop {
-            let (rows, last, full) = self
-                .read_page(*read_after, horizon, devices.as_deref())
-                .await?;
+            let (rows, last, full) = self.read(*read_after, horizon, devices.as_deref()).await?;
             *samples += rows.len() as u64;
             for (device, row) in rows {
                 pipeline.push(&device, row);
@@ -1949,14 +1960,18 @@ impl Runner {
         }
     }
 
-    /// Rows with `after < time ≤ horizon`, in time order, and the last time read.
+    /// Rows with `after < time ≤ horizon`, in time order, the last time read, and whether the
+    /// page was full. A full page may have cut the rows of its last timestamp in two: that
+    /// timestamp is left for the next page (unless it is all the page holds), and the returned
+    /// position is just before it. Clip signals are expanded into their samples.
     async fn read(
         &self,
         after: Option<i64>,
         horizon: i64,
         devices: Option<&[String]>,
-    ) -> Result<(Vec<(String, Row)>, Option<i64>, usize), String> {
+    ) -> Result<(Vec<(String, Row)>, Option<i64>, bool), String> {
         let c = &self.compiled.config;
+        let limit = self.read_limit();
         let quote = |name: &str| format!("\"{name}\"");
         let columns: Vec<String> = c.signals.iter().map(|s| quote(s)).collect();
         let mut sql = format!(
@@ -1983,14 +1998,74 @@ impl Runner {
                 list.join(", ")
             ));
         }
-        sql.push_str(&format!(" ORDER BY time LIMIT {READ_LIMIT}"));
-        let output = match self.store.query(&sql).await {
+        let page_sql = format!("{sql} ORDER BY time LIMIT {limit}");
+        let output = match self.store.query(&page_sql).await {
             Ok(output) => output,
             Err(e) => return Err(self.explain_read_error(&e.to_string())),
         };
-        let mut rows = Vec::new();
+        // Stored rows first, with the clip references of each; clips are read once the page
+        // is cut, so a clip left for the next page is not read twice.
+        let page: usize = output.batches.iter().map(|b| b.num_rows()).sum();
+        let (mut stored, mut last, mut clip_columns) = self.stored_rows(&output)?;
+        let full = page >= limit;
+        if full && let Some(t) = last {
+            let keep = stored.iter().take_while(|(_, r, _)| r.time_ns < t).count();
+            if keep > 0 {
+                stored.truncate(keep);
+                last = Some(t - 1);
+            } else {
+                // The whole page is one timestamp, and more rows may share it (clips of a
+                // synchronised capture): read that timestamp whole, or the rest is skipped.
+                let all_of_t = format!("{sql} AND time = to_timestamp_nanos({t}) ORDER BY time");
+                let output = match self.store.query(&all_of_t).await {
+                    Ok(output) => output,
+                    Err(e) => return Err(self.explain_read_error(&e.to_string())),
+                };
+                (stored, last, clip_columns) = self.stored_rows(&output)?;
+            }
+        }
+        let mut rows = Vec::with_capacity(stored.len());
+        for (device, row, clips) in stored {
+            let (start_ns, arrival) = (row.time_ns, row.arrival);
+            // A row of clips alone has no numbers to give; its samples are the clips'.
+            if !clip_columns || row.values.iter().any(Option::is_some) {
+                rows.push((device.clone(), row));
+            }
+            for (j, reference) in clips {
+                let Some((rate, samples)) =
+                    crate::clips::clip_samples(&self.store, &c.name, &c.signals[j], &reference)
+                        .await?
+                else {
+                    continue;
+                };
+                rows.reserve(samples.len());
+                for (k, sample) in samples.into_iter().enumerate() {
+                    let mut values = vec![None; c.signals.len()];
+                    values[j] = Some(sample);
+                    rows.push((
+                        device.clone(),
+                        Row {
+                            time_ns: crate::clips::sample_time(start_ns, k, rate),
+                            values,
+                            arrival,
+                        },
+                    ));
+                }
+            }
+        }
+        Ok((rows, last, full))
+    }
+
+    /// The rows of a query's answer (time, device, `_raw_id`, then the signals), each with
+    /// the clips it names; the last time seen; whether any signal is a clip column.
+    fn stored_rows(
+        &self,
+        output: &fabrik_store::QueryOutput,
+    ) -> Result<(StoredRows, Option<i64>, bool), String> {
+        let c = &self.compiled.config;
+        let mut stored: StoredRows = Vec::new();
         let mut last = None;
-        let page = output.batches.iter().map(|b| b.num_rows()).sum();
+        let mut clip_columns = false;
         for batch in &output.batches {
             let times: Int64Array = cast_column(
                 batch,
@@ -2010,14 +2085,15 @@ impl Runner {
                 &DataType::Int64,
                 "_raw_id did not cast to integers",
             )?;
-            let mut signal_arrays: Vec<Float64Array> = Vec::with_capacity(c.signals.len());
-            for (j, signal) in c.signals.iter().enumerate() {
-                // Booleans and integers become numbers; text cannot be scored.
-                let column =
-                    cast_column(batch, 3 + j, &DataType::Float64, "did not cast to floats")
-                        .map_err(|e| format!("signal `{signal}` is not numeric: {e}"))?;
-                signal_arrays.push(column);
-            }
+            let signal_columns = c
+                .signals
+                .iter()
+                .enumerate()
+                .map(|(j, signal)| SignalColumn::of(batch, 3 + j, signal))
+                .collect::<Result<Vec<_>, _>>()?;
+            clip_columns |= signal_columns
+                .iter()
+                .any(|column| matches!(column, SignalColumn::Clips(_)));
             for i in 0..batch.num_rows() {
                 if times.is_null(i) {
                     continue;
@@ -2027,26 +2103,37 @@ impl Runner {
                 if device_names.is_null(i) {
                     continue;
                 }
-                let values = signal_arrays
+                let mut clips = Vec::new();
+                let values = signal_columns
                     .iter()
-                    .map(|a| (!a.is_null(i)).then(|| a.value(i)))
+                    .enumerate()
+                    .map(|(j, column)| match column {
+                        SignalColumn::Numbers(a) => (!a.is_null(i)).then(|| a.value(i)),
+                        SignalColumn::Clips(a) => {
+                            if !a.is_null(i) {
+                                clips.push((j, a.value(i).to_owned()));
+                            }
+                            None
+                        }
+                    })
                     .collect();
                 let arrival = if arrivals.is_null(i) {
                     0
                 } else {
                     arrivals.value(i)
                 };
-                rows.push((
+                stored.push((
                     device_names.value(i).to_owned(),
                     Row {
                         time_ns,
                         values,
                         arrival,
                     },
+                    clips,
                 ));
             }
         }
-        Ok((rows, last, page))
+        Ok((stored, last, clip_columns))
     }
 
     async fn write(&self, inferences: &[Inference]) -> Result<(), String> {
@@ -2357,6 +2444,7 @@ mod tests {
     #[test]
     fn the_demo_pipeline_and_the_example_compile() {
         assert!(compile(&demo_pipeline()).is_ok());
+        assert!(compile(&demo_acoustic_pipeline()).is_ok());
     }
 
     #[test]

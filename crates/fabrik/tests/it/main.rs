@@ -5,6 +5,7 @@ mod alerts;
 mod api;
 mod bridge;
 mod cli;
+mod clips;
 mod crash;
 mod devices;
 mod modbus;

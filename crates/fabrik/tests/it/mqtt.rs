@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 use crate::support::{Process, TOKEN, blocking_query_count};
 
 /// Runs a Mosquitto client to completion.
-fn mosquitto(tool: &str, args: &[&str]) -> Output {
+pub(crate) fn mosquitto(tool: &str, args: &[&str]) -> Output {
     Command::new(tool)
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("{tool} must be installed (apt install mosquitto-clients): {e}"))
 }
 
-fn host_port(addr: &str) -> (String, String) {
+pub(crate) fn host_port(addr: &str) -> (String, String) {
     let (h, p) = addr.rsplit_once(':').expect("host:port");
     (h.to_owned(), p.to_owned())
 }
@@ -79,7 +79,7 @@ pub(crate) fn query(url: &str, sql: &str) -> Vec<serde_json::Value> {
 }
 
 /// Registers a pump; returns its token.
-fn register(url: &str, id: &str) -> String {
+pub(crate) fn register(url: &str, id: &str) -> String {
     let (status, body) = http(
         url,
         reqwest::Method::POST,
