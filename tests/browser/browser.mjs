@@ -382,7 +382,8 @@ async function main() {
   });
 
   await step('pipelines: an inference shows its input window and contributions', async () => {
-    await go('#/pipelines');
+    // The demo runs pump-acoustic too; the injected inference is pump-health's.
+    await go('#/pipelines/pump-health');
     await page.waitForSelector('#pl-inferences tr[data-window], #pl-inferences .empty', { timeout: 15000 });
     if (!(await page.$('#pl-inferences tr[data-window]'))) {
       await page.click('.seg button[data-only="0"]');
