@@ -275,6 +275,15 @@ impl Mapping {
         matches!(self.format, Format::Wav).then_some(fabrik_core::blob::WAV_MEDIA_TYPE)
     }
 
+    /// The field a one-value message fills: the mapping's `signal`, else the topic's
+    /// `{signal}` capture.
+    fn signal_name(&self, captures: &BTreeMap<String, String>) -> Result<String, MapError> {
+        self.signal
+            .clone()
+            .or_else(|| captures.get("signal").cloned())
+            .ok_or_else(|| self.fail("no signal name (set `signal` or capture `{signal}`)"))
+    }
+
     /// Maps one message whose topic gave `captures`. `received` is the receipt time.
     pub fn map(
         &self,
@@ -305,13 +314,7 @@ impl Mapping {
         }
         match self.format {
             Format::Wav => {
-                let field = self
-                    .signal
-                    .clone()
-                    .or_else(|| captures.get("signal").cloned())
-                    .ok_or_else(|| {
-                        self.fail("no signal name (set `signal` or capture `{signal}`)")
-                    })?;
+                let field = self.signal_name(captures)?;
                 let audio =
                     fabrik_core::wav::wav_info(payload).map_err(|e| self.fail(e.to_string()))?;
                 // Dated at receipt, not at when the recording began (its length earlier): a
@@ -332,13 +335,7 @@ impl Mapping {
                 let text = std::str::from_utf8(payload)
                     .map_err(|e| self.fail(format!("payload is not UTF-8 text: {e}")))?
                     .trim();
-                let field = self
-                    .signal
-                    .clone()
-                    .or_else(|| captures.get("signal").cloned())
-                    .ok_or_else(|| {
-                        self.fail("no signal name (set `signal` or capture `{signal}`)")
-                    })?;
+                let field = self.signal_name(captures)?;
                 let value = match serde_json::from_str::<serde_json::Value>(text) {
                     Ok(v) => v,
                     Err(_) => serde_json::Value::String(text.to_owned()),

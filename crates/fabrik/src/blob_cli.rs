@@ -119,14 +119,7 @@ pub(crate) async fn run(args: BlobArgs) -> anyhow::Result<()> {
                 .await?
                 .bytes()
                 .await?;
-            if file.as_os_str() == "-" {
-                use std::io::Write;
-                std::io::stdout().write_all(&bytes)?;
-            } else {
-                std::fs::write(&file, &bytes)
-                    .with_context(|| format!("writing {}", file.display()))?;
-                eprintln!("saved {id} to {} ({} bytes)", file.display(), bytes.len());
-            }
+            crate::client::save_download(&bytes, &file, &id)?;
         }
     }
     Ok(())

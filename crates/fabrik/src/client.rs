@@ -305,3 +305,20 @@ pub(crate) fn percent_encode(value: &str) -> String {
     }
     out
 }
+
+/// Writes a downloaded file to `file`, or to standard output for `-`; says where it went on
+/// standard error, so standard output holds only the bytes.
+pub(crate) fn save_download(
+    bytes: &[u8],
+    file: &std::path::Path,
+    what: &str,
+) -> anyhow::Result<()> {
+    if file.as_os_str() == "-" {
+        use std::io::Write;
+        std::io::stdout().write_all(bytes)?;
+    } else {
+        std::fs::write(file, bytes).with_context(|| format!("writing {}", file.display()))?;
+        eprintln!("saved {what} to {} ({} bytes)", file.display(), bytes.len());
+    }
+    Ok(())
+}

@@ -137,14 +137,7 @@ pub(crate) async fn run(args: ModelArgs) -> anyhow::Result<()> {
                 .await?
                 .bytes()
                 .await?;
-            if file.as_os_str() == "-" {
-                use std::io::Write;
-                std::io::stdout().write_all(&bytes)?;
-            } else {
-                std::fs::write(&file, &bytes)
-                    .with_context(|| format!("writing {}", file.display()))?;
-                eprintln!("saved {name} to {} ({} bytes)", file.display(), bytes.len());
-            }
+            crate::client::save_download(&bytes, &file, &name)?;
         }
     }
     Ok(())
