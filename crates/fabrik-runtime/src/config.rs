@@ -812,6 +812,11 @@ pub struct StoreConfig {
     pub compaction_interval: String,
     /// Default retention: a duration, or `forever`.
     pub retention: String,
+    /// How often blobs (clips, files) that no row within its retention names are deleted.
+    pub blob_sweep_interval: String,
+    /// A blob no row names is deleted only once it was last stored this long ago (it is
+    /// stored before the row naming it is committed).
+    pub blob_min_age: String,
     /// Per-table overrides.
     pub tables: BTreeMap<String, TableConfig>,
 }
@@ -825,6 +830,8 @@ impl Default for StoreConfig {
             flush_buffer_size: "256MiB".into(),
             compaction_interval: "1m".into(),
             retention: "forever".into(),
+            blob_sweep_interval: "1h".into(),
+            blob_min_age: "1h".into(),
             tables: BTreeMap::new(),
         }
     }
@@ -919,8 +926,12 @@ pub struct Settings {
     pub compaction_interval: Duration,
     /// Default retention.
     pub retention: Retention,
-    /// Per-table retention.
+    /// Per-table retention (`_raw`'s included, from `ingest.raw_retention`).
     pub table_retention: BTreeMap<String, Retention>,
+    /// Blob sweep interval.
+    pub blob_sweep_interval: Duration,
+    /// Minimum age of a blob the sweep deletes.
+    pub blob_min_age: Duration,
     /// Query timeout.
     pub query_timeout: Duration,
     /// Query threads (at least 1).
@@ -1128,6 +1139,9 @@ impl Config {
         let compaction_interval =
             duration("store.compaction_interval", &self.store.compaction_interval);
         let query_timeout = duration("query.timeout", &self.query.timeout);
+        let blob_sweep_interval =
+            duration("store.blob_sweep_interval", &self.store.blob_sweep_interval);
+        let blob_min_age = duration("store.blob_min_age", &self.store.blob_min_age);
         let retention_of = |text: &str| -> Result<Retention, String> {
             if text == "forever" {
                 Ok(Retention::Forever)
@@ -1143,6 +1157,23 @@ impl Config {
             .ok();
         let mut table_retention = BTreeMap::new();
         for (name, table) in &self.store.tables {
+            let path = format!("store.tables.{name}");
+            if name == "_raw" {
+                problem(
+                    &path,
+                    "raw messages are kept for `ingest.raw_retention`; set it there".into(),
+                );
+                continue;
+            }
+            if name == "_blobs" {
+                problem(
+                    &path,
+                    "the blob listing is kept as long as the longest retention, so that each \
+                     blob lasts as long as its naming table's; it has no retention of its own"
+                        .into(),
+                );
+                continue;
+            }
             match retention_of(&table.retention) {
                 Ok(r) => {
                     table_retention.insert(name.clone(), r);
@@ -1161,6 +1192,9 @@ impl Config {
         } else {
             None
         };
+        if let Some(raw) = raw_retention {
+            table_retention.insert("_raw".to_owned(), raw);
+        }
         let ingest_queue = match usize::try_from(self.ingest.queue) {
             Ok(n) if n > 0 => n,
             _ => {
@@ -1188,6 +1222,8 @@ impl Config {
             compaction_interval,
             retention,
             query_timeout,
+            blob_sweep_interval,
+            blob_min_age,
         ) {
             (
                 Some(http_listen),
@@ -1198,6 +1234,8 @@ impl Config {
                 Some(compaction_interval),
                 Some(retention),
                 Some(query_timeout),
+                Some(blob_sweep_interval),
+                Some(blob_min_age),
             ) if problems.is_empty() => Ok(Settings {
                 http_listen,
                 http_max_body_size,
@@ -1208,6 +1246,8 @@ impl Config {
                 compaction_interval,
                 retention,
                 table_retention,
+                blob_sweep_interval,
+                blob_min_age,
                 query_timeout,
                 query_threads,
                 admin_token: Some(self.auth.admin_token.clone()).filter(|t| !t.is_empty()),
@@ -2032,5 +2072,44 @@ mod tests {
             .expect_err("unknown")
             .to_string();
         assert!(msg.contains("http.nope"), "{msg}");
+    }
+
+    /// `ingest.raw_retention` is what the store applies to `_raw`; the two tables whose
+    /// retention follows from other settings cannot be given one.
+    #[test]
+    fn raw_messages_are_kept_for_the_raw_retention_and_internal_tables_refuse_their_own() {
+        let settings = Config::from_toml("t", "[ingest]\nraw_retention = \"2d\"\n", no_env())
+            .expect("loads")
+            .validate("t")
+            .expect("valid");
+        assert_eq!(
+            settings.table_retention.get("_raw"),
+            Some(&Retention::For(Duration::from_secs(2 * 86_400)))
+        );
+        assert_eq!(
+            (settings.blob_sweep_interval, settings.blob_min_age),
+            (Duration::from_secs(3600), Duration::from_secs(3600))
+        );
+        let without_raw = Config::from_toml("t", "[ingest]\nkeep_raw = false\n", no_env())
+            .expect("loads")
+            .validate("t")
+            .expect("valid");
+        assert!(!without_raw.table_retention.contains_key("_raw"));
+        let text = "[store.tables._raw]\nretention = \"30d\"\n\
+                    [store.tables._blobs]\nretention = \"1d\"\n\
+                    [store]\nblob_min_age = \"0s\"\n";
+        let msg = Config::from_toml("t", text, no_env())
+            .expect("loads")
+            .validate("t")
+            .expect_err("refused")
+            .to_string();
+        for expected in [
+            "store.tables._raw",
+            "ingest.raw_retention",
+            "store.tables._blobs",
+            "store.blob_min_age",
+        ] {
+            assert!(msg.contains(expected), "{expected}: {msg}");
+        }
     }
 }

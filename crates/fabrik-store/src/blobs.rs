@@ -3,12 +3,17 @@
 //!
 //! A blob is on disk and fsynced (file and directory) before `put` returns, so a row that
 //! names it, acknowledged after, never points at nothing after a crash. A blob stored without
-//! its row (the process died in between) is only unreferenced bytes.
+//! its row (the process died in between) is only unreferenced bytes, which [`BlobStore::sweep`]
+//! deletes, with the blobs whose rows have expired, once they are older than a minimum age.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use fabrik_core::BlobId;
+use parking_lot::Mutex;
 
 use crate::StoreError;
 
@@ -19,6 +24,31 @@ const MAX_MEDIA_TYPE: usize = 255;
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     root: PathBuf,
+    /// Held by `put` while it refreshes a blob already stored and by `sweep` while it decides
+    /// on and deletes one, so a blob stored again is never deleted under its new row.
+    refresh: Arc<Mutex<()>>,
+}
+
+/// What one sweep did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Blobs still named by a live row, or younger than the minimum age.
+    pub kept: u64,
+    /// Blobs deleted.
+    pub deleted: u64,
+    /// Their bytes.
+    pub bytes_deleted: u64,
+    /// Leftovers deleted: temporary files of interrupted stores, media types without a blob.
+    pub leftovers: u64,
+}
+
+impl std::ops::AddAssign for SweepReport {
+    fn add_assign(&mut self, other: Self) {
+        self.kept += other.kept;
+        self.deleted += other.deleted;
+        self.bytes_deleted += other.bytes_deleted;
+        self.leftovers += other.leftovers;
+    }
 }
 
 /// A stored blob and its media type.
@@ -40,7 +70,10 @@ impl BlobStore {
         let root = root.into();
         std::fs::create_dir_all(root.join("sha256"))
             .map_err(|e| StoreError::io(format!("creating {}", root.display()), e))?;
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            refresh: Arc::default(),
+        })
     }
 
     fn path(&self, id: &BlobId) -> PathBuf {
@@ -75,13 +108,23 @@ impl BlobStore {
             .parent()
             .ok_or_else(|| StoreError::Internal("blob path without a directory".into()))?;
         let io = |what: &str, e| StoreError::io(format!("{what} blob {id}"), e);
+        let refresh = self.refresh.lock();
         if path.exists() {
             // Stored before, perhaps by a process killed before it synced the file or its
             // directory: sync both now, as the caller is about to acknowledge a row naming it.
-            std::fs::File::open(&path)
-                .and_then(|f| f.sync_all())
+            // Its modification time becomes now, so a sweep deciding on old unnamed blobs
+            // leaves it to the row about to name it.
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| {
+                    f.set_modified(SystemTime::now())?;
+                    f.sync_all()
+                })
                 .map_err(|e| io("syncing", e))?;
+            drop(refresh);
         } else {
+            drop(refresh);
             std::fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
             // The media type first: the data file's presence says the blob is complete.
             write_durably(&self.type_path(&id), content_type.as_bytes())
@@ -106,6 +149,111 @@ impl BlobStore {
             bytes,
             content_type,
         }))
+    }
+}
+
+impl BlobStore {
+    /// Deletes the blobs whose id starts with `shard` (one hex digit: a sixteenth of the
+    /// store, so the caller's set of live ids stays small) that are not in `live` and were last
+    /// stored at least `min_age` ago, and leftovers of interrupted stores as old. The minimum
+    /// age covers the moment between storing a blob and committing the row naming it, which
+    /// `live` (read before) cannot show. Blocking.
+    pub fn sweep(
+        &self,
+        shard: char,
+        live: &HashSet<String>,
+        min_age: Duration,
+    ) -> Result<SweepReport, StoreError> {
+        let mut report = SweepReport::default();
+        let top = self.root.join("sha256");
+        let io = |what: String, e| StoreError::io(what, e);
+        let entries =
+            std::fs::read_dir(&top).map_err(|e| io(format!("listing {}", top.display()), e))?;
+        for entry in entries {
+            let dir = entry
+                .map_err(|e| io(format!("listing {}", top.display()), e))?
+                .path();
+            let Some(prefix) = dir.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+                continue;
+            };
+            if prefix.len() != 2 || !prefix.starts_with(shard) || !dir.is_dir() {
+                continue;
+            }
+            let files =
+                std::fs::read_dir(&dir).map_err(|e| io(format!("listing {}", dir.display()), e))?;
+            for file in files {
+                let path = file
+                    .map_err(|e| io(format!("listing {}", dir.display()), e))?
+                    .path();
+                self.sweep_file(&prefix, &path, live, min_age, &mut report)?;
+            }
+        }
+        Ok(report)
+    }
+
+    fn sweep_file(
+        &self,
+        prefix: &str,
+        path: &Path,
+        live: &HashSet<String>,
+        min_age: Duration,
+        report: &mut SweepReport,
+    ) -> Result<(), StoreError> {
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            return Ok(());
+        };
+        let old_enough = |path: &Path| -> Result<Option<u64>, StoreError> {
+            let meta = match std::fs::metadata(path) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(StoreError::io(format!("reading {}", path.display()), e)),
+            };
+            let age = meta
+                .modified()
+                .ok()
+                .and_then(|m| SystemTime::now().duration_since(m).ok())
+                .unwrap_or_default();
+            Ok((age >= min_age).then_some(meta.len()))
+        };
+        let remove = |path: &Path| match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(format!("deleting {}", path.display()), e)),
+        };
+        let leftover = if name.contains(".tmp-") {
+            true
+        } else if let Some(blob) = name.strip_suffix(".type") {
+            !path.with_file_name(blob).exists()
+        } else {
+            false
+        };
+        if leftover {
+            if old_enough(path)?.is_some() {
+                remove(path)?;
+                report.leftovers += 1;
+            }
+            return Ok(());
+        }
+        if name.contains('.') {
+            return Ok(());
+        }
+        let id = format!("sha256:{prefix}{name}");
+        if live.contains(&id) {
+            report.kept += 1;
+            return Ok(());
+        }
+        let _refresh = self.refresh.lock();
+        match old_enough(path)? {
+            Some(bytes) => {
+                // The blob first: a media type left without it is a leftover for later.
+                remove(path)?;
+                remove(&path.with_extension("type"))?;
+                report.deleted += 1;
+                report.bytes_deleted += bytes;
+            }
+            None => report.kept += 1,
+        }
+        Ok(())
     }
 }
 
@@ -182,6 +330,73 @@ mod tests {
             assert!(error.contains("not a media type"), "{error}");
         }
         assert!(walk(dir.path()).is_empty());
+    }
+
+    fn age(store: &BlobStore, id: &BlobId, by: Duration) {
+        for path in [store.path(id), store.type_path(id)] {
+            let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            file.set_modified(SystemTime::now() - by).unwrap();
+        }
+    }
+
+    /// Ids whose first hex digit is `digit`: the sweep of one shard must leave the others.
+    fn blob_in_shard(digit: char, salt: u32) -> Vec<u8> {
+        (0u32..)
+            .map(|i| format!("{salt}-{i}").into_bytes())
+            .find(|bytes| BlobId::of(bytes).hex().starts_with(digit))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_sweep_deletes_old_blobs_no_live_row_names_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let hour = Duration::from_secs(3600);
+        let named = store.put(&blob_in_shard('a', 1), "audio/wav").unwrap();
+        let unnamed = store.put(&blob_in_shard('a', 2), "audio/wav").unwrap();
+        let young = store.put(&blob_in_shard('a', 3), "audio/wav").unwrap();
+        let other_shard = store.put(&blob_in_shard('b', 4), "audio/wav").unwrap();
+        let stored_again_bytes = blob_in_shard('a', 5);
+        let stored_again = store.put(&stored_again_bytes, "audio/wav").unwrap();
+        for id in [&named, &unnamed, &other_shard, &stored_again] {
+            age(&store, id, 2 * hour);
+        }
+        // Stored again (a row about to name it): the sweep must leave it to that row.
+        store.put(&stored_again_bytes, "audio/wav").unwrap();
+        // Leftovers of a store killed half-way: a temporary file and a lone media type.
+        let shard_dir = store.path(&named).parent().unwrap().to_owned();
+        let temporary = shard_dir.join("ffff.tmp-1-1");
+        std::fs::write(&temporary, b"half").unwrap();
+        let lone_type = store.type_path(&unnamed).with_file_name("eeee.type");
+        std::fs::write(&lone_type, b"audio/wav").unwrap();
+        for path in [&temporary, &lone_type] {
+            let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            file.set_modified(SystemTime::now() - 2 * hour).unwrap();
+        }
+
+        let live: HashSet<String> = [named.to_string()].into();
+        let report = store.sweep('a', &live, hour).unwrap();
+        assert_eq!(
+            report,
+            SweepReport {
+                kept: 3,
+                deleted: 1,
+                bytes_deleted: blob_in_shard('a', 2).len() as u64,
+                leftovers: 2,
+            }
+        );
+        assert!(store.get(&unnamed).unwrap().is_none());
+        assert!(!store.type_path(&unnamed).exists());
+        for id in [&named, &young, &other_shard, &stored_again] {
+            assert!(store.get(id).unwrap().is_some(), "{id}");
+        }
+        assert!(!temporary.exists() && !lone_type.exists());
+        // Once old enough, an unnamed blob goes; the other shard only when swept.
+        let report = store.sweep('a', &live, Duration::ZERO).unwrap();
+        assert_eq!((report.kept, report.deleted), (1, 2));
+        assert!(store.get(&other_shard).unwrap().is_some());
+        assert_eq!(store.sweep('b', &live, hour).unwrap().deleted, 1);
+        assert_eq!(walk(dir.path()).len(), 2, "only the named blob is left");
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {

@@ -36,6 +36,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use fabrik_core::blob::BLOBS_TABLE;
 use fabrik_core::line_protocol::{Line, lines, parse_line, parse_line_fields, series_key_len};
 use fabrik_core::{Lineage, Point, Precision, RawMessageId, RawMessageIds, SourceId, Timestamp};
 use futures::StreamExt;
@@ -44,7 +45,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-pub use blobs::{Blob, BlobStore};
+pub use blobs::{Blob, BlobStore, SweepReport};
 pub use datafusion::arrow;
 pub use error::StoreError;
 
@@ -74,6 +75,10 @@ pub struct StoreOptions {
     pub retention: Option<Duration>,
     /// Per-table retention.
     pub table_retention: BTreeMap<String, Option<Duration>>,
+    /// Delete blobs no live row names this often ([`Store::sweep_blobs`]).
+    pub blob_sweep_interval: Duration,
+    /// ... once they were last stored at least this long ago.
+    pub blob_min_age: Duration,
     /// Queries running longer are cancelled.
     pub query_timeout: Duration,
     /// Threads of the query pool.
@@ -91,6 +96,8 @@ impl StoreOptions {
             compaction_interval: Duration::from_secs(60),
             retention: None,
             table_retention: BTreeMap::new(),
+            blob_sweep_interval: Duration::from_secs(3600),
+            blob_min_age: Duration::from_secs(3600),
             query_timeout: Duration::from_secs(30),
             query_threads: 2,
         }
@@ -237,10 +244,23 @@ impl Shared {
     }
 
     fn retention(&self, table: &str) -> Option<Duration> {
+        if table == BLOBS_TABLE {
+            // A listing row keeps its blob alive while its naming table's retention has not
+            // passed (see `Store::sweep_blobs`), so it must last as long as the longest one.
+            return self.longest_retention();
+        }
         match self.options.table_retention.get(table) {
             Some(r) => *r,
             None => self.options.retention,
         }
+    }
+
+    fn longest_retention(&self) -> Option<Duration> {
+        let mut longest = self.options.retention?;
+        for retention in self.options.table_retention.values() {
+            longest = longest.max((*retention)?);
+        }
+        Some(longest)
     }
 
     fn retention_cutoff(&self, table: &str) -> Option<i64> {
@@ -916,18 +936,102 @@ impl Store {
         Ok(())
     }
 
-    /// Runs persistence and compaction until `stop` is cancelled.
+    /// Deletes the blobs no live row names, once they were last stored at least
+    /// `blob_min_age` ago. A blob is live while a row of [`BLOBS_TABLE`] lists it and the
+    /// retention of the table naming it (the listing's `table` tag) has not passed: blobs
+    /// expire with the rows that name them. The store is swept a sixteenth at a time, so only
+    /// that share of the live ids is held at once.
+    pub async fn sweep_blobs(&self) -> Result<SweepReport, StoreError> {
+        let mut report = SweepReport::default();
+        let live_condition = self.live_listing_condition();
+        for digit in 0..16u32 {
+            let Some(shard) = char::from_digit(digit, 16) else {
+                continue;
+            };
+            let mut live = std::collections::HashSet::new();
+            if self.has_table(BLOBS_TABLE) {
+                let listed = self
+                    .query(&format!(
+                        "SELECT DISTINCT id FROM {BLOBS_TABLE} \
+                         WHERE starts_with(id, 'sha256:{shard}') AND ({live_condition})"
+                    ))
+                    .await?;
+                for batch in &listed.batches {
+                    let ids = datafusion::arrow::compute::cast(
+                        batch.column(0),
+                        &datafusion::arrow::datatypes::DataType::Utf8,
+                    )?;
+                    let ids = ids
+                        .as_any()
+                        .downcast_ref::<datafusion::arrow::array::StringArray>()
+                        .ok_or_else(|| StoreError::Internal("blob ids are not text".into()))?;
+                    live.extend(ids.iter().flatten().map(str::to_owned));
+                }
+            }
+            let blobs = self.blobs.clone();
+            let min_age = self.shared.options.blob_min_age;
+            report += tokio::task::spawn_blocking(move || blobs.sweep(shard, &live, min_age))
+                .await
+                .map_err(|e| StoreError::Internal(format!("blob sweep task: {e}")))??;
+        }
+        metrics::counter!("fabrik_blobs_deleted_total").increment(report.deleted);
+        metrics::counter!("fabrik_blob_bytes_deleted_total").increment(report.bytes_deleted);
+        if report.deleted + report.leftovers > 0 {
+            tracing::info!(
+                deleted = report.deleted,
+                bytes = report.bytes_deleted,
+                leftovers = report.leftovers,
+                kept = report.kept,
+                "Blobs no live row names deleted."
+            );
+        }
+        Ok(report)
+    }
+
+    /// SQL over [`BLOBS_TABLE`]: the listing row is within its naming table's retention.
+    fn live_listing_condition(&self) -> String {
+        let within = |table: &str| match self.shared.retention_cutoff(table) {
+            Some(cutoff) => format!("time >= to_timestamp_nanos({cutoff})"),
+            None => "true".to_owned(),
+        };
+        let mut condition = String::from("CASE \"table\"");
+        for table in self.shared.options.table_retention.keys() {
+            condition.push_str(&format!(
+                " WHEN '{}' THEN {}",
+                table.replace('\'', "''"),
+                within(table)
+            ));
+        }
+        // Tables without retention of their own have the default one.
+        let default = match self.shared.options.retention {
+            Some(keep) => {
+                let keep = i64::try_from(keep.as_nanos()).unwrap_or(i64::MAX);
+                let cutoff = Timestamp::now().nanos().saturating_sub(keep);
+                format!("time >= to_timestamp_nanos({cutoff})")
+            }
+            None => "true".to_owned(),
+        };
+        condition.push_str(&format!(" ELSE {default} END"));
+        condition
+    }
+
+    /// Runs persistence, compaction and the blob sweep until `stop` is cancelled.
     pub async fn run_background(self: Arc<Self>, stop: CancellationToken) {
         let mut flush = tokio::time::interval(self.shared.options.flush_interval);
         let mut compaction = tokio::time::interval(self.shared.options.compaction_interval);
+        let mut blob_sweep = tokio::time::interval(self.shared.options.blob_sweep_interval);
         flush.tick().await;
         compaction.tick().await;
+        blob_sweep.tick().await;
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
                 _ = flush.tick() => self.log_failure("persist", self.persist().await),
                 () = self.shared.flush_wanted.notified() => self.log_failure("persist", self.persist().await),
                 _ = compaction.tick() => self.log_failure("compaction", self.compact().await),
+                _ = blob_sweep.tick() => {
+                    self.log_failure("blob sweep", self.sweep_blobs().await.map(|_| ()));
+                }
             }
         }
     }

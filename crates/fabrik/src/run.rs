@@ -162,6 +162,8 @@ fn store_options(s: &Settings) -> StoreOptions {
             .iter()
             .map(|(k, v)| (k.clone(), retention(*v)))
             .collect(),
+        blob_sweep_interval: s.blob_sweep_interval,
+        blob_min_age: s.blob_min_age,
         query_timeout: s.query_timeout,
         query_threads: s.query_threads,
     }

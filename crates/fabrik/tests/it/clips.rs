@@ -395,3 +395,43 @@ fn clips_of_a_synchronised_capture_are_all_read_past_a_full_page() {
         status["samples"] == 6 * RATE && status["devices"] == 6
     });
 }
+
+/// The background sweep of a running `fabrik run`: a clip whose row is past its table's
+/// retention is deleted from disk; a recent one stays.
+#[test]
+fn a_clip_past_its_tables_retention_is_swept_from_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let p = Process::start(
+        &data,
+        &[
+            ("FABRIK__STORE__TABLES__ACOUSTIC__RETENTION", "1h"),
+            ("FABRIK__STORE__BLOB_SWEEP_INTERVAL", "1s"),
+            ("FABRIK__STORE__BLOB_MIN_AGE", "1s"),
+        ],
+    );
+    let old = now_ns() - 2 * 3600 * SECOND;
+    let mut ids = Vec::new();
+    for (index, time) in [(1, old), (2, now_ns())] {
+        let (status, answer) = post_blob(
+            &p.url,
+            &format!("table=acoustic&device=pump-01&signal=mic&time={time}"),
+            "audio/wav",
+            clip(index),
+        );
+        assert_eq!(status, 201, "{answer}");
+        ids.push(answer["id"].as_str().expect("id").to_owned());
+    }
+    eventually("the expired clip is deleted", || {
+        get_blob(&p.url, &ids[0]).0 == 404
+    });
+    let (status, _, bytes) = get_blob(&p.url, &ids[1]);
+    assert_eq!(status, 200);
+    assert!(bytes == clip(2));
+    assert_eq!(
+        files_under(&data.join("blobs")),
+        2,
+        "the recent clip and its media type"
+    );
+    assert!(crate::support::metric(&p.url, "fabrik_blobs_deleted_total").is_some_and(|n| n >= 1.0));
+}

@@ -241,6 +241,91 @@ async fn retention_drops_old_data_from_queries_and_disk() {
     s.shutdown().await;
 }
 
+/// Stores `bytes` as a blob named by a row of `table` at `time`; returns its id.
+async fn post_blob(s: &Server, table: &str, time: i64, bytes: &[u8]) -> String {
+    let r = s
+        .post(&format!(
+            "/api/v1/blobs?table={table}&device=cam-1&signal=frame&time={time}"
+        ))
+        .header("content-type", "image/png")
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .expect("post blob");
+    assert_eq!(r.status(), 201);
+    let answer: serde_json::Value = r.json().await.expect("json");
+    answer["id"].as_str().expect("id").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blobs_expire_with_the_rows_that_name_them() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut options = StoreOptions::new(dir.path());
+    let hour = Duration::from_secs(3600);
+    options.table_retention.insert("frames".into(), Some(hour));
+    options.table_retention.insert("evidence".into(), None);
+    options.retention = Some(10 * 24 * hour);
+    options.blob_min_age = Duration::ZERO;
+    let s = Server::with_options(options, 8 << 20).await;
+    let now = fabrik_core::Timestamp::now().nanos();
+    let two_hours_ago = now - 7_200_000_000_000;
+    let expired = post_blob(&s, "frames", two_hours_ago, b"expired frame").await;
+    let recent = post_blob(&s, "frames", now, b"recent frame").await;
+    // The same bytes named by an expired row and by a row of a table kept forever.
+    // (A second earlier: a row of the same series at the same time would replace the first.)
+    let a_second_before = two_hours_ago - 1_000_000_000;
+    let shared = post_blob(&s, "frames", a_second_before, b"kept as evidence").await;
+    assert_eq!(
+        post_blob(&s, "evidence", a_second_before, b"kept as evidence").await,
+        shared
+    );
+    // A table with the default retention (10 days).
+    let defaulted = post_blob(&s, "other", two_hours_ago, b"default retention").await;
+    // Bytes stored whose row never came (the process died in between).
+    let unnamed = {
+        let blobs = s.store.blobs().clone();
+        tokio::task::spawn_blocking(move || blobs.put(b"orphan", "image/png"))
+            .await
+            .expect("task")
+            .expect("put")
+            .to_string()
+    };
+
+    let report = s.store.sweep_blobs().await.expect("sweep");
+    assert_eq!((report.deleted, report.kept), (2, 3), "{report:?}");
+    let status = |id: String| {
+        let client = s.client.clone();
+        let url = format!("{}/api/v1/blobs/{id}", s.url);
+        async move {
+            client
+                .get(url)
+                .bearer_auth(crate::support::TOKEN)
+                .send()
+                .await
+                .expect("get")
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status(expired.clone()).await, 404);
+    assert_eq!(status(unnamed).await, 404);
+    for id in [&recent, &shared, &defaulted] {
+        assert_eq!(status(id.clone()).await, 200, "{id}");
+    }
+    // The listing outlives the shortest retention: it is what keeps the other blobs.
+    assert_eq!(
+        s.count(&format!(
+            "SELECT count(*) FROM _blobs WHERE id = '{expired}'"
+        ))
+        .await,
+        1
+    );
+    assert_eq!(s.count("SELECT count(*) FROM frames").await, 1);
+    // Nothing else to delete.
+    assert_eq!(s.store.sweep_blobs().await.expect("sweep").deleted, 0);
+    s.shutdown().await;
+}
+
 #[test]
 fn data_survives_a_graceful_restart_and_a_persisted_restart() {
     let dir = tempfile::tempdir().expect("dir");
