@@ -396,6 +396,37 @@ async function main() {
     noErrors('pipeline inference detail');
   });
 
+  await step("pipelines: a clip pipeline's window lists its clips, playable", async () => {
+    // One second of a 440 Hz tone, 8 kHz PCM16 mono, as a microphone would send it.
+    const rate = 8000; const frames = rate;
+    const wav = Buffer.alloc(44 + 2 * frames);
+    wav.write('RIFF', 0); wav.writeUInt32LE(36 + 2 * frames, 4); wav.write('WAVE', 8);
+    wav.write('fmt ', 12); wav.writeUInt32LE(16, 16); wav.writeUInt16LE(1, 20); wav.writeUInt16LE(1, 22);
+    wav.writeUInt32LE(rate, 24); wav.writeUInt32LE(2 * rate, 28); wav.writeUInt16LE(2, 32); wav.writeUInt16LE(16, 34);
+    wav.write('data', 36); wav.writeUInt32LE(2 * frames, 40);
+    for (let i = 0; i < frames; i++) wav.writeInt16LE(Math.round(8000 * Math.sin((2 * Math.PI * 440 * i) / rate)), 44 + 2 * i);
+    const device = `ui-mic-${randomBytes(3).toString('hex')}`;
+    const ws = BigInt(Date.now() - 30000) * 1000000n; const we = ws + 5000000000n;
+    const stored = await apiCall(`/api/v1/blobs?table=clips&device=${device}&signal=acoustic&time=${ws + 1000000000n}`, { method: 'POST', body: wav, type: 'audio/wav' });
+    const windowId = `pump-acoustic/${device}/${ws}`;
+    await apiCall('/api/v1/write', { method: 'POST', type: 'text/plain', body: `inferences,pipeline=pump-acoustic,device=${device},model=robust_z score=7.5,threshold=4.5,flag=true,window_start=${ws}i,window_end=${we}i,samples=8000i,window_id="${windowId}",contributions="{\\"acoustic.band:2500-3500\\":0.6}",model_version="ui-test",top_signal="acoustic" ${we}` });
+    await go(`#/pipelines/pump-acoustic/${encodeURIComponent(windowId)}`);
+    const item = `#win-clips li[data-clip="${stored.id}"]`;
+    await page.waitForSelector(`${item} audio`, { timeout: 15000 });
+    const text = await page.textContent(item);
+    assert(text.includes('in window') && text.includes('8000 Hz'), `clip row: ${text}`);
+    assert(!(await page.$('#win-charts canvas')), 'a clip signal is listed, not plotted');
+    // The player loads the clip through the session cookie and decodes it.
+    const duration = await page.$eval(`${item} audio`, (a) => new Promise((resolve, reject) => {
+      a.addEventListener('loadedmetadata', () => resolve(a.duration), { once: true });
+      a.addEventListener('error', () => reject(new Error(`audio error ${a.error?.code}`)), { once: true });
+      a.load();
+    }));
+    assert(Math.abs(duration - 1) < 0.01, `the clip plays as ${duration} s`);
+    await shot('05b-pipeline-clips');
+    noErrors('clip pipeline window');
+  });
+
   await step('pipelines: an admin retrains a pipeline', async () => {
     await go('#/pipelines/pump-health');
     await page.waitForSelector('#btn-retrain');

@@ -10,6 +10,7 @@ const main = document.getElementById('main');
 
 class Raw { constructor(s) { this.s = s; } toString() { return this.s; } }
 const raw = (s) => new Raw(String(s));
+const isBlobId = (v) => typeof v === 'string' && /^sha256:[0-9a-f]{64}$/.test(v);
 const esc = (v) => String(v ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
 const part = (v) => (v instanceof Raw ? v.s : Array.isArray(v) ? v.map(part).join('') : v === null || v === undefined || v === false ? '' : esc(v));
 /** Tagged template: interpolations are escaped unless wrapped in raw() or produced by html``. */
@@ -1050,6 +1051,21 @@ async function pagePipelines(p, args) {
     const deviceColumn = def?.definition?.device_column || def?.device_column || 'device';
     const rows = signals.length ? await query(`SELECT time, ${signals.map(sqlId).join(', ')} FROM ${sqlId(def.table)} WHERE ${sqlId(deviceColumn)} = ${sqlStr(inf.device)} AND time >= to_timestamp_nanos(${Math.round(ws - pad)}) AND time < to_timestamp_nanos(${Math.round(we + pad)}) ORDER BY time`) : [];
     if (!p.alive) return;
+    // A text signal holding blob ids is a clip signal (WAV recordings): listed with a player
+    // instead of plotted.
+    const clipSignals = signals.filter((s) => rows.some((r) => isBlobId(r[s])));
+    const plotted = signals.filter((s) => !clipSignals.includes(s));
+    const clips = rows.flatMap((r) => clipSignals.filter((s) => isBlobId(r[s])).map((s) => ({ t: toMs(r.time) * 1e6, signal: s, id: r[s] }))).slice(-24);
+    const ids = [...new Set(clips.map((c) => c.id))];
+    const listed = ids.length && await hasTable('_blobs') ? await query(`SELECT DISTINCT id, duration_s, sample_rate FROM _blobs WHERE id IN (${ids.map(sqlStr).join(', ')})`) : [];
+    if (!p.alive) return;
+    const header = new Map(listed.map((b) => [b.id, b]));
+    clips.forEach((c) => {
+      const b = header.get(c.id);
+      c.duration = Number(b?.duration_s ?? 0); c.rate = b?.sample_rate;
+      c.inWindow = c.t < we && c.t + c.duration * 1e9 > ws;
+    });
+    clips.sort((a, b) => (b.inWindow - a.inWindow) || (a.t - b.t));
     let contrib = {};
     try { contrib = JSON.parse(inf.contributions || '{}'); } catch { /* shown empty */ }
     const entries = Object.entries(contrib).filter(([, v]) => typeof v === 'number').sort((a, b) => Math.abs(b[1]) - Math.abs(a[1]));
@@ -1064,12 +1080,18 @@ async function pagePipelines(p, args) {
       <h3>What drove the score</h3>
       ${entries.length ? html`<ul class="bars" aria-label="Per-feature contributions">${entries.map(([k, v]) => html`<li><span class="name" title="${k}">${k}</span>
         <span class="track" role="img" aria-label="${k}: ${Math.round((Math.abs(v) / total) * 100)} percent"><span class="fill" style="display:block;width:${(Math.abs(v) / total) * 100}%"></span></span><span class="pct">${Math.round((Math.abs(v) / total) * 100)}%</span></li>`)}</ul>` : html`<div class="muted">No contributions recorded.</div>`}
-      <h3 style="margin-top:16px">Input signals <span style="text-transform:none;letter-spacing:0;font-weight:400">(window shaded)</span></h3>
+      ${clips.length ? html`<h3 style="margin-top:16px">Clips <span style="text-transform:none;letter-spacing:0;font-weight:400">(those in the window first)</span></h3>
+        <ul class="clips" id="win-clips">${clips.map((c) => html`<li class="${c.inWindow ? '' : 'muted'}" data-clip="${c.id}">
+          <span>${fmtTime(c.t)}</span><span class="tag">${c.signal}</span>${c.inWindow ? html`<span class="tag">in window</span>` : html`<span class="muted">outside</span>`}
+          <span class="muted">${c.duration ? `${fmtNum(c.duration)} s` : ''}${c.rate ? ` · ${c.rate} Hz` : ''}</span>
+          <audio controls preload="none" src="${API}/api/v1/blobs/${c.id}" aria-label="${`Clip of ${c.signal} at ${fmtTime(c.t)}`}"></audio>
+          <a href="${API}/api/v1/blobs/${c.id}" download="${`${inf.device}-${c.signal}-${Math.round(c.t / 1e6)}.wav`}">WAV</a></li>`)}</ul>` : ''}
+      ${plotted.length ? html`<h3 style="margin-top:16px">Input signals <span style="text-transform:none;letter-spacing:0;font-weight:400">(window shaded)</span></h3>` : ''}
       <div class="charts" id="win-charts"></div>`);
     const box = $('#win-charts');
     const t = rows.map((r) => toMs(r.time) / 1000);
     box.dataset.points = String(t.length);
-    winCharts = signals.map((s, i) => {
+    winCharts = plotted.map((s, i) => {
       box.insertAdjacentHTML('beforeend', `<div class="chart-title">${esc(s)}</div><div class="chart"></div>`);
       return new Chart(box.lastElementChild, { series: [{ label: s, color: PALETTE[i % PALETTE.length] }], data: [t, rows.map((r) => r[s] ?? null)], height: 110, band: [ws / 1e9, we / 1e9], sync: `win-${name}` });
     });
