@@ -157,9 +157,10 @@ pub(crate) async fn put_blob(
     let stored = bytes.to_vec();
     let media = content_type.clone();
     // The blob is durable before the rows naming it are written and acknowledged.
-    let id = tokio::task::spawn_blocking(move || blobs.put(&stored, &media))
+    let pin = tokio::task::spawn_blocking(move || blobs.put(&stored, &media))
         .await
         .map_err(|e| ApiError::from(fabrik_store::StoreError::Internal(e.to_string())))??;
+    let id = pin.id().clone();
     let size = bytes.len() as u64;
     let lineage = Lineage {
         source: SourceId::http(),
@@ -167,6 +168,8 @@ pub(crate) async fn put_blob(
         mapping_version: 0,
     };
     let report = state.store.write_points(&points, lineage, "blob").await?;
+    // The rows name the blob now: the sweep may judge it by them.
+    drop(pin);
     Ok((
         StatusCode::CREATED,
         Json(BlobOut {

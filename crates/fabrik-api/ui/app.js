@@ -1055,17 +1055,19 @@ async function pagePipelines(p, args) {
     // instead of plotted.
     const clipSignals = signals.filter((s) => rows.some((r) => isBlobId(r[s])));
     const plotted = signals.filter((s) => !clipSignals.includes(s));
-    const clips = rows.flatMap((r) => clipSignals.filter((s) => isBlobId(r[s])).map((s) => ({ t: toMs(r.time) * 1e6, signal: s, id: r[s] }))).slice(-24);
-    const ids = [...new Set(clips.map((c) => c.id))];
-    const listed = ids.length && await hasTable('_blobs') ? await query(`SELECT DISTINCT id, duration_s, sample_rate FROM _blobs WHERE id IN (${ids.map(sqlStr).join(', ')})`) : [];
+    const around = rows.flatMap((r) => clipSignals.filter((s) => isBlobId(r[s])).map((s) => ({ t: toMs(r.time) * 1e6, signal: s, id: r[s] })));
+    const ids = [...new Set(around.map((c) => c.id))].slice(0, 200);
+    // `SELECT *`: a listing of files other than WAV clips has no duration or rate columns.
+    const listed = ids.length && await hasTable('_blobs') ? await query(`SELECT * FROM _blobs WHERE id IN (${ids.map(sqlStr).join(', ')})`) : [];
     if (!p.alive) return;
     const header = new Map(listed.map((b) => [b.id, b]));
-    clips.forEach((c) => {
+    around.forEach((c) => {
       const b = header.get(c.id);
       c.duration = Number(b?.duration_s ?? 0); c.rate = b?.sample_rate;
       c.inWindow = c.t < we && c.t + c.duration * 1e9 > ws;
     });
-    clips.sort((a, b) => (b.inWindow - a.inWindow) || (a.t - b.t));
+    around.sort((a, b) => (b.inWindow - a.inWindow) || (a.t - b.t));
+    const clips = around.slice(0, 24);
     let contrib = {};
     try { contrib = JSON.parse(inf.contributions || '{}'); } catch { /* shown empty */ }
     const entries = Object.entries(contrib).filter(([, v]) => typeof v === 'number').sort((a, b) => Math.abs(b[1]) - Math.abs(a[1]));

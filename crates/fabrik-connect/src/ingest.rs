@@ -51,11 +51,20 @@ pub trait RecordSink: Send + Sync + 'static {
     async fn write(&self, groups: &[(Lineage, Vec<Point>)]) -> Result<(), SinkError>;
 
     /// Stores a payload as a blob under its SHA-256 (see [`fabrik_core::BlobId`]), durably,
-    /// before the rows naming it are written. A sink without blob storage refuses.
-    async fn put_blob(&self, _bytes: &Bytes, _content_type: &str) -> Result<(), SinkError> {
+    /// before the rows naming it are written; the hold it returns is kept until they are (a
+    /// store's sweep of unnamed blobs leaves the blob meanwhile). A sink without blob storage
+    /// refuses.
+    async fn put_blob(&self, _bytes: &Bytes, _content_type: &str) -> Result<BlobHold, SinkError> {
         Err(SinkError::Rejected("this sink stores no blobs".into()))
     }
 }
+
+/// What a sink hands back for a stored blob, dropped once the rows naming it are written.
+pub type BlobHold = Box<dyn std::any::Any + Send + Sync>;
+
+/// Clips stored at once by one batch: each costs a few fsyncs, which the filesystem's journal
+/// commits together when they overlap.
+const BLOB_STORES_AT_ONCE: usize = 8;
 
 /// Why a write failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +140,8 @@ struct Pending {
     ignored: bool,
     /// The media type its payload is stored under as a blob (a WAV clip), if it is one.
     blob: Option<&'static str>,
+    /// Keeps the stored blob from the store's sweep until the rows naming it are written.
+    blob_hold: Option<BlobHold>,
 }
 
 fn payload_text(payload: &[u8]) -> String {
@@ -217,6 +228,7 @@ impl Ingest {
                     raw_id,
                     ignored: false,
                     blob: None,
+                    blob_hold: None,
                     message,
                 };
             }
@@ -263,6 +275,7 @@ impl Ingest {
             raw_id,
             ignored: false,
             blob: None,
+            blob_hold: None,
             message,
         }
     }
@@ -311,6 +324,7 @@ impl Ingest {
                     raw_id,
                     ignored: !device_data,
                     blob: None,
+                    blob_hold: None,
                     message,
                 }
             }
@@ -333,6 +347,7 @@ impl Ingest {
                     .map_err(|e| (m.name.clone(), e.to_string()));
                 Pending {
                     blob: rows.as_ref().ok().and(m.blob_media_type()),
+                    blob_hold: None,
                     rows,
                     device,
                     raw_id,
@@ -500,6 +515,10 @@ impl Ingest {
                                 Err((m, _)) => m.clone(),
                             };
                             p.rows = Err((mapping, reason));
+                            // No row names the clip now: the raw copy keeps its bytes, and the
+                            // unnamed blob is left to the store's sweep.
+                            p.blob = None;
+                            p.blob_hold = None;
                             match self.sink.write(&self.groups_of(&p)).await {
                                 Ok(()) => Ok(()),
                                 Err(SinkError::Rejected(r) | SinkError::Unavailable(r)) => Err(r),
@@ -513,19 +532,30 @@ impl Ingest {
         }
     }
 
-    /// Stores the payloads that are blobs, before the rows naming them: one the sink refuses
-    /// becomes a dead letter; one it cannot store now is answered with the error (its sender
-    /// retries) and leaves the batch.
+    /// Stores the payloads that are blobs, before the rows naming them, several at once: one
+    /// the sink refuses becomes a dead letter; one it cannot store now is answered with the
+    /// error (its sender retries) and leaves the batch.
     async fn store_blobs(&self, pending: &mut Vec<Pending>) {
+        use futures::StreamExt;
+        if pending.iter().all(|p| p.blob.is_none()) {
+            return;
+        }
+        // The futures are made first: a stream mapping borrowed messages through a closure
+        // trips the compiler's proof that the worker's future is `Send`.
+        let stores: Vec<_> = pending.iter().map(|p| self.store_blob(p)).collect();
+        let outcomes: Vec<Option<Result<BlobHold, SinkError>>> = futures::stream::iter(stores)
+            .buffered(BLOB_STORES_AT_ONCE)
+            .collect()
+            .await;
         let mut kept = Vec::with_capacity(pending.len());
-        for mut p in pending.drain(..) {
-            let Some(media_type) = p.blob else {
-                kept.push(p);
-                continue;
-            };
-            match self.sink.put_blob(&p.message.payload, media_type).await {
-                Ok(()) => kept.push(p),
-                Err(SinkError::Rejected(reason)) => {
+        for (mut p, outcome) in pending.drain(..).zip(outcomes) {
+            match outcome {
+                None => kept.push(p),
+                Some(Ok(hold)) => {
+                    p.blob_hold = Some(hold);
+                    kept.push(p);
+                }
+                Some(Err(SinkError::Rejected(reason))) => {
                     let mapping = match &p.rows {
                         Ok((lineage, _)) => format!("v{}", lineage.mapping_version),
                         Err((mapping, _)) => mapping.clone(),
@@ -535,7 +565,7 @@ impl Ingest {
                     p.blob = None;
                     kept.push(p);
                 }
-                Err(SinkError::Unavailable(reason)) => {
+                Some(Err(SinkError::Unavailable(reason))) => {
                     tracing::warn!(topic = %p.message.topic, reason = %reason, "Ingest could not store a clip; its sender will retry.");
                     if let Some(done) = p.message.done {
                         let _ = done.send(Err(reason));
@@ -544,6 +574,11 @@ impl Ingest {
             }
         }
         *pending = kept;
+    }
+
+    async fn store_blob(&self, p: &Pending) -> Option<Result<BlobHold, SinkError>> {
+        let media_type = p.blob?;
+        Some(self.sink.put_blob(&p.message.payload, media_type).await)
     }
 
     fn finish(&self, p: Pending, result: Result<(), String>) {
@@ -636,11 +671,11 @@ mod tests {
             Ok(())
         }
 
-        async fn put_blob(&self, bytes: &Bytes, content_type: &str) -> Result<(), SinkError> {
+        async fn put_blob(&self, bytes: &Bytes, content_type: &str) -> Result<BlobHold, SinkError> {
             self.blobs
                 .lock()
                 .push((bytes.clone(), content_type.to_owned()));
-            Ok(())
+            Ok(Box::new(()))
         }
     }
 
@@ -818,6 +853,46 @@ mod tests {
         assert!(
             matches!(&dead.fields[2].1, Value::Str(r) if r.contains("not a WAV clip")),
             "{dead:?}"
+        );
+    }
+
+    /// A clip whose rows the store refuses becomes a dead letter whose raw copy keeps the
+    /// bytes: no row names the stored blob, which the store's sweep will delete.
+    #[tokio::test]
+    async fn a_clip_whose_row_is_refused_keeps_its_bytes_in_the_raw_copy() {
+        let sink = Arc::new(MemorySink {
+            reject_field: Some("acoustic".into()),
+            ..MemorySink::default()
+        });
+        let worker = ingest(sink.clone());
+        let clip = fabrik_core::wav::encode_pcm16(8_000, 1, &[7; 800]);
+        let id = fabrik_core::BlobId::of(&clip).to_string();
+        let (m, rx) = message("devices/p1/clips/acoustic", "", Some("p1"));
+        let m = RawMessage {
+            payload: Bytes::from(clip),
+            ..m
+        };
+        worker.process(vec![m]).await;
+        assert_eq!(rx.await.expect("answer"), Ok(()));
+        let written = sink.written.lock();
+        let points: Vec<&Point> = written.iter().flat_map(|(_, ps)| ps).collect();
+        assert!(points.iter().any(|p| p.measurement == DEAD_LETTERS));
+        let raw = points
+            .iter()
+            .find(|p| p.measurement == RAW)
+            .expect("raw copy");
+        assert!(
+            raw.fields
+                .iter()
+                .any(|(k, v)| k == "payload"
+                    && matches!(v, Value::Str(t) if t.starts_with("base64:"))),
+            "{raw:?}"
+        );
+        assert!(
+            !points
+                .iter()
+                .any(|p| p.fields.iter().any(|(_, v)| *v == Value::Str(id.clone()))),
+            "nothing written names the blob"
         );
     }
 

@@ -1157,17 +1157,9 @@ impl Config {
             .ok();
         let mut table_retention = BTreeMap::new();
         for (name, table) in &self.store.tables {
-            let path = format!("store.tables.{name}");
-            if name == "_raw" {
-                problem(
-                    &path,
-                    "raw messages are kept for `ingest.raw_retention`; set it there".into(),
-                );
-                continue;
-            }
             if name == "_blobs" {
                 problem(
-                    &path,
+                    &format!("store.tables.{name}"),
                     "the blob listing is kept as long as the longest retention, so that each \
                      blob lasts as long as its naming table's; it has no retention of its own"
                         .into(),
@@ -1192,8 +1184,9 @@ impl Config {
         } else {
             None
         };
+        // `[store.tables._raw]`, where a configuration sets it, is the more specific setting.
         if let Some(raw) = raw_retention {
-            table_retention.insert("_raw".to_owned(), raw);
+            table_retention.entry("_raw".to_owned()).or_insert(raw);
         }
         let ingest_queue = match usize::try_from(self.ingest.queue) {
             Ok(n) if n > 0 => n,
@@ -2074,10 +2067,10 @@ mod tests {
         assert!(msg.contains("http.nope"), "{msg}");
     }
 
-    /// `ingest.raw_retention` is what the store applies to `_raw`; the two tables whose
-    /// retention follows from other settings cannot be given one.
+    /// `ingest.raw_retention` is what the store applies to `_raw` (unless `[store.tables._raw]`
+    /// says otherwise); the blob listing, whose retention follows from the others, has none.
     #[test]
-    fn raw_messages_are_kept_for_the_raw_retention_and_internal_tables_refuse_their_own() {
+    fn raw_messages_are_kept_for_the_raw_retention_and_the_blob_listing_refuses_one() {
         let settings = Config::from_toml("t", "[ingest]\nraw_retention = \"2d\"\n", no_env())
             .expect("loads")
             .validate("t")
@@ -2095,20 +2088,23 @@ mod tests {
             .validate("t")
             .expect("valid");
         assert!(!without_raw.table_retention.contains_key("_raw"));
-        let text = "[store.tables._raw]\nretention = \"30d\"\n\
-                    [store.tables._blobs]\nretention = \"1d\"\n\
+        let explicit =
+            Config::from_toml("t", "[store.tables._raw]\nretention = \"30d\"\n", no_env())
+                .expect("loads")
+                .validate("t")
+                .expect("valid");
+        assert_eq!(
+            explicit.table_retention.get("_raw"),
+            Some(&Retention::For(Duration::from_secs(30 * 86_400)))
+        );
+        let text = "[store.tables._blobs]\nretention = \"1d\"\n\
                     [store]\nblob_min_age = \"0s\"\n";
         let msg = Config::from_toml("t", text, no_env())
             .expect("loads")
             .validate("t")
             .expect_err("refused")
             .to_string();
-        for expected in [
-            "store.tables._raw",
-            "ingest.raw_retention",
-            "store.tables._blobs",
-            "store.blob_min_age",
-        ] {
+        for expected in ["store.tables._blobs", "store.blob_min_age"] {
             assert!(msg.contains(expected), "{expected}: {msg}");
         }
     }

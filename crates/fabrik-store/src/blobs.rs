@@ -6,7 +6,7 @@
 //! its row (the process died in between) is only unreferenced bytes, which [`BlobStore::sweep`]
 //! deletes, with the blobs whose rows have expired, once they are older than a minimum age.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +27,37 @@ pub struct BlobStore {
     /// Held by `put` while it refreshes a blob already stored and by `sweep` while it decides
     /// on and deletes one, so a blob stored again is never deleted under its new row.
     refresh: Arc<Mutex<()>>,
+    /// Blobs stored whose rows are not written yet (see [`BlobPin`]), and how many stores of
+    /// each are in flight: the sweep leaves them, however long the rows take.
+    pins: Arc<Mutex<HashMap<BlobId, usize>>>,
+}
+
+/// Keeps a blob just stored from the sweep until the rows naming it are written: hold it
+/// until then, and drop it after (or when giving up).
+#[must_use = "dropping the pin at once leaves the blob to the sweep before its rows are written"]
+#[derive(Debug)]
+pub struct BlobPin {
+    pins: Arc<Mutex<HashMap<BlobId, usize>>>,
+    id: BlobId,
+}
+
+impl BlobPin {
+    /// The id the blob is stored under.
+    pub fn id(&self) -> &BlobId {
+        &self.id
+    }
+}
+
+impl Drop for BlobPin {
+    fn drop(&mut self) {
+        let mut pins = self.pins.lock();
+        if let Some(count) = pins.get_mut(&self.id) {
+            *count -= 1;
+            if *count == 0 {
+                pins.remove(&self.id);
+            }
+        }
+    }
 }
 
 /// What one sweep did.
@@ -40,6 +71,8 @@ pub struct SweepReport {
     pub bytes_deleted: u64,
     /// Leftovers deleted: temporary files of interrupted stores, media types without a blob.
     pub leftovers: u64,
+    /// Files that could not be read or deleted (logged; the sweep went on).
+    pub errors: u64,
 }
 
 impl std::ops::AddAssign for SweepReport {
@@ -48,6 +81,7 @@ impl std::ops::AddAssign for SweepReport {
         self.deleted += other.deleted;
         self.bytes_deleted += other.bytes_deleted;
         self.leftovers += other.leftovers;
+        self.errors += other.errors;
     }
 }
 
@@ -73,6 +107,7 @@ impl BlobStore {
         Ok(Self {
             root,
             refresh: Arc::default(),
+            pins: Arc::default(),
         })
     }
 
@@ -85,9 +120,10 @@ impl BlobStore {
         self.path(id).with_extension("type")
     }
 
-    /// Stores `bytes` (once: the same bytes again cost nothing) and returns their id once they
-    /// are durable. Blocking: call it from `spawn_blocking`.
-    pub fn put(&self, bytes: &[u8], content_type: &str) -> Result<BlobId, StoreError> {
+    /// Stores `bytes` (once: the same bytes again cost nothing) and returns their id, pinned
+    /// (hold the pin until the rows naming the blob are written), once they are durable.
+    /// Blocking: call it from `spawn_blocking`.
+    pub fn put(&self, bytes: &[u8], content_type: &str) -> Result<BlobPin, StoreError> {
         if content_type.len() > MAX_MEDIA_TYPE
             || content_type.is_empty()
             || !content_type
@@ -103,6 +139,13 @@ impl BlobStore {
             });
         }
         let id = BlobId::of(bytes);
+        // Pinned before anything is written, so a sweep deciding on these bytes meanwhile
+        // leaves them (it checks the pins under the lock taken below).
+        *self.pins.lock().entry(id.clone()).or_default() += 1;
+        let pin = BlobPin {
+            pins: self.pins.clone(),
+            id: id.clone(),
+        };
         let path = self.path(&id);
         let dir = path
             .parent()
@@ -133,7 +176,7 @@ impl BlobStore {
         }
         sync_dir(dir).map_err(|e| io("syncing the directory of", e))?;
         sync_dir(&self.root.join("sha256")).map_err(|e| io("syncing the blob root for", e))?;
-        Ok(id)
+        Ok(pin)
     }
 
     /// The blob, or `None` if there is no such blob. Blocking.
@@ -152,12 +195,15 @@ impl BlobStore {
     }
 }
 
+fn is_hex(text: &str, len: usize) -> bool {
+    text.len() == len && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 impl BlobStore {
     /// Deletes the blobs whose id starts with `shard` (one hex digit: a sixteenth of the
-    /// store, so the caller's set of live ids stays small) that are not in `live` and were last
-    /// stored at least `min_age` ago, and leftovers of interrupted stores as old. The minimum
-    /// age covers the moment between storing a blob and committing the row naming it, which
-    /// `live` (read before) cannot show. Blocking.
+    /// store, so the caller's set of live ids stays small) that are not in `live`, not pinned
+    /// and were last stored at least `min_age` ago, and leftovers of interrupted stores as old.
+    /// A file it cannot read or delete is logged and counted, and the sweep goes on. Blocking.
     pub fn sweep(
         &self,
         shard: char,
@@ -166,26 +212,30 @@ impl BlobStore {
     ) -> Result<SweepReport, StoreError> {
         let mut report = SweepReport::default();
         let top = self.root.join("sha256");
-        let io = |what: String, e| StoreError::io(what, e);
-        let entries =
-            std::fs::read_dir(&top).map_err(|e| io(format!("listing {}", top.display()), e))?;
-        for entry in entries {
-            let dir = entry
-                .map_err(|e| io(format!("listing {}", top.display()), e))?
-                .path();
+        let entries = std::fs::read_dir(&top)
+            .map_err(|e| StoreError::io(format!("listing {}", top.display()), e))?;
+        for entry in entries.flatten() {
+            let dir = entry.path();
             let Some(prefix) = dir.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
                 continue;
             };
-            if prefix.len() != 2 || !prefix.starts_with(shard) || !dir.is_dir() {
+            if !is_hex(&prefix, 2) || !prefix.starts_with(shard) || !dir.is_dir() {
                 continue;
             }
-            let files =
-                std::fs::read_dir(&dir).map_err(|e| io(format!("listing {}", dir.display()), e))?;
-            for file in files {
-                let path = file
-                    .map_err(|e| io(format!("listing {}", dir.display()), e))?
-                    .path();
-                self.sweep_file(&prefix, &path, live, min_age, &mut report)?;
+            let files = match std::fs::read_dir(&dir) {
+                Ok(files) => files,
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "Blob sweep: cannot list a directory.");
+                    report.errors += 1;
+                    continue;
+                }
+            };
+            for file in files.flatten() {
+                let path = file.path();
+                if let Err(e) = self.sweep_file(&prefix, &path, live, min_age, &mut report) {
+                    tracing::warn!(path = %path.display(), error = %e, "Blob sweep: skipped a file.");
+                    report.errors += 1;
+                }
             }
         }
         Ok(report)
@@ -198,60 +248,70 @@ impl BlobStore {
         live: &HashSet<String>,
         min_age: Duration,
         report: &mut SweepReport,
-    ) -> Result<(), StoreError> {
+    ) -> std::io::Result<()> {
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             return Ok(());
         };
-        let old_enough = |path: &Path| -> Result<Option<u64>, StoreError> {
+        // The size of `path` if it was last written at least `min_age` ago.
+        let old_enough = |path: &Path| -> std::io::Result<Option<u64>> {
             let meta = match std::fs::metadata(path) {
                 Ok(meta) => meta,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(StoreError::io(format!("reading {}", path.display()), e)),
+                Err(e) => return Err(e),
             };
             let age = meta
                 .modified()
                 .ok()
                 .and_then(|m| SystemTime::now().duration_since(m).ok())
                 .unwrap_or_default();
-            Ok((age >= min_age).then_some(meta.len()))
+            Ok((age >= min_age && meta.is_file()).then_some(meta.len()))
         };
         let remove = |path: &Path| match std::fs::remove_file(path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StoreError::io(format!("deleting {}", path.display()), e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
         };
-        let leftover = if name.contains(".tmp-") {
-            true
-        } else if let Some(blob) = name.strip_suffix(".type") {
-            !path.with_file_name(blob).exists()
-        } else {
-            false
-        };
-        if leftover {
+        if let Some((blob, _)) = name.split_once(".tmp-")
+            && is_hex(blob.strip_suffix(".type").unwrap_or(blob), 62)
+        {
+            // A temporary file of a store that died before renaming it.
             if old_enough(path)?.is_some() {
                 remove(path)?;
                 report.leftovers += 1;
             }
             return Ok(());
         }
-        if name.contains('.') {
+        let (hex, media_type_only) = match name.strip_suffix(".type") {
+            Some(hex) => (hex, true),
+            None => (name, false),
+        };
+        if !is_hex(hex, 62) {
             return Ok(());
         }
-        let id = format!("sha256:{prefix}{name}");
+        let id = format!("sha256:{prefix}{hex}");
         if live.contains(&id) {
-            report.kept += 1;
+            report.kept += u64::from(!media_type_only);
             return Ok(());
         }
         let _refresh = self.refresh.lock();
+        let pinned = BlobId::parse(&id).is_ok_and(|id| self.pins.lock().contains_key(&id));
+        if media_type_only {
+            // A media type whose blob is missing: left by a store that died between the two
+            // files, or by a sweep that died between deleting them.
+            if !pinned && !path.with_file_name(hex).exists() && old_enough(path)?.is_some() {
+                remove(path)?;
+                report.leftovers += 1;
+            }
+            return Ok(());
+        }
         match old_enough(path)? {
-            Some(bytes) => {
+            Some(bytes) if !pinned => {
                 // The blob first: a media type left without it is a leftover for later.
                 remove(path)?;
                 remove(&path.with_extension("type"))?;
                 report.deleted += 1;
                 report.bytes_deleted += bytes;
             }
-            None => report.kept += 1,
+            _ => report.kept += 1,
         }
         Ok(())
     }
@@ -281,13 +341,13 @@ mod tests {
     fn a_blob_is_kept_once_under_its_digest_and_read_back_whole() {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path().join("blobs")).unwrap();
-        let id = store.put(b"hello", "text/plain").unwrap();
+        let id = store.put(b"hello", "text/plain").unwrap().id().clone();
         // The SHA-256 of "hello".
         assert_eq!(
             id.hex(),
             "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
         );
-        assert_eq!(store.put(b"hello", "text/plain").unwrap(), id);
+        assert_eq!(store.put(b"hello", "text/plain").unwrap().id(), &id);
         let reopened = BlobStore::open(dir.path().join("blobs")).unwrap();
         let blob = reopened.get(&id).unwrap().unwrap();
         assert_eq!(
@@ -311,7 +371,7 @@ mod tests {
         let bytes: Vec<u8> = (0..200_000_u32).map(|i| (i % 251) as u8).collect();
         std::thread::scope(|scope| {
             for _ in 0..8 {
-                scope.spawn(|| store.put(&bytes, "audio/wav").unwrap());
+                scope.spawn(|| drop(store.put(&bytes, "audio/wav").unwrap()));
             }
         });
         let id = BlobId::of(&bytes);
@@ -352,24 +412,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = BlobStore::open(dir.path()).unwrap();
         let hour = Duration::from_secs(3600);
-        let named = store.put(&blob_in_shard('a', 1), "audio/wav").unwrap();
-        let unnamed = store.put(&blob_in_shard('a', 2), "audio/wav").unwrap();
-        let young = store.put(&blob_in_shard('a', 3), "audio/wav").unwrap();
-        let other_shard = store.put(&blob_in_shard('b', 4), "audio/wav").unwrap();
+        let put = |bytes: &[u8]| store.put(bytes, "audio/wav").unwrap().id().clone();
+        let named = put(&blob_in_shard('a', 1));
+        let unnamed = put(&blob_in_shard('a', 2));
+        let young = put(&blob_in_shard('a', 3));
+        let other_shard = put(&blob_in_shard('b', 4));
         let stored_again_bytes = blob_in_shard('a', 5);
-        let stored_again = store.put(&stored_again_bytes, "audio/wav").unwrap();
-        for id in [&named, &unnamed, &other_shard, &stored_again] {
+        let stored_again = put(&stored_again_bytes);
+        // Stored long ago, its rows not written yet (a slow commit): pinned, so it stays.
+        let pinned_bytes = blob_in_shard('a', 6);
+        let pin = store.put(&pinned_bytes, "audio/wav").unwrap();
+        for id in [&named, &unnamed, &other_shard, &stored_again, pin.id()] {
             age(&store, id, 2 * hour);
         }
         // Stored again (a row about to name it): the sweep must leave it to that row.
-        store.put(&stored_again_bytes, "audio/wav").unwrap();
-        // Leftovers of a store killed half-way: a temporary file and a lone media type.
+        drop(store.put(&stored_again_bytes, "audio/wav").unwrap());
+        // Leftovers of stores killed half-way: temporary files and a lone media type; and a
+        // file that is no blob of ours, which the sweep must leave alone.
         let shard_dir = store.path(&named).parent().unwrap().to_owned();
-        let temporary = shard_dir.join("ffff.tmp-1-1");
-        std::fs::write(&temporary, b"half").unwrap();
-        let lone_type = store.type_path(&unnamed).with_file_name("eeee.type");
-        std::fs::write(&lone_type, b"audio/wav").unwrap();
-        for path in [&temporary, &lone_type] {
+        let name_in_shard = |tail: &str| format!("{}{tail}", &"f".repeat(62));
+        let temporary = shard_dir.join(name_in_shard(".tmp-1-1"));
+        let temporary_type = shard_dir.join(name_in_shard(".type.tmp-1-2"));
+        let lone_type = shard_dir.join(format!("{}.type", "e".repeat(62)));
+        let stranger = shard_dir.join("notes.txt");
+        for path in [&temporary, &temporary_type, &lone_type, &stranger] {
+            std::fs::write(path, b"x").unwrap();
             let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
             file.set_modified(SystemTime::now() - 2 * hour).unwrap();
         }
@@ -379,24 +446,32 @@ mod tests {
         assert_eq!(
             report,
             SweepReport {
-                kept: 3,
+                kept: 4,
                 deleted: 1,
                 bytes_deleted: blob_in_shard('a', 2).len() as u64,
-                leftovers: 2,
+                leftovers: 3,
+                errors: 0,
             }
         );
         assert!(store.get(&unnamed).unwrap().is_none());
         assert!(!store.type_path(&unnamed).exists());
-        for id in [&named, &young, &other_shard, &stored_again] {
+        for id in [&named, &young, &other_shard, &stored_again, pin.id()] {
             assert!(store.get(id).unwrap().is_some(), "{id}");
         }
-        assert!(!temporary.exists() && !lone_type.exists());
-        // Once old enough, an unnamed blob goes; the other shard only when swept.
+        assert!(!temporary.exists() && !temporary_type.exists() && !lone_type.exists());
+        assert!(stranger.exists());
+        // Once old enough, an unnamed blob goes, and a pinned one once its rows are written;
+        // the other shard only when swept.
+        drop(pin);
         let report = store.sweep('a', &live, Duration::ZERO).unwrap();
-        assert_eq!((report.kept, report.deleted), (1, 2));
+        assert_eq!((report.kept, report.deleted), (1, 3));
         assert!(store.get(&other_shard).unwrap().is_some());
         assert_eq!(store.sweep('b', &live, hour).unwrap().deleted, 1);
-        assert_eq!(walk(dir.path()).len(), 2, "only the named blob is left");
+        assert_eq!(
+            walk(dir.path()).len(),
+            3,
+            "the named blob and its media type, and the stranger"
+        );
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {

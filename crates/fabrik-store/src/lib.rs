@@ -45,7 +45,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-pub use blobs::{Blob, BlobStore, SweepReport};
+pub use blobs::{Blob, BlobPin, BlobStore, SweepReport};
 pub use datafusion::arrow;
 pub use error::StoreError;
 
@@ -976,12 +976,14 @@ impl Store {
         }
         metrics::counter!("fabrik_blobs_deleted_total").increment(report.deleted);
         metrics::counter!("fabrik_blob_bytes_deleted_total").increment(report.bytes_deleted);
-        if report.deleted + report.leftovers > 0 {
+        metrics::counter!("fabrik_blob_sweep_errors_total").increment(report.errors);
+        if report.deleted + report.leftovers + report.errors > 0 {
             tracing::info!(
                 deleted = report.deleted,
                 bytes = report.bytes_deleted,
                 leftovers = report.leftovers,
                 kept = report.kept,
+                errors = report.errors,
                 "Blobs no live row names deleted."
             );
         }
@@ -1015,25 +1017,42 @@ impl Store {
         condition
     }
 
-    /// Runs persistence, compaction and the blob sweep until `stop` is cancelled.
+    /// Runs persistence, compaction and the blob sweep until `stop` is cancelled. The sweep
+    /// runs beside the other two, so its queries never hold up a flush.
     pub async fn run_background(self: Arc<Self>, stop: CancellationToken) {
         let mut flush = tokio::time::interval(self.shared.options.flush_interval);
         let mut compaction = tokio::time::interval(self.shared.options.compaction_interval);
         let mut blob_sweep = tokio::time::interval(self.shared.options.blob_sweep_interval);
+        blob_sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         flush.tick().await;
         compaction.tick().await;
         blob_sweep.tick().await;
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => break,
-                _ = flush.tick() => self.log_failure("persist", self.persist().await),
-                () = self.shared.flush_wanted.notified() => self.log_failure("persist", self.persist().await),
-                _ = compaction.tick() => self.log_failure("compaction", self.compact().await),
-                _ = blob_sweep.tick() => {
-                    self.log_failure("blob sweep", self.sweep_blobs().await.map(|_| ()));
+        let maintenance = async {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = flush.tick() => self.log_failure("persist", self.persist().await),
+                    () = self.shared.flush_wanted.notified() => self.log_failure("persist", self.persist().await),
+                    _ = compaction.tick() => self.log_failure("compaction", self.compact().await),
                 }
             }
-        }
+        };
+        let sweeps = async {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = blob_sweep.tick() => {
+                        tokio::select! {
+                            () = stop.cancelled() => break,
+                            result = self.sweep_blobs() => {
+                                self.log_failure("blob sweep", result.map(|_| ()));
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        tokio::join!(maintenance, sweeps);
     }
 
     fn log_failure(&self, what: &str, result: Result<(), StoreError>) {

@@ -45,14 +45,14 @@ impl RecordSink for StoreSink {
         &self,
         bytes: &fabrik_connect::ingest::Bytes,
         content_type: &str,
-    ) -> Result<(), SinkError> {
+    ) -> Result<fabrik_connect::ingest::BlobHold, SinkError> {
         let (blobs, bytes, media) = (
             self.0.blobs().clone(),
             bytes.clone(),
             content_type.to_owned(),
         );
         match tokio::task::spawn_blocking(move || blobs.put(&bytes, &media)).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(pin)) => Ok(Box::new(pin)),
             Ok(Err(e @ StoreError::InvalidPoint { .. })) => Err(SinkError::Rejected(e.to_string())),
             Ok(Err(e)) => Err(SinkError::Unavailable(e.to_string())),
             Err(e) => Err(SinkError::Unavailable(e.to_string())),

@@ -422,8 +422,9 @@ fn a_clip_past_its_tables_retention_is_swept_from_disk() {
         assert_eq!(status, 201, "{answer}");
         ids.push(answer["id"].as_str().expect("id").to_owned());
     }
+    // (Its media type goes just after it.)
     eventually("the expired clip is deleted", || {
-        get_blob(&p.url, &ids[0]).0 == 404
+        get_blob(&p.url, &ids[0]).0 == 404 && files_under(&data.join("blobs")) == 2
     });
     let (status, _, bytes) = get_blob(&p.url, &ids[1]);
     assert_eq!(status, 200);

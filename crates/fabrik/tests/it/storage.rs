@@ -262,25 +262,31 @@ async fn blobs_expire_with_the_rows_that_name_them() {
     let dir = tempfile::tempdir().expect("dir");
     let mut options = StoreOptions::new(dir.path());
     let hour = Duration::from_secs(3600);
+    // The default (1 h) is shorter than the archive's (30 d): the listing must follow the
+    // longest, or the archive's blobs would lose what keeps them.
+    options.retention = Some(hour);
     options.table_retention.insert("frames".into(), Some(hour));
-    options.table_retention.insert("evidence".into(), None);
-    options.retention = Some(10 * 24 * hour);
+    options
+        .table_retention
+        .insert("archive".into(), Some(30 * 24 * hour));
     options.blob_min_age = Duration::ZERO;
     let s = Server::with_options(options, 8 << 20).await;
     let now = fabrik_core::Timestamp::now().nanos();
     let two_hours_ago = now - 7_200_000_000_000;
     let expired = post_blob(&s, "frames", two_hours_ago, b"expired frame").await;
     let recent = post_blob(&s, "frames", now, b"recent frame").await;
-    // The same bytes named by an expired row and by a row of a table kept forever.
+    // The same bytes named by an expired row and by a row of the archive.
     // (A second earlier: a row of the same series at the same time would replace the first.)
     let a_second_before = two_hours_ago - 1_000_000_000;
     let shared = post_blob(&s, "frames", a_second_before, b"kept as evidence").await;
     assert_eq!(
-        post_blob(&s, "evidence", a_second_before, b"kept as evidence").await,
+        post_blob(&s, "archive", a_second_before, b"kept as evidence").await,
         shared
     );
-    // A table with the default retention (10 days).
-    let defaulted = post_blob(&s, "other", two_hours_ago, b"default retention").await;
+    let archived = post_blob(&s, "archive", two_hours_ago, b"archived frame").await;
+    // A table with the default retention, past it and within it.
+    let defaulted_old = post_blob(&s, "other", two_hours_ago, b"default, old").await;
+    let defaulted_new = post_blob(&s, "other", now, b"default, new").await;
     // Bytes stored whose row never came (the process died in between).
     let unnamed = {
         let blobs = s.store.blobs().clone();
@@ -288,11 +294,12 @@ async fn blobs_expire_with_the_rows_that_name_them() {
             .await
             .expect("task")
             .expect("put")
+            .id()
             .to_string()
     };
 
     let report = s.store.sweep_blobs().await.expect("sweep");
-    assert_eq!((report.deleted, report.kept), (2, 3), "{report:?}");
+    assert_eq!((report.deleted, report.kept), (3, 4), "{report:?}");
     let status = |id: String| {
         let client = s.client.clone();
         let url = format!("{}/api/v1/blobs/{id}", s.url);
@@ -307,15 +314,16 @@ async fn blobs_expire_with_the_rows_that_name_them() {
                 .as_u16()
         }
     };
-    assert_eq!(status(expired.clone()).await, 404);
-    assert_eq!(status(unnamed).await, 404);
-    for id in [&recent, &shared, &defaulted] {
+    for id in [&expired, &defaulted_old, &unnamed] {
+        assert_eq!(status(id.clone()).await, 404, "{id}");
+    }
+    for id in [&recent, &shared, &archived, &defaulted_new] {
         assert_eq!(status(id.clone()).await, 200, "{id}");
     }
-    // The listing outlives the shortest retention: it is what keeps the other blobs.
+    // The listing outlives the shortest retention: it is what keeps the archive's blobs.
     assert_eq!(
         s.count(&format!(
-            "SELECT count(*) FROM _blobs WHERE id = '{expired}'"
+            "SELECT count(*) FROM _blobs WHERE id = '{archived}'"
         ))
         .await,
         1
