@@ -6,6 +6,7 @@
 
 pub mod alert_rules;
 pub mod alerts;
+pub mod audit;
 pub mod auth;
 pub mod blobs;
 mod body;

@@ -141,6 +141,8 @@ impl Modify for TokenAuth {
         crate::users::create,
         crate::users::remove,
         crate::users::set_password,
+        crate::audit::list,
+        crate::audit::verify,
         crate::stream::device_stream,
         crate::pipelines::list,
         crate::pipelines::show,

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use fabrik_core::{Lineage, Point, Precision, Quality, SourceId, Timestamp, Value};
+use fabrik_registry::AuditEvent;
 use fabrik_store::QueryOutput;
 use fabrik_store::arrow;
 use serde::{Deserialize, Serialize};
@@ -112,6 +113,8 @@ pub fn router(state: ApiState) -> Router {
                 .put(crate::pipelines::put_model)
                 .delete(crate::pipelines::remove_model),
         )
+        .route("/api/v1/audit", get(crate::audit::list))
+        .route("/api/v1/audit/verify", get(crate::audit::verify))
         .route("/services", get(services))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -207,9 +210,33 @@ async fn require_token(
         .get::<MatchedPath>()
         .map_or("", MatchedPath::as_str);
     let needed = crate::auth::required_role(request.method(), route);
+    let audited = crate::audit::records(request.method(), route).then(|| AuditEvent {
+        actor: identity.name.clone(),
+        action: format!("{} {route}", request.method()),
+        target: request
+            .uri()
+            .path_and_query()
+            .map_or_else(String::new, |p| p.as_str().to_owned()),
+        status: 0,
+    });
     if identity.role < needed {
         metrics::counter!("fabrik_http_forbidden_total").increment(1);
         tracing::info!(user = %identity.name, role = identity.role.as_str(), route, "Request refused: role too low.");
+        // A refusal is recorded whatever was asked: probing for what a role may do is news.
+        let event = audited.unwrap_or_else(|| AuditEvent {
+            actor: identity.name.clone(),
+            action: format!("{} {route}", request.method()),
+            target: request.uri().path().to_owned(),
+            status: 0,
+        });
+        crate::audit::record(
+            &state,
+            AuditEvent {
+                status: StatusCode::FORBIDDEN.as_u16(),
+                ..event
+            },
+        )
+        .await;
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -224,7 +251,12 @@ async fn require_token(
         .into_response();
     }
     request.extensions_mut().insert(identity);
-    next.run(request).await
+    let response = next.run(request).await;
+    if let Some(event) = audited {
+        let status = response.status().as_u16();
+        crate::audit::record(&state, AuditEvent { status, ..event }).await;
+    }
+    response
 }
 
 /// Readiness of every service.

@@ -45,6 +45,31 @@ pub(crate) async fn sign_in(
     State(state): State<ApiState>,
     crate::extract::Json(request): crate::extract::Json<SignIn>,
 ) -> Result<Response, ApiError> {
+    // Who the attempt claims to be: a user name, or the admin token (never the secret).
+    let actor = match (&request.username, &request.token) {
+        (Some(name), _) => name.chars().take(64).collect(),
+        (None, Some(_)) => "admin-token".to_owned(),
+        (None, None) => String::new(),
+    };
+    let result = start_session(&state, request).await;
+    let status = match &result {
+        Ok(response) => response.status().as_u16(),
+        Err(e) => e.status().as_u16(),
+    };
+    crate::audit::record(
+        &state,
+        fabrik_registry::AuditEvent {
+            actor,
+            action: "sign-in".into(),
+            target: "/api/v1/session".into(),
+            status,
+        },
+    )
+    .await;
+    result
+}
+
+async fn start_session(state: &ApiState, request: SignIn) -> Result<Response, ApiError> {
     let identity = match request {
         SignIn {
             token: Some(token),

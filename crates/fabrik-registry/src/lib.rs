@@ -7,6 +7,7 @@
 //! PostgreSQL also accepts, so the hub profile can move it there. It knows nothing about
 //! protocols: connectors report connections and counts, the API and CLI manage devices.
 
+pub mod audit;
 mod error;
 mod schema;
 mod tokens;
@@ -26,6 +27,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use audit::{AuditEntry, AuditEvent, AuditVerification};
 pub use error::RegistryError;
 pub use users::{Role, User};
 
@@ -152,6 +154,8 @@ pub struct Registry {
     /// Bumped by every change to the set of devices or their site, type or labels, so a
     /// reader that selects devices (a heartbeat rule's `expect`) re-reads only after one.
     changes: Arc<std::sync::atomic::AtomicU64>,
+    /// The audit log's key and append lock.
+    audit: Arc<audit::AuditChain>,
 }
 
 /// SHA-256 of a token that passed the argon2 check, and when.
@@ -207,6 +211,8 @@ impl Registry {
     /// Opens (creating if needed) the registry database at `path` and brings its schema up to
     /// date.
     pub async fn open(path: &Path) -> Result<Self, RegistryError> {
+        // The audit chain's key lives beside the database, in a file of its own (0600).
+        let audit = audit::AuditChain::open(&path.with_file_name("audit.key"))?;
         let options = SqliteConnectOptions::from_str("sqlite://")
             .map_err(RegistryError::Db)?
             .filename(path)
@@ -230,6 +236,7 @@ impl Registry {
             activity: Arc::default(),
             attempts: Arc::default(),
             changes: Arc::default(),
+            audit: Arc::new(audit),
         })
     }
 

@@ -44,6 +44,18 @@ const MIGRATIONS: &[(i64, &str)] = &[
         last_sign_in BIGINT
     )",
     ),
+    (
+        3,
+        "CREATE TABLE audit_log (
+        seq BIGINT PRIMARY KEY,
+        time BIGINT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        status BIGINT NOT NULL,
+        hash TEXT NOT NULL
+    )",
+    ),
 ];
 
 /// Applies the migrations the database has not seen yet.

@@ -4,6 +4,7 @@
 mod alert_cli;
 mod alert_fill;
 mod alerts;
+mod audit_cli;
 mod bench;
 mod bench_mqtt;
 mod blob_cli;
@@ -69,6 +70,8 @@ enum Command {
     Device(device_cli::DeviceArgs),
     /// Create, list and remove the users who sign in with a password, and set passwords.
     User(user_cli::UserArgs),
+    /// Read the audit log (changes made through the API, sign-ins) and check its hash chain.
+    Audit(audit_cli::AuditArgs),
     /// List, acknowledge and silence alerts.
     Alert(alert_cli::AlertArgs),
     /// List, show, define (from a file) and remove inference pipelines of a running Fabrik.
@@ -159,6 +162,7 @@ fn main() -> ExitCode {
         Command::Write(args) => client::block_on(client::write(args)),
         Command::Device(args) => client::block_on(device_cli::run(args)),
         Command::User(args) => client::block_on(user_cli::run(args)),
+        Command::Audit(args) => client::block_on(audit_cli::run(args)),
         Command::Alert(args) => client::block_on(alert_cli::run(args)),
         Command::Pipeline(args) => client::block_on(pipeline_cli::run(args)),
         Command::Model(args) => client::block_on(model_cli::run(args)),

@@ -10,7 +10,7 @@ use crate::mqtt::eventually;
 use crate::support::{Process, TOKEN, fabrik_bin};
 
 /// A request with a session cookie (or none): (status, JSON body, Set-Cookie session value).
-fn call(
+pub(crate) fn call(
     url: &str,
     method: reqwest::Method,
     path: &str,

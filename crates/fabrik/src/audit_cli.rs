@@ -1,0 +1,95 @@
+//! `fabrik audit list|verify`: a thin client of `/api/v1/audit`.
+
+use clap::{Args, Subcommand};
+
+use crate::client::Endpoint;
+
+/// `fabrik audit ...`
+#[derive(Debug, Args)]
+pub(crate) struct AuditArgs {
+    #[command(subcommand)]
+    command: AuditCommand,
+    #[command(flatten)]
+    endpoint: Endpoint,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// The newest entries: who changed what, who signed in or was refused.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the whole chain; exits non-zero naming the first entry that does not fit.
+    Verify {
+        /// Print JSON instead of a sentence.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn time_text(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns)
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+/// Runs a `fabrik audit` command.
+pub(crate) async fn run(args: AuditArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let ep = &args.endpoint;
+    match args.command {
+        AuditCommand::List { limit, json } => {
+            let entries: Vec<serde_json::Value> = ep
+                .get_json(&client, &format!("/api/v1/audit?limit={limit}"))
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+                return Ok(());
+            }
+            println!(
+                "{:>6} {:<19} {:<16} {:<6} {:<40} target",
+                "seq", "time", "actor", "status", "action"
+            );
+            for e in entries.iter().rev() {
+                println!(
+                    "{:>6} {:<19} {:<16} {:<6} {:<40} {}",
+                    e["seq"].as_i64().unwrap_or(0),
+                    time_text(e["time"].as_i64().unwrap_or(0)),
+                    e["actor"].as_str().unwrap_or(""),
+                    e["status"].as_u64().unwrap_or(0),
+                    e["action"].as_str().unwrap_or(""),
+                    e["target"].as_str().unwrap_or("")
+                );
+            }
+        }
+        AuditCommand::Verify { json } => {
+            let report: serde_json::Value = ep.get_json(&client, "/api/v1/audit/verify").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            }
+            if report["intact"].as_bool() != Some(true) {
+                anyhow::bail!(
+                    "the audit log is broken at entry {}: {} (entries 1 to {} fit; head hash {})",
+                    report["broken_at"],
+                    report["problem"].as_str().unwrap_or("?"),
+                    report["head_seq"],
+                    report["head_hash"].as_str().unwrap_or("")
+                );
+            }
+            if !json {
+                println!(
+                    "intact: {} entries; head {} {}",
+                    report["entries"],
+                    report["head_seq"],
+                    report["head_hash"].as_str().unwrap_or("")
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! The audit log in a real `fabrik run`: changes, refusals and sign-ins recorded under who made
+//! them, each written to the process log with its hash, and a change made to the database
+//! behind Fabrik's back found by `fabrik audit verify` after a restart.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::support::{Process, TOKEN, client_command};
+use crate::users::call;
+
+fn bearer(url: &str, method: Method, path: &str, body: Option<serde_json::Value>) -> u16 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let mut req = crate::support::http_client()
+            .request(method, format!("{url}{path}"))
+            .bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        req.send().await.expect("request").status().as_u16()
+    })
+}
+
+#[test]
+fn changes_refusals_and_sign_ins_are_chained_and_tampering_is_found() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let p = Process::start(&data, &[]);
+    // A change by the admin token, a refused sign-in, a viewer refused a change, and data
+    // written (not a change: not recorded).
+    let password = "correct horse battery staple";
+    assert_eq!(
+        bearer(
+            &p.url,
+            Method::POST,
+            "/api/v1/users",
+            Some(json!({"name": "vera", "role": "viewer", "password": password}))
+        ),
+        201
+    );
+    let body = json!({"username": "vera", "password": "wrong password!"});
+    assert_eq!(
+        call(&p.url, Method::POST, "/api/v1/session", None, Some(body)).0,
+        401
+    );
+    let body = json!({"username": "vera", "password": password});
+    let (status, _, session) = call(&p.url, Method::POST, "/api/v1/session", None, Some(body));
+    assert_eq!(status, 200);
+    let (status, _, _) = call(
+        &p.url,
+        Method::DELETE,
+        "/api/v1/users/vera",
+        session.as_deref(),
+        None,
+    );
+    assert_eq!(status, 403);
+    assert_eq!(
+        crate::support::post_status(&p.url, "/api/v1/write", "m,device=d1 v=1"),
+        200
+    );
+
+    let (status, _, _) = call(
+        &p.url,
+        Method::GET,
+        "/api/v1/audit?limit=10",
+        session.as_deref(),
+        None,
+    );
+    assert_eq!(status, 403, "a viewer does not read the audit log");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let entries: Vec<serde_json::Value> = rt.block_on(async {
+        crate::support::http_client()
+            .get(format!("{}/api/v1/audit?limit=10", p.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("audit")
+            .json()
+            .await
+            .expect("json")
+    });
+    let seen: Vec<(String, String, u64)> = entries
+        .iter()
+        .rev()
+        .map(|e| {
+            (
+                e["actor"].as_str().expect("actor").to_owned(),
+                e["action"].as_str().expect("action").to_owned(),
+                e["status"].as_u64().expect("status"),
+            )
+        })
+        .collect();
+    let expected = [
+        ("admin-token", "POST /api/v1/users", 201),
+        ("vera", "sign-in", 401),
+        ("vera", "sign-in", 200),
+        ("vera", "DELETE /api/v1/users/{name}", 403),
+        ("vera", "GET /api/v1/audit", 403),
+    ];
+    let expected: Vec<(String, String, u64)> = expected
+        .iter()
+        .map(|(a, b, c)| ((*a).to_owned(), (*b).to_owned(), *c))
+        .collect();
+    assert_eq!(seen, expected);
+    assert_eq!(entries[1]["target"], "/api/v1/users/vera");
+    let (ok, out) = client_command(&p.url, &["audit", "verify"]);
+    assert!(ok && out.contains("intact: 5 entries"), "{out}");
+    let (ok, out) = client_command(&p.url, &["audit", "list"]);
+    assert!(ok && out.contains("DELETE /api/v1/users/{name}"), "{out}");
+    // Each entry is in the process log with its hash: the copy to compare the head with.
+    let head = entries[0]["hash"].as_str().expect("hash").to_owned();
+    let (_, log) = p.terminate();
+    assert!(
+        log.iter()
+            .any(|line| line.contains("Audit.") && line.contains(&head)),
+        "the newest entry's hash is not in the log"
+    );
+
+    // Behind Fabrik's back: entry 2 (the refused sign-in) is made to look successful.
+    let python = std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let status = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); \
+             c.execute('UPDATE audit_log SET status = 200 WHERE seq = 2'); c.commit()",
+            data.join("registry.db").to_str().expect("utf-8"),
+        ])
+        .status()
+        .expect("python");
+    assert!(status.success());
+    let p = Process::start(&data, &[]);
+    let (ok, out) = client_command(&p.url, &["audit", "verify"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("broken at entry 2") && out.contains("entries 1 to 1 fit"),
+        "{out}"
+    );
+}
