@@ -503,10 +503,27 @@ async function main() {
     await go('#/pipelines/pump-health');
     await page.waitForSelector('#pl-def dl');
     assert(!(await page.$('#btn-retrain')), 'a viewer is offered Retrain');
+    assert(!(await page.isVisible('a[data-route="audit"]')), 'a viewer is offered the audit log');
     await page.click('#sign-out');
     await page.click('#mode-token');
     await page.waitForSelector('#signin-token');
     noErrors('user sign-in');
+  });
+
+  await step('audit log: an admin sees who did what, and the chain intact', async () => {
+    await page.fill('#signin-token', TOKEN);
+    await page.click('#signin-submit');
+    await page.waitForSelector('#topbar:not([hidden])');
+    await page.click('a[data-route="audit"]');
+    await page.waitForSelector('#audit-entries tbody tr');
+    await page.waitForSelector('#audit-intact');
+    const rows = await page.$$eval('#audit-entries tbody tr', (trs) => trs.map((tr) => [...tr.cells].map((c) => c.textContent.trim())));
+    const has = (actor, action, status) => rows.some((r) => r[2] === actor && r[3] === action && r[5] === String(status));
+    assert(has('ana', 'sign-in', 401) && has('ana', 'sign-in', 200), `ana's sign-ins not listed: ${JSON.stringify(rows.slice(0, 8))}`);
+    assert(has('vic', 'POST /api/v1/alerts/{id}/ack', 403), "the viewer's refused acknowledgement is not listed");
+    assert(has('admin-token', 'POST /api/v1/users', 201), 'the users created are not listed');
+    await shot('11-audit');
+    noErrors('audit log');
   });
 }
 

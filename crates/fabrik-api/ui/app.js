@@ -431,7 +431,7 @@ function patch(el, content) {
   if (el._html !== s) { el.innerHTML = s; el._html = s; }
 }
 
-const routes = { overview: pageOverview, devices: pageDevices, explorer: pageExplorer, pipelines: pagePipelines, alerts: pageAlerts };
+const routes = { overview: pageOverview, devices: pageDevices, explorer: pageExplorer, pipelines: pagePipelines, alerts: pageAlerts, audit: pageAudit };
 async function route() {
   if (!auth.mode) return showSignIn();
   const parts = location.hash.replace(/^#\/?/, '').split('/').filter(Boolean).map(decodeURIComponent);
@@ -1192,6 +1192,38 @@ function rulesTable(rules) {
 }
 /** Rule health → the state whose colour it takes. */
 const RULE_HEALTH = { ok: 'running', starting: 'pending', waiting: 'pending', failing: 'failed', invalid: 'failed' };
+
+// ---------------------------------------------------------------- Audit (admins)
+
+async function pageAudit(p) {
+  setTitle('Audit log');
+  main.innerHTML = String(html`
+    <div class="page-head"><div><h1>Audit log</h1><div class="sub">Changes made through the API, refusals and sign-ins, each chained to the one before</div></div></div>
+    ${errorBox}
+    <div id="audit-chain"></div>
+    <section class="card" aria-labelledby="h-audit"><h2 id="h-audit">Entries, newest first</h2><div id="audit-table"></div>
+      <div class="row" style="margin-top:8px"><button type="button" id="audit-older" hidden>Older entries</button></div></section>`);
+  let before = null; // null: the newest page, refreshed
+  const statusPill = (s) => pill(s < 300 ? 'online' : s === 401 || s === 403 ? 'failed' : 'pending', String(s));
+  const load = async () => {
+    const [check, entries] = await Promise.all([
+      api('/api/v1/audit/verify'),
+      api(`/api/v1/audit?limit=50${before ? `&before=${before}` : ''}`),
+    ]);
+    if (!p.alive) return;
+    patch($('#audit-chain'), check.intact
+      ? html`<div class="notice" id="audit-intact">Chain intact: ${fmtNum(check.entries)} entries; head #${check.head_seq} <span class="mono" title="${check.head_hash}">${check.head_hash.slice(0, 16)}…</span> (compare with the shipped process log)</div>`
+      : html`<div class="notice bad" role="alert" id="audit-broken">The chain is broken at entry ${check.broken_at}: ${check.problem}</div>`);
+    patch($('#audit-table'), entries.length ? html`<div class="table-wrap"><table id="audit-entries"><thead><tr><th class="num">#</th><th>Time</th><th>Actor</th><th>Action</th><th>Target</th><th>Status</th></tr></thead><tbody>
+      ${entries.map((e) => html`<tr data-seq="${e.seq}"><td class="num">${e.seq}</td><td>${time(e.time)}</td><td class="wrap-id">${e.actor}</td><td class="mono">${e.action}</td><td class="mono wrap-id">${e.target}</td><td>${statusPill(e.status)}</td></tr>`)}
+      </tbody></table></div>` : html`<div class="empty">Nothing recorded yet.</div>`);
+    const older = $('#audit-older');
+    older.hidden = !entries.length || entries[entries.length - 1].seq <= 1;
+    older.dataset.before = entries.length ? entries[entries.length - 1].seq : '';
+  };
+  $('#audit-older').addEventListener('click', async (e) => { before = Number(e.currentTarget.dataset.before); await load(); });
+  await every(p, 10000, () => (before ? Promise.resolve() : load()));
+}
 
 async function pageAlerts(p, args) {
   setTitle('Alerts');
