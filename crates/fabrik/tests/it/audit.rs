@@ -5,24 +5,9 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::support::{Process, TOKEN, client_command};
+use crate::mqtt::http;
+use crate::support::{Process, client_command};
 use crate::users::call;
-
-fn bearer(url: &str, method: Method, path: &str, body: Option<serde_json::Value>) -> u16 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
-    rt.block_on(async {
-        let mut req = crate::support::http_client()
-            .request(method, format!("{url}{path}"))
-            .bearer_auth(TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        req.send().await.expect("request").status().as_u16()
-    })
-}
 
 #[test]
 fn changes_refusals_and_sign_ins_are_chained_and_tampering_is_found() {
@@ -32,13 +17,9 @@ fn changes_refusals_and_sign_ins_are_chained_and_tampering_is_found() {
     // A change by the admin token, a refused sign-in, a viewer refused a change, and data
     // written (not a change: not recorded).
     let password = "correct horse battery staple";
+    let body = json!({"name": "vera", "role": "viewer", "password": password});
     assert_eq!(
-        bearer(
-            &p.url,
-            Method::POST,
-            "/api/v1/users",
-            Some(json!({"name": "vera", "role": "viewer", "password": password}))
-        ),
+        http(&p.url, Method::POST, "/api/v1/users", Some(body)).0,
         201
     );
     let body = json!({"username": "vera", "password": "wrong password!"});
@@ -70,21 +51,9 @@ fn changes_refusals_and_sign_ins_are_chained_and_tampering_is_found() {
         None,
     );
     assert_eq!(status, 403, "a viewer does not read the audit log");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
-    let entries: Vec<serde_json::Value> = rt.block_on(async {
-        crate::support::http_client()
-            .get(format!("{}/api/v1/audit?limit=10", p.url))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .expect("audit")
-            .json()
-            .await
-            .expect("json")
-    });
+    let (status, entries) = http(&p.url, Method::GET, "/api/v1/audit?limit=10", None);
+    assert_eq!(status, 200, "{entries}");
+    let entries = entries.as_array().expect("entries").clone();
     let seen: Vec<(String, String, u64)> = entries
         .iter()
         .rev()
