@@ -504,6 +504,9 @@ async function main() {
     await page.waitForSelector('#pl-def dl');
     assert(!(await page.$('#btn-retrain')), 'a viewer is offered Retrain');
     assert(!(await page.isVisible('a[data-route="audit"]')), 'a viewer is offered the audit log');
+    // Opened by its address, the page says so instead of asking (each ask would be a refusal).
+    await go('#/audit');
+    await page.waitForSelector('#audit-not-admin');
     await page.click('#sign-out');
     await page.click('#mode-token');
     await page.waitForSelector('#signin-token');
@@ -522,6 +525,10 @@ async function main() {
     assert(has('ana', 'sign-in', 401) && has('ana', 'sign-in', 200), `ana's sign-ins not listed: ${JSON.stringify(rows.slice(0, 8))}`);
     assert(has('vic', 'POST /api/v1/alerts/{id}/ack', 403), "the viewer's refused acknowledgement is not listed");
     assert(has('admin-token', 'POST /api/v1/users', 201), 'the users created are not listed');
+    assert(!has('vic', 'GET /api/v1/audit', 403) && !has('vic', 'GET /api/v1/audit/verify', 403), 'the viewer opening #/audit asked the API');
+    // The chain is checked again on request.
+    await page.click('#audit-verify');
+    await page.waitForSelector('#audit-intact');
     await shot('11-audit');
     noErrors('audit log');
   });

@@ -6,6 +6,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::Method;
+use axum::response::IntoResponse;
 use fabrik_registry::{AuditEntry, AuditEvent, AuditVerification};
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -33,12 +34,61 @@ pub(crate) fn records(method: &Method, route: &str) -> bool {
 /// Appends to the audit log when the registry runs in this process. A failure to record is
 /// logged and counted; the request it describes has already been answered.
 pub(crate) async fn record(state: &ApiState, event: AuditEvent) {
-    let Some(registry) = state.registry.as_ref() else {
+    append(state, event, false).await;
+}
+
+/// Appends a refusal: past ten per actor and action in ten minutes they are counted and
+/// recorded as one entry (see [`fabrik_registry::Registry::audit_refusal`]).
+pub(crate) async fn record_refusal(state: &ApiState, event: AuditEvent) {
+    append(state, event, true).await;
+}
+
+async fn append(state: &ApiState, event: AuditEvent, refusal: bool) {
+    let Some(registry) = state.registry.clone() else {
         return;
     };
-    if let Err(e) = registry.audit(event.clone()).await {
+    // In a task of its own: a client that hangs up while the entry waits for the append lock
+    // drops the request's future, and the entry must not go with it.
+    let appended = tokio::spawn(async move {
+        let result = if refusal {
+            registry.audit_refusal(event.clone()).await.map(|_| ())
+        } else {
+            registry.audit(event.clone()).await.map(|_| ())
+        };
+        if let Err(e) = result {
+            metrics::counter!("fabrik_audit_failures_total").increment(1);
+            tracing::error!(actor = %event.actor, action = %event.action, error = %e, "Could not record an audit entry.");
+        }
+    });
+    if appended.await.is_err() {
         metrics::counter!("fabrik_audit_failures_total").increment(1);
-        tracing::error!(actor = %event.actor, action = %event.action, error = %e, "Could not record an audit entry.");
+    }
+}
+
+/// Runs the rest of an audited request, then records it, in a task of its own: a client that
+/// hangs up mid-request does not stop a change half-made, nor its entry.
+pub(crate) async fn run_recorded(
+    state: ApiState,
+    event: AuditEvent,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let task = tokio::spawn(async move {
+        let response = next.run(request).await;
+        let status = response.status().as_u16();
+        record(&state, AuditEvent { status, ..event }).await;
+        response
+    });
+    match task.await {
+        Ok(response) => response,
+        // A handler's panic goes on as it would have without the task.
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => crate::error::ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "shutting down",
+        )
+        .into_response(),
     }
 }
 

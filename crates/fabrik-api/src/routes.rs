@@ -26,6 +26,12 @@ pub const ARROW_STREAM: &str = "application/vnd.apache.arrow.stream";
 
 /// Builds the whole router.
 pub fn router(state: ApiState) -> Router {
+    if state.registry.is_none() {
+        tracing::warn!(
+            "The registry module runs in another process: changes made through this API are \
+             not recorded in the audit log."
+        );
+    }
     let limit = state.max_body_size;
     let protected = Router::new()
         .route("/api/v1/write", post(write_v1))
@@ -229,7 +235,7 @@ async fn require_token(
             target: request.uri().path().to_owned(),
             status: 0,
         });
-        crate::audit::record(
+        crate::audit::record_refusal(
             &state,
             AuditEvent {
                 status: StatusCode::FORBIDDEN.as_u16(),
@@ -251,12 +257,12 @@ async fn require_token(
         .into_response();
     }
     request.extensions_mut().insert(identity);
-    let response = next.run(request).await;
-    if let Some(event) = audited {
-        let status = response.status().as_u16();
-        crate::audit::record(&state, AuditEvent { status, ..event }).await;
+    match audited {
+        Some(event) if state.registry.is_some() => {
+            crate::audit::run_recorded(state, event, request, next).await
+        }
+        _ => next.run(request).await,
     }
-    response
 }
 
 /// Readiness of every service.

@@ -45,28 +45,51 @@ pub(crate) async fn sign_in(
     State(state): State<ApiState>,
     crate::extract::Json(request): crate::extract::Json<SignIn>,
 ) -> Result<Response, ApiError> {
-    // Who the attempt claims to be: a user name, or the admin token (never the secret).
-    let actor = match (&request.username, &request.token) {
-        (Some(name), _) => name.chars().take(64).collect(),
-        (None, Some(_)) => "admin-token".to_owned(),
-        (None, None) => String::new(),
-    };
-    let result = start_session(&state, request).await;
-    let status = match &result {
-        Ok(response) => response.status().as_u16(),
-        Err(e) => e.status().as_u16(),
-    };
-    crate::audit::record(
-        &state,
-        fabrik_registry::AuditEvent {
-            actor,
+    // In a task of its own, so a client that hangs up does not take the entry with it.
+    let task = tokio::spawn(async move {
+        let claimed = request.username.clone();
+        let by_token = request.token.is_some();
+        let result = start_session(&state, request).await;
+        let status = match &result {
+            Ok(response) => response.status().as_u16(),
+            Err(e) => e.status().as_u16(),
+        };
+        let event = fabrik_registry::AuditEvent {
+            actor: sign_in_actor(&state, claimed, by_token).await,
             action: "sign-in".into(),
             target: "/api/v1/session".into(),
             status,
+        };
+        if result.is_ok() {
+            crate::audit::record(&state, event).await;
+        } else {
+            crate::audit::record_refusal(&state, event).await;
+        }
+        result
+    });
+    match task.await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "shutting down",
+        )),
+    }
+}
+
+/// Who a sign-in claimed to be: a user's name, `admin-token` (never the secret), or
+/// `unknown user` for a name no user has, which is often a password typed in the wrong field
+/// and must not be kept.
+async fn sign_in_actor(state: &ApiState, claimed: Option<String>, by_token: bool) -> String {
+    match (claimed, by_token) {
+        (Some(name), _) => match &state.registry {
+            Some(registry) if registry.has_user(&name).await.unwrap_or(false) => name,
+            _ => "unknown user".to_owned(),
         },
-    )
-    .await;
-    result
+        (None, true) => "admin-token".to_owned(),
+        (None, false) => "anonymous".to_owned(),
+    }
 }
 
 async fn start_session(state: &ApiState, request: SignIn) -> Result<Response, ApiError> {

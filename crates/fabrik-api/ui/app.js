@@ -1197,23 +1197,32 @@ const RULE_HEALTH = { ok: 'running', starting: 'pending', waiting: 'pending', fa
 
 async function pageAudit(p) {
   setTitle('Audit log');
+  // The log is an admin's to read: anyone else asking would only add refusals to it.
+  const role = document.body.dataset.role;
+  if (role && role !== 'admin') {
+    main.innerHTML = String(html`<div class="page-head"><div><h1>Audit log</h1></div></div>
+      <div class="notice" id="audit-not-admin">Only admins can read the audit log.</div>`);
+    return;
+  }
   main.innerHTML = String(html`
     <div class="page-head"><div><h1>Audit log</h1><div class="sub">Changes made through the API, refusals and sign-ins, each chained to the one before</div></div></div>
     ${errorBox}
-    <div id="audit-chain"></div>
+    <div class="row"><div id="audit-chain"></div><button type="button" id="audit-verify" title="Recompute every entry's hash from the first on">Check the chain</button></div>
     <section class="card" aria-labelledby="h-audit"><h2 id="h-audit">Entries, newest first</h2><div id="audit-table"></div>
       <div class="row" style="margin-top:8px"><button type="button" id="audit-older" hidden>Older entries</button></div></section>`);
   let before = null; // null: the newest page, refreshed
   const statusPill = (s) => pill(s < 300 ? 'online' : s === 401 || s === 403 ? 'failed' : 'pending', String(s));
-  const load = async () => {
-    const [check, entries] = await Promise.all([
-      api('/api/v1/audit/verify'),
-      api(`/api/v1/audit?limit=50${before ? `&before=${before}` : ''}`),
-    ]);
+  // The check reads every entry: on opening the page and on request, not with each refresh.
+  const verify = async () => {
+    const check = await api('/api/v1/audit/verify');
     if (!p.alive) return;
     patch($('#audit-chain'), check.intact
       ? html`<div class="notice" id="audit-intact">Chain intact: ${fmtNum(check.entries)} entries; head #${check.head_seq} <span class="mono" title="${check.head_hash}">${check.head_hash.slice(0, 16)}…</span> (compare with the shipped process log)</div>`
-      : html`<div class="notice bad" role="alert" id="audit-broken">The chain is broken at entry ${check.broken_at}: ${check.problem}</div>`);
+      : html`<div class="notice bad" role="alert" id="audit-broken">The chain is broken at entry ${check.broken_at}: ${check.problem}${check.broken_entries > 1 ? html` <span id="audit-broken-count">(${fmtNum(check.broken_entries)} of ${fmtNum(check.entries)} entries do not fit: ${check.breaks.map((b) => b.seq).join(', ')}${check.broken_entries > check.breaks.length ? '…' : ''})</span>` : ''}</div>`);
+  };
+  const load = async () => {
+    const entries = await api(`/api/v1/audit?limit=50${before ? `&before=${before}` : ''}`);
+    if (!p.alive) return;
     patch($('#audit-table'), entries.length ? html`<div class="table-wrap"><table id="audit-entries"><thead><tr><th class="num">#</th><th>Time</th><th>Actor</th><th>Action</th><th>Target</th><th>Status</th></tr></thead><tbody>
       ${entries.map((e) => html`<tr data-seq="${e.seq}"><td class="num">${e.seq}</td><td>${time(e.time)}</td><td class="wrap-id">${e.actor}</td><td class="mono">${e.action}</td><td class="mono wrap-id">${e.target}</td><td>${statusPill(e.status)}</td></tr>`)}
       </tbody></table></div>` : html`<div class="empty">Nothing recorded yet.</div>`);
@@ -1222,6 +1231,8 @@ async function pageAudit(p) {
     older.dataset.before = entries.length ? entries[entries.length - 1].seq : '';
   };
   $('#audit-older').addEventListener('click', async (e) => { before = Number(e.currentTarget.dataset.before); await load(); });
+  $('#audit-verify').addEventListener('click', () => verify().catch((err) => showError(err, p)));
+  verify().catch((err) => showError(err, p));
   await every(p, 10000, () => (before ? Promise.resolve() : load()));
 }
 
@@ -1356,7 +1367,8 @@ function silenceDialog(a) {
 async function startApp() {
   $('#topbar').hidden = false;
   syncThemeButton();
-  showIdentity();
+  // Pages that depend on the role (the audit log) need it before the first route.
+  await showIdentity();
   if (!globalTimer) { refreshBadge(); globalTimer = setInterval(refreshBadge, 10000); }
   if (!location.hash || location.hash === '#' || location.hash === '#/') history.replaceState(null, '', '#/overview');
   await route();

@@ -2,13 +2,14 @@
 //! hash chain. Each entry's `hash` is an HMAC-SHA256, under a key kept in its own file beside
 //! the database, of the previous entry's hash and the entry's fields: changing, removing or
 //! reordering an entry breaks every hash after it, and forging a chain needs the key.
-//! [`Registry::verify_audit`] recomputes the chain and names the first entry that does not fit.
+//! [`Registry::verify_audit`] recomputes the chain and names every entry that does not fit.
 //!
 //! What the chain cannot show by itself is the newest entries cut off the end (the shorter
 //! chain is still valid): every entry is also written to the process log with its hash, so a
 //! log shipped off the machine holds the head to compare with.
 
 use std::path::Path;
+use std::time::Instant;
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -17,11 +18,23 @@ use sqlx::Row;
 
 use crate::{Registry, RegistryError, now_ns};
 
+mod refusals;
+use refusals::RefusalWindows;
+
 /// The previous hash of the first entry.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Bytes of the chain key.
 const KEY_BYTES: usize = 32;
+
+/// Longest actor, action and target kept (characters): a request path is the client's to
+/// choose, and the log must not grow by whatever it sends.
+const MAX_ACTOR_CHARS: usize = 128;
+const MAX_ACTION_CHARS: usize = 256;
+const MAX_TARGET_CHARS: usize = 512;
+
+/// Breaks listed by a check; past this many only their number is counted.
+const MAX_LISTED_BREAKS: usize = 100;
 
 /// An entry to record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +75,8 @@ pub struct AuditVerification {
     pub intact: bool,
     /// Entries checked.
     pub entries: i64,
-    /// The last entry that fits (0: none) and its hash: compare them with the process log's.
+    /// The last entry before the first break (0: none) and its hash: compare them with the
+    /// process log's.
     pub head_seq: i64,
     /// That entry's hash.
     pub head_hash: String,
@@ -70,12 +84,28 @@ pub struct AuditVerification {
     pub broken_at: Option<i64>,
     /// Why it does not.
     pub problem: Option<String>,
+    /// Entries that do not fit, the first 100 of them. After a break the check goes on from
+    /// the broken entry's stored hash, so an entry changed in place shows alone and the
+    /// entries after it still verify.
+    pub breaks: Vec<AuditBreak>,
+    /// How many entries do not fit (also those past the listed 100).
+    pub broken_entries: i64,
+}
+
+/// An entry that does not fit the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditBreak {
+    /// The entry's sequence number.
+    pub seq: i64,
+    /// Why it does not fit.
+    pub problem: String,
 }
 
 /// The key and the lock that makes appends one at a time.
 pub(crate) struct AuditChain {
     key: [u8; KEY_BYTES],
     append: tokio::sync::Mutex<()>,
+    refusals: parking_lot::Mutex<RefusalWindows>,
 }
 
 impl std::fmt::Debug for AuditChain {
@@ -85,8 +115,10 @@ impl std::fmt::Debug for AuditChain {
 }
 
 impl AuditChain {
-    /// Reads the key from `path`, or makes one there (readable by the owner only).
-    pub(crate) fn open(path: &Path) -> Result<Self, RegistryError> {
+    /// Reads the key from `path`, or makes one there (readable by the owner only) when the log
+    /// is empty. A log with entries and no key is refused: a new key would make every old
+    /// entry fail to verify, which is what a forger would want.
+    pub(crate) fn open(path: &Path, entries: i64) -> Result<Self, RegistryError> {
         let problem = |what: &str, e: &dyn std::fmt::Display| {
             RegistryError::Open(format!("{} ({what}): {e}", path.display()))
         };
@@ -97,17 +129,26 @@ impl AuditChain {
                     &format!("{} bytes, expected {KEY_BYTES}", bytes.len()),
                 )
             })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && entries > 0 => {
+                return Err(RegistryError::Open(format!(
+                    "the audit log holds {entries} entries but its key {} is missing: restore \
+                     the key from a backup. If it is lost for good, `fabrik audit set-aside \
+                     --data-dir DIR` keeps the old entries in a table of their own (they can no \
+                     longer be verified) and the next start begins a new chain",
+                    path.display()
+                )));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = [0u8; KEY_BYTES];
                 getrandom::fill(&mut key).map_err(|e| problem("making the audit key", &e))?;
-                write_private(path, &key).map_err(|e| problem("writing the audit key", &e))?;
-                key
+                create_private(path, &key).map_err(|e| problem("writing the audit key", &e))?
             }
             Err(e) => return Err(problem("reading the audit key", &e)),
         };
         Ok(Self {
             key,
             append: tokio::sync::Mutex::new(()),
+            refusals: parking_lot::Mutex::default(),
         })
     }
 
@@ -134,8 +175,13 @@ impl AuditChain {
     }
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes the key whole to a temporary file and links it into place, so a crash never leaves
+/// a short key and, when two processes race, both end up with the one that was linked first.
+fn create_private(path: &Path, key: &[u8; KEY_BYTES]) -> std::io::Result<[u8; KEY_BYTES]> {
     use std::io::Write;
+    let mut suffix = [0u8; 8];
+    getrandom::fill(&mut suffix).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let temporary = path.with_extension(format!("tmp-{:016x}", u64::from_le_bytes(suffix)));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -143,9 +189,35 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
+    let written = options.open(&temporary).and_then(|mut file| {
+        file.write_all(key)?;
+        file.sync_all()
+    });
+    let linked = written.and_then(|()| std::fs::hard_link(&temporary, path));
+    // The temporary name goes whatever happened; the key is at `path` or was never placed.
+    let _ = std::fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => Ok(*key),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let bytes = std::fs::read(path)?;
+            <[u8; KEY_BYTES]>::try_from(bytes.as_slice()).map_err(|_| {
+                std::io::Error::other(format!("{} bytes, expected {KEY_BYTES}", bytes.len()))
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `text` cut to `max` characters, marked with `…` when cut.
+fn clipped(text: String, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text,
+        Some((end, _)) => {
+            let mut cut = text[..end].to_owned();
+            cut.push('…');
+            cut
+        }
+    }
 }
 
 fn entry_of(row: &sqlx::sqlite::SqliteRow) -> Result<AuditEntry, RegistryError> {
@@ -162,7 +234,46 @@ fn entry_of(row: &sqlx::sqlite::SqliteRow) -> Result<AuditEntry, RegistryError> 
 
 impl Registry {
     /// Appends an entry to the audit log and returns it; also writes it to the process log.
+    /// Actor, action and target longer than 128, 256 and 512 characters are cut.
     pub async fn audit(&self, event: AuditEvent) -> Result<AuditEntry, RegistryError> {
+        self.record_held_back_refusals().await?;
+        self.append_audit(event).await
+    }
+
+    /// Appends a refusal (a failed sign-in, a missing role): the first ten per actor and
+    /// action in ten minutes one by one, the rest counted and recorded as one entry once the
+    /// ten minutes are over (written with the next entry after that). `None` when held back.
+    pub async fn audit_refusal(
+        &self,
+        event: AuditEvent,
+    ) -> Result<Option<AuditEntry>, RegistryError> {
+        self.record_held_back_refusals().await?;
+        let admitted = self
+            .audit
+            .refusals
+            .lock()
+            .admit(&event, Instant::now(), now_ns());
+        if !admitted {
+            return Ok(None);
+        }
+        self.append_audit(event).await.map(Some)
+    }
+
+    async fn record_held_back_refusals(&self) -> Result<(), RegistryError> {
+        let due = self.audit.refusals.lock().due(Instant::now());
+        for summary in due {
+            self.append_audit(summary).await?;
+        }
+        Ok(())
+    }
+
+    async fn append_audit(&self, event: AuditEvent) -> Result<AuditEntry, RegistryError> {
+        let event = AuditEvent {
+            actor: clipped(event.actor, MAX_ACTOR_CHARS),
+            action: clipped(event.action, MAX_ACTION_CHARS),
+            target: clipped(event.target, MAX_TARGET_CHARS),
+            status: event.status,
+        };
         let chain = &self.audit;
         let _one_at_a_time = chain.append.lock().await;
         let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
@@ -229,18 +340,30 @@ impl Registry {
         rows.iter().map(entry_of).collect()
     }
 
-    /// Recomputes the chain from the first entry and says where it first breaks.
+    /// Recomputes the chain from the first entry and names the entries that do not fit.
     pub async fn verify_audit(&self) -> Result<AuditVerification, RegistryError> {
         const PAGE: i64 = 5_000;
         let chain = &self.audit;
-        let mut checked = 0;
-        let (mut head_seq, mut head_hash) = (0_i64, GENESIS.to_owned());
+        let mut report = AuditVerification {
+            intact: true,
+            entries: 0,
+            head_seq: 0,
+            head_hash: GENESIS.to_owned(),
+            broken_at: None,
+            problem: None,
+            breaks: Vec::new(),
+            broken_entries: 0,
+        };
+        // The entry the next one must follow: the last one read, fitting or not.
+        let (mut previous_seq, mut previous_hash) = (0_i64, GENESIS.to_owned());
+        // Every row, also any with a number below 1 that Fabrik never writes.
+        let mut read_up_to = i64::MIN;
         loop {
             let rows = sqlx::query(
                 "SELECT seq, time, actor, action, target, status, hash FROM audit_log \
                  WHERE seq > ? ORDER BY seq LIMIT ?",
             )
-            .bind(head_seq)
+            .bind(read_up_to)
             .bind(PAGE)
             .fetch_all(&self.pool)
             .await?;
@@ -249,58 +372,109 @@ impl Registry {
             }
             for row in &rows {
                 let entry = entry_of(row)?;
-                checked += 1;
-                let problem = if entry.seq != head_seq + 1 {
+                read_up_to = entry.seq;
+                report.entries += 1;
+                let event = AuditEvent {
+                    actor: entry.actor.clone(),
+                    action: entry.action.clone(),
+                    target: entry.target.clone(),
+                    status: entry.status,
+                };
+                let problem = if entry.seq < 1 {
                     Some(format!(
-                        "entry {} follows entry {head_seq}: entries {} to {} are missing",
+                        "entry {} has a number below 1, which Fabrik never writes: it was \
+                         added behind Fabrik's back",
+                        entry.seq
+                    ))
+                } else if entry.seq != previous_seq + 1 {
+                    Some(format!(
+                        "entry {} follows entry {previous_seq}: entries {} to {} are missing",
                         entry.seq,
-                        head_seq + 1,
+                        previous_seq + 1,
                         entry.seq - 1
                     ))
+                } else if chain.hash(&previous_hash, entry.seq, entry.time, &event) != entry.hash {
+                    Some(format!(
+                        "entry {} does not match its hash: it was changed, or the entry before \
+                         it was, or the audit key is not the one it was written with",
+                        entry.seq
+                    ))
                 } else {
-                    let event = AuditEvent {
-                        actor: entry.actor.clone(),
-                        action: entry.action.clone(),
-                        target: entry.target.clone(),
-                        status: entry.status,
-                    };
-                    (chain.hash(&head_hash, entry.seq, entry.time, &event) != entry.hash).then(
-                        || {
-                            format!(
-                                "entry {} does not match its hash: it was changed, or the chain \
-                                 before it was rewritten, or the audit key is not the one it \
-                                 was written with",
-                                entry.seq
-                            )
-                        },
-                    )
+                    None
                 };
-                if let Some(problem) = problem {
-                    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log")
-                        .fetch_one(&self.pool)
-                        .await?;
-                    return Ok(AuditVerification {
-                        intact: false,
-                        entries: total,
-                        head_seq,
-                        head_hash,
-                        broken_at: Some(entry.seq),
-                        problem: Some(problem),
-                    });
+                match problem {
+                    None if report.intact => {
+                        report.head_seq = entry.seq;
+                        report.head_hash.clone_from(&entry.hash);
+                    }
+                    None => {}
+                    Some(problem) => {
+                        if report.intact {
+                            report.intact = false;
+                            report.broken_at = Some(entry.seq);
+                            report.problem = Some(problem.clone());
+                        }
+                        report.broken_entries += 1;
+                        if report.breaks.len() < MAX_LISTED_BREAKS {
+                            report.breaks.push(AuditBreak {
+                                seq: entry.seq,
+                                problem,
+                            });
+                        }
+                    }
                 }
-                head_seq = entry.seq;
-                head_hash = entry.hash;
+                if entry.seq >= 1 {
+                    previous_seq = entry.seq;
+                    previous_hash = entry.hash;
+                }
             }
         }
-        Ok(AuditVerification {
-            intact: true,
-            entries: checked,
-            head_seq,
-            head_hash,
-            broken_at: None,
-            problem: None,
-        })
+        Ok(report)
     }
+}
+
+/// Moves the audit log of the registry database at `db_path` aside, into a table named after
+/// the time, together with its key if there is one, so the next start begins a new chain.
+/// For a key that is lost for good: the old entries stay readable but can no longer be
+/// verified. Returns the table that holds them. Fabrik must not be running.
+pub async fn set_aside(db_path: &Path) -> Result<String, RegistryError> {
+    if !db_path.exists() {
+        return Err(RegistryError::Open(format!(
+            "{}: no registry database there",
+            db_path.display()
+        )));
+    }
+    let pool = crate::connect(db_path).await?;
+    crate::schema::migrate(&pool).await?;
+    let stamp = now_ns() / 1_000_000_000;
+    let table = format!("audit_log_set_aside_{stamp}");
+    let mut tx = pool.begin().await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "ALTER TABLE audit_log RENAME TO {table}"
+    )))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(crate::schema::AUDIT_LOG_TABLE)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    pool.close().await;
+    let key = db_path.with_file_name("audit.key");
+    if key.exists() {
+        let kept = db_path.with_file_name(format!("audit.key.set-aside-{stamp}"));
+        std::fs::rename(&key, &kept).map_err(|e| {
+            RegistryError::Open(format!(
+                "moving {} to {}: {e}",
+                key.display(),
+                kept.display()
+            ))
+        })?;
+    }
+    tracing::warn!(
+        table,
+        "The audit log was set aside; the next start begins a new chain."
+    );
+    Ok(table)
 }
 
 #[cfg(test)]
@@ -337,7 +511,8 @@ mod tests {
         assert_eq!(newest.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![5, 4]);
         assert_eq!(registry.audit_entries(Some(2), 10).await.unwrap()[0].seq, 1);
 
-        // Someone with write access to the database rewrites who did entry 3.
+        // Someone with write access to the database rewrites who did entry 3: only entry 3
+        // is named, the entries after it still fit the hash it has.
         sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE seq = 3")
             .execute(&registry.pool)
             .await
@@ -345,6 +520,8 @@ mod tests {
         let check = registry.verify_audit().await.unwrap();
         assert!(!check.intact);
         assert_eq!((check.broken_at, check.head_seq), (Some(3), 2));
+        assert_eq!(check.broken_entries, 1);
+        assert_eq!(check.breaks.len(), 1);
         assert!(
             check
                 .problem
@@ -359,21 +536,52 @@ mod tests {
             .unwrap();
         assert!(registry.verify_audit().await.unwrap().intact);
 
-        // ... or removes entry 4.
+        // ... or removes entry 4, and adds an entry before the first.
         sqlx::query("DELETE FROM audit_log WHERE seq = 4")
             .execute(&registry.pool)
             .await
             .unwrap();
+        sqlx::query(
+            "INSERT INTO audit_log (seq, time, actor, action, target, status, hash) \
+             SELECT 0, time, 'mallory', action, target, status, hash FROM audit_log WHERE seq = 1",
+        )
+        .execute(&registry.pool)
+        .await
+        .unwrap();
         let check = registry.verify_audit().await.unwrap();
-        assert_eq!(check.broken_at, Some(5));
+        assert_eq!(check.entries, 5);
+        assert_eq!((check.broken_at, check.head_seq), (Some(0), 0));
+        let broken: Vec<i64> = check.breaks.iter().map(|b| b.seq).collect();
+        assert_eq!(broken, vec![0, 5], "{check:?}");
+        assert!(check.breaks[0].problem.contains("below 1"), "{check:?}");
         assert!(
-            check
+            check.breaks[1]
                 .problem
-                .as_deref()
-                .unwrap()
                 .contains("entries 4 to 4 are missing"),
             "{check:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn long_fields_are_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(&dir.path().join("registry.db"))
+            .await
+            .unwrap();
+        let entry = registry
+            .audit(AuditEvent {
+                actor: "ä".repeat(1_000),
+                action: "POST /x".into(),
+                target: format!("/api/v1/devices/{}", "x".repeat(100_000)),
+                status: 404,
+            })
+            .await
+            .unwrap();
+        assert_eq!(entry.actor.chars().count(), MAX_ACTOR_CHARS + 1);
+        assert!(entry.actor.ends_with('…'));
+        assert_eq!(entry.target.chars().count(), MAX_TARGET_CHARS + 1);
+        assert_eq!(entry.action, "POST /x");
+        assert!(registry.verify_audit().await.unwrap().intact);
     }
 
     #[tokio::test]
@@ -398,18 +606,47 @@ mod tests {
         assert_eq!(registry.audit(event(4)).await.unwrap().seq, 4);
         assert!(registry.verify_audit().await.unwrap().intact);
         drop(registry);
-        // Another key (a forger's, or a lost one): nothing verifies from the first entry on.
+        // A lost key is not silently replaced: the old entries would all stop verifying.
         std::fs::remove_file(&key_file).unwrap();
+        let error = Registry::open(&path).await.unwrap_err().to_string();
+        assert!(
+            error.contains("4 entries") && error.contains("audit.key is missing"),
+            "{error}"
+        );
+        assert!(!key_file.exists());
+        // Another key (a forger's): nothing verifies from the first entry on.
+        std::fs::write(&key_file, [7u8; KEY_BYTES]).unwrap();
         let registry = Registry::open(&path).await.unwrap();
         let check = registry.verify_audit().await.unwrap();
         assert_eq!((check.intact, check.broken_at), (false, Some(1)));
+        assert_eq!(check.broken_entries, 4);
         assert!(check.problem.unwrap().contains("audit key"));
+        drop(registry);
         std::fs::write(&key_file, b"short").unwrap();
         let error = Registry::open(&path).await.unwrap_err().to_string();
         assert!(
             error.contains("audit.key") && error.contains("5 bytes"),
             "{error}"
         );
+        // Set aside for good: the old entries stay readable in their own table, the key file
+        // is kept beside them, and a new chain starts.
+        let table = set_aside(&path).await.unwrap();
+        assert!(!key_file.exists());
+        let registry = Registry::open(&path).await.unwrap();
+        let kept: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                .fetch_one(&registry.pool)
+                .await
+                .unwrap();
+        assert_eq!(kept, 4);
+        assert_eq!(registry.audit(event(1)).await.unwrap().seq, 1);
+        assert!(registry.verify_audit().await.unwrap().intact);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.contains("tmp-"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 
     #[tokio::test]

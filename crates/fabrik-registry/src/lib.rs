@@ -27,7 +27,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-pub use audit::{AuditEntry, AuditEvent, AuditVerification};
+pub use audit::{AuditBreak, AuditEntry, AuditEvent, AuditVerification};
 pub use error::RegistryError;
 pub use users::{Role, User};
 
@@ -207,25 +207,33 @@ macro_rules! device_columns {
     };
 }
 
+/// The connection pool of the registry database at `path`, created if missing.
+async fn connect(path: &Path) -> Result<sqlx::SqlitePool, RegistryError> {
+    let options = SqliteConnectOptions::from_str("sqlite://")
+        .map_err(RegistryError::Db)?
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5));
+    SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options)
+        .await
+        .map_err(|e| RegistryError::Open(format!("{}: {e}", path.display())))
+}
+
 impl Registry {
     /// Opens (creating if needed) the registry database at `path` and brings its schema up to
     /// date.
     pub async fn open(path: &Path) -> Result<Self, RegistryError> {
-        // The audit chain's key lives beside the database, in a file of its own (0600).
-        let audit = audit::AuditChain::open(&path.with_file_name("audit.key"))?;
-        let options = SqliteConnectOptions::from_str("sqlite://")
-            .map_err(RegistryError::Db)?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(|e| RegistryError::Open(format!("{}: {e}", path.display())))?;
+        let pool = connect(path).await?;
         schema::migrate(&pool).await?;
+        // The audit chain's key lives beside the database, in a file of its own (0600).
+        let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log")
+            .fetch_one(&pool)
+            .await?;
+        let audit = audit::AuditChain::open(&path.with_file_name("audit.key"), entries)?;
         // Connections of a previous run are over.
         sqlx::query("UPDATE devices SET state = 'offline' WHERE state = 'online'")
             .execute(&pool)

@@ -44,9 +44,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
         last_sign_in BIGINT
     )",
     ),
-    (
-        3,
-        "CREATE TABLE audit_log (
+    (3, AUDIT_LOG_TABLE),
+];
+
+/// The audit log's table, also made afresh when an old log is set aside.
+pub(crate) const AUDIT_LOG_TABLE: &str = "CREATE TABLE audit_log (
         seq BIGINT PRIMARY KEY,
         time BIGINT NOT NULL,
         actor TEXT NOT NULL,
@@ -54,9 +56,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         target TEXT NOT NULL,
         status BIGINT NOT NULL,
         hash TEXT NOT NULL
-    )",
-    ),
-];
+    )";
 
 /// Applies the migrations the database has not seen yet.
 pub(crate) async fn migrate(pool: &SqlitePool) -> Result<(), RegistryError> {

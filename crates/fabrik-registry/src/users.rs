@@ -194,6 +194,15 @@ impl Registry {
             .collect()
     }
 
+    /// Whether a user of this name exists.
+    pub async fn has_user(&self, name: &str) -> Result<bool, RegistryError> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM users WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(found.is_some())
+    }
+
     /// Removes a user.
     pub async fn remove_user(&self, name: &str) -> Result<(), RegistryError> {
         let gone = sqlx::query("DELETE FROM users WHERE name = ?")

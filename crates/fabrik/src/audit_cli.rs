@@ -1,4 +1,5 @@
-//! `fabrik audit list|verify`: a thin client of `/api/v1/audit`.
+//! `fabrik audit list|verify`: a thin client of `/api/v1/audit`; `fabrik audit set-aside`
+//! works on the registry database itself, with Fabrik stopped.
 
 use clap::{Args, Subcommand};
 
@@ -30,6 +31,24 @@ enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// With Fabrik stopped: move the audit log of `<data-dir>/registry.db` (and its key) aside
+    /// so the next start begins a new chain. For a key lost for good; the old entries stay
+    /// readable in a table of their own but can no longer be verified.
+    SetAside,
+}
+
+/// `text` with control characters escaped, so an entry cannot rewrite the terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
 }
 
 fn time_text(ns: i64) -> String {
@@ -60,10 +79,10 @@ pub(crate) async fn run(args: AuditArgs) -> anyhow::Result<()> {
                     "{:>6} {:<19} {:<16} {:<6} {:<40} {}",
                     e["seq"].as_i64().unwrap_or(0),
                     time_text(e["time"].as_i64().unwrap_or(0)),
-                    e["actor"].as_str().unwrap_or(""),
+                    printable(e["actor"].as_str().unwrap_or("")),
                     e["status"].as_u64().unwrap_or(0),
-                    e["action"].as_str().unwrap_or(""),
-                    e["target"].as_str().unwrap_or("")
+                    printable(e["action"].as_str().unwrap_or("")),
+                    printable(e["target"].as_str().unwrap_or(""))
                 );
             }
         }
@@ -73,10 +92,22 @@ pub(crate) async fn run(args: AuditArgs) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             }
             if report["intact"].as_bool() != Some(true) {
+                if !json {
+                    for broken in report["breaks"].as_array().into_iter().flatten() {
+                        eprintln!(
+                            "entry {}: {}",
+                            broken["seq"],
+                            printable(broken["problem"].as_str().unwrap_or("?"))
+                        );
+                    }
+                }
                 anyhow::bail!(
-                    "the audit log is broken at entry {}: {} (entries 1 to {} fit; head hash {})",
+                    "the audit log is broken at entry {}: {} ({} of {} entries do not fit; \
+                     entries 1 to {} fit; head hash {})",
                     report["broken_at"],
-                    report["problem"].as_str().unwrap_or("?"),
+                    printable(report["problem"].as_str().unwrap_or("?")),
+                    report["broken_entries"],
+                    report["entries"],
                     report["head_seq"],
                     report["head_hash"].as_str().unwrap_or("")
                 );
@@ -89,6 +120,14 @@ pub(crate) async fn run(args: AuditArgs) -> anyhow::Result<()> {
                     report["head_hash"].as_str().unwrap_or("")
                 );
             }
+        }
+        AuditCommand::SetAside => {
+            let database = ep.data_dir.join("registry.db");
+            let table = fabrik_registry::audit::set_aside(&database).await?;
+            println!(
+                "The audit log of {} is now the table {table}; the next start begins a new chain.",
+                database.display()
+            );
         }
     }
     Ok(())

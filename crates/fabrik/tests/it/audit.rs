@@ -111,3 +111,92 @@ fn changes_refusals_and_sign_ins_are_chained_and_tampering_is_found() {
         "{out}"
     );
 }
+
+#[test]
+fn refused_sign_ins_are_held_back_past_ten_and_a_lost_key_is_not_replaced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let p = Process::start(&data, &[]);
+    let body =
+        json!({"name": "vera", "role": "viewer", "password": "correct horse battery staple"});
+    assert_eq!(
+        http(&p.url, Method::POST, "/api/v1/users", Some(body)).0,
+        201
+    );
+    // A password typed into the name field is not kept.
+    let body = json!({"username": "s3cret-typed-in-the-wrong-field", "password": "x"});
+    assert_eq!(
+        call(&p.url, Method::POST, "/api/v1/session", None, Some(body)).0,
+        401
+    );
+    // A guesser: five wrong passwords lock the name, the rest are refused at once (429).
+    let statuses: Vec<u16> = (0..25)
+        .map(|n| {
+            let body = json!({"username": "vera", "password": format!("guess number {n}")});
+            call(&p.url, Method::POST, "/api/v1/session", None, Some(body)).0
+        })
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 401).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        20,
+        "{statuses:?}"
+    );
+
+    let (status, entries) = http(&p.url, Method::GET, "/api/v1/audit?limit=100", None);
+    assert_eq!(status, 200, "{entries}");
+    let entries = entries.as_array().expect("entries").clone();
+    let text = serde_json::to_string(&entries).expect("json");
+    assert!(!text.contains("s3cret"), "{text}");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["actor"] == "unknown user" && e["status"] == 401),
+        "{text}"
+    );
+    let vera: Vec<u64> = entries
+        .iter()
+        .filter(|e| e["actor"] == "vera" && e["action"] == "sign-in")
+        .map(|e| e["status"].as_u64().expect("status"))
+        .collect();
+    // Ten one by one (five 401, five 429); the other fifteen are counted for a summary.
+    assert_eq!(vera.len(), 10, "{text}");
+    assert_eq!(vera.iter().filter(|s| **s == 429).count(), 5, "{text}");
+    let (_, _) = p.terminate();
+
+    // The key is lost: Fabrik refuses to start rather than begin a chain the old entries
+    // cannot be checked against.
+    std::fs::remove_file(data.join("audit.key")).expect("remove the key");
+    let out = std::process::Command::new(crate::support::fabrik_bin())
+        .arg("run")
+        .env("FABRIK__STORE__DATA_DIR", &data)
+        .env("FABRIK__HTTP__LISTEN", "127.0.0.1:0")
+        .env("FABRIK__MQTT__LISTEN", "127.0.0.1:0")
+        .output()
+        .expect("fabrik run");
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("audit.key is missing") && text.contains("set-aside"),
+        "{text}"
+    );
+    // Set aside, it starts on a new chain.
+    let (ok, out) = client_command(
+        "http://127.0.0.1:9",
+        &[
+            "audit",
+            "set-aside",
+            "--data-dir",
+            data.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(ok && out.contains("audit_log_set_aside_"), "{out}");
+    let p = Process::start(&data, &[]);
+    let (ok, out) = client_command(&p.url, &["audit", "verify"]);
+    assert!(ok && out.contains("intact: 0 entries"), "{out}");
+}
