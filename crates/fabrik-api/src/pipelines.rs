@@ -129,12 +129,14 @@ pub trait PipelineControl: Send + Sync {
     fn retrain(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>>;
     /// The uploaded ONNX models.
     fn models(&self) -> BoxFuture<'_, Result<Vec<ModelInfo>, ControlError>>;
-    /// Checks and stores an ONNX model under `name`, restarting the pipelines that use it.
-    /// Returns it and whether it is new.
+    /// Checks and stores an ONNX model under `name` with its detached signature (the
+    /// signature file's text), restarting the pipelines that use it. Returns it and whether it
+    /// is new.
     fn put_model(
         &self,
         name: String,
         bytes: Vec<u8>,
+        signature: Option<String>,
     ) -> BoxFuture<'_, Result<(ModelInfo, bool), ControlError>>;
     /// Deletes an uploaded model that no pipeline uses.
     fn remove_model(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>>;
@@ -159,7 +161,14 @@ pub struct ModelInfo {
     pub outputs: Vec<String>,
     /// Pipelines whose `model_name` is this model.
     pub used_by: Vec<String>,
+    /// The trusted key whose signature it carries (first 16 hex digits of the key's SHA-256);
+    /// absent for an unsigned model.
+    pub signed_by: Option<String>,
 }
+
+/// The header that carries an uploaded model's detached signature (base64 Ed25519, the text
+/// of the `.sig` file `fabrik model sign` writes).
+pub const SIGNATURE_HEADER: &str = "x-fabrik-model-signature";
 
 fn not_in_this_process() -> ApiError {
     ApiError::new(
@@ -348,11 +357,12 @@ pub(crate) async fn models(
 }
 
 #[utoipa::path(put, path = "/api/v1/models/{name}", tag = "pipelines", security(("token" = [])),
-    params(("name" = String, Path, description = "model name: letters, digits, `.`, `_`, `-`; at most 64")),
+    params(("name" = String, Path, description = "model name: letters, digits, `.`, `_`, `-`; at most 64"),
+           ("x-fabrik-model-signature" = Option<String>, Header, description = "the model's detached Ed25519 signature, base64 (the `.sig` file of `fabrik model sign`); required when `[models]` requires signatures")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the `.onnx` file"),
     responses((status = 201, description = "stored; pipelines can name it in `model_name`", body = ModelInfo),
               (status = 200, description = "replaced; the pipelines using it were restarted with it", body = ModelInfo),
-              (status = 400, description = "not a model Fabrik can run (the message names the operator or problem), or a bad name", body = crate::error::ErrorBody),
+              (status = 400, description = "not a model Fabrik can run (the message names the operator or problem), a bad name, or a signature that is missing (when required) or does not verify with a trusted key", body = crate::error::ErrorBody),
               (status = 409, description = "a pipeline uses the model and the new one does not fit it; the message names the pipeline", body = crate::error::ErrorBody),
               (status = 413, description = "the file is larger than http.max_body_size", body = crate::error::ErrorBody)))]
 pub(crate) async fn put_model(
@@ -368,7 +378,21 @@ pub(crate) async fn put_model(
     if file.len() > limit {
         return Err(ApiError::too_large(limit));
     }
-    let (info, created) = control(&state)?.put_model(name, file.to_vec()).await?;
+    let signature = match headers.get(SIGNATURE_HEADER) {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| {
+                    ApiError::bad_request(format!("the `{SIGNATURE_HEADER}` header is not text"))
+                })?
+                .trim()
+                .to_owned(),
+        ),
+    };
+    let (info, created) = control(&state)?
+        .put_model(name, file.to_vec(), signature)
+        .await?;
     Ok((created_or_replaced(created), Json(info)))
 }
 

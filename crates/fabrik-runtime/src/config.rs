@@ -49,6 +49,21 @@ pub struct Config {
     pub bridges: Vec<BridgeConfig>,
     /// Logging.
     pub log: LogConfig,
+    /// Which ONNX models may load: the keys their signatures are checked with.
+    pub models: ModelsConfig,
+}
+
+/// `[models]`
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    /// Ed25519 public keys (base64, or the path of a file holding one, as `fabrik model
+    /// keygen` writes it) whose signatures make an ONNX model trusted.
+    pub trusted_keys: Vec<String>,
+    /// Whether every ONNX model must carry a signature by a trusted key before it loads.
+    /// Default: yes when `trusted_keys` names a key. A signature that does not verify is
+    /// refused either way.
+    pub require_signature: Option<bool>,
 }
 
 /// `[mqtt]`

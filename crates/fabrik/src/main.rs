@@ -22,6 +22,7 @@ mod error_text;
 mod eval;
 mod modbus;
 mod model_cli;
+mod model_signature;
 mod modules;
 mod opcua;
 mod pipeline_cli;

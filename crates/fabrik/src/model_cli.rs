@@ -1,5 +1,5 @@
 //! `fabrik model list|upload|rm|download`: a thin client of `/api/v1/models`, the ONNX models that
-//! pipelines name in `model_name`.
+//! pipelines name in `model_name`; `fabrik model keygen|sign` make and use a signing key offline.
 
 use std::path::PathBuf;
 
@@ -25,10 +25,29 @@ enum ModelCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Upload an `.onnx` file under a name (replacing one restarts the pipelines using it).
+    /// Upload an `.onnx` file under a name (replacing one restarts the pipelines using it),
+    /// with its signature `FILE.sig` when there is one.
     Upload {
         /// Model name: letters, digits, `.`, `_`, `-`.
         name: String,
+        /// The `.onnx` file.
+        file: PathBuf,
+        /// The signature file (default: `FILE.sig`, when it exists).
+        #[arg(long)]
+        signature: Option<PathBuf>,
+    },
+    /// Make an Ed25519 signing key: `PREFIX.key` (private, PKCS#8, mode 0600) and
+    /// `PREFIX.pub` (the public key for `[models] trusted_keys`).
+    Keygen {
+        /// Path prefix of the two files.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign an `.onnx` file with a private key from `keygen`: writes `FILE.sig`.
+    Sign {
+        /// The private key (`PREFIX.key`).
+        #[arg(long)]
+        key: PathBuf,
         /// The `.onnx` file.
         file: PathBuf,
     },
@@ -50,7 +69,7 @@ impl ModelCommand {
     /// The model the command names, if it names one.
     fn name(&self) -> Option<&str> {
         match self {
-            Self::List { .. } => None,
+            Self::List { .. } | Self::Keygen { .. } | Self::Sign { .. } => None,
             Self::Upload { name, .. } | Self::Rm { name } | Self::Download { name, .. } => {
                 Some(name)
             }
@@ -95,17 +114,31 @@ pub(crate) async fn run(args: ModelArgs) -> anyhow::Result<()> {
             }
             println!("{} model(s)", models.len());
         }
-        ModelCommand::Upload { name, file } => {
+        ModelCommand::Upload {
+            name,
+            file,
+            signature,
+        } => {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let signature = match signature {
+                Some(path) => Some(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("reading {}", path.display()))?,
+                ),
+                None => std::fs::read_to_string(signature_path(&file)).ok(),
+            };
             let path = format!("/api/v1/models/{}", crate::client::percent_encode(&name));
-            let response = ep
-                .send(
-                    ep.request(&client, reqwest::Method::PUT, &path)
-                        .header("content-type", "application/octet-stream")
-                        .body(bytes),
-                )
-                .await?;
+            let mut request = ep
+                .request(&client, reqwest::Method::PUT, &path)
+                .header("content-type", "application/octet-stream");
+            if let Some(signature) = signature {
+                request = request.header(
+                    fabrik_api::pipelines::SIGNATURE_HEADER,
+                    signature.trim().to_owned(),
+                );
+            }
+            let response = ep.send(request.body(bytes)).await?;
             let verb = if response.status() == reqwest::StatusCode::CREATED {
                 "uploaded"
             } else {
@@ -114,15 +147,48 @@ pub(crate) async fn run(args: ModelArgs) -> anyhow::Result<()> {
             let model: serde_json::Value = response.json().await?;
             let users = model["used_by"].as_array().map_or(0, Vec::len);
             println!(
-                "{verb} {name} (version {}, sha256 {}){}",
+                "{verb} {name} (version {}, sha256 {}, {}){}",
                 model["version"].as_str().unwrap_or("?"),
                 model["sha256"].as_str().unwrap_or("?"),
+                model["signed_by"]
+                    .as_str()
+                    .map_or_else(|| "unsigned".to_owned(), |key| format!("signed by {key}")),
                 if users > 0 {
                     format!("; restarted {users} pipeline(s) using it")
                 } else {
                     String::new()
                 }
             );
+        }
+        ModelCommand::Keygen { out } => {
+            let (private, public) =
+                crate::model_signature::generate().map_err(anyhow::Error::msg)?;
+            let private_path = with_suffix(&out, ".key");
+            let public_path = with_suffix(&out, ".pub");
+            write_new(&private_path, &private, true)?;
+            write_new(&public_path, format!("{public}\n").as_bytes(), false)?;
+            println!(
+                "wrote {} (keep it off the devices) and {} (key {}): add the public key to \
+                 [models] trusted_keys",
+                private_path.display(),
+                public_path.display(),
+                crate::model_signature::key_id(
+                    &base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &public)
+                        .unwrap_or_default()
+                )
+            );
+        }
+        ModelCommand::Sign { key, file } => {
+            let private =
+                std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?;
+            let model =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let signature = crate::model_signature::sign(&private, &model)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+            let out = signature_path(&file);
+            std::fs::write(&out, signature)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {}", out.display());
         }
         ModelCommand::Rm { name } => {
             let path = format!("/api/v1/models/{}", crate::client::percent_encode(&name));
@@ -141,4 +207,34 @@ pub(crate) async fn run(args: ModelArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+use crate::model_signature::signature_path;
+
+/// `prefix` with `suffix` added to its file name.
+fn with_suffix(prefix: &std::path::Path, suffix: &str) -> PathBuf {
+    let mut name = prefix.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Writes a file that must not exist yet (a key is never overwritten), readable by the owner
+/// only when `private`.
+fn write_new(path: &std::path::Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
 }

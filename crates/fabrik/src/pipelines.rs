@@ -29,6 +29,7 @@ use fabrik_store::Store;
 
 use crate::clips::SignalColumn;
 use crate::columns::cast_column;
+use crate::model_signature::ModelTrust;
 use crate::stored::{compile_batch, definitions_json, read_definitions, store_file};
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
@@ -414,7 +415,9 @@ pub(crate) fn compile(config: &PipelineConfig) -> Result<Compiled, Vec<(String, 
 
 /// Problems of every `[[pipelines]]` entry, as `pipelines[i].field`.
 pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
-    let mut problems = Vec::new();
+    let mut problems = ModelTrust::from_config(&config.models)
+        .err()
+        .unwrap_or_default();
     let mut names = BTreeSet::new();
     for (i, p) in config.pipelines.iter().enumerate() {
         if !names.insert(p.name.as_str()) {
@@ -622,8 +625,10 @@ pub(crate) struct PipelineManager {
     board: PipelineBoard,
     stop: CancellationToken,
     stored_path: std::path::PathBuf,
-    /// Uploaded models, `<name>.onnx`.
+    /// Uploaded models, `<name>.onnx` (and `<name>.onnx.sig`).
     models_dir: std::path::PathBuf,
+    /// The keys models are checked with before they load.
+    trust: ModelTrust,
     /// One change at a time; held while a replaced runner is stopped.
     pipelines: tokio::sync::Mutex<Pipelines>,
 }
@@ -660,6 +665,7 @@ impl PipelineManager {
                 registry: self.registry.clone(),
                 board: self.board.clone(),
                 models_dir: self.models_dir.clone(),
+                trust: self.trust.clone(),
                 restore_spans,
             };
             Some(tokio::spawn(runner.run(stop.clone())))
@@ -829,6 +835,16 @@ impl PipelineManager {
                 }
             },
         };
+        let file = match source {
+            OnnxSource::Uploaded(name) => self.model_path(name),
+            OnnxSource::Path(path) => std::path::PathBuf::from(path),
+        };
+        if let Err(why) = self.trust.check_file(&file, &bytes) {
+            return Err(vec![(
+                field.to_owned(),
+                format!("the model is refused: {why}"),
+            )]);
+        }
         let model_source = match source {
             OnnxSource::Uploaded(name) => ModelSource::Uploaded(name),
             OnnxSource::Path(path) => ModelSource::Path(std::path::Path::new(path)),
@@ -1028,6 +1044,7 @@ impl PipelineManager {
         bytes: &[u8],
         model: &fabrik_onnx::Model,
         used_by: Vec<String>,
+        signed_by: Option<String>,
     ) -> ModelInfo {
         use sha2::Digest;
         let sha256 = sha2::Sha256::digest(bytes)
@@ -1046,6 +1063,7 @@ impl PipelineManager {
                 .collect(),
             outputs: model.outputs().iter().map(|o| o.name.clone()).collect(),
             used_by,
+            signed_by,
         }
     }
 
@@ -1076,8 +1094,13 @@ impl PipelineManager {
                 .map_err(|e| ControlError::Storage(format!("{}: {e}", path.display())))?;
             // Stored models were checked on upload; one that no longer loads is still listed.
             let used_by = Self::users_of(&pipelines, name);
+            // A model whose signature no longer verifies is listed unsigned; its pipelines
+            // fail to load with the reason.
+            let signed_by = self.trust.check_file(&path, &bytes).ok().flatten();
             match fabrik_onnx::Model::from_bytes(&bytes) {
-                Ok(model) => models.push(Self::describe_model(name, &bytes, &model, used_by)),
+                Ok(model) => models.push(Self::describe_model(
+                    name, &bytes, &model, used_by, signed_by,
+                )),
                 Err(e) => {
                     tracing::warn!(model = name, error = %e, "An uploaded model no longer loads.")
                 }
@@ -1091,6 +1114,7 @@ impl PipelineManager {
         &self,
         name: String,
         bytes: Vec<u8>,
+        signature: Option<String>,
     ) -> Result<(ModelInfo, bool), ControlError> {
         if !model_name_ok(&name) {
             return Err(ControlError::Invalid(vec![(
@@ -1098,6 +1122,10 @@ impl PipelineManager {
                 format!("`{name}`: {MODEL_NAME_RULE}"),
             )]));
         }
+        let signed_by = self
+            .trust
+            .check(&bytes, signature.as_deref())
+            .map_err(|why| ControlError::Invalid(vec![("signature".into(), why)]))?;
         let model = fabrik_onnx::Model::from_bytes(&bytes)
             .map_err(|e| ControlError::Invalid(vec![("model".into(), e.to_string())]))?;
         let mut pipelines = self.pipelines.lock().await;
@@ -1119,12 +1147,33 @@ impl PipelineManager {
                 misfits.join("; ")
             )));
         }
-        let info = Self::describe_model(&name, &bytes, &model, users.clone());
+        let info = Self::describe_model(&name, &bytes, &model, users.clone(), signed_by);
         let path = self.model_path(&name);
+        let signature_path = crate::model_signature::signature_path(&path);
         let created = !path.exists();
-        // The same bytes again (a deployment re-run) change nothing and restart nothing.
-        if !created && std::fs::read(&path).is_ok_and(|stored| stored == bytes) {
+        let stored_signature = std::fs::read_to_string(&signature_path).ok();
+        // The same bytes and signature again (a deployment re-run) change nothing and restart
+        // nothing.
+        if !created
+            && stored_signature == signature
+            && std::fs::read(&path).is_ok_and(|stored| stored == bytes)
+        {
             return Ok((info, false));
+        }
+        // The signature first: a crash between the two files leaves a pair that does not
+        // verify, which refuses to load, never an unchecked model.
+        match signature {
+            Some(signature) => store_file(signature_path, signature.into_bytes()).await?,
+            None => match std::fs::remove_file(&signature_path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(ControlError::Storage(format!(
+                        "{}: {e}",
+                        signature_path.display()
+                    )));
+                }
+            },
         }
         store_file(path, bytes).await?;
         // The pipelines that use it load it again; a model that does not fit them fails
@@ -1160,6 +1209,7 @@ impl PipelineManager {
         }
         std::fs::remove_file(&path)
             .map_err(|e| ControlError::Storage(format!("{}: {e}", path.display())))?;
+        let _ = std::fs::remove_file(crate::model_signature::signature_path(&path));
         tracing::info!(model = %name, "Model deleted.");
         Ok(())
     }
@@ -1212,8 +1262,9 @@ impl PipelineControl for PipelineManager {
         &self,
         name: String,
         bytes: Vec<u8>,
+        signature: Option<String>,
     ) -> BoxFuture<'_, Result<(ModelInfo, bool), ControlError>> {
-        Box::pin(self.store_model(name, bytes))
+        Box::pin(self.store_model(name, bytes, signature))
     }
 
     fn remove_model(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>> {
@@ -1411,6 +1462,16 @@ pub(crate) async fn start(
         configured.push((PipelineOrigin::Demo, demo_pipeline()));
         configured.push((PipelineOrigin::Demo, demo_acoustic_pipeline()));
     }
+    let trust = ModelTrust::from_config(&config.models).map_err(|problems| {
+        problems
+            .into_iter()
+            .map(|(field, message)| format!("{field}: {message}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    })?;
+    if trust.required() {
+        tracing::info!("ONNX models load only when signed by a trusted key.");
+    }
     let stored_path = data_dir.join(STORED_PIPELINES_FILE);
     let stored: Vec<PipelineConfig> = read_definitions(&stored_path, "pipeline")?;
     let stop = CancellationToken::new();
@@ -1421,6 +1482,7 @@ pub(crate) async fn start(
         stop: stop.clone(),
         stored_path,
         models_dir: data_dir.join(MODELS_DIRECTORY),
+        trust,
         pipelines: tokio::sync::Mutex::new(Pipelines::default()),
     });
     // Every configured pipeline compiles before any starts, so a bad one leaves no runner
@@ -1501,6 +1563,8 @@ struct Runner {
     board: PipelineBoard,
     /// Where uploaded models are.
     models_dir: std::path::PathBuf,
+    /// The keys the model is checked with before it loads.
+    trust: ModelTrust,
     /// Whether devices retrain on their saved training spans at start (not after a retrain
     /// request).
     restore_spans: bool,
@@ -1520,6 +1584,7 @@ impl Runner {
                 let loaded = load_onnx(
                     source,
                     &self.models_dir,
+                    &self.trust,
                     &feature_names(&self.compiled.spec),
                     output,
                 );
@@ -2178,30 +2243,42 @@ impl Runner {
 /// (`1`) and a digest of everything in the definition that decides what it learns and scores
 /// (`1+3f2a9c0d`): inferences before and after a change of features, windows, training or
 /// threshold are told apart, as two model versions of an A/B comparison would be.
-/// Reads and loads a pipeline's ONNX model for its `features`; an uploaded model's errors
-/// name it, not where the server keeps it.
+/// Reads a pipeline's ONNX model, checks its signature, and loads it for its `features`; an
+/// uploaded model's errors name it, not where the server keeps it. The bytes checked are the
+/// bytes loaded: the file is read once.
 fn load_onnx(
     source: &OnnxSource,
     models_dir: &std::path::Path,
+    trust: &ModelTrust,
     features: &[String],
     output: &str,
 ) -> Result<OnnxWindowModel, fabrik_ml::MlError> {
-    match source {
+    let (file, model_source) = match source {
         OnnxSource::Path(path) => {
-            OnnxWindowModel::load(std::path::Path::new(path), features, output)
+            let path = std::path::Path::new(path);
+            (path.to_path_buf(), ModelSource::Path(path))
         }
-        OnnxSource::Uploaded(name) => {
-            let bytes = std::fs::read(models_dir.join(format!("{name}.onnx"))).map_err(|_| {
-                fabrik_ml::MlError::Parameter {
-                    name: "model_name",
-                    reason: format!(
-                        "no uploaded model named `{name}` (upload it with PUT /api/v1/models/{{name}})"
-                    ),
-                }
-            })?;
-            OnnxWindowModel::from_bytes(&bytes, features, output, ModelSource::Uploaded(name))
-        }
+        OnnxSource::Uploaded(name) => (
+            models_dir.join(format!("{name}.onnx")),
+            ModelSource::Uploaded(name),
+        ),
+    };
+    let bytes = std::fs::read(&file).map_err(|e| match source {
+        OnnxSource::Uploaded(name) => fabrik_ml::MlError::Parameter {
+            name: "model_name",
+            reason: format!(
+                "no uploaded model named `{name}` (upload it with PUT /api/v1/models/{{name}})"
+            ),
+        },
+        OnnxSource::Path(_) => fabrik_ml::MlError::io(&file, e),
+    })?;
+    let signed_by = trust
+        .check_file(&file, &bytes)
+        .map_err(|why| model_source.error(format!("refused before loading: {why}")))?;
+    if let Some(key) = signed_by {
+        tracing::debug!(model = %file.display(), key, "Model signature verified.");
     }
+    OnnxWindowModel::from_bytes(&bytes, features, output, model_source)
 }
 
 /// Why `bytes`, as the ONNX model of `compiled`, would not load: a model that does not fit

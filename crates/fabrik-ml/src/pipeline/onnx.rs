@@ -155,7 +155,8 @@ pub enum ModelSource<'a> {
 }
 
 impl ModelSource<'_> {
-    fn error(self, reason: impl std::fmt::Display) -> MlError {
+    /// An error about this model, naming the field that chose it and the model.
+    pub fn error(self, reason: impl std::fmt::Display) -> MlError {
         match self {
             Self::Path(path) => MlError::Parameter {
                 name: "model_path",

@@ -1678,3 +1678,138 @@ fn a_restarted_pipeline_relearns_its_training_span_not_the_fault_before_the_rest
     let (status, _) = p.terminate();
     assert!(status.success());
 }
+
+#[test]
+fn models_load_only_when_signed_by_a_trusted_key() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../fabrik-onnx/tests/fixtures");
+    let forest = std::fs::read(format!("{fixtures}/iforest_100.onnx")).expect("fixture");
+    let autoencoder = std::fs::read(format!("{fixtures}/mlp_ae_8_4_8.onnx")).expect("fixture");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let offline = "http://127.0.0.1:9";
+    let prefix = dir.path().join("signing");
+    let prefix = prefix.to_str().expect("utf-8");
+    let (ok, out) = crate::support::client_command(offline, &["model", "keygen", "--out", prefix]);
+    assert!(ok, "{out}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = std::fs::metadata(format!("{prefix}.key")).expect("private key");
+        assert_eq!(key.permissions().mode() & 0o777, 0o600);
+    }
+    let (ok, out) = crate::support::client_command(offline, &["model", "keygen", "--out", prefix]);
+    assert!(
+        !ok && out.contains("signing.key"),
+        "a key was overwritten: {out}"
+    );
+    let model_file = dir.path().join("forest.onnx");
+    std::fs::write(&model_file, &forest).expect("model");
+    let model_file = model_file.to_str().expect("utf-8");
+    let key_file = format!("{prefix}.key");
+    let (ok, out) =
+        crate::support::client_command(offline, &["model", "sign", "--key", &key_file, model_file]);
+    assert!(ok, "{out}");
+    let signature = std::fs::read_to_string(format!("{model_file}.sig")).expect("signature");
+
+    let config = dir.path().join("fabrik.toml");
+    std::fs::write(
+        &config,
+        format!("[models]\ntrusted_keys = [\"{prefix}.pub\"]\n"),
+    )
+    .expect("config");
+    let data = dir.path().join("data");
+    let args = ["--config", config.to_str().expect("utf-8")];
+    let p = Process::start_with_args(&data, &args, &[]);
+    write_history_an_hour_ago(&p.url);
+
+    // Unsigned, or signed for other bytes: refused, naming why.
+    let (code, error) = put_bytes(&p.url, "/api/v1/models/pump-model", forest.clone());
+    assert_eq!(code, 400, "{error}");
+    assert!(error.to_string().contains("not signed"), "{error}");
+    let (code, error) = put_signed(
+        &p.url,
+        "/api/v1/models/pump-model",
+        autoencoder.clone(),
+        &signature,
+    );
+    assert_eq!(code, 400, "{error}");
+    assert!(error.to_string().contains("does not verify"), "{error}");
+    let (_, models) = http(&p.url, reqwest::Method::GET, "/api/v1/models", None);
+    assert_eq!(models, serde_json::json!([]));
+
+    // `fabrik model upload` sends FILE.sig along.
+    let (ok, out) =
+        crate::support::client_command(&p.url, &["model", "upload", "pump-model", model_file]);
+    assert!(ok && out.contains("signed by"), "{out}");
+    let (_, models) = http(&p.url, reqwest::Method::GET, "/api/v1/models", None);
+    let key_id = models[0]["signed_by"]
+        .as_str()
+        .expect("signed_by")
+        .to_owned();
+    assert_eq!(key_id.len(), 16, "{models}");
+    assert!(out.contains(&key_id), "{out}");
+    let definition = serde_json::json!({
+        "name": "signed",
+        "table": "pump",
+        "signals": ["vibration", "current"],
+        "features": ["mean", "std", "min", "max"],
+        "model": "onnx",
+        "model_name": "pump-model",
+        "training_windows": 10,
+        "interval": "200ms",
+        "lateness": "0s",
+        "start": "earliest",
+    });
+    let (code, status) = put_pipeline(&p.url, "signed", definition.clone());
+    assert_eq!(code, 201, "{status}");
+    await_inferences(
+        &p.url,
+        "signed",
+        100,
+        "the signed model scores every window",
+    );
+
+    // Behind Fabrik's back, another model (one that fits the pipeline) takes the file's place:
+    // a new definition is refused, and after a restart the pipeline fails to load.
+    let stored = data.join("models/pump-model.onnx");
+    std::fs::write(&stored, &autoencoder).expect("swap the model");
+    let mut changed = definition.clone();
+    changed["interval"] = serde_json::json!("300ms");
+    let (code, error) = put_pipeline(&p.url, "signed", changed);
+    assert_eq!(code, 400, "{error}");
+    assert!(error.to_string().contains("does not verify"), "{error}");
+    let _ = p.terminate();
+    let p = Process::start_with_args(&data, &args, &[]);
+    eventually("the swapped model is refused at start", || {
+        let (_, status) = pipeline_status(&p.url, "signed");
+        status["state"] == "failed"
+            && status["error"].as_str().is_some_and(|e| {
+                e.contains("refused before loading") && e.contains("does not verify")
+            })
+    });
+    let (_, models) = http(&p.url, reqwest::Method::GET, "/api/v1/models", None);
+    assert!(models[0]["signed_by"].is_null(), "{models}");
+}
+
+fn put_signed(url: &str, path: &str, bytes: Vec<u8>, signature: &str) -> (u16, serde_json::Value) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let response = crate::support::http_client()
+            .put(format!("{url}{path}"))
+            .bearer_auth(crate::support::TOKEN)
+            .header("content-type", "application/octet-stream")
+            .header("x-fabrik-model-signature", signature.trim())
+            .body(bytes)
+            .send()
+            .await
+            .expect("request");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    })
+}
