@@ -5,7 +5,7 @@ use std::time::Instant;
 use crate::extract::Query;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, MatchedPath, RawQuery, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -211,6 +211,25 @@ async fn require_token(
         }
         return ApiError::unauthorized().into_response();
     };
+    // A method the API has no use for is refused before anything else: each would otherwise
+    // be a refusal of its own to record.
+    if !matches!(
+        *request.method(),
+        Method::GET
+            | Method::HEAD
+            | Method::POST
+            | Method::PUT
+            | Method::PATCH
+            | Method::DELETE
+            | Method::OPTIONS
+    ) {
+        return ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("the API takes no `{}` requests", request.method()),
+        )
+        .into_response();
+    }
     let route = request
         .extensions()
         .get::<MatchedPath>()

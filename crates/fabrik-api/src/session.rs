@@ -134,7 +134,9 @@ async fn start_session(state: &ApiState, request: SignIn) -> Result<Response, Ap
                         }
                         other => other.to_string(),
                     };
-                    tracing::warn!(user = %name, error = %reason, "Sign-in refused.");
+                    // Not the name as typed: it is often a password in the wrong field, and the
+                    // process log is shipped. The audit entry names the user, if one exists.
+                    tracing::warn!(error = %reason, "Sign-in refused.");
                     return Err(match e {
                         fabrik_registry::RegistryError::BadCredentials => {
                             ApiError::unauthorized_because("unknown user or wrong password")

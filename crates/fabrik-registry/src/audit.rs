@@ -9,6 +9,8 @@
 //! log shipped off the machine holds the head to compare with.
 
 use std::path::Path;
+#[cfg(test)]
+use std::time::Duration;
 use std::time::Instant;
 
 use hmac::{Hmac, Mac};
@@ -198,6 +200,26 @@ fn create_private(path: &Path, key: &[u8; KEY_BYTES]) -> std::io::Result<[u8; KE
     let _ = std::fs::remove_file(&temporary);
     match linked {
         Ok(()) => Ok(*key),
+        // A filesystem without hard links (FAT, some network mounts): write in place, still
+        // never over an existing key.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let mut file = options.open(path)?;
+            file.write_all(key)?;
+            file.sync_all()?;
+            Ok(*key)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             let bytes = std::fs::read(path)?;
             <[u8; KEY_BYTES]>::try_from(bytes.as_slice()).map_err(|_| {
@@ -236,35 +258,57 @@ impl Registry {
     /// Appends an entry to the audit log and returns it; also writes it to the process log.
     /// Actor, action and target longer than 128, 256 and 512 characters are cut.
     pub async fn audit(&self, event: AuditEvent) -> Result<AuditEntry, RegistryError> {
-        self.record_held_back_refusals().await?;
-        self.append_audit(event).await
+        let entry = self.append_audit(event).await;
+        self.record_held_back_refusals(Instant::now(), false).await;
+        entry
     }
 
-    /// Appends a refusal (a failed sign-in, a missing role): the first ten per actor and
-    /// action in ten minutes one by one, the rest counted and recorded as one entry once the
-    /// ten minutes are over (written with the next entry after that). `None` when held back.
+    /// Appends a refusal (a failed sign-in, a missing role): the first ten per actor and kind
+    /// (sign-ins, other requests) in ten minutes one by one, the rest counted and recorded as
+    /// one entry once the ten minutes are over. `None` when held back.
     pub async fn audit_refusal(
         &self,
         event: AuditEvent,
     ) -> Result<Option<AuditEntry>, RegistryError> {
-        self.record_held_back_refusals().await?;
-        let admitted = self
-            .audit
-            .refusals
-            .lock()
-            .admit(&event, Instant::now(), now_ns());
+        self.audit_refusal_at(event, Instant::now()).await
+    }
+
+    async fn audit_refusal_at(
+        &self,
+        event: AuditEvent,
+        now: Instant,
+    ) -> Result<Option<AuditEntry>, RegistryError> {
+        self.record_held_back_refusals(now, false).await;
+        let admitted = self.audit.refusals.lock().admit(&event, now, now_ns());
         if !admitted {
             return Ok(None);
         }
         self.append_audit(event).await.map(Some)
     }
 
-    async fn record_held_back_refusals(&self) -> Result<(), RegistryError> {
-        let due = self.audit.refusals.lock().due(Instant::now());
+    /// Records the summaries of refusal windows that have ended (all of them with `all`, at
+    /// shutdown). Called with every entry and every second by the registry's task, so a
+    /// summary waits at most a second past its window. One that cannot be written is logged
+    /// whole, the process log being the other copy of the audit log.
+    pub async fn flush_audit_refusals(&self, all: bool) {
+        self.record_held_back_refusals(Instant::now(), all).await;
+    }
+
+    async fn record_held_back_refusals(&self, now: Instant, all: bool) {
+        let due = self.audit.refusals.lock().due(now, all);
         for summary in due {
-            self.append_audit(summary).await?;
+            if let Err(e) = self.append_audit(summary.clone()).await {
+                tracing::error!(
+                    target: "fabrik::audit",
+                    actor = %summary.actor,
+                    action = %summary.action,
+                    target_path = %summary.target,
+                    status = summary.status,
+                    error = %e,
+                    "Could not record held-back refusals in the audit log."
+                );
+            }
         }
-        Ok(())
     }
 
     async fn append_audit(&self, event: AuditEvent) -> Result<AuditEntry, RegistryError> {
@@ -356,14 +400,34 @@ impl Registry {
         };
         // The entry the next one must follow: the last one read, fitting or not.
         let (mut previous_seq, mut previous_hash) = (0_i64, GENESIS.to_owned());
-        // Every row, also any with a number below 1 that Fabrik never writes.
-        let mut read_up_to = i64::MIN;
+        // Rows whose number is not an integer (NULL or text: the column is not a rowid alias,
+        // so SQLite takes them) cannot be put in order: they are counted as breaks.
+        let misnumbered: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE typeof(seq) != 'integer'")
+                .fetch_one(&self.pool)
+                .await?;
+        if misnumbered > 0 {
+            let problem = format!(
+                "{misnumbered} row(s) have no integer number (NULL or text), which Fabrik never \
+                 writes: they were added behind Fabrik's back"
+            );
+            report.intact = false;
+            report.entries += misnumbered;
+            report.broken_entries += misnumbered;
+            report.broken_at = Some(0);
+            report.problem = Some(problem.clone());
+            report.breaks.push(AuditBreak { seq: 0, problem });
+        }
+        // Every other row, also any with a number below 1 that Fabrik never writes; the first
+        // page starts at the lowest number itself.
+        let mut read_up_to: Option<i64> = None;
         loop {
             let rows = sqlx::query(
                 "SELECT seq, time, actor, action, target, status, hash FROM audit_log \
-                 WHERE seq > ? ORDER BY seq LIMIT ?",
+                 WHERE typeof(seq) = 'integer' AND (? OR seq > ?) ORDER BY seq LIMIT ?",
             )
-            .bind(read_up_to)
+            .bind(read_up_to.is_none())
+            .bind(read_up_to.unwrap_or(i64::MIN))
             .bind(PAGE)
             .fetch_all(&self.pool)
             .await?;
@@ -372,7 +436,7 @@ impl Registry {
             }
             for row in &rows {
                 let entry = entry_of(row)?;
-                read_up_to = entry.seq;
+                read_up_to = Some(entry.seq);
                 report.entries += 1;
                 let event = AuditEvent {
                     actor: entry.actor.clone(),
@@ -386,7 +450,7 @@ impl Registry {
                          added behind Fabrik's back",
                         entry.seq
                     ))
-                } else if entry.seq != previous_seq + 1 {
+                } else if Some(entry.seq) != previous_seq.checked_add(1) {
                     Some(format!(
                         "entry {} follows entry {previous_seq}: entries {} to {} are missing",
                         entry.seq,
@@ -647,6 +711,82 @@ mod tests {
             .filter(|name| name.contains("tmp-"))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[tokio::test]
+    async fn refusals_past_ten_become_one_entry_once_their_window_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(&dir.path().join("registry.db"))
+            .await
+            .unwrap();
+        let start = Instant::now();
+        // A viewer probing many routes and methods: one window for all of them.
+        let mut recorded = 0;
+        for n in 0..40 {
+            let event = AuditEvent {
+                actor: "vic".into(),
+                action: format!("{} /api/v1/route-{n}", ["PUT", "DELETE", "POST"][n % 3]),
+                target: format!("/api/v1/route-{n}"),
+                status: 403,
+            };
+            if registry
+                .audit_refusal_at(event, start)
+                .await
+                .unwrap()
+                .is_some()
+            {
+                recorded += 1;
+            }
+        }
+        assert_eq!(recorded, 10);
+        // Sign-ins are a kind of their own.
+        let sign_in = AuditEvent {
+            actor: "vic".into(),
+            action: "sign-in".into(),
+            target: "/api/v1/session".into(),
+            status: 401,
+        };
+        let entry = registry.audit_refusal_at(sign_in.clone(), start).await;
+        assert!(entry.unwrap().is_some());
+        // The next refusal after the window writes the summary before itself.
+        let later = start + Duration::from_secs(601);
+        assert!(
+            registry
+                .audit_refusal_at(sign_in, later)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        let entries = registry.audit_entries(None, 100).await.unwrap();
+        assert_eq!(entries.len(), 13, "{entries:?}");
+        let summary = entries
+            .iter()
+            .find(|e| e.action == "request refusals not recorded one by one")
+            .expect("a summary entry");
+        assert_eq!(summary.actor, "vic");
+        assert!(
+            summary.target.starts_with("30 more from")
+                && summary
+                    .target
+                    .ends_with("PUT /api/v1/route-39 /api/v1/route-39"),
+            "{summary:?}"
+        );
+        assert!(registry.verify_audit().await.unwrap().intact);
+
+        // Held back and still in their window at shutdown: written all the same.
+        for n in 0..12 {
+            let event = AuditEvent {
+                actor: "ana".into(),
+                action: "DELETE /api/v1/users/{name}".into(),
+                target: format!("/api/v1/users/u{n}"),
+                status: 403,
+            };
+            registry.audit_refusal(event).await.unwrap();
+        }
+        registry.flush_audit_refusals(true).await;
+        let newest = &registry.audit_entries(None, 1).await.unwrap()[0];
+        assert_eq!(newest.actor, "ana");
+        assert!(newest.target.starts_with("2 more from"), "{newest:?}");
     }
 
     #[tokio::test]

@@ -582,6 +582,7 @@ impl Registry {
 
     /// Closes the pool (after a final activity flush).
     pub async fn close(&self) {
+        self.flush_audit_refusals(true).await;
         if let Err(e) = self.flush_activity().await {
             tracing::warn!(error = %e, "Could not write device activity at shutdown.");
         }

@@ -37,18 +37,20 @@ enum AuditCommand {
     SetAside,
 }
 
-/// `text` with control characters escaped, so an entry cannot rewrite the terminal.
+/// `text` with control characters, and the invisible ones that reorder or hide text (bidi
+/// overrides, zero-width characters), escaped, so an entry cannot rewrite the terminal or
+/// read as something else.
 fn printable(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
+    let hidden = |c: char| matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}');
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() || hidden(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn time_text(ns: i64) -> String {
@@ -131,4 +133,14 @@ pub(crate) async fn run(args: AuditArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_and_invisible_characters_are_escaped() {
+        assert_eq!(super::printable("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
+        assert_eq!(super::printable("x\u{202E}y"), "x\\u{202e}y");
+        assert_eq!(super::printable("pump-ä 1"), "pump-ä 1");
+    }
 }

@@ -248,6 +248,7 @@ pub(crate) async fn start_registry(
                     if let Err(e) = registry.flush_activity().await {
                         tracing::warn!(error = %e, "Could not write device activity.");
                     }
+                    registry.flush_audit_refusals(false).await;
                 }
             }
         }

@@ -42,6 +42,10 @@ fn changes_refusals_and_sign_ins_are_chained_and_tampering_is_found() {
         crate::support::post_status(&p.url, "/api/v1/write", "m,device=d1 v=1"),
         200
     );
+    // A method the API does not use is refused before the role check: not a refusal to record.
+    let probe = Method::from_bytes(b"PROBE").expect("method");
+    let (status, _, _) = call(&p.url, probe, "/api/v1/tables", session.as_deref(), None);
+    assert_eq!(status, 405);
 
     let (status, _, _) = call(
         &p.url,

@@ -1768,6 +1768,32 @@ fn models_load_only_when_signed_by_a_trusted_key() {
         "the signed model scores every window",
     );
 
+    // A model file on the server's disk, its signature beside it.
+    let mut by_path = definition.clone();
+    by_path["name"] = serde_json::json!("by-path");
+    by_path["model_name"] = serde_json::Value::Null;
+    by_path["model_path"] = serde_json::json!(model_file);
+    let (code, status) = put_pipeline(&p.url, "by-path", by_path);
+    assert_eq!(code, 201, "{status}");
+    await_inferences(
+        &p.url,
+        "by-path",
+        100,
+        "the signed file scores every window",
+    );
+    // ... re-signed with a key Fabrik does not trust.
+    let other = dir.path().join("other");
+    let other = other.to_str().expect("utf-8");
+    let (ok, out) = crate::support::client_command(offline, &["model", "keygen", "--out", other]);
+    assert!(ok, "{out}");
+    std::fs::remove_file(format!("{model_file}.sig")).expect("remove the signature");
+    let other_key = format!("{other}.key");
+    let (ok, out) = crate::support::client_command(
+        offline,
+        &["model", "sign", "--key", &other_key, model_file],
+    );
+    assert!(ok, "{out}");
+
     // Behind Fabrik's back, another model (one that fits the pipeline) takes the file's place:
     // a new definition is refused, and after a restart the pipeline fails to load.
     let stored = data.join("models/pump-model.onnx");
@@ -1788,6 +1814,16 @@ fn models_load_only_when_signed_by_a_trusted_key() {
     });
     let (_, models) = http(&p.url, reqwest::Method::GET, "/api/v1/models", None);
     assert!(models[0]["signed_by"].is_null(), "{models}");
+    eventually(
+        "a file signed by an untrusted key is refused at start",
+        || {
+            let (_, status) = pipeline_status(&p.url, "by-path");
+            status["state"] == "failed"
+                && status["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("does not verify with any trusted key"))
+        },
+    );
 }
 
 fn put_signed(url: &str, path: &str, bytes: Vec<u8>, signature: &str) -> (u16, serde_json::Value) {
