@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+"""A CycloneDX 1.5 SBOM of the `fabrik` binary, from cargo's own resolution.
+
+    python3 tools/sbom.py [--target x86_64-unknown-linux-gnu] [--out fabrik.cdx.json]
+
+Lists exactly the crates compiled into the binary for the target: `cargo metadata
+--filter-platform` resolves features and platforms, and the walk from the `fabrik` package
+follows normal and build dependencies, never dev-dependencies (test tools are not shipped).
+Each component carries its version, package URL (`pkg:cargo/...`), licence expression and the
+SHA-256 that Cargo.lock pins for it, and the dependency graph between them. Feed the file to a
+vulnerability scanner (Dependency-Track, Grype, osv-scanner) where it can reach its database.
+
+Exits non-zero, naming the problem, if cargo fails, a registry crate has no checksum in
+Cargo.lock, or a crate declares no licence (CI runs it, so a new dependency cannot slip in
+unlisted). Needs only the Python standard library (3.11+ for tomllib).
+"""
+
+import argparse
+import datetime
+import json
+import pathlib
+import subprocess
+import sys
+import tomllib
+import uuid
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BINARY_PACKAGE = "fabrik"
+
+
+def host_target():
+    out = subprocess.run(["rustc", "-vV"], capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        if line.startswith("host: "):
+            return line.split(": ", 1)[1].strip()
+    sys.exit("sbom: rustc -vV names no host target")
+
+
+def purl(package):
+    return f"pkg:cargo/{package['name']}@{package['version']}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", help="target triple (default: this host's)")
+    parser.add_argument("--out", help="file to write (default: standard output)")
+    args = parser.parse_args()
+    target = args.target or host_target()
+
+    metadata = subprocess.run(
+        ["cargo", "metadata", "--format-version", "1", "--locked", "--filter-platform", target],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    if metadata.returncode != 0:
+        sys.exit(f"sbom: cargo metadata failed:\n{metadata.stderr}")
+    metadata = json.loads(metadata.stdout)
+    packages = {p["id"]: p for p in metadata["packages"]}
+    nodes = {n["id"]: n for n in metadata["resolve"]["nodes"]}
+    with open(ROOT / "Cargo.lock", "rb") as lock_file:
+        lock = tomllib.load(lock_file)
+    checksums = {(p["name"], p["version"]): p.get("checksum") for p in lock["package"]}
+
+    roots = [p["id"] for p in metadata["packages"]
+             if p["name"] == BINARY_PACKAGE and p["id"] in metadata["workspace_members"]]
+    if len(roots) != 1:
+        sys.exit(f"sbom: no single workspace package named {BINARY_PACKAGE}")
+    root = roots[0]
+
+    # Normal and build dependencies only, from the binary's package.
+    shipped, edges, queue = {root}, {}, [root]
+    while queue:
+        node = nodes[queue.pop()]
+        edges[node["id"]] = []
+        for dep in node["deps"]:
+            kinds = {k["kind"] for k in dep["dep_kinds"]}
+            if kinds <= {"dev"}:
+                continue
+            edges[node["id"]].append(dep["pkg"])
+            if dep["pkg"] not in shipped:
+                shipped.add(dep["pkg"])
+                queue.append(dep["pkg"])
+
+    components, problems = [], []
+    for package_id in sorted(shipped - {root}, key=lambda i: (packages[i]["name"], packages[i]["version"])):
+        package = packages[package_id]
+        component = {
+            "type": "library",
+            "bom-ref": purl(package),
+            "name": package["name"],
+            "version": package["version"],
+            "purl": purl(package),
+        }
+        if package.get("description"):
+            component["description"] = " ".join(package["description"].split())
+        if package.get("license"):
+            component["licenses"] = [{"expression": package["license"]}]
+        elif package.get("license_file"):
+            component["licenses"] = [{"license": {"name": f"see {package['license_file']}"}}]
+        else:
+            problems.append(f"{package['name']} {package['version']} declares no licence")
+        source = package.get("source")
+        if source is None:
+            # One of Fabrik's own crates: built from this tree, not from a registry.
+            component["purl"] = component["bom-ref"] = purl(package) + "?workspace=fabrik"
+        else:
+            checksum = checksums.get((package["name"], package["version"]))
+            if not checksum:
+                problems.append(f"{package['name']} {package['version']} ({source}) has no checksum in Cargo.lock")
+            else:
+                component["hashes"] = [{"alg": "SHA-256", "content": checksum}]
+        if package.get("repository"):
+            component["externalReferences"] = [{"type": "vcs", "url": package["repository"]}]
+        components.append(component)
+    if problems:
+        sys.exit("sbom: " + "; ".join(problems))
+
+    ref_of = {}
+    for package_id in shipped:
+        package = packages[package_id]
+        ref_of[package_id] = (f"pkg:cargo/{package['name']}@{package['version']}"
+                              + ("?workspace=fabrik" if package.get("source") is None else ""))
+    binary = packages[root]
+    bom = {
+        "bomFormat": "CycloneDX",
+        "specVersion": "1.5",
+        "serialNumber": f"urn:uuid:{uuid.uuid4()}",
+        "version": 1,
+        "metadata": {
+            "timestamp": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "tools": {"components": [{"type": "application", "name": "fabrik tools/sbom.py"}]},
+            "component": {
+                "type": "application",
+                "bom-ref": ref_of[root],
+                "name": binary["name"],
+                "version": binary["version"],
+                "purl": ref_of[root],
+                "licenses": [{"expression": binary["license"]}] if binary.get("license") else [],
+            },
+            "properties": [{"name": "cargo:target", "value": target}],
+        },
+        "components": components,
+        "dependencies": [
+            {"ref": ref_of[i], "dependsOn": sorted({ref_of[d] for d in edges.get(i, [])})}
+            for i in sorted(shipped, key=lambda i: ref_of[i])
+        ],
+    }
+    text = json.dumps(bom, indent=2) + "\n"
+    if args.out:
+        pathlib.Path(args.out).write_text(text)
+        print(f"sbom: {len(components)} components for {target} in {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+
+
+if __name__ == "__main__":
+    main()
