@@ -51,7 +51,10 @@ impl Identity {
 pub fn required_role(method: &Method, route: &str) -> Role {
     let read = matches!(*method, Method::GET | Method::HEAD);
     match (route, read) {
-        ("/api/v1/users" | "/api/v1/audit" | "/api/v1/audit/verify", true) => Role::Admin,
+        (
+            "/api/v1/users" | "/api/v1/audit" | "/api/v1/audit/verify" | "/api/v1/compliance",
+            true,
+        ) => Role::Admin,
         (_, true) | ("/api/v1/query", _) | ("/api/v1/users/{name}/password", _) => Role::Viewer,
         ("/api/v1/alerts/{id}/ack" | "/api/v1/silences" | "/api/v1/silences/{id}", _) => {
             Role::Operator
@@ -289,6 +292,7 @@ mod tests {
             (Method::GET, "/api/v1/users", Admin),
             (Method::GET, "/api/v1/audit", Admin),
             (Method::GET, "/api/v1/audit/verify", Admin),
+            (Method::GET, "/api/v1/compliance", Admin),
             (Method::POST, "/api/v1/alerts/{id}/ack", Operator),
             (Method::POST, "/api/v1/silences", Operator),
             (Method::DELETE, "/api/v1/silences/{id}", Operator),

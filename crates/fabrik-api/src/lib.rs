@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod blobs;
 mod body;
+pub mod compliance;
 pub mod control;
 pub mod devices;
 pub mod error;
@@ -62,6 +63,8 @@ pub struct ApiState {
     pub alert_rules: Option<alert_rules::AlertRuleBoard>,
     /// Changes to the alert rules, when the alerts module runs in this process.
     pub alert_rule_control: Option<Arc<dyn alert_rules::AlertRuleControl>>,
+    /// What the process runs with, for `/api/v1/compliance`.
+    pub compliance: Arc<compliance::ComplianceFacts>,
 }
 
 /// Serves the API on `listener` until `shutdown` is cancelled; in-flight requests finish.

@@ -143,6 +143,7 @@ impl Modify for TokenAuth {
         crate::users::set_password,
         crate::audit::list,
         crate::audit::verify,
+        crate::compliance::report,
         crate::stream::device_stream,
         crate::pipelines::list,
         crate::pipelines::show,

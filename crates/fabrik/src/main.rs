@@ -12,6 +12,7 @@ mod bridge;
 mod client;
 mod clips;
 mod columns;
+mod compliance_cli;
 mod config_check;
 mod connect;
 mod define_cli;
@@ -73,6 +74,9 @@ enum Command {
     User(user_cli::UserArgs),
     /// Read the audit log (changes made through the API, sign-ins) and check its hash chain.
     Audit(audit_cli::AuditArgs),
+    /// Assess a running Fabrik against IEC 62443-3-3, NIST 800-53 and GDPR controls: the
+    /// evidence its configuration and live state give, and the gaps.
+    Compliance(compliance_cli::ComplianceArgs),
     /// List, acknowledge and silence alerts.
     Alert(alert_cli::AlertArgs),
     /// List, show, define (from a file) and remove inference pipelines of a running Fabrik.
@@ -164,6 +168,7 @@ fn main() -> ExitCode {
         Command::Device(args) => client::block_on(device_cli::run(args)),
         Command::User(args) => client::block_on(user_cli::run(args)),
         Command::Audit(args) => client::block_on(audit_cli::run(args)),
+        Command::Compliance(args) => client::block_on(compliance_cli::run(args)),
         Command::Alert(args) => client::block_on(alert_cli::run(args)),
         Command::Pipeline(args) => client::block_on(pipeline_cli::run(args)),
         Command::Model(args) => client::block_on(model_cli::run(args)),

@@ -195,6 +195,58 @@ fn admin_token(settings: &Settings) -> anyhow::Result<(String, Option<PathBuf>, 
     Ok((token, Some(path), true))
 }
 
+/// What `/api/v1/compliance` assesses from the configuration.
+fn compliance_facts(
+    config: &Config,
+    settings: &Settings,
+    modules: &[Module],
+) -> fabrik_api::compliance::ComplianceFacts {
+    use fabrik_runtime::config::Retention;
+    let trust = crate::model_signature::ModelTrust::from_config(&config.models).ok();
+    let mut kept_forever: Vec<String> = settings
+        .table_retention
+        .iter()
+        .filter(|(_, retention)| **retention == Retention::Forever)
+        .map(|(table, _)| table.clone())
+        .collect();
+    if settings.retention == Retention::Forever {
+        kept_forever.insert(0, "*".to_owned());
+    }
+    fabrik_api::compliance::ComplianceFacts {
+        mqtt_plain_listener: settings.mqtt.listen.is_some(),
+        mqtt_tls_listener: settings.mqtt.tls_listen.is_some(),
+        mqtt_client_ca: !config.mqtt.tls_client_ca.trim().is_empty(),
+        mqtt_client_certificate_required: config.mqtt.tls_require_client_cert,
+        mqtt_anonymous: config.mqtt.allow_anonymous,
+        mqtt_runs_here: modules.contains(&Module::Mqtt),
+        models_signature_required: trust.as_ref().is_some_and(|t| t.required()),
+        models_trusted_keys: config.models.trusted_keys.len(),
+        tables_kept_forever: kept_forever,
+        raw_retention: settings.raw_retention.map(|r| match r {
+            Retention::Forever => "ever".to_owned(),
+            Retention::For(d) => duration_text(d),
+        }),
+        admin_token_source: if settings.admin_token.is_some() {
+            "the environment or configuration (auth.admin_token)".to_owned()
+        } else {
+            format!("{} (0600)", settings.data_dir.join("admin.token").display())
+        },
+        log_level: std::env::var("FABRIK_LOG").unwrap_or_else(|_| settings.log_level.clone()),
+    }
+}
+
+/// A duration in the largest whole unit of days, hours, minutes or seconds (`7d`).
+fn duration_text(d: std::time::Duration) -> String {
+    let seconds = d.as_secs();
+    [(86_400, "d"), (3_600, "h"), (60, "m")]
+        .iter()
+        .find(|(unit, _)| seconds >= *unit && seconds.is_multiple_of(*unit))
+        .map_or_else(
+            || format!("{seconds}s"),
+            |(unit, name)| format!("{}{name}", seconds / unit),
+        )
+}
+
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -231,6 +283,8 @@ struct Wiring {
     mqtt_address: Option<std::net::SocketAddr>,
     /// Lines printed once every module runs.
     banner: Vec<String>,
+    /// What the process runs with, for `/api/v1/compliance`.
+    compliance: Arc<fabrik_api::compliance::ComplianceFacts>,
 }
 
 async fn start_store(settings: &Settings, wiring: &mut Wiring) -> Result<ServiceHandle, String> {
@@ -284,6 +338,7 @@ async fn start_http(
         alerting: wiring.alerting.clone(),
         alert_rules: wiring.alert_rules.clone(),
         alert_rule_control: wiring.alert_rule_control.clone(),
+        compliance: wiring.compliance.clone(),
     };
     let stop = CancellationToken::new();
     let shutdown = stop.clone();
@@ -352,7 +407,10 @@ async fn serve(
     let names: Vec<&'static str> = modules.iter().map(|m| m.name()).collect();
     let mut manager = ServiceManager::new(&names);
     let services = manager.services();
-    let mut wiring = Wiring::default();
+    let mut wiring = Wiring {
+        compliance: Arc::new(compliance_facts(&config, &settings, &modules)),
+        ..Wiring::default()
+    };
     let needs_token = modules
         .iter()
         .any(|m| matches!(m, Module::Http | Module::Mqtt));

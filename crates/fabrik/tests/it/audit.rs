@@ -204,3 +204,83 @@ fn refused_sign_ins_are_held_back_past_ten_and_a_lost_key_is_not_replaced() {
     let (ok, out) = client_command(&p.url, &["audit", "verify"]);
     assert!(ok && out.contains("intact: 0 entries"), "{out}");
 }
+
+/// The status of the control citing `reference` in a compliance report.
+fn control_status(report: &serde_json::Value, reference: &str) -> String {
+    report["controls"]
+        .as_array()
+        .expect("controls")
+        .iter()
+        .find(|c| {
+            c["references"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r == reference))
+        })
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or_else(|| panic!("no control {reference} in {report}"))
+        .to_owned()
+}
+
+#[test]
+fn the_compliance_report_follows_the_configuration_and_the_audit_chain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let p = Process::start(&data, &[]);
+    let (status, report) = http(&p.url, Method::GET, "/api/v1/compliance", None);
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(control_status(&report, "NIST 800-53 SI-7"), "not_met");
+    assert_eq!(control_status(&report, "NIST 800-53 AU-2"), "met");
+    // No users yet: only the shared admin token.
+    assert_eq!(control_status(&report, "NIST 800-53 IA-2"), "partial");
+    let (ok, out) = client_command(&p.url, &["compliance", "--strict"]);
+    assert!(
+        !ok && out.contains("[not_met] Software and information integrity"),
+        "{out}"
+    );
+    let body =
+        json!({"name": "vera", "role": "viewer", "password": "correct horse battery staple"});
+    assert_eq!(
+        http(&p.url, Method::POST, "/api/v1/users", Some(body)).0,
+        201
+    );
+    let (_, report) = http(&p.url, Method::GET, "/api/v1/compliance", None);
+    assert_eq!(control_status(&report, "NIST 800-53 IA-2"), "met");
+    let _ = p.terminate();
+
+    // Signed models required, and the audit log edited behind Fabrik's back.
+    let python = std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let edited = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); \
+             c.execute('UPDATE audit_log SET actor = \\'someone\\' WHERE seq = 1'); c.commit()",
+            data.join("registry.db").to_str().expect("utf-8"),
+        ])
+        .status()
+        .expect("python");
+    assert!(edited.success());
+    let offline = "http://127.0.0.1:9";
+    let prefix = dir.path().join("signing");
+    let prefix = prefix.to_str().expect("utf-8");
+    let (ok, out) = client_command(offline, &["model", "keygen", "--out", prefix]);
+    assert!(ok, "{out}");
+    let config = dir.path().join("fabrik.toml");
+    std::fs::write(
+        &config,
+        format!("[models]\ntrusted_keys = [\"{prefix}.pub\"]\n"),
+    )
+    .expect("config");
+    let p = Process::start_with_args(&data, &["--config", config.to_str().expect("utf-8")], &[]);
+    let (_, report) = http(&p.url, Method::GET, "/api/v1/compliance", None);
+    assert_eq!(
+        control_status(&report, "NIST 800-53 SI-7"),
+        "met",
+        "{report}"
+    );
+    assert_eq!(
+        control_status(&report, "NIST 800-53 AU-2"),
+        "not_met",
+        "{report}"
+    );
+    assert!(report.to_string().contains("the first at #1"), "{report}");
+}

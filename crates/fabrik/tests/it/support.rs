@@ -54,6 +54,7 @@ impl Server {
             pipeline_control: None,
             alert_rules: None,
             alert_rule_control: None,
+            compliance: Default::default(),
             alerting: None,
         };
         let stop = CancellationToken::new();

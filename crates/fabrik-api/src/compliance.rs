@@ -1,0 +1,541 @@
+//! `/api/v1/compliance`: evidence for a security review, assessed from what this process runs
+//! with — its configuration and the live state of users and the audit chain — against the
+//! IEC 62443-3-3 system requirements, the NIST SP 800-53 controls and the GDPR articles Fabrik
+//! addresses. Each control says `met`, `partial` or `not_met`, with the evidence found and the
+//! gaps; nothing is claimed that this process cannot see.
+
+use axum::Json;
+use axum::extract::State;
+use fabrik_registry::{AuditVerification, Role};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::ApiState;
+use crate::error::ApiError;
+
+/// What the process was configured with, gathered once at start by the binary.
+#[derive(Debug, Clone, Default)]
+pub struct ComplianceFacts {
+    /// MQTT over plain TCP is open.
+    pub mqtt_plain_listener: bool,
+    /// MQTT over TLS is open.
+    pub mqtt_tls_listener: bool,
+    /// Client certificates are checked against a CA (mTLS).
+    pub mqtt_client_ca: bool,
+    /// TLS clients without a certificate are refused.
+    pub mqtt_client_certificate_required: bool,
+    /// Clients may connect without credentials (protocol test suites only).
+    pub mqtt_anonymous: bool,
+    /// Whether the MQTT endpoint runs in this process.
+    pub mqtt_runs_here: bool,
+    /// ONNX models load only when signed by a trusted key.
+    pub models_signature_required: bool,
+    /// Trusted model-signing keys.
+    pub models_trusted_keys: usize,
+    /// Tables kept forever (`*` for the default retention).
+    pub tables_kept_forever: Vec<String>,
+    /// Retention of raw messages, as configured (`None`: not kept).
+    pub raw_retention: Option<String>,
+    /// Where the admin token comes from: the environment or configuration, or a generated file.
+    pub admin_token_source: String,
+    /// The log filter: the audit log's copy in the process log needs `info` for `fabrik::audit`.
+    pub log_level: String,
+}
+
+/// How far a control is met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlStatus {
+    /// Everything the control asks of Fabrik is in place.
+    Met,
+    /// Part of it is; `gaps` says what is not.
+    Partial,
+    /// It is not.
+    NotMet,
+}
+
+/// One control, assessed.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ControlAssessment {
+    /// IEC 62443-3-3 system requirements (`SR 1.1`), NIST SP 800-53 controls (`IA-2`) or GDPR
+    /// articles (`GDPR Art. 32`).
+    pub references: Vec<String>,
+    /// What the control is about.
+    pub title: String,
+    /// Met, partial or not met.
+    pub status: ControlStatus,
+    /// What was found, as facts that can be checked.
+    pub evidence: Vec<String>,
+    /// What is missing, and what to do about it.
+    pub gaps: Vec<String>,
+}
+
+/// The report.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ComplianceReport {
+    /// When it was made (ns since the epoch).
+    pub time: i64,
+    /// Controls met, partial, not met.
+    pub met: usize,
+    /// Partly met.
+    pub partial: usize,
+    /// Not met.
+    pub not_met: usize,
+    /// Every control assessed.
+    pub controls: Vec<ControlAssessment>,
+}
+
+/// The live state an assessment reads besides the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct LiveState {
+    /// Users per role (admin, operator, viewer); `None` when the registry runs elsewhere.
+    pub users: Option<[usize; 3]>,
+    /// The audit chain's check; `None` when the registry runs elsewhere.
+    pub audit: Option<AuditVerification>,
+}
+
+fn control(
+    references: &[&str],
+    title: &str,
+    evidence: Vec<String>,
+    gaps: Vec<String>,
+    met: bool,
+) -> ControlAssessment {
+    let status = if gaps.is_empty() {
+        ControlStatus::Met
+    } else if met {
+        ControlStatus::Partial
+    } else {
+        ControlStatus::NotMet
+    };
+    ControlAssessment {
+        references: references.iter().map(|r| (*r).to_owned()).collect(),
+        title: title.to_owned(),
+        status,
+        evidence,
+        gaps,
+    }
+}
+
+/// Assesses every control from the configuration and the live state. `met` in
+/// [`control`] says whether, with gaps, the control is still partly met.
+pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessment> {
+    let mut controls = Vec::new();
+
+    // People.
+    let mut evidence = vec![format!(
+        "the admin token comes from {}; it is compared in constant time and kept out of URLs \
+         (InfluxDB 1.x `/write` excepted)",
+        facts.admin_token_source
+    )];
+    let mut gaps = Vec::new();
+    match live.users {
+        Some([admins, operators, viewers]) => {
+            evidence.push(format!(
+                "{admins} admin(s), {operators} operator(s), {viewers} viewer(s) sign in by \
+                 name with argon2id-hashed passwords of at least 12 characters; sessions last \
+                 12 h"
+            ));
+            if admins + operators + viewers == 0 {
+                gaps.push(
+                    "no users: everyone shares the admin token and the audit log cannot tell \
+                     people apart (`fabrik user add NAME --role ROLE`)"
+                        .to_owned(),
+                );
+            }
+        }
+        None => gaps.push("the registry (users) runs in another process".to_owned()),
+    }
+    controls.push(control(
+        &["IEC 62443-3-3 SR 1.1", "SR 1.3", "NIST 800-53 IA-2", "AC-2"],
+        "Human user identification and authentication",
+        evidence,
+        gaps,
+        true,
+    ));
+
+    controls.push(control(
+        &["IEC 62443-3-3 SR 1.11", "NIST 800-53 AC-7"],
+        "Unsuccessful login attempts",
+        vec![format!(
+            "{} wrong passwords in a row lock the name for {} s (429); refusals are recorded \
+             in the audit log, ten per user and kind in ten minutes, the rest summed",
+            fabrik_registry::users::MAX_FAILED_SIGN_INS,
+            fabrik_registry::users::LOCKOUT.as_secs()
+        )],
+        Vec::new(),
+        true,
+    ));
+
+    // Devices.
+    let mut evidence = vec![
+        "each device has its own random token, stored as an argon2id hash, rotatable \
+         (`fabrik device rotate-token`)"
+            .to_owned(),
+    ];
+    let mut gaps = Vec::new();
+    if facts.mqtt_client_ca {
+        evidence.push(format!(
+            "MQTT over TLS checks client certificates against the configured CA (mTLS){}",
+            if facts.mqtt_client_certificate_required {
+                " and refuses clients without one"
+            } else {
+                "; clients without one may still use a token"
+            }
+        ));
+    }
+    if facts.mqtt_anonymous {
+        gaps.push(
+            "mqtt.allow_anonymous is on: any client connects without credentials and uses \
+             every topic (for protocol test suites only)"
+                .to_owned(),
+        );
+    }
+    gaps.push("no hardware-backed device attestation (TPM) yet".to_owned());
+    controls.push(control(
+        &["IEC 62443-3-3 SR 1.2", "SR 1.5", "NIST 800-53 IA-3", "IA-5"],
+        "Device identification and authentication",
+        evidence,
+        gaps,
+        !facts.mqtt_anonymous,
+    ));
+
+    // Authorisation.
+    let mut evidence = vec![
+        "API routes need a role (viewer reads, operator acknowledges and silences, admin \
+         changes); a refusal is 403 naming the role, and is audited"
+            .to_owned(),
+    ];
+    let mut gaps = Vec::new();
+    if facts.mqtt_runs_here {
+        if facts.mqtt_anonymous {
+            gaps.push("MQTT topic ACLs are bypassed by anonymous clients".to_owned());
+        } else {
+            evidence.push(
+                "MQTT topic ACLs deny by default: a device publishes only under its own \
+                 topics"
+                    .to_owned(),
+            );
+        }
+    }
+    controls.push(control(
+        &["IEC 62443-3-3 SR 2.1", "NIST 800-53 AC-3", "AC-6"],
+        "Authorisation enforcement and least privilege",
+        evidence,
+        gaps,
+        false,
+    ));
+
+    // Audit.
+    let mut evidence = Vec::new();
+    let mut gaps = Vec::new();
+    let mut partly = true;
+    match &live.audit {
+        Some(check) if check.intact => evidence.push(format!(
+            "the audit log's HMAC-SHA256 chain verifies: {} entries, head #{} {}",
+            check.entries, check.head_seq, check.head_hash
+        )),
+        Some(check) => {
+            partly = false;
+            gaps.push(format!(
+                "the audit chain is broken: {} of {} entries do not fit, the first at #{}: {}",
+                check.broken_entries,
+                check.entries,
+                check.broken_at.unwrap_or_default(),
+                check.problem.as_deref().unwrap_or("?")
+            ));
+        }
+        None => {
+            partly = false;
+            gaps.push("the registry runs in another process: this API records nothing".to_owned());
+        }
+    }
+    if !log_keeps_audit_lines(&facts.log_level) {
+        gaps.push(format!(
+            "log level `{}` drops the audit lines (target fabrik::audit, info) that keep a \
+             copy of the chain's head off the machine",
+            facts.log_level
+        ));
+    }
+    controls.push(control(
+        &[
+            "IEC 62443-3-3 SR 2.8",
+            "SR 2.9",
+            "SR 3.9",
+            "NIST 800-53 AU-2",
+            "AU-3",
+            "AU-9",
+        ],
+        "Auditable events and protection of audit information",
+        evidence,
+        gaps,
+        partly,
+    ));
+
+    // Transport.
+    let mut evidence = Vec::new();
+    let mut gaps = vec![
+        "the HTTP API and dashboard have no TLS of their own: put a TLS-terminating proxy in \
+         front of them"
+            .to_owned(),
+    ];
+    if facts.mqtt_runs_here {
+        if facts.mqtt_tls_listener {
+            evidence.push("MQTT over TLS (rustls) is open".to_owned());
+        }
+        if facts.mqtt_plain_listener {
+            gaps.push(
+                "MQTT over plain TCP is open (mqtt.listen): credentials and data cross the \
+                 network readable"
+                    .to_owned(),
+            );
+        }
+    }
+    controls.push(control(
+        &[
+            "IEC 62443-3-3 SR 3.1",
+            "SR 4.1",
+            "NIST 800-53 SC-8",
+            "GDPR Art. 32",
+        ],
+        "Communication integrity and confidentiality",
+        evidence.clone(),
+        gaps,
+        !evidence.is_empty(),
+    ));
+
+    // Model integrity.
+    let (evidence, gaps) = if facts.models_signature_required {
+        (
+            vec![format!(
+                "ONNX models load only when signed (Ed25519) by one of {} trusted key(s); \
+                 checked at upload, definition and every start",
+                facts.models_trusted_keys
+            )],
+            Vec::new(),
+        )
+    } else {
+        (
+            vec!["a model whose signature does not verify is refused".to_owned()],
+            vec![
+                "unsigned ONNX models load: set [models] trusted_keys (`fabrik model \
+                 keygen`, `fabrik model sign`)"
+                    .to_owned(),
+            ],
+        )
+    };
+    controls.push(control(
+        &["IEC 62443-3-3 SR 3.4", "NIST 800-53 SI-7", "CM-14"],
+        "Software and information integrity of models",
+        evidence,
+        gaps,
+        false,
+    ));
+
+    // Personal data.
+    let mut evidence = vec![format!(
+        "raw messages are kept {}",
+        facts
+            .raw_retention
+            .as_deref()
+            .map_or_else(|| "not at all".to_owned(), |r| format!("for {r}"))
+    )];
+    let mut gaps = Vec::new();
+    if facts.tables_kept_forever.is_empty() {
+        evidence.push("every table has a finite retention".to_owned());
+    } else {
+        gaps.push(format!(
+            "kept forever: {} (`*` is the default retention); set store.retention or \
+             [store.tables.NAME] retention for data about people",
+            facts.tables_kept_forever.join(", ")
+        ));
+    }
+    evidence.push(
+        "personal data: user names and roles (registry), the names in the audit log, \
+         acknowledgements' operators and comments, silences' authors"
+            .to_owned(),
+    );
+    gaps.push(
+        "no erasure or export of one person's data: removing a user leaves their name in the \
+         audit log and acknowledgements"
+            .to_owned(),
+    );
+    controls.push(control(
+        &[
+            "GDPR Art. 5(1)(e)",
+            "Art. 17",
+            "Art. 30",
+            "NIST 800-53 SI-12",
+        ],
+        "Storage limitation and the rights of the people in the data",
+        evidence,
+        gaps,
+        true,
+    ));
+    controls
+}
+
+/// Whether a `tracing` filter keeps `fabrik::audit` at info: the most specific directive whose
+/// target is a prefix of it decides, else the filter's default level.
+fn log_keeps_audit_lines(filter: &str) -> bool {
+    let level_ok = |level: &str| matches!(level.trim(), "info" | "debug" | "trace");
+    let mut default = false;
+    let mut best: Option<(usize, bool)> = None;
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        match directive.split_once('=') {
+            None => default = level_ok(directive),
+            Some((target, level)) => {
+                let target = target.trim();
+                let applies = "fabrik::audit" == target
+                    || "fabrik::audit".starts_with(&format!("{target}::"));
+                if applies && best.is_none_or(|(length, _)| target.len() >= length) {
+                    best = Some((target.len(), level_ok(level)));
+                }
+            }
+        }
+    }
+    best.map_or(default, |(_, keeps)| keeps)
+}
+
+#[utoipa::path(get, path = "/api/v1/compliance", tag = "security",
+    responses((status = 200, description = "the controls assessed from this process's configuration and live state", body = ComplianceReport),
+              (status = 403, description = "not an admin", body = crate::error::ErrorBody)))]
+pub(crate) async fn report(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
+    State(state): State<ApiState>,
+) -> Result<Json<ComplianceReport>, ApiError> {
+    let live = match &state.registry {
+        Some(registry) => {
+            let mut users = [0; 3];
+            for user in registry.users().await? {
+                let slot = match user.role {
+                    Role::Admin => 0,
+                    Role::Operator => 1,
+                    Role::Viewer => 2,
+                };
+                users[slot] += 1;
+            }
+            LiveState {
+                users: Some(users),
+                audit: Some(registry.verify_audit().await?),
+            }
+        }
+        None => LiveState::default(),
+    };
+    let controls = assess(&state.compliance, &live);
+    let count = |status| controls.iter().filter(|c| c.status == status).count();
+    Ok(Json(ComplianceReport {
+        time: fabrik_core::Timestamp::now().nanos(),
+        met: count(ControlStatus::Met),
+        partial: count(ControlStatus::Partial),
+        not_met: count(ControlStatus::NotMet),
+        controls,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn intact() -> AuditVerification {
+        AuditVerification {
+            intact: true,
+            entries: 3,
+            head_seq: 3,
+            head_hash: "ab".into(),
+            broken_at: None,
+            problem: None,
+            breaks: Vec::new(),
+            broken_entries: 0,
+        }
+    }
+
+    fn status_of(controls: &[ControlAssessment], reference: &str) -> ControlStatus {
+        controls
+            .iter()
+            .find(|c| c.references.iter().any(|r| r == reference))
+            .map(|c| c.status)
+            .expect("control")
+    }
+
+    #[test]
+    fn the_status_follows_the_configuration_and_the_audit_chain() {
+        let mut facts = ComplianceFacts {
+            mqtt_runs_here: true,
+            mqtt_plain_listener: true,
+            log_level: "info".into(),
+            admin_token_source: "a generated file".into(),
+            ..ComplianceFacts::default()
+        };
+        let live = LiveState {
+            users: Some([1, 0, 2]),
+            audit: Some(intact()),
+        };
+        let controls = assess(&facts, &live);
+        assert_eq!(
+            status_of(&controls, "NIST 800-53 SI-7"),
+            ControlStatus::NotMet
+        );
+        assert_eq!(status_of(&controls, "NIST 800-53 AU-2"), ControlStatus::Met);
+        assert_eq!(
+            status_of(&controls, "NIST 800-53 SC-8"),
+            ControlStatus::NotMet
+        );
+        assert_eq!(status_of(&controls, "NIST 800-53 IA-2"), ControlStatus::Met);
+
+        facts.models_signature_required = true;
+        facts.models_trusted_keys = 1;
+        facts.mqtt_tls_listener = true;
+        facts.log_level = "warn,fabrik::audit=info".into();
+        let mut broken = intact();
+        broken.intact = false;
+        broken.broken_at = Some(2);
+        broken.broken_entries = 1;
+        let controls = assess(
+            &facts,
+            &LiveState {
+                users: Some([1, 0, 0]),
+                audit: Some(broken),
+            },
+        );
+        assert_eq!(status_of(&controls, "NIST 800-53 SI-7"), ControlStatus::Met);
+        assert_eq!(
+            status_of(&controls, "NIST 800-53 AU-2"),
+            ControlStatus::NotMet
+        );
+        assert_eq!(
+            status_of(&controls, "NIST 800-53 SC-8"),
+            ControlStatus::Partial
+        );
+
+        facts.mqtt_anonymous = true;
+        let controls = assess(&facts, &LiveState::default());
+        assert_eq!(
+            status_of(&controls, "NIST 800-53 IA-3"),
+            ControlStatus::NotMet
+        );
+        assert_eq!(
+            status_of(&controls, "NIST 800-53 AU-2"),
+            ControlStatus::NotMet
+        );
+        assert_eq!(
+            status_of(&controls, "NIST 800-53 IA-2"),
+            ControlStatus::Partial
+        );
+    }
+
+    #[test]
+    fn a_log_filter_keeps_the_audit_lines_only_at_info_or_below() {
+        assert!(log_keeps_audit_lines("info"));
+        assert!(log_keeps_audit_lines("debug,hyper=warn"));
+        assert!(!log_keeps_audit_lines("warn"));
+        assert!(log_keeps_audit_lines("warn,fabrik::audit=info"));
+        assert!(log_keeps_audit_lines("warn,fabrik=info"));
+        assert!(!log_keeps_audit_lines("info,fabrik=warn"));
+        assert!(!log_keeps_audit_lines("fabrik_store=debug"));
+        assert!(!log_keeps_audit_lines(
+            "info,fabrik=info,fabrik::audit=warn"
+        ));
+        assert!(log_keeps_audit_lines("warn,fabrik::audit=info,fabrik=warn"));
+    }
+}
