@@ -3,11 +3,14 @@
 
     python3 tools/sbom.py [--target x86_64-unknown-linux-gnu] [--out fabrik.cdx.json]
 
-Lists exactly the crates compiled into the binary for the target: `cargo metadata
---filter-platform` resolves features and platforms, and the walk from the `fabrik` package
-follows normal and build dependencies, never dev-dependencies (test tools are not shipped).
-Each component carries its version, package URL (`pkg:cargo/...`), licence expression and the
-SHA-256 that Cargo.lock pins for it, and the dependency graph between them. Feed the file to a
+Lists the crates that build the binary for the target: `cargo metadata --filter-platform`
+resolves features and platforms, and the walk from the `fabrik` package follows normal and
+build dependencies, never dev-dependencies (test tools are not shipped). Crates that only run
+at build time (proc-macros, build scripts and what they alone use) are listed with CycloneDX
+scope `excluded`; the rest are compiled into the binary. Each component carries its version,
+package URL (`pkg:cargo/...`), SPDX licence expression and the SHA-256 that Cargo.lock pins
+for it, and the dependency graph between them. C libraries bundled by `-sys` crates (SQLite,
+zstd, jemalloc) are not listed separately. Feed the file to a
 vulnerability scanner (Dependency-Track, Grype, osv-scanner) where it can reach its database.
 
 Exits non-zero, naming the problem, if cargo fails, a registry crate has no checksum in
@@ -37,7 +40,24 @@ def host_target():
 
 
 def purl(package):
-    return f"pkg:cargo/{package['name']}@{package['version']}"
+    # A version's build metadata (`+spec-1.1.0`) is percent-encoded in a package URL.
+    return f"pkg:cargo/{package['name']}@{package['version'].replace('+', '%2B')}"
+
+
+def bom_ref(package):
+    if package.get("source") is None:
+        # One of Fabrik's own crates: built from this tree, on no registry.
+        return f"fabrik-workspace:{package['name']}@{package['version']}"
+    return purl(package)
+
+
+def spdx(licence):
+    """Cargo's old `MIT/Apache-2.0` form means either: SPDX writes it with OR."""
+    return " OR ".join(part.strip() for part in licence.split("/"))
+
+
+def is_proc_macro(package):
+    return any("proc-macro" in target["kind"] for target in package["targets"])
 
 
 def main():
@@ -80,29 +100,40 @@ def main():
                 shipped.add(dep["pkg"])
                 queue.append(dep["pkg"])
 
+    # What runs in the binary: normal edges only, and never into a proc-macro.
+    runtime, queue = {root}, [root]
+    while queue:
+        node = nodes[queue.pop()]
+        for dep in node["deps"]:
+            kinds = {k["kind"] for k in dep["dep_kinds"]}
+            if None in kinds and dep["pkg"] not in runtime and not is_proc_macro(packages[dep["pkg"]]):
+                runtime.add(dep["pkg"])
+                queue.append(dep["pkg"])
+
     components, problems = [], []
     for package_id in sorted(shipped - {root}, key=lambda i: (packages[i]["name"], packages[i]["version"])):
         package = packages[package_id]
         component = {
             "type": "library",
-            "bom-ref": purl(package),
+            "bom-ref": bom_ref(package),
             "name": package["name"],
             "version": package["version"],
-            "purl": purl(package),
         }
+        if package.get("source") is not None:
+            component["purl"] = purl(package)
+        if package_id not in runtime:
+            component["scope"] = "excluded"
+            component["properties"] = [{"name": "cargo:dependency-kind", "value": "build"}]
         if package.get("description"):
             component["description"] = " ".join(package["description"].split())
         if package.get("license"):
-            component["licenses"] = [{"expression": package["license"]}]
+            component["licenses"] = [{"expression": spdx(package["license"])}]
         elif package.get("license_file"):
             component["licenses"] = [{"license": {"name": f"see {package['license_file']}"}}]
         else:
             problems.append(f"{package['name']} {package['version']} declares no licence")
         source = package.get("source")
-        if source is None:
-            # One of Fabrik's own crates: built from this tree, not from a registry.
-            component["purl"] = component["bom-ref"] = purl(package) + "?workspace=fabrik"
-        else:
+        if source is not None:
             checksum = checksums.get((package["name"], package["version"]))
             if not checksum:
                 problems.append(f"{package['name']} {package['version']} ({source}) has no checksum in Cargo.lock")
@@ -114,11 +145,7 @@ def main():
     if problems:
         sys.exit("sbom: " + "; ".join(problems))
 
-    ref_of = {}
-    for package_id in shipped:
-        package = packages[package_id]
-        ref_of[package_id] = (f"pkg:cargo/{package['name']}@{package['version']}"
-                              + ("?workspace=fabrik" if package.get("source") is None else ""))
+    ref_of = {package_id: bom_ref(packages[package_id]) for package_id in shipped}
     binary = packages[root]
     bom = {
         "bomFormat": "CycloneDX",
@@ -133,8 +160,7 @@ def main():
                 "bom-ref": ref_of[root],
                 "name": binary["name"],
                 "version": binary["version"],
-                "purl": ref_of[root],
-                "licenses": [{"expression": binary["license"]}] if binary.get("license") else [],
+                **({"licenses": [{"expression": spdx(binary["license"])}]} if binary.get("license") else {}),
             },
             "properties": [{"name": "cargo:target", "value": target}],
         },
@@ -147,7 +173,9 @@ def main():
     text = json.dumps(bom, indent=2) + "\n"
     if args.out:
         pathlib.Path(args.out).write_text(text)
-        print(f"sbom: {len(components)} components for {target} in {args.out}", file=sys.stderr)
+        excluded = sum(1 for c in components if c.get("scope") == "excluded")
+        print(f"sbom: {len(components)} components for {target} ({len(components) - excluded} in "
+              f"the binary, {excluded} used to build it) in {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
 

@@ -20,7 +20,7 @@ pub struct ComplianceFacts {
     pub mqtt_plain_listener: bool,
     /// MQTT over TLS is open.
     pub mqtt_tls_listener: bool,
-    /// Client certificates are checked against a CA (mTLS).
+    /// Client certificates on the MQTT TLS listener are checked against a CA (mTLS).
     pub mqtt_client_ca: bool,
     /// TLS clients without a certificate are refused.
     pub mqtt_client_certificate_required: bool,
@@ -28,6 +28,8 @@ pub struct ComplianceFacts {
     pub mqtt_anonymous: bool,
     /// Whether the MQTT endpoint runs in this process.
     pub mqtt_runs_here: bool,
+    /// `[[mqtt.acl]]` rules configured (0: the built-in rules).
+    pub mqtt_acl_rules: usize,
     /// ONNX models load only when signed by a trusted key.
     pub models_signature_required: bool,
     /// Trusted model-signing keys.
@@ -36,10 +38,13 @@ pub struct ComplianceFacts {
     pub tables_kept_forever: Vec<String>,
     /// Retention of raw messages, as configured (`None`: not kept).
     pub raw_retention: Option<String>,
-    /// Where the admin token comes from: the environment or configuration, or a generated file.
+    /// Where the admin token comes from: the environment or configuration, or a file.
     pub admin_token_source: String,
-    /// The log filter: the audit log's copy in the process log needs `info` for `fabrik::audit`.
-    pub log_level: String,
+    /// The token file's permission bits, when the token is read from a file.
+    pub admin_token_file_mode: Option<u32>,
+    /// Whether the process log keeps the audit lines (`fabrik::audit` at info), as the
+    /// installed log filter answers.
+    pub audit_lines_logged: bool,
 }
 
 /// How far a control is met.
@@ -124,11 +129,18 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
 
     // People.
     let mut evidence = vec![format!(
-        "the admin token comes from {}; it is compared in constant time and kept out of URLs \
-         (InfluxDB 1.x `/write` excepted)",
+        "the admin token, a credential shared by whoever holds it, comes from {}; it is \
+         compared in constant time and kept out of URLs (InfluxDB 1.x `/write` excepted)",
         facts.admin_token_source
     )];
     let mut gaps = Vec::new();
+    if let Some(mode) = facts.admin_token_file_mode
+        && mode & 0o077 != 0
+    {
+        gaps.push(format!(
+            "the admin token file is readable by others (mode {mode:o}): `chmod 600` it"
+        ));
+    }
     match live.users {
         Some([admins, operators, viewers]) => {
             evidence.push(format!(
@@ -140,6 +152,12 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
                 gaps.push(
                     "no users: everyone shares the admin token and the audit log cannot tell \
                      people apart (`fabrik user add NAME --role ROLE`)"
+                        .to_owned(),
+                );
+            } else if admins == 0 {
+                gaps.push(
+                    "no admin users: every change is made with the shared admin token, which \
+                     the audit log cannot tie to a person (`fabrik user add NAME --role admin`)"
                         .to_owned(),
                 );
             }
@@ -158,12 +176,18 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
         &["IEC 62443-3-3 SR 1.11", "NIST 800-53 AC-7"],
         "Unsuccessful login attempts",
         vec![format!(
-            "{} wrong passwords in a row lock the name for {} s (429); refusals are recorded \
-             in the audit log, ten per user and kind in ten minutes, the rest summed",
+            "{} wrong passwords in a row lock a user's name for {} s (429); refused sign-ins \
+             are recorded in the audit log, ten per actor and kind in ten minutes (all unknown \
+             names are one actor), the rest summed",
             fabrik_registry::users::MAX_FAILED_SIGN_INS,
             fabrik_registry::users::LOCKOUT.as_secs()
         )],
-        Vec::new(),
+        vec![
+            "tokens (the admin token, device tokens) have no limit on failed attempts; a \
+             wrong token on an API route is counted (fabrik_http_unauthorized_total), not \
+             audited"
+                .to_owned(),
+        ],
         true,
     ));
 
@@ -174,7 +198,7 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
             .to_owned(),
     ];
     let mut gaps = Vec::new();
-    if facts.mqtt_client_ca {
+    if facts.mqtt_runs_here && facts.mqtt_tls_listener && facts.mqtt_client_ca {
         evidence.push(format!(
             "MQTT over TLS checks client certificates against the configured CA (mTLS){}",
             if facts.mqtt_client_certificate_required {
@@ -210,10 +234,21 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
     if facts.mqtt_runs_here {
         if facts.mqtt_anonymous {
             gaps.push("MQTT topic ACLs are bypassed by anonymous clients".to_owned());
-        } else {
+        } else if facts.mqtt_acl_rules == 0 {
             evidence.push(
-                "MQTT topic ACLs deny by default: a device publishes only under its own \
-                 topics"
+                "MQTT topic ACLs deny by default, with the built-in rules: a device publishes \
+                 under devices/<its id>/ and reads its own commands only"
+                    .to_owned(),
+            );
+        } else {
+            evidence.push(format!(
+                "MQTT topic ACLs deny what no rule allows; {} configured [[mqtt.acl]] rule(s) \
+                 replace the built-in ones",
+                facts.mqtt_acl_rules
+            ));
+            gaps.push(
+                "the configured ACL rules are not assessed here: review that each allows a \
+                 device only its own topics"
                     .to_owned(),
             );
         }
@@ -223,7 +258,7 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
         "Authorisation enforcement and least privilege",
         evidence,
         gaps,
-        false,
+        true,
     ));
 
     // Audit.
@@ -250,12 +285,12 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
             gaps.push("the registry runs in another process: this API records nothing".to_owned());
         }
     }
-    if !log_keeps_audit_lines(&facts.log_level) {
-        gaps.push(format!(
-            "log level `{}` drops the audit lines (target fabrik::audit, info) that keep a \
-             copy of the chain's head off the machine",
-            facts.log_level
-        ));
+    if !facts.audit_lines_logged {
+        gaps.push(
+            "the log filter drops the audit lines (target fabrik::audit, info) that keep a \
+             copy of the chain's head off the machine"
+                .to_owned(),
+        );
     }
     controls.push(control(
         &[
@@ -342,7 +377,7 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
     )];
     let mut gaps = Vec::new();
     if facts.tables_kept_forever.is_empty() {
-        evidence.push("every table has a finite retention".to_owned());
+        evidence.push("every table of the store has a finite retention".to_owned());
     } else {
         gaps.push(format!(
             "kept forever: {} (`*` is the default retention); set store.retention or \
@@ -353,6 +388,11 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
     evidence.push(
         "personal data: user names and roles (registry), the names in the audit log, \
          acknowledgements' operators and comments, silences' authors"
+            .to_owned(),
+    );
+    gaps.push(
+        "the audit log, users, acknowledgements and silences are kept until removed: they \
+         have no retention"
             .to_owned(),
     );
     gaps.push(
@@ -373,28 +413,6 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
         true,
     ));
     controls
-}
-
-/// Whether a `tracing` filter keeps `fabrik::audit` at info: the most specific directive whose
-/// target is a prefix of it decides, else the filter's default level.
-fn log_keeps_audit_lines(filter: &str) -> bool {
-    let level_ok = |level: &str| matches!(level.trim(), "info" | "debug" | "trace");
-    let mut default = false;
-    let mut best: Option<(usize, bool)> = None;
-    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        match directive.split_once('=') {
-            None => default = level_ok(directive),
-            Some((target, level)) => {
-                let target = target.trim();
-                let applies = "fabrik::audit" == target
-                    || "fabrik::audit".starts_with(&format!("{target}::"));
-                if applies && best.is_none_or(|(length, _)| target.len() >= length) {
-                    best = Some((target.len(), level_ok(level)));
-                }
-            }
-        }
-    }
-    best.map_or(default, |(_, keeps)| keeps)
 }
 
 #[utoipa::path(get, path = "/api/v1/compliance", tag = "security",
@@ -463,7 +481,7 @@ mod tests {
         let mut facts = ComplianceFacts {
             mqtt_runs_here: true,
             mqtt_plain_listener: true,
-            log_level: "info".into(),
+            audit_lines_logged: true,
             admin_token_source: "a generated file".into(),
             ..ComplianceFacts::default()
         };
@@ -486,7 +504,7 @@ mod tests {
         facts.models_signature_required = true;
         facts.models_trusted_keys = 1;
         facts.mqtt_tls_listener = true;
-        facts.log_level = "warn,fabrik::audit=info".into();
+        facts.admin_token_file_mode = Some(0o644);
         let mut broken = intact();
         broken.intact = false;
         broken.broken_at = Some(2);
@@ -507,6 +525,33 @@ mod tests {
             status_of(&controls, "NIST 800-53 SC-8"),
             ControlStatus::Partial
         );
+        // One admin user, but a token file others can read.
+        assert_eq!(
+            status_of(&controls, "NIST 800-53 IA-2"),
+            ControlStatus::Partial
+        );
+        assert_eq!(status_of(&controls, "NIST 800-53 AC-3"), ControlStatus::Met);
+        let live = LiveState {
+            users: Some([1, 0, 0]),
+            audit: Some(intact()),
+        };
+        facts.mqtt_acl_rules = 2;
+        let controls = assess(&facts, &live);
+        assert_eq!(
+            status_of(&controls, "NIST 800-53 AC-3"),
+            ControlStatus::Partial
+        );
+        // Viewers only: changes are still the shared token's.
+        let viewers_only = LiveState {
+            users: Some([0, 0, 2]),
+            audit: Some(intact()),
+        };
+        facts.admin_token_file_mode = Some(0o600);
+        let controls = assess(&facts, &viewers_only);
+        assert_eq!(
+            status_of(&controls, "NIST 800-53 IA-2"),
+            ControlStatus::Partial
+        );
 
         facts.mqtt_anonymous = true;
         let controls = assess(&facts, &LiveState::default());
@@ -522,20 +567,5 @@ mod tests {
             status_of(&controls, "NIST 800-53 IA-2"),
             ControlStatus::Partial
         );
-    }
-
-    #[test]
-    fn a_log_filter_keeps_the_audit_lines_only_at_info_or_below() {
-        assert!(log_keeps_audit_lines("info"));
-        assert!(log_keeps_audit_lines("debug,hyper=warn"));
-        assert!(!log_keeps_audit_lines("warn"));
-        assert!(log_keeps_audit_lines("warn,fabrik::audit=info"));
-        assert!(log_keeps_audit_lines("warn,fabrik=info"));
-        assert!(!log_keeps_audit_lines("info,fabrik=warn"));
-        assert!(!log_keeps_audit_lines("fabrik_store=debug"));
-        assert!(!log_keeps_audit_lines(
-            "info,fabrik=info,fabrik::audit=warn"
-        ));
-        assert!(log_keeps_audit_lines("warn,fabrik::audit=info,fabrik=warn"));
     }
 }

@@ -219,6 +219,7 @@ fn compliance_facts(
         mqtt_client_certificate_required: config.mqtt.tls_require_client_cert,
         mqtt_anonymous: config.mqtt.allow_anonymous,
         mqtt_runs_here: modules.contains(&Module::Mqtt),
+        mqtt_acl_rules: config.mqtt.acl.len(),
         models_signature_required: trust.as_ref().is_some_and(|t| t.required()),
         models_trusted_keys: config.models.trusted_keys.len(),
         tables_kept_forever: kept_forever,
@@ -229,10 +230,28 @@ fn compliance_facts(
         admin_token_source: if settings.admin_token.is_some() {
             "the environment or configuration (auth.admin_token)".to_owned()
         } else {
-            format!("{} (0600)", settings.data_dir.join("admin.token").display())
+            settings.data_dir.join("admin.token").display().to_string()
         },
-        log_level: std::env::var("FABRIK_LOG").unwrap_or_else(|_| settings.log_level.clone()),
+        admin_token_file_mode: token_file_mode(settings),
+        // The installed filter answers, whatever FABRIK_LOG or log.level said.
+        audit_lines_logged: tracing::enabled!(target: "fabrik::audit", tracing::Level::INFO),
     }
+}
+
+/// The admin token file's permission bits, when the token comes from it.
+fn token_file_mode(settings: &Settings) -> Option<u32> {
+    if settings.admin_token.is_some() {
+        return None;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(settings.data_dir.join("admin.token"))
+            .ok()
+            .map(|m| m.permissions().mode() & 0o777)
+    }
+    #[cfg(not(unix))]
+    None
 }
 
 /// A duration in the largest whole unit of days, hours, minutes or seconds (`7d`).
@@ -407,10 +426,7 @@ async fn serve(
     let names: Vec<&'static str> = modules.iter().map(|m| m.name()).collect();
     let mut manager = ServiceManager::new(&names);
     let services = manager.services();
-    let mut wiring = Wiring {
-        compliance: Arc::new(compliance_facts(&config, &settings, &modules)),
-        ..Wiring::default()
-    };
+    let mut wiring = Wiring::default();
     let needs_token = modules
         .iter()
         .any(|m| matches!(m, Module::Http | Module::Mqtt));
@@ -430,6 +446,8 @@ async fn serve(
     } else {
         None
     };
+    // After the token file is made, so its mode is read.
+    wiring.compliance = Arc::new(compliance_facts(&config, &settings, &modules));
     let demo_stop = CancellationToken::new();
     // The demo's Modbus and OPC UA servers must listen before those modules read their
     // configuration.

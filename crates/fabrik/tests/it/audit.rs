@@ -237,28 +237,19 @@ fn the_compliance_report_follows_the_configuration_and_the_audit_chain() {
         !ok && out.contains("[not_met] Software and information integrity"),
         "{out}"
     );
-    let body =
-        json!({"name": "vera", "role": "viewer", "password": "correct horse battery staple"});
-    assert_eq!(
-        http(&p.url, Method::POST, "/api/v1/users", Some(body)).0,
-        201
-    );
-    let (_, report) = http(&p.url, Method::GET, "/api/v1/compliance", None);
-    assert_eq!(control_status(&report, "NIST 800-53 IA-2"), "met");
+    // A viewer signs in by name, but changes are still the shared token's until an admin does.
+    for (name, role, met) in [("vera", "viewer", "partial"), ("ada", "admin", "met")] {
+        let body = json!({"name": name, "role": role, "password": "correct horse battery staple"});
+        assert_eq!(
+            http(&p.url, Method::POST, "/api/v1/users", Some(body)).0,
+            201
+        );
+        let (_, report) = http(&p.url, Method::GET, "/api/v1/compliance", None);
+        assert_eq!(control_status(&report, "NIST 800-53 IA-2"), met, "{report}");
+    }
     let _ = p.terminate();
 
-    // Signed models required, and the audit log edited behind Fabrik's back.
-    let python = std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into());
-    let edited = std::process::Command::new(python)
-        .args([
-            "-c",
-            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); \
-             c.execute('UPDATE audit_log SET actor = \\'someone\\' WHERE seq = 1'); c.commit()",
-            data.join("registry.db").to_str().expect("utf-8"),
-        ])
-        .status()
-        .expect("python");
-    assert!(edited.success());
+    // Signed models required and MQTT over TLS only: nothing is left not met.
     let offline = "http://127.0.0.1:9";
     let prefix = dir.path().join("signing");
     let prefix = prefix.to_str().expect("utf-8");
@@ -270,7 +261,12 @@ fn the_compliance_report_follows_the_configuration_and_the_audit_chain() {
         format!("[models]\ntrusted_keys = [\"{prefix}.pub\"]\n"),
     )
     .expect("config");
-    let p = Process::start_with_args(&data, &["--config", config.to_str().expect("utf-8")], &[]);
+    let args = ["--config", config.to_str().expect("utf-8")];
+    let tls_only = [
+        ("FABRIK__MQTT__LISTEN", ""),
+        ("FABRIK__MQTT__TLS_LISTEN", "127.0.0.1:0"),
+    ];
+    let p = Process::start_with_args(&data, &args, &tls_only);
     let (_, report) = http(&p.url, Method::GET, "/api/v1/compliance", None);
     assert_eq!(
         control_status(&report, "NIST 800-53 SI-7"),
@@ -278,9 +274,31 @@ fn the_compliance_report_follows_the_configuration_and_the_audit_chain() {
         "{report}"
     );
     assert_eq!(
+        control_status(&report, "NIST 800-53 SC-8"),
+        "partial",
+        "{report}"
+    );
+    let (ok, out) = client_command(&p.url, &["compliance", "--strict"]);
+    assert!(ok, "{out}");
+    let _ = p.terminate();
+
+    // The audit log edited behind Fabrik's back.
+    let python = std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let edited = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); \
+             c.execute('UPDATE audit_log SET actor = \\'someone\\' WHERE seq = 1'); c.commit()",
+            data.join("registry.db").to_str().expect("utf-8"),
+        ])
+        .status()
+        .expect("python");
+    assert!(edited.success());
+    let p = Process::start_with_args(&data, &args, &tls_only);
+    let (_, report) = http(&p.url, Method::GET, "/api/v1/compliance", None);
+    assert_eq!(
         control_status(&report, "NIST 800-53 AU-2"),
         "not_met",
         "{report}"
     );
-    assert!(report.to_string().contains("the first at #1"), "{report}");
 }
