@@ -529,6 +529,11 @@ async function main() {
     // The chain is checked again on request.
     await page.click('#audit-verify');
     await page.waitForSelector('#audit-intact');
+    // The installation's security controls, as the API assesses them.
+    await page.waitForSelector('#compliance-controls tbody tr');
+    const controls = await page.$$eval('#compliance-controls tbody tr', (trs) => trs.map((tr) => tr.cells[1].textContent));
+    assert(controls.length === 8 && controls.some((c) => /Software and information integrity of models/.test(c)), `controls: ${JSON.stringify(controls)}`);
+    assert(/\d+ met, \d+ partial, \d+ not met/.test(await page.textContent('#compliance-summary')), 'no compliance summary');
     await shot('11-audit');
     noErrors('audit log');
   });

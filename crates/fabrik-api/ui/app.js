@@ -1209,7 +1209,9 @@ async function pageAudit(p) {
     ${errorBox}
     <div class="row"><div id="audit-chain"></div><button type="button" id="audit-verify" title="Recompute every entry's hash from the first on">Check the chain</button></div>
     <section class="card" aria-labelledby="h-audit"><h2 id="h-audit">Entries, newest first</h2><div id="audit-table"></div>
-      <div class="row" style="margin-top:8px"><button type="button" id="audit-older" hidden>Older entries</button></div></section>`);
+      <div class="row" style="margin-top:8px"><button type="button" id="audit-older" hidden>Older entries</button></div></section>
+    <section class="card" aria-labelledby="h-compliance"><h2 id="h-compliance">Security controls</h2>
+      <div class="sub">IEC 62443-3-3, NIST 800-53 and GDPR, assessed from this installation's configuration and state (<code>fabrik compliance</code>)</div><div id="compliance"></div></section>`);
   let before = null; // null: the newest page, refreshed
   const statusPill = (s) => pill(s < 300 ? 'online' : s === 401 || s === 403 ? 'failed' : 'pending', String(s));
   // The check reads every entry: on opening the page and on request, not with each refresh.
@@ -1233,6 +1235,17 @@ async function pageAudit(p) {
   $('#audit-older').addEventListener('click', async (e) => { before = Number(e.currentTarget.dataset.before); await load(); });
   $('#audit-verify').addEventListener('click', () => verify().catch((err) => showError(err, p)));
   verify().catch((err) => showError(err, p));
+  // Like the chain's check, assessed on opening the page.
+  const COMPLIANCE_STATE = { met: 'online', partial: 'pending', not_met: 'failed' };
+  api('/api/v1/compliance').then((report) => {
+    if (!p.alive) return;
+    patch($('#compliance'), html`<p id="compliance-summary">${report.met} met, ${report.partial} partial, ${report.not_met} not met</p>
+      <div class="table-wrap"><table id="compliance-controls"><thead><tr><th>Status</th><th>Control</th><th>Found (✓ evidence, ✗ gap)</th></tr></thead><tbody>
+      ${report.controls.map((c) => html`<tr><td>${pill(COMPLIANCE_STATE[c.status], c.status.replace('_', ' '))}</td>
+        <td><strong>${c.title}</strong><div class="muted">${c.references.join(', ')}</div></td>
+        <td class="wrap"><ul class="findings">${c.evidence.map((e) => html`<li>✓ ${e}</li>`)}${c.gaps.map((g) => html`<li class="gap">✗ ${g}</li>`)}</ul></td></tr>`)}
+      </tbody></table></div>`);
+  }).catch((err) => showError(err, p));
   await every(p, 10000, () => (before ? Promise.resolve() : load()));
 }
 
