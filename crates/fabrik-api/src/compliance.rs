@@ -38,6 +38,9 @@ pub struct ComplianceFacts {
     pub tables_kept_forever: Vec<String>,
     /// Retention of raw messages, as configured (`None`: not kept).
     pub raw_retention: Option<String>,
+    /// How long resolved alerts, with their acknowledgements, are kept (`alerting.retention`:
+    /// a duration or `forever`).
+    pub alert_retention: String,
     /// Where the admin token comes from: the environment or configuration, or a file.
     pub admin_token_source: String,
     /// The token file's permission bits, when the token is read from a file.
@@ -390,10 +393,21 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
          acknowledgements' operators and comments, silences' authors"
             .to_owned(),
     );
+    if facts.alert_retention == "forever" {
+        gaps.push(
+            "resolved alerts, with the names and comments of their acknowledgements, are kept \
+             forever (alerting.retention)"
+                .to_owned(),
+        );
+    } else {
+        evidence.push(format!(
+            "resolved alerts, with their acknowledgements, are kept {} after their last \
+             change; silences 30 days after they end",
+            facts.alert_retention
+        ));
+    }
     gaps.push(
-        "the audit log, users, acknowledgements and silences are kept until removed: they \
-         have no retention"
-            .to_owned(),
+        "the audit log and the users are kept until removed: they have no retention".to_owned(),
     );
     gaps.push(
         "no erasure or export of one person's data: removing a user leaves their name in the \
@@ -547,6 +561,23 @@ mod tests {
             audit: Some(intact()),
         };
         facts.admin_token_file_mode = Some(0o600);
+        let gdpr = |facts: &ComplianceFacts| {
+            let controls = assess(facts, &viewers_only);
+            let control = controls
+                .into_iter()
+                .find(|c| c.references.iter().any(|r| r == "GDPR Art. 5(1)(e)"))
+                .expect("control");
+            (control.evidence.join(" | "), control.gaps.join(" | "))
+        };
+        facts.alert_retention = "365d".into();
+        let (evidence, gaps) = gdpr(&facts);
+        assert!(
+            evidence.contains("kept 365d after their last change"),
+            "{evidence}"
+        );
+        assert!(!gaps.contains("alerting.retention"), "{gaps}");
+        facts.alert_retention = "forever".into();
+        assert!(gdpr(&facts).1.contains("kept forever (alerting.retention)"));
         let controls = assess(&facts, &viewers_only);
         assert_eq!(
             status_of(&controls, "NIST 800-53 IA-2"),

@@ -233,6 +233,7 @@ fn compliance_facts(
             settings.data_dir.join("admin.token").display().to_string()
         },
         admin_token_file_mode: token_file_mode(settings),
+        alert_retention: config.alerting.retention.trim().to_owned(),
         // The installed filter answers, whatever FABRIK_LOG or log.level said.
         audit_lines_logged: tracing::enabled!(target: "fabrik::audit", tracing::Level::INFO),
     }
