@@ -44,52 +44,54 @@ pub(crate) async fn record_refusal(state: &ApiState, event: AuditEvent) {
 }
 
 async fn append(state: &ApiState, event: AuditEvent, refusal: bool) {
-    let Some(registry) = state.registry.clone() else {
+    let Some(registry) = state.registry.as_ref() else {
         return;
     };
-    // In a task of its own: a client that hangs up while the entry waits for the append lock
-    // drops the request's future, and the entry must not go with it.
-    let appended = tokio::spawn(async move {
-        let result = if refusal {
-            registry.audit_refusal(event.clone()).await.map(|_| ())
-        } else {
-            registry.audit(event.clone()).await.map(|_| ())
-        };
-        if let Err(e) = result {
-            metrics::counter!("fabrik_audit_failures_total").increment(1);
-            tracing::error!(actor = %event.actor, action = %event.action, error = %e, "Could not record an audit entry.");
-        }
-    });
-    if appended.await.is_err() {
+    let result = if refusal {
+        registry.audit_refusal(event.clone()).await.map(|_| ())
+    } else {
+        registry.audit(event.clone()).await.map(|_| ())
+    };
+    if let Err(e) = result {
         metrics::counter!("fabrik_audit_failures_total").increment(1);
+        tracing::error!(actor = %event.actor, action = %event.action, error = %e, "Could not record an audit entry.");
     }
 }
 
-/// Runs the rest of an audited request, then records it, in a task of its own: a client that
-/// hangs up mid-request does not stop a change half-made, nor its entry.
+/// Runs `work` in a task of its own and waits for it: a client that hangs up drops the
+/// request's future, and a change half-made or an audit entry waiting for the append lock
+/// must not go with it. A panic goes on as it would have without the task; a task cancelled
+/// at shutdown answers 503.
+pub(crate) async fn to_completion<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::spawn(work).await {
+        Ok(value) => Ok(value),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "shutting down",
+        )),
+    }
+}
+
+/// Runs the rest of an audited request, then records it, to completion (see
+/// [`to_completion`]).
 pub(crate) async fn run_recorded(
     state: ApiState,
     event: AuditEvent,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let task = tokio::spawn(async move {
+    to_completion(async move {
         let response = next.run(request).await;
         let status = response.status().as_u16();
         record(&state, AuditEvent { status, ..event }).await;
         response
-    });
-    match task.await {
-        Ok(response) => response,
-        // A handler's panic goes on as it would have without the task.
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(_) => crate::error::ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "shutting down",
-        )
-        .into_response(),
-    }
+    })
+    .await
+    .unwrap_or_else(IntoResponse::into_response)
 }
 
 /// Paging through the log.

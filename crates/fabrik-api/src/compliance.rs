@@ -482,12 +482,15 @@ mod tests {
         }
     }
 
-    fn status_of(controls: &[ControlAssessment], reference: &str) -> ControlStatus {
+    fn control_of<'a>(controls: &'a [ControlAssessment], reference: &str) -> &'a ControlAssessment {
         controls
             .iter()
             .find(|c| c.references.iter().any(|r| r == reference))
-            .map(|c| c.status)
             .expect("control")
+    }
+
+    fn status_of(controls: &[ControlAssessment], reference: &str) -> ControlStatus {
+        control_of(controls, reference).status
     }
 
     #[test]
@@ -563,10 +566,7 @@ mod tests {
         facts.admin_token_file_mode = Some(0o600);
         let gdpr = |facts: &ComplianceFacts| {
             let controls = assess(facts, &viewers_only);
-            let control = controls
-                .into_iter()
-                .find(|c| c.references.iter().any(|r| r == "GDPR Art. 5(1)(e)"))
-                .expect("control");
+            let control = control_of(&controls, "GDPR Art. 5(1)(e)");
             (control.evidence.join(" | "), control.gaps.join(" | "))
         };
         facts.alert_retention = "365d".into();

@@ -255,14 +255,14 @@ async fn require_token(
             target: request.uri().path().to_owned(),
             status: 0,
         });
-        crate::audit::record_refusal(
-            &state,
-            AuditEvent {
-                status: StatusCode::FORBIDDEN.as_u16(),
-                ..event
-            },
-        )
-        .await;
+        let recorder = state.clone();
+        let recorded = crate::audit::to_completion(async move {
+            let status = StatusCode::FORBIDDEN.as_u16();
+            crate::audit::record_refusal(&recorder, AuditEvent { status, ..event }).await;
+        });
+        if recorded.await.is_err() {
+            metrics::counter!("fabrik_audit_failures_total").increment(1);
+        }
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",

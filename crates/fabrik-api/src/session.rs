@@ -45,8 +45,8 @@ pub(crate) async fn sign_in(
     State(state): State<ApiState>,
     crate::extract::Json(request): crate::extract::Json<SignIn>,
 ) -> Result<Response, ApiError> {
-    // In a task of its own, so a client that hangs up does not take the entry with it.
-    let task = tokio::spawn(async move {
+    // To completion, so a client that hangs up does not take the entry with it.
+    crate::audit::to_completion(async move {
         let claimed = request.username.clone();
         let by_token = request.token.is_some();
         let result = start_session(&state, request).await;
@@ -66,16 +66,8 @@ pub(crate) async fn sign_in(
             crate::audit::record_refusal(&state, event).await;
         }
         result
-    });
-    match task.await {
-        Ok(result) => result,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(_) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "shutting down",
-        )),
-    }
+    })
+    .await?
 }
 
 /// Who a sign-in claimed to be: a user's name, `admin-token` (never the secret), or

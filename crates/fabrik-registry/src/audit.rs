@@ -125,12 +125,7 @@ impl AuditChain {
             RegistryError::Open(format!("{} ({what}): {e}", path.display()))
         };
         let key = match std::fs::read(path) {
-            Ok(bytes) => <[u8; KEY_BYTES]>::try_from(bytes.as_slice()).map_err(|_| {
-                problem(
-                    "the audit key",
-                    &format!("{} bytes, expected {KEY_BYTES}", bytes.len()),
-                )
-            })?,
+            Ok(bytes) => key_of(&bytes).map_err(|e| problem("the audit key", &e))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && entries > 0 => {
                 return Err(RegistryError::Open(format!(
                     "the audit log holds {entries} entries but its key {} is missing: restore \
@@ -177,13 +172,16 @@ impl AuditChain {
     }
 }
 
-/// Writes the key whole to a temporary file and links it into place, so a crash never leaves
-/// a short key and, when two processes race, both end up with the one that was linked first.
-fn create_private(path: &Path, key: &[u8; KEY_BYTES]) -> std::io::Result<[u8; KEY_BYTES]> {
+/// A key file's bytes as a key.
+fn key_of(bytes: &[u8]) -> std::io::Result<[u8; KEY_BYTES]> {
+    <[u8; KEY_BYTES]>::try_from(bytes)
+        .map_err(|_| std::io::Error::other(format!("{} bytes, expected {KEY_BYTES}", bytes.len())))
+}
+
+/// Writes `bytes` to a new file at `path`, readable by the owner only, and syncs it; fails if
+/// the file exists.
+fn write_new_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
-    let mut suffix = [0u8; 8];
-    getrandom::fill(&mut suffix).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let temporary = path.with_extension(format!("tmp-{:016x}", u64::from_le_bytes(suffix)));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -191,10 +189,18 @@ fn create_private(path: &Path, key: &[u8; KEY_BYTES]) -> std::io::Result<[u8; KE
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let written = options.open(&temporary).and_then(|mut file| {
-        file.write_all(key)?;
-        file.sync_all()
-    });
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Writes the key whole to a temporary file and links it into place, so a crash never leaves
+/// a short key and, when two processes race, both end up with the one that was linked first.
+fn create_private(path: &Path, key: &[u8; KEY_BYTES]) -> std::io::Result<[u8; KEY_BYTES]> {
+    let mut suffix = [0u8; 8];
+    getrandom::fill(&mut suffix).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let temporary = path.with_extension(format!("tmp-{:016x}", u64::from_le_bytes(suffix)));
+    let written = write_new_private(&temporary, key);
     let linked = written.and_then(|()| std::fs::hard_link(&temporary, path));
     // The temporary name goes whatever happened; the key is at `path` or was never placed.
     let _ = std::fs::remove_file(&temporary);
@@ -208,24 +214,10 @@ fn create_private(path: &Path, key: &[u8; KEY_BYTES]) -> std::io::Result<[u8; KE
                 std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied
             ) =>
         {
-            let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::OpenOptionsExt;
-                options.mode(0o600);
-            }
-            let mut file = options.open(path)?;
-            file.write_all(key)?;
-            file.sync_all()?;
+            write_new_private(path, key)?;
             Ok(*key)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let bytes = std::fs::read(path)?;
-            <[u8; KEY_BYTES]>::try_from(bytes.as_slice()).map_err(|_| {
-                std::io::Error::other(format!("{} bytes, expected {KEY_BYTES}", bytes.len()))
-            })
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => key_of(&std::fs::read(path)?),
         Err(e) => Err(e),
     }
 }

@@ -1,12 +1,14 @@
 //! `fabrik model list|upload|rm|download`: a thin client of `/api/v1/models`, the ONNX models that
 //! pipelines name in `model_name`; `fabrik model keygen|sign` make and use a signing key offline.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use crate::client::Endpoint;
+use crate::model_signature::{signature_path, with_suffix};
 
 /// `fabrik model ...`
 #[derive(Debug, Args)]
@@ -165,8 +167,12 @@ pub(crate) async fn run(args: ModelArgs) -> anyhow::Result<()> {
                 crate::model_signature::generate().map_err(anyhow::Error::msg)?;
             let private_path = with_suffix(&out, ".key");
             let public_path = with_suffix(&out, ".pub");
-            write_new(&private_path, &private, true)?;
-            write_new(&public_path, format!("{public}\n").as_bytes(), false)?;
+            // Never over an existing key.
+            crate::run::write_private(&private_path, &private)
+                .with_context(|| format!("creating {}", private_path.display()))?;
+            std::fs::File::create_new(&public_path)
+                .and_then(|mut file| file.write_all(format!("{public}\n").as_bytes()))
+                .with_context(|| format!("creating {}", public_path.display()))?;
             println!(
                 "wrote {} (keep it off the devices) and {} (key {}): add the public key to \
                  [models] trusted_keys",
@@ -207,34 +213,4 @@ pub(crate) async fn run(args: ModelArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-use crate::model_signature::signature_path;
-
-/// `prefix` with `suffix` added to its file name.
-fn with_suffix(prefix: &std::path::Path, suffix: &str) -> PathBuf {
-    let mut name = prefix.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
-/// Writes a file that must not exist yet (a key is never overwritten), readable by the owner
-/// only when `private`.
-fn write_new(path: &std::path::Path, bytes: &[u8], private: bool) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    if private {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    #[cfg(not(unix))]
-    let _ = private;
-    let mut file = options
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("writing {}", path.display()))
 }

@@ -16,8 +16,13 @@ const DOMAIN: &[u8] = b"fabrik-model-signature-v1\n";
 
 /// The detached signature file of a model file.
 pub(crate) fn signature_path(model: &std::path::Path) -> std::path::PathBuf {
-    let mut name = model.as_os_str().to_owned();
-    name.push(".sig");
+    with_suffix(model, ".sig")
+}
+
+/// `path` with `suffix` added to its file name (`model.onnx` → `model.onnx.sig`).
+pub(crate) fn with_suffix(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
     std::path::PathBuf::from(name)
 }
 

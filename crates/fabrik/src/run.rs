@@ -191,7 +191,8 @@ fn admin_token(settings: &Settings) -> anyhow::Result<(String, Option<PathBuf>, 
         "fbk_{}",
         bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
     );
-    write_private(&path, &token).with_context(|| format!("writing {}", path.display()))?;
+    write_private(&path, format!("{token}\n").as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok((token, Some(path), true))
 }
 
@@ -267,7 +268,9 @@ fn duration_text(d: std::time::Duration) -> String {
         )
 }
 
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+/// Writes `bytes` to a new file (never over an existing one) readable by the owner only, and
+/// syncs it.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -276,8 +279,7 @@ fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
         options.mode(0o600);
     }
     let mut f = options.open(path)?;
-    f.write_all(text.as_bytes())?;
-    f.write_all(b"\n")?;
+    f.write_all(bytes)?;
     f.sync_all()
 }
 

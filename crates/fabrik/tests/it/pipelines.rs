@@ -1068,25 +1068,51 @@ fn put_pipeline(url: &str, name: &str, definition: serde_json::Value) -> (u16, s
 }
 
 fn put_bytes(url: &str, path: &str, bytes: Vec<u8>) -> (u16, serde_json::Value) {
+    put_bytes_with(url, path, bytes, &[])
+}
+
+/// [`put_bytes`] with more headers.
+fn put_bytes_with(
+    url: &str,
+    path: &str,
+    bytes: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("rt");
     rt.block_on(async {
-        let response = crate::support::http_client()
+        let request = crate::support::http_client()
             .put(format!("{url}{path}"))
             .bearer_auth(crate::support::TOKEN)
-            .header("content-type", "application/octet-stream")
-            .body(bytes)
-            .send()
-            .await
-            .expect("request");
+            .header("content-type", "application/octet-stream");
+        let request = headers.iter().fold(request, |request, (name, value)| {
+            request.header(*name, *value)
+        });
+        let response = request.body(bytes).send().await.expect("request");
         let status = response.status().as_u16();
         let text = response.text().await.expect("body");
         (
             status,
             serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
         )
+    })
+}
+
+/// A pipeline scoring the pump's vibration and current with the uploaded model `model`.
+fn uploaded_model_pipeline(name: &str, model: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": name,
+        "table": "pump",
+        "signals": ["vibration", "current"],
+        "features": ["mean", "std", "min", "max"],
+        "model": "onnx",
+        "model_name": model,
+        "training_windows": 10,
+        "interval": "200ms",
+        "lateness": "0s",
+        "start": "earliest",
     })
 }
 
@@ -1136,18 +1162,7 @@ fn uploaded_models_run_in_pipelines_are_replaced_in_place_and_deleted_when_unuse
         "{error}"
     );
 
-    let definition = serde_json::json!({
-        "name": "uploaded",
-        "table": "pump",
-        "signals": ["vibration", "current"],
-        "features": ["mean", "std", "min", "max"],
-        "model": "onnx",
-        "model_name": "pump-model",
-        "training_windows": 10,
-        "interval": "200ms",
-        "lateness": "0s",
-        "start": "earliest",
-    });
+    let definition = uploaded_model_pipeline("uploaded", "pump-model");
     let (code, status) = put_pipeline(&p.url, "uploaded", definition.clone());
     assert_eq!(code, 201, "{status}");
     eventually("the uploaded forest scores every window", || {
@@ -1725,11 +1740,11 @@ fn models_load_only_when_signed_by_a_trusted_key() {
     let (code, error) = put_bytes(&p.url, "/api/v1/models/pump-model", forest.clone());
     assert_eq!(code, 400, "{error}");
     assert!(error.to_string().contains("not signed"), "{error}");
-    let (code, error) = put_signed(
+    let (code, error) = put_bytes_with(
         &p.url,
         "/api/v1/models/pump-model",
         autoencoder.clone(),
-        &signature,
+        &[("x-fabrik-model-signature", signature.trim())],
     );
     assert_eq!(code, 400, "{error}");
     assert!(error.to_string().contains("does not verify"), "{error}");
@@ -1747,18 +1762,7 @@ fn models_load_only_when_signed_by_a_trusted_key() {
         .to_owned();
     assert_eq!(key_id.len(), 16, "{models}");
     assert!(out.contains(&key_id), "{out}");
-    let definition = serde_json::json!({
-        "name": "signed",
-        "table": "pump",
-        "signals": ["vibration", "current"],
-        "features": ["mean", "std", "min", "max"],
-        "model": "onnx",
-        "model_name": "pump-model",
-        "training_windows": 10,
-        "interval": "200ms",
-        "lateness": "0s",
-        "start": "earliest",
-    });
+    let definition = uploaded_model_pipeline("signed", "pump-model");
     let (code, status) = put_pipeline(&p.url, "signed", definition.clone());
     assert_eq!(code, 201, "{status}");
     await_inferences(
@@ -1824,28 +1828,4 @@ fn models_load_only_when_signed_by_a_trusted_key() {
                     .is_some_and(|e| e.contains("does not verify with any trusted key"))
         },
     );
-}
-
-fn put_signed(url: &str, path: &str, bytes: Vec<u8>, signature: &str) -> (u16, serde_json::Value) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
-    rt.block_on(async {
-        let response = crate::support::http_client()
-            .put(format!("{url}{path}"))
-            .bearer_auth(crate::support::TOKEN)
-            .header("content-type", "application/octet-stream")
-            .header("x-fabrik-model-signature", signature.trim())
-            .body(bytes)
-            .send()
-            .await
-            .expect("request");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
-        )
-    })
 }
