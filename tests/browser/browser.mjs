@@ -537,6 +537,31 @@ async function main() {
     await shot('11-audit');
     noErrors('audit log');
   });
+
+  await step('use cases: the demo pilot, its KPIs and gate; an admin forces a promotion on record', async () => {
+    await page.click('a[data-route="usecases"]');
+    await page.waitForSelector('#usecases-table tr[data-usecase="pump-reliability"]');
+    await page.click('#usecases-table a[href="#/usecases/pump-reliability"]');
+    await page.waitForSelector('#uc-kpi-table tbody tr');
+    const devices = await page.textContent('#uc-devices');
+    assert(devices.includes('pump-03') && !devices.includes('pump-04'), `pilot devices: ${devices}`);
+    // The pumps have reported since the pilot began: their stopped time is measured.
+    await page.waitForFunction(() => /\d/.test(document.querySelector('tr[data-kpi="stopped-time"] [data-value]')?.textContent || ''), null, { timeout: 20000 });
+    assert((await page.textContent('#uc-gate-verdict')).includes('does not pass'), 'the 10-minute gate passed at once');
+    await page.click('#uc-promote');
+    await page.waitForSelector('dialog[open] #stage-form');
+    await page.check('dialog[open] input[name=force]');
+    await page.fill('#stage-reason', 'plant manager approved the early roll-out');
+    await page.click('dialog[open] button[type=submit]');
+    await page.waitForFunction(() => document.querySelector('#uc-stage .stage.current')?.textContent === 'Scale-up', null, { timeout: 10000 });
+    await page.waitForFunction(() => document.querySelector('#uc-devices')?.textContent.includes('pump-04'), null, { timeout: 10000 });
+    const decision = await page.textContent('#uc-decision-table tbody tr');
+    assert(decision.includes('forced') && decision.includes('plant manager approved'), `decision: ${decision}`);
+    const stored = await apiCall('/api/v1/usecases/pump-reliability/decisions');
+    assert(stored.length === 1 && stored[0].forced && stored[0].gate && !stored[0].gate.passed, `decisions: ${JSON.stringify(stored)}`);
+    await shot('12-usecase');
+    noErrors('use cases');
+  });
 }
 
 async function cleanup() {

@@ -30,6 +30,12 @@ impl From<RegistryError> for ApiError {
             RegistryError::UserExists(_) => {
                 Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
+            RegistryError::UseCaseNotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            RegistryError::Conflict(_) => {
+                Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
+            }
             RegistryError::Locked { .. } => {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "locked", e.to_string())
             }

@@ -21,6 +21,7 @@ pub mod routes;
 pub mod session;
 pub mod stream;
 mod ui;
+pub mod usecases;
 pub mod users;
 
 use std::sync::Arc;
@@ -63,6 +64,8 @@ pub struct ApiState {
     pub alert_rules: Option<alert_rules::AlertRuleBoard>,
     /// Changes to the alert rules, when the alerts module runs in this process.
     pub alert_rule_control: Option<Arc<dyn alert_rules::AlertRuleControl>>,
+    /// Measures use cases' KPIs, when the store runs in this process.
+    pub kpi_meter: Option<Arc<dyn usecases::KpiMeter>>,
     /// What the process runs with, for `/api/v1/compliance`.
     pub compliance: Arc<compliance::ComplianceFacts>,
 }

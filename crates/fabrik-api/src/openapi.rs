@@ -155,6 +155,14 @@ impl Modify for TokenAuth {
         crate::pipelines::model_file,
         crate::pipelines::put_model,
         crate::pipelines::remove_model,
+        crate::usecases::list,
+        crate::usecases::show,
+        crate::usecases::put,
+        crate::usecases::remove,
+        crate::usecases::kpis,
+        crate::usecases::gate,
+        crate::usecases::change_stage,
+        crate::usecases::decisions,
     ),
     modifiers(&TokenAuth, &CommonAnswers)
 )]

@@ -119,6 +119,23 @@ pub fn router(state: ApiState) -> Router {
                 .put(crate::pipelines::put_model)
                 .delete(crate::pipelines::remove_model),
         )
+        .route("/api/v1/usecases", get(crate::usecases::list))
+        .route(
+            "/api/v1/usecases/{name}",
+            get(crate::usecases::show)
+                .put(crate::usecases::put)
+                .delete(crate::usecases::remove),
+        )
+        .route("/api/v1/usecases/{name}/kpis", get(crate::usecases::kpis))
+        .route("/api/v1/usecases/{name}/gate", get(crate::usecases::gate))
+        .route(
+            "/api/v1/usecases/{name}/stage",
+            post(crate::usecases::change_stage),
+        )
+        .route(
+            "/api/v1/usecases/{name}/decisions",
+            get(crate::usecases::decisions),
+        )
         .route("/api/v1/audit", get(crate::audit::list))
         .route("/api/v1/audit/verify", get(crate::audit::verify))
         .route("/api/v1/compliance", get(crate::compliance::report))

@@ -1,5 +1,6 @@
 // Fabrik dashboard: vanilla JS, no build step. Hash routes:
-//   #/overview  #/devices  #/devices/<id>  #/explorer  #/pipelines[/<name>[/<window_id>]]  #/alerts[/<state>]
+//   #/overview  #/devices  #/devices/<id>  #/explorer  #/pipelines[/<name>[/<window_id>]]  #/usecases[/<name>]
+//   #/alerts[/<state>]  #/audit
 // API base: same origin, or `?api=http://host:port` (needs the server to allow it, or dev/proxy.js).
 
 const uPlot = window.uPlot;
@@ -431,7 +432,7 @@ function patch(el, content) {
   if (el._html !== s) { el.innerHTML = s; el._html = s; }
 }
 
-const routes = { overview: pageOverview, devices: pageDevices, explorer: pageExplorer, pipelines: pagePipelines, alerts: pageAlerts, audit: pageAudit };
+const routes = { overview: pageOverview, devices: pageDevices, explorer: pageExplorer, pipelines: pagePipelines, usecases: pageUseCases, alerts: pageAlerts, audit: pageAudit };
 async function route() {
   if (!auth.mode) return showSignIn();
   const parts = location.hash.replace(/^#\/?/, '').split('/').filter(Boolean).map(decodeURIComponent);
@@ -1247,6 +1248,114 @@ async function pageAudit(p) {
       </tbody></table></div>`);
   }).catch((err) => showError(err, p));
   await every(p, 10000, () => (before ? Promise.resolve() : load()));
+}
+
+// ---------------------------------------------------------------- use cases
+
+const STAGES = [['pilot', 'Pilot'], ['scale_up', 'Scale-up'], ['enterprise', 'Enterprise']];
+const stageName = (s) => (STAGES.find(([v]) => v === s) || [s, s])[1];
+const stagePill = (s) => html`<span class="pill ${s === 'enterprise' ? 'ok' : s === 'scale_up' ? 'warn' : ''}" data-stage="${s}">${stageName(s)}</span>`;
+/** A KPI's number with its unit; a ratio or improvement as a percentage. */
+const kpiNumber = (v, unit) => (v === null || v === undefined ? '—' : `${fmtNum(v, 4)}${unit && unit !== 'ratio' ? ` ${unit}` : ''}`);
+/** Seconds as the largest two units (`3 h 20 min`). */
+function fmtSeconds(v) {
+  const units = [['d', 86400], ['h', 3600], ['min', 60], ['s', 1]];
+  const parts = [];
+  let left = Math.floor(v);
+  for (const [u, n] of units) { if (left >= n || (u === 's' && !parts.length)) { parts.push(`${Math.floor(left / n)} ${u}`); left %= n; } }
+  return parts.slice(0, 2).join(' ');
+}
+const checkMeasure = (c) => (c.measured === null ? 'nothing' : c.unit === 's' ? fmtSeconds(c.measured) : kpiNumber(c.measured, c.unit));
+const signedPercent = (v) => (v === null || v === undefined ? '—' : `${v >= 0 ? '+' : ''}${fmtNum(v * 100, 3)} %`);
+
+async function pageUseCases(p, args) {
+  if (args[0]) return pageUseCase(p, args[0]);
+  setTitle('Use cases');
+  main.innerHTML = String(html`
+    <div class="page-head"><div><h1>Use cases</h1><div class="sub">Each use case serves a business objective, measures its KPIs from the data, and widens the devices its pipelines score only through its stage gates: pilot → scale-up → enterprise</div></div></div>
+    ${errorBox}
+    <section class="card" aria-labelledby="h-uc"><h2 id="h-uc">All use cases</h2><div id="uc-list"></div></section>`);
+  await every(p, 10000, async () => {
+    const list = await api('/api/v1/usecases');
+    if (!p.alive) return;
+    patch($('#uc-list'), list.length ? html`<div class="table-wrap"><table id="usecases-table"><thead><tr><th>Use case</th><th>Stage</th><th>Objective</th><th>Owner</th><th class="num">Devices</th><th>Pipelines</th></tr></thead><tbody>
+      ${list.map((u) => html`<tr data-usecase="${u.name}"><td><a href="#/usecases/${enc(u.name)}">${u.name}</a></td><td>${stagePill(u.stage)} <span class="muted">${time(u.stage_since)}</span></td>
+        <td class="wrap">${u.definition.objective}</td><td>${u.definition.owner || '—'}</td><td class="num">${u.devices ? u.devices.length : 'all'}</td><td>${u.pipelines.join(', ') || '—'}</td></tr>`)}
+      </tbody></table></div>` : html`<div class="empty">No use case is defined. Define one with <code>fabrik usecase define FILE</code> or <code>PUT /api/v1/usecases/{name}</code>.</div>`);
+  });
+}
+
+async function pageUseCase(p, name) {
+  setTitle(name);
+  main.innerHTML = String(html`<div class="crumbs"><a href="#/usecases">Use cases</a> / ${name}</div>
+    ${errorBox}
+    <section class="card" aria-labelledby="h-ucdef"><div class="card-head"><h2 id="h-ucdef">${name}</h2><div class="row" id="uc-actions"></div></div><div id="uc-def"></div></section>
+    <section class="card" aria-labelledby="h-uckpi"><h2 id="h-uckpi">KPIs since the stage began</h2><div id="uc-kpis"></div></section>
+    <section class="card" aria-labelledby="h-ucgate"><h2 id="h-ucgate">Gate to the next stage</h2><div id="uc-gate"></div></section>
+    <section class="card" aria-labelledby="h-ucdec"><h2 id="h-ucdec">Stage decisions</h2><div id="uc-decisions"></div></section>`);
+  let current = null;
+  const load = async () => {
+    const [u, kpis, decisions] = await Promise.all([
+      api(`/api/v1/usecases/${enc(name)}`),
+      api(`/api/v1/usecases/${enc(name)}/kpis`),
+      api(`/api/v1/usecases/${enc(name)}/decisions`),
+    ]);
+    const gate = u.stage === 'enterprise' ? null : await api(`/api/v1/usecases/${enc(name)}/gate`);
+    if (!p.alive) return;
+    current = { u, gate };
+    const d = u.definition;
+    patch($('#uc-def'), html`<dl class="kv">
+      <dt>Objective</dt><dd id="uc-objective">${d.objective}</dd>
+      <dt>Owner</dt><dd>${d.owner || '—'}${d.stakeholders.length ? html` <span class="muted">with ${d.stakeholders.join(', ')}</span>` : ''}</dd>
+      <dt>Stage</dt><dd id="uc-stage"><span class="stages">${STAGES.map(([v, l], i) => html`${i ? html`<span class="muted" aria-hidden="true">→</span>` : ''}<span class="stage${v === u.stage ? ' current' : ''}" ${v === u.stage ? raw('aria-current="step"') : ''}>${l}</span>`)}</span> since ${time(u.stage_since)}</dd>
+      <dt>Devices now</dt><dd id="uc-devices">${u.devices ? (u.devices.length ? u.devices.map((id, i) => html`${i ? ', ' : ''}<a href="#/devices/${enc(id)}">${id}</a>`) : 'none') : 'every device its pipelines select'}</dd>
+      <dt>Pipelines</dt><dd>${u.pipelines.length ? u.pipelines.map((n, i) => html`${i ? ', ' : ''}<a href="#/pipelines/${enc(n)}">${n}</a>`) : '—'}</dd>
+      ${d.baseline ? html`<dt>Baseline</dt><dd>${fmtTime(d.baseline.from)} – ${fmtTime(d.baseline.to)}</dd>` : ''}</dl>`);
+    patch($('#uc-kpis'), kpis.kpis.length ? html`<div class="table-wrap"><table id="uc-kpi-table"><thead><tr><th>KPI</th><th class="num">Value</th><th class="num">Baseline</th><th class="num">Improvement</th><th class="num">Target</th><th>From</th></tr></thead><tbody>
+      ${kpis.kpis.map((k) => html`<tr data-kpi="${k.name}"><td>${k.name}<div class="muted small-text">${k.kind.replace('_', ' ')}, ${k.better} is better</div></td>
+        <td class="num" data-value>${kpiNumber(k.current.value, k.unit)}</td><td class="num">${k.baseline ? kpiNumber(k.baseline.value, k.unit) : '—'}</td>
+        <td class="num">${signedPercent(k.improvement)}</td><td class="num">${k.target === null ? '—' : html`${kpiNumber(k.target, k.unit)} ${k.target_met === null ? '' : pill(k.target_met ? 'online' : 'failed', k.target_met ? 'met' : 'not met')}`}</td>
+        <td class="wrap muted small-text">${k.current.error ? html`<span class="bad-text">${k.current.error}</span>` : k.current.detail}</td></tr>`)}
+      </tbody></table></div>` : html`<div class="empty">No KPI is defined.</div>`);
+    patch($('#uc-gate'), gate ? html`<p id="uc-gate-verdict">${stageName(gate.from)} → ${stageName(gate.to)}: ${gate.passed ? pill('online', 'passes') : pill('failed', 'does not pass')}</p>
+      ${gate.checks.length ? html`<ul class="findings" id="uc-gate-checks">${gate.checks.map((c) => html`<li class="${c.passed ? '' : 'gap'}">${c.passed ? '✓' : '✗'} ${c.criterion} <span class="muted">(measured ${checkMeasure(c)})</span></li>`)}</ul>`
+        : html`<p class="muted">The gate has no criteria: a promotion is a recorded decision to force it.</p>`}`
+      : html`<p class="muted">At enterprise: no further gate.</p>`);
+    patch($('#uc-decisions'), decisions.length ? html`<div class="table-wrap"><table id="uc-decision-table"><thead><tr><th>Time</th><th>Change</th><th>By</th><th>Reason</th></tr></thead><tbody>
+      ${[...decisions].reverse().map((x) => html`<tr><td>${time(x.time)}</td><td>${stageName(x.from)} → ${stageName(x.to)}${x.forced ? html` ${pill('pending', 'forced')}` : ''}</td><td>${x.actor}</td><td class="wrap">${x.reason}</td></tr>`)}
+      </tbody></table></div>` : html`<div class="empty">No stage change yet.</div>`);
+    const admin = document.body.dataset.role === 'admin';
+    patch($('#uc-actions'), admin ? html`${u.stage !== 'enterprise' ? html`<button type="button" class="small primary" id="uc-promote">Promote to ${stageName(gate?.to)}</button>` : ''}${u.stage !== 'pilot' ? html`<button type="button" class="small" id="uc-demote">Step back</button>` : ''}` : '');
+  };
+  main.addEventListener('click', async (e) => {
+    if (!current) return;
+    const { u, gate } = current;
+    if (e.target.id === 'uc-promote') {
+      const done = await stageDialog(name, gate.to, gate.passed ? null : gate);
+      if (done) await load();
+    } else if (e.target.id === 'uc-demote') {
+      const back = STAGES[STAGES.findIndex(([v]) => v === u.stage) - 1][0];
+      const done = await stageDialog(name, back, null);
+      if (done) await load();
+    }
+  });
+  await every(p, 15000, load);
+}
+
+/** Asks for the reason of a stage change; a gate that did not pass must be forced, on record. */
+function stageDialog(name, to, failedGate) {
+  return dialog(html`<form id="stage-form" aria-labelledby="stage-title"><h2 id="stage-title">Move ${name} to ${stageName(to)}</h2>
+    ${failedGate ? html`<div class="notice bad">The gate does not pass: ${failedGate.checks.filter((c) => !c.passed).map((c) => c.criterion).join('; ') || 'it has no criteria'}. Moving on anyway is recorded as forced.</div>
+      <label><input type="checkbox" name="force" required> Force it past the gate</label>` : ''}
+    <div class="field"><label for="stage-reason">Reason (kept with the decision)</label><textarea id="stage-reason" name="reason" rows="3" required style="font-family:inherit"></textarea></div>
+    <div class="notice bad" role="alert" hidden></div>
+    <div class="actions"><button type="button" data-cancel>Cancel</button><button type="submit" class="primary">Move to ${stageName(to)}</button></div></form>`,
+  async (fd) => {
+    const body = { to, reason: String(fd.get('reason') || '').trim(), force: fd.get('force') === 'on' };
+    await api(`/api/v1/usecases/${enc(name)}/stage`, { method: 'POST', body });
+    toast(`${name} is at ${stageName(to)}.`);
+    return true;
+  });
 }
 
 async function pageAlerts(p, args) {

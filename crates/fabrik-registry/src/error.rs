@@ -33,6 +33,12 @@ pub enum RegistryError {
         /// How long until the next attempt is checked.
         retry_after: std::time::Duration,
     },
+    /// No such use case.
+    #[error("use case `{0}` is not defined")]
+    UseCaseNotFound(String),
+    /// The change was overtaken by another.
+    #[error("{0}")]
+    Conflict(String),
     /// Token generation or hashing failed.
     #[error("token handling failed: {0}")]
     Token(String),

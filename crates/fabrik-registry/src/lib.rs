@@ -11,6 +11,7 @@ pub mod audit;
 mod error;
 mod schema;
 mod tokens;
+pub mod usecases;
 pub mod users;
 
 use std::collections::{BTreeMap, HashMap};
@@ -163,7 +164,7 @@ type VerifiedToken = ([u8; 32], Instant);
 
 const VERIFIED_TTL: Duration = Duration::from_secs(600);
 
-fn now_ns() -> i64 {
+pub(crate) fn now_ns() -> i64 {
     Timestamp::now().nanos()
 }
 

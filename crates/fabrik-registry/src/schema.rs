@@ -45,6 +45,29 @@ const MIGRATIONS: &[(i64, &str)] = &[
     )",
     ),
     (3, AUDIT_LOG_TABLE),
+    (
+        4,
+        "CREATE TABLE use_cases (
+        name TEXT PRIMARY KEY,
+        definition TEXT NOT NULL,
+        stage TEXT NOT NULL,
+        stage_since BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    CREATE TABLE use_case_decisions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        use_case TEXT NOT NULL,
+        time BIGINT NOT NULL,
+        from_stage TEXT NOT NULL,
+        to_stage TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        forced BIGINT NOT NULL,
+        reason TEXT NOT NULL,
+        gate TEXT
+    );
+    CREATE INDEX use_case_decisions_by_use_case ON use_case_decisions (use_case, id)",
+    ),
 ];
 
 /// The audit log's table, also made afresh when an old log is set aside.

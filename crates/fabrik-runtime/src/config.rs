@@ -238,6 +238,11 @@ pub struct PipelineConfig {
     /// Only devices with this label, `key=value` (from the device registry).
     #[serde(default)]
     pub label: Option<String>,
+    /// The use case the pipeline serves: it then scores only the devices the use case's stage
+    /// allows (its pilot devices in pilot, and so on; see `/api/v1/usecases`), and none while
+    /// the use case is not defined.
+    #[serde(default)]
+    pub use_case: Option<String>,
     /// A SQL condition over the table's columns: only rows where it holds enter windows, so
     /// a model learns and scores one operating state (`running` scores a pump only while it
     /// runs; its stops are then not anomalies).
@@ -1535,6 +1540,7 @@ fn array_template(path: &str) -> Option<toml::Table> {
             site: Some(String::new()),
             device_type: Some(String::new()),
             label: Some(String::new()),
+            use_case: Some(String::new()),
             filter: Some(String::new()),
             signals: Vec::new(),
             window: String::new(),

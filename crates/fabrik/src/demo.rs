@@ -191,6 +191,59 @@ pub(crate) async fn register(
     Ok(out)
 }
 
+/// The demo's use case, which its pump pipelines serve.
+pub(crate) const USE_CASE: &str = "pump-reliability";
+
+/// Defines the demo's use case unless it exists (an earlier run's, perhaps promoted or
+/// redefined by the user, is kept as it is): a pilot on three pumps, KPIs from the pumps'
+/// rows, the inferences and the operators' feedback, and the gates a newcomer can watch.
+async fn define_use_case(registry: &Registry, site: &str) -> Result<(), String> {
+    match registry.use_case(USE_CASE).await {
+        Ok(_) => return Ok(()),
+        Err(RegistryError::UseCaseNotFound(_)) => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    let definition = serde_json::json!({
+        "name": USE_CASE,
+        "objective": format!(
+            "Cut unplanned pump downtime at {site} by 20 % without raising the pumps' energy cost"
+        ),
+        "owner": "maintenance",
+        "stakeholders": ["OT", "IT", "finance"],
+        "pilot": {"devices": ["pump-01", "pump-02", "pump-03"]},
+        "scale_up": {"site": site, "device_type": "pump"},
+        "kpis": [
+            {"name": "stopped-time", "kind": "downtime", "table": "pump",
+             "condition": "NOT running", "max_gap": "10s"},
+            // 400 V three-phase at power factor 0.85: kW = 0.589 × A.
+            {"name": "energy-cost", "kind": "energy_cost", "table": "pump",
+             "signal": "motor_current * 0.589", "price_per_kwh": 0.18, "currency": "EUR",
+             "max_gap": "10s"},
+            {"name": "anomaly-rate", "kind": "aggregate", "table": "inferences",
+             "signal": "CASE WHEN flag THEN 100.0 ELSE 0.0 END", "aggregate": "mean",
+             "filter": "pipeline = 'pump-health'", "unit": "% of windows", "target": 5.0},
+            {"name": "alert-precision", "kind": "alert_precision", "rules": ["pump-anomaly"],
+             "target": 0.8}
+        ],
+        "gates": {
+            "scale_up": [
+                {"time_in_stage_at_least": "10m"},
+                {"kpi": "anomaly-rate", "at_most": 10.0, "evidence_at_least": 100.0}
+            ],
+            "enterprise": [
+                {"time_in_stage_at_least": "14d"},
+                {"kpi": "alert-precision", "at_least": 0.8, "evidence_at_least": 20.0}
+            ]
+        }
+    });
+    let definition = serde_json::from_value(definition).map_err(|e| e.to_string())?;
+    registry
+        .put_use_case(definition)
+        .await
+        .map_err(|e| format!("the demo's use case: {e}"))?;
+    Ok(())
+}
+
 /// Registers a device and returns its token; a device registered by an earlier run keeps its
 /// record and gets a fresh token (the old one was printed by that run only).
 async fn add_or_rotate(registry: &Registry, new: NewDevice) -> Result<String, String> {
@@ -268,6 +321,7 @@ pub(crate) async fn start(
     let spec = PlantSpec::default();
     let devices = register(registry, &spec).await?;
     let mut names: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
+    define_use_case(registry, &spec.site).await?;
     let edge = register_edge_node(registry, &spec.site).await?;
     names.push(format!("{} (Sparkplug B)", edge.device_id));
     if let Some(field) = field {

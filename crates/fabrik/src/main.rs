@@ -32,6 +32,8 @@ mod readings;
 mod run;
 mod sql_text;
 mod stored;
+mod usecase_cli;
+mod usecases;
 mod user_cli;
 
 use std::path::PathBuf;
@@ -83,6 +85,9 @@ enum Command {
     Pipeline(pipeline_cli::PipelineArgs),
     /// Upload, list and delete the ONNX models pipelines name in `model_name`.
     Model(model_cli::ModelArgs),
+    /// Use cases: their business KPIs measured from the data, their stage (pilot, scale-up,
+    /// enterprise) and the gates between stages.
+    Usecase(usecase_cli::UseCaseArgs),
     /// Run a simulated plant against a running Fabrik (devices publish over MQTT).
     Sim(demo::SimArgs),
     /// Score the anomaly detectors on NAB or SKAB with the benchmarks' own protocols.
@@ -172,6 +177,7 @@ fn main() -> ExitCode {
         Command::Alert(args) => client::block_on(alert_cli::run(args)),
         Command::Pipeline(args) => client::block_on(pipeline_cli::run(args)),
         Command::Model(args) => client::block_on(model_cli::run(args)),
+        Command::Usecase(args) => client::block_on(usecase_cli::run(args)),
         Command::Blob(args) => client::block_on(blob_cli::run(args)),
         Command::Sim(args) => client::block_on(demo::sim(args)),
         Command::Eval(args) => match eval::run(args) {

@@ -382,6 +382,14 @@ pub(crate) fn compile(config: &PipelineConfig) -> Result<Compiled, Vec<(String, 
     {
         problem("label", format!("`{label}`: expected `key=value`"));
     }
+    if let Some(use_case) = &config.use_case
+        && !fabrik_registry::usecases::name_ok(use_case)
+    {
+        problem(
+            "use_case",
+            format!("`{use_case}` cannot name a use case: 1 to 64 of a-z, 0-9, `.`, `_` and `-`"),
+        );
+    }
     if let Some(filter) = &config.filter
         && let Err(why) = crate::sql_text::one_expression(filter)
     {
@@ -449,6 +457,8 @@ pub(crate) fn demo_pipeline() -> PipelineConfig {
         site: None,
         device_type: None,
         label: None,
+        // In pilot it scores the pilot's pumps; a promotion widens that (`fabrik usecase`).
+        use_case: Some(crate::demo::USE_CASE.into()),
         // The pumps stop and start on a duty cycle; a stop is normal, not an anomaly.
         filter: Some("running".into()),
         model_path: None,
@@ -766,6 +776,22 @@ impl PipelineManager {
         })
     }
 
+    /// What the pipeline's use case lets it score now, if that is nothing.
+    async fn use_case_warning(&self, config: &PipelineConfig) -> Option<String> {
+        let use_case = config.use_case.as_ref()?;
+        let Some(registry) = self.registry.as_ref() else {
+            return Some("a pipeline of a use case needs the registry module".into());
+        };
+        match registry.use_case_devices(use_case).await {
+            Err(e) => Some(format!("{e}: the pipeline scores no device until it is")),
+            Ok((stage, Some(allowed))) if allowed.is_empty() => Some(format!(
+                "use case `{use_case}` at {} allows no device yet",
+                stage.as_str()
+            )),
+            Ok(_) => None,
+        }
+    }
+
     /// Whether `config` is what pipeline `config.name` already runs (or, disabled, keeps
     /// stopped): applying it again changes nothing, so a configuration-sync job that applies
     /// every definition on each run does not restart every pipeline. One that failed (a model
@@ -902,6 +928,7 @@ impl PipelineManager {
             .collect();
         warnings.extend(model_warning);
         warnings.extend(self.selection_warning(&config).await);
+        warnings.extend(self.use_case_warning(&config).await);
         warnings.extend(training_warning(&compiled));
         let action = match (created, unchanged) {
             (true, _) => "define",
@@ -1957,7 +1984,13 @@ impl Runner {
     ) -> Result<(), String> {
         let devices = self.selected_devices().await?;
         if devices.as_ref().is_some_and(Vec::is_empty) {
-            return Err("no registered device matches the pipeline's selection".into());
+            return Err(match &self.compiled.config.use_case {
+                Some(use_case) => format!(
+                    "no device is both selected by the pipeline and allowed by use case \
+                     `{use_case}` at its stage"
+                ),
+                None => "no registered device matches the pipeline's selection".into(),
+            });
         }
         loop {
             let (rows, last, full) = self.read(*read_after, horizon, devices.as_deref()).await?;
@@ -1992,6 +2025,23 @@ impl Runner {
         let c = &self.compiled.config;
         let filtered = c.site.is_some() || c.device_type.is_some() || c.label.is_some();
         let mut devices: Option<Vec<String>> = (!c.devices.is_empty()).then(|| c.devices.clone());
+        if let Some(use_case) = &c.use_case {
+            // Read on every pass, so a stage decision takes effect within one interval.
+            let registry = self
+                .registry
+                .as_ref()
+                .ok_or("a pipeline of a use case needs the registry module")?;
+            let (_, allowed) = registry
+                .use_case_devices(use_case)
+                .await
+                .map_err(|e| format!("{e}: the pipeline scores no device until it is"))?;
+            if let Some(allowed) = allowed {
+                devices = Some(match devices {
+                    Some(listed) => listed.into_iter().filter(|d| allowed.contains(d)).collect(),
+                    None => allowed,
+                });
+            }
+        }
         if filtered {
             let registry = self
                 .registry

@@ -349,7 +349,7 @@ async fn start_http(
         })?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let state = ApiState {
-        store,
+        store: store.clone(),
         services,
         auth: Auth::new(token.token.clone()),
         metrics: fabrik_runtime::telemetry::prometheus(),
@@ -361,6 +361,10 @@ async fn start_http(
         alert_rules: wiring.alert_rules.clone(),
         alert_rule_control: wiring.alert_rule_control.clone(),
         compliance: wiring.compliance.clone(),
+        kpi_meter: Some(Arc::new(crate::usecases::StoreKpiMeter {
+            store: store.clone(),
+            alerting: wiring.alerting.clone(),
+        })),
     };
     let stop = CancellationToken::new();
     let shutdown = stop.clone();

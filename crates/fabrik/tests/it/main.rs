@@ -17,4 +17,5 @@ mod pipelines;
 mod sparkplug;
 mod storage;
 mod support;
+mod usecases;
 mod users;

@@ -56,6 +56,7 @@ impl Server {
             alert_rule_control: None,
             compliance: Default::default(),
             alerting: None,
+            kpi_meter: None,
         };
         let stop = CancellationToken::new();
         tokio::spawn(fabrik_api::serve(listener, state, stop.clone()));

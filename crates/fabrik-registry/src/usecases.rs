@@ -1,0 +1,1277 @@
+//! Use cases: a business objective with KPIs measured from the data, the stage it has reached
+//! (pilot → scale-up → enterprise), the devices each stage lets its pipelines score, the gates
+//! between stages, and the record of every stage decision.
+//!
+//! Owns the definitions' shape and structural checks, their table and the decisions' table,
+//! the resolution of a stage's scope to devices, and the pure judgement of a gate from
+//! measured KPIs. Measuring a KPI needs the store and the alerts, which this crate does not
+//! know: the caller measures and hands the values in.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use utoipa::ToSchema;
+
+use crate::{DeviceFilter, Registry, RegistryError, now_ns};
+
+/// How far a use case has come; each stage lets its pipelines score more devices.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Only the pilot devices.
+    Pilot,
+    /// The pilot devices and the scale-up scope.
+    ScaleUp,
+    /// Every device the pipelines select.
+    Enterprise,
+}
+
+impl Stage {
+    /// The name used in the API and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pilot => "pilot",
+            Self::ScaleUp => "scale_up",
+            Self::Enterprise => "enterprise",
+        }
+    }
+
+    /// The stage a gate leads to from this one.
+    pub fn next(self) -> Option<Self> {
+        match self {
+            Self::Pilot => Some(Self::ScaleUp),
+            Self::ScaleUp => Some(Self::Enterprise),
+            Self::Enterprise => None,
+        }
+    }
+}
+
+impl std::str::FromStr for Stage {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "pilot" => Ok(Self::Pilot),
+            "scale_up" | "scale-up" => Ok(Self::ScaleUp),
+            "enterprise" => Ok(Self::Enterprise),
+            other => Err(format!(
+                "`{other}` is not a stage: pilot, scale_up or enterprise"
+            )),
+        }
+    }
+}
+
+/// The devices of one stage: those listed, and the registered ones matching every selector
+/// given (site, type, label).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceScope {
+    /// Devices by id (they need not be registered: data written over HTTP names its own).
+    pub devices: Vec<String>,
+    /// Registered devices of this site.
+    pub site: Option<String>,
+    /// Registered devices of this type.
+    pub device_type: Option<String>,
+    /// Registered devices with this label, `key=value`.
+    pub label: Option<String>,
+}
+
+impl DeviceScope {
+    fn has_selector(&self) -> bool {
+        self.site.is_some() || self.device_type.is_some() || self.label.is_some()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.devices.is_empty() && !self.has_selector()
+    }
+}
+
+/// What a KPI measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KpiKind {
+    /// Share of the observed device time (%) in which `condition` held: the time from each
+    /// row to the device's next row counts, gaps longer than `max_gap` are not observed.
+    Downtime,
+    /// Cost of the energy drawn per device-day: `signal` is the power in kW, integrated over
+    /// time as for downtime, times `price_per_kwh`.
+    EnergyCost,
+    /// An aggregate (`mean`, `min`, `max`, `sum`, `count`, `p50`, `p90`, `p95`, `p99`) of
+    /// `signal` over the rows: a latency's p95, an anomaly rate from `inferences`.
+    Aggregate,
+    /// Of the acknowledged alerts of `rules` that started in the period, the share the
+    /// operators marked true positive.
+    AlertPrecision,
+}
+
+/// Which way a KPI improves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Better {
+    /// Lower is better (downtime, cost, latency).
+    Lower,
+    /// Higher is better (precision, throughput).
+    Higher,
+}
+
+/// One business KPI of a use case, measured from stored data over a period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Kpi {
+    /// Unique within the use case; gates name it.
+    pub name: String,
+    /// What it measures.
+    pub kind: KpiKind,
+    /// The table read (not for `alert_precision`).
+    #[serde(default)]
+    pub table: Option<String>,
+    /// The tag column naming the device.
+    #[serde(default = "device_column")]
+    pub device_column: String,
+    /// `downtime`: a SQL condition over the table's columns that holds while the device is
+    /// down (`NOT running`, `speed_rpm < 100`).
+    #[serde(default)]
+    pub condition: Option<String>,
+    /// `energy_cost`: the power in kW; `aggregate`: the value aggregated. A column or a SQL
+    /// expression over the columns (`motor_current * 0.589`).
+    #[serde(default)]
+    pub signal: Option<String>,
+    /// `aggregate`: mean, min, max, sum, count, p50, p90, p95 or p99.
+    #[serde(default)]
+    pub aggregate: Option<String>,
+    /// A SQL condition: only rows where it holds count (`pipeline = 'pump-health'`).
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// `energy_cost`: price of a kWh.
+    #[serde(default)]
+    pub price_per_kwh: Option<f64>,
+    /// `energy_cost`: the currency, for display.
+    #[serde(default)]
+    pub currency: Option<String>,
+    /// `alert_precision`: the alert rules whose alerts count.
+    #[serde(default)]
+    pub rules: Vec<String>,
+    /// For display; defaults by kind (`%`, the currency per device-day, `ratio`).
+    #[serde(default)]
+    pub unit: Option<String>,
+    /// Which way it improves; defaults by kind (higher for `alert_precision`, else lower).
+    #[serde(default)]
+    pub better: Option<Better>,
+    /// The value the use case aims for.
+    #[serde(default)]
+    pub target: Option<f64>,
+    /// Longer gaps between a device's rows are not observed time (downtime, energy).
+    #[serde(default = "five_minutes")]
+    pub max_gap: String,
+}
+
+impl Kpi {
+    /// Which way it improves, the default filled in.
+    pub fn better(&self) -> Better {
+        self.better.unwrap_or(match self.kind {
+            KpiKind::AlertPrecision => Better::Higher,
+            _ => Better::Lower,
+        })
+    }
+
+    /// Its unit, the default filled in.
+    pub fn unit(&self) -> String {
+        if let Some(unit) = &self.unit {
+            return unit.clone();
+        }
+        match self.kind {
+            KpiKind::Downtime => "%".into(),
+            KpiKind::EnergyCost => format!(
+                "{} per device-day",
+                self.currency.as_deref().unwrap_or("cost")
+            ),
+            KpiKind::Aggregate => String::new(),
+            KpiKind::AlertPrecision => "ratio".into(),
+        }
+    }
+}
+
+fn device_column() -> String {
+    "device".into()
+}
+
+fn five_minutes() -> String {
+    "5m".into()
+}
+
+/// The period before the use case that its KPIs are compared with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Baseline {
+    /// Start (RFC 3339).
+    pub from: String,
+    /// End (RFC 3339), after `from`.
+    pub to: String,
+}
+
+/// One condition of a gate. Every bound given must hold.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct GateCriterion {
+    /// The KPI the bounds apply to.
+    pub kpi: Option<String>,
+    /// The KPI's value is at least this.
+    pub at_least: Option<f64>,
+    /// The KPI's value is at most this.
+    pub at_most: Option<f64>,
+    /// The KPI improved on the baseline by at least this fraction (0.2: 20 %).
+    pub improvement_at_least: Option<f64>,
+    /// The KPI rests on at least this much evidence (rows, labelled alerts, device-hours).
+    pub evidence_at_least: Option<f64>,
+    /// The use case has been in its stage at least this long (`14d`).
+    pub time_in_stage_at_least: Option<String>,
+}
+
+/// The criteria of the two gates.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Gates {
+    /// Pilot → scale-up.
+    pub scale_up: Vec<GateCriterion>,
+    /// Scale-up → enterprise.
+    pub enterprise: Vec<GateCriterion>,
+}
+
+impl Gates {
+    /// The criteria of the gate into `stage`.
+    pub fn into_stage(&self, stage: Stage) -> &[GateCriterion] {
+        match stage {
+            Stage::Pilot => &[],
+            Stage::ScaleUp => &self.scale_up,
+            Stage::Enterprise => &self.enterprise,
+        }
+    }
+}
+
+/// A use case as defined: the objective it serves, who owns it, its KPIs, its scopes and its
+/// gates. `PUT /api/v1/usecases/{name}` takes it as JSON, `fabrik usecase define` as TOML.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UseCaseDefinition {
+    /// Unique name: 1 to 64 of a-z, 0-9, `.`, `_` and `-`.
+    pub name: String,
+    /// The strategic objective it serves, in the business's words.
+    pub objective: String,
+    /// Who answers for it.
+    #[serde(default)]
+    pub owner: String,
+    /// Who defined success with the owner (OT, IT, finance, compliance).
+    #[serde(default)]
+    pub stakeholders: Vec<String>,
+    /// The devices of the pilot.
+    #[serde(default)]
+    pub pilot: DeviceScope,
+    /// The devices added at scale-up (the pilot's stay).
+    #[serde(default)]
+    pub scale_up: DeviceScope,
+    /// Its KPIs.
+    #[serde(default)]
+    pub kpis: Vec<Kpi>,
+    /// The period its KPIs are compared with.
+    #[serde(default)]
+    pub baseline: Option<Baseline>,
+    /// What each stage gate requires.
+    #[serde(default)]
+    pub gates: Gates,
+}
+
+/// The aggregates a KPI of kind `aggregate` may name.
+pub const AGGREGATES: [&str; 9] = [
+    "mean", "min", "max", "sum", "count", "p50", "p90", "p95", "p99",
+];
+
+/// Whether `name` can name a use case or a KPI.
+pub fn name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+}
+
+/// Nanoseconds since the epoch of an RFC 3339 time.
+pub fn parse_time(text: &str) -> Result<i64, String> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map_err(|e| format!("`{text}` is not an RFC 3339 time: {e}"))?
+        .timestamp_nanos_opt()
+        .ok_or_else(|| format!("`{text}` is out of range"))
+}
+
+/// RFC 3339 with nanoseconds, UTC.
+pub fn format_time(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+impl UseCaseDefinition {
+    /// Every structural problem, each with the field it is in (`kpis[1].price_per_kwh`). The
+    /// SQL in `condition`, `signal` and `filter` is checked by whoever runs it.
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut problem = |field: String, text: String| problems.push((field, text));
+        if !name_ok(&self.name) {
+            problem(
+                "name".into(),
+                format!("`{}`: 1 to 64 of a-z, 0-9, `.`, `_` and `-`", self.name),
+            );
+        }
+        if self.objective.trim().is_empty() {
+            problem(
+                "objective".into(),
+                "must say which business objective the use case serves".into(),
+            );
+        }
+        for (field, scope) in [("pilot", &self.pilot), ("scale_up", &self.scale_up)] {
+            if let Some(label) = &scope.label
+                && !label.contains('=')
+            {
+                problem(
+                    format!("{field}.label"),
+                    format!("`{label}`: expected `key=value`"),
+                );
+            }
+            if scope.devices.iter().any(|d| d.trim().is_empty()) {
+                problem(format!("{field}.devices"), "a device id is empty".into());
+            }
+        }
+        if self.pilot.is_empty() {
+            problem(
+                "pilot".into(),
+                "names no device: a pilot runs on devices listed or selected by site, type \
+                 or label"
+                    .into(),
+            );
+        }
+        let mut names = BTreeSet::new();
+        for (i, kpi) in self.kpis.iter().enumerate() {
+            let at = |field: &str| format!("kpis[{i}].{field}");
+            if !name_ok(&kpi.name) {
+                problem(
+                    at("name"),
+                    format!("`{}`: 1 to 64 of a-z, 0-9, `.`, `_` and `-`", kpi.name),
+                );
+            } else if !names.insert(kpi.name.as_str()) {
+                problem(at("name"), format!("`{}` is defined twice", kpi.name));
+            }
+            kpi_problems(kpi, &at, &mut problem);
+        }
+        if let Some(baseline) = &self.baseline {
+            match (parse_time(&baseline.from), parse_time(&baseline.to)) {
+                (Ok(from), Ok(to)) if from >= to => {
+                    problem("baseline.to".into(), "must be after `from`".into())
+                }
+                (from, to) => {
+                    if let Err(e) = from {
+                        problem("baseline.from".into(), e);
+                    }
+                    if let Err(e) = to {
+                        problem("baseline.to".into(), e);
+                    }
+                }
+            }
+        }
+        for (gate, criteria) in [
+            ("scale_up", &self.gates.scale_up),
+            ("enterprise", &self.gates.enterprise),
+        ] {
+            for (j, criterion) in criteria.iter().enumerate() {
+                let at = |field: &str| format!("gates.{gate}[{j}].{field}");
+                criterion_problems(self, criterion, &at, &mut problem);
+            }
+        }
+        problems
+    }
+
+    fn kpi(&self, name: &str) -> Option<&Kpi> {
+        self.kpis.iter().find(|k| k.name == name)
+    }
+}
+
+fn kpi_problems(kpi: &Kpi, at: &dyn Fn(&str) -> String, problem: &mut dyn FnMut(String, String)) {
+    let needs = |field: &str, present: bool, problem: &mut dyn FnMut(String, String)| {
+        if !present {
+            problem(
+                at(field),
+                format!("a `{}` KPI needs it", kind_name(kpi.kind)),
+            );
+        }
+    };
+    let unused = |field: &str, present: bool, problem: &mut dyn FnMut(String, String)| {
+        if present {
+            problem(
+                at(field),
+                format!("a `{}` KPI does not use it", kind_name(kpi.kind)),
+            );
+        }
+    };
+    let reads_table = kpi.kind != KpiKind::AlertPrecision;
+    if reads_table {
+        needs("table", kpi.table.is_some(), problem);
+        unused("rules", !kpi.rules.is_empty(), problem);
+    } else {
+        unused("table", kpi.table.is_some(), problem);
+        unused("filter", kpi.filter.is_some(), problem);
+        needs("rules", !kpi.rules.is_empty(), problem);
+    }
+    match kpi.kind {
+        KpiKind::Downtime => {
+            needs("condition", kpi.condition.is_some(), problem);
+            unused("signal", kpi.signal.is_some(), problem);
+        }
+        KpiKind::EnergyCost => {
+            needs("signal", kpi.signal.is_some(), problem);
+            unused("condition", kpi.condition.is_some(), problem);
+            match kpi.price_per_kwh {
+                None => needs("price_per_kwh", false, problem),
+                Some(p) if !(p.is_finite() && p >= 0.0) => {
+                    problem(at("price_per_kwh"), format!("{p}: must be 0 or more"))
+                }
+                Some(_) => {}
+            }
+        }
+        KpiKind::Aggregate => {
+            needs("signal", kpi.signal.is_some(), problem);
+            unused("condition", kpi.condition.is_some(), problem);
+            match kpi.aggregate.as_deref() {
+                None => needs("aggregate", false, problem),
+                Some(a) if !AGGREGATES.contains(&a) => problem(
+                    at("aggregate"),
+                    format!("`{a}`: one of {}", AGGREGATES.join(", ")),
+                ),
+                Some(_) => {}
+            }
+        }
+        KpiKind::AlertPrecision => {
+            unused("condition", kpi.condition.is_some(), problem);
+            unused("signal", kpi.signal.is_some(), problem);
+        }
+    }
+    if kpi.kind != KpiKind::Aggregate {
+        unused("aggregate", kpi.aggregate.is_some(), problem);
+    }
+    if kpi.kind != KpiKind::EnergyCost {
+        unused("price_per_kwh", kpi.price_per_kwh.is_some(), problem);
+        unused("currency", kpi.currency.is_some(), problem);
+    }
+    for (field, column) in [
+        ("table", kpi.table.as_deref()),
+        ("device_column", Some(kpi.device_column.as_str())),
+    ] {
+        if let Some(column) = column
+            && (column.is_empty() || column.contains('"'))
+        {
+            problem(
+                at(field),
+                format!("`{column}` cannot name a table or column"),
+            );
+        }
+    }
+    match fabrik_runtime::units::parse_duration(&kpi.max_gap) {
+        Ok(d) if d.is_zero() => problem(at("max_gap"), "must be more than 0".into()),
+        Ok(_) => {}
+        Err(e) => problem(at("max_gap"), e),
+    }
+    if let Some(target) = kpi.target
+        && !target.is_finite()
+    {
+        problem(at("target"), "must be a number".into());
+    }
+}
+
+fn criterion_problems(
+    definition: &UseCaseDefinition,
+    criterion: &GateCriterion,
+    at: &dyn Fn(&str) -> String,
+    problem: &mut dyn FnMut(String, String),
+) {
+    let kpi_bounds = [
+        criterion.at_least,
+        criterion.at_most,
+        criterion.improvement_at_least,
+        criterion.evidence_at_least,
+    ];
+    let has_kpi_bound = kpi_bounds.iter().any(Option::is_some);
+    if !has_kpi_bound && criterion.time_in_stage_at_least.is_none() {
+        problem(
+            at("kpi"),
+            "a criterion needs a bound: at_least, at_most, improvement_at_least, \
+             evidence_at_least or time_in_stage_at_least"
+                .into(),
+        );
+    }
+    if let Some(bound) = kpi_bounds.into_iter().flatten().find(|b| !b.is_finite()) {
+        problem(at("kpi"), format!("{bound} is not a bound"));
+    }
+    match &criterion.kpi {
+        Some(name) if definition.kpi(name).is_none() => {
+            problem(at("kpi"), format!("no KPI is named `{name}`"))
+        }
+        None if has_kpi_bound => problem(at("kpi"), "the bounds need the KPI they apply to".into()),
+        _ => {}
+    }
+    if criterion.improvement_at_least.is_some() && definition.baseline.is_none() {
+        problem(
+            at("improvement_at_least"),
+            "an improvement needs the use case's `baseline` period".into(),
+        );
+    }
+    if let Some(time) = &criterion.time_in_stage_at_least
+        && let Err(e) = fabrik_runtime::units::parse_duration(time)
+    {
+        problem(at("time_in_stage_at_least"), e);
+    }
+}
+
+fn kind_name(kind: KpiKind) -> &'static str {
+    match kind {
+        KpiKind::Downtime => "downtime",
+        KpiKind::EnergyCost => "energy_cost",
+        KpiKind::Aggregate => "aggregate",
+        KpiKind::AlertPrecision => "alert_precision",
+    }
+}
+
+/// A use case as stored: its definition and the stage it has reached.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UseCase {
+    /// Its name.
+    pub name: String,
+    /// The stage it has reached.
+    pub stage: Stage,
+    /// When it entered that stage (RFC 3339).
+    pub stage_since: String,
+    /// When it was first defined (RFC 3339).
+    pub created_at: String,
+    /// Its definition.
+    pub definition: UseCaseDefinition,
+}
+
+/// A KPI's value over one period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct KpiMeasure {
+    /// `None`: nothing to measure in the period (no rows, no labelled alert).
+    pub value: Option<f64>,
+    /// How much it rests on: device-hours observed (downtime, energy), rows (aggregate),
+    /// labelled alerts (precision).
+    pub evidence: f64,
+    /// What it was computed from, in words.
+    pub detail: String,
+    /// Why it could not be measured (its table not written yet, a column missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl KpiMeasure {
+    /// A measure that failed, with the reason.
+    pub fn failed(error: String) -> Self {
+        Self {
+            value: None,
+            evidence: 0.0,
+            detail: String::new(),
+            error: Some(error),
+        }
+    }
+}
+
+/// A KPI measured over a period, beside its baseline and target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct KpiValue {
+    /// The KPI's name.
+    pub name: String,
+    /// What it measures.
+    pub kind: KpiKind,
+    /// Its unit.
+    pub unit: String,
+    /// Which way it improves.
+    pub better: Better,
+    /// The measure over the period.
+    pub current: KpiMeasure,
+    /// The measure over the baseline period, on the same devices.
+    pub baseline: Option<KpiMeasure>,
+    /// Relative change against the baseline, positive when better (0.25: 25 % better).
+    pub improvement: Option<f64>,
+    /// The value aimed for.
+    pub target: Option<f64>,
+    /// Whether the current value meets the target.
+    pub target_met: Option<bool>,
+}
+
+impl KpiValue {
+    /// Puts a KPI's measures together.
+    pub fn of(kpi: &Kpi, current: KpiMeasure, baseline: Option<KpiMeasure>) -> Self {
+        let better = kpi.better();
+        let improvement = match (current.value, baseline.as_ref().and_then(|b| b.value)) {
+            (Some(now), Some(before)) if before != 0.0 => {
+                let change = (now - before) / before.abs();
+                Some(match better {
+                    Better::Lower => -change,
+                    Better::Higher => change,
+                })
+            }
+            _ => None,
+        };
+        let target_met = kpi
+            .target
+            .zip(current.value)
+            .map(|(target, value)| match better {
+                Better::Lower => value <= target,
+                Better::Higher => value >= target,
+            });
+        Self {
+            name: kpi.name.clone(),
+            kind: kpi.kind,
+            unit: kpi.unit(),
+            better,
+            current,
+            baseline,
+            improvement,
+            target: kpi.target,
+            target_met,
+        }
+    }
+}
+
+/// One criterion of a gate, judged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GateCheck {
+    /// The criterion, in words (`downtime ≤ 5`).
+    pub criterion: String,
+    /// What was measured for it.
+    pub measured: Option<f64>,
+    /// The unit of `measured`: `s` for time in the stage, the KPI's unit for its value,
+    /// empty for an improvement (a fraction) or evidence.
+    pub unit: String,
+    /// Whether it holds.
+    pub passed: bool,
+}
+
+/// A gate judged on the KPIs measured since the use case entered its stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GateReport {
+    /// The stage it leaves.
+    pub from: Stage,
+    /// The stage it leads to.
+    pub to: Stage,
+    /// Whether every check holds (and there is one).
+    pub passed: bool,
+    /// Each bound of each criterion.
+    pub checks: Vec<GateCheck>,
+    /// The period measured (RFC 3339): from entering the stage until now.
+    pub measured_from: String,
+    /// End of the period measured.
+    pub measured_to: String,
+    /// The KPIs the checks read.
+    pub kpis: Vec<KpiValue>,
+}
+
+/// Judges the gate out of `stage` (none past enterprise). A gate with no criteria does not
+/// pass: promotion then takes a recorded decision to force it.
+pub fn judge_gate(
+    definition: &UseCaseDefinition,
+    stage: Stage,
+    stage_since_ns: i64,
+    now_ns: i64,
+    kpis: Vec<KpiValue>,
+) -> Option<GateReport> {
+    let to = stage.next()?;
+    let mut checks = Vec::new();
+    let by_name: BTreeMap<&str, &KpiValue> = kpis.iter().map(|k| (k.name.as_str(), k)).collect();
+    for criterion in definition.gates.into_stage(to) {
+        if let Some(time) = &criterion.time_in_stage_at_least {
+            let need = fabrik_runtime::units::parse_duration(time)
+                .map_or(f64::INFINITY, |d| d.as_secs_f64());
+            let spent = (now_ns - stage_since_ns) as f64 / 1e9;
+            checks.push(GateCheck {
+                criterion: format!("time in {} ≥ {time}", stage.as_str()),
+                measured: Some(spent),
+                unit: "s".into(),
+                passed: spent >= need,
+            });
+        }
+        let Some(name) = &criterion.kpi else { continue };
+        let value = by_name.get(name.as_str());
+        let current = value.and_then(|v| v.current.value);
+        let unit = value.map_or_else(String::new, |v| v.unit.clone());
+        let mut check =
+            |text: String, measured: Option<f64>, unit: &str, holds: &dyn Fn(f64) -> bool| {
+                checks.push(GateCheck {
+                    criterion: text,
+                    measured,
+                    unit: unit.to_owned(),
+                    passed: measured.is_some_and(holds),
+                });
+            };
+        if let Some(bound) = criterion.at_least {
+            check(format!("{name} ≥ {bound}"), current, &unit, &|v| {
+                v >= bound
+            });
+        }
+        if let Some(bound) = criterion.at_most {
+            check(format!("{name} ≤ {bound}"), current, &unit, &|v| {
+                v <= bound
+            });
+        }
+        if let Some(bound) = criterion.improvement_at_least {
+            let improvement = value.and_then(|v| v.improvement);
+            check(
+                format!("{name} improved on the baseline by ≥ {bound}"),
+                improvement,
+                "",
+                &|v| v >= bound,
+            );
+        }
+        if let Some(bound) = criterion.evidence_at_least {
+            let evidence = value.map(|v| v.current.evidence);
+            check(format!("{name} evidence ≥ {bound}"), evidence, "", &|v| {
+                v >= bound
+            });
+        }
+    }
+    Some(GateReport {
+        from: stage,
+        to,
+        passed: !checks.is_empty() && checks.iter().all(|c| c.passed),
+        checks,
+        measured_from: format_time(stage_since_ns),
+        measured_to: format_time(now_ns),
+        kpis,
+    })
+}
+
+/// A recorded change of stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StageDecision {
+    /// The use case.
+    pub use_case: String,
+    /// When (RFC 3339).
+    pub time: String,
+    /// The stage left.
+    pub from: Stage,
+    /// The stage entered.
+    pub to: Stage,
+    /// Who decided.
+    pub actor: String,
+    /// A promotion made although its gate did not pass.
+    pub forced: bool,
+    /// Why, in the decider's words.
+    pub reason: String,
+    /// The gate as judged when a promotion was decided (none for a step back).
+    pub gate: Option<GateReport>,
+}
+
+/// What a stage change asks for, checked against the use case's stage when it is written.
+#[derive(Debug, Clone)]
+pub struct StageChange {
+    /// The stage the caller saw; the change fails if another got there first.
+    pub from: Stage,
+    /// The stage to enter.
+    pub to: Stage,
+    /// Who decides.
+    pub actor: String,
+    /// Whether a failed gate is overridden.
+    pub forced: bool,
+    /// Why.
+    pub reason: String,
+    /// The gate as judged.
+    pub gate: Option<GateReport>,
+}
+
+impl Registry {
+    /// Stores a use case's definition: a new one starts in pilot, a changed one keeps its
+    /// stage. Returns it and whether it is new.
+    pub async fn put_use_case(
+        &self,
+        definition: UseCaseDefinition,
+    ) -> Result<(UseCase, bool), RegistryError> {
+        let problems = definition.problems();
+        if !problems.is_empty() {
+            return Err(RegistryError::Invalid(describe(&problems)));
+        }
+        let json = serde_json::to_string(&definition)
+            .map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        let now = now_ns();
+        let inserted = sqlx::query(
+            "INSERT INTO use_cases (name, definition, stage, stage_since, created_at, updated_at) \
+             VALUES (?, ?, 'pilot', ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&definition.name)
+        .bind(&json)
+        .bind(now)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let created = inserted.rows_affected() == 1;
+        if !created {
+            sqlx::query("UPDATE use_cases SET definition = ?, updated_at = ? WHERE name = ?")
+                .bind(&json)
+                .bind(now)
+                .bind(&definition.name)
+                .execute(&self.pool)
+                .await?;
+        }
+        tracing::info!(use_case = %definition.name, created, "Use case defined.");
+        Ok((self.use_case(&definition.name).await?, created))
+    }
+
+    /// One use case.
+    pub async fn use_case(&self, name: &str) -> Result<UseCase, RegistryError> {
+        let row = sqlx::query(
+            "SELECT name, definition, stage, stage_since, created_at FROM use_cases WHERE name = ?",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| RegistryError::UseCaseNotFound(name.to_owned()))?;
+        use_case_from_row(&row)
+    }
+
+    /// Every use case, by name.
+    pub async fn use_cases(&self) -> Result<Vec<UseCase>, RegistryError> {
+        sqlx::query(
+            "SELECT name, definition, stage, stage_since, created_at FROM use_cases ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(use_case_from_row)
+        .collect()
+    }
+
+    /// Forgets a use case; its decisions stay on record. Pipelines that name it then score
+    /// no device.
+    pub async fn remove_use_case(&self, name: &str) -> Result<(), RegistryError> {
+        let gone = sqlx::query("DELETE FROM use_cases WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        if gone.rows_affected() == 0 {
+            return Err(RegistryError::UseCaseNotFound(name.to_owned()));
+        }
+        tracing::info!(use_case = name, "Use case removed.");
+        Ok(())
+    }
+
+    /// Moves a use case to another stage and records the decision, in one transaction. Fails
+    /// with a conflict if its stage is no longer `change.from`.
+    pub async fn change_stage(
+        &self,
+        name: &str,
+        change: StageChange,
+    ) -> Result<StageDecision, RegistryError> {
+        let now = now_ns();
+        let gate = change
+            .gate
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE use_cases SET stage = ?, stage_since = ?, updated_at = ? \
+             WHERE name = ? AND stage = ?",
+        )
+        .bind(change.to.as_str())
+        .bind(now)
+        .bind(now)
+        .bind(name)
+        .bind(change.from.as_str())
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() == 0 {
+            drop(tx);
+            let current = self.use_case(name).await?;
+            return Err(RegistryError::Conflict(format!(
+                "use case `{name}` is at {} now, not {}",
+                current.stage.as_str(),
+                change.from.as_str()
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO use_case_decisions \
+             (use_case, time, from_stage, to_stage, actor, forced, reason, gate) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(name)
+        .bind(now)
+        .bind(change.from.as_str())
+        .bind(change.to.as_str())
+        .bind(&change.actor)
+        .bind(i64::from(change.forced))
+        .bind(&change.reason)
+        .bind(gate)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(
+            use_case = name,
+            from = change.from.as_str(),
+            to = change.to.as_str(),
+            actor = %change.actor,
+            forced = change.forced,
+            "Use case changed stage."
+        );
+        Ok(StageDecision {
+            use_case: name.to_owned(),
+            time: format_time(now),
+            from: change.from,
+            to: change.to,
+            actor: change.actor,
+            forced: change.forced,
+            reason: change.reason,
+            gate: change.gate,
+        })
+    }
+
+    /// A use case's stage decisions, oldest first (also those of a removed use case).
+    pub async fn stage_decisions(&self, name: &str) -> Result<Vec<StageDecision>, RegistryError> {
+        let rows = sqlx::query(
+            "SELECT use_case, time, from_stage, to_stage, actor, forced, reason, gate \
+             FROM use_case_decisions WHERE use_case = ? ORDER BY id",
+        )
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let gate: Option<String> = r.try_get("gate")?;
+                Ok(StageDecision {
+                    use_case: r.try_get("use_case")?,
+                    time: format_time(r.try_get("time")?),
+                    from: stage_of(&r.try_get::<String, _>("from_stage")?)?,
+                    to: stage_of(&r.try_get::<String, _>("to_stage")?)?,
+                    actor: r.try_get("actor")?,
+                    forced: r.try_get::<i64, _>("forced")? != 0,
+                    reason: r.try_get("reason")?,
+                    gate: gate
+                        .map(|g| serde_json::from_str(&g))
+                        .transpose()
+                        .map_err(|e| corrupt("gate", &e.to_string()))?,
+                })
+            })
+            .collect()
+    }
+
+    /// The devices a use case's pipelines may score at its stage now: `None` at enterprise
+    /// (no limit), else the pilot scope, widened by the scale-up scope at scale-up.
+    pub async fn use_case_devices(
+        &self,
+        name: &str,
+    ) -> Result<(Stage, Option<Vec<String>>), RegistryError> {
+        let use_case = self.use_case(name).await?;
+        let devices = match use_case.stage {
+            Stage::Enterprise => None,
+            Stage::Pilot => Some(self.scope_devices(&use_case.definition.pilot).await?),
+            Stage::ScaleUp => {
+                let mut all = self.scope_devices(&use_case.definition.pilot).await?;
+                all.extend(self.scope_devices(&use_case.definition.scale_up).await?);
+                Some(
+                    all.into_iter()
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect(),
+                )
+            }
+        };
+        Ok((use_case.stage, devices))
+    }
+
+    async fn scope_devices(&self, scope: &DeviceScope) -> Result<Vec<String>, RegistryError> {
+        let mut devices: BTreeSet<String> = scope.devices.iter().cloned().collect();
+        if scope.has_selector() {
+            let filter = DeviceFilter {
+                site: scope.site.clone(),
+                device_type: scope.device_type.clone(),
+                state: None,
+                label: scope.label.clone(),
+            };
+            devices.extend(self.list(&filter).await?.into_iter().map(|d| d.id));
+        }
+        Ok(devices.into_iter().collect())
+    }
+}
+
+/// `field: problem; field: problem`.
+pub fn describe(problems: &[(String, String)]) -> String {
+    problems
+        .iter()
+        .map(|(field, text)| format!("{field}: {text}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn corrupt(what: &str, detail: &str) -> RegistryError {
+    RegistryError::Invalid(format!(
+        "stored use case has an unreadable {what}: {detail}"
+    ))
+}
+
+fn stage_of(text: &str) -> Result<Stage, RegistryError> {
+    text.parse().map_err(|e: String| corrupt("stage", &e))
+}
+
+fn use_case_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<UseCase, RegistryError> {
+    let json: String = row.try_get("definition")?;
+    let definition: UseCaseDefinition =
+        serde_json::from_str(&json).map_err(|e| corrupt("definition", &e.to_string()))?;
+    Ok(UseCase {
+        name: row.try_get("name")?,
+        stage: stage_of(&row.try_get::<String, _>("stage")?)?,
+        stage_since: format_time(row.try_get("stage_since")?),
+        created_at: format_time(row.try_get("created_at")?),
+        definition,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn definition() -> UseCaseDefinition {
+        serde_json::from_value(serde_json::json!({
+            "name": "pump-uptime",
+            "objective": "Cut unplanned pump downtime by 20 %",
+            "pilot": {"devices": ["pump-01"]},
+            "scale_up": {"site": "plant-a"},
+            "baseline": {"from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z"},
+            "kpis": [
+                {"name": "downtime", "kind": "downtime", "table": "pump", "condition": "NOT running", "target": 5.0},
+                {"name": "precision", "kind": "alert_precision", "rules": ["pump-anomaly"]}
+            ],
+            "gates": {"scale_up": [
+                {"kpi": "downtime", "at_most": 5.0, "improvement_at_least": 0.2},
+                {"kpi": "precision", "at_least": 0.8, "evidence_at_least": 10},
+                {"time_in_stage_at_least": "14d"}
+            ]}
+        }))
+        .unwrap()
+    }
+
+    fn measure(value: Option<f64>, evidence: f64) -> KpiMeasure {
+        KpiMeasure {
+            value,
+            evidence,
+            detail: String::new(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_sound_definition_has_no_problems_and_each_fault_is_named() {
+        assert_eq!(definition().problems(), Vec::new());
+        let mut bad = definition();
+        bad.objective = " ".into();
+        bad.pilot = DeviceScope::default();
+        bad.kpis[0].condition = None;
+        bad.kpis[0].price_per_kwh = Some(0.2);
+        bad.kpis[1].table = Some("alerts".into());
+        bad.kpis.push(bad.kpis[1].clone());
+        bad.gates.scale_up[0].kpi = Some("uptime".into());
+        bad.gates.enterprise.push(GateCriterion::default());
+        bad.baseline = None;
+        let fields: Vec<String> = bad.problems().into_iter().map(|(f, _)| f).collect();
+        assert_eq!(
+            fields,
+            [
+                "objective",
+                "pilot",
+                "kpis[0].condition",
+                "kpis[0].price_per_kwh",
+                "kpis[1].table",
+                "kpis[2].name",
+                "kpis[2].table",
+                "gates.scale_up[0].kpi",
+                "gates.scale_up[0].improvement_at_least",
+                "gates.enterprise[0].kpi",
+            ]
+        );
+    }
+
+    #[test]
+    fn improvement_is_signed_so_that_better_is_positive() {
+        let definition = definition();
+        let downtime = KpiValue::of(
+            &definition.kpis[0],
+            measure(Some(3.0), 100.0),
+            Some(measure(Some(4.0), 100.0)),
+        );
+        assert_eq!(downtime.improvement, Some(0.25));
+        assert_eq!(downtime.target_met, Some(true));
+        let precision = KpiValue::of(
+            &definition.kpis[1],
+            measure(Some(0.9), 12.0),
+            Some(measure(Some(0.6), 10.0)),
+        );
+        assert!((precision.improvement.unwrap() - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_gate_passes_only_when_every_bound_holds() {
+        let definition = definition();
+        let day = 86_400_000_000_000_i64;
+        let kpis = |downtime: f64, precision: f64, labelled: f64| {
+            vec![
+                KpiValue::of(
+                    &definition.kpis[0],
+                    measure(Some(downtime), 500.0),
+                    Some(measure(Some(5.0), 500.0)),
+                ),
+                KpiValue::of(
+                    &definition.kpis[1],
+                    measure(Some(precision), labelled),
+                    None,
+                ),
+            ]
+        };
+        let judge = |days: i64, k| judge_gate(&definition, Stage::Pilot, 0, days * day, k).unwrap();
+        let passing = judge(15, kpis(3.5, 0.85, 12.0));
+        assert!(passing.passed, "{passing:?}");
+        assert_eq!(passing.checks.len(), 5);
+        assert_eq!(passing.to, Stage::ScaleUp);
+        // Each bound on its own fails the gate.
+        assert!(!judge(13, kpis(3.5, 0.85, 12.0)).passed);
+        assert!(!judge(15, kpis(4.5, 0.85, 12.0)).passed, "improvement 10 %");
+        assert!(!judge(15, kpis(3.5, 0.75, 12.0)).passed);
+        assert!(!judge(15, kpis(3.5, 0.85, 9.0)).passed);
+        // A KPI with nothing measured fails its bounds.
+        let mut unmeasured = kpis(3.5, 0.85, 12.0);
+        unmeasured[1].current.value = None;
+        assert!(!judge(15, unmeasured).passed);
+        // No gate out of enterprise; an empty gate never passes.
+        assert!(judge_gate(&definition, Stage::Enterprise, 0, day, vec![]).is_none());
+        let empty = judge_gate(&definition, Stage::ScaleUp, 0, day, vec![]).unwrap();
+        assert!(!empty.passed && empty.checks.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod stored {
+    use super::tests::definition;
+    use super::*;
+    use crate::NewDevice;
+
+    async fn registry() -> (tempfile::TempDir, Registry) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let registry = Registry::open(&dir.path().join("registry.db"))
+            .await
+            .expect("open");
+        for (id, site) in [
+            ("pump-01", "plant-a"),
+            ("pump-02", "plant-a"),
+            ("pump-09", "plant-b"),
+        ] {
+            let device = NewDevice {
+                id: id.into(),
+                site: Some(site.into()),
+                ..NewDevice::default()
+            };
+            registry.add(device).await.expect("add");
+        }
+        (dir, registry)
+    }
+
+    fn change(from: Stage, to: Stage) -> StageChange {
+        StageChange {
+            from,
+            to,
+            actor: "admin".into(),
+            forced: false,
+            reason: "pilot met its KPIs".into(),
+            gate: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn each_stage_widens_the_devices_and_every_change_is_on_record() {
+        let (_dir, registry) = registry().await;
+        let (use_case, created) = registry.put_use_case(definition()).await.expect("put");
+        assert!(created);
+        assert_eq!(use_case.stage, Stage::Pilot);
+        let devices = |r: &Registry| {
+            let r = r.clone();
+            async move { r.use_case_devices("pump-uptime").await.expect("devices") }
+        };
+        assert_eq!(
+            devices(&registry).await,
+            (Stage::Pilot, Some(vec!["pump-01".to_owned()]))
+        );
+        registry
+            .change_stage("pump-uptime", change(Stage::Pilot, Stage::ScaleUp))
+            .await
+            .expect("promote");
+        // The pilot's device stays; the site adds the other pump of plant-a only.
+        assert_eq!(
+            devices(&registry).await,
+            (
+                Stage::ScaleUp,
+                Some(vec!["pump-01".to_owned(), "pump-02".to_owned()])
+            )
+        );
+        // Redefining keeps the stage.
+        let mut changed = definition();
+        changed.owner = "maintenance".into();
+        let (again, created) = registry.put_use_case(changed).await.expect("redefine");
+        assert!(!created);
+        assert_eq!(again.stage, Stage::ScaleUp);
+        assert_eq!(again.definition.owner, "maintenance");
+        // A change from a stage it is no longer at is refused and not recorded.
+        let stale = registry
+            .change_stage("pump-uptime", change(Stage::Pilot, Stage::ScaleUp))
+            .await;
+        assert!(
+            matches!(stale, Err(RegistryError::Conflict(_))),
+            "{stale:?}"
+        );
+        registry
+            .change_stage("pump-uptime", change(Stage::ScaleUp, Stage::Enterprise))
+            .await
+            .expect("promote");
+        assert_eq!(devices(&registry).await, (Stage::Enterprise, None));
+        let decisions = registry
+            .stage_decisions("pump-uptime")
+            .await
+            .expect("decisions");
+        let steps: Vec<(Stage, Stage)> = decisions.iter().map(|d| (d.from, d.to)).collect();
+        assert_eq!(
+            steps,
+            [
+                (Stage::Pilot, Stage::ScaleUp),
+                (Stage::ScaleUp, Stage::Enterprise)
+            ]
+        );
+        // Removed, its pipelines have no devices to score, and the record stays.
+        registry
+            .remove_use_case("pump-uptime")
+            .await
+            .expect("remove");
+        assert!(matches!(
+            registry.use_case_devices("pump-uptime").await,
+            Err(RegistryError::UseCaseNotFound(_))
+        ));
+        assert_eq!(
+            registry.stage_decisions("pump-uptime").await.unwrap().len(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn a_faulty_definition_is_refused_naming_its_fields() {
+        let (_dir, registry) = registry().await;
+        let mut bad = definition();
+        bad.kpis[0].max_gap = "soon".into();
+        let refused = registry.put_use_case(bad).await;
+        match refused {
+            Err(RegistryError::Invalid(text)) => {
+                assert!(text.starts_with("kpis[0].max_gap: "), "{text}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(registry.use_cases().await.unwrap().is_empty());
+    }
+}

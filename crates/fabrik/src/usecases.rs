@@ -1,0 +1,335 @@
+//! Measuring a use case's KPIs: each kind as one SQL query over the store (time-weighted for
+//! downtime and energy, so a device that reports twice as often does not count twice), or,
+//! for alert precision, from the operators' feedback on alerts.
+//!
+//! Owns the SQL each KPI becomes and the check of the SQL fragments a definition carries; the
+//! definitions, stages and gates are the registry's (`fabrik_registry::usecases`).
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::datatypes::{Float64Type, Int64Type};
+use fabrik_alert::db::AlertQuery;
+use fabrik_alert::{Alerting, Feedback};
+use fabrik_api::usecases::KpiMeter;
+use fabrik_registry::usecases::{Kpi, KpiKind, KpiMeasure, UseCaseDefinition, parse_time};
+use fabrik_store::Store;
+use futures::future::BoxFuture;
+
+use crate::sql_text::{embedded, one_expression};
+
+/// Nanoseconds in an hour, and in a day.
+const HOUR_NS: f64 = 3.6e12;
+const DAY_NS: f64 = 8.64e13;
+/// Most alerts of one rule read for a precision.
+const MOST_ALERTS: u32 = 100_000;
+
+/// Measures KPIs with the store's SQL and, when the alerts module runs here, the alerts.
+pub(crate) struct StoreKpiMeter {
+    pub(crate) store: Arc<Store>,
+    pub(crate) alerting: Option<Arc<Alerting>>,
+}
+
+impl KpiMeter for StoreKpiMeter {
+    fn check(&self, definition: UseCaseDefinition) -> BoxFuture<'_, Vec<(String, String)>> {
+        Box::pin(async move { sql_problems(&definition) })
+    }
+
+    fn measure(
+        &self,
+        kpi: Kpi,
+        devices: Option<Vec<String>>,
+        from_ns: i64,
+        to_ns: i64,
+    ) -> BoxFuture<'_, KpiMeasure> {
+        Box::pin(async move {
+            let measured = match kpi.kind {
+                KpiKind::AlertPrecision => {
+                    self.alert_precision(&kpi, devices.as_deref(), from_ns, to_ns)
+                        .await
+                }
+                _ => {
+                    self.table_kpi(&kpi, devices.as_deref(), from_ns, to_ns)
+                        .await
+                }
+            };
+            measured.unwrap_or_else(KpiMeasure::failed)
+        })
+    }
+}
+
+/// The SQL fragments of a definition that are not one expression, named by field.
+pub(crate) fn sql_problems(definition: &UseCaseDefinition) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    for (i, kpi) in definition.kpis.iter().enumerate() {
+        for (field, text) in [
+            ("condition", &kpi.condition),
+            ("signal", &kpi.signal),
+            ("filter", &kpi.filter),
+        ] {
+            if let Some(text) = text
+                && let Err(e) = one_expression(text)
+            {
+                problems.push((format!("kpis[{i}].{field}"), e));
+            }
+        }
+    }
+    problems
+}
+
+fn quote(name: &str) -> String {
+    format!("\"{name}\"")
+}
+
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// The rows of a KPI's table in the period, on the devices, passing its filter.
+fn row_selection(kpi: &Kpi, devices: Option<&[String]>, from_ns: i64, to_ns: i64) -> String {
+    let mut sql = format!(
+        " FROM {} WHERE time >= to_timestamp_nanos({from_ns}) AND time < to_timestamp_nanos({to_ns})",
+        quote(kpi.table.as_deref().unwrap_or_default())
+    );
+    if let Some(filter) = &kpi.filter {
+        sql.push_str(&format!(" AND {}", embedded(filter)));
+    }
+    if let Some(devices) = devices {
+        let list: Vec<String> = devices.iter().map(|d| literal(d)).collect();
+        // An empty scope selects nothing; `IN ()` is not SQL.
+        let list = if list.is_empty() {
+            "NULL".to_owned()
+        } else {
+            list.join(", ")
+        };
+        sql.push_str(&format!(" AND {} IN ({list})", quote(&kpi.device_column)));
+    }
+    sql
+}
+
+/// The SQL of a table KPI; its answer is one row.
+pub(crate) fn kpi_sql(
+    kpi: &Kpi,
+    devices: Option<&[String]>,
+    from_ns: i64,
+    to_ns: i64,
+) -> Result<String, String> {
+    let rows = row_selection(kpi, devices, from_ns, to_ns);
+    let device = quote(&kpi.device_column);
+    let max_gap_ns = fabrik_runtime::units::parse_duration(&kpi.max_gap)?.as_nanos();
+    // Each row stands for the time until its device's next row, unless that gap is too long
+    // to say what happened in it.
+    let timed = |value: &str| {
+        format!(
+            "SELECT COUNT(DISTINCT d) AS devices, CAST(SUM(dt) AS DOUBLE) AS observed_ns, \
+             SUM({value}) AS weighted FROM (SELECT {device} AS d, {v} AS v, \
+             CAST(LEAD(time) OVER (PARTITION BY {device} ORDER BY time) AS BIGINT) \
+             - CAST(time AS BIGINT) AS dt{rows}) AS intervals \
+             WHERE dt IS NOT NULL AND dt <= {max_gap_ns}",
+            v = match kpi.kind {
+                KpiKind::Downtime =>
+                    embedded(kpi.condition.as_deref().unwrap_or("false")).to_string(),
+                _ => format!(
+                    "CAST({} AS DOUBLE)",
+                    embedded(kpi.signal.as_deref().unwrap_or("NULL"))
+                ),
+            }
+        )
+    };
+    Ok(match kpi.kind {
+        KpiKind::Downtime => timed("CASE WHEN v THEN CAST(dt AS DOUBLE) ELSE 0.0 END"),
+        KpiKind::EnergyCost => timed("v * CAST(dt AS DOUBLE)"),
+        KpiKind::Aggregate => {
+            let aggregate = match kpi.aggregate.as_deref().unwrap_or("mean") {
+                "mean" => "AVG(v)".to_owned(),
+                "min" => "MIN(v)".to_owned(),
+                "max" => "MAX(v)".to_owned(),
+                "sum" => "SUM(v)".to_owned(),
+                "count" => "CAST(COUNT(v) AS DOUBLE)".to_owned(),
+                "p50" => "median(v)".to_owned(),
+                percentile => {
+                    let q: f64 = percentile
+                        .trim_start_matches('p')
+                        .parse::<f64>()
+                        .map_err(|_| format!("`{percentile}` is not an aggregate"))?
+                        / 100.0;
+                    format!("approx_percentile_cont({q}) WITHIN GROUP (ORDER BY v)")
+                }
+            };
+            format!(
+                "SELECT CAST({aggregate} AS DOUBLE) AS value, COUNT(v) AS n FROM \
+                 (SELECT CAST({} AS DOUBLE) AS v{rows}) AS selected",
+                embedded(kpi.signal.as_deref().unwrap_or("NULL"))
+            )
+        }
+        KpiKind::AlertPrecision => return Err("alert precision is not read from a table".into()),
+    })
+}
+
+impl StoreKpiMeter {
+    async fn table_kpi(
+        &self,
+        kpi: &Kpi,
+        devices: Option<&[String]>,
+        from_ns: i64,
+        to_ns: i64,
+    ) -> Result<KpiMeasure, String> {
+        let sql = kpi_sql(kpi, devices, from_ns, to_ns)?;
+        let output = self.store.query(&sql).await.map_err(|e| e.to_string())?;
+        let batch = output
+            .batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .ok_or("the query returned no row")?;
+        let float = |name: &str| -> Option<f64> {
+            let column = batch.column_by_name(name)?;
+            let values = column.as_primitive_opt::<Float64Type>()?;
+            (!values.is_null(0)).then(|| values.value(0))
+        };
+        let int = |name: &str| -> i64 {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_primitive_opt::<Int64Type>())
+                .filter(|v| !v.is_null(0))
+                .map_or(0, |v| v.value(0))
+        };
+        Ok(match kpi.kind {
+            KpiKind::Aggregate => {
+                let n = int("n");
+                KpiMeasure {
+                    value: if n > 0 { float("value") } else { None },
+                    evidence: n as f64,
+                    detail: format!(
+                        "{} of {} over {n} rows",
+                        kpi.aggregate.as_deref().unwrap_or("mean"),
+                        kpi.signal.as_deref().unwrap_or_default()
+                    ),
+                    error: None,
+                }
+            }
+            KpiKind::Downtime | KpiKind::EnergyCost => {
+                let devices = int("devices");
+                let observed_ns = float("observed_ns").unwrap_or(0.0);
+                let weighted = float("weighted").unwrap_or(0.0);
+                let observed_hours = observed_ns / HOUR_NS;
+                let (value, detail) = if kpi.kind == KpiKind::Downtime {
+                    (
+                        100.0 * weighted / observed_ns,
+                        format!(
+                            "{:.2} h down in {observed_hours:.2} h observed on {devices} devices",
+                            weighted / HOUR_NS
+                        ),
+                    )
+                } else {
+                    // kW × ns → kWh.
+                    let kwh = weighted / HOUR_NS;
+                    let cost = kwh * kpi.price_per_kwh.unwrap_or(0.0);
+                    (
+                        cost / (observed_ns / DAY_NS),
+                        format!(
+                            "{kwh:.3} kWh, {cost:.2} {} in {observed_hours:.2} h observed on \
+                             {devices} devices",
+                            kpi.currency.as_deref().unwrap_or("")
+                        ),
+                    )
+                };
+                KpiMeasure {
+                    value: (observed_ns > 0.0).then_some(value),
+                    evidence: observed_hours,
+                    detail,
+                    error: None,
+                }
+            }
+            KpiKind::AlertPrecision => {
+                return Err("alert precision is not read from a table".into());
+            }
+        })
+    }
+
+    async fn alert_precision(
+        &self,
+        kpi: &Kpi,
+        devices: Option<&[String]>,
+        from_ns: i64,
+        to_ns: i64,
+    ) -> Result<KpiMeasure, String> {
+        let alerting = self
+            .alerting
+            .as_ref()
+            .ok_or("alert precision needs the alerts module in this process")?;
+        let (mut true_positives, mut false_positives, mut unlabelled) = (0u64, 0u64, 0u64);
+        for rule in &kpi.rules {
+            let query = AlertQuery {
+                rule: Some(rule.clone()),
+                ..AlertQuery::default()
+            };
+            let alerts = alerting
+                .db()
+                .find(&query, MOST_ALERTS)
+                .await
+                .map_err(|e| e.to_string())?;
+            for alert in alerts {
+                if alert.fired_at.is_none() || &alert.rule != rule {
+                    continue;
+                }
+                let started = parse_time(&alert.started_at)?;
+                let in_scope = devices.is_none_or(|d| d.contains(&alert.key));
+                if started < from_ns || started >= to_ns || !in_scope {
+                    continue;
+                }
+                match alert.ack.map(|a| a.feedback) {
+                    Some(Feedback::TruePositive) => true_positives += 1,
+                    Some(Feedback::FalsePositive) => false_positives += 1,
+                    None => unlabelled += 1,
+                }
+            }
+        }
+        let labelled = true_positives + false_positives;
+        Ok(KpiMeasure {
+            value: (labelled > 0).then(|| true_positives as f64 / labelled as f64),
+            evidence: labelled as f64,
+            detail: format!(
+                "{true_positives} true and {false_positives} false positives; {unlabelled} \
+                 fired alerts not labelled"
+            ),
+            error: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kpi(json: serde_json::Value) -> Kpi {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn the_scope_and_filter_bound_the_rows_and_an_empty_scope_selects_none() {
+        let downtime = kpi(serde_json::json!({
+            "name": "d", "kind": "downtime", "table": "pump", "condition": "NOT running",
+            "filter": "site = 'a'", "max_gap": "1m"
+        }));
+        let sql = kpi_sql(&downtime, Some(&["p'1".to_owned()]), 10, 20).unwrap();
+        assert!(sql.contains("\"device\" IN ('p''1')"), "{sql}");
+        assert!(sql.contains("AND (\nsite = 'a'\n)"), "{sql}");
+        assert!(sql.contains("dt <= 60000000000"), "{sql}");
+        let none = kpi_sql(&downtime, Some(&[]), 10, 20).unwrap();
+        assert!(none.contains("IN (NULL)"), "{none}");
+        let all = kpi_sql(&downtime, None, 10, 20).unwrap();
+        assert!(!all.contains(" IN ("), "{all}");
+    }
+
+    #[test]
+    fn sql_that_is_not_one_expression_is_named_by_field() {
+        let definition: UseCaseDefinition = serde_json::from_value(serde_json::json!({
+            "name": "u", "objective": "o", "pilot": {"devices": ["a"]},
+            "kpis": [{"name": "d", "kind": "downtime", "table": "t", "condition": "true) OR (1=1"}]
+        }))
+        .unwrap();
+        let problems = sql_problems(&definition);
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].0, "kpis[0].condition");
+    }
+}

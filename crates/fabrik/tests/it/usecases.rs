@@ -1,0 +1,341 @@
+//! Use cases in a real `fabrik run`: KPIs measured from stored rows (time-weighted downtime
+//! and energy cost with gaps left out, an aggregate, alert precision from operators'
+//! feedback) against a baseline; a gate that refuses a promotion until its KPIs hold; and a
+//! pipeline of the use case that scores only the devices its stage allows, widened by a
+//! promotion and narrowed again by a step back.
+
+use crate::mqtt::{eventually, http};
+use crate::support::{Process, blocking_query_count, client_command, now_ns, post_status};
+
+const SECOND: i64 = 1_000_000_000;
+
+const CONFIG: &str = r#"
+[[alerting.rules]]
+name = "pump-hot"
+table = "pump"
+value = "temperature"
+key = "device"
+condition = "above"
+threshold = 80.0
+interval = "200ms"
+start = "earliest"
+
+[[pipelines]]
+name = "scoped"
+use_case = "pumps"
+table = "pump"
+signals = ["temperature"]
+window = "10 samples"
+min_samples = 1
+training_windows = 5
+interval = "100ms"
+lateness = "0s"
+start = "earliest"
+"#;
+
+fn definition() -> serde_json::Value {
+    serde_json::json!({
+        "objective": "Halve unplanned pump downtime at plant A",
+        "owner": "maintenance",
+        "stakeholders": ["OT", "finance"],
+        "pilot": {"devices": ["pump-a"]},
+        "scale_up": {"devices": ["pump-b"]},
+        "kpis": [
+            {"name": "downtime", "kind": "downtime", "table": "pump", "condition": "NOT running", "target": 12.0},
+            {"name": "energy", "kind": "energy_cost", "table": "pump", "signal": "current * 0.5",
+             "price_per_kwh": 0.2, "currency": "EUR"},
+            {"name": "hottest", "kind": "aggregate", "table": "pump", "signal": "temperature",
+             "aggregate": "max", "filter": "running"},
+            {"name": "precision", "kind": "alert_precision", "rules": ["pump-hot"]}
+        ],
+        "gates": {"scale_up": [
+            {"kpi": "downtime", "at_most": 50.0},
+            {"time_in_stage_at_least": "1s"}
+        ]}
+    })
+}
+
+/// One row every 10 s for an hour from `start`: down over `down` (seconds into the hour),
+/// silent over `silent`, 90 °C over each of `hot`.
+fn hour(
+    device: &str,
+    start: i64,
+    down: (i64, i64),
+    silent: (i64, i64),
+    hot: &[(i64, i64)],
+) -> String {
+    let mut body = String::new();
+    for s in (0..3600).step_by(10) {
+        if (silent.0..silent.1).contains(&s) {
+            continue;
+        }
+        let running = !(down.0..down.1).contains(&s);
+        let current = if running { 2.0 } else { 0.0 };
+        let temperature = if hot.iter().any(|(a, b)| (*a..*b).contains(&s)) {
+            90.0
+        } else {
+            60.0 + (s % 70) as f64 / 10.0
+        };
+        body.push_str(&format!(
+            "pump,device={device} running={running},current={current},temperature={temperature} {}\n",
+            start + s * SECOND
+        ));
+    }
+    body
+}
+
+fn rfc3339(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+fn inferences_of(url: &str, device: &str) -> i64 {
+    blocking_query_count(
+        url,
+        &format!(
+            "SELECT count(*) FROM inferences WHERE pipeline = 'scoped' AND device = '{device}'"
+        ),
+    )
+}
+
+/// 100 rows at 100 Hz per device from half a second from now: ten windows each.
+fn burst(url: &str, devices: &[&str]) {
+    let start = now_ns() + SECOND / 2;
+    let mut body = String::new();
+    for device in devices {
+        for i in 0..100 {
+            body.push_str(&format!(
+                "pump,device={device} running=true,current=2.0,temperature={} {}\n",
+                60.0 + (i % 7) as f64,
+                start + i * SECOND / 100
+            ));
+        }
+    }
+    assert_eq!(post_status(url, "/api/v1/write", &body), 200);
+}
+
+#[test]
+fn kpis_decide_the_gate_and_the_stage_decides_which_devices_a_pipeline_scores() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("fabrik.toml");
+    std::fs::write(&config, CONFIG).expect("config");
+    let p = Process::start_with_args(
+        &dir.path().join("data"),
+        &["--config", config.to_str().expect("utf-8")],
+        &[],
+    );
+    let url = p.url.clone();
+    let api = |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
+        http(&url, method, &format!("/api/v1/usecases{path}"), body)
+    };
+
+    // The pipeline names a use case nobody defined yet: it scores nothing and says why.
+    eventually("the pipeline names its missing use case", || {
+        let (_, status) = http(&url, reqwest::Method::GET, "/api/v1/pipelines/scoped", None);
+        status["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("use case `pumps` is not defined"))
+    });
+
+    // Two hours, three hours ago: the baseline hour, then the hour measured. pump-a is down
+    // 600 s in the first and 300 s in the second, which also has a 610 s gap that is not
+    // observed time; pump-b, outside the pilot, is down throughout.
+    let t0 = (now_ns() - 3 * 3600 * SECOND) / (10 * SECOND) * (10 * SECOND);
+    let t1 = t0 + 3600 * SECOND;
+    let mut history = hour("pump-a", t0, (1200, 1800), (0, 0), &[]);
+    history += &hour(
+        "pump-a",
+        t1,
+        (600, 900),
+        (2000, 2600),
+        &[(100, 150), (3000, 3050)],
+    );
+    history += &hour("pump-b", t1, (0, 3600), (0, 0), &[(200, 250)]);
+    assert_eq!(post_status(&url, "/api/v1/write", &history), 200);
+
+    // A definition with faults is refused, each named, and nothing is stored.
+    let mut bad = definition();
+    bad["kpis"][0]["condition"] = "true) OR (1=1".into();
+    bad["kpis"][1]
+        .as_object_mut()
+        .expect("kpi")
+        .remove("price_per_kwh");
+    let (code, body) = api(reqwest::Method::PUT, "/pumps", Some(bad));
+    assert_eq!(code, 400, "{body}");
+    let message = body["message"].as_str().expect("message");
+    assert!(message.contains("kpis[1].price_per_kwh"), "{message}");
+    assert!(message.contains("kpis[0].condition"), "{message}");
+    assert_eq!(api(reqwest::Method::GET, "", None).1, serde_json::json!([]));
+
+    let mut with_baseline = definition();
+    with_baseline["baseline"] = serde_json::json!({"from": rfc3339(t0), "to": rfc3339(t1)});
+    let (code, body) = api(reqwest::Method::PUT, "/pumps", Some(with_baseline));
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["stage"], "pilot");
+    assert_eq!(body["devices"], serde_json::json!(["pump-a"]));
+    assert_eq!(body["pipelines"], serde_json::json!(["scoped"]));
+
+    // The alerts of the hot spells, acknowledged: pump-a's first true, second false;
+    // pump-b's true, but pump-b is not in the pilot.
+    eventually("three hot spells raise three alerts", || {
+        let (_, alerts) = http(
+            &url,
+            reqwest::Method::GET,
+            "/api/v1/alerts?rule=pump-hot",
+            None,
+        );
+        alerts.as_array().is_some_and(|a| a.len() == 3)
+    });
+    let (_, alerts) = http(
+        &url,
+        reqwest::Method::GET,
+        "/api/v1/alerts?rule=pump-hot",
+        None,
+    );
+    let mut alerts = alerts.as_array().cloned().expect("alerts");
+    alerts.sort_by_key(|a| (a["key"].to_string(), a["started_at"].to_string()));
+    for (alert, feedback) in alerts
+        .iter()
+        .zip(["true_positive", "false_positive", "true_positive"])
+    {
+        let id = alert["id"].as_str().expect("id");
+        let (code, body) = http(
+            &url,
+            reqwest::Method::POST,
+            &format!("/api/v1/alerts/{}/ack", id),
+            Some(serde_json::json!({"feedback": feedback})),
+        );
+        assert_eq!(code, 200, "{body}");
+    }
+
+    // The measured hour against the baseline hour, on pump-a only.
+    let (code, report) = api(
+        reqwest::Method::GET,
+        &format!(
+            "/pumps/kpis?from={}&to={}",
+            rfc3339(t1),
+            rfc3339(t1 + 3600 * SECOND)
+        ),
+        None,
+    );
+    assert_eq!(code, 200, "{report}");
+    let kpi = |name: &str| {
+        report["kpis"]
+            .as_array()
+            .expect("kpis")
+            .iter()
+            .find(|k| k["name"] == name)
+            .cloned()
+            .expect("kpi")
+    };
+    let close = |value: &serde_json::Value, want: f64| {
+        value
+            .as_f64()
+            .is_some_and(|v| (v - want).abs() < 1e-9 * want.abs().max(1.0))
+    };
+    // 300 s down in 2,980 s observed (the 610 s gap is not observed), against 600 in 3,590.
+    let downtime = kpi("downtime");
+    let (now, before) = (100.0 * 300.0 / 2980.0, 100.0 * 600.0 / 3590.0);
+    assert!(close(&downtime["current"]["value"], now), "{downtime}");
+    assert!(close(&downtime["baseline"]["value"], before), "{downtime}");
+    assert!(
+        close(&downtime["improvement"], (before - now) / before),
+        "{downtime}"
+    );
+    assert_eq!(downtime["target_met"], true, "{downtime}");
+    // 1 kW while running (2,680 of 2,980 s observed) at 0.2 EUR/kWh, per device-day.
+    let energy = kpi("energy");
+    assert!(
+        close(&energy["current"]["value"], 0.2 * 2680.0 / 2980.0 * 24.0),
+        "{energy}"
+    );
+    assert_eq!(energy["unit"], "EUR per device-day");
+    let hottest = kpi("hottest");
+    assert!(close(&hottest["current"]["value"], 90.0), "{hottest}");
+    let precision = kpi("precision");
+    assert!(close(&precision["current"]["value"], 0.5), "{precision}");
+    assert_eq!(precision["current"]["evidence"], 2.0, "{precision}");
+
+    // In pilot the pipeline scores pump-a's history and none of pump-b's.
+    eventually("pump-a's windows are scored", || {
+        inferences_of(&url, "pump-a") >= 61
+    });
+    assert_eq!(inferences_of(&url, "pump-b"), 0);
+
+    // The gate is judged on what happened since the pilot began: nothing yet.
+    let (code, gate) = api(reqwest::Method::GET, "/pumps/gate", None);
+    assert_eq!(code, 200, "{gate}");
+    assert_eq!(gate["passed"], false, "{gate}");
+    let promote = serde_json::json!({"to": "scale_up", "reason": "the pilot met its KPIs"});
+    let (code, refused) = api(reqwest::Method::POST, "/pumps/stage", Some(promote.clone()));
+    assert_eq!(code, 409, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("downtime ≤ 50 (not measured)")),
+        "{refused}"
+    );
+    let (code, skipped) = api(
+        reqwest::Method::POST,
+        "/pumps/stage",
+        Some(serde_json::json!({"to": "enterprise", "reason": "hurry", "force": true})),
+    );
+    assert_eq!(code, 409, "one gate at a time: {skipped}");
+    // pump-a runs in the pilot; then the gate passes.
+    burst(&url, &["pump-a"]);
+    std::thread::sleep(std::time::Duration::from_millis(1700));
+    let (code, decision) = api(reqwest::Method::POST, "/pumps/stage", Some(promote));
+    assert_eq!(code, 200, "{decision}");
+    assert_eq!(decision["forced"], false, "{decision}");
+    assert_eq!(decision["gate"]["passed"], true, "{decision}");
+    assert_eq!(decision["actor"], "admin-token");
+
+    // At scale-up pump-b is scored from the promotion on (its old rows stay unscored).
+    burst(&url, &["pump-a", "pump-b"]);
+    eventually("pump-b is scored after the promotion", || {
+        inferences_of(&url, "pump-b") == 5
+    });
+
+    // A step back to pilot: pump-b is left alone again while pump-a goes on.
+    let (code, back) = api(
+        reqwest::Method::POST,
+        "/pumps/stage",
+        Some(serde_json::json!({"to": "pilot", "reason": "wrong pump-b baseline"})),
+    );
+    assert_eq!(code, 200, "{back}");
+    let pump_a = inferences_of(&url, "pump-a");
+    burst(&url, &["pump-a", "pump-b"]);
+    eventually("pump-a's new windows are scored", || {
+        inferences_of(&url, "pump-a") == pump_a + 10
+    });
+    assert_eq!(inferences_of(&url, "pump-b"), 5);
+
+    // Removing a use case a pipeline names is refused; the decisions are on record.
+    let (code, _) = api(reqwest::Method::DELETE, "/pumps", None);
+    assert_eq!(code, 409);
+    let (ok, text) = client_command(&url, &["usecase", "decisions", "pumps"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("pilot → scale_up  by admin-token: the pilot met"),
+        "{text}"
+    );
+    assert!(text.contains("scale_up → pilot"), "{text}");
+    let (ok, text) = client_command(&url, &["usecase", "gate", "pumps"]);
+    assert!(ok && text.contains("Gate pilot → scale_up"), "{text}");
+    let (ok, text) = client_command(&url, &["usecase", "list"]);
+    assert!(
+        ok && text.contains("pumps") && text.contains("pilot"),
+        "{text}"
+    );
+    let (ok, text) = client_command(
+        &url,
+        &[
+            "usecase", "promote", "pumps", "--reason", "again", "--force",
+        ],
+    );
+    assert!(
+        ok && text.contains("moved from pilot to scale_up"),
+        "{text}"
+    );
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}
