@@ -557,9 +557,23 @@ async function main() {
     await page.waitForFunction(() => document.querySelector('#uc-devices')?.textContent.includes('pump-04'), null, { timeout: 10000 });
     const decision = await page.textContent('#uc-decision-table tbody tr');
     assert(decision.includes('forced') && decision.includes('plant manager approved'), `decision: ${decision}`);
+    assert(/Overrode:[\s\S]*time in pilot ≥ 10m/.test(decision), `the overridden check is not shown: ${decision}`);
     const stored = await apiCall('/api/v1/usecases/pump-reliability/decisions');
     assert(stored.length === 1 && stored[0].forced && stored[0].gate && !stored[0].gate.passed, `decisions: ${JSON.stringify(stored)}`);
     await shot('12-usecase');
+    // Leave and come back: one click, one dialog. A step back needs no gate.
+    await go('#/overview');
+    await page.waitForSelector('#ov-pipelines');
+    await go('#/usecases/pump-reliability');
+    await page.waitForSelector('#uc-demote');
+    await page.click('#uc-demote');
+    await page.waitForSelector('dialog[open] #stage-form');
+    assert(await page.$$eval('dialog[open]', (d) => d.length) === 1, 'more than one dialog opened');
+    assert(!(await page.$('dialog[open] input[name=force]')), 'a step back offers to force a gate');
+    await page.fill('#stage-reason', 'pump-04 needs its own baseline first');
+    await page.click('dialog[open] button[type=submit]');
+    await page.waitForFunction(() => document.querySelector('#uc-stage .stage.current')?.textContent === 'Pilot', null, { timeout: 10000 });
+    assert(!(await page.textContent('#uc-devices')).includes('pump-04'), 'pump-04 is still in scope after the step back');
     noErrors('use cases');
   });
 }

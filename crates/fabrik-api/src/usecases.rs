@@ -85,6 +85,8 @@ pub struct PeriodParams {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StageRequest {
+    /// The stage the decision was made on, as the caller saw it; 409 if it is no longer.
+    pub from: Stage,
     /// The stage to enter: the next one (through its gate) or an earlier one (a step back).
     pub to: Stage,
     /// Why, in the decider's words; kept with the decision.
@@ -233,7 +235,10 @@ pub(crate) async fn put(
     let definition: UseCaseDefinition =
         named_definition(&body, &name, "use case", |d: &UseCaseDefinition| &d.name)?;
     let mut problems = definition.problems();
-    problems.extend(meter(&state)?.check(definition.clone()).await);
+    // The SQL is checked where it runs; a registry on its own stores what it can check.
+    if let Some(meter) = &state.kpi_meter {
+        problems.extend(meter.check(definition.clone()).await);
+    }
     if !problems.is_empty() {
         return Err(ApiError::bad_request(describe(&problems)));
     }
@@ -358,6 +363,13 @@ pub(crate) async fn change_stage(
     let use_case = registry.use_case(&name).await?;
     let conflict = |text: String| ApiError::new(StatusCode::CONFLICT, "conflict", text);
     let from = use_case.stage;
+    if request.from != from {
+        return Err(conflict(format!(
+            "use case `{name}` is at {}, not {} as the request says: look again",
+            from.display(),
+            request.from.display()
+        )));
+    }
     let gate = if request.to == from {
         return Err(conflict(format!(
             "use case `{name}` is at {} already",
@@ -381,10 +393,7 @@ pub(crate) async fn change_stage(
                 .checks
                 .iter()
                 .filter(|c| !c.passed)
-                .map(|c| match c.measured {
-                    Some(m) => format!("{} (measured {m:.4})", c.criterion),
-                    None => format!("{} (not measured)", c.criterion),
-                })
+                .map(|c| format!("{} (measured {})", c.criterion, c.measured_text))
                 .collect();
             let why = if report.checks.is_empty() {
                 "the gate has no criteria".to_owned()
@@ -394,8 +403,8 @@ pub(crate) async fn change_stage(
             return Err(conflict(format!(
                 "the gate from {} to {} did not pass: {why}. Promote with `force` and a \
                  reason to override it on record",
-                from.as_str(),
-                request.to.as_str()
+                from.display(),
+                request.to.display()
             )));
         }
         Some(report)
@@ -403,6 +412,8 @@ pub(crate) async fn change_stage(
     let forced = gate.as_ref().is_some_and(|g| !g.passed);
     let change = StageChange {
         from,
+        since: use_case.stage_since.clone(),
+        updated_at: use_case.updated_at.clone(),
         to: request.to,
         actor: identity.name.clone(),
         forced,

@@ -1254,19 +1254,12 @@ async function pageAudit(p) {
 
 const STAGES = [['pilot', 'Pilot'], ['scale_up', 'Scale-up'], ['enterprise', 'Enterprise']];
 const stageName = (s) => (STAGES.find(([v]) => v === s) || [s, s])[1];
-const stagePill = (s) => html`<span class="pill ${s === 'enterprise' ? 'ok' : s === 'scale_up' ? 'warn' : ''}" data-stage="${s}">${stageName(s)}</span>`;
-/** A KPI's number with its unit; a ratio or improvement as a percentage. */
+const stagePill = (s) => html`<span class="pill ${s === 'enterprise' ? 'ok' : ''}" data-stage="${s}">${stageName(s)}</span>`;
+/** A KPI's number with its unit (a `ratio` is shown bare: 0.83 of alerts were real). */
 const kpiNumber = (v, unit) => (v === null || v === undefined ? '—' : `${fmtNum(v, 4)}${unit && unit !== 'ratio' ? ` ${unit}` : ''}`);
-/** Seconds as the largest two units (`3 h 20 min`). */
-function fmtSeconds(v) {
-  const units = [['d', 86400], ['h', 3600], ['min', 60], ['s', 1]];
-  const parts = [];
-  let left = Math.floor(v);
-  for (const [u, n] of units) { if (left >= n || (u === 's' && !parts.length)) { parts.push(`${Math.floor(left / n)} ${u}`); left %= n; } }
-  return parts.slice(0, 2).join(' ');
-}
-const checkMeasure = (c) => (c.measured === null ? 'nothing' : c.unit === 's' ? fmtSeconds(c.measured) : kpiNumber(c.measured, c.unit));
 const signedPercent = (v) => (v === null || v === undefined ? '—' : `${v >= 0 ? '+' : ''}${fmtNum(v * 100, 3)} %`);
+/** The checks of a gate that did not hold, as a list (what a forced promotion overrode). */
+const failedChecks = (gate) => html`<ul class="findings">${(gate?.checks || []).filter((c) => !c.passed).map((c) => html`<li class="gap">✗ ${c.criterion} <span class="muted">(measured ${c.measured_text})</span></li>`)}</ul>`;
 
 async function pageUseCases(p, args) {
   if (args[0]) return pageUseCase(p, args[0]);
@@ -1285,23 +1278,38 @@ async function pageUseCases(p, args) {
   });
 }
 
+function kpiTable(kpis, withBaseline) {
+  if (!kpis.length) return html`<div class="empty">No KPI is defined.</div>`;
+  return html`<div class="table-wrap"><table id="uc-kpi-table"><thead><tr><th>KPI</th><th class="num">Value</th>${withBaseline ? html`<th class="num">Baseline</th><th class="num" title="Relative to the baseline; positive is better">Change vs baseline</th>` : ''}<th class="num">Target</th><th>Detail</th></tr></thead><tbody>
+    ${kpis.map((k) => html`<tr data-kpi="${k.name}"><td>${k.name}<div class="muted small-text">${k.kind.replace('_', ' ')}, ${k.better} is better</div></td>
+      <td class="num" data-value>${kpiNumber(k.current.value, k.unit)}</td>
+      ${withBaseline ? html`<td class="num">${k.baseline ? kpiNumber(k.baseline.value, k.unit) : '—'}</td><td class="num">${signedPercent(k.improvement)}</td>` : ''}
+      <td class="num">${k.target === null ? '—' : html`${kpiNumber(k.target, k.unit)} ${k.target_met === null ? '' : pill(k.target_met ? 'online' : 'failed', k.target_met ? 'met' : 'not met')}`}</td>
+      <td class="wrap muted small-text">${k.current.error ? html`<span class="bad-text">${k.current.error}</span>` : k.current.detail}</td></tr>`)}
+    </tbody></table></div>
+    ${withBaseline ? '' : html`<p class="muted">No baseline period: set the use case's <code>baseline</code> to compare each KPI with the time before it.</p>`}`;
+}
+
 async function pageUseCase(p, name) {
   setTitle(name);
   main.innerHTML = String(html`<div class="crumbs"><a href="#/usecases">Use cases</a> / ${name}</div>
     ${errorBox}
     <section class="card" aria-labelledby="h-ucdef"><div class="card-head"><h2 id="h-ucdef">${name}</h2><div class="row" id="uc-actions"></div></div><div id="uc-def"></div></section>
-    <section class="card" aria-labelledby="h-uckpi"><h2 id="h-uckpi">KPIs since the stage began</h2><div id="uc-kpis"></div></section>
+    <section class="card" aria-labelledby="h-uckpi"><h2 id="h-uckpi">KPIs since the stage began</h2><div class="sub" id="uc-kpi-scope"></div><div id="uc-kpis"></div></section>
     <section class="card" aria-labelledby="h-ucgate"><h2 id="h-ucgate">Gate to the next stage</h2><div id="uc-gate"></div></section>
     <section class="card" aria-labelledby="h-ucdec"><h2 id="h-ucdec">Stage decisions</h2><div id="uc-decisions"></div></section>`);
   let current = null;
   const load = async () => {
-    const [u, kpis, decisions] = await Promise.all([
-      api(`/api/v1/usecases/${enc(name)}`),
-      api(`/api/v1/usecases/${enc(name)}/kpis`),
+    const u = await api(`/api/v1/usecases/${enc(name)}`);
+    // Below enterprise the gate carries the KPIs of the same period: measured once. A
+    // failure of one answer leaves the rest of the page shown.
+    const [measured, decisions] = await Promise.allSettled([
+      u.stage === 'enterprise' ? api(`/api/v1/usecases/${enc(name)}/kpis`) : api(`/api/v1/usecases/${enc(name)}/gate`),
       api(`/api/v1/usecases/${enc(name)}/decisions`),
     ]);
-    const gate = u.stage === 'enterprise' ? null : await api(`/api/v1/usecases/${enc(name)}/gate`);
     if (!p.alive) return;
+    const gate = u.stage !== 'enterprise' && measured.status === 'fulfilled' ? measured.value : null;
+    const kpis = measured.status === 'fulfilled' ? measured.value.kpis : null;
     current = { u, gate };
     const d = u.definition;
     patch($('#uc-def'), html`<dl class="kv">
@@ -1311,47 +1319,52 @@ async function pageUseCase(p, name) {
       <dt>Devices now</dt><dd id="uc-devices">${u.devices ? (u.devices.length ? u.devices.map((id, i) => html`${i ? ', ' : ''}<a href="#/devices/${enc(id)}">${id}</a>`) : 'none') : 'every device its pipelines select'}</dd>
       <dt>Pipelines</dt><dd>${u.pipelines.length ? u.pipelines.map((n, i) => html`${i ? ', ' : ''}<a href="#/pipelines/${enc(n)}">${n}</a>`) : '—'}</dd>
       ${d.baseline ? html`<dt>Baseline</dt><dd>${fmtTime(d.baseline.from)} – ${fmtTime(d.baseline.to)}</dd>` : ''}</dl>`);
-    patch($('#uc-kpis'), kpis.kpis.length ? html`<div class="table-wrap"><table id="uc-kpi-table"><thead><tr><th>KPI</th><th class="num">Value</th><th class="num">Baseline</th><th class="num">Improvement</th><th class="num">Target</th><th>From</th></tr></thead><tbody>
-      ${kpis.kpis.map((k) => html`<tr data-kpi="${k.name}"><td>${k.name}<div class="muted small-text">${k.kind.replace('_', ' ')}, ${k.better} is better</div></td>
-        <td class="num" data-value>${kpiNumber(k.current.value, k.unit)}</td><td class="num">${k.baseline ? kpiNumber(k.baseline.value, k.unit) : '—'}</td>
-        <td class="num">${signedPercent(k.improvement)}</td><td class="num">${k.target === null ? '—' : html`${kpiNumber(k.target, k.unit)} ${k.target_met === null ? '' : pill(k.target_met ? 'online' : 'failed', k.target_met ? 'met' : 'not met')}`}</td>
-        <td class="wrap muted small-text">${k.current.error ? html`<span class="bad-text">${k.current.error}</span>` : k.current.detail}</td></tr>`)}
-      </tbody></table></div>` : html`<div class="empty">No KPI is defined.</div>`);
-    patch($('#uc-gate'), gate ? html`<p id="uc-gate-verdict">${stageName(gate.from)} → ${stageName(gate.to)}: ${gate.passed ? pill('online', 'passes') : pill('failed', 'does not pass')}</p>
-      ${gate.checks.length ? html`<ul class="findings" id="uc-gate-checks">${gate.checks.map((c) => html`<li class="${c.passed ? '' : 'gap'}">${c.passed ? '✓' : '✗'} ${c.criterion} <span class="muted">(measured ${checkMeasure(c)})</span></li>`)}</ul>`
-        : html`<p class="muted">The gate has no criteria: a promotion is a recorded decision to force it.</p>`}`
-      : html`<p class="muted">At enterprise: no further gate.</p>`);
-    patch($('#uc-decisions'), decisions.length ? html`<div class="table-wrap"><table id="uc-decision-table"><thead><tr><th>Time</th><th>Change</th><th>By</th><th>Reason</th></tr></thead><tbody>
-      ${[...decisions].reverse().map((x) => html`<tr><td>${time(x.time)}</td><td>${stageName(x.from)} → ${stageName(x.to)}${x.forced ? html` ${pill('pending', 'forced')}` : ''}</td><td>${x.actor}</td><td class="wrap">${x.reason}</td></tr>`)}
+    patch($('#uc-kpi-scope'), u.devices ? html`On the ${u.devices.length} devices of the stage` : html`On every device of each KPI's table`);
+    patch($('#uc-kpis'), kpis ? kpiTable(kpis, Boolean(d.baseline)) : html`<div class="notice bad" role="alert">${measured.reason?.message}</div>`);
+    patch($('#uc-gate'), u.stage === 'enterprise' ? html`<p class="muted">At enterprise: no further gate.</p>`
+      : !gate ? html`<div class="notice bad" role="alert">${measured.reason?.message}</div>`
+        : html`<p id="uc-gate-verdict">${stageName(gate.from)} → ${stageName(gate.to)}: ${gate.passed ? pill('online', 'passes') : pill('failed', 'does not pass')}</p>
+      ${gate.checks.length ? html`<ul class="findings" id="uc-gate-checks">${gate.checks.map((c) => html`<li class="${c.passed ? '' : 'gap'}">${c.passed ? '✓' : '✗'} ${c.criterion} <span class="muted">(measured ${c.measured_text})</span></li>`)}</ul>`
+        : html`<p class="muted">The gate has no criteria: a promotion is a recorded decision to force it.</p>`}`);
+    patch($('#uc-decisions'), decisions.status === 'rejected' ? html`<div class="notice bad" role="alert">${decisions.reason?.message}</div>`
+      : decisions.value.length ? html`<div class="table-wrap"><table id="uc-decision-table"><thead><tr><th>Time</th><th>Change</th><th>By</th><th>Reason</th></tr></thead><tbody>
+      ${[...decisions.value].reverse().map((x) => html`<tr><td>${time(x.time)}</td><td>${stageName(x.from)} → ${stageName(x.to)}${x.forced ? html` ${pill('pending', 'forced')}` : ''}</td><td>${x.actor}</td>
+        <td class="wrap">${x.reason}${x.forced ? html`<div class="small-text">Overrode:</div>${failedChecks(x.gate)}` : ''}</td></tr>`)}
       </tbody></table></div>` : html`<div class="empty">No stage change yet.</div>`);
     const admin = document.body.dataset.role === 'admin';
-    patch($('#uc-actions'), admin ? html`${u.stage !== 'enterprise' ? html`<button type="button" class="small primary" id="uc-promote">Promote to ${stageName(gate?.to)}</button>` : ''}${u.stage !== 'pilot' ? html`<button type="button" class="small" id="uc-demote">Step back</button>` : ''}` : '');
+    const next = STAGES[STAGES.findIndex(([v]) => v === u.stage) + 1]?.[0];
+    patch($('#uc-actions'), admin ? html`${next ? html`<button type="button" class="small primary" id="uc-promote">Promote to ${stageName(next)}</button>` : ''}${u.stage !== 'pilot' ? html`<button type="button" class="small" id="uc-demote">Step back</button>` : ''}` : '');
   };
-  main.addEventListener('click', async (e) => {
-    if (!current) return;
+  // `main` outlives the page: the listener goes with it.
+  const onClick = async (e) => {
+    if (!current || !p.alive) return;
     const { u, gate } = current;
-    if (e.target.id === 'uc-promote') {
-      const done = await stageDialog(name, gate.to, gate.passed ? null : gate);
-      if (done) await load();
-    } else if (e.target.id === 'uc-demote') {
-      const back = STAGES[STAGES.findIndex(([v]) => v === u.stage) - 1][0];
-      const done = await stageDialog(name, back, null);
-      if (done) await load();
-    }
-  });
+    const index = STAGES.findIndex(([v]) => v === u.stage);
+    let to = null;
+    if (e.target.id === 'uc-promote') to = STAGES[index + 1][0];
+    else if (e.target.id === 'uc-demote') to = STAGES[index - 1][0];
+    if (!to) return;
+    const promotion = e.target.id === 'uc-promote';
+    if (await stageDialog(name, u.stage, to, promotion, gate)) await load();
+  };
+  main.addEventListener('click', onClick);
+  p.cleanups.push(() => main.removeEventListener('click', onClick));
   await every(p, 15000, load);
 }
 
-/** Asks for the reason of a stage change; a gate that did not pass must be forced, on record. */
-function stageDialog(name, to, failedGate) {
+/** Asks for the reason of a stage change. A promotion may be forced past its gate (the server
+ *  judges the gate again and records whether it was forced); the gate as last shown says
+ *  whether that will be needed. */
+function stageDialog(name, from, to, promotion, gate) {
+  const failing = promotion && gate && !gate.passed;
   return dialog(html`<form id="stage-form" aria-labelledby="stage-title"><h2 id="stage-title">Move ${name} to ${stageName(to)}</h2>
-    ${failedGate ? html`<div class="notice bad">The gate does not pass: ${failedGate.checks.filter((c) => !c.passed).map((c) => c.criterion).join('; ') || 'it has no criteria'}. Moving on anyway is recorded as forced.</div>
-      <label><input type="checkbox" name="force" required> Force it past the gate</label>` : ''}
+    ${failing ? html`<div class="notice bad">The gate does not pass${gate.checks.length ? ':' : ' (it has no criteria).'}${failedChecks(gate)}Moving on anyway is recorded as forced.</div>` : ''}
+    ${promotion ? html`<label><input type="checkbox" name="force"${failing ? raw(' required') : ''}> Force it if the gate does not pass (recorded as forced)</label>` : ''}
     <div class="field"><label for="stage-reason">Reason (kept with the decision)</label><textarea id="stage-reason" name="reason" rows="3" required style="font-family:inherit"></textarea></div>
     <div class="notice bad" role="alert" hidden></div>
     <div class="actions"><button type="button" data-cancel>Cancel</button><button type="submit" class="primary">Move to ${stageName(to)}</button></div></form>`,
   async (fd) => {
-    const body = { to, reason: String(fd.get('reason') || '').trim(), force: fd.get('force') === 'on' };
+    const body = { from, to, reason: String(fd.get('reason') || '').trim(), force: fd.get('force') === 'on' };
     await api(`/api/v1/usecases/${enc(name)}/stage`, { method: 'POST', body });
     toast(`${name} is at ${stageName(to)}.`);
     return true;

@@ -36,6 +36,9 @@ pub enum RegistryError {
     /// No such use case.
     #[error("use case `{0}` is not defined")]
     UseCaseNotFound(String),
+    /// A stored record that cannot be read back.
+    #[error("{0}")]
+    Corrupt(String),
     /// The change was overtaken by another.
     #[error("{0}")]
     Conflict(String),

@@ -56,7 +56,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         updated_at BIGINT NOT NULL
     );
     CREATE TABLE use_case_decisions (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        id BIGINT PRIMARY KEY,
         use_case TEXT NOT NULL,
         time BIGINT NOT NULL,
         from_stage TEXT NOT NULL,

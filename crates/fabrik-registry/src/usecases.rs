@@ -39,6 +39,15 @@ impl Stage {
         }
     }
 
+    /// The name people read (`scale-up`).
+    pub fn display(self) -> &'static str {
+        match self {
+            Self::Pilot => "pilot",
+            Self::ScaleUp => "scale-up",
+            Self::Enterprise => "enterprise",
+        }
+    }
+
     /// The stage a gate leads to from this one.
     pub fn next(self) -> Option<Self> {
         match self {
@@ -176,6 +185,15 @@ impl Kpi {
         })
     }
 
+    /// What its evidence counts.
+    pub fn evidence_unit(&self) -> &'static str {
+        match self.kind {
+            KpiKind::Downtime | KpiKind::EnergyCost => "device-hours",
+            KpiKind::Aggregate => "rows",
+            KpiKind::AlertPrecision => "labelled alerts",
+        }
+    }
+
     /// Its unit, the default filled in.
     pub fn unit(&self) -> String {
         if let Some(unit) = &self.unit {
@@ -271,6 +289,10 @@ pub struct UseCaseDefinition {
     /// The devices added at scale-up (the pilot's stay).
     #[serde(default)]
     pub scale_up: DeviceScope,
+    /// The devices added at enterprise; empty: no limit (every device the pipelines select,
+    /// and every device of a KPI's table).
+    #[serde(default)]
+    pub enterprise: DeviceScope,
     /// Its KPIs.
     #[serde(default)]
     pub kpis: Vec<Kpi>,
@@ -327,7 +349,11 @@ impl UseCaseDefinition {
                 "must say which business objective the use case serves".into(),
             );
         }
-        for (field, scope) in [("pilot", &self.pilot), ("scale_up", &self.scale_up)] {
+        for (field, scope) in [
+            ("pilot", &self.pilot),
+            ("scale_up", &self.scale_up),
+            ("enterprise", &self.enterprise),
+        ] {
             if let Some(label) = &scope.label
                 && !label.contains('=')
             {
@@ -548,6 +574,8 @@ pub struct UseCase {
     pub stage_since: String,
     /// When it was first defined (RFC 3339).
     pub created_at: String,
+    /// When its definition or stage last changed (RFC 3339).
+    pub updated_at: String,
     /// Its definition.
     pub definition: UseCaseDefinition,
 }
@@ -590,6 +618,8 @@ pub struct KpiValue {
     pub unit: String,
     /// Which way it improves.
     pub better: Better,
+    /// What `evidence` counts: `device-hours`, `rows` or `labelled alerts`.
+    pub evidence_unit: String,
     /// The measure over the period.
     pub current: KpiMeasure,
     /// The measure over the baseline period, on the same devices.
@@ -628,6 +658,7 @@ impl KpiValue {
             kind: kpi.kind,
             unit: kpi.unit(),
             better,
+            evidence_unit: kpi.evidence_unit().to_owned(),
             current,
             baseline,
             improvement,
@@ -645,8 +676,10 @@ pub struct GateCheck {
     /// What was measured for it.
     pub measured: Option<f64>,
     /// The unit of `measured`: `s` for time in the stage, the KPI's unit for its value,
-    /// empty for an improvement (a fraction) or evidence.
+    /// `fraction` for an improvement, the evidence's unit for evidence.
     pub unit: String,
+    /// `measured` as people read it (`5 min 54 s`, `25 %`, `87 rows`, `nothing`).
+    pub measured_text: String,
     /// Whether it holds.
     pub passed: bool,
 }
@@ -688,9 +721,10 @@ pub fn judge_gate(
                 .map_or(f64::INFINITY, |d| d.as_secs_f64());
             let spent = (now_ns - stage_since_ns) as f64 / 1e9;
             checks.push(GateCheck {
-                criterion: format!("time in {} ≥ {time}", stage.as_str()),
+                criterion: format!("time in {} ≥ {time}", stage.display()),
                 measured: Some(spent),
                 unit: "s".into(),
+                measured_text: measured_text(Some(spent), "s"),
                 passed: spent >= need,
             });
         }
@@ -698,12 +732,14 @@ pub fn judge_gate(
         let value = by_name.get(name.as_str());
         let current = value.and_then(|v| v.current.value);
         let unit = value.map_or_else(String::new, |v| v.unit.clone());
+        let evidence_unit = value.map_or_else(String::new, |v| v.evidence_unit.clone());
         let mut check =
             |text: String, measured: Option<f64>, unit: &str, holds: &dyn Fn(f64) -> bool| {
                 checks.push(GateCheck {
                     criterion: text,
                     measured,
                     unit: unit.to_owned(),
+                    measured_text: measured_text(measured, unit),
                     passed: measured.is_some_and(holds),
                 });
             };
@@ -720,17 +756,23 @@ pub fn judge_gate(
         if let Some(bound) = criterion.improvement_at_least {
             let improvement = value.and_then(|v| v.improvement);
             check(
-                format!("{name} improved on the baseline by ≥ {bound}"),
+                format!(
+                    "{name} improved on the baseline by ≥ {}",
+                    measured_text(Some(bound), "fraction")
+                ),
                 improvement,
-                "",
+                "fraction",
                 &|v| v >= bound,
             );
         }
         if let Some(bound) = criterion.evidence_at_least {
             let evidence = value.map(|v| v.current.evidence);
-            check(format!("{name} evidence ≥ {bound}"), evidence, "", &|v| {
-                v >= bound
-            });
+            check(
+                format!("{name} rests on ≥ {bound} {evidence_unit}"),
+                evidence,
+                &evidence_unit,
+                &|v| v >= bound,
+            );
         }
     }
     Some(GateReport {
@@ -742,6 +784,45 @@ pub fn judge_gate(
         measured_to: format_time(now_ns),
         kpis,
     })
+}
+
+/// A measured value with its unit, as people read it: seconds as a duration, a fraction as a
+/// percentage, anything else as a number with its unit.
+pub fn measured_text(measured: Option<f64>, unit: &str) -> String {
+    let Some(value) = measured else {
+        return "nothing".into();
+    };
+    match unit {
+        "s" => {
+            let mut left = value.max(0.0).floor() as u64;
+            let mut parts = Vec::new();
+            for (name, size) in [("d", 86_400), ("h", 3_600), ("min", 60), ("s", 1)] {
+                if left >= size || (name == "s" && parts.is_empty()) {
+                    parts.push(format!("{} {name}", left / size));
+                    left %= size;
+                }
+            }
+            parts.truncate(2);
+            parts.join(" ")
+        }
+        "fraction" => format!("{} %", round_for_display(value * 100.0)),
+        "" => round_for_display(value),
+        unit => format!("{} {unit}", round_for_display(value)),
+    }
+}
+
+/// Four significant digits, no trailing zeros.
+fn round_for_display(value: f64) -> String {
+    if value == 0.0 || !value.is_finite() {
+        return format!("{value}");
+    }
+    let digits = (4 - 1 - value.abs().log10().floor() as i32).max(0) as usize;
+    let text = format!("{value:.digits$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_owned()
+    } else {
+        text
+    }
 }
 
 /// A recorded change of stage.
@@ -765,11 +846,18 @@ pub struct StageDecision {
     pub gate: Option<GateReport>,
 }
 
-/// What a stage change asks for, checked against the use case's stage when it is written.
+/// What a stage change asks for, checked against the use case as it was read when it is
+/// written.
 #[derive(Debug, Clone)]
 pub struct StageChange {
-    /// The stage the caller saw; the change fails if another got there first.
+    /// The stage the decision was made on; the change fails if another got there first.
     pub from: Stage,
+    /// When the use case entered that stage (RFC 3339), as read: a round trip through
+    /// another stage meanwhile fails the change too.
+    pub since: String,
+    /// When the use case last changed (RFC 3339), as read: a redefinition meanwhile (other
+    /// gate criteria) fails the change.
+    pub updated_at: String,
     /// The stage to enter.
     pub to: Stage,
     /// Who decides.
@@ -823,7 +911,8 @@ impl Registry {
     /// One use case.
     pub async fn use_case(&self, name: &str) -> Result<UseCase, RegistryError> {
         let row = sqlx::query(
-            "SELECT name, definition, stage, stage_since, created_at FROM use_cases WHERE name = ?",
+            "SELECT name, definition, stage, stage_since, created_at, updated_at FROM use_cases \
+             WHERE name = ?",
         )
         .bind(name)
         .fetch_optional(&self.pool)
@@ -835,7 +924,8 @@ impl Registry {
     /// Every use case, by name.
     pub async fn use_cases(&self) -> Result<Vec<UseCase>, RegistryError> {
         sqlx::query(
-            "SELECT name, definition, stage, stage_since, created_at FROM use_cases ORDER BY name",
+            "SELECT name, definition, stage, stage_since, created_at, updated_at FROM use_cases \
+             ORDER BY name",
         )
         .fetch_all(&self.pool)
         .await?
@@ -859,7 +949,8 @@ impl Registry {
     }
 
     /// Moves a use case to another stage and records the decision, in one transaction. Fails
-    /// with a conflict if its stage is no longer `change.from`.
+    /// with a conflict if it changed since it was read (`change.from`, `since`,
+    /// `updated_at`).
     pub async fn change_stage(
         &self,
         name: &str,
@@ -872,32 +963,43 @@ impl Registry {
             .map(serde_json::to_string)
             .transpose()
             .map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        let since = parse_time(&change.since).map_err(RegistryError::Invalid)?;
+        let updated = parse_time(&change.updated_at).map_err(RegistryError::Invalid)?;
         let mut tx = self.pool.begin().await?;
+        // The update comes first: it takes the write lock before the next id is read.
         let moved = sqlx::query(
             "UPDATE use_cases SET stage = ?, stage_since = ?, updated_at = ? \
-             WHERE name = ? AND stage = ?",
+             WHERE name = ? AND stage = ? AND stage_since = ? AND updated_at = ?",
         )
         .bind(change.to.as_str())
         .bind(now)
         .bind(now)
         .bind(name)
         .bind(change.from.as_str())
+        .bind(since)
+        .bind(updated)
         .execute(&mut *tx)
         .await?;
         if moved.rows_affected() == 0 {
             drop(tx);
             let current = self.use_case(name).await?;
             return Err(RegistryError::Conflict(format!(
-                "use case `{name}` is at {} now, not {}",
-                current.stage.as_str(),
-                change.from.as_str()
+                "use case `{name}` changed while the decision was made (it is at {} since {}): \
+                 look again",
+                current.stage.display(),
+                current.stage_since
             )));
         }
+        // Plain SQL both SQLite and PostgreSQL take: no AUTOINCREMENT or SERIAL.
+        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM use_case_decisions")
+            .fetch_one(&mut *tx)
+            .await?;
         sqlx::query(
             "INSERT INTO use_case_decisions \
-             (use_case, time, from_stage, to_stage, actor, forced, reason, gate) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+             (id, use_case, time, from_stage, to_stage, actor, forced, reason, gate) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
+        .bind(last.unwrap_or(0) + 1)
         .bind(name)
         .bind(now)
         .bind(change.from.as_str())
@@ -958,27 +1060,32 @@ impl Registry {
             .collect()
     }
 
-    /// The devices a use case's pipelines may score at its stage now: `None` at enterprise
-    /// (no limit), else the pilot scope, widened by the scale-up scope at scale-up.
+    /// The devices a use case's pipelines may score at its stage now: the pilot scope,
+    /// widened by the scale-up scope at scale-up and by the enterprise scope at enterprise,
+    /// where an empty enterprise scope is no limit (`None`).
     pub async fn use_case_devices(
         &self,
         name: &str,
     ) -> Result<(Stage, Option<Vec<String>>), RegistryError> {
         let use_case = self.use_case(name).await?;
-        let devices = match use_case.stage {
-            Stage::Enterprise => None,
-            Stage::Pilot => Some(self.scope_devices(&use_case.definition.pilot).await?),
-            Stage::ScaleUp => {
-                let mut all = self.scope_devices(&use_case.definition.pilot).await?;
-                all.extend(self.scope_devices(&use_case.definition.scale_up).await?);
-                Some(
-                    all.into_iter()
-                        .collect::<BTreeSet<_>>()
-                        .into_iter()
-                        .collect(),
-                )
+        let definition = &use_case.definition;
+        let scopes: &[&DeviceScope] = match use_case.stage {
+            Stage::Enterprise if definition.enterprise.is_empty() => {
+                return Ok((use_case.stage, None));
             }
+            Stage::Pilot => &[&definition.pilot],
+            Stage::ScaleUp => &[&definition.pilot, &definition.scale_up],
+            Stage::Enterprise => &[
+                &definition.pilot,
+                &definition.scale_up,
+                &definition.enterprise,
+            ],
         };
+        let mut all = BTreeSet::new();
+        for scope in scopes {
+            all.extend(self.scope_devices(scope).await?);
+        }
+        let devices = Some(all.into_iter().collect());
         Ok((use_case.stage, devices))
     }
 
@@ -1007,7 +1114,7 @@ pub fn describe(problems: &[(String, String)]) -> String {
 }
 
 fn corrupt(what: &str, detail: &str) -> RegistryError {
-    RegistryError::Invalid(format!(
+    RegistryError::Corrupt(format!(
         "stored use case has an unreadable {what}: {detail}"
     ))
 }
@@ -1025,6 +1132,7 @@ fn use_case_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<UseCase, RegistryE
         stage: stage_of(&row.try_get::<String, _>("stage")?)?,
         stage_since: format_time(row.try_get("stage_since")?),
         created_at: format_time(row.try_get("created_at")?),
+        updated_at: format_time(row.try_get("updated_at")?),
         definition,
     })
 }
@@ -1091,6 +1199,16 @@ pub(crate) mod tests {
                 "gates.enterprise[0].kpi",
             ]
         );
+    }
+
+    #[test]
+    fn measured_values_read_with_their_units() {
+        assert_eq!(measured_text(Some(354.9), "s"), "5 min 54 s");
+        assert_eq!(measured_text(Some(90_061.0), "s"), "1 d 1 h");
+        assert_eq!(measured_text(Some(0.25), "fraction"), "25 %");
+        assert_eq!(measured_text(Some(87.0), "rows"), "87 rows");
+        assert_eq!(measured_text(Some(0.833_333), ""), "0.8333");
+        assert_eq!(measured_text(None, "rows"), "nothing");
     }
 
     #[test]
@@ -1176,9 +1294,12 @@ mod stored {
         (dir, registry)
     }
 
-    fn change(from: Stage, to: Stage) -> StageChange {
+    async fn change(registry: &Registry, from: Stage, to: Stage) -> StageChange {
+        let read = registry.use_case("pump-uptime").await.expect("read");
         StageChange {
             from,
+            since: read.stage_since,
+            updated_at: read.updated_at,
             to,
             actor: "admin".into(),
             forced: false,
@@ -1201,8 +1322,9 @@ mod stored {
             devices(&registry).await,
             (Stage::Pilot, Some(vec!["pump-01".to_owned()]))
         );
+        let promote = change(&registry, Stage::Pilot, Stage::ScaleUp).await;
         registry
-            .change_stage("pump-uptime", change(Stage::Pilot, Stage::ScaleUp))
+            .change_stage("pump-uptime", promote.clone())
             .await
             .expect("promote");
         // The pilot's device stays; the site adds the other pump of plant-a only.
@@ -1220,19 +1342,41 @@ mod stored {
         assert!(!created);
         assert_eq!(again.stage, Stage::ScaleUp);
         assert_eq!(again.definition.owner, "maintenance");
-        // A change from a stage it is no longer at is refused and not recorded.
-        let stale = registry
-            .change_stage("pump-uptime", change(Stage::Pilot, Stage::ScaleUp))
-            .await;
+        // A change decided on what it was before is refused and not recorded: from a stage
+        // it is no longer at, or from the stage it is at but read before a redefinition.
+        let stale = registry.change_stage("pump-uptime", promote).await;
         assert!(
             matches!(stale, Err(RegistryError::Conflict(_))),
             "{stale:?}"
         );
+        let mut outdated = change(&registry, Stage::ScaleUp, Stage::Enterprise).await;
+        outdated.updated_at = format_time(parse_time(&outdated.updated_at).unwrap() - 1);
+        let refused = registry.change_stage("pump-uptime", outdated).await;
+        assert!(
+            matches!(refused, Err(RegistryError::Conflict(_))),
+            "{refused:?}"
+        );
+        let promote = change(&registry, Stage::ScaleUp, Stage::Enterprise).await;
         registry
-            .change_stage("pump-uptime", change(Stage::ScaleUp, Stage::Enterprise))
+            .change_stage("pump-uptime", promote)
             .await
             .expect("promote");
         assert_eq!(devices(&registry).await, (Stage::Enterprise, None));
+        // An enterprise scope limits enterprise too: every scope so far, and plant-b's pump.
+        let mut bounded = definition();
+        bounded.enterprise.site = Some("plant-b".into());
+        registry.put_use_case(bounded).await.expect("redefine");
+        assert_eq!(
+            devices(&registry).await,
+            (
+                Stage::Enterprise,
+                Some(vec![
+                    "pump-01".to_owned(),
+                    "pump-02".to_owned(),
+                    "pump-09".to_owned()
+                ])
+            )
+        );
         let decisions = registry
             .stage_decisions("pump-uptime")
             .await

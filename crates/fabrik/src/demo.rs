@@ -206,13 +206,15 @@ async fn define_use_case(registry: &Registry, site: &str) -> Result<(), String> 
     let definition = serde_json::json!({
         "name": USE_CASE,
         "objective": format!(
-            "Cut unplanned pump downtime at {site} by 20 % without raising the pumps' energy cost"
+            "Find pump faults at {site} early enough to plan the repair, with alerts the \
+             operators trust, without raising the pumps' energy cost"
         ),
         "owner": "maintenance",
         "stakeholders": ["OT", "IT", "finance"],
         "pilot": {"devices": ["pump-01", "pump-02", "pump-03"]},
         "scale_up": {"site": site, "device_type": "pump"},
         "kpis": [
+            // Planned duty-cycle stops included: context, not a result the model changes.
             {"name": "stopped-time", "kind": "downtime", "table": "pump",
              "condition": "NOT running", "max_gap": "10s"},
             // 400 V three-phase at power factor 0.85: kW = 0.589 × A.
@@ -221,14 +223,18 @@ async fn define_use_case(registry: &Registry, site: &str) -> Result<(), String> 
              "max_gap": "10s"},
             {"name": "anomaly-rate", "kind": "aggregate", "table": "inferences",
              "signal": "CASE WHEN flag THEN 100.0 ELSE 0.0 END", "aggregate": "mean",
-             "filter": "pipeline = 'pump-health'", "unit": "% of windows", "target": 5.0},
+             "filter": "pipeline = 'pump-health'", "unit": "% of windows"},
             {"name": "alert-precision", "kind": "alert_precision", "rules": ["pump-anomaly"],
              "target": 0.8}
         ],
         "gates": {
+            // The pilot passes when operators found most of its alerts real (acknowledge
+            // them in the dashboard with a verdict), and the model does not flag everything
+            // (the demo's injected faults keep it flagging about one window in seven).
             "scale_up": [
                 {"time_in_stage_at_least": "10m"},
-                {"kpi": "anomaly-rate", "at_most": 10.0, "evidence_at_least": 100.0}
+                {"kpi": "alert-precision", "at_least": 0.5, "evidence_at_least": 3.0},
+                {"kpi": "anomaly-rate", "at_most": 30.0, "evidence_at_least": 100.0}
             ],
             "enterprise": [
                 {"time_in_stage_at_least": "14d"},

@@ -21,6 +21,7 @@ use fabrik_ml::pipeline::{
     BuiltinModel, Feature, Inference, ModelSource, OnnxScore, OnnxWindowModel, Pipeline,
     PipelineCounters, PipelineSpec, Row, ThresholdSpec, WindowSpec,
 };
+use fabrik_registry::usecases::Stage;
 use fabrik_registry::{DeviceFilter, Registry};
 use fabrik_runtime::ServiceHandle;
 use fabrik_runtime::config::{Config, PipelineConfig};
@@ -1797,7 +1798,11 @@ impl Runner {
             literal(&self.compiled.config.name),
         );
         // A device the definition no longer selects is not trained for nothing.
-        let selected = self.selected_devices().await.ok().flatten();
+        // A selection that cannot be made (its use case is gone) restores nothing.
+        let selected = match self.selected_devices().await {
+            Ok((devices, _)) => devices,
+            Err(_) => Some(Vec::new()),
+        };
         let output = match self.store.query(&sql).await {
             Ok(output) => output,
             // A table written before spans were recorded has no such columns.
@@ -1982,7 +1987,7 @@ impl Runner {
         horizon: i64,
         samples: &mut u64,
     ) -> Result<(), String> {
-        let devices = self.selected_devices().await?;
+        let (devices, stage) = self.selected_devices().await?;
         if devices.as_ref().is_some_and(Vec::is_empty) {
             return Err(match &self.compiled.config.use_case {
                 Some(use_case) => format!(
@@ -2007,8 +2012,13 @@ impl Runner {
             } else {
                 horizon
             };
-            let inferences = pipeline.advance(complete_to);
-            self.write(&inferences).await?;
+            let mut inferences = pipeline.advance(complete_to);
+            // A device taken out of the selection (a use case stepped back) still has open
+            // windows: they close, but are not scored.
+            if let Some(devices) = &devices {
+                inferences.retain(|i| devices.contains(&i.device));
+            }
+            self.write(&inferences, stage).await?;
             if !full {
                 break;
             }
@@ -2021,20 +2031,24 @@ impl Runner {
         Ok(())
     }
 
-    async fn selected_devices(&self) -> Result<Option<Vec<String>>, String> {
+    /// The devices the pipeline may score now (`None`: every device), and its use case's
+    /// stage, if it serves one.
+    async fn selected_devices(&self) -> Result<(Option<Vec<String>>, Option<Stage>), String> {
         let c = &self.compiled.config;
         let filtered = c.site.is_some() || c.device_type.is_some() || c.label.is_some();
         let mut devices: Option<Vec<String>> = (!c.devices.is_empty()).then(|| c.devices.clone());
+        let mut use_case_stage = None;
         if let Some(use_case) = &c.use_case {
             // Read on every pass, so a stage decision takes effect within one interval.
             let registry = self
                 .registry
                 .as_ref()
                 .ok_or("a pipeline of a use case needs the registry module")?;
-            let (_, allowed) = registry
+            let (stage, allowed) = registry
                 .use_case_devices(use_case)
                 .await
                 .map_err(|e| format!("{e}: the pipeline scores no device until it is"))?;
+            use_case_stage = Some(stage);
             if let Some(allowed) = allowed {
                 devices = Some(match devices {
                     Some(listed) => listed.into_iter().filter(|d| allowed.contains(d)).collect(),
@@ -2062,7 +2076,7 @@ impl Runner {
                 None => matching,
             });
         }
-        Ok(devices)
+        Ok((devices, use_case_stage))
     }
 
     /// What a failed read means for the operator: a table or column that has not been
@@ -2251,7 +2265,8 @@ impl Runner {
         Ok((stored, last, clip_columns))
     }
 
-    async fn write(&self, inferences: &[Inference]) -> Result<(), String> {
+    /// Stores inferences, each stamped with the stage its use case was at (if any).
+    async fn write(&self, inferences: &[Inference], stage: Option<Stage>) -> Result<(), String> {
         if inferences.is_empty() {
             return Ok(());
         }
@@ -2262,7 +2277,18 @@ impl Runner {
             .iter()
             .map(|inference| {
                 let version = model_version(config, &inference.model_version);
-                inference_point(name, &model, &version, inference)
+                let mut point = inference_point(name, &model, &version, inference);
+                // Fields, not tags: a window scored again after a stage change is the same
+                // series and time, and replaces its row rather than doubling it.
+                if let (Some(use_case), Some(stage)) = (&config.use_case, stage) {
+                    point
+                        .fields
+                        .push(("use_case".to_owned(), Value::Str(use_case.clone())));
+                    point
+                        .fields
+                        .push(("stage".to_owned(), Value::Str(stage.as_str().to_owned())));
+                }
+                point
             })
             .collect();
         let lineage = Lineage {

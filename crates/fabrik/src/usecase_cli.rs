@@ -48,8 +48,11 @@ enum UseCaseCommand {
         /// Use case name.
         name: String,
         /// Start (RFC 3339); default: when it entered its stage.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "last")]
         from: Option<String>,
+        /// The period ending now instead, e.g. `24h` or `7d`.
+        #[arg(long)]
+        last: Option<String>,
         /// End (RFC 3339); default: now.
         #[arg(long)]
         to: Option<String>,
@@ -164,9 +167,21 @@ pub(crate) async fn run(args: UseCaseArgs) -> anyhow::Result<()> {
         UseCaseCommand::Kpis {
             name,
             from,
+            last,
             to,
             json,
         } => {
+            let from = match last {
+                Some(last) => {
+                    let span = fabrik_runtime::units::parse_duration(&last)
+                        .map_err(|e| anyhow::anyhow!("--last: {e}"))?;
+                    let start = chrono::Utc::now()
+                        - chrono::Duration::from_std(span)
+                            .map_err(|e| anyhow::anyhow!("--last: {e}"))?;
+                    Some(start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                }
+                None => from,
+            };
             let mut query = Vec::new();
             for (key, value) in [("from", from), ("to", to)] {
                 if let Some(value) = value {
@@ -220,8 +235,8 @@ pub(crate) async fn run(args: UseCaseArgs) -> anyhow::Result<()> {
             let passed = report["passed"].as_bool().unwrap_or(false);
             println!(
                 "Gate {} → {}: {}",
-                report["from"].as_str().unwrap_or("?"),
-                report["to"].as_str().unwrap_or("?"),
+                report["from"].as_str().unwrap_or("?").replace('_', "-"),
+                report["to"].as_str().unwrap_or("?").replace('_', "-"),
                 if passed { "passes" } else { "does not pass" }
             );
             let checks = report["checks"].as_array().cloned().unwrap_or_default();
@@ -237,7 +252,7 @@ pub(crate) async fn run(args: UseCaseArgs) -> anyhow::Result<()> {
                         "not met"
                     },
                     check["criterion"].as_str().unwrap_or("?"),
-                    number(&check["measured"])
+                    check["measured_text"].as_str().unwrap_or("?")
                 );
             }
         }
@@ -255,7 +270,8 @@ pub(crate) async fn run(args: UseCaseArgs) -> anyhow::Result<()> {
             let to = stage.next().with_context(|| {
                 format!("use case `{name}` is at enterprise: there is no further gate")
             })?;
-            let body = serde_json::json!({"to": to, "reason": reason, "force": force});
+            let body =
+                serde_json::json!({"from": stage, "to": to, "reason": reason, "force": force});
             let decision = change(ep, &client, &path(&name, "/stage"), &body).await?;
             println!(
                 "Use case `{name}` moved from {} to {}{}.",
@@ -270,7 +286,20 @@ pub(crate) async fn run(args: UseCaseArgs) -> anyhow::Result<()> {
         }
         UseCaseCommand::Demote { name, to, reason } => {
             let to: Stage = to.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-            let body = serde_json::json!({"to": to, "reason": reason});
+            let current: serde_json::Value = ep.get_json(&client, &path(&name, "")).await?;
+            let stage: Stage = current["stage"]
+                .as_str()
+                .unwrap_or("")
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!(e))?;
+            if to >= stage {
+                anyhow::bail!(
+                    "use case `{name}` is at {}: demote goes back to an earlier stage (to go \
+                     on, use `promote`)",
+                    stage.display()
+                );
+            }
+            let body = serde_json::json!({"from": stage, "to": to, "reason": reason});
             let decision = change(ep, &client, &path(&name, "/stage"), &body).await?;
             println!(
                 "Use case `{name}` moved back from {} to {}.",
@@ -281,6 +310,9 @@ pub(crate) async fn run(args: UseCaseArgs) -> anyhow::Result<()> {
         UseCaseCommand::Decisions { name } => {
             let all: Vec<serde_json::Value> =
                 ep.get_json(&client, &path(&name, "/decisions")).await?;
+            if all.is_empty() {
+                println!("No stage change yet.");
+            }
             for d in &all {
                 println!(
                     "{}  {} → {}  by {}{}: {}",
@@ -295,6 +327,18 @@ pub(crate) async fn run(args: UseCaseArgs) -> anyhow::Result<()> {
                     },
                     d["reason"].as_str().unwrap_or("")
                 );
+                // What a forced promotion overrode is the fact an audit asks for.
+                if d["forced"].as_bool() == Some(true) {
+                    for check in d["gate"]["checks"].as_array().into_iter().flatten() {
+                        if check["passed"].as_bool() != Some(true) {
+                            println!(
+                                "    overridden: {} (measured {})",
+                                check["criterion"].as_str().unwrap_or("?"),
+                                check["measured_text"].as_str().unwrap_or("?")
+                            );
+                        }
+                    }
+                }
             }
         }
     }

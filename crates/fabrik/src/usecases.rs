@@ -85,15 +85,13 @@ fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// The rows of a KPI's table in the period, on the devices, passing its filter.
+/// The rows of a KPI's table in the period, on the devices (the filter is the caller's: a
+/// time-weighted KPI applies it after each row's interval is known).
 fn row_selection(kpi: &Kpi, devices: Option<&[String]>, from_ns: i64, to_ns: i64) -> String {
     let mut sql = format!(
         " FROM {} WHERE time >= to_timestamp_nanos({from_ns}) AND time < to_timestamp_nanos({to_ns})",
         quote(kpi.table.as_deref().unwrap_or_default())
     );
-    if let Some(filter) = &kpi.filter {
-        sql.push_str(&format!(" AND {}", embedded(filter)));
-    }
     if let Some(devices) = devices {
         let list: Vec<String> = devices.iter().map(|d| literal(d)).collect();
         // An empty scope selects nothing; `IN ()` is not SQL.
@@ -118,14 +116,20 @@ pub(crate) fn kpi_sql(
     let device = quote(&kpi.device_column);
     let max_gap_ns = fabrik_runtime::units::parse_duration(&kpi.max_gap)?.as_nanos();
     // Each row stands for the time until its device's next row, unless that gap is too long
-    // to say what happened in it.
+    // to say what happened in it. The filter picks rows after their intervals are known, so
+    // a row it leaves out does not lend its time to the row before; a row whose value is
+    // unknown is not observed time. Durations are summed as floats: an integer sum wraps.
+    let keep = kpi
+        .filter
+        .as_deref()
+        .map_or_else(|| "true".to_owned(), |f| embedded(f).to_string());
     let timed = |value: &str| {
         format!(
-            "SELECT COUNT(DISTINCT d) AS devices, CAST(SUM(dt) AS DOUBLE) AS observed_ns, \
-             SUM({value}) AS weighted FROM (SELECT {device} AS d, {v} AS v, \
+            "SELECT COUNT(DISTINCT d) AS devices, SUM(CAST(dt AS DOUBLE)) AS observed_ns, \
+             SUM({value}) AS weighted FROM (SELECT {device} AS d, {v} AS v, {keep} AS keep, \
              CAST(LEAD(time) OVER (PARTITION BY {device} ORDER BY time) AS BIGINT) \
              - CAST(time AS BIGINT) AS dt{rows}) AS intervals \
-             WHERE dt IS NOT NULL AND dt <= {max_gap_ns}",
+             WHERE dt IS NOT NULL AND dt <= {max_gap_ns} AND keep AND v IS NOT NULL",
             v = match kpi.kind {
                 KpiKind::Downtime =>
                     embedded(kpi.condition.as_deref().unwrap_or("false")).to_string(),
@@ -156,9 +160,13 @@ pub(crate) fn kpi_sql(
                     format!("approx_percentile_cont({q}) WITHIN GROUP (ORDER BY v)")
                 }
             };
+            let filter = kpi
+                .filter
+                .as_deref()
+                .map_or_else(String::new, |f| format!(" AND {}", embedded(f)));
             format!(
                 "SELECT CAST({aggregate} AS DOUBLE) AS value, COUNT(v) AS n FROM \
-                 (SELECT CAST({} AS DOUBLE) AS v{rows}) AS selected",
+                 (SELECT CAST({} AS DOUBLE) AS v{rows}{filter}) AS selected",
                 embedded(kpi.signal.as_deref().unwrap_or("NULL"))
             )
         }
@@ -258,6 +266,7 @@ impl StoreKpiMeter {
             .as_ref()
             .ok_or("alert precision needs the alerts module in this process")?;
         let (mut true_positives, mut false_positives, mut unlabelled) = (0u64, 0u64, 0u64);
+        let mut cut_short = Vec::new();
         for rule in &kpi.rules {
             let query = AlertQuery {
                 rule: Some(rule.clone()),
@@ -268,6 +277,9 @@ impl StoreKpiMeter {
                 .find(&query, MOST_ALERTS)
                 .await
                 .map_err(|e| e.to_string())?;
+            if alerts.len() >= MOST_ALERTS as usize {
+                cut_short.push(rule.as_str());
+            }
             for alert in alerts {
                 if alert.fired_at.is_none() || &alert.rule != rule {
                     continue;
@@ -290,7 +302,15 @@ impl StoreKpiMeter {
             evidence: labelled as f64,
             detail: format!(
                 "{true_positives} true and {false_positives} false positives; {unlabelled} \
-                 fired alerts not labelled"
+                 fired alerts not labelled{}",
+                if cut_short.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (only the {MOST_ALERTS} alerts of {} changed last were read)",
+                        cut_short.join(", ")
+                    )
+                }
             ),
             error: None,
         })
@@ -313,7 +333,8 @@ mod tests {
         }));
         let sql = kpi_sql(&downtime, Some(&["p'1".to_owned()]), 10, 20).unwrap();
         assert!(sql.contains("\"device\" IN ('p''1')"), "{sql}");
-        assert!(sql.contains("AND (\nsite = 'a'\n)"), "{sql}");
+        assert!(sql.contains("(\nsite = 'a'\n) AS keep"), "{sql}");
+        assert!(sql.contains("AND keep AND v IS NOT NULL"), "{sql}");
         assert!(sql.contains("dt <= 60000000000"), "{sql}");
         let none = kpi_sql(&downtime, Some(&[]), 10, 20).unwrap();
         assert!(none.contains("IN (NULL)"), "{none}");

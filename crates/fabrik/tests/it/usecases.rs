@@ -4,7 +4,7 @@
 //! pipeline of the use case that scores only the devices its stage allows, widened by a
 //! promotion and narrowed again by a step back.
 
-use crate::mqtt::{eventually, http};
+use crate::mqtt::{eventually, http, query};
 use crate::support::{Process, blocking_query_count, client_command, now_ns, post_status};
 
 const SECOND: i64 = 1_000_000_000;
@@ -44,8 +44,12 @@ fn definition() -> serde_json::Value {
             {"name": "downtime", "kind": "downtime", "table": "pump", "condition": "NOT running", "target": 12.0},
             {"name": "energy", "kind": "energy_cost", "table": "pump", "signal": "current * 0.5",
              "price_per_kwh": 0.2, "currency": "EUR"},
-            {"name": "hottest", "kind": "aggregate", "table": "pump", "signal": "temperature",
-             "aggregate": "max", "filter": "running"},
+            {"name": "coolest-running", "kind": "aggregate", "table": "pump",
+             "signal": "temperature", "aggregate": "min", "filter": "running"},
+            {"name": "running-rows", "kind": "aggregate", "table": "pump",
+             "signal": "temperature", "aggregate": "count", "filter": "running"},
+            {"name": "p95", "kind": "aggregate", "table": "pump", "signal": "temperature",
+             "aggregate": "p95"},
             {"name": "precision", "kind": "alert_precision", "rules": ["pump-hot"]}
         ],
         "gates": {"scale_up": [
@@ -55,8 +59,8 @@ fn definition() -> serde_json::Value {
     })
 }
 
-/// One row every 10 s for an hour from `start`: down over `down` (seconds into the hour),
-/// silent over `silent`, 90 °C over each of `hot`.
+/// One row every 10 s for an hour from `start`: down (and at 20 °C) over `down` (seconds
+/// into the hour), silent over `silent`, 90 °C over each of `hot`.
 fn hour(
     device: &str,
     start: i64,
@@ -73,6 +77,8 @@ fn hour(
         let current = if running { 2.0 } else { 0.0 };
         let temperature = if hot.iter().any(|(a, b)| (*a..*b).contains(&s)) {
             90.0
+        } else if !running {
+            20.0
         } else {
             60.0 + (s % 70) as f64 / 10.0
         };
@@ -249,8 +255,17 @@ fn kpis_decide_the_gate_and_the_stage_decides_which_devices_a_pipeline_scores() 
         "{energy}"
     );
     assert_eq!(energy["unit"], "EUR per device-day");
-    let hottest = kpi("hottest");
-    assert!(close(&hottest["current"]["value"], 90.0), "{hottest}");
+    // Only running rows count: the stop's 20 °C does not.
+    let coolest = kpi("coolest-running");
+    assert!(close(&coolest["current"]["value"], 60.0), "{coolest}");
+    let running_rows = kpi("running-rows");
+    assert!(
+        close(&running_rows["current"]["value"], 270.0),
+        "{running_rows}"
+    );
+    assert_eq!(running_rows["evidence_unit"], "rows");
+    let p95 = kpi("p95")["current"]["value"].as_f64().expect("p95");
+    assert!((66.0..=90.0).contains(&p95), "p95 {p95}");
     let precision = kpi("precision");
     assert!(close(&precision["current"]["value"], 0.5), "{precision}");
     assert_eq!(precision["current"]["evidence"], 2.0, "{precision}");
@@ -265,21 +280,32 @@ fn kpis_decide_the_gate_and_the_stage_decides_which_devices_a_pipeline_scores() 
     let (code, gate) = api(reqwest::Method::GET, "/pumps/gate", None);
     assert_eq!(code, 200, "{gate}");
     assert_eq!(gate["passed"], false, "{gate}");
-    let promote = serde_json::json!({"to": "scale_up", "reason": "the pilot met its KPIs"});
+    let promote = serde_json::json!({
+        "from": "pilot", "to": "scale_up", "reason": "the pilot met its KPIs"
+    });
     let (code, refused) = api(reqwest::Method::POST, "/pumps/stage", Some(promote.clone()));
     assert_eq!(code, 409, "{refused}");
     assert!(
         refused["message"]
             .as_str()
-            .is_some_and(|m| m.contains("downtime ≤ 50 (not measured)")),
+            .is_some_and(|m| m.contains("downtime ≤ 50 (measured nothing)")),
         "{refused}"
     );
     let (code, skipped) = api(
         reqwest::Method::POST,
         "/pumps/stage",
-        Some(serde_json::json!({"to": "enterprise", "reason": "hurry", "force": true})),
+        Some(serde_json::json!({
+            "from": "pilot", "to": "enterprise", "reason": "hurry", "force": true
+        })),
     );
     assert_eq!(code, 409, "one gate at a time: {skipped}");
+    // A decision made on a stage it is not at (a stale page) is refused.
+    let (code, stale) = api(
+        reqwest::Method::POST,
+        "/pumps/stage",
+        Some(serde_json::json!({"from": "enterprise", "to": "scale_up", "reason": "stale"})),
+    );
+    assert_eq!(code, 409, "{stale}");
     // pump-a runs in the pilot; then the gate passes.
     burst(&url, &["pump-a"]);
     std::thread::sleep(std::time::Duration::from_millis(1700));
@@ -294,12 +320,30 @@ fn kpis_decide_the_gate_and_the_stage_decides_which_devices_a_pipeline_scores() 
     eventually("pump-b is scored after the promotion", || {
         inferences_of(&url, "pump-b") == 5
     });
+    // Each inference names the use case and the stage it was scored under.
+    let stages = query(
+        &url,
+        "SELECT use_case, stage, count(*) AS n FROM inferences \
+         WHERE pipeline = 'scoped' AND device = 'pump-b' GROUP BY use_case, stage",
+    );
+    assert_eq!(
+        stages,
+        [serde_json::json!({"use_case": "pumps", "stage": "scale_up", "n": 5})]
+    );
+    assert!(
+        blocking_query_count(
+            &url,
+            "SELECT count(*) FROM inferences WHERE device = 'pump-a' AND stage = 'pilot'"
+        ) >= 61
+    );
 
     // A step back to pilot: pump-b is left alone again while pump-a goes on.
     let (code, back) = api(
         reqwest::Method::POST,
         "/pumps/stage",
-        Some(serde_json::json!({"to": "pilot", "reason": "wrong pump-b baseline"})),
+        Some(serde_json::json!({
+            "from": "scale_up", "to": "pilot", "reason": "wrong pump-b baseline"
+        })),
     );
     assert_eq!(code, 200, "{back}");
     let pump_a = inferences_of(&url, "pump-a");
@@ -320,7 +364,7 @@ fn kpis_decide_the_gate_and_the_stage_decides_which_devices_a_pipeline_scores() 
     );
     assert!(text.contains("scale_up → pilot"), "{text}");
     let (ok, text) = client_command(&url, &["usecase", "gate", "pumps"]);
-    assert!(ok && text.contains("Gate pilot → scale_up"), "{text}");
+    assert!(ok && text.contains("Gate pilot → scale-up"), "{text}");
     let (ok, text) = client_command(&url, &["usecase", "list"]);
     assert!(
         ok && text.contains("pumps") && text.contains("pilot"),
@@ -329,13 +373,38 @@ fn kpis_decide_the_gate_and_the_stage_decides_which_devices_a_pipeline_scores() 
     let (ok, text) = client_command(
         &url,
         &[
+            "usecase", "demote", "pumps", "--to", "scale_up", "--reason", "up?",
+        ],
+    );
+    assert!(!ok && text.contains("use `promote`"), "{text}");
+    // A criterion nobody meets: only a forced promotion passes, and it says what it overrode.
+    let mut strict = definition();
+    strict["gates"]["scale_up"][0]["at_least"] = 99.0.into();
+    let (code, body) = api(reqwest::Method::PUT, "/pumps", Some(strict));
+    assert_eq!((code, &body["stage"]), (200, &"pilot".into()), "{body}");
+    let (ok, text) = client_command(&url, &["usecase", "promote", "pumps", "--reason", "again"]);
+    assert!(!ok && text.contains("downtime ≥ 99"), "{text}");
+    let (ok, text) = client_command(
+        &url,
+        &[
             "usecase", "promote", "pumps", "--reason", "again", "--force",
         ],
     );
     assert!(
-        ok && text.contains("moved from pilot to scale_up"),
+        ok && text.contains("moved from pilot to scale_up, forced past its gate"),
         "{text}"
     );
+    let (_, decisions) = api(reqwest::Method::GET, "/pumps/decisions", None);
+    let last = decisions
+        .as_array()
+        .and_then(|d| d.last())
+        .expect("decision");
+    assert_eq!(
+        (&last["forced"], &last["gate"]["passed"]),
+        (&true.into(), &false.into())
+    );
+    let (ok, text) = client_command(&url, &["usecase", "decisions", "pumps"]);
+    assert!(ok && text.contains("overridden: downtime ≥ 99"), "{text}");
     let (status, _) = p.terminate();
     assert!(status.success());
 }
