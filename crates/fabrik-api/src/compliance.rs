@@ -28,6 +28,8 @@ pub struct ComplianceFacts {
     pub mqtt_anonymous: bool,
     /// Whether the MQTT endpoint runs in this process.
     pub mqtt_runs_here: bool,
+    /// The HTTP API and dashboard are served over TLS (`http.tls`).
+    pub http_tls: bool,
     /// `[[mqtt.acl]]` rules configured (0: the built-in rules).
     pub mqtt_acl_rules: usize,
     /// ONNX models load only when signed by a trusted key.
@@ -312,11 +314,17 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
 
     // Transport.
     let mut evidence = Vec::new();
-    let mut gaps = vec![
-        "the HTTP API and dashboard have no TLS of their own: put a TLS-terminating proxy in \
-         front of them"
-            .to_owned(),
-    ];
+    let mut gaps = Vec::new();
+    if facts.http_tls {
+        evidence.push("the HTTP API and dashboard are served over TLS (rustls, http.tls)".into());
+    } else {
+        gaps.push(
+            "the HTTP API and dashboard are served over plain HTTP: tokens, passwords and data \
+             cross the network readable (set http.tls = true, or put a TLS-terminating proxy \
+             in front)"
+                .to_owned(),
+        );
+    }
     if facts.mqtt_runs_here {
         if facts.mqtt_tls_listener {
             evidence.push("MQTT over TLS (rustls) is open".to_owned());
@@ -548,6 +556,19 @@ mod tests {
             ControlStatus::Partial
         );
         assert_eq!(status_of(&controls, "NIST 800-53 AC-3"), ControlStatus::Met);
+        // HTTPS too, and MQTT over TLS only: nothing crosses the network in clear.
+        facts.http_tls = true;
+        facts.mqtt_plain_listener = false;
+        let controls = assess(
+            &facts,
+            &LiveState {
+                users: Some([1, 0, 0]),
+                audit: Some(intact()),
+            },
+        );
+        assert_eq!(status_of(&controls, "NIST 800-53 SC-8"), ControlStatus::Met);
+        facts.mqtt_plain_listener = true;
+        facts.http_tls = false;
         let live = LiveState {
             users: Some([1, 0, 0]),
             audit: Some(intact()),

@@ -20,6 +20,7 @@ pub mod pipelines;
 pub mod routes;
 pub mod session;
 pub mod stream;
+pub mod tls;
 mod ui;
 pub mod usecases;
 pub mod users;
@@ -70,13 +71,25 @@ pub struct ApiState {
     pub compliance: Arc<compliance::ComplianceFacts>,
 }
 
-/// Serves the API on `listener` until `shutdown` is cancelled; in-flight requests finish.
+/// Serves the API on `listener` (over TLS when `tls` is given) until `shutdown` is cancelled;
+/// in-flight requests finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ApiState,
     shutdown: tokio_util::sync::CancellationToken,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let app = router(state);
+    match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }
+        Some(tls) => {
+            axum::serve(tls::TlsListener::new(listener, tls)?, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        }
+    }
 }

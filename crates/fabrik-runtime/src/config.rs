@@ -805,6 +805,12 @@ pub struct HttpConfig {
     pub listen: String,
     /// Largest accepted request body (after gzip decompression).
     pub max_body_size: String,
+    /// Serve the API and dashboard over TLS on `listen`.
+    pub tls: bool,
+    /// Server certificate chain (PEM); empty with `tls` on: self-signed, generated.
+    pub tls_cert: String,
+    /// Server private key (PEM).
+    pub tls_key: String,
 }
 
 impl Default for HttpConfig {
@@ -812,6 +818,9 @@ impl Default for HttpConfig {
         Self {
             listen: "127.0.0.1:7800".into(),
             max_body_size: "64MiB".into(),
+            tls: false,
+            tls_cert: String::new(),
+            tls_key: String::new(),
         }
     }
 }
@@ -1140,6 +1149,23 @@ impl Config {
             .map_err(|e| problem("http.max_body_size", e))
             .ok()
             .and_then(|v| usize::try_from(v).ok());
+        let (cert, key) = (self.http.tls_cert.trim(), self.http.tls_key.trim());
+        if cert.is_empty() != key.is_empty() {
+            let missing = if cert.is_empty() {
+                "tls_cert"
+            } else {
+                "tls_key"
+            };
+            problem(
+                &format!("http.{missing}"),
+                "http.tls_cert and http.tls_key are given together".into(),
+            );
+        } else if !cert.is_empty() && !self.http.tls {
+            problem(
+                "http.tls",
+                "http.tls_cert and http.tls_key are set but TLS is off: set http.tls = true".into(),
+            );
+        }
         if self.store.data_dir.trim().is_empty() {
             problem("store.data_dir", "must not be empty".into());
         }
@@ -2025,6 +2051,25 @@ mod tests {
         ] {
             assert!(msg.contains(needle), "missing {needle} in:\n{msg}");
         }
+    }
+
+    #[test]
+    fn tls_files_come_in_pairs_and_only_with_tls_on() {
+        let problem = |text: &str| {
+            Config::from_toml("t.toml", text, no_env())
+                .expect("shape ok")
+                .validate("t.toml")
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let half = problem("[http]\ntls = true\ntls_cert = \"c.pem\"\n").expect_err("half");
+        assert!(half.contains("http.tls_key"), "{half}");
+        let off = problem("[http]\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n").expect_err("off");
+        assert!(
+            off.contains("http.tls:") && off.contains("set http.tls = true"),
+            "{off}"
+        );
+        problem("[http]\ntls = true\n").expect("a generated certificate");
     }
 
     #[test]

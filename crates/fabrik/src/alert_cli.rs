@@ -166,7 +166,7 @@ enum RuleCommand {
 
 /// Runs a `fabrik alert` command.
 pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let client = args.endpoint.client()?;
     let ep = &args.endpoint;
     match args.command {
         AlertCommand::List {

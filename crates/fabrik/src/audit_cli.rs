@@ -61,7 +61,7 @@ fn time_text(ns: i64) -> String {
 
 /// Runs a `fabrik audit` command.
 pub(crate) async fn run(args: AuditArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let client = args.endpoint.client()?;
     let ep = &args.endpoint;
     match args.command {
         AuditCommand::List { limit, json } => {

@@ -209,7 +209,9 @@ pub(crate) async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     let total_points: u64 = batches.iter().map(|(lines, _)| *lines as u64).sum();
     let next = Arc::new(AtomicUsize::new(0));
     let done_points = Arc::new(AtomicU64::new(0));
-    let client = reqwest::Client::builder()
+    let client = args
+        .endpoint
+        .client_builder()?
         .pool_max_idle_per_host(args.concurrency.max(1))
         .build()?;
     let token = if args.no_auth {

@@ -198,7 +198,7 @@ pub(crate) async fn run(args: MqttArgs) -> anyhow::Result<()> {
     let mut stored = None;
     let mut stored_time = None;
     if args.verify_store {
-        let http = reqwest::Client::new();
+        let http = args.endpoint.client()?;
         let sql = format!(
             "SELECT count(*) AS n FROM \"{}\" WHERE device LIKE 'bench-{run_id}-%'",
             args.table

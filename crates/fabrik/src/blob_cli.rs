@@ -51,7 +51,7 @@ enum BlobCommand {
 
 /// Runs a `fabrik blob` command.
 pub(crate) async fn run(args: BlobArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let client = args.endpoint.client()?;
     let ep = &args.endpoint;
     match args.command {
         BlobCommand::Put {

@@ -21,7 +21,8 @@ pub(crate) struct Endpoint {
     /// API token (default: read from <data-dir>/admin.token).
     #[arg(long, global = true, env = "FABRIK_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
-    /// Data directory holding admin.token, used when no token is given.
+    /// Data directory holding admin.token, used when no token is given (and, for https, the
+    /// generated tls/http-cert.pem, trusted when no CA is given).
     #[arg(
         long,
         global = true,
@@ -29,6 +30,10 @@ pub(crate) struct Endpoint {
         default_value = "./fabrik-data"
     )]
     pub(crate) data_dir: PathBuf,
+    /// CA certificate (PEM) to trust for an https URL besides the system's roots: the
+    /// server's own certificate when it is self-signed.
+    #[arg(long, global = true, env = "FABRIK_CA_CERT")]
+    pub(crate) ca_cert: Option<PathBuf>,
 }
 
 impl Endpoint {
@@ -48,6 +53,37 @@ impl Endpoint {
             .ok()
             .map(|t| t.trim().to_owned())
             .filter(|t| !t.is_empty())
+    }
+
+    /// An HTTP client for this endpoint. For https it trusts the system's roots and, besides,
+    /// `--ca-cert`, or else the certificate a server with `http.tls` generates in the data
+    /// directory, when that file exists.
+    pub(crate) fn client(&self) -> anyhow::Result<reqwest::Client> {
+        self.client_builder()?
+            .build()
+            .context("building the HTTP client")
+    }
+
+    /// [`Endpoint::client`]'s builder, for callers that tune it further.
+    pub(crate) fn client_builder(&self) -> anyhow::Result<reqwest::ClientBuilder> {
+        let builder = reqwest::Client::builder();
+        if !self.url.starts_with("https://") {
+            return Ok(builder);
+        }
+        let generated = self.data_dir.join("tls").join("http-cert.pem");
+        let ca = match &self.ca_cert {
+            Some(path) => Some(path.clone()),
+            None => generated.exists().then_some(generated),
+        };
+        let Some(ca) = ca else {
+            return Ok(builder);
+        };
+        let pem = std::fs::read(&ca).with_context(|| format!("reading {}", ca.display()))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("{} holds no PEM certificate", ca.display()))?;
+        Ok(certificates
+            .into_iter()
+            .fold(builder, reqwest::ClientBuilder::add_root_certificate))
     }
 
     /// A request builder with the token set.
@@ -172,7 +208,7 @@ pub(crate) async fn check(response: reqwest::Response) -> anyhow::Result<reqwest
 
 /// `fabrik query`.
 pub(crate) async fn query(args: QueryArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let client = args.endpoint.client()?;
     let accept = match args.format {
         QueryFormat::Table => fabrik_api::routes::ARROW_STREAM,
         QueryFormat::Json => "application/json",
@@ -243,7 +279,7 @@ pub(crate) async fn write(args: WriteArgs) -> anyhow::Result<()> {
             std::fs::File::open(&args.file).with_context(|| format!("opening {}", args.file))?;
         Box::new(std::io::BufReader::new(f))
     };
-    let client = reqwest::Client::new();
+    let client = args.endpoint.client()?;
     let batch_lines = args.batch_lines.max(1);
     let mut batch = String::new();
     let mut in_batch = 0usize;

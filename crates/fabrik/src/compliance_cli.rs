@@ -20,7 +20,7 @@ pub(crate) struct ComplianceArgs {
 
 /// Runs `fabrik compliance`.
 pub(crate) async fn run(args: ComplianceArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let client = args.endpoint.client()?;
     let report: serde_json::Value = args
         .endpoint
         .get_json(&client, "/api/v1/compliance")

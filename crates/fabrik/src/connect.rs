@@ -465,6 +465,7 @@ pub(crate) async fn start_mqtt(
             require_client_cert: config.mqtt.tls_require_client_cert,
             generated_dir: settings.data_dir.join("tls"),
             generated_names: vec!["localhost".into(), "127.0.0.1".into()],
+            section: "mqtt",
         })
         .map_err(|e| e.to_string())?;
         let l = tokio::net::TcpListener::bind(addr)

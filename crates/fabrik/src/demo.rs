@@ -468,7 +468,7 @@ pub(crate) async fn sim(args: SimArgs) -> anyhow::Result<()> {
         interval: Duration::from_millis(args.interval_ms.max(10)),
         seed: 7,
     };
-    let client = reqwest::Client::new();
+    let client = args.endpoint.client()?;
     let ep = &args.endpoint;
     let mut devices = Vec::new();
     for (id, kind) in spec.devices() {

@@ -89,7 +89,7 @@ fn time_text(ns: Option<i64>) -> String {
 
 /// Runs a `fabrik device` command.
 pub(crate) async fn run(args: DeviceArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let client = args.endpoint.client()?;
     let ep = &args.endpoint;
     match args.command {
         DeviceCommand::Add {

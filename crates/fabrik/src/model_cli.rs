@@ -86,7 +86,7 @@ pub(crate) async fn run(args: ModelArgs) -> anyhow::Result<()> {
     {
         anyhow::bail!("`{name}`: {}", crate::pipelines::MODEL_NAME_RULE);
     }
-    let client = reqwest::Client::new();
+    let client = args.endpoint.client()?;
     let ep = &args.endpoint;
     match args.command {
         ModelCommand::List { json } => {

@@ -67,7 +67,7 @@ pub(crate) const PIPELINES: Kind = Kind {
 
 /// Runs a `fabrik pipeline` command.
 pub(crate) async fn run(args: PipelineArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let client = args.endpoint.client()?;
     let ep = &args.endpoint;
     match args.command {
         PipelineCommand::List { json } => {

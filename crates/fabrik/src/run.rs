@@ -10,10 +10,12 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use fabrik_api::{ApiState, Auth};
+use fabrik_connect::mqtt::tls::TlsSettings;
 use fabrik_runtime::config::Retention;
 use fabrik_runtime::services::StopReason;
 use fabrik_runtime::{Config, ServiceHandle, ServiceManager, Settings};
 use fabrik_store::{Store, StoreOptions};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::modules::{self, Module};
@@ -220,6 +222,7 @@ fn compliance_facts(
         mqtt_client_certificate_required: config.mqtt.tls_require_client_cert,
         mqtt_anonymous: config.mqtt.allow_anonymous,
         mqtt_runs_here: modules.contains(&Module::Mqtt),
+        http_tls: config.http.tls,
         mqtt_acl_rules: config.mqtt.acl.len(),
         models_signature_required: trust.as_ref().is_some_and(|t| t.required()),
         models_trusted_keys: config.models.trusted_keys.len(),
@@ -329,7 +332,32 @@ async fn start_store(settings: &Settings, wiring: &mut Wiring) -> Result<Service
     Ok(ServiceHandle { stop, task })
 }
 
+/// The HTTPS acceptor when `http.tls` is on: the configured certificate, or one generated in
+/// `<data_dir>/tls/http-cert.pem`.
+fn http_tls(config: &Config, settings: &Settings) -> Result<Option<TlsAcceptor>, String> {
+    if !config.http.tls {
+        return Ok(None);
+    }
+    let file = |text: &str| {
+        Some(text.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .map(Into::into)
+    };
+    let acceptor = fabrik_connect::mqtt::tls::TlsAcceptor::new(&TlsSettings {
+        cert: file(&config.http.tls_cert),
+        key: file(&config.http.tls_key),
+        client_ca: None,
+        require_client_cert: false,
+        generated_dir: settings.data_dir.join("tls"),
+        generated_names: vec!["localhost".into(), "127.0.0.1".into()],
+        section: "http",
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(Some(acceptor.rustls()))
+}
+
 async fn start_http(
+    config: &Config,
     settings: &Settings,
     wiring: &mut Wiring,
     services: fabrik_runtime::Services,
@@ -348,6 +376,8 @@ async fn start_http(
             )
         })?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let tls = http_tls(config, settings)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let state = ApiState {
         store: store.clone(),
         services,
@@ -369,23 +399,23 @@ async fn start_http(
     let stop = CancellationToken::new();
     let shutdown = stop.clone();
     let task = tokio::spawn(async move {
-        fabrik_api::serve(listener, state, shutdown)
+        fabrik_api::serve(listener, state, shutdown, tls)
             .await
             .map_err(|e| format!("HTTP server: {e}"))
     });
     let mut lines = vec![
-        format!("Fabrik is listening on http://{addr}"),
+        format!("Fabrik is listening on {scheme}://{addr}"),
         format!(
-            "  API:       http://{addr}/api/v1   (contract: `fabrik openapi`, or \
+            "  API:       {scheme}://{addr}/api/v1   (contract: `fabrik openapi`, or \
              /api/v1/openapi.json with the token)"
         ),
-        format!("  Dashboard: http://{addr}/"),
-        format!("  Health:    http://{addr}/ready    Metrics: http://{addr}/metrics"),
+        format!("  Dashboard: {scheme}://{addr}/"),
+        format!("  Health:    {scheme}://{addr}/ready    Metrics: {scheme}://{addr}/metrics"),
     ];
     // Client commands look for Fabrik at its default address; tell them where it is.
-    if addr.to_string() != "127.0.0.1:7800" {
+    if addr.to_string() != "127.0.0.1:7800" || scheme == "https" {
         lines.push(format!(
-            "  Clients:   export FABRIK_URL=http://{}",
+            "  Clients:   export FABRIK_URL={scheme}://{}",
             crate::demo::reachable(addr)
         ));
     }
@@ -629,7 +659,7 @@ async fn serve(
                     Some(token) => {
                         manager
                             .start(module.name(), || {
-                                start_http(&settings, &mut wiring, services, token)
+                                start_http(&config, &settings, &mut wiring, services, token)
                             })
                             .await
                     }

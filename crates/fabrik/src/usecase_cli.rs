@@ -119,7 +119,7 @@ fn number(value: &serde_json::Value) -> String {
 
 /// Runs a `fabrik usecase` command.
 pub(crate) async fn run(args: UseCaseArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let client = args.endpoint.client()?;
     let ep = &args.endpoint;
     let path = |name: &str, rest: &str| format!("/api/v1/usecases/{}{rest}", percent_encode(name));
     match args.command {

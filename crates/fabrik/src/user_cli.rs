@@ -59,7 +59,7 @@ fn read_password() -> anyhow::Result<String> {
 
 /// Runs a `fabrik user` command.
 pub(crate) async fn run(args: UserArgs) -> anyhow::Result<()> {
-    let client = reqwest::Client::new();
+    let client = args.endpoint.client()?;
     let ep = &args.endpoint;
     match args.command {
         UserCommand::Add {

@@ -1,7 +1,7 @@
-//! TLS for the MQTT endpoint (rustls with the `ring` provider): a server certificate from PEM
-//! files or, when none is configured, a self-signed one generated on first start and kept in
-//! the data directory; optional client certificates verified against a CA (mTLS), whose subject
-//! common name becomes the device identity.
+//! Server TLS (rustls with the `ring` provider) for the MQTT endpoint and the HTTP API: a
+//! server certificate from PEM files or, when none is configured, a self-signed one generated
+//! on first start and kept in the data directory; for MQTT, optional client certificates
+//! verified against a CA (mTLS), whose subject common name becomes the device identity.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,6 +29,19 @@ pub struct TlsSettings {
     pub generated_dir: PathBuf,
     /// Host names the generated certificate is valid for.
     pub generated_names: Vec<String>,
+    /// The configuration section the files are set in (`mqtt` when empty, or `http`): it
+    /// names the generated files (`<section>-cert.pem`) and the settings in messages.
+    pub section: &'static str,
+}
+
+impl TlsSettings {
+    fn section(&self) -> &'static str {
+        if self.section.is_empty() {
+            "mqtt"
+        } else {
+            self.section
+        }
+    }
 }
 
 /// Accepts TLS connections and reports the client certificate's identity.
@@ -82,10 +95,20 @@ fn write_private(path: &Path, contents: &str) -> Result<(), ConnectError> {
         .map_err(|e| ConnectError::Tls(format!("{}: {e}", path.display())))
 }
 
+/// Where the self-signed certificate of configuration section `section` (`mqtt`, `http`) is
+/// generated in the data directory's `tls` folder `dir`.
+pub fn generated_cert_path(dir: &Path, section: &str) -> PathBuf {
+    dir.join(format!("{section}-cert.pem"))
+}
+
 /// The self-signed certificate in `dir`, generated on first use.
-fn self_signed(dir: &Path, names: &[String]) -> Result<(PathBuf, PathBuf), ConnectError> {
-    let cert_path = dir.join("mqtt-cert.pem");
-    let key_path = dir.join("mqtt-key.pem");
+fn self_signed(
+    dir: &Path,
+    names: &[String],
+    section: &str,
+) -> Result<(PathBuf, PathBuf), ConnectError> {
+    let cert_path = generated_cert_path(dir, section);
+    let key_path = dir.join(format!("{section}-key.pem"));
     if cert_path.exists() && key_path.exists() {
         return Ok((cert_path, key_path));
     }
@@ -100,20 +123,23 @@ fn self_signed(dir: &Path, names: &[String]) -> Result<(PathBuf, PathBuf), Conne
     write_private(&key_path, &generated.signing_key.serialize_pem())?;
     std::fs::write(&cert_path, generated.cert.pem())
         .map_err(|e| ConnectError::Tls(format!("{}: {e}", cert_path.display())))?;
-    tracing::warn!(cert = %cert_path.display(), "MQTT TLS uses a generated self-signed certificate; configure mqtt.tls_cert and mqtt.tls_key for production.");
+    tracing::warn!(cert = %cert_path.display(), "{section} TLS uses a generated self-signed certificate; configure {section}.tls_cert and {section}.tls_key for production (clients trust the generated one by its file).");
     Ok((cert_path, key_path))
 }
 
 impl TlsAcceptor {
     /// Builds the acceptor; every problem with the files is reported with their path.
     pub fn new(settings: &TlsSettings) -> Result<Self, ConnectError> {
+        let section = settings.section();
         let (cert_path, key_path) = match (&settings.cert, &settings.key) {
             (Some(c), Some(k)) => (c.clone(), k.clone()),
-            (None, None) => self_signed(&settings.generated_dir, &settings.generated_names)?,
+            (None, None) => {
+                self_signed(&settings.generated_dir, &settings.generated_names, section)?
+            }
             _ => {
-                return Err(ConnectError::Tls(
-                    "mqtt.tls_cert and mqtt.tls_key must be given together".into(),
-                ));
+                return Err(ConnectError::Tls(format!(
+                    "{section}.tls_cert and {section}.tls_key must be given together"
+                )));
             }
         };
         let certs = read_certs(&cert_path)?;
@@ -151,6 +177,11 @@ impl TlsAcceptor {
         Ok(Self {
             inner: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
         })
+    }
+
+    /// The rustls acceptor itself, for a server that runs its own handshakes (the HTTP API).
+    pub fn rustls(&self) -> tokio_rustls::TlsAcceptor {
+        self.inner.clone()
     }
 
     /// Completes the TLS handshake; returns the stream and the common name of a verified

@@ -59,7 +59,7 @@ impl Server {
             kpi_meter: None,
         };
         let stop = CancellationToken::new();
-        tokio::spawn(fabrik_api::serve(listener, state, stop.clone()));
+        tokio::spawn(fabrik_api::serve(listener, state, stop.clone(), None));
         Server {
             url,
             store,
