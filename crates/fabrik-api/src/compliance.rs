@@ -30,6 +30,11 @@ pub struct ComplianceFacts {
     pub mqtt_runs_here: bool,
     /// The HTTP API and dashboard are served over TLS (`http.tls`).
     pub http_tls: bool,
+    /// With a certificate Fabrik generated (clients trust its file) rather than one given.
+    pub http_generated_certificate: bool,
+    /// Configured connections that carry data or credentials in clear (bridges, notifiers,
+    /// OPC UA without security, Modbus), one phrase each.
+    pub clear_text_links: Vec<String>,
     /// `[[mqtt.acl]]` rules configured (0: the built-in rules).
     pub mqtt_acl_rules: usize,
     /// ONNX models load only when signed by a trusted key.
@@ -316,7 +321,15 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
     let mut evidence = Vec::new();
     let mut gaps = Vec::new();
     if facts.http_tls {
-        evidence.push("the HTTP API and dashboard are served over TLS (rustls, http.tls)".into());
+        evidence.push(if facts.http_generated_certificate {
+            "the HTTP API and dashboard are served over TLS (rustls, http.tls) with a generated \
+             self-signed certificate, which clients trust by its file"
+                .into()
+        } else {
+            "the HTTP API and dashboard are served over TLS (rustls, http.tls) with the \
+             configured certificate"
+                .into()
+        });
     } else {
         gaps.push(
             "the HTTP API and dashboard are served over plain HTTP: tokens, passwords and data \
@@ -325,6 +338,7 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
                 .to_owned(),
         );
     }
+    gaps.extend(facts.clear_text_links.iter().cloned());
     if facts.mqtt_runs_here {
         if facts.mqtt_tls_listener {
             evidence.push("MQTT over TLS (rustls) is open".to_owned());
@@ -567,6 +581,20 @@ mod tests {
             },
         );
         assert_eq!(status_of(&controls, "NIST 800-53 SC-8"), ControlStatus::Met);
+        // A link in clear elsewhere (a Modbus device) keeps it from being met.
+        facts.clear_text_links = vec!["1 Modbus TCP device(s)".into()];
+        let controls = assess(
+            &facts,
+            &LiveState {
+                users: Some([1, 0, 0]),
+                audit: Some(intact()),
+            },
+        );
+        assert_eq!(
+            status_of(&controls, "NIST 800-53 SC-8"),
+            ControlStatus::Partial
+        );
+        facts.clear_text_links.clear();
         facts.mqtt_plain_listener = true;
         facts.http_tls = false;
         let live = LiveState {

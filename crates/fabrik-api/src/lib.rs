@@ -65,6 +65,8 @@ pub struct ApiState {
     pub alert_rules: Option<alert_rules::AlertRuleBoard>,
     /// Changes to the alert rules, when the alerts module runs in this process.
     pub alert_rule_control: Option<Arc<dyn alert_rules::AlertRuleControl>>,
+    /// Whether the API is served over TLS: session cookies are then `Secure`.
+    pub https: bool,
     /// Measures use cases' KPIs, when the store runs in this process.
     pub kpi_meter: Option<Arc<dyn usecases::KpiMeter>>,
     /// What the process runs with, for `/api/v1/compliance`.

@@ -160,6 +160,7 @@ impl Modify for TokenAuth {
         crate::usecases::put,
         crate::usecases::remove,
         crate::usecases::kpis,
+        crate::usecases::history,
         crate::usecases::gate,
         crate::usecases::change_stage,
         crate::usecases::decisions,

@@ -127,6 +127,10 @@ pub fn router(state: ApiState) -> Router {
                 .delete(crate::usecases::remove),
         )
         .route("/api/v1/usecases/{name}/kpis", get(crate::usecases::kpis))
+        .route(
+            "/api/v1/usecases/{name}/kpis/history",
+            get(crate::usecases::history),
+        )
         .route("/api/v1/usecases/{name}/gate", get(crate::usecases::gate))
         .route(
             "/api/v1/usecases/{name}/stage",

@@ -28,9 +28,12 @@ pub struct SignIn {
     pub password: Option<String>,
 }
 
-fn cookie(value: &str, max_age: u64) -> Result<HeaderValue, ApiError> {
+/// The session cookie; `Secure` over HTTPS, so a browser never sends it to the same host in
+/// clear (cookies are not bound to a port).
+fn cookie(value: &str, max_age: u64, secure: bool) -> Result<HeaderValue, ApiError> {
+    let secure = if secure { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}"
+        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
     ))
     .map_err(|e| ApiError::bad_request(e.to_string()))
 }
@@ -152,9 +155,10 @@ async fn start_session(state: &ApiState, request: SignIn) -> Result<Response, Ap
         )
     })?;
     let mut response = Json(identity).into_response();
-    response
-        .headers_mut()
-        .insert(header::SET_COOKIE, cookie(&id, SESSION_LIFETIME.as_secs())?);
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        cookie(&id, SESSION_LIFETIME.as_secs(), state.https)?,
+    );
     Ok(response)
 }
 
@@ -184,6 +188,6 @@ pub(crate) async fn sign_out(
     let mut response = StatusCode::NO_CONTENT.into_response();
     response
         .headers_mut()
-        .insert(header::SET_COOKIE, cookie("", 0)?);
+        .insert(header::SET_COOKIE, cookie("", 0, state.https)?);
     Ok(response)
 }

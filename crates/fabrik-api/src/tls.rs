@@ -2,9 +2,12 @@
 //! own and hands axum only the connections that completed one, so a client that opens a
 //! connection and never finishes its handshake delays no one else.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -16,6 +19,11 @@ use tokio_rustls::server::TlsStream;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes in progress at most; connections beyond are closed at once.
 const MAX_HANDSHAKES: usize = 1024;
+/// Handshakes in progress from one address at most: one client that opens connections and
+/// says nothing cannot take every slot.
+const MAX_HANDSHAKES_PER_ADDRESS: usize = 32;
+/// Refusals are logged at most this often.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Connections that completed a handshake and wait for axum to take them.
 const READY_QUEUE: usize = 64;
 
@@ -53,6 +61,8 @@ async fn accept_loop(
     ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let per_address: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    let mut last_refusal_log: Option<Instant> = None;
     while !ready.is_closed() {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -63,13 +73,19 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+        let permit = handshakes.clone().try_acquire_owned().ok();
+        let from_address = AddressSlot::take(&per_address, peer.ip());
+        let (Some(permit), Some(from_address)) = (permit, from_address) else {
             metrics::counter!("fabrik_http_tls_handshakes_refused_total").increment(1);
+            if last_refusal_log.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY) {
+                last_refusal_log = Some(Instant::now());
+                tracing::warn!(%peer, "HTTPS connection closed: too many handshakes under way (from this address, or in all).");
+            }
             continue;
         };
         let (tls, ready) = (tls.clone(), ready.clone());
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, from_address);
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await {
                 Ok(Ok(stream)) => {
                     let _ = ready.send((stream, peer)).await;
@@ -84,6 +100,40 @@ async fn accept_loop(
                 }
             }
         });
+    }
+}
+
+/// One handshake's count against its address, given back when dropped.
+struct AddressSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    address: IpAddr,
+}
+
+impl AddressSlot {
+    /// Counts a handshake from `address`, unless it has too many under way.
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, usize>>>, address: IpAddr) -> Option<Self> {
+        let mut map = counts.lock();
+        let count = map.entry(address).or_insert(0);
+        if *count >= MAX_HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        *count += 1;
+        Some(Self {
+            counts: counts.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock();
+        if let Some(count) = map.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.address);
+            }
+        }
     }
 }
 

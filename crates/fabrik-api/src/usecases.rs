@@ -81,6 +81,54 @@ pub struct PeriodParams {
     pub to: Option<String>,
 }
 
+/// Most buckets a KPI history is cut into: each is a query per KPI.
+const MOST_BUCKETS: u32 = 60;
+
+/// The period of a KPI history and how many equal buckets it is cut into.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryParams {
+    /// Start (RFC 3339); default: when the use case entered its stage.
+    pub from: Option<String>,
+    /// End (RFC 3339); default: now.
+    pub to: Option<String>,
+    /// Equal buckets between them, 1 to 60; default 12.
+    pub buckets: Option<u32>,
+}
+
+/// One KPI, bucket by bucket.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct KpiTrend {
+    /// The KPI's name.
+    pub name: String,
+    /// Its unit.
+    pub unit: String,
+    /// Which way it improves.
+    pub better: fabrik_registry::usecases::Better,
+    /// Its value in each bucket (`null`: nothing to measure there).
+    pub values: Vec<Option<f64>>,
+    /// The evidence of each value.
+    pub evidence: Vec<f64>,
+}
+
+/// KPIs over consecutive buckets of a period, on the stage's devices.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct KpiHistory {
+    /// The use case.
+    pub use_case: String,
+    /// Its stage.
+    pub stage: Stage,
+    /// The devices measured; absent: every device.
+    pub devices: Option<Vec<String>>,
+    /// Each bucket's start (RFC 3339); the last ends at `to`.
+    pub bucket_starts: Vec<String>,
+    /// End of the period (RFC 3339).
+    pub to: String,
+    /// Each KPI's values, one per bucket.
+    pub kpis: Vec<KpiTrend>,
+}
+
 /// A request to move a use case to another stage.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -287,20 +335,7 @@ pub(crate) async fn kpis(
 ) -> Result<Json<KpiReport>, ApiError> {
     let registry = registry(&state)?;
     let use_case = registry.use_case(&name).await?;
-    let time = |field: &str, text: &str| {
-        parse_time(text).map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
-    };
-    let from = time(
-        "from",
-        period.from.as_deref().unwrap_or(&use_case.stage_since),
-    )?;
-    let to = match &period.to {
-        Some(text) => time("to", text)?,
-        None => now_ns(),
-    };
-    if to <= from {
-        return Err(ApiError::bad_request("to: must be after `from`"));
-    }
+    let (from, to) = requested_period(&use_case, period.from.as_deref(), period.to.as_deref())?;
     let (stage, devices) = registry.use_case_devices(&name).await?;
     let kpis = measure_all(
         meter(&state)?.as_ref(),
@@ -316,6 +351,82 @@ pub(crate) async fn kpis(
         from: fabrik_registry::usecases::format_time(from),
         to: fabrik_registry::usecases::format_time(to),
         devices,
+        kpis,
+    }))
+}
+
+/// `from`/`to` of a request, defaults filled in: from the stage's start until now.
+fn requested_period(
+    use_case: &UseCase,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> Result<(i64, i64), ApiError> {
+    let time = |field: &str, text: &str| {
+        parse_time(text).map_err(|e| ApiError::bad_request(format!("{field}: {e}")))
+    };
+    let from = time("from", from.unwrap_or(&use_case.stage_since))?;
+    let to = match to {
+        Some(text) => time("to", text)?,
+        None => now_ns(),
+    };
+    if to <= from {
+        return Err(ApiError::bad_request("to: must be after `from`"));
+    }
+    Ok((from, to))
+}
+
+#[utoipa::path(get, path = "/api/v1/usecases/{name}/kpis/history", tag = "usecases", security(("token" = [])),
+    params(("name" = String, Path, description = "use case name"), HistoryParams),
+    responses((status = 200, description = "each KPI in equal buckets of the period, on the stage's devices", body = KpiHistory),
+              (status = 400, description = "a time is not RFC 3339, `to` is not after `from`, or buckets is not 1 to 60", body = crate::error::ErrorBody),
+              (status = 404, description = "no such use case", body = crate::error::ErrorBody)))]
+pub(crate) async fn history(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    Query(params): Query<HistoryParams>,
+) -> Result<Json<KpiHistory>, ApiError> {
+    let registry = registry(&state)?;
+    let use_case = registry.use_case(&name).await?;
+    let (from, to) = requested_period(&use_case, params.from.as_deref(), params.to.as_deref())?;
+    let buckets = params.buckets.unwrap_or(12);
+    if !(1..=MOST_BUCKETS).contains(&buckets) {
+        return Err(ApiError::bad_request(format!(
+            "buckets: {buckets}; 1 to {MOST_BUCKETS}"
+        )));
+    }
+    let (stage, devices) = registry.use_case_devices(&name).await?;
+    let meter = meter(&state)?;
+    let span = (to - from) as f64 / f64::from(buckets);
+    let edges: Vec<i64> = (0..=buckets)
+        .map(|i| from + (span * f64::from(i)).round() as i64)
+        .collect();
+    let mut kpis = Vec::with_capacity(use_case.definition.kpis.len());
+    for kpi in &use_case.definition.kpis {
+        let mut trend = KpiTrend {
+            name: kpi.name.clone(),
+            unit: kpi.unit(),
+            better: kpi.better(),
+            values: Vec::with_capacity(edges.len() - 1),
+            evidence: Vec::with_capacity(edges.len() - 1),
+        };
+        for window in edges.windows(2) {
+            let measure = meter
+                .measure(kpi.clone(), devices.clone(), window[0], window[1])
+                .await;
+            trend.values.push(measure.value);
+            trend.evidence.push(measure.evidence);
+        }
+        kpis.push(trend);
+    }
+    Ok(Json(KpiHistory {
+        use_case: name,
+        stage,
+        devices,
+        bucket_starts: edges[..edges.len() - 1]
+            .iter()
+            .map(|&t| fabrik_registry::usecases::format_time(t))
+            .collect(),
+        to: fabrik_registry::usecases::format_time(to),
         kpis,
     }))
 }

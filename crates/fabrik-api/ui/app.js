@@ -1278,11 +1278,28 @@ async function pageUseCases(p, args) {
   });
 }
 
-function kpiTable(kpis, withBaseline) {
+/** A KPI's values bucket by bucket as a small line; buckets without a value are gaps. */
+function sparkline(trend) {
+  const values = trend?.values || [];
+  const known = values.filter((v) => v !== null);
+  if (known.length < 2) return html`<span class="muted">—</span>`;
+  const [lo, hi] = [Math.min(...known), Math.max(...known)];
+  const x = (i) => (i / (values.length - 1)) * 96 + 2;
+  const y = (v) => (hi === lo ? 12 : 22 - ((v - lo) / (hi - lo)) * 20);
+  const runs = [];
+  let run = [];
+  values.forEach((v, i) => { if (v === null) { if (run.length) runs.push(run); run = []; } else run.push(`${x(i).toFixed(1)},${y(v).toFixed(1)}`); });
+  if (run.length) runs.push(run);
+  const label = `${trend.name}, oldest first: ${values.map((v) => (v === null ? '—' : fmtNum(v, 4))).join(', ')}`;
+  return html`<svg class="spark" width="100" height="24" viewBox="0 0 100 24" role="img" aria-label="${label}"><title>${label}</title>${runs.map((r) => html`<polyline points="${r.join(' ')}"/>`)}</svg>`;
+}
+
+function kpiTable(kpis, withBaseline, history) {
   if (!kpis.length) return html`<div class="empty">No KPI is defined.</div>`;
-  return html`<div class="table-wrap"><table id="uc-kpi-table"><thead><tr><th>KPI</th><th class="num">Value</th>${withBaseline ? html`<th class="num">Baseline</th><th class="num" title="Relative to the baseline; positive is better">Change vs baseline</th>` : ''}<th class="num">Target</th><th>Detail</th></tr></thead><tbody>
+  const trendOf = (name) => history?.kpis.find((t) => t.name === name);
+  return html`<div class="table-wrap"><table id="uc-kpi-table"><thead><tr><th>KPI</th><th class="num">Value</th><th title="12 equal steps since the stage began">Trend</th>${withBaseline ? html`<th class="num">Baseline</th><th class="num" title="Relative to the baseline; positive is better">Change vs baseline</th>` : ''}<th class="num">Target</th><th>Detail</th></tr></thead><tbody>
     ${kpis.map((k) => html`<tr data-kpi="${k.name}"><td>${k.name}<div class="muted small-text">${k.kind.replace('_', ' ')}, ${k.better} is better</div></td>
-      <td class="num" data-value>${kpiNumber(k.current.value, k.unit)}</td>
+      <td class="num" data-value>${kpiNumber(k.current.value, k.unit)}</td><td>${sparkline(trendOf(k.name))}</td>
       ${withBaseline ? html`<td class="num">${k.baseline ? kpiNumber(k.baseline.value, k.unit) : '—'}</td><td class="num">${signedPercent(k.improvement)}</td>` : ''}
       <td class="num">${k.target === null ? '—' : html`${kpiNumber(k.target, k.unit)} ${k.target_met === null ? '' : pill(k.target_met ? 'online' : 'failed', k.target_met ? 'met' : 'not met')}`}</td>
       <td class="wrap muted small-text">${k.current.error ? html`<span class="bad-text">${k.current.error}</span>` : k.current.detail}</td></tr>`)}
@@ -1299,8 +1316,15 @@ async function pageUseCase(p, name) {
     <section class="card" aria-labelledby="h-ucgate"><h2 id="h-ucgate">Gate to the next stage</h2><div id="uc-gate"></div></section>
     <section class="card" aria-labelledby="h-ucdec"><h2 id="h-ucdec">Stage decisions</h2><div id="uc-decisions"></div></section>`);
   let current = null;
+  // The trend costs a query per KPI and step: read once a minute, not with every refresh.
+  let history = null;
+  let historyAt = 0;
   const load = async () => {
     const u = await api(`/api/v1/usecases/${enc(name)}`);
+    if (Date.now() - historyAt > 60000 || history?.stage !== u.stage) {
+      history = await api(`/api/v1/usecases/${enc(name)}/kpis/history?buckets=12`).catch(() => null);
+      historyAt = Date.now();
+    }
     // Below enterprise the gate carries the KPIs of the same period: measured once. A
     // failure of one answer leaves the rest of the page shown.
     const [measured, decisions] = await Promise.allSettled([
@@ -1320,7 +1344,7 @@ async function pageUseCase(p, name) {
       <dt>Pipelines</dt><dd>${u.pipelines.length ? u.pipelines.map((n, i) => html`${i ? ', ' : ''}<a href="#/pipelines/${enc(n)}">${n}</a>`) : '—'}</dd>
       ${d.baseline ? html`<dt>Baseline</dt><dd>${fmtTime(d.baseline.from)} – ${fmtTime(d.baseline.to)}</dd>` : ''}</dl>`);
     patch($('#uc-kpi-scope'), u.devices ? html`On the ${u.devices.length} devices of the stage` : html`On every device of each KPI's table`);
-    patch($('#uc-kpis'), kpis ? kpiTable(kpis, Boolean(d.baseline)) : html`<div class="notice bad" role="alert">${measured.reason?.message}</div>`);
+    patch($('#uc-kpis'), kpis ? kpiTable(kpis, Boolean(d.baseline), history) : html`<div class="notice bad" role="alert">${measured.reason?.message}</div>`);
     patch($('#uc-gate'), u.stage === 'enterprise' ? html`<p class="muted">At enterprise: no further gate.</p>`
       : !gate ? html`<div class="notice bad" role="alert">${measured.reason?.message}</div>`
         : html`<p id="uc-gate-verdict">${stageName(gate.from)} → ${stageName(gate.to)}: ${gate.passed ? pill('online', 'passes') : pill('failed', 'does not pass')}</p>

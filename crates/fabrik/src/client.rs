@@ -33,7 +33,7 @@ pub(crate) struct Endpoint {
     /// CA certificate (PEM) to trust for an https URL besides the system's roots: the
     /// server's own certificate when it is self-signed.
     #[arg(long, global = true, env = "FABRIK_CA_CERT")]
-    pub(crate) ca_cert: Option<PathBuf>,
+    pub(crate) ca_cert: Option<String>,
 }
 
 impl Endpoint {
@@ -56,8 +56,10 @@ impl Endpoint {
     }
 
     /// An HTTP client for this endpoint. For https it trusts the system's roots and, besides,
-    /// `--ca-cert`, or else the certificate a server with `http.tls` generates in the data
-    /// directory, when that file exists.
+    /// `--ca-cert`, or else, for a server on this machine (`localhost`, a loopback address),
+    /// the certificate a server with `http.tls` generates in the data directory, when that
+    /// file exists. Whoever holds that file's key could pose as any host to a client that
+    /// trusted it everywhere.
     pub(crate) fn client(&self) -> anyhow::Result<reqwest::Client> {
         self.client_builder()?
             .build()
@@ -71,9 +73,15 @@ impl Endpoint {
             return Ok(builder);
         }
         let generated = self.data_dir.join("tls").join("http-cert.pem");
-        let ca = match &self.ca_cert {
-            Some(path) => Some(path.clone()),
-            None => generated.exists().then_some(generated),
+        // An empty `FABRIK_CA_CERT=` is no CA, as an empty token is no token.
+        let given = self
+            .ca_cert
+            .as_deref()
+            .map(str::trim)
+            .filter(|c| !c.is_empty());
+        let ca = match given {
+            Some(path) => Some(PathBuf::from(path)),
+            None => (is_local(&self.url) && generated.exists()).then_some(generated),
         };
         let Some(ca) = ca else {
             return Ok(builder);
@@ -81,6 +89,12 @@ impl Endpoint {
         let pem = std::fs::read(&ca).with_context(|| format!("reading {}", ca.display()))?;
         let certificates = reqwest::Certificate::from_pem_bundle(&pem)
             .with_context(|| format!("{} holds no PEM certificate", ca.display()))?;
+        if certificates.is_empty() {
+            bail!(
+                "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                ca.display()
+            );
+        }
         Ok(certificates
             .into_iter()
             .fold(builder, reqwest::ClientBuilder::add_root_certificate))
@@ -120,11 +134,27 @@ impl Endpoint {
         &self,
         req: reqwest::RequestBuilder,
     ) -> anyhow::Result<reqwest::Response> {
-        use anyhow::Context;
-        let response = req
-            .send()
-            .await
-            .with_context(|| format!("cannot reach Fabrik at {}", self.url))?;
+        let response = req.send().await.map_err(|e| {
+            // reqwest names the TLS failure deep in its chain of causes.
+            let mut cause: Option<&dyn std::error::Error> = Some(&e);
+            let mut untrusted = false;
+            while let Some(c) = cause {
+                untrusted |= c.to_string().contains("invalid peer certificate");
+                cause = c.source();
+            }
+            let hint = if untrusted {
+                format!(
+                    " (the server's certificate is not trusted: give its CA with --ca-cert or \
+                     FABRIK_CA_CERT; a server with http.tls and no tls_cert keeps its \
+                     generated one in <data dir>/tls/http-cert.pem, trusted from {} for a URL on \
+                     this machine)",
+                    self.data_dir.display()
+                )
+            } else {
+                String::new()
+            };
+            anyhow::Error::new(e).context(format!("cannot reach Fabrik at {}{hint}", self.url))
+        })?;
         self.check(response).await
     }
 
@@ -147,6 +177,22 @@ impl Endpoint {
         }
         result
     }
+}
+
+/// Whether `url` names this machine: `localhost` or a loopback address.
+fn is_local(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Runs a client future on a small runtime and turns errors into exit code 1.
@@ -357,4 +403,29 @@ pub(crate) fn save_download(
         eprintln!("saved {what} to {} ({} bytes)", file.display(), bytes.len());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_local;
+
+    #[test]
+    fn only_this_machine_is_local() {
+        for url in [
+            "https://127.0.0.1:7800",
+            "https://localhost:7800/api",
+            "https://[::1]:7800",
+            "https://127.0.0.2",
+        ] {
+            assert!(is_local(url), "{url}");
+        }
+        for url in [
+            "https://edge-01:7800",
+            "https://10.0.0.5:7800",
+            "https://localhost.example.com",
+            "https://[2001:db8::1]:7800",
+        ] {
+            assert!(!is_local(url), "{url}");
+        }
+    }
 }

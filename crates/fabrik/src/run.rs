@@ -223,6 +223,8 @@ fn compliance_facts(
         mqtt_anonymous: config.mqtt.allow_anonymous,
         mqtt_runs_here: modules.contains(&Module::Mqtt),
         http_tls: config.http.tls,
+        http_generated_certificate: config.http.tls && config.http.tls_cert.trim().is_empty(),
+        clear_text_links: clear_text_links(config),
         mqtt_acl_rules: config.mqtt.acl.len(),
         models_signature_required: trust.as_ref().is_some_and(|t| t.required()),
         models_trusted_keys: config.models.trusted_keys.len(),
@@ -241,6 +243,48 @@ fn compliance_facts(
         // The installed filter answers, whatever FABRIK_LOG or log.level said.
         audit_lines_logged: tracing::enabled!(target: "fabrik::audit", tracing::Level::INFO),
     }
+}
+
+/// The configured connections that carry data or credentials in clear, for the compliance
+/// report's transport control.
+fn clear_text_links(config: &Config) -> Vec<String> {
+    let mut links = Vec::new();
+    for bridge in &config.bridges {
+        if !bridge.tls {
+            links.push(format!("bridge `{}` connects without TLS", bridge.name));
+        }
+    }
+    for notifier in &config.alerting.notifiers {
+        let url = notifier.url.trim();
+        let clear = match notifier.kind.as_str() {
+            "webhook" => url.starts_with("http://"),
+            "email" => url.starts_with("smtp://") && !notifier.starttls,
+            "mqtt" => url.starts_with("mqtt://"),
+            _ => false,
+        };
+        if clear {
+            links.push(format!(
+                "notifier `{}` ({}) sends without TLS",
+                notifier.name, notifier.kind
+            ));
+        }
+    }
+    for server in &config.opcua.servers {
+        if server.security_policy == fabrik_runtime::opcua::SecurityPolicyName::None {
+            links.push(format!(
+                "OPC UA server `{}` is read with security policy None",
+                server.id
+            ));
+        }
+    }
+    if !config.modbus.devices.is_empty() {
+        links.push(format!(
+            "{} Modbus TCP device(s): the protocol has no encryption (keep them on an isolated \
+             network segment)",
+            config.modbus.devices.len()
+        ));
+    }
+    links
 }
 
 /// The admin token file's permission bits, when the token comes from it.
@@ -343,16 +387,26 @@ fn http_tls(config: &Config, settings: &Settings) -> Result<Option<TlsAcceptor>,
             .filter(|t| !t.is_empty())
             .map(Into::into)
     };
+    // A generated certificate names this machine and the address it listens on, so clients
+    // elsewhere that check the host name accept it once they trust its file.
+    let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let ip = settings.http_listen.ip();
+    if !ip.is_unspecified() && !names.contains(&ip.to_string()) {
+        names.push(ip.to_string());
+    }
     let acceptor = fabrik_connect::mqtt::tls::TlsAcceptor::new(&TlsSettings {
         cert: file(&config.http.tls_cert),
         key: file(&config.http.tls_key),
         client_ca: None,
         require_client_cert: false,
         generated_dir: settings.data_dir.join("tls"),
-        generated_names: vec!["localhost".into(), "127.0.0.1".into()],
+        generated_names: names,
         section: "http",
     })
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| match e {
+        fabrik_connect::ConnectError::Tls(why) => format!("HTTPS (http.tls): {why}"),
+        other => other.to_string(),
+    })?;
     Ok(Some(acceptor.rustls()))
 }
 
@@ -378,6 +432,8 @@ async fn start_http(
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let tls = http_tls(config, settings)?;
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let generated_cert = (tls.is_some() && config.http.tls_cert.trim().is_empty())
+        .then(|| settings.data_dir.join("tls").join("http-cert.pem"));
     let state = ApiState {
         store: store.clone(),
         services,
@@ -391,6 +447,7 @@ async fn start_http(
         alert_rules: wiring.alert_rules.clone(),
         alert_rule_control: wiring.alert_rule_control.clone(),
         compliance: wiring.compliance.clone(),
+        https: tls.is_some(),
         kpi_meter: Some(Arc::new(crate::usecases::StoreKpiMeter {
             store: store.clone(),
             alerting: wiring.alerting.clone(),
@@ -417,6 +474,13 @@ async fn start_http(
         lines.push(format!(
             "  Clients:   export FABRIK_URL={scheme}://{}",
             crate::demo::reachable(addr)
+        ));
+    }
+    if let Some(cert) = generated_cert {
+        lines.push(format!(
+            "             export FABRIK_CA_CERT={}   (the generated certificate: trust it, or \
+             configure http.tls_cert)",
+            cert.display()
         ));
     }
     lines.append(&mut wiring.banner);
@@ -483,8 +547,6 @@ async fn serve(
     } else {
         None
     };
-    // After the token file is made, so its mode is read.
-    wiring.compliance = Arc::new(compliance_facts(&config, &settings, &modules));
     let demo_stop = CancellationToken::new();
     // The demo's Modbus and OPC UA servers must listen before those modules read their
     // configuration.
@@ -503,6 +565,9 @@ async fn serve(
     } else {
         None
     };
+    // After the token file is made, so its mode is read, and after the demo's field devices
+    // joined the configuration, so their links are assessed too.
+    wiring.compliance = Arc::new(compliance_facts(&config, &settings, &modules));
     let mut start_error = None;
     for module in &modules {
         let result = match module {
@@ -619,7 +684,8 @@ async fn serve(
                 let store = wiring.store.clone();
                 let broker = wiring.broker.clone();
                 let registry = wiring.registry.clone();
-                let external_url = format!("http://{}", settings.http_listen);
+                let scheme = if config.http.tls { "https" } else { "http" };
+                let external_url = format!("{scheme}://{}", settings.http_listen);
                 // On every interface, the listen address is no address a receiver can open.
                 if settings.http_listen.ip().is_unspecified()
                     && config.alerting.external_url.is_empty()

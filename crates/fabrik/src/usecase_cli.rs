@@ -1,4 +1,4 @@
-//! `fabrik usecase list|show|define|rm|kpis|gate|promote|demote|decisions`: a thin client of
+//! `fabrik usecase list|show|define|rm|kpis|history|gate|promote|demote|decisions`: a thin client of
 //! `/api/v1/usecases`.
 
 use std::path::PathBuf;
@@ -60,6 +60,21 @@ enum UseCaseCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Its KPIs bucket by bucket over a period (default: since it entered its stage), on the
+    /// devices of its stage.
+    History {
+        /// Use case name.
+        name: String,
+        /// The period ending now, e.g. `24h` or `7d`.
+        #[arg(long)]
+        last: Option<String>,
+        /// Equal buckets the period is cut into (1 to 60).
+        #[arg(long, default_value_t = 12)]
+        buckets: u32,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Judge the gate to its next stage on the KPIs measured since it entered its stage.
     Gate {
         /// Use case name.
@@ -109,6 +124,15 @@ fn read_definition(file: &PathBuf) -> anyhow::Result<UseCaseDefinition> {
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{e}"))
     };
     parsed.with_context(|| format!("{} is not a use case definition", file.display()))
+}
+
+/// The start of the period `last` (`7d`) that ends now, RFC 3339.
+fn start_of_last(last: &str) -> anyhow::Result<String> {
+    let span =
+        fabrik_runtime::units::parse_duration(last).map_err(|e| anyhow::anyhow!("--last: {e}"))?;
+    let start = chrono::Utc::now()
+        - chrono::Duration::from_std(span).map_err(|e| anyhow::anyhow!("--last: {e}"))?;
+    Ok(start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
 fn number(value: &serde_json::Value) -> String {
@@ -164,6 +188,42 @@ pub(crate) async fn run(args: UseCaseArgs) -> anyhow::Result<()> {
                 .await?;
             println!("Removed use case `{name}`.");
         }
+        UseCaseCommand::History {
+            name,
+            last,
+            buckets,
+            json,
+        } => {
+            let mut query = format!("?buckets={buckets}");
+            if let Some(last) = last {
+                query.push_str(&format!("&from={}", percent_encode(&start_of_last(&last)?)));
+            }
+            let history: serde_json::Value = ep
+                .get_json(&client, &path(&name, &format!("/kpis/history{query}")))
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&history)?);
+                return Ok(());
+            }
+            let kpis = history["kpis"].as_array().cloned().unwrap_or_default();
+            print!("{:<32}", "FROM");
+            for kpi in &kpis {
+                print!(" {:>16}", kpi["name"].as_str().unwrap_or("?"));
+            }
+            println!();
+            for (i, start) in history["bucket_starts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                print!("{:<32}", start.as_str().unwrap_or("?"));
+                for kpi in &kpis {
+                    print!(" {:>16}", number(&kpi["values"][i]));
+                }
+                println!();
+            }
+        }
         UseCaseCommand::Kpis {
             name,
             from,
@@ -172,14 +232,7 @@ pub(crate) async fn run(args: UseCaseArgs) -> anyhow::Result<()> {
             json,
         } => {
             let from = match last {
-                Some(last) => {
-                    let span = fabrik_runtime::units::parse_duration(&last)
-                        .map_err(|e| anyhow::anyhow!("--last: {e}"))?;
-                    let start = chrono::Utc::now()
-                        - chrono::Duration::from_std(span)
-                            .map_err(|e| anyhow::anyhow!("--last: {e}"))?;
-                    Some(start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-                }
+                Some(last) => Some(start_of_last(&last)?),
                 None => from,
             };
             let mut query = Vec::new();

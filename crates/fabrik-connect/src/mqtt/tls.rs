@@ -110,7 +110,12 @@ fn self_signed(
     let cert_path = generated_cert_path(dir, section);
     let key_path = dir.join(format!("{section}-key.pem"));
     if cert_path.exists() && key_path.exists() {
-        return Ok((cert_path, key_path));
+        // A certificate generated for other names (the listen address changed) is made
+        // afresh: clients that check the host name would refuse it.
+        if covers(&cert_path, names) {
+            return Ok((cert_path, key_path));
+        }
+        tracing::warn!(cert = %cert_path.display(), ?names, "The generated certificate does not name this address; generating a new one (clients must trust the new file).");
     }
     std::fs::create_dir_all(dir)
         .map_err(|e| ConnectError::Tls(format!("{}: {e}", dir.display())))?;
@@ -123,7 +128,8 @@ fn self_signed(
     write_private(&key_path, &generated.signing_key.serialize_pem())?;
     std::fs::write(&cert_path, generated.cert.pem())
         .map_err(|e| ConnectError::Tls(format!("{}: {e}", cert_path.display())))?;
-    tracing::warn!(cert = %cert_path.display(), "{section} TLS uses a generated self-signed certificate; configure {section}.tls_cert and {section}.tls_key for production (clients trust the generated one by its file).");
+    let label = section.to_uppercase();
+    tracing::warn!(cert = %cert_path.display(), "{label} TLS uses a generated self-signed certificate; configure {section}.tls_cert and {section}.tls_key for production.");
     Ok((cert_path, key_path))
 }
 
@@ -206,6 +212,43 @@ impl TlsAcceptor {
             .and_then(|leaf| common_name(leaf.as_ref()));
         Ok((stream, identity))
     }
+}
+
+/// Whether the PEM certificate at `path` names every one of `names` (DNS names and IP
+/// addresses among its subject alternative names).
+fn covers(path: &Path, names: &[String]) -> bool {
+    use x509_parser::extensions::GeneralName;
+    let Ok(certs) = read_certs(path) else {
+        return false;
+    };
+    let Some(leaf) = certs.first() else {
+        return false;
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf.as_ref()) else {
+        return false;
+    };
+    let Ok(Some(alternatives)) = cert.subject_alternative_name() else {
+        return names.is_empty();
+    };
+    let named: Vec<String> = alternatives
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(dns) => Some((*dns).to_owned()),
+            GeneralName::IPAddress(bytes) => match bytes.len() {
+                4 => <[u8; 4]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| std::net::IpAddr::from(b).to_string()),
+                16 => <[u8; 16]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| std::net::IpAddr::from(b).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    names.iter().all(|n| named.contains(n))
 }
 
 /// The subject common name of a DER certificate.

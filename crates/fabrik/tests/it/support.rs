@@ -57,6 +57,7 @@ impl Server {
             compliance: Default::default(),
             alerting: None,
             kpi_meter: None,
+            https: false,
         };
         let stop = CancellationToken::new();
         tokio::spawn(fabrik_api::serve(listener, state, stop.clone(), None));

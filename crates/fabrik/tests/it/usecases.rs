@@ -270,6 +270,32 @@ fn kpis_decide_the_gate_and_the_stage_decides_which_devices_a_pipeline_scores() 
     assert!(close(&precision["current"]["value"], 0.5), "{precision}");
     assert_eq!(precision["current"]["evidence"], 2.0, "{precision}");
 
+    // The measured hour in two halves: the stop is in the first; the gap and nothing else
+    // in the second (300 s down in 1,790 s observed, then 0 in 1,180).
+    let (code, history) = api(
+        reqwest::Method::GET,
+        &format!(
+            "/pumps/kpis/history?from={}&to={}&buckets=2",
+            rfc3339(t1),
+            rfc3339(t1 + 3600 * SECOND)
+        ),
+        None,
+    );
+    assert_eq!(code, 200, "{history}");
+    let trend = &history["kpis"][0];
+    assert_eq!(trend["name"], "downtime");
+    assert!(
+        close(&trend["values"][0], 100.0 * 300.0 / 1790.0),
+        "{trend}"
+    );
+    assert!(close(&trend["values"][1], 0.0), "{trend}");
+    assert!(close(&trend["evidence"][1], 1180.0 / 3600.0), "{trend}");
+    let second_start = history["bucket_starts"][1].as_str().expect("bucket start");
+    let second_start = chrono::DateTime::parse_from_rfc3339(second_start).expect("rfc 3339");
+    assert_eq!(second_start.timestamp_nanos_opt(), Some(t1 + 1800 * SECOND));
+    let (code, _) = api(reqwest::Method::GET, "/pumps/kpis/history?buckets=0", None);
+    assert_eq!(code, 400);
+
     // In pilot the pipeline scores pump-a's history and none of pump-b's.
     eventually("pump-a's windows are scored", || {
         inferences_of(&url, "pump-a") >= 61
