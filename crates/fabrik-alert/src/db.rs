@@ -407,6 +407,18 @@ impl AlertDb {
         Ok(())
     }
 
+    /// The alerts `by` acknowledged, latest change first, at most `limit` (a person's data,
+    /// GDPR Art. 15).
+    pub async fn acknowledged_by(&self, by: &str, limit: u32) -> Result<Vec<Alert>, AlertError> {
+        let rows =
+            sqlx::query("SELECT * FROM alerts WHERE ack_by = ? ORDER BY updated_ns DESC LIMIT ?")
+                .bind(by)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(alert_from_row).collect()
+    }
+
     /// Every silence.
     pub async fn silences(&self) -> Result<Vec<Silence>, AlertError> {
         let rows = sqlx::query("SELECT * FROM silences ORDER BY until_at DESC")

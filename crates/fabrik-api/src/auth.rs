@@ -52,7 +52,11 @@ pub fn required_role(method: &Method, route: &str) -> Role {
     let read = matches!(*method, Method::GET | Method::HEAD);
     match (route, read) {
         (
-            "/api/v1/users" | "/api/v1/audit" | "/api/v1/audit/verify" | "/api/v1/compliance",
+            "/api/v1/users"
+            | "/api/v1/audit"
+            | "/api/v1/audit/verify"
+            | "/api/v1/compliance"
+            | "/api/v1/people/{name}",
             true,
         ) => Role::Admin,
         (_, true) | ("/api/v1/query", _) | ("/api/v1/users/{name}/password", _) => Role::Viewer,

@@ -431,9 +431,15 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
     gaps.push(
         "the audit log and the users are kept until removed: they have no retention".to_owned(),
     );
+    evidence.push(
+        "everything kept about one person can be exported (GET /api/v1/people/{name}, \
+         `fabrik privacy export`): user, audit entries, stage decisions, acknowledgements, \
+         silences, alert labels"
+            .to_owned(),
+    );
     gaps.push(
-        "no erasure or export of one person's data: removing a user leaves their name in the \
-         audit log and acknowledgements"
+        "no erasure of one person's data: removing a user leaves their name in the audit log, \
+         acknowledgements and alert labels"
             .to_owned(),
     );
     controls.push(control(

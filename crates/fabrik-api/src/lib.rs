@@ -17,6 +17,7 @@ pub mod error;
 mod extract;
 pub mod openapi;
 pub mod pipelines;
+pub mod privacy;
 pub mod routes;
 pub mod session;
 pub mod stream;

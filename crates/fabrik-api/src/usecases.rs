@@ -81,6 +81,9 @@ pub struct PeriodParams {
     pub to: Option<String>,
 }
 
+/// Longest reason a stage decision keeps.
+const MOST_REASON_CHARS: usize = 2_000;
+
 /// Most buckets a KPI history is cut into: each is a query per KPI.
 const MOST_BUCKETS: u32 = 60;
 
@@ -470,6 +473,12 @@ pub(crate) async fn change_stage(
             "reason: say why the stage changes; it is kept with the decision",
         ));
     }
+    let length = request.reason.chars().count();
+    if length > MOST_REASON_CHARS {
+        return Err(ApiError::bad_request(format!(
+            "reason: {length} characters; at most {MOST_REASON_CHARS}"
+        )));
+    }
     let registry = registry(&state)?;
     let use_case = registry.use_case(&name).await?;
     let conflict = |text: String| ApiError::new(StatusCode::CONFLICT, "conflict", text);
@@ -484,7 +493,7 @@ pub(crate) async fn change_stage(
     let gate = if request.to == from {
         return Err(conflict(format!(
             "use case `{name}` is at {} already",
-            from.as_str()
+            from.display()
         )));
     } else if request.to < from {
         // A step back (a pilot that went wrong at scale) needs no gate.
@@ -492,8 +501,8 @@ pub(crate) async fn change_stage(
     } else if Some(request.to) != from.next() {
         return Err(conflict(format!(
             "use case `{name}` is at {}: it passes one gate at a time, to {}",
-            from.as_str(),
-            from.next().map_or("nothing", Stage::as_str)
+            from.display(),
+            from.next().map_or("nothing", Stage::display)
         )));
     } else {
         let report = judge(&state, &use_case)

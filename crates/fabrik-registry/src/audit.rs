@@ -376,6 +376,23 @@ impl Registry {
         rows.iter().map(entry_of).collect()
     }
 
+    /// The entries `actor` made, newest first, at most `limit` (a person's data, GDPR Art. 15).
+    pub async fn audit_entries_by(
+        &self,
+        actor: &str,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>, RegistryError> {
+        let rows = sqlx::query(
+            "SELECT seq, time, actor, action, target, status, hash FROM audit_log \
+             WHERE actor = ? ORDER BY seq DESC LIMIT ?",
+        )
+        .bind(actor)
+        .bind(limit.clamp(1, 100_000))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(entry_of).collect()
+    }
+
     /// Recomputes the chain from the first entry and names the entries that do not fit.
     pub async fn verify_audit(&self) -> Result<AuditVerification, RegistryError> {
         const PAGE: i64 = 5_000;

@@ -304,6 +304,9 @@ pub struct UseCaseDefinition {
     pub gates: Gates,
 }
 
+/// Most KPIs of one use case: each is a query whenever its KPIs or gate are read.
+pub const MOST_KPIS: usize = 32;
+
 /// The aggregates a KPI of kind `aggregate` may name.
 pub const AGGREGATES: [&str; 9] = [
     "mean", "min", "max", "sum", "count", "p50", "p90", "p95", "p99",
@@ -342,6 +345,25 @@ impl UseCaseDefinition {
                 "name".into(),
                 format!("`{}`: 1 to 64 of a-z, 0-9, `.`, `_` and `-`", self.name),
             );
+        }
+        // Bounds a dashboard and a decision record can show; the body limit is far larger.
+        let long = |text: &str, most: usize| text.chars().count() > most;
+        for (field, text, most) in [
+            ("objective", self.objective.as_str(), 1_000),
+            ("owner", self.owner.as_str(), 200),
+        ] {
+            if long(text, most) {
+                problem(field.into(), format!("at most {most} characters"));
+            }
+        }
+        if self.stakeholders.len() > 50 || self.stakeholders.iter().any(|s| long(s, 200)) {
+            problem(
+                "stakeholders".into(),
+                "at most 50, of at most 200 characters each".into(),
+            );
+        }
+        if self.kpis.len() > MOST_KPIS {
+            problem("kpis".into(), format!("at most {MOST_KPIS}"));
         }
         if self.objective.trim().is_empty() {
             problem(
@@ -1033,13 +1055,31 @@ impl Registry {
 
     /// A use case's stage decisions, oldest first (also those of a removed use case).
     pub async fn stage_decisions(&self, name: &str) -> Result<Vec<StageDecision>, RegistryError> {
-        let rows = sqlx::query(
+        self.decisions_where("use_case", name).await
+    }
+
+    /// The stage decisions `actor` made, oldest first (a person's data, GDPR Art. 15).
+    pub async fn stage_decisions_by(
+        &self,
+        actor: &str,
+    ) -> Result<Vec<StageDecision>, RegistryError> {
+        self.decisions_where("actor", actor).await
+    }
+
+    async fn decisions_where(
+        &self,
+        column: &'static str,
+        value: &str,
+    ) -> Result<Vec<StageDecision>, RegistryError> {
+        // Audited: `column` is one of the two constants above; the value is bound.
+        let sql = format!(
             "SELECT use_case, time, from_stage, to_stage, actor, forced, reason, gate \
-             FROM use_case_decisions WHERE use_case = ? ORDER BY id",
-        )
-        .bind(name)
-        .fetch_all(&self.pool)
-        .await?;
+             FROM use_case_decisions WHERE {column} = ? ORDER BY id"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(value)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| {
                 let gate: Option<String> = r.try_get("gate")?;

@@ -28,6 +28,7 @@ mod modules;
 mod opcua;
 mod pipeline_cli;
 mod pipelines;
+mod privacy_cli;
 mod readings;
 mod run;
 mod sql_text;
@@ -79,6 +80,8 @@ enum Command {
     /// Assess a running Fabrik against IEC 62443-3-3, NIST 800-53 and GDPR controls: the
     /// evidence its configuration and live state give, and the gaps.
     Compliance(compliance_cli::ComplianceArgs),
+    /// Everything kept about one person, for their right of access (GDPR Art. 15).
+    Privacy(privacy_cli::PrivacyArgs),
     /// List, acknowledge and silence alerts.
     Alert(alert_cli::AlertArgs),
     /// List, show, define (from a file) and remove inference pipelines of a running Fabrik.
@@ -174,6 +177,7 @@ fn main() -> ExitCode {
         Command::User(args) => client::block_on(user_cli::run(args)),
         Command::Audit(args) => client::block_on(audit_cli::run(args)),
         Command::Compliance(args) => client::block_on(compliance_cli::run(args)),
+        Command::Privacy(args) => client::block_on(privacy_cli::run(args)),
         Command::Alert(args) => client::block_on(alert_cli::run(args)),
         Command::Pipeline(args) => client::block_on(pipeline_cli::run(args)),
         Command::Model(args) => client::block_on(model_cli::run(args)),

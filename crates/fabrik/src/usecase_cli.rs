@@ -314,12 +314,7 @@ pub(crate) async fn run(args: UseCaseArgs) -> anyhow::Result<()> {
             reason,
             force,
         } => {
-            let current: serde_json::Value = ep.get_json(&client, &path(&name, "")).await?;
-            let stage: Stage = current["stage"]
-                .as_str()
-                .unwrap_or("")
-                .parse()
-                .map_err(|e: String| anyhow::anyhow!(e))?;
+            let stage = current_stage(ep, &client, &path(&name, "")).await?;
             let to = stage.next().with_context(|| {
                 format!("use case `{name}` is at enterprise: there is no further gate")
             })?;
@@ -339,12 +334,7 @@ pub(crate) async fn run(args: UseCaseArgs) -> anyhow::Result<()> {
         }
         UseCaseCommand::Demote { name, to, reason } => {
             let to: Stage = to.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-            let current: serde_json::Value = ep.get_json(&client, &path(&name, "")).await?;
-            let stage: Stage = current["stage"]
-                .as_str()
-                .unwrap_or("")
-                .parse()
-                .map_err(|e: String| anyhow::anyhow!(e))?;
+            let stage = current_stage(ep, &client, &path(&name, "")).await?;
             if to >= stage {
                 anyhow::bail!(
                     "use case `{name}` is at {}: demote goes back to an earlier stage (to go \
@@ -396,6 +386,21 @@ pub(crate) async fn run(args: UseCaseArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The stage the use case at `path` is at now: a stage change names the stage it was decided
+/// on.
+async fn current_stage(
+    ep: &Endpoint,
+    client: &reqwest::Client,
+    path: &str,
+) -> anyhow::Result<Stage> {
+    let current: serde_json::Value = ep.get_json(client, path).await?;
+    current["stage"]
+        .as_str()
+        .unwrap_or("")
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!(e))
 }
 
 async fn change(

@@ -272,3 +272,85 @@ fn users_sign_in_with_passwords_and_are_held_to_their_roles() {
     let (ok, out) = cli(&p.url, &["list"], None);
     assert!(ok && out.contains("vic") && !out.contains("ana"), "{out}");
 }
+
+/// A person's right of access: everything kept about them, for an admin to hand over.
+#[test]
+fn everything_kept_about_a_person_is_exported_for_admins_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Process::start(dir.path(), &[]);
+    let url = p.url.clone();
+    let (ok, out) = cli(&url, &["add", "ana", "--role", "operator"], None);
+    assert!(ok, "{out}");
+    let password = out
+        .lines()
+        .find_map(|l| l.strip_prefix("password: "))
+        .expect("password")
+        .trim()
+        .to_owned();
+    let (status, _, cookie) = sign_in(&url, "ana", &password);
+    assert_eq!(status, 200);
+    let ana = cookie.expect("cookie");
+    let (status, silence) = {
+        let (status, body, _) = call(
+            &url,
+            reqwest::Method::POST,
+            "/api/v1/silences",
+            Some(&ana),
+            Some(
+                serde_json::json!({"device": "pump-1", "duration": "1h", "comment": "bearing swap"}),
+            ),
+        );
+        (status, body)
+    };
+    assert_eq!(status, 201, "{silence}");
+    // An operator may not read anyone's data, their own included: an admin answers requests.
+    let (status, _, _) = call(
+        &url,
+        reqwest::Method::GET,
+        "/api/v1/people/ana",
+        Some(&ana),
+        None,
+    );
+    assert_eq!(status, 403);
+
+    let (ok, out) = crate::support::client_command(&url, &["privacy", "export", "ana"]);
+    assert!(ok, "{out}");
+    let data: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(data["user"]["name"], "ana");
+    assert_eq!(data["user"]["role"], "operator");
+    assert!(data["user"].get("password_hash").is_none(), "{data}");
+    let actions: Vec<&str> = data["audit_entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(actions.contains(&"sign-in"), "{actions:?}");
+    assert!(actions.contains(&"POST /api/v1/silences"), "{actions:?}");
+    assert!(
+        actions.contains(&"GET /api/v1/people/{name}"),
+        "the refusal: {actions:?}"
+    );
+    assert!(
+        data["audit_entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .all(|e| e["actor"] == "ana"),
+        "{data}"
+    );
+    let silences = data["silences"].as_array().expect("silences");
+    assert_eq!(silences.len(), 1, "{data}");
+    assert_eq!(silences[0]["comment"], "bearing swap");
+    // Nobody else's data: a name never seen has nothing.
+    let (ok, out) = crate::support::client_command(&url, &["privacy", "export", "nobody"]);
+    assert!(ok, "{out}");
+    let none: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert!(
+        none["user"].is_null() && none["audit_entries"] == serde_json::json!([]),
+        "{none}"
+    );
+    assert_eq!(none["silences"], serde_json::json!([]));
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}

@@ -1,0 +1,142 @@
+//! `/api/v1/people/{name}`: everything Fabrik keeps about one person, for a data subject's
+//! right of access (GDPR Art. 15) and to portability (Art. 20).
+//!
+//! Owns gathering it from where names are kept: the registry (the user, the audit log, stage
+//! decisions), the alerts (acknowledgements, silences) and the store's `alert_labels` rows.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use fabrik_alert::{Feedback, Silence};
+use fabrik_registry::usecases::StageDecision;
+use fabrik_registry::{AuditEntry, User};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::ApiState;
+use crate::error::ApiError;
+
+/// Most records of each kind in one answer.
+const MOST_RECORDS: u32 = 100_000;
+
+/// An alert a person acknowledged, with what they said.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Acknowledgement {
+    /// The alert.
+    pub alert_id: String,
+    /// Its rule.
+    pub rule: String,
+    /// Its key (usually a device).
+    pub key: String,
+    /// When (RFC 3339).
+    pub at: String,
+    /// The verdict.
+    pub feedback: Feedback,
+    /// The note.
+    pub comment: Option<String>,
+}
+
+/// Everything kept about one person (a user name, or a name given with an acknowledgement).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PersonalData {
+    /// The name searched for.
+    pub name: String,
+    /// The dashboard user of that name, if any (never the password hash).
+    pub user: Option<User>,
+    /// Audit log entries with that actor, newest first.
+    pub audit_entries: Vec<AuditEntry>,
+    /// Use-case stage decisions they made.
+    pub stage_decisions: Vec<StageDecision>,
+    /// Alerts they acknowledged.
+    pub acknowledgements: Vec<Acknowledgement>,
+    /// Silences they created or ended.
+    pub silences: Vec<Silence>,
+    /// Rows of the `alert_labels` table naming them (`by`), as `/api/v1/query` returns rows.
+    pub alert_labels: Vec<serde_json::Value>,
+    /// Where their name may be besides, and what could not be read.
+    pub notes: Vec<String>,
+}
+
+#[utoipa::path(get, path = "/api/v1/people/{name}", tag = "security", security(("token" = [])),
+    params(("name" = String, Path, description = "a user name, or a name given with an acknowledgement")),
+    responses((status = 200, description = "everything kept about that person (admin)", body = PersonalData),
+              (status = 403, description = "not an admin", body = crate::error::ErrorBody)))]
+pub(crate) async fn export(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<PersonalData>, ApiError> {
+    let mut data = PersonalData {
+        name: name.clone(),
+        user: None,
+        audit_entries: Vec::new(),
+        stage_decisions: Vec::new(),
+        acknowledgements: Vec::new(),
+        silences: Vec::new(),
+        alert_labels: Vec::new(),
+        notes: vec![
+            "the process log (stdout) names users at sign-in and in audit lines; it is kept \
+             wherever it is shipped"
+                .to_owned(),
+        ],
+    };
+    match &state.registry {
+        Some(registry) => {
+            data.user = registry.users().await?.into_iter().find(|u| u.name == name);
+            data.audit_entries = registry
+                .audit_entries_by(&name, i64::from(MOST_RECORDS))
+                .await?;
+            data.stage_decisions = registry.stage_decisions_by(&name).await?;
+        }
+        None => data
+            .notes
+            .push("the registry runs in another process: users, audit log and stage decisions are not included".into()),
+    }
+    match &state.alerting {
+        Some(alerting) => {
+            let acknowledged = alerting.db().acknowledged_by(&name, MOST_RECORDS).await?;
+            data.acknowledgements = acknowledged
+                .into_iter()
+                .filter_map(|alert| {
+                    let ack = alert.ack?;
+                    Some(Acknowledgement {
+                        alert_id: alert.id,
+                        rule: alert.rule,
+                        key: alert.key,
+                        at: ack.at,
+                        feedback: ack.feedback,
+                        comment: ack.comment,
+                    })
+                })
+                .collect();
+            data.silences = alerting
+                .db()
+                .silences()
+                .await?
+                .into_iter()
+                .filter(|s| s.by == name || s.ended_by.as_deref() == Some(name.as_str()))
+                .collect();
+        }
+        None => data.notes.push(
+            "the alerts module runs in another process: acknowledgements and silences are \
+             not included"
+                .into(),
+        ),
+    }
+    let sql = format!(
+        "SELECT * FROM alert_labels WHERE \"by\" = '{}' ORDER BY time LIMIT {MOST_RECORDS}",
+        name.replace('\'', "''")
+    );
+    match state.store.query(&sql).await {
+        Ok(output) => {
+            data.alert_labels = crate::routes::batches_to_json(&output.batches).map_err(|e| {
+                ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e)
+            })?;
+        }
+        // No verdict was ever given: the table does not exist yet.
+        Err(e) if e.to_string().contains("not found") => {}
+        Err(e) => data
+            .notes
+            .push(format!("the alert_labels table could not be read: {e}")),
+    }
+    Ok(Json(data))
+}
