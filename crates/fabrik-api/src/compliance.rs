@@ -432,9 +432,9 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
         "the audit log and the users are kept until removed: they have no retention".to_owned(),
     );
     evidence.push(
-        "everything kept about one person can be exported (GET /api/v1/people/{name}, \
-         `fabrik privacy export`): user, audit entries, stage decisions, acknowledgements, \
-         silences, alert labels"
+        "what is kept about one person can be exported (GET /api/v1/people/{name}, \
+         `fabrik privacy export`, audited): user, audit entries by and about them, use cases, \
+         stage decisions, acknowledgements, silences, alert labels"
             .to_owned(),
     );
     gaps.push(

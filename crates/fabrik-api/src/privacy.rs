@@ -1,8 +1,9 @@
-//! `/api/v1/people/{name}`: everything Fabrik keeps about one person, for a data subject's
-//! right of access (GDPR Art. 15) and to portability (Art. 20).
+//! `/api/v1/people/{name}`: what Fabrik keeps about one person, for a data subject's right of
+//! access (GDPR Art. 15) and to portability (Art. 20).
 //!
 //! Owns gathering it from where names are kept: the registry (the user, the audit log, stage
-//! decisions), the alerts (acknowledgements, silences) and the store's `alert_labels` rows.
+//! decisions, use cases), the alerts (acknowledgements, silences) and the store's
+//! `alert_labels` rows; and saying what it could not read or cut short.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -35,7 +36,16 @@ pub struct Acknowledgement {
     pub comment: Option<String>,
 }
 
-/// Everything kept about one person (a user name, or a name given with an acknowledgement).
+/// A use case that names the person.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct NamedIn {
+    /// The use case.
+    pub use_case: String,
+    /// `owner` or `stakeholder`.
+    pub role: String,
+}
+
+/// What is kept about one person (a user name, or a name given with an acknowledgement).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PersonalData {
     /// The name searched for.
@@ -44,11 +54,16 @@ pub struct PersonalData {
     pub user: Option<User>,
     /// Audit log entries with that actor, newest first.
     pub audit_entries: Vec<AuditEntry>,
+    /// Audit log entries by others about them (their name in the request's target).
+    pub audit_entries_about: Vec<AuditEntry>,
+    /// Use cases that name them as owner or stakeholder.
+    pub use_cases: Vec<NamedIn>,
     /// Use-case stage decisions they made.
     pub stage_decisions: Vec<StageDecision>,
     /// Alerts they acknowledged.
     pub acknowledgements: Vec<Acknowledgement>,
-    /// Silences they created or ended.
+    /// Silences they created or ended (another's silence they ended shows neither its
+    /// author nor its comment).
     pub silences: Vec<Silence>,
     /// Rows of the `alert_labels` table naming them (`by`), as `/api/v1/query` returns rows.
     pub alert_labels: Vec<serde_json::Value>,
@@ -58,7 +73,7 @@ pub struct PersonalData {
 
 #[utoipa::path(get, path = "/api/v1/people/{name}", tag = "security", security(("token" = [])),
     params(("name" = String, Path, description = "a user name, or a name given with an acknowledgement")),
-    responses((status = 200, description = "everything kept about that person (admin)", body = PersonalData),
+    responses((status = 200, description = "what is kept about that person (admin; the request is audited)", body = PersonalData),
               (status = 403, description = "not an admin", body = crate::error::ErrorBody)))]
 pub(crate) async fn export(
     crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
@@ -69,6 +84,8 @@ pub(crate) async fn export(
         name: name.clone(),
         user: None,
         audit_entries: Vec::new(),
+        audit_entries_about: Vec::new(),
+        use_cases: Vec::new(),
         stage_decisions: Vec::new(),
         acknowledgements: Vec::new(),
         silences: Vec::new(),
@@ -85,7 +102,35 @@ pub(crate) async fn export(
             data.audit_entries = registry
                 .audit_entries_by(&name, i64::from(MOST_RECORDS))
                 .await?;
+            data.audit_entries_about = registry
+                .audit_entries_about(&name, i64::from(MOST_RECORDS))
+                .await?
+                .into_iter()
+                .filter(|e| e.actor != name)
+                .collect();
             data.stage_decisions = registry.stage_decisions_by(&name).await?;
+            for use_case in registry.use_cases().await? {
+                let definition = &use_case.definition;
+                if definition.owner == name {
+                    data.use_cases.push(NamedIn {
+                        use_case: use_case.name.clone(),
+                        role: "owner".into(),
+                    });
+                }
+                if definition.stakeholders.contains(&name) {
+                    data.use_cases.push(NamedIn {
+                        use_case: use_case.name.clone(),
+                        role: "stakeholder".into(),
+                    });
+                }
+            }
+            let set_aside = registry.set_aside_audit_logs().await?;
+            if !set_aside.is_empty() {
+                data.notes.push(format!(
+                    "audit logs set aside ({}) may name them too; they are not read here",
+                    set_aside.join(", ")
+                ));
+            }
         }
         None => data
             .notes
@@ -114,6 +159,14 @@ pub(crate) async fn export(
                 .await?
                 .into_iter()
                 .filter(|s| s.by == name || s.ended_by.as_deref() == Some(name.as_str()))
+                .map(|mut s| {
+                    // Another's silence they only ended: not the author's data to hand over.
+                    if s.by != name {
+                        s.by = String::new();
+                        s.comment = None;
+                    }
+                    s
+                })
                 .collect();
         }
         None => data.notes.push(
@@ -123,20 +176,39 @@ pub(crate) async fn export(
         ),
     }
     let sql = format!(
-        "SELECT * FROM alert_labels WHERE \"by\" = '{}' ORDER BY time LIMIT {MOST_RECORDS}",
-        name.replace('\'', "''")
+        "SELECT * FROM alert_labels WHERE \"by\" = '{}' ORDER BY time LIMIT {}",
+        name.replace('\'', "''"),
+        MOST_RECORDS + 1
     );
-    match state.store.query(&sql).await {
-        Ok(output) => {
+    // No verdict was ever given: the table does not exist yet, and there is nothing to read.
+    let labels = if state.store.has_table("alert_labels") {
+        Some(state.store.query(&sql).await)
+    } else {
+        None
+    };
+    match labels {
+        None => {}
+        Some(Ok(output)) => {
             data.alert_labels = crate::routes::batches_to_json(&output.batches).map_err(|e| {
                 ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e)
             })?;
         }
-        // No verdict was ever given: the table does not exist yet.
-        Err(e) if e.to_string().contains("not found") => {}
-        Err(e) => data
+        Some(Err(e)) => data
             .notes
             .push(format!("the alert_labels table could not be read: {e}")),
     }
+    for (what, count) in [
+        ("audit entries by them", data.audit_entries.len()),
+        ("audit entries about them", data.audit_entries_about.len()),
+        ("acknowledgements", data.acknowledgements.len()),
+        ("alert labels", data.alert_labels.len()),
+    ] {
+        if count >= MOST_RECORDS as usize {
+            data.notes.push(format!(
+                "{what}: only the {MOST_RECORDS} most recent are included"
+            ));
+        }
+    }
+    data.alert_labels.truncate(MOST_RECORDS as usize);
     Ok(Json(data))
 }

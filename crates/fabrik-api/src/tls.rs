@@ -74,7 +74,7 @@ async fn accept_loop(
             }
         };
         let permit = handshakes.clone().try_acquire_owned().ok();
-        let from_address = AddressSlot::take(&per_address, peer.ip());
+        let from_address = AddressSlot::take(&per_address, source_of(peer.ip()));
         let (Some(permit), Some(from_address)) = (permit, from_address) else {
             metrics::counter!("fabrik_http_tls_handshakes_refused_total").increment(1);
             if last_refusal_log.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY) {
@@ -100,6 +100,19 @@ async fn accept_loop(
                 }
             }
         });
+    }
+}
+
+/// The source a handshake counts against: an IPv4 address, or an IPv6 address's /64 (one
+/// host can hold a whole /64).
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let mut segments = v6.segments();
+            segments[4..].fill(0);
+            IpAddr::V6(std::net::Ipv6Addr::from(segments))
+        }
     }
 }
 

@@ -86,6 +86,8 @@ const MOST_REASON_CHARS: usize = 2_000;
 
 /// Most buckets a KPI history is cut into: each is a query per KPI.
 const MOST_BUCKETS: u32 = 60;
+/// Most queries one history request runs (buckets × KPIs), one after another.
+const MOST_HISTORY_QUERIES: u32 = 480;
 
 /// The period of a KPI history and how many equal buckets it is cut into.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -397,12 +399,30 @@ pub(crate) async fn history(
             "buckets: {buckets}; 1 to {MOST_BUCKETS}"
         )));
     }
+    let kpi_count = use_case.definition.kpis.len().max(1) as u32;
+    if buckets * kpi_count > MOST_HISTORY_QUERIES {
+        return Err(ApiError::bad_request(format!(
+            "buckets: {buckets} buckets of {kpi_count} KPIs are {} queries; at most \
+             {MOST_HISTORY_QUERIES}: ask for fewer buckets",
+            buckets * kpi_count
+        )));
+    }
+    // In i128: the span of two valid times can exceed i64, and each edge is exact, the
+    // last one `to` itself.
+    let span = i128::from(to) - i128::from(from);
+    if span < i128::from(buckets) {
+        return Err(ApiError::bad_request(format!(
+            "buckets: {buckets} buckets do not fit in {span} ns"
+        )));
+    }
+    let edges: Vec<i64> = (0..=buckets)
+        .map(|i| {
+            let edge = i128::from(from) + span * i128::from(i) / i128::from(buckets);
+            i64::try_from(edge).unwrap_or(to)
+        })
+        .collect();
     let (stage, devices) = registry.use_case_devices(&name).await?;
     let meter = meter(&state)?;
-    let span = (to - from) as f64 / f64::from(buckets);
-    let edges: Vec<i64> = (0..=buckets)
-        .map(|i| from + (span * f64::from(i)).round() as i64)
-        .collect();
     let mut kpis = Vec::with_capacity(use_case.definition.kpis.len());
     for kpi in &use_case.definition.kpis {
         let mut trend = KpiTrend {

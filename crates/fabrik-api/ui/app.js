@@ -1316,21 +1316,24 @@ async function pageUseCase(p, name) {
     <section class="card" aria-labelledby="h-ucgate"><h2 id="h-ucgate">Gate to the next stage</h2><div id="uc-gate"></div></section>
     <section class="card" aria-labelledby="h-ucdec"><h2 id="h-ucdec">Stage decisions</h2><div id="uc-decisions"></div></section>`);
   let current = null;
-  // The trend costs a query per KPI and step: read once a minute, not with every refresh.
+  // The trend costs a query per KPI and step: read once a minute (or when the stage changed),
+  // not with every refresh, and a failure waits its minute too.
   let history = null;
   let historyAt = 0;
+  let historyStage = null;
   const load = async () => {
     const u = await api(`/api/v1/usecases/${enc(name)}`);
-    if (Date.now() - historyAt > 60000 || history?.stage !== u.stage) {
-      history = await api(`/api/v1/usecases/${enc(name)}/kpis/history?buckets=12`).catch(() => null);
-      historyAt = Date.now();
-    }
+    const trend = Date.now() - historyAt > 60000 || historyStage !== u.stage
+      ? api(`/api/v1/usecases/${enc(name)}/kpis/history?buckets=12`).catch(() => null)
+      : null;
+    if (trend) { historyAt = Date.now(); historyStage = u.stage; }
     // Below enterprise the gate carries the KPIs of the same period: measured once. A
     // failure of one answer leaves the rest of the page shown.
     const [measured, decisions] = await Promise.allSettled([
       u.stage === 'enterprise' ? api(`/api/v1/usecases/${enc(name)}/kpis`) : api(`/api/v1/usecases/${enc(name)}/gate`),
       api(`/api/v1/usecases/${enc(name)}/decisions`),
     ]);
+    if (trend) history = await trend;
     if (!p.alive) return;
     const gate = u.stage !== 'enterprise' && measured.status === 'fulfilled' ? measured.value : null;
     const kpis = measured.status === 'fulfilled' ? measured.value.kpis : null;

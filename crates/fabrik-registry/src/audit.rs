@@ -393,6 +393,46 @@ impl Registry {
         rows.iter().map(entry_of).collect()
     }
 
+    /// Entries whose target names `name` as one of its path or query segments (a request
+    /// about that person: `DELETE /api/v1/users/ana`), newest first, at most `limit`.
+    pub async fn audit_entries_about(
+        &self,
+        name: &str,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>, RegistryError> {
+        let escaped = name
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        let rows = sqlx::query(
+            "SELECT seq, time, actor, action, target, status, hash FROM audit_log \
+             WHERE target LIKE ? ESCAPE '\\' ORDER BY seq DESC LIMIT ?",
+        )
+        .bind(format!("%{escaped}%"))
+        .bind(limit.clamp(1, 100_000))
+        .fetch_all(&self.pool)
+        .await?;
+        let entries: Vec<AuditEntry> = rows.iter().map(entry_of).collect::<Result<_, _>>()?;
+        Ok(entries
+            .into_iter()
+            .filter(|e| {
+                e.target
+                    .split(['/', '?', '&', '='])
+                    .any(|part| part == name)
+            })
+            .collect())
+    }
+
+    /// Logs set aside by `fabrik audit set-aside` (their tables), which still hold names.
+    pub async fn set_aside_audit_logs(&self) -> Result<Vec<String>, RegistryError> {
+        Ok(sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' \
+             AND name LIKE 'audit\\_log\\_set\\_aside\\_%' ESCAPE '\\' ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// Recomputes the chain from the first entry and names the entries that do not fit.
     pub async fn verify_audit(&self) -> Result<AuditVerification, RegistryError> {
         const PAGE: i64 = 5_000;

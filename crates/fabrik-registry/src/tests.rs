@@ -153,3 +153,16 @@ async fn listing_filters_and_state_survive_a_reopen() {
         Err(RegistryError::NotFound(_))
     ));
 }
+
+#[tokio::test]
+async fn names_that_stand_for_something_else_are_not_user_names() {
+    let (_dir, registry) = registry().await;
+    for name in ["admin-token", "anonymous", "unknown"] {
+        let refused = registry.add_user(name, Role::Admin, None).await;
+        assert!(
+            matches!(&refused, Err(RegistryError::Invalid(m)) if m.contains("reserved")),
+            "{name}: {refused:?}"
+        );
+    }
+    assert!(registry.add_user("ana", Role::Viewer, None).await.is_ok());
+}

@@ -77,7 +77,16 @@ pub(crate) struct Attempts {
     by_name: HashMap<String, (u32, Option<Instant>)>,
 }
 
+/// Names that stand for something else in the records: the admin token's, the name refused
+/// sign-ins are recorded under, and a placeholder clients use.
+const RESERVED_NAMES: [&str; 3] = ["admin-token", "anonymous", "unknown"];
+
 fn check_name(name: &str) -> Result<(), RegistryError> {
+    if RESERVED_NAMES.contains(&name) {
+        return Err(RegistryError::Invalid(format!(
+            "user name `{name}` is reserved: it stands for something else in the records"
+        )));
+    }
     let ok = !name.is_empty()
         && name.len() <= 64
         && name

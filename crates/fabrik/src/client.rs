@@ -180,17 +180,20 @@ impl Endpoint {
 }
 
 /// Whether `url` names this machine: `localhost` or a loopback address.
+/// A URL with a user name or password is never local: `https://localhost:x@elsewhere/`
+/// names `elsewhere`, and the URL parser the client uses is the one asked.
 fn is_local(url: &str) -> bool {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => authority
-            .rsplit_once(':')
-            .map_or(authority, |(host, _)| host),
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return false;
     };
-    host.eq_ignore_ascii_case("localhost")
-        || host
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return false;
+    }
+    // The parser gives IPv6 hosts in brackets and domains lower-cased.
+    let host = parsed.host_str().unwrap_or_default();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || bare
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
 }
@@ -424,6 +427,10 @@ mod tests {
             "https://10.0.0.5:7800",
             "https://localhost.example.com",
             "https://[2001:db8::1]:7800",
+            "https://localhost:x@evil.example/",
+            "https://[::1]@evil.example",
+            "https://user@localhost:7800",
+            "not a url",
         ] {
             assert!(!is_local(url), "{url}");
         }

@@ -91,8 +91,14 @@ pub(crate) fn register(url: &str, id: &str) -> String {
 }
 
 /// Polls `check` until it holds (the ingest path is asynchronous to the HTTP API).
-pub(crate) fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+pub(crate) fn eventually(what: &str, check: impl FnMut() -> bool) {
+    eventually_for(what, Duration::from_secs(20), check);
+}
+
+/// [`eventually`] with a longer guard, for work that takes long in a debug build on a loaded
+/// machine (the deadline only keeps a broken feature from hanging the suite).
+pub(crate) fn eventually_for(what: &str, guard: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + guard;
     while Instant::now() < deadline {
         if check() {
             return;

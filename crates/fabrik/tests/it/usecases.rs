@@ -295,6 +295,36 @@ fn kpis_decide_the_gate_and_the_stage_decides_which_devices_a_pipeline_scores() 
     assert_eq!(second_start.timestamp_nanos_opt(), Some(t1 + 1800 * SECOND));
     let (code, _) = api(reqwest::Method::GET, "/pumps/kpis/history?buckets=0", None);
     assert_eq!(code, 400);
+    // Seven buckets do not divide an hour into whole seconds: each edge is exact, and the
+    // buckets cover the period from its start.
+    let (code, uneven) = api(
+        reqwest::Method::GET,
+        &format!(
+            "/pumps/kpis/history?from={}&to={}&buckets=7",
+            rfc3339(t1),
+            rfc3339(t1 + 3600 * SECOND)
+        ),
+        None,
+    );
+    assert_eq!(code, 200, "{uneven}");
+    let starts: Vec<i64> = uneven["bucket_starts"]
+        .as_array()
+        .expect("starts")
+        .iter()
+        .map(|s| {
+            chrono::DateTime::parse_from_rfc3339(s.as_str().expect("start"))
+                .expect("rfc 3339")
+                .timestamp_nanos_opt()
+                .expect("ns")
+        })
+        .collect();
+    assert_eq!(starts.len(), 7);
+    assert_eq!(starts[0], t1);
+    assert_eq!(starts[1], t1 + 3600 * SECOND / 7);
+    assert_eq!(
+        uneven["kpis"][0]["values"].as_array().map(Vec::len),
+        Some(7)
+    );
 
     // In pilot the pipeline scores pump-a's history and none of pump-b's.
     eventually("pump-a's windows are scored", || {

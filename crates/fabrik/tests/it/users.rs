@@ -312,6 +312,48 @@ fn everything_kept_about_a_person_is_exported_for_admins_only() {
         None,
     );
     assert_eq!(status, 403);
+    // Bob's silence, which ana ends: his name and comment are his, not hers to receive.
+    let (ok, out) = cli(&url, &["add", "bob", "--role", "operator"], None);
+    assert!(ok, "{out}");
+    let bob_password = out
+        .lines()
+        .find_map(|l| l.strip_prefix("password: "))
+        .expect("password")
+        .trim()
+        .to_owned();
+    let (_, _, cookie) = sign_in(&url, "bob", &bob_password);
+    let bob = cookie.expect("cookie");
+    let (status, bobs, _) = call(
+        &url,
+        reqwest::Method::POST,
+        "/api/v1/silences",
+        Some(&bob),
+        Some(serde_json::json!({"device": "pump-2", "duration": "1h", "comment": "bob's reason"})),
+    );
+    assert_eq!(status, 201, "{bobs}");
+    let id = bobs["id"].as_str().expect("silence id");
+    let (status, ended, _) = call(
+        &url,
+        reqwest::Method::DELETE,
+        &format!("/api/v1/silences/{id}"),
+        Some(&ana),
+        None,
+    );
+    assert!(status < 300, "{status} {ended}");
+    // An admin resets ana's password: an entry about her, by someone else.
+    let (ok, out) = cli(&url, &["passwd", "ana"], Some("a new long password\n"));
+    assert!(ok, "{out}");
+    // She owns a use case.
+    let (status, body) = crate::mqtt::http(
+        &url,
+        reqwest::Method::PUT,
+        "/api/v1/usecases/pumps",
+        Some(serde_json::json!({
+            "objective": "fewer stops", "owner": "ana", "stakeholders": ["bob"],
+            "pilot": {"devices": ["pump-1"]}
+        })),
+    );
+    assert_eq!(status, 201, "{body}");
 
     let (ok, out) = crate::support::client_command(&url, &["privacy", "export", "ana"]);
     assert!(ok, "{out}");
@@ -340,8 +382,46 @@ fn everything_kept_about_a_person_is_exported_for_admins_only() {
         "{data}"
     );
     let silences = data["silences"].as_array().expect("silences");
-    assert_eq!(silences.len(), 1, "{data}");
-    assert_eq!(silences[0]["comment"], "bearing swap");
+    assert_eq!(silences.len(), 2, "{data}");
+    let own = silences
+        .iter()
+        .find(|s| s["by"] == "ana")
+        .expect("her silence");
+    assert_eq!(own["comment"], "bearing swap");
+    let ended = silences
+        .iter()
+        .find(|s| s["ended_by"] == "ana")
+        .expect("the one she ended");
+    assert_eq!(
+        (&ended["by"], &ended["comment"]),
+        (&"".into(), &serde_json::Value::Null)
+    );
+    assert!(!out.contains("bob's reason"), "{out}");
+    let about: Vec<&str> = data["audit_entries_about"]
+        .as_array()
+        .expect("entries about her")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(
+        about.contains(&"PUT /api/v1/users/{name}/password"),
+        "{about:?}"
+    );
+    assert_eq!(
+        data["use_cases"],
+        serde_json::json!([{"use_case": "pumps", "role": "owner"}])
+    );
+    // Reading her data is on record too, by whom and whose.
+    let (_, out) = crate::support::client_command(&url, &["privacy", "export", "ana"]);
+    let again: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert!(
+        again["audit_entries_about"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .any(|e| e["action"] == "GET /api/v1/people/{name}" && e["actor"] == "admin-token"),
+        "{again}"
+    );
     // Nobody else's data: a name never seen has nothing.
     let (ok, out) = crate::support::client_command(&url, &["privacy", "export", "nobody"]);
     assert!(ok, "{out}");
