@@ -28,7 +28,7 @@ const DATA_ROUTES: &[&str] = &[
 /// Whether a request to `route` is one the audit log records once answered.
 pub(crate) fn records(method: &Method, route: &str) -> bool {
     // Reading one person's data is itself recorded: who read whose, and when.
-    if *method == Method::GET && route == "/api/v1/people/{name}" {
+    if matches!(*method, Method::GET | Method::HEAD) && route == "/api/v1/people/{name}" {
         return true;
     }
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)

@@ -100,14 +100,17 @@ pub(crate) async fn export(
         Some(registry) => {
             data.user = registry.users().await?.into_iter().find(|u| u.name == name);
             data.audit_entries = registry
-                .audit_entries_by(&name, i64::from(MOST_RECORDS))
+                .audit_entries_by(&name, i64::from(MOST_RECORDS) + 1)
                 .await?;
-            data.audit_entries_about = registry
-                .audit_entries_about(&name, i64::from(MOST_RECORDS))
-                .await?
-                .into_iter()
-                .filter(|e| e.actor != name)
-                .collect();
+            let (about, more) = registry
+                .audit_entries_about(&name, MOST_RECORDS as usize)
+                .await?;
+            data.audit_entries_about = about.into_iter().filter(|e| e.actor != name).collect();
+            if more {
+                data.notes.push(format!(
+                    "audit entries about them: only the {MOST_RECORDS} most recent are included"
+                ));
+            }
             data.stage_decisions = registry.stage_decisions_by(&name).await?;
             for use_case in registry.use_cases().await? {
                 let definition = &use_case.definition;
@@ -138,7 +141,10 @@ pub(crate) async fn export(
     }
     match &state.alerting {
         Some(alerting) => {
-            let acknowledged = alerting.db().acknowledged_by(&name, MOST_RECORDS).await?;
+            let acknowledged = alerting
+                .db()
+                .acknowledged_by(&name, MOST_RECORDS + 1)
+                .await?;
             data.acknowledgements = acknowledged
                 .into_iter()
                 .filter_map(|alert| {
@@ -176,7 +182,7 @@ pub(crate) async fn export(
         ),
     }
     let sql = format!(
-        "SELECT * FROM alert_labels WHERE \"by\" = '{}' ORDER BY time LIMIT {}",
+        "SELECT * FROM alert_labels WHERE \"by\" = '{}' ORDER BY time DESC LIMIT {}",
         name.replace('\'', "''"),
         MOST_RECORDS + 1
     );
@@ -197,18 +203,21 @@ pub(crate) async fn export(
             .notes
             .push(format!("the alert_labels table could not be read: {e}")),
     }
+    // Each list was read one past the limit: more than the limit means it was cut.
+    let most = MOST_RECORDS as usize;
     for (what, count) in [
         ("audit entries by them", data.audit_entries.len()),
-        ("audit entries about them", data.audit_entries_about.len()),
         ("acknowledgements", data.acknowledgements.len()),
         ("alert labels", data.alert_labels.len()),
     ] {
-        if count >= MOST_RECORDS as usize {
+        if count > most {
             data.notes.push(format!(
                 "{what}: only the {MOST_RECORDS} most recent are included"
             ));
         }
     }
-    data.alert_labels.truncate(MOST_RECORDS as usize);
+    data.audit_entries.truncate(most);
+    data.acknowledgements.truncate(most);
+    data.alert_labels.truncate(most);
     Ok(Json(data))
 }

@@ -105,14 +105,19 @@ async fn accept_loop(
 
 /// The source a handshake counts against: an IPv4 address, or an IPv6 address's /64 (one
 /// host can hold a whole /64).
+/// An IPv4 client of a dual-stack listener arrives as `::ffff:a.b.c.d` and counts as its
+/// IPv4 address.
 fn source_of(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => {
-            let mut segments = v6.segments();
-            segments[4..].fill(0);
-            IpAddr::V6(std::net::Ipv6Addr::from(segments))
-        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                IpAddr::V6(std::net::Ipv6Addr::from(segments))
+            }
+        },
     }
 }
 
@@ -165,5 +170,20 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::source_of;
+
+    #[test]
+    fn ipv4_clients_count_alone_and_an_ipv6_64_counts_as_one() {
+        let source = |text: &str| source_of(text.parse().expect("address"));
+        assert_ne!(source("::ffff:1.2.3.4"), source("::ffff:5.6.7.8"));
+        assert_eq!(source("::ffff:1.2.3.4"), source("1.2.3.4"));
+        assert_eq!(source("2001:db8::1"), source("2001:db8::ffff:2"));
+        assert_ne!(source("2001:db8::1"), source("2001:db8:0:1::1"));
+        assert_ne!(source("::1"), source("::ffff:127.0.0.1"));
     }
 }

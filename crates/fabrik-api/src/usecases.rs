@@ -383,7 +383,7 @@ fn requested_period(
 #[utoipa::path(get, path = "/api/v1/usecases/{name}/kpis/history", tag = "usecases", security(("token" = [])),
     params(("name" = String, Path, description = "use case name"), HistoryParams),
     responses((status = 200, description = "each KPI in equal buckets of the period, on the stage's devices", body = KpiHistory),
-              (status = 400, description = "a time is not RFC 3339, `to` is not after `from`, or buckets is not 1 to 60", body = crate::error::ErrorBody),
+              (status = 400, description = "a time is not RFC 3339, `to` is not after `from`, buckets is not 1 to 60, the period is shorter than its buckets in ns, or buckets × KPIs is over 480", body = crate::error::ErrorBody),
               (status = 404, description = "no such use case", body = crate::error::ErrorBody)))]
 pub(crate) async fn history(
     State(state): State<ApiState>,

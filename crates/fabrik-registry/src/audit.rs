@@ -51,6 +51,47 @@ pub struct AuditEvent {
     pub status: u16,
 }
 
+/// Whether a request's `target` names `name` in a segment its route (the path in `action`,
+/// `PUT /api/v1/users/{name}/password`) takes as a parameter: the fixed words of a route
+/// (`admin`, `users`) are never a person, whatever their name.
+fn route_names(action: &str, target: &str, name: &str) -> bool {
+    let Some((_, route)) = action.split_once(' ') else {
+        return false;
+    };
+    let path = target.split('?').next().unwrap_or_default();
+    route
+        .split('/')
+        .zip(path.split('/'))
+        .any(|(template, segment)| {
+            template.starts_with('{') && template.ends_with('}') && decoded(segment) == name
+        })
+}
+
+/// A path segment with its `%XX` escapes decoded (as the request's router saw it).
+fn decoded(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escape {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// A recorded entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
@@ -393,34 +434,41 @@ impl Registry {
         rows.iter().map(entry_of).collect()
     }
 
-    /// Entries whose target names `name` as one of its path or query segments (a request
-    /// about that person: `DELETE /api/v1/users/ana`), newest first, at most `limit`.
+    /// Entries of requests about `name`: those whose route names it where the route takes
+    /// a name or id (`PUT /api/v1/users/{name}/password` with target
+    /// `/api/v1/users/ana/password`), newest first, at most `limit`, and whether there were
+    /// more. The whole log is read, page by page: a name may be anywhere in it.
     pub async fn audit_entries_about(
         &self,
         name: &str,
-        limit: i64,
-    ) -> Result<Vec<AuditEntry>, RegistryError> {
-        let escaped = name
-            .replace('\\', "\\\\")
-            .replace('%', "\\%")
-            .replace('_', "\\_");
-        let rows = sqlx::query(
-            "SELECT seq, time, actor, action, target, status, hash FROM audit_log \
-             WHERE target LIKE ? ESCAPE '\\' ORDER BY seq DESC LIMIT ?",
-        )
-        .bind(format!("%{escaped}%"))
-        .bind(limit.clamp(1, 100_000))
-        .fetch_all(&self.pool)
-        .await?;
-        let entries: Vec<AuditEntry> = rows.iter().map(entry_of).collect::<Result<_, _>>()?;
-        Ok(entries
-            .into_iter()
-            .filter(|e| {
-                e.target
-                    .split(['/', '?', '&', '='])
-                    .any(|part| part == name)
-            })
-            .collect())
+        limit: usize,
+    ) -> Result<(Vec<AuditEntry>, bool), RegistryError> {
+        const PAGE: i64 = 10_000;
+        let mut found = Vec::new();
+        let mut before = i64::MAX;
+        loop {
+            let rows = sqlx::query(
+                "SELECT seq, time, actor, action, target, status, hash FROM audit_log \
+                 WHERE seq < ? ORDER BY seq DESC LIMIT ?",
+            )
+            .bind(before)
+            .bind(PAGE)
+            .fetch_all(&self.pool)
+            .await?;
+            if rows.is_empty() {
+                return Ok((found, false));
+            }
+            for row in &rows {
+                let entry = entry_of(row)?;
+                before = entry.seq;
+                if route_names(&entry.action, &entry.target, name) {
+                    if found.len() == limit {
+                        return Ok((found, true));
+                    }
+                    found.push(entry);
+                }
+            }
+        }
     }
 
     /// Logs set aside by `fabrik audit set-aside` (their tables), which still hold names.
@@ -854,5 +902,32 @@ mod tests {
         let check = registry.verify_audit().await.unwrap();
         assert!(check.intact, "{check:?}");
         assert_eq!(check.entries, 20);
+    }
+}
+
+#[cfg(test)]
+mod about_tests {
+    use super::route_names;
+
+    #[test]
+    fn a_request_is_about_a_name_only_where_its_route_takes_one() {
+        let password = "PUT /api/v1/users/{name}/password";
+        assert!(route_names(password, "/api/v1/users/ana/password", "ana"));
+        assert!(!route_names(
+            password,
+            "/api/v1/users/ana/password",
+            "users"
+        ));
+        assert!(!route_names(
+            "POST /api/v1/admin/compact",
+            "/api/v1/admin/compact",
+            "admin"
+        ));
+        assert!(route_names(
+            "GET /api/v1/people/{name}",
+            "/api/v1/people/Ana%20M%C3%BCller?x=1",
+            "Ana Müller"
+        ));
+        assert!(!route_names("sign-in", "ana", "ana"));
     }
 }
