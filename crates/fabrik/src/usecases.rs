@@ -235,9 +235,11 @@ impl StoreKpiMeter {
                     (
                         cost / (observed_ns / DAY_NS),
                         format!(
-                            "{kwh:.3} kWh, {cost:.2} {} in {observed_hours:.2} h observed on \
+                            "{kwh:.3} kWh, {cost:.2}{} in {observed_hours:.2} h observed on \
                              {devices} devices",
-                            kpi.currency.as_deref().unwrap_or("")
+                            kpi.currency
+                                .as_deref()
+                                .map_or_else(String::new, |c| format!(" {c}"))
                         ),
                     )
                 };
