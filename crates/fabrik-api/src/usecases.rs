@@ -182,7 +182,7 @@ fn pipelines_of(state: &ApiState, name: &str) -> Vec<String> {
 }
 
 async fn view(state: &ApiState, use_case: UseCase) -> Result<UseCaseView, ApiError> {
-    let (_, devices) = registry(state)?.use_case_devices(&use_case.name).await?;
+    let devices = registry(state)?.stage_devices(&use_case).await?;
     let pipelines = pipelines_of(state, &use_case.name);
     Ok(UseCaseView {
         use_case,
@@ -228,7 +228,7 @@ async fn judge(state: &ApiState, use_case: &UseCase) -> Result<Option<GateReport
     };
     let since = parse_time(&use_case.stage_since).map_err(ApiError::bad_request)?;
     let now = now_ns();
-    let (_, devices) = registry(state)?.use_case_devices(&use_case.name).await?;
+    let devices = registry(state)?.stage_devices(use_case).await?;
     let kpis = measure_all(
         meter(state)?.as_ref(),
         &use_case.definition,
@@ -341,7 +341,7 @@ pub(crate) async fn kpis(
     let registry = registry(&state)?;
     let use_case = registry.use_case(&name).await?;
     let (from, to) = requested_period(&use_case, period.from.as_deref(), period.to.as_deref())?;
-    let (stage, devices) = registry.use_case_devices(&name).await?;
+    let (stage, devices) = (use_case.stage, registry.stage_devices(&use_case).await?);
     let kpis = measure_all(
         meter(&state)?.as_ref(),
         &use_case.definition,
@@ -421,7 +421,7 @@ pub(crate) async fn history(
             i64::try_from(edge).unwrap_or(to)
         })
         .collect();
-    let (stage, devices) = registry.use_case_devices(&name).await?;
+    let (stage, devices) = (use_case.stage, registry.stage_devices(&use_case).await?);
     let meter = meter(&state)?;
     let mut kpis = Vec::with_capacity(use_case.definition.kpis.len());
     for kpi in &use_case.definition.kpis {

@@ -1108,11 +1108,18 @@ impl Registry {
         name: &str,
     ) -> Result<(Stage, Option<Vec<String>>), RegistryError> {
         let use_case = self.use_case(name).await?;
+        Ok((use_case.stage, self.stage_devices(&use_case).await?))
+    }
+
+    /// [`Registry::use_case_devices`] of a use case already read: the devices of the stage
+    /// it was read at.
+    pub async fn stage_devices(
+        &self,
+        use_case: &UseCase,
+    ) -> Result<Option<Vec<String>>, RegistryError> {
         let definition = &use_case.definition;
         let scopes: &[&DeviceScope] = match use_case.stage {
-            Stage::Enterprise if definition.enterprise.is_empty() => {
-                return Ok((use_case.stage, None));
-            }
+            Stage::Enterprise if definition.enterprise.is_empty() => return Ok(None),
             Stage::Pilot => &[&definition.pilot],
             Stage::ScaleUp => &[&definition.pilot, &definition.scale_up],
             Stage::Enterprise => &[
@@ -1125,8 +1132,7 @@ impl Registry {
         for scope in scopes {
             all.extend(self.scope_devices(scope).await?);
         }
-        let devices = Some(all.into_iter().collect());
-        Ok((use_case.stage, devices))
+        Ok(Some(all.into_iter().collect()))
     }
 
     async fn scope_devices(&self, scope: &DeviceScope) -> Result<Vec<String>, RegistryError> {

@@ -80,6 +80,17 @@ fn cli(url: &str, args: &[&str], stdin: Option<&str>) -> (bool, String) {
     )
 }
 
+/// Adds an operator with `fabrik user add`; returns the generated password it printed.
+fn add_operator(url: &str, name: &str) -> String {
+    let (ok, out) = cli(url, &["add", name, "--role", "operator"], None);
+    assert!(ok, "{out}");
+    out.lines()
+        .find_map(|l| l.strip_prefix("password: "))
+        .expect("the generated password is printed")
+        .trim()
+        .to_owned()
+}
+
 fn sign_in(url: &str, name: &str, password: &str) -> (u16, serde_json::Value, Option<String>) {
     call(
         url,
@@ -97,14 +108,7 @@ fn users_sign_in_with_passwords_and_are_held_to_their_roles() {
     let url = p.url.clone();
 
     // An operator with a generated password, a viewer with a chosen one.
-    let (ok, out) = cli(&url, &["add", "ana", "--role", "operator"], None);
-    assert!(ok, "{out}");
-    let password = out
-        .lines()
-        .find_map(|l| l.strip_prefix("password: "))
-        .expect("the generated password is printed")
-        .trim()
-        .to_owned();
+    let password = add_operator(&url, "ana");
     let (ok, out) = cli(
         &url,
         &["add", "vic", "--role", "viewer", "--password-stdin"],
@@ -279,14 +283,7 @@ fn everything_kept_about_a_person_is_exported_for_admins_only() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = Process::start(dir.path(), &[]);
     let url = p.url.clone();
-    let (ok, out) = cli(&url, &["add", "ana", "--role", "operator"], None);
-    assert!(ok, "{out}");
-    let password = out
-        .lines()
-        .find_map(|l| l.strip_prefix("password: "))
-        .expect("password")
-        .trim()
-        .to_owned();
+    let password = add_operator(&url, "ana");
     let (status, _, cookie) = sign_in(&url, "ana", &password);
     assert_eq!(status, 200);
     let ana = cookie.expect("cookie");
@@ -313,14 +310,7 @@ fn everything_kept_about_a_person_is_exported_for_admins_only() {
     );
     assert_eq!(status, 403);
     // Bob's silence, which ana ends: his name and comment are his, not hers to receive.
-    let (ok, out) = cli(&url, &["add", "bob", "--role", "operator"], None);
-    assert!(ok, "{out}");
-    let bob_password = out
-        .lines()
-        .find_map(|l| l.strip_prefix("password: "))
-        .expect("password")
-        .trim()
-        .to_owned();
+    let bob_password = add_operator(&url, "bob");
     let (_, _, cookie) = sign_in(&url, "bob", &bob_password);
     let bob = cookie.expect("cookie");
     let (status, bobs, _) = call(
