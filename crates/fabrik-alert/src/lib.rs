@@ -1815,12 +1815,6 @@ impl Alerting {
                     delivered += 1;
                 }
                 Err(e) => {
-                    {
-                        let mut deliveries = self.deliveries.lock();
-                        let record = deliveries.entry(notifier.name().to_owned()).or_default();
-                        record.failed_ns = Some(now_ns());
-                        record.error = Some(e.to_string());
-                    }
                     metrics::counter!(
                         "fabrik_notifications_total",
                         "notifier" => notifier.name().to_owned(),
@@ -1830,9 +1824,22 @@ impl Alerting {
                     let delay = notify::backoff(attempts);
                     let next = now + i64::try_from(delay.as_nanos()).unwrap_or(i64::MAX);
                     tracing::warn!(error = %e, attempts = attempts + 1, changes = ids.len(), retry_in = ?delay, "Notification not delivered; will retry.");
+                    // The outbox first: a status read between the two never shows the
+                    // failure without the retry it schedules.
+                    let mut scheduled = Ok(());
                     for id in &ids {
-                        self.db.retry_later(*id, next, &e.to_string()).await?;
+                        scheduled = self.db.retry_later(*id, next, &e.to_string()).await;
+                        if scheduled.is_err() {
+                            break;
+                        }
                     }
+                    {
+                        let mut deliveries = self.deliveries.lock();
+                        let record = deliveries.entry(notifier.name().to_owned()).or_default();
+                        record.failed_ns = Some(now_ns());
+                        record.error = Some(e.to_string());
+                    }
+                    scheduled?;
                 }
             }
         }

@@ -193,7 +193,12 @@ fn a_fault_becomes_a_webhook_naming_its_signal_and_survives_a_restart_undelivere
     eventually("a delivery attempt", || receiver.attempts() >= 1);
     assert!(receiver.delivered().is_empty());
     // The operator sees why: the notifier's queue and its receiver's answer, and where it
-    // sends without the URL's path (which may hold a secret).
+    // sends without the URL's path (which may hold a secret). The receiver has answered
+    // before the notifier has read the answer, so the status is awaited.
+    eventually("the failed attempt in the notifier's status", || {
+        let (_, notifiers) = http(&p.url, reqwest::Method::GET, "/api/v1/notifiers", None);
+        notifiers[0]["last_failed_at"].is_string()
+    });
     let (code, notifiers) = http(&p.url, reqwest::Method::GET, "/api/v1/notifiers", None);
     assert_eq!(code, 200, "{notifiers}");
     let ops = &notifiers[0];
