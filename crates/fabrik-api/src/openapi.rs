@@ -152,6 +152,7 @@ impl Modify for TokenAuth {
         crate::pipelines::apply_all,
         crate::pipelines::remove,
         crate::pipelines::retrain,
+        crate::pipelines::drift,
         crate::pipelines::models,
         crate::pipelines::model_file,
         crate::pipelines::put_model,

@@ -99,6 +99,58 @@ pub struct PipelineStatus {
     pub warnings: Vec<String>,
 }
 
+/// One feature's part in a drift check.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
+pub struct FeatureDriftStatus {
+    /// `signal.feature`.
+    pub feature: String,
+    /// The test used: `ks`, `wasserstein`, `psi`, `jensenshannon`, `kl_div`, `hellinger`,
+    /// `chisquare` or `z`.
+    pub method: String,
+    /// Its p-value (`ks`, `chisquare`, `z`) or distance (the others).
+    pub score: f64,
+    /// The threshold it was judged against.
+    pub threshold: f64,
+    /// Whether the feature drifted.
+    pub drifted: bool,
+}
+
+/// A device's latest drift check: its last `windows` windows against the windows its model
+/// learnt from.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
+pub struct DriftStatus {
+    /// The device.
+    pub device: String,
+    /// Whether at least the configured share of features drifted.
+    pub dataset_drift: bool,
+    /// The share of features that drifted.
+    pub drifted_share: f64,
+    /// The features that drifted, most drifted first.
+    pub drifted_features: Vec<String>,
+    /// Drifted checks in a row, this one included.
+    pub consecutive: u64,
+    /// Whether the device then learnt afresh from the windows checked.
+    pub retrained: bool,
+    /// Windows checked.
+    pub windows: u64,
+    /// How many of them were flagged anomalous.
+    pub anomalies: u64,
+    /// Windows the model learnt from (the reference).
+    pub reference_windows: u64,
+    /// Start of the first reference window (RFC 3339).
+    pub reference_from: String,
+    /// End of the last reference window.
+    pub reference_until: String,
+    /// Start of the first window checked.
+    pub current_from: String,
+    /// End of the last window checked: when the check was made, in data time.
+    pub current_until: String,
+    /// The model version that scored the windows checked.
+    pub model_version: String,
+    /// Every feature's test, in the pipeline's feature order.
+    pub features: Vec<FeatureDriftStatus>,
+}
+
 /// The pipelines of this process, by name; written by the runner, read by the API.
 pub type PipelineBoard = Arc<RwLock<BTreeMap<String, PipelineStatus>>>;
 
@@ -127,6 +179,8 @@ pub trait PipelineControl: Send + Sync {
     /// Restarts pipeline `name` with every device training afresh on the stored history
     /// before now, instead of on its saved training span (a model that learnt a fault).
     fn retrain(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>>;
+    /// Each device's latest drift check of pipeline `name` (from the `model_drift` table).
+    fn drift(&self, name: String) -> BoxFuture<'_, Result<Vec<DriftStatus>, ControlError>>;
     /// The uploaded ONNX models.
     fn models(&self) -> BoxFuture<'_, Result<Vec<ModelInfo>, ControlError>>;
     /// Checks and stores an ONNX model under `name` with its detached signature (the
@@ -344,6 +398,19 @@ pub(crate) async fn retrain(
 ) -> Result<StatusCode, ApiError> {
     control(&state)?.retrain(name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/pipelines/{name}/drift", tag = "pipelines", security(("token" = [])),
+    params(("name" = String, Path, description = "pipeline name")),
+    responses((status = 200, description = "each device's latest drift check (of the last 30 days), drifted devices first; empty when the pipeline has no `drift` watch or has made no check yet", body = [DriftStatus]),
+              (status = 404, description = "no pipeline of that name", body = crate::error::ErrorBody),
+              (status = 503, description = "the pipelines module does not run here", body = crate::error::ErrorBody)))]
+pub(crate) async fn drift(
+    State(state): State<ApiState>,
+    Query(_options): Query<crate::control::NoOptions>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<DriftStatus>>, ApiError> {
+    Ok(Json(control(&state)?.drift(name).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/models", tag = "pipelines", security(("token" = [])),

@@ -112,6 +112,10 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/pipelines/{name}/retrain",
             axum::routing::post(crate::pipelines::retrain),
         )
+        .route(
+            "/api/v1/pipelines/{name}/drift",
+            get(crate::pipelines::drift),
+        )
         .route("/api/v1/models", get(crate::pipelines::models))
         .route(
             "/api/v1/models/{name}",

@@ -3,6 +3,8 @@
 //! - [`detectors`]: the [`StreamingDetector`] and [`RowDetector`] traits and the detectors:
 //!   RART (NAB), DBZ (SKAB), robust z-score, EWMA z-score, Half-Space Trees, PCA T²+Q and
 //!   Isolation Forest.
+//! - [`drift`]: data drift between a reference sample and a current one, Evidently's tests and
+//!   verdicts reproduced.
 //! - [`nab`]: runs a detector over a Numenta Anomaly Benchmark tree and scores results exactly
 //!   as NAB's own scorer does.
 //! - [`pipeline`]: windows, features (FFT band power included), window models with
@@ -18,6 +20,7 @@
 
 mod delimited;
 pub mod detectors;
+pub mod drift;
 mod error;
 mod linalg;
 pub mod nab;

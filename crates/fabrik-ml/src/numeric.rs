@@ -46,6 +46,17 @@ pub(crate) fn numpy_sum(values: &[f64]) -> f64 {
     sum
 }
 
+/// numpy's `add.reduce` of a contiguous float64 slice of any length: pairwise halving (at a
+/// multiple of 8) down to blocks of at most 128, each summed as [`numpy_sum`] does.
+pub(crate) fn numpy_sum_any(values: &[f64]) -> f64 {
+    if values.len() <= 128 {
+        return numpy_sum(values);
+    }
+    let mut half = values.len() / 2;
+    half -= half % 8;
+    numpy_sum_any(&values[..half]) + numpy_sum_any(&values[half..])
+}
+
 /// Python's `round(x, digits)`: the decimal value with `digits` places nearest to the exact
 /// binary value of `x`, ties to even, read back as f64. Rust's fixed-precision formatting rounds
 /// the exact value the same way, so formatting and parsing reproduces it exactly.

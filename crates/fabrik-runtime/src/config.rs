@@ -304,6 +304,43 @@ pub struct PipelineConfig {
     /// stored).
     #[serde(default = "now")]
     pub start: String,
+    /// Watches each device's input for drift from the windows its model learnt from; each
+    /// check is a row of the `model_drift` table (unset: no watch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftConfig>,
+}
+
+/// `[pipelines.drift]`: every `windows` scored windows of a device, their features are
+/// compared with the features of the windows its model learnt from, one test per feature
+/// (Evidently's tests, with its automatic choice by default).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DriftConfig {
+    /// `auto` (KS for up to 1,000 reference windows, else normed Wasserstein; chi-square or z
+    /// for features of 5 values or fewer), `ks`, `wasserstein`, `psi`, `jensenshannon`,
+    /// `kl_div`, `hellinger`, `chisquare` or `z`.
+    #[serde(default = "auto_unit")]
+    pub method: String,
+    /// The test's threshold: a p-value (drift at or below it for `ks`, below it for
+    /// `chisquare` and `z`; default 0.05) or a distance (drift at or above it; default 0.1).
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    /// Scored windows per check (default: the training windows); at most 10,000.
+    #[serde(default)]
+    pub windows: Option<u32>,
+    /// The share of features that must drift for the device's input to count as drifted.
+    #[serde(default = "half")]
+    pub share: f64,
+    /// A device whose input drifted this many checks in a row learns afresh from the last
+    /// training windows of the last check (unset: never; `fabrik pipeline retrain` is the
+    /// operator's). A fault that lasts is a drift too: set it only where a lasting change is
+    /// a new normal (a product change, a new season), not where it is a failure.
+    #[serde(default)]
+    pub retrain_after: Option<u32>,
+}
+
+fn half() -> f64 {
+    0.5
 }
 
 /// `[[bridges]]`: an external MQTT broker whose messages enter the ingest path as source
@@ -1582,6 +1619,13 @@ fn array_template(path: &str) -> Option<toml::Table> {
             interval: String::new(),
             lateness: String::new(),
             start: String::new(),
+            drift: Some(DriftConfig {
+                method: String::new(),
+                threshold: Some(0.0),
+                windows: Some(0),
+                share: 0.0,
+                retrain_after: Some(0),
+            }),
         })
         .ok();
     }

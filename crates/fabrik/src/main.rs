@@ -19,6 +19,7 @@ mod define_cli;
 mod demo;
 mod device_cli;
 mod device_state;
+mod drift;
 mod error_text;
 mod eval;
 mod modbus;

@@ -1,9 +1,11 @@
-//! `fabrik pipeline list|show|apply|rm`: a thin client of `/api/v1/pipelines`.
+//! `fabrik pipeline list|show|apply|rm|retrain|drift`: a thin client of `/api/v1/pipelines`.
 
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use fabrik_runtime::config::PipelineConfig;
+
+use fabrik_api::pipelines::DriftStatus;
 
 use crate::client::Endpoint;
 use crate::define_cli::Kind;
@@ -54,6 +56,18 @@ enum PipelineCommand {
     Retrain {
         /// Pipeline name.
         name: String,
+    },
+    /// Each device's latest drift check: its last windows against those its model learnt
+    /// from, the features that drifted and by how much (pipelines with a `drift` watch).
+    Drift {
+        /// Pipeline name.
+        name: String,
+        /// Every feature's test of every device, not only the drifted ones.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -119,8 +133,69 @@ pub(crate) async fn run(args: PipelineArgs) -> anyhow::Result<()> {
                 .await?;
             println!("{name} restarted; its devices learn afresh from the stored windows");
         }
+        PipelineCommand::Drift { name, all, json } => {
+            let path = format!("/api/v1/pipelines/{name}/drift");
+            let checks: Vec<DriftStatus> = ep.get_json(&client, &path).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&checks)?);
+                return Ok(());
+            }
+            print!("{}", drift_table(&checks, all));
+        }
     }
     Ok(())
+}
+
+/// Devices' latest drift checks as text: a line per device, then (drifted features, or all
+/// with `all`) a line per feature test.
+fn drift_table(checks: &[DriftStatus], all: bool) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<16} {:<8} {:>7} {:>8} {:>9}  {:<24}  checked windows",
+        "device", "drift", "share", "in a row", "anomalies", "checked at"
+    );
+    for check in checks {
+        let verdict = match (check.dataset_drift, check.retrained) {
+            (true, true) => "RETRAIN",
+            (true, false) => "DRIFTED",
+            _ => "stable",
+        };
+        let _ = writeln!(
+            out,
+            "{:<16} {:<8} {:>7.2} {:>8} {:>9}  {:<24}  {} against {} learnt from {} to {}",
+            check.device,
+            verdict,
+            check.drifted_share,
+            check.consecutive,
+            check.anomalies,
+            check.current_until,
+            check.windows,
+            check.reference_windows,
+            check.reference_from,
+            check.reference_until
+        );
+        for feature in check.features.iter().filter(|f| all || f.drifted) {
+            let kind = if matches!(feature.method.as_str(), "ks" | "chisquare" | "z") {
+                "p"
+            } else {
+                "distance"
+            };
+            let _ = writeln!(
+                out,
+                "    {:<28} {:<13} {kind} {:.4e} (threshold {}){}",
+                feature.feature,
+                feature.method,
+                feature.score,
+                feature.threshold,
+                if feature.drifted { "  drifted" } else { "" }
+            );
+        }
+    }
+    let drifted = checks.iter().filter(|c| c.dataset_drift).count();
+    let _ = writeln!(out, "{} device(s), {drifted} drifted", checks.len());
+    out
 }
 
 #[cfg(test)]

@@ -17,9 +17,10 @@ use fabrik_api::pipelines::{
     PipelineStatus, describe_problems,
 };
 use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
+use fabrik_ml::drift::DriftMethod;
 use fabrik_ml::pipeline::{
-    BuiltinModel, Feature, Inference, ModelSource, OnnxScore, OnnxWindowModel, Pipeline,
-    PipelineCounters, PipelineSpec, Row, ThresholdSpec, WindowSpec,
+    BuiltinModel, DriftSpec, Feature, Inference, MOST_DRIFT_WINDOWS, ModelSource, OnnxScore,
+    OnnxWindowModel, Pipeline, PipelineCounters, PipelineSpec, Row, ThresholdSpec, WindowSpec,
 };
 use fabrik_registry::usecases::Stage;
 use fabrik_registry::{DeviceFilter, Registry};
@@ -396,6 +397,58 @@ pub(crate) fn compile(config: &PipelineConfig) -> Result<Compiled, Vec<(String, 
     {
         problem("filter", why);
     }
+    let drift = config.drift.as_ref().and_then(|drift| {
+        let method = DriftMethod::parse(&drift.method)
+            .map_err(|e| problem("drift.method", e.to_string()))
+            .ok();
+        if let Some(threshold) = drift.threshold
+            && !(threshold.is_finite() && threshold >= 0.0)
+        {
+            problem(
+                "drift.threshold",
+                format!("{threshold} is not a p-value or distance (a number ≥ 0)"),
+            );
+        }
+        let windows = drift
+            .windows
+            .map_or(training_windows, |windows| windows as usize);
+        if !(1..=MOST_DRIFT_WINDOWS).contains(&windows) {
+            problem(
+                "drift.windows",
+                format!("{windows}: a check takes 1 to {MOST_DRIFT_WINDOWS} windows"),
+            );
+        }
+        if !(drift.share > 0.0 && drift.share <= 1.0) {
+            problem(
+                "drift.share",
+                format!(
+                    "{}: a share of the features, above 0 and at most 1",
+                    drift.share
+                ),
+            );
+        }
+        match drift.retrain_after {
+            Some(0) => problem(
+                "drift.retrain_after",
+                "must be at least 1 (leave it out to never retrain on drift)".into(),
+            ),
+            Some(_) if windows < training_windows => problem(
+                "drift.retrain_after",
+                format!(
+                    "retrains on the last {training_windows} windows of a check (the \
+                     training windows), but `drift.windows` is {windows}"
+                ),
+            ),
+            _ => {}
+        }
+        method.map(|method| DriftSpec {
+            method,
+            threshold: drift.threshold,
+            windows,
+            share: drift.share,
+            retrain_after: drift.retrain_after,
+        })
+    });
     match (model, threshold, window, interval, lateness_ns) {
         (Some(model), Some(threshold), Some(window), Some(interval), Some(lateness_ns))
             if problems.is_empty() =>
@@ -410,6 +463,7 @@ pub(crate) fn compile(config: &PipelineConfig) -> Result<Compiled, Vec<(String, 
                     min_samples: config.min_samples as usize,
                     threshold,
                     top_contributions: 5,
+                    drift,
                 },
                 config: config.clone(),
                 model,
@@ -485,6 +539,15 @@ pub(crate) fn demo_pipeline() -> PipelineConfig {
         interval: "1s".into(),
         lateness: "2s".into(),
         start: "now".into(),
+        // Every 5 minutes of a pump's running windows against the 3 minutes it learnt
+        // from; pump-03's bearing wear shows as drift before it trips the model.
+        drift: Some(fabrik_runtime::config::DriftConfig {
+            method: "auto".into(),
+            threshold: None,
+            windows: Some(30),
+            share: 0.5,
+            retrain_after: None,
+        }),
     }
 }
 
@@ -1278,6 +1341,22 @@ impl PipelineControl for PipelineManager {
         Box::pin(self.remove_definition(name))
     }
 
+    fn drift(
+        &self,
+        name: String,
+    ) -> BoxFuture<'_, Result<Vec<fabrik_api::pipelines::DriftStatus>, ControlError>> {
+        Box::pin(async move {
+            if !self.pipelines.lock().await.by_name.contains_key(&name) {
+                return Err(ControlError::NotFound(format!(
+                    "no pipeline named `{name}`"
+                )));
+            }
+            crate::drift::latest(&self.store, &name)
+                .await
+                .map_err(ControlError::Storage)
+        })
+    }
+
     fn retrain(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>> {
         Box::pin(self.retrain_pipeline(name))
     }
@@ -2015,10 +2094,19 @@ impl Runner {
             let mut inferences = pipeline.advance(complete_to);
             // A device taken out of the selection (a use case stepped back) still has open
             // windows: they close, but are not scored.
+            let mut checks = pipeline.take_drift_checks();
             if let Some(devices) = &devices {
                 inferences.retain(|i| devices.contains(&i.device));
+                checks.retain(|c| devices.contains(&c.device));
             }
             self.write(&inferences, stage).await?;
+            crate::drift::record(
+                &self.store,
+                &self.compiled.config.name,
+                pipeline.feature_names(),
+                &checks,
+            )
+            .await?;
             if !full {
                 break;
             }
@@ -2654,6 +2742,36 @@ mod tests {
         let problems = compile(&own).unwrap_err();
         let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(fields, ["signals", "signals", "model_name"], "{problems:?}");
+        // A drift watch that could not work is refused field by field.
+        let mut drifting = demo_pipeline();
+        drifting.drift = Some(fabrik_runtime::config::DriftConfig {
+            method: "mmd".into(),
+            threshold: Some(-1.0),
+            windows: Some(0),
+            share: 1.5,
+            retrain_after: Some(1),
+        });
+        let problems = compile(&drifting).unwrap_err();
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "drift.method",
+                "drift.threshold",
+                "drift.windows",
+                "drift.share",
+                "drift.retrain_after"
+            ],
+            "{problems:?}"
+        );
+        assert!(
+            problems[0].1.contains("`mmd` is not a drift method"),
+            "{problems:?}"
+        );
+        assert!(
+            problems[4].1.contains("`drift.windows` is 0"),
+            "{problems:?}"
+        );
     }
 
     /// A built-in model's scores are never negative: a fixed threshold at or below 0 would

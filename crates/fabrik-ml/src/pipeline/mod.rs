@@ -26,6 +26,7 @@ pub use onnx::{ModelSource, OnnxScore, OnnxWindowModel};
 pub use window::{DeviceWindows, Row, Window, WindowSpec};
 
 use crate::MlError;
+use crate::drift::{DatasetDrift, DriftMethod, dataset_drift};
 
 /// How a score becomes a flag.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -101,6 +102,54 @@ pub struct PipelineSpec {
     pub threshold: ThresholdSpec,
     /// Contributions kept per inference (the largest ones).
     pub top_contributions: usize,
+    /// Whether and how each device's input is watched for drift from what its model learnt.
+    pub drift: Option<DriftSpec>,
+}
+
+/// Drift monitoring of a pipeline's input: each device's last `windows` windows (their
+/// features) against the windows its model learnt from, feature by feature.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DriftSpec {
+    /// The test (Evidently's automatic choice by default).
+    pub method: DriftMethod,
+    /// The test's threshold (its default when `None`).
+    pub threshold: Option<f64>,
+    /// Windows per check: the current sample. Checks do not overlap.
+    pub windows: usize,
+    /// The share of features that must drift for the device's input to count as drifted.
+    pub share: f64,
+    /// A device whose input drifted this many checks in a row learns afresh from the last
+    /// `training_windows` windows of the last check (`None`: never; an operator retrains).
+    pub retrain_after: Option<u32>,
+}
+
+/// Largest current sample of a drift check: beyond it SciPy's KS test leaves its exact
+/// distribution, and a check would hold hours of windows in memory per device.
+pub const MOST_DRIFT_WINDOWS: usize = crate::drift::ks::EXACT_UP_TO;
+
+/// One device's drift check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DriftCheck {
+    /// The device.
+    pub device: String,
+    /// The span of the windows the model learnt from (the reference), ns.
+    pub reference: (i64, i64),
+    /// The span of the windows checked (start of the first, end of the last), ns.
+    pub current: (i64, i64),
+    /// Windows in the reference and in the check.
+    pub reference_windows: usize,
+    /// Windows checked.
+    pub windows: usize,
+    /// How many of the windows checked were flagged anomalous.
+    pub anomalies: usize,
+    /// Per feature (in [`Pipeline::feature_names`] order) and overall.
+    pub drift: DatasetDrift,
+    /// Drifted checks in a row, this one included (0 when it did not drift).
+    pub consecutive: u32,
+    /// Whether the device then learnt afresh from the checked windows.
+    pub retrained: bool,
+    /// The version of the model that scored the windows checked.
+    pub model_version: String,
 }
 
 /// One scored window.
@@ -177,7 +226,35 @@ enum Phase {
         medians: Vec<f64>,
         /// Start of the first training window and end of the last, ns.
         trained: (i64, i64),
+        /// The drift watch, when the pipeline has one.
+        monitor: Option<Box<DriftMonitor>>,
     },
+}
+
+/// A scoring device's drift watch: the features it learnt from and those of the windows
+/// scored since the last check.
+struct DriftMonitor {
+    reference: Vec<Vec<f64>>,
+    current: Vec<Vec<f64>>,
+    /// Start of each current window, ns.
+    current_starts: Vec<i64>,
+    /// End of the last current window, ns.
+    current_end: i64,
+    anomalies: usize,
+    consecutive: u32,
+}
+
+impl DriftMonitor {
+    fn new(reference: Vec<Vec<f64>>, consecutive: u32) -> Box<Self> {
+        Box::new(Self {
+            reference,
+            current: Vec::new(),
+            current_starts: Vec::new(),
+            current_end: 0,
+            anomalies: 0,
+            consecutive,
+        })
+    }
 }
 
 struct DeviceState {
@@ -236,6 +313,8 @@ pub struct Pipeline {
     /// Where reading the stored history began, for devices first seen in it (see
     /// [`Pipeline::history_read_from`]).
     history_read_from_ns: i64,
+    /// Drift checks made since they were last taken.
+    drift_checks: Vec<DriftCheck>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -268,6 +347,31 @@ impl Pipeline {
                 reason: "must be at least 1".into(),
             });
         }
+        if let Some(drift) = &spec.drift {
+            let invalid = |reason: String| MlError::Parameter {
+                name: "drift",
+                reason,
+            };
+            if !(1..=MOST_DRIFT_WINDOWS).contains(&drift.windows) {
+                return Err(invalid(format!(
+                    "`windows` is {}; a check takes 1 to {MOST_DRIFT_WINDOWS} windows",
+                    drift.windows
+                )));
+            }
+            if !(drift.share > 0.0 && drift.share <= 1.0) {
+                return Err(invalid(format!(
+                    "`share` is {}; it is a share of the features, above 0 and at most 1",
+                    drift.share
+                )));
+            }
+            if drift.retrain_after.is_some() && drift.windows < spec.training_windows {
+                return Err(invalid(format!(
+                    "`retrain_after` retrains on the last {} windows of a check (the \
+                     training windows), but a check has only `windows` = {}",
+                    spec.training_windows, drift.windows
+                )));
+            }
+        }
         let feature_names = spec
             .signals
             .iter()
@@ -288,7 +392,13 @@ impl Pipeline {
             last_incomplete: None,
             history_until_ns: i64::MIN,
             history_read_from_ns: i64::MIN,
+            drift_checks: Vec::new(),
         })
+    }
+
+    /// The drift checks made since the last call, oldest first.
+    pub fn take_drift_checks(&mut self) -> Vec<DriftCheck> {
+        std::mem::take(&mut self.drift_checks)
     }
 
     /// The spec.
@@ -420,6 +530,7 @@ impl Pipeline {
                 {
                     continue;
                 }
+                let mut checked = None;
                 match step(
                     &self.spec,
                     &self.model,
@@ -428,6 +539,7 @@ impl Pipeline {
                     device,
                     &window,
                     &features,
+                    &mut checked,
                 ) {
                     Ok(Some(inference)) => {
                         self.counters.inferences += 1;
@@ -439,6 +551,14 @@ impl Pipeline {
                         self.counters.model_errors += 1;
                         self.last_error = Some(format!("device {device}: {e}"));
                     }
+                }
+                match checked {
+                    Some(Ok(check)) => self.drift_checks.push(check),
+                    Some(Err(e)) => {
+                        self.counters.model_errors += 1;
+                        self.last_error = Some(format!("device {device}: drift check: {e}"));
+                    }
+                    None => {}
                 }
             }
         }
@@ -490,6 +610,38 @@ fn window_features(
     }
 }
 
+/// Fits a fresh model on `rows` (started at `times`, the last ending at `end_ns`) and
+/// calibrates its threshold: the scoring phase that follows training, or a retraining.
+fn learn(
+    spec: &PipelineSpec,
+    make_model: &(dyn Fn() -> Box<dyn WindowModel> + Send + Sync),
+    rows: Vec<Vec<f64>>,
+    times: Vec<i64>,
+    end_ns: i64,
+) -> Result<Phase, MlError> {
+    let mut model = make_model();
+    model.fit_at(&rows, &times)?;
+    let threshold = if model.calibrates_held_out() {
+        // Too few windows for every fold to fit: the model's own scores.
+        calibrate_held_out(make_model, &rows, &times, model.as_ref(), spec.threshold)
+            .or_else(|_| calibrate(model.as_ref(), &rows, spec.threshold))?
+    } else {
+        calibrate(model.as_ref(), &rows, spec.threshold)?
+    };
+    let first_start = times.first().copied().unwrap_or(end_ns);
+    let medians = column_medians(&rows);
+    Ok(Phase::Scoring {
+        model,
+        threshold,
+        medians,
+        trained: (first_start, end_ns),
+        monitor: spec.drift.map(|_| DriftMonitor::new(rows, 0)),
+    })
+}
+
+/// Trains on or scores one complete window of `device`; a drift check it completes goes to
+/// `checked`.
+#[allow(clippy::too_many_arguments)]
 fn step(
     spec: &PipelineSpec,
     make_model: &(dyn Fn() -> Box<dyn WindowModel> + Send + Sync),
@@ -498,89 +650,170 @@ fn step(
     device: &str,
     window: &Window,
     features: &[f64],
+    checked: &mut Option<Result<DriftCheck, MlError>>,
 ) -> Result<Option<Inference>, MlError> {
-    match phase {
-        Phase::Training(rows, times) => {
-            rows.push(features.to_vec());
-            times.push(window.start_ns);
-            if rows.len() >= spec.training_windows {
-                let (rows, times) = (std::mem::take(rows), std::mem::take(times));
-                let mut model = make_model();
-                model.fit_at(&rows, &times)?;
-                let threshold = if model.calibrates_held_out() {
-                    // Too few windows for every fold to fit: the model's own scores.
-                    calibrate_held_out(make_model, &rows, &times, model.as_ref(), spec.threshold)
-                        .or_else(|_| calibrate(model.as_ref(), &rows, spec.threshold))?
-                } else {
-                    calibrate(model.as_ref(), &rows, spec.threshold)?
-                };
-                let first_start = times.first().copied().unwrap_or(window.start_ns);
-                *phase = Phase::Scoring {
-                    model,
-                    threshold,
-                    medians: column_medians(&rows),
-                    trained: (first_start, window.end_ns),
-                };
-            }
-            Ok(None)
+    if let Phase::Training(rows, times) = phase {
+        rows.push(features.to_vec());
+        times.push(window.start_ns);
+        if rows.len() >= spec.training_windows {
+            let (rows, times) = (std::mem::take(rows), std::mem::take(times));
+            *phase = learn(spec, make_model, rows, times, window.end_ns)?;
         }
+        return Ok(None);
+    }
+    let inference = score(spec, feature_names, phase, device, window, features)?;
+    let (
+        Some(drift),
         Phase::Scoring {
-            model,
-            threshold,
-            medians,
             trained,
-        } => {
-            let score = model.score_at(features, window.start_ns)?;
-            // A NaN (or −∞) is never above the threshold: scored, the window would pass as
-            // normal whatever it holds, so a model that puts one out is failing. +∞ (an error
-            // that overflowed on an extreme window) is above any threshold, and flagged.
-            if score.is_nan() || score == f64::NEG_INFINITY {
-                return Err(MlError::Score {
-                    model: model.name().to_owned(),
-                    reason: format!("the score of the window is {score}, not a finite number"),
-                });
+            monitor: Some(monitor),
+            ..
+        },
+    ) = (spec.drift, &mut *phase)
+    else {
+        return Ok(Some(inference));
+    };
+    monitor.current.push(features.to_vec());
+    monitor.current_starts.push(window.start_ns);
+    monitor.current_end = window.end_ns;
+    monitor.anomalies += usize::from(inference.flag);
+    if monitor.current.len() < drift.windows {
+        return Ok(Some(inference));
+    }
+    let current = std::mem::take(&mut monitor.current);
+    let starts = std::mem::take(&mut monitor.current_starts);
+    let anomalies = std::mem::replace(&mut monitor.anomalies, 0);
+    let found = match dataset_drift(
+        &monitor.reference,
+        &current,
+        drift.method,
+        drift.threshold,
+        drift.share,
+    ) {
+        Ok(found) => found,
+        Err(e) => {
+            *checked = Some(Err(e));
+            return Ok(Some(inference));
+        }
+    };
+    monitor.consecutive = if found.dataset_drift {
+        monitor.consecutive + 1
+    } else {
+        0
+    };
+    let mut check = DriftCheck {
+        device: device.to_owned(),
+        reference: *trained,
+        current: (
+            starts.first().copied().unwrap_or(window.start_ns),
+            window.end_ns,
+        ),
+        reference_windows: monitor.reference.len(),
+        windows: current.len(),
+        anomalies,
+        drift: found,
+        consecutive: monitor.consecutive,
+        retrained: false,
+        model_version: inference.model_version.clone(),
+    };
+    if drift
+        .retrain_after
+        .is_some_and(|after| monitor.consecutive >= after)
+    {
+        // The last `training_windows` windows: a restart that replays this span trains on as
+        // many windows as a device's first training did.
+        let keep = spec.training_windows.min(current.len());
+        let rows = current[current.len() - keep..].to_vec();
+        let times = starts[starts.len() - keep..].to_vec();
+        match learn(spec, make_model, rows, times, window.end_ns) {
+            Ok(relearnt) => {
+                *phase = relearnt;
+                check.retrained = true;
             }
-            let flag = score > *threshold;
-            // A flagged window is what an operator reads to find the signals at fault: it is
-            // explained by Owen values (a few hundred probes); a normal one by occlusion (a
-            // probe per feature).
-            let mut shares = if flag {
-                model.explain_flagged(features, medians, spec.features.len())?
-            } else {
-                model.contributions(features, medians)?
-            };
-            // A flagged window names its signals even when no combination of them raises the
-            // score above the normal window's; a normal window is not explained that way (it
-            // would name noise).
-            if flag && shares.iter().all(|&share| share <= 0.0) {
-                shares = model::single_feature_rises(model.as_ref(), features, medians)?;
+            Err(e) => {
+                *checked = Some(Err(MlError::Parameter {
+                    name: "drift.retrain_after",
+                    reason: format!("the input drifted, but retraining on it failed: {e}"),
+                }));
+                return Ok(Some(inference));
             }
-            let top_signal = top_signal(&spec.signals, &shares);
-            let mut contributions: Vec<(String, f64)> = feature_names
-                .iter()
-                .cloned()
-                .zip(shares)
-                .filter(|(_, share)| *share > 0.0)
-                .collect();
-            contributions.sort_by(|a, b| b.1.total_cmp(&a.1));
-            contributions.truncate(spec.top_contributions);
-            Ok(Some(Inference {
-                device: device.to_owned(),
-                window_start_ns: window.start_ns,
-                window_end_ns: window.end_ns,
-                samples: window.rows.len(),
-                last_arrival: window.rows.iter().map(|row| row.arrival).max().unwrap_or(0),
-                score,
-                threshold: *threshold,
-                flag,
-                contributions,
-                top_signal,
-                model_version: model.version().to_owned(),
-                trained_from_ns: trained.0,
-                trained_until_ns: trained.1,
-            }))
         }
     }
+    *checked = Some(Ok(check));
+    Ok(Some(inference))
+}
+
+/// Scores one window of a device that has trained.
+fn score(
+    spec: &PipelineSpec,
+    feature_names: &[String],
+    phase: &mut Phase,
+    device: &str,
+    window: &Window,
+    features: &[f64],
+) -> Result<Inference, MlError> {
+    let Phase::Scoring {
+        model,
+        threshold,
+        medians,
+        trained,
+        ..
+    } = phase
+    else {
+        return Err(MlError::Parameter {
+            name: "phase",
+            reason: format!("device {device} has not trained yet"),
+        });
+    };
+    let score = model.score_at(features, window.start_ns)?;
+    // A NaN (or −∞) is never above the threshold: scored, the window would pass as
+    // normal whatever it holds, so a model that puts one out is failing. +∞ (an error
+    // that overflowed on an extreme window) is above any threshold, and flagged.
+    if score.is_nan() || score == f64::NEG_INFINITY {
+        return Err(MlError::Score {
+            model: model.name().to_owned(),
+            reason: format!("the score of the window is {score}, not a finite number"),
+        });
+    }
+    let flag = score > *threshold;
+    // A flagged window is what an operator reads to find the signals at fault: it is
+    // explained by Owen values (a few hundred probes); a normal one by occlusion (a
+    // probe per feature).
+    let mut shares = if flag {
+        model.explain_flagged(features, medians, spec.features.len())?
+    } else {
+        model.contributions(features, medians)?
+    };
+    // A flagged window names its signals even when no combination of them raises the
+    // score above the normal window's; a normal window is not explained that way (it
+    // would name noise).
+    if flag && shares.iter().all(|&share| share <= 0.0) {
+        shares = model::single_feature_rises(model.as_ref(), features, medians)?;
+    }
+    let top_signal = top_signal(&spec.signals, &shares);
+    let mut contributions: Vec<(String, f64)> = feature_names
+        .iter()
+        .cloned()
+        .zip(shares)
+        .filter(|(_, share)| *share > 0.0)
+        .collect();
+    contributions.sort_by(|a, b| b.1.total_cmp(&a.1));
+    contributions.truncate(spec.top_contributions);
+    Ok(Inference {
+        device: device.to_owned(),
+        window_start_ns: window.start_ns,
+        window_end_ns: window.end_ns,
+        samples: window.rows.len(),
+        last_arrival: window.rows.iter().map(|row| row.arrival).max().unwrap_or(0),
+        score,
+        threshold: *threshold,
+        flag,
+        contributions,
+        top_signal,
+        model_version: model.version().to_owned(),
+        trained_from_ns: trained.0,
+        trained_until_ns: trained.1,
+    })
 }
 
 /// Folds of [`calibrate_held_out`].
@@ -732,6 +965,7 @@ mod tests {
             min_samples: 5,
             threshold: ThresholdSpec::parse("quantile:1.0*1.5").unwrap(),
             top_contributions: 3,
+            drift: None,
         }
     }
 
@@ -750,6 +984,105 @@ mod tests {
                 },
             );
         }
+    }
+
+    #[test]
+    fn drift_checks_compare_each_device_with_what_it_learnt_and_retrain_when_asked() {
+        let mut spec = spec(20);
+        spec.drift = Some(DriftSpec {
+            method: DriftMethod::Auto,
+            threshold: None,
+            windows: 20,
+            share: 0.5,
+            retrain_after: Some(2),
+        });
+        let mut p = Pipeline::new(spec, || BuiltinModel::RobustZ.build()).unwrap();
+        // pump-01 moves to a new operating point at second 400 (both signals' levels, not
+        // their spread); pump-02 stays where it learnt.
+        for (device, shift_from) in [("pump-01", 400), ("pump-02", i64::MAX)] {
+            for t in 0..1000_i64 {
+                let wobble = ((t * 7919) % 13) as f64 / 13.0;
+                let shift = if t >= shift_from { 1.0 } else { 0.0 };
+                p.push(
+                    device,
+                    Row {
+                        time_ns: t * S,
+                        values: vec![
+                            Some(2.0 + wobble * 0.2 + 3.0 * shift),
+                            Some(10.0 + wobble + 5.0 * shift),
+                        ],
+                        arrival: t,
+                    },
+                );
+            }
+        }
+        let inferences = p.advance(1000 * S);
+        let checks = p.take_drift_checks();
+        assert!(p.take_drift_checks().is_empty(), "taken once");
+        let of = |device: &str| -> Vec<&DriftCheck> {
+            checks.iter().filter(|c| c.device == device).collect()
+        };
+        // 80 scored windows each: four checks of 20, the first on seconds 200–400.
+        let (moved, stayed) = (of("pump-01"), of("pump-02"));
+        assert_eq!((moved.len(), stayed.len()), (4, 4), "{checks:?}");
+        assert_eq!(moved[0].current, (200 * S, 400 * S));
+        assert_eq!(moved[0].reference, (0, 200 * S));
+        assert!(stayed.iter().all(|c| !c.drift.dataset_drift), "{stayed:?}");
+        let verdicts: Vec<(bool, u32, bool)> = moved
+            .iter()
+            .map(|c| (c.drift.dataset_drift, c.consecutive, c.retrained))
+            .collect();
+        assert_eq!(
+            verdicts,
+            vec![
+                (false, 0, false),
+                (true, 1, false),
+                (true, 2, true),
+                (false, 0, false)
+            ],
+            "{moved:?}"
+        );
+        // The levels drifted (KS, Evidently's choice for 20 windows), the spreads did not.
+        let second = &moved[1].drift;
+        assert!(second.features.iter().all(|f| f.method == DriftMethod::Ks));
+        let drifted: Vec<bool> = second.features.iter().map(|f| f.drifted).collect();
+        assert_eq!(drifted, vec![true, false, true, false], "{second:?}");
+        assert_eq!(second.share, 0.5);
+        // The shifted windows were flagged until the device learnt its new normal from the
+        // third check's windows, which its later inferences name as their training span.
+        assert_eq!(moved[1].anomalies, 20);
+        assert_eq!(moved[3].reference, (600 * S, 800 * S));
+        assert_eq!(moved[3].anomalies, 0);
+        let last = inferences
+            .iter()
+            .rfind(|i| i.device == "pump-01")
+            .expect("scored");
+        assert_eq!(
+            (last.trained_from_ns, last.trained_until_ns),
+            (600 * S, 800 * S)
+        );
+        assert!(!last.flag);
+    }
+
+    #[test]
+    fn a_drift_watch_that_cannot_work_is_refused() {
+        let with = |windows: usize, share: f64, retrain_after: Option<u32>| {
+            let mut spec = spec(20);
+            spec.drift = Some(DriftSpec {
+                method: DriftMethod::Ks,
+                threshold: None,
+                windows,
+                share,
+                retrain_after,
+            });
+            Pipeline::new(spec, || BuiltinModel::RobustZ.build())
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert_eq!(with(20, 0.5, Some(1)), None);
+        assert!(with(0, 0.5, None).is_some_and(|e| e.contains("`windows` is 0")));
+        assert!(with(20, 0.0, None).is_some_and(|e| e.contains("`share` is 0")));
+        assert!(with(10, 0.5, Some(1)).is_some_and(|e| e.contains("only `windows` = 10")));
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod cli;
 mod clips;
 mod crash;
 mod devices;
+mod drift;
 mod https;
 mod modbus;
 mod mqtt;

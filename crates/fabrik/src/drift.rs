@@ -1,0 +1,271 @@
+//! Pipelines' drift checks as data: each check a row of the `model_drift` table (queryable,
+//! and an alert rule's input like any table), its metrics and log line, and each device's
+//! latest check read back for `GET /api/v1/pipelines/{name}/drift`.
+
+use datafusion::arrow::array::{BooleanArray, Float64Array, Int64Array, StringArray};
+use datafusion::arrow::datatypes::DataType;
+use fabrik_api::pipelines::{DriftStatus, FeatureDriftStatus};
+use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
+use fabrik_ml::pipeline::DriftCheck;
+use fabrik_store::Store;
+
+use crate::columns::cast_column;
+use crate::pipelines::rfc3339;
+
+/// The table drift checks are written to.
+pub(crate) const DRIFT_TABLE: &str = "model_drift";
+
+/// How far back the latest check of a device is looked for.
+const LATEST_WITHIN_DAYS: u32 = 30;
+
+/// The features of `check` that drifted, most drifted first: smallest p-value, or largest
+/// distance (p-value tests and distance tests are not mixed within a check unless `auto`
+/// chose both, and then p-values come first).
+fn drifted_features(feature_names: &[String], check: &DriftCheck) -> Vec<String> {
+    let mut drifted: Vec<(bool, f64, &String)> = check
+        .drift
+        .features
+        .iter()
+        .zip(feature_names)
+        .filter(|(feature, _)| feature.drifted)
+        .map(|(feature, name)| {
+            let p_value = feature.method.is_p_value();
+            // Ascending sort: small p-values and large distances first.
+            let key = if p_value {
+                feature.score
+            } else {
+                -feature.score
+            };
+            (!p_value, key, name)
+        })
+        .collect();
+    drifted.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    drifted
+        .into_iter()
+        .map(|(_, _, name)| name.clone())
+        .collect()
+}
+
+/// A check as a row: tags `pipeline` and `device`, the check's numbers as fields, the
+/// features' tests as a JSON array in `features`, stamped at the last instant of the windows checked.
+fn check_point(pipeline: &str, feature_names: &[String], check: &DriftCheck) -> Point {
+    let features = serde_json::Value::Array(
+        check
+            .drift
+            .features
+            .iter()
+            .zip(feature_names)
+            .map(|(feature, name)| {
+                serde_json::json!({
+                    "feature": name,
+                    "method": feature.method.name(),
+                    "score": finite(feature.score),
+                    "threshold": feature.threshold,
+                    "drifted": feature.drifted,
+                })
+            })
+            .collect(),
+    );
+    let count = |n: usize| Value::I64(i64::try_from(n).unwrap_or(i64::MAX));
+    let fields = vec![
+        (
+            "dataset_drift".to_owned(),
+            Value::Bool(check.drift.dataset_drift),
+        ),
+        ("drifted_share".to_owned(), Value::F64(check.drift.share)),
+        (
+            "drifted_features".to_owned(),
+            Value::Str(drifted_features(feature_names, check).join(",")),
+        ),
+        ("features".to_owned(), Value::Str(features.to_string())),
+        (
+            "consecutive".to_owned(),
+            Value::I64(i64::from(check.consecutive)),
+        ),
+        ("retrained".to_owned(), Value::Bool(check.retrained)),
+        ("windows".to_owned(), count(check.windows)),
+        ("anomalies".to_owned(), count(check.anomalies)),
+        (
+            "reference_windows".to_owned(),
+            count(check.reference_windows),
+        ),
+        ("reference_from".to_owned(), Value::I64(check.reference.0)),
+        ("reference_until".to_owned(), Value::I64(check.reference.1)),
+        ("current_from".to_owned(), Value::I64(check.current.0)),
+        ("current_until".to_owned(), Value::I64(check.current.1)),
+        (
+            "model_version".to_owned(),
+            Value::Str(check.model_version.clone()),
+        ),
+    ];
+    Point {
+        measurement: DRIFT_TABLE.to_owned(),
+        tags: vec![
+            ("pipeline".to_owned(), pipeline.to_owned()),
+            ("device".to_owned(), check.device.clone()),
+        ],
+        fields,
+        time: Timestamp(check.current.1 - 1),
+        quality: Quality::Good,
+    }
+}
+
+/// The store rejects NaN and infinities (a p-value never is one; a distance over an empty
+/// bin may be).
+fn finite(x: f64) -> f64 {
+    if x.is_nan() {
+        0.0
+    } else {
+        x.clamp(f64::MIN, f64::MAX)
+    }
+}
+
+/// Stores `checks` of pipeline `pipeline` (features named `feature_names`), counts them, and
+/// logs the drifted ones and the retrainings.
+pub(crate) async fn record(
+    store: &Store,
+    pipeline: &str,
+    feature_names: &[String],
+    checks: &[DriftCheck],
+) -> Result<(), String> {
+    if checks.is_empty() {
+        return Ok(());
+    }
+    let points: Vec<Point> = checks
+        .iter()
+        .map(|check| check_point(pipeline, feature_names, check))
+        .collect();
+    let lineage = Lineage {
+        source: SourceId(format!("pipeline:{pipeline}")),
+        raw_id: store.next_raw_id(),
+        mapping_version: 0,
+    };
+    store
+        .write_points(&points, lineage, DRIFT_TABLE)
+        .await
+        .map_err(|e| format!("storing drift checks: {e}"))?;
+    for check in checks {
+        let outcome = if check.drift.dataset_drift {
+            "drifted"
+        } else {
+            "stable"
+        };
+        metrics::counter!(
+            "fabrik_pipeline_drift_checks_total",
+            "pipeline" => pipeline.to_owned(),
+            "outcome" => outcome
+        )
+        .increment(1);
+        if check.drift.dataset_drift {
+            tracing::warn!(
+                pipeline = %pipeline,
+                device = %check.device,
+                drifted_share = check.drift.share,
+                features = %drifted_features(feature_names, check).join(", "),
+                consecutive = check.consecutive,
+                "A device's input drifted from the windows its model learnt from."
+            );
+        }
+        if check.retrained {
+            metrics::counter!(
+                "fabrik_pipeline_drift_retrains_total",
+                "pipeline" => pipeline.to_owned()
+            )
+            .increment(1);
+            tracing::info!(
+                pipeline = %pipeline,
+                device = %check.device,
+                from = %rfc3339(check.current.1),
+                "Device retrained on its drifted windows: they are its new normal."
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Each device's latest check of `pipeline` in the last [`LATEST_WITHIN_DAYS`] days, drifted
+/// devices first, then by device.
+pub(crate) async fn latest(store: &Store, pipeline: &str) -> Result<Vec<DriftStatus>, String> {
+    if !store.has_table(DRIFT_TABLE) {
+        return Ok(Vec::new());
+    }
+    let literal = format!("'{}'", pipeline.replace('\'', "''"));
+    let sql = format!(
+        "SELECT device, dataset_drift, drifted_share, drifted_features, consecutive, retrained, \
+         windows, anomalies, reference_windows, reference_from, reference_until, current_from, \
+         current_until, model_version, features FROM (SELECT *, row_number() OVER \
+         (PARTITION BY device ORDER BY time DESC) AS newest FROM {DRIFT_TABLE} \
+         WHERE pipeline = {literal} AND time > now() - INTERVAL '{LATEST_WITHIN_DAYS} days') \
+         WHERE newest = 1"
+    );
+    let output = store.query(&sql).await.map_err(|e| e.to_string())?;
+    let mut statuses = Vec::new();
+    for batch in &output.batches {
+        let text = |index: usize, what: &str| -> Result<StringArray, String> {
+            cast_column(batch, index, &DataType::Utf8, what)
+        };
+        let integer = |index: usize, what: &str| -> Result<Int64Array, String> {
+            cast_column(batch, index, &DataType::Int64, what)
+        };
+        let flag = |index: usize, what: &str| -> Result<BooleanArray, String> {
+            cast_column(batch, index, &DataType::Boolean, what)
+        };
+        let device = text(0, "device")?;
+        let dataset_drift = flag(1, "dataset_drift")?;
+        let share: Float64Array = cast_column(batch, 2, &DataType::Float64, "drifted_share")?;
+        let drifted = text(3, "drifted_features")?;
+        let consecutive = integer(4, "consecutive")?;
+        let retrained = flag(5, "retrained")?;
+        let windows = integer(6, "windows")?;
+        let anomalies = integer(7, "anomalies")?;
+        let reference_windows = integer(8, "reference_windows")?;
+        let reference_from = integer(9, "reference_from")?;
+        let reference_until = integer(10, "reference_until")?;
+        let current_from = integer(11, "current_from")?;
+        let current_until = integer(12, "current_until")?;
+        let version = text(13, "model_version")?;
+        let features = text(14, "features")?;
+        for row in 0..batch.num_rows() {
+            let count = |array: &Int64Array| u64::try_from(array.value(row)).unwrap_or(0);
+            let per_feature: Vec<serde_json::Value> =
+                serde_json::from_str(features.value(row)).unwrap_or_default();
+            statuses.push(DriftStatus {
+                device: device.value(row).to_owned(),
+                dataset_drift: dataset_drift.value(row),
+                drifted_share: share.value(row),
+                drifted_features: drifted
+                    .value(row)
+                    .split(',')
+                    .filter(|name| !name.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+                consecutive: count(&consecutive),
+                retrained: retrained.value(row),
+                windows: count(&windows),
+                anomalies: count(&anomalies),
+                reference_windows: count(&reference_windows),
+                reference_from: rfc3339(reference_from.value(row)),
+                reference_until: rfc3339(reference_until.value(row)),
+                current_from: rfc3339(current_from.value(row)),
+                current_until: rfc3339(current_until.value(row)),
+                model_version: version.value(row).to_owned(),
+                features: per_feature
+                    .into_iter()
+                    .map(|test| FeatureDriftStatus {
+                        feature: test["feature"].as_str().unwrap_or_default().to_owned(),
+                        method: test["method"].as_str().unwrap_or_default().to_owned(),
+                        score: test["score"].as_f64().unwrap_or(f64::NAN),
+                        threshold: test["threshold"].as_f64().unwrap_or(f64::NAN),
+                        drifted: test["drifted"].as_bool().unwrap_or(false),
+                    })
+                    .collect(),
+            });
+        }
+    }
+    statuses.sort_by(|a, b| {
+        b.dataset_drift
+            .cmp(&a.dataset_drift)
+            .then_with(|| a.device.cmp(&b.device))
+    });
+    Ok(statuses)
+}
