@@ -402,7 +402,7 @@ pub(crate) async fn retrain(
 
 #[utoipa::path(get, path = "/api/v1/pipelines/{name}/drift", tag = "pipelines", security(("token" = [])),
     params(("name" = String, Path, description = "pipeline name")),
-    responses((status = 200, description = "each device's latest drift check (of the last 30 days), drifted devices first; empty when the pipeline has no `drift` watch or has made no check yet", body = [DriftStatus]),
+    responses((status = 200, description = "each device's latest drift check of the last 30 days (also one made under an earlier definition of the pipeline), drifted devices first; empty when it has made none", body = [DriftStatus]),
               (status = 404, description = "no pipeline of that name", body = crate::error::ErrorBody),
               (status = 503, description = "the pipelines module does not run here", body = crate::error::ErrorBody)))]
 pub(crate) async fn drift(

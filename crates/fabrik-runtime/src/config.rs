@@ -316,8 +316,9 @@ pub struct PipelineConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DriftConfig {
-    /// `auto` (KS for up to 1,000 reference windows, else normed Wasserstein; chi-square or z
-    /// for features of 5 values or fewer), `ks`, `wasserstein`, `psi`, `jensenshannon`,
+    /// `auto` (Evidently's choice per feature: up to 1,000 reference windows KS, or for a
+    /// feature of 5 values or fewer chi-square or z; beyond, normed Wasserstein, or
+    /// Jensen–Shannon for 5 values or fewer), `ks`, `wasserstein`, `psi`, `jensenshannon`,
     /// `kl_div`, `hellinger`, `chisquare` or `z`.
     #[serde(default = "auto_unit")]
     pub method: String,
@@ -325,7 +326,7 @@ pub struct DriftConfig {
     /// `chisquare` and `z`; default 0.05) or a distance (drift at or above it; default 0.1).
     #[serde(default)]
     pub threshold: Option<f64>,
-    /// Scored windows per check (default: the training windows); at most 10,000.
+    /// Scored windows per check (default: the training windows); at most 2,000.
     #[serde(default)]
     pub windows: Option<u32>,
     /// The share of features that must drift for the device's input to count as drifted.
@@ -334,7 +335,8 @@ pub struct DriftConfig {
     /// A device whose input drifted this many checks in a row learns afresh from the last
     /// training windows of the last check (unset: never; `fabrik pipeline retrain` is the
     /// operator's). A fault that lasts is a drift too: set it only where a lasting change is
-    /// a new normal (a product change, a new season), not where it is a failure.
+    /// a new normal (a product change, a new season), not where it is a failure. Built-in
+    /// models only (an ONNX model is trained elsewhere).
     #[serde(default)]
     pub retrain_after: Option<u32>,
 }

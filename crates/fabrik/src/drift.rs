@@ -2,6 +2,8 @@
 //! and an alert rule's input like any table), its metrics and log line, and each device's
 //! latest check read back for `GET /api/v1/pipelines/{name}/drift`.
 
+use std::collections::BTreeMap;
+
 use datafusion::arrow::array::{BooleanArray, Float64Array, Int64Array, StringArray};
 use datafusion::arrow::datatypes::DataType;
 use fabrik_api::pipelines::{DriftStatus, FeatureDriftStatus};
@@ -59,7 +61,7 @@ fn check_point(pipeline: &str, feature_names: &[String], check: &DriftCheck) -> 
                 serde_json::json!({
                     "feature": name,
                     "method": feature.method.name(),
-                    "score": finite(feature.score),
+                    "score": finite(feature.score, feature.method.is_p_value()),
                     "threshold": feature.threshold,
                     "drifted": feature.drifted,
                 })
@@ -83,6 +85,14 @@ fn check_point(pipeline: &str, feature_names: &[String], check: &DriftCheck) -> 
             Value::I64(i64::from(check.consecutive)),
         ),
         ("retrained".to_owned(), Value::Bool(check.retrained)),
+        (
+            "retrained_from".to_owned(),
+            Value::I64(check.retrained_from.unwrap_or(0)),
+        ),
+        (
+            "retrain_error".to_owned(),
+            Value::Str(check.retrain_error.clone().unwrap_or_default()),
+        ),
         ("windows".to_owned(), count(check.windows)),
         ("anomalies".to_owned(), count(check.anomalies)),
         (
@@ -110,13 +120,14 @@ fn check_point(pipeline: &str, feature_names: &[String], check: &DriftCheck) -> 
     }
 }
 
-/// The store rejects NaN and infinities (a p-value never is one; a distance over an empty
-/// bin may be).
-fn finite(x: f64) -> f64 {
-    if x.is_nan() {
-        0.0
-    } else {
-        x.clamp(f64::MIN, f64::MAX)
+/// JSON has no NaN or infinities (a p-value never is one; a distance over an empty bin may
+/// be): an undefined score shows no drift (a p-value of 1, a distance of 0), as its verdict
+/// was.
+fn finite(x: f64, p_value: bool) -> f64 {
+    match (x.is_nan(), p_value) {
+        (true, true) => 1.0,
+        (true, false) => 0.0,
+        _ => x.clamp(f64::MIN, f64::MAX),
     }
 }
 
@@ -166,6 +177,14 @@ pub(crate) async fn record(
                 "A device's input drifted from the windows its model learnt from."
             );
         }
+        if let Some(error) = &check.retrain_error {
+            tracing::warn!(
+                pipeline = %pipeline,
+                device = %check.device,
+                error = %error,
+                "A device's input drifted long enough to retrain, but retraining failed; it keeps its model."
+            );
+        }
         if check.retrained {
             metrics::counter!(
                 "fabrik_pipeline_drift_retrains_total",
@@ -181,6 +200,50 @@ pub(crate) async fn record(
         }
     }
     Ok(())
+}
+
+/// Per device, its latest drift retraining of `pipeline` in the last `days` days: the check's
+/// time (ns) and the span learnt from. The inferences after a retraining name that span; one
+/// made at the last check before a stop is named only here.
+pub(crate) async fn retrain_spans(
+    store: &Store,
+    pipeline: &str,
+    days: u32,
+) -> Result<BTreeMap<String, (i64, (i64, i64))>, String> {
+    let mut spans = BTreeMap::new();
+    if !store.has_table(DRIFT_TABLE) {
+        return Ok(spans);
+    }
+    let literal = format!("'{}'", pipeline.replace('\'', "''"));
+    let sql = format!(
+        "SELECT device, CAST(time AS BIGINT) AS at, retrained_from, current_until \
+         FROM {DRIFT_TABLE} WHERE pipeline = {literal} AND retrained = true \
+         AND time > now() - INTERVAL '{days} days'"
+    );
+    let output = match store.query(&sql).await {
+        Ok(output) => output,
+        // Checks written before retrainings were recorded have no such column.
+        Err(e) if e.to_string().contains("retrained") => return Ok(spans),
+        Err(e) => return Err(e.to_string()),
+    };
+    for batch in &output.batches {
+        let device: StringArray = cast_column(batch, 0, &DataType::Utf8, "device")?;
+        let at: Int64Array = cast_column(batch, 1, &DataType::Int64, "time")?;
+        let from: Int64Array = cast_column(batch, 2, &DataType::Int64, "retrained_from")?;
+        let until: Int64Array = cast_column(batch, 3, &DataType::Int64, "current_until")?;
+        for row in 0..batch.num_rows() {
+            let entry = (at.value(row), (from.value(row), until.value(row)));
+            spans
+                .entry(device.value(row).to_owned())
+                .and_modify(|latest: &mut (i64, (i64, i64))| {
+                    if entry.0 > latest.0 {
+                        *latest = entry;
+                    }
+                })
+                .or_insert(entry);
+        }
+    }
+    Ok(spans)
 }
 
 /// Each device's latest check of `pipeline` in the last [`LATEST_WITHIN_DAYS`] days, drifted

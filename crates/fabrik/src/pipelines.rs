@@ -427,7 +427,25 @@ pub(crate) fn compile(config: &PipelineConfig) -> Result<Compiled, Vec<(String, 
                 ),
             );
         }
+        if method == Some(DriftMethod::Ks) && training_windows > fabrik_ml::drift::ks::EXACT_UP_TO {
+            problem(
+                "drift.method",
+                format!(
+                    "`ks` compares with the {training_windows} training windows; SciPy's exact \
+                     test, which Fabrik reproduces, takes at most {}: use `auto` or \
+                     `wasserstein`",
+                    fabrik_ml::drift::ks::EXACT_UP_TO
+                ),
+            );
+        }
         match drift.retrain_after {
+            Some(_) if matches!(model, Some(ModelChoice::Onnx { .. })) => problem(
+                "drift.retrain_after",
+                "an ONNX model is trained elsewhere: retraining would only recalibrate its \
+                 threshold on the drifted windows, hiding the drift; upload a model trained \
+                 on the new data instead"
+                    .into(),
+            ),
             Some(0) => problem(
                 "drift.retrain_after",
                 "must be at least 1 (leave it out to never retrain on drift)".into(),
@@ -1923,6 +1941,18 @@ impl Runner {
                         }
                     })
                     .or_insert((key, span));
+            }
+        }
+        // A device retrained on drift at its last check before the stop learnt from a span
+        // that no inference names yet.
+        let retrained =
+            crate::drift::retrain_spans(&self.store, &self.compiled.config.name, SPAN_LOOKUP_DAYS)
+                .await?;
+        for (device, retrain) in retrained {
+            if let Some(best) = spans.get_mut(&device)
+                && retrain.0 >= best.0
+            {
+                *best = retrain;
             }
         }
         let mut restored = 0;

@@ -181,4 +181,36 @@ mod tests {
             "{square:?}"
         );
     }
+
+    fn close(got: f64, want: f64) -> bool {
+        (got - want).abs() <= 1e-9 * want.abs()
+    }
+
+    /// Ties and mid-range statistics, on both recursions (equal sizes are a drift check's
+    /// default: as many windows as the model learnt from); SciPy 1.17.1's values.
+    #[test]
+    fn ties_and_mid_range_statistics_match_scipy() {
+        let a = [0.1, 0.5, 0.5, 0.9, 1.3, 1.7, 2.0, 2.2, 2.2, 3.1];
+        let b = [0.4, 0.5, 1.0, 1.1, 1.9, 2.5, 2.6, 3.3, 3.5, 4.0];
+        let result = ks_2samp(&a, &b);
+        assert_eq!(result.statistic, 0.4);
+        assert!(close(result.p_value, 0.41752365281777043), "{result:?}");
+        let b = [0.4, 0.5, 1.0, 1.1, 1.9, 2.5, 2.6, 3.3, 3.5, 4.0, 0.5, 2.0];
+        let result = ks_2samp(&a[..7], &b);
+        assert!(close(result.statistic, 0.44047619047619047), "{result:?}");
+        assert!(close(result.p_value, 0.2653211082003652), "{result:?}");
+        // Many tied values: x = (37 i mod 101)/10, y = (53 i mod 97)/10 + shift.
+        let x: Vec<f64> = (0..300).map(|i| f64::from(i * 37 % 101) / 10.0).collect();
+        let y = |n: i32, shift: f64| -> Vec<f64> {
+            (0..n)
+                .map(|i| f64::from(i * 53 % 97) / 10.0 + shift)
+                .collect()
+        };
+        let unequal = ks_2samp(&x, &y(250, 1.0));
+        assert!(close(unequal.statistic, 0.1), "{unequal:?}");
+        assert!(close(unequal.p_value, 0.12195418457928303), "{unequal:?}");
+        let equal = ks_2samp(&x, &y(300, 0.8));
+        assert!(close(equal.statistic, 0.08666666666666667), "{equal:?}");
+        assert!(close(equal.p_value, 0.21005749381264038), "{equal:?}");
+    }
 }
