@@ -153,6 +153,7 @@ impl Modify for TokenAuth {
         crate::pipelines::remove,
         crate::pipelines::retrain,
         crate::pipelines::drift,
+        crate::pipelines::shadow,
         crate::pipelines::models,
         crate::pipelines::model_file,
         crate::pipelines::put_model,

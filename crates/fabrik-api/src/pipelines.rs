@@ -151,6 +151,55 @@ pub struct DriftStatus {
     pub features: Vec<FeatureDriftStatus>,
 }
 
+/// How a pipeline's challenger (its `shadow` model) did against its model (the champion) on
+/// the windows both scored, and on the windows operators labelled through alert feedback.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
+pub struct ShadowComparison {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The champion's model tag (as the `model` column of `inferences`).
+    pub champion: String,
+    /// The challenger's model tag (as the `model` column of `shadow_inferences`).
+    pub challenger: String,
+    /// The comparison covers the last this many days.
+    pub days: u32,
+    /// Windows both models scored.
+    pub windows: u64,
+    /// Of those, the ones the champion flagged.
+    pub champion_flags: u64,
+    /// ... the challenger flagged.
+    pub challenger_flags: u64,
+    /// ... both flagged.
+    pub both_flagged: u64,
+    /// The share of windows with the same verdict (none without windows).
+    pub agreement: Option<f64>,
+    /// Windows that started alerts operators confirmed (feedback `true_positive`).
+    pub confirmed: u64,
+    /// Of those, the ones the challenger flagged too: faults it would have caught.
+    pub confirmed_flagged_by_challenger: u64,
+    /// Windows that started alerts operators called false (feedback `false_positive`).
+    pub false_alarms: u64,
+    /// Of those, the ones the challenger flagged too: false alarms it would have raised.
+    pub false_alarms_flagged_by_challenger: u64,
+    /// Per device.
+    pub devices: Vec<ShadowDevice>,
+}
+
+/// One device's part of a [`ShadowComparison`].
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
+pub struct ShadowDevice {
+    /// The device.
+    pub device: String,
+    /// Windows both models scored.
+    pub windows: u64,
+    /// The champion flagged.
+    pub champion_flags: u64,
+    /// The challenger flagged.
+    pub challenger_flags: u64,
+    /// Both flagged.
+    pub both_flagged: u64,
+}
+
 /// The pipelines of this process, by name; written by the runner, read by the API.
 pub type PipelineBoard = Arc<RwLock<BTreeMap<String, PipelineStatus>>>;
 
@@ -181,6 +230,12 @@ pub trait PipelineControl: Send + Sync {
     fn retrain(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>>;
     /// Each device's latest drift check of pipeline `name` (from the `model_drift` table).
     fn drift(&self, name: String) -> BoxFuture<'_, Result<Vec<DriftStatus>, ControlError>>;
+    /// How pipeline `name`'s shadow model compares with its model over the last `days` days.
+    fn shadow(
+        &self,
+        name: String,
+        days: u32,
+    ) -> BoxFuture<'_, Result<ShadowComparison, ControlError>>;
     /// The uploaded ONNX models.
     fn models(&self) -> BoxFuture<'_, Result<Vec<ModelInfo>, ControlError>>;
     /// Checks and stores an ONNX model under `name` with its detached signature (the
@@ -411,6 +466,34 @@ pub(crate) async fn drift(
     Path(name): Path<String>,
 ) -> Result<Json<Vec<DriftStatus>>, ApiError> {
     Ok(Json(control(&state)?.drift(name).await?))
+}
+
+/// `?days=` of a shadow comparison.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ShadowOptions {
+    /// The last this many days (1 to 366; default 7).
+    days: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/api/v1/pipelines/{name}/shadow", tag = "pipelines", security(("token" = [])),
+    params(("name" = String, Path, description = "pipeline name"), ShadowOptions),
+    responses((status = 200, description = "the challenger (`[pipelines.shadow]`) against the pipeline's model on the windows both scored, and on the windows of alerts operators labelled", body = ShadowComparison),
+              (status = 400, description = "`days` out of range", body = crate::error::ErrorBody),
+              (status = 404, description = "no pipeline of that name, or it has no shadow model", body = crate::error::ErrorBody),
+              (status = 503, description = "the pipelines module does not run here", body = crate::error::ErrorBody)))]
+pub(crate) async fn shadow(
+    State(state): State<ApiState>,
+    Query(options): Query<ShadowOptions>,
+    Path(name): Path<String>,
+) -> Result<Json<ShadowComparison>, ApiError> {
+    let days = options.days.unwrap_or(7);
+    if !(1..=366).contains(&days) {
+        return Err(ApiError::bad_request(format!(
+            "`days` is {days}: compare over 1 to 366 days"
+        )));
+    }
+    Ok(Json(control(&state)?.shadow(name, days).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/models", tag = "pipelines", security(("token" = [])),

@@ -116,6 +116,10 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/pipelines/{name}/drift",
             get(crate::pipelines::drift),
         )
+        .route(
+            "/api/v1/pipelines/{name}/shadow",
+            get(crate::pipelines::shadow),
+        )
         .route("/api/v1/models", get(crate::pipelines::models))
         .route(
             "/api/v1/models/{name}",

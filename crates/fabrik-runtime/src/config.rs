@@ -308,6 +308,36 @@ pub struct PipelineConfig {
     /// check is a row of the `model_drift` table (unset: no watch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift: Option<DriftConfig>,
+    /// A challenger model scored on the same windows as `model`, written to
+    /// `shadow_inferences` beside the champion's verdict and never alerted on, to compare the
+    /// two before switching (`GET /api/v1/pipelines/{name}/shadow`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowConfig>,
+}
+
+/// `[pipelines.shadow]`: the challenger, with the pipeline's model fields; everything else
+/// (table, devices, filter, signals, windows, features) is the pipeline's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// As the pipeline's `model`.
+    pub model: String,
+    /// As the pipeline's `model_path`.
+    #[serde(default)]
+    pub model_path: Option<String>,
+    /// As the pipeline's `model_name`.
+    #[serde(default)]
+    pub model_name: Option<String>,
+    /// As the pipeline's `model_output`.
+    #[serde(default = "auto_unit")]
+    pub model_output: String,
+    /// As the pipeline's `threshold` (unset: the challenger model's default).
+    #[serde(default, deserialize_with = "string_or_number")]
+    pub threshold: Option<String>,
+    /// As the pipeline's `training_windows` (unset: the pipeline's, if it has one, else the
+    /// challenger model's default).
+    #[serde(default)]
+    pub training_windows: Option<u32>,
 }
 
 /// `[pipelines.drift]`: every `windows` scored windows of a device, their features are
@@ -405,21 +435,28 @@ fn string_or_number<'de, D: serde::Deserializer<'de>>(
 }
 
 /// Numbers where the shape check's template has text that may be written as a number (a
-/// pipeline's `threshold`), turned into that text, so the check does not refuse them.
+/// pipeline's `threshold`, and its shadow model's), turned into that text, so the check does not refuse them.
 fn numbers_as_text(table: &mut toml::Table) {
     let Some(toml::Value::Array(pipelines)) = table.get_mut("pipelines") else {
         return;
     };
-    for pipeline in pipelines {
-        if let toml::Value::Table(fields) = pipeline
-            && let Some(threshold) = fields.get_mut("threshold")
-        {
+    let as_text = |fields: &mut toml::Table| {
+        if let Some(threshold) = fields.get_mut("threshold") {
             let text = match threshold {
                 toml::Value::Integer(n) => n.to_string(),
                 toml::Value::Float(n) => n.to_string(),
-                _ => continue,
+                _ => return,
             };
             *threshold = toml::Value::String(text);
+        }
+    };
+    for pipeline in pipelines {
+        if let toml::Value::Table(fields) = pipeline {
+            as_text(fields);
+            // The shadow model's threshold is written as the pipeline's is.
+            if let Some(toml::Value::Table(shadow)) = fields.get_mut("shadow") {
+                as_text(shadow);
+            }
         }
     }
 }
@@ -1627,6 +1664,14 @@ fn array_template(path: &str) -> Option<toml::Table> {
                 windows: Some(0),
                 share: 0.0,
                 retrain_after: Some(0),
+            }),
+            shadow: Some(ShadowConfig {
+                model: String::new(),
+                model_path: Some(String::new()),
+                model_name: Some(String::new()),
+                model_output: String::new(),
+                threshold: Some(String::new()),
+                training_windows: Some(0),
             }),
         })
         .ok();

@@ -32,6 +32,7 @@ mod pipelines;
 mod privacy_cli;
 mod readings;
 mod run;
+mod shadow;
 mod sql_text;
 mod stored;
 mod usecase_cli;

@@ -1,11 +1,12 @@
-//! `fabrik pipeline list|show|apply|rm|retrain|drift`: a thin client of `/api/v1/pipelines`.
+//! `fabrik pipeline list|show|apply|rm|retrain|drift|shadow`: a thin client of
+//! `/api/v1/pipelines`.
 
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use fabrik_runtime::config::PipelineConfig;
 
-use fabrik_api::pipelines::DriftStatus;
+use fabrik_api::pipelines::{DriftStatus, ShadowComparison};
 
 use crate::client::Endpoint;
 use crate::define_cli::Kind;
@@ -65,6 +66,18 @@ enum PipelineCommand {
         /// Every feature's test of every device, not only the drifted ones.
         #[arg(long)]
         all: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// How the pipeline's shadow model (`[pipelines.shadow]`) compares with its model on the
+    /// same windows, and on the windows of alerts operators confirmed or called false.
+    Shadow {
+        /// Pipeline name.
+        name: String,
+        /// The last this many days.
+        #[arg(long, default_value_t = 7)]
+        days: u32,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -142,8 +155,59 @@ pub(crate) async fn run(args: PipelineArgs) -> anyhow::Result<()> {
             }
             print!("{}", drift_table(&checks, all));
         }
+        PipelineCommand::Shadow { name, days, json } => {
+            let path = format!("/api/v1/pipelines/{name}/shadow?days={days}");
+            let comparison: ShadowComparison = ep.get_json(&client, &path).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&comparison)?);
+                return Ok(());
+            }
+            print!("{}", shadow_table(&comparison));
+        }
     }
     Ok(())
+}
+
+/// A shadow comparison as text: the totals, the labelled windows, then a line per device.
+fn shadow_table(c: &ShadowComparison) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "pipeline {}: champion {} against challenger {}, last {} day(s)",
+        c.pipeline, c.champion, c.challenger, c.days
+    );
+    let agreement = c
+        .agreement
+        .map_or("-".to_owned(), |share| format!("{:.1} %", share * 100.0));
+    let _ = writeln!(
+        out,
+        "{} windows scored by both; flagged: champion {}, challenger {}, both {}; same verdict on {agreement}",
+        c.windows, c.champion_flags, c.challenger_flags, c.both_flagged
+    );
+    let _ = writeln!(
+        out,
+        "confirmed faults (true positives): {}, flagged by the challenger too: {}",
+        c.confirmed, c.confirmed_flagged_by_challenger
+    );
+    let _ = writeln!(
+        out,
+        "false alarms (false positives): {}, flagged by the challenger too: {}",
+        c.false_alarms, c.false_alarms_flagged_by_challenger
+    );
+    let _ = writeln!(
+        out,
+        "{:<16} {:>8} {:>9} {:>10} {:>5}",
+        "device", "windows", "champion", "challenger", "both"
+    );
+    for d in &c.devices {
+        let _ = writeln!(
+            out,
+            "{:<16} {:>8} {:>9} {:>10} {:>5}",
+            d.device, d.windows, d.champion_flags, d.challenger_flags, d.both_flagged
+        );
+    }
+    out
 }
 
 /// Devices' latest drift checks as text: a line per device, then (drifted features, or all

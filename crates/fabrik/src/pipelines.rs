@@ -106,6 +106,9 @@ pub(crate) struct Compiled {
     interval: Duration,
     lateness_ns: i64,
     replay: bool,
+    /// The challenger scored on the same windows, if any: the pipeline's definition with the
+    /// shadow's model fields.
+    shadow: Option<Box<Compiled>>,
 }
 
 fn duration_ns(text: &str) -> Result<i64, String> {
@@ -467,6 +470,40 @@ pub(crate) fn compile(config: &PipelineConfig) -> Result<Compiled, Vec<(String, 
             retrain_after: drift.retrain_after,
         })
     });
+    let shadow = config.shadow.as_ref().and_then(|shadow| {
+        let challenger = PipelineConfig {
+            model: shadow.model.clone(),
+            model_path: shadow.model_path.clone(),
+            model_name: shadow.model_name.clone(),
+            model_output: shadow.model_output.clone(),
+            threshold: shadow.threshold.clone(),
+            // Both learn from the same windows unless the challenger needs others.
+            training_windows: shadow.training_windows.or(config.training_windows),
+            drift: None,
+            shadow: None,
+            ..config.clone()
+        };
+        const OWN_FIELDS: [&str; 6] = [
+            "model",
+            "model_path",
+            "model_name",
+            "model_output",
+            "threshold",
+            "training_windows",
+        ];
+        match compile(&challenger) {
+            Ok(compiled) => Some(Box::new(compiled)),
+            Err(found) => {
+                // The pipeline's own fields are reported once, as the pipeline's.
+                for (field, message) in found {
+                    if OWN_FIELDS.contains(&field.as_str()) {
+                        problem(&format!("shadow.{field}"), message);
+                    }
+                }
+                None
+            }
+        }
+    });
     match (model, threshold, window, interval, lateness_ns) {
         (Some(model), Some(threshold), Some(window), Some(interval), Some(lateness_ns))
             if problems.is_empty() =>
@@ -488,6 +525,7 @@ pub(crate) fn compile(config: &PipelineConfig) -> Result<Compiled, Vec<(String, 
                 interval,
                 lateness_ns,
                 replay,
+                shadow,
             })
         }
         _ => Err(problems),
@@ -566,6 +604,16 @@ pub(crate) fn demo_pipeline() -> PipelineConfig {
             share: 0.5,
             retrain_after: None,
         }),
+        // A challenger scored on the same windows, to compare before switching
+        // (`fabrik pipeline shadow pump-health`).
+        shadow: Some(fabrik_runtime::config::ShadowConfig {
+            model: "iforest".into(),
+            model_path: None,
+            model_name: None,
+            model_output: "auto".into(),
+            threshold: None,
+            training_windows: None,
+        }),
     }
 }
 
@@ -584,6 +632,7 @@ pub(crate) fn demo_acoustic_pipeline() -> PipelineConfig {
             .to_vec(),
         // One clip of 8,000 samples per window; a window the clip straddles has part of it.
         min_samples: 2_000,
+        shadow: None,
         ..demo_pipeline()
     }
 }
@@ -1375,6 +1424,32 @@ impl PipelineControl for PipelineManager {
         })
     }
 
+    fn shadow(
+        &self,
+        name: String,
+        days: u32,
+    ) -> BoxFuture<'_, Result<fabrik_api::pipelines::ShadowComparison, ControlError>> {
+        Box::pin(async move {
+            let (champion, challenger) = {
+                let pipelines = self.pipelines.lock().await;
+                let managed = pipelines
+                    .by_name
+                    .get(&name)
+                    .ok_or_else(|| ControlError::NotFound(format!("no pipeline named `{name}`")))?;
+                let compiled = compile(&managed.config).map_err(ControlError::Invalid)?;
+                let challenger = compiled.shadow.ok_or_else(|| {
+                    ControlError::NotFound(format!(
+                        "pipeline `{name}` has no shadow model (`[pipelines.shadow]`)"
+                    ))
+                })?;
+                (compiled.config, challenger.config)
+            };
+            crate::shadow::compare(&self.store, &champion, &challenger, days)
+                .await
+                .map_err(ControlError::Storage)
+        })
+    }
+
     fn retrain(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>> {
         Box::pin(self.retrain_pipeline(name))
     }
@@ -1696,44 +1771,44 @@ struct Runner {
 }
 
 impl Runner {
-    async fn run(self, stop: CancellationToken) {
-        let name = self.compiled.config.name.clone();
-        // The `model_version` its inferences carry (built-in models are all version 1).
-        let mut version = model_version(&self.compiled.config, "1");
-        let loaded = match &self.compiled.model {
+    /// Loads `compiled`'s model into a pipeline; `status` updates this pipeline's status with
+    /// a threshold the model decides (the champion's, not a challenger's).
+    fn load(&self, compiled: &Compiled, status: bool) -> Result<Pipeline, fabrik_ml::MlError> {
+        match &compiled.model {
             ModelChoice::Builtin(model) => {
                 let model = *model;
-                Pipeline::new(self.compiled.spec.clone(), move || model.build())
+                Pipeline::new(compiled.spec.clone(), move || model.build())
             }
             ModelChoice::Onnx { source, output } => {
-                let loaded = load_onnx(
+                let model = load_onnx(
                     source,
                     &self.models_dir,
                     &self.trust,
-                    &feature_names(&self.compiled.spec),
+                    &feature_names(&compiled.spec),
                     output,
-                );
-                loaded.and_then(|model| {
-                    version = model_version(
-                        &self.compiled.config,
-                        fabrik_ml::pipeline::WindowModel::version(&model),
-                    );
-                    let mut spec = self.compiled.spec.clone();
-                    // A class probability never exceeds 1, so the default calibrated level
-                    // (the training windows' largest score × 1.5) could leave every window
-                    // unflagged: without a threshold given, the more likely class decides.
-                    if self.compiled.config.threshold.is_none()
-                        && matches!(model.score_kind(), OnnxScore::Probability { .. })
-                    {
-                        spec.threshold = ThresholdSpec::Fixed(PROBABILITY_THRESHOLD);
+                )?;
+                let mut spec = compiled.spec.clone();
+                // A class probability never exceeds 1, so the default calibrated level (the
+                // training windows' largest score × 1.5) could leave every window unflagged:
+                // without a threshold given, the more likely class decides.
+                if compiled.config.threshold.is_none()
+                    && matches!(model.score_kind(), OnnxScore::Probability { .. })
+                {
+                    spec.threshold = ThresholdSpec::Fixed(PROBABILITY_THRESHOLD);
+                    if status {
                         self.update(|s| s.threshold = format!("{PROBABILITY_THRESHOLD:?}"));
                     }
-                    Pipeline::new(spec, move || {
-                        Box::new(model.clone()) as Box<dyn fabrik_ml::pipeline::WindowModel>
-                    })
+                }
+                Pipeline::new(spec, move || {
+                    Box::new(model.clone()) as Box<dyn fabrik_ml::pipeline::WindowModel>
                 })
             }
-        };
+        }
+    }
+
+    async fn run(self, stop: CancellationToken) {
+        let name = self.compiled.config.name.clone();
+        let loaded = self.load(&self.compiled, true);
         let mut pipeline = match loaded {
             Ok(p) => p,
             Err(e) => {
@@ -1747,11 +1822,11 @@ impl Runner {
             }
         };
         tracing::info!(pipeline = %name, model = %self.compiled.config.model, "Pipeline started.");
+        let start = Timestamp::now().nanos() - self.compiled.lateness_ns;
         // Exclusive lower bound of the next read; `None` reads from the beginning.
         let mut read_after: Option<i64> = if self.compiled.replay {
             None
         } else {
-            let start = Timestamp::now().nanos() - self.compiled.lateness_ns;
             pipeline.train_only_until(start);
             // A device this definition scored before learns again from the windows it learnt
             // from then, not from those just before the restart: a restart during or after a
@@ -1801,6 +1876,27 @@ impl Runner {
                 }
             })
         };
+        // The challenger learns as a device new to the champion does (the saved spans are
+        // the champion's), from the same rows, and scores the same windows.
+        let mut shadow_problem = None;
+        let mut shadow = self.compiled.shadow.as_deref().and_then(|challenger| {
+            match self.load(challenger, false) {
+                Ok(mut challenged) => {
+                    if !self.compiled.replay {
+                        challenged.train_only_until(start);
+                        if let (Some(_), Some(after)) = (self.history_to_train_on(), read_after) {
+                            challenged.history_read_from(after.saturating_add(1));
+                        }
+                    }
+                    Some(challenged)
+                }
+                Err(e) => {
+                    tracing::error!(pipeline = %name, error = %e, "The pipeline's shadow model failed to load; the pipeline runs without it.");
+                    shadow_problem = Some(format!("shadow model: {e}"));
+                    None
+                }
+            }
+        });
         let mut samples = 0u64;
         let mut exported = ExportedCounters::new(&name);
         let mut ticker = tokio::time::interval(self.compiled.interval);
@@ -1813,7 +1909,13 @@ impl Runner {
             let horizon = Timestamp::now().nanos() - self.compiled.lateness_ns;
             let started = std::time::Instant::now();
             let result = self
-                .step(&mut pipeline, &mut read_after, horizon, &mut samples)
+                .step(
+                    &mut pipeline,
+                    &mut shadow,
+                    &mut read_after,
+                    horizon,
+                    &mut samples,
+                )
                 .await;
             let pass = started.elapsed();
             let counters = pipeline.counters();
@@ -1833,7 +1935,18 @@ impl Runner {
                         pipeline.last_incomplete().unwrap_or("too few samples")
                     )
                 });
-            let problem = result.as_ref().err().cloned().or(model_error).or(starved);
+            let shadow_error = shadow
+                .as_ref()
+                .and_then(|challenged| challenged.last_error())
+                .map(|e| format!("shadow model: {e}"));
+            let problem = result
+                .as_ref()
+                .err()
+                .cloned()
+                .or(model_error)
+                .or(starved)
+                .or_else(|| shadow_problem.clone())
+                .or(shadow_error);
             exported.update(&counters, samples, pass, problem.is_some());
             self.update(|s| {
                 s.devices = counters.training_devices + counters.scoring_devices;
@@ -2092,6 +2205,7 @@ impl Runner {
     async fn step(
         &self,
         pipeline: &mut Pipeline,
+        shadow: &mut Option<Pipeline>,
         read_after: &mut Option<i64>,
         horizon: i64,
         samples: &mut u64,
@@ -2110,6 +2224,9 @@ impl Runner {
             let (rows, last, full) = self.read(*read_after, horizon, devices.as_deref()).await?;
             *samples += rows.len() as u64;
             for (device, row) in rows {
+                if let Some(challenged) = shadow.as_mut() {
+                    challenged.push(&device, row.clone());
+                }
                 pipeline.push(&device, row);
             }
             if let Some(last) = last {
@@ -2125,9 +2242,14 @@ impl Runner {
             // A device taken out of the selection (a use case stepped back) still has open
             // windows: they close, but are not scored.
             let mut checks = pipeline.take_drift_checks();
+            let mut challenged = shadow
+                .as_mut()
+                .map(|challenged| challenged.advance(complete_to))
+                .unwrap_or_default();
             if let Some(devices) = &devices {
                 inferences.retain(|i| devices.contains(&i.device));
                 checks.retain(|c| devices.contains(&c.device));
+                challenged.retain(|i| devices.contains(&i.device));
             }
             self.write(&inferences, stage).await?;
             crate::drift::record(
@@ -2137,6 +2259,16 @@ impl Runner {
                 &checks,
             )
             .await?;
+            if let Some(challenger) = &self.compiled.shadow {
+                crate::shadow::record(
+                    &self.store,
+                    &self.compiled.config,
+                    &challenger.config,
+                    &inferences,
+                    &challenged,
+                )
+                .await?;
+            }
             if !full {
                 break;
             }
@@ -2489,7 +2621,7 @@ fn model_misfit(compiled: &Compiled, bytes: &[u8], source: ModelSource<'_>) -> O
         })
 }
 
-fn model_version(config: &PipelineConfig, from_model: &str) -> String {
+pub(crate) fn model_version(config: &PipelineConfig, from_model: &str) -> String {
     if config.model == "onnx" {
         return from_model.to_owned();
     }
@@ -2514,7 +2646,7 @@ fn model_version(config: &PipelineConfig, from_model: &str) -> String {
 /// The `model` of a pipeline's inferences: the built-in model's name, or for ONNX
 /// `onnx:<model>` with the uploaded model's name or the file's stem, so inferences of two
 /// ONNX models are told apart by name (and by `model_version`, the file's content hash).
-fn model_tag(config: &PipelineConfig) -> String {
+pub(crate) fn model_tag(config: &PipelineConfig) -> String {
     if config.model != "onnx" {
         return config.model.clone();
     }
@@ -2531,7 +2663,12 @@ fn model_tag(config: &PipelineConfig) -> String {
     }
 }
 
-fn inference_point(pipeline: &str, model: &str, version: &str, inference: &Inference) -> Point {
+pub(crate) fn inference_point(
+    pipeline: &str,
+    model: &str,
+    version: &str,
+    inference: &Inference,
+) -> Point {
     let contributions = serde_json::Value::Object(
         inference
             .contributions
@@ -2802,6 +2939,21 @@ mod tests {
             problems[4].1.contains("`drift.windows` is 0"),
             "{problems:?}"
         );
+        // A shadow model's problems name its own fields only.
+        let mut shadowed = demo_pipeline();
+        shadowed.shadow = Some(fabrik_runtime::config::ShadowConfig {
+            model: "lstm".into(),
+            model_path: None,
+            model_name: None,
+            model_output: "auto".into(),
+            threshold: None,
+            training_windows: None,
+        });
+        shadowed.features.push("median".into());
+        let problems = compile(&shadowed).unwrap_err();
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(fields, ["features", "shadow.model"], "{problems:?}");
+        assert!(problems[1].1.contains("`lstm`"), "{problems:?}");
     }
 
     /// A built-in model's scores are never negative: a fixed threshold at or below 0 would

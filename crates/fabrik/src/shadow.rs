@@ -1,0 +1,218 @@
+//! Challenger models (`[pipelines.shadow]`) as data: each window the challenger scores is a row
+//! of `shadow_inferences` beside the champion's verdict on the same window, never read by alert
+//! rules or use-case KPIs (they read `inferences`); and the comparison of the two, on every
+//! window and on the windows operators labelled through alert feedback.
+
+use std::collections::BTreeMap;
+
+use datafusion::arrow::array::{Array, BooleanArray, Int64Array, StringArray};
+use datafusion::arrow::datatypes::DataType;
+use fabrik_api::pipelines::{ShadowComparison, ShadowDevice};
+use fabrik_core::{Lineage, SourceId, Value};
+use fabrik_ml::pipeline::Inference;
+use fabrik_runtime::config::PipelineConfig;
+use fabrik_store::Store;
+
+use crate::columns::cast_column;
+use crate::pipelines::{inference_point, model_tag, model_version};
+
+/// The table challengers' inferences are written to.
+pub(crate) const SHADOW_TABLE: &str = "shadow_inferences";
+
+/// Stores the challenger's `challenged` inferences of pipeline `champion` (its definition; the
+/// challenger's is `challenger`), each with the champion's score and flag on the same window
+/// when the champion scored it (`champion_inferences`, from the same pass).
+pub(crate) async fn record(
+    store: &Store,
+    champion: &PipelineConfig,
+    challenger: &PipelineConfig,
+    champion_inferences: &[Inference],
+    challenged: &[Inference],
+) -> Result<(), String> {
+    if challenged.is_empty() {
+        return Ok(());
+    }
+    let pipeline = &champion.name;
+    let by_window: BTreeMap<(&str, i64), &Inference> = champion_inferences
+        .iter()
+        .map(|i| ((i.device.as_str(), i.window_start_ns), i))
+        .collect();
+    let (champion_tag, challenger_tag) = (model_tag(champion), model_tag(challenger));
+    let mut disagreements = 0_u64;
+    let points: Vec<_> = challenged
+        .iter()
+        .map(|inference| {
+            let version = model_version(challenger, &inference.model_version);
+            let mut point = inference_point(pipeline, &challenger_tag, &version, inference);
+            point.measurement = SHADOW_TABLE.to_owned();
+            point.fields.push((
+                "champion_model".to_owned(),
+                Value::Str(champion_tag.clone()),
+            ));
+            if let Some(verdict) =
+                by_window.get(&(inference.device.as_str(), inference.window_start_ns))
+            {
+                disagreements += u64::from(verdict.flag != inference.flag);
+                point.fields.push((
+                    "champion_score".to_owned(),
+                    Value::F64(verdict.score.clamp(f64::MIN, f64::MAX)),
+                ));
+                point
+                    .fields
+                    .push(("champion_flag".to_owned(), Value::Bool(verdict.flag)));
+            }
+            point
+        })
+        .collect();
+    let lineage = Lineage {
+        source: SourceId(format!("pipeline:{pipeline}")),
+        raw_id: store.next_raw_id(),
+        mapping_version: 0,
+    };
+    store
+        .write_points(&points, lineage, SHADOW_TABLE)
+        .await
+        .map_err(|e| format!("storing the shadow model's inferences: {e}"))?;
+    metrics::counter!("fabrik_pipeline_shadow_inferences_total", "pipeline" => pipeline.clone())
+        .increment(points.len() as u64);
+    metrics::counter!("fabrik_pipeline_shadow_disagreements_total", "pipeline" => pipeline.clone())
+        .increment(disagreements);
+    Ok(())
+}
+
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// Whether a query failed because a column it names was never written (a table's columns are
+/// those of its rows so far).
+fn missing_column(error: &str, column: &str) -> bool {
+    error.contains(column)
+}
+
+/// The challenger `challenger` of pipeline `champion` against it over the last `days` days.
+pub(crate) async fn compare(
+    store: &Store,
+    champion: &PipelineConfig,
+    challenger: &PipelineConfig,
+    days: u32,
+) -> Result<ShadowComparison, String> {
+    let pipeline = &champion.name;
+    let challenger_tag = model_tag(challenger);
+    let mut comparison = ShadowComparison {
+        pipeline: pipeline.clone(),
+        champion: model_tag(champion),
+        challenger: challenger_tag.clone(),
+        days,
+        windows: 0,
+        champion_flags: 0,
+        challenger_flags: 0,
+        both_flagged: 0,
+        agreement: None,
+        confirmed: 0,
+        confirmed_flagged_by_challenger: 0,
+        false_alarms: 0,
+        false_alarms_flagged_by_challenger: 0,
+        devices: Vec::new(),
+    };
+    if !store.has_table(SHADOW_TABLE) {
+        return Ok(comparison);
+    }
+    let within = format!("time > now() - INTERVAL '{days} days'");
+    let sql = format!(
+        "SELECT device, count(*) AS windows, \
+         sum(CASE WHEN champion_flag THEN 1 ELSE 0 END) AS champion_flags, \
+         sum(CASE WHEN flag THEN 1 ELSE 0 END) AS challenger_flags, \
+         sum(CASE WHEN flag AND champion_flag THEN 1 ELSE 0 END) AS both_flagged \
+         FROM {SHADOW_TABLE} WHERE pipeline = {} AND model = {} \
+         AND champion_flag IS NOT NULL AND {within} GROUP BY device ORDER BY device",
+        literal(pipeline),
+        literal(&challenger_tag),
+    );
+    let output = match store.query(&sql).await {
+        Ok(output) => output,
+        // No window scored by both yet.
+        Err(e) if missing_column(&e.to_string(), "champion_flag") => return Ok(comparison),
+        Err(e) => return Err(e.to_string()),
+    };
+    for batch in &output.batches {
+        let device: StringArray = cast_column(batch, 0, &DataType::Utf8, "device")?;
+        let count = |index: usize, what: &str| -> Result<Int64Array, String> {
+            cast_column(batch, index, &DataType::Int64, what)
+        };
+        let (windows, champion_flags, challenger_flags, both) = (
+            count(1, "windows")?,
+            count(2, "champion_flags")?,
+            count(3, "challenger_flags")?,
+            count(4, "both_flagged")?,
+        );
+        for row in 0..batch.num_rows() {
+            let value = |array: &Int64Array| u64::try_from(array.value(row)).unwrap_or(0);
+            comparison.devices.push(ShadowDevice {
+                device: device.value(row).to_owned(),
+                windows: value(&windows),
+                champion_flags: value(&champion_flags),
+                challenger_flags: value(&challenger_flags),
+                both_flagged: value(&both),
+            });
+        }
+    }
+    for device in &comparison.devices {
+        comparison.windows += device.windows;
+        comparison.champion_flags += device.champion_flags;
+        comparison.challenger_flags += device.challenger_flags;
+        comparison.both_flagged += device.both_flagged;
+    }
+    if comparison.windows > 0 {
+        let different =
+            comparison.champion_flags + comparison.challenger_flags - 2 * comparison.both_flagged;
+        comparison.agreement =
+            Some((comparison.windows - different) as f64 / comparison.windows as f64);
+    }
+    labelled(store, pipeline, &challenger_tag, &within, &mut comparison).await?;
+    Ok(comparison)
+}
+
+/// Counts the labelled windows: an alert on a pipeline's inferences starts at a flagged
+/// window, and its label row is stamped at that window's time; the challenger's verdict on
+/// the same window is beside it.
+async fn labelled(
+    store: &Store,
+    pipeline: &str,
+    challenger_tag: &str,
+    within: &str,
+    comparison: &mut ShadowComparison,
+) -> Result<(), String> {
+    let labels = fabrik_api::alerts::ALERT_LABELS_TABLE;
+    if !store.has_table(labels) {
+        return Ok(());
+    }
+    let sql = format!(
+        "SELECT l.true_positive, s.flag FROM {labels} l \
+         JOIN inferences i ON i.device = l.device AND i.time = l.time \
+         JOIN {SHADOW_TABLE} s ON s.device = l.device AND s.time = l.time \
+         WHERE i.pipeline = {pipeline} AND i.flag AND s.pipeline = {pipeline} \
+         AND s.model = {challenger} AND l.{within}",
+        pipeline = literal(pipeline),
+        challenger = literal(challenger_tag),
+    );
+    let output = store.query(&sql).await.map_err(|e| e.to_string())?;
+    for batch in &output.batches {
+        let confirmed: BooleanArray = cast_column(batch, 0, &DataType::Boolean, "true_positive")?;
+        let flagged: BooleanArray = cast_column(batch, 1, &DataType::Boolean, "flag")?;
+        for row in 0..batch.num_rows() {
+            if confirmed.is_null(row) {
+                continue;
+            }
+            let caught = !flagged.is_null(row) && flagged.value(row);
+            if confirmed.value(row) {
+                comparison.confirmed += 1;
+                comparison.confirmed_flagged_by_challenger += u64::from(caught);
+            } else {
+                comparison.false_alarms += 1;
+                comparison.false_alarms_flagged_by_challenger += u64::from(caught);
+            }
+        }
+    }
+    Ok(())
+}
