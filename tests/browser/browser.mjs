@@ -396,6 +396,29 @@ async function main() {
     noErrors('pipeline inference detail');
   });
 
+  await step('pipelines: input drift and the shadow model', async () => {
+    // The demo checks a pump every 30 running windows, minutes away: a check is written as
+    // the pipeline writes one.
+    const device = `ui-drift-${randomBytes(3).toString('hex')}`;
+    const now = BigInt(Date.now()) * 1000000n; const from = now - 300000000000n;
+    const features = JSON.stringify([
+      { feature: 'vibration_rms.mean', method: 'ks', score: 0.001, threshold: 0.05, drifted: true },
+      { feature: 'flow.std', method: 'ks', score: 0.6, threshold: 0.05, drifted: false },
+    ]).replace(/"/g, '\\"');
+    const line = `model_drift,pipeline=pump-health,device=${device} dataset_drift=true,drifted_share=0.5,drifted_features="vibration_rms.mean",features="${features}",consecutive=2i,retrained=false,retrained_from=0i,retrain_error="",windows=30i,anomalies=3i,reference_windows=18i,reference_from=${from - 180000000000n}i,reference_until=${from}i,current_from=${from}i,current_until=${now}i,model_version="ui-test" ${now - 1n}`;
+    await apiCall('/api/v1/write', { method: 'POST', body: line, type: 'text/plain' });
+    await go('#/pipelines/pump-health');
+    await page.waitForFunction((d) => {
+      const row = document.querySelector(`#pl-drift tr[data-drift="${d}"]`)?.textContent || '';
+      return row.includes('drifted') && row.includes('2 in a row') && row.includes('1 / 2') && row.includes('vibration_rms.mean');
+    }, device, { timeout: 15000 });
+    // The demo's challenger is an Isolation Forest.
+    await page.waitForFunction(() => /Challenger\s*iforest/.test(document.querySelector('#pl-shadow')?.textContent || ''), null, { timeout: 15000 });
+    await page.locator('#h-drift').scrollIntoViewIfNeeded();
+    await shot('05-pipelines-monitoring');
+    noErrors('pipeline monitoring');
+  });
+
   await step("pipelines: a clip pipeline's window lists its clips, playable", async () => {
     // One second of a 440 Hz tone, 8 kHz PCM16 mono, as a microphone would send it.
     const rate = 8000; const frames = rate;

@@ -90,6 +90,10 @@ pub struct PipelineStatus {
     pub samples: u64,
     /// Data is complete up to this time (RFC 3339), if the pipeline has run.
     pub horizon: Option<String>,
+    /// The shadow model's last problem (it failed to load, to fit or to score a window, or
+    /// its verdicts were not stored); never the pipeline's `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_error: Option<String>,
     /// The definition as applied, every field (defaults filled in): what a change replaces.
     pub definition: PipelineConfig,
     /// In the answer to a `PUT` only: what would keep it from working as applied (the
@@ -161,10 +165,19 @@ pub struct ShadowComparison {
     pub champion: String,
     /// The challenger's model tag (as the `model` column of `shadow_inferences`).
     pub challenger: String,
+    /// The champion's model version compared (the latest paired with the challenger's); none
+    /// before a window was scored by both.
+    pub champion_version: Option<String>,
+    /// The challenger's model version compared.
+    pub challenger_version: Option<String>,
     /// The comparison covers the last this many days.
     pub days: u32,
     /// Windows both models scored.
     pub windows: u64,
+    /// Windows this challenger version scored that the champion did not score beside it (a
+    /// device the champion was still learning, or count windows that start elsewhere after
+    /// the champion restored a saved span); not in the other counts.
+    pub unpaired: u64,
     /// Of those, the ones the champion flagged.
     pub champion_flags: u64,
     /// ... the challenger flagged.
@@ -173,7 +186,8 @@ pub struct ShadowComparison {
     pub both_flagged: u64,
     /// The share of windows with the same verdict (none without windows).
     pub agreement: Option<f64>,
-    /// Windows that started alerts operators confirmed (feedback `true_positive`).
+    /// Windows that started alerts operators confirmed (feedback `true_positive`), of the
+    /// champion's current version, counted where the alert rule's context names the pipeline.
     pub confirmed: u64,
     /// Of those, the ones the challenger flagged too: faults it would have caught.
     pub confirmed_flagged_by_challenger: u64,

@@ -1007,6 +1007,10 @@ async function pagePipelines(p, args) {
     <section class="card" aria-labelledby="h-pdef"><div class="card-head"><h2 id="h-pdef">${name}</h2><div class="row"><span id="pl-state"></span>${document.body.dataset.role === 'admin' && retrainable ? html`<button type="button" class="small" id="btn-retrain" title="Every device learns its normal afresh from the stored windows before now">Retrain</button>` : ''}</div></div><div id="pl-def"></div></section>
     <section class="card" aria-labelledby="h-scores"><div class="card-head"><h2 id="h-scores">Scores over the last hour</h2><span class="muted">one point per window and device; dashed: threshold; log scale</span></div><div class="chart" id="score-chart"></div><div id="score-empty"></div></section>
     <div class="grid cols-2" style="margin-top:16px">
+      <section class="card" aria-labelledby="h-drift"><div class="card-head"><h2 id="h-drift">Input drift</h2><span class="muted">each device's latest check against the windows its model learnt from</span></div><div id="pl-drift"></div></section>
+      <section class="card" aria-labelledby="h-shadow"><div class="card-head"><h2 id="h-shadow">Shadow model</h2><span class="muted">a challenger on the same windows; it never alerts</span></div><div id="pl-shadow"></div></section>
+    </div>
+    <div class="grid cols-2" style="margin-top:16px">
       <section class="card" aria-labelledby="h-anom"><div class="card-head"><h2 id="h-anom">Latest inferences</h2>
         <div class="seg" role="group" aria-label="Which inferences"><button type="button" data-only="1" aria-pressed="true">Anomalies</button><button type="button" data-only="0" aria-pressed="false">All</button></div></div>
         <div id="pl-inferences"></div></section>
@@ -1099,6 +1103,39 @@ async function pagePipelines(p, args) {
       return new Chart(box.lastElementChild, { series: [{ label: s, color: PALETTE[i % PALETTE.length] }], data: [t, rows.map((r) => r[s] ?? null)], height: 110, band: [ws / 1e9, we / 1e9], sync: `win-${name}` });
     });
   };
+
+  // Drift checks and the shadow comparison change every few minutes at most.
+  const refreshMonitoring = async () => {
+    const status = await api(`/api/v1/pipelines/${enc(name)}`);
+    const def = status.definition || {};
+    if (!p.alive) return;
+    if (!def.drift) {
+      patch($('#pl-drift'), html`<div class="empty">No drift watch: add <code>[pipelines.drift]</code> to compare each device's recent windows with those its model learnt from.</div>`);
+    } else {
+      const checks = await api(`/api/v1/pipelines/${enc(name)}/drift`);
+      if (!p.alive) return;
+      patch($('#pl-drift'), checks.length ? html`<table><thead><tr><th>Device</th><th>Input</th><th class="num">Features drifted</th><th>Most drifted</th><th>Checked</th></tr></thead><tbody>
+        ${checks.map((c) => html`<tr data-drift="${c.device}"><td><a href="#/devices/${enc(c.device)}">${c.device}</a></td>
+          <td>${c.retrained ? pill('pending', 'retrained') : c.dataset_drift ? pill('firing', 'drifted') : pill('online', 'stable')}${c.consecutive > 1 ? html` <span class="muted">${c.consecutive} in a row</span>` : ''}</td>
+          <td class="num">${Math.round(c.drifted_share * c.features.length)} / ${c.features.length}</td>
+          <td class="wrap">${c.drifted_features.slice(0, 3).map((f) => html`<span class="tag">${f}</span>`)}</td>
+          <td title="${`${c.windows} windows from ${fmtTime(c.current_from)}, against ${c.reference_windows} learnt from ${fmtTime(c.reference_from)}`}">${time(c.current_until)}</td></tr>`)}
+        </tbody></table>` : html`<div class="empty">No check yet: a device is checked every ${def.drift.windows || 'training'} scored windows.</div>`);
+    }
+    if (!def.shadow) {
+      patch($('#pl-shadow'), html`<div class="empty">No shadow model: add <code>[pipelines.shadow]</code> to score a challenger on the same windows before switching to it.</div>`);
+      return;
+    }
+    const c = await api(`/api/v1/pipelines/${enc(name)}/shadow`);
+    if (!p.alive) return;
+    patch($('#pl-shadow'), html`${status.shadow_error ? html`<div class="notice warn">${status.shadow_error}</div>` : ''}<dl class="kv"><dt>Champion</dt><dd>${c.champion}</dd><dt>Challenger</dt><dd>${c.challenger}</dd>
+      <dt>Windows both scored</dt><dd>${fmtNum(c.windows)} <span class="muted">last ${c.days} days</span></dd>
+      <dt>Flagged</dt><dd>champion ${fmtNum(c.champion_flags)} · challenger ${fmtNum(c.challenger_flags)} · both ${fmtNum(c.both_flagged)}</dd>
+      <dt>Same verdict</dt><dd>${c.agreement == null ? '—' : `${fmtNum(c.agreement * 100, 3)} %`}</dd>
+      <dt>Confirmed faults</dt><dd>${c.confirmed ? `${c.confirmed_flagged_by_challenger} of ${c.confirmed} flagged by the challenger too` : html`<span class="muted">none labelled yet</span>`}</dd>
+      <dt>False alarms</dt><dd>${c.false_alarms ? `${c.false_alarms_flagged_by_challenger} of ${c.false_alarms} raised by the challenger too` : html`<span class="muted">none labelled yet</span>`}</dd></dl>`);
+  };
+  every(p, 30000, refreshMonitoring);
 
   // Throughput from the counters since the page opened (polls every 5 s), so a 10 s window
   // that closes between two polls does not make the rate jump between 0 and double.

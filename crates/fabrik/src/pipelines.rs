@@ -724,6 +724,7 @@ fn status_of(
         anomalies: 0,
         samples: 0,
         horizon: None,
+        shadow_error: None,
         definition: c.clone(),
     }
 }
@@ -957,6 +958,36 @@ impl PipelineManager {
     /// definition is refused (`field` problems); if it is not there yet, a warning (the
     /// pipeline fails to load until it is).
     fn check_model(&self, compiled: &Compiled) -> Result<Option<String>, Vec<(String, String)>> {
+        let champion = self.check_onnx(compiled);
+        let Some(challenger) = &compiled.shadow else {
+            return champion;
+        };
+        // The shadow model is checked as the pipeline's is, its problems and warning named
+        // as its own.
+        let challenger = self
+            .check_onnx(challenger)
+            .map(|warning| warning.map(|w| format!("shadow: {w}")))
+            .map_err(|found| {
+                found
+                    .into_iter()
+                    .map(|(field, why)| (format!("shadow.{field}"), why))
+                    .collect::<Vec<_>>()
+            });
+        match (champion, challenger) {
+            (Ok(a), Ok(b)) => Ok(match (a, b) {
+                (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+                (a, b) => a.or(b),
+            }),
+            (Err(mut a), Err(b)) => {
+                a.extend(b);
+                Err(a)
+            }
+            (Err(a), Ok(_)) | (Ok(_), Err(a)) => Err(a),
+        }
+    }
+
+    /// [`Self::check_model`] for one model.
+    fn check_onnx(&self, compiled: &Compiled) -> Result<Option<String>, Vec<(String, String)>> {
         let ModelChoice::Onnx { source, .. } = &compiled.model else {
             return Ok(None);
         };
@@ -1187,12 +1218,20 @@ impl PipelineManager {
         self.models_dir.join(format!("{name}.onnx"))
     }
 
-    /// The pipelines whose `model_name` is `name`, by name.
+    /// The pipelines whose `model_name` is `name`, as their model or their shadow model, by
+    /// name.
     fn users_of(pipelines: &Pipelines, name: &str) -> Vec<String> {
         pipelines
             .by_name
             .values()
-            .filter(|m| m.config.model == "onnx" && m.config.model_name.as_deref() == Some(name))
+            .filter(|m| {
+                let champion =
+                    m.config.model == "onnx" && m.config.model_name.as_deref() == Some(name);
+                let challenger = m.config.shadow.as_ref().is_some_and(|shadow| {
+                    shadow.model == "onnx" && shadow.model_name.as_deref() == Some(name)
+                });
+                champion || challenger
+            })
             .map(|m| m.config.name.clone())
             .collect()
     }
@@ -1295,7 +1334,20 @@ impl PipelineManager {
             .filter_map(|user| {
                 let managed = pipelines.by_name.get(user)?;
                 let compiled = compile(&managed.config).ok()?;
-                model_misfit(&compiled, &bytes, ModelSource::Uploaded(&name))
+                let uses = |c: &Compiled| {
+                    matches!(&c.model, ModelChoice::Onnx { source: OnnxSource::Uploaded(n), .. } if *n == name)
+                };
+                let champion = uses(&compiled)
+                    .then(|| model_misfit(&compiled, &bytes, ModelSource::Uploaded(&name)))
+                    .flatten();
+                let challenger = compiled
+                    .shadow
+                    .as_deref()
+                    .filter(|c| uses(c))
+                    .and_then(|c| model_misfit(c, &bytes, ModelSource::Uploaded(&name)))
+                    .map(|why| format!("as its shadow model: {why}"));
+                champion
+                    .or(challenger)
                     .map(|why| format!("pipeline `{user}`: {why}"))
             })
             .collect();
@@ -1892,7 +1944,7 @@ impl Runner {
                 }
                 Err(e) => {
                     tracing::error!(pipeline = %name, error = %e, "The pipeline's shadow model failed to load; the pipeline runs without it.");
-                    shadow_problem = Some(format!("shadow model: {e}"));
+                    shadow_problem = Some(format!("failed to load: {e}"));
                     None
                 }
             }
@@ -1935,18 +1987,15 @@ impl Runner {
                         pipeline.last_incomplete().unwrap_or("too few samples")
                     )
                 });
-            let shadow_error = shadow
-                .as_ref()
-                .and_then(|challenged| challenged.last_error())
-                .map(|e| format!("shadow model: {e}"));
-            let problem = result
-                .as_ref()
-                .err()
-                .cloned()
-                .or(model_error)
-                .or(starved)
-                .or_else(|| shadow_problem.clone())
-                .or(shadow_error);
+            // The challenger's problems are its own: they never mark the pipeline (its gauge
+            // pages someone), and the champion's never hide them.
+            let shadow_error = shadow_problem.clone().or_else(|| {
+                shadow
+                    .as_ref()
+                    .and_then(|challenged| challenged.last_error())
+                    .map(str::to_owned)
+            });
+            let problem = result.as_ref().err().cloned().or(model_error).or(starved);
             exported.update(&counters, samples, pass, problem.is_some());
             self.update(|s| {
                 s.devices = counters.training_devices + counters.scoring_devices;
@@ -1958,6 +2007,9 @@ impl Runner {
                 s.samples = samples;
                 s.horizon = Some(rfc3339(horizon));
                 s.error = problem;
+                if shadow_error.is_some() {
+                    s.shadow_error.clone_from(&shadow_error);
+                }
             });
             if let Err(e) = result {
                 tracing::debug!(pipeline = %name, error = %e, "Pipeline step failed; retrying.");
@@ -2259,15 +2311,19 @@ impl Runner {
                 &checks,
             )
             .await?;
-            if let Some(challenger) = &self.compiled.shadow {
-                crate::shadow::record(
+            // The champion's pass goes on whatever happens to the challenger's verdicts.
+            if let Some(challenger) = &self.compiled.shadow
+                && let Err(e) = crate::shadow::record(
                     &self.store,
                     &self.compiled.config,
                     &challenger.config,
                     &inferences,
                     &challenged,
                 )
-                .await?;
+                .await
+            {
+                tracing::warn!(pipeline = %self.compiled.config.name, error = %e, "The shadow model's verdicts were not stored.");
+                self.update(|s| s.shadow_error = Some(e));
             }
             if !full {
                 break;

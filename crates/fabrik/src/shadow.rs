@@ -54,6 +54,10 @@ pub(crate) async fn record(
             {
                 disagreements += u64::from(verdict.flag != inference.flag);
                 point.fields.push((
+                    "champion_model_version".to_owned(),
+                    Value::Str(model_version(champion, &verdict.model_version)),
+                ));
+                point.fields.push((
                     "champion_score".to_owned(),
                     Value::F64(verdict.score.clamp(f64::MIN, f64::MAX)),
                 ));
@@ -84,13 +88,33 @@ fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
+/// `<alias>.time` within the last `days` days.
+fn within_days(alias: &str, days: u32) -> String {
+    format!("{alias}.time > now() - INTERVAL '{days} days'")
+}
+
 /// Whether a query failed because a column it names was never written (a table's columns are
 /// those of its rows so far).
 fn missing_column(error: &str, column: &str) -> bool {
-    error.contains(column)
+    error.contains("No field named") && error.contains(column)
 }
 
-/// The challenger `challenger` of pipeline `champion` against it over the last `days` days.
+/// Runs `sql`, or `None` when it names a column `column` not written yet.
+async fn query_unless_missing(
+    store: &Store,
+    sql: &str,
+    column: &str,
+) -> Result<Option<fabrik_store::QueryOutput>, String> {
+    match store.query(sql).await {
+        Ok(output) => Ok(Some(output)),
+        Err(e) if missing_column(&e.to_string(), column) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The challenger `challenger` of pipeline `champion` against it over the last `days` days:
+/// the windows of the latest pair of model versions (a retuned challenger, or a champion
+/// redefined, starts a new comparison rather than mixing in verdicts of another definition).
 pub(crate) async fn compare(
     store: &Store,
     champion: &PipelineConfig,
@@ -98,13 +122,16 @@ pub(crate) async fn compare(
     days: u32,
 ) -> Result<ShadowComparison, String> {
     let pipeline = &champion.name;
-    let challenger_tag = model_tag(challenger);
+    let (champion_tag, challenger_tag) = (model_tag(champion), model_tag(challenger));
     let mut comparison = ShadowComparison {
         pipeline: pipeline.clone(),
-        champion: model_tag(champion),
+        champion: champion_tag.clone(),
         challenger: challenger_tag.clone(),
+        champion_version: None,
+        challenger_version: None,
         days,
         windows: 0,
+        unpaired: 0,
         champion_flags: 0,
         challenger_flags: 0,
         both_flagged: 0,
@@ -118,23 +145,49 @@ pub(crate) async fn compare(
     if !store.has_table(SHADOW_TABLE) {
         return Ok(comparison);
     }
-    let within = format!("time > now() - INTERVAL '{days} days'");
-    let sql = format!(
-        "SELECT device, count(*) AS windows, \
-         sum(CASE WHEN champion_flag THEN 1 ELSE 0 END) AS champion_flags, \
-         sum(CASE WHEN flag THEN 1 ELSE 0 END) AS challenger_flags, \
-         sum(CASE WHEN flag AND champion_flag THEN 1 ELSE 0 END) AS both_flagged \
-         FROM {SHADOW_TABLE} WHERE pipeline = {} AND model = {} \
-         AND champion_flag IS NOT NULL AND {within} GROUP BY device ORDER BY device",
+    let of_these = format!(
+        "s.pipeline = {} AND s.model = {} AND s.champion_model = {} AND {}",
         literal(pipeline),
         literal(&challenger_tag),
+        literal(&champion_tag),
+        within_days("s", days)
     );
-    let output = match store.query(&sql).await {
-        Ok(output) => output,
-        // No window scored by both yet.
-        Err(e) if missing_column(&e.to_string(), "champion_flag") => return Ok(comparison),
-        Err(e) => return Err(e.to_string()),
+    let latest = format!(
+        "SELECT s.model_version, s.champion_model_version FROM {SHADOW_TABLE} s \
+         WHERE {of_these} AND s.champion_model_version IS NOT NULL ORDER BY s.time DESC LIMIT 1"
+    );
+    let Some(output) = query_unless_missing(store, &latest, "champion_model_version").await? else {
+        return Ok(comparison);
     };
+    for batch in &output.batches {
+        let challenger_version: StringArray =
+            cast_column(batch, 0, &DataType::Utf8, "model_version")?;
+        let champion_version: StringArray =
+            cast_column(batch, 1, &DataType::Utf8, "champion_model_version")?;
+        if batch.num_rows() > 0 {
+            comparison.challenger_version = Some(challenger_version.value(0).to_owned());
+            comparison.champion_version = Some(champion_version.value(0).to_owned());
+        }
+    }
+    let (Some(challenger_version), Some(champion_version)) = (
+        comparison.challenger_version.clone(),
+        comparison.champion_version.clone(),
+    ) else {
+        return Ok(comparison);
+    };
+    let paired = format!(
+        "{of_these} AND s.model_version = {} AND s.champion_model_version = {}",
+        literal(&challenger_version),
+        literal(&champion_version)
+    );
+    let sql = format!(
+        "SELECT s.device, count(*) AS windows, \
+         sum(CASE WHEN s.champion_flag THEN 1 ELSE 0 END) AS champion_flags, \
+         sum(CASE WHEN s.flag THEN 1 ELSE 0 END) AS challenger_flags, \
+         sum(CASE WHEN s.flag AND s.champion_flag THEN 1 ELSE 0 END) AS both_flagged \
+         FROM {SHADOW_TABLE} s WHERE {paired} GROUP BY s.device ORDER BY s.device"
+    );
+    let output = store.query(&sql).await.map_err(|e| e.to_string())?;
     for batch in &output.batches {
         let device: StringArray = cast_column(batch, 0, &DataType::Utf8, "device")?;
         let count = |index: usize, what: &str| -> Result<Int64Array, String> {
@@ -169,37 +222,59 @@ pub(crate) async fn compare(
         comparison.agreement =
             Some((comparison.windows - different) as f64 / comparison.windows as f64);
     }
-    labelled(store, pipeline, &challenger_tag, &within, &mut comparison).await?;
+    // Windows of this challenger version the champion did not score in the same pass (a
+    // count window restored from a saved span starts elsewhere; a device still learning).
+    let unpaired = format!(
+        "SELECT count(*) AS n FROM {SHADOW_TABLE} s WHERE s.pipeline = {} AND s.model = {} \
+         AND s.model_version = {} AND s.champion_model_version IS NULL AND {}",
+        literal(pipeline),
+        literal(&challenger_tag),
+        literal(&challenger_version),
+        within_days("s", days)
+    );
+    let output = store.query(&unpaired).await.map_err(|e| e.to_string())?;
+    for batch in &output.batches {
+        let n: Int64Array = cast_column(batch, 0, &DataType::Int64, "count")?;
+        if batch.num_rows() > 0 {
+            comparison.unpaired = u64::try_from(n.value(0)).unwrap_or(0);
+        }
+    }
+    labelled(store, &paired, &mut comparison).await?;
     Ok(comparison)
 }
 
-/// Counts the labelled windows: an alert on a pipeline's inferences starts at a flagged
-/// window, and its label row is stamped at that window's time; the challenger's verdict on
-/// the same window is beside it.
+/// Counts the windows operators labelled: an alert on a pipeline's inferences starts at a
+/// flagged window, and its `alert_labels` row is stamped at that window's time, naming the
+/// pipeline when the rule's context carries it (rows that do not are not counted: they cannot
+/// be told from another pipeline's alert on the same device and instant). Each window once;
+/// the challenger's verdict on it, if it scored it (`paired`: its rows of this comparison).
 async fn labelled(
     store: &Store,
-    pipeline: &str,
-    challenger_tag: &str,
-    within: &str,
+    paired: &str,
     comparison: &mut ShadowComparison,
 ) -> Result<(), String> {
+    let days = comparison.days;
     let labels = fabrik_api::alerts::ALERT_LABELS_TABLE;
     if !store.has_table(labels) {
         return Ok(());
     }
+    let pipeline = literal(&comparison.pipeline);
     let sql = format!(
-        "SELECT l.true_positive, s.flag FROM {labels} l \
-         JOIN inferences i ON i.device = l.device AND i.time = l.time \
-         JOIN {SHADOW_TABLE} s ON s.device = l.device AND s.time = l.time \
-         WHERE i.pipeline = {pipeline} AND i.flag AND s.pipeline = {pipeline} \
-         AND s.model = {challenger} AND l.{within}",
-        pipeline = literal(pipeline),
-        challenger = literal(challenger_tag),
+        "SELECT DISTINCT i.window_id, l.true_positive, s.flag FROM {labels} l \
+         JOIN inferences i ON i.device = l.device AND i.time = l.time AND i.pipeline = {pipeline} \
+         AND i.flag AND {i_within} \
+         LEFT JOIN (SELECT * FROM {SHADOW_TABLE} s WHERE {paired}) s \
+         ON s.device = i.device AND s.window_id = i.window_id \
+         WHERE l.pipeline = {pipeline} AND {l_within}",
+        i_within = within_days("i", days),
+        l_within = within_days("l", days),
     );
-    let output = store.query(&sql).await.map_err(|e| e.to_string())?;
+    let Some(output) = query_unless_missing(store, &sql, "pipeline").await? else {
+        return Ok(());
+    };
     for batch in &output.batches {
-        let confirmed: BooleanArray = cast_column(batch, 0, &DataType::Boolean, "true_positive")?;
-        let flagged: BooleanArray = cast_column(batch, 1, &DataType::Boolean, "flag")?;
+        let confirmed: BooleanArray = cast_column(batch, 1, &DataType::Boolean, "true_positive")?;
+        let flagged: BooleanArray = cast_column(batch, 2, &DataType::Boolean, "flag")?;
         for row in 0..batch.num_rows() {
             if confirmed.is_null(row) {
                 continue;

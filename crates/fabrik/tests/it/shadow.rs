@@ -7,8 +7,9 @@ use crate::support::{Process, now_ns};
 
 const SECOND: i64 = 1_000_000_000;
 
-/// The champion learns robust z-scores; the challenger is the same model with a threshold
-/// every window's score is above, so it flags everything.
+/// The champion learns robust z-scores; the challenger, PCA T²+Q, has a threshold every
+/// window's score is above, so it flags everything. A second pipeline on the same pumps and
+/// windows has an alert rule of its own: its labels must not count for the first.
 const CONFIG: &str = r#"
 [[pipelines]]
 name = "pumps"
@@ -22,7 +23,7 @@ lateness = "0s"
 start = "earliest"
 
 [pipelines.shadow]
-model = "robust_z"
+model = "pca_t2q"
 threshold = 0.000001
 
 [[pipelines]]
@@ -46,15 +47,28 @@ severity = "critical"
 context = ["pipeline", "window_id"]
 interval = "200ms"
 start = "earliest"
+
+[[alerting.rules]]
+name = "alone-anomaly"
+table = "inferences"
+value = "score / threshold"
+key = "device"
+filter = "pipeline = 'alone'"
+condition = "above"
+threshold = 1.0
+severity = "warning"
+context = ["pipeline"]
+interval = "200ms"
+start = "earliest"
 "#;
 
-/// 600 s of two pumps at 1 Hz; pump-a's vibration jumps by 3 from second 500.
+/// 600 s of three pumps at 1 Hz; pump-a's and pump-c's vibration jump by 3 from second 500.
 fn history(start: i64) -> String {
     let mut body = String::new();
     for t in 0..600_i64 {
         let wobble = ((t * 7919) % 13) as f64 / 13.0;
-        for device in ["pump-a", "pump-b"] {
-            let fault = if device == "pump-a" && t >= 500 {
+        for device in ["pump-a", "pump-b", "pump-c"] {
+            let fault = if device != "pump-b" && t >= 500 {
                 3.0
             } else {
                 0.0
@@ -97,11 +111,11 @@ fn a_shadow_model_scores_the_same_windows_without_alerting_and_is_compared() {
     );
     // 60 windows a pump, 20 learnt from: 40 scored by each model.
     eventually("both models scored every window", || {
-        count(&p.url, "SELECT count(*) AS n FROM shadow_inferences") == Some(80)
+        count(&p.url, "SELECT count(*) AS n FROM shadow_inferences") == Some(120)
             && count(
                 &p.url,
                 "SELECT count(*) AS n FROM inferences WHERE pipeline = 'pumps'",
-            ) == Some(80)
+            ) == Some(120)
     });
     let rows = query(
         &p.url,
@@ -109,6 +123,7 @@ fn a_shadow_model_scores_the_same_windows_without_alerting_and_is_compared() {
          FROM shadow_inferences WHERE device = 'pump-a' ORDER BY time",
     );
     assert!(rows.iter().all(|r| r["flag"] == true), "{rows:?}");
+    assert!(rows.iter().all(|r| r["model"] == "pca_t2q"), "{rows:?}");
     assert!(rows.iter().all(|r| r["champion_model"] == "robust_z"));
     let champion_flags = rows.iter().filter(|r| r["champion_flag"] == true).count();
     assert_eq!(champion_flags, 10, "the fault's ten windows");
@@ -118,22 +133,45 @@ fn a_shadow_model_scores_the_same_windows_without_alerting_and_is_compared() {
             .is_some_and(|id| id.starts_with("pumps/pump-a/"))
     );
 
-    // Only the champion alerts: one alert, on pump-a, though the challenger flagged every
-    // window of both pumps.
-    eventually("the champion's alert fires", || {
-        let (_, alerts) = http(&p.url, reqwest::Method::GET, "/api/v1/alerts", None);
-        alerts.as_array().is_some_and(|a| !a.is_empty())
+    // Only the champion alerts: on pump-a and pump-c, though the challenger flagged every
+    // window of every pump.
+    let alerts_of = |rule: &str| -> Vec<serde_json::Value> {
+        let (_, alerts) = http(
+            &p.url,
+            reqwest::Method::GET,
+            &format!("/api/v1/alerts?rule={rule}"),
+            None,
+        );
+        alerts.as_array().cloned().unwrap_or_default()
+    };
+    eventually("both pipelines' alerts fire", || {
+        alerts_of("pump-anomaly").len() == 2 && alerts_of("alone-anomaly").len() == 2
     });
-    let (_, alerts) = http(&p.url, reqwest::Method::GET, "/api/v1/alerts", None);
-    let alerts = alerts.as_array().expect("alerts").clone();
-    assert_eq!(alerts.len(), 1, "{alerts:?}");
-    assert_eq!(alerts[0]["key"], "pump-a");
-    let id = alerts[0]["id"].as_str().expect("id").to_owned();
-    let (ok, text) = crate::support::client_command(
-        &p.url,
-        &["alert", "ack", &id, "--feedback", "true_positive"],
-    );
-    assert!(ok, "{text}");
+    let mut keys: Vec<String> = alerts_of("pump-anomaly")
+        .iter()
+        .map(|a| a["key"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["pump-a", "pump-c"]);
+    // Operators confirm pump-a's alert, call pump-c's false, and confirm the other
+    // pipeline's alerts on the same windows (which must not count for this one).
+    let ack = |alert: &serde_json::Value, feedback: &str| {
+        let id = alert["id"].as_str().expect("id");
+        let (ok, text) =
+            crate::support::client_command(&p.url, &["alert", "ack", id, "--feedback", feedback]);
+        assert!(ok, "{text}");
+    };
+    for alert in alerts_of("pump-anomaly") {
+        let verdict = if alert["key"] == "pump-a" {
+            "true_positive"
+        } else {
+            "false_positive"
+        };
+        ack(&alert, verdict);
+    }
+    for alert in alerts_of("alone-anomaly") {
+        ack(&alert, "true_positive");
+    }
 
     let (code, comparison) = http(
         &p.url,
@@ -143,28 +181,40 @@ fn a_shadow_model_scores_the_same_windows_without_alerting_and_is_compared() {
     );
     assert_eq!(code, 200, "{comparison}");
     assert_eq!(comparison["champion"], "robust_z");
-    assert_eq!(comparison["challenger"], "robust_z");
-    assert_eq!(comparison["windows"], 80, "{comparison}");
-    assert_eq!(comparison["champion_flags"], 10, "{comparison}");
-    assert_eq!(comparison["challenger_flags"], 80, "{comparison}");
-    assert_eq!(comparison["both_flagged"], 10, "{comparison}");
-    assert_eq!(comparison["agreement"], 0.125, "{comparison}");
+    assert_eq!(comparison["challenger"], "pca_t2q");
+    assert!(
+        comparison["challenger_version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("1+")),
+        "{comparison}"
+    );
+    assert_eq!(comparison["windows"], 120, "{comparison}");
+    assert_eq!(comparison["unpaired"], 0, "{comparison}");
+    assert_eq!(comparison["champion_flags"], 20, "{comparison}");
+    assert_eq!(comparison["challenger_flags"], 120, "{comparison}");
+    assert_eq!(comparison["both_flagged"], 20, "{comparison}");
+    assert_eq!(comparison["agreement"], 20.0 / 120.0, "{comparison}");
+    // One label per alert of this pipeline: the other pipeline's two are not counted.
     assert_eq!(comparison["confirmed"], 1, "{comparison}");
     assert_eq!(
         comparison["confirmed_flagged_by_challenger"], 1,
         "{comparison}"
     );
-    assert_eq!(comparison["false_alarms"], 0, "{comparison}");
+    assert_eq!(comparison["false_alarms"], 1, "{comparison}");
+    assert_eq!(
+        comparison["false_alarms_flagged_by_challenger"], 1,
+        "{comparison}"
+    );
     let devices = comparison["devices"].as_array().expect("devices");
-    assert_eq!(devices.len(), 2);
+    assert_eq!(devices.len(), 3);
     assert_eq!(devices[1]["device"], "pump-b");
     assert_eq!(devices[1]["champion_flags"], 0);
     assert_eq!(devices[1]["challenger_flags"], 40);
 
     let (ok, text) = crate::support::client_command(&p.url, &["pipeline", "shadow", "pumps"]);
     assert!(ok, "{text}");
-    assert!(text.contains("80 windows scored by both"), "{text}");
-    assert!(text.contains("same verdict on 12.5 %"), "{text}");
+    assert!(text.contains("120 windows scored by both"), "{text}");
+    assert!(text.contains("same verdict on 16.7 %"), "{text}");
     assert!(
         text.contains("confirmed faults (true positives): 1, flagged by the challenger too: 1"),
         "{text}"
