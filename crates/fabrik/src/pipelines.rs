@@ -1884,7 +1884,10 @@ impl Runner {
             // from then, not from those just before the restart: a restart during or after a
             // fault would otherwise learn the fault as normal (false alarms once it clears,
             // none while it lasts).
-            let restored = match self.retrain_on_saved_spans(&mut pipeline, start).await {
+            let restored = match self
+                .retrain_on_saved_spans(&mut pipeline, start, &self.compiled)
+                .await
+            {
                 Ok(restored) => restored,
                 Err(e) => {
                     tracing::warn!(pipeline = %name, error = %e, "Pipeline could not read all its devices' training spans; those not restored train on the stored history before the start.");
@@ -1931,24 +1934,32 @@ impl Runner {
         // The challenger learns as a device new to the champion does (the saved spans are
         // the champion's), from the same rows, and scores the same windows.
         let mut shadow_problem = None;
-        let mut shadow = self.compiled.shadow.as_deref().and_then(|challenger| {
+        let mut shadow = None;
+        if let Some(challenger) = self.compiled.shadow.as_deref() {
             match self.load(challenger, false) {
                 Ok(mut challenged) => {
                     if !self.compiled.replay {
                         challenged.train_only_until(start);
+                        // Its devices learn again from its own saved spans, as the
+                        // champion's do; the others from the history before the start.
+                        if let Err(e) = self
+                            .retrain_on_saved_spans(&mut challenged, start, challenger)
+                            .await
+                        {
+                            tracing::warn!(pipeline = %name, error = %e, "The shadow model could not read all its devices' training spans; those not restored train on the stored history before the start.");
+                        }
                         if let (Some(_), Some(after)) = (self.history_to_train_on(), read_after) {
                             challenged.history_read_from(after.saturating_add(1));
                         }
                     }
-                    Some(challenged)
+                    shadow = Some(challenged);
                 }
                 Err(e) => {
                     tracing::error!(pipeline = %name, error = %e, "The pipeline's shadow model failed to load; the pipeline runs without it.");
                     shadow_problem = Some(format!("failed to load: {e}"));
-                    None
                 }
             }
-        });
+        }
         let mut samples = 0u64;
         let mut exported = ExportedCounters::new(&name);
         let mut ticker = tokio::time::interval(self.compiled.interval);
@@ -2037,14 +2048,24 @@ impl Runner {
     /// span no longer trains a model (retention removed rows, or the new definition needs
     /// more windows than the span holds) is forgotten, and trains as a new one does; so are
     /// devices of inferences written before spans were recorded.
+    ///
+    /// `of` is the champion (its spans are in `inferences`) or the shadow model (in
+    /// `shadow_inferences`): each learns again from its own spans.
     async fn retrain_on_saved_spans(
         &self,
         pipeline: &mut Pipeline,
         start: i64,
+        of: &Compiled,
     ) -> Result<usize, String> {
+        let champion = std::ptr::eq(of, &self.compiled);
+        let table = if champion {
+            INFERENCES_TABLE
+        } else {
+            crate::shadow::SHADOW_TABLE
+        };
         if !self.restore_spans
-            || matches!(self.compiled.model, ModelChoice::Builtin(model) if model.adapts())
-            || !self.store.has_table(INFERENCES_TABLE)
+            || matches!(of.model, ModelChoice::Builtin(model) if model.adapts())
+            || !self.store.has_table(table)
         {
             return Ok(0);
         }
@@ -2053,7 +2074,7 @@ impl Runner {
         // than this trains afresh.
         let sql = format!(
             "SELECT device, min(trained_from) AS trained_from, trained_until, \
-             CAST(max(time) AS BIGINT) AS last_scored FROM {INFERENCES_TABLE} \
+             CAST(max(time) AS BIGINT) AS last_scored FROM {table} \
              WHERE pipeline = {} AND trained_until IS NOT NULL \
              AND time > now() - INTERVAL '{SPAN_LOOKUP_DAYS} days' \
              GROUP BY device, trained_until",
@@ -2109,10 +2130,13 @@ impl Runner {
             }
         }
         // A device retrained on drift at its last check before the stop learnt from a span
-        // that no inference names yet.
-        let retrained =
+        // that no inference names yet (a shadow model has no drift watch).
+        let retrained = if champion {
             crate::drift::retrain_spans(&self.store, &self.compiled.config.name, SPAN_LOOKUP_DAYS)
-                .await?;
+                .await?
+        } else {
+            BTreeMap::new()
+        };
         for (device, retrain) in retrained {
             if let Some(best) = spans.get_mut(&device)
                 && retrain.0 >= best.0
@@ -2133,7 +2157,7 @@ impl Runner {
             // the first one flagged.
             if matches!(replayed, Ok(())) && !pipeline.is_scoring(device) {
                 pipeline.forget(device);
-                if let Some(lookback) = self.history_to_train_on() {
+                if let Some(lookback) = history_to_train_on(of) {
                     replayed = self
                         .replay_span(pipeline, device, until.saturating_sub(lookback), until)
                         .await;
@@ -2141,7 +2165,7 @@ impl Runner {
             }
             if matches!(replayed, Ok(())) && !pipeline.is_scoring(device) {
                 pipeline.forget(device);
-                match self.normal_until(device, until).await {
+                match self.normal_until(device, until, table).await {
                     Ok(normal_until) if normal_until.min(start) > until => {
                         end = normal_until.min(start);
                         replayed = self.replay_span(pipeline, device, from, end).await;
@@ -2179,10 +2203,10 @@ impl Runner {
 
     /// Where the windows known normal after `after` end for `device`: the start of its first
     /// window this pipeline flagged since, else now.
-    async fn normal_until(&self, device: &str, after: i64) -> Result<i64, String> {
+    async fn normal_until(&self, device: &str, after: i64, table: &str) -> Result<i64, String> {
         let literal = |text: &str| format!("'{}'", text.replace('\'', "''"));
         let sql = format!(
-            "SELECT CAST(min(window_start) AS BIGINT) FROM {INFERENCES_TABLE} \
+            "SELECT CAST(min(window_start) AS BIGINT) FROM {table} \
              WHERE pipeline = {} AND device = {} AND flag = true AND window_start >= {after}",
             literal(&self.compiled.config.name),
             literal(device),
@@ -2225,16 +2249,7 @@ impl Runner {
     /// on: its training windows, one more (the first is usually partial) and a window's
     /// length. `None` for count windows, whose span in time is unknown.
     fn history_to_train_on(&self) -> Option<i64> {
-        match self.compiled.spec.window {
-            WindowSpec::Time { size_ns, hop_ns } => {
-                let windows = i64::try_from(self.compiled.spec.training_windows).ok()?;
-                windows
-                    .checked_add(1)?
-                    .checked_mul(hop_ns)?
-                    .checked_add(size_ns)
-            }
-            WindowSpec::Count { .. } => None,
-        }
+        history_to_train_on(&self.compiled)
     }
 
     /// Stored rows per page: a clip becomes thousands of samples, so pages of clips are short.
@@ -2620,11 +2635,22 @@ impl Runner {
     }
 }
 
-/// The `model_version` of a pipeline's inferences. An ONNX model's is its file's content
-/// hash. A built-in model trains on each device's data, so its version is the algorithm's
-/// (`1`) and a digest of everything in the definition that decides what it learns and scores
-/// (`1+3f2a9c0d`): inferences before and after a change of features, windows, training or
-/// threshold are told apart, as two model versions of an A/B comparison would be.
+/// How far back before its start a `start = "now"` pipeline (or its shadow model) reads stored
+/// rows to train on: its training windows, one more (the first is usually partial) and a
+/// window's length. `None` for count windows, whose span in time is unknown.
+fn history_to_train_on(compiled: &Compiled) -> Option<i64> {
+    match compiled.spec.window {
+        WindowSpec::Time { size_ns, hop_ns } => {
+            let windows = i64::try_from(compiled.spec.training_windows).ok()?;
+            windows
+                .checked_add(1)?
+                .checked_mul(hop_ns)?
+                .checked_add(size_ns)
+        }
+        WindowSpec::Count { .. } => None,
+    }
+}
+
 /// Reads a pipeline's ONNX model, checks its signature, and loads it for its `features`; an
 /// uploaded model's errors name it, not where the server keeps it. The bytes checked are the
 /// bytes loaded: the file is read once.
@@ -2677,6 +2703,11 @@ fn model_misfit(compiled: &Compiled, bytes: &[u8], source: ModelSource<'_>) -> O
         })
 }
 
+/// The `model_version` of a pipeline's inferences. An ONNX model's is its file's content
+/// hash. A built-in model trains on each device's data, so its version is the algorithm's
+/// (`1`) and a digest of everything in the definition that decides what it learns and scores
+/// (`1+3f2a9c0d`): inferences before and after a change of features, windows, training or
+/// threshold are told apart, as two model versions of an A/B comparison would be.
 pub(crate) fn model_version(config: &PipelineConfig, from_model: &str) -> String {
     if config.model == "onnx" {
         return from_model.to_owned();

@@ -1583,7 +1583,10 @@ fn a_restarted_pipeline_relearns_its_training_span_not_the_fault_before_the_rest
         crate::support::post_status(&p.url, "/api/v1/write", &history),
         200
     );
-    let (code, body) = put_pipeline(&p.url, "steady", steady("500ms", 10));
+    // With a challenger in its shadow, which must come back from its own saved spans too.
+    let mut shadowed = steady("500ms", 10);
+    shadowed["shadow"] = serde_json::json!({"model": "robust_z", "threshold": "quantile:1.0*1.6"});
+    let (code, body) = put_pipeline(&p.url, "steady", shadowed);
     assert_eq!(code, 201, "{body}");
     eventually("the pipeline trains on its history", || {
         let (_, status) = pipeline_status(&p.url, "steady");
@@ -1603,6 +1606,13 @@ fn a_restarted_pipeline_relearns_its_training_span_not_the_fault_before_the_rest
         status["anomalies"].as_u64().unwrap_or(0) >= 1
     });
     let span = query(&p.url, flagged)[0].clone();
+    let shadow_flagged = "SELECT trained_from, trained_until FROM shadow_inferences \
+                          WHERE pipeline = 'steady' AND flag = true";
+    eventually("the shadow model flags the fault", || {
+        write_fault(&p.url);
+        !query(&p.url, shadow_flagged).is_empty()
+    });
+    let shadow_span = query(&p.url, shadow_flagged)[0].clone();
     // It lasts longer than the history a restart would otherwise learn from (11 windows and
     // one more window's length: 6 s).
     let until = std::time::Instant::now() + std::time::Duration::from_secs(8);
@@ -1631,6 +1641,22 @@ fn a_restarted_pipeline_relearns_its_training_span_not_the_fault_before_the_rest
         assert_eq!(row["flag"], true, "the fault was learnt as normal: {row}");
         assert_eq!(row["trained_from"], span["trained_from"], "{row}");
         assert_eq!(row["trained_until"], span["trained_until"], "{row}");
+    }
+    let challenged = format!(
+        "SELECT flag, trained_from, trained_until FROM shadow_inferences \
+         WHERE pipeline = 'steady' AND window_start > {restarted}"
+    );
+    eventually("the shadow model scores after the restart", || {
+        write_fault(&p.url);
+        query(&p.url, &challenged).len() >= 3
+    });
+    for row in query(&p.url, &challenged) {
+        assert_eq!(
+            row["flag"], true,
+            "the shadow model learnt the fault: {row}"
+        );
+        assert_eq!(row["trained_from"], shadow_span["trained_from"], "{row}");
+        assert_eq!(row["trained_until"], shadow_span["trained_until"], "{row}");
     }
     // Redefined during the fault (other features: another model version), it also learns
     // from the span the device was learnt from, not from the fault before the change.
