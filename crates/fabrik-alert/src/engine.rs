@@ -42,6 +42,16 @@ pub enum Condition {
         /// How long the same value fires, ns.
         after_ns: i64,
     },
+    /// The value's level moved: ADWIN, checking at every value, found the older and the newer
+    /// part of the key's recent values to differ in mean beyond its bound at confidence
+    /// `delta` (no threshold in the values' units: the bound scales with their spread). It
+    /// clears once `settle` values have come without another change: the new level held.
+    Change {
+        /// ADWIN's confidence (river's default 0.002; smaller: fewer, surer detections).
+        delta: f64,
+        /// Values without a change that resolve it.
+        settle: u32,
+    },
 }
 
 /// A rule as the engine needs it.
@@ -145,6 +155,9 @@ struct KeyState {
     /// What its transitions report as their value: the latest rate for a rate rule (what
     /// crossed the threshold), else the latest value.
     last_reported: Option<f64>,
+    /// The change detector of a `Change` rule, and the values since its last detection.
+    change: Option<Box<fabrik_ml::drift::stream::Adwin>>,
+    since_change: u32,
 }
 
 /// The states of the keys a step changed, as they were before it: put back with
@@ -346,6 +359,18 @@ impl RuleEngine {
                         false
                     }
                 },
+                Condition::Change { delta, settle } => {
+                    let detector = state.change.get_or_insert_with(|| {
+                        Box::new(fabrik_ml::drift::stream::Adwin::new(delta, 1, 5, 5, 10))
+                    });
+                    if detector.update(o.value) {
+                        state.since_change = 0;
+                        true
+                    } else {
+                        state.since_change = state.since_change.saturating_add(1);
+                        state.active && state.since_change < settle
+                    }
+                }
             };
             state.last_time_ns = Some(o.time_ns);
             state.last_value = Some(o.value);
@@ -778,6 +803,39 @@ mod tests {
             states(&e.tick(200 * S, &[])),
             vec![("a", AlertState::Firing, 155)]
         );
+    }
+
+    #[test]
+    fn a_level_change_fires_and_resolves_once_the_new_level_held() {
+        let mut e = RuleEngine::new(rule(
+            Condition::Change {
+                delta: 0.002,
+                settle: 30,
+            },
+            0,
+        ));
+        // Noise around 1.0 for 300 s on both keys; `moved` steps up to 2.0 at second 300.
+        let noise = |i: i64| ((i * 7919) % 13) as f64 / 13.0 * 0.4 - 0.2;
+        let mut observations = Vec::new();
+        for i in 0..600_i64 {
+            observations.push(obs("steady", i, 1.0 + noise(i)));
+            let level = if i >= 300 { 2.0 } else { 1.0 };
+            observations.push(obs("moved", i, level + noise(i + 5)));
+        }
+        let t = e.observe(&observations);
+        let moved: Vec<_> = t.iter().filter(|t| t.key == "moved").collect();
+        assert!(
+            t.iter().all(|t| t.key == "moved"),
+            "the steady key never changes: {t:?}"
+        );
+        // Fires soon after the step (a few values), then resolves once 30 values came
+        // without another change.
+        assert_eq!(moved.len(), 2, "{moved:?}");
+        assert_eq!(moved[0].state, AlertState::Firing);
+        let fired = moved[0].at_ns / S;
+        assert!((300..320).contains(&fired), "fired at {fired}");
+        assert_eq!(moved[1].state, AlertState::Resolved);
+        assert_eq!(moved[1].at_ns / S, fired + 30, "{moved:?}");
     }
 
     #[test]

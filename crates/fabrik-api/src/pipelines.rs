@@ -186,8 +186,9 @@ pub struct ShadowComparison {
     pub both_flagged: u64,
     /// The share of windows with the same verdict (none without windows).
     pub agreement: Option<f64>,
-    /// Windows that started alerts operators confirmed (feedback `true_positive`), of the
-    /// champion's current version, counted where the alert rule's context names the pipeline.
+    /// Windows both versions scored that started alerts operators confirmed (feedback
+    /// `true_positive`), counted where the alert rule's context names the pipeline; a window
+    /// two rules alerted on once, confirmed if either alert was.
     pub confirmed: u64,
     /// Of those, the ones the challenger flagged too: faults it would have caught.
     pub confirmed_flagged_by_challenger: u64,

@@ -1128,7 +1128,7 @@ async function pagePipelines(p, args) {
     }
     const c = await api(`/api/v1/pipelines/${enc(name)}/shadow`);
     if (!p.alive) return;
-    patch($('#pl-shadow'), html`${status.shadow_error ? html`<div class="notice warn">${status.shadow_error}</div>` : ''}<dl class="kv"><dt>Champion</dt><dd>${c.champion}</dd><dt>Challenger</dt><dd>${c.challenger}</dd>
+    patch($('#pl-shadow'), html`${status.shadow_error ? html`<div class="notice warn">${status.shadow_error}</div>` : ''}<dl class="kv"><dt>Champion</dt><dd>${c.champion} <span class="muted mono">${c.champion_version || ''}</span></dd><dt>Challenger</dt><dd>${c.challenger} <span class="muted mono">${c.challenger_version || ''}</span></dd>
       <dt>Windows both scored</dt><dd>${fmtNum(c.windows)} <span class="muted">last ${c.days} days</span></dd>
       <dt>Flagged</dt><dd>champion ${fmtNum(c.champion_flags)} · challenger ${fmtNum(c.challenger_flags)} · both ${fmtNum(c.both_flagged)}</dd>
       <dt>Same verdict</dt><dd>${c.agreement == null ? '—' : `${fmtNum(c.agreement * 100, 3)} %`}</dd>

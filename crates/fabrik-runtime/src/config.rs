@@ -650,13 +650,16 @@ pub struct AlertRuleConfig {
     pub fill: Option<String>,
     /// `above`, `below`, `rate_above` (units per second, rising or falling; its alerts carry
     /// the rate as their value), `absent` (no row for `threshold`
-    /// seconds, counted from the key's last row, also one stored before a restart) or
+    /// seconds, counted from the key's last row, also one stored before a restart),
     /// `unchanged` (rows keep coming with the same value for `threshold` seconds: a frozen
-    /// sensor).
+    /// sensor) or `change` (the value's level moved: ADWIN, as river computes it, at
+    /// confidence `threshold`, e.g. 0.002; no level in the values' units to choose).
     pub condition: String,
-    /// The firing level (seconds of silence for `absent`, of the same value for `unchanged`).
+    /// The firing level (seconds of silence for `absent`, of the same value for `unchanged`;
+    /// ADWIN's confidence for `change`).
     pub threshold: f64,
-    /// The clearing level (hysteresis; default: the threshold).
+    /// The clearing level (hysteresis; default: the threshold). For `change`: how many
+    /// values must come without another change for the alert to resolve (default 30).
     #[serde(default)]
     pub clear: Option<f64>,
     /// How long the condition must hold before the alert fires.

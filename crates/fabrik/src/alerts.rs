@@ -117,17 +117,48 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
             problem("threshold", "must be greater than zero".into());
             None
         }
+        "change" => {
+            // `threshold` is ADWIN's confidence, `clear` the values the new level must hold.
+            let settle = c.clear.unwrap_or(30.0);
+            if !(c.threshold > 0.0 && c.threshold < 1.0) {
+                problem(
+                    "threshold",
+                    format!(
+                        "{} is not a confidence for `change`: above 0 and below 1 (0.002 is \
+                         river's default)",
+                        c.threshold
+                    ),
+                );
+                None
+            } else if !((1.0..=1e6).contains(&settle) && settle.fract() == 0.0) {
+                problem(
+                    "clear",
+                    format!(
+                        "{settle}: for `change`, the whole number of values without another \
+                         change that resolve the alert (1 to 1,000,000; default 30)"
+                    ),
+                );
+                None
+            } else {
+                Some(Condition::Change {
+                    delta: c.threshold,
+                    settle: settle as u32,
+                })
+            }
+        }
         other => {
             problem(
                 "condition",
-                format!("`{other}`: expected above, below, rate_above, absent or unchanged"),
+                format!(
+                    "`{other}`: expected above, below, rate_above, absent, unchanged or change"
+                ),
             );
             None
         }
     };
     match (c.fill.as_deref(), c.condition.as_str()) {
         (None, _) => {}
-        (Some(_), "absent" | "unchanged" | "rate_above") => problem(
+        (Some(_), "absent" | "unchanged" | "rate_above" | "change") => problem(
             "fill",
             format!(
                 "does not apply to `{}`: a filled value repeats the last one, which would look \
@@ -2263,6 +2294,17 @@ mod tests {
         let mut inverted = demo_rule();
         inverted.clear = Some(2.0);
         assert_eq!(compile_rule(&inverted).unwrap_err()[0].0, "clear");
+        // `change`: a confidence, and a whole number of values to settle.
+        let mut shift = demo_rule();
+        shift.condition = "change".into();
+        shift.threshold = 0.002;
+        shift.clear = None;
+        assert!(compile_rule(&shift).is_ok());
+        shift.threshold = 2.0;
+        assert_eq!(compile_rule(&shift).unwrap_err()[0].0, "threshold");
+        shift.threshold = 0.002;
+        shift.clear = Some(2.5);
+        assert_eq!(compile_rule(&shift).unwrap_err()[0].0, "clear");
         // `expect` is for heartbeat rules, and must name something; `clear` is not for them.
         let mut expecting = demo_rule();
         expecting.expect = Some(ExpectConfig {

@@ -172,18 +172,24 @@ pub(crate) async fn run(args: PipelineArgs) -> anyhow::Result<()> {
 fn shadow_table(c: &ShadowComparison) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
+    let version = |v: &Option<String>| v.as_deref().map_or(String::new(), |v| format!(" {v}"));
     let _ = writeln!(
         out,
-        "pipeline {}: champion {} against challenger {}, last {} day(s)",
-        c.pipeline, c.champion, c.challenger, c.days
+        "pipeline {}: champion {}{} against challenger {}{}, last {} day(s)",
+        c.pipeline,
+        c.champion,
+        version(&c.champion_version),
+        c.challenger,
+        version(&c.challenger_version),
+        c.days
     );
     let agreement = c
         .agreement
         .map_or("-".to_owned(), |share| format!("{:.1} %", share * 100.0));
     let _ = writeln!(
         out,
-        "{} windows scored by both; flagged: champion {}, challenger {}, both {}; same verdict on {agreement}",
-        c.windows, c.champion_flags, c.challenger_flags, c.both_flagged
+        "{} windows scored by both ({} by the challenger alone); flagged: champion {}, challenger {}, both {}; same verdict on {agreement}",
+        c.windows, c.unpaired, c.champion_flags, c.challenger_flags, c.both_flagged
     );
     let _ = writeln!(
         out,

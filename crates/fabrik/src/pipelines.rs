@@ -596,7 +596,7 @@ pub(crate) fn demo_pipeline() -> PipelineConfig {
         lateness: "2s".into(),
         start: "now".into(),
         // Every 5 minutes of a pump's running windows against the 3 minutes it learnt
-        // from; pump-03's bearing wear shows as drift before it trips the model.
+        // from; pump-03's bearing wear shows in the features that drift.
         drift: Some(fabrik_runtime::config::DriftConfig {
             method: "auto".into(),
             threshold: None,
@@ -966,7 +966,17 @@ impl PipelineManager {
         // as its own.
         let challenger = self
             .check_onnx(challenger)
-            .map(|warning| warning.map(|w| format!("shadow: {w}")))
+            .map(|warning| {
+                warning.map(|w| {
+                    format!(
+                        "shadow: {}",
+                        w.replace(
+                            "the pipeline fails to load",
+                            "the shadow model does not run (the pipeline does)"
+                        )
+                    )
+                })
+            })
             .map_err(|found| {
                 found
                     .into_iter()
@@ -1960,6 +1970,7 @@ impl Runner {
                 }
             }
         }
+        let mut shadow_write_error = None;
         let mut samples = 0u64;
         let mut exported = ExportedCounters::new(&name);
         let mut ticker = tokio::time::interval(self.compiled.interval);
@@ -1975,6 +1986,7 @@ impl Runner {
                 .step(
                     &mut pipeline,
                     &mut shadow,
+                    &mut shadow_write_error,
                     &mut read_after,
                     horizon,
                     &mut samples,
@@ -1999,13 +2011,17 @@ impl Runner {
                     )
                 });
             // The challenger's problems are its own: they never mark the pipeline (its gauge
-            // pages someone), and the champion's never hide them.
-            let shadow_error = shadow_problem.clone().or_else(|| {
-                shadow
-                    .as_ref()
-                    .and_then(|challenged| challenged.last_error())
-                    .map(str::to_owned)
-            });
+            // pages someone), and the champion's never hide them. Its verdicts failing to be
+            // stored is the most pressing; a model error stays until the shadow restarts.
+            let shadow_error = shadow_problem
+                .clone()
+                .or_else(|| shadow_write_error.clone())
+                .or_else(|| {
+                    shadow
+                        .as_ref()
+                        .and_then(|challenged| challenged.last_error())
+                        .map(|e| format!("the shadow model's last error: {e}"))
+                });
             let problem = result.as_ref().err().cloned().or(model_error).or(starved);
             exported.update(&counters, samples, pass, problem.is_some());
             self.update(|s| {
@@ -2018,9 +2034,7 @@ impl Runner {
                 s.samples = samples;
                 s.horizon = Some(rfc3339(horizon));
                 s.error = problem;
-                if shadow_error.is_some() {
-                    s.shadow_error.clone_from(&shadow_error);
-                }
+                s.shadow_error.clone_from(&shadow_error);
             });
             if let Err(e) = result {
                 tracing::debug!(pipeline = %name, error = %e, "Pipeline step failed; retrying.");
@@ -2269,10 +2283,12 @@ impl Runner {
     }
 
     /// Reads what arrived up to `horizon`, closes windows, stores the inferences.
+    #[allow(clippy::too_many_arguments)]
     async fn step(
         &self,
         pipeline: &mut Pipeline,
         shadow: &mut Option<Pipeline>,
+        shadow_write_error: &mut Option<String>,
         read_after: &mut Option<i64>,
         horizon: i64,
         samples: &mut u64,
@@ -2327,8 +2343,8 @@ impl Runner {
             )
             .await?;
             // The champion's pass goes on whatever happens to the challenger's verdicts.
-            if let Some(challenger) = &self.compiled.shadow
-                && let Err(e) = crate::shadow::record(
+            if let Some(challenger) = &self.compiled.shadow {
+                match crate::shadow::record(
                     &self.store,
                     &self.compiled.config,
                     &challenger.config,
@@ -2336,9 +2352,13 @@ impl Runner {
                     &challenged,
                 )
                 .await
-            {
-                tracing::warn!(pipeline = %self.compiled.config.name, error = %e, "The shadow model's verdicts were not stored.");
-                self.update(|s| s.shadow_error = Some(e));
+                {
+                    Ok(()) => *shadow_write_error = None,
+                    Err(e) => {
+                        tracing::warn!(pipeline = %self.compiled.config.name, error = %e, "The shadow model's verdicts were not stored.");
+                        *shadow_write_error = Some(e);
+                    }
+                }
             }
             if !full {
                 break;

@@ -96,7 +96,9 @@ fn within_days(alias: &str, days: u32) -> String {
 /// Whether a query failed because a column it names was never written (a table's columns are
 /// those of its rows so far).
 fn missing_column(error: &str, column: &str) -> bool {
-    error.contains("No field named") && error.contains(column)
+    // DataFusion lists the valid fields after the missing one; only the missing one counts.
+    let missing = error.split("Valid fields").next().unwrap_or(error);
+    missing.contains("No field named") && missing.contains(column)
 }
 
 /// Runs `sql`, or `None` when it names a column `column` not written yet.
@@ -226,9 +228,11 @@ pub(crate) async fn compare(
     // count window restored from a saved span starts elsewhere; a device still learning).
     let unpaired = format!(
         "SELECT count(*) AS n FROM {SHADOW_TABLE} s WHERE s.pipeline = {} AND s.model = {} \
-         AND s.model_version = {} AND s.champion_model_version IS NULL AND {}",
+         AND s.champion_model = {} AND s.model_version = {} AND s.champion_flag IS NULL \
+         AND {}",
         literal(pipeline),
         literal(&challenger_tag),
+        literal(&champion_tag),
         literal(&challenger_version),
         within_days("s", days)
     );
@@ -239,18 +243,20 @@ pub(crate) async fn compare(
             comparison.unpaired = u64::try_from(n.value(0)).unwrap_or(0);
         }
     }
-    labelled(store, &paired, &mut comparison).await?;
+    labelled(store, &paired, &champion_version, &mut comparison).await?;
     Ok(comparison)
 }
 
 /// Counts the windows operators labelled: an alert on a pipeline's inferences starts at a
 /// flagged window, and its `alert_labels` row is stamped at that window's time, naming the
 /// pipeline when the rule's context carries it (rows that do not are not counted: they cannot
-/// be told from another pipeline's alert on the same device and instant). Each window once;
-/// the challenger's verdict on it, if it scored it (`paired`: its rows of this comparison).
+/// be told from another pipeline's alert on the same device and instant). Only windows of the
+/// compared pair: flagged by the champion's version and scored by the challenger's (`paired`);
+/// each once, confirmed if any alert on it was.
 async fn labelled(
     store: &Store,
     paired: &str,
+    champion_version: &str,
     comparison: &mut ShadowComparison,
 ) -> Result<(), String> {
     let days = comparison.days;
@@ -259,17 +265,20 @@ async fn labelled(
         return Ok(());
     }
     let pipeline = literal(&comparison.pipeline);
+    // One verdict per window: confirmed if any rule's alert on it was confirmed.
     let sql = format!(
-        "SELECT DISTINCT i.window_id, l.true_positive, s.flag FROM {labels} l \
+        "SELECT i.window_id, bool_or(l.true_positive) AS confirmed, bool_or(s.flag) AS flag \
+         FROM {labels} l \
          JOIN inferences i ON i.device = l.device AND i.time = l.time AND i.pipeline = {pipeline} \
-         AND i.flag AND {i_within} \
-         LEFT JOIN (SELECT * FROM {SHADOW_TABLE} s WHERE {paired}) s \
+         AND i.flag AND i.model_version = {champion} AND {i_within} \
+         JOIN (SELECT * FROM {SHADOW_TABLE} s WHERE {paired}) s \
          ON s.device = i.device AND s.window_id = i.window_id \
-         WHERE l.pipeline = {pipeline} AND {l_within}",
+         WHERE l.pipeline = {pipeline} AND {l_within} GROUP BY i.window_id",
+        champion = literal(champion_version),
         i_within = within_days("i", days),
         l_within = within_days("l", days),
     );
-    let Some(output) = query_unless_missing(store, &sql, "pipeline").await? else {
+    let Some(output) = query_unless_missing(store, &sql, "l.pipeline").await? else {
         return Ok(());
     };
     for batch in &output.batches {

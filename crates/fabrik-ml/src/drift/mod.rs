@@ -7,10 +7,12 @@
 //!
 //! - [`ks`]: two-sample Kolmogorov–Smirnov, SciPy's exact distribution;
 //! - [`binned`]: normed Wasserstein, PSI, Jensen–Shannon, Kullback–Leibler, Hellinger,
-//!   chi-square and the two-proportion z-test.
+//!   chi-square and the two-proportion z-test;
+//! - [`stream`]: change detection one value at a time (ADWIN, Page–Hinkley), as river does it.
 
 mod binned;
 pub mod ks;
+pub mod stream;
 
 pub use ks::{KsTest, ks_2samp};
 
