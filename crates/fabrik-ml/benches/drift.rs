@@ -1,11 +1,13 @@
 //! Cost of one drift check (`cargo bench -p fabrik-ml --bench drift`): a device's current
 //! windows against its reference windows, 12 features, `auto` as a pipeline runs it, best of
-//! five after a warm-up. The exact KS test is the expensive part: its recursion walks a band
+//! five after a warm-up. `-- adwin` runs only ADWIN's throughput on a stream of level steps
+//! (`bench/river_adwin.py` runs river's on the same stream). The exact KS test is the expensive part: its recursion walks a band
 //! whose width grows with the statistic, so a no-drift, a mild and a strong shift are timed.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use fabrik_ml::drift::stream::Adwin;
 use fabrik_ml::drift::{DriftMethod, dataset_drift};
 
 const FEATURES: usize = 12;
@@ -32,11 +34,60 @@ fn rows(n: usize, shift: f64, seed: u64) -> Vec<Vec<f64>> {
         .collect()
 }
 
+/// `bench/river_adwin.py`'s stream: uniform noise in [-0.5, 0.5) from xorshift64 (13, 7, 17)
+/// on a level that alternates between 0 and 1 every 100,000 values.
+fn adwin_stream(length: usize) -> Vec<f64> {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..length)
+        .map(|i| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let noise = (state >> 11) as f64 / (1_u64 << 53) as f64 - 0.5;
+            ((i / 100_000) % 2) as f64 + noise
+        })
+        .collect()
+}
+
+/// ADWIN (river's defaults) over [`adwin_stream`]: values/s, best of three, and the
+/// detections, to set beside river's.
+fn adwin() {
+    let values = adwin_stream(1_000_000);
+    let mut best = Duration::MAX;
+    let mut detections = Vec::new();
+    for _ in 0..3 {
+        let mut detector = Adwin::default();
+        let started = Instant::now();
+        let found: Vec<usize> = values
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &v)| detector.update(black_box(v)).then_some(i))
+            .collect();
+        best = best.min(started.elapsed());
+        detections = found;
+    }
+    println!(
+        "ADWIN (1,000,000 values)                 {:>9.0} values/s",
+        values.len() as f64 / best.as_secs_f64()
+    );
+    println!(
+        "detections: {} {:?}",
+        detections.len(),
+        &detections[..detections.len().min(12)]
+    );
+}
+
 fn main() {
     let filters: Vec<String> = std::env::args()
         .skip(1)
         .filter(|argument| !argument.starts_with('-'))
         .collect();
+    if filters.is_empty() || filters.iter().any(|f| f == "adwin") {
+        adwin();
+        if !filters.is_empty() {
+            return;
+        }
+    }
     println!("one drift check, {FEATURES} features, method auto, best of 5");
     for (reference, current) in [
         (30, 30),
