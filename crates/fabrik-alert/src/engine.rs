@@ -44,8 +44,9 @@ pub enum Condition {
     },
     /// The value's level moved: ADWIN, checking at every value, found the older and the newer
     /// part of the key's recent values to differ in mean beyond its bound at confidence
-    /// `delta` (no threshold in the values' units: the bound scales with their spread). It
-    /// clears once `settle` values have come without another change: the new level held.
+    /// `delta`. Values are scaled by the key's own spread first (see [`ChangeWatch`]), so the
+    /// same step is found whatever the units. It clears once `settle` values have come
+    /// without another detection.
     Change {
         /// ADWIN's confidence (river's default 0.002; smaller: fewer, surer detections).
         delta: f64,
@@ -155,9 +156,70 @@ struct KeyState {
     /// What its transitions report as their value: the latest rate for a rate rule (what
     /// crossed the threshold), else the latest value.
     last_reported: Option<f64>,
-    /// The change detector of a `Change` rule, and the values since its last detection.
-    change: Option<Box<fabrik_ml::drift::stream::Adwin>>,
+    /// The change watch of a `Change` rule, and the values since its last detection.
+    change: Option<Box<ChangeWatch>>,
     since_change: u32,
+}
+
+/// Values a [`ChangeWatch`] collects to learn a key's scale.
+const CHANGE_SCALE_VALUES: usize = 30;
+
+/// ADWIN on one key's values, scaled by their spread. ADWIN's bound has a term that does not
+/// scale with the values (it assumes them within [0, 1]): fed raw, a step of 3 standard
+/// deviations was found after 5 values in one unit and never in a unit 1,000 times larger.
+/// So the key's first [`CHANGE_SCALE_VALUES`] values set a scale — six standard deviations,
+/// or the level itself when they were all equal (a set point), or 1 when that is 0 — and
+/// ADWIN sees values in that scale from the first on.
+#[derive(Debug, Clone)]
+pub struct ChangeWatch {
+    delta: f64,
+    detector: fabrik_ml::drift::stream::Adwin,
+    first: Vec<f64>,
+    scale: Option<f64>,
+}
+
+impl ChangeWatch {
+    fn new(delta: f64) -> Self {
+        Self {
+            delta,
+            detector: fabrik_ml::drift::stream::Adwin::new(delta, 1, 5, 5, 10),
+            first: Vec::with_capacity(CHANGE_SCALE_VALUES),
+            scale: None,
+        }
+    }
+
+    /// Adds `value`; whether a change was detected.
+    fn update(&mut self, value: f64) -> bool {
+        if let Some(scale) = self.scale {
+            return self.detector.update(value / scale);
+        }
+        self.first.push(value);
+        if self.first.len() < CHANGE_SCALE_VALUES {
+            return false;
+        }
+        let n = self.first.len() as f64;
+        let mean = self.first.iter().sum::<f64>() / n;
+        let spread = (self
+            .first
+            .iter()
+            .map(|v| (v - mean) * (v - mean))
+            .sum::<f64>()
+            / n)
+            .sqrt();
+        let scale = if spread > 0.0 {
+            6.0 * spread
+        } else if mean != 0.0 {
+            mean.abs()
+        } else {
+            1.0
+        };
+        self.scale = Some(scale);
+        let mut changed = false;
+        for value in std::mem::take(&mut self.first) {
+            changed |= self.detector.update(value / scale);
+        }
+        changed
+    }
 }
 
 /// The states of the keys a step changed, as they were before it: put back with
@@ -195,6 +257,18 @@ impl RuleEngine {
     /// For a redefinition that watches the same values; the next observations decide under
     /// the new levels.
     pub fn set_rule(&mut self, rule: Rule) {
+        // A change watch built for another confidence starts afresh with the new one.
+        if let Condition::Change { delta, .. } = rule.condition {
+            for state in self.keys.values_mut() {
+                if state
+                    .change
+                    .as_ref()
+                    .is_some_and(|watch| watch.delta != delta)
+                {
+                    state.change = None;
+                }
+            }
+        }
         self.rule = rule;
     }
 
@@ -360,10 +434,10 @@ impl RuleEngine {
                     }
                 },
                 Condition::Change { delta, settle } => {
-                    let detector = state.change.get_or_insert_with(|| {
-                        Box::new(fabrik_ml::drift::stream::Adwin::new(delta, 1, 5, 5, 10))
-                    });
-                    if detector.update(o.value) {
+                    let watch = state
+                        .change
+                        .get_or_insert_with(|| Box::new(ChangeWatch::new(delta)));
+                    if watch.update(o.value) {
                         state.since_change = 0;
                         true
                     } else {
@@ -836,6 +910,76 @@ mod tests {
         assert!((300..320).contains(&fired), "fired at {fired}");
         assert_eq!(moved[1].state, AlertState::Resolved);
         assert_eq!(moved[1].at_ns / S, fired + 30, "{moved:?}");
+    }
+
+    /// The first firing of a change rule on a noisy step at second 300, the values times
+    /// `unit`.
+    fn first_change(unit: f64, delta: f64) -> Option<i64> {
+        let mut e = RuleEngine::new(rule(Condition::Change { delta, settle: 30 }, 0));
+        let noise = |i: i64| ((i * 7919) % 13) as f64 / 13.0 * 0.4 - 0.2;
+        let observations: Vec<Observation> = (0..600_i64)
+            .map(|i| {
+                let level = if i >= 300 { 1.3 } else { 1.0 };
+                obs("k", i, (level + noise(i)) * unit)
+            })
+            .collect();
+        e.observe(&observations)
+            .iter()
+            .find(|t| t.state == AlertState::Firing)
+            .map(|t| t.at_ns / S)
+    }
+
+    #[test]
+    fn a_change_is_found_whatever_the_values_units() {
+        // A step of 2.6 standard deviations, in units a million times apart.
+        let found = first_change(1.0, 0.002).expect("found");
+        assert!((300..330).contains(&found), "at {found}");
+        assert_eq!(first_change(1000.0, 0.002), Some(found));
+        assert_eq!(first_change(0.001, 0.002), Some(found));
+        // A set point that steps: its first values are all equal, so its level is its scale.
+        let mut e = RuleEngine::new(rule(
+            Condition::Change {
+                delta: 0.002,
+                settle: 30,
+            },
+            0,
+        ));
+        let steps: Vec<Observation> = (0..200_i64)
+            .map(|i| obs("sp", i, if i < 100 { 5.0 } else { 7.0 }))
+            .collect();
+        let t = e.observe(&steps);
+        assert!(
+            t.first()
+                .is_some_and(|t| t.state == AlertState::Firing && t.at_ns / S >= 100),
+            "{t:?}"
+        );
+    }
+
+    #[test]
+    fn a_redefined_confidence_starts_each_change_watch_afresh() {
+        let mut e = RuleEngine::new(rule(
+            Condition::Change {
+                delta: 0.002,
+                settle: 30,
+            },
+            0,
+        ));
+        e.observe(
+            &(0..50)
+                .map(|i| obs("k", i, 1.0 + (i % 3) as f64))
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(e.keys["k"].change.as_ref().map(|w| w.delta), Some(0.002));
+        e.set_rule(rule(
+            Condition::Change {
+                delta: 0.0001,
+                settle: 30,
+            },
+            0,
+        ));
+        assert!(e.keys["k"].change.is_none(), "the old watch is dropped");
+        e.observe(&[obs("k", 60, 1.0)]);
+        assert_eq!(e.keys["k"].change.as_ref().map(|w| w.delta), Some(0.0001));
     }
 
     #[test]

@@ -653,13 +653,16 @@ pub struct AlertRuleConfig {
     /// seconds, counted from the key's last row, also one stored before a restart),
     /// `unchanged` (rows keep coming with the same value for `threshold` seconds: a frozen
     /// sensor) or `change` (the value's level moved: ADWIN, as river computes it, at
-    /// confidence `threshold`, e.g. 0.002; no level in the values' units to choose).
+    /// confidence `threshold`, e.g. 0.002, on values scaled by six standard deviations of the
+    /// key's first 30; for roughly independent values — window aggregates, model scores — as
+    /// a signal sampled faster than it moves, or one with a daily cycle, keeps firing; no
+    /// `for`).
     pub condition: String,
     /// The firing level (seconds of silence for `absent`, of the same value for `unchanged`;
     /// ADWIN's confidence for `change`).
     pub threshold: f64,
     /// The clearing level (hysteresis; default: the threshold). For `change`: how many
-    /// values must come without another change for the alert to resolve (default 30).
+    /// values must come without another detection for the alert to resolve (default 30).
     #[serde(default)]
     pub clear: Option<f64>,
     /// How long the condition must hold before the alert fires.

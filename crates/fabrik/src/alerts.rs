@@ -176,6 +176,16 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
         .map_err(|e| problem("for", e))
         .ok()
         .and_then(|d| i64::try_from(d.as_nanos()).ok());
+    // A change holds for `clear` values, not for a time: a `for` longer than they take would
+    // let it resolve while still pending, and no one would hear of it.
+    if c.condition == "change" && for_ns.is_some_and(|ns| ns > 0) {
+        problem(
+            "for",
+            "does not apply to `change`: the alert holds for `clear` values after a \
+             detection, which a wait could outlast"
+                .into(),
+        );
+    }
     let interval = parse_duration(&c.interval)
         .ok()
         .filter(|d| !d.is_zero())
@@ -2305,6 +2315,10 @@ mod tests {
         shift.threshold = 0.002;
         shift.clear = Some(2.5);
         assert_eq!(compile_rule(&shift).unwrap_err()[0].0, "clear");
+        shift.clear = Some(30.0);
+        assert!(compile_rule(&shift).is_ok());
+        shift.for_duration = "1m".into();
+        assert_eq!(compile_rule(&shift).unwrap_err()[0].0, "for");
         // `expect` is for heartbeat rules, and must name something; `clear` is not for them.
         let mut expecting = demo_rule();
         expecting.expect = Some(ExpectConfig {

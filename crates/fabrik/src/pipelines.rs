@@ -2294,6 +2294,7 @@ impl Runner {
         samples: &mut u64,
     ) -> Result<(), String> {
         let (devices, stage) = self.selected_devices().await?;
+        let mut shadow_write_failed = false;
         if devices.as_ref().is_some_and(Vec::is_empty) {
             return Err(match &self.compiled.config.use_case {
                 Some(use_case) => format!(
@@ -2353,9 +2354,13 @@ impl Runner {
                 )
                 .await
                 {
-                    Ok(()) => *shadow_write_error = None,
+                    // A write clears an earlier failure; a pass that wrote nothing, or whose
+                    // earlier page failed, does not.
+                    Ok(true) if !shadow_write_failed => *shadow_write_error = None,
+                    Ok(_) => {}
                     Err(e) => {
                         tracing::warn!(pipeline = %self.compiled.config.name, error = %e, "The shadow model's verdicts were not stored.");
+                        shadow_write_failed = true;
                         *shadow_write_error = Some(e);
                     }
                 }

@@ -21,16 +21,17 @@ pub(crate) const SHADOW_TABLE: &str = "shadow_inferences";
 
 /// Stores the challenger's `challenged` inferences of pipeline `champion` (its definition; the
 /// challenger's is `challenger`), each with the champion's score and flag on the same window
-/// when the champion scored it (`champion_inferences`, from the same pass).
+/// when the champion scored it (`champion_inferences`, from the same pass). Whether there
+/// was anything to store.
 pub(crate) async fn record(
     store: &Store,
     champion: &PipelineConfig,
     challenger: &PipelineConfig,
     champion_inferences: &[Inference],
     challenged: &[Inference],
-) -> Result<(), String> {
+) -> Result<bool, String> {
     if challenged.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let pipeline = &champion.name;
     let by_window: BTreeMap<(&str, i64), &Inference> = champion_inferences
@@ -81,7 +82,7 @@ pub(crate) async fn record(
         .increment(points.len() as u64);
     metrics::counter!("fabrik_pipeline_shadow_disagreements_total", "pipeline" => pipeline.clone())
         .increment(disagreements);
-    Ok(())
+    Ok(true)
 }
 
 fn literal(text: &str) -> String {

@@ -44,7 +44,8 @@ impl Adwin {
         Self {
             delta,
             clock: clock.max(1),
-            max_buckets: max_buckets.max(1),
+            // With one summary per row a merge leaves rows empty between full ones.
+            max_buckets: max_buckets.max(2),
             min_window_length: f64::from(min_window_length),
             grace_period: f64::from(grace_period),
             rows: vec![Vec::new()],
@@ -114,13 +115,16 @@ impl Adwin {
         }
     }
 
-    /// Drops the oldest summary.
-    fn drop_oldest(&mut self) {
+    /// Drops the oldest summary; whether there was one.
+    fn drop_oldest(&mut self) -> bool {
+        while self.rows.len() > 1 && self.rows.last().is_some_and(Vec::is_empty) {
+            self.rows.pop();
+        }
         let Some(last) = self.rows.len().checked_sub(1) else {
-            return;
+            return false;
         };
         let Some(&(total, variance)) = self.rows[last].first() else {
-            return;
+            return false;
         };
         let size = (1_u64 << last) as f64;
         let mean = total / size;
@@ -133,6 +137,7 @@ impl Adwin {
         if self.rows[last].is_empty() && last > 0 {
             self.rows.pop();
         }
+        true
     }
 
     fn detect(&mut self) -> bool {
@@ -144,6 +149,7 @@ impl Adwin {
         'again: loop {
             // Every cut from the oldest summaries on: W0 the older part, W1 the newer.
             let (mut n0, mut n1, mut u0, mut u1) = (0.0, self.width, 0.0, self.total);
+            let delta_prime = (2.0 * self.width.ln() / self.delta).ln();
             for row in (0..self.rows.len()).rev() {
                 let size = (1_u64 << row) as f64;
                 let count = self.rows[row].len();
@@ -159,13 +165,13 @@ impl Adwin {
                     let gap = u0 / n0 - u1 / n1;
                     if n1 >= self.min_window_length
                         && n0 >= self.min_window_length
-                        && self.cut(n0, n1, gap)
+                        && self.cut(n0, n1, gap, delta_prime)
                     {
                         changed = true;
-                        if self.width > 0.0 {
-                            self.drop_oldest();
+                        if self.width > 0.0 && self.drop_oldest() {
                             continue 'again;
                         }
+                        break 'again;
                     }
                 }
             }
@@ -175,9 +181,8 @@ impl Adwin {
     }
 
     /// Whether the means of parts of `n0` and `n1` values, `gap` apart, differ beyond the
-    /// bound.
-    fn cut(&self, n0: f64, n1: f64, gap: f64) -> bool {
-        let delta_prime = (2.0 * self.width.ln() / self.delta).ln();
+    /// bound (`delta_prime`: ln(2 ln(width) / delta), the same for every cut of a pass).
+    fn cut(&self, n0: f64, n1: f64, gap: f64, delta_prime: f64) -> bool {
         let harmonic =
             1.0 / (n0 - self.min_window_length + 1.0) + 1.0 / (n1 - self.min_window_length + 1.0);
         let epsilon = (2.0 * harmonic * (self.variance / self.width) * delta_prime).sqrt()
