@@ -341,6 +341,59 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
     if let Err(e) = acl_rules(config) {
         problems.push(("mqtt.acl".to_owned(), e));
     }
+    problems.extend(tls_file_problems(config));
+    problems
+}
+
+/// The TLS files the configuration names for MQTT (with `mqtt.tls_listen`) and HTTPS (with
+/// `http.tls`), read and matched as at start, so `fabrik config check` finds an unreadable
+/// certificate, a key of another certificate or a file without a certificate before a
+/// restart does.
+fn tls_file_problems(config: &Config) -> Vec<(String, String)> {
+    let file = |text: &str| {
+        Some(text.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .map(std::path::PathBuf::from)
+    };
+    let mut problems = Vec::new();
+    let mut check = |field: &str, settings: mqtt::tls::TlsSettings| {
+        if let Err(e) = mqtt::tls::check_files(&settings) {
+            problems.push((field.to_owned(), e.to_string()));
+        }
+    };
+    let m = &config.mqtt;
+    if !m.tls_listen.trim().is_empty() {
+        check(
+            "mqtt.tls_cert",
+            mqtt::tls::TlsSettings {
+                cert: file(&m.tls_cert),
+                key: file(&m.tls_key),
+                client_ca: file(&m.tls_client_ca),
+                require_client_cert: m.tls_require_client_cert,
+                generated_dir: std::path::PathBuf::new(),
+                generated_names: Vec::new(),
+                section: "mqtt",
+            },
+        );
+    }
+    // A certificate without its key (or the reverse) is reported by the HTTP section's own
+    // check.
+    if config.http.tls
+        && config.http.tls_cert.trim().is_empty() == config.http.tls_key.trim().is_empty()
+    {
+        check(
+            "http.tls_cert",
+            mqtt::tls::TlsSettings {
+                cert: file(&config.http.tls_cert),
+                key: file(&config.http.tls_key),
+                client_ca: None,
+                require_client_cert: false,
+                generated_dir: std::path::PathBuf::new(),
+                generated_names: Vec::new(),
+                section: "http",
+            },
+        );
+    }
     problems
 }
 
@@ -565,4 +618,33 @@ pub(crate) async fn start_mqtt(
         Ok(())
     });
     Ok((ServiceHandle { stop, task }, addresses, broker_handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_files_are_checked_as_they_would_be_read_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let garbage = dir.path().join("cert.pem");
+        std::fs::write(&garbage, "not a certificate").expect("write");
+        let mut config = Config::default();
+        // Generated certificates need no file: nothing to check.
+        config.http.tls = true;
+        config.mqtt.tls_listen = "127.0.0.1:0".into();
+        assert!(tls_file_problems(&config).is_empty());
+        // A file without a certificate, and a key that is not there.
+        config.http.tls_cert = garbage.display().to_string();
+        config.http.tls_key = dir.path().join("missing.pem").display().to_string();
+        config.mqtt.tls_client_ca = garbage.display().to_string();
+        let problems = tls_file_problems(&config);
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(fields, ["mqtt.tls_cert", "http.tls_cert"], "{problems:?}");
+        assert!(problems[0].1.contains("no certificate"), "{problems:?}");
+        assert!(problems[1].1.contains("cert.pem"), "{problems:?}");
+        // A certificate without its key is the HTTP section's own problem, reported once.
+        config.http.tls_key.clear();
+        assert_eq!(tls_file_problems(&config).len(), 1);
+    }
 }

@@ -133,6 +133,24 @@ fn self_signed(
     Ok((cert_path, key_path))
 }
 
+/// Checks the files `settings` names, as [`TlsAcceptor::new`] would read them, without
+/// generating anything: a configured certificate with its key (that they load and belong
+/// together) and a client CA. A certificate to be generated is not checked.
+pub fn check_files(settings: &TlsSettings) -> Result<(), ConnectError> {
+    if settings.cert.is_some() || settings.key.is_some() {
+        return TlsAcceptor::new(settings).map(|_| ());
+    }
+    if let Some(ca) = &settings.client_ca {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in read_certs(ca)? {
+            roots
+                .add(cert)
+                .map_err(|e| ConnectError::Tls(format!("{}: {e}", ca.display())))?;
+        }
+    }
+    Ok(())
+}
+
 impl TlsAcceptor {
     /// Builds the acceptor; every problem with the files is reported with their path.
     pub fn new(settings: &TlsSettings) -> Result<Self, ConnectError> {
