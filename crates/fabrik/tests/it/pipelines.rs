@@ -1067,7 +1067,7 @@ fn put_pipeline(url: &str, name: &str, definition: serde_json::Value) -> (u16, s
     )
 }
 
-fn put_bytes(url: &str, path: &str, bytes: Vec<u8>) -> (u16, serde_json::Value) {
+pub(crate) fn put_bytes(url: &str, path: &str, bytes: Vec<u8>) -> (u16, serde_json::Value) {
     put_bytes_with(url, path, bytes, &[])
 }
 

@@ -236,3 +236,101 @@ fn a_shadow_model_scores_the_same_windows_without_alerting_and_is_compared() {
     let (status, _) = p.terminate();
     assert!(status.success());
 }
+
+/// An uploaded ONNX model as the challenger: checked when the pipeline is defined, counted as
+/// a user of its model (which may then be neither deleted nor replaced by one that does not
+/// fit it), and scoring in the shadow.
+#[test]
+fn an_uploaded_model_as_challenger_is_checked_and_held_like_the_pipelines_own() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../fabrik-onnx/tests/fixtures");
+    let forest = std::fs::read(format!("{fixtures}/iforest_100.onnx")).expect("fixture");
+    let projection = std::fs::read(format!("{fixtures}/scaler_pca4.onnx")).expect("fixture");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Process::start_with_args(&dir.path().join("data"), &[], &[]);
+    let start = (now_ns() - 3600 * SECOND) / (10 * SECOND) * (10 * SECOND);
+    assert_eq!(
+        crate::support::post_status(&p.url, "/api/v1/write", &history(start)),
+        200
+    );
+    // Eight features, as the forest takes.
+    let definition = |challenger: &str, features: serde_json::Value| {
+        serde_json::json!({
+            "name": "champ",
+            "table": "pump",
+            "signals": ["vibration", "current"],
+            "features": features,
+            "training_windows": 10,
+            "interval": "200ms",
+            "lateness": "0s",
+            "start": "earliest",
+            "shadow": {"model": "onnx", "model_name": challenger},
+        })
+    };
+    let eight = serde_json::json!(["mean", "std", "min", "max"]);
+    let put = |body: serde_json::Value, dry_run: bool| {
+        let path = if dry_run {
+            "/api/v1/pipelines/champ?dry_run=true"
+        } else {
+            "/api/v1/pipelines/champ"
+        };
+        http(&p.url, reqwest::Method::PUT, path, Some(body))
+    };
+
+    // Not uploaded yet: a warning that the pipeline runs without it.
+    let (code, dry) = put(definition("forest", eight.clone()), true);
+    assert_eq!(code, 200, "{dry}");
+    let warnings = dry["warnings"].to_string();
+    assert!(
+        warnings.contains("shadow: model `forest` is not uploaded")
+            && warnings.contains("the shadow model does not run (the pipeline does)"),
+        "{dry}"
+    );
+    let (code, stored) = crate::pipelines::put_bytes(&p.url, "/api/v1/models/forest", forest);
+    assert_eq!(code, 201, "{stored}");
+    // A challenger its model does not fit is refused, naming the shadow's field.
+    let (code, error) = put(definition("forest", serde_json::json!(["mean"])), false);
+    assert_eq!(code, 400, "{error}");
+    let message = error["error"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("shadow.model_name") && message.contains("takes 8 features"),
+        "{error}"
+    );
+
+    let (code, status) = put(definition("forest", eight), false);
+    assert_eq!(code, 201, "{status}");
+    eventually("the uploaded forest scores in the shadow", || {
+        let (code, rows) = http(
+            &p.url,
+            reqwest::Method::POST,
+            "/api/v1/query",
+            Some(serde_json::json!({
+                "sql": "SELECT count(*) AS n FROM shadow_inferences WHERE model = 'onnx:forest'"
+            })),
+        );
+        code == 200 && rows[0]["n"].as_u64().is_some_and(|n| n > 0)
+    });
+    let (_, models) = http(&p.url, reqwest::Method::GET, "/api/v1/models", None);
+    assert_eq!(
+        models[0]["used_by"],
+        serde_json::json!(["champ"]),
+        "{models}"
+    );
+    // Its model can be neither replaced by one that does not fit it nor deleted.
+    let (code, error) = crate::pipelines::put_bytes(&p.url, "/api/v1/models/forest", projection);
+    assert_eq!(code, 409, "{error}");
+    assert!(
+        error["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("pipeline `champ`: as its shadow model")),
+        "{error}"
+    );
+    let (code, error) = http(
+        &p.url,
+        reqwest::Method::DELETE,
+        "/api/v1/models/forest",
+        None,
+    );
+    assert_eq!(code, 409, "{error}");
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}
