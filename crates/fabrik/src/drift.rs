@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use datafusion::arrow::array::{BooleanArray, Float64Array, Int64Array, StringArray};
 use datafusion::arrow::datatypes::DataType;
 use fabrik_api::pipelines::{DriftStatus, FeatureDriftStatus};
-use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
+use fabrik_core::{Point, Quality, Timestamp, Value};
 use fabrik_ml::pipeline::DriftCheck;
 use fabrik_store::Store;
 
@@ -146,13 +146,7 @@ pub(crate) async fn record(
         .iter()
         .map(|check| check_point(pipeline, feature_names, check))
         .collect();
-    let lineage = Lineage {
-        source: SourceId(format!("pipeline:{pipeline}")),
-        raw_id: store.next_raw_id(),
-        mapping_version: 0,
-    };
-    store
-        .write_points(&points, lineage, DRIFT_TABLE)
+    crate::pipelines::store_rows(store, pipeline, &points, DRIFT_TABLE)
         .await
         .map_err(|e| format!("storing drift checks: {e}"))?;
     for check in checks {

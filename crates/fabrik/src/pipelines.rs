@@ -2637,13 +2637,7 @@ impl Runner {
                 point
             })
             .collect();
-        let lineage = Lineage {
-            source: SourceId(format!("pipeline:{name}")),
-            raw_id: self.store.next_raw_id(),
-            mapping_version: 0,
-        };
-        self.store
-            .write_points(&points, lineage, INFERENCES_TABLE)
+        store_rows(&self.store, name, &points, INFERENCES_TABLE)
             .await
             .map_err(|e| format!("storing inferences: {e}"))?;
         for inference in inferences.iter().filter(|i| i.flag) {
@@ -2658,6 +2652,22 @@ impl Runner {
         }
         Ok(())
     }
+}
+
+/// Writes rows pipeline `pipeline` computed into `table`, with the pipeline as their lineage
+/// source (`pipeline:<name>`).
+pub(crate) async fn store_rows(
+    store: &Store,
+    pipeline: &str,
+    points: &[Point],
+    table: &str,
+) -> Result<(), fabrik_store::StoreError> {
+    let lineage = Lineage {
+        source: SourceId(format!("pipeline:{pipeline}")),
+        raw_id: store.next_raw_id(),
+        mapping_version: 0,
+    };
+    store.write_points(points, lineage, table).await.map(|_| ())
 }
 
 /// How far back before its start a `start = "now"` pipeline (or its shadow model) reads stored

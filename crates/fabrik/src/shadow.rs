@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use datafusion::arrow::array::{Array, BooleanArray, Int64Array, StringArray};
 use datafusion::arrow::datatypes::DataType;
 use fabrik_api::pipelines::{ShadowComparison, ShadowDevice};
-use fabrik_core::{Lineage, SourceId, Value};
+use fabrik_core::Value;
 use fabrik_ml::pipeline::Inference;
 use fabrik_runtime::config::PipelineConfig;
 use fabrik_store::Store;
@@ -69,13 +69,7 @@ pub(crate) async fn record(
             point
         })
         .collect();
-    let lineage = Lineage {
-        source: SourceId(format!("pipeline:{pipeline}")),
-        raw_id: store.next_raw_id(),
-        mapping_version: 0,
-    };
-    store
-        .write_points(&points, lineage, SHADOW_TABLE)
+    crate::pipelines::store_rows(store, pipeline, &points, SHADOW_TABLE)
         .await
         .map_err(|e| format!("storing the shadow model's inferences: {e}"))?;
     metrics::counter!("fabrik_pipeline_shadow_inferences_total", "pipeline" => pipeline.clone())

@@ -989,6 +989,26 @@ mod tests {
         }
     }
 
+    /// 1,000 s of `device` at 1 Hz whose two signals' levels (not their spread) move up from
+    /// second `shift_from`.
+    fn feed_level_shift(p: &mut Pipeline, device: &str, shift_from: i64) {
+        for t in 0..1000_i64 {
+            let wobble = ((t * 7919) % 13) as f64 / 13.0;
+            let shift = if t >= shift_from { 1.0 } else { 0.0 };
+            p.push(
+                device,
+                Row {
+                    time_ns: t * S,
+                    values: vec![
+                        Some(2.0 + wobble * 0.2 + 3.0 * shift),
+                        Some(10.0 + wobble + 5.0 * shift),
+                    ],
+                    arrival: t,
+                },
+            );
+        }
+    }
+
     #[test]
     fn drift_checks_compare_each_device_with_what_it_learnt_and_retrain_when_asked() {
         let mut spec = spec(20);
@@ -1002,23 +1022,8 @@ mod tests {
         let mut p = Pipeline::new(spec, || BuiltinModel::RobustZ.build()).unwrap();
         // pump-01 moves to a new operating point at second 400 (both signals' levels, not
         // their spread); pump-02 stays where it learnt.
-        for (device, shift_from) in [("pump-01", 400), ("pump-02", i64::MAX)] {
-            for t in 0..1000_i64 {
-                let wobble = ((t * 7919) % 13) as f64 / 13.0;
-                let shift = if t >= shift_from { 1.0 } else { 0.0 };
-                p.push(
-                    device,
-                    Row {
-                        time_ns: t * S,
-                        values: vec![
-                            Some(2.0 + wobble * 0.2 + 3.0 * shift),
-                            Some(10.0 + wobble + 5.0 * shift),
-                        ],
-                        arrival: t,
-                    },
-                );
-            }
-        }
+        feed_level_shift(&mut p, "pump-01", 400);
+        feed_level_shift(&mut p, "pump-02", i64::MAX);
         let inferences = p.advance(1000 * S);
         let checks = p.take_drift_checks();
         assert!(p.take_drift_checks().is_empty(), "taken once");
@@ -1108,21 +1113,7 @@ mod tests {
             Box::new(RefusesHighLevels(BuiltinModel::RobustZ.build())) as Box<dyn WindowModel>
         })
         .unwrap();
-        for t in 0..1000_i64 {
-            let wobble = ((t * 7919) % 13) as f64 / 13.0;
-            let shift = if t >= 400 { 1.0 } else { 0.0 };
-            p.push(
-                "pump-01",
-                Row {
-                    time_ns: t * S,
-                    values: vec![
-                        Some(2.0 + wobble * 0.2 + 3.0 * shift),
-                        Some(10.0 + wobble + 5.0 * shift),
-                    ],
-                    arrival: t,
-                },
-            );
-        }
+        feed_level_shift(&mut p, "pump-01", 400);
         let inferences = p.advance(1000 * S);
         let checks = p.take_drift_checks();
         let verdicts: Vec<(bool, u32, bool, bool)> = checks

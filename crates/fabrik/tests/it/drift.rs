@@ -4,7 +4,7 @@
 //! normal; a pump that stays where it learnt never drifts.
 
 use crate::mqtt::{eventually, http, query};
-use crate::support::{Process, blocking_query_count, now_ns};
+use crate::support::{Process, blocking_query_count, count_if_any, now_ns};
 
 const SECOND: i64 = 1_000_000_000;
 
@@ -82,15 +82,9 @@ fn a_pump_that_moves_drifts_raises_an_alert_and_learns_its_new_normal() {
         200
     );
     // 100 windows a pump: 20 train, 80 are scored, four checks of 20.
+    // The table exists once the first check is written.
     eventually("every check is stored", || {
-        let (code, rows) = http(
-            &p.url,
-            reqwest::Method::POST,
-            "/api/v1/query",
-            Some(serde_json::json!({"sql": "SELECT count(*) AS n FROM model_drift"})),
-        );
-        // The table exists once the first check is written.
-        code == 200 && rows[0]["n"] == 8
+        count_if_any(&p.url, "SELECT count(*) AS n FROM model_drift") == Some(8)
     });
     let verdicts = |device: &str| -> String {
         let rows = query(

@@ -3,7 +3,7 @@
 //! comparison counts the windows both scored and the ones operators labelled.
 
 use crate::mqtt::{eventually, http, query};
-use crate::support::{Process, now_ns};
+use crate::support::{Process, count_if_any, now_ns};
 
 const SECOND: i64 = 1_000_000_000;
 
@@ -84,16 +84,6 @@ fn history(start: i64) -> String {
     body
 }
 
-fn count(url: &str, sql: &str) -> Option<u64> {
-    let (code, rows) = http(
-        url,
-        reqwest::Method::POST,
-        "/api/v1/query",
-        Some(serde_json::json!({ "sql": sql })),
-    );
-    (code == 200).then(|| rows[0]["n"].as_u64()).flatten()
-}
-
 #[test]
 fn a_shadow_model_scores_the_same_windows_without_alerting_and_is_compared() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -111,8 +101,8 @@ fn a_shadow_model_scores_the_same_windows_without_alerting_and_is_compared() {
     );
     // 60 windows a pump, 20 learnt from: 40 scored by each model.
     eventually("both models scored every window", || {
-        count(&p.url, "SELECT count(*) AS n FROM shadow_inferences") == Some(120)
-            && count(
+        count_if_any(&p.url, "SELECT count(*) AS n FROM shadow_inferences") == Some(120)
+            && count_if_any(
                 &p.url,
                 "SELECT count(*) AS n FROM inferences WHERE pipeline = 'pumps'",
             ) == Some(120)
@@ -299,15 +289,11 @@ fn an_uploaded_model_as_challenger_is_checked_and_held_like_the_pipelines_own() 
     let (code, status) = put(definition("forest", eight), false);
     assert_eq!(code, 201, "{status}");
     eventually("the uploaded forest scores in the shadow", || {
-        let (code, rows) = http(
+        count_if_any(
             &p.url,
-            reqwest::Method::POST,
-            "/api/v1/query",
-            Some(serde_json::json!({
-                "sql": "SELECT count(*) AS n FROM shadow_inferences WHERE model = 'onnx:forest'"
-            })),
-        );
-        code == 200 && rows[0]["n"].as_u64().is_some_and(|n| n > 0)
+            "SELECT count(*) AS n FROM shadow_inferences WHERE model = 'onnx:forest'",
+        )
+        .is_some_and(|n| n > 0)
     });
     let (_, models) = http(&p.url, reqwest::Method::GET, "/api/v1/models", None);
     assert_eq!(

@@ -287,6 +287,18 @@ pub(crate) fn client_command(url: &str, args: &[&str]) -> (bool, String) {
 }
 
 /// A blocking HTTP client for process tests.
+/// The `n` column of `sql`'s first row, or `None` while the query fails (a table that does
+/// not exist yet: it does once rows are written to it).
+pub(crate) fn count_if_any(url: &str, sql: &str) -> Option<u64> {
+    let (code, rows) = crate::mqtt::http(
+        url,
+        reqwest::Method::POST,
+        "/api/v1/query",
+        Some(serde_json::json!({ "sql": sql })),
+    );
+    (code == 200).then(|| rows[0]["n"].as_u64()).flatten()
+}
+
 pub(crate) fn blocking_query_count(url: &str, sql: &str) -> i64 {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
