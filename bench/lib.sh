@@ -37,6 +37,17 @@ wait_http() { # url
   echo "timed out waiting for $1" >&2; return 1
 }
 
+# Generates $1 truck lines from $2 trucks (`fabrik bench ingest --generate-only`) into
+# $WORK/data.lp, and sets DATA, START and END: the generator starts at 2024-01-01T00:00:00Z
+# and writes one line per truck every 10 s.
+generate_trucks() { # points trucks
+  DATA="$WORK/data.lp"
+  "$FABRIK" bench ingest --points "$1" --trucks "$2" --generate-only "$DATA" >&2
+  START=1704067200
+  END=$((START + ($1 / $2) * 10))
+}
+iso() { date -u -d "@$1" +%Y-%m-%dT%H:%M:%SZ; } # epoch seconds → RFC 3339
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 start_fabrik() { # data_dir port → sets FABRIK_URL

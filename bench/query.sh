@@ -12,13 +12,7 @@ TRUCKS=1000
 
 install_peers
 build_fabrik
-DATA="$WORK/data.lp"
-"$FABRIK" bench ingest --points "$POINTS" --trucks "$TRUCKS" --generate-only "$DATA" >&2
-
-# The generator starts at 2024-01-01T00:00:00Z and writes one line per truck every 10 s.
-START=1704067200
-END=$((START + (POINTS / TRUCKS) * 10))
-iso() { date -u -d "@$1" +%Y-%m-%dT%H:%M:%SZ; }
+generate_trucks "$POINTS" "$TRUCKS"
 DAY_FROM=$(iso "$START"); DAY_TO=$(iso $((START + 86400)))
 LAST_FROM=$(iso $((END - 600))); LAST_TO=$(iso "$END")
 ALL_FROM=$(iso "$START"); ALL_TO=$(iso "$END")

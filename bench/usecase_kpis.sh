@@ -13,12 +13,7 @@ RUNS=${2:-5}
 TRUCKS=1000
 
 build_fabrik
-DATA="$WORK/data.lp"
-"$FABRIK" bench ingest --points "$POINTS" --trucks "$TRUCKS" --generate-only "$DATA" >&2
-# The generator starts at 2024-01-01T00:00:00Z and writes one line per truck every 10 s.
-START=1704067200
-END=$((START + (POINTS / TRUCKS) * 10))
-iso() { date -u -d "@$1" +%Y-%m-%dT%H:%M:%SZ; }
+generate_trucks "$POINTS" "$TRUCKS"
 FROM=$(iso "$START"); TO=$(iso "$END")
 
 start_fabrik "$WORK/fabrik" "$(free_port)"

@@ -13,6 +13,7 @@ use fabrik_store::Store;
 
 use crate::columns::cast_column;
 use crate::pipelines::rfc3339;
+use crate::sql_text::literal;
 
 /// The table drift checks are written to.
 pub(crate) const DRIFT_TABLE: &str = "model_drift";
@@ -208,10 +209,10 @@ pub(crate) async fn retrain_spans(
     if !store.has_table(DRIFT_TABLE) {
         return Ok(spans);
     }
-    let literal = format!("'{}'", pipeline.replace('\'', "''"));
+    let quoted = literal(pipeline);
     let sql = format!(
         "SELECT device, CAST(time AS BIGINT) AS at, retrained_from, current_until \
-         FROM {DRIFT_TABLE} WHERE pipeline = {literal} AND retrained = true \
+         FROM {DRIFT_TABLE} WHERE pipeline = {quoted} AND retrained = true \
          AND time > now() - INTERVAL '{days} days'"
     );
     let output = match store.query(&sql).await {
@@ -246,13 +247,13 @@ pub(crate) async fn latest(store: &Store, pipeline: &str) -> Result<Vec<DriftSta
     if !store.has_table(DRIFT_TABLE) {
         return Ok(Vec::new());
     }
-    let literal = format!("'{}'", pipeline.replace('\'', "''"));
+    let quoted = literal(pipeline);
     let sql = format!(
         "SELECT device, dataset_drift, drifted_share, drifted_features, consecutive, retrained, \
          windows, anomalies, reference_windows, reference_from, reference_until, current_from, \
          current_until, model_version, features FROM (SELECT *, row_number() OVER \
          (PARTITION BY device ORDER BY time DESC) AS newest FROM {DRIFT_TABLE} \
-         WHERE pipeline = {literal} AND time > now() - INTERVAL '{LATEST_WITHIN_DAYS} days') \
+         WHERE pipeline = {quoted} AND time > now() - INTERVAL '{LATEST_WITHIN_DAYS} days') \
          WHERE newest = 1"
     );
     let output = store.query(&sql).await.map_err(|e| e.to_string())?;

@@ -32,6 +32,7 @@ use fabrik_store::Store;
 use crate::clips::SignalColumn;
 use crate::columns::cast_column;
 use crate::model_signature::ModelTrust;
+use crate::sql_text::literal;
 use crate::stored::{compile_batch, definitions_json, read_definitions, store_file};
 use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
@@ -1904,7 +1905,7 @@ impl Runner {
                     0
                 }
             };
-            Some(match self.history_to_train_on() {
+            Some(match history_to_train_on(&self.compiled) {
                 // The other devices train on the stored windows just before the start, if
                 // there are any, so a pipeline defined or restarted where data already flows
                 // scores at once instead of waiting `training_windows` windows. History is
@@ -1958,7 +1959,9 @@ impl Runner {
                         {
                             tracing::warn!(pipeline = %name, error = %e, "The shadow model could not read all its devices' training spans; those not restored train on the stored history before the start.");
                         }
-                        if let (Some(_), Some(after)) = (self.history_to_train_on(), read_after) {
+                        if let (Some(_), Some(after)) =
+                            (history_to_train_on(&self.compiled), read_after)
+                        {
                             challenged.history_read_from(after.saturating_add(1));
                         }
                     }
@@ -2083,7 +2086,6 @@ impl Runner {
         {
             return Ok(0);
         }
-        let literal = |text: &str| format!("'{}'", text.replace('\'', "''"));
         // Bounded in time: the scan runs at every start, and a device silent for longer
         // than this trains afresh.
         let sql = format!(
@@ -2218,7 +2220,6 @@ impl Runner {
     /// Where the windows known normal after `after` end for `device`: the start of its first
     /// window this pipeline flagged since, else now.
     async fn normal_until(&self, device: &str, after: i64, table: &str) -> Result<i64, String> {
-        let literal = |text: &str| format!("'{}'", text.replace('\'', "''"));
         let sql = format!(
             "SELECT CAST(min(window_start) AS BIGINT) FROM {table} \
              WHERE pipeline = {} AND device = {} AND flag = true AND window_start >= {after}",
@@ -2257,13 +2258,6 @@ impl Runner {
         // Training windows are not scored: nothing comes out to store.
         let _ = pipeline.advance(until);
         Ok(())
-    }
-
-    /// How far back before its start a `start = "now"` pipeline reads stored rows to train
-    /// on: its training windows, one more (the first is usually partial) and a window's
-    /// length. `None` for count windows, whose span in time is unknown.
-    fn history_to_train_on(&self) -> Option<i64> {
-        history_to_train_on(&self.compiled)
     }
 
     /// Stored rows per page: a clip becomes thousands of samples, so pages of clips are short.
@@ -2463,10 +2457,7 @@ impl Runner {
             sql.push_str(&format!(" AND {}", crate::sql_text::embedded(filter)));
         }
         if let Some(devices) = devices {
-            let list: Vec<String> = devices
-                .iter()
-                .map(|d| format!("'{}'", d.replace('\'', "''")))
-                .collect();
+            let list: Vec<String> = devices.iter().map(|d| literal(d)).collect();
             sql.push_str(&format!(
                 " AND {} IN ({})",
                 quote(&c.device_column),

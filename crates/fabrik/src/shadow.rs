@@ -15,6 +15,7 @@ use fabrik_store::Store;
 
 use crate::columns::cast_column;
 use crate::pipelines::{inference_point, model_tag, model_version};
+use crate::sql_text::literal;
 
 /// The table challengers' inferences are written to.
 pub(crate) const SHADOW_TABLE: &str = "shadow_inferences";
@@ -77,10 +78,6 @@ pub(crate) async fn record(
     metrics::counter!("fabrik_pipeline_shadow_disagreements_total", "pipeline" => pipeline.clone())
         .increment(disagreements);
     Ok(true)
-}
-
-fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// `<alias>.time` within the last `days` days.

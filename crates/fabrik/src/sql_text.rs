@@ -1,6 +1,11 @@
 //! SQL expressions written by users (an alert rule's `value` and `filter`, a pipeline's
 //! `filter`) as the queries embed them: the one wrapping, and the check that the text is
-//! exactly one expression inside it.
+//! exactly one expression inside it; and names embedded as string literals.
+
+/// `text` as an SQL string literal: quoted, a quote inside doubled.
+pub(crate) fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
 
 /// `text` as a query embeds it: between parentheses, on lines of its own, so a scalar
 /// subquery is one expression too and a trailing `--` comment ends with its line.

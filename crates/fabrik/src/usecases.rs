@@ -16,7 +16,7 @@ use fabrik_registry::usecases::{Kpi, KpiKind, KpiMeasure, UseCaseDefinition, par
 use fabrik_store::Store;
 use futures::future::BoxFuture;
 
-use crate::sql_text::{embedded, one_expression};
+use crate::sql_text::{embedded, literal, one_expression};
 
 /// Nanoseconds in an hour, and in a day.
 const HOUR_NS: f64 = 3.6e12;
@@ -79,10 +79,6 @@ pub(crate) fn sql_problems(definition: &UseCaseDefinition) -> Vec<(String, Strin
 
 fn quote(name: &str) -> String {
     format!("\"{name}\"")
-}
-
-fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
 }
 
 /// The rows of a KPI's table in the period, on the devices (the filter is the caller's: a
