@@ -51,6 +51,111 @@ pub struct Config {
     pub log: LogConfig,
     /// Which ONNX models may load: the keys their signatures are checked with.
     pub models: ModelsConfig,
+    /// Forwarding this node's stored rows to a hub over NATS JetStream.
+    pub uplink: UplinkConfig,
+    /// Receiving the rows edge nodes forward (this process as the hub).
+    pub hub: HubConfig,
+}
+
+/// `[uplink]`: store-and-forward of this node's rows to a hub over NATS JetStream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UplinkConfig {
+    /// NATS server URL(s), comma-separated: `nats://host:4222`, `tls://host:4222`; empty:
+    /// off.
+    pub url: String,
+    /// JetStream stream that carries the rows.
+    pub stream: String,
+    /// Subject prefix: an edge publishes on `<subject>.<node>`, the stream holds `<subject>.>`.
+    pub subject: String,
+    /// NATS user name (with `password`).
+    pub user: String,
+    /// Its password.
+    pub password: String,
+    /// NATS token (instead of user and password).
+    pub token: String,
+    /// CA certificate file (PEM) the server's certificate must chain to; set: TLS required.
+    pub tls_ca: String,
+    /// Client certificate file (PEM) for mutual TLS.
+    pub tls_cert: String,
+    /// Its private key file (PEM).
+    pub tls_key: String,
+    /// This node's name on the hub: letters, digits, `-`, `_`; required with `url`.
+    pub node: String,
+    /// Tables to forward; empty: every table but those in `exclude`.
+    pub tables: Vec<String>,
+    /// Tables never forwarded.
+    pub exclude: Vec<String>,
+    /// WAL kept for the hub while it cannot be reached; past this the oldest rows are given
+    /// up (counted in `fabrik_uplink_skipped_records_total` and logged).
+    pub max_backlog: String,
+}
+
+impl Default for UplinkConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            stream: "FABRIK_UPLINK".into(),
+            subject: "fabrik.uplink".into(),
+            user: String::new(),
+            password: String::new(),
+            token: String::new(),
+            tls_ca: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            node: String::new(),
+            tables: Vec::new(),
+            exclude: vec!["_raw".into()],
+            max_backlog: "1GiB".into(),
+        }
+    }
+}
+
+/// `[hub]`: this process stores the rows edge nodes forward.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HubConfig {
+    /// NATS server URL(s), comma-separated: `nats://host:4222`, `tls://host:4222`; empty:
+    /// off.
+    pub url: String,
+    /// JetStream stream that carries the rows.
+    pub stream: String,
+    /// Subject prefix: an edge publishes on `<subject>.<node>`, the stream holds `<subject>.>`.
+    pub subject: String,
+    /// NATS user name (with `password`).
+    pub user: String,
+    /// Its password.
+    pub password: String,
+    /// NATS token (instead of user and password).
+    pub token: String,
+    /// CA certificate file (PEM) the server's certificate must chain to; set: TLS required.
+    pub tls_ca: String,
+    /// Client certificate file (PEM) for mutual TLS.
+    pub tls_cert: String,
+    /// Its private key file (PEM).
+    pub tls_key: String,
+    /// Durable consumer name: hub processes with the same name share the work.
+    pub consumer: String,
+    /// How long the stream keeps messages (consumed or not).
+    pub max_age: String,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            stream: "FABRIK_UPLINK".into(),
+            subject: "fabrik.uplink".into(),
+            user: String::new(),
+            password: String::new(),
+            token: String::new(),
+            tls_ca: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            consumer: "fabrik-hub".into(),
+            max_age: "7d".into(),
+        }
+    }
 }
 
 /// `[models]`

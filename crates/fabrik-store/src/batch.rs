@@ -823,6 +823,78 @@ fn split_by_partition(
     Ok(())
 }
 
+/// Checks a batch written elsewhere (another Fabrik's WAL, through the uplink) before it
+/// enters this store: every column named once and of a kind this store knows, with the Arrow
+/// type of that kind; a `time` column without nulls; the four lineage and quality columns.
+/// Then types the columns against the catalog and splits the rows by partition.
+/// `location` prefixes errors, which are all [`StoreError::InvalidPoint`] or
+/// [`StoreError::SchemaConflict`] (the sender's fault, never this store's).
+pub fn chunks_from_arrow(
+    catalog: &Catalog,
+    table: &str,
+    batch: RecordBatch,
+    partition_ns: i64,
+    location: &str,
+) -> Result<Vec<WriteChunk>, StoreError> {
+    let invalid = |reason: String| StoreError::InvalidPoint {
+        location: location.to_owned(),
+        reason,
+    };
+    if table.is_empty() {
+        return Err(invalid("the table name is empty".to_owned()));
+    }
+    if batch.num_rows() == 0 {
+        return Err(StoreError::Empty);
+    }
+    let arrow_schema = batch.schema();
+    let mut seen = std::collections::HashSet::new();
+    let mut wanted: Vec<(&str, ColumnKind, String)> = Vec::new();
+    for field in arrow_schema.fields() {
+        let name = field.name().as_str();
+        if !seen.insert(name) {
+            return Err(invalid(format!("column `{name}` appears twice")));
+        }
+        let kind = schema::kind_of(field)
+            .ok_or_else(|| invalid(format!("column `{name}` has no Fabrik column kind")))?;
+        let expected = arrow_field(name, kind);
+        if field.data_type() != expected.data_type() {
+            return Err(invalid(format!(
+                "column `{name}` is {} but its kind needs {}",
+                field.data_type(),
+                expected.data_type()
+            )));
+        }
+        match kind {
+            ColumnKind::Time if name != schema::TIME => {
+                return Err(invalid(format!("column `{name}` claims to be the time")));
+            }
+            ColumnKind::System if !schema::SYSTEM_COLUMNS[1..].contains(&name) => {
+                return Err(invalid(format!("`{name}` is not a system column")));
+            }
+            ColumnKind::Tag | ColumnKind::Field(_) => {
+                wanted.push((name, kind, location.to_owned()));
+            }
+            _ => {}
+        }
+    }
+    for required in schema::SYSTEM_COLUMNS {
+        if !seen.contains(required) {
+            return Err(invalid(format!("column `{required}` is missing")));
+        }
+    }
+    if batch
+        .column_by_name(schema::TIME)
+        .is_some_and(|c| c.null_count() > 0)
+    {
+        return Err(invalid("the `time` column has nulls".to_owned()));
+    }
+    let schema = catalog.ensure(table, &wanted)?;
+    let series = series_of_batch(&batch).to_vec();
+    let mut chunks = Vec::new();
+    split_by_partition(&schema.name, batch, series, partition_ns, &mut chunks)?;
+    Ok(chunks)
+}
+
 /// The `time` column of a batch as nanoseconds.
 pub fn time_column(batch: &RecordBatch) -> Result<&[i64], StoreError> {
     batch

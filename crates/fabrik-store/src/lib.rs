@@ -83,6 +83,9 @@ pub struct StoreOptions {
     pub query_timeout: Duration,
     /// Threads of the query pool.
     pub query_threads: usize,
+    /// Keep the WAL records after this sequence number even once persisted, until
+    /// [`Store::hold_wal`] moves the hold: the edge uplink reads them (`Some(0)` keeps all).
+    pub wal_hold: Option<u64>,
 }
 
 impl StoreOptions {
@@ -100,6 +103,7 @@ impl StoreOptions {
             blob_min_age: Duration::from_secs(3600),
             query_timeout: Duration::from_secs(30),
             query_threads: 2,
+            wal_hold: None,
         }
     }
 }
@@ -206,6 +210,10 @@ pub(crate) struct Shared {
     buffer: Mutex<Buffer>,
     objects: Objects,
     flush_wanted: Notify,
+    /// The sequence number of the last write applied (durable and queryable).
+    applied: tokio::sync::watch::Sender<u64>,
+    /// WAL records after this sequence number are kept past persistence (`u64::MAX`: none).
+    wal_hold: std::sync::atomic::AtomicU64,
     /// Per table and segment path, the last row of each series in that segment file
     /// ([`last_rows`]); segment files never change, so an entry stays valid while the file lives.
     last_rows_cache: LastRowsCache,
@@ -291,6 +299,7 @@ impl WalSink for Sink {
             buffer.apply(seq, chunks);
             buffer.bytes
         };
+        self.0.applied.send_replace(seq);
         for table in &tables {
             self.0.catalog.mark_queryable(table);
         }
@@ -399,6 +408,8 @@ impl Store {
             buffer: Mutex::new(Buffer::default()),
             objects: objects.clone(),
             flush_wanted: Notify::new(),
+            applied: tokio::sync::watch::Sender::new(persisted_seq),
+            wal_hold: std::sync::atomic::AtomicU64::new(options.wal_hold.unwrap_or(u64::MAX)),
             last_rows_cache: Mutex::default(),
         });
         let wal_dir = dir.join("wal");
@@ -445,6 +456,7 @@ impl Store {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "WAL replayed."
         );
+        shared.applied.send_replace(report.next_seq - 1);
         let (wal_tx, wal_thread) =
             wal::start(&wal_dir, report.next_seq, Sink(shared.clone()), 1024)?;
 
@@ -570,6 +582,77 @@ impl Store {
         Ok(WriteReport {
             points: count,
             raw_id,
+            seq,
+        })
+    }
+
+    /// The sequence number of the last write applied: every record up to it is durable in
+    /// the WAL and queryable.
+    pub fn applied_seq(&self) -> u64 {
+        *self.shared.applied.borrow()
+    }
+
+    /// Changes as writes are applied (the value is [`applied_seq`](Self::applied_seq)).
+    pub fn watch_applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.applied.subscribe()
+    }
+
+    /// Keeps WAL records after `after` past persistence (`None`: no hold), so a
+    /// [`wal::WalFollower`] can still read them; the edge uplink moves it as the hub
+    /// acknowledges. Takes effect at the next persistence.
+    pub fn hold_wal(&self, after: Option<u64>) {
+        self.shared.wal_hold.store(
+            after.unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Release,
+        );
+    }
+
+    /// The WAL directory (for a [`wal::WalFollower`]).
+    pub fn wal_dir(&self) -> &Path {
+        &self.wal_dir
+    }
+
+    /// Bytes of WAL segments on disk.
+    pub fn wal_bytes(&self) -> u64 {
+        wal::list_segments(&self.wal_dir)
+            .map(|segments| {
+                segments
+                    .iter()
+                    .filter_map(|(_, path)| std::fs::metadata(path).ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Writes Arrow batches another Fabrik stored (the hub's side of the uplink), each named
+    /// by its table, as one WAL record: all or none. The batches are checked as
+    /// [`batch::chunks_from_arrow`] says; `location` prefixes errors.
+    pub async fn write_arrow(
+        &self,
+        batches: Vec<(String, RecordBatch)>,
+        location: &str,
+    ) -> Result<WriteReport, StoreError> {
+        let mut chunks = Vec::new();
+        let mut points = 0;
+        for (i, (table, batch)) in batches.into_iter().enumerate() {
+            points += batch.num_rows();
+            chunks.extend(batch::chunks_from_arrow(
+                &self.shared.catalog,
+                &table,
+                batch,
+                self.partition_ns(),
+                &format!("{location}[{i}]"),
+            )?);
+        }
+        if chunks.is_empty() {
+            return Err(StoreError::Empty);
+        }
+        let seq = self.commit(chunks).await?;
+        metrics::counter!("fabrik_store_points_written_total").increment(points as u64);
+        Ok(WriteReport {
+            points,
+            raw_id: RawMessageId(0),
             seq,
         })
     }
@@ -704,6 +787,8 @@ impl Store {
             (state.frozen.clone(), state.manifest.clone())
         };
         if frozen.is_empty() {
+            // Nothing new, but a moved uplink hold may have freed segments.
+            self.delete_persisted_wal(manifest.persisted_seq).await?;
             return Ok(());
         }
         let started = Instant::now();
@@ -773,12 +858,8 @@ impl Store {
                 .frozen
                 .retain(|x| !frozen.iter().any(|f| Arc::ptr_eq(f, x)));
         }
-        let wal_dir = self.wal_dir.clone();
         let persisted = manifest.persisted_seq;
-        let removed =
-            tokio::task::spawn_blocking(move || wal::delete_persisted(&wal_dir, persisted))
-                .await
-                .map_err(|e| StoreError::Internal(format!("WAL cleanup task: {e}")))??;
+        let removed = self.delete_persisted_wal(persisted).await?;
         metrics::counter!("fabrik_store_segments_written_total").increment(written as u64);
         tracing::info!(
             segments = written,
@@ -788,6 +869,19 @@ impl Store {
             "Buffer persisted."
         );
         Ok(())
+    }
+
+    /// Deletes the WAL segments wholly persisted, except those the uplink's hold keeps.
+    async fn delete_persisted_wal(&self, persisted: u64) -> Result<usize, StoreError> {
+        let wal_dir = self.wal_dir.clone();
+        let hold = self
+            .shared
+            .wal_hold
+            .load(std::sync::atomic::Ordering::Acquire);
+        let deletable = persisted.min(hold);
+        tokio::task::spawn_blocking(move || wal::delete_persisted(&wal_dir, deletable))
+            .await
+            .map_err(|e| StoreError::Internal(format!("WAL cleanup task: {e}")))?
     }
 
     fn refresh_manifest_tables(&self, manifest: &mut Manifest) {
@@ -1250,5 +1344,220 @@ m,host=c,dc=x v=10,n=18i,u=19u,b=t 18
         );
         assert_eq!(estimated_lines(""), 1);
         assert_eq!(estimated_lines("m v=1"), 1);
+    }
+
+    async fn open_store(dir: &Path, wal_hold: Option<u64>) -> Arc<Store> {
+        let mut options = StoreOptions::new(dir);
+        options.flush_interval = Duration::from_secs(3600);
+        options.wal_hold = wal_hold;
+        Store::open(options).await.expect("store opens")
+    }
+
+    async fn write(store: &Store, body: &str) -> u64 {
+        store
+            .write_lines(body, Precision::Ns, SourceId::http())
+            .await
+            .expect("write")
+            .seq
+    }
+
+    fn rows_of(records: &[wal::FollowedRecord]) -> Vec<(String, usize)> {
+        records
+            .iter()
+            .flat_map(|r| wal::decode(&r.payload).expect("decodes"))
+            .map(|c| (c.table.to_string(), c.batch.num_rows()))
+            .collect()
+    }
+
+    /// The uplink's source: a follower reads every applied record in order, across a
+    /// persistence (a new WAL segment), in bounded reads; the hold keeps persisted records
+    /// on disk until it moves, and a follower behind deleted records says how many it missed.
+    #[tokio::test]
+    async fn a_wal_follower_reads_applied_records_in_order_and_the_hold_keeps_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_store(dir.path(), Some(0)).await;
+        let first = write(&store, "m,d=a v=1 1\nm,d=b v=2 1").await;
+        write(&store, "n,d=a w=1i 2").await;
+        store.persist().await.expect("persist");
+        write(&store, "m,d=a v=3 3").await;
+        let last = write(&store, "m,d=c v=4 4\nm,d=c v=5 5\nm,d=c v=6 6").await;
+        assert_eq!(store.applied_seq(), last);
+        assert_eq!(last - first, 3);
+
+        let mut follower = wal::WalFollower::new(store.wal_dir(), first - 1);
+        // One byte of budget: one record per read, never none.
+        let one = follower.read(last, 1).expect("read");
+        assert_eq!(one.records.len(), 1);
+        assert_eq!(one.records[0].seq, first);
+        // Only up to what the caller says is applied.
+        let upto = follower.read(first + 1, 1 << 20).expect("read");
+        assert_eq!(
+            upto.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [first + 1]
+        );
+        let rest = follower.read(last, 1 << 20).expect("read");
+        assert_eq!(
+            rest.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [first + 2, last]
+        );
+        assert_eq!(
+            rows_of(&rest.records),
+            [("m".to_owned(), 1), ("m".to_owned(), 3)]
+        );
+        assert_eq!(follower.position(), last);
+        assert!(
+            follower
+                .read(last, 1 << 20)
+                .expect("read")
+                .records
+                .is_empty()
+        );
+        let next = write(&store, "m,d=a v=7 7").await;
+        let tail = follower.read(store.applied_seq(), 1 << 20).expect("read");
+        assert_eq!(
+            tail.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [next]
+        );
+
+        // The hold (0) kept the persisted segment; moving it past that segment frees it.
+        store.persist().await.expect("persist");
+        let mut again = wal::WalFollower::new(store.wal_dir(), 0);
+        let all = again.read(store.applied_seq(), usize::MAX).expect("read");
+        assert_eq!(all.records.len(), 5);
+        assert_eq!(all.skipped, 0);
+        store.hold_wal(Some(first + 2));
+        store.persist().await.expect("persist");
+        let mut behind = wal::WalFollower::new(store.wal_dir(), 0);
+        let read = behind.read(store.applied_seq(), usize::MAX).expect("read");
+        assert_eq!(
+            read.skipped,
+            first + 1,
+            "the first segment's records are gone"
+        );
+        assert_eq!(read.records.first().map(|r| r.seq), Some(first + 2));
+
+        // Without a hold, persistence deletes what it persisted.
+        store.hold_wal(None);
+        write(&store, "m,d=a v=8 8").await;
+        store.persist().await.expect("persist");
+        let mut none = wal::WalFollower::new(store.wal_dir(), 0);
+        let read = none.read(store.applied_seq(), usize::MAX).expect("read");
+        assert!(read.records.is_empty(), "{:?}", rows_of(&read.records));
+        assert_eq!(read.skipped, store.applied_seq());
+        store.close().await;
+    }
+
+    /// The hub's side: batches read from one store's WAL are written into another as they
+    /// were, and a batch that is not what a Fabrik store writes is refused naming why.
+    #[tokio::test]
+    async fn arrow_batches_from_another_store_are_written_and_bad_ones_refused() {
+        let edge_dir = tempfile::tempdir().expect("tempdir");
+        let hub_dir = tempfile::tempdir().expect("tempdir");
+        let edge = open_store(edge_dir.path(), Some(0)).await;
+        let hub = open_store(hub_dir.path(), None).await;
+        let seq = write(
+            &edge,
+            "m,d=a v=1,s=\"x\" 1000\nm,d=b v=2,n=3i 2000\nk,d=a b=true 3000",
+        )
+        .await;
+        let mut follower = wal::WalFollower::new(edge.wal_dir(), seq - 1);
+        let record = follower
+            .read(seq, usize::MAX)
+            .expect("read")
+            .records
+            .remove(0);
+        let batches: Vec<(String, RecordBatch)> = wal::decode(&record.payload)
+            .expect("decode")
+            .into_iter()
+            .map(|c| (c.table.to_string(), c.batch))
+            .collect();
+        let report = hub
+            .write_arrow(batches.clone(), "message")
+            .await
+            .expect("written");
+        assert_eq!(report.points, 3);
+        let sql = "SELECT d, v, s, n, _source FROM m ORDER BY time";
+        let want = edge.query(sql).await.expect("edge query");
+        let got = hub.query(sql).await.expect("hub query");
+        assert_eq!(
+            datafusion::arrow::compute::concat_batches(&want.schema, &want.batches)
+                .expect("concat"),
+            datafusion::arrow::compute::concat_batches(&got.schema, &got.batches).expect("concat"),
+        );
+
+        let (table, batch) = &batches[0];
+        let index = batch.schema().index_of(schema::SOURCE).expect("_source");
+        let mut without = batch.clone();
+        without.remove_column(index);
+        let err = hub
+            .write_arrow(vec![(table.clone(), without)], "message")
+            .await
+            .expect_err("no _source");
+        assert!(err.to_string().contains("`_source` is missing"), "{err}");
+        assert!(err.http_status() < 500);
+
+        // A column whose kind says float but whose data is text.
+        let fields: Vec<datafusion::arrow::datatypes::Field> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| {
+                if f.name() == "v" {
+                    f.as_ref()
+                        .clone()
+                        .with_data_type(datafusion::arrow::datatypes::DataType::Utf8)
+                } else {
+                    f.as_ref().clone()
+                }
+            })
+            .collect();
+        let columns: Vec<datafusion::arrow::array::ArrayRef> = batch
+            .schema()
+            .fields()
+            .iter()
+            .zip(batch.columns())
+            .map(|(f, c)| {
+                if f.name() == "v" {
+                    Arc::new(datafusion::arrow::array::StringArray::from(vec![
+                        "1";
+                        c.len()
+                    ])) as datafusion::arrow::array::ArrayRef
+                } else {
+                    c.clone()
+                }
+            })
+            .collect();
+        let lying = RecordBatch::try_new(
+            Arc::new(datafusion::arrow::datatypes::Schema::new(fields)),
+            columns,
+        )
+        .expect("batch");
+        let err = hub
+            .write_arrow(vec![(table.clone(), lying)], "message")
+            .await
+            .expect_err("type lie");
+        assert!(
+            err.to_string().contains("message[0]: column `v` is Utf8"),
+            "{err}"
+        );
+
+        // A type conflict with what the hub already holds names table and column.
+        write(&hub, "clash,d=a v=\"text\" 1").await;
+        let clash = vec![("clash".to_owned(), batch.clone())];
+        let err = hub
+            .write_arrow(clash, "message")
+            .await
+            .expect_err("conflict");
+        assert!(
+            err.to_string().contains("table `clash`, column `v`"),
+            "{err}"
+        );
+        let count = hub
+            .query("SELECT count(*) AS n FROM m")
+            .await
+            .expect("count");
+        assert_eq!(count.batches[0].num_rows(), 1);
+        edge.close().await;
+        hub.close().await;
     }
 }

@@ -161,6 +161,14 @@ pub fn replay(
     let last_index = segments.len().saturating_sub(1);
     for (i, (first_seq, path)) in segments.iter().enumerate() {
         let is_last = i == last_index;
+        // A segment kept only for the uplink (every record in it persisted) is not read.
+        if segments
+            .get(i + 1)
+            .is_some_and(|(next_first, _)| *next_first <= persisted_seq + 1)
+        {
+            report.next_seq = report.next_seq.max(*first_seq);
+            continue;
+        }
         let name = path.display().to_string();
         let mut data = Vec::new();
         File::open(path)
@@ -546,4 +554,192 @@ pub fn start(
         })
         .map_err(|e| StoreError::io("starting the WAL thread", e))?;
     Ok((tx, handle))
+}
+
+/// A WAL record read back by a [`WalFollower`]: its sequence number and encoded chunks
+/// ([`decode`] turns them back into batches).
+#[derive(Debug, Clone)]
+pub struct FollowedRecord {
+    /// The record's sequence number.
+    pub seq: u64,
+    /// The payload as written ([`encode`]'s format).
+    pub payload: Vec<u8>,
+}
+
+/// What one [`WalFollower::read`] found.
+#[derive(Debug, Default)]
+pub struct Followed {
+    /// Records in sequence order.
+    pub records: Vec<FollowedRecord>,
+    /// Records the follower wanted that were no longer on disk (deleted before it read them).
+    pub skipped: u64,
+}
+
+/// Reads the WAL's records in order, after a given sequence number, beside the writer: the
+/// edge uplink's source (Postgres' logical-replication slot, done on Fabrik's WAL). It reads
+/// only records the caller knows are durable (`up_to`, the store's applied sequence number),
+/// so it never sees a record the writer might still cut back.
+#[derive(Debug)]
+pub struct WalFollower {
+    dir: PathBuf,
+    /// The next sequence number wanted.
+    next_seq: u64,
+    /// The segment being read: its first sequence number, the file, and the file offset of
+    /// `pending`'s first byte.
+    segment: Option<(u64, File, u64)>,
+    /// Bytes read from the segment; those before `parsed` are consumed.
+    pending: Vec<u8>,
+    parsed: usize,
+}
+
+impl WalFollower {
+    /// A follower that reads the records after `after`.
+    pub fn new(dir: impl Into<PathBuf>, after: u64) -> Self {
+        Self {
+            dir: dir.into(),
+            next_seq: after + 1,
+            segment: None,
+            pending: Vec::new(),
+            parsed: 0,
+        }
+    }
+
+    /// The sequence number of the last record returned (or skipped).
+    pub fn position(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// Reads records with sequence numbers after [`position`](Self::position) and up to
+    /// `up_to`, about `max_bytes` of payload at most (always at least one record when one is
+    /// due). Records deleted before they were read are counted in `skipped`.
+    pub fn read(&mut self, up_to: u64, max_bytes: usize) -> Result<Followed, StoreError> {
+        let mut out = Followed::default();
+        let mut bytes = 0usize;
+        while self.next_seq <= up_to && (out.records.is_empty() || bytes < max_bytes) {
+            if self.segment.is_none() && !self.open_segment(&mut out.skipped)? {
+                break;
+            }
+            match self.next_record()? {
+                Some(record) if record.seq > up_to => break,
+                Some(record) => {
+                    self.consume(&record);
+                    if record.seq < self.next_seq {
+                        continue;
+                    }
+                    self.next_seq = record.seq + 1;
+                    bytes += record.payload.len();
+                    out.records.push(record);
+                }
+                None => {
+                    // The segment is read to its end: move to the one starting at next_seq,
+                    // which exists once the writer has rotated past this one.
+                    if !self.next_segment_exists()? {
+                        break;
+                    }
+                    self.segment = None;
+                    self.pending.clear();
+                    self.parsed = 0;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Opens the segment holding `next_seq`, or the oldest one after it when records were
+    /// deleted; false when there is no segment at all.
+    fn open_segment(&mut self, skipped: &mut u64) -> Result<bool, StoreError> {
+        let segments = list_segments(&self.dir)?;
+        let chosen = segments
+            .iter()
+            .rev()
+            .find(|(first, _)| *first <= self.next_seq)
+            .or_else(|| segments.first());
+        let Some((first, path)) = chosen else {
+            return Ok(false);
+        };
+        if *first > self.next_seq {
+            *skipped += first - self.next_seq;
+            self.next_seq = *first;
+        }
+        let file = File::open(path)
+            .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
+        self.segment = Some((*first, file, MAGIC.len() as u64));
+        self.pending.clear();
+        self.parsed = 0;
+        Ok(true)
+    }
+
+    fn next_segment_exists(&self) -> Result<bool, StoreError> {
+        Ok(list_segments(&self.dir)?
+            .iter()
+            .any(|(first, _)| *first == self.next_seq))
+    }
+
+    /// Marks a parsed record's bytes as consumed.
+    fn consume(&mut self, record: &FollowedRecord) {
+        self.parsed += HEADER + record.payload.len();
+    }
+
+    /// The next whole record of the current segment, reading more of the file as needed;
+    /// `None` at the end of what is written.
+    fn next_record(&mut self) -> Result<Option<FollowedRecord>, StoreError> {
+        use std::io::{Seek, SeekFrom};
+        loop {
+            let rest = &self.pending[self.parsed..];
+            if rest.len() >= HEADER {
+                let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
+                if len > MAX_RECORD {
+                    return Err(self.corrupt("record length out of range"));
+                }
+                let total = HEADER + len as usize;
+                if rest.len() >= total {
+                    let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+                    let body = &rest[8..total];
+                    if crc32fast::hash(body) != crc {
+                        return Err(self.corrupt("checksum mismatch"));
+                    }
+                    let mut seq = [0u8; 8];
+                    seq.copy_from_slice(&body[..8]);
+                    return Ok(Some(FollowedRecord {
+                        seq: u64::from_le_bytes(seq),
+                        payload: body[8..].to_vec(),
+                    }));
+                }
+            }
+            // Keep only the unparsed tail before reading more.
+            if let Some((_, _, offset)) = &mut self.segment {
+                *offset += self.parsed as u64;
+            }
+            self.pending.drain(..self.parsed);
+            self.parsed = 0;
+            let Some((_, file, offset)) = &mut self.segment else {
+                return Ok(None);
+            };
+            let at = *offset + self.pending.len() as u64;
+            let read = file
+                .seek(SeekFrom::Start(at))
+                .and_then(|_| {
+                    Read::by_ref(file)
+                        .take(8 << 20)
+                        .read_to_end(&mut self.pending)
+                })
+                .map_err(|e| {
+                    StoreError::io(format!("reading the WAL in {}", self.dir.display()), e)
+                })?;
+            if read == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn corrupt(&self, reason: &str) -> StoreError {
+        let (first, offset) = self.segment.as_ref().map_or((0, 0), |(first, _, offset)| {
+            (*first, *offset + self.parsed as u64)
+        });
+        StoreError::CorruptWal {
+            segment: segment_path(&self.dir, first).display().to_string(),
+            offset,
+            reason: reason.to_owned(),
+        }
+    }
 }

@@ -47,6 +47,8 @@ pub(crate) fn load(path: Option<&Path>, origin: &str) -> Result<(Config, Setting
     later.extend(crate::opcua::check(&config));
     later.extend(crate::alerts::check(&config));
     later.extend(crate::bridge::check(&config));
+    later.extend(crate::uplink::check(&config));
+    later.extend(crate::hub::check(&config));
     problems.extend(
         later
             .into_iter()

@@ -23,13 +23,17 @@ pub(crate) enum Module {
     Pipelines,
     /// Alert rules, lifecycle, notifications.
     Alerts,
+    /// Forwarding stored rows to a hub over NATS JetStream.
+    Uplink,
+    /// Storing the rows edge nodes forward.
+    Hub,
     /// The HTTP API and dashboard.
     Http,
 }
 
 impl Module {
     /// Every module.
-    pub(crate) const ALL: [Module; 10] = [
+    pub(crate) const ALL: [Module; 12] = [
         Module::Store,
         Module::Registry,
         Module::Ingest,
@@ -39,6 +43,8 @@ impl Module {
         Module::Opcua,
         Module::Pipelines,
         Module::Alerts,
+        Module::Uplink,
+        Module::Hub,
         Module::Http,
     ];
 
@@ -54,6 +60,8 @@ impl Module {
             Module::Opcua => &[Module::Store],
             Module::Pipelines => &[Module::Store, Module::Registry],
             Module::Alerts => &[Module::Store],
+            Module::Uplink => &[Module::Store],
+            Module::Hub => &[Module::Store],
             Module::Http => &[Module::Store, Module::Registry],
         }
     }
@@ -70,6 +78,8 @@ impl Module {
             Module::Opcua => "opcua",
             Module::Pipelines => "pipelines",
             Module::Alerts => "alerts",
+            Module::Uplink => "uplink",
+            Module::Hub => "hub",
             Module::Http => "http",
         }
     }
@@ -92,6 +102,10 @@ impl Module {
             Module::Pipelines => {
                 "inference pipelines: per-device windows → features → model → inferences table"
             }
+            Module::Uplink => {
+                "edge → hub: the WAL's writes to NATS JetStream, store-and-forward ([uplink])"
+            }
+            Module::Hub => "hub: rows edge nodes forward over JetStream into this store ([hub])",
             Module::Http => {
                 "REST API under /api/v1, InfluxDB write endpoints, /ready, /metrics, dashboard"
             }

@@ -168,6 +168,7 @@ fn store_options(s: &Settings) -> StoreOptions {
         blob_min_age: s.blob_min_age,
         query_timeout: s.query_timeout,
         query_threads: s.query_threads,
+        wal_hold: None,
     }
 }
 
@@ -356,10 +357,14 @@ struct Wiring {
     compliance: Arc<fabrik_api::compliance::ComplianceFacts>,
 }
 
-async fn start_store(settings: &Settings, wiring: &mut Wiring) -> Result<ServiceHandle, String> {
-    let store = Store::open(store_options(settings))
-        .await
-        .map_err(|e| e.to_string())?;
+async fn start_store(
+    settings: &Settings,
+    wal_hold: Option<u64>,
+    wiring: &mut Wiring,
+) -> Result<ServiceHandle, String> {
+    let mut options = store_options(settings);
+    options.wal_hold = wal_hold;
+    let store = Store::open(options).await.map_err(|e| e.to_string())?;
     wiring.store = Some(store.clone());
     let stop = CancellationToken::new();
     let background_stop = stop.child_token();
@@ -573,7 +578,15 @@ async fn serve(
         let result = match module {
             Module::Store => {
                 manager
-                    .start(module.name(), || start_store(&settings, &mut wiring))
+                    .start(module.name(), || {
+                        // With the uplink in this process, no WAL is deleted before it says
+                        // what the hub has.
+                        let hold = modules
+                            .contains(&Module::Uplink)
+                            .then(|| crate::uplink::initial_wal_hold(&config))
+                            .flatten();
+                        start_store(&settings, hold, &mut wiring)
+                    })
                     .await
             }
             Module::Registry => {
@@ -716,6 +729,24 @@ async fn serve(
                         wiring.alerting = Some(module.alerting);
                         wiring.alert_rule_control = Some(module.rules);
                         Ok(module.handle)
+                    })
+                    .await
+            }
+            Module::Uplink => {
+                let store = wiring.store.clone();
+                manager
+                    .start(module.name(), || async {
+                        let store = store.ok_or("the uplink module needs the store module")?;
+                        crate::uplink::start(&config, &settings.data_dir, store).await
+                    })
+                    .await
+            }
+            Module::Hub => {
+                let store = wiring.store.clone();
+                manager
+                    .start(module.name(), || async {
+                        let store = store.ok_or("the hub module needs the store module")?;
+                        crate::hub::start(&config, store).await
                     })
                     .await
             }

@@ -20,5 +20,6 @@ mod shadow;
 mod sparkplug;
 mod storage;
 mod support;
+mod uplink;
 mod usecases;
 mod users;

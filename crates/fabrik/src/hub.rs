@@ -1,0 +1,387 @@
+//! The hub side of the uplink (`[hub]`, decision 0030): a durable JetStream consumer whose
+//! messages (Arrow IPC from edge WALs) are written into this store, a batch of messages per
+//! WAL record, each acknowledged only once stored. `_source` becomes
+//! `uplink:<node>/<the edge's source>`, so a row names the edge it came from and, with its
+//! `_raw_id`, the raw message there. A message that cannot be stored (not Arrow, a column
+//! of another type than the hub's) is a dead letter naming why; it is never retried forever
+//! and never blocks the rest. Hubs that share the consumer name share the work.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use base64::Engine;
+use fabrik_connect::ingest::DEAD_LETTERS;
+use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
+use fabrik_runtime::ServiceHandle;
+use fabrik_runtime::config::Config;
+use fabrik_store::Store;
+use fabrik_store::arrow::array::{Array, ArrayRef, StringArray};
+use fabrik_store::arrow::ipc::reader::StreamReader;
+use fabrik_store::arrow::record_batch::RecordBatch;
+use fabrik_store::schema;
+use futures::{FutureExt, StreamExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::nats_link::{self, NatsLink};
+
+/// Messages stored together in one write at most.
+const BATCH: usize = 512;
+/// How long JetStream waits for an acknowledgement before it delivers a message again.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+
+/// Problems of `[hub]`, as `hub.field`.
+pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
+    let link = NatsLink::from(&config.hub);
+    if !link.is_on() {
+        return Vec::new();
+    }
+    let mut problems = link.check();
+    if !nats_link::is_plain_name(&config.hub.consumer) {
+        problems.push((
+            "hub.consumer".into(),
+            format!(
+                "`{}`: use letters, digits, `-` and `_`",
+                config.hub.consumer
+            ),
+        ));
+    }
+    match fabrik_runtime::units::parse_duration(&config.hub.max_age) {
+        Ok(d) if d.is_zero() => {
+            problems.push(("hub.max_age".into(), "must be greater than zero".into()))
+        }
+        Ok(_) => {}
+        Err(e) => problems.push(("hub.max_age".into(), e)),
+    }
+    problems
+}
+
+/// A message turned into what the store takes.
+struct Decoded {
+    node: String,
+    batches: Vec<(String, RecordBatch)>,
+}
+
+/// The edge node of a subject `<prefix>.<node>`.
+fn node_of<'a>(subject: &'a str, prefix: &str) -> Option<&'a str> {
+    subject
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .filter(|node| nats_link::is_plain_name(node))
+}
+
+/// Replaces `_source` with `uplink:<node>/<source>`.
+fn stamp_source(batch: RecordBatch, node: &str) -> Result<RecordBatch, String> {
+    let schema = batch.schema();
+    let index = schema
+        .index_of(schema::SOURCE)
+        .map_err(|_| format!("column `{}` is missing", schema::SOURCE))?;
+    let sources = batch
+        .column(index)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .ok_or_else(|| format!("column `{}` is not text", schema::SOURCE))?;
+    let stamped: StringArray = sources
+        .iter()
+        .map(|s| Some(format!("uplink:{node}/{}", s.unwrap_or(""))))
+        .collect();
+    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+    columns[index] = Arc::new(stamped);
+    RecordBatch::try_new(schema, columns).map_err(|e| e.to_string())
+}
+
+fn decode(message: &jetstream::Message, prefix: &str) -> Result<Decoded, (String, String)> {
+    let node = node_of(&message.subject, prefix)
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            (
+                "?".to_owned(),
+                format!("subject `{}` does not name an edge node", message.subject),
+            )
+        })?;
+    let fail = |reason: String| (node.clone(), reason);
+    let table = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(nats_link::TABLE_HEADER))
+        .map(|v| v.as_str().to_owned())
+        .ok_or_else(|| fail(format!("no `{}` header", nats_link::TABLE_HEADER)))?;
+    let reader = StreamReader::try_new(&message.payload[..], None)
+        .map_err(|e| fail(format!("not an Arrow IPC stream: {e}")))?;
+    let mut batches = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| fail(format!("Arrow IPC: {e}")))?;
+        if batch.num_rows() > 0 {
+            batches.push((table.clone(), stamp_source(batch, &node).map_err(fail)?));
+        }
+    }
+    if batches.is_empty() {
+        return Err(fail("the message holds no rows".into()));
+    }
+    Ok(Decoded { node, batches })
+}
+
+/// A dead-letter row for a message the hub cannot store.
+fn dead_letter(message: &jetstream::Message, node: &str, reason: &str) -> (Lineage, Vec<Point>) {
+    let source = format!("uplink:{node}");
+    let lineage = Lineage {
+        source: SourceId(source.clone()),
+        raw_id: fabrik_core::RawMessageId(0),
+        mapping_version: 0,
+    };
+    let payload = base64::engine::general_purpose::STANDARD.encode(&message.payload);
+    let point = Point {
+        measurement: DEAD_LETTERS.to_owned(),
+        tags: vec![("source".to_owned(), source)],
+        fields: vec![
+            ("topic".to_owned(), Value::Str(message.subject.to_string())),
+            ("mapping".to_owned(), Value::Str("uplink".to_owned())),
+            ("reason".to_owned(), Value::Str(reason.to_owned())),
+            (
+                "payload".to_owned(),
+                Value::Str(format!("base64:{payload}")),
+            ),
+        ],
+        time: Timestamp::now(),
+        quality: Quality::Bad,
+    };
+    (lineage, vec![point])
+}
+
+/// What became of one message.
+enum Outcome {
+    Stored,
+    DeadLettered,
+    /// Not stored: delivered again after a pause.
+    Retry,
+}
+
+async fn settle(message: &jetstream::Message, outcome: &Outcome) {
+    let result = match outcome {
+        Outcome::Stored | Outcome::DeadLettered => message.ack().await,
+        Outcome::Retry => {
+            message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await
+        }
+    };
+    if let Err(e) = result {
+        // Not acknowledged: JetStream delivers it again after ACK_WAIT, and writing it again
+        // stores the same rows (last write wins per series and time).
+        tracing::debug!(error = %e, "Hub: acknowledgement not sent.");
+    }
+}
+
+async fn store_dead_letter(
+    store: &Store,
+    message: &jetstream::Message,
+    node: &str,
+    reason: &str,
+) -> Outcome {
+    tracing::warn!(subject = %message.subject, reason, "Hub: message stored as a dead letter.");
+    match store
+        .write_groups(&[dead_letter(message, node, reason)], "dead letter")
+        .await
+    {
+        Ok(_) => {
+            metrics::counter!("fabrik_hub_dead_letters_total").increment(1);
+            Outcome::DeadLettered
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "Hub: dead letter not stored; the message comes again.");
+            Outcome::Retry
+        }
+    }
+}
+
+/// Stores a batch of messages: all in one write, or, when that is refused, one by one so a
+/// bad message becomes a dead letter without holding back the others.
+async fn store_messages(store: &Store, messages: &[jetstream::Message], prefix: &str) {
+    let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(messages.len());
+    let mut decoded: Vec<Option<Decoded>> = Vec::with_capacity(messages.len());
+    for message in messages {
+        match decode(message, prefix) {
+            Ok(d) => {
+                decoded.push(Some(d));
+                outcomes.push(None);
+            }
+            Err((node, reason)) => {
+                decoded.push(None);
+                outcomes.push(Some(
+                    store_dead_letter(store, message, &node, &reason).await,
+                ));
+            }
+        }
+    }
+    let together: Vec<(String, RecordBatch)> = decoded
+        .iter()
+        .flatten()
+        .flat_map(|d| d.batches.iter().cloned())
+        .collect();
+    let rows: usize = together.iter().map(|(_, b)| b.num_rows()).sum();
+    if !together.is_empty() {
+        match store.write_arrow(together, "uplink message").await {
+            Ok(_) => {
+                metrics::counter!("fabrik_hub_rows_total").increment(rows as u64);
+                for (outcome, d) in outcomes.iter_mut().zip(&decoded) {
+                    if d.is_some() {
+                        *outcome = Some(Outcome::Stored);
+                    }
+                }
+            }
+            Err(e) if e.http_status() < 500 => {
+                for ((outcome, d), message) in outcomes.iter_mut().zip(&decoded).zip(messages) {
+                    let Some(d) = d else { continue };
+                    let rows: usize = d.batches.iter().map(|(_, b)| b.num_rows()).sum();
+                    *outcome = Some(
+                        match store.write_arrow(d.batches.clone(), "uplink message").await {
+                            Ok(_) => {
+                                metrics::counter!("fabrik_hub_rows_total").increment(rows as u64);
+                                Outcome::Stored
+                            }
+                            Err(e) if e.http_status() < 500 => {
+                                store_dead_letter(store, message, &d.node, &e.to_string()).await
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "Hub: not stored; the message comes again.");
+                                Outcome::Retry
+                            }
+                        },
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Hub: not stored; the messages come again.");
+                for (outcome, d) in outcomes.iter_mut().zip(&decoded) {
+                    if d.is_some() {
+                        *outcome = Some(Outcome::Retry);
+                    }
+                }
+            }
+        }
+    }
+    metrics::counter!("fabrik_hub_messages_total").increment(messages.len() as u64);
+    for (message, outcome) in messages.iter().zip(&outcomes) {
+        settle(message, outcome.as_ref().unwrap_or(&Outcome::Retry)).await;
+    }
+}
+
+/// Connects, makes sure of the stream and the durable consumer, and stores messages until
+/// stopped or the link fails (then the caller connects again).
+async fn consume(
+    js: &jetstream::Context,
+    link: &NatsLink,
+    consumer_name: &str,
+    max_age: Duration,
+    store: &Store,
+    stop: &CancellationToken,
+) -> Result<(), String> {
+    let stream = js
+        .get_or_create_stream(link.stream_config(max_age))
+        .await
+        .map_err(|e| format!("stream `{}`: {e}", link.stream))?;
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            consumer_name,
+            jetstream::consumer::pull::Config {
+                durable_name: Some(consumer_name.to_owned()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: ACK_WAIT,
+                max_ack_pending: 20_000,
+                filter_subject: format!("{}.>", link.subject),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("consumer `{consumer_name}`: {e}"))?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(BATCH)
+        .messages()
+        .await
+        .map_err(|e| format!("consumer `{consumer_name}`: {e}"))?;
+    tracing::info!(stream = %link.stream, consumer = consumer_name, "Hub consuming.");
+    loop {
+        let first = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            next = messages.next() => next,
+        };
+        let first = match first {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return Err(format!("receiving: {e}")),
+            None => return Err("the consumer's message stream ended".into()),
+        };
+        let mut batch = vec![first];
+        // Whatever else has arrived goes into the same write.
+        while batch.len() < BATCH {
+            match messages.next().now_or_never() {
+                Some(Some(Ok(m))) => batch.push(m),
+                _ => break,
+            }
+        }
+        store_messages(store, &batch, &link.subject).await;
+    }
+}
+
+/// Starts the hub when `[hub]` is configured (otherwise an idle module).
+pub(crate) async fn start(config: &Config, store: Arc<Store>) -> Result<ServiceHandle, String> {
+    let stop = CancellationToken::new();
+    let link = NatsLink::from(&config.hub);
+    if !link.is_on() {
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            token.cancelled().await;
+            Ok(())
+        });
+        return Ok(ServiceHandle { stop, task });
+    }
+    if let Some((path, message)) = check(config).first() {
+        return Err(format!("{path}: {message}"));
+    }
+    let max_age = fabrik_runtime::units::parse_duration(&config.hub.max_age)?;
+    let consumer = config.hub.consumer.clone();
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        let client = tokio::select! {
+            () = token.cancelled() => return Ok(()),
+            client = link.connect(format!("fabrik-hub-{consumer}")) => client?,
+        };
+        let js = jetstream::new(client);
+        let mut backoff = Duration::from_millis(200);
+        let mut last_error: Option<String> = None;
+        while !token.is_cancelled() {
+            match consume(&js, &link, &consumer, max_age, &store, &token).await {
+                Ok(()) => break,
+                Err(e) => {
+                    if last_error.as_deref() != Some(e.as_str()) {
+                        tracing::warn!(error = %e, "Hub: NATS link down; trying again.");
+                        last_error = Some(e);
+                    }
+                    tokio::select! {
+                        () = token.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        Ok(())
+    });
+    Ok(ServiceHandle { stop, task })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_is_the_subject_token_after_the_prefix() {
+        assert_eq!(
+            node_of("fabrik.uplink.line-1", "fabrik.uplink"),
+            Some("line-1")
+        );
+        assert_eq!(node_of("fabrik.uplink.a.b", "fabrik.uplink"), None);
+        assert_eq!(node_of("fabrik.uplinkx", "fabrik.uplink"), None);
+        assert_eq!(node_of("other.line-1", "fabrik.uplink"), None);
+    }
+}

