@@ -15,6 +15,7 @@ pub mod control;
 pub mod devices;
 pub mod error;
 mod extract;
+pub mod links;
 pub mod openapi;
 pub mod pipelines;
 pub mod privacy;
@@ -72,6 +73,8 @@ pub struct ApiState {
     pub kpi_meter: Option<Arc<dyn usecases::KpiMeter>>,
     /// What the process runs with, for `/api/v1/compliance`.
     pub compliance: Arc<compliance::ComplianceFacts>,
+    /// The edge → hub link, as the uplink and hub modules report it.
+    pub links: links::LinkBoard,
 }
 
 /// Serves the API on `listener` (over TLS when `tls` is given) until `shutdown` is cancelled;

@@ -144,6 +144,7 @@ impl Modify for TokenAuth {
         crate::audit::list,
         crate::audit::verify,
         crate::compliance::report,
+        crate::links::status,
         crate::privacy::export,
         crate::stream::device_stream,
         crate::pipelines::list,

@@ -152,6 +152,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/audit", get(crate::audit::list))
         .route("/api/v1/audit/verify", get(crate::audit::verify))
         .route("/api/v1/compliance", get(crate::compliance::report))
+        .route("/api/v1/uplink", get(crate::links::status))
         .route("/services", get(services))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

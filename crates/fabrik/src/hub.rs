@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
 use base64::Engine;
+use fabrik_api::links::{HubStatus, LinkBoard};
 use fabrik_connect::ingest::DEAD_LETTERS;
 use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
 use fabrik_runtime::ServiceHandle;
@@ -196,7 +197,12 @@ async fn store_dead_letter(
 
 /// Stores a batch of messages: all in one write, or, when that is refused, one by one so a
 /// bad message becomes a dead letter without holding back the others.
-async fn store_messages(store: &Store, messages: &[jetstream::Message], prefix: &str) {
+async fn store_messages(
+    store: &Store,
+    messages: &[jetstream::Message],
+    prefix: &str,
+    board: &LinkBoard,
+) {
     let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(messages.len());
     let mut decoded: Vec<Option<Decoded>> = Vec::with_capacity(messages.len());
     for message in messages {
@@ -261,21 +267,67 @@ async fn store_messages(store: &Store, messages: &[jetstream::Message], prefix: 
         }
     }
     metrics::counter!("fabrik_hub_messages_total").increment(messages.len() as u64);
+    report(board, &decoded, &outcomes);
     for (message, outcome) in messages.iter().zip(&outcomes) {
         settle(message, outcome.as_ref().unwrap_or(&Outcome::Retry)).await;
     }
 }
 
-/// Connects, makes sure of the stream and the durable consumer, and stores messages until
-/// stopped or the link fails (then the caller connects again).
-async fn consume(
-    js: &jetstream::Context,
-    link: &NatsLink,
-    consumer_name: &str,
+/// Counts a batch's outcomes on the status board, per edge node.
+fn report(board: &LinkBoard, decoded: &[Option<Decoded>], outcomes: &[Option<Outcome>]) {
+    let mut guard = board.write();
+    let Some(status) = guard.hub.as_mut() else {
+        return;
+    };
+    let now = crate::uplink::now_text();
+    for (d, outcome) in decoded.iter().zip(outcomes) {
+        match outcome {
+            Some(Outcome::Stored) => {
+                status.messages += 1;
+                status.last_error = None;
+                if let Some(d) = d {
+                    let rows: u64 = d.batches.iter().map(|(_, b)| b.num_rows() as u64).sum();
+                    status.rows += rows;
+                    let node = status.nodes.entry(d.node.clone()).or_default();
+                    node.messages += 1;
+                    node.rows += rows;
+                    node.last_message_at = Some(now.clone());
+                }
+            }
+            Some(Outcome::DeadLettered) => {
+                status.messages += 1;
+                status.dead_letters += 1;
+            }
+            Some(Outcome::Retry) | None => {}
+        }
+    }
+}
+
+/// What the hub's consuming needs.
+struct Hub {
+    link: NatsLink,
+    consumer: String,
     max_age: Duration,
-    store: &Store,
+    store: Arc<Store>,
+    board: LinkBoard,
+}
+
+/// Makes sure of the stream and the durable consumer, and stores messages until stopped or
+/// the link fails (then the caller tries again).
+async fn consume(
+    hub: &Hub,
+    client: &async_nats::Client,
+    js: &jetstream::Context,
     stop: &CancellationToken,
 ) -> Result<(), String> {
+    let Hub {
+        link,
+        consumer: consumer_name,
+        max_age,
+        store,
+        board,
+    } = hub;
+    let max_age = *max_age;
     let stream = js
         .get_or_create_stream(link.stream_config(max_age))
         .await
@@ -294,6 +346,9 @@ async fn consume(
         )
         .await
         .map_err(|e| format!("consumer `{consumer_name}`: {e}"))?;
+    if let Some(status) = board.write().hub.as_mut() {
+        status.connected = true;
+    }
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(BATCH)
@@ -301,9 +356,18 @@ async fn consume(
         .await
         .map_err(|e| format!("consumer `{consumer_name}`: {e}"))?;
     tracing::info!(stream = %link.stream, consumer = consumer_name, "Hub consuming.");
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         let first = tokio::select! {
             () = stop.cancelled() => return Ok(()),
+            _ = tick.tick() => {
+                let connected =
+                    client.connection_state() == async_nats::connection::State::Connected;
+                if let Some(status) = board.write().hub.as_mut() {
+                    status.connected = connected;
+                }
+                continue;
+            }
             next = messages.next() => next,
         };
         let first = match first {
@@ -319,12 +383,16 @@ async fn consume(
                 _ => break,
             }
         }
-        store_messages(store, &batch, &link.subject).await;
+        store_messages(store, &batch, &link.subject, board).await;
     }
 }
 
 /// Starts the hub when `[hub]` is configured (otherwise an idle module).
-pub(crate) async fn start(config: &Config, store: Arc<Store>) -> Result<ServiceHandle, String> {
+pub(crate) async fn start(
+    config: &Config,
+    store: Arc<Store>,
+    board: LinkBoard,
+) -> Result<ServiceHandle, String> {
     let stop = CancellationToken::new();
     let link = NatsLink::from(&config.hub);
     if !link.is_on() {
@@ -340,19 +408,36 @@ pub(crate) async fn start(config: &Config, store: Arc<Store>) -> Result<ServiceH
     }
     let max_age = fabrik_runtime::units::parse_duration(&config.hub.max_age)?;
     let consumer = config.hub.consumer.clone();
+    board.write().hub = Some(HubStatus {
+        url: link.url.clone(),
+        stream: link.stream.clone(),
+        consumer: consumer.clone(),
+        ..HubStatus::default()
+    });
     let token = stop.clone();
+    let hub = Hub {
+        link,
+        consumer,
+        max_age,
+        store,
+        board,
+    };
     let task = tokio::spawn(async move {
         let client = tokio::select! {
             () = token.cancelled() => return Ok(()),
-            client = link.connect(format!("fabrik-hub-{consumer}")) => client?,
+            client = hub.link.connect(format!("fabrik-hub-{}", hub.consumer)) => client?,
         };
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         let mut backoff = Duration::from_millis(200);
         let mut last_error: Option<String> = None;
         while !token.is_cancelled() {
-            match consume(&js, &link, &consumer, max_age, &store, &token).await {
+            match consume(&hub, &client, &js, &token).await {
                 Ok(()) => break,
                 Err(e) => {
+                    if let Some(status) = hub.board.write().hub.as_mut() {
+                        status.connected = false;
+                        status.last_error = Some(e.clone());
+                    }
                     if last_error.as_deref() != Some(e.as_str()) {
                         tracing::warn!(error = %e, "Hub: NATS link down; trying again.");
                         last_error = Some(e);

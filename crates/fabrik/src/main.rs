@@ -38,6 +38,7 @@ mod shadow;
 mod sql_text;
 mod stored;
 mod uplink;
+mod uplink_cli;
 mod usecase_cli;
 mod usecases;
 mod user_cli;
@@ -85,6 +86,8 @@ enum Command {
     /// Assess a running Fabrik against IEC 62443-3-3, NIST 800-53 and GDPR controls: the
     /// evidence its configuration and live state give, and the gaps.
     Compliance(compliance_cli::ComplianceArgs),
+    /// The edge → hub link: this node's uplink, or what a hub receives.
+    Uplink(uplink_cli::UplinkArgs),
     /// Everything kept about one person, for their right of access (GDPR Art. 15).
     Privacy(privacy_cli::PrivacyArgs),
     /// List, acknowledge and silence alerts.
@@ -182,6 +185,7 @@ fn main() -> ExitCode {
         Command::User(args) => client::block_on(user_cli::run(args)),
         Command::Audit(args) => client::block_on(audit_cli::run(args)),
         Command::Compliance(args) => client::block_on(compliance_cli::run(args)),
+        Command::Uplink(args) => client::block_on(uplink_cli::run(args)),
         Command::Privacy(args) => client::block_on(privacy_cli::run(args)),
         Command::Alert(args) => client::block_on(alert_cli::run(args)),
         Command::Pipeline(args) => client::block_on(pipeline_cli::run(args)),

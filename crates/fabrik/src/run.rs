@@ -278,6 +278,15 @@ fn clear_text_links(config: &Config) -> Vec<String> {
             ));
         }
     }
+    for (section, url, ca) in [
+        ("uplink", &config.uplink.url, &config.uplink.tls_ca),
+        ("hub", &config.hub.url, &config.hub.tls_ca),
+    ] {
+        let url = url.trim();
+        if !url.is_empty() && ca.trim().is_empty() && !url.starts_with("tls://") {
+            links.push(format!("[{section}] reaches NATS at {url} without TLS"));
+        }
+    }
     if !config.modbus.devices.is_empty() {
         links.push(format!(
             "{} Modbus TCP device(s): the protocol has no encryption (keep them on an isolated \
@@ -355,6 +364,8 @@ struct Wiring {
     banner: Vec<String>,
     /// What the process runs with, for `/api/v1/compliance`.
     compliance: Arc<fabrik_api::compliance::ComplianceFacts>,
+    /// The edge → hub link's state, written by the uplink and hub modules.
+    links: fabrik_api::links::LinkBoard,
 }
 
 async fn start_store(
@@ -452,6 +463,7 @@ async fn start_http(
         alert_rules: wiring.alert_rules.clone(),
         alert_rule_control: wiring.alert_rule_control.clone(),
         compliance: wiring.compliance.clone(),
+        links: wiring.links.clone(),
         https: tls.is_some(),
         kpi_meter: Some(Arc::new(crate::usecases::StoreKpiMeter {
             store: store.clone(),
@@ -734,19 +746,21 @@ async fn serve(
             }
             Module::Uplink => {
                 let store = wiring.store.clone();
+                let links = wiring.links.clone();
                 manager
                     .start(module.name(), || async {
                         let store = store.ok_or("the uplink module needs the store module")?;
-                        crate::uplink::start(&config, &settings.data_dir, store).await
+                        crate::uplink::start(&config, &settings.data_dir, store, links).await
                     })
                     .await
             }
             Module::Hub => {
                 let store = wiring.store.clone();
+                let links = wiring.links.clone();
                 manager
                     .start(module.name(), || async {
                         let store = store.ok_or("the hub module needs the store module")?;
-                        crate::hub::start(&config, store).await
+                        crate::hub::start(&config, store, links).await
                     })
                     .await
             }

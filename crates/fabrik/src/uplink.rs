@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use bytes::Bytes;
+use fabrik_api::links::{LinkBoard, UplinkStatus};
 use fabrik_runtime::ServiceHandle;
 use fabrik_runtime::config::Config;
 use fabrik_store::Store;
@@ -232,11 +233,24 @@ struct Uplink {
     acked_seq: u64,
     cursor_saved: Instant,
     cursor_dirty: bool,
+    board: LinkBoard,
+}
+
+/// Now, as the status shows times.
+pub(crate) fn now_text() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 impl Uplink {
+    fn report(&self, change: impl FnOnce(&mut UplinkStatus)) {
+        if let Some(status) = self.board.write().uplink.as_mut() {
+            change(status);
+        }
+    }
+
     fn acknowledged(&mut self, seq: u64) {
         self.acked_seq = seq;
+        self.report(|s| s.acked_seq = seq);
         self.store.hold_wal(Some(seq));
         self.cursor_dirty = true;
         if self.cursor_saved.elapsed() >= CURSOR_EVERY {
@@ -303,6 +317,8 @@ impl Uplink {
             }
             let behind = self.store.applied_seq().saturating_sub(self.acked_seq);
             metrics::gauge!("fabrik_uplink_backlog_records").set(behind as f64);
+            let connected = client.connection_state() == async_nats::connection::State::Connected;
+            self.report(|s| s.connected = connected);
             if !stream_ready {
                 let config = self.link.stream_config(Duration::from_secs(7 * 86_400));
                 match js.get_or_create_stream(config).await {
@@ -344,6 +360,7 @@ impl Uplink {
                 if read.skipped > 0 {
                     metrics::counter!("fabrik_uplink_skipped_records_total")
                         .increment(read.skipped);
+                    self.report(|s| s.skipped_records += read.skipped);
                     tracing::error!(
                         records = read.skipped,
                         "WAL records were deleted before the hub acknowledged them \
@@ -358,7 +375,7 @@ impl Uplink {
                     tokio::select! {
                         () = stop.cancelled() => break,
                         _ = applied.changed() => {}
-                        () = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     }
                     continue;
                 }
@@ -396,6 +413,13 @@ impl Uplink {
                         tracing::info!(acked_seq = last, "Uplink: the hub acknowledges again.");
                     }
                     backoff = Duration::from_millis(200);
+                    let messages = pending.len() as u64;
+                    self.report(|s| {
+                        s.messages_sent += messages;
+                        s.rows_sent += rows as u64;
+                        s.last_ack_at = Some(now_text());
+                        s.last_error = None;
+                    });
                     pending.clear();
                     pending_last = None;
                     self.acknowledged(last);
@@ -420,6 +444,7 @@ impl Uplink {
         backoff: &mut Duration,
         stop: &CancellationToken,
     ) {
+        self.report(|s| s.last_error = Some(message.clone()));
         if last_error.as_deref() != Some(message.as_str()) {
             tracing::warn!(
                 error = %message,
@@ -442,6 +467,7 @@ pub(crate) async fn start(
     config: &Config,
     data_dir: &Path,
     store: Arc<Store>,
+    board: LinkBoard,
 ) -> Result<ServiceHandle, String> {
     let stop = CancellationToken::new();
     let link = NatsLink::from(&config.uplink);
@@ -479,7 +505,17 @@ pub(crate) async fn start(
         acked_seq,
         "Uplink to the hub."
     );
+    board.write().uplink = Some(UplinkStatus {
+        node: node.clone(),
+        url: link.url.clone(),
+        stream: link.stream.clone(),
+        subject: subject.clone(),
+        acked_seq,
+        max_backlog_bytes: max_backlog,
+        ..UplinkStatus::default()
+    });
     let uplink = Uplink {
+        board,
         store: store.clone(),
         link,
         node,

