@@ -75,6 +75,8 @@ pub struct ApiState {
     pub compliance: Arc<compliance::ComplianceFacts>,
     /// The edge → hub link, as the uplink and hub modules report it.
     pub links: links::LinkBoard,
+    /// The AsyncAPI document (the binary builds it: it knows the connectors' topics).
+    pub asyncapi: Arc<str>,
 }
 
 /// Serves the API on `listener` (over TLS when `tls` is given) until `shutdown` is cancelled;

@@ -115,6 +115,7 @@ impl Modify for TokenAuth {
         crate::routes::persist,
         crate::routes::compact,
         crate::routes::openapi,
+        crate::routes::asyncapi,
         crate::devices::create,
         crate::devices::list,
         crate::devices::show,

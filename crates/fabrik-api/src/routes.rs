@@ -45,6 +45,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/admin/persist", post(persist))
         .route("/api/v1/admin/compact", post(compact))
         .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/asyncapi.json", get(asyncapi))
         .route(
             "/api/v1/devices",
             get(crate::devices::list).post(crate::devices::create),
@@ -803,6 +804,19 @@ pub(crate) async fn openapi(
     (
         [(header::CONTENT_TYPE, "application/json")],
         crate::openapi::document(),
+    )
+        .into_response()
+}
+
+#[utoipa::path(get, path = "/api/v1/asyncapi.json", tag = "operations", security(("token" = [])),
+    responses((status = 200, description = "the AsyncAPI 3.1 document of the MQTT topics and the uplink's NATS subject", content_type = "application/json")))]
+pub(crate) async fn asyncapi(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
+    State(state): State<ApiState>,
+) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        state.asyncapi.to_string(),
     )
         .into_response()
 }

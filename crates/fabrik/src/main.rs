@@ -4,6 +4,7 @@
 mod alert_cli;
 mod alert_fill;
 mod alerts;
+mod asyncapi;
 mod audit_cli;
 mod bench;
 mod bench_mqtt;
@@ -110,6 +111,8 @@ enum Command {
     },
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
+    /// Print the AsyncAPI document of the MQTT topics and the uplink's NATS subject.
+    Asyncapi,
 }
 
 #[derive(Debug, Subcommand)]
@@ -206,6 +209,10 @@ fn main() -> ExitCode {
         },
         Command::Openapi => {
             print!("{}", fabrik_api::openapi::document());
+            ExitCode::SUCCESS
+        }
+        Command::Asyncapi => {
+            print!("{}", asyncapi::document());
             ExitCode::SUCCESS
         }
     }

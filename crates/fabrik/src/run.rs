@@ -464,6 +464,7 @@ async fn start_http(
         alert_rule_control: wiring.alert_rule_control.clone(),
         compliance: wiring.compliance.clone(),
         links: wiring.links.clone(),
+        asyncapi: crate::asyncapi::document().into(),
         https: tls.is_some(),
         kpi_meter: Some(Arc::new(crate::usecases::StoreKpiMeter {
             store: store.clone(),

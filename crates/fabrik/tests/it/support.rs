@@ -56,6 +56,7 @@ impl Server {
             alert_rule_control: None,
             compliance: Default::default(),
             links: Default::default(),
+            asyncapi: "{}".into(),
             alerting: None,
             kpi_meter: None,
             https: false,

@@ -169,6 +169,18 @@ fn an_edge_forwards_its_rows_to_a_hub_across_outages_and_kill_9() {
     let hub_status = link_status(&hub.url)["hub"].clone();
     assert_eq!(hub_status["nodes"]["line-1"]["rows"], 800, "{hub_status}");
     assert_eq!(hub_status["dead_letters"], 0);
+    // The topics' contract names the uplink's subject.
+    let (code, asyncapi) = http(
+        &edge.url,
+        reqwest::Method::GET,
+        "/api/v1/asyncapi.json",
+        None,
+    );
+    assert_eq!(code, 200);
+    assert_eq!(
+        asyncapi["channels"]["uplink"]["address"],
+        "fabrik.uplink.{node}"
+    );
     let (ok, out) = client_command(&edge.url, &["uplink", "status"]);
     assert!(
         ok && out.contains("uplink: node line-1") && out.contains("0 behind"),
