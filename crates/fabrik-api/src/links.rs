@@ -56,6 +56,8 @@ pub struct UplinkStatus {
     pub rows_sent: u64,
     /// Writes given up since start: deleted past `max_backlog` before the hub had them.
     pub skipped_records: u64,
+    /// Rows left out since start because one row alone is larger than the server takes.
+    pub unsendable_rows: u64,
     /// When JetStream last acknowledged (RFC 3339).
     pub last_ack_at: Option<String>,
     /// The last failure, until the next acknowledgement.

@@ -1447,6 +1447,99 @@ m,host=c,dc=x v=10,n=18i,u=19u,b=t 18
         store.close().await;
     }
 
+    /// A follower kept across a give-up (the uplink's hold moved past segments it had not
+    /// read, and persistence deleted them) finishes the segment it has open, counts the
+    /// deleted records and goes on with the next segment there is.
+    #[tokio::test]
+    async fn a_wal_follower_passes_over_segments_deleted_under_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_store(dir.path(), Some(0)).await;
+        let first = write(&store, "m,d=a v=1 1").await;
+        write(&store, "m,d=a v=2 2").await;
+        store.persist().await.expect("persist");
+        write(&store, "m,d=a v=3 3").await;
+        write(&store, "m,d=a v=4 4").await;
+        store.persist().await.expect("persist");
+        let last = write(&store, "m,d=a v=5 5").await;
+        let mut follower = wal::WalFollower::new(store.wal_dir(), first - 1);
+        let one = follower.read(last, 1).expect("read");
+        assert_eq!(
+            one.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [first]
+        );
+        // The hold moves over the first two segments; they are deleted.
+        store.hold_wal(Some(first + 3));
+        store.persist().await.expect("persist");
+        let segments = wal::list_segments(store.wal_dir()).expect("list");
+        assert_eq!(
+            segments[0].0, last,
+            "the segments before the newest record are gone"
+        );
+        let mut seqs = Vec::new();
+        let mut skipped = 0;
+        for _ in 0..4 {
+            let read = follower.read(last, 1 << 20).expect("read");
+            seqs.extend(read.records.iter().map(|r| r.seq));
+            skipped += read.skipped;
+        }
+        assert_eq!(
+            seqs,
+            [first + 1, last],
+            "the open segment's rest, then the newest"
+        );
+        assert_eq!(skipped, 2, "the deleted segment's two records");
+        assert_eq!(follower.position(), last);
+        store.close().await;
+    }
+
+    /// Bytes past the applied records may be a write the WAL thread is about to cut back (a
+    /// failed fsync): the follower must not keep them, but read the record written there
+    /// afterwards.
+    #[tokio::test]
+    async fn a_wal_follower_never_returns_bytes_the_writer_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_store(dir.path(), Some(0)).await;
+        let first = write(&store, "m,d=a v=1 1").await;
+        let mut follower = wal::WalFollower::new(store.wal_dir(), first - 1);
+        // A whole, checksummed record of the next sequence number that the writer "cut
+        // back": it sits past the applied ones when the follower reads.
+        let (_, path) = wal::list_segments(store.wal_dir())
+            .expect("list")
+            .pop()
+            .expect("segment");
+        let stale_payload = b"stale";
+        let seq = first + 1;
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&seq.to_le_bytes());
+        hasher.update(stale_payload);
+        let mut record = Vec::new();
+        record.extend_from_slice(&(stale_payload.len() as u32).to_le_bytes());
+        record.extend_from_slice(&hasher.finalize().to_le_bytes());
+        record.extend_from_slice(&seq.to_le_bytes());
+        record.extend_from_slice(stale_payload);
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .expect("open");
+            f.write_all(&record).expect("append");
+        }
+        let read = follower.read(first, 1 << 20).expect("read");
+        assert_eq!(
+            read.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [first]
+        );
+        // The writer's next record lands where the stale one was.
+        let real = write(&store, "m,d=a v=2 2").await;
+        assert_eq!(real, seq);
+        let read = follower.read(real, 1 << 20).expect("read");
+        assert_eq!(read.records.len(), 1);
+        assert_ne!(read.records[0].payload, stale_payload);
+        assert_eq!(rows_of(&read.records), [("m".to_owned(), 1)]);
+        store.close().await;
+    }
+
     /// The hub's side: batches read from one store's WAL are written into another as they
     /// were, and a batch that is not what a Fabrik store writes is refused naming why.
     #[tokio::test]

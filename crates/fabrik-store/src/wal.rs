@@ -69,6 +69,15 @@ pub fn encode(chunks: &[WriteChunk]) -> Result<Vec<u8>, StoreError> {
             .map_err(|_| StoreError::Internal("chunk larger than 4 GiB".into()))?;
         out[len_at..start].copy_from_slice(&ipc_len.to_le_bytes());
     }
+    if out.len() > MAX_RECORD as usize {
+        return Err(StoreError::InvalidPoint {
+            location: "request".into(),
+            reason: format!(
+                "{} bytes encoded: more than one write may hold ({MAX_RECORD} bytes)",
+                out.len()
+            ),
+        });
+    }
     Ok(out)
 }
 
@@ -590,6 +599,8 @@ pub struct WalFollower {
     /// Bytes read from the segment; those before `parsed` are consumed.
     pending: Vec<u8>,
     parsed: usize,
+    /// The first sequence number of the last segment read to its end and left.
+    finished: Option<u64>,
 }
 
 impl WalFollower {
@@ -601,6 +612,7 @@ impl WalFollower {
             segment: None,
             pending: Vec::new(),
             parsed: 0,
+            finished: None,
         }
     }
 
@@ -611,15 +623,47 @@ impl WalFollower {
 
     /// Reads records with sequence numbers after [`position`](Self::position) and up to
     /// `up_to`, about `max_bytes` of payload at most (always at least one record when one is
-    /// due). Records deleted before they were read are counted in `skipped`.
+    /// due). Records deleted before they were read are counted in `skipped`, and so are those
+    /// of an older segment found damaged (the rest of it is passed over); damage in the
+    /// newest segment is an error.
     pub fn read(&mut self, up_to: u64, max_bytes: usize) -> Result<Followed, StoreError> {
         let mut out = Followed::default();
+        let result = self.read_into(up_to, max_bytes, &mut out);
+        // Bytes past what was consumed may belong to a write the writer is about to cut back
+        // (a failed fsync); they are read again from the file next time, never kept.
+        self.forget_unparsed();
+        result.map(|()| out)
+    }
+
+    fn read_into(
+        &mut self,
+        up_to: u64,
+        max_bytes: usize,
+        out: &mut Followed,
+    ) -> Result<(), StoreError> {
         let mut bytes = 0usize;
         while self.next_seq <= up_to && (out.records.is_empty() || bytes < max_bytes) {
             if self.segment.is_none() && !self.open_segment(&mut out.skipped)? {
                 break;
             }
-            match self.next_record()? {
+            let next = match self.next_record() {
+                Ok(next) => next,
+                Err(e) => match self.newer_segment()? {
+                    Some(newer) => {
+                        tracing::error!(
+                            error = %e,
+                            records = newer.saturating_sub(self.next_seq),
+                            "Damaged WAL segment: the rest of it is passed over."
+                        );
+                        out.skipped += newer.saturating_sub(self.next_seq);
+                        self.next_seq = self.next_seq.max(newer);
+                        self.leave_segment();
+                        continue;
+                    }
+                    None => return Err(e),
+                },
+            };
+            match next {
                 Some(record) if record.seq > up_to => break,
                 Some(record) => {
                     self.consume(&record);
@@ -631,48 +675,87 @@ impl WalFollower {
                     out.records.push(record);
                 }
                 None => {
-                    // The segment is read to its end: move to the one starting at next_seq,
-                    // which exists once the writer has rotated past this one.
-                    if !self.next_segment_exists()? {
+                    // The end of what is written here. Once a newer segment exists this one
+                    // is complete; it is read to its end once more (the writer may have
+                    // appended just before rotating) before the follower moves on.
+                    if self.newer_segment()?.is_none() {
                         break;
                     }
-                    self.segment = None;
-                    self.pending.clear();
-                    self.parsed = 0;
+                    self.forget_unparsed();
+                    if let Some(record) = self.next_record()? {
+                        if record.seq > up_to {
+                            break;
+                        }
+                        continue;
+                    }
+                    self.leave_segment();
                 }
             }
         }
-        Ok(out)
+        Ok(())
+    }
+
+    /// The first sequence number of the oldest segment newer than the current one.
+    fn newer_segment(&self) -> Result<Option<u64>, StoreError> {
+        let current = self.segment.as_ref().map_or(0, |(first, _, _)| *first);
+        Ok(list_segments(&self.dir)?
+            .into_iter()
+            .map(|(first, _)| first)
+            .find(|first| *first > current))
+    }
+
+    /// Done with the current segment: the next read opens the one holding `next_seq` (or
+    /// the oldest after it, counting the records in between as skipped).
+    fn leave_segment(&mut self) {
+        if let Some((first, _, _)) = self.segment.take() {
+            self.finished = Some(first);
+        }
+        self.pending.clear();
+        self.parsed = 0;
+    }
+
+    /// Drops read bytes not yet consumed; the file offset moves past the consumed ones.
+    fn forget_unparsed(&mut self) {
+        if let Some((_, _, offset)) = &mut self.segment {
+            *offset += self.parsed as u64;
+        }
+        self.pending.clear();
+        self.parsed = 0;
     }
 
     /// Opens the segment holding `next_seq`, or the oldest one after it when records were
-    /// deleted; false when there is no segment at all.
+    /// deleted; false when there is none yet (or it vanished between listing and opening).
     fn open_segment(&mut self, skipped: &mut u64) -> Result<bool, StoreError> {
         let segments = list_segments(&self.dir)?;
-        let chosen = segments
+        // Never back to a segment read to its end, nor to an older one.
+        let finished = self.finished;
+        let candidates: Vec<&(u64, PathBuf)> = segments
+            .iter()
+            .filter(|(first, _)| finished.is_none_or(|f| *first > f))
+            .collect();
+        let chosen = candidates
             .iter()
             .rev()
             .find(|(first, _)| *first <= self.next_seq)
-            .or_else(|| segments.first());
-        let Some((first, path)) = chosen else {
+            .or_else(|| candidates.first());
+        let Some((first, path)) = chosen.copied() else {
             return Ok(false);
+        };
+        let file = match File::open(path) {
+            Ok(file) => file,
+            // Deleted by a persistence since the listing (the uplink's hold moved): the next
+            // read lists again.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(StoreError::io(format!("opening {}", path.display()), e)),
         };
         if *first > self.next_seq {
             *skipped += first - self.next_seq;
             self.next_seq = *first;
         }
-        let file = File::open(path)
-            .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?;
         self.segment = Some((*first, file, MAGIC.len() as u64));
         self.pending.clear();
         self.parsed = 0;
         Ok(true)
-    }
-
-    fn next_segment_exists(&self) -> Result<bool, StoreError> {
-        Ok(list_segments(&self.dir)?
-            .iter()
-            .any(|(first, _)| *first == self.next_seq))
     }
 
     /// Marks a parsed record's bytes as consumed.

@@ -26,10 +26,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::nats_link::{self, NatsLink};
 
-/// Messages stored together in one write at most.
+/// Messages stored together in one write at most, and their bytes.
 const BATCH: usize = 512;
-/// How long JetStream waits for an acknowledgement before it delivers a message again.
-const ACK_WAIT: Duration = Duration::from_secs(30);
+const BATCH_BYTES: usize = 32 << 20;
+/// How long JetStream waits for an acknowledgement before it delivers a message again
+/// (a batch refused as a whole is written message by message, each with its fsync).
+const ACK_WAIT: Duration = Duration::from_secs(60);
 
 /// Problems of `[hub]`, as `hub.field`.
 pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
@@ -119,6 +121,11 @@ fn decode(message: &jetstream::Message, prefix: &str) -> Result<Decoded, (String
     if batches.is_empty() {
         return Err(fail("the message holds no rows".into()));
     }
+    if table == fabrik_core::blob::BLOBS_TABLE {
+        return Err(fail(format!(
+            "table `{table}` lists blobs that stay on the edge; it is not taken"
+        )));
+    }
     Ok(Decoded { node, batches })
 }
 
@@ -153,14 +160,14 @@ fn dead_letter(message: &jetstream::Message, node: &str, reason: &str) -> (Linea
 enum Outcome {
     Stored,
     DeadLettered,
-    /// Not stored: delivered again after a pause.
-    Retry,
+    /// Not stored, for this reason: delivered again after a pause.
+    Retry(String),
 }
 
-async fn settle(message: &jetstream::Message, outcome: &Outcome) {
+async fn settle(message: &jetstream::Message, outcome: Option<&Outcome>) {
     let result = match outcome {
-        Outcome::Stored | Outcome::DeadLettered => message.ack().await,
-        Outcome::Retry => {
+        Some(Outcome::Stored | Outcome::DeadLettered) => message.ack().await,
+        Some(Outcome::Retry(_)) | None => {
             message
                 .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
                 .await
@@ -190,9 +197,15 @@ async fn store_dead_letter(
         }
         Err(e) => {
             tracing::warn!(error = %e, "Hub: dead letter not stored; the message comes again.");
-            Outcome::Retry
+            Outcome::Retry(format!("dead letter not stored: {e}"))
         }
     }
+}
+
+/// Whether a refused write may succeed later (the disk, a stop), so the messages should
+/// come again rather than become dead letters.
+fn worth_retrying(e: &fabrik_store::StoreError) -> bool {
+    matches!(e.http_status(), 503 | 507)
 }
 
 /// Stores a batch of messages: all in one write, or, when that is refused, one by one so a
@@ -224,44 +237,39 @@ async fn store_messages(
         .flatten()
         .flat_map(|d| d.batches.iter().cloned())
         .collect();
-    let rows: usize = together.iter().map(|(_, b)| b.num_rows()).sum();
     if !together.is_empty() {
         match store.write_arrow(together, "uplink message").await {
             Ok(_) => {
-                metrics::counter!("fabrik_hub_rows_total").increment(rows as u64);
                 for (outcome, d) in outcomes.iter_mut().zip(&decoded) {
                     if d.is_some() {
                         *outcome = Some(Outcome::Stored);
                     }
                 }
             }
-            Err(e) if e.http_status() < 500 => {
-                for ((outcome, d), message) in outcomes.iter_mut().zip(&decoded).zip(messages) {
-                    let Some(d) = d else { continue };
-                    let rows: usize = d.batches.iter().map(|(_, b)| b.num_rows()).sum();
-                    *outcome = Some(
-                        match store.write_arrow(d.batches.clone(), "uplink message").await {
-                            Ok(_) => {
-                                metrics::counter!("fabrik_hub_rows_total").increment(rows as u64);
-                                Outcome::Stored
-                            }
-                            Err(e) if e.http_status() < 500 => {
-                                store_dead_letter(store, message, &d.node, &e.to_string()).await
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "Hub: not stored; the message comes again.");
-                                Outcome::Retry
-                            }
-                        },
-                    );
-                }
-            }
-            Err(e) => {
+            Err(e) if worth_retrying(&e) => {
                 tracing::warn!(error = %e, "Hub: not stored; the messages come again.");
                 for (outcome, d) in outcomes.iter_mut().zip(&decoded) {
                     if d.is_some() {
-                        *outcome = Some(Outcome::Retry);
+                        *outcome = Some(Outcome::Retry(e.to_string()));
                     }
+                }
+            }
+            // Some message spoils the write: each alone, so only that one is refused.
+            Err(_) => {
+                for ((outcome, d), message) in outcomes.iter_mut().zip(&decoded).zip(messages) {
+                    let Some(d) = d else { continue };
+                    *outcome = Some(
+                        match store.write_arrow(d.batches.clone(), "uplink message").await {
+                            Ok(_) => Outcome::Stored,
+                            Err(e) if worth_retrying(&e) => {
+                                tracing::warn!(error = %e, "Hub: not stored; the message comes again.");
+                                Outcome::Retry(e.to_string())
+                            }
+                            Err(e) => {
+                                store_dead_letter(store, message, &d.node, &e.to_string()).await
+                            }
+                        },
+                    );
                 }
             }
         }
@@ -269,7 +277,7 @@ async fn store_messages(
     metrics::counter!("fabrik_hub_messages_total").increment(messages.len() as u64);
     report(board, &decoded, &outcomes);
     for (message, outcome) in messages.iter().zip(&outcomes) {
-        settle(message, outcome.as_ref().unwrap_or(&Outcome::Retry)).await;
+        settle(message, outcome.as_ref()).await;
     }
 }
 
@@ -287,6 +295,7 @@ fn report(board: &LinkBoard, decoded: &[Option<Decoded>], outcomes: &[Option<Out
                 status.last_error = None;
                 if let Some(d) = d {
                     let rows: u64 = d.batches.iter().map(|(_, b)| b.num_rows() as u64).sum();
+                    metrics::counter!("fabrik_hub_rows_total").increment(rows);
                     status.rows += rows;
                     let node = status.nodes.entry(d.node.clone()).or_default();
                     node.messages += 1;
@@ -298,7 +307,8 @@ fn report(board: &LinkBoard, decoded: &[Option<Decoded>], outcomes: &[Option<Out
                 status.messages += 1;
                 status.dead_letters += 1;
             }
-            Some(Outcome::Retry) | None => {}
+            Some(Outcome::Retry(reason)) => status.last_error = Some(reason.clone()),
+            None => {}
         }
     }
 }
@@ -375,11 +385,15 @@ async fn consume(
             Some(Err(e)) => return Err(format!("receiving: {e}")),
             None => return Err("the consumer's message stream ended".into()),
         };
+        let mut bytes = first.payload.len();
         let mut batch = vec![first];
         // Whatever else has arrived goes into the same write.
-        while batch.len() < BATCH {
+        while batch.len() < BATCH && bytes < BATCH_BYTES {
             match messages.next().now_or_never() {
-                Some(Some(Ok(m))) => batch.push(m),
+                Some(Some(Ok(m))) => {
+                    bytes += m.payload.len();
+                    batch.push(m);
+                }
                 _ => break,
             }
         }
@@ -423,9 +437,15 @@ pub(crate) async fn start(
         board,
     };
     let task = tokio::spawn(async move {
+        let board = hub.board.clone();
+        let on_connection = move |connected: bool| {
+            if let Some(status) = board.write().hub.as_mut() {
+                status.connected = connected;
+            }
+        };
         let client = tokio::select! {
             () = token.cancelled() => return Ok(()),
-            client = hub.link.connect(format!("fabrik-hub-{}", hub.consumer)) => client?,
+            client = hub.link.connect(format!("fabrik-hub-{}", hub.consumer), on_connection) => client?,
         };
         let js = jetstream::new(client.clone());
         let mut backoff = Duration::from_millis(200);

@@ -143,8 +143,26 @@ impl NatsLink {
 
     /// Connects, retrying in the background while the server is away: the client buffers
     /// and re-sends, and JetStream calls fail with a timeout until it is back.
-    pub(crate) async fn connect(&self, client_name: String) -> Result<async_nats::Client, String> {
+    /// `on_connection` hears each connect (true) and disconnect (false) as it happens.
+    pub(crate) async fn connect(
+        &self,
+        client_name: String,
+        on_connection: impl Fn(bool) + Send + Sync + 'static,
+    ) -> Result<async_nats::Client, String> {
+        let on_connection = std::sync::Arc::new(on_connection);
         let mut options = async_nats::ConnectOptions::new()
+            .event_callback(move |event| {
+                let on_connection = on_connection.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => on_connection(true),
+                        async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                            on_connection(false)
+                        }
+                        _ => {}
+                    }
+                }
+            })
             .name(client_name)
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))

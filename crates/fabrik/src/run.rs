@@ -376,6 +376,10 @@ async fn start_store(
     let mut options = store_options(settings);
     options.wal_hold = wal_hold;
     let store = Store::open(options).await.map_err(|e| e.to_string())?;
+    if wal_hold.is_some() {
+        // Before any other module writes: a first start's uplink sends from here.
+        crate::uplink::prepare_cursor(&settings.data_dir, &store)?;
+    }
     wiring.store = Some(store.clone());
     let stop = CancellationToken::new();
     let background_stop = stop.child_token();

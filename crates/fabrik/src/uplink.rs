@@ -5,7 +5,7 @@
 //! acknowledged (the store's WAL hold) across outages, `kill -9` and restarts, up to
 //! `max_backlog`; the position acknowledged is in `<data_dir>/uplink/cursor.json`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +31,9 @@ const READ_BYTES: usize = 4 << 20;
 const CURSOR_EVERY: Duration = Duration::from_secs(1);
 /// Room left in a message for its headers.
 const HEADER_ROOM: usize = 1024;
+/// How long JetStream may take to acknowledge a message (a window is at most
+/// `WINDOW_BYTES`, so a link of about 300 kbit/s still makes it).
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Problems of `[uplink]`, as `uplink.field`.
 pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
@@ -60,21 +63,25 @@ pub(crate) fn initial_wal_hold(config: &Config) -> Option<u64> {
     NatsLink::from(&config.uplink).is_on().then_some(0)
 }
 
-/// What the hub has acknowledged.
+/// What the hub has acknowledged, and who this node is.
 #[derive(Debug, Serialize, Deserialize)]
 struct Cursor {
     /// The last WAL sequence number whose messages JetStream acknowledged.
     acked_seq: u64,
+    /// Random, made with the cursor: part of every message id, so two nodes given the same
+    /// name, or one whose data directory was wiped, never have their messages dropped as
+    /// duplicates of another's.
+    instance: String,
 }
 
 fn cursor_path(data_dir: &Path) -> PathBuf {
     data_dir.join("uplink").join("cursor.json")
 }
 
-fn load_cursor(path: &Path) -> Result<Option<u64>, String> {
+fn load_cursor(path: &Path) -> Result<Option<Cursor>, String> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice::<Cursor>(&bytes)
-            .map(|c| Some(c.acked_seq))
+            .map(Some)
             .map_err(|e| format!("{}: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("reading {}: {e}", path.display())),
@@ -82,12 +89,12 @@ fn load_cursor(path: &Path) -> Result<Option<u64>, String> {
 }
 
 /// Temporary file, fsync, rename: a crash leaves the old cursor or the new one.
-fn save_cursor(path: &Path, acked_seq: u64) -> Result<(), String> {
+fn save_cursor(path: &Path, cursor: &Cursor) -> Result<(), String> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let write = || -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
         let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_vec(&Cursor { acked_seq })?;
+        let text = serde_json::to_vec(cursor)?;
         {
             use std::io::Write;
             let mut f = std::fs::File::create(&tmp)?;
@@ -100,6 +107,26 @@ fn save_cursor(path: &Path, acked_seq: u64) -> Result<(), String> {
     write().map_err(|e| format!("writing {}: {e}", path.display()))
 }
 
+/// Makes the cursor at a first start, right after the store opened and before any other
+/// module writes: the uplink sends everything written from then on (history from before
+/// stays on this node).
+pub(crate) fn prepare_cursor(data_dir: &Path, store: &Store) -> Result<(), String> {
+    let path = cursor_path(data_dir);
+    if load_cursor(&path)?.is_some() {
+        return Ok(());
+    }
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no randomness for the uplink: {e}"))?;
+    let instance: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    save_cursor(
+        &path,
+        &Cursor {
+            acked_seq: store.applied_seq(),
+            instance,
+        },
+    )
+}
+
 /// Which tables go up.
 #[derive(Debug, Clone)]
 struct TableFilter {
@@ -109,7 +136,10 @@ struct TableFilter {
 
 impl TableFilter {
     fn wants(&self, table: &str) -> bool {
-        (self.only.is_empty() || self.only.contains(table)) && !self.exclude.contains(table)
+        // Blob listings name files that stay on this node.
+        table != fabrik_core::blob::BLOBS_TABLE
+            && (self.only.is_empty() || self.only.contains(table))
+            && !self.exclude.contains(table)
     }
 }
 
@@ -123,6 +153,15 @@ struct Outgoing {
     rows: usize,
 }
 
+/// The messages of some WAL records, and what could not be sent.
+#[derive(Debug, Default)]
+struct Messages {
+    out: Vec<Outgoing>,
+    /// Rows that cannot go (one row larger than the server takes), with why.
+    unsendable_rows: usize,
+    problems: Vec<String>,
+}
+
 fn ipc_bytes(batch: &RecordBatch) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     let mut writer = StreamWriter::try_new(&mut out, &batch.schema()).map_err(|e| e.to_string())?;
@@ -133,16 +172,24 @@ fn ipc_bytes(batch: &RecordBatch) -> Result<Vec<u8>, String> {
 }
 
 /// The messages of one WAL record: one per table and partition, halved until each fits the
-/// server's payload limit. Ids are `<node>:<seq>:<chunk>:<part>`, stable across re-sends.
+/// server's payload limit. Ids are `<node>:<instance>:<seq>:<chunk>:<part>`, stable across
+/// re-sends while the payload limit stays. A row that fits no message is left out and
+/// counted; the rest of the record still goes.
 fn messages_of(
     record: &FollowedRecord,
-    node: &str,
+    id_prefix: &str,
     filter: &TableFilter,
     max_payload: usize,
-    out: &mut Vec<Outgoing>,
-) -> Result<(), String> {
-    let chunks =
-        wal::decode(&record.payload).map_err(|e| format!("WAL record {}: {e}", record.seq))?;
+    out: &mut Messages,
+) {
+    let chunks = match wal::decode(&record.payload) {
+        Ok(chunks) => chunks,
+        Err(e) => {
+            out.problems
+                .push(format!("WAL record {}: cannot be decoded: {e}", record.seq));
+            return;
+        }
+    };
     for (i, chunk) in chunks.into_iter().enumerate() {
         if !filter.wants(&chunk.table) {
             continue;
@@ -150,16 +197,28 @@ fn messages_of(
         let mut parts = vec![chunk.batch];
         let mut part_no = 0usize;
         while let Some(batch) = parts.pop() {
-            let payload = ipc_bytes(&batch)?;
+            let payload = match ipc_bytes(&batch) {
+                Ok(payload) => payload,
+                Err(e) => {
+                    out.unsendable_rows += batch.num_rows();
+                    out.problems.push(format!(
+                        "WAL record {}, table `{}`: {e}",
+                        record.seq, chunk.table
+                    ));
+                    continue;
+                }
+            };
             if payload.len() > max_payload {
                 if batch.num_rows() < 2 {
-                    return Err(format!(
-                        "WAL record {}: one row of table `{}` takes {} bytes, more than the \
+                    out.unsendable_rows += batch.num_rows();
+                    out.problems.push(format!(
+                        "WAL record {}: a row of table `{}` takes {} bytes, more than the \
                          server's payload limit of {max_payload}",
                         record.seq,
                         chunk.table,
                         payload.len()
                     ));
+                    continue;
                 }
                 let half = batch.num_rows() / 2;
                 // Pushed in reverse so the rows go out in their order.
@@ -167,9 +226,9 @@ fn messages_of(
                 parts.push(batch.slice(0, half));
                 continue;
             }
-            out.push(Outgoing {
+            out.out.push(Outgoing {
                 table: chunk.table.to_string(),
-                id: format!("{node}:{}:{i}:{part_no}", record.seq),
+                id: format!("{id_prefix}:{}:{i}:{part_no}", record.seq),
                 seq: record.seq,
                 payload: Bytes::from(payload),
                 rows: batch.num_rows(),
@@ -177,34 +236,66 @@ fn messages_of(
             part_no += 1;
         }
     }
-    Ok(())
 }
 
-/// Publishes every message and waits for JetStream to acknowledge each (stored in the
-/// stream); the first failure fails the lot, which is then sent again whole.
+/// Publishes the messages not acknowledged yet, a window of about `WINDOW_BYTES` at a time,
+/// each window's acknowledgements awaited before the next (so a slow link never has more in
+/// flight than it can carry within the acknowledgement timeout). Acknowledged ids go into
+/// `acked`, so a retry after a failure sends only the rest.
 async fn publish_all(
     js: &jetstream::Context,
     subject: &str,
     messages: &[Outgoing],
-) -> Result<(), String> {
-    let mut acks = Vec::with_capacity(messages.len());
-    for m in messages {
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(m.payload.clone())
-            .message_id(&m.id)
-            .header(nats_link::TABLE_HEADER, m.table.as_str())
-            .header(nats_link::SEQ_HEADER, m.seq.to_string().as_str());
-        let ack = js
-            .send_publish(subject.to_owned(), publish)
-            .await
-            .map_err(|e| format!("publishing: {e}"))?;
-        acks.push(ack);
+    acked: &mut HashSet<String>,
+) -> Result<u64, String> {
+    let mut duplicates = 0u64;
+    let waiting: Vec<&Outgoing> = messages.iter().filter(|m| !acked.contains(&m.id)).collect();
+    for window in windows(&waiting) {
+        let mut acks = Vec::with_capacity(window.len());
+        for m in window {
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(m.payload.clone())
+                .message_id(&m.id)
+                .header(nats_link::TABLE_HEADER, m.table.as_str())
+                .header(nats_link::SEQ_HEADER, m.seq.to_string().as_str());
+            let ack = js
+                .send_publish(subject.to_owned(), publish)
+                .await
+                .map_err(|e| format!("publishing: {e}"))?;
+            acks.push((m, ack));
+        }
+        for (m, ack) in acks {
+            let ack = ack
+                .await
+                .map_err(|e| format!("waiting for JetStream: {e}"))?;
+            if ack.duplicate {
+                duplicates += 1;
+            }
+            acked.insert(m.id.clone());
+        }
     }
-    for ack in acks {
-        ack.await
-            .map_err(|e| format!("waiting for JetStream: {e}"))?;
+    Ok(duplicates)
+}
+
+/// Bytes published before their acknowledgements are awaited.
+const WINDOW_BYTES: usize = 1 << 20;
+
+fn windows<'a>(messages: &'a [&'a Outgoing]) -> Vec<&'a [&'a Outgoing]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, m) in messages.iter().enumerate() {
+        if i > start && bytes + m.payload.len() > WINDOW_BYTES {
+            out.push(&messages[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += m.payload.len();
     }
-    Ok(())
+    if start < messages.len() {
+        out.push(&messages[start..]);
+    }
+    out
 }
 
 /// The oldest WAL position to keep so that the kept segments stay within `max_backlog`
@@ -222,23 +313,30 @@ fn backlog_limit(wal_dir: &Path, max_backlog: u64) -> Option<u64> {
     None
 }
 
-struct Uplink {
-    store: Arc<Store>,
-    link: NatsLink,
-    node: String,
-    subject: String,
-    filter: TableFilter,
-    max_backlog: u64,
-    cursor_path: PathBuf,
-    acked_seq: u64,
-    cursor_saved: Instant,
-    cursor_dirty: bool,
-    board: LinkBoard,
-}
-
 /// Now, as the status shows times.
 pub(crate) fn now_text() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+struct Uplink {
+    store: Arc<Store>,
+    link: NatsLink,
+    subject: String,
+    /// `<node>:<instance>`, the start of every message id.
+    id_prefix: String,
+    instance: String,
+    filter: TableFilter,
+    max_backlog: u64,
+    cursor_path: PathBuf,
+    /// Acknowledged by JetStream.
+    acked_seq: u64,
+    /// In the cursor file: the WAL hold follows this, so a crash never finds deleted what
+    /// the file says is still to send.
+    saved_seq: u64,
+    /// Given up past `max_backlog`: the hold never goes below it.
+    given_up_to: u64,
+    cursor_saved: Instant,
+    board: LinkBoard,
 }
 
 impl Uplink {
@@ -251,21 +349,25 @@ impl Uplink {
     fn acknowledged(&mut self, seq: u64) {
         self.acked_seq = seq;
         self.report(|s| s.acked_seq = seq);
-        self.store.hold_wal(Some(seq));
-        self.cursor_dirty = true;
         if self.cursor_saved.elapsed() >= CURSOR_EVERY {
             self.flush_cursor();
         }
     }
 
     fn flush_cursor(&mut self) {
-        if !self.cursor_dirty {
+        if self.saved_seq == self.acked_seq {
             return;
         }
-        match save_cursor(&self.cursor_path, self.acked_seq) {
+        let cursor = Cursor {
+            acked_seq: self.acked_seq,
+            instance: self.instance.clone(),
+        };
+        match save_cursor(&self.cursor_path, &cursor) {
             Ok(()) => {
-                self.cursor_dirty = false;
+                self.saved_seq = self.acked_seq;
                 self.cursor_saved = Instant::now();
+                self.store
+                    .hold_wal(Some(self.saved_seq.max(self.given_up_to)));
             }
             Err(e) => tracing::warn!(error = %e, "Uplink cursor not saved; it is tried again."),
         }
@@ -273,11 +375,11 @@ impl Uplink {
 
     /// Gives up the oldest WAL beyond `max_backlog` (the hold moves past it; the next
     /// persistence deletes it and the follower counts what it missed).
-    fn enforce_backlog(&self) {
+    fn enforce_backlog(&mut self) {
         let Some(limit) = backlog_limit(self.store.wal_dir(), self.max_backlog) else {
             return;
         };
-        if limit > self.acked_seq {
+        if limit > self.acked_seq && limit > self.given_up_to {
             tracing::warn!(
                 acked_seq = self.acked_seq,
                 given_up_to = limit,
@@ -285,27 +387,59 @@ impl Uplink {
                 "The hub has been out of reach past uplink.max_backlog: the oldest WAL \
                  records will be deleted at the next persistence without reaching it."
             );
-            self.store.hold_wal(Some(limit));
+            self.given_up_to = limit;
+            self.store
+                .hold_wal(Some(self.saved_seq.max(self.given_up_to)));
         }
     }
 
-    async fn run(mut self, mut follower: WalFollower, stop: CancellationToken) {
-        let client_name = format!("fabrik-uplink-{}", self.node);
+    /// Reads the next records on a blocking thread; a failure (or a panic) is returned as
+    /// text, with a fresh follower from the acknowledged position.
+    async fn read(&self, follower: WalFollower) -> (WalFollower, Result<wal::Followed, String>) {
+        let up_to = self.store.applied_seq();
+        let fresh = || WalFollower::new(self.store.wal_dir(), self.acked_seq);
+        let handle = tokio::task::spawn_blocking(move || {
+            let mut f = follower;
+            let r = f.read(up_to, READ_BYTES);
+            (f, r)
+        });
+        match handle.await {
+            Ok((f, Ok(read))) => (f, Ok(read)),
+            Ok((_, Err(e))) => (fresh(), Err(format!("reading the WAL: {e}"))),
+            Err(e) => (fresh(), Err(format!("the WAL reader failed: {e}"))),
+        }
+    }
+
+    async fn run(mut self, stop: CancellationToken) {
+        let client_name = format!("fabrik-uplink-{}", self.id_prefix);
+        let board = self.board.clone();
+        let on_connection = move |connected: bool| {
+            if let Some(status) = board.write().uplink.as_mut() {
+                status.connected = connected;
+            }
+        };
         let client = tokio::select! {
             () = stop.cancelled() => return,
-            client = self.link.connect(client_name) => client,
+            client = self.link.connect(client_name, on_connection) => client,
         };
         let client = match client {
             Ok(c) => c,
             Err(e) => {
+                // Only a malformed address fails here (the check refuses those at start).
                 tracing::error!(error = %e, "Uplink cannot start.");
+                self.report(|s| s.last_error = Some(e));
+                stop.cancelled().await;
                 return;
             }
         };
-        let js = jetstream::new(client.clone());
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(ACK_TIMEOUT);
+        let mut follower = WalFollower::new(self.store.wal_dir(), self.acked_seq);
         let mut applied = self.store.watch_applied();
-        let mut pending: Vec<Outgoing> = Vec::new();
-        let mut pending_last: Option<u64> = None;
+        // Records read and not yet acknowledged, and which of their messages were.
+        let mut pending: Vec<FollowedRecord> = Vec::new();
+        let mut acked_ids: HashSet<String> = HashSet::new();
+        let mut losses_counted = false;
         let mut backoff = Duration::from_millis(200);
         let mut stream_ready = false;
         let mut last_error: Option<String> = None;
@@ -320,41 +454,30 @@ impl Uplink {
             let connected = client.connection_state() == async_nats::connection::State::Connected;
             self.report(|s| s.connected = connected);
             if !stream_ready {
-                let config = self.link.stream_config(Duration::from_secs(7 * 86_400));
-                match js.get_or_create_stream(config).await {
-                    Ok(_) => stream_ready = true,
-                    Err(e) => {
-                        let message = format!("stream `{}`: {e}", self.link.stream);
-                        self.failed(&mut last_error, message, &mut backoff, &stop)
-                            .await;
-                        continue;
-                    }
-                }
-            }
-            if pending_last.is_none() {
-                let up_to = self.store.applied_seq();
-                let read = {
-                    let mut f = follower;
-                    let handle = tokio::task::spawn_blocking(move || {
-                        let r = f.read(up_to, READ_BYTES);
-                        (f, r)
-                    });
-                    match handle.await {
-                        Ok((f, r)) => {
-                            follower = f;
-                            r
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "Uplink WAL reader failed; stopping.");
-                            return;
-                        }
-                    }
+                // The hub owns the stream (its subjects and age); the edge only checks it.
+                let found = tokio::select! {
+                    () = stop.cancelled() => break,
+                    found = js.get_stream(&self.link.stream) => found,
                 };
+                if let Err(e) = found {
+                    let message = format!(
+                        "stream `{}`: {e} (a hub with [hub] makes it when it starts)",
+                        self.link.stream
+                    );
+                    self.failed(&mut last_error, message, &mut backoff, &stop)
+                        .await;
+                    continue;
+                }
+                stream_ready = true;
+            }
+            if pending.is_empty() {
+                let (f, read) = self.read(follower).await;
+                follower = f;
                 let read = match read {
                     Ok(read) => read,
                     Err(e) => {
-                        tracing::error!(error = %e, "Uplink cannot read the WAL; stopping.");
-                        return;
+                        self.failed(&mut last_error, e, &mut backoff, &stop).await;
+                        continue;
                     }
                 };
                 if read.skipped > 0 {
@@ -379,49 +502,64 @@ impl Uplink {
                     }
                     continue;
                 }
-                let max_payload = client
-                    .server_info()
-                    .max_payload
-                    .saturating_sub(HEADER_ROOM)
-                    .max(HEADER_ROOM);
-                pending.clear();
-                for record in &read.records {
-                    if let Err(e) =
-                        messages_of(record, &self.node, &self.filter, max_payload, &mut pending)
-                    {
-                        // A record that can never be sent must not stop the rest for good.
-                        metrics::counter!("fabrik_uplink_unsendable_records_total").increment(1);
-                        tracing::error!(error = %e, "WAL record not sent to the hub.");
-                    }
-                }
-                pending_last = read.records.last().map(|r| r.seq);
+                pending = read.records;
+                acked_ids.clear();
+                losses_counted = false;
             }
-            let Some(last) = pending_last else { continue };
+            // Built again for every attempt, with the payload limit of the server now
+            // connected (it may differ after a failover).
+            let max_payload = client
+                .server_info()
+                .max_payload
+                .saturating_sub(HEADER_ROOM)
+                .max(HEADER_ROOM);
+            let mut messages = Messages::default();
+            for record in &pending {
+                messages_of(
+                    record,
+                    &self.id_prefix,
+                    &self.filter,
+                    max_payload,
+                    &mut messages,
+                );
+            }
+            if !losses_counted && (messages.unsendable_rows > 0 || !messages.problems.is_empty()) {
+                losses_counted = true;
+                metrics::counter!("fabrik_uplink_unsendable_rows_total")
+                    .increment(messages.unsendable_rows as u64);
+                let rows = messages.unsendable_rows as u64;
+                self.report(|s| s.unsendable_rows += rows);
+                for problem in &messages.problems {
+                    tracing::error!(problem = %problem, "Not sent to the hub.");
+                }
+            }
+            let Some(last) = pending.last().map(|r| r.seq) else {
+                continue;
+            };
             let sent = tokio::select! {
                 () = stop.cancelled() => break,
-                sent = publish_all(&js, &self.subject, &pending) => sent,
+                sent = publish_all(&js, &self.subject, &messages.out, &mut acked_ids) => sent,
             };
             match sent {
-                Ok(()) => {
-                    let rows: usize = pending.iter().map(|m| m.rows).sum();
-                    let bytes: usize = pending.iter().map(|m| m.payload.len()).sum();
-                    metrics::counter!("fabrik_uplink_messages_total")
-                        .increment(pending.len() as u64);
+                Ok(duplicates) => {
+                    let rows: usize = messages.out.iter().map(|m| m.rows).sum();
+                    let bytes: usize = messages.out.iter().map(|m| m.payload.len()).sum();
+                    let count = messages.out.len() as u64;
+                    metrics::counter!("fabrik_uplink_messages_total").increment(count);
                     metrics::counter!("fabrik_uplink_rows_total").increment(rows as u64);
                     metrics::counter!("fabrik_uplink_bytes_total").increment(bytes as u64);
+                    metrics::counter!("fabrik_uplink_duplicates_total").increment(duplicates);
                     if last_error.take().is_some() {
                         tracing::info!(acked_seq = last, "Uplink: the hub acknowledges again.");
                     }
                     backoff = Duration::from_millis(200);
-                    let messages = pending.len() as u64;
                     self.report(|s| {
-                        s.messages_sent += messages;
+                        s.messages_sent += count;
                         s.rows_sent += rows as u64;
                         s.last_ack_at = Some(now_text());
                         s.last_error = None;
                     });
                     pending.clear();
-                    pending_last = None;
                     self.acknowledged(last);
                 }
                 Err(e) => {
@@ -432,8 +570,9 @@ impl Uplink {
                 }
             }
         }
+        // The acknowledgements were awaited; nothing is left to flush to the server (and a
+        // flush would wait for a server that may be away).
         self.flush_cursor();
-        client.flush().await.ok();
     }
 
     /// Logs a failure once per distinct message, then waits (doubling up to 10 s).
@@ -485,24 +624,16 @@ pub(crate) async fn start(
     }
     let max_backlog = fabrik_runtime::units::parse_bytes(&config.uplink.max_backlog)?;
     let path = cursor_path(data_dir);
-    // A first start sends what is written from now on: history before the uplink was set
-    // up stays on this node.
-    let acked_seq = match load_cursor(&path)? {
-        Some(seq) => seq,
-        None => {
-            let now = store.applied_seq();
-            save_cursor(&path, now)?;
-            now
-        }
-    };
-    store.hold_wal(Some(acked_seq));
+    prepare_cursor(data_dir, &store)?;
+    let cursor = load_cursor(&path)?.ok_or_else(|| format!("{} vanished", path.display()))?;
+    store.hold_wal(Some(cursor.acked_seq));
     let node = config.uplink.node.clone();
     let subject = format!("{}.{node}", link.subject);
     tracing::info!(
         url = %link.url,
         stream = %link.stream,
         subject = %subject,
-        acked_seq,
+        acked_seq = cursor.acked_seq,
         "Uplink to the hub."
     );
     board.write().uplink = Some(UplinkStatus {
@@ -510,15 +641,16 @@ pub(crate) async fn start(
         url: link.url.clone(),
         stream: link.stream.clone(),
         subject: subject.clone(),
-        acked_seq,
+        acked_seq: cursor.acked_seq,
         max_backlog_bytes: max_backlog,
         ..UplinkStatus::default()
     });
     let uplink = Uplink {
         board,
-        store: store.clone(),
+        store,
         link,
-        node,
+        id_prefix: format!("{node}:{}", cursor.instance),
+        instance: cursor.instance,
         subject,
         filter: TableFilter {
             only: config.uplink.tables.iter().cloned().collect(),
@@ -526,14 +658,14 @@ pub(crate) async fn start(
         },
         max_backlog,
         cursor_path: path,
-        acked_seq,
+        acked_seq: cursor.acked_seq,
+        saved_seq: cursor.acked_seq,
+        given_up_to: 0,
         cursor_saved: Instant::now(),
-        cursor_dirty: false,
     };
-    let follower = WalFollower::new(store.wal_dir(), acked_seq);
     let token = stop.clone();
     let task = tokio::spawn(async move {
-        uplink.run(follower, token).await;
+        uplink.run(token).await;
         Ok(())
     });
     Ok(ServiceHandle { stop, task })
@@ -547,10 +679,15 @@ mod tests {
     fn the_cursor_survives_a_rewrite_and_a_missing_file_is_no_cursor() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = cursor_path(dir.path());
-        assert_eq!(load_cursor(&path).expect("load"), None);
-        save_cursor(&path, 41).expect("save");
-        save_cursor(&path, 42).expect("save");
-        assert_eq!(load_cursor(&path).expect("load"), Some(42));
+        assert!(load_cursor(&path).expect("load").is_none());
+        let cursor = |acked_seq| Cursor {
+            acked_seq,
+            instance: "ab".into(),
+        };
+        save_cursor(&path, &cursor(41)).expect("save");
+        save_cursor(&path, &cursor(42)).expect("save");
+        let loaded = load_cursor(&path).expect("load").expect("cursor");
+        assert_eq!((loaded.acked_seq, loaded.instance.as_str()), (42, "ab"));
         std::fs::write(&path, b"{").expect("damage");
         assert!(
             load_cursor(&path)

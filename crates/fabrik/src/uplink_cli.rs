@@ -68,11 +68,12 @@ pub(crate) async fn run(args: UplinkArgs) -> anyhow::Result<()> {
             text(&uplink["max_backlog_bytes"]),
         );
         println!(
-            "  sent {} messages, {} rows; last acknowledged {}; given up {} records",
+            "  sent {} messages, {} rows; last acknowledged {}; given up {} records, {} rows too large",
             text(&uplink["messages_sent"]),
             text(&uplink["rows_sent"]),
             text(&uplink["last_ack_at"]),
             text(&uplink["skipped_records"]),
+            text(&uplink["unsendable_rows"]),
         );
         if !uplink["last_error"].is_null() {
             println!("  last error: {}", text(&uplink["last_error"]));
