@@ -29,9 +29,12 @@ use crate::nats_link::{self, NatsLink};
 /// Messages stored together in one write at most, and their bytes.
 const BATCH: usize = 512;
 const BATCH_BYTES: usize = 32 << 20;
-/// How long JetStream waits for an acknowledgement before it delivers a message again
-/// (a batch refused as a whole is written message by message, each with its fsync).
-const ACK_WAIT: Duration = Duration::from_secs(60);
+/// How long JetStream waits for an acknowledgement before it delivers a message again: also
+/// how long the messages a crashed hub had in hand wait for another. A batch refused as a
+/// whole is written message by message, each with its fsync; that path tells JetStream it is
+/// still working every `PROGRESS_EVERY`.
+const ACK_WAIT: Duration = Duration::from_secs(15);
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 /// Problems of `[hub]`, as `hub.field`.
 pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
@@ -256,7 +259,16 @@ async fn store_messages(
             }
             // Some message spoils the write: each alone, so only that one is refused.
             Err(_) => {
-                for ((outcome, d), message) in outcomes.iter_mut().zip(&decoded).zip(messages) {
+                let mut progress_sent = std::time::Instant::now();
+                for (i, ((outcome, d), message)) in
+                    outcomes.iter_mut().zip(&decoded).zip(messages).enumerate()
+                {
+                    if progress_sent.elapsed() >= PROGRESS_EVERY {
+                        progress_sent = std::time::Instant::now();
+                        for waiting in &messages[i..] {
+                            let _ = waiting.ack_with(AckKind::Progress).await;
+                        }
+                    }
                     let Some(d) = d else { continue };
                     *outcome = Some(
                         match store.write_arrow(d.batches.clone(), "uplink message").await {
@@ -451,11 +463,15 @@ pub(crate) async fn start(
         let mut backoff = Duration::from_millis(200);
         let mut last_error: Option<String> = None;
         while !token.is_cancelled() {
+            let started = std::time::Instant::now();
             match consume(&hub, &client, &js, &token).await {
                 Ok(()) => break,
                 Err(e) => {
+                    // A link that worked for a while starts its backoff afresh.
+                    if started.elapsed() > Duration::from_secs(10) {
+                        backoff = Duration::from_millis(200);
+                    }
                     if let Some(status) = hub.board.write().hub.as_mut() {
-                        status.connected = false;
                         status.last_error = Some(e.clone());
                     }
                     if last_error.as_deref() != Some(e.as_str()) {
@@ -466,7 +482,7 @@ pub(crate) async fn start(
                         () = token.cancelled() => break,
                         () = tokio::time::sleep(backoff) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
