@@ -419,16 +419,11 @@ pub(crate) async fn start(
     store: Arc<Store>,
     board: LinkBoard,
 ) -> Result<ServiceHandle, String> {
-    let stop = CancellationToken::new();
     let link = NatsLink::from(&config.hub);
     if !link.is_on() {
-        let token = stop.clone();
-        let task = tokio::spawn(async move {
-            token.cancelled().await;
-            Ok(())
-        });
-        return Ok(ServiceHandle { stop, task });
+        return Ok(nats_link::idle_module());
     }
+    let stop = CancellationToken::new();
     if let Some((path, message)) = check(config).first() {
         return Err(format!("{path}: {message}"));
     }

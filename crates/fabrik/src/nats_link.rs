@@ -66,6 +66,17 @@ impl From<&HubConfig> for NatsLink {
     }
 }
 
+/// The module of a link that is not configured: runs until stopped, doing nothing.
+pub(crate) fn idle_module() -> fabrik_runtime::ServiceHandle {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        token.cancelled().await;
+        Ok(())
+    });
+    fabrik_runtime::ServiceHandle { stop, task }
+}
+
 /// A subject token or stream name NATS takes: no separators, wildcards or blanks.
 pub(crate) fn is_plain_name(text: &str) -> bool {
     !text.is_empty()

@@ -850,3 +850,24 @@ async fn serve(
     tracing::info!("Fabrik stopped.");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An uplink or hub reaching NATS without TLS is a clear-text link in the compliance
+    /// report; with a CA file or a tls:// address it is not, and an unset one is not a link.
+    #[test]
+    fn nats_links_without_tls_are_clear_text() {
+        let mut config = Config::default();
+        assert!(clear_text_links(&config).is_empty());
+        config.uplink.url = "nats://hub.plant:4222".into();
+        config.hub.url = "tls://127.0.0.1:4222".into();
+        assert_eq!(
+            clear_text_links(&config),
+            ["[uplink] reaches NATS at nats://hub.plant:4222 without TLS"]
+        );
+        config.uplink.tls_ca = "/etc/fabrik/nats-ca.pem".into();
+        assert!(clear_text_links(&config).is_empty());
+    }
+}

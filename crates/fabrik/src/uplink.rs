@@ -608,16 +608,11 @@ pub(crate) async fn start(
     store: Arc<Store>,
     board: LinkBoard,
 ) -> Result<ServiceHandle, String> {
-    let stop = CancellationToken::new();
     let link = NatsLink::from(&config.uplink);
     if !link.is_on() {
-        let token = stop.clone();
-        let task = tokio::spawn(async move {
-            token.cancelled().await;
-            Ok(())
-        });
-        return Ok(ServiceHandle { stop, task });
+        return Ok(nats_link::idle_module());
     }
+    let stop = CancellationToken::new();
     let problems = check(config);
     if let Some((path, message)) = problems.first() {
         return Err(format!("{path}: {message}"));
