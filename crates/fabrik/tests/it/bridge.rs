@@ -2,47 +2,27 @@
 //! the subscribed filters are mapped and stored with source `bridge:<name>`, others are not
 //! subscribed, and after the broker restarts the bridge reconnects and resubscribes by itself.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::mqtt::{eventually, http, query};
-use crate::support::Process;
+use crate::support::{Peer, Process, free_port};
 
 /// A Mosquitto broker on `port`, anonymous, no persistence; killed on drop.
-struct Broker(Child);
-
-impl Broker {
-    fn start(dir: &std::path::Path, port: u16) -> Broker {
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-        )
-        .expect("conf");
-        let mut child = Command::new(mosquitto_path())
-            .args(["-c", conf.to_str().expect("utf-8")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto must be installed (apt install mosquitto; .ci/run does)");
-        // Wait until it accepts connections.
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Broker(child);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("mosquitto did not listen on {port}");
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn start_broker(dir: &std::path::Path, port: u16) -> Peer {
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+    )
+    .expect("conf");
+    let mut command = Command::new(mosquitto_path());
+    command.args(["-c", conf.to_str().expect("utf-8")]);
+    Peer::listening(
+        command,
+        port,
+        "mosquitto must be installed (apt install mosquitto; .ci/run does)",
+    )
 }
 
 fn mosquitto_path() -> &'static str {
@@ -51,14 +31,6 @@ fn mosquitto_path() -> &'static str {
     } else {
         "mosquitto"
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 fn publish(port: u16, topic: &str, payload: &str) {
@@ -101,7 +73,7 @@ fn count(url: &str, sql: &str) -> i64 {
 fn bridged_messages_are_mapped_and_the_bridge_survives_a_broker_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let broker = Broker::start(dir.path(), port);
+    let broker = start_broker(dir.path(), port);
     let config = dir.path().join("fabrik.toml");
     std::fs::write(
         &config,
@@ -152,7 +124,7 @@ measurement = "line"
     // The broker goes away and comes back on the same port: the bridge resubscribes.
     drop(broker);
     std::thread::sleep(Duration::from_millis(500));
-    let _broker = Broker::start(dir.path(), port);
+    let _broker = start_broker(dir.path(), port);
     eventually("messages flow again after the broker restart", || {
         publish(port, "plant/press-2/telemetry", r#"{"pressure": 5.5}"#);
         count(

@@ -387,3 +387,43 @@ pub(crate) fn metric(url: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
+
+/// A free port on 127.0.0.1 (free when asked; a peer started on it right away gets it).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A protocol peer (a broker, a NATS server) run by a test; killed on drop.
+pub(crate) struct Peer(Child);
+
+impl Peer {
+    /// Spawns `command` (output discarded) and waits until 127.0.0.1:`port` accepts
+    /// connections; `missing` says how to install it when it cannot be spawned.
+    pub(crate) fn listening(mut command: Command, port: u16, missing: &str) -> Peer {
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(missing);
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Peer(child);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{:?} did not listen on {port}", command.get_program());
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

