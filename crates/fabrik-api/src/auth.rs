@@ -81,7 +81,7 @@ impl std::fmt::Debug for Auth {
 }
 
 /// Compares without an early exit, so response time does not leak how much of a guess matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -41,6 +41,8 @@ pub struct ComplianceFacts {
     pub models_signature_required: bool,
     /// Trusted model-signing keys.
     pub models_trusted_keys: usize,
+    /// The release repository (TUF) this node installs models from (`[updates] url`), if any.
+    pub release_repository: Option<String>,
     /// Tables kept forever (`*` for the default retention).
     pub tables_kept_forever: Vec<String>,
     /// Retention of raw messages, as configured (`None`: not kept).
@@ -384,6 +386,14 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
             ],
         )
     };
+    let mut evidence = evidence;
+    if let Some(repository) = &facts.release_repository {
+        evidence.push(format!(
+            "models arrive from the release repository {repository}, verified with TUF \
+             (signed metadata from a pinned root, no rollback, no expired metadata, each \
+             file's signed hash) before they are stored"
+        ));
+    }
     controls.push(control(
         &["IEC 62443-3-3 SR 3.4", "NIST 800-53 SI-7", "CM-14"],
         "Software and information integrity of models",

@@ -31,6 +31,19 @@ pub fn describe_problems(problems: &[(String, String)]) -> String {
         .join("; ")
 }
 
+impl std::fmt::Display for ControlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlError::Invalid(problems) => f.write_str(&describe_problems(problems)),
+            ControlError::NotChangeable(message)
+            | ControlError::NotFound(message)
+            | ControlError::Storage(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for ControlError {}
+
 impl From<ControlError> for ApiError {
     fn from(error: ControlError) -> Self {
         match error {

@@ -24,6 +24,7 @@ pub mod session;
 pub mod stream;
 pub mod tls;
 mod ui;
+pub mod updates;
 pub mod usecases;
 pub mod users;
 
@@ -77,6 +78,10 @@ pub struct ApiState {
     pub links: links::LinkBoard,
     /// The AsyncAPI document (the binary builds it: it knows the connectors' topics).
     pub asyncapi: Arc<str>,
+    /// The release repository's last check, as the updates module reports it.
+    pub updates: updates::UpdateBoard,
+    /// The release repository this process serves under `/tuf`, if any.
+    pub release_repo: Option<Arc<updates::ReleaseRepo>>,
 }
 
 /// Serves the API on `listener` (over TLS when `tls` is given) until `shutdown` is cancelled;

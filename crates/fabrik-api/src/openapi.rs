@@ -146,6 +146,7 @@ impl Modify for TokenAuth {
         crate::audit::verify,
         crate::compliance::report,
         crate::links::status,
+        crate::updates::status,
         crate::privacy::export,
         crate::stream::device_stream,
         crate::pipelines::list,

@@ -154,6 +154,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/audit/verify", get(crate::audit::verify))
         .route("/api/v1/compliance", get(crate::compliance::report))
         .route("/api/v1/uplink", get(crate::links::status))
+        .route("/api/v1/updates", get(crate::updates::status))
         .route("/services", get(services))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -166,6 +167,8 @@ pub fn router(state: ApiState) -> Router {
                 .get(crate::session::whoami),
         )
         .route("/ready", get(ready))
+        // Its own token, not the API's: a node fetching releases holds no API account.
+        .route("/tuf/{*path}", get(crate::updates::file))
         .route("/metrics", get(metrics))
         .merge(protected)
         .fallback(no_such_route)

@@ -55,6 +55,74 @@ pub struct Config {
     pub uplink: UplinkConfig,
     /// Receiving the rows edge nodes forward (this process as the hub).
     pub hub: HubConfig,
+    /// Installing what a release repository (TUF) publishes for this node.
+    pub updates: UpdatesConfig,
+    /// Serving a release repository to nodes (this process as the hub).
+    pub releases: ReleasesConfig,
+}
+
+/// `[updates]`: this node follows a release repository (TUF, decision 0031) and installs the
+/// models it publishes for it, each verified before it is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdatesConfig {
+    /// The repository: `https://hub:7800/tuf` (a hub's `[releases]`), any static server, or
+    /// `file:///media/usb/releases` (carried in); empty: off.
+    pub url: String,
+    /// The trusted root metadata (`metadata/1.root.json` of `fabrik release init`), brought to
+    /// the node out of band; required with `url`.
+    pub root: String,
+    /// This node's name, matched against a target's `nodes`; empty: `[uplink] node`, else the
+    /// host name.
+    pub node: String,
+    /// How often the repository is checked.
+    pub interval: String,
+    /// Bearer token for the repository (the hub's `[releases] token`).
+    pub token: String,
+    /// CA certificate file (PEM) an `https` repository's certificate must chain to; empty: the
+    /// system's roots.
+    pub tls_ca: String,
+}
+
+impl Default for UpdatesConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            root: String::new(),
+            node: String::new(),
+            interval: "5m".into(),
+            token: String::new(),
+            tls_ca: String::new(),
+        }
+    }
+}
+
+/// `[releases]`: this process serves a release repository under `/tuf`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReleasesConfig {
+    /// The repository's directory (`fabrik release init --repo`); empty: none served.
+    pub repo: String,
+    /// Bearer token nodes must present; empty: served to anyone who can connect (the files
+    /// are signed, but the models are readable).
+    pub token: String,
+    /// The repository's timestamp key (`<keys>/timestamp.key`): with it this process re-signs
+    /// the timestamp before it expires, so nodes keep trusting the releases; empty: a timer
+    /// must run `fabrik release refresh`.
+    pub timestamp_key: String,
+    /// How long each re-signed timestamp is valid; it is re-signed when half is left.
+    pub timestamp_lifetime: String,
+}
+
+impl Default for ReleasesConfig {
+    fn default() -> Self {
+        Self {
+            repo: String::new(),
+            token: String::new(),
+            timestamp_key: String::new(),
+            timestamp_lifetime: "1d".into(),
+        }
+    }
 }
 
 /// `[uplink]`: store-and-forward of this node's rows to a hub over NATS JetStream.

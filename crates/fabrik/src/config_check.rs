@@ -49,6 +49,7 @@ pub(crate) fn load(path: Option<&Path>, origin: &str) -> Result<(Config, Setting
     later.extend(crate::bridge::check(&config));
     later.extend(crate::uplink::check(&config));
     later.extend(crate::hub::check(&config));
+    later.extend(crate::updates::check(&config));
     problems.extend(
         later
             .into_iter()

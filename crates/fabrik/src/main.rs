@@ -34,10 +34,13 @@ mod pipeline_cli;
 mod pipelines;
 mod privacy_cli;
 mod readings;
+mod release;
+mod release_cli;
 mod run;
 mod shadow;
 mod sql_text;
 mod stored;
+mod updates;
 mod uplink;
 mod uplink_cli;
 mod usecase_cli;
@@ -89,6 +92,11 @@ enum Command {
     Compliance(compliance_cli::ComplianceArgs),
     /// The edge → hub link: this node's uplink, or what a hub receives.
     Uplink(uplink_cli::UplinkArgs),
+    /// Publish models to a fleet as a signed release repository (TUF): make it, add, remove,
+    /// re-sign, list. Works on the repository's files and keys, offline.
+    Release(release_cli::ReleaseArgs),
+    /// What a running node last found in its release repository, and what it installed.
+    Updates(release_cli::UpdatesArgs),
     /// Everything kept about one person, for their right of access (GDPR Art. 15).
     Privacy(privacy_cli::PrivacyArgs),
     /// List, acknowledge and silence alerts.
@@ -189,6 +197,8 @@ fn main() -> ExitCode {
         Command::Audit(args) => client::block_on(audit_cli::run(args)),
         Command::Compliance(args) => client::block_on(compliance_cli::run(args)),
         Command::Uplink(args) => client::block_on(uplink_cli::run(args)),
+        Command::Release(args) => client::block_on(release_cli::run(args)),
+        Command::Updates(args) => client::block_on(release_cli::run_updates(args)),
         Command::Privacy(args) => client::block_on(privacy_cli::run(args)),
         Command::Alert(args) => client::block_on(alert_cli::run(args)),
         Command::Pipeline(args) => client::block_on(pipeline_cli::run(args)),

@@ -27,13 +27,17 @@ pub(crate) enum Module {
     Uplink,
     /// Storing the rows edge nodes forward.
     Hub,
+    /// Installing the models a release repository (TUF) publishes for this node.
+    Updates,
+    /// Keeping a served release repository's timestamp signed.
+    Releases,
     /// The HTTP API and dashboard.
     Http,
 }
 
 impl Module {
     /// Every module.
-    pub(crate) const ALL: [Module; 12] = [
+    pub(crate) const ALL: [Module; 14] = [
         Module::Store,
         Module::Registry,
         Module::Ingest,
@@ -45,6 +49,8 @@ impl Module {
         Module::Alerts,
         Module::Uplink,
         Module::Hub,
+        Module::Updates,
+        Module::Releases,
         Module::Http,
     ];
 
@@ -62,6 +68,8 @@ impl Module {
             Module::Alerts => &[Module::Store],
             Module::Uplink => &[Module::Store],
             Module::Hub => &[Module::Store],
+            Module::Updates => &[Module::Pipelines],
+            Module::Releases => &[],
             Module::Http => &[Module::Store, Module::Registry],
         }
     }
@@ -80,6 +88,8 @@ impl Module {
             Module::Alerts => "alerts",
             Module::Uplink => "uplink",
             Module::Hub => "hub",
+            Module::Updates => "updates",
+            Module::Releases => "releases",
             Module::Http => "http",
         }
     }
@@ -106,6 +116,12 @@ impl Module {
                 "edge → hub: the WAL's writes to NATS JetStream, store-and-forward ([uplink])"
             }
             Module::Hub => "hub: rows edge nodes forward over JetStream into this store ([hub])",
+            Module::Updates => {
+                "release repository (TUF): verified models for this node installed ([updates])"
+            }
+            Module::Releases => {
+                "a served release repository's timestamp re-signed before it expires ([releases])"
+            }
             Module::Http => {
                 "REST API under /api/v1, InfluxDB write endpoints, /ready, /metrics, dashboard"
             }

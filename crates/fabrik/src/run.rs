@@ -229,6 +229,8 @@ fn compliance_facts(
         mqtt_acl_rules: config.mqtt.acl.len(),
         models_signature_required: trust.as_ref().is_some_and(|t| t.required()),
         models_trusted_keys: config.models.trusted_keys.len(),
+        release_repository: Some(config.updates.url.trim().to_owned())
+            .filter(|url| !url.is_empty() && modules.contains(&Module::Updates)),
         tables_kept_forever: kept_forever,
         raw_retention: settings.raw_retention.map(|r| match r {
             Retention::Forever => "ever".to_owned(),
@@ -287,6 +289,13 @@ fn clear_text_links(config: &Config) -> Vec<String> {
             links.push(format!("[{section}] reaches NATS at {url} without TLS"));
         }
     }
+    let updates = config.updates.url.trim();
+    if updates.starts_with("http://") {
+        links.push(format!(
+            "[updates] reads the release repository at {updates} without TLS (its files are \
+             signed, but the models and the token travel in clear)"
+        ));
+    }
     if !config.modbus.devices.is_empty() {
         links.push(format!(
             "{} Modbus TCP device(s): the protocol has no encryption (keep them on an isolated \
@@ -340,6 +349,26 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// The release repository `[releases]` has this process serve, if any.
+fn release_repo(config: &Config) -> Option<Arc<fabrik_api::updates::ReleaseRepo>> {
+    let dir = config.releases.repo.trim();
+    if dir.is_empty() {
+        return None;
+    }
+    let token = Some(config.releases.token.trim().to_owned()).filter(|t| !t.is_empty());
+    if token.is_none() {
+        tracing::warn!(
+            repo = dir,
+            "The release repository is served without a token ([releases] token): its files \
+             are signed, but anyone who can connect can read the models."
+        );
+    }
+    Some(Arc::new(fabrik_api::updates::ReleaseRepo {
+        dir: dir.into(),
+        token,
+    }))
+}
+
 /// Shared between module starts: what earlier modules produced.
 #[derive(Default)]
 struct Wiring {
@@ -366,6 +395,8 @@ struct Wiring {
     compliance: Arc<fabrik_api::compliance::ComplianceFacts>,
     /// The edge → hub link's state, written by the uplink and hub modules.
     links: fabrik_api::links::LinkBoard,
+    /// The release repository's last check, written by the updates module.
+    updates: fabrik_api::updates::UpdateBoard,
 }
 
 async fn start_store(
@@ -469,6 +500,8 @@ async fn start_http(
         compliance: wiring.compliance.clone(),
         links: wiring.links.clone(),
         asyncapi: crate::asyncapi::document().into(),
+        updates: wiring.updates.clone(),
+        release_repo: release_repo(config),
         https: tls.is_some(),
         kpi_meter: Some(Arc::new(crate::usecases::StoreKpiMeter {
             store: store.clone(),
@@ -767,6 +800,24 @@ async fn serve(
                         let store = store.ok_or("the hub module needs the store module")?;
                         crate::hub::start(&config, store, links).await
                     })
+                    .await
+            }
+            Module::Updates => {
+                let control = wiring.pipeline_control.clone();
+                let registry = wiring.registry.clone();
+                let board = wiring.updates.clone();
+                manager
+                    .start(module.name(), || async {
+                        let control =
+                            control.ok_or("the updates module needs the pipelines module")?;
+                        crate::updates::start(&config, &settings.data_dir, control, registry, board)
+                            .await
+                    })
+                    .await
+            }
+            Module::Releases => {
+                manager
+                    .start(module.name(), || crate::release::start_refresher(&config))
                     .await
             }
             Module::Http => {

@@ -16,6 +16,7 @@ mod mqtt;
 mod opcua;
 mod paho;
 mod pipelines;
+mod releases;
 mod shadow;
 mod sparkplug;
 mod storage;

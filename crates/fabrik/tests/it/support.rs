@@ -56,6 +56,8 @@ impl Server {
             alert_rule_control: None,
             compliance: Default::default(),
             links: Default::default(),
+            updates: Default::default(),
+            release_repo: None,
             asyncapi: "{}".into(),
             alerting: None,
             kpi_meter: None,

@@ -1,0 +1,208 @@
+//! `/api/v1/updates`: what this node's `updates` module last found in its release repository
+//! (TUF), and `/tuf/...`: the release repository a hub serves to its nodes (`[releases]`).
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use parking_lot::RwLock;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::ApiState;
+use crate::error::ApiError;
+
+/// Written by the updates module, read by the handler; `None` when the module does not run.
+pub type UpdateBoard = Arc<RwLock<Option<UpdateStatus>>>;
+
+/// This node's release repository as last checked.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct UpdateStatus {
+    /// Where the repository is read from (`[updates] url`).
+    pub repository: String,
+    /// This node's name, matched against each target's `nodes`.
+    pub node: String,
+    /// Seconds between checks.
+    pub interval_seconds: f64,
+    /// Checks since start.
+    pub checks: u64,
+    /// When the repository was last checked (RFC 3339).
+    pub last_check_at: Option<String>,
+    /// When its metadata last verified (RFC 3339).
+    pub last_verified_at: Option<String>,
+    /// Versions of the metadata trusted now (0 until a check verified).
+    pub root_version: u64,
+    /// The targets metadata's version.
+    pub targets_version: u64,
+    /// The snapshot metadata's version.
+    pub snapshot_version: u64,
+    /// The timestamp metadata's version.
+    pub timestamp_version: u64,
+    /// When the earliest of them expires (RFC 3339): past it, nothing is installed until the
+    /// publisher re-signs.
+    pub expires_at: Option<String>,
+    /// The repository's targets, as this node sees them.
+    pub targets: Vec<TargetStatus>,
+    /// Models installed from the repository since start.
+    pub installed: u64,
+    /// Why the last check failed, when it did (the metadata did not verify, or the repository
+    /// could not be reached); cleared by a check that verifies.
+    pub last_error: Option<String>,
+}
+
+/// One target of the repository on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct TargetStatus {
+    /// The target's name in the repository (`<name>.onnx`).
+    pub target: String,
+    /// What it is (`model`), from its Fabrik metadata.
+    pub kind: String,
+    /// The name it is stored under on the node.
+    pub name: String,
+    /// SHA-256 of the file, as the signed metadata gives it.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub length: u64,
+    /// `installed` (this node holds exactly this file), `not_for_this_node`, or `refused`.
+    pub state: String,
+    /// Why it was refused (a download that does not match the signed hash, a model signature
+    /// that does not verify, a model that does not fit a pipeline using it).
+    pub reason: Option<String>,
+    /// When this node installed it (RFC 3339), if it did since start.
+    pub installed_at: Option<String>,
+}
+
+/// This node's release repository, as the updates module last checked it.
+#[utoipa::path(get, path = "/api/v1/updates", tag = "updates",
+    responses(
+        (status = 200, description = "the last check of the release repository", body = UpdateStatus),
+        (status = 404, description = "the updates module does not run in this process, or `[updates] url` is not set", body = crate::error::ErrorBody),
+    ))]
+pub async fn status(State(state): State<ApiState>) -> Result<Json<UpdateStatus>, ApiError> {
+    state.updates.read().clone().map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no release repository is checked here: set [updates] url and root, and run the \
+                 updates module",
+        )
+    })
+}
+
+/// The release repository this process serves (`[releases]`).
+#[derive(Debug, Clone)]
+pub struct ReleaseRepo {
+    /// The repository's directory (`metadata/`, `targets/`).
+    pub dir: PathBuf,
+    /// The bearer token nodes present; `None`: served to anyone who can connect.
+    pub token: Option<String>,
+}
+
+/// The prefix the release repository is served under.
+pub const TUF_PREFIX: &str = "/tuf";
+
+/// A file of the release repository `[releases] repo`: `/tuf/metadata/<file>` or
+/// `/tuf/targets/<file>`. Anything else, and any path that would leave those two directories,
+/// is 404. The files are signed metadata and the targets it hashes, so a node verifies
+/// whatever it gets; the token (`[releases] token`, the API's admin token never being needed)
+/// keeps the models from whoever can merely connect.
+pub async fn file(State(state): State<ApiState>, uri: Uri, headers: HeaderMap) -> Response {
+    let Some(release) = state.release_repo.as_deref() else {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no release repository is served here: set [releases] repo",
+        )
+        .into_response();
+    };
+    if let Some(token) = &release.token {
+        let given = crate::auth::Auth::token_of(&headers, None).unwrap_or_default();
+        if !crate::auth::constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            metrics::counter!("fabrik_http_unauthorized_total").increment(1);
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the release repository needs its token ([releases] token) as a bearer token",
+            )
+            .into_response();
+        }
+    }
+    let Some(path) = repository_path(&release.dir, uri.path()) else {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{}: not a file of the release repository", uri.path()),
+        )
+        .into_response();
+    };
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => {
+            let kind = if path.extension().is_some_and(|e| e == "json") {
+                "application/json"
+            } else {
+                "application/octet-stream"
+            };
+            ([(header::CONTENT_TYPE, kind)], Body::from(bytes)).into_response()
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{}: no such file in the release repository", uri.path()),
+        )
+        .into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage",
+            format!("{}: {e}", path.display()),
+        )
+        .into_response(),
+    }
+}
+
+/// The file under `repo` that a request path names, if it is one of the repository's.
+fn repository_path(repo: &Path, request: &str) -> Option<PathBuf> {
+    let rest = request.strip_prefix(TUF_PREFIX)?.strip_prefix('/')?;
+    let (directory, name) = rest.split_once('/')?;
+    if !matches!(directory, "metadata" | "targets") {
+        return None;
+    }
+    let name = Path::new(name);
+    let plain = name
+        .components()
+        .all(|component| matches!(component, Component::Normal(_)));
+    (plain && name.components().count() == 1).then(|| repo.join(directory).join(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_files_of_the_two_directories_are_served() {
+        let repo = Path::new("/srv/repo");
+        assert_eq!(
+            repository_path(repo, "/tuf/metadata/timestamp.json"),
+            Some(PathBuf::from("/srv/repo/metadata/timestamp.json"))
+        );
+        assert_eq!(
+            repository_path(repo, "/tuf/targets/abc.pump.onnx"),
+            Some(PathBuf::from("/srv/repo/targets/abc.pump.onnx"))
+        );
+        for refused in [
+            "/tuf/metadata/../../etc/passwd",
+            "/tuf/metadata/..",
+            "/tuf/keys/root.key",
+            "/tuf/.staging/x",
+            "/tuf/targets/a/b",
+            "/tuf/metadata/",
+            "/tuf/metadata",
+            "/tufx/metadata/timestamp.json",
+        ] {
+            assert_eq!(repository_path(repo, refused), None, "{refused}");
+        }
+    }
+}

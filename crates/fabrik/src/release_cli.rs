@@ -1,0 +1,355 @@
+//! `fabrik release` (publishing models to a fleet as a TUF repository, offline: it works on
+//! the repository's files and keys) and `fabrik updates status` (a thin client of a running
+//! node's `/api/v1/updates`).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use crate::client::Endpoint;
+use crate::release::{self, Lifetimes, ReleaseTarget};
+
+/// `fabrik release`
+#[derive(Debug, Args)]
+pub(crate) struct ReleaseArgs {
+    #[command(subcommand)]
+    command: ReleaseCommand,
+}
+
+/// How long newly signed metadata stays valid.
+#[derive(Debug, Args)]
+struct LifetimeArgs {
+    /// Validity of the targets metadata (the list of models).
+    #[arg(long, default_value = "90d")]
+    targets_lifetime: String,
+    /// Validity of the snapshot metadata.
+    #[arg(long, default_value = "7d")]
+    snapshot_lifetime: String,
+    /// Validity of the timestamp metadata: nodes install nothing once it is past, so re-sign
+    /// it before (`fabrik release refresh`, from a timer).
+    #[arg(long, default_value = "1d")]
+    timestamp_lifetime: String,
+}
+
+impl LifetimeArgs {
+    fn lifetimes(&self, root: Option<&str>) -> anyhow::Result<Lifetimes> {
+        let parse = |flag: &str, text: &str| {
+            fabrik_runtime::units::parse_duration(text)
+                .map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+        };
+        let mut lifetimes = Lifetimes {
+            targets: parse("targets-lifetime", &self.targets_lifetime)?,
+            snapshot: parse("snapshot-lifetime", &self.snapshot_lifetime)?,
+            timestamp: parse("timestamp-lifetime", &self.timestamp_lifetime)?,
+            ..Lifetimes::default()
+        };
+        if let Some(root) = root {
+            lifetimes.root = parse("root-lifetime", root)?;
+        }
+        Ok(lifetimes)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum ReleaseCommand {
+    /// Make a release repository and its four role keys (root, targets, snapshot, timestamp).
+    /// Copy `metadata/1.root.json` to each node (`[updates] root`); keep the root key offline.
+    Init {
+        /// The repository directory (made; must be empty): serve it with `[releases] repo`.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Where the private keys go (made, mode 0700; never inside the repository).
+        #[arg(long)]
+        keys: PathBuf,
+        /// Validity of the root metadata.
+        #[arg(long, default_value = "365d")]
+        root_lifetime: String,
+        #[command(flatten)]
+        lifetimes: LifetimeArgs,
+    },
+    /// Publish an ONNX model (with `FILE.sig` when there is one) for nodes to install under
+    /// `--name`; replaces an earlier release of that name.
+    Add {
+        #[arg(long)]
+        repo: PathBuf,
+        /// The keys directory of `init` (needs targets, snapshot and timestamp keys).
+        #[arg(long)]
+        keys: PathBuf,
+        /// The model name nodes store it under (pipelines' `model_name`).
+        #[arg(long)]
+        name: String,
+        /// Only for these nodes (names, `*` matches any run of characters); repeat or
+        /// comma-separate. Default: every node.
+        #[arg(long, value_delimiter = ',')]
+        nodes: Vec<String>,
+        #[command(flatten)]
+        lifetimes: LifetimeArgs,
+        /// The `.onnx` file.
+        file: PathBuf,
+    },
+    /// Stop publishing a model (nodes keep the copy they installed).
+    Remove {
+        #[arg(long)]
+        repo: PathBuf,
+        #[arg(long)]
+        keys: PathBuf,
+        #[command(flatten)]
+        lifetimes: LifetimeArgs,
+        /// The model name.
+        name: String,
+    },
+    /// Re-sign the metadata with fresh expiry dates, changing nothing else.
+    Refresh {
+        #[arg(long)]
+        repo: PathBuf,
+        #[arg(long)]
+        keys: PathBuf,
+        /// Re-sign only the timestamp, with the timestamp key alone.
+        #[arg(long)]
+        timestamp_only: bool,
+        #[command(flatten)]
+        lifetimes: LifetimeArgs,
+    },
+    /// What the repository publishes, verified as a node would (except expiry, shown).
+    List {
+        #[arg(long)]
+        repo: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs `fabrik release ...`.
+pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
+    match args.command {
+        ReleaseCommand::Init {
+            repo,
+            keys,
+            root_lifetime,
+            lifetimes,
+        } => {
+            let lifetimes = lifetimes.lifetimes(Some(&root_lifetime))?;
+            let root = release::init(&repo, &keys, lifetimes).await?;
+            println!(
+                "made the release repository {} and its keys in {}\n\
+                 copy {} to each node as [updates] root; keep {} offline",
+                repo.display(),
+                keys.display(),
+                root.display(),
+                keys.join("root.key").display()
+            );
+        }
+        ReleaseCommand::Add {
+            repo,
+            keys,
+            name,
+            nodes,
+            lifetimes,
+            file,
+        } => {
+            let nodes: Vec<String> = nodes
+                .into_iter()
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect();
+            let signed = crate::model_signature::signature_path(&file).exists();
+            let (sha256, version) = release::add_model(
+                &repo,
+                &keys,
+                &file,
+                &name,
+                nodes.clone(),
+                lifetimes.lifetimes(None)?,
+            )
+            .await?;
+            println!(
+                "published {name} (sha256 {sha256}, {}) for {} as targets version {version}",
+                if signed {
+                    "with its signature"
+                } else {
+                    "unsigned"
+                },
+                if nodes.is_empty() {
+                    "every node".to_owned()
+                } else {
+                    nodes.join(", ")
+                }
+            );
+        }
+        ReleaseCommand::Remove {
+            repo,
+            keys,
+            lifetimes,
+            name,
+        } => {
+            let version =
+                release::remove_model(&repo, &keys, &name, lifetimes.lifetimes(None)?).await?;
+            println!("no longer publishing {name} (targets version {version})");
+        }
+        ReleaseCommand::Refresh {
+            repo,
+            keys,
+            timestamp_only,
+            lifetimes,
+        } => {
+            let lifetimes = lifetimes.lifetimes(None)?;
+            if timestamp_only {
+                release::refresh_timestamp(&repo, &keys.join("timestamp.key"), lifetimes.timestamp)
+                    .await?;
+            } else {
+                release::refresh(&repo, &keys, lifetimes).await?;
+            }
+            println!(
+                "re-signed {}: the timestamp is valid for {}",
+                repo.display(),
+                humantime(lifetimes.timestamp)
+            );
+        }
+        ReleaseCommand::List { repo, json } => {
+            let loaded = release::load_local(&repo).await?;
+            let mut targets = Vec::new();
+            for (name, target) in loaded.all_targets() {
+                let fabrik = ReleaseTarget::of(target)
+                    .map(|parsed| parsed.map_err(|why| anyhow::anyhow!("{}: {why}", name.raw())))
+                    .transpose()?;
+                targets.push(serde_json::json!({
+                    "target": name.raw(),
+                    "sha256": release::hex(&target.hashes.sha256),
+                    "length": target.length,
+                    "fabrik": fabrik,
+                }));
+            }
+            let summary = serde_json::json!({
+                "root_version": loaded.root().signed.version.get(),
+                "targets_version": loaded.targets().signed.version.get(),
+                "snapshot_version": loaded.snapshot().signed.version.get(),
+                "timestamp_version": loaded.timestamp().signed.version.get(),
+                "targets_expire": loaded.targets().signed.expires.to_string(),
+                "snapshot_expires": loaded.snapshot().signed.expires.to_string(),
+                "timestamp_expires": loaded.timestamp().signed.expires.to_string(),
+                "root_expires": loaded.root().signed.expires.to_string(),
+                "targets": targets,
+            });
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+                return Ok(());
+            }
+            println!(
+                "targets version {} (expires {}), timestamp expires {}",
+                summary["targets_version"],
+                loaded.targets().signed.expires,
+                loaded.timestamp().signed.expires
+            );
+            for target in summary["targets"].as_array().into_iter().flatten() {
+                let fabrik = &target["fabrik"];
+                let nodes = fabrik["nodes"]
+                    .as_array()
+                    .map(|nodes| {
+                        nodes
+                            .iter()
+                            .filter_map(|n| n.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| "every node".into());
+                println!(
+                    "  {}  {} {}  {} bytes  sha256 {}  {}  for {nodes}",
+                    target["target"].as_str().unwrap_or("?"),
+                    fabrik["kind"].as_str().unwrap_or("(not Fabrik's)"),
+                    fabrik["name"].as_str().unwrap_or(""),
+                    target["length"],
+                    target["sha256"].as_str().unwrap_or("?"),
+                    if fabrik["signature"].is_string() {
+                        "signed"
+                    } else {
+                        "unsigned"
+                    },
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn humantime(duration: std::time::Duration) -> String {
+    let seconds = duration.as_secs();
+    match seconds {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s => format!("{s}s"),
+    }
+}
+
+/// `fabrik updates`
+#[derive(Debug, Args)]
+pub(crate) struct UpdatesArgs {
+    #[command(subcommand)]
+    command: UpdatesCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum UpdatesCommand {
+    /// What this node last found in its release repository, and what it installed.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+}
+
+/// Runs `fabrik updates ...`.
+pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
+    let UpdatesCommand::Status { json, endpoint } = args.command;
+    let client = endpoint.client()?;
+    let status: serde_json::Value = endpoint
+        .get_json(&client, "/api/v1/updates")
+        .await
+        .context("asking for the updates status")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    let text = |value: &serde_json::Value| match value {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    println!(
+        "node {} follows {} (every {} s); last check {}, last verified {}",
+        text(&status["node"]),
+        text(&status["repository"]),
+        text(&status["interval_seconds"]),
+        text(&status["last_check_at"]),
+        text(&status["last_verified_at"]),
+    );
+    println!(
+        "  trusted: root v{}, targets v{}, snapshot v{}, timestamp v{}; expires {}",
+        text(&status["root_version"]),
+        text(&status["targets_version"]),
+        text(&status["snapshot_version"]),
+        text(&status["timestamp_version"]),
+        text(&status["expires_at"]),
+    );
+    for target in status["targets"].as_array().into_iter().flatten() {
+        println!(
+            "  {}  {} {}  {}{}",
+            text(&target["target"]),
+            text(&target["kind"]),
+            text(&target["name"]),
+            text(&target["state"]),
+            target["reason"]
+                .as_str()
+                .map(|why| format!(": {why}"))
+                .unwrap_or_default()
+        );
+    }
+    if !status["last_error"].is_null() {
+        println!("  last error: {}", text(&status["last_error"]));
+    }
+    Ok(())
+}

@@ -1,0 +1,588 @@
+//! The `updates` module (decision 0031): follows a release repository (TUF) and installs the
+//! models it publishes for this node. Every check verifies the repository's metadata against
+//! the root the node was given (signatures, thresholds, versions never going back, expiry) and
+//! every file against the signed hash and length before it is stored; the model then goes
+//! through the same gate as an upload (its own signature under `[models]`, its fit with the
+//! pipelines that use it). A refused target is reported and leaves the installed model alone.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fabrik_api::pipelines::PipelineControl;
+use fabrik_api::updates::{TargetStatus, UpdateBoard, UpdateStatus};
+use fabrik_registry::{AuditEvent, Registry};
+use fabrik_runtime::{Config, ServiceHandle};
+use tokio_util::sync::CancellationToken;
+use tough::schema::{Root, Signed};
+use tough::{
+    FilesystemTransport, IntoVec, Repository, RepositoryLoader, Transport, TransportError,
+    TransportErrorKind, TransportStream,
+};
+
+use crate::release::{KIND_MODEL, ReleaseTarget, hex};
+
+/// Checks `[updates]` (nothing when `url` is empty) and `[releases]`.
+pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    let served = config.releases.repo.trim();
+    if !served.is_empty() {
+        let root = Path::new(served).join("metadata").join("1.root.json");
+        if !root.is_file() {
+            problems.push((
+                "releases.repo".into(),
+                format!(
+                    "`{served}`: no release repository here ({} is missing; make one with \
+                     `fabrik release init --repo {served} --keys <elsewhere>`)",
+                    root.display()
+                ),
+            ));
+        }
+    }
+    let key = config.releases.timestamp_key.trim();
+    if !key.is_empty() {
+        if served.is_empty() {
+            problems.push((
+                "releases.timestamp_key".into(),
+                "set with releases.repo: the repository whose timestamp it re-signs".into(),
+            ));
+        }
+        if !Path::new(key).is_file() {
+            problems.push((
+                "releases.timestamp_key".into(),
+                format!("{key}: no such file"),
+            ));
+        }
+    }
+    match fabrik_runtime::units::parse_duration(&config.releases.timestamp_lifetime) {
+        Ok(lifetime) if lifetime < Duration::from_secs(2) => {
+            problems.push(("releases.timestamp_lifetime".into(), "at least 2s".into()))
+        }
+        Ok(_) => {}
+        Err(why) => problems.push(("releases.timestamp_lifetime".into(), why)),
+    }
+    let updates = &config.updates;
+    if updates.url.trim().is_empty() {
+        return problems;
+    }
+    if let Err(why) = repository_urls(&updates.url) {
+        problems.push(("updates.url".into(), why));
+    }
+    if updates.root.trim().is_empty() {
+        problems.push((
+            "updates.root".into(),
+            "required with updates.url: the repository's trusted root metadata \
+             (metadata/1.root.json of `fabrik release init`), copied to this node"
+                .into(),
+        ));
+    } else if let Err(why) = read_root(Path::new(updates.root.trim())) {
+        problems.push(("updates.root".into(), why));
+    }
+    match fabrik_runtime::units::parse_duration(&updates.interval) {
+        Ok(interval) if interval.is_zero() => {
+            problems.push(("updates.interval".into(), "must be longer than 0s".into()))
+        }
+        Ok(_) => {}
+        Err(why) => problems.push(("updates.interval".into(), why)),
+    }
+    let ca = updates.tls_ca.trim();
+    if !ca.is_empty()
+        && let Err(e) = std::fs::read(ca)
+    {
+        problems.push(("updates.tls_ca".into(), format!("{ca}: {e}")));
+    }
+    problems
+}
+
+/// Reads and parses root metadata, without trusting it yet (its signatures are checked when
+/// the repository loads).
+fn read_root(path: &Path) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_slice::<Signed<Root>>(&bytes).map_err(|e| {
+        format!(
+            "{}: not TUF root metadata ({e}); use the repository's metadata/1.root.json",
+            path.display()
+        )
+    })?;
+    Ok(bytes)
+}
+
+/// The metadata and targets URLs of a repository URL (`…/metadata/`, `…/targets/`).
+fn repository_urls(url: &str) -> Result<(url::Url, url::Url), String> {
+    let base = url::Url::parse(&format!("{}/", url.trim().trim_end_matches('/')))
+        .map_err(|e| format!("`{url}`: {e}"))?;
+    if !matches!(base.scheme(), "http" | "https" | "file") {
+        return Err(format!(
+            "`{url}`: the repository is read over http, https or from a file:// directory"
+        ));
+    }
+    let join = |directory: &str| {
+        base.join(directory)
+            .map_err(|e| format!("`{url}`: {directory}: {e}"))
+    };
+    Ok((join("metadata/")?, join("targets/")?))
+}
+
+/// This node's name in targets' `nodes`: `[updates] node`, `[uplink] node`, else the host
+/// name.
+fn node_name(config: &Config) -> String {
+    [&config.updates.node, &config.uplink.node]
+        .into_iter()
+        .map(|name| name.trim())
+        .find(|name| !name.is_empty())
+        .map(str::to_owned)
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|name| name.trim().to_owned())
+                .filter(|name| !name.is_empty())
+        })
+        .unwrap_or_else(|| "fabrik".into())
+}
+
+/// Fetches repository files over HTTP(S) (with the repository's bearer token) or from a
+/// directory. A 404 is "not found", which TUF needs to tell "no newer root" from a failure.
+#[derive(Debug, Clone)]
+struct RepositoryTransport {
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+#[async_trait::async_trait]
+impl Transport for RepositoryTransport {
+    async fn fetch(&self, url: url::Url) -> Result<TransportStream, TransportError> {
+        if url.scheme() == "file" {
+            return FilesystemTransport.fetch(url).await;
+        }
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(TransportError::new(
+                TransportErrorKind::UnsupportedUrlScheme,
+                url,
+            ));
+        }
+        let mut request = self.http.get(url.clone());
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| TransportError::new_with_cause(TransportErrorKind::Other, &url, e))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Err(TransportError::new(TransportErrorKind::FileNotFound, url));
+        }
+        if !status.is_success() {
+            return Err(TransportError::new_with_cause(
+                TransportErrorKind::Other,
+                &url,
+                format!("HTTP {status}"),
+            ));
+        }
+        // Read as it arrives: tough stops at the length the signed metadata allows.
+        let location = url.to_string();
+        let chunks = futures::stream::unfold(Some(response), move |response| {
+            let location = location.clone();
+            async move {
+                let mut response = response?;
+                match response.chunk().await {
+                    Ok(Some(bytes)) => Some((Ok(bytes), Some(response))),
+                    Ok(None) => None,
+                    Err(e) => Some((
+                        Err(TransportError::new_with_cause(
+                            TransportErrorKind::Other,
+                            location,
+                            e,
+                        )),
+                        None,
+                    )),
+                }
+            }
+        });
+        Ok(Box::pin(chunks))
+    }
+}
+
+/// What went wrong, said once: tough's errors wrap each cause with the URL again. The innermost
+/// cause is the most precise ("Hash mismatch for <url>: calculated …, expected …"); when it
+/// names no URL ("Connection refused"), the outermost says what was being fetched.
+fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let first = error.to_string();
+    let mut innermost = error;
+    while let Some(cause) = innermost.source() {
+        innermost = cause;
+    }
+    let last = innermost.to_string();
+    if std::ptr::addr_eq(innermost, error) || last.contains("://") || first.contains(&last) {
+        return if last.contains("://") { last } else { first };
+    }
+    format!("{first}: {last}")
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// One node's follower of one repository.
+struct Updater {
+    root: Vec<u8>,
+    repository: String,
+    metadata_url: url::Url,
+    targets_url: url::Url,
+    transport: RepositoryTransport,
+    /// tough keeps the newest metadata it trusted here, so a restart does not accept older
+    /// metadata than the node already saw (rollback protection across restarts).
+    datastore: PathBuf,
+    node: String,
+    control: Arc<dyn PipelineControl>,
+    registry: Option<Registry>,
+    board: UpdateBoard,
+    /// Targets refused, by target name: their SHA-256 and why. A refused file is not fetched
+    /// again until the repository publishes another.
+    refused: HashMap<String, (String, String)>,
+    /// When each target was installed since start, by target name: its SHA-256 and the time.
+    installed_at: HashMap<String, (String, String)>,
+}
+
+impl Updater {
+    async fn run(mut self, interval: Duration, stop: CancellationToken) {
+        loop {
+            self.check().await;
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+
+    /// One check: verify the repository, then bring every target for this node in.
+    async fn check(&mut self) {
+        let started = now_rfc3339();
+        let loaded = RepositoryLoader::new(
+            &self.root,
+            self.metadata_url.clone(),
+            self.targets_url.clone(),
+        )
+        .transport(self.transport.clone())
+        .datastore(&self.datastore)
+        .load()
+        .await;
+        let repository = match loaded {
+            Ok(repository) => repository,
+            Err(e) => {
+                let why = describe(&e);
+                metrics::counter!("fabrik_updates_check_failures_total").increment(1);
+                tracing::warn!(repository = %self.repository, error = %why, "The release repository did not verify; nothing installed.");
+                let mut board = self.board.write();
+                if let Some(status) = board.as_mut() {
+                    status.checks += 1;
+                    status.last_check_at = Some(started);
+                    status.last_error = Some(why);
+                }
+                return;
+            }
+        };
+        let targets = self.bring_in(&repository).await;
+        let mut board = self.board.write();
+        if let Some(status) = board.as_mut() {
+            status.checks += 1;
+            status.last_check_at = Some(started.clone());
+            status.last_verified_at = Some(started);
+            status.root_version = repository.root().signed.version.get();
+            status.targets_version = repository.targets().signed.version.get();
+            status.snapshot_version = repository.snapshot().signed.version.get();
+            status.timestamp_version = repository.timestamp().signed.version.get();
+            status.expires_at = [
+                repository.root().signed.expires,
+                repository.targets().signed.expires,
+                repository.snapshot().signed.expires,
+                repository.timestamp().signed.expires,
+            ]
+            .into_iter()
+            .min()
+            .map(|at| at.to_string());
+            status.installed = self.installed_at.len() as u64;
+            status.targets = targets;
+            status.last_error = None;
+        }
+    }
+
+    /// Each Fabrik target of the repository as this node sees it, installing those for it
+    /// that it does not hold yet.
+    async fn bring_in(&mut self, repository: &Repository) -> Vec<TargetStatus> {
+        // What this node holds: a model whose bytes equal the target's is installed, whoever
+        // put it there.
+        let held: HashMap<String, String> = match self.control.models().await {
+            Ok(models) => models.into_iter().map(|m| (m.name, m.sha256)).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "The installed models could not be listed.");
+                HashMap::new()
+            }
+        };
+        let mut statuses = Vec::new();
+        let listed: Vec<_> = repository
+            .all_targets()
+            .map(|(name, target)| (name.clone(), target.clone()))
+            .collect();
+        for (target_name, target) in listed {
+            let Some(release) = ReleaseTarget::of(&target) else {
+                // Another tool's file in a shared repository.
+                continue;
+            };
+            let sha256 = hex(&target.hashes.sha256);
+            let mut status = TargetStatus {
+                target: target_name.raw().to_owned(),
+                kind: String::new(),
+                name: String::new(),
+                sha256: sha256.clone(),
+                length: target.length,
+                state: String::new(),
+                reason: None,
+                installed_at: None,
+            };
+            let release = match release {
+                Ok(release) => release,
+                Err(why) => {
+                    status.state = "refused".into();
+                    status.reason = Some(why);
+                    statuses.push(status);
+                    continue;
+                }
+            };
+            status.kind = release.kind.clone();
+            status.name = release.name.clone();
+            let key = target_name.raw().to_owned();
+            if release.kind != KIND_MODEL {
+                status.state = "refused".into();
+                status.reason = Some(format!(
+                    "kind `{}` is not one this Fabrik installs (`{KIND_MODEL}`)",
+                    release.kind
+                ));
+            } else if !release.is_for(&self.node) {
+                status.state = "not_for_this_node".into();
+            } else if held.get(&release.name) == Some(&sha256) {
+                status.state = "installed".into();
+            } else if let Some((_, why)) = self
+                .refused
+                .get(&key)
+                .filter(|(refused_sha, _)| *refused_sha == sha256)
+            {
+                status.state = "refused".into();
+                status.reason = Some(why.clone());
+            } else {
+                match self.install(repository, &target_name, &release).await {
+                    Ok(()) => {
+                        self.refused.remove(&key);
+                        self.installed_at
+                            .insert(key.clone(), (sha256.clone(), now_rfc3339()));
+                        status.state = "installed".into();
+                    }
+                    Err(why) => {
+                        metrics::counter!("fabrik_updates_refused_total").increment(1);
+                        tracing::warn!(target = %key, error = %why, "A release target was refused; the model this node holds stays.");
+                        self.audit(&release, &key, &sha256, 422).await;
+                        self.refused
+                            .insert(key.clone(), (sha256.clone(), why.clone()));
+                        status.state = "refused".into();
+                        status.reason = Some(why);
+                    }
+                }
+            }
+            status.installed_at = self
+                .installed_at
+                .get(&key)
+                .filter(|(installed_sha, _)| *installed_sha == sha256)
+                .map(|(_, at)| at.clone());
+            statuses.push(status);
+        }
+        statuses
+    }
+
+    /// Fetches a target (tough checks its length and hash as it streams in) and stores it as
+    /// the model it names, through the same checks as an upload.
+    async fn install(
+        &self,
+        repository: &Repository,
+        target_name: &tough::TargetName,
+        release: &ReleaseTarget,
+    ) -> Result<(), String> {
+        let stream = repository
+            .read_target(target_name)
+            .await
+            .map_err(|e| describe(&e))?
+            .ok_or_else(|| "listed in the targets metadata, but not found".to_owned())?;
+        let bytes = stream.into_vec().await.map_err(|e| describe(&e))?;
+        let (info, _) = self
+            .control
+            .put_model(release.name.clone(), bytes, release.signature.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        metrics::counter!("fabrik_updates_installed_total").increment(1);
+        tracing::info!(
+            target = %target_name.raw(),
+            model = %info.name,
+            sha256 = %info.sha256,
+            signed_by = info.signed_by.as_deref().unwrap_or("-"),
+            restarted = info.used_by.len(),
+            "Model installed from the release repository."
+        );
+        self.audit(release, target_name.raw(), &info.sha256, 200)
+            .await;
+        Ok(())
+    }
+
+    async fn audit(&self, release: &ReleaseTarget, target: &str, sha256: &str, status: u16) {
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        let event = AuditEvent {
+            actor: format!("updates:{}", self.repository),
+            action: "install model from release".into(),
+            target: format!("{} ({target}, sha256 {sha256})", release.name),
+            status,
+        };
+        if let Err(e) = registry.audit(event).await {
+            tracing::error!(error = %e, "The audit log could not record a release install.");
+        }
+    }
+}
+
+/// Starts the module: idle without `[updates] url`.
+pub(crate) async fn start(
+    config: &Config,
+    data_dir: &Path,
+    control: Arc<dyn PipelineControl>,
+    registry: Option<Registry>,
+    board: UpdateBoard,
+) -> Result<ServiceHandle, String> {
+    let updates = &config.updates;
+    if updates.url.trim().is_empty() {
+        return Ok(crate::nats_link::idle_module());
+    }
+    if let Some((path, message)) = check(config).first() {
+        return Err(format!("{path}: {message}"));
+    }
+    let (metadata_url, targets_url) = repository_urls(&updates.url)?;
+    let root = read_root(Path::new(updates.root.trim()))?;
+    let interval = fabrik_runtime::units::parse_duration(&updates.interval)?;
+    let mut http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(60));
+    let ca = updates.tls_ca.trim();
+    if !ca.is_empty() {
+        let pem = std::fs::read(ca).map_err(|e| format!("updates.tls_ca: {ca}: {e}"))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("updates.tls_ca: {ca}: {e}"))?;
+        if certificates.is_empty() {
+            return Err(format!("updates.tls_ca: {ca} holds no PEM certificate"));
+        }
+        http = certificates
+            .into_iter()
+            .fold(http, reqwest::ClientBuilder::add_root_certificate);
+    }
+    let http = http
+        .build()
+        .map_err(|e| format!("updates: the HTTP client: {e}"))?;
+    let datastore = data_dir.join("updates").join("tuf");
+    std::fs::create_dir_all(&datastore).map_err(|e| format!("{}: {e}", datastore.display()))?;
+    let node = node_name(config);
+    let repository = updates.url.trim().to_owned();
+    tracing::info!(%repository, %node, every = ?interval, "Following the release repository.");
+    *board.write() = Some(UpdateStatus {
+        repository: repository.clone(),
+        node: node.clone(),
+        interval_seconds: interval.as_secs_f64(),
+        ..UpdateStatus::default()
+    });
+    let updater = Updater {
+        root,
+        repository,
+        metadata_url,
+        targets_url,
+        transport: RepositoryTransport {
+            http,
+            token: Some(updates.token.trim().to_owned()).filter(|t| !t.is_empty()),
+        },
+        datastore,
+        node,
+        control,
+        registry,
+        board,
+        refused: HashMap::new(),
+        installed_at: HashMap::new(),
+    };
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    let task = tokio::spawn(async move {
+        updater.run(interval, token).await;
+        Ok(())
+    });
+    Ok(ServiceHandle { stop, task })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Wrapped(String, Option<Box<Wrapped>>);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    fn chain(messages: &[&str]) -> Wrapped {
+        messages
+            .iter()
+            .rev()
+            .fold(None, |inner, message| {
+                Some(Wrapped((*message).into(), inner.map(Box::new)))
+            })
+            .expect("a message")
+    }
+
+    #[test]
+    fn failures_are_said_once_with_what_was_fetched() {
+        let url = "http://hub/tuf/targets/x.onnx";
+        assert_eq!(
+            describe(&chain(&[
+                &format!("Failed to fetch {url}"),
+                &format!("Transport error fetching '{url}': Hash mismatch for {url}: calculated a"),
+                &format!("Hash mismatch for {url}: calculated a"),
+            ])),
+            format!("Hash mismatch for {url}: calculated a")
+        );
+        assert_eq!(
+            describe(&chain(&[
+                &format!("Failed to fetch {url}"),
+                "error sending request",
+                "Connection refused (os error 111)",
+            ])),
+            format!("Failed to fetch {url}: Connection refused (os error 111)")
+        );
+        assert_eq!(
+            describe(&chain(&["timestamp metadata is expired"])),
+            "timestamp metadata is expired"
+        );
+    }
+
+    #[test]
+    fn repository_urls_name_the_two_directories() {
+        let (metadata, targets) = repository_urls("https://hub:7800/tuf").unwrap();
+        assert_eq!(metadata.as_str(), "https://hub:7800/tuf/metadata/");
+        assert_eq!(targets.as_str(), "https://hub:7800/tuf/targets/");
+        let (metadata, _) = repository_urls("file:///media/usb/releases/").unwrap();
+        assert_eq!(metadata.as_str(), "file:///media/usb/releases/metadata/");
+        assert!(repository_urls("ftp://hub/tuf").is_err());
+        assert!(repository_urls("not a url").is_err());
+    }
+}

@@ -1,0 +1,423 @@
+//! Fleet releases over TUF: `fabrik release` makes a repository and publishes a signed model,
+//! a hub `fabrik run` serves it under `/tuf` with its own token, and an edge `fabrik run`
+//! with `[updates]` installs what is meant for it — and refuses a file that does not match the
+//! signed hash, metadata rolled back to an older version (also after a restart), and metadata
+//! past its expiry, keeping the model it holds.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::mqtt::{eventually_for, http};
+use crate::support::{Process, client_command, fabrik_bin};
+
+const RELEASE_TOKEN: &str = "release-token-for-tests";
+
+fn fixture(name: &str) -> Vec<u8> {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../fabrik-onnx/tests/fixtures");
+    std::fs::read(format!("{fixtures}/{name}")).expect("fixture")
+}
+
+/// Runs an offline `fabrik` command; panics with its output unless it succeeds.
+fn fabrik(args: &[&str]) -> String {
+    let out = Command::new(fabrik_bin())
+        .args(args)
+        .output()
+        .expect("fabrik");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "fabrik {args:?} failed: {text}");
+    text
+}
+
+fn fabrik_fails(args: &[&str]) -> String {
+    let out = Command::new(fabrik_bin())
+        .args(args)
+        .output()
+        .expect("fabrik");
+    assert!(!out.status.success(), "fabrik {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn updates(url: &str) -> serde_json::Value {
+    let (code, status) = http(url, reqwest::Method::GET, "/api/v1/updates", None);
+    assert_eq!(code, 200, "{status}");
+    status
+}
+
+fn target<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    status["targets"]
+        .as_array()
+        .and_then(|targets| targets.iter().find(|t| t["target"] == name))
+        .unwrap_or(&serde_json::Value::Null)
+}
+
+fn model_sha(url: &str, name: &str) -> Option<String> {
+    let (code, models) = http(url, reqwest::Method::GET, "/api/v1/models", None);
+    assert_eq!(code, 200, "{models}");
+    models
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == name)
+        .and_then(|m| m["sha256"].as_str().map(str::to_owned))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// The status of `GET path` with `token` (not the API's) or none.
+fn raw_get(url: &str, path: &str, token: Option<&str>) -> u16 {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let mut request = crate::support::http_client().get(format!("{url}{path}"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("GET").status().as_u16()
+    })
+}
+
+#[test]
+fn an_edge_installs_the_signed_models_published_for_it_and_refuses_tampering_rollback_and_expiry() {
+    let dir = tempfile::tempdir().expect("dir");
+    let repo = dir.path().join("repo");
+    let keys = dir.path().join("keys");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).expect("work");
+    let forest = work.join("forest.onnx");
+    std::fs::write(&forest, fixture("iforest_100.onnx")).expect("forest");
+    let autoencoder_bytes = fixture("mlp_ae_8_4_8.onnx");
+    let autoencoder = work.join("autoencoder.onnx");
+    std::fs::write(&autoencoder, &autoencoder_bytes).expect("autoencoder");
+
+    // The publisher: a repository, a model-signing key, the forest signed and published for
+    // every node, the autoencoder for another line only.
+    let made = fabrik(&[
+        "release",
+        "init",
+        "--repo",
+        path(&repo),
+        "--keys",
+        path(&keys),
+    ]);
+    assert!(made.contains("1.root.json"), "{made}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(keys.join("root.key"))
+            .expect("root key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "private keys are private: {mode:o}");
+    }
+    let again = fabrik_fails(&[
+        "release",
+        "init",
+        "--repo",
+        path(&repo),
+        "--keys",
+        path(&keys),
+    ]);
+    assert!(again.contains("not empty"), "{again}");
+    let model_key = keys.join("model");
+    fabrik(&["model", "keygen", "--out", path(&model_key)]);
+    fabrik(&[
+        "model",
+        "sign",
+        "--key",
+        path(&keys.join("model.key")),
+        path(&forest),
+    ]);
+    let published = fabrik(&[
+        "release",
+        "add",
+        "--repo",
+        path(&repo),
+        "--keys",
+        path(&keys),
+        "--name",
+        "pump-model",
+        path(&forest),
+    ]);
+    assert!(published.contains("with its signature"), "{published}");
+    fabrik(&[
+        "release",
+        "add",
+        "--repo",
+        path(&repo),
+        "--keys",
+        path(&keys),
+        "--name",
+        "line-9-model",
+        "--nodes",
+        "line-9*",
+        path(&autoencoder),
+    ]);
+    let not_onnx = work.join("notes.onnx");
+    std::fs::write(&not_onnx, b"not a model").expect("file");
+    let refused = fabrik_fails(&[
+        "release",
+        "add",
+        "--repo",
+        path(&repo),
+        "--keys",
+        path(&keys),
+        "--name",
+        "junk",
+        path(&not_onnx),
+    ]);
+    assert!(refused.contains("not a model Fabrik can run"), "{refused}");
+
+    // A third model whose file in targets/ is then swapped for another: the signed hash no
+    // longer matches what the server hands out.
+    let swapped = work.join("swapped.onnx");
+    std::fs::write(&swapped, fixture("rf_clf_50_nozipmap.onnx")).expect("swapped");
+    fabrik(&[
+        "release",
+        "add",
+        "--repo",
+        path(&repo),
+        "--keys",
+        path(&keys),
+        "--name",
+        "swapped-model",
+        path(&swapped),
+    ]);
+    let swapped_file = std::fs::read_dir(repo.join("targets"))
+        .expect("targets")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".swapped-model.onnx"))
+        .expect("the swapped model's target file");
+    std::fs::write(&swapped_file, &autoencoder_bytes).expect("tamper");
+    let listed = fabrik(&["release", "list", "--repo", path(&repo), "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("list JSON");
+    assert_eq!(
+        listed["targets"].as_array().map(Vec::len),
+        Some(3),
+        "{listed}"
+    );
+
+    // The hub serves the repository with its own token, nothing outside it.
+    let hub = Process::start(
+        &dir.path().join("hub"),
+        &[
+            ("FABRIK__RELEASES__REPO", path(&repo)),
+            ("FABRIK__RELEASES__TOKEN", RELEASE_TOKEN),
+        ],
+    );
+    assert_eq!(raw_get(&hub.url, "/tuf/metadata/timestamp.json", None), 401);
+    assert_eq!(
+        raw_get(
+            &hub.url,
+            "/tuf/metadata/timestamp.json",
+            Some(RELEASE_TOKEN)
+        ),
+        200
+    );
+    assert_eq!(
+        raw_get(
+            &hub.url,
+            "/tuf/metadata/..%2F..%2Fkeys%2Froot.key",
+            Some(RELEASE_TOKEN)
+        ),
+        404
+    );
+
+    // The edge: trusts the repository's first root and the model-signing key, and requires
+    // model signatures.
+    let edge_dir = dir.path().join("edge");
+    std::fs::create_dir_all(&edge_dir).expect("edge dir");
+    let config = edge_dir.join("edge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[updates]\nurl = \"{}/tuf\"\nroot = \"{}\"\nnode = \"line-1\"\ninterval = \"300ms\"\n\
+             token = \"{RELEASE_TOKEN}\"\n\n[models]\ntrusted_keys = [\"{}\"]\n",
+            hub.url,
+            path(&repo.join("metadata/1.root.json")),
+            path(&keys.join("model.pub")),
+        ),
+    )
+    .expect("config");
+    let edge_data = edge_dir.join("data");
+    let edge = Process::start_with_args(&edge_data, &["--config", path(&config)], &[]);
+    let forest_sha = sha256_hex(&fixture("iforest_100.onnx"));
+    eventually_for(
+        "the edge installs the forest",
+        Duration::from_secs(30),
+        || model_sha(&edge.url, "pump-model").as_deref() == Some(forest_sha.as_str()),
+    );
+    let (_, models) = http(&edge.url, reqwest::Method::GET, "/api/v1/models", None);
+    let names: Vec<&str> = models
+        .as_array()
+        .expect("models")
+        .iter()
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["pump-model"],
+        "only what is meant for line-1 and verifies"
+    );
+    assert!(
+        models[0]["signed_by"].is_string(),
+        "its signature came along: {models}"
+    );
+    eventually_for(
+        "the edge reports the check",
+        Duration::from_secs(30),
+        || target(&updates(&edge.url), "swapped-model.onnx")["state"] == "refused",
+    );
+    let status = updates(&edge.url);
+    assert_eq!(status["node"], "line-1", "{status}");
+    assert_eq!(
+        target(&status, "pump-model.onnx")["state"],
+        "installed",
+        "{status}"
+    );
+    assert!(
+        target(&status, "pump-model.onnx")["installed_at"].is_string(),
+        "{status}"
+    );
+    assert_eq!(
+        target(&status, "line-9-model.onnx")["state"],
+        "not_for_this_node",
+        "{status}"
+    );
+    let reason = target(&status, "swapped-model.onnx")["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        reason.contains("Hash mismatch"),
+        "names the hash mismatch: {reason}"
+    );
+    assert!(status["last_error"].is_null(), "{status}");
+    let verified_version = status["targets_version"].as_u64().expect("version");
+    assert_eq!(verified_version, 4, "init, then three releases: {status}");
+    // The compliance report names the repository as integrity evidence, and its plain HTTP.
+    let (code, report) = http(&edge.url, reqwest::Method::GET, "/api/v1/compliance", None);
+    assert_eq!(code, 200, "{report}");
+    let report = report.to_string();
+    assert!(report.contains("verified with TUF"), "{report}");
+    assert!(
+        report.contains("[updates] reads the release repository"),
+        "{report}"
+    );
+    let (ok, text) = client_command(&edge.url, &["updates", "status"]);
+    assert!(
+        ok && text.contains("pump-model.onnx") && text.contains("installed"),
+        "{text}"
+    );
+
+    // Rollback: the hub serves an older timestamp again (as a replaying attacker would). The
+    // edge refuses it, keeps its model, and still refuses it after a restart.
+    let saved_timestamp = std::fs::read(repo.join("metadata/timestamp.json")).expect("ts");
+    fabrik(&[
+        "release",
+        "refresh",
+        "--repo",
+        path(&repo),
+        "--keys",
+        path(&keys),
+    ]);
+    eventually_for(
+        "the edge trusts the refreshed metadata",
+        Duration::from_secs(30),
+        || updates(&edge.url)["targets_version"] == verified_version + 1,
+    );
+    std::fs::write(repo.join("metadata/timestamp.json"), &saved_timestamp).expect("roll back");
+    eventually_for(
+        "the edge refuses the older timestamp",
+        Duration::from_secs(30),
+        || updates(&edge.url)["last_error"].is_string(),
+    );
+    let status = updates(&edge.url);
+    assert_eq!(status["targets_version"], verified_version + 1, "{status}");
+    assert_eq!(
+        model_sha(&edge.url, "pump-model").as_deref(),
+        Some(forest_sha.as_str())
+    );
+    let (exit, _) = edge.terminate();
+    assert!(exit.success());
+    let edge = Process::start_with_args(&edge_data, &["--config", path(&config)], &[]);
+    eventually_for("the restarted edge checks", Duration::from_secs(30), || {
+        updates(&edge.url)["checks"].as_u64() >= Some(1)
+    });
+    let status = updates(&edge.url);
+    let error = status["last_error"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        error.contains("version") && error.contains("previously"),
+        "after a restart the older timestamp is still refused: {status}"
+    );
+
+    // Expiry: metadata re-signed to expire at once is refused once it has (a node cut off
+    // from fresh releases does not keep trusting what it last saw).
+    fabrik(&[
+        "release",
+        "refresh",
+        "--repo",
+        path(&repo),
+        "--keys",
+        path(&keys),
+        "--timestamp-lifetime",
+        "1s",
+    ]);
+    std::thread::sleep(Duration::from_millis(1500));
+    eventually_for(
+        "the edge refuses the expired timestamp",
+        Duration::from_secs(30),
+        || {
+            updates(&edge.url)["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("expired"))
+        },
+    );
+    assert_eq!(
+        model_sha(&edge.url, "pump-model").as_deref(),
+        Some(forest_sha.as_str())
+    );
+
+    // A hub holding the timestamp key keeps the timestamp signed: it re-signs the expired one
+    // at start, then whenever half its lifetime is left, and the edge trusts the repository
+    // again without anyone running `fabrik release refresh`.
+    let before = updates(&edge.url)["timestamp_version"]
+        .as_u64()
+        .expect("version");
+    let _signer = Process::start(
+        &dir.path().join("signer"),
+        &[
+            ("FABRIK__RELEASES__REPO", path(&repo)),
+            ("FABRIK__RELEASES__TOKEN", RELEASE_TOKEN),
+            (
+                "FABRIK__RELEASES__TIMESTAMP_KEY",
+                path(&keys.join("timestamp.key")),
+            ),
+            ("FABRIK__RELEASES__TIMESTAMP_LIFETIME", "2s"),
+        ],
+    );
+    eventually_for(
+        "the edge trusts the re-signed timestamp",
+        Duration::from_secs(30),
+        || updates(&edge.url)["last_error"].is_null(),
+    );
+    // Well past the first re-signed timestamp's 2 s: only a second re-signing keeps it valid.
+    std::thread::sleep(Duration::from_secs(3));
+    eventually_for("the edge still trusts it", Duration::from_secs(30), || {
+        let status = updates(&edge.url);
+        status["last_error"].is_null() && status["timestamp_version"].as_u64() >= Some(before + 2)
+    });
+}
