@@ -139,14 +139,26 @@ pub async fn file(State(state): State<ApiState>, uri: Uri, headers: HeaderMap) -
         )
         .into_response();
     };
-    match tokio::fs::read(&path).await {
-        Ok(bytes) => {
+    // Streamed: a model of hundreds of megabytes is not held in memory per node fetching it.
+    let opened = match tokio::fs::File::open(&path).await {
+        Ok(file) => file.metadata().await.map(|meta| (file, meta.len())),
+        Err(e) => Err(e),
+    };
+    match opened {
+        Ok((file, length)) => {
             let kind = if path.extension().is_some_and(|e| e == "json") {
                 "application/json"
             } else {
                 "application/octet-stream"
             };
-            ([(header::CONTENT_TYPE, kind)], Body::from(bytes)).into_response()
+            (
+                [
+                    (header::CONTENT_TYPE, kind.to_owned()),
+                    (header::CONTENT_LENGTH, length.to_string()),
+                ],
+                Body::from_stream(tokio_util::io::ReaderStream::new(file)),
+            )
+                .into_response()
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => ApiError::new(
             StatusCode::NOT_FOUND,

@@ -106,11 +106,15 @@ pub struct ReleasesConfig {
     /// Bearer token nodes must present; empty: served to anyone who can connect (the files
     /// are signed, but the models are readable).
     pub token: String,
-    /// The repository's timestamp key (`<keys>/timestamp.key`): with it this process re-signs
-    /// the timestamp before it expires, so nodes keep trusting the releases; empty: a timer
-    /// must run `fabrik release refresh`.
-    pub timestamp_key: String,
-    /// How long each re-signed timestamp is valid; it is re-signed when half is left.
+    /// A directory holding the repository's online keys, `snapshot.key` and `timestamp.key`
+    /// (not root or targets): with it this process re-signs the snapshot and the timestamp
+    /// whenever half their lifetime is left, so nodes keep trusting the releases until the
+    /// targets metadata itself expires; empty: the publisher must re-sign
+    /// (`fabrik release refresh --online`) before the timestamp expires.
+    pub keys: String,
+    /// How long each re-signed snapshot is valid.
+    pub snapshot_lifetime: String,
+    /// How long each re-signed timestamp is valid.
     pub timestamp_lifetime: String,
 }
 
@@ -119,7 +123,8 @@ impl Default for ReleasesConfig {
         Self {
             repo: String::new(),
             token: String::new(),
-            timestamp_key: String::new(),
+            keys: String::new(),
+            snapshot_lifetime: "7d".into(),
             timestamp_lifetime: "1d".into(),
         }
     }

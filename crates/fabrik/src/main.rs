@@ -36,6 +36,7 @@ mod privacy_cli;
 mod readings;
 mod release;
 mod release_cli;
+mod release_signer;
 mod run;
 mod shadow;
 mod sql_text;

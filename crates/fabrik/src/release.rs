@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use tough::editor::RepositoryEditor;
-use tough::editor::signed::{PathExists, SignedRole};
+use tough::editor::signed::SignedRole;
 use tough::key_source::{KeySource, LocalKeySource};
 use tough::schema::{KeyHolder, RoleKeys, RoleType, Root, Target};
 use tough::{ExpirationEnforcement, FilesystemTransport, Repository, RepositoryLoader, TargetName};
@@ -298,9 +298,23 @@ fn create_private_dir(path: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))
 }
 
-/// Reads a repository from its files as its publisher: expired metadata is accepted (it is
-/// about to be re-signed), everything else is verified as a node would.
+/// Reads a repository from its files, verified as a node would except for expiry (shown by
+/// `list`, renewed by every signing). Nothing is remembered between calls: for reading only.
 pub(crate) async fn load_local(repo: &Path) -> anyhow::Result<Repository> {
+    load(repo, None).await
+}
+
+/// [`load_local`], remembering the newest metadata seen in `state` (a directory beside the
+/// keys): the signer then refuses to sign on top of metadata older than it saw before, as a
+/// node would — an old `timestamp.json` put back into the served directory is not re-signed
+/// into a fresh one.
+async fn load_for_signing(repo: &Path, keys: &Path) -> anyhow::Result<Repository> {
+    let state = keys.join("state");
+    create_private_dir(&state)?;
+    load(repo, Some(&state)).await
+}
+
+async fn load(repo: &Path, state: Option<&Path>) -> anyhow::Result<Repository> {
     let metadata = metadata_dir(repo);
     let root = std::fs::read(metadata.join("1.root.json")).with_context(|| {
         format!(
@@ -308,25 +322,87 @@ pub(crate) async fn load_local(repo: &Path) -> anyhow::Result<Repository> {
             metadata.display()
         )
     })?;
-    RepositoryLoader::new(
+    let mut loader = RepositoryLoader::new(
         &root,
         directory_url(&metadata)?,
         directory_url(&targets_dir(repo))?,
     )
     .transport(FilesystemTransport)
-    .expiration_enforcement(ExpirationEnforcement::Unsafe)
-    .load()
-    .await
-    .with_context(|| format!("{}: the repository does not verify", repo.display()))
+    .expiration_enforcement(ExpirationEnforcement::Unsafe);
+    if let Some(state) = state {
+        loader = loader.datastore(state);
+    }
+    loader
+        .load()
+        .await
+        .with_context(|| format!("{}: the repository does not verify", repo.display()))
+}
+
+/// Reads back what was just written through the signer's state, so that state holds it: an
+/// older file put back afterwards is then refused, not signed over. Also checks that what was
+/// written verifies.
+async fn remember(repo: &Path, keys: &Path) -> anyhow::Result<()> {
+    load_for_signing(repo, keys)
+        .await
+        .map(drop)
+        .context("reading back the metadata just written")
+}
+
+/// Held while metadata is signed and written: one signer at a time per repository (a
+/// publisher and a hub re-signing the timestamp would otherwise each sign on top of what the
+/// other is replacing). Released when dropped.
+pub(crate) struct RepositoryLock {
+    _file: std::fs::File,
+}
+
+/// Waits (up to a minute) for the repository's lock file `<repo>/.lock`.
+pub(crate) async fn lock(repo: &Path) -> anyhow::Result<RepositoryLock> {
+    let path = repo.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(RepositoryLock { _file: file }),
+            Err(std::fs::TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                bail!(
+                    "{}: another signer has held the repository for a minute",
+                    path.display()
+                )
+            }
+            Err(std::fs::TryLockError::Error(e)) => bail!("locking {}: {e}", path.display()),
+        }
+    }
+}
+
+/// The next version of the snapshot or timestamp: one more, or the Unix time in seconds when
+/// that is larger. Two signers of one repository (a publisher's copy and a hub re-signing the
+/// timestamp of the served one) then never go backwards from each other's versions, which
+/// nodes would refuse as a rollback.
+fn clock_version(current: NonZeroU64) -> anyhow::Result<NonZeroU64> {
+    let now = jiff::Timestamp::now().as_second().max(1) as u64;
+    Ok(next(current)?.max(NonZeroU64::new(now).unwrap_or(NonZeroU64::MIN)))
 }
 
 /// An editor on the repository's current metadata, every version bumped and every expiry
-/// renewed (targets, snapshot, timestamp): what every change signs anew.
-async fn edit(repo: &Path, lifetimes: Lifetimes) -> anyhow::Result<RepositoryEditor> {
-    let loaded = load_local(repo).await?;
+/// renewed (targets, snapshot, timestamp): what every change signs anew; and the new targets
+/// version. The caller holds the repository's lock.
+async fn edit(
+    repo: &Path,
+    keys: &Path,
+    lifetimes: Lifetimes,
+) -> anyhow::Result<(RepositoryEditor, u64)> {
+    let loaded = load_for_signing(repo, keys).await?;
     let targets_version = next(loaded.targets().signed.version)?;
-    let snapshot_version = next(loaded.snapshot().signed.version)?;
-    let timestamp_version = next(loaded.timestamp().signed.version)?;
+    let snapshot_version = clock_version(loaded.snapshot().signed.version)?;
+    let timestamp_version = clock_version(loaded.timestamp().signed.version)?;
     let (_, root_path) = latest_root(&metadata_dir(repo))?;
     let mut editor = RepositoryEditor::from_repo(&root_path, loaded)
         .await
@@ -338,33 +414,31 @@ async fn edit(repo: &Path, lifetimes: Lifetimes) -> anyhow::Result<RepositoryEdi
         .snapshot_expires(expires_in(lifetimes.snapshot)?)
         .timestamp_version(timestamp_version)
         .timestamp_expires(expires_in(lifetimes.timestamp)?);
-    Ok(editor)
+    Ok((editor, targets_version.get()))
 }
 
-/// Writes signed metadata into `metadata/` so that a node reading meanwhile never sees a
-/// half-written file: everything is written beside it first, then renamed in, the timestamp
-/// (which points at the rest) last.
-async fn publish(
-    signed: &tough::editor::signed::SignedRepository,
-    repo: &Path,
-) -> anyhow::Result<()> {
-    let metadata = metadata_dir(repo);
+/// A fresh staging directory beside `metadata/` (the caller holds the lock, so a leftover is
+/// an interrupted signer's and is removed).
+fn staging_dir(repo: &Path) -> anyhow::Result<PathBuf> {
     let staging = repo.join(".staging");
     if staging.exists() {
         std::fs::remove_dir_all(&staging)
             .with_context(|| format!("removing {}", staging.display()))?;
     }
     std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
-    signed
-        .write(&staging)
-        .await
-        .context("writing the signed metadata")?;
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&staging)
+    Ok(staging)
+}
+
+/// Moves what was written to `staging` into `metadata/` so that a node reading meanwhile never
+/// sees a half-written file: versioned files first, `timestamp.json` (which points at the
+/// rest) last.
+fn move_in(repo: &Path, staging: &Path) -> anyhow::Result<()> {
+    let metadata = metadata_dir(repo);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(staging)
         .with_context(|| format!("reading {}", staging.display()))?
         .flatten()
         .map(|entry| entry.path())
         .collect();
-    // Versioned files first, `timestamp.json` last.
     files.sort_by_key(|path| {
         path.file_name()
             .is_some_and(|name| name == "timestamp.json")
@@ -377,8 +451,43 @@ async fn publish(
         std::fs::rename(&file, &to)
             .with_context(|| format!("moving {} to {}", file.display(), to.display()))?;
     }
-    std::fs::remove_dir(&staging).with_context(|| format!("removing {}", staging.display()))?;
-    Ok(())
+    std::fs::remove_dir(staging).with_context(|| format!("removing {}", staging.display()))
+}
+
+/// Writes a whole signed repository's metadata (see [`move_in`]).
+async fn publish(
+    signed: &tough::editor::signed::SignedRepository,
+    repo: &Path,
+) -> anyhow::Result<()> {
+    let staging = staging_dir(repo)?;
+    signed
+        .write(&staging)
+        .await
+        .context("writing the signed metadata")?;
+    move_in(repo, &staging)
+}
+
+/// Writes `bytes` as the target file nodes fetch (`targets/<sha256>.<name>`, the consistent
+/// snapshot name): through a temporary file and a rename, so a node never reads a partial
+/// file, and a damaged file left by an earlier attempt is replaced.
+fn store_target_file(
+    repo: &Path,
+    sha256: &str,
+    name: &TargetName,
+    bytes: &[u8],
+) -> anyhow::Result<()> {
+    let targets = targets_dir(repo);
+    let path = targets.join(format!("{sha256}.{}", name.resolved()));
+    if std::fs::read(&path).is_ok_and(|stored| stored == bytes) {
+        return Ok(());
+    }
+    let temporary = targets.join(format!(".{sha256}.{}.partial", name.resolved()));
+    std::fs::write(&temporary, bytes)
+        .with_context(|| format!("writing {}", temporary.display()))?;
+    std::fs::File::open(&temporary)
+        .and_then(|file| file.sync_all())
+        .with_context(|| format!("syncing {}", temporary.display()))?;
+    std::fs::rename(&temporary, &path).with_context(|| format!("creating {}", path.display()))
 }
 
 /// Adds (or replaces) a model as the target `<name>.onnx`, for `nodes` (empty: every node),
@@ -411,16 +520,22 @@ pub(crate) async fn add_model(
         signature,
         nodes,
     };
-    let mut target = Target::from_path(file)
-        .await
-        .with_context(|| format!("hashing {}", file.display()))?;
-    target
-        .custom
-        .insert(CUSTOM_KEY.into(), serde_json::to_value(&release)?);
-    let sha256 = hex(&target.hashes.sha256);
+    // Hashed from the bytes that are stored, read once.
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
+    let target = Target {
+        length: bytes.len() as u64,
+        hashes: tough::schema::Hashes {
+            sha256: digest.as_ref().to_vec().into(),
+            _extra: HashMap::new(),
+        },
+        custom: HashMap::from([(CUSTOM_KEY.to_owned(), serde_json::to_value(&release)?)]),
+        _extra: HashMap::new(),
+    };
+    let sha256 = hex(digest.as_ref());
     let target_name = TargetName::new(format!("{name}.onnx"))
         .map_err(|e| anyhow!("target name `{name}.onnx`: {e}"))?;
-    let mut editor = edit(repo, lifetimes).await?;
+    let _lock = lock(repo).await?;
+    let (mut editor, version) = edit(repo, keys, lifetimes).await?;
     editor
         .add_target(target_name.clone(), target)
         .context("adding the target")?;
@@ -429,17 +544,9 @@ pub(crate) async fn add_model(
         .await
         .context("signing")?;
     // The file before the metadata that names it: a node never finds a target missing.
-    signed
-        .copy_target(
-            file,
-            &targets_dir(repo),
-            PathExists::Skip,
-            Some(&target_name),
-        )
-        .await
-        .context("copying the model into targets/")?;
+    store_target_file(repo, &sha256, &target_name, &bytes)?;
     publish(&signed, repo).await?;
-    let version = load_local(repo).await?.targets().signed.version.get();
+    remember(repo, keys).await?;
     Ok((sha256, version))
 }
 
@@ -453,7 +560,7 @@ pub(crate) async fn remove_model(
 ) -> anyhow::Result<u64> {
     let target_name = TargetName::new(format!("{name}.onnx"))
         .map_err(|e| anyhow!("target name `{name}.onnx`: {e}"))?;
-    let mut editor = edit(repo, lifetimes).await?;
+    let _lock = lock(repo).await?;
     let known = load_local(repo)
         .await?
         .all_targets()
@@ -461,6 +568,7 @@ pub(crate) async fn remove_model(
     if !known {
         bail!("no target `{name}.onnx` in {}", repo.display());
     }
+    let (mut editor, version) = edit(repo, keys, lifetimes).await?;
     editor
         .remove_target(&target_name)
         .context("removing the target")?;
@@ -469,128 +577,88 @@ pub(crate) async fn remove_model(
         .await
         .context("signing")?;
     publish(&signed, repo).await?;
-    Ok(load_local(repo).await?.targets().signed.version.get())
+    remember(repo, keys).await?;
+    Ok(version)
 }
 
 /// Re-signs targets, snapshot and timestamp with fresh expiries and new versions, changing no
-/// target: what a timer runs before the timestamp expires.
+/// target: what the publisher runs before the targets metadata expires.
 pub(crate) async fn refresh(repo: &Path, keys: &Path, lifetimes: Lifetimes) -> anyhow::Result<()> {
-    let editor = edit(repo, lifetimes).await?;
+    let _lock = lock(repo).await?;
+    let (editor, _) = edit(repo, keys, lifetimes).await?;
     let signed = editor
         .sign(&key_sources(keys, &["targets", "snapshot", "timestamp"])?)
         .await
         .context("signing")?;
-    publish(&signed, repo).await
+    publish(&signed, repo).await?;
+    remember(repo, keys).await
 }
 
-/// Re-signs only the timestamp (a new version, valid for `lifetime`), with the timestamp key
-/// alone: the online key a hub can hold (`[releases] timestamp_key`) while the targets and
-/// snapshot keys stay with the publisher. Returns the new expiry.
-pub(crate) async fn refresh_timestamp(
+/// Re-signs the snapshot (when `snapshot` is given: new version, valid for that long) and the
+/// timestamp, with the keys of those two roles alone — TUF's online roles, whose keys a hub
+/// can hold (`[releases] keys`) while root and targets stay with the publisher. Returns the
+/// new expiries of the snapshot and the timestamp.
+pub(crate) async fn refresh_online(
     repo: &Path,
-    timestamp_key: &Path,
-    lifetime: Duration,
-) -> anyhow::Result<jiff::Timestamp> {
-    let loaded = load_local(repo).await?;
-    let mut timestamp = loaded.timestamp().signed.clone();
-    timestamp.version = next(timestamp.version)?;
-    timestamp.expires = expires_in(lifetime)?;
-    let expires = timestamp.expires;
-    let keys: Vec<Box<dyn KeySource>> = vec![Box::new(LocalKeySource {
-        path: timestamp_key.to_owned(),
-    })];
+    keys: &Path,
+    snapshot: Option<Duration>,
+    timestamp: Duration,
+) -> anyhow::Result<(jiff::Timestamp, jiff::Timestamp)> {
+    let _lock = lock(repo).await?;
+    let loaded = load_for_signing(repo, keys).await?;
+    let root = KeyHolder::Root(loaded.root().signed.clone());
+    let random = aws_lc_rs::rand::SystemRandom::new();
+    let staging = staging_dir(repo)?;
+    let consistent = loaded.root().signed.consistent_snapshot;
+    let mut new_timestamp = loaded.timestamp().signed.clone();
+    let mut snapshot_expires = loaded.snapshot().signed.expires;
+    if let Some(lifetime) = snapshot {
+        let mut new_snapshot = loaded.snapshot().signed.clone();
+        new_snapshot.version = clock_version(new_snapshot.version)?;
+        new_snapshot.expires = expires_in(lifetime)?;
+        snapshot_expires = new_snapshot.expires;
+        let version = new_snapshot.version;
+        let signed = SignedRole::new(
+            new_snapshot,
+            &root,
+            &key_sources(keys, &["snapshot"])?,
+            &random,
+        )
+        .await
+        .context("signing the snapshot (is snapshot.key the repository's snapshot key?)")?;
+        signed
+            .write(&staging, consistent)
+            .await
+            .context("writing the snapshot")?;
+        let meta = new_timestamp
+            .meta
+            .get_mut("snapshot.json")
+            .context("the timestamp names no snapshot.json")?;
+        meta.version = version;
+        meta.length = Some(*signed.length());
+        meta.hashes = Some(tough::schema::Hashes {
+            sha256: signed.sha256().to_vec().into(),
+            _extra: HashMap::new(),
+        });
+    }
+    new_timestamp.version = clock_version(new_timestamp.version)?;
+    new_timestamp.expires = expires_in(timestamp)?;
+    let timestamp_expires = new_timestamp.expires;
     let signed = SignedRole::new(
-        timestamp,
-        &KeyHolder::Root(loaded.root().signed.clone()),
-        &keys,
-        &aws_lc_rs::rand::SystemRandom::new(),
+        new_timestamp,
+        &root,
+        &key_sources(keys, &["timestamp"])?,
+        &random,
     )
     .await
-    .with_context(|| {
-        format!(
-            "signing the timestamp with {} (is it the repository's timestamp key?)",
-            timestamp_key.display()
-        )
-    })?;
-    let metadata = metadata_dir(repo);
-    let staging = metadata.join(".timestamp.json.new");
-    std::fs::write(&staging, signed.buffer())
-        .with_context(|| format!("writing {}", staging.display()))?;
-    let file = metadata.join("timestamp.json");
-    std::fs::rename(&staging, &file).with_context(|| format!("replacing {}", file.display()))?;
-    Ok(expires)
-}
-
-/// When the repository's timestamp expires.
-pub(crate) async fn timestamp_expiry(repo: &Path) -> anyhow::Result<jiff::Timestamp> {
-    Ok(load_local(repo).await?.timestamp().signed.expires)
-}
-
-/// The `releases` module: with `[releases] repo` and `timestamp_key`, re-signs the
-/// repository's timestamp whenever less than half of `timestamp_lifetime` is left (checked
-/// every quarter of it, at most every 10 minutes); idle otherwise. The expiry is exported as
-/// `fabrik_releases_timestamp_expiry_seconds` (Unix time) for an alert rule.
-pub(crate) async fn start_refresher(
-    config: &fabrik_runtime::Config,
-) -> Result<fabrik_runtime::ServiceHandle, String> {
-    let releases = &config.releases;
-    let (repo, key) = (releases.repo.trim(), releases.timestamp_key.trim());
-    if repo.is_empty() || key.is_empty() {
-        return Ok(crate::nats_link::idle_module());
-    }
-    let lifetime = fabrik_runtime::units::parse_duration(&releases.timestamp_lifetime)
-        .map_err(|e| format!("releases.timestamp_lifetime: {e}"))?;
-    if lifetime < Duration::from_secs(2) {
-        return Err("releases.timestamp_lifetime: at least 2s".into());
-    }
-    if !Path::new(key).is_file() {
-        return Err(format!("releases.timestamp_key: {key}: no such file"));
-    }
-    let (repo, key) = (PathBuf::from(repo), PathBuf::from(key));
-    // A key that cannot sign fails the start, not the first refresh a day later.
-    let expires = refresh_timestamp(&repo, &key, lifetime)
+    .context("signing the timestamp (is timestamp.key the repository's timestamp key?)")?;
+    signed
+        .write(&staging, consistent)
         .await
-        .map_err(|e| {
-            format!(
-                "releases.timestamp_key: {}",
-                crate::error_text::describe(&e)
-            )
-        })?;
-    metrics::gauge!("fabrik_releases_timestamp_expiry_seconds").set(expires.as_second() as f64);
-    tracing::info!(repo = %repo.display(), %expires, "Re-signing the release repository's timestamp before it expires.");
-    let stop = tokio_util::sync::CancellationToken::new();
-    let token = stop.clone();
-    let every = (lifetime / 4).min(Duration::from_secs(600));
-    let task = tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                () = token.cancelled() => return Ok(()),
-                () = tokio::time::sleep(every) => {}
-            }
-            let due = match timestamp_expiry(&repo).await {
-                Ok(expires) => {
-                    let left = expires.duration_since(jiff::Timestamp::now());
-                    left < jiff::SignedDuration::try_from(lifetime / 2).unwrap_or_default()
-                }
-                // Unreadable or not verifying: re-signing is the way back.
-                Err(_) => true,
-            };
-            if !due {
-                continue;
-            }
-            match refresh_timestamp(&repo, &key, lifetime).await {
-                Ok(expires) => {
-                    metrics::gauge!("fabrik_releases_timestamp_expiry_seconds")
-                        .set(expires.as_second() as f64);
-                    tracing::info!(%expires, "Release timestamp re-signed.");
-                }
-                Err(e) => {
-                    tracing::error!(error = %crate::error_text::describe(&e), "The release timestamp could not be re-signed; nodes stop installing once it expires.");
-                }
-            }
-        }
-    });
-    Ok(fabrik_runtime::ServiceHandle { stop, task })
+        .context("writing the timestamp")?;
+    move_in(repo, &staging)?;
+    remember(repo, keys).await?;
+    Ok((snapshot_expires, timestamp_expires))
 }
 
 /// Lower-case hex of bytes.
@@ -681,37 +749,68 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_timestamp_alone_is_re_signed_with_the_timestamp_key_only() {
+    async fn the_online_roles_are_re_signed_with_their_keys_alone() {
         let dir = tempfile::tempdir().expect("dir");
         let repo = dir.path().join("repo");
         let keys = dir.path().join("keys");
         init(&repo, &keys, Lifetimes::default())
             .await
             .expect("init");
+        let online = dir.path().join("online");
+        std::fs::create_dir_all(&online).expect("online keys");
+        for role in ["snapshot", "timestamp"] {
+            std::fs::copy(key_path(&keys, role), key_path(&online, role)).expect("copy key");
+        }
         let before = load_local(&repo).await.expect("load");
-        let expires = refresh_timestamp(
-            &repo,
-            &keys.join("timestamp.key"),
-            Duration::from_secs(7200),
-        )
-        .await
-        .expect("refresh");
+        let (_, expires) = refresh_online(&repo, &online, None, Duration::from_secs(7200))
+            .await
+            .expect("timestamp alone");
         let after = load_local(&repo).await.expect("load");
-        assert_eq!(
-            after.timestamp().signed.version.get(),
-            before.timestamp().signed.version.get() + 1
-        );
+        assert!(after.timestamp().signed.version > before.timestamp().signed.version);
         assert_eq!(after.timestamp().signed.expires, expires);
         assert_eq!(
-            after.targets().signed.version,
-            before.targets().signed.version,
-            "nothing else changes"
+            after.snapshot().signed.version,
+            before.snapshot().signed.version
         );
-        let wrong =
-            refresh_timestamp(&repo, &keys.join("targets.key"), Duration::from_secs(60)).await;
+        let (snapshot_expires, _) = refresh_online(
+            &repo,
+            &online,
+            Some(Duration::from_secs(3600)),
+            Duration::from_secs(600),
+        )
+        .await
+        .expect("snapshot and timestamp");
+        let again = load_local(&repo).await.expect("the new snapshot verifies");
+        assert!(again.snapshot().signed.version > after.snapshot().signed.version);
+        assert_eq!(again.snapshot().signed.expires, snapshot_expires);
+        assert_eq!(
+            again.targets().signed.version,
+            before.targets().signed.version,
+            "the targets are untouched"
+        );
+        // Another role's key does not sign the timestamp.
+        std::fs::copy(key_path(&keys, "targets"), key_path(&online, "timestamp")).expect("swap");
+        let wrong = refresh_online(&repo, &online, None, Duration::from_secs(60)).await;
+        assert!(wrong.is_err(), "signed with the targets key");
+    }
+
+    #[tokio::test]
+    async fn an_older_timestamp_put_back_is_not_signed_over() {
+        let dir = tempfile::tempdir().expect("dir");
+        let repo = dir.path().join("repo");
+        let keys = dir.path().join("keys");
+        init(&repo, &keys, Lifetimes::default())
+            .await
+            .expect("init");
+        let old = std::fs::read(repo.join("metadata/timestamp.json")).expect("timestamp");
+        refresh_online(&repo, &keys, None, Duration::from_secs(600))
+            .await
+            .expect("refresh");
+        std::fs::write(repo.join("metadata/timestamp.json"), old).expect("put back");
+        let refused = refresh_online(&repo, &keys, None, Duration::from_secs(600)).await;
         assert!(
-            wrong.is_err(),
-            "another role's key does not sign the timestamp"
+            refused.is_err_and(|e| format!("{e:#}").contains("previously")),
+            "the signer remembers the newer timestamp"
         );
     }
 

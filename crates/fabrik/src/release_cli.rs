@@ -105,9 +105,10 @@ enum ReleaseCommand {
         repo: PathBuf,
         #[arg(long)]
         keys: PathBuf,
-        /// Re-sign only the timestamp, with the timestamp key alone.
+        /// Re-sign only the snapshot and the timestamp, with their keys alone (what a hub
+        /// with `[releases] keys` does by itself).
         #[arg(long)]
-        timestamp_only: bool,
+        online: bool,
         #[command(flatten)]
         lifetimes: LifetimeArgs,
     },
@@ -191,13 +192,18 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
         ReleaseCommand::Refresh {
             repo,
             keys,
-            timestamp_only,
+            online,
             lifetimes,
         } => {
             let lifetimes = lifetimes.lifetimes(None)?;
-            if timestamp_only {
-                release::refresh_timestamp(&repo, &keys.join("timestamp.key"), lifetimes.timestamp)
-                    .await?;
+            if online {
+                release::refresh_online(
+                    &repo,
+                    &keys,
+                    Some(lifetimes.snapshot),
+                    lifetimes.timestamp,
+                )
+                .await?;
             } else {
                 release::refresh(&repo, &keys, lifetimes).await?;
             }

@@ -817,7 +817,7 @@ async fn serve(
             }
             Module::Releases => {
                 manager
-                    .start(module.name(), || crate::release::start_refresher(&config))
+                    .start(module.name(), || crate::release_signer::start(&config))
                     .await
             }
             Module::Http => {

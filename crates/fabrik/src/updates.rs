@@ -40,27 +40,41 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
             ));
         }
     }
-    let key = config.releases.timestamp_key.trim();
-    if !key.is_empty() {
+    let keys = config.releases.keys.trim();
+    if !keys.is_empty() {
         if served.is_empty() {
             problems.push((
-                "releases.timestamp_key".into(),
-                "set with releases.repo: the repository whose timestamp it re-signs".into(),
+                "releases.keys".into(),
+                "set with releases.repo: the repository whose metadata they re-sign".into(),
             ));
         }
-        if !Path::new(key).is_file() {
-            problems.push((
-                "releases.timestamp_key".into(),
-                format!("{key}: no such file"),
-            ));
+        for role in ["snapshot", "timestamp"] {
+            let key = Path::new(keys).join(format!("{role}.key"));
+            if !key.is_file() {
+                problems.push((
+                    "releases.keys".into(),
+                    format!("{}: no {role} key here", key.display()),
+                ));
+            }
         }
     }
-    match fabrik_runtime::units::parse_duration(&config.releases.timestamp_lifetime) {
-        Ok(lifetime) if lifetime < Duration::from_secs(2) => {
-            problems.push(("releases.timestamp_lifetime".into(), "at least 2s".into()))
+    for (field, text) in [
+        (
+            "releases.snapshot_lifetime",
+            &config.releases.snapshot_lifetime,
+        ),
+        (
+            "releases.timestamp_lifetime",
+            &config.releases.timestamp_lifetime,
+        ),
+    ] {
+        match fabrik_runtime::units::parse_duration(text) {
+            Ok(lifetime) if lifetime < Duration::from_secs(2) => {
+                problems.push((field.into(), "at least 2s".into()))
+            }
+            Ok(_) => {}
+            Err(why) => problems.push((field.into(), why)),
         }
-        Ok(_) => {}
-        Err(why) => problems.push(("releases.timestamp_lifetime".into(), why)),
     }
     let updates = &config.updates;
     if updates.url.trim().is_empty() {
@@ -238,40 +252,92 @@ struct Updater {
     control: Arc<dyn PipelineControl>,
     registry: Option<Registry>,
     board: UpdateBoard,
-    /// Targets refused, by target name: their SHA-256 and why. A refused file is not fetched
-    /// again until the repository publishes another.
-    refused: HashMap<String, (String, String)>,
+    /// Targets refused, by target name. A refused target is fetched again only after a backoff
+    /// (the cause may pass: a dropped link, a pipeline changed meanwhile), or at once when
+    /// the repository publishes it anew (other bytes, signature or nodes).
+    refused: HashMap<String, Refusal>,
+    /// How often the repository is checked.
+    interval: Duration,
     /// When each target was installed since start, by target name: its SHA-256 and the time.
     installed_at: HashMap<String, (String, String)>,
 }
 
+/// A target this node refused, and when it tries again.
+struct Refusal {
+    /// The target's signed metadata as it was then (hashes, length, Fabrik's part).
+    fingerprint: String,
+    reason: String,
+    failures: u32,
+    retry_at: tokio::time::Instant,
+}
+
+/// Longest wait before a refused target is tried again.
+const MAX_RETRY: Duration = Duration::from_secs(3600);
+/// Longest a check may take to fetch and verify the metadata.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest one target's download may take (a large model over a slow plant link).
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// Why waiting for some work ended without its result.
+enum Interrupted {
+    Stopped,
+    TimedOut,
+}
+
+/// `work`, unless the module is stopped or `limit` passes first.
+async fn within<T>(
+    stop: &CancellationToken,
+    limit: Duration,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, Interrupted> {
+    tokio::select! {
+        () = stop.cancelled() => Err(Interrupted::Stopped),
+        result = tokio::time::timeout(limit, work) => result.map_err(|_| Interrupted::TimedOut),
+    }
+}
+
+/// A fixed offset in `[0, interval / 10)` from the node's name, so a fleet started together
+/// does not fetch a new release all in the same second.
+fn spread(node: &str, interval: Duration) -> Duration {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(node.as_bytes());
+    let fraction = f64::from(u16::from_be_bytes([digest[0], digest[1]])) / 65_536.0;
+    interval.mul_f64(fraction / 10.0)
+}
+
 impl Updater {
-    async fn run(mut self, interval: Duration, stop: CancellationToken) {
+    async fn run(mut self, stop: CancellationToken) {
+        let pause = self.interval + spread(&self.node, self.interval);
         loop {
-            self.check().await;
+            self.check(&stop).await;
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep(interval) => {}
+                () = tokio::time::sleep(pause) => {}
             }
         }
     }
 
     /// One check: verify the repository, then bring every target for this node in.
-    async fn check(&mut self) {
+    async fn check(&mut self, stop: &CancellationToken) {
         let started = now_rfc3339();
-        let loaded = RepositoryLoader::new(
+        let loader = RepositoryLoader::new(
             &self.root,
             self.metadata_url.clone(),
             self.targets_url.clone(),
         )
         .transport(self.transport.clone())
-        .datastore(&self.datastore)
-        .load()
-        .await;
+        .datastore(&self.datastore);
+        let loaded = match within(stop, METADATA_TIMEOUT, loader.load()).await {
+            Ok(loaded) => loaded.map_err(|e| describe(&e)),
+            Err(Interrupted::Stopped) => return,
+            Err(Interrupted::TimedOut) => Err(format!(
+                "the repository's metadata did not arrive within {} s",
+                METADATA_TIMEOUT.as_secs()
+            )),
+        };
         let repository = match loaded {
             Ok(repository) => repository,
-            Err(e) => {
-                let why = describe(&e);
+            Err(why) => {
                 metrics::counter!("fabrik_updates_check_failures_total").increment(1);
                 tracing::warn!(repository = %self.repository, error = %why, "The release repository did not verify; nothing installed.");
                 let mut board = self.board.write();
@@ -283,7 +349,9 @@ impl Updater {
                 return;
             }
         };
-        let targets = self.bring_in(&repository).await;
+        let Some(targets) = self.bring_in(&repository, stop).await else {
+            return;
+        };
         let mut board = self.board.write();
         if let Some(status) = board.as_mut() {
             status.checks += 1;
@@ -309,8 +377,12 @@ impl Updater {
     }
 
     /// Each Fabrik target of the repository as this node sees it, installing those for it
-    /// that it does not hold yet.
-    async fn bring_in(&mut self, repository: &Repository) -> Vec<TargetStatus> {
+    /// that it does not hold yet; `None` when the module was stopped meanwhile.
+    async fn bring_in(
+        &mut self,
+        repository: &Repository,
+        stop: &CancellationToken,
+    ) -> Option<Vec<TargetStatus>> {
         // What this node holds: a model whose bytes equal the target's is installed, whoever
         // put it there.
         let held: HashMap<String, String> = match self.control.models().await {
@@ -353,6 +425,10 @@ impl Updater {
             status.kind = release.kind.clone();
             status.name = release.name.clone();
             let key = target_name.raw().to_owned();
+            let fingerprint = serde_json::to_string(&target).unwrap_or_default();
+            let waiting = self.refused.get(&key).filter(|refusal| {
+                refusal.fingerprint == fingerprint && tokio::time::Instant::now() < refusal.retry_at
+            });
             if release.kind != KIND_MODEL {
                 status.state = "refused".into();
                 status.reason = Some(format!(
@@ -363,27 +439,42 @@ impl Updater {
                 status.state = "not_for_this_node".into();
             } else if held.get(&release.name) == Some(&sha256) {
                 status.state = "installed".into();
-            } else if let Some((_, why)) = self
-                .refused
-                .get(&key)
-                .filter(|(refused_sha, _)| *refused_sha == sha256)
-            {
+            } else if let Some(refusal) = waiting {
                 status.state = "refused".into();
-                status.reason = Some(why.clone());
+                status.reason = Some(refusal.reason.clone());
             } else {
-                match self.install(repository, &target_name, &release).await {
+                match self.install(repository, &target_name, &release, stop).await {
                     Ok(()) => {
                         self.refused.remove(&key);
                         self.installed_at
                             .insert(key.clone(), (sha256.clone(), now_rfc3339()));
                         status.state = "installed".into();
                     }
-                    Err(why) => {
+                    Err(None) => return None,
+                    Err(Some(why)) => {
                         metrics::counter!("fabrik_updates_refused_total").increment(1);
                         tracing::warn!(target = %key, error = %why, "A release target was refused; the model this node holds stays.");
                         self.audit(&release, &key, &sha256, 422).await;
-                        self.refused
-                            .insert(key.clone(), (sha256.clone(), why.clone()));
+                        let failures = self
+                            .refused
+                            .get(&key)
+                            .filter(|refusal| refusal.fingerprint == fingerprint)
+                            .map_or(1, |refusal| refusal.failures.saturating_add(1));
+                        // The interval, doubling per failure, at most an hour (or the
+                        // interval, when that is longer).
+                        let backoff = self
+                            .interval
+                            .saturating_mul(1 << failures.min(16).saturating_sub(1))
+                            .min(MAX_RETRY.max(self.interval));
+                        self.refused.insert(
+                            key.clone(),
+                            Refusal {
+                                fingerprint,
+                                reason: why.clone(),
+                                failures,
+                                retry_at: tokio::time::Instant::now() + backoff,
+                            },
+                        );
                         status.state = "refused".into();
                         status.reason = Some(why);
                     }
@@ -396,28 +487,43 @@ impl Updater {
                 .map(|(_, at)| at.clone());
             statuses.push(status);
         }
-        statuses
+        Some(statuses)
     }
 
     /// Fetches a target (tough checks its length and hash as it streams in) and stores it as
     /// the model it names, through the same checks as an upload.
+    /// `Err(None)` when the module was stopped during the download (nothing was stored),
+    /// `Err(Some(why))` when the target was refused. Storing is never interrupted.
     async fn install(
         &self,
         repository: &Repository,
         target_name: &tough::TargetName,
         release: &ReleaseTarget,
-    ) -> Result<(), String> {
-        let stream = repository
-            .read_target(target_name)
-            .await
-            .map_err(|e| describe(&e))?
-            .ok_or_else(|| "listed in the targets metadata, but not found".to_owned())?;
-        let bytes = stream.into_vec().await.map_err(|e| describe(&e))?;
+        stop: &CancellationToken,
+    ) -> Result<(), Option<String>> {
+        let download = async {
+            let stream = repository
+                .read_target(target_name)
+                .await
+                .map_err(|e| describe(&e))?
+                .ok_or_else(|| "listed in the targets metadata, but not found".to_owned())?;
+            stream.into_vec().await.map_err(|e| describe(&e))
+        };
+        let bytes = match within(stop, DOWNLOAD_TIMEOUT, download).await {
+            Ok(bytes) => bytes.map_err(Some)?,
+            Err(Interrupted::Stopped) => return Err(None),
+            Err(Interrupted::TimedOut) => {
+                return Err(Some(format!(
+                    "the download took longer than {} minutes",
+                    DOWNLOAD_TIMEOUT.as_secs() / 60
+                )));
+            }
+        };
         let (info, _) = self
             .control
             .put_model(release.name.clone(), bytes, release.signature.clone())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Some(e.to_string()))?;
         metrics::counter!("fabrik_updates_installed_total").increment(1);
         tracing::info!(
             target = %target_name.raw(),
@@ -510,12 +616,13 @@ pub(crate) async fn start(
         registry,
         board,
         refused: HashMap::new(),
+        interval,
         installed_at: HashMap::new(),
     };
     let stop = CancellationToken::new();
     let token = stop.clone();
     let task = tokio::spawn(async move {
-        updater.run(interval, token).await;
+        updater.run(token).await;
         Ok(())
     });
     Ok(ServiceHandle { stop, task })

@@ -323,6 +323,49 @@ fn an_edge_installs_the_signed_models_published_for_it_and_refuses_tampering_rol
         "{text}"
     );
 
+    // The publisher adds the swapped model again: its damaged file is rewritten, and the node,
+    // which backs off from a refused target rather than giving up on it, fetches it again —
+    // to refuse it for lacking the model signature this node requires. Signed, it installs.
+    let add_swapped = || {
+        fabrik(&[
+            "release",
+            "add",
+            "--repo",
+            path(&repo),
+            "--keys",
+            path(&keys),
+            "--name",
+            "swapped-model",
+            path(&swapped),
+        ])
+    };
+    add_swapped();
+    eventually_for(
+        "the repaired file is fetched and meets the signature check",
+        Duration::from_secs(30),
+        || {
+            target(&updates(&edge.url), "swapped-model.onnx")["reason"]
+                .as_str()
+                .is_some_and(|why| why.contains("signature"))
+        },
+    );
+    fabrik(&[
+        "model",
+        "sign",
+        "--key",
+        path(&keys.join("model.key")),
+        path(&swapped),
+    ]);
+    add_swapped();
+    let swapped_sha = sha256_hex(&fixture("rf_clf_50_nozipmap.onnx"));
+    eventually_for("the signed model installs", Duration::from_secs(30), || {
+        model_sha(&edge.url, "swapped-model").as_deref() == Some(swapped_sha.as_str())
+    });
+    let verified_version = updates(&edge.url)["targets_version"]
+        .as_u64()
+        .expect("version");
+    assert_eq!(verified_version, 6, "two more releases: {status}");
+
     // Rollback: the hub serves an older timestamp again (as a replaying attacker would). The
     // edge refuses it, keeps its model, and still refuses it after a restart.
     let saved_timestamp = std::fs::read(repo.join("metadata/timestamp.json")).expect("ts");
@@ -339,11 +382,16 @@ fn an_edge_installs_the_signed_models_published_for_it_and_refuses_tampering_rol
         Duration::from_secs(30),
         || updates(&edge.url)["targets_version"] == verified_version + 1,
     );
+    let current_timestamp = std::fs::read(repo.join("metadata/timestamp.json")).expect("ts");
     std::fs::write(repo.join("metadata/timestamp.json"), &saved_timestamp).expect("roll back");
     eventually_for(
         "the edge refuses the older timestamp",
         Duration::from_secs(30),
-        || updates(&edge.url)["last_error"].is_string(),
+        || {
+            updates(&edge.url)["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("previously"))
+        },
     );
     let status = updates(&edge.url);
     assert_eq!(status["targets_version"], verified_version + 1, "{status}");
@@ -363,6 +411,18 @@ fn an_edge_installs_the_signed_models_published_for_it_and_refuses_tampering_rol
         error.contains("version") && error.contains("previously"),
         "after a restart the older timestamp is still refused: {status}"
     );
+    // The publisher will not sign on top of it either (it remembers what it published)...
+    let refused = fabrik_fails(&[
+        "release",
+        "refresh",
+        "--repo",
+        path(&repo),
+        "--keys",
+        path(&keys),
+    ]);
+    assert!(refused.contains("previously"), "{refused}");
+    // ...until the operator puts the current file back.
+    std::fs::write(repo.join("metadata/timestamp.json"), &current_timestamp).expect("restore");
 
     // Expiry: metadata re-signed to expire at once is refused once it has (a node cut off
     // from fresh releases does not keep trusting what it last saw).
@@ -391,9 +451,16 @@ fn an_edge_installs_the_signed_models_published_for_it_and_refuses_tampering_rol
         Some(forest_sha.as_str())
     );
 
-    // A hub holding the timestamp key keeps the timestamp signed: it re-signs the expired one
-    // at start, then whenever half its lifetime is left, and the edge trusts the repository
-    // again without anyone running `fabrik release refresh`.
+    // A hub holding the online keys (snapshot and timestamp, not root or targets) keeps the
+    // metadata signed: it re-signs the expired timestamp at start, then whenever half its
+    // lifetime is left, and the edge trusts the repository again without anyone running
+    // `fabrik release refresh`.
+    let online = dir.path().join("online-keys");
+    std::fs::create_dir_all(&online).expect("online keys");
+    for role in ["snapshot", "timestamp"] {
+        let key = format!("{role}.key");
+        std::fs::copy(keys.join(&key), online.join(&key)).expect("copy key");
+    }
     let before = updates(&edge.url)["timestamp_version"]
         .as_u64()
         .expect("version");
@@ -402,10 +469,7 @@ fn an_edge_installs_the_signed_models_published_for_it_and_refuses_tampering_rol
         &[
             ("FABRIK__RELEASES__REPO", path(&repo)),
             ("FABRIK__RELEASES__TOKEN", RELEASE_TOKEN),
-            (
-                "FABRIK__RELEASES__TIMESTAMP_KEY",
-                path(&keys.join("timestamp.key")),
-            ),
+            ("FABRIK__RELEASES__KEYS", path(&online)),
             ("FABRIK__RELEASES__TIMESTAMP_LIFETIME", "2s"),
         ],
     );
