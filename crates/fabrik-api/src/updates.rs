@@ -141,7 +141,11 @@ pub async fn file(State(state): State<ApiState>, uri: Uri, headers: HeaderMap) -
     };
     // Streamed: a model of hundreds of megabytes is not held in memory per node fetching it.
     let opened = match tokio::fs::File::open(&path).await {
-        Ok(file) => file.metadata().await.map(|meta| (file, meta.len())),
+        Ok(file) => match file.metadata().await {
+            Ok(meta) if meta.is_file() => Ok((file, meta.len())),
+            Ok(_) => Err(std::io::ErrorKind::NotFound.into()),
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     match opened {

@@ -120,7 +120,7 @@ impl Module {
                 "release repository (TUF): verified models for this node installed ([updates])"
             }
             Module::Releases => {
-                "a served release repository's timestamp re-signed before it expires ([releases])"
+                "a served release repository's snapshot and timestamp kept signed ([releases])"
             }
             Module::Http => {
                 "REST API under /api/v1, InfluxDB write endpoints, /ready, /metrics, dashboard"

@@ -263,6 +263,7 @@ pub(crate) async fn init(
         .await
         .context("signing the first targets, snapshot and timestamp")?;
     publish(&signed, repo).await?;
+    remember(repo, &publisher_state(keys)).await?;
     Ok(root_path)
 }
 
@@ -304,14 +305,26 @@ pub(crate) async fn load_local(repo: &Path) -> anyhow::Result<Repository> {
     load(repo, None).await
 }
 
-/// [`load_local`], remembering the newest metadata seen in `state` (a directory beside the
-/// keys): the signer then refuses to sign on top of metadata older than it saw before, as a
-/// node would — an old `timestamp.json` put back into the served directory is not re-signed
-/// into a fresh one.
-async fn load_for_signing(repo: &Path, keys: &Path) -> anyhow::Result<Repository> {
-    let state = keys.join("state");
-    create_private_dir(&state)?;
-    load(repo, Some(&state)).await
+/// Where a publisher's signer state lives: beside its keys (`<keys>/state`).
+pub(crate) fn publisher_state(keys: &Path) -> PathBuf {
+    keys.join("state")
+}
+
+/// [`load_local`], remembering the newest metadata seen in `state` (the publisher's
+/// `<keys>/state`, a hub's `<data_dir>/releases/state`): the signer then refuses to sign on
+/// top of metadata older than it saw before, as a node would — an old `timestamp.json` put
+/// back into the served directory is not re-signed into a fresh one.
+async fn load_for_signing(repo: &Path, state: &Path) -> anyhow::Result<Repository> {
+    create_private_dir(state)?;
+    // tough also remembers the latest time it saw and refuses any load while the clock is
+    // earlier; a signer checks no expiry, and must not stop signing because a clock was once
+    // ahead and has been corrected.
+    match std::fs::remove_file(state.join("latest_known_time.json")) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => bail!("{}: {e}", state.join("latest_known_time.json").display()),
+    }
+    load(repo, Some(state)).await
 }
 
 async fn load(repo: &Path, state: Option<&Path>) -> anyhow::Result<Repository> {
@@ -341,8 +354,8 @@ async fn load(repo: &Path, state: Option<&Path>) -> anyhow::Result<Repository> {
 /// Reads back what was just written through the signer's state, so that state holds it: an
 /// older file put back afterwards is then refused, not signed over. Also checks that what was
 /// written verifies.
-async fn remember(repo: &Path, keys: &Path) -> anyhow::Result<()> {
-    load_for_signing(repo, keys)
+async fn remember(repo: &Path, state: &Path) -> anyhow::Result<()> {
+    load_for_signing(repo, state)
         .await
         .map(drop)
         .context("reading back the metadata just written")
@@ -399,7 +412,7 @@ async fn edit(
     keys: &Path,
     lifetimes: Lifetimes,
 ) -> anyhow::Result<(RepositoryEditor, u64)> {
-    let loaded = load_for_signing(repo, keys).await?;
+    let loaded = load_for_signing(repo, &publisher_state(keys)).await?;
     let targets_version = next(loaded.targets().signed.version)?;
     let snapshot_version = clock_version(loaded.snapshot().signed.version)?;
     let timestamp_version = clock_version(loaded.timestamp().signed.version)?;
@@ -451,7 +464,38 @@ fn move_in(repo: &Path, staging: &Path) -> anyhow::Result<()> {
         std::fs::rename(&file, &to)
             .with_context(|| format!("moving {} to {}", file.display(), to.display()))?;
     }
-    std::fs::remove_dir(staging).with_context(|| format!("removing {}", staging.display()))
+    std::fs::remove_dir(staging).with_context(|| format!("removing {}", staging.display()))?;
+    prune_snapshots(&metadata);
+    Ok(())
+}
+
+/// Snapshots a node may still be reading (it fetched the timestamp naming one just before
+/// it was replaced) are kept; older ones go, or a hub re-signing every few hours would fill
+/// the directory.
+const SNAPSHOTS_KEPT: usize = 3;
+
+fn prune_snapshots(metadata: &Path) {
+    let Ok(entries) = std::fs::read_dir(metadata) else {
+        return;
+    };
+    let mut snapshots: Vec<(u64, PathBuf)> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let version = name
+                .to_str()?
+                .strip_suffix(".snapshot.json")?
+                .parse()
+                .ok()?;
+            Some((version, entry.path()))
+        })
+        .collect();
+    snapshots.sort_unstable_by_key(|(version, _)| std::cmp::Reverse(*version));
+    for (_, old) in snapshots.into_iter().skip(SNAPSHOTS_KEPT) {
+        if let Err(e) = std::fs::remove_file(&old) {
+            tracing::warn!(file = %old.display(), error = %e, "An old snapshot could not be removed.");
+        }
+    }
 }
 
 /// Writes a whole signed repository's metadata (see [`move_in`]).
@@ -546,7 +590,7 @@ pub(crate) async fn add_model(
     // The file before the metadata that names it: a node never finds a target missing.
     store_target_file(repo, &sha256, &target_name, &bytes)?;
     publish(&signed, repo).await?;
-    remember(repo, keys).await?;
+    remember(repo, &publisher_state(keys)).await?;
     Ok((sha256, version))
 }
 
@@ -577,7 +621,7 @@ pub(crate) async fn remove_model(
         .await
         .context("signing")?;
     publish(&signed, repo).await?;
-    remember(repo, keys).await?;
+    remember(repo, &publisher_state(keys)).await?;
     Ok(version)
 }
 
@@ -591,21 +635,23 @@ pub(crate) async fn refresh(repo: &Path, keys: &Path, lifetimes: Lifetimes) -> a
         .await
         .context("signing")?;
     publish(&signed, repo).await?;
-    remember(repo, keys).await
+    remember(repo, &publisher_state(keys)).await
 }
 
 /// Re-signs the snapshot (when `snapshot` is given: new version, valid for that long) and the
 /// timestamp, with the keys of those two roles alone — TUF's online roles, whose keys a hub
-/// can hold (`[releases] keys`) while root and targets stay with the publisher. Returns the
-/// new expiries of the snapshot and the timestamp.
+/// can hold (`[releases] keys`) while root and targets stay with the publisher; `state` is the
+/// signer's memory (see [`load_for_signing`]). Returns the new expiries of the snapshot and
+/// the timestamp.
 pub(crate) async fn refresh_online(
     repo: &Path,
     keys: &Path,
+    state: &Path,
     snapshot: Option<Duration>,
     timestamp: Duration,
 ) -> anyhow::Result<(jiff::Timestamp, jiff::Timestamp)> {
     let _lock = lock(repo).await?;
-    let loaded = load_for_signing(repo, keys).await?;
+    let loaded = load_for_signing(repo, state).await?;
     let root = KeyHolder::Root(loaded.root().signed.clone());
     let random = aws_lc_rs::rand::SystemRandom::new();
     let staging = staging_dir(repo)?;
@@ -657,8 +703,44 @@ pub(crate) async fn refresh_online(
         .await
         .context("writing the timestamp")?;
     move_in(repo, &staging)?;
-    remember(repo, keys).await?;
+    remember(repo, state).await?;
     Ok((snapshot_expires, timestamp_expires))
+}
+
+/// Re-signs the root metadata as the next version with the same keys and a new expiry, with
+/// the (offline) root key: what keeps nodes trusting the repository past the root's
+/// lifetime. Nodes follow `N.root.json` from the root they were given, so they need nothing
+/// new. Returns the new version and expiry.
+pub(crate) async fn refresh_root(
+    repo: &Path,
+    keys: &Path,
+    lifetime: Duration,
+) -> anyhow::Result<(u64, jiff::Timestamp)> {
+    let _lock = lock(repo).await?;
+    let state = publisher_state(keys);
+    let loaded = load_for_signing(repo, &state).await?;
+    let mut root = loaded.root().signed.clone();
+    root.version = next(root.version)?;
+    root.expires = expires_in(lifetime)?;
+    let (version, expires) = (root.version.get(), root.expires);
+    // The same keys sign for the old root and the new one: one signature meets both
+    // thresholds, as the TUF client checks when it walks from version N to N + 1.
+    let signed = SignedRole::new(
+        root.clone(),
+        &KeyHolder::Root(root),
+        &key_sources(keys, &["root"])?,
+        &aws_lc_rs::rand::SystemRandom::new(),
+    )
+    .await
+    .context("signing the root (is root.key the repository's root key?)")?;
+    let staging = staging_dir(repo)?;
+    signed
+        .write(&staging, true)
+        .await
+        .context("writing the root")?;
+    move_in(repo, &staging)?;
+    remember(repo, &state).await?;
+    Ok((version, expires))
 }
 
 /// Lower-case hex of bytes.
@@ -762,9 +844,15 @@ mod tests {
             std::fs::copy(key_path(&keys, role), key_path(&online, role)).expect("copy key");
         }
         let before = load_local(&repo).await.expect("load");
-        let (_, expires) = refresh_online(&repo, &online, None, Duration::from_secs(7200))
-            .await
-            .expect("timestamp alone");
+        let (_, expires) = refresh_online(
+            &repo,
+            &online,
+            &online.join("state"),
+            None,
+            Duration::from_secs(7200),
+        )
+        .await
+        .expect("timestamp alone");
         let after = load_local(&repo).await.expect("load");
         assert!(after.timestamp().signed.version > before.timestamp().signed.version);
         assert_eq!(after.timestamp().signed.expires, expires);
@@ -775,6 +863,7 @@ mod tests {
         let (snapshot_expires, _) = refresh_online(
             &repo,
             &online,
+            &online.join("state"),
             Some(Duration::from_secs(3600)),
             Duration::from_secs(600),
         )
@@ -790,8 +879,40 @@ mod tests {
         );
         // Another role's key does not sign the timestamp.
         std::fs::copy(key_path(&keys, "targets"), key_path(&online, "timestamp")).expect("swap");
-        let wrong = refresh_online(&repo, &online, None, Duration::from_secs(60)).await;
+        let wrong = refresh_online(
+            &repo,
+            &online,
+            &online.join("state"),
+            None,
+            Duration::from_secs(60),
+        )
+        .await;
         assert!(wrong.is_err(), "signed with the targets key");
+    }
+
+    #[tokio::test]
+    async fn a_re_signed_root_is_followed_from_the_first_one() {
+        let dir = tempfile::tempdir().expect("dir");
+        let repo = dir.path().join("repo");
+        let keys = dir.path().join("keys");
+        init(&repo, &keys, Lifetimes::default())
+            .await
+            .expect("init");
+        let (version, expires) = refresh_root(&repo, &keys, Duration::from_secs(3 * 365 * 86_400))
+            .await
+            .expect("root");
+        assert_eq!(version, 2);
+        assert!(repo.join("metadata/2.root.json").is_file());
+        // Loaded from 1.root.json, as a node given the first root does.
+        let loaded = load_local(&repo).await.expect("load");
+        assert_eq!(loaded.root().signed.version.get(), 2);
+        assert_eq!(loaded.root().signed.expires, expires);
+        // Later changes are signed on top of it.
+        let model = dir.path().join("forest.onnx");
+        std::fs::write(&model, forest()).expect("model");
+        add_model(&repo, &keys, &model, "pump", vec![], Lifetimes::default())
+            .await
+            .expect("add after the new root");
     }
 
     #[tokio::test]
@@ -803,11 +924,24 @@ mod tests {
             .await
             .expect("init");
         let old = std::fs::read(repo.join("metadata/timestamp.json")).expect("timestamp");
-        refresh_online(&repo, &keys, None, Duration::from_secs(600))
-            .await
-            .expect("refresh");
+        refresh_online(
+            &repo,
+            &keys,
+            &publisher_state(&keys),
+            None,
+            Duration::from_secs(600),
+        )
+        .await
+        .expect("refresh");
         std::fs::write(repo.join("metadata/timestamp.json"), old).expect("put back");
-        let refused = refresh_online(&repo, &keys, None, Duration::from_secs(600)).await;
+        let refused = refresh_online(
+            &repo,
+            &keys,
+            &publisher_state(&keys),
+            None,
+            Duration::from_secs(600),
+        )
+        .await;
         assert!(
             refused.is_err_and(|e| format!("{e:#}").contains("previously")),
             "the signer remembers the newer timestamp"

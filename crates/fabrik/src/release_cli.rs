@@ -109,6 +109,12 @@ enum ReleaseCommand {
         /// with `[releases] keys` does by itself).
         #[arg(long)]
         online: bool,
+        /// Re-sign only the root (with the offline root key), valid for `--root-lifetime`.
+        #[arg(long, conflicts_with = "online")]
+        root: bool,
+        /// Validity of the re-signed root metadata (with `--root`).
+        #[arg(long, default_value = "365d")]
+        root_lifetime: String,
         #[command(flatten)]
         lifetimes: LifetimeArgs,
     },
@@ -193,13 +199,22 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
             repo,
             keys,
             online,
+            root,
+            root_lifetime,
             lifetimes,
         } => {
-            let lifetimes = lifetimes.lifetimes(None)?;
+            let lifetimes = lifetimes.lifetimes(Some(&root_lifetime))?;
+            if root {
+                let (version, expires) =
+                    release::refresh_root(&repo, &keys, lifetimes.root).await?;
+                println!("re-signed the root as version {version}, valid until {expires}");
+                return Ok(());
+            }
             if online {
                 release::refresh_online(
                     &repo,
                     &keys,
+                    &release::publisher_state(&keys),
                     Some(lifetimes.snapshot),
                     lifetimes.timestamp,
                 )

@@ -23,6 +23,8 @@ const WARN_EVERY: Duration = Duration::from_secs(6 * 3600);
 struct Signer {
     repo: PathBuf,
     keys: PathBuf,
+    /// The signer's memory of the newest metadata it saw (`<data_dir>/releases/state`).
+    state: PathBuf,
     snapshot_lifetime: Duration,
     timestamp_lifetime: Duration,
     last_warning: Option<tokio::time::Instant>,
@@ -53,6 +55,7 @@ impl Signer {
             (snapshot_expires, timestamp_expires) = release::refresh_online(
                 &self.repo,
                 &self.keys,
+                &self.state,
                 snapshot_due.then_some(self.snapshot_lifetime),
                 self.timestamp_lifetime,
             )
@@ -76,7 +79,14 @@ impl Signer {
         let expiring: Vec<String> = expiries[..2]
             .iter()
             .filter(|(_, expires)| expires.duration_since(jiff::Timestamp::now()) < soon)
-            .map(|(role, expires)| format!("{role} (expires {expires})"))
+            .map(|(role, expires)| {
+                let command = if *role == "root" {
+                    "fabrik release refresh --root, with the root key"
+                } else {
+                    "fabrik release refresh, with the targets key"
+                };
+                format!("{role} (expires {expires}; {command})")
+            })
             .collect();
         let quiet = self
             .last_warning
@@ -85,16 +95,60 @@ impl Signer {
             self.last_warning = Some(tokio::time::Instant::now());
             tracing::warn!(
                 roles = %expiring.join(", "),
-                "Release metadata this hub cannot re-sign expires soon: the publisher must run \
-                 `fabrik release refresh` (nodes install nothing once it has expired)."
+                "Release metadata this hub cannot re-sign expires soon: the publisher must \
+                 re-sign it (nodes install nothing once it has expired)."
             );
         }
         Ok(())
     }
 }
 
-/// Starts the module: idle without `[releases] repo` and `keys`.
-pub(crate) async fn start(config: &Config) -> Result<ServiceHandle, String> {
+/// Whether the key files in `keys` are the ones the repository's root names for the snapshot
+/// and timestamp roles: a wrong directory fails the start, not every pass.
+async fn check_keys(repo: &Path, keys: &Path) -> Result<(), String> {
+    use tough::key_source::{KeySource, LocalKeySource};
+    use tough::schema::RoleType;
+    let loaded = match release::load_local(repo).await {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            // Checked again on every pass, and logged there.
+            tracing::warn!(error = %crate::error_text::describe(&e), "The release repository does not load yet.");
+            return Ok(());
+        }
+    };
+    for (role, name) in [
+        (RoleType::Snapshot, "snapshot"),
+        (RoleType::Timestamp, "timestamp"),
+    ] {
+        let path = keys.join(format!("{name}.key"));
+        let key = LocalKeySource { path: path.clone() }
+            .as_sign()
+            .await
+            .map_err(|e| format!("releases.keys: {}: {e}", path.display()))?
+            .tuf_key();
+        let id = key
+            .key_id()
+            .map_err(|e| format!("releases.keys: {}: {e}", path.display()))?;
+        let named = loaded
+            .root()
+            .signed
+            .roles
+            .get(&role)
+            .is_some_and(|keys| keys.keyids.contains(&id));
+        if !named {
+            return Err(format!(
+                "releases.keys: {} is not the repository's {name} key",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Starts the module: idle without `[releases] repo` and `keys`. Only keys that are not the
+/// repository's fail the start; anything else is logged and tried again, so the hub's API and
+/// `/tuf` stay up.
+pub(crate) async fn start(config: &Config, data_dir: &Path) -> Result<ServiceHandle, String> {
     let releases = &config.releases;
     let (repo, keys) = (releases.repo.trim(), releases.keys.trim());
     if repo.is_empty() || keys.is_empty() {
@@ -106,27 +160,16 @@ pub(crate) async fn start(config: &Config) -> Result<ServiceHandle, String> {
     {
         return Err(format!("{path}: {message}"));
     }
+    check_keys(Path::new(repo), Path::new(keys)).await?;
     let lifetime = |text: &str| fabrik_runtime::units::parse_duration(text);
     let mut signer = Signer {
         repo: PathBuf::from(repo),
         keys: PathBuf::from(keys),
+        state: data_dir.join("releases").join("state"),
         snapshot_lifetime: lifetime(&releases.snapshot_lifetime)?,
         timestamp_lifetime: lifetime(&releases.timestamp_lifetime)?,
         last_warning: None,
     };
-    // Keys that cannot sign fail the start, not a pass a day later.
-    release::refresh_online(
-        Path::new(repo),
-        Path::new(keys),
-        Some(signer.snapshot_lifetime),
-        signer.timestamp_lifetime,
-    )
-    .await
-    .map_err(|e| format!("releases.keys: {}", crate::error_text::describe(&e)))?;
-    signer
-        .pass()
-        .await
-        .map_err(|e| format!("releases: {}", crate::error_text::describe(&e)))?;
     tracing::info!(%repo, "Keeping the release repository's snapshot and timestamp signed.");
     let every =
         (signer.timestamp_lifetime.min(signer.snapshot_lifetime) / 4).min(Duration::from_secs(600));
@@ -134,16 +177,16 @@ pub(crate) async fn start(config: &Config) -> Result<ServiceHandle, String> {
     let token = stop.clone();
     let task = tokio::spawn(async move {
         loop {
-            tokio::select! {
-                () = token.cancelled() => return Ok(()),
-                () = tokio::time::sleep(every) => {}
-            }
             if let Err(e) = signer.pass().await {
                 tracing::error!(
                     error = %crate::error_text::describe(&e),
                     "The release metadata could not be re-signed; nodes install nothing once \
                      it expires."
                 );
+            }
+            tokio::select! {
+                () = token.cancelled() => return Ok(()),
+                () = tokio::time::sleep(every) => {}
             }
         }
     });
@@ -153,6 +196,28 @@ pub(crate) async fn start(config: &Config) -> Result<ServiceHandle, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn only_the_repositorys_online_keys_are_taken() {
+        let dir = tempfile::tempdir().expect("dir");
+        let repo = dir.path().join("repo");
+        let keys = dir.path().join("keys");
+        release::init(&repo, &keys, release::Lifetimes::default())
+            .await
+            .expect("init");
+        assert_eq!(check_keys(&repo, &keys).await, Ok(()));
+        let wrong = dir.path().join("wrong");
+        std::fs::create_dir_all(&wrong).expect("dir");
+        std::fs::copy(keys.join("snapshot.key"), wrong.join("snapshot.key")).expect("copy");
+        std::fs::copy(keys.join("targets.key"), wrong.join("timestamp.key")).expect("copy");
+        let refused = check_keys(&repo, &wrong).await;
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|why| why.contains("not the repository's timestamp key")),
+            "{refused:?}"
+        );
+    }
 
     #[test]
     fn due_when_less_than_half_the_lifetime_is_left() {

@@ -817,7 +817,9 @@ async fn serve(
             }
             Module::Releases => {
                 manager
-                    .start(module.name(), || crate::release_signer::start(&config))
+                    .start(module.name(), || {
+                        crate::release_signer::start(&config, &settings.data_dir)
+                    })
                     .await
             }
             Module::Http => {

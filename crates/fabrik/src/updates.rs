@@ -254,7 +254,7 @@ struct Updater {
     board: UpdateBoard,
     /// Targets refused, by target name. A refused target is fetched again only after a backoff
     /// (the cause may pass: a dropped link, a pipeline changed meanwhile), or at once when
-    /// the repository publishes it anew (other bytes, signature or nodes).
+    /// the repository publishes anything (a new targets version).
     refused: HashMap<String, Refusal>,
     /// How often the repository is checked.
     interval: Duration,
@@ -307,7 +307,13 @@ fn spread(node: &str, interval: Duration) -> Duration {
 
 impl Updater {
     async fn run(mut self, stop: CancellationToken) {
-        let pause = self.interval + spread(&self.node, self.interval);
+        let offset = spread(&self.node, self.interval);
+        // The offset also before the first check: a fleet powered up together.
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(offset) => {}
+        }
+        let pause = self.interval + offset;
         loop {
             self.check(&stop).await;
             tokio::select! {
@@ -425,7 +431,13 @@ impl Updater {
             status.kind = release.kind.clone();
             status.name = release.name.clone();
             let key = target_name.raw().to_owned();
-            let fingerprint = serde_json::to_string(&target).unwrap_or_default();
+            // With the targets version: any publish (a repaired file is republished with the
+            // same hash) ends every backoff.
+            let fingerprint = format!(
+                "{}:{}",
+                repository.targets().signed.version,
+                serde_json::to_string(&target).unwrap_or_default()
+            );
             let waiting = self.refused.get(&key).filter(|refusal| {
                 refusal.fingerprint == fingerprint && tokio::time::Instant::now() < refusal.retry_at
             });
