@@ -68,7 +68,7 @@ impl Module {
             Module::Alerts => &[Module::Store],
             Module::Uplink => &[Module::Store],
             Module::Hub => &[Module::Store],
-            Module::Updates => &[Module::Pipelines],
+            Module::Updates => &[Module::Pipelines, Module::Alerts],
             Module::Releases => &[],
             Module::Http => &[Module::Store, Module::Registry],
         }
@@ -117,7 +117,7 @@ impl Module {
             }
             Module::Hub => "hub: rows edge nodes forward over JetStream into this store ([hub])",
             Module::Updates => {
-                "release repository (TUF): verified models for this node installed ([updates])"
+                "release repository (TUF): verified models, pipelines, alert rules installed ([updates])"
             }
             Module::Releases => {
                 "a served release repository's snapshot and timestamp kept signed ([releases])"

@@ -72,8 +72,42 @@ pub(crate) struct ReleaseTarget {
     pub(crate) nodes: Vec<String>,
 }
 
-/// The only kind of target so far.
-pub(crate) const KIND_MODEL: &str = "model";
+/// What a target is to Fabrik, and the target name each kind is published under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Kind {
+    /// An ONNX model, stored as pipelines' `model_name`: `<name>.onnx`.
+    Model,
+    /// A pipeline definition (the `[[pipelines]]` fields as JSON): `<name>.pipeline.json`.
+    Pipeline,
+    /// An alert rule definition (the `[[alerting.rules]]` fields as JSON):
+    /// `<name>.alert-rule.json`.
+    AlertRule,
+}
+
+impl Kind {
+    pub(crate) const ALL: [Kind; 3] = [Kind::Model, Kind::Pipeline, Kind::AlertRule];
+
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Kind::Model => "model",
+            Kind::Pipeline => "pipeline",
+            Kind::AlertRule => "alert-rule",
+        }
+    }
+
+    pub(crate) fn parse(text: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|kind| kind.as_str() == text)
+    }
+
+    pub(crate) fn target_name(self, name: &str) -> anyhow::Result<TargetName> {
+        let file = match self {
+            Kind::Model => format!("{name}.onnx"),
+            Kind::Pipeline => format!("{name}.pipeline.json"),
+            Kind::AlertRule => format!("{name}.alert-rule.json"),
+        };
+        TargetName::new(&file).map_err(|e| anyhow!("target name `{file}`: {e}"))
+    }
+}
 
 impl ReleaseTarget {
     /// Fabrik's metadata of a target; `None` for a target without it (another tool's file).
@@ -559,11 +593,106 @@ pub(crate) async fn add_model(
         Err(e) => bail!("reading {}: {e}", signature_path.display()),
     };
     let release = ReleaseTarget {
-        kind: KIND_MODEL.into(),
+        kind: Kind::Model.as_str().into(),
         name: name.into(),
         signature,
         nodes,
     };
+    publish_target(repo, keys, Kind::Model, release, bytes, lifetimes).await
+}
+
+/// Adds (or replaces) a pipeline or alert rule definition (the file's one definition, TOML or
+/// JSON as `fabrik pipeline define` and `fabrik alert rule apply` read them) as the target
+/// `<name>.<kind>.json`, for `nodes` (`expected_name`, when given, must be its name). It is
+/// checked as a node would before it is published;
+/// a pipeline must name its model with `model_name` (a released model), not a file path on
+/// this machine. Returns the definition's name, the target's SHA-256 and the targets version.
+pub(crate) async fn add_definition(
+    repo: &Path,
+    keys: &Path,
+    kind: Kind,
+    file: &Path,
+    expected_name: Option<&str>,
+    nodes: Vec<String>,
+    lifetimes: Lifetimes,
+) -> anyhow::Result<(String, String, u64)> {
+    use fabrik_runtime::config::{AlertRuleConfig, PipelineConfig};
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let one = |count: usize| {
+        if count == 1 {
+            Ok(())
+        } else {
+            Err(anyhow!(
+                "{}: {count} definitions; a release target holds exactly one",
+                file.display()
+            ))
+        }
+    };
+    let (name, json) = match kind {
+        Kind::Model => bail!("a model is added with add_model"),
+        Kind::Pipeline => {
+            let mut definitions: Vec<PipelineConfig> = crate::define_cli::definitions(file, &text)
+                .with_context(|| format!("{}: not a pipeline definition", file.display()))?;
+            one(definitions.len())?;
+            let config = definitions.remove(0);
+            crate::pipelines::compile(&config).map_err(|problems| {
+                anyhow!(
+                    "{}: {}",
+                    file.display(),
+                    fabrik_api::control::describe_problems(&problems)
+                )
+            })?;
+            if config
+                .model_path
+                .as_deref()
+                .is_some_and(|p| !p.trim().is_empty())
+            {
+                bail!(
+                    "{}: a released pipeline names its model with `model_name` (a model \
+                     released alongside), not `model_path`, a file on this machine",
+                    file.display()
+                );
+            }
+            (config.name.clone(), serde_json::to_vec_pretty(&config)?)
+        }
+        Kind::AlertRule => {
+            let mut definitions: Vec<AlertRuleConfig> = crate::define_cli::definitions(file, &text)
+                .with_context(|| format!("{}: not an alert rule definition", file.display()))?;
+            one(definitions.len())?;
+            let config = definitions.remove(0);
+            crate::alerts::compile_rule(&config).map_err(|problems| {
+                anyhow!(
+                    "{}: {}",
+                    file.display(),
+                    fabrik_api::control::describe_problems(&problems)
+                )
+            })?;
+            (config.name.clone(), serde_json::to_vec_pretty(&config)?)
+        }
+    };
+    if let Some(expected) = expected_name.filter(|expected| *expected != name) {
+        bail!("--name {expected}, but {} defines `{name}`", file.display());
+    }
+    let release = ReleaseTarget {
+        kind: kind.as_str().into(),
+        name: name.clone(),
+        signature: None,
+        nodes,
+    };
+    let (sha256, version) = publish_target(repo, keys, kind, release, json, lifetimes).await?;
+    Ok((name, sha256, version))
+}
+
+/// Signs `bytes` into the repository as the target `release` names, and stores the file.
+async fn publish_target(
+    repo: &Path,
+    keys: &Path,
+    kind: Kind,
+    release: ReleaseTarget,
+    bytes: Vec<u8>,
+    lifetimes: Lifetimes,
+) -> anyhow::Result<(String, u64)> {
     // Hashed from the bytes that are stored, read once.
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
     let target = Target {
@@ -576,8 +705,7 @@ pub(crate) async fn add_model(
         _extra: HashMap::new(),
     };
     let sha256 = hex(digest.as_ref());
-    let target_name = TargetName::new(format!("{name}.onnx"))
-        .map_err(|e| anyhow!("target name `{name}.onnx`: {e}"))?;
+    let target_name = kind.target_name(&release.name)?;
     let _lock = lock(repo).await?;
     let (mut editor, version) = edit(repo, keys, lifetimes).await?;
     editor
@@ -594,23 +722,23 @@ pub(crate) async fn add_model(
     Ok((sha256, version))
 }
 
-/// Removes the target `<name>.onnx` from the metadata (its file stays in `targets/`, where
-/// nodes that already fetched it no longer look). Nodes keep a model they installed.
-pub(crate) async fn remove_model(
+/// Removes a target from the metadata (its file stays in `targets/`, where nodes that
+/// already fetched it no longer look). Nodes keep what they installed.
+pub(crate) async fn remove(
     repo: &Path,
     keys: &Path,
+    kind: Kind,
     name: &str,
     lifetimes: Lifetimes,
 ) -> anyhow::Result<u64> {
-    let target_name = TargetName::new(format!("{name}.onnx"))
-        .map_err(|e| anyhow!("target name `{name}.onnx`: {e}"))?;
+    let target_name = kind.target_name(name)?;
     let _lock = lock(repo).await?;
     let known = load_local(repo)
         .await?
         .all_targets()
         .any(|(existing, _)| *existing == target_name);
     if !known {
-        bail!("no target `{name}.onnx` in {}", repo.display());
+        bail!("no target `{}` in {}", target_name.raw(), repo.display());
     }
     let (mut editor, version) = edit(repo, keys, lifetimes).await?;
     editor
@@ -800,7 +928,7 @@ mod tests {
         let release = ReleaseTarget::of(target)
             .expect("Fabrik's")
             .expect("parses");
-        assert_eq!(release.kind, KIND_MODEL);
+        assert_eq!(release.kind, Kind::Model.as_str());
         assert_eq!(release.name, "pump");
         assert_eq!(release.signature, None);
         assert!(release.is_for("line-3") && !release.is_for("hub"));
@@ -815,7 +943,7 @@ mod tests {
             .expect("verified");
         assert_eq!(bytes, forest());
 
-        let version = remove_model(&repo, &keys, "pump", Lifetimes::default())
+        let version = remove(&repo, &keys, Kind::Model, "pump", Lifetimes::default())
             .await
             .expect("remove");
         assert_eq!(version, 3);
@@ -824,7 +952,7 @@ mod tests {
             0
         );
         assert!(
-            remove_model(&repo, &keys, "pump", Lifetimes::default())
+            remove(&repo, &keys, Kind::Model, "pump", Lifetimes::default())
                 .await
                 .is_err_and(|e| e.to_string().contains("no target")),
         );
@@ -986,7 +1114,7 @@ mod tests {
         assert!(!glob_match("a*c*e", "abde"));
         assert!(!glob_match("ab*ba", "aba"), "parts may not overlap");
         let release = ReleaseTarget {
-            kind: KIND_MODEL.into(),
+            kind: Kind::Model.as_str().into(),
             name: "m".into(),
             signature: None,
             nodes: vec![],

@@ -4,11 +4,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
 use crate::client::Endpoint;
-use crate::release::{self, Lifetimes, ReleaseTarget};
+use crate::release::{self, Kind, Lifetimes, ReleaseTarget};
 
 /// `fabrik release`
 #[derive(Debug, Args)]
@@ -68,35 +68,44 @@ enum ReleaseCommand {
         #[command(flatten)]
         lifetimes: LifetimeArgs,
     },
-    /// Publish an ONNX model (with `FILE.sig` when there is one) for nodes to install under
-    /// `--name`; replaces an earlier release of that name.
+    /// Publish an ONNX model (with `FILE.sig` when there is one), a pipeline or an alert rule
+    /// for nodes to install; replaces an earlier release of that kind and name.
     Add {
         #[arg(long)]
         repo: PathBuf,
         /// The keys directory of `init` (needs targets, snapshot and timestamp keys).
         #[arg(long)]
         keys: PathBuf,
-        /// The model name nodes store it under (pipelines' `model_name`).
+        /// `model` (an `.onnx` file, the default for one), `pipeline` or `alert-rule` (a TOML
+        /// or JSON file with one definition, as `fabrik pipeline define` and `fabrik alert
+        /// rule apply` take).
         #[arg(long)]
-        name: String,
+        kind: Option<String>,
+        /// The name nodes store a model under (pipelines' `model_name`; default: the file
+        /// name without `.onnx`). For a definition, its own `name`, which this must match.
+        #[arg(long)]
+        name: Option<String>,
         /// Only for these nodes (names, `*` matches any run of characters); repeat or
         /// comma-separate. Default: every node.
         #[arg(long, value_delimiter = ',')]
         nodes: Vec<String>,
         #[command(flatten)]
         lifetimes: LifetimeArgs,
-        /// The `.onnx` file.
+        /// The `.onnx` file, or the definition file.
         file: PathBuf,
     },
-    /// Stop publishing a model (nodes keep the copy they installed).
+    /// Stop publishing a model, pipeline or alert rule (nodes keep what they installed).
     Remove {
         #[arg(long)]
         repo: PathBuf,
         #[arg(long)]
         keys: PathBuf,
+        /// `model`, `pipeline` or `alert-rule`.
+        #[arg(long, default_value = "model")]
+        kind: String,
         #[command(flatten)]
         lifetimes: LifetimeArgs,
-        /// The model name.
+        /// Its name.
         name: String,
     },
     /// Re-sign the metadata with fresh expiry dates, changing nothing else.
@@ -151,6 +160,7 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
         ReleaseCommand::Add {
             repo,
             keys,
+            kind,
             name,
             nodes,
             lifetimes,
@@ -161,39 +171,76 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                 .map(|n| n.trim().to_owned())
                 .filter(|n| !n.is_empty())
                 .collect();
-            let signed = crate::model_signature::signature_path(&file).exists();
-            let (sha256, version) = release::add_model(
-                &repo,
-                &keys,
-                &file,
-                &name,
-                nodes.clone(),
-                lifetimes.lifetimes(None)?,
-            )
-            .await?;
-            println!(
-                "published {name} (sha256 {sha256}, {}) for {} as targets version {version}",
-                if signed {
-                    "with its signature"
-                } else {
-                    "unsigned"
-                },
-                if nodes.is_empty() {
-                    "every node".to_owned()
-                } else {
-                    nodes.join(", ")
-                }
-            );
+            let for_nodes = if nodes.is_empty() {
+                "every node".to_owned()
+            } else {
+                nodes.join(", ")
+            };
+            let is_onnx = file
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
+            let kind = match kind.as_deref() {
+                Some(text) => parse_kind(text)?,
+                None if is_onnx => Kind::Model,
+                None => bail!(
+                    "{}: say what it is with --kind pipeline or --kind alert-rule",
+                    file.display()
+                ),
+            };
+            let lifetimes = lifetimes.lifetimes(None)?;
+            if kind == Kind::Model {
+                let name = match name {
+                    Some(name) => name,
+                    None => file
+                        .file_stem()
+                        .and_then(|stem| stem.to_str())
+                        .map(str::to_owned)
+                        .context("name the model with --name")?,
+                };
+                let signed = crate::model_signature::signature_path(&file).exists();
+                let (sha256, version) =
+                    release::add_model(&repo, &keys, &file, &name, nodes, lifetimes).await?;
+                println!(
+                    "published model {name} (sha256 {sha256}, {}) for {for_nodes} as targets \
+                     version {version}",
+                    if signed {
+                        "with its signature"
+                    } else {
+                        "unsigned"
+                    },
+                );
+            } else {
+                let (defined, sha256, version) = release::add_definition(
+                    &repo,
+                    &keys,
+                    kind,
+                    &file,
+                    name.as_deref(),
+                    nodes,
+                    lifetimes,
+                )
+                .await?;
+                println!(
+                    "published {} {defined} (sha256 {sha256}) for {for_nodes} as targets \
+                     version {version}",
+                    kind.as_str()
+                );
+            }
         }
         ReleaseCommand::Remove {
             repo,
             keys,
+            kind,
             lifetimes,
             name,
         } => {
+            let kind = parse_kind(&kind)?;
             let version =
-                release::remove_model(&repo, &keys, &name, lifetimes.lifetimes(None)?).await?;
-            println!("no longer publishing {name} (targets version {version})");
+                release::remove(&repo, &keys, kind, &name, lifetimes.lifetimes(None)?).await?;
+            println!(
+                "no longer publishing {} {name} (targets version {version})",
+                kind.as_str()
+            );
         }
         ReleaseCommand::Refresh {
             repo,
@@ -293,6 +340,11 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn parse_kind(text: &str) -> anyhow::Result<Kind> {
+    Kind::parse(text)
+        .with_context(|| format!("--kind {text}: expected model, pipeline or alert-rule"))
 }
 
 fn humantime(duration: std::time::Duration) -> String {

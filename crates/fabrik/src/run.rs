@@ -804,14 +804,22 @@ async fn serve(
             }
             Module::Updates => {
                 let control = wiring.pipeline_control.clone();
+                let alert_rules = wiring.alert_rule_control.clone();
                 let registry = wiring.registry.clone();
                 let board = wiring.updates.clone();
                 manager
                     .start(module.name(), || async {
                         let control =
                             control.ok_or("the updates module needs the pipelines module")?;
-                        crate::updates::start(&config, &settings.data_dir, control, registry, board)
-                            .await
+                        crate::updates::start(
+                            &config,
+                            &settings.data_dir,
+                            control,
+                            alert_rules,
+                            registry,
+                            board,
+                        )
+                        .await
                     })
                     .await
             }

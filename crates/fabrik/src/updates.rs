@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fabrik_api::alert_rules::AlertRuleControl;
 use fabrik_api::pipelines::PipelineControl;
 use fabrik_api::updates::{TargetStatus, UpdateBoard, UpdateStatus};
 use fabrik_registry::{AuditEvent, Registry};
@@ -21,7 +22,7 @@ use tough::{
     TransportErrorKind, TransportStream,
 };
 
-use crate::release::{KIND_MODEL, ReleaseTarget, hex};
+use crate::release::{Kind, ReleaseTarget, hex};
 
 /// Checks `[updates]` (nothing when `url` is empty) and `[releases]`.
 pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
@@ -238,6 +239,23 @@ fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// A released definition, which must be the one its target names.
+fn definition<T: serde::de::DeserializeOwned + crate::define_cli::Named>(
+    bytes: &[u8],
+    release: &ReleaseTarget,
+) -> Result<T, Option<String>> {
+    let config: T = serde_json::from_slice(bytes)
+        .map_err(|e| Some(format!("not a {} definition: {e}", release.kind)))?;
+    if config.name() != release.name {
+        return Err(Some(format!(
+            "the definition is named `{}`, the release `{}`",
+            config.name(),
+            release.name
+        )));
+    }
+    Ok(config)
+}
+
 /// One node's follower of one repository.
 struct Updater {
     root: Vec<u8>,
@@ -250,8 +268,12 @@ struct Updater {
     datastore: PathBuf,
     node: String,
     control: Arc<dyn PipelineControl>,
+    /// Alert rules, when the alerts module runs in this process.
+    alert_rules: Option<Arc<dyn AlertRuleControl>>,
     registry: Option<Registry>,
     board: UpdateBoard,
+    /// Targets installed (or found installed) since start, by target name: their SHA-256.
+    applied: HashMap<String, String>,
     /// Targets refused, by target name. A refused target is fetched again only after a backoff
     /// (the cause may pass: a dropped link, a pipeline changed meanwhile), or at once when
     /// the repository publishes anything (a new targets version).
@@ -389,20 +411,23 @@ impl Updater {
         repository: &Repository,
         stop: &CancellationToken,
     ) -> Option<Vec<TargetStatus>> {
-        // What this node holds: a model whose bytes equal the target's is installed, whoever
-        // put it there.
-        let held: HashMap<String, String> = match self.control.models().await {
-            Ok(models) => models.into_iter().map(|m| (m.name, m.sha256)).collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "The installed models could not be listed.");
-                HashMap::new()
-            }
-        };
+        // What this node holds, listed only when a model target is not known to be installed
+        // since start (listing reads and parses every stored model): a model whose bytes
+        // equal the target's is installed, whoever put it there.
+        let mut held: Option<HashMap<String, String>> = None;
         let mut statuses = Vec::new();
-        let listed: Vec<_> = repository
+        let mut listed: Vec<_> = repository
             .all_targets()
             .map(|(name, target)| (name.clone(), target.clone()))
             .collect();
+        // Models before the pipelines that name them, pipelines before the alert rules on
+        // their inferences.
+        listed.sort_by_key(|(name, target)| {
+            let kind = ReleaseTarget::of(target)
+                .and_then(Result::ok)
+                .and_then(|release| Kind::parse(&release.kind));
+            (kind, name.raw().to_owned())
+        });
         for (target_name, target) in listed {
             let Some(release) = ReleaseTarget::of(&target) else {
                 // Another tool's file in a shared repository.
@@ -441,15 +466,30 @@ impl Updater {
             let waiting = self.refused.get(&key).filter(|refusal| {
                 refusal.fingerprint == fingerprint && tokio::time::Instant::now() < refusal.retry_at
             });
-            if release.kind != KIND_MODEL {
+            let kind = Kind::parse(&release.kind);
+            // Installed or applied since start; after a restart, a model the node holds with
+            // the same bytes is installed, and definitions are applied again (which changes
+            // nothing when they are unchanged).
+            let holds = self.applied.get(&key) == Some(&sha256)
+                || (kind == Some(Kind::Model) && {
+                    if held.is_none() {
+                        held = Some(self.held_models().await);
+                    }
+                    held.as_ref()
+                        .is_some_and(|held| held.get(&release.name) == Some(&sha256))
+                });
+            if holds {
+                self.applied.insert(key.clone(), sha256.clone());
+            }
+            if kind.is_none() {
                 status.state = "refused".into();
                 status.reason = Some(format!(
-                    "kind `{}` is not one this Fabrik installs (`{KIND_MODEL}`)",
+                    "kind `{}` is not one this Fabrik installs (model, pipeline, alert-rule)",
                     release.kind
                 ));
             } else if !release.is_for(&self.node) {
                 status.state = "not_for_this_node".into();
-            } else if held.get(&release.name) == Some(&sha256) {
+            } else if holds {
                 status.state = "installed".into();
             } else if let Some(refusal) = waiting {
                 status.state = "refused".into();
@@ -458,6 +498,7 @@ impl Updater {
                 match self.install(repository, &target_name, &release, stop).await {
                     Ok(()) => {
                         self.refused.remove(&key);
+                        self.applied.insert(key.clone(), sha256.clone());
                         self.installed_at
                             .insert(key.clone(), (sha256.clone(), now_rfc3339()));
                         status.state = "installed".into();
@@ -465,7 +506,7 @@ impl Updater {
                     Err(None) => return None,
                     Err(Some(why)) => {
                         metrics::counter!("fabrik_updates_refused_total").increment(1);
-                        tracing::warn!(target = %key, error = %why, "A release target was refused; the model this node holds stays.");
+                        tracing::warn!(target = %key, error = %why, "A release target was refused; what this node holds stays.");
                         self.audit(&release, &key, &sha256, 422).await;
                         let failures = self
                             .refused
@@ -504,6 +545,17 @@ impl Updater {
 
     /// Fetches a target (tough checks its length and hash as it streams in) and stores it as
     /// the model it names, through the same checks as an upload.
+    /// The models this node holds: name → SHA-256.
+    async fn held_models(&self) -> HashMap<String, String> {
+        match self.control.models().await {
+            Ok(models) => models.into_iter().map(|m| (m.name, m.sha256)).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "The installed models could not be listed.");
+                HashMap::new()
+            }
+        }
+    }
+
     /// `Err(None)` when the module was stopped during the download (nothing was stored),
     /// `Err(Some(why))` when the target was refused. Storing is never interrupted.
     async fn install(
@@ -531,22 +583,44 @@ impl Updater {
                 )));
             }
         };
-        let (info, _) = self
-            .control
-            .put_model(release.name.clone(), bytes, release.signature.clone())
-            .await
-            .map_err(|e| Some(e.to_string()))?;
+        let sha256 = hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes).as_ref());
+        match Kind::parse(&release.kind) {
+            Some(Kind::Model) => {
+                let (info, _) = self
+                    .control
+                    .put_model(release.name.clone(), bytes, release.signature.clone())
+                    .await
+                    .map_err(|e| Some(e.to_string()))?;
+                tracing::info!(
+                    target = %target_name.raw(),
+                    model = %info.name,
+                    sha256 = %info.sha256,
+                    signed_by = info.signed_by.as_deref().unwrap_or("-"),
+                    restarted = info.used_by.len(),
+                    "Model installed from the release repository."
+                );
+            }
+            Some(Kind::Pipeline) => {
+                let config: fabrik_runtime::config::PipelineConfig = definition(&bytes, release)?;
+                let created = self
+                    .control
+                    .apply(config)
+                    .await
+                    .map_err(|e| Some(e.to_string()))?;
+                tracing::info!(target = %target_name.raw(), pipeline = %release.name, created, "Pipeline applied from the release repository.");
+            }
+            Some(Kind::AlertRule) => {
+                let rules = self.alert_rules.as_ref().ok_or_else(|| {
+                    Some("the alerts module does not run in this process".to_owned())
+                })?;
+                let config: fabrik_runtime::config::AlertRuleConfig = definition(&bytes, release)?;
+                let created = rules.apply(config).await.map_err(|e| Some(e.to_string()))?;
+                tracing::info!(target = %target_name.raw(), rule = %release.name, created, "Alert rule applied from the release repository.");
+            }
+            None => return Err(Some(format!("kind `{}` is not known", release.kind))),
+        }
         metrics::counter!("fabrik_updates_installed_total").increment(1);
-        tracing::info!(
-            target = %target_name.raw(),
-            model = %info.name,
-            sha256 = %info.sha256,
-            signed_by = info.signed_by.as_deref().unwrap_or("-"),
-            restarted = info.used_by.len(),
-            "Model installed from the release repository."
-        );
-        self.audit(release, target_name.raw(), &info.sha256, 200)
-            .await;
+        self.audit(release, target_name.raw(), &sha256, 200).await;
         Ok(())
     }
 
@@ -556,7 +630,7 @@ impl Updater {
         };
         let event = AuditEvent {
             actor: format!("updates:{}", self.repository),
-            action: "install model from release".into(),
+            action: format!("install {} from release", release.kind),
             target: format!("{} ({target}, sha256 {sha256})", release.name),
             status,
         };
@@ -571,6 +645,7 @@ pub(crate) async fn start(
     config: &Config,
     data_dir: &Path,
     control: Arc<dyn PipelineControl>,
+    alert_rules: Option<Arc<dyn AlertRuleControl>>,
     registry: Option<Registry>,
     board: UpdateBoard,
 ) -> Result<ServiceHandle, String> {
@@ -625,8 +700,10 @@ pub(crate) async fn start(
         datastore,
         node,
         control,
+        alert_rules,
         registry,
         board,
+        applied: HashMap::new(),
         refused: HashMap::new(),
         interval,
         installed_at: HashMap::new(),

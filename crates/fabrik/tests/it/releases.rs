@@ -361,10 +361,141 @@ fn an_edge_installs_the_signed_models_published_for_it_and_refuses_tampering_rol
     eventually_for("the signed model installs", Duration::from_secs(30), || {
         model_sha(&edge.url, "swapped-model").as_deref() == Some(swapped_sha.as_str())
     });
+
+    // A pipeline scoring with the released model, and an alert rule on its inferences, flow
+    // down the same way and run on the edge. A definition is checked before it is published.
+    let pipeline = work.join("pump-health.json");
+    std::fs::write(
+        &pipeline,
+        serde_json::json!({
+            "name": "released-health",
+            "table": "pump",
+            "signals": ["vibration", "current"],
+            "features": ["mean", "std", "min", "max"],
+            "model": "onnx",
+            "model_name": "pump-model",
+            "training_windows": 10,
+            "interval": "1s",
+        })
+        .to_string(),
+    )
+    .expect("pipeline");
+    let unnamed = fabrik_fails(&[
+        "release",
+        "add",
+        "--repo",
+        path(&repo),
+        "--keys",
+        path(&keys),
+        path(&pipeline),
+    ]);
+    assert!(unnamed.contains("--kind"), "{unnamed}");
+    let by_path = work.join("by-path.json");
+    std::fs::write(
+        &by_path,
+        serde_json::json!({
+            "name": "by-path",
+            "table": "pump",
+            "signals": ["vibration"],
+            "features": ["mean"],
+            "model": "onnx",
+            "model_path": path(&forest),
+        })
+        .to_string(),
+    )
+    .expect("pipeline");
+    let refused = fabrik_fails(&[
+        "release",
+        "add",
+        "--repo",
+        path(&repo),
+        "--keys",
+        path(&keys),
+        "--kind",
+        "pipeline",
+        path(&by_path),
+    ]);
+    assert!(refused.contains("model_name"), "{refused}");
+    let published = fabrik(&[
+        "release",
+        "add",
+        "--repo",
+        path(&repo),
+        "--keys",
+        path(&keys),
+        "--kind",
+        "pipeline",
+        path(&pipeline),
+    ]);
+    assert!(
+        published.contains("pipeline released-health"),
+        "{published}"
+    );
+    let rule = work.join("rule.toml");
+    std::fs::write(
+        &rule,
+        "name = \"released-anomaly\"\ntable = \"inferences\"\nvalue = \"score\"\n\
+         key = \"device\"\nfilter = \"pipeline = 'released-health'\"\n\
+         condition = \"above\"\nthreshold = 1.0\n",
+    )
+    .expect("rule");
+    fabrik(&[
+        "release",
+        "add",
+        "--repo",
+        path(&repo),
+        "--keys",
+        path(&keys),
+        "--kind",
+        "alert-rule",
+        path(&rule),
+    ]);
+    eventually_for(
+        "the pipeline and the alert rule are defined on the edge",
+        Duration::from_secs(30),
+        || {
+            let (pipeline_code, _) = http(
+                &edge.url,
+                reqwest::Method::GET,
+                "/api/v1/pipelines/released-health",
+                None,
+            );
+            let (rule_code, _) = http(
+                &edge.url,
+                reqwest::Method::GET,
+                "/api/v1/alert-rules/released-anomaly",
+                None,
+            );
+            pipeline_code == 200 && rule_code == 200
+        },
+    );
+    let (_, defined) = http(
+        &edge.url,
+        reqwest::Method::GET,
+        "/api/v1/pipelines/released-health",
+        None,
+    );
+    assert_eq!(defined["model"], "onnx", "{defined}");
+    assert_ne!(
+        defined["state"], "failed",
+        "it loads the released model: {defined}"
+    );
+    let status = updates(&edge.url);
+    assert_eq!(
+        target(&status, "released-health.pipeline.json")["state"],
+        "installed",
+        "{status}"
+    );
+    assert_eq!(
+        target(&status, "released-anomaly.alert-rule.json")["state"],
+        "installed",
+        "{status}"
+    );
+
     let verified_version = updates(&edge.url)["targets_version"]
         .as_u64()
         .expect("version");
-    assert_eq!(verified_version, 6, "two more releases: {status}");
+    assert_eq!(verified_version, 8, "four more releases: {status}");
 
     // Rollback: the hub serves an older timestamp again (as a replaying attacker would). The
     // edge refuses it, keeps its model, and still refuses it after a restart.
