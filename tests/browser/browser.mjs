@@ -49,8 +49,20 @@ async function step(name, fn) {
 }
 function assert(cond, msg) { if (!cond) throw new Error(msg); }
 
+/// A release repository (TUF) in `dir` publishing one model for every node, made with the
+/// binary's own `fabrik release` commands; the server follows it from disk.
+function makeReleaseRepository(dir) {
+  const repo = path.join(dir, 'releases');
+  const keys = path.join(dir, 'release-keys');
+  const model = path.resolve(here, '../../crates/fabrik-onnx/tests/fixtures/iforest_100.onnx');
+  execFileSync(BIN, ['release', 'init', '--repo', repo, '--keys', keys]);
+  execFileSync(BIN, ['release', 'add', '--repo', repo, '--keys', keys, '--name', 'pump-forest', model]);
+  return repo;
+}
+
 function startServer() {
   dataDir = mkdtempSync(path.join(tmpdir(), 'fabrik-ui-test-'));
+  const releases = makeReleaseRepository(dataDir);
   return new Promise((resolve, reject) => {
     server = spawn(BIN, ['run', '--demo'], {
       cwd: dataDir,
@@ -59,6 +71,10 @@ function startServer() {
         FABRIK__HTTP__LISTEN: '127.0.0.1:0',
         FABRIK__MQTT__LISTEN: '127.0.0.1:0',
         FABRIK__AUTH__ADMIN_TOKEN: TOKEN,
+        FABRIK__UPDATES__URL: `file://${releases}`,
+        FABRIK__UPDATES__ROOT: path.join(releases, 'metadata', '1.root.json'),
+        FABRIK__UPDATES__NODE: 'demo-line',
+        FABRIK__UPDATES__INTERVAL: '2s',
         NO_COLOR: '1',
       },
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -173,6 +189,13 @@ async function main() {
     const online = await page.textContent('#st-devices .value');
     assert(/10\s*\/\s*10|^\s*10\s*$/.test(online), `devices online: ${online}`);
     await page.waitForSelector('#ov-pipelines table');
+    // The release the server installed from its repository (TUF) at start.
+    await page.waitForSelector('#ov-releases-card:not([hidden]) #rel-targets tr[data-target="pump-forest.onnx"]', { timeout: 20000 });
+    const release = await page.textContent('#rel-targets tr[data-target="pump-forest.onnx"]');
+    assert(/pump-forest/.test(release) && /installed/.test(release), `release row: ${release}`);
+    assert(/Targets v2/.test(await page.textContent('#rel-trusted')), 'trusted targets version');
+    // Valid for a day from the release: a date ahead, not an age.
+    assert(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/.test(await page.textContent('#rel-expires')), 'expiry as a date');
     // The ingest rate needs two /metrics samples, 5 s apart.
     await page.waitForFunction(() => /\d/.test(document.querySelector('#st-ingest .value')?.textContent || ''), null, { timeout: 15000 });
     await shot('01-overview');

@@ -59,7 +59,7 @@ pub struct UpdateStatus {
 pub struct TargetStatus {
     /// The target's name in the repository (`<name>.onnx`).
     pub target: String,
-    /// What it is (`model`), from its Fabrik metadata.
+    /// What it is (`model`, `pipeline`, `alert-rule`), from its Fabrik metadata.
     pub kind: String,
     /// The name it is stored under on the node.
     pub name: String,
@@ -70,26 +70,32 @@ pub struct TargetStatus {
     /// `installed` (this node holds exactly this file), `not_for_this_node`, or `refused`.
     pub state: String,
     /// Why it was refused (a download that does not match the signed hash, a model signature
-    /// that does not verify, a model that does not fit a pipeline using it).
+    /// that does not verify, a model that does not fit a pipeline using it, a definition the
+    /// node refuses).
     pub reason: Option<String>,
     /// When this node installed it (RFC 3339), if it did since start.
     pub installed_at: Option<String>,
 }
 
+/// `GET /api/v1/updates`: whether this process follows a release repository, and how.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UpdatesAnswer {
+    /// Whether the updates module runs here with `[updates] url` set.
+    pub configured: bool,
+    /// Its last check; absent when not configured.
+    pub status: Option<UpdateStatus>,
+}
+
 /// This node's release repository, as the updates module last checked it.
 #[utoipa::path(get, path = "/api/v1/updates", tag = "updates",
     responses(
-        (status = 200, description = "the last check of the release repository", body = UpdateStatus),
-        (status = 404, description = "the updates module does not run in this process, or `[updates] url` is not set", body = crate::error::ErrorBody),
+        (status = 200, description = "whether a release repository is followed here, and its last check", body = UpdatesAnswer),
     ))]
-pub async fn status(State(state): State<ApiState>) -> Result<Json<UpdateStatus>, ApiError> {
-    state.updates.read().clone().map(Json).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no release repository is checked here: set [updates] url and root, and run the \
-                 updates module",
-        )
+pub async fn status(State(state): State<ApiState>) -> Json<UpdatesAnswer> {
+    let status = state.updates.read().clone();
+    Json(UpdatesAnswer {
+        configured: status.is_some(),
+        status,
     })
 }
 

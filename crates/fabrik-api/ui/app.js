@@ -509,14 +509,15 @@ async function pageOverview(p) {
       <div class="stack">
         <section class="card" aria-labelledby="h-attn"><div class="card-head"><h2 id="h-attn">Devices</h2><a href="#/devices">All devices →</a></div><div id="ov-devices"></div></section>
         <section class="card" aria-labelledby="h-svc"><h2 id="h-svc">Services</h2><div id="ov-services"></div></section>
+        <section class="card" aria-labelledby="h-releases" id="ov-releases-card" hidden><h2 id="h-releases">Releases</h2><div id="ov-releases"></div></section>
       </div>
     </div>`);
   const ingestChart = chartIn(p, $('#ov-ingest-chart'), { series: [{ label: 'points/s', color: PALETTE[0] }], height: 160 });
 
   await every(p, 5000, async () => {
-    const [devices, active, pending, pipelines, services, rate] = await Promise.all([
+    const [devices, active, pending, pipelines, services, rate, updates] = await Promise.all([
       api('/api/v1/devices'), api('/api/v1/alerts?state=firing&limit=200'), api('/api/v1/alerts?state=pending&limit=200'),
-      api('/api/v1/pipelines'), api('/services'), sampleIngest().catch(() => null),
+      api('/api/v1/pipelines'), api('/services'), sampleIngest().catch(() => null), api('/api/v1/updates').catch(() => null),
     ]);
     if (!p.alive) return;
     const count = (s) => devices.filter((d) => d.state === s).length;
@@ -549,12 +550,28 @@ async function pageOverview(p) {
       ${attention.slice(0, 10).map((d) => html`<tr><td><a href="#/devices/${enc(d.id)}">${d.id}</a></td><td>${isSilent(d) ? pill('silent') : pill(d.state)}</td><td>${d.last_seen ? time(d.last_seen) : '—'}</td></tr>`)}
       </tbody></table>`);
     patch($('#ov-services'), html`<table><tbody>${services.map((s) => html`<tr><td>${s.name}</td><td>${pill(s.state)}</td><td class="wrap muted">${s.error || ''}</td></tr>`)}</tbody></table>`);
+    // What this node installs from its release repository ([updates]); hidden when it follows none.
+    $('#ov-releases-card').hidden = !updates?.configured;
+    if (updates?.configured) patch($('#ov-releases'), releasesView(updates.status));
     const enough = ingest.history.length >= 2;
     $('#ov-ingest-chart').hidden = !enough;
     $('#ov-ingest-empty').hidden = enough;
     if (enough) ingestChart.setData([ingest.history.map((h) => h.t / 1000), ingest.history.map((h) => h.rate)]);
     $('#ov-updated').textContent = `Updated ${fmtTime(Date.now(), false)}`;
   });
+}
+
+const RELEASE_STATE = { installed: 'online', not_for_this_node: 'never', refused: 'failed' };
+function releasesView(u) {
+  const head = u.last_verified_at
+    ? html`<p class="small-text" id="rel-trusted">Targets v${u.targets_version} from <span class="mono wrap-id">${u.repository}</span>, verified ${time(u.last_verified_at)}; valid until <time id="rel-expires" datetime="${u.expires_at || ''}">${u.expires_at ? fmtTime(u.expires_at) : '—'}</time></p>`
+    : html`<p class="small-text muted" id="rel-trusted">Not verified yet: <span class="mono wrap-id">${u.repository}</span></p>`;
+  const error = u.last_error ? html`<div class="notice bad" role="alert" id="rel-error">${u.last_error}</div>` : '';
+  const rows = u.targets.length ? html`<table id="rel-targets"><thead><tr><th>Release</th><th>Kind</th><th>State</th></tr></thead><tbody>
+    ${u.targets.map((t) => html`<tr data-target="${t.target}"><td class="wrap-id">${t.name || t.target}</td><td>${t.kind}</td>
+      <td>${pill(RELEASE_STATE[t.state] || 'pending', t.state.replaceAll('_', ' '))}${t.reason ? html` <span class="muted" title="${t.reason}">⚠</span>` : ''}</td></tr>`)}
+    </tbody></table>` : html`<div class="empty">The repository publishes nothing for Fabrik yet.</div>`;
+  return html`${head}${error}${rows}`;
 }
 
 function pipelinesTable(pipelines) {

@@ -643,18 +643,10 @@ pub(crate) async fn add_definition(
                     fabrik_api::control::describe_problems(&problems)
                 )
             })?;
-            if config
-                .model_path
-                .as_deref()
-                .is_some_and(|p| !p.trim().is_empty())
-            {
-                bail!(
-                    "{}: a released pipeline names its model with `model_name` (a model \
-                     released alongside), not `model_path`, a file on this machine",
-                    file.display()
-                );
+            if let Some(why) = released_pipeline_problem(&config) {
+                bail!("{}: {why}", file.display());
             }
-            (config.name.clone(), serde_json::to_vec_pretty(&config)?)
+            (config.name.clone(), carried_as_json(&config, file)?)
         }
         Kind::AlertRule => {
             let mut definitions: Vec<AlertRuleConfig> = crate::define_cli::definitions(file, &text)
@@ -668,7 +660,7 @@ pub(crate) async fn add_definition(
                     fabrik_api::control::describe_problems(&problems)
                 )
             })?;
-            (config.name.clone(), serde_json::to_vec_pretty(&config)?)
+            (config.name.clone(), carried_as_json(&config, file)?)
         }
     };
     if let Some(expected) = expected_name.filter(|expected| *expected != name) {
@@ -682,6 +674,43 @@ pub(crate) async fn add_definition(
     };
     let (sha256, version) = publish_target(repo, keys, kind, release, json, lifetimes).await?;
     Ok((name, sha256, version))
+}
+
+/// Why a pipeline definition cannot be released, if it cannot: a model (or shadow model)
+/// given by `model_path` is a file on the publisher's disk, or, read on a node, any file on
+/// the node's; a released pipeline names a released model with `model_name`. Checked when
+/// publishing and again on the node.
+pub(crate) fn released_pipeline_problem(
+    config: &fabrik_runtime::config::PipelineConfig,
+) -> Option<String> {
+    let set = |path: &Option<String>| path.as_deref().is_some_and(|p| !p.trim().is_empty());
+    let shadow_path = config
+        .shadow
+        .as_ref()
+        .is_some_and(|shadow| set(&shadow.model_path));
+    (set(&config.model_path) || shadow_path).then(|| {
+        "a released pipeline names its models with `model_name` (models released alongside), \
+         not `model_path`, a file path"
+            .to_owned()
+    })
+}
+
+/// The definition as the JSON nodes read, refused when reading it back gives another
+/// definition (JSON has no infinite numbers: `clear = inf` would arrive as no `clear`).
+fn carried_as_json<T>(config: &T, file: &Path) -> anyhow::Result<Vec<u8>>
+where
+    T: Serialize + serde::de::DeserializeOwned + PartialEq,
+{
+    let json = serde_json::to_vec_pretty(config)?;
+    let back: Option<T> = serde_json::from_slice(&json).ok();
+    if back.as_ref() != Some(config) {
+        bail!(
+            "{}: the definition does not survive as JSON, which nodes read (an infinite \
+             number?)",
+            file.display()
+        );
+    }
+    Ok(json)
 }
 
 /// Signs `bytes` into the repository as the target `release` names, and stores the file.
@@ -1073,6 +1102,78 @@ mod tests {
         assert!(
             refused.is_err_and(|e| format!("{e:#}").contains("previously")),
             "the signer remembers the newer timestamp"
+        );
+    }
+
+    #[tokio::test]
+    async fn definitions_that_would_arrive_changed_or_read_local_files_are_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let repo = dir.path().join("repo");
+        let keys = dir.path().join("keys");
+        init(&repo, &keys, Lifetimes::default())
+            .await
+            .expect("init");
+        let rule = dir.path().join("rule.toml");
+        std::fs::write(
+            &rule,
+            "name = \"r\"\ntable = \"t\"\nvalue = \"v\"\ncondition = \"above\"\n\
+             threshold = 1.0\nclear = -inf\n",
+        )
+        .expect("rule");
+        let refused = add_definition(
+            &repo,
+            &keys,
+            Kind::AlertRule,
+            &rule,
+            None,
+            vec![],
+            Lifetimes::default(),
+        )
+        .await;
+        assert!(
+            refused.is_err_and(|e| e.to_string().contains("does not survive as JSON")),
+            "an infinite clear level would arrive as none"
+        );
+        let pipeline = dir.path().join("p.json");
+        std::fs::write(
+            &pipeline,
+            serde_json::json!({
+                "name": "p", "table": "t", "signals": ["v"], "features": ["mean"],
+                "model": "robust_z",
+                "shadow": {"model": "onnx", "model_path": "/etc/passwd"},
+            })
+            .to_string(),
+        )
+        .expect("pipeline");
+        let refused = add_definition(
+            &repo,
+            &keys,
+            Kind::Pipeline,
+            &pipeline,
+            None,
+            vec![],
+            Lifetimes::default(),
+        )
+        .await;
+        assert!(
+            refused.is_err_and(|e| e.to_string().contains("model_path")),
+            "a shadow model's file path is refused too"
+        );
+        let wrong_name = add_definition(
+            &repo,
+            &keys,
+            Kind::Pipeline,
+            &pipeline,
+            Some("q"),
+            vec![],
+            Lifetimes::default(),
+        )
+        .await;
+        assert!(wrong_name.is_err());
+        assert_eq!(
+            load_local(&repo).await.expect("load").all_targets().count(),
+            0,
+            "nothing published"
         );
     }
 

@@ -387,6 +387,11 @@ pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&status)?);
         return Ok(());
     }
+    if status["configured"] != true {
+        println!("This process follows no release repository ([updates] url and root).");
+        return Ok(());
+    }
+    let status = &status["status"];
     let text = |value: &serde_json::Value| match value {
         serde_json::Value::Null => "-".to_owned(),
         serde_json::Value::String(s) => s.clone(),

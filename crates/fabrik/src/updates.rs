@@ -272,8 +272,12 @@ struct Updater {
     alert_rules: Option<Arc<dyn AlertRuleControl>>,
     registry: Option<Registry>,
     board: UpdateBoard,
-    /// Targets installed (or found installed) since start, by target name: their SHA-256.
-    applied: HashMap<String, String>,
+    /// Targets installed (or found installed) since start, by target name: their SHA-256 and
+    /// when that was last established.
+    applied: HashMap<String, (String, tokio::time::Instant)>,
+    /// The definitions applied since start, by target name: the JSON, for the dry run that
+    /// tells whether the node still runs it.
+    applied_definitions: HashMap<String, Vec<u8>>,
     /// Targets refused, by target name. A refused target is fetched again only after a backoff
     /// (the cause may pass: a dropped link, a pipeline changed meanwhile), or at once when
     /// the repository publishes anything (a new targets version).
@@ -293,6 +297,9 @@ struct Refusal {
     retry_at: tokio::time::Instant,
 }
 
+/// How long an installed target is taken as still held before that is checked again (or ten
+/// intervals, when longer).
+const RECHECK: Duration = Duration::from_secs(30 * 60);
 /// Longest wait before a refused target is tried again.
 const MAX_RETRY: Duration = Duration::from_secs(3600);
 /// Longest a check may take to fetch and verify the metadata.
@@ -463,44 +470,51 @@ impl Updater {
                 repository.targets().signed.version,
                 serde_json::to_string(&target).unwrap_or_default()
             );
-            let waiting = self.refused.get(&key).filter(|refusal| {
-                refusal.fingerprint == fingerprint && tokio::time::Instant::now() < refusal.retry_at
-            });
+            let waiting: Option<String> = self
+                .refused
+                .get(&key)
+                .filter(|refusal| {
+                    refusal.fingerprint == fingerprint
+                        && tokio::time::Instant::now() < refusal.retry_at
+                })
+                .map(|refusal| refusal.reason.clone());
             let kind = Kind::parse(&release.kind);
-            // Installed or applied since start; after a restart, a model the node holds with
-            // the same bytes is installed, and definitions are applied again (which changes
-            // nothing when they are unchanged).
-            let holds = self.applied.get(&key) == Some(&sha256)
-                || (kind == Some(Kind::Model) && {
-                    if held.is_none() {
-                        held = Some(self.held_models().await);
-                    }
-                    held.as_ref()
-                        .is_some_and(|held| held.get(&release.name) == Some(&sha256))
-                });
-            if holds {
-                self.applied.insert(key.clone(), sha256.clone());
-            }
+            let named_right = kind
+                .and_then(|kind| kind.target_name(&release.name).ok())
+                .is_some_and(|expected| expected == target_name);
             if kind.is_none() {
                 status.state = "refused".into();
                 status.reason = Some(format!(
                     "kind `{}` is not one this Fabrik installs (model, pipeline, alert-rule)",
                     release.kind
                 ));
+            } else if !named_right {
+                status.state = "refused".into();
+                status.reason = Some(format!(
+                    "a {} named `{}` is published as `<name>{}`, not as this target",
+                    release.kind,
+                    release.name,
+                    kind.and_then(|kind| kind.target_name("").ok())
+                        .map(|empty| empty.raw().to_owned())
+                        .unwrap_or_default()
+                ));
             } else if !release.is_for(&self.node) {
                 status.state = "not_for_this_node".into();
-            } else if holds {
+            } else if self.holds(&key, &sha256, &release, &mut held).await {
                 status.state = "installed".into();
-            } else if let Some(refusal) = waiting {
+            } else if let Some(reason) = waiting {
                 status.state = "refused".into();
-                status.reason = Some(refusal.reason.clone());
+                status.reason = Some(reason);
             } else {
                 match self.install(repository, &target_name, &release, stop).await {
-                    Ok(()) => {
+                    Ok(changed) => {
                         self.refused.remove(&key);
-                        self.applied.insert(key.clone(), sha256.clone());
-                        self.installed_at
-                            .insert(key.clone(), (sha256.clone(), now_rfc3339()));
+                        self.applied
+                            .insert(key.clone(), (sha256.clone(), tokio::time::Instant::now()));
+                        if changed {
+                            self.installed_at
+                                .insert(key.clone(), (sha256.clone(), now_rfc3339()));
+                        }
                         status.state = "installed".into();
                     }
                     Err(None) => return None,
@@ -545,6 +559,71 @@ impl Updater {
 
     /// Fetches a target (tough checks its length and hash as it streams in) and stores it as
     /// the model it names, through the same checks as an upload.
+    /// Whether this node holds the target already: installed or found installed within the
+    /// last [`RECHECK`] (a model, pipeline or rule changed or removed on the node by hand is
+    /// put back within that), else a model with the same bytes among those stored (listed
+    /// at most once per check), or a definition the node's own dry run calls unchanged.
+    async fn holds(
+        &mut self,
+        key: &str,
+        sha256: &str,
+        release: &ReleaseTarget,
+        held: &mut Option<HashMap<String, String>>,
+    ) -> bool {
+        let recheck = RECHECK.max(self.interval.saturating_mul(10));
+        let recent = self
+            .applied
+            .get(key)
+            .is_some_and(|(applied, at)| applied == sha256 && at.elapsed() < recheck);
+        if recent {
+            return true;
+        }
+        let holds = match Kind::parse(&release.kind) {
+            Some(Kind::Model) => {
+                if held.is_none() {
+                    *held = Some(self.held_models().await);
+                }
+                held.as_ref()
+                    .is_some_and(|held| held.get(&release.name).map(String::as_str) == Some(sha256))
+            }
+            // Only a definition this node applied before (with these bytes) can be unchanged.
+            Some(Kind::Pipeline) | Some(Kind::AlertRule) => {
+                self.applied
+                    .get(key)
+                    .is_some_and(|(applied, _)| applied == sha256)
+                    && self.unchanged_on_node(release, key).await
+            }
+            None => false,
+        };
+        if holds {
+            self.applied.insert(
+                key.to_owned(),
+                (sha256.to_owned(), tokio::time::Instant::now()),
+            );
+        }
+        holds
+    }
+
+    /// Whether the definition this node applied for `key` is still what it runs: a dry run of
+    /// it answers `unchanged`.
+    async fn unchanged_on_node(&self, release: &ReleaseTarget, key: &str) -> bool {
+        let Some(applied) = self.applied_definitions.get(key) else {
+            return false;
+        };
+        let answer = match Kind::parse(&release.kind) {
+            Some(Kind::Pipeline) => match serde_json::from_slice(applied) {
+                Ok(config) => self.control.check(config).await.ok(),
+                Err(_) => None,
+            },
+            Some(Kind::AlertRule) => match (&self.alert_rules, serde_json::from_slice(applied)) {
+                (Some(rules), Ok(config)) => rules.check(config).await.ok(),
+                _ => None,
+            },
+            _ => None,
+        };
+        answer.is_some_and(|dry_run| dry_run.action == "unchanged")
+    }
+
     /// The models this node holds: name → SHA-256.
     async fn held_models(&self) -> HashMap<String, String> {
         match self.control.models().await {
@@ -556,15 +635,17 @@ impl Updater {
         }
     }
 
-    /// `Err(None)` when the module was stopped during the download (nothing was stored),
-    /// `Err(Some(why))` when the target was refused. Storing is never interrupted.
+    /// `Ok(changed)`: installed, `changed` false when a definition was already what the node
+    /// runs (then nothing is counted or audited); `Err(None)` when the module was stopped
+    /// during the download (nothing was stored), `Err(Some(why))` when the target was
+    /// refused. Storing is never interrupted.
     async fn install(
-        &self,
+        &mut self,
         repository: &Repository,
         target_name: &tough::TargetName,
         release: &ReleaseTarget,
         stop: &CancellationToken,
-    ) -> Result<(), Option<String>> {
+    ) -> Result<bool, Option<String>> {
         let download = async {
             let stream = repository
                 .read_target(target_name)
@@ -602,26 +683,48 @@ impl Updater {
             }
             Some(Kind::Pipeline) => {
                 let config: fabrik_runtime::config::PipelineConfig = definition(&bytes, release)?;
+                if let Some(why) = crate::release::released_pipeline_problem(&config) {
+                    return Err(Some(why));
+                }
+                let dry_run = self
+                    .control
+                    .check(config.clone())
+                    .await
+                    .map_err(|e| Some(e.to_string()))?;
+                self.applied_definitions
+                    .insert(target_name.raw().to_owned(), bytes.clone());
+                if dry_run.action == "unchanged" {
+                    return Ok(false);
+                }
                 let created = self
                     .control
                     .apply(config)
                     .await
                     .map_err(|e| Some(e.to_string()))?;
-                tracing::info!(target = %target_name.raw(), pipeline = %release.name, created, "Pipeline applied from the release repository.");
+                tracing::info!(target = %target_name.raw(), pipeline = %release.name, created, warnings = ?dry_run.warnings, "Pipeline applied from the release repository.");
             }
             Some(Kind::AlertRule) => {
-                let rules = self.alert_rules.as_ref().ok_or_else(|| {
+                let rules = self.alert_rules.clone().ok_or_else(|| {
                     Some("the alerts module does not run in this process".to_owned())
                 })?;
                 let config: fabrik_runtime::config::AlertRuleConfig = definition(&bytes, release)?;
+                let dry_run = rules
+                    .check(config.clone())
+                    .await
+                    .map_err(|e| Some(e.to_string()))?;
+                self.applied_definitions
+                    .insert(target_name.raw().to_owned(), bytes.clone());
+                if dry_run.action == "unchanged" {
+                    return Ok(false);
+                }
                 let created = rules.apply(config).await.map_err(|e| Some(e.to_string()))?;
-                tracing::info!(target = %target_name.raw(), rule = %release.name, created, "Alert rule applied from the release repository.");
+                tracing::info!(target = %target_name.raw(), rule = %release.name, created, warnings = ?dry_run.warnings, "Alert rule applied from the release repository.");
             }
             None => return Err(Some(format!("kind `{}` is not known", release.kind))),
         }
         metrics::counter!("fabrik_updates_installed_total").increment(1);
         self.audit(release, target_name.raw(), &sha256, 200).await;
-        Ok(())
+        Ok(true)
     }
 
     async fn audit(&self, release: &ReleaseTarget, target: &str, sha256: &str, status: u16) {
@@ -704,6 +807,7 @@ pub(crate) async fn start(
         registry,
         board,
         applied: HashMap::new(),
+        applied_definitions: HashMap::new(),
         refused: HashMap::new(),
         interval,
         installed_at: HashMap::new(),

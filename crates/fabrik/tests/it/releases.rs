@@ -40,9 +40,10 @@ fn fabrik_fails(args: &[&str]) -> String {
 }
 
 fn updates(url: &str) -> serde_json::Value {
-    let (code, status) = http(url, reqwest::Method::GET, "/api/v1/updates", None);
-    assert_eq!(code, 200, "{status}");
-    status
+    let (code, answer) = http(url, reqwest::Method::GET, "/api/v1/updates", None);
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["configured"], true, "{answer}");
+    answer["status"].clone()
 }
 
 fn target<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
@@ -217,6 +218,11 @@ fn an_edge_installs_the_signed_models_published_for_it_and_refuses_tampering_rol
             ("FABRIK__RELEASES__REPO", path(&repo)),
             ("FABRIK__RELEASES__TOKEN", RELEASE_TOKEN),
         ],
+    );
+    let (_, answer) = http(&hub.url, reqwest::Method::GET, "/api/v1/updates", None);
+    assert_eq!(
+        answer["configured"], false,
+        "the hub follows no repository: {answer}"
     );
     assert_eq!(raw_get(&hub.url, "/tuf/metadata/timestamp.json", None), 401);
     assert_eq!(
