@@ -68,7 +68,7 @@ impl Module {
             Module::Alerts => &[Module::Store],
             Module::Uplink => &[Module::Store],
             Module::Hub => &[Module::Store],
-            Module::Updates => &[Module::Pipelines, Module::Alerts],
+            Module::Updates => &[Module::Store, Module::Pipelines, Module::Alerts],
             Module::Releases => &[],
             Module::Http => &[Module::Store, Module::Registry],
         }

@@ -806,17 +806,20 @@ async fn serve(
                 let control = wiring.pipeline_control.clone();
                 let alert_rules = wiring.alert_rule_control.clone();
                 let registry = wiring.registry.clone();
+                let store = wiring.store.clone();
                 let board = wiring.updates.clone();
                 manager
                     .start(module.name(), || async {
                         let control =
                             control.ok_or("the updates module needs the pipelines module")?;
+                        let store = store.ok_or("the updates module needs the store module")?;
                         crate::updates::start(
                             &config,
                             &settings.data_dir,
                             control,
                             alert_rules,
                             registry,
+                            store,
                             board,
                         )
                         .await

@@ -256,6 +256,10 @@ fn definition<T: serde::de::DeserializeOwned + crate::define_cli::Named>(
     Ok(config)
 }
 
+/// The table each install and refusal is recorded in, on the node (and, with an uplink, on
+/// the hub: which node runs which release, since when).
+pub(crate) const RELEASES_TABLE: &str = "_releases";
+
 /// One node's follower of one repository.
 struct Updater {
     root: Vec<u8>,
@@ -271,6 +275,7 @@ struct Updater {
     /// Alert rules, when the alerts module runs in this process.
     alert_rules: Option<Arc<dyn AlertRuleControl>>,
     registry: Option<Registry>,
+    store: Arc<fabrik_store::Store>,
     board: UpdateBoard,
     /// Targets installed (or found installed) since start, by target name: their SHA-256 and
     /// when that was last established.
@@ -514,6 +519,7 @@ impl Updater {
                         if changed {
                             self.installed_at
                                 .insert(key.clone(), (sha256.clone(), now_rfc3339()));
+                            self.record(repository, &key, &release, &sha256, None).await;
                         }
                         status.state = "installed".into();
                     }
@@ -522,6 +528,8 @@ impl Updater {
                         metrics::counter!("fabrik_updates_refused_total").increment(1);
                         tracing::warn!(target = %key, error = %why, "A release target was refused; what this node holds stays.");
                         self.audit(&release, &key, &sha256, 422).await;
+                        self.record(repository, &key, &release, &sha256, Some(&why))
+                            .await;
                         let failures = self
                             .refused
                             .get(&key)
@@ -727,6 +735,63 @@ impl Updater {
         Ok(true)
     }
 
+    /// Writes an install (`reason` none) or a refusal as a row of [`RELEASES_TABLE`].
+    async fn record(
+        &self,
+        repository: &Repository,
+        target: &str,
+        release: &ReleaseTarget,
+        sha256: &str,
+        reason: Option<&str>,
+    ) {
+        use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
+        let point = Point {
+            measurement: RELEASES_TABLE.into(),
+            tags: vec![
+                ("node".into(), self.node.clone()),
+                ("target".into(), target.to_owned()),
+                ("kind".into(), release.kind.clone()),
+                ("name".into(), release.name.clone()),
+            ],
+            fields: vec![
+                ("sha256".into(), Value::Str(sha256.to_owned())),
+                (
+                    "state".into(),
+                    Value::Str(
+                        if reason.is_some() {
+                            "refused"
+                        } else {
+                            "installed"
+                        }
+                        .into(),
+                    ),
+                ),
+                (
+                    "targets_version".into(),
+                    Value::U64(repository.targets().signed.version.get()),
+                ),
+                (
+                    "reason".into(),
+                    Value::Str(reason.unwrap_or_default().to_owned()),
+                ),
+            ],
+            time: Timestamp::now(),
+            quality: Quality::Good,
+        };
+        let lineage = Lineage {
+            source: SourceId(format!("updates:{}", self.repository)),
+            raw_id: self.store.next_raw_id(),
+            mapping_version: 0,
+        };
+        if let Err(e) = self
+            .store
+            .write_points(&[point], lineage, RELEASES_TABLE)
+            .await
+        {
+            tracing::warn!(error = %e, "A release install could not be recorded in {RELEASES_TABLE}.");
+        }
+    }
+
     async fn audit(&self, release: &ReleaseTarget, target: &str, sha256: &str, status: u16) {
         let Some(registry) = &self.registry else {
             return;
@@ -750,6 +815,7 @@ pub(crate) async fn start(
     control: Arc<dyn PipelineControl>,
     alert_rules: Option<Arc<dyn AlertRuleControl>>,
     registry: Option<Registry>,
+    store: Arc<fabrik_store::Store>,
     board: UpdateBoard,
 ) -> Result<ServiceHandle, String> {
     let updates = &config.updates;
@@ -805,6 +871,7 @@ pub(crate) async fn start(
         control,
         alert_rules,
         registry,
+        store,
         board,
         applied: HashMap::new(),
         applied_definitions: HashMap::new(),

@@ -314,6 +314,31 @@ fn an_edge_installs_the_signed_models_published_for_it_and_refuses_tampering_rol
     assert!(status["last_error"].is_null(), "{status}");
     let verified_version = status["targets_version"].as_u64().expect("version");
     assert_eq!(verified_version, 4, "init, then three releases: {status}");
+    // Each install and refusal is a row of `_releases` (forwarded to a hub by an uplink).
+    let rows = crate::mqtt::query(
+        &edge.url,
+        "SELECT node, kind, name, state, reason, sha256 FROM _releases ORDER BY time",
+    );
+    let installed = rows
+        .iter()
+        .find(|r| r["name"] == "pump-model" && r["state"] == "installed")
+        .unwrap_or_else(|| panic!("an install row: {rows:?}"));
+    assert_eq!(installed["node"], "line-1");
+    assert_eq!(installed["kind"], "model");
+    assert_eq!(installed["sha256"], forest_sha.as_str());
+    assert!(
+        rows.iter().any(|r| r["name"] == "swapped-model"
+            && r["state"] == "refused"
+            && r["reason"]
+                .as_str()
+                .is_some_and(|why| why.contains("Hash mismatch"))),
+        "a refusal row: {rows:?}"
+    );
+    assert!(
+        !rows.iter().any(|r| r["name"] == "line-9-model"),
+        "nothing for another node's release: {rows:?}"
+    );
+
     // The compliance report names the repository as integrity evidence, and its plain HTTP.
     let (code, report) = http(&edge.url, reqwest::Method::GET, "/api/v1/compliance", None);
     assert_eq!(code, 200, "{report}");
