@@ -93,8 +93,9 @@ enum Command {
     Compliance(compliance_cli::ComplianceArgs),
     /// The edge → hub link: this node's uplink, or what a hub receives.
     Uplink(uplink_cli::UplinkArgs),
-    /// Publish models to a fleet as a signed release repository (TUF): make it, add, remove,
-    /// re-sign, list. Works on the repository's files and keys, offline.
+    /// Publish models, pipelines and alert rules to a fleet as a signed release repository
+    /// (TUF): make it, add, remove, re-sign, list. Works on the repository's files and keys,
+    /// offline.
     Release(release_cli::ReleaseArgs),
     /// What a running node last found in its release repository, and what it installed.
     Updates(release_cli::UpdatesArgs),

@@ -20,7 +20,7 @@ pub(crate) struct ReleaseArgs {
 /// How long newly signed metadata stays valid.
 #[derive(Debug, Args)]
 struct LifetimeArgs {
-    /// Validity of the targets metadata (the list of models).
+    /// Validity of the targets metadata (the list of releases).
     #[arg(long, default_value = "90d")]
     targets_lifetime: String,
     /// Validity of the snapshot metadata.
@@ -71,6 +71,7 @@ enum ReleaseCommand {
     /// Publish an ONNX model (with `FILE.sig` when there is one), a pipeline or an alert rule
     /// for nodes to install; replaces an earlier release of that kind and name.
     Add {
+        /// The release repository's directory.
         #[arg(long)]
         repo: PathBuf,
         /// The keys directory of `init` (needs targets, snapshot and timestamp keys).
@@ -96,8 +97,10 @@ enum ReleaseCommand {
     },
     /// Stop publishing a model, pipeline or alert rule (nodes keep what they installed).
     Remove {
+        /// The release repository's directory.
         #[arg(long)]
         repo: PathBuf,
+        /// The keys directory of `init`.
         #[arg(long)]
         keys: PathBuf,
         /// `model`, `pipeline` or `alert-rule`.
@@ -110,8 +113,10 @@ enum ReleaseCommand {
     },
     /// Re-sign the metadata with fresh expiry dates, changing nothing else.
     Refresh {
+        /// The release repository's directory.
         #[arg(long)]
         repo: PathBuf,
+        /// The keys directory of `init`.
         #[arg(long)]
         keys: PathBuf,
         /// Re-sign only the snapshot and the timestamp, with their keys alone (what a hub
@@ -129,6 +134,7 @@ enum ReleaseCommand {
     },
     /// What the repository publishes, verified as a node would (except expiry, shown).
     List {
+        /// The release repository's directory.
         #[arg(long)]
         repo: PathBuf,
         /// Print JSON.
