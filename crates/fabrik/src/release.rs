@@ -910,6 +910,17 @@ mod tests {
     use super::*;
     use tough::IntoVec;
 
+    /// A new repository with its keys in a temporary directory (dropped with the first).
+    async fn fresh_repository() -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let dir = tempfile::tempdir().expect("dir");
+        let repo = dir.path().join("repo");
+        let keys = dir.path().join("keys");
+        init(&repo, &keys, Lifetimes::default())
+            .await
+            .expect("init");
+        (dir, repo, keys)
+    }
+
     fn forest() -> Vec<u8> {
         let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../fabrik-onnx/tests/fixtures");
         std::fs::read(format!("{fixtures}/iforest_100.onnx")).expect("fixture")
@@ -989,12 +1000,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_online_roles_are_re_signed_with_their_keys_alone() {
-        let dir = tempfile::tempdir().expect("dir");
-        let repo = dir.path().join("repo");
-        let keys = dir.path().join("keys");
-        init(&repo, &keys, Lifetimes::default())
-            .await
-            .expect("init");
+        let (dir, repo, keys) = fresh_repository().await;
         let online = dir.path().join("online");
         std::fs::create_dir_all(&online).expect("online keys");
         for role in ["snapshot", "timestamp"] {
@@ -1049,12 +1055,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_re_signed_root_is_followed_from_the_first_one() {
-        let dir = tempfile::tempdir().expect("dir");
-        let repo = dir.path().join("repo");
-        let keys = dir.path().join("keys");
-        init(&repo, &keys, Lifetimes::default())
-            .await
-            .expect("init");
+        let (dir, repo, keys) = fresh_repository().await;
         let (version, expires) = refresh_root(&repo, &keys, Duration::from_secs(3 * 365 * 86_400))
             .await
             .expect("root");
@@ -1074,12 +1075,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_older_timestamp_put_back_is_not_signed_over() {
-        let dir = tempfile::tempdir().expect("dir");
-        let repo = dir.path().join("repo");
-        let keys = dir.path().join("keys");
-        init(&repo, &keys, Lifetimes::default())
-            .await
-            .expect("init");
+        let (_dir, repo, keys) = fresh_repository().await;
         let old = std::fs::read(repo.join("metadata/timestamp.json")).expect("timestamp");
         refresh_online(
             &repo,
@@ -1107,12 +1103,7 @@ mod tests {
 
     #[tokio::test]
     async fn definitions_that_would_arrive_changed_or_read_local_files_are_refused() {
-        let dir = tempfile::tempdir().expect("dir");
-        let repo = dir.path().join("repo");
-        let keys = dir.path().join("keys");
-        init(&repo, &keys, Lifetimes::default())
-            .await
-            .expect("init");
+        let (dir, repo, keys) = fresh_repository().await;
         let rule = dir.path().join("rule.toml");
         std::fs::write(
             &rule,
@@ -1179,12 +1170,7 @@ mod tests {
 
     #[tokio::test]
     async fn metadata_changed_after_signing_does_not_verify() {
-        let dir = tempfile::tempdir().expect("dir");
-        let repo = dir.path().join("repo");
-        let keys = dir.path().join("keys");
-        init(&repo, &keys, Lifetimes::default())
-            .await
-            .expect("init");
+        let (dir, repo, keys) = fresh_repository().await;
         let model = dir.path().join("forest.onnx");
         std::fs::write(&model, forest()).expect("model");
         add_model(&repo, &keys, &model, "pump", vec![], Lifetimes::default())

@@ -18,25 +18,59 @@ fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!("{fixtures}/{name}")).expect("fixture")
 }
 
-/// Runs an offline `fabrik` command; panics with its output unless it succeeds.
-fn fabrik(args: &[&str]) -> String {
+/// Runs an offline `fabrik` command: whether it succeeded, and what it printed (stdout, then
+/// stderr).
+fn run_fabrik(args: &[&str]) -> (bool, String) {
     let out = Command::new(fabrik_bin())
         .args(args)
         .output()
         .expect("fabrik");
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "fabrik {args:?} failed: {text}");
+    (out.status.success(), text)
+}
+
+/// [`run_fabrik`], which must succeed.
+fn fabrik(args: &[&str]) -> String {
+    let (ok, text) = run_fabrik(args);
+    assert!(ok, "fabrik {args:?} failed: {text}");
     text
 }
 
+/// [`run_fabrik`], which must fail.
 fn fabrik_fails(args: &[&str]) -> String {
-    let out = Command::new(fabrik_bin())
-        .args(args)
-        .output()
-        .expect("fabrik");
-    assert!(!out.status.success(), "fabrik {args:?} should fail");
-    String::from_utf8_lossy(&out.stderr).into_owned()
+    let (ok, text) = run_fabrik(args);
+    assert!(!ok, "fabrik {args:?} should fail: {text}");
+    text
+}
+
+/// `release COMMAND --repo REPO --keys KEYS ARGS...`
+fn release_args<'a>(
+    command: &'a str,
+    repo: &'a Path,
+    keys: &'a Path,
+    args: &[&'a str],
+) -> Vec<&'a str> {
+    let mut all = vec![
+        "release",
+        command,
+        "--repo",
+        path(repo),
+        "--keys",
+        path(keys),
+    ];
+    all.extend_from_slice(args);
+    all
+}
+
+/// `fabrik release ...`, which must succeed.
+fn release(command: &str, repo: &Path, keys: &Path, args: &[&str]) -> String {
+    fabrik(&release_args(command, repo, keys, args))
+}
+
+/// `fabrik release ...`, which must fail.
+fn release_fails(command: &str, repo: &Path, keys: &Path, args: &[&str]) -> String {
+    fabrik_fails(&release_args(command, repo, keys, args))
 }
 
 fn updates(url: &str) -> serde_json::Value {
@@ -105,14 +139,7 @@ fn an_edge_installs_the_signed_models_published_for_it_and_refuses_tampering_rol
 
     // The publisher: a repository, a model-signing key, the forest signed and published for
     // every node, the autoencoder for another line only.
-    let made = fabrik(&[
-        "release",
-        "init",
-        "--repo",
-        path(&repo),
-        "--keys",
-        path(&keys),
-    ]);
+    let made = release("init", &repo, &keys, &[]);
     assert!(made.contains("1.root.json"), "{made}");
     #[cfg(unix)]
     {
@@ -123,14 +150,7 @@ fn an_edge_installs_the_signed_models_published_for_it_and_refuses_tampering_rol
             .mode();
         assert_eq!(mode & 0o077, 0, "private keys are private: {mode:o}");
     }
-    let again = fabrik_fails(&[
-        "release",
-        "init",
-        "--repo",
-        path(&repo),
-        "--keys",
-        path(&keys),
-    ]);
+    let again = release_fails("init", &repo, &keys, &[]);
     assert!(again.contains("not empty"), "{again}");
     let model_key = keys.join("model");
     fabrik(&["model", "keygen", "--out", path(&model_key)]);
@@ -141,61 +161,40 @@ fn an_edge_installs_the_signed_models_published_for_it_and_refuses_tampering_rol
         path(&keys.join("model.key")),
         path(&forest),
     ]);
-    let published = fabrik(&[
-        "release",
+    let published = release(
         "add",
-        "--repo",
-        path(&repo),
-        "--keys",
-        path(&keys),
-        "--name",
-        "pump-model",
-        path(&forest),
-    ]);
+        &repo,
+        &keys,
+        &["--name", "pump-model", path(&forest)],
+    );
     assert!(published.contains("with its signature"), "{published}");
-    fabrik(&[
-        "release",
+    release(
         "add",
-        "--repo",
-        path(&repo),
-        "--keys",
-        path(&keys),
-        "--name",
-        "line-9-model",
-        "--nodes",
-        "line-9*",
-        path(&autoencoder),
-    ]);
+        &repo,
+        &keys,
+        &[
+            "--name",
+            "line-9-model",
+            "--nodes",
+            "line-9*",
+            path(&autoencoder),
+        ],
+    );
     let not_onnx = work.join("notes.onnx");
     std::fs::write(&not_onnx, b"not a model").expect("file");
-    let refused = fabrik_fails(&[
-        "release",
-        "add",
-        "--repo",
-        path(&repo),
-        "--keys",
-        path(&keys),
-        "--name",
-        "junk",
-        path(&not_onnx),
-    ]);
+    let refused = release_fails("add", &repo, &keys, &["--name", "junk", path(&not_onnx)]);
     assert!(refused.contains("not a model Fabrik can run"), "{refused}");
 
     // A third model whose file in targets/ is then swapped for another: the signed hash no
     // longer matches what the server hands out.
     let swapped = work.join("swapped.onnx");
     std::fs::write(&swapped, fixture("rf_clf_50_nozipmap.onnx")).expect("swapped");
-    fabrik(&[
-        "release",
+    release(
         "add",
-        "--repo",
-        path(&repo),
-        "--keys",
-        path(&keys),
-        "--name",
-        "swapped-model",
-        path(&swapped),
-    ]);
+        &repo,
+        &keys,
+        &["--name", "swapped-model", path(&swapped)],
+    );
     let swapped_file = std::fs::read_dir(repo.join("targets"))
         .expect("targets")
         .flatten()
@@ -358,17 +357,12 @@ fn an_edge_installs_the_signed_models_published_for_it_and_refuses_tampering_rol
     // which backs off from a refused target rather than giving up on it, fetches it again —
     // to refuse it for lacking the model signature this node requires. Signed, it installs.
     let add_swapped = || {
-        fabrik(&[
-            "release",
+        release(
             "add",
-            "--repo",
-            path(&repo),
-            "--keys",
-            path(&keys),
-            "--name",
-            "swapped-model",
-            path(&swapped),
-        ])
+            &repo,
+            &keys,
+            &["--name", "swapped-model", path(&swapped)],
+        )
     };
     add_swapped();
     eventually_for(
@@ -411,15 +405,7 @@ fn an_edge_installs_the_signed_models_published_for_it_and_refuses_tampering_rol
         .to_string(),
     )
     .expect("pipeline");
-    let unnamed = fabrik_fails(&[
-        "release",
-        "add",
-        "--repo",
-        path(&repo),
-        "--keys",
-        path(&keys),
-        path(&pipeline),
-    ]);
+    let unnamed = release_fails("add", &repo, &keys, &[path(&pipeline)]);
     assert!(unnamed.contains("--kind"), "{unnamed}");
     let by_path = work.join("by-path.json");
     std::fs::write(
@@ -435,29 +421,14 @@ fn an_edge_installs_the_signed_models_published_for_it_and_refuses_tampering_rol
         .to_string(),
     )
     .expect("pipeline");
-    let refused = fabrik_fails(&[
-        "release",
-        "add",
-        "--repo",
-        path(&repo),
-        "--keys",
-        path(&keys),
-        "--kind",
-        "pipeline",
-        path(&by_path),
-    ]);
+    let refused = release_fails("add", &repo, &keys, &["--kind", "pipeline", path(&by_path)]);
     assert!(refused.contains("model_name"), "{refused}");
-    let published = fabrik(&[
-        "release",
+    let published = release(
         "add",
-        "--repo",
-        path(&repo),
-        "--keys",
-        path(&keys),
-        "--kind",
-        "pipeline",
-        path(&pipeline),
-    ]);
+        &repo,
+        &keys,
+        &["--kind", "pipeline", path(&pipeline)],
+    );
     assert!(
         published.contains("pipeline released-health"),
         "{published}"
@@ -470,17 +441,7 @@ fn an_edge_installs_the_signed_models_published_for_it_and_refuses_tampering_rol
          condition = \"above\"\nthreshold = 1.0\n",
     )
     .expect("rule");
-    fabrik(&[
-        "release",
-        "add",
-        "--repo",
-        path(&repo),
-        "--keys",
-        path(&keys),
-        "--kind",
-        "alert-rule",
-        path(&rule),
-    ]);
+    release("add", &repo, &keys, &["--kind", "alert-rule", path(&rule)]);
     eventually_for(
         "the pipeline and the alert rule are defined on the edge",
         Duration::from_secs(30),
@@ -531,14 +492,7 @@ fn an_edge_installs_the_signed_models_published_for_it_and_refuses_tampering_rol
     // Rollback: the hub serves an older timestamp again (as a replaying attacker would). The
     // edge refuses it, keeps its model, and still refuses it after a restart.
     let saved_timestamp = std::fs::read(repo.join("metadata/timestamp.json")).expect("ts");
-    fabrik(&[
-        "release",
-        "refresh",
-        "--repo",
-        path(&repo),
-        "--keys",
-        path(&keys),
-    ]);
+    release("refresh", &repo, &keys, &[]);
     eventually_for(
         "the edge trusts the refreshed metadata",
         Duration::from_secs(30),
@@ -574,30 +528,14 @@ fn an_edge_installs_the_signed_models_published_for_it_and_refuses_tampering_rol
         "after a restart the older timestamp is still refused: {status}"
     );
     // The publisher will not sign on top of it either (it remembers what it published)...
-    let refused = fabrik_fails(&[
-        "release",
-        "refresh",
-        "--repo",
-        path(&repo),
-        "--keys",
-        path(&keys),
-    ]);
+    let refused = release_fails("refresh", &repo, &keys, &[]);
     assert!(refused.contains("previously"), "{refused}");
     // ...until the operator puts the current file back.
     std::fs::write(repo.join("metadata/timestamp.json"), &current_timestamp).expect("restore");
 
     // Expiry: metadata re-signed to expire at once is refused once it has (a node cut off
     // from fresh releases does not keep trusting what it last saw).
-    fabrik(&[
-        "release",
-        "refresh",
-        "--repo",
-        path(&repo),
-        "--keys",
-        path(&keys),
-        "--timestamp-lifetime",
-        "1s",
-    ]);
+    release("refresh", &repo, &keys, &["--timestamp-lifetime", "1s"]);
     std::thread::sleep(Duration::from_millis(1500));
     eventually_for(
         "the edge refuses the expired timestamp",
