@@ -1688,15 +1688,16 @@ fn a_restarted_pipeline_relearns_its_training_span_not_the_fault_before_the_rest
     let retrained = format!(
         "SELECT flag FROM inferences WHERE pipeline = 'steady' AND trained_until > {saved_until}"
     );
-    eventually("windows scored by the retrained model", || {
-        write_fault(&p.url);
-        query(&p.url, &retrained).len() >= 3
-    });
-    assert!(
-        query(&p.url, &retrained)
-            .iter()
-            .any(|row| row["flag"] == false),
-        "the retrained model still flags the fault it learnt from"
+    // Its first windows may still straddle the change; while the fault goes on, it must come
+    // to take it as normal (a model that kept its old training flags every window for ever).
+    eventually(
+        "the retrained model takes the fault it learnt from as normal",
+        || {
+            write_fault(&p.url);
+            query(&p.url, &retrained)
+                .iter()
+                .any(|row| row["flag"] == false)
+        },
     );
     // A definition that needs more windows than the device was ever known normal in cannot
     // keep its span: the device learns from the recent history, and the log says so.
