@@ -83,21 +83,10 @@ impl Endpoint {
             Some(path) => Some(PathBuf::from(path)),
             None => (is_local(&self.url) && generated.exists()).then_some(generated),
         };
-        let Some(ca) = ca else {
-            return Ok(builder);
-        };
-        let pem = std::fs::read(&ca).with_context(|| format!("reading {}", ca.display()))?;
-        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
-            .with_context(|| format!("{} holds no PEM certificate", ca.display()))?;
-        if certificates.is_empty() {
-            bail!(
-                "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-                ca.display()
-            );
+        match ca {
+            Some(ca) => trust_ca_file(builder, &ca),
+            None => Ok(builder),
         }
-        Ok(certificates
-            .into_iter()
-            .fold(builder, reqwest::ClientBuilder::add_root_certificate))
     }
 
     /// A request builder with the token set.
@@ -406,6 +395,35 @@ pub(crate) fn save_download(
         eprintln!("saved {what} to {} ({} bytes)", file.display(), bytes.len());
     }
     Ok(())
+}
+
+/// `builder` trusting the certificates of the PEM file `ca` (one or more) besides the
+/// system's roots; a file without a certificate is an error naming it.
+pub(crate) fn trust_ca_file(
+    builder: reqwest::ClientBuilder,
+    ca: &std::path::Path,
+) -> anyhow::Result<reqwest::ClientBuilder> {
+    let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+        .with_context(|| format!("{} holds no PEM certificate", ca.display()))?;
+    if certificates.is_empty() {
+        bail!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            ca.display()
+        );
+    }
+    Ok(certificates
+        .into_iter()
+        .fold(builder, reqwest::ClientBuilder::add_root_certificate))
+}
+
+/// A JSON value as a status line shows it: text bare, absent as `-`.
+pub(crate) fn json_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => "-".into(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -809,10 +809,8 @@ pub(crate) async fn refresh_online(
 ) -> anyhow::Result<(jiff::Timestamp, jiff::Timestamp)> {
     let _lock = lock(repo).await?;
     let loaded = load_for_signing(repo, state).await?;
-    let root = KeyHolder::Root(loaded.root().signed.clone());
-    let random = aws_lc_rs::rand::SystemRandom::new();
+    let root = loaded.root().signed.clone();
     let staging = staging_dir(repo)?;
-    let consistent = loaded.root().signed.consistent_snapshot;
     let mut new_timestamp = loaded.timestamp().signed.clone();
     let mut snapshot_expires = loaded.snapshot().signed.expires;
     if let Some(lifetime) = snapshot {
@@ -821,18 +819,7 @@ pub(crate) async fn refresh_online(
         new_snapshot.expires = expires_in(lifetime)?;
         snapshot_expires = new_snapshot.expires;
         let version = new_snapshot.version;
-        let signed = SignedRole::new(
-            new_snapshot,
-            &root,
-            &key_sources(keys, &["snapshot"])?,
-            &random,
-        )
-        .await
-        .context("signing the snapshot (is snapshot.key the repository's snapshot key?)")?;
-        signed
-            .write(&staging, consistent)
-            .await
-            .context("writing the snapshot")?;
+        let signed = sign_into(new_snapshot, &root, keys, "snapshot", &staging).await?;
         let meta = new_timestamp
             .meta
             .get_mut("snapshot.json")
@@ -847,18 +834,7 @@ pub(crate) async fn refresh_online(
     new_timestamp.version = clock_version(new_timestamp.version)?;
     new_timestamp.expires = expires_in(timestamp)?;
     let timestamp_expires = new_timestamp.expires;
-    let signed = SignedRole::new(
-        new_timestamp,
-        &root,
-        &key_sources(keys, &["timestamp"])?,
-        &random,
-    )
-    .await
-    .context("signing the timestamp (is timestamp.key the repository's timestamp key?)")?;
-    signed
-        .write(&staging, consistent)
-        .await
-        .context("writing the timestamp")?;
+    sign_into(new_timestamp, &root, keys, "timestamp", &staging).await?;
     move_in(repo, &staging)?;
     remember(repo, state).await?;
     Ok((snapshot_expires, timestamp_expires))
@@ -882,22 +858,37 @@ pub(crate) async fn refresh_root(
     let (version, expires) = (root.version.get(), root.expires);
     // The same keys sign for the old root and the new one: one signature meets both
     // thresholds, as the TUF client checks when it walks from version N to N + 1.
-    let signed = SignedRole::new(
-        root.clone(),
-        &KeyHolder::Root(root),
-        &key_sources(keys, &["root"])?,
-        &aws_lc_rs::rand::SystemRandom::new(),
-    )
-    .await
-    .context("signing the root (is root.key the repository's root key?)")?;
     let staging = staging_dir(repo)?;
-    signed
-        .write(&staging, true)
-        .await
-        .context("writing the root")?;
+    sign_into(root.clone(), &root, keys, "root", &staging).await?;
     move_in(repo, &staging)?;
     remember(repo, &state).await?;
     Ok((version, expires))
+}
+
+/// Signs `role` with `<keys>/<key>.key`, the key `root` names for it, and writes it into
+/// `staging` under the name nodes fetch it by (versioned with consistent snapshots).
+async fn sign_into<T: tough::schema::Role + Serialize>(
+    role: T,
+    root: &Root,
+    keys: &Path,
+    key: &str,
+    staging: &Path,
+) -> anyhow::Result<SignedRole<T>> {
+    let signed = SignedRole::new(
+        role,
+        &KeyHolder::Root(root.clone()),
+        &key_sources(keys, &[key])?,
+        &aws_lc_rs::rand::SystemRandom::new(),
+    )
+    .await
+    .with_context(|| {
+        format!("signing the {key} metadata (is {key}.key the repository's {key} key?)")
+    })?;
+    signed
+        .write(staging, root.consistent_snapshot)
+        .await
+        .with_context(|| format!("writing the {key} metadata"))?;
+    Ok(signed)
 }
 
 /// Lower-case hex of bytes.

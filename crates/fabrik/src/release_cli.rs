@@ -278,7 +278,7 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
             println!(
                 "re-signed {}: the timestamp is valid for {}",
                 repo.display(),
-                humantime(lifetimes.timestamp)
+                crate::run::duration_text(lifetimes.timestamp)
             );
         }
         ReleaseCommand::List { repo, json } => {
@@ -353,15 +353,6 @@ fn parse_kind(text: &str) -> anyhow::Result<Kind> {
         .with_context(|| format!("--kind {text}: expected model, pipeline or alert-rule"))
 }
 
-fn humantime(duration: std::time::Duration) -> String {
-    let seconds = duration.as_secs();
-    match seconds {
-        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
-        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
-        s => format!("{s}s"),
-    }
-}
-
 /// `fabrik updates`
 #[derive(Debug, Args)]
 pub(crate) struct UpdatesArgs {
@@ -398,11 +389,7 @@ pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let status = &status["status"];
-    let text = |value: &serde_json::Value| match value {
-        serde_json::Value::Null => "-".to_owned(),
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
+    let text = crate::client::json_text;
     println!(
         "node {} follows {} (every {} s); last check {}, last verified {}",
         text(&status["node"]),

@@ -323,7 +323,7 @@ fn token_file_mode(settings: &Settings) -> Option<u32> {
 }
 
 /// A duration in the largest whole unit of days, hours, minutes or seconds (`7d`).
-fn duration_text(d: std::time::Duration) -> String {
+pub(crate) fn duration_text(d: std::time::Duration) -> String {
     let seconds = d.as_secs();
     [(86_400, "d"), (3_600, "h"), (60, "m")]
         .iter()

@@ -428,23 +428,23 @@ impl Updater {
         // equal the target's is installed, whoever put it there.
         let mut held: Option<HashMap<String, String>> = None;
         let mut statuses = Vec::new();
+        // Fabrik's targets (another tool's files in a shared repository are left out).
         let mut listed: Vec<_> = repository
             .all_targets()
-            .map(|(name, target)| (name.clone(), target.clone()))
+            .filter_map(|(name, target)| {
+                ReleaseTarget::of(target).map(|release| (name.clone(), target.clone(), release))
+            })
             .collect();
         // Models before the pipelines that name them, pipelines before the alert rules on
         // their inferences.
-        listed.sort_by_key(|(name, target)| {
-            let kind = ReleaseTarget::of(target)
-                .and_then(Result::ok)
+        listed.sort_by_key(|(name, _, release)| {
+            let kind = release
+                .as_ref()
+                .ok()
                 .and_then(|release| Kind::parse(&release.kind));
             (kind, name.raw().to_owned())
         });
-        for (target_name, target) in listed {
-            let Some(release) = ReleaseTarget::of(&target) else {
-                // Another tool's file in a shared repository.
-                continue;
-            };
+        for (target_name, target, release) in listed {
             let sha256 = hex(&target.hashes.sha256);
             let mut status = TargetStatus {
                 target: target_name.raw().to_owned(),
@@ -511,7 +511,10 @@ impl Updater {
                 status.state = "refused".into();
                 status.reason = Some(reason);
             } else {
-                match self.install(repository, &target_name, &release, stop).await {
+                match self
+                    .install(repository, &target_name, &release, &sha256, stop)
+                    .await
+                {
                     Ok(changed) => {
                         self.refused.remove(&key);
                         self.applied
@@ -652,6 +655,7 @@ impl Updater {
         repository: &Repository,
         target_name: &tough::TargetName,
         release: &ReleaseTarget,
+        sha256: &str,
         stop: &CancellationToken,
     ) -> Result<bool, Option<String>> {
         let download = async {
@@ -672,7 +676,7 @@ impl Updater {
                 )));
             }
         };
-        let sha256 = hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes).as_ref());
+        // `bytes` are the target's, whose SHA-256 (`sha256`) tough checked as they streamed in.
         match Kind::parse(&release.kind) {
             Some(Kind::Model) => {
                 let (info, _) = self
@@ -731,7 +735,7 @@ impl Updater {
             None => return Err(Some(format!("kind `{}` is not known", release.kind))),
         }
         metrics::counter!("fabrik_updates_installed_total").increment(1);
-        self.audit(release, target_name.raw(), &sha256, 200).await;
+        self.audit(release, target_name.raw(), sha256, 200).await;
         Ok(true)
     }
 
@@ -833,15 +837,8 @@ pub(crate) async fn start(
         .read_timeout(Duration::from_secs(60));
     let ca = updates.tls_ca.trim();
     if !ca.is_empty() {
-        let pem = std::fs::read(ca).map_err(|e| format!("updates.tls_ca: {ca}: {e}"))?;
-        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("updates.tls_ca: {ca}: {e}"))?;
-        if certificates.is_empty() {
-            return Err(format!("updates.tls_ca: {ca} holds no PEM certificate"));
-        }
-        http = certificates
-            .into_iter()
-            .fold(http, reqwest::ClientBuilder::add_root_certificate);
+        http = crate::client::trust_ca_file(http, Path::new(ca))
+            .map_err(|e| format!("updates.tls_ca: {}", crate::error_text::describe(&e)))?;
     }
     let http = http
         .build()

@@ -3,7 +3,7 @@
 
 use clap::{Args, Subcommand};
 
-use crate::client::Endpoint;
+use crate::client::{Endpoint, json_text as text};
 
 /// `fabrik uplink`
 #[derive(Debug, Args)]
@@ -22,14 +22,6 @@ enum UplinkCommand {
         #[command(flatten)]
         endpoint: Endpoint,
     },
-}
-
-fn text(value: &serde_json::Value) -> String {
-    match value {
-        serde_json::Value::Null => "-".into(),
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }
 
 /// Runs `fabrik uplink ...`.
