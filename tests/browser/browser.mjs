@@ -49,14 +49,17 @@ async function step(name, fn) {
 }
 function assert(cond, msg) { if (!cond) throw new Error(msg); }
 
-/// A release repository (TUF) in `dir` publishing one model for every node, made with the
-/// binary's own `fabrik release` commands; the server follows it from disk.
+let nodeRecipient;
+/// A release repository (TUF) in `dir` publishing one model for every node, encrypted to the
+/// server's own key, made with the binary's own `fabrik release` and `fabrik updates recipient`
+/// commands; the server (data in `dir/fabrik-data`) follows it from disk.
 function makeReleaseRepository(dir) {
   const repo = path.join(dir, 'releases');
   const keys = path.join(dir, 'release-keys');
   const model = path.resolve(here, '../../crates/fabrik-onnx/tests/fixtures/iforest_100.onnx');
+  nodeRecipient = execFileSync(BIN, ['updates', 'recipient', '--data-dir', path.join(dir, 'fabrik-data')]).toString().trim();
   execFileSync(BIN, ['release', 'init', '--repo', repo, '--keys', keys]);
-  execFileSync(BIN, ['release', 'add', '--repo', repo, '--keys', keys, '--name', 'pump-forest', model]);
+  execFileSync(BIN, ['release', 'add', '--repo', repo, '--keys', keys, '--name', 'pump-forest', '--recipient', nodeRecipient, model]);
   return repo;
 }
 
@@ -192,7 +195,8 @@ async function main() {
     // The release the server installed from its repository (TUF) at start.
     await page.waitForSelector('#ov-releases-card:not([hidden]) #rel-targets tr[data-target="pump-forest.onnx"]', { timeout: 20000 });
     const release = await page.textContent('#rel-targets tr[data-target="pump-forest.onnx"]');
-    assert(/pump-forest/.test(release) && /installed/.test(release), `release row: ${release}`);
+    assert(/pump-forest/.test(release) && /installed/.test(release) && /encrypted/.test(release), `release row: ${release}`);
+    assert((await page.textContent('#rel-recipient')) === nodeRecipient, 'the node key publishers encrypt to');
     assert(/Targets v2/.test(await page.textContent('#rel-trusted')), 'trusted targets version');
     // Valid for a day from the release: a date ahead, not an age.
     assert(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/.test(await page.textContent('#rel-expires')), 'expiry as a date');

@@ -391,7 +391,9 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
         evidence.push(format!(
             "models arrive from the release repository {repository}, verified with TUF \
              (signed metadata from a pinned root, no rollback, no expired metadata, each \
-             file's signed hash) before they are stored"
+             file's signed hash) before they are stored; a target encrypted to this node's \
+             key (age, X25519) is decrypted only after that, and checked against its signed \
+             content hash"
         ));
     }
     controls.push(control(

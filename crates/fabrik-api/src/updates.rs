@@ -26,6 +26,9 @@ pub struct UpdateStatus {
     pub repository: String,
     /// This node's name, matched against each target's `nodes`.
     pub node: String,
+    /// This node's public key (`age1…`): publishers encrypt targets to it (`fabrik release
+    /// add --recipient`).
+    pub recipient: String,
     /// Seconds between checks.
     pub interval_seconds: f64,
     /// Checks since start.
@@ -67,6 +70,9 @@ pub struct TargetStatus {
     pub sha256: String,
     /// Its size in bytes.
     pub length: u64,
+    /// Whether the file is encrypted to its nodes' keys (then `sha256` and `length` are the
+    /// encrypted file's).
+    pub encrypted: bool,
     /// `installed` (this node holds exactly this file), `not_for_this_node`, or `refused`.
     pub state: String,
     /// Why it was refused (a download that does not match the signed hash, a model signature

@@ -82,6 +82,9 @@ pub struct UpdatesConfig {
     /// CA certificate file (PEM) an `https` repository's certificate must chain to; empty: the
     /// system's roots.
     pub tls_ca: String,
+    /// This node's key for encrypted targets: an age identity file (`age-keygen`'s format);
+    /// empty: `<data_dir>/updates/identity.key`, made at the first start.
+    pub identity: String,
 }
 
 impl Default for UpdatesConfig {
@@ -93,6 +96,7 @@ impl Default for UpdatesConfig {
             interval: "5m".into(),
             token: String::new(),
             tls_ca: String::new(),
+            identity: String::new(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The `fabrik` binary: the command line and the wiring of every module. It is the only crate
 //! that knows every implementation.
 
+mod age;
 mod alert_cli;
 mod alert_fill;
 mod alerts;

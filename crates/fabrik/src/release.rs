@@ -70,6 +70,38 @@ pub(crate) struct ReleaseTarget {
     /// Node names (or patterns with `*`) it is for; empty: every node.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) nodes: Vec<String>,
+    /// Set when the file is encrypted to its nodes' keys (decision 0032).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) encrypted: Option<Encryption>,
+}
+
+/// The format of an encrypted target's file.
+pub(crate) const ENCRYPTION_FORMAT: &str = "age-encryption.org/v1";
+
+/// How a target's file is encrypted, and what it decrypts to: signed with the rest of the
+/// targets metadata, so a node knows whether it is meant to read the file and checks what
+/// it decrypted against the publisher's hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Encryption {
+    /// `age-encryption.org/v1` (X25519 recipients).
+    pub(crate) format: String,
+    /// The recipients (`age1…`, each a node's key) who can decrypt it.
+    pub(crate) recipients: Vec<String>,
+    /// SHA-256 of the decrypted content.
+    pub(crate) sha256: String,
+    /// Length of the decrypted content in bytes.
+    pub(crate) length: u64,
+}
+
+/// Who a published target is for: the nodes that install it and, when it is encrypted, the
+/// keys that can read it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Audience {
+    /// Node names or patterns; empty: every node.
+    pub(crate) nodes: Vec<String>,
+    /// Recipients the file is encrypted to; empty: not encrypted.
+    pub(crate) recipients: Vec<crate::age::Recipient>,
 }
 
 /// What a target is to Fabrik, and the target name each kind is published under.
@@ -119,6 +151,14 @@ impl ReleaseTarget {
     /// Whether `node` is one of the nodes this target is for.
     pub(crate) fn is_for(&self, node: &str) -> bool {
         self.nodes.is_empty() || self.nodes.iter().any(|pattern| glob_match(pattern, node))
+    }
+
+    /// SHA-256 of what the node stores: the decrypted content's for an encrypted target, else
+    /// the file's (`file_sha256`).
+    pub(crate) fn content_sha256<'a>(&'a self, file_sha256: &'a str) -> &'a str {
+        self.encrypted
+            .as_ref()
+            .map_or(file_sha256, |encryption| encryption.sha256.as_str())
     }
 }
 
@@ -576,7 +616,7 @@ pub(crate) async fn add_model(
     keys: &Path,
     file: &Path,
     name: &str,
-    nodes: Vec<String>,
+    audience: Audience,
     lifetimes: Lifetimes,
 ) -> anyhow::Result<(String, u64)> {
     if !crate::pipelines::model_name_ok(name) {
@@ -596,9 +636,19 @@ pub(crate) async fn add_model(
         kind: Kind::Model.as_str().into(),
         name: name.into(),
         signature,
-        nodes,
+        nodes: audience.nodes,
+        encrypted: None,
     };
-    publish_target(repo, keys, Kind::Model, release, bytes, lifetimes).await
+    publish_target(
+        repo,
+        keys,
+        Kind::Model,
+        release,
+        bytes,
+        &audience.recipients,
+        lifetimes,
+    )
+    .await
 }
 
 /// Adds (or replaces) a pipeline or alert rule definition (the file's one definition, TOML or
@@ -613,7 +663,7 @@ pub(crate) async fn add_definition(
     kind: Kind,
     file: &Path,
     expected_name: Option<&str>,
-    nodes: Vec<String>,
+    audience: Audience,
     lifetimes: Lifetimes,
 ) -> anyhow::Result<(String, String, u64)> {
     use fabrik_runtime::config::{AlertRuleConfig, PipelineConfig};
@@ -670,9 +720,19 @@ pub(crate) async fn add_definition(
         kind: kind.as_str().into(),
         name: name.clone(),
         signature: None,
-        nodes,
+        nodes: audience.nodes,
+        encrypted: None,
     };
-    let (sha256, version) = publish_target(repo, keys, kind, release, json, lifetimes).await?;
+    let (sha256, version) = publish_target(
+        repo,
+        keys,
+        kind,
+        release,
+        json,
+        &audience.recipients,
+        lifetimes,
+    )
+    .await?;
     Ok((name, sha256, version))
 }
 
@@ -713,15 +773,31 @@ where
     Ok(json)
 }
 
-/// Signs `bytes` into the repository as the target `release` names, and stores the file.
+/// Signs `bytes` into the repository as the target `release` names, and stores the file:
+/// encrypted to `recipients` when there are any (the signed hash is then the encrypted
+/// file's, so a node verifies what it fetched before it decrypts).
 async fn publish_target(
     repo: &Path,
     keys: &Path,
     kind: Kind,
-    release: ReleaseTarget,
+    mut release: ReleaseTarget,
     bytes: Vec<u8>,
+    recipients: &[crate::age::Recipient],
     lifetimes: Lifetimes,
 ) -> anyhow::Result<(String, u64)> {
+    let bytes = if recipients.is_empty() {
+        bytes
+    } else {
+        let content = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
+        let encrypted = crate::age::encrypt(&bytes, recipients)?;
+        release.encrypted = Some(Encryption {
+            format: ENCRYPTION_FORMAT.into(),
+            recipients: recipients.iter().map(ToString::to_string).collect(),
+            sha256: hex(content.as_ref()),
+            length: bytes.len() as u64,
+        });
+        encrypted
+    };
     // Hashed from the bytes that are stored, read once.
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
     let target = Target {
@@ -941,7 +1017,10 @@ mod tests {
             &keys,
             &model,
             "pump",
-            vec!["line-*".into()],
+            Audience {
+                nodes: vec!["line-*".into()],
+                ..Audience::default()
+            },
             Lifetimes::default(),
         )
         .await
@@ -987,6 +1066,63 @@ mod tests {
                 .await
                 .is_err_and(|e| e.to_string().contains("no target")),
         );
+    }
+
+    #[tokio::test]
+    async fn an_encrypted_target_is_signed_as_stored_and_opens_only_for_its_recipients() {
+        let (dir, repo, keys) = fresh_repository().await;
+        let model = dir.path().join("forest.onnx");
+        std::fs::write(&model, forest()).expect("model");
+        let line_1 = crate::age::Identity::generate().expect("identity");
+        let stranger = crate::age::Identity::generate().expect("identity");
+        let (sha256, _) = add_model(
+            &repo,
+            &keys,
+            &model,
+            "pump",
+            Audience {
+                nodes: vec!["line-1".into()],
+                recipients: vec![line_1.recipient().clone()],
+            },
+            Lifetimes::default(),
+        )
+        .await
+        .expect("add");
+        let loaded = load_local(&repo).await.expect("load");
+        let (name, target) = loaded.all_targets().next().expect("a target");
+        let release = ReleaseTarget::of(target)
+            .expect("Fabrik's")
+            .expect("parses");
+        let encryption = release.encrypted.clone().expect("encrypted");
+        assert_eq!(encryption.format, ENCRYPTION_FORMAT);
+        assert_eq!(encryption.recipients, [line_1.recipient().to_string()]);
+        let plain_sha =
+            hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &forest()).as_ref());
+        assert_eq!(encryption.sha256, plain_sha);
+        assert_eq!(encryption.length, forest().len() as u64);
+        assert_eq!(release.content_sha256(&sha256), plain_sha);
+        // The signed hash is the stored file's: a node verifies before it decrypts.
+        assert_ne!(sha256, plain_sha);
+        let name = name.clone();
+        let stored = loaded
+            .read_target(&name)
+            .await
+            .expect("read")
+            .expect("listed")
+            .into_vec()
+            .await
+            .expect("verified");
+        let model_bytes = forest();
+        let probe = &model_bytes[model_bytes.len() / 2..][..64];
+        assert!(
+            !stored.windows(64).any(|w| w == probe),
+            "the model is not served in clear"
+        );
+        assert_eq!(
+            crate::age::decrypt(&stored, &line_1).expect("decrypt"),
+            forest()
+        );
+        assert!(crate::age::decrypt(&stored, &stranger).is_err());
     }
 
     #[tokio::test]
@@ -1059,9 +1195,16 @@ mod tests {
         // Later changes are signed on top of it.
         let model = dir.path().join("forest.onnx");
         std::fs::write(&model, forest()).expect("model");
-        add_model(&repo, &keys, &model, "pump", vec![], Lifetimes::default())
-            .await
-            .expect("add after the new root");
+        add_model(
+            &repo,
+            &keys,
+            &model,
+            "pump",
+            Audience::default(),
+            Lifetimes::default(),
+        )
+        .await
+        .expect("add after the new root");
     }
 
     #[tokio::test]
@@ -1108,7 +1251,7 @@ mod tests {
             Kind::AlertRule,
             &rule,
             None,
-            vec![],
+            Audience::default(),
             Lifetimes::default(),
         )
         .await;
@@ -1133,7 +1276,7 @@ mod tests {
             Kind::Pipeline,
             &pipeline,
             None,
-            vec![],
+            Audience::default(),
             Lifetimes::default(),
         )
         .await;
@@ -1147,7 +1290,7 @@ mod tests {
             Kind::Pipeline,
             &pipeline,
             Some("q"),
-            vec![],
+            Audience::default(),
             Lifetimes::default(),
         )
         .await;
@@ -1164,9 +1307,16 @@ mod tests {
         let (dir, repo, keys) = fresh_repository().await;
         let model = dir.path().join("forest.onnx");
         std::fs::write(&model, forest()).expect("model");
-        add_model(&repo, &keys, &model, "pump", vec![], Lifetimes::default())
-            .await
-            .expect("add");
+        add_model(
+            &repo,
+            &keys,
+            &model,
+            "pump",
+            Audience::default(),
+            Lifetimes::default(),
+        )
+        .await
+        .expect("add");
         // Widen the release to another node set behind the publisher's back.
         let targets = repo.join("metadata/2.targets.json");
         let text = std::fs::read_to_string(&targets).expect("targets");
@@ -1196,6 +1346,7 @@ mod tests {
             name: "m".into(),
             signature: None,
             nodes: vec![],
+            encrypted: None,
         };
         assert!(release.is_for("whatever"), "no nodes: every node");
     }

@@ -90,6 +90,14 @@ enum ReleaseCommand {
         /// comma-separate. Default: every node.
         #[arg(long, value_delimiter = ',')]
         nodes: Vec<String>,
+        /// Encrypt the file to this node key (`age1…`, what `fabrik updates recipient` prints
+        /// on the node); repeat or comma-separate. Only these nodes can read it.
+        #[arg(long = "recipient", value_delimiter = ',')]
+        recipients: Vec<String>,
+        /// Encrypt to every recipient in this file (one `age1…` per line, `#` comments), as
+        /// `age -R` reads it.
+        #[arg(long)]
+        recipients_file: Option<PathBuf>,
         #[command(flatten)]
         lifetimes: LifetimeArgs,
         /// The `.onnx` file, or the definition file.
@@ -169,6 +177,8 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
             kind,
             name,
             nodes,
+            recipients,
+            recipients_file,
             lifetimes,
             file,
         } => {
@@ -177,11 +187,20 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                 .map(|n| n.trim().to_owned())
                 .filter(|n| !n.is_empty())
                 .collect();
-            let for_nodes = if nodes.is_empty() {
+            let mut for_nodes = if nodes.is_empty() {
                 "every node".to_owned()
             } else {
                 nodes.join(", ")
             };
+            let recipients = read_recipients(recipients, recipients_file.as_deref())?;
+            if !recipients.is_empty() {
+                for_nodes.push_str(&format!(
+                    ", encrypted to {} recipient{}",
+                    recipients.len(),
+                    if recipients.len() == 1 { "" } else { "s" }
+                ));
+            }
+            let audience = release::Audience { nodes, recipients };
             let is_onnx = file
                 .extension()
                 .is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
@@ -205,7 +224,7 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                 };
                 let signed = crate::model_signature::signature_path(&file).exists();
                 let (sha256, version) =
-                    release::add_model(&repo, &keys, &file, &name, nodes, lifetimes).await?;
+                    release::add_model(&repo, &keys, &file, &name, audience, lifetimes).await?;
                 println!(
                     "published model {name} (sha256 {sha256}, {}) for {for_nodes} as targets \
                      version {version}",
@@ -222,7 +241,7 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                     kind,
                     &file,
                     name.as_deref(),
-                    nodes,
+                    audience,
                     lifetimes,
                 )
                 .await?;
@@ -329,8 +348,12 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                     })
                     .filter(|n| !n.is_empty())
                     .unwrap_or_else(|| "every node".into());
+                let encrypted = fabrik["encrypted"]["recipients"]
+                    .as_array()
+                    .map(|recipients| format!(", encrypted to {}", recipients.len()))
+                    .unwrap_or_default();
                 println!(
-                    "  {}  {} {}  {} bytes  sha256 {}  {}  for {nodes}",
+                    "  {}  {} {}  {} bytes  sha256 {}  {}  for {nodes}{encrypted}",
                     target["target"].as_str().unwrap_or("?"),
                     fabrik["kind"].as_str().unwrap_or("(not Fabrik's)"),
                     fabrik["name"].as_str().unwrap_or(""),
@@ -346,6 +369,49 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The recipients of `--recipient` and `--recipients-file`, each once.
+fn read_recipients(
+    given: Vec<String>,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Vec<crate::age::Recipient>> {
+    let mut texts: Vec<(String, String)> = given
+        .into_iter()
+        .map(|text| ("--recipient".to_owned(), text))
+        .collect();
+    if let Some(file) = file {
+        let listed =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        for (number, line) in listed.lines().enumerate() {
+            let line = line.trim();
+            if !line.is_empty() && !line.starts_with('#') {
+                texts.push((
+                    format!("{}:{}", file.display(), number + 1),
+                    line.to_owned(),
+                ));
+            }
+        }
+    }
+    let mut recipients = Vec::new();
+    for (source, text) in texts {
+        let text = text.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let recipient = crate::age::Recipient::parse(text)
+            .map_err(|e| anyhow::anyhow!("{source}: {}", crate::error_text::describe(&e)))?;
+        if !recipients.contains(&recipient) {
+            recipients.push(recipient);
+        }
+    }
+    if file.is_some() && recipients.is_empty() {
+        bail!(
+            "{}: no recipients in it",
+            file.map(|f| f.display().to_string()).unwrap_or_default()
+        );
+    }
+    Ok(recipients)
 }
 
 fn parse_kind(text: &str) -> anyhow::Result<Kind> {
@@ -370,11 +436,33 @@ enum UpdatesCommand {
         #[command(flatten)]
         endpoint: Endpoint,
     },
+    /// Print this node's key for encrypted targets (`age1…`), making it when there is none
+    /// yet: the publisher encrypts to it with `fabrik release add --recipient`.
+    Recipient {
+        /// The node's identity file, when `[updates] identity` names one; default:
+        /// `<data-dir>/updates/identity.key`.
+        #[arg(long)]
+        identity: Option<PathBuf>,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
 }
 
 /// Runs `fabrik updates ...`.
 pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
-    let UpdatesCommand::Status { json, endpoint } = args.command;
+    let (json, endpoint) = match args.command {
+        UpdatesCommand::Status { json, endpoint } => (json, endpoint),
+        UpdatesCommand::Recipient { identity, endpoint } => {
+            let configured = identity
+                .as_deref()
+                .map(|path| path.display().to_string())
+                .unwrap_or_default();
+            let identity = crate::updates::node_identity(&configured, &endpoint.data_dir)
+                .map_err(|why| anyhow::anyhow!(why))?;
+            println!("{}", identity.recipient());
+            return Ok(());
+        }
+    };
     let client = endpoint.client()?;
     let status: serde_json::Value = endpoint
         .get_json(&client, "/api/v1/updates")
@@ -391,8 +479,9 @@ pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
     let status = &status["status"];
     let text = crate::client::json_text;
     println!(
-        "node {} follows {} (every {} s); last check {}, last verified {}",
+        "node {} (key {}) follows {} (every {} s); last check {}, last verified {}",
         text(&status["node"]),
+        text(&status["recipient"]),
         text(&status["repository"]),
         text(&status["interval_seconds"]),
         text(&status["last_check_at"]),
@@ -408,10 +497,15 @@ pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
     );
     for target in status["targets"].as_array().into_iter().flatten() {
         println!(
-            "  {}  {} {}  {}{}",
+            "  {}  {} {}{}  {}{}",
             text(&target["target"]),
             text(&target["kind"]),
             text(&target["name"]),
+            if target["encrypted"] == true {
+                " (encrypted)"
+            } else {
+                ""
+            },
             text(&target["state"]),
             target["reason"]
                 .as_str()

@@ -107,7 +107,63 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
     {
         problems.push(("updates.tls_ca".into(), format!("{ca}: {e}")));
     }
+    let identity = updates.identity.trim();
+    if !identity.is_empty()
+        && let Err(why) = read_identity(Path::new(identity))
+    {
+        problems.push(("updates.identity".into(), why));
+    }
     problems
+}
+
+/// Where a node keeps its key for encrypted targets when `[updates] identity` is not set.
+pub(crate) fn default_identity_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("updates").join("identity.key")
+}
+
+fn read_identity(path: &Path) -> Result<crate::age::Identity, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::age::Identity::parse_file(&text)
+        .map_err(|e| format!("{}: {}", path.display(), crate::error_text::describe(&e)))
+}
+
+/// This node's key for encrypted targets: the configured identity file, else the one in the
+/// data directory, made (mode 0600) when there is none yet.
+pub(crate) fn node_identity(
+    configured: &str,
+    data_dir: &Path,
+) -> Result<crate::age::Identity, String> {
+    let configured = configured.trim();
+    if !configured.is_empty() {
+        return read_identity(Path::new(configured));
+    }
+    let path = default_identity_path(data_dir);
+    if path.exists() {
+        return read_identity(&path);
+    }
+    let identity = crate::age::Identity::generate().map_err(|e| e.to_string())?;
+    let text = identity
+        .to_file(&now_rfc3339())
+        .map_err(|e| e.to_string())?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    write_private(&path, text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
+    tracing::info!(path = %path.display(), recipient = %identity.recipient(), "Made this node's key for encrypted release targets.");
+    Ok(identity)
+}
+
+/// Writes a new file only its owner can read; fails when it exists (two starts at once keep
+/// the first key).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 /// Reads and parses root metadata, without trusting it yet (its signatures are checked when
@@ -271,6 +327,8 @@ struct Updater {
     /// metadata than the node already saw (rollback protection across restarts).
     datastore: PathBuf,
     node: String,
+    /// This node's key: decrypts the targets encrypted to it.
+    identity: crate::age::Identity,
     control: Arc<dyn PipelineControl>,
     /// Alert rules, when the alerts module runs in this process.
     alert_rules: Option<Arc<dyn AlertRuleControl>>,
@@ -452,6 +510,7 @@ impl Updater {
                 name: String::new(),
                 sha256: sha256.clone(),
                 length: target.length,
+                encrypted: false,
                 state: String::new(),
                 reason: None,
                 installed_at: None,
@@ -467,6 +526,7 @@ impl Updater {
             };
             status.kind = release.kind.clone();
             status.name = release.name.clone();
+            status.encrypted = release.encrypted.is_some();
             let key = target_name.raw().to_owned();
             // With the targets version: any publish (a repaired file is republished with the
             // same hash) ends every backoff.
@@ -594,8 +654,10 @@ impl Updater {
                 if held.is_none() {
                     *held = Some(self.held_models().await);
                 }
-                held.as_ref()
-                    .is_some_and(|held| held.get(&release.name).map(String::as_str) == Some(sha256))
+                let content = release.content_sha256(sha256);
+                held.as_ref().is_some_and(|held| {
+                    held.get(&release.name).map(String::as_str) == Some(content)
+                })
             }
             // Only a definition this node applied before (with these bytes) can be unchanged.
             Some(Kind::Pipeline) | Some(Kind::AlertRule) => {
@@ -658,6 +720,28 @@ impl Updater {
         sha256: &str,
         stop: &CancellationToken,
     ) -> Result<bool, Option<String>> {
+        // Refused before the download when the file cannot be for this node's key.
+        if let Some(encryption) = &release.encrypted {
+            if encryption.format != crate::release::ENCRYPTION_FORMAT {
+                return Err(Some(format!(
+                    "encrypted as `{}`, which this Fabrik cannot read",
+                    encryption.format
+                )));
+            }
+            let mine = self.identity.recipient().to_string();
+            if !encryption.recipients.contains(&mine) {
+                return Err(Some(format!(
+                    "encrypted to {} other key{}, not to this node's ({mine}; `fabrik \
+                     updates recipient` prints it for the publisher)",
+                    encryption.recipients.len(),
+                    if encryption.recipients.len() == 1 {
+                        ""
+                    } else {
+                        "s"
+                    }
+                )));
+            }
+        }
         let download = async {
             let stream = repository
                 .read_target(target_name)
@@ -677,6 +761,10 @@ impl Updater {
             }
         };
         // `bytes` are the target's, whose SHA-256 (`sha256`) tough checked as they streamed in.
+        let bytes = match &release.encrypted {
+            None => bytes,
+            Some(encryption) => decrypted(&bytes, encryption, &self.identity)?,
+        };
         match Kind::parse(&release.kind) {
             Some(Kind::Model) => {
                 let (info, _) = self
@@ -812,6 +900,28 @@ impl Updater {
     }
 }
 
+/// The content of an encrypted target (verified by its signed hash already): decrypted with
+/// this node's key and checked against the content hash and length the publisher signed.
+fn decrypted(
+    file: &[u8],
+    encryption: &crate::release::Encryption,
+    identity: &crate::age::Identity,
+) -> Result<Vec<u8>, Option<String>> {
+    let content =
+        crate::age::decrypt(file, identity).map_err(|e| Some(format!("could not decrypt: {e}")))?;
+    let sha256 = hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &content).as_ref());
+    if sha256 != encryption.sha256 || content.len() as u64 != encryption.length {
+        return Err(Some(format!(
+            "decrypted to {} bytes with SHA-256 {sha256}, not the {} bytes with SHA-256 {} the \
+             publisher signed",
+            content.len(),
+            encryption.length,
+            encryption.sha256
+        )));
+    }
+    Ok(content)
+}
+
 /// Starts the module: idle without `[updates] url`.
 pub(crate) async fn start(
     config: &Config,
@@ -846,11 +956,14 @@ pub(crate) async fn start(
     let datastore = data_dir.join("updates").join("tuf");
     std::fs::create_dir_all(&datastore).map_err(|e| format!("{}: {e}", datastore.display()))?;
     let node = node_name(config);
+    let identity = node_identity(&updates.identity, data_dir)
+        .map_err(|why| format!("updates.identity: {why}"))?;
     let repository = updates.url.trim().to_owned();
-    tracing::info!(%repository, %node, every = ?interval, "Following the release repository.");
+    tracing::info!(%repository, %node, recipient = %identity.recipient(), every = ?interval, "Following the release repository.");
     *board.write() = Some(UpdateStatus {
         repository: repository.clone(),
         node: node.clone(),
+        recipient: identity.recipient().to_string(),
         interval_seconds: interval.as_secs_f64(),
         ..UpdateStatus::default()
     });
@@ -865,6 +978,7 @@ pub(crate) async fn start(
         },
         datastore,
         node,
+        identity,
         control,
         alert_rules,
         registry,
@@ -936,6 +1050,39 @@ mod tests {
         assert_eq!(
             describe(&chain(&["timestamp metadata is expired"])),
             "timestamp metadata is expired"
+        );
+    }
+
+    #[test]
+    fn a_decrypted_target_must_be_what_the_publisher_signed() {
+        let node = crate::age::Identity::generate().expect("identity");
+        let file = crate::age::encrypt(b"model bytes", std::slice::from_ref(node.recipient()))
+            .expect("encrypt");
+        let sha = |bytes: &[u8]| {
+            hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref())
+        };
+        let mut encryption = crate::release::Encryption {
+            format: crate::release::ENCRYPTION_FORMAT.into(),
+            recipients: vec![node.recipient().to_string()],
+            sha256: sha(b"model bytes"),
+            length: 11,
+        };
+        assert_eq!(
+            decrypted(&file, &encryption, &node).expect("decrypts"),
+            b"model bytes"
+        );
+        encryption.sha256 = sha(b"other bytes");
+        let why = decrypted(&file, &encryption, &node)
+            .expect_err("another hash")
+            .unwrap_or_default();
+        assert!(why.contains("not the 11 bytes"), "{why}");
+        let stranger = crate::age::Identity::generate().expect("identity");
+        let why = decrypted(&file, &encryption, &stranger)
+            .expect_err("another key")
+            .unwrap_or_default();
+        assert!(
+            why.starts_with("could not decrypt: not encrypted to age1"),
+            "{why}"
         );
     }
 

@@ -585,3 +585,229 @@ fn an_edge_installs_the_signed_models_published_for_it_and_refuses_tampering_rol
         status["last_error"].is_null() && status["timestamp_version"].as_u64() > Some(first)
     });
 }
+
+/// A target file from the repository's `targets/` directory, by the end of its name.
+fn target_file(repo: &Path, suffix: &str) -> std::path::PathBuf {
+    std::fs::read_dir(repo.join("targets"))
+        .expect("targets")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(suffix))
+        .unwrap_or_else(|| panic!("no target file ending {suffix}"))
+}
+
+#[test]
+fn encrypted_targets_install_only_on_the_nodes_whose_keys_they_name() {
+    let dir = tempfile::tempdir().expect("dir");
+    let repo = dir.path().join("repo");
+    let keys = dir.path().join("keys");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).expect("work");
+    release("init", &repo, &keys, &[]);
+
+    // The node's key exists before its first start: the operator provisioning it asks for
+    // the recipient, and the publisher encrypts to it.
+    let edge_data = dir.path().join("edge");
+    let recipient = fabrik(&["updates", "recipient", "--data-dir", path(&edge_data)])
+        .trim()
+        .to_owned();
+    assert!(recipient.starts_with("age1"), "{recipient}");
+    let identity_file = edge_data.join("updates/identity.key");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&identity_file)
+            .expect("identity")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the node's key is private: {mode:o}");
+    }
+    let again = fabrik(&["updates", "recipient", "--data-dir", path(&edge_data)]);
+    assert_eq!(again.trim(), recipient, "asked again, the same key");
+
+    // Another site's key, made with age's own tool, listed in a recipients file.
+    let stranger_key = work.join("site-b.key");
+    let made = Command::new("age-keygen")
+        .args(["-o", path(&stranger_key)])
+        .output()
+        .expect("age-keygen must be installed (apt install age; .ci/run does)");
+    assert!(made.status.success(), "{made:?}");
+    let stranger = Command::new("age-keygen")
+        .args(["-y", path(&stranger_key)])
+        .output()
+        .expect("age-keygen -y");
+    let stranger = String::from_utf8(stranger.stdout).expect("utf-8");
+    let site_b = work.join("site-b.txt");
+    std::fs::write(&site_b, format!("# site B\n\n{}", stranger.trim())).expect("recipients");
+
+    let model_bytes = fixture("iforest_100.onnx");
+    let model = work.join("secret.onnx");
+    std::fs::write(&model, &model_bytes).expect("model");
+    let published = release(
+        "add",
+        &repo,
+        &keys,
+        &[
+            "--name",
+            "secret-model",
+            "--recipient",
+            &recipient,
+            path(&model),
+        ],
+    );
+    assert!(
+        published.contains("encrypted to 1 recipient"),
+        "{published}"
+    );
+    release(
+        "add",
+        &repo,
+        &keys,
+        &[
+            "--name",
+            "site-b-model",
+            "--recipients-file",
+            path(&site_b),
+            path(&model),
+        ],
+    );
+    let rule = work.join("rule.toml");
+    std::fs::write(
+        &rule,
+        "name = \"confidential-limit\"\ntable = \"pump\"\nvalue = \"vibration\"\n\
+         condition = \"above\"\nthreshold = 7.25\n",
+    )
+    .expect("rule");
+    release(
+        "add",
+        &repo,
+        &keys,
+        &[
+            "--kind",
+            "alert-rule",
+            "--recipient",
+            &recipient,
+            path(&rule),
+        ],
+    );
+    let wrong = release_fails(
+        "add",
+        &repo,
+        &keys,
+        &["--name", "x", "--recipient", "age1notakey", path(&model)],
+    );
+    assert!(
+        wrong.contains("--recipient") && wrong.contains("age1notakey"),
+        "{wrong}"
+    );
+
+    // What is served (and stored on the hub's disk) reveals neither the model nor the rule,
+    // and age itself opens it with the node's key: the operator's way to look inside.
+    let served = std::fs::read(target_file(&repo, ".secret-model.onnx")).expect("served");
+    let probe = &model_bytes[model_bytes.len() / 2..][..64];
+    assert!(
+        !served.windows(64).any(|w| w == probe),
+        "the model is not in clear"
+    );
+    let served_rule = std::fs::read(target_file(&repo, ".confidential-limit.alert-rule.json"))
+        .expect("served rule");
+    assert!(
+        !String::from_utf8_lossy(&served_rule).contains("vibration"),
+        "the rule is not in clear"
+    );
+    let opened = Command::new("age")
+        .args([
+            "-d",
+            "-i",
+            path(&identity_file),
+            path(&target_file(&repo, ".secret-model.onnx")),
+        ])
+        .output()
+        .expect("age");
+    assert!(opened.status.success(), "{opened:?}");
+    assert_eq!(opened.stdout, model_bytes);
+    let listed = fabrik(&["release", "list", "--repo", path(&repo)]);
+    assert!(listed.contains("encrypted to 1"), "{listed}");
+
+    // The edge follows the repository from its directory (as from a USB stick).
+    let config = dir.path().join("edge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[updates]\nurl = \"file://{}\"\nroot = \"{}\"\nnode = \"line-1\"\ninterval = \"300ms\"\n",
+            path(&repo),
+            path(&repo.join("metadata/1.root.json")),
+        ),
+    )
+    .expect("config");
+    let edge = Process::start_with_args(&edge_data, &["--config", path(&config)], &[]);
+    let published_sha = sha256_hex(&model_bytes);
+    eventually_for(
+        "the edge decrypts and installs the model and the rule encrypted to it",
+        Duration::from_secs(30),
+        || {
+            let status = updates(&edge.url);
+            target(&status, "secret-model.onnx")["state"] == "installed"
+                && target(&status, "confidential-limit.alert-rule.json")["state"] == "installed"
+                && target(&status, "site-b-model.onnx")["state"] == "refused"
+        },
+    );
+    assert_eq!(
+        model_sha(&edge.url, "secret-model").as_deref(),
+        Some(published_sha.as_str()),
+        "the model as published, not the encrypted file"
+    );
+    let (code, rule) = http(
+        &edge.url,
+        reqwest::Method::GET,
+        "/api/v1/alert-rules/confidential-limit",
+        None,
+    );
+    assert_eq!(code, 200, "{rule}");
+    assert_eq!(rule["definition"]["threshold"], 7.25, "{rule}");
+    let status = updates(&edge.url);
+    assert_eq!(status["recipient"], recipient.as_str(), "{status}");
+    assert_eq!(
+        target(&status, "secret-model.onnx")["encrypted"],
+        true,
+        "{status}"
+    );
+    let reason = target(&status, "site-b-model.onnx")["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        reason.contains("not to this node's") && reason.contains(&recipient),
+        "names the node's key: {reason}"
+    );
+    assert!(
+        model_sha(&edge.url, "site-b-model").is_none(),
+        "nothing stored for another site's model"
+    );
+    let (ok, shown) = client_command(&edge.url, &["updates", "status"]);
+    assert!(
+        ok && shown.contains(&recipient) && shown.contains("secret-model (encrypted)"),
+        "{shown}"
+    );
+
+    // Restarted, the edge finds the model it holds by the published content's hash (the
+    // encrypted file's differs) and does not install it again.
+    let (exit, _) = edge.terminate();
+    assert!(exit.success());
+    let edge = Process::start_with_args(&edge_data, &["--config", path(&config)], &[]);
+    eventually_for("the restarted edge checks", Duration::from_secs(30), || {
+        let status = updates(&edge.url);
+        status["checks"].as_u64() >= Some(2)
+            && target(&status, "secret-model.onnx")["state"] == "installed"
+    });
+    assert_eq!(
+        updates(&edge.url)["recipient"],
+        recipient.as_str(),
+        "the same key"
+    );
+    let installs = crate::mqtt::query(
+        &edge.url,
+        "SELECT count(*) AS n FROM _releases WHERE name = 'secret-model' AND state = 'installed'",
+    );
+    assert_eq!(installs[0]["n"], 1, "installed once: {installs:?}");
+}
