@@ -57,7 +57,7 @@ function makeReleaseRepository(dir) {
   const repo = path.join(dir, 'releases');
   const keys = path.join(dir, 'release-keys');
   const model = path.resolve(here, '../../crates/fabrik-onnx/tests/fixtures/iforest_100.onnx');
-  nodeRecipient = execFileSync(BIN, ['updates', 'recipient', '--data-dir', path.join(dir, 'fabrik-data')]).toString().trim();
+  nodeRecipient = execFileSync(BIN, ['updates', 'recipient', '--create', '--identity', path.join(dir, 'fabrik-data', 'updates', 'identity.key')]).toString().trim();
   execFileSync(BIN, ['release', 'init', '--repo', repo, '--keys', keys]);
   execFileSync(BIN, ['release', 'add', '--repo', repo, '--keys', keys, '--name', 'pump-forest', '--recipient', nodeRecipient, model]);
   return repo;

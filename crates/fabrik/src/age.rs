@@ -38,8 +38,20 @@ pub(crate) struct Identity {
 impl Recipient {
     pub(crate) fn parse(text: &str) -> anyhow::Result<Recipient> {
         let text = text.trim();
+        // A secret key pasted where its public key belongs is never repeated in the error,
+        // which may end up in a terminal's scrollback or a CI log.
+        if text
+            .get(..IDENTITY_HRP.len())
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(IDENTITY_HRP))
+        {
+            bail!(
+                "this is a secret key (an identity), not a recipient: give its public key \
+                 (`fabrik updates recipient`, or `age-keygen -y FILE`)"
+            );
+        }
+        let shown: String = text.chars().take(80).collect();
         let bytes = bech32_bytes(text, RECIPIENT_HRP)
-            .with_context(|| format!("`{text}` is not an age recipient (age1…)"))?;
+            .with_context(|| format!("`{shown}` is not an age recipient (age1…)"))?;
         Ok(Recipient(bytes))
     }
 }
@@ -130,13 +142,16 @@ impl Identity {
         &self.recipient
     }
 
-    /// The file key of an X25519 stanza, if it was wrapped for this identity.
-    fn unwrap(&self, share: &[u8], body: &[u8]) -> Option<[u8; FILE_KEY]> {
-        let key = agreement::PrivateKey::from_private_key(&agreement::X25519, &self.secret).ok()?;
+    /// The file key of an X25519 stanza, if it was wrapped for this identity. A low-order
+    /// share (an all-zero shared secret, which aws-lc refuses to compute) fails the whole
+    /// file, as the format requires.
+    fn unwrap(&self, share: &[u8], body: &[u8]) -> anyhow::Result<Option<[u8; FILE_KEY]>> {
+        let key = agreement::PrivateKey::from_private_key(&agreement::X25519, &self.secret)
+            .map_err(|e| anyhow!("this node's key: {e}"))?;
         let peer = agreement::UnparsedPublicKey::new(&agreement::X25519, share);
-        // aws-lc refuses a low-order share (an all-zero shared secret), as the format requires.
-        let shared = agreement::agree(&key, peer, (), |secret| Ok(secret.to_vec())).ok()?;
-        let wrap_key = wrap_key(&shared, share, &self.recipient.0).ok()?;
+        let shared = agreement::agree(&key, peer, (), |secret| Ok(secret.to_vec()))
+            .map_err(|()| anyhow!("an X25519 stanza whose share is a low-order point"))?;
+        let wrap_key = wrap_key(&shared, share, &self.recipient.0)?;
         let mut in_out = body.to_vec();
         let opened = wrap_key
             .open_in_place(
@@ -144,8 +159,8 @@ impl Identity {
                 Aad::empty(),
                 &mut in_out,
             )
-            .ok()?;
-        opened.try_into().ok()
+            .ok();
+        Ok(opened.and_then(|key| key.try_into().ok()))
     }
 }
 
@@ -211,6 +226,23 @@ fn push_body(header: &mut String, body: &[u8]) {
 
 /// Encrypts `plaintext` so that each of `recipients` (and only they) can decrypt it.
 pub(crate) fn encrypt(plaintext: &[u8], recipients: &[Recipient]) -> anyhow::Result<Vec<u8>> {
+    // The last chunk is never empty, unless the whole plaintext is.
+    let chunks: Vec<&[u8]> = if plaintext.is_empty() {
+        vec![plaintext]
+    } else {
+        plaintext.chunks(CHUNK).collect()
+    };
+    encrypt_with(&chunks, recipients, &[])
+}
+
+/// [`encrypt`] of the payload cut into `chunks` (each at most [`CHUNK`] bytes), with `extra`
+/// stanzas (type and arguments, body) after the recipients' (the tests' grease, which other
+/// implementations must skip, and malformed files).
+fn encrypt_with(
+    chunks: &[&[u8]],
+    recipients: &[Recipient],
+    extra: &[(&str, &[u8])],
+) -> anyhow::Result<Vec<u8>> {
     if recipients.is_empty() {
         bail!("no recipients to encrypt to");
     }
@@ -236,6 +268,10 @@ pub(crate) fn encrypt(plaintext: &[u8], recipients: &[Recipient]) -> anyhow::Res
         header.push_str(&format!("-> X25519 {}\n", STANDARD_NO_PAD.encode(share)));
         push_body(&mut header, &body);
     }
+    for (args, body) in extra {
+        header.push_str(&format!("-> {args}\n"));
+        push_body(&mut header, body);
+    }
     header.push_str("---");
     let mac = header_mac(&file_key, header.as_bytes())?;
     header.push_str(&format!(" {}\n", STANDARD_NO_PAD.encode(mac.as_ref())));
@@ -245,17 +281,12 @@ pub(crate) fn encrypt(plaintext: &[u8], recipients: &[Recipient]) -> anyhow::Res
     aws_lc_rs::rand::fill(&mut nonce).map_err(|_| anyhow!("no random bytes"))?;
     out.extend_from_slice(&nonce);
     let payload_key = chacha(&hkdf32(&file_key, &nonce, b"payload")?)?;
-    out.reserve(plaintext.len() + plaintext.len().div_ceil(CHUNK).max(1) * TAG);
-    // The last chunk is never empty, unless the whole plaintext is.
-    let chunks = plaintext.len().div_ceil(CHUNK).max(1);
-    for (index, chunk) in (0..chunks).map(|i| {
-        let end = ((i + 1) * CHUNK).min(plaintext.len());
-        (i, &plaintext[i * CHUNK..end])
-    }) {
+    out.reserve(chunks.iter().map(|chunk| chunk.len() + TAG).sum());
+    for (index, chunk) in chunks.iter().enumerate() {
         let mut sealed = chunk.to_vec();
         payload_key
             .seal_in_place_append_tag(
-                chunk_nonce(index as u64, index + 1 == chunks),
+                chunk_nonce(index as u64, index + 1 == chunks.len()),
                 Aad::empty(),
                 &mut sealed,
             )
@@ -296,26 +327,30 @@ pub(crate) fn decrypt(file: &[u8], identity: &Identity) -> anyhow::Result<Vec<u8
         bail!("not an age file (it does not start with `{VERSION_LINE}`)");
     }
     let mut stanzas = Vec::new();
+    // Header lines are named by number, never quoted: a refusal reason stays short.
+    let mut number = 1;
     let mac_line = loop {
         let (line, after) = next_line(rest)?;
         rest = after;
+        number += 1;
         if let Some(mac) = line.strip_prefix("--- ") {
             break mac;
         }
         let args: Vec<&str> = line
             .strip_prefix("-> ")
-            .ok_or_else(|| anyhow!("header line `{line}`: neither a stanza (`-> `) nor `--- `"))?
+            .ok_or_else(|| anyhow!("header line {number}: neither a stanza (`-> `) nor `--- `"))?
             .split(' ')
             .collect();
         if args.iter().any(|arg| arg.is_empty()) {
-            bail!("header line `{line}`: an empty argument");
+            bail!("header line {number}: an empty argument");
         }
         let mut text = String::new();
         loop {
             let (body_line, after) = next_line(rest)?;
             rest = after;
+            number += 1;
             if body_line.len() > 64 {
-                bail!("a stanza body line longer than 64 characters");
+                bail!("header line {number}: a stanza body line longer than 64 characters");
             }
             text.push_str(body_line);
             if body_line.len() < 64 {
@@ -331,10 +366,12 @@ pub(crate) fn decrypt(file: &[u8], identity: &Identity) -> anyhow::Result<Vec<u8
     let mac = decode_base64(mac_line, "the header's MAC")?;
 
     let mut file_key = None;
+    let mut x25519_stanzas = 0;
     for stanza in &stanzas {
         if stanza.args.first() != Some(&"X25519") {
             continue; // another recipient type (or a `grease` stanza): not ours
         }
+        x25519_stanzas += 1;
         let [_, share] = stanza.args.as_slice() else {
             bail!("an X25519 stanza with {} arguments", stanza.args.len());
         };
@@ -342,17 +379,16 @@ pub(crate) fn decrypt(file: &[u8], identity: &Identity) -> anyhow::Result<Vec<u8
         if share.len() != 32 || stanza.body.len() != FILE_KEY + TAG {
             bail!("an X25519 stanza of the wrong size");
         }
-        if let Some(key) = identity.unwrap(&share, &stanza.body) {
+        if let Some(key) = identity.unwrap(&share, &stanza.body)? {
             file_key = Some(key);
             break;
         }
     }
     let file_key = file_key.ok_or_else(|| {
         anyhow!(
-            "not encrypted to {} (the file names {} other recipient{})",
+            "not encrypted to {} (the file names {x25519_stanzas} other X25519 recipient{})",
             identity.recipient,
-            stanzas.len(),
-            if stanzas.len() == 1 { "" } else { "s" }
+            if x25519_stanzas == 1 { "" } else { "s" }
         )
     })?;
     let expected_key = hkdf32(&file_key, &[], b"header")?;
@@ -504,10 +540,21 @@ mod tests {
         );
         let plaintext = sample(3 * CHUNK + 5);
 
-        // Ours, opened by age.
+        // Ours, opened by age; also with an unknown stanza whose body fills a whole line.
         let file =
             encrypt(&plaintext, std::slice::from_ref(identity.recipient())).expect("encrypt");
         assert_eq!(age_tool("age", &["-d", "-i", key_path], &file), plaintext);
+        let chunks: Vec<&[u8]> = plaintext.chunks(CHUNK).collect();
+        let greased = encrypt_with(
+            &chunks,
+            std::slice::from_ref(identity.recipient()),
+            &[("grease-x y", &[7u8; 48])],
+        )
+        .expect("encrypt");
+        assert_eq!(
+            age_tool("age", &["-d", "-i", key_path], &greased),
+            plaintext
+        );
 
         // age's (with a second recipient first, so ours is not the only stanza), opened by us.
         let other = Identity::generate().expect("identity");
@@ -534,6 +581,55 @@ mod tests {
     }
 
     #[test]
+    fn malformed_files_are_refused_and_a_full_body_line_is_read() {
+        let node = Identity::generate().expect("identity");
+        let me = std::slice::from_ref(node.recipient());
+        let plaintext = sample(CHUNK);
+
+        // A 48-byte stanza body fills a line of 64 characters, then an empty line ends it.
+        let greased = encrypt_with(&[&plaintext], me, &[("grease-x y", &[7u8; 48])]).expect("enc");
+        let text = String::from_utf8_lossy(&greased);
+        assert!(text.contains(&format!("-> grease-x y\n{}\n\n---", "BwcH".repeat(16))));
+        assert_eq!(decrypt(&greased, &node).expect("decrypt"), plaintext);
+
+        // An empty last chunk after a full one.
+        let tail = encrypt_with(&[&plaintext, &[]], me, &[]).expect("enc");
+        let why = decrypt(&tail, &node).expect_err("empty tail").to_string();
+        assert!(why.contains("empty last chunk"), "{why}");
+
+        // Nothing after the nonce.
+        let file = encrypt(&plaintext, me).expect("enc");
+        let mac_end = file.windows(4).position(|w| w == b"\n---").expect("---");
+        let header_end = mac_end
+            + file[mac_end + 1..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .expect("nl")
+            + 2;
+        let why = decrypt(&file[..header_end + 16], &node)
+            .expect_err("no chunk")
+            .to_string();
+        assert!(why.contains("chunk 0 is cut short"), "{why}");
+
+        // A padded share: base64 must be canonical, without padding.
+        let text = String::from_utf8(file[..header_end].to_vec()).expect("header");
+        let share_line = text.lines().nth(1).expect("stanza");
+        let padded = text.replacen(share_line, &format!("{share_line}="), 1);
+        let mut padded = padded.into_bytes();
+        padded.extend_from_slice(&file[header_end..]);
+        let why = decrypt(&padded, &node).expect_err("padded").to_string();
+        assert!(why.contains("not canonical"), "{why}");
+
+        // A low-order share (the point 0) aborts the file rather than being skipped.
+        let zero = STANDARD_NO_PAD.encode([0u8; 32]);
+        let low = text.replacen(share_line, &format!("-> X25519 {zero}"), 1);
+        let mut low = low.into_bytes();
+        low.extend_from_slice(&file[header_end..]);
+        let why = decrypt(&low, &node).expect_err("low order").to_string();
+        assert!(why.contains("low-order"), "{why}");
+    }
+
+    #[test]
     fn keys_read_back_as_written_and_wrong_keys_are_named() {
         let identity = Identity::generate().expect("identity");
         let text = identity.to_file("2026-12-02T00:00:00Z").expect("text");
@@ -552,10 +648,13 @@ mod tests {
 
         let why = Recipient::parse("age1qqqq").expect_err("short").to_string();
         assert!(why.contains("`age1qqqq` is not an age recipient"), "{why}");
-        // A secret key where a recipient belongs is refused by its prefix.
+        // A secret key where a recipient belongs is refused, and never repeated.
         let secret_line = text.lines().last().expect("line");
         let why = format!("{:#}", Recipient::parse(secret_line).expect_err("secret"));
-        assert!(why.contains("not `age`"), "{why}");
+        assert!(
+            why.contains("secret key") && !why.contains(secret_line),
+            "{why}"
+        );
         let why = format!(
             "{:#}",
             Identity::parse_file(&recipient).expect_err("public")

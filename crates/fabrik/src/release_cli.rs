@@ -94,8 +94,8 @@ enum ReleaseCommand {
         /// on the node); repeat or comma-separate. Only these nodes can read it.
         #[arg(long = "recipient", value_delimiter = ',')]
         recipients: Vec<String>,
-        /// Encrypt to every recipient in this file (one `age1…` per line, `#` comments), as
-        /// `age -R` reads it.
+        /// Encrypt to every recipient in this file (one X25519 `age1…` key per line, `#`
+        /// comments; age's recipients file, without its ssh and plugin recipients).
         #[arg(long)]
         recipients_file: Option<PathBuf>,
         #[command(flatten)]
@@ -376,6 +376,10 @@ fn read_recipients(
     given: Vec<String>,
     file: Option<&std::path::Path>,
 ) -> anyhow::Result<Vec<crate::age::Recipient>> {
+    // An empty value (a shell variable that was not set) would otherwise publish in clear.
+    if given.iter().any(|text| text.trim().is_empty()) {
+        bail!("--recipient: an empty value; give a node's key (age1…)");
+    }
     let mut texts: Vec<(String, String)> = given
         .into_iter()
         .map(|text| ("--recipient".to_owned(), text))
@@ -383,6 +387,7 @@ fn read_recipients(
     if let Some(file) = file {
         let listed =
             std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        let before = texts.len();
         for (number, line) in listed.lines().enumerate() {
             let line = line.trim();
             if !line.is_empty() && !line.starts_with('#') {
@@ -392,24 +397,17 @@ fn read_recipients(
                 ));
             }
         }
+        if texts.len() == before {
+            bail!("{}: no recipients in it", file.display());
+        }
     }
     let mut recipients = Vec::new();
     for (source, text) in texts {
-        let text = text.trim();
-        if text.is_empty() {
-            continue;
-        }
-        let recipient = crate::age::Recipient::parse(text)
+        let recipient = crate::age::Recipient::parse(&text)
             .map_err(|e| anyhow::anyhow!("{source}: {}", crate::error_text::describe(&e)))?;
         if !recipients.contains(&recipient) {
             recipients.push(recipient);
         }
-    }
-    if file.is_some() && recipients.is_empty() {
-        bail!(
-            "{}: no recipients in it",
-            file.map(|f| f.display().to_string()).unwrap_or_default()
-        );
     }
     Ok(recipients)
 }
@@ -436,13 +434,18 @@ enum UpdatesCommand {
         #[command(flatten)]
         endpoint: Endpoint,
     },
-    /// Print this node's key for encrypted targets (`age1…`), making it when there is none
-    /// yet: the publisher encrypts to it with `fabrik release add --recipient`.
+    /// Print a node's key for encrypted targets (`age1…`), which the publisher encrypts to
+    /// with `fabrik release add --recipient`: the running node's (it answers with its
+    /// status), or, with `--identity`, the one in that file.
     Recipient {
-        /// The node's identity file, when `[updates] identity` names one; default:
-        /// `<data-dir>/updates/identity.key`.
+        /// Read the key from this identity file instead of asking the node: to provision a
+        /// node before its first start, its `[updates] identity`, or
+        /// `<data_dir>/updates/identity.key` when that is not set.
         #[arg(long)]
         identity: Option<PathBuf>,
+        /// With `--identity`: make the file (mode 0600) when it does not exist yet.
+        #[arg(long, requires = "identity")]
+        create: bool,
         #[command(flatten)]
         endpoint: Endpoint,
     },
@@ -452,14 +455,38 @@ enum UpdatesCommand {
 pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
     let (json, endpoint) = match args.command {
         UpdatesCommand::Status { json, endpoint } => (json, endpoint),
-        UpdatesCommand::Recipient { identity, endpoint } => {
-            let configured = identity
-                .as_deref()
-                .map(|path| path.display().to_string())
-                .unwrap_or_default();
-            let identity = crate::updates::node_identity(&configured, &endpoint.data_dir)
-                .map_err(|why| anyhow::anyhow!(why))?;
+        UpdatesCommand::Recipient {
+            identity: Some(path),
+            create,
+            ..
+        } => {
+            let identity = if create {
+                crate::updates::identity_at(&path)
+            } else {
+                crate::updates::read_identity(&path)
+            }
+            .map_err(|why| anyhow::anyhow!(why))?;
             println!("{}", identity.recipient());
+            return Ok(());
+        }
+        UpdatesCommand::Recipient {
+            identity: None,
+            endpoint,
+            ..
+        } => {
+            let client = endpoint.client()?;
+            let status: serde_json::Value = endpoint
+                .get_json(&client, "/api/v1/updates")
+                .await
+                .context("asking the node for its key")?;
+            let Some(recipient) = status["status"]["recipient"].as_str() else {
+                bail!(
+                    "{} follows no release repository ([updates] url), so it has no key yet; \
+                     to provision one before its first start, use --identity FILE --create",
+                    endpoint.url
+                );
+            };
+            println!("{recipient}");
             return Ok(());
         }
     };

@@ -121,14 +121,14 @@ pub(crate) fn default_identity_path(data_dir: &Path) -> PathBuf {
     data_dir.join("updates").join("identity.key")
 }
 
-fn read_identity(path: &Path) -> Result<crate::age::Identity, String> {
+pub(crate) fn read_identity(path: &Path) -> Result<crate::age::Identity, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     crate::age::Identity::parse_file(&text)
         .map_err(|e| format!("{}: {}", path.display(), crate::error_text::describe(&e)))
 }
 
 /// This node's key for encrypted targets: the configured identity file, else the one in the
-/// data directory, made (mode 0600) when there is none yet.
+/// data directory, made when there is none yet.
 pub(crate) fn node_identity(
     configured: &str,
     data_dir: &Path,
@@ -137,24 +137,52 @@ pub(crate) fn node_identity(
     if !configured.is_empty() {
         return read_identity(Path::new(configured));
     }
-    let path = default_identity_path(data_dir);
+    identity_at(&default_identity_path(data_dir))
+}
+
+/// The identity in `path`, made there (mode 0600) when the file does not exist. The key is
+/// written whole to a temporary file and linked into place, so a crash never leaves a
+/// partial key, and of two processes making it at once both end up with the first.
+pub(crate) fn identity_at(path: &Path) -> Result<crate::age::Identity, String> {
     if path.exists() {
-        return read_identity(&path);
+        return read_identity(path);
     }
     let identity = crate::age::Identity::generate().map_err(|e| e.to_string())?;
     let text = identity
         .to_file(&now_rfc3339())
         .map_err(|e| e.to_string())?;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    let parent = path
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    let temporary = parent.join(format!(
+        ".identity.{}.{}.partial",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_nanos())
+            .unwrap_or_default()
+    ));
+    write_private(&temporary, text.as_bytes())
+        .map_err(|e| format!("{}: {e}", temporary.display()))?;
+    let linked = std::fs::hard_link(&temporary, path);
+    let _ = std::fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => {
+            if let Ok(directory) = std::fs::File::open(parent) {
+                let _ = directory.sync_all();
+            }
+            tracing::info!(path = %path.display(), recipient = %identity.recipient(), "Made this node's key for encrypted release targets.");
+            Ok(identity)
+        }
+        // Another process made it meanwhile: its key is the node's.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_identity(path),
+        Err(e) => Err(format!("{}: {e}", path.display())),
     }
-    write_private(&path, text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
-    tracing::info!(path = %path.display(), recipient = %identity.recipient(), "Made this node's key for encrypted release targets.");
-    Ok(identity)
 }
 
-/// Writes a new file only its owner can read; fails when it exists (two starts at once keep
-/// the first key).
+/// Writes `bytes` to a new file at `path` that only its owner can read, and syncs it.
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
@@ -328,7 +356,7 @@ struct Updater {
     datastore: PathBuf,
     node: String,
     /// This node's key: decrypts the targets encrypted to it.
-    identity: crate::age::Identity,
+    identity: Arc<crate::age::Identity>,
     control: Arc<dyn PipelineControl>,
     /// Alert rules, when the alerts module runs in this process.
     alert_rules: Option<Arc<dyn AlertRuleControl>>,
@@ -565,6 +593,16 @@ impl Updater {
                 ));
             } else if !release.is_for(&self.node) {
                 status.state = "not_for_this_node".into();
+            } else if release.nodes.is_empty()
+                && release
+                    .encrypted
+                    .as_ref()
+                    .is_some_and(|encryption| !self.is_recipient(encryption))
+            {
+                // Encrypted for every node: its recipients are the nodes it is for. (Named
+                // with --nodes and not a recipient, a node refuses it: a publisher's slip.)
+                status.state = "not_for_this_node".into();
+                status.reason = Some("encrypted to other nodes' keys".into());
             } else if self.holds(&key, &sha256, &release, &mut held).await {
                 status.state = "installed".into();
             } else if let Some(reason) = waiting {
@@ -677,6 +715,14 @@ impl Updater {
         holds
     }
 
+    /// Whether this node's key is among an encrypted target's recipients (compared as keys:
+    /// another tool may write them in capitals).
+    fn is_recipient(&self, encryption: &crate::release::Encryption) -> bool {
+        encryption.recipients.iter().any(|text| {
+            crate::age::Recipient::parse(text).is_ok_and(|key| key == *self.identity.recipient())
+        })
+    }
+
     /// Whether the definition this node applied for `key` is still what it runs: a dry run of
     /// it answers `unchanged`.
     async fn unchanged_on_node(&self, release: &ReleaseTarget, key: &str) -> bool {
@@ -728,8 +774,8 @@ impl Updater {
                     encryption.format
                 )));
             }
-            let mine = self.identity.recipient().to_string();
-            if !encryption.recipients.contains(&mine) {
+            if !self.is_recipient(encryption) {
+                let mine = self.identity.recipient();
                 return Err(Some(format!(
                     "encrypted to {} other key{}, not to this node's ({mine}; `fabrik \
                      updates recipient` prints it for the publisher)",
@@ -763,7 +809,13 @@ impl Updater {
         // `bytes` are the target's, whose SHA-256 (`sha256`) tough checked as they streamed in.
         let bytes = match &release.encrypted {
             None => bytes,
-            Some(encryption) => decrypted(&bytes, encryption, &self.identity)?,
+            Some(encryption) => {
+                // Off the async workers: a large model takes a while to decrypt and hash.
+                let (encryption, identity) = (encryption.clone(), self.identity.clone());
+                tokio::task::spawn_blocking(move || decrypted(&bytes, &encryption, &identity))
+                    .await
+                    .map_err(|e| Some(format!("decrypting stopped: {e}")))??
+            }
         };
         match Kind::parse(&release.kind) {
             Some(Kind::Model) => {
@@ -827,7 +879,9 @@ impl Updater {
         Ok(true)
     }
 
-    /// Writes an install (`reason` none) or a refusal as a row of [`RELEASES_TABLE`].
+    /// Writes an install (`reason` none) or a refusal as a row of [`RELEASES_TABLE`]: `sha256`
+    /// is the content's (an ONNX model's `model_version` in its inferences), `file_sha256` the
+    /// signed file's, which differs for an encrypted target.
     async fn record(
         &self,
         repository: &Repository,
@@ -846,7 +900,11 @@ impl Updater {
                 ("name".into(), release.name.clone()),
             ],
             fields: vec![
-                ("sha256".into(), Value::Str(sha256.to_owned())),
+                (
+                    "sha256".into(),
+                    Value::Str(release.content_sha256(sha256).to_owned()),
+                ),
+                ("file_sha256".into(), Value::Str(sha256.to_owned())),
                 (
                     "state".into(),
                     Value::Str(
@@ -891,7 +949,11 @@ impl Updater {
         let event = AuditEvent {
             actor: format!("updates:{}", self.repository),
             action: format!("install {} from release", release.kind),
-            target: format!("{} ({target}, sha256 {sha256})", release.name),
+            target: format!(
+                "{} ({target}, sha256 {})",
+                release.name,
+                release.content_sha256(sha256)
+            ),
             status,
         };
         if let Err(e) = registry.audit(event).await {
@@ -978,7 +1040,7 @@ pub(crate) async fn start(
         },
         datastore,
         node,
-        identity,
+        identity: Arc::new(identity),
         control,
         alert_rules,
         registry,

@@ -608,11 +608,22 @@ fn encrypted_targets_install_only_on_the_nodes_whose_keys_they_name() {
     // The node's key exists before its first start: the operator provisioning it asks for
     // the recipient, and the publisher encrypts to it.
     let edge_data = dir.path().join("edge");
-    let recipient = fabrik(&["updates", "recipient", "--data-dir", path(&edge_data)])
-        .trim()
-        .to_owned();
-    assert!(recipient.starts_with("age1"), "{recipient}");
     let identity_file = edge_data.join("updates/identity.key");
+    let missing = fabrik_fails(&["updates", "recipient", "--identity", path(&identity_file)]);
+    assert!(
+        missing.contains("identity.key"),
+        "no key made unasked: {missing}"
+    );
+    let recipient = fabrik(&[
+        "updates",
+        "recipient",
+        "--identity",
+        path(&identity_file),
+        "--create",
+    ])
+    .trim()
+    .to_owned();
+    assert!(recipient.starts_with("age1"), "{recipient}");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -622,7 +633,13 @@ fn encrypted_targets_install_only_on_the_nodes_whose_keys_they_name() {
             .mode();
         assert_eq!(mode & 0o077, 0, "the node's key is private: {mode:o}");
     }
-    let again = fabrik(&["updates", "recipient", "--data-dir", path(&edge_data)]);
+    let again = fabrik(&[
+        "updates",
+        "recipient",
+        "--identity",
+        path(&identity_file),
+        "--create",
+    ]);
     assert_eq!(again.trim(), recipient, "asked again, the same key");
 
     // Another site's key, made with age's own tool, listed in a recipients file.
@@ -659,6 +676,7 @@ fn encrypted_targets_install_only_on_the_nodes_whose_keys_they_name() {
         published.contains("encrypted to 1 recipient"),
         "{published}"
     );
+    // For every node, encrypted to site B: the recipients are its audience.
     release(
         "add",
         &repo,
@@ -668,6 +686,21 @@ fn encrypted_targets_install_only_on_the_nodes_whose_keys_they_name() {
             "site-b-model",
             "--recipients-file",
             path(&site_b),
+            path(&model),
+        ],
+    );
+    // Named for line-1, but encrypted to site B only: a publisher's slip, which line-1 shows.
+    release(
+        "add",
+        &repo,
+        &keys,
+        &[
+            "--name",
+            "slipped-model",
+            "--nodes",
+            "line-1",
+            "--recipient",
+            stranger.trim(),
             path(&model),
         ],
     );
@@ -695,6 +728,31 @@ fn encrypted_targets_install_only_on_the_nodes_whose_keys_they_name() {
         &repo,
         &keys,
         &["--name", "x", "--recipient", "age1notakey", path(&model)],
+    );
+    let empty = release_fails(
+        "add",
+        &repo,
+        &keys,
+        &["--name", "x", "--recipient", "", path(&model)],
+    );
+    assert!(
+        empty.contains("an empty value"),
+        "never in clear by mistake: {empty}"
+    );
+    let secret = std::fs::read_to_string(&stranger_key).expect("key");
+    let secret = secret
+        .lines()
+        .find(|line| line.starts_with("AGE-SECRET-KEY-"))
+        .expect("secret line");
+    let pasted = release_fails(
+        "add",
+        &repo,
+        &keys,
+        &["--name", "x", "--recipient", secret, path(&model)],
+    );
+    assert!(
+        pasted.contains("secret key") && !pasted.contains(secret),
+        "a secret key is refused and not repeated: {pasted}"
     );
     assert!(
         wrong.contains("--recipient") && wrong.contains("age1notakey"),
@@ -749,7 +807,7 @@ fn encrypted_targets_install_only_on_the_nodes_whose_keys_they_name() {
             let status = updates(&edge.url);
             target(&status, "secret-model.onnx")["state"] == "installed"
                 && target(&status, "confidential-limit.alert-rule.json")["state"] == "installed"
-                && target(&status, "site-b-model.onnx")["state"] == "refused"
+                && target(&status, "slipped-model.onnx")["state"] == "refused"
         },
     );
     assert_eq!(
@@ -772,7 +830,12 @@ fn encrypted_targets_install_only_on_the_nodes_whose_keys_they_name() {
         true,
         "{status}"
     );
-    let reason = target(&status, "site-b-model.onnx")["reason"]
+    assert_eq!(
+        target(&status, "site-b-model.onnx")["state"],
+        "not_for_this_node",
+        "{status}"
+    );
+    let reason = target(&status, "slipped-model.onnx")["reason"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
@@ -780,9 +843,24 @@ fn encrypted_targets_install_only_on_the_nodes_whose_keys_they_name() {
         reason.contains("not to this node's") && reason.contains(&recipient),
         "names the node's key: {reason}"
     );
+    for other in ["site-b-model", "slipped-model"] {
+        assert!(
+            model_sha(&edge.url, other).is_none(),
+            "nothing stored for {other}"
+        );
+    }
+    let refusals = crate::mqtt::query(
+        &edge.url,
+        "SELECT name FROM _releases WHERE state = 'refused'",
+    );
     assert!(
-        model_sha(&edge.url, "site-b-model").is_none(),
-        "nothing stored for another site's model"
+        refusals.iter().all(|row| row["name"] == "slipped-model") && !refusals.is_empty(),
+        "another site's target is no refusal: {refusals:?}"
+    );
+    let (ok, asked) = client_command(&edge.url, &["updates", "recipient"]);
+    assert!(
+        ok && asked.trim() == recipient,
+        "the running node's key: {asked}"
     );
     let (ok, shown) = client_command(&edge.url, &["updates", "status"]);
     assert!(
@@ -807,7 +885,18 @@ fn encrypted_targets_install_only_on_the_nodes_whose_keys_they_name() {
     );
     let installs = crate::mqtt::query(
         &edge.url,
-        "SELECT count(*) AS n FROM _releases WHERE name = 'secret-model' AND state = 'installed'",
+        "SELECT sha256, file_sha256 FROM _releases WHERE name = 'secret-model' AND state = 'installed'",
     );
-    assert_eq!(installs[0]["n"], 1, "installed once: {installs:?}");
+    assert_eq!(installs.len(), 1, "installed once: {installs:?}");
+    // The content's hash, as the model's inferences carry it in `model_version`.
+    assert_eq!(
+        installs[0]["sha256"],
+        published_sha.as_str(),
+        "{installs:?}"
+    );
+    assert_ne!(
+        installs[0]["file_sha256"],
+        published_sha.as_str(),
+        "{installs:?}"
+    );
 }
