@@ -109,6 +109,9 @@ pub(crate) struct Audience {
 pub(crate) enum Kind {
     /// An ONNX model, stored as pipelines' `model_name`: `<name>.onnx`.
     Model,
+    /// A use case's definition and the stage it is at ([`ReleasedUseCase`]):
+    /// `<name>.use-case.json`. Before pipelines, which name it.
+    UseCase,
     /// A pipeline definition (the `[[pipelines]]` fields as JSON): `<name>.pipeline.json`.
     Pipeline,
     /// An alert rule definition (the `[[alerting.rules]]` fields as JSON):
@@ -117,11 +120,15 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    pub(crate) const ALL: [Kind; 3] = [Kind::Model, Kind::Pipeline, Kind::AlertRule];
+    pub(crate) const ALL: [Kind; 4] = [Kind::Model, Kind::UseCase, Kind::Pipeline, Kind::AlertRule];
+
+    /// The kinds, as `--kind` and error messages list them.
+    pub(crate) const LISTED: &str = "model, use-case, pipeline or alert-rule";
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Kind::Model => "model",
+            Kind::UseCase => "use-case",
             Kind::Pipeline => "pipeline",
             Kind::AlertRule => "alert-rule",
         }
@@ -134,6 +141,7 @@ impl Kind {
     pub(crate) fn target_name(self, name: &str) -> anyhow::Result<TargetName> {
         let file = match self {
             Kind::Model => format!("{name}.onnx"),
+            Kind::UseCase => format!("{name}.use-case.json"),
             Kind::Pipeline => format!("{name}.pipeline.json"),
             Kind::AlertRule => format!("{name}.alert-rule.json"),
         };
@@ -681,6 +689,7 @@ pub(crate) async fn add_definition(
     };
     let (name, json) = match kind {
         Kind::Model => bail!("a model is added with add_model"),
+        Kind::UseCase => bail!("a use case is added with add_use_case"),
         Kind::Pipeline => {
             let mut definitions: Vec<PipelineConfig> = crate::define_cli::definitions(file, &text)
                 .with_context(|| format!("{}: not a pipeline definition", file.display()))?;
@@ -727,6 +736,134 @@ pub(crate) async fn add_definition(
         repo,
         keys,
         kind,
+        release,
+        json,
+        &audience.recipients,
+        lifetimes,
+    )
+    .await?;
+    Ok((name, sha256, version))
+}
+
+/// A use case as released: its definition, and the stage every node puts it at — a gate
+/// decision made once (on the pilot's evidence) and carried to the fleet, where it decides
+/// which devices the use case's pipelines score on each node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReleasedUseCase {
+    /// As `fabrik usecase define` takes it.
+    pub(crate) definition: fabrik_registry::usecases::UseCaseDefinition,
+    /// The stage nodes put it at.
+    pub(crate) stage: fabrik_registry::usecases::Stage,
+    /// Why, in the decider's words: recorded with the stage decision on every node.
+    pub(crate) reason: String,
+}
+
+impl crate::define_cli::Named for ReleasedUseCase {
+    fn name(&self) -> &str {
+        &self.definition.name
+    }
+
+    fn toml_list(_: &toml::Table, _: &str) -> Option<Result<Vec<Self>, toml::de::Error>> {
+        None
+    }
+}
+
+/// Longest reason kept with a stage decision (as the API's).
+const MOST_REASON_CHARS: usize = 2000;
+
+/// The use case a file holds — a definition (TOML or JSON, as `fabrik usecase define` takes
+/// it), or what `fabrik usecase show` printed on the node where its gate was judged (its
+/// definition and stage) — at `stage` (required for a definition), with `reason`; checked as
+/// a node would. Returns its name and the JSON nodes read.
+pub(crate) fn released_use_case(
+    file: &Path,
+    stage: Option<fabrik_registry::usecases::Stage>,
+    reason: &str,
+) -> anyhow::Result<(String, Vec<u8>)> {
+    use fabrik_registry::usecases::{Stage, UseCaseDefinition};
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let is_json = file
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+    let (definition, shown_stage): (UseCaseDefinition, Option<Stage>) = if is_json {
+        let value: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{}: not JSON", file.display()))?;
+        if value.get("definition").is_some() && value.get("stage").is_some() {
+            let definition = serde_json::from_value(value["definition"].clone())
+                .with_context(|| format!("{}: `definition`", file.display()))?;
+            let stage = serde_json::from_value(value["stage"].clone())
+                .with_context(|| format!("{}: `stage`", file.display()))?;
+            (definition, Some(stage))
+        } else {
+            let definition = serde_json::from_value(value)
+                .with_context(|| format!("{}: not a use case definition", file.display()))?;
+            (definition, None)
+        }
+    } else {
+        let definition = toml::from_str(&text)
+            .with_context(|| format!("{}: not a use case definition", file.display()))?;
+        (definition, None)
+    };
+    let stage = stage.or(shown_stage).ok_or_else(|| {
+        anyhow!(
+            "{}: say which stage the nodes put it at with --stage pilot|scale-up|enterprise",
+            file.display()
+        )
+    })?;
+    let reason = reason.trim();
+    if reason.is_empty() {
+        bail!(
+            "--reason: say why it is at {}; every node records it",
+            stage.display()
+        );
+    }
+    if reason.chars().count() > MOST_REASON_CHARS {
+        bail!("--reason: at most {MOST_REASON_CHARS} characters");
+    }
+    let mut problems = definition.problems();
+    problems.extend(crate::usecases::sql_problems(&definition));
+    if !problems.is_empty() {
+        bail!(
+            "{}: {}",
+            file.display(),
+            fabrik_api::control::describe_problems(&problems)
+        );
+    }
+    let released = ReleasedUseCase {
+        definition,
+        stage,
+        reason: reason.to_owned(),
+    };
+    let json = carried_as_json(&released, file)?;
+    Ok((released.definition.name, json))
+}
+
+/// Adds (or replaces) a use case at a stage as the target `<name>.use-case.json`
+/// ([`released_use_case`] reads the file). Returns its name, the target's SHA-256 and the
+/// targets version.
+pub(crate) async fn add_use_case(
+    repo: &Path,
+    keys: &Path,
+    file: &Path,
+    stage: Option<fabrik_registry::usecases::Stage>,
+    reason: &str,
+    audience: Audience,
+    lifetimes: Lifetimes,
+) -> anyhow::Result<(String, String, u64)> {
+    let (name, json) = released_use_case(file, stage, reason)?;
+    let release = ReleaseTarget {
+        kind: Kind::UseCase.as_str().into(),
+        name: name.clone(),
+        signature: None,
+        nodes: audience.nodes,
+        encrypted: None,
+    };
+    let (sha256, version) = publish_target(
+        repo,
+        keys,
+        Kind::UseCase,
         release,
         json,
         &audience.recipients,

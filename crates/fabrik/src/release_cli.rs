@@ -79,9 +79,18 @@ enum ReleaseCommand {
         keys: PathBuf,
         /// `model` (an `.onnx` file, the default for one), `pipeline` or `alert-rule` (a TOML
         /// or JSON file with one definition, as `fabrik pipeline define` and `fabrik alert
-        /// rule apply` take).
+        /// rule apply` take), or `use-case` (a definition as `fabrik usecase define` takes, or
+        /// the JSON `fabrik usecase show` printed where its gate was judged).
         #[arg(long)]
         kind: Option<String>,
+        /// For a use case: the stage every node puts it at (`pilot`, `scale-up`,
+        /// `enterprise`); default: the stage in `fabrik usecase show`'s JSON.
+        #[arg(long)]
+        stage: Option<String>,
+        /// For a use case: why it is at that stage, recorded with the stage decision on every
+        /// node.
+        #[arg(long, default_value = "")]
+        reason: String,
         /// The name nodes store a model under (pipelines' `model_name`; default: the file
         /// name without `.onnx`). For a definition, its own `name`, which this must match.
         #[arg(long)]
@@ -176,12 +185,20 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
             keys,
             kind,
             name,
+            stage,
+            reason,
             nodes,
             recipients,
             recipients_file,
             lifetimes,
             file,
         } => {
+            let stage = stage.as_deref().map(parse_stage).transpose()?;
+            if kind.as_deref() != Some(Kind::UseCase.as_str())
+                && (stage.is_some() || !reason.is_empty())
+            {
+                bail!("--stage and --reason go with --kind use-case");
+            }
             let nodes: Vec<String> = nodes
                 .into_iter()
                 .map(|n| n.trim().to_owned())
@@ -208,7 +225,7 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                 Some(text) => parse_kind(text)?,
                 None if is_onnx => Kind::Model,
                 None => bail!(
-                    "{}: say what it is with --kind pipeline or --kind alert-rule",
+                    "{}: say what it is with --kind use-case, pipeline or alert-rule",
                     file.display()
                 ),
             };
@@ -233,6 +250,20 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                     } else {
                         "unsigned"
                     },
+                );
+            } else if kind == Kind::UseCase {
+                let (defined, sha256, version) =
+                    release::add_use_case(&repo, &keys, &file, stage, &reason, audience, lifetimes)
+                        .await?;
+                if let Some(expected) = name.filter(|expected| *expected != defined) {
+                    bail!(
+                        "--name {expected}, but {} defines `{defined}`",
+                        file.display()
+                    );
+                }
+                println!(
+                    "published use case {defined} (sha256 {sha256}) for {for_nodes} as targets \
+                     version {version}"
                 );
             } else {
                 let (defined, sha256, version) = release::add_definition(
@@ -413,8 +444,15 @@ fn read_recipients(
 }
 
 fn parse_kind(text: &str) -> anyhow::Result<Kind> {
-    Kind::parse(text)
-        .with_context(|| format!("--kind {text}: expected model, pipeline or alert-rule"))
+    Kind::parse(text).with_context(|| format!("--kind {text}: expected {}", Kind::LISTED))
+}
+
+fn parse_stage(text: &str) -> anyhow::Result<fabrik_registry::usecases::Stage> {
+    use fabrik_registry::usecases::Stage;
+    [Stage::Pilot, Stage::ScaleUp, Stage::Enterprise]
+        .into_iter()
+        .find(|stage| stage.display() == text || stage.as_str() == text)
+        .with_context(|| format!("--stage {text}: expected pilot, scale-up or enterprise"))
 }
 
 /// `fabrik updates`

@@ -578,8 +578,9 @@ impl Updater {
             if kind.is_none() {
                 status.state = "refused".into();
                 status.reason = Some(format!(
-                    "kind `{}` is not one this Fabrik installs (model, pipeline, alert-rule)",
-                    release.kind
+                    "kind `{}` is not one this Fabrik installs ({})",
+                    release.kind,
+                    Kind::LISTED
                 ));
             } else if !named_right {
                 status.state = "refused".into();
@@ -698,7 +699,7 @@ impl Updater {
                 })
             }
             // Only a definition this node applied before (with these bytes) can be unchanged.
-            Some(Kind::Pipeline) | Some(Kind::AlertRule) => {
+            Some(Kind::UseCase) | Some(Kind::Pipeline) | Some(Kind::AlertRule) => {
                 self.applied
                     .get(key)
                     .is_some_and(|(applied, _)| applied == sha256)
@@ -738,9 +739,96 @@ impl Updater {
                 (Some(rules), Ok(config)) => rules.check(config).await.ok(),
                 _ => None,
             },
+            Some(Kind::UseCase) => {
+                return match serde_json::from_slice(applied) {
+                    Ok(released) => self.use_case_as_released(&released).await == Ok(true),
+                    Err(_) => false,
+                };
+            }
             _ => None,
         };
         answer.is_some_and(|dry_run| dry_run.action == "unchanged")
+    }
+
+    /// Whether the node's use case has the released definition and stage (`Ok(false)` when it
+    /// differs or is not defined).
+    async fn use_case_as_released(
+        &self,
+        released: &crate::release::ReleasedUseCase,
+    ) -> Result<bool, String> {
+        let registry = self
+            .registry
+            .as_ref()
+            .ok_or("the registry module does not run in this process")?;
+        match registry.use_case(&released.definition.name).await {
+            Ok(held) => Ok(held.definition == released.definition && held.stage == released.stage),
+            Err(fabrik_registry::RegistryError::UseCaseNotFound(_)) => Ok(false),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Defines a released use case (a new one starts in pilot, a redefined one keeps its
+    /// stage) and moves it to the released stage, recorded as a stage decision with the
+    /// release's reason (its gate was judged where the decision was made). `Ok(false)` when
+    /// the node had it so already.
+    async fn apply_use_case(
+        &self,
+        released: crate::release::ReleasedUseCase,
+        targets_version: u64,
+    ) -> Result<bool, String> {
+        use fabrik_registry::usecases::StageChange;
+        let registry = self
+            .registry
+            .as_ref()
+            .ok_or("the registry module does not run in this process")?;
+        let mut problems = released.definition.problems();
+        problems.extend(crate::usecases::sql_problems(&released.definition));
+        if !problems.is_empty() {
+            return Err(fabrik_api::control::describe_problems(&problems));
+        }
+        let name = released.definition.name.clone();
+        let held = match registry.use_case(&name).await {
+            Ok(held) => Some(held),
+            Err(fabrik_registry::RegistryError::UseCaseNotFound(_)) => None,
+            Err(e) => return Err(e.to_string()),
+        };
+        if held.as_ref().is_some_and(|held| {
+            held.definition == released.definition && held.stage == released.stage
+        }) {
+            return Ok(false);
+        }
+        let use_case = match held {
+            Some(held) if held.definition == released.definition => held,
+            _ => {
+                registry
+                    .put_use_case(released.definition.clone())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .0
+            }
+        };
+        if use_case.stage != released.stage {
+            let change = StageChange {
+                from: use_case.stage,
+                since: use_case.stage_since.clone(),
+                updated_at: use_case.updated_at.clone(),
+                to: released.stage,
+                actor: format!("updates:{}", self.repository),
+                forced: false,
+                reason: format!(
+                    "released at {} (targets version {targets_version}): {}",
+                    released.stage.display(),
+                    released.reason
+                ),
+                gate: None,
+            };
+            registry
+                .change_stage(&name, change)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        tracing::info!(use_case = %name, stage = released.stage.display(), "Use case applied from the release repository.");
+        Ok(true)
     }
 
     /// The models this node holds: name → SHA-256.
@@ -871,6 +959,18 @@ impl Updater {
                 }
                 let created = rules.apply(config).await.map_err(|e| Some(e.to_string()))?;
                 tracing::info!(target = %target_name.raw(), rule = %release.name, created, warnings = ?dry_run.warnings, "Alert rule applied from the release repository.");
+            }
+            Some(Kind::UseCase) => {
+                let released: crate::release::ReleasedUseCase = definition(&bytes, release)?;
+                let changed = self
+                    .apply_use_case(released, repository.targets().signed.version.get())
+                    .await
+                    .map_err(Some)?;
+                self.applied_definitions
+                    .insert(target_name.raw().to_owned(), bytes.clone());
+                if !changed {
+                    return Ok(false);
+                }
             }
             None => return Err(Some(format!("kind `{}` is not known", release.kind))),
         }

@@ -900,3 +900,210 @@ fn encrypted_targets_install_only_on_the_nodes_whose_keys_they_name() {
         "{installs:?}"
     );
 }
+
+fn use_case(url: &str, name: &str) -> serde_json::Value {
+    let (code, body) = http(
+        url,
+        reqwest::Method::GET,
+        &format!("/api/v1/usecases/{name}"),
+        None,
+    );
+    if code == 200 {
+        body
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+#[test]
+fn a_stage_decision_released_to_the_fleet_decides_which_devices_a_node_scores() {
+    let dir = tempfile::tempdir().expect("dir");
+    let repo = dir.path().join("repo");
+    let keys = dir.path().join("keys");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).expect("work");
+    release("init", &repo, &keys, &[]);
+
+    // The use case as its owner defined it: pump-a in pilot, pump-b added at scale-up.
+    let definition = work.join("pump-reliability.toml");
+    std::fs::write(
+        &definition,
+        "name = \"pump-reliability\"\nobjective = \"Halve unplanned pump downtime\"\n\
+         owner = \"maintenance\"\n\n[pilot]\ndevices = [\"pump-a\"]\n\n\
+         [scale_up]\ndevices = [\"pump-b\"]\n\n[[kpis]]\nname = \"downtime\"\n\
+         kind = \"downtime\"\ntable = \"pump\"\ncondition = \"NOT running\"\ntarget = 12.0\n",
+    )
+    .expect("definition");
+    let no_stage = release_fails(
+        "add",
+        &repo,
+        &keys,
+        &["--kind", "use-case", "--reason", "r", path(&definition)],
+    );
+    assert!(no_stage.contains("--stage"), "{no_stage}");
+    let no_reason = release_fails(
+        "add",
+        &repo,
+        &keys,
+        &["--kind", "use-case", "--stage", "pilot", path(&definition)],
+    );
+    assert!(no_reason.contains("--reason"), "{no_reason}");
+    let wrong_kind = release_fails(
+        "add",
+        &repo,
+        &keys,
+        &["--kind", "pipeline", "--stage", "pilot", path(&definition)],
+    );
+    assert!(
+        wrong_kind.contains("go with --kind use-case"),
+        "{wrong_kind}"
+    );
+    let bad_sql = work.join("bad.toml");
+    std::fs::write(
+        &bad_sql,
+        std::fs::read_to_string(&definition)
+            .expect("read")
+            .replace("NOT running", "NOT (running"),
+    )
+    .expect("bad");
+    let refused = release_fails(
+        "add",
+        &repo,
+        &keys,
+        &[
+            "--kind",
+            "use-case",
+            "--stage",
+            "pilot",
+            "--reason",
+            "r",
+            path(&bad_sql),
+        ],
+    );
+    assert!(
+        refused.contains("condition"),
+        "checked as a node would: {refused}"
+    );
+    let published = release(
+        "add",
+        &repo,
+        &keys,
+        &[
+            "--kind",
+            "use-case",
+            "--stage",
+            "pilot",
+            "--reason",
+            "pilot approved by the plant manager",
+            path(&definition),
+        ],
+    );
+    assert!(
+        published.contains("use case pump-reliability"),
+        "{published}"
+    );
+
+    let config = dir.path().join("edge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[updates]\nurl = \"file://{}\"\nroot = \"{}\"\nnode = \"line-1\"\ninterval = \"300ms\"\n",
+            path(&repo),
+            path(&repo.join("metadata/1.root.json")),
+        ),
+    )
+    .expect("config");
+    let edge_data = dir.path().join("edge");
+    let edge = Process::start_with_args(&edge_data, &["--config", path(&config)], &[]);
+    eventually_for(
+        "the edge defines the released use case",
+        Duration::from_secs(30),
+        || use_case(&edge.url, "pump-reliability")["stage"] == "pilot",
+    );
+    let defined = use_case(&edge.url, "pump-reliability");
+    assert_eq!(
+        defined["devices"],
+        serde_json::json!(["pump-a"]),
+        "{defined}"
+    );
+    assert_eq!(defined["definition"]["owner"], "maintenance", "{defined}");
+
+    // The gate passed where the pilot ran; the decision is released to the fleet. What the
+    // node's dashboard shows (`fabrik usecase show`) can be published as it is, too.
+    let shown = work.join("shown.json");
+    std::fs::write(&shown, defined.to_string()).expect("shown");
+    release(
+        "add",
+        &repo,
+        &keys,
+        &[
+            "--kind",
+            "use-case",
+            "--stage",
+            "scale-up",
+            "--reason",
+            "gate passed on line-1 on 2026-12-01",
+            path(&shown),
+        ],
+    );
+    eventually_for(
+        "the edge moves the use case to scale-up",
+        Duration::from_secs(30),
+        || use_case(&edge.url, "pump-reliability")["stage"] == "scale_up",
+    );
+    let scaled = use_case(&edge.url, "pump-reliability");
+    assert_eq!(
+        scaled["devices"],
+        serde_json::json!(["pump-a", "pump-b"]),
+        "its pipelines now score pump-b too: {scaled}"
+    );
+    let (code, decisions) = http(
+        &edge.url,
+        reqwest::Method::GET,
+        "/api/v1/usecases/pump-reliability/decisions",
+        None,
+    );
+    assert_eq!(code, 200, "{decisions}");
+    let decisions = decisions.as_array().expect("decisions").clone();
+    assert_eq!(
+        decisions.len(),
+        1,
+        "one decision, the released one: {decisions:?}"
+    );
+    let decision = &decisions[0];
+    assert_eq!(decision["from"], "pilot");
+    assert_eq!(decision["to"], "scale_up");
+    assert!(
+        decision["actor"]
+            .as_str()
+            .is_some_and(|actor| actor.starts_with("updates:file://")),
+        "{decision}"
+    );
+    let reason = decision["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("gate passed on line-1") && reason.contains("targets version"),
+        "{reason}"
+    );
+
+    // A restarted node finds the use case as released: nothing is decided again.
+    let (exit, _) = edge.terminate();
+    assert!(exit.success());
+    let edge = Process::start_with_args(&edge_data, &["--config", path(&config)], &[]);
+    eventually_for("the restarted edge checks", Duration::from_secs(30), || {
+        let status = updates(&edge.url);
+        status["checks"].as_u64() >= Some(2)
+            && target(&status, "pump-reliability.use-case.json")["state"] == "installed"
+    });
+    let (_, decisions) = http(
+        &edge.url,
+        reqwest::Method::GET,
+        "/api/v1/usecases/pump-reliability/decisions",
+        None,
+    );
+    assert_eq!(decisions.as_array().map(Vec::len), Some(1), "{decisions}");
+    let installs = crate::mqtt::query(
+        &edge.url,
+        "SELECT count(*) AS n FROM _releases WHERE kind = 'use-case' AND state = 'installed'",
+    );
+    assert_eq!(installs[0]["n"], 2, "pilot, then scale-up: {installs:?}");
+}
