@@ -149,6 +149,19 @@ pub struct StageRequest {
     pub force: bool,
 }
 
+/// The release repository that installed use case `name` on this node, if one did.
+fn released_by(state: &ApiState, name: &str) -> Option<String> {
+    let board = state.updates.read();
+    let status = board.as_ref()?;
+    status
+        .targets
+        .iter()
+        .any(|target| {
+            target.kind == "use-case" && target.name == name && target.state == "installed"
+        })
+        .then(|| status.repository.clone())
+}
+
 fn registry(state: &ApiState) -> Result<&Registry, ApiError> {
     state.registry.as_ref().ok_or_else(|| {
         ApiError::new(
@@ -480,7 +493,7 @@ pub(crate) async fn gate(
     responses((status = 200, description = "moved; the decision as recorded, with the gate as judged", body = StageDecision),
               (status = 400, description = "no reason given", body = crate::error::ErrorBody),
               (status = 404, description = "no such use case", body = crate::error::ErrorBody),
-              (status = 409, description = "the gate did not pass (the message lists the checks that failed), the stage is skipped or already reached, or another change came first", body = crate::error::ErrorBody)))]
+              (status = 409, description = "the gate did not pass (the message lists the checks that failed), the stage is skipped or already reached, another change came first, or this node's release repository sets the stage", body = crate::error::ErrorBody)))]
 pub(crate) async fn change_stage(
     State(state): State<ApiState>,
     Path(name): Path<String>,
@@ -502,6 +515,14 @@ pub(crate) async fn change_stage(
     let registry = registry(&state)?;
     let use_case = registry.use_case(&name).await?;
     let conflict = |text: String| ApiError::new(StatusCode::CONFLICT, "conflict", text);
+    // A stage this node's release repository sets would be put back at its next check: the
+    // decision is the fleet's, made where the release is published.
+    if let Some(repository) = released_by(&state, &name) {
+        return Err(conflict(format!(
+            "use case `{name}` is released from {repository}, which sets its stage on this \
+             node: change it there (`fabrik release add --kind use-case --stage …`)"
+        )));
+    }
     let from = use_case.stage;
     if request.from != from {
         return Err(conflict(format!(

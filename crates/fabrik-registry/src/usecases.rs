@@ -864,7 +864,8 @@ pub struct StageDecision {
     pub forced: bool,
     /// Why, in the decider's words.
     pub reason: String,
-    /// The gate as judged when a promotion was decided (none for a step back).
+    /// The gate as judged when a promotion was decided (none for a step back, or for a stage
+    /// a release set: its gate was judged where that decision was made).
     pub gate: Option<GateReport>,
 }
 

@@ -755,8 +755,25 @@ pub(crate) struct ReleasedUseCase {
     pub(crate) definition: fabrik_registry::usecases::UseCaseDefinition,
     /// The stage nodes put it at.
     pub(crate) stage: fabrik_registry::usecases::Stage,
-    /// Why, in the decider's words: recorded with the stage decision on every node.
+    /// Why, in the decider's words (who decided, on what evidence): recorded with the stage
+    /// decision on every node.
     pub(crate) reason: String,
+    /// The promotion overrode a gate that did not pass: recorded as forced on every node.
+    #[serde(default)]
+    pub(crate) forced: bool,
+}
+
+/// What the publisher says about a released use case besides its file.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct UseCaseDecision {
+    /// The stage nodes put it at; default: the stage in `fabrik usecase show`'s JSON.
+    pub(crate) stage: Option<fabrik_registry::usecases::Stage>,
+    /// Why it is at that stage.
+    pub(crate) reason: String,
+    /// The promotion overrode its gate.
+    pub(crate) forced: bool,
+    /// The name the file must define (`--name`).
+    pub(crate) expected_name: Option<String>,
 }
 
 impl crate::define_cli::Named for ReleasedUseCase {
@@ -770,57 +787,71 @@ impl crate::define_cli::Named for ReleasedUseCase {
 }
 
 /// Longest reason kept with a stage decision (as the API's).
-const MOST_REASON_CHARS: usize = 2000;
+pub(crate) const MOST_REASON_CHARS: usize = 2000;
 
 /// The use case a file holds — a definition (TOML or JSON, as `fabrik usecase define` takes
 /// it), or what `fabrik usecase show` printed on the node where its gate was judged (its
-/// definition and stage) — at `stage` (required for a definition), with `reason`; checked as
-/// a node would. Returns its name and the JSON nodes read.
+/// definition and stage) — as `decision` says; checked as a node would. Returns its name and
+/// the JSON nodes read.
 pub(crate) fn released_use_case(
     file: &Path,
-    stage: Option<fabrik_registry::usecases::Stage>,
-    reason: &str,
+    decision: &UseCaseDecision,
 ) -> anyhow::Result<(String, Vec<u8>)> {
     use fabrik_registry::usecases::{Stage, UseCaseDefinition};
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    // JSON by its name or its first character (`fabrik usecase show > shown.txt` is JSON too).
     let is_json = file
         .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+        || text.trim_start().starts_with('{');
     let (definition, shown_stage): (UseCaseDefinition, Option<Stage>) = if is_json {
         let value: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("{}: not JSON", file.display()))?;
-        if value.get("definition").is_some() && value.get("stage").is_some() {
-            let definition = serde_json::from_value(value["definition"].clone())
-                .with_context(|| format!("{}: `definition`", file.display()))?;
-            let stage = serde_json::from_value(value["stage"].clone())
-                .with_context(|| format!("{}: `stage`", file.display()))?;
-            (definition, Some(stage))
-        } else {
-            let definition = serde_json::from_value(value)
-                .with_context(|| format!("{}: not a use case definition", file.display()))?;
-            (definition, None)
+        match (value.get("definition"), value.get("stage")) {
+            (Some(definition), Some(stage)) => (
+                serde_json::from_value(definition.clone())
+                    .with_context(|| format!("{}: `definition`", file.display()))?,
+                Some(
+                    serde_json::from_value(stage.clone())
+                        .with_context(|| format!("{}: `stage`", file.display()))?,
+                ),
+            ),
+            (None, None) => (
+                serde_json::from_value(value)
+                    .with_context(|| format!("{}: not a use case definition", file.display()))?,
+                None,
+            ),
+            _ => bail!(
+                "{}: `fabrik usecase show` prints both `definition` and `stage`; this has one",
+                file.display()
+            ),
         }
     } else {
         let definition = toml::from_str(&text)
             .with_context(|| format!("{}: not a use case definition", file.display()))?;
         (definition, None)
     };
-    let stage = stage.or(shown_stage).ok_or_else(|| {
+    if let Some(expected) = decision
+        .expected_name
+        .as_deref()
+        .filter(|expected| *expected != definition.name)
+    {
+        bail!(
+            "--name {expected}, but {} defines `{}`",
+            file.display(),
+            definition.name
+        );
+    }
+    let stage = decision.stage.or(shown_stage).ok_or_else(|| {
         anyhow!(
             "{}: say which stage the nodes put it at with --stage pilot|scale-up|enterprise",
             file.display()
         )
     })?;
-    let reason = reason.trim();
-    if reason.is_empty() {
-        bail!(
-            "--reason: say why it is at {}; every node records it",
-            stage.display()
-        );
-    }
-    if reason.chars().count() > MOST_REASON_CHARS {
-        bail!("--reason: at most {MOST_REASON_CHARS} characters");
+    let reason = decision.reason.trim();
+    if let Some(why) = use_case_reason_problem(reason) {
+        bail!("--reason: {why}");
     }
     let mut problems = definition.problems();
     problems.extend(crate::usecases::sql_problems(&definition));
@@ -835,9 +866,25 @@ pub(crate) fn released_use_case(
         definition,
         stage,
         reason: reason.to_owned(),
+        forced: decision.forced,
     };
     let json = carried_as_json(&released, file)?;
     Ok((released.definition.name, json))
+}
+
+/// Why a released use case's reason is refused, if it is: checked when publishing and again
+/// on the node (a target another tool wrote).
+pub(crate) fn use_case_reason_problem(reason: &str) -> Option<String> {
+    if reason.trim().is_empty() {
+        return Some(
+            "say why the use case is at its stage (who decided, on what evidence); every node \
+             records it"
+                .into(),
+        );
+    }
+    let length = reason.chars().count();
+    (length > MOST_REASON_CHARS)
+        .then(|| format!("{length} characters; at most {MOST_REASON_CHARS}"))
 }
 
 /// Adds (or replaces) a use case at a stage as the target `<name>.use-case.json`
@@ -847,12 +894,11 @@ pub(crate) async fn add_use_case(
     repo: &Path,
     keys: &Path,
     file: &Path,
-    stage: Option<fabrik_registry::usecases::Stage>,
-    reason: &str,
+    decision: &UseCaseDecision,
     audience: Audience,
     lifetimes: Lifetimes,
 ) -> anyhow::Result<(String, String, u64)> {
-    let (name, json) = released_use_case(file, stage, reason)?;
+    let (name, json) = released_use_case(file, decision)?;
     let release = ReleaseTarget {
         kind: Kind::UseCase.as_str().into(),
         name: name.clone(),

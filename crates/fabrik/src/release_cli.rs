@@ -87,10 +87,14 @@ enum ReleaseCommand {
         /// `enterprise`); default: the stage in `fabrik usecase show`'s JSON.
         #[arg(long)]
         stage: Option<String>,
-        /// For a use case: why it is at that stage, recorded with the stage decision on every
-        /// node.
+        /// For a use case: why it is at that stage (who decided, on what evidence), recorded
+        /// with the stage decision on every node.
         #[arg(long, default_value = "")]
         reason: String,
+        /// For a use case: the promotion overrode a gate that did not pass (recorded as
+        /// forced on every node).
+        #[arg(long)]
+        forced: bool,
         /// The name nodes store a model under (pipelines' `model_name`; default: the file
         /// name without `.onnx`). For a definition, its own `name`, which this must match.
         #[arg(long)]
@@ -187,18 +191,19 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
             name,
             stage,
             reason,
+            forced,
             nodes,
             recipients,
             recipients_file,
             lifetimes,
             file,
         } => {
-            let stage = stage.as_deref().map(parse_stage).transpose()?;
             if kind.as_deref() != Some(Kind::UseCase.as_str())
-                && (stage.is_some() || !reason.is_empty())
+                && (stage.is_some() || !reason.is_empty() || forced)
             {
-                bail!("--stage and --reason go with --kind use-case");
+                bail!("--stage, --reason and --forced go with --kind use-case");
             }
+            let stage = stage.as_deref().map(parse_stage).transpose()?;
             let nodes: Vec<String> = nodes
                 .into_iter()
                 .map(|n| n.trim().to_owned())
@@ -252,15 +257,15 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                     },
                 );
             } else if kind == Kind::UseCase {
+                let decision = release::UseCaseDecision {
+                    stage,
+                    reason,
+                    forced,
+                    expected_name: name,
+                };
                 let (defined, sha256, version) =
-                    release::add_use_case(&repo, &keys, &file, stage, &reason, audience, lifetimes)
+                    release::add_use_case(&repo, &keys, &file, &decision, audience, lifetimes)
                         .await?;
-                if let Some(expected) = name.filter(|expected| *expected != defined) {
-                    bail!(
-                        "--name {expected}, but {} defines `{defined}`",
-                        file.display()
-                    );
-                }
                 println!(
                     "published use case {defined} (sha256 {sha256}) for {for_nodes} as targets \
                      version {version}"

@@ -783,6 +783,9 @@ impl Updater {
             .ok_or("the registry module does not run in this process")?;
         let mut problems = released.definition.problems();
         problems.extend(crate::usecases::sql_problems(&released.definition));
+        if let Some(why) = crate::release::use_case_reason_problem(&released.reason) {
+            problems.push(("reason".into(), why));
+        }
         if !problems.is_empty() {
             return Err(fabrik_api::control::describe_problems(&problems));
         }
@@ -814,11 +817,13 @@ impl Updater {
                 updated_at: use_case.updated_at.clone(),
                 to: released.stage,
                 actor: format!("updates:{}", self.repository),
-                forced: false,
+                // The gate was judged (or overridden) where the decision was made; this node
+                // has no evidence of its own, so there is no report to keep.
+                forced: released.forced,
                 reason: format!(
                     "released at {} (targets version {targets_version}): {}",
                     released.stage.display(),
-                    released.reason
+                    released.reason.trim()
                 ),
                 gate: None,
             };

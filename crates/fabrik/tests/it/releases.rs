@@ -586,6 +586,22 @@ fn an_edge_installs_the_signed_models_published_for_it_and_refuses_tampering_rol
     });
 }
 
+/// The configuration of an edge named `line-1` following `repo` from its directory (as from
+/// a USB stick), checking every 300 ms; written into `dir`.
+fn follower_config(dir: &Path, repo: &Path) -> std::path::PathBuf {
+    let config = dir.join("edge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[updates]\nurl = \"file://{}\"\nroot = \"{}\"\nnode = \"line-1\"\ninterval = \"300ms\"\n",
+            path(repo),
+            path(&repo.join("metadata/1.root.json")),
+        ),
+    )
+    .expect("config");
+    config
+}
+
 /// A target file from the repository's `targets/` directory, by the end of its name.
 fn target_file(repo: &Path, suffix: &str) -> std::path::PathBuf {
     std::fs::read_dir(repo.join("targets"))
@@ -788,16 +804,7 @@ fn encrypted_targets_install_only_on_the_nodes_whose_keys_they_name() {
     assert!(listed.contains("encrypted to 1"), "{listed}");
 
     // The edge follows the repository from its directory (as from a USB stick).
-    let config = dir.path().join("edge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[updates]\nurl = \"file://{}\"\nroot = \"{}\"\nnode = \"line-1\"\ninterval = \"300ms\"\n",
-            path(&repo),
-            path(&repo.join("metadata/1.root.json")),
-        ),
-    )
-    .expect("config");
+    let config = follower_config(dir.path(), &repo);
     let edge = Process::start_with_args(&edge_data, &["--config", path(&config)], &[]);
     let published_sha = sha256_hex(&model_bytes);
     eventually_for(
@@ -958,6 +965,28 @@ fn a_stage_decision_released_to_the_fleet_decides_which_devices_a_node_scores() 
         wrong_kind.contains("go with --kind use-case"),
         "{wrong_kind}"
     );
+    let misnamed = release_fails(
+        "add",
+        &repo,
+        &keys,
+        &[
+            "--kind",
+            "use-case",
+            "--name",
+            "other",
+            "--stage",
+            "pilot",
+            "--reason",
+            "r",
+            path(&definition),
+        ],
+    );
+    assert!(misnamed.contains("--name other"), "{misnamed}");
+    let listed = fabrik(&["release", "list", "--repo", path(&repo), "--json"]);
+    assert!(
+        listed.contains("\"targets\": []"),
+        "nothing published by a refused add: {listed}"
+    );
     let bad_sql = work.join("bad.toml");
     std::fs::write(
         &bad_sql,
@@ -1003,16 +1032,7 @@ fn a_stage_decision_released_to_the_fleet_decides_which_devices_a_node_scores() 
         "{published}"
     );
 
-    let config = dir.path().join("edge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[updates]\nurl = \"file://{}\"\nroot = \"{}\"\nnode = \"line-1\"\ninterval = \"300ms\"\n",
-            path(&repo),
-            path(&repo.join("metadata/1.root.json")),
-        ),
-    )
-    .expect("config");
+    let config = follower_config(dir.path(), &repo);
     let edge_data = dir.path().join("edge");
     let edge = Process::start_with_args(&edge_data, &["--config", path(&config)], &[]);
     eventually_for(
@@ -1028,10 +1048,14 @@ fn a_stage_decision_released_to_the_fleet_decides_which_devices_a_node_scores() 
     );
     assert_eq!(defined["definition"]["owner"], "maintenance", "{defined}");
 
-    // The gate passed where the pilot ran; the decision is released to the fleet. What the
-    // node's dashboard shows (`fabrik usecase show`) can be published as it is, too.
-    let shown = work.join("shown.json");
-    std::fs::write(&shown, defined.to_string()).expect("shown");
+    // Promoted where the pilot ran (here over a gate that did not pass, on record), the
+    // use case as `fabrik usecase show` printed it there is released to the fleet: a new
+    // owner, and the stage it was shown at.
+    let mut promoted = defined.clone();
+    promoted["stage"] = "scale_up".into();
+    promoted["definition"]["owner"] = "reliability team".into();
+    let shown = work.join("shown.txt");
+    std::fs::write(&shown, promoted.to_string()).expect("shown");
     release(
         "add",
         &repo,
@@ -1039,10 +1063,9 @@ fn a_stage_decision_released_to_the_fleet_decides_which_devices_a_node_scores() 
         &[
             "--kind",
             "use-case",
-            "--stage",
-            "scale-up",
+            "--forced",
             "--reason",
-            "gate passed on line-1 on 2026-12-01",
+            "gate passed on line-1 on 2026-12-01 but for its precision; M. Keller",
             path(&shown),
         ],
     );
@@ -1056,6 +1079,22 @@ fn a_stage_decision_released_to_the_fleet_decides_which_devices_a_node_scores() 
         scaled["devices"],
         serde_json::json!(["pump-a", "pump-b"]),
         "its pipelines now score pump-b too: {scaled}"
+    );
+    assert_eq!(
+        scaled["definition"]["owner"], "reliability team",
+        "{scaled}"
+    );
+    // On the node, the stage is the fleet's decision: changing it there is refused.
+    let (code, refused) = http(
+        &edge.url,
+        reqwest::Method::POST,
+        "/api/v1/usecases/pump-reliability/stage",
+        Some(serde_json::json!({"from": "scale_up", "to": "pilot", "reason": "local"})),
+    );
+    assert_eq!(code, 409, "{refused}");
+    assert!(
+        refused.to_string().contains("released from file://"),
+        "{refused}"
     );
     let (code, decisions) = http(
         &edge.url,
@@ -1073,6 +1112,10 @@ fn a_stage_decision_released_to_the_fleet_decides_which_devices_a_node_scores() 
     let decision = &decisions[0];
     assert_eq!(decision["from"], "pilot");
     assert_eq!(decision["to"], "scale_up");
+    assert_eq!(
+        decision["forced"], true,
+        "forced where it was decided: {decision}"
+    );
     assert!(
         decision["actor"]
             .as_str()
