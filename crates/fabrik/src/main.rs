@@ -37,6 +37,7 @@ mod privacy_cli;
 mod readings;
 mod release;
 mod release_cli;
+mod release_keys;
 mod release_signer;
 mod run;
 mod shadow;

@@ -25,7 +25,7 @@ pub(crate) const CUSTOM_KEY: &str = "fabrik";
 const SPEC_VERSION: &str = "1.0.0";
 
 /// The four top-level roles, each with its own key file `<role>.key` in the keys directory.
-const ROLES: [(RoleType, &str); 4] = [
+pub(crate) const ROLES: [(RoleType, &str); 4] = [
     (RoleType::Root, "root"),
     (RoleType::Targets, "targets"),
     (RoleType::Snapshot, "snapshot"),
@@ -190,7 +190,7 @@ pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
-fn metadata_dir(repo: &Path) -> PathBuf {
+pub(crate) fn metadata_dir(repo: &Path) -> PathBuf {
     repo.join("metadata")
 }
 
@@ -198,12 +198,12 @@ fn targets_dir(repo: &Path) -> PathBuf {
     repo.join("targets")
 }
 
-fn key_path(keys: &Path, role: &str) -> PathBuf {
+pub(crate) fn key_path(keys: &Path, role: &str) -> PathBuf {
     keys.join(format!("{role}.key"))
 }
 
 /// The key sources of the roles named, each of whose key files must exist.
-fn key_sources(keys: &Path, roles: &[&str]) -> anyhow::Result<Vec<Box<dyn KeySource>>> {
+pub(crate) fn key_sources(keys: &Path, roles: &[&str]) -> anyhow::Result<Vec<Box<dyn KeySource>>> {
     roles
         .iter()
         .map(|role| {
@@ -219,7 +219,7 @@ fn key_sources(keys: &Path, roles: &[&str]) -> anyhow::Result<Vec<Box<dyn KeySou
         .collect()
 }
 
-fn expires_in(lifetime: Duration) -> anyhow::Result<jiff::Timestamp> {
+pub(crate) fn expires_in(lifetime: Duration) -> anyhow::Result<jiff::Timestamp> {
     let span = jiff::SignedDuration::try_from(lifetime).context("lifetime too long")?;
     jiff::Timestamp::now()
         .checked_add(span)
@@ -230,7 +230,7 @@ fn one() -> NonZeroU64 {
     NonZeroU64::MIN
 }
 
-fn next(version: NonZeroU64) -> anyhow::Result<NonZeroU64> {
+pub(crate) fn next(version: NonZeroU64) -> anyhow::Result<NonZeroU64> {
     version.checked_add(1).context("metadata version overflow")
 }
 
@@ -396,7 +396,7 @@ pub(crate) fn publisher_state(keys: &Path) -> PathBuf {
 /// `<keys>/state`, a hub's `<data_dir>/releases/state`): the signer then refuses to sign on
 /// top of metadata older than it saw before, as a node would — an old `timestamp.json` put
 /// back into the served directory is not re-signed into a fresh one.
-async fn load_for_signing(repo: &Path, state: &Path) -> anyhow::Result<Repository> {
+pub(crate) async fn load_for_signing(repo: &Path, state: &Path) -> anyhow::Result<Repository> {
     create_private_dir(state)?;
     // tough also remembers the latest time it saw and refuses any load while the clock is
     // earlier; a signer checks no expiry, and must not stop signing because a clock was once
@@ -436,7 +436,7 @@ async fn load(repo: &Path, state: Option<&Path>) -> anyhow::Result<Repository> {
 /// Reads back what was just written through the signer's state, so that state holds it: an
 /// older file put back afterwards is then refused, not signed over. Also checks that what was
 /// written verifies.
-async fn remember(repo: &Path, state: &Path) -> anyhow::Result<()> {
+pub(crate) async fn remember(repo: &Path, state: &Path) -> anyhow::Result<()> {
     load_for_signing(repo, state)
         .await
         .map(drop)
@@ -481,7 +481,7 @@ pub(crate) async fn lock(repo: &Path) -> anyhow::Result<RepositoryLock> {
 /// that is larger. Two signers of one repository (a publisher's copy and a hub re-signing the
 /// timestamp of the served one) then never go backwards from each other's versions, which
 /// nodes would refuse as a rollback.
-fn clock_version(current: NonZeroU64) -> anyhow::Result<NonZeroU64> {
+pub(crate) fn clock_version(current: NonZeroU64) -> anyhow::Result<NonZeroU64> {
     let now = jiff::Timestamp::now().as_second().max(1) as u64;
     Ok(next(current)?.max(NonZeroU64::new(now).unwrap_or(NonZeroU64::MIN)))
 }
@@ -495,11 +495,22 @@ async fn edit(
     lifetimes: Lifetimes,
 ) -> anyhow::Result<(RepositoryEditor, u64)> {
     let loaded = load_for_signing(repo, &publisher_state(keys)).await?;
+    let (_, root_path) = latest_root(&metadata_dir(repo))?;
+    editor_for(loaded, &root_path, lifetimes).await
+}
+
+/// An editor of `loaded` under the root in `root_path` (the repository's, or a new one about
+/// to be published with what it signs), with the next versions and fresh expiries set.
+/// Returns it and the new targets version.
+pub(crate) async fn editor_for(
+    loaded: Repository,
+    root_path: &Path,
+    lifetimes: Lifetimes,
+) -> anyhow::Result<(RepositoryEditor, u64)> {
     let targets_version = next(loaded.targets().signed.version)?;
     let snapshot_version = clock_version(loaded.snapshot().signed.version)?;
     let timestamp_version = clock_version(loaded.timestamp().signed.version)?;
-    let (_, root_path) = latest_root(&metadata_dir(repo))?;
-    let mut editor = RepositoryEditor::from_repo(&root_path, loaded)
+    let mut editor = RepositoryEditor::from_repo(root_path, loaded)
         .await
         .context("opening the repository for editing")?;
     editor
@@ -514,7 +525,7 @@ async fn edit(
 
 /// A fresh staging directory beside `metadata/` (the caller holds the lock, so a leftover is
 /// an interrupted signer's and is removed).
-fn staging_dir(repo: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn staging_dir(repo: &Path) -> anyhow::Result<PathBuf> {
     let staging = repo.join(".staging");
     if staging.exists() {
         std::fs::remove_dir_all(&staging)
@@ -527,7 +538,7 @@ fn staging_dir(repo: &Path) -> anyhow::Result<PathBuf> {
 /// Moves what was written to `staging` into `metadata/` so that a node reading meanwhile never
 /// sees a half-written file: versioned files first, `timestamp.json` (which points at the
 /// rest) last.
-fn move_in(repo: &Path, staging: &Path) -> anyhow::Result<()> {
+pub(crate) fn move_in(repo: &Path, staging: &Path) -> anyhow::Result<()> {
     let metadata = metadata_dir(repo);
     let mut files: Vec<PathBuf> = std::fs::read_dir(staging)
         .with_context(|| format!("reading {}", staging.display()))?
@@ -1156,12 +1167,12 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tough::IntoVec;
 
     /// A new repository with its keys in a temporary directory (dropped with the first).
-    async fn fresh_repository() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    pub(crate) async fn fresh_repository() -> (tempfile::TempDir, PathBuf, PathBuf) {
         let dir = tempfile::tempdir().expect("dir");
         let repo = dir.path().join("repo");
         let keys = dir.path().join("keys");
@@ -1171,7 +1182,7 @@ mod tests {
         (dir, repo, keys)
     }
 
-    fn forest() -> Vec<u8> {
+    pub(crate) fn forest() -> Vec<u8> {
         let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../fabrik-onnx/tests/fixtures");
         std::fs::read(format!("{fixtures}/iforest_100.onnx")).expect("fixture")
     }

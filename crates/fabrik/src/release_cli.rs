@@ -153,6 +153,25 @@ enum ReleaseCommand {
         #[command(flatten)]
         lifetimes: LifetimeArgs,
     },
+    /// Replace a role's key (a key that may have leaked, or a scheduled change): the new
+    /// root lists the new key, signed so nodes accept it from the root they hold, and what
+    /// the key signs is signed again, all published at once. Needs the root key.
+    Rotate {
+        /// The release repository's directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// The keys directory of `init` (the root key, and the other roles' keys).
+        #[arg(long)]
+        keys: PathBuf,
+        /// `root`, `targets`, `snapshot` or `timestamp`.
+        #[arg(long)]
+        role: String,
+        /// Validity of the new root metadata.
+        #[arg(long, default_value = "365d")]
+        root_lifetime: String,
+        #[command(flatten)]
+        lifetimes: LifetimeArgs,
+    },
     /// What the repository publishes, verified as a node would (except expiry, shown).
     List {
         /// The release repository's directory.
@@ -335,6 +354,34 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                 repo.display(),
                 crate::run::duration_text(lifetimes.timestamp)
             );
+        }
+        ReleaseCommand::Rotate {
+            repo,
+            keys,
+            role,
+            root_lifetime,
+            lifetimes,
+        } => {
+            let lifetimes = lifetimes.lifetimes(Some(&root_lifetime))?;
+            let rotation = crate::release_keys::rotate(&repo, &keys, &role, lifetimes).await?;
+            println!(
+                "{} the {role} key: root version {} lists key {}; the replaced key is {} \
+                 (destroy it, or keep it offline)",
+                if rotation.resumed {
+                    "finished replacing"
+                } else {
+                    "replaced"
+                },
+                rotation.root_version,
+                &rotation.key_id[..16.min(rotation.key_id.len())],
+                rotation.retired.display(),
+            );
+            if role == "snapshot" || role == "timestamp" {
+                println!(
+                    "copy the new {role}.key to every hub that re-signs this repository \
+                     ([releases] keys): until then they cannot sign"
+                );
+            }
         }
         ReleaseCommand::List { repo, json } => {
             let loaded = release::load_local(&repo).await?;

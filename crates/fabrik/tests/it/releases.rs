@@ -1150,3 +1150,60 @@ fn a_stage_decision_released_to_the_fleet_decides_which_devices_a_node_scores() 
     );
     assert_eq!(installs[0]["n"], 2, "pilot, then scale-up: {installs:?}");
 }
+
+#[test]
+fn an_edge_follows_its_repository_through_replaced_keys() {
+    let dir = tempfile::tempdir().expect("dir");
+    let repo = dir.path().join("repo");
+    let keys = dir.path().join("keys");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).expect("work");
+    release("init", &repo, &keys, &[]);
+    let model = work.join("forest.onnx");
+    std::fs::write(&model, fixture("iforest_100.onnx")).expect("model");
+    release("add", &repo, &keys, &["--name", "before", path(&model)]);
+    let config = follower_config(dir.path(), &repo);
+    let edge_data = dir.path().join("edge");
+    let edge = Process::start_with_args(&edge_data, &["--config", path(&config)], &[]);
+    eventually_for(
+        "the edge installs the first model",
+        Duration::from_secs(30),
+        || model_sha(&edge.url, "before").is_some(),
+    );
+
+    // Each role's key replaced in turn (the root's last), a model published after each: the
+    // edge walks from the root it was given through every new root, and trusts only the keys
+    // each one lists.
+    let mut expected_root = 1;
+    for role in ["targets", "snapshot", "timestamp", "root"] {
+        let rotated = release("rotate", &repo, &keys, &["--role", role]);
+        expected_root += 1;
+        assert!(
+            rotated.contains(&format!("root version {expected_root}")),
+            "{rotated}"
+        );
+        let name = format!("after-{role}");
+        release("add", &repo, &keys, &["--name", &name, path(&model)]);
+        eventually_for(
+            &format!("the edge trusts the new {role} key"),
+            Duration::from_secs(30),
+            || model_sha(&edge.url, &name).is_some(),
+        );
+        let status = updates(&edge.url);
+        assert_eq!(status["root_version"], expected_root, "{status}");
+        assert!(status["last_error"].is_null(), "{status}");
+    }
+    let refused = release_fails("rotate", &repo, &keys, &["--role", "owner"]);
+    assert!(refused.contains("expected root, targets"), "{refused}");
+
+    // Restarted, the edge still holds the chain (from its datastore, not the 1.root.json it
+    // was configured with).
+    let (exit, _) = edge.terminate();
+    assert!(exit.success());
+    let edge = Process::start_with_args(&edge_data, &["--config", path(&config)], &[]);
+    eventually_for(
+        "the restarted edge verifies",
+        Duration::from_secs(30),
+        || updates(&edge.url)["root_version"] == expected_root,
+    );
+}

@@ -1,0 +1,330 @@
+//! Replacing a role's key in a release repository (decision 0034): a new root lists the new
+//! key in place of the old one, signed so that nodes walking from the root they hold accept
+//! it, and the metadata that key signs is signed again with it, all published at once.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow, bail};
+use tough::editor::signed::SignedRole;
+use tough::key_source::{KeySource, LocalKeySource};
+use tough::schema::{KeyHolder, RoleType, Root};
+
+use crate::release::{
+    Lifetimes, ROLES, editor_for, expires_in, key_path, key_sources, load_for_signing, lock,
+    move_in, next, publisher_state, remember, staging_dir,
+};
+
+/// What a key replacement did.
+#[derive(Debug)]
+pub(crate) struct Rotation {
+    /// The root version that lists the new key.
+    pub(crate) root_version: u64,
+    /// The new key's id (hex), as the root lists it.
+    pub(crate) key_id: String,
+    /// Where the replaced key was moved (to be destroyed, or kept offline for forensics).
+    pub(crate) retired: PathBuf,
+    /// Whether this finished a replacement an earlier run had published but not completed.
+    pub(crate) resumed: bool,
+}
+
+fn role_type(role: &str) -> anyhow::Result<RoleType> {
+    ROLES
+        .iter()
+        .find(|(_, name)| *name == role)
+        .map(|(role_type, _)| *role_type)
+        .ok_or_else(|| anyhow!("--role {role}: expected root, targets, snapshot or timestamp"))
+}
+
+async fn key_id(path: &Path) -> anyhow::Result<String> {
+    let key = LocalKeySource {
+        path: path.to_owned(),
+    }
+    .as_sign()
+    .await
+    .map_err(|e| anyhow!("{}: {e}", path.display()))?
+    .tuf_key();
+    Ok(crate::release::hex(&key.key_id().context("key id")?))
+}
+
+/// Replaces `role`'s key: a new key (`<keys>/<role>.key`), the old one kept as
+/// `<role>.key.retired-<unix seconds>`. The new root (version + 1, valid for
+/// `lifetimes.root`) is signed with the root key — for the root role, with the old root key
+/// *and* the new one, as a node verifies it against both — and, for targets, snapshot or
+/// timestamp, those three are signed again, the rotated one with its new key. Needs the root
+/// key. A run interrupted after publishing is finished by running it again.
+pub(crate) async fn rotate(
+    repo: &Path,
+    keys: &Path,
+    role: &str,
+    lifetimes: Lifetimes,
+) -> anyhow::Result<Rotation> {
+    let role_type = role_type(role)?;
+    let _lock = lock(repo).await?;
+    let state = publisher_state(keys);
+    let loaded = load_for_signing(repo, &state).await?;
+    let old_root = loaded.root().signed.clone();
+    let current = key_path(keys, role);
+    let pending = keys.join(format!("{role}.key.next"));
+    let role_ids = |root: &Root| -> Vec<String> {
+        root.roles
+            .get(&role_type)
+            .map(|keys| {
+                keys.keyids
+                    .iter()
+                    .map(|id| crate::release::hex(id))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    if pending.is_file() {
+        // A key from an earlier run: published already (finish the swap of files), or not
+        // (never used; replaced by a fresh one).
+        if role_ids(&old_root).contains(&key_id(&pending).await?) {
+            let retired = retire(&current, &pending)?;
+            return Ok(Rotation {
+                root_version: old_root.version.get(),
+                key_id: key_id(&current).await?,
+                retired,
+                resumed: true,
+            });
+        }
+        std::fs::remove_file(&pending)
+            .with_context(|| format!("removing the unused {}", pending.display()))?;
+    }
+    if !current.is_file() {
+        bail!("{}: no {role} key here to replace", current.display());
+    }
+    let (pkcs8, _) = crate::model_signature::generate().map_err(anyhow::Error::msg)?;
+    crate::run::write_private(&pending, &pkcs8)
+        .with_context(|| format!("creating {}", pending.display()))?;
+    let new_key = LocalKeySource {
+        path: pending.clone(),
+    }
+    .as_sign()
+    .await
+    .map_err(|e| anyhow!("the new {role} key: {e}"))?
+    .tuf_key();
+    let new_id = new_key.key_id().context("key id")?;
+
+    let mut new_root = old_root.clone();
+    new_root.version = next(old_root.version)?;
+    new_root.expires = expires_in(lifetimes.root)?;
+    let replaced: Vec<_> = new_root
+        .roles
+        .get(&role_type)
+        .map(|keys| keys.keyids.clone())
+        .unwrap_or_default();
+    let entry = new_root
+        .roles
+        .get_mut(&role_type)
+        .ok_or_else(|| anyhow!("the root names no {role} role"))?;
+    entry.keyids = vec![new_id.clone()];
+    new_root.keys.insert(new_id.clone(), new_key);
+    // A replaced key leaves the root unless another role still uses it.
+    let in_use: HashSet<_> = new_root
+        .roles
+        .values()
+        .flat_map(|keys| keys.keyids.iter().cloned())
+        .collect();
+    for id in replaced {
+        if !in_use.contains(&id) {
+            new_root.keys.remove(&id);
+        }
+    }
+
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let root_key =
+        |path: PathBuf| -> Vec<Box<dyn KeySource>> { vec![Box::new(LocalKeySource { path })] };
+    let signed_root = if role_type == RoleType::Root {
+        // Signed by the new root key for the new root's threshold, and by the old one for the
+        // old root's, which a node checks first.
+        let by_new = SignedRole::new(
+            new_root.clone(),
+            &KeyHolder::Root(new_root.clone()),
+            &root_key(pending.clone()),
+            &rng,
+        )
+        .await
+        .context("signing the new root with the new root key")?;
+        let by_old = SignedRole::new(
+            new_root.clone(),
+            &KeyHolder::Root(old_root.clone()),
+            &key_sources(keys, &["root"])?,
+            &rng,
+        )
+        .await
+        .context(
+            "signing the new root with the current root key (is root.key the repository's?)",
+        )?;
+        by_new
+            .add_old_signatures(by_old.signed().signatures.clone())
+            .context("joining the root's signatures")?
+    } else {
+        SignedRole::new(
+            new_root.clone(),
+            &KeyHolder::Root(new_root.clone()),
+            &key_sources(keys, &["root"])?,
+            &rng,
+        )
+        .await
+        .context("signing the new root (is root.key the repository's root key?)")?
+    };
+    let staging = staging_dir(repo)?;
+    signed_root
+        .write(&staging, new_root.consistent_snapshot)
+        .await
+        .context("writing the new root")?;
+    if role_type != RoleType::Root {
+        // What the replaced key signed is signed again under the new root, and published with
+        // it: a node never finds the new root without metadata its keys sign.
+        let root_path = staging.join(format!("{}.root.json", new_root.version));
+        let (editor, _) = editor_for(loaded, &root_path, lifetimes).await?;
+        let sources: Vec<Box<dyn KeySource>> = ["targets", "snapshot", "timestamp"]
+            .into_iter()
+            .map(|name| {
+                let path = if name == role {
+                    pending.clone()
+                } else {
+                    key_path(keys, name)
+                };
+                Box::new(LocalKeySource { path }) as Box<dyn KeySource>
+            })
+            .collect();
+        let signed = editor
+            .sign(&sources)
+            .await
+            .context("signing targets, snapshot and timestamp under the new root")?;
+        signed
+            .write(&staging)
+            .await
+            .context("writing the signed metadata")?;
+    }
+    move_in(repo, &staging)?;
+    let retired = retire(&current, &pending)?;
+    remember(repo, &state).await?;
+    Ok(Rotation {
+        root_version: new_root.version.get(),
+        key_id: crate::release::hex(&new_id),
+        retired,
+        resumed: false,
+    })
+}
+
+/// Moves the replaced key aside and the new one into its place.
+fn retire(current: &Path, pending: &Path) -> anyhow::Result<PathBuf> {
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|since| since.as_secs())
+        .unwrap_or_default();
+    let mut retired = current.with_extension(format!("key.retired-{seconds}"));
+    let mut n = 1;
+    while retired.exists() {
+        retired = current.with_extension(format!("key.retired-{seconds}-{n}"));
+        n += 1;
+    }
+    if current.is_file() {
+        std::fs::rename(current, &retired)
+            .with_context(|| format!("moving {} aside", current.display()))?;
+    }
+    std::fs::rename(pending, current)
+        .with_context(|| format!("moving {} into place", pending.display()))?;
+    Ok(retired)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::release::tests::{forest, fresh_repository};
+    use crate::release::{Audience, add_model, load_local};
+
+    async fn publish(repo: &Path, keys: &Path, dir: &Path, name: &str) -> anyhow::Result<()> {
+        let model = dir.join(format!("{name}.onnx"));
+        std::fs::write(&model, forest()).expect("model");
+        add_model(
+            repo,
+            keys,
+            &model,
+            name,
+            Audience::default(),
+            Lifetimes::default(),
+        )
+        .await
+        .map(drop)
+    }
+
+    #[tokio::test]
+    async fn every_role_key_is_replaced_and_the_chain_verifies_from_the_first_root() {
+        let (dir, repo, keys) = fresh_repository().await;
+        for (round, role) in ["targets", "snapshot", "timestamp", "root"]
+            .into_iter()
+            .enumerate()
+        {
+            let before = key_id(&key_path(&keys, role)).await.expect("id");
+            let rotation = rotate(&repo, &keys, role, Lifetimes::default())
+                .await
+                .unwrap_or_else(|e| panic!("rotating {role}: {e:#}"));
+            assert!(!rotation.resumed);
+            assert_eq!(rotation.root_version, round as u64 + 2);
+            assert_ne!(rotation.key_id, before, "{role}: a new key");
+            assert_eq!(
+                key_id(&key_path(&keys, role)).await.expect("id"),
+                rotation.key_id
+            );
+            assert_eq!(key_id(&rotation.retired).await.expect("id"), before);
+            // Verified from 1.root.json through every root since, as a node does.
+            let loaded = load_local(&repo).await.expect("verifies");
+            let root = &loaded.root().signed;
+            assert_eq!(root.version.get(), rotation.root_version);
+            let listed: Vec<String> = root.roles[&role_type(role).expect("role")]
+                .keyids
+                .iter()
+                .map(|id| crate::release::hex(id))
+                .collect();
+            assert_eq!(listed, std::slice::from_ref(&rotation.key_id));
+            assert!(
+                !root.keys.keys().any(|id| crate::release::hex(id) == before),
+                "{role}: the replaced key leaves the root"
+            );
+            publish(&repo, &keys, dir.path(), &format!("after-{role}"))
+                .await
+                .unwrap_or_else(|e| panic!("publishing after rotating {role}: {e:#}"));
+        }
+
+        // The replaced targets key signs nothing any more.
+        let stale = dir.path().join("stale-keys");
+        std::fs::create_dir_all(&stale).expect("dir");
+        for role in ["snapshot", "timestamp"] {
+            std::fs::copy(key_path(&keys, role), key_path(&stale, role)).expect("copy");
+        }
+        let retired = std::fs::read_dir(&keys)
+            .expect("keys")
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().contains("targets.key.retired-"))
+            .expect("retired targets key");
+        std::fs::copy(&retired, key_path(&stale, "targets")).expect("copy");
+        let refused = publish(&repo, &stale, dir.path(), "with-the-old-key").await;
+        assert!(refused.is_err(), "the replaced key no longer signs targets");
+        assert!(role_type("owner").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_replacement_published_but_not_finished_is_finished_by_running_it_again() {
+        let (_dir, repo, keys) = fresh_repository().await;
+        let rotation = rotate(&repo, &keys, "targets", Lifetimes::default())
+            .await
+            .expect("rotate");
+        // As if the run had stopped after publishing, before swapping the key files.
+        let current = key_path(&keys, "targets");
+        std::fs::rename(&current, keys.join("targets.key.next")).expect("back to pending");
+        std::fs::rename(&rotation.retired, &current).expect("old key back");
+        let again = rotate(&repo, &keys, "targets", Lifetimes::default())
+            .await
+            .expect("finish");
+        assert!(again.resumed);
+        assert_eq!(again.root_version, rotation.root_version, "no new root");
+        assert_eq!(key_id(&current).await.expect("id"), rotation.key_id);
+        assert!(!keys.join("targets.key.next").exists());
+    }
+}
