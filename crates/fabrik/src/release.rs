@@ -462,7 +462,10 @@ pub(crate) async fn lock(repo: &Path) -> anyhow::Result<RepositoryLock> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         match file.try_lock() {
-            Ok(()) => return Ok(RepositoryLock { _file: file }),
+            Ok(()) => {
+                finish_interrupted_publish(repo)?;
+                return Ok(RepositoryLock { _file: file });
+            }
             Err(std::fs::TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -523,8 +526,24 @@ pub(crate) async fn editor_for(
     Ok((editor, targets_version.get()))
 }
 
+/// Marks a staging directory whose files are all written: from then on it is published
+/// whole, if need be by the next signer (see [`finish_interrupted_publish`]).
+const STAGED_MARKER: &str = ".complete";
+
+/// Finishes a publish a signer stopped in the middle of moving in (its staging directory is
+/// marked complete): until then the repository may hold a new root without the metadata
+/// signed under it, which neither nodes nor signers can verify. Called under the lock.
+fn finish_interrupted_publish(repo: &Path) -> anyhow::Result<()> {
+    let staging = repo.join(".staging");
+    if staging.join(STAGED_MARKER).is_file() {
+        tracing::warn!(repo = %repo.display(), "Finishing a publish an earlier signer left half done.");
+        move_in(repo, &staging)?;
+    }
+    Ok(())
+}
+
 /// A fresh staging directory beside `metadata/` (the caller holds the lock, so a leftover is
-/// an interrupted signer's and is removed).
+/// an interrupted signer's that never began publishing, and is removed).
 pub(crate) fn staging_dir(repo: &Path) -> anyhow::Result<PathBuf> {
     let staging = repo.join(".staging");
     if staging.exists() {
@@ -536,18 +555,32 @@ pub(crate) fn staging_dir(repo: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// Moves what was written to `staging` into `metadata/` so that a node reading meanwhile never
-/// sees a half-written file: versioned files first, `timestamp.json` (which points at the
-/// rest) last.
+/// sees a half-written file: versioned files first, then a new root, `timestamp.json` (which
+/// points at the rest) last — a node finds a new root only just before the metadata signed
+/// under it. The staging directory is marked complete first, so a stop in between is
+/// finished by the next signer.
 pub(crate) fn move_in(repo: &Path, staging: &Path) -> anyhow::Result<()> {
     let metadata = metadata_dir(repo);
+    let marker = staging.join(STAGED_MARKER);
+    std::fs::write(&marker, b"").with_context(|| format!("writing {}", marker.display()))?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(staging)
         .with_context(|| format!("reading {}", staging.display()))?
         .flatten()
         .map(|entry| entry.path())
+        .filter(|path| *path != marker)
         .collect();
     files.sort_by_key(|path| {
-        path.file_name()
-            .is_some_and(|name| name == "timestamp.json")
+        let name = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or_default();
+        if name == "timestamp.json" {
+            2
+        } else if name.ends_with(".root.json") {
+            1
+        } else {
+            0
+        }
     });
     for file in files {
         let Some(name) = file.file_name() else {
@@ -557,6 +590,7 @@ pub(crate) fn move_in(repo: &Path, staging: &Path) -> anyhow::Result<()> {
         std::fs::rename(&file, &to)
             .with_context(|| format!("moving {} to {}", file.display(), to.display()))?;
     }
+    std::fs::remove_file(&marker).with_context(|| format!("removing {}", marker.display()))?;
     std::fs::remove_dir(staging).with_context(|| format!("removing {}", staging.display()))?;
     prune_snapshots(&metadata);
     Ok(())
@@ -1122,17 +1156,37 @@ pub(crate) async fn refresh_root(
     let _lock = lock(repo).await?;
     let state = publisher_state(keys);
     let loaded = load_for_signing(repo, &state).await?;
-    let mut root = loaded.root().signed.clone();
+    let current = loaded.root().signed.clone();
+    let mut root = current.clone();
     root.version = next(root.version)?;
     root.expires = expires_in(lifetime)?;
     let (version, expires) = (root.version.get(), root.expires);
     // The same keys sign for the old root and the new one: one signature meets both
     // thresholds, as the TUF client checks when it walks from version N to N + 1.
     let staging = staging_dir(repo)?;
-    sign_into(root.clone(), &root, keys, "root", &staging).await?;
+    let signed = sign_into(root.clone(), &root, keys, "root", &staging).await?;
+    check_new_root(&current, signed.signed())?;
     move_in(repo, &staging)?;
     remember(repo, &state).await?;
     Ok((version, expires))
+}
+
+/// Checks a new root before it is published, as a node will: signed by a threshold of the
+/// current root's root keys and of its own. tough does not check this when it signs a root,
+/// and a published root nobody can verify stops every node and every signer.
+pub(crate) fn check_new_root(
+    current: &Root,
+    new: &tough::schema::Signed<Root>,
+) -> anyhow::Result<()> {
+    current.verify_role(new).map_err(|e| {
+        anyhow!(
+            "the new root does not verify under the current one ({e}): is root.key the \
+             repository's root key? Nothing was published"
+        )
+    })?;
+    new.signed.verify_role(new).map_err(|e| {
+        anyhow!("the new root does not verify under its own keys ({e}); nothing was published")
+    })
 }
 
 /// Signs `role` with `<keys>/<key>.key`, the key `root` names for it, and writes it into

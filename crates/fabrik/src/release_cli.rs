@@ -365,8 +365,7 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
             let lifetimes = lifetimes.lifetimes(Some(&root_lifetime))?;
             let rotation = crate::release_keys::rotate(&repo, &keys, &role, lifetimes).await?;
             println!(
-                "{} the {role} key: root version {} lists key {}; the replaced key is {} \
-                 (destroy it, or keep it offline)",
+                "{} the {role} key: root version {} lists key {}; {}",
                 if rotation.resumed {
                     "finished replacing"
                 } else {
@@ -374,7 +373,13 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                 },
                 rotation.root_version,
                 &rotation.key_id[..16.min(rotation.key_id.len())],
-                rotation.retired.display(),
+                match &rotation.retired {
+                    Some(path) => format!(
+                        "the replaced key is {} (destroy it, or keep it offline)",
+                        path.display()
+                    ),
+                    None => "the replaced key was moved aside by the earlier run".to_owned(),
+                },
             );
             if role == "snapshot" || role == "timestamp" {
                 println!(

@@ -22,8 +22,9 @@ pub(crate) struct Rotation {
     pub(crate) root_version: u64,
     /// The new key's id (hex), as the root lists it.
     pub(crate) key_id: String,
-    /// Where the replaced key was moved (to be destroyed, or kept offline for forensics).
-    pub(crate) retired: PathBuf,
+    /// Where the replaced key was moved (to be destroyed, or kept offline for forensics);
+    /// `None` when an interrupted run had moved it already.
+    pub(crate) retired: Option<PathBuf>,
     /// Whether this finished a replacement an earlier run had published but not completed.
     pub(crate) resumed: bool,
 }
@@ -52,7 +53,8 @@ async fn key_id(path: &Path) -> anyhow::Result<String> {
 /// `lifetimes.root`) is signed with the root key — for the root role, with the old root key
 /// *and* the new one, as a node verifies it against both — and, for targets, snapshot or
 /// timestamp, those three are signed again, the rotated one with its new key. Needs the root
-/// key. A run interrupted after publishing is finished by running it again.
+/// key. A run interrupted after publishing is finished by running it again; a key file is
+/// never deleted or overwritten.
 pub(crate) async fn rotate(
     repo: &Path,
     keys: &Path,
@@ -66,7 +68,7 @@ pub(crate) async fn rotate(
     let old_root = loaded.root().signed.clone();
     let current = key_path(keys, role);
     let pending = keys.join(format!("{role}.key.next"));
-    let role_ids = |root: &Root| -> Vec<String> {
+    let listed = |root: &Root, role_type: RoleType| -> Vec<String> {
         root.roles
             .get(&role_type)
             .map(|keys| {
@@ -77,10 +79,26 @@ pub(crate) async fn rotate(
             })
             .unwrap_or_default()
     };
+    // Another role's replacement that was published but not finished: its new key is the
+    // one the root lists, so signing with the old file would fail (or, for the root, sign
+    // nothing the nodes accept). It is finished first, by name.
+    for (other_type, other) in ROLES {
+        let other_pending = keys.join(format!("{other}.key.next"));
+        if other != role
+            && other_pending.is_file()
+            && listed(&old_root, other_type).contains(&key_id(&other_pending).await?)
+        {
+            bail!(
+                "the {other} key's replacement was published but not finished: run `fabrik \
+                 release rotate --role {other}` first"
+            );
+        }
+    }
     if pending.is_file() {
-        // A key from an earlier run: published already (finish the swap of files), or not
-        // (never used; replaced by a fresh one).
-        if role_ids(&old_root).contains(&key_id(&pending).await?) {
+        // A key from an earlier run: published already (finish the swap of files), or not.
+        // An unpublished one is used now rather than deleted: a root that listed it might
+        // have been published and then taken back by hand, and nodes may trust it.
+        if listed(&old_root, role_type).contains(&key_id(&pending).await?) {
             let retired = retire(&current, &pending)?;
             return Ok(Rotation {
                 root_version: old_root.version.get(),
@@ -89,15 +107,18 @@ pub(crate) async fn rotate(
                 resumed: true,
             });
         }
-        std::fs::remove_file(&pending)
-            .with_context(|| format!("removing the unused {}", pending.display()))?;
+    } else {
+        let (pkcs8, _) = crate::model_signature::generate().map_err(anyhow::Error::msg)?;
+        crate::run::write_private(&pending, &pkcs8)
+            .with_context(|| format!("creating {}", pending.display()))?;
+        // The key is on disk before any root lists it.
+        if let Ok(directory) = std::fs::File::open(keys) {
+            let _ = directory.sync_all();
+        }
     }
     if !current.is_file() {
         bail!("{}: no {role} key here to replace", current.display());
     }
-    let (pkcs8, _) = crate::model_signature::generate().map_err(anyhow::Error::msg)?;
-    crate::run::write_private(&pending, &pkcs8)
-        .with_context(|| format!("creating {}", pending.display()))?;
     let new_key = LocalKeySource {
         path: pending.clone(),
     }
@@ -170,6 +191,7 @@ pub(crate) async fn rotate(
         .await
         .context("signing the new root (is root.key the repository's root key?)")?
     };
+    crate::release::check_new_root(&old_root, signed_root.signed())?;
     let staging = staging_dir(repo)?;
     signed_root
         .write(&staging, new_root.consistent_snapshot)
@@ -211,8 +233,9 @@ pub(crate) async fn rotate(
     })
 }
 
-/// Moves the replaced key aside and the new one into its place.
-fn retire(current: &Path, pending: &Path) -> anyhow::Result<PathBuf> {
+/// Moves the replaced key aside (returning where, unless it was moved already) and the new
+/// one into its place.
+fn retire(current: &Path, pending: &Path) -> anyhow::Result<Option<PathBuf>> {
     let seconds = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|since| since.as_secs())
@@ -223,13 +246,16 @@ fn retire(current: &Path, pending: &Path) -> anyhow::Result<PathBuf> {
         retired = current.with_extension(format!("key.retired-{seconds}-{n}"));
         n += 1;
     }
-    if current.is_file() {
+    let moved = if current.is_file() {
         std::fs::rename(current, &retired)
             .with_context(|| format!("moving {} aside", current.display()))?;
-    }
+        Some(retired)
+    } else {
+        None
+    };
     std::fs::rename(pending, current)
         .with_context(|| format!("moving {} into place", pending.display()))?;
-    Ok(retired)
+    Ok(moved)
 }
 
 #[cfg(test)]
@@ -237,6 +263,7 @@ mod tests {
     use super::*;
     use crate::release::tests::{forest, fresh_repository};
     use crate::release::{Audience, add_model, load_local};
+    use std::time::Duration;
 
     async fn publish(repo: &Path, keys: &Path, dir: &Path, name: &str) -> anyhow::Result<()> {
         let model = dir.join(format!("{name}.onnx"));
@@ -256,7 +283,8 @@ mod tests {
     #[tokio::test]
     async fn every_role_key_is_replaced_and_the_chain_verifies_from_the_first_root() {
         let (dir, repo, keys) = fresh_repository().await;
-        for (round, role) in ["targets", "snapshot", "timestamp", "root"]
+        // The root's in the middle: the roots after it are signed with its new key.
+        for (round, role) in ["targets", "root", "snapshot", "timestamp"]
             .into_iter()
             .enumerate()
         {
@@ -271,7 +299,8 @@ mod tests {
                 key_id(&key_path(&keys, role)).await.expect("id"),
                 rotation.key_id
             );
-            assert_eq!(key_id(&rotation.retired).await.expect("id"), before);
+            let retired = rotation.retired.clone().expect("moved aside");
+            assert_eq!(key_id(&retired).await.expect("id"), before);
             // Verified from 1.root.json through every root since, as a node does.
             let loaded = load_local(&repo).await.expect("verifies");
             let root = &loaded.root().signed;
@@ -318,13 +347,131 @@ mod tests {
         // As if the run had stopped after publishing, before swapping the key files.
         let current = key_path(&keys, "targets");
         std::fs::rename(&current, keys.join("targets.key.next")).expect("back to pending");
-        std::fs::rename(&rotation.retired, &current).expect("old key back");
+        let retired = rotation.retired.clone().expect("moved aside");
+        std::fs::rename(&retired, &current).expect("old key back");
         let again = rotate(&repo, &keys, "targets", Lifetimes::default())
             .await
             .expect("finish");
         assert!(again.resumed);
+        assert!(retired.is_file(), "the replaced key is kept");
         assert_eq!(again.root_version, rotation.root_version, "no new root");
         assert_eq!(key_id(&current).await.expect("id"), rotation.key_id);
         assert!(!keys.join("targets.key.next").exists());
+    }
+
+    #[tokio::test]
+    async fn a_root_signed_with_another_root_key_is_refused_before_it_is_published() {
+        let (dir, repo, keys) = fresh_repository().await;
+        let impostor = dir.path().join("impostor.key");
+        let (pkcs8, _) = crate::model_signature::generate().expect("key");
+        crate::run::write_private(&impostor, &pkcs8).expect("write");
+        std::fs::rename(key_path(&keys, "root"), dir.path().join("real-root.key")).expect("away");
+        std::fs::copy(&impostor, key_path(&keys, "root")).expect("wrong root key");
+        for refused in [
+            rotate(&repo, &keys, "targets", Lifetimes::default())
+                .await
+                .map(drop),
+            crate::release::refresh_root(&repo, &keys, Duration::from_secs(3600))
+                .await
+                .map(drop),
+        ] {
+            let refused = refused.expect_err("a root no node could verify");
+            assert!(format!("{refused:#}").contains("root key"), "{refused:#}");
+        }
+        let loaded = load_local(&repo)
+            .await
+            .expect("the repository still verifies");
+        assert_eq!(loaded.root().signed.version.get(), 1);
+        // The unused replacement key stays for the next run, never deleted.
+        assert!(keys.join("targets.key.next").is_file());
+
+        // A root that lists (and is signed by) only a key the current root does not know
+        // signs without complaint; the check before publishing refuses it.
+        let current = loaded.root().signed.clone();
+        let key = LocalKeySource {
+            path: impostor.clone(),
+        }
+        .as_sign()
+        .await
+        .expect("key")
+        .tuf_key();
+        let id = key.key_id().expect("id");
+        let mut new_root = current.clone();
+        new_root.version = next(current.version).expect("version");
+        new_root.keys.insert(id.clone(), key);
+        new_root
+            .roles
+            .get_mut(&RoleType::Root)
+            .expect("root role")
+            .keyids = vec![id];
+        let signed = SignedRole::new(
+            new_root.clone(),
+            &KeyHolder::Root(new_root),
+            &[Box::new(LocalKeySource { path: impostor }) as Box<dyn KeySource>],
+            &aws_lc_rs::rand::SystemRandom::new(),
+        )
+        .await
+        .expect("tough signs it");
+        let refused = crate::release::check_new_root(&current, signed.signed())
+            .expect_err("not signed by the current root key");
+        assert!(
+            format!("{refused:#}").contains("Nothing was published"),
+            "{refused:#}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_publish_stopped_while_moving_in_is_finished_by_the_next_signer() {
+        let (dir, repo, keys) = fresh_repository().await;
+        rotate(&repo, &keys, "targets", Lifetimes::default())
+            .await
+            .expect("rotate");
+        // A second rotation made on a copy, its files staged in the repository by hand: the
+        // new root moved in, the rest left in a staging directory marked complete, as a signer
+        // stopped mid-way leaves them.
+        let copy = dir.path().join("copy");
+        copy_dir(&repo, &copy);
+        let copy_keys = dir.path().join("copy-keys");
+        copy_dir(&keys, &copy_keys);
+        rotate(&copy, &copy_keys, "timestamp", Lifetimes::default())
+            .await
+            .expect("rotate the copy");
+        let staging = repo.join(".staging");
+        std::fs::create_dir_all(&staging).expect("staging");
+        for entry in std::fs::read_dir(copy.join("metadata"))
+            .expect("read")
+            .flatten()
+        {
+            let name = entry.file_name();
+            if !repo.join("metadata").join(&name).exists() || name == "timestamp.json" {
+                std::fs::copy(entry.path(), staging.join(&name)).expect("stage");
+            }
+        }
+        std::fs::write(staging.join(".complete"), b"").expect("marker");
+        std::fs::rename(
+            staging.join("3.root.json"),
+            repo.join("metadata/3.root.json"),
+        )
+        .expect("root moved in");
+        assert!(
+            load_local(&repo).await.is_err(),
+            "half published: nothing verifies"
+        );
+        drop(lock(&repo).await.expect("the next signer"));
+        let loaded = load_local(&repo).await.expect("verifies once finished");
+        assert_eq!(loaded.root().signed.version.get(), 3);
+        assert!(!staging.exists());
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("dir");
+        for entry in std::fs::read_dir(from).expect("read").flatten() {
+            let target = to.join(entry.file_name());
+            if entry.path().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), &target).expect("copy");
+            }
+        }
     }
 }

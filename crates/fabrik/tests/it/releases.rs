@@ -1171,11 +1171,11 @@ fn an_edge_follows_its_repository_through_replaced_keys() {
         || model_sha(&edge.url, "before").is_some(),
     );
 
-    // Each role's key replaced in turn (the root's last), a model published after each: the
-    // edge walks from the root it was given through every new root, and trusts only the keys
-    // each one lists.
+    // Each role's key replaced in turn (the root's second, so later roots are signed with its
+    // new key), a model published after each: the edge walks from the root it was given
+    // through every new root, and trusts only the keys each one lists.
     let mut expected_root = 1;
-    for role in ["targets", "snapshot", "timestamp", "root"] {
+    for role in ["targets", "root", "snapshot", "timestamp"] {
         let rotated = release("rotate", &repo, &keys, &["--role", role]);
         expected_root += 1;
         assert!(
