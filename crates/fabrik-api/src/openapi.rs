@@ -147,6 +147,7 @@ impl Modify for TokenAuth {
         crate::compliance::report,
         crate::links::status,
         crate::updates::status,
+        crate::updates::fleet,
         crate::privacy::export,
         crate::stream::device_stream,
         crate::pipelines::list,

@@ -155,6 +155,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/compliance", get(crate::compliance::report))
         .route("/api/v1/uplink", get(crate::links::status))
         .route("/api/v1/updates", get(crate::updates::status))
+        .route("/api/v1/fleet/releases", get(crate::updates::fleet))
         .route("/services", get(services))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

@@ -105,6 +105,117 @@ pub async fn status(State(state): State<ApiState>) -> Json<UpdatesAnswer> {
     })
 }
 
+/// The table every node's updates module records its installs and refusals in; an uplink
+/// forwards it, so a hub holds every node's.
+pub const RELEASES_TABLE: &str = "_releases";
+
+/// One node's latest word on one release target.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FleetRelease {
+    /// The node (`[updates] node`).
+    pub node: String,
+    /// The target's name in the repository.
+    pub target: String,
+    /// `model`, `use-case`, `pipeline` or `alert-rule`.
+    pub kind: String,
+    /// The name it is installed under.
+    pub name: String,
+    /// The latest record: `installed` or `refused`.
+    pub state: String,
+    /// Why the latest record is a refusal.
+    pub reason: Option<String>,
+    /// When the node recorded it (RFC 3339).
+    pub last_seen: String,
+    /// SHA-256 of the content the node last installed (a model's `model_version`), if any:
+    /// after a refusal, what it still runs.
+    pub installed_sha256: Option<String>,
+    /// Since when it runs that (RFC 3339).
+    pub installed_at: Option<String>,
+}
+
+/// `GET /api/v1/fleet/releases`: which node runs which release, since when, and what it
+/// refused.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FleetAnswer {
+    /// How many nodes have recorded anything.
+    pub nodes: usize,
+    /// Per node and target, by node then target.
+    pub releases: Vec<FleetRelease>,
+}
+
+/// Which node runs which release: the latest `_releases` record of each node and target this
+/// process holds (a hub, with its nodes' uplinks, holds every node's).
+#[utoipa::path(get, path = "/api/v1/fleet/releases", tag = "updates", security(("token" = [])),
+    responses(
+        (status = 200, description = "per node and release target: the latest install or refusal, and what the node runs since when", body = FleetAnswer),
+    ))]
+pub async fn fleet(State(state): State<ApiState>) -> Result<Json<FleetAnswer>, ApiError> {
+    if !state.store.has_table(RELEASES_TABLE) {
+        return Ok(Json(FleetAnswer {
+            nodes: 0,
+            releases: Vec::new(),
+        }));
+    }
+    let latest = query_rows(
+        &state,
+        &format!(
+            "SELECT node, target, last_value(kind ORDER BY time) AS kind, \
+             last_value(name ORDER BY time) AS name, last_value(state ORDER BY time) AS state, \
+             last_value(reason ORDER BY time) AS reason, max(time) AS last_seen \
+             FROM {RELEASES_TABLE} GROUP BY node, target ORDER BY node, target"
+        ),
+    )
+    .await?;
+    let installed = query_rows(
+        &state,
+        &format!(
+            "SELECT node, target, last_value(sha256 ORDER BY time) AS sha256, \
+             max(time) AS installed_at FROM {RELEASES_TABLE} WHERE state = 'installed' \
+             GROUP BY node, target"
+        ),
+    )
+    .await?;
+    let text = |row: &serde_json::Value, key: &str| -> String {
+        match &row[key] {
+            serde_json::Value::String(text) => text.clone(),
+            serde_json::Value::Null => String::new(),
+            other => other.to_string(),
+        }
+    };
+    let releases: Vec<FleetRelease> = latest
+        .iter()
+        .map(|row| {
+            let (node, target) = (text(row, "node"), text(row, "target"));
+            let running = installed
+                .iter()
+                .find(|other| text(other, "node") == node && text(other, "target") == target);
+            FleetRelease {
+                kind: text(row, "kind"),
+                name: text(row, "name"),
+                state: text(row, "state"),
+                reason: Some(text(row, "reason")).filter(|reason| !reason.is_empty()),
+                last_seen: text(row, "last_seen"),
+                installed_sha256: running.map(|row| text(row, "sha256")),
+                installed_at: running.map(|row| text(row, "installed_at")),
+                node,
+                target,
+            }
+        })
+        .collect();
+    let nodes = releases
+        .iter()
+        .map(|release| release.node.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    Ok(Json(FleetAnswer { nodes, releases }))
+}
+
+async fn query_rows(state: &ApiState, sql: &str) -> Result<Vec<serde_json::Value>, ApiError> {
+    let output = state.store.query(sql).await?;
+    crate::routes::batches_to_json(&output.batches)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))
+}
+
 /// The release repository this process serves (`[releases]`).
 #[derive(Debug, Clone)]
 pub struct ReleaseRepo {

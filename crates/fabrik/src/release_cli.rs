@@ -172,6 +172,15 @@ enum ReleaseCommand {
         #[command(flatten)]
         lifetimes: LifetimeArgs,
     },
+    /// Which node runs which release, since when, and what it refused: asked of a hub (its
+    /// nodes' uplinks bring their records) or of one node.
+    Fleet {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
     /// What the repository publishes, verified as a node would (except expiry, shown).
     List {
         /// The release repository's directory.
@@ -385,6 +394,44 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                 println!(
                     "copy the new {role}.key to every hub that re-signs this repository \
                      ([releases] keys): until then they cannot sign"
+                );
+            }
+        }
+        ReleaseCommand::Fleet { json, endpoint } => {
+            let client = endpoint.client()?;
+            let fleet: serde_json::Value = endpoint
+                .get_json(&client, "/api/v1/fleet/releases")
+                .await
+                .context("asking for the fleet's releases")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&fleet)?);
+                return Ok(());
+            }
+            let text = crate::client::json_text;
+            let releases = fleet["releases"].as_array().cloned().unwrap_or_default();
+            if releases.is_empty() {
+                println!("No node has recorded a release here yet.");
+                return Ok(());
+            }
+            println!("{} node(s)", text(&fleet["nodes"]));
+            for release in &releases {
+                let running = match release["installed_sha256"].as_str() {
+                    Some(sha) => format!(
+                        "runs {} since {}",
+                        &sha[..12.min(sha.len())],
+                        text(&release["installed_at"])
+                    ),
+                    None => "runs none of it".to_owned(),
+                };
+                println!(
+                    "  {}  {}  {}  {running}{}",
+                    text(&release["node"]),
+                    text(&release["target"]),
+                    text(&release["state"]),
+                    release["reason"]
+                        .as_str()
+                        .map(|why| format!("; refused {}: {why}", text(&release["last_seen"])))
+                        .unwrap_or_default()
                 );
             }
         }

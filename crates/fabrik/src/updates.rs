@@ -342,7 +342,7 @@ fn definition<T: serde::de::DeserializeOwned + crate::define_cli::Named>(
 
 /// The table each install and refusal is recorded in, on the node (and, with an uplink, on
 /// the hub: which node runs which release, since when).
-pub(crate) const RELEASES_TABLE: &str = "_releases";
+pub(crate) use fabrik_api::updates::RELEASES_TABLE;
 
 /// One node's follower of one repository.
 struct Updater {

@@ -1207,3 +1207,106 @@ fn an_edge_follows_its_repository_through_replaced_keys() {
         || updates(&edge.url)["root_version"] == expected_root,
     );
 }
+
+#[test]
+fn a_hub_knows_which_node_runs_which_release() {
+    let dir = tempfile::tempdir().expect("dir");
+    let repo = dir.path().join("repo");
+    let keys = dir.path().join("keys");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).expect("work");
+    release("init", &repo, &keys, &[]);
+    let model_bytes = fixture("iforest_100.onnx");
+    let model = work.join("forest.onnx");
+    std::fs::write(&model, &model_bytes).expect("model");
+    release("add", &repo, &keys, &["--name", "pump-model", path(&model)]);
+    release(
+        "add",
+        &repo,
+        &keys,
+        &["--name", "swapped-model", path(&model)],
+    );
+    // The second model's file is swapped behind its signed hash: the node refuses it.
+    std::fs::write(
+        target_file(&repo, ".swapped-model.onnx"),
+        fixture("mlp_ae_8_4_8.onnx"),
+    )
+    .expect("tamper");
+
+    let port = crate::support::free_port();
+    let _nats = crate::uplink::nats_server(&dir.path().join("nats"), port);
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let hub = Process::start(
+        &dir.path().join("hub"),
+        &[("FABRIK__HUB__URL", nats_url.as_str())],
+    );
+    let config = follower_config(dir.path(), &repo);
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str(&format!(
+        "\n[store]\nflush_interval = \"1s\"\n\n[uplink]\nurl = \"{nats_url}\"\nnode = \"line-1\"\n"
+    ));
+    std::fs::write(&config, text).expect("config");
+    let edge =
+        Process::start_with_args(&dir.path().join("edge"), &["--config", path(&config)], &[]);
+
+    // The edge's records reach the hub through the uplink: the hub answers for the fleet.
+    let fleet = |url: &str| {
+        let (code, answer) = http(url, reqwest::Method::GET, "/api/v1/fleet/releases", None);
+        assert_eq!(code, 200, "{answer}");
+        answer
+    };
+    let entry = |answer: &serde_json::Value, target: &str| {
+        answer["releases"]
+            .as_array()
+            .and_then(|all| {
+                all.iter()
+                    .find(|r| r["node"] == "line-1" && r["target"] == target)
+                    .cloned()
+            })
+            .unwrap_or(serde_json::Value::Null)
+    };
+    eventually_for(
+        "the hub lists what line-1 installed and refused",
+        Duration::from_secs(60),
+        || {
+            let answer = fleet(&hub.url);
+            entry(&answer, "pump-model.onnx")["state"] == "installed"
+                && entry(&answer, "swapped-model.onnx")["state"] == "refused"
+        },
+    );
+    let answer = fleet(&hub.url);
+    assert_eq!(answer["nodes"], 1, "{answer}");
+    let installed = entry(&answer, "pump-model.onnx");
+    assert_eq!(
+        installed["installed_sha256"],
+        sha256_hex(&model_bytes).as_str(),
+        "{installed}"
+    );
+    assert!(installed["installed_at"].is_string(), "{installed}");
+    assert!(installed["reason"].is_null(), "{installed}");
+    let refused = entry(&answer, "swapped-model.onnx");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .is_some_and(|why| why.contains("Hash mismatch")),
+        "{refused}"
+    );
+    assert!(
+        refused["installed_sha256"].is_null(),
+        "it runs none of it: {refused}"
+    );
+    let (ok, shown) = client_command(&hub.url, &["release", "fleet"]);
+    assert!(
+        ok && shown.contains("line-1  pump-model.onnx  installed  runs ")
+            && shown.contains("swapped-model.onnx  refused  runs none of it; refused"),
+        "{shown}"
+    );
+    // A node answers for itself the same way.
+    assert_eq!(
+        entry(&fleet(&edge.url), "pump-model.onnx")["state"],
+        "installed"
+    );
+    // Nothing recorded yet: an empty fleet, not an error.
+    let empty = Process::start(&dir.path().join("empty"), &[]);
+    assert_eq!(fleet(&empty.url)["nodes"], 0);
+}

@@ -33,7 +33,7 @@ fn nats_server_path() -> PathBuf {
 }
 
 /// A nats-server with JetStream on 127.0.0.1:`port`, its store in `dir`; killed on drop.
-fn nats_server(dir: &Path, port: u16) -> Peer {
+pub(crate) fn nats_server(dir: &Path, port: u16) -> Peer {
     let mut command = Command::new(nats_server_path());
     command
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
