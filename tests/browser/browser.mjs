@@ -200,6 +200,16 @@ async function main() {
     assert(/Targets v2/.test(await page.textContent('#rel-trusted')), 'trusted targets version');
     // Valid for a day from the release: a date ahead, not an age.
     assert(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/.test(await page.textContent('#rel-expires')), 'expiry as a date');
+    // Another node's records, as its uplink brings them to a hub: the fleet card appears,
+    // with that node's refusal and this node's install.
+    assert(await page.isHidden('#ov-fleet-card'), 'no fleet card for this node alone');
+    await apiCall('/api/v1/write', { method: 'POST', type: 'text/plain',
+      body: '_releases,node=line-7,target=pump-forest.onnx,kind=model,name=pump-forest sha256="0f",file_sha256="0f",state="refused",targets_version=2u,reason="Hash mismatch"\n' });
+    await page.waitForSelector('#ov-fleet-card:not([hidden]) #fleet-releases tr[data-node="line-7"]', { timeout: 20000 });
+    const other = await page.textContent('#fleet-releases tr[data-node="line-7"]');
+    assert(/refused/.test(other) && /—/.test(other), `another node's refusal: ${other}`);
+    const mine = await page.textContent('#fleet-releases tr[data-node="demo-line"]');
+    assert(/installed/.test(mine), `this node's install: ${mine}`);
     // The ingest rate needs two /metrics samples, 5 s apart.
     await page.waitForFunction(() => /\d/.test(document.querySelector('#st-ingest .value')?.textContent || ''), null, { timeout: 15000 });
     await shot('01-overview');

@@ -112,7 +112,8 @@ pub const RELEASES_TABLE: &str = "_releases";
 /// One node's latest word on one release target.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct FleetRelease {
-    /// The node (`[updates] node`).
+    /// The node, as its updates module names itself (`[updates] node`, by default its
+    /// `[uplink] node`).
     pub node: String,
     /// The target's name in the repository.
     pub target: String,
@@ -182,21 +183,36 @@ pub async fn fleet(State(state): State<ApiState>) -> Result<Json<FleetAnswer>, A
             other => other.to_string(),
         }
     };
+    // The store's times are UTC without a zone: said, as in the rest of the API.
+    let utc = |row: &serde_json::Value, key: &str| -> String {
+        let mut time = text(row, key);
+        if !time.is_empty() && !time.ends_with('Z') && !time.contains('+') {
+            time.push('Z');
+        }
+        time
+    };
+    let running: std::collections::HashMap<(String, String), (String, String)> = installed
+        .iter()
+        .map(|row| {
+            (
+                (text(row, "node"), text(row, "target")),
+                (text(row, "sha256"), utc(row, "installed_at")),
+            )
+        })
+        .collect();
     let releases: Vec<FleetRelease> = latest
         .iter()
         .map(|row| {
             let (node, target) = (text(row, "node"), text(row, "target"));
-            let running = installed
-                .iter()
-                .find(|other| text(other, "node") == node && text(other, "target") == target);
+            let running = running.get(&(node.clone(), target.clone())).cloned();
             FleetRelease {
                 kind: text(row, "kind"),
                 name: text(row, "name"),
                 state: text(row, "state"),
                 reason: Some(text(row, "reason")).filter(|reason| !reason.is_empty()),
-                last_seen: text(row, "last_seen"),
-                installed_sha256: running.map(|row| text(row, "sha256")),
-                installed_at: running.map(|row| text(row, "installed_at")),
+                last_seen: utc(row, "last_seen"),
+                installed_sha256: running.as_ref().map(|(sha, _)| sha.clone()),
+                installed_at: running.map(|(_, at)| at),
                 node,
                 target,
             }

@@ -510,14 +510,16 @@ async function pageOverview(p) {
         <section class="card" aria-labelledby="h-attn"><div class="card-head"><h2 id="h-attn">Devices</h2><a href="#/devices">All devices →</a></div><div id="ov-devices"></div></section>
         <section class="card" aria-labelledby="h-svc"><h2 id="h-svc">Services</h2><div id="ov-services"></div></section>
         <section class="card" aria-labelledby="h-releases" id="ov-releases-card" hidden><h2 id="h-releases">Releases</h2><div id="ov-releases"></div></section>
+        <section class="card" aria-labelledby="h-fleet" id="ov-fleet-card" hidden><h2 id="h-fleet">Fleet releases</h2><div id="ov-fleet"></div></section>
       </div>
     </div>`);
   const ingestChart = chartIn(p, $('#ov-ingest-chart'), { series: [{ label: 'points/s', color: PALETTE[0] }], height: 160 });
 
   await every(p, 5000, async () => {
-    const [devices, active, pending, pipelines, services, rate, updates] = await Promise.all([
+    const [devices, active, pending, pipelines, services, rate, updates, fleet] = await Promise.all([
       api('/api/v1/devices'), api('/api/v1/alerts?state=firing&limit=200'), api('/api/v1/alerts?state=pending&limit=200'),
       api('/api/v1/pipelines'), api('/services'), sampleIngest().catch(() => null), api('/api/v1/updates').catch(() => null),
+      api('/api/v1/fleet/releases').catch(() => null),
     ]);
     if (!p.alive) return;
     const count = (s) => devices.filter((d) => d.state === s).length;
@@ -553,6 +555,12 @@ async function pageOverview(p) {
     // What this node installs from its release repository ([updates]); hidden when it follows none.
     $('#ov-releases-card').hidden = !updates?.configured;
     if (updates?.configured) patch($('#ov-releases'), releasesView(updates.status));
+    // Other nodes' releases (their uplinks bring their records): shown on a hub, not for this
+    // node alone, which the Releases card already shows.
+    const own = updates?.status?.node;
+    const others = (fleet?.releases || []).filter((r) => r.node !== own);
+    $('#ov-fleet-card').hidden = !others.length;
+    if (others.length) patch($('#ov-fleet'), fleetView(fleet.releases, fleet.nodes));
     const enough = ingest.history.length >= 2;
     $('#ov-ingest-chart').hidden = !enough;
     $('#ov-ingest-empty').hidden = enough;
@@ -574,6 +582,15 @@ function releasesView(u) {
       <td>${pill(RELEASE_STATE[t.state] || 'pending', t.state.replaceAll('_', ' '))}${t.reason ? html` <span class="muted" title="${t.reason}">⚠</span>` : ''}</td></tr>`)}
     </tbody></table>` : html`<div class="empty">The repository publishes nothing for Fabrik yet.</div>`;
   return html`${head}${key}${error}${rows}`;
+}
+
+function fleetView(releases, nodes) {
+  return html`<p class="small-text muted">${nodes} node${nodes === 1 ? '' : 's'}: each one's latest install or refusal</p>
+    <table id="fleet-releases"><thead><tr><th>Node</th><th>Release</th><th>State</th><th>Runs since</th></tr></thead><tbody>
+    ${releases.map((r) => html`<tr data-node="${r.node}" data-target="${r.target}"><td class="wrap-id">${r.node}</td><td class="wrap-id">${r.name || r.target}</td>
+      <td>${pill(RELEASE_STATE[r.state] || 'pending', r.state)}${r.reason ? html` <span class="muted" title="${r.reason}">⚠</span>` : ''}</td>
+      <td>${r.installed_at ? time(r.installed_at) : html`<span class="muted">—</span>`}</td></tr>`)}
+    </tbody></table>`;
 }
 
 function pipelinesTable(pipelines) {

@@ -535,16 +535,30 @@ const STAGED_MARKER: &str = ".complete";
 /// signed under it, which neither nodes nor signers can verify. Called under the lock.
 fn finish_interrupted_publish(repo: &Path) -> anyhow::Result<()> {
     let staging = repo.join(".staging");
-    if staging.join(STAGED_MARKER).is_file() {
-        tracing::warn!(repo = %repo.display(), "Finishing a publish an earlier signer left half done.");
-        move_in(repo, &staging)?;
+    if !staging.join(STAGED_MARKER).is_file() {
+        return Ok(());
     }
-    Ok(())
+    // Only what is newer than what is published: a staging directory restored or synced from
+    // elsewhere could hold an older timestamp, which nodes would refuse as a rollback.
+    let version = |path: &Path| -> Option<u64> {
+        let text = std::fs::read(path).ok()?;
+        serde_json::from_slice::<serde_json::Value>(&text).ok()?["signed"]["version"].as_u64()
+    };
+    let staged = version(&staging.join("timestamp.json"));
+    let published = version(&metadata_dir(repo).join("timestamp.json"));
+    if staged.is_none_or(|staged| published.is_some_and(|published| staged <= published)) {
+        tracing::warn!(repo = %repo.display(), ?staged, ?published, "An interrupted publish holds no newer timestamp; it is discarded.");
+        return std::fs::remove_dir_all(&staging)
+            .with_context(|| format!("removing {}", staging.display()));
+    }
+    tracing::warn!(repo = %repo.display(), "Finishing a publish an earlier signer left half done.");
+    move_in(repo, &staging).context("finishing an interrupted publish in .staging")
 }
 
 /// A fresh staging directory beside `metadata/` (the caller holds the lock, so a leftover is
 /// an interrupted signer's that never began publishing, and is removed).
 pub(crate) fn staging_dir(repo: &Path) -> anyhow::Result<PathBuf> {
+    finish_interrupted_publish(repo)?;
     let staging = repo.join(".staging");
     if staging.exists() {
         std::fs::remove_dir_all(&staging)
@@ -562,7 +576,24 @@ pub(crate) fn staging_dir(repo: &Path) -> anyhow::Result<PathBuf> {
 pub(crate) fn move_in(repo: &Path, staging: &Path) -> anyhow::Result<()> {
     let metadata = metadata_dir(repo);
     let marker = staging.join(STAGED_MARKER);
-    std::fs::write(&marker, b"").with_context(|| format!("writing {}", marker.display()))?;
+    if !marker.is_file() {
+        // Every staged file on disk before the marker says the set is whole: after a power
+        // cut, a marked directory never holds a cut-short root.
+        for entry in std::fs::read_dir(staging)
+            .with_context(|| format!("reading {}", staging.display()))?
+            .flatten()
+        {
+            std::fs::File::open(entry.path())
+                .and_then(|file| file.sync_all())
+                .with_context(|| format!("syncing {}", entry.path().display()))?;
+        }
+        std::fs::File::open(staging)
+            .and_then(|directory| directory.sync_all())
+            .with_context(|| format!("syncing {}", staging.display()))?;
+        std::fs::File::create(&marker)
+            .and_then(|file| file.sync_all())
+            .with_context(|| format!("writing {}", marker.display()))?;
+    }
     let mut files: Vec<PathBuf> = std::fs::read_dir(staging)
         .with_context(|| format!("reading {}", staging.display()))?
         .flatten()

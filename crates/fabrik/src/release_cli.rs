@@ -381,7 +381,7 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                     "replaced"
                 },
                 rotation.root_version,
-                &rotation.key_id[..16.min(rotation.key_id.len())],
+                rotation.key_id.get(..16).unwrap_or(&rotation.key_id),
                 match &rotation.retired {
                     Some(path) => format!(
                         "the replaced key is {} (destroy it, or keep it offline)",
@@ -418,7 +418,7 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                 let running = match release["installed_sha256"].as_str() {
                     Some(sha) => format!(
                         "runs {} since {}",
-                        &sha[..12.min(sha.len())],
+                        sha.get(..12).unwrap_or(sha),
                         text(&release["installed_at"])
                     ),
                     None => "runs none of it".to_owned(),

@@ -463,6 +463,29 @@ mod tests {
         assert!(!staging.exists());
     }
 
+    #[tokio::test]
+    async fn a_marked_staging_directory_holding_an_older_timestamp_is_discarded() {
+        let (_dir, repo, keys) = fresh_repository().await;
+        let older = std::fs::read(repo.join("metadata/timestamp.json")).expect("timestamp");
+        crate::release::refresh(&repo, &keys, Lifetimes::default())
+            .await
+            .expect("refresh");
+        let newer = std::fs::read(repo.join("metadata/timestamp.json")).expect("timestamp");
+        // As a restore or a sync from another copy could leave it: marked complete, but older.
+        let staging = repo.join(".staging");
+        std::fs::create_dir_all(&staging).expect("staging");
+        std::fs::write(staging.join("timestamp.json"), &older).expect("stage");
+        std::fs::write(staging.join(".complete"), b"").expect("marker");
+        drop(lock(&repo).await.expect("the next signer"));
+        assert!(!staging.exists(), "discarded");
+        assert_eq!(
+            std::fs::read(repo.join("metadata/timestamp.json")).expect("timestamp"),
+            newer,
+            "the published timestamp stays"
+        );
+        load_local(&repo).await.expect("verifies");
+    }
+
     fn copy_dir(from: &Path, to: &Path) {
         std::fs::create_dir_all(to).expect("dir");
         for entry in std::fs::read_dir(from).expect("read").flatten() {

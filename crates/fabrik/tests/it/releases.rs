@@ -1301,10 +1301,43 @@ fn a_hub_knows_which_node_runs_which_release() {
             && shown.contains("swapped-model.onnx  refused  runs none of it; refused"),
         "{shown}"
     );
+    // A second version of the model arrives damaged: the node refuses it and keeps running
+    // the first, which the hub still shows, with its install time.
+    let installed_at = installed["installed_at"].clone();
+    assert!(
+        installed_at.as_str().is_some_and(|at| at.ends_with('Z')),
+        "UTC, said: {installed_at}"
+    );
+    let second = work.join("second.onnx");
+    std::fs::write(&second, fixture("rf_clf_50_nozipmap.onnx")).expect("second");
+    release(
+        "add",
+        &repo,
+        &keys,
+        &["--name", "pump-model", path(&second)],
+    );
+    let second_sha = sha256_hex(&fixture("rf_clf_50_nozipmap.onnx"));
+    std::fs::write(
+        target_file(&repo, &format!("{second_sha}.pump-model.onnx")),
+        fixture("mlp_ae_8_4_8.onnx"),
+    )
+    .expect("tamper");
+    eventually_for(
+        "the hub shows the refused second version",
+        Duration::from_secs(60),
+        || entry(&fleet(&hub.url), "pump-model.onnx")["state"] == "refused",
+    );
+    let kept = entry(&fleet(&hub.url), "pump-model.onnx");
+    assert_eq!(
+        kept["installed_sha256"],
+        sha256_hex(&model_bytes).as_str(),
+        "{kept}"
+    );
+    assert_eq!(kept["installed_at"], installed_at, "{kept}");
     // A node answers for itself the same way.
     assert_eq!(
         entry(&fleet(&edge.url), "pump-model.onnx")["state"],
-        "installed"
+        "refused"
     );
     // Nothing recorded yet: an empty fleet, not an error.
     let empty = Process::start(&dir.path().join("empty"), &[]);
