@@ -62,7 +62,8 @@ pub struct Config {
 }
 
 /// `[updates]`: this node follows a release repository (TUF, decision 0031) and installs the
-/// models it publishes for it, each verified before it is stored.
+/// models, use cases, pipelines and alert rules it publishes for it, each verified before it
+/// is stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpdatesConfig {

@@ -68,8 +68,9 @@ enum ReleaseCommand {
         #[command(flatten)]
         lifetimes: LifetimeArgs,
     },
-    /// Publish an ONNX model (with `FILE.sig` when there is one), a pipeline or an alert rule
-    /// for nodes to install; replaces an earlier release of that kind and name.
+    /// Publish an ONNX model (with `FILE.sig` when there is one), a use case at its stage, a
+    /// pipeline or an alert rule for nodes to install; replaces an earlier release of that
+    /// kind and name.
     Add {
         /// The release repository's directory.
         #[arg(long)]
@@ -84,11 +85,12 @@ enum ReleaseCommand {
         #[arg(long)]
         kind: Option<String>,
         /// For a use case: the stage every node puts it at (`pilot`, `scale-up`,
-        /// `enterprise`); default: the stage in `fabrik usecase show`'s JSON.
+        /// `enterprise`); required for a plain definition, default: the stage in `fabrik
+        /// usecase show`'s JSON.
         #[arg(long)]
         stage: Option<String>,
-        /// For a use case: why it is at that stage (who decided, on what evidence), recorded
-        /// with the stage decision on every node.
+        /// For a use case (required): why it is at that stage (who decided, on what
+        /// evidence), recorded with the stage decision on every node.
         #[arg(long, default_value = "")]
         reason: String,
         /// For a use case: the promotion overrode a gate that did not pass (recorded as
@@ -116,7 +118,8 @@ enum ReleaseCommand {
         /// The `.onnx` file, or the definition file.
         file: PathBuf,
     },
-    /// Stop publishing a model, pipeline or alert rule (nodes keep what they installed).
+    /// Stop publishing a model, use case, pipeline or alert rule (nodes keep what they
+    /// installed; a use case stays at its last stage).
     Remove {
         /// The release repository's directory.
         #[arg(long)]
@@ -124,7 +127,7 @@ enum ReleaseCommand {
         /// The keys directory of `init`.
         #[arg(long)]
         keys: PathBuf,
-        /// `model`, `pipeline` or `alert-rule`.
+        /// `model`, `use-case`, `pipeline` or `alert-rule`.
         #[arg(long, default_value = "model")]
         kind: String,
         #[command(flatten)]

@@ -586,6 +586,23 @@ fn an_edge_installs_the_signed_models_published_for_it_and_refuses_tampering_rol
     });
 }
 
+/// A temporary directory with a release repository made by `fabrik release init` (`repo`,
+/// its keys in `keys`) and an empty `work` directory for the files to publish.
+fn new_repository() -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
+    let dir = tempfile::tempdir().expect("dir");
+    let repo = dir.path().join("repo");
+    let keys = dir.path().join("keys");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).expect("work");
+    release("init", &repo, &keys, &[]);
+    (dir, repo, keys, work)
+}
+
 /// The configuration of an edge named `line-1` following `repo` from its directory (as from
 /// a USB stick), checking every 300 ms; written into `dir`.
 fn follower_config(dir: &Path, repo: &Path) -> std::path::PathBuf {
@@ -614,12 +631,7 @@ fn target_file(repo: &Path, suffix: &str) -> std::path::PathBuf {
 
 #[test]
 fn encrypted_targets_install_only_on_the_nodes_whose_keys_they_name() {
-    let dir = tempfile::tempdir().expect("dir");
-    let repo = dir.path().join("repo");
-    let keys = dir.path().join("keys");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&work).expect("work");
-    release("init", &repo, &keys, &[]);
+    let (dir, repo, keys, work) = new_repository();
 
     // The node's key exists before its first start: the operator provisioning it asks for
     // the recipient, and the publisher encrypts to it.
@@ -924,12 +936,7 @@ fn use_case(url: &str, name: &str) -> serde_json::Value {
 
 #[test]
 fn a_stage_decision_released_to_the_fleet_decides_which_devices_a_node_scores() {
-    let dir = tempfile::tempdir().expect("dir");
-    let repo = dir.path().join("repo");
-    let keys = dir.path().join("keys");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&work).expect("work");
-    release("init", &repo, &keys, &[]);
+    let (dir, repo, keys, work) = new_repository();
 
     // The use case as its owner defined it: pump-a in pilot, pump-b added at scale-up.
     let definition = work.join("pump-reliability.toml");
@@ -1153,12 +1160,7 @@ fn a_stage_decision_released_to_the_fleet_decides_which_devices_a_node_scores() 
 
 #[test]
 fn an_edge_follows_its_repository_through_replaced_keys() {
-    let dir = tempfile::tempdir().expect("dir");
-    let repo = dir.path().join("repo");
-    let keys = dir.path().join("keys");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&work).expect("work");
-    release("init", &repo, &keys, &[]);
+    let (dir, repo, keys, work) = new_repository();
     let model = work.join("forest.onnx");
     std::fs::write(&model, fixture("iforest_100.onnx")).expect("model");
     release("add", &repo, &keys, &["--name", "before", path(&model)]);
@@ -1210,12 +1212,7 @@ fn an_edge_follows_its_repository_through_replaced_keys() {
 
 #[test]
 fn a_hub_knows_which_node_runs_which_release() {
-    let dir = tempfile::tempdir().expect("dir");
-    let repo = dir.path().join("repo");
-    let keys = dir.path().join("keys");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&work).expect("work");
-    release("init", &repo, &keys, &[]);
+    let (dir, repo, keys, work) = new_repository();
     let model_bytes = fixture("iforest_100.onnx");
     let model = work.join("forest.onnx");
     std::fs::write(&model, &model_bytes).expect("model");
