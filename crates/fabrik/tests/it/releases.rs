@@ -1237,12 +1237,7 @@ fn a_hub_knows_which_node_runs_which_release() {
         &dir.path().join("hub"),
         &[("FABRIK__HUB__URL", nats_url.as_str())],
     );
-    let config = follower_config(dir.path(), &repo);
-    let mut text = std::fs::read_to_string(&config).expect("config");
-    text.push_str(&format!(
-        "\n[store]\nflush_interval = \"1s\"\n\n[uplink]\nurl = \"{nats_url}\"\nnode = \"line-1\"\n"
-    ));
-    std::fs::write(&config, text).expect("config");
+    let config = uplinked_follower_config(dir.path(), &repo, &nats_url);
     let edge =
         Process::start_with_args(&dir.path().join("edge"), &["--config", path(&config)], &[]);
 
@@ -1339,4 +1334,121 @@ fn a_hub_knows_which_node_runs_which_release() {
     // Nothing recorded yet: an empty fleet, not an error.
     let empty = Process::start(&dir.path().join("empty"), &[]);
     assert_eq!(fleet(&empty.url)["nodes"], 0);
+}
+
+/// The follower configuration of [`follower_config`], with an uplink to `nats_url` as node
+/// `line-1`.
+fn uplinked_follower_config(dir: &Path, repo: &Path, nats_url: &str) -> std::path::PathBuf {
+    let config = follower_config(dir, repo);
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str(&format!(
+        "\n[store]\nflush_interval = \"1s\"\n\n[uplink]\nurl = \"{nats_url}\"\nnode = \"line-1\"\n"
+    ));
+    std::fs::write(&config, text).expect("config");
+    config
+}
+
+#[test]
+fn a_gate_judged_at_the_hub_on_the_fleets_data_is_released_to_the_edges() {
+    let (dir, repo, keys, work) = new_repository();
+    let port = crate::support::free_port();
+    let _nats = crate::uplink::nats_server(&dir.path().join("nats"), port);
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let hub = Process::start(
+        &dir.path().join("hub"),
+        &[("FABRIK__HUB__URL", nats_url.as_str())],
+    );
+    let config = uplinked_follower_config(dir.path(), &repo, &nats_url);
+    let edge =
+        Process::start_with_args(&dir.path().join("edge"), &["--config", path(&config)], &[]);
+
+    // The use case is defined at the hub, where the fleet's data arrives: pump-a (on line-1)
+    // in pilot, pump-b added at scale-up. Its gate asks for a cool pilot, on 20 rows at least.
+    let definition = serde_json::json!({
+        "objective": "Halve unplanned pump downtime",
+        "pilot": {"devices": ["pump-a"]},
+        "scale_up": {"devices": ["pump-b"]},
+        "kpis": [{"name": "temperature", "kind": "aggregate", "table": "pump",
+                  "signal": "temperature", "aggregate": "mean"}],
+        "gates": {"scale_up": [{"kpi": "temperature", "at_most": 70.0, "evidence_at_least": 20.0}]}
+    });
+    let (code, defined) = http(
+        &hub.url,
+        reqwest::Method::PUT,
+        "/api/v1/usecases/pump-reliability",
+        Some(definition),
+    );
+    assert_eq!(code, 201, "{defined}");
+    let since =
+        chrono::DateTime::parse_from_rfc3339(defined["stage_since"].as_str().expect("since"))
+            .expect("RFC 3339")
+            .timestamp_nanos_opt()
+            .expect("ns");
+    let gate = |url: &str| {
+        let (code, gate) = http(
+            url,
+            reqwest::Method::GET,
+            "/api/v1/usecases/pump-reliability/gate",
+            None,
+        );
+        assert_eq!(code, 200, "{gate}");
+        gate
+    };
+    assert_eq!(gate(&hub.url)["passed"], false, "no evidence yet");
+
+    // The pilot runs on line-1: its rows reach the hub through the uplink. pump-b, outside the
+    // pilot, runs hot there too, which the pilot's KPI must not count.
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut rows = String::new();
+    for i in 0..30 {
+        let time = since + i * 30_000_000;
+        rows.push_str(&format!("pump,device=pump-a temperature=60.0 {time}\n"));
+        rows.push_str(&format!("pump,device=pump-b temperature=95.0 {time}\n"));
+    }
+    assert_eq!(
+        crate::support::post_status(&edge.url, "/api/v1/write", &rows),
+        200
+    );
+    eventually_for(
+        "the hub's gate passes on line-1's rows",
+        Duration::from_secs(60),
+        || gate(&hub.url)["passed"] == true,
+    );
+
+    // Promoted at the hub on that evidence, and released to the fleet as the hub shows it.
+    let (code, decided) = http(
+        &hub.url,
+        reqwest::Method::POST,
+        "/api/v1/usecases/pump-reliability/stage",
+        Some(
+            serde_json::json!({"from": "pilot", "to": "scale_up", "reason": "gate passed on line-1's pilot"}),
+        ),
+    );
+    assert_eq!(code, 200, "{decided}");
+    assert_eq!(decided["gate"]["passed"], true, "{decided}");
+    let (ok, shown) = client_command(&hub.url, &["usecase", "show", "pump-reliability"]);
+    assert!(ok, "{shown}");
+    let shown_file = work.join("pump-reliability.json");
+    std::fs::write(&shown_file, shown).expect("shown");
+    release(
+        "add",
+        &repo,
+        &keys,
+        &[
+            "--kind",
+            "use-case",
+            "--reason",
+            "promoted at the hub: gate passed on line-1's pilot data",
+            path(&shown_file),
+        ],
+    );
+    eventually_for(
+        "the edge runs the use case at scale-up",
+        Duration::from_secs(30),
+        || use_case(&edge.url, "pump-reliability")["stage"] == "scale_up",
+    );
+    assert_eq!(
+        use_case(&edge.url, "pump-reliability")["devices"],
+        serde_json::json!(["pump-a", "pump-b"])
+    );
 }
