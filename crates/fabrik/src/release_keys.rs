@@ -199,7 +199,7 @@ pub(crate) async fn rotate(
         .context("writing the new root")?;
     if role_type != RoleType::Root {
         // What the replaced key signed is signed again under the new root, and published with
-        // it: a node never finds the new root without metadata its keys sign.
+        // it (the root moved in just before the timestamp), so the two arrive together.
         let root_path = staging.join(format!("{}.root.json", new_root.version));
         let (editor, _) = editor_for(loaded, &root_path, lifetimes).await?;
         let sources: Vec<Box<dyn KeySource>> = ["targets", "snapshot", "timestamp"]
