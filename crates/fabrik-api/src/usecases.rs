@@ -82,7 +82,7 @@ pub struct PeriodParams {
 }
 
 /// Longest reason a stage decision keeps.
-const MOST_REASON_CHARS: usize = 2_000;
+pub const MOST_REASON_CHARS: usize = 2_000;
 
 /// Most buckets a KPI history is cut into: each is a query per KPI.
 const MOST_BUCKETS: u32 = 60;

@@ -862,9 +862,6 @@ impl crate::define_cli::Named for ReleasedUseCase {
     }
 }
 
-/// Longest reason kept with a stage decision (as the API's).
-pub(crate) const MOST_REASON_CHARS: usize = 2000;
-
 /// The use case a file holds — a definition (TOML or JSON, as `fabrik usecase define` takes
 /// it), or what `fabrik usecase show` printed on the node where its gate was judged (its
 /// definition and stage) — as `decision` says; checked as a node would. Returns its name and
@@ -959,8 +956,8 @@ pub(crate) fn use_case_reason_problem(reason: &str) -> Option<String> {
         );
     }
     let length = reason.chars().count();
-    (length > MOST_REASON_CHARS)
-        .then(|| format!("{length} characters; at most {MOST_REASON_CHARS}"))
+    let most = fabrik_api::usecases::MOST_REASON_CHARS;
+    (length > most).then(|| format!("{length} characters; at most {most}"))
 }
 
 /// Adds (or replaces) a use case at a stage as the target `<name>.use-case.json`
@@ -1222,7 +1219,7 @@ pub(crate) fn check_new_root(
 
 /// Signs `role` with `<keys>/<key>.key`, the key `root` names for it, and writes it into
 /// `staging` under the name nodes fetch it by (versioned with consistent snapshots).
-async fn sign_into<T: tough::schema::Role + Serialize>(
+pub(crate) async fn sign_into<T: tough::schema::Role + Serialize>(
     role: T,
     root: &Root,
     keys: &Path,

@@ -12,7 +12,7 @@ use tough::schema::{KeyHolder, RoleType, Root};
 
 use crate::release::{
     Lifetimes, ROLES, editor_for, expires_in, key_path, key_sources, load_for_signing, lock,
-    move_in, next, publisher_state, remember, staging_dir,
+    move_in, next, publisher_state, remember, sign_into, staging_dir,
 };
 
 /// What a key replacement did.
@@ -154,16 +154,17 @@ pub(crate) async fn rotate(
         }
     }
 
-    let rng = aws_lc_rs::rand::SystemRandom::new();
-    let root_key =
-        |path: PathBuf| -> Vec<Box<dyn KeySource>> { vec![Box::new(LocalKeySource { path })] };
+    let staging = staging_dir(repo)?;
     let signed_root = if role_type == RoleType::Root {
         // Signed by the new root key for the new root's threshold, and by the old one for the
         // old root's, which a node checks first.
+        let rng = aws_lc_rs::rand::SystemRandom::new();
         let by_new = SignedRole::new(
             new_root.clone(),
             &KeyHolder::Root(new_root.clone()),
-            &root_key(pending.clone()),
+            &[Box::new(LocalKeySource {
+                path: pending.clone(),
+            }) as Box<dyn KeySource>],
             &rng,
         )
         .await
@@ -178,25 +179,20 @@ pub(crate) async fn rotate(
         .context(
             "signing the new root with the current root key (is root.key the repository's?)",
         )?;
-        by_new
+        let joined = by_new
             .add_old_signatures(by_old.signed().signatures.clone())
-            .context("joining the root's signatures")?
+            .context("joining the root's signatures")?;
+        joined
+            .write(&staging, new_root.consistent_snapshot)
+            .await
+            .context("writing the new root")?;
+        joined
     } else {
-        SignedRole::new(
-            new_root.clone(),
-            &KeyHolder::Root(new_root.clone()),
-            &key_sources(keys, &["root"])?,
-            &rng,
-        )
-        .await
-        .context("signing the new root (is root.key the repository's root key?)")?
+        // The root key, unchanged, meets the old root's threshold and the new one's.
+        sign_into(new_root.clone(), &new_root, keys, "root", &staging).await?
     };
+    // Checked before anything is moved in; a refused root's staging is never published.
     crate::release::check_new_root(&old_root, signed_root.signed())?;
-    let staging = staging_dir(repo)?;
-    signed_root
-        .write(&staging, new_root.consistent_snapshot)
-        .await
-        .context("writing the new root")?;
     if role_type != RoleType::Root {
         // What the replaced key signed is signed again under the new root, and published with
         // it (the root moved in just before the timestamp), so the two arrive together.

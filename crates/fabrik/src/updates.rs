@@ -164,7 +164,7 @@ pub(crate) fn identity_at(path: &Path) -> Result<crate::age::Identity, String> {
             .map(|since| since.as_nanos())
             .unwrap_or_default()
     ));
-    write_private(&temporary, text.as_bytes())
+    crate::run::write_private(&temporary, text.as_bytes())
         .map_err(|e| format!("{}: {e}", temporary.display()))?;
     let linked = std::fs::hard_link(&temporary, path);
     let _ = std::fs::remove_file(&temporary);
@@ -180,18 +180,6 @@ pub(crate) fn identity_at(path: &Path) -> Result<crate::age::Identity, String> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_identity(path),
         Err(e) => Err(format!("{}: {e}", path.display())),
     }
-}
-
-/// Writes `bytes` to a new file at `path` that only its owner can read, and syncs it.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
 }
 
 /// Reads and parses root metadata, without trusting it yet (its signatures are checked when
@@ -756,13 +744,24 @@ impl Updater {
         &self,
         released: &crate::release::ReleasedUseCase,
     ) -> Result<bool, String> {
+        let (_, held) = self.held_use_case(&released.definition.name).await?;
+        Ok(held.is_some_and(|held| {
+            held.definition == released.definition && held.stage == released.stage
+        }))
+    }
+
+    /// The registry, and the use case `name` as this node holds it, if it does.
+    async fn held_use_case(
+        &self,
+        name: &str,
+    ) -> Result<(&Registry, Option<fabrik_registry::usecases::UseCase>), String> {
         let registry = self
             .registry
             .as_ref()
             .ok_or("the registry module does not run in this process")?;
-        match registry.use_case(&released.definition.name).await {
-            Ok(held) => Ok(held.definition == released.definition && held.stage == released.stage),
-            Err(fabrik_registry::RegistryError::UseCaseNotFound(_)) => Ok(false),
+        match registry.use_case(name).await {
+            Ok(held) => Ok((registry, Some(held))),
+            Err(fabrik_registry::RegistryError::UseCaseNotFound(_)) => Ok((registry, None)),
             Err(e) => Err(e.to_string()),
         }
     }
@@ -777,10 +776,6 @@ impl Updater {
         targets_version: u64,
     ) -> Result<bool, String> {
         use fabrik_registry::usecases::StageChange;
-        let registry = self
-            .registry
-            .as_ref()
-            .ok_or("the registry module does not run in this process")?;
         let mut problems = released.definition.problems();
         problems.extend(crate::usecases::sql_problems(&released.definition));
         if let Some(why) = crate::release::use_case_reason_problem(&released.reason) {
@@ -790,11 +785,7 @@ impl Updater {
             return Err(fabrik_api::control::describe_problems(&problems));
         }
         let name = released.definition.name.clone();
-        let held = match registry.use_case(&name).await {
-            Ok(held) => Some(held),
-            Err(fabrik_registry::RegistryError::UseCaseNotFound(_)) => None,
-            Err(e) => return Err(e.to_string()),
-        };
+        let (registry, held) = self.held_use_case(&name).await?;
         if held.as_ref().is_some_and(|held| {
             held.definition == released.definition && held.stage == released.stage
         }) {
