@@ -451,6 +451,30 @@ async function main() {
     }, device, { timeout: 15000 });
     // The demo's challenger is an Isolation Forest.
     await page.waitForFunction(() => /Challenger\s*iforest/.test(document.querySelector('#pl-shadow')?.textContent || ''), null, { timeout: 15000 });
+    // Fourteen windows an hour ago that the champion flagged, operators called false alarms
+    // and the challenger left alone, written as the pipeline and the alert module write them:
+    // the sequential test decides for the challenger. The demo's models are still learning
+    // at this point (minutes of windows), so these are the latest pair of versions; should
+    // they have scored a window already, the rows take their versions.
+    const pair = await apiCall('/api/v1/pipelines/pump-health/shadow');
+    pair.champion_version ??= 'ui-champion';
+    pair.challenger_version ??= 'ui-challenger';
+    const labelled = [];
+    for (let k = 0; k < 14; k++) {
+      const t = now - 3600000000000n + BigInt(k) * 60000000000n;
+      const window = `pump-health/${device}/${k}`;
+      labelled.push(
+        `inferences,pipeline=pump-health,device=${device},model=${pair.champion} flag=true,score=2.0,window_id="${window}",model_version="${pair.champion_version}" ${t}`,
+        `shadow_inferences,pipeline=pump-health,device=${device},model=${pair.challenger} flag=false,score=0.1,window_id="${window}",model_version="${pair.challenger_version}",champion_model="${pair.champion}",champion_model_version="${pair.champion_version}",champion_flag=true,champion_score=2.0 ${t}`,
+        `alert_labels,device=${device},pipeline=pump-health alert_id="ui-${k}",feedback="false_positive",true_positive=false,by="ui-test" ${t}`);
+    }
+    await apiCall('/api/v1/write', { method: 'POST', body: labelled.join('\n'), type: 'text/plain' });
+    await go('#/pipelines');
+    await go('#/pipelines/pump-health');
+    await page.waitForFunction(() => {
+      const text = document.querySelector('#pl-shadow-decision')?.textContent || '';
+      return text.includes('challenger better') && /right on 0 \(champion\) vs \d+ \(challenger\)/.test(text);
+    }, null, { timeout: 15000 });
     await page.locator('#h-drift').scrollIntoViewIfNeeded();
     await shot('05-pipelines-monitoring');
     noErrors('pipeline monitoring');

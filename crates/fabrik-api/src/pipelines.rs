@@ -196,8 +196,52 @@ pub struct ShadowComparison {
     pub false_alarms: u64,
     /// Of those, the ones the challenger flagged too: false alarms it would have raised.
     pub false_alarms_flagged_by_challenger: u64,
+    /// Whether those labelled windows decide between the two models yet.
+    pub decision: ShadowDecision,
     /// Per device.
     pub devices: Vec<ShadowDevice>,
+}
+
+/// What a [`ShadowDecision`] concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ShadowVerdict {
+    /// Not enough labelled windows to tell the two apart at the test's level.
+    Undecided,
+    /// The challenger would have been right on significantly more labelled windows: switch.
+    ChallengerBetter,
+    /// The challenger would have been wrong on significantly more: keep the champion.
+    ChampionBetter,
+}
+
+/// A sequential test on the labelled windows of a [`ShadowComparison`], in time order. On each
+/// the champion was right if operators confirmed the fault (it flagged every one of them), and
+/// the challenger if its verdict matches theirs (flagged a confirmed fault, or left a false
+/// alarm alone). A mixture SPRT on the paired differences decides, with an always-valid
+/// p-value: reading this on every visit does not raise the chance of a wrong switch above
+/// `alpha`. It stops at the first window where the p-value reaches `alpha`.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
+pub struct ShadowDecision {
+    /// The conclusion.
+    pub verdict: ShadowVerdict,
+    /// The test: `mSPRT` (normal mixture, paired).
+    pub test: String,
+    /// Its level: the highest acceptable chance of declaring a difference where there is none.
+    pub alpha: f64,
+    /// The mixing variance: the squared size of the differences it is tuned to find.
+    pub tau2: f64,
+    /// Labelled windows tested (up to the deciding one).
+    pub windows: u64,
+    /// Of those, the ones the champion was right on.
+    pub champion_right: u64,
+    /// ... and the challenger.
+    pub challenger_right: u64,
+    /// The challenger's share right minus the champion's (none without windows).
+    pub difference: Option<f64>,
+    /// The always-valid p-value (1 before there is evidence).
+    pub p_value: f64,
+    /// When decided: the time of the labelled window that decided it (RFC 3339, UTC).
+    pub decided_at: Option<String>,
 }
 
 /// One device's part of a [`ShadowComparison`].
@@ -245,11 +289,13 @@ pub trait PipelineControl: Send + Sync {
     fn retrain(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>>;
     /// Each device's latest drift check of pipeline `name` (from the `model_drift` table).
     fn drift(&self, name: String) -> BoxFuture<'_, Result<Vec<DriftStatus>, ControlError>>;
-    /// How pipeline `name`'s shadow model compares with its model over the last `days` days.
+    /// How pipeline `name`'s shadow model compares with its model over the last `days` days,
+    /// its sequential test at level `alpha`.
     fn shadow(
         &self,
         name: String,
         days: u32,
+        alpha: f64,
     ) -> BoxFuture<'_, Result<ShadowComparison, ControlError>>;
     /// The uploaded ONNX models.
     fn models(&self) -> BoxFuture<'_, Result<Vec<ModelInfo>, ControlError>>;
@@ -483,18 +529,21 @@ pub(crate) async fn drift(
     Ok(Json(control(&state)?.drift(name).await?))
 }
 
-/// `?days=` of a shadow comparison.
+/// `?days=&alpha=` of a shadow comparison.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ShadowOptions {
     /// The last this many days (1 to 366; default 7).
     days: Option<u32>,
+    /// The level of the sequential test on the labelled windows (above 0 and at most 0.5;
+    /// default 0.05).
+    alpha: Option<f64>,
 }
 
 #[utoipa::path(get, path = "/api/v1/pipelines/{name}/shadow", tag = "pipelines", security(("token" = [])),
     params(("name" = String, Path, description = "pipeline name"), ShadowOptions),
     responses((status = 200, description = "the challenger (`[pipelines.shadow]`) against the pipeline's model on the windows both scored, and on the windows of alerts operators labelled", body = ShadowComparison),
-              (status = 400, description = "`days` out of range", body = crate::error::ErrorBody),
+              (status = 400, description = "`days` or `alpha` out of range", body = crate::error::ErrorBody),
               (status = 404, description = "no pipeline of that name, or it has no shadow model", body = crate::error::ErrorBody),
               (status = 503, description = "the pipelines module does not run here", body = crate::error::ErrorBody)))]
 pub(crate) async fn shadow(
@@ -508,7 +557,13 @@ pub(crate) async fn shadow(
             "`days` is {days}: compare over 1 to 366 days"
         )));
     }
-    Ok(Json(control(&state)?.shadow(name, days).await?))
+    let alpha = options.alpha.unwrap_or(0.05);
+    if !(alpha > 0.0 && alpha <= 0.5) {
+        return Err(ApiError::bad_request(format!(
+            "`alpha` is {alpha}: the test's level lies above 0 and at most 0.5"
+        )));
+    }
+    Ok(Json(control(&state)?.shadow(name, days, alpha).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/models", tag = "pipelines", security(("token" = [])),

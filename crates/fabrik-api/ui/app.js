@@ -73,6 +73,16 @@ const SILENT_AFTER_MS = 60000;
 const isSilent = (d) => d.state === 'online' && (!d.last_seen || Date.now() - toMs(d.last_seen) > SILENT_AFTER_MS);
 const pill = (state, label) => html`<span class="pill ${STATE_CLASS[state] ?? ''}">${label ?? String(state).replace('_', ' ')}</span>`;
 
+/** A shadow comparison's sequential decision: the verdict, and what it rests on. */
+function shadowDecision(d) {
+  const verdict = d.verdict === 'challenger_better' ? pill('online', 'challenger better: switch')
+    : d.verdict === 'champion_better' ? pill('pending', 'champion better: keep it')
+      : pill('never', 'undecided');
+  if (!d.windows) return html`${verdict} <span class="muted">no labelled windows yet</span>`;
+  const diff = d.difference == null ? '' : ` · ${d.difference >= 0 ? '+' : ''}${fmtNum(d.difference * 100, 3)} points`;
+  return html`${verdict} <span class="muted" title="${`${d.test}, alpha ${d.alpha}, tau² ${d.tau2}: reading this often does not raise the chance of a wrong switch`}">right on ${d.champion_right} (champion) vs ${d.challenger_right} (challenger) of ${d.windows} labelled${diff} · p ${fmtNum(d.p_value, 3)}${d.decided_at ? html` · decided ${time(d.decided_at)}` : ''}</span>`;
+}
+
 let toastTimer;
 function toast(msg, ms = 3500) {
   const el = $('#toast');
@@ -1169,7 +1179,8 @@ async function pagePipelines(p, args) {
       <dt>Flagged</dt><dd>champion ${fmtNum(c.champion_flags)} · challenger ${fmtNum(c.challenger_flags)} · both ${fmtNum(c.both_flagged)}</dd>
       <dt>Same verdict</dt><dd>${c.agreement == null ? '—' : `${fmtNum(c.agreement * 100, 3)} %`}</dd>
       <dt>Confirmed faults</dt><dd>${c.confirmed ? `${c.confirmed_flagged_by_challenger} of ${c.confirmed} flagged by the challenger too` : html`<span class="muted">none labelled yet</span>`}</dd>
-      <dt>False alarms</dt><dd>${c.false_alarms ? `${c.false_alarms_flagged_by_challenger} of ${c.false_alarms} raised by the challenger too` : html`<span class="muted">none labelled yet</span>`}</dd></dl>`);
+      <dt>False alarms</dt><dd>${c.false_alarms ? `${c.false_alarms_flagged_by_challenger} of ${c.false_alarms} raised by the challenger too` : html`<span class="muted">none labelled yet</span>`}</dd>
+      <dt>Decision</dt><dd id="pl-shadow-decision">${shadowDecision(c.decision)}</dd></dl>`);
   };
   every(p, 30000, refreshMonitoring);
 

@@ -9,6 +9,8 @@
 //!   as NAB's own scorer does.
 //! - [`pipeline`]: windows, features (FFT band power included), window models with
 //!   per-feature explanations, and calibrated thresholds: the compute of inference pipelines.
+//! - [`sequential`]: Wald's SPRT and the mixture SPRT, decisions between models that stay
+//!   valid however often they are read.
 //! - [`skab`]: the Skoltech Anomaly Benchmark protocol (per-file training split, F1/FAR/MAR and
 //!   SKAB's changepoint score).
 //!
@@ -26,6 +28,7 @@ mod linalg;
 pub mod nab;
 mod numeric;
 pub mod pipeline;
+pub mod sequential;
 pub mod skab;
 mod special;
 pub mod time;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use fabrik_runtime::config::PipelineConfig;
 
-use fabrik_api::pipelines::{DriftStatus, ShadowComparison};
+use fabrik_api::pipelines::{DriftStatus, ShadowComparison, ShadowDecision, ShadowVerdict};
 
 use crate::client::Endpoint;
 use crate::define_cli::Kind;
@@ -78,6 +78,10 @@ enum PipelineCommand {
         /// The last this many days.
         #[arg(long, default_value_t = 7)]
         days: u32,
+        /// The level of the sequential test that decides between the two on the labelled
+        /// windows: the highest acceptable chance of a switch to a model that is no better.
+        #[arg(long, default_value_t = 0.05)]
+        alpha: f64,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -155,8 +159,13 @@ pub(crate) async fn run(args: PipelineArgs) -> anyhow::Result<()> {
             }
             print!("{}", drift_table(&checks, all));
         }
-        PipelineCommand::Shadow { name, days, json } => {
-            let path = format!("/api/v1/pipelines/{name}/shadow?days={days}");
+        PipelineCommand::Shadow {
+            name,
+            days,
+            alpha,
+            json,
+        } => {
+            let path = format!("/api/v1/pipelines/{name}/shadow?days={days}&alpha={alpha}");
             let comparison: ShadowComparison = ep.get_json(&client, &path).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&comparison)?);
@@ -201,6 +210,7 @@ fn shadow_table(c: &ShadowComparison) -> String {
         "false alarms (false positives): {}, flagged by the challenger too: {}",
         c.false_alarms, c.false_alarms_flagged_by_challenger
     );
+    let _ = writeln!(out, "{}", decision_line(&c.decision));
     let _ = writeln!(
         out,
         "{:<16} {:>8} {:>9} {:>10} {:>5}",
@@ -214,6 +224,26 @@ fn shadow_table(c: &ShadowComparison) -> String {
         );
     }
     out
+}
+
+/// The sequential decision in a sentence: what it concluded, on what, at what p-value.
+fn decision_line(d: &ShadowDecision) -> String {
+    let verdict = match d.verdict {
+        ShadowVerdict::ChallengerBetter => "CHALLENGER BETTER: switch",
+        ShadowVerdict::ChampionBetter => "CHAMPION BETTER: keep it",
+        ShadowVerdict::Undecided => "undecided",
+    };
+    let difference = d
+        .difference
+        .map_or("-".to_owned(), |x| format!("{:+.1} points", x * 100.0));
+    let when = d
+        .decided_at
+        .as_deref()
+        .map_or(String::new(), |t| format!(", decided at {t}"));
+    format!(
+        "decision ({} at alpha {}): {verdict}; right on {} (champion) vs {} (challenger) of {} labelled windows, {difference}, always-valid p {:.4}{when}",
+        d.test, d.alpha, d.champion_right, d.challenger_right, d.windows, d.p_value
+    )
 }
 
 /// Devices' latest drift checks as text: a line per device, then (drifted features, or all

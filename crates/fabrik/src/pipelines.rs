@@ -1491,6 +1491,7 @@ impl PipelineControl for PipelineManager {
         &self,
         name: String,
         days: u32,
+        alpha: f64,
     ) -> BoxFuture<'_, Result<fabrik_api::pipelines::ShadowComparison, ControlError>> {
         Box::pin(async move {
             let (champion, challenger) = {
@@ -1507,7 +1508,7 @@ impl PipelineControl for PipelineManager {
                 })?;
                 (compiled.config, challenger.config)
             };
-            crate::shadow::compare(&self.store, &champion, &challenger, days)
+            crate::shadow::compare(&self.store, &champion, &challenger, days, alpha)
                 .await
                 .map_err(ControlError::Storage)
         })

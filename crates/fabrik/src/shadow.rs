@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 
 use datafusion::arrow::array::{Array, BooleanArray, Int64Array, StringArray};
 use datafusion::arrow::datatypes::DataType;
-use fabrik_api::pipelines::{ShadowComparison, ShadowDevice};
+use fabrik_api::pipelines::{ShadowComparison, ShadowDecision, ShadowDevice, ShadowVerdict};
 use fabrik_core::Value;
 use fabrik_ml::pipeline::Inference;
+use fabrik_ml::sequential::{Decision, MixtureSprt, Pairing};
 use fabrik_runtime::config::PipelineConfig;
 use fabrik_store::Store;
 
@@ -114,7 +115,12 @@ pub(crate) async fn compare(
     champion: &PipelineConfig,
     challenger: &PipelineConfig,
     days: u32,
+    alpha: f64,
 ) -> Result<ShadowComparison, String> {
+    // Each side of a pair is 1 (right) or 0 (wrong), so a difference lies within [-1, 1].
+    let mut test = MixtureSprt::new(DECISION_TAU2, alpha, Pairing::Paired)
+        .and_then(|test| test.with_difference_bounds(-1.0, 1.0))
+        .map_err(|e| e.to_string())?;
     let pipeline = &champion.name;
     let (champion_tag, challenger_tag) = (model_tag(champion), model_tag(challenger));
     let mut comparison = ShadowComparison {
@@ -134,6 +140,7 @@ pub(crate) async fn compare(
         confirmed_flagged_by_challenger: 0,
         false_alarms: 0,
         false_alarms_flagged_by_challenger: 0,
+        decision: undecided(&test),
         devices: Vec::new(),
     };
     if !store.has_table(SHADOW_TABLE) {
@@ -235,8 +242,35 @@ pub(crate) async fn compare(
             comparison.unpaired = u64::try_from(n.value(0)).unwrap_or(0);
         }
     }
-    labelled(store, &paired, &champion_version, &mut comparison).await?;
+    labelled(
+        store,
+        &paired,
+        &champion_version,
+        &mut comparison,
+        &mut test,
+    )
+    .await?;
     Ok(comparison)
+}
+
+/// The mixing variance of the decision: tuned to differences of about 0.1 in the share of
+/// labelled windows a model is right on (one window in ten), the smallest worth a switch.
+const DECISION_TAU2: f64 = 0.01;
+
+/// The decision before any labelled window.
+fn undecided(test: &MixtureSprt) -> ShadowDecision {
+    ShadowDecision {
+        verdict: ShadowVerdict::Undecided,
+        test: "mSPRT".to_owned(),
+        alpha: test.alpha(),
+        tau2: test.tau2(),
+        windows: 0,
+        champion_right: 0,
+        challenger_right: 0,
+        difference: None,
+        p_value: test.p_value(),
+        decided_at: None,
+    }
 }
 
 /// Counts the windows operators labelled: an alert on a pipeline's inferences starts at a
@@ -250,6 +284,7 @@ async fn labelled(
     paired: &str,
     champion_version: &str,
     comparison: &mut ShadowComparison,
+    test: &mut MixtureSprt,
 ) -> Result<(), String> {
     let days = comparison.days;
     let labels = fabrik_api::alerts::ALERT_LABELS_TABLE;
@@ -257,15 +292,18 @@ async fn labelled(
         return Ok(());
     }
     let pipeline = literal(&comparison.pipeline);
-    // One verdict per window: confirmed if any rule's alert on it was confirmed.
+    // One verdict per window: confirmed if any rule's alert on it was confirmed. In time
+    // order, which the sequential test needs.
     let sql = format!(
-        "SELECT i.window_id, bool_or(l.true_positive) AS confirmed, bool_or(s.flag) AS flag \
+        "SELECT i.window_id, bool_or(l.true_positive) AS confirmed, bool_or(s.flag) AS flag, \
+         CAST(min(i.time) AS BIGINT) AS time \
          FROM {labels} l \
          JOIN inferences i ON i.device = l.device AND i.time = l.time AND i.pipeline = {pipeline} \
          AND i.flag AND i.model_version = {champion} AND {i_within} \
          JOIN (SELECT * FROM {SHADOW_TABLE} s WHERE {paired}) s \
          ON s.device = i.device AND s.window_id = i.window_id \
-         WHERE l.pipeline = {pipeline} AND {l_within} GROUP BY i.window_id",
+         WHERE l.pipeline = {pipeline} AND {l_within} GROUP BY i.window_id \
+         ORDER BY time, i.window_id",
         champion = literal(champion_version),
         i_within = within_days("i", days),
         l_within = within_days("l", days),
@@ -276,19 +314,169 @@ async fn labelled(
     for batch in &output.batches {
         let confirmed: BooleanArray = cast_column(batch, 1, &DataType::Boolean, "true_positive")?;
         let flagged: BooleanArray = cast_column(batch, 2, &DataType::Boolean, "flag")?;
+        let time: Int64Array = cast_column(batch, 3, &DataType::Int64, "time")?;
         for row in 0..batch.num_rows() {
             if confirmed.is_null(row) {
                 continue;
             }
             let caught = !flagged.is_null(row) && flagged.value(row);
-            if confirmed.value(row) {
+            let fault = confirmed.value(row);
+            if fault {
                 comparison.confirmed += 1;
                 comparison.confirmed_flagged_by_challenger += u64::from(caught);
             } else {
                 comparison.false_alarms += 1;
                 comparison.false_alarms_flagged_by_challenger += u64::from(caught);
             }
+            decide(
+                &mut comparison.decision,
+                test,
+                fault,
+                caught,
+                time.value(row),
+            );
         }
     }
     Ok(())
+}
+
+/// Adds one labelled window to the decision: the champion flagged it, so it was right if the
+/// fault was confirmed; the challenger was right if its flag matches the label. Windows after
+/// the deciding one count in the totals above, not in the test.
+fn decide(
+    decision: &mut ShadowDecision,
+    test: &mut MixtureSprt,
+    fault: bool,
+    challenger_flagged: bool,
+    time_ns: i64,
+) {
+    if decision.decided_at.is_some() {
+        return;
+    }
+    let (champion_right, challenger_right) = (fault, challenger_flagged == fault);
+    decision.windows += 1;
+    decision.champion_right += u64::from(champion_right);
+    decision.challenger_right += u64::from(challenger_right);
+    let rejected = test.update(
+        f64::from(u8::from(champion_right)),
+        f64::from(u8::from(challenger_right)),
+    ) == Decision::RejectNull;
+    decision.difference = test.difference();
+    decision.p_value = test.p_value();
+    if rejected {
+        decision.decided_at = Some(crate::pipelines::rfc3339(time_ns));
+        decision.verdict = if test.difference().unwrap_or(0.0) > 0.0 {
+            ShadowVerdict::ChallengerBetter
+        } else {
+            ShadowVerdict::ChampionBetter
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fabrik_core::{Precision, SourceId};
+
+    const MINUTE: i64 = 60_000_000_000;
+
+    /// The demo's pipeline as champion, an Isolation Forest as challenger.
+    fn configs() -> (PipelineConfig, PipelineConfig) {
+        let champion = crate::pipelines::demo_pipeline();
+        let mut challenger = champion.clone();
+        challenger.model = "iforest".into();
+        (champion, challenger)
+    }
+
+    /// Windows of pump-a, a minute apart, that the champion flagged and an operator labelled,
+    /// as the pipelines and the alert module write them: `(confirmed, challenger flagged)`.
+    fn labelled_windows(verdicts: &[(bool, bool)]) -> String {
+        let start = fabrik_core::Timestamp::now().nanos() - 2 * 3600 * 1_000_000_000;
+        let mut body = String::new();
+        for (k, &(confirmed, challenger_flag)) in verdicts.iter().enumerate() {
+            let time = start + k as i64 * MINUTE;
+            let window = format!("pump-health/pump-a/{k}");
+            body.push_str(&format!(
+                "inferences,pipeline=pump-health,device=pump-a,model=robust_z \
+                 flag=true,score=2.0,window_id=\"{window}\",model_version=\"v1\" {time}\n\
+                 shadow_inferences,pipeline=pump-health,device=pump-a,model=iforest \
+                 flag={challenger_flag},score=0.5,window_id=\"{window}\",model_version=\"c1\",\
+                 champion_model=\"robust_z\",champion_model_version=\"v1\",champion_flag=true,\
+                 champion_score=2.0 {time}\n\
+                 alert_labels,device=pump-a,pipeline=pump-health \
+                 alert_id=\"a{k}\",true_positive={confirmed},by=\"op\" {time}\n"
+            ));
+        }
+        body
+    }
+
+    async fn compared(verdicts: &[(bool, bool)], alpha: f64) -> ShadowComparison {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(fabrik_store::StoreOptions::new(dir.path()))
+            .await
+            .expect("store");
+        store
+            .write_lines(&labelled_windows(verdicts), Precision::Ns, SourceId::http())
+            .await
+            .expect("write");
+        let (champion, challenger) = configs();
+        compare(&store, &champion, &challenger, 7, alpha)
+            .await
+            .expect("compare")
+    }
+
+    #[tokio::test]
+    async fn labelled_windows_decide_for_the_challenger_once_they_suffice() {
+        // The champion raised 24 false alarms, the challenger 2 of them; both caught all 6
+        // confirmed faults. In time order, each fault after four false alarms.
+        let verdicts: Vec<(bool, bool)> = (0..30)
+            .map(|k| {
+                let confirmed = k % 5 == 4;
+                (confirmed, confirmed || k < 3 && k != 1)
+            })
+            .collect();
+        let c = compared(&verdicts, 0.05).await;
+        assert_eq!((c.false_alarms, c.confirmed), (24, 6), "{c:?}");
+        assert_eq!(c.false_alarms_flagged_by_challenger, 2, "{c:?}");
+        let d = &c.decision;
+        assert_eq!(d.verdict, ShadowVerdict::ChallengerBetter, "{d:?}");
+        assert!(d.p_value <= 0.05, "{d:?}");
+        // Decided at the 17th window in time order (the reference arithmetic says so), and
+        // the counts stop there: the challenger was wrong only on windows 0 and 2.
+        assert_eq!(
+            (d.windows, d.champion_right, d.challenger_right),
+            (17, 3, 15),
+            "{d:?}"
+        );
+        let decided = d.decided_at.as_deref().expect("decided at");
+        assert!(decided.ends_with('Z'), "{decided}");
+
+        // The same windows at a far stricter level: not decided.
+        let strict = compared(&verdicts, 1e-9).await;
+        assert_eq!(strict.decision.verdict, ShadowVerdict::Undecided);
+        assert_eq!(strict.decision.windows, 30);
+        assert!(strict.decision.decided_at.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_challenger_that_misses_confirmed_faults_loses() {
+        // 20 confirmed faults, the challenger flagged 4; 4 false alarms it flagged too.
+        let verdicts: Vec<(bool, bool)> =
+            (0..24).map(|k| (k % 6 != 5, k % 6 == 5 || k < 4)).collect();
+        let d = compared(&verdicts, 0.05).await.decision;
+        assert_eq!(d.verdict, ShadowVerdict::ChampionBetter, "{d:?}");
+        assert!(d.difference.is_some_and(|x| x < 0.0), "{d:?}");
+    }
+
+    #[tokio::test]
+    async fn equal_verdicts_decide_nothing() {
+        let verdicts: Vec<(bool, bool)> = (0..40).map(|k| (k % 2 == 0, true)).collect();
+        let d = compared(&verdicts, 0.05).await.decision;
+        assert_eq!(d.verdict, ShadowVerdict::Undecided, "{d:?}");
+        assert_eq!(
+            (d.windows, d.champion_right, d.challenger_right),
+            (40, 20, 20)
+        );
+        assert_eq!(d.p_value, 1.0);
+    }
 }

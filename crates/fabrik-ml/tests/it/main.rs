@@ -6,5 +6,6 @@ mod drift_river;
 mod hst_river;
 mod nab_scorer;
 mod rart_reference;
+mod sequential_tests;
 mod skab_protocol;
 mod support;

@@ -195,6 +195,20 @@ fn a_shadow_model_scores_the_same_windows_without_alerting_and_is_compared() {
         comparison["false_alarms_flagged_by_challenger"], 1,
         "{comparison}"
     );
+    // Both right on the confirmed fault, both wrong on the false alarm: nothing to decide.
+    let decision = &comparison["decision"];
+    assert_eq!(decision["verdict"], "undecided", "{comparison}");
+    assert_eq!(decision["test"], "mSPRT");
+    assert_eq!(
+        (
+            &decision["windows"],
+            &decision["champion_right"],
+            &decision["challenger_right"]
+        ),
+        (&2.into(), &1.into(), &1.into()),
+        "{comparison}"
+    );
+    assert_eq!(decision["p_value"], 1.0, "{comparison}");
     let devices = comparison["devices"].as_array().expect("devices");
     assert_eq!(devices.len(), 3);
     assert_eq!(devices[1]["device"], "pump-b");
@@ -207,6 +221,10 @@ fn a_shadow_model_scores_the_same_windows_without_alerting_and_is_compared() {
     assert!(text.contains("same verdict on 16.7 %"), "{text}");
     assert!(
         text.contains("confirmed faults (true positives): 1, flagged by the challenger too: 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("decision (mSPRT at alpha 0.05): undecided; right on 1 (champion) vs 1 (challenger) of 2 labelled windows"),
         "{text}"
     );
 
@@ -223,6 +241,11 @@ fn a_shadow_model_scores_the_same_windows_without_alerting_and_is_compared() {
     assert_eq!(status("/api/v1/pipelines/nothing/shadow").0, 404);
     let (code, body) = status("/api/v1/pipelines/pumps/shadow?days=0");
     assert_eq!(code, 400, "{body}");
+    for alpha in ["0", "0.6", "NaN"] {
+        let (code, body) = status(&format!("/api/v1/pipelines/pumps/shadow?alpha={alpha}"));
+        assert_eq!(code, 400, "alpha={alpha}: {body}");
+        assert!(body.to_string().contains("`alpha`"), "{body}");
+    }
     let (status, _) = p.terminate();
     assert!(status.success());
 }
