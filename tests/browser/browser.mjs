@@ -451,30 +451,32 @@ async function main() {
     }, device, { timeout: 15000 });
     // The demo's challenger is an Isolation Forest.
     await page.waitForFunction(() => /Challenger\s*iforest/.test(document.querySelector('#pl-shadow')?.textContent || ''), null, { timeout: 15000 });
-    // Fourteen windows an hour ago that the champion flagged, operators called false alarms
-    // and the challenger left alone, written as the pipeline and the alert module write them:
-    // the sequential test decides for the challenger. The demo's models are still learning
-    // at this point (minutes of windows), so these are the latest pair of versions; should
-    // they have scored a window already, the rows take their versions.
-    const pair = await apiCall('/api/v1/pipelines/pump-health/shadow');
-    pair.champion_version ??= 'ui-champion';
-    pair.challenger_version ??= 'ui-challenger';
+    // A pipeline of its own, on a table nobody writes, so its models never score and the
+    // rows below are its only pair of versions: fourteen windows an hour ago that the champion
+    // flagged, operators called false alarms and the challenger left alone, written as the
+    // pipeline and the alert module write them. The sequential test decides for the challenger.
+    const pl = `ui-shadow-${randomBytes(3).toString('hex')}`;
+    await apiCall(`/api/v1/pipelines/${pl}`, { method: 'PUT', body: { name: pl, table: 'ui_shadow_nothing', signals: ['x'], shadow: { model: 'iforest' } } });
+    const pair = await apiCall(`/api/v1/pipelines/${pl}/shadow`);
     const labelled = [];
     for (let k = 0; k < 14; k++) {
       const t = now - 3600000000000n + BigInt(k) * 60000000000n;
-      const window = `pump-health/${device}/${k}`;
+      const window = `${pl}/${device}/${k}`;
       labelled.push(
-        `inferences,pipeline=pump-health,device=${device},model=${pair.champion} flag=true,score=2.0,window_id="${window}",model_version="${pair.champion_version}" ${t}`,
-        `shadow_inferences,pipeline=pump-health,device=${device},model=${pair.challenger} flag=false,score=0.1,window_id="${window}",model_version="${pair.challenger_version}",champion_model="${pair.champion}",champion_model_version="${pair.champion_version}",champion_flag=true,champion_score=2.0 ${t}`,
-        `alert_labels,device=${device},pipeline=pump-health alert_id="ui-${k}",feedback="false_positive",true_positive=false,by="ui-test" ${t}`);
+        `inferences,pipeline=${pl},device=${device},model=${pair.champion} flag=true,score=2.0,window_id="${window}",model_version="ui-champion" ${t}`,
+        `shadow_inferences,pipeline=${pl},device=${device},model=${pair.challenger} flag=false,score=0.1,window_id="${window}",model_version="ui-challenger",champion_model="${pair.champion}",champion_model_version="ui-champion",champion_flag=true,champion_score=2.0 ${t}`,
+        `alert_labels,device=${device},pipeline=${pl} alert_id="ui-${k}",feedback="false_positive",true_positive=false,by="ui-test" ${t}`);
     }
     await apiCall('/api/v1/write', { method: 'POST', body: labelled.join('\n'), type: 'text/plain' });
-    await go('#/pipelines');
-    await go('#/pipelines/pump-health');
+    await go(`#/pipelines/${pl}`);
     await page.waitForFunction(() => {
       const text = document.querySelector('#pl-shadow-decision')?.textContent || '';
-      return text.includes('challenger better') && /right on 0 \(champion\) vs \d+ \(challenger\)/.test(text);
+      return text.includes('challenger right more often') && /right on 0 \(champion\) vs \d+ \(challenger\)/.test(text);
     }, null, { timeout: 15000 });
+    await shot('05-pipelines-shadow-decision');
+    await apiCall(`/api/v1/pipelines/${pl}`, { method: 'DELETE' });
+    await go('#/pipelines/pump-health');
+    await page.waitForFunction(() => /Challenger\s*iforest/.test(document.querySelector('#pl-shadow')?.textContent || ''), null, { timeout: 15000 });
     await page.locator('#h-drift').scrollIntoViewIfNeeded();
     await shot('05-pipelines-monitoring');
     noErrors('pipeline monitoring');
@@ -644,6 +646,8 @@ async function main() {
     assert(/Overrode:[\s\S]*time in pilot ≥ 10m/.test(decision), `the overridden check is not shown: ${decision}`);
     const stored = await apiCall('/api/v1/usecases/pump-reliability/decisions');
     assert(stored.length === 1 && stored[0].forced && stored[0].gate && !stored[0].gate.passed, `decisions: ${JSON.stringify(stored)}`);
+    // The enterprise gate decides precision by an SPRT: undecided, with its bounds.
+    await page.waitForFunction(() => /alert-precision is 0\.8 rather than 0\.6 \(SPRT[\s\S]*undecided after 0 labelled alerts/.test(document.querySelector('#uc-gate-checks')?.textContent || ''), null, { timeout: 10000 });
     await shot('12-usecase');
     // Leave and come back: one click, one dialog. A step back needs no gate.
     await go('#/overview');

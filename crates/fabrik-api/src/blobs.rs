@@ -17,6 +17,7 @@ use crate::extract::Query;
 
 /// Where a blob belongs.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct BlobTarget {
     /// The table whose row names the blob (e.g. `acoustic`).

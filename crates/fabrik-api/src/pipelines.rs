@@ -208,25 +208,29 @@ pub struct ShadowComparison {
 pub enum ShadowVerdict {
     /// Not enough labelled windows to tell the two apart at the test's level.
     Undecided,
-    /// The challenger would have been right on significantly more labelled windows: switch.
+    /// The challenger would have been right on significantly more labelled windows.
     ChallengerBetter,
-    /// The challenger would have been wrong on significantly more: keep the champion.
+    /// The challenger would have been wrong on significantly more.
     ChampionBetter,
 }
 
-/// A sequential test on the labelled windows of a [`ShadowComparison`], in time order. On each
-/// the champion was right if operators confirmed the fault (it flagged every one of them), and
-/// the challenger if its verdict matches theirs (flagged a confirmed fault, or left a false
-/// alarm alone). A mixture SPRT on the paired differences decides, with an always-valid
-/// p-value: reading this on every visit does not raise the chance of a wrong switch above
-/// `alpha`. It stops at the first window where the p-value reaches `alpha`.
+/// A sequential test on every labelled window of the compared pair of versions, from its
+/// first, in time order (not only those of the period shown: a test whose start moved would
+/// be a new test at each reading). On each the champion was right if operators confirmed the
+/// fault (it flagged every one of them), and the challenger if its verdict matches theirs
+/// (flagged a confirmed fault, or left a false alarm alone). A mixture SPRT on the paired
+/// differences decides with an always-valid p-value: reading this on every visit keeps the
+/// chance of a verdict where the two are equally right near `alpha`. It stops at the first
+/// window where the p-value reaches `alpha`. Labels exist only where the champion alerted, so
+/// a missed fault weighs as much as an avoided false alarm, and a challenger that flags less
+/// can win: see `challenger_missed`.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
 pub struct ShadowDecision {
     /// The conclusion.
     pub verdict: ShadowVerdict,
     /// The test: `mSPRT` (normal mixture, paired).
     pub test: String,
-    /// Its level: the highest acceptable chance of declaring a difference where there is none.
+    /// Its level: the highest acceptable chance of a verdict where the two are equally right.
     pub alpha: f64,
     /// The mixing variance: the squared size of the differences it is tuned to find.
     pub tau2: f64,
@@ -236,11 +240,14 @@ pub struct ShadowDecision {
     pub champion_right: u64,
     /// ... and the challenger.
     pub challenger_right: u64,
+    /// ... and the confirmed faults the challenger did not flag.
+    pub challenger_missed: u64,
     /// The challenger's share right minus the champion's (none without windows).
     pub difference: Option<f64>,
     /// The always-valid p-value (1 before there is evidence).
     pub p_value: f64,
-    /// When decided: the time of the labelled window that decided it (RFC 3339, UTC).
+    /// When decided: the time of the labelled window it decided at (RFC 3339, UTC), which may
+    /// be earlier than when a label made it so.
     pub decided_at: Option<String>,
 }
 
@@ -531,6 +538,7 @@ pub(crate) async fn drift(
 
 /// `?days=&alpha=` of a shadow comparison.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ShadowOptions {
     /// The last this many days (1 to 366; default 7).

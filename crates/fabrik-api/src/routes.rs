@@ -406,6 +406,7 @@ pub(crate) async fn services(
 /// Query parameters of `/api/v1/write`. Others are refused: a misspelt `?precison=ms` would
 /// store millisecond timestamps as nanoseconds, in 1970.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WriteParams {
     /// Timestamp unit: ns (default), us, ms or s.
@@ -467,6 +468,7 @@ pub(crate) async fn write_v1(
 
 /// InfluxDB 1.x `/write` parameters (db, rp, u and p are accepted and ignored but for `p`).
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct InfluxV1Params {
     /// n, ns, u, us, ms or s.
     pub precision: Option<String>,
@@ -491,6 +493,7 @@ pub(crate) async fn write_influx_v1(
 
 /// InfluxDB 2.x `/api/v2/write` parameters.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct InfluxV2Params {
     /// ns, us, ms or s.
     pub precision: Option<String>,

@@ -17,6 +17,7 @@ use crate::error::ApiError;
 
 /// Parameters of the stream.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamParams {
     /// The table to read (default: the device's type, as the default mappings store it).

@@ -75,12 +75,12 @@ const pill = (state, label) => html`<span class="pill ${STATE_CLASS[state] ?? ''
 
 /** A shadow comparison's sequential decision: the verdict, and what it rests on. */
 function shadowDecision(d) {
-  const verdict = d.verdict === 'challenger_better' ? pill('online', 'challenger better: switch')
-    : d.verdict === 'champion_better' ? pill('pending', 'champion better: keep it')
+  const verdict = d.verdict === 'challenger_better' ? pill('online', 'challenger right more often')
+    : d.verdict === 'champion_better' ? pill('pending', 'champion right more often')
       : pill('never', 'undecided');
   if (!d.windows) return html`${verdict} <span class="muted">no labelled windows yet</span>`;
   const diff = d.difference == null ? '' : ` · ${d.difference >= 0 ? '+' : ''}${fmtNum(d.difference * 100, 3)} points`;
-  return html`${verdict} <span class="muted" title="${`${d.test}, alpha ${d.alpha}, tau² ${d.tau2}: reading this often does not raise the chance of a wrong switch`}">right on ${d.champion_right} (champion) vs ${d.challenger_right} (challenger) of ${d.windows} labelled${diff} · p ${fmtNum(d.p_value, 3)}${d.decided_at ? html` · decided ${time(d.decided_at)}` : ''}</span>`;
+  return html`${verdict} <span class="muted" title="${`${d.test}, alpha ${d.alpha}, tau² ${d.tau2}, over every labelled window of these two versions: reading it often does not raise the chance of a wrong verdict`}">right on ${d.champion_right} (champion) vs ${d.challenger_right} (challenger) of ${d.windows} labelled${diff} · p ${fmtNum(d.p_value, 3)}${d.decided_at ? html` · at the window of ${time(d.decided_at)}` : ''}</span>${d.challenger_missed ? html` <span class="tag">the challenger missed ${d.challenger_missed} confirmed</span>` : ''}`;
 }
 
 let toastTimer;

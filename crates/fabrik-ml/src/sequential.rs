@@ -124,9 +124,11 @@ pub enum Pairing {
 }
 
 /// The mixture sequential probability ratio test with a normal mixing distribution N(0, τ²) on
-/// the difference `θ = mean(B) − mean(A)`. Its p-value is always valid: the chance that it ever
-/// falls to α under H0 (θ = 0) is at most α. Rejects at the first pair where it does, and then
-/// keeps that pair's statistic.
+/// the difference `θ = mean(B) − mean(A)`. Its p-value is always valid: with a known variance
+/// the chance that it ever falls to α under H0 (θ = 0) is at most α; with the variance
+/// estimated from the pairs, as here, that holds as the pairs accumulate (simulated in
+/// `tools/sequential_level.py`). Rejects at the first pair where it does, and then keeps that
+/// pair's statistic.
 #[derive(Debug, Clone)]
 pub struct MixtureSprt {
     tau2: f64,
@@ -180,6 +182,12 @@ impl MixtureSprt {
     /// decide, however clear the evidence; with them the estimate starts wide and tends to the
     /// sample's as pairs come in.
     pub fn with_difference_bounds(mut self, low: f64, high: f64) -> Result<Self, MlError> {
+        if self.pairing != Pairing::Paired {
+            return Err(MlError::Parameter {
+                name: "difference_bounds",
+                reason: "bound the differences of paired samples only".into(),
+            });
+        }
         if !(low.is_finite() && high.is_finite() && low < high) {
             return Err(MlError::Parameter {
                 name: "difference_bounds",
@@ -191,10 +199,14 @@ impl MixtureSprt {
     }
 
     /// Adds one pair (`a` from A, `b` from B) unless the test has rejected. A step whose
-    /// estimated variance is zero (every value so far equal) leaves the p-value as it was.
+    /// estimated variance is zero (every value so far equal) leaves the p-value as it was; a
+    /// pair with a value that is not finite is not counted.
     pub fn update(&mut self, a: f64, b: f64) -> Decision {
         if self.rejected_at.is_some() {
             return Decision::RejectNull;
+        }
+        if !(a.is_finite() && b.is_finite()) {
+            return Decision::Continue;
         }
         self.n += 1;
         let n = self.n as f64;
@@ -392,6 +404,41 @@ mod tests {
         // B right on 20 % more pairs, A on 5 %: every stream decides, for B.
         let real = simulate(11, 100, 1000, 0.2, 0.05);
         assert!(real.iter().all(|d| *d == Some(true)), "{real:?}");
+    }
+
+    #[test]
+    fn paired_differences_against_a_constant_are_the_independent_test() {
+        // With A constant its variance is zero, so both estimates are the variance of B: the
+        // paired path then computes what the reference-checked independent path does.
+        let (mut paired, mut independent) = (
+            MixtureSprt::new(0.01, 0.05, Pairing::Paired).expect("valid"),
+            MixtureSprt::new(0.01, 0.05, Pairing::Independent).expect("valid"),
+        );
+        let mut rng = crate::detectors::iforest::SplitMix(3);
+        for _ in 0..500 {
+            let b = 0.05 + rng.unit();
+            paired.update(0.5, b);
+            independent.update(0.5, b);
+            let (p, q) = (paired.p_value(), independent.p_value());
+            assert!((p - q).abs() <= 1e-9 * q, "{p} vs {q}");
+        }
+        assert_eq!(paired.rejected_at(), independent.rejected_at());
+        assert!(paired.rejected_at().is_some());
+    }
+
+    #[test]
+    fn not_finite_pairs_are_not_counted_and_bounds_need_pairs() {
+        let mut test = MixtureSprt::new(0.01, 0.05, Pairing::Paired).expect("valid");
+        test.update(1.0, 0.0);
+        test.update(f64::NAN, 1.0);
+        test.update(0.0, f64::INFINITY);
+        assert_eq!(test.pairs(), 1);
+        assert_eq!(test.difference(), Some(-1.0));
+        assert!(
+            MixtureSprt::new(0.01, 0.05, Pairing::Independent)
+                .and_then(|t| t.with_difference_bounds(-1.0, 1.0))
+                .is_err()
+        );
     }
 
     #[test]

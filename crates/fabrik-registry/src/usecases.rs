@@ -245,6 +245,35 @@ pub struct GateCriterion {
     pub evidence_at_least: Option<f64>,
     /// The use case has been in its stage at least this long (`14d`).
     pub time_in_stage_at_least: Option<String>,
+    /// An `alert_precision` KPI decided by Wald's SPRT over the stage's labelled alerts in the
+    /// order they started, rather than read off its value: holds once the evidence favours
+    /// the `good` precision over the `bad` one at the error rates given.
+    pub sprt: Option<RateTest>,
+}
+
+/// The hypotheses and error rates of a [`GateCriterion`]'s SPRT.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateTest {
+    /// A precision the use case should pass with (0.8).
+    pub good: f64,
+    /// A precision it should fail with (0.6).
+    pub bad: f64,
+    /// The highest acceptable chance of passing a use case whose precision is `bad`
+    /// (default 0.05).
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    /// The highest acceptable chance of failing one whose precision is `good` (default 0.2).
+    #[serde(default = "default_beta")]
+    pub beta: f64,
+}
+
+fn default_alpha() -> f64 {
+    0.05
+}
+
+fn default_beta() -> f64 {
+    0.2
 }
 
 /// The criteria of the two gates.
@@ -544,14 +573,46 @@ fn criterion_problems(
         criterion.improvement_at_least,
         criterion.evidence_at_least,
     ];
-    let has_kpi_bound = kpi_bounds.iter().any(Option::is_some);
+    let has_kpi_bound = kpi_bounds.iter().any(Option::is_some) || criterion.sprt.is_some();
     if !has_kpi_bound && criterion.time_in_stage_at_least.is_none() {
         problem(
             at("kpi"),
             "a criterion needs a bound: at_least, at_most, improvement_at_least, \
-             evidence_at_least or time_in_stage_at_least"
+             evidence_at_least, sprt or time_in_stage_at_least"
                 .into(),
         );
+    }
+    if let Some(test) = &criterion.sprt {
+        let kind = criterion
+            .kpi
+            .as_deref()
+            .and_then(|name| definition.kpi(name))
+            .map(|kpi| kpi.kind);
+        if kind.is_some_and(|kind| kind != KpiKind::AlertPrecision) {
+            problem(
+                at("sprt"),
+                "an SPRT decides a rate: it needs an `alert_precision` KPI".into(),
+            );
+        }
+        for (field, value) in [("good", test.good), ("bad", test.bad)] {
+            if !(value > 0.0 && value < 1.0) {
+                problem(
+                    at(&format!("sprt.{field}")),
+                    format!("{value}: a precision strictly between 0 and 1"),
+                );
+            }
+        }
+        if test.good == test.bad {
+            problem(at("sprt.bad"), "must differ from `good`".into());
+        }
+        for (field, value) in [("alpha", test.alpha), ("beta", test.beta)] {
+            if !(value > 0.0 && value <= 0.5) {
+                problem(
+                    at(&format!("sprt.{field}")),
+                    format!("{value}: an error rate above 0 and at most 0.5"),
+                );
+            }
+        }
     }
     if let Some(bound) = kpi_bounds.into_iter().flatten().find(|b| !b.is_finite()) {
         problem(at("kpi"), format!("{bound} is not a bound"));
@@ -615,6 +676,10 @@ pub struct KpiMeasure {
     /// Why it could not be measured (its table not written yet, a column missing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// `alert_precision`: each labelled alert's verdict (true: confirmed) in the order the
+    /// alerts started, for a gate's SPRT. Not part of the API's answer.
+    #[serde(skip)]
+    pub labels: Vec<bool>,
 }
 
 impl KpiMeasure {
@@ -625,6 +690,7 @@ impl KpiMeasure {
             evidence: 0.0,
             detail: String::new(),
             error: Some(error),
+            labels: Vec::new(),
         }
     }
 }
@@ -796,6 +862,10 @@ pub fn judge_gate(
                 &|v| v >= bound,
             );
         }
+        if let Some(test) = &criterion.sprt {
+            let labels = value.map_or(&[][..], |v| v.current.labels.as_slice());
+            checks.push(sprt_check(name, test, labels));
+        }
     }
     Some(GateReport {
         from: stage,
@@ -806,6 +876,60 @@ pub fn judge_gate(
         measured_to: format_time(now_ns),
         kpis,
     })
+}
+
+/// Runs a criterion's SPRT over the labelled alerts in the order they started: it holds once
+/// the test decides for the good precision; deciding for the bad one, or not yet, fails it.
+fn sprt_check(name: &str, test: &RateTest, labels: &[bool]) -> GateCheck {
+    use fabrik_ml::sequential::{Decision, Sprt};
+    let criterion = format!(
+        "{name} is {} rather than {} (SPRT, α {}, β {})",
+        test.good, test.bad, test.alpha, test.beta
+    );
+    let unit = "labelled alerts".to_owned();
+    let mut sprt = match Sprt::new(test.bad, test.good, test.alpha, test.beta) {
+        Ok(sprt) => sprt,
+        Err(e) => {
+            return GateCheck {
+                criterion,
+                measured: None,
+                unit,
+                measured_text: e.to_string(),
+                passed: false,
+            };
+        }
+    };
+    for &confirmed in labels {
+        if sprt.update(confirmed) != Decision::Continue {
+            break;
+        }
+    }
+    let n = sprt.observations();
+    let (passed, measured_text) = match sprt.decision() {
+        Decision::RejectNull => (true, format!("{} after {n} labelled alerts", test.good)),
+        Decision::AcceptNull => (false, format!("{} after {n} labelled alerts", test.bad)),
+        Decision::Continue => {
+            let (lower, upper) = sprt.bounds();
+            (
+                false,
+                format!(
+                    "undecided after {n} labelled alerts (log-likelihood ratio {:.2}; {} at {:.2}, {} at {:.2})",
+                    sprt.llr(),
+                    test.good,
+                    upper,
+                    test.bad,
+                    lower
+                ),
+            )
+        }
+    };
+    GateCheck {
+        criterion,
+        measured: Some(n as f64),
+        unit,
+        measured_text,
+        passed,
+    }
 }
 
 /// A measured value with its unit, as people read it: seconds as a duration, a fraction as a
@@ -1214,6 +1338,7 @@ pub(crate) mod tests {
             evidence,
             detail: String::new(),
             error: None,
+            labels: Vec::new(),
         }
     }
 
@@ -1312,6 +1437,91 @@ pub(crate) mod tests {
         assert!(judge_gate(&definition, Stage::Enterprise, 0, day, vec![]).is_none());
         let empty = judge_gate(&definition, Stage::ScaleUp, 0, day, vec![]).unwrap();
         assert!(!empty.passed && empty.checks.is_empty());
+    }
+
+    fn sprt_definition() -> UseCaseDefinition {
+        let mut definition = definition();
+        definition.gates.scale_up = vec![GateCriterion {
+            kpi: Some("precision".into()),
+            sprt: Some(RateTest {
+                good: 0.8,
+                bad: 0.6,
+                alpha: 0.05,
+                beta: 0.2,
+            }),
+            ..GateCriterion::default()
+        }];
+        definition
+    }
+
+    #[test]
+    fn an_sprt_criterion_holds_once_the_labels_in_order_favour_the_good_precision() {
+        let definition = sprt_definition();
+        let judge = |labels: Vec<bool>| {
+            let confirmed = labels.iter().filter(|&&c| c).count() as f64;
+            let mut current = measure(
+                (!labels.is_empty()).then(|| confirmed / labels.len() as f64),
+                labels.len() as f64,
+            );
+            current.labels = labels;
+            let kpis = vec![KpiValue::of(&definition.kpis[1], current, None)];
+            let report = judge_gate(&definition, Stage::Pilot, 0, 1, kpis).unwrap();
+            assert_eq!(report.checks.len(), 1);
+            report.checks[0].clone()
+        };
+        // Each confirmed alert adds ln(0.8/0.6) = 0.288 to the log-likelihood ratio, which
+        // decides for 0.8 at ln(0.8/0.05) = 2.77: on the tenth.
+        let passed = judge(vec![true; 12]);
+        assert!(passed.passed, "{passed:?}");
+        assert_eq!(passed.measured, Some(10.0));
+        assert_eq!(passed.measured_text, "0.8 after 10 labelled alerts");
+        assert_eq!(
+            passed.criterion,
+            "precision is 0.8 rather than 0.6 (SPRT, α 0.05, β 0.2)"
+        );
+        // Three false alarms first decide for 0.6 (ln(0.2/0.95) = -1.56); what follows is
+        // not read, though the precision over all of them is 0.87.
+        let mut labels = vec![false; 3];
+        labels.extend([true; 20]);
+        let failed = judge(labels);
+        assert!(!failed.passed);
+        assert_eq!(failed.measured_text, "0.6 after 3 labelled alerts");
+        // Too few either way.
+        let undecided = judge(vec![true, false, true, true]);
+        assert!(!undecided.passed);
+        assert!(
+            undecided
+                .measured_text
+                .starts_with("undecided after 4 labelled alerts"),
+            "{undecided:?}"
+        );
+        assert!(!judge(Vec::new()).passed);
+    }
+
+    #[test]
+    fn an_sprt_criterion_needs_a_precision_kpi_and_sound_rates() {
+        assert_eq!(sprt_definition().problems(), Vec::new());
+        let mut bad = sprt_definition();
+        bad.gates.scale_up[0].kpi = Some("downtime".into());
+        let mut rates = bad.gates.scale_up[0].clone();
+        rates.kpi = Some("precision".into());
+        if let Some(test) = rates.sprt.as_mut() {
+            test.good = 1.5;
+            test.bad = 1.5;
+            test.beta = 0.0;
+        }
+        bad.gates.enterprise.push(rates);
+        let fields: Vec<String> = bad.problems().into_iter().map(|(f, _)| f).collect();
+        assert_eq!(
+            fields,
+            [
+                "gates.scale_up[0].sprt",
+                "gates.enterprise[0].sprt.good",
+                "gates.enterprise[0].sprt.bad",
+                "gates.enterprise[0].sprt.bad",
+                "gates.enterprise[0].sprt.beta",
+            ]
+        );
     }
 }
 

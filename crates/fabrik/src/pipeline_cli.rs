@@ -229,8 +229,8 @@ fn shadow_table(c: &ShadowComparison) -> String {
 /// The sequential decision in a sentence: what it concluded, on what, at what p-value.
 fn decision_line(d: &ShadowDecision) -> String {
     let verdict = match d.verdict {
-        ShadowVerdict::ChallengerBetter => "CHALLENGER BETTER: switch",
-        ShadowVerdict::ChampionBetter => "CHAMPION BETTER: keep it",
+        ShadowVerdict::ChallengerBetter => "CHALLENGER RIGHT MORE OFTEN",
+        ShadowVerdict::ChampionBetter => "CHAMPION RIGHT MORE OFTEN",
         ShadowVerdict::Undecided => "undecided",
     };
     let difference = d
@@ -239,9 +239,17 @@ fn decision_line(d: &ShadowDecision) -> String {
     let when = d
         .decided_at
         .as_deref()
-        .map_or(String::new(), |t| format!(", decided at {t}"));
+        .map_or(String::new(), |t| format!(", at the window of {t}"));
+    let missed = if d.challenger_missed > 0 {
+        format!(
+            "; the challenger missed {} confirmed fault(s) of these",
+            d.challenger_missed
+        )
+    } else {
+        String::new()
+    };
     format!(
-        "decision ({} at alpha {}): {verdict}; right on {} (champion) vs {} (challenger) of {} labelled windows, {difference}, always-valid p {:.4}{when}",
+        "decision ({} at alpha {}): {verdict}; right on {} (champion) vs {} (challenger) of {} labelled windows, {difference}, always-valid p {:.4}{when}{missed}",
         d.test, d.alpha, d.champion_right, d.challenger_right, d.windows, d.p_value
     )
 }

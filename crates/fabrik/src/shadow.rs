@@ -81,6 +81,9 @@ pub(crate) async fn record(
     Ok(true)
 }
 
+/// Nanoseconds in a day.
+const DAY_NS: i64 = 86_400_000_000_000;
+
 /// `<alias>.time` within the last `days` days.
 fn within_days(alias: &str, days: u32) -> String {
     format!("{alias}.time > now() - INTERVAL '{days} days'")
@@ -242,9 +245,20 @@ pub(crate) async fn compare(
             comparison.unpaired = u64::try_from(n.value(0)).unwrap_or(0);
         }
     }
+    // The decision reads every labelled window of the pair, from its first: a test whose
+    // start moved with the period shown would be a new test at every reading.
+    let pair_ever = format!(
+        "s.pipeline = {} AND s.model = {} AND s.champion_model = {} AND s.model_version = {} \
+         AND s.champion_model_version = {}",
+        literal(pipeline),
+        literal(&challenger_tag),
+        literal(&champion_tag),
+        literal(&challenger_version),
+        literal(&champion_version)
+    );
     labelled(
         store,
-        &paired,
+        &pair_ever,
         &champion_version,
         &mut comparison,
         &mut test,
@@ -267,26 +281,28 @@ fn undecided(test: &MixtureSprt) -> ShadowDecision {
         windows: 0,
         champion_right: 0,
         challenger_right: 0,
+        challenger_missed: 0,
         difference: None,
         p_value: test.p_value(),
         decided_at: None,
     }
 }
 
-/// Counts the windows operators labelled: an alert on a pipeline's inferences starts at a
-/// flagged window, and its `alert_labels` row is stamped at that window's time, naming the
-/// pipeline when the rule's context carries it (rows that do not are not counted: they cannot
-/// be told from another pipeline's alert on the same device and instant). Only windows of the
-/// compared pair: flagged by the champion's version and scored by the challenger's (`paired`);
-/// each once, confirmed if any alert on it was.
+/// Counts the windows operators labelled in the last `days` days, and decides on all of them:
+/// an alert on a pipeline's inferences starts at a flagged window, and its `alert_labels` row
+/// is stamped at that window's time, naming the pipeline when the rule's context carries it
+/// (rows that do not are not counted: they cannot be told from another pipeline's alert on
+/// the same device and instant). Only windows of the compared pair, ever: flagged by the
+/// champion's version and scored by the challenger's (`pair`); each once, confirmed if any
+/// alert on it was.
 async fn labelled(
     store: &Store,
-    paired: &str,
+    pair: &str,
     champion_version: &str,
     comparison: &mut ShadowComparison,
     test: &mut MixtureSprt,
 ) -> Result<(), String> {
-    let days = comparison.days;
+    let counted_from = fabrik_core::Timestamp::now().nanos() - i64::from(comparison.days) * DAY_NS;
     let labels = fabrik_api::alerts::ALERT_LABELS_TABLE;
     if !store.has_table(labels) {
         return Ok(());
@@ -299,14 +315,12 @@ async fn labelled(
          CAST(min(i.time) AS BIGINT) AS time \
          FROM {labels} l \
          JOIN inferences i ON i.device = l.device AND i.time = l.time AND i.pipeline = {pipeline} \
-         AND i.flag AND i.model_version = {champion} AND {i_within} \
-         JOIN (SELECT * FROM {SHADOW_TABLE} s WHERE {paired}) s \
+         AND i.flag AND i.model_version = {champion} \
+         JOIN (SELECT * FROM {SHADOW_TABLE} s WHERE {pair}) s \
          ON s.device = i.device AND s.window_id = i.window_id \
-         WHERE l.pipeline = {pipeline} AND {l_within} GROUP BY i.window_id \
+         WHERE l.pipeline = {pipeline} GROUP BY i.window_id \
          ORDER BY time, i.window_id",
         champion = literal(champion_version),
-        i_within = within_days("i", days),
-        l_within = within_days("l", days),
     );
     let Some(output) = query_unless_missing(store, &sql, "l.pipeline").await? else {
         return Ok(());
@@ -321,13 +335,6 @@ async fn labelled(
             }
             let caught = !flagged.is_null(row) && flagged.value(row);
             let fault = confirmed.value(row);
-            if fault {
-                comparison.confirmed += 1;
-                comparison.confirmed_flagged_by_challenger += u64::from(caught);
-            } else {
-                comparison.false_alarms += 1;
-                comparison.false_alarms_flagged_by_challenger += u64::from(caught);
-            }
             decide(
                 &mut comparison.decision,
                 test,
@@ -335,6 +342,16 @@ async fn labelled(
                 caught,
                 time.value(row),
             );
+            if time.value(row) <= counted_from {
+                continue;
+            }
+            if fault {
+                comparison.confirmed += 1;
+                comparison.confirmed_flagged_by_challenger += u64::from(caught);
+            } else {
+                comparison.false_alarms += 1;
+                comparison.false_alarms_flagged_by_challenger += u64::from(caught);
+            }
         }
     }
     Ok(())
@@ -357,6 +374,7 @@ fn decide(
     decision.windows += 1;
     decision.champion_right += u64::from(champion_right);
     decision.challenger_right += u64::from(challenger_right);
+    decision.challenger_missed += u64::from(fault && !challenger_flagged);
     let rejected = test.update(
         f64::from(u8::from(champion_right)),
         f64::from(u8::from(challenger_right)),
@@ -391,10 +409,19 @@ mod tests {
     /// Windows of pump-a, a minute apart, that the champion flagged and an operator labelled,
     /// as the pipelines and the alert module write them: `(confirmed, challenger flagged)`.
     fn labelled_windows(verdicts: &[(bool, bool)]) -> String {
-        let start = fabrik_core::Timestamp::now().nanos() - 2 * 3600 * 1_000_000_000;
+        labelled_windows_from(
+            fabrik_core::Timestamp::now().nanos() - 2 * 3600 * 1_000_000_000,
+            0,
+            verdicts,
+        )
+    }
+
+    /// The same from `start`, numbering windows from `first`.
+    fn labelled_windows_from(start: i64, first: usize, verdicts: &[(bool, bool)]) -> String {
         let mut body = String::new();
-        for (k, &(confirmed, challenger_flag)) in verdicts.iter().enumerate() {
-            let time = start + k as i64 * MINUTE;
+        for (i, &(confirmed, challenger_flag)) in verdicts.iter().enumerate() {
+            let k = first + i;
+            let time = start + i as i64 * MINUTE;
             let window = format!("pump-health/pump-a/{k}");
             body.push_str(&format!(
                 "inferences,pipeline=pump-health,device=pump-a,model=robust_z \
@@ -411,12 +438,16 @@ mod tests {
     }
 
     async fn compared(verdicts: &[(bool, bool)], alpha: f64) -> ShadowComparison {
+        compared_lines(&labelled_windows(verdicts), alpha).await
+    }
+
+    async fn compared_lines(lines: &str, alpha: f64) -> ShadowComparison {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(fabrik_store::StoreOptions::new(dir.path()))
             .await
             .expect("store");
         store
-            .write_lines(&labelled_windows(verdicts), Precision::Ns, SourceId::http())
+            .write_lines(lines, Precision::Ns, SourceId::http())
             .await
             .expect("write");
         let (champion, challenger) = configs();
@@ -466,6 +497,30 @@ mod tests {
         let d = compared(&verdicts, 0.05).await.decision;
         assert_eq!(d.verdict, ShadowVerdict::ChampionBetter, "{d:?}");
         assert!(d.difference.is_some_and(|x| x < 0.0), "{d:?}");
+        assert!(
+            d.challenger_missed > 0 && d.challenger_missed <= d.windows,
+            "{d:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_decision_reads_the_pairs_whole_history_and_the_counts_the_period() {
+        // Ten days ago, ten false alarms the challenger avoided; two hours ago, ten more.
+        let now = fabrik_core::Timestamp::now().nanos();
+        let day = 24 * 60 * MINUTE;
+        let mut lines = labelled_windows_from(now - 10 * day, 0, &[(false, false); 10]);
+        lines += &labelled_windows_from(now - 2 * 60 * MINUTE, 10, &[(false, false); 10]);
+        let c = compared_lines(&lines, 0.05).await;
+        assert_eq!(c.false_alarms, 10, "the last 7 days only: {c:?}");
+        let d = &c.decision;
+        assert_eq!(d.verdict, ShadowVerdict::ChallengerBetter, "{d:?}");
+        assert_eq!(d.windows, 10, "decided within the old windows: {d:?}");
+        let decided = chrono::DateTime::parse_from_rfc3339(d.decided_at.as_deref().expect("at"))
+            .expect("RFC 3339");
+        assert!(
+            decided.timestamp() < (now - 9 * day) / 1_000_000_000,
+            "{d:?}"
+        );
     }
 
     #[tokio::test]

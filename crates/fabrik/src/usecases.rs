@@ -209,6 +209,7 @@ impl StoreKpiMeter {
                         kpi.signal.as_deref().unwrap_or_default()
                     ),
                     error: None,
+                    labels: Vec::new(),
                 }
             }
             KpiKind::Downtime | KpiKind::EnergyCost => {
@@ -244,6 +245,7 @@ impl StoreKpiMeter {
                     evidence: observed_hours,
                     detail,
                     error: None,
+                    labels: Vec::new(),
                 }
             }
             KpiKind::AlertPrecision => {
@@ -264,6 +266,8 @@ impl StoreKpiMeter {
             .as_ref()
             .ok_or("alert precision needs the alerts module in this process")?;
         let (mut true_positives, mut false_positives, mut unlabelled) = (0u64, 0u64, 0u64);
+        // (started, confirmed) of each labelled alert, for a gate's SPRT.
+        let mut labels = Vec::new();
         let mut cut_short = Vec::new();
         for rule in &kpi.rules {
             let query = AlertQuery {
@@ -288,13 +292,21 @@ impl StoreKpiMeter {
                     continue;
                 }
                 match alert.ack.map(|a| a.feedback) {
-                    Some(Feedback::TruePositive) => true_positives += 1,
-                    Some(Feedback::FalsePositive) => false_positives += 1,
+                    Some(Feedback::TruePositive) => {
+                        true_positives += 1;
+                        labels.push((started, true));
+                    }
+                    Some(Feedback::FalsePositive) => {
+                        false_positives += 1;
+                        labels.push((started, false));
+                    }
                     None => unlabelled += 1,
                 }
             }
         }
         let labelled = true_positives + false_positives;
+        // Several rules interleave; the test reads their alerts as they started.
+        labels.sort_by_key(|&(started, _)| started);
         Ok(KpiMeasure {
             value: (labelled > 0).then(|| true_positives as f64 / labelled as f64),
             evidence: labelled as f64,
@@ -311,6 +323,7 @@ impl StoreKpiMeter {
                 }
             ),
             error: None,
+            labels: labels.into_iter().map(|(_, confirmed)| confirmed).collect(),
         })
     }
 }

@@ -464,3 +464,114 @@ fn kpis_decide_the_gate_and_the_stage_decides_which_devices_a_pipeline_scores() 
     let (status, _) = p.terminate();
     assert!(status.success());
 }
+
+/// A gate decided by Wald's SPRT on alert precision: undecided before any label, passed once
+/// the operators' confirmations of alerts since the stage began suffice, and the check says
+/// after how many.
+#[test]
+fn an_sprt_gate_passes_once_enough_alerts_of_the_stage_are_confirmed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("fabrik.toml");
+    std::fs::write(&config, CONFIG).expect("config");
+    let p = Process::start_with_args(
+        &dir.path().join("data"),
+        &["--config", config.to_str().expect("utf-8")],
+        &[],
+    );
+    let url = p.url.clone();
+    let pumps = ["pump-a", "pump-b", "pump-c"];
+    let mut definition = definition();
+    definition["pilot"] = serde_json::json!({"devices": pumps});
+    definition["gates"] = serde_json::json!({"scale_up": [
+        {"kpi": "precision", "sprt": {"good": 0.9, "bad": 0.3}}
+    ]});
+    // On a KPI that is not a rate, it is refused, naming the criterion.
+    let mut wrong = definition.clone();
+    wrong["gates"]["scale_up"][0]["kpi"] = "downtime".into();
+    let (code, body) = http(
+        &url,
+        reqwest::Method::PUT,
+        "/api/v1/usecases/pumps",
+        Some(wrong),
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("gates.scale_up[0].sprt")),
+        "{body}"
+    );
+    let (code, body) = http(
+        &url,
+        reqwest::Method::PUT,
+        "/api/v1/usecases/pumps",
+        Some(definition),
+    );
+    assert_eq!(code, 201, "{body}");
+    let gate = || {
+        let (code, gate) = http(
+            &url,
+            reqwest::Method::GET,
+            "/api/v1/usecases/pumps/gate",
+            None,
+        );
+        assert_eq!(code, 200, "{gate}");
+        gate
+    };
+    let before = gate();
+    assert_eq!(before["passed"], false, "{before}");
+    assert_eq!(
+        before["checks"][0]["criterion"],
+        "precision is 0.9 rather than 0.3 (SPRT, α 0.05, β 0.2)"
+    );
+    assert!(
+        before["checks"][0]["measured_text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("undecided after 0 labelled alerts")),
+        "{before}"
+    );
+
+    // A hot spell on each pump, after the stage began: three alerts, each confirmed.
+    let start = now_ns() + SECOND;
+    let mut body = String::new();
+    for pump in pumps {
+        for i in 0..5 {
+            body.push_str(&format!(
+                "pump,device={pump} running=true,current=2.0,temperature=90.0 {}\n",
+                start + i * SECOND / 10
+            ));
+        }
+    }
+    assert_eq!(post_status(&url, "/api/v1/write", &body), 200);
+    let alerts = || {
+        let (_, alerts) = http(
+            &url,
+            reqwest::Method::GET,
+            "/api/v1/alerts?rule=pump-hot",
+            None,
+        );
+        alerts.as_array().cloned().unwrap_or_default()
+    };
+    eventually("three alerts fire", || alerts().len() == 3);
+    for (n, alert) in alerts().iter().enumerate() {
+        let id = alert["id"].as_str().expect("id");
+        let (code, body) = http(
+            &url,
+            reqwest::Method::POST,
+            &format!("/api/v1/alerts/{id}/ack"),
+            Some(serde_json::json!({"feedback": "true_positive"})),
+        );
+        assert_eq!(code, 200, "{body}");
+        // ln(0.9/0.3) = 1.10 a confirmation; ln(0.8/0.05) = 2.77 decides: on the third.
+        let check = gate()["checks"][0].clone();
+        assert_eq!(check["passed"], n == 2, "after {} labels: {check}", n + 1);
+    }
+    let after = gate();
+    assert_eq!(after["passed"], true, "{after}");
+    assert_eq!(
+        after["checks"][0]["measured_text"],
+        "0.9 after 3 labelled alerts"
+    );
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}
