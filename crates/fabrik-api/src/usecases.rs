@@ -39,6 +39,25 @@ pub trait KpiMeter: Send + Sync {
         from_ns: i64,
         to_ns: i64,
     ) -> BoxFuture<'_, KpiMeasure>;
+    /// The devices other nodes register, as their edges mirrored them here (a hub's
+    /// `_devices`, decision 0036), for scopes by site, type and label. A failure to read them
+    /// is logged and leaves the scopes to this node's registry.
+    fn fleet_devices(&self) -> BoxFuture<'_, Vec<fabrik_registry::FleetDevice>> {
+        Box::pin(async { Vec::new() })
+    }
+}
+
+/// The devices a use case's stage selects, this node's registry and the fleet's mirrored
+/// devices together.
+async fn stage_devices(
+    state: &ApiState,
+    use_case: &UseCase,
+) -> Result<Option<Vec<String>>, ApiError> {
+    let fleet = match state.kpi_meter.as_ref() {
+        Some(meter) => meter.fleet_devices().await,
+        None => Vec::new(),
+    };
+    Ok(registry(state)?.stage_devices_in(use_case, &fleet).await?)
 }
 
 /// A use case, the devices its stage lets its pipelines score now, and those pipelines.
@@ -195,7 +214,7 @@ fn pipelines_of(state: &ApiState, name: &str) -> Vec<String> {
 }
 
 async fn view(state: &ApiState, use_case: UseCase) -> Result<UseCaseView, ApiError> {
-    let devices = registry(state)?.stage_devices(&use_case).await?;
+    let devices = stage_devices(state, &use_case).await?;
     let pipelines = pipelines_of(state, &use_case.name);
     Ok(UseCaseView {
         use_case,
@@ -241,7 +260,7 @@ async fn judge(state: &ApiState, use_case: &UseCase) -> Result<Option<GateReport
     };
     let since = parse_time(&use_case.stage_since).map_err(ApiError::bad_request)?;
     let now = now_ns();
-    let devices = registry(state)?.stage_devices(use_case).await?;
+    let devices = stage_devices(state, use_case).await?;
     let kpis = measure_all(
         meter(state)?.as_ref(),
         &use_case.definition,
@@ -354,7 +373,7 @@ pub(crate) async fn kpis(
     let registry = registry(&state)?;
     let use_case = registry.use_case(&name).await?;
     let (from, to) = requested_period(&use_case, period.from.as_deref(), period.to.as_deref())?;
-    let (stage, devices) = (use_case.stage, registry.stage_devices(&use_case).await?);
+    let (stage, devices) = (use_case.stage, stage_devices(&state, &use_case).await?);
     let kpis = measure_all(
         meter(&state)?.as_ref(),
         &use_case.definition,
@@ -434,7 +453,7 @@ pub(crate) async fn history(
             i64::try_from(edge).unwrap_or(to)
         })
         .collect();
-    let (stage, devices) = (use_case.stage, registry.stage_devices(&use_case).await?);
+    let (stage, devices) = (use_case.stage, stage_devices(&state, &use_case).await?);
     let meter = meter(&state)?;
     let mut kpis = Vec::with_capacity(use_case.definition.kpis.len());
     for kpi in &use_case.definition.kpis {

@@ -124,6 +124,44 @@ pub struct DeviceFilter {
     pub label: Option<String>,
 }
 
+impl DeviceFilter {
+    /// Whether a device of this site, type and labels passes the site, type and label
+    /// selectors (the state is not looked at).
+    pub fn matches(
+        &self,
+        site: &str,
+        device_type: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> bool {
+        let label = self.label.as_deref().map(|l| match l.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (l, None),
+        });
+        self.site.as_deref().is_none_or(|s| site == s)
+            && self.device_type.as_deref().is_none_or(|t| device_type == t)
+            && label.is_none_or(|(k, v)| match (labels.get(k), v) {
+                (Some(have), Some(want)) => have == want,
+                (Some(_), None) => true,
+                (None, _) => false,
+            })
+    }
+}
+
+/// A device another node registers, as that edge mirrored it to this hub (decision 0036).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetDevice {
+    /// The node that registers it.
+    pub node: String,
+    /// Its id.
+    pub id: String,
+    /// Its site there.
+    pub site: String,
+    /// Its type there.
+    pub device_type: String,
+    /// Its labels there.
+    pub labels: BTreeMap<String, String>,
+}
+
 /// One entry of a device's history.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeviceEvent {
@@ -334,26 +372,11 @@ impl Registry {
         ))
         .fetch_all(&self.pool)
         .await?;
-        let label = filter.label.as_deref().map(|l| match l.split_once('=') {
-            Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
-            None => (l.to_owned(), None),
-        });
         let mut out = Vec::new();
         for row in &rows {
             let mut d = device_from_row(row)?;
-            let keep = filter.site.as_ref().is_none_or(|s| &d.site == s)
-                && filter
-                    .device_type
-                    .as_ref()
-                    .is_none_or(|t| &d.device_type == t)
-                && filter.state.as_ref().is_none_or(|s| &d.state == s)
-                && label
-                    .as_ref()
-                    .is_none_or(|(k, v)| match (d.labels.get(k), v) {
-                        (Some(have), Some(want)) => have == want,
-                        (Some(_), None) => true,
-                        (None, _) => false,
-                    });
+            let keep = filter.matches(&d.site, &d.device_type, &d.labels)
+                && filter.state.as_ref().is_none_or(|s| &d.state == s);
             if keep {
                 self.overlay_activity(&mut d);
                 out.push(d);

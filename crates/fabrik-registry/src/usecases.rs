@@ -248,6 +248,7 @@ pub struct GateCriterion {
     /// An `alert_precision` KPI decided by Wald's SPRT over the stage's labelled alerts in the
     /// order they started, rather than read off its value: holds once the evidence favours
     /// the `good` precision over the `bad` one at the error rates given.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sprt: Option<RateTest>,
 }
 
@@ -594,6 +595,11 @@ fn criterion_problems(
                 "an SPRT decides a rate: it needs an `alert_precision` KPI".into(),
             );
         }
+        let better = criterion
+            .kpi
+            .as_deref()
+            .and_then(|name| definition.kpi(name))
+            .map_or(Better::Higher, Kpi::better);
         for (field, value) in [("good", test.good), ("bad", test.bad)] {
             if !(value > 0.0 && value < 1.0) {
                 problem(
@@ -602,8 +608,30 @@ fn criterion_problems(
                 );
             }
         }
-        if test.good == test.bad {
-            problem(at("sprt.bad"), "must differ from `good`".into());
+        let ordered = match better {
+            Better::Higher => test.good > test.bad,
+            Better::Lower => test.good < test.bad,
+        };
+        // The order is a precision's; another kind of KPI is refused above.
+        let precision = kind.is_none_or(|kind| kind == KpiKind::AlertPrecision);
+        if precision && !ordered {
+            let way = match better {
+                Better::Higher => "below",
+                Better::Lower => "above",
+            };
+            problem(
+                at("sprt.bad"),
+                format!(
+                    "{}: must lie {way} `good` ({}), as the KPI is better {}",
+                    test.bad,
+                    test.good,
+                    if better == Better::Higher {
+                        "higher"
+                    } else {
+                        "lower"
+                    }
+                ),
+            );
         }
         for (field, value) in [("alpha", test.alpha), ("beta", test.beta)] {
             if !(value > 0.0 && value <= 0.5) {
@@ -612,6 +640,12 @@ fn criterion_problems(
                     format!("{value}: an error rate above 0 and at most 0.5"),
                 );
             }
+        }
+        if test.alpha + test.beta >= 1.0 {
+            problem(
+                at("sprt.beta"),
+                "alpha + beta must be below 1: otherwise no evidence decides".into(),
+            );
         }
     }
     if let Some(bound) = kpi_bounds.into_iter().flatten().find(|b| !b.is_finite()) {
@@ -864,7 +898,14 @@ pub fn judge_gate(
         }
         if let Some(test) = &criterion.sprt {
             let labels = value.map_or(&[][..], |v| v.current.labels.as_slice());
-            checks.push(sprt_check(name, test, labels));
+            let mut sprt = sprt_check(name, test, labels);
+            // A precision that could not be measured is not "undecided": say why.
+            if let Some(error) = value.and_then(|v| v.current.error.as_deref()) {
+                sprt.passed = false;
+                sprt.measured = None;
+                sprt.measured_text = format!("not measured: {error}");
+            }
+            checks.push(sprt);
         }
     }
     Some(GateReport {
@@ -1242,6 +1283,17 @@ impl Registry {
         &self,
         use_case: &UseCase,
     ) -> Result<Option<Vec<String>>, RegistryError> {
+        self.stage_devices_in(use_case, &[]).await
+    }
+
+    /// [`Registry::stage_devices`], the selectors also matched against `fleet`: the devices
+    /// other nodes register, as a hub knows them (decision 0036). An id several nodes
+    /// register is selected only when every node's record of it matches.
+    pub async fn stage_devices_in(
+        &self,
+        use_case: &UseCase,
+        fleet: &[crate::FleetDevice],
+    ) -> Result<Option<Vec<String>>, RegistryError> {
         let definition = &use_case.definition;
         let scopes: &[&DeviceScope] = match use_case.stage {
             Stage::Enterprise if definition.enterprise.is_empty() => return Ok(None),
@@ -1255,12 +1307,16 @@ impl Registry {
         };
         let mut all = BTreeSet::new();
         for scope in scopes {
-            all.extend(self.scope_devices(scope).await?);
+            all.extend(self.scope_devices(scope, fleet).await?);
         }
         Ok(Some(all.into_iter().collect()))
     }
 
-    async fn scope_devices(&self, scope: &DeviceScope) -> Result<Vec<String>, RegistryError> {
+    async fn scope_devices(
+        &self,
+        scope: &DeviceScope,
+        fleet: &[crate::FleetDevice],
+    ) -> Result<Vec<String>, RegistryError> {
         let mut devices: BTreeSet<String> = scope.devices.iter().cloned().collect();
         if scope.has_selector() {
             let filter = DeviceFilter {
@@ -1270,9 +1326,25 @@ impl Registry {
                 label: scope.label.clone(),
             };
             devices.extend(self.list(&filter).await?.into_iter().map(|d| d.id));
+            devices.extend(fleet_matches(&filter, fleet));
         }
         Ok(devices.into_iter().collect())
     }
+}
+
+/// The ids of `fleet` whose every record matches `filter`: a device two nodes register with
+/// different sites is in neither site's scope, since its rows could not be told apart.
+fn fleet_matches(filter: &DeviceFilter, fleet: &[crate::FleetDevice]) -> Vec<String> {
+    let mut verdicts: BTreeMap<&str, bool> = BTreeMap::new();
+    for device in fleet {
+        let matches = filter.matches(&device.site, &device.device_type, &device.labels);
+        *verdicts.entry(device.id.as_str()).or_insert(true) &= matches;
+    }
+    verdicts
+        .into_iter()
+        .filter(|(_, matches)| *matches)
+        .map(|(id, _)| id.to_owned())
+        .collect()
 }
 
 /// `field: problem; field: problem`.
@@ -1496,6 +1568,57 @@ pub(crate) mod tests {
             "{undecided:?}"
         );
         assert!(!judge(Vec::new()).passed);
+        // A precision that could not be measured says why.
+        let mut failed = KpiMeasure::failed("needs the alerts module".into());
+        failed.labels = vec![true; 12];
+        let kpis = vec![KpiValue::of(&definition.kpis[1], failed, None)];
+        let report = judge_gate(&definition, Stage::Pilot, 0, 1, kpis).unwrap();
+        assert!(!report.passed);
+        assert_eq!(
+            report.checks[0].measured_text,
+            "not measured: needs the alerts module"
+        );
+    }
+
+    #[test]
+    fn a_fleet_device_is_selected_only_when_every_node_agrees() {
+        let device =
+            |node: &str, id: &str, site: &str, label: Option<(&str, &str)>| crate::FleetDevice {
+                node: node.into(),
+                id: id.into(),
+                site: site.into(),
+                device_type: "pump".into(),
+                labels: label
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .into_iter()
+                    .collect(),
+            };
+        let fleet = [
+            device("line-1", "pump-a", "plant-a", Some(("line", "1"))),
+            device("line-1", "pump-b", "plant-b", None),
+            device("line-2", "pump-c", "plant-a", None),
+            // The same id on two nodes, at two sites.
+            device("line-1", "pump-x", "plant-a", None),
+            device("line-2", "pump-x", "plant-b", None),
+        ];
+        let filter = |site: Option<&str>, label: Option<&str>| DeviceFilter {
+            site: site.map(str::to_owned),
+            label: label.map(str::to_owned),
+            ..DeviceFilter::default()
+        };
+        assert_eq!(
+            fleet_matches(&filter(Some("plant-a"), None), &fleet),
+            ["pump-a", "pump-c"]
+        );
+        assert_eq!(
+            fleet_matches(&filter(None, Some("line=1")), &fleet),
+            ["pump-a"]
+        );
+        assert_eq!(
+            fleet_matches(&filter(None, Some("line")), &fleet),
+            ["pump-a"]
+        );
+        assert!(fleet_matches(&filter(Some("plant-c"), None), &fleet).is_empty());
     }
 
     #[test]
@@ -1511,6 +1634,13 @@ pub(crate) mod tests {
             test.beta = 0.0;
         }
         bad.gates.enterprise.push(rates);
+        // Backwards for a precision (higher is better), and error rates no evidence meets.
+        let mut backwards = bad.gates.scale_up[0].clone();
+        backwards.kpi = Some("precision".into());
+        if let Some(test) = backwards.sprt.as_mut() {
+            (test.good, test.bad, test.alpha, test.beta) = (0.6, 0.8, 0.5, 0.5);
+        }
+        bad.gates.enterprise.push(backwards);
         let fields: Vec<String> = bad.problems().into_iter().map(|(f, _)| f).collect();
         assert_eq!(
             fields,
@@ -1520,8 +1650,14 @@ pub(crate) mod tests {
                 "gates.enterprise[0].sprt.bad",
                 "gates.enterprise[0].sprt.bad",
                 "gates.enterprise[0].sprt.beta",
+                "gates.enterprise[1].sprt.bad",
+                "gates.enterprise[1].sprt.beta",
             ]
         );
+        // A criterion without an SPRT carries no `sprt` key, so definitions released to
+        // nodes that predate it still read.
+        let json = serde_json::to_value(definition()).expect("json");
+        assert!(json["gates"]["scale_up"][0].get("sprt").is_none(), "{json}");
     }
 }
 

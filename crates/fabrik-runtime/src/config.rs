@@ -160,7 +160,8 @@ pub struct UplinkConfig {
     pub tls_key: String,
     /// This node's name on the hub: letters, digits, `-`, `_`; required with `url`.
     pub node: String,
-    /// Tables to forward; empty: every table but those in `exclude`.
+    /// Tables to forward; empty: every table but those in `exclude`. A hub learns the
+    /// edge's devices from `_devices` and its operators' verdicts from `alert_labels`.
     pub tables: Vec<String>,
     /// Tables never forwarded.
     pub exclude: Vec<String>,

@@ -20,6 +20,7 @@ mod connect;
 mod define_cli;
 mod demo;
 mod device_cli;
+mod device_mirror;
 mod device_state;
 mod drift;
 mod error_text;

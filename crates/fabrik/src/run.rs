@@ -506,6 +506,7 @@ async fn start_http(
         kpi_meter: Some(Arc::new(crate::usecases::StoreKpiMeter {
             store: store.clone(),
             alerting: wiring.alerting.clone(),
+            labels_from_store: !config.hub.url.trim().is_empty(),
         })),
     };
     let stop = CancellationToken::new();
@@ -785,10 +786,12 @@ async fn serve(
             Module::Uplink => {
                 let store = wiring.store.clone();
                 let links = wiring.links.clone();
+                let registry = wiring.registry.clone();
                 manager
                     .start(module.name(), || async {
                         let store = store.ok_or("the uplink module needs the store module")?;
-                        crate::uplink::start(&config, &settings.data_dir, store, links).await
+                        crate::uplink::start(&config, &settings.data_dir, store, links, registry)
+                            .await
                     })
                     .await
             }

@@ -607,6 +607,7 @@ pub(crate) async fn start(
     data_dir: &Path,
     store: Arc<Store>,
     board: LinkBoard,
+    registry: Option<fabrik_registry::Registry>,
 ) -> Result<ServiceHandle, String> {
     let link = NatsLink::from(&config.uplink);
     if !link.is_on() {
@@ -659,8 +660,18 @@ pub(crate) async fn start(
         cursor_saved: Instant::now(),
     };
     let token = stop.clone();
+    // The registry, mirrored as `_devices` rows, tells the hub each device's site, type and
+    // labels (decision 0036), unless the site keeps that table home.
+    let wanted = uplink.filter.wants(crate::device_mirror::DEVICES_TABLE);
+    let mirror = registry.filter(|_| wanted).map(|registry| {
+        let (store, node, token) = (uplink.store.clone(), node.clone(), stop.clone());
+        tokio::spawn(crate::device_mirror::run(store, registry, node, token))
+    });
     let task = tokio::spawn(async move {
         uplink.run(token).await;
+        if let Some(mirror) = mirror {
+            let _ = mirror.await;
+        }
         Ok(())
     });
     Ok(ServiceHandle { stop, task })

@@ -28,6 +28,9 @@ const MOST_ALERTS: u32 = 100_000;
 pub(crate) struct StoreKpiMeter {
     pub(crate) store: Arc<Store>,
     pub(crate) alerting: Option<Arc<Alerting>>,
+    /// This process is a hub: alert precision is read from the `alert_labels` rows its edges
+    /// forward (and its own), not from its alerts database, which holds only its own alerts.
+    pub(crate) labels_from_store: bool,
 }
 
 impl KpiMeter for StoreKpiMeter {
@@ -44,6 +47,10 @@ impl KpiMeter for StoreKpiMeter {
     ) -> BoxFuture<'_, KpiMeasure> {
         Box::pin(async move {
             let measured = match kpi.kind {
+                KpiKind::AlertPrecision if self.labels_from_store => {
+                    self.stored_precision(&kpi, devices.as_deref(), from_ns, to_ns)
+                        .await
+                }
                 KpiKind::AlertPrecision => {
                     self.alert_precision(&kpi, devices.as_deref(), from_ns, to_ns)
                         .await
@@ -54,6 +61,17 @@ impl KpiMeter for StoreKpiMeter {
                 }
             };
             measured.unwrap_or_else(KpiMeasure::failed)
+        })
+    }
+
+    fn fleet_devices(&self) -> BoxFuture<'_, Vec<fabrik_registry::FleetDevice>> {
+        Box::pin(async move {
+            crate::device_mirror::fleet_devices(&self.store)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "The fleet's mirrored devices could not be read.");
+                    Vec::new()
+                })
         })
     }
 }
@@ -324,6 +342,67 @@ impl StoreKpiMeter {
             ),
             error: None,
             labels: labels.into_iter().map(|(_, confirmed)| confirmed).collect(),
+        })
+    }
+}
+
+impl StoreKpiMeter {
+    /// Alert precision from `alert_labels` rows (one per labelled alert, stamped at its start,
+    /// a relabel overwriting it): what a hub knows of its edges' alerts. Unlabelled alerts do
+    /// not travel, so only the labelled ones are counted.
+    async fn stored_precision(
+        &self,
+        kpi: &Kpi,
+        devices: Option<&[String]>,
+        from_ns: i64,
+        to_ns: i64,
+    ) -> Result<KpiMeasure, String> {
+        let table = fabrik_api::alerts::ALERT_LABELS_TABLE;
+        let mut labels = Vec::new();
+        if self.store.has_table(table) && !kpi.rules.is_empty() {
+            let rules: Vec<String> = kpi.rules.iter().map(|r| literal(r)).collect();
+            let sql = format!(
+                "SELECT device, true_positive, CAST(time AS BIGINT) AS started FROM {table} \
+                 WHERE rule IN ({}) AND time >= to_timestamp_nanos({from_ns}) \
+                 AND time < to_timestamp_nanos({to_ns}) ORDER BY time, device",
+                rules.join(", ")
+            );
+            let output = self.store.query(&sql).await.map_err(|e| e.to_string())?;
+            for batch in &output.batches {
+                let device: datafusion::arrow::array::StringArray = crate::columns::cast_column(
+                    batch,
+                    0,
+                    &datafusion::arrow::datatypes::DataType::Utf8,
+                    "device",
+                )?;
+                let confirmed: datafusion::arrow::array::BooleanArray =
+                    crate::columns::cast_column(
+                        batch,
+                        1,
+                        &datafusion::arrow::datatypes::DataType::Boolean,
+                        "true_positive",
+                    )?;
+                for row in 0..batch.num_rows() {
+                    if device.is_null(row) || confirmed.is_null(row) {
+                        continue;
+                    }
+                    if devices.is_none_or(|d| d.iter().any(|x| x == device.value(row))) {
+                        labels.push(confirmed.value(row));
+                    }
+                }
+            }
+        }
+        let true_positives = labels.iter().filter(|&&c| c).count();
+        let false_positives = labels.len() - true_positives;
+        Ok(KpiMeasure {
+            value: (!labels.is_empty()).then(|| true_positives as f64 / labels.len() as f64),
+            evidence: labels.len() as f64,
+            detail: format!(
+                "{true_positives} true and {false_positives} false positives, from the labels \
+                 the fleet's nodes forwarded (alerts not labelled do not travel)"
+            ),
+            error: None,
+            labels,
         })
     }
 }

@@ -265,3 +265,154 @@ fn a_message_the_hub_cannot_read_is_a_dead_letter() {
         1,
     );
 }
+
+/// A hub scopes a use case by site over the devices its edges register, and decides its
+/// precision gate on the labels they forward: line-1 mirrors its registry as `_devices`, the
+/// hub's pilot at plant-a selects line-1's plant-a pumps, an SPRT passes on three confirmed
+/// alerts there while a false alarm at plant-b stays out, and a pump moved to plant-b leaves
+/// the scope.
+#[test]
+fn a_hub_scopes_use_cases_by_its_edges_registries_and_decides_on_their_labels() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = crate::support::free_port();
+    let _nats = nats_server(&dir.path().join("nats"), port);
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let hub = Process::start(
+        &dir.path().join("hub"),
+        &[("FABRIK__HUB__URL", nats_url.as_str())],
+    );
+    let config = edge_config(dir.path(), port);
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str(
+        "\n[[alerting.rules]]\nname = \"pump-hot\"\ntable = \"pump\"\nvalue = \"temperature\"\n\
+         key = \"device\"\ncondition = \"above\"\nthreshold = 80.0\ninterval = \"200ms\"\n\
+         start = \"earliest\"\n",
+    );
+    std::fs::write(&config, text).expect("config");
+    let edge = Process::start_with_args(
+        &dir.path().join("edge"),
+        &["--config", config.to_str().expect("utf-8")],
+        &[],
+    );
+    let sites = [
+        ("pump-a", "plant-a"),
+        ("pump-b", "plant-b"),
+        ("pump-c", "plant-a"),
+        ("pump-d", "plant-a"),
+    ];
+    for (id, site) in sites {
+        let (code, body) = http(
+            &edge.url,
+            reqwest::Method::POST,
+            "/api/v1/devices",
+            Some(serde_json::json!({"id": id, "type": "pump", "site": site})),
+        );
+        assert_eq!(code, 201, "{body}");
+    }
+
+    let definition = serde_json::json!({
+        "objective": "Trusted pump alerts at plant A",
+        "pilot": {"site": "plant-a"},
+        "kpis": [{"name": "precision", "kind": "alert_precision", "rules": ["pump-hot"]}],
+        "gates": {"scale_up": [{"kpi": "precision", "sprt": {"good": 0.9, "bad": 0.3}}]}
+    });
+    let (code, body) = http(
+        &hub.url,
+        reqwest::Method::PUT,
+        "/api/v1/usecases/pumps",
+        Some(definition),
+    );
+    assert_eq!(code, 201, "{body}");
+    let devices = || {
+        let (_, view) = http(
+            &hub.url,
+            reqwest::Method::GET,
+            "/api/v1/usecases/pumps",
+            None,
+        );
+        view["devices"].clone()
+    };
+    eventually_for(
+        "the hub selects line-1's plant-a pumps",
+        Duration::from_secs(60),
+        || devices() == serde_json::json!(["pump-a", "pump-c", "pump-d"]),
+    );
+
+    // A hot spell on every pump, after the stage began at the hub: four alerts on line-1.
+    let start = crate::support::now_ns() + 1_000_000_000;
+    let mut rows = String::new();
+    for (id, _) in sites {
+        for i in 0..5 {
+            rows.push_str(&format!(
+                "pump,device={id} temperature=90.0 {}\n",
+                start + i * 100_000_000
+            ));
+        }
+    }
+    write(&edge.url, &rows);
+    let alerts = || {
+        let (_, alerts) = http(
+            &edge.url,
+            reqwest::Method::GET,
+            "/api/v1/alerts?rule=pump-hot",
+            None,
+        );
+        alerts.as_array().cloned().unwrap_or_default()
+    };
+    eventually_for(
+        "four alerts fire on line-1",
+        Duration::from_secs(30),
+        || alerts().len() == 4,
+    );
+    // Operators on line-1 confirm plant-a's and call plant-b's false.
+    for alert in alerts() {
+        let feedback = if alert["key"] == "pump-b" {
+            "false_positive"
+        } else {
+            "true_positive"
+        };
+        let id = alert["id"].as_str().expect("id");
+        let (code, body) = http(
+            &edge.url,
+            reqwest::Method::POST,
+            &format!("/api/v1/alerts/{id}/ack"),
+            Some(serde_json::json!({"feedback": feedback})),
+        );
+        assert_eq!(code, 200, "{body}");
+    }
+    let gate = || {
+        let (code, gate) = http(
+            &hub.url,
+            reqwest::Method::GET,
+            "/api/v1/usecases/pumps/gate",
+            None,
+        );
+        assert_eq!(code, 200, "{gate}");
+        gate
+    };
+    eventually_for(
+        "the hub's gate passes on line-1's labels",
+        Duration::from_secs(60),
+        || gate()["passed"] == true,
+    );
+    let passed = gate();
+    assert_eq!(
+        passed["checks"][0]["measured_text"], "0.9 after 3 labelled alerts",
+        "{passed}"
+    );
+    assert_eq!(passed["kpis"][0]["current"]["value"], 1.0, "{passed}");
+
+    // pump-a moves to plant-b on line-1: the hub's pilot no longer selects it.
+    let (code, body) = http(
+        &edge.url,
+        reqwest::Method::PATCH,
+        "/api/v1/devices/pump-a",
+        Some(serde_json::json!({"site": "plant-b"})),
+    );
+    assert_eq!(code, 200, "{body}");
+    eventually_for(
+        "the hub drops the moved pump",
+        Duration::from_secs(60),
+        || devices() == serde_json::json!(["pump-c", "pump-d"]),
+    );
+}
