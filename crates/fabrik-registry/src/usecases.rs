@@ -1287,8 +1287,8 @@ impl Registry {
     }
 
     /// [`Registry::stage_devices`], the selectors also matched against `fleet`: the devices
-    /// other nodes register, as a hub knows them (decision 0036). An id several nodes
-    /// register is selected only when every node's record of it matches.
+    /// other nodes register, as a hub knows them (decision 0036). An id several nodes (this
+    /// one included) register is selected only when every node's record of it matches.
     pub async fn stage_devices_in(
         &self,
         use_case: &UseCase,
@@ -1325,8 +1325,25 @@ impl Registry {
                 state: None,
                 label: scope.label.clone(),
             };
-            devices.extend(self.list(&filter).await?.into_iter().map(|d| d.id));
-            devices.extend(fleet_matches(&filter, fleet));
+            if fleet.is_empty() {
+                devices.extend(self.list(&filter).await?.into_iter().map(|d| d.id));
+            } else {
+                // This registry's devices are records like the fleet's: an id it and an edge
+                // describe differently is in neither scope.
+                let own = self.list(&DeviceFilter::default()).await?;
+                let records: Vec<crate::FleetDevice> = own
+                    .into_iter()
+                    .map(|d| crate::FleetDevice {
+                        node: String::new(),
+                        id: d.id,
+                        site: d.site,
+                        device_type: d.device_type,
+                        labels: d.labels,
+                    })
+                    .chain(fleet.iter().cloned())
+                    .collect();
+                devices.extend(fleet_matches(&filter, &records));
+            }
         }
         Ok(devices.into_iter().collect())
     }
@@ -1699,6 +1716,40 @@ mod stored {
             reason: "pilot met its KPIs".into(),
             gate: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_hub_adds_its_fleets_devices_where_every_record_agrees() {
+        let (_dir, registry) = registry().await;
+        registry.put_use_case(definition()).await.expect("put");
+        let promote = change(&registry, Stage::Pilot, Stage::ScaleUp).await;
+        registry
+            .change_stage("pump-uptime", promote)
+            .await
+            .expect("promote");
+        let use_case = registry.use_case("pump-uptime").await.expect("read");
+        let edge = |id: &str, site: &str| crate::FleetDevice {
+            node: "line-1".into(),
+            id: id.into(),
+            site: site.into(),
+            device_type: String::new(),
+            labels: BTreeMap::new(),
+        };
+        // An edge's pump at plant-a joins; pump-02, which this registry puts at plant-a and
+        // the edge at plant-b, is in neither scope; pump-01 stays as the pilot lists it.
+        let fleet = [edge("pump-20", "plant-a"), edge("pump-02", "plant-b")];
+        let devices = registry
+            .stage_devices_in(&use_case, &fleet)
+            .await
+            .expect("devices");
+        assert_eq!(
+            devices,
+            Some(vec!["pump-01".to_owned(), "pump-20".to_owned()])
+        );
+        assert_eq!(
+            registry.stage_devices(&use_case).await.expect("devices"),
+            Some(vec!["pump-01".to_owned(), "pump-02".to_owned()])
+        );
     }
 
     #[tokio::test]

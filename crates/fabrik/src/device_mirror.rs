@@ -1,13 +1,14 @@
 //! An uplinked edge's device registry, mirrored into the store as `_devices` rows (decision
 //! 0036), so the hub it forwards to knows each device's site, type and labels: a row per
-//! device when it appears or changes, a `removed` row when it goes. The uplink carries the
-//! rows like any other table; the hub reads the latest row per node and device
-//! ([`fleet_devices`]).
+//! device when it appears or changes, a `removed` row when it goes, and every row again at
+//! start and hourly, so a hub that lost rows (backlog given up, retention, a new hub) learns
+//! them again. The uplink carries the rows like any other table; the hub reads the latest row
+//! per node and device that arrived from that node's own mirror ([`fleet_devices`]).
 
-use std::collections::BTreeMap;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{Array, BooleanArray, StringArray};
+use datafusion::arrow::array::{Array, BooleanArray, Int64Array, StringArray};
 use datafusion::arrow::datatypes::DataType;
 use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
 use fabrik_registry::{DeviceFilter, FleetDevice, Registry};
@@ -20,8 +21,14 @@ use crate::sql_text::literal;
 /// The table the registry is mirrored to.
 pub(crate) const DEVICES_TABLE: &str = "_devices";
 
+/// The lineage source of the mirror's rows: on a hub, `uplink:<node>/registry`.
+const SOURCE: &str = "registry";
+
 /// How often the registry is checked for changes (cheap: a counter, then a list on change).
 const CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// How often every device's row is written again.
+const REFRESH_EVERY: Duration = Duration::from_secs(3600);
 
 /// What the hub needs of a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +39,15 @@ struct Described {
     labels: String,
 }
 
+/// What this node's `_devices` rows say: the devices present, the ids removed, and the
+/// latest row's time.
+#[derive(Debug, Default)]
+struct Mirrored {
+    present: BTreeMap<String, Described>,
+    removed: BTreeSet<String>,
+    last_stamp: i64,
+}
+
 /// Mirrors `registry` into `_devices` as node `node` until `stop`.
 pub(crate) async fn run(
     store: std::sync::Arc<Store>,
@@ -39,19 +55,26 @@ pub(crate) async fn run(
     node: String,
     stop: CancellationToken,
 ) {
-    let mut known = match mirrored(&store, &node).await {
-        Ok(known) => known,
+    let mut mirrored = match mirrored(&store, &node).await {
+        Ok(mirrored) => mirrored,
         Err(e) => {
             tracing::warn!(error = %e, "The devices mirrored for the hub could not be read; all are written again.");
-            BTreeMap::new()
+            Mirrored::default()
         }
     };
     let mut seen_generation = None;
+    let mut refreshed: Option<Instant> = None;
     loop {
         let generation = registry.generation();
-        if seen_generation != Some(generation) {
-            match mirror_once(&store, &registry, &node, &mut known).await {
-                Ok(()) => seen_generation = Some(generation),
+        let full = refreshed.is_none_or(|at| at.elapsed() >= REFRESH_EVERY);
+        if full || seen_generation != Some(generation) {
+            match mirror_once(&store, &registry, &node, &mut mirrored, full).await {
+                Ok(()) => {
+                    seen_generation = Some(generation);
+                    if full {
+                        refreshed = Some(Instant::now());
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "The device registry could not be mirrored for the hub; retrying.")
                 }
@@ -64,12 +87,14 @@ pub(crate) async fn run(
     }
 }
 
-/// Writes the rows that bring `known` (what `_devices` says) to the registry's devices.
+/// Writes the rows that bring `mirrored` to the registry's devices (`full`: every device's
+/// and every removed id's row again).
 async fn mirror_once(
     store: &Store,
     registry: &Registry,
     node: &str,
-    known: &mut BTreeMap<String, Described>,
+    mirrored: &mut Mirrored,
+    full: bool,
 ) -> Result<(), String> {
     let devices = registry
         .list(&DeviceFilter::default())
@@ -89,28 +114,40 @@ async fn mirror_once(
             )
         })
         .collect();
-    let rows = changes(known, &current, node, Timestamp::now());
-    if rows.is_empty() {
-        return Ok(());
+    // Later than every row written before, whatever the clock did since: the hub takes
+    // the latest row by time.
+    let stamp = Timestamp::now().nanos().max(mirrored.last_stamp + 1);
+    let rows = changes(mirrored, &current, full, node, Timestamp(stamp));
+    if !rows.is_empty() {
+        let lineage = Lineage {
+            source: SourceId(SOURCE.into()),
+            raw_id: store.next_raw_id(),
+            mapping_version: 0,
+        };
+        store
+            .write_points(&rows, lineage, DEVICES_TABLE)
+            .await
+            .map_err(|e| e.to_string())?;
+        mirrored.last_stamp = stamp;
     }
-    let lineage = Lineage {
-        source: SourceId("registry".into()),
-        raw_id: store.next_raw_id(),
-        mapping_version: 0,
-    };
-    store
-        .write_points(&rows, lineage, DEVICES_TABLE)
-        .await
-        .map_err(|e| e.to_string())?;
-    *known = current;
+    let gone: Vec<String> = mirrored
+        .present
+        .keys()
+        .filter(|id| !current.contains_key(*id))
+        .cloned()
+        .collect();
+    mirrored.removed.extend(gone);
+    mirrored.removed.retain(|id| !current.contains_key(id));
+    mirrored.present = current;
     Ok(())
 }
 
-/// The rows that bring `known` to `current`: one per new or changed device, one `removed` per
-/// device gone.
+/// The rows that bring `mirrored` to `current`: one per new or changed device and one
+/// `removed` per device gone; with `full`, one per device and per id ever removed.
 fn changes(
-    known: &BTreeMap<String, Described>,
+    mirrored: &Mirrored,
     current: &BTreeMap<String, Described>,
+    full: bool,
     node: &str,
     time: Timestamp,
 ) -> Vec<Point> {
@@ -132,35 +169,56 @@ fn changes(
         time,
         quality: Quality::Good,
     };
+    let nothing = Described {
+        site: String::new(),
+        device_type: String::new(),
+        labels: "{}".into(),
+    };
     let mut rows: Vec<Point> = current
         .iter()
-        .filter(|(id, described)| known.get(*id) != Some(described))
+        .filter(|(id, described)| full || mirrored.present.get(*id) != Some(described))
         .map(|(id, described)| row(id, described, false))
         .collect();
     rows.extend(
-        known
+        mirrored
+            .present
             .iter()
             .filter(|(id, _)| !current.contains_key(*id))
             .map(|(id, described)| row(id, described, true)),
     );
+    if full {
+        rows.extend(
+            mirrored
+                .removed
+                .iter()
+                .filter(|id| !current.contains_key(*id) && !mirrored.present.contains_key(*id))
+                .map(|id| row(id, &nothing, true)),
+        );
+    }
     rows
 }
 
-/// The latest `_devices` row of every node and device, removed ones included.
-async fn latest_rows(
-    store: &Store,
-    node: Option<&str>,
-) -> Result<Vec<(String, String, Described, bool)>, String> {
+/// One node's latest record of one device.
+type LatestRow = (String, String, Described, bool, i64);
+
+/// The latest `_devices` row of every node and device, removed ones included: of `node`
+/// only (this edge's own rows), or, with `None`, of every node, counting only the rows that
+/// arrived from that node's own mirror (`_source` `uplink:<node>/registry`), so neither an
+/// edge writing rows for another node nor rows written through the API change the fleet.
+async fn latest_rows(store: &Store, node: Option<&str>) -> Result<Vec<LatestRow>, String> {
     if !store.has_table(DEVICES_TABLE) {
         return Ok(Vec::new());
     }
-    let only = node.map_or(String::new(), |n| format!(" WHERE node = {}", literal(n)));
+    let only = match node {
+        Some(node) => format!("node = {} AND _source = {}", literal(node), literal(SOURCE)),
+        None => format!("_source = concat('uplink:', node, '/{SOURCE}')"),
+    };
     let sql = format!(
         "SELECT node, device, last_value(site ORDER BY time) AS site, \
          last_value(device_type ORDER BY time) AS device_type, \
          last_value(labels ORDER BY time) AS labels, \
-         last_value(removed ORDER BY time) AS removed \
-         FROM {DEVICES_TABLE}{only} GROUP BY node, device ORDER BY device, node"
+         last_value(removed ORDER BY time) AS removed, CAST(max(time) AS BIGINT) AS latest \
+         FROM {DEVICES_TABLE} WHERE {only} GROUP BY node, device ORDER BY device, node"
     );
     let output = store.query(&sql).await.map_err(|e| e.to_string())?;
     let mut rows = Vec::new();
@@ -176,6 +234,7 @@ async fn latest_rows(
             text(4, "labels")?,
         );
         let removed: BooleanArray = cast_column(batch, 5, &DataType::Boolean, "removed")?;
+        let latest: Int64Array = cast_column(batch, 6, &DataType::Int64, "latest")?;
         for row in 0..batch.num_rows() {
             let value = |array: &StringArray| {
                 if array.is_null(row) {
@@ -193,20 +252,29 @@ async fn latest_rows(
                     labels: value(&labels),
                 },
                 !removed.is_null(row) && removed.value(row),
+                if latest.is_null(row) {
+                    0
+                } else {
+                    latest.value(row)
+                },
             ));
         }
     }
     Ok(rows)
 }
 
-/// What `_devices` says of `node`'s devices now, removed ones left out.
-async fn mirrored(store: &Store, node: &str) -> Result<BTreeMap<String, Described>, String> {
-    Ok(latest_rows(store, Some(node))
-        .await?
-        .into_iter()
-        .filter(|(_, _, _, removed)| !removed)
-        .map(|(_, device, described, _)| (device, described))
-        .collect())
+/// What `_devices` says of `node`'s devices now.
+async fn mirrored(store: &Store, node: &str) -> Result<Mirrored, String> {
+    let mut mirrored = Mirrored::default();
+    for (_, device, described, removed, latest) in latest_rows(store, Some(node)).await? {
+        mirrored.last_stamp = mirrored.last_stamp.max(latest);
+        if removed {
+            mirrored.removed.insert(device);
+        } else {
+            mirrored.present.insert(device, described);
+        }
+    }
+    Ok(mirrored)
 }
 
 /// The devices the fleet's edges mirrored here (on a hub: every uplinked edge's registry),
@@ -215,8 +283,8 @@ pub(crate) async fn fleet_devices(store: &Store) -> Result<Vec<FleetDevice>, Str
     Ok(latest_rows(store, None)
         .await?
         .into_iter()
-        .filter(|(_, _, _, removed)| !removed)
-        .map(|(node, id, described, _)| FleetDevice {
+        .filter(|(_, _, _, removed, _)| !removed)
+        .map(|(node, id, described, _, _)| FleetDevice {
             node,
             id,
             site: described.site,
@@ -238,23 +306,14 @@ mod tests {
         }
     }
 
-    #[test]
-    fn only_new_changed_and_removed_devices_are_written() {
-        let known: BTreeMap<String, Described> = [
-            ("kept".to_owned(), described("a")),
-            ("moved".to_owned(), described("a")),
-            ("gone".to_owned(), described("a")),
-        ]
-        .into();
-        let current: BTreeMap<String, Described> = [
-            ("kept".to_owned(), described("a")),
-            ("moved".to_owned(), described("b")),
-            ("new".to_owned(), described("c")),
-        ]
-        .into();
-        let rows = changes(&known, &current, "line-1", Timestamp(1));
-        let summary: Vec<(String, Value, Value)> = rows
-            .iter()
+    fn devices(list: &[(&str, &str)]) -> BTreeMap<String, Described> {
+        list.iter()
+            .map(|(id, site)| ((*id).to_owned(), described(site)))
+            .collect()
+    }
+
+    fn summary(rows: &[Point]) -> Vec<(String, Value, Value)> {
+        rows.iter()
             .map(|p| {
                 (
                     p.tags[1].1.clone(),
@@ -262,9 +321,20 @@ mod tests {
                     p.fields[3].1.clone(),
                 )
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn only_new_changed_and_removed_devices_are_written_unless_all_are() {
+        let mirrored = Mirrored {
+            present: devices(&[("kept", "a"), ("moved", "a"), ("gone", "a")]),
+            removed: ["long-gone".to_owned()].into(),
+            last_stamp: 0,
+        };
+        let current = devices(&[("kept", "a"), ("moved", "b"), ("new", "c")]);
+        let rows = changes(&mirrored, &current, false, "line-1", Timestamp(1));
         assert_eq!(
-            summary,
+            summary(&rows),
             [
                 ("moved".into(), Value::Str("b".into()), Value::Bool(false)),
                 ("new".into(), Value::Str("c".into()), Value::Bool(false)),
@@ -275,43 +345,104 @@ mod tests {
             rows.iter()
                 .all(|p| p.tags[0] == ("node".into(), "line-1".into()))
         );
-        assert!(changes(&current, &current, "line-1", Timestamp(1)).is_empty());
+        // A refresh writes every device and every removed id again.
+        let all = changes(&mirrored, &current, true, "line-1", Timestamp(1));
+        let ids: Vec<String> = summary(&all).into_iter().map(|(id, _, _)| id).collect();
+        assert_eq!(ids, ["kept", "moved", "new", "gone", "long-gone"]);
+        let unchanged = Mirrored {
+            present: current.clone(),
+            ..Mirrored::default()
+        };
+        assert!(changes(&unchanged, &current, false, "line-1", Timestamp(1)).is_empty());
+    }
+
+    async fn write(store: &Store, rows: Vec<Point>, source: &str) {
+        let lineage = Lineage {
+            source: SourceId(source.into()),
+            raw_id: store.next_raw_id(),
+            mapping_version: 0,
+        };
+        store
+            .write_points(&rows, lineage, DEVICES_TABLE)
+            .await
+            .expect("write");
     }
 
     #[tokio::test]
-    async fn the_store_answers_what_was_mirrored_and_the_fleet_leaves_removed_devices_out() {
+    async fn the_store_answers_what_was_mirrored_and_the_fleet_only_what_each_node_sent() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(fabrik_store::StoreOptions::new(dir.path()))
             .await
             .expect("store");
-        let write = |rows: Vec<Point>| {
-            let store = store.clone();
-            async move {
-                let lineage = Lineage {
-                    source: SourceId("registry".into()),
-                    raw_id: store.next_raw_id(),
-                    mapping_version: 0,
-                };
-                store
-                    .write_points(&rows, lineage, DEVICES_TABLE)
-                    .await
-                    .expect("write");
-            }
+        let first = devices(&[("p1", "a"), ("p2", "a")]);
+        let rows = changes(&Mirrored::default(), &first, false, "line-1", Timestamp(10));
+        write(&store, rows, SOURCE).await;
+        let before = Mirrored {
+            present: first,
+            ..Mirrored::default()
         };
-        let empty = BTreeMap::new();
-        let first: BTreeMap<String, Described> = [
-            ("p1".to_owned(), described("a")),
-            ("p2".to_owned(), described("a")),
-        ]
-        .into();
-        write(changes(&empty, &first, "line-1", Timestamp(10))).await;
-        let second: BTreeMap<String, Described> = [("p1".to_owned(), described("b"))].into();
-        write(changes(&first, &second, "line-1", Timestamp(20))).await;
-        assert_eq!(mirrored(&store, "line-1").await.expect("read"), second);
-        assert!(mirrored(&store, "line-2").await.expect("read").is_empty());
-        let fleet = fleet_devices(&store).await.expect("fleet");
-        assert_eq!(fleet.len(), 1);
-        assert_eq!((fleet[0].id.as_str(), fleet[0].site.as_str()), ("p1", "b"));
-        assert_eq!(fleet[0].node, "line-1");
+        let second = devices(&[("p1", "b")]);
+        write(
+            &store,
+            changes(&before, &second, false, "line-1", Timestamp(20)),
+            SOURCE,
+        )
+        .await;
+        let read = mirrored(&store, "line-1").await.expect("read");
+        assert_eq!(read.present, second);
+        assert_eq!(read.removed, ["p2".to_owned()].into());
+        assert_eq!(read.last_stamp, 20);
+        assert!(
+            mirrored(&store, "line-2")
+                .await
+                .expect("read")
+                .present
+                .is_empty()
+        );
+
+        // A hub: rows arrive stamped `uplink:<node>/registry`. A row for line-1 sent by
+        // line-2, or written through the API, is not line-1's word.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hub = Store::open(fabrik_store::StoreOptions::new(dir.path()))
+            .await
+            .expect("store");
+        let line1 = devices(&[("p1", "a")]);
+        write(
+            &hub,
+            changes(&Mirrored::default(), &line1, false, "line-1", Timestamp(10)),
+            "uplink:line-1/registry",
+        )
+        .await;
+        let forged = devices(&[("p9", "a")]);
+        write(
+            &hub,
+            changes(
+                &Mirrored::default(),
+                &forged,
+                false,
+                "line-1",
+                Timestamp(11),
+            ),
+            "uplink:line-2/registry",
+        )
+        .await;
+        write(
+            &hub,
+            changes(
+                &Mirrored::default(),
+                &forged,
+                false,
+                "line-1",
+                Timestamp(12),
+            ),
+            "uplink:line-1/http",
+        )
+        .await;
+        let fleet = fleet_devices(&hub).await.expect("fleet");
+        let ids: Vec<(&str, &str)> = fleet
+            .iter()
+            .map(|d| (d.node.as_str(), d.id.as_str()))
+            .collect();
+        assert_eq!(ids, [("line-1", "p1")]);
     }
 }

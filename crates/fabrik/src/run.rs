@@ -506,7 +506,7 @@ async fn start_http(
         kpi_meter: Some(Arc::new(crate::usecases::StoreKpiMeter {
             store: store.clone(),
             alerting: wiring.alerting.clone(),
-            labels_from_store: !config.hub.url.trim().is_empty(),
+            hub: !config.hub.url.trim().is_empty(),
         })),
     };
     let stop = CancellationToken::new();

@@ -663,6 +663,15 @@ pub(crate) async fn start(
     // The registry, mirrored as `_devices` rows, tells the hub each device's site, type and
     // labels (decision 0036), unless the site keeps that table home.
     let wanted = uplink.filter.wants(crate::device_mirror::DEVICES_TABLE);
+    match (&registry, wanted) {
+        (Some(_), true) => tracing::info!("Mirroring the device registry to the hub as _devices."),
+        (None, true) => tracing::warn!(
+            "No device registry in this process: the hub will not learn this node's devices (run the registry module with the uplink)."
+        ),
+        (_, false) => {
+            tracing::info!("_devices is not forwarded: the hub will not learn this node's devices.")
+        }
+    }
     let mirror = registry.filter(|_| wanted).map(|registry| {
         let (store, node, token) = (uplink.store.clone(), node.clone(), stop.clone());
         tokio::spawn(crate::device_mirror::run(store, registry, node, token))

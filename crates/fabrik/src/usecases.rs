@@ -28,9 +28,11 @@ const MOST_ALERTS: u32 = 100_000;
 pub(crate) struct StoreKpiMeter {
     pub(crate) store: Arc<Store>,
     pub(crate) alerting: Option<Arc<Alerting>>,
-    /// This process is a hub: alert precision is read from the `alert_labels` rows its edges
-    /// forward (and its own), not from its alerts database, which holds only its own alerts.
-    pub(crate) labels_from_store: bool,
+    /// This process is a hub: scopes also select the devices its edges mirror (`_devices`),
+    /// and alert precision is read from the `alert_labels` rows its edges forward (and its
+    /// own), not from its alerts database, which holds only its own alerts. An edge's scopes
+    /// and precision stay its registry's and its alerts'.
+    pub(crate) hub: bool,
 }
 
 impl KpiMeter for StoreKpiMeter {
@@ -47,7 +49,7 @@ impl KpiMeter for StoreKpiMeter {
     ) -> BoxFuture<'_, KpiMeasure> {
         Box::pin(async move {
             let measured = match kpi.kind {
-                KpiKind::AlertPrecision if self.labels_from_store => {
+                KpiKind::AlertPrecision if self.hub => {
                     self.stored_precision(&kpi, devices.as_deref(), from_ns, to_ns)
                         .await
                 }
@@ -66,6 +68,9 @@ impl KpiMeter for StoreKpiMeter {
 
     fn fleet_devices(&self) -> BoxFuture<'_, Vec<fabrik_registry::FleetDevice>> {
         Box::pin(async move {
+            if !self.hub {
+                return Vec::new();
+            }
             crate::device_mirror::fleet_devices(&self.store)
                 .await
                 .unwrap_or_else(|e| {
@@ -348,8 +353,9 @@ impl StoreKpiMeter {
 
 impl StoreKpiMeter {
     /// Alert precision from `alert_labels` rows (one per labelled alert, stamped at its start,
-    /// a relabel overwriting it): what a hub knows of its edges' alerts. Unlabelled alerts do
-    /// not travel, so only the labelled ones are counted.
+    /// a relabel overwriting it): what a hub knows of its edges' alerts. Only rows an alerts
+    /// module wrote (here, or on an edge that forwarded them) count, not rows written through
+    /// the API. Unlabelled alerts do not travel, so only the labelled ones are counted.
     async fn stored_precision(
         &self,
         kpi: &Kpi,
@@ -362,9 +368,11 @@ impl StoreKpiMeter {
         if self.store.has_table(table) && !kpi.rules.is_empty() {
             let rules: Vec<String> = kpi.rules.iter().map(|r| literal(r)).collect();
             let sql = format!(
-                "SELECT device, true_positive, CAST(time AS BIGINT) AS started FROM {table} \
+                "SELECT device, true_positive FROM {table} \
                  WHERE rule IN ({}) AND time >= to_timestamp_nanos({from_ns}) \
-                 AND time < to_timestamp_nanos({to_ns}) ORDER BY time, device",
+                 AND time < to_timestamp_nanos({to_ns}) \
+                 AND (_source = 'alerts' OR _source LIKE 'uplink:%/alerts') \
+                 ORDER BY time, device",
                 rules.join(", ")
             );
             let output = self.store.query(&sql).await.map_err(|e| e.to_string())?;

@@ -415,4 +415,28 @@ fn a_hub_scopes_use_cases_by_its_edges_registries_and_decides_on_their_labels() 
         Duration::from_secs(60),
         || devices() == serde_json::json!(["pump-c", "pump-d"]),
     );
+    // pump-d is removed from line-1: the hub drops it too.
+    let (code, body) = http(
+        &edge.url,
+        reqwest::Method::DELETE,
+        "/api/v1/devices/pump-d",
+        None,
+    );
+    assert!((200..300).contains(&code), "{code}: {body}");
+    eventually_for(
+        "the hub drops the removed pump",
+        Duration::from_secs(60),
+        || devices() == serde_json::json!(["pump-c"]),
+    );
+    // Rows for line-1's devices written through an API, not by its mirror, change nothing.
+    write(
+        &edge.url,
+        "_devices,node=line-1,device=pump-z site=\"plant-a\",device_type=\"pump\",labels=\"{}\",removed=false",
+    );
+    wait_for_count(
+        &hub.url,
+        "SELECT count(*) AS n FROM _devices WHERE device = 'pump-z'",
+        1,
+    );
+    assert_eq!(devices(), serde_json::json!(["pump-c"]));
 }
