@@ -15,6 +15,7 @@ pub mod control;
 pub mod devices;
 pub mod error;
 mod extract;
+pub mod fleet;
 pub mod links;
 pub mod openapi;
 pub mod pipelines;

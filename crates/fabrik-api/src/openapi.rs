@@ -148,6 +148,7 @@ impl Modify for TokenAuth {
         crate::links::status,
         crate::updates::status,
         crate::updates::fleet,
+        crate::fleet::devices,
         crate::privacy::export,
         crate::stream::device_stream,
         crate::pipelines::list,

@@ -631,7 +631,8 @@ async function pageDevices(p, args) {
         <button type="button" id="f-clear">Clear filters</button>
       </form>
       <div id="dev-table"></div>
-    </section>`);
+    </section>
+    <section class="card" aria-labelledby="h-fleet-devices" id="dev-fleet-card" hidden><div class="card-head"><h2 id="h-fleet-devices">Fleet devices</h2><span class="muted">registered on the edges that forward here; use cases defined here scope by their site, type and labels</span></div><div id="dev-fleet"></div></section>`);
   const form = $('#dev-filters');
   let all = [];
   const fillSelect = (sel, values, current) => {
@@ -656,7 +657,7 @@ async function pageDevices(p, args) {
           <td>${isSilent(d) ? pill("silent") : pill(d.state)}${d.disabled ? html` <span class="pill warn plain">disabled</span>` : ''}</td>
           <td>${Object.entries(d.labels || {}).map(([k, v]) => html`<span class="tag">${k}=${v}</span>`)}</td>
           <td>${d.last_seen ? time(d.last_seen) : '—'}</td><td class="num">${fmtNum(d.messages)}</td><td class="num">${d.errors ? html`<span style="color:var(--bad)">${fmtNum(d.errors)}</span>` : '0'}</td></tr>`)}
-        </tbody></table></div>` : html`<div class="empty">No device matches these filters.</div>`);
+        </tbody></table></div>` : html`<div class="empty">${all.length ? 'No device matches these filters.' : 'No device is registered on this node.'}</div>`);
   };
   all = await api('/api/v1/devices');
   fillSelect(form.elements.site, all.map((d) => d.site), f.site);
@@ -667,7 +668,22 @@ async function pageDevices(p, args) {
   form.elements.label.addEventListener('input', () => { clearTimeout(deb); deb = setTimeout(load, 300); });
   form.addEventListener('submit', (e) => { e.preventDefault(); load(); });
   $('#f-clear').addEventListener('click', () => { form.reset(); form.elements.label.value = ''; load(); });
+  every(p, 30000, () => loadFleetDevices(p));
   await every(p, 5000, load);
+}
+
+/** Other nodes' devices, as their uplinks describe them (a hub's `_devices`). */
+async function loadFleetDevices(p) {
+  const fleet = await api('/api/v1/fleet/devices').catch(() => null);
+  if (!p.alive) return;
+  const list = fleet?.devices || [];
+  $('#dev-fleet-card').hidden = !list.length;
+  if (!list.length) return;
+  patch($('#dev-fleet'), html`<p class="small-text muted">${list.length} device${list.length === 1 ? '' : 's'} on ${fleet.nodes} node${fleet.nodes === 1 ? '' : 's'}</p>
+    <div class="table-wrap"><table id="fleet-devices"><thead><tr><th>Node</th><th>Device</th><th>Type</th><th>Site</th><th>Labels</th><th>Described</th></tr></thead><tbody>
+    ${list.map((d) => html`<tr data-node="${d.node}" data-device="${d.device}"><td class="wrap-id">${d.node}</td><td class="wrap-id">${d.device}</td><td>${d.type}</td><td>${d.site}</td>
+      <td>${Object.entries(d.labels || {}).map(([k, v]) => html`<span class="tag">${k}=${v}</span>`)}</td><td>${time(d.described_at)}</td></tr>`)}
+    </tbody></table></div>`);
 }
 
 async function pageDevice(p, id) {

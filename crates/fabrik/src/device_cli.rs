@@ -69,6 +69,12 @@ enum DeviceCommand {
         /// Device id.
         id: String,
     },
+    /// On a hub: the devices its uplinked edges register, by node (from `_devices`).
+    Fleet {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -214,6 +220,55 @@ pub(crate) async fn run(args: DeviceArgs) -> anyhow::Result<()> {
             };
             println!("new token for {id} (shown once; the old one no longer works): {token}");
         }
+        DeviceCommand::Fleet { json } => {
+            let fleet: serde_json::Value = ep.get_json(&client, "/api/v1/fleet/devices").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&fleet)?);
+                return Ok(());
+            }
+            print!("{}", fleet_table(&fleet));
+        }
     }
     Ok(())
+}
+
+/// The fleet's devices as text: a line per node and device.
+fn fleet_table(fleet: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let devices = fleet["devices"].as_array().cloned().unwrap_or_default();
+    if devices.is_empty() {
+        out.push_str(
+            "no edge describes its devices here (a hub lists those its uplinked edges register)\n",
+        );
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:<16} {:<20} {:<12} {:<12} {:<24} labels",
+        "node", "device", "type", "site", "described at"
+    );
+    for d in devices {
+        let text = |key: &str| d[key].as_str().unwrap_or_default().to_owned();
+        let labels: Vec<String> = d["labels"]
+            .as_object()
+            .map(|labels| {
+                labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:<16} {:<20} {:<12} {:<12} {:<24} {}",
+            text("node"),
+            text("device"),
+            text("type"),
+            text("site"),
+            text("described_at"),
+            labels.join(",")
+        );
+    }
+    out
 }

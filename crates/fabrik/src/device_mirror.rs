@@ -8,21 +8,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use datafusion::arrow::array::{Array, BooleanArray, Int64Array, StringArray};
-use datafusion::arrow::datatypes::DataType;
 use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
 use fabrik_registry::{DeviceFilter, FleetDevice, Registry};
 use fabrik_store::Store;
 use tokio_util::sync::CancellationToken;
 
-use crate::columns::cast_column;
-use crate::sql_text::literal;
-
-/// The table the registry is mirrored to.
-pub(crate) const DEVICES_TABLE: &str = "_devices";
-
-/// The lineage source of the mirror's rows: on a hub, `uplink:<node>/registry`.
-const SOURCE: &str = "registry";
+pub(crate) use fabrik_api::fleet::{DEVICES_TABLE, MIRROR_SOURCE as SOURCE};
 
 /// How often the registry is checked for changes (cheap: a counter, then a list on change).
 const CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -198,80 +189,22 @@ fn changes(
     rows
 }
 
-/// One node's latest record of one device.
-type LatestRow = (String, String, Described, bool, i64);
-
-/// The latest `_devices` row of every node and device, removed ones included: of `node`
-/// only (this edge's own rows), or, with `None`, of every node, counting only the rows that
-/// arrived from that node's own mirror (`_source` `uplink:<node>/registry`), so neither an
-/// edge writing rows for another node nor rows written through the API change the fleet.
-async fn latest_rows(store: &Store, node: Option<&str>) -> Result<Vec<LatestRow>, String> {
-    if !store.has_table(DEVICES_TABLE) {
-        return Ok(Vec::new());
-    }
-    let only = match node {
-        Some(node) => format!("node = {} AND _source = {}", literal(node), literal(SOURCE)),
-        None => format!("_source = concat('uplink:', node, '/{SOURCE}')"),
-    };
-    let sql = format!(
-        "SELECT node, device, last_value(site ORDER BY time) AS site, \
-         last_value(device_type ORDER BY time) AS device_type, \
-         last_value(labels ORDER BY time) AS labels, \
-         last_value(removed ORDER BY time) AS removed, CAST(max(time) AS BIGINT) AS latest \
-         FROM {DEVICES_TABLE} WHERE {only} GROUP BY node, device ORDER BY device, node"
-    );
-    let output = store.query(&sql).await.map_err(|e| e.to_string())?;
-    let mut rows = Vec::new();
-    for batch in &output.batches {
-        let text = |index: usize, what: &str| -> Result<StringArray, String> {
-            cast_column(batch, index, &DataType::Utf8, what)
-        };
-        let (nodes, devices, sites, types, labels) = (
-            text(0, "node")?,
-            text(1, "device")?,
-            text(2, "site")?,
-            text(3, "device_type")?,
-            text(4, "labels")?,
-        );
-        let removed: BooleanArray = cast_column(batch, 5, &DataType::Boolean, "removed")?;
-        let latest: Int64Array = cast_column(batch, 6, &DataType::Int64, "latest")?;
-        for row in 0..batch.num_rows() {
-            let value = |array: &StringArray| {
-                if array.is_null(row) {
-                    String::new()
-                } else {
-                    array.value(row).to_owned()
-                }
-            };
-            rows.push((
-                value(&nodes),
-                value(&devices),
-                Described {
-                    site: value(&sites),
-                    device_type: value(&types),
-                    labels: value(&labels),
-                },
-                !removed.is_null(row) && removed.value(row),
-                if latest.is_null(row) {
-                    0
-                } else {
-                    latest.value(row)
-                },
-            ));
-        }
-    }
-    Ok(rows)
-}
-
 /// What `_devices` says of `node`'s devices now.
 async fn mirrored(store: &Store, node: &str) -> Result<Mirrored, String> {
     let mut mirrored = Mirrored::default();
-    for (_, device, described, removed, latest) in latest_rows(store, Some(node)).await? {
-        mirrored.last_stamp = mirrored.last_stamp.max(latest);
-        if removed {
-            mirrored.removed.insert(device);
+    for row in fabrik_api::fleet::latest_devices(store, Some(node)).await? {
+        mirrored.last_stamp = mirrored.last_stamp.max(row.latest_ns);
+        if row.removed {
+            mirrored.removed.insert(row.device);
         } else {
-            mirrored.present.insert(device, described);
+            mirrored.present.insert(
+                row.device,
+                Described {
+                    site: row.site,
+                    device_type: row.device_type,
+                    labels: row.labels,
+                },
+            );
         }
     }
     Ok(mirrored)
@@ -280,16 +213,16 @@ async fn mirrored(store: &Store, node: &str) -> Result<Mirrored, String> {
 /// The devices the fleet's edges mirrored here (on a hub: every uplinked edge's registry),
 /// each with the node that registers it; removed ones left out.
 pub(crate) async fn fleet_devices(store: &Store) -> Result<Vec<FleetDevice>, String> {
-    Ok(latest_rows(store, None)
+    Ok(fabrik_api::fleet::latest_devices(store, None)
         .await?
         .into_iter()
-        .filter(|(_, _, _, removed, _)| !removed)
-        .map(|(node, id, described, _, _)| FleetDevice {
-            node,
-            id,
-            site: described.site,
-            device_type: described.device_type,
-            labels: serde_json::from_str(&described.labels).unwrap_or_default(),
+        .filter(|row| !row.removed)
+        .map(|row| FleetDevice {
+            node: row.node,
+            id: row.device,
+            site: row.site,
+            device_type: row.device_type,
+            labels: serde_json::from_str(&row.labels).unwrap_or_default(),
         })
         .collect())
 }

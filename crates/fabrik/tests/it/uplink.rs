@@ -337,6 +337,41 @@ fn a_hub_scopes_use_cases_by_its_edges_registries_and_decides_on_their_labels() 
         Duration::from_secs(60),
         || devices() == serde_json::json!(["pump-a", "pump-c", "pump-d"]),
     );
+    // The hub lists line-1's devices; the edge, which is no hub, lists none.
+    let (code, fleet) = http(
+        &hub.url,
+        reqwest::Method::GET,
+        "/api/v1/fleet/devices",
+        None,
+    );
+    assert_eq!(code, 200, "{fleet}");
+    assert_eq!(fleet["nodes"], 1, "{fleet}");
+    let listed: Vec<(String, String, String)> = fleet["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .map(|d| {
+            let text = |key: &str| d[key].as_str().unwrap_or_default().to_owned();
+            (text("node"), text("device"), text("site"))
+        })
+        .collect();
+    let want: Vec<(String, String, String)> = sites
+        .iter()
+        .map(|(id, site)| ("line-1".into(), (*id).into(), (*site).into()))
+        .collect();
+    assert_eq!(listed, want);
+    let (ok, text) = client_command(&hub.url, &["device", "fleet"]);
+    assert!(
+        ok && text.contains("line-1") && text.contains("plant-b"),
+        "{text}"
+    );
+    let (_, own) = http(
+        &edge.url,
+        reqwest::Method::GET,
+        "/api/v1/fleet/devices",
+        None,
+    );
+    assert_eq!(own["devices"], serde_json::json!([]), "{own}");
 
     // A hot spell on every pump, after the stage began at the hub: four alerts on line-1.
     let start = crate::support::now_ns() + 1_000_000_000;
