@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 
 use crate::ApiState;
 use crate::error::ApiError;
+use crate::extract::Query;
 
 /// The table edges mirror their registries to.
 pub const DEVICES_TABLE: &str = "_devices";
@@ -35,6 +36,8 @@ pub struct MirroredDevice {
     pub labels: String,
     /// The latest row says it was removed.
     pub removed: bool,
+    /// When it was removed (ns; 0 while present).
+    pub removed_at: i64,
     /// The latest row's time (ns).
     pub latest_ns: i64,
 }
@@ -67,7 +70,9 @@ pub async fn latest_devices(
         "SELECT node, device, last_value(site ORDER BY time) AS site, \
          last_value(device_type ORDER BY time) AS device_type, \
          last_value(labels ORDER BY time) AS labels, \
-         last_value(removed ORDER BY time) AS removed, CAST(max(time) AS BIGINT) AS latest \
+         last_value(removed ORDER BY time) AS removed, \
+         last_value(removed_at ORDER BY time) AS removed_at, \
+         CAST(max(time) AS BIGINT) AS latest \
          FROM {DEVICES_TABLE} WHERE {only} GROUP BY node, device ORDER BY device, node"
     );
     let output = store.query(&sql).await.map_err(|e| e.to_string())?;
@@ -84,6 +89,7 @@ pub async fn latest_devices(
             device_type: text(row, "device_type"),
             labels: text(row, "labels"),
             removed: row["removed"].as_bool().unwrap_or(false),
+            removed_at: row["removed_at"].as_i64().unwrap_or(0),
             latest_ns: row["latest"].as_i64().unwrap_or(0),
         })
         .collect())
@@ -104,7 +110,7 @@ pub struct FleetDevice {
     /// Its labels there.
     pub labels: BTreeMap<String, String>,
     /// When the node last described it (RFC 3339, UTC): on a change, at the node's start, and
-    /// hourly.
+    /// daily.
     pub described_at: String,
 }
 
@@ -122,7 +128,10 @@ pub struct FleetDevices {
     responses(
         (status = 200, description = "every device an uplinked edge registers, with its node, site, type and labels (empty where no edge forwards here)", body = FleetDevices),
     ))]
-pub async fn devices(State(state): State<ApiState>) -> Result<Json<FleetDevices>, ApiError> {
+pub(crate) async fn devices(
+    State(state): State<ApiState>,
+    Query(_options): Query<crate::control::NoOptions>,
+) -> Result<Json<FleetDevices>, ApiError> {
     let rows = latest_devices(&state.store, None)
         .await
         .map_err(|e| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e))?;

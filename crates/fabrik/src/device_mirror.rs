@@ -1,11 +1,12 @@
 //! An uplinked edge's device registry, mirrored into the store as `_devices` rows (decision
 //! 0036), so the hub it forwards to knows each device's site, type and labels: a row per
 //! device when it appears or changes, a `removed` row when it goes, and every row again at
-//! start and hourly, so a hub that lost rows (backlog given up, retention, a new hub) learns
-//! them again. The uplink carries the rows like any other table; the hub reads the latest row
-//! per node and device that arrived from that node's own mirror ([`fleet_devices`]).
+//! start and daily (removals of the last week included), so a hub that lost rows (a backlog
+//! given up, its retention, a new hub) learns them again. The uplink carries the rows like
+//! any other table; the hub reads the latest row per node and device that arrived from that
+//! node's own mirror ([`fleet_devices`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
@@ -19,7 +20,15 @@ pub(crate) use fabrik_api::fleet::{DEVICES_TABLE, MIRROR_SOURCE as SOURCE};
 const CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// How often every device's row is written again.
-const REFRESH_EVERY: Duration = Duration::from_secs(3600);
+const REFRESH_EVERY: Duration = Duration::from_secs(24 * 3600);
+
+/// How long a removal is written again with each refresh (ns): a hub that missed it within
+/// this long still learns it.
+const RESEND_REMOVALS_NS: i64 = 7 * 24 * 3600 * 1_000_000_000;
+
+/// A previous write stamped further ahead of the clock than this was stamped by a clock that
+/// was wrong: later writes follow the clock again rather than that time.
+const CLOCK_AHEAD_NS: i64 = 24 * 3600 * 1_000_000_000;
 
 /// What the hub needs of a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,12 +39,12 @@ struct Described {
     labels: String,
 }
 
-/// What this node's `_devices` rows say: the devices present, the ids removed, and the
-/// latest row's time.
+/// What this node's `_devices` rows say: the devices present, the ids removed (with when),
+/// and the latest row's time.
 #[derive(Debug, Default)]
 struct Mirrored {
     present: BTreeMap<String, Described>,
-    removed: BTreeSet<String>,
+    removed: BTreeMap<String, i64>,
     last_stamp: i64,
 }
 
@@ -46,11 +55,18 @@ pub(crate) async fn run(
     node: String,
     stop: CancellationToken,
 ) {
-    let mut mirrored = match mirrored(&store, &node).await {
-        Ok(mirrored) => mirrored,
-        Err(e) => {
-            tracing::warn!(error = %e, "The devices mirrored for the hub could not be read; all are written again.");
-            Mirrored::default()
+    // Without what was mirrored before, a device removed while the process was down would
+    // never get its `removed` row: wait for it rather than start from nothing.
+    let mut mirrored = loop {
+        match mirrored(&store, &node).await {
+            Ok(mirrored) => break mirrored,
+            Err(e) => {
+                tracing::warn!(error = %e, "The devices mirrored for the hub could not be read; retrying.")
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(CHECK_EVERY) => {}
         }
     };
     let mut seen_generation = None;
@@ -59,7 +75,8 @@ pub(crate) async fn run(
         let generation = registry.generation();
         let full = refreshed.is_none_or(|at| at.elapsed() >= REFRESH_EVERY);
         if full || seen_generation != Some(generation) {
-            match mirror_once(&store, &registry, &node, &mut mirrored, full).await {
+            let now = Timestamp::now().nanos();
+            match mirror_once(&store, &registry, &node, &mut mirrored, full, now).await {
                 Ok(()) => {
                     seen_generation = Some(generation);
                     if full {
@@ -78,14 +95,29 @@ pub(crate) async fn run(
     }
 }
 
+/// The time of the next write: after every earlier one, so the hub's latest row is the
+/// newest description even after the clock stepped back, unless the earlier ones were
+/// stamped by a clock a day or more ahead.
+fn next_stamp(last_stamp: i64, now: i64) -> i64 {
+    if last_stamp > now.saturating_add(CLOCK_AHEAD_NS) {
+        tracing::warn!(
+            "_devices rows were stamped a day or more ahead of this clock; stamping by the clock again."
+        );
+        now
+    } else {
+        now.max(last_stamp + 1)
+    }
+}
+
 /// Writes the rows that bring `mirrored` to the registry's devices (`full`: every device's
-/// and every removed id's row again).
+/// and every recent removal's row again). `mirrored` changes only once they are stored.
 async fn mirror_once(
     store: &Store,
     registry: &Registry,
     node: &str,
     mirrored: &mut Mirrored,
     full: bool,
+    now: i64,
 ) -> Result<(), String> {
     let devices = registry
         .list(&DeviceFilter::default())
@@ -105,9 +137,7 @@ async fn mirror_once(
             )
         })
         .collect();
-    // Later than every row written before, whatever the clock did since: the hub takes
-    // the latest row by time.
-    let stamp = Timestamp::now().nanos().max(mirrored.last_stamp + 1);
+    let stamp = next_stamp(mirrored.last_stamp, now);
     let rows = changes(mirrored, &current, full, node, Timestamp(stamp));
     if !rows.is_empty() {
         let lineage = Lineage {
@@ -127,14 +157,18 @@ async fn mirror_once(
         .filter(|id| !current.contains_key(*id))
         .cloned()
         .collect();
-    mirrored.removed.extend(gone);
-    mirrored.removed.retain(|id| !current.contains_key(id));
+    for id in gone {
+        mirrored.removed.insert(id, stamp);
+    }
+    mirrored
+        .removed
+        .retain(|id, at| !current.contains_key(id) && stamp - *at <= RESEND_REMOVALS_NS);
     mirrored.present = current;
     Ok(())
 }
 
 /// The rows that bring `mirrored` to `current`: one per new or changed device and one
-/// `removed` per device gone; with `full`, one per device and per id ever removed.
+/// `removed` per device gone; with `full`, one per device and per removal of the last week.
 fn changes(
     mirrored: &Mirrored,
     current: &BTreeMap<String, Described>,
@@ -142,7 +176,7 @@ fn changes(
     node: &str,
     time: Timestamp,
 ) -> Vec<Point> {
-    let row = |device: &str, described: &Described, removed: bool| Point {
+    let row = |device: &str, described: &Described, removed_at: Option<i64>| Point {
         measurement: DEVICES_TABLE.into(),
         tags: vec![
             ("node".into(), node.to_owned()),
@@ -155,7 +189,9 @@ fn changes(
                 Value::Str(described.device_type.clone()),
             ),
             ("labels".into(), Value::Str(described.labels.clone())),
-            ("removed".into(), Value::Bool(removed)),
+            ("removed".into(), Value::Bool(removed_at.is_some())),
+            // When it was removed, kept as the removal is written again (0: present).
+            ("removed_at".into(), Value::I64(removed_at.unwrap_or(0))),
         ],
         time,
         quality: Quality::Good,
@@ -168,22 +204,26 @@ fn changes(
     let mut rows: Vec<Point> = current
         .iter()
         .filter(|(id, described)| full || mirrored.present.get(*id) != Some(described))
-        .map(|(id, described)| row(id, described, false))
+        .map(|(id, described)| row(id, described, None))
         .collect();
     rows.extend(
         mirrored
             .present
             .iter()
             .filter(|(id, _)| !current.contains_key(*id))
-            .map(|(id, described)| row(id, described, true)),
+            .map(|(id, described)| row(id, described, Some(time.0))),
     );
     if full {
         rows.extend(
             mirrored
                 .removed
                 .iter()
-                .filter(|id| !current.contains_key(*id) && !mirrored.present.contains_key(*id))
-                .map(|id| row(id, &nothing, true)),
+                .filter(|(id, at)| {
+                    !current.contains_key(*id)
+                        && !mirrored.present.contains_key(*id)
+                        && time.0 - **at <= RESEND_REMOVALS_NS
+                })
+                .map(|(id, at)| row(id, &nothing, Some(*at))),
         );
     }
     rows
@@ -195,7 +235,7 @@ async fn mirrored(store: &Store, node: &str) -> Result<Mirrored, String> {
     for row in fabrik_api::fleet::latest_devices(store, Some(node)).await? {
         mirrored.last_stamp = mirrored.last_stamp.max(row.latest_ns);
         if row.removed {
-            mirrored.removed.insert(row.device);
+            mirrored.removed.insert(row.device, row.removed_at);
         } else {
             mirrored.present.insert(
                 row.device,
@@ -231,6 +271,8 @@ pub(crate) async fn fleet_devices(store: &Store) -> Result<Vec<FleetDevice>, Str
 mod tests {
     use super::*;
 
+    const DAY: i64 = 24 * 3600 * 1_000_000_000;
+
     fn described(site: &str) -> Described {
         Described {
             site: site.into(),
@@ -259,13 +301,18 @@ mod tests {
 
     #[test]
     fn only_new_changed_and_removed_devices_are_written_unless_all_are() {
+        let now = 100 * DAY;
         let mirrored = Mirrored {
             present: devices(&[("kept", "a"), ("moved", "a"), ("gone", "a")]),
-            removed: ["long-gone".to_owned()].into(),
+            removed: [
+                ("lately-gone".to_owned(), now - DAY),
+                ("long-gone".to_owned(), now - 30 * DAY),
+            ]
+            .into(),
             last_stamp: 0,
         };
         let current = devices(&[("kept", "a"), ("moved", "b"), ("new", "c")]);
-        let rows = changes(&mirrored, &current, false, "line-1", Timestamp(1));
+        let rows = changes(&mirrored, &current, false, "line-1", Timestamp(now));
         assert_eq!(
             summary(&rows),
             [
@@ -278,15 +325,32 @@ mod tests {
             rows.iter()
                 .all(|p| p.tags[0] == ("node".into(), "line-1".into()))
         );
-        // A refresh writes every device and every removed id again.
-        let all = changes(&mirrored, &current, true, "line-1", Timestamp(1));
+        // A refresh writes every device and the last week's removals again, each removal
+        // with the time it happened.
+        let all = changes(&mirrored, &current, true, "line-1", Timestamp(now));
         let ids: Vec<String> = summary(&all).into_iter().map(|(id, _, _)| id).collect();
-        assert_eq!(ids, ["kept", "moved", "new", "gone", "long-gone"]);
+        assert_eq!(ids, ["kept", "moved", "new", "gone", "lately-gone"]);
+        assert_eq!(all[4].fields[4].1, Value::I64(now - DAY));
         let unchanged = Mirrored {
             present: current.clone(),
             ..Mirrored::default()
         };
-        assert!(changes(&unchanged, &current, false, "line-1", Timestamp(1)).is_empty());
+        assert!(changes(&unchanged, &current, false, "line-1", Timestamp(now)).is_empty());
+    }
+
+    #[test]
+    fn stamps_follow_earlier_writes_unless_a_wrong_clock_made_them() {
+        assert_eq!(next_stamp(0, 50), 50);
+        // The clock stepped back a minute: after the last write still.
+        assert_eq!(next_stamp(1000, 940), 1001);
+        // The last write was stamped two days ahead: the clock again.
+        assert_eq!(next_stamp(10 * DAY, 8 * DAY), 8 * DAY);
+    }
+
+    async fn store(dir: &std::path::Path) -> std::sync::Arc<Store> {
+        Store::open(fabrik_store::StoreOptions::new(dir))
+            .await
+            .expect("store")
     }
 
     async fn write(store: &Store, rows: Vec<Point>, source: &str) {
@@ -302,72 +366,84 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_store_answers_what_was_mirrored_and_the_fleet_only_what_each_node_sent() {
+    async fn a_registry_is_mirrored_and_read_back_across_a_restart() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(fabrik_store::StoreOptions::new(dir.path()))
+        let store = store(&dir.path().join("data")).await;
+        let registry = Registry::open(&dir.path().join("registry.db"))
             .await
-            .expect("store");
-        let first = devices(&[("p1", "a"), ("p2", "a")]);
-        let rows = changes(&Mirrored::default(), &first, false, "line-1", Timestamp(10));
-        write(&store, rows, SOURCE).await;
-        let before = Mirrored {
-            present: first,
-            ..Mirrored::default()
-        };
-        let second = devices(&[("p1", "b")]);
-        write(
+            .expect("registry");
+        for (id, site) in [("p1", "a"), ("p2", "a")] {
+            let device = fabrik_registry::NewDevice {
+                id: id.into(),
+                site: Some(site.into()),
+                ..fabrik_registry::NewDevice::default()
+            };
+            registry.add(device).await.expect("add");
+        }
+        let mut mirrored = Mirrored::default();
+        let now = Timestamp::now().nanos();
+        mirror_once(&store, &registry, "line-1", &mut mirrored, true, now)
+            .await
+            .expect("mirror");
+        registry.remove("p2").await.expect("remove");
+        mirror_once(
             &store,
-            changes(&before, &second, false, "line-1", Timestamp(20)),
-            SOURCE,
+            &registry,
+            "line-1",
+            &mut mirrored,
+            false,
+            now + 1000,
         )
-        .await;
-        let read = mirrored(&store, "line-1").await.expect("read");
-        assert_eq!(read.present, second);
-        assert_eq!(read.removed, ["p2".to_owned()].into());
-        assert_eq!(read.last_stamp, 20);
-        assert!(
-            mirrored(&store, "line-2")
-                .await
-                .expect("read")
-                .present
-                .is_empty()
-        );
+        .await
+        .expect("mirror");
+        assert_eq!(mirrored.removed, [("p2".to_owned(), now + 1000)].into());
+        // What a restart reads back: p1 present, p2 removed at its time, the last stamp.
+        let read = super::mirrored(&store, "line-1").await.expect("read");
+        let p1 = Described {
+            device_type: String::new(),
+            ..described("a")
+        };
+        assert_eq!(read.present, [("p1".to_owned(), p1)].into());
+        assert_eq!(read.removed, mirrored.removed);
+        assert_eq!(read.last_stamp, now + 1000);
+        // Nothing changed: nothing written.
+        mirror_once(
+            &store,
+            &registry,
+            "line-1",
+            &mut mirrored,
+            false,
+            now + 2000,
+        )
+        .await
+        .expect("mirror");
+        assert_eq!(mirrored.last_stamp, now + 1000);
+    }
 
+    #[tokio::test]
+    async fn the_fleet_is_only_what_each_node_sent_of_itself() {
         // A hub: rows arrive stamped `uplink:<node>/registry`. A row for line-1 sent by
         // line-2, or written through the API, is not line-1's word.
         let dir = tempfile::tempdir().expect("tempdir");
-        let hub = Store::open(fabrik_store::StoreOptions::new(dir.path()))
-            .await
-            .expect("store");
+        let hub = store(dir.path()).await;
+        let none = Mirrored::default();
         let line1 = devices(&[("p1", "a")]);
         write(
             &hub,
-            changes(&Mirrored::default(), &line1, false, "line-1", Timestamp(10)),
+            changes(&none, &line1, false, "line-1", Timestamp(10)),
             "uplink:line-1/registry",
         )
         .await;
         let forged = devices(&[("p9", "a")]);
         write(
             &hub,
-            changes(
-                &Mirrored::default(),
-                &forged,
-                false,
-                "line-1",
-                Timestamp(11),
-            ),
+            changes(&none, &forged, false, "line-1", Timestamp(11)),
             "uplink:line-2/registry",
         )
         .await;
         write(
             &hub,
-            changes(
-                &Mirrored::default(),
-                &forged,
-                false,
-                "line-1",
-                Timestamp(12),
-            ),
+            changes(&none, &forged, false, "line-1", Timestamp(12)),
             "uplink:line-1/http",
         )
         .await;

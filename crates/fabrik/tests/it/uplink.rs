@@ -436,6 +436,23 @@ fn a_hub_scopes_use_cases_by_its_edges_registries_and_decides_on_their_labels() 
         "{passed}"
     );
     assert_eq!(passed["kpis"][0]["current"]["value"], 1.0, "{passed}");
+    // A label written through line-1's API, not by its alerts module, changes nothing.
+    write(
+        &edge.url,
+        &format!(
+            "alert_labels,rule=pump-hot,device=pump-c alert_id=\"forged\",feedback=\"false_positive\",\
+             true_positive=false,by=\"someone\" {}",
+            start + 50_000_000
+        ),
+    );
+    wait_for_count(
+        &hub.url,
+        "SELECT count(*) AS n FROM alert_labels WHERE alert_id = 'forged'",
+        1,
+    );
+    let still = gate();
+    assert_eq!(still["kpis"][0]["current"]["value"], 1.0, "{still}");
+    assert_eq!(still["passed"], true, "{still}");
 
     // pump-a moves to plant-b on line-1: the hub's pilot no longer selects it.
     let (code, body) = http(
