@@ -59,6 +59,25 @@ pub struct Config {
     pub updates: UpdatesConfig,
     /// Serving a release repository to nodes (this process as the hub).
     pub releases: ReleasesConfig,
+    /// Use cases' KPIs kept as a series.
+    pub usecases: UseCasesConfig,
+}
+
+/// `[usecases]`: use cases' KPIs recorded as rows of `use_case_kpis` (decision 0037).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UseCasesConfig {
+    /// At every multiple of this, each use case's KPIs over the interval just ended are
+    /// stored, a row per KPI; `0s`: not recorded.
+    pub record_every: String,
+}
+
+impl Default for UseCasesConfig {
+    fn default() -> Self {
+        Self {
+            record_every: "1h".into(),
+        }
+    }
 }
 
 /// `[updates]`: this node follows a release repository (TUF, decision 0031) and installs the

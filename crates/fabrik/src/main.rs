@@ -26,6 +26,7 @@ mod drift;
 mod error_text;
 mod eval;
 mod hub;
+mod kpi_series;
 mod modbus;
 mod model_cli;
 mod model_signature;

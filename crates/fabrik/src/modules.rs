@@ -23,6 +23,8 @@ pub(crate) enum Module {
     Pipelines,
     /// Alert rules, lifecycle, notifications.
     Alerts,
+    /// Use cases' KPIs recorded as a series.
+    Kpis,
     /// Forwarding stored rows to a hub over NATS JetStream.
     Uplink,
     /// Storing the rows edge nodes forward.
@@ -37,7 +39,7 @@ pub(crate) enum Module {
 
 impl Module {
     /// Every module.
-    pub(crate) const ALL: [Module; 14] = [
+    pub(crate) const ALL: [Module; 15] = [
         Module::Store,
         Module::Registry,
         Module::Ingest,
@@ -47,6 +49,7 @@ impl Module {
         Module::Opcua,
         Module::Pipelines,
         Module::Alerts,
+        Module::Kpis,
         Module::Uplink,
         Module::Hub,
         Module::Updates,
@@ -66,6 +69,7 @@ impl Module {
             Module::Opcua => &[Module::Store],
             Module::Pipelines => &[Module::Store, Module::Registry],
             Module::Alerts => &[Module::Store],
+            Module::Kpis => &[Module::Store, Module::Registry, Module::Alerts],
             Module::Uplink => &[Module::Store],
             Module::Hub => &[Module::Store],
             Module::Updates => &[Module::Store, Module::Pipelines, Module::Alerts],
@@ -86,6 +90,7 @@ impl Module {
             Module::Opcua => "opcua",
             Module::Pipelines => "pipelines",
             Module::Alerts => "alerts",
+            Module::Kpis => "kpis",
             Module::Uplink => "uplink",
             Module::Hub => "hub",
             Module::Updates => "updates",
@@ -109,6 +114,7 @@ impl Module {
                 "OPC UA client: subscriptions, quality from status, reconnect + restore"
             }
             Module::Alerts => "alert rules, pending → firing → resolved, silences, webhook outbox",
+            Module::Kpis => "use cases' KPIs recorded as use_case_kpis rows ([usecases])",
             Module::Pipelines => {
                 "inference pipelines: per-device windows → features → model → inferences table"
             }

@@ -604,6 +604,13 @@ async fn serve(
         None
     };
     let demo_stop = CancellationToken::new();
+    // A newcomer should see the demo's KPIs recorded within minutes, not at the next hour.
+    if demo
+        && config.usecases.record_every
+            == fabrik_runtime::config::UseCasesConfig::default().record_every
+    {
+        config.usecases.record_every = "1m".into();
+    }
     // The demo's Modbus and OPC UA servers must listen before those modules read their
     // configuration.
     let demo_field = if demo {
@@ -833,6 +840,27 @@ async fn serve(
                 manager
                     .start(module.name(), || {
                         crate::release_signer::start(&config, &settings.data_dir)
+                    })
+                    .await
+            }
+            Module::Kpis => {
+                let store = wiring.store.clone();
+                let registry = wiring.registry.clone();
+                let alerting = wiring.alerting.clone();
+                manager
+                    .start(module.name(), || async {
+                        let store = store.ok_or("the kpis module needs the store module")?;
+                        let registry =
+                            registry.ok_or("the kpis module needs the registry module")?;
+                        let every =
+                            fabrik_runtime::units::parse_duration(&config.usecases.record_every)
+                                .map_err(|e| format!("usecases.record_every: {e}"))?;
+                        let meter = crate::usecases::StoreKpiMeter {
+                            store: store.clone(),
+                            alerting,
+                            hub: !config.hub.url.trim().is_empty(),
+                        };
+                        Ok(crate::kpi_series::start(every, store, registry, meter))
                     })
                     .await
             }
