@@ -64,19 +64,28 @@ pub struct Config {
 }
 
 /// `[usecases]`: use cases' KPIs recorded as rows of `use_case_kpis` (decision 0037).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UseCasesConfig {
     /// At every multiple of this, each use case's KPIs over the interval just ended are
-    /// stored, a row per KPI; `0s`: not recorded.
+    /// stored, a row per KPI; `0s`: not recorded; empty: `1h`, or `1m` with `--demo`.
     pub record_every: String,
 }
 
-impl Default for UseCasesConfig {
-    fn default() -> Self {
-        Self {
-            record_every: "1h".into(),
+impl UseCasesConfig {
+    /// The recording interval (zero: off), `demo` choosing the default when none is set.
+    pub fn record_interval(&self, demo: bool) -> Result<Duration, String> {
+        let text = self.record_every.trim();
+        if text.is_empty() {
+            return Ok(Duration::from_secs(if demo { 60 } else { 3600 }));
         }
+        let every = parse_duration(text)?;
+        if !every.is_zero() && every < Duration::from_secs(1) {
+            return Err(format!(
+                "`{text}`: record at most every second, or `0s` for never"
+            ));
+        }
+        Ok(every)
     }
 }
 
@@ -1529,6 +1538,9 @@ impl Config {
                 1
             }
         };
+        if let Err(e) = self.usecases.record_interval(false) {
+            problem("usecases.record_every", e);
+        }
         let query_threads = match self.query.threads {
             0 => std::thread::available_parallelism().map_or(2, usize::from),
             n if n > 0 => usize::try_from(n).unwrap_or(1),
@@ -2203,6 +2215,27 @@ mod tests {
         );
         assert_eq!(config, expected);
         config.validate("example").expect("example validates");
+    }
+
+    #[test]
+    fn the_kpi_recording_interval_defaults_by_mode_and_is_checked() {
+        let with = |text: &str| UseCasesConfig {
+            record_every: text.into(),
+        };
+        assert_eq!(with("").record_interval(false), Ok(Duration::from_secs(3600)));
+        assert_eq!(with("").record_interval(true), Ok(Duration::from_secs(60)));
+        assert_eq!(with("1h").record_interval(true), Ok(Duration::from_secs(3600)));
+        assert_eq!(with("0s").record_interval(false), Ok(Duration::ZERO));
+        let config = Config {
+            usecases: with("10ms"),
+            ..Config::default()
+        };
+        let problems = match config.validate("t.toml") {
+            Err(RuntimeError::Invalid { problems, .. }) => problems,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].path, "usecases.record_every");
     }
 
     /// A pipeline's fixed threshold may be written as a number, in the file and in JSON.

@@ -69,7 +69,7 @@ impl Module {
             Module::Opcua => &[Module::Store],
             Module::Pipelines => &[Module::Store, Module::Registry],
             Module::Alerts => &[Module::Store],
-            Module::Kpis => &[Module::Store, Module::Registry, Module::Alerts],
+            Module::Kpis => &[Module::Store, Module::Registry],
             Module::Uplink => &[Module::Store],
             Module::Hub => &[Module::Store],
             Module::Updates => &[Module::Store, Module::Pipelines, Module::Alerts],

@@ -604,13 +604,6 @@ async fn serve(
         None
     };
     let demo_stop = CancellationToken::new();
-    // A newcomer should see the demo's KPIs recorded within minutes, not at the next hour.
-    if demo
-        && config.usecases.record_every
-            == fabrik_runtime::config::UseCasesConfig::default().record_every
-    {
-        config.usecases.record_every = "1m".into();
-    }
     // The demo's Modbus and OPC UA servers must listen before those modules read their
     // configuration.
     let demo_field = if demo {
@@ -852,15 +845,20 @@ async fn serve(
                         let store = store.ok_or("the kpis module needs the store module")?;
                         let registry =
                             registry.ok_or("the kpis module needs the registry module")?;
-                        let every =
-                            fabrik_runtime::units::parse_duration(&config.usecases.record_every)
-                                .map_err(|e| format!("usecases.record_every: {e}"))?;
+                        // A newcomer sees the demo's KPIs recorded within minutes.
+                        let every = config
+                            .usecases
+                            .record_interval(demo)
+                            .map_err(|e| format!("usecases.record_every: {e}"))?;
                         let meter = crate::usecases::StoreKpiMeter {
                             store: store.clone(),
                             alerting,
                             hub: !config.hub.url.trim().is_empty(),
                         };
-                        Ok(crate::kpi_series::start(every, store, registry, meter))
+                        let node = crate::updates::node_name(&config);
+                        Ok(crate::kpi_series::start(
+                            every, node, store, registry, meter,
+                        ))
                     })
                     .await
             }

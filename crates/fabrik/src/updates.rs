@@ -213,7 +213,7 @@ fn repository_urls(url: &str) -> Result<(url::Url, url::Url), String> {
 
 /// This node's name in targets' `nodes`: `[updates] node`, `[uplink] node`, else the host
 /// name.
-fn node_name(config: &Config) -> String {
+pub(crate) fn node_name(config: &Config) -> String {
     [&config.updates.node, &config.uplink.node]
         .into_iter()
         .map(|name| name.trim())

@@ -636,7 +636,7 @@ start = "earliest"
             &p.url,
             "SELECT count(*) AS n FROM use_case_kpis WHERE use_case = 'pumps' \
              AND kpi = 'rows' AND value = 20 AND evidence = 20 AND stage = 'pilot' \
-             AND target = 100 AND target_met",
+             AND target = 100 AND target_met AND node <> '' AND detail LIKE 'count of temperature%'",
         )
         .is_some_and(|n| n > 0)
     });
