@@ -127,6 +127,7 @@ pub struct FleetDevices {
 #[utoipa::path(get, path = "/api/v1/fleet/devices", tag = "devices", security(("token" = [])),
     responses(
         (status = 200, description = "every device an uplinked edge registers, with its node, site, type and labels (empty where no edge forwards here)", body = FleetDevices),
+        (status = 400, description = "a query parameter, which this endpoint takes none of", body = crate::error::ErrorBody),
     ))]
 pub(crate) async fn devices(
     State(state): State<ApiState>,

@@ -40,10 +40,24 @@ pub trait KpiMeter: Send + Sync {
         to_ns: i64,
     ) -> BoxFuture<'_, KpiMeasure>;
     /// The devices other nodes register, as their edges mirrored them here (a hub's
-    /// `_devices`, decision 0036), for scopes by site, type and label. A failure to read them
-    /// is logged and leaves the scopes to this node's registry.
-    fn fleet_devices(&self) -> BoxFuture<'_, Vec<fabrik_registry::FleetDevice>> {
-        Box::pin(async { Vec::new() })
+    /// `_devices`, decision 0036), for scopes by site, type and label; none but on a hub.
+    fn fleet_devices(&self) -> BoxFuture<'_, Result<Vec<fabrik_registry::FleetDevice>, String>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
+/// The fleet's devices, once per request: a hub that cannot read them answers so rather than
+/// scope its use cases to its own registry without a word.
+async fn fleet(state: &ApiState) -> Result<Vec<fabrik_registry::FleetDevice>, ApiError> {
+    match state.kpi_meter.as_ref() {
+        Some(meter) => meter.fleet_devices().await.map_err(|e| {
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("the fleet's devices (`_devices`) could not be read: {e}"),
+            )
+        }),
+        None => Ok(Vec::new()),
     }
 }
 
@@ -53,10 +67,7 @@ async fn stage_devices(
     state: &ApiState,
     use_case: &UseCase,
 ) -> Result<Option<Vec<String>>, ApiError> {
-    let fleet = match state.kpi_meter.as_ref() {
-        Some(meter) => meter.fleet_devices().await,
-        None => Vec::new(),
-    };
+    let fleet = fleet(state).await?;
     Ok(registry(state)?.stage_devices_in(use_case, &fleet).await?)
 }
 
@@ -214,7 +225,16 @@ fn pipelines_of(state: &ApiState, name: &str) -> Vec<String> {
 }
 
 async fn view(state: &ApiState, use_case: UseCase) -> Result<UseCaseView, ApiError> {
-    let devices = stage_devices(state, &use_case).await?;
+    let fleet = fleet(state).await?;
+    view_in(state, use_case, &fleet).await
+}
+
+async fn view_in(
+    state: &ApiState,
+    use_case: UseCase,
+    fleet: &[fabrik_registry::FleetDevice],
+) -> Result<UseCaseView, ApiError> {
+    let devices = registry(state)?.stage_devices_in(&use_case, fleet).await?;
     let pipelines = pipelines_of(state, &use_case.name);
     Ok(UseCaseView {
         use_case,
@@ -286,8 +306,9 @@ pub(crate) async fn list(
     State(state): State<ApiState>,
 ) -> Result<Json<Vec<UseCaseView>>, ApiError> {
     let mut views = Vec::new();
+    let fleet = fleet(&state).await?;
     for use_case in registry(&state)?.use_cases().await? {
-        views.push(view(&state, use_case).await?);
+        views.push(view_in(&state, use_case, &fleet).await?);
     }
     Ok(Json(views))
 }

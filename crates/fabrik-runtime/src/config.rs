@@ -2222,9 +2222,15 @@ mod tests {
         let with = |text: &str| UseCasesConfig {
             record_every: text.into(),
         };
-        assert_eq!(with("").record_interval(false), Ok(Duration::from_secs(3600)));
+        assert_eq!(
+            with("").record_interval(false),
+            Ok(Duration::from_secs(3600))
+        );
         assert_eq!(with("").record_interval(true), Ok(Duration::from_secs(60)));
-        assert_eq!(with("1h").record_interval(true), Ok(Duration::from_secs(3600)));
+        assert_eq!(
+            with("1h").record_interval(true),
+            Ok(Duration::from_secs(3600))
+        );
         assert_eq!(with("0s").record_interval(false), Ok(Duration::ZERO));
         let config = Config {
             usecases: with("10ms"),

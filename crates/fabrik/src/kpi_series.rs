@@ -22,7 +22,7 @@ pub(crate) const KPIS_TABLE: &str = "use_case_kpis";
 
 /// The longest wait after an interval ends before it is measured, for rows still on their
 /// way (a batching connector, an uplink); a tenth of the interval when that is shorter.
-const MOST_SETTLE: Duration = Duration::from_secs(60);
+const LONGEST_SETTLING: Duration = Duration::from_secs(60);
 
 /// Starts recording every `every` (none when zero) as node `node`.
 pub(crate) fn start(
@@ -40,7 +40,7 @@ pub(crate) fn start(
             return Ok(());
         }
         let every_ns = i64::try_from(every.as_nanos()).unwrap_or(i64::MAX).max(1);
-        let settle = (every / 10).min(MOST_SETTLE);
+        let settle = (every / 10).min(LONGEST_SETTLING);
         let settle_ns = i64::try_from(settle.as_nanos()).unwrap_or(0);
         loop {
             // The interval that ends at the next multiple of `every`: rows at aligned times,
@@ -82,14 +82,20 @@ async fn record(
     to_ns: i64,
 ) -> Result<(), String> {
     let use_cases = registry.use_cases().await.map_err(|e| e.to_string())?;
-    let fleet = meter.fleet_devices().await;
+    let fleet = meter
+        .fleet_devices()
+        .await
+        .map_err(|e| format!("the fleet's devices (`_devices`) could not be read: {e}"));
     let mut points = Vec::new();
     for use_case in &use_cases {
         // A use case whose devices cannot be read gets rows saying why; the others count.
-        let devices = registry
-            .stage_devices_in(use_case, &fleet)
-            .await
-            .map_err(|e| format!("the stage's devices could not be read: {e}"));
+        let devices = match &fleet {
+            Ok(fleet) => registry
+                .stage_devices_in(use_case, fleet)
+                .await
+                .map_err(|e| format!("the stage's devices could not be read: {e}")),
+            Err(e) => Err(e.clone()),
+        };
         for kpi in &use_case.definition.kpis {
             let measured = match &devices {
                 Ok(devices) => {

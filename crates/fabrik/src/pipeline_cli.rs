@@ -79,7 +79,7 @@ enum PipelineCommand {
         #[arg(long, default_value_t = 7)]
         days: u32,
         /// The level of the sequential test that decides between the two on the labelled
-        /// windows: the highest acceptable chance of a switch to a model that is no better.
+        /// windows: the highest acceptable chance of a verdict where both are equally right.
         #[arg(long, default_value_t = 0.05)]
         alpha: f64,
         /// Print JSON instead of a table.

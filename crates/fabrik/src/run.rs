@@ -855,7 +855,10 @@ async fn serve(
                             alerting,
                             hub: !config.hub.url.trim().is_empty(),
                         };
-                        let node = crate::updates::node_name(&config);
+                        // The uplink's name first: the one a hub knows this node by.
+                        let node = Some(config.uplink.node.trim())
+                            .filter(|n| !n.is_empty())
+                            .map_or_else(|| crate::updates::node_name(&config), str::to_owned);
                         Ok(crate::kpi_series::start(
                             every, node, store, registry, meter,
                         ))

@@ -290,7 +290,7 @@ pub(crate) async fn compare(
 }
 
 /// The mixing variance of the decision: tuned to differences of about 0.1 in the share of
-/// labelled windows a model is right on (one window in ten), the smallest worth a switch.
+/// labelled windows a model is right on (one window in ten), the smallest worth acting on.
 const DECISION_TAU2: f64 = 0.01;
 
 /// The decision before any labelled window.

@@ -66,17 +66,12 @@ impl KpiMeter for StoreKpiMeter {
         })
     }
 
-    fn fleet_devices(&self) -> BoxFuture<'_, Vec<fabrik_registry::FleetDevice>> {
+    fn fleet_devices(&self) -> BoxFuture<'_, Result<Vec<fabrik_registry::FleetDevice>, String>> {
         Box::pin(async move {
             if !self.hub {
-                return Vec::new();
+                return Ok(Vec::new());
             }
-            crate::device_mirror::fleet_devices(&self.store)
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "The fleet's mirrored devices could not be read.");
-                    Vec::new()
-                })
+            crate::device_mirror::fleet_devices(&self.store).await
         })
     }
 }
