@@ -553,6 +553,23 @@ impl Store {
         })
     }
 
+    /// Writes points Fabrik computed itself (inferences, KPIs, mirrored records), all or none,
+    /// with `source` as their lineage and a fresh raw-message id: they stem from no one
+    /// message, so there is no mapping either.
+    pub async fn write_computed(
+        &self,
+        points: &[Point],
+        source: &str,
+        table: &str,
+    ) -> Result<WriteReport, StoreError> {
+        let lineage = Lineage {
+            source: SourceId(source.to_owned()),
+            raw_id: self.next_raw_id(),
+            mapping_version: 0,
+        };
+        self.write_points(points, lineage, table).await
+    }
+
     /// Writes groups of points that each carry their own lineage (one group per raw message,
     /// as connectors produce them) as one WAL record: all or none. Errors name the group and
     /// point as `location[group][point]`.

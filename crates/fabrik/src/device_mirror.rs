@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
+use fabrik_core::{Point, Quality, Timestamp, Value};
 use fabrik_registry::{DeviceFilter, FleetDevice, Registry};
 use fabrik_store::Store;
 use tokio_util::sync::CancellationToken;
@@ -140,13 +140,8 @@ async fn mirror_once(
     let stamp = next_stamp(mirrored.last_stamp, now);
     let rows = changes(mirrored, &current, full, node, Timestamp(stamp));
     if !rows.is_empty() {
-        let lineage = Lineage {
-            source: SourceId(SOURCE.into()),
-            raw_id: store.next_raw_id(),
-            mapping_version: 0,
-        };
         store
-            .write_points(&rows, lineage, DEVICES_TABLE)
+            .write_computed(&rows, SOURCE, DEVICES_TABLE)
             .await
             .map_err(|e| e.to_string())?;
         mirrored.last_stamp = stamp;
@@ -354,13 +349,8 @@ mod tests {
     }
 
     async fn write(store: &Store, rows: Vec<Point>, source: &str) {
-        let lineage = Lineage {
-            source: SourceId(source.into()),
-            raw_id: store.next_raw_id(),
-            mapping_version: 0,
-        };
         store
-            .write_points(&rows, lineage, DEVICES_TABLE)
+            .write_computed(&rows, source, DEVICES_TABLE)
             .await
             .expect("write");
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fabrik_api::usecases::KpiMeter;
-use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
+use fabrik_core::{Point, Quality, Timestamp, Value};
 use fabrik_registry::Registry;
 use fabrik_registry::usecases::{KpiMeasure, KpiValue, UseCase};
 use fabrik_runtime::services::ServiceHandle;
@@ -112,13 +112,8 @@ async fn record(
     if points.is_empty() {
         return Ok(());
     }
-    let lineage = Lineage {
-        source: SourceId("usecases".into()),
-        raw_id: store.next_raw_id(),
-        mapping_version: 0,
-    };
     store
-        .write_points(&points, lineage, KPIS_TABLE)
+        .write_computed(&points, "usecases", KPIS_TABLE)
         .await
         .map_err(|e| e.to_string())?;
     metrics::counter!("fabrik_use_case_kpis_recorded_total").increment(points.len() as u64);

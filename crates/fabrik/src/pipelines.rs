@@ -16,7 +16,7 @@ use fabrik_api::pipelines::{
     ControlError, DryRun, ModelInfo, PipelineBoard, PipelineControl, PipelineOrigin, PipelineState,
     PipelineStatus, describe_problems,
 };
-use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
+use fabrik_core::{Point, Quality, Timestamp, Value};
 use fabrik_ml::drift::DriftMethod;
 use fabrik_ml::pipeline::{
     BuiltinModel, DriftSpec, Feature, Inference, MOST_DRIFT_WINDOWS, ModelSource, OnnxScore,
@@ -2654,12 +2654,10 @@ pub(crate) async fn store_rows(
     points: &[Point],
     table: &str,
 ) -> Result<(), fabrik_store::StoreError> {
-    let lineage = Lineage {
-        source: SourceId(format!("pipeline:{pipeline}")),
-        raw_id: store.next_raw_id(),
-        mapping_version: 0,
-    };
-    store.write_points(points, lineage, table).await.map(|_| ())
+    store
+        .write_computed(points, &format!("pipeline:{pipeline}"), table)
+        .await
+        .map(|_| ())
 }
 
 /// How far back before its start a `start = "now"` pipeline (or its shadow model) reads stored

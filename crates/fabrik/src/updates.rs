@@ -986,7 +986,7 @@ impl Updater {
         sha256: &str,
         reason: Option<&str>,
     ) {
-        use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
+        use fabrik_core::{Point, Quality, Timestamp, Value};
         let point = Point {
             measurement: RELEASES_TABLE.into(),
             tags: vec![
@@ -1024,14 +1024,10 @@ impl Updater {
             time: Timestamp::now(),
             quality: Quality::Good,
         };
-        let lineage = Lineage {
-            source: SourceId(format!("updates:{}", self.repository)),
-            raw_id: self.store.next_raw_id(),
-            mapping_version: 0,
-        };
+        let source = format!("updates:{}", self.repository);
         if let Err(e) = self
             .store
-            .write_points(&[point], lineage, RELEASES_TABLE)
+            .write_computed(&[point], &source, RELEASES_TABLE)
             .await
         {
             tracing::warn!(error = %e, "A release install could not be recorded in {RELEASES_TABLE}.");

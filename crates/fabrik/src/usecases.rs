@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray};
-use datafusion::arrow::datatypes::{Float64Type, Int64Type};
+use datafusion::arrow::array::{Array, AsArray, BooleanArray};
+use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
 use fabrik_alert::db::AlertQuery;
 use fabrik_alert::{Alerting, Feedback};
 use fabrik_api::usecases::KpiMeter;
@@ -16,6 +16,7 @@ use fabrik_registry::usecases::{Kpi, KpiKind, KpiMeasure, UseCaseDefinition, par
 use fabrik_store::Store;
 use futures::future::BoxFuture;
 
+use crate::columns::cast_column;
 use crate::sql_text::{embedded, literal, one_expression};
 
 /// Nanoseconds in an hour, and in a day.
@@ -102,9 +103,27 @@ fn quote(name: &str) -> String {
 /// The rows of a KPI's table in the period, on the devices (the filter is the caller's: a
 /// time-weighted KPI applies it after each row's interval is known).
 fn row_selection(kpi: &Kpi, devices: Option<&[String]>, from_ns: i64, to_ns: i64) -> String {
+    rows_in(
+        kpi.table.as_deref().unwrap_or_default(),
+        &kpi.device_column,
+        devices,
+        from_ns,
+        to_ns,
+    )
+}
+
+/// ` FROM table WHERE` the rows of `[from_ns, to_ns)` whose `device_column` is one of
+/// `devices` (`None`: any).
+fn rows_in(
+    table: &str,
+    device_column: &str,
+    devices: Option<&[String]>,
+    from_ns: i64,
+    to_ns: i64,
+) -> String {
     let mut sql = format!(
         " FROM {} WHERE time >= to_timestamp_nanos({from_ns}) AND time < to_timestamp_nanos({to_ns})",
-        quote(kpi.table.as_deref().unwrap_or_default())
+        quote(table)
     );
     if let Some(devices) = devices {
         let list: Vec<String> = devices.iter().map(|d| literal(d)).collect();
@@ -114,7 +133,7 @@ fn row_selection(kpi: &Kpi, devices: Option<&[String]>, from_ns: i64, to_ns: i64
         } else {
             list.join(", ")
         };
-        sql.push_str(&format!(" AND {} IN ({list})", quote(&kpi.device_column)));
+        sql.push_str(&format!(" AND {} IN ({list})", quote(device_column)));
     }
     sql
 }
@@ -344,9 +363,7 @@ impl StoreKpiMeter {
             labels: labels.into_iter().map(|(_, confirmed)| confirmed).collect(),
         })
     }
-}
 
-impl StoreKpiMeter {
     /// Alert precision from `alert_labels` rows (one per labelled alert, stamped at its start,
     /// a relabel overwriting it): what a hub knows of its edges' alerts. Only rows an alerts
     /// module wrote (here, or on an edge that forwarded them) count, not rows written through
@@ -363,36 +380,17 @@ impl StoreKpiMeter {
         if self.store.has_table(table) && !kpi.rules.is_empty() {
             let rules: Vec<String> = kpi.rules.iter().map(|r| literal(r)).collect();
             let sql = format!(
-                "SELECT device, true_positive FROM {table} \
-                 WHERE rule IN ({}) AND time >= to_timestamp_nanos({from_ns}) \
-                 AND time < to_timestamp_nanos({to_ns}) \
+                "SELECT true_positive{} AND rule IN ({}) \
                  AND (_source = 'alerts' OR _source LIKE 'uplink:%/alerts') \
-                 ORDER BY time, device",
+                 AND true_positive IS NOT NULL AND device IS NOT NULL ORDER BY time, device",
+                rows_in(table, "device", devices, from_ns, to_ns),
                 rules.join(", ")
             );
             let output = self.store.query(&sql).await.map_err(|e| e.to_string())?;
             for batch in &output.batches {
-                let device: datafusion::arrow::array::StringArray = crate::columns::cast_column(
-                    batch,
-                    0,
-                    &datafusion::arrow::datatypes::DataType::Utf8,
-                    "device",
-                )?;
-                let confirmed: datafusion::arrow::array::BooleanArray =
-                    crate::columns::cast_column(
-                        batch,
-                        1,
-                        &datafusion::arrow::datatypes::DataType::Boolean,
-                        "true_positive",
-                    )?;
-                for row in 0..batch.num_rows() {
-                    if device.is_null(row) || confirmed.is_null(row) {
-                        continue;
-                    }
-                    if devices.is_none_or(|d| d.iter().any(|x| x == device.value(row))) {
-                        labels.push(confirmed.value(row));
-                    }
-                }
+                let confirmed: BooleanArray =
+                    cast_column(batch, 0, &DataType::Boolean, "true_positive")?;
+                labels.extend(confirmed.iter().flatten());
             }
         }
         let true_positives = labels.iter().filter(|&&c| c).count();
