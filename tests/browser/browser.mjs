@@ -456,7 +456,8 @@ async function main() {
     // flagged, operators called false alarms and the challenger left alone, written as the
     // pipeline and the alert module write them. The sequential test decides for the challenger.
     const pl = `ui-shadow-${randomBytes(3).toString('hex')}`;
-    await apiCall(`/api/v1/pipelines/${pl}`, { method: 'PUT', body: { name: pl, table: 'ui_shadow_nothing', signals: ['x'], shadow: { model: 'iforest' } } });
+    const split = `${device}-ab`;
+    await apiCall(`/api/v1/pipelines/${pl}`, { method: 'PUT', body: { name: pl, table: 'ui_shadow_nothing', signals: ['x'], shadow: { model: 'iforest', live_devices: [split] } } });
     const pair = await apiCall(`/api/v1/pipelines/${pl}/shadow`);
     const labelled = [];
     for (let k = 0; k < 14; k++) {
@@ -467,12 +468,27 @@ async function main() {
         `shadow_inferences,pipeline=${pl},device=${device},model=${pair.challenger} flag=false,score=0.1,window_id="${window}",model_version="ui-challenger",champion_model="${pair.champion}",champion_model_version="ui-champion",champion_flag=true,champion_score=2.0 ${t}`,
         `alert_labels,device=${device},pipeline=${pl} alert_id="ui-${k}",feedback="false_positive",true_positive=false,by="ui-test" ${t}`);
     }
+    // Before them, an A/B split's device: the challenger acted there, caught four faults the
+    // champion missed, and operators confirmed them.
+    for (let k = 0; k < 4; k++) {
+      const t = now - 3900000000000n + BigInt(k) * 60000000000n;
+      const window = `${pl}/${split}/${k}`;
+      labelled.push(
+        `inferences,pipeline=${pl},device=${split},model=${pair.challenger} flag=true,score=0.9,window_id="${window}",model_version="ui-challenger",challenger=true ${t}`,
+        `shadow_inferences,pipeline=${pl},device=${split},model=${pair.challenger} flag=true,score=0.9,window_id="${window}",model_version="ui-challenger",live=true,champion_model="${pair.champion}",champion_model_version="ui-champion",champion_flag=false,champion_score=0.5 ${t}`,
+        `alert_labels,device=${split},pipeline=${pl} alert_id="ui-ab-${k}",feedback="true_positive",true_positive=true,by="ui-test" ${t}`);
+    }
     await apiCall('/api/v1/write', { method: 'POST', body: labelled.join('\n'), type: 'text/plain' });
     await go(`#/pipelines/${pl}`);
     await page.waitForFunction(() => {
       const text = document.querySelector('#pl-shadow-decision')?.textContent || '';
-      return text.includes('challenger right more often') && /right on 0 \(champion\) vs \d+ \(challenger\)/.test(text);
+      const live = document.querySelector('#pl-shadow-live')?.textContent || '';
+      return text.includes('challenger right more often') && /right on 0 \(champion\) vs \d+ \(challenger\)/.test(text)
+        && text.includes('the champion missed 4 confirmed') && live.includes('acts on 4 of these windows');
     }, null, { timeout: 15000 });
+    // The challenger's verdicts among the pipeline's say whose they are.
+    await page.waitForFunction((d) => [...document.querySelectorAll('#pl-inferences tr')]
+      .some((tr) => tr.textContent.includes(d) && tr.querySelector('.tag')?.textContent === 'iforest'), split, { timeout: 15000 });
     await shot('05-pipelines-shadow-decision');
     await apiCall(`/api/v1/pipelines/${pl}`, { method: 'DELETE' });
     await go('#/pipelines/pump-health');

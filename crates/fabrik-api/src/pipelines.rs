@@ -186,16 +186,24 @@ pub struct ShadowComparison {
     pub both_flagged: u64,
     /// The share of windows with the same verdict (none without windows).
     pub agreement: Option<f64>,
+    /// Of the windows both scored, those on devices the challenger was live on (an A/B
+    /// split, `live_share` or `live_devices`): its verdicts were the pipeline's there.
+    pub live_windows: u64,
     /// Windows both versions scored that started alerts operators confirmed (feedback
     /// `true_positive`), counted where the alert rule's context names the pipeline; a window
-    /// two rules alerted on once, confirmed if either alert was.
+    /// two rules alerted on once, confirmed if either alert was. The alerts are the
+    /// champion's, and on the devices of an A/B split the challenger's.
     pub confirmed: u64,
-    /// Of those, the ones the challenger flagged too: faults it would have caught.
+    /// Of those, the ones the challenger flagged: faults it caught or would have caught.
     pub confirmed_flagged_by_challenger: u64,
+    /// ... the champion flagged (all of them without an A/B split).
+    pub confirmed_flagged_by_champion: u64,
     /// Windows that started alerts operators called false (feedback `false_positive`).
     pub false_alarms: u64,
-    /// Of those, the ones the challenger flagged too: false alarms it would have raised.
+    /// Of those, the ones the challenger flagged: false alarms it raised or would have.
     pub false_alarms_flagged_by_challenger: u64,
+    /// ... the champion flagged (all of them without an A/B split).
+    pub false_alarms_flagged_by_champion: u64,
     /// Whether those labelled windows decide between the two models yet.
     pub decision: ShadowDecision,
     /// Per device.
@@ -216,14 +224,14 @@ pub enum ShadowVerdict {
 
 /// A sequential test on every labelled window of the compared pair of versions, from its
 /// first, in time order (not only those of the period shown: a test whose start moved would
-/// be a new test at each reading). On each the champion was right if operators confirmed the
-/// fault (it flagged every one of them), and the challenger if its verdict matches theirs
-/// (flagged a confirmed fault, or left a false alarm alone). A mixture SPRT on the paired
-/// differences decides with an always-valid p-value: reading this on every visit keeps the
-/// chance of a verdict where the two are equally right near `alpha`. It stops at the first
-/// window where the p-value reaches `alpha`. Labels exist only where the champion alerted, so
-/// a missed fault weighs as much as an avoided false alarm, and a challenger that flags less
-/// can win: see `challenger_missed`.
+/// be a new test at each reading). On each a model was right if its verdict matches the
+/// operators' (flagged a confirmed fault, or left a false alarm alone). A mixture SPRT on the
+/// paired differences decides with an always-valid p-value: reading this on every visit keeps
+/// the chance of a verdict where the two are equally right near `alpha`. It stops at the
+/// first window where the p-value reaches `alpha`. Labels exist only where the acting model
+/// alerted: the champion's, so a missed fault weighs as much as an avoided false alarm and a
+/// challenger that flags less can win (see `challenger_missed`); with an A/B split also the
+/// challenger's on its devices, where the faults only it caught are labelled too.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
 pub struct ShadowDecision {
     /// The conclusion.
@@ -242,6 +250,8 @@ pub struct ShadowDecision {
     pub challenger_right: u64,
     /// ... and the confirmed faults the challenger did not flag.
     pub challenger_missed: u64,
+    /// ... and those the champion did not flag (only on the devices of an A/B split).
+    pub champion_missed: u64,
     /// The challenger's share right minus the champion's (none without windows).
     pub difference: Option<f64>,
     /// The always-valid p-value (1 before there is evidence).
@@ -264,6 +274,8 @@ pub struct ShadowDevice {
     pub challenger_flags: u64,
     /// Both flagged.
     pub both_flagged: u64,
+    /// Of its windows, those on which the challenger was live (an A/B split).
+    pub live_windows: u64,
 }
 
 /// The pipelines of this process, by name; written by the runner, read by the API.

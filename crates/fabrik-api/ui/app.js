@@ -80,7 +80,7 @@ function shadowDecision(d) {
       : pill('never', 'undecided');
   if (!d.windows) return html`${verdict} <span class="muted">no labelled windows yet</span>`;
   const diff = d.difference == null ? '' : ` · ${d.difference >= 0 ? '+' : ''}${fmtNum(d.difference * 100, 3)} points`;
-  return html`${verdict} <span class="muted" title="${`${d.test}, alpha ${d.alpha}, tau² ${d.tau2}, over every labelled window of these two versions: reading it often does not raise the chance of a wrong verdict`}">right on ${d.champion_right} (champion) vs ${d.challenger_right} (challenger) of ${d.windows} labelled${diff} · p ${fmtNum(d.p_value, 3)}${d.decided_at ? html` · at the window of ${time(d.decided_at)}` : ''}</span>${d.challenger_missed ? html` <span class="tag">the challenger missed ${d.challenger_missed} confirmed</span>` : ''}`;
+  return html`${verdict} <span class="muted" title="${`${d.test}, alpha ${d.alpha}, tau² ${d.tau2}, over every labelled window of these two versions: reading it often does not raise the chance of a wrong verdict`}">right on ${d.champion_right} (champion) vs ${d.challenger_right} (challenger) of ${d.windows} labelled${diff} · p ${fmtNum(d.p_value, 3)}${d.decided_at ? html` · at the window of ${time(d.decided_at)}` : ''}</span>${d.challenger_missed ? html` <span class="tag">the challenger missed ${d.challenger_missed} confirmed</span>` : ''}${d.champion_missed ? html` <span class="tag">the champion missed ${d.champion_missed} confirmed</span>` : ''}`;
 }
 
 let toastTimer;
@@ -904,14 +904,25 @@ function startLive(p, id, table, lastMs, onPoint, setMode) {
   return caps.stream ? sse() : poll();
 }
 
-function inferencesTable(rows, { device = true, selected } = {}) {
+/** A model's tag as its inferences carry it (`pipelines::model_tag`). */
+const modelTag = (m) => (m.model !== 'onnx' ? m.model
+  : m.model_name ? `onnx:${m.model_name}` : m.model_path ? `onnx:${m.model_path.split('/').pop().replace(/\.[^.]*$/, '')}` : m.model);
+
+/** The challenger's tag when it acts on some devices (an A/B split) and its verdicts can be told from the champion's. */
+function liveChallenger(def) {
+  const s = def?.shadow;
+  if (!s || !(s.live_devices?.length || s.live_share > 0)) return null;
+  return modelTag(s) !== modelTag(def) ? modelTag(s) : null;
+}
+
+function inferencesTable(rows, { device = true, selected, challenger } = {}) {
   if (!rows.length) return html`<div class="empty">No inferences.</div>`;
   return html`<div class="table-wrap"><table class="inf-table"><thead><tr><th>Window end</th>${device ? html`<th>Device</th>` : html`<th>Pipeline</th>`}<th class="num">Score</th><th class="num">Threshold</th><th>Result</th><th>Top signal</th></tr></thead><tbody>
     ${rows.map((r) => html`<tr class="clickable" data-window="${r.window_id}" aria-selected="${selected === r.window_id}">
       <td><a href="#/pipelines/${enc(r.pipeline)}/${enc(r.window_id)}" title="Show the input window">${fmtTime(r.time)}</a></td>
       ${device ? html`<td>${r.device}</td>` : html`<td>${r.pipeline}</td>`}
       <td class="num">${fmtNum(r.score)}</td><td class="num">${fmtNum(r.threshold)}</td>
-      <td>${r.flag ? pill('firing', 'anomaly') : pill('online', 'normal')}</td><td class="mono">${r.top_signal || '—'}</td></tr>`)}
+      <td>${r.flag ? pill('firing', 'anomaly') : pill('online', 'normal')}${challenger && r.model === challenger ? html` <span class="tag" title="An A/B split: the challenger's verdict">${r.model}</span>` : ''}</td><td class="mono">${r.top_signal || '—'}</td></tr>`)}
     </tbody></table></div>`;
 }
 
@@ -1070,7 +1081,7 @@ async function pagePipelines(p, args) {
     <section class="card" aria-labelledby="h-scores"><div class="card-head"><h2 id="h-scores">Scores over the last hour</h2><span class="muted">one point per window and device; dashed: threshold; log scale</span></div><div class="chart" id="score-chart"></div><div id="score-empty"></div></section>
     <div class="grid cols-2" style="margin-top:16px">
       <section class="card" aria-labelledby="h-drift"><div class="card-head"><h2 id="h-drift">Input drift</h2><span class="muted">each device's latest check against the windows its model learnt from</span></div><div id="pl-drift"></div></section>
-      <section class="card" aria-labelledby="h-shadow"><div class="card-head"><h2 id="h-shadow">Shadow model</h2><span class="muted">a challenger on the same windows; it never alerts</span></div><div id="pl-shadow"></div></section>
+      <section class="card" aria-labelledby="h-shadow"><div class="card-head"><h2 id="h-shadow">Shadow model</h2><span class="muted">a challenger on the same windows; it alerts only where it is live (A/B)</span></div><div id="pl-shadow"></div></section>
     </div>
     <div class="grid cols-2" style="margin-top:16px">
       <section class="card" aria-labelledby="h-anom"><div class="card-head"><h2 id="h-anom">Latest inferences</h2>
@@ -1102,9 +1113,9 @@ async function pagePipelines(p, args) {
 
   const refreshList = async () => {
     if (!(await hasTable('inferences'))) { patch($('#pl-inferences'), html`<div class="empty">No inferences yet: the model is still learning each device's normal.</div>`); return; }
-    const rows = await query(`SELECT time, device, pipeline, score, threshold, flag, top_signal, window_id FROM inferences WHERE pipeline = ${sqlStr(name)}${onlyAnomalies ? ' AND flag = true' : ''} ORDER BY time DESC LIMIT 15`);
+    const rows = await query(`SELECT time, device, pipeline, model, score, threshold, flag, top_signal, window_id FROM inferences WHERE pipeline = ${sqlStr(name)}${onlyAnomalies ? ' AND flag = true' : ''} ORDER BY time DESC LIMIT 15`);
     if (!p.alive) return;
-    patch($('#pl-inferences'), rows.length ? inferencesTable(rows, { selected }) : html`<div class="empty">${onlyAnomalies ? 'No anomalies flagged yet.' : 'No inferences yet.'}</div>`);
+    patch($('#pl-inferences'), rows.length ? inferencesTable(rows, { selected, challenger: liveChallenger(pipelines.find((x) => x.name === name)?.definition) }) : html`<div class="empty">${onlyAnomalies ? 'No anomalies flagged yet.' : 'No inferences yet.'}</div>`);
   };
 
   const showWindow = async (wid) => {
@@ -1194,8 +1205,9 @@ async function pagePipelines(p, args) {
       <dt>Windows both scored</dt><dd>${fmtNum(c.windows)} <span class="muted">last ${c.days} days</span></dd>
       <dt>Flagged</dt><dd>champion ${fmtNum(c.champion_flags)} · challenger ${fmtNum(c.challenger_flags)} · both ${fmtNum(c.both_flagged)}</dd>
       <dt>Same verdict</dt><dd>${c.agreement == null ? '—' : `${fmtNum(c.agreement * 100, 3)} %`}</dd>
-      <dt>Confirmed faults</dt><dd>${c.confirmed ? `${c.confirmed_flagged_by_challenger} of ${c.confirmed} flagged by the challenger too` : html`<span class="muted">none labelled yet</span>`}</dd>
-      <dt>False alarms</dt><dd>${c.false_alarms ? `${c.false_alarms_flagged_by_challenger} of ${c.false_alarms} raised by the challenger too` : html`<span class="muted">none labelled yet</span>`}</dd>
+      ${c.live_windows ? html`<dt>A/B split</dt><dd id="pl-shadow-live">the challenger acts on ${fmtNum(c.live_windows)} of these windows <span class="muted">(${c.devices.filter((d) => d.live_windows).map((d) => d.device).join(', ')})</span></dd>` : ''}
+      <dt>Confirmed faults</dt><dd>${!c.confirmed ? html`<span class="muted">none labelled yet</span>` : c.live_windows ? `${c.confirmed}: flagged by the champion ${c.confirmed_flagged_by_champion}, by the challenger ${c.confirmed_flagged_by_challenger}` : `${c.confirmed_flagged_by_challenger} of ${c.confirmed} flagged by the challenger too`}</dd>
+      <dt>False alarms</dt><dd>${!c.false_alarms ? html`<span class="muted">none labelled yet</span>` : c.live_windows ? `${c.false_alarms}: raised by the champion ${c.false_alarms_flagged_by_champion}, by the challenger ${c.false_alarms_flagged_by_challenger}` : `${c.false_alarms_flagged_by_challenger} of ${c.false_alarms} raised by the challenger too`}</dd>
       <dt>Decision</dt><dd id="pl-shadow-decision">${shadowDecision(c.decision)}</dd></dl>`);
   };
   every(p, 30000, refreshMonitoring);

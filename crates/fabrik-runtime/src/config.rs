@@ -521,8 +521,9 @@ pub struct PipelineConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drift: Option<DriftConfig>,
     /// A challenger model scored on the same windows as `model`, written to
-    /// `shadow_inferences` beside the champion's verdict and never alerted on, to compare the
-    /// two before switching (`GET /api/v1/pipelines/{name}/shadow`).
+    /// `shadow_inferences` beside the champion's verdict, to compare the two before switching
+    /// (`GET /api/v1/pipelines/{name}/shadow`). Never alerted on, except on the devices it is
+    /// live on (`live_share`, `live_devices`: an A/B split).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowConfig>,
 }
@@ -550,6 +551,16 @@ pub struct ShadowConfig {
     /// challenger model's default).
     #[serde(default)]
     pub training_windows: Option<u32>,
+    /// A/B split: the share of devices (0 to 1) on which the challenger's verdicts are the
+    /// pipeline's (written to `inferences`, alerted on, counted in KPIs) and the champion's
+    /// are the shadow. A device is in it when a stable hash of the pipeline's and the
+    /// device's names falls under the share, so adding devices moves no other device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_share: Option<f64>,
+    /// A/B split by name: devices on which the challenger is live, besides those `live_share`
+    /// draws.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub live_devices: Vec<String>,
 }
 
 /// `[pipelines.drift]`: every `windows` scored windows of a device, their features are
@@ -1893,6 +1904,8 @@ fn array_template(path: &str) -> Option<toml::Table> {
                 model_output: String::new(),
                 threshold: Some(String::new()),
                 training_windows: Some(0),
+                live_share: Some(0.0),
+                live_devices: vec![String::new()],
             }),
         })
         .ok();

@@ -763,6 +763,17 @@ impl Store {
         self.shared.catalog.is_queryable(table)
     }
 
+    /// Whether queries of `table` can name `column` (a table's columns are those its rows
+    /// have brought so far; naming another is an error).
+    pub fn has_column(&self, table: &str, column: &str) -> bool {
+        self.has_table(table)
+            && self
+                .shared
+                .catalog
+                .get(table)
+                .is_some_and(|schema| schema.column(column).is_some())
+    }
+
     /// Tables and their columns.
     pub fn tables(&self) -> Vec<TableInfo> {
         let mut out: Vec<TableInfo> = self

@@ -200,27 +200,54 @@ fn shadow_table(c: &ShadowComparison) -> String {
         "{} windows scored by both ({} by the challenger alone); flagged: champion {}, challenger {}, both {}; same verdict on {agreement}",
         c.windows, c.unpaired, c.champion_flags, c.challenger_flags, c.both_flagged
     );
-    let _ = writeln!(
-        out,
-        "confirmed faults (true positives): {}, flagged by the challenger too: {}",
-        c.confirmed, c.confirmed_flagged_by_challenger
-    );
-    let _ = writeln!(
-        out,
-        "false alarms (false positives): {}, flagged by the challenger too: {}",
-        c.false_alarms, c.false_alarms_flagged_by_challenger
-    );
+    if c.live_windows == 0 {
+        let _ = writeln!(
+            out,
+            "confirmed faults (true positives): {}, flagged by the challenger too: {}",
+            c.confirmed, c.confirmed_flagged_by_challenger
+        );
+        let _ = writeln!(
+            out,
+            "false alarms (false positives): {}, flagged by the challenger too: {}",
+            c.false_alarms, c.false_alarms_flagged_by_challenger
+        );
+    } else {
+        // An A/B split: the challenger's alerts were labelled too, so the champion did not
+        // flag every labelled window.
+        let _ = writeln!(
+            out,
+            "A/B split: the challenger's verdicts were the pipeline's on {} of these windows",
+            c.live_windows
+        );
+        let _ = writeln!(
+            out,
+            "confirmed faults (true positives): {}, flagged by the champion: {}, by the challenger: {}",
+            c.confirmed, c.confirmed_flagged_by_champion, c.confirmed_flagged_by_challenger
+        );
+        let _ = writeln!(
+            out,
+            "false alarms (false positives): {}, flagged by the champion: {}, by the challenger: {}",
+            c.false_alarms,
+            c.false_alarms_flagged_by_champion,
+            c.false_alarms_flagged_by_challenger
+        );
+    }
     let _ = writeln!(out, "{}", decision_line(&c.decision));
     let _ = writeln!(
         out,
-        "{:<16} {:>8} {:>9} {:>10} {:>5}",
-        "device", "windows", "champion", "challenger", "both"
+        "{:<16} {:>8} {:>9} {:>10} {:>5} {:>5}",
+        "device", "windows", "champion", "challenger", "both", "live"
     );
     for d in &c.devices {
         let _ = writeln!(
             out,
-            "{:<16} {:>8} {:>9} {:>10} {:>5}",
-            d.device, d.windows, d.champion_flags, d.challenger_flags, d.both_flagged
+            "{:<16} {:>8} {:>9} {:>10} {:>5} {:>5}",
+            d.device,
+            d.windows,
+            d.champion_flags,
+            d.challenger_flags,
+            d.both_flagged,
+            d.live_windows
         );
     }
     out
@@ -240,14 +267,15 @@ fn decision_line(d: &ShadowDecision) -> String {
         .decided_at
         .as_deref()
         .map_or(String::new(), |t| format!(", at the window of {t}"));
-    let missed = if d.challenger_missed > 0 {
-        format!(
-            "; the challenger missed {} confirmed fault(s) of these",
-            d.challenger_missed
-        )
-    } else {
-        String::new()
-    };
+    let mut missed = String::new();
+    for (who, count) in [
+        ("challenger", d.challenger_missed),
+        ("champion", d.champion_missed),
+    ] {
+        if count > 0 {
+            missed += &format!("; the {who} missed {count} confirmed fault(s) of these");
+        }
+    }
     format!(
         "decision ({} at alpha {}): {verdict}; right on {} (champion) vs {} (challenger) of {} labelled windows, {difference}, always-valid p {:.4}{when}{missed}",
         d.test, d.alpha, d.champion_right, d.challenger_right, d.windows, d.p_value

@@ -39,6 +39,9 @@ use tokio_util::sync::CancellationToken;
 
 /// The table every pipeline writes its inferences to.
 pub(crate) const INFERENCES_TABLE: &str = "inferences";
+
+/// The column (true) of the `inferences` rows a challenger wrote, on devices it is live on.
+pub(crate) const CHALLENGER_COLUMN: &str = "challenger";
 /// Windows closed per device, none of them complete, after which a pipeline's status says
 /// why.
 const STARVED_AFTER_WINDOWS: u64 = 3;
@@ -110,6 +113,44 @@ pub(crate) struct Compiled {
     /// The challenger scored on the same windows, if any: the pipeline's definition with the
     /// shadow's model fields.
     shadow: Option<Box<Compiled>>,
+}
+
+impl Compiled {
+    /// Whether the challenger's verdicts are the pipeline's on `device` (an A/B split,
+    /// `live_share` and `live_devices`), when it has verdicts there.
+    pub(crate) fn challenger_live(&self, device: &str) -> bool {
+        let Some(shadow) = &self.config.shadow else {
+            return false;
+        };
+        shadow.live_devices.iter().any(|d| d == device)
+            || shadow
+                .live_share
+                .is_some_and(|share| split_draw(&self.config.name, device) < share)
+    }
+
+    /// Whether any device can be in the challenger's arm.
+    fn has_live_split(&self) -> bool {
+        self.config.shadow.as_ref().is_some_and(|shadow| {
+            !shadow.live_devices.is_empty() || shadow.live_share.is_some_and(|share| share > 0.0)
+        })
+    }
+}
+
+/// A device's draw for pipeline `pipeline`'s A/B split: uniform in [0, 1), the same on every
+/// node, release and restart (FNV-1a, then SplitMix64's finaliser to spread similar names),
+/// and independent of the other devices, so a new device moves no other between arms.
+fn split_draw(pipeline: &str, device: &str) -> f64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in pipeline.bytes().chain([0xff]).chain(device.bytes()) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash ^= hash >> 30;
+    hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash ^= hash >> 27;
+    hash = hash.wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^= hash >> 31;
+    (hash >> 11) as f64 / (1_u64 << 53) as f64
 }
 
 fn duration_ns(text: &str) -> Result<i64, String> {
@@ -505,6 +546,23 @@ pub(crate) fn compile(config: &PipelineConfig) -> Result<Compiled, Vec<(String, 
             }
         }
     });
+    if let Some(shadow) = &config.shadow {
+        if shadow
+            .live_share
+            .is_some_and(|share| !(0.0..=1.0).contains(&share))
+        {
+            problem(
+                "shadow.live_share",
+                "must be a share of devices from 0 to 1 (0.25: about a quarter)".into(),
+            );
+        }
+        if shadow.live_devices.iter().any(|d| d.trim().is_empty()) {
+            problem(
+                "shadow.live_devices",
+                "a device id must not be empty".into(),
+            );
+        }
+    }
     match (model, threshold, window, interval, lateness_ns) {
         (Some(model), Some(threshold), Some(window), Some(interval), Some(lateness_ns))
             if problems.is_empty() =>
@@ -614,6 +672,8 @@ pub(crate) fn demo_pipeline() -> PipelineConfig {
             model_output: "auto".into(),
             threshold: None,
             training_windows: None,
+            live_share: None,
+            live_devices: Vec::new(),
         }),
     }
 }
@@ -1977,6 +2037,8 @@ impl Runner {
         let mut shadow_write_error = None;
         let mut samples = 0u64;
         let mut exported = ExportedCounters::new(&name);
+        // Per device of an A/B split, the start of the challenger's first window this run.
+        let mut live_from = BTreeMap::new();
         let mut ticker = tokio::time::interval(self.compiled.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -1991,6 +2053,7 @@ impl Runner {
                     &mut pipeline,
                     &mut shadow,
                     &mut shadow_write_error,
+                    &mut live_from,
                     &mut read_after,
                     horizon,
                     &mut samples,
@@ -2087,12 +2150,19 @@ impl Runner {
         {
             return Ok(0);
         }
+        // On the devices of an A/B split the challenger's verdicts are in `inferences` too;
+        // the champion learns again from its own.
+        let own_rows = if champion && self.store.has_column(table, CHALLENGER_COLUMN) {
+            format!("AND {CHALLENGER_COLUMN} IS NOT TRUE")
+        } else {
+            String::new()
+        };
         // Bounded in time: the scan runs at every start, and a device silent for longer
         // than this trains afresh.
         let sql = format!(
             "SELECT device, min(trained_from) AS trained_from, trained_until, \
              CAST(max(time) AS BIGINT) AS last_scored FROM {table} \
-             WHERE pipeline = {} AND trained_until IS NOT NULL \
+             WHERE pipeline = {} AND trained_until IS NOT NULL {own_rows} \
              AND time > now() - INTERVAL '{SPAN_LOOKUP_DAYS} days' \
              GROUP BY device, trained_until",
             literal(&self.compiled.config.name),
@@ -2103,15 +2173,34 @@ impl Runner {
             Ok((devices, _)) => devices,
             Err(_) => Some(Vec::new()),
         };
-        let output = match self.store.query(&sql).await {
+        let mut outputs = vec![match self.store.query(&sql).await {
             Ok(output) => output,
             // A table written before spans were recorded has no such columns.
             Err(e) if e.to_string().contains("trained_") => return Ok(0),
             Err(e) => return Err(e.to_string()),
-        };
+        }];
+        // On the devices of an A/B split the champion's spans are beside the challenger's
+        // verdicts.
+        if champion
+            && self
+                .store
+                .has_column(crate::shadow::SHADOW_TABLE, "champion_trained_until")
+        {
+            let sql = format!(
+                "SELECT device, min(champion_trained_from) AS trained_from, \
+                 champion_trained_until AS trained_until, \
+                 CAST(max(time) AS BIGINT) AS last_scored FROM {} \
+                 WHERE pipeline = {} AND champion_trained_until IS NOT NULL \
+                 AND time > now() - INTERVAL '{SPAN_LOOKUP_DAYS} days' \
+                 GROUP BY device, champion_trained_until",
+                crate::shadow::SHADOW_TABLE,
+                literal(&self.compiled.config.name),
+            );
+            outputs.push(self.store.query(&sql).await.map_err(|e| e.to_string())?);
+        }
         // Per device, the span of the inferences scored last.
         let mut spans: BTreeMap<String, (i64, (i64, i64))> = BTreeMap::new();
-        for batch in &output.batches {
+        for batch in outputs.iter().flat_map(|output| &output.batches) {
             let devices: StringArray =
                 cast_column(batch, 0, &DataType::Utf8, "device did not cast to text")?;
             let from: Int64Array =
@@ -2284,6 +2373,7 @@ impl Runner {
         pipeline: &mut Pipeline,
         shadow: &mut Option<Pipeline>,
         shadow_write_error: &mut Option<String>,
+        live_from: &mut BTreeMap<String, i64>,
         read_after: &mut Option<i64>,
         horizon: i64,
         samples: &mut u64,
@@ -2330,7 +2420,41 @@ impl Runner {
                 checks.retain(|c| devices.contains(&c.device));
                 challenged.retain(|i| devices.contains(&i.device));
             }
-            self.write(&inferences, stage).await?;
+            // On the devices the challenger is live on (an A/B split), its verdicts are the
+            // pipeline's from its first window on; before, the champion's stand in (while the
+            // challenger still learns, or when it failed to load): a device is never left
+            // unwatched. By time, not window by window: count windows of the two may start at
+            // other samples after a restore, and both would then act on every window.
+            let live: Vec<Inference> = if self.compiled.has_live_split() {
+                challenged
+                    .iter()
+                    .filter(|i| self.compiled.challenger_live(&i.device))
+                    .cloned()
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            for inference in &live {
+                live_from
+                    .entry(inference.device.clone())
+                    .and_modify(|from| *from = (*from).min(inference.window_start_ns))
+                    .or_insert(inference.window_start_ns);
+            }
+            if live_from.is_empty() {
+                self.write(&inferences, stage, false).await?;
+            } else {
+                let acting: Vec<Inference> = inferences
+                    .iter()
+                    .filter(|i| {
+                        live_from
+                            .get(&i.device)
+                            .is_none_or(|&from| i.window_start_ns < from)
+                    })
+                    .cloned()
+                    .collect();
+                self.write(&acting, stage, false).await?;
+                self.write(&live, stage, true).await?;
+            }
             crate::drift::record(
                 &self.store,
                 &self.compiled.config.name,
@@ -2346,6 +2470,7 @@ impl Runner {
                     &challenger.config,
                     &inferences,
                     &challenged,
+                    |device| self.compiled.challenger_live(device),
                 )
                 .await
                 {
@@ -2604,18 +2729,35 @@ impl Runner {
     }
 
     /// Stores inferences, each stamped with the stage its use case was at (if any).
-    async fn write(&self, inferences: &[Inference], stage: Option<Stage>) -> Result<(), String> {
+    ///
+    /// `challenger`: the verdicts are the challenger's, on devices it is live on (an A/B
+    /// split); their rows say so (`challenger`), so the champion restores its own spans.
+    async fn write(
+        &self,
+        inferences: &[Inference],
+        stage: Option<Stage>,
+        challenger: bool,
+    ) -> Result<(), String> {
         if inferences.is_empty() {
             return Ok(());
         }
         let config = &self.compiled.config;
         let name = &config.name;
-        let model = model_tag(config);
+        let scored_by = match (&self.compiled.shadow, challenger) {
+            (Some(shadow), true) => &shadow.config,
+            _ => config,
+        };
+        let model = model_tag(scored_by);
         let points: Vec<Point> = inferences
             .iter()
             .map(|inference| {
-                let version = model_version(config, &inference.model_version);
+                let version = model_version(scored_by, &inference.model_version);
                 let mut point = inference_point(name, &model, &version, inference);
+                if challenger {
+                    point
+                        .fields
+                        .push((CHALLENGER_COLUMN.to_owned(), Value::Bool(true)));
+                }
                 // Fields, not tags: a window scored again after a stage change is the same
                 // series and time, and replaces its row rather than doubling it.
                 if let (Some(use_case), Some(stage)) = (&config.use_case, stage) {
@@ -3060,6 +3202,8 @@ mod tests {
             model_output: "auto".into(),
             threshold: None,
             training_windows: None,
+            live_share: None,
+            live_devices: Vec::new(),
         });
         shadowed.features.push("median".into());
         let problems = compile(&shadowed).unwrap_err();
@@ -3132,5 +3276,51 @@ mod tests {
         p.window = "10s".into();
         p.hop = Some("20s".into());
         assert!(compile(&p).is_err());
+    }
+
+    #[test]
+    fn an_ab_split_draws_each_device_once_and_for_all() {
+        let split = |share: Option<f64>, listed: &[&str]| {
+            let mut p = demo_pipeline();
+            if let Some(shadow) = p.shadow.as_mut() {
+                shadow.live_share = share;
+                shadow.live_devices = listed.iter().map(|d| (*d).to_owned()).collect();
+            }
+            compile(&p).expect("compiles")
+        };
+        let devices: Vec<String> = (0..10_000).map(|i| format!("pump-{i:05}")).collect();
+        let live =
+            |c: &Compiled| -> Vec<bool> { devices.iter().map(|d| c.challenger_live(d)).collect() };
+        let quarter = live(&split(Some(0.25), &[]));
+        let in_quarter = quarter.iter().filter(|&&l| l).count();
+        // Binomial(10,000, 0.25): the standard deviation is 43.
+        assert!((2_300..2_700).contains(&in_quarter), "{in_quarter}");
+        // A larger share only adds devices; the same share draws the same ones.
+        let half = live(&split(Some(0.5), &[]));
+        assert!(quarter.iter().zip(&half).all(|(q, h)| !q || *h));
+        assert_eq!(quarter, live(&split(Some(0.25), &[])));
+        // Names, not shares: exactly the listed devices; no split, no device.
+        let named = split(None, &["pump-00007"]);
+        assert!(named.challenger_live("pump-00007") && !named.challenger_live("pump-00008"));
+        assert!(live(&split(None, &[])).iter().all(|&l| !l));
+        assert!(live(&split(Some(1.0), &[])).iter().all(|&l| l));
+        // The draw depends on the pipeline too, so two pipelines split differently.
+        assert_ne!(
+            split_draw("pump-health", "pump-00001"),
+            split_draw("pump-acoustic", "pump-00001")
+        );
+        // Refused outside 0..1, and empty names.
+        let mut p = demo_pipeline();
+        if let Some(shadow) = p.shadow.as_mut() {
+            shadow.live_share = Some(-0.1);
+            shadow.live_devices = vec![" ".into()];
+        }
+        let problems = compile(&p).unwrap_err();
+        let fields: Vec<&str> = problems.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["shadow.live_share", "shadow.live_devices"],
+            "{problems:?}"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Challenger models (`[pipelines.shadow]`) as data: each window the challenger scores is a row
 //! of `shadow_inferences` beside the champion's verdict on the same window, never read by alert
-//! rules or use-case KPIs (they read `inferences`); and the comparison of the two, on every
+//! rules or use-case KPIs (they read `inferences`, where the pipeline writes the challenger's
+//! verdicts only on the devices of an A/B split); and the comparison of the two, on every
 //! window and on the windows operators labelled through alert feedback.
 
 use std::collections::BTreeMap;
@@ -21,16 +22,21 @@ use crate::sql_text::literal;
 /// The table challengers' inferences are written to.
 pub(crate) const SHADOW_TABLE: &str = "shadow_inferences";
 
+/// The column (true) of `shadow_inferences` rows on devices the challenger was live on (an A/B
+/// split): its verdict was the pipeline's, and the champion's beside it the shadow.
+const LIVE_COLUMN: &str = "live";
+
 /// Stores the challenger's `challenged` inferences of pipeline `champion` (its definition; the
 /// challenger's is `challenger`), each with the champion's score and flag on the same window
-/// when the champion scored it (`champion_inferences`, from the same pass). Whether there
-/// was anything to store.
+/// when the champion scored it (`champion_inferences`, from the same pass), and whether the
+/// challenger was `live` on the device. Whether there was anything to store.
 pub(crate) async fn record(
     store: &Store,
     champion: &PipelineConfig,
     challenger: &PipelineConfig,
     champion_inferences: &[Inference],
     challenged: &[Inference],
+    live: impl Fn(&str) -> bool,
 ) -> Result<bool, String> {
     if challenged.is_empty() {
         return Ok(false);
@@ -52,9 +58,27 @@ pub(crate) async fn record(
                 "champion_model".to_owned(),
                 Value::Str(champion_tag.clone()),
             ));
+            let live = live(&inference.device);
+            if live {
+                point
+                    .fields
+                    .push((LIVE_COLUMN.to_owned(), Value::Bool(true)));
+            }
             if let Some(verdict) =
                 by_window.get(&(inference.device.as_str(), inference.window_start_ns))
             {
+                // Where the challenger acts, the champion writes no rows of its own: its
+                // span is kept here, for it to learn again from at a restart.
+                if live {
+                    point.fields.push((
+                        "champion_trained_from".to_owned(),
+                        Value::I64(verdict.trained_from_ns),
+                    ));
+                    point.fields.push((
+                        "champion_trained_until".to_owned(),
+                        Value::I64(verdict.trained_until_ns),
+                    ));
+                }
                 disagreements += u64::from(verdict.flag != inference.flag);
                 point.fields.push((
                     "champion_model_version".to_owned(),
@@ -144,10 +168,13 @@ pub(crate) async fn compare(
         challenger_flags: 0,
         both_flagged: 0,
         agreement: None,
+        live_windows: 0,
         confirmed: 0,
         confirmed_flagged_by_challenger: 0,
+        confirmed_flagged_by_champion: 0,
         false_alarms: 0,
         false_alarms_flagged_by_challenger: 0,
+        false_alarms_flagged_by_champion: 0,
         decision: undecided(&test),
         devices: Vec::new(),
     };
@@ -189,11 +216,18 @@ pub(crate) async fn compare(
         literal(&challenger_version),
         literal(&champion_version)
     );
+    // A table written before A/B splits, or only by pure shadows, has no `live` column.
+    let live_windows = if store.has_column(SHADOW_TABLE, LIVE_COLUMN) {
+        format!("sum(CASE WHEN s.{LIVE_COLUMN} THEN 1 ELSE 0 END)")
+    } else {
+        "CAST(0 AS BIGINT)".to_owned()
+    };
     let sql = format!(
         "SELECT s.device, count(*) AS windows, \
          sum(CASE WHEN s.champion_flag THEN 1 ELSE 0 END) AS champion_flags, \
          sum(CASE WHEN s.flag THEN 1 ELSE 0 END) AS challenger_flags, \
-         sum(CASE WHEN s.flag AND s.champion_flag THEN 1 ELSE 0 END) AS both_flagged \
+         sum(CASE WHEN s.flag AND s.champion_flag THEN 1 ELSE 0 END) AS both_flagged, \
+         {live_windows} AS live_windows \
          FROM {SHADOW_TABLE} s WHERE {paired} GROUP BY s.device ORDER BY s.device"
     );
     let output = store.query(&sql).await.map_err(|e| e.to_string())?;
@@ -202,11 +236,12 @@ pub(crate) async fn compare(
         let count = |index: usize, what: &str| -> Result<Int64Array, String> {
             cast_column(batch, index, &DataType::Int64, what)
         };
-        let (windows, champion_flags, challenger_flags, both) = (
+        let (windows, champion_flags, challenger_flags, both, live) = (
             count(1, "windows")?,
             count(2, "champion_flags")?,
             count(3, "challenger_flags")?,
             count(4, "both_flagged")?,
+            count(5, "live_windows")?,
         );
         for row in 0..batch.num_rows() {
             let value = |array: &Int64Array| u64::try_from(array.value(row)).unwrap_or(0);
@@ -216,6 +251,7 @@ pub(crate) async fn compare(
                 champion_flags: value(&champion_flags),
                 challenger_flags: value(&challenger_flags),
                 both_flagged: value(&both),
+                live_windows: value(&live),
             });
         }
     }
@@ -224,6 +260,7 @@ pub(crate) async fn compare(
         comparison.champion_flags += device.champion_flags;
         comparison.challenger_flags += device.challenger_flags;
         comparison.both_flagged += device.both_flagged;
+        comparison.live_windows += device.live_windows;
     }
     if comparison.windows > 0 {
         let different =
@@ -277,11 +314,18 @@ pub(crate) async fn compare(
     let Some(first_ns) = first_ns else {
         return Ok(comparison);
     };
+    let acting = format!(
+        "((i.model = {} AND i.model_version = {}) OR (i.model = {} AND i.model_version = {}))",
+        literal(&champion_tag),
+        literal(&champion_version),
+        literal(&challenger_tag),
+        literal(&challenger_version),
+    );
     labelled(
         store,
         &pair_ever,
+        &acting,
         first_ns,
-        &champion_version,
         &mut comparison,
         &mut test,
     )
@@ -304,6 +348,7 @@ fn undecided(test: &MixtureSprt) -> ShadowDecision {
         champion_right: 0,
         challenger_right: 0,
         challenger_missed: 0,
+        champion_missed: 0,
         difference: None,
         p_value: test.p_value(),
         decided_at: None,
@@ -314,14 +359,15 @@ fn undecided(test: &MixtureSprt) -> ShadowDecision {
 /// an alert on a pipeline's inferences starts at a flagged window, and its `alert_labels` row
 /// is stamped at that window's time, naming the pipeline when the rule's context carries it
 /// (rows that do not are not counted: they cannot be told from another pipeline's alert on
-/// the same device and instant). Only windows of the compared pair, ever: flagged by the
-/// champion's version and scored by the challenger's (`pair`); each once, confirmed if any
-/// alert on it was.
+/// the same device and instant). Only windows of the compared pair, ever: flagged in
+/// `inferences` by one of the pair's versions (`acting`: the champion's, or the challenger's
+/// where it is live) and scored by both (`pair`); each once, confirmed if any alert on it
+/// was.
 async fn labelled(
     store: &Store,
     pair: &str,
+    acting: &str,
     first_ns: i64,
-    champion_version: &str,
     comparison: &mut ShadowComparison,
     test: &mut MixtureSprt,
 ) -> Result<(), String> {
@@ -335,15 +381,14 @@ async fn labelled(
     // order, which the sequential test needs.
     let sql = format!(
         "SELECT i.window_id, bool_or(l.true_positive) AS confirmed, bool_or(s.flag) AS flag, \
-         CAST(min(i.time) AS BIGINT) AS time \
+         bool_or(s.champion_flag) AS champion_flag, CAST(min(i.time) AS BIGINT) AS time \
          FROM {labels} l \
          JOIN inferences i ON i.device = l.device AND i.time = l.time AND i.pipeline = {pipeline} \
-         AND i.flag AND i.model_version = {champion} AND i.time >= {first} \
+         AND i.flag AND {acting} AND i.time >= {first} \
          JOIN (SELECT * FROM {SHADOW_TABLE} s WHERE {pair} AND s.time >= {first}) s \
          ON s.device = i.device AND s.window_id = i.window_id \
          WHERE l.pipeline = {pipeline} AND l.time >= {first} GROUP BY i.window_id \
          ORDER BY time, i.window_id",
-        champion = literal(champion_version),
         first = timestamp_literal(first_ns),
     );
     let Some(output) = query_unless_missing(store, &sql, "l.pipeline").await? else {
@@ -352,18 +397,23 @@ async fn labelled(
     for batch in &output.batches {
         let confirmed: BooleanArray = cast_column(batch, 1, &DataType::Boolean, "true_positive")?;
         let flagged: BooleanArray = cast_column(batch, 2, &DataType::Boolean, "flag")?;
-        let time: Int64Array = cast_column(batch, 3, &DataType::Int64, "time")?;
+        let champion_flagged: BooleanArray =
+            cast_column(batch, 3, &DataType::Boolean, "champion_flag")?;
+        let time: Int64Array = cast_column(batch, 4, &DataType::Int64, "time")?;
         for row in 0..batch.num_rows() {
             if confirmed.is_null(row) {
                 continue;
             }
-            let caught = !flagged.is_null(row) && flagged.value(row);
+            let flags = Flags {
+                challenger: !flagged.is_null(row) && flagged.value(row),
+                champion: !champion_flagged.is_null(row) && champion_flagged.value(row),
+            };
             let fault = confirmed.value(row);
             decide(
                 &mut comparison.decision,
                 test,
                 fault,
-                caught,
+                flags,
                 time.value(row),
             );
             if time.value(row) <= counted_from {
@@ -371,34 +421,44 @@ async fn labelled(
             }
             if fault {
                 comparison.confirmed += 1;
-                comparison.confirmed_flagged_by_challenger += u64::from(caught);
+                comparison.confirmed_flagged_by_challenger += u64::from(flags.challenger);
+                comparison.confirmed_flagged_by_champion += u64::from(flags.champion);
             } else {
                 comparison.false_alarms += 1;
-                comparison.false_alarms_flagged_by_challenger += u64::from(caught);
+                comparison.false_alarms_flagged_by_challenger += u64::from(flags.challenger);
+                comparison.false_alarms_flagged_by_champion += u64::from(flags.champion);
             }
         }
     }
     Ok(())
 }
 
-/// Adds one labelled window to the decision: the champion flagged it, so it was right if the
-/// fault was confirmed; the challenger was right if its flag matches the label. Windows after
-/// the deciding one count in the totals above, not in the test.
+/// What each model said of one labelled window.
+#[derive(Debug, Clone, Copy)]
+struct Flags {
+    champion: bool,
+    challenger: bool,
+}
+
+/// Adds one labelled window to the decision: each model was right if its flag matches the
+/// label (the acting model flagged it: the champion, or the challenger where it is live).
+/// Windows after the deciding one count in the totals above, not in the test.
 fn decide(
     decision: &mut ShadowDecision,
     test: &mut MixtureSprt,
     fault: bool,
-    challenger_flagged: bool,
+    flags: Flags,
     time_ns: i64,
 ) {
     if decision.decided_at.is_some() {
         return;
     }
-    let (champion_right, challenger_right) = (fault, challenger_flagged == fault);
+    let (champion_right, challenger_right) = (flags.champion == fault, flags.challenger == fault);
     decision.windows += 1;
     decision.champion_right += u64::from(champion_right);
     decision.challenger_right += u64::from(challenger_right);
-    decision.challenger_missed += u64::from(fault && !challenger_flagged);
+    decision.challenger_missed += u64::from(fault && !flags.challenger);
+    decision.champion_missed += u64::from(fault && !flags.champion);
     let rejected = test.update(
         f64::from(u8::from(champion_right)),
         f64::from(u8::from(challenger_right)),
@@ -544,6 +604,69 @@ mod tests {
             decided.timestamp() < (now - 9 * day) / 1_000_000_000,
             "{d:?}"
         );
+    }
+
+    /// Windows of pump-b, where the challenger is live (an A/B split): its verdicts are in
+    /// `inferences`, flagged, the champion's beside them in the shadow rows. `(confirmed,
+    /// champion flagged)`.
+    fn live_windows_from(start: i64, first: usize, verdicts: &[(bool, bool)]) -> String {
+        let mut body = String::new();
+        for (i, &(confirmed, champion_flag)) in verdicts.iter().enumerate() {
+            let k = first + i;
+            let time = start + i as i64 * MINUTE;
+            let window = format!("pump-health/pump-b/{k}");
+            body.push_str(&format!(
+                "inferences,pipeline=pump-health,device=pump-b,model=iforest \
+                 flag=true,score=0.9,window_id=\"{window}\",model_version=\"c1\",challenger=true {time}\n\
+                 shadow_inferences,pipeline=pump-health,device=pump-b,model=iforest \
+                 flag=true,score=0.9,window_id=\"{window}\",model_version=\"c1\",live=true,\
+                 champion_model=\"robust_z\",champion_model_version=\"v1\",\
+                 champion_flag={champion_flag},champion_score=1.0 {time}\n\
+                 alert_labels,device=pump-b,pipeline=pump-health \
+                 alert_id=\"b{k}\",true_positive={confirmed},by=\"op\" {time}\n"
+            ));
+        }
+        body
+    }
+
+    #[tokio::test]
+    async fn a_live_challengers_labels_count_the_faults_only_it_caught() {
+        let start = fabrik_core::Timestamp::now().nanos() - 3 * 3600 * 1_000_000_000;
+        // On the champion's pump, four false alarms both raised. On the challenger's, twelve
+        // confirmed faults the champion missed, then two false alarms it would have raised
+        // too: labels a pure shadow never gets.
+        let mut lines = labelled_windows_from(start, 0, &[(false, true); 4]);
+        let mut live = vec![(true, false); 12];
+        live.extend([(false, true); 2]);
+        lines += &live_windows_from(start + 10 * MINUTE, 0, &live);
+        let c = compared_lines(&lines, 0.05).await;
+        assert_eq!(c.windows, 18, "{c:?}");
+        assert_eq!(c.live_windows, 14, "{c:?}");
+        let pump_b = c.devices.iter().find(|d| d.device == "pump-b").expect("b");
+        assert_eq!((pump_b.windows, pump_b.live_windows), (14, 14), "{c:?}");
+        assert_eq!((c.confirmed, c.false_alarms), (12, 6), "{c:?}");
+        assert_eq!(
+            (
+                c.confirmed_flagged_by_challenger,
+                c.confirmed_flagged_by_champion
+            ),
+            (12, 0),
+            "{c:?}"
+        );
+        assert_eq!(
+            (
+                c.false_alarms_flagged_by_challenger,
+                c.false_alarms_flagged_by_champion
+            ),
+            (6, 6),
+            "{c:?}"
+        );
+        let d = &c.decision;
+        assert_eq!(d.verdict, ShadowVerdict::ChallengerBetter, "{d:?}");
+        assert_eq!(d.challenger_missed, 0, "{d:?}");
+        assert!(d.champion_missed > 0, "{d:?}");
+        assert_eq!(d.champion_right, 0, "{d:?}");
+        assert_eq!(d.challenger_right, d.champion_missed, "{d:?}");
     }
 
     #[tokio::test]

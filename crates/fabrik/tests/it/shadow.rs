@@ -1,6 +1,7 @@
 //! A challenger model in the shadow of a pipeline's model: it scores the same windows, its
-//! verdicts go to `shadow_inferences` beside the champion's and never raise alerts, and the
-//! comparison counts the windows both scored and the ones operators labelled.
+//! verdicts go to `shadow_inferences` beside the champion's and raise alerts only on the
+//! devices of an A/B split, and the comparison counts the windows both scored and the ones
+//! operators labelled.
 
 use crate::mqtt::{eventually, http, query};
 use crate::support::{Process, count_if_any, now_ns};
@@ -340,6 +341,239 @@ fn an_uploaded_model_as_challenger_is_checked_and_held_like_the_pipelines_own() 
         None,
     );
     assert_eq!(code, 409, "{error}");
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}
+
+/// An A/B split: the challenger's verdicts are the pipeline's on pump-c. It learns for ten
+/// windows longer than the champion, whose verdicts stand in meanwhile.
+const SPLIT_CONFIG: &str = r#"
+[[pipelines]]
+name = "pumps"
+table = "pump"
+signals = ["vibration", "current"]
+window = "10s"
+features = ["mean", "std", "max"]
+training_windows = 20
+interval = "200ms"
+lateness = "0s"
+start = "earliest"
+
+[pipelines.shadow]
+model = "pca_t2q"
+threshold = 0.000001
+training_windows = 30
+live_devices = ["pump-c"]
+
+[[alerting.rules]]
+name = "pump-anomaly"
+table = "inferences"
+value = "score / threshold"
+key = "device"
+filter = "pipeline = 'pumps'"
+condition = "above"
+threshold = 1.0
+clear = 0.8
+severity = "critical"
+context = ["pipeline", "window_id"]
+interval = "200ms"
+start = "earliest"
+"#;
+
+#[test]
+fn an_ab_split_lets_the_challenger_act_on_its_devices_and_labels_count_both_ways() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("fabrik.toml");
+    std::fs::write(&config, SPLIT_CONFIG).expect("config");
+    let p = Process::start_with_args(
+        &dir.path().join("data"),
+        &["--config", config.to_str().expect("utf-8")],
+        &[],
+    );
+    let start = (now_ns() - 3600 * SECOND) / (10 * SECOND) * (10 * SECOND);
+    assert_eq!(
+        crate::support::post_status(&p.url, "/api/v1/write", &history(start)),
+        200
+    );
+    // 60 windows a pump: the champion scores 40, the challenger 30.
+    eventually("both models scored every window", || {
+        count_if_any(&p.url, "SELECT count(*) AS n FROM shadow_inferences") == Some(90)
+            && count_if_any(
+                &p.url,
+                "SELECT count(*) AS n FROM inferences WHERE pipeline = 'pumps'",
+            ) == Some(120)
+    });
+    // pump-c's verdicts: the champion's while the challenger learnt, then the challenger's,
+    // marked as such; the other pumps' are the champion's alone.
+    let rows = query(
+        &p.url,
+        "SELECT device, model, count(*) AS n, sum(CASE WHEN challenger THEN 1 ELSE 0 END) AS c \
+         FROM inferences WHERE pipeline = 'pumps' GROUP BY device, model ORDER BY device, model",
+    );
+    let summary: Vec<(String, String, i64, i64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["device"].as_str().unwrap_or_default().to_owned(),
+                r["model"].as_str().unwrap_or_default().to_owned(),
+                r["n"].as_i64().unwrap_or(-1),
+                r["c"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    let expected = [
+        ("pump-a", "robust_z", 40, 0),
+        ("pump-b", "robust_z", 40, 0),
+        ("pump-c", "pca_t2q", 30, 30),
+        ("pump-c", "robust_z", 10, 0),
+    ]
+    .map(|(d, m, n, c)| (d.to_owned(), m.to_owned(), n, c));
+    assert_eq!(summary, expected, "{rows:?}");
+
+    // The challenger alerts on pump-c (it flags every window), the champion on pump-a.
+    let alerts = || -> Vec<serde_json::Value> {
+        let (_, alerts) = http(
+            &p.url,
+            reqwest::Method::GET,
+            "/api/v1/alerts?rule=pump-anomaly",
+            None,
+        );
+        alerts.as_array().cloned().unwrap_or_default()
+    };
+    eventually("pump-a's and pump-c's alerts fire", || alerts().len() == 2);
+    let mut keys: Vec<String> = alerts()
+        .iter()
+        .map(|a| a["key"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["pump-a", "pump-c"]);
+    // The champion's span on pump-c, where it writes no rows once the challenger acts, is
+    // kept beside the challenger's verdicts for a restart.
+    let spans = query(
+        &p.url,
+        "SELECT count(DISTINCT champion_trained_until) AS n, \
+         sum(CASE WHEN champion_trained_until IS NULL THEN 1 ELSE 0 END) AS missing \
+         FROM shadow_inferences WHERE device = 'pump-c'",
+    );
+    assert_eq!(
+        (&spans[0]["n"], &spans[0]["missing"]),
+        (&1.into(), &0.into()),
+        "{spans:?}"
+    );
+    let stand_in = query(
+        &p.url,
+        "SELECT DISTINCT trained_until FROM inferences WHERE device = 'pump-c' \
+         AND model = 'robust_z'",
+    );
+    let kept = query(
+        &p.url,
+        "SELECT DISTINCT champion_trained_until AS trained_until FROM shadow_inferences \
+         WHERE device = 'pump-c'",
+    );
+    assert_eq!(stand_in, kept);
+    // pump-a's fault is confirmed; the challenger's alert on pump-c, which started before
+    // pump-c's fault, is called false.
+    for alert in alerts() {
+        let verdict = if alert["key"] == "pump-a" {
+            "true_positive"
+        } else {
+            "false_positive"
+        };
+        let id = alert["id"].as_str().expect("id");
+        let (ok, text) =
+            crate::support::client_command(&p.url, &["alert", "ack", id, "--feedback", verdict]);
+        assert!(ok, "{text}");
+    }
+
+    let (code, c) = http(
+        &p.url,
+        reqwest::Method::GET,
+        "/api/v1/pipelines/pumps/shadow",
+        None,
+    );
+    assert_eq!(code, 200, "{c}");
+    assert_eq!(
+        (&c["windows"], &c["unpaired"], &c["live_windows"]),
+        (&90.into(), &0.into(), &30.into()),
+        "{c}"
+    );
+    assert_eq!(
+        (
+            &c["champion_flags"],
+            &c["challenger_flags"],
+            &c["both_flagged"]
+        ),
+        (&20.into(), &90.into(), &20.into()),
+        "{c}"
+    );
+    // Both labels count, the challenger's alert's too: the champion would not have raised
+    // that false alarm.
+    assert_eq!(
+        (
+            &c["confirmed"],
+            &c["confirmed_flagged_by_champion"],
+            &c["confirmed_flagged_by_challenger"]
+        ),
+        (&1.into(), &1.into(), &1.into()),
+        "{c}"
+    );
+    assert_eq!(
+        (
+            &c["false_alarms"],
+            &c["false_alarms_flagged_by_champion"],
+            &c["false_alarms_flagged_by_challenger"]
+        ),
+        (&1.into(), &0.into(), &1.into()),
+        "{c}"
+    );
+    let d = &c["decision"];
+    assert_eq!(
+        (&d["windows"], &d["champion_right"], &d["challenger_right"]),
+        (&2.into(), &2.into(), &1.into()),
+        "{c}"
+    );
+    let devices = c["devices"].as_array().expect("devices");
+    let live: Vec<(&str, i64)> = devices
+        .iter()
+        .map(|d| {
+            (
+                d["device"].as_str().unwrap_or_default(),
+                d["live_windows"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    assert_eq!(live, [("pump-a", 0), ("pump-b", 0), ("pump-c", 30)]);
+
+    let (ok, text) = crate::support::client_command(&p.url, &["pipeline", "shadow", "pumps"]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains(
+            "A/B split: the challenger's verdicts were the pipeline's on 30 of these windows"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "false alarms (false positives): 1, flagged by the champion: 0, by the challenger: 1"
+        ),
+        "{text}"
+    );
+
+    // A share outside 0..1 is refused, naming the field.
+    let bad = serde_json::json!({
+        "name": "pumps-2",
+        "table": "pump",
+        "signals": ["vibration"],
+        "shadow": {"model": "pca_t2q", "live_share": 1.5},
+    });
+    let (code, error) = http(
+        &p.url,
+        reqwest::Method::PUT,
+        "/api/v1/pipelines/pumps-2?dry_run=true",
+        Some(bad),
+    );
+    assert_eq!(code, 400, "{error}");
+    assert!(error.to_string().contains("shadow.live_share"), "{error}");
     let (status, _) = p.terminate();
     assert!(status.success());
 }
