@@ -8,4 +8,5 @@
 mod modbus;
 mod opcua;
 mod opcua_peer;
+mod ports;
 mod sparkplug;

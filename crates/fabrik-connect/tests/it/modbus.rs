@@ -513,11 +513,8 @@ async fn dead_device_does_not_delay_the_healthy_one_and_recovers() {
 
 #[tokio::test]
 async fn unreachable_device_backs_off_exponentially_and_stops_on_shutdown() {
-    // A port that nobody listens on: bind, note it, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind")
-        .port();
+    // A port that nobody listens on, held for the whole test.
+    let (_reservation, port) = crate::ports::reserved_port();
     let config = ModbusConfig {
         devices: vec![device(
             "ghost",

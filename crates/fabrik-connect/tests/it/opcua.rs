@@ -740,11 +740,8 @@ async fn username_password_is_required_and_accepted() {
 async fn server_down_at_start_is_reported_then_connected_when_it_comes_up() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Refused until the server below starts on it.
+    let (reservation, port) = crate::ports::reserved_port();
     let endpoint = format!("opc.tcp://127.0.0.1:{port}/fabrik/");
     let mut run = Running::start(&server_toml(
         "late",
@@ -766,6 +763,7 @@ async fn server_down_at_start_is_reported_then_connected_when_it_comes_up() {
     let more = run.collect(Duration::from_secs(2), |_| false).await;
     assert!(more.is_empty(), "the outage is reported once: {more:#?}");
 
+    drop(reservation);
     let peer = Peer::start(PeerOptions {
         port,
         security: "none",
