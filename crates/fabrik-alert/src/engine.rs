@@ -53,6 +53,18 @@ pub enum Condition {
         /// Values without a change that resolve it.
         settle: u32,
     },
+    /// The rate of errors among the key's outcomes rose: each value is one outcome, an error
+    /// from 0.5 up (1: an alert operators called false, a prediction the label contradicted),
+    /// and HDDM_A (one-sided, as river computes it) flags a drift at confidence `confidence`
+    /// (river's default 0.001). Model decay without a threshold in any unit. It clears once
+    /// `settle` outcomes have come without another drift.
+    ErrorRate {
+        /// HDDM_A's drift confidence; its warning confidence is five times it, as river's
+        /// defaults are.
+        confidence: f64,
+        /// Outcomes without a drift that resolve it.
+        settle: u32,
+    },
 }
 
 /// A rule as the engine needs it.
@@ -159,6 +171,9 @@ struct KeyState {
     /// The change watch of a `Change` rule, and the values since its last detection.
     change: Option<Box<ChangeWatch>>,
     since_change: u32,
+    /// The detector of an `ErrorRate` rule (the values since its last drift are
+    /// `since_change`).
+    error_rate: Option<Box<fabrik_ml::drift::binary::HddmA>>,
 }
 
 /// Values a [`ChangeWatch`] collects to learn a key's scale.
@@ -267,6 +282,14 @@ impl RuleEngine {
                 {
                     state.change = None;
                 }
+            }
+        }
+        // So does an error-rate detector of another confidence.
+        if let Condition::ErrorRate { confidence, .. } = rule.condition
+            && !matches!(self.rule.condition, Condition::ErrorRate { confidence: old, .. } if old == confidence)
+        {
+            for state in self.keys.values_mut() {
+                state.error_rate = None;
             }
         }
         self.rule = rule;
@@ -438,6 +461,23 @@ impl RuleEngine {
                         .change
                         .get_or_insert_with(|| Box::new(ChangeWatch::new(delta)));
                     if watch.update(o.value) {
+                        state.since_change = 0;
+                        true
+                    } else {
+                        state.since_change = state.since_change.saturating_add(1);
+                        state.active && state.since_change < settle
+                    }
+                }
+                Condition::ErrorRate { confidence, settle } => {
+                    use fabrik_ml::drift::binary::{ErrorRateDetector, HddmA};
+                    let detector = state.error_rate.get_or_insert_with(|| {
+                        Box::new(HddmA::new(
+                            confidence,
+                            (confidence * 5.0).min(0.5).max(confidence),
+                            false,
+                        ))
+                    });
+                    if detector.update(o.value >= 0.5).drift {
                         state.since_change = 0;
                         true
                     } else {
@@ -910,6 +950,66 @@ mod tests {
         assert!((300..320).contains(&fired), "fired at {fired}");
         assert_eq!(moved[1].state, AlertState::Resolved);
         assert_eq!(moved[1].at_ns / S, fired + 30, "{moved:?}");
+    }
+
+    #[test]
+    fn a_rising_error_rate_fires_and_resolves_once_outcomes_settle() {
+        let mut e = RuleEngine::new(rule(
+            Condition::ErrorRate {
+                confidence: 0.001,
+                settle: 30,
+            },
+            0,
+        ));
+        // One outcome a second per key: one error in ten throughout on `steady`; on
+        // `decayed`, one in two from outcome 200 (a pseudo-random but fixed pattern).
+        let error = |i: i64, every: i64| (i * 7919 + 3) % every == 0;
+        let mut observations = Vec::new();
+        for i in 0..400_i64 {
+            observations.push(obs("steady", i, f64::from(u8::from(error(i, 10)))));
+            let every = if i >= 200 { 2 } else { 10 };
+            observations.push(obs("decayed", i, f64::from(u8::from(error(i + 1, every)))));
+        }
+        let t = e.observe(&observations);
+        assert!(t.iter().all(|t| t.key == "decayed"), "{t:?}");
+        let fired = t
+            .iter()
+            .find(|t| t.state == AlertState::Firing)
+            .map(|t| t.at_ns / S)
+            .expect("fired");
+        assert!((200..260).contains(&fired), "fired at {fired}");
+        // HDDM_A starts afresh after a drift, and the higher rate is then its normal: the
+        // alert resolves after 30 outcomes without another.
+        let resolved = t
+            .iter()
+            .find(|t| t.state == AlertState::Resolved)
+            .map(|t| t.at_ns / S)
+            .expect("resolved");
+        assert!(resolved >= fired + 30, "{t:?}");
+        // Anything from 0.5 up is an error: the same outcomes as 0.9 and 0.1 decide the same.
+        let mut scaled = RuleEngine::new(rule(
+            Condition::ErrorRate {
+                confidence: 0.001,
+                settle: 30,
+            },
+            0,
+        ));
+        let soft: Vec<Observation> = observations
+            .iter()
+            .filter(|o| o.key == "decayed")
+            .map(|o| {
+                obs(
+                    "decayed",
+                    o.time_ns / S,
+                    if o.value == 1.0 { 0.9 } else { 0.1 },
+                )
+            })
+            .collect();
+        let again = scaled.observe(&soft);
+        assert_eq!(
+            again.iter().map(|t| (t.state, t.at_ns)).collect::<Vec<_>>(),
+            t.iter().map(|t| (t.state, t.at_ns)).collect::<Vec<_>>()
+        );
     }
 
     /// The first firing of a change rule on a noisy step at second 300, the values times

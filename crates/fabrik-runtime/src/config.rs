@@ -879,13 +879,16 @@ pub struct AlertRuleConfig {
     /// confidence `threshold`, e.g. 0.002, on values scaled by six standard deviations of the
     /// key's first 30; for roughly independent values — window aggregates, model scores — as
     /// a signal sampled faster than it moves, or one with a daily cycle, keeps firing; no
-    /// `for`).
+    /// `for`) or `error_rate` (each value is an outcome, an error from 0.5 up — an alert
+    /// operators called false, a wrong prediction — and the share of errors rose: HDDM_A, as
+    /// river computes it, at confidence `threshold`, e.g. 0.001; model decay; no `for`).
     pub condition: String,
     /// The firing level (seconds of silence for `absent`, of the same value for `unchanged`;
-    /// ADWIN's confidence for `change`).
+    /// ADWIN's confidence for `change`, HDDM_A's for `error_rate`).
     pub threshold: f64,
-    /// The clearing level (hysteresis; default: the threshold). For `change`: how many
-    /// values must come without another detection for the alert to resolve (default 30).
+    /// The clearing level (hysteresis; default: the threshold). For `change` and
+    /// `error_rate`: how many values must come without another detection for the alert to
+    /// resolve (default 30).
     #[serde(default)]
     pub clear: Option<f64>,
     /// How long the condition must hold before the alert fires.

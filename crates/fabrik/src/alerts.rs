@@ -146,11 +146,41 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
                 })
             }
         }
+        "error_rate" => {
+            // `threshold` is HDDM_A's drift confidence, `clear` the outcomes that resolve it.
+            let settle = c.clear.unwrap_or(30.0);
+            if !(c.threshold > 0.0 && c.threshold < 1.0) {
+                problem(
+                    "threshold",
+                    format!(
+                        "{} is not a confidence for `error_rate`: above 0 and below 1 (0.001 \
+                         is river's default for HDDM_A)",
+                        c.threshold
+                    ),
+                );
+                None
+            } else if !((1.0..=1e6).contains(&settle) && settle.fract() == 0.0) {
+                problem(
+                    "clear",
+                    format!(
+                        "{settle}: for `error_rate`, the whole number of outcomes without \
+                         another drift that resolve the alert (1 to 1,000,000; default 30)"
+                    ),
+                );
+                None
+            } else {
+                Some(Condition::ErrorRate {
+                    confidence: c.threshold,
+                    settle: settle as u32,
+                })
+            }
+        }
         other => {
             problem(
                 "condition",
                 format!(
-                    "`{other}`: expected above, below, rate_above, absent, unchanged or change"
+                    "`{other}`: expected above, below, rate_above, absent, unchanged, change \
+                     or error_rate"
                 ),
             );
             None
@@ -158,7 +188,7 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
     };
     match (c.fill.as_deref(), c.condition.as_str()) {
         (None, _) => {}
-        (Some(_), "absent" | "unchanged" | "rate_above" | "change") => problem(
+        (Some(_), "absent" | "unchanged" | "rate_above" | "change" | "error_rate") => problem(
             "fill",
             format!(
                 "does not apply to `{}`: a filled value repeats the last one, which would look \
@@ -178,12 +208,14 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
         .and_then(|d| i64::try_from(d.as_nanos()).ok());
     // A change holds for `clear` values, not for a time: a `for` longer than they take would
     // let it resolve while still pending, and no one would hear of it.
-    if c.condition == "change" && for_ns.is_some_and(|ns| ns > 0) {
+    if matches!(c.condition.as_str(), "change" | "error_rate") && for_ns.is_some_and(|ns| ns > 0) {
         problem(
             "for",
-            "does not apply to `change`: the alert holds for `clear` values after a \
-             detection, which a wait could outlast"
-                .into(),
+            format!(
+                "does not apply to `{}`: the alert holds for `clear` values after a \
+                 detection, which a wait could outlast",
+                c.condition
+            ),
         );
     }
     let interval = parse_duration(&c.interval)

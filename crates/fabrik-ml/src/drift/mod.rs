@@ -8,8 +8,11 @@
 //! - [`ks`]: two-sample Kolmogorov–Smirnov, SciPy's exact distribution;
 //! - [`binned`]: normed Wasserstein, PSI, Jensen–Shannon, Kullback–Leibler, Hellinger,
 //!   chi-square and the two-proportion z-test;
-//! - [`stream`]: change detection one value at a time (ADWIN, Page–Hinkley), as river does it.
+//! - [`stream`]: change detection one value at a time (ADWIN, Page–Hinkley), as river does it;
+//! - [`binary`]: concept drift on a stream of errors (DDM, EDDM, HDDM_A, HDDM_W, FHDDM), as
+//!   river does it.
 
+pub mod binary;
 mod binned;
 pub mod ks;
 pub mod stream;

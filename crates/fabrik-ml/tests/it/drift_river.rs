@@ -1,7 +1,10 @@
-//! ADWIN and Page–Hinkley against river 0.26.1 (`river_drift_fixtures.json`): the same
-//! detection indices on the same streams, river's protocol (a detector resets at the update
-//! after a drift).
+//! ADWIN, Page–Hinkley and the error-rate detectors (DDM, EDDM, HDDM_A, HDDM_W, FHDDM) against
+//! river 0.26.1 (`river_drift_fixtures.json`): the same detection (and warning) indices on the
+//! same streams, river's protocol (a detector resets at the update after a drift).
 
+use fabrik_ml::drift::binary::{
+    AnyErrorRateDetector, Ddm, Eddm, ErrorRateDetector, Fhddm, HddmA, HddmW,
+};
 use fabrik_ml::drift::stream::{Adwin, ChangeDirection, PageHinkley};
 
 use crate::support::fixture;
@@ -67,4 +70,83 @@ fn page_hinkley_flags_what_river_flags() {
     // The thr10 run is river's false-alarm reference: 52 detections on a stream with one
     // change.
     assert_eq!(expected(&f, "PageHinkley_thr10_D").len(), 52);
+}
+
+/// river's record of a binary detector on a stream: the drift indices, the first 50 indices
+/// with the warning flag set, and how many there were.
+fn binary_run(
+    values: &[f64],
+    detector: &mut dyn ErrorRateDetector,
+    one_is_error: bool,
+) -> (Vec<usize>, Vec<usize>, usize) {
+    let (mut drifts, mut warnings) = (Vec::new(), Vec::new());
+    for (i, &v) in values.iter().enumerate() {
+        let error = (v == 1.0) == one_is_error;
+        let flags = detector.update(error);
+        if flags.drift {
+            drifts.push(i);
+        }
+        if flags.warning {
+            warnings.push(i);
+        }
+    }
+    let n = warnings.len();
+    warnings.truncate(50);
+    (drifts, warnings, n)
+}
+
+fn indices(value: &serde_json::Value) -> Vec<usize> {
+    value
+        .as_array()
+        .expect("indices")
+        .iter()
+        .map(|v| v.as_u64().expect("index") as usize)
+        .collect()
+}
+
+#[test]
+fn error_rate_detectors_flag_and_warn_where_river_does() {
+    let f = fixtures();
+    let errors = stream(&f, "B");
+    let cases: Vec<(&str, Box<dyn ErrorRateDetector>)> = vec![
+        ("DDM_B", Box::new(Ddm::default())),
+        ("EDDM_a0.8_b0.75_B", Box::new(Eddm::new(30, 0.8, 0.75))),
+        ("EDDM_default_B", Box::new(Eddm::default())),
+        ("HDDMA_B", Box::new(HddmA::default())),
+        (
+            "HDDMA_two_sided_B",
+            Box::new(HddmA::new(0.001, 0.005, true)),
+        ),
+        ("HDDMW_B", Box::new(HddmW::default())),
+    ];
+    for (key, mut detector) in cases {
+        let (drifts, warnings, n) = binary_run(&errors, detector.as_mut(), true);
+        let want = &f["results"][key];
+        assert_eq!(drifts, indices(&want["drift"]), "{key}: drifts");
+        assert_eq!(
+            warnings,
+            indices(&want["warning_first_after_each_drift"]),
+            "{key}: warnings"
+        );
+        assert_eq!(
+            n as u64,
+            want["n_warning_steps"].as_u64().expect("n"),
+            "{key}: warning steps"
+        );
+    }
+    // FHDDM counts successes: stream C's 1 is a correct outcome.
+    let successes = stream(&f, "C");
+    for (key, mut detector) in [
+        ("FHDDM_default_C", Fhddm::default()),
+        ("FHDDM_short20_C", Fhddm::new(100, 0.000_001, Some(20))),
+    ] {
+        let (drifts, _, warned) = binary_run(&successes, &mut detector, false);
+        assert_eq!(drifts, expected(&f, key), "{key}");
+        assert_eq!(warned, 0, "FHDDM has no warning zone");
+    }
+    // By name, with river's defaults: DDM's run again.
+    let mut named = AnyErrorRateDetector::by_name("ddm").expect("ddm");
+    let (drifts, _, _) = binary_run(&errors, &mut named, true);
+    assert_eq!(drifts, indices(&f["results"]["DDM_B"]["drift"]));
+    assert!(AnyErrorRateDetector::by_name("kswin").is_none());
 }

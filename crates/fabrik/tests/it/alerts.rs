@@ -2133,3 +2133,103 @@ fn an_inhibition_holds_back_a_root_causes_consequences_until_it_resolves() {
     });
     assert_eq!(hot_deliveries("oven-2"), 1);
 }
+
+/// Model decay from operators' feedback: an `error_rate` rule on `alert_labels` (1 = an alert
+/// called false) fires for the pipeline whose alerts turned mostly false, not for the one
+/// whose share of false alarms held.
+#[test]
+fn operators_calling_alerts_false_more_often_fires_an_error_rate_rule() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = start_configured(
+        dir.path(),
+        r#"
+[[alerting.rules]]
+name = "model-decay"
+table = "alert_labels"
+value = "CASE WHEN true_positive THEN 0 ELSE 1 END"
+key = "pipeline"
+condition = "error_rate"
+threshold = 0.001
+severity = "warning"
+interval = "200ms"
+start = "earliest"
+"#,
+    );
+    // 400 labels a pipeline, a minute apart, a day ago: one in ten false throughout on
+    // `steady`; on `decaying`, one in two from the 200th.
+    let start = now_ns() - 86_400_000_000_000;
+    let mut lines = String::new();
+    for i in 0..400_i64 {
+        let time = start + i * 60_000_000_000;
+        let false_every = |every: i64, offset: i64| ((i + offset) * 7919 + 3) % every == 0;
+        for (pipeline, called_false) in [
+            ("steady", false_every(10, 0)),
+            ("decaying", false_every(if i >= 200 { 2 } else { 10 }, 1)),
+        ] {
+            lines.push_str(&format!(
+                "alert_labels,device=pump-1,pipeline={pipeline} alert_id=\"{pipeline}-{i}\",\
+                 true_positive={},by=\"op\" {time}\n",
+                !called_false
+            ));
+        }
+    }
+    assert_eq!(
+        crate::support::post_status(&p.url, "/api/v1/write", &lines),
+        200
+    );
+    // HDDM_A starts afresh after a drift, and the higher rate is then its normal: by the time
+    // all 400 are read, the alert has fired and resolved (30 labels later).
+    let alerts = || -> Vec<serde_json::Value> {
+        let (_, alerts) = http(
+            &p.url,
+            reqwest::Method::GET,
+            "/api/v1/alerts?rule=model-decay",
+            None,
+        );
+        alerts.as_array().cloned().unwrap_or_default()
+    };
+    eventually("the decaying pipeline's alert fires and resolves", || {
+        alerts().iter().any(|a| a["state"] == "resolved")
+    });
+    let decay = alerts();
+    let keys: Vec<&str> = decay
+        .iter()
+        .map(|a| a["key"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(keys, ["decaying"], "{decay:?}");
+    // It fired after the decay began (its start is the label's time), not before.
+    let started = decay[0]["started_at"].as_str().expect("started_at");
+    let started_ns = chrono::DateTime::parse_from_rfc3339(started)
+        .expect("RFC 3339")
+        .timestamp_nanos_opt()
+        .expect("in range");
+    assert!(
+        started_ns >= start + 200 * 60_000_000_000,
+        "started {started}"
+    );
+    // A confidence outside (0, 1) and a `for` are refused, each named.
+    let rule = |threshold: f64, for_duration: &str| {
+        serde_json::json!({
+            "name": "decay-2", "table": "alert_labels", "key": "pipeline",
+            "value": "CASE WHEN true_positive THEN 0 ELSE 1 END",
+            "condition": "error_rate", "threshold": threshold, "for": for_duration,
+            "severity": "warning",
+        })
+    };
+    for (body, field) in [(rule(1.5, "0s"), "threshold"), (rule(0.001, "5m"), "for")] {
+        let (code, error) = http(
+            &p.url,
+            reqwest::Method::PUT,
+            "/api/v1/alert-rules/decay-2",
+            Some(body),
+        );
+        assert_eq!(code, 400, "{error}");
+        let text = error.to_string();
+        assert!(
+            text.contains(field) && text.contains("error_rate"),
+            "{field}: {text}"
+        );
+    }
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}
