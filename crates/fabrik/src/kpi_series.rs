@@ -42,11 +42,35 @@ pub(crate) fn start(
         let every_ns = i64::try_from(every.as_nanos()).unwrap_or(i64::MAX).max(1);
         let settle = (every / 10).min(LONGEST_SETTLING);
         let settle_ns = i64::try_from(settle.as_nanos()).unwrap_or(0);
+        // The intervals that ended while the process was down are measured first, from the
+        // rows stored meanwhile: a restart leaves no hole in the series.
+        let (next_end, _) = next_interval(Timestamp::now().nanos(), every_ns, settle_ns);
+        match missed_intervals(&store, &node, every_ns, next_end).await {
+            Ok(ends) => {
+                if !ends.is_empty() {
+                    tracing::info!(
+                        intervals = ends.len(),
+                        "Measuring the use-case KPI intervals that ended while Fabrik was down."
+                    );
+                }
+                for end in ends {
+                    let recorded = tokio::select! {
+                        () = token.cancelled() => return Ok(()),
+                        recorded = record(&store, &registry, &meter, &node, end - every_ns, end) => recorded,
+                    };
+                    if let Err(e) = recorded {
+                        tracing::warn!(error = %e, "A missed interval's use-case KPIs could not be recorded.");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "The use-case KPI intervals missed while Fabrik was down could not be found; they are not measured.")
+            }
+        }
         loop {
             // The interval that ends at the next multiple of `every`: rows at aligned times,
-            // whenever the process started, measured once it has settled. Intervals missed
-            // while the process was down, or while a measurement ran long, are not measured
-            // afterwards.
+            // whenever the process started, measured once it has settled. An interval missed
+            // while a measurement ran long is not measured afterwards.
             let (end, wait) = next_interval(Timestamp::now().nanos(), every_ns, settle_ns);
             tokio::select! {
                 () = token.cancelled() => return Ok(()),
@@ -70,6 +94,62 @@ fn next_interval(now: i64, every_ns: i64, settle_ns: i64) -> (i64, Duration) {
     let end = (now.saturating_sub(settle_ns) / every_ns + 1).saturating_mul(every_ns);
     let wait = u64::try_from(end.saturating_add(settle_ns) - now).unwrap_or(0);
     (end, Duration::from_nanos(wait))
+}
+
+/// The most missed intervals measured at a start: the most recent ones (a node down for
+/// months does not spend its start measuring every hour of them).
+const MOST_MISSED_INTERVALS: i64 = 1_000;
+
+/// The ends of the intervals this node did not measure between its last recorded one and
+/// `next_end` (the one its loop measures next), oldest first: none before its first record,
+/// none that would overlap an interval it measured (after `record_every` grew).
+async fn missed_intervals(
+    store: &Store,
+    node: &str,
+    every_ns: i64,
+    next_end: i64,
+) -> Result<Vec<i64>, String> {
+    if !store.has_table(KPIS_TABLE) {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT CAST(max(time) AS BIGINT) AS last FROM {KPIS_TABLE} WHERE node = {}",
+        crate::sql_text::literal(node)
+    );
+    let output = store.query(&sql).await.map_err(|e| e.to_string())?;
+    let last = output.batches.iter().find_map(|batch| {
+        let column: datafusion::arrow::array::Int64Array = crate::columns::cast_column(
+            batch,
+            0,
+            &datafusion::arrow::datatypes::DataType::Int64,
+            "last",
+        )
+        .ok()?;
+        use datafusion::arrow::array::Array as _;
+        (!column.is_empty() && !column.is_null(0)).then(|| column.value(0))
+    });
+    // Rows are stamped at their interval's last instant.
+    let Some(last_end) = last.map(|t| t.saturating_add(1)) else {
+        return Ok(Vec::new());
+    };
+    Ok(interval_ends(last_end, every_ns, next_end))
+}
+
+/// The multiples of `every_ns` from the first whose interval starts at or after `last_end`, up
+/// to but not including `next_end`; the last [`MOST_MISSED_INTERVALS`] of them.
+fn interval_ends(last_end: i64, every_ns: i64, next_end: i64) -> Vec<i64> {
+    let reach = last_end.saturating_add(every_ns);
+    let first = reach.div_euclid(every_ns) * every_ns
+        + if reach.rem_euclid(every_ns) == 0 {
+            0
+        } else {
+            every_ns
+        };
+    let first = first.max(next_end.saturating_sub(MOST_MISSED_INTERVALS.saturating_mul(every_ns)));
+    (0..)
+        .map(|k: i64| first.saturating_add(k.saturating_mul(every_ns)))
+        .take_while(|&end| end < next_end)
+        .collect()
 }
 
 /// Measures every use case's KPIs over `[from_ns, to_ns)` and stores a row per KPI.
@@ -158,6 +238,21 @@ fn kpi_point(node: &str, use_case: &UseCase, kpi: &KpiValue, time_ns: i64) -> Po
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_intervals_missed_while_down_are_those_between_the_last_and_the_next() {
+        // Measured up to 20 (rows at 19); the loop's next end is 60: 30, 40, 50 were missed.
+        assert_eq!(interval_ends(20, 10, 60), [30, 40, 50]);
+        // Nothing missed.
+        assert!(interval_ends(50, 10, 60).is_empty());
+        // `record_every` grew from 10 to 25 after an interval ending at 40: the first missed
+        // one starts at or after 40, so none overlaps what was measured.
+        assert_eq!(interval_ends(40, 25, 150), [75, 100, 125]);
+        // Down for longer than the cap: the most recent intervals.
+        let ends = interval_ends(0, 1, 5_000);
+        assert_eq!(ends.len(), MOST_MISSED_INTERVALS as usize);
+        assert_eq!((ends[0], ends[ends.len() - 1]), (4_000, 4_999));
+    }
 
     #[test]
     fn each_interval_is_measured_once_after_it_settles() {

@@ -617,10 +617,10 @@ start = "earliest"
         Some(definition),
     );
     assert_eq!(code, 201, "{body}");
-    // Ten rows a second for 20 s from now on pump-a (in the pilot) and pump-b (not).
+    // Ten rows a second for 60 s from now on pump-a (in the pilot) and pump-b (not).
     let start = now_ns();
     let mut rows = String::new();
-    for i in 0..200 {
+    for i in 0..600 {
         for device in ["pump-a", "pump-b"] {
             rows.push_str(&format!(
                 "pump,device={device} temperature=60.0 {}\n",
@@ -658,6 +658,46 @@ start = "earliest"
             .as_array()
             .is_some_and(|a| a.iter().any(|alert| alert["key"] == "pumps"))
     });
+    // Down for three intervals: at the restart, the intervals that ended meanwhile are
+    // measured from the rows stored, so the series has no hole.
+    let (status, _) = p.terminate();
+    assert!(status.success());
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let p = Process::start_with_args(
+        &dir.path().join("data"),
+        &["--config", config.to_str().expect("utf-8")],
+        &[],
+    );
+    let ends = || -> Vec<i64> {
+        query(
+            &p.url,
+            "SELECT DISTINCT CAST(time AS BIGINT) AS t FROM use_case_kpis \
+             WHERE kpi = 'rows' ORDER BY t",
+        )
+        .iter()
+        .filter_map(|r| r["t"].as_i64())
+        .collect()
+    };
+    let restarted = now_ns();
+    eventually("an interval after the restart is recorded", || {
+        ends().last().is_some_and(|&t| t > restarted)
+    });
+    let ends = ends();
+    let gaps: Vec<i64> = ends.windows(2).map(|w| (w[1] - w[0]) / SECOND).collect();
+    assert!(gaps.iter().all(|&g| g == 2), "one row every 2 s: {gaps:?}");
+    // Those measured after the restart counted the rows written before it.
+    assert!(
+        crate::support::count_if_any(
+            &p.url,
+            &format!(
+                "SELECT count(*) AS n FROM use_case_kpis WHERE kpi = 'rows' AND value = 20 \
+                 AND time > to_timestamp_nanos({}) AND time < to_timestamp_nanos({restarted})",
+                restarted - 5 * SECOND
+            ),
+        )
+        .is_some_and(|n| n > 0),
+        "{ends:?}"
+    );
     let (status, _) = p.terminate();
     assert!(status.success());
 }
