@@ -393,7 +393,8 @@ impl RuleEngine {
         }
     }
 
-    /// Feeds observations (any order across keys; in time order per key).
+    /// Feeds observations (any order across keys; in time order per key: a row older than
+    /// its key's latest is skipped, except an `ErrorRate` outcome, counted at that time).
     pub fn observe(&mut self, observations: &[Observation]) -> Vec<Transition> {
         let mut out = Vec::new();
         for o in observations {
@@ -404,9 +405,17 @@ impl RuleEngine {
             // Older than what this key already saw: out of order, skipped. Unless what it saw
             // was dated far ahead of its arrival (a device clock reset into the future): that
             // row must not hide every later one, so this one is taken as the key's time now.
-            if state.last_time_ns.is_some_and(|t| o.time_ns < t) && !state.last_was_ahead {
-                continue;
-            }
+            let late = state
+                .last_time_ns
+                .filter(|&t| o.time_ns < t && !state.last_was_ahead);
+            // An outcome is one whenever it is dated: `alert_labels` rows carry the alert's
+            // start, and operators label newer alerts before older ones. It counts in
+            // arrival order, at the key's latest time, so the alert's timeline never goes back.
+            let time_ns = match (late, &self.rule.condition) {
+                (None, _) => o.time_ns,
+                (Some(latest), Condition::ErrorRate { .. }) => latest,
+                (Some(_), _) => continue,
+            };
             // What a transition of this row reports: its value, or for a rate rule its rate.
             let mut reported = o.value;
             let holds = match self.rule.condition {
@@ -426,8 +435,8 @@ impl RuleEngine {
                 }
                 Condition::RateAbove { per_second } => {
                     match (state.last_time_ns, state.last_value) {
-                        (Some(t), Some(v)) if o.time_ns > t => {
-                            let rate = (o.value - v) / ((o.time_ns - t) as f64 / 1e9);
+                        (Some(t), Some(v)) if time_ns > t => {
+                            let rate = (o.value - v) / ((time_ns - t) as f64 / 1e9);
                             reported = rate;
                             rate.abs() > per_second
                         }
@@ -443,7 +452,7 @@ impl RuleEngine {
                 // by less than some tolerance.
                 Condition::Unchanged { after_ns } => match state.last_value {
                     Some(last) if last.to_bits() == o.value.to_bits() => {
-                        o.time_ns - state.unchanged_since_ns >= after_ns
+                        time_ns - state.unchanged_since_ns >= after_ns
                     }
                     // Restored firing after a restart, its value unknown: it stays firing
                     // until a value differs from this one.
@@ -452,7 +461,7 @@ impl RuleEngine {
                         true
                     }
                     _ => {
-                        state.unchanged_since_ns = o.time_ns;
+                        state.unchanged_since_ns = time_ns;
                         false
                     }
                 },
@@ -486,13 +495,13 @@ impl RuleEngine {
                     }
                 }
             };
-            state.last_time_ns = Some(o.time_ns);
+            state.last_time_ns = Some(time_ns);
             state.last_value = Some(o.value);
             if reported.is_finite() {
                 state.last_reported = Some(reported);
             }
-            state.clock_offset_ns = clock_offset(o.time_ns, o.arrival_ns);
-            state.last_was_ahead = o.time_ns.saturating_sub(o.arrival_ns) > MAX_CLOCK_OFFSET_NS;
+            state.clock_offset_ns = clock_offset(time_ns, o.arrival_ns);
+            state.last_was_ahead = time_ns.saturating_sub(o.arrival_ns) > MAX_CLOCK_OFFSET_NS;
             state.expected_only = false;
             if holds {
                 state.context = o.context.clone();
@@ -500,10 +509,10 @@ impl RuleEngine {
             // A frozen value started when it last changed, not when the wait ran out.
             let since = match self.rule.condition {
                 Condition::Unchanged { .. } => state.unchanged_since_ns,
-                _ => o.time_ns,
+                _ => time_ns,
             };
             step_at(
-                &self.rule, &o.key, state, holds, since, o.time_ns, reported, &o.context, &mut out,
+                &self.rule, &o.key, state, holds, since, time_ns, reported, &o.context, &mut out,
             );
         }
         out
@@ -1010,6 +1019,27 @@ mod tests {
             again.iter().map(|t| (t.state, t.at_ns)).collect::<Vec<_>>(),
             t.iter().map(|t| (t.state, t.at_ns)).collect::<Vec<_>>()
         );
+        // Outcomes dated out of order (labels given newest first) still count, in the order
+        // they came, at the key's latest time.
+        let mut late = RuleEngine::new(rule(
+            Condition::ErrorRate {
+                confidence: 0.001,
+                settle: 30,
+            },
+            0,
+        ));
+        let reversed: Vec<Observation> = soft
+            .iter()
+            .enumerate()
+            .map(|(i, o)| obs("decayed", 1_000 - i as i64, o.value))
+            .collect();
+        let t = late.observe(&reversed);
+        let firing: Vec<i64> = t
+            .iter()
+            .filter(|t| t.state == AlertState::Firing)
+            .map(|t| t.at_ns / S)
+            .collect();
+        assert_eq!(firing, [1_000], "{t:?}");
     }
 
     /// The first firing of a change rule on a noisy step at second 300, the values times

@@ -875,11 +875,11 @@ pub struct AlertRuleConfig {
     /// the rate as their value), `absent` (no row for `threshold`
     /// seconds, counted from the key's last row, also one stored before a restart),
     /// `unchanged` (rows keep coming with the same value for `threshold` seconds: a frozen
-    /// sensor) or `change` (the value's level moved: ADWIN, as river computes it, at
+    /// sensor), `change` (the value's level moved: ADWIN, as river computes it, at
     /// confidence `threshold`, e.g. 0.002, on values scaled by six standard deviations of the
     /// key's first 30; for roughly independent values — window aggregates, model scores — as
     /// a signal sampled faster than it moves, or one with a daily cycle, keeps firing; no
-    /// `for`) or `error_rate` (each value is an outcome, an error from 0.5 up — an alert
+    /// `for`), or `error_rate` (each value is an outcome, an error from 0.5 up — an alert
     /// operators called false, a wrong prediction — and the share of errors rose: HDDM_A, as
     /// river computes it, at confidence `threshold`, e.g. 0.001; model decay; no `for`).
     pub condition: String,

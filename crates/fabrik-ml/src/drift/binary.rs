@@ -473,7 +473,8 @@ impl ErrorRateDetector for HddmW {
 /// FHDDM (Pesaranghader & Viktor 2016): the share of correct outcomes in a sliding window of
 /// `window` against its highest so far; a drift when it fell by more than Hoeffding's bound at
 /// `confidence`. With `short_window`, the stacking variant also watches the newest bits. No
-/// warning zone.
+/// warning zone. river's `FHDDM.update(x)` counts its 1s as successes (whatever its docstring
+/// says), so `update(error)` here is river's `update(1 − error)`.
 #[derive(Debug, Clone)]
 pub struct Fhddm {
     window: usize,
