@@ -42,36 +42,39 @@ pub(crate) fn start(
         let every_ns = i64::try_from(every.as_nanos()).unwrap_or(i64::MAX).max(1);
         let settle = (every / 10).min(LONGEST_SETTLING);
         let settle_ns = i64::try_from(settle.as_nanos()).unwrap_or(0);
-        // The intervals that ended while the process was down are measured first, from the
-        // rows stored meanwhile: a restart leaves no hole in the series.
-        let (next_end, _) = next_interval(Timestamp::now().nanos(), every_ns, settle_ns);
-        match missed_intervals(&store, &node, every_ns, next_end).await {
-            Ok(ends) => {
-                if !ends.is_empty() {
-                    tracing::info!(
-                        intervals = ends.len(),
-                        "Measuring the use-case KPI intervals that ended while Fabrik was down."
-                    );
-                }
-                for end in ends {
-                    let recorded = tokio::select! {
-                        () = token.cancelled() => return Ok(()),
-                        recorded = record(&store, &registry, &meter, &node, end - every_ns, end) => recorded,
-                    };
-                    if let Err(e) = recorded {
-                        tracing::warn!(error = %e, "A missed interval's use-case KPIs could not be recorded.");
-                    }
-                }
+        let started = Timestamp::now().nanos();
+        let (mut end, _) = next_interval(started, every_ns, settle_ns);
+        // The intervals that ended while the process was down come first: a restart leaves
+        // no hole in the series.
+        let missed = tokio::select! {
+            () = token.cancelled() => return Ok(()),
+            missed = first_missed_end(&store, every_ns, end) => missed,
+        };
+        match missed {
+            Ok(Some(first)) => {
+                tracing::info!(
+                    intervals = (end - first) / every_ns,
+                    "Measuring the use-case KPI intervals that ended while Fabrik was down."
+                );
+                end = first;
             }
+            Ok(None) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "The use-case KPI intervals missed while Fabrik was down could not be found; they are not measured.")
+                tracing::warn!(error = %e, "The use-case KPI intervals missed while Fabrik was down could not be found; they are not measured.");
             }
         }
         loop {
-            // The interval that ends at the next multiple of `every`: rows at aligned times,
-            // whenever the process started, measured once it has settled. An interval missed
-            // while a measurement ran long is not measured afterwards.
-            let (end, wait) = next_interval(Timestamp::now().nanos(), every_ns, settle_ns);
+            // Intervals end at multiples of `every`, whenever the process started, and are
+            // measured once they have settled: one after the other, catching up after a
+            // measurement that ran long, and never more than the most recent
+            // [`MOST_MISSED_INTERVALS`] behind. An interval that ended before the start
+            // also waits for a settling time after the start, for the rows of the outage
+            // still on their way (a device's buffer, an uplink's backlog).
+            let now = Timestamp::now().nanos();
+            let (due, _) = next_interval(now, every_ns, settle_ns);
+            end = end.max(due.saturating_sub(MOST_MISSED_INTERVALS.saturating_mul(every_ns)));
+            let ready_at = end.max(started).saturating_add(settle_ns);
+            let wait = Duration::from_nanos(u64::try_from(ready_at - now).unwrap_or(0));
             tokio::select! {
                 () = token.cancelled() => return Ok(()),
                 () = tokio::time::sleep(wait) => {}
@@ -80,6 +83,7 @@ pub(crate) fn start(
                 () = token.cancelled() => return Ok(()),
                 recorded = record(&store, &registry, &meter, &node, end - every_ns, end) => recorded,
             };
+            end = end.saturating_add(every_ns);
             if let Err(e) = recorded {
                 tracing::warn!(error = %e, "Use-case KPIs could not be recorded.");
             }
@@ -96,25 +100,29 @@ fn next_interval(now: i64, every_ns: i64, settle_ns: i64) -> (i64, Duration) {
     (end, Duration::from_nanos(wait))
 }
 
-/// The most missed intervals measured at a start: the most recent ones (a node down for
-/// months does not spend its start measuring every hour of them).
+/// The most intervals the loop is ever behind: after a long outage, or measurements slower
+/// than the interval, the most recent ones are measured (a node down for months does not
+/// spend its start measuring every hour of them).
 const MOST_MISSED_INTERVALS: i64 = 1_000;
 
-/// The ends of the intervals this node did not measure between its last recorded one and
-/// `next_end` (the one its loop measures next), oldest first: none before its first record,
-/// none that would overlap an interval it measured (after `record_every` grew).
-async fn missed_intervals(
+/// The lineage source of the rows this process records (`_source`): a hub's rows from its
+/// edges carry their uplink's instead, and a renamed node's earlier rows are still its own.
+const KPIS_SOURCE: &str = "usecases";
+
+/// The end of the first interval this process did not measure before `next_end` (the one it
+/// would measure next), if any: none before its first record, none that would overlap an
+/// interval it measured (after `record_every` grew).
+async fn first_missed_end(
     store: &Store,
-    node: &str,
     every_ns: i64,
     next_end: i64,
-) -> Result<Vec<i64>, String> {
+) -> Result<Option<i64>, String> {
     if !store.has_table(KPIS_TABLE) {
-        return Ok(Vec::new());
+        return Ok(None);
     }
     let sql = format!(
-        "SELECT CAST(max(time) AS BIGINT) AS last FROM {KPIS_TABLE} WHERE node = {}",
-        crate::sql_text::literal(node)
+        "SELECT CAST(max(time) AS BIGINT) AS last FROM {KPIS_TABLE} WHERE _source = {}",
+        crate::sql_text::literal(KPIS_SOURCE)
     );
     let output = store.query(&sql).await.map_err(|e| e.to_string())?;
     let last = output.batches.iter().find_map(|batch| {
@@ -129,27 +137,16 @@ async fn missed_intervals(
         (!column.is_empty() && !column.is_null(0)).then(|| column.value(0))
     });
     // Rows are stamped at their interval's last instant.
-    let Some(last_end) = last.map(|t| t.saturating_add(1)) else {
-        return Ok(Vec::new());
-    };
-    Ok(interval_ends(last_end, every_ns, next_end))
+    Ok(last.and_then(|last| first_end_after(last.saturating_add(1), every_ns, next_end)))
 }
 
-/// The multiples of `every_ns` from the first whose interval starts at or after `last_end`, up
-/// to but not including `next_end`; the last [`MOST_MISSED_INTERVALS`] of them.
-fn interval_ends(last_end: i64, every_ns: i64, next_end: i64) -> Vec<i64> {
-    let reach = last_end.saturating_add(every_ns);
-    let first = reach.div_euclid(every_ns) * every_ns
-        + if reach.rem_euclid(every_ns) == 0 {
-            0
-        } else {
-            every_ns
-        };
-    let first = first.max(next_end.saturating_sub(MOST_MISSED_INTERVALS.saturating_mul(every_ns)));
-    (0..)
-        .map(|k: i64| first.saturating_add(k.saturating_mul(every_ns)))
-        .take_while(|&end| end < next_end)
-        .collect()
+/// The first multiple of `every_ns` whose interval starts at or after `last_end`, if it is
+/// before `next_end`.
+fn first_end_after(last_end: i64, every_ns: i64, next_end: i64) -> Option<i64> {
+    let every = i128::from(every_ns);
+    let reach = i128::from(last_end) + every;
+    let first = (reach + every - 1).div_euclid(every) * every;
+    i64::try_from(first).ok().filter(|&first| first < next_end)
 }
 
 /// Measures every use case's KPIs over `[from_ns, to_ns)` and stores a row per KPI.
@@ -240,18 +237,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_intervals_missed_while_down_are_those_between_the_last_and_the_next() {
-        // Measured up to 20 (rows at 19); the loop's next end is 60: 30, 40, 50 were missed.
-        assert_eq!(interval_ends(20, 10, 60), [30, 40, 50]);
+    fn the_first_interval_missed_while_down_follows_the_last_measured() {
+        // Measured up to 20 (rows at 19); the loop's next end is 60: from 30 on were missed.
+        assert_eq!(first_end_after(20, 10, 60), Some(30));
         // Nothing missed.
-        assert!(interval_ends(50, 10, 60).is_empty());
+        assert_eq!(first_end_after(50, 10, 60), None);
         // `record_every` grew from 10 to 25 after an interval ending at 40: the first missed
         // one starts at or after 40, so none overlaps what was measured.
-        assert_eq!(interval_ends(40, 25, 150), [75, 100, 125]);
-        // Down for longer than the cap: the most recent intervals.
-        let ends = interval_ends(0, 1, 5_000);
-        assert_eq!(ends.len(), MOST_MISSED_INTERVALS as usize);
-        assert_eq!((ends[0], ends[ends.len() - 1]), (4_000, 4_999));
+        assert_eq!(first_end_after(40, 25, 150), Some(75));
+        // No overflow near the end of time (an interval of centuries).
+        let century = 100 * 365 * 86_400 * 1_000_000_000_i64;
+        assert_eq!(first_end_after(i64::MAX - 10, century, i64::MAX), None);
     }
 
     #[test]
