@@ -117,16 +117,24 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
             problem("threshold", "must be greater than zero".into());
             None
         }
-        "change" => {
-            // `threshold` is ADWIN's confidence, `clear` the values the new level must hold.
+        "change" | "error_rate" => {
+            // `threshold` is the detector's confidence (ADWIN's, HDDM_A's drift confidence),
+            // `clear` the values without another detection that resolve the alert.
+            let (default, values) = if c.condition == "change" {
+                ("0.002 is river's default", "values without another change")
+            } else {
+                (
+                    "0.001 is river's default for HDDM_A",
+                    "outcomes without another drift",
+                )
+            };
             let settle = c.clear.unwrap_or(30.0);
             if !(c.threshold > 0.0 && c.threshold < 1.0) {
                 problem(
                     "threshold",
                     format!(
-                        "{} is not a confidence for `change`: above 0 and below 1 (0.002 is \
-                         river's default)",
-                        c.threshold
+                        "{} is not a confidence for `{}`: above 0 and below 1 ({default})",
+                        c.threshold, c.condition
                     ),
                 );
                 None
@@ -134,40 +142,17 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
                 problem(
                     "clear",
                     format!(
-                        "{settle}: for `change`, the whole number of values without another \
-                         change that resolve the alert (1 to 1,000,000; default 30)"
+                        "{settle}: for `{}`, the whole number of {values} that resolve the \
+                         alert (1 to 1,000,000; default 30)",
+                        c.condition
                     ),
                 );
                 None
-            } else {
+            } else if c.condition == "change" {
                 Some(Condition::Change {
                     delta: c.threshold,
                     settle: settle as u32,
                 })
-            }
-        }
-        "error_rate" => {
-            // `threshold` is HDDM_A's drift confidence, `clear` the outcomes that resolve it.
-            let settle = c.clear.unwrap_or(30.0);
-            if !(c.threshold > 0.0 && c.threshold < 1.0) {
-                problem(
-                    "threshold",
-                    format!(
-                        "{} is not a confidence for `error_rate`: above 0 and below 1 (0.001 \
-                         is river's default for HDDM_A)",
-                        c.threshold
-                    ),
-                );
-                None
-            } else if !((1.0..=1e6).contains(&settle) && settle.fract() == 0.0) {
-                problem(
-                    "clear",
-                    format!(
-                        "{settle}: for `error_rate`, the whole number of outcomes without \
-                         another drift that resolve the alert (1 to 1,000,000; default 30)"
-                    ),
-                );
-                None
             } else {
                 Some(Condition::ErrorRate {
                     confidence: c.threshold,

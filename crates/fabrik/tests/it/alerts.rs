@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::mqtt::{eventually, http, query};
-use crate::support::{Process, now_ns};
+use crate::support::{Process, now_ns, start_configured};
 
 const SECOND: i64 = 1_000_000_000;
 
@@ -1540,17 +1540,6 @@ fn an_expression_over_signals_reported_by_exception_fills_in_their_last_values()
     assert!(sparse.is_empty(), "{sparse:?}");
     let (status, _) = p.terminate();
     assert!(status.success());
-}
-
-/// A `fabrik run` whose configuration file holds `config`, with its files under `dir`.
-fn start_configured(dir: &std::path::Path, config: &str) -> Process {
-    let file = dir.join("fabrik.toml");
-    std::fs::write(&file, config).expect("config");
-    Process::start_with_args(
-        &dir.join("data"),
-        &["--config", file.to_str().expect("utf-8")],
-        &[],
-    )
 }
 
 /// The alerts firing now.

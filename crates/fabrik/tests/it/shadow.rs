@@ -88,13 +88,7 @@ fn history(start: i64) -> String {
 #[test]
 fn a_shadow_model_scores_the_same_windows_without_alerting_and_is_compared() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("fabrik.toml");
-    std::fs::write(&config, CONFIG).expect("config");
-    let p = Process::start_with_args(
-        &dir.path().join("data"),
-        &["--config", config.to_str().expect("utf-8")],
-        &[],
-    );
+    let p = crate::support::start_configured(dir.path(), CONFIG);
     let start = (now_ns() - 3600 * SECOND) / (10 * SECOND) * (10 * SECOND);
     assert_eq!(
         crate::support::post_status(&p.url, "/api/v1/write", &history(start)),
@@ -383,13 +377,7 @@ start = "earliest"
 #[test]
 fn an_ab_split_lets_the_challenger_act_on_its_devices_and_labels_count_both_ways() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("fabrik.toml");
-    std::fs::write(&config, SPLIT_CONFIG).expect("config");
-    let p = Process::start_with_args(
-        &dir.path().join("data"),
-        &["--config", config.to_str().expect("utf-8")],
-        &[],
-    );
+    let p = crate::support::start_configured(dir.path(), SPLIT_CONFIG);
     let start = (now_ns() - 3600 * SECOND) / (10 * SECOND) * (10 * SECOND);
     assert_eq!(
         crate::support::post_status(&p.url, "/api/v1/write", &history(start)),

@@ -429,3 +429,14 @@ impl Drop for Peer {
         let _ = self.0.wait();
     }
 }
+
+/// A `fabrik run` whose configuration file holds `config`, with its files under `dir`.
+pub(crate) fn start_configured(dir: &std::path::Path, config: &str) -> Process {
+    let file = dir.join("fabrik.toml");
+    std::fs::write(&file, config).expect("config");
+    Process::start_with_args(
+        &dir.join("data"),
+        &["--config", file.to_str().expect("utf-8")],
+        &[],
+    )
+}

@@ -5,7 +5,7 @@
 //! promotion and narrowed again by a step back.
 
 use crate::mqtt::{eventually, http, query};
-use crate::support::{Process, blocking_query_count, client_command, now_ns, post_status};
+use crate::support::{blocking_query_count, client_command, now_ns, post_status, start_configured};
 
 const SECOND: i64 = 1_000_000_000;
 
@@ -122,13 +122,7 @@ fn burst(url: &str, devices: &[&str]) {
 #[test]
 fn kpis_decide_the_gate_and_the_stage_decides_which_devices_a_pipeline_scores() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("fabrik.toml");
-    std::fs::write(&config, CONFIG).expect("config");
-    let p = Process::start_with_args(
-        &dir.path().join("data"),
-        &["--config", config.to_str().expect("utf-8")],
-        &[],
-    );
+    let p = start_configured(dir.path(), CONFIG);
     let url = p.url.clone();
     let api = |method: reqwest::Method, path: &str, body: Option<serde_json::Value>| {
         http(&url, method, &format!("/api/v1/usecases{path}"), body)
@@ -471,13 +465,7 @@ fn kpis_decide_the_gate_and_the_stage_decides_which_devices_a_pipeline_scores() 
 #[test]
 fn an_sprt_gate_passes_once_enough_alerts_of_the_stage_are_confirmed() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("fabrik.toml");
-    std::fs::write(&config, CONFIG).expect("config");
-    let p = Process::start_with_args(
-        &dir.path().join("data"),
-        &["--config", config.to_str().expect("utf-8")],
-        &[],
-    );
+    let p = start_configured(dir.path(), CONFIG);
     let url = p.url.clone();
     let pumps = ["pump-a", "pump-b", "pump-c"];
     let mut definition = definition();
@@ -597,13 +585,7 @@ interval = "200ms"
 start = "earliest"
 "#;
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("fabrik.toml");
-    std::fs::write(&config, KPI_CONFIG).expect("config");
-    let p = Process::start_with_args(
-        &dir.path().join("data"),
-        &["--config", config.to_str().expect("utf-8")],
-        &[],
-    );
+    let p = start_configured(dir.path(), KPI_CONFIG);
     let definition = serde_json::json!({
         "objective": "Keep the pilot pump busy",
         "pilot": {"devices": ["pump-a"]},
@@ -663,11 +645,7 @@ start = "earliest"
     let (status, _) = p.terminate();
     assert!(status.success());
     std::thread::sleep(std::time::Duration::from_secs(6));
-    let p = Process::start_with_args(
-        &dir.path().join("data"),
-        &["--config", config.to_str().expect("utf-8")],
-        &[],
-    );
+    let p = start_configured(dir.path(), KPI_CONFIG);
     let ends = || -> Vec<i64> {
         query(
             &p.url,
