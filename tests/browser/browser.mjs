@@ -384,6 +384,11 @@ async function main() {
     await shot('08-rules-failing');
     assert(over <= 1, `a failing rule's error widens the rules table by ${over}px`);
     await apiCall('/api/v1/alert-rules/ui-typo', { method: 'DELETE' });
+    // Model decay from operators' feedback: the condition says what it watches.
+    await apiCall('/api/v1/alert-rules/ui-decay', { method: 'PUT', body: { table: 'alert_labels', value: 'CASE WHEN true_positive THEN 0 ELSE 1 END', key: 'pipeline', condition: 'error_rate', threshold: 0.001 } });
+    await page.waitForFunction(() => [...document.querySelectorAll('#rule-table tr')]
+      .some((tr) => tr.textContent.includes('ui-decay') && tr.textContent.includes('rose (HDDM_A, confidence 0.001)')), null, { timeout: 20000 });
+    await apiCall('/api/v1/alert-rules/ui-decay', { method: 'DELETE' });
     // The demo has no notifiers: the page says where alerts go (nowhere but here) and how to
     // add one, rather than an empty table.
     const notifiers = await page.locator('#notifier-table').innerText();

@@ -1293,6 +1293,8 @@ function ruleCondition(d) {
     case 'rate_above': return `|d(${d.value})/dt| > ${d.threshold}/s${forText}`;
     case 'absent': return `no row for ${d.threshold}s${forText}`;
     case 'unchanged': return `${d.value} unchanged for ${d.threshold}s${forText}`;
+    case 'change': return `level of ${d.value} changed (ADWIN, confidence ${d.threshold})`;
+    case 'error_rate': return `share of errors in ${d.value} rose (HDDM_A, confidence ${d.threshold})`;
     default: return d.condition;
   }
 }
