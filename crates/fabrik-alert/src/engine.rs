@@ -176,6 +176,20 @@ struct KeyState {
     error_rate: Option<Box<fabrik_ml::drift::binary::HddmA>>,
 }
 
+impl KeyState {
+    /// Whether a detector's condition (`Change`, `ErrorRate`) holds after a value: at a
+    /// detection, and while an alert is open until `settle` values came without another.
+    fn holds_after_detection(&mut self, detected: bool, settle: u32) -> bool {
+        if detected {
+            self.since_change = 0;
+            true
+        } else {
+            self.since_change = self.since_change.saturating_add(1);
+            self.active && self.since_change < settle
+        }
+    }
+}
+
 /// Values a [`ChangeWatch`] collects to learn a key's scale.
 const CHANGE_SCALE_VALUES: usize = 30;
 
@@ -469,13 +483,8 @@ impl RuleEngine {
                     let watch = state
                         .change
                         .get_or_insert_with(|| Box::new(ChangeWatch::new(delta)));
-                    if watch.update(o.value) {
-                        state.since_change = 0;
-                        true
-                    } else {
-                        state.since_change = state.since_change.saturating_add(1);
-                        state.active && state.since_change < settle
-                    }
+                    let detected = watch.update(o.value);
+                    state.holds_after_detection(detected, settle)
                 }
                 Condition::ErrorRate { confidence, settle } => {
                     use fabrik_ml::drift::binary::{ErrorRateDetector, HddmA};
@@ -486,13 +495,8 @@ impl RuleEngine {
                             false,
                         ))
                     });
-                    if detector.update(o.value >= 0.5).drift {
-                        state.since_change = 0;
-                        true
-                    } else {
-                        state.since_change = state.since_change.saturating_add(1);
-                        state.active && state.since_change < settle
-                    }
+                    let detected = detector.update(o.value >= 0.5).drift;
+                    state.holds_after_detection(detected, settle)
                 }
             };
             state.last_time_ns = Some(time_ns);

@@ -2,8 +2,9 @@
 //! each column cast to the Arrow type the reader needs (times and ids to integers, tags to
 //! text, values to floats), whatever type the table stored.
 
-use datafusion::arrow::array::{Array, RecordBatch};
+use datafusion::arrow::array::{Array, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::DataType;
+use fabrik_store::Store;
 
 /// Column `index` of `batch` cast to `to` and read as `T` (the array type of `to`); `what`
 /// names the column in the error when it does not come out as `T`.
@@ -20,4 +21,15 @@ pub(crate) fn cast_column<T: Array + Clone + 'static>(
         .downcast_ref::<T>()
         .cloned()
         .ok_or_else(|| what.to_owned())
+}
+
+/// The one value `sql` selects (an aggregate such as `CAST(min(time) AS BIGINT)`) as an
+/// integer: `None` when the query returns no row or NULL (no row matched).
+pub(crate) async fn query_i64(store: &Store, sql: &str) -> Result<Option<i64>, String> {
+    let output = store.query(sql).await.map_err(|e| e.to_string())?;
+    let Some(batch) = output.batches.iter().find(|b| b.num_rows() > 0) else {
+        return Ok(None);
+    };
+    let column: Int64Array = cast_column(batch, 0, &DataType::Int64, "an integer")?;
+    Ok((!column.is_null(0)).then(|| column.value(0)))
 }

@@ -124,18 +124,7 @@ async fn first_missed_end(
         "SELECT CAST(max(time) AS BIGINT) AS last FROM {KPIS_TABLE} WHERE _source = {}",
         crate::sql_text::literal(KPIS_SOURCE)
     );
-    let output = store.query(&sql).await.map_err(|e| e.to_string())?;
-    let last = output.batches.iter().find_map(|batch| {
-        let column: datafusion::arrow::array::Int64Array = crate::columns::cast_column(
-            batch,
-            0,
-            &datafusion::arrow::datatypes::DataType::Int64,
-            "last",
-        )
-        .ok()?;
-        use datafusion::arrow::array::Array as _;
-        (!column.is_empty() && !column.is_null(0)).then(|| column.value(0))
-    });
+    let last = crate::columns::query_i64(store, &sql).await?;
     // Rows are stamped at their interval's last instant.
     Ok(last.and_then(|last| first_end_after(last.saturating_add(1), every_ns, next_end)))
 }

@@ -2316,11 +2316,7 @@ impl Runner {
             literal(&self.compiled.config.name),
             literal(device),
         );
-        let output = self.store.query(&sql).await.map_err(|e| e.to_string())?;
-        let first_flagged = output.batches.iter().find_map(|batch| {
-            let column: Int64Array = cast_column(batch, 0, &DataType::Int64, "").ok()?;
-            (!column.is_empty() && !column.is_null(0)).then(|| column.value(0))
-        });
+        let first_flagged = crate::columns::query_i64(&self.store, &sql).await?;
         Ok(first_flagged.unwrap_or_else(|| Timestamp::now().nanos()))
     }
 

@@ -303,15 +303,7 @@ pub(crate) async fn compare(
     let first = format!(
         "SELECT CAST(min(s.time) AS BIGINT) AS first FROM {SHADOW_TABLE} s WHERE {pair_ever}"
     );
-    let output = store.query(&first).await.map_err(|e| e.to_string())?;
-    let mut first_ns = None;
-    for batch in &output.batches {
-        let first: Int64Array = cast_column(batch, 0, &DataType::Int64, "first")?;
-        if batch.num_rows() > 0 && !first.is_null(0) {
-            first_ns = Some(first.value(0));
-        }
-    }
-    let Some(first_ns) = first_ns else {
+    let Some(first_ns) = crate::columns::query_i64(store, &first).await? else {
         return Ok(comparison);
     };
     let acting = format!(

@@ -267,22 +267,28 @@ impl HddmA {
         (1.0 / (2.0 * n) * (1.0 / self.drift_confidence).ln()).sqrt()
     }
 
-    fn mean_increased(&self, confidence: f64) -> bool {
-        if self.x_min.n == self.z.n {
+    /// Whether the mean since the cut point `cut` moved past the one at it (up with `rise`,
+    /// else down) by more than the bound at `confidence`.
+    fn moved(&self, cut: &Mean, confidence: f64, rise: bool) -> bool {
+        if cut.n == self.z.n {
             return false;
         }
-        let m = (self.z.n - self.x_min.n) / self.x_min.n * (1.0 / self.z.n);
+        let m = (self.z.n - cut.n) / cut.n * (1.0 / self.z.n);
         let eps = (m / 2.0 * (2.0 / confidence).ln()).sqrt();
-        self.z.mean - self.x_min.mean >= eps
+        let difference = if rise {
+            self.z.mean - cut.mean
+        } else {
+            cut.mean - self.z.mean
+        };
+        difference >= eps
+    }
+
+    fn mean_increased(&self, confidence: f64) -> bool {
+        self.moved(&self.x_min, confidence, true)
     }
 
     fn mean_decreased(&self, confidence: f64) -> bool {
-        if self.x_max.n == self.z.n {
-            return false;
-        }
-        let m = (self.z.n - self.x_max.n) / self.x_max.n * (1.0 / self.z.n);
-        let eps = (m / 2.0 * (2.0 / confidence).ln()).sqrt();
-        self.x_max.mean - self.z.mean >= eps
+        self.moved(&self.x_max, confidence, false)
     }
 }
 

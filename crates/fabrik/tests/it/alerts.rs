@@ -2168,15 +2168,7 @@ start = "earliest"
     );
     // HDDM_A starts afresh after a drift, and the higher rate is then its normal: by the time
     // all 400 are read, the alert has fired and resolved (30 labels later).
-    let alerts = || -> Vec<serde_json::Value> {
-        let (_, alerts) = http(
-            &p.url,
-            reqwest::Method::GET,
-            "/api/v1/alerts?rule=model-decay",
-            None,
-        );
-        alerts.as_array().cloned().unwrap_or_default()
-    };
+    let alerts = || crate::support::alerts_of(&p.url, "model-decay");
     eventually("the decaying pipeline's alert fires and resolves", || {
         alerts().iter().any(|a| a["state"] == "resolved")
     });

@@ -120,15 +120,7 @@ fn a_shadow_model_scores_the_same_windows_without_alerting_and_is_compared() {
 
     // Only the champion alerts: on pump-a and pump-c, though the challenger flagged every
     // window of every pump.
-    let alerts_of = |rule: &str| -> Vec<serde_json::Value> {
-        let (_, alerts) = http(
-            &p.url,
-            reqwest::Method::GET,
-            &format!("/api/v1/alerts?rule={rule}"),
-            None,
-        );
-        alerts.as_array().cloned().unwrap_or_default()
-    };
+    let alerts_of = |rule: &str| crate::support::alerts_of(&p.url, rule);
     eventually("both pipelines' alerts fire", || {
         alerts_of("pump-anomaly").len() == 2 && alerts_of("alone-anomaly").len() == 2
     });
@@ -419,15 +411,7 @@ fn an_ab_split_lets_the_challenger_act_on_its_devices_and_labels_count_both_ways
     assert_eq!(summary, expected, "{rows:?}");
 
     // The challenger alerts on pump-c (it flags every window), the champion on pump-a.
-    let alerts = || -> Vec<serde_json::Value> {
-        let (_, alerts) = http(
-            &p.url,
-            reqwest::Method::GET,
-            "/api/v1/alerts?rule=pump-anomaly",
-            None,
-        );
-        alerts.as_array().cloned().unwrap_or_default()
-    };
+    let alerts = || crate::support::alerts_of(&p.url, "pump-anomaly");
     eventually("pump-a's and pump-c's alerts fire", || alerts().len() == 2);
     let mut keys: Vec<String> = alerts()
         .iter()

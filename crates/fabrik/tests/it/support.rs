@@ -440,3 +440,15 @@ pub(crate) fn start_configured(dir: &std::path::Path, config: &str) -> Process {
         &[],
     )
 }
+
+/// The alerts of rule `rule` (`GET /api/v1/alerts?rule=`), any state; none if the request
+/// failed.
+pub(crate) fn alerts_of(url: &str, rule: &str) -> Vec<serde_json::Value> {
+    let (_, alerts) = crate::mqtt::http(
+        url,
+        reqwest::Method::GET,
+        &format!("/api/v1/alerts?rule={rule}"),
+        None,
+    );
+    alerts.as_array().cloned().unwrap_or_default()
+}

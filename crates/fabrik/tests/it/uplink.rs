@@ -385,15 +385,7 @@ fn a_hub_scopes_use_cases_by_its_edges_registries_and_decides_on_their_labels() 
         }
     }
     write(&edge.url, &rows);
-    let alerts = || {
-        let (_, alerts) = http(
-            &edge.url,
-            reqwest::Method::GET,
-            "/api/v1/alerts?rule=pump-hot",
-            None,
-        );
-        alerts.as_array().cloned().unwrap_or_default()
-    };
+    let alerts = || crate::support::alerts_of(&edge.url, "pump-hot");
     eventually_for(
         "four alerts fire on line-1",
         Duration::from_secs(30),

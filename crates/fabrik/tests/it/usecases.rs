@@ -531,15 +531,7 @@ fn an_sprt_gate_passes_once_enough_alerts_of_the_stage_are_confirmed() {
         }
     }
     assert_eq!(post_status(&url, "/api/v1/write", &body), 200);
-    let alerts = || {
-        let (_, alerts) = http(
-            &url,
-            reqwest::Method::GET,
-            "/api/v1/alerts?rule=pump-hot",
-            None,
-        );
-        alerts.as_array().cloned().unwrap_or_default()
-    };
+    let alerts = || crate::support::alerts_of(&url, "pump-hot");
     eventually("three alerts fire", || alerts().len() == 3);
     for (n, alert) in alerts().iter().enumerate() {
         let id = alert["id"].as_str().expect("id");
@@ -630,15 +622,9 @@ start = "earliest"
         0
     );
     eventually("the alert rule on the KPI fires", || {
-        let (_, alerts) = http(
-            &p.url,
-            reqwest::Method::GET,
-            "/api/v1/alerts?rule=busy-pilot",
-            None,
-        );
-        alerts
-            .as_array()
-            .is_some_and(|a| a.iter().any(|alert| alert["key"] == "pumps"))
+        crate::support::alerts_of(&p.url, "busy-pilot")
+            .iter()
+            .any(|alert| alert["key"] == "pumps")
     });
     // Down for three intervals: at the restart, the intervals that ended meanwhile are
     // measured from the rows stored, so the series has no hole.
