@@ -211,6 +211,8 @@ impl AlertDb {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
+            // Overwritten records are zeroed on disk: an erased name is gone, not in a free page.
+            .pragma("secure_delete", "ON")
             .busy_timeout(Duration::from_secs(5));
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
@@ -417,6 +419,49 @@ impl AlertDb {
                 .fetch_all(&self.pool)
                 .await?;
         rows.iter().map(alert_from_row).collect()
+    }
+
+    /// Replaces `name` with `erased` wherever alerts keep it (a person's data erased, GDPR
+    /// Art. 17): as who acknowledged an alert, whose comment goes too, and as who created or
+    /// ended a silence, whose comment goes when they created it. Returns how many alerts and
+    /// silences changed. Acknowledgements count as changes of their alert, so the dashboard's
+    /// stream shows the erased version.
+    pub async fn erase_person(
+        &self,
+        name: &str,
+        erased: &str,
+        now_ns: i64,
+    ) -> Result<(u64, u64), AlertError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let alerts = sqlx::query(concat!(
+            "UPDATE alerts SET ack_by = ?, comment = NULL, updated_ns = ",
+            change_stamp!(),
+            " WHERE ack_by = ?"
+        ))
+        .bind(erased)
+        .bind(now_ns)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let created =
+            sqlx::query("UPDATE silences SET by_whom = ?, comment = NULL WHERE by_whom = ?")
+                .bind(erased)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        let ended = sqlx::query("UPDATE silences SET ended_by = ? WHERE ended_by = ?")
+            .bind(erased)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await?;
+        Ok((alerts, created + ended))
     }
 
     /// Every silence.

@@ -3284,6 +3284,74 @@ mod tests {
         assert_eq!(late, [ids[6].clone()]);
     }
 
+    /// Erasing a person replaces their name as acknowledger and silence author, drops their
+    /// comments, and leaves everyone else's as it was.
+    #[tokio::test]
+    async fn an_erased_person_leaves_acknowledgements_and_silences_nameless() {
+        let dir = tempfile::tempdir().unwrap();
+        let alerting = alerting_in(dir.path(), vec![refused_webhook()]).await;
+        alerting
+            .observe("hot", &[obs("oven-1", 1, 85.0), obs("oven-2", 1, 85.0)])
+            .await
+            .unwrap();
+        let (hers, his) = (alert_id("hot", "oven-1", S), alert_id("hot", "oven-2", S));
+        for (id, by) in [(&hers, "ana"), (&his, "bob")] {
+            alerting
+                .ack(
+                    id,
+                    by,
+                    Feedback::TruePositive,
+                    Some(format!("{by}'s note")),
+                    false,
+                )
+                .await
+                .unwrap();
+        }
+        for (id, by) in [("s1", "ana"), ("s2", "bob")] {
+            alerting
+                .db()
+                .add_silence(&Silence {
+                    id: id.into(),
+                    rule: None,
+                    key: Some("oven-1".into()),
+                    from: None,
+                    until: model::rfc3339(4_000_000_000 * S),
+                    by: by.into(),
+                    comment: Some(format!("{by}'s reason")),
+                    ended_by: None,
+                })
+                .await
+                .unwrap();
+        }
+        let before = alerting.db().get(&hers).await.unwrap().updated_at;
+        let (alerts, silences) = alerting
+            .db()
+            .erase_person("ana", "(erased)", now_ns())
+            .await
+            .unwrap();
+        assert_eq!((alerts, silences), (1, 1));
+        let erased = alerting.db().get(&hers).await.unwrap();
+        let ack = erased.ack.clone().unwrap();
+        assert_eq!((ack.by.as_str(), ack.comment), ("(erased)", None));
+        assert_eq!(ack.feedback, Feedback::TruePositive, "the verdict stays");
+        assert_ne!(
+            erased.updated_at, before,
+            "a change the dashboard's stream sees"
+        );
+        let kept = alerting.db().get(&his).await.unwrap().ack.unwrap();
+        assert_eq!(
+            (kept.by.as_str(), kept.comment.as_deref()),
+            ("bob", Some("bob's note"))
+        );
+        let silences = alerting.db().silences().await.unwrap();
+        let by: Vec<(&str, Option<&str>)> = silences
+            .iter()
+            .map(|s| (s.by.as_str(), s.comment.as_deref()))
+            .collect();
+        assert!(by.contains(&("(erased)", None)), "{by:?}");
+        assert!(by.contains(&("bob", Some("bob's reason"))), "{by:?}");
+    }
+
     /// Resolved alerts unchanged for longer than the retention are deleted with their queued
     /// notifications; firing ones are kept whatever their age; without a retention, nothing.
     #[tokio::test]

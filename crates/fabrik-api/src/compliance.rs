@@ -278,10 +278,27 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
     let mut gaps = Vec::new();
     let mut partly = true;
     match &live.audit {
-        Some(check) if check.intact => evidence.push(format!(
-            "the audit log's HMAC-SHA256 chain verifies: {} entries, head #{} {}",
-            check.entries, check.head_seq, check.head_hash
-        )),
+        Some(check) if check.intact => {
+            evidence.push(format!(
+                "the audit log's HMAC-SHA256 chain verifies: {} entries, head #{} {}",
+                check.entries, check.head_seq, check.head_hash
+            ));
+            if check.erased_entries > 0 {
+                evidence.push(format!(
+                    "{} entries name an erased person; each still verifies through the salted \
+                     digests of its names and the erasure entry that vouches for it",
+                    check.erased_entries
+                ));
+            }
+            if check.unverifiable_entries > 0 {
+                gaps.push(format!(
+                    "entries written before names were hashed as salted digests (audit format \
+                     1) that lost a name to an erasure: {}; their own hash can no longer be \
+                     recomputed, only the chain links around them",
+                    check.unverifiable_entries
+                ));
+            }
+        }
         Some(check) => {
             partly = false;
             gaps.push(format!(
@@ -449,9 +466,18 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
          stage decisions, acknowledgements, silences, alert labels"
             .to_owned(),
     );
+    evidence.push(
+        "one person's data can be erased (DELETE /api/v1/people/{name}, `fabrik privacy erase`, \
+         audited without the name): their user and sessions; their name in audit entries, \
+         stage decisions, use cases, acknowledgements, silences and alert labels is replaced \
+         by \"(erased)\" and their comments dropped, with the audit chain still verifying; \
+         freed database pages are overwritten"
+            .to_owned(),
+    );
     gaps.push(
-        "no erasure of one person's data: removing a user leaves their name in the audit log, \
-         acknowledgements and alert labels"
+        "erasure does not reach the process log, audit logs set aside after a key change, \
+         copies already sent upstream, or names written in free text (stage-decision reasons, \
+         use case descriptions, other people's comments)"
             .to_owned(),
     );
     controls.push(control(
@@ -519,6 +545,8 @@ mod tests {
             problem: None,
             breaks: Vec::new(),
             broken_entries: 0,
+            erased_entries: 0,
+            unverifiable_entries: 0,
         }
     }
 
@@ -645,6 +673,36 @@ mod tests {
         assert!(!gaps.contains("alerting.retention"), "{gaps}");
         facts.alert_retention = "forever".into();
         assert!(gdpr(&facts).1.contains("kept forever (alerting.retention)"));
+        assert!(
+            evidence.contains("DELETE /api/v1/people/{name}"),
+            "{evidence}"
+        );
+        assert!(gaps.contains("process log"), "{gaps}");
+        assert!(!gaps.contains("no erasure"), "{gaps}");
+        // An erasure shows in the audit control: vouched-for entries as evidence, older
+        // entries whose own hash can no longer be checked as a gap.
+        let erased = LiveState {
+            users: Some([0, 0, 2]),
+            audit: Some(AuditVerification {
+                erased_entries: 4,
+                unverifiable_entries: 1,
+                ..intact()
+            }),
+        };
+        let controls = assess(&facts, &erased);
+        let audit = control_of(&controls, "NIST 800-53 AU-2");
+        assert!(
+            audit
+                .evidence
+                .join(" ")
+                .contains("4 entries name an erased person")
+        );
+        assert!(
+            audit
+                .gaps
+                .join(" ")
+                .contains("written before names were hashed")
+        );
         let controls = assess(&facts, &viewers_only);
         assert_eq!(
             status_of(&controls, "NIST 800-53 IA-2"),

@@ -13,6 +13,7 @@ mod body;
 pub mod compliance;
 pub mod control;
 pub mod devices;
+pub mod erasure;
 pub mod error;
 mod extract;
 pub mod fleet;

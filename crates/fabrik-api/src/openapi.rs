@@ -150,6 +150,7 @@ impl Modify for TokenAuth {
         crate::updates::fleet,
         crate::fleet::devices,
         crate::privacy::export,
+        crate::erasure::erase,
         crate::stream::device_stream,
         crate::pipelines::list,
         crate::pipelines::show,

@@ -149,7 +149,10 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/usecases/{name}/decisions",
             get(crate::usecases::decisions),
         )
-        .route("/api/v1/people/{name}", get(crate::privacy::export))
+        .route(
+            "/api/v1/people/{name}",
+            get(crate::privacy::export).delete(crate::erasure::erase),
+        )
         .route("/api/v1/audit", get(crate::audit::list))
         .route("/api/v1/audit/verify", get(crate::audit::verify))
         .route("/api/v1/compliance", get(crate::compliance::report))

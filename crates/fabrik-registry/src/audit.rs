@@ -7,6 +7,11 @@
 //! What the chain cannot show by itself is the newest entries cut off the end (the shorter
 //! chain is still valid): every entry is also written to the process log with its hash, so a
 //! log shipped off the machine holds the head to compare with.
+//!
+//! Names can be erased without breaking the chain (decision 0040): an entry's actor and target
+//! enter its hash as salted SHA-256 digests, so erasing one replaces the name with
+//! [`ERASED`] and its salt with its digest, and an erasure entry appended to the chain counts
+//! and digests the fields it erased, so erasing by hand, without the key, shows as a break.
 
 use std::path::Path;
 #[cfg(test)]
@@ -15,12 +20,14 @@ use std::time::Instant;
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use sqlx::Row;
 
 use crate::{Registry, RegistryError, now_ns};
 
+mod erasure;
 mod refusals;
+pub use erasure::PersonErasure;
 use refusals::RefusalWindows;
 
 /// The previous hash of the first entry.
@@ -28,6 +35,23 @@ const GENESIS: &str = "000000000000000000000000000000000000000000000000000000000
 
 /// Bytes of the chain key.
 const KEY_BYTES: usize = 32;
+
+/// Entries written before names could be erased: hashed over the names themselves.
+const FORMAT_NAMES: i64 = 1;
+/// Entries whose actor and target enter the hash as salted digests, so they can be erased.
+const FORMAT_ERASABLE: i64 = 2;
+/// Bytes of a field's salt: enough that an erased name cannot be guessed from its digest.
+const SALT_BYTES: usize = 16;
+/// What an erased name reads as.
+pub const ERASED: &str = "(erased)";
+
+/// The columns every read of entries takes, in [`StoredEntry::read`]'s terms.
+macro_rules! entry_columns {
+    () => {
+        "seq, time, actor, action, target, status, hash, format, actor_salt, target_salt, \
+         actor_digest, target_digest, actor_erased_by, target_erased_by, erasure"
+    };
+}
 
 /// Longest actor, action and target kept (characters): a request path is the client's to
 /// choose, and the log must not grow by whatever it sends.
@@ -109,6 +133,12 @@ pub struct AuditEntry {
     pub status: u16,
     /// HMAC-SHA256 (hex) of the previous entry's hash and this entry's fields.
     pub hash: String,
+    /// Its fields whose name was erased since (`actor`, `target`): they read `(erased)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub erased: Vec<String>,
+    /// On an entry that erased a person's names: how many fields it erased.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub erased_fields: Option<i64>,
 }
 
 /// What a check of the whole chain found.
@@ -133,6 +163,13 @@ pub struct AuditVerification {
     pub breaks: Vec<AuditBreak>,
     /// How many entries do not fit (also those past the listed 100).
     pub broken_entries: i64,
+    /// Entries with an erased name that still verify, through the digest that replaced it.
+    #[serde(default)]
+    pub erased_entries: i64,
+    /// Entries written before names could be erased (format 1) whose names were erased since:
+    /// their hash cannot be recomputed, so the check takes them as stored and goes on.
+    #[serde(default)]
+    pub unverifiable_entries: i64,
 }
 
 /// An entry that does not fit the chain.
@@ -190,12 +227,9 @@ impl AuditChain {
         })
     }
 
-    fn hash(&self, previous: &str, seq: i64, time: i64, event: &AuditEvent) -> String {
-        // `new_from_slice` refuses no key length for HMAC.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
-            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
-        // Each field length-prefixed, so no two different entries hash the same bytes.
-        let fields: [&[u8]; 7] = [
+    /// The hash of a format-1 entry, over its names.
+    fn hash_of_names(&self, previous: &str, seq: i64, time: i64, event: &AuditEvent) -> String {
+        self.mac_hex(&[
             previous.as_bytes(),
             &seq.to_le_bytes(),
             &time.to_le_bytes(),
@@ -203,14 +237,176 @@ impl AuditChain {
             event.action.as_bytes(),
             event.target.as_bytes(),
             &event.status.to_le_bytes(),
-        ];
+        ])
+    }
+
+    /// The hash of a format-2 entry, over the digests of its actor and target and, on an
+    /// erasure entry, what it erased.
+    fn hash_of_digests(&self, previous: &str, entry: &DigestedEntry<'_>) -> String {
+        self.mac_hex(&[
+            b"fabrik-audit-2",
+            previous.as_bytes(),
+            &entry.seq.to_le_bytes(),
+            &entry.time.to_le_bytes(),
+            &entry.actor,
+            entry.action.as_bytes(),
+            &entry.target,
+            &entry.status.to_le_bytes(),
+            entry.erasure.as_bytes(),
+        ])
+    }
+
+    fn mac_hex(&self, fields: &[&[u8]]) -> String {
+        // `new_from_slice` refuses no key length for HMAC.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("HMAC takes a key of any length"));
+        // Each field length-prefixed, so no two different entries hash the same bytes.
         for field in fields {
             mac.update(&(field.len() as u64).to_le_bytes());
             mac.update(field);
         }
-        let digest = mac.finalize().into_bytes();
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        hex(&mac.finalize().into_bytes())
     }
+}
+
+/// A format-2 entry as its hash sees it.
+struct DigestedEntry<'a> {
+    seq: i64,
+    time: i64,
+    actor: [u8; 32],
+    action: &'a str,
+    target: [u8; 32],
+    status: u16,
+    /// `count:digest` on an erasure entry, empty otherwise.
+    erasure: &'a str,
+}
+
+/// The salted digest by which a name enters a format-2 hash.
+fn field_digest(salt: &[u8], value: &str) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for part in [salt, value.as_bytes()] {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher.finalize().into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Lowercase hex as bytes; `None` for anything else.
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// A fresh salt, as hex.
+fn new_salt() -> Result<String, RegistryError> {
+    let mut salt = [0u8; SALT_BYTES];
+    getrandom::fill(&mut salt)
+        .map_err(|e| RegistryError::Token(format!("making an audit salt: {e}")))?;
+    Ok(hex(&salt))
+}
+
+/// How one name of a stored entry is proven: by its salt while it is there, by the digest
+/// that replaced the salt once erased.
+#[derive(Debug, Clone, Default)]
+struct NameProof {
+    salt: Option<String>,
+    digest: Option<String>,
+    erased_by: Option<i64>,
+}
+
+impl NameProof {
+    /// The digest the entry's hash took for `value`, or why there is none.
+    fn digest_of(&self, value: &str) -> Result<[u8; 32], &'static str> {
+        if self.erased_by.is_some() {
+            let digest = self.digest.as_deref().and_then(unhex).ok_or("no digest")?;
+            return <[u8; 32]>::try_from(digest).map_err(|_| "a digest of the wrong length");
+        }
+        let salt = self.salt.as_deref().and_then(unhex).ok_or("no salt")?;
+        Ok(field_digest(&salt, value))
+    }
+}
+
+/// An entry as stored, with what proves its names.
+struct StoredEntry {
+    entry: AuditEntry,
+    format: i64,
+    actor: NameProof,
+    target: NameProof,
+    /// `count:digest` on an erasure entry.
+    erasure: Option<String>,
+}
+
+impl StoredEntry {
+    fn read(row: &sqlx::sqlite::SqliteRow) -> Result<Self, RegistryError> {
+        let actor = NameProof {
+            salt: row.try_get("actor_salt")?,
+            digest: row.try_get("actor_digest")?,
+            erased_by: row.try_get("actor_erased_by")?,
+        };
+        let target = NameProof {
+            salt: row.try_get("target_salt")?,
+            digest: row.try_get("target_digest")?,
+            erased_by: row.try_get("target_erased_by")?,
+        };
+        let erasure: Option<String> = row.try_get("erasure")?;
+        let mut erased = Vec::new();
+        if actor.erased_by.is_some() {
+            erased.push("actor".to_owned());
+        }
+        if target.erased_by.is_some() {
+            erased.push("target".to_owned());
+        }
+        let erased_fields = erasure
+            .as_deref()
+            .and_then(|e| e.split_once(':'))
+            .and_then(|(count, _)| count.parse().ok());
+        Ok(Self {
+            entry: AuditEntry {
+                seq: row.try_get("seq")?,
+                time: row.try_get("time")?,
+                actor: row.try_get("actor")?,
+                action: row.try_get("action")?,
+                target: row.try_get("target")?,
+                status: u16::try_from(row.try_get::<i64, _>("status")?).unwrap_or(u16::MAX),
+                hash: row.try_get("hash")?,
+                erased,
+                erased_fields,
+            },
+            format: row.try_get("format")?,
+            actor,
+            target,
+            erasure,
+        })
+    }
+
+    /// Whether either name was erased.
+    fn has_erased(&self) -> bool {
+        self.actor.erased_by.is_some() || self.target.erased_by.is_some()
+    }
+}
+
+/// The code of one erased field in an erasure entry's digest: the entry's number, doubled,
+/// plus one for its target.
+fn field_code(seq: i64, target: bool) -> u64 {
+    (seq as u64) * 2 + u64::from(target)
+}
+
+/// `count:digest` of erased fields' codes, in ascending order: what an erasure entry records.
+fn erasure_summary(codes: &[u64]) -> String {
+    let mut hasher = Sha256::new();
+    for code in codes {
+        hasher.update(code.to_le_bytes());
+    }
+    format!("{}:{}", codes.len(), hex(&hasher.finalize()))
 }
 
 /// A key file's bytes as a key.
@@ -276,14 +472,85 @@ fn clipped(text: String, max: usize) -> String {
 }
 
 fn entry_of(row: &sqlx::sqlite::SqliteRow) -> Result<AuditEntry, RegistryError> {
+    Ok(StoredEntry::read(row)?.entry)
+}
+
+/// Appends `event` after the entry (`previous_seq`, `previous_hash`) on `connection`, in
+/// format 2, with `erasure` on an erasure entry; logs it to the process log too.
+async fn insert_entry(
+    chain: &AuditChain,
+    connection: &mut sqlx::SqliteConnection,
+    event: AuditEvent,
+    erasure: Option<String>,
+) -> Result<AuditEntry, RegistryError> {
+    let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut *connection)
+        .await?;
+    let (previous_seq, previous_hash) = match last {
+        Some(row) => (
+            row.try_get::<i64, _>("seq")?,
+            row.try_get::<String, _>("hash")?,
+        ),
+        None => (0, GENESIS.to_owned()),
+    };
+    let seq = previous_seq + 1;
+    let time = now_ns();
+    let (actor_salt, target_salt) = (new_salt()?, new_salt()?);
+    let salt_bytes = |salt: &str| unhex(salt).unwrap_or_default();
+    let hash = chain.hash_of_digests(
+        &previous_hash,
+        &DigestedEntry {
+            seq,
+            time,
+            actor: field_digest(&salt_bytes(&actor_salt), &event.actor),
+            action: &event.action,
+            target: field_digest(&salt_bytes(&target_salt), &event.target),
+            status: event.status,
+            erasure: erasure.as_deref().unwrap_or_default(),
+        },
+    );
+    sqlx::query(
+        "INSERT INTO audit_log (seq, time, actor, action, target, status, hash, format, \
+         actor_salt, target_salt, erasure) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(seq)
+    .bind(time)
+    .bind(&event.actor)
+    .bind(&event.action)
+    .bind(&event.target)
+    .bind(i64::from(event.status))
+    .bind(&hash)
+    .bind(FORMAT_ERASABLE)
+    .bind(&actor_salt)
+    .bind(&target_salt)
+    .bind(&erasure)
+    .execute(&mut *connection)
+    .await?;
+    tracing::info!(
+        target: "fabrik::audit",
+        seq,
+        actor = %event.actor,
+        action = %event.action,
+        target_path = %event.target,
+        status = event.status,
+        hash = %hash,
+        erasure = erasure.as_deref().unwrap_or_default(),
+        "Audit."
+    );
+    let erased_fields = erasure
+        .as_deref()
+        .and_then(|e| e.split_once(':'))
+        .and_then(|(count, _)| count.parse().ok());
     Ok(AuditEntry {
-        seq: row.try_get("seq")?,
-        time: row.try_get("time")?,
-        actor: row.try_get("actor")?,
-        action: row.try_get("action")?,
-        target: row.try_get("target")?,
-        status: u16::try_from(row.try_get::<i64, _>("status")?).unwrap_or(u16::MAX),
-        hash: row.try_get("hash")?,
+        seq,
+        time,
+        actor: event.actor,
+        action: event.action,
+        target: event.target,
+        status: event.status,
+        hash,
+        erased: Vec::new(),
+        erased_fields,
     })
 }
 
@@ -353,51 +620,8 @@ impl Registry {
         };
         let chain = &self.audit;
         let _one_at_a_time = chain.append.lock().await;
-        let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&self.pool)
-            .await?;
-        let (previous_seq, previous_hash) = match last {
-            Some(row) => (
-                row.try_get::<i64, _>("seq")?,
-                row.try_get::<String, _>("hash")?,
-            ),
-            None => (0, GENESIS.to_owned()),
-        };
-        let seq = previous_seq + 1;
-        let time = now_ns();
-        let hash = chain.hash(&previous_hash, seq, time, &event);
-        sqlx::query(
-            "INSERT INTO audit_log (seq, time, actor, action, target, status, hash) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(seq)
-        .bind(time)
-        .bind(&event.actor)
-        .bind(&event.action)
-        .bind(&event.target)
-        .bind(i64::from(event.status))
-        .bind(&hash)
-        .execute(&self.pool)
-        .await?;
-        tracing::info!(
-            target: "fabrik::audit",
-            seq,
-            actor = %event.actor,
-            action = %event.action,
-            target_path = %event.target,
-            status = event.status,
-            hash = %hash,
-            "Audit."
-        );
-        Ok(AuditEntry {
-            seq,
-            time,
-            actor: event.actor,
-            action: event.action,
-            target: event.target,
-            status: event.status,
-            hash,
-        })
+        let mut connection = self.pool.acquire().await?;
+        insert_entry(chain, &mut connection, event, None).await
     }
 
     /// Entries newest first, those before `before_seq` when given, at most `limit`.
@@ -406,10 +630,11 @@ impl Registry {
         before_seq: Option<i64>,
         limit: i64,
     ) -> Result<Vec<AuditEntry>, RegistryError> {
-        let rows = sqlx::query(
-            "SELECT seq, time, actor, action, target, status, hash FROM audit_log \
-             WHERE seq < ? ORDER BY seq DESC LIMIT ?",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            entry_columns!(),
+            " FROM audit_log WHERE seq < ? ORDER BY seq DESC LIMIT ?"
+        ))
         .bind(before_seq.unwrap_or(i64::MAX))
         .bind(limit.clamp(1, 10_000))
         .fetch_all(&self.pool)
@@ -423,10 +648,11 @@ impl Registry {
         actor: &str,
         limit: i64,
     ) -> Result<Vec<AuditEntry>, RegistryError> {
-        let rows = sqlx::query(
-            "SELECT seq, time, actor, action, target, status, hash FROM audit_log \
-             WHERE actor = ? ORDER BY seq DESC LIMIT ?",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            entry_columns!(),
+            " FROM audit_log WHERE actor = ? ORDER BY seq DESC LIMIT ?"
+        ))
         .bind(actor)
         .bind(limit.clamp(1, 100_000))
         .fetch_all(&self.pool)
@@ -447,10 +673,11 @@ impl Registry {
         let mut found = Vec::new();
         let mut before = i64::MAX;
         loop {
-            let rows = sqlx::query(
-                "SELECT seq, time, actor, action, target, status, hash FROM audit_log \
-                 WHERE seq < ? ORDER BY seq DESC LIMIT ?",
-            )
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                entry_columns!(),
+                " FROM audit_log WHERE seq < ? ORDER BY seq DESC LIMIT ?"
+            ))
             .bind(before)
             .bind(PAGE)
             .fetch_all(&self.pool)
@@ -494,7 +721,16 @@ impl Registry {
             problem: None,
             breaks: Vec::new(),
             broken_entries: 0,
+            erased_entries: 0,
+            unverifiable_entries: 0,
         };
+        // Fields marked erased, by the erasure entry that claims them, until it is reached.
+        let mut claims = ErasureClaims::default();
+        let newest: Option<i64> =
+            sqlx::query_scalar("SELECT max(seq) FROM audit_log WHERE typeof(seq) = 'integer'")
+                .fetch_one(&self.pool)
+                .await?;
+        let newest = newest.unwrap_or(0);
         // The entry the next one must follow: the last one read, fitting or not.
         let (mut previous_seq, mut previous_hash) = (0_i64, GENESIS.to_owned());
         // Rows whose number is not an integer (NULL or text: the column is not a rowid alias,
@@ -519,10 +755,12 @@ impl Registry {
         // page starts at the lowest number itself.
         let mut read_up_to: Option<i64> = None;
         loop {
-            let rows = sqlx::query(
-                "SELECT seq, time, actor, action, target, status, hash FROM audit_log \
-                 WHERE typeof(seq) = 'integer' AND (? OR seq > ?) ORDER BY seq LIMIT ?",
-            )
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                entry_columns!(),
+                " FROM audit_log WHERE typeof(seq) = 'integer' AND (? OR seq > ?) \
+                 ORDER BY seq LIMIT ?"
+            ))
             .bind(read_up_to.is_none())
             .bind(read_up_to.unwrap_or(i64::MIN))
             .bind(PAGE)
@@ -532,15 +770,10 @@ impl Registry {
                 break;
             }
             for row in &rows {
-                let entry = entry_of(row)?;
+                let stored = StoredEntry::read(row)?;
+                let entry = &stored.entry;
                 read_up_to = Some(entry.seq);
                 report.entries += 1;
-                let event = AuditEvent {
-                    actor: entry.actor.clone(),
-                    action: entry.action.clone(),
-                    target: entry.target.clone(),
-                    status: entry.status,
-                };
                 let problem = if entry.seq < 1 {
                     Some(format!(
                         "entry {} has a number below 1, which Fabrik never writes: it was \
@@ -554,14 +787,19 @@ impl Registry {
                         previous_seq + 1,
                         entry.seq - 1
                     ))
-                } else if chain.hash(&previous_hash, entry.seq, entry.time, &event) != entry.hash {
-                    Some(format!(
-                        "entry {} does not match its hash: it was changed, or the entry before \
-                         it was, or the audit key is not the one it was written with",
-                        entry.seq
-                    ))
                 } else {
-                    None
+                    match check_entry(chain, &stored, &previous_hash, &mut claims, newest) {
+                        Ok(Checked::Verified) => None,
+                        Ok(Checked::Erased) => {
+                            report.erased_entries += 1;
+                            None
+                        }
+                        Ok(Checked::Unverifiable) => {
+                            report.unverifiable_entries += 1;
+                            None
+                        }
+                        Err(problem) => Some(problem),
+                    }
                 };
                 match problem {
                     None if report.intact => {
@@ -586,11 +824,121 @@ impl Registry {
                 }
                 if entry.seq >= 1 {
                     previous_seq = entry.seq;
-                    previous_hash = entry.hash;
+                    previous_hash.clone_from(&entry.hash);
                 }
             }
         }
         Ok(report)
+    }
+}
+
+/// Erased fields' codes by the erasure entry that marks them, until that entry is reached.
+type ErasureClaims = std::collections::BTreeMap<i64, Vec<u64>>;
+
+/// How an entry that fits the chain was checked.
+enum Checked {
+    /// Its hash recomputed from its fields.
+    Verified,
+    /// Its hash recomputed, an erased name's digest standing in for it.
+    Erased,
+    /// Written over names that were erased since: taken as stored.
+    Unverifiable,
+}
+
+/// Checks one entry that follows `previous_hash` in sequence: its hash, the erasure marks on
+/// its fields (kept in `claims` for the erasure entry they name, at most `newest`), and, on an
+/// erasure entry, that the fields marked as erased by it are the ones it counted.
+fn check_entry(
+    chain: &AuditChain,
+    stored: &StoredEntry,
+    previous_hash: &str,
+    claims: &mut ErasureClaims,
+    newest: i64,
+) -> Result<Checked, String> {
+    let entry = &stored.entry;
+    let seq = entry.seq;
+    for (field, proof, is_target) in [
+        ("actor", &stored.actor, false),
+        ("target", &stored.target, true),
+    ] {
+        let Some(by) = proof.erased_by else { continue };
+        if by <= seq || by > newest {
+            return Err(format!(
+                "entry {seq}'s {field} is marked as erased by entry {by}, which is not an \
+                 entry after it: the mark was made behind Fabrik's back"
+            ));
+        }
+        claims
+            .entry(by)
+            .or_default()
+            .push(field_code(seq, is_target));
+    }
+    let claimed = claims.remove(&seq).unwrap_or_default();
+    match &stored.erasure {
+        Some(summary) if erasure_summary(&claimed) != *summary => {
+            return Err(format!(
+                "entry {seq} erased {} field(s), but {} field(s) are marked as erased by it, \
+                 or not the same ones: names were erased or restored behind Fabrik's back",
+                entry.erased_fields.unwrap_or(0),
+                claimed.len()
+            ));
+        }
+        None if !claimed.is_empty() => {
+            return Err(format!(
+                "{} field(s) are marked as erased by entry {seq}, which erased nothing: names \
+                 were erased behind Fabrik's back",
+                claimed.len()
+            ));
+        }
+        _ => {}
+    }
+    let changed = || {
+        format!(
+            "entry {seq} does not match its hash: it was changed, or the entry before it was, \
+             or the audit key is not the one it was written with"
+        )
+    };
+    match stored.format {
+        FORMAT_NAMES if stored.has_erased() => Ok(Checked::Unverifiable),
+        FORMAT_NAMES => {
+            let event = AuditEvent {
+                actor: entry.actor.clone(),
+                action: entry.action.clone(),
+                target: entry.target.clone(),
+                status: entry.status,
+            };
+            if chain.hash_of_names(previous_hash, seq, entry.time, &event) == entry.hash {
+                Ok(Checked::Verified)
+            } else {
+                Err(changed())
+            }
+        }
+        FORMAT_ERASABLE => {
+            let digest = |field: &str, proof: &NameProof, value: &str| {
+                proof
+                    .digest_of(value)
+                    .map_err(|why| format!("entry {seq}'s {field} has {why}: it was changed"))
+            };
+            let digested = DigestedEntry {
+                seq,
+                time: entry.time,
+                actor: digest("actor", &stored.actor, &entry.actor)?,
+                action: &entry.action,
+                target: digest("target", &stored.target, &entry.target)?,
+                status: entry.status,
+                erasure: stored.erasure.as_deref().unwrap_or_default(),
+            };
+            if chain.hash_of_digests(previous_hash, &digested) != entry.hash {
+                Err(changed())
+            } else if stored.has_erased() {
+                Ok(Checked::Erased)
+            } else {
+                Ok(Checked::Verified)
+            }
+        }
+        other => Err(format!(
+            "entry {seq} has format {other}, which Fabrik never writes: it was changed"
+        )),
     }
 }
 
@@ -618,6 +966,9 @@ pub async fn set_aside(db_path: &Path) -> Result<String, RegistryError> {
     sqlx::query(crate::schema::AUDIT_LOG_TABLE)
         .execute(&mut *tx)
         .await?;
+    for statement in crate::schema::AUDIT_LOG_ERASABLE.split(';') {
+        sqlx::query(statement.trim()).execute(&mut *tx).await?;
+    }
     tx.commit().await?;
     pool.close().await;
     let key = db_path.with_file_name("audit.key");

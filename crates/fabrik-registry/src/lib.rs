@@ -28,7 +28,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-pub use audit::{AuditBreak, AuditEntry, AuditEvent, AuditVerification};
+pub use audit::{AuditBreak, AuditEntry, AuditEvent, AuditVerification, ERASED, PersonErasure};
 pub use error::RegistryError;
 pub use users::{Role, User};
 
@@ -254,6 +254,9 @@ async fn connect(path: &Path) -> Result<sqlx::SqlitePool, RegistryError> {
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
+        // Deleted and overwritten records are zeroed on disk, so an erased name is gone, not
+        // left in a free page.
+        .pragma("secure_delete", "ON")
         .busy_timeout(Duration::from_secs(5));
     SqlitePoolOptions::new()
         .max_connections(4)

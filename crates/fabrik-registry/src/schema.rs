@@ -68,6 +68,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     );
     CREATE INDEX use_case_decisions_by_use_case ON use_case_decisions (use_case, id)",
     ),
+    (5, AUDIT_LOG_ERASABLE),
 ];
 
 /// The audit log's table, also made afresh when an old log is set aside.
@@ -80,6 +81,20 @@ pub(crate) const AUDIT_LOG_TABLE: &str = "CREATE TABLE audit_log (
         status BIGINT NOT NULL,
         hash TEXT NOT NULL
     )";
+
+/// What makes the audit log's names erasable (decision 0040): the entry's format (1: hashed
+/// over its names, 2: over salted digests of them), the salts, the digests that replace an
+/// erased name's salt, the erasure entry that erased it, and on an erasure entry the count
+/// and digest of the fields it erased. Also applied when an old log is set aside.
+pub(crate) const AUDIT_LOG_ERASABLE: &str =
+    "ALTER TABLE audit_log ADD COLUMN format BIGINT NOT NULL DEFAULT 1;
+    ALTER TABLE audit_log ADD COLUMN actor_salt TEXT;
+    ALTER TABLE audit_log ADD COLUMN target_salt TEXT;
+    ALTER TABLE audit_log ADD COLUMN actor_digest TEXT;
+    ALTER TABLE audit_log ADD COLUMN target_digest TEXT;
+    ALTER TABLE audit_log ADD COLUMN actor_erased_by BIGINT;
+    ALTER TABLE audit_log ADD COLUMN target_erased_by BIGINT;
+    ALTER TABLE audit_log ADD COLUMN erasure TEXT";
 
 /// Applies the migrations the database has not seen yet.
 pub(crate) async fn migrate(pool: &SqlitePool) -> Result<(), RegistryError> {

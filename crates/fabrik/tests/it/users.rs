@@ -421,6 +421,93 @@ fn everything_kept_about_a_person_is_exported_for_admins_only() {
         "{none}"
     );
     assert_eq!(none["silences"], serde_json::json!([]));
+
+    // Her verdicts as data, beside bob's.
+    let lines = "alert_labels,rule=r,device=pump-1 alert_id=\"a1\",feedback=\"true_positive\",\
+                 true_positive=true,by=\"ana\",comment=\"ana saw the bearing\" 1700000000000000000\n\
+                 alert_labels,rule=r,device=pump-2 alert_id=\"a2\",feedback=\"false_positive\",\
+                 true_positive=false,by=\"bob\",comment=\"bob's\" 1700000000000000000\n";
+    assert_eq!(
+        crate::support::post_status(&url, "/api/v1/write", lines),
+        200
+    );
+
+    // Erasure: refused without --yes, then done.
+    let (ok, out) = crate::support::client_command(&url, &["privacy", "erase", "ana"]);
+    assert!(!ok && out.contains("--yes"), "{out}");
+    let (ok, out) = crate::support::client_command(&url, &["privacy", "erase", "ana", "--yes"]);
+    assert!(ok, "{out}");
+    let erased: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(erased["registry"]["user_removed"], true, "{erased}");
+    assert!(
+        erased["registry"]["audit_entries_by"].as_i64().unwrap() >= 3,
+        "{erased}"
+    );
+    assert!(
+        erased["registry"]["audit_entries_about"].as_i64().unwrap() >= 3,
+        "{erased}"
+    );
+    assert_eq!(
+        erased["registry"]["use_cases"],
+        serde_json::json!(["pumps"])
+    );
+    assert_eq!(
+        (&erased["silences"], &erased["alert_labels"]),
+        (&2.into(), &1.into())
+    );
+    // Her session ended with her user.
+    let (status, _, _) = call(
+        &url,
+        reqwest::Method::GET,
+        "/api/v1/alerts",
+        Some(&ana),
+        None,
+    );
+    assert_eq!(status, 401);
+    // The audit chain still verifies, and her name is gone from it.
+    let (status, check) =
+        crate::mqtt::http(&url, reqwest::Method::GET, "/api/v1/audit/verify", None);
+    assert_eq!(status, 200);
+    assert_eq!(check["intact"], true, "{check}");
+    assert!(check["erased_entries"].as_i64().unwrap() >= 6, "{check}");
+    let (_, audit) =
+        crate::mqtt::http(&url, reqwest::Method::GET, "/api/v1/audit?limit=1000", None);
+    let text = audit.to_string();
+    assert!(
+        !text.contains("\"ana\"") && !text.contains("/ana"),
+        "{text}"
+    );
+    // Nothing is left under her name (looking her up again is on record, as any lookup is).
+    let (_, out) = crate::support::client_command(&url, &["privacy", "export", "ana"]);
+    let after: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    for kept in [
+        "audit_entries",
+        "audit_entries_about",
+        "silences",
+        "alert_labels",
+        "use_cases",
+    ] {
+        assert_eq!(after[kept], serde_json::json!([]), "{kept}: {after}");
+    }
+    assert!(after["user"].is_null(), "{after}");
+    // Her label rewritten in place, bob's as it was.
+    let (status, rows) = crate::mqtt::http(
+        &url,
+        reqwest::Method::POST,
+        "/api/v1/query",
+        Some(
+            serde_json::json!({"sql": "SELECT device, alert_id, \"by\", comment, true_positive \
+                                        FROM alert_labels ORDER BY device"}),
+        ),
+    );
+    assert_eq!(status, 200, "{rows}");
+    assert_eq!(
+        rows,
+        serde_json::json!([
+            {"device": "pump-1", "alert_id": "a1", "by": "(erased)", "comment": "", "true_positive": true},
+            {"device": "pump-2", "alert_id": "a2", "by": "bob", "comment": "bob's", "true_positive": false}
+        ])
+    );
     let (status, _) = p.terminate();
     assert!(status.success());
 }
