@@ -1294,6 +1294,7 @@ function ruleCondition(d) {
     case 'absent': return `no row for ${d.threshold}s${forText}`;
     case 'unchanged': return `${d.value} unchanged for ${d.threshold}s${forText}`;
     case 'change': return `level of ${d.value} changed (ADWIN, confidence ${d.threshold})`;
+    case 'distribution': return `distribution of ${d.value} changed (KSWIN, level ${d.threshold})`;
     case 'error_rate': return `share of errors in ${d.value} rose (HDDM_A, confidence ${d.threshold})`;
     default: return d.condition;
   }

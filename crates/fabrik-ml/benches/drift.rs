@@ -1,12 +1,15 @@
 //! Cost of one drift check (`cargo bench -p fabrik-ml --bench drift`): a device's current
 //! windows against its reference windows, 12 features, `auto` as a pipeline runs it, best of
 //! five after a warm-up. `-- adwin` runs only ADWIN's throughput on a stream of level steps
-//! (`bench/river_adwin.py` runs river's on the same stream). The exact KS test is the expensive part: its recursion walks a band
+//! (`bench/river_adwin.py` runs river's on the same stream); `-- kswin` KSWIN's on the first
+//! 100,000 of those values (`bench/river_kswin.py`), and its false alarms and delay at three
+//! levels on 200,000 (one step, at 100,000). The exact KS test is the expensive part: its recursion walks a band
 //! whose width grows with the statistic, so a no-drift, a mild and a strong shift are timed.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use fabrik_ml::drift::kswin::{Kswin, KswinSettings};
 use fabrik_ml::drift::stream::Adwin;
 use fabrik_ml::drift::{DriftMethod, dataset_drift};
 
@@ -77,6 +80,83 @@ fn adwin() {
     );
 }
 
+/// KSWIN (river's defaults, seed 42) over the first 100,000 values of [`adwin_stream`]:
+/// values/s, best of three, and the detections, to set beside river's; then, at three
+/// levels, how many detections come before the step at 100,000 (all false) and how long
+/// after it the first one comes.
+fn kswin() {
+    let values = adwin_stream(100_000);
+    let mut best = Duration::MAX;
+    let mut detections = Vec::new();
+    for _ in 0..3 {
+        let mut detector = Kswin::new(KswinSettings::default());
+        let started = Instant::now();
+        let found: Vec<usize> = values
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &v)| detector.update(black_box(v)).then_some(i))
+            .collect();
+        best = best.min(started.elapsed());
+        detections = found;
+    }
+    println!(
+        "KSWIN (100,000 values)                   {:>9.0} values/s",
+        values.len() as f64 / best.as_secs_f64()
+    );
+    println!(
+        "detections: {} {:?}",
+        detections.len(),
+        &detections[..detections.len().min(12)]
+    );
+    let values = adwin_stream(200_000);
+    // The same noise around 0, three times as wide from 100,000: a change of spread alone.
+    let spread: Vec<f64> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let noise = v - ((i / 100_000) % 2) as f64;
+            if i >= 100_000 { 3.0 * noise } else { noise }
+        })
+        .collect();
+    for (alpha, window_size, stat_size) in [
+        (0.005, 100, 30),
+        (1e-4, 100, 30),
+        (1e-6, 100, 30),
+        (1e-6, 300, 100),
+        (1e-8, 300, 100),
+    ] {
+        let mut detector = Kswin::new(KswinSettings {
+            alpha,
+            window_size,
+            stat_size,
+            ..KswinSettings::default()
+        });
+        let found: Vec<usize> = values
+            .iter()
+            .enumerate()
+            .filter_map(|(i, &v)| detector.update(v).then_some(i))
+            .collect();
+        let false_alarms = found.iter().filter(|&&i| i < 100_000).count();
+        let delay = found.iter().find(|&&i| i >= 100_000).map(|i| i - 100_000);
+        let mut detector = Kswin::new(KswinSettings {
+            alpha,
+            window_size,
+            stat_size,
+            ..KswinSettings::default()
+        });
+        let widened = spread
+            .iter()
+            .enumerate()
+            .position(|(i, &v)| detector.update(v) && i >= 100_000)
+            .map(|i| i - 100_000);
+        println!(
+            "alpha {alpha:<8} window {window_size:>3}/{stat_size:<3}: false alarms in 100,000 \
+             stationary values {false_alarms:>4}; a step of the level found after {delay:?} \
+             values, a threefold spread after {widened:?}"
+        );
+    }
+}
+
 fn main() {
     let filters: Vec<String> = std::env::args()
         .skip(1)
@@ -84,6 +164,12 @@ fn main() {
         .collect();
     if filters.is_empty() || filters.iter().any(|f| f == "adwin") {
         adwin();
+        if !filters.is_empty() {
+            return;
+        }
+    }
+    if filters.is_empty() || filters.iter().any(|f| f == "kswin") {
+        kswin();
         if !filters.is_empty() {
             return;
         }

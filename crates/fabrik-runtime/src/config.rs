@@ -881,13 +881,17 @@ pub struct AlertRuleConfig {
     /// a signal sampled faster than it moves, or one with a daily cycle, keeps firing; no
     /// `for`), or `error_rate` (each value is an outcome, an error from 0.5 up — an alert
     /// operators called false, a wrong prediction — and the share of errors rose: HDDM_A, as
-    /// river computes it, at confidence `threshold`, e.g. 0.001; model decay; no `for`).
+    /// river computes it, at confidence `threshold`, e.g. 0.001; model decay; no `for`), or
+    /// `distribution` (the newest values' distribution differs from the older ones': KSWIN,
+    /// as river computes it with seed 42, at level `threshold`, e.g. 1e-6, as it tests at
+    /// every value; on ranks, so unit-free and not moved by glitches; no `for`).
     pub condition: String,
     /// The firing level (seconds of silence for `absent`, of the same value for `unchanged`;
-    /// ADWIN's confidence for `change`, HDDM_A's for `error_rate`).
+    /// ADWIN's confidence for `change`, HDDM_A's for `error_rate`, KSWIN's level for
+    /// `distribution`).
     pub threshold: f64,
-    /// The clearing level (hysteresis; default: the threshold). For `change` and
-    /// `error_rate`: how many values must come without another detection for the alert to
+    /// The clearing level (hysteresis; default: the threshold). For `change`, `distribution`
+    /// and `error_rate`: how many values must come without another detection for the alert to
     /// resolve (default 30).
     #[serde(default)]
     pub clear: Option<f64>,

@@ -117,16 +117,21 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
             problem("threshold", "must be greater than zero".into());
             None
         }
-        "change" | "error_rate" => {
-            // `threshold` is the detector's confidence (ADWIN's, HDDM_A's drift confidence),
-            // `clear` the values without another detection that resolve the alert.
-            let (default, values) = if c.condition == "change" {
-                ("0.002 is river's default", "values without another change")
-            } else {
-                (
+        "change" | "error_rate" | "distribution" => {
+            // `threshold` is the detector's confidence (ADWIN's, HDDM_A's drift confidence,
+            // KSWIN's level), `clear` the values without another detection that resolve the
+            // alert.
+            let (default, values) = match c.condition.as_str() {
+                "change" => ("0.002 is river's default", "values without another change"),
+                "error_rate" => (
                     "0.001 is river's default for HDDM_A",
                     "outcomes without another drift",
-                )
+                ),
+                _ => (
+                    "KSWIN tests at every value: 1e-6 kept 100,000 stationary values free of \
+                     false alarms, river's 0.005 raised 133",
+                    "values without another detection",
+                ),
             };
             let settle = c.clear.unwrap_or(30.0);
             if !(c.threshold > 0.0 && c.threshold < 1.0) {
@@ -153,6 +158,11 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
                     delta: c.threshold,
                     settle: settle as u32,
                 })
+            } else if c.condition == "distribution" {
+                Some(Condition::Distribution {
+                    alpha: c.threshold,
+                    settle: settle as u32,
+                })
             } else {
                 Some(Condition::ErrorRate {
                     confidence: c.threshold,
@@ -164,8 +174,8 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
             problem(
                 "condition",
                 format!(
-                    "`{other}`: expected above, below, rate_above, absent, unchanged, change \
-                     or error_rate"
+                    "`{other}`: expected above, below, rate_above, absent, unchanged, change, \
+                     distribution or error_rate"
                 ),
             );
             None
@@ -173,7 +183,10 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
     };
     match (c.fill.as_deref(), c.condition.as_str()) {
         (None, _) => {}
-        (Some(_), "absent" | "unchanged" | "rate_above" | "change" | "error_rate") => problem(
+        (
+            Some(_),
+            "absent" | "unchanged" | "rate_above" | "change" | "error_rate" | "distribution",
+        ) => problem(
             "fill",
             format!(
                 "does not apply to `{}`: a filled value repeats the last one, which would look \
@@ -193,7 +206,11 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
         .and_then(|d| i64::try_from(d.as_nanos()).ok());
     // A change holds for `clear` values, not for a time: a `for` longer than they take would
     // let it resolve while still pending, and no one would hear of it.
-    if matches!(c.condition.as_str(), "change" | "error_rate") && for_ns.is_some_and(|ns| ns > 0) {
+    if matches!(
+        c.condition.as_str(),
+        "change" | "error_rate" | "distribution"
+    ) && for_ns.is_some_and(|ns| ns > 0)
+    {
         problem(
             "for",
             format!(
@@ -2336,6 +2353,19 @@ mod tests {
         assert!(compile_rule(&shift).is_ok());
         shift.for_duration = "1m".into();
         assert_eq!(compile_rule(&shift).unwrap_err()[0].0, "for");
+        // `distribution`: KSWIN's level, the same checks.
+        let mut spread = demo_rule();
+        spread.condition = "distribution".into();
+        spread.threshold = 1e-6;
+        spread.clear = None;
+        assert!(matches!(
+            compile_rule(&spread).map(|r| r.rule.condition),
+            Ok(Condition::Distribution { alpha, settle: 30 }) if alpha == 1e-6
+        ));
+        spread.threshold = 0.0;
+        let problems = compile_rule(&spread).unwrap_err();
+        assert_eq!(problems[0].0, "threshold");
+        assert!(problems[0].1.contains("KSWIN"), "{problems:?}");
         // `expect` is for heartbeat rules, and must name something; `clear` is not for them.
         let mut expecting = demo_rule();
         expecting.expect = Some(ExpectConfig {

@@ -1,10 +1,11 @@
-//! ADWIN, Page–Hinkley and the error-rate detectors (DDM, EDDM, HDDM_A, HDDM_W, FHDDM) against
+//! ADWIN, Page–Hinkley, KSWIN and the error-rate detectors (DDM, EDDM, HDDM_A, HDDM_W, FHDDM) against
 //! river 0.26.1 (`river_drift_fixtures.json`): the same detection (and warning) indices on the
 //! same streams, river's protocol (a detector resets at the update after a drift).
 
 use fabrik_ml::drift::binary::{
     AnyErrorRateDetector, Ddm, Eddm, ErrorRateDetector, Fhddm, HddmA, HddmW,
 };
+use fabrik_ml::drift::kswin::{Kswin, KswinSettings};
 use fabrik_ml::drift::stream::{Adwin, ChangeDirection, PageHinkley};
 
 use crate::support::fixture;
@@ -70,6 +71,48 @@ fn page_hinkley_flags_what_river_flags() {
     // The thr10 run is river's false-alarm reference: 52 detections on a stream with one
     // change.
     assert_eq!(expected(&f, "PageHinkley_thr10_D").len(), 52);
+}
+
+#[test]
+fn kswin_flags_what_river_flags_with_the_same_seed() {
+    let f = fixtures();
+    for (key, stream_name, alpha) in [
+        ("KSWIN_a1e-4_seed42_A", "A", 1e-4),
+        ("KSWIN_default_seed42_D", "D", 0.005),
+    ] {
+        let mut kswin = Kswin::new(KswinSettings {
+            alpha,
+            ..KswinSettings::default()
+        });
+        let got = detections(&stream(&f, stream_name), |v| kswin.update(v));
+        assert_eq!(got, expected(&f, key), "{key}");
+    }
+}
+
+#[test]
+fn kswin_draws_what_cpython_draws_over_a_hundred_thousand_tests() {
+    let text = std::fs::read_to_string(fixture("river_kswin_noise.json")).expect("fixture");
+    let river: serde_json::Value = serde_json::from_str(&text).expect("fixture JSON");
+    // `bench/river_adwin.py`'s noise: xorshift64 (13, 7, 17), 53 bits, centred on 0.
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let values: Vec<f64> = (0..100_000)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1_u64 << 53) as f64 - 0.5
+        })
+        .collect();
+    let mut kswin = Kswin::new(KswinSettings::default());
+    let got = detections(&values, |v| kswin.update(v));
+    let expected: Vec<usize> = river["detections"]
+        .as_array()
+        .expect("detections")
+        .iter()
+        .map(|v| v.as_u64().expect("index") as usize)
+        .collect();
+    assert_eq!(expected.len(), 133);
+    assert_eq!(got, expected);
 }
 
 /// river's record of a binary detector on a stream: the drift indices, the first 50 indices
