@@ -206,8 +206,61 @@ pub struct ShadowComparison {
     pub false_alarms_flagged_by_champion: u64,
     /// Whether those labelled windows decide between the two models yet.
     pub decision: ShadowDecision,
+    /// With an A/B split, the two arms side by side: what each model did where it acted,
+    /// and whether their alert rates and precisions differ beyond what the assignment of
+    /// devices to arms would give by chance; `None` unless both arms have windows.
+    #[serde(default)]
+    pub arms: Option<ShadowArms>,
     /// Per device.
     pub devices: Vec<ShadowDevice>,
+}
+
+/// The two arms of an A/B split: the challenger where it was live, the champion elsewhere.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
+pub struct ShadowArms {
+    /// Where the challenger's verdicts were the pipeline's.
+    pub challenger: ShadowArm,
+    /// Where the champion's were.
+    pub champion: ShadowArm,
+    /// Alerts (flagged windows) per window, the challenger's arm against the champion's.
+    pub alert_rate: ArmDifference,
+    /// Confirmed among labelled alerts, the challenger's arm against the champion's.
+    pub precision: ArmDifference,
+}
+
+/// What one model did on the devices (and windows) where it acted.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
+pub struct ShadowArm {
+    /// Devices with windows in this arm (a device moved between arms is in both).
+    pub devices: u64,
+    /// Windows it acted on.
+    pub windows: u64,
+    /// Of those, the ones it flagged: its alerts.
+    pub alerts: u64,
+    /// `alerts / windows`.
+    pub alert_rate: Option<f64>,
+    /// Its alerts that operators labelled (in the period).
+    pub labelled: u64,
+    /// Of those, the ones they confirmed.
+    pub confirmed: u64,
+    /// `confirmed / labelled`.
+    pub precision: Option<f64>,
+}
+
+/// The challenger's arm minus the champion's, and a permutation test of it over devices.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
+pub struct ArmDifference {
+    /// Challenger's rate minus champion's; `None` when an arm has nothing to count.
+    pub difference: Option<f64>,
+    /// Two-sided: the share of assignments of the same devices to arms of the same sizes
+    /// whose rates differ at least as much. Devices, not windows, are the units, because the
+    /// split assigns devices and a device's windows are not independent. Two devices can
+    /// never show a difference (p = 1).
+    pub p_value: Option<f64>,
+    /// Assignments weighed.
+    pub permutations: u64,
+    /// Whether those were all of them (else a seeded random sample).
+    pub exact: bool,
 }
 
 /// What a [`ShadowDecision`] concluded.
@@ -276,6 +329,12 @@ pub struct ShadowDevice {
     pub both_flagged: u64,
     /// Of its windows, those on which the challenger was live (an A/B split).
     pub live_windows: u64,
+    /// Of its live windows, those the challenger flagged: its alerts there.
+    #[serde(default)]
+    pub live_flags: u64,
+    /// Of its other windows, those the champion flagged: its alerts there.
+    #[serde(default)]
+    pub champion_acted_flags: u64,
 }
 
 /// The pipelines of this process, by name; written by the runner, read by the API.

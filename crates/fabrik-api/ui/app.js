@@ -73,6 +73,14 @@ const SILENT_AFTER_MS = 60000;
 const isSilent = (d) => d.state === 'online' && (!d.last_seen || Date.now() - toMs(d.last_seen) > SILENT_AFTER_MS);
 const pill = (state, label) => html`<span class="pill ${STATE_CLASS[state] ?? ''}">${label ?? String(state).replace('_', ' ')}</span>`;
 
+/** An A/B split's arms: each model's alert rate and precision where it acted, and the
+ * permutation p-values (over devices) of their differences. */
+function armsText(a) {
+  const pct = (x) => (x == null ? '—' : `${fmtNum(x * 100, 3)} %`);
+  const diff = (d) => (d.difference == null ? '—' : `${d.difference > 0 ? '+' : ''}${fmtNum(d.difference * 100, 3)} points, p ${d.p_value == null ? '—' : fmtNum(d.p_value, 3)}`);
+  return `alert rate: challenger ${pct(a.challenger.alert_rate)} on ${a.challenger.devices} device(s), champion ${pct(a.champion.alert_rate)} on ${a.champion.devices} (${diff(a.alert_rate)}); precision: ${pct(a.challenger.precision)} vs ${pct(a.champion.precision)} (${diff(a.precision)}); p over devices`;
+}
+
 /** A shadow comparison's sequential decision: the verdict, and what it rests on. */
 function shadowDecision(d) {
   const verdict = d.verdict === 'challenger_better' ? pill('online', 'challenger right more often')
@@ -1208,6 +1216,7 @@ async function pagePipelines(p, args) {
       ${c.live_windows ? html`<dt>A/B split</dt><dd id="pl-shadow-live">the challenger acts on ${fmtNum(c.live_windows)} of these windows <span class="muted">(${c.devices.filter((d) => d.live_windows).map((d) => d.device).join(', ')})</span></dd>` : ''}
       <dt>Confirmed faults</dt><dd>${!c.confirmed ? html`<span class="muted">none labelled yet</span>` : c.live_windows ? `${c.confirmed}: flagged by the champion ${c.confirmed_flagged_by_champion}, by the challenger ${c.confirmed_flagged_by_challenger}` : `${c.confirmed_flagged_by_challenger} of ${c.confirmed} flagged by the challenger too`}</dd>
       <dt>False alarms</dt><dd>${!c.false_alarms ? html`<span class="muted">none labelled yet</span>` : c.live_windows ? `${c.false_alarms}: raised by the champion ${c.false_alarms_flagged_by_champion}, by the challenger ${c.false_alarms_flagged_by_challenger}` : `${c.false_alarms_flagged_by_challenger} of ${c.false_alarms} raised by the challenger too`}</dd>
+      ${c.arms ? html`<dt>Arms</dt><dd id="pl-shadow-arms">${armsText(c.arms)}</dd>` : ''}
       <dt>Decision</dt><dd id="pl-shadow-decision">${shadowDecision(c.decision)}</dd></dl>`);
   };
   every(p, 30000, refreshMonitoring);

@@ -27,6 +27,7 @@ mod error;
 mod linalg;
 pub mod nab;
 mod numeric;
+pub mod permutation;
 pub mod pipeline;
 pub mod sequential;
 pub mod skab;

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use fabrik_runtime::config::PipelineConfig;
 
-use fabrik_api::pipelines::{DriftStatus, ShadowComparison, ShadowDecision, ShadowVerdict};
+use fabrik_api::pipelines::{
+    DriftStatus, ShadowArms, ShadowComparison, ShadowDecision, ShadowVerdict,
+};
 
 use crate::client::Endpoint;
 use crate::define_cli::Kind;
@@ -231,6 +233,9 @@ fn shadow_table(c: &ShadowComparison) -> String {
             c.false_alarms_flagged_by_champion,
             c.false_alarms_flagged_by_challenger
         );
+        if let Some(arms) = &c.arms {
+            out += &arms_lines(arms);
+        }
     }
     let _ = writeln!(out, "{}", decision_line(&c.decision));
     let _ = writeln!(
@@ -248,6 +253,48 @@ fn shadow_table(c: &ShadowComparison) -> String {
             d.challenger_flags,
             d.both_flagged,
             d.live_windows
+        );
+    }
+    out
+}
+
+/// The arms of an A/B split: each model where it acted, then the two differences with their
+/// permutation p-values over devices.
+fn arms_lines(arms: &ShadowArms) -> String {
+    use std::fmt::Write as _;
+    let share = |x: Option<f64>| x.map_or("-".to_owned(), |x| format!("{:.2} %", x * 100.0));
+    let mut out = String::new();
+    for (who, arm) in [
+        ("challenger", &arms.challenger),
+        ("champion", &arms.champion),
+    ] {
+        let _ = writeln!(
+            out,
+            "  {who:<10} acted on {} device(s), {} windows: {} alerts ({}); {} of {} labelled \
+             confirmed (precision {})",
+            arm.devices,
+            arm.windows,
+            arm.alerts,
+            share(arm.alert_rate),
+            arm.confirmed,
+            arm.labelled,
+            share(arm.precision)
+        );
+    }
+    for (what, d) in [
+        ("alert rate", &arms.alert_rate),
+        ("precision", &arms.precision),
+    ] {
+        let difference = d
+            .difference
+            .map_or("-".to_owned(), |x| format!("{:+.2} points", x * 100.0));
+        let p = d.p_value.map_or("-".to_owned(), |p| format!("{p:.4}"));
+        let how = if d.exact { "all" } else { "a sample of" };
+        let _ = writeln!(
+            out,
+            "  {what}, challenger minus champion: {difference}; p {p} over devices ({how} {} \
+             assignments)",
+            d.permutations
         );
     }
     out

@@ -8,8 +8,12 @@ use std::collections::BTreeMap;
 
 use datafusion::arrow::array::{Array, BooleanArray, Int64Array, StringArray};
 use datafusion::arrow::datatypes::DataType;
-use fabrik_api::pipelines::{ShadowComparison, ShadowDecision, ShadowDevice, ShadowVerdict};
+use fabrik_api::pipelines::{
+    ArmDifference, ShadowArm, ShadowArms, ShadowComparison, ShadowDecision, ShadowDevice,
+    ShadowVerdict,
+};
 use fabrik_core::Value;
+use fabrik_ml::permutation::{RateComparison, Unit, compare_pooled_rates};
 use fabrik_ml::pipeline::Inference;
 use fabrik_ml::sequential::{Decision, MixtureSprt, Pairing};
 use fabrik_runtime::config::PipelineConfig;
@@ -176,6 +180,7 @@ pub(crate) async fn compare(
         false_alarms_flagged_by_challenger: 0,
         false_alarms_flagged_by_champion: 0,
         decision: undecided(&test),
+        arms: None,
         devices: Vec::new(),
     };
     if !store.has_table(SHADOW_TABLE) {
@@ -217,17 +222,31 @@ pub(crate) async fn compare(
         literal(&champion_version)
     );
     // A table written before A/B splits, or only by pure shadows, has no `live` column.
-    let live_windows = if store.has_column(SHADOW_TABLE, LIVE_COLUMN) {
-        format!("sum(CASE WHEN s.{LIVE_COLUMN} THEN 1 ELSE 0 END)")
+    let has_live = store.has_column(SHADOW_TABLE, LIVE_COLUMN);
+    let (live_windows, live_flags, champion_acted_flags, live_any) = if has_live {
+        (
+            format!("sum(CASE WHEN s.{LIVE_COLUMN} THEN 1 ELSE 0 END)"),
+            format!("sum(CASE WHEN s.{LIVE_COLUMN} AND s.flag THEN 1 ELSE 0 END)"),
+            format!(
+                "sum(CASE WHEN s.{LIVE_COLUMN} IS NOT TRUE AND s.champion_flag THEN 1 ELSE 0 END)"
+            ),
+            format!("bool_or(s.{LIVE_COLUMN} IS TRUE)"),
+        )
     } else {
-        "CAST(0 AS BIGINT)".to_owned()
+        (
+            "CAST(0 AS BIGINT)".to_owned(),
+            "CAST(0 AS BIGINT)".to_owned(),
+            "sum(CASE WHEN s.champion_flag THEN 1 ELSE 0 END)".to_owned(),
+            "false".to_owned(),
+        )
     };
     let sql = format!(
         "SELECT s.device, count(*) AS windows, \
          sum(CASE WHEN s.champion_flag THEN 1 ELSE 0 END) AS champion_flags, \
          sum(CASE WHEN s.flag THEN 1 ELSE 0 END) AS challenger_flags, \
          sum(CASE WHEN s.flag AND s.champion_flag THEN 1 ELSE 0 END) AS both_flagged, \
-         {live_windows} AS live_windows \
+         {live_windows} AS live_windows, {live_flags} AS live_flags, \
+         {champion_acted_flags} AS champion_acted_flags \
          FROM {SHADOW_TABLE} s WHERE {paired} GROUP BY s.device ORDER BY s.device"
     );
     let output = store.query(&sql).await.map_err(|e| e.to_string())?;
@@ -243,6 +262,8 @@ pub(crate) async fn compare(
             count(4, "both_flagged")?,
             count(5, "live_windows")?,
         );
+        let (live_flags, champion_acted_flags) =
+            (count(6, "live_flags")?, count(7, "champion_acted_flags")?);
         for row in 0..batch.num_rows() {
             let value = |array: &Int64Array| u64::try_from(array.value(row)).unwrap_or(0);
             comparison.devices.push(ShadowDevice {
@@ -252,6 +273,8 @@ pub(crate) async fn compare(
                 challenger_flags: value(&challenger_flags),
                 both_flagged: value(&both),
                 live_windows: value(&live),
+                live_flags: value(&live_flags),
+                champion_acted_flags: value(&champion_acted_flags),
             });
         }
     }
@@ -313,16 +336,104 @@ pub(crate) async fn compare(
         literal(&challenger_tag),
         literal(&challenger_version),
     );
-    labelled(
+    let labels = labelled(
         store,
         &pair_ever,
         &acting,
+        &live_any,
         first_ns,
         &mut comparison,
         &mut test,
     )
     .await?;
+    comparison.arms = arms(&comparison.devices, &labels);
     Ok(comparison)
+}
+
+/// Per device and arm (`true`: the challenger's), the labelled alerts and how many of them
+/// were confirmed, in the period shown.
+type LabelsByArm = BTreeMap<(String, bool), (u64, u64)>;
+
+/// Seeds the random assignments when a split has too many devices to weigh every one: fixed,
+/// so the same data gives the same p-value at every reading.
+const ARMS_SEED: u64 = 0x5EED_0FAB;
+
+/// The two arms of an A/B split side by side, with permutation tests over devices; `None`
+/// unless both arms have windows.
+fn arms(devices: &[ShadowDevice], labels: &LabelsByArm) -> Option<ShadowArms> {
+    let mut windows = (Vec::new(), Vec::new());
+    for d in devices {
+        let other_windows = d.windows.saturating_sub(d.live_windows);
+        if d.live_windows > 0 {
+            windows.0.push(Unit {
+                events: d.live_flags,
+                trials: d.live_windows,
+            });
+        }
+        if other_windows > 0 {
+            windows.1.push(Unit {
+                events: d.champion_acted_flags,
+                trials: other_windows,
+            });
+        }
+    }
+    let (challenger_windows, champion_windows) = windows;
+    if challenger_windows.is_empty() || champion_windows.is_empty() {
+        return None;
+    }
+    let (mut challenger_labels, mut champion_labels) = (Vec::new(), Vec::new());
+    for (&(_, live), &(labelled, confirmed)) in labels {
+        let unit = Unit {
+            events: confirmed,
+            trials: labelled,
+        };
+        if live {
+            challenger_labels.push(unit);
+        } else {
+            champion_labels.push(unit);
+        }
+    }
+    let alert_rate = compare_pooled_rates(&champion_windows, &challenger_windows, ARMS_SEED);
+    let precision = compare_pooled_rates(&champion_labels, &challenger_labels, ARMS_SEED);
+    let arm = |windows: &[Unit], labels: &[Unit], rate: Option<f64>, precision: Option<f64>| {
+        let sum = |units: &[Unit]| {
+            units.iter().fold((0, 0), |(events, trials), u| {
+                (events + u.events, trials + u.trials)
+            })
+        };
+        let ((alerts, windows_total), (confirmed, labelled)) = (sum(windows), sum(labels));
+        ShadowArm {
+            devices: windows.len() as u64,
+            windows: windows_total,
+            alerts,
+            alert_rate: rate,
+            labelled,
+            confirmed,
+            precision,
+        }
+    };
+    let difference = |c: &RateComparison| ArmDifference {
+        difference: c.difference,
+        p_value: c.p_value,
+        permutations: c.permutations,
+        exact: c.exact,
+    };
+    Some(ShadowArms {
+        challenger: arm(
+            &challenger_windows,
+            &challenger_labels,
+            alert_rate.rate_b,
+            precision.rate_b,
+        ),
+        champion: arm(
+            &champion_windows,
+            &champion_labels,
+            alert_rate.rate_a,
+            precision.rate_a,
+        ),
+        alert_rate: difference(&alert_rate),
+        precision: difference(&precision),
+    })
 }
 
 /// The mixing variance of the decision: tuned to differences of about 0.1 in the share of
@@ -359,21 +470,24 @@ async fn labelled(
     store: &Store,
     pair: &str,
     acting: &str,
+    live_any: &str,
     first_ns: i64,
     comparison: &mut ShadowComparison,
     test: &mut MixtureSprt,
-) -> Result<(), String> {
+) -> Result<LabelsByArm, String> {
+    let mut by_arm = LabelsByArm::new();
     let counted_from = fabrik_core::Timestamp::now().nanos() - i64::from(comparison.days) * DAY_NS;
     let labels = fabrik_api::alerts::ALERT_LABELS_TABLE;
     if !store.has_table(labels) {
-        return Ok(());
+        return Ok(by_arm);
     }
     let pipeline = literal(&comparison.pipeline);
     // One verdict per window: confirmed if any rule's alert on it was confirmed. In time
     // order, which the sequential test needs.
     let sql = format!(
         "SELECT i.window_id, bool_or(l.true_positive) AS confirmed, bool_or(s.flag) AS flag, \
-         bool_or(s.champion_flag) AS champion_flag, CAST(min(i.time) AS BIGINT) AS time \
+         bool_or(s.champion_flag) AS champion_flag, CAST(min(i.time) AS BIGINT) AS time, \
+         min(i.device) AS device, {live_any} AS live \
          FROM {labels} l \
          JOIN inferences i ON i.device = l.device AND i.time = l.time AND i.pipeline = {pipeline} \
          AND i.flag AND {acting} AND i.time >= {first} \
@@ -384,7 +498,7 @@ async fn labelled(
         first = timestamp_literal(first_ns),
     );
     let Some(output) = query_unless_missing(store, &sql, "l.pipeline").await? else {
-        return Ok(());
+        return Ok(by_arm);
     };
     for batch in &output.batches {
         let confirmed: BooleanArray = cast_column(batch, 1, &DataType::Boolean, "true_positive")?;
@@ -392,6 +506,8 @@ async fn labelled(
         let champion_flagged: BooleanArray =
             cast_column(batch, 3, &DataType::Boolean, "champion_flag")?;
         let time: Int64Array = cast_column(batch, 4, &DataType::Int64, "time")?;
+        let device: StringArray = cast_column(batch, 5, &DataType::Utf8, "device")?;
+        let live: BooleanArray = cast_column(batch, 6, &DataType::Boolean, "live")?;
         for row in 0..batch.num_rows() {
             if confirmed.is_null(row) {
                 continue;
@@ -411,6 +527,12 @@ async fn labelled(
             if time.value(row) <= counted_from {
                 continue;
             }
+            let arm = !live.is_null(row) && live.value(row);
+            let counts = by_arm
+                .entry((device.value(row).to_owned(), arm))
+                .or_default();
+            counts.0 += 1;
+            counts.1 += u64::from(fault);
             if fault {
                 comparison.confirmed += 1;
                 comparison.confirmed_flagged_by_challenger += u64::from(flags.challenger);
@@ -422,7 +544,7 @@ async fn labelled(
             }
         }
     }
-    Ok(())
+    Ok(by_arm)
 }
 
 /// What each model said of one labelled window.
@@ -659,6 +781,81 @@ mod tests {
         assert!(d.champion_missed > 0, "{d:?}");
         assert_eq!(d.champion_right, 0, "{d:?}");
         assert_eq!(d.challenger_right, d.champion_missed, "{d:?}");
+        // The arms: the challenger acted on pump-b (14 windows, all flagged, 12 of 14 labels
+        // confirmed), the champion on pump-a (4 flagged, none confirmed). One device each: no
+        // assignment of two devices can tell the models from the devices.
+        let arms = c.arms.as_ref().expect("arms");
+        assert_eq!(
+            (
+                arms.challenger.devices,
+                arms.challenger.windows,
+                arms.challenger.alerts
+            ),
+            (1, 14, 14)
+        );
+        assert_eq!(
+            (arms.champion.windows, arms.champion.alerts),
+            (4, 4),
+            "{arms:?}"
+        );
+        assert_eq!(
+            (arms.challenger.labelled, arms.challenger.confirmed),
+            (14, 12)
+        );
+        assert_eq!((arms.champion.labelled, arms.champion.confirmed), (4, 0));
+        assert_eq!(arms.precision.difference, Some(12.0 / 14.0));
+        assert_eq!(
+            (arms.precision.p_value, arms.precision.permutations),
+            (Some(1.0), 2)
+        );
+    }
+
+    #[tokio::test]
+    async fn arms_of_several_devices_are_tested_over_devices() {
+        let start = fabrik_core::Timestamp::now().nanos() - 3 * 3600 * 1_000_000_000;
+        // Four devices per arm; the champion's pumps raise 10 alerts in 100 windows, the
+        // challenger's 1. Of the 70 ways to split eight devices four and four, only this one
+        // and its mirror are as far apart.
+        let mut lines = String::new();
+        for d in 0..8 {
+            let live = d >= 4;
+            for k in 0..100_i64 {
+                let time = start + k * MINUTE;
+                let window = format!("pump-health/p{d}/{k}");
+                let flagged = if live { k == 0 } else { k % 10 == 0 };
+                lines += &format!(
+                    "shadow_inferences,pipeline=pump-health,device=p{d},model=iforest \
+                     flag={flagged},score=0.5,window_id=\"{window}\",model_version=\"c1\",\
+                     live={live},champion_model=\"robust_z\",champion_model_version=\"v1\",\
+                     champion_flag={},champion_score=1.0 {time}\n",
+                    !live && flagged
+                );
+            }
+        }
+        let c = compared_lines(&lines, 0.05).await;
+        let arms = c.arms.expect("arms");
+        assert_eq!(
+            (
+                arms.challenger.devices,
+                arms.challenger.windows,
+                arms.challenger.alerts
+            ),
+            (4, 400, 4)
+        );
+        assert_eq!((arms.champion.windows, arms.champion.alerts), (400, 40));
+        let rate = &arms.alert_rate;
+        assert!((rate.difference.unwrap() + 0.09).abs() < 1e-12, "{rate:?}");
+        assert!(rate.exact);
+        assert_eq!(rate.permutations, 70);
+        assert!(
+            (rate.p_value.unwrap() - 2.0 / 70.0).abs() < 1e-12,
+            "{rate:?}"
+        );
+        // No labels: no precision to compare.
+        assert_eq!(
+            (arms.precision.difference, arms.precision.p_value),
+            (None, None)
+        );
     }
 
     #[tokio::test]

@@ -515,6 +515,31 @@ fn an_ab_split_lets_the_challenger_act_on_its_devices_and_labels_count_both_ways
         })
         .collect();
     assert_eq!(live, [("pump-a", 0), ("pump-b", 0), ("pump-c", 30)]);
+    // The arms: the challenger acted on pump-c's 30 windows and flagged them all; the
+    // champion on the other two pumps' 60. Three devices: three ways to pick the one.
+    let arms = &c["arms"];
+    assert_eq!(
+        (
+            &arms["challenger"]["devices"],
+            &arms["challenger"]["windows"],
+            &arms["challenger"]["alerts"]
+        ),
+        (&1.into(), &30.into(), &30.into()),
+        "{c}"
+    );
+    assert_eq!(
+        (&arms["champion"]["devices"], &arms["champion"]["windows"]),
+        (&2.into(), &60.into()),
+        "{c}"
+    );
+    assert_eq!(
+        (
+            &arms["alert_rate"]["permutations"],
+            &arms["alert_rate"]["exact"]
+        ),
+        (&3.into(), &true.into()),
+        "{c}"
+    );
 
     let (ok, text) = crate::support::client_command(&p.url, &["pipeline", "shadow", "pumps"]);
     assert!(ok, "{text}");
@@ -530,6 +555,11 @@ fn an_ab_split_lets_the_challenger_act_on_its_devices_and_labels_count_both_ways
         ),
         "{text}"
     );
+    assert!(
+        text.contains("challenger acted on 1 device(s), 30 windows: 30 alerts (100.00 %)"),
+        "{text}"
+    );
+    assert!(text.contains("over devices (all 3 assignments)"), "{text}");
 
     // A share outside 0..1 is refused, naming the field.
     let bad = serde_json::json!({

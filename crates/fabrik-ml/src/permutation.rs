@@ -1,0 +1,204 @@
+//! Two groups' pooled rates compared by permuting the groups over their units: randomisation
+//! inference for an A/B split by device, where the windows of one device are not independent
+//! draws (a fault episode, a noisy sensor), so a test that counted windows would overstate
+//! the evidence. Exact over every assignment when there are few, else a seeded Monte Carlo.
+
+/// One unit's count: events (alerts, confirmed alerts) among trials (windows, labelled
+/// alerts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unit {
+    /// Events.
+    pub events: u64,
+    /// Trials (at least the events).
+    pub trials: u64,
+}
+
+/// What [`compare_pooled_rates`] found.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateComparison {
+    /// Σ events / Σ trials of the first group (`None` without trials).
+    pub rate_a: Option<f64>,
+    /// ... of the second.
+    pub rate_b: Option<f64>,
+    /// `rate_b − rate_a`.
+    pub difference: Option<f64>,
+    /// The share of assignments of units to groups (of the same sizes) whose absolute
+    /// difference is at least the observed one; `None` unless each group has a unit with
+    /// trials.
+    pub p_value: Option<f64>,
+    /// Assignments weighed (all of them when `exact`, else random draws).
+    pub permutations: u64,
+    /// Whether every assignment was weighed.
+    pub exact: bool,
+}
+
+/// Enumerate every assignment up to this many; beyond, draw this many at random.
+pub const MAX_PERMUTATIONS: u64 = 20_000;
+
+/// Compares the pooled rates of `a` and `b` (units without trials are left out), two-sided.
+pub fn compare_pooled_rates(a: &[Unit], b: &[Unit], seed: u64) -> RateComparison {
+    let a: Vec<Unit> = a.iter().copied().filter(|u| u.trials > 0).collect();
+    let b: Vec<Unit> = b.iter().copied().filter(|u| u.trials > 0).collect();
+    let pooled = |units: &[Unit]| {
+        let (events, trials) = totals(units.iter());
+        (trials > 0).then(|| events as f64 / trials as f64)
+    };
+    let (rate_a, rate_b) = (pooled(&a), pooled(&b));
+    let difference = rate_a.zip(rate_b).map(|(ra, rb)| rb - ra);
+    let mut comparison = RateComparison {
+        rate_a,
+        rate_b,
+        difference,
+        p_value: None,
+        permutations: 0,
+        exact: false,
+    };
+    let Some(observed) = difference else {
+        return comparison;
+    };
+    let units: Vec<Unit> = a.iter().chain(&b).copied().collect();
+    let (all_events, all_trials) = totals(units.iter());
+    // Differences this close to the observed one are ties: rounding must not decide.
+    let at_least = observed.abs() * (1.0 - 1e-12) - 1e-15;
+    let extreme = |in_b: &dyn Fn(usize) -> bool| {
+        let (events_b, trials_b) = totals(
+            units
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| in_b(*i))
+                .map(|(_, u)| u),
+        );
+        let (events_a, trials_a) = (all_events - events_b, all_trials - trials_b);
+        let difference = events_b as f64 / trials_b as f64 - events_a as f64 / trials_a as f64;
+        difference.abs() >= at_least
+    };
+    let (n, k) = (units.len(), b.len());
+    let assignments = binomial(n as u64, k as u64);
+    if n <= 63 && assignments.is_some_and(|count| count <= MAX_PERMUTATIONS) {
+        // Every k-subset of the n units as a bit mask, in increasing order (Gosper's hack).
+        let mut mask: u64 = (1 << k) - 1;
+        let (mut count, mut hits) = (0_u64, 0_u64);
+        while mask < (1 << n) {
+            count += 1;
+            hits += u64::from(extreme(&|i| mask >> i & 1 == 1));
+            let lowest = mask & mask.wrapping_neg();
+            let ripple = mask + lowest;
+            mask = (((ripple ^ mask) >> 2) / lowest) | ripple;
+        }
+        comparison.p_value = Some(hits as f64 / count as f64);
+        comparison.permutations = count;
+        comparison.exact = true;
+    } else {
+        // Random assignments (partial Fisher–Yates over xorshift64*); the observed one counts
+        // once more, so the p-value is never 0.
+        let mut state = seed | 1;
+        let mut order: Vec<usize> = (0..n).collect();
+        let mut in_b = vec![false; n];
+        let mut hits = 0_u64;
+        for _ in 0..MAX_PERMUTATIONS {
+            for i in 0..k {
+                state ^= state >> 12;
+                state ^= state << 25;
+                state ^= state >> 27;
+                let draw = state.wrapping_mul(0x2545_F491_4F6C_DD1D);
+                let j = i + (draw % (n - i) as u64) as usize;
+                order.swap(i, j);
+            }
+            in_b.iter_mut().for_each(|x| *x = false);
+            order[..k].iter().for_each(|&i| in_b[i] = true);
+            hits += u64::from(extreme(&|i| in_b[i]));
+        }
+        comparison.p_value = Some((hits + 1) as f64 / (MAX_PERMUTATIONS + 1) as f64);
+        comparison.permutations = MAX_PERMUTATIONS;
+    }
+    comparison
+}
+
+fn totals<'a>(units: impl Iterator<Item = &'a Unit>) -> (u64, u64) {
+    units.fold((0, 0), |(events, trials), u| {
+        (events + u.events, trials + u.trials)
+    })
+}
+
+/// n choose k, `None` past u64.
+fn binomial(n: u64, k: u64) -> Option<u64> {
+    let k = k.min(n - k.min(n));
+    let mut result: u128 = 1;
+    for i in 0..k {
+        result = result * u128::from(n - i) / u128::from(i + 1);
+        if result > u128::from(u64::MAX) {
+            return None;
+        }
+    }
+    u64::try_from(result).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_PERMUTATIONS, Unit, binomial, compare_pooled_rates};
+
+    fn units(counts: &[(u64, u64)]) -> Vec<Unit> {
+        counts
+            .iter()
+            .map(|&(events, trials)| Unit { events, trials })
+            .collect()
+    }
+
+    #[test]
+    fn the_exact_p_value_is_the_share_of_assignments_as_extreme() {
+        // Four devices against four: the challenger's all alert at 10 %, the champion's at
+        // 1 %. Of the 70 ways to pick four devices, only these four and their complement are
+        // as far apart: p = 2/70.
+        let champion = units(&[(1, 100); 4]);
+        let challenger = units(&[(10, 100); 4]);
+        let c = compare_pooled_rates(&champion, &challenger, 1);
+        assert_eq!((c.rate_a, c.rate_b), (Some(0.01), Some(0.1)));
+        assert!((c.difference.unwrap() - 0.09).abs() < 1e-12);
+        assert!(c.exact);
+        assert_eq!(c.permutations, 70);
+        assert!((c.p_value.unwrap() - 2.0 / 70.0).abs() < 1e-12, "{c:?}");
+    }
+
+    #[test]
+    fn windows_do_not_count_as_devices() {
+        // One device per arm, a million windows each: however far apart, two devices are two
+        // assignments, and the test cannot tell the models from the devices.
+        let c = compare_pooled_rates(
+            &units(&[(10, 1_000_000)]),
+            &units(&[(90_000, 1_000_000)]),
+            1,
+        );
+        assert_eq!(c.p_value, Some(1.0));
+        assert_eq!(c.permutations, 2);
+    }
+
+    #[test]
+    fn equal_rates_are_not_told_apart_and_empty_arms_are_not_tested() {
+        let c = compare_pooled_rates(&units(&[(5, 50), (5, 50)]), &units(&[(5, 50), (5, 50)]), 1);
+        assert_eq!(c.p_value, Some(1.0));
+        let none = compare_pooled_rates(&units(&[(0, 0)]), &units(&[(3, 30)]), 1);
+        assert_eq!((none.rate_a, none.p_value), (None, None));
+    }
+
+    #[test]
+    fn many_devices_are_sampled_with_a_seed() {
+        // 40 against 40 devices: C(80, 40) assignments, so random ones; a clear difference.
+        let champion = units(&[(2, 100); 40]);
+        let challenger = units(&[(6, 100); 40]);
+        let c = compare_pooled_rates(&champion, &challenger, 7);
+        assert!(!c.exact);
+        assert_eq!(c.permutations, MAX_PERMUTATIONS);
+        assert_eq!(c.p_value, Some(1.0 / (MAX_PERMUTATIONS + 1) as f64));
+        assert_eq!(compare_pooled_rates(&champion, &challenger, 7), c);
+        // Mixed devices, no difference in the arms' rates: far from significant.
+        let mixed: Vec<Unit> = (0..40)
+            .map(|i| Unit {
+                events: i % 7,
+                trials: 100,
+            })
+            .collect();
+        let c = compare_pooled_rates(&mixed, &mixed, 7);
+        assert!(c.p_value.unwrap() > 0.5, "{c:?}");
+        assert_eq!((binomial(8, 4), binomial(80, 40)), (Some(70), None));
+    }
+}
