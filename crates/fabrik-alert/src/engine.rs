@@ -525,13 +525,20 @@ impl RuleEngine {
                 }
                 Condition::Distribution { alpha, settle } => {
                     use fabrik_ml::drift::kswin::{Kswin, KswinSettings};
-                    let detector = state.distribution.get_or_insert_with(|| {
-                        Box::new(Kswin::new(KswinSettings {
+                    // A level outside (0, 1) is refused when the rule is defined; should one
+                    // get here, the rule detects nothing rather than fail the evaluation.
+                    if state.distribution.is_none() {
+                        state.distribution = Kswin::new(KswinSettings {
                             alpha,
                             ..KswinSettings::default()
-                        }))
-                    });
-                    let detected = detector.update(o.value);
+                        })
+                        .ok()
+                        .map(Box::new);
+                    }
+                    let detected = state
+                        .distribution
+                        .as_mut()
+                        .is_some_and(|detector| detector.update(o.value));
                     state.holds_after_detection(detected, settle)
                 }
             };

@@ -89,7 +89,7 @@ fn kswin() {
     let mut best = Duration::MAX;
     let mut detections = Vec::new();
     for _ in 0..3 {
-        let mut detector = Kswin::new(KswinSettings::default());
+        let mut detector = Kswin::new(KswinSettings::default()).expect("settings");
         let started = Instant::now();
         let found: Vec<usize> = values
             .iter()
@@ -130,7 +130,8 @@ fn kswin() {
             window_size,
             stat_size,
             ..KswinSettings::default()
-        });
+        })
+        .expect("settings");
         let found: Vec<usize> = values
             .iter()
             .enumerate()
@@ -143,7 +144,8 @@ fn kswin() {
             window_size,
             stat_size,
             ..KswinSettings::default()
-        });
+        })
+        .expect("settings");
         let widened = spread
             .iter()
             .enumerate()

@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 
 use super::ks::ks_2samp;
 use super::pyrandom::PyRandom;
+use crate::MlError;
 
 /// The KS statistic must also exceed this for a drift, as river requires (the p-value alone
 /// is not enough there).
@@ -40,25 +41,29 @@ impl Default for KswinSettings {
 }
 
 impl KswinSettings {
-    /// Why these settings cannot run, if they cannot.
-    pub fn problem(&self) -> Option<String> {
+    /// Whether these settings can run, naming the one that cannot.
+    pub fn validate(&self) -> Result<(), MlError> {
+        let invalid = |name, reason| Err(MlError::Parameter { name, reason });
         if !(self.alpha > 0.0 && self.alpha < 1.0) {
-            return Some(format!("alpha {} is not above 0 and below 1", self.alpha));
+            return invalid(
+                "alpha",
+                format!("{} is not above 0 and below 1", self.alpha),
+            );
         }
-        if self.stat_size < 2 || self.window_size > u32::MAX as usize {
-            return Some(format!(
-                "stat_size {} is below 2 or window_size {} too large",
-                self.stat_size, self.window_size
-            ));
+        if self.stat_size < 2 {
+            return invalid("stat_size", format!("{} is below 2", self.stat_size));
         }
         // The older part must hold `stat_size` values to draw from.
-        if self.window_size < 2 * self.stat_size {
-            return Some(format!(
-                "window_size {} is less than twice stat_size {}",
-                self.window_size, self.stat_size
-            ));
+        if self.window_size < 2 * self.stat_size || self.window_size > u32::MAX as usize {
+            return invalid(
+                "window_size",
+                format!(
+                    "{} is less than twice stat_size {} or too large",
+                    self.window_size, self.stat_size
+                ),
+            );
         }
-        None
+        Ok(())
     }
 }
 
@@ -77,10 +82,10 @@ pub struct Kswin {
 }
 
 impl Kswin {
-    /// An empty detector; [`KswinSettings::problem`] must be `None`.
-    pub fn new(settings: KswinSettings) -> Self {
-        debug_assert!(settings.problem().is_none(), "{:?}", settings.problem());
-        Self {
+    /// An empty detector, or why `settings` cannot run.
+    pub fn new(settings: KswinSettings) -> Result<Self, MlError> {
+        settings.validate()?;
+        Ok(Self {
             settings,
             window: VecDeque::with_capacity(settings.window_size + 1),
             rng: PyRandom::new(settings.seed),
@@ -88,7 +93,7 @@ impl Kswin {
             drifted: false,
             older: Vec::with_capacity(settings.stat_size),
             newest: Vec::with_capacity(settings.stat_size),
-        }
+        })
     }
 
     /// The p-value of the latest test (1 before the window first fills).
@@ -138,7 +143,7 @@ mod tests {
 
     #[test]
     fn a_wider_spread_at_the_same_mean_is_a_drift() {
-        let mut kswin = Kswin::new(KswinSettings::default());
+        let mut kswin = Kswin::new(KswinSettings::default()).expect("settings");
         // Alternating ±1, then ±5: the same mean, five times the spread.
         let values = (0..400).map(|i| {
             let sign = if i % 2 == 0 { 1.0 } else { -1.0 };
@@ -161,12 +166,17 @@ mod tests {
             window_size: 50,
             ..KswinSettings::default()
         };
-        assert!(bad.problem().is_some_and(|p| p.contains("twice")));
+        let error = Kswin::new(bad).expect_err("window").to_string();
+        assert!(
+            error.contains("`window_size`") && error.contains("twice"),
+            "{error}"
+        );
         let bad = KswinSettings {
             alpha: 1.5,
             ..KswinSettings::default()
         };
-        assert!(bad.problem().is_some_and(|p| p.contains("alpha")));
-        assert_eq!(KswinSettings::default().problem(), None);
+        let error = Kswin::new(bad).expect_err("alpha").to_string();
+        assert!(error.contains("`alpha`"), "{error}");
+        assert!(KswinSettings::default().validate().is_ok());
     }
 }

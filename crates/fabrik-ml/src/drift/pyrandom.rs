@@ -90,8 +90,12 @@ impl PyRandom {
         self.next_u32() >> (32 - bits)
     }
 
-    /// `_randbelow(n)` for n ≥ 1: `n.bit_length()` bits, drawn again until below `n`.
+    /// `_randbelow(n)` for n ≥ 1: `n.bit_length()` bits, drawn again until below `n`; 0 for
+    /// n = 0 (where CPython raises), drawing nothing.
     pub fn below(&mut self, n: u32) -> u32 {
+        if n == 0 {
+            return 0;
+        }
         let bits = u32::BITS - n.leading_zeros();
         loop {
             let r = self.bits(bits);
@@ -101,9 +105,10 @@ impl PyRandom {
         }
     }
 
-    /// `sample(range(n), k)` for k ≤ n: k distinct indices below `n`, in CPython's order.
+    /// `sample(range(n), k)`: k distinct indices below `n`, in CPython's order (all n of them
+    /// when k > n, where CPython raises).
     pub fn sample(&mut self, n: u32, k: u32) -> Vec<u32> {
-        debug_assert!(k <= n);
+        let k = k.min(n);
         // CPython compares the memory of an n-long list with that of a k-element set.
         let mut set_size = 21_u64;
         if k > 5 {

@@ -83,7 +83,8 @@ fn kswin_flags_what_river_flags_with_the_same_seed() {
         let mut kswin = Kswin::new(KswinSettings {
             alpha,
             ..KswinSettings::default()
-        });
+        })
+        .expect("settings");
         let got = detections(&stream(&f, stream_name), |v| kswin.update(v));
         assert_eq!(got, expected(&f, key), "{key}");
     }
@@ -103,7 +104,7 @@ fn kswin_draws_what_cpython_draws_over_a_hundred_thousand_tests() {
             (state >> 11) as f64 / (1_u64 << 53) as f64 - 0.5
         })
         .collect();
-    let mut kswin = Kswin::new(KswinSettings::default());
+    let mut kswin = Kswin::new(KswinSettings::default()).expect("settings");
     let got = detections(&values, |v| kswin.update(v));
     let expected: Vec<usize> = river["detections"]
         .as_array()
