@@ -29,6 +29,9 @@ pub struct UpdateStatus {
     /// This node's public key (`age1…`): publishers encrypt targets to it (`fabrik release
     /// add --recipient`).
     pub recipient: String,
+    /// Its previous keys' recipients, newest first (`fabrik updates rotate-key`): targets
+    /// published to them still decrypt here until `fabrik updates retire-keys`.
+    pub previous_recipients: Vec<String>,
     /// Seconds between checks.
     pub interval_seconds: f64,
     /// Checks since start.

@@ -593,7 +593,8 @@ function releasesView(u) {
     ? html`<p class="small-text" id="rel-trusted">Targets v${u.targets_version} from <span class="mono wrap-id">${u.repository}</span>, verified ${time(u.last_verified_at)}; valid until <time id="rel-expires" datetime="${u.expires_at || ''}">${u.expires_at ? fmtTime(u.expires_at) : '—'}</time></p>`
     : html`<p class="small-text muted" id="rel-trusted">Not verified yet: <span class="mono wrap-id">${u.repository}</span></p>`;
   // The key publishers encrypt to (`fabrik release add --recipient`).
-  const key = u.recipient ? html`<p class="small-text muted">Node <b>${u.node}</b>, key <code class="wrap-id" id="rel-recipient">${u.recipient}</code></p>` : '';
+  const previous = (u.previous_recipients || []).length ? html`; previous keys, still read until retired: ${u.previous_recipients.map((k) => html`<code class="wrap-id">${k}</code> `)}` : '';
+  const key = u.recipient ? html`<p class="small-text muted">Node <b>${u.node}</b>, key <code class="wrap-id" id="rel-recipient">${u.recipient}</code>${previous}</p>` : '';
   const error = u.last_error ? html`<div class="notice bad" role="alert" id="rel-error">${u.last_error}</div>` : '';
   const rows = u.targets.length ? html`<table id="rel-targets"><thead><tr><th>Release</th><th>Kind</th><th>State</th></tr></thead><tbody>
     ${u.targets.map((t) => html`<tr data-target="${t.target}"><td class="wrap-id">${t.name || t.target}</td><td>${t.kind}${t.encrypted ? html` <span class="muted small-text" title="encrypted to this node's key">· encrypted</span>` : ''}</td>

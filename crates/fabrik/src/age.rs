@@ -116,6 +116,7 @@ impl Identity {
 
     /// The first identity in an identity file (`age-keygen`'s output: `#` comments and one
     /// `AGE-SECRET-KEY-1…` line).
+    #[cfg(test)]
     pub(crate) fn parse_file(text: &str) -> anyhow::Result<Identity> {
         let line = text
             .lines()
@@ -127,15 +128,43 @@ impl Identity {
         Identity::from_secret(secret)
     }
 
+    /// Every identity in an identity file, in order (age's identity files may hold several;
+    /// `age -d` tries each): `#` comments, blank lines and `AGE-SECRET-KEY-1…` lines only.
+    pub(crate) fn parse_all(text: &str) -> anyhow::Result<Vec<Identity>> {
+        let identities = text
+            .lines()
+            .map(str::trim)
+            .enumerate()
+            .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+            .map(|(number, line)| {
+                let secret = bech32_bytes(line, IDENTITY_HRP).map_err(|e| {
+                    anyhow!(
+                        "line {}: not an age identity (AGE-SECRET-KEY-1…): {e}",
+                        number + 1
+                    )
+                })?;
+                Identity::from_secret(secret)
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if identities.is_empty() {
+            bail!("no AGE-SECRET-KEY-1… line");
+        }
+        Ok(identities)
+    }
+
     /// The identity file's text, as `age-keygen` writes it.
     pub(crate) fn to_file(&self, created: &str) -> anyhow::Result<String> {
-        let hrp = Hrp::parse_unchecked(IDENTITY_HRP);
-        let secret =
-            bech32::encode_upper::<Bech32>(hrp, &self.secret).map_err(|e| anyhow!("{e}"))?;
         Ok(format!(
-            "# created: {created}\n# public key: {}\n{secret}\n",
-            self.recipient
+            "# created: {created}\n# public key: {}\n{}\n",
+            self.recipient,
+            self.secret_line()?
         ))
+    }
+
+    /// The secret key as an identity file's line, `AGE-SECRET-KEY-1…`.
+    pub(crate) fn secret_line(&self) -> anyhow::Result<String> {
+        let hrp = Hrp::parse_unchecked(IDENTITY_HRP);
+        bech32::encode_upper::<Bech32>(hrp, &self.secret).map_err(|e| anyhow!("{e}"))
     }
 
     pub(crate) fn recipient(&self) -> &Recipient {
@@ -321,7 +350,17 @@ fn decode_base64(text: &str, what: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Decrypts an age file with `identity`, verifying the header's MAC and every payload chunk.
+#[cfg(test)]
 pub(crate) fn decrypt(file: &[u8], identity: &Identity) -> anyhow::Result<Vec<u8>> {
+    decrypt_any(file, std::slice::from_ref(identity))
+}
+
+/// Decrypts an age file with whichever of `identities` (at least one) it was encrypted to,
+/// as `age -d` does with an identity file of several keys.
+pub(crate) fn decrypt_any(file: &[u8], identities: &[Identity]) -> anyhow::Result<Vec<u8>> {
+    let identity = identities
+        .first()
+        .ok_or_else(|| anyhow!("no key to decrypt with"))?;
     let (first, mut rest) = next_line(file).map_err(|_| anyhow!("not an age file"))?;
     if first != VERSION_LINE {
         bail!("not an age file (it does not start with `{VERSION_LINE}`)");
@@ -379,14 +418,27 @@ pub(crate) fn decrypt(file: &[u8], identity: &Identity) -> anyhow::Result<Vec<u8
         if share.len() != 32 || stanza.body.len() != FILE_KEY + TAG {
             bail!("an X25519 stanza of the wrong size");
         }
-        if let Some(key) = identity.unwrap(&share, &stanza.body)? {
-            file_key = Some(key);
+        for candidate in identities {
+            if let Some(key) = candidate.unwrap(&share, &stanza.body)? {
+                file_key = Some(key);
+                break;
+            }
+        }
+        if file_key.is_some() {
             break;
         }
     }
     let file_key = file_key.ok_or_else(|| {
+        let previous = match identities.len() - 1 {
+            0 => String::new(),
+            n => format!(
+                " nor to its {n} previous key{}",
+                if n == 1 { "" } else { "s" }
+            ),
+        };
         anyhow!(
-            "not encrypted to {} (the file names {x25519_stanzas} other X25519 recipient{})",
+            "not encrypted to {}{previous} (the file names {x25519_stanzas} other X25519 \
+             recipient{})",
             identity.recipient,
             if x25519_stanzas == 1 { "" } else { "s" }
         )

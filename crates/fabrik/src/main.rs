@@ -32,6 +32,7 @@ mod model_cli;
 mod model_signature;
 mod modules;
 mod nats_link;
+mod node_keys;
 mod opcua;
 mod pipeline_cli;
 mod pipelines;

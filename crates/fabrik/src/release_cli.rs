@@ -594,6 +594,24 @@ enum UpdatesCommand {
         #[command(flatten)]
         endpoint: Endpoint,
     },
+    /// Give a node a new key for encrypted targets (a key that may have leaked, or one due
+    /// for renewal): the new key goes first in its identity file and the previous ones stay
+    /// after it, so targets already published to them still decrypt. Prints the new
+    /// recipient; the node uses it from its next start.
+    RotateKey {
+        /// The node's identity file: its `[updates] identity`, or
+        /// `<data_dir>/updates/identity.key`.
+        #[arg(long)]
+        identity: PathBuf,
+    },
+    /// Remove a node's previous keys from its identity file, once every encrypted target it
+    /// needs is published to its current key: targets encrypted only to them are no longer
+    /// for this node.
+    RetireKeys {
+        /// The node's identity file.
+        #[arg(long)]
+        identity: PathBuf,
+    },
 }
 
 /// Runs `fabrik updates ...`.
@@ -606,12 +624,40 @@ pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
             ..
         } => {
             let identity = if create {
-                crate::updates::identity_at(&path)
+                crate::node_keys::at(&path)
             } else {
-                crate::updates::read_identity(&path)
+                crate::node_keys::read(&path)
             }
             .map_err(|why| anyhow::anyhow!(why))?;
             println!("{}", identity.recipient());
+            return Ok(());
+        }
+        UpdatesCommand::RotateKey { identity } => {
+            let keys = crate::node_keys::rotate(&identity).map_err(|why| anyhow::anyhow!(why))?;
+            println!("{}", keys.recipient());
+            eprintln!(
+                "{}: a new key, with {} previous one(s) kept after it. Restart the node to use \
+                 it; publish encrypted targets to the new recipient (above), then run `fabrik \
+                 updates retire-keys --identity {}`.",
+                identity.display(),
+                keys.previous_recipients().len(),
+                identity.display()
+            );
+            return Ok(());
+        }
+        UpdatesCommand::RetireKeys { identity } => {
+            let (keys, retired) =
+                crate::node_keys::retire_previous(&identity).map_err(|why| anyhow::anyhow!(why))?;
+            println!("{}", keys.recipient());
+            eprintln!(
+                "{}: {retired} previous key(s) removed{}",
+                identity.display(),
+                if retired > 0 {
+                    "; restart the node for it to stop reading targets published to them"
+                } else {
+                    ""
+                }
+            );
             return Ok(());
         }
         UpdatesCommand::Recipient {
@@ -659,6 +705,18 @@ pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
         text(&status["last_check_at"]),
         text(&status["last_verified_at"]),
     );
+    let previous: Vec<&str> = status["previous_recipients"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|key| key.as_str())
+        .collect();
+    if !previous.is_empty() {
+        println!(
+            "  previous keys, still read until retired: {}",
+            previous.join(", ")
+        );
+    }
     println!(
         "  trusted: root v{}, targets v{}, snapshot v{}, timestamp v{}; expires {}",
         text(&status["root_version"]),

@@ -109,77 +109,11 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
     }
     let identity = updates.identity.trim();
     if !identity.is_empty()
-        && let Err(why) = read_identity(Path::new(identity))
+        && let Err(why) = crate::node_keys::read(Path::new(identity))
     {
         problems.push(("updates.identity".into(), why));
     }
     problems
-}
-
-/// Where a node keeps its key for encrypted targets when `[updates] identity` is not set.
-pub(crate) fn default_identity_path(data_dir: &Path) -> PathBuf {
-    data_dir.join("updates").join("identity.key")
-}
-
-pub(crate) fn read_identity(path: &Path) -> Result<crate::age::Identity, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    crate::age::Identity::parse_file(&text)
-        .map_err(|e| format!("{}: {}", path.display(), crate::error_text::describe(&e)))
-}
-
-/// This node's key for encrypted targets: the configured identity file, else the one in the
-/// data directory, made when there is none yet.
-pub(crate) fn node_identity(
-    configured: &str,
-    data_dir: &Path,
-) -> Result<crate::age::Identity, String> {
-    let configured = configured.trim();
-    if !configured.is_empty() {
-        return read_identity(Path::new(configured));
-    }
-    identity_at(&default_identity_path(data_dir))
-}
-
-/// The identity in `path`, made there (mode 0600) when the file does not exist. The key is
-/// written whole to a temporary file and linked into place, so a crash never leaves a
-/// partial key, and of two processes making it at once both end up with the first.
-pub(crate) fn identity_at(path: &Path) -> Result<crate::age::Identity, String> {
-    if path.exists() {
-        return read_identity(path);
-    }
-    let identity = crate::age::Identity::generate().map_err(|e| e.to_string())?;
-    let text = identity
-        .to_file(&now_rfc3339())
-        .map_err(|e| e.to_string())?;
-    let parent = path
-        .parent()
-        .filter(|parent| !parent.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-    let temporary = parent.join(format!(
-        ".identity.{}.{}.partial",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|since| since.as_nanos())
-            .unwrap_or_default()
-    ));
-    crate::run::write_private(&temporary, text.as_bytes())
-        .map_err(|e| format!("{}: {e}", temporary.display()))?;
-    let linked = std::fs::hard_link(&temporary, path);
-    let _ = std::fs::remove_file(&temporary);
-    match linked {
-        Ok(()) => {
-            if let Ok(directory) = std::fs::File::open(parent) {
-                let _ = directory.sync_all();
-            }
-            tracing::info!(path = %path.display(), recipient = %identity.recipient(), "Made this node's key for encrypted release targets.");
-            Ok(identity)
-        }
-        // Another process made it meanwhile: its key is the node's.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_identity(path),
-        Err(e) => Err(format!("{}: {e}", path.display())),
-    }
 }
 
 /// Reads and parses root metadata, without trusting it yet (its signatures are checked when
@@ -307,7 +241,7 @@ fn describe(error: &(dyn std::error::Error + 'static)) -> String {
     format!("{first}: {last}")
 }
 
-fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
@@ -343,8 +277,9 @@ struct Updater {
     /// metadata than the node already saw (rollback protection across restarts).
     datastore: PathBuf,
     node: String,
-    /// This node's key: decrypts the targets encrypted to it.
-    identity: Arc<crate::age::Identity>,
+    /// This node's keys: the current one, and previous ones that still decrypt the targets
+    /// published to them.
+    identity: Arc<crate::node_keys::NodeKeys>,
     control: Arc<dyn PipelineControl>,
     /// Alert rules, when the alerts module runs in this process.
     alert_rules: Option<Arc<dyn AlertRuleControl>>,
@@ -708,7 +643,7 @@ impl Updater {
     /// another tool may write them in capitals).
     fn is_recipient(&self, encryption: &crate::release::Encryption) -> bool {
         encryption.recipients.iter().any(|text| {
-            crate::age::Recipient::parse(text).is_ok_and(|key| key == *self.identity.recipient())
+            crate::age::Recipient::parse(text).is_ok_and(|key| self.identity.holds(&key))
         })
     }
 
@@ -1059,10 +994,10 @@ impl Updater {
 fn decrypted(
     file: &[u8],
     encryption: &crate::release::Encryption,
-    identity: &crate::age::Identity,
+    identity: &crate::node_keys::NodeKeys,
 ) -> Result<Vec<u8>, Option<String>> {
-    let content =
-        crate::age::decrypt(file, identity).map_err(|e| Some(format!("could not decrypt: {e}")))?;
+    let content = crate::age::decrypt_any(file, identity.all())
+        .map_err(|e| Some(format!("could not decrypt: {e}")))?;
     let sha256 = hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &content).as_ref());
     if sha256 != encryption.sha256 || content.len() as u64 != encryption.length {
         return Err(Some(format!(
@@ -1110,7 +1045,7 @@ pub(crate) async fn start(
     let datastore = data_dir.join("updates").join("tuf");
     std::fs::create_dir_all(&datastore).map_err(|e| format!("{}: {e}", datastore.display()))?;
     let node = node_name(config);
-    let identity = node_identity(&updates.identity, data_dir)
+    let identity = crate::node_keys::of_node(&updates.identity, data_dir)
         .map_err(|why| format!("updates.identity: {why}"))?;
     let repository = updates.url.trim().to_owned();
     tracing::info!(%repository, %node, recipient = %identity.recipient(), every = ?interval, "Following the release repository.");
@@ -1118,6 +1053,7 @@ pub(crate) async fn start(
         repository: repository.clone(),
         node: node.clone(),
         recipient: identity.recipient().to_string(),
+        previous_recipients: identity.previous_recipients(),
         interval_seconds: interval.as_secs_f64(),
         ..UpdateStatus::default()
     });
@@ -1209,6 +1145,7 @@ mod tests {
 
     #[test]
     fn a_decrypted_target_must_be_what_the_publisher_signed() {
+        use crate::node_keys::NodeKeys;
         let node = crate::age::Identity::generate().expect("identity");
         let file = crate::age::encrypt(b"model bytes", std::slice::from_ref(node.recipient()))
             .expect("encrypt");
@@ -1221,16 +1158,17 @@ mod tests {
             sha256: sha(b"model bytes"),
             length: 11,
         };
+        let keys = NodeKeys::single(node);
         assert_eq!(
-            decrypted(&file, &encryption, &node).expect("decrypts"),
+            decrypted(&file, &encryption, &keys).expect("decrypts"),
             b"model bytes"
         );
         encryption.sha256 = sha(b"other bytes");
-        let why = decrypted(&file, &encryption, &node)
+        let why = decrypted(&file, &encryption, &keys)
             .expect_err("another hash")
             .unwrap_or_default();
         assert!(why.contains("not the 11 bytes"), "{why}");
-        let stranger = crate::age::Identity::generate().expect("identity");
+        let stranger = NodeKeys::single(crate::age::Identity::generate().expect("identity"));
         let why = decrypted(&file, &encryption, &stranger)
             .expect_err("another key")
             .unwrap_or_default();

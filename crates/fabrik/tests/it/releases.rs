@@ -918,6 +918,91 @@ fn encrypted_targets_install_only_on_the_nodes_whose_keys_they_name() {
         published_sha.as_str(),
         "{installs:?}"
     );
+
+    // The node's key is rotated (it may have leaked, or is due): the new key comes first, the
+    // old one stays after it, so what was published to the old key still decrypts; a new
+    // model is published to the new key only.
+    let (exit, _) = edge.terminate();
+    assert!(exit.success());
+    // The recipient on the first line (stdout); what to do next follows (stderr).
+    let said = fabrik(&["updates", "rotate-key", "--identity", path(&identity_file)]);
+    assert!(said.contains("retire-keys"), "{said}");
+    let rotated = said.lines().next().unwrap_or_default().trim().to_owned();
+    assert!(
+        rotated.starts_with("age1") && rotated != recipient,
+        "{rotated}"
+    );
+    let renewed_bytes = fixture("rf_clf_50_nozipmap.onnx");
+    let renewed = work.join("renewed.onnx");
+    std::fs::write(&renewed, &renewed_bytes).expect("model");
+    release(
+        "add",
+        &repo,
+        &keys,
+        &[
+            "--name",
+            "renewed-model",
+            "--recipient",
+            &rotated,
+            path(&renewed),
+        ],
+    );
+    let edge = Process::start_with_args(&edge_data, &["--config", path(&config)], &[]);
+    eventually_for(
+        "the edge decrypts the new model with its new key and keeps the old one's",
+        Duration::from_secs(30),
+        || {
+            let status = updates(&edge.url);
+            target(&status, "renewed-model.onnx")["state"] == "installed"
+                && target(&status, "secret-model.onnx")["state"] == "installed"
+        },
+    );
+    let status = updates(&edge.url);
+    assert_eq!(status["recipient"], rotated.as_str(), "{status}");
+    assert_eq!(
+        status["previous_recipients"],
+        serde_json::json!([recipient]),
+        "{status}"
+    );
+    assert_eq!(
+        model_sha(&edge.url, "renewed-model").as_deref(),
+        Some(sha256_hex(&renewed_bytes).as_str())
+    );
+    let (ok, shown) = client_command(&edge.url, &["updates", "status"]);
+    assert!(
+        ok && shown.contains("previous keys, still read until retired")
+            && shown.contains(&recipient),
+        "{shown}"
+    );
+    // age itself reads the rotated file (it tries each key): the operator's tools still work.
+    let opened = Command::new("age")
+        .args([
+            "-d",
+            "-i",
+            path(&identity_file),
+            path(&target_file(&repo, ".secret-model.onnx")),
+        ])
+        .output()
+        .expect("age");
+    assert!(opened.status.success(), "{opened:?}");
+    // Retired, the old key is gone from the file.
+    let (exit, _) = edge.terminate();
+    assert!(exit.success());
+    let kept = fabrik(&["updates", "retire-keys", "--identity", path(&identity_file)]);
+    assert_eq!(kept.lines().next().map(str::trim), Some(rotated.as_str()));
+    assert!(kept.contains("1 previous key(s) removed"), "{kept}");
+    let text = std::fs::read_to_string(&identity_file).expect("identity");
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("AGE-SECRET-KEY-1"))
+            .count(),
+        1,
+        "{}",
+        text.lines()
+            .filter(|l| l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
 
 fn use_case(url: &str, name: &str) -> serde_json::Value {

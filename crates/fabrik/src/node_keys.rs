@@ -1,0 +1,251 @@
+//! A node's keys for encrypted release targets (decisions 0032, 0043): the identity file
+//! (`[updates] identity`, else `<data_dir>/updates/identity.key`), made at first start, and
+//! its rotation — a new key first, the previous ones kept after it so targets already
+//! published to them still decrypt, until they are retired.
+
+use std::path::{Path, PathBuf};
+
+use crate::age::{Identity, Recipient};
+
+/// The keys of one identity file: the first is the node's key (its recipient is what
+/// publishers encrypt to), the others previous keys that still decrypt.
+pub(crate) struct NodeKeys {
+    keys: Vec<Identity>,
+}
+
+impl NodeKeys {
+    /// One key and no previous ones.
+    pub(crate) fn single(key: Identity) -> Self {
+        Self { keys: vec![key] }
+    }
+
+    /// The node's current recipient.
+    pub(crate) fn recipient(&self) -> &Recipient {
+        self.keys[0].recipient()
+    }
+
+    /// The previous keys' recipients, newest first.
+    pub(crate) fn previous_recipients(&self) -> Vec<String> {
+        self.keys[1..]
+            .iter()
+            .map(|key| key.recipient().to_string())
+            .collect()
+    }
+
+    /// Whether `recipient` is one of this node's keys, current or previous.
+    pub(crate) fn holds(&self, recipient: &Recipient) -> bool {
+        self.keys.iter().any(|key| key.recipient() == recipient)
+    }
+
+    /// Every key, the current one first.
+    pub(crate) fn all(&self) -> &[Identity] {
+        &self.keys
+    }
+}
+
+/// Where a node keeps its keys when `[updates] identity` is not set.
+pub(crate) fn default_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("updates").join("identity.key")
+}
+
+/// The keys in the identity file at `path`.
+pub(crate) fn read(path: &Path) -> Result<NodeKeys, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let keys = Identity::parse_all(&text)
+        .map_err(|e| format!("{}: {}", path.display(), crate::error_text::describe(&e)))?;
+    Ok(NodeKeys { keys })
+}
+
+/// This node's keys: the configured identity file, else the one in the data directory, made
+/// when there is none yet.
+pub(crate) fn of_node(configured: &str, data_dir: &Path) -> Result<NodeKeys, String> {
+    let configured = configured.trim();
+    if !configured.is_empty() {
+        return read(Path::new(configured));
+    }
+    at(&default_path(data_dir))
+}
+
+/// The keys in `path`, a new key made there (mode 0600) when the file does not exist. The key
+/// is written whole to a temporary file and linked into place, so a crash never leaves a
+/// partial key, and of two processes making it at once both end up with the first.
+pub(crate) fn at(path: &Path) -> Result<NodeKeys, String> {
+    if path.exists() {
+        return read(path);
+    }
+    let identity = Identity::generate().map_err(|e| e.to_string())?;
+    let text = identity
+        .to_file(&crate::updates::now_rfc3339())
+        .map_err(|e| e.to_string())?;
+    let parent = parent_of(path);
+    std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    let temporary = temporary_beside(path);
+    crate::run::write_private(&temporary, text.as_bytes())
+        .map_err(|e| format!("{}: {e}", temporary.display()))?;
+    let linked = std::fs::hard_link(&temporary, path);
+    let _ = std::fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => {
+            sync_directory(parent);
+            tracing::info!(path = %path.display(), recipient = %identity.recipient(), "Made this node's key for encrypted release targets.");
+            Ok(NodeKeys::single(identity))
+        }
+        // Another process made it meanwhile: its key is the node's.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read(path),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Puts a new key first in the identity file at `path` (which must exist), keeping every key
+/// it held after it: targets published to those still decrypt until they are retired.
+pub(crate) fn rotate(path: &Path) -> Result<NodeKeys, String> {
+    let old = read(path)?;
+    let new = Identity::generate().map_err(|e| e.to_string())?;
+    let mut keys = vec![new];
+    keys.extend(old.keys);
+    replace(path, &keys)?;
+    Ok(NodeKeys { keys })
+}
+
+/// Keeps only the first key of the identity file at `path`; how many previous keys went.
+pub(crate) fn retire_previous(path: &Path) -> Result<(NodeKeys, usize), String> {
+    let mut keys = read(path)?.keys;
+    let retired = keys.len() - 1;
+    if retired > 0 {
+        keys.truncate(1);
+        replace(path, &keys)?;
+    }
+    Ok((NodeKeys { keys }, retired))
+}
+
+/// Writes `keys` as the identity file at `path`: whole to a private temporary file, then
+/// renamed over it, so a crash leaves the old file or the new one.
+fn replace(path: &Path, keys: &[Identity]) -> Result<(), String> {
+    let secret = |key: &Identity| key.secret_line().map_err(|e| e.to_string());
+    let mut text = keys[0]
+        .to_file(&crate::updates::now_rfc3339())
+        .map_err(|e| e.to_string())?;
+    if keys.len() > 1 {
+        text.push_str(
+            "# Previous keys: they still decrypt targets published to them. Once every \
+             encrypted target\n# is published to the key above, `fabrik updates retire-keys` \
+             removes them.\n",
+        );
+        for key in &keys[1..] {
+            text.push_str(&format!(
+                "# public key: {}\n{}\n",
+                key.recipient(),
+                secret(key)?
+            ));
+        }
+    }
+    let temporary = temporary_beside(path);
+    crate::run::write_private(&temporary, text.as_bytes())
+        .map_err(|e| format!("{}: {e}", temporary.display()))?;
+    std::fs::rename(&temporary, path).map_err(|e| {
+        let _ = std::fs::remove_file(&temporary);
+        format!("{}: {e}", path.display())
+    })?;
+    sync_directory(parent_of(path));
+    Ok(())
+}
+
+fn parent_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+fn temporary_beside(path: &Path) -> PathBuf {
+    parent_of(path).join(format!(
+        ".identity.{}.{}.partial",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_nanos())
+            .unwrap_or_default()
+    ))
+}
+
+fn sync_directory(directory: &Path) {
+    if let Ok(directory) = std::fs::File::open(directory) {
+        let _ = directory.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rotated_key_comes_first_and_the_previous_one_still_decrypts_until_retired() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("updates/identity.key");
+        assert!(
+            rotate(&path).is_err(),
+            "nothing to rotate before a key exists"
+        );
+        let first = at(&path).expect("made");
+        let old_recipient = first.recipient().clone();
+        let published =
+            crate::age::encrypt(b"model", std::slice::from_ref(&old_recipient)).expect("encrypt");
+
+        let rotated = rotate(&path).expect("rotate");
+        assert_ne!(*rotated.recipient(), old_recipient);
+        assert_eq!(rotated.previous_recipients(), [old_recipient.to_string()]);
+        let read_back = read(&path).expect("read");
+        assert_eq!(read_back.recipient(), rotated.recipient());
+        assert!(read_back.holds(&old_recipient));
+        assert_eq!(
+            crate::age::decrypt_any(&published, read_back.all()).expect("old target"),
+            b"model"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).expect("file").permissions().mode();
+            assert_eq!(mode & 0o077, 0, "still private: {mode:o}");
+        }
+        // age's own reading of the file: the current key is its first.
+        let text = std::fs::read_to_string(&path).expect("text");
+        assert_eq!(
+            Identity::parse_file(&text).expect("first").recipient(),
+            rotated.recipient()
+        );
+
+        let (retired, count) = retire_previous(&path).expect("retire");
+        assert_eq!(count, 1);
+        assert_eq!(retired.recipient(), rotated.recipient());
+        let after = read(&path).expect("read");
+        assert!(!after.holds(&old_recipient) && after.previous_recipients().is_empty());
+        let why = crate::age::decrypt_any(&published, after.all())
+            .expect_err("retired")
+            .to_string();
+        assert!(why.contains("not encrypted to"), "{why}");
+        assert_eq!(retire_previous(&path).expect("again").1, 0);
+        // A second rotation keeps both older keys, newest first.
+        rotate(&path).expect("rotate");
+        let twice = rotate(&path).expect("rotate again");
+        assert_eq!(twice.previous_recipients().len(), 2);
+        assert_eq!(
+            twice.previous_recipients()[1],
+            rotated.recipient().to_string()
+        );
+    }
+
+    #[test]
+    fn a_line_that_is_not_a_key_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("identity.key");
+        let key = Identity::generate()
+            .expect("key")
+            .to_file("now")
+            .expect("text");
+        std::fs::write(&path, format!("{key}not-a-key\n")).expect("write");
+        let why = read(&path).err().unwrap_or_default();
+        assert!(
+            why.contains("line 4") && why.contains("identity.key"),
+            "{why}"
+        );
+    }
+}
