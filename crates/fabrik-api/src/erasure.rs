@@ -71,6 +71,8 @@ async fn erase_everywhere(
                 .to_owned(),
         ],
     };
+    // Sessions end first, so no request of theirs writes their name while it is erased.
+    state.auth.end_sessions_of(&name);
     match &state.registry {
         Some(registry) => {
             let erased = registry.erase_person(&name, &identity.name).await?;
@@ -104,7 +106,6 @@ async fn erase_everywhere(
                 .into(),
         ),
     }
-    state.auth.end_sessions_of(&name);
     match &state.alerting {
         Some(alerting) => {
             let (acknowledgements, silences) = alerting

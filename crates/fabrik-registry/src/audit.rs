@@ -82,13 +82,29 @@ fn route_names(action: &str, target: &str, name: &str) -> bool {
     let Some((_, route)) = action.split_once(' ') else {
         return false;
     };
+    if !is_person_route(route) {
+        return false;
+    }
     let path = target.split('?').next().unwrap_or_default();
     route
         .split('/')
         .zip(path.split('/'))
-        .any(|(template, segment)| {
-            template.starts_with('{') && template.ends_with('}') && decoded(segment) == name
-        })
+        .any(|(template, segment)| template == PERSON_PARAMETER && decoded(segment) == name)
+}
+
+/// The routes whose `{name}` is a person's: only there is a name in a request's path theirs
+/// (a pipeline or a device may share a person's name).
+const PERSON_ROUTES: [&str; 2] = ["/api/v1/users/{name}", "/api/v1/people/{name}"];
+/// The parameter of [`PERSON_ROUTES`] that holds the name.
+const PERSON_PARAMETER: &str = "{name}";
+
+/// Whether `route` is one of [`PERSON_ROUTES`] or below one.
+fn is_person_route(route: &str) -> bool {
+    PERSON_ROUTES.iter().any(|person| {
+        route
+            .strip_prefix(person)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
 }
 
 /// A path segment with its `%XX` escapes decoded (as the request's router saw it).
@@ -400,13 +416,29 @@ fn field_code(seq: i64, target: bool) -> u64 {
     (seq as u64) * 2 + u64::from(target)
 }
 
-/// `count:digest` of erased fields' codes, in ascending order: what an erasure entry records.
-fn erasure_summary(codes: &[u64]) -> String {
+/// One field an erasure entry erased, as its summary covers it: which field, the format of
+/// its entry, and the text that replaced the name. Covering the format and the text means
+/// neither can be changed afterwards, though the entry's own hash no longer covers the name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct ErasedField {
+    code: u64,
+    format: i64,
+    text: String,
+}
+
+/// `count:digest` of the erased fields, in ascending order of their codes: what an erasure
+/// entry records (in the `erasure` column its hash covers).
+fn erasure_summary(fields: &[ErasedField]) -> String {
+    let mut sorted: Vec<&ErasedField> = fields.iter().collect();
+    sorted.sort();
     let mut hasher = Sha256::new();
-    for code in codes {
-        hasher.update(code.to_le_bytes());
+    for field in sorted {
+        hasher.update(field.code.to_le_bytes());
+        hasher.update(field.format.to_le_bytes());
+        hasher.update((field.text.len() as u64).to_le_bytes());
+        hasher.update(field.text.as_bytes());
     }
-    format!("{}:{}", codes.len(), hex(&hasher.finalize()))
+    format!("{}:{}", fields.len(), hex(&hasher.finalize()))
 }
 
 /// A key file's bytes as a key.
@@ -726,6 +758,8 @@ impl Registry {
         };
         // Fields marked erased, by the erasure entry that claims them, until it is reached.
         let mut claims = ErasureClaims::default();
+        // Whether an entry of format 2 came before: none of format 1 may follow it.
+        let mut after_erasable = false;
         let newest: Option<i64> =
             sqlx::query_scalar("SELECT max(seq) FROM audit_log WHERE typeof(seq) = 'integer'")
                 .fetch_one(&self.pool)
@@ -788,7 +822,16 @@ impl Registry {
                         entry.seq - 1
                     ))
                 } else {
-                    match check_entry(chain, &stored, &previous_hash, &mut claims, newest) {
+                    let checked = check_entry(
+                        chain,
+                        &stored,
+                        &previous_hash,
+                        &mut claims,
+                        newest,
+                        after_erasable,
+                    );
+                    after_erasable |= stored.format == FORMAT_ERASABLE;
+                    match checked {
                         Ok(Checked::Verified) => None,
                         Ok(Checked::Erased) => {
                             report.erased_entries += 1;
@@ -832,8 +875,8 @@ impl Registry {
     }
 }
 
-/// Erased fields' codes by the erasure entry that marks them, until that entry is reached.
-type ErasureClaims = std::collections::BTreeMap<i64, Vec<u64>>;
+/// Erased fields by the erasure entry that marks them, until that entry is reached.
+type ErasureClaims = std::collections::BTreeMap<i64, Vec<ErasedField>>;
 
 /// How an entry that fits the chain was checked.
 enum Checked {
@@ -854,12 +897,21 @@ fn check_entry(
     previous_hash: &str,
     claims: &mut ErasureClaims,
     newest: i64,
+    after_erasable: bool,
 ) -> Result<Checked, String> {
     let entry = &stored.entry;
     let seq = entry.seq;
-    for (field, proof, is_target) in [
-        ("actor", &stored.actor, false),
-        ("target", &stored.target, true),
+    // Fabrik writes format 2 from its first entry after the upgrade on: an older format
+    // later in the chain is an entry whose format was changed to escape its hash.
+    if stored.format == FORMAT_NAMES && after_erasable {
+        return Err(format!(
+            "entry {seq} has format {FORMAT_NAMES} after entries of format \
+             {FORMAT_ERASABLE}, which Fabrik never writes: it was changed"
+        ));
+    }
+    for (field, proof, is_target, value) in [
+        ("actor", &stored.actor, false, &entry.actor),
+        ("target", &stored.target, true, &entry.target),
     ] {
         let Some(by) = proof.erased_by else { continue };
         if by <= seq || by > newest {
@@ -868,12 +920,21 @@ fn check_entry(
                  entry after it: the mark was made behind Fabrik's back"
             ));
         }
-        claims
-            .entry(by)
-            .or_default()
-            .push(field_code(seq, is_target));
+        claims.entry(by).or_default().push(ErasedField {
+            code: field_code(seq, is_target),
+            format: stored.format,
+            text: value.clone(),
+        });
     }
     let claimed = claims.remove(&seq).unwrap_or_default();
+    // Only a format-2 hash covers the summary: on an older entry it would vouch for nothing.
+    if stored.erasure.is_some() && stored.format != FORMAT_ERASABLE {
+        return Err(format!(
+            "entry {seq} has format {} and an erasure summary, which Fabrik never writes: it \
+             was changed",
+            stored.format
+        ));
+    }
     match &stored.erasure {
         Some(summary) if erasure_summary(&claimed) != *summary => {
             return Err(format!(
@@ -1280,5 +1341,16 @@ mod about_tests {
             "Ana Müller"
         ));
         assert!(!route_names("sign-in", "ana", "ana"));
+        // A pipeline or a device may be named like a person: not theirs.
+        assert!(!route_names(
+            "PUT /api/v1/pipelines/{name}",
+            "/api/v1/pipelines/ana",
+            "ana"
+        ));
+        assert!(!route_names(
+            "GET /api/v1/usersx/{name}",
+            "/api/v1/usersx/ana",
+            "ana"
+        ));
     }
 }

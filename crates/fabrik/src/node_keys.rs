@@ -99,6 +99,8 @@ pub(crate) fn at(path: &Path) -> Result<NodeKeys, String> {
 /// Puts a new key first in the identity file at `path` (which must exist), keeping every key
 /// it held after it: targets published to those still decrypt until they are retired.
 pub(crate) fn rotate(path: &Path) -> Result<NodeKeys, String> {
+    let (path, _lock) = locked(path)?;
+    let path = path.as_path();
     let old = read(path)?;
     let new = Identity::generate().map_err(|e| e.to_string())?;
     let mut keys = vec![new];
@@ -109,6 +111,8 @@ pub(crate) fn rotate(path: &Path) -> Result<NodeKeys, String> {
 
 /// Keeps only the first key of the identity file at `path`; how many previous keys went.
 pub(crate) fn retire_previous(path: &Path) -> Result<(NodeKeys, usize), String> {
+    let (path, _lock) = locked(path)?;
+    let path = path.as_path();
     let mut keys = read(path)?.keys;
     let retired = keys.len() - 1;
     if retired > 0 {
@@ -118,8 +122,40 @@ pub(crate) fn retire_previous(path: &Path) -> Result<(NodeKeys, usize), String> 
     Ok((NodeKeys { keys }, retired))
 }
 
+/// Held while an identity file is rewritten: two rotations at once must not lose the key one
+/// of them printed. Removed when dropped.
+struct KeyLock(PathBuf);
+
+impl Drop for KeyLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The identity file `path` resolved through symbolic links (the link stays, its file is
+/// rewritten), and a lock beside it, or why not: another rewrite holds it.
+fn locked(path: &Path) -> Result<(PathBuf, KeyLock), String> {
+    let path = std::fs::canonicalize(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut lock = path.clone().into_os_string();
+    lock.push(".lock");
+    let lock = PathBuf::from(lock);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&lock)
+        .map_err(|e| {
+            format!(
+                "{}: {e}; another `fabrik updates rotate-key` or `retire-keys` is changing the \
+                 keys (remove the lock file if none runs)",
+                lock.display()
+            )
+        })?;
+    Ok((path, KeyLock(lock)))
+}
+
 /// Writes `keys` as the identity file at `path`: whole to a private temporary file, then
-/// renamed over it, so a crash leaves the old file or the new one.
+/// renamed over it, so a crash leaves the old file or the new one. The new file keeps the old
+/// one's owner, so a key rotated by root stays readable by the service that uses it.
 fn replace(path: &Path, keys: &[Identity]) -> Result<(), String> {
     let secret = |key: &Identity| key.secret_line().map_err(|e| e.to_string());
     let mut text = keys[0]
@@ -142,6 +178,19 @@ fn replace(path: &Path, keys: &[Identity]) -> Result<(), String> {
     let temporary = temporary_beside(path);
     crate::run::write_private(&temporary, text.as_bytes())
         .map_err(|e| format!("{}: {e}", temporary.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(old) = std::fs::metadata(path)
+            && let Err(e) = std::os::unix::fs::chown(&temporary, Some(old.uid()), Some(old.gid()))
+        {
+            let _ = std::fs::remove_file(&temporary);
+            return Err(format!(
+                "{}: giving the new file the old one's owner: {e}",
+                path.display()
+            ));
+        }
+    }
     std::fs::rename(&temporary, path).map_err(|e| {
         let _ = std::fs::remove_file(&temporary);
         format!("{}: {e}", path.display())
@@ -231,6 +280,27 @@ mod tests {
             twice.previous_recipients()[1],
             rotated.recipient().to_string()
         );
+        // While a rewrite holds the lock, another is refused, naming it; none is left after.
+        let lock = dir.path().join("updates/identity.key.lock");
+        assert!(!lock.exists());
+        std::fs::write(&lock, b"").expect("lock");
+        let why = rotate(&path).err().unwrap_or_default();
+        assert!(why.contains("identity.key.lock"), "{why}");
+        std::fs::remove_file(&lock).expect("unlock");
+        // Through a symbolic link, the file it points at is rewritten and the link stays.
+        #[cfg(unix)]
+        {
+            let link = dir.path().join("link.key");
+            std::os::unix::fs::symlink(&path, &link).expect("symlink");
+            let via_link = rotate(&link).expect("rotate via link");
+            assert!(
+                std::fs::symlink_metadata(&link)
+                    .expect("link")
+                    .file_type()
+                    .is_symlink()
+            );
+            assert_eq!(read(&path).expect("read").recipient(), via_link.recipient());
+        }
     }
 
     #[test]

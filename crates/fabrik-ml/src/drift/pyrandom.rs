@@ -112,7 +112,7 @@ impl PyRandom {
         // CPython compares the memory of an n-long list with that of a k-element set.
         let mut set_size = 21_u64;
         if k > 5 {
-            let exponent = (f64::from(k * 3).ln() / 4_f64.ln()).ceil() as u32;
+            let exponent = ((f64::from(k) * 3.0).ln() / 4_f64.ln()).ceil() as u32;
             set_size += 4_u64.saturating_pow(exponent);
         }
         if u64::from(n) <= set_size {

@@ -9,13 +9,20 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use super::{
-    AuditEvent, ERASED, FORMAT_ERASABLE, decoded, erasure_summary, field_code, field_digest,
-    insert_entry, route_names, unhex,
+    AuditEvent, ERASED, ErasedField, FORMAT_ERASABLE, PERSON_PARAMETER, decoded, erasure_summary,
+    field_code, field_digest, insert_entry, route_names, unhex,
 };
 use crate::{Registry, RegistryError};
 
 /// Entries read per page while looking for requests about the person.
 const PAGE: i64 = 10_000;
+
+/// Actors that are not people: the shared token, refused sign-ins under no user's name, and
+/// requests without credentials. Erasing one would hide what was done, not protect anyone.
+const NOT_PEOPLE: [&str; 3] = ["admin-token", "unknown user", "anonymous"];
+
+/// How often the write-ahead log's truncation is tried while a reader holds it.
+const TRUNCATE_ATTEMPTS: u32 = 20;
 
 /// What erasing one person's names from the registry did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -60,8 +67,39 @@ impl Field {
     }
 }
 
-/// `target` with every path segment that its route takes as a parameter and that names `name`
-/// replaced by [`ERASED`], and its query too if the name is in it.
+/// The end of the action of an entry that sums up refusals held back (see `refusals`): its
+/// target is text that ends with the last refused request's path.
+const REFUSALS_SUMMARY: &str = " refusals not recorded one by one";
+
+/// A refusal summary's text with every word or path segment that is `name` replaced by
+/// [`ERASED`]; `None` when there is none.
+fn redacted_summary(target: &str, name: &str) -> Option<String> {
+    let mut found = false;
+    let mut out = String::with_capacity(target.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String, found: &mut bool| {
+        if !word.is_empty() && decoded(word) == name {
+            out.push_str(ERASED);
+            *found = true;
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in target.chars() {
+        if matches!(c, '/' | ' ' | '?' | '&' | '=') {
+            flush(&mut word, &mut out, &mut found);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out, &mut found);
+    found.then_some(out)
+}
+
+/// `target` with every path segment that its route takes as a person's `{name}` and that is
+/// `name` replaced by [`ERASED`], and its query too if the name is in it.
 fn redacted_target(action: &str, target: &str, name: &str) -> String {
     let route = action.split_once(' ').map_or("", |(_, route)| route);
     let (path, query) = match target.split_once('?') {
@@ -72,12 +110,13 @@ fn redacted_target(action: &str, target: &str, name: &str) -> String {
     let mut redacted: Vec<&str> = Vec::new();
     for segment in path.split('/') {
         let template = templates.next().unwrap_or_default();
-        let names = template.starts_with('{') && template.ends_with('}');
-        redacted.push(if names && decoded(segment) == name {
-            ERASED
-        } else {
-            segment
-        });
+        redacted.push(
+            if template == PERSON_PARAMETER && decoded(segment) == name {
+                ERASED
+            } else {
+                segment
+            },
+        );
     }
     let mut out = redacted.join("/");
     if let Some(query) = query {
@@ -98,9 +137,9 @@ impl Registry {
     /// the same transaction; afterwards the database's write-ahead log is truncated, so the
     /// names are not left in it.
     pub async fn erase_person(&self, name: &str, by: &str) -> Result<PersonErasure, RegistryError> {
-        if name.is_empty() || name == ERASED {
+        if name.is_empty() || name == ERASED || NOT_PEOPLE.contains(&name) {
             return Err(RegistryError::Invalid(format!(
-                "`{name}` is not a name that can be erased"
+                "`{name}` is not a person's name that can be erased"
             )));
         }
         if name == by {
@@ -112,7 +151,11 @@ impl Registry {
         }
         let chain = &self.audit;
         let _one_at_a_time = chain.append.lock().await;
-        let mut tx = self.pool.begin().await?;
+        // Their refusals held back in memory would be summed up under their name later.
+        chain.refusals.lock().forget(name);
+        // Takes the write lock at once: a deferred transaction that read the log and then
+        // wrote would fail if a device counter was written in between.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
 
         let mut actors = Vec::new();
         for row in sqlx::query(
@@ -148,24 +191,35 @@ impl Registry {
             for row in rows {
                 let action: String = row.try_get("action")?;
                 let target: String = row.try_get("target")?;
-                if route_names(&action, &target, name) {
+                let erased = if route_names(&action, &target, name) {
+                    Some(redacted_target(&action, &target, name))
+                } else if action.ends_with(REFUSALS_SUMMARY) {
+                    redacted_summary(&target, name)
+                } else {
+                    None
+                };
+                if let Some(erased) = erased {
                     targets.push(Field {
                         seq: row.try_get("seq")?,
                         format: row.try_get("format")?,
                         salt: row.try_get("target_salt")?,
-                        erased: redacted_target(&action, &target, name),
+                        erased,
                         value: target,
                     });
                 }
             }
         }
 
-        let mut codes: Vec<u64> = actors
+        let erased_fields: Vec<ErasedField> = actors
             .iter()
-            .map(|f| field_code(f.seq, false))
-            .chain(targets.iter().map(|f| field_code(f.seq, true)))
+            .map(|f| (f, false))
+            .chain(targets.iter().map(|f| (f, true)))
+            .map(|(f, is_target)| ErasedField {
+                code: field_code(f.seq, is_target),
+                format: f.format,
+                text: f.erased.clone(),
+            })
             .collect();
-        codes.sort_unstable();
         let record = insert_entry(
             chain,
             &mut tx,
@@ -175,7 +229,7 @@ impl Registry {
                 target: format!("/api/v1/people/{ERASED}"),
                 status: 200,
             },
-            Some(erasure_summary(&codes)),
+            Some(erasure_summary(&erased_fields)),
         )
         .await?;
         let mut unverifiable = std::collections::BTreeSet::new();
@@ -234,15 +288,30 @@ impl Registry {
         }
         tx.commit().await?;
         // The old pages may still be in the write-ahead log until it is checkpointed;
-        // deleted cells are zeroed (`secure_delete`, set at connect).
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.pool)
-            .await?;
+        // deleted cells are zeroed (`secure_delete`, set at connect). A reader in the middle
+        // of a query holds the log: the truncation is tried again for a while.
+        let mut truncated = false;
+        for _ in 0..TRUNCATE_ATTEMPTS {
+            let busy: i64 = sqlx::query_scalar("PRAGMA wal_checkpoint(TRUNCATE)")
+                .fetch_one(&self.pool)
+                .await?;
+            if busy == 0 {
+                truncated = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        if !truncated {
+            tracing::warn!(
+                "The registry's write-ahead log could not be truncated after an erasure (a \
+                 reader held it): the erased names stay in it until the next checkpoint."
+            );
+        }
         tracing::info!(
             target: "fabrik::audit",
             seq = record.seq,
             by,
-            fields = codes.len(),
+            fields = erased_fields.len(),
             "A person's names were erased from the registry."
         );
         Ok(PersonErasure {
@@ -419,6 +488,45 @@ mod tests {
         );
         assert!(registry.verify_audit().await.unwrap().intact);
 
+        // What stands in for an erased name is covered by the erasure's summary: putting
+        // another name there is seen, though the entry's own hash no longer covers it.
+        let tampered = |sql: &'static str| {
+            let pool = registry.pool.clone();
+            async move {
+                sqlx::query(sql).execute(&pool).await.unwrap();
+            }
+        };
+        tampered("UPDATE audit_log SET actor = 'ben' WHERE seq = 2").await;
+        let check = registry.verify_audit().await.unwrap();
+        assert_eq!(check.broken_at, Some(5), "{check:?}");
+        tampered("UPDATE audit_log SET actor = '(erased)' WHERE seq = 2").await;
+        assert!(registry.verify_audit().await.unwrap().intact);
+        // An entry's format set back to 1, whose hash an erasure leaves unchecked: refused
+        // after entries of format 2.
+        tampered("UPDATE audit_log SET format = 1 WHERE seq = 3").await;
+        let check = registry.verify_audit().await.unwrap();
+        assert_eq!(check.broken_at, Some(3), "{check:?}");
+        assert!(check.problem.unwrap().contains("format 1 after"));
+        tampered("UPDATE audit_log SET format = 2 WHERE seq = 3").await;
+        // The first entry of format 2, set back to 1: the summary covers each field's format.
+        tampered("UPDATE audit_log SET format = 1 WHERE seq = 2").await;
+        let check = registry.verify_audit().await.unwrap();
+        assert_eq!(check.broken_at, Some(5), "{check:?}");
+        tampered("UPDATE audit_log SET format = 2 WHERE seq = 2").await;
+        // A format-1 entry cannot vouch for erasures: its hash does not cover a summary.
+        tampered("UPDATE audit_log SET erasure = '0:00' WHERE seq = 1").await;
+        let check = registry.verify_audit().await.unwrap();
+        assert_eq!(check.broken_at, Some(1), "{check:?}");
+        tampered("UPDATE audit_log SET erasure = NULL WHERE seq = 1").await;
+        assert!(registry.verify_audit().await.unwrap().intact);
+        // Neither the shared token nor refusals under no user's name are a person.
+        for actor in ["admin-token", "unknown user", "anonymous"] {
+            assert!(matches!(
+                registry.erase_person(actor, "ben").await,
+                Err(RegistryError::Invalid(_))
+            ));
+        }
+
         // Erasing by hand, without the key: the salt is in the database, so the digest can be
         // made, but the erasure entry's count and digest do not cover the field.
         let salt: String = sqlx::query_scalar("SELECT actor_salt FROM audit_log WHERE seq = 4")
@@ -492,6 +600,20 @@ mod tests {
             ),
             "/api/v1/users/(erased)?(erased)"
         );
+    }
+
+    #[test]
+    fn a_refusal_summary_loses_the_name_where_it_is_a_word_or_segment() {
+        let text = "12 more from 2026-12-03T08:00:00Z to 2026-12-03T08:09:00Z, the last \
+                    GET /api/v1/people/{name} /api/v1/people/ana?by=ana";
+        assert_eq!(
+            redacted_summary(text, "ana").as_deref(),
+            Some(
+                "12 more from 2026-12-03T08:00:00Z to 2026-12-03T08:09:00Z, the last \
+                 GET /api/v1/people/{name} /api/v1/people/(erased)?by=(erased)"
+            )
+        );
+        assert_eq!(redacted_summary(text, "an"), None, "not inside other words");
     }
 
     #[test]

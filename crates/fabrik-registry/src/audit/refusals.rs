@@ -83,6 +83,11 @@ impl RefusalWindows {
         false
     }
 
+    /// Drops the windows of `actor` (an erased person): what they held back is not recorded.
+    pub(super) fn forget(&mut self, actor: &str) {
+        self.by_key.retain(|(held_by, _), _| held_by != actor);
+    }
+
     /// One entry for each window that has ended with refusals held back; with `all`, also for
     /// those still open (at shutdown).
     pub(super) fn due(&mut self, now: Instant, all: bool) -> Vec<AuditEvent> {
