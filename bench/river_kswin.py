@@ -10,31 +10,15 @@ drift -- kswin` prints too: with the same seed they must be the same indices.
 usage: river_kswin.py [VALUES]        (default 1000000; needs `pip install river==0.26.*`)
 """
 import sys
-import time
 
 from river import drift
 
-from river_adwin import stream
+from river_adwin import stream, timed
 
 
 def main():
     length = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
-    values = stream(length)
-    best = None
-    detections = []
-    for _ in range(3):
-        detector = drift.KSWIN(seed=42)
-        found = []
-        started = time.perf_counter()
-        for i, value in enumerate(values):
-            detector.update(value)
-            if detector.drift_detected:
-                found.append(i)
-        elapsed = time.perf_counter() - started
-        best = elapsed if best is None else min(best, elapsed)
-        detections = found
-    print(f"river KSWIN: {length / best:,.0f} values/s")
-    print(f"detections: {len(detections)} {detections[:12]}")
+    timed("river KSWIN", lambda: drift.KSWIN(seed=42), stream(length))
 
 
 if __name__ == "__main__":

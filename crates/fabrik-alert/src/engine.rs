@@ -1033,19 +1033,11 @@ mod tests {
         }
         let t = e.observe(&observations);
         assert!(t.iter().all(|t| t.key == "stepped"), "{t:?}");
-        let fired = t
-            .iter()
-            .find(|t| t.state == AlertState::Firing)
-            .map(|t| t.at_ns / S)
-            .expect("fired");
+        let fired = first_at(&t, AlertState::Firing).expect("fired");
         assert!((300..340).contains(&fired), "fired at {fired}");
         // KSWIN starts afresh after a detection, with the new level as its normal: the alert
         // resolves once 30 values came without another.
-        let resolved = t
-            .iter()
-            .find(|t| t.state == AlertState::Resolved)
-            .map(|t| t.at_ns / S)
-            .expect("resolved");
+        let resolved = first_at(&t, AlertState::Resolved).expect("resolved");
         assert!(resolved >= fired + 30, "{t:?}");
         // Ranks, not values: a change rule (ADWIN on the mean), whose bound grows with the
         // variance the spikes add, misses the step.
@@ -1084,19 +1076,11 @@ mod tests {
         }
         let t = e.observe(&observations);
         assert!(t.iter().all(|t| t.key == "decayed"), "{t:?}");
-        let fired = t
-            .iter()
-            .find(|t| t.state == AlertState::Firing)
-            .map(|t| t.at_ns / S)
-            .expect("fired");
+        let fired = first_at(&t, AlertState::Firing).expect("fired");
         assert!((200..260).contains(&fired), "fired at {fired}");
         // HDDM_A starts afresh after a drift, and the higher rate is then its normal: the
         // alert resolves after 30 outcomes without another.
-        let resolved = t
-            .iter()
-            .find(|t| t.state == AlertState::Resolved)
-            .map(|t| t.at_ns / S)
-            .expect("resolved");
+        let resolved = first_at(&t, AlertState::Resolved).expect("resolved");
         assert!(resolved >= fired + 30, "{t:?}");
         // Anything from 0.5 up is an error: the same outcomes as 0.9 and 0.1 decide the same.
         let mut scaled = RuleEngine::new(rule(
@@ -1145,6 +1129,14 @@ mod tests {
         assert_eq!(firing, [1_000], "{t:?}");
     }
 
+    /// The second of the first transition to `state`.
+    fn first_at(transitions: &[Transition], state: AlertState) -> Option<i64> {
+        transitions
+            .iter()
+            .find(|t| t.state == state)
+            .map(|t| t.at_ns / S)
+    }
+
     /// The first firing of a change rule on a noisy step at second 300, the values times
     /// `unit`.
     fn first_change(unit: f64, delta: f64) -> Option<i64> {
@@ -1156,10 +1148,7 @@ mod tests {
                 obs("k", i, (level + noise(i)) * unit)
             })
             .collect();
-        e.observe(&observations)
-            .iter()
-            .find(|t| t.state == AlertState::Firing)
-            .map(|t| t.at_ns / S)
+        first_at(&e.observe(&observations), AlertState::Firing)
     }
 
     #[test]

@@ -56,21 +56,30 @@ fn adwin_stream(length: usize) -> Vec<f64> {
 /// detections, to set beside river's.
 fn adwin() {
     let values = adwin_stream(1_000_000);
+    timed("ADWIN (1,000,000 values)", &values, || {
+        let mut detector = Adwin::default();
+        move |value| detector.update(value)
+    });
+}
+
+/// Runs a fresh detector from `make` over `values` three times and prints the best rate in
+/// values/s and the detections, to set beside river's.
+fn timed<D: FnMut(f64) -> bool>(name: &str, values: &[f64], mut make: impl FnMut() -> D) {
     let mut best = Duration::MAX;
     let mut detections = Vec::new();
     for _ in 0..3 {
-        let mut detector = Adwin::default();
+        let mut update = make();
         let started = Instant::now();
         let found: Vec<usize> = values
             .iter()
             .enumerate()
-            .filter_map(|(i, &v)| detector.update(black_box(v)).then_some(i))
+            .filter_map(|(i, &v)| update(black_box(v)).then_some(i))
             .collect();
         best = best.min(started.elapsed());
         detections = found;
     }
     println!(
-        "ADWIN (1,000,000 values)                 {:>9.0} values/s",
+        "{name:<40} {:>9.0} values/s",
         values.len() as f64 / best.as_secs_f64()
     );
     println!(
@@ -86,28 +95,10 @@ fn adwin() {
 /// after it the first one comes.
 fn kswin() {
     let values = adwin_stream(100_000);
-    let mut best = Duration::MAX;
-    let mut detections = Vec::new();
-    for _ in 0..3 {
+    timed("KSWIN (100,000 values)", &values, || {
         let mut detector = Kswin::new(KswinSettings::default()).expect("settings");
-        let started = Instant::now();
-        let found: Vec<usize> = values
-            .iter()
-            .enumerate()
-            .filter_map(|(i, &v)| detector.update(black_box(v)).then_some(i))
-            .collect();
-        best = best.min(started.elapsed());
-        detections = found;
-    }
-    println!(
-        "KSWIN (100,000 values)                   {:>9.0} values/s",
-        values.len() as f64 / best.as_secs_f64()
-    );
-    println!(
-        "detections: {} {:?}",
-        detections.len(),
-        &detections[..detections.len().min(12)]
-    );
+        move |value| detector.update(value)
+    });
     let values = adwin_stream(200_000);
     // The same noise around 0, three times as wide from 100,000: a change of spread alone.
     let spread: Vec<f64> = values

@@ -29,6 +29,7 @@ pub mod nab;
 mod numeric;
 pub mod permutation;
 pub mod pipeline;
+pub mod pyrandom;
 pub mod sequential;
 pub mod skab;
 mod special;

@@ -2,12 +2,13 @@
 //! trees of fixed height whose node masses, counted over tumbling windows, say how crowded a
 //! point's neighbourhood was in the previous window.
 //!
-//! Owns the trees, a Python-compatible Mersenne Twister (so a seed builds the same trees as
-//! river's `HalfSpaceTrees(seed=...)`), and [`ScaledHalfSpaceTrees`], the univariate adapter
-//! that min-max scales values online as river's docs recommend.
+//! Owns the trees, built from CPython's generator ([`crate::pyrandom`], so a seed builds the
+//! same trees as river's `HalfSpaceTrees(seed=...)`), and [`ScaledHalfSpaceTrees`], the
+//! univariate adapter that min-max scales values online as river's docs recommend.
 
 use super::{Observation, StreamingDetector};
 use crate::MlError;
+use crate::pyrandom::PyRandom;
 
 /// Splits are drawn from the middle 70 % of a node's range, so no cell is too thin.
 const PADDING: f64 = 0.15;
@@ -72,7 +73,7 @@ impl HstTree {
         node: usize,
         limits: &mut [(f64, f64)],
         depth_left: usize,
-        rng: &mut PythonRandom,
+        rng: &mut PyRandom,
     ) {
         if depth_left == 0 {
             return;
@@ -111,7 +112,7 @@ pub struct HalfSpaceTrees {
     branches: usize,
     counter: usize,
     first_window: bool,
-    rng: PythonRandom,
+    rng: PyRandom,
 }
 
 impl HalfSpaceTrees {
@@ -125,7 +126,7 @@ impl HalfSpaceTrees {
             ..config
         };
         Self {
-            rng: PythonRandom::new(config.seed),
+            rng: PyRandom::new(config.seed),
             branches: (1_usize << config.height) - 1,
             config,
             limits,
@@ -302,114 +303,9 @@ impl StreamingDetector for ScaledHalfSpaceTrees {
     }
 }
 
-/// CPython's `random.Random`: MT19937 seeded through `init_by_array` with the seed's 32-bit
-/// words, and `random()` built from two draws with 53 bits.
-#[derive(Debug, Clone)]
-pub struct PythonRandom {
-    state: [u32; 624],
-    index: usize,
-}
-
-impl PythonRandom {
-    /// `random.Random(seed)` for a non-negative integer seed.
-    pub fn new(seed: u64) -> Self {
-        let low = (seed & 0xffff_ffff) as u32;
-        let high = (seed >> 32) as u32;
-        let key: Vec<u32> = if high == 0 {
-            vec![low]
-        } else {
-            vec![low, high]
-        };
-        let mut rng = Self {
-            state: [0; 624],
-            index: 624,
-        };
-        rng.init_genrand(19_650_218);
-        let n = 624;
-        let (mut i, mut j) = (1_usize, 0_usize);
-        for _ in 0..n.max(key.len()) {
-            let previous = rng.state[i - 1];
-            rng.state[i] = (rng.state[i] ^ ((previous ^ (previous >> 30)).wrapping_mul(1_664_525)))
-                .wrapping_add(key[j])
-                .wrapping_add(j as u32);
-            i += 1;
-            j += 1;
-            if i >= n {
-                rng.state[0] = rng.state[n - 1];
-                i = 1;
-            }
-            if j >= key.len() {
-                j = 0;
-            }
-        }
-        for _ in 0..n - 1 {
-            let previous = rng.state[i - 1];
-            rng.state[i] = (rng.state[i]
-                ^ ((previous ^ (previous >> 30)).wrapping_mul(1_566_083_941)))
-            .wrapping_sub(i as u32);
-            i += 1;
-            if i >= n {
-                rng.state[0] = rng.state[n - 1];
-                i = 1;
-            }
-        }
-        rng.state[0] = 0x8000_0000;
-        rng
-    }
-
-    fn init_genrand(&mut self, seed: u32) {
-        self.state[0] = seed;
-        for i in 1..624 {
-            let previous = self.state[i - 1];
-            self.state[i] = 1_812_433_253_u32
-                .wrapping_mul(previous ^ (previous >> 30))
-                .wrapping_add(i as u32);
-        }
-        self.index = 624;
-    }
-
-    fn next_u32(&mut self) -> u32 {
-        if self.index >= 624 {
-            for k in 0..624 {
-                let y = (self.state[k] & 0x8000_0000) | (self.state[(k + 1) % 624] & 0x7fff_ffff);
-                let mut next = self.state[(k + 397) % 624] ^ (y >> 1);
-                if y & 1 == 1 {
-                    next ^= 0x9908_b0df;
-                }
-                self.state[k] = next;
-            }
-            self.index = 0;
-        }
-        let mut y = self.state[self.index];
-        self.index += 1;
-        y ^= y >> 11;
-        y ^= (y << 7) & 0x9d2c_5680;
-        y ^= (y << 15) & 0xefc6_0000;
-        y ^ (y >> 18)
-    }
-
-    /// A float in [0, 1) with 53 random bits, as `random.random()`.
-    pub fn random(&mut self) -> f64 {
-        let a = f64::from(self.next_u32() >> 5);
-        let b = f64::from(self.next_u32() >> 6);
-        (a * 67_108_864.0 + b) * (1.0 / 9_007_199_254_740_992.0)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn python_random_matches_cpython() {
-        // CPython 3: random.Random(42).random() for the first three draws.
-        let mut rng = PythonRandom::new(42);
-        assert_eq!(rng.random(), 0.6394267984578837);
-        assert_eq!(rng.random(), 0.025010755222666936);
-        assert_eq!(rng.random(), 0.27502931836911926);
-        let mut zero = PythonRandom::new(0);
-        assert_eq!(zero.random(), 0.8444218515250481);
-    }
 
     #[test]
     fn a_spike_scores_higher_than_the_crowd() {

@@ -6,8 +6,8 @@
 use std::collections::VecDeque;
 
 use super::ks::ks_2samp;
-use super::pyrandom::PyRandom;
 use crate::MlError;
+use crate::pyrandom::PyRandom;
 
 /// The KS statistic must also exceed this for a drift, as river requires (the p-value alone
 /// is not enough there).

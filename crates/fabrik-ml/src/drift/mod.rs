@@ -10,7 +10,7 @@
 //!   chi-square and the two-proportion z-test;
 //! - [`stream`]: change detection one value at a time (ADWIN, Page–Hinkley), as river does it;
 //! - [`kswin`]: a change in a stream's distribution (KSWIN), as river does it, on
-//!   [`pyrandom`]'s draws;
+//!   [`crate::pyrandom`]'s draws;
 //! - [`binary`]: concept drift on a stream of errors (DDM, EDDM, HDDM_A, HDDM_W, FHDDM), as
 //!   river does it.
 
@@ -18,7 +18,6 @@ pub mod binary;
 mod binned;
 pub mod ks;
 pub mod kswin;
-pub mod pyrandom;
 pub mod stream;
 
 pub use ks::{KsTest, ks_2samp};

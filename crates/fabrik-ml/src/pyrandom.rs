@@ -1,7 +1,8 @@
 //! CPython's `random.Random`, as far as detectors ported from river draw from it: MT19937
 //! seeded from an integer as CPython seeds it (`init_by_array` over the seed's 32-bit words),
-//! `getrandbits(k ≤ 32)`, `_randbelow` and `sample(range(n), k)` with both of its strategies.
-//! Bit for bit, so a port flags the same values river flags with the same seed.
+//! `random()`, `getrandbits(k ≤ 32)`, `_randbelow` and `sample(range(n), k)` with both of its
+//! strategies. Bit for bit, so a port (Half-Space Trees, KSWIN) builds the same trees and
+//! flags the same values river does with the same seed.
 
 const N: usize = 624;
 const M: usize = 397;
@@ -84,6 +85,13 @@ impl PyRandom {
         self.index = 0;
     }
 
+    /// A float in [0, 1) with 53 random bits, as `random()`.
+    pub fn random(&mut self) -> f64 {
+        let a = f64::from(self.next_u32() >> 5);
+        let b = f64::from(self.next_u32() >> 6);
+        (a * 67_108_864.0 + b) * (1.0 / 9_007_199_254_740_992.0)
+    }
+
     /// `getrandbits(bits)` for 1 ≤ bits ≤ 32.
     pub fn bits(&mut self, bits: u32) -> u32 {
         debug_assert!((1..=32).contains(&bits));
@@ -147,6 +155,17 @@ mod tests {
 
     // Expected values printed by CPython 3.11.7 on this machine, e.g.
     // `random.Random(42).getrandbits(32)` and `random.Random(42).sample(range(70), 30)`.
+
+    #[test]
+    fn random_is_cpythons() {
+        // CPython 3: random.Random(42).random() for the first three draws.
+        let mut rng = PyRandom::new(42);
+        assert_eq!(rng.random(), 0.6394267984578837);
+        assert_eq!(rng.random(), 0.025010755222666936);
+        assert_eq!(rng.random(), 0.27502931836911926);
+        let mut zero = PyRandom::new(0);
+        assert_eq!(zero.random(), 0.8444218515250481);
+    }
 
     #[test]
     fn the_stream_is_cpythons_for_small_and_wide_seeds() {
