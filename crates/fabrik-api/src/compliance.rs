@@ -43,6 +43,8 @@ pub struct ComplianceFacts {
     pub models_trusted_keys: usize,
     /// The release repository (TUF) this node installs models from (`[updates] url`), if any.
     pub release_repository: Option<String>,
+    /// This node installs the Fabrik binary published for it (`[updates] binary`).
+    pub binary_updates: bool,
     /// Tables kept forever (`*` for the default retention).
     pub tables_kept_forever: Vec<String>,
     /// Retention of raw messages, as configured (`None`: not kept).
@@ -412,6 +414,14 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
              key (age, X25519) is decrypted only after that, and checked against its signed \
              content hash"
         ));
+        if facts.binary_updates {
+            evidence.push(
+                "the Fabrik binary arrives the same way, and is tried on this node (`config \
+                 check` of its configuration) before it replaces the running one, which is \
+                 kept for `fabrik updates rollback`"
+                    .to_owned(),
+            );
+        }
     }
     controls.push(control(
         &["IEC 62443-3-3 SR 3.4", "NIST 800-53 SI-7", "CM-14"],

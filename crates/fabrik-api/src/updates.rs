@@ -34,6 +34,12 @@ pub struct UpdateStatus {
     pub previous_recipients: Vec<String>,
     /// Seconds between checks.
     pub interval_seconds: f64,
+    /// The platform this node runs on (`linux-x86_64`): a `binary` target must name it.
+    pub platform: String,
+    /// Whether this node installs the Fabrik binary published for it (`[updates] binary`).
+    pub binary_updates: bool,
+    /// SHA-256 of the running binary, once a `binary` target was compared with it.
+    pub binary_sha256: Option<String>,
     /// Checks since start.
     pub checks: u64,
     /// When the repository was last checked (RFC 3339).
@@ -76,7 +82,8 @@ pub struct TargetStatus {
     /// Whether the file is encrypted to its nodes' keys (then `sha256` and `length` are the
     /// encrypted file's).
     pub encrypted: bool,
-    /// `installed` (this node holds exactly this file), `not_for_this_node`, or `refused`.
+    /// `installed` (this node holds exactly this file), `not_for_this_node`, `refused`, or
+    /// `available` (a binary for this node that `[updates] binary` leaves to the operator).
     pub state: String,
     /// Why it was refused (a download that does not match the signed hash, a model signature
     /// that does not verify, a model that does not fit a pipeline using it, a definition the

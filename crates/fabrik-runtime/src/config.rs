@@ -114,6 +114,10 @@ pub struct UpdatesConfig {
     /// This node's key for encrypted targets: an age identity file (`age-keygen`'s format);
     /// empty: `<data_dir>/updates/identity.key`, made at the first start.
     pub identity: String,
+    /// Install the Fabrik binary published for this node's platform (`fabrik release add
+    /// --kind binary`) in place of the running one, which is kept beside it, and restart into
+    /// it; `false`: report it as available only.
+    pub binary: bool,
 }
 
 impl Default for UpdatesConfig {
@@ -126,6 +130,7 @@ impl Default for UpdatesConfig {
             token: String::new(),
             tls_ca: String::new(),
             identity: String::new(),
+            binary: false,
         }
     }
 }

@@ -43,6 +43,7 @@ mod release_cli;
 mod release_keys;
 mod release_signer;
 mod run;
+mod self_update;
 mod shadow;
 mod sql_text;
 mod stored;

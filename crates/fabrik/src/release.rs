@@ -73,6 +73,10 @@ pub(crate) struct ReleaseTarget {
     /// Set when the file is encrypted to its nodes' keys (decision 0032).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) encrypted: Option<Encryption>,
+    /// For a Fabrik binary: the platform it runs on (`linux-x86_64`); nodes on another
+    /// platform leave it alone (decision 0044).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) platform: Option<String>,
 }
 
 /// The format of an encrypted target's file.
@@ -117,13 +121,22 @@ pub(crate) enum Kind {
     /// An alert rule definition (the `[[alerting.rules]]` fields as JSON):
     /// `<name>.alert-rule.json`.
     AlertRule,
+    /// The Fabrik binary for one platform: `<name>.bin`. Last: a node installs the rest with
+    /// the binary it runs, then restarts into the new one (decision 0044).
+    Binary,
 }
 
 impl Kind {
-    pub(crate) const ALL: [Kind; 4] = [Kind::Model, Kind::UseCase, Kind::Pipeline, Kind::AlertRule];
+    pub(crate) const ALL: [Kind; 5] = [
+        Kind::Model,
+        Kind::UseCase,
+        Kind::Pipeline,
+        Kind::AlertRule,
+        Kind::Binary,
+    ];
 
     /// The kinds, as `--kind` and error messages list them.
-    pub(crate) const LISTED: &str = "model, use-case, pipeline or alert-rule";
+    pub(crate) const LISTED: &str = "model, use-case, pipeline, alert-rule or binary";
 
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -131,6 +144,7 @@ impl Kind {
             Kind::UseCase => "use-case",
             Kind::Pipeline => "pipeline",
             Kind::AlertRule => "alert-rule",
+            Kind::Binary => "binary",
         }
     }
 
@@ -144,6 +158,7 @@ impl Kind {
             Kind::UseCase => format!("{name}.use-case.json"),
             Kind::Pipeline => format!("{name}.pipeline.json"),
             Kind::AlertRule => format!("{name}.alert-rule.json"),
+            Kind::Binary => format!("{name}.bin"),
         };
         TargetName::new(&file).map_err(|e| anyhow!("target name `{file}`: {e}"))
     }
@@ -722,6 +737,7 @@ pub(crate) async fn add_model(
         signature,
         nodes: audience.nodes,
         encrypted: None,
+        platform: None,
     };
     publish_target(
         repo,
@@ -733,6 +749,65 @@ pub(crate) async fn add_model(
         lifetimes,
     )
     .await
+}
+
+/// Adds (or replaces) a Fabrik binary as the target `<name>.bin`, for the nodes on `platform`
+/// (default: the platform in the file's ELF header), named `name` (default
+/// `fabrik-<platform>`). Returns the name, the platform, the target's SHA-256 and the new
+/// targets version.
+pub(crate) async fn add_binary(
+    repo: &Path,
+    keys: &Path,
+    file: &Path,
+    name: Option<&str>,
+    platform: Option<&str>,
+    audience: Audience,
+    lifetimes: Lifetimes,
+) -> anyhow::Result<(String, String, String, u64)> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let read = crate::self_update::elf_platform(&bytes);
+    let platform = match (platform.map(str::trim), read) {
+        (Some(""), _) => bail!("--platform is empty"),
+        (Some(given), Some(read)) if given != read => bail!(
+            "{}: --platform {given}, but the file is an executable for {read}",
+            file.display()
+        ),
+        (Some(given), _) => given.to_owned(),
+        (None, Some(read)) => read,
+        (None, None) => bail!(
+            "{}: not an ELF executable this Fabrik can name the platform of; name it with \
+             --platform (`{}` on this machine)",
+            file.display(),
+            crate::self_update::platform()
+        ),
+    };
+    let name = name.map_or_else(|| format!("fabrik-{platform}"), str::to_owned);
+    // The rule of model names: a file name on every node, never hidden.
+    if !crate::pipelines::model_name_ok(&name) {
+        bail!(
+            "`{name}`: a binary's name is 1–64 letters, digits, `.`, `_` or `-`, not starting \
+             with `.`"
+        );
+    }
+    let release = ReleaseTarget {
+        kind: Kind::Binary.as_str().into(),
+        name: name.clone(),
+        signature: None,
+        nodes: audience.nodes,
+        encrypted: None,
+        platform: Some(platform.clone()),
+    };
+    let (sha256, version) = publish_target(
+        repo,
+        keys,
+        Kind::Binary,
+        release,
+        bytes,
+        &audience.recipients,
+        lifetimes,
+    )
+    .await?;
+    Ok((name, platform, sha256, version))
 }
 
 /// Adds (or replaces) a pipeline or alert rule definition (the file's one definition, TOML or
@@ -766,6 +841,7 @@ pub(crate) async fn add_definition(
     let (name, json) = match kind {
         Kind::Model => bail!("a model is added with add_model"),
         Kind::UseCase => bail!("a use case is added with add_use_case"),
+        Kind::Binary => bail!("a binary is added with add_binary"),
         Kind::Pipeline => {
             let mut definitions: Vec<PipelineConfig> = crate::define_cli::definitions(file, &text)
                 .with_context(|| format!("{}: not a pipeline definition", file.display()))?;
@@ -807,6 +883,7 @@ pub(crate) async fn add_definition(
         signature: None,
         nodes: audience.nodes,
         encrypted: None,
+        platform: None,
     };
     let (sha256, version) = publish_target(
         repo,
@@ -978,6 +1055,7 @@ pub(crate) async fn add_use_case(
         signature: None,
         nodes: audience.nodes,
         encrypted: None,
+        platform: None,
     };
     let (sha256, version) = publish_target(
         repo,
@@ -1623,6 +1701,7 @@ pub(crate) mod tests {
             signature: None,
             nodes: vec![],
             encrypted: None,
+            platform: None,
         };
         assert!(release.is_for("whatever"), "no nodes: every node");
     }

@@ -81,9 +81,15 @@ enum ReleaseCommand {
         /// `model` (an `.onnx` file, the default for one), `pipeline` or `alert-rule` (a TOML
         /// or JSON file with one definition, as `fabrik pipeline define` and `fabrik alert
         /// rule apply` take), or `use-case` (a definition as `fabrik usecase define` takes, or
-        /// the JSON `fabrik usecase show` printed where its gate was judged).
+        /// the JSON `fabrik usecase show` printed where its gate was judged), or `binary` (a
+        /// Fabrik executable, which nodes with `[updates] binary = true` on its platform
+        /// install and restart into).
         #[arg(long)]
         kind: Option<String>,
+        /// For a binary: the platform it runs on (`linux-x86_64`, `linux-aarch64`; default:
+        /// read from the executable's ELF header).
+        #[arg(long)]
+        platform: Option<String>,
         /// For a use case: the stage every node puts it at (`pilot`, `scale-up`,
         /// `enterprise`); required for a plain definition, default: the stage in `fabrik
         /// usecase show`'s JSON.
@@ -127,7 +133,7 @@ enum ReleaseCommand {
         /// The keys directory of `init`.
         #[arg(long)]
         keys: PathBuf,
-        /// `model`, `use-case`, `pipeline` or `alert-rule`.
+        /// `model`, `use-case`, `pipeline`, `alert-rule` or `binary`.
         #[arg(long, default_value = "model")]
         kind: String,
         #[command(flatten)]
@@ -228,7 +234,11 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
             recipients_file,
             lifetimes,
             file,
+            platform,
         } => {
+            if platform.is_some() && kind.as_deref() != Some(Kind::Binary.as_str()) {
+                bail!("--platform goes with --kind binary");
+            }
             if kind.as_deref() != Some(Kind::UseCase.as_str())
                 && (stage.is_some() || !reason.is_empty() || forced)
             {
@@ -261,7 +271,7 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                 Some(text) => parse_kind(text)?,
                 None if is_onnx => Kind::Model,
                 None => bail!(
-                    "{}: say what it is with --kind use-case, pipeline or alert-rule",
+                    "{}: say what it is with --kind use-case, pipeline, alert-rule or binary",
                     file.display()
                 ),
             };
@@ -286,6 +296,21 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                     } else {
                         "unsigned"
                     },
+                );
+            } else if kind == Kind::Binary {
+                let (name, platform, sha256, version) = release::add_binary(
+                    &repo,
+                    &keys,
+                    &file,
+                    name.as_deref(),
+                    platform.as_deref(),
+                    audience,
+                    lifetimes,
+                )
+                .await?;
+                println!(
+                    "published binary {name} for {platform} (sha256 {sha256}) for {for_nodes} as \
+                     targets version {version}"
                 );
             } else if kind == Kind::UseCase {
                 let decision = release::UseCaseDecision {
@@ -612,6 +637,18 @@ enum UpdatesCommand {
         #[arg(long)]
         identity: PathBuf,
     },
+    /// Put back the Fabrik binary a release replaced (kept beside it as `<binary>.previous`)
+    /// and keep the node from installing the rolled-back build again; restart the node
+    /// afterwards.
+    Rollback {
+        /// The node's configuration file (for its data directory); without it the defaults
+        /// and `FABRIK__*` overrides.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The installed binary (default: this one).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+    },
 }
 
 /// Runs `fabrik updates ...`.
@@ -642,6 +679,32 @@ pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
                 identity.display(),
                 keys.previous_recipients().len(),
                 identity.display()
+            );
+            return Ok(());
+        }
+        UpdatesCommand::Rollback { config, binary } => {
+            let origin = config
+                .as_ref()
+                .map_or_else(|| "defaults".to_owned(), |p| p.display().to_string());
+            let settings = match crate::config_check::load(config.as_deref(), &origin) {
+                Ok((_, settings)) => settings,
+                Err(failure) => {
+                    crate::config_check::report("", &origin, failure);
+                    anyhow::bail!("{origin}: the configuration cannot be used");
+                }
+            };
+            let binary = match binary {
+                Some(binary) => binary,
+                None => std::env::current_exe().context("this binary's path")?,
+            };
+            let (rolled_back, restored) = crate::self_update::rollback(&binary, &settings.data_dir)
+                .map_err(|why| anyhow::anyhow!(why))?;
+            println!("{restored}");
+            eprintln!(
+                "{}: the previous build (sha256 {restored}) is back in place of sha256 \
+                 {rolled_back}, which this node will not install again. Restart the node to run \
+                 it.",
+                binary.display()
             );
             return Ok(());
         }
@@ -717,6 +780,19 @@ pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
             previous.join(", ")
         );
     }
+    println!(
+        "  binary: {} on {}{}",
+        if status["binary_updates"] == true {
+            "installed from the repository"
+        } else {
+            "not installed from the repository ([updates] binary = false)"
+        },
+        text(&status["platform"]),
+        status["binary_sha256"]
+            .as_str()
+            .map(|sha| format!(", running sha256 {sha}"))
+            .unwrap_or_default()
+    );
     println!(
         "  trusted: root v{}, targets v{}, snapshot v{}, timestamp v{}; expires {}",
         text(&status["root_version"]),

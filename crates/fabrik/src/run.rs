@@ -83,6 +83,9 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
         }
     };
     init_tracing(&settings.log_level);
+    // Before anything can replace the file: once renamed over, `/proc/self/exe` names a
+    // deleted one.
+    let self_update = crate::self_update::SelfUpdate::capture(args.config.clone());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("fabrik")
@@ -94,7 +97,28 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config, settings, modules, args.demo)) {
+    let served = runtime.block_on(serve(
+        config,
+        settings,
+        modules,
+        args.demo,
+        self_update.clone(),
+    ));
+    match served {
+        Ok(()) if self_update.restart_requested() => {
+            // Every module stopped and flushed; the blocking pool's stragglers (a slow file
+            // read) are not waited for long.
+            runtime.shutdown_timeout(Duration::from_secs(5));
+            match self_update.exe() {
+                Ok(exe) => {
+                    tracing::info!(binary = %exe.display(), "Restarting into the new binary.");
+                    let error = crate::self_update::exec(exe);
+                    tracing::error!(binary = %exe.display(), error = %error, "The new binary could not be started; the service manager must start it.");
+                }
+                Err(why) => tracing::error!(error = %why, "No binary to restart into."),
+            }
+            ExitCode::FAILURE
+        }
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Logs go to stderr too: one line, in the log's format, so a log collector
@@ -231,6 +255,7 @@ fn compliance_facts(
         models_trusted_keys: config.models.trusted_keys.len(),
         release_repository: Some(config.updates.url.trim().to_owned())
             .filter(|url| !url.is_empty() && modules.contains(&Module::Updates)),
+        binary_updates: config.updates.binary,
         tables_kept_forever: kept_forever,
         raw_retention: settings.raw_retention.map(|r| match r {
             Retention::Forever => "ever".to_owned(),
@@ -574,6 +599,7 @@ async fn serve(
     settings: Settings,
     modules: Vec<Module>,
     demo: bool,
+    self_update: crate::self_update::SelfUpdate,
 ) -> anyhow::Result<()> {
     // A file-size limit (ulimit -f) must surface as EFBIG → 507 on write, not kill the
     // process: listening for SIGXFSZ replaces its default action (terminate).
@@ -819,6 +845,7 @@ async fn serve(
                         crate::updates::start(
                             &config,
                             &settings.data_dir,
+                            self_update.clone(),
                             control,
                             alert_rules,
                             registry,
@@ -920,7 +947,16 @@ async fn serve(
     }
     let mut exited = None;
     if start_error.is_none() {
-        match manager.run(fabrik_runtime::shutdown::signal()).await {
+        let stop_or_restart = async {
+            tokio::select! {
+                () = fabrik_runtime::shutdown::signal() => {}
+                () = self_update.restart_wanted() => {}
+            }
+        };
+        match manager.run(stop_or_restart).await {
+            StopReason::Signal if self_update.restart_requested() => {
+                tracing::info!("Stopping to restart into the new binary.");
+            }
             StopReason::Signal => tracing::info!("Stopping."),
             StopReason::ServiceExited(name) => {
                 tracing::error!(service = name, "A service stopped on its own; stopping.");

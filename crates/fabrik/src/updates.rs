@@ -1,5 +1,6 @@
 //! The `updates` module (decision 0031): follows a release repository (TUF) and installs the
-//! models it publishes for this node. Every check verifies the repository's metadata against
+//! models, use cases, pipelines, alert rules and (decision 0044) Fabrik binary it publishes for
+//! this node. Every check verifies the repository's metadata against
 //! the root the node was given (signatures, thresholds, versions never going back, expiry) and
 //! every file against the signed hash and length before it is stored; the model then goes
 //! through the same gate as an upload (its own signature under `[models]`, its fit with the
@@ -300,6 +301,14 @@ struct Updater {
     interval: Duration,
     /// When each target was installed since start, by target name: its SHA-256 and the time.
     installed_at: HashMap<String, (String, String)>,
+    /// The running binary, replaced by a `binary` target when `binary_updates` is on.
+    self_update: crate::self_update::SelfUpdate,
+    /// `[updates] binary`.
+    binary_updates: bool,
+    /// This node's platform, which a binary target must name.
+    platform: String,
+    /// The data directory (the binary swap's record).
+    data_dir: PathBuf,
 }
 
 /// A target this node refused, and when it tries again.
@@ -420,6 +429,7 @@ impl Updater {
             .min()
             .map(|at| at.to_string());
             status.installed = self.installed_at.len() as u64;
+            status.binary_sha256 = self.self_update.known_sha256();
             status.targets = targets;
             status.last_error = None;
         }
@@ -453,6 +463,18 @@ impl Updater {
                 .and_then(|release| Kind::parse(&release.kind));
             (kind, name.raw().to_owned())
         });
+        // The binaries published for this node and its platform: more than one is a
+        // publisher's mistake, and none of them is installed.
+        let binaries: Vec<String> = listed
+            .iter()
+            .filter_map(|(name, _, release)| {
+                let release = release.as_ref().ok()?;
+                (Kind::parse(&release.kind) == Some(Kind::Binary)
+                    && release.is_for(&self.node)
+                    && release.platform.as_deref() == Some(self.platform.as_str()))
+                .then(|| name.raw().to_owned())
+            })
+            .collect();
         for (target_name, target, release) in listed {
             let sha256 = hex(&target.hashes.sha256);
             let mut status = TargetStatus {
@@ -517,6 +539,24 @@ impl Updater {
                 ));
             } else if !release.is_for(&self.node) {
                 status.state = "not_for_this_node".into();
+            } else if kind == Some(Kind::Binary)
+                && release.platform.as_deref() != Some(self.platform.as_str())
+            {
+                status.state = "not_for_this_node".into();
+                status.reason = Some(format!(
+                    "built for {}; this node runs on {}",
+                    release.platform.as_deref().unwrap_or("an unnamed platform"),
+                    self.platform
+                ));
+            } else if kind == Some(Kind::Binary) && binaries.len() > 1 {
+                status.state = "refused".into();
+                status.reason = Some(format!(
+                    "{} binaries are published for this node on {} ({}): none is installed \
+                     until all but one are removed",
+                    binaries.len(),
+                    self.platform,
+                    binaries.join(", ")
+                ));
             } else if release.nodes.is_empty()
                 && release
                     .encrypted
@@ -529,6 +569,9 @@ impl Updater {
                 status.reason = Some("encrypted to other nodes' keys".into());
             } else if self.holds(&key, &sha256, &release, &mut held).await {
                 status.state = "installed".into();
+            } else if let Some((state, reason)) = self.binary_held_back(&release, &sha256) {
+                status.state = state.into();
+                status.reason = Some(reason);
             } else if let Some(reason) = waiting {
                 status.state = "refused".into();
                 status.reason = Some(reason);
@@ -628,6 +671,15 @@ impl Updater {
                     .is_some_and(|(applied, _)| applied == sha256)
                     && self.unchanged_on_node(release, key).await
             }
+            // The binary this process runs: what it was started from, not what lies on disk
+            // now (an install swaps the file before the restart).
+            Some(Kind::Binary) => match self.self_update.running_sha256().await {
+                Ok(running) => running == release.content_sha256(sha256),
+                Err(why) => {
+                    tracing::warn!(error = %why, "The running binary could not be read.");
+                    false
+                }
+            },
             None => false,
         };
         if holds {
@@ -637,6 +689,36 @@ impl Updater {
             );
         }
         holds
+    }
+
+    /// Why a binary target this node does not run yet is not installed now, with the state to
+    /// show: binary updates are off, or an operator rolled this build back here.
+    fn binary_held_back(
+        &self,
+        release: &ReleaseTarget,
+        sha256: &str,
+    ) -> Option<(&'static str, String)> {
+        if Kind::parse(&release.kind) != Some(Kind::Binary) {
+            return None;
+        }
+        if !self.binary_updates {
+            return Some((
+                "available",
+                "this node runs another build; `[updates] binary = true` installs it".into(),
+            ));
+        }
+        let content = release.content_sha256(sha256);
+        let state = crate::self_update::BinaryState::read(&self.data_dir);
+        state.rolled_back(content).map(|rolled_back| {
+            (
+                "refused",
+                format!(
+                    "rolled back on this node at {} (`fabrik updates rollback`); publish \
+                     another build",
+                    rolled_back.at
+                ),
+            )
+        })
     }
 
     /// Whether this node's key is among an encrypted target's recipients (compared as keys:
@@ -903,6 +985,13 @@ impl Updater {
                     return Ok(false);
                 }
             }
+            Some(Kind::Binary) => {
+                let content = release.content_sha256(sha256).to_owned();
+                self.self_update
+                    .install(bytes, &content, target_name.raw(), &self.data_dir)
+                    .await
+                    .map_err(Some)?;
+            }
             None => return Err(Some(format!("kind `{}` is not known", release.kind))),
         }
         metrics::counter!("fabrik_updates_installed_total").increment(1);
@@ -1012,9 +1101,11 @@ fn decrypted(
 }
 
 /// Starts the module: idle without `[updates] url`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn start(
     config: &Config,
     data_dir: &Path,
+    self_update: crate::self_update::SelfUpdate,
     control: Arc<dyn PipelineControl>,
     alert_rules: Option<Arc<dyn AlertRuleControl>>,
     registry: Option<Registry>,
@@ -1055,6 +1146,8 @@ pub(crate) async fn start(
         recipient: identity.recipient().to_string(),
         previous_recipients: identity.previous_recipients(),
         interval_seconds: interval.as_secs_f64(),
+        platform: crate::self_update::platform(),
+        binary_updates: updates.binary,
         ..UpdateStatus::default()
     });
     let updater = Updater {
@@ -1079,6 +1172,10 @@ pub(crate) async fn start(
         refused: HashMap::new(),
         interval,
         installed_at: HashMap::new(),
+        self_update,
+        binary_updates: updates.binary,
+        platform: crate::self_update::platform(),
+        data_dir: data_dir.to_owned(),
     };
     let stop = CancellationToken::new();
     let token = stop.clone();

@@ -1537,3 +1537,261 @@ fn a_gate_judged_at_the_hub_on_the_fleets_data_is_released_to_the_edges() {
         serde_json::json!(["pump-a", "pump-b"])
     );
 }
+
+/// SHA-256 of a file, read in pieces (the binary is large).
+fn file_sha256(file: &Path) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut reader = std::fs::File::open(file).expect("open");
+    std::io::copy(&mut reader, &mut hasher).expect("read");
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The URL of the next `Fabrik is listening on` line the process prints (after a restart).
+fn listening_again(edge: &Process) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    let mut seen = Vec::new();
+    while std::time::Instant::now() < deadline {
+        if let Ok(line) = edge.log.recv_timeout(Duration::from_millis(200)) {
+            if let Some(url) = line.strip_prefix("Fabrik is listening on ") {
+                return url.trim().to_owned();
+            }
+            seen.push(line);
+        }
+    }
+    panic!(
+        "the node did not listen again; it said:\n{}",
+        seen.join("\n")
+    );
+}
+
+#[test]
+fn an_edge_replaces_its_own_binary_with_the_published_build_and_an_operator_can_roll_it_back() {
+    let (dir, repo, keys, work) = new_repository();
+    let platform = format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH);
+
+    // The node runs from its own copy of Fabrik, which a release replaces.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    let node_binary = bin.join("fabrik");
+    if std::fs::hard_link(fabrik_bin(), &node_binary).is_err() {
+        std::fs::copy(fabrik_bin(), &node_binary).expect("copy the binary");
+    }
+    let first_build = file_sha256(&node_binary);
+    let previous = bin.join("fabrik.previous");
+
+    // The publisher: a "build" that cannot start here, and a new build of Fabrik (the same
+    // program with bytes after its end, which an ELF loader ignores: another file).
+    let broken = work.join("broken");
+    std::fs::write(
+        &broken,
+        "#!/bin/sh\necho 'cannot start: libfoo.so.3 is missing' >&2\nexit 3\n",
+    )
+    .expect("broken");
+    let mut new_build_bytes = std::fs::read(fabrik_bin()).expect("binary");
+    new_build_bytes.extend_from_slice(b"\nFabrik test build 2\n");
+    let new_build = work.join("fabrik-2");
+    std::fs::write(&new_build, &new_build_bytes).expect("new build");
+    let second_build = sha256_hex(&new_build_bytes);
+    drop(new_build_bytes);
+
+    // The publisher names a script's platform, and cannot misname an executable's.
+    let unnamed = release_fails("add", &repo, &keys, &["--kind", "binary", path(&broken)]);
+    assert!(unnamed.contains("--platform"), "{unnamed}");
+    let misnamed = release_fails(
+        "add",
+        &repo,
+        &keys,
+        &[
+            "--kind",
+            "binary",
+            "--platform",
+            "linux-riscv64",
+            path(&new_build),
+        ],
+    );
+    assert!(
+        misnamed.contains(&format!("executable for {platform}")),
+        "{misnamed}"
+    );
+    let published = release(
+        "add",
+        &repo,
+        &keys,
+        &[
+            "--kind",
+            "binary",
+            "--name",
+            "fabrik-line",
+            "--platform",
+            &platform,
+            path(&broken),
+        ],
+    );
+    assert!(
+        published.contains("published binary fabrik-line"),
+        "{published}"
+    );
+    // A build for another platform, which this node leaves alone.
+    release(
+        "add",
+        &repo,
+        &keys,
+        &[
+            "--kind",
+            "binary",
+            "--name",
+            "fabrik-riscv",
+            "--platform",
+            "linux-riscv64",
+            path(&broken),
+        ],
+    );
+
+    let config = follower_config(dir.path(), &repo);
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str("binary = true\n");
+    std::fs::write(&config, text).expect("config");
+    let edge_data = dir.path().join("edge");
+    let mut command = Command::new(&node_binary);
+    command.env("FABRIK__STORE__DATA_DIR", &edge_data);
+    let edge = Process::start_full(command, &["--config", path(&config)], &edge_data, &[]);
+    let pid = edge.child.id();
+
+    // The script fails its trial: refused, named, and the running binary stays.
+    eventually_for("the broken build refused", Duration::from_secs(60), || {
+        target(&updates(&edge.url), "fabrik-line.bin")["state"] == "refused"
+    });
+    let status = updates(&edge.url);
+    let refused = target(&status, "fabrik-line.bin");
+    let reason = refused["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("trial") && reason.contains("libfoo.so.3 is missing"),
+        "{refused}"
+    );
+    assert_eq!(status["platform"], platform.as_str(), "{status}");
+    assert_eq!(status["binary_sha256"], first_build.as_str(), "{status}");
+    let elsewhere = target(&status, "fabrik-riscv.bin");
+    assert_eq!(elsewhere["state"], "not_for_this_node", "{elsewhere}");
+    assert!(
+        elsewhere["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("linux-riscv64")),
+        "{elsewhere}"
+    );
+    assert_eq!(file_sha256(&node_binary), first_build);
+    assert!(!previous.exists(), "nothing was swapped");
+    let staged: Vec<_> = std::fs::read_dir(&bin)
+        .expect("bin")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        staged.len(),
+        1,
+        "the refused file is not left behind: {staged:?}"
+    );
+
+    // The real build replaces the running binary, and the node restarts into it: the same
+    // process (exec), serving again, reporting the new build.
+    release(
+        "add",
+        &repo,
+        &keys,
+        &[
+            "--kind",
+            "binary",
+            "--name",
+            "fabrik-line",
+            "--platform",
+            &platform,
+            path(&new_build),
+        ],
+    );
+    let url = listening_again(&edge);
+    assert_eq!(edge.child.id(), pid);
+    assert_eq!(file_sha256(&node_binary), second_build);
+    assert_eq!(file_sha256(&previous), first_build, "the old build is kept");
+    eventually_for("the new build runs", Duration::from_secs(120), || {
+        let status = updates(&url);
+        target(&status, "fabrik-line.bin")["state"] == "installed"
+            && status["binary_sha256"] == second_build.as_str()
+    });
+    let running = std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe");
+    assert_eq!(running, node_binary, "the process runs the file in place");
+    let (code, audit) = http(&url, reqwest::Method::GET, "/api/v1/audit?limit=50", None);
+    assert_eq!(code, 200, "{audit}");
+    assert!(
+        audit.to_string().contains(&format!(
+            "fabrik-line (fabrik-line.bin, sha256 {second_build})"
+        )),
+        "the install is audited: {audit}"
+    );
+    let (status, _) = edge.terminate();
+    assert!(status.success(), "{status:?}");
+
+    // The operator rolls back: the first build is in place again, and the node does not
+    // install the second again.
+    let rolled = Command::new(&node_binary)
+        .args(["updates", "rollback", "--config", path(&config)])
+        .env("FABRIK__STORE__DATA_DIR", &edge_data)
+        .output()
+        .expect("rollback");
+    let said = String::from_utf8_lossy(&rolled.stdout).into_owned()
+        + &String::from_utf8_lossy(&rolled.stderr);
+    assert!(rolled.status.success(), "{said}");
+    assert!(said.starts_with(&first_build), "{said}");
+    assert_eq!(file_sha256(&node_binary), first_build);
+    assert!(!previous.exists());
+    let again = Command::new(&node_binary)
+        .args(["updates", "rollback", "--config", path(&config)])
+        .env("FABRIK__STORE__DATA_DIR", &edge_data)
+        .output()
+        .expect("rollback");
+    assert!(!again.status.success(), "nothing left to roll back to");
+
+    let mut command = Command::new(&node_binary);
+    command.env("FABRIK__STORE__DATA_DIR", &edge_data);
+    let edge = Process::start_full(command, &["--config", path(&config)], &edge_data, &[]);
+    eventually_for(
+        "the rolled-back build refused",
+        Duration::from_secs(60),
+        || target(&updates(&edge.url), "fabrik-line.bin")["state"] == "refused",
+    );
+    let status = updates(&edge.url);
+    let refused = target(&status, "fabrik-line.bin");
+    assert!(
+        refused["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("rolled back")),
+        "{refused}"
+    );
+    assert_eq!(status["binary_sha256"], first_build.as_str());
+    assert_eq!(file_sha256(&node_binary), first_build);
+    drop(edge);
+
+    // Without `[updates] binary` a node only reports the build it does not run.
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, text.replace("binary = true\n", "")).expect("config");
+    std::fs::remove_file(edge_data.join("updates/binary.json")).expect("state");
+    let mut command = Command::new(&node_binary);
+    command.env("FABRIK__STORE__DATA_DIR", &edge_data);
+    let edge = Process::start_full(command, &["--config", path(&config)], &edge_data, &[]);
+    eventually_for("the build reported", Duration::from_secs(60), || {
+        target(&updates(&edge.url), "fabrik-line.bin")["state"] == "available"
+    });
+    let status = updates(&edge.url);
+    assert_eq!(status["binary_updates"], false, "{status}");
+    assert!(
+        target(&status, "fabrik-line.bin")["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("[updates] binary = true")),
+        "{status}"
+    );
+    assert_eq!(file_sha256(&node_binary), first_build);
+    assert!(!previous.exists());
+}

@@ -160,7 +160,7 @@ impl Process {
         Self::start_full(command, &[], data_dir, extra_env)
     }
 
-    fn start_full(
+    pub(crate) fn start_full(
         mut command: Command,
         args: &[&str],
         data_dir: &Path,
