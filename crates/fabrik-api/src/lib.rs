@@ -78,6 +78,8 @@ pub struct ApiState {
     pub compliance: Arc<compliance::ComplianceFacts>,
     /// The edge → hub link, as the uplink and hub modules report it.
     pub links: links::LinkBoard,
+    /// Starts and cancels backfills, when the uplink module runs in this process.
+    pub backfill: Option<Arc<dyn links::BackfillControl>>,
     /// The AsyncAPI document (the binary builds it: it knows the connectors' topics).
     pub asyncapi: Arc<str>,
     /// The release repository's last check, as the updates module reports it.

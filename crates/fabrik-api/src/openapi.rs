@@ -146,6 +146,8 @@ impl Modify for TokenAuth {
         crate::audit::verify,
         crate::compliance::report,
         crate::links::status,
+        crate::links::start_backfill,
+        crate::links::cancel_backfill,
         crate::updates::status,
         crate::updates::fleet,
         crate::fleet::devices,

@@ -157,6 +157,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/audit/verify", get(crate::audit::verify))
         .route("/api/v1/compliance", get(crate::compliance::report))
         .route("/api/v1/uplink", get(crate::links::status))
+        .route(
+            "/api/v1/uplink/backfill",
+            post(crate::links::start_backfill).delete(crate::links::cancel_backfill),
+        )
         .route("/api/v1/updates", get(crate::updates::status))
         .route("/api/v1/fleet/releases", get(crate::updates::fleet))
         .route("/api/v1/fleet/devices", get(crate::fleet::devices))

@@ -774,6 +774,16 @@ impl Store {
                 .is_some_and(|schema| schema.column(column).is_some())
     }
 
+    /// The Arrow schema of `table` as queries read it, each column's kind in its field
+    /// metadata (what [`batch::chunks_from_arrow`] checks); `None` for a table queries cannot
+    /// read.
+    pub fn table_schema(&self, table: &str) -> Option<SchemaRef> {
+        if !self.has_table(table) {
+            return None;
+        }
+        self.shared.catalog.get(table).map(|t| t.arrow())
+    }
+
     /// Tables and their columns.
     pub fn tables(&self) -> Vec<TableInfo> {
         let mut out: Vec<TableInfo> = self

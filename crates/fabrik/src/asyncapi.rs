@@ -298,9 +298,9 @@ pub(crate) fn document() -> String {
                         "type": "object",
                         "required": ["Nats-Msg-Id", "Fabrik-Table"],
                         "properties": {
-                            "Nats-Msg-Id": { "type": "string", "description": "`<node>:<wal seq>:<chunk>:<part>`: re-sends are dropped by JetStream's duplicate window" },
+                            "Nats-Msg-Id": { "type": "string", "description": "`<node>:<instance>:<wal seq>:<chunk>:<part>`, or `<node>:<instance>:backfill:<job>:<table>:<slice start>:<batch>:<part>` for a backfill's: re-sends are dropped by JetStream's duplicate window" },
                             "Fabrik-Table": { "type": "string", "description": "the table" },
-                            "Fabrik-Wal-Seq": { "type": "string", "description": "the WAL record on the edge" },
+                            "Fabrik-Wal-Seq": { "type": "string", "description": "the WAL record on the edge; `0` for a backfill's (read from the store, not the WAL)" },
                         },
                     },
                     "payload": { "type": "string", "format": "binary" },

@@ -49,6 +49,7 @@ mod sql_text;
 mod stored;
 mod updates;
 mod uplink;
+mod uplink_backfill;
 mod uplink_cli;
 mod usecase_cli;
 mod usecases;

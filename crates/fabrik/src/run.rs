@@ -420,6 +420,8 @@ struct Wiring {
     compliance: Arc<fabrik_api::compliance::ComplianceFacts>,
     /// The edge → hub link's state, written by the uplink and hub modules.
     links: fabrik_api::links::LinkBoard,
+    /// Backfills to the hub, for the API.
+    backfill: Option<Arc<dyn fabrik_api::links::BackfillControl>>,
     /// The release repository's last check, written by the updates module.
     updates: fabrik_api::updates::UpdateBoard,
 }
@@ -524,6 +526,7 @@ async fn start_http(
         alert_rule_control: wiring.alert_rule_control.clone(),
         compliance: wiring.compliance.clone(),
         links: wiring.links.clone(),
+        backfill: wiring.backfill.clone(),
         asyncapi: crate::asyncapi::document().into(),
         updates: wiring.updates.clone(),
         release_repo: release_repo(config),
@@ -816,8 +819,16 @@ async fn serve(
                 manager
                     .start(module.name(), || async {
                         let store = store.ok_or("the uplink module needs the store module")?;
-                        crate::uplink::start(&config, &settings.data_dir, store, links, registry)
-                            .await
+                        let (handle, backfill) = crate::uplink::start(
+                            &config,
+                            &settings.data_dir,
+                            store,
+                            links,
+                            registry,
+                        )
+                        .await?;
+                        wiring.backfill = backfill;
+                        Ok(handle)
                     })
                     .await
             }

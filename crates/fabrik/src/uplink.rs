@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use bytes::Bytes;
-use fabrik_api::links::{LinkBoard, UplinkStatus};
+use fabrik_api::links::{BackfillControl, LinkBoard, UplinkStatus};
 use fabrik_runtime::ServiceHandle;
 use fabrik_runtime::config::Config;
 use fabrik_store::Store;
@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::nats_link::{self, NatsLink};
+use crate::uplink_backfill::Backfill;
 
 /// Payload read from the WAL per round (one record at least).
 const READ_BYTES: usize = 4 << 20;
@@ -90,11 +91,17 @@ fn load_cursor(path: &Path) -> Result<Option<Cursor>, String> {
 
 /// Temporary file, fsync, rename: a crash leaves the old cursor or the new one.
 fn save_cursor(path: &Path, cursor: &Cursor) -> Result<(), String> {
+    save_json(path, cursor)
+}
+
+/// Writes `value` as JSON to `path` so that a crash leaves the old file or the new one
+/// (temporary file, fsync, rename, fsync of the directory).
+pub(crate) fn save_json<T: Serialize>(path: &Path, value: &T) -> Result<(), String> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let write = || -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
         let tmp = path.with_extension("json.tmp");
-        let text = serde_json::to_vec(cursor)?;
+        let text = serde_json::to_vec(value)?;
         {
             use std::io::Write;
             let mut f = std::fs::File::create(&tmp)?;
@@ -129,13 +136,13 @@ pub(crate) fn prepare_cursor(data_dir: &Path, store: &Store) -> Result<(), Strin
 
 /// Which tables go up.
 #[derive(Debug, Clone)]
-struct TableFilter {
+pub(crate) struct TableFilter {
     only: BTreeSet<String>,
     exclude: BTreeSet<String>,
 }
 
 impl TableFilter {
-    fn wants(&self, table: &str) -> bool {
+    pub(crate) fn wants(&self, table: &str) -> bool {
         // Blob listings name files that stay on this node.
         table != fabrik_core::blob::BLOBS_TABLE
             && (self.only.is_empty() || self.only.contains(table))
@@ -145,21 +152,21 @@ impl TableFilter {
 
 /// One message for JetStream.
 #[derive(Debug)]
-struct Outgoing {
-    table: String,
-    id: String,
-    seq: u64,
-    payload: Bytes,
-    rows: usize,
+pub(crate) struct Outgoing {
+    pub(crate) table: String,
+    pub(crate) id: String,
+    pub(crate) seq: u64,
+    pub(crate) payload: Bytes,
+    pub(crate) rows: usize,
 }
 
 /// The messages of some WAL records, and what could not be sent.
 #[derive(Debug, Default)]
-struct Messages {
-    out: Vec<Outgoing>,
+pub(crate) struct Messages {
+    pub(crate) out: Vec<Outgoing>,
     /// Rows that cannot go (one row larger than the server takes), with why.
-    unsendable_rows: usize,
-    problems: Vec<String>,
+    pub(crate) unsendable_rows: usize,
+    pub(crate) problems: Vec<String>,
 }
 
 fn ipc_bytes(batch: &RecordBatch) -> Result<Vec<u8>, String> {
@@ -194,47 +201,66 @@ fn messages_of(
         if !filter.wants(&chunk.table) {
             continue;
         }
-        let mut parts = vec![chunk.batch];
-        let mut part_no = 0usize;
-        while let Some(batch) = parts.pop() {
-            let payload = match ipc_bytes(&batch) {
-                Ok(payload) => payload,
-                Err(e) => {
-                    out.unsendable_rows += batch.num_rows();
-                    out.problems.push(format!(
-                        "WAL record {}, table `{}`: {e}",
-                        record.seq, chunk.table
-                    ));
-                    continue;
-                }
-            };
-            if payload.len() > max_payload {
-                if batch.num_rows() < 2 {
-                    out.unsendable_rows += batch.num_rows();
-                    out.problems.push(format!(
-                        "WAL record {}: a row of table `{}` takes {} bytes, more than the \
-                         server's payload limit of {max_payload}",
-                        record.seq,
-                        chunk.table,
-                        payload.len()
-                    ));
-                    continue;
-                }
-                let half = batch.num_rows() / 2;
-                // Pushed in reverse so the rows go out in their order.
-                parts.push(batch.slice(half, batch.num_rows() - half));
-                parts.push(batch.slice(0, half));
+        split_into_messages(
+            &chunk.table,
+            chunk.batch,
+            &format!("{id_prefix}:{}:{i}", record.seq),
+            record.seq,
+            max_payload,
+            &format!("WAL record {}", record.seq),
+            out,
+        );
+    }
+}
+
+/// The messages of one batch of `table`, halved until each fits `max_payload`; ids are
+/// `<id_base>:<part>`. A row that fits no message is left out and counted (`location` names
+/// where it came from in the problem).
+pub(crate) fn split_into_messages(
+    table: &str,
+    batch: RecordBatch,
+    id_base: &str,
+    seq: u64,
+    max_payload: usize,
+    location: &str,
+    out: &mut Messages,
+) {
+    let mut parts = vec![batch];
+    let mut part_no = 0usize;
+    while let Some(batch) = parts.pop() {
+        let payload = match ipc_bytes(&batch) {
+            Ok(payload) => payload,
+            Err(e) => {
+                out.unsendable_rows += batch.num_rows();
+                out.problems
+                    .push(format!("{location}, table `{table}`: {e}"));
                 continue;
             }
-            out.out.push(Outgoing {
-                table: chunk.table.to_string(),
-                id: format!("{id_prefix}:{}:{i}:{part_no}", record.seq),
-                seq: record.seq,
-                payload: Bytes::from(payload),
-                rows: batch.num_rows(),
-            });
-            part_no += 1;
+        };
+        if payload.len() > max_payload {
+            if batch.num_rows() < 2 {
+                out.unsendable_rows += batch.num_rows();
+                out.problems.push(format!(
+                    "{location}: a row of table `{table}` takes {} bytes, more than the \
+                     server's payload limit of {max_payload}",
+                    payload.len()
+                ));
+                continue;
+            }
+            let half = batch.num_rows() / 2;
+            // Pushed in reverse so the rows go out in their order.
+            parts.push(batch.slice(half, batch.num_rows() - half));
+            parts.push(batch.slice(0, half));
+            continue;
         }
+        out.out.push(Outgoing {
+            table: table.to_owned(),
+            id: format!("{id_base}:{part_no}"),
+            seq,
+            payload: Bytes::from(payload),
+            rows: batch.num_rows(),
+        });
+        part_no += 1;
     }
 }
 
@@ -242,7 +268,7 @@ fn messages_of(
 /// each window's acknowledgements awaited before the next (so a slow link never has more in
 /// flight than it can carry within the acknowledgement timeout). Acknowledged ids go into
 /// `acked`, so a retry after a failure sends only the rest.
-async fn publish_all(
+pub(crate) async fn publish_all(
     js: &jetstream::Context,
     subject: &str,
     messages: &[Outgoing],
@@ -608,10 +634,10 @@ pub(crate) async fn start(
     store: Arc<Store>,
     board: LinkBoard,
     registry: Option<fabrik_registry::Registry>,
-) -> Result<ServiceHandle, String> {
+) -> Result<(ServiceHandle, Option<Arc<dyn BackfillControl>>), String> {
     let link = NatsLink::from(&config.uplink);
     if !link.is_on() {
-        return Ok(nats_link::idle_module());
+        return Ok((nats_link::idle_module(), None));
     }
     let stop = CancellationToken::new();
     let problems = check(config);
@@ -676,14 +702,25 @@ pub(crate) async fn start(
         let (store, node, token) = (uplink.store.clone(), node.clone(), stop.clone());
         tokio::spawn(crate::device_mirror::run(store, registry, node, token))
     });
+    let backfill = Backfill::new(
+        uplink.store.clone(),
+        uplink.link.clone(),
+        uplink.subject.clone(),
+        uplink.id_prefix.clone(),
+        uplink.filter.clone(),
+        data_dir,
+        uplink.board.clone(),
+    );
+    let backfilling = tokio::spawn(backfill.clone().run(stop.clone()));
     let task = tokio::spawn(async move {
         uplink.run(token).await;
         if let Some(mirror) = mirror {
             let _ = mirror.await;
         }
+        let _ = backfilling.await;
         Ok(())
     });
-    Ok(ServiceHandle { stop, task })
+    Ok((ServiceHandle { stop, task }, Some(Arc::new(backfill))))
 }
 
 #[cfg(test)]

@@ -56,6 +56,7 @@ impl Server {
             alert_rule_control: None,
             compliance: Default::default(),
             links: Default::default(),
+            backfill: None,
             updates: Default::default(),
             release_repo: None,
             asyncapi: "{}".into(),

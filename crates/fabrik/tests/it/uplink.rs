@@ -211,6 +211,180 @@ fn an_edge_forwards_its_rows_to_a_hub_across_outages_and_kill_9() {
     drop(nats);
 }
 
+/// History an edge stored before its uplink existed stays home until a backfill sends it:
+/// bad requests are refused naming the field, a backfill sends every forwarded table (rows
+/// in Parquet and the WAL alike) without doubling what the live uplink sent, and one started
+/// while the hub is away survives a `kill -9` of the edge and finishes into a new hub.
+#[test]
+fn a_backfill_sends_history_from_before_the_uplink_and_survives_kill_9() {
+    let dir = tempfile::tempdir().expect("dir");
+    let edge_dir = dir.path().join("edge");
+    std::fs::create_dir_all(&edge_dir).expect("edge dir");
+    // A pilot without a hub: its history is persisted to Parquet (1 s flush), some of it
+    // still in the WAL when it stops.
+    let alone = dir.path().join("alone.toml");
+    std::fs::write(&alone, "[store]\nflush_interval = \"1s\"\n").expect("config");
+    let edge = Process::start_with_args(
+        &edge_dir,
+        &["--config", alone.to_str().expect("utf-8")],
+        &[],
+    );
+    write(&edge.url, &lines("up", 1, 500));
+    write(&edge.url, &lines("hist", 1, 120));
+    write(&edge.url, &lines("secret", 1, 10));
+    std::thread::sleep(Duration::from_millis(2500));
+    write(&edge.url, &lines("up", 2, 300));
+    edge.kill9();
+
+    let port = free_port();
+    let nats = nats_server(&dir.path().join("nats"), port);
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let hub = Process::start(
+        &dir.path().join("hub"),
+        &[("FABRIK__HUB__URL", nats_url.as_str())],
+    );
+    let config = edge_config(dir.path(), port);
+    let config = config.to_str().expect("utf-8");
+    let edge = Process::start_with_args(&edge_dir, &["--config", config], &[]);
+    // Live rows go up at once; the history does not.
+    write(&edge.url, &lines("up", 3, 200));
+    wait_for_count(&hub.url, "SELECT count(*) AS n FROM up", 200);
+    assert_eq!(hub_count(&hub.url, "SELECT count(*) AS n FROM hist"), 0);
+
+    // Refusals name what was wrong.
+    let backfill = |body: serde_json::Value| {
+        http(
+            &edge.url,
+            reqwest::Method::POST,
+            "/api/v1/uplink/backfill",
+            Some(body),
+        )
+    };
+    let (code, body) = backfill(serde_json::json!({"tables": ["secret"]}));
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body.to_string().contains("tables[0]") && body.to_string().contains("not forwarded"),
+        "{body}"
+    );
+    let (code, body) = backfill(serde_json::json!({"tables": ["nothing"]}));
+    assert!(
+        code == 400 && body.to_string().contains("no table `nothing`"),
+        "{code} {body}"
+    );
+    let (code, body) = backfill(serde_json::json!({"from": "yesterday"}));
+    assert!(
+        code == 400 && body.to_string().contains("from"),
+        "{code} {body}"
+    );
+    let (code, body) =
+        backfill(serde_json::json!({"from": "2030-01-01T00:00:00Z", "to": "2029-01-01T00:00:00Z"}));
+    assert!(
+        code == 400 && body.to_string().contains("after"),
+        "{code} {body}"
+    );
+    let (code, body) = http(
+        &edge.url,
+        reqwest::Method::DELETE,
+        "/api/v1/uplink/backfill",
+        None,
+    );
+    assert_eq!(code, 404, "nothing runs yet: {body}");
+
+    // Everything forwarded goes, from the CLI; rows the live uplink sent are not doubled.
+    let (ok, out) = client_command(&edge.url, &["uplink", "backfill"]);
+    assert!(
+        ok && out.contains("backfill") && out.contains("up"),
+        "{out}"
+    );
+    wait_for_count(&hub.url, "SELECT count(*) AS n FROM hist", 120);
+    wait_for_count(&hub.url, "SELECT count(*) AS n FROM up", 1000);
+    eventually_for(
+        "the backfill says it is done",
+        Duration::from_secs(30),
+        || link_status(&edge.url)["uplink"]["backfill"]["state"] == "done",
+    );
+    let job = link_status(&edge.url)["uplink"]["backfill"].clone();
+    let tables: Vec<&str> = job["tables"]
+        .as_array()
+        .expect("tables")
+        .iter()
+        .filter_map(|t| t.as_str())
+        .collect();
+    assert!(tables.contains(&"up") && tables.contains(&"hist"), "{job}");
+    assert!(
+        !tables.contains(&"secret") && !tables.contains(&"_raw"),
+        "{job}"
+    );
+    assert!(job["rows_sent"].as_u64().expect("rows") >= 1120, "{job}");
+    assert_eq!(job["tables_done"], tables.len(), "{job}");
+    assert_eq!(hub_count(&hub.url, "SELECT count(*) AS n FROM secret"), 0);
+    assert_eq!(
+        hub_count(
+            &hub.url,
+            "SELECT count(*) AS n FROM up WHERE batch = 'b1' AND _source = 'uplink:line-1/http'"
+        ),
+        500,
+        "backfilled rows name the edge and their source like live ones"
+    );
+    let (ok, out) = client_command(&edge.url, &["uplink", "status"]);
+    assert!(
+        ok && out.contains("backfill") && out.contains("done"),
+        "{out}"
+    );
+    let (code, audit) = http(&edge.url, reqwest::Method::GET, "/api/v1/audit", None);
+    assert!(
+        code == 200 && audit.to_string().contains("POST /api/v1/uplink/backfill"),
+        "who asked for it is in the audit log: {audit}"
+    );
+
+    // Started while the hub is away, then the edge is killed: after the restart it goes on
+    // and fills a new hub.
+    drop(nats);
+    drop(hub);
+    let (code, body) =
+        backfill(serde_json::json!({"tables": ["up"], "from": "1970-01-01T00:00:00.0015Z"}));
+    assert_eq!(code, 202, "{body}");
+    let id = body["id"].as_str().expect("id").to_owned();
+    assert_eq!(body["state"], "running");
+    let (code, body) = backfill(serde_json::json!({}));
+    assert!(
+        code == 409 && body.to_string().contains(&id),
+        "one at a time: {code} {body}"
+    );
+    edge.kill9();
+    let port = free_port();
+    let _nats = nats_server(&dir.path().join("nats-2"), port);
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let hub = Process::start(
+        &dir.path().join("hub-2"),
+        &[("FABRIK__HUB__URL", nats_url.as_str())],
+    );
+    let config = edge_config(dir.path(), port);
+    let edge = Process::start_with_args(
+        &edge_dir,
+        &["--config", config.to_str().expect("utf-8")],
+        &[],
+    );
+    // Batch 1 is at 1 ms to 1.0005 ms, before the span: batches 2 and 3 (from 2 ms on) go.
+    wait_for_count(&hub.url, "SELECT count(*) AS n FROM up", 500);
+    eventually_for(
+        "the resumed backfill says it is done",
+        Duration::from_secs(30),
+        || {
+            let job = &link_status(&edge.url)["uplink"]["backfill"];
+            job["id"] == id.as_str() && job["state"] == "done"
+        },
+    );
+    assert_eq!(hub_count(&hub.url, "SELECT count(*) AS n FROM hist"), 0);
+    let (code, body) = http(
+        &edge.url,
+        reqwest::Method::DELETE,
+        "/api/v1/uplink/backfill",
+        None,
+    );
+    assert_eq!(code, 404, "it finished: {body}");
+}
+
 /// Bytes on the stream that are not what an edge sends become dead letters on the hub, and
 /// the hub goes on with the next message.
 #[test]
