@@ -417,8 +417,9 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
         if facts.binary_updates {
             evidence.push(
                 "the Fabrik binary arrives the same way, and is tried on this node (`config \
-                 check` of its configuration) before it replaces the running one, which is \
-                 kept for `fabrik updates rollback`"
+                 check` of the configuration file it runs with, or `--version` when it runs \
+                 without one) before it replaces the running one, which is kept for `fabrik \
+                 updates rollback`"
                     .to_owned(),
             );
         }

@@ -86,6 +86,9 @@ pub struct ApiState {
     pub updates: updates::UpdateBoard,
     /// The release repository this process serves under `/tuf`, if any.
     pub release_repo: Option<Arc<updates::ReleaseRepo>>,
+    /// Cancelled when the server stops ([`serve`] sets it to its `shutdown`): endless
+    /// responses (a device's event stream) end with it, so they do not hold the stop.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 /// Serves the API on `listener` (over TLS when `tls` is given) until `shutdown` is cancelled;
@@ -96,6 +99,10 @@ pub async fn serve(
     shutdown: tokio_util::sync::CancellationToken,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> std::io::Result<()> {
+    let state = ApiState {
+        stopping: shutdown.clone(),
+        ..state
+    };
     let app = router(state);
     match tls {
         None => {

@@ -69,6 +69,8 @@ pub(crate) async fn device_stream(
             Some((Ok(event), (store, table, id, ticker)))
         },
     );
+    // An endless response would hold the server's graceful stop until its deadline.
+    let stream = futures::StreamExt::take_until(stream, state.stopping.clone().cancelled_owned());
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 

@@ -104,10 +104,19 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
         args.demo,
         self_update.clone(),
     ));
+    if let Err(e) = &served {
+        // Logs go to stderr too: one line, in the log's format, so a log collector keeps it
+        // with the rest.
+        tracing::error!(
+            error = crate::error_text::describe(e),
+            "Fabrik stopped with an error."
+        );
+    }
     match served {
-        Ok(()) if self_update.restart_requested() => {
-            // Every module stopped and flushed; the blocking pool's stragglers (a slow file
-            // read) are not waited for long.
+        // Also when a module did not stop in time: acknowledged data is in the WAL, which the
+        // new binary replays, and exec closes every file and socket this process holds.
+        _ if self_update.should_restart() => {
+            // The blocking pool's stragglers (a slow file read) are not waited for long.
             runtime.shutdown_timeout(Duration::from_secs(5));
             match self_update.exe() {
                 Ok(exe) => {
@@ -120,15 +129,7 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
             ExitCode::FAILURE
         }
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            // Logs go to stderr too: one line, in the log's format, so a log collector
-            // keeps it with the rest.
-            tracing::error!(
-                error = crate::error_text::describe(&e),
-                "Fabrik stopped with an error."
-            );
-            ExitCode::FAILURE
-        }
+        Err(_) => ExitCode::FAILURE,
     }
 }
 
@@ -530,6 +531,7 @@ async fn start_http(
         asyncapi: crate::asyncapi::document().into(),
         updates: wiring.updates.clone(),
         release_repo: release_repo(config),
+        stopping: Default::default(),
         https: tls.is_some(),
         kpi_meter: Some(Arc::new(crate::usecases::StoreKpiMeter {
             store: store.clone(),
@@ -957,15 +959,26 @@ async fn serve(
         tracing::info!(modules = ?names, "Fabrik is ready.");
     }
     let mut exited = None;
+    // Heard for the whole run, the stop included: a SIGTERM while an install swaps the binary
+    // or while the modules stop for the restart means stop, not restart.
+    let signalled = CancellationToken::new();
+    let listener = {
+        let (signalled, self_update) = (signalled.clone(), self_update.clone());
+        tokio::spawn(async move {
+            fabrik_runtime::shutdown::signal().await;
+            self_update.note_stop_signal();
+            signalled.cancel();
+        })
+    };
     if start_error.is_none() {
         let stop_or_restart = async {
             tokio::select! {
-                () = fabrik_runtime::shutdown::signal() => {}
+                () = signalled.cancelled() => {}
                 () = self_update.restart_wanted() => {}
             }
         };
         match manager.run(stop_or_restart).await {
-            StopReason::Signal if self_update.restart_requested() => {
+            StopReason::Signal if self_update.should_restart() => {
                 tracing::info!("Stopping to restart into the new binary.");
             }
             StopReason::Signal => tracing::info!("Stopping."),
@@ -983,6 +996,7 @@ async fn serve(
         let _ = tokio::time::timeout(Duration::from_secs(3), field.stopped()).await;
     }
     let stopped = manager.stop_all(STOP_DEADLINE).await;
+    listener.abort();
     if let Some(e) = start_error {
         return Err(e.into());
     }

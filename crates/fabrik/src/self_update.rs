@@ -57,23 +57,51 @@ pub(crate) struct SelfUpdate {
 
 struct Inner {
     exe: Option<PathBuf>,
+    /// The file this process runs, opened at start: on Linux `/proc/self/exe`, which still
+    /// reads the running image after the file at `exe` was replaced (a rollback, a `cp`).
+    image: Option<std::fs::File>,
     config: Option<PathBuf>,
     restart: CancellationToken,
-    sha256: tokio::sync::OnceCell<Result<String, String>>,
+    /// A stop signal arrived: the process stops, even when an install asked for a restart.
+    stop_signalled: std::sync::atomic::AtomicBool,
+    /// Only a hash that was read is kept: a failed read is tried again at the next check.
+    sha256: tokio::sync::OnceCell<String>,
 }
 
 impl SelfUpdate {
     /// The running process's view of itself; `config` is `fabrik run --config`.
     pub(crate) fn capture(config: Option<PathBuf>) -> Self {
         let exe = std::env::current_exe().ok();
+        let image = std::fs::File::open("/proc/self/exe")
+            .or_else(|_| std::fs::File::open(exe.as_deref().unwrap_or(Path::new(""))))
+            .ok();
         Self {
             inner: Arc::new(Inner {
                 exe,
+                image,
                 config,
                 restart: CancellationToken::new(),
+                stop_signalled: std::sync::atomic::AtomicBool::new(false),
                 sha256: tokio::sync::OnceCell::new(),
             }),
         }
+    }
+
+    /// Says a stop signal arrived: the process will stop rather than restart.
+    pub(crate) fn note_stop_signal(&self) {
+        self.inner
+            .stop_signalled
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether the process should exec the new binary now: an install asked for it and no
+    /// stop signal came (a `systemctl stop` during an install stops the node).
+    pub(crate) fn should_restart(&self) -> bool {
+        self.restart_requested()
+            && !self
+                .inner
+                .stop_signalled
+                .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The file this process was started from.
@@ -84,26 +112,33 @@ impl SelfUpdate {
             .ok_or_else(|| "the running binary's path is not known on this system".to_owned())
     }
 
-    /// SHA-256 of the binary this process runs (read once, off the async workers).
+    /// SHA-256 of the binary this process runs, read off the async workers from the image
+    /// opened at start (not from the path, whose file an install or a rollback replaces).
     pub(crate) async fn running_sha256(&self) -> Result<String, String> {
         self.inner
             .sha256
-            .get_or_init(|| async {
-                let exe = self.exe()?.to_owned();
-                tokio::task::spawn_blocking(move || file_sha256(&exe))
+            .get_or_try_init(|| async {
+                let image = match &self.inner.image {
+                    Some(image) => image
+                        .try_clone()
+                        .map_err(|e| format!("the running binary: {e}"))?,
+                    None => {
+                        let exe = self.exe()?;
+                        std::fs::File::open(exe).map_err(|e| format!("{}: {e}", exe.display()))?
+                    }
+                };
+                tokio::task::spawn_blocking(move || reader_sha256(image))
                     .await
                     .map_err(|e| format!("hashing the running binary stopped: {e}"))?
+                    .map_err(|e| format!("reading the running binary: {e}"))
             })
             .await
-            .clone()
+            .cloned()
     }
 
     /// The running binary's SHA-256 when it was read already.
     pub(crate) fn known_sha256(&self) -> Option<String> {
-        self.inner
-            .sha256
-            .get()
-            .and_then(|read| read.as_ref().ok().cloned())
+        self.inner.sha256.get().cloned()
     }
 
     /// Whether an install asked the process to restart into the new binary.
@@ -126,18 +161,39 @@ impl SelfUpdate {
         sha256: &str,
         target: &str,
         data_dir: &Path,
+        stop: &CancellationToken,
     ) -> Result<(), String> {
         let exe = self.exe()?.to_owned();
         let staged = staged_path(&exe, sha256)?;
         let write_to = staged.clone();
-        tokio::task::spawn_blocking(move || write_executable(&write_to, &bytes))
+        let written = tokio::task::spawn_blocking(move || write_executable(&write_to, &bytes))
             .await
-            .map_err(|e| format!("staging stopped: {e}"))??;
-        if let Err(why) = self.trial(&staged).await {
+            .map_err(|e| format!("staging stopped: {e}"))
+            .and_then(|written| written);
+        let tried = match written {
+            Ok(()) => self.trial(&staged).await,
+            Err(why) => Err(why),
+        };
+        // A stop during the trial stops the node on the old binary: nothing is swapped.
+        let tried = tried.and_then(|()| {
+            if stop.is_cancelled() {
+                Err("the node is stopping; the new binary is installed at the next start".into())
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(why) = tried {
+            // A half-written or refused file does not stay beside the binary.
             let _ = std::fs::remove_file(&staged);
             return Err(why);
         }
-        let previous_sha256 = self.running_sha256().await?;
+        let previous_sha256 = match self.running_sha256().await {
+            Ok(sha) => sha,
+            Err(why) => {
+                let _ = std::fs::remove_file(&staged);
+                return Err(why);
+            }
+        };
         let (exe_for_swap, staged_for_swap) = (exe.clone(), staged.clone());
         let swapped = tokio::task::spawn_blocking(move || swap(&exe_for_swap, &staged_for_swap))
             .await
@@ -224,6 +280,46 @@ fn staged_path(exe: &Path, sha256: &str) -> Result<PathBuf, String> {
     Ok(dir.join(format!(".{name}.update-{short}")))
 }
 
+/// Removes files an interrupted install left beside `exe` (`.<name>.update-*`); returns how
+/// many.
+pub(crate) fn sweep_staged(exe: &Path) -> usize {
+    let (Some(dir), Some(name)) = (exe.parent(), exe.file_name().and_then(|n| n.to_str())) else {
+        return 0;
+    };
+    let prefix = format!(".{name}.update-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&prefix))
+        })
+        .filter(|entry| std::fs::remove_file(entry.path()).is_ok())
+        .count()
+}
+
+/// Whether a file can be made (and removed) beside `exe`, where an install stages the new
+/// binary: checked before a download, so a read-only directory is not found only after it.
+pub(crate) fn check_writable_beside(exe: &Path) -> Result<(), String> {
+    let dir = exe
+        .parent()
+        .ok_or_else(|| format!("{}: no directory", exe.display()))?;
+    let probe = dir.join(format!(".fabrik-write-probe-{}", std::process::id()));
+    std::fs::File::create(&probe)
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| {
+            format!(
+                "cannot write beside the running binary in {} ({e}): a binary update needs \
+                 that directory writable by the node's user",
+                dir.display()
+            )
+        })
+}
+
 /// The file beside the binary that holds the one it replaced.
 pub(crate) fn previous_path(exe: &Path) -> PathBuf {
     let mut name = exe.as_os_str().to_owned();
@@ -260,12 +356,14 @@ fn swap(exe: &Path, staged: &Path) -> Result<(), String> {
         Err(e) => return Err(format!("{}: {e}", previous.display())),
     }
     if std::fs::hard_link(exe, &previous).is_err() {
-        std::fs::copy(exe, &previous).map_err(|e| {
-            format!(
-                "cannot keep the running binary as {}: {e}",
-                previous.display()
-            )
-        })?;
+        std::fs::copy(exe, &previous)
+            .and_then(|_| std::fs::File::open(&previous)?.sync_all())
+            .map_err(|e| {
+                format!(
+                    "cannot keep the running binary as {}: {e}",
+                    previous.display()
+                )
+            })?;
     }
     std::fs::rename(staged, exe)
         .map_err(|e| format!("cannot put the new binary at {}: {e}", exe.display()))?;
@@ -281,16 +379,24 @@ fn sync_parent(path: &Path) {
 }
 
 pub(crate) fn file_sha256(path: &Path) -> Result<String, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    reader_sha256(file).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// SHA-256 of a file from its start (a clone of an open file shares its offset: it is read
+/// from 0 whatever was read before).
+fn reader_sha256(mut file: std::fs::File) -> std::io::Result<String> {
     use sha2::Digest;
-    let mut file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    use std::io::Seek;
+    file.seek(std::io::SeekFrom::Start(0))?;
     let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::io::copy(&mut file, &mut hasher)?;
     Ok(crate::release::hex(&hasher.finalize()))
 }
 
 /// `<data_dir>/updates/binary.json`: the last swap, and the builds an operator rolled back
 /// (never installed again on this node).
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct BinaryState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) installed: Option<Installed>,
@@ -298,7 +404,7 @@ pub(crate) struct BinaryState {
     pub(crate) refused: Vec<RolledBack>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Installed {
     pub(crate) sha256: String,
     pub(crate) target: String,
@@ -363,17 +469,30 @@ pub(crate) fn rollback(exe: &Path, data_dir: &Path) -> Result<(String, String), 
             previous.display()
         ));
     }
+    // The refusal must reach the node's own state, or it installs the build again.
+    if !data_dir.join("updates").is_dir() {
+        return Err(format!(
+            "{} holds no node's update state (no `updates` directory): give the node's data \
+             directory with --data-dir or FABRIK__STORE__DATA_DIR",
+            data_dir.display()
+        ));
+    }
     let current = file_sha256(exe)?;
     let restored = file_sha256(&previous)?;
-    std::fs::rename(&previous, exe).map_err(|e| {
-        format!(
-            "cannot put {} back at {}: {e}",
+    let before = BinaryState::read(data_dir);
+    if let Some(installed) = before
+        .installed
+        .as_ref()
+        .filter(|installed| installed.previous_sha256 != restored)
+    {
+        return Err(format!(
+            "{} (sha256 {restored}) is not the build the last install replaced ({}): not put \
+             back",
             previous.display(),
-            exe.display()
-        )
-    })?;
-    sync_parent(exe);
-    let mut state = BinaryState::read(data_dir);
+            installed.previous_sha256
+        ));
+    }
+    let mut state = before.clone();
     if state.rolled_back(&current).is_none() {
         state.refused.push(RolledBack {
             sha256: current.clone(),
@@ -381,8 +500,44 @@ pub(crate) fn rollback(exe: &Path, data_dir: &Path) -> Result<(String, String), 
         });
     }
     state.installed = None;
+    // Refused before the swap: a crash between the two leaves the node on the new build
+    // with it refused, never on the old one without the refusal.
     state.write(data_dir)?;
+    if let Err(e) = std::fs::rename(&previous, exe) {
+        let restored_state = before.write(data_dir);
+        return Err(format!(
+            "cannot put {} back at {}: {e}{}",
+            previous.display(),
+            exe.display(),
+            restored_state
+                .err()
+                .map(|why| format!(" (and the update state was not restored: {why})"))
+                .unwrap_or_default()
+        ));
+    }
+    sync_parent(exe);
     Ok((current, restored))
+}
+
+/// A node that runs the build its last install replaced was rolled back without
+/// `fabrik updates rollback` (the file put back by hand): the installed build is refused from
+/// then on. Returns the refused build's hash when this found one.
+pub(crate) fn settle_rollback(data_dir: &Path, running: &str) -> Result<Option<String>, String> {
+    let mut state = BinaryState::read(data_dir);
+    let Some(installed) = state.installed.take() else {
+        return Ok(None);
+    };
+    if installed.sha256 == running || installed.previous_sha256 != running {
+        return Ok(None);
+    }
+    if state.rolled_back(&installed.sha256).is_none() {
+        state.refused.push(RolledBack {
+            sha256: installed.sha256.clone(),
+            at: crate::updates::now_rfc3339(),
+        });
+    }
+    state.write(data_dir)?;
+    Ok(Some(installed.sha256))
 }
 
 /// Replaces this process with `exe`, given this process's arguments (the environment is
@@ -442,6 +597,43 @@ mod tests {
         assert!(!staged.exists());
 
         let data = dir.path().join("data");
+        // A data directory that is not the node's would take the refusal where the node never
+        // reads it.
+        let elsewhere = rollback(&exe, &data).expect_err("no node's state there");
+        assert!(elsewhere.contains("--data-dir"), "{elsewhere}");
+        assert_eq!(
+            std::fs::read(&exe).expect("exe"),
+            b"new build",
+            "nothing moved"
+        );
+        std::fs::create_dir_all(data.join("updates")).expect("node's state");
+        // A kept file that is not the build the install replaced is not put back.
+        let sha = |bytes: &[u8]| {
+            use sha2::Digest;
+            crate::release::hex(&sha2::Sha256::digest(bytes))
+        };
+        let recorded = |previous: &[u8]| BinaryState {
+            installed: Some(Installed {
+                sha256: sha(b"new build"),
+                target: "fabrik-linux-x86_64.bin".into(),
+                path: exe.display().to_string(),
+                previous_sha256: sha(previous),
+                at: "2026-12-03T00:00:00Z".into(),
+            }),
+            refused: Vec::new(),
+        };
+        recorded(b"another build").write(&data).expect("state");
+        let other = rollback(&exe, &data).expect_err("not the replaced build");
+        assert!(
+            other.contains("not the build the last install replaced"),
+            "{other}"
+        );
+        assert_eq!(
+            std::fs::read(&exe).expect("exe"),
+            b"new build",
+            "nothing moved"
+        );
+        recorded(b"old build").write(&data).expect("state");
         let (rolled_back, restored) = rollback(&exe, &data).expect("rollback");
         assert_eq!(std::fs::read(&exe).expect("exe"), b"old build");
         assert!(!previous_path(&exe).exists());
@@ -450,5 +642,78 @@ mod tests {
         assert!(state.rolled_back(&restored).is_none());
         let again = rollback(&exe, &data).expect_err("nothing to go back to");
         assert!(again.contains("fabrik.previous"), "{again}");
+    }
+
+    #[test]
+    fn a_build_put_back_by_hand_is_taken_as_rolled_back() {
+        let dir = tempfile::tempdir().expect("dir");
+        let installed = |previous: &str| BinaryState {
+            installed: Some(Installed {
+                sha256: "new".into(),
+                target: "fabrik-linux-x86_64.bin".into(),
+                path: "/usr/local/bin/fabrik".into(),
+                previous_sha256: previous.into(),
+                at: "2026-12-03T00:00:00Z".into(),
+            }),
+            refused: Vec::new(),
+        };
+        installed("old").write(dir.path()).expect("state");
+        assert_eq!(settle_rollback(dir.path(), "new").expect("settle"), None);
+        assert_eq!(
+            settle_rollback(dir.path(), "third").expect("settle"),
+            None,
+            "neither build: not a rollback"
+        );
+        assert!(BinaryState::read(dir.path()).installed.is_some());
+        assert_eq!(
+            settle_rollback(dir.path(), "old")
+                .expect("settle")
+                .as_deref(),
+            Some("new")
+        );
+        let state = BinaryState::read(dir.path());
+        assert!(state.rolled_back("new").is_some() && state.installed.is_none());
+    }
+
+    #[test]
+    fn leftovers_of_an_interrupted_install_are_swept_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("dir");
+        let exe = dir.path().join("fabrik");
+        for name in [
+            "fabrik",
+            ".fabrik.update-abc",
+            ".fabrik.update-def",
+            "fabrik.previous",
+            ".other.update-abc",
+        ] {
+            std::fs::write(dir.path().join(name), b"x").expect("file");
+        }
+        assert_eq!(sweep_staged(&exe), 2);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".other.update-abc", "fabrik", "fabrik.previous"]);
+        check_writable_beside(&exe).expect("a temporary directory is writable");
+        assert!(
+            check_writable_beside(Path::new("/proc/fabrik"))
+                .expect_err("/proc is not")
+                .contains("/proc")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_running_binary_is_hashed_from_its_image_not_its_path() {
+        let running = SelfUpdate::capture(None);
+        let exe = running.exe().expect("exe").to_owned();
+        let first = running.running_sha256().await.expect("hash");
+        assert_eq!(first, file_sha256(&exe).expect("file"));
+        assert_eq!(running.known_sha256().as_deref(), Some(first.as_str()));
+        assert!(running.restart_requested() == running.should_restart());
+        running.note_stop_signal();
+        running.inner.restart.cancel();
+        assert!(running.restart_requested() && !running.should_restart());
     }
 }

@@ -6,7 +6,7 @@
 //! through the same gate as an upload (its own signature under `[models]`, its fit with the
 //! pipelines that use it). A refused target is reported and leaves the installed model alone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -309,6 +309,8 @@ struct Updater {
     platform: String,
     /// The data directory (the binary swap's record).
     data_dir: PathBuf,
+    /// Binary builds whose rollback this process wrote to `_releases`.
+    rollbacks_recorded: HashSet<String>,
 }
 
 /// A target this node refused, and when it tries again.
@@ -359,6 +361,9 @@ fn spread(node: &str, interval: Duration) -> Duration {
 
 impl Updater {
     async fn run(mut self, stop: CancellationToken) {
+        if self.binary_updates {
+            self.settle_binary().await;
+        }
         let offset = spread(&self.node, self.interval);
         // The offset also before the first check: a fleet powered up together.
         tokio::select! {
@@ -371,6 +376,39 @@ impl Updater {
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+
+    /// At start: removes what an interrupted install left beside the binary, and takes a
+    /// binary found replaced by the one its last install replaced (put back by hand, without
+    /// `fabrik updates rollback`) as rolled back, so the node does not install it again.
+    async fn settle_binary(&self) {
+        if let Ok(exe) = self.self_update.exe() {
+            let swept = crate::self_update::sweep_staged(exe);
+            if swept > 0 {
+                tracing::info!(
+                    files = swept,
+                    "Removed what an interrupted binary install left."
+                );
+            }
+        }
+        let running = match self.self_update.running_sha256().await {
+            Ok(running) => running,
+            Err(why) => {
+                tracing::warn!(error = %why, "The running binary could not be read.");
+                return;
+            }
+        };
+        match crate::self_update::settle_rollback(&self.data_dir, &running) {
+            Ok(Some(rolled_back)) => tracing::warn!(
+                build = %rolled_back,
+                "This node runs the build its last binary install replaced: that install was \
+                 rolled back, and the build is not installed again here."
+            ),
+            Ok(None) => {}
+            Err(why) => {
+                tracing::warn!(error = %why, "The binary update state could not be written.")
             }
         }
     }
@@ -548,15 +586,6 @@ impl Updater {
                     release.platform.as_deref().unwrap_or("an unnamed platform"),
                     self.platform
                 ));
-            } else if kind == Some(Kind::Binary) && binaries.len() > 1 {
-                status.state = "refused".into();
-                status.reason = Some(format!(
-                    "{} binaries are published for this node on {} ({}): none is installed \
-                     until all but one are removed",
-                    binaries.len(),
-                    self.platform,
-                    binaries.join(", ")
-                ));
             } else if release.nodes.is_empty()
                 && release
                     .encrypted
@@ -569,7 +598,21 @@ impl Updater {
                 status.reason = Some("encrypted to other nodes' keys".into());
             } else if self.holds(&key, &sha256, &release, &mut held).await {
                 status.state = "installed".into();
+            } else if kind == Some(Kind::Binary) && binaries.len() > 1 {
+                status.state = "refused".into();
+                status.reason = Some(format!(
+                    "{} binaries are published for this node on {} ({}): none is installed \
+                     until all but one are removed",
+                    binaries.len(),
+                    self.platform,
+                    binaries.join(", ")
+                ));
             } else if let Some((state, reason)) = self.binary_held_back(&release, &sha256) {
+                // A rollback shows in the fleet view once per build and start.
+                if state == "refused" && self.rollbacks_recorded.insert(sha256.clone()) {
+                    self.record(repository, &key, &release, &sha256, Some(&reason))
+                        .await;
+                }
                 status.state = state.into();
                 status.reason = Some(reason);
             } else if let Some(reason) = waiting {
@@ -889,6 +932,10 @@ impl Updater {
                 )));
             }
         }
+        if Kind::parse(&release.kind) == Some(Kind::Binary) {
+            let exe = self.self_update.exe().map_err(|e| Some(e.to_owned()))?;
+            crate::self_update::check_writable_beside(exe).map_err(Some)?;
+        }
         let download = async {
             let stream = repository
                 .read_target(target_name)
@@ -988,7 +1035,7 @@ impl Updater {
             Some(Kind::Binary) => {
                 let content = release.content_sha256(sha256).to_owned();
                 self.self_update
-                    .install(bytes, &content, target_name.raw(), &self.data_dir)
+                    .install(bytes, &content, target_name.raw(), &self.data_dir, stop)
                     .await
                     .map_err(Some)?;
             }
@@ -1176,6 +1223,7 @@ pub(crate) async fn start(
         binary_updates: updates.binary,
         platform: crate::self_update::platform(),
         data_dir: data_dir.to_owned(),
+        rollbacks_recorded: HashSet::new(),
     };
     let stop = CancellationToken::new();
     let token = stop.clone();

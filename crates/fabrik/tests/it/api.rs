@@ -593,5 +593,18 @@ async fn the_device_stream_sends_its_latest_values_as_server_sent_events() {
         .await
         .expect("stream");
     assert_eq!(missing.status(), 404);
+    // The stream ends when the server stops: an open dashboard does not hold the stop (it
+    // used to, until the stop deadline, leaving the store unclosed).
+    s.stop.cancel();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            match response.chunk().await {
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => return,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the event stream outlived the server's stop");
     s.shutdown().await;
 }

@@ -19,7 +19,7 @@ pub(crate) struct Server {
     pub(crate) url: String,
     pub(crate) store: Arc<Store>,
     pub(crate) client: reqwest::Client,
-    stop: CancellationToken,
+    pub(crate) stop: CancellationToken,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -59,6 +59,7 @@ impl Server {
             backfill: None,
             updates: Default::default(),
             release_repo: None,
+            stopping: Default::default(),
             asyncapi: "{}".into(),
             alerting: None,
             kpi_meter: None,
