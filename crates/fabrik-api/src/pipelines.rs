@@ -109,9 +109,11 @@ pub struct FeatureDriftStatus {
     /// `signal.feature`.
     pub feature: String,
     /// The test used: `ks`, `wasserstein`, `psi`, `jensenshannon`, `kl_div`, `hellinger`,
-    /// `chisquare` or `z`.
+    /// `chisquare`, `z`, or `reconstruction` (all features together).
     pub method: String,
-    /// Its p-value (`ks`, `chisquare`, `z`) or distance (the others).
+    /// Its p-value (`ks`, `chisquare`, `z`), distance (the others), or for `reconstruction`
+    /// the feature's mean absolute residual (standardised), judged against its reference
+    /// chunks' mean + threshold × standard deviation.
     pub score: f64,
     /// The threshold it was judged against.
     pub threshold: f64,
@@ -125,7 +127,9 @@ pub struct FeatureDriftStatus {
 pub struct DriftStatus {
     /// The device.
     pub device: String,
-    /// Whether at least the configured share of features drifted.
+    /// Whether at least the configured share of features drifted (by `reconstruction`:
+    /// whether the reconstruction error left its thresholds; `model_drift` holds its
+    /// numbers).
     pub dataset_drift: bool,
     /// The share of features that drifted.
     pub drifted_share: f64,

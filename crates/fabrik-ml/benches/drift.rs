@@ -3,7 +3,8 @@
 //! five after a warm-up. `-- adwin` runs only ADWIN's throughput on a stream of level steps
 //! (`bench/river_adwin.py` runs river's on the same stream); `-- kswin` KSWIN's on the first
 //! 100,000 of those values (`bench/river_kswin.py`), and its false alarms and delay at three
-//! levels on 200,000 (one step, at 100,000). The exact KS test is the expensive part: its recursion walks a band
+//! levels on 200,000 (one step, at 100,000); `-- reconstruction` one check by PCA
+//! reconstruction. The exact KS test is the expensive part: its recursion walks a band
 //! whose width grows with the statistic, so a no-drift, a mild and a strong shift are timed.
 
 use std::hint::black_box;
@@ -150,6 +151,35 @@ fn kswin() {
     }
 }
 
+/// One drift check by reconstruction (`-- reconstruction`): the PCA fitted on the reference,
+/// its chunks' thresholds, the current windows' errors; best of five after a warm-up.
+fn reconstruction() {
+    println!("one drift check, {FEATURES} features, method reconstruction, best of 5");
+    for (reference, current) in [(40, 20), (200, 200), (1000, 1000), (2000, 2000)] {
+        let reference_rows = rows(reference, 0.0, 0x9e37_79b9_7f4a_7c15);
+        let current_rows = rows(current, 0.0, 0x2545_f491_4f6c_dd1d);
+        let mut best = Duration::MAX;
+        for _ in 0..6 {
+            let started = Instant::now();
+            let found = dataset_drift(
+                &reference_rows,
+                &current_rows,
+                DriftMethod::Reconstruction,
+                None,
+                0.5,
+            )
+            .expect("check");
+            best = best.min(started.elapsed());
+            black_box(found);
+        }
+        println!(
+            "{:<40} {:>9.3} ms",
+            format!("{reference} vs {current} windows"),
+            best.as_secs_f64() * 1e3
+        );
+    }
+}
+
 fn main() {
     let filters: Vec<String> = std::env::args()
         .skip(1)
@@ -163,6 +193,12 @@ fn main() {
     }
     if filters.is_empty() || filters.iter().any(|f| f == "kswin") {
         kswin();
+        if !filters.is_empty() {
+            return;
+        }
+    }
+    if filters.is_empty() || filters.iter().any(|f| f == "reconstruction") {
+        reconstruction();
         if !filters.is_empty() {
             return;
         }

@@ -577,11 +577,15 @@ pub struct DriftConfig {
     /// `auto` (Evidently's choice per feature: up to 1,000 reference windows KS, or for a
     /// feature of 5 values or fewer chi-square or z; beyond, normed Wasserstein, or
     /// Jensen–Shannon for 5 values or fewer), `ks`, `wasserstein`, `psi`, `jensenshannon`,
-    /// `kl_div`, `hellinger`, `chisquare` or `z`.
+    /// `kl_div`, `hellinger`, `chisquare`, `z`, or `reconstruction` (all features together:
+    /// NannyML's PCA reconstruction error, which sees a broken relation between features
+    /// whose distributions stay; needs 20 training windows).
     #[serde(default = "auto_unit")]
     pub method: String,
     /// The test's threshold: a p-value (drift at or below it for `ks`, below it for
-    /// `chisquare` and `z`; default 0.05) or a distance (drift at or above it; default 0.1).
+    /// `chisquare` and `z`; default 0.05), a distance (drift at or above it; default 0.1),
+    /// or for `reconstruction` the standard deviations of the reference chunks' errors
+    /// around their mean that the current error may stray (default 3).
     #[serde(default)]
     pub threshold: Option<f64>,
     /// Scored windows per check (default: the training windows); at most 2,000.

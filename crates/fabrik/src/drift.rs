@@ -70,7 +70,7 @@ fn check_point(pipeline: &str, feature_names: &[String], check: &DriftCheck) -> 
             .collect(),
     );
     let count = |n: usize| Value::I64(i64::try_from(n).unwrap_or(i64::MAX));
-    let fields = vec![
+    let mut fields = vec![
         (
             "dataset_drift".to_owned(),
             Value::Bool(check.drift.dataset_drift),
@@ -109,6 +109,19 @@ fn check_point(pipeline: &str, feature_names: &[String], check: &DriftCheck) -> 
             Value::Str(check.model_version.clone()),
         ),
     ];
+    if let Some(whole) = &check.drift.reconstruction {
+        fields.extend([
+            ("reconstruction_error".to_owned(), Value::F64(whole.error)),
+            ("reconstruction_upper".to_owned(), Value::F64(whole.upper)),
+            (
+                "reconstruction_components".to_owned(),
+                count(whole.components),
+            ),
+        ]);
+        if let Some(lower) = whole.lower {
+            fields.push(("reconstruction_lower".to_owned(), Value::F64(lower)));
+        }
+    }
     Point {
         measurement: DRIFT_TABLE.to_owned(),
         tags: vec![

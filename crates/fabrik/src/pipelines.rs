@@ -483,6 +483,23 @@ pub(crate) fn compile(config: &PipelineConfig) -> Result<Compiled, Vec<(String, 
                 ),
             );
         }
+        let fewest = 2 * fabrik_ml::drift::RECONSTRUCTION_CHUNKS;
+        if method == Some(DriftMethod::Reconstruction) && training_windows < fewest {
+            problem(
+                "drift.method",
+                format!(
+                    "`reconstruction` draws its thresholds from {} chunks of the training \
+                     windows: it needs {fewest} of them, not {training_windows}",
+                    fabrik_ml::drift::RECONSTRUCTION_CHUNKS
+                ),
+            );
+        }
+        if method == Some(DriftMethod::Reconstruction) && windows < 2 {
+            problem(
+                "drift.windows",
+                "`reconstruction` compares the mean error of 2 windows at least".into(),
+            );
+        }
         match drift.retrain_after {
             Some(_) if matches!(model, Some(ModelChoice::Onnx { .. })) => problem(
                 "drift.retrain_after",

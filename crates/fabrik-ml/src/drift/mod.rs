@@ -12,12 +12,14 @@
 //! - [`kswin`]: a change in a stream's distribution (KSWIN), as river does it, on
 //!   [`crate::pyrandom`]'s draws;
 //! - [`binary`]: concept drift on a stream of errors (DDM, EDDM, HDDM_A, HDDM_W, FHDDM), as
-//!   river does it.
+//!   river does it;
+//! - [`reconstruction`]: multivariate drift by PCA reconstruction error, as NannyML does it.
 
 pub mod binary;
 mod binned;
 pub mod ks;
 pub mod kswin;
+pub mod reconstruction;
 pub mod stream;
 
 pub use ks::{KsTest, ks_2samp};
@@ -46,11 +48,15 @@ pub enum DriftMethod {
     ChiSquare,
     /// Two-proportion z-test p-value; drift at p < threshold (0.05).
     Z,
+    /// All features together: the PCA reconstruction error (NannyML's); drift when the
+    /// current mean error leaves the reference chunks' mean ± threshold standard deviations
+    /// (default 3).
+    Reconstruction,
 }
 
 impl DriftMethod {
     /// Every method, for messages.
-    pub const ALL: [DriftMethod; 9] = [
+    pub const ALL: [DriftMethod; 10] = [
         Self::Auto,
         Self::Ks,
         Self::Wasserstein,
@@ -60,6 +66,7 @@ impl DriftMethod {
         Self::Hellinger,
         Self::ChiSquare,
         Self::Z,
+        Self::Reconstruction,
     ];
 
     /// The name in configuration and output (Evidently's test names).
@@ -74,6 +81,7 @@ impl DriftMethod {
             Self::Hellinger => "hellinger",
             Self::ChiSquare => "chisquare",
             Self::Z => "z",
+            Self::Reconstruction => "reconstruction",
         }
     }
 
@@ -99,7 +107,11 @@ impl DriftMethod {
 
     /// Evidently's default threshold of the method.
     pub fn default_threshold(self) -> f64 {
-        if self.is_p_value() { 0.05 } else { 0.1 }
+        match self {
+            Self::Reconstruction => reconstruction::DEFAULT_SIGMAS,
+            _ if self.is_p_value() => 0.05,
+            _ => 0.1,
+        }
     }
 
     /// The method that compares these samples: itself, or for [`DriftMethod::Auto`]
@@ -171,6 +183,11 @@ pub fn feature_drift(
     }
     let method = method.resolve(reference, current);
     let score = match method {
+        DriftMethod::Reconstruction => {
+            return Err(invalid(
+                "`reconstruction` compares all features together, not one".to_owned(),
+            ));
+        }
         DriftMethod::Auto | DriftMethod::Ks => ks_2samp(reference, current).p_value,
         DriftMethod::Wasserstein => binned::wasserstein_normed(reference, current),
         DriftMethod::Psi => binned::psi(reference, current),
@@ -198,8 +215,30 @@ pub struct DatasetDrift {
     pub drifted: usize,
     /// `drifted` over the number of features.
     pub share: f64,
-    /// Whether `share` reached the drift share asked for (Evidently's `drift_share`).
+    /// Whether `share` reached the drift share asked for (Evidently's `drift_share`); for
+    /// [`DriftMethod::Reconstruction`], whether the reconstruction error left its thresholds.
     pub dataset_drift: bool,
+    /// The multivariate comparison, for [`DriftMethod::Reconstruction`].
+    pub reconstruction: Option<ReconstructionDrift>,
+}
+
+/// The whole input's comparison by PCA reconstruction error.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReconstructionDrift {
+    /// The current rows' mean reconstruction error.
+    pub error: f64,
+    /// Its sampling error (standard deviation over √n).
+    pub sampling_error: f64,
+    /// The lower threshold from the reference chunks (none when it would be below 0).
+    pub lower: Option<f64>,
+    /// The upper threshold from the reference chunks.
+    pub upper: f64,
+    /// Components kept (65 % of the reference's variance).
+    pub components: usize,
+    /// The reference chunks the thresholds come from.
+    pub reference_chunks: usize,
+    /// Rows per reference chunk (the last may have fewer).
+    pub chunk_rows: usize,
 }
 
 /// Compares each column of `current` with the same column of `reference` (rows of equal
@@ -225,6 +264,13 @@ pub fn dataset_drift(
             ),
         });
     }
+    if method == DriftMethod::Reconstruction {
+        return reconstruction_drift(
+            reference,
+            current,
+            threshold.unwrap_or(reconstruction::DEFAULT_SIGMAS),
+        );
+    }
     let column = |rows: &[Vec<f64>], index: usize| -> Vec<f64> {
         rows.iter().map(|row| row[index]).collect()
     };
@@ -245,5 +291,98 @@ pub fn dataset_drift(
         drifted,
         share,
         dataset_drift: share >= drift_share,
+        reconstruction: None,
+    })
+}
+
+/// Fewest reference chunks the reconstruction's thresholds are drawn from.
+pub const RECONSTRUCTION_CHUNKS: usize = 10;
+
+/// The whole input compared by PCA reconstruction error ([`reconstruction`]): fitted on
+/// `reference`, whose chunks — of the current sample's size, or a tenth of the reference when
+/// that is smaller, so at least ten — give the thresholds (mean ± `sigmas` standard
+/// deviations). Each feature's entry is its mean absolute residual against the same rule over
+/// the reference chunks (upper only): which features the broken relation runs through.
+pub fn reconstruction_drift(
+    reference: &[Vec<f64>],
+    current: &[Vec<f64>],
+    sigmas: f64,
+) -> Result<DatasetDrift, MlError> {
+    let chunk_rows = current.len().min(reference.len() / RECONSTRUCTION_CHUNKS);
+    if chunk_rows < 2 || current.is_empty() {
+        return Err(MlError::Parameter {
+            name: "drift",
+            reason: format!(
+                "a reconstruction check needs {} reference windows and 2 current ones at least \
+                 ({} and {})",
+                2 * RECONSTRUCTION_CHUNKS,
+                reference.len(),
+                current.len()
+            ),
+        });
+    }
+    let model = reconstruction::Reconstruction::fit(reference, reconstruction::DEFAULT_VARIANCE)?;
+    let width = model.width();
+    if let Some(row) = current.iter().position(|row| row.len() != width) {
+        return Err(MlError::Parameter {
+            name: "drift",
+            reason: format!(
+                "current row {} has {} features, not {width}",
+                row + 1,
+                current[row].len()
+            ),
+        });
+    }
+    // Per chunk: the mean error, and each feature's mean absolute residual.
+    let summarise = |rows: &[Vec<f64>]| -> (f64, f64, Vec<f64>) {
+        let mut errors = Vec::with_capacity(rows.len());
+        let mut per_feature = vec![0.0; width];
+        for row in rows {
+            let residual = model.residual(row);
+            errors.push(residual.iter().map(|r| r * r).sum::<f64>().sqrt());
+            for (sum, r) in per_feature.iter_mut().zip(&residual) {
+                *sum += r.abs();
+            }
+        }
+        let n = rows.len() as f64;
+        let (mean, sampling_error) = reconstruction::chunk_error(&errors);
+        (
+            mean,
+            sampling_error,
+            per_feature.into_iter().map(|s| s / n).collect(),
+        )
+    };
+    let reference_chunks: Vec<(f64, f64, Vec<f64>)> =
+        reference.chunks(chunk_rows).map(summarise).collect();
+    let chunk_errors: Vec<f64> = reference_chunks.iter().map(|c| c.0).collect();
+    let (lower, upper) = reconstruction::thresholds(&chunk_errors, sigmas);
+    let (error, sampling_error, residuals) = summarise(current);
+    let features: Vec<FeatureDrift> = (0..width)
+        .map(|feature| {
+            let values: Vec<f64> = reference_chunks.iter().map(|c| c.2[feature]).collect();
+            let (_, feature_upper) = reconstruction::thresholds(&values, sigmas);
+            FeatureDrift {
+                method: DriftMethod::Reconstruction,
+                score: residuals[feature],
+                threshold: feature_upper,
+                drifted: residuals[feature] >= feature_upper,
+            }
+        })
+        .collect();
+    let drifted = features.iter().filter(|f| f.drifted).count();
+    Ok(DatasetDrift {
+        share: drifted as f64 / width as f64,
+        drifted,
+        features,
+        dataset_drift: reconstruction::alert(error, lower, upper),
+        reconstruction: Some(ReconstructionDrift {
+            error,
+            sampling_error,
+            lower,
+            upper,
+            components: model.components(),
+            reference_chunks: reference_chunks.len(),
+            chunk_rows,
+        }),
     })
 }

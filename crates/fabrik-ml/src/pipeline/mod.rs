@@ -1009,6 +1009,58 @@ mod tests {
         }
     }
 
+    /// A device whose current stops following its vibration from second 1,200 (the current
+    /// mirrored around its level: every feature keeps its distribution) drifts by
+    /// reconstruction, in the checks after the break only.
+    #[test]
+    fn a_drift_check_by_reconstruction_sees_a_broken_relation_between_signals() {
+        let mut spec = spec(40);
+        spec.drift = Some(DriftSpec {
+            method: DriftMethod::Reconstruction,
+            threshold: None,
+            windows: 20,
+            share: 0.5,
+            retrain_after: None,
+        });
+        let mut p = Pipeline::new(spec, || BuiltinModel::RobustZ.build()).unwrap();
+        for t in 0..2000_i64 {
+            let load = (t as f64 * std::f64::consts::TAU / 97.0).sin();
+            let wobble = ((t * 7919) % 13) as f64 / 13.0 * 0.1;
+            let follows = if t >= 1200 { -2.0 } else { 2.0 };
+            p.push(
+                "pump-01",
+                Row {
+                    time_ns: t * S,
+                    values: vec![
+                        Some(2.0 + load + wobble),
+                        Some(10.0 + follows * load + wobble),
+                    ],
+                    arrival: t,
+                },
+            );
+        }
+        p.advance(2000 * S);
+        let checks = p.take_drift_checks();
+        let verdicts: Vec<bool> = checks.iter().map(|c| c.drift.dataset_drift).collect();
+        assert_eq!(
+            verdicts,
+            [false, false, false, false, true, true, true, true],
+            "{checks:?}"
+        );
+        let whole = checks[4].drift.reconstruction.as_ref().expect("numbers");
+        assert!(
+            whole.error > whole.upper && whole.reference_chunks == 10,
+            "{whole:?}"
+        );
+        assert!(
+            checks[4]
+                .drift
+                .features
+                .iter()
+                .all(|f| f.method == DriftMethod::Reconstruction)
+        );
+    }
+
     #[test]
     fn drift_checks_compare_each_device_with_what_it_learnt_and_retrain_when_asked() {
         let mut spec = spec(20);

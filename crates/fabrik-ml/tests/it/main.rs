@@ -2,6 +2,7 @@
 //! `tests/fixtures/` (see its README), never `/work/shared`.
 
 mod drift_evidently;
+mod drift_nannyml;
 mod drift_river;
 mod hst_river;
 mod nab_scorer;

@@ -234,3 +234,89 @@ fn a_pump_that_moves_drifts_raises_an_alert_and_learns_its_new_normal() {
     let (status, _) = p.terminate();
     assert!(status.success());
 }
+
+/// A pump whose current stops following its load at second 1,200 (mirrored around its level:
+/// each signal keeps its distribution) drifts by reconstruction in the checks after the break,
+/// with the numbers in `model_drift`; a watch that cannot draw its thresholds is refused.
+#[test]
+fn a_broken_relation_between_signals_drifts_by_reconstruction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("fabrik.toml");
+    let pipeline = |training: u32| {
+        format!(
+            "[[pipelines]]\nname = \"relation\"\ntable = \"pump\"\nsignals = [\"load\", \"current\"]\n\
+             window = \"10s\"\nfeatures = [\"mean\", \"std\"]\ntraining_windows = {training}\n\
+             interval = \"200ms\"\nlateness = \"0s\"\nstart = \"earliest\"\n\n\
+             [pipelines.drift]\nmethod = \"reconstruction\"\nwindows = 20\n"
+        )
+    };
+    std::fs::write(&config, pipeline(10)).expect("config");
+    let checked = std::process::Command::new(crate::support::fabrik_bin())
+        .args(["config", "check", config.to_str().expect("utf-8")])
+        .output()
+        .expect("config check");
+    let said = String::from_utf8_lossy(&checked.stderr).into_owned()
+        + &String::from_utf8_lossy(&checked.stdout);
+    assert!(!checked.status.success(), "{said}");
+    assert!(
+        said.contains("drift.method") && said.contains("needs 20"),
+        "{said}"
+    );
+
+    std::fs::write(&config, pipeline(40)).expect("config");
+    let p = Process::start_with_args(
+        &dir.path().join("data"),
+        &["--config", config.to_str().expect("utf-8")],
+        &[],
+    );
+    let start = (now_ns() - 3600 * SECOND) / (10 * SECOND) * (10 * SECOND);
+    let mut body = String::new();
+    for t in 0..2000_i64 {
+        let load = (t as f64 * std::f64::consts::TAU / 97.0).sin();
+        let wobble = ((t * 7919) % 13) as f64 / 13.0 * 0.1;
+        let follows = if t >= 1200 { -2.0 } else { 2.0 };
+        body.push_str(&format!(
+            "pump,device=pump-a load={},current={} {}\n",
+            2.0 + load + wobble,
+            10.0 + follows * load + wobble,
+            start + t * SECOND
+        ));
+    }
+    assert_eq!(
+        crate::support::post_status(&p.url, "/api/v1/write", &body),
+        200
+    );
+    // 200 windows: 40 train, 160 are scored, eight checks of 20; the break is at window 120.
+    eventually("every check is stored", || {
+        count_if_any(&p.url, "SELECT count(*) AS n FROM model_drift") == Some(8)
+    });
+    let rows = query(
+        &p.url,
+        "SELECT dataset_drift, reconstruction_error > reconstruction_upper AS above, \
+         reconstruction_components, drifted_features FROM model_drift ORDER BY time",
+    );
+    let verdicts: Vec<bool> = rows
+        .iter()
+        .map(|row| row["dataset_drift"] == true)
+        .collect();
+    assert_eq!(
+        verdicts,
+        [false, false, false, false, true, true, true, true],
+        "{rows:?}"
+    );
+    assert!(
+        rows[4]["above"] == true && rows[0]["above"] == false,
+        "{rows:?}"
+    );
+    assert!(
+        rows[4]["reconstruction_components"]
+            .as_i64()
+            .is_some_and(|k| (1..4).contains(&k)),
+        "{rows:?}"
+    );
+    let named = rows[4]["drifted_features"].as_str().unwrap_or_default();
+    assert!(
+        named.contains("current.mean") || named.contains("load.mean"),
+        "{rows:?}"
+    );
+}
