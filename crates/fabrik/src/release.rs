@@ -77,6 +77,52 @@ pub(crate) struct ReleaseTarget {
     /// platform leave it alone (decision 0044).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) platform: Option<String>,
+    /// A phased rollout (decision 0047): the share of the nodes it is for that install it,
+    /// in hundredths of a percent (1 to 10,000: canonical JSON has no fractions), those
+    /// whose [`rollout_bucket`] is below it. Widening it keeps every node that had it; a node
+    /// of a Fabrik that does not know the field refuses the target rather than install what
+    /// may not be meant for it.
+    #[serde(default, rename = "share_bp", skip_serializing_if = "Option::is_none")]
+    pub(crate) share: Option<u32>,
+}
+
+/// Where `node` falls, for target `name`, in a phased rollout, in hundredths of a percent
+/// (0 to 9,999): the first eight bytes of SHA-256 of `<name>`, a zero byte and `<node>`,
+/// big-endian, modulo 10,000. Stable, so a widened share keeps its nodes; by name, so the
+/// first nodes of one artifact's rollout are not always the first of every other's.
+pub(crate) fn rollout_bucket(name: &str, node: &str) -> u32 {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(name.as_bytes());
+    hasher.update([0u8]);
+    hasher.update(node.as_bytes());
+    let digest = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u32::try_from(u64::from_be_bytes(first) % 10_000).unwrap_or(0)
+}
+
+/// A share in hundredths of a percent, as a percentage (`1250` → `12.5`).
+pub(crate) fn percent(hundredths: u32) -> String {
+    let text = format!("{}.{:02}", hundredths / 100, hundredths % 100);
+    text.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+/// A phased rollout's percentage (`--share 12.5`) in hundredths of a percent: above 0, at
+/// most 100, in steps of 0.01.
+pub(crate) fn check_share(share: f64) -> Result<u32, String> {
+    let hundredths = (share * 100.0).round();
+    if share.is_finite()
+        && (1.0..=10_000.0).contains(&hundredths)
+        && (share * 100.0 - hundredths).abs() < 1e-6
+    {
+        Ok(hundredths as u32)
+    } else {
+        Err(format!(
+            "--share {share}: the percentage of the nodes, above 0 and at most 100, in steps \
+             of 0.01"
+        ))
+    }
 }
 
 /// The format of an encrypted target's file.
@@ -104,6 +150,8 @@ pub(crate) struct Encryption {
 pub(crate) struct Audience {
     /// Node names or patterns; empty: every node.
     pub(crate) nodes: Vec<String>,
+    /// A phased rollout's share of those nodes, in hundredths of a percent.
+    pub(crate) share: Option<u32>,
     /// Recipients the file is encrypted to; empty: not encrypted.
     pub(crate) recipients: Vec<crate::age::Recipient>,
 }
@@ -171,9 +219,24 @@ impl ReleaseTarget {
         Some(serde_json::from_value(value.clone()).map_err(|e| format!("custom.{CUSTOM_KEY}: {e}")))
     }
 
-    /// Whether `node` is one of the nodes this target is for.
+    /// Whether `node` is one of the nodes this target is for (its phase aside: see
+    /// [`ReleaseTarget::outside_phase`]).
     pub(crate) fn is_for(&self, node: &str) -> bool {
         self.nodes.is_empty() || self.nodes.iter().any(|pattern| glob_match(pattern, node))
+    }
+
+    /// Why `node` does not install it yet in a phased rollout; `None` when it does.
+    pub(crate) fn outside_phase(&self, node: &str) -> Option<String> {
+        let share = self.share?;
+        let bucket = rollout_bucket(&self.name, node);
+        (bucket >= share).then(|| {
+            format!(
+                "a phased rollout to {} % of its nodes; this node's place is {} %: it \
+                 installs once the share is above that",
+                percent(share),
+                percent(bucket)
+            )
+        })
     }
 
     /// SHA-256 of what the node stores: the decrypted content's for an encrypted target, else
@@ -736,6 +799,7 @@ pub(crate) async fn add_model(
         name: name.into(),
         signature,
         nodes: audience.nodes,
+        share: audience.share,
         encrypted: None,
         platform: None,
     };
@@ -794,6 +858,7 @@ pub(crate) async fn add_binary(
         name: name.clone(),
         signature: None,
         nodes: audience.nodes,
+        share: audience.share,
         encrypted: None,
         platform: Some(platform.clone()),
     };
@@ -882,6 +947,7 @@ pub(crate) async fn add_definition(
         name: name.clone(),
         signature: None,
         nodes: audience.nodes,
+        share: audience.share,
         encrypted: None,
         platform: None,
     };
@@ -1054,6 +1120,7 @@ pub(crate) async fn add_use_case(
         name: name.clone(),
         signature: None,
         nodes: audience.nodes,
+        share: audience.share,
         encrypted: None,
         platform: None,
     };
@@ -1437,6 +1504,7 @@ pub(crate) mod tests {
             Audience {
                 nodes: vec!["line-1".into()],
                 recipients: vec![line_1.recipient().clone()],
+                share: None,
             },
             Lifetimes::default(),
         )
@@ -1702,7 +1770,76 @@ pub(crate) mod tests {
             nodes: vec![],
             encrypted: None,
             platform: None,
+            share: None,
         };
         assert!(release.is_for("whatever"), "no nodes: every node");
+    }
+
+    #[test]
+    fn a_phased_rollout_keeps_its_nodes_as_it_widens_and_spreads_them_evenly() {
+        let nodes: Vec<String> = (0..2000).map(|i| format!("line-{i}")).collect();
+        let phase = |share: u32| -> Vec<&String> {
+            let release = ReleaseTarget {
+                kind: Kind::Model.as_str().into(),
+                name: "pump-model".into(),
+                signature: None,
+                nodes: vec![],
+                encrypted: None,
+                platform: None,
+                share: Some(share),
+            };
+            nodes
+                .iter()
+                .filter(|node| release.outside_phase(node).is_none())
+                .collect()
+        };
+        let (ten, fifty, all) = (phase(1_000), phase(5_000), phase(10_000));
+        assert!(
+            ten.iter().all(|node| fifty.contains(node)),
+            "widening keeps the first"
+        );
+        assert_eq!(all.len(), nodes.len());
+        // 2,000 nodes: 10 % is 200 give or take a few standard deviations (√180 ≈ 13).
+        assert!((150..=250).contains(&ten.len()), "{}", ten.len());
+        assert!((900..=1100).contains(&fifty.len()), "{}", fifty.len());
+        // Another artifact's first tenth is other nodes.
+        let other = ReleaseTarget {
+            kind: Kind::Model.as_str().into(),
+            name: "valve-model".into(),
+            signature: None,
+            nodes: vec![],
+            encrypted: None,
+            platform: None,
+            share: Some(1_000),
+        };
+        let shared = ten
+            .iter()
+            .filter(|node| other.outside_phase(node).is_none())
+            .count();
+        assert!(
+            shared < 60,
+            "{shared} of {} in both first tenths",
+            ten.len()
+        );
+        // The boundary: in when the share is above the node's place, not at it.
+        let place = rollout_bucket("pump-model", "line-1");
+        let at = |share: u32| ReleaseTarget {
+            share: Some(share),
+            ..other.clone()
+        };
+        let named = |share: u32| ReleaseTarget {
+            name: "pump-model".into(),
+            ..at(share)
+        };
+        assert!(named(place).outside_phase("line-1").is_some());
+        assert!(named(place + 1).outside_phase("line-1").is_none());
+        assert!(check_share(0.0).is_err() && check_share(100.5).is_err());
+        assert!(check_share(12.345).is_err(), "steps of 0.01");
+        assert_eq!(check_share(12.5), Ok(1_250));
+        assert_eq!(check_share(100.0), Ok(10_000));
+        assert_eq!(
+            (percent(1_250), percent(9_175), percent(500)),
+            ("12.5".into(), "91.75".into(), "5".into())
+        );
     }
 }

@@ -111,6 +111,11 @@ enum ReleaseCommand {
         /// comma-separate. Default: every node.
         #[arg(long, value_delimiter = ',')]
         nodes: Vec<String>,
+        /// A phased rollout: only this percentage of those nodes install it (above 0, at most
+        /// 100; each node's place is stable, so publishing again with a larger share keeps
+        /// the nodes that have it and adds more). `fabrik release fleet` shows who runs it.
+        #[arg(long)]
+        share: Option<f64>,
         /// Encrypt the file to this node key (`age1…`, what `fabrik updates recipient` prints
         /// on the node); repeat or comma-separate. Only these nodes can read it.
         #[arg(long = "recipient", value_delimiter = ',')]
@@ -230,12 +235,17 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
             reason,
             forced,
             nodes,
+            share,
             recipients,
             recipients_file,
             lifetimes,
             file,
             platform,
         } => {
+            let share = share
+                .map(release::check_share)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
             if platform.is_some() && kind.as_deref() != Some(Kind::Binary.as_str()) {
                 bail!("--platform goes with --kind binary");
             }
@@ -255,6 +265,12 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
             } else {
                 nodes.join(", ")
             };
+            if let Some(share) = share {
+                for_nodes.push_str(&format!(
+                    ", phased to {} % of them",
+                    release::percent(share)
+                ));
+            }
             let recipients = read_recipients(recipients, recipients_file.as_deref())?;
             if !recipients.is_empty() {
                 for_nodes.push_str(&format!(
@@ -263,7 +279,11 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                     if recipients.len() == 1 { "" } else { "s" }
                 ));
             }
-            let audience = release::Audience { nodes, recipients };
+            let audience = release::Audience {
+                nodes,
+                recipients,
+                share,
+            };
             let is_onnx = file
                 .extension()
                 .is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
@@ -514,7 +534,12 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                 let encrypted = fabrik["encrypted"]["recipients"]
                     .as_array()
                     .map(|recipients| format!(", encrypted to {}", recipients.len()))
-                    .unwrap_or_default();
+                    .unwrap_or_default()
+                    + &fabrik["share_bp"]
+                        .as_u64()
+                        .and_then(|share| u32::try_from(share).ok())
+                        .map(|share| format!(", phased to {} %", release::percent(share)))
+                        .unwrap_or_default();
                 println!(
                     "  {}  {} {}  {} bytes  sha256 {}  {}  for {nodes}{encrypted}",
                     target["target"].as_str().unwrap_or("?"),

@@ -577,6 +577,9 @@ impl Updater {
                 ));
             } else if !release.is_for(&self.node) {
                 status.state = "not_for_this_node".into();
+            } else if let Some(reason) = release.outside_phase(&self.node) {
+                status.state = "not_for_this_node".into();
+                status.reason = Some(reason);
             } else if kind == Some(Kind::Binary)
                 && release.platform.as_deref() != Some(self.platform.as_str())
             {

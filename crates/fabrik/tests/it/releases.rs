@@ -1423,6 +1423,72 @@ fn a_hub_knows_which_node_runs_which_release() {
 
 /// The follower configuration of [`follower_config`], with an uplink to `nats_url` as node
 /// `line-1`.
+/// A phased rollout: published to 50 % of the nodes, line-1 (place 91.75 % for this model:
+/// the first eight bytes of SHA-256 of `canary-model\0line-1`, modulo 10,000, over 100) waits
+/// and says why; published again to 95 %, it installs.
+#[test]
+fn a_phased_rollout_reaches_a_node_once_its_share_covers_it() {
+    let (dir, repo, keys, work) = new_repository();
+    let model_bytes = fixture("iforest_100.onnx");
+    let model = work.join("forest.onnx");
+    std::fs::write(&model, &model_bytes).expect("model");
+    for share in ["0", "100.5", "most"] {
+        let refused = release_fails(
+            "add",
+            &repo,
+            &keys,
+            &["--name", "canary-model", "--share", share, path(&model)],
+        );
+        assert!(
+            refused.contains("--share") || refused.contains("share"),
+            "{refused}"
+        );
+    }
+    let published = release(
+        "add",
+        &repo,
+        &keys,
+        &["--name", "canary-model", "--share", "50", path(&model)],
+    );
+    assert!(published.contains("phased to 50 % of them"), "{published}");
+    let listed = fabrik(&["release", "list", "--repo", path(&repo)]);
+    assert!(listed.contains("phased to 50 %"), "{listed}");
+    let config = follower_config(dir.path(), &repo);
+    let edge =
+        Process::start_with_args(&dir.path().join("edge"), &["--config", path(&config)], &[]);
+    eventually_for(
+        "line-1 waits outside the first half",
+        Duration::from_secs(30),
+        || target(&updates(&edge.url), "canary-model.onnx")["state"] == "not_for_this_node",
+    );
+    let status = updates(&edge.url);
+    let waiting = target(&status, "canary-model.onnx");
+    assert!(
+        waiting["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("phased rollout to 50 %") && r.contains("91.75 %")),
+        "{waiting}"
+    );
+    assert_eq!(model_sha(&edge.url, "canary-model"), None);
+
+    release(
+        "add",
+        &repo,
+        &keys,
+        &["--name", "canary-model", "--share", "95", path(&model)],
+    );
+    let forest_sha = sha256_hex(&model_bytes);
+    eventually_for(
+        "line-1 installs once the share covers it",
+        Duration::from_secs(30),
+        || model_sha(&edge.url, "canary-model").as_deref() == Some(forest_sha.as_str()),
+    );
+    assert_eq!(
+        target(&updates(&edge.url), "canary-model.onnx")["state"],
+        "installed"
+    );
+}
+
 fn uplinked_follower_config(dir: &Path, repo: &Path, nats_url: &str) -> std::path::PathBuf {
     let config = follower_config(dir, repo);
     let mut text = std::fs::read_to_string(&config).expect("config");
