@@ -179,12 +179,33 @@ pub(crate) fn resolve(targets: &[String]) -> Result<Vec<Module>, String> {
     for m in wanted {
         visit(m, &mut order);
     }
-    Ok(order)
+    // In `ALL`'s order, which lists every module after those it needs: a module that hands
+    // the HTTP API a control (the uplink's backfill, the pipelines', the alert rules')
+    // starts before `http` whatever order `--target` named them in.
+    Ok(Module::ALL
+        .into_iter()
+        .filter(|m| order.contains(m))
+        .collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_module_is_listed_after_the_modules_it_needs() {
+        for (i, m) in Module::ALL.iter().enumerate() {
+            for d in m.deps() {
+                let at = Module::ALL.iter().position(|x| x == d).expect("listed");
+                assert!(
+                    at < i,
+                    "{} is listed before {}, which it needs",
+                    m.name(),
+                    d.name()
+                );
+            }
+        }
+    }
 
     #[test]
     fn targets_pull_in_their_dependencies_first() {
@@ -203,6 +224,16 @@ mod tests {
         );
         assert_eq!(resolve(&[]), Ok(Module::ALL.to_vec()));
         assert_eq!(resolve(&["store".into()]), Ok(vec![Module::Store]));
+        assert_eq!(
+            resolve(&["http".into(), "uplink".into(), "pipelines".into()]),
+            Ok(vec![
+                Module::Store,
+                Module::Registry,
+                Module::Pipelines,
+                Module::Uplink,
+                Module::Http
+            ])
+        );
         assert!(resolve(&["nope".into()]).is_err());
     }
 }

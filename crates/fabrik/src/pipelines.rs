@@ -494,6 +494,21 @@ pub(crate) fn compile(config: &PipelineConfig) -> Result<Compiled, Vec<(String, 
                 ),
             );
         }
+        let width = config.signals.len() * config.features.len();
+        if method == Some(DriftMethod::Reconstruction) && width < 3 {
+            // With two features the kept components are nearly always both (neither
+            // explains 65 % when they correlate below 0.3): the error is rounding noise.
+            problem(
+                "drift.method",
+                format!(
+                    "`reconstruction` watches the relations among features through fewer \
+                     components than features: it needs 3 features at least, not {width} \
+                     ({} signals × {} features)",
+                    config.signals.len(),
+                    config.features.len()
+                ),
+            );
+        }
         if method == Some(DriftMethod::Reconstruction) && windows < 2 {
             problem(
                 "drift.windows",
@@ -3238,6 +3253,28 @@ mod tests {
             assert!(problems[0].1.contains("never negative"), "{problems:?}");
         }
         p.threshold = Some("0.5".into());
+        assert!(compile(&p).is_ok());
+    }
+
+    #[test]
+    fn a_reconstruction_check_over_fewer_than_three_features_is_refused() {
+        let mut p = demo_pipeline();
+        p.signals = vec!["vibration_rms".into(), "motor_current".into()];
+        p.features = vec!["mean".into()];
+        p.training_windows = Some(40);
+        p.drift = Some(fabrik_runtime::config::DriftConfig {
+            method: "reconstruction".into(),
+            windows: Some(20),
+            ..toml::from_str("").expect("defaults")
+        });
+        let problems = compile(&p).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "drift.method");
+        assert!(
+            problems[0].1.contains("3 features at least, not 2"),
+            "{problems:?}"
+        );
+        p.features.push("std".into());
         assert!(compile(&p).is_ok());
     }
 

@@ -84,6 +84,11 @@ pub(crate) struct ReleaseTarget {
     /// may not be meant for it.
     #[serde(default, rename = "share_bp", skip_serializing_if = "Option::is_none")]
     pub(crate) share: Option<u32>,
+    /// The key a phased rollout places nodes by, instead of the target's name: artifacts
+    /// published with one key (a pipeline and the model it needs) reach the same nodes at
+    /// the same share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) phase: Option<String>,
 }
 
 /// Where `node` falls, for target `name`, in a phased rollout, in hundredths of a percent
@@ -152,6 +157,8 @@ pub(crate) struct Audience {
     pub(crate) nodes: Vec<String>,
     /// A phased rollout's share of those nodes, in hundredths of a percent.
     pub(crate) share: Option<u32>,
+    /// The key nodes are placed by in that rollout (`None`: the target's name).
+    pub(crate) phase: Option<String>,
     /// Recipients the file is encrypted to; empty: not encrypted.
     pub(crate) recipients: Vec<crate::age::Recipient>,
 }
@@ -228,7 +235,7 @@ impl ReleaseTarget {
     /// Why `node` does not install it yet in a phased rollout; `None` when it does.
     pub(crate) fn outside_phase(&self, node: &str) -> Option<String> {
         let share = self.share?;
-        let bucket = rollout_bucket(&self.name, node);
+        let bucket = rollout_bucket(self.phase.as_deref().unwrap_or(&self.name), node);
         (bucket >= share).then(|| {
             format!(
                 "a phased rollout to {} % of its nodes; this node's place is {} %: it \
@@ -800,6 +807,7 @@ pub(crate) async fn add_model(
         signature,
         nodes: audience.nodes,
         share: audience.share,
+        phase: audience.phase.clone(),
         encrypted: None,
         platform: None,
     };
@@ -859,6 +867,7 @@ pub(crate) async fn add_binary(
         signature: None,
         nodes: audience.nodes,
         share: audience.share,
+        phase: audience.phase.clone(),
         encrypted: None,
         platform: Some(platform.clone()),
     };
@@ -948,6 +957,7 @@ pub(crate) async fn add_definition(
         signature: None,
         nodes: audience.nodes,
         share: audience.share,
+        phase: audience.phase.clone(),
         encrypted: None,
         platform: None,
     };
@@ -1121,6 +1131,7 @@ pub(crate) async fn add_use_case(
         signature: None,
         nodes: audience.nodes,
         share: audience.share,
+        phase: audience.phase.clone(),
         encrypted: None,
         platform: None,
     };
@@ -1504,7 +1515,7 @@ pub(crate) mod tests {
             Audience {
                 nodes: vec!["line-1".into()],
                 recipients: vec![line_1.recipient().clone()],
-                share: None,
+                ..Audience::default()
             },
             Lifetimes::default(),
         )
@@ -1771,6 +1782,7 @@ pub(crate) mod tests {
             encrypted: None,
             platform: None,
             share: None,
+            phase: None,
         };
         assert!(release.is_for("whatever"), "no nodes: every node");
     }
@@ -1787,6 +1799,7 @@ pub(crate) mod tests {
                 encrypted: None,
                 platform: None,
                 share: Some(share),
+                phase: None,
             };
             nodes
                 .iter()
@@ -1811,6 +1824,7 @@ pub(crate) mod tests {
             encrypted: None,
             platform: None,
             share: Some(1_000),
+            phase: None,
         };
         let shared = ten
             .iter()
@@ -1833,6 +1847,23 @@ pub(crate) mod tests {
         };
         assert!(named(place).outside_phase("line-1").is_some());
         assert!(named(place + 1).outside_phase("line-1").is_none());
+        // Artifacts of one phase key go to the same nodes, whatever their names.
+        let keyed = |name: &str| ReleaseTarget {
+            name: name.into(),
+            phase: Some("pump-2026-12".into()),
+            ..at(1_000)
+        };
+        let (model, pipeline) = (keyed("pump-model"), keyed("pump-line"));
+        let together = nodes
+            .iter()
+            .filter(|node| model.outside_phase(node).is_none())
+            .collect::<Vec<_>>();
+        assert!(!together.is_empty());
+        assert!(
+            nodes.iter().all(|node| model.outside_phase(node).is_none()
+                == pipeline.outside_phase(node).is_none()),
+            "one phase key, one set of nodes"
+        );
         assert!(check_share(0.0).is_err() && check_share(100.5).is_err());
         assert!(check_share(12.345).is_err(), "steps of 0.01");
         assert_eq!(check_share(12.5), Ok(1_250));

@@ -51,6 +51,8 @@ impl LifetimeArgs {
     }
 }
 
+// Parsed once per command line: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum ReleaseCommand {
     /// Make a release repository and its four role keys (root, targets, snapshot, timestamp).
@@ -116,6 +118,11 @@ enum ReleaseCommand {
         /// the nodes that have it and adds more). `fabrik release fleet` shows who runs it.
         #[arg(long)]
         share: Option<f64>,
+        /// With --share: place nodes by this key instead of the target's name, so that
+        /// artifacts published with one key (a pipeline and the model it needs) reach the
+        /// same nodes at the same share.
+        #[arg(long, requires = "share")]
+        phase: Option<String>,
         /// Encrypt the file to this node key (`age1…`, what `fabrik updates recipient` prints
         /// on the node); repeat or comma-separate. Only these nodes can read it.
         #[arg(long = "recipient", value_delimiter = ',')]
@@ -236,6 +243,7 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
             forced,
             nodes,
             share,
+            phase,
             recipients,
             recipients_file,
             lifetimes,
@@ -246,6 +254,13 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                 .map(release::check_share)
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
+            let phase = phase.map(|key| key.trim().to_owned());
+            if phase
+                .as_deref()
+                .is_some_and(|key| key.is_empty() || key.chars().any(char::is_control))
+            {
+                bail!("--phase: a key of printable characters, not empty");
+            }
             if platform.is_some() && kind.as_deref() != Some(Kind::Binary.as_str()) {
                 bail!("--platform goes with --kind binary");
             }
@@ -270,6 +285,9 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                     ", phased to {} % of them",
                     release::percent(share)
                 ));
+                if let Some(key) = &phase {
+                    for_nodes.push_str(&format!(" by phase key `{key}`"));
+                }
             }
             let recipients = read_recipients(recipients, recipients_file.as_deref())?;
             if !recipients.is_empty() {
@@ -283,6 +301,7 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                 nodes,
                 recipients,
                 share,
+                phase,
             };
             let is_onnx = file
                 .extension()
@@ -539,6 +558,10 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                         .as_u64()
                         .and_then(|share| u32::try_from(share).ok())
                         .map(|share| format!(", phased to {} %", release::percent(share)))
+                        .unwrap_or_default()
+                    + &fabrik["phase"]
+                        .as_str()
+                        .map(|key| format!(" by phase key `{key}`"))
                         .unwrap_or_default();
                 println!(
                     "  {}  {} {}  {} bytes  sha256 {}  {}  for {nodes}{encrypted}",

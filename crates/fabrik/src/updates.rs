@@ -509,6 +509,7 @@ impl Updater {
                 let release = release.as_ref().ok()?;
                 (Kind::parse(&release.kind) == Some(Kind::Binary)
                     && release.is_for(&self.node)
+                    && release.outside_phase(&self.node).is_none()
                     && release.platform.as_deref() == Some(self.platform.as_str()))
                 .then(|| name.raw().to_owned())
             })
@@ -577,7 +578,14 @@ impl Updater {
                 ));
             } else if !release.is_for(&self.node) {
                 status.state = "not_for_this_node".into();
-            } else if let Some(reason) = release.outside_phase(&self.node) {
+            } else if let Some(reason) = match release.outside_phase(&self.node) {
+                // A share narrowed after this node installed the build leaves it installed
+                // here (it is not taken back), and so it is reported.
+                Some(reason) if !self.holds(&key, &sha256, &release, &mut held).await => {
+                    Some(reason)
+                }
+                _ => None,
+            } {
                 status.state = "not_for_this_node".into();
                 status.reason = Some(reason);
             } else if kind == Some(Kind::Binary)

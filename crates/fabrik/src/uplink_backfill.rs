@@ -30,6 +30,10 @@ const FIRST_SLICE_NS: i64 = 60 * 1_000_000_000;
 const MAX_SLICE_NS: i64 = 7 * 24 * 3600 * 1_000_000_000;
 /// Rows a slice aims at: enough to fill messages, little enough to hold in memory.
 const TARGET_ROWS: usize = 100_000;
+/// No slice reads more rows than this, whatever its length: a table whose rate jumped after
+/// a sparse stretch (commissioning, then production) would otherwise be read whole into
+/// memory by a slice sized on the sparse rows.
+const MAX_SLICE_ROWS: usize = 4 * TARGET_ROWS;
 /// After each slice the live uplink may catch up with what was written meanwhile, for at
 /// most this long: live rows go first, and a busy node's backfill still moves.
 const LIVE_FIRST_FOR: Duration = Duration::from_secs(10);
@@ -313,14 +317,17 @@ impl Backfill {
         request: BackfillRequest,
         requested_by: String,
     ) -> Result<BackfillStatus, ControlError> {
-        if let Some(job) = self.running() {
-            return Err(ControlError::NotChangeable(format!(
+        let already_running = |job: &Job| {
+            ControlError::NotChangeable(format!(
                 "backfill {} is running ({} of {} tables sent): cancel it first \
                  (DELETE /api/v1/uplink/backfill)",
                 job.status.id,
                 job.status.tables_done,
                 job.status.tables.len()
-            )));
+            ))
+        };
+        if let Some(job) = self.running() {
+            return Err(already_running(&job));
         }
         let (from_ns, to_ns, tables) = self.check(request)?;
         let mut bytes = [0u8; 6];
@@ -344,10 +351,19 @@ impl Backfill {
             position_ns: None,
             slice_ns: FIRST_SLICE_NS,
         };
-        // Stored before it starts: a restart goes on with it.
-        save_json(&self.0.path, &job).map_err(ControlError::Storage)?;
-        *self.0.cancel.lock() = CancellationToken::new();
         let status = job.status.clone();
+        {
+            // One lock from the check to the swap: two requests at once start one job, and
+            // never write the job file together.
+            let mut guard = self.0.job.lock();
+            if let Some(running) = guard.as_ref().filter(|j| j.is_running()) {
+                return Err(already_running(running));
+            }
+            // Stored before it starts: a restart goes on with it.
+            save_json(&self.0.path, &job).map_err(ControlError::Storage)?;
+            *self.0.cancel.lock() = CancellationToken::new();
+            *guard = Some(job);
+        }
         tracing::info!(
             id = %status.id,
             from = ?status.from,
@@ -356,7 +372,6 @@ impl Backfill {
             by = %status.requested_by,
             "Backfill to the hub started."
         );
-        *self.0.job.lock() = Some(job);
         self.report();
         self.0.wake.notify_one();
         Ok(status)
@@ -368,9 +383,13 @@ impl Backfill {
             let Some(job) = guard.as_mut().filter(|j| j.is_running()) else {
                 return Err(ControlError::NotFound("no backfill is running".to_owned()));
             };
-            job.end("cancelled", None);
+            // Saved before it takes effect: a cancel the disk did not take would come back
+            // to life at the next restart.
+            let mut cancelled = job.clone();
+            cancelled.end("cancelled", None);
+            save_json(&self.0.path, &cancelled).map_err(ControlError::Storage)?;
+            *job = cancelled;
             self.0.cancel.lock().cancel();
-            save_json(&self.0.path, job).map_err(ControlError::Storage)?;
             job.status.clone()
         };
         tracing::info!(id = %status.id, rows_sent = status.rows_sent, "Backfill to the hub cancelled.");
@@ -435,6 +454,18 @@ impl Backfill {
                 }
                 return;
             };
+            if !self.0.filter.wants(&table) {
+                // Excluded since the job started (a restart with a new `[uplink]`): what
+                // the uplink may not forward, a backfill may not either.
+                tracing::warn!(id = %id, table = %table, "Backfill skips a table the uplink no longer forwards.");
+                self.update(&id, |j| {
+                    j.status.last_error = Some(format!(
+                        "table `{table}` skipped: the uplink no longer forwards it"
+                    ));
+                    j.next_table();
+                });
+                continue;
+            }
             let Some(schema) = self.0.store.table_schema(&table) else {
                 self.update(&id, Job::next_table);
                 continue;
@@ -469,6 +500,23 @@ impl Backfill {
                 }
             };
             let end = first.saturating_add(job.slice_ns).min(job.to_ns);
+            // Waited for before the read, not after: a row rewritten at the same series and
+            // time while the slice waited would reach the hub live first and then be
+            // overwritten there by the older value this slice read.
+            self.live_first(stop).await;
+            let end = match slice_end(&self.0.store, &table, first, end, MAX_SLICE_ROWS).await {
+                Ok(end) => end,
+                Err(e) => {
+                    query_failures += 1;
+                    if self
+                        .query_failed(&id, &table, e, query_failures, stop)
+                        .await
+                    {
+                        return;
+                    }
+                    continue;
+                }
+            };
             let rows = self
                 .0
                 .store
@@ -497,7 +545,6 @@ impl Backfill {
                 }
             };
             query_failures = 0;
-            self.live_first(stop).await;
             let max_payload = js
                 .client()
                 .server_info()
@@ -602,6 +649,28 @@ impl Backfill {
     }
 }
 
+/// Where a slice of `table` from `first` to at most `end` ends so that it holds at most
+/// `max_rows` rows: at the time of the row past them, if the span holds more. Rows sharing
+/// `first` (one instant of every series) stay together: the slice ends after it at the
+/// earliest, or it would never move.
+async fn slice_end(
+    store: &Store,
+    table: &str,
+    first: i64,
+    end: i64,
+    max_rows: usize,
+) -> Result<i64, String> {
+    let cut = store
+        .query(&format!(
+            "SELECT time AS first {} ORDER BY time LIMIT 1 OFFSET {max_rows}",
+            span(table, Some(first), end)
+        ))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|out| first_time(&out.batches))?;
+    Ok(cut.map_or(end, |cut| cut.max(first.saturating_add(1)).min(end)))
+}
+
 /// The time in the single cell of `SELECT min(time)`; `None` when there is no row.
 fn first_time(batches: &[RecordBatch]) -> Result<Option<i64>, String> {
     let Some(batch) = batches.iter().find(|b| b.num_rows() > 0) else {
@@ -632,6 +701,55 @@ impl BackfillControl for Backfill {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slice_ends_where_its_rows_reach_the_most_it_may_read() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(fabrik_store::StoreOptions::new(dir.path()))
+            .await
+            .expect("store");
+        // A sparse stretch (a row every 1,000 ns), then a dense one (every ns, two series),
+        // then one instant shared by 300 series.
+        let mut body = String::new();
+        for t in 0..100 {
+            body.push_str(&format!("m,dev=a v={t} {}\n", t * 1_000));
+        }
+        for t in 0..500 {
+            for dev in ["a", "b"] {
+                body.push_str(&format!("m,dev={dev} v={t} {}\n", 200_000 + t));
+            }
+        }
+        for dev in 0..300 {
+            body.push_str(&format!("m,dev=s{dev} v=1 300000\n"));
+        }
+        store
+            .write_lines(
+                &body,
+                fabrik_core::Precision::Ns,
+                fabrik_core::SourceId::http(),
+            )
+            .await
+            .expect("write");
+        // The whole span holds 1,400 rows; at most 150: the sparse 100, then 25 instants of
+        // the dense stretch.
+        let end = slice_end(&store, "m", 0, 1_000_000, 150)
+            .await
+            .expect("end");
+        assert_eq!(end, 200_025);
+        // Fewer rows than the most: the span's own end.
+        assert_eq!(
+            slice_end(&store, "m", 0, 150_000, 150).await.expect("end"),
+            150_000
+        );
+        // 300 rows of one instant with room for 10: they go together, one ns past it.
+        assert_eq!(
+            slice_end(&store, "m", 300_000, 1_000_000, 10)
+                .await
+                .expect("end"),
+            300_001
+        );
+        store.close().await;
+    }
 
     #[test]
     fn slices_move_towards_the_target_rows_by_at_most_four_times() {

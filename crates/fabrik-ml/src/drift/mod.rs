@@ -323,6 +323,19 @@ pub fn reconstruction_drift(
     }
     let model = reconstruction::Reconstruction::fit(reference, reconstruction::DEFAULT_VARIANCE)?;
     let width = model.width();
+    if model.components() >= width {
+        // NannyML would go on, comparing errors that are rounding noise (and alerting on
+        // every check when they are all exactly zero): with every component kept, no
+        // relation among the features is left out to be broken.
+        return Err(MlError::Parameter {
+            name: "drift",
+            reason: format!(
+                "the reference's {width} features are too little related for a reconstruction \
+                 check: all {width} components are needed for 65 % of their variance, so \
+                 nothing is left out to watch; use another drift method"
+            ),
+        });
+    }
     if let Some(row) = current.iter().position(|row| row.len() != width) {
         return Err(MlError::Parameter {
             name: "drift",

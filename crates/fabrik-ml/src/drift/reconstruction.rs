@@ -242,6 +242,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn unrelated_features_leave_nothing_to_watch_and_are_refused() {
+        // Two independent features: the first component explains about half the variance,
+        // so both are kept and every reconstruction error is rounding noise.
+        let rows: Vec<Vec<f64>> = (0..200)
+            .map(|i| {
+                vec![
+                    ((i * 37 % 200) as f64) / 200.0,
+                    ((i * 91 % 197) as f64) / 197.0,
+                ]
+            })
+            .collect();
+        let model = Reconstruction::fit(&rows, DEFAULT_VARIANCE).expect("fit");
+        assert_eq!(model.components(), 2);
+        let err = crate::drift::reconstruction_drift(&rows, &rows[..20], DEFAULT_SIGMAS)
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("too little related"), "{err}");
+    }
+
+    #[test]
     fn a_broken_relation_is_seen_where_the_marginals_stay() {
         // x1 = 2·x0 in the reference; the current flips the sign: every marginal is the same.
         let rows = |sign: f64| -> Vec<Vec<f64>> {
