@@ -1169,6 +1169,92 @@ pub struct StoreConfig {
     pub blob_min_age: String,
     /// Per-table overrides.
     pub tables: BTreeMap<String, TableConfig>,
+    /// Segments in S3-compatible object storage instead of `<data_dir>/segments`.
+    pub objects: ObjectsConfig,
+}
+
+/// `[store.objects]`: where the Parquet segments live when not on the local disk. The WAL,
+/// the manifest and blobs stay in `data_dir` (decision 0048).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ObjectsConfig {
+    /// `s3://bucket/prefix`, one store per prefix; empty: `<data_dir>/segments`.
+    pub url: String,
+    /// An S3-compatible service's address (`http://minio:9000`); empty: AWS, or
+    /// `AWS_ENDPOINT`.
+    pub endpoint: String,
+    /// The bucket's region; empty: `AWS_REGION`, else `us-east-1`.
+    pub region: String,
+    /// Allow a plain-HTTP endpoint.
+    pub allow_http: bool,
+}
+
+/// The validated `[store.objects]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectsSettings {
+    /// `s3://bucket[/prefix]`.
+    pub url: String,
+    /// The service's address, if not AWS's.
+    pub endpoint: Option<String>,
+    /// The region, if set.
+    pub region: Option<String>,
+    /// Plain HTTP allowed.
+    pub allow_http: bool,
+}
+
+impl ObjectsConfig {
+    /// `None` when segments stay local; the problems of a malformed section.
+    fn validate(&self, problem: &mut impl FnMut(&str, String)) -> Option<ObjectsSettings> {
+        let url = self.url.trim();
+        let endpoint = self.endpoint.trim();
+        if url.is_empty() {
+            if !endpoint.is_empty() || !self.region.trim().is_empty() {
+                problem(
+                    "store.objects.url",
+                    "is empty, so segments stay in <data_dir>/segments, but an endpoint or \
+                     region is set: name the bucket (s3://bucket/prefix)"
+                        .into(),
+                );
+            }
+            return None;
+        }
+        let bucket = url
+            .strip_prefix("s3://")
+            .map(|rest| rest.split('/').next().unwrap_or_default());
+        match bucket {
+            None => problem(
+                "store.objects.url",
+                format!("`{url}`: expected s3://bucket or s3://bucket/prefix"),
+            ),
+            Some("") => problem(
+                "store.objects.url",
+                format!("`{url}` names no bucket (s3://bucket/prefix)"),
+            ),
+            Some(_) => {}
+        }
+        if !endpoint.is_empty() {
+            match endpoint.split_once("://") {
+                Some(("http", _)) if !self.allow_http => problem(
+                    "store.objects.endpoint",
+                    format!(
+                        "`{endpoint}` is plain HTTP: set store.objects.allow_http = true for a \
+                         service on a trusted network, or use https://"
+                    ),
+                ),
+                Some(("http" | "https", rest)) if !rest.is_empty() => {}
+                _ => problem(
+                    "store.objects.endpoint",
+                    format!("`{endpoint}`: expected http(s)://host[:port]"),
+                ),
+            }
+        }
+        Some(ObjectsSettings {
+            url: url.to_owned(),
+            endpoint: Some(endpoint.to_owned()).filter(|e| !e.is_empty()),
+            region: Some(self.region.trim().to_owned()).filter(|r| !r.is_empty()),
+            allow_http: self.allow_http,
+        })
+    }
 }
 
 impl Default for StoreConfig {
@@ -1183,6 +1269,7 @@ impl Default for StoreConfig {
             blob_sweep_interval: "1h".into(),
             blob_min_age: "1h".into(),
             tables: BTreeMap::new(),
+            objects: ObjectsConfig::default(),
         }
     }
 }
@@ -1296,6 +1383,8 @@ pub struct Settings {
     pub raw_retention: Option<Retention>,
     /// Capacity of the ingest queue.
     pub ingest_queue: usize,
+    /// Segments in object storage (`None`: `<data_dir>/segments`).
+    pub objects: Option<ObjectsSettings>,
 }
 
 /// The validated `[mqtt]` section.
@@ -1544,6 +1633,7 @@ impl Config {
             .map_err(|e| problem("store.flush_buffer_size", e))
             .ok();
         let mqtt = self.validate_mqtt(&mut problem);
+        let objects = self.store.objects.validate(&mut problem);
         let raw_retention = if self.ingest.keep_raw {
             retention_of(&self.ingest.raw_retention)
                 .map_err(|e| problem("ingest.raw_retention", e))
@@ -1618,6 +1708,7 @@ impl Config {
                 mqtt,
                 raw_retention,
                 ingest_queue,
+                objects,
             }),
             _ => Err(RuntimeError::Invalid {
                 origin: origin.to_owned(),

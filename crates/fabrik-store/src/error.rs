@@ -53,6 +53,14 @@ pub enum StoreError {
         /// Why it cannot be used.
         reason: String,
     },
+    /// The object storage `[store.objects]` names cannot hold this store's segments.
+    #[error("object storage {url}: {reason}")]
+    ObjectStorage {
+        /// `[store.objects] url`.
+        url: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
     /// The WAL is damaged somewhere other than its tail; acknowledged data would be lost by
     /// truncating, so the store refuses to start.
     #[error("WAL segment {segment} is corrupt at byte {offset}: {reason}")]
@@ -100,6 +108,7 @@ impl StoreError {
             Self::InsufficientStorage(_) => 507,
             Self::ShuttingDown => 503,
             Self::DataDir { .. }
+            | Self::ObjectStorage { .. }
             | Self::CorruptWal { .. }
             | Self::Io { .. }
             | Self::Internal(_) => 500,

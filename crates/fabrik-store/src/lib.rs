@@ -19,6 +19,7 @@ pub mod buffer;
 pub mod error;
 mod last_rows;
 pub mod manifest;
+pub mod objects;
 pub mod pool;
 pub mod query;
 pub mod schema;
@@ -86,6 +87,8 @@ pub struct StoreOptions {
     /// Keep the WAL records after this sequence number even once persisted, until
     /// [`Store::hold_wal`] moves the hold: the edge uplink reads them (`Some(0)` keeps all).
     pub wal_hold: Option<u64>,
+    /// Segments in an S3-compatible bucket instead of `<data_dir>/segments` (decision 0048).
+    pub objects: Option<objects::ObjectStorage>,
 }
 
 impl StoreOptions {
@@ -104,6 +107,7 @@ impl StoreOptions {
             query_timeout: Duration::from_secs(30),
             query_threads: 2,
             wal_hold: None,
+            objects: None,
         }
     }
 }
@@ -390,11 +394,7 @@ impl Store {
                 .map(|(name, t)| (name.clone(), t.id, t.columns.clone())),
         );
         let blobs = BlobStore::open(dir.join("blobs"))?;
-        let segments_dir = dir.join("segments");
-        let objects: Objects = Arc::new(
-            object_store::local::LocalFileSystem::new_with_prefix(&segments_dir)
-                .map_err(|e| data_dir_error(&segments_dir, e))?,
-        );
+        let objects = objects::open(&dir, options.objects.as_ref(), &manifest).await?;
         remove_orphan_segments(&objects, &manifest).await?;
 
         let persisted_seq = manifest.persisted_seq;

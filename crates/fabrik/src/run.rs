@@ -194,6 +194,15 @@ fn store_options(s: &Settings) -> StoreOptions {
         query_timeout: s.query_timeout,
         query_threads: s.query_threads,
         wal_hold: None,
+        objects: s
+            .objects
+            .as_ref()
+            .map(|o| fabrik_store::objects::ObjectStorage {
+                url: o.url.clone(),
+                endpoint: o.endpoint.clone(),
+                region: o.region.clone(),
+                allow_http: o.allow_http,
+            }),
     }
 }
 

@@ -13,6 +13,7 @@ mod drift;
 mod https;
 mod modbus;
 mod mqtt;
+mod objects;
 mod opcua;
 mod paho;
 mod pipelines;

@@ -1,0 +1,334 @@
+//! Where a store's Parquet segments live: `<data_dir>/segments` on the local disk, or a prefix
+//! of an S3-compatible bucket that one store claims with a marker object (decision 0048).
+//!
+//! The WAL, the manifest and blobs stay in the data directory either way: a write is
+//! acknowledged once its WAL record is fsynced locally, and a persist uploads the segment
+//! before the manifest names it, so a `kill -9` at any point loses nothing acknowledged.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::Manifest;
+use crate::segments::Objects;
+use crate::{StoreError, data_dir_error};
+
+/// `[store.objects]`: segments in an S3-compatible bucket instead of `<data_dir>/segments`.
+/// Credentials come from the environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+/// `AWS_SESSION_TOKEN`, or a web identity / instance profile), never from the config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectStorage {
+    /// `s3://bucket` or `s3://bucket/prefix`: one store per prefix.
+    pub url: String,
+    /// The service's base address for S3-compatible stores (MinIO, Ceph RGW, Garage,
+    /// SeaweedFS); `None` asks AWS (or `AWS_ENDPOINT`).
+    pub endpoint: Option<String>,
+    /// The bucket's region; `None` takes `AWS_REGION`, else `us-east-1`.
+    pub region: Option<String>,
+    /// Allow a plain `http://` endpoint (a service on the same host or a private network).
+    pub allow_http: bool,
+}
+
+/// The marker object a store writes under its prefix, naming the store that owns it.
+const MARKER: &str = "fabrik-store.json";
+/// The local record of where this data directory's segments are.
+const LOCAL_RECORD: &str = "objects.json";
+
+/// The marker's and the local record's content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Claim {
+    /// The `[store.objects] url` the segments were written under.
+    url: String,
+    /// Random, made when the store first claimed the prefix.
+    store_id: String,
+}
+
+fn objects_error(url: &str, reason: impl std::fmt::Display) -> StoreError {
+    StoreError::ObjectStorage {
+        url: url.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+fn has_segments(manifest: &Manifest) -> bool {
+    manifest.tables.values().any(|t| !t.segments.is_empty())
+}
+
+fn read_local_claim(dir: &Path) -> Result<Option<Claim>, StoreError> {
+    let path = dir.join(LOCAL_RECORD);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            data_dir_error(&path, format!("{LOCAL_RECORD} is not a store claim: {e}"))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::io(format!("reading {}", path.display()), e)),
+    }
+}
+
+fn write_local_claim(dir: &Path, claim: &Claim) -> Result<(), StoreError> {
+    let path = dir.join(LOCAL_RECORD);
+    let tmp: PathBuf = dir.join(format!("{LOCAL_RECORD}.tmp"));
+    let bytes = serde_json::to_vec_pretty(claim)
+        .map_err(|e| StoreError::Internal(format!("encoding {LOCAL_RECORD}: {e}")))?;
+    (|| {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })()
+    .map_err(|e| StoreError::io(format!("writing {}", path.display()), e))
+}
+
+/// Sixteen random bytes as hex: a store's identity in its marker.
+fn new_store_id() -> Result<String, StoreError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| StoreError::Internal(format!("no randomness for a store id: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Splits `s3://bucket/some/prefix` into the bucket's URL and the prefix (`some/prefix`).
+fn split_url(url: &str) -> Result<(String, String), StoreError> {
+    let rest = url
+        .strip_prefix("s3://")
+        .or_else(|| url.strip_prefix("s3a://"))
+        .ok_or_else(|| objects_error(url, "must start with s3:// (s3://bucket/prefix)"))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(objects_error(url, "names no bucket (s3://bucket/prefix)"));
+    }
+    let prefix = prefix.trim_matches('/').to_owned();
+    if prefix.split('/').any(|part| part == "." || part == "..") {
+        return Err(objects_error(url, "a prefix may not hold `.` or `..`"));
+    }
+    Ok((format!("s3://{bucket}"), prefix))
+}
+
+/// The segment store for a data directory: the local `segments` folder, or the configured
+/// bucket prefix once this store holds its claim there.
+pub(crate) async fn open(
+    dir: &Path,
+    storage: Option<&ObjectStorage>,
+    manifest: &Manifest,
+) -> Result<Objects, StoreError> {
+    let local_claim = read_local_claim(dir)?;
+    let Some(storage) = storage else {
+        if let Some(claim) = local_claim {
+            return Err(data_dir_error(
+                dir,
+                format!(
+                    "its segments are in object storage at {} ({LOCAL_RECORD}): set \
+                     [store.objects] url = \"{}\" to open it",
+                    claim.url, claim.url
+                ),
+            ));
+        }
+        let segments_dir = dir.join("segments");
+        let local = object_store::local::LocalFileSystem::new_with_prefix(&segments_dir)
+            .map_err(|e| data_dir_error(&segments_dir, e))?;
+        return Ok(Arc::new(local));
+    };
+
+    let url = storage.url.trim();
+    let (bucket_url, prefix) = split_url(url)?;
+    let mut builder = object_store::aws::AmazonS3Builder::from_env()
+        .with_url(&bucket_url)
+        .with_allow_http(storage.allow_http);
+    if let Some(endpoint) = &storage.endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    if let Some(region) = &storage.region {
+        builder = builder.with_region(region);
+    }
+    let bucket: Arc<dyn ObjectStore> =
+        Arc::new(builder.build().map_err(|e| objects_error(url, e))?);
+    let root = |name: &str| {
+        if prefix.is_empty() {
+            ObjectPath::from(name)
+        } else {
+            ObjectPath::from(format!("{prefix}/{name}"))
+        }
+    };
+
+    match &local_claim {
+        Some(claim) if claim.url != url => {
+            return Err(data_dir_error(
+                dir,
+                format!(
+                    "its segments are at {}, but [store.objects] url is {url}: moving a \
+                     store's segments is not supported; use a new data directory",
+                    claim.url
+                ),
+            ));
+        }
+        None if has_segments(manifest) => {
+            return Err(data_dir_error(
+                dir,
+                format!(
+                    "its segments are on the local disk (segments/), so it cannot switch to \
+                     {url}; use a new data directory for a store in object storage"
+                ),
+            ));
+        }
+        _ => {}
+    }
+
+    let marker_path = root(MARKER);
+    let remote_claim = read_marker(&bucket, &marker_path, url).await?;
+    match (local_claim, remote_claim) {
+        (Some(local), Some(remote)) if local.store_id == remote.store_id => {}
+        (Some(local), Some(remote)) => {
+            return Err(objects_error(
+                url,
+                format!(
+                    "the prefix belongs to store {} ({MARKER}), not to this data directory's \
+                     store {}: two stores on one prefix would delete each other's segments",
+                    remote.store_id, local.store_id
+                ),
+            ));
+        }
+        (Some(local), None) => {
+            return Err(objects_error(
+                url,
+                format!(
+                    "{MARKER} of store {} is missing: the prefix was emptied or the bucket \
+                     is another one, so the segments the manifest names are not there",
+                    local.store_id
+                ),
+            ));
+        }
+        (None, Some(remote)) => {
+            return Err(objects_error(
+                url,
+                format!(
+                    "the prefix already belongs to store {} ({MARKER}); give this store a \
+                     prefix of its own",
+                    remote.store_id
+                ),
+            ));
+        }
+        (None, None) => {
+            let claim = Claim {
+                url: url.to_owned(),
+                store_id: new_store_id()?,
+            };
+            claim_prefix(&bucket, &marker_path, &claim).await?;
+            write_local_claim(dir, &claim)?;
+            tracing::info!(url, store_id = %claim.store_id, "Claimed an object storage prefix for this store's segments.");
+        }
+    }
+    Ok(Arc::new(object_store::prefix::PrefixStore::new(
+        bucket,
+        root("segments"),
+    )))
+}
+
+async fn read_marker(
+    bucket: &Arc<dyn ObjectStore>,
+    path: &ObjectPath,
+    url: &str,
+) -> Result<Option<Claim>, StoreError> {
+    match bucket.get(path).await {
+        Ok(found) => {
+            let bytes = found
+                .bytes()
+                .await
+                .map_err(|e| objects_error(url, format!("reading {path}: {e}")))?;
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| objects_error(url, format!("{path} is not a store claim: {e}")))
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(None),
+        Err(e) => Err(objects_error(url, format!("reading {path}: {e}"))),
+    }
+}
+
+/// Writes the marker only if no other store wrote one first (a conditional put).
+async fn claim_prefix(
+    bucket: &Arc<dyn ObjectStore>,
+    path: &ObjectPath,
+    claim: &Claim,
+) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec_pretty(claim)
+        .map_err(|e| StoreError::Internal(format!("encoding {MARKER}: {e}")))?;
+    let options = PutOptions {
+        mode: PutMode::Create,
+        ..PutOptions::default()
+    };
+    match bucket
+        .put_opts(path, PutPayload::from(bytes), options)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(object_store::Error::AlreadyExists { .. }) => Err(objects_error(
+            &claim.url,
+            format!("another store claimed the prefix ({path}) at the same moment"),
+        )),
+        // S3 answers a PUT into a missing bucket with 404 (NoSuchBucket).
+        Err(e @ object_store::Error::NotFound { .. }) => Err(objects_error(
+            &claim.url,
+            format!("the bucket does not exist (create it first): writing {path}: {e}"),
+        )),
+        Err(e) => Err(objects_error(&claim.url, format!("writing {path}: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_s3_url_splits_into_bucket_and_prefix() {
+        assert_eq!(
+            split_url("s3://plant/line-1/").expect("url"),
+            ("s3://plant".to_owned(), "line-1".to_owned())
+        );
+        assert_eq!(
+            split_url("s3://plant").expect("url"),
+            ("s3://plant".to_owned(), String::new())
+        );
+        let err = split_url("http://plant/x").expect_err("scheme").to_string();
+        assert!(err.contains("must start with s3://"), "{err}");
+        let err = split_url("s3:///x").expect_err("bucket").to_string();
+        assert!(err.contains("names no bucket"), "{err}");
+        let err = split_url("s3://plant/a/../b")
+            .expect_err("dots")
+            .to_string();
+        assert!(err.contains("`..`"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_data_directory_with_segments_elsewhere_is_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let claim = Claim {
+            url: "s3://plant/line-1".into(),
+            store_id: "ab".into(),
+        };
+        write_local_claim(dir.path(), &claim).expect("claim");
+        let manifest = Manifest::default();
+        let Err(err) = open(dir.path(), None, &manifest).await else {
+            panic!("opened on the local disk");
+        };
+        let err = err.to_string();
+        assert!(err.contains("s3://plant/line-1"), "{err}");
+        let other = ObjectStorage {
+            url: "s3://plant/line-2".into(),
+            endpoint: Some("http://127.0.0.1:9".into()),
+            region: None,
+            allow_http: true,
+        };
+        let Err(err) = open(dir.path(), Some(&other), &manifest).await else {
+            panic!("opened at another prefix");
+        };
+        let err = err.to_string();
+        assert!(
+            err.contains("moving a store's segments is not supported"),
+            "{err}"
+        );
+    }
+}
