@@ -4,7 +4,9 @@
 //! (`bench/river_adwin.py` runs river's on the same stream); `-- kswin` KSWIN's on the first
 //! 100,000 of those values (`bench/river_kswin.py`), and its false alarms and delay at three
 //! levels on 200,000 (one step, at 100,000); `-- reconstruction` one check by PCA
-//! reconstruction. The exact KS test is the expensive part: its recursion walks a band
+//! reconstruction; `-- cbpe` performance estimation without labels on NannyML's car-loan
+//! data (the test fixture: 50,000 reference and 50,000 analysis rows; `bench/nannyml_cbpe.py`
+//! times NannyML on the same). The exact KS test is the expensive part: its recursion walks a band
 //! whose width grows with the statistic, so a no-drift, a mild and a strong shift are timed.
 
 use std::hint::black_box;
@@ -180,6 +182,47 @@ fn reconstruction() {
     }
 }
 
+/// CBPE (`-- cbpe`): fitted on the fixture's 50,000 reference rows (calibration decision,
+/// isotonic fit, thresholds), then every metric estimated on its 10 analysis chunks; best of
+/// five after a warm-up.
+fn cbpe() {
+    use fabrik_ml::cbpe::{Cbpe, Metric, chunks};
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/cbpe_car_loan.bin"
+    );
+    let bytes = std::fs::read(path).expect("fixture");
+    let columns = |rows: &[u8]| -> (Vec<f64>, Vec<bool>, Vec<bool>) {
+        (
+            rows.chunks(2).map(|r| f64::from(r[0]) / 100.0).collect(),
+            rows.chunks(2).map(|r| r[1] & 1 == 1).collect(),
+            rows.chunks(2).map(|r| r[1] & 2 == 2).collect(),
+        )
+    };
+    let (reference, analysis) = bytes.split_at(bytes.len() / 2);
+    let (scores, predictions, targets) = columns(reference);
+    let (later_scores, later_predictions, _) = columns(analysis);
+    let mut best = Duration::MAX;
+    let mut alerts = 0;
+    for _ in 0..6 {
+        let started = Instant::now();
+        let cbpe = Cbpe::fit(&scores, &predictions, &targets, &Metric::ALL, 5_000).expect("fit");
+        alerts = 0;
+        for range in chunks(later_scores.len(), 5_000) {
+            let estimates = cbpe
+                .estimate(&later_scores[range.clone()], &later_predictions[range])
+                .expect("estimate");
+            alerts += estimates.iter().filter(|e| e.alert).count();
+        }
+        best = best.min(started.elapsed());
+        black_box(&cbpe);
+    }
+    println!(
+        "CBPE fit on 50,000 rows + 10 chunks of 5,000 estimated, 5 metrics {:>9.3} ms  ({alerts} alerts)",
+        best.as_secs_f64() * 1e3
+    );
+}
+
 fn main() {
     let filters: Vec<String> = std::env::args()
         .skip(1)
@@ -193,6 +236,12 @@ fn main() {
     }
     if filters.is_empty() || filters.iter().any(|f| f == "kswin") {
         kswin();
+        if !filters.is_empty() {
+            return;
+        }
+    }
+    if filters.is_empty() || filters.iter().any(|f| f == "cbpe") {
+        cbpe();
         if !filters.is_empty() {
             return;
         }

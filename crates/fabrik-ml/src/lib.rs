@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cbpe;
 mod delimited;
 pub mod detectors;
 pub mod drift;

@@ -1,5 +1,6 @@
-//! `fabrik eval nab|skab`: score Fabrik's anomaly detectors on the public benchmarks, with the
-//! benchmarks' own protocols (fabrik-ml does the work; this is the command line).
+//! `fabrik eval nab|skab|cbpe`: score Fabrik's anomaly detectors on the public benchmarks, with
+//! the benchmarks' own protocols, and estimate a classifier's performance on data without
+//! targets (fabrik-ml does the work; this is the command line).
 
 use std::path::PathBuf;
 
@@ -46,6 +47,146 @@ enum EvalCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A binary classifier's performance where targets are not known yet (NannyML's
+    /// confidence-based performance estimation): fitted on a reference CSV with targets,
+    /// ROC AUC, F1, accuracy, precision and recall estimated per chunk of an analysis CSV from
+    /// the model's scores alone, with sampling errors, mean ± 3σ thresholds and alerts. It
+    /// sees decay from inputs the model is less sure of, not a changed relation between inputs
+    /// and targets (concept drift), which only targets show.
+    Cbpe {
+        /// CSV with the model's scores, predictions and the targets (the reference period).
+        #[arg(long)]
+        reference: PathBuf,
+        /// CSV with scores and predictions (targets, if present, are shown as realized).
+        #[arg(long)]
+        analysis: PathBuf,
+        /// Rows per chunk (the reference needs 2 chunks at least).
+        #[arg(long, default_value_t = 5000)]
+        chunk_size: usize,
+        /// The column of scores: the probability of the positive class.
+        #[arg(long, default_value = "y_pred_proba")]
+        score: String,
+        /// The column of predicted classes (0/1).
+        #[arg(long, default_value = "y_pred")]
+        prediction: String,
+        /// The column of true classes (0/1).
+        #[arg(long, default_value = "y_true")]
+        target: String,
+        /// Print one JSON object (keys calibrated, chunks).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `fabrik eval cbpe`.
+fn run_cbpe(
+    reference: &std::path::Path,
+    analysis: &std::path::Path,
+    chunk_size: usize,
+    columns: [&str; 3],
+    json: bool,
+) -> anyhow::Result<()> {
+    use fabrik_ml::cbpe::{Cbpe, Metric, chunks, read_rows, realized};
+    let [score, prediction, target] = columns;
+    let reference_rows = read_rows(reference, score, prediction, Some(target))?;
+    let Some(targets) = reference_rows.targets.as_deref() else {
+        anyhow::bail!(
+            "{}: no column `{target}`: the reference needs the targets (--target names it)",
+            reference.display()
+        );
+    };
+    let analysis_rows = read_rows(analysis, score, prediction, Some(target))?;
+    let cbpe = Cbpe::fit(
+        &reference_rows.scores,
+        &reference_rows.predictions,
+        targets,
+        &Metric::ALL,
+        chunk_size,
+    )
+    .with_context(|| format!("fitting on {}", reference.display()))?;
+    let mut out = Vec::new();
+    for (period, rows) in [("reference", &reference_rows), ("analysis", &analysis_rows)] {
+        for range in chunks(rows.scores.len(), chunk_size) {
+            let estimates = cbpe.estimate(
+                &rows.scores[range.clone()],
+                &rows.predictions[range.clone()],
+            )?;
+            let metrics: serde_json::Map<String, serde_json::Value> = estimates
+                .iter()
+                .map(|e| {
+                    let real = rows.targets.as_ref().and_then(|t| {
+                        realized(
+                            e.metric,
+                            &t[range.clone()],
+                            &rows.predictions[range.clone()],
+                            &rows.scores[range.clone()],
+                        )
+                    });
+                    (
+                        e.metric.name().to_owned(),
+                        serde_json::json!({
+                            "value": e.value,
+                            "sampling_error": e.sampling_error,
+                            "lower_threshold": e.lower_threshold,
+                            "upper_threshold": e.upper_threshold,
+                            "alert": e.alert,
+                            "realized": real,
+                        }),
+                    )
+                })
+                .collect();
+            out.push(serde_json::json!({
+                "period": period,
+                "start": range.start,
+                "end": range.end,
+                "metrics": metrics,
+            }));
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "calibrated": cbpe.calibrated(), "chunk_size": chunk_size, "chunks": out })
+        );
+        return Ok(());
+    }
+    println!(
+        "CBPE: fitted on {} rows of {} ({}), chunks of {chunk_size}; ! marks an alert",
+        reference_rows.scores.len(),
+        reference.display(),
+        if cbpe.calibrated() {
+            "scores calibrated: isotonic lowered their calibration error"
+        } else {
+            "scores used as they are: calibrating did not lower their calibration error"
+        }
+    );
+    print!("  {:<10} {:>13}", "period", "rows");
+    for metric in Metric::ALL {
+        print!(" {:>16}", metric.name());
+    }
+    println!();
+    for chunk in &out {
+        print!(
+            "  {:<10} {:>13}",
+            chunk["period"].as_str().unwrap_or_default(),
+            format!("{}..{}", chunk["start"], chunk["end"])
+        );
+        for metric in Metric::ALL {
+            let m = &chunk["metrics"][metric.name()];
+            let flag = if m["alert"].as_bool().unwrap_or(false) {
+                "!"
+            } else {
+                " "
+            };
+            print!(
+                " {:>9.4} ±{:.4}{flag}",
+                m["value"].as_f64().unwrap_or(f64::NAN),
+                m["sampling_error"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+        println!();
+    }
+    Ok(())
 }
 
 /// Runs `fabrik eval`.
@@ -128,6 +269,21 @@ pub(crate) fn run(args: EvalArgs) -> anyhow::Result<()> {
                 }
             }
         }
+        EvalCommand::Cbpe {
+            reference,
+            analysis,
+            chunk_size,
+            score,
+            prediction,
+            target,
+            json,
+        } => run_cbpe(
+            &reference,
+            &analysis,
+            chunk_size,
+            [&score, &prediction, &target],
+            json,
+        )?,
         EvalCommand::Skab {
             data,
             detector,

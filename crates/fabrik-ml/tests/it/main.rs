@@ -1,6 +1,7 @@
 //! Integration tests: one binary so the crate is linked once. They need only the fixtures in
 //! `tests/fixtures/` (see its README), never `/work/shared`.
 
+mod cbpe_nannyml;
 mod drift_evidently;
 mod drift_nannyml;
 mod drift_river;

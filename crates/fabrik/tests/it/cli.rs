@@ -329,6 +329,111 @@ fn eval_nab_writes_nab_format_results_and_prints_the_three_profiles() {
     );
 }
 
+/// A classifier's outputs as CSV: scores from an LCG spread over `[low, high)`, targets drawn
+/// with the scores as their probabilities, predictions at 0.5.
+fn classifier_csv(rows: usize, low: f64, high: f64, seed: &mut u64) -> String {
+    let mut unit = || {
+        *seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (*seed >> 11) as f64 / (1_u64 << 53) as f64
+    };
+    let mut text = String::new();
+    for _ in 0..rows {
+        let score = low + (high - low) * unit();
+        let target = unit() < score;
+        text.push_str(&format!(
+            "{score},{},{}\n",
+            u8::from(score >= 0.5),
+            u8::from(target)
+        ));
+    }
+    text
+}
+
+#[test]
+fn eval_cbpe_estimates_a_drop_in_performance_without_targets() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut seed = 7;
+    let header = "y_pred_proba,y_pred,y_true\n";
+    let reference = dir.path().join("reference.csv");
+    std::fs::write(
+        &reference,
+        header.to_owned() + &classifier_csv(4000, 0.0, 1.0, &mut seed),
+    )
+    .expect("reference");
+    // Then the inputs move where the model is unsure: its scores crowd around 0.5, and its
+    // expected accuracy falls from 0.75 to 0.6 with no target known.
+    let analysis = dir.path().join("analysis.csv");
+    std::fs::write(
+        &analysis,
+        "y_pred_proba,y_pred\n".to_owned()
+            + &classifier_csv(2000, 0.0, 1.0, &mut seed)
+                .lines()
+                .chain(classifier_csv(2000, 0.3, 0.7, &mut seed).lines())
+                .map(|line| line.rsplit_once(',').expect("3 fields").0.to_owned() + "\n")
+                .collect::<String>(),
+    )
+    .expect("analysis");
+    let out = Command::new(fabrik_bin())
+        .args([
+            "eval",
+            "cbpe",
+            "--json",
+            "--chunk-size",
+            "1000",
+            "--reference",
+        ])
+        .arg(&reference)
+        .arg("--analysis")
+        .arg(&analysis)
+        .output()
+        .expect("eval");
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let chunks = report["chunks"].as_array().expect("chunks");
+    assert_eq!(chunks.len(), 8, "4 reference and 4 analysis chunks");
+    let accuracy = |k: usize| &chunks[k]["metrics"]["accuracy"];
+    for k in 4..6 {
+        let value = accuracy(k)["value"].as_f64().expect("value");
+        assert!((value - 0.75).abs() < 0.03, "chunk {k}: {value}");
+    }
+    for k in 6..8 {
+        let value = accuracy(k)["value"].as_f64().expect("value");
+        assert!((value - 0.6).abs() < 0.03, "chunk {k}: {value}");
+        assert_eq!(accuracy(k)["alert"], true, "chunk {k}: {}", accuracy(k));
+    }
+    // Reference chunks show what was realized beside what was estimated.
+    assert!(accuracy(0)["realized"].as_f64().is_some());
+    assert!(accuracy(4)["realized"].is_null());
+
+    // A reference without targets, and a score that is no probability: clear errors.
+    let out = Command::new(fabrik_bin())
+        .args(["eval", "cbpe", "--reference"])
+        .arg(&analysis)
+        .arg("--analysis")
+        .arg(&analysis)
+        .output()
+        .expect("eval");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no column `y_true`"), "{stderr}");
+    std::fs::write(&analysis, "y_pred_proba,y_pred\n0.4,0\n1.5,1\n").expect("bad");
+    let out = Command::new(fabrik_bin())
+        .args(["eval", "cbpe", "--reference"])
+        .arg(&reference)
+        .arg("--analysis")
+        .arg(&analysis)
+        .output()
+        .expect("eval");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 3") && stderr.contains("1.5 is not a probability"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn eval_skab_scores_the_protocol_on_skab_formatted_files() {
     // A synthetic file in SKAB's format (not SKAB data): 8 sensors, a level shift on two of
