@@ -114,6 +114,10 @@ pub struct BackfillStatus {
     pub finished_at: Option<String>,
     /// The last failure (it is tried again while `running`), or why it failed.
     pub last_error: Option<String>,
+    /// Tables left out when the job reached them, each with why (the uplink no longer
+    /// forwards it, after a restart with a new `[uplink]`).
+    #[serde(default)]
+    pub skipped: Vec<String>,
     /// Who asked for it.
     pub requested_by: String,
 }

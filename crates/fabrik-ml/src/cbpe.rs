@@ -20,8 +20,9 @@ pub struct Rows {
     pub scores: Vec<f64>,
     /// Predicted classes.
     pub predictions: Vec<bool>,
-    /// True classes, when the file has the target column.
-    pub targets: Option<Vec<bool>>,
+    /// True classes, when the file has the target column: `None` in a blank cell (a target
+    /// not known yet).
+    pub targets: Option<Vec<Option<bool>>>,
 }
 
 /// A class as a file writes it: `1`/`0`, `1.0`/`0.0`, `true`/`false`.
@@ -62,7 +63,12 @@ pub fn read_rows(
         rows.predictions
             .push(parse_class(fields[prediction_at], prediction)?);
         if let (Some(at), Some(targets), Some(name)) = (target_at, rows.targets.as_mut(), target) {
-            targets.push(parse_class(fields[at], name)?);
+            let cell = fields[at].trim();
+            targets.push(if cell.is_empty() {
+                None
+            } else {
+                Some(parse_class(cell, name)?)
+            });
         }
         Ok(())
     })?;
@@ -176,6 +182,9 @@ impl Isotonic {
 
     /// The calibrated probability of `score`: linear between knots, clipped beyond them.
     pub fn calibrate(&self, score: f64) -> f64 {
+        if score.is_nan() {
+            return f64::NAN;
+        }
         let n = self.x.len();
         if score <= self.x[0] {
             return self.y[0];
@@ -319,13 +328,16 @@ pub fn realized(
         }
     }
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    let n = targets.len() as f64;
+    let both_targets = tp + fn_ > 0.0 && tp + fn_ < n;
+    let both_predictions = tp + fp > 0.0 && tp + fp < n;
+    // NannyML leaves a chunk of one true class (or, but for ROC AUC and accuracy, one
+    // predicted class) out of the thresholds, rather than count a 0 that means nothing.
     match metric {
-        Metric::RocAuc => {
-            let positives = tp + fn_;
-            (positives > 0.0 && positives < targets.len() as f64).then(|| roc_auc(targets, scores))
-        }
+        Metric::RocAuc => both_targets.then(|| roc_auc(targets, scores)),
+        Metric::Accuracy => (n > 0.0).then(|| (tp + tn) / n),
+        _ if !(both_targets && both_predictions) => None,
         Metric::F1 => Some(ratio(2.0 * tp, 2.0 * tp + fp + fn_)),
-        Metric::Accuracy => Some(ratio(tp + tn, targets.len() as f64)),
         Metric::Precision => Some(ratio(tp, tp + fp)),
         Metric::Recall => Some(ratio(tp, tp + fn_)),
     }
@@ -618,6 +630,12 @@ impl Cbpe {
                 ),
             });
         }
+        if let Some(at) = scores.iter().position(|s| !(0.0..=1.0).contains(s)) {
+            return Err(MlError::Parameter {
+                name: "cbpe",
+                reason: format!("score {at} is {}, not a probability in [0, 1]", scores[at]),
+            });
+        }
         let calibrated: Vec<f64> = scores.iter().map(|&s| self.calibrate(s)).collect();
         Ok(self
             .metrics
@@ -657,6 +675,49 @@ mod tests {
         assert_eq!(fit.calibrate(0.0), 0.0, "clipped");
         assert_eq!(fit.calibrate(0.9), 1.0, "clipped");
         assert!((fit.calibrate(0.15) - 1.0 / 6.0).abs() < 1e-15);
+    }
+
+    #[test]
+    fn a_chunk_of_one_class_has_no_realized_f1_precision_or_recall() {
+        let scores = [0.9, 0.8, 0.2];
+        let predictions = [true, true, false];
+        for metric in [
+            Metric::F1,
+            Metric::Precision,
+            Metric::Recall,
+            Metric::RocAuc,
+        ] {
+            assert_eq!(
+                realized(metric, &[true, true, true], &predictions, &scores),
+                None,
+                "{metric:?}: one true class"
+            );
+        }
+        // One predicted class: F1, precision, recall undefined; ROC AUC is not.
+        assert_eq!(
+            realized(Metric::Recall, &[true, false, true], &[true; 3], &scores),
+            None
+        );
+        assert!(realized(Metric::RocAuc, &[true, false, true], &[true; 3], &scores).is_some());
+        assert_eq!(
+            realized(Metric::Accuracy, &[true, true, true], &predictions, &scores),
+            Some(2.0 / 3.0)
+        );
+    }
+
+    #[test]
+    fn a_score_that_is_no_probability_is_refused_by_name() {
+        let mut rng = SplitMix(3);
+        let scores: Vec<f64> = (0..400).map(|_| rng.unit()).collect();
+        let targets: Vec<bool> = scores.iter().map(|&p| rng.unit() < p).collect();
+        let predictions: Vec<bool> = scores.iter().map(|&p| p >= 0.5).collect();
+        let cbpe = Cbpe::fit(&scores, &predictions, &targets, &Metric::ALL, 100).expect("fit");
+        let err = cbpe
+            .estimate(&[0.5, f64::NAN], &[true, false])
+            .expect_err("NaN")
+            .to_string();
+        assert!(err.contains("score 1 is NaN"), "{err}");
+        assert!(cbpe.calibrate(f64::NAN).is_nan());
     }
 
     #[test]

@@ -221,6 +221,18 @@ pub(crate) struct Shared {
     /// Per table and segment path, the last row of each series in that segment file
     /// ([`last_rows`]); segment files never change, so an entry stays valid while the file lives.
     last_rows_cache: LastRowsCache,
+    /// Bytes of the live buffer, and of frozen buffers not yet persisted: writes are refused
+    /// while persistence fails and these pass [`Shared::backlog_limit`].
+    buffer_bytes: std::sync::atomic::AtomicU64,
+    frozen_bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    /// Four flushes' worth: a persist that keeps failing (a full disk, an unreachable bucket)
+    /// would otherwise hold every later row in memory until the process is killed.
+    fn backlog_limit(&self) -> u64 {
+        self.options.flush_buffer_size.saturating_mul(4)
+    }
 }
 
 type LastRowsCache = Mutex<
@@ -303,6 +315,9 @@ impl WalSink for Sink {
             buffer.apply(seq, chunks);
             buffer.bytes
         };
+        self.0
+            .buffer_bytes
+            .store(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         self.0.applied.send_replace(seq);
         for table in &tables {
             self.0.catalog.mark_queryable(table);
@@ -318,6 +333,12 @@ impl WalSink for Sink {
         let mut buffer = self.0.buffer.lock();
         let old = std::mem::take(&mut *buffer);
         buffer.max_seq = last_seq;
+        self.0
+            .frozen_bytes
+            .fetch_add(old.bytes as u64, std::sync::atomic::Ordering::Relaxed);
+        self.0
+            .buffer_bytes
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         state.frozen.push(Arc::new(Frozen {
             buffer: old,
             last_seq,
@@ -394,8 +415,8 @@ impl Store {
                 .map(|(name, t)| (name.clone(), t.id, t.columns.clone())),
         );
         let blobs = BlobStore::open(dir.join("blobs"))?;
-        let objects = objects::open(&dir, options.objects.as_ref(), &manifest).await?;
-        remove_orphan_segments(&objects, &manifest).await?;
+        let (objects, sweep) = objects::open(&dir, options.objects.as_ref(), &manifest).await?;
+        sweep_orphan_segments(&objects, &manifest, sweep).await?;
 
         let persisted_seq = manifest.persisted_seq;
         let shared = Arc::new(Shared {
@@ -411,6 +432,8 @@ impl Store {
             applied: tokio::sync::watch::Sender::new(persisted_seq),
             wal_hold: std::sync::atomic::AtomicU64::new(options.wal_hold.unwrap_or(u64::MAX)),
             last_rows_cache: Mutex::default(),
+            buffer_bytes: std::sync::atomic::AtomicU64::new(0),
+            frozen_bytes: std::sync::atomic::AtomicU64::new(0),
         });
         let wal_dir = dir.join("wal");
         let started = Instant::now();
@@ -448,6 +471,9 @@ impl Store {
             let b = shared.buffer.lock();
             (b.rows, b.bytes)
         };
+        shared
+            .buffer_bytes
+            .store(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             records = report.records,
             rows,
@@ -684,6 +710,17 @@ impl Store {
     }
 
     async fn commit(&self, chunks: Vec<WriteChunk>) -> Result<u64, StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let frozen = self.shared.frozen_bytes.load(Relaxed);
+        let waiting = frozen + self.shared.buffer_bytes.load(Relaxed);
+        if frozen > 0 && waiting > self.shared.backlog_limit() {
+            return Err(StoreError::InsufficientStorage(format!(
+                "{} MiB of acknowledged rows wait in memory for persisting, which is failing \
+                 (the log says why: a full disk, an unreachable object storage); writes are \
+                 taken again once it catches up",
+                waiting >> 20
+            )));
+        }
         let payload = wal::encode(&chunks)?;
         let (reply, answer) = oneshot::channel();
         self.wal_sender()?
@@ -895,6 +932,10 @@ impl Store {
             state
                 .frozen
                 .retain(|x| !frozen.iter().any(|f| Arc::ptr_eq(f, x)));
+            let left: usize = state.frozen.iter().map(|f| f.buffer.bytes).sum();
+            self.shared
+                .frozen_bytes
+                .store(left as u64, std::sync::atomic::Ordering::Relaxed);
         }
         let persisted = manifest.persisted_seq;
         let removed = self.delete_persisted_wal(persisted).await?;
@@ -1233,7 +1274,14 @@ fn explain_missing_table(message: &str) -> Option<String> {
     ))
 }
 
-async fn remove_orphan_segments(objects: &Objects, manifest: &Manifest) -> Result<(), StoreError> {
+async fn sweep_orphan_segments(
+    objects: &Objects,
+    manifest: &Manifest,
+    sweep: objects::Sweep,
+) -> Result<(), StoreError> {
+    if sweep == objects::Sweep::Skip {
+        return Ok(());
+    }
     let known: std::collections::HashSet<&str> = manifest
         .tables
         .values()
@@ -1246,6 +1294,12 @@ async fn remove_orphan_segments(objects: &Objects, manifest: &Manifest) -> Resul
         if !known.contains(meta.location.as_ref()) {
             orphans.push(meta.location);
         }
+    }
+    if sweep == objects::Sweep::Report {
+        if let Some(first) = orphans.first() {
+            tracing::warn!(count = orphans.len(), first = %first, "Objects under the segments prefix that the manifest does not list were left in place: an interrupted persist's, or segments of a newer copy of this data directory (a restored snapshot, a cloned machine); delete them by hand once you know which.");
+        }
+        return Ok(());
     }
     for path in orphans {
         tracing::info!(path = %path, "Removing a segment the manifest does not list (left by an interrupted persist or compaction).");

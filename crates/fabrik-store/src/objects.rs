@@ -109,13 +109,27 @@ fn split_url(url: &str) -> Result<(String, String), StoreError> {
     Ok((format!("s3://{bucket}"), prefix))
 }
 
+/// What the start-up sweep does with objects under the segments prefix that the manifest does
+/// not list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sweep {
+    /// Delete them: on the local disk they can only be an interrupted persist's.
+    Delete,
+    /// Name them in the log and leave them: in a bucket they may be segments of a newer copy
+    /// of this data directory (a restored snapshot, a cloned machine) that only the bucket
+    /// kept.
+    Report,
+    /// Leave them unlisted: the bucket is not reachable.
+    Skip,
+}
+
 /// The segment store for a data directory: the local `segments` folder, or the configured
 /// bucket prefix once this store holds its claim there.
 pub(crate) async fn open(
     dir: &Path,
     storage: Option<&ObjectStorage>,
     manifest: &Manifest,
-) -> Result<Objects, StoreError> {
+) -> Result<(Objects, Sweep), StoreError> {
     let local_claim = read_local_claim(dir)?;
     let Some(storage) = storage else {
         if let Some(claim) = local_claim {
@@ -131,14 +145,27 @@ pub(crate) async fn open(
         let segments_dir = dir.join("segments");
         let local = object_store::local::LocalFileSystem::new_with_prefix(&segments_dir)
             .map_err(|e| data_dir_error(&segments_dir, e))?;
-        return Ok(Arc::new(local));
+        return Ok((Arc::new(local), Sweep::Delete));
     };
 
     let url = storage.url.trim();
     let (bucket_url, prefix) = split_url(url)?;
+    // Bounded retries: a start waits at most about half a minute for an unreachable service,
+    // and a failing persist gives up and tries again at the next flush.
+    let retry = object_store::RetryConfig {
+        max_retries: 3,
+        retry_timeout: std::time::Duration::from_secs(30),
+        ..object_store::RetryConfig::default()
+    };
+    // Client options first: they replace the builder's, `allow_http` among them.
     let mut builder = object_store::aws::AmazonS3Builder::from_env()
+        .with_client_options(
+            object_store::ClientOptions::new()
+                .with_connect_timeout(std::time::Duration::from_secs(5)),
+        )
         .with_url(&bucket_url)
-        .with_allow_http(storage.allow_http);
+        .with_allow_http(storage.allow_http)
+        .with_retry(retry);
     if let Some(endpoint) = &storage.endpoint {
         builder = builder.with_endpoint(endpoint);
     }
@@ -179,20 +206,38 @@ pub(crate) async fn open(
     }
 
     let marker_path = root(MARKER);
-    let remote_claim = read_marker(&bucket, &marker_path, url).await?;
-    match (local_claim, remote_claim) {
-        (Some(local), Some(remote)) if local.store_id == remote.store_id => {}
-        (Some(local), Some(remote)) => {
+    let sweep = match (local_claim, read_marker(&bucket, &marker_path, url).await?) {
+        (Some(local), Marker::Unreachable(why)) => {
+            // The claim was checked at earlier starts; ingest must not wait for the bucket
+            // (writes are durable in the WAL and persisted once it is back).
+            tracing::warn!(url, store_id = %local.store_id, error = %why, "Object storage is not reachable: starting with the claim unchecked and leftovers not swept; persisting retries until it is back.");
+            Sweep::Skip
+        }
+        (None, Marker::Unreachable(why)) => {
+            return Err(objects_error(
+                url,
+                format!("cannot claim the prefix for a new store: {why}"),
+            ));
+        }
+        (Some(local), Marker::Found(remote)) if local.store_id == remote.store_id => Sweep::Report,
+        (Some(local), Marker::Found(remote)) => {
             return Err(objects_error(
                 url,
                 format!(
                     "the prefix belongs to store {} ({MARKER}), not to this data directory's \
-                     store {}: two stores on one prefix would delete each other's segments",
+                     store {}: two stores on one prefix would overwrite each other's segments",
                     remote.store_id, local.store_id
                 ),
             ));
         }
-        (Some(local), None) => {
+        (Some(local), Marker::Absent) if !has_segments(manifest) => {
+            // A first claim that did not finish (the process stopped, or the bucket failed,
+            // between the local record and the marker): nothing is stored yet, so finish it.
+            claim_prefix(&bucket, &marker_path, &local).await?;
+            tracing::info!(url, store_id = %local.store_id, "Claimed an object storage prefix for this store's segments.");
+            Sweep::Report
+        }
+        (Some(local), Marker::Absent) => {
             return Err(objects_error(
                 url,
                 format!(
@@ -202,7 +247,7 @@ pub(crate) async fn open(
                 ),
             ));
         }
-        (None, Some(remote)) => {
+        (None, Marker::Found(remote)) => {
             return Err(objects_error(
                 url,
                 format!(
@@ -212,40 +257,52 @@ pub(crate) async fn open(
                 ),
             ));
         }
-        (None, None) => {
+        (None, Marker::Absent) => {
             let claim = Claim {
                 url: url.to_owned(),
                 store_id: new_store_id()?,
             };
-            claim_prefix(&bucket, &marker_path, &claim).await?;
+            // Recorded here first: a marker written by a start that then failed is still
+            // recognised as this store's own.
             write_local_claim(dir, &claim)?;
+            claim_prefix(&bucket, &marker_path, &claim).await?;
             tracing::info!(url, store_id = %claim.store_id, "Claimed an object storage prefix for this store's segments.");
+            Sweep::Report
         }
-    }
-    Ok(Arc::new(object_store::prefix::PrefixStore::new(
-        bucket,
-        root("segments"),
-    )))
+    };
+    Ok((
+        Arc::new(object_store::prefix::PrefixStore::new(
+            bucket,
+            root("segments"),
+        )),
+        sweep,
+    ))
+}
+
+/// What the marker read found.
+enum Marker {
+    Found(Claim),
+    Absent,
+    /// The service did not answer (or failed): the reason.
+    Unreachable(String),
 }
 
 async fn read_marker(
     bucket: &Arc<dyn ObjectStore>,
     path: &ObjectPath,
     url: &str,
-) -> Result<Option<Claim>, StoreError> {
-    match bucket.get(path).await {
-        Ok(found) => {
-            let bytes = found
-                .bytes()
-                .await
-                .map_err(|e| objects_error(url, format!("reading {path}: {e}")))?;
-            serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| objects_error(url, format!("{path} is not a store claim: {e}")))
-        }
-        Err(object_store::Error::NotFound { .. }) => Ok(None),
-        Err(e) => Err(objects_error(url, format!("reading {path}: {e}"))),
-    }
+) -> Result<Marker, StoreError> {
+    let bytes = match bucket.get(path).await {
+        Ok(found) => match found.bytes().await {
+            Ok(bytes) => bytes,
+            Err(e) => return Ok(Marker::Unreachable(format!("reading {path}: {e}"))),
+        },
+        Err(object_store::Error::NotFound { .. }) => return Ok(Marker::Absent),
+        Err(e) => return Ok(Marker::Unreachable(format!("reading {path}: {e}"))),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Marker::Found)
+        .map_err(|e| objects_error(url, format!("{path} is not a store claim: {e}")))
 }
 
 /// Writes the marker only if no other store wrote one first (a conditional put).
@@ -260,12 +317,24 @@ async fn claim_prefix(
         mode: PutMode::Create,
         ..PutOptions::default()
     };
-    match bucket
+    let written = bucket
         .put_opts(path, PutPayload::from(bytes), options)
-        .await
+        .await;
+    if written.is_ok() {
+        return Ok(());
+    }
+    // A retried PUT whose first attempt landed answers "exists", and a PUT that timed out may
+    // have landed: the marker is ours if it names our id.
+    if let Ok(Marker::Found(found)) = read_marker(bucket, path, &claim.url).await
+        && found.store_id == claim.store_id
     {
+        return Ok(());
+    }
+    match written {
         Ok(_) => Ok(()),
-        Err(object_store::Error::AlreadyExists { .. }) => Err(objects_error(
+        Err(
+            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
+        ) => Err(objects_error(
             &claim.url,
             format!("another store claimed the prefix ({path}) at the same moment"),
         )),

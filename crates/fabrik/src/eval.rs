@@ -95,11 +95,19 @@ fn run_cbpe(
             reference.display()
         );
     };
+    let targets: Vec<bool> = match targets.iter().position(Option::is_none) {
+        Some(row) => anyhow::bail!(
+            "{}: row {} has no `{target}`: every reference row needs its target",
+            reference.display(),
+            row + 1
+        ),
+        None => targets.iter().flatten().copied().collect(),
+    };
     let analysis_rows = read_rows(analysis, score, prediction, Some(target))?;
     let cbpe = Cbpe::fit(
         &reference_rows.scores,
         &reference_rows.predictions,
-        targets,
+        &targets,
         &Metric::ALL,
         chunk_size,
     )
@@ -114,10 +122,15 @@ fn run_cbpe(
             let metrics: serde_json::Map<String, serde_json::Value> = estimates
                 .iter()
                 .map(|e| {
-                    let real = rows.targets.as_ref().and_then(|t| {
+                    // Realized only where every target of the chunk is known.
+                    let known: Option<Vec<bool>> = rows
+                        .targets
+                        .as_ref()
+                        .and_then(|t| t[range.clone()].iter().copied().collect());
+                    let real = known.and_then(|t| {
                         realized(
                             e.metric,
-                            &t[range.clone()],
+                            &t,
                             &rows.predictions[range.clone()],
                             &rows.scores[range.clone()],
                         )

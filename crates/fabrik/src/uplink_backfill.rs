@@ -459,9 +459,9 @@ impl Backfill {
                 // the uplink may not forward, a backfill may not either.
                 tracing::warn!(id = %id, table = %table, "Backfill skips a table the uplink no longer forwards.");
                 self.update(&id, |j| {
-                    j.status.last_error = Some(format!(
-                        "table `{table}` skipped: the uplink no longer forwards it"
-                    ));
+                    j.status
+                        .skipped
+                        .push(format!("{table}: the uplink no longer forwards it"));
                     j.next_table();
                 });
                 continue;

@@ -168,6 +168,9 @@ fn print_backfill(job: &serde_json::Value) {
             }
         );
     }
+    for skipped in job["skipped"].as_array().into_iter().flatten() {
+        println!("    skipped: {}", text(skipped));
+    }
     if !job["last_error"].is_null() {
         println!("    last error: {}", text(&job["last_error"]));
     }

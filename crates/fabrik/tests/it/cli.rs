@@ -407,6 +407,38 @@ fn eval_cbpe_estimates_a_drop_in_performance_without_targets() {
     assert!(accuracy(0)["realized"].as_f64().is_some());
     assert!(accuracy(4)["realized"].is_null());
 
+    // Targets that arrive late: the first chunks' are known, the rest blank. The known
+    // chunks show what was realized; the others are estimated alone.
+    let partly = dir.path().join("partly.csv");
+    let mut text = String::from("y_pred_proba,y_pred,y_true\n");
+    for (k, line) in classifier_csv(4000, 0.0, 1.0, &mut seed)
+        .lines()
+        .enumerate()
+    {
+        let (row, target) = line.rsplit_once(',').expect("3 fields");
+        text.push_str(&format!("{row},{}\n", if k < 2000 { target } else { "" }));
+    }
+    std::fs::write(&partly, text).expect("partly");
+    let out = Command::new(fabrik_bin())
+        .args([
+            "eval",
+            "cbpe",
+            "--json",
+            "--chunk-size",
+            "1000",
+            "--reference",
+        ])
+        .arg(&reference)
+        .arg("--analysis")
+        .arg(&partly)
+        .output()
+        .expect("eval");
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let realized = |k: usize| report["chunks"][k]["metrics"]["accuracy"]["realized"].clone();
+    assert!(realized(5).as_f64().is_some(), "{}", report["chunks"][5]);
+    assert!(realized(6).is_null(), "{}", report["chunks"][6]);
+
     // A reference without targets, and a score that is no probability: clear errors.
     let out = Command::new(fabrik_bin())
         .args(["eval", "cbpe", "--reference"])

@@ -1,9 +1,10 @@
 //! Segments in S3-compatible object storage, against a real S3 API server (moto's, from
 //! PyPI; MinIO has no package here): a `fabrik run` with `[store.objects]` persists its
 //! segments under its bucket prefix and none on the local disk, queries read them back,
-//! acknowledged rows survive `kill -9`, leftovers under its own prefix are cleared while
-//! other objects are left alone, and a prefix another store claimed or a bucket that does not
-//! exist stops the start with an error naming it.
+//! acknowledged rows survive `kill -9`, objects it does not list are reported and left alone,
+//! a prefix another store claimed or a bucket that does not exist stops the start with an
+//! error naming it, and while the bucket is unreachable writes are refused past a bound
+//! instead of filling memory, a restart still works, and nothing acknowledged is lost.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -201,8 +202,9 @@ fn segments_live_under_a_bucket_prefix_that_one_store_claims() {
         200
     );
     node.kill9();
-    // A leftover of an interrupted persist under the store's segments is cleared at the
-    // start; what else lies under the prefix is not the store's to delete.
+    // An object under the store's segments that its manifest does not list is named in the
+    // log and left in place (in a bucket it may be a newer copy's segment); what else lies
+    // under the prefix is not the store's business.
     let stray = format!("{endpoint}/plant/line-1/segments/t99/p0/0000000000000099.parquet");
     assert_eq!(s3(reqwest::Method::PUT, &stray, "not parquet").0, 200);
     let note = format!("{endpoint}/plant/line-1/README.txt");
@@ -211,8 +213,13 @@ fn segments_live_under_a_bucket_prefix_that_one_store_claims() {
     assert_eq!(count(&node.url), 1500);
     let stored = keys(&endpoint, "plant", "line-1/");
     assert!(
-        !stored.iter().any(|k| k.contains("t99")),
-        "the leftover stayed: {stored:?}"
+        stored.iter().any(|k| k.contains("t99")),
+        "the leftover was deleted: {stored:?}"
+    );
+    let log = node.drain_log().join("\n");
+    assert!(
+        log.contains("left in place") && log.contains("t99"),
+        "{log}"
     );
     assert!(
         stored.iter().any(|k| k == "line-1/README.txt"),
@@ -223,8 +230,8 @@ fn segments_live_under_a_bucket_prefix_that_one_store_claims() {
     assert_eq!(count(&node.url), 1500);
     assert_eq!(local_parquet_files(&data), 0);
 
-    // Another data directory on the same prefix would delete this store's segments as
-    // leftovers: refused, naming the owner.
+    // Another data directory on the same prefix would overwrite this store's segments:
+    // refused, naming the owner.
     let out = start_refused(&dir.path().join("intruder"), &env);
     assert!(out.contains("already belongs to store"), "{out}");
     assert!(out.contains("s3://plant/line-1"), "{out}");
@@ -242,4 +249,154 @@ fn segments_live_under_a_bucket_prefix_that_one_store_claims() {
     // The refusals touched nothing: the store still has every row.
     let node = start(&data, &env);
     assert_eq!(count(&node.url), 1500);
+}
+
+/// `count` rows of table `m` as one body (values from `from`).
+fn body(from: i64, count: i64) -> String {
+    lines(from, from + count)
+}
+
+/// A TCP forwarder in front of the S3 server that can cut the network: while down it closes
+/// every connection, open or new (a fault the server itself cannot produce while keeping
+/// what it stores).
+struct Outage {
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Outage {
+    fn forward(listen: u16, target: u16) -> Outage {
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::atomic::Ordering;
+        let outage = Outage {
+            up: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            open: std::sync::Arc::default(),
+        };
+        let listener = TcpListener::bind(("127.0.0.1", listen)).expect("forwarder");
+        let (up, open) = (outage.up.clone(), outage.open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                if !up.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let mut guard = open.lock().expect("open");
+                for stream in [&client, &server] {
+                    if let Ok(clone) = stream.try_clone() {
+                        guard.push(clone);
+                    }
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ]
+                .into_iter()
+                .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Write);
+                    });
+                }
+            }
+        });
+        outage
+    }
+
+    fn down(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for stream in self.open.lock().expect("open").drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn an_unreachable_bucket_holds_writes_back_instead_of_memory_and_loses_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let _s3 = s3_server(port);
+    let forwarded = free_port();
+    let network = Outage::forward(forwarded, port);
+    let endpoint = format!("http://127.0.0.1:{forwarded}");
+    assert_eq!(
+        s3(reqwest::Method::PUT, &format!("{endpoint}/plant"), "").0,
+        200
+    );
+    let mut env = objects_env(&endpoint, "s3://plant/line-2");
+    env.push(("FABRIK__STORE__FLUSH_BUFFER_SIZE", "64KiB".into()));
+    let data = dir.path().join("line-2");
+    let node = start(&data, &env);
+    assert_eq!(post_status(&node.url, "/api/v1/write", &body(0, 200)), 200);
+    admin(&node.url, "persist");
+
+    // The network to the bucket fails. Writes are acknowledged (the WAL holds them) until
+    // the rows waiting for a persist pass four flushes' worth; then they are refused with
+    // 507, not held in memory without end.
+    network.down();
+    let mut acknowledged = 200;
+    let mut refusal = None;
+    for _ in 0..400 {
+        let code = post_status(&node.url, "/api/v1/write", &body(acknowledged, 500));
+        if code != 200 {
+            refusal = Some(code);
+            break;
+        }
+        acknowledged += 500;
+    }
+    assert_eq!(refusal, Some(507), "writes never held back");
+    // Killed while the bucket is unreachable: it starts again (its claim unchecked).
+    node.kill9();
+    let node = start(&data, &env);
+    // The network is back: every acknowledged row is there, the backlog is persisted and
+    // writes are taken again.
+    network.restore();
+    assert_eq!(count(&node.url), acknowledged as u64);
+    admin(&node.url, "persist");
+    assert_eq!(
+        post_status(&node.url, "/api/v1/write", &body(acknowledged, 10)),
+        200
+    );
+    assert_eq!(count(&node.url), acknowledged as u64 + 10);
+    assert!(
+        keys(&endpoint, "plant", "line-2/segments/").len() >= 2,
+        "the backlog was not persisted"
+    );
+}
+
+/// A first start that recorded its claim but stopped before the marker was written (killed,
+/// or the bucket failed) finishes the claim at the next start instead of locking itself out.
+#[test]
+fn an_unfinished_first_claim_is_finished_by_the_next_start() {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let _s3 = s3_server(port);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    assert_eq!(
+        s3(reqwest::Method::PUT, &format!("{endpoint}/plant"), "").0,
+        200
+    );
+    let data = dir.path().join("line-3");
+    std::fs::create_dir_all(&data).expect("data dir");
+    std::fs::write(
+        data.join("objects.json"),
+        r#"{"url": "s3://plant/line-3", "store_id": "5eed"}"#,
+    )
+    .expect("claim");
+    let env = objects_env(&endpoint, "s3://plant/line-3");
+    let node = start(&data, &env);
+    // The marker names the recorded id (moto refuses unsigned reads of objects, so another
+    // store's refusal reads it out).
+    let out = start_refused(&dir.path().join("other"), &env);
+    assert!(out.contains("already belongs to store 5eed"), "{out}");
+    assert_eq!(post_status(&node.url, "/api/v1/write", &body(0, 10)), 200);
+    admin(&node.url, "persist");
+    assert_eq!(count(&node.url), 10);
 }
