@@ -44,6 +44,19 @@ struct Claim {
     url: String,
     /// Random, made when the store first claimed the prefix.
     store_id: String,
+    /// In the local record: false from the moment it is written until the marker is known to
+    /// name it (omitted when true, and in the marker).
+    #[serde(default = "confirmed", skip_serializing_if = "is_confirmed")]
+    confirmed: bool,
+}
+
+// Records written before the field existed were written only once the marker was.
+fn confirmed() -> bool {
+    true
+}
+
+fn is_confirmed(confirmed: &bool) -> bool {
+    *confirmed
 }
 
 fn objects_error(url: &str, reason: impl std::fmt::Display) -> StoreError {
@@ -182,6 +195,8 @@ pub(crate) async fn open(
         }
     };
 
+    // A claim elsewhere with nothing stored under it (a mistyped bucket fixed) is given up.
+    let local_claim = local_claim.filter(|claim| claim.url == url || has_segments(manifest));
     match &local_claim {
         Some(claim) if claim.url != url => {
             return Err(data_dir_error(
@@ -207,19 +222,30 @@ pub(crate) async fn open(
 
     let marker_path = root(MARKER);
     let sweep = match (local_claim, read_marker(&bucket, &marker_path, url).await?) {
-        (Some(local), Marker::Unreachable(why)) => {
+        (Some(local), Marker::Unreachable(why)) if local.confirmed => {
             // The claim was checked at earlier starts; ingest must not wait for the bucket
             // (writes are durable in the WAL and persisted once it is back).
             tracing::warn!(url, store_id = %local.store_id, error = %why, "Object storage is not reachable: starting with the claim unchecked and leftovers not swept; persisting retries until it is back.");
             Sweep::Skip
         }
-        (None, Marker::Unreachable(why)) => {
+        (_, Marker::Unreachable(why)) => {
             return Err(objects_error(
                 url,
                 format!("cannot claim the prefix for a new store: {why}"),
             ));
         }
-        (Some(local), Marker::Found(remote)) if local.store_id == remote.store_id => Sweep::Report,
+        (Some(local), Marker::Found(remote)) if local.store_id == remote.store_id => {
+            if !local.confirmed {
+                write_local_claim(
+                    dir,
+                    &Claim {
+                        confirmed: true,
+                        ..local
+                    },
+                )?;
+            }
+            Sweep::Report
+        }
         (Some(local), Marker::Found(remote)) => {
             return Err(objects_error(
                 url,
@@ -234,6 +260,13 @@ pub(crate) async fn open(
             // A first claim that did not finish (the process stopped, or the bucket failed,
             // between the local record and the marker): nothing is stored yet, so finish it.
             claim_prefix(&bucket, &marker_path, &local).await?;
+            write_local_claim(
+                dir,
+                &Claim {
+                    confirmed: true,
+                    ..local.clone()
+                },
+            )?;
             tracing::info!(url, store_id = %local.store_id, "Claimed an object storage prefix for this store's segments.");
             Sweep::Report
         }
@@ -261,11 +294,17 @@ pub(crate) async fn open(
             let claim = Claim {
                 url: url.to_owned(),
                 store_id: new_store_id()?,
+                confirmed: false,
             };
             // Recorded here first: a marker written by a start that then failed is still
             // recognised as this store's own.
             write_local_claim(dir, &claim)?;
+            let claim = Claim {
+                confirmed: true,
+                ..claim
+            };
             claim_prefix(&bucket, &marker_path, &claim).await?;
+            write_local_claim(dir, &claim)?;
             tracing::info!(url, store_id = %claim.store_id, "Claimed an object storage prefix for this store's segments.");
             Sweep::Report
         }
@@ -377,9 +416,26 @@ mod tests {
         let claim = Claim {
             url: "s3://plant/line-1".into(),
             store_id: "ab".into(),
+            confirmed: true,
         };
         write_local_claim(dir.path(), &claim).expect("claim");
-        let manifest = Manifest::default();
+        let mut manifest = Manifest::default();
+        manifest.tables.insert(
+            "m".into(),
+            crate::manifest::TableEntry {
+                id: 1,
+                columns: Vec::new(),
+                segments: vec![crate::manifest::SegmentMeta {
+                    path: "t1/p0/0000000000000001.parquet".into(),
+                    partition: 0,
+                    min_time: 0,
+                    max_time: 1,
+                    rows: 1,
+                    bytes: 1,
+                    order: 1,
+                }],
+            },
+        );
         let Err(err) = open(dir.path(), None, &manifest).await else {
             panic!("opened on the local disk");
         };
@@ -398,6 +454,54 @@ mod tests {
         assert!(
             err.contains("moving a store's segments is not supported"),
             "{err}"
+        );
+        // With nothing stored, a claim elsewhere (a mistyped bucket) is given up: the start
+        // goes on to claim the new prefix (here unreachable).
+        let Err(err) = open(dir.path(), Some(&other), &Manifest::default()).await else {
+            panic!("claimed an unreachable prefix");
+        };
+        let err = err.to_string();
+        assert!(
+            err.contains("cannot claim the prefix for a new store"),
+            "{err}"
+        );
+        // A claim never confirmed (the first start failed before the marker) does not start
+        // unchecked while the service is unreachable: its prefix may not be ours.
+        write_local_claim(
+            dir.path(),
+            &Claim {
+                url: "s3://plant/line-2".into(),
+                store_id: "cd".into(),
+                confirmed: false,
+            },
+        )
+        .expect("pending");
+        let Err(err) = open(dir.path(), Some(&other), &Manifest::default()).await else {
+            panic!("started on an unconfirmed claim");
+        };
+        assert!(err.to_string().contains("cannot claim"), "{err}");
+    }
+
+    #[test]
+    fn a_pending_claim_is_written_as_such_and_a_confirmed_one_as_before() {
+        let pending = Claim {
+            url: "s3://b/p".into(),
+            store_id: "ab".into(),
+            confirmed: false,
+        };
+        let text = serde_json::to_string(&pending).expect("json");
+        assert!(text.contains("\"confirmed\":false"), "{text}");
+        let confirmed = Claim {
+            confirmed: true,
+            ..pending
+        };
+        let text = serde_json::to_string(&confirmed).expect("json");
+        assert!(!text.contains("confirmed"), "{text}");
+        let old: Claim =
+            serde_json::from_str(r#"{"url":"s3://b/p","store_id":"ab"}"#).expect("old");
+        assert!(
+            old.confirmed,
+            "records from before the field were confirmed ones"
         );
     }
 }

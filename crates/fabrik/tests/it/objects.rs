@@ -387,7 +387,7 @@ fn an_unfinished_first_claim_is_finished_by_the_next_start() {
     std::fs::create_dir_all(&data).expect("data dir");
     std::fs::write(
         data.join("objects.json"),
-        r#"{"url": "s3://plant/line-3", "store_id": "5eed"}"#,
+        r#"{"url": "s3://plant/line-3", "store_id": "5eed", "confirmed": false}"#,
     )
     .expect("claim");
     let env = objects_env(&endpoint, "s3://plant/line-3");
