@@ -219,6 +219,23 @@ impl Auth {
         })
     }
 
+    /// The user name and password of HTTP Basic credentials, if the request carries them: a
+    /// device's id and token on the routes a device calls itself.
+    pub fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+        let value = headers
+            .get(axum::http::header::AUTHORIZATION)?
+            .to_str()
+            .ok()?
+            .trim();
+        let (scheme, rest) = value.split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("basic") {
+            return None;
+        }
+        let text = String::from_utf8(decode_base64(rest.trim())?).ok()?;
+        let (user, password) = text.split_once(':')?;
+        Some((user.to_owned(), password.to_owned()))
+    }
+
     /// True when `token` is valid.
     pub fn check(&self, token: &str) -> bool {
         constant_time_eq(token.as_bytes(), self.admin_token.as_bytes())

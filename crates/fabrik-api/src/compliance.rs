@@ -59,6 +59,8 @@ pub struct ComplianceFacts {
     /// Whether the process log keeps the audit lines (`fabrik::audit` at info), as the
     /// installed log filter answers.
     pub audit_lines_logged: bool,
+    /// `[attestation] required`: every device must attest to connect.
+    pub attestation_required: bool,
 }
 
 /// How far a control is met.
@@ -111,6 +113,9 @@ pub struct LiveState {
     pub users: Option<[usize; 3]>,
     /// The audit chain's check; `None` when the registry runs elsewhere.
     pub audit: Option<AuditVerification>,
+    /// Devices with an enrolled TPM attestation key, and devices in all; `None` when the
+    /// registry runs elsewhere.
+    pub attestation: Option<(usize, usize)>,
 }
 
 fn control(
@@ -229,7 +234,36 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
                 .to_owned(),
         );
     }
-    gaps.push("no hardware-backed device attestation (TPM) yet".to_owned());
+    if facts.attestation_required {
+        evidence.push(
+            "[attestation] required: every device connects only with a current passing TPM \
+             2.0 quote (signed by its enrolled attestation key, answering a one-time nonce, \
+             its PCRs equal to its type's reference values)"
+                .to_owned(),
+        );
+    } else {
+        match live.attestation {
+            Some((enrolled, total)) if enrolled > 0 => {
+                evidence.push(format!(
+                    "{enrolled} of {total} device(s) have an enrolled TPM attestation key and \
+                     connect only with a current passing quote of their boot state"
+                ));
+                if enrolled < total {
+                    gaps.push(format!(
+                        "{} device(s) connect without attestation: enrol their TPM keys \
+                         (`fabrik device attestation enrol`) or set [attestation] required",
+                        total - enrolled
+                    ));
+                }
+            }
+            Some((_, total)) if total > 0 => gaps.push(
+                "no device attests its boot state: enrol devices' TPM keys (`fabrik device \
+                 attestation enrol`) or set [attestation] required"
+                    .to_owned(),
+            ),
+            _ => {}
+        }
+    }
     controls.push(control(
         &["IEC 62443-3-3 SR 1.2", "SR 1.5", "NIST 800-53 IA-3", "IA-5"],
         "Device identification and authentication",
@@ -527,6 +561,7 @@ pub(crate) async fn report(
             LiveState {
                 users: Some(users),
                 audit: Some(registry.verify_audit().await?),
+                attestation: Some(registry.attestation_coverage().await?),
             }
         }
         None => LiveState::default(),
@@ -582,6 +617,7 @@ mod tests {
             ..ComplianceFacts::default()
         };
         let live = LiveState {
+            attestation: None,
             users: Some([1, 0, 2]),
             audit: Some(intact()),
         };
@@ -608,6 +644,7 @@ mod tests {
         let controls = assess(
             &facts,
             &LiveState {
+                attestation: None,
                 users: Some([1, 0, 0]),
                 audit: Some(broken),
             },
@@ -633,6 +670,7 @@ mod tests {
         let controls = assess(
             &facts,
             &LiveState {
+                attestation: None,
                 users: Some([1, 0, 0]),
                 audit: Some(intact()),
             },
@@ -643,6 +681,7 @@ mod tests {
         let controls = assess(
             &facts,
             &LiveState {
+                attestation: None,
                 users: Some([1, 0, 0]),
                 audit: Some(intact()),
             },
@@ -655,6 +694,7 @@ mod tests {
         facts.mqtt_plain_listener = true;
         facts.http_tls = false;
         let live = LiveState {
+            attestation: None,
             users: Some([1, 0, 0]),
             audit: Some(intact()),
         };
@@ -666,6 +706,7 @@ mod tests {
         );
         // Viewers only: changes are still the shared token's.
         let viewers_only = LiveState {
+            attestation: None,
             users: Some([0, 0, 2]),
             audit: Some(intact()),
         };
@@ -693,6 +734,7 @@ mod tests {
         // An erasure shows in the audit control: vouched-for entries as evidence, older
         // entries whose own hash can no longer be checked as a gap.
         let erased = LiveState {
+            attestation: None,
             users: Some([0, 0, 2]),
             audit: Some(AuditVerification {
                 erased_entries: 4,
@@ -718,6 +760,37 @@ mod tests {
         assert_eq!(
             status_of(&controls, "NIST 800-53 IA-2"),
             ControlStatus::Partial
+        );
+
+        // Devices' attestation: partial coverage is a gap naming how many connect without.
+        let partly = LiveState {
+            attestation: Some((2, 5)),
+            ..LiveState::default()
+        };
+        let devices = control_of(&assess(&facts, &partly), "NIST 800-53 IA-3").clone();
+        assert!(
+            devices
+                .evidence
+                .join(" ")
+                .contains("2 of 5 device(s) have an enrolled TPM")
+        );
+        assert!(
+            devices
+                .gaps
+                .join(" ")
+                .contains("3 device(s) connect without attestation")
+        );
+        facts.attestation_required = true;
+        let devices = control_of(&assess(&facts, &partly), "NIST 800-53 IA-3").clone();
+        assert!(
+            devices.gaps.iter().all(|g| !g.contains("attestation")),
+            "{devices:?}"
+        );
+        assert!(
+            devices
+                .evidence
+                .join(" ")
+                .contains("[attestation] required")
         );
 
         facts.mqtt_anonymous = true;

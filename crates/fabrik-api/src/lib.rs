@@ -6,6 +6,7 @@
 
 pub mod alert_rules;
 pub mod alerts;
+pub mod attestation;
 pub mod audit;
 pub mod auth;
 pub mod blobs;
@@ -86,6 +87,8 @@ pub struct ApiState {
     pub updates: updates::UpdateBoard,
     /// The release repository this process serves under `/tuf`, if any.
     pub release_repo: Option<Arc<updates::ReleaseRepo>>,
+    /// `[attestation]`: which devices must attest, and for how long a pass lets them connect.
+    pub attestation: fabrik_runtime::config::AttestationSettings,
     /// Cancelled when the server stops ([`serve`] sets it to its `shutdown`): endless
     /// responses (a device's event stream) end with it, so they do not hold the stop.
     pub stopping: tokio_util::sync::CancellationToken,

@@ -94,6 +94,11 @@ impl Modify for TokenAuth {
             "token",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+        // A device on the routes it calls itself: its id and token (its MQTT credentials).
+        components.add_security_scheme(
+            "device",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Basic).build()),
+        );
     }
 }
 
@@ -123,6 +128,15 @@ impl Modify for TokenAuth {
         crate::devices::remove,
         crate::devices::rotate_token,
         crate::devices::events,
+        crate::attestation::challenge,
+        crate::attestation::evidence,
+        crate::attestation::status,
+        crate::attestation::enrol_key,
+        crate::attestation::remove_key,
+        crate::attestation::policies,
+        crate::attestation::policy,
+        crate::attestation::set_policy,
+        crate::attestation::remove_policy,
         crate::alerts::list,
         crate::alerts::show,
         crate::alerts::ack,

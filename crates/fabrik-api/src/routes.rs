@@ -62,6 +62,25 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/devices/{id}/events", get(crate::devices::events))
         .route(
+            "/api/v1/devices/{id}/attestation",
+            get(crate::attestation::status),
+        )
+        .route(
+            "/api/v1/devices/{id}/attestation/key",
+            axum::routing::put(crate::attestation::enrol_key)
+                .delete(crate::attestation::remove_key),
+        )
+        .route(
+            "/api/v1/attestation/policies",
+            get(crate::attestation::policies),
+        )
+        .route(
+            "/api/v1/attestation/policies/{device_type}",
+            get(crate::attestation::policy)
+                .put(crate::attestation::set_policy)
+                .delete(crate::attestation::remove_policy),
+        )
+        .route(
             "/api/v1/devices/{id}/stream",
             get(crate::stream::device_stream),
         )
@@ -179,6 +198,16 @@ pub fn router(state: ApiState) -> Router {
         // Its own token, not the API's: a node fetching releases holds no API account.
         .route("/tuf/{*path}", get(crate::updates::file))
         .route("/metrics", get(metrics))
+        // A device calls these with its own id and token (or an admin for it): they check
+        // and audit their callers themselves.
+        .route(
+            "/api/v1/devices/{id}/attestation/challenge",
+            post(crate::attestation::challenge),
+        )
+        .route(
+            "/api/v1/devices/{id}/attestation/evidence",
+            post(crate::attestation::evidence),
+        )
         .merge(protected)
         .fallback(no_such_route)
         .method_not_allowed_fallback(method_not_allowed)

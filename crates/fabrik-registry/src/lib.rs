@@ -7,10 +7,12 @@
 //! PostgreSQL also accepts, so the hub profile can move it there. It knows nothing about
 //! protocols: connectors report connections and counts, the API and CLI manage devices.
 
+pub mod attestation;
 pub mod audit;
 mod error;
 mod schema;
 mod tokens;
+pub mod tpm;
 pub mod usecases;
 pub mod users;
 
@@ -195,6 +197,11 @@ pub struct Registry {
     changes: Arc<std::sync::atomic::AtomicU64>,
     /// The audit log's key and append lock.
     audit: Arc<audit::AuditChain>,
+    /// Open attestation challenges (in memory: a restart voids them, and they last minutes).
+    challenges: Arc<Mutex<attestation::Challenges>>,
+    /// Woken by every attestation verdict, key and policy change, so the MQTT endpoint
+    /// re-checks its connected devices at once.
+    attestation_changed: Arc<tokio::sync::Notify>,
 }
 
 /// SHA-256 of a token that passed the argon2 check, and when.
@@ -287,6 +294,8 @@ impl Registry {
             attempts: Arc::default(),
             changes: Arc::default(),
             audit: Arc::new(audit),
+            challenges: Arc::default(),
+            attestation_changed: Arc::default(),
         })
     }
 
@@ -449,7 +458,7 @@ impl Registry {
             .await?;
         self.verified.lock().remove(id);
         self.activity.lock().remove(id);
-        Ok(())
+        self.forget_attestation(id).await
     }
 
     /// Issues a new token (the old one stops working at once); returns it, shown only once.

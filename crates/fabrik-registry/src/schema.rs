@@ -69,6 +69,31 @@ const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX use_case_decisions_by_use_case ON use_case_decisions (use_case, id)",
     ),
     (5, AUDIT_LOG_ERASABLE),
+    (
+        6,
+        "CREATE TABLE attestation_keys (
+        device_id TEXT PRIMARY KEY,
+        public_key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        algorithm TEXT NOT NULL,
+        enrolled_at BIGINT NOT NULL
+    );
+    CREATE TABLE attestation_policies (
+        device_type TEXT PRIMARY KEY,
+        bank TEXT NOT NULL,
+        accept TEXT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    CREATE TABLE attestations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        device_id TEXT NOT NULL,
+        time BIGINT NOT NULL,
+        passed BIGINT NOT NULL,
+        authentic BIGINT NOT NULL,
+        record TEXT NOT NULL
+    );
+    CREATE INDEX attestations_by_device ON attestations (device_id, id)",
+    ),
 ];
 
 /// The audit log's table, also made afresh when an old log is set aside.

@@ -166,3 +166,267 @@ async fn names_that_stand_for_something_else_are_not_user_names() {
     }
     assert!(registry.add_user("ana", Role::Viewer, None).await.is_ok());
 }
+
+mod attestation {
+    use super::*;
+    use crate::attestation::{Evidence, PolicyBody};
+    use base64::Engine as _;
+    use fabrik_runtime::config::AttestationSettings;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tpm");
+    /// The nonce the fixtures' quotes carry.
+    const NONCE: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{FIXTURES}/{name}")).expect("fixture")
+    }
+
+    fn evidence() -> Evidence {
+        let b64 = |name: &str| base64::engine::general_purpose::STANDARD.encode(fixture(name));
+        Evidence {
+            nonce: NONCE.into(),
+            quote: b64("quote-ecc.msg"),
+            signature: b64("quote-ecc.sig"),
+            pcrs: b64("pcrs-ecc.bin"),
+        }
+    }
+
+    fn nonce() -> [u8; 32] {
+        crate::tpm::unhex(NONCE)
+            .expect("hex")
+            .try_into()
+            .expect("32 bytes")
+    }
+
+    async fn gateway() -> (tempfile::TempDir, Registry) {
+        let (dir, registry) = registry().await;
+        registry
+            .add(NewDevice {
+                id: "gw-1".into(),
+                device_type: Some("gateway".into()),
+                ..NewDevice::default()
+            })
+            .await
+            .expect("add");
+        (dir, registry)
+    }
+
+    #[tokio::test]
+    async fn a_quote_passes_against_a_golden_devices_values_and_opens_the_gate_once() {
+        let (_dir, registry) = gateway().await;
+        let settings = AttestationSettings::default();
+        assert_eq!(
+            registry
+                .attestation_gate("gw-1", &settings)
+                .await
+                .expect("gate"),
+            None
+        );
+        let pem = String::from_utf8(fixture("ak-ecc.pem")).expect("utf-8");
+        registry
+            .enrol_attestation_key("gw-1", &pem)
+            .await
+            .expect("enrol");
+        let closed = registry
+            .attestation_gate("gw-1", &settings)
+            .await
+            .expect("gate");
+        assert!(closed.expect("closed").contains("has not attested"));
+
+        // No reference values yet: authentic, but deny by default.
+        registry.open_challenge("gw-1", nonce());
+        let first = registry.attest("gw-1", &evidence()).await.expect("attest");
+        assert!(first.authentic && !first.passed, "{first:?}");
+        assert!(first.reasons[0].contains("no reference values for device type `gateway`"));
+
+        // The golden device's own values become the policy; the next quote passes.
+        let policy = registry
+            .set_attestation_policy(
+                "gateway",
+                PolicyBody {
+                    from_device: Some("gw-1".into()),
+                    pcrs: Some(vec![0, 4, 7]),
+                    ..PolicyBody::default()
+                },
+            )
+            .await
+            .expect("policy");
+        assert_eq!(
+            policy.accept[0].keys().copied().collect::<Vec<_>>(),
+            vec![0, 4, 7]
+        );
+        registry.open_challenge("gw-1", nonce());
+        let passed = registry.attest("gw-1", &evidence()).await.expect("attest");
+        assert!(passed.passed, "{passed:?}");
+        assert_eq!(
+            registry
+                .attestation_gate("gw-1", &settings)
+                .await
+                .expect("gate"),
+            None
+        );
+
+        // The same quote again: its challenge is used up. Not authentic, so it does not
+        // close the gate a genuine quote opened.
+        let replayed = registry.attest("gw-1", &evidence()).await.expect("attest");
+        assert!(!replayed.authentic && !replayed.passed);
+        assert!(
+            replayed.reasons[0].contains("a replayed quote?"),
+            "{replayed:?}"
+        );
+        assert_eq!(
+            registry
+                .attestation_gate("gw-1", &settings)
+                .await
+                .expect("gate"),
+            None
+        );
+
+        // A policy the device no longer meets: PCR 4 named, the gate closed.
+        let mut changed = policy.accept[0].clone();
+        changed.insert(4, "ab".repeat(32));
+        let set = changed
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        registry
+            .set_attestation_policy(
+                "gateway",
+                PolicyBody {
+                    accept: vec![set],
+                    ..PolicyBody::default()
+                },
+            )
+            .await
+            .expect("policy");
+        registry.open_challenge("gw-1", nonce());
+        let failed = registry.attest("gw-1", &evidence()).await.expect("attest");
+        assert!(failed.authentic && !failed.passed);
+        assert_eq!(failed.reasons.len(), 1, "{failed:?}");
+        assert!(
+            failed.reasons[0].starts_with("PCR 4 is 828c248c"),
+            "{failed:?}"
+        );
+        let closed = registry
+            .attestation_gate("gw-1", &settings)
+            .await
+            .expect("gate");
+        assert!(closed.expect("closed").contains("PCR 4 is"));
+
+        // An expired pass closes it too.
+        let short = AttestationSettings {
+            max_age: std::time::Duration::from_nanos(1),
+            ..settings
+        };
+        registry
+            .set_attestation_policy(
+                "gateway",
+                PolicyBody {
+                    from_device: Some("gw-1".into()),
+                    ..PolicyBody::default()
+                },
+            )
+            .await
+            .expect("policy");
+        registry.open_challenge("gw-1", nonce());
+        assert!(
+            registry
+                .attest("gw-1", &evidence())
+                .await
+                .expect("attest")
+                .passed
+        );
+        let expired = registry
+            .attestation_gate("gw-1", &short)
+            .await
+            .expect("gate");
+        assert!(expired.expect("closed").contains("expired"));
+        let status = registry
+            .attestation_status("gw-1", &settings, 10)
+            .await
+            .expect("status");
+        assert!(status.may_connect && status.required);
+        assert_eq!(status.history.len(), 5);
+
+        // A removed device leaves nothing behind.
+        registry.remove("gw-1").await.expect("remove");
+        registry
+            .add(NewDevice {
+                id: "gw-1".into(),
+                ..NewDevice::default()
+            })
+            .await
+            .expect("add");
+        assert_eq!(
+            registry
+                .attestation_gate("gw-1", &settings)
+                .await
+                .expect("gate"),
+            None
+        );
+    }
+
+    #[tokio::test]
+    async fn every_device_must_attest_when_required_and_bad_input_is_named() {
+        let (_dir, registry) = gateway().await;
+        let required = AttestationSettings {
+            required: true,
+            ..AttestationSettings::default()
+        };
+        let reason = registry
+            .attestation_gate("gw-1", &required)
+            .await
+            .expect("gate");
+        assert!(
+            reason
+                .expect("closed")
+                .contains("no attestation key is enrolled")
+        );
+        let e = registry.attest("gw-1", &evidence()).await.unwrap_err();
+        assert!(e.to_string().contains("no enrolled attestation key"), "{e}");
+        let e = registry
+            .enrol_attestation_key("gw-1", "not a key")
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("not PEM"), "{e}");
+        let pem = String::from_utf8(fixture("ak-ecc.pem")).expect("utf-8");
+        registry
+            .enrol_attestation_key("gw-1", &pem)
+            .await
+            .expect("enrol");
+        let mut bad = evidence();
+        bad.quote = "%%%".into();
+        let e = registry.attest("gw-1", &bad).await.unwrap_err();
+        assert!(e.to_string().starts_with("quote: not base64"), "{e}");
+        for (body, wanted) in [
+            (
+                PolicyBody {
+                    accept: vec![[("24".to_owned(), "00".repeat(32))].into()],
+                    ..PolicyBody::default()
+                },
+                "accept[0].24: not a PCR index",
+            ),
+            (
+                PolicyBody {
+                    accept: vec![[("4".to_owned(), "00".repeat(20))].into()],
+                    ..PolicyBody::default()
+                },
+                "accept[0].4: 20 bytes; a sha256 PCR holds 32",
+            ),
+            (PolicyBody::default(), "accept: give at least one set"),
+            (
+                PolicyBody {
+                    from_device: Some("gw-1".into()),
+                    ..PolicyBody::default()
+                },
+                "`gw-1` has sent no authentic quote",
+            ),
+        ] {
+            let e = registry
+                .set_attestation_policy("gateway", body)
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains(wanted), "{e}");
+        }
+    }
+}

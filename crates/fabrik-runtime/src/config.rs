@@ -61,6 +61,47 @@ pub struct Config {
     pub releases: ReleasesConfig,
     /// Use cases' KPIs kept as a series.
     pub usecases: UseCasesConfig,
+    /// Device attestation: which devices must prove their boot state before they connect.
+    pub attestation: AttestationConfig,
+}
+
+/// `[attestation]`: TPM 2.0 quotes as a condition of connecting (decision 0050). A device
+/// with an enrolled attestation key always needs a current passing attestation to connect;
+/// `required` extends that to every device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AttestationConfig {
+    /// Every device must attest (one without an enrolled key cannot connect).
+    pub required: bool,
+    /// How long a passing attestation lets a device connect.
+    pub max_age: String,
+}
+
+impl Default for AttestationConfig {
+    fn default() -> Self {
+        Self {
+            required: false,
+            max_age: "24h".into(),
+        }
+    }
+}
+
+/// The validated `[attestation]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttestationSettings {
+    /// Every device must attest.
+    pub required: bool,
+    /// How long a passing attestation lets a device connect.
+    pub max_age: Duration,
+}
+
+impl Default for AttestationSettings {
+    fn default() -> Self {
+        Self {
+            required: false,
+            max_age: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// `[usecases]`: use cases' KPIs recorded as rows of `use_case_kpis` (decision 0037).
@@ -1385,6 +1426,8 @@ pub struct Settings {
     pub ingest_queue: usize,
     /// Segments in object storage (`None`: `<data_dir>/segments`).
     pub objects: Option<ObjectsSettings>,
+    /// Device attestation.
+    pub attestation: AttestationSettings,
 }
 
 /// The validated `[mqtt]` section.
@@ -1634,6 +1677,23 @@ impl Config {
             .ok();
         let mqtt = self.validate_mqtt(&mut problem);
         let objects = self.store.objects.validate(&mut problem);
+        let attestation = AttestationSettings {
+            required: self.attestation.required,
+            max_age: match parse_duration(&self.attestation.max_age) {
+                Ok(d) if d >= Duration::from_secs(60) => d,
+                Ok(_) => {
+                    problem(
+                        "attestation.max_age",
+                        "must be at least 1m: a device attests at most that often".into(),
+                    );
+                    Duration::ZERO
+                }
+                Err(e) => {
+                    problem("attestation.max_age", e);
+                    Duration::ZERO
+                }
+            },
+        };
         let raw_retention = if self.ingest.keep_raw {
             retention_of(&self.ingest.raw_retention)
                 .map_err(|e| problem("ingest.raw_retention", e))
@@ -1709,6 +1769,7 @@ impl Config {
                 raw_retention,
                 ingest_queue,
                 objects,
+                attestation,
             }),
             _ => Err(RuntimeError::Invalid {
                 origin: origin.to_owned(),
@@ -2321,6 +2382,28 @@ mod tests {
 
     fn no_env() -> Vec<(String, String)> {
         Vec::new()
+    }
+
+    #[test]
+    fn attestation_settings_are_validated() {
+        let config = Config::from_toml(
+            "t",
+            "[attestation]\nrequired = true\nmax_age = \"2h\"\n",
+            no_env(),
+        )
+        .expect("parses");
+        let settings = config.validate("t").expect("valid");
+        assert!(settings.attestation.required);
+        assert_eq!(settings.attestation.max_age, Duration::from_secs(7200));
+        for (max_age, wanted) in [("30s", "at least 1m"), ("soon", "attestation.max_age")] {
+            let text = format!("[attestation]\nmax_age = \"{max_age}\"\n");
+            let config = Config::from_toml("t", &text, no_env()).expect("parses");
+            let e = config.validate("t").unwrap_err().to_string();
+            assert!(
+                e.contains("attestation.max_age") && e.contains(wanted),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -96,6 +96,8 @@ pub(crate) struct EndpointHooks {
     admin_token: Option<String>,
     /// `mqtt`, shared by every message instead of allocated per message.
     source: Arc<str>,
+    /// Which devices must hold a current attestation to connect (decision 0050).
+    attestation: fabrik_runtime::config::AttestationSettings,
 }
 
 fn identity_of(
@@ -171,6 +173,26 @@ impl MqttHooks for EndpointHooks {
             }
             _ => Err(ConnectRefusal::BadCredentials),
         }?;
+        if let Some(registry) = registry {
+            match registry
+                .attestation_gate(&device.id, &self.attestation)
+                .await
+            {
+                Ok(None) => {}
+                Ok(Some(reason)) => {
+                    metrics::counter!("fabrik_mqtt_connect_unattested_total").increment(1);
+                    tracing::warn!(device = %device.id, reason = %reason, "Connection refused: no current attestation.");
+                    let _ = registry
+                        .event(&device.id, "refused", &format!("not attested: {reason}"))
+                        .await;
+                    return Err(ConnectRefusal::NotAuthorized);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Registry unavailable for the attestation check.");
+                    return Err(ConnectRefusal::ServerBusy);
+                }
+            }
+        }
         self.directory
             .types
             .write()
@@ -477,6 +499,7 @@ pub(crate) async fn start_mqtt(
         allow_anonymous: config.mqtt.allow_anonymous,
         admin_token,
         source: Arc::from("mqtt"),
+        attestation: settings.attestation,
     });
     let stop = CancellationToken::new();
     let endpoint = Arc::new(MqttEndpoint::new(
@@ -528,6 +551,8 @@ pub(crate) async fn start_mqtt(
         listeners.push((l, Some(tls)));
     }
     let events_registry = registry;
+    let attestation_registry = events_registry.clone();
+    let attestation = settings.attestation;
     let events_task = tokio::spawn(async move {
         while let Some((id, connected, detail)) = events_rx.recv().await {
             if let Some(r) = &events_registry
@@ -591,11 +616,22 @@ pub(crate) async fn start_mqtt(
                 }
             }
         });
+        let watcher = attestation_registry.map(|registry| {
+            tokio::spawn(watch_attestations(
+                registry,
+                broker.clone(),
+                attestation,
+                token.clone(),
+            ))
+        });
         token.cancelled().await;
         for s in servers {
             let _ = s.await;
         }
         let _ = sweeper.await;
+        if let Some(watcher) = watcher {
+            let _ = watcher.await;
+        }
         if !endpoint.drain(Duration::from_secs(5)).await {
             tracing::warn!("Some MQTT connections did not close within 5 s.");
         }
@@ -618,6 +654,45 @@ pub(crate) async fn start_mqtt(
         Ok(())
     });
     Ok((ServiceHandle { stop, task }, addresses, broker_handle))
+}
+
+/// How often connected devices' attestations are checked for expiry; a verdict or a change
+/// of key or policy checks them at once.
+const ATTESTATION_RECHECK: Duration = Duration::from_secs(30);
+
+/// Ends the connections of devices whose attestation failed or expired since they connected
+/// (decision 0050): the CONNECT gate, held for as long as they stay.
+async fn watch_attestations(
+    registry: Registry,
+    broker: Arc<Broker>,
+    settings: fabrik_runtime::config::AttestationSettings,
+    stop: CancellationToken,
+) {
+    let changed = registry.attestation_changed();
+    let mut tick = tokio::time::interval(ATTESTATION_RECHECK);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = changed.notified() => {}
+            _ = tick.tick() => {}
+        }
+        for id in broker.connected_devices() {
+            match registry.attestation_gate(&id, &settings).await {
+                Ok(None) => {}
+                Ok(Some(reason)) => {
+                    let ended = broker.revoke_device(&id);
+                    metrics::counter!("fabrik_mqtt_attestation_revocations_total").increment(1);
+                    tracing::warn!(device = %id, connections = ended, reason = %reason, "Connection ended: the device's attestation is no longer current.");
+                    let _ = registry
+                        .event(&id, "revoked", &format!("attestation: {reason}"))
+                        .await;
+                }
+                Err(e) => {
+                    tracing::warn!(device = %id, error = %e, "Could not check a connected device's attestation.");
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

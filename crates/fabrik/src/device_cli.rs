@@ -1,4 +1,5 @@
-//! `fabrik device add|list|show|rm|rotate-token`: a thin client of `/api/v1/devices`.
+//! `fabrik device add|list|show|rm|rotate-token|fleet|attestation`: a thin client of
+//! `/api/v1/devices`.
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
@@ -68,6 +69,11 @@ enum DeviceCommand {
     RotateToken {
         /// Device id.
         id: String,
+    },
+    /// TPM attestation: enrol keys, set reference values, quote from the device.
+    Attestation {
+        #[command(subcommand)]
+        command: crate::attestation_cli::AttestationCommand,
     },
     /// On a hub: the devices its uplinked edges register, by node (from `_devices`).
     Fleet {
@@ -219,6 +225,9 @@ pub(crate) async fn run(args: DeviceArgs) -> anyhow::Result<()> {
                 bail!("the server sent no token");
             };
             println!("new token for {id} (shown once; the old one no longer works): {token}");
+        }
+        DeviceCommand::Attestation { command } => {
+            crate::attestation_cli::run(ep, &client, command).await?;
         }
         DeviceCommand::Fleet { json } => {
             let fleet: serde_json::Value = ep.get_json(&client, "/api/v1/fleet/devices").await?;

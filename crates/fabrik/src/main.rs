@@ -6,6 +6,7 @@ mod alert_cli;
 mod alert_fill;
 mod alerts;
 mod asyncapi;
+mod attestation_cli;
 mod audit_cli;
 mod bench;
 mod bench_mqtt;

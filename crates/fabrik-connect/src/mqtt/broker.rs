@@ -98,6 +98,9 @@ pub struct Link {
     pub notify: Arc<Notify>,
     /// Cancelled when another connection takes the session over.
     pub kicked: CancellationToken,
+    /// Cancelled when the device may no longer be connected (its attestation failed or
+    /// expired).
+    pub revoked: CancellationToken,
 }
 
 struct Session {
@@ -295,12 +298,43 @@ impl Broker {
             generation,
             notify: Arc::new(Notify::new()),
             kicked: CancellationToken::new(),
+            revoked: CancellationToken::new(),
         };
         session.link = Some(link.clone());
         Attached {
             link,
             session_present: resumable,
         }
+    }
+
+    /// Ends every connection of device `device_id` (their sessions stay, to expire as any
+    /// other's); returns how many there were.
+    pub fn revoke_device(&self, device_id: &str) -> usize {
+        let state = self.state.lock();
+        let mut ended = 0;
+        for session in state.sessions.values() {
+            if session.identity.device_id.as_deref() == Some(device_id)
+                && let Some(link) = &session.link
+            {
+                link.revoked.cancel();
+                ended += 1;
+            }
+        }
+        ended
+    }
+
+    /// The devices connected now (each once).
+    pub fn connected_devices(&self) -> Vec<String> {
+        let state = self.state.lock();
+        let mut devices: Vec<String> = state
+            .sessions
+            .values()
+            .filter(|s| s.link.is_some())
+            .filter_map(|s| s.identity.device_id.clone())
+            .collect();
+        devices.sort_unstable();
+        devices.dedup();
+        devices
     }
 
     /// Detaches connection `generation` from its session. The session ends now if its expiry

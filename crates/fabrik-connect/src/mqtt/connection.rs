@@ -52,6 +52,8 @@ enum Ended {
     KeepAlive,
     /// Another connection took the session over.
     TakenOver,
+    /// The device may no longer be connected (its attestation failed or expired).
+    Revoked,
     /// The server is stopping.
     Shutdown,
     /// A protocol violation or a limit; the reason was sent to MQTT 5 clients.
@@ -65,6 +67,7 @@ impl Ended {
             Ended::Lost => "connection_lost",
             Ended::KeepAlive => "keepalive_timeout",
             Ended::TakenOver => "session_taken_over",
+            Ended::Revoked => "attestation_revoked",
             Ended::Shutdown => "server_shutdown",
             Ended::Violation => "protocol_violation",
         }
@@ -250,7 +253,9 @@ pub(crate) async fn serve<S>(
             tracing::debug!(client_id = %client_id, %peer, reason = ended.label(), "MQTT client disconnected.");
             let send_will = match ended {
                 Ended::Disconnect { send_will } => send_will,
-                Ended::Shutdown => false,
+                // A device shut out for its attestation may be compromised: its will (a
+                // message it chose) is not published for it.
+                Ended::Shutdown | Ended::Revoked => false,
                 _ => true,
             };
             if send_will && let Some(will) = will {
@@ -494,6 +499,7 @@ where
             let fresh_read = self.framed.read_buffer().is_empty();
             let shutdown = self.shared.shutdown.clone();
             let kicked = self.link.kicked.clone();
+            let revoked = self.link.revoked.clone();
             let notify = self.link.notify.clone();
             // Flow control instead of disconnection, so a client that re-sends its whole
             // offline queue at once (paho does, ignoring its own in-flight limit) is slowed by
@@ -522,6 +528,10 @@ where
                 _ = kicked.cancelled() => {
                     self.goodbye(Reason::SessionTakenOver, "another connection took over the session").await;
                     return Ended::TakenOver;
+                }
+                _ = revoked.cancelled() => {
+                    self.goodbye(Reason::NotAuthorized, "the device's attestation is no longer current").await;
+                    return Ended::Revoked;
                 }
                 Some(first) = self.pending_acks.next(), if !self.pending_acks.is_empty() => {
                     // One store write usually completes several of this client's messages:

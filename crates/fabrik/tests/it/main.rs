@@ -3,6 +3,7 @@
 
 mod alerts;
 mod api;
+mod attestation;
 mod audit;
 mod bridge;
 mod cli;

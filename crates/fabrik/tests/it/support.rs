@@ -59,6 +59,7 @@ impl Server {
             backfill: None,
             updates: Default::default(),
             release_repo: None,
+            attestation: Default::default(),
             stopping: Default::default(),
             asyncapi: "{}".into(),
             alerting: None,

@@ -1,0 +1,257 @@
+//! Device attestation over HTTP (decision 0050): operators enrol devices' TPM attestation keys
+//! and set each device type's reference PCR values; a device (with its own id and token, HTTP
+//! Basic) or an operator asks for a challenge and sends the TPM's quote back.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use fabrik_registry::attestation::{
+    AttestationPolicy, AttestationRecord, AttestationStatus, Challenge, EnrolledKey, Evidence,
+    PolicyBody,
+};
+use fabrik_registry::{AuditEvent, Registry, RegistryError, Role};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::ApiState;
+use crate::auth::Auth;
+use crate::devices::registry;
+use crate::error::ApiError;
+
+/// A key to enrol.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyBody {
+    /// The attestation key's public part, PEM (`tpm2_createak … -f pem -u ak.pem`).
+    pub public_key: String,
+}
+
+/// Who calls a device's own attestation routes.
+enum Caller {
+    /// The device, by its id and token.
+    Device,
+    /// An admin (or the admin token) acting for it, e.g. a provisioning station.
+    Admin(String),
+}
+
+impl Caller {
+    fn name(&self, device: &str) -> String {
+        match self {
+            Self::Device => device.to_owned(),
+            Self::Admin(name) => name.clone(),
+        }
+    }
+}
+
+/// The device itself (HTTP Basic: its id and token) or an admin. Another device's credentials
+/// are refused like wrong ones, so ids cannot be probed.
+async fn caller(
+    state: &ApiState,
+    registry: &Registry,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<Caller, ApiError> {
+    if let Some(identity) = state.auth.identify(headers, None) {
+        if identity.role == Role::Admin {
+            return Ok(Caller::Admin(identity.name));
+        }
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "a device's attestation is answered by the device itself or an admin; `{}` is {}",
+                identity.name,
+                identity.role.as_str()
+            ),
+        ));
+    }
+    match Auth::basic_credentials(headers) {
+        Some((user, token)) if user == id => match registry.authenticate(&user, &token).await {
+            Ok(_) => Ok(Caller::Device),
+            Err(RegistryError::BadCredentials) => Err(ApiError::unauthorized_because(
+                "unknown device or wrong token",
+            )),
+            Err(e) => Err(e.into()),
+        },
+        _ => Err(ApiError::unauthorized_because(
+            "send the device's id and token as HTTP Basic credentials, or an admin token",
+        )),
+    }
+}
+
+/// Records a device-called request in the audit log (these routes bypass the API's
+/// middleware, which records the rest).
+async fn audit(state: &ApiState, actor: String, action: &str, id: &str, status: StatusCode) {
+    crate::audit::record(
+        state,
+        AuditEvent {
+            actor,
+            action: action.to_owned(),
+            target: format!("/api/v1/devices/{id}/attestation"),
+            status: status.as_u16(),
+        },
+    )
+    .await;
+}
+
+#[utoipa::path(post, path = "/api/v1/devices/{id}/attestation/challenge", tag = "attestation",
+    security(("token" = []), ("device" = [])),
+    params(("id" = String, Path, description = "device id")),
+    responses((status = 200, description = "a nonce for the device's next quote, good for 5 minutes", body = Challenge),
+              (status = 401, description = "neither the device's credentials nor an admin token", body = crate::error::ErrorBody),
+              (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn challenge(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Challenge>, ApiError> {
+    let registry = registry(&state)?;
+    caller(&state, registry, &headers, &id).await?;
+    Ok(Json(registry.attestation_challenge(&id).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/devices/{id}/attestation/evidence", tag = "attestation",
+    security(("token" = []), ("device" = [])),
+    params(("id" = String, Path, description = "device id")), request_body = Evidence,
+    responses((status = 200, description = "the quote passed: the device may connect for `[attestation] max_age`", body = AttestationRecord),
+              (status = 400, description = "malformed evidence, or no key enrolled (not recorded)", body = crate::error::ErrorBody),
+              (status = 403, description = "the quote failed (recorded); the message names every reason", body = crate::error::ErrorBody)))]
+pub(crate) async fn evidence(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    crate::extract::Json(evidence): crate::extract::Json<Evidence>,
+) -> Result<Json<AttestationRecord>, ApiError> {
+    const ACTION: &str = "POST /api/v1/devices/{id}/attestation/evidence";
+    let registry = registry(&state)?;
+    let who = caller(&state, registry, &headers, &id).await?.name(&id);
+    let record = match registry.attest(&id, &evidence).await {
+        Ok(record) => record,
+        Err(e) => {
+            let e = ApiError::from(e);
+            audit(&state, who, ACTION, &id, e.status()).await;
+            return Err(e);
+        }
+    };
+    if record.passed {
+        metrics::counter!("fabrik_attestations_total", "verdict" => "passed").increment(1);
+        tracing::info!(device = %id, boot = record.reset_count, "Device attested.");
+        audit(&state, who, ACTION, &id, StatusCode::OK).await;
+        return Ok(Json(record));
+    }
+    metrics::counter!("fabrik_attestations_total", "verdict" => "failed").increment(1);
+    let reasons = record.reasons.join("; ");
+    tracing::warn!(device = %id, authentic = record.authentic, reasons = %reasons, "Device attestation failed.");
+    audit(&state, who, ACTION, &id, StatusCode::FORBIDDEN).await;
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "attestation_failed",
+        format!("attestation of `{id}` failed: {reasons}"),
+    ))
+}
+
+#[utoipa::path(get, path = "/api/v1/devices/{id}/attestation", tag = "attestation", security(("token" = [])),
+    params(("id" = String, Path, description = "device id")),
+    responses((status = 200, description = "whether it may connect, why, its key and newest verdicts", body = AttestationStatus),
+              (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn status(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<AttestationStatus>, ApiError> {
+    Ok(Json(
+        registry(&state)?
+            .attestation_status(&id, &state.attestation, 20)
+            .await?,
+    ))
+}
+
+#[utoipa::path(put, path = "/api/v1/devices/{id}/attestation/key", tag = "attestation", security(("token" = [])),
+    params(("id" = String, Path, description = "device id")), request_body = KeyBody,
+    responses((status = 200, description = "enrolled: from now on the device must attest to connect", body = EnrolledKey),
+              (status = 400, description = "not a P-256, P-384 or RSA (2048+) public key in PEM", body = crate::error::ErrorBody),
+              (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn enrol_key(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    crate::extract::Json(body): crate::extract::Json<KeyBody>,
+) -> Result<Json<EnrolledKey>, ApiError> {
+    Ok(Json(
+        registry(&state)?
+            .enrol_attestation_key(&id, &body.public_key)
+            .await?,
+    ))
+}
+
+#[utoipa::path(delete, path = "/api/v1/devices/{id}/attestation/key", tag = "attestation", security(("token" = [])),
+    params(("id" = String, Path, description = "device id")),
+    responses((status = 204, description = "removed: the device need not attest (unless `[attestation] required`)"),
+              (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn remove_key(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    registry(&state)?.remove_attestation_key(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/attestation/policies", tag = "attestation", security(("token" = [])),
+    responses((status = 200, description = "reference PCR values by device type", body = Vec<AttestationPolicy>)))]
+pub(crate) async fn policies(
+    State(state): State<ApiState>,
+) -> Result<Json<Vec<AttestationPolicy>>, ApiError> {
+    Ok(Json(registry(&state)?.attestation_policies().await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/attestation/policies/{device_type}", tag = "attestation", security(("token" = [])),
+    params(("device_type" = String, Path, description = "device type")),
+    responses((status = 200, body = AttestationPolicy), (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn policy(
+    State(state): State<ApiState>,
+    Path(device_type): Path<String>,
+) -> Result<Json<AttestationPolicy>, ApiError> {
+    registry(&state)?
+        .attestation_policy(&device_type)
+        .await?
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("device type `{device_type}` has no attestation policy"),
+            )
+        })
+}
+
+#[utoipa::path(put, path = "/api/v1/attestation/policies/{device_type}", tag = "attestation", security(("token" = [])),
+    params(("device_type" = String, Path, description = "device type")), request_body = PolicyBody,
+    responses((status = 200, description = "set; quotes are held against it from now on", body = AttestationPolicy),
+              (status = 400, description = "a PCR index or value that cannot be, or a device with no quote to copy", body = crate::error::ErrorBody)))]
+pub(crate) async fn set_policy(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
+    State(state): State<ApiState>,
+    Path(device_type): Path<String>,
+    crate::extract::Json(body): crate::extract::Json<PolicyBody>,
+) -> Result<Json<AttestationPolicy>, ApiError> {
+    Ok(Json(
+        registry(&state)?
+            .set_attestation_policy(&device_type, body)
+            .await?,
+    ))
+}
+
+#[utoipa::path(delete, path = "/api/v1/attestation/policies/{device_type}", tag = "attestation", security(("token" = [])),
+    params(("device_type" = String, Path, description = "device type")),
+    responses((status = 204, description = "removed: no device of the type can pass until one is set"),
+              (status = 400, body = crate::error::ErrorBody)))]
+pub(crate) async fn remove_policy(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
+    State(state): State<ApiState>,
+    Path(device_type): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    registry(&state)?
+        .remove_attestation_policy(&device_type)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,723 @@
+//! Device attestation (decision 0050): devices' enrolled TPM attestation keys, the reference PCR
+//! values of each device type, the verifier's one-time challenges, and the verdicts on the
+//! quotes devices answer with, which open or close a device's way in (the MQTT CONNECT gate).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use fabrik_runtime::config::AttestationSettings;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use crate::tpm::{self, AttestationKey};
+use crate::{Registry, RegistryError, now_ns};
+
+/// How long a challenge can be answered.
+pub const CHALLENGE_LIFETIME: Duration = Duration::from_secs(300);
+/// Challenges a device may have open at once; a new one drops the oldest.
+const OPEN_CHALLENGES: usize = 4;
+
+/// Open challenges by device: nonce and when it was issued.
+pub(crate) type Challenges = HashMap<String, Vec<([u8; 32], Instant)>>;
+
+/// A device's enrolled attestation key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EnrolledKey {
+    /// SHA-256 of the key's DER `SubjectPublicKeyInfo`, hex.
+    pub fingerprint: String,
+    /// `ecc` or `rsa`.
+    pub algorithm: String,
+    /// When it was enrolled (ns).
+    pub enrolled_at: i64,
+    /// The key (PEM).
+    pub public_key: String,
+}
+
+/// A challenge: the nonce a device's next quote must carry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Challenge {
+    /// 32 random bytes, hex: `tpm2_quote -q <nonce>`.
+    pub nonce: String,
+    /// When it can no longer be answered (ns).
+    pub expires_at: i64,
+}
+
+/// A quote, as `tpm2_quote -m quote.msg -s quote.sig -o pcrs.bin -F values` writes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Evidence {
+    /// The challenge's nonce (hex).
+    pub nonce: String,
+    /// The `TPMS_ATTEST` the TPM signed (`-m`), base64.
+    pub quote: String,
+    /// Its `TPMT_SIGNATURE` (`-s`), base64.
+    pub signature: String,
+    /// The selected PCRs' values (`-o … -F values`), base64.
+    pub pcrs: String,
+}
+
+/// The verdict on one quote.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AttestationRecord {
+    /// When it was judged (ns).
+    pub time: i64,
+    /// Whether the device passed.
+    pub passed: bool,
+    /// Whether the quote was signed by the enrolled key, answered an open challenge and its
+    /// PCR values hash to what the TPM signed: only then does it say anything about the
+    /// device, and only then does it open or close the device's way in.
+    pub authentic: bool,
+    /// Why it failed (empty when it passed).
+    pub reasons: Vec<String>,
+    /// The fingerprint of the key it was checked with.
+    pub key_fingerprint: String,
+    /// The reference values it was held against: the device's type.
+    pub policy: String,
+    /// PCR values by bank and index (hex), when authentic.
+    pub pcrs: BTreeMap<String, BTreeMap<u32, String>>,
+    /// The TPM's boot count (`resetCount`).
+    pub reset_count: u32,
+    /// Resumes since the last boot (`restartCount`).
+    pub restart_count: u32,
+    /// The TPM's firmware version.
+    pub firmware_version: u64,
+    /// The TPM's clock (ms).
+    pub clock: u64,
+}
+
+/// Reference PCR values of a device type: a quote passes when it matches one of the sets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AttestationPolicy {
+    /// The device type it applies to.
+    pub device_type: String,
+    /// The PCR bank (`sha256`).
+    pub bank: String,
+    /// Accepted sets of PCR index → value (hex); several during a firmware rollout.
+    pub accept: Vec<BTreeMap<u32, String>>,
+    /// Last change (ns).
+    pub updated_at: i64,
+}
+
+/// A policy to set: explicit sets, or the PCR values a known-good device last quoted.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyBody {
+    /// PCR bank (default `sha256`).
+    #[serde(default)]
+    pub bank: Option<String>,
+    /// Accepted sets of PCR index → value (hex).
+    #[serde(default)]
+    pub accept: Vec<BTreeMap<String, String>>,
+    /// Take the values from this device's last authentic quote (its own set, added to
+    /// `accept`).
+    #[serde(default)]
+    pub from_device: Option<String>,
+    /// With `from_device`: only these PCRs (default: every one it quoted).
+    #[serde(default)]
+    pub pcrs: Option<Vec<u32>>,
+}
+
+/// Whether a device may connect, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AttestationStatus {
+    /// The device.
+    pub device: String,
+    /// Whether it must attest to connect (an enrolled key, or `[attestation] required`).
+    pub required: bool,
+    /// Whether it may connect now.
+    pub may_connect: bool,
+    /// Why not, or until when it may.
+    pub reason: String,
+    /// Until when its last passing attestation lets it connect (ns).
+    pub valid_until: Option<i64>,
+    /// Its enrolled key.
+    pub key: Option<EnrolledKey>,
+    /// Its newest verdicts, newest first.
+    pub history: Vec<AttestationRecord>,
+}
+
+fn decode(field: &str, text: &str) -> Result<Vec<u8>, RegistryError> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| RegistryError::Invalid(format!("{field}: not base64 ({e})")))
+}
+
+fn time_text(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns)
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// The differences between a quote's PCRs and one accepted set, as text.
+fn differences(
+    quoted: Option<&BTreeMap<u32, String>>,
+    accepted: &BTreeMap<u32, String>,
+) -> Vec<String> {
+    accepted
+        .iter()
+        .filter_map(|(index, want)| match quoted.and_then(|q| q.get(index)) {
+            Some(got) if got == want => None,
+            Some(got) => Some(format!("PCR {index} is {got}, the policy expects {want}")),
+            None => Some(format!("PCR {index} is not in the quote")),
+        })
+        .collect()
+}
+
+impl Registry {
+    /// Enrols (or replaces) a device's attestation key. Verdicts under an earlier key no
+    /// longer count.
+    pub async fn enrol_attestation_key(
+        &self,
+        id: &str,
+        pem: &str,
+    ) -> Result<EnrolledKey, RegistryError> {
+        self.get(id).await?;
+        let key = AttestationKey::from_pem(pem).map_err(RegistryError::Invalid)?;
+        let fingerprint = AttestationKey::fingerprint(pem).map_err(RegistryError::Invalid)?;
+        let enrolled = EnrolledKey {
+            fingerprint,
+            algorithm: match key {
+                AttestationKey::Ec(_) => "ecc".into(),
+                AttestationKey::Rsa { .. } => "rsa".into(),
+            },
+            enrolled_at: now_ns(),
+            public_key: pem.trim().to_owned() + "\n",
+        };
+        sqlx::query(
+            "INSERT INTO attestation_keys (device_id, public_key, fingerprint, algorithm, enrolled_at) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT (device_id) DO UPDATE SET public_key = excluded.public_key, fingerprint = excluded.fingerprint,
+             algorithm = excluded.algorithm, enrolled_at = excluded.enrolled_at",
+        )
+        .bind(id)
+        .bind(&enrolled.public_key)
+        .bind(&enrolled.fingerprint)
+        .bind(&enrolled.algorithm)
+        .bind(enrolled.enrolled_at)
+        .execute(&self.pool)
+        .await?;
+        self.event(id, "attestation_key", &enrolled.fingerprint)
+            .await?;
+        self.attestation_changed.notify_one();
+        Ok(enrolled)
+    }
+
+    /// Removes a device's attestation key: it need not attest (unless every device must).
+    pub async fn remove_attestation_key(&self, id: &str) -> Result<(), RegistryError> {
+        self.get(id).await?;
+        let done = sqlx::query("DELETE FROM attestation_keys WHERE device_id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(RegistryError::Invalid(format!(
+                "device `{id}` has no attestation key"
+            )));
+        }
+        self.attestation_changed.notify_one();
+        self.event(id, "attestation_key", "removed").await
+    }
+
+    async fn attestation_key(&self, id: &str) -> Result<Option<EnrolledKey>, RegistryError> {
+        let row = sqlx::query(
+            "SELECT public_key, fingerprint, algorithm, enrolled_at FROM attestation_keys WHERE device_id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(EnrolledKey {
+                public_key: r.try_get("public_key")?,
+                fingerprint: r.try_get("fingerprint")?,
+                algorithm: r.try_get("algorithm")?,
+                enrolled_at: r.try_get("enrolled_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Issues a one-time nonce for a device's next quote.
+    pub async fn attestation_challenge(&self, id: &str) -> Result<Challenge, RegistryError> {
+        self.get(id).await?;
+        let mut nonce = [0u8; 32];
+        getrandom::fill(&mut nonce)
+            .map_err(|e| RegistryError::Token(format!("no randomness for a nonce: {e}")))?;
+        let mut challenges = self.challenges.lock();
+        challenges.retain(|_, open| {
+            open.retain(|(_, at)| at.elapsed() < CHALLENGE_LIFETIME);
+            !open.is_empty()
+        });
+        let open = challenges.entry(id.to_owned()).or_default();
+        if open.len() >= OPEN_CHALLENGES {
+            open.remove(0);
+        }
+        open.push((nonce, Instant::now()));
+        Ok(Challenge {
+            nonce: tpm::hex(&nonce),
+            expires_at: now_ns() + CHALLENGE_LIFETIME.as_nanos() as i64,
+        })
+    }
+
+    /// Opens a challenge with a known nonce, as the fixtures' quotes answer one.
+    #[cfg(test)]
+    pub(crate) fn open_challenge(&self, id: &str, nonce: [u8; 32]) {
+        self.challenges
+            .lock()
+            .entry(id.to_owned())
+            .or_default()
+            .push((nonce, Instant::now()));
+    }
+
+    /// Takes an open challenge of the device (it can be answered once).
+    fn take_challenge(&self, id: &str, nonce: &[u8]) -> bool {
+        let mut challenges = self.challenges.lock();
+        let Some(open) = challenges.get_mut(id) else {
+            return false;
+        };
+        let found = open
+            .iter()
+            .position(|(n, at)| n.as_slice() == nonce && at.elapsed() < CHALLENGE_LIFETIME);
+        if let Some(i) = found {
+            open.remove(i);
+        }
+        found.is_some()
+    }
+
+    /// Judges a device's quote, records the verdict and returns it. Malformed evidence is an
+    /// error and is not recorded; evidence that parses is recorded whatever its verdict.
+    pub async fn attest(
+        &self,
+        id: &str,
+        evidence: &Evidence,
+    ) -> Result<AttestationRecord, RegistryError> {
+        let device = self.get(id).await?;
+        let Some(enrolled) = self.attestation_key(id).await? else {
+            return Err(RegistryError::Invalid(format!(
+                "device `{id}` has no enrolled attestation key: enrol one first (PUT /api/v1/devices/{id}/attestation/key)"
+            )));
+        };
+        let key = AttestationKey::from_pem(&enrolled.public_key).map_err(RegistryError::Corrupt)?;
+        let message = decode("quote", &evidence.quote)?;
+        let signature = decode("signature", &evidence.signature)?;
+        let values = decode("pcrs", &evidence.pcrs)?;
+        let nonce = tpm::unhex(&evidence.nonce)
+            .map_err(|e| RegistryError::Invalid(format!("nonce: {e}")))?;
+        let quote = tpm::parse_quote(&message).map_err(RegistryError::Invalid)?;
+        let mut record = AttestationRecord {
+            time: now_ns(),
+            passed: false,
+            authentic: false,
+            reasons: Vec::new(),
+            key_fingerprint: enrolled.fingerprint.clone(),
+            policy: device.device_type.clone(),
+            pcrs: BTreeMap::new(),
+            reset_count: quote.reset_count,
+            restart_count: quote.restart_count,
+            firmware_version: quote.firmware_version,
+            clock: quote.clock,
+        };
+        // Every check runs, so one verdict names every problem.
+        let signed = key.verify(&message, &signature);
+        if let Err(e) = &signed {
+            record.reasons.push(e.clone());
+        }
+        let fresh = quote.nonce == nonce && self.take_challenge(id, &nonce);
+        if quote.nonce != nonce {
+            record
+                .reasons
+                .push("the quote carries another nonce than the one given".into());
+        } else if !fresh {
+            record.reasons.push(
+                "the nonce is not an open challenge of this device (unknown, used, or older than 5 minutes): a replayed quote?"
+                    .into(),
+            );
+        }
+        match tpm::authentic_pcrs(&quote, &values) {
+            Ok(pcrs) if signed.is_ok() && fresh => {
+                record.authentic = true;
+                record.pcrs = pcrs;
+            }
+            Ok(_) => {}
+            Err(e) => record.reasons.push(e),
+        }
+        if record.authentic {
+            self.judge(id, &device.device_type, &enrolled, &mut record)
+                .await?;
+        }
+        record.passed = record.authentic && record.reasons.is_empty();
+        sqlx::query(
+            "INSERT INTO attestations (device_id, time, passed, authentic, record) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(record.time)
+        .bind(i64::from(record.passed))
+        .bind(i64::from(record.authentic))
+        .bind(serde_json::to_string(&record).map_err(|e| RegistryError::Corrupt(e.to_string()))?)
+        .execute(&self.pool)
+        .await?;
+        let (kind, detail) = if record.passed {
+            ("attested", format!("boot {}", record.reset_count))
+        } else {
+            ("attestation_failed", record.reasons.join("; "))
+        };
+        self.event(id, kind, &detail).await?;
+        if record.authentic {
+            self.attestation_changed.notify_one();
+        }
+        Ok(record)
+    }
+
+    /// Holds an authentic quote's PCRs against the device type's reference values and the
+    /// TPM's boot count against the last passing verdict's.
+    async fn judge(
+        &self,
+        id: &str,
+        device_type: &str,
+        enrolled: &EnrolledKey,
+        record: &mut AttestationRecord,
+    ) -> Result<(), RegistryError> {
+        match self.attestation_policy(device_type).await? {
+            None => record.reasons.push(format!(
+                "no reference values for device type `{device_type}`: set them (PUT /api/v1/attestation/policies/{device_type})"
+            )),
+            Some(policy) => {
+                let quoted = record.pcrs.get(&policy.bank);
+                let closest = policy
+                    .accept
+                    .iter()
+                    .map(|set| differences(quoted, set))
+                    .min_by_key(Vec::len)
+                    .unwrap_or_else(|| vec!["the policy accepts no PCR values".into()]);
+                record.reasons.extend(closest);
+            }
+        }
+        let last = self
+            .attestation_history(id, 1, Some(enrolled), true)
+            .await?;
+        if let Some(previous) = last.first()
+            && record.reset_count < previous.reset_count
+        {
+            record.reasons.push(format!(
+                "the TPM's boot count went back from {} to {}: a cleared or another TPM, or a replayed state",
+                previous.reset_count, record.reset_count
+            ));
+        }
+        Ok(())
+    }
+
+    /// A device's newest verdicts, newest first: under `key` only (since it was enrolled),
+    /// and only passing ones when `passed_only`.
+    async fn attestation_history(
+        &self,
+        id: &str,
+        limit: u32,
+        key: Option<&EnrolledKey>,
+        passed_only: bool,
+    ) -> Result<Vec<AttestationRecord>, RegistryError> {
+        let rows = sqlx::query(
+            "SELECT record FROM attestations WHERE device_id = ? AND time >= ? AND passed >= ?
+             ORDER BY id DESC LIMIT ?",
+        )
+        .bind(id)
+        .bind(key.map_or(0, |k| k.enrolled_at))
+        .bind(i64::from(passed_only))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let text: String = r.try_get("record")?;
+                serde_json::from_str(&text)
+                    .map_err(|e| RegistryError::Corrupt(format!("attestation record: {e}")))
+            })
+            .collect()
+    }
+
+    /// Whether a device may connect now, and why not.
+    pub async fn attestation_status(
+        &self,
+        id: &str,
+        settings: &AttestationSettings,
+        history: u32,
+    ) -> Result<AttestationStatus, RegistryError> {
+        self.get(id).await?;
+        let key = self.attestation_key(id).await?;
+        let required = key.is_some() || settings.required;
+        let recent = self
+            .attestation_history(id, history.max(1), None, false)
+            .await?;
+        let mut status = AttestationStatus {
+            device: id.to_owned(),
+            required,
+            may_connect: !required,
+            reason: String::new(),
+            valid_until: None,
+            key: key.clone(),
+            history: recent.into_iter().take(history as usize).collect(),
+        };
+        let Some(key) = key else {
+            status.reason = if required {
+                "no attestation key is enrolled and [attestation] required = true".into()
+            } else {
+                "attestation is not required of this device".into()
+            };
+            return Ok(status);
+        };
+        // The newest authentic verdict under this key decides.
+        let rows = sqlx::query(
+            "SELECT record FROM attestations WHERE device_id = ? AND time >= ? AND authentic = 1
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(id)
+        .bind(key.enrolled_at)
+        .fetch_optional(&self.pool)
+        .await?;
+        let latest: Option<AttestationRecord> = rows
+            .map(|r| {
+                let text: String = r.try_get("record")?;
+                serde_json::from_str(&text)
+                    .map_err(|e| RegistryError::Corrupt(format!("attestation record: {e}")))
+            })
+            .transpose()?;
+        let max_age = i64::try_from(settings.max_age.as_nanos()).unwrap_or(i64::MAX);
+        match latest {
+            None => status.reason = "it has not attested with its enrolled key".into(),
+            Some(r) if !r.passed => {
+                status.reason = format!(
+                    "its attestation of {} failed: {}",
+                    time_text(r.time),
+                    r.reasons.join("; ")
+                );
+            }
+            Some(r) => {
+                let until = r.time.saturating_add(max_age);
+                status.valid_until = Some(until);
+                if until <= now_ns() {
+                    status.reason = format!(
+                        "its attestation of {} expired at {} ([attestation] max_age)",
+                        time_text(r.time),
+                        time_text(until)
+                    );
+                } else {
+                    status.may_connect = true;
+                    status.reason = format!("attested until {}", time_text(until));
+                }
+            }
+        }
+        Ok(status)
+    }
+
+    /// The reference values of a device type.
+    pub async fn attestation_policy(
+        &self,
+        device_type: &str,
+    ) -> Result<Option<AttestationPolicy>, RegistryError> {
+        let row = sqlx::query(
+            "SELECT bank, accept, updated_at FROM attestation_policies WHERE device_type = ?",
+        )
+        .bind(device_type)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| policy_from_row(device_type.to_owned(), &r))
+            .transpose()
+    }
+
+    /// Every device type's reference values.
+    pub async fn attestation_policies(&self) -> Result<Vec<AttestationPolicy>, RegistryError> {
+        let rows = sqlx::query(
+            "SELECT device_type, bank, accept, updated_at FROM attestation_policies ORDER BY device_type",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| policy_from_row(r.try_get("device_type")?, r))
+            .collect()
+    }
+
+    /// Sets a device type's reference values.
+    pub async fn set_attestation_policy(
+        &self,
+        device_type: &str,
+        body: PolicyBody,
+    ) -> Result<AttestationPolicy, RegistryError> {
+        let bank = body.bank.unwrap_or_else(|| "sha256".into());
+        let width = match bank.as_str() {
+            "sha1" => 20,
+            "sha256" => 32,
+            "sha384" => 48,
+            "sha512" => 64,
+            other => {
+                return Err(RegistryError::Invalid(format!(
+                    "bank: `{other}` is not one of sha1, sha256, sha384, sha512"
+                )));
+            }
+        };
+        let mut accept = Vec::new();
+        for (i, set) in body.accept.iter().enumerate() {
+            let mut parsed = BTreeMap::new();
+            for (index, value) in set {
+                let at = format!("accept[{i}].{index}");
+                let n: u32 =
+                    index.parse().ok().filter(|n| *n < 24).ok_or_else(|| {
+                        RegistryError::Invalid(format!("{at}: not a PCR index 0-23"))
+                    })?;
+                let bytes =
+                    tpm::unhex(value).map_err(|e| RegistryError::Invalid(format!("{at}: {e}")))?;
+                if bytes.len() != width {
+                    return Err(RegistryError::Invalid(format!(
+                        "{at}: {} bytes; a {bank} PCR holds {width}",
+                        bytes.len()
+                    )));
+                }
+                parsed.insert(n, tpm::hex(&bytes));
+            }
+            if parsed.is_empty() {
+                return Err(RegistryError::Invalid(format!("accept[{i}]: names no PCR")));
+            }
+            accept.push(parsed);
+        }
+        if let Some(golden) = &body.from_device {
+            let latest = sqlx::query(
+                "SELECT record FROM attestations WHERE device_id = ? AND authentic = 1 ORDER BY id DESC LIMIT 1",
+            )
+            .bind(golden)
+            .fetch_optional(&self.pool)
+            .await?;
+            let Some(row) = latest else {
+                return Err(RegistryError::Invalid(format!(
+                    "from_device: `{golden}` has sent no authentic quote to take values from"
+                )));
+            };
+            let text: String = row.try_get("record")?;
+            let record: AttestationRecord = serde_json::from_str(&text)
+                .map_err(|e| RegistryError::Corrupt(format!("attestation record: {e}")))?;
+            let Some(values) = record.pcrs.get(&bank) else {
+                return Err(RegistryError::Invalid(format!(
+                    "from_device: `{golden}`'s last quote has no {bank} PCRs"
+                )));
+            };
+            let mut set = values.clone();
+            if let Some(only) = &body.pcrs {
+                if let Some(missing) = only.iter().find(|i| !values.contains_key(i)) {
+                    return Err(RegistryError::Invalid(format!(
+                        "pcrs: `{golden}`'s last quote has no PCR {missing}"
+                    )));
+                }
+                set.retain(|i, _| only.contains(i));
+            }
+            accept.push(set);
+        } else if body.pcrs.is_some() {
+            return Err(RegistryError::Invalid(
+                "pcrs: only taken with from_device".into(),
+            ));
+        }
+        if accept.is_empty() {
+            return Err(RegistryError::Invalid(
+                "accept: give at least one set of PCR values, or from_device".into(),
+            ));
+        }
+        let policy = AttestationPolicy {
+            device_type: device_type.to_owned(),
+            bank,
+            accept,
+            updated_at: now_ns(),
+        };
+        sqlx::query(
+            "INSERT INTO attestation_policies (device_type, bank, accept, updated_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (device_type) DO UPDATE SET bank = excluded.bank, accept = excluded.accept, updated_at = excluded.updated_at",
+        )
+        .bind(device_type)
+        .bind(&policy.bank)
+        .bind(serde_json::to_string(&policy.accept).map_err(|e| RegistryError::Corrupt(e.to_string()))?)
+        .bind(policy.updated_at)
+        .execute(&self.pool)
+        .await?;
+        self.attestation_changed.notify_one();
+        Ok(policy)
+    }
+
+    /// Removes a device type's reference values: its devices with keys can no longer pass.
+    pub async fn remove_attestation_policy(&self, device_type: &str) -> Result<(), RegistryError> {
+        let done = sqlx::query("DELETE FROM attestation_policies WHERE device_type = ?")
+            .bind(device_type)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(RegistryError::Invalid(format!(
+                "device type `{device_type}` has no attestation policy"
+            )));
+        }
+        self.attestation_changed.notify_one();
+        Ok(())
+    }
+
+    /// Drops a removed device's key and verdicts.
+    pub(crate) async fn forget_attestation(&self, id: &str) -> Result<(), RegistryError> {
+        sqlx::query("DELETE FROM attestation_keys WHERE device_id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM attestations WHERE device_id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        self.challenges.lock().remove(id);
+        Ok(())
+    }
+}
+
+fn policy_from_row(
+    device_type: String,
+    row: &sqlx::sqlite::SqliteRow,
+) -> Result<AttestationPolicy, RegistryError> {
+    let accept: String = row.try_get("accept")?;
+    Ok(AttestationPolicy {
+        device_type,
+        bank: row.try_get("bank")?,
+        accept: serde_json::from_str(&accept)
+            .map_err(|e| RegistryError::Corrupt(format!("attestation policy: {e}")))?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+impl Registry {
+    /// Notified by every attestation verdict, key and policy change.
+    pub fn attestation_changed(&self) -> Arc<tokio::sync::Notify> {
+        self.attestation_changed.clone()
+    }
+
+    /// Devices with an enrolled attestation key, and devices in all.
+    pub async fn attestation_coverage(&self) -> Result<(usize, usize), RegistryError> {
+        let (enrolled, total): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT count(*) FROM attestation_keys), (SELECT count(*) FROM devices)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((
+            usize::try_from(enrolled).unwrap_or(0),
+            usize::try_from(total).unwrap_or(0),
+        ))
+    }
+
+    /// Why a device may not connect now (`None`: it may). Cheap for devices that need not
+    /// attest: one lookup of their key.
+    pub async fn attestation_gate(
+        &self,
+        id: &str,
+        settings: &AttestationSettings,
+    ) -> Result<Option<String>, RegistryError> {
+        if !settings.required {
+            let enrolled: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM attestation_keys WHERE device_id = ?")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            if enrolled.is_none() {
+                return Ok(None);
+            }
+        }
+        let status = self.attestation_status(id, settings, 0).await?;
+        Ok((!status.may_connect).then_some(status.reason))
+    }
+}
