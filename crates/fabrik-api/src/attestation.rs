@@ -80,18 +80,42 @@ async fn caller(
 }
 
 /// Records a device-called request in the audit log (these routes bypass the API's
-/// middleware, which records the rest).
+/// middleware, which records the rest): done, failed or refused.
 async fn audit(state: &ApiState, actor: String, action: &str, id: &str, status: StatusCode) {
-    crate::audit::record(
-        state,
-        AuditEvent {
-            actor,
-            action: action.to_owned(),
-            target: format!("/api/v1/devices/{id}/attestation"),
-            status: status.as_u16(),
-        },
-    )
-    .await;
+    let event = AuditEvent {
+        actor,
+        action: action.to_owned(),
+        target: format!("/api/v1/devices/{id}/attestation"),
+        status: status.as_u16(),
+    };
+    if status.is_success() {
+        crate::audit::record(state, event).await;
+    } else {
+        crate::audit::record_refusal(state, event).await;
+    }
+}
+
+/// [`caller`], with a refusal audited under the name the request claimed.
+async fn authorised(
+    state: &ApiState,
+    registry: &Registry,
+    headers: &HeaderMap,
+    id: &str,
+    action: &str,
+) -> Result<String, ApiError> {
+    match caller(state, registry, headers, id).await {
+        Ok(who) => Ok(who.name(id)),
+        Err(e) => {
+            let claimed = state
+                .auth
+                .identify(headers, None)
+                .map(|i| i.name)
+                .or_else(|| Auth::basic_credentials(headers).map(|(user, _)| user))
+                .unwrap_or_else(|| "unknown".into());
+            audit(state, claimed, action, id, e.status()).await;
+            Err(e)
+        }
+    }
 }
 
 #[utoipa::path(post, path = "/api/v1/devices/{id}/attestation/challenge", tag = "attestation",
@@ -105,9 +129,18 @@ pub(crate) async fn challenge(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Json<Challenge>, ApiError> {
+    const ACTION: &str = "POST /api/v1/devices/{id}/attestation/challenge";
     let registry = registry(&state)?;
-    caller(&state, registry, &headers, &id).await?;
-    Ok(Json(registry.attestation_challenge(&id).await?))
+    let who = authorised(&state, registry, &headers, &id, ACTION).await?;
+    let challenge = registry
+        .attestation_challenge(&id)
+        .await
+        .map_err(ApiError::from);
+    let status = challenge
+        .as_ref()
+        .map_or_else(ApiError::status, |_| StatusCode::OK);
+    audit(&state, who, ACTION, &id, status).await;
+    Ok(Json(challenge?))
 }
 
 #[utoipa::path(post, path = "/api/v1/devices/{id}/attestation/evidence", tag = "attestation",
@@ -124,7 +157,7 @@ pub(crate) async fn evidence(
 ) -> Result<Json<AttestationRecord>, ApiError> {
     const ACTION: &str = "POST /api/v1/devices/{id}/attestation/evidence";
     let registry = registry(&state)?;
-    let who = caller(&state, registry, &headers, &id).await?.name(&id);
+    let who = authorised(&state, registry, &headers, &id, ACTION).await?;
     let record = match registry.attest(&id, &evidence).await {
         Ok(record) => record,
         Err(e) => {

@@ -739,7 +739,7 @@ async function pageDevice(p, id) {
         <section class="card" aria-labelledby="h-inf"><div class="card-head"><h2 id="h-inf">Recent inferences</h2></div><div id="dev-inferences"></div></section>
       </div>
       <div class="stack">
-        <section class="card" aria-labelledby="h-meta"><h2 id="h-meta">Details</h2><div id="dev-meta"></div></section>
+        <section class="card" aria-labelledby="h-meta"><h2 id="h-meta">Details</h2><div id="dev-meta"></div><div id="dev-attest"></div></section>
         <section class="card" aria-labelledby="h-alerts"><div class="card-head"><h2 id="h-alerts">Recent alerts</h2><a href="#/alerts">All alerts →</a></div><div id="dev-alerts"></div></section>
         <section class="card" aria-labelledby="h-events"><h2 id="h-events">Connection history</h2><ul class="timeline" id="dev-events" aria-label="Connection history"></ul></section>
       </div>
@@ -842,18 +842,31 @@ async function pageDevice(p, id) {
   // Slower panels.
   const hasInf = await hasTable('inferences');
   await every(p, 5000, async () => {
-    const [dev, events, alerts, infs] = await Promise.all([
+    const [dev, events, alerts, infs, attest] = await Promise.all([
       api(`/api/v1/devices/${enc(id)}`), api(`/api/v1/devices/${enc(id)}/events?limit=50`), api('/api/v1/alerts?limit=300'),
       (hasInf || await hasTable('inferences')) ? query(`SELECT time, pipeline, score, threshold, flag, top_signal, window_id FROM inferences WHERE device = ${sqlStr(id)} ORDER BY time DESC LIMIT 10`) : Promise.resolve(null),
+      api(`/api/v1/devices/${enc(id)}/attestation`).catch(() => null),
     ]);
     if (!p.alive) return;
     if (!document.activeElement?.closest('#dev-actions')) renderMeta(dev);
-    patch($('#dev-events'), events.length ? events.map((e) => html`<li><span class="muted">${fmtTime(e.time)}</span><span>${pill(e.kind === 'connected' || e.kind === 'birth' ? 'online' : e.kind === 'disconnected' || e.kind === 'death' ? 'offline' : 'never', e.kind.replace('_', ' '))}</span><span class="mono muted">${e.detail}</span></li>`) : html`<li class="muted">No events.</li>`);
+    patch($('#dev-attest'), attestationText(attest));
+    patch($('#dev-events'), events.length ? events.map((e) => html`<li><span class="muted">${fmtTime(e.time)}</span><span>${pill(EVENT_STATE[e.kind] ?? 'never', e.kind.replace('_', ' '))}</span><span class="mono muted">${e.detail}</span></li>`) : html`<li class="muted">No events.</li>`);
     const mine = alerts.filter((a) => a.key === id).slice(0, 8);
     patch($('#dev-alerts'), mine.length ? alertsTable(mine, { compact: true, noDevice: true }) : html`<div class="empty">No alerts for this device.</div>`);
     patch($('#dev-inferences'), infs === null ? html`<div class="empty">No inferences yet (pipelines are still training).</div>` : inferencesTable(infs, { device: false }));
   });
 }
+
+/** How a device event is coloured: connections and passed attestations green, losses and refusals red. */
+const EVENT_STATE = {
+  connected: 'online', birth: 'online', attested: 'online',
+  disconnected: 'offline', death: 'offline', attestation_failed: 'offline', refused: 'offline', revoked: 'offline',
+};
+
+/** A device's attestation (decision 0050): whether it must attest, may connect now and why. */
+const attestationText = (a) => (!a ? '' : html`<dl class="kv">
+  <dt>Attestation</dt><dd>${a.required ? pill(a.may_connect ? 'online' : 'offline', a.may_connect ? 'attested' : 'not attested') : html`<span class="muted">not required</span>`} <span class="muted">${a.reason}</span></dd>
+  ${a.key ? html`<dt>Attestation key</dt><dd class="mono">${a.key.algorithm} ${a.key.fingerprint.slice(0, 16)}…</dd>` : ''}</dl>`);
 
 /** Streams a device's latest values: SSE (GET /devices/{id}/stream) when the server has it, else polls SQL each second. */
 function startLive(p, id, table, lastMs, onPoint, setMode) {

@@ -18,6 +18,9 @@ use crate::{Registry, RegistryError, now_ns};
 pub const CHALLENGE_LIFETIME: Duration = Duration::from_secs(300);
 /// Challenges a device may have open at once; a new one drops the oldest.
 const OPEN_CHALLENGES: usize = 4;
+/// Verdicts kept per device, authentic and not apart: a token holder sending junk cannot grow
+/// the table, or push the verdict that decides the gate out.
+const KEPT_VERDICTS: i64 = 100;
 
 /// Open challenges by device: nonce and when it was issued.
 pub(crate) type Challenges = HashMap<String, Vec<([u8; 32], Instant)>>;
@@ -150,6 +153,27 @@ fn time_text(ns: i64) -> String {
         .to_string()
 }
 
+/// Why authentic PCR values do not meet a device type's reference values (empty: they do):
+/// the differences from the closest accepted set.
+fn policy_reasons(
+    policy: Option<&AttestationPolicy>,
+    device_type: &str,
+    pcrs: &BTreeMap<String, BTreeMap<u32, String>>,
+) -> Vec<String> {
+    let Some(policy) = policy else {
+        return vec![format!(
+            "no reference values for device type `{device_type}`: set them (PUT /api/v1/attestation/policies/{device_type})"
+        )];
+    };
+    let quoted = pcrs.get(&policy.bank);
+    policy
+        .accept
+        .iter()
+        .map(|set| differences(quoted, set))
+        .min_by_key(Vec::len)
+        .unwrap_or_else(|| vec!["the policy accepts no PCR values".into()])
+}
+
 /// The differences between a quote's PCRs and one accepted set, as text.
 fn differences(
     quoted: Option<&BTreeMap<u32, String>>,
@@ -270,7 +294,7 @@ impl Registry {
     }
 
     /// Takes an open challenge of the device (it can be answered once).
-    fn take_challenge(&self, id: &str, nonce: &[u8]) -> bool {
+    pub(crate) fn take_challenge(&self, id: &str, nonce: &[u8]) -> bool {
         let mut challenges = self.challenges.lock();
         let Some(open) = challenges.get_mut(id) else {
             return false;
@@ -347,13 +371,25 @@ impl Registry {
         }
         record.passed = record.authentic && record.reasons.is_empty();
         sqlx::query(
-            "INSERT INTO attestations (device_id, time, passed, authentic, record) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO attestations (device_id, key_fingerprint, time, passed, authentic, record) VALUES (?, ?, ?, ?, ?, ?)",
         )
         .bind(id)
+        .bind(&enrolled.fingerprint)
         .bind(record.time)
         .bind(i64::from(record.passed))
         .bind(i64::from(record.authentic))
         .bind(serde_json::to_string(&record).map_err(|e| RegistryError::Corrupt(e.to_string()))?)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query(
+            "DELETE FROM attestations WHERE device_id = ? AND authentic = ? AND id NOT IN
+             (SELECT id FROM attestations WHERE device_id = ? AND authentic = ? ORDER BY id DESC LIMIT ?)",
+        )
+        .bind(id)
+        .bind(i64::from(record.authentic))
+        .bind(id)
+        .bind(i64::from(record.authentic))
+        .bind(KEPT_VERDICTS)
         .execute(&self.pool)
         .await?;
         let (kind, detail) = if record.passed {
@@ -377,21 +413,10 @@ impl Registry {
         enrolled: &EnrolledKey,
         record: &mut AttestationRecord,
     ) -> Result<(), RegistryError> {
-        match self.attestation_policy(device_type).await? {
-            None => record.reasons.push(format!(
-                "no reference values for device type `{device_type}`: set them (PUT /api/v1/attestation/policies/{device_type})"
-            )),
-            Some(policy) => {
-                let quoted = record.pcrs.get(&policy.bank);
-                let closest = policy
-                    .accept
-                    .iter()
-                    .map(|set| differences(quoted, set))
-                    .min_by_key(Vec::len)
-                    .unwrap_or_else(|| vec!["the policy accepts no PCR values".into()]);
-                record.reasons.extend(closest);
-            }
-        }
+        let policy = self.attestation_policy(device_type).await?;
+        record
+            .reasons
+            .extend(policy_reasons(policy.as_ref(), device_type, &record.pcrs));
         let last = self
             .attestation_history(id, 1, Some(enrolled), true)
             .await?;
@@ -416,11 +441,12 @@ impl Registry {
         passed_only: bool,
     ) -> Result<Vec<AttestationRecord>, RegistryError> {
         let rows = sqlx::query(
-            "SELECT record FROM attestations WHERE device_id = ? AND time >= ? AND passed >= ?
-             ORDER BY id DESC LIMIT ?",
+            "SELECT record FROM attestations WHERE device_id = ? AND (? IS NULL OR key_fingerprint = ?)
+             AND passed >= ? ORDER BY id DESC LIMIT ?",
         )
         .bind(id)
-        .bind(key.map_or(0, |k| k.enrolled_at))
+        .bind(key.map(|k| k.fingerprint.as_str()))
+        .bind(key.map(|k| k.fingerprint.as_str()))
         .bind(i64::from(passed_only))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
@@ -441,7 +467,7 @@ impl Registry {
         settings: &AttestationSettings,
         history: u32,
     ) -> Result<AttestationStatus, RegistryError> {
-        self.get(id).await?;
+        let device = self.get(id).await?;
         let key = self.attestation_key(id).await?;
         let required = key.is_some() || settings.required;
         let recent = self
@@ -466,11 +492,11 @@ impl Registry {
         };
         // The newest authentic verdict under this key decides.
         let rows = sqlx::query(
-            "SELECT record FROM attestations WHERE device_id = ? AND time >= ? AND authentic = 1
+            "SELECT record FROM attestations WHERE device_id = ? AND key_fingerprint = ? AND authentic = 1
              ORDER BY id DESC LIMIT 1",
         )
         .bind(id)
-        .bind(key.enrolled_at)
+        .bind(&key.fingerprint)
         .fetch_optional(&self.pool)
         .await?;
         let latest: Option<AttestationRecord> = rows
@@ -493,7 +519,19 @@ impl Registry {
             Some(r) => {
                 let until = r.time.saturating_add(max_age);
                 status.valid_until = Some(until);
-                if until <= now_ns() {
+                // A pass holds only while its PCRs still meet the reference values of the
+                // device's type as they are now: a withdrawn firmware set, or a device moved
+                // to another type, closes the gate without waiting for the next quote.
+                let policy = self.attestation_policy(&device.device_type).await?;
+                let now_failing = policy_reasons(policy.as_ref(), &device.device_type, &r.pcrs);
+                if !now_failing.is_empty() {
+                    status.reason = format!(
+                        "its quote of {} no longer meets the reference values of type `{}`: {}",
+                        time_text(r.time),
+                        device.device_type,
+                        now_failing.join("; ")
+                    );
+                } else if until <= now_ns() {
                     status.reason = format!(
                         "its attestation of {} expired at {} ([attestation] max_age)",
                         time_text(r.time),
@@ -578,10 +616,15 @@ impl Registry {
             accept.push(parsed);
         }
         if let Some(golden) = &body.from_device {
+            // Its newest authentic quote under the key it has now: values a removed key
+            // vouched for are not taken.
+            let key = self.attestation_key(golden).await?;
             let latest = sqlx::query(
-                "SELECT record FROM attestations WHERE device_id = ? AND authentic = 1 ORDER BY id DESC LIMIT 1",
+                "SELECT record FROM attestations WHERE device_id = ? AND key_fingerprint = ? AND authentic = 1
+                 ORDER BY id DESC LIMIT 1",
             )
             .bind(golden)
+            .bind(key.map(|k| k.fingerprint).unwrap_or_default())
             .fetch_optional(&self.pool)
             .await?;
             let Some(row) = latest else {

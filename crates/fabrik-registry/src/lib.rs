@@ -438,6 +438,8 @@ impl Registry {
         .execute(&self.pool)
         .await?;
         self.changed();
+        // Its type names the reference values its attestation is held to.
+        self.attestation_changed.notify_one();
         self.event(id, "updated", "").await?;
         Ok(device)
     }

@@ -87,12 +87,14 @@ const MIGRATIONS: &[(i64, &str)] = &[
     CREATE TABLE attestations (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         device_id TEXT NOT NULL,
+        key_fingerprint TEXT NOT NULL,
         time BIGINT NOT NULL,
         passed BIGINT NOT NULL,
         authentic BIGINT NOT NULL,
         record TEXT NOT NULL
     );
-    CREATE INDEX attestations_by_device ON attestations (device_id, id)",
+    CREATE INDEX attestations_by_device ON attestations (device_id, id);
+    CREATE INDEX attestations_by_verdict ON attestations (device_id, key_fingerprint, authentic, id)",
     ),
 ];
 

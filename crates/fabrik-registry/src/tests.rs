@@ -299,6 +299,16 @@ mod attestation {
             )
             .await
             .expect("policy");
+        // The pass no longer holds under the new values, before any new quote.
+        let closed = registry
+            .attestation_gate("gw-1", &settings)
+            .await
+            .expect("gate")
+            .expect("closed");
+        assert!(
+            closed.contains("no longer meets the reference values of type `gateway`: PCR 4 is"),
+            "{closed}"
+        );
         registry.open_challenge("gw-1", nonce());
         let failed = registry.attest("gw-1", &evidence()).await.expect("attest");
         assert!(failed.authentic && !failed.passed);
@@ -348,6 +358,50 @@ mod attestation {
         assert!(status.may_connect && status.required);
         assert_eq!(status.history.len(), 5);
 
+        // Moved to a type with no reference values: shut out at once.
+        let moved = DevicePatch {
+            device_type: Some("hmi".into()),
+            ..DevicePatch::default()
+        };
+        registry.patch("gw-1", moved).await.expect("patch");
+        let closed = registry
+            .attestation_gate("gw-1", &settings)
+            .await
+            .expect("gate");
+        assert!(
+            closed
+                .expect("closed")
+                .contains("no reference values for device type `hmi`")
+        );
+        let back = DevicePatch {
+            device_type: Some("gateway".into()),
+            ..DevicePatch::default()
+        };
+        registry.patch("gw-1", back).await.expect("patch");
+        assert_eq!(
+            registry
+                .attestation_gate("gw-1", &settings)
+                .await
+                .expect("gate"),
+            None
+        );
+
+        // A new key: what the old one vouched for no longer counts.
+        let rsa = String::from_utf8(fixture("ak-rsa.pem")).expect("utf-8");
+        registry
+            .enrol_attestation_key("gw-1", &rsa)
+            .await
+            .expect("enrol");
+        let closed = registry
+            .attestation_gate("gw-1", &settings)
+            .await
+            .expect("gate");
+        assert!(
+            closed
+                .expect("closed")
+                .contains("has not attested with its enrolled key")
+        );
+
         // A removed device leaves nothing behind.
         registry.remove("gw-1").await.expect("remove");
         registry
@@ -364,6 +418,33 @@ mod attestation {
                 .expect("gate"),
             None
         );
+    }
+
+    #[tokio::test]
+    async fn a_device_has_at_most_four_open_challenges() {
+        let (_dir, registry) = gateway().await;
+        let mut nonces = Vec::new();
+        for _ in 0..5 {
+            let c = registry
+                .attestation_challenge("gw-1")
+                .await
+                .expect("challenge");
+            nonces.push(crate::tpm::unhex(&c.nonce).expect("hex"));
+        }
+        assert!(
+            !registry.take_challenge("gw-1", &nonces[0]),
+            "the oldest was dropped"
+        );
+        assert!(
+            !registry.take_challenge("gw-2", &nonces[4]),
+            "another device's"
+        );
+        assert!(registry.take_challenge("gw-1", &nonces[4]));
+        assert!(
+            !registry.take_challenge("gw-1", &nonces[4]),
+            "answered once"
+        );
+        assert!(registry.take_challenge("gw-1", &nonces[1]));
     }
 
     #[tokio::test]
@@ -398,6 +479,10 @@ mod attestation {
         bad.quote = "%%%".into();
         let e = registry.attest("gw-1", &bad).await.unwrap_err();
         assert!(e.to_string().starts_with("quote: not base64"), "{e}");
+        let mut bad = evidence();
+        bad.nonce = "é1".into();
+        let e = registry.attest("gw-1", &bad).await.unwrap_err();
+        assert!(e.to_string().contains("nonce: `é1` is not hex"), "{e}");
         for (body, wanted) in [
             (
                 PolicyBody {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use ring::signature::{self, RsaPublicKeyComponents, UnparsedPublicKey};
 use sha2::{Digest, Sha256, Sha384};
+use x509_parser::oid_registry::{OID_EC_P256, OID_NIST_EC_P384};
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 use x509_parser::x509::SubjectPublicKeyInfo;
@@ -217,9 +218,24 @@ impl AttestationKey {
         match spki.parsed() {
             Ok(PublicKey::EC(point)) => {
                 let data = point.data();
-                if !matches!(data.len(), 65 | 97) || data[0] != 4 {
+                let curve = spki
+                    .algorithm
+                    .parameters
+                    .as_ref()
+                    .and_then(|p| p.as_oid().ok());
+                let width = match curve {
+                    Some(oid) if oid == OID_EC_P256 => 65,
+                    Some(oid) if oid == OID_NIST_EC_P384 => 97,
+                    Some(oid) => {
+                        return Err(format!(
+                            "attestation key: an EC key on curve {oid}; only P-256 and P-384 are taken"
+                        ));
+                    }
+                    None => return Err("attestation key: an EC key that names no curve".into()),
+                };
+                if data.len() != width || data[0] != 4 {
                     return Err(format!(
-                        "attestation key: an EC key of {} bytes; only P-256 and P-384 points (uncompressed) are taken",
+                        "attestation key: an EC point of {} bytes; an uncompressed point of {width} is needed",
                         data.len()
                     ));
                 }
@@ -227,10 +243,10 @@ impl AttestationKey {
             }
             Ok(PublicKey::RSA(rsa)) => {
                 let n = strip_zeros(rsa.modulus);
-                if n.len() < 256 {
+                let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+                if bits < 2048 {
                     return Err(format!(
-                        "attestation key: RSA with a {}-bit modulus; at least 2048 bits are needed",
-                        n.len() * 8
+                        "attestation key: RSA with a {bits}-bit modulus; at least 2048 bits are needed"
                     ));
                 }
                 Ok(Self::Rsa {
@@ -333,13 +349,21 @@ pub fn unhex(text: &str) -> Result<Vec<u8>, String> {
         .strip_prefix("0x")
         .or_else(|| text.strip_prefix("0X"))
         .unwrap_or(text);
-    if !text.len().is_multiple_of(2) {
-        return Err(format!("`{text}` is not hex: odd length"));
+    let shown: String = text.chars().take(24).collect();
+    // Not `from_str_radix` alone: it takes a sign, so `+f` would read as 0x0f.
+    if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("`{shown}` is not hex"));
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&text[i..i + 2], 16).map_err(|_| format!("`{text}` is not hex"))
+    if !text.len().is_multiple_of(2) {
+        return Err(format!("`{shown}` is not hex: odd length"));
+    }
+    text.as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            std::str::from_utf8(pair)
+                .ok()
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+                .ok_or_else(|| format!("`{shown}` is not hex"))
         })
         .collect()
 }
@@ -479,7 +503,27 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("not `PUBLIC KEY`"), "{e}");
+        // A curve ring cannot check (secp256k1), and RSA below 2048 bits, refused at enrolment.
+        let k1 = "-----BEGIN PUBLIC KEY-----
+MFYwEAYHKoZIzj0CAQYFK4EEAAoDQgAE4wiLEdAQ7705H+8pODE1fT/qfS8LGiUh
+9wtbXgFRMbLRyAfJkJ6DF8UC6LqpbgD+kxDgyluloTClMoAGeqF7zg==
+-----END PUBLIC KEY-----
+";
+        let e = AttestationKey::from_pem(k1).unwrap_err();
+        assert!(e.contains("curve 1.3.132.0.10"), "{e}");
+        let rsa1536 = "-----BEGIN PUBLIC KEY-----
+MIHfMA0GCSqGSIb3DQEBAQUAA4HNADCByQKBwQD0oEuOVEGXIdnYKP5D6AZJZYju
+ARtEncJgt1iAnEEm9aiQixkWotOdbBRJGflBOqptge+9lhy3OkFG0nACEp8RFDML
+miTy5bTRcKH/R3Vc500BBSBUQlmQCskOHIAn1+VUnG8TkfW1Q8GHGL/uFRjvHe9j
+DIIeFTW7R8JgiXjRprrlSvMvgfjehRfiSociWeE1Fn1yVyK1HAnPTVlc5tRbSKow
+UqKAhDo2befR0OSAxaD3dtKzurAwbnCOsNy0wPUCAwEAAQ==
+-----END PUBLIC KEY-----
+";
+        let e = AttestationKey::from_pem(rsa1536).unwrap_err();
+        assert!(e.contains("a 1536-bit modulus"), "{e}");
         assert!(unhex("abc").is_err());
+        assert!(unhex("aéb").unwrap_err().contains("is not hex"));
+        assert!(unhex("+1").is_err());
         assert_eq!(unhex("0xA0ff").expect("hex"), vec![0xa0, 0xff]);
     }
 }

@@ -1677,6 +1677,14 @@ impl Config {
             .ok();
         let mqtt = self.validate_mqtt(&mut problem);
         let objects = self.store.objects.validate(&mut problem);
+        if self.attestation.required && self.mqtt.allow_anonymous {
+            problem(
+                "attestation.required",
+                "mqtt.allow_anonymous lets clients in with no device identity to attest: turn \
+                 one of them off"
+                    .into(),
+            );
+        }
         let attestation = AttestationSettings {
             required: self.attestation.required,
             max_age: match parse_duration(&self.attestation.max_age) {
@@ -2395,6 +2403,13 @@ mod tests {
         let settings = config.validate("t").expect("valid");
         assert!(settings.attestation.required);
         assert_eq!(settings.attestation.max_age, Duration::from_secs(7200));
+        let anonymous = "[attestation]\nrequired = true\n[mqtt]\nallow_anonymous = true\n";
+        let config = Config::from_toml("t", anonymous, no_env()).expect("parses");
+        let e = config.validate("t").unwrap_err().to_string();
+        assert!(
+            e.contains("attestation.required") && e.contains("allow_anonymous"),
+            "{e}"
+        );
         for (max_age, wanted) in [("30s", "at least 1m"), ("soon", "attestation.max_age")] {
             let text = format!("[attestation]\nmax_age = \"{max_age}\"\n");
             let config = Config::from_toml("t", &text, no_env()).expect("parses");

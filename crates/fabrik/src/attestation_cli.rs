@@ -41,9 +41,13 @@ pub(crate) enum AttestationCommand {
         /// The device's token (HTTP Basic with its id); without it, the admin token is used.
         #[arg(long, env = "FABRIK_DEVICE_TOKEN", hide_env_values = true)]
         device_token: Option<String>,
-        /// The attestation key's context (`tpm2_createak -c`) or persistent handle.
+        /// The attestation key: its persistent handle (`tpm2_evictcontrol`, e.g. 0x81010002),
+        /// which survives reboots, or a context file.
         #[arg(long)]
         ak: String,
+        /// The key's signing hash: sha256 (P-256, RSA) or sha384 (P-384).
+        #[arg(long, default_value = "sha256", value_parser = ["sha256", "sha384"])]
+        hash: String,
         /// PCRs to quote, as tpm2-tools writes them.
         #[arg(long, default_value = "sha256:0,1,2,3,4,5,6,7")]
         pcrs: String,
@@ -184,9 +188,18 @@ pub(crate) async fn run(
             id,
             device_token,
             ak,
+            hash,
             pcrs,
             tpm2_quote,
-        } => quote(ep, client, &id, device_token, &ak, &pcrs, &tpm2_quote).await?,
+        } => {
+            let tpm = Tpm {
+                ak: &ak,
+                hash: &hash,
+                pcrs: &pcrs,
+                tpm2_quote: &tpm2_quote,
+            };
+            quote(ep, client, &id, device_token, &tpm).await?;
+        }
         AttestationCommand::Policies => {
             let policies: serde_json::Value =
                 ep.get_json(client, "/api/v1/attestation/policies").await?;
@@ -236,16 +249,23 @@ pub(crate) async fn run(
     Ok(())
 }
 
+/// How the device's TPM is asked for a quote.
+struct Tpm<'a> {
+    ak: &'a str,
+    hash: &'a str,
+    pcrs: &'a str,
+    tpm2_quote: &'a str,
+}
+
 /// The device's side of an attestation: challenge, `tpm2_quote`, evidence.
 async fn quote(
     ep: &Endpoint,
     client: &reqwest::Client,
     id: &str,
     device_token: Option<String>,
-    ak: &str,
-    pcrs: &str,
-    tpm2_quote: &str,
+    tpm: &Tpm<'_>,
 ) -> anyhow::Result<()> {
+    let tpm2_quote = tpm.tpm2_quote;
     let device_token = device_token.filter(|t| !t.trim().is_empty());
     let request = |path: &str| {
         let url = format!(
@@ -267,17 +287,14 @@ async fn quote(
     let Some(nonce) = challenge.get("nonce").and_then(|n| n.as_str()) else {
         bail!("the server sent no nonce");
     };
-    let work = std::env::temp_dir().join(format!(
-        "fabrik-quote-{}-{}",
-        std::process::id(),
-        &nonce[..8.min(nonce.len())]
-    ));
-    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let files = ["quote.msg", "quote.sig", "pcrs.bin"].map(|f| work.join(f));
+    let work = tempfile::Builder::new()
+        .prefix("fabrik-quote-")
+        .tempdir()
+        .context("creating a directory for the quote")?;
+    let files = ["quote.msg", "quote.sig", "pcrs.bin"].map(|f| work.path().join(f));
     let output = tokio::process::Command::new(tpm2_quote)
-        .args([
-            "-c", ak, "-l", pcrs, "-q", nonce, "-g", "sha256", "-F", "values",
-        ])
+        .args(["-c", tpm.ak, "-l", tpm.pcrs, "-q", nonce, "-g", tpm.hash])
+        .args(["-F", "values"])
         .arg("-m")
         .arg(&files[0])
         .arg("-s")
@@ -308,7 +325,7 @@ async fn quote(
         )),
         Err(e) => Err(e),
     };
-    let _ = std::fs::remove_dir_all(&work);
+    drop(work);
     let record: serde_json::Value = ep
         .send(request("evidence").json(&evidence?))
         .await?

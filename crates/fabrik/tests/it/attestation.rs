@@ -11,6 +11,9 @@ use reqwest::Method;
 use crate::mqtt::{host_port, http, mosquitto};
 use crate::support::{Peer, Process, fabrik_bin, free_port};
 
+/// Where the device keeps its attestation key in the TPM.
+const AK_HANDLE: &str = "0x81010002";
+
 /// A software TPM 2.0 on a free port, reset and started.
 struct Tpm {
     _peer: Peer,
@@ -75,7 +78,7 @@ impl Tpm {
 
 /// `fabrik device attestation quote` as the device runs it: its own id and token, the TPM
 /// chosen by `TPM2TOOLS_TCTI`, no admin token anywhere.
-fn agent(tpm: &Tpm, url: &str, id: &str, token: &str, ak: &Path, empty: &Path) -> Output {
+fn agent(tpm: &Tpm, url: &str, id: &str, token: &str, empty: &Path) -> Output {
     let out = Command::new(fabrik_bin())
         .args([
             "device",
@@ -85,8 +88,7 @@ fn agent(tpm: &Tpm, url: &str, id: &str, token: &str, ak: &Path, empty: &Path) -
             "--pcrs",
             "sha256:0,1,2,3,4,7",
         ])
-        .arg("--ak")
-        .arg(ak)
+        .args(["--ak", AK_HANDLE])
         .args(["--url", url])
         .arg("--data-dir")
         .arg(empty)
@@ -199,6 +201,13 @@ fn only_a_device_whose_tpm_quote_matches_its_reference_values_connects() {
         ],
     );
     tpm.flush();
+    // Kept in the TPM under a persistent handle, as on a device: a context file of a
+    // transient key does not survive the TPM's reset at a reboot.
+    tpm.run(
+        "tpm2_evictcontrol",
+        &["-C", "o", "-c", &path(&ak), AK_HANDLE],
+    );
+    tpm.flush();
 
     let p = Process::start(&dir.path().join("data"), &[]);
     let mqtt = p.mqtt.clone().expect("mqtt address");
@@ -238,7 +247,7 @@ fn only_a_device_whose_tpm_quote_matches_its_reference_values_connects() {
     assert!(!refused.status.success(), "{refused:?}");
 
     // A quote with no reference values for `gateway` yet: denied by default, and named.
-    let out = agent(&tpm, &p.url, "gw-1", &token, &ak, &empty);
+    let out = agent(&tpm, &p.url, "gw-1", &token, &empty);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("no reference values for device type `gateway`"),
@@ -259,7 +268,7 @@ fn only_a_device_whose_tpm_quote_matches_its_reference_values_connects() {
         ],
     );
     assert!(ok, "{out}");
-    let out = agent(&tpm, &p.url, "gw-1", &token, &ak, &empty);
+    let out = agent(&tpm, &p.url, "gw-1", &token, &empty);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("gw-1 attested"), "{}", text(&out));
     let sent = publish(&mqtt, "gw-1", &token);
@@ -294,7 +303,7 @@ fn only_a_device_whose_tpm_quote_matches_its_reference_values_connects() {
         "tpm2_quote",
         &[
             "-c",
-            &path(&ak),
+            AK_HANDLE,
             "-l",
             "sha256:0,1,2,3,4,7",
             "-q",
@@ -354,7 +363,7 @@ fn only_a_device_whose_tpm_quote_matches_its_reference_values_connects() {
     // The boot loader changes (a bootkit): the next quote fails naming PCR 4, and the device
     // is shut out.
     tpm.extend(4, "bootkit");
-    let out = agent(&tpm, &p.url, "gw-1", &token, &ak, &empty);
+    let out = agent(&tpm, &p.url, "gw-1", &token, &empty);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("PCR 4 is"), "{}", text(&out));
     let refused = publish(&mqtt, "gw-1", &token);
@@ -404,6 +413,19 @@ fn only_a_device_whose_tpm_quote_matches_its_reference_values_connects() {
         .collect();
     assert!(
         evidence_entries.contains(&200) && evidence_entries.contains(&403),
+        "{audit}"
+    );
+    // gw-2's attempt on gw-1's challenge is on record under the name it claimed.
+    assert!(
+        audit
+            .as_array()
+            .expect("audit")
+            .iter()
+            .any(|e| e["actor"] == "gw-2"
+                && e["status"] == 401
+                && e["action"]
+                    .as_str()
+                    .is_some_and(|a| a.ends_with("/challenge"))),
         "{audit}"
     );
     drop(p);
