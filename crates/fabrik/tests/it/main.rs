@@ -26,3 +26,4 @@ mod support;
 mod uplink;
 mod usecases;
 mod users;
+mod vulnscan;
