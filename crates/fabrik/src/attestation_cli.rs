@@ -249,6 +249,9 @@ pub(crate) async fn run(
     Ok(())
 }
 
+/// How long `tpm2_quote` may take (a quote takes well under a second on a real TPM).
+const QUOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// How the device's TPM is asked for a quote.
 struct Tpm<'a> {
     ak: &'a str,
@@ -301,9 +304,16 @@ async fn quote(
         .arg(&files[1])
         .arg("-o")
         .arg(&files[2])
-        .output()
-        .await
-        .with_context(|| format!("running {tpm2_quote} (tpm2-tools)"));
+        .kill_on_drop(true)
+        .output();
+    // A TPM that stops answering must not hang a boot-time unit forever.
+    let output = match tokio::time::timeout(QUOTE_TIMEOUT, output).await {
+        Ok(done) => done.with_context(|| format!("running {tpm2_quote} (tpm2-tools)")),
+        Err(_) => Err(anyhow::anyhow!(
+            "{tpm2_quote} did not finish within {} s: is the TPM (TPM2TOOLS_TCTI) answering?",
+            QUOTE_TIMEOUT.as_secs()
+        )),
+    };
     let read = |i: usize| {
         std::fs::read(&files[i])
             .map(|b| base64::engine::general_purpose::STANDARD.encode(b))

@@ -18,6 +18,8 @@ const AK_HANDLE: &str = "0x81010002";
 struct Tpm {
     _peer: Peer,
     tcti: String,
+    /// swtpm's control channel: power cycles.
+    ctrl: u16,
 }
 
 impl Tpm {
@@ -45,12 +47,16 @@ impl Tpm {
         Tpm {
             _peer: peer,
             tcti: format!("swtpm:host=127.0.0.1,port={port}"),
+            ctrl,
         }
     }
 
     /// Runs a tpm2-tools command against this TPM; it must succeed.
     fn run(&self, tool: &str, args: &[&str]) -> Output {
-        let out = Command::new(tool)
+        // Bounded: a TPM that stops answering fails the test instead of hanging it.
+        let out = Command::new("timeout")
+            .arg("60")
+            .arg(tool)
             .args(args)
             .env("TPM2TOOLS_TCTI", &self.tcti)
             .output()
@@ -67,6 +73,20 @@ impl Tpm {
             .map(|b| format!("{b:02x}"))
             .collect();
         self.run("tpm2_pcrextend", &[&format!("{pcr}:sha256={digest}")]);
+    }
+
+    /// A reboot: the TPM is reset (swtpm's CMD_INIT on its control channel) and started
+    /// afresh, its PCRs cleared, its boot count one higher, its persistent keys kept.
+    fn reboot(&self) {
+        use std::io::{Read, Write};
+        let mut ctrl = std::net::TcpStream::connect(("127.0.0.1", self.ctrl)).expect("ctrl");
+        ctrl.write_all(&[0, 0, 0, 2, 0, 0, 0, 0]).expect("CMD_INIT");
+        let mut result = [0u8; 4];
+        ctrl.read_exact(&mut result).expect("CMD_INIT result");
+        assert_eq!(result, [0; 4], "CMD_INIT failed");
+        // swtpm serves one control connection at a time, and the TCTI opens its own.
+        drop(ctrl);
+        self.run("tpm2_startup", &["-c"]);
     }
 
     /// No resource manager sits between tpm2-tools and swtpm: transient objects left loaded
@@ -377,6 +397,24 @@ fn only_a_device_whose_tpm_quote_matches_its_reference_values_connects() {
     assert!(ok, "{out}");
     assert!(out.contains("gw-1: may not connect"), "{out}");
     assert!(out.contains("PCR 4 is"), "{out}");
+    let boot_count = |url: &str| {
+        let (_, status) = http(url, Method::GET, "/api/v1/devices/gw-1/attestation", None);
+        status["history"][0]["reset_count"]
+            .as_u64()
+            .expect("reset_count")
+    };
+    let before = boot_count(&p.url);
+
+    // Reflashed and rebooted: the same firmware measured again, the key still in the TPM under
+    // its handle. The device attests and is let back in; the verdict shows the new boot.
+    tpm.reboot();
+    for pcr in 0..8 {
+        tpm.extend(pcr, &format!("gateway firmware 1.4 stage {pcr}"));
+    }
+    let out = agent(&tpm, &p.url, "gw-1", &token, &empty);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(boot_count(&p.url), before + 1);
+    assert!(publish(&mqtt, "gw-1", &token).status.success());
 
     // The verdicts are in the device's history and the audit log, under the device's name.
     let (_, events) = http(&p.url, Method::GET, "/api/v1/devices/gw-1/events", None);
