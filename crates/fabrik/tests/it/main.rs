@@ -9,6 +9,7 @@ mod bridge;
 mod cli;
 mod clips;
 mod crash;
+mod deploy;
 mod devices;
 mod drift;
 mod https;

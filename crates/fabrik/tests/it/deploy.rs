@@ -1,0 +1,154 @@
+//! The deployment files in `deploy/`: the Kubernetes manifests' configuration passes
+//! `fabrik config check` with the container's environment, and their ports, probes, mounts and
+//! command agree with that configuration, the API's routes and the Containerfile. (No cluster
+//! or container runtime runs here: what can be checked without one is.)
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
+}
+
+/// The YAML documents of a manifest, read by PyYAML (in the test venv) into JSON.
+fn manifest(name: &str) -> Vec<Value> {
+    let python = std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(&python)
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))",
+        ])
+        .arg(deploy().join("kubernetes").join(name))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{python}` (FABRIK_PYTHON) with PyYAML: {e}"));
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+fn of_kind<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+#[test]
+fn the_hub_manifest_runs_the_configuration_it_ships() {
+    let docs = manifest("fabrik-hub.yaml");
+    let config = of_kind(&docs, "ConfigMap", "fabrik-config")["data"]["fabrik.toml"]
+        .as_str()
+        .expect("fabrik.toml");
+    let set = of_kind(&docs, "StatefulSet", "fabrik-hub");
+    let pod = &set["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+
+    // The container's command reads the ConfigMap where it is mounted.
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(args, ["run", "--config", "/etc/fabrik/fabrik.toml"]);
+    let mounts: BTreeMap<&str, &str> = container["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .filter_map(|m| Some((m["name"].as_str()?, m["mountPath"].as_str()?)))
+        .collect();
+    assert_eq!(mounts["config"], "/etc/fabrik");
+    let config_volume = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "config")
+        .expect("config volume");
+    assert_eq!(config_volume["configMap"]["name"], "fabrik-config");
+
+    // `fabrik config check` with the container's environment (secrets stand in).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("fabrik.toml");
+    std::fs::write(&file, config).expect("config");
+    let mut check = Command::new(crate::support::fabrik_bin());
+    check.args(["config", "check"]).arg(&file);
+    for var in container["env"].as_array().expect("env") {
+        let name = var["name"].as_str().expect("name");
+        let value = var["value"].as_str().unwrap_or("a-secret-from-kubernetes");
+        check.env(name, value);
+    }
+    let out = check.output().expect("fabrik config check");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The data directory the configuration names is the volume; the ports it listens on are
+    // the container's; the readiness probe asks a route the API serves without a token.
+    let parsed: toml::Value = toml::from_str(config).expect("toml");
+    assert_eq!(
+        mounts["data"],
+        parsed["store"]["data_dir"].as_str().expect("data_dir")
+    );
+    let ports: BTreeMap<&str, u64> = container["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .filter_map(|p| Some((p["name"].as_str()?, p["containerPort"].as_u64()?)))
+        .collect();
+    for (section, port) in [("http", "http"), ("mqtt", "mqtt")] {
+        let listen = parsed[section]["listen"].as_str().expect("listen");
+        assert!(
+            listen.starts_with("0.0.0.0:"),
+            "{section}.listen {listen}: not reachable from the Service"
+        );
+        assert_eq!(
+            listen.rsplit(':').next().and_then(|p| p.parse().ok()),
+            Some(ports[port])
+        );
+    }
+    let probe = &container["readinessProbe"]["httpGet"];
+    assert_eq!(probe["path"], "/ready");
+    let openapi: Value = serde_json::from_str(
+        &std::fs::read_to_string(deploy().join("../docs/api/openapi.json")).expect("openapi"),
+    )
+    .expect("json");
+    assert!(
+        openapi["paths"]["/ready"]["get"].is_object(),
+        "/ready is not an API route"
+    );
+    assert!(
+        openapi["paths"]["/ready"]["get"]["security"].is_null(),
+        "/ready must answer a probe without a token"
+    );
+
+    // Unprivileged, as the image's user; nothing written outside the volumes.
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    let image = std::fs::read_to_string(deploy().join("Containerfile")).expect("Containerfile");
+    let user = pod["securityContext"]["runAsUser"].as_u64().expect("uid");
+    assert!(
+        image.contains(&format!("USER {user}:")),
+        "the image runs as another user"
+    );
+    assert!(image.contains(r#"CMD ["run", "--config", "/etc/fabrik/fabrik.toml"]"#));
+
+    // The hub's NATS is the one nats.yaml runs.
+    let nats = manifest("nats.yaml");
+    let service = of_kind(&nats, "Service", "fabrik-nats");
+    let port = service["spec"]["ports"][0]["port"].as_u64().expect("port");
+    assert_eq!(
+        parsed["hub"]["url"].as_str(),
+        Some(format!("nats://fabrik-nats:{port}").as_str())
+    );
+    let args = of_kind(&nats, "StatefulSet", "fabrik-nats")["spec"]["template"]["spec"]["containers"][0]["args"]
+        .to_string();
+    assert!(args.contains("\"-js\""), "JetStream is off: {args}");
+}
