@@ -38,6 +38,8 @@ class Version:
     """A SemVer 2.0 version, ordered by precedence (build metadata ignored)."""
 
     def __init__(self, text):
+        if not isinstance(text, str):
+            raise ValueError(f"{text!r} is not a semantic version")
         m = SEMVER.match(text.strip())
         if not m:
             raise ValueError(f"`{text}` is not a semantic version")
@@ -69,12 +71,23 @@ def event_version(value):
     return None if value == "0" else Version(value)
 
 
+EVENT_KINDS = ("introduced", "fixed", "last_affected")
+
+
 def in_range(version, events, where):
     """Whether `version` falls in an OSV SEMVER range (its events in any order)."""
+    # `limit` only bounds a git range's search: it does not change what is affected.
+    events = [e for e in events if not (isinstance(e, dict) and set(e) == {"limit"})]
+    for event in events:
+        if not isinstance(event, dict) or len(set(event) & set(EVENT_KINDS)) != 1:
+            raise ValueError(f"{where}: an event that is not one of {', '.join(EVENT_KINDS)}: {event!r}")
+
     def order(event):
-        value = next(iter(event.values()))
-        v = event_version(value) if "introduced" in event else Version(value)
-        return (0, ()) if v is None else (1, v.key())
+        kind = next(k for k in EVENT_KINDS if k in event)
+        v = event_version(event[kind]) if kind == "introduced" else Version(event[kind])
+        # At equal versions `introduced` comes first, so [last_affected X, introduced X]
+        # still affects X.
+        return (0, (), 0) if v is None else (1, v.key(), 0 if kind == "introduced" else 1)
 
     try:
         ordered = sorted(events, key=order)
@@ -98,8 +111,43 @@ def in_range(version, events, where):
                 affected = False
             else:
                 break
-        # `limit` events only bound a git range's search; a SEMVER range has none that matter.
     return affected
+
+
+def check_advisory(where, advisory):
+    """The shape the scan relies on, or a ValueError naming what is not."""
+    if not isinstance(advisory, dict):
+        raise ValueError(f"{where}: not an OSV advisory (a JSON object)")
+    for key, kind in (("affected", list), ("aliases", list), ("severity", list)):
+        if not isinstance(advisory.get(key, []), kind):
+            raise ValueError(f"{where}: `{key}` is not a list")
+    for key in ("id", "summary"):
+        if not isinstance(advisory.get(key, ""), str):
+            raise ValueError(f"{where}: `{key}` is not a string")
+    for i, affected in enumerate(advisory.get("affected", [])):
+        if not isinstance(affected, dict) or not isinstance(affected.get("package", {}), dict):
+            raise ValueError(f"{where}: affected[{i}] is not an object with a `package`")
+        if not isinstance(affected.get("package", {}).get("name", ""), str):
+            raise ValueError(f"{where}: affected[{i}].package.name is not a string")
+        if not all(isinstance(v, str) for v in affected.get("versions", []) or []):
+            raise ValueError(f"{where}: affected[{i}].versions holds a non-string")
+        if not isinstance(affected.get("ranges", []), list) or not all(
+            isinstance(r, dict) and isinstance(r.get("events", []), list)
+            for r in affected.get("ranges", [])
+        ):
+            raise ValueError(f"{where}: affected[{i}].ranges is not a list of ranges")
+        if not isinstance(affected.get("versions", []), list):
+            raise ValueError(f"{where}: affected[{i}].versions is not a list")
+
+
+def informational(advisory, affected):
+    """RustSec's kind of informational advisory (`unmaintained`, `unsound`, `notice`), or None.
+    RustSec's OSV export puts it in the affected entry's `database_specific`; older or other
+    exports at the top level."""
+    for place in (affected.get("database_specific"), advisory.get("database_specific")):
+        if isinstance(place, dict) and isinstance(place.get("informational"), str):
+            return place["informational"]
+    return None
 
 
 def load_advisories(path):
@@ -145,6 +193,7 @@ def scan(sbom_path, osv_path, ignore):
         except json.JSONDecodeError as e:
             raise ValueError(f"{where}: not JSON ({e})") from None
         advisories += 1
+        check_advisory(where, advisory)
         if advisory.get("withdrawn"):
             continue
         ids = {advisory.get("id", "")} | set(advisory.get("aliases", []))
@@ -158,17 +207,20 @@ def scan(sbom_path, osv_path, ignore):
                     v = Version(version)
                 except ValueError:
                     continue
+                # crates.io's own versions are SemVer, so its ECOSYSTEM ranges (GitHub's
+                # advisories use them) read as SEMVER ones.
+                ranges = [r for r in affected.get("ranges", [])
+                          if r.get("type") in ("SEMVER", "ECOSYSTEM")]
                 hit = version in listed or any(
                     in_range(v, r.get("events", []), f"{where}: {package['name']}")
-                    for r in affected.get("ranges", [])
-                    if r.get("type") == "SEMVER"
+                    for r in ranges
                 )
                 if not hit:
                     continue
-                informational = (advisory.get("database_specific") or {}).get("informational")
+                kind = informational(advisory, affected)
                 fixed = sorted(
-                    {e["fixed"] for r in affected.get("ranges", []) for e in r.get("events", [])
-                     if "fixed" in e},
+                    {e["fixed"] for r in ranges for e in r.get("events", [])
+                     if isinstance(e, dict) and "fixed" in e},
                     key=lambda text: Version(text).key(),
                 )
                 findings.append({
@@ -177,7 +229,7 @@ def scan(sbom_path, osv_path, ignore):
                     "crate": package["name"],
                     "version": version,
                     "build_only": scope == "excluded",
-                    "kind": informational or "vulnerability",
+                    "kind": kind or "vulnerability",
                     "summary": advisory.get("summary", "").strip(),
                     "fixed_in": fixed,
                     "severity": [s.get("score") for s in advisory.get("severity", [])],
@@ -198,6 +250,10 @@ def main():
         advisories, findings = scan(args.sbom, args.osv, set(args.ignore))
     except (OSError, ValueError) as e:
         print(f"vulnscan: {e}", file=sys.stderr)
+        return 2
+    except (TypeError, AttributeError, KeyError, StopIteration) as e:
+        # A shape check_advisory does not foresee: still unusable input, never "found".
+        print(f"vulnscan: unexpected input ({type(e).__name__}: {e})", file=sys.stderr)
         return 2
     if advisories == 0:
         print(f"vulnscan: {args.osv} holds no advisories: is it an OSV export?", file=sys.stderr)

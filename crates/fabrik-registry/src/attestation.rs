@@ -221,6 +221,7 @@ impl Registry {
         .bind(enrolled.enrolled_at)
         .execute(&self.pool)
         .await?;
+        self.enrolled.lock().insert(id.to_owned());
         self.event(id, "attestation_key", &enrolled.fingerprint)
             .await?;
         self.attestation_changed.notify_one();
@@ -234,6 +235,7 @@ impl Registry {
             .bind(id)
             .execute(&self.pool)
             .await?;
+        self.enrolled.lock().remove(id);
         if done.rows_affected() == 0 {
             return Err(RegistryError::Invalid(format!(
                 "device `{id}` has no attestation key"
@@ -706,6 +708,7 @@ impl Registry {
             .execute(&self.pool)
             .await?;
         self.challenges.lock().remove(id);
+        self.enrolled.lock().remove(id);
         Ok(())
     }
 }
@@ -743,22 +746,15 @@ impl Registry {
         ))
     }
 
-    /// Why a device may not connect now (`None`: it may). Cheap for devices that need not
-    /// attest: one lookup of their key.
+    /// Why a device may not connect now (`None`: it may). Free for devices that need not
+    /// attest: the set of enrolled devices is kept in memory.
     pub async fn attestation_gate(
         &self,
         id: &str,
         settings: &AttestationSettings,
     ) -> Result<Option<String>, RegistryError> {
-        if !settings.required {
-            let enrolled: Option<i64> =
-                sqlx::query_scalar("SELECT 1 FROM attestation_keys WHERE device_id = ?")
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await?;
-            if enrolled.is_none() {
-                return Ok(None);
-            }
+        if !settings.required && !self.enrolled.lock().contains(id) {
+            return Ok(None);
         }
         let status = self.attestation_status(id, settings, 0).await?;
         Ok((!status.may_connect).then_some(status.reason))

@@ -202,6 +202,9 @@ pub struct Registry {
     /// Woken by every attestation verdict, key and policy change, so the MQTT endpoint
     /// re-checks its connected devices at once.
     attestation_changed: Arc<tokio::sync::Notify>,
+    /// Devices with an enrolled attestation key, so a CONNECT of any other device costs no
+    /// query for its attestation.
+    enrolled: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 /// SHA-256 of a token that passed the argon2 check, and when.
@@ -287,6 +290,9 @@ impl Registry {
         sqlx::query("UPDATE devices SET state = 'offline' WHERE state = 'online'")
             .execute(&pool)
             .await?;
+        let enrolled: Vec<String> = sqlx::query_scalar("SELECT device_id FROM attestation_keys")
+            .fetch_all(&pool)
+            .await?;
         Ok(Self {
             pool,
             verified: Arc::default(),
@@ -296,6 +302,7 @@ impl Registry {
             audit: Arc::new(audit),
             challenges: Arc::default(),
             attestation_changed: Arc::default(),
+            enrolled: Arc::new(Mutex::new(enrolled.into_iter().collect())),
         })
     }
 

@@ -421,6 +421,37 @@ mod attestation {
     }
 
     #[tokio::test]
+    async fn an_enrolled_key_still_gates_the_device_after_a_restart() {
+        let (dir, registry) = gateway().await;
+        let pem = String::from_utf8(fixture("ak-ecc.pem")).expect("utf-8");
+        registry
+            .enrol_attestation_key("gw-1", &pem)
+            .await
+            .expect("enrol");
+        registry.close().await;
+        let reopened = Registry::open(&dir.path().join("registry.db"))
+            .await
+            .expect("reopen");
+        let settings = AttestationSettings::default();
+        let closed = reopened
+            .attestation_gate("gw-1", &settings)
+            .await
+            .expect("gate");
+        assert!(closed.expect("closed").contains("has not attested"));
+        reopened
+            .remove_attestation_key("gw-1")
+            .await
+            .expect("unenrol");
+        assert_eq!(
+            reopened
+                .attestation_gate("gw-1", &settings)
+                .await
+                .expect("gate"),
+            None
+        );
+    }
+
+    #[tokio::test]
     async fn a_device_has_at_most_four_open_challenges() {
         let (_dir, registry) = gateway().await;
         let mut nonces = Vec::new();

@@ -129,7 +129,7 @@ fn the_hub_manifest_runs_the_configuration_it_ships() {
         "/ready must answer a probe without a token"
     );
 
-    // Unprivileged, as the image's user; nothing written outside the volumes.
+    // Unprivileged, as the image's user; the root filesystem read-only.
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
     let image = std::fs::read_to_string(deploy().join("Containerfile")).expect("Containerfile");

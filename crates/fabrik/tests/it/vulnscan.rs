@@ -35,6 +35,7 @@ fn small_sbom(dir: &Path) -> PathBuf {
             component("foo", "0.3.0-beta.2", "required"),
             component("bar", "2.0.0+build.7", "required"),
             component("buildtool", "1.0.0", "excluded"),
+            component("baz", "0.9.0", "required"),
         ],
     });
     let path = dir.join("sbom.json");
@@ -57,14 +58,22 @@ fn vulnerable_crates_fail_the_scan_and_the_rest_follow_the_osv_rules() {
     let out = vulnscan(&["--sbom", sbom, "--osv", osv, "--json"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(report["advisories"], 6);
+    assert_eq!(report["advisories"], 7);
     let findings = report["findings"].as_array().expect("findings");
     let ids: Vec<&str> = findings.iter().filter_map(|f| f["id"].as_str()).collect();
     // smallvec 1.6.0 is in [1.0.0, 1.6.1); foo's pre-release is below last_affected 0.3.0;
     // buildtool's version is listed. bar was fixed in 1.5.0, its other advisory withdrawn;
-    // the PyPI package only shares smallvec's name.
-    assert_eq!(ids, ["FAKE-2026-0001", "FAKE-2026-0003", "FAKE-2026-0004"]);
-    assert_eq!(report["failing"], 2);
+    // the PyPI package only shares smallvec's name. baz is in GitHub's ECOSYSTEM range.
+    assert_eq!(
+        ids,
+        [
+            "FAKE-2026-0001",
+            "FAKE-2026-0003",
+            "FAKE-2026-0004",
+            "GHSA-fake-0007"
+        ]
+    );
+    assert_eq!(report["failing"], 3);
     assert_eq!(
         findings[0]["fixed_in"],
         serde_json::json!(["0.6.10", "1.6.1"])
@@ -82,10 +91,12 @@ fn vulnerable_crates_fail_the_scan_and_the_rest_follow_the_osv_rules() {
         "FAKE-2026-0001",
         "--ignore",
         "CVE-2099-0003",
+        "--ignore",
+        "GHSA-fake-0007",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let printed = text(&out);
-    assert!(printed.contains("3 finding(s), 0 failing"), "{printed}");
+    assert!(printed.contains("4 finding(s), 0 failing"), "{printed}");
     assert!(
         printed.contains("warn    FAKE-2026-0004 unmaintained: buildtool@1.0.0 (build only)"),
         "{printed}"
@@ -139,6 +150,27 @@ fn unusable_input_is_named_and_exits_2() {
         "{}",
         text(&out)
     );
+
+    // Shapes the schema does not allow: named, exit 2, never "vulnerabilities found".
+    for (body, wanted) in [
+        (
+            r#"{"id": "X-2", "affected": null}"#,
+            "X-2.json: `affected` is not a list",
+        ),
+        (r#"[1, 2]"#, "X-2.json: not an OSV advisory"),
+        (
+            r#"{"id": "X-2", "affected": [{"package": {"ecosystem": "crates.io", "name": "smallvec"},
+                "ranges": [{"type": "SEMVER", "events": [{}]}]}]}"#,
+            "an event that is not one of introduced, fixed, last_affected",
+        ),
+    ] {
+        std::fs::remove_dir_all(&bad).expect("clear");
+        std::fs::create_dir_all(&bad).expect("dir");
+        std::fs::write(bad.join("X-2.json"), body).expect("advisory");
+        let out = vulnscan(&["--sbom", sbom, "--osv", bad.to_str().expect("utf-8")]);
+        assert_eq!(out.status.code(), Some(2), "{body}: {}", text(&out));
+        assert!(text(&out).contains(wanted), "{body}: {}", text(&out));
+    }
 
     let empty = dir.path().join("empty");
     std::fs::create_dir_all(&empty).expect("dir");
