@@ -198,6 +198,14 @@ mod attestation {
             .expect("32 bytes")
     }
 
+    /// Why `gw-1` may not connect now (`None`: it may).
+    async fn gate(registry: &Registry, settings: &AttestationSettings) -> Option<String> {
+        registry
+            .attestation_gate("gw-1", settings)
+            .await
+            .expect("gate")
+    }
+
     async fn gateway() -> (tempfile::TempDir, Registry) {
         let (dir, registry) = registry().await;
         registry
@@ -215,22 +223,13 @@ mod attestation {
     async fn a_quote_passes_against_a_golden_devices_values_and_opens_the_gate_once() {
         let (_dir, registry) = gateway().await;
         let settings = AttestationSettings::default();
-        assert_eq!(
-            registry
-                .attestation_gate("gw-1", &settings)
-                .await
-                .expect("gate"),
-            None
-        );
+        assert_eq!(gate(&registry, &settings).await, None);
         let pem = String::from_utf8(fixture("ak-ecc.pem")).expect("utf-8");
         registry
             .enrol_attestation_key("gw-1", &pem)
             .await
             .expect("enrol");
-        let closed = registry
-            .attestation_gate("gw-1", &settings)
-            .await
-            .expect("gate");
+        let closed = gate(&registry, &settings).await;
         assert!(closed.expect("closed").contains("has not attested"));
 
         // No reference values yet: authentic, but deny by default.
@@ -258,13 +257,7 @@ mod attestation {
         registry.open_challenge("gw-1", nonce());
         let passed = registry.attest("gw-1", &evidence()).await.expect("attest");
         assert!(passed.passed, "{passed:?}");
-        assert_eq!(
-            registry
-                .attestation_gate("gw-1", &settings)
-                .await
-                .expect("gate"),
-            None
-        );
+        assert_eq!(gate(&registry, &settings).await, None);
 
         // The same quote again: its challenge is used up. Not authentic, so it does not
         // close the gate a genuine quote opened.
@@ -274,13 +267,7 @@ mod attestation {
             replayed.reasons[0].contains("a replayed quote?"),
             "{replayed:?}"
         );
-        assert_eq!(
-            registry
-                .attestation_gate("gw-1", &settings)
-                .await
-                .expect("gate"),
-            None
-        );
+        assert_eq!(gate(&registry, &settings).await, None);
 
         // A policy the device no longer meets: PCR 4 named, the gate closed.
         let mut changed = policy.accept[0].clone();
@@ -300,11 +287,7 @@ mod attestation {
             .await
             .expect("policy");
         // The pass no longer holds under the new values, before any new quote.
-        let closed = registry
-            .attestation_gate("gw-1", &settings)
-            .await
-            .expect("gate")
-            .expect("closed");
+        let closed = gate(&registry, &settings).await.expect("closed");
         assert!(
             closed.contains("no longer meets the reference values of type `gateway`: PCR 4 is"),
             "{closed}"
@@ -317,10 +300,7 @@ mod attestation {
             failed.reasons[0].starts_with("PCR 4 is 828c248c"),
             "{failed:?}"
         );
-        let closed = registry
-            .attestation_gate("gw-1", &settings)
-            .await
-            .expect("gate");
+        let closed = gate(&registry, &settings).await;
         assert!(closed.expect("closed").contains("PCR 4 is"));
 
         // An expired pass closes it too.
@@ -346,10 +326,7 @@ mod attestation {
                 .expect("attest")
                 .passed
         );
-        let expired = registry
-            .attestation_gate("gw-1", &short)
-            .await
-            .expect("gate");
+        let expired = gate(&registry, &short).await;
         assert!(expired.expect("closed").contains("expired"));
         let status = registry
             .attestation_status("gw-1", &settings, 10)
@@ -364,10 +341,7 @@ mod attestation {
             ..DevicePatch::default()
         };
         registry.patch("gw-1", moved).await.expect("patch");
-        let closed = registry
-            .attestation_gate("gw-1", &settings)
-            .await
-            .expect("gate");
+        let closed = gate(&registry, &settings).await;
         assert!(
             closed
                 .expect("closed")
@@ -378,13 +352,7 @@ mod attestation {
             ..DevicePatch::default()
         };
         registry.patch("gw-1", back).await.expect("patch");
-        assert_eq!(
-            registry
-                .attestation_gate("gw-1", &settings)
-                .await
-                .expect("gate"),
-            None
-        );
+        assert_eq!(gate(&registry, &settings).await, None);
 
         // A new key: what the old one vouched for no longer counts.
         let rsa = String::from_utf8(fixture("ak-rsa.pem")).expect("utf-8");
@@ -392,10 +360,7 @@ mod attestation {
             .enrol_attestation_key("gw-1", &rsa)
             .await
             .expect("enrol");
-        let closed = registry
-            .attestation_gate("gw-1", &settings)
-            .await
-            .expect("gate");
+        let closed = gate(&registry, &settings).await;
         assert!(
             closed
                 .expect("closed")
@@ -411,13 +376,7 @@ mod attestation {
             })
             .await
             .expect("add");
-        assert_eq!(
-            registry
-                .attestation_gate("gw-1", &settings)
-                .await
-                .expect("gate"),
-            None
-        );
+        assert_eq!(gate(&registry, &settings).await, None);
     }
 
     #[tokio::test]
@@ -433,22 +392,13 @@ mod attestation {
             .await
             .expect("reopen");
         let settings = AttestationSettings::default();
-        let closed = reopened
-            .attestation_gate("gw-1", &settings)
-            .await
-            .expect("gate");
+        let closed = gate(&reopened, &settings).await;
         assert!(closed.expect("closed").contains("has not attested"));
         reopened
             .remove_attestation_key("gw-1")
             .await
             .expect("unenrol");
-        assert_eq!(
-            reopened
-                .attestation_gate("gw-1", &settings)
-                .await
-                .expect("gate"),
-            None
-        );
+        assert_eq!(gate(&reopened, &settings).await, None);
     }
 
     #[tokio::test]
@@ -485,10 +435,7 @@ mod attestation {
             required: true,
             ..AttestationSettings::default()
         };
-        let reason = registry
-            .attestation_gate("gw-1", &required)
-            .await
-            .expect("gate");
+        let reason = gate(&registry, &required).await;
         assert!(
             reason
                 .expect("closed")

@@ -470,71 +470,17 @@ impl Backfill {
                 self.update(&id, Job::next_table);
                 continue;
             };
-            let start = job.position_ns.or(job.from_ns);
-            // The next row of the table in the span: gaps are jumped over, not sliced.
-            let first = self
-                .0
-                .store
-                .query(&format!(
-                    "SELECT min(time) AS first {}",
-                    span(&table, start, job.to_ns)
-                ))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|out| first_time(&out.batches));
-            let first = match first {
-                Ok(Some(first)) => first,
+            let (first, end, batches) = match self.read_slice(&job, &table, &schema, stop).await {
+                Ok(Some(slice)) => slice,
                 Ok(None) => {
                     self.update(&id, Job::next_table);
                     continue;
                 }
-                Err(e) => {
+                Err((e, rows_failed)) => {
                     query_failures += 1;
-                    if self
-                        .query_failed(&id, &table, e, query_failures, stop)
-                        .await
-                    {
-                        return;
+                    if rows_failed {
+                        self.update(&id, |j| j.slice_ns = (j.slice_ns / 2).max(1_000_000));
                     }
-                    continue;
-                }
-            };
-            let end = first.saturating_add(job.slice_ns).min(job.to_ns);
-            // Waited for before the read, not after: a row rewritten at the same series and
-            // time while the slice waited would reach the hub live first and then be
-            // overwritten there by the older value this slice read.
-            self.live_first(stop).await;
-            let end = match slice_end(&self.0.store, &table, first, end, MAX_SLICE_ROWS).await {
-                Ok(end) => end,
-                Err(e) => {
-                    query_failures += 1;
-                    if self
-                        .query_failed(&id, &table, e, query_failures, stop)
-                        .await
-                    {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            let rows = self
-                .0
-                .store
-                .query(&format!("SELECT * {}", span(&table, Some(first), end)))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|out| {
-                    out.batches
-                        .iter()
-                        .filter(|b| b.num_rows() > 0)
-                        .map(|b| with_kinds(b, &schema))
-                        .collect::<Result<Vec<_>, _>>()
-                });
-            let batches = match rows {
-                Ok(batches) => batches,
-                Err(e) => {
-                    query_failures += 1;
-                    self.update(&id, |j| j.slice_ns = (j.slice_ns / 2).max(1_000_000));
                     if self
                         .query_failed(&id, &table, e, query_failures, stop)
                         .await
@@ -601,6 +547,57 @@ impl Backfill {
                 return;
             }
         }
+    }
+
+    /// The next slice of `table` where `job` stands: its first row's time, where it ends, and
+    /// its rows; `None` when the span holds no more rows. An error says whether reading the
+    /// rows themselves failed (the slice is then halved before the next try).
+    async fn read_slice(
+        &self,
+        job: &Job,
+        table: &str,
+        schema: &Schema,
+        stop: &CancellationToken,
+    ) -> Result<Option<(i64, i64, Vec<RecordBatch>)>, (String, bool)> {
+        let start = job.position_ns.or(job.from_ns);
+        // The next row of the table in the span: gaps are jumped over, not sliced.
+        let first = self
+            .0
+            .store
+            .query(&format!(
+                "SELECT min(time) AS first {}",
+                span(table, start, job.to_ns)
+            ))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|out| first_time(&out.batches))
+            .map_err(|e| (e, false))?;
+        let Some(first) = first else {
+            return Ok(None);
+        };
+        let end = first.saturating_add(job.slice_ns).min(job.to_ns);
+        // Waited for before the read, not after: a row rewritten at the same series and
+        // time while the slice waited would reach the hub live first and then be
+        // overwritten there by the older value this slice read.
+        self.live_first(stop).await;
+        let end = slice_end(&self.0.store, table, first, end, MAX_SLICE_ROWS)
+            .await
+            .map_err(|e| (e, false))?;
+        let batches = self
+            .0
+            .store
+            .query(&format!("SELECT * {}", span(table, Some(first), end)))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|out| {
+                out.batches
+                    .iter()
+                    .filter(|b| b.num_rows() > 0)
+                    .map(|b| with_kinds(b, schema))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(|e| (e, true))?;
+        Ok(Some((first, end, batches)))
     }
 
     /// Records a failed query; true when the backfill failed for good (or is stopping).

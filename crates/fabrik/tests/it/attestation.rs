@@ -167,20 +167,11 @@ fn device_post(
     token: &str,
     body: serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
-    rt.block_on(async {
-        let r = crate::support::http_client()
+    crate::support::send_blocking_json(|client| {
+        client
             .post(format!("{url}{path}"))
             .basic_auth(user, Some(token))
             .json(&body)
-            .send()
-            .await
-            .expect("request");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(serde_json::Value::Null))
     })
 }
 

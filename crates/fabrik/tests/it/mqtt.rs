@@ -46,24 +46,14 @@ pub(crate) fn http(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> (u16, serde_json::Value) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
-    rt.block_on(async {
-        let mut req = crate::support::http_client()
+    crate::support::send_blocking_json(|client| {
+        let req = client
             .request(method, format!("{url}{path}"))
             .bearer_auth(TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
+        match body {
+            Some(b) => req.json(&b),
+            None => req,
         }
-        let r = req.send().await.expect("request");
-        let status = r.status().as_u16();
-        let text = r.text().await.expect("body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
-        )
     })
 }
 

@@ -26,20 +26,7 @@ fn s3_server(port: u16) -> Peer {
 
 /// An unsigned request to the S3 server (moto takes them): status and body.
 fn s3(method: reqwest::Method, url: &str, body: &str) -> (u16, String) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
-    rt.block_on(async {
-        let r = crate::support::http_client()
-            .request(method, url)
-            .body(body.to_owned())
-            .send()
-            .await
-            .expect("S3 request");
-        let status = r.status().as_u16();
-        (status, r.text().await.expect("S3 body"))
-    })
+    crate::support::send_blocking(|client| client.request(method, url).body(body.to_owned()))
 }
 
 /// The keys under `prefix` in `bucket`.

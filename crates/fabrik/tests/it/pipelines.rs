@@ -1078,25 +1078,17 @@ fn put_bytes_with(
     bytes: Vec<u8>,
     headers: &[(&str, &str)],
 ) -> (u16, serde_json::Value) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
-    rt.block_on(async {
-        let request = crate::support::http_client()
+    crate::support::send_blocking_json(|client| {
+        let request = client
             .put(format!("{url}{path}"))
             .bearer_auth(crate::support::TOKEN)
             .header("content-type", "application/octet-stream");
-        let request = headers.iter().fold(request, |request, (name, value)| {
-            request.header(*name, *value)
-        });
-        let response = request.body(bytes).send().await.expect("request");
-        let status = response.status().as_u16();
-        let text = response.text().await.expect("body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
-        )
+        headers
+            .iter()
+            .fold(request, |request, (name, value)| {
+                request.header(*name, *value)
+            })
+            .body(bytes)
     })
 }
 

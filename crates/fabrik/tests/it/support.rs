@@ -364,6 +364,33 @@ pub(crate) fn now_ns() -> i64 {
 
 /// An HTTP client for talking to the process under test. reqwest is built with rustls and
 /// no default crypto provider (as `fabrik` is), so the test process installs ring first.
+/// Sends the request `build` makes with the tests' client, on a runtime of its own (for
+/// tests that are not async): the status and the body as text.
+pub(crate) fn send_blocking(
+    build: impl FnOnce(reqwest::Client) -> reqwest::RequestBuilder,
+) -> (u16, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let r = build(http_client()).send().await.expect("request");
+        let status = r.status().as_u16();
+        (status, r.text().await.expect("body"))
+    })
+}
+
+/// [`send_blocking`], the body read as JSON (`Null` when it is not JSON).
+pub(crate) fn send_blocking_json(
+    build: impl FnOnce(reqwest::Client) -> reqwest::RequestBuilder,
+) -> (u16, serde_json::Value) {
+    let (status, text) = send_blocking(build);
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
 pub(crate) fn http_client() -> reqwest::Client {
     static PROVIDER: std::sync::Once = std::sync::Once::new();
     PROVIDER.call_once(|| {
