@@ -1,13 +1,14 @@
-//! Device attestation over HTTP (decision 0050): operators enrol devices' TPM attestation keys
-//! and set each device type's reference PCR values; a device (with its own id and token, HTTP
-//! Basic) or an operator asks for a challenge and sends the TPM's quote back.
+//! Device attestation over HTTP (decisions 0050, 0053): operators enrol devices' TPM attestation
+//! keys and set each device type's reference PCR values; a device (with its own id and token,
+//! HTTP Basic) or an operator activates its key through the TPM's endorsement key, asks for a
+//! challenge and sends the TPM's quote back.
 
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use fabrik_registry::attestation::{
-    AttestationPolicy, AttestationRecord, AttestationStatus, Challenge, EnrolledKey, Evidence,
-    PolicyBody,
+    ActivationChallenge, ActivationProof, ActivationRequest, AttestationPolicy, AttestationRecord,
+    AttestationStatus, Challenge, EnrolledKey, Evidence, PolicyBody,
 };
 use fabrik_registry::{AuditEvent, Registry, RegistryError, Role};
 use serde::Deserialize;
@@ -103,8 +104,21 @@ async fn authorised(
     id: &str,
     action: &str,
 ) -> Result<String, ApiError> {
+    authorised_caller(state, registry, headers, id, action)
+        .await
+        .map(|who| who.name(id))
+}
+
+/// [`authorised`], telling the device from an admin.
+async fn authorised_caller(
+    state: &ApiState,
+    registry: &Registry,
+    headers: &HeaderMap,
+    id: &str,
+    action: &str,
+) -> Result<Caller, ApiError> {
     match caller(state, registry, headers, id).await {
-        Ok(who) => Ok(who.name(id)),
+        Ok(who) => Ok(who),
         Err(e) => {
             let claimed = state
                 .auth
@@ -132,15 +146,8 @@ pub(crate) async fn challenge(
     const ACTION: &str = "POST /api/v1/devices/{id}/attestation/challenge";
     let registry = registry(&state)?;
     let who = authorised(&state, registry, &headers, &id, ACTION).await?;
-    let challenge = registry
-        .attestation_challenge(&id)
-        .await
-        .map_err(ApiError::from);
-    let status = challenge
-        .as_ref()
-        .map_or_else(ApiError::status, |_| StatusCode::OK);
-    audit(&state, who, ACTION, &id, status).await;
-    Ok(Json(challenge?))
+    let challenge = registry.attestation_challenge(&id).await;
+    audited(&state, who, ACTION, &id, challenge).await
 }
 
 #[utoipa::path(post, path = "/api/v1/devices/{id}/attestation/evidence", tag = "attestation",
@@ -183,6 +190,74 @@ pub(crate) async fn evidence(
     ))
 }
 
+/// Runs a device-called step and audits its outcome under the caller's name.
+async fn audited<T>(
+    state: &ApiState,
+    who: String,
+    action: &str,
+    id: &str,
+    outcome: Result<T, RegistryError>,
+) -> Result<Json<T>, ApiError> {
+    let outcome = outcome.map_err(ApiError::from);
+    let status = outcome
+        .as_ref()
+        .map_or_else(ApiError::status, |_| StatusCode::OK);
+    audit(state, who, action, id, status).await;
+    outcome.map(Json)
+}
+
+#[utoipa::path(post, path = "/api/v1/devices/{id}/attestation/activation", tag = "attestation",
+    security(("token" = []), ("device" = [])),
+    params(("id" = String, Path, description = "device id")), request_body = ActivationRequest,
+    responses((status = 200, description = "a credential for the device's TPM to activate within 5 minutes", body = ActivationChallenge),
+              (status = 400, description = "an EK or AK that is not one, or no EK certificate where one is needed", body = crate::error::ErrorBody),
+              (status = 403, description = "an EK certificate no trusted TPM vendor CA issued, or a device bound to another TPM", body = crate::error::ErrorBody)))]
+pub(crate) async fn begin_activation(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    crate::extract::Json(request): crate::extract::Json<ActivationRequest>,
+) -> Result<Json<ActivationChallenge>, ApiError> {
+    const ACTION: &str = "POST /api/v1/devices/{id}/attestation/activation";
+    let registry = registry(&state)?;
+    let who = authorised_caller(&state, registry, &headers, &id, ACTION).await?;
+    let by_device = matches!(who, Caller::Device);
+    let outcome = registry.begin_activation(&id, &request, by_device).await;
+    if let Err(e) = &outcome {
+        tracing::warn!(device = %id, error = %e, "Attestation key activation refused.");
+    }
+    audited(&state, who.name(&id), ACTION, &id, outcome).await
+}
+
+#[utoipa::path(post, path = "/api/v1/devices/{id}/attestation/activation/{activation}", tag = "attestation",
+    security(("token" = []), ("device" = [])),
+    params(("id" = String, Path, description = "device id"), ("activation" = String, Path, description = "the activation's id")),
+    request_body = ActivationProof,
+    responses((status = 200, description = "the key is enrolled, bound to the TPM's endorsement key", body = EnrolledKey),
+              (status = 400, description = "an unknown, used or expired activation", body = crate::error::ErrorBody),
+              (status = 403, description = "the secret does not match: the key is not in that TPM", body = crate::error::ErrorBody)))]
+pub(crate) async fn finish_activation(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Path((id, activation)): Path<(String, String)>,
+    crate::extract::Json(proof): crate::extract::Json<ActivationProof>,
+) -> Result<Json<EnrolledKey>, ApiError> {
+    const ACTION: &str = "POST /api/v1/devices/{id}/attestation/activation/{activation}";
+    let registry = registry(&state)?;
+    let who = authorised_caller(&state, registry, &headers, &id, ACTION).await?;
+    let by_device = matches!(who, Caller::Device);
+    let outcome = registry
+        .finish_activation(&id, &activation, &proof, by_device)
+        .await;
+    match &outcome {
+        Ok(key) => {
+            tracing::info!(device = %id, key = %key.fingerprint, "Attestation key activated through the TPM's endorsement key.")
+        }
+        Err(e) => tracing::warn!(device = %id, error = %e, "Attestation key activation failed."),
+    }
+    audited(&state, who.name(&id), ACTION, &id, outcome).await
+}
+
 #[utoipa::path(get, path = "/api/v1/devices/{id}/attestation", tag = "attestation", security(("token" = [])),
     params(("id" = String, Path, description = "device id")),
     responses((status = 200, description = "whether it may connect, why, its key and newest verdicts", body = AttestationStatus),
@@ -202,6 +277,7 @@ pub(crate) async fn status(
     params(("id" = String, Path, description = "device id")), request_body = KeyBody,
     responses((status = 200, description = "enrolled: from now on the device must attest to connect", body = EnrolledKey),
               (status = 400, description = "not a P-256, P-384 or RSA (2048+) public key in PEM", body = crate::error::ErrorBody),
+              (status = 403, description = "`[attestation] require_endorsement`: keys are enrolled only through their TPM's endorsement key", body = crate::error::ErrorBody),
               (status = 404, body = crate::error::ErrorBody)))]
 pub(crate) async fn enrol_key(
     crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
@@ -209,6 +285,15 @@ pub(crate) async fn enrol_key(
     Path(id): Path<String>,
     crate::extract::Json(body): crate::extract::Json<KeyBody>,
 ) -> Result<Json<EnrolledKey>, ApiError> {
+    if state.attestation.require_endorsement {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "this node takes only attestation keys activated through their TPM's certified endorsement key ([attestation] require_endorsement): run `fabrik device attestation activate {id}` on the device"
+            ),
+        ));
+    }
     Ok(Json(
         registry(&state)?
             .enrol_attestation_key(&id, &body.public_key)

@@ -61,6 +61,9 @@ pub struct ComplianceFacts {
     pub audit_lines_logged: bool,
     /// `[attestation] required`: every device must attest to connect.
     pub attestation_required: bool,
+    /// `[attestation] require_endorsement`: attestation keys only through EK certificates of
+    /// trusted TPM vendors.
+    pub attestation_endorsed: bool,
 }
 
 /// How far a control is met.
@@ -263,6 +266,14 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
             ),
             _ => {}
         }
+    }
+    if facts.attestation_endorsed {
+        evidence.push(
+            "[attestation] require_endorsement: an attestation key counts only when the \
+             device's TPM activated it through an endorsement key whose certificate a trusted \
+             TPM vendor CA issued (hardware identity, decision 0053)"
+                .to_owned(),
+        );
     }
     controls.push(control(
         &["IEC 62443-3-3 SR 1.2", "SR 1.5", "NIST 800-53 IA-3", "IA-5"],
@@ -791,6 +802,15 @@ mod tests {
                 .evidence
                 .join(" ")
                 .contains("[attestation] required")
+        );
+        assert!(!devices.evidence.join(" ").contains("require_endorsement"));
+        facts.attestation_endorsed = true;
+        let devices = control_of(&assess(&facts, &partly), "NIST 800-53 IA-3").clone();
+        assert!(
+            devices
+                .evidence
+                .join(" ")
+                .contains("require_endorsement: an attestation key counts only")
         );
 
         facts.mqtt_anonymous = true;

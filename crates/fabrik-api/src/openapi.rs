@@ -130,6 +130,8 @@ impl Modify for TokenAuth {
         crate::devices::events,
         crate::attestation::challenge,
         crate::attestation::evidence,
+        crate::attestation::begin_activation,
+        crate::attestation::finish_activation,
         crate::attestation::status,
         crate::attestation::enrol_key,
         crate::attestation::remove_key,

@@ -208,6 +208,14 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/devices/{id}/attestation/evidence",
             post(crate::attestation::evidence),
         )
+        .route(
+            "/api/v1/devices/{id}/attestation/activation",
+            post(crate::attestation::begin_activation),
+        )
+        .route(
+            "/api/v1/devices/{id}/attestation/activation/{activation}",
+            post(crate::attestation::finish_activation),
+        )
         .merge(protected)
         .fallback(no_such_route)
         .method_not_allowed_fallback(method_not_allowed)

@@ -863,10 +863,11 @@ const EVENT_STATE = {
   disconnected: 'offline', death: 'offline', attestation_failed: 'offline', refused: 'offline', revoked: 'offline',
 };
 
-/** A device's attestation (decision 0050): whether it must attest, may connect now and why. */
+/** A device's attestation (decisions 0050, 0053): whether it must attest, may connect now and why, and how its key was enrolled. */
 const attestationText = (a) => (!a ? '' : html`<dl class="kv">
   <dt>Attestation</dt><dd>${a.required ? pill(a.may_connect ? 'online' : 'offline', a.may_connect ? 'attested' : 'not attested') : html`<span class="muted">not required</span>`} <span class="muted">${a.reason}</span></dd>
-  ${a.key ? html`<dt>Attestation key</dt><dd class="mono">${a.key.algorithm} ${a.key.fingerprint.slice(0, 16)}…</dd>` : ''}</dl>`);
+  ${a.key ? html`<dt>Attestation key</dt><dd class="mono">${a.key.algorithm} ${a.key.fingerprint.slice(0, 16)}…</dd>` : ''}
+  ${a.key ? html`<dt>Endorsement</dt><dd>${a.key.endorsement ? html`${a.key.endorsement.ek_algorithm.toUpperCase()} EK <span class="mono">${a.key.endorsement.ek_fingerprint.slice(0, 16)}…</span> <span class="muted">${a.key.endorsement.certificate_issuer ? `certificate by ${a.key.endorsement.certificate_issuer}` : 'certificate not checked'}</span>` : html`<span class="muted">enrolled by an operator, not through the TPM's EK</span>`}</dd>` : ''}</dl>`);
 
 /** Streams a device's latest values: SSE (GET /devices/{id}/stream) when the server has it, else polls SQL each second. */
 function startLive(p, id, table, lastMs, onPoint, setMode) {

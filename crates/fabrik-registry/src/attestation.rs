@@ -14,6 +14,10 @@ use sqlx::Row;
 use crate::tpm::{self, AttestationKey};
 use crate::{Registry, RegistryError, now_ns};
 
+pub mod activation;
+
+pub use activation::{ActivationChallenge, ActivationProof, ActivationRequest, Endorsement};
+
 /// How long a challenge can be answered.
 pub const CHALLENGE_LIFETIME: Duration = Duration::from_secs(300);
 /// Challenges a device may have open at once; a new one drops the oldest.
@@ -36,6 +40,10 @@ pub struct EnrolledKey {
     pub enrolled_at: i64,
     /// The key (PEM).
     pub public_key: String,
+    /// How the TPM's endorsement key vouched for it (activated through `tpm2_activatecredential`);
+    /// `null` when an operator enrolled it.
+    #[serde(default)]
+    pub endorsement: Option<Endorsement>,
 }
 
 /// A challenge: the nonce a device's next quote must carry.
@@ -197,6 +205,16 @@ impl Registry {
         id: &str,
         pem: &str,
     ) -> Result<EnrolledKey, RegistryError> {
+        self.store_attestation_key(id, pem, None).await
+    }
+
+    /// Stores a device's attestation key, with how its EK vouched for it.
+    async fn store_attestation_key(
+        &self,
+        id: &str,
+        pem: &str,
+        endorsement: Option<Endorsement>,
+    ) -> Result<EnrolledKey, RegistryError> {
         self.get(id).await?;
         let key = AttestationKey::from_pem(pem).map_err(RegistryError::Invalid)?;
         let fingerprint = AttestationKey::fingerprint(pem).map_err(RegistryError::Invalid)?;
@@ -208,22 +226,36 @@ impl Registry {
             },
             enrolled_at: now_ns(),
             public_key: pem.trim().to_owned() + "\n",
+            endorsement,
         };
+        let endorsement = enrolled
+            .endorsement
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
         sqlx::query(
-            "INSERT INTO attestation_keys (device_id, public_key, fingerprint, algorithm, enrolled_at) VALUES (?, ?, ?, ?, ?)
+            "INSERT INTO attestation_keys (device_id, public_key, fingerprint, algorithm, enrolled_at, endorsement) VALUES (?, ?, ?, ?, ?, ?)
              ON CONFLICT (device_id) DO UPDATE SET public_key = excluded.public_key, fingerprint = excluded.fingerprint,
-             algorithm = excluded.algorithm, enrolled_at = excluded.enrolled_at",
+             algorithm = excluded.algorithm, enrolled_at = excluded.enrolled_at, endorsement = excluded.endorsement",
         )
         .bind(id)
         .bind(&enrolled.public_key)
         .bind(&enrolled.fingerprint)
         .bind(&enrolled.algorithm)
         .bind(enrolled.enrolled_at)
+        .bind(endorsement)
         .execute(&self.pool)
         .await?;
         self.enrolled.lock().insert(id.to_owned());
-        self.event(id, "attestation_key", &enrolled.fingerprint)
-            .await?;
+        let detail = match &enrolled.endorsement {
+            Some(e) => format!(
+                "{} (activated by EK {})",
+                enrolled.fingerprint, e.ek_fingerprint
+            ),
+            None => enrolled.fingerprint.clone(),
+        };
+        self.event(id, "attestation_key", &detail).await?;
         self.attestation_changed.notify_one();
         Ok(enrolled)
     }
@@ -247,17 +279,22 @@ impl Registry {
 
     async fn attestation_key(&self, id: &str) -> Result<Option<EnrolledKey>, RegistryError> {
         let row = sqlx::query(
-            "SELECT public_key, fingerprint, algorithm, enrolled_at FROM attestation_keys WHERE device_id = ?",
+            "SELECT public_key, fingerprint, algorithm, enrolled_at, endorsement FROM attestation_keys WHERE device_id = ?",
         )
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| {
+            let endorsement: Option<String> = r.try_get("endorsement")?;
             Ok(EnrolledKey {
                 public_key: r.try_get("public_key")?,
                 fingerprint: r.try_get("fingerprint")?,
                 algorithm: r.try_get("algorithm")?,
                 enrolled_at: r.try_get("enrolled_at")?,
+                endorsement: endorsement
+                    .map(|text| serde_json::from_str(&text))
+                    .transpose()
+                    .map_err(|e| RegistryError::Corrupt(format!("endorsement: {e}")))?,
             })
         })
         .transpose()
@@ -492,6 +529,15 @@ impl Registry {
             };
             return Ok(status);
         };
+        if settings.require_endorsement
+            && key
+                .endorsement
+                .as_ref()
+                .is_none_or(|e| e.certificate_issuer.is_none())
+        {
+            status.reason = "its attestation key was not activated through an endorsement key certified by a trusted TPM vendor ([attestation] require_endorsement): run `fabrik device attestation activate` on the device".into();
+            return Ok(status);
+        }
         // The newest authentic verdict under this key decides.
         let rows = sqlx::query(
             "SELECT record FROM attestations WHERE device_id = ? AND key_fingerprint = ? AND authentic = 1

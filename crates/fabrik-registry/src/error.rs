@@ -39,6 +39,10 @@ pub enum RegistryError {
     /// A stored record that cannot be read back.
     #[error("{0}")]
     Corrupt(String),
+    /// The caller may not do this to this device (a token holder replacing a key bound to
+    /// another TPM).
+    #[error("{0}")]
+    Refused(String),
     /// The change was overtaken by another.
     #[error("{0}")]
     Conflict(String),

@@ -205,6 +205,11 @@ pub struct Registry {
     /// Devices with an enrolled attestation key, so a CONNECT of any other device costs no
     /// query for its attestation.
     enrolled: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Credentials issued to devices' endorsement keys and not yet activated.
+    activations: Arc<Mutex<attestation::activation::Activations>>,
+    /// The TPM vendors' CA certificates (DER) EK certificates are checked against; empty: EK
+    /// certificates are not checked.
+    endorsement_authorities: Arc<parking_lot::RwLock<Arc<Vec<Vec<u8>>>>>,
 }
 
 /// SHA-256 of a token that passed the argon2 check, and when.
@@ -303,6 +308,8 @@ impl Registry {
             challenges: Arc::default(),
             attestation_changed: Arc::default(),
             enrolled: Arc::new(Mutex::new(enrolled.into_iter().collect())),
+            activations: Arc::default(),
+            endorsement_authorities: Arc::default(),
         })
     }
 

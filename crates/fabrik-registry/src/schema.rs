@@ -96,6 +96,12 @@ const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX attestations_by_device ON attestations (device_id, id);
     CREATE INDEX attestations_by_verdict ON attestations (device_id, key_fingerprint, authentic, id)",
     ),
+    (
+        7,
+        // How a key was vouched for by its TPM's endorsement key (decision 0053), JSON; NULL
+        // for a key an operator enrolled.
+        "ALTER TABLE attestation_keys ADD COLUMN endorsement TEXT",
+    ),
 ];
 
 /// The audit log's table, also made afresh when an old log is set aside.

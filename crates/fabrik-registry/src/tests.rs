@@ -306,7 +306,7 @@ mod attestation {
         // An expired pass closes it too.
         let short = AttestationSettings {
             max_age: std::time::Duration::from_nanos(1),
-            ..settings
+            ..settings.clone()
         };
         registry
             .set_attestation_policy(

@@ -12,6 +12,8 @@ use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
+pub mod endorsement;
+
 /// `TPM_GENERATED_VALUE`: only the TPM itself signs structures that start with it.
 const TPM_GENERATED: u32 = 0xff54_4347;
 /// `TPM_ST_ATTEST_QUOTE`.

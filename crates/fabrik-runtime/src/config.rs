@@ -75,6 +75,11 @@ pub struct AttestationConfig {
     pub required: bool,
     /// How long a passing attestation lets a device connect.
     pub max_age: String,
+    /// The TPM vendors' CA certificates (PEM or DER file, or a directory of them) a device's EK
+    /// certificate must chain to when it activates its key; empty: not checked.
+    pub endorsement_authorities: String,
+    /// Only keys activated through a certified EK open the gate (decision 0053).
+    pub require_endorsement: bool,
 }
 
 impl Default for AttestationConfig {
@@ -82,17 +87,24 @@ impl Default for AttestationConfig {
         Self {
             required: false,
             max_age: "24h".into(),
+            endorsement_authorities: String::new(),
+            require_endorsement: false,
         }
     }
 }
 
 /// The validated `[attestation]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttestationSettings {
     /// Every device must attest.
     pub required: bool,
     /// How long a passing attestation lets a device connect.
     pub max_age: Duration,
+    /// Only keys activated through an EK certificate from a trusted TPM vendor open the gate.
+    pub require_endorsement: bool,
+    /// The TPM vendors' CA certificates (file or directory); `None`: EK certificates are not
+    /// checked.
+    pub endorsement_authorities: Option<std::path::PathBuf>,
 }
 
 impl Default for AttestationSettings {
@@ -100,6 +112,8 @@ impl Default for AttestationSettings {
         Self {
             required: false,
             max_age: Duration::from_secs(24 * 3600),
+            require_endorsement: false,
+            endorsement_authorities: None,
         }
     }
 }
@@ -1685,8 +1699,22 @@ impl Config {
                     .into(),
             );
         }
+        if self.attestation.require_endorsement
+            && self.attestation.endorsement_authorities.trim().is_empty()
+        {
+            problem(
+                "attestation.require_endorsement",
+                "name the TPM vendors' CA certificates in attestation.endorsement_authorities: \
+                 without them no EK certificate can be checked"
+                    .into(),
+            );
+        }
         let attestation = AttestationSettings {
             required: self.attestation.required,
+            require_endorsement: self.attestation.require_endorsement,
+            endorsement_authorities: Some(self.attestation.endorsement_authorities.trim())
+                .filter(|p| !p.is_empty())
+                .map(std::path::PathBuf::from),
             max_age: match parse_duration(&self.attestation.max_age) {
                 Ok(d) if d >= Duration::from_secs(60) => d,
                 Ok(_) => {
@@ -2403,6 +2431,23 @@ mod tests {
         let settings = config.validate("t").expect("valid");
         assert!(settings.attestation.required);
         assert_eq!(settings.attestation.max_age, Duration::from_secs(7200));
+        assert!(!settings.attestation.require_endorsement);
+        assert_eq!(settings.attestation.endorsement_authorities, None);
+        let blind = "[attestation]\nrequire_endorsement = true\n";
+        let config = Config::from_toml("t", blind, no_env()).expect("parses");
+        let e = config.validate("t").unwrap_err().to_string();
+        assert!(
+            e.contains("attestation.require_endorsement") && e.contains("endorsement_authorities"),
+            "{e}"
+        );
+        let vendors = "[attestation]\nrequire_endorsement = true\nendorsement_authorities = \"/etc/fabrik/tpm\"\n";
+        let config = Config::from_toml("t", vendors, no_env()).expect("parses");
+        let settings = config.validate("t").expect("valid");
+        assert!(settings.attestation.require_endorsement);
+        assert_eq!(
+            settings.attestation.endorsement_authorities.as_deref(),
+            Some(std::path::Path::new("/etc/fabrik/tpm"))
+        );
         let anonymous = "[attestation]\nrequired = true\n[mqtt]\nallow_anonymous = true\n";
         let config = Config::from_toml("t", anonymous, no_env()).expect("parses");
         let e = config.validate("t").unwrap_err().to_string();

@@ -1,6 +1,7 @@
 //! `fabrik device attestation …`: enrol a device's TPM attestation key, set a device type's
-//! reference PCR values, show whether a device may connect, and, on the device itself, answer
-//! a challenge with a quote from its TPM (through tpm2-tools' `tpm2_quote`).
+//! reference PCR values, show whether a device may connect, and, on the device itself,
+//! activate its key through the TPM's endorsement key and answer a challenge with a quote from
+//! its TPM (through tpm2-tools).
 
 use std::path::PathBuf;
 
@@ -28,6 +29,26 @@ pub(crate) enum AttestationCommand {
         /// The key's public part, PEM.
         #[arg(long)]
         public_key: PathBuf,
+    },
+    /// On the device: enrol its attestation key through the TPM's endorsement key (EK) — the
+    /// server checks the EK certificate and sends a credential only this TPM can open for
+    /// this key (`tpm2_activatecredential`).
+    Activate {
+        /// Device id.
+        id: String,
+        /// The device's token (HTTP Basic with its id); without it, the admin token is used.
+        #[arg(long, env = "FABRIK_DEVICE_TOKEN", hide_env_values = true)]
+        device_token: Option<String>,
+        /// The attestation key's persistent handle (e.g. 0x81010002) or context file.
+        #[arg(long)]
+        ak: String,
+        /// The endorsement key's algorithm (the TCG's default templates).
+        #[arg(long, default_value = "rsa", value_parser = ["rsa", "ecc"])]
+        ek: String,
+        /// The EK certificate (DER or PEM); default: read from the TPM's NV index (0x01c00002
+        /// for RSA, 0x01c0000a for ECC), sent only if there is one.
+        #[arg(long)]
+        ek_certificate: Option<PathBuf>,
     },
     /// Remove a device's attestation key.
     Unenrol {
@@ -126,6 +147,19 @@ pub(crate) async fn run(
                 ),
                 None => println!("  key: none enrolled"),
             }
+            if let Some(e) = status
+                .get("key")
+                .and_then(|k| k.get("endorsement"))
+                .filter(|e| !e.is_null())
+            {
+                let text = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("not checked");
+                println!(
+                    "  activated through {} EK {} (certificate issued by {})",
+                    text("ek_algorithm"),
+                    text("ek_fingerprint"),
+                    text("certificate_issuer")
+                );
+            }
             let history = status.get("history").and_then(|h| h.as_array());
             for record in history.into_iter().flatten() {
                 let passed = record.get("passed").and_then(serde_json::Value::as_bool);
@@ -175,6 +209,16 @@ pub(crate) async fn run(
                     .unwrap_or("")
             );
         }
+        AttestationCommand::Activate {
+            id,
+            device_token,
+            ak,
+            ek,
+            ek_certificate,
+        } => {
+            let device = DeviceCaller::new(ep, client, &id, device_token);
+            activate(&device, &ak, &ek, ek_certificate.as_deref()).await?;
+        }
         AttestationCommand::Unenrol { id } => {
             ep.send(ep.request(
                 client,
@@ -198,7 +242,8 @@ pub(crate) async fn run(
                 pcrs: &pcrs,
                 tpm2_quote: &tpm2_quote,
             };
-            quote(ep, client, &id, device_token, &tpm).await?;
+            let device = DeviceCaller::new(ep, client, &id, device_token);
+            quote(&device, &tpm).await?;
         }
         AttestationCommand::Policies => {
             let policies: serde_json::Value =
@@ -249,8 +294,8 @@ pub(crate) async fn run(
     Ok(())
 }
 
-/// How long `tpm2_quote` may take (a quote takes well under a second on a real TPM).
-const QUOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a tpm2-tools command may take (a quote takes well under a second on a real TPM).
+const TPM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How the device's TPM is asked for a quote.
 struct Tpm<'a> {
@@ -260,33 +305,236 @@ struct Tpm<'a> {
     tpm2_quote: &'a str,
 }
 
-/// The device's side of an attestation: challenge, `tpm2_quote`, evidence.
-async fn quote(
-    ep: &Endpoint,
-    client: &reqwest::Client,
-    id: &str,
-    device_token: Option<String>,
-    tpm: &Tpm<'_>,
-) -> anyhow::Result<()> {
-    let tpm2_quote = tpm.tpm2_quote;
-    let device_token = device_token.filter(|t| !t.trim().is_empty());
-    let request = |path: &str| {
-        let url = format!(
-            "{}/api/v1/devices/{id}/attestation/{path}",
-            ep.url.trim_end_matches('/')
+/// A device's own calls to its attestation routes: its id and token (HTTP Basic), or the admin
+/// token when it has none.
+struct DeviceCaller<'a> {
+    ep: &'a Endpoint,
+    client: &'a reqwest::Client,
+    id: &'a str,
+    token: Option<String>,
+}
+
+impl<'a> DeviceCaller<'a> {
+    fn new(
+        ep: &'a Endpoint,
+        client: &'a reqwest::Client,
+        id: &'a str,
+        token: Option<String>,
+    ) -> Self {
+        let token = token.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
+        Self {
+            ep,
+            client,
+            id,
+            token,
+        }
+    }
+
+    /// POSTs `body` to `/api/v1/devices/{id}/attestation/{path}` and reads the JSON answer.
+    async fn post(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        let path = format!("/api/v1/devices/{}/attestation/{path}", self.id);
+        let request = match &self.token {
+            Some(token) => self
+                .client
+                .post(format!("{}{path}", self.ep.url.trim_end_matches('/')))
+                .basic_auth(self.id, Some(token.clone())),
+            None => self.ep.request(self.client, reqwest::Method::POST, &path),
+        };
+        Ok(self.ep.send(request.json(body)).await?.json().await?)
+    }
+}
+
+/// Runs a tpm2-tools command, bounded in time; its failure names the tool and what it said.
+async fn tpm2(tool: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<std::process::Output> {
+    let output = tokio::process::Command::new(tool)
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    // A TPM that stops answering must not hang a boot-time unit forever.
+    let output = match tokio::time::timeout(TPM_TIMEOUT, output).await {
+        Ok(done) => done.with_context(|| format!("running {tool} (tpm2-tools)"))?,
+        Err(_) => bail!(
+            "{tool} did not finish within {} s: is the TPM (TPM2TOOLS_TCTI) answering?",
+            TPM_TIMEOUT.as_secs()
+        ),
+    };
+    if !output.status.success() {
+        bail!(
+            "{tool} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
         );
-        match &device_token {
-            Some(token) => client
-                .post(url)
-                .basic_auth(id, Some(token.trim().to_owned())),
-            None => ep.request(
-                client,
-                reqwest::Method::POST,
-                &format!("/api/v1/devices/{id}/attestation/{path}"),
-            ),
+    }
+    Ok(output)
+}
+
+fn base64_of(path: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read(path)
+        .map(|b| base64::engine::general_purpose::STANDARD.encode(b))
+        .with_context(|| format!("reading {}", path.display()))
+}
+
+/// The device's side of an activation: its EK, EK certificate and AK to the server, the
+/// credential it answers with through `tpm2_activatecredential`, the released secret back.
+async fn activate(
+    device: &DeviceCaller<'_>,
+    ak: &str,
+    ek_algorithm: &str,
+    ek_certificate: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let work = tempfile::Builder::new()
+        .prefix("fabrik-activate-")
+        .tempdir()
+        .context("creating a directory for the activation")?;
+    let file = |name: &str| work.path().join(name);
+    let (ek_ctx, ek_pub, ak_pub) = (file("ek.ctx"), file("ek.pub"), file("ak.pub"));
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    // The EK is derived again from the TPM's endorsement seed with the TCG's template.
+    tpm2(
+        "tpm2_createek",
+        &[
+            os("-G"),
+            ek_algorithm.as_ref(),
+            os("-c"),
+            ek_ctx.as_os_str(),
+            os("-u"),
+            ek_pub.as_os_str(),
+        ],
+    )
+    .await?;
+    // Without a resource manager (a TPM used directly), loaded objects stay until flushed.
+    let _ = tpm2("tpm2_flushcontext", &[os("-t")]).await;
+    tpm2(
+        "tpm2_readpublic",
+        &[os("-c"), ak.as_ref(), os("-o"), ak_pub.as_os_str()],
+    )
+    .await?;
+    let _ = tpm2("tpm2_flushcontext", &[os("-t")]).await;
+    let certificate = match ek_certificate {
+        Some(path) => Some(read_certificate(path)?),
+        None => {
+            let index = if ek_algorithm == "ecc" {
+                "0x01c0000a"
+            } else {
+                "0x01c00002"
+            };
+            let cert = file("ek.crt");
+            match tpm2("tpm2_nvread", &[index.as_ref(), os("-o"), cert.as_os_str()]).await {
+                Ok(_) => Some(base64_of(&cert)?),
+                Err(e) => {
+                    eprintln!("no EK certificate in NV index {index} ({e}); going on without one");
+                    None
+                }
+            }
         }
     };
-    let challenge: serde_json::Value = ep.send(request("challenge")).await?.json().await?;
+    let challenge = device
+        .post(
+            "activation",
+            &serde_json::json!({
+                "ek_public": base64_of(&ek_pub)?,
+                "ak_public": base64_of(&ak_pub)?,
+                "ek_certificate": certificate,
+            }),
+        )
+        .await?;
+    let (Some(activation), Some(credential)) = (
+        challenge.get("id").and_then(|v| v.as_str()),
+        challenge.get("credential").and_then(|v| v.as_str()),
+    ) else {
+        bail!("the server sent no credential");
+    };
+    let credential = base64::engine::general_purpose::STANDARD
+        .decode(credential)
+        .context("the server's credential is not base64")?;
+    let (cred, secret, session) = (
+        file("credential.bin"),
+        file("secret.bin"),
+        file("session.ctx"),
+    );
+    std::fs::write(&cred, credential).with_context(|| format!("writing {}", cred.display()))?;
+    // Activating through the EK needs the endorsement hierarchy's policy (TCG EK templates).
+    tpm2(
+        "tpm2_startauthsession",
+        &[os("--policy-session"), os("-S"), session.as_os_str()],
+    )
+    .await?;
+    let policy_session = format!("session:{}", session.display());
+    let released = async {
+        tpm2(
+            "tpm2_policysecret",
+            &[os("-S"), session.as_os_str(), os("-c"), os("e")],
+        )
+        .await?;
+        tpm2(
+            "tpm2_activatecredential",
+            &[
+                os("-c"),
+                ak.as_ref(),
+                os("-C"),
+                ek_ctx.as_os_str(),
+                os("-i"),
+                cred.as_os_str(),
+                os("-o"),
+                secret.as_os_str(),
+                os("-P"),
+                policy_session.as_ref(),
+            ],
+        )
+        .await
+    }
+    .await;
+    let _ = tpm2("tpm2_flushcontext", &[session.as_os_str()]).await;
+    let _ = tpm2("tpm2_flushcontext", &[os("-t")]).await;
+    released?;
+    let key = device
+        .post(
+            &format!("activation/{activation}"),
+            &serde_json::json!({ "secret": base64_of(&secret)? }),
+        )
+        .await?;
+    let issuer = key
+        .get("endorsement")
+        .and_then(|e| e.get("certificate_issuer"))
+        .and_then(|v| v.as_str())
+        .map_or_else(|| "not checked".to_owned(), |i| format!("issued by {i}"));
+    println!(
+        "{} enrolled {} attestation key {} through its TPM's {ek_algorithm} endorsement key (EK certificate {issuer}); it must attest to connect",
+        device.id,
+        key.get("algorithm").and_then(|v| v.as_str()).unwrap_or(""),
+        key.get("fingerprint")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+    );
+    Ok(())
+}
+
+/// An EK certificate file (DER, or PEM as vendors publish some), base64 of its DER.
+fn read_certificate(path: &std::path::Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = String::from_utf8_lossy(&bytes);
+    if let Some(body) = text
+        .split("-----BEGIN CERTIFICATE-----")
+        .nth(1)
+        .and_then(|rest| rest.split("-----END CERTIFICATE-----").next())
+    {
+        let compact: String = body.split_whitespace().collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(&compact)
+            .with_context(|| format!("{}: a PEM block that is not base64", path.display()))?;
+        return Ok(compact);
+    }
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+/// The device's side of an attestation: challenge, `tpm2_quote`, evidence.
+async fn quote(device: &DeviceCaller<'_>, tpm: &Tpm<'_>) -> anyhow::Result<()> {
+    let id = device.id;
+    let challenge = device.post("challenge", &serde_json::json!({})).await?;
     let Some(nonce) = challenge.get("nonce").and_then(|n| n.as_str()) else {
         bail!("the server sent no nonce");
     };
@@ -295,52 +543,37 @@ async fn quote(
         .tempdir()
         .context("creating a directory for the quote")?;
     let files = ["quote.msg", "quote.sig", "pcrs.bin"].map(|f| work.path().join(f));
-    let output = tokio::process::Command::new(tpm2_quote)
-        .args(["-c", tpm.ak, "-l", tpm.pcrs, "-q", nonce, "-g", tpm.hash])
-        .args(["-F", "values"])
-        .arg("-m")
-        .arg(&files[0])
-        .arg("-s")
-        .arg(&files[1])
-        .arg("-o")
-        .arg(&files[2])
-        .kill_on_drop(true)
-        .output();
-    // A TPM that stops answering must not hang a boot-time unit forever.
-    let output = match tokio::time::timeout(QUOTE_TIMEOUT, output).await {
-        Ok(done) => done.with_context(|| format!("running {tpm2_quote} (tpm2-tools)")),
-        Err(_) => Err(anyhow::anyhow!(
-            "{tpm2_quote} did not finish within {} s: is the TPM (TPM2TOOLS_TCTI) answering?",
-            QUOTE_TIMEOUT.as_secs()
-        )),
-    };
-    let read = |i: usize| {
-        std::fs::read(&files[i])
-            .map(|b| base64::engine::general_purpose::STANDARD.encode(b))
-            .with_context(|| format!("reading {}", files[i].display()))
-    };
-    let evidence = match output {
-        Ok(out) if out.status.success() => (|| {
-            Ok::<_, anyhow::Error>(serde_json::json!({
-                "nonce": nonce,
-                "quote": read(0)?,
-                "signature": read(1)?,
-                "pcrs": read(2)?,
-            }))
-        })(),
-        Ok(out) => Err(anyhow::anyhow!(
-            "{tpm2_quote} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Err(e) => Err(e),
-    };
+    let os = std::ffi::OsStr::new;
+    tpm2(
+        tpm.tpm2_quote,
+        &[
+            os("-c"),
+            os(tpm.ak),
+            os("-l"),
+            os(tpm.pcrs),
+            os("-q"),
+            os(nonce),
+            os("-g"),
+            os(tpm.hash),
+            os("-F"),
+            os("values"),
+            os("-m"),
+            files[0].as_os_str(),
+            os("-s"),
+            files[1].as_os_str(),
+            os("-o"),
+            files[2].as_os_str(),
+        ],
+    )
+    .await?;
+    let evidence = serde_json::json!({
+        "nonce": nonce,
+        "quote": base64_of(&files[0])?,
+        "signature": base64_of(&files[1])?,
+        "pcrs": base64_of(&files[2])?,
+    });
     drop(work);
-    let record: serde_json::Value = ep
-        .send(request("evidence").json(&evidence?))
-        .await?
-        .json()
-        .await?;
+    let record = device.post("evidence", &evidence).await?;
     println!(
         "{id} attested (TPM boot {}); it may connect for [attestation] max_age",
         record

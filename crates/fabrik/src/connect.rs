@@ -258,6 +258,12 @@ pub(crate) async fn start_registry(
     let registry = Registry::open(&settings.data_dir.join("registry.db"))
         .await
         .map_err(|e| e.to_string())?;
+    if let Some(path) = &settings.attestation.endorsement_authorities {
+        let authorities = fabrik_registry::attestation::activation::load_authorities(path)
+            .map_err(|e| format!("attestation.endorsement_authorities: {e}"))?;
+        tracing::info!(certificates = authorities.len(), path = %path.display(), "EK certificates are checked against these TPM vendor CAs.");
+        registry.set_endorsement_authorities(authorities);
+    }
     *slot = Some(registry.clone());
     let stop = CancellationToken::new();
     let token = stop.clone();
@@ -364,6 +370,14 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
         problems.push(("mqtt.acl".to_owned(), e));
     }
     problems.extend(tls_file_problems(config));
+    let authorities = config.attestation.endorsement_authorities.trim();
+    if !authorities.is_empty()
+        && let Err(e) = fabrik_registry::attestation::activation::load_authorities(
+            std::path::Path::new(authorities),
+        )
+    {
+        problems.push(("attestation.endorsement_authorities".to_owned(), e));
+    }
     problems
 }
 
@@ -499,7 +513,7 @@ pub(crate) async fn start_mqtt(
         allow_anonymous: config.mqtt.allow_anonymous,
         admin_token,
         source: Arc::from("mqtt"),
-        attestation: settings.attestation,
+        attestation: settings.attestation.clone(),
     });
     let stop = CancellationToken::new();
     let endpoint = Arc::new(MqttEndpoint::new(
@@ -552,7 +566,7 @@ pub(crate) async fn start_mqtt(
     }
     let events_registry = registry;
     let attestation_registry = events_registry.clone();
-    let attestation = settings.attestation;
+    let attestation = settings.attestation.clone();
     let events_task = tokio::spawn(async move {
         while let Some((id, connected, detail)) = events_rx.recv().await {
             if let Some(r) = &events_registry

@@ -281,6 +281,7 @@ fn compliance_facts(
         // The installed filter answers, whatever FABRIK_LOG or log.level said.
         audit_lines_logged: tracing::enabled!(target: "fabrik::audit", tracing::Level::INFO),
         attestation_required: settings.attestation.required,
+        attestation_endorsed: settings.attestation.require_endorsement,
     }
 }
 
@@ -541,7 +542,7 @@ async fn start_http(
         asyncapi: crate::asyncapi::document().into(),
         updates: wiring.updates.clone(),
         release_repo: release_repo(config),
-        attestation: settings.attestation,
+        attestation: settings.attestation.clone(),
         stopping: Default::default(),
         https: tls.is_some(),
         kpi_meter: Some(Arc::new(crate::usecases::StoreKpiMeter {

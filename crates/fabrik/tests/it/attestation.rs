@@ -459,3 +459,358 @@ fn only_a_device_whose_tpm_quote_matches_its_reference_values_connects() {
     );
     drop(p);
 }
+
+/// The TPM vendor's EK CA of the activation test: rcgen signs the EK certificates a TPM
+/// manufacturer would have written into the TPM.
+struct VendorCa {
+    certificate: rcgen::Certificate,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl VendorCa {
+    fn new(name: &str) -> VendorCa {
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let certificate = params.self_signed(&key).expect("CA certificate");
+        VendorCa {
+            certificate,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// An EK certificate for the EK whose `TPM2B_PUBLIC` is `ek_public` (DER).
+    fn certify(&self, ek_public: &[u8]) -> Vec<u8> {
+        struct Ek(Vec<u8>);
+        impl rcgen::PublicKeyData for Ek {
+            fn der_bytes(&self) -> &[u8] {
+                &self.0
+            }
+            fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+                &rcgen::PKCS_RSA_SHA256
+            }
+        }
+        let ek = fabrik_registry::tpm::endorsement::PublicArea::parse(ek_public, "EK")
+            .expect("the EK's public area");
+        rcgen::CertificateParams::new(Vec::<String>::new())
+            .expect("params")
+            .signed_by(&Ek(ek.subject_public_key()), &self.issuer)
+            .expect("EK certificate")
+            .der()
+            .to_vec()
+    }
+}
+
+/// A device's TPM as it leaves the factory and the provisioning line: an RSA EK whose
+/// certificate (by `vendor`) sits in NV index 0x01c00002, and an attestation key under
+/// [`AK_HANDLE`]. Returns the EK's `TPM2B_PUBLIC`.
+fn provision(tpm: &Tpm, dir: &Path, vendor: &VendorCa) -> Vec<u8> {
+    let path = |name: &str| dir.join(name).to_str().expect("utf-8").to_owned();
+    tpm.run(
+        "tpm2_createek",
+        &["-c", &path("ek.ctx"), "-G", "rsa", "-u", &path("ek.pub")],
+    );
+    tpm.flush();
+    let ek_public = std::fs::read(dir.join("ek.pub")).expect("ek.pub");
+    let certificate = vendor.certify(&ek_public);
+    std::fs::write(dir.join("ek.der"), &certificate).expect("ek.der");
+    tpm.run(
+        "tpm2_nvdefine",
+        &[
+            "0x01c00002",
+            "-C",
+            "p",
+            "-s",
+            &certificate.len().to_string(),
+            "-a",
+            "ppwrite|ppread|ownerread|authread|no_da|platformcreate",
+        ],
+    );
+    tpm.run(
+        "tpm2_nvwrite",
+        &["0x01c00002", "-C", "p", "-i", &path("ek.der")],
+    );
+    tpm.run(
+        "tpm2_createak",
+        &[
+            "-C",
+            &path("ek.ctx"),
+            "-c",
+            &path("ak.ctx"),
+            "-G",
+            "ecc",
+            "-g",
+            "sha256",
+            "-s",
+            "ecdsa",
+            "-u",
+            &path("ak.pem"),
+            "-f",
+            "pem",
+        ],
+    );
+    tpm.flush();
+    tpm.run(
+        "tpm2_evictcontrol",
+        &["-C", "o", "-c", &path("ak.ctx"), AK_HANDLE],
+    );
+    tpm.flush();
+    ek_public
+}
+
+/// `fabrik device attestation activate` on the device: its own id and token, or (`token`
+/// `None`) the admin token of a provisioning station.
+fn activate(tpm: &Tpm, url: &str, id: &str, token: Option<&str>, extra: &[&str]) -> Output {
+    let mut command = Command::new(fabrik_bin());
+    command
+        .args(["device", "attestation", "activate", id, "--ak", AK_HANDLE])
+        .args(extra)
+        .args(["--url", url])
+        .env_remove("FABRIK_DEVICE_TOKEN")
+        .env("TPM2TOOLS_TCTI", &tpm.tcti);
+    match token {
+        Some(token) => command
+            .env("FABRIK_DEVICE_TOKEN", token)
+            .env_remove("FABRIK_TOKEN"),
+        None => command.args(["--token", crate::support::TOKEN]),
+    };
+    let out = command
+        .output()
+        .expect("fabrik device attestation activate");
+    tpm.flush();
+    out
+}
+
+#[test]
+fn a_key_is_enrolled_only_through_its_tpms_certified_endorsement_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (device_dir, foreign_dir) = (dir.path().join("gw"), dir.path().join("foreign"));
+    for d in [&device_dir, &foreign_dir] {
+        std::fs::create_dir_all(d.join("state")).expect("tpm dir");
+    }
+    let vendor = VendorCa::new("Plant TPM Vendor EK CA");
+    let stranger = VendorCa::new("Unknown EK CA");
+    let authorities = dir.path().join("tpm-vendors.pem");
+    std::fs::write(&authorities, vendor.certificate.pem()).expect("CA file");
+
+    let tpm = Tpm::start(&device_dir.join("state"));
+    for pcr in 0..8 {
+        tpm.extend(pcr, &format!("gateway firmware 2.0 stage {pcr}"));
+    }
+    let ek_public = provision(&tpm, &device_dir, &vendor);
+    // Another genuine TPM of the same vendor: a thief's device holding gw-1's token.
+    let foreign = Tpm::start(&foreign_dir.join("state"));
+    let foreign_ek = provision(&foreign, &foreign_dir, &vendor);
+
+    let p = Process::start(
+        &dir.path().join("data"),
+        &[
+            (
+                "FABRIK__ATTESTATION__ENDORSEMENT_AUTHORITIES",
+                authorities.to_str().expect("utf-8"),
+            ),
+            ("FABRIK__ATTESTATION__REQUIRE_ENDORSEMENT", "true"),
+        ],
+    );
+    let mqtt = p.mqtt.clone().expect("mqtt address");
+    let mut tokens = std::collections::HashMap::new();
+    for id in ["gw-1", "gw-2"] {
+        let (status, body) = http(
+            &p.url,
+            Method::POST,
+            "/api/v1/devices",
+            Some(serde_json::json!({"id": id, "type": "gateway"})),
+        );
+        assert_eq!(status, 201, "{body}");
+        tokens.insert(id, body["token"].as_str().expect("token").to_owned());
+    }
+    let token = tokens["gw-1"].as_str();
+
+    // An operator cannot enrol a bare key here: nothing would show it lives in a TPM.
+    let ak_pem = device_dir.join("ak.pem");
+    let (ok, out) = crate::support::client_command(
+        &p.url,
+        &[
+            "device",
+            "attestation",
+            "enrol",
+            "gw-1",
+            "--public-key",
+            ak_pem.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(!ok && out.contains("require_endorsement"), "{out}");
+
+    // An EK certificate of a CA the node does not trust is refused, naming its issuer.
+    let stranger_cert = foreign_dir.join("stranger-ek.der");
+    std::fs::write(&stranger_cert, stranger.certify(&foreign_ek)).expect("certificate");
+    let out = activate(
+        &foreign,
+        &p.url,
+        "gw-1",
+        Some(token),
+        &["--ek-certificate", stranger_cert.to_str().expect("utf-8")],
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("`CN=Unknown EK CA` is not among the trusted TPM vendor CAs"),
+        "{}",
+        text(&out)
+    );
+
+    // The device activates its key: the EK certificate from the TPM's NV index, the
+    // credential opened by tpm2_activatecredential.
+    let out = activate(&tpm, &p.url, "gw-1", Some(token), &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("EK certificate issued by CN=Plant TPM Vendor EK CA"),
+        "{}",
+        text(&out)
+    );
+    let (_, status) = http(
+        &p.url,
+        Method::GET,
+        "/api/v1/devices/gw-1/attestation",
+        None,
+    );
+    let pem = std::fs::read_to_string(&ak_pem).expect("ak.pem");
+    assert_eq!(
+        status["key"]["fingerprint"].as_str(),
+        Some(
+            fabrik_registry::tpm::AttestationKey::fingerprint(&pem)
+                .expect("fingerprint")
+                .as_str()
+        ),
+        "{status}"
+    );
+    let ek = fabrik_registry::tpm::endorsement::PublicArea::parse(&ek_public, "EK").expect("EK");
+    assert_eq!(
+        status["key"]["endorsement"]["ek_fingerprint"].as_str(),
+        Some(ek.fingerprint().as_str()),
+        "{status}"
+    );
+    assert_eq!(status["may_connect"], false, "{status}");
+
+    // The activated key's quotes open the gate as any enrolled key's.
+    let empty = dir.path().join("no-admin-token");
+    std::fs::create_dir_all(&empty).expect("empty dir");
+    let out = agent(&tpm, &p.url, "gw-1", token, &empty);
+    assert!(text(&out).contains("no reference values"), "{}", text(&out));
+    let (ok, out) = crate::support::client_command(
+        &p.url,
+        &[
+            "device",
+            "attestation",
+            "policy",
+            "gateway",
+            "--from-device",
+            "gw-1",
+        ],
+    );
+    assert!(ok, "{out}");
+    let out = agent(&tpm, &p.url, "gw-1", token, &empty);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(publish(&mqtt, "gw-1", token).status.success());
+
+    // gw-1's token on another genuine TPM cannot move gw-1 there.
+    let out = activate(&foreign, &p.url, "gw-1", Some(token), &[]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("is bound to the TPM with EK"),
+        "{}",
+        text(&out)
+    );
+    assert!(publish(&mqtt, "gw-1", token).status.success());
+
+    // A credential answered with anything but what the TPM released is refused, and used up.
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let foreign_ak = foreign_dir.join("ak.pub");
+    foreign.run(
+        "tpm2_readpublic",
+        &["-c", AK_HANDLE, "-o", foreign_ak.to_str().expect("utf-8")],
+    );
+    foreign.flush();
+    let (status, challenge) = device_post(
+        &p.url,
+        "/api/v1/devices/gw-2/attestation/activation",
+        "gw-2",
+        &tokens["gw-2"],
+        serde_json::json!({
+            // gw-1's EK and certificate, another TPM's attestation key.
+            "ek_public": b64(&ek_public),
+            "ek_certificate": b64(&std::fs::read(device_dir.join("ek.der")).expect("ek.der")),
+            "ak_public": b64(&std::fs::read(&foreign_ak).expect("ak.pub")),
+        }),
+    );
+    assert_eq!(status, 200, "{challenge}");
+    let proof = format!(
+        "/api/v1/devices/gw-2/attestation/activation/{}",
+        challenge["id"].as_str().expect("id")
+    );
+    let guess = serde_json::json!({ "secret": b64(&[0u8; 32]) });
+    let (status, refused) = device_post(&p.url, &proof, "gw-2", &tokens["gw-2"], guess.clone());
+    assert_eq!(status, 403, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not in the TPM")),
+        "{refused}"
+    );
+    let (status, used) = device_post(&p.url, &proof, "gw-2", &tokens["gw-2"], guess);
+    assert_eq!(status, 400, "{used}");
+    let (_, status) = http(
+        &p.url,
+        Method::GET,
+        "/api/v1/devices/gw-2/attestation",
+        None,
+    );
+    assert!(status["key"].is_null(), "{status}");
+
+    // A provisioning station (admin) may move gw-1 to a replacement TPM; gw-1 must then
+    // attest from it before it connects again.
+    let out = activate(&foreign, &p.url, "gw-1", None, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let refused = publish(&mqtt, "gw-1", token);
+    assert!(!refused.status.success(), "{refused:?}");
+    let (_, status) = http(
+        &p.url,
+        Method::GET,
+        "/api/v1/devices/gw-1/attestation",
+        None,
+    );
+    assert_eq!(
+        status["reason"], "it has not attested with its enrolled key",
+        "{status}"
+    );
+
+    // The refusals and the activations are on record under the callers' names.
+    let (_, audit) = http(&p.url, Method::GET, "/api/v1/audit?limit=100", None);
+    let activations: Vec<(String, u64)> = audit
+        .as_array()
+        .expect("audit")
+        .iter()
+        .filter(|e| {
+            e["action"]
+                .as_str()
+                .is_some_and(|a| a.contains("/activation"))
+        })
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap_or("").to_owned(),
+                e["status"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    for expected in [("gw-1", 200), ("gw-1", 403), ("gw-2", 403), ("admin", 200)] {
+        assert!(
+            activations
+                .iter()
+                .any(|(actor, code)| actor.starts_with(expected.0) && *code == expected.1),
+            "{expected:?} in {activations:?}"
+        );
+    }
+    drop(p);
+}
