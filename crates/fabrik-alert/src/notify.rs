@@ -1001,6 +1001,25 @@ fn origin_only(url: &str) -> String {
 /// Delivers one payload. `Ok` holds what the receiver took it with but reported: the
 /// e-mail recipients its server refused while taking it for the others.
 pub async fn deliver(notifier: &Notifier, payload: &str) -> Result<Vec<String>, AlertError> {
+    let span = tracing::info_span!(
+        "alert.deliver",
+        otel.name = %format_args!("alert notification {}", notifier.name()),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        otel.status_message = tracing::field::Empty,
+        notifier = %notifier.name(),
+        payload_bytes = payload.len() as u64,
+    );
+    let outcome =
+        tracing::Instrument::instrument(deliver_once(notifier, payload), span.clone()).await;
+    if let Err(e) = &outcome {
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_message", tracing::field::display(e));
+    }
+    outcome
+}
+
+async fn deliver_once(notifier: &Notifier, payload: &str) -> Result<Vec<String>, AlertError> {
     match notifier {
         Notifier::Webhook {
             name,

@@ -260,7 +260,29 @@ async fn record_metrics(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().to_string();
-    let response = next.run(request).await;
+    // A span per request (decision 0054): a caller's W3C traceparent makes it part of the
+    // caller's trace.
+    let traceparent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        traceparent = %traceparent,
+        http.request.method = %method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
     let status = response.status().as_u16().to_string();
     let labels = [("route", route), ("method", method), ("status", status)];
     metrics::counter!("fabrik_http_requests_total", &labels).increment(1);
@@ -691,7 +713,21 @@ pub(crate) async fn query(
             "invalid JSON body: {e}; expected {{\"sql\": \"...\"}}"
         ))
     })?;
-    let output = state.store.query(&q.sql).await?;
+    let span = tracing::info_span!(
+        "store.query",
+        db.system.name = "datafusion",
+        db.query.text = %q.sql,
+        db.response.returned_rows = tracing::field::Empty,
+    );
+    let output = tracing::Instrument::instrument(state.store.query(&q.sql), span.clone()).await?;
+    span.record(
+        "db.response.returned_rows",
+        output
+            .batches
+            .iter()
+            .map(|b| b.num_rows() as u64)
+            .sum::<u64>(),
+    );
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

@@ -49,6 +49,8 @@ pub struct Config {
     pub bridges: Vec<BridgeConfig>,
     /// Logging.
     pub log: LogConfig,
+    /// Traces of the data path and the API, sent to an OpenTelemetry collector.
+    pub traces: TracesConfig,
     /// Which ONNX models may load: the keys their signatures are checked with.
     pub models: ModelsConfig,
     /// Forwarding this node's stored rows to a hub over NATS JetStream.
@@ -1390,6 +1392,80 @@ impl Default for LogConfig {
     }
 }
 
+/// `[traces]`: OpenTelemetry traces over OTLP/HTTP (JSON) to a collector (decision 0054).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracesConfig {
+    /// The collector's OTLP/HTTP endpoint, e.g. `http://127.0.0.1:4318` (`/v1/traces` is
+    /// added unless given); empty: no traces.
+    pub otlp_endpoint: String,
+    /// Share of root spans kept, 0 to 1; a span whose caller sent a `traceparent` follows the
+    /// caller's choice.
+    pub sample_ratio: f64,
+    /// The spans' `service.name`.
+    pub service_name: String,
+}
+
+impl Default for TracesConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            sample_ratio: 1.0,
+            service_name: "fabrik".into(),
+        }
+    }
+}
+
+/// The validated `[traces]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracesSettings {
+    /// Where spans are POSTed (`…/v1/traces`).
+    pub url: String,
+    /// Share of root spans kept.
+    pub sample_ratio: f64,
+    /// `service.name`.
+    pub service_name: String,
+}
+
+impl TracesConfig {
+    /// `None` when traces are off; the problems of a malformed section.
+    fn validate(&self, problem: &mut impl FnMut(&str, String)) -> Option<TracesSettings> {
+        let endpoint = self.otlp_endpoint.trim().trim_end_matches('/');
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            problem(
+                "traces.sample_ratio",
+                format!("{} is not a share between 0 and 1", self.sample_ratio),
+            );
+        }
+        if self.service_name.trim().is_empty() {
+            problem("traces.service_name", "must not be empty".into());
+        }
+        if endpoint.is_empty() {
+            return None;
+        }
+        let host = endpoint
+            .strip_prefix("http://")
+            .or_else(|| endpoint.strip_prefix("https://"));
+        if host.is_none_or(|h| h.is_empty() || h.starts_with('/')) {
+            problem(
+                "traces.otlp_endpoint",
+                format!("`{endpoint}` is not an http:// or https:// URL of a collector"),
+            );
+            return None;
+        }
+        let url = if endpoint.ends_with("/v1/traces") {
+            endpoint.to_owned()
+        } else {
+            format!("{endpoint}/v1/traces")
+        };
+        Some(TracesSettings {
+            url,
+            sample_ratio: self.sample_ratio.clamp(0.0, 1.0),
+            service_name: self.service_name.trim().to_owned(),
+        })
+    }
+}
+
 /// Retention of a table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retention {
@@ -1432,6 +1508,8 @@ pub struct Settings {
     pub admin_token: Option<String>,
     /// Log filter.
     pub log_level: String,
+    /// Where traces go; `None`: off.
+    pub traces: Option<TracesSettings>,
     /// The MQTT device endpoint.
     pub mqtt: MqttSettings,
     /// Raw-message retention (the `_raw` table); `None` when raw messages are not kept.
@@ -1691,6 +1769,7 @@ impl Config {
             .ok();
         let mqtt = self.validate_mqtt(&mut problem);
         let objects = self.store.objects.validate(&mut problem);
+        let traces = self.traces.validate(&mut problem);
         if self.attestation.required && self.mqtt.allow_anonymous {
             problem(
                 "attestation.required",
@@ -1801,6 +1880,7 @@ impl Config {
                 query_threads,
                 admin_token: Some(self.auth.admin_token.clone()).filter(|t| !t.is_empty()),
                 log_level: self.log.level.clone(),
+                traces,
                 mqtt,
                 raw_retention,
                 ingest_queue,
@@ -2418,6 +2498,32 @@ mod tests {
 
     fn no_env() -> Vec<(String, String)> {
         Vec::new()
+    }
+
+    #[test]
+    fn traces_settings_are_validated() {
+        let off = Config::from_toml("t", "", no_env()).expect("parses");
+        assert_eq!(off.validate("t").expect("valid").traces, None);
+        let on = "[traces]\notlp_endpoint = \"http://127.0.0.1:4318/\"\nsample_ratio = 0.25\n";
+        let config = Config::from_toml("t", on, no_env()).expect("parses");
+        let traces = config.validate("t").expect("valid").traces.expect("on");
+        assert_eq!(traces.url, "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(traces.sample_ratio, 0.25);
+        assert_eq!(traces.service_name, "fabrik");
+        let full = "[traces]\notlp_endpoint = \"https://tempo:4318/v1/traces\"\n";
+        let config = Config::from_toml("t", full, no_env()).expect("parses");
+        let traces = config.validate("t").expect("valid").traces.expect("on");
+        assert_eq!(traces.url, "https://tempo:4318/v1/traces");
+        for (text, field) in [
+            ("otlp_endpoint = \"collector:4318\"", "traces.otlp_endpoint"),
+            ("sample_ratio = 1.5", "traces.sample_ratio"),
+            ("service_name = \" \"", "traces.service_name"),
+        ] {
+            let config =
+                Config::from_toml("t", &format!("[traces]\n{text}\n"), no_env()).expect("parses");
+            let e = config.validate("t").unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -48,6 +48,7 @@ mod self_update;
 mod shadow;
 mod sql_text;
 mod stored;
+mod traces;
 mod updates;
 mod uplink;
 mod uplink_backfill;

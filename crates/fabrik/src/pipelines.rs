@@ -2420,99 +2420,124 @@ impl Runner {
         loop {
             let (rows, last, full) = self.read(*read_after, horizon, devices.as_deref()).await?;
             *samples += rows.len() as u64;
-            for (device, row) in rows {
-                if let Some(challenged) = shadow.as_mut() {
-                    challenged.push(&device, row.clone());
-                }
-                pipeline.push(&device, row);
-            }
-            if let Some(last) = last {
-                *read_after = Some(last);
-            }
-            // A full page may end mid-timestamp; close windows only up to what is complete.
-            let complete_to = if full {
-                last.unwrap_or(horizon)
+            // A span per page of new samples (decision 0054); a poll that found none makes no
+            // trace.
+            let span = if rows.is_empty() {
+                tracing::Span::none()
             } else {
-                horizon
-            };
-            let mut inferences = pipeline.advance(complete_to);
-            // A device taken out of the selection (a use case stepped back) still has open
-            // windows: they close, but are not scored.
-            let mut checks = pipeline.take_drift_checks();
-            let mut challenged = shadow
-                .as_mut()
-                .map(|challenged| challenged.advance(complete_to))
-                .unwrap_or_default();
-            if let Some(devices) = &devices {
-                inferences.retain(|i| devices.contains(&i.device));
-                checks.retain(|c| devices.contains(&c.device));
-                challenged.retain(|i| devices.contains(&i.device));
-            }
-            // On the devices the challenger is live on (an A/B split), its verdicts are the
-            // pipeline's from its first window on; before, the champion's stand in (while the
-            // challenger still learns, or when it failed to load): a device is never left
-            // unwatched. By time, not window by window: count windows of the two may start at
-            // other samples after a restore, and both would then act on every window.
-            let live: Vec<Inference> = if self.compiled.has_live_split() {
-                challenged
-                    .iter()
-                    .filter(|i| self.compiled.challenger_live(&i.device))
-                    .cloned()
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            for inference in &live {
-                live_from
-                    .entry(inference.device.clone())
-                    .and_modify(|from| *from = (*from).min(inference.window_start_ns))
-                    .or_insert(inference.window_start_ns);
-            }
-            if live_from.is_empty() {
-                self.write(&inferences, stage, false).await?;
-            } else {
-                let acting: Vec<Inference> = inferences
-                    .iter()
-                    .filter(|i| {
-                        live_from
-                            .get(&i.device)
-                            .is_none_or(|&from| i.window_start_ns < from)
-                    })
-                    .cloned()
-                    .collect();
-                self.write(&acting, stage, false).await?;
-                self.write(&live, stage, true).await?;
-            }
-            crate::drift::record(
-                &self.store,
-                &self.compiled.config.name,
-                pipeline.feature_names(),
-                &checks,
-            )
-            .await?;
-            // The champion's pass goes on whatever happens to the challenger's verdicts.
-            if let Some(challenger) = &self.compiled.shadow {
-                match crate::shadow::record(
-                    &self.store,
-                    &self.compiled.config,
-                    &challenger.config,
-                    &inferences,
-                    &challenged,
-                    |device| self.compiled.challenger_live(device),
+                let name = &self.compiled.config.name;
+                tracing::info_span!(
+                    "pipeline.step",
+                    otel.name = %format_args!("pipeline {name}"),
+                    pipeline = %name,
+                    model = %model_tag(&self.compiled.config),
+                    samples = rows.len() as u64,
+                    windows = tracing::field::Empty,
+                    flagged = tracing::field::Empty,
                 )
-                .await
-                {
-                    // A write clears an earlier failure; a pass that wrote nothing, or whose
-                    // earlier page failed, does not.
-                    Ok(true) if !shadow_write_failed => *shadow_write_error = None,
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(pipeline = %self.compiled.config.name, error = %e, "The shadow model's verdicts were not stored.");
-                        shadow_write_failed = true;
-                        *shadow_write_error = Some(e);
+            };
+            let page = async {
+                for (device, row) in rows {
+                    if let Some(challenged) = shadow.as_mut() {
+                        challenged.push(&device, row.clone());
+                    }
+                    pipeline.push(&device, row);
+                }
+                if let Some(last) = last {
+                    *read_after = Some(last);
+                }
+                // A full page may end mid-timestamp; close windows only up to what is complete.
+                let complete_to = if full {
+                    last.unwrap_or(horizon)
+                } else {
+                    horizon
+                };
+                let mut inferences = pipeline.advance(complete_to);
+                // A device taken out of the selection (a use case stepped back) still has open
+                // windows: they close, but are not scored.
+                let mut checks = pipeline.take_drift_checks();
+                let mut challenged = shadow
+                    .as_mut()
+                    .map(|challenged| challenged.advance(complete_to))
+                    .unwrap_or_default();
+                if let Some(devices) = &devices {
+                    inferences.retain(|i| devices.contains(&i.device));
+                    checks.retain(|c| devices.contains(&c.device));
+                    challenged.retain(|i| devices.contains(&i.device));
+                }
+                // On the devices the challenger is live on (an A/B split), its verdicts are the
+                // pipeline's from its first window on; before, the champion's stand in (while the
+                // challenger still learns, or when it failed to load): a device is never left
+                // unwatched. By time, not window by window: count windows of the two may start at
+                // other samples after a restore, and both would then act on every window.
+                let live: Vec<Inference> = if self.compiled.has_live_split() {
+                    challenged
+                        .iter()
+                        .filter(|i| self.compiled.challenger_live(&i.device))
+                        .cloned()
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                for inference in &live {
+                    live_from
+                        .entry(inference.device.clone())
+                        .and_modify(|from| *from = (*from).min(inference.window_start_ns))
+                        .or_insert(inference.window_start_ns);
+                }
+                if live_from.is_empty() {
+                    self.write(&inferences, stage, false).await?;
+                } else {
+                    let acting: Vec<Inference> = inferences
+                        .iter()
+                        .filter(|i| {
+                            live_from
+                                .get(&i.device)
+                                .is_none_or(|&from| i.window_start_ns < from)
+                        })
+                        .cloned()
+                        .collect();
+                    self.write(&acting, stage, false).await?;
+                    self.write(&live, stage, true).await?;
+                }
+                crate::drift::record(
+                    &self.store,
+                    &self.compiled.config.name,
+                    pipeline.feature_names(),
+                    &checks,
+                )
+                .await?;
+                // The champion's pass goes on whatever happens to the challenger's verdicts.
+                if let Some(challenger) = &self.compiled.shadow {
+                    match crate::shadow::record(
+                        &self.store,
+                        &self.compiled.config,
+                        &challenger.config,
+                        &inferences,
+                        &challenged,
+                        |device| self.compiled.challenger_live(device),
+                    )
+                    .await
+                    {
+                        // A write clears an earlier failure; a pass that wrote nothing, or whose
+                        // earlier page failed, does not.
+                        Ok(true) if !shadow_write_failed => *shadow_write_error = None,
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(pipeline = %self.compiled.config.name, error = %e, "The shadow model's verdicts were not stored.");
+                            shadow_write_failed = true;
+                            *shadow_write_error = Some(e);
+                        }
                     }
                 }
-            }
+                Ok::<_, String>(inferences)
+            };
+            let inferences = tracing::Instrument::instrument(page, span.clone()).await?;
+            span.record("windows", inferences.len() as u64);
+            span.record(
+                "flagged",
+                inferences.iter().filter(|i| i.flag).count() as u64,
+            );
             if !full {
                 break;
             }

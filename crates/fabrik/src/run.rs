@@ -82,7 +82,8 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(&settings.log_level);
+    let node = crate::updates::node_name(&config);
+    let traces = init_tracing(&settings.log_level, settings.traces.as_ref(), &node);
     // Before anything can replace the file: once renamed over, `/proc/self/exe` names a
     // deleted one.
     let self_update = crate::self_update::SelfUpdate::capture(args.config.clone());
@@ -97,6 +98,10 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let trace_stop = tokio_util::sync::CancellationToken::new();
+    let trace_export = traces.map(|(exporter, spans)| {
+        runtime.spawn(crate::traces::export(exporter, spans, trace_stop.clone()))
+    });
     let served = runtime.block_on(serve(
         config,
         settings,
@@ -104,6 +109,12 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
         args.demo,
         self_update.clone(),
     ));
+    if let Some(export) = trace_export {
+        // The last spans (the shutdown's own among them) go out before the process ends.
+        trace_stop.cancel();
+        let _ =
+            runtime.block_on(async { tokio::time::timeout(Duration::from_secs(5), export).await });
+    }
     if let Err(e) = &served {
         // Logs go to stderr too: one line, in the log's format, so a log collector keeps it
         // with the rest.
@@ -150,7 +161,17 @@ const QUIET_LIBRARY_LOGS: &str = "opcua_client=warn,opcua_server=warn,opcua_core
      opcua_crypto=warn,opcua_nodes=warn,opcua_types=warn,opcua_client::config=error,\
      opcua_server::session::controller=off";
 
-fn init_tracing(level: &str) {
+/// Installs the log (stderr) and, with `[traces]`, the OTLP span layer; returns what the
+/// trace exporter needs.
+fn init_tracing(
+    level: &str,
+    traces: Option<&fabrik_runtime::config::TracesSettings>,
+    node: &str,
+) -> Option<(crate::traces::Exporter, crate::traces::SpanQueue)> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::filter::FilterExt as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let with_quiet = |directives: &str| {
         tracing_subscriber::EnvFilter::try_new(format!("{QUIET_LIBRARY_LOGS},{directives}"))
     };
@@ -160,13 +181,33 @@ fn init_tracing(level: &str) {
         .or_else(|()| with_quiet(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
-    // Logs go to stderr so stdout carries only the banner (and stays parseable).
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // Logs go to stderr so stdout carries only the banner (and stays parseable). Spans are
+    // for the trace layer: the log's lines stay as they were, without span prefixes.
+    let log = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
+        .with_filter(filter.and(tracing_subscriber::filter::filter_fn(|m| m.is_event())));
+    let (spans, export) = match traces {
+        Some(t) => {
+            let (layer, queue) = crate::traces::OtlpLayer::new(t.sample_ratio);
+            let exporter = crate::traces::Exporter {
+                url: t.url.clone(),
+                service: t.service_name.clone(),
+                instance: node.to_owned(),
+            };
+            // Fabrik's own spans, and the warnings and errors inside them.
+            let fabrik = tracing_subscriber::filter::Targets::new()
+                .with_target("fabrik", tracing::Level::INFO);
+            (Some(layer.with_filter(fabrik)), Some((exporter, queue)))
+        }
+        None => (None, None),
+    };
+    let _ = tracing_subscriber::registry()
+        .with(log)
+        .with(spans)
         .try_init();
+    export
 }
 
 fn retention(r: Retention) -> Option<Duration> {

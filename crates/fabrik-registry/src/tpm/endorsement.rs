@@ -19,6 +19,8 @@ const ALG_ECC: u16 = 0x0023;
 const ALG_AES: u16 = 0x0006;
 const ALG_CFB: u16 = 0x0043;
 const ALG_NULL: u16 = 0x0010;
+const ALG_RSAES: u16 = 0x0015;
+const ALG_ECDAA: u16 = 0x001a;
 const ECC_NIST_P256: u16 = 0x0003;
 const ECC_NIST_P384: u16 = 0x0004;
 
@@ -139,10 +141,10 @@ impl PublicArea {
             }
         };
         let scheme = r.u16("scheme")?;
-        if scheme != ALG_NULL {
+        // RSAES has no details; every other scheme names a hash, and ECDAA a count too.
+        if scheme != ALG_NULL && scheme != ALG_RSAES {
             r.u16("scheme.hashAlg")?;
-            // ECDAA's details carry a count too.
-            if scheme == 0x001a {
+            if scheme == ALG_ECDAA {
                 r.u16("scheme.count")?;
             }
         }

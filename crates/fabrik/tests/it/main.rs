@@ -24,6 +24,7 @@ mod shadow;
 mod sparkplug;
 mod storage;
 mod support;
+mod traces;
 mod uplink;
 mod usecases;
 mod users;

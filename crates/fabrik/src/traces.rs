@@ -1,0 +1,565 @@
+//! Traces (decision 0054): a `tracing` layer that turns Fabrik's spans into OpenTelemetry spans
+//! and an exporter that sends them to a collector over OTLP/HTTP as JSON — W3C `traceparent`
+//! continues a caller's trace, a parent-based ratio sampler keeps a share of the root spans.
+//!
+//! Span conventions (as tracing-opentelemetry reads them): `otel.name` renames the span,
+//! `otel.kind` (`server`, `client`, `internal`, `producer`, `consumer`) sets its kind,
+//! `otel.status_code = "ERROR"` and `otel.status_message` its status, `traceparent` (a W3C
+//! header value) its remote parent; every other field is an attribute. A warning or error
+//! logged inside a span becomes a span event, an error marks the span failed.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::field::{Field, Visit};
+use tracing::span::{Attributes, Id, Record};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
+
+/// Finished spans waiting for the exporter; beyond this they are dropped (and counted), so a
+/// collector that is down never holds up the data path or grows memory.
+const QUEUE: usize = 8192;
+/// Spans per export request.
+const BATCH: usize = 512;
+/// Longest a finished span waits for its batch.
+const FLUSH_EVERY: Duration = Duration::from_secs(2);
+/// Tries per batch before it is dropped.
+const ATTEMPTS: u32 = 4;
+
+/// What the layer keeps of a span while it is open.
+#[derive(Debug, Clone)]
+struct SpanData {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    parent_span_id: Option<[u8; 8]>,
+    sampled: bool,
+    name: String,
+    kind: u8,
+    start_ns: u64,
+    attributes: Vec<(String, Value)>,
+    events: Vec<Value>,
+    /// OTLP status code (1 ok, 2 error) and message.
+    status: Option<(u8, String)>,
+}
+
+/// Reads a span's fields: the `otel.*` conventions, the remote parent, and the attributes.
+#[derive(Default)]
+struct Fields {
+    name: Option<String>,
+    kind: Option<u8>,
+    status: Option<u8>,
+    status_message: Option<String>,
+    traceparent: Option<String>,
+    attributes: Vec<(String, Value)>,
+}
+
+impl Fields {
+    fn put(&mut self, field: &Field, value: Value) {
+        let text = || {
+            value
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| value.to_string())
+        };
+        match field.name() {
+            "otel.name" => self.name = Some(text()),
+            "otel.kind" => {
+                self.kind = Some(match text().as_str() {
+                    "server" => 2,
+                    "client" => 3,
+                    "producer" => 4,
+                    "consumer" => 5,
+                    _ => 1,
+                });
+            }
+            "otel.status_code" => {
+                self.status = Some(if text().eq_ignore_ascii_case("error") {
+                    2
+                } else {
+                    1
+                });
+            }
+            "otel.status_message" => self.status_message = Some(text()),
+            "traceparent" => self.traceparent = Some(text()),
+            name => self.attributes.push((name.to_owned(), value)),
+        }
+    }
+}
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.put(field, Value::String(format!("{value:?}")));
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, Value::String(value.to_owned()));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, json!(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, json!(value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.put(field, json!(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, json!(value));
+    }
+}
+
+impl SpanData {
+    fn apply(&mut self, fields: Fields) {
+        if let Some(name) = fields.name {
+            self.name = name;
+        }
+        if let Some(kind) = fields.kind {
+            self.kind = kind;
+        }
+        if let Some(code) = fields.status {
+            let message = fields.status_message.unwrap_or_default();
+            self.status = Some((code, message));
+        } else if let (Some(message), Some((_, old))) = (fields.status_message, &mut self.status) {
+            *old = message;
+        }
+        for (key, value) in fields.attributes {
+            match self.attributes.iter_mut().find(|(k, _)| *k == key) {
+                Some(slot) => slot.1 = value,
+                None => self.attributes.push((key, value)),
+            }
+        }
+    }
+
+    /// The span as OTLP/JSON (`Span` of opentelemetry-proto, JSON mapping: ids in hex).
+    fn to_otlp(&self, end_ns: u64) -> Value {
+        let mut span = json!({
+            "traceId": hex(&self.trace_id),
+            "spanId": hex(&self.span_id),
+            "name": self.name,
+            "kind": self.kind,
+            "startTimeUnixNano": self.start_ns.to_string(),
+            "endTimeUnixNano": end_ns.to_string(),
+            "attributes": self.attributes.iter().map(|(k, v)| attribute(k, v)).collect::<Vec<_>>(),
+            "events": self.events,
+        });
+        if let Some(parent) = self.parent_span_id {
+            span["parentSpanId"] = json!(hex(&parent));
+        }
+        if let Some((code, message)) = &self.status {
+            span["status"] = json!({ "code": code, "message": message });
+        }
+        span
+    }
+}
+
+/// An OTLP `KeyValue`.
+fn attribute(key: &str, value: &Value) -> Value {
+    let any = match value {
+        Value::Bool(b) => json!({ "boolValue": b }),
+        Value::Number(n) if n.is_i64() || n.is_u64() => json!({ "intValue": n.to_string() }),
+        Value::Number(n) => json!({ "doubleValue": n.as_f64() }),
+        Value::String(s) => json!({ "stringValue": s }),
+        other => json!({ "stringValue": other.to_string() }),
+    };
+    json!({ "key": key, "value": any })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != 2 * N || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// A W3C `traceparent` (version 00): trace id, parent span id and whether the caller sampled
+/// it. All-zero ids are invalid.
+pub(crate) fn parse_traceparent(value: &str) -> Option<([u8; 16], [u8; 8], bool)> {
+    let mut parts = value.trim().split('-');
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if version != "00" || parts.next().is_some() {
+        return None;
+    }
+    let trace = unhex::<16>(trace).filter(|t| t.iter().any(|b| *b != 0))?;
+    let span = unhex::<8>(span).filter(|s| s.iter().any(|b| *b != 0))?;
+    let flags = unhex::<1>(flags)?;
+    Some((trace, span, flags[0] & 1 == 1))
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn random<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    // The OS's randomness; a failure leaves a non-zero fallback from the clock so ids stay
+    // valid.
+    if getrandom::fill(&mut out).is_err() || out.iter().all(|b| *b == 0) {
+        let clock = now_ns().to_le_bytes();
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = clock[i % 8] ^ (i as u8).wrapping_add(1);
+        }
+    }
+    out
+}
+
+/// Finished spans (OTLP/JSON) on their way to the exporter.
+pub(crate) type SpanQueue = mpsc::Receiver<Value>;
+
+/// The layer: keeps open spans' data in the registry's extensions and queues finished, sampled
+/// ones for the exporter.
+pub(crate) struct OtlpLayer {
+    queue: mpsc::Sender<Value>,
+    /// Share of root spans kept, 0 to 1.
+    ratio: f64,
+}
+
+impl OtlpLayer {
+    /// A layer and the receiving end of its queue, for [`export`].
+    pub(crate) fn new(ratio: f64) -> (Self, SpanQueue) {
+        let (queue, spans) = mpsc::channel(QUEUE);
+        (Self { queue, ratio }, spans)
+    }
+
+    fn keep_root(&self) -> bool {
+        if self.ratio >= 1.0 {
+            return true;
+        }
+        let draw = u64::from_le_bytes(random::<8>()) as f64 / u64::MAX as f64;
+        draw < self.ratio
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for OtlpLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let mut fields = Fields::default();
+        attrs.record(&mut fields);
+        let local_parent = span.parent().and_then(|p| {
+            p.extensions()
+                .get::<SpanData>()
+                .map(|d| (d.trace_id, d.span_id, d.sampled))
+        });
+        let (trace_id, parent_span_id, sampled) = match local_parent {
+            Some((trace, parent, sampled)) => (trace, Some(parent), sampled),
+            None => match fields.traceparent.as_deref().and_then(parse_traceparent) {
+                Some((trace, parent, sampled)) => (trace, Some(parent), sampled),
+                None => (random::<16>(), None, self.keep_root()),
+            },
+        };
+        let mut data = SpanData {
+            trace_id,
+            span_id: random::<8>(),
+            parent_span_id,
+            sampled,
+            name: attrs.metadata().name().to_owned(),
+            kind: 1,
+            start_ns: now_ns(),
+            attributes: Vec::new(),
+            events: Vec::new(),
+            status: None,
+        };
+        data.apply(fields);
+        span.extensions_mut().insert(data);
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let mut fields = Fields::default();
+        values.record(&mut fields);
+        if let Some(data) = span.extensions_mut().get_mut::<SpanData>() {
+            data.apply(fields);
+        }
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let level = *event.metadata().level();
+        if level > Level::WARN {
+            return;
+        }
+        let Some(span) = ctx.event_span(event) else {
+            return;
+        };
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let mut message = String::new();
+        let mut attributes = vec![attribute("level", &json!(level.as_str()))];
+        for (key, value) in fields.attributes {
+            if key == "message" {
+                message = value
+                    .as_str()
+                    .map_or_else(|| value.to_string(), str::to_owned);
+            } else {
+                attributes.push(attribute(&key, &value));
+            }
+        }
+        if let Some(data) = span.extensions_mut().get_mut::<SpanData>() {
+            if level == Level::ERROR && data.status.is_none() {
+                data.status = Some((2, message.clone()));
+            }
+            data.events.push(json!({
+                "timeUnixNano": now_ns().to_string(),
+                "name": message,
+                "attributes": attributes,
+            }));
+        }
+    }
+
+    fn on_close(&self, id: Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(&id) else {
+            return;
+        };
+        let Some(data) = span.extensions_mut().remove::<SpanData>() else {
+            return;
+        };
+        if !data.sampled {
+            return;
+        }
+        if self.queue.try_send(data.to_otlp(now_ns())).is_err() {
+            metrics::counter!("fabrik_trace_spans_dropped_total", "reason" => "queue_full")
+                .increment(1);
+        }
+    }
+}
+
+/// Where and as what the spans go.
+#[derive(Debug, Clone)]
+pub(crate) struct Exporter {
+    /// The collector's traces URL (`…/v1/traces`).
+    pub(crate) url: String,
+    /// `service.name`.
+    pub(crate) service: String,
+    /// `service.instance.id`: the node's name.
+    pub(crate) instance: String,
+}
+
+impl Exporter {
+    /// One `ExportTraceServiceRequest` holding `spans`.
+    fn request(&self, spans: Vec<Value>) -> Value {
+        let resource = [
+            ("service.name", self.service.as_str()),
+            ("service.instance.id", self.instance.as_str()),
+            ("service.version", env!("CARGO_PKG_VERSION")),
+        ];
+        json!({
+            "resourceSpans": [{
+                "resource": {
+                    "attributes": resource
+                        .iter()
+                        .map(|(k, v)| attribute(k, &json!(v)))
+                        .collect::<Vec<_>>(),
+                },
+                "scopeSpans": [{
+                    "scope": { "name": "fabrik", "version": env!("CARGO_PKG_VERSION") },
+                    "spans": spans,
+                }],
+            }],
+        })
+    }
+}
+
+/// Sends queued spans in batches until `stop`, then what is left. A batch the collector does
+/// not take after [`ATTEMPTS`] tries (with backoff) is dropped and counted: traces are for
+/// looking into the system, not data to keep at any cost.
+pub(crate) async fn export(exporter: Exporter, mut spans: SpanQueue, stop: CancellationToken) {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+    {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(error = %e, "No HTTP client for the trace exporter; traces are off.");
+            return;
+        }
+    };
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        let deadline = tokio::time::sleep(FLUSH_EVERY);
+        tokio::pin!(deadline);
+        let stopping = loop {
+            tokio::select! {
+                () = stop.cancelled() => break true,
+                () = &mut deadline => break false,
+                received = spans.recv() => match received {
+                    Some(span) => {
+                        batch.push(span);
+                        if batch.len() >= BATCH {
+                            break false;
+                        }
+                    }
+                    None => break true,
+                },
+            }
+        };
+        if stopping {
+            while let Ok(span) = spans.try_recv() {
+                batch.push(span);
+            }
+        }
+        for chunk in batch.chunks(BATCH) {
+            send(&client, &exporter, chunk.to_vec(), !stopping).await;
+        }
+        batch.clear();
+        if stopping {
+            return;
+        }
+    }
+}
+
+async fn send(client: &reqwest::Client, exporter: &Exporter, spans: Vec<Value>, retry: bool) {
+    let count = spans.len() as u64;
+    let body = exporter.request(spans);
+    let mut wait = Duration::from_millis(500);
+    let attempts = if retry { ATTEMPTS } else { 1 };
+    for attempt in 1..=attempts {
+        let outcome = client.post(&exporter.url).json(&body).send().await;
+        let retryable = match outcome {
+            Ok(response) if response.status().is_success() => {
+                metrics::counter!("fabrik_trace_spans_exported_total").increment(count);
+                return;
+            }
+            Ok(response) => {
+                let status = response.status();
+                tracing::warn!(url = %exporter.url, %status, attempt, "The trace collector refused a batch of spans.");
+                status.as_u16() == 429 || status.is_server_error()
+            }
+            Err(e) => {
+                tracing::warn!(url = %exporter.url, error = %e, attempt, "Could not send spans to the trace collector.");
+                true
+            }
+        };
+        if !retryable || attempt == attempts {
+            break;
+        }
+        tokio::time::sleep(wait).await;
+        wait *= 2;
+    }
+    metrics::counter!("fabrik_trace_spans_dropped_total", "reason" => "export_failed")
+        .increment(count);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    #[test]
+    fn traceparents_are_read_as_w3c_writes_them() {
+        let (trace, span, sampled) =
+            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+                .expect("valid");
+        assert_eq!(hex(&trace), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(hex(&span), "00f067aa0ba902b7");
+        assert!(sampled);
+        let unsampled =
+            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+        assert!(!unsampled.expect("valid").2);
+        for bad in [
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902zz-01",
+        ] {
+            assert_eq!(parse_traceparent(bad), None, "{bad}");
+        }
+    }
+
+    /// Runs `work` under a subscriber with the layer and returns the spans it queued.
+    fn spans_of(ratio: f64, work: impl FnOnce()) -> Vec<Value> {
+        let (layer, mut queue) = OtlpLayer::new(ratio);
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, work);
+        let mut spans = Vec::new();
+        while let Ok(span) = queue.try_recv() {
+            spans.push(span);
+        }
+        spans
+    }
+
+    #[test]
+    fn children_share_the_trace_and_name_their_parent() {
+        let spans = spans_of(1.0, || {
+            let outer = tracing::info_span!(
+                "http.request",
+                otel.name = "GET /api/v1/query",
+                otel.kind = "server",
+                traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                http.response.status_code = tracing::field::Empty,
+            );
+            let _in_outer = outer.enter();
+            {
+                let inner = tracing::info_span!("store.query", rows = 3_u64);
+                let _in_inner = inner.enter();
+                tracing::error!(table = "pump", "the scan failed");
+            }
+            outer.record("http.response.status_code", 500_u64);
+        });
+        assert_eq!(spans.len(), 2, "{spans:?}");
+        let (inner, outer) = (&spans[0], &spans[1]);
+        assert_eq!(outer["name"], "GET /api/v1/query");
+        assert_eq!(outer["kind"], 2);
+        assert_eq!(outer["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(outer["parentSpanId"], "00f067aa0ba902b7");
+        assert_eq!(
+            outer["attributes"][0],
+            json!({"key": "http.response.status_code", "value": {"intValue": "500"}})
+        );
+        assert_eq!(inner["traceId"], outer["traceId"]);
+        assert_eq!(inner["parentSpanId"], outer["spanId"]);
+        assert_eq!(inner["status"]["code"], 2);
+        assert_eq!(inner["events"][0]["name"], "the scan failed");
+        assert!(outer.get("status").is_none(), "{outer}");
+    }
+
+    #[test]
+    fn the_sampler_keeps_a_share_of_roots_and_follows_the_callers_choice() {
+        let spans = spans_of(0.0, || {
+            let _root = tracing::info_span!("pipeline.window").entered();
+            let _child = tracing::info_span!("model.run").entered();
+        });
+        assert!(spans.is_empty(), "ratio 0 keeps no root: {spans:?}");
+        let spans = spans_of(0.0, || {
+            let _kept = tracing::info_span!(
+                "http.request",
+                traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            )
+            .entered();
+        });
+        assert_eq!(spans.len(), 1, "a sampled caller's trace is kept");
+        let spans = spans_of(1.0, || {
+            let _dropped = tracing::info_span!(
+                "http.request",
+                traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+            )
+            .entered();
+        });
+        assert!(spans.is_empty(), "an unsampled caller's trace is not");
+        let spans = spans_of(0.5, || {
+            for _ in 0..2000 {
+                let _root = tracing::info_span!("pipeline.window").entered();
+            }
+        });
+        assert!((800..1200).contains(&spans.len()), "{}", spans.len());
+    }
+}

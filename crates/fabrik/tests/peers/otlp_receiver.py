@@ -1,0 +1,90 @@
+"""An OTLP/HTTP trace receiver for Fabrik's trace test (decision 0054).
+
+Takes `POST /v1/traces` with a JSON `ExportTraceServiceRequest`, parsed strictly by the
+OpenTelemetry protocol's own definitions (PyPI `opentelemetry-proto`, protobuf's JSON
+mapping: unknown fields and wrong types are errors). As the OTLP specification says, and as
+the OpenTelemetry Collector does, trace and span ids in OTLP/JSON are hex, not protobuf's
+base64: they are checked and converted first. Each span is appended to OUT as one JSON line
+(ids in hex, attributes as a dict, the resource's attributes beside them); a request that does
+not parse is answered 400 and written as {"error": ...}.
+
+Usage: otlp_receiver.py PORT OUT
+"""
+import base64
+import json
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from google.protobuf import json_format
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+PORT, OUT = int(sys.argv[1]), sys.argv[2]
+ID_LENGTHS = {"traceId": 16, "spanId": 8, "parentSpanId": 8}
+
+
+def hex_ids_to_base64(span):
+    for key, length in ID_LENGTHS.items():
+        if key in span:
+            raw = bytes.fromhex(span[key])
+            if len(raw) != length:
+                raise ValueError(f"{key} {span[key]!r} is not {length} bytes of hex")
+            span[key] = base64.b64encode(raw).decode()
+
+
+def value(any_value):
+    kind = any_value.WhichOneof("value")
+    v = getattr(any_value, kind)
+    return int(v) if kind == "int_value" else v
+
+
+class Handler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        try:
+            if self.path != "/v1/traces":
+                raise ValueError(f"path {self.path}")
+            if self.headers.get("content-type", "").split(";")[0] != "application/json":
+                raise ValueError(f"content-type {self.headers.get('content-type')}")
+            document = json.loads(body)
+            for resource_spans in document.get("resourceSpans", []):
+                for scope_spans in resource_spans.get("scopeSpans", []):
+                    for span in scope_spans.get("spans", []):
+                        hex_ids_to_base64(span)
+            request = json_format.Parse(json.dumps(document), ExportTraceServiceRequest())
+        except Exception as e:  # noqa: BLE001 - every failure is the sender's
+            with open(OUT, "a") as out:
+                out.write(json.dumps({"error": str(e)}) + "\n")
+            self.send_response(400)
+            self.end_headers()
+            return
+        lines = []
+        for resource_spans in request.resource_spans:
+            resource = {a.key: value(a.value) for a in resource_spans.resource.attributes}
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    lines.append(json.dumps({
+                        "trace_id": span.trace_id.hex(),
+                        "span_id": span.span_id.hex(),
+                        "parent_span_id": span.parent_span_id.hex(),
+                        "name": span.name,
+                        "kind": span.kind,
+                        "start": span.start_time_unix_nano,
+                        "end": span.end_time_unix_nano,
+                        "attributes": {a.key: value(a.value) for a in span.attributes},
+                        "status": span.status.code,
+                        "resource": resource,
+                    }))
+        with open(OUT, "a") as out:
+            out.writelines(line + "\n" for line in lines)
+        answer = b"{}"
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args):
+        pass
+
+
+ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
