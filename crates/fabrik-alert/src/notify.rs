@@ -1001,7 +1001,9 @@ fn origin_only(url: &str) -> String {
 /// Delivers one payload. `Ok` holds what the receiver took it with but reported: the
 /// e-mail recipients its server refused while taking it for the others.
 pub async fn deliver(notifier: &Notifier, payload: &str) -> Result<Vec<String>, AlertError> {
+    // `fabrik_runtime::telemetry::SPAN_TARGET` (this crate does not depend on the runtime).
     let span = tracing::info_span!(
+        target: "fabrik_spans",
         "alert.deliver",
         otel.name = %format_args!("alert notification {}", notifier.name()),
         otel.kind = "client",

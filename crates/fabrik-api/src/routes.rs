@@ -269,6 +269,7 @@ async fn record_metrics(request: Request, next: Next) -> Response {
         .unwrap_or_default()
         .to_owned();
     let span = tracing::info_span!(
+        target: fabrik_runtime::telemetry::SPAN_TARGET,
         "http.request",
         otel.name = %format_args!("{method} {route}"),
         otel.kind = "server",
@@ -714,6 +715,7 @@ pub(crate) async fn query(
         ))
     })?;
     let span = tracing::info_span!(
+        target: fabrik_runtime::telemetry::SPAN_TARGET,
         "store.query",
         db.system.name = "datafusion",
         db.query.text = %q.sql,

@@ -538,6 +538,14 @@ impl Registry {
             status.reason = "its attestation key was not activated through an endorsement key certified by a trusted TPM vendor ([attestation] require_endorsement): run `fabrik device attestation activate` on the device".into();
             return Ok(status);
         }
+        if let Some(withdrawn) = key
+            .endorsement
+            .as_ref()
+            .and_then(|e| self.endorsement_withdrawn(e))
+        {
+            status.reason = withdrawn;
+            return Ok(status);
+        }
         // The newest authentic verdict under this key decides.
         let rows = sqlx::query(
             "SELECT record FROM attestations WHERE device_id = ? AND key_fingerprint = ? AND authentic = 1

@@ -210,6 +210,8 @@ pub struct Registry {
     /// The TPM vendors' CA certificates (DER) EK certificates are checked against; empty: EK
     /// certificates are not checked.
     endorsement_authorities: Arc<parking_lot::RwLock<Arc<Vec<Vec<u8>>>>>,
+    /// Held while an activation checks the device's binding and stores its key.
+    activation_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// SHA-256 of a token that passed the argon2 check, and when.
@@ -310,6 +312,7 @@ impl Registry {
             enrolled: Arc::new(Mutex::new(enrolled.into_iter().collect())),
             activations: Arc::default(),
             endorsement_authorities: Arc::default(),
+            activation_lock: Arc::default(),
         })
     }
 

@@ -77,8 +77,9 @@ pub struct AttestationConfig {
     pub required: bool,
     /// How long a passing attestation lets a device connect.
     pub max_age: String,
-    /// The TPM vendors' CA certificates (PEM or DER file, or a directory of them) a device's EK
-    /// certificate must chain to when it activates its key; empty: not checked.
+    /// The TPM vendors' CA certificates (PEM or DER file, or a directory of them), one of which
+    /// must have issued a device's EK certificate (intermediate CAs included) when it activates
+    /// its key; empty: not checked, and only an admin activates keys.
     pub endorsement_authorities: String,
     /// Only keys activated through a certified EK open the gate (decision 0053).
     pub require_endorsement: bool,

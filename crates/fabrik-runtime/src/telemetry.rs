@@ -10,6 +10,11 @@ pub use metrics_exporter_prometheus::PrometheusHandle;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// The `tracing` target of the spans that become traces (decision 0054): the log leaves it
+/// out, the trace layer takes it. Not a prefix of any crate's name, so filters on crates do not
+/// catch it.
+pub const SPAN_TARGET: &str = "fabrik_spans";
+
 /// Installs the Prometheus recorder once per process and returns a handle that renders the
 /// exposition text. Later calls (tests start many servers in one process) return the same
 /// handle.

@@ -152,12 +152,15 @@ pub(crate) async fn run(
                 .and_then(|k| k.get("endorsement"))
                 .filter(|e| !e.is_null())
             {
-                let text = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("not checked");
+                let text = |k: &str| e.get(k).and_then(|v| v.as_str());
                 println!(
-                    "  activated through {} EK {} (certificate issued by {})",
-                    text("ek_algorithm"),
-                    text("ek_fingerprint"),
-                    text("certificate_issuer")
+                    "  activated through {} EK {} ({})",
+                    text("ek_algorithm").unwrap_or(""),
+                    text("ek_fingerprint").unwrap_or(""),
+                    text("certificate_issuer").map_or_else(
+                        || "EK certificate not checked".to_owned(),
+                        |issuer| format!("EK certificate issued by {issuer}")
+                    )
                 );
             }
             let history = status.get("history").and_then(|h| h.as_array());

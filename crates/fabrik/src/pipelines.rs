@@ -2427,14 +2427,15 @@ impl Runner {
             } else {
                 let name = &self.compiled.config.name;
                 tracing::info_span!(
-                    "pipeline.step",
-                    otel.name = %format_args!("pipeline {name}"),
-                    pipeline = %name,
-                    model = %model_tag(&self.compiled.config),
-                    samples = rows.len() as u64,
-                    windows = tracing::field::Empty,
-                    flagged = tracing::field::Empty,
-                )
+                target: fabrik_runtime::telemetry::SPAN_TARGET,
+                "pipeline.step",
+                            otel.name = %format_args!("pipeline {name}"),
+                            pipeline = %name,
+                            model = %model_tag(&self.compiled.config),
+                            samples = rows.len() as u64,
+                            windows = tracing::field::Empty,
+                            flagged = tracing::field::Empty,
+                        )
             };
             let page = async {
                 for (device, row) in rows {

@@ -169,11 +169,13 @@ fn init_tracing(
     node: &str,
 ) -> Option<(crate::traces::Exporter, crate::traces::SpanQueue)> {
     use tracing_subscriber::Layer as _;
-    use tracing_subscriber::filter::FilterExt as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
     let with_quiet = |directives: &str| {
-        tracing_subscriber::EnvFilter::try_new(format!("{QUIET_LIBRARY_LOGS},{directives}"))
+        tracing_subscriber::EnvFilter::try_new(format!(
+            "{QUIET_LIBRARY_LOGS},{}=off,{directives}",
+            crate::traces::SPAN_TARGET
+        ))
     };
     let filter = std::env::var("FABRIK_LOG")
         .map_err(|_| ())
@@ -182,12 +184,13 @@ fn init_tracing(
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
     // Logs go to stderr so stdout carries only the banner (and stays parseable). Spans are
-    // for the trace layer: the log's lines stay as they were, without span prefixes.
+    // the trace layer's (their target is off in the log's filter), so the log's lines stay
+    // free of span prefixes.
     let log = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
-        .with_filter(filter.and(tracing_subscriber::filter::filter_fn(|m| m.is_event())));
+        .with_filter(filter);
     let (spans, export) = match traces {
         Some(t) => {
             let (layer, queue) = crate::traces::OtlpLayer::new(t.sample_ratio);
@@ -198,7 +201,8 @@ fn init_tracing(
             };
             // Fabrik's own spans, and the warnings and errors inside them.
             let fabrik = tracing_subscriber::filter::Targets::new()
-                .with_target("fabrik", tracing::Level::INFO);
+                .with_target(crate::traces::SPAN_TARGET, tracing::Level::INFO)
+                .with_target("fabrik", tracing::Level::WARN);
             (Some(layer.with_filter(fabrik)), Some((exporter, queue)))
         }
         None => (None, None),

@@ -215,6 +215,10 @@ fn random<const N: usize>() -> [u8; N] {
     out
 }
 
+/// The target of Fabrik's spans: the log's filter turns it off (its lines stay free of span
+/// prefixes, and with traces off no span is created), the trace layer takes it.
+pub(crate) const SPAN_TARGET: &str = fabrik_runtime::telemetry::SPAN_TARGET;
+
 /// Finished spans (OTLP/JSON) on their way to the exporter.
 pub(crate) type SpanQueue = mpsc::Receiver<Value>;
 

@@ -55,6 +55,10 @@ pub struct Endorsement {
     pub certificate_issuer: Option<String>,
     /// The EK certificate's subject, when checked.
     pub certificate_subject: Option<String>,
+    /// SHA-256 of the configured CA certificate that issued the EK certificate, hex: removing
+    /// that CA from `[attestation] endorsement_authorities` closes the device's gate.
+    #[serde(default)]
+    pub authority_fingerprint: Option<String>,
 }
 
 /// What a device sends to have its attestation key activated.
@@ -190,6 +194,13 @@ impl Registry {
             .map_err(invalid)?;
         ak.check_attestation_key().map_err(invalid)?;
         let authorities = self.endorsement_authorities.read().clone();
+        // Without vendor CAs nothing shows the EK is a TPM's: a token alone (with a software
+        // TPM) could enrol a key of its holder's choosing. Enrolment then stays an admin's act.
+        if by_device && authorities.is_empty() {
+            return Err(RegistryError::Refused(format!(
+                "a device enrols its own key only where EK certificates are checked ([attestation] endorsement_authorities); here an admin activates it for `{id}` (a provisioning station), or enrols it"
+            )));
+        }
         let certified = if authorities.is_empty() {
             None
         } else {
@@ -199,6 +210,9 @@ impl Registry {
                 ));
             };
             let der = decode("ek_certificate", certificate)?;
+            X509Certificate::from_der(&der).map_err(|e| {
+                RegistryError::Invalid(format!("ek_certificate: not an X.509 certificate ({e})"))
+            })?;
             Some(
                 ek.check_certificate(&der, &authorities, now_ns() / 1_000_000_000)
                     .map_err(RegistryError::Refused)?,
@@ -211,7 +225,8 @@ impl Registry {
                 PublicKind::Ecc { .. } => "ecc".into(),
             },
             certificate_issuer: certified.as_ref().map(|c| c.issuer.clone()),
-            certificate_subject: certified.map(|c| c.subject),
+            certificate_subject: certified.as_ref().map(|c| c.subject.clone()),
+            authority_fingerprint: certified.map(|c| c.authority_fingerprint),
         };
         self.check_binding(id, &endorsement.ek_fingerprint, by_device)
             .await?;
@@ -282,10 +297,31 @@ impl Registry {
                 "activation of `{id}`: {reason}"
             )));
         }
+        // Two activations finishing at once must not both pass the binding check.
+        let _one_at_a_time = self.activation_lock.lock().await;
         self.check_binding(id, &pending.endorsement.ek_fingerprint, by_device)
             .await?;
         self.store_attestation_key(id, &pending.key_pem, Some(pending.endorsement))
             .await
+    }
+
+    /// Why an endorsement no longer vouches for its key (`None`: it does): the CA that issued
+    /// its EK certificate was removed from `[attestation] endorsement_authorities`.
+    pub(crate) fn endorsement_withdrawn(&self, endorsement: &Endorsement) -> Option<String> {
+        let fingerprint = endorsement.authority_fingerprint.as_ref()?;
+        let authorities = self.endorsement_authorities.read().clone();
+        if authorities.is_empty() {
+            return None;
+        }
+        let trusted = authorities.iter().any(|der| {
+            hex(ring::digest::digest(&ring::digest::SHA256, der).as_ref()) == *fingerprint
+        });
+        (!trusted).then(|| {
+            format!(
+                "the CA that issued its EK certificate ({}) is no longer among [attestation] endorsement_authorities",
+                endorsement.certificate_issuer.as_deref().unwrap_or("unknown")
+            )
+        })
     }
 }
 
@@ -355,8 +391,18 @@ mod tests {
                 .contains("ak_public: not base64")
         );
         // Without vendor CAs the EK is trusted on first use; with them, a certificate is needed.
-        let issued = registry
+        // Without vendor CAs the device itself may not enrol (a software TPM would do); an
+        // admin may.
+        let self_service = registry
             .begin_activation("gw-1", &request("ek-rsa.pub", "ak-ecc.pub"), true)
+            .await
+            .expect_err("no vendor CAs");
+        assert!(
+            matches!(&self_service, RegistryError::Refused(m) if m.contains("endorsement_authorities")),
+            "{self_service}"
+        );
+        let issued = registry
+            .begin_activation("gw-1", &request("ek-rsa.pub", "ak-ecc.pub"), false)
             .await
             .expect("issued");
         assert_eq!(issued.id.len(), 32);
@@ -369,25 +415,35 @@ mod tests {
             uncertified.to_string().contains("ek_certificate"),
             "{uncertified}"
         );
+        let mut junk_certificate = request("ek-rsa.pub", "ak-ecc.pub");
+        junk_certificate.ek_certificate = Some("AAAA".into());
+        let junk = registry
+            .begin_activation("gw-1", &junk_certificate, true)
+            .await
+            .expect_err("junk certificate");
+        assert!(
+            matches!(&junk, RegistryError::Invalid(m) if m.contains("not an X.509 certificate")),
+            "{junk}"
+        );
     }
 
     #[tokio::test]
     async fn a_wrong_secret_enrols_nothing_and_uses_the_activation_up() {
         let (_dir, registry) = gateway().await;
         let issued = registry
-            .begin_activation("gw-1", &request("ek-ecc.pub", "ak-rsa.pub"), true)
+            .begin_activation("gw-1", &request("ek-ecc.pub", "ak-rsa.pub"), false)
             .await
             .expect("issued");
         let guess = ActivationProof {
             secret: base64::engine::general_purpose::STANDARD.encode([1u8; 32]),
         };
         let wrong = registry
-            .finish_activation("gw-1", &issued.id, &guess, true)
+            .finish_activation("gw-1", &issued.id, &guess, false)
             .await
             .expect_err("wrong secret");
         assert!(matches!(wrong, RegistryError::Refused(_)), "{wrong}");
         let again = registry
-            .finish_activation("gw-1", &issued.id, &guess, true)
+            .finish_activation("gw-1", &issued.id, &guess, false)
             .await
             .expect_err("used up");
         assert!(again.to_string().contains("unknown, used"), "{again}");
@@ -401,36 +457,47 @@ mod tests {
         );
     }
 
+    fn area(name: &'static str) -> PublicArea {
+        let bytes = std::fs::read(format!("{FIXTURES}/{name}")).expect("fixture");
+        PublicArea::parse(&bytes, name).expect("public area")
+    }
+
     #[tokio::test]
     async fn a_device_cannot_move_itself_to_another_tpm_but_an_admin_can() {
+        use crate::tpm::endorsement::testing::{ek_certificate, vendor_ca};
         let (_dir, registry) = gateway().await;
-        let ek = PublicArea::parse(
-            &base64::engine::general_purpose::STANDARD
-                .decode(b64_fixture("ek-rsa.pub"))
-                .expect("base64"),
-            "ek",
-        )
-        .expect("EK");
+        let (ca, issuer) = vendor_ca("Plant TPM Vendor EK CA", true);
+        registry.set_endorsement_authorities(vec![ca.clone()]);
+        let certified = |ek: &'static str, ak: &str| ActivationRequest {
+            ek_certificate: Some(
+                base64::engine::general_purpose::STANDARD
+                    .encode(ek_certificate(&area(ek), &issuer)),
+            ),
+            ..request(ek, ak)
+        };
         let pem = std::fs::read_to_string(format!("{FIXTURES}/ak-ecc.pem")).expect("pem");
         let bound = Endorsement {
-            ek_fingerprint: ek.fingerprint(),
+            ek_fingerprint: area("ek-rsa.pub").fingerprint(),
             ek_algorithm: "rsa".into(),
-            certificate_issuer: None,
-            certificate_subject: None,
+            certificate_issuer: Some("CN=Plant TPM Vendor EK CA".into()),
+            certificate_subject: Some(String::new()),
+            authority_fingerprint: Some(hex(
+                ring::digest::digest(&ring::digest::SHA256, &ca).as_ref()
+            )),
         };
         registry
             .store_attestation_key("gw-1", &pem, Some(bound))
             .await
             .expect("stored");
         let same = registry
-            .begin_activation("gw-1", &request("ek-rsa.pub", "ak-rsa.pub"), true)
+            .begin_activation("gw-1", &certified("ek-rsa.pub", "ak-rsa.pub"), true)
             .await;
         assert!(
             same.is_ok(),
             "the same TPM may activate a new key: {same:?}"
         );
         let other = registry
-            .begin_activation("gw-1", &request("ek-ecc.pub", "ak-rsa.pub"), true)
+            .begin_activation("gw-1", &certified("ek-ecc.pub", "ak-rsa.pub"), true)
             .await
             .expect_err("another TPM");
         assert!(
@@ -438,16 +505,41 @@ mod tests {
             "{other}"
         );
         registry
-            .begin_activation("gw-1", &request("ek-ecc.pub", "ak-rsa.pub"), false)
+            .begin_activation("gw-1", &certified("ek-ecc.pub", "ak-rsa.pub"), false)
             .await
             .expect("an admin may");
+
+        // The CA that certified the EK leaves the trusted set: the key opens nothing.
+        let settings = fabrik_runtime::config::AttestationSettings::default();
+        let gate = registry
+            .attestation_gate("gw-1", &settings)
+            .await
+            .expect("gate");
+        assert!(
+            gate.as_deref()
+                .is_some_and(|r| r.contains("has not attested")),
+            "trusted CA, no quote yet: {gate:?}"
+        );
+        let (other_ca, _) = vendor_ca("Another Vendor EK CA", true);
+        registry.set_endorsement_authorities(vec![other_ca]);
+        let gate = registry
+            .attestation_gate("gw-1", &settings)
+            .await
+            .expect("gate");
+        assert!(
+            gate.as_deref()
+                .is_some_and(|r| r.contains("is no longer among")),
+            "CA withdrawn: {gate:?}"
+        );
+        registry.set_endorsement_authorities(vec![ca]);
+
         // A key an operator enrolled is the operator's to replace.
         registry
             .enrol_attestation_key("gw-1", &pem)
             .await
             .expect("enrolled");
         let operator = registry
-            .begin_activation("gw-1", &request("ek-rsa.pub", "ak-rsa.pub"), true)
+            .begin_activation("gw-1", &certified("ek-rsa.pub", "ak-rsa.pub"), true)
             .await
             .expect_err("operator's key");
         assert!(operator.to_string().contains("only an admin"), "{operator}");

@@ -12,15 +12,26 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
 
-use super::{ALG_SHA256, ALG_SHA384, Reader, bank_name, hex, strip_zeros};
+use super::{
+    ALG_ECDSA, ALG_RSAPSS, ALG_RSASSA, ALG_SHA256, ALG_SHA384, Reader, bank_name, hex, strip_zeros,
+};
 
 const ALG_RSA: u16 = 0x0001;
 const ALG_ECC: u16 = 0x0023;
 const ALG_AES: u16 = 0x0006;
 const ALG_CFB: u16 = 0x0043;
 const ALG_NULL: u16 = 0x0010;
+const ALG_MGF1: u16 = 0x0007;
 const ALG_RSAES: u16 = 0x0015;
+const ALG_OAEP: u16 = 0x0017;
+const ALG_ECDH: u16 = 0x0019;
 const ALG_ECDAA: u16 = 0x001a;
+const ALG_SM2: u16 = 0x001b;
+const ALG_ECSCHNORR: u16 = 0x001c;
+const ALG_ECMQV: u16 = 0x001d;
+const ALG_KDF1_SP800_56A: u16 = 0x0020;
+const ALG_KDF2: u16 = 0x0021;
+const ALG_KDF1_SP800_108: u16 = 0x0022;
 const ECC_NIST_P256: u16 = 0x0003;
 const ECC_NIST_P384: u16 = 0x0004;
 
@@ -79,6 +90,8 @@ pub struct CertifiedEndorsement {
     pub subject: String,
     /// Its issuer: the TPM vendor's CA.
     pub issuer: String,
+    /// SHA-256 of the configured CA certificate (DER) that signed it, hex.
+    pub authority_fingerprint: String,
 }
 
 fn curve_size(curve: u16) -> Option<usize> {
@@ -140,12 +153,22 @@ impl PublicArea {
                 ));
             }
         };
-        let scheme = r.u16("scheme")?;
-        // RSAES has no details; every other scheme names a hash, and ECDAA a count too.
-        if scheme != ALG_NULL && scheme != ALG_RSAES {
-            r.u16("scheme.hashAlg")?;
-            if scheme == ALG_ECDAA {
+        // The scheme's details, by the schemes Part 2 defines (11.2.3, 11.2.5): the name is a
+        // digest of these bytes, so a guess would make another name.
+        match r.u16("scheme")? {
+            ALG_NULL | ALG_RSAES => {}
+            ALG_RSASSA | ALG_RSAPSS | ALG_OAEP | ALG_ECDSA | ALG_ECDH | ALG_SM2 | ALG_ECSCHNORR
+            | ALG_ECMQV => {
+                r.u16("scheme.hashAlg")?;
+            }
+            ALG_ECDAA => {
+                r.u16("scheme.hashAlg")?;
                 r.u16("scheme.count")?;
+            }
+            other => {
+                return Err(format!(
+                    "{what}: scheme 0x{other:04x} is not a TPM 2.0 key scheme"
+                ));
             }
         }
         let key = match kind {
@@ -165,8 +188,16 @@ impl PublicArea {
                         "{what}: ECC curve 0x{curve:04x}; only NIST P-256 and P-384 are supported"
                     ));
                 };
-                if r.u16("kdf.scheme")? != ALG_NULL {
-                    r.u16("kdf.hashAlg")?;
+                match r.u16("kdf.scheme")? {
+                    ALG_NULL => {}
+                    ALG_MGF1 | ALG_KDF1_SP800_56A | ALG_KDF2 | ALG_KDF1_SP800_108 => {
+                        r.u16("kdf.hashAlg")?;
+                    }
+                    other => {
+                        return Err(format!(
+                            "{what}: KDF scheme 0x{other:04x} is not a TPM 2.0 KDF"
+                        ));
+                    }
                 }
                 let mut coordinate = |field| -> Result<Vec<u8>, String> {
                     let c = r.sized(field)?;
@@ -419,7 +450,9 @@ impl PublicArea {
             Ok(())
         };
         valid(&cert, "EK certificate")?;
-        let mut issuers_seen = 0;
+        // Every configured certificate with the issuer's name is tried (a vendor's renewed CA
+        // keeps its name); the first that signed it, is a CA and is valid now vouches for it.
+        let mut refusals = Vec::new();
         for authority in authorities {
             let Ok((_, ca)) = X509Certificate::from_der(authority) else {
                 continue;
@@ -427,9 +460,22 @@ impl PublicArea {
             if ca.subject().as_raw() != cert.issuer().as_raw() {
                 continue;
             }
-            issuers_seen += 1;
-            if cert.verify_signature(Some(ca.public_key())).is_err() {
-                continue;
+            match cert.verify_signature(Some(ca.public_key())) {
+                Ok(()) => {}
+                Err(x509_parser::error::X509Error::SignatureUnsupportedAlgorithm) => {
+                    refusals.push(format!(
+                        "it is signed with {}, which the verifier does not support",
+                        cert.signature_algorithm.algorithm
+                    ));
+                    continue;
+                }
+                Err(_) => {
+                    refusals.push(format!(
+                        "its signature does not verify with the trusted CA `{}`",
+                        ca.subject()
+                    ));
+                    continue;
+                }
             }
             let is_ca = ca
                 .basic_constraints()
@@ -437,30 +483,29 @@ impl PublicArea {
                 .flatten()
                 .is_some_and(|b| b.value.ca);
             if !is_ca {
-                return Err(format!(
-                    "EK certificate: its issuer `{}` is not a CA (basicConstraints)",
+                refusals.push(format!(
+                    "its issuer `{}` is not a CA (basicConstraints)",
                     ca.subject()
                 ));
+                continue;
             }
-            valid(
-                &ca,
-                &format!("the EK certificate's issuer `{}`", ca.subject()),
-            )?;
+            if let Err(e) = valid(&ca, &format!("its issuer `{}`", ca.subject())) {
+                refusals.push(e);
+                continue;
+            }
             return Ok(CertifiedEndorsement {
                 subject: cert.subject().to_string(),
                 issuer: cert.issuer().to_string(),
+                authority_fingerprint: hex(digest::digest(&digest::SHA256, authority).as_ref()),
             });
         }
-        Err(if issuers_seen == 0 {
+        Err(if refusals.is_empty() {
             format!(
-                "EK certificate: its issuer `{}` is not among the trusted TPM vendor CAs ([attestation] endorsement_authorities)",
+                "EK certificate: its issuer `{}` is not among the trusted TPM vendor CAs ([attestation] endorsement_authorities; it must hold the CA that issued EK certificates, intermediates included)",
                 cert.issuer()
             )
         } else {
-            format!(
-                "EK certificate: its signature does not verify with the trusted CA `{}`",
-                cert.issuer()
-            )
+            format!("EK certificate: {}", refusals.join("; "))
         })
     }
 }
@@ -623,22 +668,14 @@ fn hex_bytes(text: &str) -> Vec<u8> {
         .collect()
 }
 
+/// rcgen-made TPM vendor CAs and EK certificates, for the tests here and in
+/// `attestation::activation`.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tpm");
-
-    fn fixture(name: &str) -> Vec<u8> {
-        std::fs::read(format!("{FIXTURES}/{name}")).expect("fixture")
-    }
-
-    fn area(name: &'static str) -> PublicArea {
-        PublicArea::parse(&fixture(name), name).expect(name)
-    }
+pub(crate) mod testing {
+    use super::{PublicArea, PublicKind};
 
     /// The public key of a `PublicArea`, for rcgen to certify.
-    struct EkKey(Vec<u8>, &'static rcgen::SignatureAlgorithm);
+    pub(crate) struct EkKey(Vec<u8>, &'static rcgen::SignatureAlgorithm);
 
     impl rcgen::PublicKeyData for EkKey {
         fn der_bytes(&self) -> &[u8] {
@@ -649,7 +686,7 @@ mod tests {
         }
     }
 
-    fn ek_key(ek: &PublicArea) -> EkKey {
+    pub(crate) fn ek_key(ek: &PublicArea) -> EkKey {
         let algorithm = match ek.key {
             PublicKind::Rsa { .. } => &rcgen::PKCS_RSA_SHA256,
             PublicKind::Ecc { .. } => &rcgen::PKCS_ECDSA_P256_SHA256,
@@ -658,7 +695,10 @@ mod tests {
     }
 
     /// A vendor CA (its DER certificate and issuer) named `name`.
-    fn vendor_ca(name: &str, ca: bool) -> (Vec<u8>, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    pub(crate) fn vendor_ca(
+        name: &str,
+        ca: bool,
+    ) -> (Vec<u8>, rcgen::Issuer<'static, rcgen::KeyPair>) {
         let key = rcgen::KeyPair::generate().expect("key");
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         params
@@ -671,13 +711,32 @@ mod tests {
         (cert.der().to_vec(), rcgen::Issuer::new(params, key))
     }
 
-    fn ek_certificate(ek: &PublicArea, issuer: &rcgen::Issuer<'static, rcgen::KeyPair>) -> Vec<u8> {
+    pub(crate) fn ek_certificate(
+        ek: &PublicArea,
+        issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    ) -> Vec<u8> {
         let params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         params
             .signed_by(&ek_key(ek), issuer)
             .expect("EK certificate")
             .der()
             .to_vec()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{ek_certificate, vendor_ca};
+    use super::*;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tpm");
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{FIXTURES}/{name}")).expect("fixture")
+    }
+
+    fn area(name: &'static str) -> PublicArea {
+        PublicArea::parse(&fixture(name), name).expect(name)
     }
 
     fn now() -> i64 {
@@ -728,6 +787,40 @@ mod tests {
         sha1[4..6].copy_from_slice(&0x0004u16.to_be_bytes());
         let hash = PublicArea::parse(&sha1, "attestation key").expect_err("sha1 name");
         assert!(hash.contains("name algorithm sha1"), "{hash}");
+    }
+
+    /// An RSA-2048 public area with `scheme` (and `details` after it), as a `TPM2B_PUBLIC`.
+    fn rsa_area(scheme: u16, details: &[u8]) -> Vec<u8> {
+        let mut t = Vec::new();
+        t.extend_from_slice(&0x0001u16.to_be_bytes()); // TPM_ALG_RSA
+        t.extend_from_slice(&ALG_SHA256.to_be_bytes());
+        t.extend_from_slice(&(FIXED_TPM | FIXED_PARENT | DECRYPT).to_be_bytes());
+        t.extend_from_slice(&0u16.to_be_bytes()); // authPolicy
+        t.extend_from_slice(&ALG_NULL.to_be_bytes()); // symmetric
+        t.extend_from_slice(&scheme.to_be_bytes());
+        t.extend_from_slice(details);
+        t.extend_from_slice(&2048u16.to_be_bytes());
+        t.extend_from_slice(&0u32.to_be_bytes());
+        t.extend_from_slice(&256u16.to_be_bytes());
+        t.extend_from_slice(&[0xc5; 256]);
+        [(t.len() as u16).to_be_bytes().to_vec(), t].concat()
+    }
+
+    #[test]
+    fn key_schemes_are_read_as_part_2_defines_them() {
+        // RSAES has no details, OAEP a hash: both parse to the end, and names differ.
+        let rsaes = PublicArea::parse(&rsa_area(ALG_RSAES, &[]), "key").expect("RSAES");
+        let oaep =
+            PublicArea::parse(&rsa_area(ALG_OAEP, &ALG_SHA256.to_be_bytes()), "key").expect("OAEP");
+        assert_ne!(rsaes.name(), oaep.name());
+        let unknown = PublicArea::parse(&rsa_area(0x00ff, &[0, 0x0b]), "key").expect_err("0x00ff");
+        assert!(
+            unknown.contains("scheme 0x00ff is not a TPM 2.0 key scheme"),
+            "{unknown}"
+        );
+        // RSAES read as if it named a hash would leave bytes over or run short.
+        let guessed = PublicArea::parse(&rsa_area(ALG_RSAES, &ALG_SHA256.to_be_bytes()), "key");
+        assert!(guessed.is_err());
     }
 
     #[test]

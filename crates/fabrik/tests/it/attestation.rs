@@ -482,36 +482,52 @@ impl VendorCa {
         }
     }
 
-    /// An EK certificate for the EK whose `TPM2B_PUBLIC` is `ek_public` (DER).
+    /// An EK certificate for the EK (RSA or ECC) whose `TPM2B_PUBLIC` is `ek_public` (DER).
     fn certify(&self, ek_public: &[u8]) -> Vec<u8> {
-        struct Ek(Vec<u8>);
+        use fabrik_registry::tpm::endorsement::{PublicArea, PublicKind};
+        struct Ek(Vec<u8>, &'static rcgen::SignatureAlgorithm);
         impl rcgen::PublicKeyData for Ek {
             fn der_bytes(&self) -> &[u8] {
                 &self.0
             }
             fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
-                &rcgen::PKCS_RSA_SHA256
+                self.1
             }
         }
-        let ek = fabrik_registry::tpm::endorsement::PublicArea::parse(ek_public, "EK")
-            .expect("the EK's public area");
+        let ek = PublicArea::parse(ek_public, "EK").expect("the EK's public area");
+        let algorithm = match ek.key {
+            PublicKind::Rsa { .. } => &rcgen::PKCS_RSA_SHA256,
+            PublicKind::Ecc { .. } => &rcgen::PKCS_ECDSA_P256_SHA256,
+        };
         rcgen::CertificateParams::new(Vec::<String>::new())
             .expect("params")
-            .signed_by(&Ek(ek.subject_public_key()), &self.issuer)
+            .signed_by(&Ek(ek.subject_public_key(), algorithm), &self.issuer)
             .expect("EK certificate")
             .der()
             .to_vec()
     }
 }
 
-/// A device's TPM as it leaves the factory and the provisioning line: an RSA EK whose
-/// certificate (by `vendor`) sits in NV index 0x01c00002, and an attestation key under
-/// [`AK_HANDLE`]. Returns the EK's `TPM2B_PUBLIC`.
-fn provision(tpm: &Tpm, dir: &Path, vendor: &VendorCa) -> Vec<u8> {
+/// A device's TPM as it leaves the factory and the provisioning line: an EK (`rsa` or `ecc`)
+/// whose certificate (by `vendor`) sits in the TCG's NV index for it (0x01c00002 or
+/// 0x01c0000a), and an attestation key under [`AK_HANDLE`]. Returns the EK's `TPM2B_PUBLIC`.
+fn provision(tpm: &Tpm, dir: &Path, vendor: &VendorCa, ek_algorithm: &str) -> Vec<u8> {
     let path = |name: &str| dir.join(name).to_str().expect("utf-8").to_owned();
+    let index = if ek_algorithm == "ecc" {
+        "0x01c0000a"
+    } else {
+        "0x01c00002"
+    };
     tpm.run(
         "tpm2_createek",
-        &["-c", &path("ek.ctx"), "-G", "rsa", "-u", &path("ek.pub")],
+        &[
+            "-c",
+            &path("ek.ctx"),
+            "-G",
+            ek_algorithm,
+            "-u",
+            &path("ek.pub"),
+        ],
     );
     tpm.flush();
     let ek_public = std::fs::read(dir.join("ek.pub")).expect("ek.pub");
@@ -520,7 +536,7 @@ fn provision(tpm: &Tpm, dir: &Path, vendor: &VendorCa) -> Vec<u8> {
     tpm.run(
         "tpm2_nvdefine",
         &[
-            "0x01c00002",
+            index,
             "-C",
             "p",
             "-s",
@@ -529,10 +545,7 @@ fn provision(tpm: &Tpm, dir: &Path, vendor: &VendorCa) -> Vec<u8> {
             "ppwrite|ppread|ownerread|authread|no_da|platformcreate",
         ],
     );
-    tpm.run(
-        "tpm2_nvwrite",
-        &["0x01c00002", "-C", "p", "-i", &path("ek.der")],
-    );
+    tpm.run("tpm2_nvwrite", &[index, "-C", "p", "-i", &path("ek.der")]);
     tpm.run(
         "tpm2_createak",
         &[
@@ -600,10 +613,11 @@ fn a_key_is_enrolled_only_through_its_tpms_certified_endorsement_key() {
     for pcr in 0..8 {
         tpm.extend(pcr, &format!("gateway firmware 2.0 stage {pcr}"));
     }
-    let ek_public = provision(&tpm, &device_dir, &vendor);
-    // Another genuine TPM of the same vendor: a thief's device holding gw-1's token.
+    let ek_public = provision(&tpm, &device_dir, &vendor, "rsa");
+    // Another genuine TPM of the same vendor, with an ECC EK: a thief's device holding gw-1's
+    // token, later the replacement an admin moves gw-1 to.
     let foreign = Tpm::start(&foreign_dir.join("state"));
-    let foreign_ek = provision(&foreign, &foreign_dir, &vendor);
+    let foreign_ek = provision(&foreign, &foreign_dir, &vendor, "ecc");
 
     let p = Process::start(
         &dir.path().join("data"),
@@ -652,7 +666,12 @@ fn a_key_is_enrolled_only_through_its_tpms_certified_endorsement_key() {
         &p.url,
         "gw-1",
         Some(token),
-        &["--ek-certificate", stranger_cert.to_str().expect("utf-8")],
+        &[
+            "--ek",
+            "ecc",
+            "--ek-certificate",
+            stranger_cert.to_str().expect("utf-8"),
+        ],
     );
     assert!(!out.status.success(), "{}", text(&out));
     assert!(
@@ -716,7 +735,7 @@ fn a_key_is_enrolled_only_through_its_tpms_certified_endorsement_key() {
     assert!(publish(&mqtt, "gw-1", token).status.success());
 
     // gw-1's token on another genuine TPM cannot move gw-1 there.
-    let out = activate(&foreign, &p.url, "gw-1", Some(token), &[]);
+    let out = activate(&foreign, &p.url, "gw-1", Some(token), &["--ek", "ecc"]);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("is bound to the TPM with EK"),
@@ -771,8 +790,13 @@ fn a_key_is_enrolled_only_through_its_tpms_certified_endorsement_key() {
 
     // A provisioning station (admin) may move gw-1 to a replacement TPM; gw-1 must then
     // attest from it before it connects again.
-    let out = activate(&foreign, &p.url, "gw-1", None, &[]);
+    let out = activate(&foreign, &p.url, "gw-1", None, &["--ek", "ecc"]);
     assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("through its TPM's ecc endorsement key"),
+        "{}",
+        text(&out)
+    );
     let refused = publish(&mqtt, "gw-1", token);
     assert!(!refused.status.success(), "{refused:?}");
     let (_, status) = http(
@@ -783,6 +807,13 @@ fn a_key_is_enrolled_only_through_its_tpms_certified_endorsement_key() {
     );
     assert_eq!(
         status["reason"], "it has not attested with its enrolled key",
+        "{status}"
+    );
+    let foreign_public =
+        fabrik_registry::tpm::endorsement::PublicArea::parse(&foreign_ek, "EK").expect("EK");
+    assert_eq!(
+        status["key"]["endorsement"]["ek_fingerprint"].as_str(),
+        Some(foreign_public.fingerprint().as_str()),
         "{status}"
     );
 
