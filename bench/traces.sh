@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # What traces cost on the request path (decision 0054): the same small API request, sent
 # back to back over keep-alive connections, against a release `fabrik run` with traces off and
-# with traces on (every span kept and sent to an OTLP receiver, tests/peers/otlp_receiver.py).
+# with traces on but every trace sampled out (spans made, none sent: the layer's own cost), and
+# with traces on (every span kept and sent to an OTLP receiver, tests/peers/otlp_receiver.py,
+# which parses them in Python on the same machine).
 #   bench/traces.sh [REQUESTS] [ROUNDS]
 # Needs Python with opentelemetry-proto (FABRIK_PYTHON, as .ci/run sets up). Rounds alternate
-# off and on; prints requests/s per round and the spans the receiver took.
+# off, sampled out and on; prints requests/s per round and the spans the receiver took.
 source "$(dirname "$0")/lib.sh"
 REQUESTS=${1:-20000}
 ROUNDS=${2:-3}
@@ -33,24 +35,26 @@ print(f"{total / (time.perf_counter() - start):.0f}")
 PY
 }
 
-run_round() { # traces: off|on
+run_round() { # traces: off|sampled-out|on
   local data="$WORK/data-$1" port
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   rm -rf "$data"
-  local endpoint=""
-  [ "$1" = on ] && endpoint="http://127.0.0.1:$OTLP_PORT"
-  FABRIK__STORE__DATA_DIR="$data" FABRIK__HTTP__LISTEN="127.0.0.1:$port" FABRIK__MQTT__LISTEN="" \
-    FABRIK__AUTH__ADMIN_TOKEN=bench-token-0123456789 FABRIK__TRACES__OTLP_ENDPOINT="$endpoint" \
+  local endpoint="" ratio=1
+  [ "$1" != off ] && endpoint="http://127.0.0.1:$OTLP_PORT"
+  [ "$1" = sampled-out ] && ratio=0
+  FABRIK__STORE__DATA_DIR="$data" FABRIK__HTTP__LISTEN="127.0.0.1:$port" FABRIK__MQTT__LISTEN=127.0.0.1:0 \
+    FABRIK__AUTH__ADMIN_TOKEN=bench-token-0123456789 FABRIK__TRACES__OTLP_ENDPOINT="$endpoint" FABRIK__TRACES__SAMPLE_RATIO="$ratio" \
     FABRIK_LOG=warn "$FABRIK" run >/dev/null 2>&1 &
   local pid=$!
   wait_http "http://127.0.0.1:$port/ready"
   load "http://127.0.0.1:$port" >/dev/null # warm-up
-  printf 'traces %-3s %s requests/s\n' "$1" "$(load "http://127.0.0.1:$port")"
+  printf 'traces %-11s %s requests/s\n' "$1" "$(load "http://127.0.0.1:$port")"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
 for _ in $(seq 1 "$ROUNDS"); do
   run_round off
+  run_round sampled-out
   run_round on
 done
 echo "spans received: $(wc -l < "$WORK/spans.jsonl"), refused: $(grep -c '"error"' "$WORK/spans.jsonl" || true)"

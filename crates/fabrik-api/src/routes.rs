@@ -261,24 +261,29 @@ async fn record_metrics(request: Request, next: Next) -> Response {
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().to_string();
     // A span per request (decision 0054): a caller's W3C traceparent makes it part of the
-    // caller's trace.
-    let traceparent = request
-        .headers()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let span = tracing::info_span!(
-        target: fabrik_runtime::telemetry::SPAN_TARGET,
-        "http.request",
-        otel.name = %format_args!("{method} {route}"),
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        traceparent = %traceparent,
-        http.request.method = %method,
-        http.route = %route,
-        http.response.status_code = tracing::field::Empty,
-    );
+    // caller's trace. Probes and scrapes (every few seconds, from Kubernetes and Prometheus)
+    // would bury the traces worth reading: they have none.
+    let span = if matches!(route.as_str(), "/ready" | "/metrics") {
+        tracing::Span::none()
+    } else {
+        let traceparent = request
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        tracing::info_span!(
+            target: fabrik_runtime::telemetry::SPAN_TARGET,
+            "http.request",
+            otel.name = %format_args!("{method} {route}"),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            traceparent = %traceparent,
+            http.request.method = %method,
+            http.route = %route,
+            http.response.status_code = tracing::field::Empty,
+        )
+    };
     let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());
     if response.status().is_server_error() {

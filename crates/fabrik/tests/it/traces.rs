@@ -54,6 +54,9 @@ fn spans_of_requests_queries_and_pipelines_reach_an_otlp_collector() {
     // query's span the request's.
     let (trace, caller) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
     let sql = "SELECT 41 + 1 AS answer";
+    // A readiness probe first: probes make no traces.
+    let (ready, _) = crate::support::send_blocking(|client| client.get(format!("{}/ready", p.url)));
+    assert_eq!(ready, 200);
     assert_eq!(traced_query(&p.url, trace, caller, sql), 200);
     eventually(
         "the request's and the query's spans at the collector",
@@ -68,6 +71,10 @@ fn spans_of_requests_queries_and_pipelines_reach_an_otlp_collector() {
     let all = spans(&out);
     let errors: Vec<_> = all.iter().filter(|s| s.get("error").is_some()).collect();
     assert!(errors.is_empty(), "the collector refused spans: {errors:?}");
+    assert!(
+        !all.iter().any(|s| s["name"] == "GET /ready"),
+        "a probe made a span"
+    );
     let request = all
         .iter()
         .find(|s| s["trace_id"] == trace && s["name"] == "POST /api/v1/query")
