@@ -235,7 +235,7 @@ impl Registry {
             .transpose()
             .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
         sqlx::query(
-            "INSERT INTO attestation_keys (device_id, public_key, fingerprint, algorithm, enrolled_at, endorsement) VALUES (?, ?, ?, ?, ?, ?)
+            "INSERT INTO attestation_keys (device_id, public_key, fingerprint, algorithm, enrolled_at, endorsement) VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (device_id) DO UPDATE SET public_key = excluded.public_key, fingerprint = excluded.fingerprint,
              algorithm = excluded.algorithm, enrolled_at = excluded.enrolled_at, endorsement = excluded.endorsement",
         )
@@ -263,7 +263,7 @@ impl Registry {
     /// Removes a device's attestation key: it need not attest (unless every device must).
     pub async fn remove_attestation_key(&self, id: &str) -> Result<(), RegistryError> {
         self.get(id).await?;
-        let done = sqlx::query("DELETE FROM attestation_keys WHERE device_id = ?")
+        let done = sqlx::query("DELETE FROM attestation_keys WHERE device_id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -279,7 +279,7 @@ impl Registry {
 
     async fn attestation_key(&self, id: &str) -> Result<Option<EnrolledKey>, RegistryError> {
         let row = sqlx::query(
-            "SELECT public_key, fingerprint, algorithm, enrolled_at, endorsement FROM attestation_keys WHERE device_id = ?",
+            "SELECT public_key, fingerprint, algorithm, enrolled_at, endorsement FROM attestation_keys WHERE device_id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -410,7 +410,7 @@ impl Registry {
         }
         record.passed = record.authentic && record.reasons.is_empty();
         sqlx::query(
-            "INSERT INTO attestations (device_id, key_fingerprint, time, passed, authentic, record) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO attestations (device_id, key_fingerprint, time, passed, authentic, record) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(id)
         .bind(&enrolled.fingerprint)
@@ -421,8 +421,8 @@ impl Registry {
         .execute(&self.pool)
         .await?;
         sqlx::query(
-            "DELETE FROM attestations WHERE device_id = ? AND authentic = ? AND id NOT IN
-             (SELECT id FROM attestations WHERE device_id = ? AND authentic = ? ORDER BY id DESC LIMIT ?)",
+            "DELETE FROM attestations WHERE device_id = $1 AND authentic = $2 AND id NOT IN
+             (SELECT id FROM attestations WHERE device_id = $3 AND authentic = $4 ORDER BY id DESC LIMIT $5)",
         )
         .bind(id)
         .bind(i64::from(record.authentic))
@@ -480,8 +480,8 @@ impl Registry {
         passed_only: bool,
     ) -> Result<Vec<AttestationRecord>, RegistryError> {
         let rows = sqlx::query(
-            "SELECT record FROM attestations WHERE device_id = ? AND (? IS NULL OR key_fingerprint = ?)
-             AND passed >= ? ORDER BY id DESC LIMIT ?",
+            "SELECT record FROM attestations WHERE device_id = $1 AND ($2 IS NULL OR key_fingerprint = $3)
+             AND passed >= $4 ORDER BY id DESC LIMIT $5",
         )
         .bind(id)
         .bind(key.map(|k| k.fingerprint.as_str()))
@@ -548,7 +548,7 @@ impl Registry {
         }
         // The newest authentic verdict under this key decides.
         let rows = sqlx::query(
-            "SELECT record FROM attestations WHERE device_id = ? AND key_fingerprint = ? AND authentic = 1
+            "SELECT record FROM attestations WHERE device_id = $1 AND key_fingerprint = $2 AND authentic = 1
              ORDER BY id DESC LIMIT 1",
         )
         .bind(id)
@@ -608,7 +608,7 @@ impl Registry {
         device_type: &str,
     ) -> Result<Option<AttestationPolicy>, RegistryError> {
         let row = sqlx::query(
-            "SELECT bank, accept, updated_at FROM attestation_policies WHERE device_type = ?",
+            "SELECT bank, accept, updated_at FROM attestation_policies WHERE device_type = $1",
         )
         .bind(device_type)
         .fetch_optional(&self.pool)
@@ -676,7 +676,7 @@ impl Registry {
             // vouched for are not taken.
             let key = self.attestation_key(golden).await?;
             let latest = sqlx::query(
-                "SELECT record FROM attestations WHERE device_id = ? AND key_fingerprint = ? AND authentic = 1
+                "SELECT record FROM attestations WHERE device_id = $1 AND key_fingerprint = $2 AND authentic = 1
                  ORDER BY id DESC LIMIT 1",
             )
             .bind(golden)
@@ -723,7 +723,7 @@ impl Registry {
             updated_at: now_ns(),
         };
         sqlx::query(
-            "INSERT INTO attestation_policies (device_type, bank, accept, updated_at) VALUES (?, ?, ?, ?)
+            "INSERT INTO attestation_policies (device_type, bank, accept, updated_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (device_type) DO UPDATE SET bank = excluded.bank, accept = excluded.accept, updated_at = excluded.updated_at",
         )
         .bind(device_type)
@@ -738,7 +738,7 @@ impl Registry {
 
     /// Removes a device type's reference values: its devices with keys can no longer pass.
     pub async fn remove_attestation_policy(&self, device_type: &str) -> Result<(), RegistryError> {
-        let done = sqlx::query("DELETE FROM attestation_policies WHERE device_type = ?")
+        let done = sqlx::query("DELETE FROM attestation_policies WHERE device_type = $1")
             .bind(device_type)
             .execute(&self.pool)
             .await?;
@@ -753,11 +753,11 @@ impl Registry {
 
     /// Drops a removed device's key and verdicts.
     pub(crate) async fn forget_attestation(&self, id: &str) -> Result<(), RegistryError> {
-        sqlx::query("DELETE FROM attestation_keys WHERE device_id = ?")
+        sqlx::query("DELETE FROM attestation_keys WHERE device_id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;
-        sqlx::query("DELETE FROM attestations WHERE device_id = ?")
+        sqlx::query("DELETE FROM attestations WHERE device_id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -769,7 +769,7 @@ impl Registry {
 
 fn policy_from_row(
     device_type: String,
-    row: &sqlx::sqlite::SqliteRow,
+    row: &sqlx::any::AnyRow,
 ) -> Result<AttestationPolicy, RegistryError> {
     let accept: String = row.try_get("accept")?;
     Ok(AttestationPolicy {

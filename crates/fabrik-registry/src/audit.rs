@@ -224,7 +224,8 @@ impl AuditChain {
                 return Err(RegistryError::Open(format!(
                     "the audit log holds {entries} entries but its key {} is missing: restore \
                      the key from a backup. If it is lost for good, `fabrik audit set-aside \
-                     --data-dir DIR` keeps the old entries in a table of their own (they can no \
+                     --data-dir DIR` (with `--database-url` or FABRIK__REGISTRY__DATABASE_URL \
+                     for a PostgreSQL registry) keeps the old entries in a table of their own (they can no \
                      longer be verified) and the next start begins a new chain",
                     path.display()
                 )));
@@ -362,7 +363,7 @@ struct StoredEntry {
 }
 
 impl StoredEntry {
-    fn read(row: &sqlx::sqlite::SqliteRow) -> Result<Self, RegistryError> {
+    fn read(row: &sqlx::any::AnyRow) -> Result<Self, RegistryError> {
         let actor = NameProof {
             salt: row.try_get("actor_salt")?,
             digest: row.try_get("actor_digest")?,
@@ -503,7 +504,7 @@ fn clipped(text: String, max: usize) -> String {
     }
 }
 
-fn entry_of(row: &sqlx::sqlite::SqliteRow) -> Result<AuditEntry, RegistryError> {
+fn entry_of(row: &sqlx::any::AnyRow) -> Result<AuditEntry, RegistryError> {
     Ok(StoredEntry::read(row)?.entry)
 }
 
@@ -511,7 +512,7 @@ fn entry_of(row: &sqlx::sqlite::SqliteRow) -> Result<AuditEntry, RegistryError> 
 /// format 2, with `erasure` on an erasure entry; logs it to the process log too.
 async fn insert_entry(
     chain: &AuditChain,
-    connection: &mut sqlx::SqliteConnection,
+    connection: &mut sqlx::AnyConnection,
     event: AuditEvent,
     erasure: Option<String>,
 ) -> Result<AuditEntry, RegistryError> {
@@ -543,7 +544,7 @@ async fn insert_entry(
     );
     sqlx::query(
         "INSERT INTO audit_log (seq, time, actor, action, target, status, hash, format, \
-         actor_salt, target_salt, erasure) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         actor_salt, target_salt, erasure) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(seq)
     .bind(time)
@@ -665,7 +666,7 @@ impl Registry {
         let rows = sqlx::query(concat!(
             "SELECT ",
             entry_columns!(),
-            " FROM audit_log WHERE seq < ? ORDER BY seq DESC LIMIT ?"
+            " FROM audit_log WHERE seq < $1 ORDER BY seq DESC LIMIT $2"
         ))
         .bind(before_seq.unwrap_or(i64::MAX))
         .bind(limit.clamp(1, 10_000))
@@ -683,7 +684,7 @@ impl Registry {
         let rows = sqlx::query(concat!(
             "SELECT ",
             entry_columns!(),
-            " FROM audit_log WHERE actor = ? ORDER BY seq DESC LIMIT ?"
+            " FROM audit_log WHERE actor = $1 ORDER BY seq DESC LIMIT $2"
         ))
         .bind(actor)
         .bind(limit.clamp(1, 100_000))
@@ -708,7 +709,7 @@ impl Registry {
             let rows = sqlx::query(concat!(
                 "SELECT ",
                 entry_columns!(),
-                " FROM audit_log WHERE seq < ? ORDER BY seq DESC LIMIT ?"
+                " FROM audit_log WHERE seq < $1 ORDER BY seq DESC LIMIT $2"
             ))
             .bind(before)
             .bind(PAGE)
@@ -732,10 +733,12 @@ impl Registry {
 
     /// Logs set aside by `fabrik audit set-aside` (their tables), which still hold names.
     pub async fn set_aside_audit_logs(&self) -> Result<Vec<String>, RegistryError> {
-        Ok(sqlx::query_scalar(
+        Ok(sqlx::query_scalar(self.dialect.pick(
             "SELECT name FROM sqlite_master WHERE type = 'table' \
              AND name LIKE 'audit\\_log\\_set\\_aside\\_%' ESCAPE '\\' ORDER BY name",
-        )
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() \
+             AND tablename LIKE 'audit\\_log\\_set\\_aside\\_%' ESCAPE '\\' ORDER BY tablename",
+        ))
         .fetch_all(&self.pool)
         .await?)
     }
@@ -760,19 +763,24 @@ impl Registry {
         let mut claims = ErasureClaims::default();
         // Whether an entry of format 2 came before: none of format 1 may follow it.
         let mut after_erasable = false;
-        let newest: Option<i64> =
-            sqlx::query_scalar("SELECT max(seq) FROM audit_log WHERE typeof(seq) = 'integer'")
-                .fetch_one(&self.pool)
-                .await?;
+        let newest: Option<i64> = sqlx::query_scalar(self.dialect.pick(
+            "SELECT max(seq) FROM audit_log WHERE typeof(seq) = 'integer'",
+            "SELECT max(seq) FROM audit_log",
+        ))
+        .fetch_one(&self.pool)
+        .await?;
         let newest = newest.unwrap_or(0);
         // The entry the next one must follow: the last one read, fitting or not.
         let (mut previous_seq, mut previous_hash) = (0_i64, GENESIS.to_owned());
         // Rows whose number is not an integer (NULL or text: the column is not a rowid alias,
-        // so SQLite takes them) cannot be put in order: they are counted as breaks.
-        let misnumbered: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE typeof(seq) != 'integer'")
-                .fetch_one(&self.pool)
-                .await?;
+        // so SQLite takes them) cannot be put in order: they are counted as breaks. A
+        // PostgreSQL BIGINT key holds integers only.
+        let misnumbered: i64 = sqlx::query_scalar(self.dialect.pick(
+            "SELECT count(*) FROM audit_log WHERE typeof(seq) != 'integer'",
+            "SELECT count(*) FROM audit_log WHERE seq IS NULL",
+        ))
+        .fetch_one(&self.pool)
+        .await?;
         if misnumbered > 0 {
             let problem = format!(
                 "{misnumbered} row(s) have no integer number (NULL or text), which Fabrik never \
@@ -789,11 +797,18 @@ impl Registry {
         // page starts at the lowest number itself.
         let mut read_up_to: Option<i64> = None;
         loop {
-            let rows = sqlx::query(concat!(
-                "SELECT ",
-                entry_columns!(),
-                " FROM audit_log WHERE typeof(seq) = 'integer' AND (? OR seq > ?) \
-                 ORDER BY seq LIMIT ?"
+            let rows = sqlx::query(self.dialect.pick(
+                concat!(
+                    "SELECT ",
+                    entry_columns!(),
+                    " FROM audit_log WHERE typeof(seq) = 'integer' AND ($1 OR seq > $2) \
+                     ORDER BY seq LIMIT $3"
+                ),
+                concat!(
+                    "SELECT ",
+                    entry_columns!(),
+                    " FROM audit_log WHERE ($1 OR seq > $2) ORDER BY seq LIMIT $3"
+                ),
             ))
             .bind(read_up_to.is_none())
             .bind(read_up_to.unwrap_or(i64::MIN))
@@ -1003,19 +1018,21 @@ fn check_entry(
     }
 }
 
-/// Moves the audit log of the registry database at `db_path` aside, into a table named after
-/// the time, together with its key if there is one, so the next start begins a new chain.
-/// For a key that is lost for good: the old entries stay readable but can no longer be
-/// verified. Returns the table that holds them. Fabrik must not be running.
-pub async fn set_aside(db_path: &Path) -> Result<String, RegistryError> {
-    if !db_path.exists() {
+/// Moves the audit log of the registry at `location` aside, into a table named after the
+/// time, together with its key if there is one, so the next start begins a new chain. For a
+/// key that is lost for good: the old entries stay readable but can no longer be verified.
+/// Returns the table that holds them. Fabrik must not be running.
+pub async fn set_aside(location: &crate::Location) -> Result<String, RegistryError> {
+    if let crate::Location::File(db_path) = location
+        && !db_path.exists()
+    {
         return Err(RegistryError::Open(format!(
             "{}: no registry database there",
             db_path.display()
         )));
     }
-    let pool = crate::connect(db_path).await?;
-    crate::schema::migrate(&pool).await?;
+    let (pool, dialect) = crate::database::connect(location).await?;
+    crate::schema::migrate(&pool, dialect).await?;
     let stamp = now_ns() / 1_000_000_000;
     let table = format!("audit_log_set_aside_{stamp}");
     let mut tx = pool.begin().await?;
@@ -1024,6 +1041,14 @@ pub async fn set_aside(db_path: &Path) -> Result<String, RegistryError> {
     )))
     .execute(&mut *tx)
     .await?;
+    if dialect == crate::Dialect::Postgres {
+        // The new table's key index takes the old one's name.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "ALTER INDEX audit_log_pkey RENAME TO {table}_pkey"
+        )))
+        .execute(&mut *tx)
+        .await?;
+    }
     sqlx::query(crate::schema::AUDIT_LOG_TABLE)
         .execute(&mut *tx)
         .await?;
@@ -1032,9 +1057,12 @@ pub async fn set_aside(db_path: &Path) -> Result<String, RegistryError> {
     }
     tx.commit().await?;
     pool.close().await;
-    let key = db_path.with_file_name("audit.key");
+    let key = location.audit_key();
     if key.exists() {
-        let kept = db_path.with_file_name(format!("audit.key.set-aside-{stamp}"));
+        let kept = key.with_file_name(format!(
+            "{}.set-aside-{stamp}",
+            key.file_name().unwrap_or_default().to_string_lossy()
+        ));
         std::fs::rename(&key, &kept).map_err(|e| {
             RegistryError::Open(format!(
                 "moving {} to {}: {e}",
@@ -1203,7 +1231,9 @@ mod tests {
         );
         // Set aside for good: the old entries stay readable in their own table, the key file
         // is kept beside them, and a new chain starts.
-        let table = set_aside(&path).await.unwrap();
+        let table = set_aside(&crate::test_database::location(&path).await)
+            .await
+            .unwrap();
         assert!(!key_file.exists());
         let registry = Registry::open(&path).await.unwrap();
         let kept: i64 =

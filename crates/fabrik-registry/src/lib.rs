@@ -3,14 +3,17 @@
 //! connection state, last-seen time and message/error counts, and an event history of
 //! connection changes and administrative actions.
 //!
-//! It runs on sqlx with an embedded SQLite file by default; the queries are plain SQL that
-//! PostgreSQL also accepts, so the hub profile can move it there. It knows nothing about
-//! protocols: connectors report connections and counts, the API and CLI manage devices.
+//! It runs on sqlx with an embedded SQLite file by default, or on a PostgreSQL database
+//! (`database` owns the difference, decision 0055). It knows nothing about protocols:
+//! connectors report connections and counts, the API and CLI manage devices.
 
 pub mod attestation;
 pub mod audit;
+pub mod database;
 mod error;
 mod schema;
+#[cfg(test)]
+mod test_database;
 mod tokens;
 pub mod tpm;
 pub mod usecases;
@@ -18,19 +21,17 @@ pub mod users;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fabrik_core::{DeviceId, Timestamp};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::any::AnyRow;
+use sqlx::{AnyPool, Row};
 
 pub use audit::{AuditBreak, AuditEntry, AuditEvent, AuditVerification, ERASED, PersonErasure};
+pub use database::{Dialect, Location};
 pub use error::RegistryError;
 pub use users::{Role, User};
 
@@ -186,7 +187,9 @@ struct Activity {
 /// The registry.
 #[derive(Debug, Clone)]
 pub struct Registry {
-    pool: SqlitePool,
+    pool: AnyPool,
+    /// The SQL of the few statements that differ between SQLite and PostgreSQL.
+    dialect: Dialect,
     /// Recently verified tokens (SHA-256), so a reconnect storm does not cost one argon2 hash
     /// per connection; entries live `VERIFIED_TTL` and are dropped on rotation.
     verified: Arc<Mutex<HashMap<String, VerifiedToken>>>,
@@ -238,7 +241,7 @@ fn check_sparkplug(node: &str) -> Result<(), RegistryError> {
     }
 }
 
-fn device_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Device, RegistryError> {
+fn device_from_row(row: &AnyRow) -> Result<Device, RegistryError> {
     let labels: String = row.try_get("labels")?;
     Ok(Device {
         id: row.try_get("id")?,
@@ -263,36 +266,27 @@ macro_rules! device_columns {
     };
 }
 
-/// The connection pool of the registry database at `path`, created if missing.
-async fn connect(path: &Path) -> Result<sqlx::SqlitePool, RegistryError> {
-    let options = SqliteConnectOptions::from_str("sqlite://")
-        .map_err(RegistryError::Db)?
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
-        // Deleted and overwritten records are zeroed on disk, so an erased name is gone, not
-        // left in a free page.
-        .pragma("secure_delete", "ON")
-        .busy_timeout(Duration::from_secs(5));
-    SqlitePoolOptions::new()
-        .max_connections(4)
-        .connect_with(options)
-        .await
-        .map_err(|e| RegistryError::Open(format!("{}: {e}", path.display())))
-}
-
 impl Registry {
-    /// Opens (creating if needed) the registry database at `path` and brings its schema up to
-    /// date.
+    /// Opens (creating if needed) the registry's SQLite file at `path` and brings its schema
+    /// up to date.
     pub async fn open(path: &Path) -> Result<Self, RegistryError> {
-        let pool = connect(path).await?;
-        schema::migrate(&pool).await?;
-        // The audit chain's key lives beside the database, in a file of its own (0600).
+        #[cfg(test)]
+        let location = test_database::location(path).await;
+        #[cfg(not(test))]
+        let location = Location::File(path.to_owned());
+        Self::open_at(&location).await
+    }
+
+    /// Opens the registry at `location` (an SQLite file is created if needed; a PostgreSQL
+    /// database must exist) and brings its schema up to date.
+    pub async fn open_at(location: &Location) -> Result<Self, RegistryError> {
+        let (pool, dialect) = database::connect(location).await?;
+        schema::migrate(&pool, dialect).await?;
+        // The audit chain's key lives in a file of its own (0600), beside an SQLite database.
         let entries: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log")
             .fetch_one(&pool)
             .await?;
-        let audit = audit::AuditChain::open(&path.with_file_name("audit.key"), entries)?;
+        let audit = audit::AuditChain::open(&location.audit_key(), entries)?;
         // Connections of a previous run are over.
         sqlx::query("UPDATE devices SET state = 'offline' WHERE state = 'online'")
             .execute(&pool)
@@ -302,6 +296,7 @@ impl Registry {
             .await?;
         Ok(Self {
             pool,
+            dialect,
             verified: Arc::default(),
             activity: Arc::default(),
             attempts: Arc::default(),
@@ -340,7 +335,7 @@ impl Registry {
         let labels = serde_json::to_string(&new.labels).unwrap_or_else(|_| "{}".into());
         let result = sqlx::query(
             "INSERT INTO devices (id, name, device_type, site, labels, sparkplug_node, token_hash, state, messages, errors, disabled, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, 'never', 0, 0, 0, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'never', 0, 0, 0, $8, $9)",
         )
         .bind(id.as_str())
         .bind(new.name.clone().unwrap_or_else(|| id.to_string()))
@@ -371,7 +366,7 @@ impl Registry {
         let row = sqlx::query(concat!(
             "SELECT ",
             device_columns!(),
-            " FROM devices WHERE id = ?"
+            " FROM devices WHERE id = $1"
         ))
         .bind(id)
         .fetch_optional(&self.pool)
@@ -442,7 +437,7 @@ impl Registry {
             self.verified.lock().remove(id);
         }
         sqlx::query(
-            "UPDATE devices SET name = ?, device_type = ?, site = ?, labels = ?, sparkplug_node = ?, disabled = ?, updated_at = ? WHERE id = ?",
+            "UPDATE devices SET name = $1, device_type = $2, site = $3, labels = $4, sparkplug_node = $5, disabled = $6, updated_at = $7 WHERE id = $8",
         )
         .bind(&device.name)
         .bind(&device.device_type)
@@ -463,7 +458,7 @@ impl Registry {
 
     /// Removes a device and its history. Its stored data stays (it is history).
     pub async fn remove(&self, id: &str) -> Result<(), RegistryError> {
-        let done = sqlx::query("DELETE FROM devices WHERE id = ?")
+        let done = sqlx::query("DELETE FROM devices WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -471,7 +466,7 @@ impl Registry {
             return Err(RegistryError::NotFound(id.to_owned()));
         }
         self.changed();
-        sqlx::query("DELETE FROM device_events WHERE device_id = ?")
+        sqlx::query("DELETE FROM device_events WHERE device_id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -484,7 +479,7 @@ impl Registry {
     pub async fn rotate_token(&self, id: &str) -> Result<String, RegistryError> {
         let token = tokens::generate()?;
         let hash = tokens::hash(&token)?;
-        let done = sqlx::query("UPDATE devices SET token_hash = ?, updated_at = ? WHERE id = ?")
+        let done = sqlx::query("UPDATE devices SET token_hash = $1, updated_at = $2 WHERE id = $3")
             .bind(hash)
             .bind(now_ns())
             .bind(id)
@@ -504,7 +499,7 @@ impl Registry {
         let row = sqlx::query(concat!(
             "SELECT ",
             device_columns!(),
-            ", token_hash FROM devices WHERE id = ?"
+            ", token_hash FROM devices WHERE id = $1"
         ))
         .bind(id)
         .fetch_optional(&self.pool)
@@ -552,7 +547,7 @@ impl Registry {
         detail: &str,
     ) -> Result<(), RegistryError> {
         let now = now_ns();
-        sqlx::query("UPDATE devices SET state = ?, last_seen = ? WHERE id = ?")
+        sqlx::query("UPDATE devices SET state = $1, last_seen = $2 WHERE id = $3")
             .bind(if connected { "online" } else { "offline" })
             .bind(now)
             .bind(id)
@@ -588,7 +583,7 @@ impl Registry {
         let mut tx = self.pool.begin().await?;
         for (id, a) in &pending {
             sqlx::query(
-                "UPDATE devices SET messages = messages + ?, errors = errors + ?, last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE id = ?",
+                "UPDATE devices SET messages = messages + $1, errors = errors + $2, last_seen = CASE WHEN COALESCE(last_seen, 0) > $3 THEN last_seen ELSE $3 END WHERE id = $4",
             )
             .bind(a.messages)
             .bind(a.errors)
@@ -604,7 +599,7 @@ impl Registry {
     /// Appends an event to a device's history.
     pub async fn event(&self, id: &str, kind: &str, detail: &str) -> Result<(), RegistryError> {
         sqlx::query(
-            "INSERT INTO device_events (device_id, time, kind, detail) VALUES (?, ?, ?, ?)",
+            "INSERT INTO device_events (device_id, time, kind, detail) VALUES ($1, $2, $3, $4)",
         )
         .bind(id)
         .bind(now_ns())
@@ -618,7 +613,7 @@ impl Registry {
     /// The newest `limit` events of a device, newest first.
     pub async fn events(&self, id: &str, limit: u32) -> Result<Vec<DeviceEvent>, RegistryError> {
         let rows = sqlx::query(
-            "SELECT time, kind, detail FROM device_events WHERE device_id = ? ORDER BY time DESC, id DESC LIMIT ?",
+            "SELECT time, kind, detail FROM device_events WHERE device_id = $1 ORDER BY time DESC, id DESC LIMIT $2",
         )
         .bind(id)
         .bind(i64::from(limit))

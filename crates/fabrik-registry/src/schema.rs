@@ -1,9 +1,10 @@
 //! The registry's schema and its migrations: numbered SQL scripts applied in order, each once,
-//! recorded in `schema_migrations` (plain SQL both SQLite and PostgreSQL accept).
+//! recorded in `schema_migrations` (plain SQL both SQLite and PostgreSQL accept, but for
+//! auto-numbered keys: `Dialect::schema_statement`).
 
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 
-use crate::RegistryError;
+use crate::{Dialect, RegistryError};
 
 /// (version, statements). Append only: a released migration never changes.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -130,7 +131,7 @@ pub(crate) const AUDIT_LOG_ERASABLE: &str =
     ALTER TABLE audit_log ADD COLUMN erasure TEXT";
 
 /// Applies the migrations the database has not seen yet.
-pub(crate) async fn migrate(pool: &SqlitePool) -> Result<(), RegistryError> {
+pub(crate) async fn migrate(pool: &AnyPool, dialect: Dialect) -> Result<(), RegistryError> {
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
     )
@@ -143,9 +144,12 @@ pub(crate) async fn migrate(pool: &SqlitePool) -> Result<(), RegistryError> {
     for (version, script) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
         let mut tx = pool.begin().await?;
         for statement in script.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-            sqlx::query(statement).execute(&mut *tx).await?;
+            // Audited: the statements are the compile-time constants above.
+            sqlx::query(sqlx::AssertSqlSafe(dialect.schema_statement(statement)))
+                .execute(&mut *tx)
+                .await?;
         }
-        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)")
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
             .bind(version)
             .bind(fabrik_core::Timestamp::now().nanos())
             .execute(&mut *tx)

@@ -1074,7 +1074,7 @@ impl Registry {
         let now = now_ns();
         let inserted = sqlx::query(
             "INSERT INTO use_cases (name, definition, stage, stage_since, created_at, updated_at) \
-             VALUES (?, ?, 'pilot', ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+             VALUES ($1, $2, 'pilot', $3, $4, $5) ON CONFLICT (name) DO NOTHING",
         )
         .bind(&definition.name)
         .bind(&json)
@@ -1085,7 +1085,7 @@ impl Registry {
         .await?;
         let created = inserted.rows_affected() == 1;
         if !created {
-            sqlx::query("UPDATE use_cases SET definition = ?, updated_at = ? WHERE name = ?")
+            sqlx::query("UPDATE use_cases SET definition = $1, updated_at = $2 WHERE name = $3")
                 .bind(&json)
                 .bind(now)
                 .bind(&definition.name)
@@ -1100,7 +1100,7 @@ impl Registry {
     pub async fn use_case(&self, name: &str) -> Result<UseCase, RegistryError> {
         let row = sqlx::query(
             "SELECT name, definition, stage, stage_since, created_at, updated_at FROM use_cases \
-             WHERE name = ?",
+             WHERE name = $1",
         )
         .bind(name)
         .fetch_optional(&self.pool)
@@ -1125,7 +1125,7 @@ impl Registry {
     /// Forgets a use case; its decisions stay on record. Pipelines that name it then score
     /// no device.
     pub async fn remove_use_case(&self, name: &str) -> Result<(), RegistryError> {
-        let gone = sqlx::query("DELETE FROM use_cases WHERE name = ?")
+        let gone = sqlx::query("DELETE FROM use_cases WHERE name = $1")
             .bind(name)
             .execute(&self.pool)
             .await?;
@@ -1156,8 +1156,8 @@ impl Registry {
         let mut tx = self.pool.begin().await?;
         // The update comes first: it takes the write lock before the next id is read.
         let moved = sqlx::query(
-            "UPDATE use_cases SET stage = ?, stage_since = ?, updated_at = ? \
-             WHERE name = ? AND stage = ? AND stage_since = ? AND updated_at = ?",
+            "UPDATE use_cases SET stage = $1, stage_since = $2, updated_at = $3 \
+             WHERE name = $4 AND stage = $5 AND stage_since = $6 AND updated_at = $7",
         )
         .bind(change.to.as_str())
         .bind(now)
@@ -1178,6 +1178,13 @@ impl Registry {
                 current.stage_since
             )));
         }
+        // SQLite's write lock is already held; PostgreSQL's row lock covers only this use
+        // case, so two changes of different ones would read the same last id.
+        if self.dialect == crate::Dialect::Postgres {
+            sqlx::query("LOCK TABLE use_case_decisions IN SHARE ROW EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await?;
+        }
         // Plain SQL both SQLite and PostgreSQL take: no AUTOINCREMENT or SERIAL.
         let last: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM use_case_decisions")
             .fetch_one(&mut *tx)
@@ -1185,7 +1192,7 @@ impl Registry {
         sqlx::query(
             "INSERT INTO use_case_decisions \
              (id, use_case, time, from_stage, to_stage, actor, forced, reason, gate) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(last.unwrap_or(0) + 1)
         .bind(name)
@@ -1240,7 +1247,7 @@ impl Registry {
         // Audited: `column` is one of the two constants above; the value is bound.
         let sql = format!(
             "SELECT use_case, time, from_stage, to_stage, actor, forced, reason, gate \
-             FROM use_case_decisions WHERE {column} = ? ORDER BY id"
+             FROM use_case_decisions WHERE {column} = $1 ORDER BY id"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(value)
@@ -1383,7 +1390,7 @@ fn stage_of(text: &str) -> Result<Stage, RegistryError> {
     text.parse().map_err(|e: String| corrupt("stage", &e))
 }
 
-fn use_case_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<UseCase, RegistryError> {
+fn use_case_from_row(row: &sqlx::any::AnyRow) -> Result<UseCase, RegistryError> {
     let json: String = row.try_get("definition")?;
     let definition: UseCaseDefinition =
         serde_json::from_str(&json).map_err(|e| corrupt("definition", &e.to_string()))?;

@@ -137,7 +137,7 @@ fn generate_password() -> Result<String, RegistryError> {
     Ok(out)
 }
 
-fn user_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<User, RegistryError> {
+fn user_from_row(row: &sqlx::any::AnyRow) -> Result<User, RegistryError> {
     let role: String = row.try_get("role")?;
     Ok(User {
         name: row.try_get("name")?,
@@ -172,7 +172,7 @@ impl Registry {
         let hash = hash_blocking(password.clone()).await?;
         let now = now_ns();
         let inserted = sqlx::query(
-            "INSERT INTO users (name, role, password_hash, created_at) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+            "INSERT INTO users (name, role, password_hash, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
         )
         .bind(name)
         .bind(role.as_str())
@@ -205,7 +205,7 @@ impl Registry {
 
     /// Whether a user of this name exists.
     pub async fn has_user(&self, name: &str) -> Result<bool, RegistryError> {
-        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM users WHERE name = ?")
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM users WHERE name = $1")
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
@@ -214,7 +214,7 @@ impl Registry {
 
     /// Removes a user.
     pub async fn remove_user(&self, name: &str) -> Result<(), RegistryError> {
-        let gone = sqlx::query("DELETE FROM users WHERE name = ?")
+        let gone = sqlx::query("DELETE FROM users WHERE name = $1")
             .bind(name)
             .execute(&self.pool)
             .await?;
@@ -229,7 +229,7 @@ impl Registry {
     pub async fn set_password(&self, name: &str, password: &str) -> Result<(), RegistryError> {
         check_password(name, password)?;
         let hash = hash_blocking(password.to_owned()).await?;
-        let changed = sqlx::query("UPDATE users SET password_hash = ? WHERE name = ?")
+        let changed = sqlx::query("UPDATE users SET password_hash = $1 WHERE name = $2")
             .bind(hash)
             .bind(name)
             .execute(&self.pool)
@@ -255,7 +255,7 @@ impl Registry {
             }
         }
         let row = sqlx::query(
-            "SELECT name, role, created_at, last_sign_in, password_hash FROM users WHERE name = ?",
+            "SELECT name, role, created_at, last_sign_in, password_hash FROM users WHERE name = $1",
         )
         .bind(name)
         .fetch_optional(&self.pool)
@@ -294,7 +294,7 @@ impl Registry {
         self.attempts.lock().by_name.remove(name);
         let mut user = user_from_row(&row)?;
         let now = now_ns();
-        sqlx::query("UPDATE users SET last_sign_in = ? WHERE name = ?")
+        sqlx::query("UPDATE users SET last_sign_in = $1 WHERE name = $2")
             .bind(now)
             .bind(name)
             .execute(&self.pool)

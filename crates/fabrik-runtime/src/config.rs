@@ -65,6 +65,43 @@ pub struct Config {
     pub usecases: UseCasesConfig,
     /// Device attestation: which devices must prove their boot state before they connect.
     pub attestation: AttestationConfig,
+    /// Where the registry (devices, users, use cases, attestation, audit log) keeps its tables.
+    pub registry: RegistryConfig,
+}
+
+/// `[registry]`: the metadata database (decision 0055).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// A PostgreSQL database (`postgres://user:password@host:5432/fabrik?sslmode=verify-full`)
+    /// that must exist; empty: the embedded SQLite file `<data_dir>/registry.db`. Best given
+    /// as `FABRIK__REGISTRY__DATABASE_URL`, so the password stays out of the file.
+    pub database_url: String,
+}
+
+impl RegistryConfig {
+    /// The PostgreSQL URL, `None` for the embedded file; the problem of a malformed one.
+    fn validate(&self, problem: &mut impl FnMut(&str, String)) -> Option<String> {
+        let url = self.database_url.trim();
+        if url.is_empty() {
+            return None;
+        }
+        let parsed = url::Url::parse(url).ok().filter(|u| {
+            matches!(u.scheme(), "postgres" | "postgresql")
+                && (u.has_host() || u.query_pairs().any(|(key, _)| key == "host"))
+        });
+        if parsed.is_none() {
+            // Not echoed: it may hold a password.
+            problem(
+                "registry.database_url",
+                "is not a postgres:// or postgresql:// URL of a database that parses \
+                 (characters such as / ? # @ in the password must be percent-encoded)"
+                    .into(),
+            );
+            return None;
+        }
+        Some(url.to_owned())
+    }
 }
 
 /// `[attestation]`: TPM 2.0 quotes as a condition of connecting (decision 0050). A device
@@ -1521,6 +1558,8 @@ pub struct Settings {
     pub objects: Option<ObjectsSettings>,
     /// Device attestation.
     pub attestation: AttestationSettings,
+    /// The registry's PostgreSQL database; `None`: `<data_dir>/registry.db`.
+    pub registry_database_url: Option<String>,
 }
 
 /// The validated `[mqtt]` section.
@@ -1771,6 +1810,7 @@ impl Config {
         let mqtt = self.validate_mqtt(&mut problem);
         let objects = self.store.objects.validate(&mut problem);
         let traces = self.traces.validate(&mut problem);
+        let registry_database_url = self.registry.validate(&mut problem);
         if self.attestation.required && self.mqtt.allow_anonymous {
             problem(
                 "attestation.required",
@@ -1887,6 +1927,7 @@ impl Config {
                 ingest_queue,
                 objects,
                 attestation,
+                registry_database_url,
             }),
             _ => Err(RuntimeError::Invalid {
                 origin: origin.to_owned(),
@@ -2524,6 +2565,38 @@ mod tests {
                 Config::from_toml("t", &format!("[traces]\n{text}\n"), no_env()).expect("parses");
             let e = config.validate("t").unwrap_err().to_string();
             assert!(e.contains(field), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_registry_database_is_a_postgres_url_from_the_file_or_the_environment() {
+        let embedded = Config::from_toml("t", "", no_env()).expect("parses");
+        assert_eq!(
+            embedded.validate("t").expect("valid").registry_database_url,
+            None
+        );
+        let env = vec![(
+            "FABRIK__REGISTRY__DATABASE_URL".to_owned(),
+            "postgres://fabrik:pw@db:5432/fabrik".to_owned(),
+        )];
+        let config = Config::from_toml("t", "", env).expect("parses");
+        assert_eq!(
+            config
+                .validate("t")
+                .expect("valid")
+                .registry_database_url
+                .as_deref(),
+            Some("postgres://fabrik:pw@db:5432/fabrik")
+        );
+        for wrong in [
+            "mysql://root:hunter2@db/fabrik",
+            "postgres://root:hun/ter2@db/fabrik",
+        ] {
+            let text = format!("[registry]\ndatabase_url = \"{wrong}\"\n");
+            let config = Config::from_toml("t", &text, no_env()).expect("parses");
+            let e = config.validate("t").unwrap_err().to_string();
+            assert!(e.contains("registry.database_url"), "{e}");
+            assert!(!e.contains("hunter2") && !e.contains("ter2"), "echoed: {e}");
         }
     }
 

@@ -31,10 +31,16 @@ enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
-    /// With Fabrik stopped: move the audit log of `<data-dir>/registry.db` (and its key) aside
-    /// so the next start begins a new chain. For a key lost for good; the old entries stay
-    /// readable in a table of their own but can no longer be verified.
-    SetAside,
+    /// With Fabrik stopped: move the audit log of `<data-dir>/registry.db`, or of the
+    /// PostgreSQL registry, (and its key `<data-dir>/audit.key`) aside so the next start begins
+    /// a new chain. For a key lost for good; the old entries stay readable in a table of their
+    /// own but can no longer be verified.
+    SetAside {
+        /// The registry's PostgreSQL database (`[registry] database_url`), if it is not the
+        /// embedded file.
+        #[arg(long, env = "FABRIK__REGISTRY__DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+    },
 }
 
 /// `text` with control characters, and the invisible ones that reorder or hide text (bidi
@@ -123,12 +129,18 @@ pub(crate) async fn run(args: AuditArgs) -> anyhow::Result<()> {
                 );
             }
         }
-        AuditCommand::SetAside => {
-            let database = ep.data_dir.join("registry.db");
-            let table = fabrik_registry::audit::set_aside(&database).await?;
+        AuditCommand::SetAside { database_url } => {
+            let location = match database_url.filter(|url| !url.trim().is_empty()) {
+                Some(url) => fabrik_registry::Location::Postgres {
+                    url,
+                    audit_key: ep.data_dir.join("audit.key"),
+                },
+                None => fabrik_registry::Location::File(ep.data_dir.join("registry.db")),
+            };
+            let table = fabrik_registry::audit::set_aside(&location).await?;
             println!(
                 "The audit log of {} is now the table {table}; the next start begins a new chain.",
-                database.display()
+                location.display()
             );
         }
     }

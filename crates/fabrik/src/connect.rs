@@ -243,8 +243,8 @@ impl MqttHooks for EndpointHooks {
     }
 }
 
-/// Starts the registry: the database in `<data_dir>/registry.db` and the task that writes
-/// device activity counters every second.
+/// Starts the registry — the database in `<data_dir>/registry.db`, or the PostgreSQL one of
+/// `[registry] database_url` — and the task that writes device activity counters every second.
 pub(crate) async fn start_registry(
     settings: &Settings,
     slot: &mut Option<Registry>,
@@ -255,9 +255,11 @@ pub(crate) async fn start_registry(
             settings.data_dir.display()
         )
     })?;
-    let registry = Registry::open(&settings.data_dir.join("registry.db"))
+    let location = registry_location(settings);
+    let registry = Registry::open_at(&location)
         .await
         .map_err(|e| e.to_string())?;
+    tracing::info!(database = %location.display(), "Registry open.");
     if let Some(path) = &settings.attestation.endorsement_authorities {
         let authorities = fabrik_registry::attestation::activation::load_authorities(path)
             .map_err(|e| format!("attestation.endorsement_authorities: {e}"))?;
@@ -284,6 +286,18 @@ pub(crate) async fn start_registry(
         Ok(())
     });
     Ok(ServiceHandle { stop, task })
+}
+
+/// Where the registry of `settings` keeps its tables; the audit key is `<data_dir>/audit.key`
+/// either way.
+pub(crate) fn registry_location(settings: &Settings) -> fabrik_registry::Location {
+    match &settings.registry_database_url {
+        Some(url) => fabrik_registry::Location::Postgres {
+            url: url.clone(),
+            audit_key: settings.data_dir.join("audit.key"),
+        },
+        None => fabrik_registry::Location::File(settings.data_dir.join("registry.db")),
+    }
 }
 
 /// What the ingest module hands the MQTT module.

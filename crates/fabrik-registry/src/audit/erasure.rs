@@ -12,7 +12,7 @@ use super::{
     AuditEvent, ERASED, ErasedField, FORMAT_ERASABLE, PERSON_PARAMETER, decoded, erasure_summary,
     field_code, field_digest, insert_entry, route_names, unhex,
 };
-use crate::{Registry, RegistryError};
+use crate::{Dialect, Registry, RegistryError};
 
 /// Entries read per page while looking for requests about the person.
 const PAGE: i64 = 10_000;
@@ -134,8 +134,8 @@ impl Registry {
     /// Erases `name` from the registry on behalf of `by`: the audit fields naming them (as
     /// actor, or in the path of a request about them), their stage decisions' actor, their
     /// place in use cases, and their user. An erasure entry is appended to the audit log in
-    /// the same transaction; afterwards the database's write-ahead log is truncated, so the
-    /// names are not left in it.
+    /// the same transaction; afterwards an SQLite database's write-ahead log is truncated, so
+    /// the names are not left in it, and a PostgreSQL database's four tables are vacuumed.
     pub async fn erase_person(&self, name: &str, by: &str) -> Result<PersonErasure, RegistryError> {
         if name.is_empty() || name == ERASED || NOT_PEOPLE.contains(&name) {
             return Err(RegistryError::Invalid(format!(
@@ -150,18 +150,23 @@ impl Registry {
             ));
         }
         let chain = &self.audit;
-        let _one_at_a_time = chain.append.lock().await;
+        let one_at_a_time = chain.append.lock().await;
         // Their refusals held back in memory would be summed up under their name later.
         chain.refusals.lock().forget(name);
-        // Takes the write lock at once: a deferred transaction that read the log and then
-        // wrote would fail if a device counter was written in between.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // Takes SQLite's write lock at once: a deferred transaction that read the log and then
+        // wrote would fail if a device counter was written in between. PostgreSQL locks rows.
+        let mut tx = match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.pool.begin().await?,
+        };
 
         let mut actors = Vec::new();
-        for row in sqlx::query(
+        for row in sqlx::query(self.dialect.pick(
             "SELECT seq, format, actor_salt FROM audit_log \
-             WHERE actor = ? AND actor_erased_by IS NULL AND typeof(seq) = 'integer' ORDER BY seq",
-        )
+             WHERE actor = $1 AND actor_erased_by IS NULL AND typeof(seq) = 'integer' ORDER BY seq",
+            "SELECT seq, format, actor_salt FROM audit_log \
+             WHERE actor = $1 AND actor_erased_by IS NULL ORDER BY seq",
+        ))
         .bind(name)
         .fetch_all(&mut *tx)
         .await?
@@ -177,11 +182,13 @@ impl Registry {
         let mut targets = Vec::new();
         let mut after = i64::MIN;
         loop {
-            let rows = sqlx::query(
+            let rows = sqlx::query(self.dialect.pick(
                 "SELECT seq, format, action, target, target_salt FROM audit_log \
-                 WHERE target_erased_by IS NULL AND typeof(seq) = 'integer' AND seq > ? \
-                 ORDER BY seq LIMIT ?",
-            )
+                 WHERE target_erased_by IS NULL AND typeof(seq) = 'integer' AND seq > $1 \
+                 ORDER BY seq LIMIT $2",
+                "SELECT seq, format, action, target, target_salt FROM audit_log \
+                 WHERE target_erased_by IS NULL AND seq > $1 ORDER BY seq LIMIT $2",
+            ))
             .bind(after)
             .bind(PAGE)
             .fetch_all(&mut *tx)
@@ -236,8 +243,8 @@ impl Registry {
         for (column, fields) in [("actor", &actors), ("target", &targets)] {
             // Audited: `column` is one of the two constants above; the values are bound.
             let sql = format!(
-                "UPDATE audit_log SET {column} = ?, {column}_salt = NULL, {column}_digest = ?, \
-                 {column}_erased_by = ? WHERE seq = ?"
+                "UPDATE audit_log SET {column} = $1, {column}_salt = NULL, {column}_digest = $2, \
+                 {column}_erased_by = $3 WHERE seq = $4"
             );
             for field in fields {
                 if field.format != FORMAT_ERASABLE {
@@ -253,23 +260,28 @@ impl Registry {
             }
         }
 
-        let user_removed = sqlx::query("DELETE FROM users WHERE name = ?")
+        let user_removed = sqlx::query("DELETE FROM users WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
             .await?
             .rows_affected()
             > 0;
         let stage_decisions =
-            sqlx::query("UPDATE use_case_decisions SET actor = ? WHERE actor = ?")
+            sqlx::query("UPDATE use_case_decisions SET actor = $1 WHERE actor = $2")
                 .bind(ERASED)
                 .bind(name)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
         let mut use_cases = Vec::new();
-        for row in sqlx::query("SELECT name, definition FROM use_cases ORDER BY name")
-            .fetch_all(&mut *tx)
-            .await?
+        // SQLite's write lock is held; PostgreSQL locks the rows read, so an edit made in
+        // between is not overwritten by the copy read here.
+        for row in sqlx::query(self.dialect.pick(
+            "SELECT name, definition FROM use_cases ORDER BY name",
+            "SELECT name, definition FROM use_cases ORDER BY name FOR UPDATE",
+        ))
+        .fetch_all(&mut *tx)
+        .await?
         {
             let use_case: String = row.try_get("name")?;
             let text: String = row.try_get("definition")?;
@@ -279,7 +291,7 @@ impl Registry {
             if !without_name(&mut definition, name) {
                 continue;
             }
-            sqlx::query("UPDATE use_cases SET definition = ? WHERE name = ?")
+            sqlx::query("UPDATE use_cases SET definition = $1 WHERE name = $2")
                 .bind(definition.to_string())
                 .bind(&use_case)
                 .execute(&mut *tx)
@@ -287,11 +299,32 @@ impl Registry {
             use_cases.push(use_case);
         }
         tx.commit().await?;
+        // The erasure is recorded: the cleanup below need not hold back other entries.
+        drop(one_at_a_time);
+        if self.dialect == Dialect::Postgres {
+            // The old row versions stay in the tables' files until a vacuum reclaims them.
+            // It cannot reclaim versions an older snapshot still sees (an open transaction, a
+            // running dump), and PostgreSQL does not zero the space it frees (decision 0055).
+            // The erasure itself is committed: a failed vacuum is logged, not returned.
+            for vacuum in [
+                "VACUUM audit_log",
+                "VACUUM users",
+                "VACUUM use_case_decisions",
+                "VACUUM use_cases",
+            ] {
+                if let Err(e) = sqlx::query(vacuum).execute(&self.pool).await {
+                    tracing::warn!(error = %e, statement = vacuum, "Vacuum after an erasure failed: the old row versions stay until the next vacuum.");
+                }
+            }
+        }
         // The old pages may still be in the write-ahead log until it is checkpointed;
         // deleted cells are zeroed (`secure_delete`, set at connect). A reader in the middle
         // of a query holds the log: the truncation is tried again for a while.
-        let mut truncated = false;
+        let mut truncated = self.dialect == Dialect::Postgres;
         for _ in 0..TRUNCATE_ATTEMPTS {
+            if truncated {
+                break;
+            }
             let busy: i64 = sqlx::query_scalar("PRAGMA wal_checkpoint(TRUNCATE)")
                 .fetch_one(&self.pool)
                 .await?;
@@ -372,7 +405,7 @@ mod tests {
             .hash_of_names(super::super::GENESIS, 1, time, &old);
         sqlx::query(
             "INSERT INTO audit_log (seq, time, actor, action, target, status, hash) \
-             VALUES (1, ?, ?, ?, ?, 200, ?)",
+             VALUES (1, $1, $2, $3, $4, 200, $5)",
         )
         .bind(time)
         .bind(&old.actor)
@@ -400,7 +433,7 @@ mod tests {
         }
         sqlx::query(
             "INSERT INTO use_cases (name, definition, stage, stage_since, created_at, updated_at) \
-             VALUES ('pumps', ?, 'pilot', 0, 0, 0)",
+             VALUES ('pumps', $1, 'pilot', 0, 0, 0)",
         )
         .bind(format!(
             r#"{{"owner":"{NAME}","stakeholders":["ben","{NAME}"]}}"#
@@ -465,8 +498,13 @@ mod tests {
         assert_eq!(definition, r#"{"owner":"(erased)","stakeholders":["ben"]}"#);
 
         // Nowhere in the database's files: zeroed when overwritten, and the write-ahead log
-        // truncated.
-        for file in std::fs::read_dir(dir.path()).unwrap() {
+        // truncated. (A PostgreSQL server's files are its own: decision 0055.)
+        let files = if crate::test_database::on_postgres() {
+            Vec::new()
+        } else {
+            std::fs::read_dir(dir.path()).unwrap().collect()
+        };
+        for file in files {
             let file = file.unwrap().path();
             let bytes = std::fs::read(&file).unwrap();
             assert!(
@@ -535,7 +573,7 @@ mod tests {
             .unwrap();
         let digest = super::super::hex(&field_digest(&unhex(&salt).unwrap(), "ben"));
         sqlx::query(
-            "UPDATE audit_log SET actor = ?, actor_salt = NULL, actor_digest = ?, \
+            "UPDATE audit_log SET actor = $1, actor_salt = NULL, actor_digest = $2, \
              actor_erased_by = 5 WHERE seq = 4",
         )
         .bind(ERASED)

@@ -79,7 +79,12 @@ fn the_hub_manifest_runs_the_configuration_it_ships() {
     check.args(["config", "check"]).arg(&file);
     for var in container["env"].as_array().expect("env") {
         let name = var["name"].as_str().expect("name");
-        let value = var["value"].as_str().unwrap_or("a-secret-from-kubernetes");
+        let stand_in = if name == "FABRIK__REGISTRY__DATABASE_URL" {
+            "postgres://fabrik:a-secret-from-kubernetes@db:5432/fabrik"
+        } else {
+            "a-secret-from-kubernetes"
+        };
+        let value = var["value"].as_str().unwrap_or(stand_in);
         check.env(name, value);
     }
     let out = check.output().expect("fabrik config check");

@@ -19,6 +19,7 @@ mod objects;
 mod opcua;
 mod paho;
 mod pipelines;
+mod postgres;
 mod releases;
 mod shadow;
 mod sparkplug;
