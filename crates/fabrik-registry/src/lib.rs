@@ -9,6 +9,7 @@
 
 pub mod attestation;
 pub mod audit;
+pub mod copy;
 pub mod database;
 mod error;
 mod schema;

@@ -39,6 +39,7 @@ mod pipeline_cli;
 mod pipelines;
 mod privacy_cli;
 mod readings;
+mod registry_cli;
 mod release;
 mod release_cli;
 mod release_keys;
@@ -97,6 +98,8 @@ enum Command {
     User(user_cli::UserArgs),
     /// Read the audit log (changes made through the API, sign-ins) and check its hash chain.
     Audit(audit_cli::AuditArgs),
+    /// Move a stopped node's registry from its SQLite file into a PostgreSQL database.
+    Registry(registry_cli::RegistryArgs),
     /// Assess a running Fabrik against IEC 62443-3-3, NIST 800-53 and GDPR controls: the
     /// evidence its configuration and live state give, and the gaps.
     Compliance(compliance_cli::ComplianceArgs),
@@ -206,6 +209,7 @@ fn main() -> ExitCode {
         Command::Device(args) => client::block_on(device_cli::run(args)),
         Command::User(args) => client::block_on(user_cli::run(args)),
         Command::Audit(args) => client::block_on(audit_cli::run(args)),
+        Command::Registry(args) => client::block_on(registry_cli::run(args)),
         Command::Compliance(args) => client::block_on(compliance_cli::run(args)),
         Command::Uplink(args) => client::block_on(uplink_cli::run(args)),
         Command::Release(args) => client::block_on(release_cli::run(args)),

@@ -317,3 +317,100 @@ fn a_node_keeps_its_registry_in_postgresql_across_a_restart() {
     assert!(!ok, "{out}");
     assert!(out.contains("broken at entry 1"), "{out}");
 }
+
+#[test]
+fn a_pilots_registry_is_copied_into_postgresql_and_its_audit_chain_goes_on() {
+    let server = Postgres::start();
+    server.psql("postgres", "CREATE DATABASE hub");
+    let url = server.url("hub", "s3cret-pw");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+
+    // A pilot on the embedded file: a device that connected (events numbered by SQLite), a
+    // user, and their audit entries.
+    let p = Process::start(&data, &[]);
+    let token = register(&p.url, "pump-1");
+    let (h, port) = host_port(p.mqtt.as_deref().expect("mqtt"));
+    let publish = |h: &str, port: &str, token: &str| {
+        mosquitto(
+            "mosquitto_pub",
+            &[
+                "-h",
+                h,
+                "-p",
+                port,
+                "-q",
+                "1",
+                "-u",
+                "pump-1",
+                "-P",
+                token,
+                "-t",
+                "devices/pump-1/telemetry",
+                "-m",
+                r#"{"pressure": 4.2}"#,
+            ],
+        )
+    };
+    assert!(publish(&h, &port, &token).status.success());
+    let body =
+        json!({"name": "vera", "role": "viewer", "password": "correct horse battery staple"});
+    assert_eq!(
+        http(&p.url, Method::POST, "/api/v1/users", Some(body)).0,
+        201
+    );
+    let (ok, out) = client_command(&p.url, &["audit", "verify"]);
+    assert!(ok && out.contains("intact: 2 entries"), "{out}");
+    let (status, events) = http(&p.url, Method::GET, "/api/v1/devices/pump-1/events", None);
+    assert_eq!(status, 200, "{events}");
+    let events_before = events.as_array().map_or(0, Vec::len);
+    assert!(events_before >= 2, "{events}");
+    let (status, _) = p.terminate();
+    assert!(status.success());
+
+    // The copy, with Fabrik stopped; the URL from the environment, never printed whole.
+    let copy = |target: &str| {
+        let out = Command::new(fabrik_bin())
+            .args([
+                "registry",
+                "copy",
+                "--data-dir",
+                data.to_str().expect("utf-8"),
+            ])
+            .env("FABRIK__REGISTRY__DATABASE_URL", target)
+            .output()
+            .expect("fabrik registry copy");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, out) = copy(&url);
+    assert!(ok, "{out}");
+    assert!(!out.contains("s3cret-pw"), "{out}");
+    assert!(
+        out.contains("devices") && out.contains("audit_log"),
+        "{out}"
+    );
+    assert_eq!(server.psql("hub", "SELECT count(*) FROM audit_log"), "2");
+    // Into a registry that has rows: refused, naming the table, nothing changed.
+    let (ok, out) = copy(&url);
+    assert!(!ok, "{out}");
+    assert!(out.contains("`devices`") && out.contains("empty"), "{out}");
+
+    // The node on PostgreSQL: the device's token works, its new events are numbered after
+    // the copied ones, and the audit chain verifies and goes on under the same key.
+    let env = [("FABRIK__REGISTRY__DATABASE_URL", url.as_str())];
+    let p = Process::start(&data, &env);
+    let (h, port) = host_port(p.mqtt.as_deref().expect("mqtt"));
+    assert!(publish(&h, &port, &token).status.success());
+    eventually("the new connection's events", || {
+        let (_, events) = http(&p.url, Method::GET, "/api/v1/devices/pump-1/events", None);
+        events.as_array().map_or(0, Vec::len) > events_before
+    });
+    assert_eq!(
+        http(&p.url, Method::DELETE, "/api/v1/users/vera", None).0,
+        204
+    );
+    let (ok, out) = client_command(&p.url, &["audit", "verify"]);
+    assert!(ok && out.contains("intact: 3 entries"), "{out}");
+}
