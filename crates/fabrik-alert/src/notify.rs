@@ -998,6 +998,16 @@ fn origin_only(url: &str) -> String {
     }
 }
 
+/// Where a webhook's W3C `traceparent` comes from: the binary's trace layer installs it when
+/// traces are on, so the receiver's work joins the trace of the delivery (decision 0054).
+static TRACE_CONTEXT: std::sync::OnceLock<fn() -> Option<String>> = std::sync::OnceLock::new();
+
+/// Sends `current()` — the `traceparent` of the current span, if any — with every webhook.
+/// The first call wins.
+pub fn propagate_trace_context(current: fn() -> Option<String>) {
+    let _ = TRACE_CONTEXT.set(current);
+}
+
 /// Delivers one payload. `Ok` holds what the receiver took it with but reported: the
 /// e-mail recipients its server refused while taking it for the others.
 pub async fn deliver(notifier: &Notifier, payload: &str) -> Result<Vec<String>, AlertError> {
@@ -1036,6 +1046,9 @@ async fn deliver_once(notifier: &Notifier, payload: &str) -> Result<Vec<String>,
                 .timeout(*timeout)
                 .header("content-type", "application/json")
                 .body(payload.to_owned());
+            if let Some(traceparent) = TRACE_CONTEXT.get().and_then(|current| current()) {
+                request = request.header("traceparent", traceparent);
+            }
             if let Some(auth) = basic_auth {
                 request = request.basic_auth(&auth.user, Some(&auth.password));
             }

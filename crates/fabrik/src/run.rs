@@ -194,6 +194,7 @@ fn init_tracing(
     let (spans, export) = match traces {
         Some(t) => {
             let (layer, queue) = crate::traces::OtlpLayer::new(t.sample_ratio);
+            fabrik_alert::notify::propagate_trace_context(crate::traces::current_traceparent);
             let exporter = crate::traces::Exporter {
                 url: t.url.clone(),
                 service: t.service_name.clone(),

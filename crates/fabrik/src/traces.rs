@@ -181,6 +181,26 @@ fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
+/// The W3C `traceparent` of the current span, for a request Fabrik makes as part of it (a
+/// webhook): its trace, itself as the parent, and whether it is sampled; `None` outside the
+/// spans the layer keeps.
+pub(crate) fn current_traceparent() -> Option<String> {
+    tracing::Span::current()
+        .with_subscriber(|(id, dispatch)| {
+            let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
+            let span = registry.span(id)?;
+            let extensions = span.extensions();
+            let data = extensions.get::<SpanData>()?;
+            let flags = if data.sampled { "01" } else { "00" };
+            Some(format!(
+                "00-{}-{}-{flags}",
+                hex(&data.trace_id),
+                hex(&data.span_id)
+            ))
+        })
+        .flatten()
+}
+
 /// A W3C `traceparent` (version 00): trace id, parent span id and whether the caller sampled
 /// it. All-zero ids are invalid.
 pub(crate) fn parse_traceparent(value: &str) -> Option<([u8; 16], [u8; 8], bool)> {
@@ -534,6 +554,36 @@ mod tests {
         assert_eq!(inner["status"]["code"], 2);
         assert_eq!(inner["events"][0]["name"], "the scan failed");
         assert!(outer.get("status").is_none(), "{outer}");
+    }
+
+    #[test]
+    fn a_request_made_inside_a_span_carries_its_traceparent() {
+        let mut sent = None;
+        let spans = spans_of(1.0, || {
+            assert_eq!(current_traceparent(), None, "outside any span");
+            let _delivery = tracing::info_span!("alert.deliver").entered();
+            sent = current_traceparent();
+        });
+        let span = &spans[0];
+        let expected = format!(
+            "00-{}-{}-01",
+            span["traceId"].as_str().unwrap(),
+            span["spanId"].as_str().unwrap()
+        );
+        assert_eq!(sent, Some(expected));
+        // A span the sampler dropped says so: the receiver need not keep its part either.
+        let mut sent = None;
+        let spans = spans_of(0.0, || {
+            let _delivery = tracing::info_span!("alert.deliver").entered();
+            sent = current_traceparent();
+        });
+        assert!(spans.is_empty());
+        let sent = sent.expect("a traceparent");
+        assert!(sent.starts_with("00-") && sent.ends_with("-00"), "{sent}");
+        assert_eq!(
+            parse_traceparent(&sent).map(|(_, _, sampled)| sampled),
+            Some(false)
+        );
     }
 
     #[test]

@@ -116,3 +116,109 @@ fn spans_of_requests_queries_and_pipelines_reach_an_otlp_collector() {
         "the last request's span was sent at shutdown"
     );
 }
+
+/// An HTTP receiver that answers 200 and keeps each request's `traceparent` header (or none).
+fn header_receiver() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
+) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let (mut length, mut traceparent) = (0usize, None);
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':') {
+                    if name.eq_ignore_ascii_case("content-length") {
+                        length = value.trim().parse().unwrap_or(0);
+                    } else if name.eq_ignore_ascii_case("traceparent") {
+                        traceparent = Some(value.trim().to_owned());
+                    }
+                }
+            }
+            let mut body = vec![0u8; length];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            log.lock().expect("log").push(traceparent);
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn a_webhook_carries_the_trace_of_its_delivery() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("spans.jsonl");
+    let port = free_port();
+    let python = std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut receiver = Command::new(&python);
+    receiver.arg(RECEIVER).arg(port.to_string()).arg(&out);
+    let _collector = Peer::listening(
+        receiver,
+        port,
+        "the OTLP receiver needs Python with opentelemetry-proto (.ci/run installs it)",
+    );
+    let (hook, seen) = header_receiver();
+    let config = format!(
+        r#"
+[traces]
+otlp_endpoint = "http://127.0.0.1:{port}"
+
+[[alerting.rules]]
+name = "oven-hot"
+table = "oven"
+value = "celsius"
+key = "device"
+condition = "above"
+threshold = 80.0
+interval = "200ms"
+start = "earliest"
+
+[[alerting.notifiers]]
+name = "ops"
+kind = "webhook"
+url = "{hook}"
+timeout = "2s"
+"#
+    );
+    let p = crate::support::start_configured(dir.path(), &config);
+    let line = format!(
+        "oven,device=oven-1 celsius=95 {}\n",
+        crate::support::now_ns()
+    );
+    assert_eq!(
+        crate::support::post_status(&p.url, "/api/v1/write", &line),
+        200
+    );
+    eventually("the webhook", || !seen.lock().expect("log").is_empty());
+    let traceparent = seen.lock().expect("log")[0]
+        .clone()
+        .expect("the webhook carried no traceparent");
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    assert_eq!((parts[0], parts[3]), ("00", "01"), "{traceparent}");
+    // The receiver's parent is the delivery's own span, as exported to the collector.
+    eventually("the delivery's span at the collector", || {
+        spans(&out)
+            .iter()
+            .any(|s| s["trace_id"] == parts[1] && s["span_id"] == parts[2])
+    });
+    let delivery = spans(&out)
+        .into_iter()
+        .find(|s| s["span_id"] == parts[2])
+        .expect("span");
+    assert_eq!(delivery["name"], "alert notification ops", "{delivery}");
+    assert_eq!(delivery["kind"], 3, "a client span: {delivery}");
+}
