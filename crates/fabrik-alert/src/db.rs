@@ -1,14 +1,14 @@
 //! Persistence of alerts, silences and the notification outbox in `<data_dir>/alerts.db`
-//! (SQLite through sqlx), so firing alerts, acknowledgements and undelivered notifications
-//! survive a restart.
+//! (SQLite), or in the node's PostgreSQL database (decision 0055), through sqlx's `Any`
+//! driver, so firing alerts, acknowledgements and undelivered notifications survive a
+//! restart.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::str::FromStr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
 
 use crate::engine::AlertState;
 use crate::error::AlertError;
@@ -64,13 +64,21 @@ const SCHEMA: &[&str] = &[
     )",
 ];
 
-/// The `updated_ns` of a change, from its bound time: `max(now, latest + 1 ns)`. Evaluated
-/// inside the writing statement, under SQLite's write lock, so the stamps are unique and in
-/// commit order (what the `changed_after` cursor relies on); every write of `updated_ns`
-/// uses it.
+/// The `updated_ns` of a change, from its bound time (the placeholder named): `max(now,
+/// latest + 1 ns)`, written as a `CASE` both SQLite and PostgreSQL take. Evaluated inside the
+/// writing statement, under the write lock every stamping transaction takes first
+/// ([`AlertDb::stamping`]: SQLite's `BEGIN IMMEDIATE`, PostgreSQL's table lock), so the stamps
+/// are unique and in commit order (what the `changed_after` cursor relies on); every write of
+/// `updated_ns` uses it.
 macro_rules! change_stamp {
-    () => {
-        "max(?, (SELECT coalesce(max(updated_ns), 0) + 1 FROM alerts))"
+    ($now:literal) => {
+        concat!(
+            "(SELECT CASE WHEN coalesce(max(updated_ns), 0) + 1 > ",
+            $now,
+            " THEN coalesce(max(updated_ns), 0) + 1 ELSE ",
+            $now,
+            " END FROM alerts)"
+        )
     };
 }
 
@@ -114,7 +122,7 @@ macro_rules! select_outbox_entries {
     };
 }
 
-fn entry_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<OutboxEntry, AlertError> {
+fn entry_from_row(r: &AnyRow) -> Result<OutboxEntry, AlertError> {
     Ok(OutboxEntry {
         id: r.try_get("id")?,
         notifier: r.try_get("notifier")?,
@@ -124,6 +132,16 @@ fn entry_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<OutboxEntry, AlertError
         alert_id: r.try_get("alert_id")?,
         reminder: r.try_get::<Option<String>, _>("reminder")?.is_some(),
     })
+}
+
+/// The columns [`alert_from_row`] reads. `silenced` is a `BOOLEAN`, which SQLite stores as an
+/// integer and sqlx's `Any` driver cannot read from SQLite as declared: it is read as 0 or 1.
+macro_rules! select_alerts {
+    () => {
+        "SELECT id, rule, key, severity, state, started_at, fired_at, resolved_at, value, \
+         annotations, ack_by, ack_at, feedback, comment, \
+         CASE WHEN silenced THEN 1 ELSE 0 END AS silenced, updated_ns FROM alerts"
+    };
 }
 
 /// What [`AlertDb::find`] selects; `None` selects any.
@@ -157,17 +175,75 @@ fn glob_pattern(pattern: &str) -> String {
     glob
 }
 
+/// The same pattern as a PostgreSQL `LIKE` pattern (escape `\`): `*` is `%`, and `%`, `_`
+/// and `\` are matched literally. Case-sensitive, as GLOB is.
+fn like_pattern(pattern: &str) -> String {
+    let mut like = String::with_capacity(pattern.len());
+    for c in pattern.chars() {
+        match c {
+            '*' => like.push('%'),
+            '%' | '_' | '\\' => {
+                like.push('\\');
+                like.push(c);
+            }
+            other => like.push(other),
+        }
+    }
+    like
+}
+
+/// Where the alert database lives.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Store {
+    /// An SQLite file, created if missing.
+    File(PathBuf),
+    /// A PostgreSQL database (`postgres://…`), which must exist: the node's metadata database
+    /// (`[registry] database_url`).
+    Postgres(String),
+}
+
+/// Never shows a PostgreSQL URL (it may hold a password).
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+            Self::Postgres(_) => f.write_str("Postgres(..)"),
+        }
+    }
+}
+
+/// Which SQL the database speaks where SQLite and PostgreSQL differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    fn pick(self, sqlite: &'static str, postgres: &'static str) -> &'static str {
+        match self {
+            Self::Sqlite => sqlite,
+            Self::Postgres => postgres,
+        }
+    }
+}
+
 /// Adds the TEXT column `column` to `table` of a database written before it existed;
 /// returns whether it was added.
 async fn add_column_if_missing(
-    pool: &SqlitePool,
+    pool: &AnyPool,
+    dialect: Dialect,
     table: &'static str,
     column: &'static str,
 ) -> Result<bool, AlertError> {
-    let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info(?)")
-        .bind(table)
-        .fetch_all(pool)
-        .await?;
+    let columns: Vec<String> = sqlx::query_scalar(dialect.pick(
+        "SELECT name FROM pragma_table_info($1)",
+        "SELECT column_name::text FROM information_schema.columns \
+         WHERE table_schema = current_schema() AND table_name = $1",
+    ))
+    .bind(table)
+    .fetch_all(pool)
+    .await?;
     if columns.iter().any(|c| c == column) {
         return Ok(false);
     }
@@ -193,7 +269,8 @@ pub struct StillFiring<'a> {
 /// The alert database.
 #[derive(Debug, Clone)]
 pub struct AlertDb {
-    pool: SqlitePool,
+    pool: AnyPool,
+    dialect: Dialect,
 }
 
 fn corrupt(what: &'static str, reason: impl std::fmt::Display) -> AlertError {
@@ -204,39 +281,48 @@ fn corrupt(what: &'static str, reason: impl std::fmt::Display) -> AlertError {
 }
 
 impl AlertDb {
-    /// Opens (creating) the database.
+    /// Opens (creating) the SQLite file at `path`.
     pub async fn open(path: &Path) -> Result<Self, AlertError> {
-        let options = SqliteConnectOptions::from_str("sqlite://")?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            // Overwritten records are zeroed on disk: an erased name is gone, not in a free page.
-            .pragma("secure_delete", "ON")
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(2)
-            .connect_with(options)
-            .await?;
+        #[cfg(test)]
+        let store = crate::test_database::store(path).await;
+        #[cfg(not(test))]
+        let store = Store::File(path.to_owned());
+        Self::open_at(&store).await
+    }
+
+    /// Opens the database at `store` (an SQLite file is created if missing) and brings its
+    /// tables up to date.
+    pub async fn open_at(store: &Store) -> Result<Self, AlertError> {
+        sqlx::any::install_default_drivers();
+        let (pool, dialect) = match store {
+            Store::File(path) => (connect_sqlite(path).await?, Dialect::Sqlite),
+            Store::Postgres(url) => (connect_postgres(url).await?, Dialect::Postgres),
+        };
         for statement in SCHEMA {
+            let statement = match dialect {
+                Dialect::Sqlite => (*statement).to_owned(),
+                Dialect::Postgres => {
+                    statement.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
+                }
+            };
             // Audited: the statements are the compile-time constants above.
-            sqlx::query(sqlx::AssertSqlSafe(*statement))
+            sqlx::query(sqlx::AssertSqlSafe(statement))
                 .execute(&pool)
                 .await?;
         }
         // Databases written before notification grouping lack the outbox's group column, and
         // those written before silences were checked at delivery its alert column; those
         // before silences recorded who ended them early, `ended_by`.
-        add_column_if_missing(&pool, "outbox", "group_key").await?;
-        add_column_if_missing(&pool, "outbox", "alert_id").await?;
-        add_column_if_missing(&pool, "silences", "ended_by").await?;
+        add_column_if_missing(&pool, dialect, "outbox", "group_key").await?;
+        add_column_if_missing(&pool, dialect, "outbox", "alert_id").await?;
+        add_column_if_missing(&pool, dialect, "silences", "ended_by").await?;
         // Before silences could be scheduled ahead (`from`), and reminders told apart.
-        add_column_if_missing(&pool, "silences", "from_at").await?;
-        add_column_if_missing(&pool, "outbox", "reminder").await?;
+        add_column_if_missing(&pool, dialect, "silences", "from_at").await?;
+        add_column_if_missing(&pool, dialect, "outbox", "reminder").await?;
         // And those written before a delivered state superseded older ones, its series:
         // filled from each row's alert, as `notify::series` writes it, so rows queued before
         // the upgrade are superseded too.
-        if add_column_if_missing(&pool, "outbox", "series").await? {
+        if add_column_if_missing(&pool, dialect, "outbox", "series").await? {
             sqlx::query(
                 "UPDATE outbox SET series = (SELECT '{}:{alertname=\"' || rule || \
                  '\",device=\"' || key || '\",severity=\"' || severity || '\"}' \
@@ -245,17 +331,44 @@ impl AlertDb {
             .execute(&pool)
             .await?;
         }
-        Ok(Self { pool })
+        Ok(Self { pool, dialect })
+    }
+
+    /// The connection pool (for [`crate::copy`]).
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Whether the database is PostgreSQL.
+    pub(crate) fn is_postgres(&self) -> bool {
+        self.dialect == Dialect::Postgres
+    }
+
+    /// A transaction holding the alerts' write lock from its first statement: SQLite's
+    /// `BEGIN IMMEDIATE`; on PostgreSQL a lock on `alerts` that writers take in turn (readers
+    /// go on). Every write of `updated_ns` runs in one, so the change stamps are given out in
+    /// commit order.
+    async fn stamping(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, AlertError> {
+        match self.dialect {
+            Dialect::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+            Dialect::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("LOCK TABLE alerts IN SHARE ROW EXCLUSIVE MODE")
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(tx)
+            }
+        }
     }
 
     /// Starts a batch of writes that land together or not at all: an alert's state, the
     /// notifications it queues and the read position of the rows that caused it, so a crash
     /// leaves neither a firing alert whose notification was never queued nor rows evaluated
-    /// twice. `BEGIN IMMEDIATE` takes the write lock at once, so the batch never has to
+    /// twice. It takes the write lock at once ([`Self::stamping`]), so the batch never has to
     /// upgrade a read snapshot that another connection's write made stale.
     pub async fn batch(&self) -> Result<Batch, AlertError> {
         Ok(Batch {
-            tx: self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            tx: self.stamping().await?,
         })
     }
 
@@ -272,20 +385,21 @@ impl AlertDb {
         now_ns: i64,
     ) -> Result<bool, AlertError> {
         let done = sqlx::query(concat!(
-            "UPDATE alerts SET ack_by = ?, ack_at = ?, feedback = ?, comment = ?, \
+            "UPDATE alerts SET ack_by = $1, ack_at = $2, feedback = $3, comment = $4, \
                  updated_ns = ",
-            change_stamp!(),
-            " WHERE id = ? AND (? OR ack_by IS NULL)"
+            change_stamp!("$7"),
+            " WHERE id = $5 AND ($6 OR ack_by IS NULL)"
         ))
         .bind(&ack.by)
         .bind(&ack.at)
         .bind(ack.feedback.as_str())
         .bind(&ack.comment)
-        .bind(now_ns)
         .bind(id)
         .bind(replace)
-        .execute(&self.pool)
-        .await?;
+        .bind(now_ns);
+        let mut tx = self.stamping().await?;
+        let done = done.execute(&mut *tx).await?;
+        tx.commit().await?;
         if done.rows_affected() == 0 {
             // Absent, or acknowledged by someone else meanwhile.
             self.get(id).await?;
@@ -305,14 +419,20 @@ impl AlertDb {
         severity: &str,
         now_ns: i64,
     ) -> Result<bool, AlertError> {
-        set_silenced(&self.pool, id, silenced, state, severity, now_ns).await
+        let mut tx = self.stamping().await?;
+        let done = set_silenced(&mut *tx, id, silenced, state, severity, now_ns).await?;
+        tx.commit().await?;
+        Ok(done)
     }
 
     /// Inserts an alert, or updates its lifecycle. An existing alert's acknowledgement is
     /// [`AlertDb::set_ack`]'s alone to change: a transition that read the alert before an
     /// operator acknowledged it (or acknowledged it again) must not write the old one back.
     pub async fn upsert(&self, alert: &Alert, now_ns: i64) -> Result<(), AlertError> {
-        upsert(&self.pool, alert, now_ns).await
+        let mut tx = self.stamping().await?;
+        upsert(&mut *tx, alert, now_ns).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Removes an alert (a pending one that cleared before firing).
@@ -343,26 +463,37 @@ impl AlertDb {
 
     /// Alerts that `query` selects, most recently changed first, at most `limit`.
     pub async fn find(&self, query: &AlertQuery, limit: u32) -> Result<Vec<Alert>, AlertError> {
-        let mut sql = String::from("SELECT * FROM alerts WHERE 1 = 1");
+        let mut sql = String::from(concat!(select_alerts!(), " WHERE 1 = 1"));
+        let mut bound = 0;
+        let mut next = || {
+            bound += 1;
+            format!("${bound}")
+        };
+        let matches = self.dialect.pick("GLOB", "LIKE");
+        let escape = self.dialect.pick("", " ESCAPE '\\'");
         if query.state.is_some() {
-            sql.push_str(" AND state = ?");
+            sql.push_str(&format!(" AND state = {}", next()));
         }
         if query.rule.is_some() {
-            sql.push_str(" AND rule GLOB ?");
+            sql.push_str(&format!(" AND rule {matches} {}{escape}", next()));
         }
         if query.key.is_some() {
-            sql.push_str(" AND key GLOB ?");
+            sql.push_str(&format!(" AND key {matches} {}{escape}", next()));
         }
         // The id breaks ties in the newest-first listing (rows written before update times
         // were made unique may share one). The change feed leaves pending alerts out: one
         // that clears before its `for` is deleted, and a reader would keep it as pending.
         if query.changed_after.is_some() {
-            sql.push_str(
-                " AND state != 'pending' AND (updated_ns, id) > (?, ?) \
-                 ORDER BY updated_ns ASC, id ASC LIMIT ?",
-            );
+            let (after_ns, after_id, limit) = (next(), next(), next());
+            sql.push_str(&format!(
+                " AND state != 'pending' AND (updated_ns, id) > ({after_ns}, {after_id}) \
+                 ORDER BY updated_ns ASC, id ASC LIMIT {limit}"
+            ));
         } else {
-            sql.push_str(" ORDER BY updated_ns DESC, id DESC LIMIT ?");
+            sql.push_str(&format!(
+                " ORDER BY updated_ns DESC, id DESC LIMIT {}",
+                next()
+            ));
         }
         // Audited: the statement is built from the constant fragments above; the values are
         // bound.
@@ -371,7 +502,10 @@ impl AlertDb {
             statement = statement.bind(state.as_str());
         }
         for pattern in [&query.rule, &query.key].into_iter().flatten() {
-            statement = statement.bind(glob_pattern(pattern));
+            statement = statement.bind(match self.dialect {
+                Dialect::Sqlite => glob_pattern(pattern),
+                Dialect::Postgres => like_pattern(pattern),
+            });
         }
         if let Some((after_ns, after_id)) = &query.changed_after {
             statement = statement.bind(after_ns).bind(after_id);
@@ -385,9 +519,12 @@ impl AlertDb {
 
     /// Alerts that are pending or firing (to restore the engines after a restart).
     pub async fn open_alerts(&self) -> Result<Vec<Alert>, AlertError> {
-        let rows = sqlx::query("SELECT * FROM alerts WHERE state IN ('pending', 'firing')")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(concat!(
+            select_alerts!(),
+            " WHERE state IN ('pending', 'firing')"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(alert_from_row).collect()
     }
 
@@ -395,7 +532,7 @@ impl AlertDb {
     pub async fn add_silence(&self, silence: &Silence) -> Result<(), AlertError> {
         sqlx::query(
             "INSERT INTO silences (id, rule, key, from_at, until_at, by_whom, comment) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&silence.id)
         .bind(&silence.rule)
@@ -412,12 +549,14 @@ impl AlertDb {
     /// The alerts `by` acknowledged, latest change first, at most `limit` (a person's data,
     /// GDPR Art. 15).
     pub async fn acknowledged_by(&self, by: &str, limit: u32) -> Result<Vec<Alert>, AlertError> {
-        let rows =
-            sqlx::query("SELECT * FROM alerts WHERE ack_by = ? ORDER BY updated_ns DESC LIMIT ?")
-                .bind(by)
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = sqlx::query(concat!(
+            select_alerts!(),
+            " WHERE ack_by = $1 ORDER BY updated_ns DESC LIMIT $2"
+        ))
+        .bind(by)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(alert_from_row).collect()
     }
 
@@ -432,35 +571,48 @@ impl AlertDb {
         erased: &str,
         now_ns: i64,
     ) -> Result<(u64, u64), AlertError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.stamping().await?;
         let alerts = sqlx::query(concat!(
-            "UPDATE alerts SET ack_by = ?, comment = NULL, updated_ns = ",
-            change_stamp!(),
-            " WHERE ack_by = ?"
+            "UPDATE alerts SET ack_by = $1, comment = NULL, updated_ns = ",
+            change_stamp!("$3"),
+            " WHERE ack_by = $2"
         ))
         .bind(erased)
-        .bind(now_ns)
         .bind(name)
+        .bind(now_ns)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         let created =
-            sqlx::query("UPDATE silences SET by_whom = ?, comment = NULL WHERE by_whom = ?")
+            sqlx::query("UPDATE silences SET by_whom = $1, comment = NULL WHERE by_whom = $2")
                 .bind(erased)
                 .bind(name)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-        let ended = sqlx::query("UPDATE silences SET ended_by = ? WHERE ended_by = ?")
+        let ended = sqlx::query("UPDATE silences SET ended_by = $1 WHERE ended_by = $2")
             .bind(erased)
             .bind(name)
             .execute(&mut *tx)
             .await?
             .rows_affected();
         tx.commit().await?;
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.pool)
-            .await?;
+        match self.dialect {
+            Dialect::Sqlite => {
+                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(&self.pool)
+                    .await?;
+            }
+            // The old row versions go at the vacuum, unless an older snapshot still sees
+            // them; the space is not zeroed (decision 0055). The erasure itself is committed.
+            Dialect::Postgres => {
+                for vacuum in ["VACUUM alerts", "VACUUM silences"] {
+                    if let Err(e) = sqlx::query(vacuum).execute(&self.pool).await {
+                        tracing::warn!(error = %e, statement = vacuum, "Vacuum after an erasure failed: the old row versions stay until the next vacuum.");
+                    }
+                }
+            }
+        }
         Ok((alerts, created + ended))
     }
 
@@ -488,8 +640,8 @@ impl AlertDb {
     /// Deletes resolved alerts unchanged since before `before_ns`, with what refers to them
     /// (the record of who was told, queued notifications); returns how many.
     pub async fn forget_resolved_before(&self, before_ns: i64) -> Result<u64, AlertError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let stale = "SELECT id FROM alerts WHERE state = 'resolved' AND updated_ns < ?";
+        let mut tx = self.stamping().await?;
+        let stale = "SELECT id FROM alerts WHERE state = 'resolved' AND updated_ns < $1";
         for table in ["notified", "outbox"] {
             // Audited: the table names are the constants above.
             sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -499,11 +651,12 @@ impl AlertDb {
             .execute(&mut *tx)
             .await?;
         }
-        let deleted = sqlx::query("DELETE FROM alerts WHERE state = 'resolved' AND updated_ns < ?")
-            .bind(before_ns)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let deleted =
+            sqlx::query("DELETE FROM alerts WHERE state = 'resolved' AND updated_ns < $1")
+                .bind(before_ns)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
         tx.commit().await?;
         Ok(deleted)
     }
@@ -511,7 +664,7 @@ impl AlertDb {
     /// Deletes the silences that ended before `before_ns`: they are kept a while as a record,
     /// not for ever (every transition reads the table).
     pub async fn forget_silences_ended_before(&self, before_ns: i64) -> Result<(), AlertError> {
-        sqlx::query("DELETE FROM silences WHERE until_at < ?")
+        sqlx::query("DELETE FROM silences WHERE until_at < $1")
             .bind(crate::model::rfc3339(before_ns))
             .execute(&self.pool)
             .await?;
@@ -525,7 +678,7 @@ impl AlertDb {
         // RFC 3339 with fixed millisecond digits and `Z` sorts as text.
         let now = crate::model::rfc3339(now_ns);
         let ended = sqlx::query(
-            "UPDATE silences SET until_at = ?, ended_by = ? WHERE id = ? AND until_at > ?",
+            "UPDATE silences SET until_at = $1, ended_by = $2 WHERE id = $3 AND until_at > $4",
         )
         .bind(&now)
         .bind(by)
@@ -537,7 +690,7 @@ impl AlertDb {
             return Ok(());
         }
         let until: Option<String> =
-            sqlx::query_scalar("SELECT until_at FROM silences WHERE id = ?")
+            sqlx::query_scalar("SELECT until_at FROM silences WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
@@ -597,7 +750,10 @@ impl AlertDb {
         annotations: &std::collections::BTreeMap<String, String>,
         now_ns: i64,
     ) -> Result<(), AlertError> {
-        set_severity_and_annotations(&self.pool, id, severity, annotations, now_ns).await
+        let mut tx = self.stamping().await?;
+        set_severity_and_annotations(&mut *tx, id, severity, annotations, now_ns).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// When the open group `group_key` of `notifier` goes out: the due time of its queued,
@@ -616,7 +772,7 @@ impl AlertDb {
     pub async fn due(&self, now_ns: i64, limit: u32) -> Result<Vec<OutboxEntry>, AlertError> {
         let rows = sqlx::query(concat!(
             select_outbox_entries!(),
-            " WHERE next_attempt_ns <= ? ORDER BY id LIMIT ?"
+            " WHERE next_attempt_ns <= $1 ORDER BY id LIMIT $2"
         ))
         .bind(now_ns)
         .bind(i64::from(limit))
@@ -627,7 +783,7 @@ impl AlertDb {
 
     /// Whether outbox entry `id` is still queued.
     pub async fn is_queued(&self, id: i64) -> Result<bool, AlertError> {
-        let found: Option<i64> = sqlx::query_scalar("SELECT id FROM outbox WHERE id = ?")
+        let found: Option<i64> = sqlx::query_scalar("SELECT id FROM outbox WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -637,7 +793,7 @@ impl AlertDb {
     /// The notifiers with an entry due at `now_ns`.
     pub async fn notifiers_due(&self, now_ns: i64) -> Result<Vec<String>, AlertError> {
         Ok(
-            sqlx::query_scalar("SELECT DISTINCT notifier FROM outbox WHERE next_attempt_ns <= ?")
+            sqlx::query_scalar("SELECT DISTINCT notifier FROM outbox WHERE next_attempt_ns <= $1")
                 .bind(now_ns)
                 .fetch_all(&self.pool)
                 .await?,
@@ -653,7 +809,7 @@ impl AlertDb {
     ) -> Result<Vec<OutboxEntry>, AlertError> {
         let rows = sqlx::query(concat!(
             select_outbox_entries!(),
-            " WHERE notifier = ? AND next_attempt_ns <= ? ORDER BY id LIMIT ?"
+            " WHERE notifier = $1 AND next_attempt_ns <= $2 ORDER BY id LIMIT $3"
         ))
         .bind(notifier)
         .bind(now_ns)
@@ -672,7 +828,7 @@ impl AlertDb {
     ) -> Result<Vec<OutboxEntry>, AlertError> {
         let rows = sqlx::query(concat!(
             select_outbox_entries!(),
-            " WHERE notifier = ? AND group_key = ? AND next_attempt_ns <= ? ORDER BY id"
+            " WHERE notifier = $1 AND group_key = $2 AND next_attempt_ns <= $3 ORDER BY id"
         ))
         .bind(notifier)
         .bind(group_key)
@@ -691,7 +847,7 @@ impl AlertDb {
     ) -> Result<(), AlertError> {
         for alert_id in alert_ids {
             sqlx::query(
-                "INSERT INTO notified (alert_id, notifier, at_ns) VALUES (?, ?, ?) \
+                "INSERT INTO notified (alert_id, notifier, at_ns) VALUES ($1, $2, $3) \
                  ON CONFLICT (alert_id, notifier) DO UPDATE SET at_ns = excluded.at_ns",
             )
             .bind(alert_id)
@@ -748,7 +904,7 @@ impl AlertDb {
     /// resolved. Returns how many.
     pub async fn retry_failed_now(&self, now_ns: i64) -> Result<u64, AlertError> {
         Ok(sqlx::query(
-            "UPDATE outbox SET next_attempt_ns = ? WHERE attempts > 0 AND next_attempt_ns > ? \
+            "UPDATE outbox SET next_attempt_ns = $1 WHERE attempts > 0 AND next_attempt_ns > $2 \
              AND NOT EXISTS (SELECT 1 FROM outbox AS newer WHERE newer.notifier = outbox.notifier \
              AND newer.series = outbox.series AND newer.id > outbox.id)",
         )
@@ -776,7 +932,7 @@ impl AlertDb {
             }
             let entries = sqlx::query(concat!(
                 select_outbox_entries!(),
-                " WHERE notifier = ? ORDER BY id"
+                " WHERE notifier = $1 ORDER BY id"
             ))
             .bind(&notifier)
             .fetch_all(&self.pool)
@@ -784,7 +940,7 @@ impl AlertDb {
             .iter()
             .map(entry_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-            sqlx::query("DELETE FROM outbox WHERE notifier = ?")
+            sqlx::query("DELETE FROM outbox WHERE notifier = $1")
                 .bind(&notifier)
                 .execute(&self.pool)
                 .await?;
@@ -810,7 +966,7 @@ impl AlertDb {
     /// Per notifier, what waits in the outbox for it.
     pub async fn outbox_by_notifier(&self) -> Result<BTreeMap<String, QueuedFor>, AlertError> {
         let rows = sqlx::query(
-            "SELECT notifier, count(*) AS queued, sum(attempts > 0) AS retrying, \
+            "SELECT notifier, count(*) AS queued, count(CASE WHEN attempts > 0 THEN 1 END) AS retrying, \
              min(next_attempt_ns) AS next_attempt_ns, \
              (SELECT last_error FROM outbox AS o WHERE o.notifier = outbox.notifier \
               AND o.last_error IS NOT NULL ORDER BY o.attempts DESC, o.id LIMIT 1) AS last_error \
@@ -842,7 +998,7 @@ impl AlertDb {
 
     /// Removes a delivered notification.
     pub async fn delivered(&self, id: i64) -> Result<(), AlertError> {
-        sqlx::query("DELETE FROM outbox WHERE id = ?")
+        sqlx::query("DELETE FROM outbox WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -858,7 +1014,7 @@ impl AlertDb {
     pub async fn delivered_superseding(&self, id: i64) -> Result<u64, AlertError> {
         let superseded = sqlx::query(
             "DELETE FROM outbox WHERE id IN (SELECT older.id FROM outbox older \
-             JOIN outbox newer ON newer.id = ? \
+             JOIN outbox newer ON newer.id = $1 \
              WHERE older.notifier = newer.notifier AND older.series = newer.series \
              AND older.id < newer.id)",
         )
@@ -878,7 +1034,7 @@ impl AlertDb {
         rule: &str,
     ) -> Result<Option<(String, Option<i64>)>, AlertError> {
         Ok(
-            sqlx::query_as("SELECT watches, read_after FROM rule_positions WHERE rule = ?")
+            sqlx::query_as("SELECT watches, read_after FROM rule_positions WHERE rule = $1")
                 .bind(rule)
                 .fetch_optional(&self.pool)
                 .await?,
@@ -897,7 +1053,7 @@ impl AlertDb {
 
     /// Forgets rule `rule`'s position (the rule is gone).
     pub async fn forget_position(&self, rule: &str) -> Result<(), AlertError> {
-        sqlx::query("DELETE FROM rule_positions WHERE rule = ?")
+        sqlx::query("DELETE FROM rule_positions WHERE rule = $1")
             .bind(rule)
             .execute(&self.pool)
             .await?;
@@ -938,7 +1094,7 @@ impl AlertDb {
         error: &str,
     ) -> Result<(), AlertError> {
         sqlx::query(
-            "UPDATE outbox SET attempts = attempts + 1, next_attempt_ns = ?, last_error = ? WHERE id = ?",
+            "UPDATE outbox SET attempts = attempts + 1, next_attempt_ns = $1, last_error = $2 WHERE id = $3",
         )
         .bind(next_attempt_ns)
         .bind(error)
@@ -949,10 +1105,88 @@ impl AlertDb {
     }
 }
 
+/// The pool of the SQLite file at `path`, created if missing, in WAL mode with full
+/// synchronisation and `secure_delete`.
+async fn connect_sqlite(path: &Path) -> Result<AnyPool, AlertError> {
+    // As a URL, `a/../b` would be `b` whatever `a` is on disk: the directory is resolved.
+    let resolved = match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) if !dir.as_os_str().is_empty() => dir
+            .canonicalize()
+            .map(|dir| dir.join(name))
+            .unwrap_or_else(|_| path.to_owned()),
+        _ => std::path::absolute(path).unwrap_or_else(|_| path.to_owned()),
+    };
+    let Some(text) = resolved.to_str() else {
+        return Err(AlertError::Invalid(format!(
+            "{}: the path is not UTF-8, which the SQLite driver needs",
+            path.display()
+        )));
+    };
+    let mut encoded = String::new();
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                encoded.push(char::from(byte));
+            }
+            other => encoded.push_str(&format!("%{other:02X}")),
+        }
+    }
+    Ok(AnyPoolOptions::new()
+        .max_connections(2)
+        .after_connect(|connection, _| {
+            Box::pin(async move {
+                for pragma in [
+                    "PRAGMA busy_timeout = 5000",
+                    "PRAGMA journal_mode = WAL",
+                    "PRAGMA synchronous = FULL",
+                    // Overwritten records are zeroed on disk: an erased name is gone, not in a
+                    // free page.
+                    "PRAGMA secure_delete = ON",
+                ] {
+                    sqlx::query(pragma).execute(&mut *connection).await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(&format!("sqlite://{encoded}?mode=rwc"))
+        .await?)
+}
+
+/// The pool of the PostgreSQL database at `url`; a lock held elsewhere fails a statement
+/// after 5 s, as SQLite's busy timeout does.
+async fn connect_postgres(url: &str) -> Result<AnyPool, AlertError> {
+    AnyPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(|connection, _| {
+            Box::pin(async move {
+                sqlx::query("SET lock_timeout = '5s'")
+                    .execute(&mut *connection)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await
+        .map_err(|e| {
+            // The driver's message may quote the URL: its password goes.
+            let password = url::Url::parse(url)
+                .ok()
+                .and_then(|u| u.password().map(str::to_owned))
+                .filter(|p| !p.is_empty());
+            let text = e.to_string();
+            let text = match password {
+                Some(password) => text.replace(&password, "***"),
+                None => text,
+            };
+            AlertError::Invalid(format!("the alert database (PostgreSQL): {text}"))
+        })
+}
+
 /// Writes that commit together ([`AlertDb::batch`]); dropped without [`Batch::commit`], none
 /// of them land. Reads through it see its own writes.
 pub struct Batch {
-    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    tx: sqlx::Transaction<'static, sqlx::Any>,
 }
 
 impl Batch {
@@ -1084,7 +1318,7 @@ impl Batch {
 }
 
 async fn set_silenced(
-    db: impl sqlx::SqliteExecutor<'_>,
+    db: impl sqlx::AnyExecutor<'_>,
     id: &str,
     silenced: bool,
     state: AlertState,
@@ -1092,22 +1326,22 @@ async fn set_silenced(
     now_ns: i64,
 ) -> Result<bool, AlertError> {
     let done = sqlx::query(concat!(
-        "UPDATE alerts SET silenced = ?, updated_ns = ",
-        change_stamp!(),
-        " WHERE id = ? AND state = ? AND severity = ?"
+        "UPDATE alerts SET silenced = $1, updated_ns = ",
+        change_stamp!("$5"),
+        " WHERE id = $2 AND state = $3 AND severity = $4"
     ))
     .bind(silenced)
-    .bind(now_ns)
     .bind(id)
     .bind(state.as_str())
     .bind(severity)
+    .bind(now_ns)
     .execute(db)
     .await?;
     Ok(done.rows_affected() == 1)
 }
 
 async fn upsert(
-    db: impl sqlx::SqliteExecutor<'_>,
+    db: impl sqlx::AnyExecutor<'_>,
     alert: &Alert,
     now_ns: i64,
 ) -> Result<(), AlertError> {
@@ -1116,8 +1350,8 @@ async fn upsert(
     sqlx::query(concat!(
         "INSERT INTO alerts (id, rule, key, severity, state, started_at, fired_at, resolved_at, \
          value, annotations, ack_by, ack_at, feedback, comment, silenced, updated_ns) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ",
-        change_stamp!(),
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, ",
+        change_stamp!("$16"),
         ") ON CONFLICT (id) DO UPDATE SET state = excluded.state, fired_at = excluded.fired_at, \
          resolved_at = excluded.resolved_at, value = excluded.value, \
          annotations = excluded.annotations, \
@@ -1144,16 +1378,16 @@ async fn upsert(
     Ok(())
 }
 
-async fn delete(db: impl sqlx::SqliteExecutor<'_>, id: &str) -> Result<(), AlertError> {
-    sqlx::query("DELETE FROM alerts WHERE id = ?")
+async fn delete(db: impl sqlx::AnyExecutor<'_>, id: &str) -> Result<(), AlertError> {
+    sqlx::query("DELETE FROM alerts WHERE id = $1")
         .bind(id)
         .execute(db)
         .await?;
     Ok(())
 }
 
-async fn get(db: impl sqlx::SqliteExecutor<'_>, id: &str) -> Result<Alert, AlertError> {
-    let row = sqlx::query("SELECT * FROM alerts WHERE id = ?")
+async fn get(db: impl sqlx::AnyExecutor<'_>, id: &str) -> Result<Alert, AlertError> {
+    let row = sqlx::query(concat!(select_alerts!(), " WHERE id = $1"))
         .bind(id)
         .fetch_optional(db)
         .await?
@@ -1166,7 +1400,7 @@ async fn get(db: impl sqlx::SqliteExecutor<'_>, id: &str) -> Result<Alert, Alert
 
 #[allow(clippy::too_many_arguments)]
 async fn enqueue_grouped(
-    db: impl sqlx::SqliteExecutor<'_>,
+    db: impl sqlx::AnyExecutor<'_>,
     notifier: &str,
     payload: &str,
     due_ns: i64,
@@ -1179,9 +1413,9 @@ async fn enqueue_grouped(
     let unacknowledged = still.is_some_and(|s| s.unacknowledged);
     let done = sqlx::query(
         "INSERT INTO outbox (notifier, payload, attempts, next_attempt_ns, group_key, \
-         alert_id, series, reminder) SELECT ?, ?, 0, ?, ?, ?, ?, ? WHERE ? IS NULL OR EXISTS \
-         (SELECT 1 FROM alerts WHERE id = ? AND state = 'firing' AND severity = ? \
-         AND (? = 0 OR ack_by IS NULL))",
+         alert_id, series, reminder) SELECT $1, $2, 0, $3, $4, $5, $6, $7 WHERE $8 IS NULL OR EXISTS \
+         (SELECT 1 FROM alerts WHERE id = $9 AND state = 'firing' AND severity = $10 \
+         AND ($11 = 0 OR ack_by IS NULL))",
     )
     .bind(notifier)
     .bind(payload)
@@ -1193,18 +1427,18 @@ async fn enqueue_grouped(
     .bind(severity)
     .bind(alert_id)
     .bind(severity)
-    .bind(unacknowledged)
+    .bind(i64::from(unacknowledged))
     .execute(db)
     .await?;
     Ok(done.rows_affected() == 1)
 }
 
 async fn notified_by(
-    db: impl sqlx::SqliteExecutor<'_>,
+    db: impl sqlx::AnyExecutor<'_>,
     alert_id: &str,
 ) -> Result<Vec<String>, AlertError> {
     Ok(
-        sqlx::query_scalar("SELECT notifier FROM notified WHERE alert_id = ?")
+        sqlx::query_scalar("SELECT notifier FROM notified WHERE alert_id = $1")
             .bind(alert_id)
             .fetch_all(db)
             .await?,
@@ -1212,11 +1446,11 @@ async fn notified_by(
 }
 
 async fn queued_for(
-    db: impl sqlx::SqliteExecutor<'_>,
+    db: impl sqlx::AnyExecutor<'_>,
     alert_id: &str,
 ) -> Result<Vec<String>, AlertError> {
     Ok(
-        sqlx::query_scalar("SELECT DISTINCT notifier FROM outbox WHERE alert_id = ?")
+        sqlx::query_scalar("SELECT DISTINCT notifier FROM outbox WHERE alert_id = $1")
             .bind(alert_id)
             .fetch_all(db)
             .await?,
@@ -1224,7 +1458,7 @@ async fn queued_for(
 }
 
 async fn set_severity_and_annotations(
-    db: impl sqlx::SqliteExecutor<'_>,
+    db: impl sqlx::AnyExecutor<'_>,
     id: &str,
     severity: &str,
     annotations: &std::collections::BTreeMap<String, String>,
@@ -1232,28 +1466,28 @@ async fn set_severity_and_annotations(
 ) -> Result<(), AlertError> {
     let annotations = serde_json::to_string(annotations).map_err(|e| corrupt("annotations", e))?;
     sqlx::query(concat!(
-        "UPDATE alerts SET severity = ?, annotations = ?, updated_ns = ",
-        change_stamp!(),
-        " WHERE id = ? AND state != 'resolved'"
+        "UPDATE alerts SET severity = $1, annotations = $2, updated_ns = ",
+        change_stamp!("$4"),
+        " WHERE id = $3 AND state != 'resolved'"
     ))
     .bind(severity)
     .bind(annotations)
-    .bind(now_ns)
     .bind(id)
+    .bind(now_ns)
     .execute(db)
     .await?;
     Ok(())
 }
 
 async fn open_group_due(
-    db: impl sqlx::SqliteExecutor<'_>,
+    db: impl sqlx::AnyExecutor<'_>,
     notifier: &str,
     group_key: &str,
     now_ns: i64,
 ) -> Result<Option<i64>, AlertError> {
     Ok(sqlx::query_scalar(
-        "SELECT min(next_attempt_ns) FROM outbox WHERE notifier = ? AND group_key = ? \
-         AND attempts = 0 AND next_attempt_ns > ?",
+        "SELECT min(next_attempt_ns) FROM outbox WHERE notifier = $1 AND group_key = $2 \
+         AND attempts = 0 AND next_attempt_ns > $3",
     )
     .bind(notifier)
     .bind(group_key)
@@ -1263,13 +1497,13 @@ async fn open_group_due(
 }
 
 async fn save_position(
-    db: impl sqlx::SqliteExecutor<'_>,
+    db: impl sqlx::AnyExecutor<'_>,
     rule: &str,
     watches: &str,
     read_after: Option<i64>,
 ) -> Result<(), AlertError> {
     sqlx::query(
-        "INSERT INTO rule_positions (rule, watches, read_after) VALUES (?, ?, ?) \
+        "INSERT INTO rule_positions (rule, watches, read_after) VALUES ($1, $2, $3) \
          ON CONFLICT (rule) DO UPDATE SET watches = excluded.watches, \
          read_after = excluded.read_after",
     )
@@ -1281,11 +1515,8 @@ async fn save_position(
     Ok(())
 }
 
-async fn forget_notified(
-    db: impl sqlx::SqliteExecutor<'_>,
-    alert_id: &str,
-) -> Result<(), AlertError> {
-    sqlx::query("DELETE FROM notified WHERE alert_id = ?")
+async fn forget_notified(db: impl sqlx::AnyExecutor<'_>, alert_id: &str) -> Result<(), AlertError> {
+    sqlx::query("DELETE FROM notified WHERE alert_id = $1")
         .bind(alert_id)
         .execute(db)
         .await?;
@@ -1293,11 +1524,11 @@ async fn forget_notified(
 }
 
 async fn drop_queued(
-    db: impl sqlx::SqliteExecutor<'_>,
+    db: impl sqlx::AnyExecutor<'_>,
     alert_id: &str,
     series: &str,
 ) -> Result<(), AlertError> {
-    sqlx::query("DELETE FROM outbox WHERE alert_id = ? AND series = ?")
+    sqlx::query("DELETE FROM outbox WHERE alert_id = $1 AND series = $2")
         .bind(alert_id)
         .bind(series)
         .execute(db)
@@ -1305,7 +1536,7 @@ async fn drop_queued(
     Ok(())
 }
 
-fn alert_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Alert, AlertError> {
+fn alert_from_row(r: &AnyRow) -> Result<Alert, AlertError> {
     let state = match r.try_get::<String, _>("state")?.as_str() {
         "pending" => AlertState::Pending,
         "firing" => AlertState::Firing,
@@ -1340,7 +1571,7 @@ fn alert_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Alert, AlertError> {
         value: r.try_get("value")?,
         annotations,
         ack,
-        silenced: r.try_get("silenced")?,
+        silenced: r.try_get::<i64, _>("silenced")? != 0,
         inhibited_by: None,
         updated_at: crate::model::rfc3339_ns(r.try_get("updated_ns")?),
     })

@@ -4,7 +4,7 @@
 //!
 //! - [`engine`]: the pure lifecycle (hysteresis, `for`, rate of change, absence);
 //! - [`model`]: alerts, acknowledgements, silences as the API shows them;
-//! - [`db`]: their persistence (SQLite) and the outbox;
+//! - [`db`]: their persistence (SQLite, or PostgreSQL with the registry) and the outbox;
 //! - [`notify`]: notifiers (Alertmanager-compatible webhook, MQTT, e-mail) and delivery with
 //!   backoff;
 //! - [`smtp`]: the SMTP submission client the e-mail notifier uses;
@@ -13,12 +13,15 @@
 //! [`Alerting`] ties them together. Evaluating rules against data (which rows, how often) is
 //! the caller's job: it feeds [`Alerting::observe`] and [`Alerting::tick`].
 
+pub mod copy;
 pub mod db;
 pub mod engine;
 mod error;
 pub mod model;
 pub mod notify;
 pub mod smtp;
+#[cfg(test)]
+mod test_database;
 mod tls;
 
 use std::collections::BTreeMap;
@@ -28,7 +31,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 
-pub use db::{AlertDb, Batch, StillFiring};
+pub use db::{AlertDb, Batch, StillFiring, Store};
 
 /// What a notification made from an earlier read of its alert needs to still hold when it is
 /// queued.
@@ -205,8 +208,8 @@ fn now_ns() -> i64 {
 }
 
 impl Alerting {
-    /// Opens the database at `path` and restores the lifecycle of alerts that were pending or
-    /// firing when the process stopped.
+    /// Opens the SQLite file at `path` and restores the lifecycle of alerts that were pending
+    /// or firing when the process stopped.
     pub async fn open(
         path: &Path,
         rules: Vec<Rule>,
@@ -214,6 +217,26 @@ impl Alerting {
         external_url: String,
     ) -> Result<Arc<Self>, AlertError> {
         let db = AlertDb::open(path).await?;
+        Self::with_db(db, rules, notifiers, external_url).await
+    }
+
+    /// [`Self::open`] on the database at `store`.
+    pub async fn open_at(
+        store: &Store,
+        rules: Vec<Rule>,
+        notifiers: Vec<Notifier>,
+        external_url: String,
+    ) -> Result<Arc<Self>, AlertError> {
+        let db = AlertDb::open_at(store).await?;
+        Self::with_db(db, rules, notifiers, external_url).await
+    }
+
+    async fn with_db(
+        db: AlertDb,
+        rules: Vec<Rule>,
+        notifiers: Vec<Notifier>,
+        external_url: String,
+    ) -> Result<Arc<Self>, AlertError> {
         let mut engines: BTreeMap<String, RuleEngine> = rules
             .into_iter()
             .map(|r| (r.name.clone(), RuleEngine::new(r)))
@@ -4039,9 +4062,12 @@ mod tests {
     /// that queueing a notification fails as a full disk or a broken file would.
     async fn outbox_away(path: &Path, away: bool) {
         use sqlx::Connection;
-        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-            .await
-            .unwrap();
+        // The database the test's file stands for: the file, or its PostgreSQL database.
+        let url = match crate::test_database::store(path).await {
+            crate::Store::File(path) => format!("sqlite://{}", path.display()),
+            crate::Store::Postgres(url) => url,
+        };
+        let mut c = sqlx::AnyConnection::connect(&url).await.unwrap();
         let (from, to) = if away {
             ("outbox", "outbox_away")
         } else {

@@ -65,7 +65,8 @@ pub struct Config {
     pub usecases: UseCasesConfig,
     /// Device attestation: which devices must prove their boot state before they connect.
     pub attestation: AttestationConfig,
-    /// Where the registry (devices, users, use cases, attestation, audit log) keeps its tables.
+    /// Where the registry (devices, users, use cases, attestation, audit log) and the alerts
+    /// keep their tables.
     pub registry: RegistryConfig,
 }
 

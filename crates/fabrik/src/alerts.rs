@@ -1526,8 +1526,9 @@ pub(crate) struct AlertsModule {
     pub(crate) rules: Arc<AlertRuleManager>,
 }
 
-/// Opens `<data_dir>/alerts.db`, then runs one evaluation task per rule (the configuration
-/// file's, the demo's, and those defined earlier through the API) and the outbox.
+/// Opens `<data_dir>/alerts.db` (or, with `[registry] database_url`, the alert tables of that
+/// PostgreSQL database), then runs one evaluation task per rule (the configuration file's, the
+/// demo's, and those defined earlier through the API) and the outbox.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn start(
     config: &Config,
@@ -1618,8 +1619,12 @@ pub(crate) async fn start(
     // Every rule that loads is known before the database is opened, so the firing alerts of
     // each (API rules included) are restored; those of a rule that is gone, or whose stored
     // definition no longer loads, are resolved and their receivers told.
-    let alerting = Alerting::open(
-        &data_dir.join("alerts.db"),
+    let database = match config.registry.database_url.trim() {
+        "" => fabrik_alert::Store::File(data_dir.join("alerts.db")),
+        url => fabrik_alert::Store::Postgres(url.to_owned()),
+    };
+    let alerting = Alerting::open_at(
+        &database,
         rules.iter().map(|(_, r)| r.rule.clone()).collect(),
         notifiers,
         external_url,

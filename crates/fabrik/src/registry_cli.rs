@@ -1,5 +1,5 @@
-//! `fabrik registry copy`: moves a stopped node's registry from its SQLite file into a
-//! PostgreSQL database (decision 0055), for a pilot that grows into an enterprise hub.
+//! `fabrik registry copy`: moves a stopped node's registry and alerts from their SQLite files
+//! into a PostgreSQL database (decision 0055), for a pilot that grows into an enterprise hub.
 
 use std::path::PathBuf;
 
@@ -15,9 +15,10 @@ pub(crate) struct RegistryArgs {
 #[derive(Debug, Subcommand)]
 enum RegistryCommand {
     /// With Fabrik stopped: copy every device, user, use case, attestation record and audit
-    /// entry of `<data-dir>/registry.db` into an empty PostgreSQL database (which must exist),
-    /// in one transaction. Then run Fabrik with that database as `[registry] database_url`;
-    /// the audit key `<data-dir>/audit.key` stays where it is, and the chain goes on.
+    /// entry of `<data-dir>/registry.db`, and every alert, silence and queued notification of
+    /// `<data-dir>/alerts.db`, into an empty PostgreSQL database (which must exist). Then run
+    /// Fabrik with that database as `[registry] database_url`; the audit key
+    /// `<data-dir>/audit.key` stays where it is, and the chain goes on.
     Copy {
         /// The data directory holding registry.db and audit.key.
         #[arg(long, env = "FABRIK__STORE__DATA_DIR", default_value = "./fabrik-data")]
@@ -34,14 +35,27 @@ pub(crate) async fn run(args: RegistryArgs) -> anyhow::Result<()> {
     match args.command {
         RegistryCommand::Copy { data_dir, to } => {
             let from = fabrik_registry::Location::File(data_dir.join("registry.db"));
+            let url = to;
             let to = fabrik_registry::Location::Postgres {
-                url: to,
+                url: url.clone(),
                 audit_key: data_dir.join("audit.key"),
             };
             let copied = fabrik_registry::copy::copy(&from, &to).await?;
             println!("Copied {} into {}:", from.display(), to.display());
             for (table, rows) in &copied.tables {
                 println!("  {table:<22} {rows:>9} rows");
+            }
+            let alerts = data_dir.join("alerts.db");
+            if alerts.exists() {
+                let copied = fabrik_alert::copy::copy(
+                    &fabrik_alert::Store::File(alerts.clone()),
+                    &fabrik_alert::Store::Postgres(url),
+                )
+                .await?;
+                println!("Copied {} into it:", alerts.display());
+                for (table, rows) in &copied {
+                    println!("  {table:<22} {rows:>9} rows");
+                }
             }
             for table in &copied.set_aside_left {
                 println!(

@@ -326,9 +326,12 @@ fn a_pilots_registry_is_copied_into_postgresql_and_its_audit_chain_goes_on() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
 
-    // A pilot on the embedded file: a device that connected (events numbered by SQLite), a
-    // user, and their audit entries.
-    let p = Process::start(&data, &[]);
+    // A pilot on the embedded files: a device that connected (events numbered by SQLite), a
+    // user, their audit entries, and an acknowledged alert.
+    let file = dir.path().join("fabrik.toml");
+    std::fs::write(&file, OVEN_RULE).expect("config");
+    let config = ["--config", file.to_str().expect("utf-8")];
+    let p = Process::start_with_args(&data, &config, &[]);
     let token = register(&p.url, "pump-1");
     let (h, port) = host_port(p.mqtt.as_deref().expect("mqtt"));
     let publish = |h: &str, port: &str, token: &str| {
@@ -359,8 +362,9 @@ fn a_pilots_registry_is_copied_into_postgresql_and_its_audit_chain_goes_on() {
         http(&p.url, Method::POST, "/api/v1/users", Some(body)).0,
         201
     );
+    let alert = fire_and_acknowledge(&p.url);
     let (ok, out) = client_command(&p.url, &["audit", "verify"]);
-    assert!(ok && out.contains("intact: 2 entries"), "{out}");
+    assert!(ok && out.contains("intact: 3 entries"), "{out}");
     let (status, events) = http(&p.url, Method::GET, "/api/v1/devices/pump-1/events", None);
     assert_eq!(status, 200, "{events}");
     let events_before = events.as_array().map_or(0, Vec::len);
@@ -391,7 +395,9 @@ fn a_pilots_registry_is_copied_into_postgresql_and_its_audit_chain_goes_on() {
         out.contains("devices") && out.contains("audit_log"),
         "{out}"
     );
-    assert_eq!(server.psql("hub", "SELECT count(*) FROM audit_log"), "2");
+    assert!(out.contains("alerts.db") && out.contains("outbox"), "{out}");
+    assert_eq!(server.psql("hub", "SELECT count(*) FROM audit_log"), "3");
+    assert_eq!(server.psql("hub", "SELECT count(*) FROM alerts"), "1");
     // Into a registry that has rows: refused, naming the table, nothing changed.
     let (ok, out) = copy(&url);
     assert!(!ok, "{out}");
@@ -400,7 +406,16 @@ fn a_pilots_registry_is_copied_into_postgresql_and_its_audit_chain_goes_on() {
     // The node on PostgreSQL: the device's token works, its new events are numbered after
     // the copied ones, and the audit chain verifies and goes on under the same key.
     let env = [("FABRIK__REGISTRY__DATABASE_URL", url.as_str())];
-    let p = Process::start(&data, &env);
+    let p = Process::start_with_args(&data, &config, &env);
+    let (status, moved) = http(
+        &p.url,
+        Method::GET,
+        &format!("/api/v1/alerts/{alert}"),
+        None,
+    );
+    assert_eq!(status, 200, "{moved}");
+    assert_eq!(moved["state"], "firing", "{moved}");
+    assert_eq!(moved["ack"]["feedback"], "true_positive", "{moved}");
     let (h, port) = host_port(p.mqtt.as_deref().expect("mqtt"));
     assert!(publish(&h, &port, &token).status.success());
     eventually("the new connection's events", || {
@@ -412,5 +427,83 @@ fn a_pilots_registry_is_copied_into_postgresql_and_its_audit_chain_goes_on() {
         204
     );
     let (ok, out) = client_command(&p.url, &["audit", "verify"]);
-    assert!(ok && out.contains("intact: 3 entries"), "{out}");
+    assert!(ok && out.contains("intact: 4 entries"), "{out}");
+}
+
+const OVEN_RULE: &str = r#"
+[[alerting.rules]]
+name = "oven-hot"
+table = "oven"
+value = "celsius"
+key = "device"
+condition = "above"
+threshold = 80.0
+interval = "200ms"
+start = "earliest"
+"#;
+
+/// Makes `OVEN_RULE` fire and acknowledges the alert as a true positive; returns its id.
+fn fire_and_acknowledge(url: &str) -> String {
+    let line = format!(
+        "oven,device=oven-1 celsius=95 {}\n",
+        crate::support::now_ns()
+    );
+    assert_eq!(
+        crate::support::post_status(url, "/api/v1/write", &line),
+        200
+    );
+    let firing = || {
+        let (_, alerts) = http(url, Method::GET, "/api/v1/alerts?state=firing", None);
+        alerts.as_array().cloned().unwrap_or_default()
+    };
+    eventually("the oven's alert fires", || !firing().is_empty());
+    let id = firing()[0]["id"].as_str().expect("id").to_owned();
+    let (status, body) = http(
+        url,
+        Method::POST,
+        &format!("/api/v1/alerts/{id}/ack"),
+        Some(json!({"feedback": "true_positive", "comment": "door left open"})),
+    );
+    assert_eq!(status, 200, "{body}");
+    id
+}
+
+#[test]
+fn alerts_and_their_acknowledgements_live_in_postgresql_too() {
+    let server = Postgres::start();
+    server.psql("postgres", "CREATE DATABASE fabrik");
+    let url = server.url("fabrik", "s3cret-pw");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("fabrik.toml");
+    std::fs::write(&file, OVEN_RULE).expect("config");
+    let data = dir.path().join("data");
+    let start = || {
+        Process::start_with_args(
+            &data,
+            &["--config", file.to_str().expect("utf-8")],
+            &[("FABRIK__REGISTRY__DATABASE_URL", url.as_str())],
+        )
+    };
+    let p = start();
+    let id = fire_and_acknowledge(&p.url);
+    assert!(
+        !data.join("alerts.db").exists(),
+        "the alerts went to a file, not to PostgreSQL"
+    );
+    assert_eq!(
+        server.psql(
+            "fabrik",
+            "SELECT state || ' ' || ack_by || ' ' || feedback FROM alerts WHERE rule = 'oven-hot'"
+        ),
+        "firing admin-token true_positive"
+    );
+    drop(p);
+
+    // After a restart the alert is still firing, acknowledged, from PostgreSQL.
+    let p = start();
+    let (status, alert) = http(&p.url, Method::GET, &format!("/api/v1/alerts/{id}"), None);
+    assert_eq!(status, 200, "{alert}");
+    assert_eq!(alert["state"], "firing", "{alert}");
+    assert_eq!(alert["ack"]["feedback"], "true_positive", "{alert}");
+    assert_eq!(alert["ack"]["comment"], "door left open", "{alert}");
 }
