@@ -82,6 +82,35 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
     ),
 ];
 
+/// Whether the alert tables at `to` are empty (made if missing): the copy's own check, for a
+/// caller that copies more than the alerts and must know before it starts. Names the first
+/// table with rows.
+pub async fn check_empty(to: &Store) -> Result<(), AlertError> {
+    let target = AlertDb::open_at(to).await?;
+    let mut connection = target.pool().acquire().await?;
+    let checked = refuse_rows(&mut connection).await;
+    drop(connection);
+    target.pool().close().await;
+    checked
+}
+
+async fn refuse_rows(connection: &mut sqlx::AnyConnection) -> Result<(), AlertError> {
+    for (table, _) in TABLES {
+        // Audited: the table names are the constants above.
+        let rows: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                .fetch_one(&mut *connection)
+                .await?;
+        if rows > 0 {
+            return Err(AlertError::Conflict(format!(
+                "the target already holds {rows} row(s) in `{table}`: alerts are copied into \
+                 an empty database only"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Copies every row of the alert database at `from` into the empty one at `to` (its tables
 /// are made if missing), in one transaction of the target; rows per table. Refused when a
 /// table of the target has rows. Fabrik must not be running on either.
@@ -102,19 +131,7 @@ pub async fn copy(from: &Store, to: &Store) -> Result<Vec<(String, u64)>, AlertE
     let source = AlertDb::open_at(from).await?;
     let target = AlertDb::open_at(to).await?;
     let mut tx = target.pool().begin().await?;
-    for (table, _) in TABLES {
-        // Audited: the table names are the constants above.
-        let rows: i64 =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-                .fetch_one(&mut *tx)
-                .await?;
-        if rows > 0 {
-            return Err(AlertError::Conflict(format!(
-                "the target already holds {rows} row(s) in `{table}`: alerts are copied into \
-                 an empty database only"
-            )));
-        }
-    }
+    refuse_rows(&mut tx).await?;
     let mut copied = Vec::new();
     for (table, columns) in TABLES {
         // `silenced` is read as 0 or 1: SQLite's BOOLEAN is not readable as declared.

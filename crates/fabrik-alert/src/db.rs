@@ -68,8 +68,9 @@ const SCHEMA: &[&str] = &[
 /// latest + 1 ns)`, written as a `CASE` both SQLite and PostgreSQL take. Evaluated inside the
 /// writing statement, under the write lock every stamping transaction takes first
 /// ([`AlertDb::stamping`]: SQLite's `BEGIN IMMEDIATE`, PostgreSQL's table lock), so the stamps
-/// are unique and in commit order (what the `changed_after` cursor relies on); every write of
-/// `updated_ns` uses it.
+/// are in commit order and distinct between statements (the rows one statement changes share
+/// one; the cursor breaks ties by id) — what the `changed_after` cursor relies on; every write
+/// of `updated_ns` uses it.
 macro_rules! change_stamp {
     ($now:literal) => {
         concat!(
@@ -618,9 +619,12 @@ impl AlertDb {
 
     /// Every silence.
     pub async fn silences(&self) -> Result<Vec<Silence>, AlertError> {
-        let rows = sqlx::query("SELECT * FROM silences ORDER BY until_at DESC")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT id, rule, key, from_at, until_at, by_whom, comment, ended_by FROM silences \
+             ORDER BY until_at DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(Silence {
@@ -1169,16 +1173,19 @@ async fn connect_postgres(url: &str) -> Result<AnyPool, AlertError> {
         .connect(url)
         .await
         .map_err(|e| {
-            // The driver's message may quote the URL: its password goes.
-            let password = url::Url::parse(url)
-                .ok()
-                .and_then(|u| u.password().map(str::to_owned))
-                .filter(|p| !p.is_empty());
-            let text = e.to_string();
-            let text = match password {
-                Some(password) => text.replace(&password, "***"),
-                None => text,
-            };
+            // The driver's message may quote the URL: its passwords go.
+            let mut text = e.to_string();
+            let parsed = url::Url::parse(url).ok();
+            let passwords = parsed.iter().flat_map(|u| {
+                u.password().map(str::to_owned).into_iter().chain(
+                    u.query_pairs()
+                        .filter(|(key, _)| key == "password")
+                        .map(|(_, value)| value.into_owned()),
+                )
+            });
+            for password in passwords.filter(|p| !p.is_empty()).collect::<Vec<_>>() {
+                text = text.replace(&password, "***");
+            }
             AlertError::Invalid(format!("the alert database (PostgreSQL): {text}"))
         })
 }

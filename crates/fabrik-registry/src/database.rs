@@ -180,14 +180,57 @@ pub(crate) async fn connect(location: &Location) -> Result<(AnyPool, Dialect), R
 
 /// `error`'s text with `url`'s password, should the driver have quoted it, replaced.
 fn scrubbed(error: &sqlx::Error, url: &str) -> String {
-    let text = error.to_string();
-    match url::Url::parse(url)
-        .ok()
-        .and_then(|u| u.password().map(str::to_owned))
-    {
-        Some(password) if !password.is_empty() => text.replace(&password, "***"),
-        _ => text,
+    let mut text = error.to_string();
+    for password in passwords(url) {
+        text = text.replace(&password, "***");
     }
+    text
+}
+
+/// The passwords `url` holds, in its user part (as written and decoded) or as a `password=`
+/// parameter, for scrubbing them from messages that might quote them.
+pub fn passwords(url: &str) -> Vec<String> {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return Vec::new();
+    };
+    let mut found: Vec<String> = parsed.password().into_iter().map(str::to_owned).collect();
+    if let Some(written) = parsed.password()
+        && let Ok(decoded) = percent_decode(written)
+    {
+        found.push(decoded);
+    }
+    found.extend(
+        parsed
+            .query_pairs()
+            .filter(|(key, _)| key == "password")
+            .map(|(_, value)| value.into_owned()),
+    );
+    found.retain(|p| !p.is_empty());
+    found
+}
+
+/// `text` with `%XX` escapes decoded, as UTF-8.
+fn percent_decode(text: &str) -> Result<String, std::string::FromUtf8Error> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out)
 }
 
 /// The pool of the SQLite file at `path`, created if missing.
@@ -274,6 +317,10 @@ mod tests {
             audit_key: PathBuf::from("/var/lib/fabrik/audit.key"),
         };
         assert!(!format!("{location:?}").contains("s3cret"));
+        assert_eq!(
+            passwords("postgres://fabrik:s3cr%40t@db/fabrik?password=other"),
+            ["s3cr%40t", "s3cr@t", "other"]
+        );
     }
 
     #[test]

@@ -260,6 +260,19 @@ pub(crate) async fn start_registry(
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!(database = %location.display(), "Registry open.");
+    if settings.registry_database_url.is_some() {
+        // Switching a node that had the embedded files copies nothing by itself.
+        for file in ["registry.db", "alerts.db"] {
+            let path = settings.data_dir.join(file);
+            if path.exists() {
+                tracing::warn!(
+                    file = %path.display(),
+                    "This file is not read while [registry] database_url is set: what it holds \
+                     is not in PostgreSQL unless `fabrik registry copy` moved it there."
+                );
+            }
+        }
+    }
     if let Some(path) = &settings.attestation.endorsement_authorities {
         let authorities = fabrik_registry::attestation::activation::load_authorities(path)
             .map_err(|e| format!("attestation.endorsement_authorities: {e}"))?;

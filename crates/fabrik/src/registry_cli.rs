@@ -40,18 +40,30 @@ pub(crate) async fn run(args: RegistryArgs) -> anyhow::Result<()> {
                 url: url.clone(),
                 audit_key: data_dir.join("audit.key"),
             };
+            let alerts = data_dir.join("alerts.db");
+            let alerts_to = fabrik_alert::Store::Postgres(url);
+            // Both targets are checked before either copy: a refusal after the registry was
+            // copied would leave it there and the next run refused.
+            if alerts.exists() {
+                fabrik_alert::copy::check_empty(&alerts_to).await?;
+            }
             let copied = fabrik_registry::copy::copy(&from, &to).await?;
             println!("Copied {} into {}:", from.display(), to.display());
             for (table, rows) in &copied.tables {
                 println!("  {table:<22} {rows:>9} rows");
             }
-            let alerts = data_dir.join("alerts.db");
             if alerts.exists() {
                 let copied = fabrik_alert::copy::copy(
                     &fabrik_alert::Store::File(alerts.clone()),
-                    &fabrik_alert::Store::Postgres(url),
+                    &alerts_to,
                 )
-                .await?;
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "{e}. The registry was copied, the alerts were not: drop and \
+                                 recreate the database, then run the copy again"
+                    )
+                })?;
                 println!("Copied {} into it:", alerts.display());
                 for (table, rows) in &copied {
                     println!("  {table:<22} {rows:>9} rows");
@@ -64,7 +76,8 @@ pub(crate) async fn run(args: RegistryArgs) -> anyhow::Result<()> {
                 );
             }
             println!(
-                "Start Fabrik with FABRIK__REGISTRY__DATABASE_URL set to it; keep {} with the node.",
+                "Start Fabrik with FABRIK__REGISTRY__DATABASE_URL set to it; keep {} with the node. \
+                 The files are left as they were, and not read while the database is set.",
                 to.audit_key().display()
             );
         }

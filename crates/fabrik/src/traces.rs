@@ -188,15 +188,18 @@ pub(crate) fn current_traceparent() -> Option<String> {
     tracing::Span::current()
         .with_subscriber(|(id, dispatch)| {
             let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
-            let span = registry.span(id)?;
-            let extensions = span.extensions();
-            let data = extensions.get::<SpanData>()?;
-            let flags = if data.sampled { "01" } else { "00" };
-            Some(format!(
-                "00-{}-{}-{flags}",
-                hex(&data.trace_id),
-                hex(&data.span_id)
-            ))
+            // The innermost span the layer keeps: one it filters out (another target) may be
+            // entered inside a traced one.
+            registry.span(id)?.scope().find_map(|span| {
+                let extensions = span.extensions();
+                let data = extensions.get::<SpanData>()?;
+                let flags = if data.sampled { "01" } else { "00" };
+                Some(format!(
+                    "00-{}-{}-{flags}",
+                    hex(&data.trace_id),
+                    hex(&data.span_id)
+                ))
+            })
         })
         .flatten()
 }
@@ -583,6 +586,27 @@ mod tests {
         assert_eq!(
             parse_traceparent(&sent).map(|(_, _, sampled)| sampled),
             Some(false)
+        );
+        // A span the layer filters out, entered inside a traced one: the traced one is named.
+        use tracing_subscriber::Layer as _;
+        let (layer, mut queue) = OtlpLayer::new(1.0);
+        let kept =
+            tracing_subscriber::filter::Targets::new().with_target("kept", tracing::Level::INFO);
+        let subscriber = tracing_subscriber::registry().with(layer.with_filter(kept));
+        let mut sent = None;
+        tracing::subscriber::with_default(subscriber, || {
+            let _delivery = tracing::info_span!(target: "kept", "alert.deliver").entered();
+            let _inner = tracing::info_span!(target: "other", "http.client").entered();
+            sent = current_traceparent();
+        });
+        let span = queue.try_recv().expect("the traced span");
+        assert_eq!(
+            sent,
+            Some(format!(
+                "00-{}-{}-01",
+                span["traceId"].as_str().unwrap(),
+                span["spanId"].as_str().unwrap()
+            ))
         );
     }
 

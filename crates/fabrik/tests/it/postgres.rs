@@ -401,12 +401,23 @@ fn a_pilots_registry_is_copied_into_postgresql_and_its_audit_chain_goes_on() {
     // Into a registry that has rows: refused, naming the table, nothing changed.
     let (ok, out) = copy(&url);
     assert!(!ok, "{out}");
-    assert!(out.contains("`devices`") && out.contains("empty"), "{out}");
+    assert!(out.contains("`alerts`") && out.contains("empty"), "{out}");
+    assert!(
+        !out.contains("registry was copied"),
+        "checked before copying: {out}"
+    );
 
     // The node on PostgreSQL: the device's token works, its new events are numbered after
     // the copied ones, and the audit chain verifies and goes on under the same key.
     let env = [("FABRIK__REGISTRY__DATABASE_URL", url.as_str())];
     let p = Process::start_with_args(&data, &config, &env);
+    assert!(
+        p.startup_log
+            .iter()
+            .any(|line| line.contains("alerts.db") && line.contains("is not read")),
+        "the files left behind are named at start: {:?}",
+        p.startup_log
+    );
     let (status, moved) = http(
         &p.url,
         Method::GET,
