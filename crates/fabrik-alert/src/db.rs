@@ -1583,3 +1583,78 @@ fn alert_from_row(r: &AnyRow) -> Result<Alert, AlertError> {
         updated_at: crate::model::rfc3339_ns(r.try_get("updated_ns")?),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alert(rule: &str, key: &str) -> Alert {
+        Alert {
+            id: format!("{rule}/{key}"),
+            rule: rule.into(),
+            key: key.into(),
+            severity: "warning".into(),
+            state: AlertState::Firing,
+            started_at: "2026-12-04T10:00:00.000Z".into(),
+            fired_at: Some("2026-12-04T10:00:00.000Z".into()),
+            resolved_at: None,
+            value: Some(1.5),
+            annotations: BTreeMap::new(),
+            ack: None,
+            silenced: true,
+            inhibited_by: None,
+            updated_at: String::new(),
+        }
+    }
+
+    /// Only `*` is a wildcard, on SQLite (GLOB) and PostgreSQL (LIKE) alike: `?`, `[`, `_`, `%`
+    /// and `\` are themselves, and case counts.
+    #[tokio::test]
+    async fn listing_patterns_match_the_same_alerts_on_both_databases() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = AlertDb::open(&dir.path().join("alerts.db")).await.unwrap();
+        let rules = [
+            "pump-hot",
+            "pump_hot",
+            "pump%hot",
+            "oven[1]",
+            "what?",
+            "back\\slash",
+        ];
+        for (n, rule) in rules.iter().enumerate() {
+            db.upsert(&alert(rule, &format!("dev-{n}")), 1_000 + n as i64)
+                .await
+                .unwrap();
+        }
+        let matching = |pattern: &str| {
+            let db = db.clone();
+            let query = AlertQuery {
+                rule: Some(pattern.to_owned()),
+                ..AlertQuery::default()
+            };
+            async move {
+                let mut rules: Vec<String> = db
+                    .find(&query, 100)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|a| a.rule)
+                    .collect();
+                rules.sort();
+                rules
+            }
+        };
+        assert_eq!(matching("pump-*").await, ["pump-hot"]);
+        assert_eq!(matching("pump_hot").await, ["pump_hot"]);
+        assert_eq!(matching("pump%hot").await, ["pump%hot"]);
+        assert_eq!(matching("oven[1]").await, ["oven[1]"]);
+        assert_eq!(matching("what?").await, ["what?"]);
+        assert_eq!(matching("back\\slash").await, ["back\\slash"]);
+        assert_eq!(matching("*hot").await, ["pump%hot", "pump-hot", "pump_hot"]);
+        assert!(matching("PUMP-*").await.is_empty());
+        // The silenced flag and the value come back as stored.
+        let read = db.get("pump-hot/dev-0").await.unwrap();
+        assert!(read.silenced);
+        assert_eq!(read.value, Some(1.5));
+    }
+}
