@@ -22,8 +22,11 @@ trap stop EXIT
 LC_ALL=C "${as_server[@]}" "$bin/initdb" -D "$dir/data" -U fabrik --auth=trust -E UTF8 \
   --no-locale --no-sync >/dev/null
 port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+# Tests need no durability; a benchmark does (FABRIK_POSTGRES_DURABLE=1 keeps fsync on).
+durability="-c fsync=off"
+[ "${FABRIK_POSTGRES_DURABLE:-0}" = 1 ] && durability=""
 "${as_server[@]}" "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -o \
-  "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" \
+  "-p $port -k $dir -c listen_addresses=127.0.0.1 $durability -c max_connections=200" \
   start >/dev/null
 echo "PostgreSQL $("$bin/postgres" --version | awk '{print $3}') on 127.0.0.1:$port"
 FABRIK_TEST_POSTGRES_URL="postgres://fabrik@127.0.0.1:$port/postgres" "$@"
