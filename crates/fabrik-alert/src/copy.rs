@@ -3,20 +3,11 @@
 //! transaction, so alerts keep their acknowledgements and the operators' verdicts that use
 //! cases count.
 
-use futures::TryStreamExt;
-use sqlx::Row;
+use fabrik_registry::RegistryError;
+use fabrik_registry::copy::{Kind, continue_serials, copy_rows, first_with_rows};
 
 use crate::AlertError;
 use crate::db::{AlertDb, Store};
-
-/// A column's type in the alert database's schema.
-#[derive(Clone, Copy)]
-enum Kind {
-    Int,
-    Float,
-    Bool,
-    Text,
-}
 
 use Kind::{Bool, Float, Int, Text};
 
@@ -94,21 +85,19 @@ pub async fn check_empty(to: &Store) -> Result<(), AlertError> {
     checked
 }
 
+/// The tables' names, as [`first_with_rows`] takes them.
+fn table_names() -> Vec<&'static str> {
+    TABLES.iter().map(|(table, _)| *table).collect()
+}
+
 async fn refuse_rows(connection: &mut sqlx::AnyConnection) -> Result<(), AlertError> {
-    for (table, _) in TABLES {
-        // Audited: the table names are the constants above.
-        let rows: i64 =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-                .fetch_one(&mut *connection)
-                .await?;
-        if rows > 0 {
-            return Err(AlertError::Conflict(format!(
-                "the target already holds {rows} row(s) in `{table}`: alerts are copied into \
-                 an empty database only"
-            )));
-        }
+    match first_with_rows(connection, &table_names()).await? {
+        Some((table, rows)) => Err(AlertError::Conflict(format!(
+            "the target already holds {rows} row(s) in `{table}`: alerts are copied into an \
+             empty database only"
+        ))),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Copies every row of the alert database at `from` into the empty one at `to` (its tables
@@ -134,52 +123,20 @@ pub async fn copy(from: &Store, to: &Store) -> Result<Vec<(String, u64)>, AlertE
     refuse_rows(&mut tx).await?;
     let mut copied = Vec::new();
     for (table, columns) in TABLES {
-        // `silenced` is read as 0 or 1: SQLite's BOOLEAN is not readable as declared.
-        let list: Vec<String> = columns
-            .iter()
-            .map(|(name, kind)| match kind {
-                Bool => format!("CASE WHEN {name} THEN 1 ELSE 0 END AS {name}"),
-                _ => (*name).to_owned(),
-            })
-            .collect();
-        let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
-        let placeholders: Vec<String> = (1..=names.len()).map(|n| format!("${n}")).collect();
-        // Audited: table and column names are the constants of `TABLES`; values are bound.
-        let select = format!("SELECT {} FROM {table}", list.join(", "));
-        let insert = format!(
-            "INSERT INTO {table} ({}) VALUES ({})",
-            names.join(", "),
-            placeholders.join(", ")
-        );
-        let mut rows = sqlx::query(sqlx::AssertSqlSafe(select)).fetch(source.pool());
-        let mut count = 0_u64;
-        while let Some(row) = rows.try_next().await? {
-            let mut statement = sqlx::query(sqlx::AssertSqlSafe(insert.clone()));
-            for (i, (name, kind)) in columns.iter().enumerate() {
-                let read = |e: sqlx::Error| AlertError::Corrupt {
+        let count = copy_rows(source.pool(), &mut tx, table, columns)
+            .await
+            .map_err(|e| match e {
+                RegistryError::Db(e) => AlertError::Database(e),
+                other => AlertError::Corrupt {
                     what: "row to copy",
-                    reason: format!("`{table}`.`{name}` of row {}: {e}", count + 1),
-                };
-                statement = match kind {
-                    Int => statement.bind(row.try_get::<Option<i64>, _>(i).map_err(read)?),
-                    Float => statement.bind(row.try_get::<Option<f64>, _>(i).map_err(read)?),
-                    Bool => statement.bind(row.try_get::<i64, _>(i).map_err(read)? != 0),
-                    Text => statement.bind(row.try_get::<Option<String>, _>(i).map_err(read)?),
-                };
-            }
-            statement.execute(&mut *tx).await?;
-            count += 1;
-        }
+                    reason: other.to_string(),
+                },
+            })?;
         copied.push(((*table).to_owned(), count));
     }
     if target.is_postgres() {
         // The outbox's ids were copied: its counter goes on after them.
-        sqlx::query(
-            "SELECT setval(pg_get_serial_sequence('outbox', 'id'), \
-             COALESCE((SELECT max(id) FROM outbox), 0) + 1, false)",
-        )
-        .execute(&mut *tx)
-        .await?;
+        continue_serials(&mut tx, &[("outbox", "id")]).await?;
     }
     tx.commit().await?;
     source.pool().close().await;

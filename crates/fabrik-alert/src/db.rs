@@ -5,9 +5,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use fabrik_registry::Dialect;
+use fabrik_registry::database;
+use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
 use crate::engine::AlertState;
@@ -213,22 +214,6 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Which SQL the database speaks where SQLite and PostgreSQL differ.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dialect {
-    Sqlite,
-    Postgres,
-}
-
-impl Dialect {
-    fn pick(self, sqlite: &'static str, postgres: &'static str) -> &'static str {
-        match self {
-            Self::Sqlite => sqlite,
-            Self::Postgres => postgres,
-        }
-    }
-}
-
 /// Adds the TEXT column `column` to `table` of a database written before it existed;
 /// returns whether it was added.
 async fn add_column_if_missing(
@@ -294,20 +279,24 @@ impl AlertDb {
     /// Opens the database at `store` (an SQLite file is created if missing) and brings its
     /// tables up to date.
     pub async fn open_at(store: &Store) -> Result<Self, AlertError> {
-        sqlx::any::install_default_drivers();
+        // The registry's pools: the same connection settings, the alerts' own durability.
         let (pool, dialect) = match store {
-            Store::File(path) => (connect_sqlite(path).await?, Dialect::Sqlite),
-            Store::Postgres(url) => (connect_postgres(url).await?, Dialect::Postgres),
+            Store::File(path) => (
+                database::sqlite_pool(path, database::Durability::Full, 2)
+                    .await
+                    .map_err(AlertError::Invalid)?,
+                Dialect::Sqlite,
+            ),
+            Store::Postgres(url) => (
+                database::postgres_pool(url, 4).await.map_err(|e| {
+                    AlertError::Invalid(format!("the alert database (PostgreSQL): {e}"))
+                })?,
+                Dialect::Postgres,
+            ),
         };
         for statement in SCHEMA {
-            let statement = match dialect {
-                Dialect::Sqlite => (*statement).to_owned(),
-                Dialect::Postgres => {
-                    statement.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGSERIAL PRIMARY KEY")
-                }
-            };
             // Audited: the statements are the compile-time constants above.
-            sqlx::query(sqlx::AssertSqlSafe(statement))
+            sqlx::query(sqlx::AssertSqlSafe(dialect.schema_statement(statement)))
                 .execute(&pool)
                 .await?;
         }
@@ -1107,87 +1096,6 @@ impl AlertDb {
         .await?;
         Ok(())
     }
-}
-
-/// The pool of the SQLite file at `path`, created if missing, in WAL mode with full
-/// synchronisation and `secure_delete`.
-async fn connect_sqlite(path: &Path) -> Result<AnyPool, AlertError> {
-    // As a URL, `a/../b` would be `b` whatever `a` is on disk: the directory is resolved.
-    let resolved = match (path.parent(), path.file_name()) {
-        (Some(dir), Some(name)) if !dir.as_os_str().is_empty() => dir
-            .canonicalize()
-            .map(|dir| dir.join(name))
-            .unwrap_or_else(|_| path.to_owned()),
-        _ => std::path::absolute(path).unwrap_or_else(|_| path.to_owned()),
-    };
-    let Some(text) = resolved.to_str() else {
-        return Err(AlertError::Invalid(format!(
-            "{}: the path is not UTF-8, which the SQLite driver needs",
-            path.display()
-        )));
-    };
-    let mut encoded = String::new();
-    for byte in text.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
-                encoded.push(char::from(byte));
-            }
-            other => encoded.push_str(&format!("%{other:02X}")),
-        }
-    }
-    Ok(AnyPoolOptions::new()
-        .max_connections(2)
-        .after_connect(|connection, _| {
-            Box::pin(async move {
-                for pragma in [
-                    "PRAGMA busy_timeout = 5000",
-                    "PRAGMA journal_mode = WAL",
-                    "PRAGMA synchronous = FULL",
-                    // Overwritten records are zeroed on disk: an erased name is gone, not in a
-                    // free page.
-                    "PRAGMA secure_delete = ON",
-                ] {
-                    sqlx::query(pragma).execute(&mut *connection).await?;
-                }
-                Ok(())
-            })
-        })
-        .connect(&format!("sqlite://{encoded}?mode=rwc"))
-        .await?)
-}
-
-/// The pool of the PostgreSQL database at `url`; a lock held elsewhere fails a statement
-/// after 5 s, as SQLite's busy timeout does.
-async fn connect_postgres(url: &str) -> Result<AnyPool, AlertError> {
-    AnyPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(Duration::from_secs(10))
-        .after_connect(|connection, _| {
-            Box::pin(async move {
-                sqlx::query("SET lock_timeout = '5s'")
-                    .execute(&mut *connection)
-                    .await?;
-                Ok(())
-            })
-        })
-        .connect(url)
-        .await
-        .map_err(|e| {
-            // The driver's message may quote the URL: its passwords go.
-            let mut text = e.to_string();
-            let parsed = url::Url::parse(url).ok();
-            let passwords = parsed.iter().flat_map(|u| {
-                u.password().map(str::to_owned).into_iter().chain(
-                    u.query_pairs()
-                        .filter(|(key, _)| key == "password")
-                        .map(|(_, value)| value.into_owned()),
-                )
-            });
-            for password in passwords.filter(|p| !p.is_empty()).collect::<Vec<_>>() {
-                text = text.replace(&password, "***");
-            }
-            AlertError::Invalid(format!("the alert database (PostgreSQL): {text}"))
-        })
 }
 
 /// Writes that commit together ([`AlertDb::batch`]); dropped without [`Batch::commit`], none

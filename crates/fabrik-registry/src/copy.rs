@@ -1,17 +1,24 @@
 //! Moving a registry from one database to another — a pilot's SQLite file into the
 //! PostgreSQL database of its enterprise hub (decision 0055): every row of every table, as it
-//! is, in one transaction, so the audit chain still verifies under the same key.
+//! is, in one transaction, so the audit chain still verifies under the same key. The row
+//! copying, emptiness check and counters here serve the alert database's copy too.
 
-use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, Row};
+use futures::TryStreamExt;
+use sqlx::{AnyConnection, AnyPool, Row};
 
 use crate::database::{self, Dialect, Location};
 use crate::{RegistryError, schema};
 
-/// A column's type in the registry's schema.
-#[derive(Clone, Copy)]
-enum Kind {
+/// A column's type, as a copy reads and binds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A 64-bit integer.
     Int,
+    /// A double.
+    Float,
+    /// A `BOOLEAN`, read as 0 or 1 (sqlx's `Any` driver cannot read SQLite's as declared).
+    Bool,
+    /// Text.
     Text,
 }
 
@@ -143,9 +150,6 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
 /// own numbers, its sequence must continue after them.
 const NUMBERED: &[(&str, &str)] = &[("device_events", "id"), ("attestations", "id")];
 
-/// Rows read and written per statement.
-const PAGE: i64 = 5_000;
-
 /// What a copy moved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Copied {
@@ -177,35 +181,21 @@ pub async fn copy(from: &Location, to: &Location) -> Result<Copied, RegistryErro
     let (target, target_dialect) = database::connect(to).await?;
     schema::migrate(&target, target_dialect).await?;
     let mut tx = target.begin().await?;
-    for (table, _) in TABLES {
-        // Audited: the table names are the constants above.
-        let rows: i64 =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-                .fetch_one(&mut *tx)
-                .await?;
-        if rows > 0 {
-            return Err(RegistryError::Conflict(format!(
-                "the target {} already holds {rows} row(s) in `{table}`: a registry is copied \
-                 into an empty one only",
-                to.display()
-            )));
-        }
+    let names: Vec<&str> = TABLES.iter().map(|(table, _)| *table).collect();
+    if let Some((table, rows)) = first_with_rows(&mut tx, &names).await? {
+        return Err(RegistryError::Conflict(format!(
+            "the target {} already holds {rows} row(s) in `{table}`: a registry is copied \
+             into an empty one only",
+            to.display()
+        )));
     }
     let mut copied = Vec::new();
     for (table, columns) in TABLES {
-        let count = copy_table(&source, &mut tx, table, columns).await?;
+        let count = copy_rows(&source, &mut tx, table, columns).await?;
         copied.push(((*table).to_owned(), count));
     }
     if target_dialect == Dialect::Postgres {
-        for (table, column) in NUMBERED {
-            // Audited: the names are the constants above.
-            sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT setval(pg_get_serial_sequence('{table}', '{column}'), \
-                 COALESCE((SELECT max({column}) FROM {table}), 0) + 1, false)"
-            )))
-            .execute(&mut *tx)
-            .await?;
-        }
+        continue_serials(&mut tx, NUMBERED).await?;
     }
     tx.commit().await?;
     let set_aside_left = sqlx::query_scalar(source_dialect.pick(
@@ -224,63 +214,98 @@ pub async fn copy(from: &Location, to: &Location) -> Result<Copied, RegistryErro
     })
 }
 
-/// Copies `table` page by page, in the order of its first column (its key).
-async fn copy_table(
-    source: &sqlx::AnyPool,
+/// The first of `tables` (the caller's constants) that has rows, and how many.
+pub async fn first_with_rows(
+    connection: &mut AnyConnection,
+    tables: &[&str],
+) -> Result<Option<(String, i64)>, sqlx::Error> {
+    for table in tables {
+        // Audited: the table names are the caller's constants.
+        let rows: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                .fetch_one(&mut *connection)
+                .await?;
+        if rows > 0 {
+            return Ok(Some(((*table).to_owned(), rows)));
+        }
+    }
+    Ok(None)
+}
+
+/// Copies every row of `table` (the caller's constant, with its `columns`) from `source` into
+/// `target`, as it is; returns how many. A value that cannot be read as its column's kind is
+/// named by table, column and row.
+pub async fn copy_rows(
+    source: &AnyPool,
     target: &mut AnyConnection,
     table: &str,
     columns: &[(&str, Kind)],
 ) -> Result<u64, RegistryError> {
+    let list: Vec<String> = columns
+        .iter()
+        .map(|(name, kind)| match kind {
+            Kind::Bool => format!("CASE WHEN {name} THEN 1 ELSE 0 END AS {name}"),
+            _ => (*name).to_owned(),
+        })
+        .collect();
     let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
-    let key = names[0];
-    let list = names.join(", ");
-    // Audited: table and column names are the constants of `TABLES`; values are bound.
-    let select =
-        format!("SELECT {list} FROM {table} WHERE ($1 OR {key} > $2) ORDER BY {key} LIMIT {PAGE}");
     let placeholders: Vec<String> = (1..=names.len()).map(|n| format!("${n}")).collect();
+    // Audited: table and column names are the caller's constants; values are bound.
+    let select = format!("SELECT {} FROM {table}", list.join(", "));
     let insert = format!(
-        "INSERT INTO {table} ({list}) VALUES ({})",
+        "INSERT INTO {table} ({}) VALUES ({})",
+        names.join(", "),
         placeholders.join(", ")
     );
-    let mut after: Option<AnyRow> = None;
+    let mut rows = sqlx::query(sqlx::AssertSqlSafe(select)).fetch(source);
     let mut count = 0_u64;
-    loop {
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(select.clone())).bind(after.is_none());
-        query = match (&after, columns[0].1) {
-            (Some(row), Int) => query.bind(row.try_get::<i64, _>(0)?),
-            (Some(row), Text) => query.bind(row.try_get::<String, _>(0)?),
-            (None, Int) => query.bind(i64::MIN),
-            (None, Text) => query.bind(String::new()),
-        };
-        let rows = query.fetch_all(source).await.map_err(|e| {
-            RegistryError::Corrupt(format!("reading `{table}` from the source: {e}"))
-        })?;
-        let Some(last) = rows.last().cloned() else {
-            return Ok(count);
-        };
-        for row in &rows {
-            let mut insert_row = sqlx::query(sqlx::AssertSqlSafe(insert.clone()));
-            for (i, (name, kind)) in columns.iter().enumerate() {
-                let read = |e: sqlx::Error| {
-                    RegistryError::Corrupt(format!(
-                        "`{table}`.`{name}` of row {} cannot be read as {}: {e}",
-                        count + 1,
-                        match kind {
-                            Int => "an integer",
-                            Text => "text",
-                        }
-                    ))
-                };
-                insert_row = match kind {
-                    Int => insert_row.bind(row.try_get::<Option<i64>, _>(i).map_err(read)?),
-                    Text => insert_row.bind(row.try_get::<Option<String>, _>(i).map_err(read)?),
-                };
-            }
-            insert_row.execute(&mut *target).await?;
-            count += 1;
+    while let Some(row) = rows
+        .try_next()
+        .await
+        .map_err(|e| RegistryError::Corrupt(format!("reading `{table}` from the source: {e}")))?
+    {
+        let mut insert_row = sqlx::query(sqlx::AssertSqlSafe(insert.clone()));
+        for (i, (name, kind)) in columns.iter().enumerate() {
+            let read = |e: sqlx::Error| {
+                RegistryError::Corrupt(format!(
+                    "`{table}`.`{name}` of row {} cannot be read as {}: {e}",
+                    count + 1,
+                    match kind {
+                        Kind::Int | Kind::Bool => "an integer",
+                        Kind::Float => "a number",
+                        Kind::Text => "text",
+                    }
+                ))
+            };
+            insert_row = match kind {
+                Kind::Int => insert_row.bind(row.try_get::<Option<i64>, _>(i).map_err(read)?),
+                Kind::Float => insert_row.bind(row.try_get::<Option<f64>, _>(i).map_err(read)?),
+                Kind::Bool => insert_row.bind(row.try_get::<i64, _>(i).map_err(read)? != 0),
+                Kind::Text => insert_row.bind(row.try_get::<Option<String>, _>(i).map_err(read)?),
+            };
         }
-        after = Some(last);
+        insert_row.execute(&mut *target).await?;
+        count += 1;
     }
+    Ok(count)
+}
+
+/// Sets each PostgreSQL `BIGSERIAL` counter of `(table, column)` (the caller's constants) past
+/// the numbers rows were copied with, so the next row the database numbers does not collide.
+pub async fn continue_serials(
+    connection: &mut AnyConnection,
+    serials: &[(&str, &str)],
+) -> Result<(), sqlx::Error> {
+    for (table, column) in serials {
+        // Audited: the names are the caller's constants.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT setval(pg_get_serial_sequence('{table}', '{column}'), \
+             COALESCE((SELECT max({column}) FROM {table}), 0) + 1, false)"
+        )))
+        .execute(&mut *connection)
+        .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

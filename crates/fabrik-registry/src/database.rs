@@ -110,7 +110,7 @@ pub enum Dialect {
 
 impl Dialect {
     /// `sqlite` on SQLite, `postgres` on PostgreSQL.
-    pub(crate) fn pick(self, sqlite: &'static str, postgres: &'static str) -> &'static str {
+    pub fn pick(self, sqlite: &'static str, postgres: &'static str) -> &'static str {
         match self {
             Self::Sqlite => sqlite,
             Self::Postgres => postgres,
@@ -119,7 +119,7 @@ impl Dialect {
 
     /// A statement of the schema in this dialect: SQLite's auto-numbered key is PostgreSQL's
     /// `BIGSERIAL`.
-    pub(crate) fn schema_statement(self, statement: &str) -> String {
+    pub fn schema_statement(self, statement: &str) -> String {
         match self {
             Self::Sqlite => statement.to_owned(),
             Self::Postgres => {
@@ -133,7 +133,12 @@ impl Dialect {
 pub(crate) async fn connect(location: &Location) -> Result<(AnyPool, Dialect), RegistryError> {
     sqlx::any::install_default_drivers();
     match location {
-        Location::File(path) => Ok((connect_sqlite(path).await?, Dialect::Sqlite)),
+        Location::File(path) => Ok((
+            sqlite_pool(path, Durability::Normal, 4)
+                .await
+                .map_err(RegistryError::Open)?,
+            Dialect::Sqlite,
+        )),
         Location::Postgres { url, .. } => {
             let parsed = url::Url::parse(url)
                 .ok()
@@ -154,28 +159,33 @@ pub(crate) async fn connect(location: &Location) -> Result<(AnyPool, Dialect), R
                      the connection may not be encrypted at all."
                 );
             }
-            let pool = AnyPoolOptions::new()
-                .max_connections(8)
-                .acquire_timeout(Duration::from_secs(10))
-                .after_connect(|connection, _| {
-                    Box::pin(async move {
-                        // A lock left by another session (a psql in a transaction, a schema
-                        // change) fails a statement after 5 s, as SQLite's busy timeout does,
-                        // rather than stalling sign-ins and the activity counters.
-                        sqlx::query("SET lock_timeout = '5s'")
-                            .execute(&mut *connection)
-                            .await?;
-                        Ok(())
-                    })
-                })
-                .connect(url)
-                .await
-                .map_err(|e| {
-                    RegistryError::Open(format!("{}: {}", redacted(url), scrubbed(&e, url)))
-                })?;
+            let pool = postgres_pool(url, 8).await.map_err(RegistryError::Open)?;
             Ok((pool, Dialect::Postgres))
         }
     }
+}
+
+/// The pool of the PostgreSQL database at `url` (the registry's, or the alerts' in it), with
+/// at most `max_connections`; the error names the URL without its password.
+pub async fn postgres_pool(url: &str, max_connections: u32) -> Result<AnyPool, String> {
+    sqlx::any::install_default_drivers();
+    AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
+        .after_connect(|connection, _| {
+            Box::pin(async move {
+                // A lock left by another session (a psql in a transaction, a schema change)
+                // fails a statement after 5 s, as SQLite's busy timeout does, rather than
+                // stalling sign-ins, the activity counters or alert transitions.
+                sqlx::query("SET lock_timeout = '5s'")
+                    .execute(&mut *connection)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await
+        .map_err(|e| format!("{}: {}", redacted(url), scrubbed(&e, url)))
 }
 
 /// `error`'s text with `url`'s password, should the driver have quoted it, replaced.
@@ -189,7 +199,7 @@ fn scrubbed(error: &sqlx::Error, url: &str) -> String {
 
 /// The passwords `url` holds, in its user part (as written and decoded) or as a `password=`
 /// parameter, for scrubbing them from messages that might quote them.
-pub fn passwords(url: &str) -> Vec<String> {
+fn passwords(url: &str) -> Vec<String> {
     let Ok(parsed) = url::Url::parse(url) else {
         return Vec::new();
     };
@@ -233,8 +243,24 @@ fn percent_decode(text: &str) -> Result<String, std::string::FromUtf8Error> {
     String::from_utf8(out)
 }
 
-/// The pool of the SQLite file at `path`, created if missing.
-async fn connect_sqlite(path: &Path) -> Result<AnyPool, RegistryError> {
+/// How long an SQLite commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous = NORMAL`: in WAL mode a power loss may lose the last commits, never
+    /// corrupt the file (the registry's device counters, written every second).
+    Normal,
+    /// `synchronous = FULL`: a commit is on disk when it returns (alerts and their outbox).
+    Full,
+}
+
+/// The pool of the SQLite file at `path`, created if missing, in WAL mode with
+/// `secure_delete`, at most `max_connections`; the error names the file.
+pub async fn sqlite_pool(
+    path: &Path,
+    durability: Durability,
+    max_connections: u32,
+) -> Result<AnyPool, String> {
+    sqlx::any::install_default_drivers();
     // The URL is normalised as a URL (`a/../b` is `b` there, whatever `a` is on disk) and
     // decoded as UTF-8: the directory is resolved first, and other names refused.
     let resolved = match (path.parent(), path.file_name()) {
@@ -245,21 +271,25 @@ async fn connect_sqlite(path: &Path) -> Result<AnyPool, RegistryError> {
         _ => std::path::absolute(path).unwrap_or_else(|_| path.to_owned()),
     };
     if resolved.to_str().is_none() {
-        return Err(RegistryError::Open(format!(
+        return Err(format!(
             "{}: the path is not UTF-8, which the SQLite driver needs",
             path.display()
-        )));
+        ));
     }
     let url = format!("sqlite://{}?mode=rwc", percent_encoded_path(&resolved));
+    let synchronous = match durability {
+        Durability::Normal => "PRAGMA synchronous = NORMAL",
+        Durability::Full => "PRAGMA synchronous = FULL",
+    };
     AnyPoolOptions::new()
-        .max_connections(4)
-        .after_connect(|connection, _| {
+        .max_connections(max_connections)
+        .after_connect(move |connection, _| {
             Box::pin(async move {
                 // The busy timeout first: switching to WAL waits for other connections.
                 for pragma in [
                     "PRAGMA busy_timeout = 5000",
                     "PRAGMA journal_mode = WAL",
-                    "PRAGMA synchronous = NORMAL",
+                    synchronous,
                     // Deleted and overwritten records are zeroed on disk, so an erased name
                     // is gone, not left in a free page.
                     "PRAGMA secure_delete = ON",
@@ -271,7 +301,7 @@ async fn connect_sqlite(path: &Path) -> Result<AnyPool, RegistryError> {
         })
         .connect(&url)
         .await
-        .map_err(|e| RegistryError::Open(format!("{}: {e}", path.display())))
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// `path` for a `sqlite://` URL: everything but unreserved characters and `/` escaped.
