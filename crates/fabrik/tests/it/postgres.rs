@@ -164,6 +164,31 @@ impl Drop for Postgres {
     }
 }
 
+/// Publishes one reading at QoS 1 as `device` with `token`; the client's output.
+fn publish(mqtt: &str, device: &str, token: &str) -> std::process::Output {
+    let (h, port) = host_port(mqtt);
+    let topic = format!("devices/{device}/telemetry");
+    mosquitto(
+        "mosquitto_pub",
+        &[
+            "-h",
+            &h,
+            "-p",
+            &port,
+            "-q",
+            "1",
+            "-u",
+            device,
+            "-P",
+            token,
+            "-t",
+            &topic,
+            "-m",
+            r#"{"pressure": 4.2}"#,
+        ],
+    )
+}
+
 /// `fabrik run` that is expected to stop by itself: its exit status and output.
 fn run_to_exit(data: &Path, env: &[(&str, &str)]) -> (bool, String) {
     let mut command = Command::new(fabrik_bin());
@@ -220,46 +245,10 @@ fn a_node_keeps_its_registry_in_postgresql_across_a_restart() {
         server.psql("fabrik", "SELECT id || ' ' || device_type FROM devices"),
         "pump-pg pump"
     );
-    let (h, port) = host_port(p.mqtt.as_deref().expect("mqtt"));
-    let out = mosquitto(
-        "mosquitto_pub",
-        &[
-            "-h",
-            &h,
-            "-p",
-            &port,
-            "-q",
-            "1",
-            "-u",
-            "pump-pg",
-            "-P",
-            &token,
-            "-t",
-            "devices/pump-pg/telemetry",
-            "-m",
-            r#"{"pressure": 4.2}"#,
-        ],
-    );
+    let mqtt = p.mqtt.as_deref().expect("mqtt");
+    let out = publish(mqtt, "pump-pg", &token);
     assert!(out.status.success(), "{out:?}");
-    let out = mosquitto(
-        "mosquitto_pub",
-        &[
-            "-h",
-            &h,
-            "-p",
-            &port,
-            "-q",
-            "1",
-            "-u",
-            "pump-pg",
-            "-P",
-            "wrong",
-            "-t",
-            "devices/pump-pg/telemetry",
-            "-m",
-            "{}",
-        ],
-    );
+    let out = publish(mqtt, "pump-pg", "wrong");
     assert!(!out.status.success(), "a wrong token was let in");
     eventually("the reading is stored", || {
         crate::support::count_if_any(
@@ -333,29 +322,11 @@ fn a_pilots_registry_is_copied_into_postgresql_and_its_audit_chain_goes_on() {
     let config = ["--config", file.to_str().expect("utf-8")];
     let p = Process::start_with_args(&data, &config, &[]);
     let token = register(&p.url, "pump-1");
-    let (h, port) = host_port(p.mqtt.as_deref().expect("mqtt"));
-    let publish = |h: &str, port: &str, token: &str| {
-        mosquitto(
-            "mosquitto_pub",
-            &[
-                "-h",
-                h,
-                "-p",
-                port,
-                "-q",
-                "1",
-                "-u",
-                "pump-1",
-                "-P",
-                token,
-                "-t",
-                "devices/pump-1/telemetry",
-                "-m",
-                r#"{"pressure": 4.2}"#,
-            ],
-        )
-    };
-    assert!(publish(&h, &port, &token).status.success());
+    assert!(
+        publish(p.mqtt.as_deref().expect("mqtt"), "pump-1", &token)
+            .status
+            .success()
+    );
     let body =
         json!({"name": "vera", "role": "viewer", "password": "correct horse battery staple"});
     assert_eq!(
@@ -427,8 +398,11 @@ fn a_pilots_registry_is_copied_into_postgresql_and_its_audit_chain_goes_on() {
     assert_eq!(status, 200, "{moved}");
     assert_eq!(moved["state"], "firing", "{moved}");
     assert_eq!(moved["ack"]["feedback"], "true_positive", "{moved}");
-    let (h, port) = host_port(p.mqtt.as_deref().expect("mqtt"));
-    assert!(publish(&h, &port, &token).status.success());
+    assert!(
+        publish(p.mqtt.as_deref().expect("mqtt"), "pump-1", &token)
+            .status
+            .success()
+    );
     eventually("the new connection's events", || {
         let (_, events) = http(&p.url, Method::GET, "/api/v1/devices/pump-1/events", None);
         events.as_array().map_or(0, Vec::len) > events_before

@@ -18,6 +18,20 @@ fn spans(file: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The OTLP receiver on a free port, writing the spans it parses to `out`; stopped on drop.
+fn collector(out: &Path) -> (u16, Peer) {
+    let port = free_port();
+    let python = std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut receiver = Command::new(&python);
+    receiver.arg(RECEIVER).arg(port.to_string()).arg(out);
+    let peer = Peer::listening(
+        receiver,
+        port,
+        "the OTLP receiver needs Python with opentelemetry-proto (.ci/run installs it)",
+    );
+    (port, peer)
+}
+
 /// A query sent as part of the caller's trace `trace`, from its span `parent`.
 fn traced_query(url: &str, trace: &str, parent: &str, sql: &str) -> u16 {
     crate::support::send_blocking(|client| {
@@ -34,15 +48,7 @@ fn traced_query(url: &str, trace: &str, parent: &str, sql: &str) -> u16 {
 fn spans_of_requests_queries_and_pipelines_reach_an_otlp_collector() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("spans.jsonl");
-    let port = free_port();
-    let python = std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into());
-    let mut receiver = Command::new(&python);
-    receiver.arg(RECEIVER).arg(port.to_string()).arg(&out);
-    let _receiver = Peer::listening(
-        receiver,
-        port,
-        "the OTLP receiver needs Python with opentelemetry-proto (.ci/run installs it)",
-    );
+    let (port, _receiver) = collector(&out);
     let endpoint = format!("http://127.0.0.1:{port}");
     let p = Process::start_with_args(
         &dir.path().join("data"),
@@ -161,15 +167,7 @@ fn header_receiver() -> (
 fn a_webhook_carries_the_trace_of_its_delivery() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("spans.jsonl");
-    let port = free_port();
-    let python = std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into());
-    let mut receiver = Command::new(&python);
-    receiver.arg(RECEIVER).arg(port.to_string()).arg(&out);
-    let _collector = Peer::listening(
-        receiver,
-        port,
-        "the OTLP receiver needs Python with opentelemetry-proto (.ci/run installs it)",
-    );
+    let (port, _collector) = collector(&out);
     let (hook, seen) = header_receiver();
     let config = format!(
         r#"
