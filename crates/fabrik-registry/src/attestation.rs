@@ -20,7 +20,8 @@ pub use activation::{ActivationChallenge, ActivationProof, ActivationRequest, En
 
 /// How long a challenge can be answered.
 pub const CHALLENGE_LIFETIME: Duration = Duration::from_secs(300);
-/// Challenges a device may have open at once; a new one drops the oldest.
+/// Challenges a device may have open at once, and EK activations of each origin (begun by the
+/// device, begun by an admin); a new one drops the oldest of its kind.
 const OPEN_CHALLENGES: usize = 4;
 /// Verdicts kept per device, authentic and not apart: a token holder sending junk cannot grow
 /// the table, or push the verdict that decides the gate out.

@@ -29,6 +29,10 @@ pub(crate) struct Pending {
     key_pem: String,
     endorsement: Endorsement,
     issued: Instant,
+    /// Begun with the device's own credentials: a device's activations and an admin's are
+    /// counted apart, so a device (or a stolen token) asking again and again cannot push out
+    /// the one a provisioning station is finishing.
+    by_device: bool,
 }
 
 impl std::fmt::Debug for Pending {
@@ -38,6 +42,7 @@ impl std::fmt::Debug for Pending {
             .field("id", &self.id)
             .field("endorsement", &self.endorsement)
             .field("issued", &self.issued)
+            .field("by_device", &self.by_device)
             .finish_non_exhaustive()
     }
 }
@@ -246,6 +251,7 @@ impl Registry {
             key_pem: ak.pem(),
             endorsement,
             issued: Instant::now(),
+            by_device,
         };
         let challenge = ActivationChallenge {
             id: pending.id.clone(),
@@ -258,8 +264,10 @@ impl Registry {
             !open.is_empty()
         });
         let open = activations.entry(id.to_owned()).or_default();
-        if open.len() >= OPEN_CHALLENGES {
-            open.remove(0);
+        if open.iter().filter(|p| p.by_device == by_device).count() >= OPEN_CHALLENGES
+            && let Some(oldest) = open.iter().position(|p| p.by_device == by_device)
+        {
+            open.remove(oldest);
         }
         open.push(pending);
         Ok(challenge)
@@ -455,6 +463,57 @@ mod tests {
                 .any(|e| e.kind == "attestation_activation_failed"),
             "{events:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_device_asking_again_and_again_does_not_push_out_an_admins_activation() {
+        use crate::tpm::endorsement::testing::{ek_certificate, vendor_ca};
+        let (_dir, registry) = gateway().await;
+        let (ca, issuer) = vendor_ca("Plant TPM Vendor EK CA", true);
+        registry.set_endorsement_authorities(vec![ca]);
+        let certified = ActivationRequest {
+            ek_certificate: Some(
+                base64::engine::general_purpose::STANDARD
+                    .encode(ek_certificate(&area("ek-rsa.pub"), &issuer)),
+            ),
+            ..request("ek-rsa.pub", "ak-ecc.pub")
+        };
+        let by_admin = registry
+            .begin_activation("gw-1", &certified, false)
+            .await
+            .expect("admin's");
+        let mut by_device = Vec::new();
+        for _ in 0..=OPEN_CHALLENGES {
+            by_device.push(
+                registry
+                    .begin_activation("gw-1", &certified, true)
+                    .await
+                    .expect("device's"),
+            );
+        }
+        // A wrong secret tells a pending activation (refused: the secret does not match) from
+        // one that was dropped (unknown).
+        let guess = ActivationProof {
+            secret: base64::engine::general_purpose::STANDARD.encode([1u8; 32]),
+        };
+        let admins = registry
+            .finish_activation("gw-1", &by_admin.id, &guess, false)
+            .await
+            .expect_err("wrong secret");
+        assert!(
+            matches!(&admins, RegistryError::Refused(m) if m.contains("does not match")),
+            "the admin's activation is still open: {admins}"
+        );
+        let oldest = registry
+            .finish_activation("gw-1", &by_device[0].id, &guess, true)
+            .await
+            .expect_err("dropped");
+        assert!(oldest.to_string().contains("unknown, used"), "{oldest}");
+        let newest = registry
+            .finish_activation("gw-1", &by_device[OPEN_CHALLENGES].id, &guess, true)
+            .await
+            .expect_err("wrong secret");
+        assert!(matches!(newest, RegistryError::Refused(_)), "{newest}");
     }
 
     fn area(name: &'static str) -> PublicArea {

@@ -450,6 +450,7 @@ impl PublicArea {
             Ok(())
         };
         valid(&cert, "EK certificate")?;
+        check_purpose(&cert)?;
         // Every configured certificate with the issuer's name is tried (a vendor's renewed CA
         // keeps its name); the first that signed it, is a CA and is valid now vouches for it.
         let mut refusals = Vec::new();
@@ -508,6 +509,34 @@ impl PublicArea {
             format!("EK certificate: {}", refusals.join("; "))
         })
     }
+}
+
+/// The TCG's EK certificate purpose, `tcg-kp-EKCertificate`.
+const EK_CERTIFICATE_PURPOSE: &str = "2.23.133.8.1";
+
+/// The TCG EK Credential Profile has an EK certificate name `tcg-kp-EKCertificate` as its
+/// extended key usage. A certificate with no such extension (older TPMs') is accepted; one
+/// whose extension names other purposes only — a TLS or code-signing certificate the same
+/// vendor CA issued for the same key type — is not an EK certificate.
+fn check_purpose(cert: &X509Certificate) -> Result<(), String> {
+    let usage = cert
+        .extended_key_usage()
+        .map_err(|e| format!("EK certificate: its extendedKeyUsage does not parse ({e})"))?;
+    let Some(usage) = usage else {
+        return Ok(());
+    };
+    let usage = usage.value;
+    if usage.any
+        || usage
+            .other
+            .iter()
+            .any(|oid| oid.to_id_string() == EK_CERTIFICATE_PURPOSE)
+    {
+        return Ok(());
+    }
+    Err(format!(
+        "EK certificate: its extendedKeyUsage does not include tcg-kp-EKCertificate ({EK_CERTIFICATE_PURPOSE}); it was issued for another purpose"
+    ))
 }
 
 /// KDFa (Part 1, 11.4.10.2): SP 800-108 counter mode with HMAC; the label gets its terminating
@@ -715,7 +744,22 @@ pub(crate) mod testing {
         ek: &PublicArea,
         issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
     ) -> Vec<u8> {
-        let params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ek_certificate_for(ek, issuer, vec![ek_certificate_purpose()])
+    }
+
+    /// `tcg-kp-EKCertificate`, as vendors' EK certificates name it.
+    pub(crate) fn ek_certificate_purpose() -> rcgen::ExtendedKeyUsagePurpose {
+        rcgen::ExtendedKeyUsagePurpose::Other(vec![2, 23, 133, 8, 1])
+    }
+
+    /// An EK certificate naming `purposes` as its extended key usage (none: no extension).
+    pub(crate) fn ek_certificate_for(
+        ek: &PublicArea,
+        issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
+        purposes: Vec<rcgen::ExtendedKeyUsagePurpose>,
+    ) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.extended_key_usages = purposes;
         params
             .signed_by(&ek_key(ek), issuer)
             .expect("EK certificate")
@@ -726,7 +770,7 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{ek_certificate, vendor_ca};
+    use super::testing::{ek_certificate, ek_certificate_for, ek_certificate_purpose, vendor_ca};
     use super::*;
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tpm");
@@ -909,6 +953,33 @@ mod tests {
             .check_certificate(&by_leaf, &[leaf_ca], now())
             .expect_err("no CA flag");
         assert!(not_ca.contains("is not a CA"), "{not_ca}");
+
+        // An older TPM's certificate names no purpose; a TLS certificate for the EK's key
+        // from the same CA is no EK certificate.
+        let (ca_for_purposes, issuer_for_purposes) = vendor_ca("Plant TPM Vendor EK CA", true);
+        let trusted = std::slice::from_ref(&ca_for_purposes);
+        let unnamed = ek_certificate_for(&ek, &issuer_for_purposes, vec![]);
+        ek.check_certificate(&unnamed, trusted, now())
+            .expect("no extendedKeyUsage: accepted");
+        let tls = ek_certificate_for(
+            &ek,
+            &issuer_for_purposes,
+            vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth],
+        );
+        let refused = ek
+            .check_certificate(&tls, trusted, now())
+            .expect_err("a TLS certificate");
+        assert!(refused.contains("tcg-kp-EKCertificate"), "{refused}");
+        let both = ek_certificate_for(
+            &ek,
+            &issuer_for_purposes,
+            vec![
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                ek_certificate_purpose(),
+            ],
+        );
+        ek.check_certificate(&both, trusted, now())
+            .expect("names the EK purpose among others");
 
         let later = now() + 3_000 * 365 * 86_400;
         let expired = ek

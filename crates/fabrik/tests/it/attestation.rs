@@ -499,8 +499,12 @@ impl VendorCa {
             PublicKind::Rsa { .. } => &rcgen::PKCS_RSA_SHA256,
             PublicKind::Ecc { .. } => &rcgen::PKCS_ECDSA_P256_SHA256,
         };
-        rcgen::CertificateParams::new(Vec::<String>::new())
-            .expect("params")
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        // tcg-kp-EKCertificate, as vendors' EK certificates name their purpose.
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::Other(vec![
+            2, 23, 133, 8, 1,
+        ])];
+        params
             .signed_by(&Ek(ek.subject_public_key(), algorithm), &self.issuer)
             .expect("EK certificate")
             .der()
