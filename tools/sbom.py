@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A CycloneDX 1.5 SBOM of the `fabrik` binary, from cargo's own resolution.
 
-    python3 tools/sbom.py [--target x86_64-unknown-linux-gnu] [--out fabrik.cdx.json]
+    python3 tools/sbom.py [--target x86_64-unknown-linux-gnu] [--os-root DIR] [--out fabrik.cdx.json]
 
 Lists the crates that build the binary for the target: `cargo metadata --filter-platform`
 resolves features and platforms, and the walk from the `fabrik` package follows normal and
@@ -11,7 +11,15 @@ scope `excluded`; the rest are compiled into the binary. Each component carries 
 package URL (`pkg:cargo/...`), SPDX licence expression and the SHA-256 that Cargo.lock pins
 for it, and the dependency graph between them. C libraries bundled by `-sys` crates (SQLite,
 zstd, jemalloc) are not listed separately. Feed the file to a
-vulnerability scanner (Dependency-Track, Grype, osv-scanner) where it can reach its database.
+vulnerability scanner (Dependency-Track, Grype, osv-scanner) where it can reach its database,
+or to `tools/vulnscan.py` with an OSV database on disk.
+
+`--os-root DIR` adds the Debian packages installed under DIR — a container image's file
+system (`docker export` of a container of it, unpacked) or `/` on a gateway — from its
+`var/lib/dpkg/status` and `etc/os-release`: an `operating-system` component and one `library`
+component per installed binary package, with a package URL naming its release and its source
+package (`pkg:deb/debian/libc6@2.36-9%2Bdeb12u4?arch=amd64&distro=debian-12&upstream=glibc`),
+since Debian's advisories are per release and per source package.
 
 Exits non-zero, naming the problem, if cargo fails, a registry crate has no checksum in
 Cargo.lock, or a crate declares no licence (CI runs it, so a new dependency cannot slip in
@@ -22,10 +30,12 @@ import argparse
 import datetime
 import json
 import pathlib
+import shlex
 import subprocess
 import sys
 import tomllib
 import uuid
+from urllib.parse import quote
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BINARY_PACKAGE = "fabrik"
@@ -60,12 +70,99 @@ def is_proc_macro(package):
     return any("proc-macro" in target["kind"] for target in package["targets"])
 
 
+def dpkg_stanzas(text, where):
+    """The stanzas of a dpkg status file, as {field: value} (continuation lines joined)."""
+    for number, block in enumerate(text.split("\n\n")):
+        fields, last = {}, None
+        for line in block.splitlines():
+            if not line.strip():
+                continue
+            if line[0] in " \t":
+                if last is None:
+                    raise ValueError(f"{where}: stanza {number + 1} starts with a continuation line")
+                fields[last] += "\n" + line.strip()
+                continue
+            key, colon, value = line.partition(":")
+            if not colon:
+                raise ValueError(f"{where}: stanza {number + 1}: `{line}` is not a `Field: value` line")
+            last = key.strip()
+            fields[last] = value.strip()
+        if fields:
+            yield fields
+
+
+def os_release(root):
+    """The os-release fields of the system under `root`."""
+    for candidate in ("etc/os-release", "usr/lib/os-release"):
+        path = root / candidate
+        if path.is_file():
+            fields = {}
+            for line in path.read_text(encoding="utf-8").splitlines():
+                key, equals, value = line.partition("=")
+                if equals and not key.strip().startswith("#"):
+                    parts = shlex.split(value, posix=True)
+                    fields[key.strip()] = parts[0] if parts else ""
+            return fields
+    raise ValueError(f"{root}: no etc/os-release or usr/lib/os-release: is it a system's root?")
+
+
+def debian_components(root):
+    """The operating-system component and the installed packages of the Debian under `root`."""
+    root = pathlib.Path(root)
+    release = os_release(root)
+    if release.get("ID") != "debian":
+        raise ValueError(f"{root}: the system is {release.get('ID')!r}, not Debian: only Debian's packages are read")
+    version_id = release.get("VERSION_ID", "")
+    if not version_id:
+        raise ValueError(f"{root}: os-release has no VERSION_ID (testing or unstable): "
+                         "Debian's advisories name releases")
+    status = root / "var/lib/dpkg/status"
+    try:
+        text = status.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ValueError(f"{status}: {e.strerror or e}") from None
+    distro = f"debian-{version_id}"
+    packages = []
+    for fields in dpkg_stanzas(text, status):
+        # Removed packages leave their stanza behind (`deinstall ok config-files`).
+        if fields.get("Status", "").split()[-1:] != ["installed"]:
+            continue
+        missing = [f for f in ("Package", "Version", "Architecture") if not fields.get(f)]
+        if missing:
+            raise ValueError(f"{status}: the stanza of {fields.get('Package', '?')} has no {', '.join(missing)}")
+        name, version, arch = fields["Package"], fields["Version"], fields["Architecture"]
+        source = fields.get("Source", name)
+        source_name, _, source_version = source.partition(" ")
+        source_version = source_version.strip("() ")
+        upstream = source_name + (f"@{source_version}" if source_version else "")
+        purl = (f"pkg:deb/debian/{quote(name, safe='')}@{quote(version, safe='')}"
+                f"?arch={quote(arch, safe='')}&distro={distro}&upstream={quote(upstream, safe='')}")
+        component = {"type": "library", "bom-ref": purl, "name": name, "version": version,
+                     "purl": purl}
+        if fields.get("Description"):
+            component["description"] = fields["Description"].splitlines()[0]
+        packages.append(component)
+    if not packages:
+        raise ValueError(f"{status}: no installed package")
+    packages.sort(key=lambda c: c["bom-ref"])
+    system = {"type": "operating-system", "bom-ref": f"os:{distro}", "name": "debian",
+              "version": version_id,
+              "description": release.get("PRETTY_NAME", f"Debian {version_id}")}
+    return [system] + packages
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", help="target triple (default: this host's)")
+    parser.add_argument("--os-root", metavar="DIR",
+                        help="also list the Debian packages installed under DIR (an image's root, or /)")
     parser.add_argument("--out", help="file to write (default: standard output)")
     args = parser.parse_args()
     target = args.target or host_target()
+    try:
+        system = debian_components(args.os_root) if args.os_root else []
+    except ValueError as e:
+        sys.exit(f"sbom: {e}")
 
     metadata = subprocess.run(
         ["cargo", "metadata", "--format-version", "1", "--locked", "--filter-platform", target],
@@ -164,7 +261,7 @@ def main():
             },
             "properties": [{"name": "cargo:target", "value": target}],
         },
-        "components": components,
+        "components": components + system,
         "dependencies": [
             {"ref": ref_of[i], "dependsOn": sorted({ref_of[d] for d in edges.get(i, [])})}
             for i in sorted(shipped, key=lambda i: ref_of[i])
@@ -174,8 +271,9 @@ def main():
     if args.out:
         pathlib.Path(args.out).write_text(text)
         excluded = sum(1 for c in components if c.get("scope") == "excluded")
+        os_packages = f", {len(system) - 1} Debian packages under {args.os_root}" if system else ""
         print(f"sbom: {len(components)} components for {target} ({len(components) - excluded} in "
-              f"the binary, {excluded} used to build it) in {args.out}", file=sys.stderr)
+              f"the binary, {excluded} used to build it){os_packages} in {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
 

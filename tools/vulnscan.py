@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Known vulnerabilities of the crates in Fabrik's SBOM, from an OSV advisory database on disk.
 
-    python3 tools/vulnscan.py --sbom fabrik.cdx.json --osv DB [--ignore ID]... [--json]
+    python3 tools/vulnscan.py --sbom fabrik.cdx.json --osv DB [--osv DB]... [--ignore ID]... [--fail-unfixed] [--json]
 
 DB is an OSV export: a directory of advisory JSON files (RustSec's `osv` branch of
 github.com/rustsec/advisory-db, or an unpacked osv.dev export), or the zip osv.dev serves
@@ -16,17 +16,25 @@ are listed as warnings; vulnerabilities fail the scan (exit 1) unless `--ignore 
 them (or one of their aliases). Components only used to build (SBOM scope `excluded`) are
 marked so: they do not run on a plant's machines, but they did run on the build machine.
 
+Debian packages (`pkg:deb/debian/` components, which `tools/sbom.py --os-root` adds for a
+container image or a gateway) are matched against advisories of their release's ecosystem
+(`Debian:12`) by *source* package, as Debian's advisories name them (the purl's `upstream`
+qualifier; the binary's own name and version where it has none), with dpkg's version order
+(epochs, `~`). Debian's database also lists issues its release has no fix for: those are
+warnings (`unfixed`: no update exists to install) unless `--fail-unfixed`.
+
 Exit status: 0 no vulnerability, 1 vulnerabilities found, 2 unusable input (named).
 Needs only the Python standard library.
 """
 
 import argparse
+import functools
 import json
 import pathlib
 import re
 import sys
 import zipfile
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 SEMVER = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
@@ -56,58 +64,148 @@ class Version:
         # ones, and a shorter list before a longer one it prefixes (tuple order does both).
         return (self.core, self.pre is None, self.pre or ())
 
+    def compare(self, other):
+        return (self.key() > other.key()) - (self.key() < other.key())
+
     def __lt__(self, other):
-        return self.key() < other.key()
+        return self.compare(other) < 0
 
     def __le__(self, other):
-        return self.key() <= other.key()
+        return self.compare(other) <= 0
 
     def __eq__(self, other):
-        return self.key() == other.key()
+        return self.compare(other) == 0
 
 
-def event_version(value):
+DIGITS = "0123456789"
+
+
+def dpkg_order(c):
+    """dpkg's weight of a non-digit character: `~` before the end, letters before the rest."""
+    if c == "~":
+        return -1
+    if c.isascii() and c.isalpha():
+        return ord(c)
+    return ord(c) + 256
+
+
+def dpkg_part_compare(a, b):
+    """dpkg's verrevcmp: alternating non-digit runs (by dpkg_order) and numbers."""
+    i = j = 0
+    while i < len(a) or j < len(b):
+        while (i < len(a) and a[i] not in DIGITS) or (j < len(b) and b[j] not in DIGITS):
+            ac = dpkg_order(a[i]) if i < len(a) and a[i] not in DIGITS else 0
+            bc = dpkg_order(b[j]) if j < len(b) and b[j] not in DIGITS else 0
+            if ac != bc:
+                return -1 if ac < bc else 1
+            i += 1
+            j += 1
+        while i < len(a) and a[i] == "0":
+            i += 1
+        while j < len(b) and b[j] == "0":
+            j += 1
+        first_difference = 0
+        while i < len(a) and a[i] in DIGITS and j < len(b) and b[j] in DIGITS:
+            if not first_difference and a[i] != b[j]:
+                first_difference = -1 if a[i] < b[j] else 1
+            i += 1
+            j += 1
+        if i < len(a) and a[i] in DIGITS:
+            return 1
+        if j < len(b) and b[j] in DIGITS:
+            return -1
+        if first_difference:
+            return first_difference
+    return 0
+
+
+DEB_VERSION = re.compile(r"^(?:(\d+):)?([A-Za-z0-9.+~:-]+)$")
+
+
+class DebVersion:
+    """A Debian package version (`[epoch:]upstream[-revision]`), in dpkg's order."""
+
+    def __init__(self, text):
+        if not isinstance(text, str):
+            raise ValueError(f"{text!r} is not a Debian version")
+        m = DEB_VERSION.match(text.strip())
+        if not m:
+            raise ValueError(f"`{text}` is not a Debian version")
+        self.text = text
+        self.epoch = int(m.group(1) or 0)
+        upstream, dash, revision = m.group(2).rpartition("-")
+        if not dash:
+            upstream, revision = m.group(2), ""
+        if not upstream or not upstream[0] in DIGITS:
+            raise ValueError(f"`{text}` is not a Debian version (its upstream part must start with a digit)")
+        self.upstream, self.revision = upstream, revision
+
+    def compare(self, other):
+        if self.epoch != other.epoch:
+            return -1 if self.epoch < other.epoch else 1
+        return dpkg_part_compare(self.upstream, other.upstream) or dpkg_part_compare(
+            self.revision, other.revision)
+
+    def __lt__(self, other):
+        return self.compare(other) < 0
+
+    def __le__(self, other):
+        return self.compare(other) <= 0
+
+    def __eq__(self, other):
+        return self.compare(other) == 0
+
+
+def event_version(value, parse=Version):
     """An event's version; `0` in `introduced` means "from the first version"."""
-    return None if value == "0" else Version(value)
+    return None if value == "0" else parse(value)
 
 
 EVENT_KINDS = ("introduced", "fixed", "last_affected")
 
 
-def in_range(version, events, where):
-    """Whether `version` falls in an OSV SEMVER range (its events in any order)."""
+def in_range(version, events, where, parse=Version):
+    """Whether `version` falls in an OSV range (its events in any order) whose versions
+    `parse` reads and orders: SemVer, or Debian's."""
     # `limit` only bounds a git range's search: it does not change what is affected.
     events = [e for e in events if not (isinstance(e, dict) and set(e) == {"limit"})]
     for event in events:
         if not isinstance(event, dict) or len(set(event) & set(EVENT_KINDS)) != 1:
             raise ValueError(f"{where}: an event that is not one of {', '.join(EVENT_KINDS)}: {event!r}")
 
-    def order(event):
+    def parsed(event):
         kind = next(k for k in EVENT_KINDS if k in event)
-        v = event_version(event[kind]) if kind == "introduced" else Version(event[kind])
-        # At equal versions `introduced` comes first, so [last_affected X, introduced X]
-        # still affects X.
-        return (0, (), 0) if v is None else (1, v.key(), 0 if kind == "introduced" else 1)
+        v = event_version(event[kind], parse) if kind == "introduced" else parse(event[kind])
+        return v, 0 if kind == "introduced" else 1
+
+    def order(a, b):
+        (va, ka), (vb, kb) = a[1], b[1]
+        # "From the first version" comes before every version; at equal versions
+        # `introduced` comes first, so [last_affected X, introduced X] still affects X.
+        if va is None or vb is None:
+            return (vb is None) - (va is None)
+        return va.compare(vb) or (ka - kb)
 
     try:
-        ordered = sorted(events, key=order)
+        ordered = [e for e, _ in sorted(((e, parsed(e)) for e in events),
+                                        key=functools.cmp_to_key(order))]
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
     affected = False
     for event in ordered:
         if "introduced" in event:
-            start = event_version(event["introduced"])
+            start = event_version(event["introduced"], parse)
             if start is None or start <= version:
                 affected = True
             else:
                 break
         elif "fixed" in event:
-            if Version(event["fixed"]) <= version:
+            if parse(event["fixed"]) <= version:
                 affected = False
             else:
                 break
         elif "last_affected" in event:
-            if Version(event["last_affected"]) < version:
+            if parse(event["last_affected"]) < version:
                 affected = False
             else:
                 break
@@ -166,28 +264,94 @@ def load_advisories(path):
 
 
 def components(sbom_path):
-    """(name, version, scope) of every cargo component of a CycloneDX SBOM."""
+    """(name, version, scope) of every cargo component of a CycloneDX SBOM, and
+    {(ecosystem, source package): {source version: [binary packages]}} of its Debian ones."""
     sbom = json.loads(pathlib.Path(sbom_path).read_text(encoding="utf-8"))
     if sbom.get("bomFormat") != "CycloneDX":
         raise ValueError(f"{sbom_path}: not a CycloneDX SBOM (bomFormat is {sbom.get('bomFormat')!r})")
-    out = []
+    crates, debian = [], {}
     for c in sbom.get("components", []):
         purl = c.get("purl", "")
-        if not purl.startswith("pkg:cargo/"):
+        if purl.startswith("pkg:cargo/"):
+            name, _, version = purl[len("pkg:cargo/"):].partition("@")
+            version = unquote(version.split("?")[0])
+            crates.append((unquote(name), version, c.get("scope", "required")))
+        elif purl.startswith("pkg:deb/debian/"):
+            path, _, query = purl[len("pkg:deb/debian/"):].partition("?")
+            name, _, version = (unquote(part) for part in path.partition("@"))
+            qualifiers = {k: v[0] for k, v in parse_qs(query).items()}
+            release = qualifiers.get("distro", "").removeprefix("debian-").split(".")[0]
+            if not release.isdigit() or not version:
+                raise ValueError(
+                    f"{sbom_path}: {purl}: a Debian package needs its version and its release "
+                    "(`distro=debian-12`): Debian's advisories are per release")
+            # `upstream` is the source package, `name` or `name@version` (binNMUs and
+            # packages built from another source's version differ from the binary's).
+            source, _, source_version = qualifiers.get("upstream", name).partition("@")
+            debian.setdefault((f"Debian:{release}", source), {}).setdefault(
+                source_version or version, []).append(name)
+    return crates, debian
+
+
+def fixed_versions(ranges, parse):
+    """Every `fixed` version of the ranges, in order."""
+    return sorted(
+        {e["fixed"] for r in ranges for e in r.get("events", [])
+         if isinstance(e, dict) and "fixed" in e},
+        key=functools.cmp_to_key(lambda a, b: parse(a).compare(parse(b))),
+    )
+
+
+def debian_findings(where, advisory, affected, debian, ids, ignore):
+    """An advisory's entry for a Debian release, against the SBOM's source packages."""
+    package = affected.get("package", {})
+    versions = debian.get((package.get("ecosystem"), package.get("name")))
+    if not versions:
+        return []
+    listed = set(affected.get("versions", []))
+    ranges = [r for r in affected.get("ranges", []) if r.get("type") == "ECOSYSTEM"]
+    try:
+        fixed = fixed_versions(ranges, DebVersion)
+    except ValueError as e:
+        raise ValueError(f"{where}: {package['name']}: {e}") from None
+    out = []
+    for version, binaries in sorted(versions.items()):
+        try:
+            v = DebVersion(version)
+        except ValueError:
             continue
-        name, _, version = purl[len("pkg:cargo/"):].partition("@")
-        version = unquote(version.split("?")[0])
-        out.append((unquote(name), version, c.get("scope", "required")))
+        hit = version in listed or any(
+            in_range(v, r.get("events", []), f"{where}: {package['name']}", DebVersion)
+            for r in ranges
+        )
+        if not hit:
+            continue
+        out.append({
+            "id": advisory.get("id", "?"),
+            "aliases": sorted(set(advisory.get("aliases", []))),
+            "package": package["name"],
+            "ecosystem": package["ecosystem"],
+            "version": version,
+            "binaries": sorted(set(binaries)),
+            "build_only": False,
+            # Debian lists what its release has no fix for yet: nothing to install.
+            "kind": "vulnerability" if fixed else "unfixed",
+            "summary": advisory.get("summary", "").strip(),
+            "fixed_in": fixed,
+            "severity": [s.get("score") for s in advisory.get("severity", [])],
+            "ignored": bool(ids & ignore),
+        })
     return out
 
 
-def scan(sbom_path, osv_path, ignore):
+def scan(sbom_path, osv_paths, ignore):
     crates = {}
-    for name, version, scope in components(sbom_path):
+    listed_crates, debian = components(sbom_path)
+    for name, version, scope in listed_crates:
         crates.setdefault(name, []).append((version, scope))
     findings = []
     advisories = 0
-    for where, text in load_advisories(osv_path):
+    for where, text in (entry for path in osv_paths for entry in load_advisories(path)):
         try:
             advisory = json.loads(text)
         except json.JSONDecodeError as e:
@@ -199,6 +363,9 @@ def scan(sbom_path, osv_path, ignore):
         ids = {advisory.get("id", "")} | set(advisory.get("aliases", []))
         for affected in advisory.get("affected", []):
             package = affected.get("package", {})
+            if str(package.get("ecosystem", "")).startswith("Debian:"):
+                findings.extend(debian_findings(where, advisory, affected, debian, ids, ignore))
+                continue
             if package.get("ecosystem") != "crates.io" or package.get("name") not in crates:
                 continue
             listed = set(affected.get("versions", []))
@@ -218,11 +385,7 @@ def scan(sbom_path, osv_path, ignore):
                 if not hit:
                     continue
                 kind = informational(advisory, affected)
-                fixed = sorted(
-                    {e["fixed"] for r in ranges for e in r.get("events", [])
-                     if isinstance(e, dict) and "fixed" in e},
-                    key=lambda text: Version(text).key(),
-                )
+                fixed = fixed_versions(ranges, Version)
                 findings.append({
                     "id": advisory.get("id", "?"),
                     "aliases": sorted(set(advisory.get("aliases", []))),
@@ -241,9 +404,12 @@ def scan(sbom_path, osv_path, ignore):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sbom", required=True, help="CycloneDX JSON (tools/sbom.py)")
-    parser.add_argument("--osv", required=True, help="OSV advisories: a directory or a zip")
+    parser.add_argument("--osv", required=True, action="append",
+                        help="OSV advisories: a directory or a zip; repeat for several")
     parser.add_argument("--ignore", action="append", default=[], metavar="ID",
                         help="an advisory (or alias) accepted after review; repeat")
+    parser.add_argument("--fail-unfixed", action="store_true",
+                        help="also fail on Debian issues its release has no fix for")
     parser.add_argument("--json", action="store_true", help="print the findings as JSON")
     args = parser.parse_args()
     try:
@@ -256,9 +422,10 @@ def main():
         print(f"vulnscan: unexpected input ({type(e).__name__}: {e})", file=sys.stderr)
         return 2
     if advisories == 0:
-        print(f"vulnscan: {args.osv} holds no advisories: is it an OSV export?", file=sys.stderr)
+        print(f"vulnscan: {', '.join(args.osv)} holds no advisories: is it an OSV export?", file=sys.stderr)
         return 2
-    failing = [f for f in findings if f["kind"] == "vulnerability" and not f["ignored"]]
+    failing_kinds = {"vulnerability", "unfixed"} if args.fail_unfixed else {"vulnerability"}
+    failing = [f for f in findings if f["kind"] in failing_kinds and not f["ignored"]]
     if args.json:
         print(json.dumps({"advisories": advisories, "findings": findings,
                           "failing": len(failing)}, indent=2))
@@ -266,7 +433,11 @@ def main():
         print(f"{advisories} advisories read; {len(findings)} finding(s), {len(failing)} failing")
         for f in findings:
             state = "ignored" if f["ignored"] else ("FAIL" if f in failing else "warn")
-            where = f"{f['crate']}@{f['version']}" + (" (build only)" if f["build_only"] else "")
+            if "crate" in f:
+                where = f"{f['crate']}@{f['version']}" + (" (build only)" if f["build_only"] else "")
+            else:
+                where = (f"{f['package']}@{f['version']} ({f['ecosystem']}; "
+                         f"installed as {', '.join(f['binaries'])})")
             fix = f"fixed in {', '.join(f['fixed_in'])}" if f["fixed_in"] else "no fixed version"
             aliases = f" ({', '.join(f['aliases'])})" if f["aliases"] else ""
             print(f"  {state:7} {f['id']}{aliases} {f['kind']}: {where}: {f['summary']} [{fix}]")

@@ -222,3 +222,272 @@ fn the_binarys_own_sbom_is_scanned() {
         "tokio is in the binary: {printed}"
     );
 }
+
+/// A system's root as a container image or a gateway has it: os-release and dpkg's status.
+fn debian_root(dir: &Path, version_id: &str) -> PathBuf {
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join("etc")).expect("etc");
+    std::fs::create_dir_all(root.join("var/lib/dpkg")).expect("dpkg");
+    std::fs::write(
+        root.join("etc/os-release"),
+        format!(
+            "PRETTY_NAME=\"Debian GNU/Linux {version_id} (bookworm)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"{version_id}\"\nID=debian\n"
+        ),
+    )
+    .expect("os-release");
+    let stanza = |package: &str, version: &str, source: Option<&str>, status: &str| {
+        let source = source.map_or(String::new(), |s| format!("Source: {s}\n"));
+        format!(
+            "Package: {package}\nStatus: {status}\nPriority: required\nArchitecture: amd64\n{source}Version: {version}\nDescription: {package}, as Debian ships it\n the long description\n .\n spans lines\n"
+        )
+    };
+    let installed = "install ok installed";
+    let status = [
+        stanza("libc6", "2.36-9+deb12u4", Some("glibc"), installed),
+        stanza("libc-bin", "2.36-9+deb12u4", Some("glibc"), installed),
+        // Built from util-linux, whose version has no epoch.
+        stanza(
+            "bsdutils",
+            "1:2.38.1-5+deb12u3",
+            Some("util-linux (2.38.1-5+deb12u3)"),
+            installed,
+        ),
+        stanza("libssl3", "3.0.11-1~deb12u2", Some("openssl"), installed),
+        stanza("zlib1g", "1:1.2.13.dfsg-1", Some("zlib"), installed),
+        // A binNMU: the source's version is the advisories'.
+        stanza("bash", "5.2.15-2+b2", Some("bash (5.2.15-2)"), installed),
+        stanza("removed", "1.0-1", None, "deinstall ok config-files"),
+    ]
+    .join("\n");
+    std::fs::write(root.join("var/lib/dpkg/status"), status).expect("status");
+    root
+}
+
+fn sbom_of(root: &Path, out: &Path) -> Output {
+    Command::new("python3")
+        .arg(repo().join("tools/sbom.py"))
+        .arg("--os-root")
+        .arg(root)
+        .arg("--out")
+        .arg(out)
+        .current_dir(repo())
+        .output()
+        .expect("python3 tools/sbom.py")
+}
+
+#[test]
+fn an_images_debian_packages_are_matched_by_release_and_source_package_in_dpkgs_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = debian_root(dir.path(), "12");
+    let sbom = dir.path().join("image.cdx.json");
+    let made = sbom_of(&root, &sbom);
+    assert!(made.status.success(), "{}", text(&made));
+    assert!(
+        text(&made).contains("6 Debian packages under"),
+        "the removed package's stanza is not a package: {}",
+        text(&made)
+    );
+    let document: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&sbom).expect("sbom")).expect("json");
+    let purls: Vec<&str> = document["components"]
+        .as_array()
+        .expect("components")
+        .iter()
+        .filter_map(|c| c["purl"].as_str())
+        .filter(|p| p.starts_with("pkg:deb/"))
+        .collect();
+    assert!(
+        purls.contains(
+            &"pkg:deb/debian/bsdutils@1%3A2.38.1-5%2Bdeb12u3?arch=amd64&distro=debian-12&upstream=util-linux%402.38.1-5%2Bdeb12u3"
+        ),
+        "{purls:?}"
+    );
+
+    let sbom = sbom.to_str().expect("utf-8");
+    let osv = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/osv-debian");
+    let osv = osv.to_str().expect("utf-8");
+    let out = vulnscan(&["--sbom", sbom, "--osv", osv, "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let found: Vec<(String, String, String)> = report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| {
+            (
+                f["id"].as_str().unwrap_or_default().to_owned(),
+                format!(
+                    "{}@{}",
+                    f["package"].as_str().unwrap_or_default(),
+                    f["version"].as_str().unwrap_or_default()
+                ),
+                f["kind"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    // glibc is below its fix in Debian 12 (Debian 11's entry is not this release's);
+    // util-linux's source version is below the fix, whatever bsdutils' epoch says;
+    // `~deb12u2` sorts before the `3.0.11-1` that fixed it; zlib's epoch puts it past a fix
+    // without one; bash has no fix in Debian 12; a removed package is not installed.
+    let expected = [
+        ("DEBIAN-CVE-2099-9005", "bash@5.2.15-2", "unfixed"),
+        ("DSA-9001-1", "glibc@2.36-9+deb12u4", "vulnerability"),
+        ("DSA-9002-1", "util-linux@2.38.1-5+deb12u3", "vulnerability"),
+        ("DSA-9003-1", "openssl@3.0.11-1~deb12u2", "vulnerability"),
+    ]
+    .map(|(id, at, kind)| (id.to_owned(), at.to_owned(), kind.to_owned()));
+    assert_eq!(found, expected);
+    assert_eq!(report["failing"], 3, "an issue with no fix warns");
+    assert_eq!(
+        report["findings"][1]["binaries"],
+        serde_json::json!(["libc-bin", "libc6"])
+    );
+
+    let out = vulnscan(&[
+        "--sbom",
+        sbom,
+        "--osv",
+        osv,
+        "--ignore",
+        "DSA-9001-1",
+        "--ignore",
+        "DSA-9002-1",
+        "--ignore",
+        "CVE-2099-9003",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "warn    DEBIAN-CVE-2099-9005 unfixed: bash@5.2.15-2 (Debian:12; installed as bash)"
+        ),
+        "{}",
+        text(&out)
+    );
+    let out = vulnscan(&["--sbom", sbom, "--osv", osv, "--fail-unfixed", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (out.status.code(), &report["failing"]),
+        (Some(1), &serde_json::json!(4))
+    );
+
+    // The image's SBOM also lists the binary's crates: both databases in one scan.
+    let crates_db = dir.path().join("crates-db");
+    std::fs::create_dir_all(&crates_db).expect("dir");
+    std::fs::write(
+        crates_db.join("FAKE-2026-0101.json"),
+        serde_json::json!({
+            "id": "FAKE-2026-0101", "summary": "every tokio so far",
+            "affected": [{"package": {"ecosystem": "crates.io", "name": "tokio"},
+                          "ranges": [{"type": "SEMVER", "events": [{"introduced": "0"}]}]}],
+        })
+        .to_string(),
+    )
+    .expect("advisory");
+    let out = vulnscan(&[
+        "--sbom",
+        sbom,
+        "--osv",
+        osv,
+        "--osv",
+        crates_db.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).starts_with("7 advisories read; 5 finding(s), 4 failing"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("FAIL    FAKE-2026-0101 vulnerability: tokio@1."),
+        "{}",
+        text(&out)
+    );
+
+    // Another release's advisories are not this one's.
+    let eleven = tempfile::tempdir().expect("tempdir");
+    let root = debian_root(eleven.path(), "11");
+    let sbom = eleven.path().join("image.cdx.json");
+    assert!(sbom_of(&root, &sbom).status.success());
+    let out = vulnscan(&[
+        "--sbom",
+        sbom.to_str().expect("utf-8"),
+        "--osv",
+        osv,
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["findings"], serde_json::json!([]), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn a_root_that_is_not_a_debian_release_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = sbom_of(dir.path(), &dir.path().join("x.json"));
+    assert!(!out.status.success());
+    assert!(text(&out).contains("no etc/os-release"), "{}", text(&out));
+
+    let root = debian_root(dir.path(), "12");
+    std::fs::write(root.join("etc/os-release"), "ID=alpine\nVERSION_ID=3.20\n").expect("write");
+    let out = sbom_of(&root, &dir.path().join("x.json"));
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("'alpine', not Debian"),
+        "{}",
+        text(&out)
+    );
+
+    std::fs::write(root.join("etc/os-release"), "ID=debian\nVERSION_ID=12\n").expect("write");
+    std::fs::write(
+        root.join("var/lib/dpkg/status"),
+        "Package: a\nno colon here\n",
+    )
+    .expect("write");
+    let out = sbom_of(&root, &dir.path().join("x.json"));
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("status: stanza 1: `no colon here` is not a `Field: value` line"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// The scan's version order is dpkg's: checked against `dpkg --compare-versions` on versions
+/// chosen to trip it and on this machine's installed packages.
+#[test]
+fn debian_versions_order_as_dpkg_orders_them() {
+    let script = r#"
+import itertools, random, subprocess, sys
+sys.path.insert(0, sys.argv[1])
+import vulnscan
+tricky = ["1.0", "1.0-0", "1.0-1", "1.0~rc1", "1.0~~", "1.0~", "1.0+", "1.0a", "1.0A",
+          "1:0.1", "0:1.0", "1.0-1~bpo1", "1.0-1+b1", "1.00", "1.0.0", "10", "9",
+          "2.36-9+deb12u4", "2.36-9+deb12u10", "3.0.11-1~deb12u2", "3.0.11-1"]
+installed = sorted(set(subprocess.run(["dpkg-query", "-W", "-f=${Version}\n"],
+                                      capture_output=True, text=True, check=True).stdout.split()))
+random.seed(7)
+pairs = list(itertools.product(tricky, tricky)) + [tuple(random.sample(installed, 2)) for _ in range(150)]
+differ = 0
+for a, b in pairs:
+    lt = subprocess.run(["dpkg", "--compare-versions", a, "lt", b]).returncode == 0
+    gt = subprocess.run(["dpkg", "--compare-versions", a, "gt", b]).returncode == 0
+    expected = -1 if lt else (1 if gt else 0)
+    got = vulnscan.DebVersion(a).compare(vulnscan.DebVersion(b))
+    if got != expected:
+        differ += 1
+        print(f"{a} vs {b}: dpkg {expected}, vulnscan {got}")
+print(f"{len(pairs)} pairs, {differ} differ")
+"#;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(repo().join("tools"))
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).ends_with("591 pairs, 0 differ\n"),
+        "{}",
+        text(&out)
+    );
+}
