@@ -30,6 +30,7 @@ import argparse
 import datetime
 import json
 import pathlib
+import re
 import shlex
 import subprocess
 import sys
@@ -72,7 +73,8 @@ def is_proc_macro(package):
 
 def dpkg_stanzas(text, where):
     """The stanzas of a dpkg status file, as {field: value} (continuation lines joined)."""
-    for number, block in enumerate(text.split("\n\n")):
+    # Debian policy lets a line of only spaces or tabs separate stanzas too.
+    for number, block in enumerate(re.split(r"\n[ \t]*\n", text)):
         fields, last = {}, None
         for line in block.splitlines():
             if not line.strip():
@@ -97,10 +99,17 @@ def os_release(root):
         path = root / candidate
         if path.is_file():
             fields = {}
-            for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as e:
+                raise ValueError(f"{path}: {e}") from None
+            for number, line in enumerate(lines, 1):
                 key, equals, value = line.partition("=")
                 if equals and not key.strip().startswith("#"):
-                    parts = shlex.split(value, posix=True)
+                    try:
+                        parts = shlex.split(value, posix=True)
+                    except ValueError as e:
+                        raise ValueError(f"{path}: line {number}: {e}") from None
                     fields[key.strip()] = parts[0] if parts else ""
             return fields
     raise ValueError(f"{root}: no etc/os-release or usr/lib/os-release: is it a system's root?")
@@ -121,11 +130,18 @@ def debian_components(root):
         text = status.read_text(encoding="utf-8")
     except OSError as e:
         raise ValueError(f"{status}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{status}: not UTF-8 ({e})") from None
     distro = f"debian-{version_id}"
     packages = []
     for fields in dpkg_stanzas(text, status):
-        # Removed packages leave their stanza behind (`deinstall ok config-files`).
-        if fields.get("Status", "").split()[-1:] != ["installed"]:
+        # `Status: want flag state`. Removed packages leave their stanza behind
+        # (`config-files`); every other state — half-configured, unpacked, triggers-pending
+        # after an interrupted upgrade — has the package's files on disk.
+        state = fields.get("Status", "").split()
+        if len(state) != 3:
+            raise ValueError(f"{status}: the stanza of {fields.get('Package', '?')} has no `Status: want flag state` line")
+        if state[2] in ("not-installed", "config-files"):
             continue
         missing = [f for f in ("Package", "Version", "Architecture") if not fields.get(f)]
         if missing:

@@ -34,7 +34,7 @@ import pathlib
 import re
 import sys
 import zipfile
-from urllib.parse import parse_qs, unquote
+from urllib.parse import unquote
 
 SEMVER = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
@@ -216,7 +216,7 @@ def check_advisory(where, advisory):
     """The shape the scan relies on, or a ValueError naming what is not."""
     if not isinstance(advisory, dict):
         raise ValueError(f"{where}: not an OSV advisory (a JSON object)")
-    for key, kind in (("affected", list), ("aliases", list), ("severity", list)):
+    for key, kind in (("affected", list), ("aliases", list), ("severity", list), ("upstream", list)):
         if not isinstance(advisory.get(key, []), kind):
             raise ValueError(f"{where}: `{key}` is not a list")
     for key in ("id", "summary"):
@@ -269,27 +269,50 @@ def components(sbom_path):
     sbom = json.loads(pathlib.Path(sbom_path).read_text(encoding="utf-8"))
     if sbom.get("bomFormat") != "CycloneDX":
         raise ValueError(f"{sbom_path}: not a CycloneDX SBOM (bomFormat is {sbom.get('bomFormat')!r})")
-    crates, debian = [], {}
+    crates, debian, unsourced = [], {}, []
     for c in sbom.get("components", []):
         purl = c.get("purl", "")
         if purl.startswith("pkg:cargo/"):
             name, _, version = purl[len("pkg:cargo/"):].partition("@")
             version = unquote(version.split("?")[0])
+            try:
+                Version(version)
+            except ValueError as e:
+                raise ValueError(f"{sbom_path}: {purl}: {e}") from None
             crates.append((unquote(name), version, c.get("scope", "required")))
         elif purl.startswith("pkg:deb/debian/"):
             path, _, query = purl[len("pkg:deb/debian/"):].partition("?")
             name, _, version = (unquote(part) for part in path.partition("@"))
-            qualifiers = {k: v[0] for k, v in parse_qs(query).items()}
+            # Plain percent-decoding, as the purl spec has it: `+` is not a space here.
+            qualifiers = {key: unquote(value) for key, _, value in
+                          (pair.partition("=") for pair in query.split("&") if pair)}
             release = qualifiers.get("distro", "").removeprefix("debian-").split(".")[0]
             if not release.isdigit() or not version:
                 raise ValueError(
                     f"{sbom_path}: {purl}: a Debian package needs its version and its release "
                     "(`distro=debian-12`): Debian's advisories are per release")
             # `upstream` is the source package, `name` or `name@version` (binNMUs and
-            # packages built from another source's version differ from the binary's).
-            source, _, source_version = qualifiers.get("upstream", name).partition("@")
+            # packages built from another source's version differ from the binary's). Trivy
+            # writes it as properties instead.
+            properties = {p.get("name"): p.get("value") for p in c.get("properties", [])
+                          if isinstance(p, dict)}
+            source, _, source_version = qualifiers.get(
+                "upstream", properties.get("aquasecurity:trivy:SrcName") or "").partition("@")
+            if not source:
+                unsourced.append(name)
+                source = name
+            source_version = (source_version or properties.get("aquasecurity:trivy:SrcVersion")
+                              or version)
+            try:
+                DebVersion(source_version)
+            except ValueError as e:
+                raise ValueError(f"{sbom_path}: {purl}: {e}") from None
             debian.setdefault((f"Debian:{release}", source), {}).setdefault(
-                source_version or version, []).append(name)
+                source_version, []).append(name)
+    if unsourced:
+        print(f"vulnscan: {len(unsourced)} Debian package(s) without their source package "
+              f"(purl qualifier `upstream`), e.g. {unsourced[0]}: matched by their own name, "
+              "which Debian's advisories use only where it is the source's", file=sys.stderr)
     return crates, debian
 
 
@@ -310,38 +333,47 @@ def debian_findings(where, advisory, affected, debian, ids, ignore):
         return []
     listed = set(affected.get("versions", []))
     ranges = [r for r in affected.get("ranges", []) if r.get("type") == "ECOSYSTEM"]
-    try:
-        fixed = fixed_versions(ranges, DebVersion)
-    except ValueError as e:
-        raise ValueError(f"{where}: {package['name']}: {e}") from None
+    named = f"{where}: {package['name']}"
     out = []
     for version, binaries in sorted(versions.items()):
+        v = DebVersion(version)
+        matching = [r for r in ranges if in_range(v, r.get("events", []), named, DebVersion)]
+        if version not in listed and not matching:
+            continue
+        # Debian lists what its release has no fix for yet (a range that only opens):
+        # nothing to install. Any other match has a fix, or is a listed version.
+        unfixed = version not in listed and all(
+            all(isinstance(e, dict) and set(e) == {"introduced"} for e in r.get("events", []))
+            for r in matching)
         try:
-            v = DebVersion(version)
-        except ValueError:
-            continue
-        hit = version in listed or any(
-            in_range(v, r.get("events", []), f"{where}: {package['name']}", DebVersion)
-            for r in ranges
-        )
-        if not hit:
-            continue
+            fixed = [f for f in fixed_versions(matching or ranges, DebVersion)
+                     if v < DebVersion(f)]
+        except ValueError as e:
+            raise ValueError(f"{named}: {e}") from None
         out.append({
             "id": advisory.get("id", "?"),
-            "aliases": sorted(set(advisory.get("aliases", []))),
+            "aliases": sorted(ids - {advisory.get("id", "")}),
             "package": package["name"],
             "ecosystem": package["ecosystem"],
             "version": version,
             "binaries": sorted(set(binaries)),
             "build_only": False,
-            # Debian lists what its release has no fix for yet: nothing to install.
-            "kind": "vulnerability" if fixed else "unfixed",
-            "summary": advisory.get("summary", "").strip(),
+            "kind": "unfixed" if unfixed else "vulnerability",
+            "summary": summary(advisory),
             "fixed_in": fixed,
             "severity": [s.get("score") for s in advisory.get("severity", [])],
             "ignored": bool(ids & ignore),
         })
     return out
+
+
+def summary(advisory):
+    """The advisory's summary, or its details' first line (Debian's tracker records have no
+    summary)."""
+    text = advisory.get("summary", "").strip()
+    if not text and isinstance(advisory.get("details"), str):
+        text = next((line.strip() for line in advisory["details"].splitlines() if line.strip()), "")
+    return text
 
 
 def scan(sbom_path, osv_paths, ignore):
@@ -360,7 +392,12 @@ def scan(sbom_path, osv_paths, ignore):
         check_advisory(where, advisory)
         if advisory.get("withdrawn"):
             continue
-        ids = {advisory.get("id", "")} | set(advisory.get("aliases", []))
+        # Debian's export names the CVE in `upstream` (`CVE-…` on its tracker's records,
+        # `DEBIAN-CVE-…` on DSAs and DLAs), not in `aliases`: `--ignore CVE-…` accepts both.
+        upstream = advisory.get("upstream", [])
+        ids = {advisory.get("id", "")} | set(advisory.get("aliases", [])) | {
+            u.removeprefix("DEBIAN-") for u in (upstream if isinstance(upstream, list) else [])
+            if isinstance(u, str)}
         for affected in advisory.get("affected", []):
             package = affected.get("package", {})
             if str(package.get("ecosystem", "")).startswith("Debian:"):
@@ -370,10 +407,7 @@ def scan(sbom_path, osv_paths, ignore):
                 continue
             listed = set(affected.get("versions", []))
             for version, scope in crates[package["name"]]:
-                try:
-                    v = Version(version)
-                except ValueError:
-                    continue
+                v = Version(version)
                 # crates.io's own versions are SemVer, so its ECOSYSTEM ranges (GitHub's
                 # advisories use them) read as SEMVER ones.
                 ranges = [r for r in affected.get("ranges", [])
@@ -388,12 +422,12 @@ def scan(sbom_path, osv_paths, ignore):
                 fixed = fixed_versions(ranges, Version)
                 findings.append({
                     "id": advisory.get("id", "?"),
-                    "aliases": sorted(set(advisory.get("aliases", []))),
+                    "aliases": sorted(ids - {advisory.get("id", "")}),
                     "crate": package["name"],
                     "version": version,
                     "build_only": scope == "excluded",
                     "kind": kind or "vulnerability",
-                    "summary": advisory.get("summary", "").strip(),
+                    "summary": summary(advisory),
                     "fixed_in": fixed,
                     "severity": [s.get("score") for s in advisory.get("severity", [])],
                     "ignored": bool(ids & ignore),

@@ -287,8 +287,12 @@ impl Registry {
         let pending = {
             let mut activations = self.activations.lock();
             let open = activations.get_mut(id);
+            // Answered with the credentials it was begun with: a device cannot use up an
+            // admin's activation, nor an admin finish a device's past its binding check.
             open.and_then(|open| {
-                let at = open.iter().position(|p| p.id == activation)?;
+                let at = open
+                    .iter()
+                    .position(|p| p.id == activation && p.by_device == by_device)?;
                 Some(open.remove(at))
             })
         };
@@ -514,6 +518,22 @@ mod tests {
             .await
             .expect_err("wrong secret");
         assert!(matches!(newest, RegistryError::Refused(_)), "{newest}");
+        // Answered with other credentials than it was begun with, an activation is unknown
+        // (and stays open for its own side).
+        let by_admin = registry
+            .begin_activation("gw-1", &certified, false)
+            .await
+            .expect("admin's");
+        let crossed = registry
+            .finish_activation("gw-1", &by_admin.id, &guess, true)
+            .await
+            .expect_err("a device answering an admin's");
+        assert!(crossed.to_string().contains("unknown, used"), "{crossed}");
+        let own = registry
+            .finish_activation("gw-1", &by_admin.id, &guess, false)
+            .await
+            .expect_err("wrong secret");
+        assert!(matches!(own, RegistryError::Refused(_)), "{own}");
     }
 
     fn area(name: &'static str) -> PublicArea {

@@ -516,8 +516,9 @@ const EK_CERTIFICATE_PURPOSE: &str = "2.23.133.8.1";
 
 /// The TCG EK Credential Profile has an EK certificate name `tcg-kp-EKCertificate` as its
 /// extended key usage. A certificate with no such extension (older TPMs') is accepted; one
-/// whose extension names other purposes only — a TLS or code-signing certificate the same
-/// vendor CA issued for the same key type — is not an EK certificate.
+/// whose extension does not name it — a TLS or code-signing certificate the same vendor CA
+/// issued for that key, even one that adds `anyExtendedKeyUsage` (RFC 5280 lets a verifier
+/// that needs a specific purpose refuse it) — is not an EK certificate.
 fn check_purpose(cert: &X509Certificate) -> Result<(), String> {
     let usage = cert
         .extended_key_usage()
@@ -525,12 +526,11 @@ fn check_purpose(cert: &X509Certificate) -> Result<(), String> {
     let Some(usage) = usage else {
         return Ok(());
     };
-    let usage = usage.value;
-    if usage.any
-        || usage
-            .other
-            .iter()
-            .any(|oid| oid.to_id_string() == EK_CERTIFICATE_PURPOSE)
+    if usage
+        .value
+        .other
+        .iter()
+        .any(|oid| oid.to_id_string() == EK_CERTIFICATE_PURPOSE)
     {
         return Ok(());
     }
@@ -980,6 +980,18 @@ mod tests {
         );
         ek.check_certificate(&both, trusted, now())
             .expect("names the EK purpose among others");
+        let any_purpose = ek_certificate_for(
+            &ek,
+            &issuer_for_purposes,
+            vec![
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::Any,
+            ],
+        );
+        let refused = ek
+            .check_certificate(&any_purpose, trusted, now())
+            .expect_err("any purpose is not the EK purpose");
+        assert!(refused.contains("tcg-kp-EKCertificate"), "{refused}");
 
         let later = now() + 3_000 * 365 * 86_400;
         let expired = ek

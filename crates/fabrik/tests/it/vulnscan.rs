@@ -252,13 +252,20 @@ fn debian_root(dir: &Path, version_id: &str) -> PathBuf {
             Some("util-linux (2.38.1-5+deb12u3)"),
             installed,
         ),
-        stanza("libssl3", "3.0.11-1~deb12u2", Some("openssl"), installed),
+        // An interrupted upgrade: its files are on disk all the same.
+        stanza(
+            "libssl3",
+            "3.0.11-1~deb12u2",
+            Some("openssl"),
+            "install ok triggers-pending",
+        ),
         stanza("zlib1g", "1:1.2.13.dfsg-1", Some("zlib"), installed),
         // A binNMU: the source's version is the advisories'.
         stanza("bash", "5.2.15-2+b2", Some("bash (5.2.15-2)"), installed),
         stanza("removed", "1.0-1", None, "deinstall ok config-files"),
     ]
-    .join("\n");
+    // Debian policy lets a line of spaces and tabs separate stanzas.
+    .join(" \t\n");
     std::fs::write(root.join("var/lib/dpkg/status"), status).expect("status");
     root
 }
@@ -329,7 +336,13 @@ fn an_images_debian_packages_are_matched_by_release_and_source_package_in_dpkgs_
     // util-linux's source version is below the fix, whatever bsdutils' epoch says;
     // `~deb12u2` sorts before the `3.0.11-1` that fixed it; zlib's epoch puts it past a fix
     // without one; bash has no fix in Debian 12; a removed package is not installed.
+    // openssl's issue comes as a DSA and as the tracker's record, as in Debian's export.
     let expected = [
+        (
+            "DEBIAN-CVE-2099-9003",
+            "openssl@3.0.11-1~deb12u2",
+            "vulnerability",
+        ),
         ("DEBIAN-CVE-2099-9005", "bash@5.2.15-2", "unfixed"),
         ("DSA-9001-1", "glibc@2.36-9+deb12u4", "vulnerability"),
         ("DSA-9002-1", "util-linux@2.38.1-5+deb12u3", "vulnerability"),
@@ -337,10 +350,15 @@ fn an_images_debian_packages_are_matched_by_release_and_source_package_in_dpkgs_
     ]
     .map(|(id, at, kind)| (id.to_owned(), at.to_owned(), kind.to_owned()));
     assert_eq!(found, expected);
-    assert_eq!(report["failing"], 3, "an issue with no fix warns");
+    assert_eq!(report["failing"], 4, "an issue with no fix warns");
     assert_eq!(
-        report["findings"][1]["binaries"],
+        report["findings"][2]["binaries"],
         serde_json::json!(["libc-bin", "libc6"])
+    );
+    assert_eq!(
+        report["findings"][4]["aliases"],
+        serde_json::json!(["CVE-2099-9003"]),
+        "the CVE of a DSA is in `upstream`"
     );
 
     let out = vulnscan(&[
@@ -355,10 +373,15 @@ fn an_images_debian_packages_are_matched_by_release_and_source_package_in_dpkgs_
         "--ignore",
         "CVE-2099-9003",
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "one CVE accepts its DSA and its tracker record: {}",
+        text(&out)
+    );
     assert!(
         text(&out).contains(
-            "warn    DEBIAN-CVE-2099-9005 unfixed: bash@5.2.15-2 (Debian:12; installed as bash)"
+            "warn    DEBIAN-CVE-2099-9005 (CVE-2099-9005) unfixed: bash@5.2.15-2 (Debian:12; installed as bash): A flaw in bash that Debian 12 has no fix for yet."
         ),
         "{}",
         text(&out)
@@ -367,7 +390,7 @@ fn an_images_debian_packages_are_matched_by_release_and_source_package_in_dpkgs_
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(
         (out.status.code(), &report["failing"]),
-        (Some(1), &serde_json::json!(4))
+        (Some(1), &serde_json::json!(5))
     );
 
     // The image's SBOM also lists the binary's crates: both databases in one scan.
@@ -393,7 +416,7 @@ fn an_images_debian_packages_are_matched_by_release_and_source_package_in_dpkgs_
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
-        text(&out).starts_with("7 advisories read; 5 finding(s), 4 failing"),
+        text(&out).starts_with("8 advisories read; 6 finding(s), 5 failing"),
         "{}",
         text(&out)
     );
@@ -418,6 +441,73 @@ fn an_images_debian_packages_are_matched_by_release_and_source_package_in_dpkgs_
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(report["findings"], serde_json::json!([]), "{}", text(&out));
     assert_eq!(out.status.code(), Some(0));
+}
+
+/// SBOMs other tools wrote: package URLs with a raw `+`, Trivy's source properties, a package
+/// without its source, a version that is not one.
+#[test]
+fn debian_components_of_other_tools_are_read_or_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let write = |components: serde_json::Value| {
+        let path = dir.path().join("other.cdx.json");
+        std::fs::write(
+            &path,
+            serde_json::json!({"bomFormat": "CycloneDX", "specVersion": "1.5", "components": components})
+                .to_string(),
+        )
+        .expect("sbom");
+        path
+    };
+    let osv = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/osv-debian");
+    let osv = osv.to_str().expect("utf-8");
+    let sbom = write(serde_json::json!([
+        {"type": "library", "name": "bsdutils",
+         "purl": "pkg:deb/debian/bsdutils@1:2.38.1-5+deb12u3?arch=amd64&distro=debian-12&upstream=util-linux@2.38.1-5+deb12u3"},
+        {"type": "library", "name": "libc6",
+         "purl": "pkg:deb/debian/libc6@2.36-9+deb12u4?arch=amd64&distro=debian-12",
+         "properties": [{"name": "aquasecurity:trivy:SrcName", "value": "glibc"},
+                        {"name": "aquasecurity:trivy:SrcVersion", "value": "2.36-9+deb12u4"}]},
+        {"type": "library", "name": "bash",
+         "purl": "pkg:deb/debian/bash@5.2.15-2?arch=amd64&distro=debian-12"},
+    ]));
+    let out = vulnscan(&[
+        "--sbom",
+        sbom.to_str().expect("utf-8"),
+        "--osv",
+        osv,
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let ids: Vec<&str> = report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter_map(|f| f["id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        ["DEBIAN-CVE-2099-9005", "DSA-9001-1", "DSA-9002-1"],
+        "{}",
+        text(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("1 Debian package(s) without their source package"),
+        "{}",
+        text(&out)
+    );
+
+    let sbom = write(serde_json::json!([
+        {"type": "library", "name": "odd",
+         "purl": "pkg:deb/debian/odd@banana?arch=amd64&distro=debian-12"},
+    ]));
+    let out = vulnscan(&["--sbom", sbom.to_str().expect("utf-8"), "--osv", osv]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("pkg:deb/debian/odd@banana?arch=amd64&distro=debian-12: `banana` is not a Debian version"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -447,6 +537,14 @@ fn a_root_that_is_not_a_debian_release_is_named() {
     assert!(!out.status.success());
     assert!(
         text(&out).contains("status: stanza 1: `no colon here` is not a `Field: value` line"),
+        "{}",
+        text(&out)
+    );
+    std::fs::write(root.join("var/lib/dpkg/status"), b"Package: caf\xe9\n").expect("write");
+    let out = sbom_of(&root, &dir.path().join("x.json"));
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("var/lib/dpkg/status: not UTF-8"),
         "{}",
         text(&out)
     );
