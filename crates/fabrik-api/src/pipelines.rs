@@ -230,6 +230,40 @@ pub struct ShadowArms {
     pub alert_rate: ArmDifference,
     /// Confirmed among labelled alerts, the challenger's arm against the champion's.
     pub precision: ArmDifference,
+    /// The KPIs of the pipeline's use case (`use_case`) measured from tables — downtime,
+    /// energy cost, aggregates — on each device over the time each model acted on it, the
+    /// arms' means compared over devices the same way. Empty without a use case.
+    #[serde(default)]
+    pub kpis: Vec<ArmKpi>,
+}
+
+/// One use-case KPI in each arm of an A/B split.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
+pub struct ArmKpi {
+    /// The KPI's name in the use case.
+    pub name: String,
+    /// Its unit (`%`, a currency per device-day, the definition's own; empty for an
+    /// aggregate without one).
+    pub unit: String,
+    /// Which way it improves: `lower` or `higher`.
+    pub better: fabrik_registry::usecases::Better,
+    /// The mean over the challenger's devices of each one's value where the challenger
+    /// acted.
+    pub challenger: Option<f64>,
+    /// Devices measured in the challenger's arm.
+    pub challenger_devices: u64,
+    /// The same for the champion.
+    pub champion: Option<f64>,
+    /// Devices measured in the champion's arm.
+    pub champion_devices: u64,
+    /// Challenger's mean minus champion's, and its permutation test over devices.
+    pub comparison: ArmDifference,
+    /// Whether the difference goes the KPI's better way (`None`: no difference).
+    pub challenger_better: Option<bool>,
+    /// Why some device could not be measured (its table not written yet, a column missing),
+    /// the first such reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// What one model did on the devices (and windows) where it acted.

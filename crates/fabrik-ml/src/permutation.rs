@@ -1,7 +1,8 @@
-//! Two groups' pooled rates compared by permuting the groups over their units: randomisation
-//! inference for an A/B split by device, where the windows of one device are not independent
-//! draws (a fault episode, a noisy sensor), so a test that counted windows would overstate
-//! the evidence. Exact over every assignment when there are few, else a seeded Monte Carlo.
+//! Two groups' pooled rates, or the means of one value per unit, compared by permuting the
+//! groups over their units: randomisation inference for an A/B split by device, where the
+//! windows of one device are not independent draws (a fault episode, a noisy sensor), so a
+//! test that counted windows would overstate the evidence. Exact over every assignment when
+//! there are few, else a seeded Monte Carlo.
 
 /// One unit's count: events (alerts, confirmed alerts) among trials (windows, labelled
 /// alerts).
@@ -72,7 +73,90 @@ pub fn compare_pooled_rates(a: &[Unit], b: &[Unit], seed: u64) -> RateComparison
         let difference = events_b as f64 / trials_b as f64 - events_a as f64 / trials_a as f64;
         difference.abs() >= at_least
     };
-    let (n, k) = (units.len(), b.len());
+    let test = permute(units.len(), b.len(), seed, &extreme);
+    comparison.p_value = Some(test.p_value);
+    comparison.permutations = test.permutations;
+    comparison.exact = test.exact;
+    comparison
+}
+
+/// What [`compare_means`] found.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MeanComparison {
+    /// The mean of the first group's values (`None` without values).
+    pub mean_a: Option<f64>,
+    /// ... of the second.
+    pub mean_b: Option<f64>,
+    /// `mean_b − mean_a`.
+    pub difference: Option<f64>,
+    /// The share of assignments of the values to groups (of the same sizes) whose absolute
+    /// difference of means is at least the observed one; `None` unless both groups have one.
+    pub p_value: Option<f64>,
+    /// Assignments weighed (all of them when `exact`, else random draws).
+    pub permutations: u64,
+    /// Whether every assignment was weighed.
+    pub exact: bool,
+}
+
+/// Compares the means of one value per unit (a device's downtime share, say) of `a` and
+/// `b`, two-sided; non-finite values are left out.
+pub fn compare_means(a: &[f64], b: &[f64], seed: u64) -> MeanComparison {
+    let a: Vec<f64> = a.iter().copied().filter(|v| v.is_finite()).collect();
+    let b: Vec<f64> = b.iter().copied().filter(|v| v.is_finite()).collect();
+    let mean = |values: &[f64]| {
+        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+    };
+    let (mean_a, mean_b) = (mean(&a), mean(&b));
+    let difference = mean_a.zip(mean_b).map(|(ma, mb)| mb - ma);
+    let mut comparison = MeanComparison {
+        mean_a,
+        mean_b,
+        difference,
+        p_value: None,
+        permutations: 0,
+        exact: false,
+    };
+    let Some(observed) = difference else {
+        return comparison;
+    };
+    let values: Vec<f64> = a.iter().chain(&b).copied().collect();
+    let total: f64 = values.iter().sum();
+    let (n, k) = (values.len(), b.len());
+    let scale = values.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
+    // Ties within rounding of the sums count as at least as extreme.
+    let at_least = observed.abs() - 1e-12 * scale.max(1.0);
+    let extreme = |in_b: &dyn Fn(usize) -> bool| {
+        let sum_b: f64 = values
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| in_b(*i))
+            .map(|(_, v)| v)
+            .sum();
+        let difference = sum_b / k as f64 - (total - sum_b) / (n - k) as f64;
+        difference.abs() >= at_least
+    };
+    let test = permute(n, k, seed, &extreme);
+    comparison.p_value = Some(test.p_value);
+    comparison.permutations = test.permutations;
+    comparison.exact = test.exact;
+    comparison
+}
+
+/// Whether an assignment (`in_b(i)`: unit `i` is in the second group) is at least as extreme
+/// as the observed one.
+type Extreme<'a> = &'a dyn Fn(&dyn Fn(usize) -> bool) -> bool;
+
+/// A permutation test's outcome.
+struct Permuted {
+    p_value: f64,
+    permutations: u64,
+    exact: bool,
+}
+
+/// The share of assignments of `k` of `n` units to the second group for which `extreme`
+/// holds: every assignment when there are at most [`MAX_PERMUTATIONS`] (and `n` ≤ 63), else
+/// that many seeded random ones with the observed assignment counted once more.
+fn permute(n: usize, k: usize, seed: u64, extreme: Extreme<'_>) -> Permuted {
     let assignments = binomial(n as u64, k as u64);
     if n <= 63 && assignments.is_some_and(|count| count <= MAX_PERMUTATIONS) {
         // Every k-subset of the n units as a bit mask, in increasing order (Gosper's hack).
@@ -85,9 +169,11 @@ pub fn compare_pooled_rates(a: &[Unit], b: &[Unit], seed: u64) -> RateComparison
             let ripple = mask + lowest;
             mask = (((ripple ^ mask) >> 2) / lowest) | ripple;
         }
-        comparison.p_value = Some(hits as f64 / count as f64);
-        comparison.permutations = count;
-        comparison.exact = true;
+        Permuted {
+            p_value: hits as f64 / count as f64,
+            permutations: count,
+            exact: true,
+        }
     } else {
         // Random assignments (partial Fisher–Yates over xorshift64*); the observed one counts
         // once more, so the p-value is never 0.
@@ -108,10 +194,12 @@ pub fn compare_pooled_rates(a: &[Unit], b: &[Unit], seed: u64) -> RateComparison
             order[..k].iter().for_each(|&i| in_b[i] = true);
             hits += u64::from(extreme(&|i| in_b[i]));
         }
-        comparison.p_value = Some((hits + 1) as f64 / (MAX_PERMUTATIONS + 1) as f64);
-        comparison.permutations = MAX_PERMUTATIONS;
+        Permuted {
+            p_value: (hits + 1) as f64 / (MAX_PERMUTATIONS + 1) as f64,
+            permutations: MAX_PERMUTATIONS,
+            exact: false,
+        }
     }
-    comparison
 }
 
 fn totals<'a>(units: impl Iterator<Item = &'a Unit>) -> (u64, u64) {
@@ -135,7 +223,7 @@ fn binomial(n: u64, k: u64) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{MAX_PERMUTATIONS, Unit, binomial, compare_pooled_rates};
+    use super::{MAX_PERMUTATIONS, Unit, binomial, compare_means, compare_pooled_rates};
 
     fn units(counts: &[(u64, u64)]) -> Vec<Unit> {
         counts
@@ -178,6 +266,36 @@ mod tests {
         assert_eq!(c.p_value, Some(1.0));
         let none = compare_pooled_rates(&units(&[(0, 0)]), &units(&[(3, 30)]), 1);
         assert_eq!((none.rate_a, none.p_value), (None, None));
+    }
+
+    #[test]
+    fn means_of_one_value_per_device_are_compared_over_assignments() {
+        // Every one of the 35 ways to pick four of seven devices, weighed by brute force in
+        // Python: 2 are as far apart as the observed split.
+        let c = compare_means(&[3.1, 4.7, 2.2], &[5.9, 6.3, 4.8, 7.0], 1);
+        assert!((c.difference.unwrap() - 8.0 / 3.0).abs() < 1e-12, "{c:?}");
+        assert!(c.exact);
+        assert_eq!(c.permutations, 35);
+        assert!((c.p_value.unwrap() - 2.0 / 35.0).abs() < 1e-12, "{c:?}");
+        // Four against four, completely apart: p = 2/70, as for rates.
+        let c = compare_means(&[5.0, 6.0, 7.0, 8.0], &[1.0, 2.0, 3.0, 4.0], 1);
+        assert_eq!((c.mean_a, c.mean_b), (Some(6.5), Some(2.5)));
+        assert!((c.p_value.unwrap() - 2.0 / 70.0).abs() < 1e-12, "{c:?}");
+        // Equal arms: p = 1; an empty arm or only non-finite values: no test.
+        assert_eq!(
+            compare_means(&[1.0, 2.0], &[2.0, 1.0], 1).p_value,
+            Some(1.0)
+        );
+        let none = compare_means(&[f64::NAN], &[1.0], 1);
+        assert_eq!((none.mean_a, none.p_value), (None, None));
+        // Many devices: seeded draws, reproducible.
+        let (low, high): (Vec<f64>, Vec<f64>) = (0..40)
+            .map(|i| (f64::from(i % 5), f64::from(i % 5) + 3.0))
+            .unzip();
+        let c = compare_means(&low, &high, 9);
+        assert!(!c.exact);
+        assert_eq!(c.p_value, Some(1.0 / (MAX_PERMUTATIONS + 1) as f64));
+        assert_eq!(compare_means(&low, &high, 9), c);
     }
 
     #[test]

@@ -47,6 +47,7 @@ mod release_signer;
 mod run;
 mod self_update;
 mod shadow;
+mod shadow_kpis;
 mod sql_text;
 mod stored;
 mod traces;

@@ -297,6 +297,41 @@ fn arms_lines(arms: &ShadowArms) -> String {
             d.permutations
         );
     }
+    for kpi in &arms.kpis {
+        let value = |x: Option<f64>| x.map_or("-".to_owned(), |x| format!("{x:.4}"));
+        let d = &kpi.comparison;
+        let unit = if kpi.unit.is_empty() {
+            String::new()
+        } else {
+            format!("{}, ", kpi.unit)
+        };
+        let better = match kpi.better {
+            fabrik_registry::usecases::Better::Lower => "lower",
+            fabrik_registry::usecases::Better::Higher => "higher",
+        };
+        let verdict = match kpi.challenger_better {
+            Some(true) => ", the challenger's way",
+            Some(false) => ", the champion's way",
+            None => "",
+        };
+        let how = if d.exact { "all" } else { "a sample of" };
+        let _ = writeln!(
+            out,
+            "  KPI {} ({unit}{better} is better): challenger {} on {} device(s), champion {} on {}; \
+             difference {}{verdict}, p {} over devices ({how} {} assignments)",
+            kpi.name,
+            value(kpi.challenger),
+            kpi.challenger_devices,
+            value(kpi.champion),
+            kpi.champion_devices,
+            d.difference.map_or("-".to_owned(), |x| format!("{x:+.4}")),
+            d.p_value.map_or("-".to_owned(), |p| format!("{p:.4}")),
+            d.permutations
+        );
+        if let Some(error) = &kpi.error {
+            let _ = writeln!(out, "    not measured everywhere: {error}");
+        }
+    }
     out
 }
 

@@ -1600,9 +1600,33 @@ impl PipelineControl for PipelineManager {
                 })?;
                 (compiled.config, challenger.config)
             };
-            crate::shadow::compare(&self.store, &champion, &challenger, days, alpha)
-                .await
-                .map_err(ControlError::Storage)
+            let mut comparison =
+                crate::shadow::compare(&self.store, &champion, &challenger, days, alpha)
+                    .await
+                    .map_err(ControlError::Storage)?;
+            if comparison.arms.is_some()
+                && let Some(use_case) = champion.use_case.as_deref().filter(|u| !u.is_empty())
+                && let Some(registry) = &self.registry
+                // A use case not defined (yet) has no KPIs to compare.
+                && let Ok(use_case) = registry.use_case(use_case).await
+            {
+                let spans = crate::shadow_kpis::arm_spans(&self.store, &comparison)
+                    .await
+                    .map_err(ControlError::Storage)?;
+                // Table KPIs only: no alerts database, and no fleet scopes are needed to
+                // measure named devices.
+                let meter = crate::usecases::StoreKpiMeter {
+                    store: self.store.clone(),
+                    alerting: None,
+                    hub: false,
+                };
+                let kpis =
+                    crate::shadow_kpis::arm_kpis(&meter, &use_case.definition.kpis, &spans).await;
+                if let Some(arms) = comparison.arms.as_mut() {
+                    arms.kpis = kpis;
+                }
+            }
+            Ok(comparison)
         })
     }
 

@@ -28,7 +28,7 @@ pub(crate) const SHADOW_TABLE: &str = "shadow_inferences";
 
 /// The column (true) of `shadow_inferences` rows on devices the challenger was live on (an A/B
 /// split): its verdict was the pipeline's, and the champion's beside it the shadow.
-const LIVE_COLUMN: &str = "live";
+pub(crate) const LIVE_COLUMN: &str = "live";
 
 /// Stores the challenger's `challenged` inferences of pipeline `champion` (its definition; the
 /// challenger's is `challenger`), each with the champion's score and flag on the same window
@@ -118,7 +118,7 @@ fn timestamp_literal(ns: i64) -> String {
 }
 
 /// `<alias>.time` within the last `days` days.
-fn within_days(alias: &str, days: u32) -> String {
+pub(crate) fn within_days(alias: &str, days: u32) -> String {
     format!("{alias}.time > now() - INTERVAL '{days} days'")
 }
 
@@ -356,7 +356,7 @@ type LabelsByArm = BTreeMap<(String, bool), (u64, u64)>;
 
 /// Seeds the random assignments when a split has too many devices to weigh every one: fixed,
 /// so the same data gives the same p-value at every reading.
-const ARMS_SEED: u64 = 0x5EED_0FAB;
+pub(crate) const ARMS_SEED: u64 = 0x5EED_0FAB;
 
 /// The two arms of an A/B split side by side, with permutation tests over devices; `None`
 /// unless both arms have windows.
@@ -433,6 +433,7 @@ fn arms(devices: &[ShadowDevice], labels: &LabelsByArm) -> Option<ShadowArms> {
         ),
         alert_rate: difference(&alert_rate),
         precision: difference(&precision),
+        kpis: Vec::new(),
     })
 }
 

@@ -344,6 +344,7 @@ training_windows = 20
 interval = "200ms"
 lateness = "0s"
 start = "earliest"
+use_case = "pumps-ab"
 
 [pipelines.shadow]
 model = "pca_t2q"
@@ -370,6 +371,23 @@ start = "earliest"
 fn an_ab_split_lets_the_challenger_act_on_its_devices_and_labels_count_both_ways() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = crate::support::start_configured(dir.path(), SPLIT_CONFIG);
+    // The use case the pipeline serves, all three pumps in its pilot: its KPI is compared
+    // between the arms.
+    let (code, body) = http(
+        &p.url,
+        reqwest::Method::PUT,
+        "/api/v1/usecases/pumps-ab",
+        Some(serde_json::json!({
+            "objective": "Quieter pumps",
+            "pilot": {"devices": ["pump-a", "pump-b", "pump-c"]},
+            "kpis": [
+                {"name": "vibration", "kind": "aggregate", "table": "pump",
+                 "signal": "vibration", "aggregate": "mean", "unit": "mm/s"},
+                {"name": "precision", "kind": "alert_precision", "rules": ["pump-anomaly"]}
+            ]
+        })),
+    );
+    assert_eq!(code, 201, "{body}");
     let start = (now_ns() - 3600 * SECOND) / (10 * SECOND) * (10 * SECOND);
     assert_eq!(
         crate::support::post_status(&p.url, "/api/v1/write", &history(start)),
@@ -560,6 +578,67 @@ fn an_ab_split_lets_the_challenger_act_on_its_devices_and_labels_count_both_ways
         "{text}"
     );
     assert!(text.contains("over devices (all 3 assignments)"), "{text}");
+
+    // The use case's KPI in each arm: each pump's mean vibration over the time each model
+    // acted on it, as SQL over the same spans gives it (alert precision is the arms' own).
+    let kpis = arms["kpis"].as_array().expect("kpis");
+    assert_eq!(kpis.len(), 1, "{c}");
+    let vibration = &kpis[0];
+    assert_eq!(
+        (
+            &vibration["name"],
+            &vibration["unit"],
+            &vibration["champion_devices"],
+            &vibration["challenger_devices"],
+            &vibration["comparison"]["permutations"]
+        ),
+        (
+            &"vibration".into(),
+            &"mm/s".into(),
+            &2.into(),
+            &1.into(),
+            &3.into()
+        ),
+        "{vibration}"
+    );
+    let mean_over_span = |device: &str, live: &str| -> f64 {
+        let span = query(
+            &p.url,
+            &format!(
+                "SELECT CAST(min(time) AS BIGINT) AS first, CAST(max(time) AS BIGINT) AS last \
+                 FROM shadow_inferences WHERE device = '{device}' AND {live}"
+            ),
+        );
+        let (first, last) = (
+            span[0]["first"].as_i64().expect("first"),
+            span[0]["last"].as_i64().expect("last"),
+        );
+        let mean = query(
+            &p.url,
+            &format!(
+                "SELECT avg(vibration) AS v FROM pump WHERE device = '{device}' \
+                 AND time >= to_timestamp_nanos({first}) AND time <= to_timestamp_nanos({last})"
+            ),
+        );
+        mean[0]["v"].as_f64().expect("mean")
+    };
+    let challenger = mean_over_span("pump-c", "live IS TRUE");
+    let champion = (mean_over_span("pump-a", "live IS NOT TRUE")
+        + mean_over_span("pump-b", "live IS NOT TRUE"))
+        / 2.0;
+    let close = |field: &str, expected: f64| {
+        let got = vibration[field].as_f64().expect(field);
+        assert!(
+            (got - expected).abs() < 1e-9,
+            "{field}: {got} vs {expected}"
+        );
+    };
+    close("challenger", challenger);
+    close("champion", champion);
+    assert!(
+        text.contains("KPI vibration (mm/s, lower is better): challenger "),
+        "{text}"
+    );
 
     // A share outside 0..1 is refused, naming the field.
     let bad = serde_json::json!({
