@@ -231,10 +231,15 @@ pub struct ShadowArms {
     /// Confirmed among labelled alerts, the challenger's arm against the champion's.
     pub precision: ArmDifference,
     /// The KPIs of the pipeline's use case (`use_case`) measured from tables — downtime,
-    /// energy cost, aggregates — on each device over the time each model acted on it, the
-    /// arms' means compared over devices the same way. Empty without a use case.
+    /// energy cost, aggregates — on each device over the runs of windows each model acted
+    /// on, the arms' pooled values compared over devices the same way. Empty without a use
+    /// case.
     #[serde(default)]
     pub kpis: Vec<ArmKpi>,
+    /// Why the use case's KPIs could not be compared at all (its definition unreadable, the
+    /// runs not queried); the rest of the comparison stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kpi_error: Option<String>,
 }
 
 /// One use-case KPI in each arm of an A/B split.
@@ -247,8 +252,9 @@ pub struct ArmKpi {
     pub unit: String,
     /// Which way it improves: `lower` or `higher`.
     pub better: fabrik_registry::usecases::Better,
-    /// The mean over the challenger's devices of each one's value where the challenger
-    /// acted.
+    /// The challenger's arm's value: each device's value where the challenger acted, pooled
+    /// by the evidence it rests on (observed hours, rows) for shares, rates, means and
+    /// percentiles, averaged for extremes and totals.
     pub challenger: Option<f64>,
     /// Devices measured in the challenger's arm.
     pub challenger_devices: u64,
@@ -256,9 +262,10 @@ pub struct ArmKpi {
     pub champion: Option<f64>,
     /// Devices measured in the champion's arm.
     pub champion_devices: u64,
-    /// Challenger's mean minus champion's, and its permutation test over devices.
+    /// Challenger's value minus champion's, and its permutation test over devices.
     pub comparison: ArmDifference,
-    /// Whether the difference goes the KPI's better way (`None`: no difference).
+    /// Whether the difference goes the KPI's better way (`None`: no difference); a
+    /// direction, not a verdict: read it with `comparison.p_value`.
     pub challenger_better: Option<bool>,
     /// Why some device could not be measured (its table not written yet, a column missing),
     /// the first such reason.

@@ -80,17 +80,28 @@ pub fn compare_pooled_rates(a: &[Unit], b: &[Unit], seed: u64) -> RateComparison
     comparison
 }
 
+/// One unit's value and the weight it carries in its group's mean (the device-hours a
+/// downtime share was observed over; 1 for an unweighted mean).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Weighted {
+    /// The unit's value.
+    pub value: f64,
+    /// Its weight (units without a positive, finite weight are left out).
+    pub weight: f64,
+}
+
 /// What [`compare_means`] found.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MeanComparison {
-    /// The mean of the first group's values (`None` without values).
+    /// The weighted mean of the first group's values, `Σ w·v / Σ w` (`None` without values).
     pub mean_a: Option<f64>,
     /// ... of the second.
     pub mean_b: Option<f64>,
     /// `mean_b − mean_a`.
     pub difference: Option<f64>,
-    /// The share of assignments of the values to groups (of the same sizes) whose absolute
-    /// difference of means is at least the observed one; `None` unless both groups have one.
+    /// The share of assignments of the units to groups (of the same sizes) whose absolute
+    /// difference of weighted means is at least the observed one; `None` unless both groups
+    /// have a unit.
     pub p_value: Option<f64>,
     /// Assignments weighed (all of them when `exact`, else random draws).
     pub permutations: u64,
@@ -98,13 +109,22 @@ pub struct MeanComparison {
     pub exact: bool,
 }
 
-/// Compares the means of one value per unit (a device's downtime share, say) of `a` and
-/// `b`, two-sided; non-finite values are left out.
-pub fn compare_means(a: &[f64], b: &[f64], seed: u64) -> MeanComparison {
-    let a: Vec<f64> = a.iter().copied().filter(|v| v.is_finite()).collect();
-    let b: Vec<f64> = b.iter().copied().filter(|v| v.is_finite()).collect();
-    let mean = |values: &[f64]| {
-        (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+/// Compares the weighted means of one value per unit of `a` and `b`, two-sided: with each
+/// device's downtime share weighted by the hours it was observed, a group's mean is its
+/// pooled share, and a device seen for ten minutes does not weigh as one seen for a month.
+/// Units with a non-finite value or without a positive weight are left out.
+pub fn compare_means(a: &[Weighted], b: &[Weighted], seed: u64) -> MeanComparison {
+    let usable = |u: &&Weighted| u.value.is_finite() && u.weight.is_finite() && u.weight > 0.0;
+    let a: Vec<Weighted> = a.iter().filter(usable).copied().collect();
+    let b: Vec<Weighted> = b.iter().filter(usable).copied().collect();
+    let totals = |units: &mut dyn Iterator<Item = &Weighted>| {
+        units.fold((0.0, 0.0), |(weighted, weights), u| {
+            (weighted + u.value * u.weight, weights + u.weight)
+        })
+    };
+    let mean = |units: &[Weighted]| {
+        let (weighted, weights) = totals(&mut units.iter());
+        (!units.is_empty()).then(|| weighted / weights)
     };
     let (mean_a, mean_b) = (mean(&a), mean(&b));
     let difference = mean_a.zip(mean_b).map(|(ma, mb)| mb - ma);
@@ -119,23 +139,25 @@ pub fn compare_means(a: &[f64], b: &[f64], seed: u64) -> MeanComparison {
     let Some(observed) = difference else {
         return comparison;
     };
-    let values: Vec<f64> = a.iter().chain(&b).copied().collect();
-    let total: f64 = values.iter().sum();
-    let (n, k) = (values.len(), b.len());
-    let scale = values.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
-    // Ties within rounding of the sums count as at least as extreme.
-    let at_least = observed.abs() - 1e-12 * scale.max(1.0);
+    let units: Vec<Weighted> = a.iter().chain(&b).copied().collect();
+    let (all_weighted, all_weights) = totals(&mut units.iter());
+    let scale = units.iter().fold(0.0_f64, |m, u| m.max(u.value.abs()));
+    // Ties within rounding of the sums count as at least as extreme (relative to the values'
+    // size: all zero gives p = 1, as it should).
+    let at_least = observed.abs() - 1e-12 * scale;
     let extreme = |in_b: &dyn Fn(usize) -> bool| {
-        let sum_b: f64 = values
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| in_b(*i))
-            .map(|(_, v)| v)
-            .sum();
-        let difference = sum_b / k as f64 - (total - sum_b) / (n - k) as f64;
+        let (weighted_b, weights_b) = totals(
+            &mut units
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| in_b(*i))
+                .map(|(_, u)| u),
+        );
+        let difference =
+            weighted_b / weights_b - (all_weighted - weighted_b) / (all_weights - weights_b);
         difference.abs() >= at_least
     };
-    let test = permute(n, k, seed, &extreme);
+    let test = permute(units.len(), b.len(), seed, &extreme);
     comparison.p_value = Some(test.p_value);
     comparison.permutations = test.permutations;
     comparison.exact = test.exact;
@@ -223,7 +245,7 @@ fn binomial(n: u64, k: u64) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{MAX_PERMUTATIONS, Unit, binomial, compare_means, compare_pooled_rates};
+    use super::{MAX_PERMUTATIONS, Unit, Weighted, binomial, compare_means, compare_pooled_rates};
 
     fn units(counts: &[(u64, u64)]) -> Vec<Unit> {
         counts
@@ -268,34 +290,115 @@ mod tests {
         assert_eq!((none.rate_a, none.p_value), (None, None));
     }
 
+    fn unweighted(values: &[f64]) -> Vec<Weighted> {
+        values
+            .iter()
+            .map(|&value| Weighted { value, weight: 1.0 })
+            .collect()
+    }
+
     #[test]
     fn means_of_one_value_per_device_are_compared_over_assignments() {
         // Every one of the 35 ways to pick four of seven devices, weighed by brute force in
         // Python: 2 are as far apart as the observed split.
-        let c = compare_means(&[3.1, 4.7, 2.2], &[5.9, 6.3, 4.8, 7.0], 1);
+        let c = compare_means(
+            &unweighted(&[3.1, 4.7, 2.2]),
+            &unweighted(&[5.9, 6.3, 4.8, 7.0]),
+            1,
+        );
         assert!((c.difference.unwrap() - 8.0 / 3.0).abs() < 1e-12, "{c:?}");
         assert!(c.exact);
         assert_eq!(c.permutations, 35);
         assert!((c.p_value.unwrap() - 2.0 / 35.0).abs() < 1e-12, "{c:?}");
         // Four against four, completely apart: p = 2/70, as for rates.
-        let c = compare_means(&[5.0, 6.0, 7.0, 8.0], &[1.0, 2.0, 3.0, 4.0], 1);
+        let c = compare_means(
+            &unweighted(&[5.0, 6.0, 7.0, 8.0]),
+            &unweighted(&[1.0, 2.0, 3.0, 4.0]),
+            1,
+        );
         assert_eq!((c.mean_a, c.mean_b), (Some(6.5), Some(2.5)));
         assert!((c.p_value.unwrap() - 2.0 / 70.0).abs() < 1e-12, "{c:?}");
-        // Equal arms: p = 1; an empty arm or only non-finite values: no test.
-        assert_eq!(
-            compare_means(&[1.0, 2.0], &[2.0, 1.0], 1).p_value,
-            Some(1.0)
-        );
-        let none = compare_means(&[f64::NAN], &[1.0], 1);
+        // Equal arms: p = 1; an empty arm, only non-finite values or no weight: no test.
+        let same = compare_means(&unweighted(&[1.0, 2.0]), &unweighted(&[2.0, 1.0]), 1);
+        assert_eq!(same.p_value, Some(1.0));
+        let none = compare_means(&unweighted(&[f64::NAN]), &unweighted(&[1.0]), 1);
         assert_eq!((none.mean_a, none.p_value), (None, None));
+        let weightless = [Weighted {
+            value: 3.0,
+            weight: 0.0,
+        }];
+        assert_eq!(
+            compare_means(&weightless, &unweighted(&[1.0]), 1).mean_a,
+            None
+        );
+        // Values far below 1 are still told apart (the tie tolerance is relative).
+        let tiny = compare_means(
+            &unweighted(&[1e-14, 2e-14, 3e-14]),
+            &unweighted(&[7e-14, 8e-14, 9e-14]),
+            1,
+        );
+        assert!((tiny.p_value.unwrap() - 0.1).abs() < 1e-12, "{tiny:?}");
         // Many devices: seeded draws, reproducible.
         let (low, high): (Vec<f64>, Vec<f64>) = (0..40)
             .map(|i| (f64::from(i % 5), f64::from(i % 5) + 3.0))
             .unzip();
-        let c = compare_means(&low, &high, 9);
+        let c = compare_means(&unweighted(&low), &unweighted(&high), 9);
         assert!(!c.exact);
         assert_eq!(c.p_value, Some(1.0 / (MAX_PERMUTATIONS + 1) as f64));
-        assert_eq!(compare_means(&low, &high, 9), c);
+        assert_eq!(compare_means(&unweighted(&low), &unweighted(&high), 9), c);
+    }
+
+    #[test]
+    fn a_weighted_mean_is_the_groups_pooled_value() {
+        // Downtime shares weighted by observed hours: 10 % over 90 h and 100 % over 10 h
+        // pool to 19 %, not the 55 % an unweighted mean gives the ten-hour device.
+        let champion = [
+            Weighted {
+                value: 10.0,
+                weight: 90.0,
+            },
+            Weighted {
+                value: 100.0,
+                weight: 10.0,
+            },
+        ];
+        let challenger = [
+            Weighted {
+                value: 5.0,
+                weight: 50.0,
+            },
+            Weighted {
+                value: 15.0,
+                weight: 50.0,
+            },
+        ];
+        let c = compare_means(&champion, &challenger, 1);
+        assert!((c.mean_a.unwrap() - 19.0).abs() < 1e-12, "{c:?}");
+        assert!((c.mean_b.unwrap() - 10.0).abs() < 1e-12, "{c:?}");
+        // The p-value is the share of the 6 assignments as far apart, counted by brute force.
+        let units = [champion[0], champion[1], challenger[0], challenger[1]];
+        let observed = (c.difference.unwrap()).abs();
+        let mut hits = 0;
+        let mut count = 0;
+        for i in 0..4 {
+            for j in i + 1..4 {
+                let pooled = |pick: &dyn Fn(usize) -> bool| {
+                    let (w, s) = (0..4).filter(|&k| pick(k)).fold((0.0, 0.0), |(w, s), k| {
+                        (w + units[k].weight, s + units[k].value * units[k].weight)
+                    });
+                    s / w
+                };
+                let b = pooled(&|k| k == i || k == j);
+                let a = pooled(&|k| k != i && k != j);
+                count += 1;
+                hits += usize::from((b - a).abs() >= observed - 1e-9);
+            }
+        }
+        assert_eq!(c.permutations, count);
+        assert!(
+            (c.p_value.unwrap() - hits as f64 / count as f64).abs() < 1e-12,
+            "{c:?}"
+        );
     }
 
     #[test]

@@ -309,9 +309,10 @@ fn arms_lines(arms: &ShadowArms) -> String {
             fabrik_registry::usecases::Better::Lower => "lower",
             fabrik_registry::usecases::Better::Higher => "higher",
         };
+        // A direction, read with the p-value beside it: not a verdict.
         let verdict = match kpi.challenger_better {
-            Some(true) => ", the challenger's way",
-            Some(false) => ", the champion's way",
+            Some(true) => " (the challenger's way)",
+            Some(false) => " (the champion's way)",
             None => "",
         };
         let how = if d.exact { "all" } else { "a sample of" };
@@ -331,6 +332,9 @@ fn arms_lines(arms: &ShadowArms) -> String {
         if let Some(error) = &kpi.error {
             let _ = writeln!(out, "    not measured everywhere: {error}");
         }
+    }
+    if let Some(error) = &arms.kpi_error {
+        let _ = writeln!(out, "  the use case's KPIs were not compared: {error}");
     }
     out
 }

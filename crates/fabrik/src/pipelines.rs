@@ -1607,23 +1607,40 @@ impl PipelineControl for PipelineManager {
             if comparison.arms.is_some()
                 && let Some(use_case) = champion.use_case.as_deref().filter(|u| !u.is_empty())
                 && let Some(registry) = &self.registry
-                // A use case not defined (yet) has no KPIs to compare.
-                && let Ok(use_case) = registry.use_case(use_case).await
             {
-                let spans = crate::shadow_kpis::arm_spans(&self.store, &comparison)
-                    .await
-                    .map_err(ControlError::Storage)?;
-                // Table KPIs only: no alerts database, and no fleet scopes are needed to
-                // measure named devices.
-                let meter = crate::usecases::StoreKpiMeter {
-                    store: self.store.clone(),
-                    alerting: None,
-                    hub: false,
+                // The KPIs are an addition to the comparison: what keeps them from being
+                // compared is said beside it, never fails the rest.
+                let compared = match registry.use_case(use_case).await {
+                    // A use case not defined (yet) has no KPIs to compare.
+                    Err(fabrik_registry::RegistryError::UseCaseNotFound(_)) => Ok(Vec::new()),
+                    Err(e) => Err(format!("use case `{use_case}`: {e}")),
+                    Ok(use_case) => {
+                        match crate::shadow_kpis::arm_runs(&self.store, &comparison).await {
+                            Err(e) => Err(format!("the arms' runs of windows: {e}")),
+                            Ok(runs) => {
+                                // Table KPIs only: no alerts database, and no fleet scopes
+                                // are needed to measure named devices.
+                                let meter = crate::usecases::StoreKpiMeter {
+                                    store: self.store.clone(),
+                                    alerting: None,
+                                    hub: false,
+                                };
+                                Ok(crate::shadow_kpis::arm_kpis(
+                                    &self.store,
+                                    &meter,
+                                    &use_case.definition.kpis,
+                                    &runs,
+                                )
+                                .await)
+                            }
+                        }
+                    }
                 };
-                let kpis =
-                    crate::shadow_kpis::arm_kpis(&meter, &use_case.definition.kpis, &spans).await;
                 if let Some(arms) = comparison.arms.as_mut() {
-                    arms.kpis = kpis;
+                    match compared {
+                        Ok(kpis) => arms.kpis = kpis,
+                        Err(e) => arms.kpi_error = Some(e),
+                    }
                 }
             }
             Ok(comparison)

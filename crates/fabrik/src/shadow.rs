@@ -434,6 +434,7 @@ fn arms(devices: &[ShadowDevice], labels: &LabelsByArm) -> Option<ShadowArms> {
         alert_rate: difference(&alert_rate),
         precision: difference(&precision),
         kpis: Vec::new(),
+        kpi_error: None,
     })
 }
 

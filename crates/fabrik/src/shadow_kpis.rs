@@ -1,15 +1,17 @@
 //! An A/B split's arms compared on the business KPIs of the pipeline's use case: each device's
-//! downtime, energy cost or aggregate measured over the time each model acted on it, and the
-//! arms' means tested over devices by permutation (decision 0057).
+//! downtime, energy cost or aggregate measured over the runs of windows each model acted on,
+//! and the arms' pooled values tested over devices by permutation (decision 0057).
 //!
-//! Owns which spans are measured and the comparison; the KPIs' SQL is `usecases`', the test
-//! `fabrik_ml::permutation`'s.
+//! Owns which time is measured for which arm and how runs combine; the KPIs' SQL is
+//! `usecases`', the test `fabrik_ml::permutation`'s.
 
-use datafusion::arrow::array::{Array, BooleanArray, Int64Array, StringArray};
+use std::collections::BTreeMap;
+
+use datafusion::arrow::array::{Array, Int64Array, StringArray};
 use datafusion::arrow::datatypes::DataType;
 use fabrik_api::pipelines::{ArmDifference, ArmKpi, ShadowComparison};
 use fabrik_api::usecases::KpiMeter;
-use fabrik_ml::permutation::compare_means;
+use fabrik_ml::permutation::{Weighted, compare_means};
 use fabrik_registry::usecases::{Better, Kpi, KpiKind};
 use fabrik_store::Store;
 
@@ -17,28 +19,30 @@ use crate::columns::cast_column;
 use crate::shadow::{ARMS_SEED, LIVE_COLUMN, SHADOW_TABLE, within_days};
 use crate::sql_text::literal;
 
-/// Device spans measured per KPI at most: each is one query, and an API reading must stay
-/// quick. Past it the KPI is not compared by arm (its use case's own reading still measures
-/// the fleet).
-pub(crate) const MOST_SPANS: usize = 256;
+/// Runs measured per KPI at most: each is one query, and a reading must stay quick. Past it
+/// the KPI is not compared by arm (the use case's own reading still measures the fleet).
+pub(crate) const MOST_RUNS: usize = 256;
 
-/// The time one model acted on one device within the comparison: from its first window to its
-/// last of the compared pair of versions.
+/// An unbroken stretch of windows one model acted on, on one device: from the first window's
+/// start to the last one's end. A new run starts where the acting model changes, or after a
+/// gap longer than a window (a restart while the challenger learnt again, when the champion
+/// stood in without `shadow_inferences` rows).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ArmSpan {
+pub(crate) struct ArmRun {
     pub(crate) device: String,
     /// The challenger's verdicts were the pipeline's (else the champion's).
     pub(crate) live: bool,
     pub(crate) from_ns: i64,
+    /// Exclusive.
     pub(crate) to_ns: i64,
 }
 
-/// Each device's span in each arm over the comparison's period and versions; none before the
-/// comparison has a pair of versions.
-pub(crate) async fn arm_spans(
+/// The runs of each device in each arm over the comparison's period and versions; none before
+/// the comparison has a pair of versions.
+pub(crate) async fn arm_runs(
     store: &Store,
     comparison: &ShadowComparison,
-) -> Result<Vec<ArmSpan>, String> {
+) -> Result<Vec<ArmRun>, String> {
     let (Some(challenger_version), Some(champion_version)) = (
         comparison.challenger_version.as_deref(),
         comparison.champion_version.as_deref(),
@@ -48,17 +52,29 @@ pub(crate) async fn arm_spans(
     if !store.has_table(SHADOW_TABLE) {
         return Ok(Vec::new());
     }
+    // 1 where the challenger acted, else 0: an integer from a CASE, as a boolean `IS TRUE`
+    // fed to the window functions below trips DataFusion's nullability check.
     let live = if store.has_column(SHADOW_TABLE, LIVE_COLUMN) {
-        format!("s.{LIVE_COLUMN} IS TRUE")
+        format!("CASE WHEN s.{LIVE_COLUMN} THEN 1 ELSE 0 END")
     } else {
-        "false".to_owned()
+        "0".to_owned()
     };
+    let order = "OVER (PARTITION BY device ORDER BY ws, we)";
     let sql = format!(
-        "SELECT s.device, {live} AS live, CAST(min(s.time) AS BIGINT) AS first, \
-         CAST(max(s.time) AS BIGINT) AS last FROM {SHADOW_TABLE} s \
-         WHERE s.pipeline = {} AND s.model = {} AND s.champion_model = {} \
-         AND s.model_version = {} AND s.champion_model_version = {} AND {} \
-         GROUP BY s.device, {live} ORDER BY s.device, live",
+        "WITH w AS (SELECT s.device AS device, {live} AS live, s.window_start AS ws, \
+           s.window_end AS we FROM {SHADOW_TABLE} s \
+           WHERE s.pipeline = {} AND s.model = {} AND s.champion_model = {} \
+           AND s.model_version = {} AND s.champion_model_version = {} AND {}), \
+         marked AS (SELECT device, live, ws, we, \
+           CASE WHEN lag(live) {order} IS NULL OR lag(live) {order} <> live \
+             OR ws - lag(we) {order} > lag(we) {order} - lag(ws) {order} THEN 1 ELSE 0 END \
+             AS starts FROM w), \
+         numbered AS (SELECT device, live, ws, we, sum(starts) OVER (PARTITION BY device \
+           ORDER BY ws, we ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS run \
+           FROM marked) \
+         SELECT device, CAST(max(live) AS BIGINT) AS live, CAST(min(ws) AS BIGINT) AS first, \
+           CAST(max(we) AS BIGINT) AS last FROM numbered GROUP BY device, run \
+           ORDER BY device, first",
         literal(&comparison.pipeline),
         literal(&comparison.challenger),
         literal(&comparison.champion),
@@ -67,69 +83,112 @@ pub(crate) async fn arm_spans(
         within_days("s", comparison.days),
     );
     let output = store.query(&sql).await.map_err(|e| e.to_string())?;
-    let mut spans = Vec::new();
+    let mut runs = Vec::new();
     for batch in &output.batches {
         let device: StringArray = cast_column(batch, 0, &DataType::Utf8, "device")?;
-        let live: BooleanArray = cast_column(batch, 1, &DataType::Boolean, "live")?;
+        let live: Int64Array = cast_column(batch, 1, &DataType::Int64, "live")?;
         let first: Int64Array = cast_column(batch, 2, &DataType::Int64, "first")?;
         let last: Int64Array = cast_column(batch, 3, &DataType::Int64, "last")?;
         for row in 0..batch.num_rows() {
             if device.is_null(row) || first.is_null(row) || last.is_null(row) {
                 continue;
             }
-            spans.push(ArmSpan {
+            runs.push(ArmRun {
                 device: device.value(row).to_owned(),
-                live: !live.is_null(row) && live.value(row),
+                live: !live.is_null(row) && live.value(row) == 1,
                 from_ns: first.value(row),
                 to_ns: last.value(row),
             });
         }
     }
-    Ok(spans)
+    Ok(runs)
 }
 
-/// Each table KPI of `kpis` measured on every span, the arms' means compared. Alert precision
-/// is left out: the arms' precision is already compared on the split's own labels.
-pub(crate) async fn arm_kpis(meter: &dyn KpiMeter, kpis: &[Kpi], spans: &[ArmSpan]) -> Vec<ArmKpi> {
+/// How a KPI's values over several runs of one device combine, and how the devices of an arm
+/// pool: shares and rates (downtime, energy cost, a mean, a percentile) by the evidence each
+/// rests on — observed device-hours, rows — so an arm's value is its pooled one; extremes
+/// and totals as such, each device weighing one.
+fn combine(kpi: &Kpi, runs: &[(f64, f64)]) -> Option<Weighted> {
+    let evidence: f64 = runs.iter().map(|&(_, e)| e).sum();
+    let aggregate = kpi.aggregate.as_deref().unwrap_or_default();
+    let value = match (kpi.kind, aggregate) {
+        (KpiKind::Aggregate, "min") => runs.iter().map(|&(v, _)| v).reduce(f64::min)?,
+        (KpiKind::Aggregate, "max") => runs.iter().map(|&(v, _)| v).reduce(f64::max)?,
+        (KpiKind::Aggregate, "sum" | "count") => runs.iter().map(|&(v, _)| v).sum(),
+        // Percentiles of several runs are approximated by their evidence-weighted mean.
+        _ if evidence > 0.0 => runs.iter().map(|&(v, e)| v * e).sum::<f64>() / evidence,
+        _ => return None,
+    };
+    let pooled = matches!(kpi.kind, KpiKind::Downtime | KpiKind::EnergyCost)
+        || (kpi.kind == KpiKind::Aggregate
+            && !matches!(aggregate, "min" | "max" | "sum" | "count"));
+    Some(Weighted {
+        value,
+        weight: if pooled { evidence } else { 1.0 },
+    })
+}
+
+/// Each table KPI of `kpis` measured on every run, combined per device and arm, the arms
+/// compared. Alert precision is left out: the arms' precision is compared on the split's own
+/// labels.
+pub(crate) async fn arm_kpis(
+    store: &Store,
+    meter: &dyn KpiMeter,
+    kpis: &[Kpi],
+    runs: &[ArmRun],
+) -> Vec<ArmKpi> {
     let mut compared = Vec::new();
     for kpi in kpis.iter().filter(|k| k.kind != KpiKind::AlertPrecision) {
-        let (mut challenger, mut champion) = (Vec::new(), Vec::new());
-        let mut error = None;
-        if spans.len() > MOST_SPANS {
-            error = Some(format!(
-                "{} device spans in the split, more than the {MOST_SPANS} measured per reading",
-                spans.len()
-            ));
+        // Per (device, live): each run's (value, evidence).
+        let mut measured: BTreeMap<(&str, bool), Vec<(f64, f64)>> = BTreeMap::new();
+        let table = kpi.table.as_deref().unwrap_or_default();
+        let mut error = if !store.has_table(table) {
+            Some(format!("no table `{table}` yet"))
+        } else if runs.len() > MOST_RUNS {
+            Some(format!(
+                "{} runs of windows in the split, more than the {MOST_RUNS} measured per reading",
+                runs.len()
+            ))
         } else {
-            for span in spans {
-                // The span's last window counts: the period is half-open.
-                let measured = meter
+            None
+        };
+        if error.is_none() {
+            for run in runs {
+                let measure = meter
                     .measure(
                         kpi.clone(),
-                        Some(vec![span.device.clone()]),
-                        span.from_ns,
-                        span.to_ns.saturating_add(1),
+                        Some(vec![run.device.clone()]),
+                        run.from_ns,
+                        run.to_ns,
                     )
                     .await;
-                if let Some(e) = measured.error {
-                    error.get_or_insert_with(|| format!("{}: {e}", span.device));
+                if let Some(e) = measure.error {
+                    error.get_or_insert_with(|| format!("{}: {e}", run.device));
                     continue;
                 }
-                if let Some(value) = measured.value {
-                    if span.live {
-                        challenger.push(value);
-                    } else {
-                        champion.push(value);
-                    }
+                if let Some(value) = measure.value {
+                    measured
+                        .entry((run.device.as_str(), run.live))
+                        .or_default()
+                        .push((value, measure.evidence));
+                }
+            }
+        }
+        let (mut challenger, mut champion) = (Vec::new(), Vec::new());
+        for (&(_, live), values) in &measured {
+            if let Some(unit) = combine(kpi, values) {
+                if live {
+                    challenger.push(unit);
+                } else {
+                    champion.push(unit);
                 }
             }
         }
         let test = compare_means(&champion, &challenger, ARMS_SEED);
-        let better = kpi.better();
         compared.push(ArmKpi {
             name: kpi.name.clone(),
             unit: kpi.unit(),
-            better,
+            better: kpi.better(),
             challenger: test.mean_b,
             challenger_devices: challenger.len() as u64,
             champion: test.mean_a,
@@ -143,7 +202,7 @@ pub(crate) async fn arm_kpis(meter: &dyn KpiMeter, kpis: &[Kpi], spans: &[ArmSpa
             challenger_better: test
                 .difference
                 .filter(|d| *d != 0.0)
-                .map(|d| (d < 0.0) == (better == Better::Lower)),
+                .map(|d| (d < 0.0) == (kpi.better() == Better::Lower)),
             error,
         });
     }
@@ -160,26 +219,36 @@ mod tests {
 
     const MINUTE: i64 = 60_000_000_000;
 
-    /// 30 one-minute windows of `device` from `start`: both models' verdicts, the challenger
-    /// live on the windows `live` says; and the pump's own rows at the same times, `running`
-    /// and `vibration` as `down(k)` says for window k.
+    /// 30 one-minute windows of `device` from `start`, as the pipeline writes them (dated at
+    /// the window's last instant): both models' verdicts where `scored(k)`, the challenger
+    /// live where `live(k)`; and the pump's own rows each minute, `running` and `vibration`
+    /// as `down(k)` says.
     fn device_lines(
         device: &str,
         start: i64,
+        scored: impl Fn(usize) -> bool,
         live: impl Fn(usize) -> bool,
         down: impl Fn(usize) -> bool,
     ) -> String {
         let mut body = String::new();
         for k in 0..30 {
-            let time = start + k as i64 * MINUTE;
-            let live = if live(k) { ",live=true" } else { "" };
+            let window_start = start + k as i64 * MINUTE;
+            let window_end = window_start + MINUTE;
             let (running, vibration) = if down(k) { (false, 2.0) } else { (true, 1.0) };
+            body.push_str(&format!(
+                "pump,device={device} running={running},vibration={vibration} {window_start}\n"
+            ));
+            if !scored(k) {
+                continue;
+            }
+            let live = if live(k) { ",live=true" } else { "" };
             body.push_str(&format!(
                 "shadow_inferences,pipeline=pump-health,device={device},model=iforest \
                  flag=false,score=0.1,window_id=\"{device}/{k}\",model_version=\"c1\"{live},\
+                 window_start={window_start}i,window_end={window_end}i,\
                  champion_model=\"robust_z\",champion_model_version=\"v1\",champion_flag=false,\
-                 champion_score=0.2 {time}\n\
-                 pump,device={device} running={running},vibration={vibration} {time}\n"
+                 champion_score=0.2 {}\n",
+                window_end - 1
             ));
         }
         body
@@ -196,15 +265,21 @@ mod tests {
             .await
             .expect("store");
         let start = fabrik_core::Timestamp::now().nanos() - 3 * 3600 * 1_000_000_000;
+        let always = |_: usize| true;
+        let never = |_: usize| false;
         // The champion acts on pumps a and b, which are down all along; the challenger on c
         // and d, which run. Pump e moved to the challenger half-way: down before, running
-        // after, so it counts once in each arm.
+        // after, so it counts once in each arm. Pump f is the challenger's, but a restart
+        // left windows 10 to 19 to the champion while the challenger learnt again (no
+        // shadow rows): f was down then, which is not the challenger's time.
         let mut lines = String::new();
-        lines += &device_lines("pump-a", start, |_| false, |_| true);
-        lines += &device_lines("pump-b", start, |_| false, |_| true);
-        lines += &device_lines("pump-c", start, |_| true, |_| false);
-        lines += &device_lines("pump-d", start, |_| true, |_| false);
-        lines += &device_lines("pump-e", start, |k| k >= 15, |k| k < 15);
+        lines += &device_lines("pump-a", start, always, never, always);
+        lines += &device_lines("pump-b", start, always, never, always);
+        lines += &device_lines("pump-c", start, always, always, never);
+        lines += &device_lines("pump-d", start, always, always, never);
+        lines += &device_lines("pump-e", start, always, |k| k >= 15, |k| k < 15);
+        let restart = |k: usize| (10..20).contains(&k);
+        lines += &device_lines("pump-f", start, |k| !restart(k), always, restart);
         store
             .write_lines(&lines, Precision::Ns, SourceId::http())
             .await
@@ -217,22 +292,30 @@ mod tests {
             .expect("compare");
         assert!(comparison.arms.is_some(), "{comparison:?}");
 
-        let spans = arm_spans(&store, &comparison).await.expect("spans");
+        let runs = arm_runs(&store, &comparison).await.expect("runs");
         let of = |device: &str| -> Vec<(bool, i64, i64)> {
-            spans
-                .iter()
-                .filter(|s| s.device == device)
-                .map(|s| (s.live, s.from_ns, s.to_ns))
+            runs.iter()
+                .filter(|r| r.device == device)
+                .map(|r| (r.live, r.from_ns, r.to_ns))
                 .collect()
         };
-        assert_eq!(spans.len(), 6, "{spans:?}");
+        assert_eq!(of("pump-a"), [(false, start, start + 30 * MINUTE)]);
         assert_eq!(
             of("pump-e"),
             [
-                (false, start, start + 14 * MINUTE),
-                (true, start + 15 * MINUTE, start + 29 * MINUTE)
+                (false, start, start + 15 * MINUTE),
+                (true, start + 15 * MINUTE, start + 30 * MINUTE)
             ]
         );
+        assert_eq!(
+            of("pump-f"),
+            [
+                (true, start, start + 10 * MINUTE),
+                (true, start + 20 * MINUTE, start + 30 * MINUTE)
+            ],
+            "the restart's gap is no one's run"
+        );
+        assert_eq!(runs.len(), 8, "{runs:?}");
 
         let kpis = [
             kpi(
@@ -257,7 +340,7 @@ mod tests {
             alerting: None,
             hub: false,
         };
-        let compared = arm_kpis(&meter, &kpis, &spans).await;
+        let compared = arm_kpis(&store, &meter, &kpis, &runs).await;
         let names: Vec<&str> = compared.iter().map(|k| k.name.as_str()).collect();
         assert_eq!(
             names,
@@ -273,13 +356,13 @@ mod tests {
         );
         assert_eq!(
             (downtime.champion_devices, downtime.challenger_devices),
-            (3, 3)
+            (3, 4)
         );
         assert_eq!(downtime.comparison.difference, Some(-100.0));
-        // Three units against three, completely apart: 2 of the 20 assignments.
+        // Three units against four, completely apart: 1 of the 35 assignments.
         assert!(downtime.comparison.exact);
-        assert_eq!(downtime.comparison.permutations, 20);
-        assert!((downtime.comparison.p_value.expect("p") - 0.1).abs() < 1e-12);
+        assert_eq!(downtime.comparison.permutations, 35);
+        assert!((downtime.comparison.p_value.expect("p") - 1.0 / 35.0).abs() < 1e-12);
         assert_eq!(downtime.challenger_better, Some(true), "lower downtime");
         assert_eq!(downtime.unit, "%");
 
@@ -294,12 +377,40 @@ mod tests {
         let energy = &compared[2];
         assert_eq!((energy.champion, energy.challenger), (None, None));
         assert_eq!(energy.comparison.p_value, None);
-        assert!(
-            energy
-                .error
-                .as_deref()
-                .is_some_and(|e| e.contains("meters")),
-            "the missing table is named: {energy:?}"
+        assert_eq!(energy.error.as_deref(), Some("no table `meters` yet"));
+    }
+
+    #[test]
+    fn runs_combine_by_evidence_for_shares_and_as_such_for_extremes_and_totals() {
+        let aggregate = |name: &str| {
+            kpi(
+                serde_json::json!({"name": "k", "kind": "aggregate", "table": "t",
+                                   "signal": "v", "aggregate": name}),
+            )
+        };
+        let downtime = kpi(
+            serde_json::json!({"name": "d", "kind": "downtime", "table": "t",
+                                               "condition": "NOT running"}),
         );
+        // 10 % down over 9 h, 100 % over 1 h: 19 % over 10 h.
+        let runs = [(10.0, 9.0), (100.0, 1.0)];
+        let pooled = combine(&downtime, &runs).expect("unit");
+        assert!((pooled.value - 19.0).abs() < 1e-12 && pooled.weight == 10.0);
+        assert_eq!(
+            combine(&aggregate("max"), &runs),
+            Some(Weighted {
+                value: 100.0,
+                weight: 1.0
+            })
+        );
+        assert_eq!(
+            combine(&aggregate("count"), &runs).map(|u| u.value),
+            Some(110.0)
+        );
+        assert_eq!(
+            combine(&aggregate("mean"), &runs).map(|u| u.weight),
+            Some(10.0)
+        );
+        assert_eq!(combine(&downtime, &[(5.0, 0.0)]), None, "nothing observed");
     }
 }

@@ -601,11 +601,12 @@ fn an_ab_split_lets_the_challenger_act_on_its_devices_and_labels_count_both_ways
         ),
         "{vibration}"
     );
+    // Each run of windows is [first window's start, last window's end): one run a pump here.
     let mean_over_span = |device: &str, live: &str| -> f64 {
         let span = query(
             &p.url,
             &format!(
-                "SELECT CAST(min(time) AS BIGINT) AS first, CAST(max(time) AS BIGINT) AS last \
+                "SELECT min(window_start) AS first, max(window_end) AS last \
                  FROM shadow_inferences WHERE device = '{device}' AND {live}"
             ),
         );
@@ -616,13 +617,14 @@ fn an_ab_split_lets_the_challenger_act_on_its_devices_and_labels_count_both_ways
         let mean = query(
             &p.url,
             &format!(
-                "SELECT avg(vibration) AS v FROM pump WHERE device = '{device}' \
-                 AND time >= to_timestamp_nanos({first}) AND time <= to_timestamp_nanos({last})"
+                "SELECT avg(vibration) AS v, count(*) AS n FROM pump WHERE device = '{device}' \
+                 AND time >= to_timestamp_nanos({first}) AND time < to_timestamp_nanos({last})"
             ),
         );
         mean[0]["v"].as_f64().expect("mean")
     };
     let challenger = mean_over_span("pump-c", "live IS TRUE");
+    // The arm pools by rows; pumps a and b have a row a second over the same windows.
     let champion = (mean_over_span("pump-a", "live IS NOT TRUE")
         + mean_over_span("pump-b", "live IS NOT TRUE"))
         / 2.0;
