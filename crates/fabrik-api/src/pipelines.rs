@@ -267,8 +267,8 @@ pub struct ArmKpi {
     /// Whether the difference goes the KPI's better way (`None`: no difference); a
     /// direction, not a verdict: read it with `comparison.p_value`.
     pub challenger_better: Option<bool>,
-    /// Why some device could not be measured (its table not written yet, a column missing),
-    /// the first such reason.
+    /// Why this KPI, or some device's run, could not be measured (its table not written yet,
+    /// a column missing, more runs than a reading measures): the first such reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }

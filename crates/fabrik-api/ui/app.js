@@ -80,7 +80,7 @@ function armsText(a) {
   const diff = (d) => (d.difference == null ? '—' : `${d.difference > 0 ? '+' : ''}${fmtNum(d.difference * 100, 3)} points, p ${d.p_value == null ? '—' : fmtNum(d.p_value, 3)}`);
   const num = (x) => (x == null ? '—' : fmtNum(x, 4));
   // A direction and its p-value, not a verdict: three pumps against three cannot show one.
-  const kpis = (a.kpis ?? []).map((k) => `; ${k.name}${k.unit ? ` (${k.unit}, ${k.better} is better)` : ` (${k.better} is better)`}: challenger ${num(k.challenger)} vs ${num(k.champion)}${k.comparison.p_value == null ? '' : `, p ${fmtNum(k.comparison.p_value, 3)}`}`).join('')
+  const kpis = (a.kpis ?? []).map((k) => `; ${k.name}${k.unit ? ` (${k.unit}, ${k.better} is better)` : ` (${k.better} is better)`}: challenger ${num(k.challenger)} vs ${num(k.champion)}${k.comparison.p_value == null ? '' : `, p ${fmtNum(k.comparison.p_value, 3)}`}${k.error ? ` (not measured: ${k.error})` : ''}`).join('')
     + (a.kpi_error ? `; KPIs not compared: ${a.kpi_error}` : '');
   return `alert rate: challenger ${pct(a.challenger.alert_rate)} on ${a.challenger.devices} device(s), champion ${pct(a.champion.alert_rate)} on ${a.champion.devices} (${diff(a.alert_rate)}); precision: ${pct(a.challenger.precision)} vs ${pct(a.champion.precision)} (${diff(a.precision)})${kpis}; p over devices`;
 }

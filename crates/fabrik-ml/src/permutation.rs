@@ -1,4 +1,4 @@
-//! Two groups' pooled rates, or the means of one value per unit, compared by permuting the
+//! Two groups' pooled rates, or weighted means of one value per unit, compared by permuting the
 //! groups over their units: randomisation inference for an A/B split by device, where the
 //! windows of one device are not independent draws (a fault episode, a noisy sensor), so a
 //! test that counted windows would overstate the evidence. Exact over every assignment when
@@ -140,21 +140,25 @@ pub fn compare_means(a: &[Weighted], b: &[Weighted], seed: u64) -> MeanCompariso
         return comparison;
     };
     let units: Vec<Weighted> = a.iter().chain(&b).copied().collect();
-    let (all_weighted, all_weights) = totals(&mut units.iter());
     let scale = units.iter().fold(0.0_f64, |m, u| m.max(u.value.abs()));
     // Ties within rounding of the sums count as at least as extreme (relative to the values'
     // size: all zero gives p = 1, as it should).
     let at_least = observed.abs() - 1e-12 * scale;
+    // Each group summed on its own, in the order `mean` summed it: a complement taken from
+    // the totals loses a small group to cancellation, and the observed split must reproduce
+    // the observed difference.
     let extreme = |in_b: &dyn Fn(usize) -> bool| {
-        let (weighted_b, weights_b) = totals(
-            &mut units
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| in_b(*i))
-                .map(|(_, u)| u),
-        );
-        let difference =
-            weighted_b / weights_b - (all_weighted - weighted_b) / (all_weights - weights_b);
+        let group = |wanted: bool| {
+            totals(
+                &mut units
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| in_b(*i) == wanted)
+                    .map(|(_, u)| u),
+            )
+        };
+        let ((weighted_a, weights_a), (weighted_b, weights_b)) = (group(false), group(true));
+        let difference = weighted_b / weights_b - weighted_a / weights_a;
         difference.abs() >= at_least
     };
     let test = permute(units.len(), b.len(), seed, &extreme);
@@ -399,6 +403,25 @@ mod tests {
             (c.p_value.unwrap() - hits as f64 / count as f64).abs() < 1e-12,
             "{c:?}"
         );
+        // Three minutes against months: the observed split still counts (a complement taken
+        // from the totals lost the small group to cancellation and gave p = 0).
+        let short = [Weighted {
+            value: 2.218246899080989,
+            weight: 0.01545191232812176,
+        }];
+        let long: Vec<Weighted> = [
+            (67.60203094873768, 792.6611160772514),
+            (25.112227818347023, 691.2624259272759),
+            (59.267187566648914, 664.0050771496013),
+            (36.39550893399569, 662.5341322393822),
+            (36.915397527695404, 719.1243011715073),
+            (30.040397336558932, 675.4320682657834),
+        ]
+        .iter()
+        .map(|&(value, weight)| Weighted { value, weight })
+        .collect();
+        let c = compare_means(&short, &long, 1);
+        assert!(c.p_value.unwrap() >= 1.0 / 7.0, "{c:?}");
     }
 
     #[test]

@@ -330,7 +330,7 @@ fn arms_lines(arms: &ShadowArms) -> String {
             d.permutations
         );
         if let Some(error) = &kpi.error {
-            let _ = writeln!(out, "    not measured everywhere: {error}");
+            let _ = writeln!(out, "    not measured: {error}");
         }
     }
     if let Some(error) = &arms.kpi_error {

@@ -23,10 +23,12 @@ use crate::sql_text::literal;
 /// the KPI is not compared by arm (the use case's own reading still measures the fleet).
 pub(crate) const MOST_RUNS: usize = 256;
 
-/// An unbroken stretch of windows one model acted on, on one device: from the first window's
-/// start to the last one's end. A new run starts where the acting model changes, or after a
-/// gap longer than a window (a restart while the challenger learnt again, when the champion
-/// stood in without `shadow_inferences` rows).
+/// A stretch of windows one model acted on, on one device: from the first window's start to
+/// the last one's end (or the next run's start, where sliding windows overlap). A new run
+/// starts where the acting model changes, or where the challenger trained afresh (a restart,
+/// a redefinition: its training span changed), since the champion stood in meanwhile
+/// without `shadow_inferences` rows. Gaps in the data (a pump stopped, a `filter`) do not
+/// split a run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ArmRun {
     pub(crate) device: String,
@@ -59,15 +61,22 @@ pub(crate) async fn arm_runs(
     } else {
         "0".to_owned()
     };
+    // The challenger's training span on the device: a new one means it trained afresh (a
+    // restart, a redefinition), and the champion stood in meanwhile.
+    let trained = if store.has_column(SHADOW_TABLE, "trained_until") {
+        "CAST(s.trained_from AS BIGINT) AS tf, CAST(s.trained_until AS BIGINT) AS tu"
+    } else {
+        "CAST(0 AS BIGINT) AS tf, CAST(0 AS BIGINT) AS tu"
+    };
     let order = "OVER (PARTITION BY device ORDER BY ws, we)";
     let sql = format!(
         "WITH w AS (SELECT s.device AS device, {live} AS live, s.window_start AS ws, \
-           s.window_end AS we FROM {SHADOW_TABLE} s \
+           s.window_end AS we, {trained} FROM {SHADOW_TABLE} s \
            WHERE s.pipeline = {} AND s.model = {} AND s.champion_model = {} \
            AND s.model_version = {} AND s.champion_model_version = {} AND {}), \
          marked AS (SELECT device, live, ws, we, \
            CASE WHEN lag(live) {order} IS NULL OR lag(live) {order} <> live \
-             OR ws - lag(we) {order} > lag(we) {order} - lag(ws) {order} THEN 1 ELSE 0 END \
+             OR lag(tf) {order} <> tf OR lag(tu) {order} <> tu THEN 1 ELSE 0 END \
              AS starts FROM w), \
          numbered AS (SELECT device, live, ws, we, sum(starts) OVER (PARTITION BY device \
            ORDER BY ws, we ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS run \
@@ -99,6 +108,15 @@ pub(crate) async fn arm_runs(
                 from_ns: first.value(row),
                 to_ns: last.value(row),
             });
+        }
+    }
+    // Sliding windows overlap: the last window of one run and the first of the next share
+    // time, which belongs to the run that follows, not to both.
+    for i in 1..runs.len() {
+        if runs[i].device == runs[i - 1].device {
+            let next_start = runs[i].from_ns;
+            let previous = &mut runs[i - 1];
+            previous.to_ns = previous.to_ns.min(next_start).max(previous.from_ns);
         }
     }
     Ok(runs)
@@ -230,10 +248,24 @@ mod tests {
         live: impl Fn(usize) -> bool,
         down: impl Fn(usize) -> bool,
     ) -> String {
+        device_lines_trained(device, start, scored, live, down, |_| 1, 1)
+    }
+
+    /// [`device_lines`], the challenger's training span numbered by `trained(k)`, windows
+    /// `window_minutes` long (sliding, a minute apart, when longer than one).
+    fn device_lines_trained(
+        device: &str,
+        start: i64,
+        scored: impl Fn(usize) -> bool,
+        live: impl Fn(usize) -> bool,
+        down: impl Fn(usize) -> bool,
+        trained: impl Fn(usize) -> i64,
+        window_minutes: i64,
+    ) -> String {
         let mut body = String::new();
         for k in 0..30 {
             let window_start = start + k as i64 * MINUTE;
-            let window_end = window_start + MINUTE;
+            let window_end = window_start + window_minutes * MINUTE;
             let (running, vibration) = if down(k) { (false, 2.0) } else { (true, 1.0) };
             body.push_str(&format!(
                 "pump,device={device} running={running},vibration={vibration} {window_start}\n"
@@ -245,9 +277,11 @@ mod tests {
             body.push_str(&format!(
                 "shadow_inferences,pipeline=pump-health,device={device},model=iforest \
                  flag=false,score=0.1,window_id=\"{device}/{k}\",model_version=\"c1\"{live},\
-                 window_start={window_start}i,window_end={window_end}i,\
+                 window_start={window_start}i,window_end={window_end}i,trained_from={}i,trained_until={}i,\
                  champion_model=\"robust_z\",champion_model_version=\"v1\",champion_flag=false,\
                  champion_score=0.2 {}\n",
+                trained(k) * MINUTE,
+                (trained(k) + 5) * MINUTE,
                 window_end - 1
             ));
         }
@@ -271,7 +305,9 @@ mod tests {
         // and d, which run. Pump e moved to the challenger half-way: down before, running
         // after, so it counts once in each arm. Pump f is the challenger's, but a restart
         // left windows 10 to 19 to the champion while the challenger learnt again (no
-        // shadow rows): f was down then, which is not the challenger's time.
+        // shadow rows, a new training span after): f was down then, which is not the
+        // challenger's time. Pump g is the challenger's and stopped sending for windows 10
+        // to 19 (its data has a gap, its model did not change): one run.
         let mut lines = String::new();
         lines += &device_lines("pump-a", start, always, never, always);
         lines += &device_lines("pump-b", start, always, never, always);
@@ -279,7 +315,19 @@ mod tests {
         lines += &device_lines("pump-d", start, always, always, never);
         lines += &device_lines("pump-e", start, always, |k| k >= 15, |k| k < 15);
         let restart = |k: usize| (10..20).contains(&k);
-        lines += &device_lines("pump-f", start, |k| !restart(k), always, restart);
+        lines += &device_lines_trained(
+            "pump-f",
+            start,
+            |k| !restart(k),
+            always,
+            restart,
+            |k| if k < 10 { 1 } else { 2 },
+            1,
+        );
+        // Pump h's windows slide (two minutes long, a minute apart) and it moved to the
+        // challenger at window 15: the minute both windows cover is the challenger's.
+        lines += &device_lines_trained("pump-h", start, always, |k| k >= 15, |k| k < 15, |_| 1, 2);
+        lines += &device_lines("pump-g", start, |k| !restart(k), always, never);
         store
             .write_lines(&lines, Precision::Ns, SourceId::http())
             .await
@@ -315,7 +363,15 @@ mod tests {
             ],
             "the restart's gap is no one's run"
         );
-        assert_eq!(runs.len(), 8, "{runs:?}");
+        assert_eq!(of("pump-g"), [(true, start, start + 30 * MINUTE)]);
+        assert_eq!(
+            of("pump-h"),
+            [
+                (false, start, start + 15 * MINUTE),
+                (true, start + 15 * MINUTE, start + 31 * MINUTE)
+            ]
+        );
+        assert_eq!(runs.len(), 11, "{runs:?}");
 
         let kpis = [
             kpi(
@@ -356,13 +412,13 @@ mod tests {
         );
         assert_eq!(
             (downtime.champion_devices, downtime.challenger_devices),
-            (3, 4)
+            (4, 6)
         );
         assert_eq!(downtime.comparison.difference, Some(-100.0));
-        // Three units against four, completely apart: 1 of the 35 assignments.
+        // Four units against six, completely apart: 1 of the 210 assignments.
         assert!(downtime.comparison.exact);
-        assert_eq!(downtime.comparison.permutations, 35);
-        assert!((downtime.comparison.p_value.expect("p") - 1.0 / 35.0).abs() < 1e-12);
+        assert_eq!(downtime.comparison.permutations, 210);
+        assert!((downtime.comparison.p_value.expect("p") - 1.0 / 210.0).abs() < 1e-12);
         assert_eq!(downtime.challenger_better, Some(true), "lower downtime");
         assert_eq!(downtime.unit, "%");
 

@@ -602,7 +602,7 @@ fn an_ab_split_lets_the_challenger_act_on_its_devices_and_labels_count_both_ways
         "{vibration}"
     );
     // Each run of windows is [first window's start, last window's end): one run a pump here.
-    let mean_over_span = |device: &str, live: &str| -> f64 {
+    let mean_over_span = |device: &str, live: &str| -> (f64, f64) {
         let span = query(
             &p.url,
             &format!(
@@ -621,13 +621,18 @@ fn an_ab_split_lets_the_challenger_act_on_its_devices_and_labels_count_both_ways
                  AND time >= to_timestamp_nanos({first}) AND time < to_timestamp_nanos({last})"
             ),
         );
-        mean[0]["v"].as_f64().expect("mean")
+        (
+            mean[0]["v"].as_f64().expect("mean"),
+            mean[0]["n"].as_f64().expect("rows"),
+        )
     };
-    let challenger = mean_over_span("pump-c", "live IS TRUE");
-    // The arm pools by rows; pumps a and b have a row a second over the same windows.
-    let champion = (mean_over_span("pump-a", "live IS NOT TRUE")
-        + mean_over_span("pump-b", "live IS NOT TRUE"))
-        / 2.0;
+    let challenger = mean_over_span("pump-c", "live IS TRUE").0;
+    // The arm pools the devices' means by their rows.
+    let (a, b) = (
+        mean_over_span("pump-a", "live IS NOT TRUE"),
+        mean_over_span("pump-b", "live IS NOT TRUE"),
+    );
+    let champion = (a.0 * a.1 + b.0 * b.1) / (a.1 + b.1);
     let close = |field: &str, expected: f64| {
         let got = vibration[field].as_f64().expect(field);
         assert!(
