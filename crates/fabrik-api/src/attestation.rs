@@ -96,20 +96,8 @@ async fn audit(state: &ApiState, actor: String, action: &str, id: &str, status: 
     }
 }
 
-/// [`caller`], with a refusal audited under the name the request claimed.
-async fn authorised(
-    state: &ApiState,
-    registry: &Registry,
-    headers: &HeaderMap,
-    id: &str,
-    action: &str,
-) -> Result<String, ApiError> {
-    authorised_caller(state, registry, headers, id, action)
-        .await
-        .map(|who| who.name(id))
-}
-
-/// [`authorised`], telling the device from an admin.
+/// [`caller`], with a refusal audited under the name the request claimed; tells the device
+/// from an admin.
 async fn authorised_caller(
     state: &ApiState,
     registry: &Registry,
@@ -145,9 +133,10 @@ pub(crate) async fn challenge(
 ) -> Result<Json<Challenge>, ApiError> {
     const ACTION: &str = "POST /api/v1/devices/{id}/attestation/challenge";
     let registry = registry(&state)?;
-    let who = authorised(&state, registry, &headers, &id, ACTION).await?;
-    let challenge = registry.attestation_challenge(&id).await;
-    audited(&state, who, ACTION, &id, challenge).await
+    let who = authorised_caller(&state, registry, &headers, &id, ACTION).await?;
+    let by_device = matches!(who, Caller::Device);
+    let challenge = registry.attestation_challenge(&id, by_device).await;
+    audited(&state, who.name(&id), ACTION, &id, challenge).await
 }
 
 #[utoipa::path(post, path = "/api/v1/devices/{id}/attestation/evidence", tag = "attestation",
@@ -164,8 +153,10 @@ pub(crate) async fn evidence(
 ) -> Result<Json<AttestationRecord>, ApiError> {
     const ACTION: &str = "POST /api/v1/devices/{id}/attestation/evidence";
     let registry = registry(&state)?;
-    let who = authorised(&state, registry, &headers, &id, ACTION).await?;
-    let record = match registry.attest(&id, &evidence).await {
+    let caller = authorised_caller(&state, registry, &headers, &id, ACTION).await?;
+    let by_device = matches!(caller, Caller::Device);
+    let who = caller.name(&id);
+    let record = match registry.attest(&id, &evidence, by_device).await {
         Ok(record) => record,
         Err(e) => {
             let e = ApiError::from(e);

@@ -20,15 +20,16 @@ pub use activation::{ActivationChallenge, ActivationProof, ActivationRequest, En
 
 /// How long a challenge can be answered.
 pub const CHALLENGE_LIFETIME: Duration = Duration::from_secs(300);
-/// Challenges a device may have open at once, and EK activations of each origin (begun by the
-/// device, begun by an admin); a new one drops the oldest of its kind.
+/// Challenges and EK activations a device may have open at once, of each origin (asked for by
+/// the device, by an admin); a new one drops the oldest of its kind.
 const OPEN_CHALLENGES: usize = 4;
 /// Verdicts kept per device, authentic and not apart: a token holder sending junk cannot grow
 /// the table, or push the verdict that decides the gate out.
 const KEPT_VERDICTS: i64 = 100;
 
-/// Open challenges by device: nonce and when it was issued.
-pub(crate) type Challenges = HashMap<String, Vec<([u8; 32], Instant)>>;
+/// Open challenges by device: nonce, when it was issued, and whether the device's own
+/// credentials asked for it (else an admin's).
+pub(crate) type Challenges = HashMap<String, Vec<([u8; 32], Instant, bool)>>;
 
 /// A device's enrolled attestation key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -301,22 +302,30 @@ impl Registry {
         .transpose()
     }
 
-    /// Issues a one-time nonce for a device's next quote.
-    pub async fn attestation_challenge(&self, id: &str) -> Result<Challenge, RegistryError> {
+    /// Issues a one-time nonce for a device's next quote. `by_device`: the device's own
+    /// credentials asked, not an admin's; each side's open challenges are counted apart, so
+    /// a device asking again and again cannot push out the one an admin is relaying.
+    pub async fn attestation_challenge(
+        &self,
+        id: &str,
+        by_device: bool,
+    ) -> Result<Challenge, RegistryError> {
         self.get(id).await?;
         let mut nonce = [0u8; 32];
         getrandom::fill(&mut nonce)
             .map_err(|e| RegistryError::Token(format!("no randomness for a nonce: {e}")))?;
         let mut challenges = self.challenges.lock();
         challenges.retain(|_, open| {
-            open.retain(|(_, at)| at.elapsed() < CHALLENGE_LIFETIME);
+            open.retain(|(_, at, _)| at.elapsed() < CHALLENGE_LIFETIME);
             !open.is_empty()
         });
         let open = challenges.entry(id.to_owned()).or_default();
-        if open.len() >= OPEN_CHALLENGES {
-            open.remove(0);
+        if open.iter().filter(|c| c.2 == by_device).count() >= OPEN_CHALLENGES
+            && let Some(oldest) = open.iter().position(|c| c.2 == by_device)
+        {
+            open.remove(oldest);
         }
-        open.push((nonce, Instant::now()));
+        open.push((nonce, Instant::now(), by_device));
         Ok(Challenge {
             nonce: tpm::hex(&nonce),
             expires_at: now_ns() + CHALLENGE_LIFETIME.as_nanos() as i64,
@@ -330,18 +339,19 @@ impl Registry {
             .lock()
             .entry(id.to_owned())
             .or_default()
-            .push((nonce, Instant::now()));
+            .push((nonce, Instant::now(), true));
     }
 
-    /// Takes an open challenge of the device (it can be answered once).
-    pub(crate) fn take_challenge(&self, id: &str, nonce: &[u8]) -> bool {
+    /// Takes an open challenge of the device that the same side (`by_device`) asked for (it
+    /// can be answered once).
+    pub(crate) fn take_challenge(&self, id: &str, nonce: &[u8], by_device: bool) -> bool {
         let mut challenges = self.challenges.lock();
         let Some(open) = challenges.get_mut(id) else {
             return false;
         };
-        let found = open
-            .iter()
-            .position(|(n, at)| n.as_slice() == nonce && at.elapsed() < CHALLENGE_LIFETIME);
+        let found = open.iter().position(|(n, at, side)| {
+            n.as_slice() == nonce && at.elapsed() < CHALLENGE_LIFETIME && *side == by_device
+        });
         if let Some(i) = found {
             open.remove(i);
         }
@@ -350,10 +360,13 @@ impl Registry {
 
     /// Judges a device's quote, records the verdict and returns it. Malformed evidence is an
     /// error and is not recorded; evidence that parses is recorded whatever its verdict.
+    /// `by_device`: sent with the device's own credentials; it answers a challenge the same
+    /// side asked for.
     pub async fn attest(
         &self,
         id: &str,
         evidence: &Evidence,
+        by_device: bool,
     ) -> Result<AttestationRecord, RegistryError> {
         let device = self.get(id).await?;
         let Some(enrolled) = self.attestation_key(id).await? else {
@@ -386,7 +399,7 @@ impl Registry {
         if let Err(e) = &signed {
             record.reasons.push(e.clone());
         }
-        let fresh = quote.nonce == nonce && self.take_challenge(id, &nonce);
+        let fresh = quote.nonce == nonce && self.take_challenge(id, &nonce, by_device);
         if quote.nonce != nonce {
             record
                 .reasons

@@ -234,7 +234,10 @@ mod attestation {
 
         // No reference values yet: authentic, but deny by default.
         registry.open_challenge("gw-1", nonce());
-        let first = registry.attest("gw-1", &evidence()).await.expect("attest");
+        let first = registry
+            .attest("gw-1", &evidence(), true)
+            .await
+            .expect("attest");
         assert!(first.authentic && !first.passed, "{first:?}");
         assert!(first.reasons[0].contains("no reference values for device type `gateway`"));
 
@@ -255,13 +258,19 @@ mod attestation {
             vec![0, 4, 7]
         );
         registry.open_challenge("gw-1", nonce());
-        let passed = registry.attest("gw-1", &evidence()).await.expect("attest");
+        let passed = registry
+            .attest("gw-1", &evidence(), true)
+            .await
+            .expect("attest");
         assert!(passed.passed, "{passed:?}");
         assert_eq!(gate(&registry, &settings).await, None);
 
         // The same quote again: its challenge is used up. Not authentic, so it does not
         // close the gate a genuine quote opened.
-        let replayed = registry.attest("gw-1", &evidence()).await.expect("attest");
+        let replayed = registry
+            .attest("gw-1", &evidence(), true)
+            .await
+            .expect("attest");
         assert!(!replayed.authentic && !replayed.passed);
         assert!(
             replayed.reasons[0].contains("a replayed quote?"),
@@ -293,7 +302,10 @@ mod attestation {
             "{closed}"
         );
         registry.open_challenge("gw-1", nonce());
-        let failed = registry.attest("gw-1", &evidence()).await.expect("attest");
+        let failed = registry
+            .attest("gw-1", &evidence(), true)
+            .await
+            .expect("attest");
         assert!(failed.authentic && !failed.passed);
         assert_eq!(failed.reasons.len(), 1, "{failed:?}");
         assert!(
@@ -321,7 +333,7 @@ mod attestation {
         registry.open_challenge("gw-1", nonce());
         assert!(
             registry
-                .attest("gw-1", &evidence())
+                .attest("gw-1", &evidence(), true)
                 .await
                 .expect("attest")
                 .passed
@@ -407,25 +419,44 @@ mod attestation {
         let mut nonces = Vec::new();
         for _ in 0..5 {
             let c = registry
-                .attestation_challenge("gw-1")
+                .attestation_challenge("gw-1", true)
                 .await
                 .expect("challenge");
             nonces.push(crate::tpm::unhex(&c.nonce).expect("hex"));
         }
         assert!(
-            !registry.take_challenge("gw-1", &nonces[0]),
+            !registry.take_challenge("gw-1", &nonces[0], true),
             "the oldest was dropped"
         );
         assert!(
-            !registry.take_challenge("gw-2", &nonces[4]),
+            !registry.take_challenge("gw-2", &nonces[4], true),
             "another device's"
         );
-        assert!(registry.take_challenge("gw-1", &nonces[4]));
+        assert!(registry.take_challenge("gw-1", &nonces[4], true));
         assert!(
-            !registry.take_challenge("gw-1", &nonces[4]),
+            !registry.take_challenge("gw-1", &nonces[4], true),
             "answered once"
         );
-        assert!(registry.take_challenge("gw-1", &nonces[1]));
+        assert!(registry.take_challenge("gw-1", &nonces[1], true));
+
+        // An admin's challenge is counted apart: five more of the device's leave it open,
+        // and only the admin's side answers it.
+        let admins = registry
+            .attestation_challenge("gw-1", false)
+            .await
+            .expect("challenge");
+        let admins = crate::tpm::unhex(&admins.nonce).expect("hex");
+        for _ in 0..5 {
+            registry
+                .attestation_challenge("gw-1", true)
+                .await
+                .expect("challenge");
+        }
+        assert!(
+            !registry.take_challenge("gw-1", &admins, true),
+            "not the device's to answer"
+        );
+        assert!(registry.take_challenge("gw-1", &admins, false));
     }
 
     #[tokio::test]
@@ -441,7 +472,10 @@ mod attestation {
                 .expect("closed")
                 .contains("no attestation key is enrolled")
         );
-        let e = registry.attest("gw-1", &evidence()).await.unwrap_err();
+        let e = registry
+            .attest("gw-1", &evidence(), true)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("no enrolled attestation key"), "{e}");
         let e = registry
             .enrol_attestation_key("gw-1", "not a key")
@@ -455,11 +489,11 @@ mod attestation {
             .expect("enrol");
         let mut bad = evidence();
         bad.quote = "%%%".into();
-        let e = registry.attest("gw-1", &bad).await.unwrap_err();
+        let e = registry.attest("gw-1", &bad, true).await.unwrap_err();
         assert!(e.to_string().starts_with("quote: not base64"), "{e}");
         let mut bad = evidence();
         bad.nonce = "é1".into();
-        let e = registry.attest("gw-1", &bad).await.unwrap_err();
+        let e = registry.attest("gw-1", &bad, true).await.unwrap_err();
         assert!(e.to_string().contains("nonce: `é1` is not hex"), "{e}");
         for (body, wanted) in [
             (
