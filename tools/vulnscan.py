@@ -301,8 +301,7 @@ def components(sbom_path):
             if not source:
                 unsourced.append(name)
                 source = name
-            source_version = (source_version or properties.get("aquasecurity:trivy:SrcVersion")
-                              or version)
+            source_version = source_version or trivy_source_version(properties) or version
             try:
                 DebVersion(source_version)
             except ValueError as e:
@@ -314,6 +313,21 @@ def components(sbom_path):
               f"(purl qualifier `upstream`), e.g. {unsourced[0]}: matched by their own name, "
               "which Debian's advisories use only where it is the source's", file=sys.stderr)
     return crates, debian
+
+
+def trivy_source_version(properties):
+    """The source package's version from Trivy's properties, which split it into epoch,
+    version and release (Debian's revision); `None` without them."""
+    version = properties.get("aquasecurity:trivy:SrcVersion")
+    if not version:
+        return None
+    release = properties.get("aquasecurity:trivy:SrcRelease")
+    epoch = properties.get("aquasecurity:trivy:SrcEpoch")
+    if release:
+        version = f"{version}-{release}"
+    if epoch and epoch != "0":
+        version = f"{epoch}:{version}"
+    return version
 
 
 def fixed_versions(ranges, parse):

@@ -466,7 +466,15 @@ fn debian_components_of_other_tools_are_read_or_named() {
         {"type": "library", "name": "libc6",
          "purl": "pkg:deb/debian/libc6@2.36-9+deb12u4?arch=amd64&distro=debian-12",
          "properties": [{"name": "aquasecurity:trivy:SrcName", "value": "glibc"},
-                        {"name": "aquasecurity:trivy:SrcVersion", "value": "2.36-9+deb12u4"}]},
+                        {"name": "aquasecurity:trivy:SrcVersion", "value": "2.36"},
+                        {"name": "aquasecurity:trivy:SrcRelease", "value": "9+deb12u4"}]},
+        // Fixed (1:1.2.13 is past the 1.3.1-1 fix only through its epoch).
+        {"type": "library", "name": "zlib1g",
+         "purl": "pkg:deb/debian/zlib1g@1:1.2.13.dfsg-1?arch=amd64&distro=debian-12",
+         "properties": [{"name": "aquasecurity:trivy:SrcName", "value": "zlib"},
+                        {"name": "aquasecurity:trivy:SrcVersion", "value": "1.2.13.dfsg"},
+                        {"name": "aquasecurity:trivy:SrcRelease", "value": "1"},
+                        {"name": "aquasecurity:trivy:SrcEpoch", "value": "1"}]},
         {"type": "library", "name": "bash",
          "purl": "pkg:deb/debian/bash@5.2.15-2?arch=amd64&distro=debian-12"},
     ]));
