@@ -42,7 +42,20 @@ SEMVER = re.compile(
 )
 
 
-class Version:
+class Ordered:
+    """Comparisons from a subclass's `compare(other)` (negative, zero, positive)."""
+
+    def __lt__(self, other):
+        return self.compare(other) < 0
+
+    def __le__(self, other):
+        return self.compare(other) <= 0
+
+    def __eq__(self, other):
+        return self.compare(other) == 0
+
+
+class Version(Ordered):
     """A SemVer 2.0 version, ordered by precedence (build metadata ignored)."""
 
     def __init__(self, text):
@@ -66,15 +79,6 @@ class Version:
 
     def compare(self, other):
         return (self.key() > other.key()) - (self.key() < other.key())
-
-    def __lt__(self, other):
-        return self.compare(other) < 0
-
-    def __le__(self, other):
-        return self.compare(other) <= 0
-
-    def __eq__(self, other):
-        return self.compare(other) == 0
 
 
 DIGITS = "0123456789"
@@ -122,7 +126,7 @@ def dpkg_part_compare(a, b):
 DEB_VERSION = re.compile(r"^(?:(\d+):)?([A-Za-z0-9.+~:-]+)$")
 
 
-class DebVersion:
+class DebVersion(Ordered):
     """A Debian package version (`[epoch:]upstream[-revision]`), in dpkg's order."""
 
     def __init__(self, text):
@@ -145,15 +149,6 @@ class DebVersion:
             return -1 if self.epoch < other.epoch else 1
         return dpkg_part_compare(self.upstream, other.upstream) or dpkg_part_compare(
             self.revision, other.revision)
-
-    def __lt__(self, other):
-        return self.compare(other) < 0
-
-    def __le__(self, other):
-        return self.compare(other) <= 0
-
-    def __eq__(self, other):
-        return self.compare(other) == 0
 
 
 def event_version(value, parse=Version):

@@ -1608,34 +1608,9 @@ impl PipelineControl for PipelineManager {
                 && let Some(use_case) = champion.use_case.as_deref().filter(|u| !u.is_empty())
                 && let Some(registry) = &self.registry
             {
-                // The KPIs are an addition to the comparison: what keeps them from being
-                // compared is said beside it, never fails the rest.
-                let compared = match registry.use_case(use_case).await {
-                    // A use case not defined (yet) has no KPIs to compare.
-                    Err(fabrik_registry::RegistryError::UseCaseNotFound(_)) => Ok(Vec::new()),
-                    Err(e) => Err(format!("use case `{use_case}`: {e}")),
-                    Ok(use_case) => {
-                        match crate::shadow_kpis::arm_runs(&self.store, &comparison).await {
-                            Err(e) => Err(format!("the arms' runs of windows: {e}")),
-                            Ok(runs) => {
-                                // Table KPIs only: no alerts database, and no fleet scopes
-                                // are needed to measure named devices.
-                                let meter = crate::usecases::StoreKpiMeter {
-                                    store: self.store.clone(),
-                                    alerting: None,
-                                    hub: false,
-                                };
-                                Ok(crate::shadow_kpis::arm_kpis(
-                                    &self.store,
-                                    &meter,
-                                    &use_case.definition.kpis,
-                                    &runs,
-                                )
-                                .await)
-                            }
-                        }
-                    }
-                };
+                let compared =
+                    crate::shadow_kpis::use_case_kpis(&self.store, registry, use_case, &comparison)
+                        .await;
                 if let Some(arms) = comparison.arms.as_mut() {
                     match compared {
                         Ok(kpis) => arms.kpis = kpis,

@@ -6,6 +6,7 @@
 //! `usecases`', the test `fabrik_ml::permutation`'s.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, Int64Array, StringArray};
 use datafusion::arrow::datatypes::DataType;
@@ -13,11 +14,13 @@ use fabrik_api::pipelines::{ArmDifference, ArmKpi, ShadowComparison};
 use fabrik_api::usecases::KpiMeter;
 use fabrik_ml::permutation::{Weighted, compare_means};
 use fabrik_registry::usecases::{Better, Kpi, KpiKind};
+use fabrik_registry::{Registry, RegistryError};
 use fabrik_store::Store;
 
 use crate::columns::cast_column;
 use crate::shadow::{ARMS_SEED, LIVE_COLUMN, SHADOW_TABLE, within_days};
 use crate::sql_text::literal;
+use crate::usecases::StoreKpiMeter;
 
 /// Runs measured per KPI at most: each is one query, and a reading must stay quick. Past it
 /// the KPI is not compared by arm (the use case's own reading still measures the fleet).
@@ -120,6 +123,33 @@ pub(crate) async fn arm_runs(
         }
     }
     Ok(runs)
+}
+
+/// The KPIs of use case `name` compared between the arms of `comparison`. They are an
+/// addition to the comparison: what keeps them from being compared is the `Err` said beside
+/// it, never a failure of the rest. A use case not defined (yet) has none.
+pub(crate) async fn use_case_kpis(
+    store: &Arc<Store>,
+    registry: &Registry,
+    name: &str,
+    comparison: &ShadowComparison,
+) -> Result<Vec<ArmKpi>, String> {
+    let use_case = match registry.use_case(name).await {
+        Err(RegistryError::UseCaseNotFound(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(format!("use case `{name}`: {e}")),
+        Ok(use_case) => use_case,
+    };
+    let runs = arm_runs(store, comparison)
+        .await
+        .map_err(|e| format!("the arms' runs of windows: {e}"))?;
+    // Table KPIs only: no alerts database, and no fleet scopes are needed to measure named
+    // devices.
+    let meter = StoreKpiMeter {
+        store: store.clone(),
+        alerting: None,
+        hub: false,
+    };
+    Ok(arm_kpis(store, &meter, &use_case.definition.kpis, &runs).await)
 }
 
 /// How a KPI's values over several runs of one device combine, and how the devices of an arm
@@ -233,7 +263,6 @@ mod tests {
     use fabrik_store::{Store, StoreOptions};
 
     use super::*;
-    use crate::usecases::StoreKpiMeter;
 
     const MINUTE: i64 = 60_000_000_000;
 

@@ -43,6 +43,20 @@ fn small_sbom(dir: &Path) -> PathBuf {
     path
 }
 
+/// An advisory `id` in `dir` naming every version of tokio, a crate the binary is built from.
+fn every_tokio_advisory(dir: &Path, id: &str) {
+    std::fs::write(
+        dir.join(format!("{id}.json")),
+        serde_json::json!({
+            "id": id, "summary": "every tokio so far",
+            "affected": [{"package": {"ecosystem": "crates.io", "name": "tokio"},
+                          "ranges": [{"type": "SEMVER", "events": [{"introduced": "0"}]}]}],
+        })
+        .to_string(),
+    )
+    .expect("advisory");
+}
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/osv")
 }
@@ -195,16 +209,7 @@ fn the_binarys_own_sbom_is_scanned() {
     assert!(made.status.success(), "{}", text(&made));
     let osv = dir.path().join("osv");
     std::fs::create_dir_all(&osv).expect("dir");
-    std::fs::write(
-        osv.join("FAKE-2026-0100.json"),
-        serde_json::json!({
-            "id": "FAKE-2026-0100", "summary": "every tokio so far",
-            "affected": [{"package": {"ecosystem": "crates.io", "name": "tokio"},
-                          "ranges": [{"type": "SEMVER", "events": [{"introduced": "0"}]}]}],
-        })
-        .to_string(),
-    )
-    .expect("advisory");
+    every_tokio_advisory(&osv, "FAKE-2026-0100");
     let out = vulnscan(&[
         "--sbom",
         sbom.to_str().expect("utf-8"),
@@ -396,16 +401,7 @@ fn an_images_debian_packages_are_matched_by_release_and_source_package_in_dpkgs_
     // The image's SBOM also lists the binary's crates: both databases in one scan.
     let crates_db = dir.path().join("crates-db");
     std::fs::create_dir_all(&crates_db).expect("dir");
-    std::fs::write(
-        crates_db.join("FAKE-2026-0101.json"),
-        serde_json::json!({
-            "id": "FAKE-2026-0101", "summary": "every tokio so far",
-            "affected": [{"package": {"ecosystem": "crates.io", "name": "tokio"},
-                          "ranges": [{"type": "SEMVER", "events": [{"introduced": "0"}]}]}],
-        })
-        .to_string(),
-    )
-    .expect("advisory");
+    every_tokio_advisory(&crates_db, "FAKE-2026-0101");
     let out = vulnscan(&[
         "--sbom",
         sbom,
