@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use fabrik_registry::attestation::{
     ActivationChallenge, ActivationProof, ActivationRequest, AttestationPolicy, AttestationRecord,
-    AttestationStatus, Challenge, EnrolledKey, Evidence, PolicyBody,
+    AttestationStatus, Challenge, DeviceEventLog, EnrolledKey, Evidence, PolicyBody,
 };
 use fabrik_registry::{AuditEvent, Registry, RegistryError, Role};
 use serde::Deserialize;
@@ -262,6 +262,29 @@ pub(crate) async fn status(
             .attestation_status(&id, &state.attestation, 20)
             .await?,
     ))
+}
+
+#[utoipa::path(get, path = "/api/v1/devices/{id}/attestation/event-log", tag = "attestation", security(("token" = [])),
+    params(("id" = String, Path, description = "device id")),
+    responses((status = 200, description = "the measured-boot events of its newest quote whose event log replayed to the PCRs the TPM signed", body = DeviceEventLog),
+              (status = 404, description = "no such device, or it has sent no event log that replayed", body = crate::error::ErrorBody)))]
+pub(crate) async fn event_log(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceEventLog>, ApiError> {
+    registry(&state)?
+        .device_event_log(&id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!(
+                    "device `{id}` has sent no event log that replayed to an authentic quote (`fabrik device attestation quote` sends the boot's log when it can read it)"
+                ),
+            )
+        })
 }
 
 #[utoipa::path(put, path = "/api/v1/devices/{id}/attestation/key", tag = "attestation", security(("token" = [])),

@@ -133,6 +133,7 @@ impl Modify for TokenAuth {
         crate::attestation::begin_activation,
         crate::attestation::finish_activation,
         crate::attestation::status,
+        crate::attestation::event_log,
         crate::attestation::enrol_key,
         crate::attestation::remove_key,
         crate::attestation::policies,

@@ -66,6 +66,10 @@ pub fn router(state: ApiState) -> Router {
             get(crate::attestation::status),
         )
         .route(
+            "/api/v1/devices/{id}/attestation/event-log",
+            get(crate::attestation::event_log),
+        )
+        .route(
             "/api/v1/devices/{id}/attestation/key",
             axum::routing::put(crate::attestation::enrol_key)
                 .delete(crate::attestation::remove_key),

@@ -15,8 +15,10 @@ use crate::tpm::{self, AttestationKey};
 use crate::{Registry, RegistryError, now_ns};
 
 pub mod activation;
+pub mod measured_boot;
 
 pub use activation::{ActivationChallenge, ActivationProof, ActivationRequest, Endorsement};
+pub use measured_boot::{DeviceEventLog, EventLogCheck, ReferenceLog};
 
 /// How long a challenge can be answered.
 pub const CHALLENGE_LIFETIME: Duration = Duration::from_secs(300);
@@ -69,6 +71,11 @@ pub struct Evidence {
     pub signature: String,
     /// The selected PCRs' values (`-o … -F values`), base64.
     pub pcrs: String,
+    /// The boot's measured-boot event log (`/sys/kernel/security/tpm0/binary_bios_measurements`,
+    /// TCG PC Client format), base64: checked against the quoted PCRs and, when the quote
+    /// misses its type's reference values, used to name the events that changed.
+    #[serde(default)]
+    pub event_log: Option<String>,
 }
 
 /// The verdict on one quote.
@@ -98,6 +105,9 @@ pub struct AttestationRecord {
     pub firmware_version: u64,
     /// The TPM's clock (ms).
     pub clock: u64,
+    /// How the event log sent with the quote replayed against it (`null`: none was sent).
+    #[serde(default)]
+    pub event_log: Option<EventLogCheck>,
 }
 
 /// Reference PCR values of a device type: a quote passes when it matches one of the sets.
@@ -111,6 +121,10 @@ pub struct AttestationPolicy {
     pub accept: Vec<BTreeMap<u32, String>>,
     /// Last change (ns).
     pub updated_at: i64,
+    /// The event log of the device the values were taken from (`from_device`), when its quote
+    /// came with one: a quote that misses the values is told which events differ from it.
+    #[serde(default)]
+    pub reference_log: Option<ReferenceLog>,
 }
 
 /// A policy to set: explicit sets, or the PCR values a known-good device last quoted.
@@ -175,26 +189,40 @@ fn policy_reasons(
             "no reference values for device type `{device_type}`: set them (PUT /api/v1/attestation/policies/{device_type})"
         )];
     };
+    let Some(closest) = closest_differences(policy, pcrs) else {
+        return vec!["the policy accepts no PCR values".into()];
+    };
+    closest.into_iter().map(|(_, reason)| reason).collect()
+}
+
+/// The differences from the policy's accepted set closest to the quoted PCRs, by PCR (`None`
+/// when it accepts no set).
+fn closest_differences(
+    policy: &AttestationPolicy,
+    pcrs: &BTreeMap<String, BTreeMap<u32, String>>,
+) -> Option<Vec<(u32, String)>> {
     let quoted = pcrs.get(&policy.bank);
     policy
         .accept
         .iter()
         .map(|set| differences(quoted, set))
         .min_by_key(Vec::len)
-        .unwrap_or_else(|| vec!["the policy accepts no PCR values".into()])
 }
 
-/// The differences between a quote's PCRs and one accepted set, as text.
+/// The differences between a quote's PCRs and one accepted set, by PCR, as text.
 fn differences(
     quoted: Option<&BTreeMap<u32, String>>,
     accepted: &BTreeMap<u32, String>,
-) -> Vec<String> {
+) -> Vec<(u32, String)> {
     accepted
         .iter()
         .filter_map(|(index, want)| match quoted.and_then(|q| q.get(index)) {
             Some(got) if got == want => None,
-            Some(got) => Some(format!("PCR {index} is {got}, the policy expects {want}")),
-            None => Some(format!("PCR {index} is not in the quote")),
+            Some(got) => Some((
+                *index,
+                format!("PCR {index} is {got}, the policy expects {want}"),
+            )),
+            None => Some((*index, format!("PCR {index} is not in the quote"))),
         })
         .collect()
 }
@@ -381,6 +409,11 @@ impl Registry {
         let nonce = tpm::unhex(&evidence.nonce)
             .map_err(|e| RegistryError::Invalid(format!("nonce: {e}")))?;
         let quote = tpm::parse_quote(&message).map_err(RegistryError::Invalid)?;
+        let event_log = evidence
+            .event_log
+            .as_deref()
+            .map(|text| decode("event_log", text).and_then(|bytes| measured_boot::parse(&bytes)))
+            .transpose()?;
         let mut record = AttestationRecord {
             time: now_ns(),
             passed: false,
@@ -393,6 +426,7 @@ impl Registry {
             restart_count: quote.restart_count,
             firmware_version: quote.firmware_version,
             clock: quote.clock,
+            event_log: None,
         };
         // Every check runs, so one verdict names every problem.
         let signed = key.verify(&message, &signature);
@@ -418,9 +452,27 @@ impl Registry {
             Ok(_) => {}
             Err(e) => record.reasons.push(e),
         }
+        // The events of a log that replays to the authentic quote are evidence too.
+        let mut measured = None;
+        if record.authentic
+            && let Some(log) = &event_log
+        {
+            let (check, reasons) = measured_boot::check(log, &record.pcrs);
+            if check.matches {
+                measured = Some(log.measured(&check.bank));
+            }
+            record.event_log = Some(check);
+            record.reasons.extend(reasons);
+        }
         if record.authentic {
-            self.judge(id, &device.device_type, &enrolled, &mut record)
-                .await?;
+            self.judge(
+                id,
+                &device.device_type,
+                &enrolled,
+                &mut record,
+                measured.as_deref(),
+            )
+            .await?;
         }
         record.passed = record.authentic && record.reasons.is_empty();
         sqlx::query(
@@ -434,6 +486,16 @@ impl Registry {
         .bind(serde_json::to_string(&record).map_err(|e| RegistryError::Corrupt(e.to_string()))?)
         .execute(&self.pool)
         .await?;
+        if let (Some(events), Some(check)) = (measured, &record.event_log) {
+            self.store_event_log(&DeviceEventLog {
+                device: id.to_owned(),
+                time: record.time,
+                key_fingerprint: enrolled.fingerprint.clone(),
+                bank: check.bank.clone(),
+                events,
+            })
+            .await?;
+        }
         sqlx::query(
             "DELETE FROM attestations WHERE device_id = $1 AND authentic = $2 AND id NOT IN
              (SELECT id FROM attestations WHERE device_id = $3 AND authentic = $4 ORDER BY id DESC LIMIT $5)",
@@ -458,18 +520,32 @@ impl Registry {
     }
 
     /// Holds an authentic quote's PCRs against the device type's reference values and the
-    /// TPM's boot count against the last passing verdict's.
+    /// TPM's boot count against the last passing verdict's. `measured`: the events of the
+    /// quote's event log, when it replayed; PCRs that miss the values are then explained
+    /// against the reference device's log.
     async fn judge(
         &self,
         id: &str,
         device_type: &str,
         enrolled: &EnrolledKey,
         record: &mut AttestationRecord,
+        measured: Option<&[tpm::event_log::MeasuredEvent]>,
     ) -> Result<(), RegistryError> {
         let policy = self.attestation_policy(device_type).await?;
         record
             .reasons
             .extend(policy_reasons(policy.as_ref(), device_type, &record.pcrs));
+        if let Some(policy) = &policy
+            && let Some(reference) = &policy.reference_log
+            && let Some(events) = measured
+            && reference.bank == policy.bank
+            && let Some(closest) = closest_differences(policy, &record.pcrs)
+        {
+            let pcrs: Vec<u32> = closest.iter().map(|(index, _)| *index).collect();
+            record
+                .reasons
+                .extend(measured_boot::changes(reference, events, &pcrs));
+        }
         let last = self
             .attestation_history(id, 1, Some(enrolled), true)
             .await?;
@@ -622,7 +698,7 @@ impl Registry {
         device_type: &str,
     ) -> Result<Option<AttestationPolicy>, RegistryError> {
         let row = sqlx::query(
-            "SELECT bank, accept, updated_at FROM attestation_policies WHERE device_type = $1",
+            "SELECT bank, accept, updated_at, reference_log FROM attestation_policies WHERE device_type = $1",
         )
         .bind(device_type)
         .fetch_optional(&self.pool)
@@ -634,7 +710,7 @@ impl Registry {
     /// Every device type's reference values.
     pub async fn attestation_policies(&self) -> Result<Vec<AttestationPolicy>, RegistryError> {
         let rows = sqlx::query(
-            "SELECT device_type, bank, accept, updated_at FROM attestation_policies ORDER BY device_type",
+            "SELECT device_type, bank, accept, updated_at, reference_log FROM attestation_policies ORDER BY device_type",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -662,6 +738,7 @@ impl Registry {
             }
         };
         let mut accept = Vec::new();
+        let mut reference_log = None;
         for (i, set) in body.accept.iter().enumerate() {
             let mut parsed = BTreeMap::new();
             for (index, value) in set {
@@ -710,6 +787,9 @@ impl Registry {
                     "from_device: `{golden}`'s last quote has no {bank} PCRs"
                 )));
             };
+            reference_log = self
+                .reference_log(golden, record.time, &record.key_fingerprint, &bank)
+                .await?;
             let mut set = values.clone();
             if let Some(only) = &body.pcrs {
                 if let Some(missing) = only.iter().find(|i| !values.contains_key(i)) {
@@ -735,15 +815,24 @@ impl Registry {
             bank,
             accept,
             updated_at: now_ns(),
+            reference_log,
         };
+        let reference_log = policy
+            .reference_log
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
         sqlx::query(
-            "INSERT INTO attestation_policies (device_type, bank, accept, updated_at) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (device_type) DO UPDATE SET bank = excluded.bank, accept = excluded.accept, updated_at = excluded.updated_at",
+            "INSERT INTO attestation_policies (device_type, bank, accept, updated_at, reference_log) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (device_type) DO UPDATE SET bank = excluded.bank, accept = excluded.accept, updated_at = excluded.updated_at,
+             reference_log = excluded.reference_log",
         )
         .bind(device_type)
         .bind(&policy.bank)
         .bind(serde_json::to_string(&policy.accept).map_err(|e| RegistryError::Corrupt(e.to_string()))?)
         .bind(policy.updated_at)
+        .bind(reference_log)
         .execute(&self.pool)
         .await?;
         self.attestation_changed.notify_one();
@@ -775,6 +864,10 @@ impl Registry {
             .bind(id)
             .execute(&self.pool)
             .await?;
+        sqlx::query("DELETE FROM attestation_event_logs WHERE device_id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         self.challenges.lock().remove(id);
         self.enrolled.lock().remove(id);
         Ok(())
@@ -786,12 +879,19 @@ fn policy_from_row(
     row: &sqlx::any::AnyRow,
 ) -> Result<AttestationPolicy, RegistryError> {
     let accept: String = row.try_get("accept")?;
+    let reference_log: Option<String> = row.try_get("reference_log")?;
     Ok(AttestationPolicy {
         device_type,
         bank: row.try_get("bank")?,
         accept: serde_json::from_str(&accept)
             .map_err(|e| RegistryError::Corrupt(format!("attestation policy: {e}")))?,
         updated_at: row.try_get("updated_at")?,
+        reference_log: reference_log
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|e| {
+                RegistryError::Corrupt(format!("attestation policy's reference log: {e}"))
+            })?,
     })
 }
 

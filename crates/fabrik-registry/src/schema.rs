@@ -103,6 +103,19 @@ const MIGRATIONS: &[(i64, &str)] = &[
         // for a key an operator enrolled.
         "ALTER TABLE attestation_keys ADD COLUMN endorsement TEXT",
     ),
+    (
+        8,
+        // Measured boot (decision 0058): each device's newest event log that replayed to an
+        // authentic quote (its events as JSON), and the reference device's log of a policy.
+        "CREATE TABLE attestation_event_logs (
+        device_id TEXT PRIMARY KEY,
+        key_fingerprint TEXT NOT NULL,
+        time BIGINT NOT NULL,
+        bank TEXT NOT NULL,
+        events TEXT NOT NULL
+    );
+    ALTER TABLE attestation_policies ADD COLUMN reference_log TEXT",
+    ),
 ];
 
 /// The audit log's table, also made afresh when an old log is set aside.

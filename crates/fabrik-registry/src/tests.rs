@@ -188,6 +188,7 @@ mod attestation {
             quote: b64("quote-ecc.msg"),
             signature: b64("quote-ecc.sig"),
             pcrs: b64("pcrs-ecc.bin"),
+            event_log: None,
         }
     }
 
@@ -457,6 +458,170 @@ mod attestation {
             "not the device's to answer"
         );
         assert!(registry.take_challenge("gw-1", &admins, false));
+    }
+
+    /// An event log of the fixtures' boot: PCRs 0 to 7 extended once each with the digest of
+    /// `boot stage N` (`make.sh`), PCR 4's as an image load of the boot loader.
+    fn fixture_boot_log(stage_four: &str) -> Vec<u8> {
+        use crate::tpm::event_log::{self, EventLog, LogBank, LoggedEvent};
+        use sha2::Digest as _;
+        let events = (0..8)
+            .map(|pcr| {
+                let content = if pcr == 4 {
+                    stage_four.to_owned()
+                } else {
+                    format!("boot stage {pcr}")
+                };
+                let (event_type, data) = if pcr == 4 {
+                    (
+                        event_log::EV_EFI_BOOT_SERVICES_APPLICATION,
+                        event_log::efi_image_load("\\EFI\\BOOT\\BOOTX64.EFI"),
+                    )
+                } else {
+                    (event_log::EV_SEPARATOR, vec![0; 4])
+                };
+                LoggedEvent {
+                    pcr,
+                    event_type,
+                    digests: vec![(0x000b, sha2::Sha256::digest(content.as_bytes()).to_vec())],
+                    data,
+                }
+            })
+            .collect();
+        event_log::encode(&EventLog {
+            banks: vec![LogBank {
+                algorithm: 0x000b,
+                size: 32,
+            }],
+            crypto_agile: true,
+            events,
+        })
+    }
+
+    #[tokio::test]
+    async fn an_event_log_must_replay_to_the_quote_and_becomes_the_policys_reference() {
+        let (_dir, registry) = gateway().await;
+        let pem = String::from_utf8(fixture("ak-ecc.pem")).expect("utf-8");
+        registry
+            .enrol_attestation_key("gw-1", &pem)
+            .await
+            .expect("enrol");
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+        let with_log = |log: &[u8]| Evidence {
+            event_log: Some(b64(log)),
+            ..evidence()
+        };
+
+        // A malformed log is bad evidence: refused, and the challenge is still open.
+        registry.open_challenge("gw-1", nonce());
+        let mut cut = fixture_boot_log("boot stage 4");
+        cut.truncate(cut.len() - 2);
+        let refused = registry.attest("gw-1", &with_log(&cut), true).await;
+        assert!(
+            matches!(&refused, Err(RegistryError::Invalid(m)) if m.starts_with("event_log: event log: event 8")),
+            "{refused:?}"
+        );
+
+        // The boot's own log replays to the quoted PCRs: its events are kept.
+        let record = registry
+            .attest("gw-1", &with_log(&fixture_boot_log("boot stage 4")), true)
+            .await
+            .expect("attest");
+        assert!(record.authentic, "{record:?}");
+        let check = record.event_log.clone().expect("checked");
+        assert!(check.matches, "{record:?}");
+        assert_eq!(check.replayed, vec![0, 1, 2, 3, 4, 7]);
+        let kept = registry
+            .device_event_log("gw-1")
+            .await
+            .expect("log")
+            .expect("kept");
+        assert_eq!(kept.events.len(), 8);
+        assert_eq!(kept.events[4].description, "\\EFI\\BOOT\\BOOTX64.EFI");
+        assert_eq!(kept.time, record.time);
+
+        // Its values and log become the type's reference.
+        let policy = registry
+            .set_attestation_policy(
+                "gateway",
+                PolicyBody {
+                    from_device: Some("gw-1".into()),
+                    ..PolicyBody::default()
+                },
+            )
+            .await
+            .expect("policy");
+        let reference = policy.reference_log.expect("reference log");
+        assert_eq!(
+            (reference.device.as_str(), reference.events.len()),
+            ("gw-1", 8)
+        );
+        let read = registry
+            .attestation_policy("gateway")
+            .await
+            .expect("policy")
+            .expect("set");
+        assert_eq!(read.reference_log, Some(reference));
+
+        // A log that leaves out or alters what was measured does not replay: the authentic
+        // quote fails, and the kept log stays the one that replayed.
+        registry.open_challenge("gw-1", nonce());
+        let forged = registry
+            .attest(
+                "gw-1",
+                &with_log(&fixture_boot_log("a clean boot loader")),
+                true,
+            )
+            .await
+            .expect("attest");
+        assert!(forged.authentic && !forged.passed, "{forged:?}");
+        assert_eq!(forged.event_log.as_ref().map(|c| c.matches), Some(false));
+        assert!(
+            forged.reasons.iter().any(|r| r.starts_with(
+                "the event log does not replay to the quoted sha256 PCR 4: its events extend to"
+            )),
+            "{forged:?}"
+        );
+        let kept_after = registry
+            .device_event_log("gw-1")
+            .await
+            .expect("log")
+            .expect("kept");
+        assert_eq!(kept_after.time, kept.time);
+
+        // A SHA-1-only log cannot be checked against a sha256 quote: said so.
+        let mut old = crate::tpm::event_log::parse(&fixture_boot_log("boot stage 4")).expect("log");
+        old.crypto_agile = false;
+        old.banks = vec![crate::tpm::event_log::LogBank {
+            algorithm: 0x0004,
+            size: 20,
+        }];
+        for event in &mut old.events {
+            event.digests = vec![(0x0004, vec![0; 20])];
+        }
+        registry.open_challenge("gw-1", nonce());
+        let sha1 = registry
+            .attest(
+                "gw-1",
+                &with_log(&crate::tpm::event_log::encode(&old)),
+                true,
+            )
+            .await
+            .expect("attest");
+        assert!(!sha1.passed);
+        assert!(
+            sha1.reasons
+                .iter()
+                .any(|r| r.contains("has no sha256 digests (it has sha1)")),
+            "{sha1:?}"
+        );
+
+        // The device's log goes with it.
+        registry.remove("gw-1").await.expect("remove");
+        assert!(matches!(
+            registry.device_event_log("gw-1").await,
+            Err(RegistryError::NotFound(_))
+        ));
     }
 
     #[tokio::test]

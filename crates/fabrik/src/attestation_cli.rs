@@ -76,6 +76,23 @@ pub(crate) enum AttestationCommand {
         /// tpm2-tools command).
         #[arg(long, default_value = "tpm2_quote")]
         tpm2_quote: String,
+        /// The boot's measured-boot event log to send with the quote, or `none`. Default:
+        /// the kernel's copy of the firmware's log, when it is there and readable (it is
+        /// root's).
+        #[arg(long)]
+        event_log: Option<String>,
+    },
+    /// The measured-boot events of a device's newest quote whose event log replayed: what its
+    /// firmware, boot loader and kernel measured, PCR by PCR.
+    Events {
+        /// Device id.
+        id: String,
+        /// Only this PCR's events (repeat).
+        #[arg(long = "pcr")]
+        pcrs: Vec<u32>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// List every device type's reference PCR values.
     Policies,
@@ -238,6 +255,7 @@ pub(crate) async fn run(
             hash,
             pcrs,
             tpm2_quote,
+            event_log,
         } => {
             let tpm = Tpm {
                 ak: &ak,
@@ -245,8 +263,42 @@ pub(crate) async fn run(
                 pcrs: &pcrs,
                 tpm2_quote: &tpm2_quote,
             };
+            let event_log = read_event_log(event_log.as_deref())?;
             let device = DeviceCaller::new(ep, client, &id, device_token);
-            quote(&device, &tpm).await?;
+            quote(&device, &tpm, event_log).await?;
+        }
+        AttestationCommand::Events { id, pcrs, json } => {
+            let log: fabrik_registry::attestation::DeviceEventLog = ep
+                .get_json(
+                    client,
+                    &format!("/api/v1/devices/{id}/attestation/event-log"),
+                )
+                .await?;
+            let events: Vec<_> = log
+                .events
+                .iter()
+                .filter(|e| pcrs.is_empty() || pcrs.contains(&e.pcr))
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&events)?);
+            } else {
+                println!(
+                    "{id}: {} events of the quote of {} ({} digests)",
+                    events.len(),
+                    time_text(Some(log.time)),
+                    log.bank
+                );
+                for event in events {
+                    println!(
+                        "{:>4}  PCR {:>2}  {:<34} {}  {}",
+                        event.sequence,
+                        event.pcr,
+                        event.event_type,
+                        event.digest,
+                        event.description
+                    );
+                }
+            }
         }
         AttestationCommand::Policies => {
             let policies: serde_json::Value =
@@ -534,8 +586,27 @@ fn read_certificate(path: &std::path::Path) -> anyhow::Result<String> {
     Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
+/// Where Linux exposes the firmware's measured-boot event log.
+const KERNEL_EVENT_LOG: &str = "/sys/kernel/security/tpm0/binary_bios_measurements";
+
+/// The event log to send: the one named (`none`: no log), else the kernel's when readable.
+/// Read before the challenge is asked for, so a bad path costs no challenge.
+fn read_event_log(choice: Option<&str>) -> anyhow::Result<Option<Vec<u8>>> {
+    match choice {
+        Some("none") => Ok(None),
+        Some(path) => std::fs::read(path)
+            .map(Some)
+            .with_context(|| format!("reading the event log {path}")),
+        None => Ok(std::fs::read(KERNEL_EVENT_LOG).ok()),
+    }
+}
+
 /// The device's side of an attestation: challenge, `tpm2_quote`, evidence.
-async fn quote(device: &DeviceCaller<'_>, tpm: &Tpm<'_>) -> anyhow::Result<()> {
+async fn quote(
+    device: &DeviceCaller<'_>,
+    tpm: &Tpm<'_>,
+    event_log: Option<Vec<u8>>,
+) -> anyhow::Result<()> {
     let id = device.id;
     let challenge = device.post("challenge", &serde_json::json!({})).await?;
     let Some(nonce) = challenge.get("nonce").and_then(|n| n.as_str()) else {
@@ -574,6 +645,7 @@ async fn quote(device: &DeviceCaller<'_>, tpm: &Tpm<'_>) -> anyhow::Result<()> {
         "quote": base64_of(&files[0])?,
         "signature": base64_of(&files[1])?,
         "pcrs": base64_of(&files[2])?,
+        "event_log": event_log.map(|log| base64::engine::general_purpose::STANDARD.encode(log)),
     });
     drop(work);
     let record = device.post("evidence", &evidence).await?;

@@ -96,18 +96,69 @@ impl Tpm {
     }
 }
 
+/// Makes the device's attestation key (ECC, under the TPM's EK) and keeps it under
+/// [`AK_HANDLE`], as provisioning does; returns the path of its public part (PEM).
+fn persistent_ak(tpm: &Tpm, dir: &Path) -> std::path::PathBuf {
+    let ek = dir.join("ek.ctx");
+    let ak = dir.join("ak.ctx");
+    let ak_pem = dir.join("ak.pem");
+    let path = |p: &Path| p.to_str().expect("utf-8").to_owned();
+    tpm.run("tpm2_createek", &["-c", &path(&ek), "-G", "ecc"]);
+    tpm.run(
+        "tpm2_createak",
+        &[
+            "-C",
+            &path(&ek),
+            "-c",
+            &path(&ak),
+            "-G",
+            "ecc",
+            "-g",
+            "sha256",
+            "-s",
+            "ecdsa",
+            "-u",
+            &path(&ak_pem),
+            "-f",
+            "pem",
+        ],
+    );
+    tpm.flush();
+    // Kept in the TPM under a persistent handle, as on a device: a context file of a
+    // transient key does not survive the TPM's reset at a reboot.
+    tpm.run(
+        "tpm2_evictcontrol",
+        &["-C", "o", "-c", &path(&ak), AK_HANDLE],
+    );
+    tpm.flush();
+    ak_pem
+}
+
 /// `fabrik device attestation quote` as the device runs it: its own id and token, the TPM
 /// chosen by `TPM2TOOLS_TCTI`, no admin token anywhere.
 fn agent(tpm: &Tpm, url: &str, id: &str, token: &str, empty: &Path) -> Output {
+    agent_with(
+        tpm,
+        url,
+        id,
+        token,
+        empty,
+        &["--pcrs", "sha256:0,1,2,3,4,7"],
+    )
+}
+
+/// [`agent`] with other options (PCRs, event log).
+fn agent_with(
+    tpm: &Tpm,
+    url: &str,
+    id: &str,
+    token: &str,
+    empty: &Path,
+    options: &[&str],
+) -> Output {
     let out = Command::new(fabrik_bin())
-        .args([
-            "device",
-            "attestation",
-            "quote",
-            id,
-            "--pcrs",
-            "sha256:0,1,2,3,4,7",
-        ])
+        .args(["device", "attestation", "quote", id])
+        .args(options)
         .args(["--ak", AK_HANDLE])
         .args(["--url", url])
         .arg("--data-dir")
@@ -187,38 +238,8 @@ fn only_a_device_whose_tpm_quote_matches_its_reference_values_connects() {
     for pcr in 0..8 {
         tpm.extend(pcr, &format!("gateway firmware 1.4 stage {pcr}"));
     }
-    let ek = dir.path().join("ek.ctx");
-    let ak = dir.path().join("ak.ctx");
-    let ak_pem = dir.path().join("ak.pem");
+    let ak_pem = persistent_ak(&tpm, dir.path());
     let path = |p: &Path| p.to_str().expect("utf-8").to_owned();
-    tpm.run("tpm2_createek", &["-c", &path(&ek), "-G", "ecc"]);
-    tpm.run(
-        "tpm2_createak",
-        &[
-            "-C",
-            &path(&ek),
-            "-c",
-            &path(&ak),
-            "-G",
-            "ecc",
-            "-g",
-            "sha256",
-            "-s",
-            "ecdsa",
-            "-u",
-            &path(&ak_pem),
-            "-f",
-            "pem",
-        ],
-    );
-    tpm.flush();
-    // Kept in the TPM under a persistent handle, as on a device: a context file of a
-    // transient key does not survive the TPM's reset at a reboot.
-    tpm.run(
-        "tpm2_evictcontrol",
-        &["-C", "o", "-c", &path(&ak), AK_HANDLE],
-    );
-    tpm.flush();
 
     let p = Process::start(&dir.path().join("data"), &[]);
     let mqtt = p.mqtt.clone().expect("mqtt address");
@@ -847,5 +868,276 @@ fn a_key_is_enrolled_only_through_its_tpms_certified_endorsement_key() {
             "{expected:?} in {activations:?}"
         );
     }
+    drop(p);
+}
+
+/// A boot as firmware records it: each measurement extended into the TPM's sha256 bank and
+/// logged, the log written as Linux exposes it (`binary_bios_measurements`).
+#[derive(Default)]
+struct MeasuredBoot {
+    events: Vec<fabrik_registry::tpm::event_log::LoggedEvent>,
+}
+
+impl MeasuredBoot {
+    /// Extends `pcr` with the digest of `content` and logs it with `data`.
+    fn measure(&mut self, tpm: &Tpm, pcr: u32, event_type: u32, data: Vec<u8>, content: &str) {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(content.as_bytes()).to_vec();
+        let text: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        tpm.run("tpm2_pcrextend", &[&format!("{pcr}:sha256={text}")]);
+        self.events
+            .push(fabrik_registry::tpm::event_log::LoggedEvent {
+                pcr,
+                event_type,
+                digests: vec![(0x000b, digest)],
+                data,
+            });
+    }
+
+    /// A gateway's UEFI boot: firmware version, Secure Boot state, shim and GRUB loaded from
+    /// the EFI partition, separators, then GRUB's kernel command line and kernel.
+    fn gateway(tpm: &Tpm, grub: &str) -> MeasuredBoot {
+        use fabrik_registry::tpm::event_log::{
+            EV_EFI_BOOT_SERVICES_APPLICATION, EV_IPL, EV_SEPARATOR, efi_image_load, efi_variable,
+        };
+        const EV_S_CRTM_VERSION: u32 = 0x8;
+        const EV_EFI_VARIABLE_DRIVER_CONFIG: u32 = 0x8000_0001;
+        let mut boot = MeasuredBoot::default();
+        let version: Vec<u8> = "1.4\0".encode_utf16().flat_map(u16::to_le_bytes).collect();
+        boot.measure(tpm, 0, EV_S_CRTM_VERSION, version, "gateway firmware 1.4");
+        boot.measure(
+            tpm,
+            7,
+            EV_EFI_VARIABLE_DRIVER_CONFIG,
+            efi_variable("SecureBoot", &[1]),
+            "SecureBoot=1",
+        );
+        for pcr in 0..8 {
+            boot.measure(tpm, pcr, EV_SEPARATOR, vec![0; 4], "\0\0\0\0");
+        }
+        boot.measure(
+            tpm,
+            4,
+            EV_EFI_BOOT_SERVICES_APPLICATION,
+            efi_image_load("\\EFI\\BOOT\\BOOTX64.EFI"),
+            "shim 15.8",
+        );
+        boot.measure(
+            tpm,
+            4,
+            EV_EFI_BOOT_SERVICES_APPLICATION,
+            efi_image_load("\\EFI\\debian\\grubx64.efi"),
+            grub,
+        );
+        let command = "grub_cmd: linux /vmlinuz-6.1 root=/dev/mmcblk0p2 ro";
+        boot.measure(tpm, 8, EV_IPL, format!("{command}\0").into_bytes(), command);
+        boot.measure(
+            tpm,
+            9,
+            EV_IPL,
+            b"/vmlinuz-6.1\0".to_vec(),
+            "kernel 6.1.0-28",
+        );
+        boot
+    }
+
+    /// Writes the log, leaving out the events `skip` picks.
+    fn write(&self, path: &Path, skip: impl Fn(usize) -> bool) {
+        use fabrik_registry::tpm::event_log::{EventLog, LogBank, encode};
+        let log = EventLog {
+            banks: vec![LogBank {
+                algorithm: 0x000b,
+                size: 32,
+            }],
+            crypto_agile: true,
+            events: self
+                .events
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !skip(*i))
+                .map(|(_, e)| e.clone())
+                .collect(),
+        };
+        std::fs::write(path, encode(&log)).expect("event log");
+    }
+}
+
+/// The sha256 PCR values a YAML dump (`tpm2_eventlog`, `tpm2_pcrread`) prints, by index.
+fn sha256_pcrs(yaml: &str) -> std::collections::BTreeMap<u32, String> {
+    let mut in_sha256 = false;
+    let mut pcrs = std::collections::BTreeMap::new();
+    for line in yaml.lines() {
+        let trimmed = line.trim();
+        if trimmed.ends_with(':') && !trimmed.contains(' ') {
+            in_sha256 = trimmed == "sha256:";
+            continue;
+        }
+        if in_sha256
+            && let Some((index, value)) = trimmed.split_once(':')
+            && let Ok(index) = index.trim().parse::<u32>()
+        {
+            let value = value.trim().trim_start_matches("0x").to_lowercase();
+            pcrs.insert(index, value);
+        }
+    }
+    pcrs
+}
+
+#[test]
+fn a_measured_boot_log_must_replay_to_the_quote_and_names_the_component_that_changed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("tpm");
+    let empty = dir.path().join("no-admin-token");
+    std::fs::create_dir_all(&state).expect("tpm dir");
+    std::fs::create_dir_all(&empty).expect("empty dir");
+    let tpm = Tpm::start(&state);
+    let boot = MeasuredBoot::gateway(&tpm, "grub 2.06-13");
+    let log = dir.path().join("binary_bios_measurements");
+    boot.write(&log, |_| false);
+    let path = |p: &Path| p.to_str().expect("utf-8").to_owned();
+
+    // tpm2-tools reads the log Fabrik's writer made, and its replay is what the TPM holds.
+    let eventlog = Command::new("tpm2_eventlog")
+        .arg(&log)
+        .output()
+        .expect("tpm2_eventlog must be installed (apt install tpm2-tools)");
+    assert!(eventlog.status.success(), "{eventlog:?}");
+    let replayed = sha256_pcrs(&String::from_utf8_lossy(&eventlog.stdout));
+    let pcrread = tpm.run("tpm2_pcrread", &["sha256:0,1,2,3,4,5,6,7,8,9"]);
+    let held = sha256_pcrs(&String::from_utf8_lossy(&pcrread.stdout));
+    assert_eq!(replayed.len(), 10, "{replayed:?}");
+    assert_eq!(replayed, held);
+
+    let ak_pem = persistent_ak(&tpm, dir.path());
+    let p = Process::start(&dir.path().join("data"), &[]);
+    let (status, body) = http(
+        &p.url,
+        Method::POST,
+        "/api/v1/devices",
+        Some(serde_json::json!({"id": "gw-1", "type": "gateway"})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let token = body["token"].as_str().expect("token").to_owned();
+    let (ok, out) = crate::support::client_command(
+        &p.url,
+        &[
+            "device",
+            "attestation",
+            "enrol",
+            "gw-1",
+            "--public-key",
+            &path(&ak_pem),
+        ],
+    );
+    assert!(ok, "{out}");
+    let pcrs = "sha256:0,1,2,3,4,5,6,7,8,9";
+    let quote = |log: &Path| {
+        agent_with(
+            &tpm,
+            &p.url,
+            "gw-1",
+            &token,
+            &empty,
+            &["--pcrs", pcrs, "--event-log", &path(log)],
+        )
+    };
+
+    // The golden unit: its log replays, and becomes the type's reference with its values.
+    let first = quote(&log);
+    assert!(
+        text(&first).contains("no reference values for device type `gateway`"),
+        "{}",
+        text(&first)
+    );
+    let (ok, out) = crate::support::client_command(
+        &p.url,
+        &[
+            "device",
+            "attestation",
+            "policy",
+            "gateway",
+            "--from-device",
+            "gw-1",
+        ],
+    );
+    assert!(ok, "{out}");
+    let (_, policy) = http(
+        &p.url,
+        Method::GET,
+        "/api/v1/attestation/policies/gateway",
+        None,
+    );
+    assert_eq!(policy["reference_log"]["device"], "gw-1", "{policy}");
+    assert_eq!(
+        policy["reference_log"]["events"].as_array().map(Vec::len),
+        Some(boot.events.len())
+    );
+    let passed = quote(&log);
+    assert!(passed.status.success(), "{}", text(&passed));
+    let (_, status) = http(
+        &p.url,
+        Method::GET,
+        "/api/v1/devices/gw-1/attestation",
+        None,
+    );
+    let check = &status["history"][0]["event_log"];
+    assert_eq!(check["matches"], true, "{status}");
+    assert_eq!(
+        check["replayed"],
+        serde_json::json!([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    );
+
+    // What the boot measured, PCR by PCR, for the operator.
+    let (ok, out) = crate::support::client_command(
+        &p.url,
+        &["device", "attestation", "events", "gw-1", "--pcr", "4"],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("gw-1: 3 events"), "{out}");
+    assert!(out.contains("EV_EFI_BOOT_SERVICES_APPLICATION"), "{out}");
+    assert!(out.contains("\\EFI\\debian\\grubx64.efi"), "{out}");
+    assert!(!out.contains("SecureBoot"), "{out}");
+
+    // A log with the kernel's measurement left out does not replay to the quote: the device
+    // is shut out though its PCRs are the reference values.
+    let edited = dir.path().join("edited_measurements");
+    let kernel = boot.events.len() - 1;
+    boot.write(&edited, |i| i == kernel);
+    let out = quote(&edited);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("the event log does not replay to the quoted sha256 PCR 9"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        !publish(&p.mqtt.clone().expect("mqtt"), "gw-1", &token)
+            .status
+            .success()
+    );
+    assert!(quote(&log).status.success());
+
+    // A new GRUB, booted: the quote misses the reference values, and the verdict names the
+    // image that changed, by path, with both digests.
+    tpm.reboot();
+    let updated = MeasuredBoot::gateway(&tpm, "grub 2.12-1");
+    updated.write(&log, |_| false);
+    let out = quote(&log);
+    assert!(!out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("PCR 4 is"), "{said}");
+    assert!(
+        said.contains(
+            "PCR 4 changed at event 12 (EV_EFI_BOOT_SERVICES_APPLICATION \\EFI\\debian\\grubx64.efi)"
+        ),
+        "{said}"
+    );
+    assert!(said.contains("the reference log of `gw-1`"), "{said}");
+    // Only PCR 4 changed: nothing is said of the others.
+    assert!(!said.contains("PCR 9 changed"), "{said}");
+    let (ok, out) =
+        crate::support::client_command(&p.url, &["device", "attestation", "events", "gw-1"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("gw-1: 14 events"), "{out}");
     drop(p);
 }
