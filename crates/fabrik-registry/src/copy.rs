@@ -130,6 +130,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("bank", Text),
             ("accept", Text),
             ("updated_at", Int),
+            ("reference_log", Text),
         ],
     ),
     (
@@ -142,6 +143,16 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("passed", Int),
             ("authentic", Int),
             ("record", Text),
+        ],
+    ),
+    (
+        "attestation_event_logs",
+        &[
+            ("device_id", Text),
+            ("key_fingerprint", Text),
+            ("time", Int),
+            ("bank", Text),
+            ("events", Text),
         ],
     ),
 ];
