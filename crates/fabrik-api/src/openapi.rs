@@ -179,6 +179,7 @@ impl Modify for TokenAuth {
         crate::pipelines::retrain,
         crate::pipelines::drift,
         crate::pipelines::shadow,
+        crate::pipelines::performance,
         crate::pipelines::models,
         crate::pipelines::model_file,
         crate::pipelines::put_model,

@@ -159,6 +159,89 @@ pub struct DriftStatus {
     pub features: Vec<FeatureDriftStatus>,
 }
 
+/// A pipeline's classifier performance, estimated from its probabilities (NannyML's CBPE) in
+/// chunks of scored windows, beside the realized values where outcomes arrived
+/// (`[pipelines.performance]`).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
+pub struct PerformanceReport {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The model version estimated (the latest that scored windows); none before one did.
+    pub model_version: Option<String>,
+    /// Scored windows per chunk.
+    pub chunk: u32,
+    /// The metrics estimated.
+    pub metrics: Vec<String>,
+    /// What the estimator was fitted on; none until enough windows have outcomes.
+    pub reference: Option<PerformanceReference>,
+    /// The chunks after the reference, oldest first (the latest 200).
+    pub chunks: Vec<PerformanceChunk>,
+    /// Windows scored after the last whole chunk: estimated once the chunk is full.
+    pub pending: u64,
+    /// Why there is no estimate (not enough outcomes yet, or what the fit refused).
+    pub problem: Option<String>,
+}
+
+/// The reference of a performance estimate: the first chunks of windows with outcomes.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
+pub struct PerformanceReference {
+    /// Start of its first window, ns.
+    pub from: i64,
+    /// End of its last window, ns.
+    pub until: i64,
+    /// Windows in it (all with outcomes).
+    pub windows: u64,
+    /// Their positive outcomes.
+    pub positives: u64,
+    /// Whether the scores are calibrated (isotonic) before estimating: only where it
+    /// lowered the calibration error on held-out reference rows.
+    pub calibrated: bool,
+    /// Per metric: the reference chunks' realized mean and the alert thresholds (mean ± 3σ).
+    pub metrics: Vec<ReferenceMetric>,
+}
+
+/// A metric on the reference.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
+pub struct ReferenceMetric {
+    /// The metric.
+    pub metric: String,
+    /// Below this the estimate alerts (none where it would be under 0).
+    pub lower_threshold: Option<f64>,
+    /// Above this the estimate alerts (none where it would be over 1).
+    pub upper_threshold: Option<f64>,
+}
+
+/// One chunk of scored windows after the reference.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
+pub struct PerformanceChunk {
+    /// Start of its first window, ns.
+    pub from: i64,
+    /// End of its last window, ns.
+    pub until: i64,
+    /// Windows in it.
+    pub windows: u64,
+    /// Of those, the ones whose outcome arrived.
+    pub with_outcomes: u64,
+    /// Per metric.
+    pub estimates: Vec<MetricEstimate>,
+}
+
+/// One metric on one chunk.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
+pub struct MetricEstimate {
+    /// The metric.
+    pub metric: String,
+    /// Estimated from the model's (calibrated) probabilities.
+    pub estimated: f64,
+    /// The estimate's standard error at the chunk's size.
+    pub sampling_error: f64,
+    /// The estimate is outside the reference's thresholds.
+    pub alert: bool,
+    /// Computed from the outcomes, when at least half the chunk's windows have one (on those
+    /// windows); none otherwise, or where the metric is undefined (one class).
+    pub realized: Option<f64>,
+}
+
 /// How a pipeline's challenger (its `shadow` model) did against its model (the champion) on
 /// the windows both scored, and on the windows operators labelled through alert feedback.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
@@ -420,6 +503,9 @@ pub trait PipelineControl: Send + Sync {
         days: u32,
         alpha: f64,
     ) -> BoxFuture<'_, Result<ShadowComparison, ControlError>>;
+    /// Pipeline `name`'s classifier performance estimated per chunk of scored windows
+    /// (`[pipelines.performance]`).
+    fn performance(&self, name: String) -> BoxFuture<'_, Result<PerformanceReport, ControlError>>;
     /// The uploaded ONNX models.
     fn models(&self) -> BoxFuture<'_, Result<Vec<ModelInfo>, ControlError>>;
     /// Checks and stores an ONNX model under `name` with its detached signature (the
@@ -688,6 +774,19 @@ pub(crate) async fn shadow(
         )));
     }
     Ok(Json(control(&state)?.shadow(name, days, alpha).await?))
+}
+
+#[utoipa::path(get, path = "/api/v1/pipelines/{name}/performance", tag = "pipelines", security(("token" = [])),
+    params(("name" = String, Path, description = "pipeline name")),
+    responses((status = 200, description = "the classifier's performance estimated per chunk of scored windows from its probabilities (NannyML's CBPE), fitted on the first windows whose outcomes arrived; realized values beside where outcomes arrived since", body = PerformanceReport),
+              (status = 404, description = "no pipeline of that name, or it has no `[pipelines.performance]`", body = crate::error::ErrorBody),
+              (status = 503, description = "the pipelines module does not run here", body = crate::error::ErrorBody)))]
+pub(crate) async fn performance(
+    State(state): State<ApiState>,
+    Query(_options): Query<crate::control::NoOptions>,
+    Path(name): Path<String>,
+) -> Result<Json<PerformanceReport>, ApiError> {
+    Ok(Json(control(&state)?.performance(name).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/models", tag = "pipelines", security(("token" = [])),

@@ -144,6 +144,10 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/pipelines/{name}/shadow",
             get(crate::pipelines::shadow),
         )
+        .route(
+            "/api/v1/pipelines/{name}/performance",
+            get(crate::pipelines::performance),
+        )
         .route("/api/v1/models", get(crate::pipelines::models))
         .route(
             "/api/v1/models/{name}",

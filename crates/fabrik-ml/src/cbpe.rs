@@ -613,6 +613,15 @@ impl Cbpe {
             .map_or(score, |c| c.calibrate(score))
     }
 
+    /// Per metric fitted, its alert thresholds: the reference chunks' realized mean − 3σ and
+    /// + 3σ (`None` where they fall below 0 or above 1).
+    pub fn thresholds(&self) -> Vec<(Metric, Option<f64>, Option<f64>)> {
+        self.metrics
+            .iter()
+            .map(|&(metric, _, lower, upper)| (metric, lower, upper))
+            .collect()
+    }
+
     /// The chunk size it was fitted with.
     pub fn chunk_size(&self) -> usize {
         self.chunk_size

@@ -627,6 +627,47 @@ pub struct PipelineConfig {
     /// live on (`live_share`, `live_devices`: an A/B split).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowConfig>,
+    /// A classifier's performance estimated from its own probabilities while the outcomes
+    /// are not known yet (NannyML's CBPE), fitted on the first windows whose outcomes
+    /// arrived in a table (`GET /api/v1/pipelines/{name}/performance`; unset: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub performance: Option<PerformanceConfig>,
+}
+
+/// `[pipelines.performance]`: where the outcomes of the pipeline's windows arrive, and how
+/// its classifier's performance is estimated in the windows that have none yet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PerformanceConfig {
+    /// The table the outcomes are written to (inspections, confirmed failures): a row of a
+    /// device at a time inside a window is that window's outcome.
+    pub targets: String,
+    /// Its column holding the outcome: true, or a number of 0.5 and up, for the positive
+    /// class (the class whose probability the model scores).
+    pub target: String,
+    /// Its device column.
+    #[serde(default = "device_column")]
+    pub device_column: String,
+    /// Scored windows per chunk (a point of the estimate).
+    #[serde(default = "five_hundred")]
+    pub chunk: u32,
+    /// Chunks of windows with outcomes the estimator is fitted on: the first ones scored by
+    /// the model version (at least 2; their spread sets the alert thresholds).
+    #[serde(default = "ten")]
+    pub reference_chunks: u32,
+    /// Metrics: `roc_auc`, `f1`, `accuracy`, `precision`, `recall`.
+    #[serde(default = "default_performance_metrics")]
+    pub metrics: Vec<String>,
+}
+
+fn five_hundred() -> u32 {
+    500
+}
+fn ten() -> u32 {
+    10
+}
+fn default_performance_metrics() -> Vec<String> {
+    vec!["roc_auc".into(), "f1".into()]
 }
 
 /// `[pipelines.shadow]`: the challenger, with the pipeline's model fields; everything else
@@ -2233,6 +2274,14 @@ fn array_template(path: &str) -> Option<toml::Table> {
                 training_windows: Some(0),
                 live_share: Some(0.0),
                 live_devices: vec![String::new()],
+            }),
+            performance: Some(PerformanceConfig {
+                targets: String::new(),
+                target: String::new(),
+                device_column: String::new(),
+                chunk: 0,
+                reference_chunks: 0,
+                metrics: Vec::new(),
             }),
         })
         .ok();

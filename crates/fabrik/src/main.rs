@@ -35,6 +35,7 @@ mod modules;
 mod nats_link;
 mod node_keys;
 mod opcua;
+mod performance;
 mod pipeline_cli;
 mod pipelines;
 mod privacy_cli;

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use fabrik_runtime::config::PipelineConfig;
 
 use fabrik_api::pipelines::{
-    DriftStatus, ShadowArms, ShadowComparison, ShadowDecision, ShadowVerdict,
+    DriftStatus, PerformanceReport, ShadowArms, ShadowComparison, ShadowDecision, ShadowVerdict,
 };
 
 use crate::client::Endpoint;
@@ -84,6 +84,16 @@ enum PipelineCommand {
         /// windows: the highest acceptable chance of a verdict where both are equally right.
         #[arg(long, default_value_t = 0.05)]
         alpha: f64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The classifier's performance estimated from its probabilities while outcomes are not
+    /// known yet (`[pipelines.performance]`, NannyML's CBPE), chunk by chunk, with the
+    /// realized values where outcomes arrived.
+    Performance {
+        /// Pipeline name.
+        name: String,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -175,8 +185,104 @@ pub(crate) async fn run(args: PipelineArgs) -> anyhow::Result<()> {
             }
             print!("{}", shadow_table(&comparison));
         }
+        PipelineCommand::Performance { name, json } => {
+            let path = format!("/api/v1/pipelines/{name}/performance");
+            let report: PerformanceReport = ep.get_json(&client, &path).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(());
+            }
+            print!("{}", performance_table(&report));
+        }
     }
     Ok(())
+}
+
+/// A performance report as text: the reference, then a line per chunk, `!` on alerts.
+fn performance_table(r: &PerformanceReport) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let time = |ns: i64| {
+        chrono::DateTime::from_timestamp_nanos(ns)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string()
+    };
+    let _ = writeln!(
+        out,
+        "pipeline {}: model {}, chunks of {} windows",
+        r.pipeline,
+        r.model_version.as_deref().unwrap_or("-"),
+        r.chunk
+    );
+    if let Some(reference) = &r.reference {
+        let _ = writeln!(
+            out,
+            "reference: {} windows with outcomes ({} positive), {} to {}{}",
+            reference.windows,
+            reference.positives,
+            time(reference.from),
+            time(reference.until),
+            if reference.calibrated {
+                ", scores calibrated"
+            } else {
+                ""
+            }
+        );
+        for m in &reference.metrics {
+            let bound = |b: Option<f64>| b.map_or_else(|| "-".to_owned(), |b| format!("{b:.4}"));
+            let _ = writeln!(
+                out,
+                "  {:<10} alert below {} or above {}",
+                m.metric,
+                bound(m.lower_threshold),
+                bound(m.upper_threshold)
+            );
+        }
+    }
+    if let Some(problem) = &r.problem {
+        let _ = writeln!(out, "no estimate: {problem}");
+    }
+    if !r.chunks.is_empty() {
+        let mut header = format!("{:<19}  {:>7}  {:>8}", "chunk from", "windows", "outcomes");
+        for metric in &r.metrics {
+            let _ = write!(
+                header,
+                "  {:>17}  {:>8}",
+                format!("{metric} (±σ)"),
+                "realized"
+            );
+        }
+        let _ = writeln!(out, "{header}");
+    }
+    for chunk in &r.chunks {
+        let mut line = format!(
+            "{:<19}  {:>7}  {:>8}",
+            time(chunk.from),
+            chunk.windows,
+            chunk.with_outcomes
+        );
+        for e in &chunk.estimates {
+            let estimate = format!(
+                "{}{:.4} ±{:.4}",
+                if e.alert { "!" } else { "" },
+                e.estimated,
+                e.sampling_error
+            );
+            let realized = e
+                .realized
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.4}"));
+            let _ = write!(line, "  {estimate:>17}  {realized:>8}");
+        }
+        let _ = writeln!(out, "{line}");
+    }
+    if r.pending > 0 {
+        let _ = writeln!(
+            out,
+            "{} window(s) scored since, not yet a whole chunk",
+            r.pending
+        );
+    }
+    out
 }
 
 /// A shadow comparison as text: the totals, the labelled windows, then a line per device.

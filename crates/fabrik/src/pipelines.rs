@@ -555,6 +555,7 @@ pub(crate) fn compile(config: &PipelineConfig) -> Result<Compiled, Vec<(String, 
             training_windows: shadow.training_windows.or(config.training_windows),
             drift: None,
             shadow: None,
+            performance: None,
             ..config.clone()
         };
         const OWN_FIELDS: [&str; 6] = [
@@ -578,6 +579,11 @@ pub(crate) fn compile(config: &PipelineConfig) -> Result<Compiled, Vec<(String, 
             }
         }
     });
+    if let Some(performance) = &config.performance {
+        for (field, message) in crate::performance::problems(performance) {
+            problem(&field, message);
+        }
+    }
     if let Some(shadow) = &config.shadow {
         if shadow
             .live_share
@@ -707,6 +713,8 @@ pub(crate) fn demo_pipeline() -> PipelineConfig {
             live_share: None,
             live_devices: Vec::new(),
         }),
+        // The demo's anomaly scores are no classifier's probabilities.
+        performance: None,
     }
 }
 
@@ -726,6 +734,7 @@ pub(crate) fn demo_acoustic_pipeline() -> PipelineConfig {
         // One clip of 8,000 samples per window; a window the clip straddles has part of it.
         min_samples: 2_000,
         shadow: None,
+        performance: None,
         ..demo_pipeline()
     }
 }
@@ -1624,6 +1633,30 @@ impl PipelineControl for PipelineManager {
 
     fn retrain(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>> {
         Box::pin(self.retrain_pipeline(name))
+    }
+
+    fn performance(
+        &self,
+        name: String,
+    ) -> BoxFuture<'_, Result<fabrik_api::pipelines::PerformanceReport, ControlError>> {
+        Box::pin(async move {
+            let config = {
+                let pipelines = self.pipelines.lock().await;
+                let managed = pipelines
+                    .by_name
+                    .get(&name)
+                    .ok_or_else(|| ControlError::NotFound(format!("no pipeline named `{name}`")))?;
+                managed.config.clone()
+            };
+            let Some(performance) = config.performance.clone() else {
+                return Err(ControlError::NotFound(format!(
+                    "pipeline `{name}` estimates no performance (`[pipelines.performance]`)"
+                )));
+            };
+            crate::performance::report(&self.store, &config, &performance)
+                .await
+                .map_err(ControlError::Storage)
+        })
     }
 
     fn models(&self) -> BoxFuture<'_, Result<Vec<ModelInfo>, ControlError>> {

@@ -510,6 +510,13 @@ interval = "200ms"
 lateness = "0s"
 start = "earliest"
 
+[pipelines.performance]
+targets = "inspections"
+target = "defect"
+chunk = 10
+reference_chunks = 2
+metrics = ["roc_auc", "accuracy"]
+
 [[pipelines]]
 name = "misfit"
 table = "pump"
@@ -537,7 +544,22 @@ start = "earliest"
         &["--config", config.to_str().expect("utf-8")],
         &[],
     );
-    write_history_an_hour_ago(&p.url);
+    let start = write_history_an_hour_ago(&p.url);
+    // Every window of both pumps inspected, defects alternating window by window.
+    let mut inspections = String::new();
+    for k in 0..60 {
+        for device in ["pump-a", "pump-b"] {
+            inspections.push_str(&format!(
+                "inspections,device={device} defect={} {}\n",
+                k % 2 == 1,
+                start + k * 10 * SECOND + 5 * SECOND
+            ));
+        }
+    }
+    assert_eq!(
+        crate::support::post_status(&p.url, "/api/v1/write", &inspections),
+        200
+    );
     // Alone this takes about 2 s; with the whole suite sharing two cores it once took longer
     // than the usual 20 s, so this wait is longer and says where the pipeline stood.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
@@ -598,6 +620,54 @@ start = "earliest"
     assert_eq!(
         versions[0]["model_version"].as_str().map(str::len),
         Some(16)
+    );
+    // The classifier's performance: fitted on its first 20 inspected windows, estimated on
+    // every whole chunk of 10 after them (the other 80 of its 100 windows), with the realized
+    // values beside.
+    await_inferences(
+        &p.url,
+        "classifier",
+        100,
+        "the classifier scored every window",
+    );
+    let (code, report) = http(
+        &p.url,
+        reqwest::Method::GET,
+        "/api/v1/pipelines/classifier/performance",
+        None,
+    );
+    assert_eq!(code, 200, "{report}");
+    assert_eq!(report["problem"], serde_json::Value::Null, "{report}");
+    assert_eq!(report["reference"]["windows"], 20, "{report}");
+    assert_eq!(report["reference"]["positives"], 10, "{report}");
+    let chunks = report["chunks"].as_array().expect("chunks");
+    assert_eq!(chunks.len(), 8, "{report}");
+    assert_eq!(report["pending"], 0, "{report}");
+    let first = &chunks[0]["estimates"];
+    assert_eq!(first[0]["metric"], "roc_auc");
+    assert_eq!(first[1]["metric"], "accuracy");
+    assert_eq!(chunks[0]["with_outcomes"], 10);
+    assert!(first[1]["realized"].as_f64().is_some(), "{report}");
+    let (ok, out) =
+        crate::support::client_command(&p.url, &["pipeline", "performance", "classifier"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("reference: 20 windows with outcomes (10 positive)"),
+        "{out}"
+    );
+    // A pipeline without the section: 404, named.
+    let (code, body) = http(
+        &p.url,
+        reqwest::Method::GET,
+        "/api/v1/pipelines/forest/performance",
+        None,
+    );
+    assert_eq!(code, 404, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("[pipelines.performance]")),
+        "{body}"
     );
     let (status, _) = p.terminate();
     assert!(status.success());
