@@ -170,15 +170,18 @@ pub struct PerformanceReport {
     pub model_version: Option<String>,
     /// Scored windows per chunk.
     pub chunk: u32,
+    /// The probability from which the classifier's prediction is positive.
+    pub decision_threshold: f64,
     /// The metrics estimated.
     pub metrics: Vec<String>,
     /// What the estimator was fitted on; none until enough windows have outcomes.
     pub reference: Option<PerformanceReference>,
-    /// The chunks after the reference, oldest first (the latest 200).
+    /// The whole chunks of windows scored after the reference, oldest first (the latest 200).
     pub chunks: Vec<PerformanceChunk>,
     /// Windows scored after the last whole chunk: estimated once the chunk is full.
     pub pending: u64,
-    /// Why there is no estimate (not enough outcomes yet, or what the fit refused).
+    /// Why there is no estimate (not enough outcomes yet, or what the fit refused), or why
+    /// a chunk or the realized values are missing.
     pub problem: Option<String>,
 }
 
@@ -191,12 +194,15 @@ pub struct PerformanceReference {
     pub until: i64,
     /// Windows in it (all with outcomes).
     pub windows: u64,
+    /// Windows scored over its span, with and without outcomes: the share with outcomes is
+    /// `windows / span_windows`.
+    pub span_windows: u64,
     /// Their positive outcomes.
     pub positives: u64,
     /// Whether the scores are calibrated (isotonic) before estimating: only where it
     /// lowered the calibration error on held-out reference rows.
     pub calibrated: bool,
-    /// Per metric: the reference chunks' realized mean and the alert thresholds (mean ± 3σ).
+    /// Per metric: the alert thresholds, the reference chunks' realized mean ± 3σ.
     pub metrics: Vec<ReferenceMetric>,
 }
 
@@ -237,8 +243,8 @@ pub struct MetricEstimate {
     pub sampling_error: f64,
     /// The estimate is outside the reference's thresholds.
     pub alert: bool,
-    /// Computed from the outcomes, when at least half the chunk's windows have one (on those
-    /// windows); none otherwise, or where the metric is undefined (one class).
+    /// Computed from the outcomes on the chunk's windows that have one, when at least half do;
+    /// none otherwise, or where the metric is undefined (one class).
     pub realized: Option<f64>,
 }
 
@@ -778,7 +784,7 @@ pub(crate) async fn shadow(
 
 #[utoipa::path(get, path = "/api/v1/pipelines/{name}/performance", tag = "pipelines", security(("token" = [])),
     params(("name" = String, Path, description = "pipeline name")),
-    responses((status = 200, description = "the classifier's performance estimated per chunk of scored windows from its probabilities (NannyML's CBPE), fitted on the first windows whose outcomes arrived; realized values beside where outcomes arrived since", body = PerformanceReport),
+    responses((status = 200, description = "the classifier's performance estimated per chunk of scored windows from its probabilities (NannyML's CBPE), fitted on the first windows whose outcomes arrived; realized values beside where at least half a chunk's windows have outcomes", body = PerformanceReport),
               (status = 404, description = "no pipeline of that name, or it has no `[pipelines.performance]`", body = crate::error::ErrorBody),
               (status = 503, description = "the pipelines module does not run here", body = crate::error::ErrorBody)))]
 pub(crate) async fn performance(

@@ -639,8 +639,10 @@ pub struct PipelineConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PerformanceConfig {
-    /// The table the outcomes are written to (inspections, confirmed failures): a row of a
-    /// device at a time inside a window is that window's outcome.
+    /// The table the outcomes are written to (inspections, test results): a row of a device
+    /// at a time inside a window is that window's outcome, so its time is when the item was
+    /// made, not when it was inspected. Negative outcomes need rows too: a window without one
+    /// is unknown.
     pub targets: String,
     /// Its column holding the outcome: true, or a number of 0.5 and up, for the positive
     /// class (the class whose probability the model scores).
@@ -648,11 +650,18 @@ pub struct PerformanceConfig {
     /// Its device column.
     #[serde(default = "device_column")]
     pub device_column: String,
+    /// The probability from which the classifier predicts the positive class (F1, precision,
+    /// recall and accuracy are of this decision; the pipeline's `threshold`, which flags
+    /// windows for alerts, may differ per device).
+    #[serde(default = "half")]
+    pub decision_threshold: f64,
     /// Scored windows per chunk (a point of the estimate).
     #[serde(default = "five_hundred")]
     pub chunk: u32,
     /// Chunks of windows with outcomes the estimator is fitted on: the first ones scored by
-    /// the model version (at least 2; their spread sets the alert thresholds).
+    /// the model version (6 to 1,000, at most 25,000 windows; their spread sets the alert
+    /// thresholds). Outcomes must not be chosen by the prediction (inspect a random sample,
+    /// not the flagged windows), or the reference is biased.
     #[serde(default = "ten")]
     pub reference_chunks: u32,
     /// Metrics: `roc_auc`, `f1`, `accuracy`, `precision`, `recall`.
@@ -2279,6 +2288,7 @@ fn array_template(path: &str) -> Option<toml::Table> {
                 targets: String::new(),
                 target: String::new(),
                 device_column: String::new(),
+                decision_threshold: 0.0,
                 chunk: 0,
                 reference_chunks: 0,
                 metrics: Vec::new(),

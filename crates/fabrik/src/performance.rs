@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use datafusion::arrow::array::{Array, BooleanArray, Float64Array, Int64Array, StringArray};
+use datafusion::arrow::array::{Array, Float64Array, Int64Array, StringArray};
 use datafusion::arrow::datatypes::DataType;
 use fabrik_api::pipelines::{
     MetricEstimate, PerformanceChunk, PerformanceReference, PerformanceReport, ReferenceMetric,
@@ -15,14 +15,19 @@ use fabrik_runtime::config::{PerformanceConfig, PipelineConfig};
 use fabrik_store::Store;
 
 use crate::columns::cast_column;
-use crate::pipelines::INFERENCES_TABLE;
+use crate::pipelines::{CHALLENGER_COLUMN, INFERENCES_TABLE};
 use crate::sql_text::literal;
 
 /// Chunks reported: the latest this many.
 const MOST_CHUNKS: usize = 200;
-/// Scored windows read: the reference and what follows, up to this many (2,000 chunks of
-/// 500), so one estimate stays a bounded query.
-const MOST_WINDOWS: usize = 1_000_000;
+/// The reference is looked for among the version's first this many windows, and may hold at
+/// most [`MOST_REFERENCE`]: at least 1 window in 10 of its span must have an outcome.
+const MOST_SEARCHED: usize = 250_000;
+/// Most windows in a reference (`chunk × reference_chunks`).
+const MOST_REFERENCE: usize = 25_000;
+/// Fewest reference chunks: the thresholds are ±3σ of their realized values (NannyML warns
+/// below 6).
+const FEWEST_REFERENCE_CHUNKS: u32 = 6;
 /// A chunk's realized value is shown when at least this share of its windows has an outcome.
 const REALIZED_SHARE: f64 = 0.5;
 
@@ -31,9 +36,25 @@ fn metric(name: &str) -> Option<Metric> {
     Metric::ALL.into_iter().find(|m| m.name() == name)
 }
 
-/// Problems of a `[pipelines.performance]` section, as `(field, message)`.
-pub(crate) fn problems(config: &PerformanceConfig) -> Vec<(String, String)> {
+/// Problems of the `[pipelines.performance]` section of `pipeline`, as `(field, message)`.
+pub(crate) fn problems(
+    pipeline: &PipelineConfig,
+    config: &PerformanceConfig,
+) -> Vec<(String, String)> {
     let mut found = Vec::new();
+    // CBPE reads scores as the probability of the positive class; an anomaly score is none.
+    let output = pipeline.model_output.as_str();
+    if pipeline.model != "onnx"
+        || !(output.starts_with("probability") || output.starts_with("auto"))
+    {
+        found.push((
+            "performance".to_owned(),
+            format!(
+                "estimates a classifier's performance from its probabilities: needs model = \"onnx\" with model_output = \"probability\" (or `auto` resolving to it), not model `{}` with `{output}`",
+                pipeline.model
+            ),
+        ));
+    }
     let mut problem = |field: &str, message: String| {
         found.push((format!("performance.{field}"), message));
     };
@@ -49,6 +70,15 @@ pub(crate) fn problems(config: &PerformanceConfig) -> Vec<(String, String)> {
             );
         }
     }
+    if !(config.decision_threshold > 0.0 && config.decision_threshold < 1.0) {
+        problem(
+            "decision_threshold",
+            format!(
+                "{}: the probability from which the classifier predicts the positive class lies between 0 and 1",
+                config.decision_threshold
+            ),
+        );
+    }
     if !(2..=100_000).contains(&config.chunk) {
         problem(
             "chunk",
@@ -58,12 +88,22 @@ pub(crate) fn problems(config: &PerformanceConfig) -> Vec<(String, String)> {
             ),
         );
     }
-    if !(2..=1_000).contains(&config.reference_chunks) {
+    if !(FEWEST_REFERENCE_CHUNKS..=1_000).contains(&config.reference_chunks) {
         problem(
             "reference_chunks",
             format!(
-                "{}: the alert thresholds are the spread of 2 to 1,000 reference chunks",
+                "{}: the alert thresholds are ±3σ of {FEWEST_REFERENCE_CHUNKS} to 1,000 reference chunks",
                 config.reference_chunks
+            ),
+        );
+    } else if config.chunk as usize * config.reference_chunks as usize > MOST_REFERENCE {
+        problem(
+            "reference_chunks",
+            format!(
+                "{} chunks of {} make a reference of {} windows; at most {MOST_REFERENCE}",
+                config.reference_chunks,
+                config.chunk,
+                config.chunk as usize * config.reference_chunks as usize
             ),
         );
     }
@@ -95,16 +135,48 @@ struct Scored {
     start: i64,
     end: i64,
     score: f64,
-    flag: bool,
     outcome: Option<bool>,
 }
 
-/// The latest model version of `pipeline` that scored windows.
-async fn latest_version(store: &Store, pipeline: &str) -> Result<Option<String>, String> {
+/// The rows of one model version of a pipeline, its own (on the devices of an A/B split the
+/// live challenger's verdicts are in `inferences` too, under the same pipeline).
+struct Rows {
+    filter: String,
+}
+
+impl Rows {
+    fn own(store: &Store, pipeline: &str) -> Self {
+        let mut filter = format!("pipeline = {}", literal(pipeline));
+        if store.has_column(INFERENCES_TABLE, CHALLENGER_COLUMN) {
+            filter.push_str(&format!(" AND {CHALLENGER_COLUMN} IS NOT TRUE"));
+        }
+        Self { filter }
+    }
+
+    fn of_version(mut self, version: &str) -> Self {
+        self.filter
+            .push_str(&format!(" AND model_version = {}", literal(version)));
+        self
+    }
+
+    /// Also only the windows after `window` in window order (end, device, start).
+    fn after(&self, window: &Scored) -> String {
+        format!(
+            "{} AND (window_end > {end} OR (window_end = {end} AND (device > {device} OR \
+             (device = {device} AND window_start > {start}))))",
+            self.filter,
+            end = window.end,
+            start = window.start,
+            device = literal(&window.device),
+        )
+    }
+}
+
+/// The pipeline's own model version that scored last.
+async fn latest_version(store: &Store, rows: &Rows) -> Result<Option<String>, String> {
     let sql = format!(
-        "SELECT model_version FROM {INFERENCES_TABLE} WHERE pipeline = {} \
-         ORDER BY time DESC LIMIT 1",
-        literal(pipeline)
+        "SELECT model_version FROM {INFERENCES_TABLE} WHERE {} ORDER BY time DESC LIMIT 1",
+        rows.filter
     );
     let output = store.query(&sql).await.map_err(|e| e.to_string())?;
     for batch in &output.batches {
@@ -116,18 +188,17 @@ async fn latest_version(store: &Store, pipeline: &str) -> Result<Option<String>,
     Ok(None)
 }
 
-/// The windows version `version` of `pipeline` scored, oldest first (by window end, then
-/// device), at most [`MOST_WINDOWS`] of them.
+/// The windows `filter` selects in window order (end, device, start): `limit` of them from
+/// `offset`.
 async fn scored_windows(
     store: &Store,
-    pipeline: &str,
-    version: &str,
+    filter: &str,
+    limit: usize,
+    offset: usize,
 ) -> Result<Vec<Scored>, String> {
     let sql = format!(
-        "SELECT device, window_start, window_end, score, flag FROM {INFERENCES_TABLE} \
-         WHERE pipeline = {} AND model_version = {} ORDER BY window_end, device LIMIT {MOST_WINDOWS}",
-        literal(pipeline),
-        literal(version)
+        "SELECT device, window_start, window_end, score FROM {INFERENCES_TABLE} WHERE {filter} \
+         ORDER BY window_end, device, window_start LIMIT {limit} OFFSET {offset}"
     );
     let output = store.query(&sql).await.map_err(|e| e.to_string())?;
     let mut windows = Vec::new();
@@ -136,13 +207,8 @@ async fn scored_windows(
         let start: Int64Array = cast_column(batch, 1, &DataType::Int64, "window_start")?;
         let end: Int64Array = cast_column(batch, 2, &DataType::Int64, "window_end")?;
         let score: Float64Array = cast_column(batch, 3, &DataType::Float64, "score")?;
-        let flag: BooleanArray = cast_column(batch, 4, &DataType::Boolean, "flag")?;
         for row in 0..batch.num_rows() {
-            if [device.is_null(row), start.is_null(row), end.is_null(row)]
-                .into_iter()
-                .chain([score.is_null(row), flag.is_null(row)])
-                .any(|null| null)
-            {
+            if device.is_null(row) || start.is_null(row) || end.is_null(row) || score.is_null(row) {
                 continue;
             }
             windows.push(Scored {
@@ -150,12 +216,26 @@ async fn scored_windows(
                 start: start.value(row),
                 end: end.value(row),
                 score: score.value(row),
-                flag: flag.value(row),
                 outcome: None,
             });
         }
     }
     Ok(windows)
+}
+
+/// How many windows `filter` selects.
+async fn count(store: &Store, filter: &str) -> Result<usize, String> {
+    let sql = format!("SELECT count(*) FROM {INFERENCES_TABLE} WHERE {filter}");
+    let output = store.query(&sql).await.map_err(|e| e.to_string())?;
+    let mut total = 0;
+    for batch in &output.batches {
+        let counts: Int64Array = cast_column(batch, 0, &DataType::Int64, "count")?;
+        total += (0..counts.len())
+            .filter(|&row| counts.is_valid(row))
+            .map(|row| usize::try_from(counts.value(row)).unwrap_or(0))
+            .sum::<usize>();
+    }
+    Ok(total)
 }
 
 /// Marks each window with the outcomes of its device that fall inside it (positive if any
@@ -186,7 +266,7 @@ fn join_outcomes(windows: &mut [Scored], outcomes: &[(String, i64, bool)]) {
         while at > 0 {
             at -= 1;
             let window = &windows[indices[at]];
-            if window.start < time - longest {
+            if window.start < time.saturating_sub(longest) {
                 break;
             }
             if *time < window.end {
@@ -200,15 +280,24 @@ fn join_outcomes(windows: &mut [Scored], outcomes: &[(String, i64, bool)]) {
     }
 }
 
-/// The outcomes in `[from, until)` of the devices, from the targets table.
-async fn outcomes(
+/// Labels `windows` with the outcomes that arrived for them; `Err` names what keeps the
+/// outcomes from being read (said in the report).
+async fn label(
     store: &Store,
     config: &PerformanceConfig,
-    from: i64,
-    until: i64,
-) -> Result<Vec<(String, i64, bool)>, String> {
+    windows: &mut [Scored],
+) -> Result<(), String> {
+    let (Some(from), Some(until)) = (
+        windows.iter().map(|w| w.start).min(),
+        windows.iter().map(|w| w.end).max(),
+    ) else {
+        return Ok(());
+    };
     if !store.has_table(&config.targets) {
-        return Ok(Vec::new());
+        return Err(format!(
+            "the outcomes' table `{}` does not exist (yet): no outcome has been written to it",
+            config.targets
+        ));
     }
     let sql = format!(
         "SELECT \"{device}\", CAST(time AS BIGINT), CAST(\"{target}\" AS DOUBLE) FROM \"{table}\" \
@@ -237,7 +326,15 @@ async fn outcomes(
             ));
         }
     }
-    Ok(found)
+    join_outcomes(windows, &found);
+    Ok(())
+}
+
+/// A time for a message.
+fn time_text(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns)
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 /// The report of `pipeline`, which has `[pipelines.performance]` `config`.
@@ -246,129 +343,167 @@ pub(crate) async fn report(
     pipeline: &PipelineConfig,
     config: &PerformanceConfig,
 ) -> Result<PerformanceReport, String> {
+    report_with(store, pipeline, config, MOST_CHUNKS).await
+}
+
+/// [`report`], showing at most `most_chunks` chunks.
+async fn report_with(
+    store: &Store,
+    pipeline: &PipelineConfig,
+    config: &PerformanceConfig,
+    most_chunks: usize,
+) -> Result<PerformanceReport, String> {
     let metrics: Vec<Metric> = config.metrics.iter().filter_map(|m| metric(m)).collect();
     let mut report = PerformanceReport {
         pipeline: pipeline.name.clone(),
         model_version: None,
         chunk: config.chunk,
+        decision_threshold: config.decision_threshold,
         metrics: metrics.iter().map(|m| m.name().to_owned()).collect(),
         reference: None,
         chunks: Vec::new(),
         pending: 0,
         problem: None,
     };
+    let no_windows = "the pipeline has scored no window yet".to_owned();
     if !store.has_table(INFERENCES_TABLE) {
-        report.problem = Some("the pipeline has scored no window yet".into());
+        report.problem = Some(no_windows);
         return Ok(report);
     }
-    let Some(version) = latest_version(store, &pipeline.name).await? else {
-        report.problem = Some("the pipeline has scored no window yet".into());
+    let rows = Rows::own(store, &pipeline.name);
+    let Some(version) = latest_version(store, &rows).await? else {
+        report.problem = Some(no_windows);
         return Ok(report);
     };
-    let mut windows = scored_windows(store, &pipeline.name, &version).await?;
+    let rows = rows.of_version(&version);
     report.model_version = Some(version);
-    let (Some(from), Some(until)) = (
-        windows.iter().map(|w| w.start).min(),
-        windows.iter().map(|w| w.end).max(),
-    ) else {
-        report.problem = Some("the pipeline has scored no window yet".into());
-        return Ok(report);
-    };
-    // A targets table without the configured column is the operator's to fix, not a failure
-    // of the request: said in the report.
-    match outcomes(store, config, from, until).await {
-        Ok(found) => join_outcomes(&mut windows, &found),
-        Err(e) => {
-            report.problem = Some(e);
-            report.pending = windows.len() as u64;
-            return Ok(report);
-        }
-    }
-    estimate(&windows, config, &metrics, &mut report);
-    Ok(report)
-}
-
-/// Fits on the first labelled windows and estimates every whole chunk after them.
-fn estimate(
-    windows: &[Scored],
-    config: &PerformanceConfig,
-    metrics: &[Metric],
-    report: &mut PerformanceReport,
-) {
     let chunk = config.chunk as usize;
     let wanted = chunk * config.reference_chunks as usize;
-    // The reference: windows with outcomes, from the first, until there are enough.
-    let mut reference = Vec::with_capacity(wanted);
-    let mut after = windows.len();
-    for (position, window) in windows.iter().enumerate() {
+
+    // The reference: the version's first windows with outcomes, in window order.
+    let mut head = scored_windows(store, &rows.filter, MOST_SEARCHED, 0).await?;
+    if head.is_empty() {
+        report.problem = Some(no_windows);
+        return Ok(report);
+    }
+    if let Err(e) = label(store, config, &mut head).await {
+        report.problem = Some(e);
+        return Ok(report);
+    }
+    let mut reference = Vec::with_capacity(wanted.min(head.len()));
+    let mut span = 0;
+    for (index, window) in head.iter().enumerate() {
         if let Some(outcome) = window.outcome {
             reference.push((window, outcome));
             if reference.len() == wanted {
-                after = position + 1;
+                span = index + 1;
                 break;
             }
         }
     }
-    if reference.len() < wanted {
+    let Some(last) = reference
+        .last()
+        .filter(|_| reference.len() == wanted)
+        .map(|(w, _)| (*w).clone())
+    else {
         report.problem = Some(format!(
-            "{} of the {wanted} windows with outcomes the reference needs ({} chunks of {chunk}) have arrived in `{}`",
+            "{} of the {wanted} windows with outcomes the reference needs ({} chunks of {chunk}) have arrived in `{}`{}",
             reference.len(),
             config.reference_chunks,
-            config.targets
+            config.targets,
+            if head.len() == MOST_SEARCHED {
+                format!(" among the model version's first {MOST_SEARCHED} windows")
+            } else {
+                String::new()
+            }
         ));
-        report.pending = windows.len() as u64;
-        return;
-    }
+        return Ok(report);
+    };
+    let threshold = config.decision_threshold;
+    let predict =
+        |scores: &[f64]| -> Vec<bool> { scores.iter().map(|&s| s >= threshold).collect() };
     let scores: Vec<f64> = reference.iter().map(|(w, _)| w.score).collect();
-    let flags: Vec<bool> = reference.iter().map(|(w, _)| w.flag).collect();
     let targets: Vec<bool> = reference.iter().map(|(_, t)| *t).collect();
-    let fitted = match Cbpe::fit(&scores, &flags, &targets, metrics, chunk) {
+    let fitted = match Cbpe::fit(&scores, &predict(&scores), &targets, &metrics, chunk) {
         Ok(fitted) => fitted,
         Err(e) => {
-            report.problem = Some(format!("the reference cannot be fitted: {e}"));
-            return;
+            let positives = targets.iter().filter(|&&t| t).count();
+            report.problem = Some(format!(
+                "the reference ({positives} of {wanted} outcomes positive) cannot be fitted: {e}{}",
+                if positives == 0 || positives == wanted {
+                    format!(
+                        "; `{}` must record both outcomes (a window without a row is unknown, not negative)",
+                        config.targets
+                    )
+                } else {
+                    String::new()
+                }
+            ));
+            return Ok(report);
         }
     };
-    let first = reference.first().map_or(0, |(w, _)| w.start);
-    let last = reference.last().map_or(0, |(w, _)| w.end);
-    let mut chunks = Vec::new();
-    let rest = &windows[after..];
-    let whole = rest.len() / chunk;
-    report.pending = (rest.len() % chunk) as u64;
-    for part in rest
-        .chunks_exact(chunk)
-        .skip(whole.saturating_sub(MOST_CHUNKS))
-    {
+    let first = reference.first().map_or(last.start, |(w, _)| w.start);
+    report.reference = Some(PerformanceReference {
+        from: first,
+        until: last.end,
+        windows: wanted as u64,
+        span_windows: span as u64,
+        positives: targets.iter().filter(|&&t| t).count() as u64,
+        calibrated: fitted.calibrated(),
+        metrics: fitted
+            .thresholds()
+            .into_iter()
+            .map(|(metric, lower, upper)| ReferenceMetric {
+                metric: metric.name().to_owned(),
+                lower_threshold: lower,
+                upper_threshold: upper,
+            })
+            .collect(),
+    });
+
+    // The chunks after it: counted, then only the latest read.
+    let after = rows.after(&last);
+    drop(reference);
+    drop(head);
+    let total = count(store, &after).await?;
+    let whole = total / chunk;
+    let shown = whole.min(most_chunks);
+    report.pending = (total - whole * chunk) as u64;
+    let mut tail = scored_windows(store, &after, shown * chunk, (whole - shown) * chunk).await?;
+    if let Err(e) = label(store, config, &mut tail).await {
+        report.problem = Some(e);
+    }
+    for part in tail.chunks_exact(chunk) {
+        let from = part.iter().map(|w| w.start).min().unwrap_or(last.end);
         let scores: Vec<f64> = part.iter().map(|w| w.score).collect();
-        let flags: Vec<bool> = part.iter().map(|w| w.flag).collect();
-        let estimates = match fitted.estimate(&scores, &flags) {
+        let predictions = predict(&scores);
+        let estimates = match fitted.estimate(&scores, &predictions) {
             Ok(estimates) => estimates,
             Err(e) => {
-                report.problem = Some(format!(
-                    "the chunk from {} cannot be estimated: {e}",
-                    part[0].start
-                ));
-                break;
+                report.problem.get_or_insert_with(|| {
+                    format!(
+                        "the chunk from {} cannot be estimated: {e}",
+                        time_text(from)
+                    )
+                });
+                continue;
             }
         };
-        let labelled: Vec<&Scored> = part.iter().filter(|w| w.outcome.is_some()).collect();
+        let labelled: Vec<(&Scored, bool)> = part
+            .iter()
+            .filter_map(|w| w.outcome.map(|o| (w, o)))
+            .collect();
         let shown = labelled.len() as f64 >= REALIZED_SHARE * part.len() as f64;
         let realized = |metric: Metric| {
-            shown.then(|| {
-                cbpe::realized(
-                    metric,
-                    &labelled
-                        .iter()
-                        .map(|w| w.outcome.unwrap_or(false))
-                        .collect::<Vec<_>>(),
-                    &labelled.iter().map(|w| w.flag).collect::<Vec<_>>(),
-                    &labelled.iter().map(|w| w.score).collect::<Vec<_>>(),
-                )
-            })?
+            let scores: Vec<f64> = labelled.iter().map(|(w, _)| w.score).collect();
+            let outcomes: Vec<bool> = labelled.iter().map(|(_, o)| *o).collect();
+            shown
+                .then(|| cbpe::realized(metric, &outcomes, &predict(&scores), &scores))
+                .flatten()
         };
-        chunks.push(PerformanceChunk {
-            from: part[0].start,
-            until: part.iter().map(|w| w.end).max().unwrap_or(part[0].end),
+        report.chunks.push(PerformanceChunk {
+            from,
+            until: part.iter().map(|w| w.end).max().unwrap_or(from),
             windows: part.len() as u64,
             with_outcomes: labelled.len() as u64,
             estimates: estimates
@@ -383,29 +518,13 @@ fn estimate(
                 .collect(),
         });
     }
-    report.reference = Some(PerformanceReference {
-        from: first,
-        until: last,
-        windows: reference.len() as u64,
-        positives: targets.iter().filter(|&&t| t).count() as u64,
-        calibrated: fitted.calibrated(),
-        metrics: fitted
-            .thresholds()
-            .into_iter()
-            .map(|(metric, lower, upper)| ReferenceMetric {
-                metric: metric.name().to_owned(),
-                lower_threshold: lower,
-                upper_threshold: upper,
-            })
-            .collect(),
-    });
-    report.chunks = chunks;
+    Ok(report)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fabrik_core::{Precision, SourceId};
+    use fabrik_core::{Precision, SourceId, Timestamp};
 
     const MINUTE: i64 = 60_000_000_000;
 
@@ -415,7 +534,6 @@ mod tests {
             start,
             end,
             score: 0.5,
-            flag: false,
             outcome: None,
         }
     }
@@ -461,34 +579,43 @@ mod tests {
     fn config() -> (PipelineConfig, PerformanceConfig) {
         let mut pipeline = crate::pipelines::demo_pipeline();
         pipeline.name = "quality".into();
+        pipeline.model = "onnx".into();
+        pipeline.model_output = "probability".into();
         let performance = PerformanceConfig {
             targets: "inspections".into(),
             target: "defect".into(),
             device_column: "device".into(),
+            decision_threshold: 0.5,
             chunk: 200,
-            reference_chunks: 5,
+            reference_chunks: 6,
             metrics: vec!["roc_auc".into(), "accuracy".into()],
         };
         (pipeline, performance)
     }
 
+    /// What [`history`] wrote, in window order.
+    struct Generated {
+        lines: String,
+        scores: Vec<f64>,
+        outcomes: Vec<bool>,
+        inspected: Vec<bool>,
+    }
+
     /// A classifier's windows on two pumps, a minute each, as the pipeline writes them, and
-    /// inspections whose outcomes follow its probabilities (calibrated): `(scores, outcomes)`
-    /// in window order. From window `shift` on, the inputs move where the model is unsure
-    /// (probabilities between 0.4 and 0.6). Inspections cover windows below `inspected`.
-    fn history(windows: usize, shift: usize, inspected: usize) -> (String, Vec<f64>, Vec<bool>) {
+    /// inspections whose outcomes follow its probabilities (calibrated). From window `shift`
+    /// on, the inputs move where the model is unsure (probabilities between 0.4 and 0.6).
+    /// Windows `inspected` picks have an inspection. Besides: an earlier model version over
+    /// the same windows of pump-a, and an A/B challenger's newer rows, neither of which
+    /// counts.
+    fn history(windows: usize, shift: usize, inspected: impl Fn(usize) -> bool) -> Generated {
         let start = Timestamp::now().nanos() - 10 * 24 * 60 * MINUTE;
         let mut draws = Draws(7);
-        let mut lines = String::new();
-        // An earlier model version, whose windows do not count.
-        lines.push_str(&format!(
-            "inferences,pipeline=quality,device=pump-a,model=onnx:clf score=0.9,flag=true,\
-             window_start={}i,window_end={}i,model_version=\"v1\" {}\n",
-            start - MINUTE,
-            start,
-            start - 1
-        ));
-        let (mut scores, mut outcomes) = (Vec::new(), Vec::new());
+        let mut generated = Generated {
+            lines: String::new(),
+            scores: Vec::new(),
+            outcomes: Vec::new(),
+            inspected: Vec::new(),
+        };
         for k in 0..windows {
             let device = if k % 2 == 0 { "pump-a" } else { "pump-b" };
             let window_start = start + (k / 2) as i64 * MINUTE;
@@ -499,27 +626,44 @@ mod tests {
                 0.4 + 0.2 * draws.next()
             };
             let defect = draws.next() < score;
-            lines.push_str(&format!(
+            // The stored flag is the pipeline's alert verdict, not the classifier's decision.
+            generated.lines.push_str(&format!(
                 "inferences,pipeline=quality,device={device},model=onnx:clf score={score},\
-                 flag={},window_start={window_start}i,window_end={window_end}i,\
+                 flag=true,window_start={window_start}i,window_end={window_end}i,\
                  model_version=\"v2\" {}\n",
-                score >= 0.5,
                 window_end - 1
             ));
-            if k < inspected {
-                lines.push_str(&format!(
+            if device == "pump-a" && k < 600 {
+                generated.lines.push_str(&format!(
+                    "inferences,pipeline=quality,device=pump-a,model=onnx:old score=0.99,\
+                     flag=true,window_start={window_start}i,window_end={window_end}i,\
+                     model_version=\"v1\" {}\n",
+                    window_end - 2
+                ));
+            }
+            if inspected(k) {
+                generated.lines.push_str(&format!(
                     "inspections,device={device} defect={}i {}\n",
                     i64::from(defect),
                     window_start + MINUTE / 2
                 ));
             }
-            scores.push(score);
-            outcomes.push(defect);
+            generated.scores.push(score);
+            generated.outcomes.push(defect);
+            generated.inspected.push(inspected(k));
         }
-        (lines, scores, outcomes)
+        // A challenger live on pump-b scored last; its rows are not the pipeline's own.
+        let end = start + (windows / 2) as i64 * MINUTE;
+        generated.lines.push_str(&format!(
+            "inferences,pipeline=quality,device=pump-b,model=onnx:new score=0.2,flag=false,\
+             window_start={end}i,window_end={}i,model_version=\"c1\",challenger=true {}\n",
+            end + MINUTE,
+            end + MINUTE - 1
+        ));
+        generated
     }
 
-    async fn reported(lines: &str) -> PerformanceReport {
+    async fn store_of(lines: &str) -> (tempfile::TempDir, std::sync::Arc<Store>) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(fabrik_store::StoreOptions::new(dir.path()))
             .await
@@ -528,71 +672,85 @@ mod tests {
             .write_lines(lines, Precision::Ns, SourceId::http())
             .await
             .expect("write");
+        (dir, store)
+    }
+
+    async fn reported(lines: &str) -> PerformanceReport {
+        let (_dir, store) = store_of(lines).await;
         let (pipeline, performance) = config();
         report(&store, &pipeline, &performance)
             .await
             .expect("report")
     }
 
-    use fabrik_core::Timestamp;
-
     #[tokio::test]
     async fn a_shift_to_where_the_model_is_unsure_is_estimated_before_outcomes_arrive() {
-        // 4,000 windows: the reference is the first 1,000 (all inspected); the inputs shift
-        // at 2,400; inspections stop at 3,000.
-        let (lines, scores, outcomes) = history(4_000, 2_400, 3_000);
-        let report = reported(&lines).await;
+        // 5,000 windows; three in four inspected up to window 3,000, none after; the inputs
+        // shift at 2,400.
+        let inspected = |k: usize| k < 3_000 && k % 4 != 3;
+        let g = history(5_000, 2_400, inspected);
+        let (_dir, store) = store_of(&g.lines).await;
+        let (pipeline, performance) = config();
+        let report = report(&store, &pipeline, &performance)
+            .await
+            .expect("report");
         assert_eq!(report.problem, None, "{report:?}");
         assert_eq!(report.model_version.as_deref(), Some("v2"));
-        let reference = report.reference.as_ref().expect("reference");
-        assert_eq!(reference.windows, 1_000);
-        assert_eq!(
-            reference.positives,
-            outcomes[..1_000].iter().filter(|&&o| o).count() as u64
-        );
-        assert_eq!(report.chunks.len(), 15);
-        assert_eq!(report.pending, 0);
 
-        // The same estimator fitted on the same rows, in the same order, from the generated
-        // data rather than the store: every estimate equal.
-        let flags: Vec<bool> = scores.iter().map(|&s| s >= 0.5).collect();
+        // The reference: the first 1,200 inspected windows, in window order.
+        let labelled: Vec<usize> = (0..5_000).filter(|&k| g.inspected[k]).collect();
+        let reference = &labelled[..1_200];
+        let after = reference[1_199] + 1;
+        let got = report.reference.as_ref().expect("reference");
+        assert_eq!((got.windows, got.span_windows), (1_200, after as u64));
+        let pick = |rows: &[usize], of: &[f64]| rows.iter().map(|&k| of[k]).collect::<Vec<_>>();
+        let reference_scores = pick(reference, &g.scores);
+        let reference_outcomes: Vec<bool> = reference.iter().map(|&k| g.outcomes[k]).collect();
+        assert_eq!(
+            got.positives,
+            reference_outcomes.iter().filter(|&&o| o).count() as u64
+        );
+        let chunks = (5_000 - after) / 200;
+        assert_eq!(report.chunks.len(), chunks);
+        assert_eq!(report.pending, ((5_000 - after) % 200) as u64);
+
+        // The same estimator fitted on the same rows from the generated data rather than
+        // the store, its predictions from the decision threshold (not the stored flags): every
+        // estimate equal, and the realized values on the inspected windows.
+        let predict = |scores: &[f64]| scores.iter().map(|&s| s >= 0.5).collect::<Vec<_>>();
         let fitted = Cbpe::fit(
-            &scores[..1_000],
-            &flags[..1_000],
-            &outcomes[..1_000],
+            &reference_scores,
+            &predict(&reference_scores),
+            &reference_outcomes,
             &[Metric::RocAuc, Metric::Accuracy],
             200,
         )
         .expect("fit");
         for (i, chunk) in report.chunks.iter().enumerate() {
-            let rows = 1_000 + i * 200..1_200 + i * 200;
+            let rows: Vec<usize> = (after + i * 200..after + (i + 1) * 200).collect();
+            let scores = pick(&rows, &g.scores);
             let expected = fitted
-                .estimate(&scores[rows.clone()], &flags[rows.clone()])
+                .estimate(&scores, &predict(&scores))
                 .expect("estimate");
             for (got, want) in chunk.estimates.iter().zip(&expected) {
                 assert_eq!(got.metric, want.metric.name());
                 assert!((got.estimated - want.value).abs() < 1e-12, "chunk {i}");
                 assert_eq!(got.alert, want.alert, "chunk {i}");
             }
-            // Realized where the windows were inspected (up to window 3,000), on them.
-            let realized = chunk.estimates[0].realized;
-            if rows.end <= 3_000 {
-                assert_eq!(chunk.with_outcomes, 200);
-                let want = cbpe::realized(
-                    Metric::RocAuc,
-                    &outcomes[rows.clone()],
-                    &flags[rows.clone()],
-                    &scores[rows],
-                );
-                assert_eq!(realized, want, "chunk {i}");
-            } else {
-                assert_eq!((chunk.with_outcomes, realized), (0, None), "chunk {i}");
-            }
+            let seen: Vec<usize> = rows.into_iter().filter(|&k| g.inspected[k]).collect();
+            assert_eq!(chunk.with_outcomes, seen.len() as u64, "chunk {i}");
+            let realized = (seen.len() >= 100).then(|| {
+                let scores = pick(&seen, &g.scores);
+                let outcomes: Vec<bool> = seen.iter().map(|&k| g.outcomes[k]).collect();
+                cbpe::realized(Metric::RocAuc, &outcomes, &predict(&scores), &scores)
+            });
+            assert_eq!(chunk.estimates[0].realized, realized.flatten(), "chunk {i}");
         }
         // Before the shift the estimate tracks what was realized and stays inside the
-        // thresholds; after it, ROC AUC falls below them before any outcome says so.
+        // thresholds; after it, ROC AUC falls below them, in the chunks from window 3,000 on
+        // too, where no outcome is stored.
         let auc = |i: usize| &report.chunks[i].estimates[0];
-        for i in 0..7 {
+        for i in 0..4 {
             assert!(!auc(i).alert, "chunk {i}: {:?}", auc(i));
             let realized = auc(i).realized.expect("realized");
             assert!(
@@ -601,40 +759,82 @@ mod tests {
                 auc(i)
             );
         }
-        for i in 7..15 {
+        for i in 5..chunks {
             assert!(auc(i).alert, "chunk {i}: {:?}", auc(i));
             assert!(auc(i).estimated < 0.7, "chunk {i}: {:?}", auc(i));
         }
-        assert!(auc(8).realized.expect("inspected") < 0.75);
+        assert!(report.chunks[chunks - 1].with_outcomes == 0);
+
+        // Shown fewer, the latest chunks are the same ones.
+        let latest = report_with(&store, &pipeline, &performance, 5)
+            .await
+            .expect("report");
+        assert_eq!(latest.chunks[..], report.chunks[chunks - 5..]);
+        assert_eq!(latest.pending, report.pending);
     }
 
     #[tokio::test]
-    async fn too_few_outcomes_say_how_many_arrived() {
-        let (lines, _, _) = history(1_500, 1_500, 600);
-        let report = reported(&lines).await;
+    async fn missing_outcomes_and_refused_fits_say_why() {
+        // Too few outcomes.
+        let g = history(1_500, 1_500, |k| k < 600);
+        let report = reported(&g.lines).await;
         assert_eq!(report.reference, None);
         assert!(report.chunks.is_empty());
         assert_eq!(
             report.problem.as_deref(),
             Some(
-                "600 of the 1000 windows with outcomes the reference needs (5 chunks of 200) have arrived in `inspections`"
+                "600 of the 1200 windows with outcomes the reference needs (6 chunks of 200) have arrived in `inspections`"
             )
         );
-        // No table of outcomes at all: the same, with none.
-        let without: String = lines
+        // No table of outcomes at all.
+        let without: String = g
+            .lines
             .lines()
             .filter(|l| !l.starts_with("inspections"))
             .map(|l| format!("{l}\n"))
             .collect();
         let report = reported(&without).await;
+        assert_eq!(
+            report.problem.as_deref(),
+            Some(
+                "the outcomes' table `inspections` does not exist (yet): no outcome has been written to it"
+            )
+        );
+        // The table without the configured column.
+        let renamed = g.lines.replace("defect=", "faulty=");
+        let report = reported(&renamed).await;
         assert!(
             report
                 .problem
                 .as_deref()
-                .is_some_and(|p| p.starts_with("0 of the 1000")),
+                .is_some_and(|p| p.starts_with("reading the outcomes (`inspections`):")
+                    && p.contains("defect")),
             "{report:?}"
         );
-        // No inferences: said so.
+        // Only positive outcomes recorded: the fit is refused, and the cause named.
+        let positives_only: String = g
+            .lines
+            .lines()
+            .filter(|l| !l.starts_with("inspections") || l.contains("defect=1i"))
+            .map(|l| format!("{l}\n"))
+            .chain((0..1_500).map(|k| {
+                // Within each window of the history (its start is a few ms earlier).
+                let start = Timestamp::now().nanos() - 10 * 24 * 60 * MINUTE;
+                let device = if k % 2 == 0 { "pump-a" } else { "pump-b" };
+                format!(
+                    "inspections,device={device} defect=1i {}\n",
+                    start + (k / 2) * MINUTE + 1
+                )
+            }))
+            .collect();
+        let report = reported(&positives_only).await;
+        assert!(
+            report.problem.as_deref().is_some_and(|p| p.contains(
+                "must record both outcomes (a window without a row is unknown, not negative)"
+            )),
+            "{report:?}"
+        );
+        // No inferences.
         let report = reported("inspections,device=pump-a defect=1i 1\n").await;
         assert_eq!(
             report.problem.as_deref(),
@@ -644,27 +844,46 @@ mod tests {
 
     #[test]
     fn a_section_that_cannot_work_is_refused_by_field() {
-        let (_, mut performance) = config();
+        let (mut pipeline, mut performance) = config();
         performance.chunk = 1;
-        performance.reference_chunks = 1;
+        performance.reference_chunks = 5;
         performance.metrics = vec!["auc".into(), "f1".into(), "f1".into()];
         performance.target = "de\"fect".into();
-        let fields: Vec<String> = problems(&performance)
+        performance.decision_threshold = 1.0;
+        pipeline.model = "iforest".into();
+        let fields: Vec<String> = problems(&pipeline, &performance)
             .into_iter()
             .map(|(field, message)| format!("{field}: {message}"))
             .collect();
-        assert_eq!(fields.len(), 5, "{fields:?}");
-        assert!(fields[0].starts_with("performance.target: "), "{fields:?}");
+        assert_eq!(fields.len(), 7, "{fields:?}");
         assert!(
-            fields[1].starts_with("performance.chunk: 1 windows"),
+            fields[0].starts_with("performance: estimates a classifier's performance"),
+            "{fields:?}"
+        );
+        assert!(fields[1].starts_with("performance.target: "), "{fields:?}");
+        assert!(
+            fields[2].starts_with("performance.decision_threshold: 1:"),
             "{fields:?}"
         );
         assert!(
-            fields[2].starts_with("performance.reference_chunks: 1:"),
+            fields[3].starts_with("performance.chunk: 1 windows"),
             "{fields:?}"
         );
-        assert!(fields[3].contains("`auc` is not one of"), "{fields:?}");
-        assert!(fields[4].contains("`f1` is named twice"), "{fields:?}");
-        assert!(problems(&config().1).is_empty());
+        assert!(
+            fields[4].starts_with("performance.reference_chunks: 5:"),
+            "{fields:?}"
+        );
+        assert!(fields[5].contains("`auc` is not one of"), "{fields:?}");
+        assert!(fields[6].contains("`f1` is named twice"), "{fields:?}");
+        let (pipeline, mut performance) = config();
+        assert!(problems(&pipeline, &performance).is_empty());
+        performance.chunk = 30_000;
+        let too_big = problems(&pipeline, &performance);
+        assert!(
+            too_big[0]
+                .1
+                .contains("a reference of 180000 windows; at most 25000"),
+            "{too_big:?}"
+        );
     }
 }

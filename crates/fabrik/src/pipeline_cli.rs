@@ -209,17 +209,19 @@ fn performance_table(r: &PerformanceReport) -> String {
     };
     let _ = writeln!(
         out,
-        "pipeline {}: model {}, chunks of {} windows",
+        "pipeline {}: model {}, chunks of {} windows, positive from probability {}",
         r.pipeline,
         r.model_version.as_deref().unwrap_or("-"),
-        r.chunk
+        r.chunk,
+        r.decision_threshold
     );
     if let Some(reference) = &r.reference {
         let _ = writeln!(
             out,
-            "reference: {} windows with outcomes ({} positive), {} to {}{}",
+            "reference: {} windows with outcomes ({} positive) of {} scored, {} to {}{}",
             reference.windows,
             reference.positives,
+            reference.span_windows,
             time(reference.from),
             time(reference.until),
             if reference.calibrated {

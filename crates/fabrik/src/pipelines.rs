@@ -580,7 +580,7 @@ pub(crate) fn compile(config: &PipelineConfig) -> Result<Compiled, Vec<(String, 
         }
     });
     if let Some(performance) = &config.performance {
-        for (field, message) in crate::performance::problems(performance) {
+        for (field, message) in crate::performance::problems(config, performance) {
             problem(&field, message);
         }
     }
@@ -1646,7 +1646,10 @@ impl PipelineControl for PipelineManager {
                     .by_name
                     .get(&name)
                     .ok_or_else(|| ControlError::NotFound(format!("no pipeline named `{name}`")))?;
-                managed.config.clone()
+                // A stored definition that no longer compiles is not estimated on.
+                compile(&managed.config)
+                    .map_err(ControlError::Invalid)?
+                    .config
             };
             let Some(performance) = config.performance.clone() else {
                 return Err(ControlError::NotFound(format!(

@@ -514,7 +514,7 @@ start = "earliest"
 targets = "inspections"
 target = "defect"
 chunk = 10
-reference_chunks = 2
+reference_chunks = 6
 metrics = ["roc_auc", "accuracy"]
 
 [[pipelines]]
@@ -621,8 +621,8 @@ start = "earliest"
         versions[0]["model_version"].as_str().map(str::len),
         Some(16)
     );
-    // The classifier's performance: fitted on its first 20 inspected windows, estimated on
-    // every whole chunk of 10 after them (the other 80 of its 100 windows), with the realized
+    // The classifier's performance: fitted on its first 60 inspected windows, estimated on
+    // every whole chunk of 10 after them (the other 40 of its 100 windows), with the realized
     // values beside.
     await_inferences(
         &p.url,
@@ -638,10 +638,10 @@ start = "earliest"
     );
     assert_eq!(code, 200, "{report}");
     assert_eq!(report["problem"], serde_json::Value::Null, "{report}");
-    assert_eq!(report["reference"]["windows"], 20, "{report}");
-    assert_eq!(report["reference"]["positives"], 10, "{report}");
+    assert_eq!(report["reference"]["windows"], 60, "{report}");
+    assert_eq!(report["reference"]["positives"], 30, "{report}");
     let chunks = report["chunks"].as_array().expect("chunks");
-    assert_eq!(chunks.len(), 8, "{report}");
+    assert_eq!(chunks.len(), 4, "{report}");
     assert_eq!(report["pending"], 0, "{report}");
     let first = &chunks[0]["estimates"];
     assert_eq!(first[0]["metric"], "roc_auc");
@@ -652,7 +652,7 @@ start = "earliest"
         crate::support::client_command(&p.url, &["pipeline", "performance", "classifier"]);
     assert!(ok, "{out}");
     assert!(
-        out.contains("reference: 20 windows with outcomes (10 positive)"),
+        out.contains("reference: 60 windows with outcomes (30 positive) of 60 scored"),
         "{out}"
     );
     // A pipeline without the section: 404, named.
