@@ -1,18 +1,23 @@
 //! A pipeline's classifier performance while outcomes are unknown (`[pipelines.performance]`,
 //! decision 0059): its scored windows (`inferences` of the latest model version) joined with
 //! the outcomes that arrived in a table, NannyML's CBPE fitted on the first chunks of windows
-//! with outcomes and estimated on every whole chunk after them.
+//! with outcomes and estimated on every whole chunk after them; each chunk's estimates kept
+//! as rows of `model_performance` once it is whole, for alert rules and the trend.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use datafusion::arrow::array::{Array, Float64Array, Int64Array, StringArray};
 use datafusion::arrow::datatypes::DataType;
 use fabrik_api::pipelines::{
     MetricEstimate, PerformanceChunk, PerformanceReference, PerformanceReport, ReferenceMetric,
 };
+use fabrik_core::{Point, Quality, Timestamp, Value};
 use fabrik_ml::cbpe::{self, Cbpe, Metric};
 use fabrik_runtime::config::{PerformanceConfig, PipelineConfig};
 use fabrik_store::Store;
+use tokio_util::sync::CancellationToken;
 
 use crate::columns::cast_column;
 use crate::pipelines::{CHALLENGER_COLUMN, INFERENCES_TABLE};
@@ -521,6 +526,146 @@ async fn report_with(
     Ok(report)
 }
 
+/// The table each chunk's estimates are recorded in.
+pub(crate) const PERFORMANCE_TABLE: &str = "model_performance";
+
+/// How often a pipeline's new whole chunks are looked for.
+const RECORD_EVERY: Duration = Duration::from_secs(60);
+
+/// A chunk's estimates as rows of [`PERFORMANCE_TABLE`], one per metric, stamped at the
+/// chunk's last instant.
+fn chunk_points(pipeline: &str, version: &str, chunk: &PerformanceChunk) -> Vec<Point> {
+    chunk
+        .estimates
+        .iter()
+        .map(|e| {
+            let count = |n: u64| Value::I64(i64::try_from(n).unwrap_or(i64::MAX));
+            let mut fields = vec![
+                ("estimated".to_owned(), Value::F64(e.estimated)),
+                ("sampling_error".to_owned(), Value::F64(e.sampling_error)),
+                ("alert".to_owned(), Value::Bool(e.alert)),
+                ("windows".to_owned(), count(chunk.windows)),
+                ("with_outcomes".to_owned(), count(chunk.with_outcomes)),
+                ("chunk_from".to_owned(), Value::I64(chunk.from)),
+                ("chunk_until".to_owned(), Value::I64(chunk.until)),
+                ("model_version".to_owned(), Value::Str(version.to_owned())),
+            ];
+            if let Some(realized) = e.realized {
+                fields.push(("realized".to_owned(), Value::F64(realized)));
+            }
+            Point {
+                measurement: PERFORMANCE_TABLE.to_owned(),
+                tags: vec![
+                    ("pipeline".to_owned(), pipeline.to_owned()),
+                    ("metric".to_owned(), e.metric.clone()),
+                ],
+                fields,
+                time: Timestamp(chunk.until - 1),
+                quality: Quality::Good,
+            }
+        })
+        .collect()
+}
+
+/// The end of the newest chunk of `version` recorded for `pipeline`, if any.
+async fn recorded_until(
+    store: &Store,
+    pipeline: &str,
+    version: &str,
+) -> Result<Option<i64>, String> {
+    if !store.has_column(PERFORMANCE_TABLE, "chunk_until") {
+        return Ok(None);
+    }
+    let sql = format!(
+        "SELECT max(chunk_until) FROM {PERFORMANCE_TABLE} WHERE pipeline = {} AND model_version = {}",
+        literal(pipeline),
+        literal(version)
+    );
+    let output = store.query(&sql).await.map_err(|e| e.to_string())?;
+    for batch in &output.batches {
+        let until: Int64Array = cast_column(batch, 0, &DataType::Int64, "chunk_until")?;
+        if !until.is_empty() && until.is_valid(0) {
+            return Ok(Some(until.value(0)));
+        }
+    }
+    Ok(None)
+}
+
+/// Records every whole chunk of `pipeline` not recorded yet, once a minute, until `stop`:
+/// each chunk's estimates as it was first estimated (realized values that arrive later are
+/// in the report, not in the row).
+pub(crate) async fn record(
+    store: Arc<Store>,
+    pipeline: PipelineConfig,
+    config: PerformanceConfig,
+    stop: CancellationToken,
+) {
+    let name = pipeline.name.clone();
+    // The newest chunk end recorded, per model version (read back once per version).
+    let mut recorded: HashMap<String, i64> = HashMap::new();
+    let mut last_problem = None;
+    let mut ticker = tokio::time::interval(RECORD_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let outcome = tokio::select! {
+            () = stop.cancelled() => return,
+            outcome = record_new_chunks(&store, &pipeline, &config, &mut recorded) => outcome,
+        };
+        let problem = match outcome {
+            Ok(0) => None,
+            Ok(written) => {
+                tracing::debug!(pipeline = %name, chunks = written, "Recorded the estimated performance of new chunks.");
+                None
+            }
+            Err(e) => Some(e),
+        };
+        // Said once per distinct problem, not every minute.
+        if problem != last_problem {
+            if let Some(problem) = &problem {
+                tracing::warn!(pipeline = %name, problem = %problem, "The pipeline's performance could not be recorded.");
+            }
+            last_problem = problem;
+        }
+    }
+}
+
+/// One look for new whole chunks; how many were recorded.
+async fn record_new_chunks(
+    store: &Store,
+    pipeline: &PipelineConfig,
+    config: &PerformanceConfig,
+    recorded: &mut HashMap<String, i64>,
+) -> Result<usize, String> {
+    let report = report(store, pipeline, config).await?;
+    let Some(version) = report.model_version.clone() else {
+        return Ok(0);
+    };
+    if !recorded.contains_key(&version) {
+        let until = recorded_until(store, &pipeline.name, &version)
+            .await?
+            .unwrap_or(i64::MIN);
+        recorded.insert(version.clone(), until);
+    }
+    let after = recorded.get(&version).copied().unwrap_or(i64::MIN);
+    let new: Vec<&PerformanceChunk> = report.chunks.iter().filter(|c| c.until > after).collect();
+    let Some(newest) = new.iter().map(|c| c.until).max() else {
+        return Ok(0);
+    };
+    let points: Vec<Point> = new
+        .iter()
+        .flat_map(|chunk| chunk_points(&pipeline.name, &version, chunk))
+        .collect();
+    crate::pipelines::store_rows(store, &pipeline.name, &points, PERFORMANCE_TABLE)
+        .await
+        .map_err(|e| format!("writing {PERFORMANCE_TABLE}: {e}"))?;
+    recorded.insert(version, newest);
+    Ok(new.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -771,6 +916,66 @@ mod tests {
             .expect("report");
         assert_eq!(latest.chunks[..], report.chunks[chunks - 5..]);
         assert_eq!(latest.pending, report.pending);
+    }
+
+    #[tokio::test]
+    async fn each_whole_chunk_is_recorded_once_as_rows_alert_rules_read() {
+        let g = history(3_000, 2_400, |k| k < 2_000);
+        let (_dir, store) = store_of(&g.lines).await;
+        let (pipeline, performance) = config();
+        let mut recorded = HashMap::new();
+        let written = record_new_chunks(&store, &pipeline, &performance, &mut recorded)
+            .await
+            .expect("record");
+        let report = report(&store, &pipeline, &performance)
+            .await
+            .expect("report");
+        assert_eq!(written, report.chunks.len());
+        assert!(written >= 8, "{report:?}");
+        let rows = |sql: &str| {
+            let store = store.clone();
+            let sql = sql.to_owned();
+            async move {
+                let output = store.query(&sql).await.expect("query");
+                output
+                    .batches
+                    .iter()
+                    .map(|b| {
+                        cast_column::<Int64Array>(b, 0, &DataType::Int64, "n")
+                            .expect("count")
+                            .value(0)
+                    })
+                    .sum::<i64>()
+            }
+        };
+        let all = "SELECT count(*) AS n FROM model_performance WHERE pipeline = 'quality'";
+        assert_eq!(rows(all).await, 2 * written as i64);
+        // The rows say what the report says: the chunks after the shift alert on ROC AUC.
+        let alerting = report
+            .chunks
+            .iter()
+            .filter(|c| c.estimates[0].alert)
+            .count() as i64;
+        assert!(alerting > 0);
+        assert_eq!(
+            rows(
+                "SELECT count(*) AS n FROM model_performance WHERE pipeline = 'quality' \
+                 AND metric = 'roc_auc' AND alert AND model_version = 'v2'"
+            )
+            .await,
+            alerting
+        );
+        // Nothing new: nothing written; after a restart (nothing in memory) neither.
+        let again = record_new_chunks(&store, &pipeline, &performance, &mut recorded)
+            .await
+            .expect("record");
+        assert_eq!(again, 0);
+        let mut restarted = HashMap::new();
+        let after_restart = record_new_chunks(&store, &pipeline, &performance, &mut restarted)
+            .await
+            .expect("record");
+        assert_eq!(after_restart, 0);
+        assert_eq!(rows(all).await, 2 * written as i64);
     }
 
     #[tokio::test]

@@ -2125,6 +2125,15 @@ impl Runner {
         let mut live_from = BTreeMap::new();
         let mut ticker = tokio::time::interval(self.compiled.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Its own task, so estimating never delays scoring; it ends with the pipeline.
+        let recorder = self.compiled.config.performance.clone().map(|performance| {
+            tokio::spawn(crate::performance::record(
+                self.store.clone(),
+                self.compiled.config.clone(),
+                performance,
+                stop.clone(),
+            ))
+        });
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -2190,6 +2199,9 @@ impl Runner {
             if let Err(e) = result {
                 tracing::debug!(pipeline = %name, error = %e, "Pipeline step failed; retrying.");
             }
+        }
+        if let Some(recorder) = recorder {
+            let _ = recorder.await;
         }
         exported.stopped();
         self.update(|s| s.state = PipelineState::Stopped);
