@@ -503,6 +503,40 @@ async function main() {
     noErrors('pipeline monitoring');
   });
 
+  await step("pipelines: a classifier's estimated performance, before and after a shift", async () => {
+    // The demo's anomaly pipelines say how to add an estimate.
+    await go('#/pipelines/pump-health');
+    await page.waitForFunction(() => (document.querySelector('#pl-perf')?.textContent || '').includes('[pipelines.performance]'), null, { timeout: 15000 });
+    // A classifier's pipeline of its own (its model never uploaded, so it never scores): the
+    // rows below are its windows, written as the pipeline writes them, with inspections of
+    // the first 60 (alternating outcomes, probabilities that follow them), then 40 windows
+    // where the probabilities crowd around one half.
+    const pl = `ui-perf-${randomBytes(3).toString('hex')}`;
+    await apiCall(`/api/v1/pipelines/${pl}`, { method: 'PUT', body: { name: pl, table: 'ui_perf_nothing', signals: ['x'], model: 'onnx', model_name: 'ui-missing-classifier', model_output: 'probability', performance: { targets: `${pl.replace(/-/g, '_')}_inspections`, target: 'defect', chunk: 10, reference_chunks: 6, metrics: ['roc_auc', 'accuracy'] } } });
+    const lines = [];
+    const start = BigInt(Date.now() - 7200000) * 1000000n;
+    for (let k = 0; k < 100; k++) {
+      const ws = start + BigInt(k) * 60000000000n; const we = ws + 60000000000n;
+      const defect = k % 2 === 1;
+      const score = k < 60 ? (defect ? 0.7 + (k % 7) / 30 : 0.3 - (k % 5) / 20) : 0.45 + (k % 3) / 20;
+      lines.push(`inferences,pipeline=${pl},device=ui-line-1,model=onnx:ui score=${score},flag=${score >= 0.5},window_start=${ws}i,window_end=${we}i,model_version="ui-clf" ${we - 1n}`);
+      if (k < 60) lines.push(`${pl.replace(/-/g, '_')}_inspections,device=ui-line-1 defect=${defect} ${ws + 30000000000n}`);
+    }
+    await apiCall('/api/v1/write', { method: 'POST', body: lines.join('\n'), type: 'text/plain' });
+    await go(`#/pipelines/${pl}`);
+    await page.waitForFunction(() => {
+      const reference = document.querySelector('#pl-perf-reference')?.textContent || '';
+      const rows = [...document.querySelectorAll('#pl-perf-chunks tbody tr')];
+      // Every chunk after the shift alerts on ROC AUC, and none has outcomes.
+      return reference.includes('60 windows with outcomes (30 positive) of 60 scored') && rows.length === 4
+        && rows.every((tr) => tr.querySelector('.pill.bad') && tr.textContent.includes('0 / 10'));
+    }, null, { timeout: 20000 });
+    await page.locator('#h-perf').scrollIntoViewIfNeeded();
+    await shot('05-pipelines-performance');
+    await apiCall(`/api/v1/pipelines/${pl}`, { method: 'DELETE' });
+    noErrors('estimated performance');
+  });
+
   await step("pipelines: a clip pipeline's window lists its clips, playable", async () => {
     // One second of a 440 Hz tone, 8 kHz PCM16 mono, as a microphone would send it.
     const rate = 8000; const frames = rate;

@@ -329,7 +329,7 @@ pub(crate) async fn remove_key(
 }
 
 #[utoipa::path(get, path = "/api/v1/attestation/policies", tag = "attestation", security(("token" = [])),
-    responses((status = 200, description = "reference PCR values by device type", body = Vec<AttestationPolicy>)))]
+    responses((status = 200, description = "reference PCR values by device type (without the reference devices' event logs: `GET` one type for its log)", body = Vec<AttestationPolicy>)))]
 pub(crate) async fn policies(
     State(state): State<ApiState>,
 ) -> Result<Json<Vec<AttestationPolicy>>, ApiError> {
@@ -344,7 +344,7 @@ pub(crate) async fn policy(
     Path(device_type): Path<String>,
 ) -> Result<Json<AttestationPolicy>, ApiError> {
     registry(&state)?
-        .attestation_policy(&device_type)
+        .attestation_policy_with_log(&device_type)
         .await?
         .map(Json)
         .ok_or_else(|| {

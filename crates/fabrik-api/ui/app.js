@@ -73,6 +73,24 @@ const SILENT_AFTER_MS = 60000;
 const isSilent = (d) => d.state === 'online' && (!d.last_seen || Date.now() - toMs(d.last_seen) > SILENT_AFTER_MS);
 const pill = (state, label) => html`<span class="pill ${STATE_CLASS[state] ?? ''}">${label ?? String(state).replace('_', ' ')}</span>`;
 
+/** A classifier's estimated performance (CBPE): the reference, then the newest chunks first,
+ * each metric's estimate ± its sampling error (an alert outside the reference's thresholds)
+ * and, once half the chunk's windows have outcomes, the realized value beside. */
+function performanceView(r) {
+  if (!r.reference) return html`<div class="notice warn" id="pl-perf-problem">${r.problem || 'No estimate yet.'}</div>`;
+  const ref = r.reference;
+  const bound = (b) => (b == null ? '—' : fmtNum(b, 3));
+  const chunks = r.chunks.slice(-10).reverse();
+  return html`${r.problem ? html`<div class="notice warn">${r.problem}</div>` : ''}<dl class="kv">
+    <dt>Reference</dt><dd id="pl-perf-reference">${fmtNum(ref.windows)} windows with outcomes (${fmtNum(ref.positives)} positive) of ${fmtNum(ref.span_windows)} scored, ${fmtTime(ref.from)} – ${fmtTime(ref.until)}${ref.calibrated ? ', scores calibrated' : ''}</dd>
+    <dt>Alert outside</dt><dd>${ref.metrics.map((m) => html`<span class="tag">${m.metric} ${bound(m.lower_threshold)} – ${bound(m.upper_threshold)}</span> `)}</dd>
+    <dt>Prediction</dt><dd>positive from probability ${fmtNum(r.decision_threshold)}, chunks of ${fmtNum(r.chunk)} windows${r.pending ? html` <span class="muted">(${fmtNum(r.pending)} scored since)</span>` : ''}</dd></dl>
+    ${chunks.length ? html`<table id="pl-perf-chunks"><thead><tr><th>Chunk</th><th class="num">Outcomes</th>${r.metrics.map((m) => html`<th class="num">${m}</th><th class="num">realized</th>`)}</tr></thead><tbody>
+      ${chunks.map((c) => html`<tr><td title="${`${fmtNum(c.windows)} windows from ${fmtTime(c.from)}`}">${time(c.until)}</td><td class="num">${fmtNum(c.with_outcomes)} / ${fmtNum(c.windows)}</td>
+        ${c.estimates.map((e) => html`<td class="num">${e.alert ? pill('firing', fmtNum(e.estimated, 3)) : fmtNum(e.estimated, 3)} <span class="muted">±${fmtNum(e.sampling_error, 2)}</span></td><td class="num">${e.realized == null ? '—' : fmtNum(e.realized, 3)}</td>`)}</tr>`)}
+      </tbody></table>` : html`<div class="empty">No whole chunk after the reference yet.</div>`}`;
+}
+
 /** An A/B split's arms: each model's alert rate and precision where it acted, and the
  * permutation p-values (over devices) of their differences. */
 function armsText(a) {
@@ -1110,6 +1128,7 @@ async function pagePipelines(p, args) {
       <section class="card" aria-labelledby="h-drift"><div class="card-head"><h2 id="h-drift">Input drift</h2><span class="muted">each device's latest check against the windows its model learnt from</span></div><div id="pl-drift"></div></section>
       <section class="card" aria-labelledby="h-shadow"><div class="card-head"><h2 id="h-shadow">Shadow model</h2><span class="muted">a challenger on the same windows; it alerts only where it is live (A/B)</span></div><div id="pl-shadow"></div></section>
     </div>
+    <section class="card" style="margin-top:16px" aria-labelledby="h-perf"><div class="card-head"><h2 id="h-perf">Estimated performance</h2><span class="muted">a classifier's metrics per chunk of windows, before their outcomes arrive (CBPE)</span></div><div id="pl-perf"></div></section>
     <div class="grid cols-2" style="margin-top:16px">
       <section class="card" aria-labelledby="h-anom"><div class="card-head"><h2 id="h-anom">Latest inferences</h2>
         <div class="seg" role="group" aria-label="Which inferences"><button type="button" data-only="1" aria-pressed="true">Anomalies</button><button type="button" data-only="0" aria-pressed="false">All</button></div></div>
@@ -1221,6 +1240,13 @@ async function pagePipelines(p, args) {
           <td class="wrap">${c.drifted_features.slice(0, 3).map((f) => html`<span class="tag">${f}</span>`)}</td>
           <td title="${`${c.windows} windows from ${fmtTime(c.current_from)}, against ${c.reference_windows} learnt from ${fmtTime(c.reference_from)}`}">${time(c.current_until)}</td></tr>`)}
         </tbody></table>` : html`<div class="empty">No check yet: a device is checked every ${def.drift.windows || 'training'} scored windows.</div>`);
+    }
+    if (!def.performance) {
+      patch($('#pl-perf'), html`<div class="empty">No estimate: add <code>[pipelines.performance]</code> to a classifier's pipeline, naming the table its outcomes arrive in.</div>`);
+    } else {
+      const r = await api(`/api/v1/pipelines/${enc(name)}/performance`);
+      if (!p.alive) return;
+      patch($('#pl-perf'), performanceView(r));
     }
     if (!def.shadow) {
       patch($('#pl-shadow'), html`<div class="empty">No shadow model: add <code>[pipelines.shadow]</code> to score a challenger on the same windows before switching to it.</div>`);

@@ -189,24 +189,25 @@ fn policy_reasons(
             "no reference values for device type `{device_type}`: set them (PUT /api/v1/attestation/policies/{device_type})"
         )];
     };
-    let Some(closest) = closest_differences(policy, pcrs) else {
+    let Some((_, closest)) = closest_differences(policy, pcrs) else {
         return vec!["the policy accepts no PCR values".into()];
     };
     closest.into_iter().map(|(_, reason)| reason).collect()
 }
 
-/// The differences from the policy's accepted set closest to the quoted PCRs, by PCR (`None`
-/// when it accepts no set).
+/// The policy's accepted set closest to the quoted PCRs (its index) and the differences from
+/// it, by PCR (`None` when it accepts no set).
 fn closest_differences(
     policy: &AttestationPolicy,
     pcrs: &BTreeMap<String, BTreeMap<u32, String>>,
-) -> Option<Vec<(u32, String)>> {
+) -> Option<(usize, Vec<(u32, String)>)> {
     let quoted = pcrs.get(&policy.bank);
     policy
         .accept
         .iter()
         .map(|set| differences(quoted, set))
-        .min_by_key(Vec::len)
+        .enumerate()
+        .min_by_key(|(_, differences)| differences.len())
 }
 
 /// The differences between a quote's PCRs and one accepted set, by PCR, as text.
@@ -459,7 +460,10 @@ impl Registry {
         {
             let (check, reasons) = measured_boot::check(log, &record.pcrs);
             if check.matches {
-                measured = Some(log.measured(&check.bank));
+                measured = Some((
+                    check.bank.clone(),
+                    log.measured(&check.bank, &check.replayed),
+                ));
             }
             record.event_log = Some(check);
             record.reasons.extend(reasons);
@@ -470,7 +474,7 @@ impl Registry {
                 &device.device_type,
                 &enrolled,
                 &mut record,
-                measured.as_deref(),
+                measured.as_ref(),
             )
             .await?;
         }
@@ -486,12 +490,12 @@ impl Registry {
         .bind(serde_json::to_string(&record).map_err(|e| RegistryError::Corrupt(e.to_string()))?)
         .execute(&self.pool)
         .await?;
-        if let (Some(events), Some(check)) = (measured, &record.event_log) {
+        if let Some((bank, events)) = measured {
             self.store_event_log(&DeviceEventLog {
                 device: id.to_owned(),
                 time: record.time,
                 key_fingerprint: enrolled.fingerprint.clone(),
-                bank: check.bank.clone(),
+                bank,
                 events,
             })
             .await?;
@@ -529,19 +533,22 @@ impl Registry {
         device_type: &str,
         enrolled: &EnrolledKey,
         record: &mut AttestationRecord,
-        measured: Option<&[tpm::event_log::MeasuredEvent]>,
+        measured: Option<&(String, Vec<tpm::event_log::MeasuredEvent>)>,
     ) -> Result<(), RegistryError> {
-        let policy = self.attestation_policy(device_type).await?;
+        let policy = self.attestation_policy_with_log(device_type).await?;
         record
             .reasons
             .extend(policy_reasons(policy.as_ref(), device_type, &record.pcrs));
+        // Explained only against the set the reference device's log belongs to, in its bank.
         if let Some(policy) = &policy
             && let Some(reference) = &policy.reference_log
-            && let Some(events) = measured
+            && let Some((bank, events)) = measured
             && reference.bank == policy.bank
-            && let Some(closest) = closest_differences(policy, &record.pcrs)
+            && *bank == policy.bank
+            && let Some((closest, differences)) = closest_differences(policy, &record.pcrs)
+            && closest == reference.set
         {
-            let pcrs: Vec<u32> = closest.iter().map(|(index, _)| *index).collect();
+            let pcrs: Vec<u32> = differences.iter().map(|(index, _)| *index).collect();
             record
                 .reasons
                 .extend(measured_boot::changes(reference, events, &pcrs));
@@ -692,8 +699,24 @@ impl Registry {
         Ok(status)
     }
 
-    /// The reference values of a device type.
+    /// The reference values of a device type (without the reference device's log: read at
+    /// every connection check).
     pub async fn attestation_policy(
+        &self,
+        device_type: &str,
+    ) -> Result<Option<AttestationPolicy>, RegistryError> {
+        let row = sqlx::query(
+            "SELECT bank, accept, updated_at, NULL AS reference_log FROM attestation_policies WHERE device_type = $1",
+        )
+        .bind(device_type)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| policy_from_row(device_type.to_owned(), &r))
+            .transpose()
+    }
+
+    /// The reference values of a device type with the reference device's event log.
+    pub async fn attestation_policy_with_log(
         &self,
         device_type: &str,
     ) -> Result<Option<AttestationPolicy>, RegistryError> {
@@ -707,10 +730,10 @@ impl Registry {
             .transpose()
     }
 
-    /// Every device type's reference values.
+    /// Every device type's reference values (without the reference logs).
     pub async fn attestation_policies(&self) -> Result<Vec<AttestationPolicy>, RegistryError> {
         let rows = sqlx::query(
-            "SELECT device_type, bank, accept, updated_at, reference_log FROM attestation_policies ORDER BY device_type",
+            "SELECT device_type, bank, accept, updated_at, NULL AS reference_log FROM attestation_policies ORDER BY device_type",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -788,7 +811,13 @@ impl Registry {
                 )));
             };
             reference_log = self
-                .reference_log(golden, record.time, &record.key_fingerprint, &bank)
+                .reference_log(
+                    golden,
+                    record.time,
+                    &record.key_fingerprint,
+                    &bank,
+                    accept.len(),
+                )
                 .await?;
             let mut set = values.clone();
             if let Some(only) = &body.pcrs {

@@ -461,7 +461,8 @@ mod attestation {
     }
 
     /// An event log of the fixtures' boot: PCRs 0 to 7 extended once each with the digest of
-    /// `boot stage N` (`make.sh`), PCR 4's as an image load of the boot loader.
+    /// `boot stage N` (`make.sh`), PCR 4's as an image load of the boot loader, the others as
+    /// events whose data is that text.
     fn fixture_boot_log(stage_four: &str) -> Vec<u8> {
         use crate::tpm::event_log::{self, EventLog, LogBank, LoggedEvent};
         use sha2::Digest as _;
@@ -478,7 +479,8 @@ mod attestation {
                         event_log::efi_image_load("\\EFI\\BOOT\\BOOTX64.EFI"),
                     )
                 } else {
-                    (event_log::EV_SEPARATOR, vec![0; 4])
+                    // What was measured is the text itself, as a POST code's description.
+                    (0x1, content.clone().into_bytes())
                 };
                 LoggedEvent {
                     pcr,
@@ -536,7 +538,19 @@ mod attestation {
             .await
             .expect("log")
             .expect("kept");
-        assert_eq!(kept.events.len(), 8);
+        // The events of the PCRs the replay checked (the quote's 0-4 and 7), not 5 and 6.
+        assert_eq!(
+            kept.events.iter().map(|e| e.pcr).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3, 4, 7]
+        );
+        assert!(
+            !kept.events[4].verified,
+            "an image's path is the device's claim"
+        );
+        assert!(
+            kept.events[0].verified,
+            "a POST code's digest is of its data"
+        );
         assert_eq!(kept.events[4].description, "\\EFI\\BOOT\\BOOTX64.EFI");
         assert_eq!(kept.time, record.time);
 
@@ -553,11 +567,15 @@ mod attestation {
             .expect("policy");
         let reference = policy.reference_log.expect("reference log");
         assert_eq!(
-            (reference.device.as_str(), reference.events.len()),
-            ("gw-1", 8)
+            (
+                reference.device.as_str(),
+                reference.events.len(),
+                reference.set
+            ),
+            ("gw-1", 6, 0)
         );
         let read = registry
-            .attestation_policy("gateway")
+            .attestation_policy_with_log("gateway")
             .await
             .expect("policy")
             .expect("set");

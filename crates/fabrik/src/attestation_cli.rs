@@ -289,12 +289,14 @@ pub(crate) async fn run(
                     log.bank
                 );
                 for event in events {
+                    // `?`: a description the digest does not vouch for (the device's claim).
                     println!(
-                        "{:>4}  PCR {:>2}  {:<34} {}  {}",
+                        "{:>4}  PCR {:>2}  {:<34} {}  {}{}",
                         event.sequence,
                         event.pcr,
                         event.event_type,
                         event.digest,
+                        if event.verified { "" } else { "? " },
                         event.description
                     );
                 }
@@ -640,13 +642,16 @@ async fn quote(
         ],
     )
     .await?;
-    let evidence = serde_json::json!({
+    let mut evidence = serde_json::json!({
         "nonce": nonce,
         "quote": base64_of(&files[0])?,
         "signature": base64_of(&files[1])?,
         "pcrs": base64_of(&files[2])?,
-        "event_log": event_log.map(|log| base64::engine::general_purpose::STANDARD.encode(log)),
     });
+    // Only when there is one: a server from before event logs refuses unknown fields.
+    if let Some(log) = event_log {
+        evidence["event_log"] = base64::engine::general_purpose::STANDARD.encode(log).into();
+    }
     drop(work);
     let record = device.post("evidence", &evidence).await?;
     println!(

@@ -18,8 +18,8 @@ pub struct EventLogCheck {
     pub events: u32,
     /// The bank its events are shown in (the first quoted bank the log carries).
     pub bank: String,
-    /// The quoted PCRs the log was replayed against: those its events extend, and the
-    /// firmware's and boot loader's PCRs 0-9 whether or not it has events for them.
+    /// The quoted PCRs the log was replayed against: those of 0-9 (the firmware's and the
+    /// boot loader's) the quote selected, whether or not the log has events for them.
     pub replayed: Vec<u32>,
     /// Whether every one of them replayed to the quoted value.
     pub matches: bool,
@@ -46,6 +46,10 @@ pub struct DeviceEventLog {
 pub struct ReferenceLog {
     /// The known-good device.
     pub device: String,
+    /// The accepted set (its index in `accept`) its values became: a quote closest to
+    /// another set is not explained against this log.
+    #[serde(default)]
+    pub set: usize,
     /// Its verdict the values came from (ns).
     pub time: i64,
     /// The bank the digests are in.
@@ -55,14 +59,21 @@ pub struct ReferenceLog {
 }
 
 /// Replays `log` against an authentic quote's PCRs: the check and, if it does not match, why.
+/// The quote's PCRs 0-9 are held to it: a boot's log accounts for them whole, while other
+/// PCRs are also extended after it ends (IMA's, systemd's phases of PCR 11).
 pub(crate) fn check(
     log: &EventLog,
     quoted: &BTreeMap<String, BTreeMap<u32, String>>,
 ) -> (EventLogCheck, Vec<String>) {
     let mut reasons = Vec::new();
     let mut replayed = Vec::new();
+    // Events are shown in sha256 when it was quoted (policies' default bank), else in the
+    // first bank quoted.
+    let mut banks: Vec<&String> = quoted.keys().collect();
+    banks.sort_by_key(|bank| *bank != "sha256");
     let mut shown = None;
-    for (bank, values) in quoted {
+    for bank in banks {
+        let values = &quoted[bank];
         let replay = match log.replay(bank) {
             Ok(replay) => replay,
             Err(e) => {
@@ -72,7 +83,7 @@ pub(crate) fn check(
         };
         shown.get_or_insert_with(|| bank.clone());
         for (index, value) in values {
-            if !BOOT_PCRS.contains(index) && !replay.contains_key(index) {
+            if !BOOT_PCRS.contains(index) {
                 continue;
             }
             replayed.push(*index);
@@ -104,7 +115,14 @@ pub(crate) fn changes(
     events: &[MeasuredEvent],
     pcrs: &[u32],
 ) -> Vec<String> {
-    let name = |e: &MeasuredEvent| format!("{} {}", e.event_type, e.description);
+    // A description the digest does not vouch for is the device's claim, and said so.
+    let name = |e: &MeasuredEvent| {
+        if e.verified {
+            format!("{} {}", e.event_type, e.description)
+        } else {
+            format!("{} named {}", e.event_type, e.description)
+        }
+    };
     pcrs.iter()
         .filter_map(|&pcr| {
             let now: Vec<&MeasuredEvent> = events.iter().filter(|e| e.pcr == pcr).collect();
@@ -169,7 +187,7 @@ impl Registry {
         sqlx::query(
             "INSERT INTO attestation_event_logs (device_id, key_fingerprint, time, bank, events) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (device_id) DO UPDATE SET key_fingerprint = excluded.key_fingerprint, time = excluded.time,
-             bank = excluded.bank, events = excluded.events",
+             bank = excluded.bank, events = excluded.events WHERE attestation_event_logs.time < excluded.time",
         )
         .bind(&log.device)
         .bind(&log.key_fingerprint)
@@ -207,19 +225,21 @@ impl Registry {
         .transpose()
     }
 
-    /// The reference log for a policy taken from `device`'s verdict at `time` under `key`:
-    /// its log, if the one kept came with that very verdict.
+    /// The reference log for accepted set `set` of a policy, taken from `device`'s verdict at
+    /// `time` under `key`: its log, if the one kept came with that very verdict.
     pub(crate) async fn reference_log(
         &self,
         device: &str,
         time: i64,
         key: &str,
         bank: &str,
+        set: usize,
     ) -> Result<Option<ReferenceLog>, RegistryError> {
         Ok(self.device_event_log(device).await?.and_then(|log| {
             (log.time == time && log.key_fingerprint == key && log.bank == bank).then_some(
                 ReferenceLog {
                     device: log.device,
+                    set,
                     time: log.time,
                     bank: log.bank,
                     events: log.events,
@@ -246,12 +266,14 @@ mod tests {
             event_type: kind.into(),
             digest: digest.into(),
             description: description.into(),
+            verified: true,
         }
     }
 
     fn reference() -> ReferenceLog {
         ReferenceLog {
             device: "gw-golden".into(),
+            set: 0,
             time: 1,
             bank: "sha256".into(),
             events: vec![

@@ -24,7 +24,11 @@ const SPEC_ID_SIGNATURE: &[u8; 16] = b"Spec ID Event03\0";
 /// The signature of the event that sets PCR 0's starting value to the startup locality.
 const STARTUP_LOCALITY_SIGNATURE: &[u8; 16] = b"StartupLocality\0";
 /// The most events a log may hold: real ones hold tens to a few hundred.
-const MOST_EVENTS: usize = 20_000;
+const MOST_EVENTS: usize = 5_000;
+/// The largest log taken: real ones are 20-100 KB.
+pub const MOST_BYTES: usize = 4 << 20;
+/// PCRs of a TPM 2.0 PC Client platform.
+const PCR_COUNT: u32 = 24;
 /// The most bytes one event's data may hold (a firmware's certificate database can be tens
 /// of kilobytes).
 const MOST_EVENT_DATA: usize = 1 << 20;
@@ -84,6 +88,11 @@ pub struct MeasuredEvent {
     /// What was measured: a file path, a UEFI variable's name, a boot loader's command, or
     /// the size of data that has no text.
     pub description: String,
+    /// Whether the digest is the hash of the event's data, which binds the description to
+    /// what the replay vouches for. An image's path never is (its digest is the image's): the
+    /// device's software could have written any name there.
+    #[serde(default)]
+    pub verified: bool,
 }
 
 /// A little-endian reader over the log that names where it fails.
@@ -117,9 +126,10 @@ impl<'a> Reader<'a> {
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    /// Whether only zero padding is left (some firmware hands over its log buffer whole).
-    fn at_end(&self) -> bool {
-        self.bytes[self.at..].iter().all(|&b| b == 0)
+    /// Whether only zero padding is left (some firmware hands over its log buffer whole):
+    /// nothing past `end`, the position after the last non-zero byte, found once.
+    fn at_end(&self, end: usize) -> bool {
+        self.at >= end
     }
 }
 
@@ -165,9 +175,16 @@ fn spec_id_banks(data: &[u8]) -> Result<Vec<LogBank>, String> {
     for _ in 0..count {
         let algorithm = r.u16("algorithmId", 0)?;
         let size = r.u16("digestSize", 0)?;
-        if size == 0 || size > 64 {
+        let known = hash_of(algorithm).map(|h| h.output_len());
+        if size == 0 || size > 64 || known.is_some_and(|k| k != usize::from(size)) {
             return Err(format!(
                 "event log: the Spec ID event gives {} a digest size of {size}",
+                bank_name(algorithm)
+            ));
+        }
+        if banks.iter().any(|b: &LogBank| b.algorithm == algorithm) {
+            return Err(format!(
+                "event log: the Spec ID event declares {} twice",
                 bank_name(algorithm)
             ));
         }
@@ -182,6 +199,16 @@ pub fn parse(bytes: &[u8]) -> Result<EventLog, String> {
     if bytes.is_empty() {
         return Err("event log: empty".into());
     }
+    if bytes.len() > MOST_BYTES {
+        return Err(format!(
+            "event log: {} bytes; a boot's log is at most {MOST_BYTES}",
+            bytes.len()
+        ));
+    }
+    let end = bytes
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |last| last + 1);
     let first = legacy_event(&mut r, 0)?;
     let crypto_agile = first.event_type == EV_NO_ACTION
         && first.pcr == 0
@@ -199,7 +226,7 @@ pub fn parse(bytes: &[u8]) -> Result<EventLog, String> {
     } else {
         log.events.push(first);
     }
-    while !r.at_end() {
+    while !r.at_end(end) {
         let event = log.events.len() + 1;
         if log.events.len() >= MOST_EVENTS {
             return Err(format!(
@@ -219,7 +246,7 @@ pub fn parse(bytes: &[u8]) -> Result<EventLog, String> {
                 log.banks.len()
             ));
         }
-        let mut digests = Vec::with_capacity(count);
+        let mut digests: Vec<(u16, Vec<u8>)> = Vec::with_capacity(count);
         for _ in 0..count {
             let algorithm = r.u16("digest algorithm", event)?;
             let Some(bank) = log.banks.iter().find(|b| b.algorithm == algorithm) else {
@@ -228,6 +255,12 @@ pub fn parse(bytes: &[u8]) -> Result<EventLog, String> {
                     bank_name(algorithm)
                 ));
             };
+            if digests.iter().any(|(a, _)| *a == algorithm) {
+                return Err(format!(
+                    "event log: event {event} carries two {} digests",
+                    bank_name(algorithm)
+                ));
+            }
             digests.push((
                 algorithm,
                 r.take(usize::from(bank.size), "digest", event)?.to_vec(),
@@ -241,7 +274,43 @@ pub fn parse(bytes: &[u8]) -> Result<EventLog, String> {
             data,
         });
     }
+    check_events(&log)?;
     Ok(log)
+}
+
+/// Checks what the format allows but no boot writes: PCRs a TPM does not have, and a
+/// StartupLocality event other than one before anything is extended into PCR 0.
+fn check_events(log: &EventLog) -> Result<(), String> {
+    let mut extended_pcr0 = false;
+    let mut locality_seen = false;
+    for (position, event) in log.events.iter().enumerate() {
+        let number = position + usize::from(log.crypto_agile);
+        if event.pcr >= PCR_COUNT {
+            return Err(format!(
+                "event log: event {number} extends PCR {}; a TPM has PCRs 0 to {}",
+                event.pcr,
+                PCR_COUNT - 1
+            ));
+        }
+        if is_startup_locality(event) {
+            if locality_seen || extended_pcr0 {
+                return Err(format!(
+                    "event log: event {number} sets PCR 0's start again, or after PCR 0 was extended: only the first event of PCR 0 may"
+                ));
+            }
+            locality_seen = true;
+        } else if event.pcr == 0 && event.event_type != EV_NO_ACTION {
+            extended_pcr0 = true;
+        }
+    }
+    Ok(())
+}
+
+fn is_startup_locality(event: &LoggedEvent) -> bool {
+    event.event_type == EV_NO_ACTION
+        && event.pcr == 0
+        && event.data.len() >= 17
+        && event.data.starts_with(STARTUP_LOCALITY_SIGNATURE)
 }
 
 /// Writes a log in the crypto-agile format (or the old one when `crypto_agile` is false and
@@ -366,10 +435,7 @@ impl EventLog {
         let mut pcrs: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
         for event in &self.events {
             if event.event_type == EV_NO_ACTION {
-                if event.pcr == 0
-                    && event.data.len() >= 17
-                    && event.data.starts_with(STARTUP_LOCALITY_SIGNATURE)
-                {
+                if is_startup_locality(event) {
                     let mut start = vec![0u8; hash.output_len()];
                     if let Some(last) = start.last_mut() {
                         *last = event.data[16];
@@ -392,24 +458,35 @@ impl EventLog {
         Ok(pcrs)
     }
 
-    /// The events of `bank` as an operator reads them (`EV_NO_ACTION` ones left out).
-    pub fn measured(&self, bank: &str) -> Vec<MeasuredEvent> {
+    /// The events of `bank` extended into `pcrs` (those the replay checked) as an operator
+    /// reads them (`EV_NO_ACTION` ones left out).
+    pub fn measured(&self, bank: &str, pcrs: &[u32]) -> Vec<MeasuredEvent> {
         let algorithm = algorithm_of(bank);
+        let hash = algorithm.and_then(hash_of);
         self.events
             .iter()
             .enumerate()
-            .filter(|(_, e)| e.event_type != EV_NO_ACTION)
-            .map(|(position, event)| MeasuredEvent {
-                sequence: u32::try_from(position + 1).unwrap_or(u32::MAX),
-                pcr: event.pcr,
-                event_type: event_type_name(event.event_type),
-                digest: event
+            .filter(|(_, e)| e.event_type != EV_NO_ACTION && pcrs.contains(&e.pcr))
+            .map(|(position, event)| {
+                let value = event
                     .digests
                     .iter()
                     .find(|(a, _)| Some(*a) == algorithm)
-                    .map(|(_, v)| hex(v))
-                    .unwrap_or_default(),
-                description: describe(event.event_type, &event.data),
+                    .map(|(_, v)| v.as_slice());
+                // The data's hash, with and without a trailing NUL (GRUB logs its strings
+                // with one and measures them without).
+                let verified = matches!((value, hash), (Some(value), Some(hash))
+                    if [&event.data[..], event.data.strip_suffix(&[0]).unwrap_or(&event.data)]
+                        .iter()
+                        .any(|data| digest::digest(hash, data).as_ref() == value));
+                MeasuredEvent {
+                    sequence: u32::try_from(position + 1).unwrap_or(u32::MAX),
+                    pcr: event.pcr,
+                    event_type: event_type_name(event.event_type),
+                    digest: value.map(hex).unwrap_or_default(),
+                    description: describe(event.event_type, &event.data),
+                    verified,
+                }
             })
             .collect()
     }
@@ -476,22 +553,33 @@ fn describe(event_type: u32, data: &[u8]) -> String {
             .and_then(|&n| data.get(1..1 + usize::from(n)))
             .and_then(printable),
         0x8000_0006 => Some("GPT partition table".to_owned()),
-        EV_SEPARATOR => Some(if data.iter().all(|&b| b == 0xff) {
-            "separator (error)".to_owned()
-        } else {
-            "separator".to_owned()
-        }),
+        EV_SEPARATOR => Some("separator".to_owned()),
         _ => None,
     };
     let text = text
         .or_else(|| printable(data))
         .or_else(|| ucs2(data))
         .unwrap_or_else(|| format!("{} bytes", data.len()));
+    // The text comes from the device: nothing that could pass for another verdict reason
+    // (reasons are joined with `; `) or reorder what is shown (bidirectional controls).
+    let text: String = text
+        .chars()
+        .filter(|c| !c.is_control() && !is_format_character(*c))
+        .map(|c| if c == ';' { ',' } else { c })
+        .collect();
     if text.chars().count() > MOST_DESCRIPTION {
         text.chars().take(MOST_DESCRIPTION).collect::<String>() + "…"
     } else {
         text
     }
+}
+
+/// Unicode's invisible format characters (category Cf) that reorder or hide text: the
+/// bidirectional controls, zero-width characters, the BOM and the tag characters.
+fn is_format_character(c: char) -> bool {
+    matches!(c, '\u{00ad}' | '\u{061c}' | '\u{180e}' | '\u{200b}'..='\u{200f}'
+        | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206f}'
+        | '\u{feff}' | '\u{fff9}'..='\u{fffb}' | '\u{e0000}'..='\u{e007f}')
 }
 
 /// Data that is printable ASCII (trailing NULs allowed), as text.
@@ -532,7 +620,7 @@ fn le_u64(data: &[u8], at: usize) -> Option<u64> {
 
 fn variable_name(data: &[u8]) -> Option<String> {
     let chars = usize::try_from(le_u64(data, 16)?).ok()?;
-    let name = data.get(32..32 + chars.checked_mul(2)?)?;
+    let name = data.get(32..32usize.checked_add(chars.checked_mul(2)?)?)?;
     ucs2(name)
 }
 
@@ -649,7 +737,7 @@ mod tests {
 
     #[test]
     fn events_are_named_as_an_operator_reads_them() {
-        let measured = boot_log().measured("sha256");
+        let measured = boot_log().measured("sha256", &[0, 4, 7, 8]);
         let described: Vec<(&str, &str)> = measured
             .iter()
             .map(|e| (e.event_type.as_str(), e.description.as_str()))
@@ -670,8 +758,85 @@ mod tests {
         // Sequence numbers count the StartupLocality event, as the log does.
         assert_eq!(measured[0].sequence, 2);
         assert_eq!(measured[2].digest.len(), 64);
+        // The test's digests are of the events' data: bound to it, but for the image, whose
+        // digest would be the image's. GRUB's strings count without their trailing NUL.
+        let verified: Vec<bool> = measured.iter().map(|e| e.verified).collect();
+        assert_eq!(verified, vec![true, true, true, true, true]);
+        let mut log = boot_log();
+        log.events[5].digests[1].1 =
+            sha(&digest::SHA256, b"grub_cmd: linux /vmlinuz root=/dev/sda2");
+        log.events[3].digests[1].1 = vec![7; 32];
+        let verified: Vec<bool> = log
+            .measured("sha256", &[0, 4, 7, 8])
+            .iter()
+            .map(|e| e.verified)
+            .collect();
+        assert_eq!(verified, vec![true, true, false, true, true]);
+        // Only the PCRs asked for.
+        let only: Vec<u32> = log.measured("sha256", &[4]).iter().map(|e| e.pcr).collect();
+        assert_eq!(only, vec![4, 4]);
         assert_eq!(event_type_name(0x1234), "0x00001234");
         assert_eq!(describe(0x1, &[0xde, 0xad, 0xbe]), "3 bytes");
+        // A device's text cannot pass for another reason, or reorder what is shown.
+        assert_eq!(
+            describe(0x8, &ucs2_bytes("boot; PCR 4 is fine\u{202e}gpj.exe\0")),
+            "boot, PCR 4 is finegpj.exe"
+        );
+        assert_eq!(variable_name(&[0xff; 40]), None);
+    }
+
+    #[test]
+    fn logs_no_boot_writes_are_refused() {
+        // A PCR a TPM does not have.
+        let mut log = boot_log();
+        log.events[2].pcr = 24;
+        let e = parse(&encode(&log)).unwrap_err();
+        assert!(
+            e.contains("event 3 extends PCR 24; a TPM has PCRs 0 to 23"),
+            "{e}"
+        );
+        // StartupLocality after PCR 0 was extended, or twice.
+        let mut log = boot_log();
+        let locality = log.events.remove(0);
+        log.events.insert(2, locality.clone());
+        let e = parse(&encode(&log)).unwrap_err();
+        assert!(e.contains("event 3 sets PCR 0's start again"), "{e}");
+        let mut log = boot_log();
+        log.events.insert(1, locality);
+        assert!(
+            parse(&encode(&log))
+                .unwrap_err()
+                .contains("event 2 sets PCR 0's start again")
+        );
+        // One bank's digest twice in one event.
+        let mut log = boot_log();
+        log.events[2].digests[1] = log.events[2].digests[0].clone();
+        let e = parse(&encode(&log)).unwrap_err();
+        assert!(e.contains("event 3 carries two sha1 digests"), "{e}");
+        // A wrong digest size for a known algorithm.
+        let mut log = boot_log();
+        log.banks[1].size = 20;
+        log.events
+            .iter_mut()
+            .for_each(|e| e.digests[1].1.truncate(20));
+        let e = parse(&encode(&log)).unwrap_err();
+        assert!(e.contains("gives sha256 a digest size of 20"), "{e}");
+        // Too large to be a boot's log.
+        let e = parse(&vec![1; MOST_BYTES + 1]).unwrap_err();
+        assert!(e.contains("a boot's log is at most"), "{e}");
+    }
+
+    #[test]
+    fn zero_padding_costs_one_pass() {
+        // 100,000 empty legacy events of zeros and a last non-zero byte: parsed in one pass
+        // (the events cap refuses it), not one pass over the rest per event.
+        let mut bytes = vec![0u8; 32 * 100_000];
+        bytes.push(1);
+        let started = std::time::Instant::now();
+        let e = parse(&bytes).unwrap_err();
+        assert!(e.contains("more than 5000 events"), "{e}");
+        // Generous: the quadratic scan took minutes on this size.
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]

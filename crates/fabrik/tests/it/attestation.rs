@@ -1128,7 +1128,7 @@ fn a_measured_boot_log_must_replay_to_the_quote_and_names_the_component_that_cha
     assert!(said.contains("PCR 4 is"), "{said}");
     assert!(
         said.contains(
-            "PCR 4 changed at event 12 (EV_EFI_BOOT_SERVICES_APPLICATION \\EFI\\debian\\grubx64.efi)"
+            "PCR 4 changed at event 12 (EV_EFI_BOOT_SERVICES_APPLICATION named \\EFI\\debian\\grubx64.efi)"
         ),
         "{said}"
     );
