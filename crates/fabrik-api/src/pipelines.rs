@@ -220,6 +220,8 @@ pub struct ReferenceMetric {
 /// One chunk of scored windows after the reference.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
 pub struct PerformanceChunk {
+    /// Its position after the reference (0: the first chunk after it).
+    pub index: u64,
     /// Start of its first window, ns.
     pub from: i64,
     /// End of its last window, ns.

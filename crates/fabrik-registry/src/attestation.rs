@@ -189,17 +189,18 @@ fn policy_reasons(
             "no reference values for device type `{device_type}`: set them (PUT /api/v1/attestation/policies/{device_type})"
         )];
     };
-    let Some((_, closest)) = closest_differences(policy, pcrs) else {
+    let Some((_, closest)) = closest_differences(policy, pcrs, None) else {
         return vec!["the policy accepts no PCR values".into()];
     };
     closest.into_iter().map(|(_, reason)| reason).collect()
 }
 
 /// The policy's accepted set closest to the quoted PCRs (its index) and the differences from
-/// it, by PCR (`None` when it accepts no set).
+/// it, by PCR (`None` when it accepts no set); of sets equally close, `preferred` if it is one.
 fn closest_differences(
     policy: &AttestationPolicy,
     pcrs: &BTreeMap<String, BTreeMap<u32, String>>,
+    preferred: Option<usize>,
 ) -> Option<(usize, Vec<(u32, String)>)> {
     let quoted = pcrs.get(&policy.bank);
     policy
@@ -207,7 +208,7 @@ fn closest_differences(
         .iter()
         .map(|set| differences(quoted, set))
         .enumerate()
-        .min_by_key(|(_, differences)| differences.len())
+        .min_by_key(|(index, differences)| (differences.len(), Some(*index) != preferred))
 }
 
 /// The differences between a quote's PCRs and one accepted set, by PCR, as text.
@@ -413,7 +414,17 @@ impl Registry {
         let event_log = evidence
             .event_log
             .as_deref()
-            .map(|text| decode("event_log", text).and_then(|bytes| measured_boot::parse(&bytes)))
+            .map(|text| {
+                // Base64 of the largest log taken, and some whitespace: not decoded beyond.
+                if text.len() > tpm::event_log::MOST_BYTES / 3 * 4 + 1024 {
+                    return Err(RegistryError::Invalid(format!(
+                        "event_log: {} characters; a boot's log is at most {} bytes",
+                        text.len(),
+                        tpm::event_log::MOST_BYTES
+                    )));
+                }
+                decode("event_log", text).and_then(|bytes| measured_boot::parse(&bytes))
+            })
             .transpose()?;
         let mut record = AttestationRecord {
             time: now_ns(),
@@ -458,7 +469,11 @@ impl Registry {
         if record.authentic
             && let Some(log) = &event_log
         {
-            let (check, reasons) = measured_boot::check(log, &record.pcrs);
+            let bank = self
+                .attestation_policy(&device.device_type)
+                .await?
+                .map(|policy| policy.bank);
+            let (check, reasons) = measured_boot::check(log, &record.pcrs, bank.as_deref());
             if check.matches {
                 measured = Some((
                     check.bank.clone(),
@@ -545,7 +560,8 @@ impl Registry {
             && let Some((bank, events)) = measured
             && reference.bank == policy.bank
             && *bank == policy.bank
-            && let Some((closest, differences)) = closest_differences(policy, &record.pcrs)
+            && let Some((closest, differences)) =
+                closest_differences(policy, &record.pcrs, Some(reference.set))
             && closest == reference.set
         {
             let pcrs: Vec<u32> = differences.iter().map(|(index, _)| *index).collect();
@@ -706,7 +722,7 @@ impl Registry {
         device_type: &str,
     ) -> Result<Option<AttestationPolicy>, RegistryError> {
         let row = sqlx::query(
-            "SELECT bank, accept, updated_at, NULL AS reference_log FROM attestation_policies WHERE device_type = $1",
+            "SELECT bank, accept, updated_at, CAST(NULL AS TEXT) AS reference_log FROM attestation_policies WHERE device_type = $1",
         )
         .bind(device_type)
         .fetch_optional(&self.pool)
@@ -733,7 +749,7 @@ impl Registry {
     /// Every device type's reference values (without the reference logs).
     pub async fn attestation_policies(&self) -> Result<Vec<AttestationPolicy>, RegistryError> {
         let rows = sqlx::query(
-            "SELECT device_type, bank, accept, updated_at, NULL AS reference_log FROM attestation_policies ORDER BY device_type",
+            "SELECT device_type, bank, accept, updated_at, CAST(NULL AS TEXT) AS reference_log FROM attestation_policies ORDER BY device_type",
         )
         .fetch_all(&self.pool)
         .await?;

@@ -164,16 +164,24 @@ impl Rows {
         self
     }
 
-    /// Also only the windows after `window` in window order (end, device, start).
-    fn after(&self, window: &Scored) -> String {
-        format!(
-            "{} AND (window_end > {end} OR (window_end = {end} AND (device > {device} OR \
-             (device = {device} AND window_start > {start}))))",
-            self.filter,
-            end = window.end,
-            start = window.start,
-            device = literal(&window.device),
-        )
+    /// Also only the windows after `first` and up to `last` (if given) in window order (end,
+    /// device, start).
+    fn between(&self, first: &Scored, last: Option<&Scored>) -> String {
+        let key = |w: &Scored, after: bool| {
+            let (beyond, at) = if after { (">", ">") } else { ("<", "<=") };
+            format!(
+                "(window_end {beyond} {end} OR (window_end = {end} AND (device {beyond} {device} OR \
+                 (device = {device} AND window_start {at} {start}))))",
+                end = w.end,
+                start = w.start,
+                device = literal(&w.device),
+            )
+        };
+        let mut filter = format!("{} AND {}", self.filter, key(first, true));
+        if let Some(last) = last {
+            filter.push_str(&format!(" AND {}", key(last, false)));
+        }
+        filter
     }
 }
 
@@ -193,17 +201,18 @@ async fn latest_version(store: &Store, rows: &Rows) -> Result<Option<String>, St
     Ok(None)
 }
 
-/// The windows `filter` selects in window order (end, device, start): `limit` of them from
-/// `offset`.
+/// The first `limit` windows `filter` selects in window order (end, device, start), or with
+/// `newest` the last `limit`, still in window order.
 async fn scored_windows(
     store: &Store,
     filter: &str,
     limit: usize,
-    offset: usize,
+    newest: bool,
 ) -> Result<Vec<Scored>, String> {
+    let order = if newest { "DESC" } else { "ASC" };
     let sql = format!(
         "SELECT device, window_start, window_end, score FROM {INFERENCES_TABLE} WHERE {filter} \
-         ORDER BY window_end, device, window_start LIMIT {limit} OFFSET {offset}"
+         ORDER BY window_end {order}, device {order}, window_start {order} LIMIT {limit}"
     );
     let output = store.query(&sql).await.map_err(|e| e.to_string())?;
     let mut windows = Vec::new();
@@ -224,6 +233,9 @@ async fn scored_windows(
                 outcome: None,
             });
         }
+    }
+    if newest {
+        windows.reverse();
     }
     Ok(windows)
 }
@@ -386,7 +398,7 @@ async fn report_with(
     let wanted = chunk * config.reference_chunks as usize;
 
     // The reference: the version's first windows with outcomes, in window order.
-    let mut head = scored_windows(store, &rows.filter, MOST_SEARCHED, 0).await?;
+    let mut head = scored_windows(store, &rows.filter, MOST_SEARCHED, false).await?;
     if head.is_empty() {
         report.problem = Some(no_windows);
         return Ok(report);
@@ -396,12 +408,13 @@ async fn report_with(
         return Ok(report);
     }
     let mut reference = Vec::with_capacity(wanted.min(head.len()));
-    let mut span = 0;
+    let (mut first_index, mut span) = (None, 0);
     for (index, window) in head.iter().enumerate() {
         if let Some(outcome) = window.outcome {
+            let first = *first_index.get_or_insert(index);
             reference.push((window, outcome));
             if reference.len() == wanted {
-                span = index + 1;
+                span = index + 1 - first;
                 break;
             }
         }
@@ -466,19 +479,29 @@ async fn report_with(
             .collect(),
     });
 
-    // The chunks after it: counted, then only the latest read.
-    let after = rows.after(&last);
+    // The chunks after it, up to the newest window now: counted, then only the latest read,
+    // newest first (a sorted top-k, whatever the count), so chunk boundaries are counted
+    // from the reference's end.
     drop(reference);
     drop(head);
-    let total = count(store, &after).await?;
+    let after = rows.between(&last, None);
+    let newest = scored_windows(store, &after, 1, true).await?;
+    let Some(newest) = newest.first() else {
+        return Ok(report);
+    };
+    let upto = rows.between(&last, Some(newest));
+    let total = count(store, &upto).await?;
     let whole = total / chunk;
     let shown = whole.min(most_chunks);
-    report.pending = (total - whole * chunk) as u64;
-    let mut tail = scored_windows(store, &after, shown * chunk, (whole - shown) * chunk).await?;
+    let pending = total - whole * chunk;
+    report.pending = pending as u64;
+    let mut tail = scored_windows(store, &upto, shown * chunk + pending, true).await?;
+    tail.truncate(shown * chunk);
     if let Err(e) = label(store, config, &mut tail).await {
         report.problem = Some(e);
     }
-    for part in tail.chunks_exact(chunk) {
+    let first_shown = whole - shown;
+    for (position, part) in tail.chunks_exact(chunk).enumerate() {
         let from = part.iter().map(|w| w.start).min().unwrap_or(last.end);
         let scores: Vec<f64> = part.iter().map(|w| w.score).collect();
         let predictions = predict(&scores);
@@ -507,6 +530,7 @@ async fn report_with(
                 .flatten()
         };
         report.chunks.push(PerformanceChunk {
+            index: (first_shown + position) as u64,
             from,
             until: part.iter().map(|w| w.end).max().unwrap_or(from),
             windows: part.len() as u64,
@@ -534,7 +558,7 @@ const RECORD_EVERY: Duration = Duration::from_secs(60);
 
 /// A chunk's estimates as rows of [`PERFORMANCE_TABLE`], one per metric, stamped at the
 /// chunk's last instant.
-fn chunk_points(pipeline: &str, version: &str, chunk: &PerformanceChunk) -> Vec<Point> {
+fn chunk_points(pipeline: &str, version: &str, chunk: &PerformanceChunk, time: i64) -> Vec<Point> {
     chunk
         .estimates
         .iter()
@@ -544,6 +568,7 @@ fn chunk_points(pipeline: &str, version: &str, chunk: &PerformanceChunk) -> Vec<
                 ("estimated".to_owned(), Value::F64(e.estimated)),
                 ("sampling_error".to_owned(), Value::F64(e.sampling_error)),
                 ("alert".to_owned(), Value::Bool(e.alert)),
+                ("chunk".to_owned(), count(chunk.index)),
                 ("windows".to_owned(), count(chunk.windows)),
                 ("with_outcomes".to_owned(), count(chunk.with_outcomes)),
                 ("chunk_from".to_owned(), Value::I64(chunk.from)),
@@ -560,7 +585,7 @@ fn chunk_points(pipeline: &str, version: &str, chunk: &PerformanceChunk) -> Vec<
                     ("metric".to_owned(), e.metric.clone()),
                 ],
                 fields,
-                time: Timestamp(chunk.until - 1),
+                time: Timestamp(time),
                 quality: Quality::Good,
             }
         })
@@ -568,24 +593,24 @@ fn chunk_points(pipeline: &str, version: &str, chunk: &PerformanceChunk) -> Vec<
 }
 
 /// The end of the newest chunk of `version` recorded for `pipeline`, if any.
-async fn recorded_until(
+async fn recorded_through(
     store: &Store,
     pipeline: &str,
     version: &str,
 ) -> Result<Option<i64>, String> {
-    if !store.has_column(PERFORMANCE_TABLE, "chunk_until") {
+    if !store.has_column(PERFORMANCE_TABLE, "chunk") {
         return Ok(None);
     }
     let sql = format!(
-        "SELECT max(chunk_until) FROM {PERFORMANCE_TABLE} WHERE pipeline = {} AND model_version = {}",
+        "SELECT max(chunk) FROM {PERFORMANCE_TABLE} WHERE pipeline = {} AND model_version = {}",
         literal(pipeline),
         literal(version)
     );
     let output = store.query(&sql).await.map_err(|e| e.to_string())?;
     for batch in &output.batches {
-        let until: Int64Array = cast_column(batch, 0, &DataType::Int64, "chunk_until")?;
-        if !until.is_empty() && until.is_valid(0) {
-            return Ok(Some(until.value(0)));
+        let index: Int64Array = cast_column(batch, 0, &DataType::Int64, "chunk")?;
+        if !index.is_empty() && index.is_valid(0) {
+            return Ok(Some(index.value(0)));
         }
     }
     Ok(None)
@@ -641,28 +666,52 @@ async fn record_new_chunks(
     recorded: &mut HashMap<String, i64>,
 ) -> Result<usize, String> {
     let report = report(store, pipeline, config).await?;
+    if let Some(problem) = &report.problem {
+        // Said, and what can be recorded still is.
+        if report.chunks.is_empty() {
+            return Err(problem.clone());
+        }
+        tracing::warn!(pipeline = %pipeline.name, problem = %problem, "The pipeline's performance report has a problem.");
+    }
     let Some(version) = report.model_version.clone() else {
         return Ok(0);
     };
     if !recorded.contains_key(&version) {
-        let until = recorded_until(store, &pipeline.name, &version)
+        let through = recorded_through(store, &pipeline.name, &version)
             .await?
-            .unwrap_or(i64::MIN);
-        recorded.insert(version.clone(), until);
+            .unwrap_or(-1);
+        recorded.insert(version.clone(), through);
     }
-    let after = recorded.get(&version).copied().unwrap_or(i64::MIN);
-    let new: Vec<&PerformanceChunk> = report.chunks.iter().filter(|c| c.until > after).collect();
-    let Some(newest) = new.iter().map(|c| c.until).max() else {
+    let through = recorded.get(&version).copied().unwrap_or(-1);
+    let new: Vec<(usize, &PerformanceChunk)> = report
+        .chunks
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| i64::try_from(c.index).unwrap_or(i64::MAX) > through)
+        .collect();
+    let Some(newest) = new.iter().map(|(_, c)| c.index).max() else {
         return Ok(0);
     };
+    // A row per chunk and metric at the chunk's last instant; chunks that end at the same
+    // instant (more devices than windows per chunk) are stamped a nanosecond apart, each
+    // before the one before it (a count that does not change as chunks are added), so none
+    // overwrites another.
     let points: Vec<Point> = new
         .iter()
-        .flat_map(|chunk| chunk_points(&pipeline.name, &version, chunk))
+        .flat_map(|&(position, chunk)| {
+            let earlier_same_end = report.chunks[..position]
+                .iter()
+                .rev()
+                .take_while(|c| c.until == chunk.until)
+                .count();
+            let time = chunk.until - 1 - earlier_same_end as i64;
+            chunk_points(&pipeline.name, &version, chunk, time)
+        })
         .collect();
     crate::pipelines::store_rows(store, &pipeline.name, &points, PERFORMANCE_TABLE)
         .await
         .map_err(|e| format!("writing {PERFORMANCE_TABLE}: {e}"))?;
-    recorded.insert(version, newest);
+    recorded.insert(version, i64::try_from(newest).unwrap_or(i64::MAX));
     Ok(new.len())
 }
 
@@ -976,6 +1025,84 @@ mod tests {
             .expect("record");
         assert_eq!(after_restart, 0);
         assert_eq!(rows(all).await, 2 * written as i64);
+    }
+
+    /// Windows of `devices` pumps a minute each, minutes `minutes`, all ending together each
+    /// minute, inspected throughout (outcomes following the probabilities).
+    fn fleet(devices: usize, minutes: std::ops::Range<i64>, start: i64) -> String {
+        let mut draws = Draws(minutes.start as u64 + 11);
+        let mut lines = String::new();
+        for minute in minutes {
+            for d in 0..devices {
+                let window_start = start + minute * MINUTE;
+                let window_end = window_start + MINUTE;
+                let score = draws.next();
+                let defect = draws.next() < score;
+                lines.push_str(&format!(
+                    "inferences,pipeline=quality,device=pump-{d:02},model=onnx:clf score={score},\
+                     flag=true,window_start={window_start}i,window_end={window_end}i,\
+                     model_version=\"v2\" {}\n\
+                     inspections,device=pump-{d:02} defect={}i {}\n",
+                    window_end - 1,
+                    i64::from(defect),
+                    window_start + MINUTE / 2
+                ));
+            }
+        }
+        lines
+    }
+
+    #[tokio::test]
+    async fn chunks_that_end_together_are_each_recorded_once_and_new_ones_after() {
+        // 30 pumps, chunks of 10 windows: three chunks end at every minute.
+        let start = Timestamp::now().nanos() - 24 * 60 * MINUTE;
+        let (_dir, store) = store_of(&fleet(30, 0..10, start)).await;
+        let (pipeline, mut performance) = config();
+        performance.chunk = 10;
+        let mut recorded = HashMap::new();
+        let first = record_new_chunks(&store, &pipeline, &performance, &mut recorded)
+            .await
+            .expect("record");
+        // 300 windows, 60 in the reference: 24 chunks, three per minute.
+        assert_eq!(first, 24);
+        let rows = |sql: &'static str| {
+            let store = store.clone();
+            async move {
+                store
+                    .query(sql)
+                    .await
+                    .expect("query")
+                    .batches
+                    .iter()
+                    .map(|b| {
+                        cast_column::<Int64Array>(b, 0, &DataType::Int64, "n")
+                            .expect("count")
+                            .value(0)
+                    })
+                    .sum::<i64>()
+            }
+        };
+        let all = "SELECT count(*) AS n FROM model_performance WHERE pipeline = 'quality'";
+        let chunks = "SELECT count(DISTINCT chunk) AS n FROM model_performance";
+        assert_eq!(rows(all).await, 2 * 24, "no chunk overwrote another");
+        assert_eq!(rows(chunks).await, 24);
+        // Two more minutes scored: only their six chunks are written, after a restart too.
+        store
+            .write_lines(&fleet(30, 10..12, start), Precision::Ns, SourceId::http())
+            .await
+            .expect("write");
+        let mut restarted = HashMap::new();
+        let second = record_new_chunks(&store, &pipeline, &performance, &mut restarted)
+            .await
+            .expect("record");
+        assert_eq!(second, 6);
+        assert_eq!(rows(all).await, 2 * 30);
+        assert_eq!(rows(chunks).await, 30);
+        let report = report(&store, &pipeline, &performance)
+            .await
+            .expect("report");
+        let indices: Vec<u64> = report.chunks.iter().map(|c| c.index).collect();
+        assert_eq!(indices, (0..30).collect::<Vec<u64>>());
     }
 
     #[tokio::test]

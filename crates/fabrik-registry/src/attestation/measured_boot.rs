@@ -16,10 +16,12 @@ use crate::{Registry, RegistryError};
 pub struct EventLogCheck {
     /// Events in the log (`EV_NO_ACTION` ones included).
     pub events: u32,
-    /// The bank its events are shown in (the first quoted bank the log carries).
+    /// The bank its events are shown in: the policy's when quoted, else sha256 when quoted,
+    /// else the first bank quoted that the log carries.
     pub bank: String,
-    /// The quoted PCRs the log was replayed against: those of 0-9 (the firmware's and the
-    /// boot loader's) the quote selected, whether or not the log has events for them.
+    /// The PCRs of that bank the log was replayed against: those of 0-9 (the firmware's and
+    /// the boot loader's) the quote selected, whether or not the log has events for them.
+    /// Every bank quoted is replayed; a mismatch in any fails the quote.
     pub replayed: Vec<u32>,
     /// Whether every one of them replayed to the quoted value.
     pub matches: bool,
@@ -61,16 +63,17 @@ pub struct ReferenceLog {
 /// Replays `log` against an authentic quote's PCRs: the check and, if it does not match, why.
 /// The quote's PCRs 0-9 are held to it: a boot's log accounts for them whole, while other
 /// PCRs are also extended after it ends (IMA's, systemd's phases of PCR 11).
+/// Events are shown in the bank `preferred` (the policy's) when it was quoted, else sha256
+/// when it was, else the first bank quoted.
 pub(crate) fn check(
     log: &EventLog,
     quoted: &BTreeMap<String, BTreeMap<u32, String>>,
+    preferred: Option<&str>,
 ) -> (EventLogCheck, Vec<String>) {
     let mut reasons = Vec::new();
     let mut replayed = Vec::new();
-    // Events are shown in sha256 when it was quoted (policies' default bank), else in the
-    // first bank quoted.
     let mut banks: Vec<&String> = quoted.keys().collect();
-    banks.sort_by_key(|bank| *bank != "sha256");
+    banks.sort_by_key(|bank| (Some(bank.as_str()) != preferred, *bank != "sha256"));
     let mut shown = None;
     for bank in banks {
         let values = &quoted[bank];
@@ -81,12 +84,17 @@ pub(crate) fn check(
                 continue;
             }
         };
+        let first = shown.is_none();
         shown.get_or_insert_with(|| bank.clone());
         for (index, value) in values {
             if !BOOT_PCRS.contains(index) {
                 continue;
             }
-            replayed.push(*index);
+            // The PCRs checked in the bank the events are shown in: another bank's check
+            // says nothing of these digests.
+            if first {
+                replayed.push(*index);
+            }
             let extended = replay
                 .get(index)
                 .map_or_else(|| "0".repeat(value.len()), |v| hex(v));
@@ -97,8 +105,6 @@ pub(crate) fn check(
             }
         }
     }
-    replayed.sort_unstable();
-    replayed.dedup();
     let check = EventLogCheck {
         events: u32::try_from(log.events.len()).unwrap_or(u32::MAX),
         bank: shown.unwrap_or_default(),

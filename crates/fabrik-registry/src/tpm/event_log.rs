@@ -475,7 +475,14 @@ impl EventLog {
                     .map(|(_, v)| v.as_slice());
                 // The data's hash, with and without a trailing NUL (GRUB logs its strings
                 // with one and measures them without).
-                let verified = matches!((value, hash), (Some(value), Some(hash))
+                // An image's or a firmware blob's digest is of the image: data that hashes to it
+                // was made to, and names nothing that was measured.
+                let measures_elsewhere = matches!(
+                    event.event_type,
+                    0x8000_0003..=0x8000_0005 | 0x8000_0008 | 0x8000_000a
+                );
+                let verified = !measures_elsewhere
+                    && matches!((value, hash), (Some(value), Some(hash))
                     if [&event.data[..], event.data.strip_suffix(&[0]).unwrap_or(&event.data)]
                         .iter()
                         .any(|data| digest::digest(hash, data).as_ref() == value));
@@ -553,7 +560,12 @@ fn describe(event_type: u32, data: &[u8]) -> String {
             .and_then(|&n| data.get(1..1 + usize::from(n)))
             .and_then(printable),
         0x8000_0006 => Some("GPT partition table".to_owned()),
-        EV_SEPARATOR => Some("separator".to_owned()),
+        // 0 ends a phase; 1 or all ones is the firmware's error separator.
+        EV_SEPARATOR => Some(if data == [1, 0, 0, 0] || data == [0xff; 4] {
+            "separator (error)".to_owned()
+        } else {
+            "separator".to_owned()
+        }),
         _ => None,
     };
     let text = text
@@ -759,19 +771,21 @@ mod tests {
         assert_eq!(measured[0].sequence, 2);
         assert_eq!(measured[2].digest.len(), 64);
         // The test's digests are of the events' data: bound to it, but for the image, whose
-        // digest would be the image's. GRUB's strings count without their trailing NUL.
+        // digest must be the image's (data made to hash to it names nothing). GRUB's strings
+        // count without their trailing NUL.
         let verified: Vec<bool> = measured.iter().map(|e| e.verified).collect();
-        assert_eq!(verified, vec![true, true, true, true, true]);
+        assert_eq!(verified, vec![true, true, false, true, true]);
         let mut log = boot_log();
         log.events[5].digests[1].1 =
             sha(&digest::SHA256, b"grub_cmd: linux /vmlinuz root=/dev/sda2");
-        log.events[3].digests[1].1 = vec![7; 32];
+        log.events[2].digests[1].1 = vec![7; 32];
         let verified: Vec<bool> = log
             .measured("sha256", &[0, 4, 7, 8])
             .iter()
             .map(|e| e.verified)
             .collect();
-        assert_eq!(verified, vec![true, true, false, true, true]);
+        assert_eq!(verified, vec![true, false, false, true, true]);
+        assert_eq!(describe(EV_SEPARATOR, &[0xff; 4]), "separator (error)");
         // Only the PCRs asked for.
         let only: Vec<u32> = log.measured("sha256", &[4]).iter().map(|e| e.pcr).collect();
         assert_eq!(only, vec![4, 4]);
@@ -827,16 +841,13 @@ mod tests {
     }
 
     #[test]
-    fn zero_padding_costs_one_pass() {
-        // 100,000 empty legacy events of zeros and a last non-zero byte: parsed in one pass
-        // (the events cap refuses it), not one pass over the rest per event.
+    fn zeros_before_a_last_non_zero_byte_are_events_not_padding() {
+        // 100,000 empty legacy events of zeros and a last non-zero byte: not padding, so
+        // events, which the cap refuses (the padding's end is found once, not per event).
         let mut bytes = vec![0u8; 32 * 100_000];
         bytes.push(1);
-        let started = std::time::Instant::now();
         let e = parse(&bytes).unwrap_err();
         assert!(e.contains("more than 5000 events"), "{e}");
-        // Generous: the quadratic scan took minutes on this size.
-        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]
