@@ -626,7 +626,7 @@ pub(crate) async fn record(
     stop: CancellationToken,
 ) {
     let name = pipeline.name.clone();
-    // The newest chunk end recorded, per model version (read back once per version).
+    // The highest chunk index recorded, per model version (read back once per version).
     let mut recorded: HashMap<String, i64> = HashMap::new();
     let mut last_problem = None;
     let mut ticker = tokio::time::interval(RECORD_EVERY);
@@ -641,40 +641,41 @@ pub(crate) async fn record(
             outcome = record_new_chunks(&store, &pipeline, &config, &mut recorded) => outcome,
         };
         let problem = match outcome {
-            Ok(0) => None,
-            Ok(written) => {
-                tracing::debug!(pipeline = %name, chunks = written, "Recorded the estimated performance of new chunks.");
-                None
+            Ok((written, problem)) => {
+                if written > 0 {
+                    tracing::debug!(pipeline = %name, chunks = written, "Recorded the estimated performance of new chunks.");
+                }
+                problem
             }
             Err(e) => Some(e),
         };
-        // Said once per distinct problem, not every minute.
-        if problem != last_problem {
-            if let Some(problem) = &problem {
-                tracing::warn!(pipeline = %name, problem = %problem, "The pipeline's performance could not be recorded.");
+        // Said when it starts and when it ends, not every minute (while outcomes accumulate
+        // its counts change at every look).
+        match (&problem, &last_problem) {
+            (Some(problem), None) => {
+                tracing::warn!(pipeline = %name, problem = %problem, "The pipeline's performance is not recorded for now.");
             }
-            last_problem = problem;
+            (None, Some(_)) => {
+                tracing::info!(pipeline = %name, "The pipeline's performance is recorded again.");
+            }
+            _ => {}
         }
+        last_problem = problem;
     }
 }
 
-/// One look for new whole chunks; how many were recorded.
+/// One look for new whole chunks: how many were recorded, and the report's problem (what
+/// can be recorded still is).
 async fn record_new_chunks(
     store: &Store,
     pipeline: &PipelineConfig,
     config: &PerformanceConfig,
     recorded: &mut HashMap<String, i64>,
-) -> Result<usize, String> {
+) -> Result<(usize, Option<String>), String> {
     let report = report(store, pipeline, config).await?;
-    if let Some(problem) = &report.problem {
-        // Said, and what can be recorded still is.
-        if report.chunks.is_empty() {
-            return Err(problem.clone());
-        }
-        tracing::warn!(pipeline = %pipeline.name, problem = %problem, "The pipeline's performance report has a problem.");
-    }
+    let problem = report.problem.clone();
     let Some(version) = report.model_version.clone() else {
-        return Ok(0);
+        return Ok((0, problem));
     };
     if !recorded.contains_key(&version) {
         let through = recorded_through(store, &pipeline.name, &version)
@@ -690,7 +691,7 @@ async fn record_new_chunks(
         .filter(|(_, c)| i64::try_from(c.index).unwrap_or(i64::MAX) > through)
         .collect();
     let Some(newest) = new.iter().map(|(_, c)| c.index).max() else {
-        return Ok(0);
+        return Ok((0, problem));
     };
     // A row per chunk and metric at the chunk's last instant; chunks that end at the same
     // instant (more devices than windows per chunk) are stamped a nanosecond apart, each
@@ -712,7 +713,7 @@ async fn record_new_chunks(
         .await
         .map_err(|e| format!("writing {PERFORMANCE_TABLE}: {e}"))?;
     recorded.insert(version, i64::try_from(newest).unwrap_or(i64::MAX));
-    Ok(new.len())
+    Ok((new.len(), problem))
 }
 
 #[cfg(test)]
@@ -975,7 +976,8 @@ mod tests {
         let mut recorded = HashMap::new();
         let written = record_new_chunks(&store, &pipeline, &performance, &mut recorded)
             .await
-            .expect("record");
+            .expect("record")
+            .0;
         let report = report(&store, &pipeline, &performance)
             .await
             .expect("report");
@@ -1017,12 +1019,14 @@ mod tests {
         // Nothing new: nothing written; after a restart (nothing in memory) neither.
         let again = record_new_chunks(&store, &pipeline, &performance, &mut recorded)
             .await
-            .expect("record");
+            .expect("record")
+            .0;
         assert_eq!(again, 0);
         let mut restarted = HashMap::new();
         let after_restart = record_new_chunks(&store, &pipeline, &performance, &mut restarted)
             .await
-            .expect("record");
+            .expect("record")
+            .0;
         assert_eq!(after_restart, 0);
         assert_eq!(rows(all).await, 2 * written as i64);
     }
@@ -1062,7 +1066,8 @@ mod tests {
         let mut recorded = HashMap::new();
         let first = record_new_chunks(&store, &pipeline, &performance, &mut recorded)
             .await
-            .expect("record");
+            .expect("record")
+            .0;
         // 300 windows, 60 in the reference: 24 chunks, three per minute.
         assert_eq!(first, 24);
         let rows = |sql: &'static str| {
@@ -1094,7 +1099,8 @@ mod tests {
         let mut restarted = HashMap::new();
         let second = record_new_chunks(&store, &pipeline, &performance, &mut restarted)
             .await
-            .expect("record");
+            .expect("record")
+            .0;
         assert_eq!(second, 6);
         assert_eq!(rows(all).await, 2 * 30);
         assert_eq!(rows(chunks).await, 30);
