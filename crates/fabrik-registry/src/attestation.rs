@@ -464,16 +464,21 @@ impl Registry {
             Ok(_) => {}
             Err(e) => record.reasons.push(e),
         }
+        // Read once for both: the log's events are shown in its bank, and the quote is held
+        // to it.
+        let policy = if record.authentic {
+            self.attestation_policy_with_log(&device.device_type)
+                .await?
+        } else {
+            None
+        };
         // The events of a log that replays to the authentic quote are evidence too.
         let mut measured = None;
         if record.authentic
             && let Some(log) = &event_log
         {
-            let bank = self
-                .attestation_policy(&device.device_type)
-                .await?
-                .map(|policy| policy.bank);
-            let (check, reasons) = measured_boot::check(log, &record.pcrs, bank.as_deref());
+            let bank = policy.as_ref().map(|policy| policy.bank.as_str());
+            let (check, reasons) = measured_boot::check(log, &record.pcrs, bank);
             if check.matches {
                 measured = Some((
                     check.bank.clone(),
@@ -487,6 +492,7 @@ impl Registry {
             self.judge(
                 id,
                 &device.device_type,
+                policy.as_ref(),
                 &enrolled,
                 &mut record,
                 measured.as_ref(),
@@ -538,24 +544,24 @@ impl Registry {
         Ok(record)
     }
 
-    /// Holds an authentic quote's PCRs against the device type's reference values and the
-    /// TPM's boot count against the last passing verdict's. `measured`: the events of the
-    /// quote's event log, when it replayed; PCRs that miss the values are then explained
-    /// against the reference device's log.
+    /// Holds an authentic quote's PCRs against the device type's reference values (`policy`,
+    /// with its reference log) and the TPM's boot count against the last passing verdict's.
+    /// `measured`: the events of the quote's event log, when it replayed; PCRs that miss the
+    /// values are then explained against the reference device's log.
     async fn judge(
         &self,
         id: &str,
         device_type: &str,
+        policy: Option<&AttestationPolicy>,
         enrolled: &EnrolledKey,
         record: &mut AttestationRecord,
         measured: Option<&(String, Vec<tpm::event_log::MeasuredEvent>)>,
     ) -> Result<(), RegistryError> {
-        let policy = self.attestation_policy_with_log(device_type).await?;
         record
             .reasons
-            .extend(policy_reasons(policy.as_ref(), device_type, &record.pcrs));
+            .extend(policy_reasons(policy, device_type, &record.pcrs));
         // Explained only against the set the reference device's log belongs to, in its bank.
-        if let Some(policy) = &policy
+        if let Some(policy) = policy
             && let Some(reference) = &policy.reference_log
             && let Some((bank, events)) = measured
             && reference.bank == policy.bank
@@ -721,14 +727,7 @@ impl Registry {
         &self,
         device_type: &str,
     ) -> Result<Option<AttestationPolicy>, RegistryError> {
-        let row = sqlx::query(
-            "SELECT bank, accept, updated_at, CAST(NULL AS TEXT) AS reference_log FROM attestation_policies WHERE device_type = $1",
-        )
-        .bind(device_type)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| policy_from_row(device_type.to_owned(), &r))
-            .transpose()
+        self.policy_of_type(device_type, false).await
     }
 
     /// The reference values of a device type with the reference device's event log.
@@ -736,12 +735,23 @@ impl Registry {
         &self,
         device_type: &str,
     ) -> Result<Option<AttestationPolicy>, RegistryError> {
-        let row = sqlx::query(
-            "SELECT bank, accept, updated_at, reference_log FROM attestation_policies WHERE device_type = $1",
-        )
-        .bind(device_type)
-        .fetch_optional(&self.pool)
-        .await?;
+        self.policy_of_type(device_type, true).await
+    }
+
+    async fn policy_of_type(
+        &self,
+        device_type: &str,
+        with_log: bool,
+    ) -> Result<Option<AttestationPolicy>, RegistryError> {
+        let sql = if with_log {
+            "SELECT bank, accept, updated_at, reference_log FROM attestation_policies WHERE device_type = $1"
+        } else {
+            "SELECT bank, accept, updated_at, CAST(NULL AS TEXT) AS reference_log FROM attestation_policies WHERE device_type = $1"
+        };
+        let row = sqlx::query(sql)
+            .bind(device_type)
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|r| policy_from_row(device_type.to_owned(), &r))
             .transpose()
     }

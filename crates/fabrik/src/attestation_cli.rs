@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use base64::Engine as _;
 use clap::Subcommand;
 
-use crate::client::Endpoint;
+use crate::client::{Endpoint, time_text};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum AttestationCommand {
@@ -114,16 +114,6 @@ pub(crate) enum AttestationCommand {
         #[arg(long, default_value = "sha256")]
         bank: String,
     },
-}
-
-fn time_text(ns: Option<i64>) -> String {
-    ns.and_then(|ns| {
-        chrono::DateTime::from_timestamp_nanos(ns)
-            .format("%Y-%m-%d %H:%M:%S")
-            .to_string()
-            .into()
-    })
-    .unwrap_or_else(|| "-".into())
 }
 
 pub(crate) async fn run(

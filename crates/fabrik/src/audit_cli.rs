@@ -59,12 +59,6 @@ fn printable(text: &str) -> String {
     out
 }
 
-fn time_text(ns: i64) -> String {
-    chrono::DateTime::from_timestamp_nanos(ns)
-        .format("%Y-%m-%d %H:%M:%S")
-        .to_string()
-}
-
 /// Runs a `fabrik audit` command.
 pub(crate) async fn run(args: AuditArgs) -> anyhow::Result<()> {
     let client = args.endpoint.client()?;
@@ -86,7 +80,7 @@ pub(crate) async fn run(args: AuditArgs) -> anyhow::Result<()> {
                 println!(
                     "{:>6} {:<19} {:<16} {:<6} {:<40} {}",
                     e["seq"].as_i64().unwrap_or(0),
-                    time_text(e["time"].as_i64().unwrap_or(0)),
+                    crate::client::time_text(Some(e["time"].as_i64().unwrap_or(0))),
                     printable(e["actor"].as_str().unwrap_or("")),
                     e["status"].as_u64().unwrap_or(0),
                     printable(e["action"].as_str().unwrap_or("")),

@@ -1,4 +1,5 @@
-//! Thin CLI clients of the HTTP API: `fabrik query` and `fabrik write`.
+//! Thin CLI clients of the HTTP API: `fabrik query` and `fabrik write`, and what the other
+//! commands share with them (the endpoint, times as text).
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -6,6 +7,18 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
+
+/// A time (ns since the epoch) as the commands print it, UTC to the second; `-` for none.
+pub(crate) fn time_text(ns: Option<i64>) -> String {
+    ns.map_or_else(
+        || "-".into(),
+        |ns| {
+            chrono::DateTime::from_timestamp_nanos(ns)
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        },
+    )
+}
 
 /// Where the server is and how to authenticate.
 #[derive(Debug, Clone, Args)]

@@ -4,7 +4,7 @@
 use anyhow::bail;
 use clap::{Args, Subcommand};
 
-use crate::client::Endpoint;
+use crate::client::{Endpoint, time_text};
 
 /// `fabrik device ...`
 #[derive(Debug, Args)]
@@ -87,15 +87,6 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => Err(format!("`{text}` is not key=value")),
-    }
-}
-
-fn time_text(ns: Option<i64>) -> String {
-    match ns {
-        None => "-".into(),
-        Some(ns) => chrono::DateTime::from_timestamp_nanos(ns)
-            .format("%Y-%m-%d %H:%M:%S")
-            .to_string(),
     }
 }
 

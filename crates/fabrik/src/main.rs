@@ -51,6 +51,8 @@ mod shadow;
 mod shadow_kpis;
 mod sql_text;
 mod stored;
+#[cfg(test)]
+mod test_store;
 mod traces;
 mod updates;
 mod uplink;

@@ -68,7 +68,7 @@ pub(crate) fn problems(
         ("target", &config.target),
         ("device_column", &config.device_column),
     ] {
-        if name.is_empty() || name.contains('"') || name.contains('\0') {
+        if !crate::pipelines::sql_identifier_ok(name) {
             problem(
                 field,
                 format!("`{name}` cannot name a table or column: not empty, no `\"`"),
@@ -242,8 +242,16 @@ async fn scored_windows(
 
 /// How many windows `filter` selects.
 async fn count(store: &Store, filter: &str) -> Result<usize, String> {
-    let sql = format!("SELECT count(*) FROM {INFERENCES_TABLE} WHERE {filter}");
-    let output = store.query(&sql).await.map_err(|e| e.to_string())?;
+    counted(
+        store,
+        &format!("SELECT count(*) FROM {INFERENCES_TABLE} WHERE {filter}"),
+    )
+    .await
+}
+
+/// The count a `SELECT count(*) …` query gives.
+async fn counted(store: &Store, sql: &str) -> Result<usize, String> {
+    let output = store.query(sql).await.map_err(|e| e.to_string())?;
     let mut total = 0;
     for batch in &output.batches {
         let counts: Int64Array = cast_column(batch, 0, &DataType::Int64, "count")?;
@@ -345,13 +353,6 @@ async fn label(
     }
     join_outcomes(windows, &found);
     Ok(())
-}
-
-/// A time for a message.
-fn time_text(ns: i64) -> String {
-    chrono::DateTime::from_timestamp_nanos(ns)
-        .format("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
 }
 
 /// The report of `pipeline`, which has `[pipelines.performance]` `config`.
@@ -511,7 +512,7 @@ async fn report_with(
                 report.problem.get_or_insert_with(|| {
                     format!(
                         "the chunk from {} cannot be estimated: {e}",
-                        time_text(from)
+                        crate::pipelines::rfc3339(from)
                     )
                 });
                 continue;
@@ -723,6 +724,11 @@ mod tests {
 
     const MINUTE: i64 = 60_000_000_000;
 
+    /// What a `SELECT count(*) …` of the store says.
+    async fn rows(store: &Store, sql: &str) -> usize {
+        counted(store, sql).await.expect("count")
+    }
+
     fn window(device: &str, start: i64, end: i64) -> Scored {
         Scored {
             device: device.into(),
@@ -858,20 +864,8 @@ mod tests {
         generated
     }
 
-    async fn store_of(lines: &str) -> (tempfile::TempDir, std::sync::Arc<Store>) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(fabrik_store::StoreOptions::new(dir.path()))
-            .await
-            .expect("store");
-        store
-            .write_lines(lines, Precision::Ns, SourceId::http())
-            .await
-            .expect("write");
-        (dir, store)
-    }
-
     async fn reported(lines: &str) -> PerformanceReport {
-        let (_dir, store) = store_of(lines).await;
+        let (_dir, store) = crate::test_store::store_with(lines).await;
         let (pipeline, performance) = config();
         report(&store, &pipeline, &performance)
             .await
@@ -884,7 +878,7 @@ mod tests {
         // shift at 2,400.
         let inspected = |k: usize| k < 3_000 && k % 4 != 3;
         let g = history(5_000, 2_400, inspected);
-        let (_dir, store) = store_of(&g.lines).await;
+        let (_dir, store) = crate::test_store::store_with(&g.lines).await;
         let (pipeline, performance) = config();
         let report = report(&store, &pipeline, &performance)
             .await
@@ -971,7 +965,7 @@ mod tests {
     #[tokio::test]
     async fn each_whole_chunk_is_recorded_once_as_rows_alert_rules_read() {
         let g = history(3_000, 2_400, |k| k < 2_000);
-        let (_dir, store) = store_of(&g.lines).await;
+        let (_dir, store) = crate::test_store::store_with(&g.lines).await;
         let (pipeline, performance) = config();
         let mut recorded = HashMap::new();
         let written = record_new_chunks(&store, &pipeline, &performance, &mut recorded)
@@ -983,33 +977,18 @@ mod tests {
             .expect("report");
         assert_eq!(written, report.chunks.len());
         assert!(written >= 8, "{report:?}");
-        let rows = |sql: &str| {
-            let store = store.clone();
-            let sql = sql.to_owned();
-            async move {
-                let output = store.query(&sql).await.expect("query");
-                output
-                    .batches
-                    .iter()
-                    .map(|b| {
-                        cast_column::<Int64Array>(b, 0, &DataType::Int64, "n")
-                            .expect("count")
-                            .value(0)
-                    })
-                    .sum::<i64>()
-            }
-        };
         let all = "SELECT count(*) AS n FROM model_performance WHERE pipeline = 'quality'";
-        assert_eq!(rows(all).await, 2 * written as i64);
+        assert_eq!(rows(&store, all).await, 2 * written);
         // The rows say what the report says: the chunks after the shift alert on ROC AUC.
         let alerting = report
             .chunks
             .iter()
             .filter(|c| c.estimates[0].alert)
-            .count() as i64;
+            .count();
         assert!(alerting > 0);
         assert_eq!(
             rows(
+                &store,
                 "SELECT count(*) AS n FROM model_performance WHERE pipeline = 'quality' \
                  AND metric = 'roc_auc' AND alert AND model_version = 'v2'"
             )
@@ -1028,7 +1007,7 @@ mod tests {
             .expect("record")
             .0;
         assert_eq!(after_restart, 0);
-        assert_eq!(rows(all).await, 2 * written as i64);
+        assert_eq!(rows(&store, all).await, 2 * written);
     }
 
     /// Windows of `devices` pumps a minute each, minutes `minutes`, all ending together each
@@ -1060,7 +1039,7 @@ mod tests {
     async fn chunks_that_end_together_are_each_recorded_once_and_new_ones_after() {
         // 30 pumps, chunks of 10 windows: three chunks end at every minute.
         let start = Timestamp::now().nanos() - 24 * 60 * MINUTE;
-        let (_dir, store) = store_of(&fleet(30, 0..10, start)).await;
+        let (_dir, store) = crate::test_store::store_with(&fleet(30, 0..10, start)).await;
         let (pipeline, mut performance) = config();
         performance.chunk = 10;
         let mut recorded = HashMap::new();
@@ -1070,27 +1049,14 @@ mod tests {
             .0;
         // 300 windows, 60 in the reference: 24 chunks, three per minute.
         assert_eq!(first, 24);
-        let rows = |sql: &'static str| {
-            let store = store.clone();
-            async move {
-                store
-                    .query(sql)
-                    .await
-                    .expect("query")
-                    .batches
-                    .iter()
-                    .map(|b| {
-                        cast_column::<Int64Array>(b, 0, &DataType::Int64, "n")
-                            .expect("count")
-                            .value(0)
-                    })
-                    .sum::<i64>()
-            }
-        };
         let all = "SELECT count(*) AS n FROM model_performance WHERE pipeline = 'quality'";
         let chunks = "SELECT count(DISTINCT chunk) AS n FROM model_performance";
-        assert_eq!(rows(all).await, 2 * 24, "no chunk overwrote another");
-        assert_eq!(rows(chunks).await, 24);
+        assert_eq!(
+            rows(&store, all).await,
+            2 * 24,
+            "no chunk overwrote another"
+        );
+        assert_eq!(rows(&store, chunks).await, 24);
         // Two more minutes scored: only their six chunks are written, after a restart too.
         store
             .write_lines(&fleet(30, 10..12, start), Precision::Ns, SourceId::http())
@@ -1102,8 +1068,8 @@ mod tests {
             .expect("record")
             .0;
         assert_eq!(second, 6);
-        assert_eq!(rows(all).await, 2 * 30);
-        assert_eq!(rows(chunks).await, 30);
+        assert_eq!(rows(&store, all).await, 2 * 30);
+        assert_eq!(rows(&store, chunks).await, 30);
         let report = report(&store, &pipeline, &performance)
             .await
             .expect("report");

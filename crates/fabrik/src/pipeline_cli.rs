@@ -202,11 +202,7 @@ pub(crate) async fn run(args: PipelineArgs) -> anyhow::Result<()> {
 fn performance_table(r: &PerformanceReport) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let time = |ns: i64| {
-        chrono::DateTime::from_timestamp_nanos(ns)
-            .format("%Y-%m-%d %H:%M:%S")
-            .to_string()
-    };
+    let time = |ns: i64| crate::client::time_text(Some(ns));
     let _ = writeln!(
         out,
         "pipeline {}: model {}, chunks of {} windows, positive from probability {}",

@@ -177,7 +177,8 @@ fn window_length(text: &str) -> Result<Result<i64, usize>, String> {
     }
 }
 
-fn sql_identifier_ok(name: &str) -> bool {
+/// Whether `name` can be written as a quoted SQL identifier (`"name"`).
+pub(crate) fn sql_identifier_ok(name: &str) -> bool {
     !name.is_empty() && !name.contains('"') && !name.contains('\0')
 }
 

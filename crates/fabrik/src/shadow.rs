@@ -594,7 +594,6 @@ fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fabrik_core::{Precision, SourceId};
 
     const MINUTE: i64 = 60_000_000_000;
 
@@ -642,14 +641,7 @@ mod tests {
     }
 
     async fn compared_lines(lines: &str, alpha: f64) -> ShadowComparison {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(fabrik_store::StoreOptions::new(dir.path()))
-            .await
-            .expect("store");
-        store
-            .write_lines(lines, Precision::Ns, SourceId::http())
-            .await
-            .expect("write");
+        let (_dir, store) = crate::test_store::store_with(lines).await;
         let (champion, challenger) = configs();
         compare(&store, &champion, &challenger, 7, alpha)
             .await

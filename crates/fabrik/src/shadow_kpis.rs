@@ -259,8 +259,6 @@ pub(crate) async fn arm_kpis(
 
 #[cfg(test)]
 mod tests {
-    use fabrik_core::{Precision, SourceId};
-    use fabrik_store::{Store, StoreOptions};
 
     use super::*;
 
@@ -323,10 +321,6 @@ mod tests {
 
     #[tokio::test]
     async fn each_device_is_measured_where_each_model_acted_and_the_arms_compared() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(StoreOptions::new(dir.path()))
-            .await
-            .expect("store");
         let start = fabrik_core::Timestamp::now().nanos() - 3 * 3600 * 1_000_000_000;
         let always = |_: usize| true;
         let never = |_: usize| false;
@@ -357,10 +351,7 @@ mod tests {
         // challenger at window 15: the minute both windows cover is the challenger's.
         lines += &device_lines_trained("pump-h", start, always, |k| k >= 15, |k| k < 15, |_| 1, 2);
         lines += &device_lines("pump-g", start, |k| !restart(k), always, never);
-        store
-            .write_lines(&lines, Precision::Ns, SourceId::http())
-            .await
-            .expect("write");
+        let (_dir, store) = crate::test_store::store_with(&lines).await;
         let champion = crate::pipelines::demo_pipeline();
         let mut challenger = champion.clone();
         challenger.model = "iforest".into();

@@ -93,14 +93,7 @@ pub(crate) async fn run(args: UserArgs) -> anyhow::Result<()> {
             }
             println!("{:<24} {:<9} last sign-in", "name", "role");
             for u in &users {
-                let last = u["last_sign_in"].as_i64().map_or_else(
-                    || "-".to_owned(),
-                    |ns| {
-                        chrono::DateTime::from_timestamp_nanos(ns)
-                            .format("%Y-%m-%d %H:%M:%S")
-                            .to_string()
-                    },
-                );
+                let last = crate::client::time_text(u["last_sign_in"].as_i64());
                 println!(
                     "{:<24} {:<9} {last}",
                     u["name"].as_str().unwrap_or(""),

@@ -134,6 +134,38 @@ fn persistent_ak(tpm: &Tpm, dir: &Path) -> std::path::PathBuf {
     ak_pem
 }
 
+/// `fabrik device attestation enrol` by the operator: whether it succeeded, and its output.
+fn enrol(url: &str, id: &str, public_key: &Path) -> (bool, String) {
+    crate::support::client_command(
+        url,
+        &[
+            "device",
+            "attestation",
+            "enrol",
+            id,
+            "--public-key",
+            public_key.to_str().expect("utf-8"),
+        ],
+    )
+}
+
+/// The operator takes `device`'s last quoted values as `device_type`'s reference; it must
+/// succeed.
+fn take_reference(url: &str, device_type: &str, device: &str) {
+    let (ok, out) = crate::support::client_command(
+        url,
+        &[
+            "device",
+            "attestation",
+            "policy",
+            device_type,
+            "--from-device",
+            device,
+        ],
+    );
+    assert!(ok, "{out}");
+}
+
 /// `fabrik device attestation quote` as the device runs it: its own id and token, the TPM
 /// chosen by `TPM2TOOLS_TCTI`, no admin token anywhere.
 fn agent(tpm: &Tpm, url: &str, id: &str, token: &str, empty: &Path) -> Output {
@@ -263,17 +295,7 @@ fn only_a_device_whose_tpm_quote_matches_its_reference_values_connects() {
     assert!(publish(&mqtt, "gw-1", &token).status.success());
 
     // Enrolled: from now on it must attest first.
-    let (ok, out) = crate::support::client_command(
-        &p.url,
-        &[
-            "device",
-            "attestation",
-            "enrol",
-            "gw-1",
-            "--public-key",
-            &path(&ak_pem),
-        ],
-    );
+    let (ok, out) = enrol(&p.url, "gw-1", &ak_pem);
     assert!(ok, "{out}");
     let refused = publish(&mqtt, "gw-1", &token);
     assert!(!refused.status.success(), "{refused:?}");
@@ -288,18 +310,7 @@ fn only_a_device_whose_tpm_quote_matches_its_reference_values_connects() {
     );
 
     // The operator takes this known-good device's values as the type's reference.
-    let (ok, out) = crate::support::client_command(
-        &p.url,
-        &[
-            "device",
-            "attestation",
-            "policy",
-            "gateway",
-            "--from-device",
-            "gw-1",
-        ],
-    );
-    assert!(ok, "{out}");
+    take_reference(&p.url, "gateway", "gw-1");
     let out = agent(&tpm, &p.url, "gw-1", &token, &empty);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("gw-1 attested"), "{}", text(&out));
@@ -670,17 +681,7 @@ fn a_key_is_enrolled_only_through_its_tpms_certified_endorsement_key() {
 
     // An operator cannot enrol a bare key here: nothing would show it lives in a TPM.
     let ak_pem = device_dir.join("ak.pem");
-    let (ok, out) = crate::support::client_command(
-        &p.url,
-        &[
-            "device",
-            "attestation",
-            "enrol",
-            "gw-1",
-            "--public-key",
-            ak_pem.to_str().expect("utf-8"),
-        ],
-    );
+    let (ok, out) = enrol(&p.url, "gw-1", &ak_pem);
     assert!(!ok && out.contains("require_endorsement"), "{out}");
 
     // An EK certificate of a CA the node does not trust is refused, naming its issuer.
@@ -743,18 +744,7 @@ fn a_key_is_enrolled_only_through_its_tpms_certified_endorsement_key() {
     std::fs::create_dir_all(&empty).expect("empty dir");
     let out = agent(&tpm, &p.url, "gw-1", token, &empty);
     assert!(text(&out).contains("no reference values"), "{}", text(&out));
-    let (ok, out) = crate::support::client_command(
-        &p.url,
-        &[
-            "device",
-            "attestation",
-            "policy",
-            "gateway",
-            "--from-device",
-            "gw-1",
-        ],
-    );
-    assert!(ok, "{out}");
+    take_reference(&p.url, "gateway", "gw-1");
     let out = agent(&tpm, &p.url, "gw-1", token, &empty);
     assert!(out.status.success(), "{}", text(&out));
     assert!(publish(&mqtt, "gw-1", token).status.success());
@@ -1018,17 +1008,7 @@ fn a_measured_boot_log_must_replay_to_the_quote_and_names_the_component_that_cha
     );
     assert_eq!(status, 201, "{body}");
     let token = body["token"].as_str().expect("token").to_owned();
-    let (ok, out) = crate::support::client_command(
-        &p.url,
-        &[
-            "device",
-            "attestation",
-            "enrol",
-            "gw-1",
-            "--public-key",
-            &path(&ak_pem),
-        ],
-    );
+    let (ok, out) = enrol(&p.url, "gw-1", &ak_pem);
     assert!(ok, "{out}");
     let pcrs = "sha256:0,1,2,3,4,5,6,7,8,9";
     let quote = |log: &Path| {
@@ -1049,18 +1029,7 @@ fn a_measured_boot_log_must_replay_to_the_quote_and_names_the_component_that_cha
         "{}",
         text(&first)
     );
-    let (ok, out) = crate::support::client_command(
-        &p.url,
-        &[
-            "device",
-            "attestation",
-            "policy",
-            "gateway",
-            "--from-device",
-            "gw-1",
-        ],
-    );
-    assert!(ok, "{out}");
+    take_reference(&p.url, "gateway", "gw-1");
     let (_, policy) = http(
         &p.url,
         Method::GET,
