@@ -358,8 +358,8 @@ pub(crate) async fn policy(
 
 #[utoipa::path(put, path = "/api/v1/attestation/policies/{device_type}", tag = "attestation", security(("token" = [])),
     params(("device_type" = String, Path, description = "device type")), request_body = PolicyBody,
-    responses((status = 200, description = "set; quotes are held against it from now on", body = AttestationPolicy),
-              (status = 400, description = "a PCR index or value that cannot be, or a device with no quote to copy", body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "set, or with `merge` added to; quotes are held against it from now on, and a pass it no longer admits (a withdrawn digest) closes the device's way in", body = AttestationPolicy),
+              (status = 400, description = "a PCR index or value that cannot be, a measured PCR outside 0-9, a digest to revoke that is not allowed, or a device with no quote or log to copy", body = crate::error::ErrorBody)))]
 pub(crate) async fn set_policy(
     crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
     State(state): State<ApiState>,

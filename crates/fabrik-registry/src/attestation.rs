@@ -15,9 +15,12 @@ use crate::tpm::{self, AttestationKey};
 use crate::{Registry, RegistryError, now_ns};
 
 pub mod activation;
+pub mod allowlist;
 pub mod measured_boot;
 
 pub use activation::{ActivationChallenge, ActivationProof, ActivationRequest, Endorsement};
+use allowlist::Measured;
+pub use allowlist::{AllowInput, AllowedMeasurement};
 pub use measured_boot::{DeviceEventLog, EventLogCheck, ReferenceLog};
 
 /// How long a challenge can be answered.
@@ -110,15 +113,29 @@ pub struct AttestationRecord {
     pub event_log: Option<EventLogCheck>,
 }
 
-/// Reference PCR values of a device type: a quote passes when it matches one of the sets.
+/// Reference values of a device type: a quote passes when its PCRs judged by value match one
+/// of the accepted sets (on those PCRs) and every event of the PCRs judged by their events is
+/// an allowed measurement.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttestationPolicy {
     /// The device type it applies to.
     pub device_type: String,
     /// The PCR bank (`sha256`).
     pub bank: String,
-    /// Accepted sets of PCR index → value (hex); several during a firmware rollout.
+    /// Accepted sets of PCR index → value (hex); several during a firmware rollout. PCRs in
+    /// `measured_pcrs` are not held to them. Empty when every PCR is judged by its events.
     pub accept: Vec<BTreeMap<u32, String>>,
+    /// Whether a quote must come with an event log that replays to it.
+    #[serde(default)]
+    pub require_event_log: bool,
+    /// PCRs (of 0-9) judged by the events of the quote's replayed log against `allowed`
+    /// instead of by value, so a new boot loader or firmware is allowed by its digest, and a
+    /// vulnerable one withdrawn, without listing every combination of values.
+    #[serde(default)]
+    pub measured_pcrs: Vec<u32>,
+    /// The digests allowed in the measured PCRs.
+    #[serde(default)]
+    pub allowed: Vec<AllowedMeasurement>,
     /// Last change (ns).
     pub updated_at: i64,
     /// The event log of the device the values were taken from (`from_device`), when its quote
@@ -144,6 +161,28 @@ pub struct PolicyBody {
     /// With `from_device`: only these PCRs (default: every one it quoted).
     #[serde(default)]
     pub pcrs: Option<Vec<u32>>,
+    /// PCRs (of 0-9) to judge by the events of the quote's log against the allowed
+    /// measurements, not by value (default: as the policy has them when merging, else none).
+    #[serde(default)]
+    pub measure: Option<Vec<u32>>,
+    /// Digests to allow in measured PCRs.
+    #[serde(default)]
+    pub allow: Vec<AllowInput>,
+    /// Allow every measurement of the measured PCRs in this device's newest event log, which
+    /// replayed to its last authentic quote.
+    #[serde(default)]
+    pub allow_from_device: Option<String>,
+    /// Whether a quote must come with an event log that replays to it (default: as the
+    /// policy has it when merging, else false).
+    #[serde(default)]
+    pub require_event_log: Option<bool>,
+    /// Add to the type's policy (its accepted sets, allowed measurements and settings)
+    /// instead of replacing it.
+    #[serde(default)]
+    pub merge: bool,
+    /// With `merge`: digests (hex) no longer allowed, in any PCR.
+    #[serde(default)]
+    pub revoke: Vec<String>,
 }
 
 /// Whether a device may connect, and why.
@@ -178,25 +217,40 @@ fn time_text(ns: i64) -> String {
 }
 
 /// Why authentic PCR values do not meet a device type's reference values (empty: they do):
-/// the differences from the closest accepted set.
+/// the differences from the closest accepted set on the PCRs judged by value, and the
+/// measurements the policy does not allow in those judged by their events.
 fn policy_reasons(
     policy: Option<&AttestationPolicy>,
     device_type: &str,
     pcrs: &BTreeMap<String, BTreeMap<u32, String>>,
+    measured: Measured<'_>,
 ) -> Vec<String> {
     let Some(policy) = policy else {
         return vec![format!(
             "no reference values for device type `{device_type}`: set them (PUT /api/v1/attestation/policies/{device_type})"
         )];
     };
-    let Some((_, closest)) = closest_differences(policy, pcrs, None) else {
-        return vec!["the policy accepts no PCR values".into()];
+    let mut reasons = match closest_differences(policy, pcrs, None) {
+        Some((_, closest)) => closest.into_iter().map(|(_, reason)| reason).collect(),
+        None if policy.measured_pcrs.is_empty() => {
+            vec!["the policy accepts no PCR values".into()]
+        }
+        None => Vec::new(),
     };
-    closest.into_iter().map(|(_, reason)| reason).collect()
+    reasons.extend(allowlist::reasons(
+        device_type,
+        policy.require_event_log,
+        &policy.measured_pcrs,
+        &policy.allowed,
+        pcrs.get(&policy.bank),
+        measured,
+    ));
+    reasons
 }
 
 /// The policy's accepted set closest to the quoted PCRs (its index) and the differences from
-/// it, by PCR (`None` when it accepts no set); of sets equally close, `preferred` if it is one.
+/// it on the PCRs judged by value, by PCR (`None` when it accepts no set); of sets equally
+/// close, `preferred` if it is one.
 fn closest_differences(
     policy: &AttestationPolicy,
     pcrs: &BTreeMap<String, BTreeMap<u32, String>>,
@@ -206,18 +260,21 @@ fn closest_differences(
     policy
         .accept
         .iter()
-        .map(|set| differences(quoted, set))
+        .map(|set| differences(quoted, set, &policy.measured_pcrs))
         .enumerate()
         .min_by_key(|(index, differences)| (differences.len(), Some(*index) != preferred))
 }
 
-/// The differences between a quote's PCRs and one accepted set, by PCR, as text.
+/// The differences between a quote's PCRs and one accepted set, by PCR, as text; PCRs in
+/// `measured` are judged by their events instead.
 fn differences(
     quoted: Option<&BTreeMap<u32, String>>,
     accepted: &BTreeMap<u32, String>,
+    measured: &[u32],
 ) -> Vec<(u32, String)> {
     accepted
         .iter()
+        .filter(|(index, _)| !measured.contains(index))
         .filter_map(|(index, want)| match quoted.and_then(|q| q.get(index)) {
             Some(got) if got == want => None,
             Some(got) => Some((
@@ -557,9 +614,16 @@ impl Registry {
         record: &mut AttestationRecord,
         measured: Option<&(String, Vec<tpm::event_log::MeasuredEvent>)>,
     ) -> Result<(), RegistryError> {
+        // The events are those of the policy's bank, or there are none to judge.
+        let events = measured
+            .zip(policy)
+            .filter(|((bank, _), policy)| *bank == policy.bank)
+            .map_or(Measured::Missing, |((_, events), _)| {
+                Measured::Events(events)
+            });
         record
             .reasons
-            .extend(policy_reasons(policy, device_type, &record.pcrs));
+            .extend(policy_reasons(policy, device_type, &record.pcrs, events));
         // Explained only against the set the reference device's log belongs to, in its bank.
         if let Some(policy) = policy
             && let Some(reference) = &policy.reference_log
@@ -698,7 +762,27 @@ impl Registry {
                 // device's type as they are now: a withdrawn firmware set, or a device moved
                 // to another type, closes the gate without waiting for the next quote.
                 let policy = self.attestation_policy(&device.device_type).await?;
-                let now_failing = policy_reasons(policy.as_ref(), &device.device_type, &r.pcrs);
+                // Its measurements were judged under the policy as it is unless the policy
+                // changed since (a digest withdrawn): then they are judged again from the
+                // log kept with that quote.
+                let kept_log = match &policy {
+                    Some(policy)
+                        if policy.updated_at > r.time
+                            && (policy.require_event_log || !policy.measured_pcrs.is_empty()) =>
+                    {
+                        self.device_event_log(id)
+                            .await?
+                            .filter(|log| log.time == r.time && log.bank == policy.bank)
+                    }
+                    _ => None,
+                };
+                let measured = match (&policy, &kept_log) {
+                    (_, Some(log)) => Measured::Events(&log.events),
+                    (Some(policy), None) if policy.updated_at > r.time => Measured::Missing,
+                    _ => Measured::Judged,
+                };
+                let now_failing =
+                    policy_reasons(policy.as_ref(), &device.device_type, &r.pcrs, measured);
                 if !now_failing.is_empty() {
                     status.reason = format!(
                         "its quote of {} no longer meets the reference values of type `{}`: {}",
@@ -744,9 +828,9 @@ impl Registry {
         with_log: bool,
     ) -> Result<Option<AttestationPolicy>, RegistryError> {
         let sql = if with_log {
-            "SELECT bank, accept, updated_at, reference_log FROM attestation_policies WHERE device_type = $1"
+            "SELECT bank, accept, updated_at, reference_log, measurements FROM attestation_policies WHERE device_type = $1"
         } else {
-            "SELECT bank, accept, updated_at, CAST(NULL AS TEXT) AS reference_log FROM attestation_policies WHERE device_type = $1"
+            "SELECT bank, accept, updated_at, CAST(NULL AS TEXT) AS reference_log, measurements FROM attestation_policies WHERE device_type = $1"
         };
         let row = sqlx::query(sql)
             .bind(device_type)
@@ -759,7 +843,7 @@ impl Registry {
     /// Every device type's reference values (without the reference logs).
     pub async fn attestation_policies(&self) -> Result<Vec<AttestationPolicy>, RegistryError> {
         let rows = sqlx::query(
-            "SELECT device_type, bank, accept, updated_at, CAST(NULL AS TEXT) AS reference_log FROM attestation_policies ORDER BY device_type",
+            "SELECT device_type, bank, accept, updated_at, CAST(NULL AS TEXT) AS reference_log, measurements FROM attestation_policies ORDER BY device_type",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -768,13 +852,32 @@ impl Registry {
             .collect()
     }
 
-    /// Sets a device type's reference values.
+    /// Sets a device type's reference values, or with `merge` adds to them.
     pub async fn set_attestation_policy(
         &self,
         device_type: &str,
         body: PolicyBody,
     ) -> Result<AttestationPolicy, RegistryError> {
-        let bank = body.bank.unwrap_or_else(|| "sha256".into());
+        let existing = if body.merge {
+            self.attestation_policy_with_log(device_type).await?
+        } else {
+            None
+        };
+        if !body.merge && !body.revoke.is_empty() {
+            return Err(RegistryError::Invalid(
+                "revoke: only with merge (a new policy has nothing to revoke)".into(),
+            ));
+        }
+        let bank = match (&existing, body.bank) {
+            (Some(existing), Some(bank)) if bank != existing.bank => {
+                return Err(RegistryError::Invalid(format!(
+                    "bank: the policy of `{device_type}` is in {}; merging into it cannot change its bank",
+                    existing.bank
+                )));
+            }
+            (Some(existing), _) => existing.bank.clone(),
+            (None, bank) => bank.unwrap_or_else(|| "sha256".into()),
+        };
         let width = match bank.as_str() {
             "sha1" => 20,
             "sha256" => 32,
@@ -786,8 +889,13 @@ impl Registry {
                 )));
             }
         };
-        let mut accept = Vec::new();
-        let mut reference_log = None;
+        let mut accept = existing
+            .as_ref()
+            .map(|existing| existing.accept.clone())
+            .unwrap_or_default();
+        let mut reference_log = existing
+            .as_ref()
+            .and_then(|existing| existing.reference_log.clone());
         for (i, set) in body.accept.iter().enumerate() {
             let mut parsed = BTreeMap::new();
             for (index, value) in set {
@@ -812,31 +920,14 @@ impl Registry {
             accept.push(parsed);
         }
         if let Some(golden) = &body.from_device {
-            // Its newest authentic quote under the key it has now: values a removed key
-            // vouched for are not taken.
-            let key = self.attestation_key(golden).await?;
-            let latest = sqlx::query(
-                "SELECT record FROM attestations WHERE device_id = $1 AND key_fingerprint = $2 AND authentic = 1
-                 ORDER BY id DESC LIMIT 1",
-            )
-            .bind(golden)
-            .bind(key.map(|k| k.fingerprint).unwrap_or_default())
-            .fetch_optional(&self.pool)
-            .await?;
-            let Some(row) = latest else {
-                return Err(RegistryError::Invalid(format!(
-                    "from_device: `{golden}` has sent no authentic quote to take values from"
-                )));
-            };
-            let text: String = row.try_get("record")?;
-            let record: AttestationRecord = serde_json::from_str(&text)
-                .map_err(|e| RegistryError::Corrupt(format!("attestation record: {e}")))?;
+            let record = self.last_authentic_quote(golden, "from_device").await?;
             let Some(values) = record.pcrs.get(&bank) else {
                 return Err(RegistryError::Invalid(format!(
                     "from_device: `{golden}`'s last quote has no {bank} PCRs"
                 )));
             };
-            reference_log = self
+            // A log that came with these very values explains later misses of them.
+            if let Some(log) = self
                 .reference_log(
                     golden,
                     record.time,
@@ -844,7 +935,10 @@ impl Registry {
                     &bank,
                     accept.len(),
                 )
-                .await?;
+                .await?
+            {
+                reference_log = Some(log);
+            }
             let mut set = values.clone();
             if let Some(only) = &body.pcrs {
                 if let Some(missing) = only.iter().find(|i| !values.contains_key(i)) {
@@ -860,15 +954,47 @@ impl Registry {
                 "pcrs: only taken with from_device".into(),
             ));
         }
-        if accept.is_empty() {
+        let measured_pcrs = match &body.measure {
+            Some(measure) => allowlist::measured_pcrs(measure)?,
+            None => existing
+                .as_ref()
+                .map(|existing| existing.measured_pcrs.clone())
+                .unwrap_or_default(),
+        };
+        let require_event_log = body.require_event_log.unwrap_or_else(|| {
+            existing
+                .as_ref()
+                .is_some_and(|existing| existing.require_event_log)
+        });
+        // Digests of PCRs no longer judged by their events are dropped with them.
+        let kept: Vec<AllowedMeasurement> = existing
+            .map(|existing| existing.allowed)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|m| measured_pcrs.contains(&m.pcr))
+            .collect();
+        let mut more = allowlist::allowed_from_input(&body.allow, &measured_pcrs, &bank, width)?;
+        if let Some(golden) = &body.allow_from_device {
+            more.extend(self.measurements_of(golden, &measured_pcrs, &bank).await?);
+        }
+        let allowed = allowlist::revoked(allowlist::merged(kept, more), &body.revoke)?;
+        if accept.is_empty() && measured_pcrs.is_empty() {
             return Err(RegistryError::Invalid(
-                "accept: give at least one set of PCR values, or from_device".into(),
+                "accept: give at least one set of PCR values, or from_device, or PCRs to judge by their events (measure)".into(),
             ));
+        }
+        if !measured_pcrs.is_empty() && allowed.is_empty() {
+            return Err(RegistryError::Invalid(format!(
+                "allow: PCRs {measured_pcrs:?} are judged by their events, but no measurement is allowed, so every quote would fail: give allow or allow_from_device"
+            )));
         }
         let policy = AttestationPolicy {
             device_type: device_type.to_owned(),
             bank,
             accept,
+            require_event_log,
+            measured_pcrs,
+            allowed,
             updated_at: now_ns(),
             reference_log,
         };
@@ -878,20 +1004,97 @@ impl Registry {
             .map(serde_json::to_string)
             .transpose()
             .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+        let measurements = serde_json::to_string(&StoredMeasurements {
+            require_event_log: policy.require_event_log,
+            measured_pcrs: policy.measured_pcrs.clone(),
+            allowed: policy.allowed.clone(),
+        })
+        .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
         sqlx::query(
-            "INSERT INTO attestation_policies (device_type, bank, accept, updated_at, reference_log) VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO attestation_policies (device_type, bank, accept, updated_at, reference_log, measurements) VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (device_type) DO UPDATE SET bank = excluded.bank, accept = excluded.accept, updated_at = excluded.updated_at,
-             reference_log = excluded.reference_log",
+             reference_log = excluded.reference_log, measurements = excluded.measurements",
         )
         .bind(device_type)
         .bind(&policy.bank)
         .bind(serde_json::to_string(&policy.accept).map_err(|e| RegistryError::Corrupt(e.to_string()))?)
         .bind(policy.updated_at)
         .bind(reference_log)
+        .bind(measurements)
         .execute(&self.pool)
         .await?;
         self.attestation_changed.notify_one();
         Ok(policy)
+    }
+
+    /// A device's newest authentic verdict under the key it has now (values a removed key
+    /// vouched for are not taken); `field` names the request field in the error.
+    async fn last_authentic_quote(
+        &self,
+        device: &str,
+        field: &str,
+    ) -> Result<AttestationRecord, RegistryError> {
+        let key = self.attestation_key(device).await?;
+        let latest = sqlx::query(
+            "SELECT record FROM attestations WHERE device_id = $1 AND key_fingerprint = $2 AND authentic = 1
+             ORDER BY id DESC LIMIT 1",
+        )
+        .bind(device)
+        .bind(key.map(|k| k.fingerprint).unwrap_or_default())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = latest else {
+            return Err(RegistryError::Invalid(format!(
+                "{field}: `{device}` has sent no authentic quote to take values from"
+            )));
+        };
+        let text: String = row.try_get("record")?;
+        serde_json::from_str(&text)
+            .map_err(|e| RegistryError::Corrupt(format!("attestation record: {e}")))
+    }
+
+    /// Every measurement of `measured` PCRs in the event log of `device`'s last authentic
+    /// quote, which must have replayed in `bank` over all of them.
+    async fn measurements_of(
+        &self,
+        device: &str,
+        measured: &[u32],
+        bank: &str,
+    ) -> Result<Vec<AllowedMeasurement>, RegistryError> {
+        let field = "allow_from_device";
+        if measured.is_empty() {
+            return Err(RegistryError::Invalid(format!(
+                "{field}: no PCR is judged by its events: name them (measure)"
+            )));
+        }
+        let record = self.last_authentic_quote(device, field).await?;
+        let Some(check) = record.event_log.as_ref().filter(|check| check.matches) else {
+            return Err(RegistryError::Invalid(format!(
+                "{field}: `{device}`'s last authentic quote came without an event log that replayed"
+            )));
+        };
+        if check.bank != bank {
+            return Err(RegistryError::Invalid(format!(
+                "{field}: `{device}`'s event log was checked in {}, the policy is in {bank}",
+                check.bank
+            )));
+        }
+        if let Some(missing) = measured.iter().find(|pcr| !check.replayed.contains(pcr)) {
+            return Err(RegistryError::Invalid(format!(
+                "{field}: `{device}`'s last quote did not cover PCR {missing}, so its log was not checked there: quote it"
+            )));
+        }
+        let Some(log) = self
+            .device_event_log(device)
+            .await?
+            .filter(|log| log.time == record.time && log.key_fingerprint == record.key_fingerprint)
+        else {
+            return Err(RegistryError::Invalid(format!(
+                "{field}: the event log of `{device}`'s last authentic quote is no longer kept"
+            )));
+        };
+        let source = format!("device {device}, quote of {}", time_text(record.time));
+        Ok(allowlist::allowed_from_log(&log.events, measured, &source))
     }
 
     /// Removes a device type's reference values: its devices with keys can no longer pass.
@@ -929,17 +1132,34 @@ impl Registry {
     }
 }
 
+/// A policy's event-level part as its row keeps it (JSON; NULL for a policy of values only).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StoredMeasurements {
+    require_event_log: bool,
+    measured_pcrs: Vec<u32>,
+    allowed: Vec<AllowedMeasurement>,
+}
+
 fn policy_from_row(
     device_type: String,
     row: &sqlx::any::AnyRow,
 ) -> Result<AttestationPolicy, RegistryError> {
     let accept: String = row.try_get("accept")?;
     let reference_log: Option<String> = row.try_get("reference_log")?;
+    let measurements: Option<String> = row.try_get("measurements")?;
+    let measurements: StoredMeasurements = measurements
+        .map(|text| serde_json::from_str(&text))
+        .transpose()
+        .map_err(|e| RegistryError::Corrupt(format!("attestation policy's measurements: {e}")))?
+        .unwrap_or_default();
     Ok(AttestationPolicy {
         device_type,
         bank: row.try_get("bank")?,
         accept: serde_json::from_str(&accept)
             .map_err(|e| RegistryError::Corrupt(format!("attestation policy: {e}")))?,
+        require_event_log: measurements.require_event_log,
+        measured_pcrs: measurements.measured_pcrs,
+        allowed: measurements.allowed,
         updated_at: row.try_get("updated_at")?,
         reference_log: reference_log
             .map(|text| serde_json::from_str(&text))

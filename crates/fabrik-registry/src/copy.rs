@@ -131,6 +131,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("accept", Text),
             ("updated_at", Int),
             ("reference_log", Text),
+            ("measurements", Text),
         ],
     ),
     (

@@ -116,6 +116,13 @@ const MIGRATIONS: &[(i64, &str)] = &[
     );
     ALTER TABLE attestation_policies ADD COLUMN reference_log TEXT",
     ),
+    (
+        9,
+        // Event-level reference values (decision 0060): whether a log is required, the PCRs
+        // judged by their events and the digests allowed there, JSON; NULL for a policy of
+        // PCR values only.
+        "ALTER TABLE attestation_policies ADD COLUMN measurements TEXT",
+    ),
 ];
 
 /// The audit log's table, also made afresh when an old log is set aside.

@@ -169,7 +169,7 @@ async fn names_that_stand_for_something_else_are_not_user_names() {
 
 mod attestation {
     use super::*;
-    use crate::attestation::{Evidence, PolicyBody};
+    use crate::attestation::{AllowInput, Evidence, PolicyBody};
     use base64::Engine as _;
     use fabrik_runtime::config::AttestationSettings;
 
@@ -640,6 +640,214 @@ mod attestation {
             registry.device_event_log("gw-1").await,
             Err(RegistryError::NotFound(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn measured_pcrs_are_judged_by_their_events_and_a_withdrawn_digest_closes_the_gate() {
+        let (_dir, registry) = gateway().await;
+        let settings = AttestationSettings::default();
+        let pem = String::from_utf8(fixture("ak-ecc.pem")).expect("utf-8");
+        registry
+            .enrol_attestation_key("gw-1", &pem)
+            .await
+            .expect("enrol");
+        let log = fixture_boot_log("boot stage 4");
+        let with_log = Evidence {
+            event_log: Some(base64::engine::general_purpose::STANDARD.encode(&log)),
+            ..evidence()
+        };
+        let attest = |evidence: Evidence| {
+            registry.open_challenge("gw-1", nonce());
+            let registry = &registry;
+            async move {
+                registry
+                    .attest("gw-1", &evidence, true)
+                    .await
+                    .expect("attest")
+            }
+        };
+        // Learning needs a log that replayed.
+        attest(evidence()).await;
+        let refused = registry
+            .set_attestation_policy(
+                "gateway",
+                PolicyBody {
+                    measure: Some(vec![0, 4, 7]),
+                    allow_from_device: Some("gw-1".into()),
+                    ..PolicyBody::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("`gw-1`'s last authentic quote came without an event log that replayed"),
+            "{refused}"
+        );
+        attest(with_log.clone()).await;
+        // PCRs 1-3 by value, 0, 4 and 7 by their events; a log is required.
+        let policy = registry
+            .set_attestation_policy(
+                "gateway",
+                PolicyBody {
+                    from_device: Some("gw-1".into()),
+                    pcrs: Some(vec![1, 2, 3]),
+                    measure: Some(vec![7, 0, 4]),
+                    allow_from_device: Some("gw-1".into()),
+                    require_event_log: Some(true),
+                    ..PolicyBody::default()
+                },
+            )
+            .await
+            .expect("policy");
+        assert_eq!(policy.measured_pcrs, vec![0, 4, 7]);
+        assert_eq!(
+            policy.allowed.iter().map(|m| m.pcr).collect::<Vec<_>>(),
+            vec![0, 4, 7]
+        );
+        assert!(
+            policy.allowed[1]
+                .note
+                .contains("named \\EFI\\BOOT\\BOOTX64.EFI")
+        );
+        assert!(
+            policy.allowed[1]
+                .source
+                .starts_with("device gw-1, quote of ")
+        );
+        let stage_four = policy.allowed[1].digest.clone();
+        assert!(attest(with_log.clone()).await.passed);
+        assert_eq!(gate(&registry, &settings).await, None);
+        // Without its log the same quote fails.
+        let bare = attest(evidence()).await;
+        assert!(!bare.passed);
+        assert_eq!(
+            bare.reasons,
+            vec![
+                "PCRs 0, 4, 7 of type `gateway` are judged by their measured-boot events, and no event log that replays to the quote came with it"
+            ]
+        );
+        assert!(attest(with_log.clone()).await.passed);
+
+        // The boot loader's digest withdrawn: the pass no longer holds, before any quote,
+        // and the event is named.
+        let revoked = registry
+            .set_attestation_policy(
+                "gateway",
+                PolicyBody {
+                    merge: true,
+                    revoke: vec![stage_four.to_uppercase()],
+                    ..PolicyBody::default()
+                },
+            )
+            .await
+            .expect("revoked");
+        assert_eq!(revoked.accept, policy.accept, "merging keeps the sets");
+        assert!(revoked.require_event_log);
+        assert_eq!(revoked.allowed.len(), 2);
+        let closed = gate(&registry, &settings).await.expect("closed");
+        assert!(
+            closed.contains(&format!(
+                "PCR 4 event 5 (EV_EFI_BOOT_SERVICES_APPLICATION named \\EFI\\BOOT\\BOOTX64.EFI) measured {stage_four}, which the policy of type `gateway` does not allow"
+            )),
+            "{closed}"
+        );
+        let failed = attest(with_log.clone()).await;
+        assert!(!failed.passed && failed.reasons.len() == 1, "{failed:?}");
+
+        // Allowed again by the operator, by digest: open again without a new quote.
+        registry
+            .set_attestation_policy(
+                "gateway",
+                PolicyBody {
+                    merge: true,
+                    allow: vec![AllowInput {
+                        pcr: 4,
+                        digest: stage_four.clone(),
+                        note: Some("shim 15.8".into()),
+                    }],
+                    ..PolicyBody::default()
+                },
+            )
+            .await
+            .expect("allowed");
+        assert!(attest(with_log.clone()).await.passed);
+        // A changed value of a PCR judged by value still fails, however its events look.
+        let mut moved = policy.accept[0].clone();
+        moved.insert(2, "cd".repeat(32));
+        registry
+            .set_attestation_policy(
+                "gateway",
+                PolicyBody {
+                    accept: vec![moved.into_iter().map(|(k, v)| (k.to_string(), v)).collect()],
+                    measure: Some(vec![0, 4, 7]),
+                    allow_from_device: Some("gw-1".into()),
+                    ..PolicyBody::default()
+                },
+            )
+            .await
+            .expect("policy");
+        let closed = gate(&registry, &settings).await.expect("closed");
+        assert!(closed.contains("PCR 2 is"), "{closed}");
+        assert!(!closed.contains("PCR 4"), "{closed}");
+
+        for (body, wanted) in [
+            (
+                PolicyBody {
+                    revoke: vec![stage_four.clone()],
+                    from_device: Some("gw-1".into()),
+                    ..PolicyBody::default()
+                },
+                "revoke: only with merge",
+            ),
+            (
+                PolicyBody {
+                    merge: true,
+                    bank: Some("sha1".into()),
+                    ..PolicyBody::default()
+                },
+                "merging into it cannot change its bank",
+            ),
+            (
+                PolicyBody {
+                    merge: true,
+                    revoke: vec!["ab".repeat(32)],
+                    ..PolicyBody::default()
+                },
+                "is not among the policy's allowed measurements",
+            ),
+            (
+                PolicyBody {
+                    measure: Some(vec![4]),
+                    from_device: Some("gw-1".into()),
+                    ..PolicyBody::default()
+                },
+                "no measurement is allowed, so every quote would fail",
+            ),
+            (
+                PolicyBody {
+                    measure: Some(vec![4, 10]),
+                    allow_from_device: Some("gw-1".into()),
+                    ..PolicyBody::default()
+                },
+                "measure: PCR 10 is not one the boot's event log accounts for",
+            ),
+            (
+                PolicyBody {
+                    measure: Some(vec![5]),
+                    allow_from_device: Some("gw-1".into()),
+                    ..PolicyBody::default()
+                },
+                "did not cover PCR 5",
+            ),
+        ] {
+            let e = registry
+                .set_attestation_policy("gateway", body)
+                .await
+                .unwrap_err();
+            assert!(e.to_string().contains(wanted), "{e}");
+        }
     }
 
     #[tokio::test]

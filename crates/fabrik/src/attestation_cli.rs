@@ -96,8 +96,9 @@ pub(crate) enum AttestationCommand {
     },
     /// List every device type's reference PCR values.
     Policies,
-    /// Set a device type's reference PCR values: from a known-good device's last quote, or
-    /// given.
+    /// Set a device type's reference values: PCR values from a known-good device's last
+    /// quote, or given; PCRs judged by their measured-boot events against allowed digests;
+    /// with --merge, add to (or --revoke from) the policy it has.
     Policy {
         /// Device type.
         device_type: String,
@@ -110,9 +111,31 @@ pub(crate) enum AttestationCommand {
         /// A PCR value, INDEX=HEX (repeat); one set.
         #[arg(long = "pcr")]
         pcrs: Vec<String>,
-        /// PCR bank.
-        #[arg(long, default_value = "sha256")]
-        bank: String,
+        /// PCR bank (default sha256; a merge keeps the policy's).
+        #[arg(long)]
+        bank: Option<String>,
+        /// Judge these PCRs (of 0-9) by the events of the quote's event log against the
+        /// allowed digests instead of by value (repeat, or 0,2,4).
+        #[arg(long = "measure", value_delimiter = ',')]
+        measure: Vec<u32>,
+        /// Allow a digest in a measured PCR, PCR=HEX (repeat): a new boot loader's, before it
+        /// is rolled out.
+        #[arg(long = "allow")]
+        allow: Vec<String>,
+        /// Allow every measurement of the measured PCRs in this device's last event log that
+        /// replayed.
+        #[arg(long)]
+        allow_from: Option<String>,
+        /// Refuse quotes without an event log that replays (`--require-event-log false`
+        /// lifts it).
+        #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+        require_event_log: Option<bool>,
+        /// Add to the type's policy instead of replacing it.
+        #[arg(long)]
+        merge: bool,
+        /// With --merge: a digest no longer allowed (repeat); passes that relied on it end.
+        #[arg(long = "revoke")]
+        revoke: Vec<String>,
     },
 }
 
@@ -303,6 +326,12 @@ pub(crate) async fn run(
             only,
             pcrs,
             bank,
+            measure,
+            allow,
+            allow_from,
+            require_event_log,
+            merge,
+            revoke,
         } => {
             let mut set = serde_json::Map::new();
             for pcr in &pcrs {
@@ -311,9 +340,38 @@ pub(crate) async fn run(
                 };
                 set.insert(index.trim().to_owned(), value.trim().into());
             }
-            let mut body = serde_json::json!({ "bank": bank });
+            let mut body = serde_json::json!({ "merge": merge });
+            if let Some(bank) = bank {
+                body["bank"] = bank.into();
+            }
             if !set.is_empty() {
                 body["accept"] = serde_json::json!([set]);
+            }
+            if !measure.is_empty() {
+                body["measure"] = serde_json::json!(measure);
+            }
+            let mut allowed = Vec::new();
+            for digest in &allow {
+                let Some((pcr, hex)) = digest.split_once('=') else {
+                    bail!("--allow `{digest}`: expected PCR=HEX");
+                };
+                let pcr: u32 = pcr
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("--allow `{digest}`: PCR"))?;
+                allowed.push(serde_json::json!({ "pcr": pcr, "digest": hex.trim() }));
+            }
+            if !allowed.is_empty() {
+                body["allow"] = allowed.into();
+            }
+            if let Some(device) = allow_from {
+                body["allow_from_device"] = device.into();
+            }
+            if let Some(required) = require_event_log {
+                body["require_event_log"] = required.into();
+            }
+            if !revoke.is_empty() {
+                body["revoke"] = serde_json::json!(revoke);
             }
             if let Some(device) = from_device {
                 body["from_device"] = device.into();

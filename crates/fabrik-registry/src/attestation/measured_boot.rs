@@ -121,14 +121,7 @@ pub(crate) fn changes(
     events: &[MeasuredEvent],
     pcrs: &[u32],
 ) -> Vec<String> {
-    // A description the digest does not vouch for is the device's claim, and said so.
-    let name = |e: &MeasuredEvent| {
-        if e.verified {
-            format!("{} {}", e.event_type, e.description)
-        } else {
-            format!("{} named {}", e.event_type, e.description)
-        }
-    };
+    let name = super::allowlist::event_name;
     pcrs.iter()
         .filter_map(|&pcr| {
             let now: Vec<&MeasuredEvent> = events.iter().filter(|e| e.pcr == pcr).collect();

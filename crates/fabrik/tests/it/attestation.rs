@@ -1110,3 +1110,115 @@ fn a_measured_boot_log_must_replay_to_the_quote_and_names_the_component_that_cha
     assert!(out.contains("gw-1: 14 events"), "{out}");
     drop(p);
 }
+
+#[test]
+fn measured_pcrs_admit_a_new_boot_loader_by_its_digest_and_a_withdrawn_one_ends_the_pass() {
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("tpm");
+    let empty = dir.path().join("no-admin-token");
+    std::fs::create_dir_all(&state).expect("tpm dir");
+    std::fs::create_dir_all(&empty).expect("empty dir");
+    let tpm = Tpm::start(&state);
+    let log = dir.path().join("binary_bios_measurements");
+    MeasuredBoot::gateway(&tpm, "grub 2.06-13").write(&log, |_| false);
+    let path = |p: &Path| p.to_str().expect("utf-8").to_owned();
+    let ak_pem = persistent_ak(&tpm, dir.path());
+    let p = Process::start(&dir.path().join("data"), &[]);
+    let mqtt = p.mqtt.clone().expect("mqtt");
+    let (status, body) = http(
+        &p.url,
+        Method::POST,
+        "/api/v1/devices",
+        Some(serde_json::json!({"id": "gw-1", "type": "gateway"})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let token = body["token"].as_str().expect("token").to_owned();
+    let (ok, out) = enrol(&p.url, "gw-1", &ak_pem);
+    assert!(ok, "{out}");
+    let log_option = path(&log);
+    let quote = |event_log: &str| {
+        agent_with(
+            &tpm,
+            &p.url,
+            "gw-1",
+            &token,
+            &empty,
+            &[
+                "--pcrs",
+                "sha256:0,1,2,3,4,5,6,7,8,9",
+                "--event-log",
+                event_log,
+            ],
+        )
+    };
+    let policy = |args: &[&str]| {
+        let mut command = vec!["device", "attestation", "policy", "gateway"];
+        command.extend_from_slice(args);
+        let (ok, out) = crate::support::client_command(&p.url, &command);
+        assert!(ok, "{out}");
+    };
+
+    // The golden unit's measurements, not its PCR values, become the type's reference, and
+    // a quote must bring its log.
+    assert!(!quote(&log_option).status.success());
+    policy(&[
+        "--measure",
+        "0,1,2,3,4,5,6,7,8,9",
+        "--allow-from",
+        "gw-1",
+        "--require-event-log",
+    ]);
+    let passed = quote(&log_option);
+    assert!(passed.status.success(), "{}", text(&passed));
+    assert!(publish(&mqtt, "gw-1", &token).status.success());
+    let bare = quote("none");
+    assert!(!bare.status.success());
+    assert!(
+        text(&bare).contains("are judged by their measured-boot events, and no event log"),
+        "{}",
+        text(&bare)
+    );
+    assert!(quote(&log_option).status.success());
+
+    // A new GRUB, not yet allowed: the verdict names it and its digest.
+    tpm.reboot();
+    MeasuredBoot::gateway(&tpm, "grub 2.12-1").write(&log, |_| false);
+    let new_grub: String = sha2::Sha256::digest(b"grub 2.12-1")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let refused = quote(&log_option);
+    assert!(!refused.status.success());
+    let said = text(&refused);
+    assert!(
+        said.contains(&format!(
+            "PCR 4 event 12 (EV_EFI_BOOT_SERVICES_APPLICATION named \\EFI\\debian\\grubx64.efi) measured {new_grub}, which the policy of type `gateway` does not allow"
+        )),
+        "{said}"
+    );
+    assert!(
+        !said.contains("PCR 9"),
+        "only the boot loader changed: {said}"
+    );
+
+    // Allowed by its digest before the rollout: the new boot passes, though no accepted set
+    // of PCR values was ever written for it.
+    policy(&["--merge", "--allow", &format!("4={new_grub}")]);
+    let passed = quote(&log_option);
+    assert!(passed.status.success(), "{}", text(&passed));
+    assert!(publish(&mqtt, "gw-1", &token).status.success());
+
+    // Withdrawn (a vulnerable build): the pass ends at once, before the next quote.
+    policy(&["--merge", "--revoke", &new_grub]);
+    let (ok, out) =
+        crate::support::client_command(&p.url, &["device", "attestation", "status", "gw-1"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("may not connect"), "{out}");
+    assert!(
+        out.contains(&format!("measured {new_grub}, which the policy")),
+        "{out}"
+    );
+    assert!(!publish(&mqtt, "gw-1", &token).status.success());
+    drop(p);
+}
