@@ -359,7 +359,9 @@ pub(crate) async fn policy(
 #[utoipa::path(put, path = "/api/v1/attestation/policies/{device_type}", tag = "attestation", security(("token" = [])),
     params(("device_type" = String, Path, description = "device type")), request_body = PolicyBody,
     responses((status = 200, description = "set, or with `merge` added to; quotes are held against it from now on, and a pass it no longer admits (a withdrawn digest) closes the device's way in", body = AttestationPolicy),
-              (status = 400, description = "a PCR index or value that cannot be, a measured PCR outside 0-9, a digest to revoke that is not allowed, or a device with no quote or log to copy", body = crate::error::ErrorBody)))]
+              (status = 400, description = "a PCR index or value that cannot be, a measured PCR outside 0-9 or one of 0-7 newly measured with no allowed digest, a merge that would stop measuring a PCR with allowed digests, a digest to revoke that is not allowed, or a device with no quote or log to copy", body = crate::error::ErrorBody),
+              (status = 404, description = "`merge` into a type that has no policy", body = crate::error::ErrorBody),
+              (status = 409, description = "the policy kept changing under concurrent changes (each is retried on the newer policy first)", body = crate::error::ErrorBody)))]
 pub(crate) async fn set_policy(
     crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
     State(state): State<ApiState>,
@@ -376,7 +378,7 @@ pub(crate) async fn set_policy(
 #[utoipa::path(delete, path = "/api/v1/attestation/policies/{device_type}", tag = "attestation", security(("token" = [])),
     params(("device_type" = String, Path, description = "device type")),
     responses((status = 204, description = "removed: no device of the type can pass until one is set"),
-              (status = 400, body = crate::error::ErrorBody)))]
+              (status = 404, description = "the type has no policy", body = crate::error::ErrorBody)))]
 pub(crate) async fn remove_policy(
     crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
     State(state): State<ApiState>,

@@ -36,6 +36,9 @@ impl From<RegistryError> for ApiError {
             RegistryError::Refused(_) => {
                 Self::new(StatusCode::FORBIDDEN, "forbidden", e.to_string())
             }
+            RegistryError::Absent(_) => {
+                Self::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
             RegistryError::Conflict(_) => {
                 Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }

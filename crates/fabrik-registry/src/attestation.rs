@@ -36,6 +36,19 @@ const KEPT_VERDICTS: i64 = 100;
 /// credentials asked for it (else an admin's).
 pub(crate) type Challenges = HashMap<String, Vec<([u8; 32], Instant, bool)>>;
 
+/// How often a policy change overtaken by concurrent ones is made again before it is refused.
+const POLICY_WRITE_ATTEMPTS: usize = 5;
+
+/// A passing verdict's measurements judged again under a later version of its device's type's
+/// policy.
+#[derive(Debug)]
+pub(crate) struct RejudgedVerdict {
+    verdict_time: i64,
+    device_type: String,
+    policy_updated_at: i64,
+    reasons: Vec<String>,
+}
+
 /// A device's enrolled attestation key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnrolledKey {
@@ -98,6 +111,11 @@ pub struct AttestationRecord {
     pub key_fingerprint: String,
     /// The reference values it was held against: the device's type.
     pub policy: String,
+    /// The version (`updated_at`) of that type's policy it was judged under (`null`: the type
+    /// had none, or the verdict is older than versions): its measurements are judged again
+    /// from the kept event log once the policy changes.
+    #[serde(default)]
+    pub policy_updated_at: Option<i64>,
     /// PCR values by bank and index (hex), when authentic.
     pub pcrs: BTreeMap<String, BTreeMap<u32, String>>,
     /// The TPM's boot count (`resetCount`).
@@ -123,7 +141,8 @@ pub struct AttestationPolicy {
     /// The PCR bank (`sha256`).
     pub bank: String,
     /// Accepted sets of PCR index → value (hex); several during a firmware rollout. PCRs in
-    /// `measured_pcrs` are not held to them. Empty when every PCR is judged by its events.
+    /// `measured_pcrs` are not held to them. Empty when only the measured PCRs are judged: a
+    /// PCR in neither is not judged at all.
     pub accept: Vec<BTreeMap<u32, String>>,
     /// Whether a quote must come with an event log that replays to it.
     #[serde(default)]
@@ -144,7 +163,10 @@ pub struct AttestationPolicy {
     pub reference_log: Option<ReferenceLog>,
 }
 
-/// A policy to set: explicit sets, or the PCR values a known-good device last quoted.
+/// A policy to set: explicit sets, or the PCR values a known-good device last quoted; PCRs to
+/// judge by their measured-boot events and the digests allowed in them. Without `merge` the
+/// body is the whole policy: what it leaves out (measured PCRs, allowed digests,
+/// `require_event_log`) is not kept from the policy it replaces.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyBody {
@@ -177,7 +199,8 @@ pub struct PolicyBody {
     #[serde(default)]
     pub require_event_log: Option<bool>,
     /// Add to the type's policy (its accepted sets, allowed measurements and settings)
-    /// instead of replacing it.
+    /// instead of replacing it; the type must have one. A merge's `measure` may add PCRs but
+    /// not drop one that still has allowed digests.
     #[serde(default)]
     pub merge: bool,
     /// With `merge`: digests (hex) no longer allowed, in any PCR.
@@ -237,14 +260,7 @@ fn policy_reasons(
         }
         None => Vec::new(),
     };
-    reasons.extend(allowlist::reasons(
-        device_type,
-        policy.require_event_log,
-        &policy.measured_pcrs,
-        &policy.allowed,
-        pcrs.get(&policy.bank),
-        measured,
-    ));
+    reasons.extend(allowlist::reasons(policy, pcrs.get(&policy.bank), measured));
     reasons
 }
 
@@ -490,6 +506,7 @@ impl Registry {
             reasons: Vec::new(),
             key_fingerprint: enrolled.fingerprint.clone(),
             policy: device.device_type.clone(),
+            policy_updated_at: None,
             pcrs: BTreeMap::new(),
             reset_count: quote.reset_count,
             restart_count: quote.restart_count,
@@ -529,6 +546,7 @@ impl Registry {
         } else {
             None
         };
+        record.policy_updated_at = policy.as_ref().map(|policy| policy.updated_at);
         // The events of a log that replays to the authentic quote are evidence too.
         let mut measured = None;
         if record.authentic
@@ -762,27 +780,9 @@ impl Registry {
                 // device's type as they are now: a withdrawn firmware set, or a device moved
                 // to another type, closes the gate without waiting for the next quote.
                 let policy = self.attestation_policy(&device.device_type).await?;
-                // Its measurements were judged under the policy as it is unless the policy
-                // changed since (a digest withdrawn): then they are judged again from the
-                // log kept with that quote.
-                let kept_log = match &policy {
-                    Some(policy)
-                        if policy.updated_at > r.time
-                            && (policy.require_event_log || !policy.measured_pcrs.is_empty()) =>
-                    {
-                        self.device_event_log(id)
-                            .await?
-                            .filter(|log| log.time == r.time && log.bank == policy.bank)
-                    }
-                    _ => None,
-                };
-                let measured = match (&policy, &kept_log) {
-                    (_, Some(log)) => Measured::Events(&log.events),
-                    (Some(policy), None) if policy.updated_at > r.time => Measured::Missing,
-                    _ => Measured::Judged,
-                };
-                let now_failing =
-                    policy_reasons(policy.as_ref(), &device.device_type, &r.pcrs, measured);
+                let now_failing = self
+                    .reasons_now(id, &device.device_type, &r, policy.as_ref())
+                    .await?;
                 if !now_failing.is_empty() {
                     status.reason = format!(
                         "its quote of {} no longer meets the reference values of type `{}`: {}",
@@ -803,6 +803,69 @@ impl Registry {
             }
         }
         Ok(status)
+    }
+
+    /// Why a passing verdict no longer meets its device's type's policy as it is now (empty:
+    /// it still does). Values are held to it again from the verdict's PCRs; measurements
+    /// stand as judged only when the verdict was judged under this very version of this
+    /// type's policy, else they are judged again from the event log kept with that quote,
+    /// once per verdict and policy version (the gate asks at every connection check).
+    async fn reasons_now(
+        &self,
+        id: &str,
+        device_type: &str,
+        verdict: &AttestationRecord,
+        policy: Option<&AttestationPolicy>,
+    ) -> Result<Vec<String>, RegistryError> {
+        let Some(policy) = policy else {
+            return Ok(policy_reasons(
+                None,
+                device_type,
+                &verdict.pcrs,
+                Measured::Judged,
+            ));
+        };
+        let judged_under_it =
+            verdict.policy == device_type && verdict.policy_updated_at == Some(policy.updated_at);
+        let needs_events = policy.require_event_log || !policy.measured_pcrs.is_empty();
+        if judged_under_it || !needs_events {
+            return Ok(policy_reasons(
+                Some(policy),
+                device_type,
+                &verdict.pcrs,
+                Measured::Judged,
+            ));
+        }
+        let judged = RejudgedVerdict {
+            verdict_time: verdict.time,
+            device_type: device_type.to_owned(),
+            policy_updated_at: policy.updated_at,
+            reasons: Vec::new(),
+        };
+        if let Some(known) = self.rejudged.lock().get(id)
+            && known.verdict_time == judged.verdict_time
+            && known.device_type == judged.device_type
+            && known.policy_updated_at == judged.policy_updated_at
+        {
+            return Ok(known.reasons.clone());
+        }
+        let kept_log = self.device_event_log(id).await?.filter(|log| {
+            log.time == verdict.time
+                && log.key_fingerprint == verdict.key_fingerprint
+                && log.bank == policy.bank
+        });
+        let measured = kept_log
+            .as_ref()
+            .map_or(Measured::Missing, |log| Measured::Events(&log.events));
+        let reasons = policy_reasons(Some(policy), device_type, &verdict.pcrs, measured);
+        self.rejudged.lock().insert(
+            id.to_owned(),
+            RejudgedVerdict {
+                reasons: reasons.clone(),
+                ..judged
+            },
+        );
+        Ok(reasons)
     }
 
     /// The reference values of a device type (without the reference device's log: read at
@@ -852,31 +915,61 @@ impl Registry {
             .collect()
     }
 
-    /// Sets a device type's reference values, or with `merge` adds to them.
+    /// Sets a device type's reference values, or with `merge` adds to them. The write is
+    /// conditional on the version read, so concurrent changes are not lost: a change
+    /// overtaken by another is made again on the newer policy.
     pub async fn set_attestation_policy(
         &self,
         device_type: &str,
         body: PolicyBody,
     ) -> Result<AttestationPolicy, RegistryError> {
-        let existing = if body.merge {
-            self.attestation_policy_with_log(device_type).await?
-        } else {
-            None
-        };
         if !body.merge && !body.revoke.is_empty() {
             return Err(RegistryError::Invalid(
                 "revoke: only with merge (a new policy has nothing to revoke)".into(),
             ));
         }
-        let bank = match (&existing, body.bank) {
-            (Some(existing), Some(bank)) if bank != existing.bank => {
+        for _ in 0..POLICY_WRITE_ATTEMPTS {
+            let existing = self.attestation_policy_with_log(device_type).await?;
+            if body.merge && existing.is_none() {
+                return Err(RegistryError::Absent(format!(
+                    "merge: device type `{device_type}` has no attestation policy to merge into: set one without merge"
+                )));
+            }
+            let read_version = existing.as_ref().map(|existing| existing.updated_at);
+            let policy = self.composed_policy(device_type, &body, existing).await?;
+            if self.store_policy(&policy, read_version).await? {
+                self.attestation_changed.notify_one();
+                return Ok(policy);
+            }
+        }
+        Err(RegistryError::Conflict(format!(
+            "the attestation policy of `{device_type}` kept changing while this change was made: try again"
+        )))
+    }
+
+    /// The policy `body` makes of `existing` (the type's policy as read; only a merge keeps
+    /// its content).
+    async fn composed_policy(
+        &self,
+        device_type: &str,
+        body: &PolicyBody,
+        existing: Option<AttestationPolicy>,
+    ) -> Result<AttestationPolicy, RegistryError> {
+        // Versions only grow, so a verdict judged under one version is never taken as judged
+        // under a later one made in the same nanosecond or with a clock set back.
+        let updated_at = existing
+            .as_ref()
+            .map_or_else(now_ns, |existing| now_ns().max(existing.updated_at + 1));
+        let existing = existing.filter(|_| body.merge);
+        let bank = match (&existing, &body.bank) {
+            (Some(existing), Some(bank)) if *bank != existing.bank => {
                 return Err(RegistryError::Invalid(format!(
                     "bank: the policy of `{device_type}` is in {}; merging into it cannot change its bank",
                     existing.bank
                 )));
             }
             (Some(existing), _) => existing.bank.clone(),
-            (None, bank) => bank.unwrap_or_else(|| "sha256".into()),
+            (None, bank) => bank.clone().unwrap_or_else(|| "sha256".into()),
         };
         let width = match bank.as_str() {
             "sha1" => 20,
@@ -966,38 +1059,52 @@ impl Registry {
                 .as_ref()
                 .is_some_and(|existing| existing.require_event_log)
         });
-        // Digests of PCRs no longer judged by their events are dropped with them.
-        let kept: Vec<AllowedMeasurement> = existing
-            .map(|existing| existing.allowed)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|m| measured_pcrs.contains(&m.pcr))
-            .collect();
+        let (was_measured, had) = existing
+            .map(|existing| (existing.measured_pcrs, existing.allowed))
+            .unwrap_or_default();
+        let kept = allowlist::revoked(had, &body.revoke)?;
+        // A merge that stops judging a PCR by its events would drop the digests allowed in it
+        // unseen; that takes a replacing policy, or revoking them first.
+        if let Some(dropped) = kept.iter().find(|m| !measured_pcrs.contains(&m.pcr)) {
+            let digests = match kept.iter().filter(|m| m.pcr == dropped.pcr).count() {
+                1 => "1 allowed digest".to_owned(),
+                n => format!("{n} allowed digests"),
+            };
+            return Err(RegistryError::Invalid(format!(
+                "measure: PCR {} of the policy of `{device_type}` has {digests}; a merge does not stop judging it by its events: keep it in measure, revoke its digests, or replace the policy (without merge)",
+                dropped.pcr
+            )));
+        }
         let mut more = allowlist::allowed_from_input(&body.allow, &measured_pcrs, &bank, width)?;
         if let Some(golden) = &body.allow_from_device {
             more.extend(self.measurements_of(golden, &measured_pcrs, &bank).await?);
         }
-        let allowed = allowlist::revoked(allowlist::merged(kept, more), &body.revoke)?;
+        let allowed = allowlist::merged(kept, more);
         if accept.is_empty() && measured_pcrs.is_empty() {
             return Err(RegistryError::Invalid(
                 "accept: give at least one set of PCR values, or from_device, or PCRs to judge by their events (measure)".into(),
             ));
         }
-        if !measured_pcrs.is_empty() && allowed.is_empty() {
-            return Err(RegistryError::Invalid(format!(
-                "allow: PCRs {measured_pcrs:?} are judged by their events, but no measurement is allowed, so every quote would fail: give allow or allow_from_device"
-            )));
-        }
-        let policy = AttestationPolicy {
+        allowlist::check_coverage(&measured_pcrs, &allowed, &was_measured)?;
+        Ok(AttestationPolicy {
             device_type: device_type.to_owned(),
             bank,
             accept,
             require_event_log,
             measured_pcrs,
             allowed,
-            updated_at: now_ns(),
+            updated_at,
             reference_log,
-        };
+        })
+    }
+
+    /// Writes `policy` if the type's policy is still at `read_version` (`None`: it had none);
+    /// false when another change came first.
+    async fn store_policy(
+        &self,
+        policy: &AttestationPolicy,
+        read_version: Option<i64>,
+    ) -> Result<bool, RegistryError> {
         let reference_log = policy
             .reference_log
             .as_ref()
@@ -1010,21 +1117,40 @@ impl Registry {
             allowed: policy.allowed.clone(),
         })
         .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO attestation_policies (device_type, bank, accept, updated_at, reference_log, measurements) VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (device_type) DO UPDATE SET bank = excluded.bank, accept = excluded.accept, updated_at = excluded.updated_at,
-             reference_log = excluded.reference_log, measurements = excluded.measurements",
-        )
-        .bind(device_type)
-        .bind(&policy.bank)
-        .bind(serde_json::to_string(&policy.accept).map_err(|e| RegistryError::Corrupt(e.to_string()))?)
-        .bind(policy.updated_at)
-        .bind(reference_log)
-        .bind(measurements)
-        .execute(&self.pool)
-        .await?;
-        self.attestation_changed.notify_one();
-        Ok(policy)
+        let accept = serde_json::to_string(&policy.accept)
+            .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+        let done = match read_version {
+            None => {
+                sqlx::query(
+                    "INSERT INTO attestation_policies (device_type, bank, accept, updated_at, reference_log, measurements) VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (device_type) DO NOTHING",
+                )
+                .bind(&policy.device_type)
+                .bind(&policy.bank)
+                .bind(accept)
+                .bind(policy.updated_at)
+                .bind(reference_log)
+                .bind(measurements)
+                .execute(&self.pool)
+                .await?
+            }
+            Some(version) => {
+                sqlx::query(
+                    "UPDATE attestation_policies SET bank = $1, accept = $2, updated_at = $3, reference_log = $4, measurements = $5
+                     WHERE device_type = $6 AND updated_at = $7",
+                )
+                .bind(&policy.bank)
+                .bind(accept)
+                .bind(policy.updated_at)
+                .bind(reference_log)
+                .bind(measurements)
+                .bind(&policy.device_type)
+                .bind(version)
+                .execute(&self.pool)
+                .await?
+            }
+        };
+        Ok(done.rows_affected() == 1)
     }
 
     /// A device's newest authentic verdict under the key it has now (values a removed key
@@ -1104,7 +1230,7 @@ impl Registry {
             .execute(&self.pool)
             .await?;
         if done.rows_affected() == 0 {
-            return Err(RegistryError::Invalid(format!(
+            return Err(RegistryError::Absent(format!(
                 "device type `{device_type}` has no attestation policy"
             )));
         }
@@ -1128,6 +1254,7 @@ impl Registry {
             .await?;
         self.challenges.lock().remove(id);
         self.enrolled.lock().remove(id);
+        self.rejudged.lock().remove(id);
         Ok(())
     }
 }

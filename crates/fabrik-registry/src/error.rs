@@ -43,6 +43,9 @@ pub enum RegistryError {
     /// another TPM).
     #[error("{0}")]
     Refused(String),
+    /// Something other than a device that the request names does not exist (a policy).
+    #[error("{0}")]
+    Absent(String),
     /// The change was overtaken by another.
     #[error("{0}")]
     Conflict(String),

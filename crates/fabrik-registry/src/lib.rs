@@ -209,6 +209,9 @@ pub struct Registry {
     /// Devices with an enrolled attestation key, so a CONNECT of any other device costs no
     /// query for its attestation.
     enrolled: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Passing verdicts judged again after their type's policy changed, by device, so the
+    /// gate reads a kept event log once per verdict and policy version, not at every check.
+    rejudged: Arc<Mutex<HashMap<String, attestation::RejudgedVerdict>>>,
     /// Credentials issued to devices' endorsement keys and not yet activated.
     activations: Arc<Mutex<attestation::activation::Activations>>,
     /// The TPM vendors' CA certificates (DER) EK certificates are checked against; empty: EK
@@ -306,6 +309,7 @@ impl Registry {
             challenges: Arc::default(),
             attestation_changed: Arc::default(),
             enrolled: Arc::new(Mutex::new(enrolled.into_iter().collect())),
+            rejudged: Arc::default(),
             activations: Arc::default(),
             endorsement_authorities: Arc::default(),
             activation_lock: Arc::default(),

@@ -823,7 +823,7 @@ mod attestation {
                     from_device: Some("gw-1".into()),
                     ..PolicyBody::default()
                 },
-                "no measurement is allowed, so every quote would fail",
+                "allow: PCR 4 is judged by its events, and no digest is allowed in it",
             ),
             (
                 PolicyBody {
@@ -847,6 +847,227 @@ mod attestation {
                 .await
                 .unwrap_err();
             assert!(e.to_string().contains(wanted), "{e}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pass_is_judged_again_under_the_policy_its_device_is_held_to_now() {
+        let (_dir, registry) = gateway().await;
+        let settings = AttestationSettings::default();
+        let pem = String::from_utf8(fixture("ak-ecc.pem")).expect("utf-8");
+        registry
+            .enrol_attestation_key("gw-1", &pem)
+            .await
+            .expect("enrol");
+        let with_log = Evidence {
+            event_log: Some(
+                base64::engine::general_purpose::STANDARD.encode(fixture_boot_log("boot stage 4")),
+            ),
+            ..evidence()
+        };
+        let attest = |evidence: Evidence| {
+            registry.open_challenge("gw-1", nonce());
+            let registry = &registry;
+            async move {
+                registry
+                    .attest("gw-1", &evidence, true)
+                    .await
+                    .expect("attest")
+            }
+        };
+        let set = |device_type: &'static str, body: PolicyBody| {
+            let registry = &registry;
+            async move { registry.set_attestation_policy(device_type, body).await }
+        };
+        let merge = |device_type: &'static str, body: PolicyBody| {
+            set(
+                device_type,
+                PolicyBody {
+                    merge: true,
+                    ..body
+                },
+            )
+        };
+        attest(evidence()).await;
+        let values = set(
+            "gateway",
+            PolicyBody {
+                from_device: Some("gw-1".into()),
+                ..PolicyBody::default()
+            },
+        )
+        .await
+        .expect("policy");
+        // A quote without its log passes a policy of values, and says which version judged it.
+        let bare = attest(evidence()).await;
+        assert!(bare.passed, "{bare:?}");
+        assert_eq!(bare.policy_updated_at, Some(values.updated_at));
+        assert_eq!(gate(&registry, &settings).await, None);
+
+        // Merging needs a policy to merge into.
+        let absent = merge(
+            "sensor",
+            PolicyBody {
+                require_event_log: Some(true),
+                ..PolicyBody::default()
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(absent, RegistryError::Absent(_)), "{absent:?}");
+        assert!(
+            absent
+                .to_string()
+                .contains("`sensor` has no attestation policy to merge into"),
+            "{absent}"
+        );
+
+        // Requiring the log ends the pass of a quote that came without one, before the next.
+        let required = merge(
+            "gateway",
+            PolicyBody {
+                require_event_log: Some(true),
+                ..PolicyBody::default()
+            },
+        )
+        .await
+        .expect("merged");
+        assert!(required.updated_at > values.updated_at);
+        let closed = gate(&registry, &settings).await.expect("closed");
+        assert!(closed.contains("requires the boot's event log"), "{closed}");
+        assert!(attest(with_log.clone()).await.passed);
+        assert_eq!(gate(&registry, &settings).await, None);
+
+        // Another type allows another boot loader. Its policy is older than the device's next
+        // verdict, yet that verdict was judged under `gateway`'s: moved there, the device is
+        // held to `sensor`'s digests at once.
+        let learned = set(
+            "sensor",
+            PolicyBody {
+                measure: Some(vec![0, 4, 7]),
+                allow_from_device: Some("gw-1".into()),
+                ..PolicyBody::default()
+            },
+        )
+        .await
+        .expect("sensor policy");
+        let stage_four = learned.allowed[1].digest.clone();
+        merge(
+            "sensor",
+            PolicyBody {
+                revoke: vec![stage_four.clone()],
+                allow: vec![AllowInput {
+                    pcr: 4,
+                    digest: "ab".repeat(32),
+                    note: Some("the sensor's own loader".into()),
+                }],
+                ..PolicyBody::default()
+            },
+        )
+        .await
+        .expect("sensor's loader");
+        assert!(attest(with_log.clone()).await.passed);
+        let to = |device_type: &str| DevicePatch {
+            device_type: Some(device_type.into()),
+            ..DevicePatch::default()
+        };
+        registry.patch("gw-1", to("sensor")).await.expect("patch");
+        let closed = gate(&registry, &settings).await.expect("closed");
+        assert!(
+            closed.contains(&format!(
+                "measured {stage_four}, which the policy of type `sensor` does not allow"
+            )),
+            "{closed}"
+        );
+        // Asked again (from the verdict judged once more, not re-read), and moved back.
+        assert_eq!(gate(&registry, &settings).await, Some(closed));
+        registry.patch("gw-1", to("gateway")).await.expect("patch");
+        assert_eq!(gate(&registry, &settings).await, None);
+
+        // A merge does not stop judging a PCR by its events while it has allowed digests;
+        // revoking them in the same change does.
+        merge(
+            "gateway",
+            PolicyBody {
+                measure: Some(vec![0, 4, 7]),
+                allow_from_device: Some("gw-1".into()),
+                ..PolicyBody::default()
+            },
+        )
+        .await
+        .expect("measured");
+        let narrowed = merge(
+            "gateway",
+            PolicyBody {
+                measure: Some(vec![0, 7]),
+                ..PolicyBody::default()
+            },
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            narrowed
+                .to_string()
+                .starts_with("measure: PCR 4 of the policy of `gateway` has 1 allowed digest;"),
+            "{narrowed}"
+        );
+        let narrowed = merge(
+            "gateway",
+            PolicyBody {
+                measure: Some(vec![0, 7]),
+                revoke: vec![stage_four.clone()],
+                ..PolicyBody::default()
+            },
+        )
+        .await
+        .expect("narrowed");
+        assert_eq!(narrowed.measured_pcrs, vec![0, 7]);
+        assert_eq!(
+            narrowed.allowed.iter().map(|m| m.pcr).collect::<Vec<_>>(),
+            vec![0, 7]
+        );
+        // PCR 0 left with no allowed digest: a withdrawal, and the pass ends.
+        let pcr_zero = narrowed.allowed[0].digest.clone();
+        merge(
+            "gateway",
+            PolicyBody {
+                revoke: vec![pcr_zero],
+                ..PolicyBody::default()
+            },
+        )
+        .await
+        .expect("withdrawn");
+        let closed = gate(&registry, &settings).await.expect("closed");
+        assert!(closed.contains("PCR 0 event "), "{closed}");
+
+        // Two merges at once: neither change is lost.
+        let allow_in_seven = |digest: String| PolicyBody {
+            allow: vec![AllowInput {
+                pcr: 7,
+                digest,
+                note: None,
+            }],
+            ..PolicyBody::default()
+        };
+        let (one, two) = tokio::join!(
+            merge("gateway", allow_in_seven("11".repeat(32))),
+            merge("gateway", allow_in_seven("22".repeat(32)))
+        );
+        one.expect("one merge");
+        two.expect("the other merge");
+        let both = registry
+            .attestation_policy("gateway")
+            .await
+            .expect("read")
+            .expect("policy");
+        for digest in ["11".repeat(32), "22".repeat(32)] {
+            assert!(
+                both.allowed
+                    .iter()
+                    .any(|m| m.pcr == 7 && m.digest == digest),
+                "{digest} lost: {:?}",
+                both.allowed
+            );
         }
     }
 

@@ -94,11 +94,13 @@ pub(crate) enum AttestationCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List every device type's reference PCR values.
+    /// List every device type's attestation policy: accepted PCR values, PCRs judged by their
+    /// measured-boot events and the digests allowed in them.
     Policies,
     /// Set a device type's reference values: PCR values from a known-good device's last
     /// quote, or given; PCRs judged by their measured-boot events against allowed digests;
-    /// with --merge, add to (or --revoke from) the policy it has.
+    /// with --merge, add to (or --revoke from) the policy it has. Without --merge the policy
+    /// is replaced whole: settings not given are not kept.
     Policy {
         /// Device type.
         device_type: String,
@@ -118,18 +120,21 @@ pub(crate) enum AttestationCommand {
         /// allowed digests instead of by value (repeat, or 0,2,4).
         #[arg(long = "measure", value_delimiter = ',')]
         measure: Vec<u32>,
-        /// Allow a digest in a measured PCR, PCR=HEX (repeat): a new boot loader's, before it
-        /// is rolled out.
+        /// Allow a digest in a measured PCR, PCR=HEX or PCR=HEX:NOTE (repeat): a new boot
+        /// loader's, before it is rolled out.
         #[arg(long = "allow")]
         allow: Vec<String>,
         /// Allow every measurement of the measured PCRs in this device's last event log that
         /// replayed.
         #[arg(long)]
-        allow_from: Option<String>,
-        /// Refuse quotes without an event log that replays (`--require-event-log false`
-        /// lifts it).
-        #[arg(long, num_args = 0..=1, default_missing_value = "true")]
-        require_event_log: Option<bool>,
+        allow_from_device: Option<String>,
+        /// Refuse quotes without an event log that replays.
+        #[arg(long, conflicts_with = "no_require_event_log")]
+        require_event_log: bool,
+        /// Accept quotes without an event log again (PCRs judged by their events still need
+        /// one).
+        #[arg(long)]
+        no_require_event_log: bool,
         /// Add to the type's policy instead of replacing it.
         #[arg(long)]
         merge: bool,
@@ -328,8 +333,9 @@ pub(crate) async fn run(
             bank,
             measure,
             allow,
-            allow_from,
+            allow_from_device,
             require_event_log,
+            no_require_event_log,
             merge,
             revoke,
         } => {
@@ -352,23 +358,34 @@ pub(crate) async fn run(
             }
             let mut allowed = Vec::new();
             for digest in &allow {
-                let Some((pcr, hex)) = digest.split_once('=') else {
-                    bail!("--allow `{digest}`: expected PCR=HEX");
+                let Some((pcr, rest)) = digest.split_once('=') else {
+                    bail!("--allow `{digest}`: expected PCR=HEX or PCR=HEX:NOTE");
                 };
                 let pcr: u32 = pcr
                     .trim()
                     .parse()
                     .with_context(|| format!("--allow `{digest}`: PCR"))?;
-                allowed.push(serde_json::json!({ "pcr": pcr, "digest": hex.trim() }));
+                let mut entry = serde_json::json!({ "pcr": pcr });
+                match rest.split_once(':') {
+                    Some((hex, note)) => {
+                        entry["digest"] = hex.trim().into();
+                        entry["note"] = note.trim().into();
+                    }
+                    None => entry["digest"] = rest.trim().into(),
+                }
+                allowed.push(entry);
             }
             if !allowed.is_empty() {
                 body["allow"] = allowed.into();
             }
-            if let Some(device) = allow_from {
+            if let Some(device) = allow_from_device {
                 body["allow_from_device"] = device.into();
             }
-            if let Some(required) = require_event_log {
-                body["require_event_log"] = required.into();
+            if require_event_log || no_require_event_log {
+                body["require_event_log"] = require_event_log.into();
+            }
+            if !revoke.is_empty() && !merge {
+                bail!("--revoke goes with --merge: a replaced policy has nothing to revoke");
             }
             if !revoke.is_empty() {
                 body["revoke"] = serde_json::json!(revoke);

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::AttestationPolicy;
 use crate::RegistryError;
 use crate::tpm::event_log::{BOOT_PCRS, MeasuredEvent};
 use crate::tpm::{hex, unhex};
@@ -155,32 +156,77 @@ pub(crate) fn revoked(
         .collect())
 }
 
+/// PCRs the firmware extends a separator into at every boot (TCG PC Client PFP), so a log
+/// always has events there: a measured one of them with no allowed digest fails every quote.
+const SEPARATED_PCRS: std::ops::RangeInclusive<u32> = 0..=7;
+
+/// Refuses an allowlist no quote could meet by mistake: a PCR of 0-7 the change starts judging
+/// by its events (not in `was_measured`) with no allowed digest. A PCR measured before may be
+/// left with none: a revocation that empties it is deliberate (a withdrawn boot loader with
+/// no fixed build yet shuts its devices out).
+pub(crate) fn check_coverage(
+    measured_pcrs: &[u32],
+    allowed: &[AllowedMeasurement],
+    was_measured: &[u32],
+) -> Result<(), RegistryError> {
+    let empty: Vec<u32> = measured_pcrs
+        .iter()
+        .copied()
+        .filter(|pcr| {
+            SEPARATED_PCRS.contains(pcr)
+                && !allowed.iter().any(|m| m.pcr == *pcr)
+                && !was_measured.contains(pcr)
+        })
+        .collect();
+    if empty.is_empty() {
+        return Ok(());
+    }
+    let (pcrs, are, their, them) = if empty.len() == 1 {
+        ("PCR", "is", "its", "it")
+    } else {
+        ("PCRs", "are", "their", "them")
+    };
+    Err(RegistryError::Invalid(format!(
+        "allow: {pcrs} {} {are} judged by {their} events, and no digest is allowed in {them}, though every boot measures into {them}, so every quote would fail: give allow or allow_from_device",
+        list(&empty)
+    )))
+}
+
 /// Why a quote's measurements do not meet the policy (empty: they do). `quoted`: the quote's
 /// PCRs in the policy's bank.
 pub(crate) fn reasons(
-    device_type: &str,
-    require_event_log: bool,
-    measured_pcrs: &[u32],
-    allowed: &[AllowedMeasurement],
+    policy: &AttestationPolicy,
     quoted: Option<&BTreeMap<u32, String>>,
     measured: Measured<'_>,
 ) -> Vec<String> {
+    let device_type = &policy.device_type;
+    let measured_pcrs = &policy.measured_pcrs;
+    let bank = &policy.bank;
     let events = match measured {
         Measured::Judged => return Vec::new(),
         Measured::Events(events) => events,
+        // Said first: a log replayed in another bank than the quote's missing one.
+        Measured::Missing
+            if quoted.is_none() && (policy.require_event_log || !measured_pcrs.is_empty()) =>
+        {
+            return vec![format!(
+                "the policy of type `{device_type}` judges the boot's measured events in {bank}, and the quote has no {bank} PCRs to replay its event log against"
+            )];
+        }
         Measured::Missing if !measured_pcrs.is_empty() => {
             return vec![format!(
                 "PCRs {} of type `{device_type}` are judged by their measured-boot events, and no event log that replays to the quote came with it",
                 list(measured_pcrs)
             )];
         }
-        Measured::Missing if require_event_log => {
+        Measured::Missing if policy.require_event_log => {
             return vec![format!(
                 "the policy of type `{device_type}` requires the boot's event log (require_event_log), and none that replays to the quote came with it"
             )];
         }
         Measured::Missing => return Vec::new(),
     };
+    let allowed = &policy.allowed;
     let mut said: Vec<String> = measured_pcrs
         .iter()
         .filter(|pcr| quoted.is_none_or(|q| !q.contains_key(pcr)))
@@ -245,6 +291,23 @@ mod tests {
         }
     }
 
+    fn policy_of(
+        require_event_log: bool,
+        measured_pcrs: &[u32],
+        allowed: &[AllowedMeasurement],
+    ) -> AttestationPolicy {
+        AttestationPolicy {
+            device_type: "gateway".into(),
+            bank: "sha256".into(),
+            accept: Vec::new(),
+            require_event_log,
+            measured_pcrs: measured_pcrs.to_vec(),
+            allowed: allowed.to_vec(),
+            updated_at: 1,
+            reference_log: None,
+        }
+    }
+
     fn allowed(pcr: u32, digest: &str) -> AllowedMeasurement {
         AllowedMeasurement {
             pcr,
@@ -265,10 +328,7 @@ mod tests {
         let policy = [allowed(4, "aa"), allowed(4, "bb"), allowed(9, "cc")];
         let judge = |allowed: &[AllowedMeasurement], measured: &[u32]| {
             reasons(
-                "gateway",
-                false,
-                measured,
-                allowed,
+                &policy_of(false, measured, allowed),
                 Some(&quoted),
                 Measured::Events(&events),
             )
@@ -294,13 +354,26 @@ mod tests {
 
     #[test]
     fn a_missing_log_fails_only_a_policy_that_needs_one() {
+        let quoted: BTreeMap<u32, String> = [(4, "x".to_owned())].into();
         let missing = |require: bool, measured: &[u32]| {
-            reasons("gateway", require, measured, &[], None, Measured::Missing)
+            reasons(
+                &policy_of(require, measured, &[]),
+                Some(&quoted),
+                Measured::Missing,
+            )
         };
         assert!(missing(false, &[]).is_empty());
         assert!(missing(true, &[])[0].contains("requires the boot's event log"));
         assert!(missing(false, &[0, 4])[0].starts_with("PCRs 0, 4 of type `gateway`"));
-        assert!(reasons("gateway", true, &[4], &[], None, Measured::Judged).is_empty());
+        assert!(reasons(&policy_of(true, &[4], &[]), None, Measured::Judged).is_empty());
+        // A quote of another bank only: its log could not replay in the policy's.
+        let other_bank = reasons(&policy_of(false, &[4], &[]), None, Measured::Missing);
+        assert_eq!(
+            other_bank,
+            vec![
+                "the policy of type `gateway` judges the boot's measured events in sha256, and the quote has no sha256 PCRs to replay its event log against"
+            ]
+        );
     }
 
     #[test]
@@ -308,10 +381,7 @@ mod tests {
         let events: Vec<MeasuredEvent> = (1..=8).map(|i| event(i, 4, "ff", true)).collect();
         let quoted: BTreeMap<u32, String> = [(4, "x".to_owned())].into();
         let said = reasons(
-            "gateway",
-            false,
-            &[4],
-            &[],
+            &policy_of(false, &[4], &[]),
             Some(&quoted),
             Measured::Events(&events),
         );
@@ -353,5 +423,20 @@ mod tests {
             revoked(all, &["AA".into()]).expect("revoked"),
             vec![allowed(0, "bb")]
         );
+    }
+
+    #[test]
+    fn every_measured_boot_pcr_needs_an_allowed_digest() {
+        let some = [allowed(4, "aa")];
+        assert!(check_coverage(&[4], &some, &[]).is_ok());
+        // PCR 8 (the boot loader's commands) may be held to having no events at all.
+        assert!(check_coverage(&[4, 8], &some, &[]).is_ok());
+        let error = check_coverage(&[0, 4, 7], &some, &[]).expect_err("PCRs 0 and 7 empty");
+        assert!(
+            error.to_string().starts_with("allow: PCRs 0, 7 are judged"),
+            "{error}"
+        );
+        // Revoking the last digest of a PCR is deliberate: its devices are shut out.
+        assert!(check_coverage(&[4], &[], &[4]).is_ok());
     }
 }

@@ -1165,7 +1165,7 @@ fn measured_pcrs_admit_a_new_boot_loader_by_its_digest_and_a_withdrawn_one_ends_
     policy(&[
         "--measure",
         "0,1,2,3,4,5,6,7,8,9",
-        "--allow-from",
+        "--allow-from-device",
         "gw-1",
         "--require-event-log",
     ]);
@@ -1220,5 +1220,56 @@ fn measured_pcrs_admit_a_new_boot_loader_by_its_digest_and_a_withdrawn_one_ends_
         "{out}"
     );
     assert!(!publish(&mqtt, "gw-1", &token).status.success());
+
+    // Allowed again (the patched build kept its digest), with a note: the pass the quote
+    // earned holds again, without a new quote.
+    policy(&[
+        "--merge",
+        "--allow",
+        &format!("4={new_grub}:grub 2.12-1, patched"),
+    ]);
+    let (ok, out) =
+        crate::support::client_command(&p.url, &["device", "attestation", "status", "gw-1"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("may connect"), "{out}");
+    assert!(publish(&mqtt, "gw-1", &token).status.success());
+    let (ok, out) = crate::support::client_command(&p.url, &["device", "attestation", "policies"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("grub 2.12-1, patched"), "{out}");
+    // A revocation is a change to a policy, not a new one.
+    let (ok, out) = crate::support::client_command(
+        &p.url,
+        &[
+            "device",
+            "attestation",
+            "policy",
+            "gateway",
+            "--revoke",
+            &new_grub,
+        ],
+    );
+    assert!(!ok);
+    assert!(out.contains("--revoke goes with --merge"), "{out}");
+    // Nothing to merge into, or to remove: not found.
+    let (status, body) = http(
+        &p.url,
+        Method::PUT,
+        "/api/v1/attestation/policies/sensor",
+        Some(serde_json::json!({"merge": true, "require_event_log": true})),
+    );
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|m| m.contains("`sensor` has no attestation policy to merge into")),
+        "{body}"
+    );
+    let (status, body) = http(
+        &p.url,
+        Method::DELETE,
+        "/api/v1/attestation/policies/sensor",
+        None,
+    );
+    assert_eq!(status, 404, "{body}");
     drop(p);
 }
