@@ -880,7 +880,8 @@ pub(crate) async fn tables(
 }
 
 #[utoipa::path(post, path = "/api/v1/admin/persist", tag = "operations", security(("token" = [])),
-    responses((status = 204, description = "the buffer is in Parquet segments")))]
+    responses((status = 204, description = "the buffer is in Parquet segments"),
+        (status = 503, description = "the object storage bucket did not answer, or the prefix now belongs to a store restored elsewhere (decision 0061)", body = crate::error::ErrorBody)))]
 pub(crate) async fn persist(
     crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
     State(state): State<ApiState>,
@@ -890,7 +891,8 @@ pub(crate) async fn persist(
 }
 
 #[utoipa::path(post, path = "/api/v1/admin/compact", tag = "operations", security(("token" = [])),
-    responses((status = 204, description = "segments merged and retention applied")))]
+    responses((status = 204, description = "segments merged and retention applied"),
+        (status = 503, description = "the object storage bucket did not answer, or the prefix now belongs to a store restored elsewhere (decision 0061)", body = crate::error::ErrorBody)))]
 pub(crate) async fn compact(
     crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
     State(state): State<ApiState>,

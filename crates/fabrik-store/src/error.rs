@@ -106,9 +106,10 @@ impl StoreError {
             | Self::Query(_) => 400,
             Self::QueryTimeout(_) => 408,
             Self::InsufficientStorage(_) => 507,
-            Self::ShuttingDown => 503,
+            // The bucket is the unavailable dependency, and its reason (unreachable, the prefix
+            // taken over) is what the operator must act on.
+            Self::ShuttingDown | Self::ObjectStorage { .. } => 503,
             Self::DataDir { .. }
-            | Self::ObjectStorage { .. }
             | Self::CorruptWal { .. }
             | Self::Io { .. }
             | Self::Internal(_) => 500,

@@ -213,6 +213,8 @@ pub(crate) struct Shared {
     state: RwLock<State>,
     buffer: Mutex<Buffer>,
     objects: Objects,
+    /// In a bucket: the prefix's marker and manifest copy (decision 0061).
+    bucket: Option<Arc<objects::BucketClaim>>,
     flush_wanted: Notify,
     /// The sequence number of the last write applied (durable and queryable).
     applied: tokio::sync::watch::Sender<u64>,
@@ -415,8 +417,15 @@ impl Store {
                 .map(|(name, t)| (name.clone(), t.id, t.columns.clone())),
         );
         let blobs = BlobStore::open(dir.join("blobs"))?;
-        let (objects, sweep) = objects::open(&dir, options.objects.as_ref(), &manifest).await?;
+        let (objects, sweep, bucket) =
+            objects::open(&dir, options.objects.as_ref(), &manifest).await?;
         sweep_orphan_segments(&objects, &manifest, sweep).await?;
+        if let Some(bucket) = &bucket
+            && sweep != objects::Sweep::Skip
+        {
+            // A store from before copies were made gets one now, not at its next persist.
+            bucket.copy_manifest(&manifest).await;
+        }
 
         let persisted_seq = manifest.persisted_seq;
         let shared = Arc::new(Shared {
@@ -428,6 +437,7 @@ impl Store {
             }),
             buffer: Mutex::new(Buffer::default()),
             objects: objects.clone(),
+            bucket,
             flush_wanted: Notify::new(),
             applied: tokio::sync::watch::Sender::new(persisted_seq),
             wal_hold: std::sync::atomic::AtomicU64::new(options.wal_hold.unwrap_or(u64::MAX)),
@@ -866,6 +876,9 @@ impl Store {
             self.delete_persisted_wal(manifest.persisted_seq).await?;
             return Ok(());
         }
+        if let Some(bucket) = &self.shared.bucket {
+            bucket.check_still_ours().await?;
+        }
         let started = Instant::now();
         let mut written = 0usize;
         for f in &frozen {
@@ -926,6 +939,9 @@ impl Store {
         }
         self.refresh_manifest_tables(&mut manifest);
         self.save_manifest(manifest.clone()).await?;
+        if let Some(bucket) = &self.shared.bucket {
+            bucket.copy_manifest(&manifest).await;
+        }
         {
             let mut state = self.shared.state.write();
             state.manifest = manifest.clone();
@@ -982,11 +998,21 @@ impl Store {
     /// deletes replaced segments once no running query can still be reading them.
     pub async fn compact(&self) -> Result<(), StoreError> {
         let mut pending_deletes = self.maintenance.lock().await;
+        if let Some(bucket) = &self.shared.bucket {
+            // A store whose prefix a restore took over neither merges nor deletes there.
+            bucket.check_still_ours().await?;
+        }
         let grace = (self.shared.options.query_timeout * 2).max(Duration::from_secs(60));
         let now = Instant::now();
+        // The bucket's manifest copy may still name replaced segments until it is current.
+        let copy_current = self
+            .shared
+            .bucket
+            .as_ref()
+            .is_none_or(|bucket| bucket.copy_is_current());
         let mut still_pending = Vec::new();
         for (since, path) in pending_deletes.drain(..) {
-            if now.duration_since(since) >= grace {
+            if copy_current && now.duration_since(since) >= grace {
                 if let Err(e) = self.shared.objects.delete(&path).await {
                     tracing::warn!(path = %path, error = %e, "Could not delete a replaced segment.");
                 }
@@ -1095,6 +1121,9 @@ impl Store {
             return Ok(());
         }
         self.save_manifest(manifest.clone()).await?;
+        if let Some(bucket) = &self.shared.bucket {
+            bucket.copy_manifest(&manifest).await;
+        }
         {
             // Segments persisted meanwhile are impossible: persist holds the same lock.
             self.shared.state.write().manifest = manifest;

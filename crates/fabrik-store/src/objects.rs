@@ -4,9 +4,15 @@
 //! The WAL, the manifest and blobs stay in the data directory either way: a write is
 //! acknowledged once its WAL record is fsynced locally, and a persist uploads the segment
 //! before the manifest names it, so a `kill -9` at any point loses nothing acknowledged.
+//! In a bucket, each saved manifest is also copied under the prefix, so a node whose disk
+//! died is restored from the bucket ([`restore`], decision 0061); the restored store takes
+//! the prefix over, and a persist first checks the prefix is still its own.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt as _;
 
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
@@ -36,6 +42,16 @@ pub struct ObjectStorage {
 const MARKER: &str = "fabrik-store.json";
 /// The local record of where this data directory's segments are.
 const LOCAL_RECORD: &str = "objects.json";
+/// The copy of a store's manifest under the prefix, replaced after every local save. Named by
+/// the store's id, so a node whose prefix a restore took over cannot overwrite the copy of the
+/// store that took it (it may still be mid-persist when it happens).
+fn manifest_copy(root: &Root, store_id: &str) -> ObjectPath {
+    root.join(&format!("manifest-{store_id}.json"))
+}
+/// How far a restored store's segment ids start past the highest in the bucket: a node that
+/// was not dead after all, mid-persist when the prefix was taken over, writes a few more ids
+/// from its own count, never a million.
+const RESTORE_FILE_ID_GAP: u64 = 1 << 20;
 
 /// The marker's and the local record's content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,45 +138,22 @@ fn split_url(url: &str) -> Result<(String, String), StoreError> {
     Ok((format!("s3://{bucket}"), prefix))
 }
 
-/// What the start-up sweep does with objects under the segments prefix that the manifest does
-/// not list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Sweep {
-    /// Delete them: on the local disk they can only be an interrupted persist's.
-    Delete,
-    /// Name them in the log and leave them: in a bucket they may be segments of a newer copy
-    /// of this data directory (a restored snapshot, a cloned machine) that only the bucket
-    /// kept.
-    Report,
-    /// Leave them unlisted: the bucket is not reachable.
-    Skip,
+/// Where a prefix's objects are named from: `prefix/name`, or `name` at the bucket's root.
+#[derive(Debug, Clone)]
+struct Root(String);
+
+impl Root {
+    fn join(&self, name: &str) -> ObjectPath {
+        if self.0.is_empty() {
+            ObjectPath::from(name)
+        } else {
+            ObjectPath::from(format!("{}/{name}", self.0))
+        }
+    }
 }
 
-/// The segment store for a data directory: the local `segments` folder, or the configured
-/// bucket prefix once this store holds its claim there.
-pub(crate) async fn open(
-    dir: &Path,
-    storage: Option<&ObjectStorage>,
-    manifest: &Manifest,
-) -> Result<(Objects, Sweep), StoreError> {
-    let local_claim = read_local_claim(dir)?;
-    let Some(storage) = storage else {
-        if let Some(claim) = local_claim {
-            return Err(data_dir_error(
-                dir,
-                format!(
-                    "its segments are in object storage at {} ({LOCAL_RECORD}): set \
-                     [store.objects] url = \"{}\" to open it",
-                    claim.url, claim.url
-                ),
-            ));
-        }
-        let segments_dir = dir.join("segments");
-        let local = object_store::local::LocalFileSystem::new_with_prefix(&segments_dir)
-            .map_err(|e| data_dir_error(&segments_dir, e))?;
-        return Ok((Arc::new(local), Sweep::Delete));
-    };
-
+/// A client for the bucket `storage` names, and its prefix.
+fn connect(storage: &ObjectStorage) -> Result<(Arc<dyn ObjectStore>, Root), StoreError> {
     let url = storage.url.trim();
     let (bucket_url, prefix) = split_url(url)?;
     // Bounded retries: a start waits at most about half a minute for an unreachable service,
@@ -187,14 +180,51 @@ pub(crate) async fn open(
     }
     let bucket: Arc<dyn ObjectStore> =
         Arc::new(builder.build().map_err(|e| objects_error(url, e))?);
-    let root = |name: &str| {
-        if prefix.is_empty() {
-            ObjectPath::from(name)
-        } else {
-            ObjectPath::from(format!("{prefix}/{name}"))
+
+    Ok((bucket, Root(prefix)))
+}
+
+/// What the start-up sweep does with objects under the segments prefix that the manifest does
+/// not list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sweep {
+    /// Delete them: on the local disk they can only be an interrupted persist's.
+    Delete,
+    /// Name them in the log and leave them: in a bucket they may be segments of a newer copy
+    /// of this data directory (a restored snapshot, a cloned machine) that only the bucket
+    /// kept.
+    Report,
+    /// Leave them unlisted: the bucket is not reachable.
+    Skip,
+}
+
+/// The segment store for a data directory: the local `segments` folder, or the configured
+/// bucket prefix once this store holds its claim there.
+pub(crate) async fn open(
+    dir: &Path,
+    storage: Option<&ObjectStorage>,
+    manifest: &Manifest,
+) -> Result<(Objects, Sweep, Option<Arc<BucketClaim>>), StoreError> {
+    let local_claim = read_local_claim(dir)?;
+    let Some(storage) = storage else {
+        if let Some(claim) = local_claim {
+            return Err(data_dir_error(
+                dir,
+                format!(
+                    "its segments are in object storage at {} ({LOCAL_RECORD}): set \
+                     [store.objects] url = \"{}\" to open it",
+                    claim.url, claim.url
+                ),
+            ));
         }
+        let segments_dir = dir.join("segments");
+        let local = object_store::local::LocalFileSystem::new_with_prefix(&segments_dir)
+            .map_err(|e| data_dir_error(&segments_dir, e))?;
+        return Ok((Arc::new(local), Sweep::Delete, None));
     };
 
+    let url = storage.url.trim();
+    let (bucket, root) = connect(storage)?;
     // A claim elsewhere with nothing stored under it (a mistyped bucket fixed) is given up.
     let local_claim = local_claim.filter(|claim| claim.url == url || has_segments(manifest));
     match &local_claim {
@@ -220,13 +250,13 @@ pub(crate) async fn open(
         _ => {}
     }
 
-    let marker_path = root(MARKER);
-    let sweep = match (local_claim, read_marker(&bucket, &marker_path, url).await?) {
+    let marker_path = root.join(MARKER);
+    let (sweep, store_id) = match (local_claim, read_marker(&bucket, &marker_path, url).await?) {
         (Some(local), Marker::Unreachable(why)) if local.confirmed => {
             // The claim was checked at earlier starts; ingest must not wait for the bucket
             // (writes are durable in the WAL and persisted once it is back).
             tracing::warn!(url, store_id = %local.store_id, error = %why, "Object storage is not reachable: starting with the claim unchecked and leftovers not swept; persisting retries until it is back.");
-            Sweep::Skip
+            (Sweep::Skip, local.store_id)
         }
         (_, Marker::Unreachable(why)) => {
             return Err(objects_error(
@@ -240,11 +270,11 @@ pub(crate) async fn open(
                     dir,
                     &Claim {
                         confirmed: true,
-                        ..local
+                        ..local.clone()
                     },
                 )?;
             }
-            Sweep::Report
+            (Sweep::Report, local.store_id)
         }
         (Some(local), Marker::Found(remote)) => {
             return Err(objects_error(
@@ -268,7 +298,7 @@ pub(crate) async fn open(
                 },
             )?;
             tracing::info!(url, store_id = %local.store_id, "Claimed an object storage prefix for this store's segments.");
-            Sweep::Report
+            (Sweep::Report, local.store_id)
         }
         (Some(local), Marker::Absent) => {
             return Err(objects_error(
@@ -306,16 +336,317 @@ pub(crate) async fn open(
             claim_prefix(&bucket, &marker_path, &claim).await?;
             write_local_claim(dir, &claim)?;
             tracing::info!(url, store_id = %claim.store_id, "Claimed an object storage prefix for this store's segments.");
-            Sweep::Report
+            (Sweep::Report, claim.store_id)
         }
     };
+    let claim = Arc::new(BucketClaim {
+        url: url.to_owned(),
+        manifest_copy: manifest_copy(&root, &store_id),
+        store_id,
+        marker: marker_path,
+        bucket: bucket.clone(),
+        // Unknown until the first upload; a start that could not reach the bucket has none.
+        copy_current: AtomicBool::new(false),
+    });
     Ok((
         Arc::new(object_store::prefix::PrefixStore::new(
             bucket,
-            root("segments"),
+            root.join("segments"),
         )),
         sweep,
+        Some(claim),
     ))
+}
+
+/// A store's hold on its bucket prefix: the marker naming it, and the copy of its manifest
+/// kept beside its segments.
+#[derive(Debug)]
+pub(crate) struct BucketClaim {
+    url: String,
+    store_id: String,
+    marker: ObjectPath,
+    manifest_copy: ObjectPath,
+    bucket: Arc<dyn ObjectStore>,
+    /// Whether the copy is the manifest as last saved: segments a compaction replaced are
+    /// deleted only then, as an older copy may still name them.
+    copy_current: AtomicBool,
+}
+
+impl BucketClaim {
+    /// Fails unless the marker still names this store: after a restore elsewhere took the
+    /// prefix over (`fabrik store restore`, for a node thought dead), this one must not
+    /// write segments there any more.
+    pub(crate) async fn check_still_ours(&self) -> Result<(), StoreError> {
+        match read_marker(&self.bucket, &self.marker, &self.url).await? {
+            Marker::Found(claim) if claim.store_id == self.store_id => Ok(()),
+            Marker::Found(claim) => Err(objects_error(
+                &self.url,
+                format!(
+                    "the prefix now belongs to store {} ({MARKER}), not to this store {}: it \
+                     was restored elsewhere (fabrik store restore), so this node no longer \
+                     writes segments there; stop it, or give it a new data directory and prefix",
+                    claim.store_id, self.store_id
+                ),
+            )),
+            Marker::Absent => Err(objects_error(
+                &self.url,
+                format!(
+                    "{MARKER} of store {} is gone: the prefix was emptied, so no segment is \
+                     written there",
+                    self.store_id
+                ),
+            )),
+            Marker::Unreachable(why) => Err(objects_error(&self.url, why)),
+        }
+    }
+
+    /// Replaces the bucket's copy of the manifest. A failure is logged, not returned: the
+    /// local manifest is the store's truth, and the copy is made again at the next save.
+    pub(crate) async fn copy_manifest(&self, manifest: &Manifest) {
+        let written = match serde_json::to_vec_pretty(manifest) {
+            Ok(bytes) => self
+                .bucket
+                .put(&self.manifest_copy, PutPayload::from(bytes))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match written {
+            Ok(()) => self.copy_current.store(true, Ordering::Release),
+            Err(e) => {
+                self.copy_current.store(false, Ordering::Release);
+                tracing::warn!(url = %self.url, path = %self.manifest_copy, error = %e, "Could not copy the manifest to object storage: a restore from the bucket would miss the newest segments until a later copy succeeds.");
+            }
+        }
+    }
+
+    /// Whether the bucket's copy is the manifest as last saved.
+    pub(crate) fn copy_is_current(&self) -> bool {
+        self.copy_current.load(Ordering::Acquire)
+    }
+}
+
+/// What [`restore`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    /// The store whose prefix was taken over.
+    pub previous_store_id: String,
+    /// The restored store's own id, now in the marker.
+    pub store_id: String,
+    /// Tables and segments the restored manifest names.
+    pub tables: usize,
+    /// Segments the restored manifest names.
+    pub segments: usize,
+    /// Rows in them.
+    pub rows: u64,
+    /// Every WAL record up to this one is in them: what the old node acknowledged later was
+    /// only in its WAL and is lost with its disk.
+    pub persisted_seq: u64,
+    /// Segments the copy named that are no longer in the bucket (dropped from the manifest).
+    pub missing: Vec<String>,
+    /// Objects under `segments/` the copy does not name (left in place, reported at starts).
+    pub unlisted: usize,
+}
+
+/// Restores a store whose data directory was lost from its bucket prefix into `dir`, which
+/// must hold no store (or only an unfinished restore): the manifest copy becomes its
+/// manifest, and the prefix is taken over under a new store id, so a node that was not dead
+/// after all stops writing there at its next persist. The store then starts as usual.
+pub async fn restore(dir: &Path, storage: &ObjectStorage) -> Result<Restored, StoreError> {
+    let url = storage.url.trim();
+    refuse_a_store_in(dir)?;
+    let (bucket, root) = connect(storage)?;
+    let marker_path = root.join(MARKER);
+    let (previous, marker_version) = match bucket.get(&marker_path).await {
+        Ok(found) => {
+            let version = object_store::UpdateVersion {
+                e_tag: found.meta.e_tag.clone(),
+                version: found.meta.version.clone(),
+            };
+            let bytes = found
+                .bytes()
+                .await
+                .map_err(|e| objects_error(url, format!("reading {marker_path}: {e}")))?;
+            let claim: Claim = serde_json::from_slice(&bytes).map_err(|e| {
+                objects_error(url, format!("{marker_path} is not a store claim: {e}"))
+            })?;
+            (claim, version)
+        }
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(objects_error(
+                url,
+                format!("no store to restore: {marker_path} is not there"),
+            ));
+        }
+        Err(e) => return Err(objects_error(url, format!("reading {marker_path}: {e}"))),
+    };
+    let copy_path = manifest_copy(&root, &previous.store_id);
+    let mut manifest: Manifest = match bucket.get(&copy_path).await {
+        Ok(found) => {
+            let bytes = found
+                .bytes()
+                .await
+                .map_err(|e| objects_error(url, format!("reading {copy_path}: {e}")))?;
+            serde_json::from_slice(&bytes).map_err(|e| {
+                objects_error(url, format!("{copy_path} is not a store manifest: {e}"))
+            })?
+        }
+        Err(object_store::Error::NotFound { .. }) => {
+            return Err(objects_error(
+                url,
+                format!(
+                    "store {} left no manifest copy ({copy_path}): it never persisted, or \
+                     ran a Fabrik from before copies were made",
+                    previous.store_id
+                ),
+            ));
+        }
+        Err(e) => return Err(objects_error(url, format!("reading {copy_path}: {e}"))),
+    };
+
+    // What is in the bucket now: the copy's segments that are still there, and past which
+    // id the restored store counts.
+    let segments_root = root.join("segments");
+    let mut listed = std::collections::HashSet::new();
+    let mut highest_id = 0u64;
+    let mut listing = bucket.list(Some(&segments_root));
+    while let Some(meta) = listing.next().await {
+        let meta = meta.map_err(|e| objects_error(url, format!("listing {segments_root}: {e}")))?;
+        let Some(relative) = meta
+            .location
+            .as_ref()
+            .strip_prefix(segments_root.as_ref())
+            .map(|rest| rest.trim_start_matches('/').to_owned())
+        else {
+            continue;
+        };
+        if let Some(id) = segment_file_id(&relative) {
+            highest_id = highest_id.max(id);
+        }
+        listed.insert(relative);
+    }
+    let mut missing = Vec::new();
+    for table in manifest.tables.values_mut() {
+        table.segments.retain(|segment| {
+            let there = listed.contains(&segment.path);
+            if !there {
+                missing.push(segment.path.clone());
+            }
+            there
+        });
+    }
+    let named: std::collections::HashSet<&str> = manifest
+        .tables
+        .values()
+        .flat_map(|t| t.segments.iter().map(|s| s.path.as_str()))
+        .collect();
+    let unlisted = listed
+        .iter()
+        .filter(|p| !named.contains(p.as_str()))
+        .count();
+    manifest.next_file_id = manifest
+        .next_file_id
+        .max(highest_id + 1)
+        .saturating_add(RESTORE_FILE_ID_GAP);
+
+    // In an order a crash anywhere leaves safe: a data directory whose claim is not the
+    // marker's does not start, and once the marker names it, the manifest is there.
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+    let claim = Claim {
+        url: url.to_owned(),
+        store_id: new_store_id()?,
+        confirmed: false,
+    };
+    write_local_claim(dir, &claim)?;
+    manifest.save(dir)?;
+    let bytes = serde_json::to_vec_pretty(&Claim {
+        confirmed: true,
+        ..claim.clone()
+    })
+    .map_err(|e| StoreError::Internal(format!("encoding {MARKER}: {e}")))?;
+    // Only over the marker that was read: two restores at once do not both take the prefix.
+    let replaced = bucket
+        .put_opts(
+            &marker_path,
+            PutPayload::from(bytes),
+            PutOptions {
+                mode: PutMode::Update(marker_version),
+                ..PutOptions::default()
+            },
+        )
+        .await;
+    match replaced {
+        Ok(_) => {}
+        Err(object_store::Error::Precondition { .. }) => {
+            return Err(objects_error(
+                url,
+                format!("{marker_path} changed while restoring (another restore?): run it again"),
+            ));
+        }
+        Err(e) => return Err(objects_error(url, format!("writing {marker_path}: {e}"))),
+    }
+    write_local_claim(
+        dir,
+        &Claim {
+            confirmed: true,
+            ..claim.clone()
+        },
+    )?;
+    tracing::info!(url, previous = %previous.store_id, store_id = %claim.store_id, "Restored a store from object storage and took its prefix over.");
+    Ok(Restored {
+        previous_store_id: previous.store_id,
+        store_id: claim.store_id,
+        tables: manifest.tables.len(),
+        segments: named.len(),
+        rows: manifest
+            .tables
+            .values()
+            .flat_map(|t| t.segments.iter().map(|s| s.rows))
+            .sum(),
+        persisted_seq: manifest.persisted_seq,
+        missing,
+        unlisted,
+    })
+}
+
+/// A restore goes only into a data directory without a store: no WAL records, no manifest
+/// unless an unfinished restore wrote it (its claim not yet confirmed).
+fn refuse_a_store_in(dir: &Path) -> Result<(), StoreError> {
+    let claim = read_local_claim(dir)?;
+    if claim.as_ref().is_some_and(|claim| claim.confirmed) {
+        return Err(data_dir_error(
+            dir,
+            format!("holds a store ({LOCAL_RECORD}): restore into a new, empty data directory"),
+        ));
+    }
+    if claim.is_none() && dir.join(crate::manifest::FILE).exists() {
+        return Err(data_dir_error(
+            dir,
+            "holds a store (manifest.json): restore into a new, empty data directory",
+        ));
+    }
+    let wal = dir.join("wal");
+    let has_wal = std::fs::read_dir(&wal)
+        .map(|mut entries| entries.next().is_some())
+        .unwrap_or(false);
+    if has_wal {
+        return Err(data_dir_error(
+            dir,
+            "holds a WAL (wal/): restore into a new, empty data directory",
+        ));
+    }
+    Ok(())
+}
+
+/// The file id of a segment path `t<table>/p<partition>/<id>.parquet`.
+fn segment_file_id(path: &str) -> Option<u64> {
+    path.rsplit('/')
+        .next()?
+        .strip_suffix(".parquet")?
+        .parse()
+        .ok()
 }
 
 /// What the marker read found.
@@ -408,6 +739,57 @@ mod tests {
             .expect_err("dots")
             .to_string();
         assert!(err.contains("`..`"), "{err}");
+    }
+
+    #[test]
+    fn a_segment_path_gives_its_file_id() {
+        assert_eq!(
+            segment_file_id("t3/p20240101/0000000000000042.parquet"),
+            Some(42)
+        );
+        assert_eq!(segment_file_id("0000000000000007.parquet"), Some(7));
+        assert_eq!(segment_file_id("t3/p0/notes.txt"), None);
+        assert_eq!(segment_file_id("t3/p0/x.parquet"), None);
+    }
+
+    #[test]
+    fn a_restore_goes_only_into_a_directory_without_a_store() {
+        let dir = tempfile::tempdir().expect("dir");
+        // Absent or empty: fine.
+        refuse_a_store_in(&dir.path().join("new")).expect("absent");
+        refuse_a_store_in(dir.path()).expect("empty");
+        // An unfinished restore (claim not confirmed, manifest written) is done again.
+        let claim = Claim {
+            url: "s3://plant/line-1".into(),
+            store_id: "ab".into(),
+            confirmed: false,
+        };
+        write_local_claim(dir.path(), &claim).expect("claim");
+        std::fs::write(dir.path().join(crate::manifest::FILE), "{}").expect("manifest");
+        refuse_a_store_in(dir.path()).expect("unfinished restore");
+        // A store's WAL, a confirmed claim, or a manifest of its own: refused, naming it.
+        std::fs::create_dir_all(dir.path().join("wal")).expect("wal");
+        std::fs::write(dir.path().join("wal").join("00000001.wal"), b"x").expect("record");
+        let err = refuse_a_store_in(dir.path()).expect_err("wal").to_string();
+        assert!(err.contains("holds a WAL"), "{err}");
+        std::fs::remove_dir_all(dir.path().join("wal")).expect("rm wal");
+        write_local_claim(
+            dir.path(),
+            &Claim {
+                confirmed: true,
+                ..claim
+            },
+        )
+        .expect("confirmed");
+        let err = refuse_a_store_in(dir.path())
+            .expect_err("claim")
+            .to_string();
+        assert!(err.contains("holds a store (objects.json)"), "{err}");
+        std::fs::remove_file(dir.path().join(LOCAL_RECORD)).expect("rm claim");
+        let err = refuse_a_store_in(dir.path())
+            .expect_err("manifest")
+            .to_string();
+        assert!(err.contains("holds a store (manifest.json)"), "{err}");
     }
 
     #[tokio::test]

@@ -50,6 +50,7 @@ mod self_update;
 mod shadow;
 mod shadow_kpis;
 mod sql_text;
+mod store_cli;
 mod stored;
 #[cfg(test)]
 mod test_store;
@@ -104,6 +105,8 @@ enum Command {
     Audit(audit_cli::AuditArgs),
     /// Move a stopped node's registry from its SQLite file into a PostgreSQL database.
     Registry(registry_cli::RegistryArgs),
+    /// Restore a node whose data directory was lost from its segments in object storage.
+    Store(store_cli::StoreArgs),
     /// Assess a running Fabrik against IEC 62443-3-3, NIST 800-53 and GDPR controls: the
     /// evidence its configuration and live state give, and the gaps.
     Compliance(compliance_cli::ComplianceArgs),
@@ -214,6 +217,7 @@ fn main() -> ExitCode {
         Command::User(args) => client::block_on(user_cli::run(args)),
         Command::Audit(args) => client::block_on(audit_cli::run(args)),
         Command::Registry(args) => client::block_on(registry_cli::run(args)),
+        Command::Store(args) => client::block_on(store_cli::run(args)),
         Command::Compliance(args) => client::block_on(compliance_cli::run(args)),
         Command::Uplink(args) => client::block_on(uplink_cli::run(args)),
         Command::Release(args) => client::block_on(release_cli::run(args)),

@@ -222,7 +222,7 @@ fn retention(r: Retention) -> Option<Duration> {
     }
 }
 
-fn store_options(s: &Settings) -> StoreOptions {
+pub(crate) fn store_options(s: &Settings) -> StoreOptions {
     StoreOptions {
         data_dir: s.data_dir.clone(),
         partition: s.partition,

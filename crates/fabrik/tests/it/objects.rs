@@ -373,3 +373,118 @@ fn an_unfinished_first_claim_is_finished_by_the_next_start() {
     admin(&node.url, "persist");
     assert_eq!(count(&node.url), 10);
 }
+
+/// `fabrik store restore` with the environment `env` and data directory `data_dir`: whether it
+/// succeeded, and its output.
+fn restore(data_dir: &Path, env: &[(&'static str, String)]) -> (bool, String) {
+    let mut command = Command::new(fabrik_bin());
+    command
+        .args(["store", "restore"])
+        .env("FABRIK__STORE__DATA_DIR", data_dir);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command.output().expect("fabrik store restore");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// The store ids whose manifest copies lie under `prefix`.
+fn manifest_copies(endpoint: &str, prefix: &str) -> Vec<String> {
+    keys(endpoint, "plant", prefix)
+        .iter()
+        .filter_map(|k| {
+            k.strip_prefix(prefix)?
+                .strip_prefix("manifest-")?
+                .strip_suffix(".json")
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// A node whose disk died is brought back on another from the bucket: everything persisted is
+/// there, the restored store owns the prefix, and the old node, should it still run, can no
+/// longer write segments there.
+#[test]
+fn a_lost_data_directory_is_restored_from_the_bucket() {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let _s3 = s3_server(port);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    assert_eq!(
+        s3(reqwest::Method::PUT, &format!("{endpoint}/plant"), "").0,
+        200
+    );
+    let env = objects_env(&endpoint, "s3://plant/line-4");
+
+    // Nothing stored under a prefix yet: nothing to restore, and nothing made.
+    let (ok, out) = restore(&dir.path().join("empty"), &env);
+    assert!(!ok, "{out}");
+    assert!(out.contains("no store to restore"), "{out}");
+    assert!(!dir.path().join("empty").join("objects.json").exists());
+
+    let old = dir.path().join("old");
+    let node = start(&old, &env);
+    assert_eq!(post_status(&node.url, "/api/v1/write", &body(0, 1000)), 200);
+    admin(&node.url, "persist");
+    assert_eq!(
+        post_status(&node.url, "/api/v1/write", &body(1000, 200)),
+        200
+    );
+    admin(&node.url, "persist");
+    let old_id = manifest_copies(&endpoint, "line-4/");
+    assert_eq!(old_id.len(), 1, "{:?}", keys(&endpoint, "plant", "line-4/"));
+    // Acknowledged, but only in the WAL of the disk about to be lost.
+    assert_eq!(
+        post_status(&node.url, "/api/v1/write", &body(1200, 50)),
+        200
+    );
+
+    // The old node is cut off, not dead: it still runs while another takes over.
+    let new = dir.path().join("new");
+    let (ok, out) = restore(&new, &env);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("Restored store {}", old_id[0])),
+        "{out}"
+    );
+    assert!(out.contains("1200 rows"), "{out}");
+    // A second restore into the restored directory would fork the store: refused.
+    let (ok, again) = restore(&new, &env);
+    assert!(!ok, "{again}");
+    assert!(again.contains("holds a store"), "{again}");
+
+    let restored = start(&new, &env);
+    assert_eq!(count(&restored.url), 1200);
+    assert_eq!(
+        post_status(&restored.url, "/api/v1/write", &body(1200, 300)),
+        200
+    );
+    admin(&restored.url, "persist");
+    assert_eq!(count(&restored.url), 1500);
+
+    // The old node's next persist is refused, naming the store that took the prefix over.
+    let (status, text) = http(
+        &node.url,
+        reqwest::Method::POST,
+        "/api/v1/admin/persist",
+        None,
+    );
+    assert!(!(200..300).contains(&status), "{status}: {text}");
+    assert!(text.to_string().contains("now belongs to store"), "{text}");
+    let copies = manifest_copies(&endpoint, "line-4/");
+    assert_eq!(copies.len(), 2, "{copies:?}");
+    // The old node cannot start on the prefix again either.
+    node.kill9();
+    let out = start_refused(&old, &env);
+    assert!(out.contains("the prefix belongs to store"), "{out}");
+
+    // What the restored store wrote is its own and survives kill -9.
+    restored.kill9();
+    let restored = start(&new, &env);
+    assert_eq!(count(&restored.url), 1500);
+    admin(&restored.url, "compact");
+    assert_eq!(count(&restored.url), 1500);
+    assert_eq!(local_parquet_files(&new), 0);
+}
