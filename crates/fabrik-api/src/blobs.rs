@@ -204,14 +204,9 @@ pub(crate) async fn get_blob(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let id = BlobId::parse(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let blobs = state.store.blobs().clone();
-    let lookup = id.clone();
-    let blob = tokio::task::spawn_blocking(move || blobs.get(&lookup))
-        .await
-        .map_err(|e| ApiError::from(fabrik_store::StoreError::Internal(e.to_string())))??
-        .ok_or_else(|| {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no blob {id}"))
-        })?;
+    let blob = state.store.blob(&id).await?.ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no blob {id}"))
+    })?;
     // Blobs are served on the dashboard's origin: a stored HTML or SVG file must never run
     // as a page there, so it is not sniffed, is sandboxed, and is a download unless audio or
     // a raster image.

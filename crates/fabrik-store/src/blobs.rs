@@ -5,6 +5,8 @@
 //! names it, acknowledged after, never points at nothing after a crash. A blob stored without
 //! its row (the process died in between) is only unreferenced bytes, which [`BlobStore::sweep`]
 //! deletes, with the blobs whose rows have expired, once they are older than a minimum age.
+//! With segments in a bucket, a persist also copies the blobs its listings name there, and
+//! `Store::blob` reads them back from it (decision 0061).
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -71,7 +73,11 @@ pub struct SweepReport {
     pub bytes_deleted: u64,
     /// Leftovers deleted: temporary files of interrupted stores, media types without a blob.
     pub leftovers: u64,
-    /// Files that could not be read or deleted (logged; the sweep went on).
+    /// Blobs deleted from the object storage bucket (with `[store.objects]`: decision 0061).
+    pub bucket_deleted: u64,
+    /// Their bytes.
+    pub bucket_bytes_deleted: u64,
+    /// Files or objects that could not be read or deleted (logged; the sweep went on).
     pub errors: u64,
 }
 
@@ -81,6 +87,8 @@ impl std::ops::AddAssign for SweepReport {
         self.deleted += other.deleted;
         self.bytes_deleted += other.bytes_deleted;
         self.leftovers += other.leftovers;
+        self.bucket_deleted += other.bucket_deleted;
+        self.bucket_bytes_deleted += other.bucket_bytes_deleted;
         self.errors += other.errors;
     }
 }
@@ -177,6 +185,11 @@ impl BlobStore {
         sync_dir(dir).map_err(|e| io("syncing the directory of", e))?;
         sync_dir(&self.root.join("sha256")).map_err(|e| io("syncing the blob root for", e))?;
         Ok(pin)
+    }
+
+    /// Whether blob `id` is on the disk, or pinned by a store whose rows are not written yet.
+    pub(crate) fn is_held(&self, id: &BlobId) -> bool {
+        self.pins.lock().contains_key(id) || self.path(id).exists()
     }
 
     /// The blob, or `None` if there is no such blob. Blocking.
@@ -451,6 +464,7 @@ mod tests {
                 bytes_deleted: blob_in_shard('a', 2).len() as u64,
                 leftovers: 3,
                 errors: 0,
+                ..SweepReport::default()
             }
         );
         assert!(store.get(&unnamed).unwrap().is_none());

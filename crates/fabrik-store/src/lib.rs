@@ -527,6 +527,36 @@ impl Store {
         &self.blobs
     }
 
+    /// Blob `id`: from the data directory, else (segments in a bucket) from the bucket, which
+    /// holds every blob a persisted listing names, and kept on the disk after, so a restored
+    /// node reads its clips again (decision 0061). `None` if neither has it.
+    pub async fn blob(&self, id: &fabrik_core::BlobId) -> Result<Option<Blob>, StoreError> {
+        let (blobs, lookup) = (self.blobs.clone(), id.clone());
+        let local = tokio::task::spawn_blocking(move || blobs.get(&lookup))
+            .await
+            .map_err(|e| StoreError::Internal(format!("blob read task: {e}")))??;
+        if local.is_some() {
+            return Ok(local);
+        }
+        let Some(bucket) = &self.shared.bucket else {
+            return Ok(None);
+        };
+        let Some(blob) = bucket.fetch_blob(id).await? else {
+            return Ok(None);
+        };
+        let blobs = self.blobs.clone();
+        let (blob, kept) = tokio::task::spawn_blocking(move || {
+            let kept = blobs.put(&blob.bytes, &blob.content_type).map(drop);
+            (blob, kept)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("blob write task: {e}")))?;
+        if let Err(e) = kept {
+            tracing::warn!(blob = %id, error = %e, "A blob read from the bucket could not be kept on the disk.");
+        }
+        Ok(Some(blob))
+    }
+
     /// The options the store runs with.
     pub fn options(&self) -> &StoreOptions {
         &self.shared.options
@@ -886,6 +916,8 @@ impl Store {
                 let Some(schema) = self.shared.catalog.get(&table) else {
                     continue;
                 };
+                // In a bucket, the blobs a listing names go there before the listing does.
+                let lists_blobs = self.shared.bucket.is_some() && &*table == BLOBS_TABLE;
                 for part in f.buffer.table(&table) {
                     let arrow = schema.arrow();
                     let encoded = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
@@ -894,19 +926,32 @@ impl Store {
                         };
                         let (min_time, max_time) = segments::time_range(&batch)?;
                         let rows = batch.num_rows() as u64;
+                        let listed = if lists_blobs {
+                            listed_blob_ids(&batch)?
+                        } else {
+                            Vec::new()
+                        };
                         Ok(Some((
                             segments::encode_parquet(&batch)?,
                             part.partition,
                             min_time,
                             max_time,
                             rows,
+                            listed,
                         )))
                     })
                     .await
                     .map_err(|e| StoreError::Internal(format!("persist task: {e}")))??;
-                    let Some((bytes, partition, min_time, max_time, rows)) = encoded else {
+                    let Some((bytes, partition, min_time, max_time, rows, listed)) = encoded else {
                         continue;
                     };
+                    if let Some(bucket) = &self.shared.bucket {
+                        let mut copied = 0u64;
+                        for id in &listed {
+                            copied += u64::from(bucket.upload_blob(id, &self.blobs).await?);
+                        }
+                        metrics::counter!("fabrik_blobs_uploaded_total").increment(copied);
+                    }
                     let file_id = manifest.next_file_id;
                     manifest.next_file_id += 1;
                     let path = format!("t{}/p{}/{:016}.parquet", schema.id, partition, file_id);
@@ -1146,6 +1191,19 @@ impl Store {
     pub async fn sweep_blobs(&self) -> Result<SweepReport, StoreError> {
         let mut report = SweepReport::default();
         let live_condition = self.live_listing_condition();
+        // A store whose prefix a restore took over deletes nothing there: the blobs are the
+        // new owner's to judge.
+        let bucket = match &self.shared.bucket {
+            Some(bucket) => match bucket.check_still_ours().await {
+                Ok(()) => Some(bucket),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Blob sweep: the bucket is left alone.");
+                    report.errors += 1;
+                    None
+                }
+            },
+            None => None,
+        };
         for digit in 0..16u32 {
             let Some(shard) = char::from_digit(digit, 16) else {
                 continue;
@@ -1172,17 +1230,29 @@ impl Store {
             }
             let blobs = self.blobs.clone();
             let min_age = self.shared.options.blob_min_age;
-            report += tokio::task::spawn_blocking(move || blobs.sweep(shard, &live, min_age))
-                .await
-                .map_err(|e| StoreError::Internal(format!("blob sweep task: {e}")))??;
+            let (swept, live) = tokio::task::spawn_blocking(move || {
+                blobs
+                    .sweep(shard, &live, min_age)
+                    .map(|swept| (swept, live))
+            })
+            .await
+            .map_err(|e| StoreError::Internal(format!("blob sweep task: {e}")))??;
+            report += swept;
+            if let Some(bucket) = bucket {
+                let _maintenance = self.maintenance.lock().await;
+                report += bucket.sweep_blobs(shard, &live, min_age, &self.blobs).await;
+            }
         }
         metrics::counter!("fabrik_blobs_deleted_total").increment(report.deleted);
+        metrics::counter!("fabrik_blobs_bucket_deleted_total").increment(report.bucket_deleted);
         metrics::counter!("fabrik_blob_bytes_deleted_total").increment(report.bytes_deleted);
         metrics::counter!("fabrik_blob_sweep_errors_total").increment(report.errors);
-        if report.deleted + report.leftovers + report.errors > 0 {
+        if report.deleted + report.leftovers + report.bucket_deleted + report.errors > 0 {
             tracing::info!(
                 deleted = report.deleted,
                 bytes = report.bytes_deleted,
+                bucket_deleted = report.bucket_deleted,
+                bucket_bytes = report.bucket_bytes_deleted,
                 leftovers = report.leftovers,
                 kept = report.kept,
                 errors = report.errors,
@@ -1271,6 +1341,29 @@ impl Store {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
     }
+}
+
+/// The blob ids a batch of [`BLOBS_TABLE`] lists (its `id` column).
+fn listed_blob_ids(
+    batch: &datafusion::arrow::record_batch::RecordBatch,
+) -> Result<Vec<fabrik_core::BlobId>, StoreError> {
+    let Some(column) = batch.column_by_name("id") else {
+        return Ok(Vec::new());
+    };
+    let ids =
+        datafusion::arrow::compute::cast(column, &datafusion::arrow::datatypes::DataType::Utf8)?;
+    let ids = ids
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::StringArray>()
+        .ok_or_else(|| StoreError::Internal("blob ids are not text".into()))?;
+    let mut listed: Vec<fabrik_core::BlobId> = ids
+        .iter()
+        .flatten()
+        .filter_map(|id| fabrik_core::BlobId::parse(id).ok())
+        .collect();
+    listed.sort();
+    listed.dedup();
+    Ok(listed)
 }
 
 fn query_error(e: datafusion::error::DataFusionError) -> StoreError {

@@ -1,12 +1,13 @@
 //! Where a store's Parquet segments live: `<data_dir>/segments` on the local disk, or a prefix
 //! of an S3-compatible bucket that one store claims with a marker object (decision 0048).
 //!
-//! The WAL, the manifest and blobs stay in the data directory either way: a write is
+//! The WAL, the manifest and blobs are written to the data directory either way: a write is
 //! acknowledged once its WAL record is fsynced locally, and a persist uploads the segment
 //! before the manifest names it, so a `kill -9` at any point loses nothing acknowledged.
 //! In a bucket, each saved manifest is also copied under the prefix, so a node whose disk
 //! died is restored from the bucket ([`restore`], decision 0061); the restored store takes
-//! the prefix over, and a persist first checks the prefix is still its own.
+//! the prefix over, and a persist first checks the prefix is still its own. Blobs go to the
+//! bucket with the listings that name them, and are read back from it when the disk lacks them.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,9 +16,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::StreamExt as _;
 
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{
+    Attribute, AttributeValue, Attributes, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
+    PutPayload,
+};
 use serde::{Deserialize, Serialize};
 
+use fabrik_core::BlobId;
+
+use crate::blobs::{Blob, BlobStore, SweepReport};
 use crate::manifest::Manifest;
 use crate::segments::Objects;
 use crate::{StoreError, data_dir_error};
@@ -342,6 +349,7 @@ pub(crate) async fn open(
     let claim = Arc::new(BucketClaim {
         url: url.to_owned(),
         manifest_copy: manifest_copy(&root, &store_id),
+        blobs: root.join("blobs/sha256"),
         store_id,
         marker: marker_path,
         bucket: bucket.clone(),
@@ -366,6 +374,8 @@ pub(crate) struct BucketClaim {
     store_id: String,
     marker: ObjectPath,
     manifest_copy: ObjectPath,
+    /// Where blobs are kept: `<prefix>/blobs/sha256/<2 hex>/<62 hex>`, as on the disk.
+    blobs: ObjectPath,
     bucket: Arc<dyn ObjectStore>,
     /// Whether the copy is the manifest as last saved: segments a compaction replaced are
     /// deleted only then, as an older copy may still name them.
@@ -424,6 +434,130 @@ impl BucketClaim {
     /// Whether the bucket's copy is the manifest as last saved.
     pub(crate) fn copy_is_current(&self) -> bool {
         self.copy_current.load(Ordering::Acquire)
+    }
+
+    fn blob_path(&self, id: &BlobId) -> ObjectPath {
+        let hex = id.hex();
+        ObjectPath::from(format!("{}/{}/{}", self.blobs, &hex[..2], &hex[2..]))
+    }
+
+    /// Copies blob `id` from the data directory to the bucket unless it is there already;
+    /// whether it was copied. A persist does this before the segment naming the blob is
+    /// written, so a segment in the bucket never names a blob that is not.
+    pub(crate) async fn upload_blob(
+        &self,
+        id: &BlobId,
+        local: &BlobStore,
+    ) -> Result<bool, StoreError> {
+        let path = self.blob_path(id);
+        match self.bucket.head(&path).await {
+            Ok(_) => return Ok(false),
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(objects_error(&self.url, format!("checking {path}: {e}"))),
+        }
+        let (store, lookup) = (local.clone(), id.clone());
+        let Some(blob) = tokio::task::spawn_blocking(move || store.get(&lookup))
+            .await
+            .map_err(|e| StoreError::Internal(format!("blob read task: {e}")))??
+        else {
+            // Listed but not on this disk: the listing came from a restored store's WAL-less
+            // past, or the file was removed by hand. Nothing to copy; the row stays.
+            tracing::warn!(blob = %id, "A listed blob is neither on the disk nor in the bucket.");
+            return Ok(false);
+        };
+        let attributes = Attributes::from_iter([(
+            Attribute::ContentType,
+            AttributeValue::from(blob.content_type),
+        )]);
+        self.bucket
+            .put_opts(
+                &path,
+                PutPayload::from(blob.bytes),
+                PutOptions {
+                    attributes,
+                    ..PutOptions::default()
+                },
+            )
+            .await
+            .map_err(|e| objects_error(&self.url, format!("writing {path}: {e}")))?;
+        Ok(true)
+    }
+
+    /// Blob `id` from the bucket, or `None` if it is not there.
+    pub(crate) async fn fetch_blob(&self, id: &BlobId) -> Result<Option<Blob>, StoreError> {
+        let path = self.blob_path(id);
+        let found = match self.bucket.get(&path).await {
+            Ok(found) => found,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(objects_error(&self.url, format!("reading {path}: {e}"))),
+        };
+        let content_type = found
+            .attributes
+            .get(&Attribute::ContentType)
+            .map_or_else(|| "application/octet-stream".to_owned(), |v| v.to_string());
+        let bytes = found
+            .bytes()
+            .await
+            .map_err(|e| objects_error(&self.url, format!("reading {path}: {e}")))?;
+        Ok(Some(Blob {
+            bytes: bytes.to_vec(),
+            content_type,
+        }))
+    }
+
+    /// Deletes the bucket's blobs whose id starts with `shard` that no live row names, that
+    /// are neither on the disk nor pinned (the disk's sweep judges those), and that were
+    /// written at least `min_age` ago. The caller holds the store's maintenance lock, so no
+    /// persist decides a blob is in the bucket while it is being deleted.
+    pub(crate) async fn sweep_blobs(
+        &self,
+        shard: char,
+        live: &std::collections::HashSet<String>,
+        min_age: std::time::Duration,
+        local: &BlobStore,
+    ) -> SweepReport {
+        let mut report = SweepReport::default();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for second in "0123456789abcdef".chars() {
+            let dir = ObjectPath::from(format!("{}/{shard}{second}", self.blobs));
+            let mut listing = self.bucket.list(Some(&dir));
+            while let Some(meta) = listing.next().await {
+                let meta = match meta {
+                    Ok(meta) => meta,
+                    Err(e) => {
+                        tracing::warn!(url = %self.url, dir = %dir, error = %e, "Blob sweep: cannot list the bucket.");
+                        report.errors += 1;
+                        break;
+                    }
+                };
+                let Some(name) = meta.location.filename() else {
+                    continue;
+                };
+                let id = format!("sha256:{shard}{second}{name}");
+                let Ok(blob) = BlobId::parse(&id) else {
+                    continue;
+                };
+                let age_ms = now_ms - meta.last_modified.timestamp_millis();
+                if live.contains(&id) || local.is_held(&blob) || age_ms < min_age.as_millis() as i64
+                {
+                    report.kept += 1;
+                    continue;
+                }
+                match self.bucket.delete(&meta.location).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                        report.bucket_deleted += 1;
+                        report.bucket_bytes_deleted += meta.size;
+                    }
+                    Err(e) => {
+                        tracing::warn!(url = %self.url, path = %meta.location, error = %e, "Blob sweep: cannot delete from the bucket.");
+                        report.errors += 1;
+                    }
+                }
+            }
+        }
+        report
     }
 }
 

@@ -63,15 +63,15 @@ pub(crate) async fn clip_samples(
             reference.chars().take(40).collect::<String>()
         )
     })?;
-    let blobs = store.blobs().clone();
-    let lookup = id.clone();
-    // Reading and decoding a clip is blocking work of milliseconds: off the async threads.
+    // From the disk, or from the bucket after a restore (decision 0061).
+    let blob = store
+        .blob(&id)
+        .await
+        .map_err(|e| format!("reading clip {id}: {e}"))?;
+    // Decoding a clip is blocking work of milliseconds: off the async threads.
     let decoded = tokio::task::spawn_blocking(move || {
-        let Some(blob) = blobs.get(&lookup)? else {
-            return Ok(None);
-        };
-        Ok(Some(fabrik_core::wav::wav_info(&blob.bytes).and_then(
-            |info| {
+        blob.map(|blob| {
+            fabrik_core::wav::wav_info(&blob.bytes).and_then(|info| {
                 if info.frames > MAX_CLIP_FRAMES {
                     return Err(fabrik_core::CoreError::InvalidWav(format!(
                         "{} frames, more than the {MAX_CLIP_FRAMES} a pipeline reads; cut the \
@@ -80,12 +80,11 @@ pub(crate) async fn clip_samples(
                     )));
                 }
                 fabrik_core::wav::decode_mono(&blob.bytes)
-            },
-        )))
+            })
+        })
     })
     .await
-    .map_err(|e| format!("reading clip {id}: {e}"))?
-    .map_err(|e: fabrik_store::StoreError| format!("reading clip {id}: {e}"))?;
+    .map_err(|e| format!("reading clip {id}: {e}"))?;
     match decoded {
         None => {
             tracing::warn!(pipeline, signal, clip = %id, "Clip skipped: no such blob.");

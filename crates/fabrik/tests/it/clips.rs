@@ -23,7 +23,7 @@ start = "earliest"
 
 /// One second of a pump's sound: a 440 Hz hum with noise; from clip 25 on, a faint 3.5 kHz
 /// bearing whine that hardly changes the loudness.
-fn clip(index: u32) -> Vec<u8> {
+pub(crate) fn clip(index: u32) -> Vec<u8> {
     let mut state = 0x9e37_79b9_u32.wrapping_mul(index + 1);
     let samples: Vec<i16> = (0..RATE)
         .map(|n| {
@@ -44,7 +44,7 @@ fn clip(index: u32) -> Vec<u8> {
 }
 
 /// POSTs a blob; returns the status and the JSON answer.
-fn post_blob(
+pub(crate) fn post_blob(
     url: &str,
     query: &str,
     content_type: &str,
@@ -69,7 +69,7 @@ fn post_blob(
 }
 
 /// GETs a blob: status, media type, bytes.
-fn get_blob(url: &str, id: &str) -> (u16, String, Vec<u8>) {
+pub(crate) fn get_blob(url: &str, id: &str) -> (u16, String, Vec<u8>) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -92,7 +92,7 @@ fn get_blob(url: &str, id: &str) -> (u16, String, Vec<u8>) {
     })
 }
 
-fn files_under(dir: &std::path::Path) -> usize {
+pub(crate) fn files_under(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |entries| {
         entries
             .map(|e| e.expect("entry").path())

@@ -488,3 +488,107 @@ fn a_lost_data_directory_is_restored_from_the_bucket() {
     assert_eq!(count(&restored.url), 1500);
     assert_eq!(local_parquet_files(&new), 0);
 }
+
+/// Clips and files go to the bucket before the listing that names them: a node restored from
+/// the bucket serves them again, and one past its table's retention is deleted there too.
+#[test]
+fn blobs_go_to_the_bucket_with_their_listing_and_come_back_after_a_restore() {
+    use crate::clips::{clip, files_under, get_blob, post_blob};
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let _s3 = s3_server(port);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    assert_eq!(
+        s3(reqwest::Method::PUT, &format!("{endpoint}/plant"), "").0,
+        200
+    );
+    let mut env = objects_env(&endpoint, "s3://plant/line-5");
+    env.extend([
+        (
+            "FABRIK__STORE__TABLES__ACOUSTIC__RETENTION",
+            "1h".to_owned(),
+        ),
+        ("FABRIK__STORE__BLOB_SWEEP_INTERVAL", "1s".to_owned()),
+        ("FABRIK__STORE__BLOB_MIN_AGE", "1s".to_owned()),
+    ]);
+    let old = dir.path().join("old");
+    let node = start(&old, &env);
+    let now = crate::support::now_ns();
+    let mut stored = Vec::new();
+    for (time, media, bytes) in [
+        (now, "audio/wav", clip(1)),
+        // Another row of the series: a second later, or it would replace the first.
+        (
+            now - 1_000_000_000,
+            "image/png",
+            b"\x89PNG frame of the pump".to_vec(),
+        ),
+        // Past the table's retention: swept from the disk and from the bucket.
+        (now - 2 * 3600 * 1_000_000_000, "audio/wav", clip(2)),
+    ] {
+        let (status, answer) = post_blob(
+            &node.url,
+            &format!("table=acoustic&device=pump-01&signal=mic&time={time}"),
+            media,
+            bytes.clone(),
+        );
+        assert_eq!(status, 201, "{answer}");
+        let id = answer["id"].as_str().expect("id").to_owned();
+        stored.push((id, media, bytes));
+    }
+    let key = |id: &str| {
+        let hex = id.trim_start_matches("sha256:");
+        format!("line-5/blobs/sha256/{}/{}", &hex[..2], &hex[2..])
+    };
+    // Only a persist takes them there, with the listing.
+    assert!(keys(&endpoint, "plant", "line-5/blobs/").is_empty());
+    admin(&node.url, "persist");
+    crate::mqtt::eventually(
+        "the kept blobs are in the bucket, the expired one is not",
+        || {
+            let there = keys(&endpoint, "plant", "line-5/blobs/");
+            there.contains(&key(&stored[0].0))
+                && there.contains(&key(&stored[1].0))
+                && !there.contains(&key(&stored[2].0))
+                && get_blob(&node.url, &stored[2].0).0 == 404
+        },
+    );
+    assert!(
+        crate::support::metric(&node.url, "fabrik_blobs_uploaded_total").is_some_and(|n| n >= 2.0)
+    );
+    node.kill9();
+
+    let new = dir.path().join("new");
+    let (ok, out) = restore(&new, &env);
+    assert!(ok, "{out}");
+    let restored = start(&new, &env);
+    // A blob in the bucket that no row names (its listing was never persisted) is swept from
+    // there; those the restored rows name stay, though the new disk has none of them yet.
+    let stray = format!("line-5/blobs/sha256/ab/{}", "c".repeat(62));
+    assert_eq!(
+        s3(
+            reqwest::Method::PUT,
+            &format!("{endpoint}/plant/{stray}"),
+            "unnamed"
+        )
+        .0,
+        200
+    );
+    crate::mqtt::eventually("the unnamed blob is swept from the bucket", || {
+        !keys(&endpoint, "plant", "line-5/blobs/").contains(&stray)
+    });
+    let there = keys(&endpoint, "plant", "line-5/blobs/");
+    assert!(
+        there.contains(&key(&stored[0].0)) && there.contains(&key(&stored[1].0)),
+        "{there:?}"
+    );
+    assert_eq!(files_under(&new.join("blobs")), 0);
+    for (id, media, bytes) in &stored[..2] {
+        let (status, served_media, served) = get_blob(&restored.url, id);
+        assert_eq!((status, served_media.as_str()), (200, *media), "{id}");
+        assert!(served == *bytes, "{id}: other bytes");
+    }
+    assert_eq!(get_blob(&restored.url, &stored[2].0).0, 404);
+    // Read once from the bucket, kept on the new disk (each blob and its media type).
+    assert_eq!(files_under(&new.join("blobs")), 4);
+}
