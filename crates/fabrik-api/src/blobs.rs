@@ -197,7 +197,8 @@ pub(crate) async fn put_blob(
     params(("id" = String, Path, description = "`sha256:<64 hex digits>`, as a row names it")),
     responses((status = 200, description = "the bytes as stored, with their media type", body = Vec<u8>, content_type = "application/octet-stream"),
               (status = 400, description = "not a blob id", body = crate::error::ErrorBody),
-              (status = 404, description = "no such blob", body = crate::error::ErrorBody)))]
+              (status = 404, description = "no such blob", body = crate::error::ErrorBody),
+              (status = 503, description = "not on the disk, and the object storage bucket that holds the store's blobs did not answer (decision 0061)", body = crate::error::ErrorBody)))]
 pub(crate) async fn get_blob(
     State(state): State<ApiState>,
     Query(_options): Query<crate::control::NoOptions>,

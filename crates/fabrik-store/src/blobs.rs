@@ -77,6 +77,8 @@ pub struct SweepReport {
     pub bucket_deleted: u64,
     /// Their bytes.
     pub bucket_bytes_deleted: u64,
+    /// Live blobs on the disk the bucket lacked, copied there (a store from before blobs were).
+    pub bucket_uploaded: u64,
     /// Files or objects that could not be read or deleted (logged; the sweep went on).
     pub errors: u64,
 }
@@ -89,6 +91,7 @@ impl std::ops::AddAssign for SweepReport {
         self.leftovers += other.leftovers;
         self.bucket_deleted += other.bucket_deleted;
         self.bucket_bytes_deleted += other.bucket_bytes_deleted;
+        self.bucket_uploaded += other.bucket_uploaded;
         self.errors += other.errors;
     }
 }

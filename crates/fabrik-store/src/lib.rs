@@ -885,6 +885,14 @@ impl Store {
         out
     }
 
+    /// An error of the segment store: in a bucket, the bucket's (503, with its reason).
+    fn segment_error(&self, doing: &str, path: &str, e: object_store::Error) -> StoreError {
+        match &self.shared.bucket {
+            Some(bucket) => bucket.error(format!("{doing} segment {path}: {e}")),
+            None => StoreError::Internal(format!("{doing} segment {path}: {e}")),
+        }
+    }
+
     /// Writes everything buffered to Parquet segments and drops the WAL it covered.
     pub async fn persist(&self) -> Result<(), StoreError> {
         let _maintenance = self.maintenance.lock().await;
@@ -960,9 +968,7 @@ impl Store {
                         .objects
                         .put(&object_store::path::Path::from(path.as_str()), bytes.into())
                         .await
-                        .map_err(|e| {
-                            StoreError::Internal(format!("writing segment {path}: {e}"))
-                        })?;
+                        .map_err(|e| self.segment_error("writing", &path, e))?;
                     manifest
                         .tables
                         .entry(table.to_string())
@@ -1104,9 +1110,11 @@ impl Store {
                         .shared
                         .objects
                         .get(&object_store::path::Path::from(s.path.as_str()))
-                        .await?
+                        .await
+                        .map_err(|e| self.segment_error("reading", &s.path, e))?
                         .bytes()
-                        .await?;
+                        .await
+                        .map_err(|e| self.segment_error("reading", &s.path, e))?;
                     batches.extend(segments::decode_parquet(bytes)?);
                 }
                 let arrow = schema.arrow();
@@ -1148,7 +1156,8 @@ impl Store {
                     self.shared
                         .objects
                         .put(&object_store::path::Path::from(path.as_str()), bytes.into())
-                        .await?;
+                        .await
+                        .map_err(|e| self.segment_error("writing", &path, e))?;
                     entry.segments.push(SegmentMeta {
                         path,
                         partition,
@@ -1191,19 +1200,7 @@ impl Store {
     pub async fn sweep_blobs(&self) -> Result<SweepReport, StoreError> {
         let mut report = SweepReport::default();
         let live_condition = self.live_listing_condition();
-        // A store whose prefix a restore took over deletes nothing there: the blobs are the
-        // new owner's to judge.
-        let bucket = match &self.shared.bucket {
-            Some(bucket) => match bucket.check_still_ours().await {
-                Ok(()) => Some(bucket),
-                Err(e) => {
-                    tracing::warn!(error = %e, "Blob sweep: the bucket is left alone.");
-                    report.errors += 1;
-                    None
-                }
-            },
-            None => None,
-        };
+        let mut bucket = self.shared.bucket.as_ref();
         for digit in 0..16u32 {
             let Some(shard) = char::from_digit(digit, 16) else {
                 continue;
@@ -1238,25 +1235,63 @@ impl Store {
             .await
             .map_err(|e| StoreError::Internal(format!("blob sweep task: {e}")))??;
             report += swept;
-            if let Some(bucket) = bucket {
+            let Some(claim) = bucket else {
+                continue;
+            };
+            let missing = {
                 let _maintenance = self.maintenance.lock().await;
-                report += bucket.sweep_blobs(shard, &live, min_age, &self.blobs).await;
+                // Checked for each shard, under the lock: once a restore took the prefix over,
+                // the blobs there are the new owner's to judge.
+                match claim.check_still_ours().await {
+                    Ok(()) => {
+                        let (swept, missing) =
+                            claim.sweep_blobs(shard, &live, min_age, &self.blobs).await;
+                        report += swept;
+                        missing
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Blob sweep: the bucket is left alone.");
+                        report.errors += 1;
+                        None
+                    }
+                }
+            };
+            let Some(missing) = missing else {
+                bucket = None;
+                continue;
+            };
+            for id in &missing {
+                match claim.upload_blob(id, &self.blobs).await {
+                    Ok(copied) => report.bucket_uploaded += u64::from(copied),
+                    Err(e) => {
+                        tracing::warn!(blob = %id, error = %e, "Blob sweep: could not copy a blob to the bucket.");
+                        report.errors += 1;
+                    }
+                }
             }
         }
         metrics::counter!("fabrik_blobs_deleted_total").increment(report.deleted);
         metrics::counter!("fabrik_blobs_bucket_deleted_total").increment(report.bucket_deleted);
+        metrics::counter!("fabrik_blobs_uploaded_total").increment(report.bucket_uploaded);
         metrics::counter!("fabrik_blob_bytes_deleted_total").increment(report.bytes_deleted);
         metrics::counter!("fabrik_blob_sweep_errors_total").increment(report.errors);
-        if report.deleted + report.leftovers + report.bucket_deleted + report.errors > 0 {
+        if report.deleted
+            + report.leftovers
+            + report.bucket_deleted
+            + report.bucket_uploaded
+            + report.errors
+            > 0
+        {
             tracing::info!(
                 deleted = report.deleted,
                 bytes = report.bytes_deleted,
                 bucket_deleted = report.bucket_deleted,
+                bucket_uploaded = report.bucket_uploaded,
                 bucket_bytes = report.bucket_bytes_deleted,
                 leftovers = report.leftovers,
                 kept = report.kept,
                 errors = report.errors,
-                "Blobs no live row names deleted."
+                "Blob sweep: blobs no live row names deleted, missing copies made."
             );
         }
         Ok(report)

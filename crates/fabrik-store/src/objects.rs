@@ -71,6 +71,10 @@ struct Claim {
     /// name it (omitted when true, and in the marker).
     #[serde(default = "confirmed", skip_serializing_if = "is_confirmed")]
     confirmed: bool,
+    /// The store a restore took the prefix over from: a restore interrupted after the
+    /// takeover finds that store's manifest copy again through it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    restored_from: Option<String>,
 }
 
 // Records written before the field existed were written only once the marker was.
@@ -332,6 +336,7 @@ pub(crate) async fn open(
                 url: url.to_owned(),
                 store_id: new_store_id()?,
                 confirmed: false,
+                restored_from: None,
             };
             // Recorded here first: a marker written by a start that then failed is still
             // recognised as this store's own.
@@ -383,6 +388,11 @@ pub(crate) struct BucketClaim {
 }
 
 impl BucketClaim {
+    /// An error of this store's bucket.
+    pub(crate) fn error(&self, reason: impl std::fmt::Display) -> StoreError {
+        objects_error(&self.url, reason)
+    }
+
     /// Fails unless the marker still names this store: after a restore elsewhere took the
     /// prefix over (`fabrik store restore`, for a node thought dead), this one must not
     /// write segments there any more.
@@ -413,16 +423,7 @@ impl BucketClaim {
     /// Replaces the bucket's copy of the manifest. A failure is logged, not returned: the
     /// local manifest is the store's truth, and the copy is made again at the next save.
     pub(crate) async fn copy_manifest(&self, manifest: &Manifest) {
-        let written = match serde_json::to_vec_pretty(manifest) {
-            Ok(bytes) => self
-                .bucket
-                .put(&self.manifest_copy, PutPayload::from(bytes))
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match written {
+        match put_manifest_copy(&self.bucket, &self.manifest_copy, manifest).await {
             Ok(()) => self.copy_current.store(true, Ordering::Release),
             Err(e) => {
                 self.copy_current.store(false, Ordering::Release);
@@ -499,6 +500,13 @@ impl BucketClaim {
             .bytes()
             .await
             .map_err(|e| objects_error(&self.url, format!("reading {path}: {e}")))?;
+        let found_id = BlobId::of(&bytes);
+        if &found_id != id {
+            return Err(objects_error(
+                &self.url,
+                format!("{path} holds other bytes than blob {id} (their hash is {found_id})"),
+            ));
+        }
         Ok(Some(Blob {
             bytes: bytes.to_vec(),
             content_type,
@@ -508,15 +516,19 @@ impl BucketClaim {
     /// Deletes the bucket's blobs whose id starts with `shard` that no live row names, that
     /// are neither on the disk nor pinned (the disk's sweep judges those), and that were
     /// written at least `min_age` ago. The caller holds the store's maintenance lock, so no
-    /// persist decides a blob is in the bucket while it is being deleted.
+    /// persist decides a blob is in the bucket while it is being deleted. Also returns the
+    /// live blobs on the disk the bucket lacks (a store from before blobs were copied), for
+    /// the caller to upload after it let the lock go; `None` if the bucket could not be
+    /// listed (the sweep of the bucket stops there rather than retry each directory).
     pub(crate) async fn sweep_blobs(
         &self,
         shard: char,
         live: &std::collections::HashSet<String>,
         min_age: std::time::Duration,
         local: &BlobStore,
-    ) -> SweepReport {
+    ) -> (SweepReport, Option<Vec<BlobId>>) {
         let mut report = SweepReport::default();
+        let mut present = std::collections::HashSet::new();
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
@@ -529,7 +541,7 @@ impl BucketClaim {
                     Err(e) => {
                         tracing::warn!(url = %self.url, dir = %dir, error = %e, "Blob sweep: cannot list the bucket.");
                         report.errors += 1;
-                        break;
+                        return (report, None);
                     }
                 };
                 let Some(name) = meta.location.filename() else {
@@ -539,6 +551,7 @@ impl BucketClaim {
                 let Ok(blob) = BlobId::parse(&id) else {
                     continue;
                 };
+                present.insert(id.clone());
                 let age_ms = now_ms - meta.last_modified.timestamp_millis();
                 if live.contains(&id) || local.is_held(&blob) || age_ms < min_age.as_millis() as i64
                 {
@@ -557,7 +570,13 @@ impl BucketClaim {
                 }
             }
         }
-        report
+        let missing = live
+            .iter()
+            .filter(|id| !present.contains(*id))
+            .filter_map(|id| BlobId::parse(id).ok())
+            .filter(|id| local.is_held(id))
+            .collect();
+        (report, Some(missing))
     }
 }
 
@@ -587,12 +606,18 @@ pub struct Restored {
 /// must hold no store (or only an unfinished restore): the manifest copy becomes its
 /// manifest, and the prefix is taken over under a new store id, so a node that was not dead
 /// after all stops writing there at its next persist. The store then starts as usual.
+///
+/// The order makes a crash anywhere safe to run again: the local claim (unconfirmed), the
+/// local manifest and the new store's own manifest copy, then the marker, then the claim
+/// confirmed. A restore run again after the marker changed hands finds the old store through
+/// the marker's `restored_from`.
 pub async fn restore(dir: &Path, storage: &ObjectStorage) -> Result<Restored, StoreError> {
     let url = storage.url.trim();
     refuse_a_store_in(dir)?;
+    let unfinished = read_local_claim(dir)?;
     let (bucket, root) = connect(storage)?;
     let marker_path = root.join(MARKER);
-    let (previous, marker_version) = match bucket.get(&marker_path).await {
+    let (marker, marker_version) = match bucket.get(&marker_path).await {
         Ok(found) => {
             let version = object_store::UpdateVersion {
                 e_tag: found.meta.e_tag.clone(),
@@ -615,24 +640,148 @@ pub async fn restore(dir: &Path, storage: &ObjectStorage) -> Result<Restored, St
         }
         Err(e) => return Err(objects_error(url, format!("reading {marker_path}: {e}"))),
     };
-    let copy_path = manifest_copy(&root, &previous.store_id);
-    let mut manifest: Manifest = match bucket.get(&copy_path).await {
+
+    let (claim, previous, take_over) = match unfinished {
+        // This directory's restore took the prefix over and stopped before it confirmed.
+        Some(local) if local.store_id == marker.store_id => {
+            let previous = marker.restored_from.clone().ok_or_else(|| {
+                objects_error(
+                    url,
+                    format!(
+                        "{marker_path} names this data directory's store {} but not the store \
+                         it was restored from; start Fabrik on it instead",
+                        local.store_id
+                    ),
+                )
+            })?;
+            (local, previous, false)
+        }
+        _ => (
+            Claim {
+                url: url.to_owned(),
+                store_id: new_store_id()?,
+                confirmed: false,
+                restored_from: Some(marker.store_id.clone()),
+            },
+            marker.store_id.clone(),
+            true,
+        ),
+    };
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+    write_local_claim(dir, &claim)?;
+    let mut built = rebuild(&bucket, &root, url, dir, &previous, &claim.store_id).await?;
+
+    if take_over {
+        let bytes = serde_json::to_vec_pretty(&Claim {
+            confirmed: true,
+            ..claim.clone()
+        })
+        .map_err(|e| StoreError::Internal(format!("encoding {MARKER}: {e}")))?;
+        // Only over the marker that was read: two restores at once do not both take the prefix.
+        let replaced = bucket
+            .put_opts(
+                &marker_path,
+                PutPayload::from(bytes),
+                PutOptions {
+                    mode: PutMode::Update(marker_version),
+                    ..PutOptions::default()
+                },
+            )
+            .await;
+        match replaced {
+            Ok(_) => {}
+            Err(object_store::Error::Precondition { .. }) => {
+                // A retried PUT whose first attempt landed is refused too: ours if it names us.
+                let ours = matches!(
+                    read_marker(&bucket, &marker_path, url).await?,
+                    Marker::Found(found) if found.store_id == claim.store_id
+                );
+                if !ours {
+                    return Err(objects_error(
+                        url,
+                        format!(
+                            "{marker_path} changed while restoring (another restore, or the old \
+                             store claimed it again): run the restore again"
+                        ),
+                    ));
+                }
+            }
+            Err(e) => return Err(objects_error(url, format!("writing {marker_path}: {e}"))),
+        }
+        // The old node may have saved a newer copy between the read and the takeover (a
+        // compaction whose replaced segments it then deletes): build from the newest. Once the
+        // marker names us it starts no other persist or compaction, so this settles.
+        for _ in 0..3 {
+            let now = match bucket.head(&built.copy_path).await {
+                Ok(meta) => meta.e_tag,
+                Err(e) => {
+                    return Err(objects_error(
+                        url,
+                        format!("reading {}: {e}", built.copy_path),
+                    ));
+                }
+            };
+            if now == built.copy_e_tag {
+                break;
+            }
+            built = rebuild(&bucket, &root, url, dir, &previous, &claim.store_id).await?;
+        }
+    }
+    write_local_claim(
+        dir,
+        &Claim {
+            confirmed: true,
+            ..claim.clone()
+        },
+    )?;
+    tracing::info!(url, previous = %previous, store_id = %claim.store_id, "Restored a store from object storage and took its prefix over.");
+    Ok(Restored {
+        previous_store_id: previous,
+        store_id: claim.store_id,
+        ..built.restored
+    })
+}
+
+/// What [`rebuild`] made.
+struct Built {
+    restored: Restored,
+    /// The old store's manifest copy, and its ETag when it was read.
+    copy_path: ObjectPath,
+    copy_e_tag: Option<String>,
+}
+
+/// Makes `dir`'s manifest from store `previous`'s copy and what is in the bucket now, and
+/// copies it under `store_id`'s name (before the marker names that store, so a store the
+/// marker names always has a copy).
+async fn rebuild(
+    bucket: &Arc<dyn ObjectStore>,
+    root: &Root,
+    url: &str,
+    dir: &Path,
+    previous: &str,
+    store_id: &str,
+) -> Result<Built, StoreError> {
+    let copy_path = manifest_copy(root, previous);
+    let (mut manifest, copy_e_tag): (Manifest, Option<String>) = match bucket.get(&copy_path).await
+    {
         Ok(found) => {
+            let e_tag = found.meta.e_tag.clone();
             let bytes = found
                 .bytes()
                 .await
                 .map_err(|e| objects_error(url, format!("reading {copy_path}: {e}")))?;
-            serde_json::from_slice(&bytes).map_err(|e| {
+            let manifest = serde_json::from_slice(&bytes).map_err(|e| {
                 objects_error(url, format!("{copy_path} is not a store manifest: {e}"))
-            })?
+            })?;
+            (manifest, e_tag)
         }
         Err(object_store::Error::NotFound { .. }) => {
             return Err(objects_error(
                 url,
                 format!(
-                    "store {} left no manifest copy ({copy_path}): it never persisted, or \
-                     ran a Fabrik from before copies were made",
-                    previous.store_id
+                    "store {previous} left no manifest copy ({copy_path}): it never \
+                         persisted, or ran a Fabrik from before copies were made"
                 ),
             ));
         }
@@ -679,70 +828,48 @@ pub async fn restore(dir: &Path, storage: &ObjectStorage) -> Result<Restored, St
         .iter()
         .filter(|p| !named.contains(p.as_str()))
         .count();
+    let segments = named.len();
     manifest.next_file_id = manifest
         .next_file_id
         .max(highest_id + 1)
         .saturating_add(RESTORE_FILE_ID_GAP);
-
-    // In an order a crash anywhere leaves safe: a data directory whose claim is not the
-    // marker's does not start, and once the marker names it, the manifest is there.
-    std::fs::create_dir_all(dir)
-        .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
-    let claim = Claim {
-        url: url.to_owned(),
-        store_id: new_store_id()?,
-        confirmed: false,
-    };
-    write_local_claim(dir, &claim)?;
     manifest.save(dir)?;
-    let bytes = serde_json::to_vec_pretty(&Claim {
-        confirmed: true,
-        ..claim.clone()
-    })
-    .map_err(|e| StoreError::Internal(format!("encoding {MARKER}: {e}")))?;
-    // Only over the marker that was read: two restores at once do not both take the prefix.
-    let replaced = bucket
-        .put_opts(
-            &marker_path,
-            PutPayload::from(bytes),
-            PutOptions {
-                mode: PutMode::Update(marker_version),
-                ..PutOptions::default()
-            },
-        )
-        .await;
-    match replaced {
-        Ok(_) => {}
-        Err(object_store::Error::Precondition { .. }) => {
-            return Err(objects_error(
-                url,
-                format!("{marker_path} changed while restoring (another restore?): run it again"),
-            ));
-        }
-        Err(e) => return Err(objects_error(url, format!("writing {marker_path}: {e}"))),
-    }
-    write_local_claim(
-        dir,
-        &Claim {
-            confirmed: true,
-            ..claim.clone()
+    let own_copy = manifest_copy(root, store_id);
+    put_manifest_copy(bucket, &own_copy, &manifest)
+        .await
+        .map_err(|e| objects_error(url, format!("writing {own_copy}: {e}")))?;
+    Ok(Built {
+        restored: Restored {
+            previous_store_id: previous.to_owned(),
+            store_id: store_id.to_owned(),
+            tables: manifest.tables.len(),
+            segments,
+            rows: manifest
+                .tables
+                .values()
+                .flat_map(|t| t.segments.iter().map(|s| s.rows))
+                .sum(),
+            persisted_seq: manifest.persisted_seq,
+            missing,
+            unlisted,
         },
-    )?;
-    tracing::info!(url, previous = %previous.store_id, store_id = %claim.store_id, "Restored a store from object storage and took its prefix over.");
-    Ok(Restored {
-        previous_store_id: previous.store_id,
-        store_id: claim.store_id,
-        tables: manifest.tables.len(),
-        segments: named.len(),
-        rows: manifest
-            .tables
-            .values()
-            .flat_map(|t| t.segments.iter().map(|s| s.rows))
-            .sum(),
-        persisted_seq: manifest.persisted_seq,
-        missing,
-        unlisted,
+        copy_path,
+        copy_e_tag,
     })
+}
+
+/// PUTs `manifest` as a store's copy at `path`.
+async fn put_manifest_copy(
+    bucket: &Arc<dyn ObjectStore>,
+    path: &ObjectPath,
+    manifest: &Manifest,
+) -> Result<(), String> {
+    let bytes = serde_json::to_vec_pretty(manifest).map_err(|e| e.to_string())?;
+    bucket
+        .put(path, PutPayload::from(bytes))
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 /// A restore goes only into a data directory without a store: no WAL records, no manifest
@@ -897,6 +1024,7 @@ mod tests {
             url: "s3://plant/line-1".into(),
             store_id: "ab".into(),
             confirmed: false,
+            restored_from: None,
         };
         write_local_claim(dir.path(), &claim).expect("claim");
         std::fs::write(dir.path().join(crate::manifest::FILE), "{}").expect("manifest");
@@ -933,6 +1061,7 @@ mod tests {
             url: "s3://plant/line-1".into(),
             store_id: "ab".into(),
             confirmed: true,
+            restored_from: None,
         };
         write_local_claim(dir.path(), &claim).expect("claim");
         let mut manifest = Manifest::default();
@@ -989,6 +1118,7 @@ mod tests {
                 url: "s3://plant/line-2".into(),
                 store_id: "cd".into(),
                 confirmed: false,
+                restored_from: None,
             },
         )
         .expect("pending");
@@ -1004,6 +1134,7 @@ mod tests {
             url: "s3://b/p".into(),
             store_id: "ab".into(),
             confirmed: false,
+            restored_from: None,
         };
         let text = serde_json::to_string(&pending).expect("json");
         assert!(text.contains("\"confirmed\":false"), "{text}");
