@@ -1008,6 +1008,24 @@ pub fn propagate_trace_context(current: fn() -> Option<String>) {
     let _ = TRACE_CONTEXT.set(current);
 }
 
+/// An e-mail with a `Traceparent` header first (header order is free, RFC 5322 §3.6), so a
+/// mail pipeline that reads it joins the delivery's trace as a webhook receiver does. Left
+/// out unless it is a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`): nothing else may
+/// reach a header line.
+fn with_trace_header(text: String, traceparent: Option<String>) -> String {
+    let valid = |tp: &str| {
+        let parts: Vec<&str> = tp.split('-').collect();
+        parts.len() == 4
+            && [2, 32, 16, 2].iter().zip(&parts).all(|(len, part)| {
+                part.len() == *len && part.bytes().all(|b| b.is_ascii_hexdigit())
+            })
+    };
+    match traceparent {
+        Some(tp) if valid(&tp) => format!("Traceparent: {tp}\r\n{text}"),
+        _ => text,
+    }
+}
+
 /// Delivers one payload. `Ok` holds what the receiver took it with but reported: the
 /// e-mail recipients its server refused while taking it for the others.
 pub async fn deliver(notifier: &Notifier, payload: &str) -> Result<Vec<String>, AlertError> {
@@ -1113,7 +1131,10 @@ async fn deliver_once(notifier: &Notifier, payload: &str) -> Result<Vec<String>,
             };
             let message: serde_json::Value = serde_json::from_str(payload)
                 .map_err(|e| failed(format!("queued payload is not JSON: {e}")))?;
-            let text = email_text(&message, from, to);
+            let text = with_trace_header(
+                email_text(&message, from, to),
+                TRACE_CONTEXT.get().and_then(|current| current()),
+            );
             crate::smtp::send(
                 server,
                 &Envelope {
@@ -1442,6 +1463,32 @@ mod tests {
         let text = email_text(&alert_message(&evil, "x"), "a@b.c", &["d@e.f".into()]);
         let headers = text.split_once("\r\n\r\n").unwrap().0;
         assert!(!headers.contains("\r\nBcc:"), "{headers}");
+    }
+
+    #[test]
+    fn an_email_carries_the_deliverys_traceparent_and_nothing_else_in_its_place() {
+        let text = email_text(
+            &alert_message(&alert(AlertState::Firing), "http://f"),
+            "f@x.y",
+            &["t@x.y".into()],
+        );
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let traced = with_trace_header(text.clone(), Some(tp.into()));
+        let (headers, body) = traced.split_once("\r\n\r\n").unwrap();
+        assert!(
+            headers.lines().any(|l| l == format!("Traceparent: {tp}")),
+            "{headers}"
+        );
+        assert!(headers.contains("\r\nFrom: f@x.y\r\n"), "{headers}");
+        assert_eq!(body, text.split_once("\r\n\r\n").unwrap().1);
+        // Not a traceparent: no header, and certainly no injected line.
+        for bad in [
+            "00-abc-def-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\nBcc: x@y.z",
+        ] {
+            assert_eq!(with_trace_header(text.clone(), Some(bad.into())), text);
+        }
+        assert_eq!(with_trace_header(text.clone(), None), text);
     }
 
     #[test]
