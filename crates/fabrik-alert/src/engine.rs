@@ -7,6 +7,89 @@
 
 use std::collections::BTreeMap;
 
+/// The error-rate detector of an [`Condition::ErrorRate`] rule, from `fabrik_ml::drift::binary`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ErrorRateMethod {
+    /// HDDM_A, one-sided: `threshold` is the drift confidence (river's 0.001); the warning
+    /// confidence is five times it, as river's defaults are.
+    #[default]
+    HddmA,
+    /// HDDM_W, one-sided, λ 0.05: `threshold` is the drift confidence (river's 0.001).
+    HddmW,
+    /// DDM: `threshold` is the drift level in deviations (river's 3), the warning two thirds
+    /// of it; no decision in the first 30 outcomes.
+    Ddm,
+    /// EDDM: `threshold` is the drift ratio β (river's 0.9), the warning ratio halfway to 1;
+    /// no decision before 30 outcomes and 30 errors.
+    Eddm,
+    /// FHDDM, a window of 100: `threshold` is the confidence (river's 1e-6).
+    Fhddm,
+}
+
+impl ErrorRateMethod {
+    /// Every method, by its configuration name.
+    pub const ALL: [(&'static str, ErrorRateMethod); 5] = [
+        ("hddm_a", Self::HddmA),
+        ("hddm_w", Self::HddmW),
+        ("ddm", Self::Ddm),
+        ("eddm", Self::Eddm),
+        ("fhddm", Self::Fhddm),
+    ];
+
+    /// The method a configuration names.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, method)| *method)
+    }
+
+    /// Whether `threshold` is a valid drift parameter for it.
+    pub fn accepts(self, threshold: f64) -> bool {
+        match self {
+            // Deviations above the minimum: the warning (two thirds) must stay positive.
+            Self::Ddm => threshold > 0.0 && threshold <= 100.0,
+            _ => threshold > 0.0 && threshold < 1.0,
+        }
+    }
+}
+
+/// A running error-rate detector.
+#[derive(Debug, Clone)]
+enum ErrorRateWatch {
+    HddmA(fabrik_ml::drift::binary::HddmA),
+    HddmW(fabrik_ml::drift::binary::HddmW),
+    Ddm(fabrik_ml::drift::binary::Ddm),
+    Eddm(fabrik_ml::drift::binary::Eddm),
+    Fhddm(fabrik_ml::drift::binary::Fhddm),
+}
+
+impl ErrorRateWatch {
+    fn new(method: ErrorRateMethod, threshold: f64) -> Self {
+        use fabrik_ml::drift::binary::{Ddm, Eddm, Fhddm, HddmA, HddmW};
+        let warning = (threshold * 5.0).min(0.5).max(threshold);
+        match method {
+            ErrorRateMethod::HddmA => Self::HddmA(HddmA::new(threshold, warning, false)),
+            ErrorRateMethod::HddmW => Self::HddmW(HddmW::new(threshold, warning, 0.05, false)),
+            ErrorRateMethod::Ddm => Self::Ddm(Ddm::new(30, threshold * 2.0 / 3.0, threshold)),
+            ErrorRateMethod::Eddm => Self::Eddm(Eddm::new(30, (1.0 + threshold) / 2.0, threshold)),
+            ErrorRateMethod::Fhddm => Self::Fhddm(Fhddm::new(100, threshold, None)),
+        }
+    }
+
+    /// Adds one outcome; whether the detector found a drift.
+    fn drift(&mut self, error: bool) -> bool {
+        use fabrik_ml::drift::binary::ErrorRateDetector;
+        match self {
+            Self::HddmA(d) => d.update(error).drift,
+            Self::HddmW(d) => d.update(error).drift,
+            Self::Ddm(d) => d.update(error).drift,
+            Self::Eddm(d) => d.update(error).drift,
+            Self::Fhddm(d) => d.update(error).drift,
+        }
+    }
+}
+
 /// What makes a rule's condition true for one key.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Condition {
@@ -55,13 +138,13 @@ pub enum Condition {
     },
     /// The rate of errors among the key's outcomes rose: each value is one outcome, an error
     /// from 0.5 up (1: an alert operators called false, a prediction the label contradicted),
-    /// and HDDM_A (one-sided, as river computes it) flags a drift at confidence `confidence`
-    /// (river's default 0.001). Model decay without a threshold in any unit. It clears once
-    /// `settle` outcomes have come without another drift.
+    /// and `method` (as river computes it) flags a drift at `threshold`. Model decay without a
+    /// threshold in any unit. It clears once `settle` outcomes have come without another drift.
     ErrorRate {
-        /// HDDM_A's drift confidence; its warning confidence is five times it, as river's
-        /// defaults are.
-        confidence: f64,
+        /// The detector.
+        method: ErrorRateMethod,
+        /// Its drift parameter: see [`ErrorRateMethod`].
+        threshold: f64,
         /// Outcomes without a drift that resolve it.
         settle: u32,
     },
@@ -187,7 +270,7 @@ struct KeyState {
     since_change: u32,
     /// The detector of an `ErrorRate` rule (the values since its last drift are
     /// `since_change`).
-    error_rate: Option<Box<fabrik_ml::drift::binary::HddmA>>,
+    error_rate: Option<Box<ErrorRateWatch>>,
     /// The detector of a `Distribution` rule (the values since its last detection are
     /// `since_change`).
     distribution: Option<Box<fabrik_ml::drift::kswin::Kswin>>,
@@ -315,9 +398,11 @@ impl RuleEngine {
                 }
             }
         }
-        // So does an error-rate detector of another confidence.
-        if let Condition::ErrorRate { confidence, .. } = rule.condition
-            && !matches!(self.rule.condition, Condition::ErrorRate { confidence: old, .. } if old == confidence)
+        // So does an error-rate detector of another method or threshold.
+        if let Condition::ErrorRate {
+            method, threshold, ..
+        } = rule.condition
+            && !matches!(self.rule.condition, Condition::ErrorRate { method: old_method, threshold: old, .. } if old_method == method && old == threshold)
         {
             for state in self.keys.values_mut() {
                 state.error_rate = None;
@@ -511,16 +596,15 @@ impl RuleEngine {
                     let detected = watch.update(o.value);
                     state.holds_after_detection(detected, settle)
                 }
-                Condition::ErrorRate { confidence, settle } => {
-                    use fabrik_ml::drift::binary::{ErrorRateDetector, HddmA};
-                    let detector = state.error_rate.get_or_insert_with(|| {
-                        Box::new(HddmA::new(
-                            confidence,
-                            (confidence * 5.0).min(0.5).max(confidence),
-                            false,
-                        ))
-                    });
-                    let detected = detector.update(o.value >= 0.5).drift;
+                Condition::ErrorRate {
+                    method,
+                    threshold,
+                    settle,
+                } => {
+                    let detector = state
+                        .error_rate
+                        .get_or_insert_with(|| Box::new(ErrorRateWatch::new(method, threshold)));
+                    let detected = detector.drift(o.value >= 0.5);
                     state.holds_after_detection(detected, settle)
                 }
                 Condition::Distribution { alpha, settle } => {
@@ -1060,7 +1144,8 @@ mod tests {
     fn a_rising_error_rate_fires_and_resolves_once_outcomes_settle() {
         let mut e = RuleEngine::new(rule(
             Condition::ErrorRate {
-                confidence: 0.001,
+                method: ErrorRateMethod::HddmA,
+                threshold: 0.001,
                 settle: 30,
             },
             0,
@@ -1085,7 +1170,8 @@ mod tests {
         // Anything from 0.5 up is an error: the same outcomes as 0.9 and 0.1 decide the same.
         let mut scaled = RuleEngine::new(rule(
             Condition::ErrorRate {
-                confidence: 0.001,
+                method: ErrorRateMethod::HddmA,
+                threshold: 0.001,
                 settle: 30,
             },
             0,
@@ -1110,7 +1196,8 @@ mod tests {
         // they came, at the key's latest time.
         let mut late = RuleEngine::new(rule(
             Condition::ErrorRate {
-                confidence: 0.001,
+                method: ErrorRateMethod::HddmA,
+                threshold: 0.001,
                 settle: 30,
             },
             0,
@@ -1127,6 +1214,55 @@ mod tests {
             .map(|t| t.at_ns / S)
             .collect();
         assert_eq!(firing, [1_000], "{t:?}");
+    }
+
+    #[test]
+    fn every_error_rate_method_fires_on_decay_and_all_but_eddm_stay_quiet_on_a_steady_rate() {
+        // River's default for each.
+        for (method, threshold) in [
+            (ErrorRateMethod::HddmA, 0.001),
+            (ErrorRateMethod::HddmW, 0.001),
+            (ErrorRateMethod::Ddm, 3.0),
+            (ErrorRateMethod::Eddm, 0.9),
+            (ErrorRateMethod::Fhddm, 1e-6),
+        ] {
+            assert!(method.accepts(threshold), "{method:?}");
+            let mut e = RuleEngine::new(rule(
+                Condition::ErrorRate {
+                    method,
+                    threshold,
+                    settle: 30,
+                },
+                0,
+            ));
+            // Errors drawn at random (a fixed seed): a periodic pattern would give EDDM's
+            // distances no spread at all.
+            let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+            let mut draw = move |rate: f64| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 11) as f64 / (1u64 << 53) as f64) < rate
+            };
+            let mut observations = Vec::new();
+            for i in 0..600_i64 {
+                observations.push(obs("steady", i, f64::from(u8::from(draw(0.1)))));
+                let rate = if i >= 300 { 0.5 } else { 0.1 };
+                observations.push(obs("decayed", i, f64::from(u8::from(draw(rate)))));
+            }
+            let t = e.observe(&observations);
+            // EDDM, at river's defaults, also raised a false alarm on the steady key (at its
+            // 292nd outcome): it trades false alarms for earlier detection, as documented.
+            if method != ErrorRateMethod::Eddm {
+                assert!(t.iter().all(|t| t.key == "decayed"), "{method:?}: {t:?}");
+            }
+            let decayed: Vec<Transition> = t.into_iter().filter(|t| t.key == "decayed").collect();
+            let fired = first_at(&decayed, AlertState::Firing).expect("fired");
+            assert!((300..400).contains(&fired), "{method:?} fired at {fired}");
+        }
+        assert!(ErrorRateMethod::Ddm.accepts(3.0) && !ErrorRateMethod::HddmA.accepts(3.0));
+        assert_eq!(ErrorRateMethod::parse("eddm"), Some(ErrorRateMethod::Eddm));
+        assert_eq!(ErrorRateMethod::parse("adwin"), None);
     }
 
     /// The second of the first transition to `state`.

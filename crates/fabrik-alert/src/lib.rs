@@ -58,7 +58,9 @@ pub struct ReadPosition<'a> {
     /// The arrival id read up to (`None`: nothing read yet).
     pub read_after: Option<i64>,
 }
-pub use engine::{AlertState, Condition, Observation, Rule, RuleEngine, Transition};
+pub use engine::{
+    AlertState, Condition, ErrorRateMethod, Observation, Rule, RuleEngine, Transition,
+};
 pub use error::AlertError;
 pub use model::{Ack, Alert, Feedback, Inhibition, NotifierStatus, Silence};
 pub use notify::{Notifier, Publish, PublishFuture, Publisher};

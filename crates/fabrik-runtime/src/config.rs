@@ -1041,9 +1041,18 @@ pub struct AlertRuleConfig {
     /// as river computes it with seed 42, at level `threshold`, e.g. 1e-6, as it tests at
     /// every value; on ranks, so unit-free and not moved by glitches; no `for`).
     pub condition: String,
+    /// For `error_rate` only, the detector (each as river computes it): `hddm_a` (default;
+    /// Hoeffding's bound on the rate since the cut point), `hddm_w` (McDiarmid's bound on an
+    /// exponentially weighted rate, λ 0.05: follows recent outcomes), `ddm` (the rate and its
+    /// binomial deviation against their minimum), `eddm` (distances between errors: finds
+    /// gradual decay earlier, at more false alarms) or `fhddm` (the accuracy over the last
+    /// 100 outcomes against its highest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detector: Option<String>,
     /// The firing level (seconds of silence for `absent`, of the same value for `unchanged`;
-    /// ADWIN's confidence for `change`, HDDM_A's for `error_rate`, KSWIN's level for
-    /// `distribution`).
+    /// ADWIN's confidence for `change`, KSWIN's level for `distribution`; for `error_rate` the
+    /// detector's drift confidence (`hddm_a`, `hddm_w`, `fhddm`: e.g. 0.001, 0.001, 1e-6), its
+    /// drift threshold in deviations (`ddm`, e.g. 3) or its drift ratio (`eddm`, e.g. 0.9)).
     pub threshold: f64,
     /// The clearing level (hysteresis; default: the threshold). For `change`, `distribution`
     /// and `error_rate`: how many values must come without another detection for the alert to
@@ -2320,6 +2329,7 @@ fn array_template(path: &str) -> Option<toml::Table> {
             filter: Some(String::new()),
             fill: Some(String::new()),
             condition: String::new(),
+            detector: Some(String::new()),
             threshold: 0.0,
             clear: Some(0.0),
             for_duration: String::new(),

@@ -88,6 +88,33 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
         problem("threshold", "must be a finite number".into());
     }
     let clear = c.clear.unwrap_or(c.threshold);
+    let error_rate_method = match c.detector.as_deref() {
+        None => None,
+        Some(name) if c.condition != "error_rate" => {
+            problem(
+                "detector",
+                format!("`{name}`: only `error_rate` rules choose a detector"),
+            );
+            None
+        }
+        Some(name) => {
+            let method = fabrik_alert::ErrorRateMethod::parse(name);
+            if method.is_none() {
+                let names: Vec<&str> = fabrik_alert::ErrorRateMethod::ALL
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect();
+                problem(
+                    "detector",
+                    format!(
+                        "`{name}`: an error_rate rule's detector is one of {}",
+                        names.join(", ")
+                    ),
+                );
+            }
+            method
+        }
+    };
     let condition = match c.condition.as_str() {
         "above" if clear <= c.threshold => Some(Condition::Above {
             fire: c.threshold,
@@ -124,7 +151,21 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
             let (default, values) = match c.condition.as_str() {
                 "change" => ("0.002 is river's default", "values without another change"),
                 "error_rate" => (
-                    "0.001 is river's default for HDDM_A",
+                    match error_rate_method.unwrap_or_default() {
+                        fabrik_alert::ErrorRateMethod::HddmA => {
+                            "0.001 is river's default for HDDM_A"
+                        }
+                        fabrik_alert::ErrorRateMethod::HddmW => {
+                            "0.001 is river's default for HDDM_W"
+                        }
+                        fabrik_alert::ErrorRateMethod::Ddm => {
+                            "for DDM, the drift level in deviations: above 0, at most 100; river's default is 3"
+                        }
+                        fabrik_alert::ErrorRateMethod::Eddm => {
+                            "for EDDM, the drift ratio; river's default is 0.9"
+                        }
+                        fabrik_alert::ErrorRateMethod::Fhddm => "1e-6 is river's default for FHDDM",
+                    },
                     "outcomes without another drift",
                 ),
                 _ => (
@@ -134,11 +175,20 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
                 ),
             };
             let settle = c.clear.unwrap_or(30.0);
-            if !(c.threshold > 0.0 && c.threshold < 1.0) {
+            let valid = match c.condition.as_str() {
+                "error_rate" => error_rate_method.unwrap_or_default().accepts(c.threshold),
+                _ => c.threshold > 0.0 && c.threshold < 1.0,
+            };
+            if !valid {
+                let range = if error_rate_method == Some(fabrik_alert::ErrorRateMethod::Ddm) {
+                    ""
+                } else {
+                    "above 0 and below 1 "
+                };
                 problem(
                     "threshold",
                     format!(
-                        "{} is not a confidence for `{}`: above 0 and below 1 ({default})",
+                        "{} is not a valid level for `{}`: {range}({default})",
                         c.threshold, c.condition
                     ),
                 );
@@ -165,7 +215,8 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
                 })
             } else {
                 Some(Condition::ErrorRate {
-                    confidence: c.threshold,
+                    method: error_rate_method.unwrap_or_default(),
+                    threshold: c.threshold,
                     settle: settle as u32,
                 })
             }
@@ -939,6 +990,7 @@ fn demo_rule() -> AlertRuleConfig {
         filter: Some("pipeline = 'pump-health'".into()),
         fill: None,
         condition: "above".into(),
+        detector: None,
         threshold: 1.0,
         clear: Some(0.8),
         for_duration: "0s".into(),

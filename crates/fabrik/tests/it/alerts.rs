@@ -2197,7 +2197,19 @@ start = "earliest"
             "severity": "warning",
         })
     };
-    for (body, field) in [(rule(1.5, "0s"), "threshold"), (rule(0.001, "5m"), "for")] {
+    let with_detector = |detector: &str, threshold: f64, condition: &str| {
+        let mut body = rule(threshold, "0s");
+        body["detector"] = detector.into();
+        body["condition"] = condition.into();
+        body
+    };
+    for (body, field) in [
+        (rule(1.5, "0s"), "threshold"),
+        (rule(0.001, "5m"), "for"),
+        (with_detector("adwin", 0.001, "error_rate"), "detector"),
+        // A confidence for HDDM_A, DDM's level in deviations: not the other way round.
+        (with_detector("hddm_a", 3.0, "error_rate"), "threshold"),
+    ] {
         let (code, error) = http(
             &p.url,
             reqwest::Method::PUT,
@@ -2211,6 +2223,43 @@ start = "earliest"
             "{field}: {text}"
         );
     }
+    let (code, error) = http(
+        &p.url,
+        reqwest::Method::PUT,
+        "/api/v1/alert-rules/decay-2",
+        Some(with_detector("ddm", 0.001, "above")),
+    );
+    assert_eq!(code, 400, "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("only `error_rate` rules choose a detector"),
+        "{error}"
+    );
+    // DDM at river's drift level of 3 deviations is taken, and runs over the same labels.
+    let (code, answer) = http(
+        &p.url,
+        reqwest::Method::PUT,
+        "/api/v1/alert-rules/decay-ddm",
+        Some({
+            let mut body = with_detector("ddm", 3.0, "error_rate");
+            body["name"] = "decay-ddm".into();
+            body["start"] = "earliest".into();
+            body["interval"] = "200ms".into();
+            body
+        }),
+    );
+    assert!((200..300).contains(&code), "{answer}");
+    eventually("the DDM rule fires on the decaying pipeline", || {
+        crate::support::alerts_of(&p.url, "decay-ddm")
+            .iter()
+            .any(|a| a["key"] == "decaying")
+    });
+    assert!(
+        crate::support::alerts_of(&p.url, "decay-ddm")
+            .iter()
+            .all(|a| a["key"] == "decaying")
+    );
     let (status, _) = p.terminate();
     assert!(status.success());
 }
