@@ -1214,15 +1214,7 @@ impl Store {
                     ))
                     .await?;
                 for batch in &listed.batches {
-                    let ids = datafusion::arrow::compute::cast(
-                        batch.column(0),
-                        &datafusion::arrow::datatypes::DataType::Utf8,
-                    )?;
-                    let ids = ids
-                        .as_any()
-                        .downcast_ref::<datafusion::arrow::array::StringArray>()
-                        .ok_or_else(|| StoreError::Internal("blob ids are not text".into()))?;
-                    live.extend(ids.iter().flatten().map(str::to_owned));
+                    live.extend(blob_id_texts(batch.column(0))?);
                 }
             }
             let blobs = self.blobs.clone();
@@ -1378,6 +1370,17 @@ impl Store {
     }
 }
 
+/// The texts of a column of blob ids (a dictionary or plain string column).
+fn blob_id_texts(column: &datafusion::arrow::array::ArrayRef) -> Result<Vec<String>, StoreError> {
+    let ids =
+        datafusion::arrow::compute::cast(column, &datafusion::arrow::datatypes::DataType::Utf8)?;
+    let ids = ids
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::StringArray>()
+        .ok_or_else(|| StoreError::Internal("blob ids are not text".into()))?;
+    Ok(ids.iter().flatten().map(str::to_owned).collect())
+}
+
 /// The blob ids a batch of [`BLOBS_TABLE`] lists (its `id` column).
 fn listed_blob_ids(
     batch: &datafusion::arrow::record_batch::RecordBatch,
@@ -1385,15 +1388,8 @@ fn listed_blob_ids(
     let Some(column) = batch.column_by_name("id") else {
         return Ok(Vec::new());
     };
-    let ids =
-        datafusion::arrow::compute::cast(column, &datafusion::arrow::datatypes::DataType::Utf8)?;
-    let ids = ids
-        .as_any()
-        .downcast_ref::<datafusion::arrow::array::StringArray>()
-        .ok_or_else(|| StoreError::Internal("blob ids are not text".into()))?;
-    let mut listed: Vec<fabrik_core::BlobId> = ids
+    let mut listed: Vec<fabrik_core::BlobId> = blob_id_texts(column)?
         .iter()
-        .flatten()
         .filter_map(|id| fabrik_core::BlobId::parse(id).ok())
         .collect();
     listed.sort();

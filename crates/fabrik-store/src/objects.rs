@@ -617,28 +617,17 @@ pub async fn restore(dir: &Path, storage: &ObjectStorage) -> Result<Restored, St
     let unfinished = read_local_claim(dir)?;
     let (bucket, root) = connect(storage)?;
     let marker_path = root.join(MARKER);
-    let (marker, marker_version) = match bucket.get(&marker_path).await {
-        Ok(found) => {
-            let version = object_store::UpdateVersion {
-                e_tag: found.meta.e_tag.clone(),
-                version: found.meta.version.clone(),
-            };
-            let bytes = found
-                .bytes()
-                .await
-                .map_err(|e| objects_error(url, format!("reading {marker_path}: {e}")))?;
-            let claim: Claim = serde_json::from_slice(&bytes).map_err(|e| {
-                objects_error(url, format!("{marker_path} is not a store claim: {e}"))
-            })?;
-            (claim, version)
-        }
-        Err(object_store::Error::NotFound { .. }) => {
-            return Err(objects_error(
-                url,
-                format!("no store to restore: {marker_path} is not there"),
-            ));
-        }
-        Err(e) => return Err(objects_error(url, format!("reading {marker_path}: {e}"))),
+    let Some((marker, meta)) =
+        get_json::<Claim>(bucket.as_ref(), &marker_path, url, "a store claim").await?
+    else {
+        return Err(objects_error(
+            url,
+            format!("no store to restore: {marker_path} is not there"),
+        ));
+    };
+    let marker_version = object_store::UpdateVersion {
+        e_tag: meta.e_tag,
+        version: meta.version,
     };
 
     let (claim, previous, take_over) = match unfinished {
@@ -763,30 +752,18 @@ async fn rebuild(
     store_id: &str,
 ) -> Result<Built, StoreError> {
     let copy_path = manifest_copy(root, previous);
-    let (mut manifest, copy_e_tag): (Manifest, Option<String>) = match bucket.get(&copy_path).await
-    {
-        Ok(found) => {
-            let e_tag = found.meta.e_tag.clone();
-            let bytes = found
-                .bytes()
-                .await
-                .map_err(|e| objects_error(url, format!("reading {copy_path}: {e}")))?;
-            let manifest = serde_json::from_slice(&bytes).map_err(|e| {
-                objects_error(url, format!("{copy_path} is not a store manifest: {e}"))
-            })?;
-            (manifest, e_tag)
-        }
-        Err(object_store::Error::NotFound { .. }) => {
-            return Err(objects_error(
-                url,
-                format!(
-                    "store {previous} left no manifest copy ({copy_path}): it never \
-                         persisted, or ran a Fabrik from before copies were made"
-                ),
-            ));
-        }
-        Err(e) => return Err(objects_error(url, format!("reading {copy_path}: {e}"))),
+    let Some((mut manifest, copy_meta)) =
+        get_json::<Manifest>(bucket.as_ref(), &copy_path, url, "a store manifest").await?
+    else {
+        return Err(objects_error(
+            url,
+            format!(
+                "store {previous} left no manifest copy ({copy_path}): it never persisted, or \
+                 ran a Fabrik from before copies were made"
+            ),
+        ));
     };
+    let copy_e_tag = copy_meta.e_tag;
 
     // What is in the bucket now: the copy's segments that are still there, and past which
     // id the restored store counts.
@@ -856,6 +833,29 @@ async fn rebuild(
         copy_path,
         copy_e_tag,
     })
+}
+
+/// The JSON object at `path` (`what` names its kind in errors) with its metadata, or `None`
+/// if there is none.
+async fn get_json<T: serde::de::DeserializeOwned>(
+    bucket: &dyn ObjectStore,
+    path: &ObjectPath,
+    url: &str,
+    what: &str,
+) -> Result<Option<(T, object_store::ObjectMeta)>, StoreError> {
+    let found = match bucket.get(path).await {
+        Ok(found) => found,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(objects_error(url, format!("reading {path}: {e}"))),
+    };
+    let meta = found.meta.clone();
+    let bytes = found
+        .bytes()
+        .await
+        .map_err(|e| objects_error(url, format!("reading {path}: {e}")))?;
+    let value = serde_json::from_slice(&bytes)
+        .map_err(|e| objects_error(url, format!("{path} is not {what}: {e}")))?;
+    Ok(Some((value, meta)))
 }
 
 /// PUTs `manifest` as a store's copy at `path`.

@@ -24,6 +24,21 @@ fn s3_server(port: u16) -> Peer {
     )
 }
 
+/// Creates bucket `plant` at `endpoint`.
+fn create_plant_bucket(endpoint: &str) {
+    let (status, body) = s3(reqwest::Method::PUT, &format!("{endpoint}/plant"), "");
+    assert_eq!(status, 200, "create bucket: {body}");
+}
+
+/// moto's S3 server on a free port with bucket `plant`: the server, and its endpoint.
+fn s3_with_plant_bucket() -> (Peer, String) {
+    let port = free_port();
+    let server = s3_server(port);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    create_plant_bucket(&endpoint);
+    (server, endpoint)
+}
+
 /// An unsigned request to the S3 server (moto takes them): status and body.
 fn s3(method: reqwest::Method, url: &str, body: &str) -> (u16, String) {
     crate::support::send_blocking(|client| client.request(method, url).body(body.to_owned()))
@@ -137,11 +152,7 @@ fn local_parquet_files(dir: &Path) -> usize {
 #[test]
 fn segments_live_under_a_bucket_prefix_that_one_store_claims() {
     let dir = tempfile::tempdir().expect("dir");
-    let port = free_port();
-    let _s3 = s3_server(port);
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let (status, body) = s3(reqwest::Method::PUT, &format!("{endpoint}/plant"), "");
-    assert_eq!(status, 200, "create bucket: {body}");
+    let (_s3, endpoint) = s3_with_plant_bucket();
     let env = objects_env(&endpoint, "s3://plant/line-1");
     let data = dir.path().join("line-1");
 
@@ -299,10 +310,7 @@ fn an_unreachable_bucket_holds_writes_back_instead_of_memory_and_loses_nothing()
     let forwarded = free_port();
     let network = Outage::forward(forwarded, port);
     let endpoint = format!("http://127.0.0.1:{forwarded}");
-    assert_eq!(
-        s3(reqwest::Method::PUT, &format!("{endpoint}/plant"), "").0,
-        200
-    );
+    create_plant_bucket(&endpoint);
     let mut env = objects_env(&endpoint, "s3://plant/line-2");
     env.push(("FABRIK__STORE__FLUSH_BUFFER_SIZE", "64KiB".into()));
     let data = dir.path().join("line-2");
@@ -349,13 +357,7 @@ fn an_unreachable_bucket_holds_writes_back_instead_of_memory_and_loses_nothing()
 #[test]
 fn an_unfinished_first_claim_is_finished_by_the_next_start() {
     let dir = tempfile::tempdir().expect("dir");
-    let port = free_port();
-    let _s3 = s3_server(port);
-    let endpoint = format!("http://127.0.0.1:{port}");
-    assert_eq!(
-        s3(reqwest::Method::PUT, &format!("{endpoint}/plant"), "").0,
-        200
-    );
+    let (_s3, endpoint) = s3_with_plant_bucket();
     let data = dir.path().join("line-3");
     std::fs::create_dir_all(&data).expect("data dir");
     std::fs::write(
@@ -433,13 +435,7 @@ fn manifest_copies(endpoint: &str, prefix: &str) -> Vec<String> {
 #[test]
 fn a_lost_data_directory_is_restored_from_the_bucket() {
     let dir = tempfile::tempdir().expect("dir");
-    let port = free_port();
-    let _s3 = s3_server(port);
-    let endpoint = format!("http://127.0.0.1:{port}");
-    assert_eq!(
-        s3(reqwest::Method::PUT, &format!("{endpoint}/plant"), "").0,
-        200
-    );
+    let (_s3, endpoint) = s3_with_plant_bucket();
     let env = objects_env(&endpoint, "s3://plant/line-4");
 
     // Nothing stored under a prefix yet: nothing to restore, and nothing made.
@@ -536,13 +532,7 @@ fn a_lost_data_directory_is_restored_from_the_bucket() {
 fn blobs_go_to_the_bucket_with_their_listing_and_come_back_after_a_restore() {
     use crate::clips::{clip, files_under, get_blob, post_blob};
     let dir = tempfile::tempdir().expect("dir");
-    let port = free_port();
-    let _s3 = s3_server(port);
-    let endpoint = format!("http://127.0.0.1:{port}");
-    assert_eq!(
-        s3(reqwest::Method::PUT, &format!("{endpoint}/plant"), "").0,
-        200
-    );
+    let (_s3, endpoint) = s3_with_plant_bucket();
     let mut env = objects_env(&endpoint, "s3://plant/line-5");
     env.extend([
         (
