@@ -1342,6 +1342,8 @@ pub struct ObjectsConfig {
     pub region: String,
     /// Allow a plain-HTTP endpoint.
     pub allow_http: bool,
+    /// Keep at most this many bytes of blobs on the disk (`20GiB`); empty: all of them.
+    pub local_blob_limit: String,
 }
 
 /// The validated `[store.objects]`.
@@ -1355,6 +1357,9 @@ pub struct ObjectsSettings {
     pub region: Option<String>,
     /// Plain HTTP allowed.
     pub allow_http: bool,
+    /// Bytes of blobs the disk keeps at most; the least recently used copies already in the
+    /// bucket are evicted past it. `None`: every blob stays on the disk.
+    pub local_blob_limit: Option<u64>,
 }
 
 impl ObjectsConfig {
@@ -1362,6 +1367,7 @@ impl ObjectsConfig {
     fn validate(&self, problem: &mut impl FnMut(&str, String)) -> Option<ObjectsSettings> {
         let url = self.url.trim();
         let endpoint = self.endpoint.trim();
+        let limit = self.local_blob_limit.trim();
         if url.is_empty() {
             if !endpoint.is_empty() || !self.region.trim().is_empty() {
                 problem(
@@ -1371,8 +1377,34 @@ impl ObjectsConfig {
                         .into(),
                 );
             }
+            if !limit.is_empty() {
+                problem(
+                    "store.objects.local_blob_limit",
+                    "is set, but store.objects.url is empty: without a bucket the disk holds \
+                     the only copy of each blob, so none can be evicted"
+                        .into(),
+                );
+            }
             return None;
         }
+        let local_blob_limit = if limit.is_empty() {
+            None
+        } else {
+            match parse_bytes(limit) {
+                Ok(0) => {
+                    problem(
+                        "store.objects.local_blob_limit",
+                        format!("`{limit}` is zero: leave it empty to keep every blob on the disk"),
+                    );
+                    None
+                }
+                Ok(bytes) => Some(bytes),
+                Err(e) => {
+                    problem("store.objects.local_blob_limit", e);
+                    None
+                }
+            }
+        };
         let bucket = url
             .strip_prefix("s3://")
             .map(|rest| rest.split('/').next().unwrap_or_default());
@@ -1408,6 +1440,7 @@ impl ObjectsConfig {
             endpoint: Some(endpoint.to_owned()).filter(|e| !e.is_empty()),
             region: Some(self.region.trim().to_owned()).filter(|r| !r.is_empty()),
             allow_http: self.allow_http,
+            local_blob_limit,
         })
     }
 }
@@ -2636,6 +2669,37 @@ mod tests {
             let e = config.validate("t").unwrap_err().to_string();
             assert!(e.contains(field), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn the_local_blob_limit_needs_a_bucket_and_a_size() {
+        let objects = |extra: &str| {
+            let text = format!("[store.objects]\nurl = \"s3://plant/line-5\"\n{extra}\n");
+            Config::from_toml("t", &text, no_env())
+                .expect("parses")
+                .validate("t")
+        };
+        let all = objects("").expect("valid").objects.expect("a bucket");
+        assert_eq!(all.local_blob_limit, None);
+        let limited = objects("local_blob_limit = \"20GiB\"")
+            .expect("valid")
+            .objects
+            .expect("a bucket");
+        assert_eq!(limited.local_blob_limit, Some(20 << 30));
+        for wrong in ["local_blob_limit = \"lots\"", "local_blob_limit = \"0\""] {
+            let e = objects(wrong).unwrap_err().to_string();
+            assert!(e.contains("store.objects.local_blob_limit"), "{wrong}: {e}");
+        }
+        let no_bucket = "[store.objects]\nlocal_blob_limit = \"1GiB\"\n";
+        let e = Config::from_toml("t", no_bucket, no_env())
+            .expect("parses")
+            .validate("t")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("store.objects.local_blob_limit") && e.contains("without a bucket"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -96,6 +96,33 @@ impl std::ops::AddAssign for SweepReport {
     }
 }
 
+/// What one eviction pass did ([`crate::Store::evict_blobs`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EvictionReport {
+    /// Bytes of blobs on the disk before the pass.
+    pub local_bytes: u64,
+    /// ... and after it.
+    pub local_bytes_left: u64,
+    /// Blobs whose disk copy was removed (the bucket holds them).
+    pub evicted: u64,
+    /// Their bytes.
+    pub bytes_evicted: u64,
+    /// Blobs the pass would have evicted that stayed: not in the bucket yet (the rows naming
+    /// them are not persisted), pinned, or stored or read again during the pass.
+    pub kept: u64,
+    /// Files or objects that could not be read or removed (logged).
+    pub errors: u64,
+}
+
+/// A blob on the disk as the eviction orders them.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct LocalBlob {
+    /// When it was last stored or read (its file's modification time).
+    pub(crate) used: SystemTime,
+    pub(crate) id: BlobId,
+    pub(crate) bytes: u64,
+}
+
 /// A stored blob and its media type.
 #[derive(Debug, Clone)]
 pub struct Blob {
@@ -208,6 +235,97 @@ impl BlobStore {
             bytes,
             content_type,
         }))
+    }
+}
+
+impl BlobStore {
+    /// Marks blob `id` as just used, so the eviction removes it after the blobs used before
+    /// (least recently used first). Best effort: a blob gone meanwhile has nothing to mark.
+    /// Blocking.
+    pub(crate) fn touch(&self, id: &BlobId) {
+        let touched = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.path(id))
+            .and_then(|f| f.set_modified(SystemTime::now()));
+        if let Err(e) = touched
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::debug!(blob = %id, error = %e, "Could not mark a blob as used.");
+        }
+    }
+
+    /// Every complete blob on the disk (not media types, not temporary files) with its size
+    /// and last use, and how many files could not be read. Blocking.
+    pub(crate) fn inventory(&self) -> Result<(Vec<LocalBlob>, u64), StoreError> {
+        let top = self.root.join("sha256");
+        let entries = std::fs::read_dir(&top)
+            .map_err(|e| StoreError::io(format!("listing {}", top.display()), e))?;
+        let (mut found, mut errors) = (Vec::new(), 0);
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let Some(prefix) = dir.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+                continue;
+            };
+            if !is_hex(&prefix, 2) || !dir.is_dir() {
+                continue;
+            }
+            let Ok(files) = std::fs::read_dir(&dir) else {
+                errors += 1;
+                continue;
+            };
+            for file in files.flatten() {
+                let name = file.file_name();
+                let Some(hex) = name.to_str().filter(|name| is_hex(name, 62)) else {
+                    continue;
+                };
+                let Ok(id) = BlobId::parse(&format!("sha256:{prefix}{hex}")) else {
+                    continue;
+                };
+                match file.metadata() {
+                    Ok(meta) if meta.is_file() => found.push(LocalBlob {
+                        used: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                        id,
+                        bytes: meta.len(),
+                    }),
+                    Ok(_) => {}
+                    // Removed since the listing (a sweep): nothing to count.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(_) => errors += 1,
+                }
+            }
+        }
+        Ok((found, errors))
+    }
+
+    /// Removes the disk's copy of `blob` (the caller saw it in the bucket), and its media
+    /// type, unless it is pinned (rows naming it are being written) or was stored or read
+    /// again since `blob.used`; whether it was removed. Blocking.
+    pub(crate) fn evict(&self, blob: &LocalBlob) -> Result<bool, StoreError> {
+        let path = self.path(&blob.id);
+        let io = |what: &str, e| StoreError::io(format!("{what} blob {}", blob.id), e);
+        // Under the lock `put` refreshes a blob under, so one stored again now is either
+        // pinned here or written anew after the removal.
+        let _refresh = self.refresh.lock();
+        if self.pins.lock().contains_key(&blob.id) {
+            return Ok(false);
+        }
+        let used = match std::fs::metadata(&path) {
+            Ok(meta) => meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io("checking", e)),
+        };
+        if used != blob.used {
+            return Ok(false);
+        }
+        // The blob first: a media type left without it is a leftover the sweep removes.
+        std::fs::remove_file(&path).map_err(|e| io("evicting", e))?;
+        match std::fs::remove_file(self.type_path(&blob.id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::debug!(blob = %blob.id, error = %e, "An evicted blob's media type stays for the sweep.");
+            }
+            _ => {}
+        }
+        Ok(true)
     }
 }
 
@@ -378,6 +496,50 @@ mod tests {
             2,
             "the blob and its media type, no temporaries: {files:?}"
         );
+    }
+
+    #[test]
+    fn eviction_spares_pinned_and_freshly_used_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let old = store.put(b"old clip", "audio/wav").unwrap().id().clone();
+        let read = store
+            .put(b"clip read again", "audio/wav")
+            .unwrap()
+            .id()
+            .clone();
+        let pin = store
+            .put(b"clip whose row is being written", "audio/wav")
+            .unwrap();
+        // A temporary file of an interrupted store is no blob.
+        std::fs::write(
+            store
+                .path(&old)
+                .with_file_name(format!("{}.tmp-1", "d".repeat(62))),
+            b"half",
+        )
+        .unwrap();
+        let (mut found, errors) = store.inventory().unwrap();
+        assert_eq!(errors, 0);
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut want = vec![(old.clone(), 8), (read.clone(), 15), (pin.id().clone(), 31)];
+        want.sort();
+        let got: Vec<_> = found.iter().map(|b| (b.id.clone(), b.bytes)).collect();
+        assert_eq!(got, want, "each blob once, with its size");
+        let entry = |id: &BlobId| found.iter().find(|b| &b.id == id).unwrap().clone();
+        // Read after the inventory: its last use is newer than the one the pass ordered by.
+        std::thread::sleep(Duration::from_millis(20));
+        store.touch(&read);
+        assert!(!store.evict(&entry(&read)).unwrap(), "used again");
+        assert!(!store.evict(&entry(pin.id())).unwrap(), "pinned");
+        assert!(store.evict(&entry(&old)).unwrap());
+        assert!(store.get(&old).unwrap().is_none());
+        assert!(!store.type_path(&old).exists(), "its media type goes too");
+        assert!(!store.evict(&entry(&old)).unwrap(), "already gone");
+        assert!(store.get(&read).unwrap().is_some());
+        let id = pin.id().clone();
+        drop(pin);
+        assert!(store.evict(&entry(&id)).unwrap(), "unpinned");
     }
 
     #[test]

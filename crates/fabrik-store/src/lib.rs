@@ -46,7 +46,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-pub use blobs::{Blob, BlobPin, BlobStore, SweepReport};
+pub use blobs::{Blob, BlobPin, BlobStore, EvictionReport, SweepReport};
 pub use datafusion::arrow;
 pub use error::StoreError;
 
@@ -89,6 +89,9 @@ pub struct StoreOptions {
     pub wal_hold: Option<u64>,
     /// Segments in an S3-compatible bucket instead of `<data_dir>/segments` (decision 0048).
     pub objects: Option<objects::ObjectStorage>,
+    /// With `objects`: keep at most this many bytes of blobs on the disk; the least recently
+    /// used copies the bucket also holds are evicted past it ([`Store::evict_blobs`]).
+    pub local_blob_limit: Option<u64>,
 }
 
 impl StoreOptions {
@@ -108,6 +111,7 @@ impl StoreOptions {
             query_threads: 2,
             wal_hold: None,
             objects: None,
+            local_blob_limit: None,
         }
     }
 }
@@ -216,6 +220,8 @@ pub(crate) struct Shared {
     /// In a bucket: the prefix's marker and manifest copy (decision 0061).
     bucket: Option<Arc<objects::BucketClaim>>,
     flush_wanted: Notify,
+    /// A persist copied blobs to the bucket, which the eviction may now take off the disk.
+    evict_wanted: Notify,
     /// The sequence number of the last write applied (durable and queryable).
     applied: tokio::sync::watch::Sender<u64>,
     /// WAL records after this sequence number are kept past persistence (`u64::MAX`: none).
@@ -439,6 +445,7 @@ impl Store {
             objects: objects.clone(),
             bucket,
             flush_wanted: Notify::new(),
+            evict_wanted: Notify::new(),
             applied: tokio::sync::watch::Sender::new(persisted_seq),
             wal_hold: std::sync::atomic::AtomicU64::new(options.wal_hold.unwrap_or(u64::MAX)),
             last_rows_cache: Mutex::default(),
@@ -532,9 +539,16 @@ impl Store {
     /// node reads its clips again (decision 0061). `None` if neither has it.
     pub async fn blob(&self, id: &fabrik_core::BlobId) -> Result<Option<Blob>, StoreError> {
         let (blobs, lookup) = (self.blobs.clone(), id.clone());
-        let local = tokio::task::spawn_blocking(move || blobs.get(&lookup))
-            .await
-            .map_err(|e| StoreError::Internal(format!("blob read task: {e}")))??;
+        let evicting = self.evicts_blobs();
+        let local = tokio::task::spawn_blocking(move || {
+            let blob = blobs.get(&lookup)?;
+            if evicting && blob.is_some() {
+                blobs.touch(&lookup);
+            }
+            Ok::<_, StoreError>(blob)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("blob read task: {e}")))??;
         if local.is_some() {
             return Ok(local);
         }
@@ -555,6 +569,95 @@ impl Store {
             tracing::warn!(blob = %id, error = %e, "A blob read from the bucket could not be kept on the disk.");
         }
         Ok(Some(blob))
+    }
+
+    /// Whether blobs leave the disk past `[store.objects] local_blob_limit`.
+    fn evicts_blobs(&self) -> bool {
+        self.shared.bucket.is_some() && self.shared.options.local_blob_limit.is_some()
+    }
+
+    /// Keeps the blobs on the disk within `local_blob_limit`: past it, removes the disk's
+    /// copies of the least recently stored or read blobs that the bucket holds, until the rest
+    /// fit. A blob whose rows are not persisted yet is not in the bucket and stays, so the
+    /// disk can stay over the limit until the next persist. Nothing happens without a bucket
+    /// or a limit. Evicted blobs are read back from the bucket by [`Store::blob`].
+    pub async fn evict_blobs(&self) -> Result<EvictionReport, StoreError> {
+        let mut report = EvictionReport::default();
+        let (Some(limit), Some(claim)) = (
+            self.shared.options.local_blob_limit,
+            self.shared.bucket.as_ref(),
+        ) else {
+            return Ok(report);
+        };
+        let blobs = self.blobs.clone();
+        let (mut local, unreadable) = tokio::task::spawn_blocking(move || blobs.inventory())
+            .await
+            .map_err(|e| StoreError::Internal(format!("blob inventory task: {e}")))??;
+        report.errors += unreadable;
+        report.local_bytes = local.iter().map(|blob| blob.bytes).sum();
+        let mut left = report.local_bytes;
+        if left > limit {
+            // Once a restore elsewhere took the prefix over, its blobs are the new owner's to
+            // delete, so the bucket may not keep what this disk would give up.
+            claim.check_still_ours().await?;
+            // Least recently used first (ties by id, so a pass is repeatable).
+            local.sort_unstable();
+            for blob in local {
+                if left <= limit {
+                    break;
+                }
+                match claim.blob_size(&blob.id).await {
+                    Ok(Some(size)) if size == blob.bytes => {}
+                    Ok(Some(size)) => {
+                        tracing::warn!(blob = %blob.id, bucket_bytes = size, disk_bytes = blob.bytes, "The bucket's copy of a blob has another size than the disk's: the disk keeps it.");
+                        report.errors += 1;
+                        continue;
+                    }
+                    Ok(None) => {
+                        report.kept += 1;
+                        continue;
+                    }
+                    Err(e) => {
+                        // The bucket is unreachable: the next pass tries again.
+                        tracing::warn!(error = %e, "Blob eviction stopped.");
+                        report.errors += 1;
+                        break;
+                    }
+                }
+                let (blobs, candidate) = (self.blobs.clone(), blob.clone());
+                let evicted = tokio::task::spawn_blocking(move || blobs.evict(&candidate))
+                    .await
+                    .map_err(|e| StoreError::Internal(format!("blob eviction task: {e}")))?;
+                match evicted {
+                    Ok(true) => {
+                        left -= blob.bytes;
+                        report.evicted += 1;
+                        report.bytes_evicted += blob.bytes;
+                    }
+                    Ok(false) => report.kept += 1,
+                    Err(e) => {
+                        tracing::warn!(blob = %blob.id, error = %e, "Blob eviction: skipped a blob.");
+                        report.errors += 1;
+                    }
+                }
+            }
+        }
+        report.local_bytes_left = left;
+        metrics::gauge!("fabrik_blob_local_bytes").set(left as f64);
+        metrics::counter!("fabrik_blobs_evicted_total").increment(report.evicted);
+        metrics::counter!("fabrik_blob_bytes_evicted_total").increment(report.bytes_evicted);
+        if report.evicted > 0 || left > limit {
+            tracing::info!(
+                evicted = report.evicted,
+                bytes = report.bytes_evicted,
+                local_bytes = left,
+                limit,
+                kept = report.kept,
+                errors = report.errors,
+                "Blob eviction: least recently used copies the bucket holds left the disk."
+            );
+        }
+        Ok(report)
     }
 
     /// The options the store runs with.
@@ -1004,6 +1107,9 @@ impl Store {
                 .frozen_bytes
                 .store(left as u64, std::sync::atomic::Ordering::Relaxed);
         }
+        if written > 0 && self.evicts_blobs() {
+            self.shared.evict_wanted.notify_one();
+        }
         let persisted = manifest.persisted_seq;
         let removed = self.delete_persisted_wal(persisted).await?;
         metrics::counter!("fabrik_store_segments_written_total").increment(written as u64);
@@ -1316,8 +1422,9 @@ impl Store {
         condition
     }
 
-    /// Runs persistence, compaction and the blob sweep until `stop` is cancelled. The sweep
-    /// runs beside the other two, so its queries never hold up a flush.
+    /// Runs persistence, compaction, the blob sweep and the blob eviction (after each persist
+    /// and sweep) until `stop` is cancelled. Sweep and eviction run beside the other two, so
+    /// their queries and bucket requests never hold up a flush.
     pub async fn run_background(self: Arc<Self>, stop: CancellationToken) {
         let mut flush = tokio::time::interval(self.shared.options.flush_interval);
         let mut compaction = tokio::time::interval(self.shared.options.compaction_interval);
@@ -1345,6 +1452,19 @@ impl Store {
                             () = stop.cancelled() => break,
                             result = self.sweep_blobs() => {
                                 self.log_failure("blob sweep", result.map(|_| ()));
+                            }
+                        }
+                        // Also after a sweep: a pass that stopped at an unreachable bucket
+                        // is tried again, and blobs read back since are counted.
+                        if self.evicts_blobs() {
+                            self.shared.evict_wanted.notify_one();
+                        }
+                    }
+                    () = self.shared.evict_wanted.notified() => {
+                        tokio::select! {
+                            () = stop.cancelled() => break,
+                            result = self.evict_blobs() => {
+                                self.log_failure("blob eviction", result.map(|_| ()));
                             }
                         }
                     }

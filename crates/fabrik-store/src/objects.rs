@@ -484,6 +484,16 @@ impl BucketClaim {
         Ok(true)
     }
 
+    /// The size of blob `id` in the bucket, or `None` if it is not there.
+    pub(crate) async fn blob_size(&self, id: &BlobId) -> Result<Option<u64>, StoreError> {
+        let path = self.blob_path(id);
+        match self.bucket.head(&path).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(objects_error(&self.url, format!("checking {path}: {e}"))),
+        }
+    }
+
     /// Blob `id` from the bucket, or `None` if it is not there.
     pub(crate) async fn fetch_blob(&self, id: &BlobId) -> Result<Option<Blob>, StoreError> {
         let path = self.blob_path(id);

@@ -249,6 +249,7 @@ pub(crate) fn store_options(s: &Settings) -> StoreOptions {
                 region: o.region.clone(),
                 allow_http: o.allow_http,
             }),
+        local_blob_limit: s.objects.as_ref().and_then(|o| o.local_blob_limit),
     }
 }
 

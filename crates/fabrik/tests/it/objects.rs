@@ -629,3 +629,112 @@ fn blobs_go_to_the_bucket_with_their_listing_and_come_back_after_a_restore() {
     // Read once from the bucket, kept on the new disk (each blob and its media type).
     assert_eq!(files_under(&new.join("blobs")), 4);
 }
+
+/// Past `[store.objects] local_blob_limit` the disk gives up the least recently stored or read
+/// blobs the bucket holds, and the API reads them back from the bucket; a blob the bucket does
+/// not hold stays on the disk, however old. The bucket's sweep keeps the evicted blobs the rows
+/// still name.
+#[test]
+fn blobs_past_the_local_limit_leave_the_disk_least_recently_used_first() {
+    use crate::clips::{get_blob, post_blob};
+    let dir = tempfile::tempdir().expect("dir");
+    let (_s3, endpoint) = s3_with_plant_bucket();
+    let mut env = objects_env(&endpoint, "s3://plant/line-6");
+    // No sweep before the last part (it copies live blobs the bucket lacks there): only the
+    // persists the test asks for start an eviction pass.
+    env.push((
+        "FABRIK__STORE__OBJECTS__LOCAL_BLOB_LIMIT",
+        "25KB".to_owned(),
+    ));
+    let data = dir.path().join("data");
+    let node = start(&data, &env);
+    let now = crate::support::now_ns();
+    let on_disk = |id: &str| {
+        let hex = id.trim_start_matches("sha256:");
+        data.join("blobs/sha256")
+            .join(&hex[..2])
+            .join(&hex[2..])
+            .exists()
+    };
+    let key = |id: &str| {
+        let hex = id.trim_start_matches("sha256:");
+        format!("line-6/blobs/sha256/{}/{}", &hex[..2], &hex[2..])
+    };
+    let frames: Vec<(String, Vec<u8>)> = (1..=4_u8)
+        .map(|k| {
+            let bytes = vec![k; 10_000];
+            let time = now - i64::from(10 - k) * 1_000_000_000;
+            let (status, answer) = post_blob(
+                &node.url,
+                &format!("table=camera&device=press-01&signal=frame&time={time}"),
+                "image/png",
+                bytes.clone(),
+            );
+            assert_eq!(status, 201, "{answer}");
+            // Distinct modification times, which order the eviction.
+            std::thread::sleep(Duration::from_millis(20));
+            (answer["id"].as_str().expect("id").to_owned(), bytes)
+        })
+        .collect();
+    let id = |k: usize| frames[k - 1].0.as_str();
+    let read = |k: usize| {
+        let (status, media, bytes) = get_blob(&node.url, id(k));
+        assert_eq!((status, media.as_str()), (200, "image/png"), "frame {k}");
+        assert!(
+            bytes == frames[k - 1].1,
+            "frame {k} came back with other bytes"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Frame 1 read again: now the most recently used.
+    read(1);
+    // 40 kB over a 25 kB limit, but none is in the bucket before a persist.
+    assert!((1..=4).all(|k| on_disk(id(k))));
+    admin(&node.url, "persist");
+    let metric = |name: &str| crate::support::metric(&node.url, name);
+    // The counters move at the end of a pass, after the files went.
+    crate::mqtt::eventually("frames 2 and 3 leave the disk, 1 and 4 stay", || {
+        metric("fabrik_blobs_evicted_total") == Some(2.0)
+            && metric("fabrik_blob_local_bytes") == Some(20_000.0)
+    });
+    assert!(!on_disk(id(2)) && !on_disk(id(3)) && on_disk(id(1)) && on_disk(id(4)));
+
+    // Frame 4, the least recently used now, is no longer in the bucket (removed by hand). The
+    // evicted frames come back from the bucket whole and are kept on the disk again.
+    delete_object(&endpoint, "plant", &key(id(4)));
+    read(2);
+    read(3);
+    assert!((1..=4).all(|k| on_disk(id(k))));
+    // The next persist's pass: frame 4 stays, as the only copy; 1 and 2 go, 3 fits.
+    assert_eq!(
+        post_status(&node.url, "/api/v1/write", &format!("m,dev=d0 v=1 {now}\n")),
+        200
+    );
+    admin(&node.url, "persist");
+    crate::mqtt::eventually("frames 1 and 2 leave the disk, 3 and 4 stay", || {
+        metric("fabrik_blobs_evicted_total") == Some(4.0)
+    });
+    assert!(!on_disk(id(1)) && !on_disk(id(2)) && on_disk(id(3)) && on_disk(id(4)));
+    assert_eq!(metric("fabrik_blob_local_bytes"), Some(20_000.0));
+    drop(node);
+
+    // Sweeps with a short minimum age delete bucket blobs no row names; the evicted frames
+    // are named, and stay. The sweep copies frame 4 back to the bucket, as a live blob the
+    // bucket lacks.
+    env.extend([
+        ("FABRIK__STORE__BLOB_SWEEP_INTERVAL", "1s".to_owned()),
+        ("FABRIK__STORE__BLOB_MIN_AGE", "1s".to_owned()),
+    ]);
+    let node = start(&data, &env);
+    crate::mqtt::eventually("the sweep copies frame 4 back", || {
+        keys(&endpoint, "plant", "line-6/blobs/").contains(&key(id(4)))
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let there = keys(&endpoint, "plant", "line-6/blobs/");
+    assert_eq!(there.len(), 4, "{there:?}");
+    for (id, bytes) in &frames {
+        let (status, _, served) = get_blob(&node.url, id);
+        assert_eq!(status, 200, "{id}");
+        assert!(served == *bytes, "{id}: other bytes");
+    }
+}
