@@ -26,13 +26,17 @@ pub type PublishFuture<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + S
 /// Publishes MQTT messages for the MQTT notifier: the process's own endpoint or a client of an
 /// external broker, supplied by whoever wires the modules together.
 pub trait Publish: Send + Sync {
-    /// Publishes one message; resolves once the broker has it (QoS 1: acknowledged).
+    /// Publishes one message; resolves once the broker has it (QoS 1: acknowledged). An
+    /// MQTT 5 publisher sends `traceparent` (a checked W3C trace context) as the user property
+    /// of that name, as the W3C's MQTT binding of Trace Context has it; an MQTT 3.1.1 one has
+    /// nowhere to put it.
     fn publish<'a>(
         &'a self,
         topic: &'a str,
         payload: Vec<u8>,
         qos: u8,
         retain: bool,
+        traceparent: Option<&'a str>,
     ) -> PublishFuture<'a>;
 }
 
@@ -1013,17 +1017,20 @@ pub fn propagate_trace_context(current: fn() -> Option<String>) {
 /// out unless it is a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`): nothing else may
 /// reach a header line.
 fn with_trace_header(text: String, traceparent: Option<String>) -> String {
-    let valid = |tp: &str| {
-        let parts: Vec<&str> = tp.split('-').collect();
-        parts.len() == 4
-            && [2, 32, 16, 2].iter().zip(&parts).all(|(len, part)| {
-                part.len() == *len && part.bytes().all(|b| b.is_ascii_hexdigit())
-            })
-    };
     match traceparent {
-        Some(tp) if valid(&tp) => format!("Traceparent: {tp}\r\n{text}"),
+        Some(tp) if is_traceparent(&tp) => format!("Traceparent: {tp}\r\n{text}"),
         _ => text,
     }
+}
+
+/// Whether `text` has the form of a W3C `traceparent`: `00-<32 hex>-<16 hex>-<2 hex>`.
+fn is_traceparent(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('-').collect();
+    parts.len() == 4
+        && [2, 32, 16, 2]
+            .iter()
+            .zip(&parts)
+            .all(|(len, part)| part.len() == *len && part.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Delivers one payload. `Ok` holds what the receiver took it with but reported: the
@@ -1098,8 +1105,16 @@ async fn deliver_once(notifier: &Notifier, payload: &str) -> Result<Vec<String>,
             };
             let message: serde_json::Value = serde_json::from_str(payload)
                 .map_err(|e| failed(format!("queued payload is not JSON: {e}")))?;
+            let traceparent = TRACE_CONTEXT
+                .get()
+                .and_then(|current| current())
+                .filter(|tp| is_traceparent(tp));
+            let traceparent = traceparent.as_deref();
             let publish = |topic: String, body: Vec<u8>| async move {
-                tokio::time::timeout(*timeout, publisher.0.publish(&topic, body, *qos, *retain))
+                let sent = publisher
+                    .0
+                    .publish(&topic, body, *qos, *retain, traceparent);
+                tokio::time::timeout(*timeout, sent)
                     .await
                     .map_err(|_| {
                         failed(format!("publish to `{topic}` took longer than {timeout:?}"))

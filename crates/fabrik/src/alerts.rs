@@ -18,7 +18,7 @@ use fabrik_api::alert_rules::{
 };
 use fabrik_api::control::{ControlError, DryRun, describe_problems};
 use fabrik_connect::client::{ClientEvent, ClientOptions, ClientTls, MqttClient};
-use fabrik_connect::mqtt::broker::{Broker, Message};
+use fabrik_connect::mqtt::broker::{Broker, Message, PublishProperties};
 use fabrik_core::Timestamp;
 use fabrik_runtime::ServiceHandle;
 use fabrik_runtime::config::{AlertRuleConfig, Config, NotifierConfig};
@@ -710,13 +710,18 @@ impl fabrik_alert::Publish for EmbeddedPublisher {
         payload: Vec<u8>,
         qos: u8,
         retain: bool,
+        traceparent: Option<&'a str>,
     ) -> fabrik_alert::PublishFuture<'a> {
+        let properties = traceparent.map(|tp| PublishProperties {
+            user_properties: vec![("traceparent".into(), tp.into())],
+            ..PublishProperties::default()
+        });
         let message = Message {
             topic: Arc::from(topic),
             payload: payload.into(),
             qos,
             retain,
-            properties: None,
+            properties,
             expires_at: None,
             publisher: None,
         };
@@ -735,6 +740,8 @@ impl fabrik_alert::Publish for ClientPublisher {
         payload: Vec<u8>,
         qos: u8,
         retain: bool,
+        // The client speaks MQTT 3.1.1, whose messages carry no properties.
+        _traceparent: Option<&'a str>,
     ) -> fabrik_alert::PublishFuture<'a> {
         Box::pin(self.0.publish(topic, payload, qos, retain))
     }

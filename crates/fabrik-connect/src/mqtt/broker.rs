@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use bytestring::ByteString;
 use parking_lot::Mutex;
-use rmqtt_codec::v5::PublishProperties;
+/// A message's MQTT 5 properties (re-exported: in-process publishers set them too).
+pub use rmqtt_codec::v5::PublishProperties;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 

@@ -220,3 +220,95 @@ timeout = "2s"
     assert_eq!(delivery["name"], "alert notification ops", "{delivery}");
     assert_eq!(delivery["kind"], 3, "a client span: {delivery}");
 }
+
+/// An MQTT notification published on this process's endpoint carries the `traceparent` of
+/// its delivery as an MQTT 5 user property (the W3C's MQTT binding of Trace Context), which an
+/// MQTT 5 subscriber (mosquitto_sub) reads.
+#[test]
+fn an_mqtt_notification_carries_the_trace_of_its_delivery() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("spans.jsonl");
+    let (port, _collector) = collector(&out);
+    let config = format!(
+        r#"
+[traces]
+otlp_endpoint = "http://127.0.0.1:{port}"
+
+[[alerting.rules]]
+name = "oven-hot"
+table = "oven"
+value = "celsius"
+key = "device"
+condition = "above"
+threshold = 80.0
+interval = "200ms"
+start = "earliest"
+
+[[alerting.notifiers]]
+name = "scada"
+kind = "mqtt"
+topic = "plant/alerts/{{rule}}/{{device}}"
+retain = true
+"#
+    );
+    let p = crate::support::start_configured(dir.path(), &config);
+    let mqtt = p.mqtt.clone().expect("the MQTT endpoint");
+    let (host, mqtt_port) = mqtt.rsplit_once(':').expect("host:port");
+    let line = format!(
+        "oven,device=oven-1 celsius=95 {}\n",
+        crate::support::now_ns()
+    );
+    assert_eq!(
+        crate::support::post_status(&p.url, "/api/v1/write", &line),
+        200
+    );
+    // Retained: the subscriber finds the notification whenever it connects.
+    let mut printed = String::new();
+    eventually("the retained notification with its user properties", || {
+        let sub = Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                host,
+                "-p",
+                mqtt_port,
+                "-V",
+                "mqttv5",
+                "-u",
+                "admin",
+                "-P",
+                TOKEN,
+                "-t",
+                "plant/alerts/#",
+                "-F",
+                "%t|%P",
+                "-C",
+                "1",
+                "-W",
+                "5",
+            ])
+            .output()
+            .expect("mosquitto_sub");
+        printed = String::from_utf8_lossy(&sub.stdout).trim().to_owned();
+        !printed.is_empty()
+    });
+    let (topic, properties) = printed.split_once('|').expect("topic|properties");
+    assert_eq!(topic, "plant/alerts/oven-hot/oven-1");
+    let traceparent = properties
+        .split(' ')
+        .find_map(|property| property.strip_prefix("traceparent:"))
+        .unwrap_or_else(|| panic!("no traceparent user property in `{properties}`"));
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    assert_eq!((parts[0], parts[3]), ("00", "01"), "{traceparent}");
+    // The subscriber's parent is the delivery's span, as exported to the collector.
+    eventually("the delivery's span at the collector", || {
+        spans(&out)
+            .iter()
+            .any(|s| s["trace_id"] == parts[1] && s["span_id"] == parts[2])
+    });
+    let delivery = spans(&out)
+        .into_iter()
+        .find(|s| s["span_id"] == parts[2])
+        .expect("span");
+    assert_eq!(delivery["name"], "alert notification scada", "{delivery}");
+}
