@@ -2,12 +2,13 @@
 //! of a table so SQL finds them and pipelines read them (WAV clips as signals).
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::{Json, body::Body};
 use fabrik_core::blob::WAV_MEDIA_TYPE;
 use fabrik_core::wav::{self, WavInfo};
 use fabrik_core::{BlobId, BlobRow, Lineage, SourceId, Timestamp};
+use fabrik_store::{ByteRange, RangeRead};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -194,23 +195,103 @@ pub(crate) async fn put_blob(
 }
 
 #[utoipa::path(get, path = "/api/v1/blobs/{id}", tag = "query", security(("token" = [])),
-    params(("id" = String, Path, description = "`sha256:<64 hex digits>`, as a row names it")),
-    responses((status = 200, description = "the bytes as stored, with their media type", body = Vec<u8>, content_type = "application/octet-stream"),
+    params(("id" = String, Path, description = "`sha256:<64 hex digits>`, as a row names it"),
+           ("Range" = Option<String>, Header, description = "One range of bytes (`bytes=0-1023`, `bytes=1024-`, `bytes=-512`), as players of audio and video ask for them. Several ranges, or one that cannot be parsed, are ignored and the whole blob is sent (RFC 9110 §14.2)."),
+           ("If-Range" = Option<String>, Header, description = "The ETag the client holds: the range is sent only if it still names this blob, else the whole blob"),
+           ("If-None-Match" = Option<String>, Header, description = "ETags the client holds: 304 if one is this blob's")),
+    responses((status = 200, description = "the bytes as stored, with their media type; `ETag` is the blob id, quoted", body = Vec<u8>, content_type = "application/octet-stream"),
+              (status = 206, description = "the range asked for, with `Content-Range`", body = Vec<u8>, content_type = "application/octet-stream"),
+              (status = 304, description = "the client's copy (`If-None-Match`) is this blob"),
               (status = 400, description = "not a blob id", body = crate::error::ErrorBody),
               (status = 404, description = "no such blob", body = crate::error::ErrorBody),
+              (status = 416, description = "the range names no byte of the blob; `Content-Range: bytes */<length>`", body = crate::error::ErrorBody),
               (status = 503, description = "not on the disk, and the object storage bucket that holds the store's blobs did not answer (decision 0061)", body = crate::error::ErrorBody)))]
 pub(crate) async fn get_blob(
     State(state): State<ApiState>,
     Query(_options): Query<crate::control::NoOptions>,
     Path(id): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
+    method: Method,
+    request: HeaderMap,
+) -> Result<Response, ApiError> {
     let id = BlobId::parse(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let blob = state.store.blob(&id).await?.ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no blob {id}"))
-    })?;
-    // Blobs are served on the dashboard's origin: a stored HTML or SVG file must never run
-    // as a page there, so it is not sniffed, is sandboxed, and is a download unless audio or
-    // a raster image.
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no blob {id}"));
+    // The id is the hash of the bytes: a strong validator that never changes.
+    let etag = format!("\"{id}\"");
+    let header_text = |name| {
+        request
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(header::ETAG, header_value(&etag)?);
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    // Cached, but asked about each time: an erased blob must stop being served (GDPR), and
+    // a revalidation costs a 304 without the bytes.
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
+    if header_text(header::IF_NONE_MATCH).is_some_and(|tags| any_tag_matches(tags, &etag)) {
+        state.store.blob_meta(&id).await?.ok_or_else(not_found)?;
+        return Ok((StatusCode::NOT_MODIFIED, headers).into_response());
+    }
+    if method == Method::HEAD {
+        // The length without reading the bytes, from the bucket too.
+        let meta = state.store.blob_meta(&id).await?.ok_or_else(not_found)?;
+        describe(&mut headers, &meta.content_type)?;
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.length));
+        return Ok((StatusCode::OK, headers).into_response());
+    }
+    let range = header_text(header::RANGE)
+        .and_then(parse_range)
+        .filter(|_| header_text(header::IF_RANGE).is_none_or(|tag| tag.trim() == etag));
+    let Some(range) = range else {
+        let blob = state.store.blob(&id).await?.ok_or_else(not_found)?;
+        describe(&mut headers, &blob.content_type)?;
+        return Ok((StatusCode::OK, headers, blob.bytes).into_response());
+    };
+    match state
+        .store
+        .blob_range(&id, range)
+        .await?
+        .ok_or_else(not_found)?
+    {
+        RangeRead::Part(part) => {
+            describe(&mut headers, &part.meta.content_type)?;
+            let content_range = format!(
+                "bytes {}-{}/{}",
+                part.range.start,
+                part.range.end - 1,
+                part.meta.length
+            );
+            headers.insert(header::CONTENT_RANGE, header_value(&content_range)?);
+            Ok((StatusCode::PARTIAL_CONTENT, headers, part.bytes).into_response())
+        }
+        RangeRead::Unsatisfiable(meta) => {
+            let mut answer = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                format!(
+                    "the range `{}` names no byte of blob {id}, which is {} bytes long",
+                    header_text(header::RANGE).unwrap_or_default(),
+                    meta.length
+                ),
+            )
+            .into_response();
+            answer.headers_mut().extend(headers);
+            answer.headers_mut().insert(
+                header::CONTENT_RANGE,
+                header_value(&format!("bytes */{}", meta.length))?,
+            );
+            Ok(answer)
+        }
+    }
+}
+
+/// The headers that say what a blob is and how a browser may show it. Blobs are served on
+/// the dashboard's origin: a stored HTML or SVG file must never run as a page there, so it is
+/// not sniffed, is sandboxed, and is a download unless audio or a raster image.
+fn describe(headers: &mut HeaderMap, content_type: &str) -> Result<(), ApiError> {
     let inline = [
         "audio/",
         "image/png",
@@ -219,22 +300,131 @@ pub(crate) async fn get_blob(
         "image/webp",
     ]
     .iter()
-    .any(|prefix| blob.content_type.starts_with(prefix));
-    let disposition = if inline { "inline" } else { "attachment" };
-    Ok((
-        [
-            (header::CONTENT_TYPE, blob.content_type),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
-            (header::CONTENT_SECURITY_POLICY, "sandbox".to_owned()),
-            (header::CONTENT_DISPOSITION, disposition.to_owned()),
-        ],
-        blob.bytes,
-    ))
+    .any(|prefix| content_type.starts_with(prefix));
+    headers.insert(header::CONTENT_TYPE, header_value(content_type)?);
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox"),
+    );
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static(if inline { "inline" } else { "attachment" }),
+    );
+    Ok(())
+}
+
+fn header_value(text: &str) -> Result<HeaderValue, ApiError> {
+    HeaderValue::from_str(text).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("header `{text}`: {e}"),
+        )
+    })
+}
+
+/// The one byte range a `Range` header names, or `None` when it is to be ignored and the
+/// whole blob sent: another unit, several ranges (allowed by RFC 9110 §14.2, and simpler for
+/// clients than a multipart answer), or a value that does not parse.
+fn parse_range(value: &str) -> Option<ByteRange> {
+    let (unit, set) = value.split_once('=')?;
+    if !unit.trim().eq_ignore_ascii_case("bytes") {
+        return None;
+    }
+    let mut specs = set
+        .split(',')
+        .map(str::trim)
+        .filter(|spec| !spec.is_empty());
+    let spec = specs.next()?;
+    if specs.next().is_some() {
+        return None;
+    }
+    let (first, last) = spec.split_once('-')?;
+    let position = |digits: &str| {
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        // More digits than a u64 holds still name a position past any blob's end.
+        Some(digits.parse::<u64>().unwrap_or(u64::MAX))
+    };
+    if first.is_empty() {
+        return Some(ByteRange::Suffix(position(last)?));
+    }
+    let first = position(first)?;
+    if last.is_empty() {
+        return Some(ByteRange::From { first, last: None });
+    }
+    let last = position(last)?;
+    (last >= first).then_some(ByteRange::From {
+        first,
+        last: Some(last),
+    })
+}
+
+/// Whether an `If-None-Match` list names `etag` (weak comparison, RFC 9110 §13.1.2), or is `*`.
+fn any_tag_matches(tags: &str, etag: &str) -> bool {
+    tags.split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == etag)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_byte_range_is_read_from_a_range_header_and_the_rest_is_ignored() {
+        let from = |first, last| Some(ByteRange::From { first, last });
+        assert_eq!(parse_range("bytes=0-499"), from(0, Some(499)));
+        assert_eq!(parse_range("Bytes = 500- "), from(500, None));
+        assert_eq!(parse_range("bytes=-512"), Some(ByteRange::Suffix(512)));
+        assert_eq!(parse_range("bytes=, 7-7 ,"), from(7, Some(7)));
+        assert_eq!(
+            parse_range("bytes=0-99999999999999999999999"),
+            from(0, Some(u64::MAX))
+        );
+        for ignored in [
+            "bytes=0-1,4-5",
+            "bytes=5-4",
+            "bytes=-",
+            "bytes=a-b",
+            "bytes=+1-2",
+            "bytes=1",
+            "items=0-1",
+            "0-1",
+            "bytes=",
+        ] {
+            assert_eq!(parse_range(ignored), None, "{ignored}");
+        }
+    }
+
+    #[test]
+    fn ranges_resolve_against_the_blob_length() {
+        let from = |first, last| ByteRange::From { first, last };
+        assert_eq!(from(0, Some(499)).resolve(100), Some(0..100));
+        assert_eq!(from(10, None).resolve(100), Some(10..100));
+        assert_eq!(from(99, Some(99)).resolve(100), Some(99..100));
+        assert_eq!(from(100, None).resolve(100), None);
+        assert_eq!(from(0, Some(u64::MAX)).resolve(100), Some(0..100));
+        assert_eq!(ByteRange::Suffix(30).resolve(100), Some(70..100));
+        assert_eq!(ByteRange::Suffix(300).resolve(100), Some(0..100));
+        assert_eq!(ByteRange::Suffix(0).resolve(100), None);
+        assert_eq!(ByteRange::Suffix(5).resolve(0), None);
+        assert_eq!(from(0, None).resolve(0), None);
+    }
+
+    #[test]
+    fn if_none_match_compares_weakly_and_takes_a_star() {
+        let etag = "\"sha256:ab\"";
+        assert!(any_tag_matches("\"x\", W/\"sha256:ab\"", etag));
+        assert!(any_tag_matches("*", etag));
+        assert!(!any_tag_matches("\"sha256:abc\"", etag));
+        assert!(!any_tag_matches("sha256:ab", etag));
+    }
 
     #[test]
     fn wav_media_types_are_recognised_with_parameters_and_any_case() {

@@ -9,7 +9,7 @@
 //! `Store::blob` reads them back from it (decision 0061).
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -224,18 +224,127 @@ impl BlobStore {
 
     /// The blob, or `None` if there is no such blob. Blocking.
     pub fn get(&self, id: &BlobId) -> Result<Option<Blob>, StoreError> {
-        let bytes = match std::fs::read(self.path(id)) {
-            Ok(bytes) => bytes,
+        let Some((mut file, meta)) = self.open_blob(id)? else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::with_capacity(usize::try_from(meta.length).unwrap_or(0));
+        file.read_to_end(&mut bytes)
+            .map_err(|e| StoreError::io(format!("reading blob {id}"), e))?;
+        Ok(Some(Blob {
+            bytes,
+            content_type: meta.content_type,
+        }))
+    }
+
+    /// The blob's media type and length, or `None` if there is no such blob. Blocking.
+    pub fn meta(&self, id: &BlobId) -> Result<Option<BlobMeta>, StoreError> {
+        Ok(self.open_blob(id)?.map(|(_, meta)| meta))
+    }
+
+    /// The bytes of the blob that `range` names, read from the disk without the rest, or
+    /// `None` if there is no such blob. Blocking.
+    pub fn get_range(
+        &self,
+        id: &BlobId,
+        range: ByteRange,
+    ) -> Result<Option<RangeRead>, StoreError> {
+        let Some((mut file, meta)) = self.open_blob(id)? else {
+            return Ok(None);
+        };
+        let Some(range) = range.resolve(meta.length) else {
+            return Ok(Some(RangeRead::Unsatisfiable(meta)));
+        };
+        let io = |e| StoreError::io(format!("reading bytes {range:?} of blob {id}"), e);
+        file.seek(SeekFrom::Start(range.start)).map_err(io)?;
+        let mut bytes = vec![0; usize::try_from(range.end - range.start).unwrap_or(0)];
+        file.read_exact(&mut bytes).map_err(io)?;
+        Ok(Some(RangeRead::Part(BlobPart { meta, range, bytes })))
+    }
+
+    /// The blob's file, open, with its media type and length. The media type is read first:
+    /// `put` writes it before the blob and `evict` removes it after, so a blob found after
+    /// its media type was read is one the media type belongs to, even if it is evicted while
+    /// being read (the open file stays readable).
+    fn open_blob(&self, id: &BlobId) -> Result<Option<(std::fs::File, BlobMeta)>, StoreError> {
+        let content_type = std::fs::read_to_string(self.type_path(id))
+            .unwrap_or_else(|_| "application/octet-stream".into());
+        let file = match std::fs::File::open(self.path(id)) {
+            Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StoreError::io(format!("reading blob {id}"), e)),
         };
-        let content_type = std::fs::read_to_string(self.type_path(id))
-            .unwrap_or_else(|_| "application/octet-stream".into());
-        Ok(Some(Blob {
-            bytes,
-            content_type,
-        }))
+        let length = file
+            .metadata()
+            .map_err(|e| StoreError::io(format!("reading blob {id}"), e))?
+            .len();
+        Ok(Some((
+            file,
+            BlobMeta {
+                content_type,
+                length,
+            },
+        )))
     }
+}
+
+/// Bytes of a blob as a client names them (RFC 9110 §14.1.2), before they are resolved
+/// against its length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// From byte `first` to byte `last` (inclusive), or to the end when `last` is `None`.
+    From {
+        /// The first byte wanted, counted from 0.
+        first: u64,
+        /// The last byte wanted; past the end means the end.
+        last: Option<u64>,
+    },
+    /// The last this many bytes (all of them if the blob is shorter).
+    Suffix(u64),
+}
+
+impl ByteRange {
+    /// The bytes of a blob of `length` bytes that this names, as a half-open range clipped to
+    /// its end; `None` when it names none of them (RFC 9110's unsatisfiable range).
+    pub fn resolve(self, length: u64) -> Option<std::ops::Range<u64>> {
+        match self {
+            Self::From { first, last } => {
+                let end = last.map_or(length, |last| last.saturating_add(1).min(length));
+                (first < end).then_some(first..end)
+            }
+            Self::Suffix(count) => {
+                (count > 0 && length > 0).then(|| length.saturating_sub(count)..length)
+            }
+        }
+    }
+}
+
+/// What a blob is, without its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobMeta {
+    /// The media type given when it was first stored.
+    pub content_type: String,
+    /// Its length in bytes.
+    pub length: u64,
+}
+
+/// Some of a blob's bytes.
+#[derive(Debug, Clone)]
+pub struct BlobPart {
+    /// The whole blob's media type and length.
+    pub meta: BlobMeta,
+    /// Which bytes `bytes` holds (half-open).
+    pub range: std::ops::Range<u64>,
+    /// The bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// What a read of a range of a blob found.
+#[derive(Debug, Clone)]
+pub enum RangeRead {
+    /// The bytes the range names.
+    Part(BlobPart),
+    /// The range names no byte of the blob (it starts past the end, or the blob is empty).
+    Unsatisfiable(BlobMeta),
 }
 
 impl BlobStore {
@@ -243,6 +352,9 @@ impl BlobStore {
     /// (least recently used first). Best effort: a blob gone meanwhile has nothing to mark.
     /// Blocking.
     pub(crate) fn touch(&self, id: &BlobId) {
+        // Under the lock `evict` decides under, so a pass that listed the blob before this
+        // use sees the new time and spares it.
+        let _refresh = self.refresh.lock();
         let touched = std::fs::OpenOptions::new()
             .write(true)
             .open(self.path(id))

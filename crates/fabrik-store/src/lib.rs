@@ -46,7 +46,9 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-pub use blobs::{Blob, BlobPin, BlobStore, EvictionReport, SweepReport};
+pub use blobs::{
+    Blob, BlobMeta, BlobPart, BlobPin, BlobStore, ByteRange, EvictionReport, RangeRead, SweepReport,
+};
 pub use datafusion::arrow;
 pub use error::StoreError;
 
@@ -58,6 +60,10 @@ use crate::schema::{Catalog, ColumnKind};
 use crate::segments::Objects;
 use crate::series_cache::SeriesCache;
 use crate::wal::{WalCommand, WalSink};
+
+/// How often a long eviction pass checks again that no restore elsewhere took the bucket
+/// prefix over (decision 0062).
+const FENCE_RECHECK: Duration = Duration::from_secs(2);
 
 /// How the store is set up.
 #[derive(Debug, Clone)]
@@ -571,6 +577,54 @@ impl Store {
         Ok(Some(blob))
     }
 
+    /// The media type and length of blob `id`: from the data directory, else from the bucket
+    /// (a HEAD). `None` if neither has it.
+    pub async fn blob_meta(
+        &self,
+        id: &fabrik_core::BlobId,
+    ) -> Result<Option<BlobMeta>, StoreError> {
+        let (blobs, lookup) = (self.blobs.clone(), id.clone());
+        let local = tokio::task::spawn_blocking(move || blobs.meta(&lookup))
+            .await
+            .map_err(|e| StoreError::Internal(format!("blob read task: {e}")))??;
+        if local.is_some() {
+            return Ok(local);
+        }
+        match &self.shared.bucket {
+            Some(bucket) => bucket.fetch_blob_meta(id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// The bytes of blob `id` that `range` names: from the data directory, else from the
+    /// bucket in a ranged read, which does not bring the blob back to the disk (a player
+    /// seeking through a long recording would otherwise refill the disk an eviction just
+    /// freed). `None` if neither has it.
+    pub async fn blob_range(
+        &self,
+        id: &fabrik_core::BlobId,
+        range: ByteRange,
+    ) -> Result<Option<RangeRead>, StoreError> {
+        let (blobs, lookup) = (self.blobs.clone(), id.clone());
+        let evicting = self.evicts_blobs();
+        let local = tokio::task::spawn_blocking(move || {
+            let read = blobs.get_range(&lookup, range)?;
+            if evicting && read.is_some() {
+                blobs.touch(&lookup);
+            }
+            Ok::<_, StoreError>(read)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("blob read task: {e}")))??;
+        if local.is_some() {
+            return Ok(local);
+        }
+        match &self.shared.bucket {
+            Some(bucket) => bucket.fetch_blob_range(id, range).await,
+            None => Ok(None),
+        }
+    }
+
     /// Whether blobs leave the disk past `[store.objects] local_blob_limit`.
     fn evicts_blobs(&self) -> bool {
         self.shared.bucket.is_some() && self.shared.options.local_blob_limit.is_some()
@@ -581,7 +635,11 @@ impl Store {
     /// fit. A blob whose rows are not persisted yet is not in the bucket and stays, so the
     /// disk can stay over the limit until the next persist. Nothing happens without a bucket
     /// or a limit. Evicted blobs are read back from the bucket by [`Store::blob`].
-    pub async fn evict_blobs(&self) -> Result<EvictionReport, StoreError> {
+    ///
+    /// Runs only in the maintenance loop, taking turns with the sweeps: a pass during a
+    /// bucket sweep could evict a blob a new row names just after the sweep found it named by
+    /// none, and the sweep would then delete the bucket's copy, the last one.
+    pub(crate) async fn evict_blobs(&self) -> Result<EvictionReport, StoreError> {
         let mut report = EvictionReport::default();
         let (Some(limit), Some(claim)) = (
             self.shared.options.local_blob_limit,
@@ -600,11 +658,17 @@ impl Store {
             // Once a restore elsewhere took the prefix over, its blobs are the new owner's to
             // delete, so the bucket may not keep what this disk would give up.
             claim.check_still_ours().await?;
+            let mut fence_checked = std::time::Instant::now();
             // Least recently used first (ties by id, so a pass is repeatable).
             local.sort_unstable();
             for blob in local {
                 if left <= limit {
                     break;
+                }
+                // A long pass looks again, so a restore elsewhere stops it within seconds.
+                if fence_checked.elapsed() >= FENCE_RECHECK {
+                    claim.check_still_ours().await?;
+                    fence_checked = std::time::Instant::now();
                 }
                 match claim.blob_size(&blob.id).await {
                     Ok(Some(size)) if size == blob.bytes => {}

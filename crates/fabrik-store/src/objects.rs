@@ -17,14 +17,14 @@ use futures::StreamExt as _;
 
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    Attribute, AttributeValue, Attributes, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
-    PutPayload,
+    Attribute, AttributeValue, Attributes, GetOptions, GetRange, GetResult, ObjectStore,
+    ObjectStoreExt, PutMode, PutOptions, PutPayload,
 };
 use serde::{Deserialize, Serialize};
 
 use fabrik_core::BlobId;
 
-use crate::blobs::{Blob, BlobStore, SweepReport};
+use crate::blobs::{Blob, BlobMeta, BlobPart, BlobStore, ByteRange, RangeRead, SweepReport};
 use crate::manifest::Manifest;
 use crate::segments::Objects;
 use crate::{StoreError, data_dir_error};
@@ -84,6 +84,17 @@ fn confirmed() -> bool {
 
 fn is_confirmed(confirmed: &bool) -> bool {
     *confirmed
+}
+
+/// The media type a blob was uploaded with (octet-stream if none) and its whole length.
+fn blob_meta(found: &GetResult) -> BlobMeta {
+    BlobMeta {
+        content_type: found
+            .attributes
+            .get(&Attribute::ContentType)
+            .map_or_else(|| "application/octet-stream".to_owned(), |v| v.to_string()),
+        length: found.meta.size,
+    }
 }
 
 fn objects_error(url: &str, reason: impl std::fmt::Display) -> StoreError {
@@ -494,6 +505,80 @@ impl BucketClaim {
         }
     }
 
+    /// The media type and length of blob `id` in the bucket (one HEAD), or `None` if it is
+    /// not there.
+    pub(crate) async fn fetch_blob_meta(
+        &self,
+        id: &BlobId,
+    ) -> Result<Option<BlobMeta>, StoreError> {
+        let options = GetOptions {
+            head: true,
+            ..GetOptions::default()
+        };
+        Ok(self
+            .get_blob_object(id, options)
+            .await?
+            .map(|found| blob_meta(&found)))
+    }
+
+    /// The bytes of blob `id` in the bucket that `range` names, in one ranged GET after one
+    /// HEAD (which resolves the range, so an unsatisfiable one costs no GET), or `None` if it
+    /// is not there. Unlike [`Self::fetch_blob`] the bytes are not checked against the id: a
+    /// part has no hash to check.
+    pub(crate) async fn fetch_blob_range(
+        &self,
+        id: &BlobId,
+        range: ByteRange,
+    ) -> Result<Option<RangeRead>, StoreError> {
+        let Some(meta) = self.fetch_blob_meta(id).await? else {
+            return Ok(None);
+        };
+        let Some(range) = range.resolve(meta.length) else {
+            return Ok(Some(RangeRead::Unsatisfiable(meta)));
+        };
+        let options = GetOptions {
+            range: Some(GetRange::Bounded(range.clone())),
+            ..GetOptions::default()
+        };
+        let path = self.blob_path(id);
+        let Some(found) = self.get_blob_object(id, options).await? else {
+            return Ok(None);
+        };
+        let meta = blob_meta(&found);
+        let bytes = found
+            .bytes()
+            .await
+            .map_err(|e| objects_error(&self.url, format!("reading {path}: {e}")))?;
+        if bytes.len() as u64 != range.end - range.start {
+            return Err(objects_error(
+                &self.url,
+                format!(
+                    "{path} answered {} bytes for bytes {range:?} of {}",
+                    bytes.len(),
+                    meta.length
+                ),
+            ));
+        }
+        Ok(Some(RangeRead::Part(BlobPart {
+            meta,
+            range,
+            bytes: bytes.to_vec(),
+        })))
+    }
+
+    async fn get_blob_object(
+        &self,
+        id: &BlobId,
+        options: GetOptions,
+    ) -> Result<Option<GetResult>, StoreError> {
+        let path = self.blob_path(id);
+        match self.bucket.get_opts(&path, options).await {
+            Ok(found) => Ok(Some(found)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(objects_error(&self.url, format!("reading {path}: {e}"))),
+        }
+    }
+
     /// Blob `id` from the bucket, or `None` if it is not there.
     pub(crate) async fn fetch_blob(&self, id: &BlobId) -> Result<Option<Blob>, StoreError> {
         let path = self.blob_path(id);
@@ -502,10 +587,7 @@ impl BucketClaim {
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(objects_error(&self.url, format!("reading {path}: {e}"))),
         };
-        let content_type = found
-            .attributes
-            .get(&Attribute::ContentType)
-            .map_or_else(|| "application/octet-stream".to_owned(), |v| v.to_string());
+        let content_type = blob_meta(&found).content_type;
         let bytes = found
             .bytes()
             .await

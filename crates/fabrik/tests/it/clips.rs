@@ -92,6 +92,49 @@ pub(crate) fn get_blob(url: &str, id: &str) -> (u16, String, Vec<u8>) {
     })
 }
 
+/// What a request for a blob answered.
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) headers: reqwest::header::HeaderMap,
+    pub(crate) bytes: Vec<u8>,
+}
+
+impl Answer {
+    pub(crate) fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// Sends `method` for a blob with extra request headers.
+pub(crate) fn request_blob(
+    url: &str,
+    id: &str,
+    method: reqwest::Method,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let mut request = crate::support::http_client()
+            .request(method, format!("{url}/api/v1/blobs/{id}"))
+            .bearer_auth(TOKEN);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let r = request.send().await.expect("request");
+        Answer {
+            status: r.status().as_u16(),
+            headers: r.headers().clone(),
+            bytes: r.bytes().await.expect("bytes").to_vec(),
+        }
+    })
+}
+
 pub(crate) fn files_under(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir).map_or(0, |entries| {
         entries
@@ -448,4 +491,85 @@ fn a_clip_past_its_tables_retention_is_swept_from_disk() {
     eventually("the deletion is counted", || {
         crate::support::metric(&p.url, "fabrik_blobs_deleted_total").is_some_and(|n| n >= 1.0)
     });
+}
+
+/// A clip is served in the byte ranges audio players ask for (RFC 9110 ranges), with its id
+/// as a strong ETag that a client revalidates against, and HEAD gives its length unread.
+#[test]
+fn a_clip_is_served_in_the_ranges_a_player_asks_for() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = Process::start(&dir.path().join("data"), &[]);
+    let whole = clip(3);
+    let length = whole.len();
+    let (status, answer) = post_blob(
+        &p.url,
+        &format!("table=acoustic&device=pump-01&signal=mic&time={}", now_ns()),
+        "audio/wav",
+        whole.clone(),
+    );
+    assert_eq!(status, 201, "{answer}");
+    let id = answer["id"].as_str().expect("id").to_owned();
+    let etag = format!("\"{id}\"");
+    let get = |headers: &[(&str, &str)]| request_blob(&p.url, &id, Method::GET, headers);
+
+    // The WAV header, the last 100 bytes, and from an offset to the end.
+    for (range, expected) in [
+        ("bytes=0-43", 0..44),
+        ("bytes=-100", length - 100..length),
+        ("bytes=10001-", 10_001..length),
+        ("bytes=5-99999999", 5..length),
+    ] {
+        let answer = get(&[("range", range)]);
+        assert_eq!(answer.status, 206, "{range}");
+        assert_eq!(
+            answer.header("content-range"),
+            format!("bytes {}-{}/{length}", expected.start, expected.end - 1),
+            "{range}"
+        );
+        assert!(answer.bytes == whole[expected], "{range}: other bytes");
+        assert_eq!(answer.header("content-type"), "audio/wav");
+        assert_eq!(answer.header("etag"), etag);
+    }
+    // Past the end: 416 saying how long the clip is.
+    let past = format!("bytes={length}-");
+    let answer = get(&[("range", &past)]);
+    assert_eq!(answer.status, 416);
+    assert_eq!(answer.header("content-range"), format!("bytes */{length}"));
+    let error: serde_json::Value = serde_json::from_slice(&answer.bytes).expect("json error");
+    assert!(
+        error["error"].as_str().is_some_and(|e| e.contains(&past)),
+        "{error}"
+    );
+    // Several ranges, or a range for another version (If-Range), get the whole clip.
+    for headers in [
+        &[("range", "bytes=0-1,4-5")][..],
+        &[("range", "bytes=0-1"), ("if-range", "\"sha256:0000\"")][..],
+    ] {
+        let answer = get(headers);
+        assert_eq!(answer.status, 200, "{headers:?}");
+        assert!(answer.bytes == whole, "{headers:?}");
+        assert_eq!(answer.header("accept-ranges"), "bytes");
+    }
+    let answer = get(&[("range", "bytes=0-1"), ("if-range", &etag)]);
+    assert_eq!((answer.status, answer.bytes.as_slice()), (206, &whole[..2]));
+    // A client holding the clip revalidates without the bytes.
+    let answer = get(&[("if-none-match", &format!("\"other\", W/{etag}"))]);
+    assert_eq!(answer.status, 304);
+    assert!(answer.bytes.is_empty());
+    assert_eq!(answer.header("etag"), etag);
+    let head = request_blob(&p.url, &id, Method::HEAD, &[]);
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), length.to_string());
+    assert_eq!(head.header("content-type"), "audio/wav");
+    // An unknown blob is 404, whatever is asked.
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    for headers in [&[("range", "bytes=0-1")][..], &[("if-none-match", "*")][..]] {
+        let answer = request_blob(&p.url, &unknown, Method::GET, headers);
+        assert_eq!(answer.status, 404, "{headers:?}");
+    }
+    assert_eq!(
+        request_blob(&p.url, &unknown, Method::HEAD, &[]).status,
+        404
+    );
 }

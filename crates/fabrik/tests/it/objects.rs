@@ -636,7 +636,8 @@ fn blobs_go_to_the_bucket_with_their_listing_and_come_back_after_a_restore() {
 /// still name.
 #[test]
 fn blobs_past_the_local_limit_leave_the_disk_least_recently_used_first() {
-    use crate::clips::{get_blob, post_blob};
+    use crate::clips::{get_blob, post_blob, request_blob};
+    use reqwest::Method;
     let dir = tempfile::tempdir().expect("dir");
     let (_s3, endpoint) = s3_with_plant_bucket();
     let mut env = objects_env(&endpoint, "s3://plant/line-6");
@@ -662,7 +663,10 @@ fn blobs_past_the_local_limit_leave_the_disk_least_recently_used_first() {
     };
     let frames: Vec<(String, Vec<u8>)> = (1..=4_u8)
         .map(|k| {
-            let bytes = vec![k; 10_000];
+            // Bytes that differ along the frame, so a range read at the wrong offset shows.
+            let bytes: Vec<u8> = (0..10_000_u32)
+                .map(|i| ((i * 7 + u32::from(k) * 13) % 251) as u8)
+                .collect();
             let time = now - i64::from(10 - k) * 1_000_000_000;
             let (status, answer) = post_blob(
                 &node.url,
@@ -698,6 +702,40 @@ fn blobs_past_the_local_limit_leave_the_disk_least_recently_used_first() {
             && metric("fabrik_blob_local_bytes") == Some(20_000.0)
     });
     assert!(!on_disk(id(2)) && !on_disk(id(3)) && on_disk(id(1)) && on_disk(id(4)));
+
+    // A range of an evicted frame is read from the bucket and does not bring the frame back
+    // to the disk; HEAD and revalidation answer from the bucket too.
+    let ranged = request_blob(
+        &node.url,
+        id(2),
+        Method::GET,
+        &[("range", "bytes=1000-1999")],
+    );
+    assert_eq!(ranged.status, 206);
+    assert_eq!(ranged.header("content-range"), "bytes 1000-1999/10000");
+    assert_eq!(ranged.header("content-type"), "image/png");
+    assert!(ranged.bytes == frames[1].1[1000..2000], "other bytes");
+    let tail = request_blob(&node.url, id(3), Method::GET, &[("range", "bytes=-10")]);
+    assert_eq!(tail.status, 206);
+    assert!(tail.bytes == frames[2].1[9990..], "other bytes");
+    let past = request_blob(&node.url, id(2), Method::GET, &[("range", "bytes=10000-")]);
+    assert_eq!(
+        (past.status, past.header("content-range")),
+        (416, "bytes */10000")
+    );
+    let head = request_blob(&node.url, id(2), Method::HEAD, &[]);
+    assert_eq!(
+        (
+            head.status,
+            head.header("content-length"),
+            head.header("content-type")
+        ),
+        (200, "10000", "image/png")
+    );
+    let etag = format!("\"{}\"", id(2));
+    let cached = request_blob(&node.url, id(2), Method::GET, &[("if-none-match", &etag)]);
+    assert_eq!(cached.status, 304);
+    assert!(!on_disk(id(2)) && !on_disk(id(3)));
 
     // Frame 4, the least recently used now, is no longer in the bucket (removed by hand). The
     // evicted frames come back from the bucket whole and are kept on the disk again.
