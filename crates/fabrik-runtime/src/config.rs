@@ -1344,6 +1344,9 @@ pub struct ObjectsConfig {
     pub allow_http: bool,
     /// Keep at most this many bytes of blobs on the disk (`20GiB`); empty: all of them.
     pub local_blob_limit: String,
+    /// Keep copies of at most this many bytes of segments on the disk for queries (`10GiB`);
+    /// empty: every query reads the bucket.
+    pub segment_cache: String,
 }
 
 /// The validated `[store.objects]`.
@@ -1360,6 +1363,8 @@ pub struct ObjectsSettings {
     /// Bytes of blobs the disk keeps at most; the least recently used copies already in the
     /// bucket are evicted past it. `None`: every blob stays on the disk.
     pub local_blob_limit: Option<u64>,
+    /// Bytes of segment copies the disk keeps for queries (decision 0064). `None`: no cache.
+    pub segment_cache: Option<u64>,
 }
 
 impl ObjectsConfig {
@@ -1368,6 +1373,7 @@ impl ObjectsConfig {
         let url = self.url.trim();
         let endpoint = self.endpoint.trim();
         let limit = self.local_blob_limit.trim();
+        let cache = self.segment_cache.trim();
         if url.is_empty() {
             if !endpoint.is_empty() || !self.region.trim().is_empty() {
                 problem(
@@ -1385,26 +1391,41 @@ impl ObjectsConfig {
                         .into(),
                 );
             }
+            if !cache.is_empty() {
+                problem(
+                    "store.objects.segment_cache",
+                    "is set, but store.objects.url is empty: segments on the local disk are \
+                     read from there, with nothing to cache"
+                        .into(),
+                );
+            }
             return None;
         }
-        let local_blob_limit = if limit.is_empty() {
-            None
-        } else {
-            match parse_bytes(limit) {
+        let mut size = |key: &str, text: &str, empty_means: &str| {
+            if text.is_empty() {
+                return None;
+            }
+            match parse_bytes(text) {
                 Ok(0) => {
                     problem(
-                        "store.objects.local_blob_limit",
-                        format!("`{limit}` is zero: leave it empty to keep every blob on the disk"),
+                        key,
+                        format!("`{text}` is zero: leave it empty {empty_means}"),
                     );
                     None
                 }
                 Ok(bytes) => Some(bytes),
                 Err(e) => {
-                    problem("store.objects.local_blob_limit", e);
+                    problem(key, e);
                     None
                 }
             }
         };
+        let local_blob_limit = size(
+            "store.objects.local_blob_limit",
+            limit,
+            "to keep every blob on the disk",
+        );
+        let segment_cache = size("store.objects.segment_cache", cache, "for no segment cache");
         let bucket = url
             .strip_prefix("s3://")
             .map(|rest| rest.split('/').next().unwrap_or_default());
@@ -1441,6 +1462,7 @@ impl ObjectsConfig {
             region: Some(self.region.trim().to_owned()).filter(|r| !r.is_empty()),
             allow_http: self.allow_http,
             local_blob_limit,
+            segment_cache,
         })
     }
 }
@@ -2681,25 +2703,38 @@ mod tests {
         };
         let all = objects("").expect("valid").objects.expect("a bucket");
         assert_eq!(all.local_blob_limit, None);
-        let limited = objects("local_blob_limit = \"20GiB\"")
+        assert_eq!(all.segment_cache, None);
+        let limited = objects("local_blob_limit = \"20GiB\"\nsegment_cache = \"512MiB\"")
             .expect("valid")
             .objects
             .expect("a bucket");
         assert_eq!(limited.local_blob_limit, Some(20 << 30));
-        for wrong in ["local_blob_limit = \"lots\"", "local_blob_limit = \"0\""] {
+        assert_eq!(limited.segment_cache, Some(512 << 20));
+        for (wrong, key) in [
+            (
+                "local_blob_limit = \"lots\"",
+                "store.objects.local_blob_limit",
+            ),
+            ("local_blob_limit = \"0\"", "store.objects.local_blob_limit"),
+            ("segment_cache = \"0\"", "store.objects.segment_cache"),
+            ("segment_cache = \"1 lot\"", "store.objects.segment_cache"),
+        ] {
             let e = objects(wrong).unwrap_err().to_string();
-            assert!(e.contains("store.objects.local_blob_limit"), "{wrong}: {e}");
+            assert!(e.contains(key), "{wrong}: {e}");
         }
-        let no_bucket = "[store.objects]\nlocal_blob_limit = \"1GiB\"\n";
-        let e = Config::from_toml("t", no_bucket, no_env())
-            .expect("parses")
-            .validate("t")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("store.objects.local_blob_limit") && e.contains("without a bucket"),
-            "{e}"
-        );
+        for (key, text) in [
+            ("store.objects.local_blob_limit", "without a bucket"),
+            ("store.objects.segment_cache", "nothing to cache"),
+        ] {
+            let setting = key.trim_start_matches("store.objects.");
+            let no_bucket = format!("[store.objects]\n{setting} = \"1GiB\"\n");
+            let e = Config::from_toml("t", &no_bucket, no_env())
+                .expect("parses")
+                .validate("t")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key) && e.contains(text), "{e}");
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod objects;
 pub mod pool;
 pub mod query;
 pub mod schema;
+mod segment_cache;
 pub mod segments;
 mod series_cache;
 pub mod wal;
@@ -98,6 +99,9 @@ pub struct StoreOptions {
     /// With `objects`: keep at most this many bytes of blobs on the disk; the least recently
     /// used copies the bucket also holds are evicted past it ([`Store::evict_blobs`]).
     pub local_blob_limit: Option<u64>,
+    /// With `objects`: keep copies of at most this many bytes of segments on the disk for
+    /// queries (decision 0064).
+    pub segment_cache: Option<u64>,
 }
 
 impl StoreOptions {
@@ -118,6 +122,7 @@ impl StoreOptions {
             wal_hold: None,
             objects: None,
             local_blob_limit: None,
+            segment_cache: None,
         }
     }
 }
@@ -432,6 +437,24 @@ impl Store {
         let (objects, sweep, bucket) =
             objects::open(&dir, options.objects.as_ref(), &manifest).await?;
         sweep_orphan_segments(&objects, &manifest, sweep).await?;
+        let objects: Objects = match (&bucket, options.segment_cache) {
+            (Some(_), Some(limit)) => {
+                let live: std::collections::HashMap<String, u64> = manifest
+                    .tables
+                    .values()
+                    .flat_map(|t| t.segments.iter().map(|s| (s.path.clone(), s.bytes)))
+                    .collect();
+                let (inner, cache_dir) = (objects.clone(), dir.join("segment-cache"));
+                Arc::new(
+                    tokio::task::spawn_blocking(move || {
+                        segment_cache::SegmentCache::open(inner, cache_dir, limit, &live)
+                    })
+                    .await
+                    .map_err(|e| StoreError::Internal(format!("segment cache task: {e}")))??,
+                )
+            }
+            _ => objects,
+        };
         if let Some(bucket) = &bucket
             && sweep != objects::Sweep::Skip
         {
@@ -963,6 +986,12 @@ impl Store {
             .map_err(|e| StoreError::Internal(e.to_string()))?;
         }
         let sql = sql.to_owned();
+        let bucket = self
+            .shared
+            .bucket
+            .as_ref()
+            .map(|claim| claim.url().to_owned());
+        let query_error = move |e| query_error(e, bucket.as_deref());
         let Some(pool) = self.query_pool.0.as_ref() else {
             return Err(StoreError::ShuttingDown);
         };
@@ -974,12 +1003,12 @@ impl Store {
             let df = ctx
                 .sql_with_options(&sql, options)
                 .await
-                .map_err(query_error)?;
+                .map_err(&query_error)?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-            let mut stream = df.execute_stream().await.map_err(query_error)?;
+            let mut stream = df.execute_stream().await.map_err(&query_error)?;
             let mut batches = Vec::new();
             while let Some(batch) = stream.next().await {
-                batches.push(batch.map_err(query_error)?);
+                batches.push(batch.map_err(&query_error)?);
             }
             Ok::<_, StoreError>(QueryOutput { schema, batches })
         });
@@ -1581,19 +1610,43 @@ fn listed_blob_ids(
     Ok(listed)
 }
 
-fn query_error(e: datafusion::error::DataFusionError) -> StoreError {
+/// What a failed query is: the user's SQL (400), the bucket holding the segments (503, as it
+/// is for writes), or the store itself (500).
+fn query_error(e: datafusion::error::DataFusionError, bucket: Option<&str>) -> StoreError {
     use datafusion::error::DataFusionError as E;
-    // The planner wraps its errors (diagnostics, context); the cause is the root.
-    if let E::Plan(message) = e.find_root()
+    // The planner and the scans wrap their errors (diagnostics, context, shared between
+    // partitions); the cause is the root.
+    let root = e.find_root();
+    if let E::Plan(message) = root
         && let Some(explained) = explain_missing_table(message)
     {
         return StoreError::Query(explained);
     }
-    match e {
-        E::ObjectStore(_) | E::IoError(_) | E::ParquetError(_) | E::Internal(_) => {
+    let from_the_bucket = |url: &str| StoreError::ObjectStorage {
+        url: url.to_owned(),
+        reason: format!("reading segments: {root}"),
+    };
+    match (root, bucket) {
+        // A segment the manifest lists but the bucket lacks is lost data, not an outage.
+        (E::ObjectStore(cause), Some(url))
+            if !matches!(cause.as_ref(), object_store::Error::NotFound { .. }) =>
+        {
+            from_the_bucket(url)
+        }
+        // DataFusion's Parquet reader keeps only the text of the object store's error when it
+        // fetches a footer, so that text is all there is to tell an outage by.
+        (E::ParquetError(cause), Some(url))
+            if {
+                let text = cause.to_string();
+                text.contains("Object Store error") && !text.contains(" not found: ")
+            } =>
+        {
+            from_the_bucket(url)
+        }
+        (E::ObjectStore(_) | E::IoError(_) | E::ParquetError(_) | E::Internal(_), _) => {
             StoreError::Internal(e.to_string())
         }
-        other => StoreError::Query(other.to_string()),
+        _ => StoreError::Query(e.to_string()),
     }
 }
 
@@ -1665,6 +1718,36 @@ mod tests {
         let mut builder = BatchBuilder::new(7, lineage());
         add_body(&mut builder, body, Precision::Ns)?;
         builder.finish(&Catalog::default(), i64::MAX)
+    }
+
+    #[test]
+    fn a_query_failing_on_the_bucket_is_the_buckets_fault_not_the_users() {
+        use datafusion::error::DataFusionError as E;
+        use datafusion::parquet::errors::ParquetError;
+        let footer = |text: &str| {
+            E::Shared(Arc::new(E::ParquetError(Box::new(ParquetError::General(
+                format!("Failed to fetch metadata for file t1/p0/1.parquet: {text}"),
+            )))))
+        };
+        let outage = "Object Store error: Generic S3 error: Error performing GET";
+        let bucket = Some("s3://plant/line-1");
+        let e = query_error(footer(outage), bucket);
+        assert_eq!(e.http_status(), 503, "{e}");
+        assert!(e.to_string().contains("s3://plant/line-1"), "{e}");
+        // On the local disk, or a segment missing from the bucket: the store's fault.
+        assert_eq!(query_error(footer(outage), None).http_status(), 500);
+        let missing = "Object Store error: Object at location t1/p0/1.parquet not found: 404";
+        assert_eq!(query_error(footer(missing), bucket).http_status(), 500);
+        let lost = E::ObjectStore(Box::new(object_store::Error::NotFound {
+            path: "t1/p0/1.parquet".into(),
+            source: "gone".into(),
+        }));
+        assert_eq!(query_error(lost, bucket).http_status(), 500);
+        // The user's SQL stays the user's.
+        let plan = E::Plan("table 'datafusion.public.pump' not found".into());
+        let e = query_error(plan, bucket);
+        assert_eq!(e.http_status(), 400);
+        assert!(e.to_string().contains("table `pump` not found"), "{e}");
     }
 
     /// The series-key cache is per thread and outlives a request: the second identical body

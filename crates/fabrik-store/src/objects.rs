@@ -448,6 +448,11 @@ impl BucketClaim {
         self.copy_current.load(Ordering::Acquire)
     }
 
+    /// `[store.objects] url`.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
     fn blob_path(&self, id: &BlobId) -> ObjectPath {
         let hex = id.hex();
         ObjectPath::from(format!("{}/{}/{}", self.blobs, &hex[..2], &hex[2..]))

@@ -250,6 +250,7 @@ pub(crate) fn store_options(s: &Settings) -> StoreOptions {
                 allow_http: o.allow_http,
             }),
         local_blob_limit: s.objects.as_ref().and_then(|o| o.local_blob_limit),
+        segment_cache: s.objects.as_ref().and_then(|o| o.segment_cache),
     }
 }
 

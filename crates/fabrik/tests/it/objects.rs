@@ -776,3 +776,147 @@ fn blobs_past_the_local_limit_leave_the_disk_least_recently_used_first() {
         assert!(served == *bytes, "{id}: other bytes");
     }
 }
+
+/// Every file under `dir`.
+fn files_in(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// The segment files under `dir`, by name (their ids grow with each persist), with sizes.
+fn parquet_files(dir: &Path) -> Vec<(String, u64)> {
+    let mut found: Vec<(String, u64)> = files_in(dir)
+        .into_iter()
+        .filter(|path| path.extension().is_some_and(|e| e == "parquet"))
+        .map(|path| {
+            let size = std::fs::metadata(&path).expect("metadata").len();
+            (
+                path.file_name()
+                    .expect("name")
+                    .to_string_lossy()
+                    .into_owned(),
+                size,
+            )
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// With `[store.objects] segment_cache` the disk keeps copies of the segments just written and
+/// those read, so queries of them need no bucket (they answer while it is unreachable), and
+/// past the limit the least recently used copies go; a query of an evicted one reads the
+/// bucket again and keeps it.
+#[test]
+fn queries_read_cached_segments_without_the_bucket() {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let _s3 = s3_server(port);
+    let forwarded = free_port();
+    let network = Outage::forward(forwarded, port);
+    let endpoint = format!("http://127.0.0.1:{forwarded}");
+    create_plant_bucket(&endpoint);
+    let mut env = objects_env(&endpoint, "s3://plant/line-7");
+    env.push(("FABRIK__STORE__OBJECTS__SEGMENT_CACHE", "10MB".into()));
+    let data = dir.path().join("data");
+    let cache = data.join("segment-cache");
+    let node = start(&data, &env);
+    let sum = |url: &str, table: &str| {
+        let rows = crate::mqtt::query(
+            url,
+            &format!("SELECT count(*) AS n, sum(v) AS s FROM {table}"),
+        );
+        (
+            rows[0]["n"].as_u64().expect("n"),
+            rows[0]["s"].as_f64().expect("s") as u64,
+        )
+    };
+    // Three tables, each persisted on its own: one segment each, newest last.
+    let mut segment_of = std::collections::HashMap::new();
+    for (k, table) in ["m1", "m2", "m3"].into_iter().enumerate() {
+        let rows: String = (0..300)
+            .map(|i| format!("{table},dev=d{} v={i} {}\n", i % 3, 1_000_000 + i))
+            .collect();
+        assert_eq!(post_status(&node.url, "/api/v1/write", &rows), 200);
+        admin(&node.url, "persist");
+        let copies = parquet_files(&cache);
+        assert_eq!(copies.len(), k + 1, "{copies:?}");
+        let new = copies
+            .iter()
+            .find(|(name, _)| !segment_of.values().any(|(known, _)| known == name))
+            .expect("a new copy")
+            .clone();
+        segment_of.insert(table, new);
+    }
+    assert_eq!(keys(&endpoint, "plant", "line-7/segments/").len(), 3);
+    let metric = |url: &str, name: &str| crate::support::metric(url, name).unwrap_or(0.0);
+    // Every query of a persisted table is answered from the disk, even with the bucket gone.
+    network.down();
+    for table in ["m1", "m2", "m3"] {
+        assert_eq!(sum(&node.url, table), (300, 299 * 300 / 2), "{table}");
+    }
+    assert!(metric(&node.url, "fabrik_segment_cache_hits_total") >= 3.0);
+    assert_eq!(metric(&node.url, "fabrik_segment_cache_misses_total"), 0.0);
+    network.restore();
+    drop(node);
+
+    // Restarted with room for only the two newest copies: the oldest (m1's) leaves at the
+    // start. Reading m1 again fetches it from the bucket and keeps it, and the least recently
+    // used copy (m2's) goes instead.
+    // (Half of m1's size more: the three segments' sizes may differ by a few bytes.)
+    let room = segment_of["m2"].1 + segment_of["m3"].1 + segment_of["m1"].1 / 2;
+    let limit = room.to_string();
+    let mut env = env.clone();
+    env.retain(|(key, _)| *key != "FABRIK__STORE__OBJECTS__SEGMENT_CACHE");
+    env.push(("FABRIK__STORE__OBJECTS__SEGMENT_CACHE", limit));
+    let node = start(&data, &env);
+    let names =
+        |copies: Vec<(String, u64)>| copies.into_iter().map(|(name, _)| name).collect::<Vec<_>>();
+    assert_eq!(
+        names(parquet_files(&cache)),
+        vec![segment_of["m2"].0.clone(), segment_of["m3"].0.clone()]
+    );
+    assert_eq!(sum(&node.url, "m3"), (300, 299 * 300 / 2));
+    // m1 is not on the disk now: with the bucket gone its query fails, as the bucket's fault.
+    network.down();
+    let (status, answer) = http(
+        &node.url,
+        reqwest::Method::POST,
+        "/api/v1/query",
+        Some(serde_json::json!({ "sql": "SELECT count(*) FROM m1" })),
+    );
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("s3://plant/line-7")),
+        "{answer}"
+    );
+    network.restore();
+    assert_eq!(sum(&node.url, "m1"), (300, 299 * 300 / 2));
+    assert!(metric(&node.url, "fabrik_segment_cache_misses_total") >= 1.0);
+    assert_eq!(
+        names(parquet_files(&cache)),
+        vec![segment_of["m1"].0.clone(), segment_of["m3"].0.clone()]
+    );
+    // A copy removed behind the cache's back is read from the bucket again.
+    std::fs::remove_file(
+        files_in(&cache)
+            .into_iter()
+            .find(|path| path.ends_with(&segment_of["m3"].0))
+            .expect("m3's copy"),
+    )
+    .expect("remove");
+    assert_eq!(sum(&node.url, "m3"), (300, 299 * 300 / 2));
+}
