@@ -693,10 +693,10 @@ impl Store {
                     claim.check_still_ours().await?;
                     fence_checked = std::time::Instant::now();
                 }
-                match claim.blob_size(&blob.id).await {
-                    Ok(Some(size)) if size == blob.bytes => {}
-                    Ok(Some(size)) => {
-                        tracing::warn!(blob = %blob.id, bucket_bytes = size, disk_bytes = blob.bytes, "The bucket's copy of a blob has another size than the disk's: the disk keeps it.");
+                match claim.blob_copy(&blob.id).await {
+                    Ok(Some(copy)) if copy.is(&blob.id, blob.bytes) => {}
+                    Ok(Some(copy)) => {
+                        tracing::warn!(blob = %blob.id, bucket_bytes = copy.size, bucket_sha256 = copy.sha256.as_deref().unwrap_or("none"), disk_bytes = blob.bytes, "The bucket holds other bytes under a blob's name: the disk keeps its copy.");
                         report.errors += 1;
                         continue;
                     }

@@ -86,6 +86,29 @@ fn is_confirmed(confirmed: &bool) -> bool {
     *confirmed
 }
 
+/// The user metadata a blob's SHA-256 (hex) is uploaded under (`x-amz-meta-sha256` on S3), so
+/// a copy in the bucket is known to be the blob without reading it back.
+const SHA256_METADATA: &str = "sha256";
+
+/// What the bucket holds under a blob's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BucketBlob {
+    pub(crate) size: u64,
+    /// The SHA-256 it was uploaded with; `None` for a copy made before it was recorded.
+    pub(crate) sha256: Option<String>,
+}
+
+impl BucketBlob {
+    /// Whether this is blob `id` of `size` bytes: the recorded SHA-256 is the id's, or, for an
+    /// older copy without one, the size agrees.
+    pub(crate) fn is(&self, id: &BlobId, size: u64) -> bool {
+        match &self.sha256 {
+            Some(sha256) => sha256 == id.hex() && self.size == size,
+            None => self.size == size,
+        }
+    }
+}
+
 /// The media type a blob was uploaded with (octet-stream if none) and its whole length.
 fn blob_meta(found: &GetResult) -> BlobMeta {
     BlobMeta {
@@ -460,17 +483,21 @@ impl BucketClaim {
 
     /// Copies blob `id` from the data directory to the bucket unless it is there already;
     /// whether it was copied. A persist does this before the segment naming the blob is
-    /// written, so a segment in the bucket never names a blob that is not.
+    /// written, so a segment in the bucket never names a blob that is not. An object there
+    /// that is not the blob (another SHA-256 in its metadata, or another size) is replaced,
+    /// after the disk's bytes are checked against the id.
     pub(crate) async fn upload_blob(
         &self,
         id: &BlobId,
         local: &BlobStore,
     ) -> Result<bool, StoreError> {
         let path = self.blob_path(id);
-        match self.bucket.head(&path).await {
-            Ok(_) => return Ok(false),
-            Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(objects_error(&self.url, format!("checking {path}: {e}"))),
+        let there = self.blob_copy(id).await?;
+        if there
+            .as_ref()
+            .is_some_and(|copy| copy.sha256.as_deref() == Some(id.hex()))
+        {
+            return Ok(false);
         }
         let (store, lookup) = (local.clone(), id.clone());
         let Some(blob) = tokio::task::spawn_blocking(move || store.get(&lookup))
@@ -479,13 +506,36 @@ impl BucketClaim {
         else {
             // Listed but not on this disk: the listing came from a restored store's WAL-less
             // past, or the file was removed by hand. Nothing to copy; the row stays.
-            tracing::warn!(blob = %id, "A listed blob is neither on the disk nor in the bucket.");
+            if there.is_none() {
+                tracing::warn!(blob = %id, "A listed blob is neither on the disk nor in the bucket.");
+            }
             return Ok(false);
         };
-        let attributes = Attributes::from_iter([(
-            Attribute::ContentType,
-            AttributeValue::from(blob.content_type),
-        )]);
+        if let Some(copy) = &there {
+            if copy.is(id, blob.bytes.len() as u64) {
+                // Copied before its SHA-256 travelled with it: the size is all there is to
+                // compare, and it agrees.
+                return Ok(false);
+            }
+            tracing::warn!(blob = %id, bucket_bytes = copy.size, bucket_sha256 = copy.sha256.as_deref().unwrap_or("none"), "The bucket holds other bytes under a blob's name: replacing them with the disk's copy.");
+        }
+        let found = BlobId::of(&blob.bytes);
+        if &found != id {
+            return Err(StoreError::Internal(format!(
+                "blob {id} on the disk holds other bytes (their hash is {found}): not copied to \
+                 the bucket"
+            )));
+        }
+        let attributes = Attributes::from_iter([
+            (
+                Attribute::ContentType,
+                AttributeValue::from(blob.content_type),
+            ),
+            (
+                Attribute::Metadata(SHA256_METADATA.into()),
+                AttributeValue::from(id.hex().to_owned()),
+            ),
+        ]);
         self.bucket
             .put_opts(
                 &path,
@@ -500,14 +550,22 @@ impl BucketClaim {
         Ok(true)
     }
 
-    /// The size of blob `id` in the bucket, or `None` if it is not there.
-    pub(crate) async fn blob_size(&self, id: &BlobId) -> Result<Option<u64>, StoreError> {
-        let path = self.blob_path(id);
-        match self.bucket.head(&path).await {
-            Ok(meta) => Ok(Some(meta.size)),
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(objects_error(&self.url, format!("checking {path}: {e}"))),
-        }
+    /// What the bucket holds under blob `id`'s name (one HEAD), or `None` if nothing.
+    pub(crate) async fn blob_copy(&self, id: &BlobId) -> Result<Option<BucketBlob>, StoreError> {
+        let options = GetOptions {
+            head: true,
+            ..GetOptions::default()
+        };
+        Ok(self
+            .get_blob_object(id, options)
+            .await?
+            .map(|found| BucketBlob {
+                size: found.meta.size,
+                sha256: found
+                    .attributes
+                    .get(&Attribute::Metadata(SHA256_METADATA.into()))
+                    .map(|v| v.to_string()),
+            }))
     }
 
     /// The media type and length of blob `id` in the bucket (one HEAD), or `None` if it is
@@ -1078,6 +1136,21 @@ async fn claim_prefix(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bucket_copy_is_the_blob_by_its_recorded_hash_else_by_its_size() {
+        let id = BlobId::of(b"frame");
+        let copy = |size, sha256: Option<&str>| BucketBlob {
+            size,
+            sha256: sha256.map(str::to_owned),
+        };
+        assert!(copy(5, Some(id.hex())).is(&id, 5));
+        assert!(!copy(5, Some(&"0".repeat(64))).is(&id, 5));
+        assert!(!copy(6, Some(id.hex())).is(&id, 5));
+        // Copied before the hash was recorded: the size decides.
+        assert!(copy(5, None).is(&id, 5));
+        assert!(!copy(4, None).is(&id, 5));
+    }
 
     #[test]
     fn an_s3_url_splits_into_bucket_and_prefix() {

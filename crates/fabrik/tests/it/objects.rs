@@ -920,3 +920,109 @@ fn queries_read_cached_segments_without_the_bucket() {
     .expect("remove");
     assert_eq!(sum(&node.url, "m3"), (300, 299 * 300 / 2));
 }
+
+/// An `Authorization` header naming the store's access key with no valid signature: moto
+/// does not check signatures, but keeps objects private to the key that wrote them.
+const AS_THE_STORE: &str = "AWS4-HMAC-SHA256 Credential=fabrik-test/20260101/us-east-1/s3/\
+                            aws4_request, SignedHeaders=host, Signature=0";
+
+/// An object in the bucket, read as the store's access key: status, its `x-amz-meta-sha256`,
+/// body.
+fn bucket_object(url: &str) -> (u16, Option<String>, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let r = crate::support::http_client()
+            .get(url)
+            .header("authorization", AS_THE_STORE)
+            .send()
+            .await
+            .expect("get object");
+        let sha256 = r
+            .headers()
+            .get("x-amz-meta-sha256")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        (r.status().as_u16(), sha256, r.text().await.expect("body"))
+    })
+}
+
+/// Blobs travel to the bucket with their SHA-256 as metadata. An object there under a blob's
+/// name with other bytes (of the same size) never lets the disk's copy go, and the next persist
+/// naming the blob replaces it with the disk's bytes.
+#[test]
+fn a_blob_the_bucket_holds_other_bytes_for_stays_on_the_disk_until_copied_again() {
+    use crate::clips::post_blob;
+    let dir = tempfile::tempdir().expect("dir");
+    let (_s3, endpoint) = s3_with_plant_bucket();
+    let mut env = objects_env(&endpoint, "s3://plant/line-8");
+    env.push((
+        "FABRIK__STORE__OBJECTS__LOCAL_BLOB_LIMIT",
+        "15KB".to_owned(),
+    ));
+    let data = dir.path().join("data");
+    let node = start(&data, &env);
+    let now = crate::support::now_ns();
+    let frame = |k: u32| -> String {
+        (0..10_000_u32)
+            .map(|i| char::from(b'a' + ((i * 7 + k) % 26) as u8))
+            .collect()
+    };
+    let store = |k: u32, time: i64| {
+        let (status, answer) = post_blob(
+            &node.url,
+            &format!("table=camera&device=press-02&signal=frame&time={time}"),
+            "image/png",
+            frame(k).into_bytes(),
+        );
+        assert_eq!(status, 201, "{answer}");
+        answer["id"].as_str().expect("id").to_owned()
+    };
+    let hex = |id: &str| id.trim_start_matches("sha256:").to_owned();
+    let object = |id: &str| {
+        let hex = hex(id);
+        format!(
+            "{endpoint}/plant/line-8/blobs/sha256/{}/{}",
+            &hex[..2],
+            &hex[2..]
+        )
+    };
+    let on_disk = |id: &str| {
+        let hex = hex(id);
+        data.join("blobs/sha256")
+            .join(&hex[..2])
+            .join(&hex[2..])
+            .exists()
+    };
+    let a = store(1, now - 10_000_000_000);
+    admin(&node.url, "persist");
+    let (status, sha256, body) = bucket_object(&object(&a));
+    assert_eq!((status, sha256.as_deref()), (200, Some(hex(&a).as_str())));
+    assert!(body == frame(1));
+    // Replaced in the bucket by other bytes of the same size, claiming another hash.
+    let (status, answer) = crate::support::send_blocking(|client| {
+        client
+            .put(object(&a))
+            .header("authorization", AS_THE_STORE)
+            .header("x-amz-meta-sha256", "0".repeat(64))
+            .body(frame(2))
+    });
+    assert_eq!(status, 200, "{answer}");
+    std::thread::sleep(Duration::from_millis(20));
+    // Frame 3 takes the disk past the limit: frame 1, the older, cannot go; frame 3 goes.
+    let c = store(3, now - 5_000_000_000);
+    admin(&node.url, "persist");
+    let metric = |name: &str| crate::support::metric(&node.url, name);
+    crate::mqtt::eventually("frame 3 leaves the disk", || {
+        metric("fabrik_blobs_evicted_total") == Some(1.0)
+    });
+    assert!(on_disk(&a) && !on_disk(&c));
+    // Named by a new row, frame 1 is copied again over the wrong bytes.
+    assert_eq!(store(1, now), a);
+    admin(&node.url, "persist");
+    let (status, sha256, body) = bucket_object(&object(&a));
+    assert_eq!((status, sha256.as_deref()), (200, Some(hex(&a).as_str())));
+    assert!(body == frame(1), "the bucket still holds other bytes");
+}
