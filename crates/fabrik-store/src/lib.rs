@@ -1626,19 +1626,33 @@ fn query_error(e: datafusion::error::DataFusionError, bucket: Option<&str>) -> S
         url: url.to_owned(),
         reason: format!("reading segments: {root}"),
     };
-    match (root, bucket) {
-        // A segment the manifest lists but the bucket lacks is lost data, not an outage.
-        (E::ObjectStore(cause), Some(url))
-            if !matches!(cause.as_ref(), object_store::Error::NotFound { .. }) =>
-        {
-            from_the_bucket(url)
+    // Parquet's reader wraps the object store's error (`External`) when it reads column
+    // chunks: the cause is down the chain from the root.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(root);
+    while let Some(error) = cause {
+        if let Some(store_error) = error.downcast_ref::<object_store::Error>() {
+            let own_disk = matches!(
+                store_error,
+                object_store::Error::Generic { store, .. } if *store == segment_cache::CACHE_STORE
+            );
+            // A segment the manifest lists but the bucket lacks is lost data, not an outage.
+            let lost = matches!(store_error, object_store::Error::NotFound { .. });
+            return match bucket {
+                Some(url) if !own_disk && !lost => from_the_bucket(url),
+                _ => StoreError::Internal(e.to_string()),
+            };
         }
+        cause = error.source();
+    }
+    match (root, bucket) {
         // DataFusion's Parquet reader keeps only the text of the object store's error when it
         // fetches a footer, so that text is all there is to tell an outage by.
         (E::ParquetError(cause), Some(url))
             if {
                 let text = cause.to_string();
-                text.contains("Object Store error") && !text.contains(" not found: ")
+                text.contains("Object Store error")
+                    && !text.contains(" not found: ")
+                    && !text.contains(segment_cache::CACHE_STORE)
             } =>
         {
             from_the_bucket(url)
@@ -1743,6 +1757,23 @@ mod tests {
             source: "gone".into(),
         }));
         assert_eq!(query_error(lost, bucket).http_status(), 500);
+        // A column chunk's read keeps the object store's error as the Parquet error's source.
+        let chunk = |store_error: object_store::Error| {
+            E::Shared(Arc::new(E::ParquetError(Box::new(ParquetError::External(
+                Box::new(store_error),
+            )))))
+        };
+        let unreachable = object_store::Error::Generic {
+            store: "S3",
+            source: "error sending request".into(),
+        };
+        assert_eq!(query_error(chunk(unreachable), bucket).http_status(), 503);
+        // The cache's own disk failing is not the bucket's fault.
+        let own_disk = object_store::Error::Generic {
+            store: segment_cache::CACHE_STORE,
+            source: "disk full".into(),
+        };
+        assert_eq!(query_error(chunk(own_disk), bucket).http_status(), 500);
         // The user's SQL stays the user's.
         let plan = E::Plan("table 'datafusion.public.pump' not found".into());
         let e = query_error(plan, bucket);

@@ -578,10 +578,25 @@ impl BucketClaim {
             head: true,
             ..GetOptions::default()
         };
-        Ok(self
-            .get_blob_object(id, options)
-            .await?
-            .map(|found| blob_meta(&found)))
+        let Some(found) = self.get_blob_object(id, options).await? else {
+            return Ok(None);
+        };
+        // A range has no hash to check, but the object says which blob it was uploaded as.
+        if let Some(sha256) = found
+            .attributes
+            .get(&Attribute::Metadata(SHA256_METADATA.into()))
+            && sha256.as_ref() != id.hex()
+        {
+            return Err(objects_error(
+                &self.url,
+                format!(
+                    "{} holds other bytes than blob {id} (uploaded as sha256:{})",
+                    self.blob_path(id),
+                    sha256.as_ref()
+                ),
+            ));
+        }
+        Ok(Some(blob_meta(&found)))
     }
 
     /// The bytes of blob `id` in the bucket that `range` names, in one ranged GET after one

@@ -42,13 +42,18 @@ struct Copies {
     dir: PathBuf,
     limit: u64,
     state: Mutex<CacheState>,
-    /// Names temporary files apart when two reads fill the same segment at once.
+    /// Names temporary files apart when a write and a read fill the same segment at once.
     fills: AtomicU64,
+    /// The segments being filled by a read, each with the lock later reads of it wait on.
+    filling: Mutex<HashMap<Path, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[derive(Debug, Default)]
 struct CacheState {
     entries: HashMap<Path, Entry>,
+    /// Segments larger than the whole cache, found on a first read: read in ranges from the
+    /// bucket, as without a cache.
+    too_large: std::collections::HashSet<Path>,
     bytes: u64,
     /// Increases with every use; an entry's `used` orders the evictions.
     clock: u64,
@@ -71,6 +76,7 @@ impl CacheState {
     }
 
     fn forget(&mut self, location: &Path) -> bool {
+        self.too_large.remove(location);
         match self.entries.remove(location) {
             Some(entry) => {
                 self.bytes -= entry.size;
@@ -146,7 +152,8 @@ impl SegmentCache {
                 }
             }
         }
-        found.sort_unstable_by_key(|copy| copy.0);
+        // Ties (coarse timestamps) by path, so the order is the same at every start.
+        found.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.as_ref().cmp(b.1.as_ref())));
         let mut state = CacheState::default();
         for (_, location, size) in found {
             state.clock += 1;
@@ -164,6 +171,7 @@ impl SegmentCache {
             limit,
             state: Mutex::new(state),
             fills: AtomicU64::new(0),
+            filling: Mutex::default(),
         };
         copies.evict();
         Ok(Self {
@@ -236,6 +244,24 @@ impl Copies {
         metrics::gauge!("fabrik_segment_cache_bytes").set(bytes as f64);
     }
 
+    /// The lock a read filling `location` holds while it fetches the segment.
+    fn fill_lock(&self, location: &Path) -> Arc<tokio::sync::Mutex<()>> {
+        self.filling
+            .lock()
+            .entry(location.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// Lets go of `fill` (from [`Self::fill_lock`]) once no other read waits on it.
+    fn fill_done(&self, location: &Path, fill: Arc<tokio::sync::Mutex<()>>) {
+        let mut filling = self.filling.lock();
+        // The map's reference and this one: nobody else holds it.
+        if Arc::strong_count(&fill) <= 2 {
+            filling.remove(location);
+        }
+    }
+
     /// Drops the copy of `location`, if there is one.
     fn forget(&self, location: &Path) {
         if self.state.lock().forget(location) {
@@ -272,9 +298,12 @@ fn remove_copy(path: &std::path::Path, location: &Path) {
     }
 }
 
+/// The `store` of the cache's own errors, which are the disk's, not the bucket's.
+pub(crate) const CACHE_STORE: &str = "segment cache";
+
 fn cache_error(e: impl std::error::Error + Send + Sync + 'static) -> object_store::Error {
     object_store::Error::Generic {
-        store: "segment cache",
+        store: CACHE_STORE,
         source: Box::new(e),
     }
 }
@@ -291,6 +320,49 @@ impl fmt::Debug for SegmentCache {
 impl fmt::Display for SegmentCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} cached in {}", self.inner, self.copies.dir.display())
+    }
+}
+
+impl SegmentCache {
+    async fn cached(&self, location: &Path) -> object_store::Result<Option<(std::fs::File, u64)>> {
+        let (copies, lookup) = (self.copies.clone(), location.clone());
+        tokio::task::spawn_blocking(move || copies.cached(&lookup))
+            .await
+            .map_err(cache_error)
+    }
+
+    /// Answers a read from the copy `hit` (open, with its length).
+    fn serve(
+        &self,
+        location: &Path,
+        (file, size): (std::fs::File, u64),
+        options: &GetOptions,
+    ) -> object_store::Result<GetResult> {
+        let range = match &options.range {
+            Some(range) => range.as_range(size).map_err(cache_error)?,
+            None => 0..size,
+        };
+        let meta = ObjectMeta {
+            location: location.clone(),
+            last_modified: file
+                .metadata()
+                .and_then(|m| m.modified())
+                .map_or_else(|_| chrono::Utc::now(), chrono::DateTime::from),
+            size,
+            e_tag: None,
+            version: None,
+        };
+        let payload = if options.head {
+            GetResultPayload::Stream(futures::stream::empty().boxed())
+        } else {
+            GetResultPayload::File(file, self.copies.file(location))
+        };
+        Ok(GetResult {
+            payload,
+            meta,
+            range,
+            attributes: Default::default(),
+        })
     }
 }
 
@@ -334,46 +406,43 @@ impl ObjectStore for SegmentCache {
         if conditional {
             return self.inner.get_opts(location, options).await;
         }
-        let (cache, lookup) = (self.copies.clone(), location.clone());
-        let hit = tokio::task::spawn_blocking(move || cache.cached(&lookup))
-            .await
-            .map_err(cache_error)?;
-        if let Some((file, size)) = hit {
+        if let Some(hit) = self.cached(location).await? {
             metrics::counter!("fabrik_segment_cache_hits_total").increment(1);
-            let range = match &options.range {
-                Some(range) => range.as_range(size).map_err(cache_error)?,
-                None => 0..size,
-            };
-            let meta = ObjectMeta {
-                location: location.clone(),
-                last_modified: file
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .map_or_else(|_| chrono::Utc::now(), chrono::DateTime::from),
-                size,
-                e_tag: None,
-                version: None,
-            };
-            let payload = if options.head {
-                GetResultPayload::Stream(futures::stream::empty().boxed())
-            } else {
-                GetResultPayload::File(file, self.copies.file(location))
-            };
-            return Ok(GetResult {
-                payload,
-                meta,
-                range,
-                attributes: Default::default(),
-            });
+            return self.serve(location, hit, &options);
         }
         metrics::counter!("fabrik_segment_cache_misses_total").increment(1);
-        if options.head {
+        if options.head || self.copies.state.lock().too_large.contains(location) {
             return self.inner.get_opts(location, options).await;
+        }
+        // One fill per segment at a time: the partitions of a query open the same file at
+        // once, and each would otherwise fetch it whole.
+        let fill = self.copies.fill_lock(location);
+        let filling = fill.lock().await;
+        if let Some(hit) = self.cached(location).await? {
+            return self.serve(location, hit, &options);
         }
         // The whole segment, once: the next reads of any of its columns are local.
         let whole = self.inner.get_opts(location, GetOptions::default()).await?;
+        if whole.meta.size > self.copies.limit {
+            // It would not be kept: read only what was asked for, now and from now on.
+            drop(whole);
+            self.copies.state.lock().too_large.insert(location.clone());
+            drop(filling);
+            self.copies.fill_done(location, fill);
+            return self.inner.get_opts(location, options).await;
+        }
         let (meta, attributes) = (whole.meta.clone(), whole.attributes.clone());
         let bytes = whole.bytes().await?;
+        if bytes.len() as u64 != meta.size {
+            return Err(cache_error(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the bucket sent {} bytes of {location}, which is {} bytes long",
+                    bytes.len(),
+                    meta.size
+                ),
+            )));
+        }
         let range = match &options.range {
             Some(range) => range.as_range(meta.size).map_err(cache_error)?,
             None => 0..meta.size,
@@ -382,6 +451,8 @@ impl ObjectStore for SegmentCache {
         tokio::task::spawn_blocking(move || cache.keep(&kept, &[chunk]))
             .await
             .map_err(cache_error)?;
+        drop(filling);
+        self.copies.fill_done(location, fill);
         let part = bytes.slice(usize_range(&range)?);
         Ok(GetResult {
             payload: GetResultPayload::Stream(futures::stream::once(async { Ok(part) }).boxed()),
@@ -577,6 +648,10 @@ mod tests {
         let part = cache.get_range(&path, 400..500).await.expect("range");
         assert_eq!(part, bytes.slice(400..500));
         assert!(copies(&cache).is_empty());
+        // Later reads ask the bucket for their range only.
+        assert!(cache.copies.state.lock().too_large.contains(&path));
+        let part = cache.get_range(&path, 0..10).await.expect("range");
+        assert_eq!(part, bytes.slice(0..10));
     }
 
     #[test]
@@ -591,7 +666,8 @@ mod tests {
         write("0000000000000001.parquet", 10);
         write("0000000000000002.parquet", 5);
         write("0000000000000003.parquet", 10);
-        write("0000000000000004.parquet.9.partial", 10);
+        // What `keep` leaves when stopped between writing and renaming.
+        write("0000000000000003.9.partial", 10);
         let live: HashMap<String, u64> = [
             ("t1/p0/0000000000000001.parquet".to_owned(), 10),
             // Listed with another length: a torn copy.
