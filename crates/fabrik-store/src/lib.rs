@@ -676,6 +676,9 @@ impl Store {
             .map_err(|e| StoreError::Internal(format!("blob inventory task: {e}")))??;
         report.errors += unreadable;
         report.local_bytes = local.iter().map(|blob| blob.bytes).sum();
+        // Set now too: a pass that stops early (fenced, the bucket down) still says how full
+        // the disk is.
+        metrics::gauge!("fabrik_blob_local_bytes").set(report.local_bytes as f64);
         let mut left = report.local_bytes;
         if left > limit {
             // Once a restore elsewhere took the prefix over, its blobs are the new owner's to
@@ -733,6 +736,7 @@ impl Store {
         metrics::gauge!("fabrik_blob_local_bytes").set(left as f64);
         metrics::counter!("fabrik_blobs_evicted_total").increment(report.evicted);
         metrics::counter!("fabrik_blob_bytes_evicted_total").increment(report.bytes_evicted);
+        metrics::counter!("fabrik_blob_eviction_errors_total").increment(report.errors);
         if report.evicted > 0 || left > limit {
             tracing::info!(
                 evicted = report.evicted,

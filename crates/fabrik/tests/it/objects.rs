@@ -1019,6 +1019,7 @@ fn a_blob_the_bucket_holds_other_bytes_for_stays_on_the_disk_until_copied_again(
         metric("fabrik_blobs_evicted_total") == Some(1.0)
     });
     assert!(on_disk(&a) && !on_disk(&c));
+    assert!(metric("fabrik_blob_eviction_errors_total").is_some_and(|n| n >= 1.0));
     // Named by a new row, frame 1 is copied again over the wrong bytes.
     assert_eq!(store(1, now), a);
     admin(&node.url, "persist");
