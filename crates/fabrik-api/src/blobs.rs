@@ -8,8 +8,10 @@ use axum::{Json, body::Body};
 use fabrik_core::blob::WAV_MEDIA_TYPE;
 use fabrik_core::wav::{self, WavInfo};
 use fabrik_core::{BlobId, BlobRow, Lineage, SourceId, Timestamp};
-use fabrik_store::{ByteRange, RangeRead};
+use fabrik_store::{BlobMeta, ByteRange, RangeRead};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+use tokio_util::io::ReaderStream;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::ApiState;
@@ -245,6 +247,54 @@ pub(crate) async fn get_blob(
     let range = header_text(header::RANGE)
         .and_then(parse_range)
         .filter(|_| header_text(header::IF_RANGE).is_none_or(|tag| tag.trim() == etag));
+    let range_text = header_text(header::RANGE).unwrap_or_default().to_owned();
+    let unsatisfiable = |mut headers: HeaderMap, meta: &BlobMeta| {
+        headers.insert(
+            header::CONTENT_RANGE,
+            header_value(&format!("bytes */{}", meta.length))?,
+        );
+        let mut answer = ApiError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "range_not_satisfiable",
+            format!(
+                "the range `{range_text}` names no byte of blob {id}, which is {} bytes long",
+                meta.length
+            ),
+        )
+        .into_response();
+        answer.headers_mut().extend(headers);
+        Ok(answer)
+    };
+    // On the disk: streamed from the file, so a long recording is not held in memory.
+    if let Some((file, meta)) = state.store.blob_file(&id).await? {
+        describe(&mut headers, &meta.content_type)?;
+        let span = match range.map(|range| range.resolve(meta.length)) {
+            None => 0..meta.length,
+            Some(Some(span)) => span,
+            Some(None) => return unsatisfiable(headers, &meta),
+        };
+        let length = span.end - span.start;
+        let mut file = tokio::fs::File::from_std(file);
+        file.seek(std::io::SeekFrom::Start(span.start))
+            .await
+            .map_err(|e| {
+                ApiError::from(fabrik_store::StoreError::io(
+                    format!("reading blob {id}"),
+                    e,
+                ))
+            })?;
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        let status = if range.is_some() {
+            let content_range = format!("bytes {}-{}/{}", span.start, span.end - 1, meta.length);
+            headers.insert(header::CONTENT_RANGE, header_value(&content_range)?);
+            StatusCode::PARTIAL_CONTENT
+        } else {
+            StatusCode::OK
+        };
+        let body = Body::from_stream(ReaderStream::new(file.take(length)));
+        return Ok((status, headers, body).into_response());
+    }
+    // Not on the disk: from the bucket, whole (checked and kept) or the range alone.
     let Some(range) = range else {
         let blob = state.store.blob(&id).await?.ok_or_else(not_found)?;
         describe(&mut headers, &blob.content_type)?;
@@ -267,24 +317,7 @@ pub(crate) async fn get_blob(
             headers.insert(header::CONTENT_RANGE, header_value(&content_range)?);
             Ok((StatusCode::PARTIAL_CONTENT, headers, part.bytes).into_response())
         }
-        RangeRead::Unsatisfiable(meta) => {
-            let mut answer = ApiError::new(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                "range_not_satisfiable",
-                format!(
-                    "the range `{}` names no byte of blob {id}, which is {} bytes long",
-                    header_text(header::RANGE).unwrap_or_default(),
-                    meta.length
-                ),
-            )
-            .into_response();
-            answer.headers_mut().extend(headers);
-            answer.headers_mut().insert(
-                header::CONTENT_RANGE,
-                header_value(&format!("bytes */{}", meta.length))?,
-            );
-            Ok(answer)
-        }
+        RangeRead::Unsatisfiable(meta) => unsatisfiable(headers, &meta),
     }
 }
 

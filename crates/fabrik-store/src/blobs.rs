@@ -261,6 +261,13 @@ impl BlobStore {
         Ok(Some(RangeRead::Part(BlobPart { meta, range, bytes })))
     }
 
+    /// The blob's file on the disk, open for reading, with its media type and length, or
+    /// `None` if the disk has no such blob; for serving it without holding it in memory.
+    /// Blocking.
+    pub fn open_file(&self, id: &BlobId) -> Result<Option<(std::fs::File, BlobMeta)>, StoreError> {
+        self.open_blob(id)
+    }
+
     /// The blob's file, open, with its media type and length. The media type is read first:
     /// `put` writes it before the blob and `evict` removes it after, so a blob found after
     /// its media type was read is one the media type belongs to, even if it is evicted while

@@ -600,6 +600,26 @@ impl Store {
         Ok(Some(blob))
     }
 
+    /// Blob `id`'s file in the data directory, open, with its media type and length (and, with
+    /// `local_blob_limit`, marked as used); `None` if the disk does not have it, though the
+    /// bucket may ([`Store::blob`] reads both).
+    pub async fn blob_file(
+        &self,
+        id: &fabrik_core::BlobId,
+    ) -> Result<Option<(std::fs::File, BlobMeta)>, StoreError> {
+        let (blobs, lookup) = (self.blobs.clone(), id.clone());
+        let evicting = self.evicts_blobs();
+        tokio::task::spawn_blocking(move || {
+            let found = blobs.open_file(&lookup)?;
+            if evicting && found.is_some() {
+                blobs.touch(&lookup);
+            }
+            Ok::<_, StoreError>(found)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("blob read task: {e}")))?
+    }
+
     /// The media type and length of blob `id`: from the data directory, else from the bucket
     /// (a HEAD). `None` if neither has it.
     pub async fn blob_meta(

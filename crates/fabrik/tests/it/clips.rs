@@ -527,6 +527,12 @@ fn a_clip_is_served_in_the_ranges_a_player_asks_for() {
             format!("bytes {}-{}/{length}", expected.start, expected.end - 1),
             "{range}"
         );
+        // Sent with its length (streamed from the file, not chunked), as players expect.
+        assert_eq!(
+            answer.header("content-length"),
+            (expected.end - expected.start).to_string(),
+            "{range}"
+        );
         assert!(answer.bytes == whole[expected], "{range}: other bytes");
         assert_eq!(answer.header("content-type"), "audio/wav");
         assert_eq!(answer.header("etag"), etag);
