@@ -244,24 +244,6 @@ impl Copies {
         metrics::gauge!("fabrik_segment_cache_bytes").set(bytes as f64);
     }
 
-    /// The lock a read filling `location` holds while it fetches the segment.
-    fn fill_lock(&self, location: &Path) -> Arc<tokio::sync::Mutex<()>> {
-        self.filling
-            .lock()
-            .entry(location.clone())
-            .or_default()
-            .clone()
-    }
-
-    /// Lets go of `fill` (from [`Self::fill_lock`]) once no other read waits on it.
-    fn fill_done(&self, location: &Path, fill: Arc<tokio::sync::Mutex<()>>) {
-        let mut filling = self.filling.lock();
-        // The map's reference and this one: nobody else holds it.
-        if Arc::strong_count(&fill) <= 2 {
-            filling.remove(location);
-        }
-    }
-
     /// Drops the copy of `location`, if there is one.
     fn forget(&self, location: &Path) {
         if self.state.lock().forget(location) {
@@ -279,6 +261,45 @@ impl Copies {
                 self.state.lock().forget(location);
                 None
             }
+        }
+    }
+}
+
+/// A read's turn to fill one segment; other reads of it wait for it to end. Ending it (on any
+/// return, error or not) forgets the segment's lock once no read waits on it.
+struct Filling {
+    copies: Arc<Copies>,
+    location: Path,
+    turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Filling {
+    async fn start(copies: &Arc<Copies>, location: &Path) -> Self {
+        let lock = copies
+            .filling
+            .lock()
+            .entry(location.clone())
+            .or_default()
+            .clone();
+        Self {
+            copies: copies.clone(),
+            location: location.clone(),
+            turn: Some(lock.lock_owned().await),
+        }
+    }
+}
+
+impl Drop for Filling {
+    fn drop(&mut self) {
+        let Some(turn) = self.turn.take() else {
+            return;
+        };
+        let lock = tokio::sync::OwnedMutexGuard::mutex(&turn).clone();
+        drop(turn);
+        let mut filling = self.copies.filling.lock();
+        // The map's reference and this one: no other read holds or waits for it.
+        if Arc::strong_count(&lock) <= 2 {
+            filling.remove(&self.location);
         }
     }
 }
@@ -416,8 +437,7 @@ impl ObjectStore for SegmentCache {
         }
         // One fill per segment at a time: the partitions of a query open the same file at
         // once, and each would otherwise fetch it whole.
-        let fill = self.copies.fill_lock(location);
-        let filling = fill.lock().await;
+        let filling = Filling::start(&self.copies, location).await;
         if let Some(hit) = self.cached(location).await? {
             return self.serve(location, hit, &options);
         }
@@ -428,7 +448,6 @@ impl ObjectStore for SegmentCache {
             drop(whole);
             self.copies.state.lock().too_large.insert(location.clone());
             drop(filling);
-            self.copies.fill_done(location, fill);
             return self.inner.get_opts(location, options).await;
         }
         let (meta, attributes) = (whole.meta.clone(), whole.attributes.clone());
@@ -452,7 +471,6 @@ impl ObjectStore for SegmentCache {
             .await
             .map_err(cache_error)?;
         drop(filling);
-        self.copies.fill_done(location, fill);
         let part = bytes.slice(usize_range(&range)?);
         Ok(GetResult {
             payload: GetResultPayload::Stream(futures::stream::once(async { Ok(part) }).boxed()),
@@ -635,6 +653,34 @@ mod tests {
             .expect("bytes");
         assert_eq!(whole, b_bytes);
         assert_eq!(cache.copies.state.lock().bytes, 200);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_of_one_missing_segment_at_once_get_their_ranges_and_leave_no_lock_behind() {
+        let (cache, bucket, _dir) = cache(1 << 20);
+        let cache = Arc::new(cache);
+        let (path, bytes) = segment(5, 4000);
+        bucket
+            .put(&path, bytes.clone().into())
+            .await
+            .expect("bucket");
+        let reads: Vec<_> = (0..8_u64)
+            .map(|k| {
+                let (cache, path) = (cache.clone(), path.clone());
+                tokio::spawn(async move { cache.get_range(&path, k * 100..k * 100 + 50).await })
+            })
+            .collect();
+        for (k, read) in reads.into_iter().enumerate() {
+            let part = read.await.expect("task").expect("read");
+            let start = k * 100;
+            assert_eq!(part, bytes.slice(start..start + 50));
+        }
+        assert_eq!(copies(&cache), vec!["0000000000000005.parquet"]);
+        assert_eq!(cache.copies.state.lock().bytes, 4000);
+        // A read that fails (nothing in the bucket) leaves no lock behind either.
+        let (missing, _) = segment(6, 10);
+        assert!(cache.get(&missing).await.is_err());
+        assert!(cache.copies.filling.lock().is_empty());
     }
 
     #[tokio::test]
