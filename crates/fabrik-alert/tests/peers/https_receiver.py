@@ -28,6 +28,7 @@ def main():
     parser.add_argument("--password", default="s3cret")
     args = parser.parse_args()
     expected = "Basic " + base64.b64encode(f"{args.user}:{args.password}".encode()).decode()
+    output = threading.Lock()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
@@ -38,7 +39,12 @@ def main():
                 parsed = json.loads(body)
             except ValueError:
                 parsed = None
-            print("POST", json.dumps({"authorized": authorized, "body": parsed}), flush=True)
+            line = "POST " + json.dumps({"authorized": authorized, "body": parsed}) + "\n"
+            # One write under a lock: the server answers each request on its own thread, and
+            # print() writes its parts separately, so two requests' lines could interleave.
+            with output:
+                sys.stdout.write(line)
+                sys.stdout.flush()
             self.send_response(200 if authorized else 401)
             self.send_header("content-length", "0")
             self.end_headers()

@@ -13,6 +13,7 @@ Usage: otlp_receiver.py PORT OUT
 import base64
 import json
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from google.protobuf import json_format
@@ -37,6 +38,11 @@ def value(any_value):
     return int(v) if kind == "int_value" else v
 
 
+# Requests are answered on threads of their own: their lines are appended one request at a
+# time, so a large batch flushed in several writes never interleaves with another's.
+OUT_LOCK = threading.Lock()
+
+
 class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length", 0)))
@@ -52,7 +58,7 @@ class Handler(BaseHTTPRequestHandler):
                         hex_ids_to_base64(span)
             request = json_format.Parse(json.dumps(document), ExportTraceServiceRequest())
         except Exception as e:  # noqa: BLE001 - every failure is the sender's
-            with open(OUT, "a") as out:
+            with OUT_LOCK, open(OUT, "a") as out:
                 out.write(json.dumps({"error": str(e)}) + "\n")
             self.send_response(400)
             self.end_headers()
@@ -74,7 +80,7 @@ class Handler(BaseHTTPRequestHandler):
                         "status": span.status.code,
                         "resource": resource,
                     }))
-        with open(OUT, "a") as out:
+        with OUT_LOCK, open(OUT, "a") as out:
             out.writelines(line + "\n" for line in lines)
         answer = b"{}"
         self.send_response(200)
