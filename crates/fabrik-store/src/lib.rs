@@ -567,17 +567,7 @@ impl Store {
     /// holds every blob a persisted listing names, and kept on the disk after, so a restored
     /// node reads its clips again (decision 0061). `None` if neither has it.
     pub async fn blob(&self, id: &fabrik_core::BlobId) -> Result<Option<Blob>, StoreError> {
-        let (blobs, lookup) = (self.blobs.clone(), id.clone());
-        let evicting = self.evicts_blobs();
-        let local = tokio::task::spawn_blocking(move || {
-            let blob = blobs.get(&lookup)?;
-            if evicting && blob.is_some() {
-                blobs.touch(&lookup);
-            }
-            Ok::<_, StoreError>(blob)
-        })
-        .await
-        .map_err(|e| StoreError::Internal(format!("blob read task: {e}")))??;
+        let local = self.read_local(id, true, BlobStore::get).await?;
         if local.is_some() {
             return Ok(local);
         }
@@ -607,17 +597,7 @@ impl Store {
         &self,
         id: &fabrik_core::BlobId,
     ) -> Result<Option<(std::fs::File, BlobMeta)>, StoreError> {
-        let (blobs, lookup) = (self.blobs.clone(), id.clone());
-        let evicting = self.evicts_blobs();
-        tokio::task::spawn_blocking(move || {
-            let found = blobs.open_file(&lookup)?;
-            if evicting && found.is_some() {
-                blobs.touch(&lookup);
-            }
-            Ok::<_, StoreError>(found)
-        })
-        .await
-        .map_err(|e| StoreError::Internal(format!("blob read task: {e}")))?
+        self.read_local(id, true, BlobStore::open_file).await
     }
 
     /// The media type and length of blob `id`: from the data directory, else from the bucket
@@ -626,10 +606,7 @@ impl Store {
         &self,
         id: &fabrik_core::BlobId,
     ) -> Result<Option<BlobMeta>, StoreError> {
-        let (blobs, lookup) = (self.blobs.clone(), id.clone());
-        let local = tokio::task::spawn_blocking(move || blobs.meta(&lookup))
-            .await
-            .map_err(|e| StoreError::Internal(format!("blob read task: {e}")))??;
+        let local = self.read_local(id, false, BlobStore::meta).await?;
         if local.is_some() {
             return Ok(local);
         }
@@ -648,17 +625,9 @@ impl Store {
         id: &fabrik_core::BlobId,
         range: ByteRange,
     ) -> Result<Option<RangeRead>, StoreError> {
-        let (blobs, lookup) = (self.blobs.clone(), id.clone());
-        let evicting = self.evicts_blobs();
-        let local = tokio::task::spawn_blocking(move || {
-            let read = blobs.get_range(&lookup, range)?;
-            if evicting && read.is_some() {
-                blobs.touch(&lookup);
-            }
-            Ok::<_, StoreError>(read)
-        })
-        .await
-        .map_err(|e| StoreError::Internal(format!("blob read task: {e}")))??;
+        let local = self
+            .read_local(id, true, move |blobs, id| blobs.get_range(id, range))
+            .await?;
         if local.is_some() {
             return Ok(local);
         }
@@ -666,6 +635,30 @@ impl Store {
             Some(bucket) => bucket.fetch_blob_range(id, range).await,
             None => Ok(None),
         }
+    }
+
+    /// Runs `read` of blob `id` on the disk's blob store, off the async threads. With
+    /// `local_blob_limit`, a blob it found is marked as used if `counts_as_use` (reads of its
+    /// bytes do; a look at its length does not), for the eviction order.
+    async fn read_local<T: Send + 'static>(
+        &self,
+        id: &fabrik_core::BlobId,
+        counts_as_use: bool,
+        read: impl FnOnce(&BlobStore, &fabrik_core::BlobId) -> Result<Option<T>, StoreError>
+        + Send
+        + 'static,
+    ) -> Result<Option<T>, StoreError> {
+        let (blobs, lookup) = (self.blobs.clone(), id.clone());
+        let touch = counts_as_use && self.evicts_blobs();
+        tokio::task::spawn_blocking(move || {
+            let found = read(&blobs, &lookup)?;
+            if touch && found.is_some() {
+                blobs.touch(&lookup);
+            }
+            Ok(found)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("blob read task: {e}")))?
     }
 
     /// Whether blobs leave the disk past `[store.objects] local_blob_limit`.

@@ -3,7 +3,7 @@
 //! band features find a whine that the clip's loudness hides.
 
 use crate::mqtt::{eventually, http, query};
-use crate::support::{Process, TOKEN, blocking_query_count, now_ns};
+use crate::support::{Answer, Process, TOKEN, blocking_query_count, now_ns};
 
 const SECOND: i64 = 1_000_000_000;
 const RATE: u32 = 8_000;
@@ -70,42 +70,9 @@ pub(crate) fn post_blob(
 
 /// GETs a blob: status, media type, bytes.
 pub(crate) fn get_blob(url: &str, id: &str) -> (u16, String, Vec<u8>) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
-    rt.block_on(async {
-        let r = crate::support::http_client()
-            .get(format!("{url}/api/v1/blobs/{id}"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .expect("get");
-        let status = r.status().as_u16();
-        let media = r
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        (status, media, r.bytes().await.expect("bytes").to_vec())
-    })
-}
-
-/// What a request for a blob answered.
-pub(crate) struct Answer {
-    pub(crate) status: u16,
-    pub(crate) headers: reqwest::header::HeaderMap,
-    pub(crate) bytes: Vec<u8>,
-}
-
-impl Answer {
-    pub(crate) fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
+    let answer = request_blob(url, id, reqwest::Method::GET, &[]);
+    let media = answer.header("content-type").to_owned();
+    (answer.status, media, answer.bytes)
 }
 
 /// Sends `method` for a blob with extra request headers.
@@ -115,23 +82,13 @@ pub(crate) fn request_blob(
     method: reqwest::Method,
     headers: &[(&str, &str)],
 ) -> Answer {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
-    rt.block_on(async {
-        let mut request = crate::support::http_client()
-            .request(method, format!("{url}/api/v1/blobs/{id}"))
-            .bearer_auth(TOKEN);
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let r = request.send().await.expect("request");
-        Answer {
-            status: r.status().as_u16(),
-            headers: r.headers().clone(),
-            bytes: r.bytes().await.expect("bytes").to_vec(),
-        }
+    crate::support::send_blocking_answer(|client| {
+        headers.iter().fold(
+            client
+                .request(method, format!("{url}/api/v1/blobs/{id}"))
+                .bearer_auth(TOKEN),
+            |request, (name, value)| request.header(*name, *value),
+        )
     })
 }
 

@@ -929,24 +929,15 @@ const AS_THE_STORE: &str = "AWS4-HMAC-SHA256 Credential=fabrik-test/20260101/us-
 /// An object in the bucket, read as the store's access key: status, its `x-amz-meta-sha256`,
 /// body.
 fn bucket_object(url: &str) -> (u16, Option<String>, String) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
-    rt.block_on(async {
-        let r = crate::support::http_client()
-            .get(url)
-            .header("authorization", AS_THE_STORE)
-            .send()
-            .await
-            .expect("get object");
-        let sha256 = r
-            .headers()
-            .get("x-amz-meta-sha256")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        (r.status().as_u16(), sha256, r.text().await.expect("body"))
-    })
+    let answer = crate::support::send_blocking_answer(|client| {
+        client.get(url).header("authorization", AS_THE_STORE)
+    });
+    let sha256 = Some(answer.header("x-amz-meta-sha256").to_owned()).filter(|h| !h.is_empty());
+    (
+        answer.status,
+        sha256,
+        String::from_utf8_lossy(&answer.bytes).into_owned(),
+    )
 }
 
 /// Blobs travel to the bucket with their SHA-256 as metadata. An object there under a blob's

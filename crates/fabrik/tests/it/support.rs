@@ -380,6 +380,41 @@ pub(crate) fn send_blocking(
     })
 }
 
+/// What a request answered, headers included.
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) headers: reqwest::header::HeaderMap,
+    pub(crate) bytes: Vec<u8>,
+}
+
+impl Answer {
+    /// A header's value as text ("" when absent or not text).
+    pub(crate) fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+/// [`send_blocking`], keeping the headers and the raw body.
+pub(crate) fn send_blocking_answer(
+    build: impl FnOnce(reqwest::Client) -> reqwest::RequestBuilder,
+) -> Answer {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let r = build(http_client()).send().await.expect("request");
+        Answer {
+            status: r.status().as_u16(),
+            headers: r.headers().clone(),
+            bytes: r.bytes().await.expect("body").to_vec(),
+        }
+    })
+}
+
 /// [`send_blocking`], the body read as JSON (`Null` when it is not JSON).
 pub(crate) fn send_blocking_json(
     build: impl FnOnce(reqwest::Client) -> reqwest::RequestBuilder,

@@ -163,12 +163,10 @@ fn header_receiver() -> (
     (url, seen)
 }
 
-#[test]
-fn a_webhook_carries_the_trace_of_its_delivery() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = dir.path().join("spans.jsonl");
-    let (port, _collector) = collector(&out);
-    let (hook, seen) = header_receiver();
+/// A `fabrik run` exporting spans to the collector on `port`, with an alert rule on hot ovens
+/// and one notifier (`notifier`: the body of its `[[alerting.notifiers]]` table), after a
+/// write of a 95 °C oven that fires the rule.
+fn start_hot_oven(dir: &Path, port: u16, notifier: &str) -> Process {
     let config = format!(
         r#"
 [traces]
@@ -184,14 +182,9 @@ threshold = 80.0
 interval = "200ms"
 start = "earliest"
 
-[[alerting.notifiers]]
-name = "ops"
-kind = "webhook"
-url = "{hook}"
-timeout = "2s"
-"#
+[[alerting.notifiers]]{notifier}"#
     );
-    let p = crate::support::start_configured(dir.path(), &config);
+    let p = crate::support::start_configured(dir, &config);
     let line = format!(
         "oven,device=oven-1 celsius=95 {}\n",
         crate::support::now_ns()
@@ -200,23 +193,49 @@ timeout = "2s"
         crate::support::post_status(&p.url, "/api/v1/write", &line),
         200
     );
+    p
+}
+
+/// The span a W3C `traceparent` names, once the collector has it; its form is checked first.
+fn span_of(out: &Path, traceparent: &str) -> serde_json::Value {
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    assert_eq!((parts[0], parts[3]), ("00", "01"), "{traceparent}");
+    eventually("the span at the collector", || {
+        spans(out)
+            .iter()
+            .any(|s| s["trace_id"] == parts[1] && s["span_id"] == parts[2])
+    });
+    spans(out)
+        .into_iter()
+        .find(|s| s["span_id"] == parts[2])
+        .expect("span")
+}
+
+#[test]
+fn a_webhook_carries_the_trace_of_its_delivery() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("spans.jsonl");
+    let (port, _collector) = collector(&out);
+    let (hook, seen) = header_receiver();
+    let _oven = start_hot_oven(
+        dir.path(),
+        port,
+        &format!(
+            r#"
+name = "ops"
+kind = "webhook"
+url = "{hook}"
+timeout = "2s"
+"#
+        ),
+    );
     eventually("the webhook", || !seen.lock().expect("log").is_empty());
     let traceparent = seen.lock().expect("log")[0]
         .clone()
         .expect("the webhook carried no traceparent");
-    let parts: Vec<&str> = traceparent.split('-').collect();
-    assert_eq!(parts.len(), 4, "{traceparent}");
-    assert_eq!((parts[0], parts[3]), ("00", "01"), "{traceparent}");
     // The receiver's parent is the delivery's own span, as exported to the collector.
-    eventually("the delivery's span at the collector", || {
-        spans(&out)
-            .iter()
-            .any(|s| s["trace_id"] == parts[1] && s["span_id"] == parts[2])
-    });
-    let delivery = spans(&out)
-        .into_iter()
-        .find(|s| s["span_id"] == parts[2])
-        .expect("span");
+    let delivery = span_of(&out, &traceparent);
     assert_eq!(delivery["name"], "alert notification ops", "{delivery}");
     assert_eq!(delivery["kind"], 3, "a client span: {delivery}");
 }
@@ -229,39 +248,18 @@ fn an_mqtt_notification_carries_the_trace_of_its_delivery() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("spans.jsonl");
     let (port, _collector) = collector(&out);
-    let config = format!(
+    let p = start_hot_oven(
+        dir.path(),
+        port,
         r#"
-[traces]
-otlp_endpoint = "http://127.0.0.1:{port}"
-
-[[alerting.rules]]
-name = "oven-hot"
-table = "oven"
-value = "celsius"
-key = "device"
-condition = "above"
-threshold = 80.0
-interval = "200ms"
-start = "earliest"
-
-[[alerting.notifiers]]
 name = "scada"
 kind = "mqtt"
-topic = "plant/alerts/{{rule}}/{{device}}"
+topic = "plant/alerts/{rule}/{device}"
 retain = true
-"#
+"#,
     );
-    let p = crate::support::start_configured(dir.path(), &config);
     let mqtt = p.mqtt.clone().expect("the MQTT endpoint");
     let (host, mqtt_port) = mqtt.rsplit_once(':').expect("host:port");
-    let line = format!(
-        "oven,device=oven-1 celsius=95 {}\n",
-        crate::support::now_ns()
-    );
-    assert_eq!(
-        crate::support::post_status(&p.url, "/api/v1/write", &line),
-        200
-    );
     // Retained: the subscriber finds the notification whenever it connects.
     let mut printed = String::new();
     eventually("the retained notification with its user properties", || {
@@ -297,18 +295,7 @@ retain = true
         .split(' ')
         .find_map(|property| property.strip_prefix("traceparent:"))
         .unwrap_or_else(|| panic!("no traceparent user property in `{properties}`"));
-    let parts: Vec<&str> = traceparent.split('-').collect();
-    assert_eq!(parts.len(), 4, "{traceparent}");
-    assert_eq!((parts[0], parts[3]), ("00", "01"), "{traceparent}");
     // The subscriber's parent is the delivery's span, as exported to the collector.
-    eventually("the delivery's span at the collector", || {
-        spans(&out)
-            .iter()
-            .any(|s| s["trace_id"] == parts[1] && s["span_id"] == parts[2])
-    });
-    let delivery = spans(&out)
-        .into_iter()
-        .find(|s| s["span_id"] == parts[2])
-        .expect("span");
+    let delivery = span_of(&out, traceparent);
     assert_eq!(delivery["name"], "alert notification scada", "{delivery}");
 }
