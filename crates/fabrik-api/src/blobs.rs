@@ -265,8 +265,14 @@ pub(crate) async fn get_blob(
         answer.headers_mut().extend(headers);
         Ok(answer)
     };
-    // On the disk: streamed from the file, so a long recording is not held in memory.
-    if let Some((file, meta)) = state.store.blob_file(&id).await? {
+    // Streamed from the file on the disk, so a long recording is not held in memory. A whole
+    // read of a blob only the bucket holds copies it back to the disk first (checked against
+    // its id as it is written); a range of it is read from the bucket alone, below.
+    let on_disk = match range {
+        None => state.store.fetch_blob_file(&id).await?,
+        Some(_) => state.store.blob_file(&id).await?,
+    };
+    if let Some((file, meta)) = on_disk {
         describe(&mut headers, &meta.content_type)?;
         let span = match range.map(|range| range.resolve(meta.length)) {
             None => 0..meta.length,
@@ -294,11 +300,9 @@ pub(crate) async fn get_blob(
         let body = Body::from_stream(ReaderStream::new(file.take(length)));
         return Ok((status, headers, body).into_response());
     }
-    // Not on the disk: from the bucket, whole (checked and kept) or the range alone.
+    // A range of a blob not on the disk: from the bucket, without bringing the blob back.
     let Some(range) = range else {
-        let blob = state.store.blob(&id).await?.ok_or_else(not_found)?;
-        describe(&mut headers, &blob.content_type)?;
-        return Ok((StatusCode::OK, headers, blob.bytes).into_response());
+        return Err(not_found());
     };
     match state
         .store

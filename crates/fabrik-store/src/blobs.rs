@@ -6,7 +6,8 @@
 //! its row (the process died in between) is only unreferenced bytes, which [`BlobStore::sweep`]
 //! deletes, with the blobs whose rows have expired, once they are older than a minimum age.
 //! With segments in a bucket, a persist also copies the blobs its listings name there, and
-//! `Store::blob` reads them back from it (decision 0061).
+//! `Store::fetch_blob_file` copies them back from it, streamed through a [`BlobWriter`] that
+//! checks their hash before they take their name (decisions 0061, 0065).
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -16,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use fabrik_core::BlobId;
 use parking_lot::Mutex;
+use sha2::{Digest as _, Sha256};
 
 use crate::StoreError;
 
@@ -132,6 +134,14 @@ pub struct Blob {
     pub content_type: String,
 }
 
+/// Whether `text` can be stored as a media type: printable ASCII, 1 to [`MAX_MEDIA_TYPE`]
+/// bytes.
+fn is_media_type(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_MEDIA_TYPE
+        && text.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
@@ -162,12 +172,7 @@ impl BlobStore {
     /// (hold the pin until the rows naming the blob are written), once they are durable.
     /// Blocking: call it from `spawn_blocking`.
     pub fn put(&self, bytes: &[u8], content_type: &str) -> Result<BlobPin, StoreError> {
-        if content_type.len() > MAX_MEDIA_TYPE
-            || content_type.is_empty()
-            || !content_type
-                .bytes()
-                .all(|b| b.is_ascii_graphic() || b == b' ')
-        {
+        if !is_media_type(content_type) {
             return Err(StoreError::InvalidPoint {
                 location: "content type".into(),
                 reason: format!(
@@ -570,15 +575,138 @@ impl BlobStore {
     }
 }
 
-/// Writes `bytes` to a temporary file beside `path`, fsyncs it and renames it into place, so
-/// `path` is either absent or whole. Each write has a temporary file of its own: two stores of
-/// the same bytes at once (a client's retry, HTTP and MQTT) must not write into one file.
-fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// A blob written from a stream of chunks, as one read back from the bucket is (decision
+/// 0065): hashed as it is appended to a temporary file beside its place, and renamed there by
+/// [`BlobWriter::finish`] only if the bytes are the blob it was opened for. So neither memory
+/// nor the disk ever holds more than a chunk that is not checked. Dropped unfinished (the
+/// bucket failed mid-stream), it removes its temporary file.
+#[derive(Debug)]
+pub(crate) struct BlobWriter {
+    store: BlobStore,
+    id: BlobId,
+    content_type: String,
+    temporary: PathBuf,
+    file: Option<std::fs::File>,
+    hasher: Sha256,
+    written: u64,
+}
+
+/// What [`BlobWriter::finish`] found.
+#[derive(Debug)]
+pub(crate) enum Written {
+    /// The bytes were the blob: its file, open for reading, and what it is.
+    Stored(std::fs::File, BlobMeta),
+    /// The bytes were another blob's (this is their id); nothing was stored.
+    OtherBytes(BlobId),
+}
+
+impl BlobStore {
+    /// Starts writing blob `id` with media type `content_type` (one that cannot be stored is
+    /// replaced by `application/octet-stream`) from chunks. Blocking.
+    pub(crate) fn writer(&self, id: &BlobId, content_type: &str) -> Result<BlobWriter, StoreError> {
+        let path = self.path(id);
+        let dir = path
+            .parent()
+            .ok_or_else(|| StoreError::Internal("blob path without a directory".into()))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::io(format!("creating the directory of blob {id}"), e))?;
+        let temporary = temporary_beside(&path);
+        let file = std::fs::File::create(&temporary)
+            .map_err(|e| StoreError::io(format!("storing blob {id}"), e))?;
+        Ok(BlobWriter {
+            store: self.clone(),
+            id: id.clone(),
+            content_type: if is_media_type(content_type) {
+                content_type.to_owned()
+            } else {
+                "application/octet-stream".to_owned()
+            },
+            temporary,
+            file: Some(file),
+            hasher: Sha256::new(),
+            written: 0,
+        })
+    }
+}
+
+impl BlobWriter {
+    /// Appends `chunk`. Blocking.
+    pub(crate) fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| StoreError::Internal("blob writer used after it finished".into()))?;
+        file.write_all(chunk)
+            .map_err(|e| StoreError::io(format!("storing blob {}", self.id), e))?;
+        self.hasher.update(chunk);
+        self.written += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Checks that the bytes written are the blob, and if they are makes them durable under
+    /// its name (media type first, as `put` does) and returns its file, opened before the
+    /// rename so an eviction right after cannot take it from the reader. Blocking.
+    pub(crate) fn finish(mut self) -> Result<Written, StoreError> {
+        let found = BlobId::from_digest(&self.hasher.clone().finalize().into());
+        if found != self.id {
+            return Ok(Written::OtherBytes(found));
+        }
+        let id = self.id.clone();
+        let io = |what: &str, e| StoreError::io(format!("{what} blob {id}"), e);
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| StoreError::Internal("blob writer finished twice".into()))?;
+        file.sync_all().map_err(|e| io("storing", e))?;
+        drop(file);
+        let reader = std::fs::File::open(&self.temporary).map_err(|e| io("reading", e))?;
+        let path = self.store.path(&id);
+        write_durably(&self.store.type_path(&id), self.content_type.as_bytes())
+            .map_err(|e| io("storing the media type of", e))?;
+        std::fs::rename(&self.temporary, &path).map_err(|e| io("storing", e))?;
+        if let Some(dir) = path.parent() {
+            sync_dir(dir).map_err(|e| io("syncing the directory of", e))?;
+        }
+        sync_dir(&self.store.root.join("sha256"))
+            .map_err(|e| io("syncing the blob root for", e))?;
+        Ok(Written::Stored(
+            reader,
+            BlobMeta {
+                content_type: std::mem::take(&mut self.content_type),
+                length: self.written,
+            },
+        ))
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        // Unfinished, or refused as other bytes: the temporary file is nobody's. After a
+        // rename there is nothing left under its name.
+        match std::fs::remove_file(&self.temporary) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::debug!(blob = %self.id, error = %e, "A temporary blob file stays for the sweep.");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A temporary file's name beside `path`, unique to this write: two stores of the same bytes
+/// at once (a client's retry, HTTP and MQTT) must not write into one file. The sweep knows
+/// these names and removes those an interrupted write left.
+fn temporary_beside(path: &Path) -> PathBuf {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".tmp-{}-{unique}", std::process::id()));
-    let temporary = path.with_file_name(name);
+    path.with_file_name(name)
+}
+
+/// Writes `bytes` to a temporary file beside `path`, fsyncs it and renames it into place, so
+/// `path` is either absent or whole.
+fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let temporary = temporary_beside(path);
     let mut file = std::fs::File::create(&temporary)?;
     file.write_all(bytes)?;
     file.sync_all()?;
@@ -615,6 +743,56 @@ mod tests {
             2,
             "the blob and its media type, no temporaries: {files:?}"
         );
+    }
+
+    #[test]
+    fn a_blob_written_in_chunks_is_stored_only_if_its_bytes_are_the_blob() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let bytes: Vec<u8> = (0..300_000_u32).map(|i| (i * 31 % 251) as u8).collect();
+        let id = BlobId::of(&bytes);
+        // The blob's own bytes, in uneven chunks: stored, and the open file reads them.
+        let mut writer = store.writer(&id, "video/mp4").unwrap();
+        for chunk in bytes.chunks(70_001) {
+            writer.write(chunk).unwrap();
+        }
+        let Written::Stored(mut file, meta) = writer.finish().unwrap() else {
+            panic!("the blob's own bytes were refused");
+        };
+        assert_eq!(
+            meta,
+            BlobMeta {
+                content_type: "video/mp4".into(),
+                length: bytes.len() as u64
+            }
+        );
+        let mut read = Vec::new();
+        file.read_to_end(&mut read).unwrap();
+        assert!(read == bytes);
+        let blob = store.get(&id).unwrap().unwrap();
+        assert!(blob.bytes == bytes);
+        assert_eq!(blob.content_type, "video/mp4");
+        assert_eq!(walk(dir.path()).len(), 2, "the blob and its media type");
+
+        // Other bytes under another blob's name: refused with their own id, nothing stored.
+        let other = BlobId::of(b"a recording");
+        let mut writer = store.writer(&other, "video/mp4").unwrap();
+        writer.write(b"a recording, tampered").unwrap();
+        match writer.finish().unwrap() {
+            Written::OtherBytes(found) => {
+                assert_eq!(found, BlobId::of(b"a recording, tampered"));
+            }
+            Written::Stored(..) => panic!("other bytes stored under {other}"),
+        }
+        assert!(store.get(&other).unwrap().is_none());
+        // A stream that broke off: nothing stored, no temporary file left. A media type the
+        // store cannot keep is replaced rather than failing the copy.
+        let mut writer = store.writer(&other, "bad\ntype").unwrap();
+        writer.write(b"a rec").unwrap();
+        assert_eq!(writer.content_type, "application/octet-stream");
+        drop(writer);
+        assert!(store.get(&other).unwrap().is_none());
+        assert_eq!(walk(dir.path()).len(), 2, "{:?}", walk(dir.path()));
     }
 
     #[test]

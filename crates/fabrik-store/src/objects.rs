@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use fabrik_core::BlobId;
 
-use crate::blobs::{Blob, BlobMeta, BlobPart, BlobStore, ByteRange, RangeRead, SweepReport};
+use crate::blobs::{BlobMeta, BlobPart, BlobStore, ByteRange, RangeRead, SweepReport, Written};
 use crate::manifest::Manifest;
 use crate::segments::Objects;
 use crate::{StoreError, data_dir_error};
@@ -110,6 +110,11 @@ impl BucketBlob {
 }
 
 /// The media type a blob was uploaded with (octet-stream if none) and its whole length.
+/// How many bytes of a blob read back from the bucket are gathered before they are written to
+/// the disk: enough that the blocking write is worth its hop off the async threads, little
+/// enough that a long recording is never held in memory.
+const RESTORE_BATCH: usize = 1 << 20;
+
 fn blob_meta(found: &GetResult) -> BlobMeta {
     BlobMeta {
         content_type: found
@@ -601,7 +606,7 @@ impl BucketClaim {
 
     /// The bytes of blob `id` in the bucket that `range` names, in one ranged GET after one
     /// HEAD (which resolves the range, so an unsatisfiable one costs no GET), or `None` if it
-    /// is not there. Unlike [`Self::fetch_blob`] the bytes are not checked against the id: a
+    /// is not there. Unlike [`Self::restore_blob`] the bytes are not checked against the id: a
     /// part has no hash to check.
     pub(crate) async fn fetch_blob_range(
         &self,
@@ -657,30 +662,74 @@ impl BucketClaim {
         }
     }
 
-    /// Blob `id` from the bucket, or `None` if it is not there.
-    pub(crate) async fn fetch_blob(&self, id: &BlobId) -> Result<Option<Blob>, StoreError> {
+    /// Copies blob `id` from the bucket back to `local`, streamed: each chunk is hashed and
+    /// written as it arrives (in batches of [`RESTORE_BATCH`] bytes, off the async threads),
+    /// and the file takes the blob's name only once its bytes prove to be the blob (decision
+    /// 0065). Returns the file, open, or `None` if the bucket does not hold the blob. An
+    /// object with other bytes is an error naming their hash, and leaves nothing on the disk.
+    pub(crate) async fn restore_blob(
+        &self,
+        id: &BlobId,
+        local: &BlobStore,
+    ) -> Result<Option<(std::fs::File, BlobMeta)>, StoreError> {
         let path = self.blob_path(id);
-        let found = match self.bucket.get(&path).await {
-            Ok(found) => found,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(objects_error(&self.url, format!("reading {path}: {e}"))),
+        let Some(found) = self.get_blob_object(id, GetOptions::default()).await? else {
+            return Ok(None);
         };
         let content_type = blob_meta(&found).content_type;
-        let bytes = found
-            .bytes()
+        let (store, lookup) = (local.clone(), id.clone());
+        let mut writer = Some(
+            tokio::task::spawn_blocking(move || store.writer(&lookup, &content_type))
+                .await
+                .map_err(|e| StoreError::Internal(format!("blob write task: {e}")))??,
+        );
+        let mut stream = found.into_stream();
+        let mut batch = Vec::with_capacity(RESTORE_BATCH);
+        loop {
+            let chunk = stream
+                .next()
+                .await
+                .transpose()
+                .map_err(|e| objects_error(&self.url, format!("reading {path}: {e}")))?;
+            let done = chunk.is_none();
+            if let Some(chunk) = chunk {
+                batch.extend_from_slice(&chunk);
+            }
+            if batch.len() >= RESTORE_BATCH || (done && !batch.is_empty()) {
+                let mut writing = writer
+                    .take()
+                    .ok_or_else(|| StoreError::Internal("blob writer lost".into()))?;
+                let (written, result, mut emptied) = tokio::task::spawn_blocking(move || {
+                    let result = writing.write(&batch);
+                    (writing, result, batch)
+                })
+                .await
+                .map_err(|e| StoreError::Internal(format!("blob write task: {e}")))?;
+                result?;
+                emptied.clear();
+                (writer, batch) = (Some(written), emptied);
+            }
+            if done {
+                break;
+            }
+        }
+        let writer = writer.ok_or_else(|| StoreError::Internal("blob writer lost".into()))?;
+        match tokio::task::spawn_blocking(move || writer.finish())
             .await
-            .map_err(|e| objects_error(&self.url, format!("reading {path}: {e}")))?;
-        let found_id = BlobId::of(&bytes);
-        if &found_id != id {
-            return Err(objects_error(
+            .map_err(|e| StoreError::Internal(format!("blob write task: {e}")))??
+        {
+            Written::Stored(file, meta) => {
+                // How often evicted blobs are wanted back: a steady rate says the disk's
+                // `local_blob_limit` is too small for what is watched.
+                metrics::counter!("fabrik_blob_restores_total").increment(1);
+                metrics::counter!("fabrik_blob_restored_bytes_total").increment(meta.length);
+                Ok(Some((file, meta)))
+            }
+            Written::OtherBytes(found_id) => Err(objects_error(
                 &self.url,
                 format!("{path} holds other bytes than blob {id} (their hash is {found_id})"),
-            ));
+            )),
         }
-        Ok(Some(Blob {
-            bytes: bytes.to_vec(),
-            content_type,
-        }))
     }
 
     /// Deletes the bucket's blobs whose id starts with `shard` that no live row names, that

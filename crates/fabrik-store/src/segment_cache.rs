@@ -12,6 +12,7 @@ use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -26,9 +27,15 @@ use parking_lot::Mutex;
 
 use crate::StoreError;
 use crate::segments::Objects;
+use crate::turns::Turns;
 
 /// Suffix of a copy being written; a leftover (the process died mid-copy) is removed at open.
 const PARTIAL: &str = "partial";
+
+/// How often a copy's use is written to its file's modification time, from which the next
+/// start orders the copies: a minute's precision in the order of use costs one write per
+/// segment per minute, not one per read.
+const MARK_EVERY: Duration = Duration::from_secs(60);
 
 /// The bucket's segments, read through a disk cache.
 pub(crate) struct SegmentCache {
@@ -41,11 +48,13 @@ pub(crate) struct SegmentCache {
 struct Copies {
     dir: PathBuf,
     limit: u64,
+    /// [`MARK_EVERY`], but for tests.
+    mark_every: Duration,
     state: Mutex<CacheState>,
     /// Names temporary files apart when a write and a read fill the same segment at once.
     fills: AtomicU64,
-    /// The segments being filled by a read, each with the lock later reads of it wait on.
-    filling: Mutex<HashMap<Path, Arc<tokio::sync::Mutex<()>>>>,
+    /// The segments being filled by a read, which later reads of them wait for.
+    filling: Turns<Path>,
 }
 
 #[derive(Debug, Default)]
@@ -63,15 +72,31 @@ struct CacheState {
 struct Entry {
     size: u64,
     used: u64,
+    /// The copy's file modification time as last set: its last use that a restart sees.
+    marked: SystemTime,
 }
 
 impl CacheState {
-    fn touch(&mut self, location: &Path) -> Option<u64> {
+    /// Marks `location` as just used; its size, and whether its file's modification time is
+    /// due to be set to `now` (last set `mark_every` ago or more), which the caller does.
+    fn touch(
+        &mut self,
+        location: &Path,
+        now: SystemTime,
+        mark_every: Duration,
+    ) -> Option<(u64, bool)> {
         self.clock += 1;
         let clock = self.clock;
         self.entries.get_mut(location).map(|entry| {
             entry.used = clock;
-            entry.size
+            // A clock set back counts as due: the mark would otherwise wait for it.
+            let due = now
+                .duration_since(entry.marked)
+                .map_or(true, |age| age >= mark_every);
+            if due {
+                entry.marked = now;
+            }
+            (entry.size, due)
         })
     }
 
@@ -109,13 +134,23 @@ impl CacheState {
 impl SegmentCache {
     /// Caches `inner`'s segments in `dir`, at most `limit` bytes. Copies there from an earlier
     /// run are kept if `live` (the manifest's segment paths and sizes) names them with their
-    /// length, in the order of their modification times; the others and unfinished copies are
-    /// removed.
+    /// length, in the order of their last use (their files' modification times, which reads
+    /// set at most once a minute); the others and unfinished copies are removed.
     pub(crate) fn open(
         inner: Objects,
         dir: PathBuf,
         limit: u64,
         live: &HashMap<String, u64>,
+    ) -> Result<Self, StoreError> {
+        Self::open_marking(inner, dir, limit, live, MARK_EVERY)
+    }
+
+    fn open_marking(
+        inner: Objects,
+        dir: PathBuf,
+        limit: u64,
+        live: &HashMap<String, u64>,
+        mark_every: Duration,
     ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&dir)
             .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
@@ -141,7 +176,7 @@ impl SegmentCache {
                         if live.get(location.as_ref()) == Some(&meta.len())
                             && path.extension().is_none_or(|e| e != PARTIAL) =>
                     {
-                        let used = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
+                        let used = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
                         found.push((used, location, meta.len()));
                     }
                     _ => {
@@ -155,7 +190,7 @@ impl SegmentCache {
         // Ties (coarse timestamps) by path, so the order is the same at every start.
         found.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.as_ref().cmp(b.1.as_ref())));
         let mut state = CacheState::default();
-        for (_, location, size) in found {
+        for (marked, location, size) in found {
             state.clock += 1;
             state.bytes += size;
             state.entries.insert(
@@ -163,15 +198,17 @@ impl SegmentCache {
                 Entry {
                     size,
                     used: state.clock,
+                    marked,
                 },
             );
         }
         let copies = Copies {
             dir,
             limit,
+            mark_every,
             state: Mutex::new(state),
             fills: AtomicU64::new(0),
-            filling: Mutex::default(),
+            filling: Turns::default(),
         };
         copies.evict();
         Ok(Self {
@@ -221,7 +258,10 @@ impl Copies {
             state.clock += 1;
             let used = state.clock;
             state.bytes += size;
-            state.entries.insert(location.clone(), Entry { size, used });
+            let marked = SystemTime::now();
+            state
+                .entries
+                .insert(location.clone(), Entry { size, used, marked });
         }
         self.evict();
     }
@@ -251,55 +291,24 @@ impl Copies {
         }
     }
 
-    /// The cached copy of `location`, open, if there is one.
+    /// The cached copy of `location`, open, if there is one. Blocking.
     fn cached(&self, location: &Path) -> Option<(std::fs::File, u64)> {
-        let size = self.state.lock().touch(location)?;
+        let now = SystemTime::now();
+        let (size, mark) = self.state.lock().touch(location, now, self.mark_every)?;
         match std::fs::File::open(self.file(location)) {
-            Ok(file) if file.metadata().is_ok_and(|m| m.len() == size) => Some((file, size)),
+            Ok(file) if file.metadata().is_ok_and(|m| m.len() == size) => {
+                // The use, for the order the next start evicts in. Best effort: a copy whose
+                // mark fails is only evicted sooner after a restart.
+                if mark && let Err(e) = file.set_modified(now) {
+                    tracing::debug!(segment = %location, error = %e, "Could not mark a segment copy as used.");
+                }
+                Some((file, size))
+            }
             _ => {
                 // Removed or cut short behind the cache's back: read from the bucket again.
                 self.state.lock().forget(location);
                 None
             }
-        }
-    }
-}
-
-/// A read's turn to fill one segment; other reads of it wait for it to end. Ending it (on any
-/// return, error or not) forgets the segment's lock once no read waits on it.
-struct Filling {
-    copies: Arc<Copies>,
-    location: Path,
-    turn: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl Filling {
-    async fn start(copies: &Arc<Copies>, location: &Path) -> Self {
-        let lock = copies
-            .filling
-            .lock()
-            .entry(location.clone())
-            .or_default()
-            .clone();
-        Self {
-            copies: copies.clone(),
-            location: location.clone(),
-            turn: Some(lock.lock_owned().await),
-        }
-    }
-}
-
-impl Drop for Filling {
-    fn drop(&mut self) {
-        let Some(turn) = self.turn.take() else {
-            return;
-        };
-        let lock = tokio::sync::OwnedMutexGuard::mutex(&turn).clone();
-        drop(turn);
-        let mut filling = self.copies.filling.lock();
-        // The map's reference and this one: no other read holds or waits for it.
-        if Arc::strong_count(&lock) <= 2 {
-            filling.remove(&self.location);
         }
     }
 }
@@ -437,7 +446,7 @@ impl ObjectStore for SegmentCache {
         }
         // One fill per segment at a time: the partitions of a query open the same file at
         // once, and each would otherwise fetch it whole.
-        let filling = Filling::start(&self.copies, location).await;
+        let filling = self.copies.filling.take(location).await;
         if let Some(hit) = self.cached(location).await? {
             return self.serve(location, hit, &options);
         }
@@ -680,7 +689,7 @@ mod tests {
         // A read that fails (nothing in the bucket) leaves no lock behind either.
         let (missing, _) = segment(6, 10);
         assert!(cache.get(&missing).await.is_err());
-        assert!(cache.copies.filling.lock().is_empty());
+        assert!(cache.copies.filling.is_idle());
     }
 
     #[tokio::test]
@@ -698,6 +707,39 @@ mod tests {
         assert!(cache.copies.state.lock().too_large.contains(&path));
         let part = cache.get_range(&path, 0..10).await.expect("range");
         assert_eq!(part, bytes.slice(0..10));
+    }
+
+    #[tokio::test]
+    async fn the_order_of_use_outlives_a_restart() {
+        let dir = tempfile::tempdir().expect("dir");
+        let bucket = Arc::new(InMemory::new());
+        let open = |limit| {
+            let [a, b, c] = [1, 2, 3].map(|n| (segment(n, 100).0.to_string(), 100));
+            SegmentCache::open_marking(
+                bucket.clone(),
+                dir.path().join("cache"),
+                limit,
+                &HashMap::from([a, b, c]),
+                Duration::ZERO,
+            )
+            .expect("open")
+        };
+        let cache = open(1 << 20);
+        let [(a, a_bytes), (b, b_bytes), (c, c_bytes)] =
+            [segment(1, 100), segment(2, 100), segment(3, 100)];
+        cache.put(&a, a_bytes.into()).await.expect("a");
+        std::thread::sleep(Duration::from_millis(20));
+        cache.put(&b, b_bytes.into()).await.expect("b");
+        std::thread::sleep(Duration::from_millis(20));
+        // a, written first, is read after b was written: b is the least recently used.
+        cache.get_range(&a, 0..10).await.expect("a read");
+        drop(cache);
+        let cache = open(250);
+        cache.put(&c, c_bytes.into()).await.expect("c");
+        assert_eq!(
+            copies(&cache),
+            vec!["0000000000000001.parquet", "0000000000000003.parquet"]
+        );
     }
 
     #[test]

@@ -738,11 +738,18 @@ fn blobs_past_the_local_limit_leave_the_disk_least_recently_used_first() {
     assert!(!on_disk(id(2)) && !on_disk(id(3)));
 
     // Frame 4, the least recently used now, is no longer in the bucket (removed by hand). The
-    // evicted frames come back from the bucket whole and are kept on the disk again.
+    // evicted frames come back from the bucket whole and are kept on the disk again: four
+    // readers of frame 2 at once wait for one copy rather than each make one.
     delete_object(&endpoint, "plant", &key(id(4)));
-    read(2);
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| read(2));
+        }
+    });
     read(3);
     assert!((1..=4).all(|k| on_disk(id(k))));
+    assert_eq!(metric("fabrik_blob_restores_total"), Some(2.0));
+    assert_eq!(metric("fabrik_blob_restored_bytes_total"), Some(20_000.0));
     // The next persist's pass: frame 4 stays, as the only copy; 1 and 2 go, 3 fits.
     assert_eq!(
         post_status(&node.url, "/api/v1/write", &format!("m,dev=d0 v=1 {now}\n")),
@@ -1034,4 +1041,24 @@ fn a_blob_the_bucket_holds_other_bytes_for_stays_on_the_disk_until_copied_again(
         let answer = crate::clips::request_blob(&node.url, &c, method.clone(), headers);
         assert_eq!(answer.status, 503, "{method}");
     }
+    // A whole read is checked against the bytes as they are copied back to the disk: refused,
+    // naming their hash, and nothing of them stays there, under the blob's name or another.
+    let answer = crate::clips::request_blob(&node.url, &c, reqwest::Method::GET, &[]);
+    assert_eq!(answer.status, 503);
+    let text = String::from_utf8_lossy(&answer.bytes);
+    let other = format!(
+        "their hash is {}",
+        fabrik_core::BlobId::of(frame(4).as_bytes())
+    );
+    assert!(text.contains(&other), "{text}");
+    assert!(!on_disk(&c));
+    let hex_c = hex(&c);
+    let shard = data.join("blobs/sha256").join(&hex_c[..2]);
+    let leftovers: Vec<_> = std::fs::read_dir(&shard)
+        .expect("shard")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&hex_c[2..]))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }

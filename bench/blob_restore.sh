@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Reading back an evicted blob (decisions 0062, 0065): the peak memory of `fabrik run` while
+# whole GETs of a blob that only the bucket holds (moto's server on 127.0.0.1, from the test
+# venv) bring it back to the disk and serve it.
+#   bench/blob_restore.sh [MIB] [READERS]
+# Stores one MIB-MiB blob (default 256) of random bytes, persists so it reaches the bucket and
+# the disk's copy is evicted (`local_blob_limit` 1 MiB), restarts the node so the upload's
+# memory is gone, then reads the blob whole with 1 reader and again (evicted again, restarted
+# again) with READERS (default 4) at once. Prints, for each, the seconds until every reader had
+# it, the resident memory before, and the peak (VmHWM) during the reads. Each copy read is
+# checked against the stored bytes.
+source "$(dirname "$0")/lib.sh"
+MIB=${1:-256}
+READERS=${2:-4}
+MOTO="${MOTO_SERVER:-$HOME/.cache/fabrik-venv/bin/moto_server}"
+[ -x "$MOTO" ] || { echo "moto_server not found: set MOTO_SERVER or run .ci/run once" >&2; exit 1; }
+
+build_fabrik
+S3_PORT=$(free_port)
+"$MOTO" -H 127.0.0.1 -p "$S3_PORT" >"$WORK/moto.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$S3_PORT/"
+curl -fsS -XPUT "http://127.0.0.1:$S3_PORT/bench" >/dev/null
+export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret
+export FABRIK__STORE__OBJECTS__ENDPOINT="http://127.0.0.1:$S3_PORT" FABRIK__STORE__OBJECTS__ALLOW_HTTP=true
+export FABRIK__STORE__OBJECTS__URL="s3://bench/restore" FABRIK__STORE__OBJECTS__LOCAL_BLOB_LIMIT=1MiB
+export FABRIK__HTTP__MAX_BODY_SIZE="$((MIB * 2))MiB" FABRIK__STORE__FLUSH_INTERVAL=1h
+DATA_DIR="$WORK/data"
+PORT=$(free_port)
+AUTH=(-H "Authorization: Bearer bench-token")
+
+metric() { curl -fsS "$FABRIK_URL/metrics" | awk -v m="$1" '$1 == m { print $2 }'; }
+kib() { awk -v f="$1" '$1 == f":" { print $2 }' "/proc/$FABRIK_PID/status"; }
+# Persists a new row, which wakes the eviction, and waits for the blob to leave the disk.
+evict() {
+  local before
+  before=$(metric fabrik_blobs_evicted_total); before=${before:-0}
+  curl -fsS "${AUTH[@]}" --data-binary "keepalive,device=cam-1 n=$RANDOM" "$FABRIK_URL/api/v1/write" >/dev/null
+  curl -fsS -XPOST "${AUTH[@]}" "$FABRIK_URL/api/v1/admin/persist" >/dev/null
+  for _ in $(seq 1 300); do
+    [ "$(metric fabrik_blobs_evicted_total)" != "$before" ] && return 0
+    sleep 0.1
+  done
+  echo "the blob was not evicted" >&2; return 1
+}
+restart() { stop_pid "$FABRIK_PID"; start_fabrik "$DATA_DIR" "$PORT"; }
+
+head -c "$((MIB << 20))" /dev/urandom >"$WORK/blob.bin"
+SUM=$(sha256sum "$WORK/blob.bin" | cut -d' ' -f1)
+start_fabrik "$DATA_DIR" "$PORT"
+ID=$(curl -fsS "${AUTH[@]}" -H "Content-Type: video/mp4" --data-binary "@$WORK/blob.bin" \
+  "$FABRIK_URL/api/v1/blobs?table=camera&device=cam-1&signal=video" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+[ "$ID" = "sha256:$SUM" ] || { echo "stored as $ID" >&2; exit 1; }
+
+printf '| readers | seconds until all had it | resident before (MiB) | peak during (MiB) | peak − before (MiB) |\n|---|---|---|---|---|\n'
+for readers in 1 "$READERS"; do
+  evict
+  restart
+  before=$(kib VmRSS)
+  start=$(date +%s.%N)
+  pids=()
+  for r in $(seq 1 "$readers"); do
+    curl -fsS "${AUTH[@]}" -o "$WORK/read.$r" "$FABRIK_URL/api/v1/blobs/$ID" &
+    pids+=($!)
+  done
+  for pid in "${pids[@]}"; do wait "$pid"; done
+  end=$(date +%s.%N)
+  peak=$(kib VmHWM)
+  for r in $(seq 1 "$readers"); do
+    [ "$(sha256sum "$WORK/read.$r" | cut -d' ' -f1)" = "$SUM" ] || { echo "reader $r got other bytes" >&2; exit 1; }
+    rm -f "$WORK/read.$r"
+  done
+  python3 -c "print(f'| $readers | {$end - $start:.2f} | {$before/1024:.0f} | {$peak/1024:.0f} | {($peak - $before)/1024:.0f} |')"
+done
