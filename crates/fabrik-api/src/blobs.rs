@@ -11,7 +11,6 @@ use fabrik_core::{BlobId, BlobRow, Lineage, SourceId, Timestamp};
 use fabrik_store::{BlobMeta, ByteRange, RangeRead};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
-use tokio_util::io::ReaderStream;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::ApiState;
@@ -207,7 +206,8 @@ pub(crate) async fn put_blob(
               (status = 400, description = "not a blob id", body = crate::error::ErrorBody),
               (status = 404, description = "no such blob", body = crate::error::ErrorBody),
               (status = 416, description = "the range names no byte of the blob; `Content-Range: bytes */<length>`", body = crate::error::ErrorBody),
-              (status = 503, description = "not on the disk, and the object storage bucket that holds the store's blobs did not answer (decision 0061)", body = crate::error::ErrorBody)))]
+              (status = 503, description = "not on the disk, and the object storage bucket that holds the store's blobs did not answer, or holds other bytes under the blob's name (decisions 0061, 0065)", body = crate::error::ErrorBody),
+              (status = 507, description = "not on the disk, and the disk has no room to copy it back from the bucket (decision 0065)", body = crate::error::ErrorBody)))]
 pub(crate) async fn get_blob(
     State(state): State<ApiState>,
     Query(_options): Query<crate::control::NoOptions>,
@@ -297,7 +297,7 @@ pub(crate) async fn get_blob(
         } else {
             StatusCode::OK
         };
-        let body = Body::from_stream(ReaderStream::new(file.take(length)));
+        let body = crate::body::file_body(file.take(length));
         return Ok((status, headers, body).into_response());
     }
     // A range of a blob not on the disk: from the bucket, without bringing the blob back.
@@ -319,7 +319,14 @@ pub(crate) async fn get_blob(
                 part.meta.length
             );
             headers.insert(header::CONTENT_RANGE, header_value(&content_range)?);
-            Ok((StatusCode::PARTIAL_CONTENT, headers, part.bytes).into_response())
+            headers.insert(
+                header::CONTENT_LENGTH,
+                HeaderValue::from(part.range.end - part.range.start),
+            );
+            // Streamed as the bucket sends it; a body cut short ends the connection early, so
+            // the client sees fewer bytes than Content-Length and never a wrong part.
+            let body = Body::from_stream(part.body);
+            Ok((StatusCode::PARTIAL_CONTENT, headers, body).into_response())
         }
         RangeRead::Unsatisfiable(meta) => unsatisfiable(headers, &meta),
     }

@@ -5,7 +5,6 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -309,7 +308,7 @@ pub async fn file(State(state): State<ApiState>, uri: Uri, headers: HeaderMap) -
                     (header::CONTENT_TYPE, kind.to_owned()),
                     (header::CONTENT_LENGTH, length.to_string()),
                 ],
-                Body::from_stream(tokio_util::io::ReaderStream::new(file)),
+                crate::body::file_body(file),
             )
                 .into_response()
         }

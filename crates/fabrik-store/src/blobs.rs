@@ -184,11 +184,7 @@ impl BlobStore {
         let id = BlobId::of(bytes);
         // Pinned before anything is written, so a sweep deciding on these bytes meanwhile
         // leaves them (it checks the pins under the lock taken below).
-        *self.pins.lock().entry(id.clone()).or_default() += 1;
-        let pin = BlobPin {
-            pins: self.pins.clone(),
-            id: id.clone(),
-        };
+        let pin = self.pin(&id);
         let path = self.path(&id);
         let dir = path
             .parent()
@@ -220,6 +216,15 @@ impl BlobStore {
         sync_dir(dir).map_err(|e| io("syncing the directory of", e))?;
         sync_dir(&self.root.join("sha256")).map_err(|e| io("syncing the blob root for", e))?;
         Ok(pin)
+    }
+
+    /// Keeps blob `id` from the sweep and the eviction until the pin is dropped.
+    pub(crate) fn pin(&self, id: &BlobId) -> BlobPin {
+        *self.pins.lock().entry(id.clone()).or_default() += 1;
+        BlobPin {
+            pins: self.pins.clone(),
+            id: id.clone(),
+        }
     }
 
     /// Whether blob `id` is on the disk, or pinned by a store whose rows are not written yet.
@@ -263,7 +268,12 @@ impl BlobStore {
         file.seek(SeekFrom::Start(range.start)).map_err(io)?;
         let mut bytes = vec![0; usize::try_from(range.end - range.start).unwrap_or(0)];
         file.read_exact(&mut bytes).map_err(io)?;
-        Ok(Some(RangeRead::Part(BlobPart { meta, range, bytes })))
+        let body = futures::stream::once(std::future::ready(Ok(bytes::Bytes::from(bytes))));
+        Ok(Some(RangeRead::Part(BlobPart {
+            meta,
+            range,
+            body: Box::pin(body),
+        })))
     }
 
     /// The blob's file on the disk, open for reading, with its media type and length, or
@@ -339,19 +349,27 @@ pub struct BlobMeta {
     pub length: u64,
 }
 
-/// Some of a blob's bytes.
-#[derive(Debug, Clone)]
+/// Some of a blob's bytes, as they arrive.
 pub struct BlobPart {
     /// The whole blob's media type and length.
     pub meta: BlobMeta,
-    /// Which bytes `bytes` holds (half-open).
+    /// Which bytes `body` holds (half-open).
     pub range: std::ops::Range<u64>,
-    /// The bytes.
-    pub bytes: Vec<u8>,
+    /// The bytes, in order. An error ends it: what came before is not the whole range.
+    pub body: futures::stream::BoxStream<'static, Result<bytes::Bytes, StoreError>>,
+}
+
+impl std::fmt::Debug for BlobPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobPart")
+            .field("meta", &self.meta)
+            .field("range", &self.range)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a read of a range of a blob found.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum RangeRead {
     /// The bytes the range names.
     Part(BlobPart),
@@ -584,6 +602,9 @@ impl BlobStore {
 pub(crate) struct BlobWriter {
     store: BlobStore,
     id: BlobId,
+    /// Keeps a copy of the blob that appears on the disk meanwhile (stored by a device, or
+    /// copied back by a reader) from being evicted while this one is renamed over it.
+    _pin: BlobPin,
     content_type: String,
     temporary: PathBuf,
     file: Option<std::fs::File>,
@@ -616,6 +637,7 @@ impl BlobStore {
         Ok(BlobWriter {
             store: self.clone(),
             id: id.clone(),
+            _pin: self.pin(id),
             content_type: if is_media_type(content_type) {
                 content_type.to_owned()
             } else {
@@ -661,9 +683,14 @@ impl BlobWriter {
         drop(file);
         let reader = std::fs::File::open(&self.temporary).map_err(|e| io("reading", e))?;
         let path = self.store.path(&id);
-        write_durably(&self.store.type_path(&id), self.content_type.as_bytes())
-            .map_err(|e| io("storing the media type of", e))?;
-        std::fs::rename(&self.temporary, &path).map_err(|e| io("storing", e))?;
+        {
+            // Under the lock `evict` removes a blob and then its media type under, so the two
+            // files written here are never split by an eviction of a copy already there.
+            let _refresh = self.store.refresh.lock();
+            write_durably(&self.store.type_path(&id), self.content_type.as_bytes())
+                .map_err(|e| io("storing the media type of", e))?;
+            std::fs::rename(&self.temporary, &path).map_err(|e| io("storing", e))?;
+        }
         if let Some(dir) = path.parent() {
             sync_dir(dir).map_err(|e| io("syncing the directory of", e))?;
         }
@@ -793,6 +820,18 @@ mod tests {
         drop(writer);
         assert!(store.get(&other).unwrap().is_none());
         assert_eq!(walk(dir.path()).len(), 2, "{:?}", walk(dir.path()));
+
+        // While a copy is being written, a copy of the blob already on the disk (stored by a
+        // device meanwhile) is not evicted from under it: it is pinned.
+        let mut writer = store.writer(&id, "video/mp4").unwrap();
+        let (listed, _) = store.inventory().unwrap();
+        let on_disk = listed.iter().find(|blob| blob.id == id).unwrap();
+        assert!(!store.evict(on_disk).unwrap(), "evicted while being copied");
+        writer.write(&bytes).unwrap();
+        assert!(matches!(writer.finish().unwrap(), Written::Stored(..)));
+        let (listed, _) = store.inventory().unwrap();
+        let on_disk = listed.iter().find(|blob| blob.id == id).unwrap();
+        assert!(store.evict(on_disk).unwrap(), "still pinned after the copy");
     }
 
     #[test]

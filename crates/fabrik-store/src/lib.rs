@@ -616,13 +616,30 @@ impl Store {
         let Some(bucket) = &self.shared.bucket else {
             return Ok(None);
         };
-        let _turn = self.shared.restoring.take(id).await;
+        // Pinned while this reader is here, so the pass a copy back wakes cannot take the
+        // copy from readers still waiting for it (a blob larger than the whole limit would
+        // otherwise be copied once per waiting reader).
+        let _pin = self.blobs.pin(id);
+        let turn = self.shared.restoring.take(id).await;
         // The reader whose turn came first may have copied it back meanwhile.
         let local = self.blob_file(id).await?;
         if local.is_some() {
             return Ok(local);
         }
-        bucket.restore_blob(id, &self.blobs).await
+        // The copy runs as a task of its own holding the turn, so a reader that goes away
+        // (a player seeking) neither stops it halfway nor lets the next reader start another.
+        let (bucket, blobs, lookup) = (bucket.clone(), self.blobs.clone(), id.clone());
+        let restored = tokio::spawn(async move {
+            let _turn = turn;
+            bucket.restore_blob(&lookup, &blobs).await
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("blob restore task: {e}")))??;
+        if restored.is_some() && self.evicts_blobs() {
+            // Back on the disk, which may now hold more than `local_blob_limit`.
+            self.shared.evict_wanted.notify_one();
+        }
+        Ok(restored)
     }
 
     /// The media type and length of blob `id`: from the data directory, else from the bucket

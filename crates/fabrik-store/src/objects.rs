@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use bytes::Bytes;
 use futures::StreamExt as _;
 
 use object_store::path::Path as ObjectPath;
@@ -24,7 +25,9 @@ use serde::{Deserialize, Serialize};
 
 use fabrik_core::BlobId;
 
-use crate::blobs::{BlobMeta, BlobPart, BlobStore, ByteRange, RangeRead, SweepReport, Written};
+use crate::blobs::{
+    BlobMeta, BlobPart, BlobStore, BlobWriter, ByteRange, RangeRead, SweepReport, Written,
+};
 use crate::manifest::Manifest;
 use crate::segments::Objects;
 use crate::{StoreError, data_dir_error};
@@ -109,12 +112,12 @@ impl BucketBlob {
     }
 }
 
-/// The media type a blob was uploaded with (octet-stream if none) and its whole length.
 /// How many bytes of a blob read back from the bucket are gathered before they are written to
 /// the disk: enough that the blocking write is worth its hop off the async threads, little
 /// enough that a long recording is never held in memory.
 const RESTORE_BATCH: usize = 1 << 20;
 
+/// The media type a blob was uploaded with (octet-stream if none) and its whole length.
 fn blob_meta(found: &GetResult) -> BlobMeta {
     BlobMeta {
         content_type: found
@@ -123,6 +126,99 @@ fn blob_meta(found: &GetResult) -> BlobMeta {
             .map_or_else(|| "application/octet-stream".to_owned(), |v| v.to_string()),
         length: found.meta.size,
     }
+}
+
+/// Feeds `stream` to `writer` in batches of up to `capacity` bytes, each written off the async
+/// threads while the next batch arrives (two buffers, so at most twice `capacity` in memory).
+/// `writer` is `None` after an error (a blocking write that failed dropped it there, and one
+/// still in flight when the stream fails drops it when it ends).
+async fn copy_stream(
+    mut stream: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
+    writer: &mut Option<BlobWriter>,
+    capacity: usize,
+    reading_error: impl Fn(object_store::Error) -> StoreError,
+) -> Result<(), StoreError> {
+    type Write = tokio::task::JoinHandle<(Result<BlobWriter, StoreError>, Vec<u8>)>;
+    // Waits for the write in flight: the writer comes back, and its buffer for reuse.
+    async fn landed(write: Write, writer: &mut Option<BlobWriter>) -> Result<Vec<u8>, StoreError> {
+        let (written, mut spare) = write
+            .await
+            .map_err(|e| StoreError::Internal(format!("blob write task: {e}")))?;
+        *writer = Some(written?);
+        spare.clear();
+        Ok(spare)
+    }
+    let mut batch = Vec::with_capacity(capacity);
+    let mut in_flight: Option<Write> = None;
+    loop {
+        let chunk = stream.next().await.transpose().map_err(&reading_error)?;
+        let done = chunk.is_none();
+        if let Some(chunk) = chunk {
+            batch.extend_from_slice(&chunk);
+        }
+        if batch.len() >= capacity || (done && !batch.is_empty()) {
+            let spare = match in_flight.take() {
+                Some(write) => landed(write, writer).await?,
+                None => Vec::with_capacity(capacity),
+            };
+            let mut writing = writer
+                .take()
+                .ok_or_else(|| StoreError::Internal("blob writer lost".into()))?;
+            let full = std::mem::replace(&mut batch, spare);
+            in_flight = Some(tokio::task::spawn_blocking(move || {
+                let result = writing.write(&full);
+                (result.map(|()| writing), full)
+            }));
+        }
+        if done {
+            if let Some(write) = in_flight.take() {
+                landed(write, writer).await?;
+            }
+            return Ok(());
+        }
+    }
+}
+
+/// `stream`'s bytes, ending in an error (made by `error` from what went wrong) if they stop
+/// short of `expected` bytes, run past them, or the stream fails.
+fn exactly(
+    stream: futures::stream::BoxStream<'static, object_store::Result<Bytes>>,
+    expected: u64,
+    error: impl Fn(String) -> StoreError + Send + Sync + 'static,
+) -> futures::stream::BoxStream<'static, Result<Bytes, StoreError>> {
+    let error = Arc::new(error);
+    futures::stream::unfold((stream, 0_u64, false), move |(mut stream, seen, failed)| {
+        let error = error.clone();
+        async move {
+            if failed {
+                return None;
+            }
+            let (item, seen) = match stream.next().await {
+                Some(Ok(chunk)) => {
+                    let seen = seen + chunk.len() as u64;
+                    if seen > expected {
+                        (
+                            Err(error(format!("more than the {expected} bytes asked for"))),
+                            seen,
+                        )
+                    } else {
+                        (Ok(chunk), seen)
+                    }
+                }
+                Some(Err(e)) => (Err(error(e.to_string())), seen),
+                None if seen < expected => (
+                    Err(error(format!(
+                        "the body ended after {seen} of {expected} bytes"
+                    ))),
+                    seen,
+                ),
+                None => return None,
+            };
+            let failed = item.is_err();
+            Some((item, (stream, seen, failed)))
+        }
+    })
+    .boxed()
 }
 
 fn objects_error(url: &str, reason: impl std::fmt::Display) -> StoreError {
@@ -606,8 +702,10 @@ impl BucketClaim {
 
     /// The bytes of blob `id` in the bucket that `range` names, in one ranged GET after one
     /// HEAD (which resolves the range, so an unsatisfiable one costs no GET), or `None` if it
-    /// is not there. Unlike [`Self::restore_blob`] the bytes are not checked against the id: a
-    /// part has no hash to check.
+    /// is not there. The bytes are streamed as they arrive (a player's `bytes=0-` of a long
+    /// recording is never held in memory), and a body that ends short of the range or runs
+    /// past it ends in an error. Unlike [`Self::restore_blob`] the bytes are not checked
+    /// against the id: a part has no hash to check.
     pub(crate) async fn fetch_blob_range(
         &self,
         id: &BlobId,
@@ -628,25 +726,18 @@ impl BucketClaim {
             return Ok(None);
         };
         let meta = blob_meta(&found);
-        let bytes = found
-            .bytes()
-            .await
-            .map_err(|e| objects_error(&self.url, format!("reading {path}: {e}")))?;
-        if bytes.len() as u64 != range.end - range.start {
-            return Err(objects_error(
-                &self.url,
-                format!(
-                    "{path} answered {} bytes for bytes {range:?} of {}",
-                    bytes.len(),
-                    meta.length
-                ),
-            ));
-        }
-        Ok(Some(RangeRead::Part(BlobPart {
-            meta,
-            range,
-            bytes: bytes.to_vec(),
-        })))
+        let (url, length, asked) = (self.url.clone(), meta.length, range.clone());
+        let body = exactly(
+            found.into_stream(),
+            range.end - range.start,
+            move |problem| {
+                objects_error(
+                    &url,
+                    format!("reading bytes {asked:?} of {length} of {path}: {problem}"),
+                )
+            },
+        );
+        Ok(Some(RangeRead::Part(BlobPart { meta, range, body })))
     }
 
     async fn get_blob_object(
@@ -683,35 +774,18 @@ impl BucketClaim {
                 .await
                 .map_err(|e| StoreError::Internal(format!("blob write task: {e}")))??,
         );
-        let mut stream = found.into_stream();
-        let mut batch = Vec::with_capacity(RESTORE_BATCH);
-        loop {
-            let chunk = stream
-                .next()
-                .await
-                .transpose()
-                .map_err(|e| objects_error(&self.url, format!("reading {path}: {e}")))?;
-            let done = chunk.is_none();
-            if let Some(chunk) = chunk {
-                batch.extend_from_slice(&chunk);
+        let capacity =
+            usize::try_from(found.meta.size).map_or(RESTORE_BATCH, |size| size.min(RESTORE_BATCH));
+        let copied = copy_stream(found.into_stream(), &mut writer, capacity, |e| {
+            objects_error(&self.url, format!("reading {path}: {e}"))
+        })
+        .await;
+        if let Err(e) = copied {
+            // Removing a temporary file of a long recording is disk work: off the async threads.
+            if let Some(writer) = writer.take() {
+                tokio::task::spawn_blocking(move || drop(writer));
             }
-            if batch.len() >= RESTORE_BATCH || (done && !batch.is_empty()) {
-                let mut writing = writer
-                    .take()
-                    .ok_or_else(|| StoreError::Internal("blob writer lost".into()))?;
-                let (written, result, mut emptied) = tokio::task::spawn_blocking(move || {
-                    let result = writing.write(&batch);
-                    (writing, result, batch)
-                })
-                .await
-                .map_err(|e| StoreError::Internal(format!("blob write task: {e}")))?;
-                result?;
-                emptied.clear();
-                (writer, batch) = (Some(written), emptied);
-            }
-            if done {
-                break;
-            }
+            return Err(e);
         }
         let writer = writer.ok_or_else(|| StoreError::Internal("blob writer lost".into()))?;
         match tokio::task::spawn_blocking(move || writer.finish())
@@ -1286,6 +1360,51 @@ mod tests {
             .expect_err("manifest")
             .to_string();
         assert!(err.contains("holds a store (manifest.json)"), "{err}");
+    }
+
+    /// A bucket that answers a range with too few or too many bytes, or fails midway, is a
+    /// fault moto cannot produce: the checked stream ends in an error for each, and passes an
+    /// exact body through untouched.
+    #[tokio::test]
+    async fn a_ranged_body_of_the_wrong_length_ends_in_an_error() {
+        let chunks = |sizes: &[usize]| -> Vec<object_store::Result<Bytes>> {
+            sizes
+                .iter()
+                .map(|&n| Ok(Bytes::from(vec![7_u8; n])))
+                .collect()
+        };
+        let run = |items: Vec<object_store::Result<Bytes>>| async move {
+            let checked = exactly(futures::stream::iter(items).boxed(), 10, |problem| {
+                StoreError::Internal(problem)
+            });
+            checked.collect::<Vec<_>>().await
+        };
+        let exact = run(chunks(&[4, 6])).await;
+        assert_eq!(exact.len(), 2);
+        assert!(exact.iter().all(Result::is_ok));
+        for (items, problem) in [
+            (chunks(&[4, 5]), "the body ended after 9 of 10 bytes"),
+            (chunks(&[4, 5, 2]), "more than the 10 bytes asked for"),
+            (
+                vec![
+                    Ok(Bytes::from_static(b"1234")),
+                    Err(object_store::Error::Generic {
+                        store: "S3",
+                        source: "connection reset".into(),
+                    }),
+                    Ok(Bytes::from_static(b"567890")),
+                ],
+                "connection reset",
+            ),
+        ] {
+            let out = run(items).await;
+            let last = out.last().expect("an item");
+            let Err(e) = last else {
+                panic!("no error at the end for {problem}");
+            };
+            assert!(e.to_string().contains(problem), "{e}");
+            assert!(out[..out.len() - 1].iter().all(Result::is_ok));
+        }
     }
 
     #[tokio::test]

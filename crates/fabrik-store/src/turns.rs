@@ -8,9 +8,12 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-type Locks<K> = Arc<Mutex<HashMap<K, Arc<tokio::sync::Mutex<()>>>>>;
+/// Per key, its lock and how many turns (held or awaited) there are for it.
+type Locks<K> = Arc<Mutex<HashMap<K, (Arc<tokio::sync::Mutex<()>>, usize)>>>;
 
-/// The turns for keys of type `K`: a lock per key while any read holds or waits for it.
+/// The turns for keys of type `K`: a lock per key while any read holds or waits for it. The
+/// turns are counted, not inferred from the lock's reference count, so two turns ending at once
+/// on two threads cannot both leave the key's entry behind.
 #[derive(Debug)]
 pub(crate) struct Turns<K> {
     locks: Locks<K>,
@@ -28,11 +31,15 @@ impl<K: Eq + Hash + Clone> Turns<K> {
     /// Waits for `key`'s turn. Ending it (dropping the [`Turn`], on any return, or cancelling
     /// the wait) forgets the key's lock once no read holds or waits for it.
     pub(crate) async fn take(&self, key: &K) -> Turn<K> {
-        let lock = self.locks.lock().entry(key.clone()).or_default().clone();
+        let lock = {
+            let mut locks = self.locks.lock();
+            let (lock, turns) = locks.entry(key.clone()).or_default();
+            *turns += 1;
+            lock.clone()
+        };
         let mut turn = Turn {
             locks: self.locks.clone(),
             key: key.clone(),
-            lock: lock.clone(),
             guard: None,
         };
         // Cancelled here, `turn` is dropped without a guard and still cleans up.
@@ -51,17 +58,18 @@ impl<K: Eq + Hash + Clone> Turns<K> {
 pub(crate) struct Turn<K: Eq + Hash> {
     locks: Locks<K>,
     key: K,
-    lock: Arc<tokio::sync::Mutex<()>>,
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl<K: Eq + Hash> Drop for Turn<K> {
     fn drop(&mut self) {
-        drop(self.guard.take());
         let mut locks = self.locks.lock();
-        // The map's reference and this one: no other read holds or waits for it.
-        if Arc::strong_count(&self.lock) <= 2 {
-            locks.remove(&self.key);
+        drop(self.guard.take());
+        if let Some((_, turns)) = locks.get_mut(&self.key) {
+            *turns -= 1;
+            if *turns == 0 {
+                locks.remove(&self.key);
+            }
         }
     }
 }
