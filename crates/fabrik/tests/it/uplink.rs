@@ -57,12 +57,20 @@ fn hub_count(url: &str, sql: &str) -> u64 {
     count_if_any(url, sql).unwrap_or(0)
 }
 
+/// Waits up to a minute for `sql`'s count to be `want`; on timeout the panic says what the
+/// count was, so a short delivery is told from a duplicated one.
 fn wait_for_count(url: &str, sql: &str, want: u64) {
-    eventually_for(
-        &format!("`{sql}` = {want}"),
-        Duration::from_secs(60),
-        || hub_count(url, sql) == want,
-    );
+    let mut seen = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        let count = hub_count(url, sql);
+        if count == want {
+            return;
+        }
+        seen = Some(count);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for `{sql}` = {want}: last seen {seen:?}");
 }
 
 fn edge_config(dir: &Path, port: u16) -> PathBuf {
