@@ -213,6 +213,21 @@ fn messages_of(
     }
 }
 
+/// The most one message may carry on the connected NATS server, less room for headers; `None`
+/// until the server has said. A client made with `retry_on_initial_connect` returns before it
+/// is connected, and until the server's first INFO its limit reads 0: messages split to fit
+/// that would call every row too large to send, and drop them.
+pub(crate) fn payload_limit(client: &async_nats::Client) -> Option<usize> {
+    client
+        .try_server_info()
+        .filter(|info| info.max_payload > 0)
+        .map(|info| {
+            info.max_payload
+                .saturating_sub(HEADER_ROOM)
+                .max(HEADER_ROOM)
+        })
+}
+
 /// The messages of one batch of `table`, halved until each fits `max_payload`; ids are
 /// `<id_base>:<part>`. A row that fits no message is left out and counted (`location` names
 /// where it came from in the problem).
@@ -534,11 +549,13 @@ impl Uplink {
             }
             // Built again for every attempt, with the payload limit of the server now
             // connected (it may differ after a failover).
-            let max_payload = client
-                .server_info()
-                .max_payload
-                .saturating_sub(HEADER_ROOM)
-                .max(HEADER_ROOM);
+            let Some(max_payload) = payload_limit(&client) else {
+                let message =
+                    "not connected to the NATS server yet (its payload limit is not known)";
+                self.failed(&mut last_error, message.into(), &mut backoff, &stop)
+                    .await;
+                continue;
+            };
             let mut messages = Messages::default();
             for record in &pending {
                 messages_of(

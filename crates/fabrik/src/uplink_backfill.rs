@@ -470,6 +470,23 @@ impl Backfill {
                 self.update(&id, Job::next_table);
                 continue;
             };
+            // Before a slice is read and split: until the server has said its payload limit
+            // (a restarted edge whose hub is still away), every row would look too large to
+            // send and the slice would be passed over as done.
+            let Some(max_payload) = crate::uplink::payload_limit(&js.client()) else {
+                self.update(&id, |j| {
+                    j.status.last_error = Some(
+                        "not connected to the NATS server yet (its payload limit is not known)"
+                            .into(),
+                    );
+                });
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            };
             let (first, end, batches) = match self.read_slice(&job, &table, &schema, stop).await {
                 Ok(Some(slice)) => slice,
                 Ok(None) => {
@@ -491,12 +508,6 @@ impl Backfill {
                 }
             };
             query_failures = 0;
-            let max_payload = js
-                .client()
-                .server_info()
-                .max_payload
-                .saturating_sub(1024)
-                .max(1024);
             let mut messages = Messages::default();
             for (i, batch) in batches.into_iter().enumerate() {
                 crate::uplink::split_into_messages(
