@@ -547,10 +547,14 @@ impl BlobStore {
             _ => Ok(()),
         };
         if let Some((blob, _)) = name.split_once(".tmp-")
-            && is_hex(blob.strip_suffix(".type").unwrap_or(blob), 62)
+            && let hex = blob.strip_suffix(".type").unwrap_or(blob)
+            && is_hex(hex, 62)
         {
-            // A temporary file of a store that died before renaming it.
-            if old_enough(path)?.is_some() {
+            // A temporary file of a store that died before renaming it, unless the blob is
+            // pinned: a copy back from a slow bucket may still be writing it.
+            let pinned = BlobId::parse(&format!("sha256:{prefix}{hex}"))
+                .is_ok_and(|id| self.pins.lock().contains_key(&id));
+            if !pinned && old_enough(path)?.is_some() {
                 remove(path)?;
                 report.leftovers += 1;
             }
@@ -832,6 +836,30 @@ mod tests {
         let (listed, _) = store.inventory().unwrap();
         let on_disk = listed.iter().find(|blob| blob.id == id).unwrap();
         assert!(store.evict(on_disk).unwrap(), "still pinned after the copy");
+    }
+
+    #[test]
+    fn the_sweep_leaves_the_temporary_file_of_a_copy_being_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let id = BlobId::of(b"a slow recording");
+        let shard = id.hex().chars().next().unwrap();
+        let mut writer = store.writer(&id, "video/mp4").unwrap();
+        writer.write(b"a slow").unwrap();
+        let report = store.sweep(shard, &HashSet::new(), Duration::ZERO).unwrap();
+        assert_eq!(report.leftovers, 0);
+        writer.write(b" recording").unwrap();
+        assert!(matches!(writer.finish().unwrap(), Written::Stored(..)));
+        // A temporary file nobody writes any more is a leftover.
+        let stray = store
+            .path(&id)
+            .with_file_name(format!("{}.tmp-1-2", &id.hex()[2..]));
+        std::fs::write(&stray, b"half").unwrap();
+        let live = HashSet::from([id.to_string()]);
+        let report = store.sweep(shard, &live, Duration::ZERO).unwrap();
+        assert_eq!(report.leftovers, 1);
+        assert!(!stray.exists());
+        assert!(store.get(&id).unwrap().is_some());
     }
 
     #[test]

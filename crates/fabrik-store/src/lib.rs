@@ -629,17 +629,19 @@ impl Store {
         // The copy runs as a task of its own holding the turn, so a reader that goes away
         // (a player seeking) neither stops it halfway nor lets the next reader start another.
         let (bucket, blobs, lookup) = (bucket.clone(), self.blobs.clone(), id.clone());
-        let restored = tokio::spawn(async move {
+        let (shared, evicts) = (self.shared.clone(), self.evicts_blobs());
+        tokio::spawn(async move {
             let _turn = turn;
-            bucket.restore_blob(&lookup, &blobs).await
+            let restored = bucket.restore_blob(&lookup, &blobs).await;
+            if evicts && matches!(restored, Ok(Some(_))) {
+                // Back on the disk, which may now hold more than `local_blob_limit`: woken
+                // here, so a reader that went away does not leave the disk over it.
+                shared.evict_wanted.notify_one();
+            }
+            restored
         })
         .await
-        .map_err(|e| StoreError::Internal(format!("blob restore task: {e}")))??;
-        if restored.is_some() && self.evicts_blobs() {
-            // Back on the disk, which may now hold more than `local_blob_limit`.
-            self.shared.evict_wanted.notify_one();
-        }
-        Ok(restored)
+        .map_err(|e| StoreError::Internal(format!("blob restore task: {e}")))?
     }
 
     /// The media type and length of blob `id`: from the data directory, else from the bucket

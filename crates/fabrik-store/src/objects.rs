@@ -767,6 +767,20 @@ impl BucketClaim {
         let Some(found) = self.get_blob_object(id, GetOptions::default()).await? else {
             return Ok(None);
         };
+        // An object uploaded as another blob is refused before its body is read.
+        if let Some(sha256) = found
+            .attributes
+            .get(&Attribute::Metadata(SHA256_METADATA.into()))
+            && sha256.as_ref() != id.hex()
+        {
+            return Err(objects_error(
+                &self.url,
+                format!(
+                    "{path} holds other bytes than blob {id} (uploaded as sha256:{})",
+                    sha256.as_ref()
+                ),
+            ));
+        }
         let content_type = blob_meta(&found).content_type;
         let (store, lookup) = (local.clone(), id.clone());
         let mut writer = Some(

@@ -442,6 +442,9 @@ impl Backfill {
     /// Sends job `id` slice by slice until it is done, fails, or is cancelled.
     async fn send(&self, js: &jetstream::Context, id: String, stop: &CancellationToken) {
         let mut backoff = Duration::from_millis(200);
+        // Apart from `backoff`, so a long wait for the server does not slow the first retry
+        // of a publish once it is there.
+        let mut connect_wait = Duration::from_millis(200);
         let mut query_failures = 0u32;
         loop {
             let Some(job) = self.running().filter(|j| j.status.id == id) else {
@@ -482,9 +485,9 @@ impl Backfill {
                 });
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(connect_wait) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                connect_wait = (connect_wait * 2).min(Duration::from_secs(10));
                 continue;
             };
             let (first, end, batches) = match self.read_slice(&job, &table, &schema, stop).await {
