@@ -10,7 +10,6 @@ use fabrik_core::wav::{self, WavInfo};
 use fabrik_core::{BlobId, BlobRow, Lineage, SourceId, Timestamp};
 use fabrik_store::{BlobMeta, ByteRange, RangeRead};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::ApiState;
@@ -265,44 +264,19 @@ pub(crate) async fn get_blob(
         answer.headers_mut().extend(headers);
         Ok(answer)
     };
-    // Streamed from the file on the disk, so a long recording is not held in memory. A whole
-    // read of a blob only the bucket holds copies it back to the disk first (checked against
-    // its id as it is written); a range of it is read from the bucket alone, below.
-    let on_disk = match range {
-        None => state.store.fetch_blob_file(&id).await?,
-        Some(_) => state.store.blob_file(&id).await?,
-    };
-    if let Some((file, meta)) = on_disk {
-        describe(&mut headers, &meta.content_type)?;
-        let span = match range.map(|range| range.resolve(meta.length)) {
-            None => 0..meta.length,
-            Some(Some(span)) => span,
-            Some(None) => return unsatisfiable(headers, &meta),
-        };
-        let length = span.end - span.start;
-        let mut file = tokio::fs::File::from_std(file);
-        file.seek(std::io::SeekFrom::Start(span.start))
-            .await
-            .map_err(|e| {
-                ApiError::from(fabrik_store::StoreError::io(
-                    format!("reading blob {id}"),
-                    e,
-                ))
-            })?;
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-        let status = if range.is_some() {
-            let content_range = format!("bytes {}-{}/{}", span.start, span.end - 1, meta.length);
-            headers.insert(header::CONTENT_RANGE, header_value(&content_range)?);
-            StatusCode::PARTIAL_CONTENT
-        } else {
-            StatusCode::OK
-        };
-        let body = crate::body::file_body(file.take(length));
-        return Ok((status, headers, body).into_response());
-    }
-    // A range of a blob not on the disk: from the bucket, without bringing the blob back.
+    // Streamed, so a long recording is never held in memory: a whole read from the disk's
+    // file (a blob only the bucket holds is copied back to the disk first, checked against its
+    // id as it is written); a range from the disk's file, else from the bucket alone.
     let Some(range) = range else {
-        return Err(not_found());
+        let (file, meta) = state
+            .store
+            .fetch_blob_file(&id)
+            .await?
+            .ok_or_else(not_found)?;
+        describe(&mut headers, &meta.content_type)?;
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.length));
+        let body = crate::body::file_body(tokio::fs::File::from_std(file));
+        return Ok((StatusCode::OK, headers, body).into_response());
     };
     match state
         .store
@@ -323,8 +297,8 @@ pub(crate) async fn get_blob(
                 header::CONTENT_LENGTH,
                 HeaderValue::from(part.range.end - part.range.start),
             );
-            // Streamed as the bucket sends it; a body cut short ends the connection early, so
-            // the client sees fewer bytes than Content-Length and never a wrong part.
+            // A body cut short (the bucket's, or a file's) ends the connection early, so the
+            // client sees fewer bytes than Content-Length and never a wrong part.
             let body = Body::from_stream(part.body);
             Ok((StatusCode::PARTIAL_CONTENT, headers, body).into_response())
         }

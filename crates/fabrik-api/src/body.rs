@@ -18,15 +18,12 @@ pub(crate) fn wire_limit(limit: usize) -> usize {
     limit.saturating_add(limit / 8).saturating_add(1024)
 }
 
-/// How much of a file one chunk of a streamed answer carries. Each read of a tokio file is a
-/// hop to a blocking thread, so `ReaderStream`'s default 4 KiB held a 256 MiB blob to about
-/// 170 MB/s on the loopback (docs/benchmarks.md); a quarter MiB per reader is memory well spent.
-const FILE_CHUNK: usize = 256 << 10;
-
-/// An answer's body streamed from `file` (or a part of one), [`FILE_CHUNK`] at a time.
+/// An answer's body streamed from `file` (or a part of one), [`fabrik_store::FILE_CHUNK`] at a
+/// time.
 pub(crate) fn file_body(file: impl tokio::io::AsyncRead + Send + 'static) -> Body {
     Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
-        file, FILE_CHUNK,
+        file,
+        fabrik_store::FILE_CHUNK,
     ))
 }
 

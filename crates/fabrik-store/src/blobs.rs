@@ -10,7 +10,7 @@
 //! checks their hash before they take their name (decisions 0061, 0065).
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -249,31 +249,6 @@ impl BlobStore {
     /// The blob's media type and length, or `None` if there is no such blob. Blocking.
     pub fn meta(&self, id: &BlobId) -> Result<Option<BlobMeta>, StoreError> {
         Ok(self.open_blob(id)?.map(|(_, meta)| meta))
-    }
-
-    /// The bytes of the blob that `range` names, read from the disk without the rest, or
-    /// `None` if there is no such blob. Blocking.
-    pub fn get_range(
-        &self,
-        id: &BlobId,
-        range: ByteRange,
-    ) -> Result<Option<RangeRead>, StoreError> {
-        let Some((mut file, meta)) = self.open_blob(id)? else {
-            return Ok(None);
-        };
-        let Some(range) = range.resolve(meta.length) else {
-            return Ok(Some(RangeRead::Unsatisfiable(meta)));
-        };
-        let io = |e| StoreError::io(format!("reading bytes {range:?} of blob {id}"), e);
-        file.seek(SeekFrom::Start(range.start)).map_err(io)?;
-        let mut bytes = vec![0; usize::try_from(range.end - range.start).unwrap_or(0)];
-        file.read_exact(&mut bytes).map_err(io)?;
-        let body = futures::stream::once(std::future::ready(Ok(bytes::Bytes::from(bytes))));
-        Ok(Some(RangeRead::Part(BlobPart {
-            meta,
-            range,
-            body: Box::pin(body),
-        })))
     }
 
     /// The blob's file on the disk, open for reading, with its media type and length, or

@@ -29,6 +29,12 @@ mod series_cache;
 mod turns;
 pub mod wal;
 
+/// How much of a blob's file one chunk of a streamed read carries. Each read of a tokio file is
+/// a hop to a blocking thread, so the 4 KiB `ReaderStream` reads by default held a 256 MiB
+/// blob to about 170 MB/s on the loopback (docs/benchmarks.md); a quarter MiB per reader is
+/// memory well spent.
+pub const FILE_CHUNK: usize = 256 << 10;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -660,8 +666,8 @@ impl Store {
         }
     }
 
-    /// The bytes of blob `id` that `range` names: from the data directory, else from the
-    /// bucket in a ranged read, which does not bring the blob back to the disk (a player
+    /// The bytes of blob `id` that `range` names, streamed: from the data directory, else from
+    /// the bucket in a ranged read, which does not bring the blob back to the disk (a player
     /// seeking through a long recording would otherwise refill the disk an eviction just
     /// freed). `None` if neither has it.
     pub async fn blob_range(
@@ -669,11 +675,40 @@ impl Store {
         id: &fabrik_core::BlobId,
         range: ByteRange,
     ) -> Result<Option<RangeRead>, StoreError> {
+        // On the disk (a read racing a copy back finds it there): streamed from the file, so
+        // a `bytes=0-` of a long recording is not read into memory first.
         let local = self
-            .read_local(id, true, move |blobs, id| blobs.get_range(id, range))
+            .read_local(id, true, move |blobs, id| {
+                let Some((mut file, meta)) = blobs.open_file(id)? else {
+                    return Ok(None);
+                };
+                let span = range.resolve(meta.length);
+                if let Some(span) = &span {
+                    std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(span.start))
+                        .map_err(|e| StoreError::io(format!("reading blob {id}"), e))?;
+                }
+                Ok(Some((file, meta, span)))
+            })
             .await?;
-        if local.is_some() {
-            return Ok(local);
+        if let Some((file, meta, span)) = local {
+            let Some(span) = span else {
+                return Ok(Some(RangeRead::Unsatisfiable(meta)));
+            };
+            let id = id.clone();
+            let reader = tokio::io::AsyncReadExt::take(
+                tokio::fs::File::from_std(file),
+                span.end - span.start,
+            );
+            let body = tokio_util::io::ReaderStream::with_capacity(reader, FILE_CHUNK)
+                .map(move |chunk| {
+                    chunk.map_err(|e| StoreError::io(format!("reading blob {id}"), e))
+                })
+                .boxed();
+            return Ok(Some(RangeRead::Part(BlobPart {
+                meta,
+                range: span,
+                body,
+            })));
         }
         match &self.shared.bucket {
             Some(bucket) => bucket.fetch_blob_range(id, range).await,
