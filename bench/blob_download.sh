@@ -9,12 +9,8 @@ RUNS=${2:-3}
 build_fabrik
 export FABRIK__HTTP__MAX_BODY_SIZE="$((MIB * 2))MiB"
 AUTH=(-H "Authorization: Bearer bench-token")
-head -c "$((MIB << 20))" /dev/urandom >"$WORK/blob.bin"
-SUM=$(sha256sum "$WORK/blob.bin" | cut -d' ' -f1)
 start_fabrik "$WORK/data" "$(free_port)"
-ID=$(curl -fsS "${AUTH[@]}" -H "Content-Type: video/mp4" --data-binary "@$WORK/blob.bin" \
-  "$FABRIK_URL/api/v1/blobs?table=camera&device=cam-1&signal=video" |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+store_random_blob "$MIB"
 printf '| run | seconds | MB/s |\n|---|---|---|\n'
 for run in $(seq 1 "$RUNS"); do
   read -r seconds speed < <(curl -fsS "${AUTH[@]}" -o "$WORK/read" -w '%{time_total} %{speed_download}\n' "$FABRIK_URL/api/v1/blobs/$ID")

@@ -14,17 +14,9 @@
 source "$(dirname "$0")/lib.sh"
 MIB=${1:-256}
 READERS=${2:-4}
-MOTO="${MOTO_SERVER:-$HOME/.cache/fabrik-venv/bin/moto_server}"
-[ -x "$MOTO" ] || { echo "moto_server not found: set MOTO_SERVER or run .ci/run once" >&2; exit 1; }
 
 build_fabrik
-S3_PORT=$(free_port)
-"$MOTO" -H 127.0.0.1 -p "$S3_PORT" >"$WORK/moto.log" 2>&1 &
-PIDS+=($!)
-wait_http "http://127.0.0.1:$S3_PORT/"
-curl -fsS -XPUT "http://127.0.0.1:$S3_PORT/bench" >/dev/null
-export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret
-export FABRIK__STORE__OBJECTS__ENDPOINT="http://127.0.0.1:$S3_PORT" FABRIK__STORE__OBJECTS__ALLOW_HTTP=true
+start_moto
 export FABRIK__STORE__OBJECTS__URL="s3://bench/restore" FABRIK__STORE__OBJECTS__LOCAL_BLOB_LIMIT=1MiB
 export FABRIK__HTTP__MAX_BODY_SIZE="$((MIB * 2))MiB" FABRIK__STORE__FLUSH_INTERVAL=1h
 DATA_DIR="$WORK/data"
@@ -46,13 +38,8 @@ evict() {
 }
 restart() { stop_pid "$FABRIK_PID"; start_fabrik "$DATA_DIR" "$PORT"; }
 
-head -c "$((MIB << 20))" /dev/urandom >"$WORK/blob.bin"
-SUM=$(sha256sum "$WORK/blob.bin" | cut -d' ' -f1)
 start_fabrik "$DATA_DIR" "$PORT"
-ID=$(curl -fsS "${AUTH[@]}" -H "Content-Type: video/mp4" --data-binary "@$WORK/blob.bin" \
-  "$FABRIK_URL/api/v1/blobs?table=camera&device=cam-1&signal=video" |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-[ "$ID" = "sha256:$SUM" ] || { echo "stored as $ID" >&2; exit 1; }
+store_random_blob "$MIB"
 
 printf '| read | readers | seconds until all had it | copies from the bucket | resident before (MiB) | peak during (MiB) | peak − before (MiB) |\n|---|---|---|---|---|---|---|\n'
 for case in "whole 1" "whole $READERS" "range 1"; do

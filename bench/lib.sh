@@ -50,6 +50,31 @@ iso() { date -u -d "@$1" +%Y-%m-%dT%H:%M:%SZ; } # epoch seconds → RFC 3339
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# moto's S3 server (from the test venv, or MOTO_SERVER) on a free port with a bucket `bench`,
+# and the environment that points `fabrik run` at it (`[store.objects]` endpoint and keys).
+start_moto() { # → sets S3_PORT
+  local moto="${MOTO_SERVER:-$HOME/.cache/fabrik-venv/bin/moto_server}"
+  [ -x "$moto" ] || { echo "moto_server not found: set MOTO_SERVER or run .ci/run once" >&2; exit 1; }
+  S3_PORT=$(free_port)
+  "$moto" -H 127.0.0.1 -p "$S3_PORT" >"$WORK/moto.log" 2>&1 &
+  PIDS+=($!)
+  wait_http "http://127.0.0.1:$S3_PORT/"
+  curl -fsS -XPUT "http://127.0.0.1:$S3_PORT/bench" >/dev/null
+  export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret
+  export FABRIK__STORE__OBJECTS__ENDPOINT="http://127.0.0.1:$S3_PORT" FABRIK__STORE__OBJECTS__ALLOW_HTTP=true
+}
+
+# Stores MIB MiB of random bytes as one blob in the running Fabrik (admin token bench-token);
+# the bytes stay in $WORK/blob.bin.
+store_random_blob() { # mib → sets SUM (their SHA-256) and ID (the blob id)
+  head -c "$(($1 << 20))" /dev/urandom >"$WORK/blob.bin"
+  SUM=$(sha256sum "$WORK/blob.bin" | cut -d' ' -f1)
+  ID=$(curl -fsS -H "Authorization: Bearer bench-token" -H "Content-Type: video/mp4" \
+    --data-binary "@$WORK/blob.bin" "$FABRIK_URL/api/v1/blobs?table=camera&device=cam-1&signal=video" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  [ "$ID" = "sha256:$SUM" ] || { echo "stored as $ID" >&2; exit 1; }
+}
+
 start_fabrik() { # data_dir port → sets FABRIK_URL
   local port=$2
   FABRIK__STORE__DATA_DIR="$1" FABRIK__HTTP__LISTEN="127.0.0.1:$port" FABRIK__AUTH__ADMIN_TOKEN=bench-token \

@@ -13,20 +13,12 @@ source "$(dirname "$0")/lib.sh"
 POINTS=${1:-2000000}
 RUNS=${2:-5}
 TRUCKS=1000
-MOTO="${MOTO_SERVER:-$HOME/.cache/fabrik-venv/bin/moto_server}"
-[ -x "$MOTO" ] || { echo "moto_server not found: set MOTO_SERVER or run .ci/run once" >&2; exit 1; }
 
 build_fabrik
 generate_trucks "$POINTS" "$TRUCKS"
 source "$(dirname "$0")/truck_queries.sh"
 
-S3_PORT=$(free_port)
-"$MOTO" -H 127.0.0.1 -p "$S3_PORT" >"$WORK/moto.log" 2>&1 &
-PIDS+=($!)
-wait_http "http://127.0.0.1:$S3_PORT/"
-curl -fsS -XPUT "http://127.0.0.1:$S3_PORT/bench" >/dev/null
-export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret
-export FABRIK__STORE__OBJECTS__ENDPOINT="http://127.0.0.1:$S3_PORT" FABRIK__STORE__OBJECTS__ALLOW_HTTP=true
+start_moto
 export FABRIK__STORE__FLUSH_INTERVAL=1h
 
 admin() { curl -fsS -XPOST -H "Authorization: Bearer bench-token" "$FABRIK_URL/api/v1/admin/$1" >/dev/null; }

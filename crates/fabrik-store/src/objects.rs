@@ -683,20 +683,7 @@ impl BucketClaim {
             return Ok(None);
         };
         // A range has no hash to check, but the object says which blob it was uploaded as.
-        if let Some(sha256) = found
-            .attributes
-            .get(&Attribute::Metadata(SHA256_METADATA.into()))
-            && sha256.as_ref() != id.hex()
-        {
-            return Err(objects_error(
-                &self.url,
-                format!(
-                    "{} holds other bytes than blob {id} (uploaded as sha256:{})",
-                    self.blob_path(id),
-                    sha256.as_ref()
-                ),
-            ));
-        }
+        self.refuse_another_blob(id, &found)?;
         Ok(Some(blob_meta(&found)))
     }
 
@@ -740,6 +727,25 @@ impl BucketClaim {
         Ok(Some(RangeRead::Part(BlobPart { meta, range, body })))
     }
 
+    /// An error if `found`, read under blob `id`'s name, was uploaded as another blob (the
+    /// SHA-256 it carries as metadata); objects without one are judged by their bytes.
+    fn refuse_another_blob(&self, id: &BlobId, found: &GetResult) -> Result<(), StoreError> {
+        match found
+            .attributes
+            .get(&Attribute::Metadata(SHA256_METADATA.into()))
+        {
+            Some(sha256) if sha256.as_ref() != id.hex() => Err(objects_error(
+                &self.url,
+                format!(
+                    "{} holds other bytes than blob {id} (uploaded as sha256:{})",
+                    self.blob_path(id),
+                    sha256.as_ref()
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     async fn get_blob_object(
         &self,
         id: &BlobId,
@@ -768,19 +774,7 @@ impl BucketClaim {
             return Ok(None);
         };
         // An object uploaded as another blob is refused before its body is read.
-        if let Some(sha256) = found
-            .attributes
-            .get(&Attribute::Metadata(SHA256_METADATA.into()))
-            && sha256.as_ref() != id.hex()
-        {
-            return Err(objects_error(
-                &self.url,
-                format!(
-                    "{path} holds other bytes than blob {id} (uploaded as sha256:{})",
-                    sha256.as_ref()
-                ),
-            ));
-        }
+        self.refuse_another_blob(id, &found)?;
         let content_type = blob_meta(&found).content_type;
         let (store, lookup) = (local.clone(), id.clone());
         let mut writer = Some(
