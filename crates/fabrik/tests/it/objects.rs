@@ -567,10 +567,7 @@ fn blobs_go_to_the_bucket_with_their_listing_and_come_back_after_a_restore() {
         let id = answer["id"].as_str().expect("id").to_owned();
         stored.push((id, media, bytes));
     }
-    let key = |id: &str| {
-        let hex = id.trim_start_matches("sha256:");
-        format!("line-5/blobs/sha256/{}/{}", &hex[..2], &hex[2..])
-    };
+    let key = |id: &str| blob_key("line-5", id);
     // Only a persist takes them there, with the listing.
     assert!(keys(&endpoint, "plant", "line-5/blobs/").is_empty());
     admin(&node.url, "persist");
@@ -650,17 +647,8 @@ fn blobs_past_the_local_limit_leave_the_disk_least_recently_used_first() {
     let data = dir.path().join("data");
     let node = start(&data, &env);
     let now = crate::support::now_ns();
-    let on_disk = |id: &str| {
-        let hex = id.trim_start_matches("sha256:");
-        data.join("blobs/sha256")
-            .join(&hex[..2])
-            .join(&hex[2..])
-            .exists()
-    };
-    let key = |id: &str| {
-        let hex = id.trim_start_matches("sha256:");
-        format!("line-6/blobs/sha256/{}/{}", &hex[..2], &hex[2..])
-    };
+    let on_disk = |id: &str| blob_on_disk(&data, id);
+    let key = |id: &str| blob_key("line-6", id);
     let frames: Vec<(String, Vec<u8>)> = (1..=4_u8)
         .map(|k| {
             // Bytes that differ along the frame, so a range read at the wrong offset shows.
@@ -777,6 +765,21 @@ fn blobs_past_the_local_limit_leave_the_disk_least_recently_used_first() {
         assert_eq!(status, 200, "{id}");
         assert!(served == *bytes, "{id}: other bytes");
     }
+}
+
+/// The key of blob `id` (`sha256:<hex>`) in the bucket under a store's `prefix`.
+fn blob_key(prefix: &str, id: &str) -> String {
+    let hex = id.trim_start_matches("sha256:");
+    format!("{prefix}/blobs/sha256/{}/{}", &hex[..2], &hex[2..])
+}
+
+/// Whether blob `id` (`sha256:<hex>`) is on the disk of the store in `data`.
+fn blob_on_disk(data: &Path, id: &str) -> bool {
+    let hex = id.trim_start_matches("sha256:");
+    data.join("blobs/sha256")
+        .join(&hex[..2])
+        .join(&hex[2..])
+        .exists()
 }
 
 /// Every file under `dir`.
@@ -974,21 +977,8 @@ fn a_blob_the_bucket_holds_other_bytes_for_stays_on_the_disk_until_copied_again(
         answer["id"].as_str().expect("id").to_owned()
     };
     let hex = |id: &str| id.trim_start_matches("sha256:").to_owned();
-    let object = |id: &str| {
-        let hex = hex(id);
-        format!(
-            "{endpoint}/plant/line-8/blobs/sha256/{}/{}",
-            &hex[..2],
-            &hex[2..]
-        )
-    };
-    let on_disk = |id: &str| {
-        let hex = hex(id);
-        data.join("blobs/sha256")
-            .join(&hex[..2])
-            .join(&hex[2..])
-            .exists()
-    };
+    let object = |id: &str| format!("{endpoint}/plant/{}", blob_key("line-8", id));
+    let on_disk = |id: &str| blob_on_disk(&data, id);
     let a = store(1, now - 10_000_000_000);
     admin(&node.url, "persist");
     let (status, sha256, body) = bucket_object(&object(&a));

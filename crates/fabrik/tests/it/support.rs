@@ -362,22 +362,16 @@ pub(crate) fn now_ns() -> i64 {
     .expect("ns")
 }
 
-/// An HTTP client for talking to the process under test. reqwest is built with rustls and
-/// no default crypto provider (as `fabrik` is), so the test process installs ring first.
 /// Sends the request `build` makes with the tests' client, on a runtime of its own (for
 /// tests that are not async): the status and the body as text.
 pub(crate) fn send_blocking(
     build: impl FnOnce(reqwest::Client) -> reqwest::RequestBuilder,
 ) -> (u16, String) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
-    rt.block_on(async {
-        let r = build(http_client()).send().await.expect("request");
-        let status = r.status().as_u16();
-        (status, r.text().await.expect("body"))
-    })
+    let answer = send_blocking_answer(build);
+    (
+        answer.status,
+        String::from_utf8_lossy(&answer.bytes).into_owned(),
+    )
 }
 
 /// What a request answered, headers included.
@@ -397,7 +391,8 @@ impl Answer {
     }
 }
 
-/// [`send_blocking`], keeping the headers and the raw body.
+/// Sends the request `build` makes with the tests' client, on a runtime of its own: the
+/// status, the headers and the raw body.
 pub(crate) fn send_blocking_answer(
     build: impl FnOnce(reqwest::Client) -> reqwest::RequestBuilder,
 ) -> Answer {
@@ -426,6 +421,8 @@ pub(crate) fn send_blocking_json(
     )
 }
 
+/// An HTTP client for talking to the process under test. reqwest is built with rustls and
+/// no default crypto provider (as `fabrik` is), so the test process installs ring first.
 pub(crate) fn http_client() -> reqwest::Client {
     static PROVIDER: std::sync::Once = std::sync::Once::new();
     PROVIDER.call_once(|| {
