@@ -39,6 +39,9 @@ pub struct UpdateStatus {
     pub binary_updates: bool,
     /// SHA-256 of the running binary, once a `binary` target was compared with it.
     pub binary_sha256: Option<String>,
+    /// While the binary installed from the repository has not confirmed itself (decision
+    /// 0066): its runs so far, and when the node goes back to the previous one.
+    pub binary_unconfirmed: Option<UnconfirmedBinary>,
     /// Checks since start.
     pub checks: u64,
     /// When the repository was last checked (RFC 3339).
@@ -63,6 +66,21 @@ pub struct UpdateStatus {
     /// Why the last check failed, when it did (the metadata did not verify, or the repository
     /// could not be reached); cleared by a check that verifies.
     pub last_error: Option<String>,
+}
+
+/// The runs of a new binary that has not confirmed itself yet.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct UnconfirmedBinary {
+    /// Runs of it started on this node, this one included.
+    pub runs: u32,
+    /// Earlier runs that ended in a crash, a kill or an error rather than a clean stop.
+    pub failed_runs: u32,
+    /// At this many failed runs the node puts the previous binary back and restarts into it
+    /// (`[updates] rollback_after_failed_runs`; 0: never).
+    pub rollback_after_failed_runs: u32,
+    /// How long a run must last with every module up for the binary to confirm itself
+    /// (`[updates] confirm_after`).
+    pub confirm_after_seconds: f64,
 }
 
 /// One target of the repository on this node.

@@ -214,6 +214,14 @@ pub struct UpdatesConfig {
     /// --kind binary`) in place of the running one, which is kept beside it, and restart into
     /// it; `false`: report it as available only.
     pub binary: bool,
+    /// A new binary confirms itself once it has run this long with every module up
+    /// (decision 0066); until then a run of it that ends in a crash, a kill or an error counts
+    /// as failed.
+    pub confirm_after: String,
+    /// After this many failed runs of a new binary that has not confirmed itself, the node
+    /// puts the previous binary back and restarts into it; `0`: never (an operator runs
+    /// `fabrik updates rollback`).
+    pub rollback_after_failed_runs: u32,
 }
 
 impl Default for UpdatesConfig {
@@ -227,6 +235,8 @@ impl Default for UpdatesConfig {
             tls_ca: String::new(),
             identity: String::new(),
             binary: false,
+            confirm_after: "10m".into(),
+            rollback_after_failed_runs: 3,
         }
     }
 }

@@ -745,8 +745,9 @@ pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
                 Some(binary) => binary,
                 None => std::env::current_exe().context("this binary's path")?,
             };
-            let (rolled_back, restored) = crate::self_update::rollback(&binary, &settings.data_dir)
-                .map_err(|why| anyhow::anyhow!(why))?;
+            let (rolled_back, restored) =
+                crate::self_update::rollback(&binary, &settings.data_dir, None)
+                    .map_err(|why| anyhow::anyhow!(why))?;
             println!("{restored}");
             eprintln!(
                 "{}: the previous build (sha256 {restored}) is back in place of sha256 \

@@ -22,6 +22,8 @@ use crate::modules::{self, Module};
 
 /// How long a graceful stop may take before the process exits anyway.
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
+/// `[updates] confirm_after` when it cannot be read (`config check` refuses such a file first).
+const DEFAULT_CONFIRM_AFTER: Duration = Duration::from_secs(600);
 
 /// Arguments of `fabrik run`.
 #[derive(Debug, Args)]
@@ -87,6 +89,22 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
     // Before anything can replace the file: once renamed over, `/proc/self/exe` names a
     // deleted one.
     let self_update = crate::self_update::SelfUpdate::capture(args.config.clone());
+    // Counted before anything of this run can fail, so that a new binary which keeps failing
+    // sends the node back to the previous one (decision 0066). Only the process that installs
+    // binaries counts: with `--target` a node's other processes run the same file.
+    let data_dir = settings.data_dir.clone();
+    if modules.contains(&Module::Updates) && !config.updates.url.trim().is_empty() {
+        let limit = config.updates.rollback_after_failed_runs;
+        if let crate::self_update::StartCount::RolledBack { .. } =
+            self_update.count_start(&data_dir, limit)
+        {
+            if let Ok(exe) = self_update.exe() {
+                let error = crate::self_update::exec(exe);
+                tracing::error!(binary = %exe.display(), error = %error, "The previous binary could not be started; the service manager must start it.");
+            }
+            return ExitCode::FAILURE;
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("fabrik")
@@ -139,7 +157,11 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
             }
             ExitCode::FAILURE
         }
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => {
+            self_update.note_clean_stop(&data_dir);
+            ExitCode::SUCCESS
+        }
+        // Left counted as running: the next start counts this run as failed.
         Err(_) => ExitCode::FAILURE,
     }
 }
@@ -1018,6 +1040,21 @@ async fn serve(
         let _ = std::io::stdout().flush();
         tracing::info!(modules = ?names, "Fabrik is ready.");
     }
+    // A new binary confirms itself once it has run `confirm_after` with every module up: a
+    // module that stops on its own ends the run first.
+    let confirming = CancellationToken::new();
+    let confirmation = (start_error.is_none() && self_update.awaiting_confirmation()).then(|| {
+        let (self_update, stop) = (self_update.clone(), confirming.clone());
+        let data_dir = settings.data_dir.clone();
+        let after = fabrik_runtime::units::parse_duration(&config.updates.confirm_after)
+            .unwrap_or(DEFAULT_CONFIRM_AFTER);
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = tokio::time::sleep(after) => self_update.confirm(&data_dir, after).await,
+            }
+        })
+    });
     let mut exited = None;
     // Heard for the whole run, the stop included: a SIGTERM while an install swaps the binary
     // or while the modules stop for the restart means stop, not restart.
@@ -1047,6 +1084,10 @@ async fn serve(
                 exited = Some(name);
             }
         }
+    }
+    confirming.cancel();
+    if let Some(confirmation) = confirmation {
+        let _ = confirmation.await;
     }
     demo_stop.cancel();
     if let Some(task) = demo_task {

@@ -1,6 +1,8 @@
 //! Replacing the running Fabrik binary with one from the release repository (decision 0044):
 //! the platform a file was built for, staging and a trial run of the new file, the swap that
-//! keeps the old one beside it, the restart into it, and the operator's way back.
+//! keeps the old one beside it, the restart into it, the operator's way back, and (decision
+//! 0066) the new binary's runs until it confirms itself, after which failing ones no longer
+//! send the node back.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -66,6 +68,8 @@ struct Inner {
     stop_signalled: std::sync::atomic::AtomicBool,
     /// Only a hash that was read is kept: a failed read is tried again at the next check.
     sha256: tokio::sync::OnceCell<String>,
+    /// This run was counted as one of a new binary that has not confirmed itself yet.
+    unconfirmed: std::sync::atomic::AtomicBool,
 }
 
 impl SelfUpdate {
@@ -83,6 +87,7 @@ impl SelfUpdate {
                 restart: CancellationToken::new(),
                 stop_signalled: std::sync::atomic::AtomicBool::new(false),
                 sha256: tokio::sync::OnceCell::new(),
+                unconfirmed: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -112,21 +117,26 @@ impl SelfUpdate {
             .ok_or_else(|| "the running binary's path is not known on this system".to_owned())
     }
 
+    /// The image this process runs (opened at start), else the file at its path.
+    fn image(&self) -> Result<std::fs::File, String> {
+        match &self.inner.image {
+            Some(image) => image
+                .try_clone()
+                .map_err(|e| format!("the running binary: {e}")),
+            None => {
+                let exe = self.exe()?;
+                std::fs::File::open(exe).map_err(|e| format!("{}: {e}", exe.display()))
+            }
+        }
+    }
+
     /// SHA-256 of the binary this process runs, read off the async workers from the image
     /// opened at start (not from the path, whose file an install or a rollback replaces).
     pub(crate) async fn running_sha256(&self) -> Result<String, String> {
         self.inner
             .sha256
             .get_or_try_init(|| async {
-                let image = match &self.inner.image {
-                    Some(image) => image
-                        .try_clone()
-                        .map_err(|e| format!("the running binary: {e}"))?,
-                    None => {
-                        let exe = self.exe()?;
-                        std::fs::File::open(exe).map_err(|e| format!("{}: {e}", exe.display()))?
-                    }
-                };
+                let image = self.image()?;
                 tokio::task::spawn_blocking(move || reader_sha256(image))
                     .await
                     .map_err(|e| format!("hashing the running binary stopped: {e}"))?
@@ -134,6 +144,110 @@ impl SelfUpdate {
             })
             .await
             .cloned()
+    }
+
+    /// SHA-256 of the binary this process runs, read now on this thread (at start, before
+    /// the async runtime) and kept for [`Self::running_sha256`].
+    fn running_sha256_now(&self) -> Result<String, String> {
+        if let Some(known) = self.inner.sha256.get() {
+            return Ok(known.clone());
+        }
+        let sha256 =
+            reader_sha256(self.image()?).map_err(|e| format!("reading the running binary: {e}"))?;
+        // Another reader may have set it meanwhile: the same file, the same hash.
+        let _ = self.inner.sha256.set(sha256.clone());
+        Ok(sha256)
+    }
+
+    /// At the start of `fabrik run`, for the process that installs binaries: when it runs a
+    /// new binary that has not confirmed itself, counts this run, and the previous one as
+    /// failed unless it ended with a clean stop. After `limit` failed runs (0: never) the
+    /// previous binary is put back at the running one's path, and the caller restarts into
+    /// it. Everything said is logged here.
+    pub(crate) fn count_start(&self, data_dir: &Path, limit: u32) -> StartCount {
+        let exe = match self.exe() {
+            Ok(exe) => exe.to_owned(),
+            Err(_) => return StartCount::Run,
+        };
+        match count_start(&exe, data_dir, || self.running_sha256_now(), limit) {
+            Ok(StartCount::Counting(unconfirmed)) => {
+                self.inner
+                    .unconfirmed
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                tracing::info!(
+                    run = unconfirmed.runs,
+                    failed_runs = unconfirmed.failed_runs,
+                    rollback_after_failed_runs = limit,
+                    "This binary was installed from a release and has not confirmed itself yet."
+                );
+                StartCount::Counting(unconfirmed)
+            }
+            Ok(StartCount::RolledBack {
+                rolled_back,
+                restored,
+                reason,
+            }) => {
+                tracing::error!(build = %rolled_back, restored = %restored, binary = %exe.display(), %reason, "The new binary was rolled back: the previous one is back in place, and the node restarts into it.");
+                StartCount::RolledBack {
+                    rolled_back,
+                    restored,
+                    reason,
+                }
+            }
+            Ok(StartCount::Run) => StartCount::Run,
+            Err(why) => {
+                tracing::error!(error = %why, "The runs of the new binary could not be counted; it runs on.");
+                StartCount::Run
+            }
+        }
+    }
+
+    /// Whether this run is one of a new binary that has not confirmed itself yet.
+    pub(crate) fn awaiting_confirmation(&self) -> bool {
+        self.inner
+            .unconfirmed
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The new binary ran long enough with every module up: a later failure of it is the
+    /// service manager's to restart, not a reason to go back.
+    pub(crate) async fn confirm(&self, data_dir: &Path, after: Duration) {
+        let Some(running) = self.known_sha256() else {
+            return;
+        };
+        let data_dir = data_dir.to_owned();
+        let confirmed = tokio::task::spawn_blocking(move || confirm(&data_dir, &running))
+            .await
+            .map_err(|e| format!("confirming stopped: {e}"))
+            .and_then(|confirmed| confirmed);
+        match confirmed {
+            Ok(true) => {
+                self.inner
+                    .unconfirmed
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
+                tracing::info!(
+                    after = ?after,
+                    "The new binary ran with every module up and confirmed itself: it is no longer rolled back by itself."
+                );
+            }
+            Ok(false) => {}
+            Err(why) => {
+                tracing::warn!(error = %why, "The new binary could not confirm itself; the next start tries again.")
+            }
+        }
+    }
+
+    /// At a clean stop (a stop signal): this run of an unconfirmed binary did not fail.
+    pub(crate) fn note_clean_stop(&self, data_dir: &Path) {
+        if !self.awaiting_confirmation() {
+            return;
+        }
+        let Some(running) = self.known_sha256() else {
+            return;
+        };
+        if let Err(why) = end_run(data_dir, &running) {
+            tracing::warn!(error = %why, "The clean stop of the new binary could not be recorded; the next start counts this run as failed.");
+        }
     }
 
     /// The running binary's SHA-256 when it was read already.
@@ -209,6 +323,7 @@ impl SelfUpdate {
             path: exe.display().to_string(),
             previous_sha256,
             at: crate::updates::now_rfc3339(),
+            unconfirmed: Some(Unconfirmed::default()),
         });
         if let Err(why) = state.write(data_dir) {
             tracing::warn!(error = %why, "The binary swap could not be recorded; `fabrik updates rollback` still finds the previous binary beside it.");
@@ -411,12 +526,50 @@ pub(crate) struct Installed {
     pub(crate) path: String,
     pub(crate) previous_sha256: String,
     pub(crate) at: String,
+    /// Until the new binary confirms itself: its runs so far. Absent in a record written
+    /// before decision 0066, whose build is taken as confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) unconfirmed: Option<Unconfirmed>,
+}
+
+/// The runs of a new binary that has not confirmed itself (decision 0066).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Unconfirmed {
+    /// Runs started.
+    pub(crate) runs: u32,
+    /// Runs that ended without a clean stop: a crash, a kill, an error.
+    pub(crate) failed_runs: u32,
+    /// A run started and has not said it stopped cleanly: the next start counts it as failed.
+    pub(crate) running: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct RolledBack {
     pub(crate) sha256: String,
     pub(crate) at: String,
+    /// Why, when the node rolled back by itself; absent for `fabrik updates rollback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) reason: Option<String>,
+    /// Not yet in the audit log: a rollback happens before the registry is open (at a start,
+    /// or from the command line), so the updates module audits it when it next starts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) audit_pending: bool,
+}
+
+/// What a start found about a new binary that has not confirmed itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StartCount {
+    /// Nothing to count: no install recorded, or its build confirmed, or another build runs.
+    Run,
+    /// This run was counted.
+    Counting(Unconfirmed),
+    /// The previous binary is back in place (hashes of the build rolled back and of the one
+    /// restored); the process restarts into it.
+    RolledBack {
+        rolled_back: String,
+        restored: String,
+        reason: String,
+    },
 }
 
 impl BinaryState {
@@ -457,10 +610,110 @@ impl BinaryState {
     }
 }
 
-/// `fabrik updates rollback`: the binary kept as `<exe>.previous` goes back in place of
-/// `exe`, and the build it replaces is remembered as rolled back, so the node does not
-/// install it again from the repository. Returns the hashes (rolled back, restored).
-pub(crate) fn rollback(exe: &Path, data_dir: &Path) -> Result<(String, String), String> {
+/// Counts a start of `fabrik run` (see [`SelfUpdate::count_start`]); `running` hashes the
+/// running binary, which is read only when an unconfirmed install is recorded.
+pub(crate) fn count_start(
+    exe: &Path,
+    data_dir: &Path,
+    running: impl FnOnce() -> Result<String, String>,
+    limit: u32,
+) -> Result<StartCount, String> {
+    let mut state = BinaryState::read(data_dir);
+    let Some(installed) = state.installed.as_mut() else {
+        return Ok(StartCount::Run);
+    };
+    let Some(unconfirmed) = installed.unconfirmed.as_mut() else {
+        return Ok(StartCount::Run);
+    };
+    // Another build runs: the installed one was put back by hand (the updates module
+    // settles that), or this process is not the node's binary.
+    if running()? != installed.sha256 {
+        return Ok(StartCount::Run);
+    }
+    if unconfirmed.running {
+        unconfirmed.failed_runs = unconfirmed.failed_runs.saturating_add(1);
+    }
+    if limit > 0 && unconfirmed.failed_runs >= limit {
+        let reason = format!(
+            "{} of its {} runs ended in a crash, a kill or an error before it confirmed itself",
+            unconfirmed.failed_runs, unconfirmed.runs
+        );
+        let (rolled_back, restored) = rollback(exe, data_dir, Some(reason.clone()))?;
+        return Ok(StartCount::RolledBack {
+            rolled_back,
+            restored,
+            reason,
+        });
+    }
+    unconfirmed.running = true;
+    unconfirmed.runs = unconfirmed.runs.saturating_add(1);
+    let counted = unconfirmed.clone();
+    state.write(data_dir)?;
+    Ok(StartCount::Counting(counted))
+}
+
+/// A run of the unconfirmed binary `running` ended with a clean stop.
+pub(crate) fn end_run(data_dir: &Path, running: &str) -> Result<(), String> {
+    let mut state = BinaryState::read(data_dir);
+    let Some(unconfirmed) = state
+        .installed
+        .as_mut()
+        .filter(|installed| installed.sha256 == running)
+        .and_then(|installed| installed.unconfirmed.as_mut())
+    else {
+        return Ok(());
+    };
+    unconfirmed.running = false;
+    state.write(data_dir)
+}
+
+/// The binary `running` confirmed itself; returns whether it had not before.
+pub(crate) fn confirm(data_dir: &Path, running: &str) -> Result<bool, String> {
+    let mut state = BinaryState::read(data_dir);
+    let Some(installed) = state
+        .installed
+        .as_mut()
+        .filter(|installed| installed.sha256 == running && installed.unconfirmed.is_some())
+    else {
+        return Ok(false);
+    };
+    installed.unconfirmed = None;
+    state.write(data_dir)?;
+    Ok(true)
+}
+
+/// Rollbacks not yet in the audit log (see [`RolledBack::audit_pending`]).
+pub(crate) fn unaudited_rollbacks(data_dir: &Path) -> Vec<RolledBack> {
+    BinaryState::read(data_dir)
+        .refused
+        .into_iter()
+        .filter(|rolled_back| rolled_back.audit_pending)
+        .collect()
+}
+
+/// Marks the rollback of `sha256` as audited.
+pub(crate) fn rollback_audited(data_dir: &Path, sha256: &str) -> Result<(), String> {
+    let mut state = BinaryState::read(data_dir);
+    let mut changed = false;
+    for rolled_back in state.refused.iter_mut().filter(|r| r.sha256 == sha256) {
+        changed |= std::mem::take(&mut rolled_back.audit_pending);
+    }
+    if changed {
+        state.write(data_dir)
+    } else {
+        Ok(())
+    }
+}
+
+/// The binary kept as `<exe>.previous` goes back in place of `exe`, and the build it
+/// replaces is remembered as rolled back (with `reason` when the node decided it), so the
+/// node does not install it again from the repository: `fabrik updates rollback`, and a new
+/// binary's failed runs. Returns the hashes (rolled back, restored).
+pub(crate) fn rollback(
+    exe: &Path,
+    data_dir: &Path,
+    reason: Option<String>,
+) -> Result<(String, String), String> {
     let previous = previous_path(exe);
     if !previous.exists() {
         return Err(format!(
@@ -497,6 +750,8 @@ pub(crate) fn rollback(exe: &Path, data_dir: &Path) -> Result<(String, String), 
         state.refused.push(RolledBack {
             sha256: current.clone(),
             at: crate::updates::now_rfc3339(),
+            reason,
+            audit_pending: true,
         });
     }
     state.installed = None;
@@ -534,6 +789,8 @@ pub(crate) fn settle_rollback(data_dir: &Path, running: &str) -> Result<Option<S
         state.refused.push(RolledBack {
             sha256: installed.sha256.clone(),
             at: crate::updates::now_rfc3339(),
+            reason: Some("the previous build was put back by hand".into()),
+            audit_pending: true,
         });
     }
     state.write(data_dir)?;
@@ -599,7 +856,7 @@ mod tests {
         let data = dir.path().join("data");
         // A data directory that is not the node's would take the refusal where the node never
         // reads it.
-        let elsewhere = rollback(&exe, &data).expect_err("no node's state there");
+        let elsewhere = rollback(&exe, &data, None).expect_err("no node's state there");
         assert!(elsewhere.contains("--data-dir"), "{elsewhere}");
         assert_eq!(
             std::fs::read(&exe).expect("exe"),
@@ -619,11 +876,12 @@ mod tests {
                 path: exe.display().to_string(),
                 previous_sha256: sha(previous),
                 at: "2026-12-03T00:00:00Z".into(),
+                unconfirmed: None,
             }),
             refused: Vec::new(),
         };
         recorded(b"another build").write(&data).expect("state");
-        let other = rollback(&exe, &data).expect_err("not the replaced build");
+        let other = rollback(&exe, &data, None).expect_err("not the replaced build");
         assert!(
             other.contains("not the build the last install replaced"),
             "{other}"
@@ -634,14 +892,111 @@ mod tests {
             "nothing moved"
         );
         recorded(b"old build").write(&data).expect("state");
-        let (rolled_back, restored) = rollback(&exe, &data).expect("rollback");
+        let (rolled_back, restored) = rollback(&exe, &data, None).expect("rollback");
         assert_eq!(std::fs::read(&exe).expect("exe"), b"old build");
         assert!(!previous_path(&exe).exists());
         let state = BinaryState::read(&data);
         assert!(state.rolled_back(&rolled_back).is_some(), "{state:?}");
         assert!(state.rolled_back(&restored).is_none());
-        let again = rollback(&exe, &data).expect_err("nothing to go back to");
+        let again = rollback(&exe, &data, None).expect_err("nothing to go back to");
         assert!(again.contains("fabrik.previous"), "{again}");
+    }
+
+    #[test]
+    fn a_new_build_that_keeps_failing_before_it_confirms_is_rolled_back() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (exe, data) = (dir.path().join("fabrik"), dir.path().join("data"));
+        let sha = |bytes: &[u8]| {
+            use sha2::Digest;
+            crate::release::hex(&sha2::Sha256::digest(bytes))
+        };
+        let (old, new) = (sha(b"old build"), sha(b"new build"));
+        let install = || {
+            std::fs::write(&exe, b"old build").expect("old");
+            let staged = staged_path(&exe, &new).expect("staged");
+            write_executable(&staged, b"new build").expect("stage");
+            swap(&exe, &staged).expect("swap");
+            BinaryState {
+                installed: Some(Installed {
+                    sha256: new.clone(),
+                    target: "fabrik-linux-x86_64.bin".into(),
+                    path: exe.display().to_string(),
+                    previous_sha256: old.clone(),
+                    at: "2026-12-05T00:00:00Z".into(),
+                    unconfirmed: Some(Unconfirmed::default()),
+                }),
+                refused: Vec::new(),
+            }
+            .write(&data)
+            .expect("state");
+        };
+        let start = |running: &str, limit| {
+            count_start(&exe, &data, || Ok(running.to_owned()), limit).expect("count")
+        };
+        let counting = |runs, failed_runs| {
+            StartCount::Counting(Unconfirmed {
+                runs,
+                failed_runs,
+                running: true,
+            })
+        };
+        install();
+        assert_eq!(start(&new, 3), counting(1, 0), "the restart into it");
+        // A clean stop is not a failure; a run that ends otherwise is, at the next start.
+        end_run(&data, &new).expect("clean stop");
+        assert_eq!(start(&new, 3), counting(2, 0));
+        assert_eq!(start(&new, 3), counting(3, 1), "killed");
+        assert_eq!(start(&new, 3), counting(4, 2), "crashed");
+        assert_eq!(std::fs::read(&exe).expect("exe"), b"new build");
+        let StartCount::RolledBack {
+            rolled_back,
+            restored,
+            reason,
+        } = start(&new, 3)
+        else {
+            panic!("the third failed run sends the node back");
+        };
+        assert_eq!(
+            (rolled_back.as_str(), restored.as_str()),
+            (new.as_str(), old.as_str())
+        );
+        assert!(reason.contains("3 of its 4 runs"), "{reason}");
+        assert_eq!(std::fs::read(&exe).expect("exe"), b"old build");
+        assert!(!previous_path(&exe).exists());
+        let state = BinaryState::read(&data);
+        assert!(state.installed.is_none(), "{state:?}");
+        let refused = state.rolled_back(&new).expect("refused");
+        assert_eq!(refused.reason.as_deref(), Some(reason.as_str()));
+        // The restored build starts with nothing to count, and the rollback waits for the audit.
+        assert_eq!(start(&old, 3), StartCount::Run);
+        assert_eq!(unaudited_rollbacks(&data).len(), 1);
+        rollback_audited(&data, &new).expect("audited");
+        assert!(unaudited_rollbacks(&data).is_empty());
+
+        // A build that confirmed itself is not rolled back, however its runs end.
+        install();
+        assert_eq!(start(&new, 1), counting(1, 0));
+        assert!(confirm(&data, &new).expect("confirm"));
+        assert!(!confirm(&data, &new).expect("once"), "confirmed already");
+        for _ in 0..3 {
+            assert_eq!(start(&new, 1), StartCount::Run);
+        }
+        assert_eq!(std::fs::read(&exe).expect("exe"), b"new build");
+
+        // 0: the node never goes back by itself; another build running counts nothing.
+        install();
+        for runs in 1..=5 {
+            assert_eq!(start(&new, 0), counting(runs, runs - 1));
+        }
+        assert_eq!(start(&old, 1), StartCount::Run, "put back by hand");
+        assert_eq!(std::fs::read(&exe).expect("exe"), b"new build");
+
+        // A record from before confirmations (no `unconfirmed`) is a confirmed build.
+        let legacy = format!(
+            r#"{{"installed":{{"sha256":"{new}","target":"t","path":"p","previous_sha256":"{old}","at":"a"}}}}"#
+        );
+        std::fs::write(data.join("updates/binary.json"), legacy).expect("legacy");
+        assert_eq!(start(&new, 1), StartCount::Run);
     }
 
     #[test]
@@ -654,6 +1009,7 @@ mod tests {
                 path: "/usr/local/bin/fabrik".into(),
                 previous_sha256: previous.into(),
                 at: "2026-12-03T00:00:00Z".into(),
+                unconfirmed: None,
             }),
             refused: Vec::new(),
         };

@@ -102,6 +102,9 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
         Ok(_) => {}
         Err(why) => problems.push(("updates.interval".into(), why)),
     }
+    if let Err(why) = fabrik_runtime::units::parse_duration(&updates.confirm_after) {
+        problems.push(("updates.confirm_after".into(), why));
+    }
     let ca = updates.tls_ca.trim();
     if !ca.is_empty()
         && let Err(e) = std::fs::read(ca)
@@ -311,6 +314,9 @@ struct Updater {
     data_dir: PathBuf,
     /// Binary builds whose rollback this process wrote to `_releases`.
     rollbacks_recorded: HashSet<String>,
+    /// `[updates] rollback_after_failed_runs` and `confirm_after`, for the status.
+    rollback_after_failed_runs: u32,
+    confirm_after: Duration,
 }
 
 /// A target this node refused, and when it tries again.
@@ -364,6 +370,7 @@ impl Updater {
         if self.binary_updates {
             self.settle_binary().await;
         }
+        self.audit_rollbacks().await;
         let offset = spread(&self.node, self.interval);
         // The offset also before the first check: a fleet powered up together.
         tokio::select! {
@@ -411,6 +418,52 @@ impl Updater {
                 tracing::warn!(error = %why, "The binary update state could not be written.")
             }
         }
+    }
+
+    /// Puts the rollbacks made while the registry was closed (at a start, or by `fabrik
+    /// updates rollback`) in the audit log, each once.
+    async fn audit_rollbacks(&self) {
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        for rolled_back in crate::self_update::unaudited_rollbacks(&self.data_dir) {
+            let why = rolled_back
+                .reason
+                .as_deref()
+                .unwrap_or("`fabrik updates rollback`");
+            let event = AuditEvent {
+                actor: format!("node:{}", self.node),
+                action: "roll back binary".into(),
+                target: format!("sha256 {} at {}: {why}", rolled_back.sha256, rolled_back.at),
+                status: 200,
+            };
+            if let Err(e) = registry.audit(event).await {
+                tracing::error!(error = %e, "The audit log could not record a binary rollback.");
+                return;
+            }
+            if let Err(why) =
+                crate::self_update::rollback_audited(&self.data_dir, &rolled_back.sha256)
+            {
+                tracing::warn!(error = %why, "A binary rollback was audited but not marked so; it may be audited twice.");
+            }
+        }
+    }
+
+    /// The installed binary's runs while it has not confirmed itself, if this process runs it.
+    fn unconfirmed_binary(&self) -> Option<fabrik_api::updates::UnconfirmedBinary> {
+        let running = self.self_update.known_sha256()?;
+        let installed = crate::self_update::BinaryState::read(&self.data_dir).installed?;
+        if installed.sha256 != running {
+            return None;
+        }
+        installed
+            .unconfirmed
+            .map(|unconfirmed| fabrik_api::updates::UnconfirmedBinary {
+                runs: unconfirmed.runs,
+                failed_runs: unconfirmed.failed_runs,
+                rollback_after_failed_runs: self.rollback_after_failed_runs,
+                confirm_after_seconds: self.confirm_after.as_secs_f64(),
+            })
     }
 
     /// One check: verify the repository, then bring every target for this node in.
@@ -468,6 +521,7 @@ impl Updater {
             .map(|at| at.to_string());
             status.installed = self.installed_at.len() as u64;
             status.binary_sha256 = self.self_update.known_sha256();
+            status.binary_unconfirmed = self.unconfirmed_binary();
             status.targets = targets;
             status.last_error = None;
         }
@@ -764,11 +818,14 @@ impl Updater {
         let content = release.content_sha256(sha256);
         let state = crate::self_update::BinaryState::read(&self.data_dir);
         state.rolled_back(content).map(|rolled_back| {
+            let why = rolled_back
+                .reason
+                .as_deref()
+                .unwrap_or("`fabrik updates rollback`");
             (
                 "refused",
                 format!(
-                    "rolled back on this node at {} (`fabrik updates rollback`); publish \
-                     another build",
+                    "rolled back on this node at {} ({why}); publish another build",
                     rolled_back.at
                 ),
             )
@@ -1235,6 +1292,8 @@ pub(crate) async fn start(
         platform: crate::self_update::platform(),
         data_dir: data_dir.to_owned(),
         rollbacks_recorded: HashSet::new(),
+        rollback_after_failed_runs: updates.rollback_after_failed_runs,
+        confirm_after: fabrik_runtime::units::parse_duration(&updates.confirm_after)?,
     };
     let stop = CancellationToken::new();
     let token = stop.clone();

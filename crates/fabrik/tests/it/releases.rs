@@ -1635,19 +1635,82 @@ fn listening_again(edge: &Process) -> String {
     );
 }
 
-#[test]
-fn an_edge_replaces_its_own_binary_with_the_published_build_and_an_operator_can_roll_it_back() {
-    let (dir, repo, keys, work) = new_repository();
-    let platform = format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH);
-
-    // The node runs from its own copy of Fabrik, which a release replaces.
-    let bin = dir.path().join("bin");
+/// The node's own copy of Fabrik in `<dir>/bin`, which a release replaces; its SHA-256.
+fn node_binary(dir: &Path) -> (std::path::PathBuf, String) {
+    let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).expect("bin");
     let node_binary = bin.join("fabrik");
     if std::fs::hard_link(fabrik_bin(), &node_binary).is_err() {
         std::fs::copy(fabrik_bin(), &node_binary).expect("copy the binary");
     }
-    let first_build = file_sha256(&node_binary);
+    let sha256 = file_sha256(&node_binary);
+    (node_binary, sha256)
+}
+
+/// A new build of Fabrik in `work`: the same program with `label` after its end, which an
+/// ELF loader ignores, so another file. Returns its path and SHA-256.
+fn another_build(work: &Path, label: &str) -> (std::path::PathBuf, String) {
+    let mut bytes = std::fs::read(fabrik_bin()).expect("binary");
+    bytes.extend_from_slice(format!("\nFabrik test build {label}\n").as_bytes());
+    let build = work.join(format!("fabrik-{label}"));
+    std::fs::write(&build, &bytes).expect("new build");
+    (build, sha256_hex(&bytes))
+}
+
+/// Publishes `file` as this platform's binary target `fabrik-line.bin`.
+fn publish_binary(repo: &Path, keys: &Path, file: &Path) -> String {
+    let platform = format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH);
+    release(
+        "add",
+        repo,
+        keys,
+        &[
+            "--kind",
+            "binary",
+            "--name",
+            "fabrik-line",
+            "--platform",
+            &platform,
+            path(file),
+        ],
+    )
+}
+
+/// A rollback of `build` made while the node was down (at a start, or by `fabrik updates
+/// rollback`) is in the audit log, and is the fleet view's latest word on the target, with
+/// `why` in its reason.
+fn assert_rollback_recorded(url: &str, build: &str, why: &str) {
+    let (code, audit) = http(url, reqwest::Method::GET, "/api/v1/audit?limit=50", None);
+    assert_eq!(code, 200, "{audit}");
+    let audit = audit.to_string();
+    assert!(
+        audit.contains("roll back binary") && audit.contains(build) && audit.contains(why),
+        "the rollback is audited: {audit}"
+    );
+    let rows = crate::support::count_if_any(
+        url,
+        &format!(
+            "SELECT count(*) AS n FROM _releases WHERE name = 'fabrik-line' AND state = 'refused' \
+             AND sha256 = '{build}' AND reason LIKE '%rolled back%' AND strpos(reason, '{why}') > 0"
+        ),
+    );
+    assert_eq!(rows, Some(1), "the rollback is a _releases row");
+}
+
+/// `fabrik run` of the node's own binary on `data`.
+fn start_node(node_binary: &Path, config: &Path, data: &Path) -> Process {
+    let mut command = Command::new(node_binary);
+    command.env("FABRIK__STORE__DATA_DIR", data);
+    Process::start_full(command, &["--config", path(config)], data, &[])
+}
+
+#[test]
+fn an_edge_replaces_its_own_binary_with_the_published_build_and_an_operator_can_roll_it_back() {
+    let (dir, repo, keys, work) = new_repository();
+    let platform = format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH);
+
+    let (node_binary, first_build) = node_binary(dir.path());
+    let bin = dir.path().join("bin");
     let previous = bin.join("fabrik.previous");
 
     // The publisher: a "build" that cannot start here, and a new build of Fabrik (the same
@@ -1658,12 +1721,7 @@ fn an_edge_replaces_its_own_binary_with_the_published_build_and_an_operator_can_
         "#!/bin/sh\necho 'cannot start: libfoo.so.3 is missing' >&2\nexit 3\n",
     )
     .expect("broken");
-    let mut new_build_bytes = std::fs::read(fabrik_bin()).expect("binary");
-    new_build_bytes.extend_from_slice(b"\nFabrik test build 2\n");
-    let new_build = work.join("fabrik-2");
-    std::fs::write(&new_build, &new_build_bytes).expect("new build");
-    let second_build = sha256_hex(&new_build_bytes);
-    drop(new_build_bytes);
+    let (new_build, second_build) = another_build(&work, "2");
 
     // The publisher names a script's platform, and cannot misname an executable's.
     let unnamed = release_fails("add", &repo, &keys, &["--kind", "binary", path(&broken)]);
@@ -1684,20 +1742,7 @@ fn an_edge_replaces_its_own_binary_with_the_published_build_and_an_operator_can_
         misnamed.contains(&format!("executable for {platform}")),
         "{misnamed}"
     );
-    let published = release(
-        "add",
-        &repo,
-        &keys,
-        &[
-            "--kind",
-            "binary",
-            "--name",
-            "fabrik-line",
-            "--platform",
-            &platform,
-            path(&broken),
-        ],
-    );
+    let published = publish_binary(&repo, &keys, &broken);
     assert!(
         published.contains("published binary fabrik-line"),
         "{published}"
@@ -1723,9 +1768,7 @@ fn an_edge_replaces_its_own_binary_with_the_published_build_and_an_operator_can_
     text.push_str("binary = true\n");
     std::fs::write(&config, text).expect("config");
     let edge_data = dir.path().join("edge");
-    let mut command = Command::new(&node_binary);
-    command.env("FABRIK__STORE__DATA_DIR", &edge_data);
-    let edge = Process::start_full(command, &["--config", path(&config)], &edge_data, &[]);
+    let edge = start_node(&node_binary, &config, &edge_data);
     let pid = edge.child.id();
 
     // The script fails its trial: refused, named, and the running binary stays.
@@ -1761,20 +1804,7 @@ fn an_edge_replaces_its_own_binary_with_the_published_build_and_an_operator_can_
 
     // The real build replaces the running binary, and the node restarts into it: the same
     // process (exec), serving again, reporting the new build.
-    release(
-        "add",
-        &repo,
-        &keys,
-        &[
-            "--kind",
-            "binary",
-            "--name",
-            "fabrik-line",
-            "--platform",
-            &platform,
-            path(&new_build),
-        ],
-    );
+    publish_binary(&repo, &keys, &new_build);
     let url = listening_again(&edge);
     assert_eq!(file_sha256(&node_binary), second_build);
     assert_eq!(file_sha256(&previous), first_build, "the old build is kept");
@@ -1818,9 +1848,7 @@ fn an_edge_replaces_its_own_binary_with_the_published_build_and_an_operator_can_
         .expect("rollback");
     assert!(!again.status.success(), "nothing left to roll back to");
 
-    let mut command = Command::new(&node_binary);
-    command.env("FABRIK__STORE__DATA_DIR", &edge_data);
-    let edge = Process::start_full(command, &["--config", path(&config)], &edge_data, &[]);
+    let edge = start_node(&node_binary, &config, &edge_data);
     eventually_for(
         "the rolled-back build refused",
         Duration::from_secs(60),
@@ -1836,24 +1864,14 @@ fn an_edge_replaces_its_own_binary_with_the_published_build_and_an_operator_can_
     );
     assert_eq!(status["binary_sha256"], first_build.as_str());
     assert_eq!(file_sha256(&node_binary), first_build);
-    // The fleet view's latest word on the target is the rollback.
-    let rows = crate::support::count_if_any(
-        &edge.url,
-        &format!(
-            "SELECT count(*) AS n FROM _releases WHERE name = 'fabrik-line' AND state = 'refused' \
-             AND sha256 = '{second_build}' AND reason LIKE '%rolled back%'"
-        ),
-    );
-    assert_eq!(rows, Some(1), "the rollback is a _releases row");
+    assert_rollback_recorded(&edge.url, &second_build, "`fabrik updates rollback`");
     drop(edge);
 
     // Without `[updates] binary` a node only reports the build it does not run.
     let text = std::fs::read_to_string(&config).expect("config");
     std::fs::write(&config, text.replace("binary = true\n", "")).expect("config");
     std::fs::remove_file(edge_data.join("updates/binary.json")).expect("state");
-    let mut command = Command::new(&node_binary);
-    command.env("FABRIK__STORE__DATA_DIR", &edge_data);
-    let edge = Process::start_full(command, &["--config", path(&config)], &edge_data, &[]);
+    let edge = start_node(&node_binary, &config, &edge_data);
     eventually_for("the build reported", Duration::from_secs(60), || {
         target(&updates(&edge.url), "fabrik-line.bin")["state"] == "available"
     });
@@ -1867,4 +1885,107 @@ fn an_edge_replaces_its_own_binary_with_the_published_build_and_an_operator_can_
     );
     assert_eq!(file_sha256(&node_binary), first_build);
     assert!(!previous.exists());
+}
+
+#[test]
+fn a_new_binary_that_keeps_failing_before_it_confirms_itself_is_rolled_back_by_the_node() {
+    let (dir, repo, keys, work) = new_repository();
+    let (node_binary, first_build) = node_binary(dir.path());
+    let previous = dir.path().join("bin/fabrik.previous");
+    let config = follower_config(dir.path(), &repo);
+    let followed = std::fs::read_to_string(&config).expect("config");
+    let set = |confirm_after: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "{followed}binary = true\nconfirm_after = \"{confirm_after}\"\n\
+                 rollback_after_failed_runs = 2\n"
+            ),
+        )
+        .expect("config")
+    };
+    set("1h");
+    let edge_data = dir.path().join("edge");
+    let edge = start_node(&node_binary, &config, &edge_data);
+
+    // The new build installs and runs; it has not confirmed itself.
+    let (second, second_build) = another_build(&work, "2");
+    publish_binary(&repo, &keys, &second);
+    let url = listening_again(&edge);
+    let unconfirmed = |url: &str, failed_runs: u64| {
+        eventually_for("the new build's runs", Duration::from_secs(60), || {
+            let status = updates(url);
+            status["binary_sha256"] == second_build.as_str()
+                && status["binary_unconfirmed"]["failed_runs"].as_u64() == Some(failed_runs)
+        });
+    };
+    unconfirmed(&url, 0);
+    assert_eq!(file_sha256(&node_binary), second_build);
+
+    // It is killed (an OOM kill, a crash): the service manager starts it again, and the run
+    // counts as failed. The second failed run sends the node back to the first build.
+    edge.kill9();
+    let edge = start_node(&node_binary, &config, &edge_data);
+    unconfirmed(&edge.url, 1);
+    edge.kill9();
+    let edge = start_node(&node_binary, &config, &edge_data);
+    let said = edge.drain_log().join("\n");
+    assert!(said.contains("The new binary was rolled back"), "{said}");
+    assert_eq!(
+        file_sha256(&node_binary),
+        first_build,
+        "the first build is back"
+    );
+    assert!(!previous.exists());
+    let pid_after = edge.child.id();
+    let running = std::fs::read_link(format!("/proc/{pid_after}/exe")).expect("exe");
+    assert_eq!(running, node_binary, "restarted into the file in place");
+    eventually_for(
+        "the rolled-back build refused",
+        Duration::from_secs(60),
+        || {
+            let status = updates(&edge.url);
+            target(&status, "fabrik-line.bin")["state"] == "refused"
+                && status["binary_sha256"] == first_build.as_str()
+        },
+    );
+    let status = updates(&edge.url);
+    assert!(status["binary_unconfirmed"].is_null(), "{status}");
+    let reason = target(&status, "fabrik-line.bin")["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        reason.contains("2 of its 2 runs ended in a crash, a kill or an error"),
+        "{reason}"
+    );
+    assert_rollback_recorded(&edge.url, &second_build, "before it confirmed itself");
+    let (status, _) = edge.terminate();
+    assert!(status.success(), "{status:?}");
+
+    // A build that runs `confirm_after` with every module up confirms itself: from then on
+    // its failures are the service manager's to restart, not a reason to go back.
+    set("1s");
+    let (third, third_build) = another_build(&work, "3");
+    publish_binary(&repo, &keys, &third);
+    let edge = start_node(&node_binary, &config, &edge_data);
+    let url = listening_again(&edge);
+    eventually_for("the third build confirmed", Duration::from_secs(60), || {
+        let status = updates(&url);
+        status["binary_sha256"] == third_build.as_str() && status["binary_unconfirmed"].is_null()
+    });
+    edge.kill9();
+    for _ in 0..2 {
+        let edge = start_node(&node_binary, &config, &edge_data);
+        eventually_for("the third build runs on", Duration::from_secs(60), || {
+            updates(&edge.url)["binary_sha256"] == third_build.as_str()
+        });
+        edge.kill9();
+    }
+    assert_eq!(file_sha256(&node_binary), third_build);
+    assert_eq!(
+        file_sha256(&previous),
+        first_build,
+        "the last install kept the first"
+    );
 }
