@@ -89,22 +89,6 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
     // Before anything can replace the file: once renamed over, `/proc/self/exe` names a
     // deleted one.
     let self_update = crate::self_update::SelfUpdate::capture(args.config.clone());
-    // Counted before anything of this run can fail, so that a new binary which keeps failing
-    // sends the node back to the previous one (decision 0066). Only the process that installs
-    // binaries counts: with `--target` a node's other processes run the same file.
-    let data_dir = settings.data_dir.clone();
-    if modules.contains(&Module::Updates) && !config.updates.url.trim().is_empty() {
-        let limit = config.updates.rollback_after_failed_runs;
-        if let crate::self_update::StartCount::RolledBack { .. } =
-            self_update.count_start(&data_dir, limit)
-        {
-            if let Ok(exe) = self_update.exe() {
-                let error = crate::self_update::exec(exe);
-                tracing::error!(binary = %exe.display(), error = %error, "The previous binary could not be started; the service manager must start it.");
-            }
-            return ExitCode::FAILURE;
-        }
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("fabrik")
@@ -116,6 +100,23 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Counted before anything of this run can fail, so that a new binary which keeps failing
+    // sends the node back to the previous one (decision 0066). Only the process that installs
+    // binaries counts: with `--target` a node's other processes run the same file.
+    if modules.contains(&Module::Updates) && !config.updates.url.trim().is_empty() {
+        let limit = config.updates.rollback_after_failed_runs;
+        let try_previous =
+            |previous: &std::path::Path| runtime.block_on(self_update.trial(previous, "previous"));
+        if let crate::self_update::StartCount::RolledBack { .. } =
+            self_update.count_start(&settings.data_dir, limit, try_previous)
+        {
+            if let Ok(exe) = self_update.exe() {
+                let error = crate::self_update::exec(exe);
+                tracing::error!(binary = %exe.display(), error = %error, "The previous binary could not be started; the service manager must start it.");
+            }
+            return ExitCode::FAILURE;
+        }
+    }
     let trace_stop = tokio_util::sync::CancellationToken::new();
     let trace_export = traces.map(|(exporter, spans)| {
         runtime.spawn(crate::traces::export(exporter, spans, trace_stop.clone()))
@@ -157,11 +158,7 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
             }
             ExitCode::FAILURE
         }
-        Ok(()) => {
-            self_update.note_clean_stop(&data_dir);
-            ExitCode::SUCCESS
-        }
-        // Left counted as running: the next start counts this run as failed.
+        Ok(()) => ExitCode::SUCCESS,
         Err(_) => ExitCode::FAILURE,
     }
 }
@@ -693,6 +690,27 @@ async fn serve(
     #[cfg(target_os = "linux")]
     let _file_size_signal =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(25)).ok();
+    // Heard for the whole run, the start and the stop included: a SIGTERM while an install
+    // swaps the binary or while the modules stop for the restart means stop, not restart.
+    // During the start it ends the process at once, as the signal's default action did, but
+    // first records the stop as clean, so an operator restarting a new binary while it
+    // starts does not count as a failed run of it (decision 0066).
+    let signalled = CancellationToken::new();
+    let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener = {
+        let (signalled, self_update) = (signalled.clone(), self_update.clone());
+        let (started, data_dir) = (started.clone(), settings.data_dir.clone());
+        tokio::spawn(async move {
+            fabrik_runtime::shutdown::signal().await;
+            self_update.note_stop_signal();
+            if !started.load(std::sync::atomic::Ordering::SeqCst) {
+                self_update.note_clean_stop(&data_dir);
+                tracing::info!("Stopped while starting.");
+                std::process::exit(0);
+            }
+            signalled.cancel();
+        })
+    };
     let names: Vec<&'static str> = modules.iter().map(|m| m.name()).collect();
     let mut manager = ServiceManager::new(&names);
     let services = manager.services();
@@ -1033,6 +1051,8 @@ async fn serve(
             }
         }
     }
+    // From here a stop signal stops the modules in order.
+    started.store(true, std::sync::atomic::Ordering::SeqCst);
     if start_error.is_none() {
         for line in &wiring.banner {
             println!("{line}");
@@ -1049,24 +1069,17 @@ async fn serve(
         let after = fabrik_runtime::units::parse_duration(&config.updates.confirm_after)
             .unwrap_or(DEFAULT_CONFIRM_AFTER);
         tokio::spawn(async move {
+            let confirm = async {
+                tokio::time::sleep(after).await;
+                self_update.confirm(&data_dir, after).await;
+            };
             tokio::select! {
                 () = stop.cancelled() => {}
-                () = tokio::time::sleep(after) => self_update.confirm(&data_dir, after).await,
+                () = confirm => {}
             }
         })
     });
     let mut exited = None;
-    // Heard for the whole run, the stop included: a SIGTERM while an install swaps the binary
-    // or while the modules stop for the restart means stop, not restart.
-    let signalled = CancellationToken::new();
-    let listener = {
-        let (signalled, self_update) = (signalled.clone(), self_update.clone());
-        tokio::spawn(async move {
-            fabrik_runtime::shutdown::signal().await;
-            self_update.note_stop_signal();
-            signalled.cancel();
-        })
-    };
     if start_error.is_none() {
         let stop_or_restart = async {
             tokio::select! {
@@ -1098,6 +1111,11 @@ async fn serve(
     }
     let stopped = manager.stop_all(STOP_DEADLINE).await;
     listener.abort();
+    // A stop the signal asked for is clean, even when a module missed the deadline; a run that
+    // failed to start or lost a module stays counted as failed.
+    if start_error.is_none() && exited.is_none() && !self_update.should_restart() {
+        self_update.note_clean_stop(&settings.data_dir);
+    }
     if let Some(e) = start_error {
         return Err(e.into());
     }

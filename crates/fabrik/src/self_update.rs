@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Longest the new binary's trial run (`config check` or `--version`) may take.
 const TRIAL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause before a confirmation that could not be written is tried again.
+const CONFIRM_RETRY: Duration = Duration::from_secs(60);
 
 /// This process's platform as targets name it: `linux-x86_64`, `linux-aarch64`, ….
 pub(crate) fn platform() -> String {
@@ -102,11 +104,7 @@ impl SelfUpdate {
     /// Whether the process should exec the new binary now: an install asked for it and no
     /// stop signal came (a `systemctl stop` during an install stops the node).
     pub(crate) fn should_restart(&self) -> bool {
-        self.restart_requested()
-            && !self
-                .inner
-                .stop_signalled
-                .load(std::sync::atomic::Ordering::SeqCst)
+        self.restart_requested() && !self.stop_signalled()
     }
 
     /// The file this process was started from.
@@ -164,23 +162,44 @@ impl SelfUpdate {
     /// failed unless it ended with a clean stop. After `limit` failed runs (0: never) the
     /// previous binary is put back at the running one's path, and the caller restarts into
     /// it. Everything said is logged here.
-    pub(crate) fn count_start(&self, data_dir: &Path, limit: u32) -> StartCount {
+    /// `try_previous` runs the previous binary's trial before it is put back.
+    pub(crate) fn count_start(
+        &self,
+        data_dir: &Path,
+        limit: u32,
+        try_previous: impl FnOnce(&Path) -> Result<(), String>,
+    ) -> StartCount {
         let exe = match self.exe() {
             Ok(exe) => exe.to_owned(),
             Err(_) => return StartCount::Run,
         };
-        match count_start(&exe, data_dir, || self.running_sha256_now(), limit) {
-            Ok(StartCount::Counting(unconfirmed)) => {
+        match count_start(
+            &exe,
+            data_dir,
+            || self.running_sha256_now(),
+            limit,
+            try_previous,
+        ) {
+            Ok(StartCount::Counting {
+                unconfirmed,
+                rollback_refused,
+            }) => {
                 self.inner
                     .unconfirmed
                     .store(true, std::sync::atomic::Ordering::SeqCst);
+                if let Some(why) = &rollback_refused {
+                    tracing::error!(error = %why, failed_runs = unconfirmed.failed_runs, "The new binary failed too often, but the previous one cannot be put back; this one runs on (`fabrik updates rollback` needs the same).");
+                }
                 tracing::info!(
                     run = unconfirmed.runs,
                     failed_runs = unconfirmed.failed_runs,
                     rollback_after_failed_runs = limit,
                     "This binary was installed from a release and has not confirmed itself yet."
                 );
-                StartCount::Counting(unconfirmed)
+                StartCount::Counting {
+                    unconfirmed,
+                    rollback_refused,
+                }
             }
             Ok(StartCount::RolledBack {
                 rolled_back,
@@ -210,34 +229,49 @@ impl SelfUpdate {
     }
 
     /// The new binary ran long enough with every module up: a later failure of it is the
-    /// service manager's to restart, not a reason to go back.
+    /// service manager's to restart, not a reason to go back. Tried again every minute while
+    /// the record cannot be written (a full disk), so a build that runs for weeks does not stay
+    /// unconfirmed for one failed write.
     pub(crate) async fn confirm(&self, data_dir: &Path, after: Duration) {
         let Some(running) = self.known_sha256() else {
             return;
         };
-        let data_dir = data_dir.to_owned();
-        let confirmed = tokio::task::spawn_blocking(move || confirm(&data_dir, &running))
-            .await
-            .map_err(|e| format!("confirming stopped: {e}"))
-            .and_then(|confirmed| confirmed);
-        match confirmed {
-            Ok(true) => {
-                self.inner
-                    .unconfirmed
-                    .store(false, std::sync::atomic::Ordering::SeqCst);
-                tracing::info!(
-                    after = ?after,
-                    "The new binary ran with every module up and confirmed itself: it is no longer rolled back by itself."
-                );
-            }
-            Ok(false) => {}
-            Err(why) => {
-                tracing::warn!(error = %why, "The new binary could not confirm itself; the next start tries again.")
+        loop {
+            let (data_dir, running) = (data_dir.to_owned(), running.clone());
+            let confirmed = tokio::task::spawn_blocking(move || confirm(&data_dir, &running))
+                .await
+                .map_err(|e| format!("confirming stopped: {e}"))
+                .and_then(|confirmed| confirmed);
+            match confirmed {
+                Ok(confirmed) => {
+                    self.inner
+                        .unconfirmed
+                        .store(false, std::sync::atomic::Ordering::SeqCst);
+                    if confirmed {
+                        tracing::info!(
+                            after = ?after,
+                            "The new binary ran with every module up and confirmed itself: it is no longer rolled back by itself."
+                        );
+                    }
+                    return;
+                }
+                Err(why) => {
+                    tracing::warn!(error = %why, "The new binary could not confirm itself; trying again in a minute.");
+                    tokio::time::sleep(CONFIRM_RETRY).await;
+                }
             }
         }
     }
 
-    /// At a clean stop (a stop signal): this run of an unconfirmed binary did not fail.
+    /// Whether a stop signal arrived.
+    pub(crate) fn stop_signalled(&self) -> bool {
+        self.inner
+            .stop_signalled
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// At a stop a signal asked for (also one a module made late): this run of an
+    /// unconfirmed binary did not fail.
     pub(crate) fn note_clean_stop(&self, data_dir: &Path) {
         if !self.awaiting_confirmation() {
             return;
@@ -285,7 +319,7 @@ impl SelfUpdate {
             .map_err(|e| format!("staging stopped: {e}"))
             .and_then(|written| written);
         let tried = match written {
-            Ok(()) => self.trial(&staged).await,
+            Ok(()) => self.trial(&staged, "new").await,
             Err(why) => Err(why),
         };
         // A stop during the trial stops the node on the old binary: nothing is swapped.
@@ -316,16 +350,18 @@ impl SelfUpdate {
             let _ = std::fs::remove_file(&staged);
             return Err(why);
         }
-        let mut state = BinaryState::read(data_dir);
-        state.installed = Some(Installed {
-            sha256: sha256.to_owned(),
-            target: target.to_owned(),
-            path: exe.display().to_string(),
-            previous_sha256,
-            at: crate::updates::now_rfc3339(),
-            unconfirmed: Some(Unconfirmed::default()),
+        let recorded = BinaryState::locked(data_dir).and_then(|(_lock, mut state)| {
+            state.installed = Some(Installed {
+                sha256: sha256.to_owned(),
+                target: target.to_owned(),
+                path: exe.display().to_string(),
+                previous_sha256,
+                at: crate::updates::now_rfc3339(),
+                unconfirmed: Some(Unconfirmed::default()),
+            });
+            state.write(data_dir)
         });
-        if let Err(why) = state.write(data_dir) {
+        if let Err(why) = recorded {
             tracing::warn!(error = %why, "The binary swap could not be recorded; `fabrik updates rollback` still finds the previous binary beside it.");
         }
         tracing::info!(binary = %exe.display(), %sha256, "New Fabrik binary in place; restarting into it.");
@@ -337,7 +373,8 @@ impl SelfUpdate {
     /// this process's configuration file (with the same `FABRIK__*` overrides, inherited), or
     /// `--version` without one. A file that cannot run on this machine, or that rejects the
     /// configuration, fails here rather than after the swap.
-    async fn trial(&self, staged: &Path) -> Result<(), String> {
+    /// `which` names the file in what is said: `new`, or `previous` before a rollback.
+    pub(crate) async fn trial(&self, staged: &Path, which: &str) -> Result<(), String> {
         let mut command = tokio::process::Command::new(staged);
         let shown = match &self.inner.config {
             Some(config) => {
@@ -358,11 +395,11 @@ impl SelfUpdate {
             .await
             .map_err(|_| {
                 format!(
-                    "the new binary's trial (`{shown}`) did not end within {} s",
+                    "the {which} binary's trial (`{shown}`) did not end within {} s",
                     TRIAL_TIMEOUT.as_secs()
                 )
             })?
-            .map_err(|e| format!("the new binary does not run here (`{shown}`): {e}"))?;
+            .map_err(|e| format!("the {which} binary does not run here (`{shown}`): {e}"))?;
         if output.status.success() {
             return Ok(());
         }
@@ -375,7 +412,7 @@ impl SelfUpdate {
             .map(|line| format!(": {line}"))
             .unwrap_or_default();
         Err(format!(
-            "the new binary failed its trial (`{shown}`, {}){said}",
+            "the {which} binary failed its trial (`{shown}`, {}){said}",
             output.status
         ))
     }
@@ -561,8 +598,12 @@ pub(crate) struct RolledBack {
 pub(crate) enum StartCount {
     /// Nothing to count: no install recorded, or its build confirmed, or another build runs.
     Run,
-    /// This run was counted.
-    Counting(Unconfirmed),
+    /// This run was counted; with why the previous binary was not put back when that was
+    /// due (the build runs on, and may still confirm itself).
+    Counting {
+        unconfirmed: Unconfirmed,
+        rollback_refused: Option<String>,
+    },
     /// The previous binary is back in place (hashes of the build rolled back and of the one
     /// restored); the process restarts into it.
     RolledBack {
@@ -589,6 +630,13 @@ impl BinaryState {
         }
     }
 
+    /// The state read under [`StateLock`], for a change: held until the guard drops.
+    pub(crate) fn locked(data_dir: &Path) -> Result<(StateLock, Self), String> {
+        let lock = StateLock::take(data_dir)?;
+        Ok((lock, Self::read(data_dir)))
+    }
+
+    /// Written whole (a temporary file renamed over it); only under [`StateLock`].
     fn write(&self, data_dir: &Path) -> Result<(), String> {
         let path = Self::path(data_dir);
         if let Some(dir) = path.parent() {
@@ -608,59 +656,116 @@ impl BinaryState {
     pub(crate) fn rolled_back(&self, sha256: &str) -> Option<&RolledBack> {
         self.refused.iter().find(|r| r.sha256 == sha256)
     }
+
+    /// The runs of `running` while it is the unconfirmed installed build.
+    fn unconfirmed_run_of(&mut self, running: &str) -> Option<&mut Unconfirmed> {
+        self.installed
+            .as_mut()
+            .filter(|installed| installed.sha256 == running)
+            .and_then(|installed| installed.unconfirmed.as_mut())
+    }
+}
+
+/// Serialises the changes to `binary.json`: an install, a start's count, a confirmation and
+/// a clean stop of this process, and `fabrik updates rollback` from another, each read the
+/// file, change it and write it whole, and one must not write over another's change.
+pub(crate) struct StateLock {
+    _file: std::fs::File,
+    _threads: std::sync::MutexGuard<'static, ()>,
+}
+
+/// Threads of this process; the file lock is per open file, so it does not exclude them.
+static STATE_THREADS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+impl StateLock {
+    /// Waits for the lock (`<data_dir>/updates/binary.lock`, made if missing).
+    fn take(data_dir: &Path) -> Result<Self, String> {
+        let threads = STATE_THREADS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let dir = data_dir.join("updates");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let path = dir.join("binary.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .and_then(|file| file.lock().map(|()| file))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Self {
+            _file: file,
+            _threads: threads,
+        })
+    }
 }
 
 /// Counts a start of `fabrik run` (see [`SelfUpdate::count_start`]); `running` hashes the
-/// running binary, which is read only when an unconfirmed install is recorded.
+/// running binary, which is read only when an unconfirmed install is recorded, and
+/// `try_previous` runs the trial of the previous binary before it is put back.
 pub(crate) fn count_start(
     exe: &Path,
     data_dir: &Path,
     running: impl FnOnce() -> Result<String, String>,
     limit: u32,
+    try_previous: impl FnOnce(&Path) -> Result<(), String>,
 ) -> Result<StartCount, String> {
-    let mut state = BinaryState::read(data_dir);
-    let Some(installed) = state.installed.as_mut() else {
-        return Ok(StartCount::Run);
-    };
-    let Some(unconfirmed) = installed.unconfirmed.as_mut() else {
-        return Ok(StartCount::Run);
-    };
-    // Another build runs: the installed one was put back by hand (the updates module
-    // settles that), or this process is not the node's binary.
-    if running()? != installed.sha256 {
+    // Only read until there is something to count: most starts have nothing.
+    let installed = BinaryState::read(data_dir).installed;
+    if installed.is_none_or(|installed| installed.unconfirmed.is_none()) {
         return Ok(StartCount::Run);
     }
+    let running = running()?;
+    let (_lock, mut state) = BinaryState::locked(data_dir)?;
+    // Another build runs: the installed one was put back by hand (the updates module
+    // settles that), or this process is not the node's binary.
+    let Some(unconfirmed) = state.unconfirmed_run_of(&running) else {
+        return Ok(StartCount::Run);
+    };
     if unconfirmed.running {
         unconfirmed.failed_runs = unconfirmed.failed_runs.saturating_add(1);
     }
-    if limit > 0 && unconfirmed.failed_runs >= limit {
+    let (runs, failed_runs) = (unconfirmed.runs, unconfirmed.failed_runs);
+    let mut rollback_refused = None;
+    if limit > 0 && failed_runs >= limit {
         let reason = format!(
-            "{} of its {} runs ended in a crash, a kill or an error before it confirmed itself",
-            unconfirmed.failed_runs, unconfirmed.runs
+            "{failed_runs} of its {runs} runs ended in a crash, a kill or an error before it \
+             confirmed itself"
         );
-        let (rolled_back, restored) = rollback(exe, data_dir, Some(reason.clone()))?;
-        return Ok(StartCount::RolledBack {
-            rolled_back,
-            restored,
-            reason,
-        });
+        // The previous binary must take the node's configuration as it is now (a key only the
+        // new build knows would stop it at every start, with nothing left to go back to).
+        let put_back = try_previous(&previous_path(exe))
+            .map_err(|why| format!("the previous binary was not put back: {why}"))
+            .and_then(|()| rollback_locked(exe, data_dir, Some(reason.clone()), &state));
+        match put_back {
+            Ok((rolled_back, restored)) => {
+                return Ok(StartCount::RolledBack {
+                    rolled_back,
+                    restored,
+                    reason,
+                });
+            }
+            // Counted and run on: the build may still confirm itself.
+            Err(why) => rollback_refused = Some(why),
+        }
     }
+    let Some(unconfirmed) = state.unconfirmed_run_of(&running) else {
+        return Ok(StartCount::Run);
+    };
     unconfirmed.running = true;
     unconfirmed.runs = unconfirmed.runs.saturating_add(1);
     let counted = unconfirmed.clone();
     state.write(data_dir)?;
-    Ok(StartCount::Counting(counted))
+    Ok(StartCount::Counting {
+        unconfirmed: counted,
+        rollback_refused,
+    })
 }
 
 /// A run of the unconfirmed binary `running` ended with a clean stop.
 pub(crate) fn end_run(data_dir: &Path, running: &str) -> Result<(), String> {
-    let mut state = BinaryState::read(data_dir);
-    let Some(unconfirmed) = state
-        .installed
-        .as_mut()
-        .filter(|installed| installed.sha256 == running)
-        .and_then(|installed| installed.unconfirmed.as_mut())
-    else {
+    let (_lock, mut state) = BinaryState::locked(data_dir)?;
+    let Some(unconfirmed) = state.unconfirmed_run_of(running) else {
         return Ok(());
     };
     unconfirmed.running = false;
@@ -669,7 +774,7 @@ pub(crate) fn end_run(data_dir: &Path, running: &str) -> Result<(), String> {
 
 /// The binary `running` confirmed itself; returns whether it had not before.
 pub(crate) fn confirm(data_dir: &Path, running: &str) -> Result<bool, String> {
-    let mut state = BinaryState::read(data_dir);
+    let (_lock, mut state) = BinaryState::locked(data_dir)?;
     let Some(installed) = state
         .installed
         .as_mut()
@@ -693,7 +798,7 @@ pub(crate) fn unaudited_rollbacks(data_dir: &Path) -> Vec<RolledBack> {
 
 /// Marks the rollback of `sha256` as audited.
 pub(crate) fn rollback_audited(data_dir: &Path, sha256: &str) -> Result<(), String> {
-    let mut state = BinaryState::read(data_dir);
+    let (_lock, mut state) = BinaryState::locked(data_dir)?;
     let mut changed = false;
     for rolled_back in state.refused.iter_mut().filter(|r| r.sha256 == sha256) {
         changed |= std::mem::take(&mut rolled_back.audit_pending);
@@ -730,9 +835,21 @@ pub(crate) fn rollback(
             data_dir.display()
         ));
     }
+    let (_lock, before) = BinaryState::locked(data_dir)?;
+    rollback_locked(exe, data_dir, reason, &before)
+}
+
+/// [`rollback`] under the state's lock, from the state `before` as the caller holds it: on a
+/// failed rename that is what is written back.
+fn rollback_locked(
+    exe: &Path,
+    data_dir: &Path,
+    reason: Option<String>,
+    before: &BinaryState,
+) -> Result<(String, String), String> {
+    let previous = previous_path(exe);
     let current = file_sha256(exe)?;
     let restored = file_sha256(&previous)?;
-    let before = BinaryState::read(data_dir);
     if let Some(installed) = before
         .installed
         .as_ref()
@@ -778,7 +895,7 @@ pub(crate) fn rollback(
 /// `fabrik updates rollback` (the file put back by hand): the installed build is refused from
 /// then on. Returns the refused build's hash when this found one.
 pub(crate) fn settle_rollback(data_dir: &Path, running: &str) -> Result<Option<String>, String> {
-    let mut state = BinaryState::read(data_dir);
+    let (_lock, mut state) = BinaryState::locked(data_dir)?;
     let Some(installed) = state.installed.take() else {
         return Ok(None);
     };
@@ -930,15 +1047,27 @@ mod tests {
             .write(&data)
             .expect("state");
         };
-        let start = |running: &str, limit| {
-            count_start(&exe, &data, || Ok(running.to_owned()), limit).expect("count")
+        let start_trying = |running: &str, limit, previous_runs: Result<(), String>| {
+            count_start(
+                &exe,
+                &data,
+                || Ok(running.to_owned()),
+                limit,
+                |previous| {
+                    assert_eq!(previous, previous_path(&exe));
+                    previous_runs
+                },
+            )
+            .expect("count")
         };
-        let counting = |runs, failed_runs| {
-            StartCount::Counting(Unconfirmed {
+        let start = |running: &str, limit| start_trying(running, limit, Ok(()));
+        let counting = |runs, failed_runs| StartCount::Counting {
+            unconfirmed: Unconfirmed {
                 runs,
                 failed_runs,
                 running: true,
-            })
+            },
+            rollback_refused: None,
         };
         install();
         assert_eq!(start(&new, 3), counting(1, 0), "the restart into it");
@@ -947,6 +1076,21 @@ mod tests {
         assert_eq!(start(&new, 3), counting(2, 0));
         assert_eq!(start(&new, 3), counting(3, 1), "killed");
         assert_eq!(start(&new, 3), counting(4, 2), "crashed");
+        assert_eq!(std::fs::read(&exe).expect("exe"), b"new build");
+        // A previous binary that fails its trial (it refuses today's configuration) is not
+        // put back: the run is counted, and the build may still confirm itself.
+        let StartCount::Counting {
+            unconfirmed,
+            rollback_refused: Some(why),
+        } = start_trying(&new, 3, Err("unknown field `new_key`".into()))
+        else {
+            panic!("counted, not rolled back");
+        };
+        assert_eq!((unconfirmed.runs, unconfirmed.failed_runs), (5, 3));
+        assert!(
+            why.contains("not put back") && why.contains("new_key"),
+            "{why}"
+        );
         assert_eq!(std::fs::read(&exe).expect("exe"), b"new build");
         let StartCount::RolledBack {
             rolled_back,
@@ -960,7 +1104,7 @@ mod tests {
             (rolled_back.as_str(), restored.as_str()),
             (new.as_str(), old.as_str())
         );
-        assert!(reason.contains("3 of its 4 runs"), "{reason}");
+        assert!(reason.contains("4 of its 5 runs"), "{reason}");
         assert_eq!(std::fs::read(&exe).expect("exe"), b"old build");
         assert!(!previous_path(&exe).exists());
         let state = BinaryState::read(&data);

@@ -371,6 +371,11 @@ impl Updater {
             self.settle_binary().await;
         }
         self.audit_rollbacks().await;
+        let unconfirmed = self.unconfirmed_binary();
+        if let Some(status) = self.board.write().as_mut() {
+            status.binary_sha256 = self.self_update.known_sha256();
+            status.binary_unconfirmed = unconfirmed;
+        }
         let offset = spread(&self.node, self.interval);
         // The offset also before the first check: a fleet powered up together.
         tokio::select! {
@@ -489,11 +494,16 @@ impl Updater {
             Err(why) => {
                 metrics::counter!("fabrik_updates_check_failures_total").increment(1);
                 tracing::warn!(repository = %self.repository, error = %why, "The release repository did not verify; nothing installed.");
+                let unconfirmed = self.unconfirmed_binary();
                 let mut board = self.board.write();
                 if let Some(status) = board.as_mut() {
                     status.checks += 1;
                     status.last_check_at = Some(started);
                     status.last_error = Some(why);
+                    // Shown while the repository fails too: a node that restarts its new
+                    // binary again and again may well not reach it.
+                    status.binary_sha256 = self.self_update.known_sha256();
+                    status.binary_unconfirmed = unconfirmed;
                 }
                 return;
             }
@@ -817,6 +827,16 @@ impl Updater {
         }
         let content = release.content_sha256(sha256);
         let state = crate::self_update::BinaryState::read(&self.data_dir);
+        if state.rolled_back(content).is_none() && self.self_update.awaiting_confirmation() {
+            // One unconfirmed build at a time: installed over it, a build that failed would
+            // go back to one that never proved itself either.
+            return Some((
+                "available",
+                "the running build has not confirmed itself yet (`[updates] confirm_after`); \
+                 installed once it has"
+                    .into(),
+            ));
+        }
         state.rolled_back(content).map(|rolled_back| {
             let why = rolled_back
                 .reason

@@ -1912,21 +1912,14 @@ fn a_new_binary_that_keeps_failing_before_it_confirms_itself_is_rolled_back_by_t
     let (second, second_build) = another_build(&work, "2");
     publish_binary(&repo, &keys, &second);
     let url = listening_again(&edge);
-    let unconfirmed = |url: &str, failed_runs: u64| {
-        eventually_for("the new build's runs", Duration::from_secs(60), || {
-            let status = updates(url);
-            status["binary_sha256"] == second_build.as_str()
-                && status["binary_unconfirmed"]["failed_runs"].as_u64() == Some(failed_runs)
-        });
-    };
-    unconfirmed(&url, 0);
+    unconfirmed_build(&url, &second_build, 0);
     assert_eq!(file_sha256(&node_binary), second_build);
 
     // It is killed (an OOM kill, a crash): the service manager starts it again, and the run
     // counts as failed. The second failed run sends the node back to the first build.
     edge.kill9();
     let edge = start_node(&node_binary, &config, &edge_data);
-    unconfirmed(&edge.url, 1);
+    unconfirmed_build(&edge.url, &second_build, 1);
     edge.kill9();
     let edge = start_node(&node_binary, &config, &edge_data);
     let said = edge.drain_log().join("\n");
@@ -1963,29 +1956,70 @@ fn a_new_binary_that_keeps_failing_before_it_confirms_itself_is_rolled_back_by_t
     let (status, _) = edge.terminate();
     assert!(status.success(), "{status:?}");
 
-    // A build that runs `confirm_after` with every module up confirms itself: from then on
-    // its failures are the service manager's to restart, not a reason to go back.
-    set("1s");
+    // While a new build has not confirmed itself, a newer one waits: installed over it, a
+    // build that failed would go back to one that never proved itself either.
     let (third, third_build) = another_build(&work, "3");
     publish_binary(&repo, &keys, &third);
     let edge = start_node(&node_binary, &config, &edge_data);
     let url = listening_again(&edge);
-    eventually_for("the third build confirmed", Duration::from_secs(60), || {
+    unconfirmed_build(&url, &third_build, 0);
+    let (fourth, fourth_build) = another_build(&work, "4");
+    publish_binary(&repo, &keys, &fourth);
+    eventually_for("the fourth build waits", Duration::from_secs(60), || {
         let status = updates(&url);
-        status["binary_sha256"] == third_build.as_str() && status["binary_unconfirmed"].is_null()
+        let waiting = target(&status, "fabrik-line.bin");
+        waiting["sha256"] != third_build.as_str()
+            && waiting["state"] == "available"
+            && waiting["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("has not confirmed itself"))
     });
+    assert_eq!(file_sha256(&node_binary), third_build);
+    // A stop the operator asks for is not a failed run.
+    let (status, _) = edge.terminate();
+    assert!(status.success(), "{status:?}");
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(edge_data.join("updates/binary.json")).expect("state"),
+    )
+    .expect("json");
+    assert_eq!(
+        state["installed"]["unconfirmed"],
+        serde_json::json!({"runs": 1, "failed_runs": 0, "running": false}),
+        "{state}"
+    );
+
+    // A build that runs `confirm_after` with every module up confirms itself; the waiting
+    // build then installs, and confirms itself in turn. From then on their failures are the
+    // service manager's to restart, not a reason to go back.
+    set("1s");
+    let edge = start_node(&node_binary, &config, &edge_data);
+    let url = listening_again(&edge);
+    eventually_for(
+        "the fourth build confirmed",
+        Duration::from_secs(60),
+        || {
+            let status = updates(&url);
+            status["binary_sha256"] == fourth_build.as_str()
+                && status["binary_unconfirmed"].is_null()
+        },
+    );
     edge.kill9();
     for _ in 0..2 {
         let edge = start_node(&node_binary, &config, &edge_data);
-        eventually_for("the third build runs on", Duration::from_secs(60), || {
-            updates(&edge.url)["binary_sha256"] == third_build.as_str()
+        eventually_for("the fourth build runs on", Duration::from_secs(60), || {
+            updates(&edge.url)["binary_sha256"] == fourth_build.as_str()
         });
         edge.kill9();
     }
-    assert_eq!(file_sha256(&node_binary), third_build);
-    assert_eq!(
-        file_sha256(&previous),
-        first_build,
-        "the last install kept the first"
-    );
+    assert_eq!(file_sha256(&node_binary), fourth_build);
+    assert_eq!(file_sha256(&previous), third_build);
+}
+
+/// Waits until the node at `url` runs `build`, unconfirmed, with `failed_runs` failed runs.
+fn unconfirmed_build(url: &str, build: &str, failed_runs: u64) {
+    eventually_for("the new build's runs", Duration::from_secs(60), || {
+        let status = updates(url);
+        status["binary_sha256"] == build
+            && status["binary_unconfirmed"]["failed_runs"].as_u64() == Some(failed_runs)
+    });
 }
