@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use fabrik_registry::attestation::{
     ActivationChallenge, ActivationProof, ActivationRequest, AttestationPolicy, AttestationRecord,
-    AttestationStatus, Challenge, DeviceEventLog, EnrolledKey, Evidence, PolicyBody,
+    AttestationStatus, Challenge, DeviceEventLog, EnrolledKey, Evidence, PolicyBody, RuntimePolicy,
 };
 use fabrik_registry::{AuditEvent, Registry, RegistryError, Role};
 use serde::Deserialize;
@@ -386,6 +386,59 @@ pub(crate) async fn remove_policy(
 ) -> Result<StatusCode, ApiError> {
     registry(&state)?
         .remove_attestation_policy(&device_type)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/attestation/policies/{device_type}/runtime", tag = "attestation", security(("token" = [])),
+    params(("device_type" = String, Path, description = "device type")),
+    responses((status = 200, description = "the files the type's IMA may measure, by path and digest (decision 0067)", body = RuntimePolicy),
+              (status = 404, body = crate::error::ErrorBody)))]
+pub(crate) async fn runtime_policy(
+    State(state): State<ApiState>,
+    Path(device_type): Path<String>,
+) -> Result<Json<RuntimePolicy>, ApiError> {
+    registry(&state)?
+        .runtime_policy(&device_type)
+        .await?
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("device type `{device_type}` has no runtime policy"),
+            )
+        })
+}
+
+#[utoipa::path(put, path = "/api/v1/attestation/policies/{device_type}/runtime", tag = "attestation", security(("token" = [])),
+    params(("device_type" = String, Path, description = "device type")), request_body = RuntimePolicy,
+    responses((status = 200, description = "set (replacing the type's runtime policy): the type's quotes must come with an IMA log that replays to PCR 10 and whose files it allows, from the next quote on", body = RuntimePolicy),
+              (status = 400, description = "a path that is not absolute, a path with no digest, or a digest that is not one (each named)", body = crate::error::ErrorBody)))]
+pub(crate) async fn set_runtime_policy(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
+    State(state): State<ApiState>,
+    Path(device_type): Path<String>,
+    crate::extract::Json(body): crate::extract::Json<RuntimePolicy>,
+) -> Result<Json<RuntimePolicy>, ApiError> {
+    Ok(Json(
+        registry(&state)?
+            .set_runtime_policy(&device_type, body)
+            .await?,
+    ))
+}
+
+#[utoipa::path(delete, path = "/api/v1/attestation/policies/{device_type}/runtime", tag = "attestation", security(("token" = [])),
+    params(("device_type" = String, Path, description = "device type")),
+    responses((status = 204, description = "removed: the type's IMA logs are only checked to replay"),
+              (status = 404, description = "the type has no runtime policy", body = crate::error::ErrorBody)))]
+pub(crate) async fn remove_runtime_policy(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
+    State(state): State<ApiState>,
+    Path(device_type): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    registry(&state)?
+        .remove_runtime_policy(&device_type)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -85,6 +85,12 @@ pub fn router(state: ApiState) -> Router {
                 .delete(crate::attestation::remove_policy),
         )
         .route(
+            "/api/v1/attestation/policies/{device_type}/runtime",
+            get(crate::attestation::runtime_policy)
+                .put(crate::attestation::set_runtime_policy)
+                .delete(crate::attestation::remove_runtime_policy),
+        )
+        .route(
             "/api/v1/devices/{id}/stream",
             get(crate::stream::device_stream),
         )

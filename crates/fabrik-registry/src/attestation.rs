@@ -17,11 +17,13 @@ use crate::{Registry, RegistryError, now_ns};
 pub mod activation;
 pub mod allowlist;
 pub mod measured_boot;
+pub mod runtime;
 
 pub use activation::{ActivationChallenge, ActivationProof, ActivationRequest, Endorsement};
 use allowlist::Measured;
 pub use allowlist::{AllowInput, AllowedMeasurement};
 pub use measured_boot::{DeviceEventLog, EventLogCheck, ReferenceLog};
+pub use runtime::{ImaCheck, RuntimePolicy};
 
 /// How long a challenge can be answered.
 pub const CHALLENGE_LIFETIME: Duration = Duration::from_secs(300);
@@ -92,6 +94,11 @@ pub struct Evidence {
     /// misses its type's reference values, used to name the events that changed.
     #[serde(default)]
     pub event_log: Option<String>,
+    /// The kernel's IMA runtime measurement list
+    /// (`/sys/kernel/security/ima/binary_runtime_measurements`), base64: replayed to the quoted
+    /// PCR 10 and judged against the type's runtime policy (decision 0067).
+    #[serde(default)]
+    pub ima_log: Option<String>,
 }
 
 /// The verdict on one quote.
@@ -129,6 +136,9 @@ pub struct AttestationRecord {
     /// How the event log sent with the quote replayed against it (`null`: none was sent).
     #[serde(default)]
     pub event_log: Option<EventLogCheck>,
+    /// What the quote's IMA log showed, when it came with one.
+    #[serde(default)]
+    pub ima: Option<ImaCheck>,
 }
 
 /// Reference values of a device type: a quote passes when its PCRs judged by value match one
@@ -499,6 +509,23 @@ impl Registry {
                 decode("event_log", text).and_then(|bytes| measured_boot::parse(&bytes))
             })
             .transpose()?;
+        let ima_entries = evidence
+            .ima_log
+            .as_deref()
+            .map(|text| {
+                if text.len() > tpm::ima::MOST_BYTES / 3 * 4 + 1024 {
+                    return Err(RegistryError::Invalid(format!(
+                        "ima_log: {} characters; a measurement list is read up to {} bytes",
+                        text.len(),
+                        tpm::ima::MOST_BYTES
+                    )));
+                }
+                decode("ima_log", text).and_then(|bytes| {
+                    tpm::ima::parse(&bytes)
+                        .map_err(|why| RegistryError::Invalid(format!("ima_log: {why}")))
+                })
+            })
+            .transpose()?;
         let mut record = AttestationRecord {
             time: now_ns(),
             passed: false,
@@ -513,6 +540,7 @@ impl Registry {
             firmware_version: quote.firmware_version,
             clock: quote.clock,
             event_log: None,
+            ima: None,
         };
         // Every check runs, so one verdict names every problem.
         let signed = key.verify(&message, &signature);
@@ -561,6 +589,22 @@ impl Registry {
                 ));
             }
             record.event_log = Some(check);
+            record.reasons.extend(reasons);
+        }
+        // The runtime measurements, in the policy's bank (SHA-256 without a policy).
+        if record.authentic {
+            let runtime_policy = self.runtime_policy(&device.device_type).await?;
+            let bank = policy
+                .as_ref()
+                .map_or("sha256", |policy| policy.bank.as_str());
+            let (check, reasons) = runtime::judge(
+                ima_entries.as_deref(),
+                &record.pcrs,
+                bank,
+                runtime_policy.as_ref(),
+                &device.device_type,
+            );
+            record.ima = check;
             record.reasons.extend(reasons);
         }
         if record.authentic {

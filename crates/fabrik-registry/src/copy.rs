@@ -156,6 +156,10 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("events", Text),
         ],
     ),
+    (
+        "attestation_runtime_policies",
+        &[("device_type", Text), ("policy", Text), ("updated_at", Int)],
+    ),
 ];
 
 /// Tables whose key PostgreSQL numbers itself (`BIGSERIAL`): after rows are copied with their

@@ -123,6 +123,16 @@ const MIGRATIONS: &[(i64, &str)] = &[
         // PCR values only.
         "ALTER TABLE attestation_policies ADD COLUMN measurements TEXT",
     ),
+    (
+        10,
+        // Runtime policies (decision 0067): per device type, the files its IMA may measure,
+        // JSON.
+        "CREATE TABLE attestation_runtime_policies (
+        device_type TEXT PRIMARY KEY,
+        policy TEXT NOT NULL,
+        updated_at BIGINT NOT NULL
+    )",
+    ),
 ];
 
 /// The audit log's table, also made afresh when an old log is set aside.

@@ -189,6 +189,7 @@ mod attestation {
             signature: b64("quote-ecc.sig"),
             pcrs: b64("pcrs-ecc.bin"),
             event_log: None,
+            ima_log: None,
         }
     }
 

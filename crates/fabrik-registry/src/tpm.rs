@@ -14,6 +14,7 @@ use x509_parser::x509::SubjectPublicKeyInfo;
 
 pub mod endorsement;
 pub mod event_log;
+pub mod ima;
 
 /// `TPM_GENERATED_VALUE`: only the TPM itself signs structures that start with it.
 const TPM_GENERATED: u32 = 0xff54_4347;

@@ -81,6 +81,11 @@ pub(crate) enum AttestationCommand {
         /// root's).
         #[arg(long)]
         event_log: Option<String>,
+        /// The kernel's IMA runtime measurement list to send, or `none`; the quote must then
+        /// include PCR 10 (`--pcrs sha256:0,…,7,10`). Default: the kernel's list when it is
+        /// readable (it is root's) and PCR 10 is quoted.
+        #[arg(long)]
+        ima_log: Option<String>,
     },
     /// The measured-boot events of a device's newest quote whose event log replayed: what its
     /// firmware, boot loader and kernel measured, PCR by PCR.
@@ -141,6 +146,18 @@ pub(crate) enum AttestationCommand {
         /// With --merge: a digest no longer allowed (repeat); passes that relied on it end.
         #[arg(long = "revoke")]
         revoke: Vec<String>,
+    },
+    /// A device type's runtime policy (decision 0067): the files its kernel's IMA may measure,
+    /// by path and digest. Prints it; with FILE (JSON: `allowed`, `excludes`,
+    /// `violations_fail`) replaces it; with --remove removes it.
+    RuntimePolicy {
+        /// Device type.
+        device_type: String,
+        /// The policy to set (JSON), `-` for standard input.
+        file: Option<String>,
+        /// Remove the type's runtime policy.
+        #[arg(long, conflicts_with = "file")]
+        remove: bool,
     },
 }
 
@@ -274,6 +291,7 @@ pub(crate) async fn run(
             pcrs,
             tpm2_quote,
             event_log,
+            ima_log,
         } => {
             let tpm = Tpm {
                 ak: &ak,
@@ -282,8 +300,40 @@ pub(crate) async fn run(
                 tpm2_quote: &tpm2_quote,
             };
             let event_log = read_event_log(event_log.as_deref())?;
+            let ima_log = read_ima_log(ima_log.as_deref(), &pcrs)?;
             let device = DeviceCaller::new(ep, client, &id, device_token);
-            quote(&device, &tpm, event_log).await?;
+            quote(&device, &tpm, event_log, ima_log).await?;
+        }
+        AttestationCommand::RuntimePolicy {
+            device_type,
+            file,
+            remove,
+        } => {
+            let path = format!("/api/v1/attestation/policies/{device_type}/runtime");
+            if remove {
+                ep.send(ep.request(client, reqwest::Method::DELETE, &path))
+                    .await?;
+                println!("removed the runtime policy of {device_type}");
+                return Ok(());
+            }
+            let policy: serde_json::Value = match file {
+                None => ep.get_json(client, &path).await?,
+                Some(file) => {
+                    let text = if file == "-" {
+                        std::io::read_to_string(std::io::stdin()).context("reading the policy")?
+                    } else {
+                        std::fs::read_to_string(&file)
+                            .with_context(|| format!("reading the policy {file}"))?
+                    };
+                    let body: serde_json::Value =
+                        serde_json::from_str(&text).with_context(|| format!("{file}: not JSON"))?;
+                    ep.send(ep.request(client, reqwest::Method::PUT, &path).json(&body))
+                        .await?
+                        .json()
+                        .await?
+                }
+            };
+            println!("{}", serde_json::to_string_pretty(&policy)?);
         }
         AttestationCommand::Events { id, pcrs, json } => {
             let log: fabrik_registry::attestation::DeviceEventLog = ep
@@ -668,11 +718,36 @@ fn read_event_log(choice: Option<&str>) -> anyhow::Result<Option<Vec<u8>>> {
     }
 }
 
+/// Where Linux exposes IMA's runtime measurement list.
+const KERNEL_IMA_LOG: &str = "/sys/kernel/security/ima/binary_runtime_measurements";
+
+/// The IMA list to send: the one named (`none`: no list), else the kernel's when readable and
+/// PCR 10 is among `pcrs` (without it the list cannot be checked).
+fn read_ima_log(choice: Option<&str>, pcrs: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    match choice {
+        Some("none") => Ok(None),
+        Some(path) => std::fs::read(path)
+            .map(Some)
+            .with_context(|| format!("reading the IMA log {path}")),
+        None if quotes_pcr_10(pcrs) => Ok(std::fs::read(KERNEL_IMA_LOG).ok()),
+        None => Ok(None),
+    }
+}
+
+/// Whether a tpm2-tools PCR selection (`sha256:0,1,7+sha1:10`) names PCR 10.
+fn quotes_pcr_10(pcrs: &str) -> bool {
+    pcrs.split('+').any(|bank| {
+        bank.split_once(':')
+            .is_some_and(|(_, list)| list.split(',').any(|pcr| pcr.trim() == "10"))
+    })
+}
+
 /// The device's side of an attestation: challenge, `tpm2_quote`, evidence.
 async fn quote(
     device: &DeviceCaller<'_>,
     tpm: &Tpm<'_>,
     event_log: Option<Vec<u8>>,
+    ima_log: Option<Vec<u8>>,
 ) -> anyhow::Result<()> {
     let id = device.id;
     let challenge = device.post("challenge", &serde_json::json!({})).await?;
@@ -717,6 +792,9 @@ async fn quote(
     if let Some(log) = event_log {
         evidence["event_log"] = base64::engine::general_purpose::STANDARD.encode(log).into();
     }
+    if let Some(log) = ima_log {
+        evidence["ima_log"] = base64::engine::general_purpose::STANDARD.encode(log).into();
+    }
     drop(work);
     let record = device.post("evidence", &evidence).await?;
     println!(
@@ -727,4 +805,24 @@ async fn quote(
             .unwrap_or(0)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kernels_ima_list_goes_along_only_when_pcr_10_is_quoted() {
+        assert!(quotes_pcr_10("sha256:0,1,2,3,4,5,6,7,10"));
+        assert!(quotes_pcr_10("sha256:0,7+sha1:10"));
+        assert!(!quotes_pcr_10("sha256:0,1,2,3,4,5,6,7"));
+        assert!(!quotes_pcr_10("sha256:1,0"));
+        assert_eq!(read_ima_log(None, "sha256:0,7").expect("none"), None);
+        assert_eq!(read_ima_log(Some("none"), "sha256:10").expect("none"), None);
+        let missing = read_ima_log(Some("/nonexistent/ima"), "sha256:10").expect_err("missing");
+        assert!(
+            format!("{missing:#}").contains("/nonexistent/ima"),
+            "{missing:#}"
+        );
+    }
 }

@@ -396,7 +396,7 @@ pub fn efi_variable(name: &str, value: &[u8]) -> Vec<u8> {
 }
 
 /// The `ring` algorithm of a bank, if Fabrik can replay it.
-fn hash_of(algorithm: u16) -> Option<&'static digest::Algorithm> {
+pub(crate) fn hash_of(algorithm: u16) -> Option<&'static digest::Algorithm> {
     match algorithm {
         0x0004 => Some(&digest::SHA1_FOR_LEGACY_USE_ONLY),
         0x000b => Some(&digest::SHA256),

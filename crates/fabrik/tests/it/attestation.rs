@@ -149,6 +149,21 @@ fn enrol(url: &str, id: &str, public_key: &Path) -> (bool, String) {
     )
 }
 
+/// Registers device `gw-1` of type `gateway` and enrols its attestation key; returns its
+/// token.
+fn gateway_enrolled(url: &str, ak_pem: &Path) -> String {
+    let (status, body) = http(
+        url,
+        Method::POST,
+        "/api/v1/devices",
+        Some(serde_json::json!({"id": "gw-1", "type": "gateway"})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (ok, out) = enrol(url, "gw-1", ak_pem);
+    assert!(ok, "{out}");
+    body["token"].as_str().expect("token").to_owned()
+}
+
 /// The operator takes `device`'s last quoted values as `device_type`'s reference; it must
 /// succeed.
 fn take_reference(url: &str, device_type: &str, device: &str) {
@@ -1000,16 +1015,7 @@ fn a_measured_boot_log_must_replay_to_the_quote_and_names_the_component_that_cha
 
     let ak_pem = persistent_ak(&tpm, dir.path());
     let p = Process::start(&dir.path().join("data"), &[]);
-    let (status, body) = http(
-        &p.url,
-        Method::POST,
-        "/api/v1/devices",
-        Some(serde_json::json!({"id": "gw-1", "type": "gateway"})),
-    );
-    assert_eq!(status, 201, "{body}");
-    let token = body["token"].as_str().expect("token").to_owned();
-    let (ok, out) = enrol(&p.url, "gw-1", &ak_pem);
-    assert!(ok, "{out}");
+    let token = gateway_enrolled(&p.url, &ak_pem);
     let pcrs = "sha256:0,1,2,3,4,5,6,7,8,9";
     let quote = |log: &Path| {
         agent_with(
@@ -1126,16 +1132,7 @@ fn measured_pcrs_admit_a_new_boot_loader_by_its_digest_and_a_withdrawn_one_ends_
     let ak_pem = persistent_ak(&tpm, dir.path());
     let p = Process::start(&dir.path().join("data"), &[]);
     let mqtt = p.mqtt.clone().expect("mqtt");
-    let (status, body) = http(
-        &p.url,
-        Method::POST,
-        "/api/v1/devices",
-        Some(serde_json::json!({"id": "gw-1", "type": "gateway"})),
-    );
-    assert_eq!(status, 201, "{body}");
-    let token = body["token"].as_str().expect("token").to_owned();
-    let (ok, out) = enrol(&p.url, "gw-1", &ak_pem);
-    assert!(ok, "{out}");
+    let token = gateway_enrolled(&p.url, &ak_pem);
     let log_option = path(&log);
     let quote = |event_log: &str| {
         agent_with(
@@ -1271,5 +1268,252 @@ fn measured_pcrs_admit_a_new_boot_loader_by_its_digest_and_a_withdrawn_one_ends_
         None,
     );
     assert_eq!(status, 404, "{body}");
+    drop(p);
+}
+
+/// IMA on the device: each file the kernel measures is written to a binary list (template
+/// `ima-ng`, the kernel's layout written out here independently of Fabrik's reader) and
+/// extended into PCR 10 in both banks, as Linux 5.11 and later extend it.
+#[derive(Default)]
+struct Ima {
+    entries: Vec<Vec<u8>>,
+}
+
+impl Ima {
+    fn measure(&mut self, tpm: &Tpm, path: &str, content: &str) {
+        use sha2::Digest as _;
+        let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let mut digest_field = b"sha256:\0".to_vec();
+        digest_field.extend_from_slice(&sha2::Sha256::digest(content.as_bytes()));
+        let name_field = [path.as_bytes(), &[0]].concat();
+        let mut data = Vec::new();
+        for field in [&digest_field, &name_field] {
+            data.extend_from_slice(&(field.len() as u32).to_le_bytes());
+            data.extend_from_slice(field);
+        }
+        let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, &data);
+        let sha256 = sha2::Sha256::digest(&data);
+        tpm.run(
+            "tpm2_pcrextend",
+            &[&format!(
+                "10:sha1={},sha256={}",
+                hex(sha1.as_ref()),
+                hex(&sha256)
+            )],
+        );
+        let mut entry = 10u32.to_le_bytes().to_vec();
+        entry.extend_from_slice(sha1.as_ref());
+        entry.extend_from_slice(&6u32.to_le_bytes());
+        entry.extend_from_slice(b"ima-ng");
+        entry.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        entry.extend_from_slice(&data);
+        self.entries.push(entry);
+    }
+
+    /// The list as `/sys/kernel/security/ima/binary_runtime_measurements` shows it, with the
+    /// entries `skip` names left out.
+    fn write(&self, path: &Path, skip: impl Fn(usize) -> bool) {
+        let bytes: Vec<u8> = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !skip(*i))
+            .flat_map(|(_, entry)| entry.clone())
+            .collect();
+        std::fs::write(path, bytes).expect("ima list");
+    }
+}
+
+#[test]
+fn a_runtime_policy_admits_only_the_files_it_allows_and_the_ima_log_must_replay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("tpm");
+    let empty = dir.path().join("no-admin-token");
+    std::fs::create_dir_all(&state).expect("tpm dir");
+    std::fs::create_dir_all(&empty).expect("empty dir");
+    let tpm = Tpm::start(&state);
+    for (pcr, stage) in [(0, "firmware"), (4, "grub"), (7, "secure boot on")] {
+        tpm.extend(pcr, stage);
+    }
+    let mut ima = Ima::default();
+    for (path, content) in [
+        ("boot_aggregate", "pcrs 0-7"),
+        ("/usr/bin/fabrik", "fabrik 1.0"),
+        ("/usr/lib/libc.so.6", "glibc 2.36"),
+        ("/var/log/syslog", "a line"),
+    ] {
+        ima.measure(&tpm, path, content);
+    }
+    let list = dir.path().join("binary_runtime_measurements");
+    ima.write(&list, |_| false);
+    let path = |p: &Path| p.to_str().expect("utf-8").to_owned();
+
+    let ak_pem = persistent_ak(&tpm, dir.path());
+    let p = Process::start(&dir.path().join("data"), &[]);
+    let token = gateway_enrolled(&p.url, &ak_pem);
+    let quote = |list: Option<&Path>| {
+        let list = list.map_or_else(|| "none".to_owned(), path);
+        agent_with(
+            &tpm,
+            &p.url,
+            "gw-1",
+            &token,
+            &empty,
+            &[
+                "--pcrs",
+                "sha256:0,1,2,3,4,5,6,7,10",
+                "--event-log",
+                "none",
+                "--ima-log",
+                &list,
+            ],
+        )
+    };
+    let newest = || {
+        let (_, status) = http(
+            &p.url,
+            Method::GET,
+            "/api/v1/devices/gw-1/attestation",
+            None,
+        );
+        status["history"][0].clone()
+    };
+
+    // The boot's PCRs are the type's reference; PCR 10 grows with every file measured, so the
+    // runtime policy judges it, not a value.
+    assert!(!quote(Some(&list)).status.success());
+    let (status, body) = http(
+        &p.url,
+        Method::PUT,
+        "/api/v1/attestation/policies/gateway",
+        Some(serde_json::json!({"from_device": "gw-1", "pcrs": [0, 1, 2, 3, 4, 5, 6, 7]})),
+    );
+    assert_eq!(status, 200, "{body}");
+    let passed = quote(Some(&list));
+    assert!(passed.status.success(), "{}", text(&passed));
+    let verdict = newest();
+    assert_eq!(
+        verdict["ima"],
+        serde_json::json!({"entries": 4, "bank": "sha256", "matches": true,
+            "extension": "template_data", "violations": 0, "not_allowed": 0}),
+        "{verdict}"
+    );
+
+    // The runtime policy: the two files by digest, logs excluded. Set with the CLI.
+    let digest = |content: &str| {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(content.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let policy_file = dir.path().join("runtime.json");
+    let write_policy = |extra: &[(&str, &str)]| {
+        let mut allowed = serde_json::json!({
+            "/usr/bin/fabrik": [digest("fabrik 1.0")],
+            "/usr/lib/libc.so.6": [format!("sha256:{}", digest("glibc 2.36"))],
+        });
+        for (file, content) in extra {
+            allowed[*file] = serde_json::json!([digest(content)]);
+        }
+        std::fs::write(
+            &policy_file,
+            serde_json::json!({"allowed": allowed, "excludes": ["/var/log/"]}).to_string(),
+        )
+        .expect("policy");
+        let (ok, out) = crate::support::client_command(
+            &p.url,
+            &[
+                "device",
+                "attestation",
+                "runtime-policy",
+                "gateway",
+                &path(&policy_file),
+            ],
+        );
+        assert!(ok, "{out}");
+    };
+    write_policy(&[]);
+    let passed = quote(Some(&list));
+    assert!(passed.status.success(), "{}", text(&passed));
+
+    // The device runs a program nobody allowed: the next quote fails, naming it, and the
+    // device is shut out.
+    ima.measure(&tpm, "/usr/bin/nc", "netcat");
+    ima.write(&list, |_| false);
+    let out = quote(Some(&list));
+    assert!(!out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("IMA entry 4: /usr/bin/nc measured sha256:")
+            && said.contains("does not allow (an unknown file)"),
+        "{said}"
+    );
+    assert_eq!(newest()["ima"]["not_allowed"], 1);
+    assert!(
+        !publish(&p.mqtt.clone().expect("mqtt"), "gw-1", &token)
+            .status
+            .success()
+    );
+
+    // Hiding it from the list does not help: the list no longer replays to PCR 10.
+    let edited = dir.path().join("edited_measurements");
+    ima.write(&edited, |i| i == 4);
+    let said = text(&quote(Some(&edited)));
+    assert!(
+        said.contains("the IMA log's 4 entries do not replay to the quoted PCR 10"),
+        "{said}"
+    );
+    // Nor does leaving the list out.
+    let said = text(&quote(None));
+    assert!(said.contains("came without an IMA log"), "{said}");
+
+    // Allowed by its digest, it passes again.
+    write_policy(&[("/usr/bin/nc", "netcat")]);
+    let passed = quote(Some(&list));
+    assert!(passed.status.success(), "{}", text(&passed));
+    assert!(
+        publish(&p.mqtt.clone().expect("mqtt"), "gw-1", &token)
+            .status
+            .success()
+    );
+
+    // A policy with a wrong digest is refused naming its place; the type's policy reads back
+    // normalised, and can be removed.
+    let (status, body) = http(
+        &p.url,
+        Method::PUT,
+        "/api/v1/attestation/policies/gateway/runtime",
+        Some(serde_json::json!({"allowed": {"/usr/bin/x": ["sha256:1234"]}})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.to_string().contains(
+            "allowed[\\\"/usr/bin/x\\\"][0]: `sha256:1234`: a sha256 digest is 64 hex digits"
+        ),
+        "{body}"
+    );
+    let (status, body) = http(
+        &p.url,
+        Method::GET,
+        "/api/v1/attestation/policies/gateway/runtime",
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["allowed"]["/usr/bin/fabrik"][0],
+        format!("sha256:{}", digest("fabrik 1.0"))
+    );
+    let (ok, out) = crate::support::client_command(
+        &p.url,
+        &[
+            "device",
+            "attestation",
+            "runtime-policy",
+            "gateway",
+            "--remove",
+        ],
+    );
+    assert!(ok, "{out}");
     drop(p);
 }

@@ -1,0 +1,384 @@
+//! Runtime policies (decision 0067): the files a device type's kernel (IMA) may have measured
+//! since the boot, by path and digest, stored per type, and the judging of a quote's IMA log,
+//! once it replayed to the quoted PCR 10, against them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use crate::tpm::ima::{self, Extension, ImaEntry};
+use crate::{Registry, RegistryError, now_ns};
+
+/// Entries named in a verdict before the rest are counted.
+const NAMED: usize = 5;
+
+/// The files a device type may run and read, as its IMA measures them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimePolicy {
+    /// Allowed digests by absolute path, each `sha256:<hex>` (a bare hex digest is taken as
+    /// SHA-256): several while a file is being updated across the fleet.
+    pub allowed: BTreeMap<String, Vec<String>>,
+    /// Path prefixes whose measurements are not judged (`/var/log/`, `/tmp/`): files that
+    /// change in normal operation.
+    #[serde(default)]
+    pub excludes: Vec<String>,
+    /// Whether a measurement violation (a file measured while open for writing, or opened for
+    /// writing while measured, which leaves the PCR saying nothing of what it held) fails a
+    /// quote. Default true.
+    #[serde(default = "violations_fail")]
+    pub violations_fail: bool,
+    /// Last change (ns); set by the server.
+    #[serde(default)]
+    pub updated_at: i64,
+}
+
+fn violations_fail() -> bool {
+    true
+}
+
+/// What a quote's IMA log showed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImaCheck {
+    /// Entries in the log.
+    pub entries: usize,
+    /// The bank it was replayed in.
+    pub bank: String,
+    /// Whether it replayed to the quoted PCR 10: only then do its entries say anything.
+    pub matches: bool,
+    /// How the kernel extended the bank: `template_data` (Linux 5.11 and later) or
+    /// `padded_sha1` (before); `null` when it did not replay.
+    pub extension: Option<String>,
+    /// Violations among the entries.
+    pub violations: usize,
+    /// The entries the runtime policy did not allow (all of them are named in the reasons,
+    /// up to five); 0 without a runtime policy.
+    pub not_allowed: usize,
+}
+
+/// A digest as policies keep it: `<algorithm>:<lowercase hex>`, its length that of the
+/// algorithm's.
+fn normalised_digest(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let (algorithm, hex) = text.split_once(':').unwrap_or(("sha256", text));
+    let length = match algorithm {
+        "sha1" => 40,
+        "sha256" => 64,
+        "sha384" => 96,
+        "sha512" => 128,
+        _ => {
+            return Err(format!(
+                "`{text}`: the algorithm `{algorithm}` is not one IMA uses (sha1, sha256, sha384, sha512)"
+            ));
+        }
+    };
+    if hex.len() != length || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "`{text}`: a {algorithm} digest is {length} hex digits"
+        ));
+    }
+    Ok(format!("{algorithm}:{}", hex.to_ascii_lowercase()))
+}
+
+impl RuntimePolicy {
+    /// Checks and normalises a policy as given; every problem names its place.
+    pub fn validated(mut self) -> Result<Self, RegistryError> {
+        let mut problems = Vec::new();
+        let mut allowed = BTreeMap::new();
+        for (path, digests) in std::mem::take(&mut self.allowed) {
+            if !path.starts_with('/') {
+                problems.push(format!("allowed[\"{path}\"]: a path is absolute"));
+            }
+            if digests.is_empty() {
+                problems.push(format!("allowed[\"{path}\"]: no digest"));
+            }
+            let mut normalised = Vec::new();
+            for (index, digest) in digests.iter().enumerate() {
+                match normalised_digest(digest) {
+                    Ok(digest) if !normalised.contains(&digest) => normalised.push(digest),
+                    Ok(_) => {}
+                    Err(why) => problems.push(format!("allowed[\"{path}\"][{index}]: {why}")),
+                }
+            }
+            allowed.insert(path, normalised);
+        }
+        for (index, prefix) in self.excludes.iter().enumerate() {
+            if !prefix.starts_with('/') {
+                problems.push(format!(
+                    "excludes[{index}]: `{prefix}` is not an absolute path prefix"
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(RegistryError::Invalid(problems.join("; ")));
+        }
+        self.allowed = allowed;
+        Ok(self)
+    }
+
+    fn excluded(&self, path: &str) -> bool {
+        self.excludes.iter().any(|prefix| path.starts_with(prefix))
+    }
+}
+
+/// Checks a quote's IMA log against its authentic PCRs in `bank` and, when it replays and the
+/// type has a runtime policy, its entries against the policy; returns what it showed and the
+/// reasons the quote fails. `entries`: `None` when the quote came without a log.
+pub(crate) fn judge(
+    entries: Option<&[ImaEntry]>,
+    pcrs: &BTreeMap<String, BTreeMap<u32, String>>,
+    bank: &str,
+    policy: Option<&RuntimePolicy>,
+    device_type: &str,
+) -> (Option<ImaCheck>, Vec<String>) {
+    let Some(entries) = entries else {
+        let reasons = policy
+            .map(|_| {
+                format!(
+                    "the quote came without an IMA log, which the runtime policy of type \
+                     `{device_type}` needs (`fabrik device attestation quote --ima-log`)"
+                )
+            })
+            .into_iter()
+            .collect();
+        return (None, reasons);
+    };
+    let mut check = ImaCheck {
+        entries: entries.len(),
+        bank: bank.to_owned(),
+        matches: false,
+        extension: None,
+        violations: entries.iter().filter(|e| e.violation()).count(),
+        not_allowed: 0,
+    };
+    let extension = match ima::check(entries, pcrs, bank) {
+        Ok(extension) => extension,
+        Err(why) => return (Some(check), vec![why]),
+    };
+    check.matches = true;
+    check.extension = Some(
+        match extension {
+            Extension::TemplateData => "template_data",
+            Extension::PaddedSha1 => "padded_sha1",
+        }
+        .to_owned(),
+    );
+    let Some(policy) = policy else {
+        return (Some(check), Vec::new());
+    };
+    let mut problems = Vec::new();
+    for (number, entry) in entries.iter().enumerate() {
+        if (number == 0 && entry.path == "boot_aggregate") || policy.excluded(&entry.path) {
+            continue;
+        }
+        if entry.violation() {
+            if policy.violations_fail {
+                problems.push(format!(
+                    "IMA entry {number} ({}) is a measurement violation: the file was open for \
+                     writing while it was measured, so the PCR does not say what it held",
+                    entry.path
+                ));
+            }
+            continue;
+        }
+        let digest = entry.digest_text();
+        let why = match policy.allowed.get(&entry.path) {
+            None => "an unknown file",
+            Some(digests) if !digests.contains(&digest) => "another digest than allowed",
+            Some(_) => continue,
+        };
+        problems.push(format!(
+            "IMA entry {number}: {} measured {digest}, which the runtime policy of type \
+             `{device_type}` does not allow ({why})",
+            entry.path
+        ));
+    }
+    check.not_allowed = problems.len();
+    let mut reasons: Vec<String> = problems.iter().take(NAMED).cloned().collect();
+    if problems.len() > NAMED {
+        reasons.push(format!(
+            "and {} more IMA entries the runtime policy of type `{device_type}` does not allow",
+            problems.len() - NAMED
+        ));
+    }
+    (Some(check), reasons)
+}
+
+impl Registry {
+    /// A device type's runtime policy, if it has one.
+    pub async fn runtime_policy(
+        &self,
+        device_type: &str,
+    ) -> Result<Option<RuntimePolicy>, RegistryError> {
+        let row = sqlx::query(
+            "SELECT policy, updated_at FROM attestation_runtime_policies WHERE device_type = $1",
+        )
+        .bind(device_type)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            let text: String = row.try_get("policy")?;
+            let mut policy: RuntimePolicy = serde_json::from_str(&text)
+                .map_err(|e| RegistryError::Corrupt(format!("runtime policy: {e}")))?;
+            policy.updated_at = row.try_get("updated_at")?;
+            Ok(policy)
+        })
+        .transpose()
+    }
+
+    /// Sets (replaces) a device type's runtime policy; returns it as stored. It judges the
+    /// quotes that follow; a passing verdict stands until the device's next quote.
+    pub async fn set_runtime_policy(
+        &self,
+        device_type: &str,
+        policy: RuntimePolicy,
+    ) -> Result<RuntimePolicy, RegistryError> {
+        if device_type.trim().is_empty() {
+            return Err(RegistryError::Invalid("a device type is needed".into()));
+        }
+        let mut policy = policy.validated()?;
+        policy.updated_at = now_ns();
+        let text =
+            serde_json::to_string(&policy).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM attestation_runtime_policies WHERE device_type = $1")
+            .bind(device_type)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO attestation_runtime_policies (device_type, policy, updated_at) VALUES ($1, $2, $3)",
+        )
+        .bind(device_type)
+        .bind(&text)
+        .bind(policy.updated_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(policy)
+    }
+
+    /// Removes a device type's runtime policy: its quotes' IMA logs are then only checked to
+    /// replay.
+    pub async fn remove_runtime_policy(&self, device_type: &str) -> Result<(), RegistryError> {
+        let removed =
+            sqlx::query("DELETE FROM attestation_runtime_policies WHERE device_type = $1")
+                .bind(device_type)
+                .execute(&self.pool)
+                .await?;
+        if removed.rows_affected() == 0 {
+            return Err(RegistryError::NotFound(format!(
+                "device type `{device_type}` has no runtime policy"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(text: &str) -> [u8; 32] {
+        ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
+            .as_ref()
+            .try_into()
+            .expect("32")
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn entries_are_judged_by_path_and_digest_after_the_log_replays() {
+        let files = [
+            ("boot_aggregate", "boot", false),
+            ("/usr/bin/fabrik", "fabrik 1", false),
+            ("/var/log/syslog", "lines", false),
+            ("/usr/bin/nc", "netcat", false),
+            ("/usr/lib/libc.so.6", "libc 2", false),
+            ("/etc/passwd", "users", true),
+        ];
+        let bytes: Vec<u8> = files
+            .iter()
+            .flat_map(|(path, content, violation)| {
+                ima::encode_entry(path, &digest(content), *violation)
+            })
+            .collect();
+        let entries = ima::parse(&bytes).expect("parse");
+        let value = ima::replay(&entries, "sha256", Extension::TemplateData).expect("replay");
+        let pcrs = BTreeMap::from([("sha256".to_owned(), BTreeMap::from([(10, hex(&value))]))]);
+        let policy = RuntimePolicy {
+            allowed: BTreeMap::from([
+                (
+                    "/usr/bin/fabrik".to_owned(),
+                    vec![hex(&digest("fabrik 1")).to_uppercase()],
+                ),
+                (
+                    "/usr/lib/libc.so.6".to_owned(),
+                    vec![format!("sha256:{}", hex(&digest("libc 1")))],
+                ),
+            ]),
+            excludes: vec!["/var/log/".into()],
+            violations_fail: true,
+            updated_at: 0,
+        }
+        .validated()
+        .expect("valid");
+        assert!(policy.allowed["/usr/bin/fabrik"][0].starts_with("sha256:"));
+
+        let (check, reasons) = judge(Some(&entries), &pcrs, "sha256", Some(&policy), "gateway");
+        let check = check.expect("checked");
+        assert!(check.matches, "{check:?}");
+        assert_eq!(
+            (check.entries, check.violations, check.not_allowed),
+            (6, 1, 3)
+        );
+        assert_eq!(reasons.len(), 3, "{reasons:?}");
+        assert!(
+            reasons[0].contains("IMA entry 3: /usr/bin/nc")
+                && reasons[0].contains("an unknown file"),
+            "{reasons:?}"
+        );
+        assert!(reasons[1].contains("/usr/lib/libc.so.6") && reasons[1].contains("another digest"));
+        assert!(reasons[2].contains("/etc/passwd) is a measurement violation"));
+
+        // Without a policy a log that replays passes; one that does not is a reason either way.
+        let (_, none) = judge(Some(&entries), &pcrs, "sha256", None, "gateway");
+        assert!(none.is_empty(), "{none:?}");
+        let (check, short) = judge(Some(&entries[..5]), &pcrs, "sha256", None, "gateway");
+        assert!(!check.expect("checked").matches);
+        assert!(short[0].contains("do not replay"), "{short:?}");
+        // A policy needs a log.
+        let (check, missing) = judge(None, &pcrs, "sha256", Some(&policy), "gateway");
+        assert!(check.is_none() && missing[0].contains("without an IMA log"));
+        assert!(judge(None, &pcrs, "sha256", None, "gateway").1.is_empty());
+    }
+
+    #[test]
+    fn a_policy_with_bad_paths_or_digests_is_refused_naming_each_place() {
+        let policy = RuntimePolicy {
+            allowed: BTreeMap::from([
+                ("usr/bin/x".to_owned(), vec!["sha256:00".to_owned()]),
+                ("/usr/bin/y".to_owned(), vec!["md5:0123".to_owned()]),
+                ("/usr/bin/z".to_owned(), Vec::new()),
+            ]),
+            excludes: vec!["tmp".into()],
+            violations_fail: true,
+            updated_at: 0,
+        };
+        let RegistryError::Invalid(why) = policy.validated().expect_err("bad") else {
+            panic!("invalid");
+        };
+        for place in [
+            "allowed[\"usr/bin/x\"]: a path is absolute",
+            "allowed[\"usr/bin/x\"][0]: `sha256:00`: a sha256 digest is 64 hex digits",
+            "allowed[\"/usr/bin/y\"][0]",
+            "allowed[\"/usr/bin/z\"]: no digest",
+            "excludes[0]",
+        ] {
+            assert!(why.contains(place), "{place} in {why}");
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! The Linux kernel's IMA runtime measurement list (decision 0067): what it measured after the
+//! boot (every program, library and file its policy names, as it was opened), parsed from its
+//! binary form (`/sys/kernel/security/ima/binary_runtime_measurements`) and replayed to the
+//! PCR the kernel extended (10), so a quote vouches for every entry.
+
+use std::collections::BTreeMap;
+
+use ring::digest;
+
+use super::event_log::{algorithm_of, hash_of};
+
+/// The PCR IMA extends.
+pub const IMA_PCR: u32 = 10;
+/// Largest measurement list read: some 100,000 entries of long paths.
+pub const MOST_BYTES: usize = 16 << 20;
+/// Length of the SHA-1 template digest every entry carries.
+const TEMPLATE_DIGEST: usize = 20;
+/// Templates whose first two fields are `d-ng` (the file's digest, with its algorithm) and
+/// `n-ng` (its path): the ones a kernel since 3.13 writes unless told otherwise.
+const TEMPLATES: [&str; 4] = ["ima-ng", "ima-sig", "ima-buf", "ima-modsig"];
+
+/// One measurement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImaEntry {
+    /// The PCR it was extended into (10 unless the kernel was told another).
+    pub pcr: u32,
+    /// The SHA-1 digest of its template data, as the list gives it (all zeros: a violation).
+    pub template_digest: [u8; TEMPLATE_DIGEST],
+    /// Its template (`ima-ng`, …).
+    pub template: String,
+    /// The template data, whose digest in each bank was extended.
+    pub template_data: Vec<u8>,
+    /// The file's digest algorithm (`sha256`, …) and the digest, hex.
+    pub file_digest: (String, String),
+    /// The file's path (`boot_aggregate` for the first entry).
+    pub path: String,
+}
+
+impl ImaEntry {
+    /// A violation: the file was measured while another process had it open for writing, or
+    /// opened for writing while measured (time of measure, time of use); the kernel records
+    /// zeros and extends ones, so the PCR no longer says what the file held.
+    pub fn violation(&self) -> bool {
+        self.template_digest == [0; TEMPLATE_DIGEST]
+    }
+
+    /// The file's digest as policies write it: `sha256:<hex>`.
+    pub fn digest_text(&self) -> String {
+        format!("{}:{}", self.file_digest.0, self.file_digest.1)
+    }
+}
+
+/// How the kernel extended a bank other than SHA-1: since Linux 5.11 with the template data's
+/// digest in that bank; before, with the SHA-1 template digest padded with zeros.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extension {
+    /// The template data hashed with the bank's algorithm (and SHA-1 in the SHA-1 bank).
+    TemplateData,
+    /// The SHA-1 template digest, zero-padded to the bank's length.
+    PaddedSha1,
+}
+
+/// Parses a binary measurement list; every problem names the entry and byte offset.
+pub fn parse(bytes: &[u8]) -> Result<Vec<ImaEntry>, String> {
+    if bytes.len() > MOST_BYTES {
+        return Err(format!(
+            "{} bytes; a measurement list is read up to {MOST_BYTES}",
+            bytes.len()
+        ));
+    }
+    let mut entries = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let number = entries.len();
+        let start = at;
+        let short = |what: &str| {
+            format!("entry {number} (at byte {start}): the list ends inside its {what}")
+        };
+        let pcr = read_u32(bytes, &mut at).ok_or_else(|| short("PCR index"))?;
+        let template_digest: [u8; TEMPLATE_DIGEST] = take(bytes, &mut at, TEMPLATE_DIGEST)
+            .and_then(|d| d.try_into().ok())
+            .ok_or_else(|| short("template digest"))?;
+        let name_length = read_u32(bytes, &mut at).ok_or_else(|| short("template name"))?;
+        if name_length == 0 || name_length > 255 {
+            return Err(format!(
+                "entry {number} (at byte {start}): a template name of {name_length} bytes; \
+                 this is not a binary IMA measurement list (the ASCII one is not read)"
+            ));
+        }
+        let template =
+            take(bytes, &mut at, name_length as usize).ok_or_else(|| short("template name"))?;
+        let template = String::from_utf8_lossy(template).into_owned();
+        if !TEMPLATES.contains(&template.as_str()) {
+            return Err(format!(
+                "entry {number} (at byte {start}): template `{template}` is not read (boot \
+                 with ima_template=ima-ng, or ima-sig)"
+            ));
+        }
+        let data_length = read_u32(bytes, &mut at).ok_or_else(|| short("template data"))?;
+        let template_data = take(bytes, &mut at, data_length as usize)
+            .ok_or_else(|| short("template data"))?
+            .to_vec();
+        let (file_digest, path) = fields(&template_data)
+            .map_err(|why| format!("entry {number} (at byte {start}, {template}): {why}"))?;
+        let entry = ImaEntry {
+            pcr,
+            template_digest,
+            template,
+            template_data,
+            file_digest,
+            path,
+        };
+        if !entry.violation() {
+            let sha1 = digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, &entry.template_data);
+            if sha1.as_ref() != entry.template_digest {
+                return Err(format!(
+                    "entry {number} ({}): its template digest is not the SHA-1 of its data",
+                    entry.path
+                ));
+            }
+        }
+        entries.push(entry);
+    }
+    Ok(entries)
+}
+
+/// The `d-ng` and `n-ng` fields of a template's data: (algorithm, digest hex) and the path.
+fn fields(data: &[u8]) -> Result<((String, String), String), String> {
+    let mut at = 0;
+    let digest_field = read_u32(data, &mut at)
+        .and_then(|length| take(data, &mut at, length as usize))
+        .ok_or("its data ends inside the file digest")?;
+    let name_field = read_u32(data, &mut at)
+        .and_then(|length| take(data, &mut at, length as usize))
+        .ok_or("its data ends inside the file name")?;
+    // `d-ng`: "<algorithm>:\0" then the digest.
+    let colon = digest_field
+        .iter()
+        .position(|&b| b == b':')
+        .filter(|&colon| digest_field.get(colon + 1) == Some(&0))
+        .ok_or("its file digest does not start with `<algorithm>:`")?;
+    let algorithm = String::from_utf8_lossy(&digest_field[..colon]).into_owned();
+    let digest: String = digest_field[colon + 2..]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let path = name_field.strip_suffix(&[0]).unwrap_or(name_field);
+    Ok((
+        (algorithm, digest),
+        String::from_utf8_lossy(path).into_owned(),
+    ))
+}
+
+fn read_u32(bytes: &[u8], at: &mut usize) -> Option<u32> {
+    take(bytes, at, 4)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_le_bytes)
+}
+
+fn take<'a>(bytes: &'a [u8], at: &mut usize, length: usize) -> Option<&'a [u8]> {
+    let end = at.checked_add(length)?;
+    let taken = bytes.get(*at..end)?;
+    *at = end;
+    Some(taken)
+}
+
+/// The value the entries extend PCR 10 to in `bank`, from zeros, the way `extension` says.
+/// Entries of other PCRs are left out.
+pub fn replay(entries: &[ImaEntry], bank: &str, extension: Extension) -> Result<Vec<u8>, String> {
+    let hash = algorithm_of(bank)
+        .and_then(hash_of)
+        .ok_or_else(|| format!("PCR bank {bank} cannot be replayed here"))?;
+    let length = hash.output_len();
+    let mut pcr = vec![0u8; length];
+    for entry in entries.iter().filter(|entry| entry.pcr == IMA_PCR) {
+        let measured = if entry.violation() {
+            vec![0xff; length]
+        } else if length == TEMPLATE_DIGEST || extension == Extension::PaddedSha1 {
+            let mut padded = entry.template_digest.to_vec();
+            padded.resize(length, 0);
+            padded
+        } else {
+            digest::digest(hash, &entry.template_data).as_ref().to_vec()
+        };
+        let mut context = digest::Context::new(hash);
+        context.update(&pcr);
+        context.update(&measured);
+        pcr = context.finish().as_ref().to_vec();
+    }
+    Ok(pcr)
+}
+
+/// Whether the list replays to the quoted PCR 10 of `bank` (`quoted`, hex), and how the kernel
+/// extended it; `Err` says why not.
+pub fn check(
+    entries: &[ImaEntry],
+    pcrs: &BTreeMap<String, BTreeMap<u32, String>>,
+    bank: &str,
+) -> Result<Extension, String> {
+    let quoted = pcrs
+        .get(bank)
+        .and_then(|values| values.get(&IMA_PCR))
+        .ok_or_else(|| {
+            format!(
+                "PCR {IMA_PCR} was not quoted in {bank}, so the IMA log cannot be checked: quote \
+                 it too (--pcrs {bank}:…,{IMA_PCR})"
+            )
+        })?;
+    let mut tried = Vec::new();
+    for extension in [Extension::TemplateData, Extension::PaddedSha1] {
+        let value = hex(&replay(entries, bank, extension)?);
+        if value == quoted.to_ascii_lowercase() {
+            return Ok(extension);
+        }
+        tried.push(value);
+        if bank == "sha1" {
+            break;
+        }
+    }
+    Err(format!(
+        "the IMA log's {} entries do not replay to the quoted PCR {IMA_PCR} ({bank} {}, the log \
+         gives {}): entries left out or changed, or the log of another boot",
+        entries.len(),
+        short(quoted),
+        tried
+            .iter()
+            .map(|v| short(v))
+            .collect::<Vec<_>>()
+            .join(" or ")
+    ))
+}
+
+fn short(hex: &str) -> String {
+    hex.get(..16)
+        .map_or_else(|| hex.to_owned(), |head| format!("{head}…"))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// One entry as the kernel writes it, for tests and for tools that make lists: `ima-ng` of a
+/// file with this SHA-256 digest (all-zero template digest when `violation`).
+pub fn encode_entry(path: &str, file_sha256: &[u8; 32], violation: bool) -> Vec<u8> {
+    let mut digest_field = b"sha256:\0".to_vec();
+    digest_field.extend_from_slice(file_sha256);
+    let mut name_field = path.as_bytes().to_vec();
+    name_field.push(0);
+    let mut data = Vec::new();
+    for field in [&digest_field, &name_field] {
+        data.extend_from_slice(&(field.len() as u32).to_le_bytes());
+        data.extend_from_slice(field);
+    }
+    let template_digest: Vec<u8> = if violation {
+        vec![0; TEMPLATE_DIGEST]
+    } else {
+        digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, &data)
+            .as_ref()
+            .to_vec()
+    };
+    let mut entry = IMA_PCR.to_le_bytes().to_vec();
+    entry.extend_from_slice(&template_digest);
+    entry.extend_from_slice(&6u32.to_le_bytes());
+    entry.extend_from_slice(b"ima-ng");
+    entry.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    entry.extend_from_slice(&data);
+    entry
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sha256(text: &str) -> [u8; 32] {
+        digest::digest(&digest::SHA256, text.as_bytes())
+            .as_ref()
+            .try_into()
+            .expect("32 bytes")
+    }
+
+    fn list(entries: &[(&str, &str, bool)]) -> Vec<u8> {
+        entries
+            .iter()
+            .flat_map(|(path, content, violation)| encode_entry(path, &sha256(content), *violation))
+            .collect()
+    }
+
+    #[test]
+    fn a_list_parses_and_replays_in_both_banks_and_both_ways() {
+        let bytes = list(&[
+            ("boot_aggregate", "pcrs 0-7", false),
+            ("/usr/bin/fabrik", "fabrik 1.0", false),
+            ("/etc/fabrik.toml", "config", true),
+        ]);
+        let entries = parse(&bytes).expect("parse");
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[1].path, "/usr/bin/fabrik");
+        assert_eq!(
+            entries[1].digest_text(),
+            format!("sha256:{}", hex(&sha256("fabrik 1.0")))
+        );
+        assert!(entries[2].violation() && !entries[1].violation());
+
+        // By hand: the SHA-256 bank extended with each entry's template data's SHA-256 (ones
+        // for the violation).
+        let mut expected = [0u8; 32].to_vec();
+        for entry in &entries {
+            let measured = if entry.violation() {
+                vec![0xff; 32]
+            } else {
+                digest::digest(&digest::SHA256, &entry.template_data)
+                    .as_ref()
+                    .to_vec()
+            };
+            expected = digest::digest(&digest::SHA256, &[expected, measured].concat())
+                .as_ref()
+                .to_vec();
+        }
+        let modern = replay(&entries, "sha256", Extension::TemplateData).expect("replay");
+        assert_eq!(modern, expected);
+        let legacy = replay(&entries, "sha256", Extension::PaddedSha1).expect("replay");
+        assert_ne!(legacy, modern);
+        let quoted = |bank: &str, value: Vec<u8>| {
+            BTreeMap::from([(bank.to_owned(), BTreeMap::from([(IMA_PCR, hex(&value))]))])
+        };
+        assert_eq!(
+            check(&entries, &quoted("sha256", modern), "sha256"),
+            Ok(Extension::TemplateData)
+        );
+        assert_eq!(
+            check(&entries, &quoted("sha256", legacy), "sha256"),
+            Ok(Extension::PaddedSha1)
+        );
+        let sha1 = replay(&entries, "sha1", Extension::TemplateData).expect("sha1");
+        assert_eq!(sha1.len(), 20);
+        assert!(check(&entries, &quoted("sha1", sha1), "sha1").is_ok());
+
+        // An entry left out no longer replays; PCR 10 not quoted is said as such.
+        let fewer = &entries[..2];
+        let expected_value = replay(&entries, "sha256", Extension::TemplateData).expect("full");
+        let missed =
+            check(fewer, &quoted("sha256", expected_value), "sha256").expect_err("one entry short");
+        assert!(missed.contains("do not replay"), "{missed}");
+        let unquoted = check(&entries, &BTreeMap::new(), "sha256").expect_err("no PCR 10");
+        assert!(unquoted.contains("PCR 10 was not quoted"), "{unquoted}");
+    }
+
+    #[test]
+    fn bad_lists_are_refused_naming_the_entry() {
+        let mut bytes = list(&[
+            ("boot_aggregate", "pcrs", false),
+            ("/usr/bin/x", "x", false),
+        ]);
+        let whole = bytes.len();
+        let truncated = parse(&bytes[..whole - 3]).expect_err("truncated");
+        assert!(
+            truncated.contains("entry 1") && truncated.contains("ends inside"),
+            "{truncated}"
+        );
+        // A path changed after measuring: the template digest no longer covers the data.
+        let at = whole - 2;
+        bytes[at] ^= 1;
+        let changed = parse(&bytes).expect_err("changed");
+        assert!(changed.contains("not the SHA-1 of its data"), "{changed}");
+        let ascii = parse(b"10 0123456789abcdef ima-ng sha256:00 /usr/bin/x\n").expect_err("ascii");
+        assert!(
+            ascii.contains("not a binary IMA measurement list"),
+            "{ascii}"
+        );
+        let mut legacy = 10u32.to_le_bytes().to_vec();
+        legacy.extend_from_slice(&[1; 20]);
+        legacy.extend_from_slice(&3u32.to_le_bytes());
+        legacy.extend_from_slice(b"ima");
+        let old = parse(&legacy).expect_err("ima template");
+        assert!(old.contains("template `ima`"), "{old}");
+        assert!(parse(&vec![0; MOST_BYTES + 1]).is_err());
+    }
+}
