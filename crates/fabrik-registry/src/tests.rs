@@ -208,6 +208,64 @@ mod attestation {
             .expect("gate")
     }
 
+    #[tokio::test]
+    async fn a_runtime_policy_is_kept_per_type_and_replaced_whole() {
+        use crate::attestation::RuntimePolicy;
+        let (_dir, registry) = registry().await;
+        assert!(
+            registry
+                .runtime_policy("gateway")
+                .await
+                .expect("read")
+                .is_none()
+        );
+        let policy = |path: &str| RuntimePolicy {
+            allowed: std::collections::BTreeMap::from([(path.to_owned(), vec!["ab".repeat(32)])]),
+            excludes: Vec::new(),
+            violations_fail: true,
+            updated_at: 0,
+        };
+        let first = registry
+            .set_runtime_policy("gateway", policy("/usr/bin/a"))
+            .await
+            .expect("set");
+        let second = registry
+            .set_runtime_policy("gateway", policy("/usr/bin/b"))
+            .await
+            .expect("replace");
+        assert!(second.updated_at >= first.updated_at);
+        let read = registry
+            .runtime_policy("gateway")
+            .await
+            .expect("read")
+            .expect("kept");
+        assert_eq!(read, second);
+        assert_eq!(
+            read.allowed["/usr/bin/b"],
+            [format!("sha256:{}", "ab".repeat(32))]
+        );
+        // Two operators at once: each is one statement, so neither collides on the key.
+        let (a, b) = tokio::join!(
+            registry.set_runtime_policy("gateway", policy("/x")),
+            registry.set_runtime_policy("gateway", policy("/y"))
+        );
+        a.expect("a");
+        b.expect("b");
+        let bad = registry
+            .set_runtime_policy("gateway", policy("relative/x"))
+            .await
+            .expect_err("relative path");
+        assert!(matches!(bad, RegistryError::Invalid(_)), "{bad}");
+        registry
+            .remove_runtime_policy("gateway")
+            .await
+            .expect("remove");
+        assert!(matches!(
+            registry.remove_runtime_policy("gateway").await,
+            Err(RegistryError::NotFound(_))
+        ));
+    }
+
     async fn gateway() -> (tempfile::TempDir, Registry) {
         let (dir, registry) = registry().await;
         registry

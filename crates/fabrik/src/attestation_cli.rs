@@ -300,7 +300,7 @@ pub(crate) async fn run(
                 tpm2_quote: &tpm2_quote,
             };
             let event_log = read_event_log(event_log.as_deref())?;
-            let ima_log = read_ima_log(ima_log.as_deref(), &pcrs)?;
+            let ima_log = ima_log_source(ima_log.as_deref(), &pcrs)?;
             let device = DeviceCaller::new(ep, client, &id, device_token);
             quote(&device, &tpm, event_log, ima_log).await?;
         }
@@ -721,15 +721,19 @@ fn read_event_log(choice: Option<&str>) -> anyhow::Result<Option<Vec<u8>>> {
 /// Where Linux exposes IMA's runtime measurement list.
 const KERNEL_IMA_LOG: &str = "/sys/kernel/security/ima/binary_runtime_measurements";
 
-/// The IMA list to send: the one named (`none`: no list), else the kernel's when readable and
-/// PCR 10 is among `pcrs` (without it the list cannot be checked).
-fn read_ima_log(choice: Option<&str>, pcrs: &str) -> anyhow::Result<Option<Vec<u8>>> {
+/// Where the IMA list to send is read from: the file named (`none`: no list), else the
+/// kernel's when readable and PCR 10 is among `pcrs` (without it the list cannot be checked).
+/// Only opened here, so a bad path costs no challenge: the list is read after the quote, so
+/// that it holds everything PCR 10 did (the quoting tool's own first run is measured too).
+fn ima_log_source(choice: Option<&str>, pcrs: &str) -> anyhow::Result<Option<PathBuf>> {
     match choice {
         Some("none") => Ok(None),
-        Some(path) => std::fs::read(path)
-            .map(Some)
+        Some(path) => std::fs::File::open(path)
+            .map(|_| Some(PathBuf::from(path)))
             .with_context(|| format!("reading the IMA log {path}")),
-        None if quotes_pcr_10(pcrs) => Ok(std::fs::read(KERNEL_IMA_LOG).ok()),
+        None if quotes_pcr_10(pcrs) && std::fs::File::open(KERNEL_IMA_LOG).is_ok() => {
+            Ok(Some(PathBuf::from(KERNEL_IMA_LOG)))
+        }
         None => Ok(None),
     }
 }
@@ -747,7 +751,7 @@ async fn quote(
     device: &DeviceCaller<'_>,
     tpm: &Tpm<'_>,
     event_log: Option<Vec<u8>>,
-    ima_log: Option<Vec<u8>>,
+    ima_log: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let id = device.id;
     let challenge = device.post("challenge", &serde_json::json!({})).await?;
@@ -792,7 +796,9 @@ async fn quote(
     if let Some(log) = event_log {
         evidence["event_log"] = base64::engine::general_purpose::STANDARD.encode(log).into();
     }
-    if let Some(log) = ima_log {
+    if let Some(path) = ima_log {
+        let log = std::fs::read(&path)
+            .with_context(|| format!("reading the IMA log {}", path.display()))?;
         evidence["ima_log"] = base64::engine::general_purpose::STANDARD.encode(log).into();
     }
     drop(work);
@@ -817,9 +823,12 @@ mod tests {
         assert!(quotes_pcr_10("sha256:0,7+sha1:10"));
         assert!(!quotes_pcr_10("sha256:0,1,2,3,4,5,6,7"));
         assert!(!quotes_pcr_10("sha256:1,0"));
-        assert_eq!(read_ima_log(None, "sha256:0,7").expect("none"), None);
-        assert_eq!(read_ima_log(Some("none"), "sha256:10").expect("none"), None);
-        let missing = read_ima_log(Some("/nonexistent/ima"), "sha256:10").expect_err("missing");
+        assert_eq!(ima_log_source(None, "sha256:0,7").expect("none"), None);
+        assert_eq!(
+            ima_log_source(Some("none"), "sha256:10").expect("none"),
+            None
+        );
+        let missing = ima_log_source(Some("/nonexistent/ima"), "sha256:10").expect_err("missing");
         assert!(
             format!("{missing:#}").contains("/nonexistent/ima"),
             "{missing:#}"

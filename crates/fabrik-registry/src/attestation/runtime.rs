@@ -17,11 +17,13 @@ const NAMED: usize = 5;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimePolicy {
-    /// Allowed digests by absolute path, each `sha256:<hex>` (a bare hex digest is taken as
-    /// SHA-256): several while a file is being updated across the fleet.
+    /// Allowed digests by absolute path (or by name, for the kernel's `ima-buf` entries such
+    /// as `kexec-cmdline`), each `sha256:<hex>` (a bare hex digest is taken as SHA-256):
+    /// several while a file is being updated across the fleet.
     pub allowed: BTreeMap<String, Vec<String>>,
-    /// Path prefixes whose measurements are not judged (`/var/log/`, `/tmp/`): files that
-    /// change in normal operation.
+    /// Paths whose measurements are not judged, each a file or a directory with everything
+    /// under it (`/var/log`): files that change in normal operation. Programs run from there
+    /// are not judged either, so keep them to data.
     #[serde(default)]
     pub excludes: Vec<String>,
     /// Whether a measurement violation (a file measured while open for writing, or opened for
@@ -43,6 +45,9 @@ fn violations_fail() -> bool {
 pub struct ImaCheck {
     /// Entries in the log.
     pub entries: usize,
+    /// Of those, the ones PCR 10 held when quoted (the rest were added after the quote, the
+    /// quoting tool among them, and are judged at the next quote).
+    pub covered: usize,
     /// The bank it was replayed in.
     pub bank: String,
     /// Whether it replayed to the quoted PCR 10: only then do its entries say anything.
@@ -50,7 +55,7 @@ pub struct ImaCheck {
     /// How the kernel extended the bank: `template_data` (Linux 5.11 and later) or
     /// `padded_sha1` (before); `null` when it did not replay.
     pub extension: Option<String>,
-    /// Violations among the entries.
+    /// Violations among the covered entries.
     pub violations: usize,
     /// The entries the runtime policy did not allow (all of them are named in the reasons,
     /// up to five); 0 without a runtime policy.
@@ -87,8 +92,11 @@ impl RuntimePolicy {
         let mut problems = Vec::new();
         let mut allowed = BTreeMap::new();
         for (path, digests) in std::mem::take(&mut self.allowed) {
-            if !path.starts_with('/') {
-                problems.push(format!("allowed[\"{path}\"]: a path is absolute"));
+            if !is_path_or_name(&path) {
+                problems.push(format!(
+                    "allowed[\"{path}\"]: a path is absolute (a name without `/` is an \
+                     ima-buf entry's)"
+                ));
             }
             if digests.is_empty() {
                 problems.push(format!("allowed[\"{path}\"]: no digest"));
@@ -103,10 +111,11 @@ impl RuntimePolicy {
             }
             allowed.insert(path, normalised);
         }
-        for (index, prefix) in self.excludes.iter().enumerate() {
-            if !prefix.starts_with('/') {
+        for (index, excluded) in self.excludes.iter().enumerate() {
+            if !is_path_or_name(excluded) || excluded == "/" {
                 problems.push(format!(
-                    "excludes[{index}]: `{prefix}` is not an absolute path prefix"
+                    "excludes[{index}]: `{excluded}` is not an absolute path below `/` (or an \
+                     ima-buf entry's name)"
                 ));
             }
         }
@@ -117,9 +126,23 @@ impl RuntimePolicy {
         Ok(self)
     }
 
+    /// Whether `path` is an excluded file, or lies under an excluded directory (whole
+    /// components: `/var/cache` does not exclude `/var/cache2`).
     fn excluded(&self, path: &str) -> bool {
-        self.excludes.iter().any(|prefix| path.starts_with(prefix))
+        self.excludes.iter().any(|excluded| {
+            let directory = excluded.trim_end_matches('/');
+            path == excluded
+                || path == directory
+                || path
+                    .strip_prefix(directory)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
     }
+}
+
+/// An absolute path, or a name without `/` (the kernel's `ima-buf` entries).
+fn is_path_or_name(text: &str) -> bool {
+    !text.is_empty() && (text.starts_with('/') || !text.contains('/'))
 }
 
 /// Checks a quote's IMA log against its authentic PCRs in `bank` and, when it replays and the
@@ -146,16 +169,21 @@ pub(crate) fn judge(
     };
     let mut check = ImaCheck {
         entries: entries.len(),
+        covered: 0,
         bank: bank.to_owned(),
         matches: false,
         extension: None,
-        violations: entries.iter().filter(|e| e.violation()).count(),
+        violations: 0,
         not_allowed: 0,
     };
-    let extension = match ima::check(entries, pcrs, bank) {
-        Ok(extension) => extension,
+    let (extension, covered) = match ima::check(entries, pcrs, bank) {
+        Ok(found) => found,
         Err(why) => return (Some(check), vec![why]),
     };
+    // Only what PCR 10 held at the quote is evidence.
+    let entries = &entries[..covered];
+    check.covered = covered;
+    check.violations = entries.iter().filter(|e| e.violation()).count();
     check.matches = true;
     check.extension = Some(
         match extension {
@@ -167,19 +195,26 @@ pub(crate) fn judge(
     let Some(policy) = policy else {
         return (Some(check), Vec::new());
     };
+    let mut reasons = Vec::new();
+    if let Err(why) = ima::check_boot_aggregate(entries, pcrs) {
+        reasons.push(why);
+    }
     let mut problems = Vec::new();
-    for (number, entry) in entries.iter().enumerate() {
-        if (number == 0 && entry.path == "boot_aggregate") || policy.excluded(&entry.path) {
-            continue;
-        }
+    for (number, entry) in entries.iter().enumerate().skip(1) {
+        // Judged before the excludes: a violation's path is not covered by the PCR (the
+        // kernel extends ones, not its data), so it may name any file.
         if entry.violation() {
             if policy.violations_fail {
                 problems.push(format!(
-                    "IMA entry {number} ({}) is a measurement violation: the file was open for \
-                     writing while it was measured, so the PCR does not say what it held",
+                    "IMA entry {number} is a measurement violation: a file was open for writing \
+                     while it was measured, so the PCR does not say what it held (the device \
+                     names it {}, which nothing vouches for)",
                     entry.path
                 ));
             }
+            continue;
+        }
+        if policy.excluded(&entry.path) {
             continue;
         }
         let digest = entry.digest_text();
@@ -195,7 +230,7 @@ pub(crate) fn judge(
         ));
     }
     check.not_allowed = problems.len();
-    let mut reasons: Vec<String> = problems.iter().take(NAMED).cloned().collect();
+    reasons.extend(problems.iter().take(NAMED).cloned());
     if problems.len() > NAMED {
         reasons.push(format!(
             "and {} more IMA entries the runtime policy of type `{device_type}` does not allow",
@@ -241,20 +276,16 @@ impl Registry {
         policy.updated_at = now_ns();
         let text =
             serde_json::to_string(&policy).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM attestation_runtime_policies WHERE device_type = $1")
-            .bind(device_type)
-            .execute(&mut *tx)
-            .await?;
+        // One statement, so two operators setting it at once cannot collide on the key.
         sqlx::query(
-            "INSERT INTO attestation_runtime_policies (device_type, policy, updated_at) VALUES ($1, $2, $3)",
+            "INSERT INTO attestation_runtime_policies (device_type, policy, updated_at) VALUES ($1, $2, $3)
+             ON CONFLICT (device_type) DO UPDATE SET policy = excluded.policy, updated_at = excluded.updated_at",
         )
         .bind(device_type)
         .bind(&text)
         .bind(policy.updated_at)
-        .execute(&mut *tx)
+        .execute(&self.pool)
         .await?;
-        tx.commit().await?;
         Ok(policy)
     }
 
@@ -292,23 +323,33 @@ mod tests {
 
     #[test]
     fn entries_are_judged_by_path_and_digest_after_the_log_replays() {
-        let files = [
-            ("boot_aggregate", "boot", false),
+        // The boot's PCRs 0-9, and the kernel's boot_aggregate of them first in the list.
+        let mut quoted: BTreeMap<u32, String> = (0..10)
+            .map(|pcr| (pcr, hex(&digest(&format!("pcr {pcr}")))))
+            .collect();
+        let boot: Vec<u8> = (0..10)
+            .flat_map(|pcr| digest(&format!("pcr {pcr}")))
+            .collect();
+        let aggregate: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &boot)
+            .as_ref()
+            .try_into()
+            .expect("32");
+        let mut bytes = ima::encode_entry("boot_aggregate", &aggregate, false);
+        for (path, content, violation) in [
             ("/usr/bin/fabrik", "fabrik 1", false),
             ("/var/log/syslog", "lines", false),
             ("/usr/bin/nc", "netcat", false),
             ("/usr/lib/libc.so.6", "libc 2", false),
-            ("/etc/passwd", "users", true),
-        ];
-        let bytes: Vec<u8> = files
-            .iter()
-            .flat_map(|(path, content, violation)| {
-                ima::encode_entry(path, &digest(content), *violation)
-            })
-            .collect();
+            // A violation's path is not vouched for: naming an excluded one does not hide it.
+            ("/var/log/passwd", "users", true),
+            ("/var/logbook/run.sh", "script", false),
+        ] {
+            bytes.extend(ima::encode_entry(path, &digest(content), violation));
+        }
         let entries = ima::parse(&bytes).expect("parse");
-        let value = ima::replay(&entries, "sha256", Extension::TemplateData).expect("replay");
-        let pcrs = BTreeMap::from([("sha256".to_owned(), BTreeMap::from([(10, hex(&value))]))]);
+        let values = ima::replay(&entries, "sha256", Extension::TemplateData).expect("replay");
+        quoted.insert(10, hex(values.last().expect("values")));
+        let pcrs = BTreeMap::from([("sha256".to_owned(), quoted)]);
         let policy = RuntimePolicy {
             allowed: BTreeMap::from([
                 (
@@ -320,7 +361,7 @@ mod tests {
                     vec![format!("sha256:{}", hex(&digest("libc 1")))],
                 ),
             ]),
-            excludes: vec!["/var/log/".into()],
+            excludes: vec!["/var/log".into()],
             violations_fail: true,
             updated_at: 0,
         }
@@ -332,22 +373,74 @@ mod tests {
         let check = check.expect("checked");
         assert!(check.matches, "{check:?}");
         assert_eq!(
-            (check.entries, check.violations, check.not_allowed),
-            (6, 1, 3)
+            (
+                check.entries,
+                check.covered,
+                check.violations,
+                check.not_allowed
+            ),
+            (7, 7, 1, 4)
         );
-        assert_eq!(reasons.len(), 3, "{reasons:?}");
+        assert_eq!(reasons.len(), 4, "{reasons:?}");
         assert!(
             reasons[0].contains("IMA entry 3: /usr/bin/nc")
                 && reasons[0].contains("an unknown file"),
             "{reasons:?}"
         );
         assert!(reasons[1].contains("/usr/lib/libc.so.6") && reasons[1].contains("another digest"));
-        assert!(reasons[2].contains("/etc/passwd) is a measurement violation"));
+        assert!(
+            reasons[2].contains("IMA entry 5 is a measurement violation")
+                && reasons[2].contains("names it /var/log/passwd"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[3].contains("/var/logbook/run.sh"),
+            "an excluded directory is whole components: {reasons:?}"
+        );
+
+        // The list read after the quote holds entries PCR 10 did not yet: they wait.
+        let mut at_quote = pcrs.clone();
+        if let Some(bank) = at_quote.get_mut("sha256") {
+            bank.insert(10, hex(&values[3]));
+        }
+        let (check, reasons) = judge(
+            Some(&entries),
+            &at_quote,
+            "sha256",
+            Some(&policy),
+            "gateway",
+        );
+        let check = check.expect("checked");
+        assert_eq!((check.covered, check.not_allowed), (3, 0), "{reasons:?}");
+        assert!(reasons.is_empty(), "{reasons:?}");
+
+        // Another boot's list: its boot_aggregate is not of the quoted PCRs.
+        let mut rebooted = pcrs.clone();
+        if let Some(bank) = rebooted.get_mut("sha256") {
+            bank.insert(0, hex(&digest("another firmware")));
+        }
+        let (_, reasons) = judge(
+            Some(&entries),
+            &rebooted,
+            "sha256",
+            Some(&policy),
+            "gateway",
+        );
+        assert!(
+            reasons[0].contains("the list of another boot"),
+            "{reasons:?}"
+        );
 
         // Without a policy a log that replays passes; one that does not is a reason either way.
         let (_, none) = judge(Some(&entries), &pcrs, "sha256", None, "gateway");
         assert!(none.is_empty(), "{none:?}");
-        let (check, short) = judge(Some(&entries[..5]), &pcrs, "sha256", None, "gateway");
+        let edited: Vec<ImaEntry> = entries
+            .iter()
+            .enumerate()
+            .filter(|(number, _)| *number != 3)
+            .map(|(_, entry)| entry.clone())
+            .collect();
+        let (check, short) = judge(Some(&edited), &pcrs, "sha256", None, "gateway");
         assert!(!check.expect("checked").matches);
         assert!(short[0].contains("do not replay"), "{short:?}");
         // A policy needs a log.
@@ -358,13 +451,20 @@ mod tests {
 
     #[test]
     fn a_policy_with_bad_paths_or_digests_is_refused_naming_each_place() {
+        let names = RuntimePolicy {
+            allowed: BTreeMap::from([("kexec-cmdline".to_owned(), vec![hex(&digest("x"))])]),
+            excludes: vec![".ima".into()],
+            violations_fail: true,
+            updated_at: 0,
+        };
+        assert!(names.validated().is_ok(), "ima-buf entries go by name");
         let policy = RuntimePolicy {
             allowed: BTreeMap::from([
                 ("usr/bin/x".to_owned(), vec!["sha256:00".to_owned()]),
                 ("/usr/bin/y".to_owned(), vec!["md5:0123".to_owned()]),
                 ("/usr/bin/z".to_owned(), Vec::new()),
             ]),
-            excludes: vec!["tmp".into()],
+            excludes: vec!["tmp/x".into()],
             violations_fail: true,
             updated_at: 0,
         };

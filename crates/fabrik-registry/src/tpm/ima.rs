@@ -110,12 +110,21 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<ImaEntry>, String> {
             file_digest,
             path,
         };
+        if entry.pcr != IMA_PCR {
+            // Such entries would be extended into a PCR the list is not checked against, so
+            // they could be left out of it unseen.
+            return Err(format!(
+                "entry {number} (at byte {start}): it extends PCR {}; only lists of PCR \
+                 {IMA_PCR} are read",
+                entry.pcr
+            ));
+        }
         if !entry.violation() {
             let sha1 = digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, &entry.template_data);
             if sha1.as_ref() != entry.template_digest {
                 return Err(format!(
-                    "entry {number} ({}): its template digest is not the SHA-1 of its data",
-                    entry.path
+                    "entry {number} (at byte {start}): its template digest is not the SHA-1 of \
+                     its data"
                 ));
             }
         }
@@ -164,39 +173,59 @@ fn take<'a>(bytes: &'a [u8], at: &mut usize, length: usize) -> Option<&'a [u8]> 
     Some(taken)
 }
 
-/// The value the entries extend PCR 10 to in `bank`, from zeros, the way `extension` says.
-/// Entries of other PCRs are left out.
-pub fn replay(entries: &[ImaEntry], bank: &str, extension: Extension) -> Result<Vec<u8>, String> {
+/// What one entry extends PCR 10 with in a bank of `length` bytes, the way `extension` says.
+fn extended_with(
+    entry: &ImaEntry,
+    hash: &'static digest::Algorithm,
+    extension: Extension,
+) -> Vec<u8> {
+    let length = hash.output_len();
+    if length == TEMPLATE_DIGEST || extension == Extension::PaddedSha1 {
+        // Before 5.11 the kernel passed one 20-byte digest (ones for a violation) to every
+        // bank, zero-padded.
+        let mut padded = if entry.violation() {
+            vec![0xff; TEMPLATE_DIGEST]
+        } else {
+            entry.template_digest.to_vec()
+        };
+        padded.resize(length, 0);
+        padded
+    } else if entry.violation() {
+        vec![0xff; length]
+    } else {
+        digest::digest(hash, &entry.template_data).as_ref().to_vec()
+    }
+}
+
+/// The value the entries extend PCR 10 to in `bank`, from zeros, the way `extension` says,
+/// after each entry: `[0]` is the value before the first.
+pub fn replay(
+    entries: &[ImaEntry],
+    bank: &str,
+    extension: Extension,
+) -> Result<Vec<Vec<u8>>, String> {
     let hash = algorithm_of(bank)
         .and_then(hash_of)
         .ok_or_else(|| format!("PCR bank {bank} cannot be replayed here"))?;
-    let length = hash.output_len();
-    let mut pcr = vec![0u8; length];
-    for entry in entries.iter().filter(|entry| entry.pcr == IMA_PCR) {
-        let measured = if entry.violation() {
-            vec![0xff; length]
-        } else if length == TEMPLATE_DIGEST || extension == Extension::PaddedSha1 {
-            let mut padded = entry.template_digest.to_vec();
-            padded.resize(length, 0);
-            padded
-        } else {
-            digest::digest(hash, &entry.template_data).as_ref().to_vec()
-        };
+    let mut values = vec![vec![0u8; hash.output_len()]];
+    for entry in entries {
         let mut context = digest::Context::new(hash);
-        context.update(&pcr);
-        context.update(&measured);
-        pcr = context.finish().as_ref().to_vec();
+        context.update(values.last().map_or(&[][..], Vec::as_slice));
+        context.update(&extended_with(entry, hash, extension));
+        values.push(context.finish().as_ref().to_vec());
     }
-    Ok(pcr)
+    Ok(values)
 }
 
-/// Whether the list replays to the quoted PCR 10 of `bank` (`quoted`, hex), and how the kernel
-/// extended it; `Err` says why not.
+/// How much of a list the quote covers: the list is read after the quote, so entries the
+/// kernel added meanwhile (the quoting tool itself, at its first run) follow those PCR 10
+/// held. Returns how the kernel extended and the number of entries whose replay gives the
+/// quoted PCR 10 of `bank` (the shortest such prefix); `Err` says why none does.
 pub fn check(
     entries: &[ImaEntry],
     pcrs: &BTreeMap<String, BTreeMap<u32, String>>,
     bank: &str,
-) -> Result<Extension, String> {
+) -> Result<(Extension, usize), String> {
     let quoted = pcrs
         .get(bank)
         .and_then(|values| values.get(&IMA_PCR))
@@ -205,14 +234,15 @@ pub fn check(
                 "PCR {IMA_PCR} was not quoted in {bank}, so the IMA log cannot be checked: quote \
                  it too (--pcrs {bank}:…,{IMA_PCR})"
             )
-        })?;
-    let mut tried = Vec::new();
+        })?
+        .to_ascii_lowercase();
+    let mut ends = Vec::new();
     for extension in [Extension::TemplateData, Extension::PaddedSha1] {
-        let value = hex(&replay(entries, bank, extension)?);
-        if value == quoted.to_ascii_lowercase() {
-            return Ok(extension);
+        let values = replay(entries, bank, extension)?;
+        if let Some(covered) = values.iter().position(|value| hex(value) == quoted) {
+            return Ok((extension, covered));
         }
-        tried.push(value);
+        ends.extend(values.last().map(|value| hex(value)));
         if bank == "sha1" {
             break;
         }
@@ -221,12 +251,65 @@ pub fn check(
         "the IMA log's {} entries do not replay to the quoted PCR {IMA_PCR} ({bank} {}, the log \
          gives {}): entries left out or changed, or the log of another boot",
         entries.len(),
-        short(quoted),
-        tried
-            .iter()
+        short(&quoted),
+        ends.iter()
             .map(|v| short(v))
             .collect::<Vec<_>>()
             .join(" or ")
+    ))
+}
+
+/// Whether the first entry is the kernel's `boot_aggregate` and its digest is that of the
+/// quoted boot PCRs in its algorithm's bank: 0-9 (Linux 5.8 and later) or 0-7. This binds the
+/// list to the boot the quote vouches for; `Err` says what is missing or differs.
+pub fn check_boot_aggregate(
+    entries: &[ImaEntry],
+    pcrs: &BTreeMap<String, BTreeMap<u32, String>>,
+) -> Result<(), String> {
+    let Some(first) = entries
+        .first()
+        .filter(|entry| entry.path == "boot_aggregate")
+    else {
+        return Err(
+            "the IMA log does not start with the kernel's boot_aggregate entry (IMA was not \
+             measuring from the boot)"
+                .into(),
+        );
+    };
+    let (algorithm, claimed) = &first.file_digest;
+    let hash = algorithm_of(algorithm)
+        .and_then(hash_of)
+        .ok_or_else(|| format!("boot_aggregate is a {algorithm} digest, which is not read"))?;
+    let bank = pcrs.get(algorithm.as_str());
+    let value = |pcr: u32| bank.and_then(|values| values.get(&pcr));
+    let mut missing = Vec::new();
+    // Linux 5.8 and later include PCRs 8 and 9; earlier kernels 0-7.
+    for last in [9, 7] {
+        let Some(values) = (0..=last).map(value).collect::<Option<Vec<_>>>() else {
+            missing.push(last);
+            continue;
+        };
+        let mut context = digest::Context::new(hash);
+        for value in values {
+            let bytes: Vec<u8> = (0..value.len() / 2)
+                .filter_map(|i| u8::from_str_radix(value.get(2 * i..2 * i + 2)?, 16).ok())
+                .collect();
+            context.update(&bytes);
+        }
+        if hex(context.finish().as_ref()) == *claimed {
+            return Ok(());
+        }
+    }
+    if missing.len() == 2 {
+        return Err(format!(
+            "boot_aggregate cannot be checked: quote PCRs 0-9 in {algorithm} too (--pcrs \
+             {algorithm}:0,1,2,3,4,5,6,7,8,9,10)"
+        ));
+    }
+    Err(format!(
+        "the IMA log's boot_aggregate ({algorithm} {}) is not the digest of the quoted PCRs 0-9 \
+         or 0-7: the list of another boot",
+        short(claimed)
     ))
 }
 
@@ -285,6 +368,13 @@ mod tests {
             .collect()
     }
 
+    fn quoted(bank: &str, pcrs: &[(u32, Vec<u8>)]) -> BTreeMap<String, BTreeMap<u32, String>> {
+        BTreeMap::from([(
+            bank.to_owned(),
+            pcrs.iter().map(|(pcr, value)| (*pcr, hex(value))).collect(),
+        )])
+    }
+
     #[test]
     fn a_list_parses_and_replays_in_both_banks_and_both_ways() {
         let bytes = list(&[
@@ -301,48 +391,114 @@ mod tests {
         );
         assert!(entries[2].violation() && !entries[1].violation());
 
-        // By hand: the SHA-256 bank extended with each entry's template data's SHA-256 (ones
-        // for the violation).
-        let mut expected = [0u8; 32].to_vec();
-        for entry in &entries {
-            let measured = if entry.violation() {
-                vec![0xff; 32]
-            } else {
-                digest::digest(&digest::SHA256, &entry.template_data)
+        // By hand: since Linux 5.11 the SHA-256 bank takes each entry's template data's
+        // SHA-256, a violation 32 bytes of ones; before, the SHA-1 template digest (20 ones for
+        // a violation) padded with zeros.
+        let by_hand = |modern: bool| {
+            let mut value = [0u8; 32].to_vec();
+            for entry in &entries {
+                let measured = match (modern, entry.violation()) {
+                    (true, true) => vec![0xff; 32],
+                    (true, false) => digest::digest(&digest::SHA256, &entry.template_data)
+                        .as_ref()
+                        .to_vec(),
+                    (false, true) => [vec![0xff; 20], vec![0; 12]].concat(),
+                    (false, false) => [entry.template_digest.to_vec(), vec![0; 12]].concat(),
+                };
+                value = digest::digest(&digest::SHA256, &[value, measured].concat())
                     .as_ref()
-                    .to_vec()
-            };
-            expected = digest::digest(&digest::SHA256, &[expected, measured].concat())
-                .as_ref()
-                .to_vec();
-        }
-        let modern = replay(&entries, "sha256", Extension::TemplateData).expect("replay");
-        assert_eq!(modern, expected);
-        let legacy = replay(&entries, "sha256", Extension::PaddedSha1).expect("replay");
-        assert_ne!(legacy, modern);
-        let quoted = |bank: &str, value: Vec<u8>| {
-            BTreeMap::from([(bank.to_owned(), BTreeMap::from([(IMA_PCR, hex(&value))]))])
+                    .to_vec();
+            }
+            value
         };
+        let last = |extension| {
+            replay(&entries, "sha256", extension)
+                .expect("replay")
+                .pop()
+                .expect("values")
+        };
+        let (modern, legacy) = (last(Extension::TemplateData), last(Extension::PaddedSha1));
+        assert_eq!(modern, by_hand(true));
+        assert_eq!(legacy, by_hand(false));
         assert_eq!(
-            check(&entries, &quoted("sha256", modern), "sha256"),
-            Ok(Extension::TemplateData)
+            check(
+                &entries,
+                &quoted("sha256", &[(IMA_PCR, modern.clone())]),
+                "sha256"
+            ),
+            Ok((Extension::TemplateData, 3))
         );
         assert_eq!(
-            check(&entries, &quoted("sha256", legacy), "sha256"),
-            Ok(Extension::PaddedSha1)
+            check(&entries, &quoted("sha256", &[(IMA_PCR, legacy)]), "sha256"),
+            Ok((Extension::PaddedSha1, 3))
         );
-        let sha1 = replay(&entries, "sha1", Extension::TemplateData).expect("sha1");
+        let sha1 = replay(&entries, "sha1", Extension::TemplateData)
+            .expect("sha1")
+            .pop()
+            .expect("values");
         assert_eq!(sha1.len(), 20);
-        assert!(check(&entries, &quoted("sha1", sha1), "sha1").is_ok());
+        assert!(check(&entries, &quoted("sha1", &[(IMA_PCR, sha1)]), "sha1").is_ok());
 
-        // An entry left out no longer replays; PCR 10 not quoted is said as such.
-        let fewer = &entries[..2];
-        let expected_value = replay(&entries, "sha256", Extension::TemplateData).expect("full");
-        let missed =
-            check(fewer, &quoted("sha256", expected_value), "sha256").expect_err("one entry short");
+        // Entries the kernel added after the quote (the list is read after it) are not
+        // covered; an entry left out, or a list of another boot, replays to nothing quoted.
+        let at_quote =
+            replay(&entries, "sha256", Extension::TemplateData).expect("replay")[2].clone();
+        assert_eq!(
+            check(
+                &entries,
+                &quoted("sha256", &[(IMA_PCR, at_quote)]),
+                "sha256"
+            ),
+            Ok((Extension::TemplateData, 2))
+        );
+        let without_second = [entries[0].clone(), entries[2].clone()];
+        let missed = check(
+            &without_second,
+            &quoted("sha256", &[(IMA_PCR, modern)]),
+            "sha256",
+        )
+        .expect_err("one entry short");
         assert!(missed.contains("do not replay"), "{missed}");
         let unquoted = check(&entries, &BTreeMap::new(), "sha256").expect_err("no PCR 10");
         assert!(unquoted.contains("PCR 10 was not quoted"), "{unquoted}");
+    }
+
+    #[test]
+    fn the_boot_aggregate_binds_the_list_to_the_quoted_boot() {
+        let boot: Vec<(u32, Vec<u8>)> = (0..10)
+            .map(|pcr| (pcr, sha256(&format!("pcr {pcr}")).to_vec()))
+            .collect();
+        let aggregate = |pcrs: &[(u32, Vec<u8>)]| -> [u8; 32] {
+            digest::digest(
+                &digest::SHA256,
+                &pcrs
+                    .iter()
+                    .flat_map(|(_, v)| v.clone())
+                    .collect::<Vec<u8>>(),
+            )
+            .as_ref()
+            .try_into()
+            .expect("32")
+        };
+        let list_with = |aggregate: [u8; 32]| {
+            let mut bytes = encode_entry("boot_aggregate", &aggregate, false);
+            bytes.extend(encode_entry("/usr/bin/x", &sha256("x"), false));
+            parse(&bytes).expect("parse")
+        };
+        let pcrs = quoted("sha256", &boot);
+        // Linux 5.8 and later: PCRs 0-9; before: 0-7.
+        assert!(check_boot_aggregate(&list_with(aggregate(&boot)), &pcrs).is_ok());
+        assert!(check_boot_aggregate(&list_with(aggregate(&boot[..8])), &pcrs).is_ok());
+        let other = check_boot_aggregate(&list_with(sha256("another boot")), &pcrs)
+            .expect_err("another boot");
+        assert!(other.contains("the list of another boot"), "{other}");
+        let unquoted =
+            check_boot_aggregate(&list_with(aggregate(&boot)), &quoted("sha256", &boot[..5]))
+                .expect_err("PCRs 0-9 not quoted");
+        assert!(unquoted.contains("quote PCRs 0-9"), "{unquoted}");
+        let headless = check_boot_aggregate(&list_with(aggregate(&boot))[1..], &pcrs)
+            .expect_err("no boot_aggregate");
+        assert!(headless.contains("does not start with"), "{headless}");
     }
 
     #[test]
@@ -362,6 +518,10 @@ mod tests {
         bytes[at] ^= 1;
         let changed = parse(&bytes).expect_err("changed");
         assert!(changed.contains("not the SHA-1 of its data"), "{changed}");
+        let mut other_pcr = list(&[("/usr/bin/y", "y", false)]);
+        other_pcr[0] = 11;
+        let other = parse(&other_pcr).expect_err("PCR 11");
+        assert!(other.contains("it extends PCR 11"), "{other}");
         let ascii = parse(b"10 0123456789abcdef ima-ng sha256:00 /usr/bin/x\n").expect_err("ascii");
         assert!(
             ascii.contains("not a binary IMA measurement list"),
