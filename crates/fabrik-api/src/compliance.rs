@@ -45,6 +45,9 @@ pub struct ComplianceFacts {
     pub release_repository: Option<String>,
     /// This node installs the Fabrik binary published for it (`[updates] binary`).
     pub binary_updates: bool,
+    /// Failed runs of a new binary that has not confirmed itself before the node puts the
+    /// previous one back (`[updates] rollback_after_failed_runs`; 0: never).
+    pub binary_rollback_after_failed_runs: u32,
     /// Tables kept forever (`*` for the default retention).
     pub tables_kept_forever: Vec<String>,
     /// Retention of raw messages, as configured (`None`: not kept).
@@ -119,6 +122,9 @@ pub struct LiveState {
     /// Devices with an enrolled TPM attestation key, and devices in all; `None` when the
     /// registry runs elsewhere.
     pub attestation: Option<(usize, usize)>,
+    /// Device types with a runtime policy (IMA, decision 0067); `None` when the registry runs
+    /// elsewhere.
+    pub runtime_policies: Option<usize>,
 }
 
 fn control(
@@ -266,6 +272,13 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
             ),
             _ => {}
         }
+    }
+    if let Some(types) = live.runtime_policies.filter(|types| *types > 0) {
+        evidence.push(format!(
+            "{types} device type(s) hold what their devices run after the boot to a runtime \
+             policy: every file the kernel's IMA measured, replayed to the quoted PCR 10, must \
+             be an allowed digest of its path (decision 0067)"
+        ));
     }
     if facts.attestation_endorsed {
         evidence.push(
@@ -450,7 +463,7 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
             ],
         )
     };
-    let mut evidence = evidence;
+    let (mut evidence, mut gaps) = (evidence, gaps);
     if let Some(repository) = &facts.release_repository {
         evidence.push(format!(
             "models arrive from the release repository {repository}, verified with TUF \
@@ -467,6 +480,21 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
                  updates rollback`"
                     .to_owned(),
             );
+            if facts.binary_rollback_after_failed_runs > 0 {
+                evidence.push(format!(
+                    "a new binary that fails {} run(s) (a crash, a kill, an error) before it \
+                     has confirmed itself by running with every module up is put back by the \
+                     node, which restarts into the previous one (decision 0066)",
+                    facts.binary_rollback_after_failed_runs
+                ));
+            } else {
+                gaps.push(
+                    "a new binary that keeps failing is not rolled back by the node ([updates] \
+                     rollback_after_failed_runs = 0): an operator must run `fabrik updates \
+                     rollback`"
+                        .to_owned(),
+                );
+            }
         }
     }
     controls.push(control(
@@ -573,6 +601,7 @@ pub(crate) async fn report(
                 users: Some(users),
                 audit: Some(registry.verify_audit().await?),
                 attestation: Some(registry.attestation_coverage().await?),
+                runtime_policies: Some(registry.runtime_policy_count().await?),
             }
         }
         None => LiveState::default(),
@@ -619,6 +648,52 @@ mod tests {
     }
 
     #[test]
+    fn binary_rollback_and_runtime_policies_are_evidence() {
+        let mut facts = ComplianceFacts {
+            release_repository: Some("https://hub:7800/tuf".into()),
+            binary_updates: true,
+            binary_rollback_after_failed_runs: 3,
+            ..ComplianceFacts::default()
+        };
+        let live = LiveState {
+            attestation: Some((2, 2)),
+            runtime_policies: Some(1),
+            users: Some([1, 0, 0]),
+            audit: Some(intact()),
+        };
+        let controls = assess(&facts, &live);
+        let models = control_of(&controls, "NIST 800-53 SI-7");
+        assert!(
+            models
+                .evidence
+                .iter()
+                .any(|e| e.contains("fails 3 run(s)") && e.contains("put back by the node")),
+            "{:?}",
+            models.evidence
+        );
+        let devices = control_of(&controls, "NIST 800-53 IA-3");
+        assert!(
+            devices
+                .evidence
+                .iter()
+                .any(|e| e.contains("1 device type(s) hold what their devices run")),
+            "{:?}",
+            devices.evidence
+        );
+        facts.binary_rollback_after_failed_runs = 0;
+        let controls = assess(&facts, &live);
+        let models = control_of(&controls, "NIST 800-53 SI-7");
+        assert!(
+            models
+                .gaps
+                .iter()
+                .any(|g| g.contains("rollback_after_failed_runs = 0")),
+            "{:?}",
+            models.gaps
+        );
+    }
+
+    #[test]
     fn the_status_follows_the_configuration_and_the_audit_chain() {
         let mut facts = ComplianceFacts {
             mqtt_runs_here: true,
@@ -629,6 +704,7 @@ mod tests {
         };
         let live = LiveState {
             attestation: None,
+            runtime_policies: None,
             users: Some([1, 0, 2]),
             audit: Some(intact()),
         };
@@ -656,6 +732,7 @@ mod tests {
             &facts,
             &LiveState {
                 attestation: None,
+                runtime_policies: None,
                 users: Some([1, 0, 0]),
                 audit: Some(broken),
             },
@@ -682,6 +759,7 @@ mod tests {
             &facts,
             &LiveState {
                 attestation: None,
+                runtime_policies: None,
                 users: Some([1, 0, 0]),
                 audit: Some(intact()),
             },
@@ -693,6 +771,7 @@ mod tests {
             &facts,
             &LiveState {
                 attestation: None,
+                runtime_policies: None,
                 users: Some([1, 0, 0]),
                 audit: Some(intact()),
             },
@@ -706,6 +785,7 @@ mod tests {
         facts.http_tls = false;
         let live = LiveState {
             attestation: None,
+            runtime_policies: None,
             users: Some([1, 0, 0]),
             audit: Some(intact()),
         };
@@ -718,6 +798,7 @@ mod tests {
         // Viewers only: changes are still the shared token's.
         let viewers_only = LiveState {
             attestation: None,
+            runtime_policies: None,
             users: Some([0, 0, 2]),
             audit: Some(intact()),
         };
@@ -746,6 +827,7 @@ mod tests {
         // entries whose own hash can no longer be checked as a gap.
         let erased = LiveState {
             attestation: None,
+            runtime_policies: None,
             users: Some([0, 0, 2]),
             audit: Some(AuditVerification {
                 erased_entries: 4,

@@ -333,6 +333,7 @@ fn compliance_facts(
         release_repository: Some(config.updates.url.trim().to_owned())
             .filter(|url| !url.is_empty() && modules.contains(&Module::Updates)),
         binary_updates: config.updates.binary,
+        binary_rollback_after_failed_runs: config.updates.rollback_after_failed_runs,
         tables_kept_forever: kept_forever,
         raw_retention: settings.raw_retention.map(|r| match r {
             Retention::Forever => "ever".to_owned(),

@@ -289,6 +289,14 @@ impl Registry {
         Ok(policy)
     }
 
+    /// How many device types have a runtime policy.
+    pub async fn runtime_policy_count(&self) -> Result<usize, RegistryError> {
+        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM attestation_runtime_policies")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(usize::try_from(count).unwrap_or(0))
+    }
+
     /// Removes a device type's runtime policy: its quotes' IMA logs are then only checked to
     /// replay.
     pub async fn remove_runtime_policy(&self, device_type: &str) -> Result<(), RegistryError> {
