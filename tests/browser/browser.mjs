@@ -8,12 +8,12 @@
 //      /ui/app.js, else crates/fabrik-api/ui through dev/proxy.js, for UI development),
 //      ALERT_WAIT_S (default 0: seconds to wait for a natural alert before injecting one).
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, rmSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import { randomBytes } from 'node:crypto';
+import { randomBytes, createHash } from 'node:crypto';
 
 const require = createRequire(import.meta.url);
 const { chromium } = require('playwright-core');
@@ -63,9 +63,21 @@ function makeReleaseRepository(dir) {
   return repo;
 }
 
+/// The server's binary recorded as a build installed from the repository that has not
+/// confirmed itself yet, one earlier run of it failed (decision 0066): as a node is for its
+/// first minutes after a binary update.
+function recordBinaryOnTrial(dir) {
+  const sha256 = createHash('sha256').update(readFileSync(BIN)).digest('hex');
+  writeFileSync(path.join(dir, 'fabrik-data', 'updates', 'binary.json'), JSON.stringify({
+    installed: { sha256, target: 'fabrik-linux-x86_64.bin', path: BIN, previous_sha256: '00'.repeat(32),
+      at: new Date().toISOString(), unconfirmed: { runs: 1, failed_runs: 1, running: false } },
+  }));
+}
+
 function startServer() {
   dataDir = mkdtempSync(path.join(tmpdir(), 'fabrik-ui-test-'));
   const releases = makeReleaseRepository(dataDir);
+  recordBinaryOnTrial(dataDir);
   return new Promise((resolve, reject) => {
     server = spawn(BIN, ['run', '--demo'], {
       cwd: dataDir,
@@ -197,6 +209,10 @@ async function main() {
     const release = await page.textContent('#rel-targets tr[data-target="pump-forest.onnx"]');
     assert(/pump-forest/.test(release) && /installed/.test(release) && /encrypted/.test(release), `release row: ${release}`);
     assert((await page.textContent('#rel-recipient')) === nodeRecipient, 'the node key publishers encrypt to');
+    // The binary on trial: its runs, and when it goes back or stays.
+    const trial = await page.textContent('#rel-binary');
+    assert(/run 2, 1 earlier run failed; at 3 failed runs it goes back to the previous build/.test(trial)
+      && /confirms itself after 10 min/.test(trial), `binary on trial: ${trial}`);
     assert(/Targets v2/.test(await page.textContent('#rel-trusted')), 'trusted targets version');
     // Valid for a day from the release: a date ahead, not an age.
     assert(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/.test(await page.textContent('#rel-expires')), 'expiry as a date');

@@ -52,6 +52,14 @@ function fmtAgo(v) {
   if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
   return `${Math.floor(s / 86400)} d ago`;
 }
+/** A span of seconds as people say it: 45 s, 10 min, 2 h, 3 d. */
+function fmtDuration(seconds) {
+  const s = Math.round(seconds);
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.round(s / 60)} min`;
+  if (s < 86400) return `${Math.round(s / 3600)} h`;
+  return `${Math.round(s / 86400)} d`;
+}
 function fmtNum(v, digits = 4) {
   if (v === null || v === undefined || v === '') return '—';
   if (typeof v !== 'number') return String(v);
@@ -618,11 +626,17 @@ function releasesView(u) {
   const previous = (u.previous_recipients || []).length ? html`; previous keys, still read until retired: ${u.previous_recipients.map((k) => html`<code class="wrap-id">${k}</code> `)}` : '';
   const key = u.recipient ? html`<p class="small-text muted">Node <b>${u.node}</b>, key <code class="wrap-id" id="rel-recipient">${u.recipient}</code>${previous}</p>` : '';
   const error = u.last_error ? html`<div class="notice bad" role="alert" id="rel-error">${u.last_error}</div>` : '';
+  // A new build of Fabrik on trial (decision 0066): how many of its runs failed, and when it stays.
+  const b = u.binary_unconfirmed;
+  const back = b && (b.rollback_after_failed_runs
+    ? `at ${b.rollback_after_failed_runs} failed runs it goes back to the previous build`
+    : 'it is not rolled back by itself ([updates] rollback_after_failed_runs = 0)');
+  const trial = b ? html`<div class="notice warn" role="status" id="rel-binary">This node runs a new Fabrik build (<span class="mono">${(u.binary_sha256 || '').slice(0, 12)}…</span>) that has not confirmed itself yet: run ${b.runs}, ${b.failed_runs} earlier run${b.failed_runs === 1 ? '' : 's'} failed; ${back}. It confirms itself after ${fmtDuration(b.confirm_after_seconds)} with every module up.</div>` : '';
   const rows = u.targets.length ? html`<table id="rel-targets"><thead><tr><th>Release</th><th>Kind</th><th>State</th></tr></thead><tbody>
     ${u.targets.map((t) => html`<tr data-target="${t.target}"><td class="wrap-id">${t.name || t.target}</td><td>${t.kind}${t.encrypted ? html` <span class="muted small-text" title="encrypted to this node's key">· encrypted</span>` : ''}</td>
       <td>${pill(RELEASE_STATE[t.state] || 'pending', t.state.replaceAll('_', ' '))}${t.reason ? html` <span class="muted" title="${t.reason}">⚠</span>` : ''}</td></tr>`)}
     </tbody></table>` : html`<div class="empty">The repository publishes nothing for Fabrik yet.</div>`;
-  return html`${head}${key}${error}${rows}`;
+  return html`${head}${key}${error}${trial}${rows}`;
 }
 
 function fleetView(releases, nodes) {

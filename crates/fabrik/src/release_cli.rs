@@ -842,6 +842,18 @@ pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
             .map(|sha| format!(", running sha256 {sha}"))
             .unwrap_or_default()
     );
+    let trial = &status["binary_unconfirmed"];
+    if trial.is_object() {
+        println!(
+            "  not confirmed yet (decision 0066): run {}, {} earlier run(s) failed; back to the \
+             previous build at {} failed runs (0: never); confirms itself after {} s with every \
+             module up",
+            text(&trial["runs"]),
+            text(&trial["failed_runs"]),
+            text(&trial["rollback_after_failed_runs"]),
+            text(&trial["confirm_after_seconds"]),
+        );
+    }
     println!(
         "  trusted: root v{}, targets v{}, snapshot v{}, timestamp v{}; expires {}",
         text(&status["root_version"]),

@@ -1914,6 +1914,14 @@ fn a_new_binary_that_keeps_failing_before_it_confirms_itself_is_rolled_back_by_t
     let url = listening_again(&edge);
     unconfirmed_build(&url, &second_build, 0);
     assert_eq!(file_sha256(&node_binary), second_build);
+    let (ok, out) = client_command(&url, &["updates", "status"]);
+    assert!(
+        ok && out.contains(
+            "not confirmed yet (decision 0066): run 1, 0 earlier run(s) failed; back to the \
+             previous build at 2 failed runs"
+        ),
+        "{out}"
+    );
 
     // It is killed (an OOM kill, a crash): the service manager starts it again, and the run
     // counts as failed. The second failed run sends the node back to the first build.
