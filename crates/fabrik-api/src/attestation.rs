@@ -8,7 +8,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use fabrik_registry::attestation::{
     ActivationChallenge, ActivationProof, ActivationRequest, AttestationPolicy, AttestationRecord,
-    AttestationStatus, Challenge, DeviceEventLog, EnrolledKey, Evidence, PolicyBody, RuntimePolicy,
+    AttestationStatus, Challenge, DeviceEventLog, DeviceImaLog, EnrolledKey, Evidence, PolicyBody,
+    RuntimePolicy, RuntimePolicyAddition,
 };
 use fabrik_registry::{AuditEvent, Registry, RegistryError, Role};
 use serde::Deserialize;
@@ -287,6 +288,29 @@ pub(crate) async fn event_log(
         })
 }
 
+#[utoipa::path(get, path = "/api/v1/devices/{id}/attestation/ima-log", tag = "attestation", security(("token" = [])),
+    params(("id" = String, Path, description = "device id")),
+    responses((status = 200, description = "the files its kernel's IMA measured, as covered by its newest authentic quote whose IMA log replayed to PCR 10 (decision 0067)", body = DeviceImaLog),
+              (status = 404, description = "no such device, or it has sent no IMA log that replayed", body = crate::error::ErrorBody)))]
+pub(crate) async fn ima_log(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeviceImaLog>, ApiError> {
+    registry(&state)?
+        .device_ima_log(&id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!(
+                    "device `{id}` has sent no IMA log that replayed to an authentic quote (`fabrik device attestation quote --ima-log`)"
+                ),
+            )
+        })
+}
+
 #[utoipa::path(put, path = "/api/v1/devices/{id}/attestation/key", tag = "attestation", security(("token" = [])),
     params(("id" = String, Path, description = "device id")), request_body = KeyBody,
     responses((status = 200, description = "enrolled: from now on the device must attest to connect", body = EnrolledKey),
@@ -424,6 +448,24 @@ pub(crate) async fn set_runtime_policy(
     Ok(Json(
         registry(&state)?
             .set_runtime_policy(&device_type, body)
+            .await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/api/v1/attestation/policies/{device_type}/runtime/merge", tag = "attestation", security(("token" = [])),
+    params(("device_type" = String, Path, description = "device type")), request_body = RuntimePolicyAddition,
+    responses((status = 200, description = "added to the type's runtime policy (made, violations failing, when it had none); returns it as stored", body = RuntimePolicy),
+              (status = 400, description = "a path, digest or exclude that is not one (each named), or a `from_device` that is unknown or has sent no IMA log that replayed", body = crate::error::ErrorBody),
+              (status = 409, description = "the policy kept changing while this change was made", body = crate::error::ErrorBody)))]
+pub(crate) async fn merge_runtime_policy(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
+    State(state): State<ApiState>,
+    Path(device_type): Path<String>,
+    crate::extract::Json(body): crate::extract::Json<RuntimePolicyAddition>,
+) -> Result<Json<RuntimePolicy>, ApiError> {
+    Ok(Json(
+        registry(&state)?
+            .add_to_runtime_policy(&device_type, body)
             .await?,
     ))
 }

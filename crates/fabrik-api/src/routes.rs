@@ -70,6 +70,10 @@ pub fn router(state: ApiState) -> Router {
             get(crate::attestation::event_log),
         )
         .route(
+            "/api/v1/devices/{id}/attestation/ima-log",
+            get(crate::attestation::ima_log),
+        )
+        .route(
             "/api/v1/devices/{id}/attestation/key",
             axum::routing::put(crate::attestation::enrol_key)
                 .delete(crate::attestation::remove_key),
@@ -89,6 +93,10 @@ pub fn router(state: ApiState) -> Router {
             get(crate::attestation::runtime_policy)
                 .put(crate::attestation::set_runtime_policy)
                 .delete(crate::attestation::remove_runtime_policy),
+        )
+        .route(
+            "/api/v1/attestation/policies/{device_type}/runtime/merge",
+            axum::routing::post(crate::attestation::merge_runtime_policy),
         )
         .route(
             "/api/v1/devices/{id}/stream",

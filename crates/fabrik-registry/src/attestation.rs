@@ -23,7 +23,7 @@ pub use activation::{ActivationChallenge, ActivationProof, ActivationRequest, En
 use allowlist::Measured;
 pub use allowlist::{AllowInput, AllowedMeasurement};
 pub use measured_boot::{DeviceEventLog, EventLogCheck, ReferenceLog};
-pub use runtime::{ImaCheck, RuntimePolicy};
+pub use runtime::{DeviceImaLog, ImaCheck, ImaLogEntry, RuntimePolicy, RuntimePolicyAddition};
 
 /// How long a challenge can be answered.
 pub const CHALLENGE_LIFETIME: Duration = Duration::from_secs(300);
@@ -139,6 +139,10 @@ pub struct AttestationRecord {
     /// What the quote's IMA log showed, when it came with one.
     #[serde(default)]
     pub ima: Option<ImaCheck>,
+    /// The version (`updated_at`) of the type's runtime policy it was judged under (`null`:
+    /// none): its IMA entries are judged again once that policy changes.
+    #[serde(default)]
+    pub runtime_policy_updated_at: Option<i64>,
 }
 
 /// Reference values of a device type: a quote passes when its PCRs judged by value match one
@@ -541,6 +545,7 @@ impl Registry {
             clock: quote.clock,
             event_log: None,
             ima: None,
+            runtime_policy_updated_at: None,
         };
         // Every check runs, so one verdict names every problem.
         let signed = key.verify(&message, &signature);
@@ -592,6 +597,7 @@ impl Registry {
             record.reasons.extend(reasons);
         }
         // The runtime measurements, in the policy's bank (SHA-256 without a policy).
+        let mut kept_ima = None;
         if record.authentic {
             let runtime_policy = self.runtime_policy(&device.device_type).await?;
             let bank = policy
@@ -604,7 +610,14 @@ impl Registry {
                 runtime_policy.as_ref(),
                 &device.device_type,
             );
+            // What PCR 10 covered is kept, to be judged again under a changed policy.
+            if let (Some(check), Some(entries)) = (&check, &ima_entries)
+                && check.matches
+            {
+                kept_ima = Some(runtime::kept(&entries[..check.covered], &record.pcrs));
+            }
             record.ima = check;
+            record.runtime_policy_updated_at = runtime_policy.map(|policy| policy.updated_at);
             record.reasons.extend(reasons);
         }
         if record.authentic {
@@ -630,6 +643,10 @@ impl Registry {
         .bind(serde_json::to_string(&record).map_err(|e| RegistryError::Corrupt(e.to_string()))?)
         .execute(&self.pool)
         .await?;
+        if let Some(log) = kept_ima {
+            self.store_ima_entries(id, &enrolled.fingerprint, record.time, &log)
+                .await?;
+        }
         if let Some((bank, events)) = measured {
             self.store_event_log(&DeviceEventLog {
                 device: id.to_owned(),
@@ -824,9 +841,13 @@ impl Registry {
                 // device's type as they are now: a withdrawn firmware set, or a device moved
                 // to another type, closes the gate without waiting for the next quote.
                 let policy = self.attestation_policy(&device.device_type).await?;
-                let now_failing = self
+                let mut now_failing = self
                     .reasons_now(id, &device.device_type, &r, policy.as_ref())
                     .await?;
+                now_failing.extend(
+                    self.runtime_reasons_now(id, &device.device_type, &r)
+                        .await?,
+                );
                 if !now_failing.is_empty() {
                     status.reason = format!(
                         "its quote of {} no longer meets the reference values of type `{}`: {}",
@@ -1296,9 +1317,14 @@ impl Registry {
             .bind(id)
             .execute(&self.pool)
             .await?;
+        sqlx::query("DELETE FROM attestation_ima_logs WHERE device_id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         self.challenges.lock().remove(id);
         self.enrolled.lock().remove(id);
         self.rejudged.lock().remove(id);
+        self.runtime_rejudged.lock().remove(id);
         Ok(())
     }
 }

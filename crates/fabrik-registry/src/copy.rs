@@ -160,6 +160,15 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
         "attestation_runtime_policies",
         &[("device_type", Text), ("policy", Text), ("updated_at", Int)],
     ),
+    (
+        "attestation_ima_logs",
+        &[
+            ("device_id", Text),
+            ("key_fingerprint", Text),
+            ("time", Int),
+            ("entries", Text),
+        ],
+    ),
 ];
 
 /// Tables whose key PostgreSQL numbers itself (`BIGSERIAL`): after rows are copied with their

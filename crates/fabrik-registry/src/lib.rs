@@ -212,6 +212,9 @@ pub struct Registry {
     /// Passing verdicts judged again after their type's policy changed, by device, so the
     /// gate reads a kept event log once per verdict and policy version, not at every check.
     rejudged: Arc<Mutex<HashMap<String, attestation::RejudgedVerdict>>>,
+    /// The same for runtime policies (decision 0067): passes judged again from the IMA
+    /// entries kept with their quote after their type's runtime policy changed.
+    runtime_rejudged: Arc<Mutex<HashMap<String, attestation::RejudgedVerdict>>>,
     /// Credentials issued to devices' endorsement keys and not yet activated.
     activations: Arc<Mutex<attestation::activation::Activations>>,
     /// The TPM vendors' CA certificates (DER) EK certificates are checked against; empty: EK
@@ -310,6 +313,7 @@ impl Registry {
             attestation_changed: Arc::default(),
             enrolled: Arc::new(Mutex::new(enrolled.into_iter().collect())),
             rejudged: Arc::default(),
+            runtime_rejudged: Arc::default(),
             activations: Arc::default(),
             endorsement_authorities: Arc::default(),
             activation_lock: Arc::default(),

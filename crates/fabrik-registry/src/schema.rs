@@ -133,6 +133,17 @@ const MIGRATIONS: &[(i64, &str)] = &[
         updated_at BIGINT NOT NULL
     )",
     ),
+    (
+        11,
+        // Each device's newest IMA entries that replayed to an authentic quote (path, digest,
+        // violation; JSON), so a changed runtime policy judges its pass again (decision 0067).
+        "CREATE TABLE attestation_ima_logs (
+        device_id TEXT PRIMARY KEY,
+        key_fingerprint TEXT NOT NULL,
+        time BIGINT NOT NULL,
+        entries TEXT NOT NULL
+    )",
+    ),
 ];
 
 /// The audit log's table, also made afresh when an old log is set aside.

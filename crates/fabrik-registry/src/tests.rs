@@ -266,6 +266,88 @@ mod attestation {
         ));
     }
 
+    #[tokio::test]
+    async fn additions_to_a_runtime_policy_are_merged_and_none_is_lost() {
+        use crate::attestation::RuntimePolicyAddition;
+        let (_dir, registry) = registry().await;
+        registry.add(pump("p-1")).await.expect("add");
+        let allow = |path: &str, digest: &str| RuntimePolicyAddition {
+            allowed: std::collections::BTreeMap::from([(path.to_owned(), vec![digest.repeat(32)])]),
+            ..RuntimePolicyAddition::default()
+        };
+        // The first addition makes the policy, violations failing.
+        let made = registry
+            .add_to_runtime_policy("gateway", allow("/usr/bin/a", "aa"))
+            .await
+            .expect("made");
+        assert!(made.violations_fail);
+        // Two operators at once: both additions land, neither overwrites the other.
+        let (b, c) = tokio::join!(
+            registry.add_to_runtime_policy("gateway", allow("/usr/bin/b", "bb")),
+            registry.add_to_runtime_policy("gateway", allow("/usr/bin/a", "cc"))
+        );
+        b.expect("b");
+        c.expect("c");
+        let mut excludes = RuntimePolicyAddition {
+            excludes: vec!["/var/log".into()],
+            ..RuntimePolicyAddition::default()
+        };
+        registry
+            .add_to_runtime_policy("gateway", excludes.clone())
+            .await
+            .expect("excludes");
+        // Again: nothing doubles.
+        registry
+            .add_to_runtime_policy("gateway", excludes.clone())
+            .await
+            .expect("excludes again");
+        registry
+            .add_to_runtime_policy("gateway", allow("/usr/bin/a", "aa"))
+            .await
+            .expect("again");
+        let policy = registry
+            .runtime_policy("gateway")
+            .await
+            .expect("read")
+            .expect("kept");
+        assert_eq!(
+            policy.allowed["/usr/bin/a"],
+            [
+                format!("sha256:{}", "aa".repeat(32)),
+                format!("sha256:{}", "cc".repeat(32))
+            ]
+        );
+        assert_eq!(policy.allowed["/usr/bin/b"].len(), 1);
+        assert_eq!(policy.excludes, ["/var/log"]);
+        // Bad input names its place and changes nothing.
+        excludes.excludes = vec!["var/log".into()];
+        let bad = registry
+            .add_to_runtime_policy("gateway", excludes)
+            .await
+            .expect_err("relative");
+        assert!(bad.to_string().contains("excludes[0]"), "{bad}");
+        for (device, says) in [("nobody", "no device `nobody`"), ("p-1", "no IMA log")] {
+            let bad = registry
+                .add_to_runtime_policy(
+                    "gateway",
+                    RuntimePolicyAddition {
+                        from_device: Some(device.into()),
+                        ..RuntimePolicyAddition::default()
+                    },
+                )
+                .await
+                .expect_err("no log");
+            assert!(
+                matches!(&bad, RegistryError::Invalid(why) if why.contains(says)),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            registry.runtime_policy("gateway").await.expect("read"),
+            Some(policy)
+        );
+    }
+
     async fn gateway() -> (tempfile::TempDir, Registry) {
         let (dir, registry) = registry().await;
         registry

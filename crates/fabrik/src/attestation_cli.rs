@@ -149,15 +149,46 @@ pub(crate) enum AttestationCommand {
     },
     /// A device type's runtime policy (decision 0067): the files its kernel's IMA may measure,
     /// by path and digest. Prints it; with FILE (JSON: `allowed`, `excludes`,
-    /// `violations_fail`) replaces it; with --remove removes it.
+    /// `violations_fail`) replaces it, or with --merge adds to it; --allow-from-device adds
+    /// every file a known-good device's IMA log shows; --remove removes it.
     RuntimePolicy {
         /// Device type.
         device_type: String,
         /// The policy to set (JSON), `-` for standard input.
         file: Option<String>,
+        /// Add FILE's digests and excludes to the type's policy (made when it has none)
+        /// instead of replacing it.
+        #[arg(long, requires = "file")]
+        merge: bool,
+        /// Add every file (with its digest) of this device's newest IMA log that replayed to
+        /// an authentic quote; always a merge.
+        #[arg(long)]
+        allow_from_device: Option<String>,
         /// Remove the type's runtime policy.
-        #[arg(long, conflicts_with = "file")]
+        #[arg(long, conflicts_with_all = ["file", "allow_from_device"])]
         remove: bool,
+    },
+    /// Make a runtime policy from a device image's root file system: every regular file by its
+    /// digest (symbolic links are not followed; /proc, /sys, /dev and /run are not walked).
+    /// Prints the JSON `runtime-policy TYPE FILE` takes.
+    MakeRuntimePolicy {
+        /// The image's root (mounted or unpacked).
+        root: PathBuf,
+        /// An image path neither walked nor judged at runtime: data that changes (repeat).
+        #[arg(long = "exclude")]
+        excludes: Vec<String>,
+        /// The digest the devices' kernels use (`ima_hash=`).
+        #[arg(long, default_value = "sha256", value_parser = ["sha1", "sha256", "sha384", "sha512"])]
+        hash: String,
+    },
+    /// The files a device's kernel measured (IMA), as covered by its newest authentic quote
+    /// whose list replayed.
+    ImaLog {
+        /// Device id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -307,6 +338,8 @@ pub(crate) async fn run(
         AttestationCommand::RuntimePolicy {
             device_type,
             file,
+            merge,
+            allow_from_device,
             remove,
         } => {
             let path = format!("/api/v1/attestation/policies/{device_type}/runtime");
@@ -316,24 +349,86 @@ pub(crate) async fn run(
                 println!("removed the runtime policy of {device_type}");
                 return Ok(());
             }
-            let policy: serde_json::Value = match file {
-                None => ep.get_json(client, &path).await?,
-                Some(file) => {
-                    let text = if file == "-" {
-                        std::io::read_to_string(std::io::stdin()).context("reading the policy")?
-                    } else {
-                        std::fs::read_to_string(&file)
-                            .with_context(|| format!("reading the policy {file}"))?
-                    };
-                    let body: serde_json::Value =
-                        serde_json::from_str(&text).with_context(|| format!("{file}: not JSON"))?;
+            let body = file.as_deref().map(read_json_file).transpose()?;
+            let policy: serde_json::Value = match (body, allow_from_device) {
+                (None, None) => ep.get_json(client, &path).await?,
+                (Some(body), None) if !merge => {
                     ep.send(ep.request(client, reqwest::Method::PUT, &path).json(&body))
                         .await?
                         .json()
                         .await?
                 }
+                (body, from_device) => {
+                    // A merge takes a policy's `allowed` and `excludes`; what else it holds is
+                    // the type's to keep.
+                    let pick = |key: &str| body.as_ref().and_then(|body| body.get(key)).cloned();
+                    let mut addition = serde_json::Map::new();
+                    for key in ["allowed", "excludes"] {
+                        if let Some(value) = pick(key) {
+                            addition.insert(key.to_owned(), value);
+                        }
+                    }
+                    if let Some(device) = from_device {
+                        addition.insert("from_device".to_owned(), device.into());
+                    }
+                    ep.send(
+                        ep.request(client, reqwest::Method::POST, &format!("{path}/merge"))
+                            .json(&addition),
+                    )
+                    .await?
+                    .json()
+                    .await?
+                }
             };
             println!("{}", serde_json::to_string_pretty(&policy)?);
+        }
+        AttestationCommand::MakeRuntimePolicy {
+            root,
+            excludes,
+            hash,
+        } => {
+            let made = crate::image_policy::make(&root, &excludes, &hash)?;
+            println!("{}", serde_json::to_string_pretty(&made.policy)?);
+            eprintln!(
+                "{} files of {} by their {hash} digests",
+                made.files,
+                root.display()
+            );
+            if !made.not_utf8.is_empty() {
+                eprintln!(
+                    "left out, their names not being UTF-8 (a device that runs them fails): {}",
+                    made.not_utf8
+                        .iter()
+                        .map(|path| path.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
+        AttestationCommand::ImaLog { id, json } => {
+            let log: fabrik_registry::attestation::DeviceImaLog = ep
+                .get_json(client, &format!("/api/v1/devices/{id}/attestation/ima-log"))
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&log)?);
+            } else {
+                println!(
+                    "{id}: {} IMA entries covered by the quote of {}",
+                    log.entries.len(),
+                    time_text(Some(log.time))
+                );
+                if let Some(problem) = &log.boot_aggregate_problem {
+                    println!("  boot_aggregate: {problem}");
+                }
+                for (number, entry) in log.entries.iter().enumerate() {
+                    println!(
+                        "{number:>6}  {}  {}{}",
+                        entry.digest,
+                        entry.path,
+                        if entry.violation { "  (violation)" } else { "" }
+                    );
+                }
+            }
         }
         AttestationCommand::Events { id, pcrs, json } => {
             let log: fabrik_registry::attestation::DeviceEventLog = ep
@@ -811,6 +906,16 @@ async fn quote(
             .unwrap_or(0)
     );
     Ok(())
+}
+
+/// A JSON file (`-`: standard input), its errors naming it.
+fn read_json_file(file: &str) -> anyhow::Result<serde_json::Value> {
+    let text = if file == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the policy")?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading the policy {file}"))?
+    };
+    serde_json::from_str(&text).with_context(|| format!("{file}: not JSON"))
 }
 
 #[cfg(test)]

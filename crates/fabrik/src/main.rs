@@ -27,6 +27,7 @@ mod drift;
 mod error_text;
 mod eval;
 mod hub;
+mod image_policy;
 mod kpi_series;
 mod modbus;
 mod model_cli;

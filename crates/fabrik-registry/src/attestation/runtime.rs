@@ -1,12 +1,14 @@
 //! Runtime policies (decision 0067): the files a device type's kernel (IMA) may have measured
-//! since the boot, by path and digest, stored per type, and the judging of a quote's IMA log,
-//! once it replayed to the quoted PCR 10, against them.
+//! since the boot, by path and digest, stored per type; the judging of a quote's IMA log,
+//! once it replayed to the quoted PCR 10, against them; and the entries kept per device, from
+//! which a changed policy judges the passes already given.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
+use super::{AttestationRecord, RejudgedVerdict};
 use crate::tpm::ima::{self, Extension, ImaEntry};
 use crate::{Registry, RegistryError, now_ns};
 
@@ -40,6 +42,23 @@ fn violations_fail() -> bool {
     true
 }
 
+/// What is added to a device type's runtime policy (created when it has none): the digests
+/// and excludes given, and every file a known-good device's kept IMA log shows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimePolicyAddition {
+    /// Digests to allow, by path, as in a policy.
+    #[serde(default)]
+    pub allowed: BTreeMap<String, Vec<String>>,
+    /// Paths to exclude, as in a policy.
+    #[serde(default)]
+    pub excludes: Vec<String>,
+    /// Allow every file (but the boot_aggregate and measurement violations) in this device's
+    /// newest IMA log that replayed to an authentic quote.
+    #[serde(default)]
+    pub from_device: Option<String>,
+}
+
 /// What a quote's IMA log showed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImaCheck {
@@ -60,6 +79,69 @@ pub struct ImaCheck {
     /// The entries the runtime policy did not allow (all of them are named in the reasons,
     /// up to five); 0 without a runtime policy.
     pub not_allowed: usize,
+}
+
+/// An IMA entry as kept from an authentic quote: judged again under a changed policy, and
+/// the source of a policy made from a known-good device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImaLogEntry {
+    /// The file's path (or the name of an `ima-buf` entry such as `kexec-cmdline`).
+    pub path: String,
+    /// Its digest, `<algorithm>:<hex>`.
+    pub digest: String,
+    /// A measurement violation: the file was open for writing while measured, so the digest
+    /// says nothing of what it held.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub violation: bool,
+}
+
+/// The IMA entries of a device's newest authentic quote whose list replayed to PCR 10.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeviceImaLog {
+    /// The device.
+    pub device: String,
+    /// The quote's time (ns).
+    pub time: i64,
+    /// The attestation key that signed the quote.
+    pub key_fingerprint: String,
+    /// What was wrong with the list's boot_aggregate (it is not the digest of the quoted PCRs
+    /// 0-9); `null`: nothing.
+    #[serde(default)]
+    pub boot_aggregate_problem: Option<String>,
+    /// The entries the quote covered, in order; the first is the boot_aggregate.
+    pub entries: Vec<ImaLogEntry>,
+}
+
+/// What a quote's IMA log covered, as it is kept: its entries, and what was wrong with its
+/// boot_aggregate (the quote's PCRs are not kept with it, so that is judged at the quote even
+/// when the type had no runtime policy yet).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct KeptLog {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    boot_aggregate_problem: Option<String>,
+    entries: Vec<ImaLogEntry>,
+}
+
+/// The covered entries of a quote, with the PCRs it quoted, as they are kept.
+pub(crate) fn kept(
+    covered: &[ImaEntry],
+    pcrs: &BTreeMap<String, BTreeMap<u32, String>>,
+) -> KeptLog {
+    KeptLog {
+        boot_aggregate_problem: ima::check_boot_aggregate(covered, pcrs).err(),
+        entries: kept_entries(covered),
+    }
+}
+
+fn kept_entries(entries: &[ImaEntry]) -> Vec<ImaLogEntry> {
+    entries
+        .iter()
+        .map(|entry| ImaLogEntry {
+            path: entry.path.clone(),
+            digest: entry.digest_text(),
+            violation: entry.violation(),
+        })
+        .collect()
 }
 
 /// A digest as policies keep it: `<algorithm>:<lowercase hex>`, its length that of the
@@ -199,11 +281,24 @@ pub(crate) fn judge(
     if let Err(why) = ima::check_boot_aggregate(entries, pcrs) {
         reasons.push(why);
     }
+    let (not_allowed, named) = not_allowed(policy, device_type, &kept_entries(entries));
+    check.not_allowed = not_allowed;
+    reasons.extend(named);
+    (Some(check), reasons)
+}
+
+/// How many covered entries (after the first, the boot_aggregate) `policy` does not allow,
+/// and the reasons naming up to five of them.
+fn not_allowed(
+    policy: &RuntimePolicy,
+    device_type: &str,
+    entries: &[ImaLogEntry],
+) -> (usize, Vec<String>) {
     let mut problems = Vec::new();
     for (number, entry) in entries.iter().enumerate().skip(1) {
         // Judged before the excludes: a violation's path is not covered by the PCR (the
         // kernel extends ones, not its data), so it may name any file.
-        if entry.violation() {
+        if entry.violation {
             if policy.violations_fail {
                 problems.push(format!(
                     "IMA entry {number} is a measurement violation: a file was open for writing \
@@ -217,30 +312,151 @@ pub(crate) fn judge(
         if policy.excluded(&entry.path) {
             continue;
         }
-        let digest = entry.digest_text();
         let why = match policy.allowed.get(&entry.path) {
             None => "an unknown file",
-            Some(digests) if !digests.contains(&digest) => "another digest than allowed",
+            Some(digests) if !digests.contains(&entry.digest) => "another digest than allowed",
             Some(_) => continue,
         };
         problems.push(format!(
-            "IMA entry {number}: {} measured {digest}, which the runtime policy of type \
+            "IMA entry {number}: {} measured {}, which the runtime policy of type \
              `{device_type}` does not allow ({why})",
-            entry.path
+            entry.path, entry.digest
         ));
     }
-    check.not_allowed = problems.len();
-    reasons.extend(problems.iter().take(NAMED).cloned());
+    let mut named: Vec<String> = problems.iter().take(NAMED).cloned().collect();
     if problems.len() > NAMED {
-        reasons.push(format!(
+        named.push(format!(
             "and {} more IMA entries the runtime policy of type `{device_type}` does not allow",
             problems.len() - NAMED
         ));
     }
-    (Some(check), reasons)
+    (problems.len(), named)
 }
 
 impl Registry {
+    /// Keeps the IMA entries an authentic quote covered, replacing older ones of the device.
+    pub(crate) async fn store_ima_entries(
+        &self,
+        id: &str,
+        key_fingerprint: &str,
+        time: i64,
+        log: &KeptLog,
+    ) -> Result<(), RegistryError> {
+        let text = serde_json::to_string(log).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO attestation_ima_logs (device_id, key_fingerprint, time, entries) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (device_id) DO UPDATE SET key_fingerprint = excluded.key_fingerprint,
+             time = excluded.time, entries = excluded.entries WHERE attestation_ima_logs.time < excluded.time",
+        )
+        .bind(id)
+        .bind(key_fingerprint)
+        .bind(time)
+        .bind(text)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The IMA entries of the device's newest authentic quote that came with a list that
+    /// replayed.
+    pub async fn device_ima_log(&self, id: &str) -> Result<Option<DeviceImaLog>, RegistryError> {
+        self.get(id).await?;
+        let row = sqlx::query(
+            "SELECT key_fingerprint, time, entries FROM attestation_ima_logs WHERE device_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            let text: String = row.try_get("entries")?;
+            let log: KeptLog = serde_json::from_str(&text)
+                .map_err(|e| RegistryError::Corrupt(format!("IMA entries of `{id}`: {e}")))?;
+            Ok(DeviceImaLog {
+                device: id.to_owned(),
+                time: row.try_get("time")?,
+                key_fingerprint: row.try_get("key_fingerprint")?,
+                boot_aggregate_problem: log.boot_aggregate_problem,
+                entries: log.entries,
+            })
+        })
+        .transpose()
+    }
+
+    /// The IMA entries kept with the device's quote of `time` under `key_fingerprint`, if
+    /// those are the ones kept.
+    async fn kept_ima_entries(
+        &self,
+        id: &str,
+        key_fingerprint: &str,
+        time: i64,
+    ) -> Result<Option<KeptLog>, RegistryError> {
+        let row = sqlx::query(
+            "SELECT entries FROM attestation_ima_logs WHERE device_id = $1 AND key_fingerprint = $2 AND time = $3",
+        )
+        .bind(id)
+        .bind(key_fingerprint)
+        .bind(time)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            let text: String = row.try_get("entries")?;
+            serde_json::from_str(&text)
+                .map_err(|e| RegistryError::Corrupt(format!("IMA entries of `{id}`: {e}")))
+        })
+        .transpose()
+    }
+
+    /// Why a passing verdict no longer meets its device's type's runtime policy as it is now
+    /// (empty: it still does, or the type has none). A verdict judged under this very version
+    /// stands; else its kept IMA entries are judged again, once per verdict and version, so
+    /// a digest withdrawn from the policy ends the passes that relied on it at once.
+    pub(crate) async fn runtime_reasons_now(
+        &self,
+        id: &str,
+        device_type: &str,
+        verdict: &AttestationRecord,
+    ) -> Result<Vec<String>, RegistryError> {
+        let Some(policy) = self.runtime_policy(device_type).await? else {
+            return Ok(Vec::new());
+        };
+        if verdict.policy == device_type
+            && verdict.runtime_policy_updated_at == Some(policy.updated_at)
+        {
+            return Ok(Vec::new());
+        }
+        if let Some(known) = self.runtime_rejudged.lock().get(id)
+            && known.verdict_time == verdict.time
+            && known.device_type == device_type
+            && known.policy_updated_at == policy.updated_at
+        {
+            return Ok(known.reasons.clone());
+        }
+        let reasons = match self
+            .kept_ima_entries(id, &verdict.key_fingerprint, verdict.time)
+            .await?
+        {
+            Some(log) => log
+                .boot_aggregate_problem
+                .into_iter()
+                .chain(not_allowed(&policy, device_type, &log.entries).1)
+                .collect(),
+            None => vec![format!(
+                "its quote came without an IMA log that replayed, which the runtime policy of \
+                 type `{device_type}` now needs"
+            )],
+        };
+        self.runtime_rejudged.lock().insert(
+            id.to_owned(),
+            RejudgedVerdict {
+                verdict_time: verdict.time,
+                device_type: device_type.to_owned(),
+                policy_updated_at: policy.updated_at,
+                reasons: reasons.clone(),
+            },
+        );
+        Ok(reasons)
+    }
+
     /// A device type's runtime policy, if it has one.
     pub async fn runtime_policy(
         &self,
@@ -263,7 +479,7 @@ impl Registry {
     }
 
     /// Sets (replaces) a device type's runtime policy; returns it as stored. It judges the
-    /// quotes that follow; a passing verdict stands until the device's next quote.
+    /// quotes that follow, and the passes already given from the IMA entries kept with them.
     pub async fn set_runtime_policy(
         &self,
         device_type: &str,
@@ -286,7 +502,106 @@ impl Registry {
         .bind(policy.updated_at)
         .execute(&self.pool)
         .await?;
+        // Connected devices of the type are judged again at once.
+        self.attestation_changed.notify_one();
         Ok(policy)
+    }
+
+    /// Adds to a device type's runtime policy (creating it, violations failing, when it has
+    /// none). The write is conditional on the version read, so concurrent changes are not
+    /// lost: one overtaken by another is made again on the newer policy.
+    pub async fn add_to_runtime_policy(
+        &self,
+        device_type: &str,
+        addition: RuntimePolicyAddition,
+    ) -> Result<RuntimePolicy, RegistryError> {
+        if device_type.trim().is_empty() {
+            return Err(RegistryError::Invalid("a device type is needed".into()));
+        }
+        let mut allowed = addition.allowed;
+        if let Some(device) = &addition.from_device {
+            let log = match self.device_ima_log(device).await {
+                Ok(Some(log)) => log,
+                Ok(None) => {
+                    return Err(RegistryError::Invalid(format!(
+                        "from_device: `{device}` has sent no IMA log that replayed to an                          authentic quote (`fabrik device attestation quote --ima-log`)"
+                    )));
+                }
+                Err(RegistryError::NotFound(_)) => {
+                    return Err(RegistryError::Invalid(format!(
+                        "from_device: no device `{device}`"
+                    )));
+                }
+                Err(e) => return Err(e),
+            };
+            // The first entry is the boot_aggregate, which PCRs 0-9 vouch for, not a file.
+            for entry in log.entries.into_iter().skip(1) {
+                if !entry.violation {
+                    allowed.entry(entry.path).or_default().push(entry.digest);
+                }
+            }
+        }
+        let addition = RuntimePolicy {
+            allowed,
+            excludes: addition.excludes,
+            violations_fail: true,
+            updated_at: 0,
+        }
+        .validated()?;
+        for _ in 0..super::POLICY_WRITE_ATTEMPTS {
+            let existing = self.runtime_policy(device_type).await?;
+            let read_version = existing.as_ref().map(|policy| policy.updated_at);
+            let mut policy = existing.unwrap_or_else(|| RuntimePolicy {
+                allowed: BTreeMap::new(),
+                excludes: Vec::new(),
+                violations_fail: true,
+                updated_at: 0,
+            });
+            for (path, digests) in &addition.allowed {
+                let kept = policy.allowed.entry(path.clone()).or_default();
+                for digest in digests {
+                    if !kept.contains(digest) {
+                        kept.push(digest.clone());
+                    }
+                }
+            }
+            for excluded in &addition.excludes {
+                if !policy.excludes.contains(excluded) {
+                    policy.excludes.push(excluded.clone());
+                }
+            }
+            policy.updated_at = now_ns().max(read_version.map_or(0, |version| version + 1));
+            let text = serde_json::to_string(&policy)
+                .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+            let written = match read_version {
+                None => sqlx::query(
+                    "INSERT INTO attestation_runtime_policies (device_type, policy, updated_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (device_type) DO NOTHING",
+                )
+                .bind(device_type)
+                .bind(&text)
+                .bind(policy.updated_at)
+                .execute(&self.pool)
+                .await?,
+                Some(version) => sqlx::query(
+                    "UPDATE attestation_runtime_policies SET policy = $2, updated_at = $3
+                     WHERE device_type = $1 AND updated_at = $4",
+                )
+                .bind(device_type)
+                .bind(&text)
+                .bind(policy.updated_at)
+                .bind(version)
+                .execute(&self.pool)
+                .await?,
+            };
+            if written.rows_affected() == 1 {
+                self.attestation_changed.notify_one();
+                return Ok(policy);
+            }
+        }
+        Err(RegistryError::Conflict(format!(
+            "the runtime policy of `{device_type}` kept changing while this change was made: try again"
+        )))
     }
 
     /// How many device types have a runtime policy.
@@ -310,6 +625,7 @@ impl Registry {
                 "device type `{device_type}` has no runtime policy"
             )));
         }
+        self.attestation_changed.notify_one();
         Ok(())
     }
 }

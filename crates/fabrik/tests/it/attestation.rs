@@ -1526,6 +1526,33 @@ fn a_runtime_policy_admits_only_the_files_it_allows_and_the_ima_log_must_replay(
             .success()
     );
 
+    // Withdrawn again, its digest ends the pass at once, judged from the entries kept with
+    // the quote: no new quote is needed to shut the device out.
+    write_policy(&[]);
+    assert!(
+        !publish(&p.mqtt.clone().expect("mqtt"), "gw-1", &token)
+            .status
+            .success()
+    );
+    let (_, status) = http(
+        &p.url,
+        Method::GET,
+        "/api/v1/devices/gw-1/attestation",
+        None,
+    );
+    let reason = status["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("no longer meets") && reason.contains("IMA entry 4: /usr/bin/nc"),
+        "{status}"
+    );
+    write_policy(&[("/usr/bin/nc", "netcat")]);
+    assert!(
+        publish(&p.mqtt.clone().expect("mqtt"), "gw-1", &token)
+            .status
+            .success(),
+        "allowed again, the same pass stands"
+    );
+
     // A policy with a wrong digest is refused naming its place; the type's policy reads back
     // normalised, and can be removed.
     let (status, body) = http(
@@ -1563,5 +1590,107 @@ fn a_runtime_policy_admits_only_the_files_it_allows_and_the_ima_log_must_replay(
         ],
     );
     assert!(ok, "{out}");
+
+    // What the device's kernel measured, as its newest quote covered it, makes a policy: the
+    // pass given stands under it, judged again from the kept entries.
+    let (ok, out) =
+        crate::support::client_command(&p.url, &["device", "attestation", "ima-log", "gw-1"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("5 IMA entries")
+            && out.contains(&format!("sha256:{}  /usr/bin/nc", digest("netcat"))),
+        "{out}"
+    );
+    let (ok, out) = crate::support::client_command(
+        &p.url,
+        &[
+            "device",
+            "attestation",
+            "runtime-policy",
+            "gateway",
+            "--allow-from-device",
+            "gw-1",
+        ],
+    );
+    assert!(ok, "{out}");
+    let made: serde_json::Value = serde_json::from_str(&out).expect("policy");
+    let paths: Vec<&String> = made["allowed"]
+        .as_object()
+        .expect("allowed")
+        .keys()
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/usr/bin/fabrik",
+            "/usr/bin/nc",
+            "/usr/lib/libc.so.6",
+            "/var/log/syslog"
+        ],
+        "{made}"
+    );
+    assert!(
+        publish(&p.mqtt.clone().expect("mqtt"), "gw-1", &token)
+            .status
+            .success()
+    );
+
+    // A policy made from the device image: the files its builder shipped, by digest. An
+    // image whose netcat is another build shuts the device out, naming the file.
+    let image = dir.path().join("image");
+    let make_from_image = |netcat: &str| {
+        for (file, content) in [
+            ("usr/bin/fabrik", "fabrik 1.0"),
+            ("usr/lib/libc.so.6", "glibc 2.36"),
+            ("usr/bin/nc", netcat),
+            ("var/log/syslog", "the builder's log"),
+        ] {
+            let on_disk = image.join(file);
+            std::fs::create_dir_all(on_disk.parent().expect("parent")).expect("dirs");
+            std::fs::write(on_disk, content).expect("file");
+        }
+        let out = std::process::Command::new(crate::support::fabrik_bin())
+            .args(["device", "attestation", "make-runtime-policy"])
+            .arg(&image)
+            .args(["--exclude", "/var/log"])
+            .output()
+            .expect("make-runtime-policy");
+        assert!(out.status.success(), "{}", text(&out));
+        std::fs::write(&policy_file, &out.stdout).expect("policy");
+        let (ok, out) = crate::support::client_command(
+            &p.url,
+            &[
+                "device",
+                "attestation",
+                "runtime-policy",
+                "gateway",
+                &path(&policy_file),
+            ],
+        );
+        assert!(ok, "{out}");
+    };
+    make_from_image("netcat");
+    assert!(
+        publish(&p.mqtt.clone().expect("mqtt"), "gw-1", &token)
+            .status
+            .success()
+    );
+    make_from_image("netcat 2");
+    assert!(
+        !publish(&p.mqtt.clone().expect("mqtt"), "gw-1", &token)
+            .status
+            .success()
+    );
+    let (_, status) = http(
+        &p.url,
+        Method::GET,
+        "/api/v1/devices/gw-1/attestation",
+        None,
+    );
+    let reason = status["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("/usr/bin/nc") && reason.contains("another digest than allowed"),
+        "{status}"
+    );
     drop(p);
 }
