@@ -75,7 +75,15 @@ pub struct Challenge {
     pub nonce: String,
     /// When it can no longer be answered (ns).
     pub expires_at: i64,
+    /// How many entries of the device's IMA list the verifier holds from an earlier quote
+    /// under its key: the quote may send the list from that entry on (`ima_log_offset`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ima_entries_known: Option<usize>,
 }
+
+/// The start of the error that refuses an IMA list's continuation (decision 0067): the device
+/// sends it whole instead.
+pub const IMA_CONTINUATION_REFUSED: &str = "the IMA list cannot be continued";
 
 /// A quote, as `tpm2_quote -m quote.msg -s quote.sig -o pcrs.bin -F values` writes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -99,6 +107,10 @@ pub struct Evidence {
     /// PCR 10 and judged against the type's runtime policy (decision 0067).
     #[serde(default)]
     pub ima_log: Option<String>,
+    /// `ima_log` holds the list from this entry on: the challenge's `ima_entries_known`, the
+    /// entries before being the verifier's from an earlier quote of the same boot.
+    #[serde(default)]
+    pub ima_log_offset: Option<usize>,
 }
 
 /// The verdict on one quote.
@@ -431,6 +443,10 @@ impl Registry {
         let mut nonce = [0u8; 32];
         getrandom::fill(&mut nonce)
             .map_err(|e| RegistryError::Token(format!("no randomness for a nonce: {e}")))?;
+        let ima_entries_known = match self.attestation_key(id).await? {
+            Some(key) => self.kept_ima_entry_count(id, &key.fingerprint).await?,
+            None => None,
+        };
         let mut challenges = self.challenges.lock();
         challenges.retain(|_, open| {
             open.retain(|(_, at, _)| at.elapsed() < CHALLENGE_LIFETIME);
@@ -446,6 +462,7 @@ impl Registry {
         Ok(Challenge {
             nonce: tpm::hex(&nonce),
             expires_at: now_ns() + CHALLENGE_LIFETIME.as_nanos() as i64,
+            ima_entries_known,
         })
     }
 
@@ -525,8 +542,15 @@ impl Registry {
                     )));
                 }
                 decode("ima_log", text).and_then(|bytes| {
-                    tpm::ima::parse(&bytes)
-                        .map_err(|why| RegistryError::Invalid(format!("ima_log: {why}")))
+                    tpm::ima::parse(&bytes).map_err(|why| {
+                        RegistryError::Invalid(match evidence.ima_log_offset {
+                            // Its entries are numbered from the list's start where they came.
+                            Some(from) if from > 0 => {
+                                format!("ima_log (its entries from {from} on): {why}")
+                            }
+                            _ => format!("ima_log: {why}"),
+                        })
+                    })
                 })
             })
             .transpose()?;
@@ -603,22 +627,34 @@ impl Registry {
             let bank = policy
                 .as_ref()
                 .map_or("sha256", |policy| policy.bank.as_str());
-            let (check, reasons) = runtime::judge(
-                ima_entries.as_deref(),
-                &record.pcrs,
-                bank,
+            let from = evidence.ima_log_offset.unwrap_or(0);
+            let before = if from > 0 && ima_entries.is_some() {
+                self.kept_ima_log(id, &enrolled.fingerprint).await?
+            } else {
+                None
+            };
+            let judged = runtime::judge_evidence(
+                ima_entries.map(|entries| runtime::ImaEvidence { from, entries }),
+                before,
+                &runtime::QuoteFacts {
+                    pcrs: &record.pcrs,
+                    bank,
+                    reset_count: record.reset_count,
+                },
                 runtime_policy.as_ref(),
                 &device.device_type,
-            );
-            // What PCR 10 covered is kept, to be judged again under a changed policy.
-            if let (Some(check), Some(entries)) = (&check, &ima_entries)
-                && check.matches
-            {
-                kept_ima = Some(runtime::kept(&entries[..check.covered], &record.pcrs));
-            }
-            record.ima = check;
+            )
+            // Not a verdict: the list was not shown, so the device sends it whole (the
+            // challenge is spent either way).
+            .map_err(|why| {
+                RegistryError::Conflict(format!(
+                    "{IMA_CONTINUATION_REFUSED} from entry {from}: {why}; send it whole"
+                ))
+            })?;
+            kept_ima = judged.kept;
+            record.ima = judged.check;
             record.runtime_policy_updated_at = runtime_policy.map(|policy| policy.updated_at);
-            record.reasons.extend(reasons);
+            record.reasons.extend(judged.reasons);
         }
         if record.authentic {
             self.judge(

@@ -166,6 +166,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("device_id", Text),
             ("key_fingerprint", Text),
             ("time", Int),
+            ("entry_count", Int),
             ("entries", Text),
         ],
     ),

@@ -141,6 +141,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         device_id TEXT PRIMARY KEY,
         key_fingerprint TEXT NOT NULL,
         time BIGINT NOT NULL,
+        entry_count BIGINT NOT NULL,
         entries TEXT NOT NULL
     )",
     ),

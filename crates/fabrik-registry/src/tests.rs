@@ -190,6 +190,7 @@ mod attestation {
             pcrs: b64("pcrs-ecc.bin"),
             event_log: None,
             ima_log: None,
+            ima_log_offset: None,
         }
     }
 

@@ -849,10 +849,57 @@ async fn quote(
     ima_log: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let id = device.id;
+    // The IMA list from the entry the verifier holds on; sent whole when it holds none, or
+    // once more when it cannot continue (the device booted since, say).
+    let mut continue_list = true;
+    let record = loop {
+        match quote_once(
+            device,
+            tpm,
+            event_log.as_deref(),
+            ima_log.as_deref(),
+            continue_list,
+        )
+        .await
+        {
+            Err(e)
+                if continue_list
+                    && format!("{e:#}")
+                        .contains(fabrik_registry::attestation::IMA_CONTINUATION_REFUSED) =>
+            {
+                tracing::info!(device = id, error = %format!("{e:#}"), "Sending the IMA list whole.");
+                continue_list = false;
+            }
+            done => break done?,
+        }
+    };
+    println!(
+        "{id} attested (TPM boot {}); it may connect for [attestation] max_age",
+        record
+            .get("reset_count")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    );
+    Ok(())
+}
+
+/// One challenge answered with one quote; returns the verdict.
+async fn quote_once(
+    device: &DeviceCaller<'_>,
+    tpm: &Tpm<'_>,
+    event_log: Option<&[u8]>,
+    ima_log: Option<&std::path::Path>,
+    continue_list: bool,
+) -> anyhow::Result<serde_json::Value> {
     let challenge = device.post("challenge", &serde_json::json!({})).await?;
     let Some(nonce) = challenge.get("nonce").and_then(|n| n.as_str()) else {
         bail!("the server sent no nonce");
     };
+    let known = challenge
+        .get("ima_entries_known")
+        .and_then(serde_json::Value::as_u64)
+        .and_then(|known| usize::try_from(known).ok())
+        .filter(|&known| continue_list && known > 0);
     let work = tempfile::Builder::new()
         .prefix("fabrik-quote-")
         .tempdir()
@@ -892,20 +939,23 @@ async fn quote(
         evidence["event_log"] = base64::engine::general_purpose::STANDARD.encode(log).into();
     }
     if let Some(path) = ima_log {
-        let log = std::fs::read(&path)
+        let log = std::fs::read(path)
             .with_context(|| format!("reading the IMA log {}", path.display()))?;
-        evidence["ima_log"] = base64::engine::general_purpose::STANDARD.encode(log).into();
+        // A list shorter than the verifier's is another boot's: sent whole.
+        let continued = known.and_then(|known| {
+            fabrik_registry::tpm::ima::after_entries(&log, known).map(|rest| (known, rest))
+        });
+        let engine = base64::engine::general_purpose::STANDARD;
+        match continued {
+            Some((known, rest)) => {
+                evidence["ima_log"] = engine.encode(rest).into();
+                evidence["ima_log_offset"] = known.into();
+            }
+            None => evidence["ima_log"] = engine.encode(&log).into(),
+        }
     }
     drop(work);
-    let record = device.post("evidence", &evidence).await?;
-    println!(
-        "{id} attested (TPM boot {}); it may connect for [attestation] max_age",
-        record
-            .get("reset_count")
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(0)
-    );
-    Ok(())
+    device.post("evidence", &evidence).await
 }
 
 /// A JSON file (`-`: standard input), its errors naming it.

@@ -79,6 +79,30 @@ pub struct ImaCheck {
     /// The entries the runtime policy did not allow (all of them are named in the reasons,
     /// up to five); 0 without a runtime policy.
     pub not_allowed: usize,
+    /// The device sent the list from this entry on, the verifier holding the ones before
+    /// from an earlier quote of the same boot (absent: sent whole). `entries` and `covered`
+    /// count the whole list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continued_from: Option<usize>,
+}
+
+/// How a quote's IMA list came: whole, or its entries from `from` on.
+#[derive(Debug)]
+pub(crate) struct ImaEvidence {
+    pub(crate) from: usize,
+    pub(crate) entries: Vec<ImaEntry>,
+}
+
+/// Where the replay of a kept list ended: a continuation of the same boot replays on from
+/// there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ReplayState {
+    bank: String,
+    extension: Extension,
+    /// PCR 10 after the kept entries (hex): the quoted value they replayed to.
+    pcr: String,
+    /// The TPM's boot count at that quote.
+    reset_count: u32,
 }
 
 /// An IMA entry as kept from an authentic quote: judged again under a changed policy, and
@@ -120,16 +144,194 @@ pub(crate) struct KeptLog {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     boot_aggregate_problem: Option<String>,
     entries: Vec<ImaLogEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    replay: Option<ReplayState>,
 }
 
-/// The covered entries of a quote, with the PCRs it quoted, as they are kept.
-pub(crate) fn kept(
-    covered: &[ImaEntry],
-    pcrs: &BTreeMap<String, BTreeMap<u32, String>>,
-) -> KeptLog {
-    KeptLog {
-        boot_aggregate_problem: ima::check_boot_aggregate(covered, pcrs).err(),
+impl KeptLog {
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// A quote's IMA list as judged: what it showed, why it fails, and what is kept of it.
+#[derive(Debug, Default)]
+pub(crate) struct ImaJudgement {
+    pub(crate) check: Option<ImaCheck>,
+    pub(crate) reasons: Vec<String>,
+    pub(crate) kept: Option<KeptLog>,
+}
+
+/// The quote's facts a list is judged with.
+pub(crate) struct QuoteFacts<'a> {
+    pub(crate) pcrs: &'a BTreeMap<String, BTreeMap<u32, String>>,
+    pub(crate) bank: &'a str,
+    pub(crate) reset_count: u32,
+}
+
+/// Judges a quote's IMA list; a continuation against `before`, the device's kept list. `Err`:
+/// the continuation does not follow `before` (another boot, a changed bank, entries the
+/// verifier does not hold), so the list must be sent whole; nothing about the device follows.
+pub(crate) fn judge_evidence(
+    evidence: Option<ImaEvidence>,
+    before: Option<KeptLog>,
+    quote: &QuoteFacts<'_>,
+    policy: Option<&RuntimePolicy>,
+    device_type: &str,
+) -> Result<ImaJudgement, String> {
+    let evidence = match evidence {
+        Some(continued) if continued.from > 0 => continued,
+        whole => {
+            return Ok(judge_whole(
+                whole.map(|whole| whole.entries),
+                quote,
+                policy,
+                device_type,
+            ));
+        }
+    };
+    let from = evidence.from;
+    let Some(before) = before else {
+        return Err(format!(
+            "no list of this device is kept to continue from entry {from}"
+        ));
+    };
+    let Some(state) = before.replay.as_ref() else {
+        return Err("the kept list has no replay state".into());
+    };
+    if before.len() != from {
+        return Err(format!(
+            "it continues from entry {from}, but {} entries are kept",
+            before.len()
+        ));
+    }
+    if state.bank != quote.bank {
+        return Err(format!(
+            "the kept list was replayed in {}, the policy's bank is now {}",
+            state.bank, quote.bank
+        ));
+    }
+    if state.reset_count != quote.reset_count {
+        return Err(format!(
+            "the device booted since the kept list's quote (TPM boot {} then, {} now)",
+            state.reset_count, quote.reset_count
+        ));
+    }
+    let covered = ima::check_continued(
+        &state.pcr,
+        &evidence.entries,
+        quote.pcrs,
+        quote.bank,
+        state.extension,
+    )?;
+    let mut entries = before.entries;
+    entries.extend(kept_entries(&evidence.entries[..covered]));
+    let check = ImaCheck {
+        entries: from + evidence.entries.len(),
+        covered: entries.len(),
+        bank: quote.bank.to_owned(),
+        matches: true,
+        extension: Some(extension_name(state.extension).to_owned()),
+        violations: entries.iter().filter(|entry| entry.violation).count(),
+        not_allowed: 0,
+        continued_from: Some(from),
+    };
+    let kept = KeptLog {
+        boot_aggregate_problem: before.boot_aggregate_problem,
+        entries,
+        replay: Some(ReplayState {
+            pcr: quoted_pcr(quote).unwrap_or_default(),
+            ..state.clone()
+        }),
+    };
+    Ok(judged_against_policy(check, kept, policy, device_type))
+}
+
+/// A list sent whole.
+fn judge_whole(
+    entries: Option<Vec<ImaEntry>>,
+    quote: &QuoteFacts<'_>,
+    policy: Option<&RuntimePolicy>,
+    device_type: &str,
+) -> ImaJudgement {
+    let (check, reasons) = judge(
+        entries.as_deref(),
+        quote.pcrs,
+        quote.bank,
+        policy,
+        device_type,
+    );
+    let Some(check) = check else {
+        return ImaJudgement {
+            check,
+            reasons,
+            kept: None,
+        };
+    };
+    let (Some(entries), Some(extension)) = (entries, check.extension.as_deref()) else {
+        return ImaJudgement {
+            check: Some(check),
+            reasons,
+            kept: None,
+        };
+    };
+    // What PCR 10 covered is kept: to be judged again under a changed policy, and continued
+    // from at the next quote.
+    let covered = &entries[..check.covered];
+    let kept = KeptLog {
+        boot_aggregate_problem: ima::check_boot_aggregate(covered, quote.pcrs).err(),
         entries: kept_entries(covered),
+        replay: Some(ReplayState {
+            bank: quote.bank.to_owned(),
+            extension: if extension == extension_name(Extension::PaddedSha1) {
+                Extension::PaddedSha1
+            } else {
+                Extension::TemplateData
+            },
+            pcr: quoted_pcr(quote).unwrap_or_default(),
+            reset_count: quote.reset_count,
+        }),
+    };
+    ImaJudgement {
+        check: Some(check),
+        reasons,
+        kept: Some(kept),
+    }
+}
+
+/// A continued list's verdict under the type's runtime policy.
+fn judged_against_policy(
+    mut check: ImaCheck,
+    kept: KeptLog,
+    policy: Option<&RuntimePolicy>,
+    device_type: &str,
+) -> ImaJudgement {
+    let mut reasons = Vec::new();
+    if let Some(policy) = policy {
+        reasons.extend(kept.boot_aggregate_problem.clone());
+        let (not_allowed, named) = not_allowed(policy, device_type, &kept.entries);
+        check.not_allowed = not_allowed;
+        reasons.extend(named);
+    }
+    ImaJudgement {
+        check: Some(check),
+        reasons,
+        kept: Some(kept),
+    }
+}
+
+fn quoted_pcr(quote: &QuoteFacts<'_>) -> Option<String> {
+    quote
+        .pcrs
+        .get(quote.bank)
+        .and_then(|values| values.get(&ima::IMA_PCR))
+        .map(|value| value.to_ascii_lowercase())
+}
+
+fn extension_name(extension: Extension) -> &'static str {
+    match extension {
+        Extension::TemplateData => "template_data",
+        Extension::PaddedSha1 => "padded_sha1",
     }
 }
 
@@ -230,7 +432,7 @@ fn is_path_or_name(text: &str) -> bool {
 /// Checks a quote's IMA log against its authentic PCRs in `bank` and, when it replays and the
 /// type has a runtime policy, its entries against the policy; returns what it showed and the
 /// reasons the quote fails. `entries`: `None` when the quote came without a log.
-pub(crate) fn judge(
+fn judge(
     entries: Option<&[ImaEntry]>,
     pcrs: &BTreeMap<String, BTreeMap<u32, String>>,
     bank: &str,
@@ -257,6 +459,7 @@ pub(crate) fn judge(
         extension: None,
         violations: 0,
         not_allowed: 0,
+        continued_from: None,
     };
     let (extension, covered) = match ima::check(entries, pcrs, bank) {
         Ok(found) => found,
@@ -267,13 +470,7 @@ pub(crate) fn judge(
     check.covered = covered;
     check.violations = entries.iter().filter(|e| e.violation()).count();
     check.matches = true;
-    check.extension = Some(
-        match extension {
-            Extension::TemplateData => "template_data",
-            Extension::PaddedSha1 => "padded_sha1",
-        }
-        .to_owned(),
-    );
+    check.extension = Some(extension_name(extension).to_owned());
     let Some(policy) = policy else {
         return (Some(check), Vec::new());
     };
@@ -344,13 +541,15 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let text = serde_json::to_string(log).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
         sqlx::query(
-            "INSERT INTO attestation_ima_logs (device_id, key_fingerprint, time, entries) VALUES ($1, $2, $3, $4)
+            "INSERT INTO attestation_ima_logs (device_id, key_fingerprint, time, entry_count, entries) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (device_id) DO UPDATE SET key_fingerprint = excluded.key_fingerprint,
-             time = excluded.time, entries = excluded.entries WHERE attestation_ima_logs.time < excluded.time",
+             time = excluded.time, entry_count = excluded.entry_count, entries = excluded.entries
+             WHERE attestation_ima_logs.time < excluded.time",
         )
         .bind(id)
         .bind(key_fingerprint)
         .bind(time)
+        .bind(i64::try_from(log.len()).unwrap_or(i64::MAX))
         .bind(text)
         .execute(&self.pool)
         .await?;
@@ -378,6 +577,43 @@ impl Registry {
                 boot_aggregate_problem: log.boot_aggregate_problem,
                 entries: log.entries,
             })
+        })
+        .transpose()
+    }
+
+    /// How many IMA entries of the device are kept under `key_fingerprint`: its next quote
+    /// may send its list from there on (`None`: none are, send it whole).
+    pub(crate) async fn kept_ima_entry_count(
+        &self,
+        id: &str,
+        key_fingerprint: &str,
+    ) -> Result<Option<usize>, RegistryError> {
+        let count: Option<i64> = sqlx::query_scalar(
+            "SELECT entry_count FROM attestation_ima_logs WHERE device_id = $1 AND key_fingerprint = $2",
+        )
+        .bind(id)
+        .bind(key_fingerprint)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(count.and_then(|count| usize::try_from(count).ok()))
+    }
+
+    /// The device's kept IMA list under `key_fingerprint`, whatever quote it came with.
+    pub(crate) async fn kept_ima_log(
+        &self,
+        id: &str,
+        key_fingerprint: &str,
+    ) -> Result<Option<KeptLog>, RegistryError> {
+        let text: Option<String> = sqlx::query_scalar(
+            "SELECT entries FROM attestation_ima_logs WHERE device_id = $1 AND key_fingerprint = $2",
+        )
+        .bind(id)
+        .bind(key_fingerprint)
+        .fetch_optional(&self.pool)
+        .await?;
+        text.map(|text| {
+            serde_json::from_str(&text)
+                .map_err(|e| RegistryError::Corrupt(format!("IMA entries of `{id}`: {e}")))
         })
         .transpose()
     }

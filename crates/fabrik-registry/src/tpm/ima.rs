@@ -52,12 +52,27 @@ impl ImaEntry {
 
 /// How the kernel extended a bank other than SHA-1: since Linux 5.11 with the template data's
 /// digest in that bank; before, with the SHA-1 template digest padded with zeros.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Extension {
     /// The template data hashed with the bank's algorithm (and SHA-1 in the SHA-1 bank).
     TemplateData,
     /// The SHA-1 template digest, zero-padded to the bank's length.
     PaddedSha1,
+}
+
+/// The list after its first `count` entries (`None`: it has fewer), read only as far as the
+/// entries' lengths: what a device sends when the verifier holds the first `count` already.
+pub fn after_entries(bytes: &[u8], count: usize) -> Option<&[u8]> {
+    let mut at = 0;
+    for _ in 0..count {
+        take(bytes, &mut at, 4 + TEMPLATE_DIGEST)?;
+        let name_length = read_u32(bytes, &mut at)?;
+        take(bytes, &mut at, name_length as usize)?;
+        let data_length = read_u32(bytes, &mut at)?;
+        take(bytes, &mut at, data_length as usize)?;
+    }
+    bytes.get(at..)
 }
 
 /// Parses a binary measurement list; every problem names the entry and byte offset.
@@ -204,10 +219,20 @@ pub fn replay(
     bank: &str,
     extension: Extension,
 ) -> Result<Vec<Vec<u8>>, String> {
+    replay_from(None, entries, bank, extension)
+}
+
+/// The same from `start` (`None`: zeros, the PCR at the boot).
+fn replay_from(
+    start: Option<Vec<u8>>,
+    entries: &[ImaEntry],
+    bank: &str,
+    extension: Extension,
+) -> Result<Vec<Vec<u8>>, String> {
     let hash = algorithm_of(bank)
         .and_then(hash_of)
         .ok_or_else(|| format!("PCR bank {bank} cannot be replayed here"))?;
-    let mut values = vec![vec![0u8; hash.output_len()]];
+    let mut values = vec![start.unwrap_or_else(|| vec![0u8; hash.output_len()])];
     for entry in entries {
         let mut context = digest::Context::new(hash);
         context.update(values.last().map_or(&[][..], Vec::as_slice));
@@ -257,6 +282,36 @@ pub fn check(
             .collect::<Vec<_>>()
             .join(" or ")
     ))
+}
+
+/// How much of a list's continuation the quote covers: `entries` follow those whose replay
+/// gave `start` (hex, in `bank`, extended the way `extension` says), the PCR 10 of an earlier
+/// quote of the same boot. `Err` says why no prefix replays to the quoted PCR 10.
+pub fn check_continued(
+    start: &str,
+    entries: &[ImaEntry],
+    pcrs: &BTreeMap<String, BTreeMap<u32, String>>,
+    bank: &str,
+    extension: Extension,
+) -> Result<usize, String> {
+    let quoted = pcrs
+        .get(bank)
+        .and_then(|values| values.get(&IMA_PCR))
+        .ok_or_else(|| format!("PCR {IMA_PCR} was not quoted in {bank}"))?
+        .to_ascii_lowercase();
+    let start = super::unhex(start).map_err(|e| format!("the kept PCR {IMA_PCR}: {e}"))?;
+    let values = replay_from(Some(start), entries, bank, extension)?;
+    values
+        .iter()
+        .position(|value| hex(value) == quoted)
+        .ok_or_else(|| {
+            format!(
+                "its {} entries do not replay from the PCR {IMA_PCR} of the quote before to the \
+                 quoted one ({bank} {})",
+                entries.len(),
+                short(&quoted)
+            )
+        })
 }
 
 /// Whether the first entry is the kernel's `boot_aggregate` and its digest is that of the
@@ -373,6 +428,53 @@ mod tests {
             bank.to_owned(),
             pcrs.iter().map(|(pcr, value)| (*pcr, hex(value))).collect(),
         )])
+    }
+
+    #[test]
+    fn a_continuation_replays_from_the_kept_pcr_and_only_from_it() {
+        let bytes = list(&[
+            ("boot_aggregate", "pcrs 0-9", false),
+            ("/usr/bin/a", "a", false),
+            ("/usr/bin/b", "b", false),
+            ("/usr/bin/c", "c", true),
+        ]);
+        let entries = parse(&bytes).expect("parse");
+        // The bytes after two entries are the last two entries, parsed alone.
+        let rest = after_entries(&bytes, 2).expect("rest");
+        assert_eq!(parse(rest).expect("rest parses"), entries[2..]);
+        assert_eq!(after_entries(&bytes, 4), Some(&[][..]));
+        assert_eq!(after_entries(&bytes, 5), None);
+        assert_eq!(after_entries(&bytes[..bytes.len() - 1], 4), None);
+
+        for extension in [Extension::TemplateData, Extension::PaddedSha1] {
+            let values = replay(&entries, "sha256", extension).expect("replay");
+            let kept = hex(&values[2]);
+            let at = |value: &Vec<u8>| quoted("sha256", &[(IMA_PCR, value.clone())]);
+            // Quoted after all four: the two new ones replay from the kept value.
+            assert_eq!(
+                check_continued(&kept, &entries[2..], &at(&values[4]), "sha256", extension),
+                Ok(2)
+            );
+            // Quoted before the last: one is covered.
+            assert_eq!(
+                check_continued(&kept, &entries[2..], &at(&values[3]), "sha256", extension),
+                Ok(1)
+            );
+            // Nothing new since: nothing to replay, the kept value is the quoted one.
+            assert_eq!(
+                check_continued(&kept, &[], &at(&values[2]), "sha256", extension),
+                Ok(0)
+            );
+            // An entry left out, or another start (another boot), does not replay.
+            assert!(
+                check_continued(&kept, &entries[3..], &at(&values[4]), "sha256", extension)
+                    .is_err()
+            );
+            let other = hex(&values[1]);
+            let why = check_continued(&other, &entries[2..], &at(&values[4]), "sha256", extension)
+                .expect_err("another start");
+            assert!(why.contains("do not replay from the PCR 10"), "{why}");
+        }
     }
 
     #[test]

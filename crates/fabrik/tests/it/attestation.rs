@@ -1425,11 +1425,14 @@ fn a_runtime_policy_admits_only_the_files_it_allows_and_the_ima_log_must_replay(
     assert_eq!(status, 200, "{body}");
     let passed = quote(Some(&list));
     assert!(passed.status.success(), "{}", text(&passed));
+    // The first quote (refused for want of a policy, but authentic) left its four entries
+    // with the verifier: this one sent none, and its PCR 10 is still where they ended.
     let verdict = newest();
     assert_eq!(
         verdict["ima"],
         serde_json::json!({"entries": 4, "covered": 4, "bank": "sha256", "matches": true,
-            "extension": "template_data", "violations": 0, "not_allowed": 0}),
+            "extension": "template_data", "violations": 0, "not_allowed": 0,
+            "continued_from": 4}),
         "{verdict}"
     );
 
@@ -1516,8 +1519,41 @@ fn a_runtime_policy_admits_only_the_files_it_allows_and_the_ima_log_must_replay(
     let said = text(&quote(None));
     assert!(said.contains("came without an IMA log"), "{said}");
 
-    // Allowed by its digest, it passes again.
+    // Allowed by its digest, it passes again: the verifier holds the five entries of the
+    // quote before (it replayed), so the device sends only what came after.
     write_policy(&[("/usr/bin/nc", "netcat")]);
+    let passed = quote(Some(&list));
+    assert!(passed.status.success(), "{}", text(&passed));
+    assert_eq!(newest()["ima"]["continued_from"], 5, "{}", newest());
+    assert_eq!(newest()["ima"]["covered"], 5);
+    ima.measure(&tpm, "/usr/lib/libssl.so.3", "openssl 3");
+    ima.write(&list, |_| false);
+    write_policy(&[
+        ("/usr/bin/nc", "netcat"),
+        ("/usr/lib/libssl.so.3", "openssl 3"),
+    ]);
+    let passed = quote(Some(&list));
+    assert!(passed.status.success(), "{}", text(&passed));
+    assert_eq!(newest()["ima"]["continued_from"], 5, "{}", newest());
+    assert_eq!(newest()["ima"]["covered"], 6);
+    // A continuation that does not replay from the entries held (here the new entry is left
+    // out) is not a verdict: the agent sends the list whole, and that is judged.
+    ima.measure(&tpm, "/usr/bin/socat", "socat");
+    ima.write(&list, |i| i == 6);
+    let out = quote(Some(&list));
+    assert!(!out.status.success(), "{}", text(&out));
+    let verdict = newest();
+    assert!(verdict["ima"].get("continued_from").is_none(), "{verdict}");
+    assert!(
+        verdict["reasons"].to_string().contains("do not replay"),
+        "{verdict}"
+    );
+    ima.write(&list, |_| false);
+    write_policy(&[
+        ("/usr/bin/nc", "netcat"),
+        ("/usr/lib/libssl.so.3", "openssl 3"),
+        ("/usr/bin/socat", "socat"),
+    ]);
     let passed = quote(Some(&list));
     assert!(passed.status.success(), "{}", text(&passed));
     assert!(
@@ -1545,7 +1581,11 @@ fn a_runtime_policy_admits_only_the_files_it_allows_and_the_ima_log_must_replay(
         reason.contains("no longer meets") && reason.contains("IMA entry 4: /usr/bin/nc"),
         "{status}"
     );
-    write_policy(&[("/usr/bin/nc", "netcat")]);
+    write_policy(&[
+        ("/usr/bin/nc", "netcat"),
+        ("/usr/lib/libssl.so.3", "openssl 3"),
+        ("/usr/bin/socat", "socat"),
+    ]);
     assert!(
         publish(&p.mqtt.clone().expect("mqtt"), "gw-1", &token)
             .status
@@ -1597,7 +1637,7 @@ fn a_runtime_policy_admits_only_the_files_it_allows_and_the_ima_log_must_replay(
         crate::support::client_command(&p.url, &["device", "attestation", "ima-log", "gw-1"]);
     assert!(ok, "{out}");
     assert!(
-        out.contains("5 IMA entries")
+        out.contains("7 IMA entries")
             && out.contains(&format!("sha256:{}  /usr/bin/nc", digest("netcat"))),
         "{out}"
     );
@@ -1624,7 +1664,9 @@ fn a_runtime_policy_admits_only_the_files_it_allows_and_the_ima_log_must_replay(
         [
             "/usr/bin/fabrik",
             "/usr/bin/nc",
+            "/usr/bin/socat",
             "/usr/lib/libc.so.6",
+            "/usr/lib/libssl.so.3",
             "/var/log/syslog"
         ],
         "{made}"
@@ -1643,6 +1685,8 @@ fn a_runtime_policy_admits_only_the_files_it_allows_and_the_ima_log_must_replay(
             ("usr/bin/fabrik", "fabrik 1.0"),
             ("usr/lib/libc.so.6", "glibc 2.36"),
             ("usr/bin/nc", netcat),
+            ("usr/lib/libssl.so.3", "openssl 3"),
+            ("usr/bin/socat", "socat"),
             ("var/log/syslog", "the builder's log"),
         ] {
             let on_disk = image.join(file);
