@@ -236,8 +236,14 @@ pub(crate) fn judge_evidence(
         not_allowed: 0,
         continued_from: Some(from),
     };
+    // Judged again with this quote's PCRs 0-9 (the same boot's): a quote before that left
+    // them out does not stay a problem.
+    let first = entries.first().and_then(|entry| {
+        let (algorithm, digest) = entry.digest.split_once(':')?;
+        Some((entry.path.as_str(), algorithm, digest))
+    });
     let kept = KeptLog {
-        boot_aggregate_problem: before.boot_aggregate_problem,
+        boot_aggregate_problem: ima::check_boot_aggregate_entry(first, quote.pcrs).err(),
         entries,
         replay: Some(ReplayState {
             pcr: quoted_pcr(quote).unwrap_or_default(),
@@ -879,6 +885,122 @@ mod tests {
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn a_continuation_is_judged_with_the_entries_kept_and_must_follow_them() {
+        let boot: BTreeMap<u32, String> = (0..10)
+            .map(|pcr| (pcr, hex(&digest(&format!("pcr {pcr}")))))
+            .collect();
+        let aggregate: [u8; 32] = ring::digest::digest(
+            &ring::digest::SHA256,
+            &(0..10)
+                .flat_map(|pcr| digest(&format!("pcr {pcr}")))
+                .collect::<Vec<u8>>(),
+        )
+        .as_ref()
+        .try_into()
+        .expect("32");
+        let mut bytes = ima::encode_entry("boot_aggregate", &aggregate, false);
+        for (path, content) in [
+            ("/usr/bin/a", "a"),
+            ("/usr/bin/b", "b"),
+            ("/usr/bin/c", "c"),
+        ] {
+            bytes.extend(ima::encode_entry(path, &digest(content), false));
+        }
+        let entries = ima::parse(&bytes).expect("parse");
+        let values = ima::replay(&entries, "sha256", Extension::TemplateData).expect("replay");
+        // A quote with PCR 10 after two entries, and only PCR 10: the boot_aggregate cannot
+        // be checked yet.
+        let quoted = |at: usize, with_boot: bool| {
+            let mut pcrs = if with_boot {
+                boot.clone()
+            } else {
+                BTreeMap::new()
+            };
+            pcrs.insert(10, hex(&values[at]));
+            BTreeMap::from([("sha256".to_owned(), pcrs)])
+        };
+        let first_pcrs = quoted(2, false);
+        let facts = |pcrs, reset_count| QuoteFacts {
+            pcrs,
+            bank: "sha256",
+            reset_count,
+        };
+        let first = judge_evidence(
+            Some(ImaEvidence {
+                from: 0,
+                entries: entries[..3].to_vec(),
+            }),
+            None,
+            &facts(&first_pcrs, 7),
+            None,
+            "gateway",
+        )
+        .expect("whole");
+        assert_eq!(first.check.as_ref().map(|c| c.covered), Some(2));
+        let kept = first.kept.expect("kept");
+        assert_eq!(kept.len(), 2);
+        assert!(kept.boot_aggregate_problem.is_some());
+
+        let policy = RuntimePolicy {
+            allowed: BTreeMap::from([
+                ("/usr/bin/a".to_owned(), vec![hex(&digest("a"))]),
+                ("/usr/bin/b".to_owned(), vec![hex(&digest("b"))]),
+            ]),
+            excludes: Vec::new(),
+            violations_fail: true,
+            updated_at: 0,
+        }
+        .validated()
+        .expect("valid");
+        // The rest, quoted with PCRs 0-9 now: the kept boot_aggregate is judged again with
+        // them, and `c`, which the policy does not allow, is named by its number in the list.
+        let later_pcrs = quoted(4, true);
+        let later = judge_evidence(
+            Some(ImaEvidence {
+                from: 2,
+                entries: entries[2..].to_vec(),
+            }),
+            Some(kept.clone()),
+            &facts(&later_pcrs, 7),
+            Some(&policy),
+            "gateway",
+        )
+        .expect("continued");
+        let check = later.check.expect("check");
+        assert_eq!(
+            (check.entries, check.covered, check.continued_from),
+            (4, 4, Some(2))
+        );
+        assert_eq!(later.reasons.len(), 1, "{:?}", later.reasons);
+        assert!(
+            later.reasons[0].contains("IMA entry 3: /usr/bin/c"),
+            "{:?}",
+            later.reasons
+        );
+        assert_eq!(later.kept.expect("kept").boot_aggregate_problem, None);
+
+        // Not continued: another boot, a count the verifier does not hold, no list kept, or
+        // entries that do not replay from the kept PCR 10.
+        let refuse = |from: usize, new: &[ImaEntry], before: Option<KeptLog>, reset_count| {
+            judge_evidence(
+                Some(ImaEvidence {
+                    from,
+                    entries: new.to_vec(),
+                }),
+                before,
+                &facts(&later_pcrs, reset_count),
+                Some(&policy),
+                "gateway",
+            )
+            .expect_err("refused")
+        };
+        assert!(refuse(2, &entries[2..], Some(kept.clone()), 8).contains("booted since"));
+        assert!(refuse(3, &entries[3..], Some(kept.clone()), 7).contains("2 entries are kept"));
+        assert!(refuse(2, &entries[2..], None, 7).contains("no list"));
+        assert!(refuse(2, &entries[3..], Some(kept), 7).contains("do not replay"));
     }
 
     #[test]

@@ -321,9 +321,22 @@ pub fn check_boot_aggregate(
     entries: &[ImaEntry],
     pcrs: &BTreeMap<String, BTreeMap<u32, String>>,
 ) -> Result<(), String> {
-    let Some(first) = entries
-        .first()
-        .filter(|entry| entry.path == "boot_aggregate")
+    let first = entries.first().map(|entry| {
+        (
+            entry.path.as_str(),
+            entry.file_digest.0.as_str(),
+            entry.file_digest.1.as_str(),
+        )
+    });
+    check_boot_aggregate_entry(first, pcrs)
+}
+
+/// The same for a list's first entry as (path, digest algorithm, digest hex).
+pub fn check_boot_aggregate_entry(
+    first: Option<(&str, &str, &str)>,
+    pcrs: &BTreeMap<String, BTreeMap<u32, String>>,
+) -> Result<(), String> {
+    let Some((_, algorithm, claimed)) = first.filter(|(path, _, _)| *path == "boot_aggregate")
     else {
         return Err(
             "the IMA log does not start with the kernel's boot_aggregate entry (IMA was not \
@@ -331,11 +344,10 @@ pub fn check_boot_aggregate(
                 .into(),
         );
     };
-    let (algorithm, claimed) = &first.file_digest;
     let hash = algorithm_of(algorithm)
         .and_then(hash_of)
         .ok_or_else(|| format!("boot_aggregate is a {algorithm} digest, which is not read"))?;
-    let bank = pcrs.get(algorithm.as_str());
+    let bank = pcrs.get(algorithm);
     let value = |pcr: u32| bank.and_then(|values| values.get(&pcr));
     let mut missing = Vec::new();
     // Linux 5.8 and later include PCRs 8 and 9; earlier kernels 0-7.
@@ -351,7 +363,7 @@ pub fn check_boot_aggregate(
                 .collect();
             context.update(&bytes);
         }
-        if hex(context.finish().as_ref()) == *claimed {
+        if hex(context.finish().as_ref()) == claimed {
             return Ok(());
         }
     }
