@@ -16,6 +16,7 @@ use crate::{Registry, RegistryError, now_ns};
 
 pub mod activation;
 pub mod allowlist;
+pub mod ima_signature;
 pub mod measured_boot;
 pub mod runtime;
 

@@ -224,6 +224,7 @@ mod attestation {
             allowed: std::collections::BTreeMap::from([(path.to_owned(), vec!["ab".repeat(32)])]),
             excludes: Vec::new(),
             violations_fail: true,
+            signing_keys: Vec::new(),
             updated_at: 0,
         };
         let first = registry

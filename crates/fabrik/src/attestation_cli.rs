@@ -359,11 +359,11 @@ pub(crate) async fn run(
                         .await?
                 }
                 (body, from_device) => {
-                    // A merge takes a policy's `allowed` and `excludes`; what else it holds is
-                    // the type's to keep.
+                    // A merge takes a policy's `allowed`, `excludes` and `signing_keys`; what
+                    // else it holds is the type's to keep.
                     let pick = |key: &str| body.as_ref().and_then(|body| body.get(key)).cloned();
                     let mut addition = serde_json::Map::new();
-                    for key in ["allowed", "excludes"] {
+                    for key in ["allowed", "excludes", "signing_keys"] {
                         if let Some(value) = pick(key) {
                             addition.insert(key.to_owned(), value);
                         }

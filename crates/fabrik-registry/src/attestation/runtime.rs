@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
+use super::ima_signature::{self, SigningKey};
 use super::{AttestationRecord, RejudgedVerdict};
 use crate::tpm::ima::{self, Extension, ImaEntry};
 use crate::{Registry, RegistryError, now_ns};
@@ -33,6 +34,12 @@ pub struct RuntimePolicy {
     /// quote. Default true.
     #[serde(default = "violations_fail")]
     pub violations_fail: bool,
+    /// Public keys (PEM: RSA, ECDSA P-256 or P-384) whose IMA signatures admit a file
+    /// whatever its path and digest: an `ima-sig` entry whose signature (format v2, as
+    /// `evmctl ima_sign` writes it) one of them made. A vendor's signed packages need no
+    /// digest each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signing_keys: Vec<String>,
     /// Last change (ns); set by the server.
     #[serde(default)]
     pub updated_at: i64,
@@ -53,6 +60,9 @@ pub struct RuntimePolicyAddition {
     /// Paths to exclude, as in a policy.
     #[serde(default)]
     pub excludes: Vec<String>,
+    /// Keys whose IMA signatures admit a file, as in a policy.
+    #[serde(default)]
+    pub signing_keys: Vec<String>,
     /// Allow every file (but the boot_aggregate and measurement violations) in this device's
     /// newest IMA log that replayed to an authentic quote.
     #[serde(default)]
@@ -117,6 +127,9 @@ pub struct ImaLogEntry {
     /// says nothing of what it held.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub violation: bool,
+    /// Its IMA signature (`ima-sig`), hex; absent when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 /// The IMA entries of a device's newest authentic quote whose list replayed to PCR 10.
@@ -348,6 +361,7 @@ fn kept_entries(entries: &[ImaEntry]) -> Vec<ImaLogEntry> {
             path: entry.path.clone(),
             digest: entry.digest_text(),
             violation: entry.violation(),
+            signature: (!entry.signature.is_empty()).then(|| crate::tpm::hex(&entry.signature)),
         })
         .collect()
 }
@@ -409,11 +423,25 @@ impl RuntimePolicy {
                 ));
             }
         }
+        for (index, pem) in self.signing_keys.iter().enumerate() {
+            if let Err(why) = SigningKey::from_pem(pem) {
+                problems.push(format!("signing_keys[{index}]: {why}"));
+            }
+        }
         if !problems.is_empty() {
             return Err(RegistryError::Invalid(problems.join("; ")));
         }
         self.allowed = allowed;
         Ok(self)
+    }
+
+    /// The keys whose signatures admit a file (the ones that read: a stored policy was
+    /// checked when set).
+    fn keys(&self) -> Vec<SigningKey> {
+        self.signing_keys
+            .iter()
+            .filter_map(|pem| SigningKey::from_pem(pem).ok())
+            .collect()
     }
 
     /// Whether `path` is an excluded file, or lies under an excluded directory (whole
@@ -498,6 +526,7 @@ fn not_allowed(
     entries: &[ImaLogEntry],
 ) -> (usize, Vec<String>) {
     let mut problems = Vec::new();
+    let mut keys: Option<Vec<SigningKey>> = None;
     for (number, entry) in entries.iter().enumerate().skip(1) {
         // Judged before the excludes: a violation's path is not covered by the PCR (the
         // kernel extends ones, not its data), so it may name any file.
@@ -519,6 +548,22 @@ fn not_allowed(
             None => "an unknown file",
             Some(digests) if !digests.contains(&entry.digest) => "another digest than allowed",
             Some(_) => continue,
+        };
+        // A file one of the policy's keys signed is admitted whatever its path and digest.
+        let signed = match (&entry.signature, policy.signing_keys.is_empty()) {
+            (Some(signature), false) => {
+                let keys = keys.get_or_insert_with(|| policy.keys());
+                match crate::tpm::unhex(signature) {
+                    Ok(bytes) => ima_signature::check(&entry.digest, &bytes, keys),
+                    Err(e) => Err(format!("its signature: {e}")),
+                }
+            }
+            _ => Err(String::new()),
+        };
+        let why = match signed {
+            Ok(()) => continue,
+            Err(unsigned) if unsigned.is_empty() => why.to_owned(),
+            Err(bad_signature) => format!("{why}, and {bad_signature}"),
         };
         problems.push(format!(
             "IMA entry {number}: {} measured {}, which the runtime policy of type \
@@ -787,6 +832,7 @@ impl Registry {
             allowed,
             excludes: addition.excludes,
             violations_fail: true,
+            signing_keys: addition.signing_keys,
             updated_at: 0,
         }
         .validated()?;
@@ -797,6 +843,7 @@ impl Registry {
                 allowed: BTreeMap::new(),
                 excludes: Vec::new(),
                 violations_fail: true,
+                signing_keys: Vec::new(),
                 updated_at: 0,
             });
             for (path, digests) in &addition.allowed {
@@ -810,6 +857,11 @@ impl Registry {
             for excluded in &addition.excludes {
                 if !policy.excludes.contains(excluded) {
                     policy.excludes.push(excluded.clone());
+                }
+            }
+            for key in &addition.signing_keys {
+                if !policy.signing_keys.contains(key) {
+                    policy.signing_keys.push(key.clone());
                 }
             }
             policy.updated_at = now_ns().max(read_version.map_or(0, |version| version + 1));
@@ -951,6 +1003,7 @@ mod tests {
             ]),
             excludes: Vec::new(),
             violations_fail: true,
+            signing_keys: Vec::new(),
             updated_at: 0,
         }
         .validated()
@@ -1045,6 +1098,7 @@ mod tests {
             ]),
             excludes: vec!["/var/log".into()],
             violations_fail: true,
+            signing_keys: Vec::new(),
             updated_at: 0,
         }
         .validated()
@@ -1137,6 +1191,7 @@ mod tests {
             allowed: BTreeMap::from([("kexec-cmdline".to_owned(), vec![hex(&digest("x"))])]),
             excludes: vec![".ima".into()],
             violations_fail: true,
+            signing_keys: Vec::new(),
             updated_at: 0,
         };
         assert!(names.validated().is_ok(), "ima-buf entries go by name");
@@ -1148,6 +1203,7 @@ mod tests {
             ]),
             excludes: vec!["tmp/x".into()],
             violations_fail: true,
+            signing_keys: Vec::new(),
             updated_at: 0,
         };
         let RegistryError::Invalid(why) = policy.validated().expect_err("bad") else {

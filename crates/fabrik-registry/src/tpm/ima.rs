@@ -34,6 +34,9 @@ pub struct ImaEntry {
     pub file_digest: (String, String),
     /// The file's path (`boot_aggregate` for the first entry).
     pub path: String,
+    /// Its `ima-sig` signature (`security.ima`, as `evmctl ima_sign` writes it); empty when
+    /// the template has none or the file was not signed.
+    pub signature: Vec<u8>,
 }
 
 impl ImaEntry {
@@ -115,7 +118,7 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<ImaEntry>, String> {
         let template_data = take(bytes, &mut at, data_length as usize)
             .ok_or_else(|| short("template data"))?
             .to_vec();
-        let (file_digest, path) = fields(&template_data)
+        let (file_digest, path, signature) = fields(&template_data, &template)
             .map_err(|why| format!("entry {number} (at byte {start}, {template}): {why}"))?;
         let entry = ImaEntry {
             pcr,
@@ -124,6 +127,7 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<ImaEntry>, String> {
             template_data,
             file_digest,
             path,
+            signature,
         };
         if entry.pcr != IMA_PCR {
             // Such entries would be extended into a PCR the list is not checked against, so
@@ -148,8 +152,12 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<ImaEntry>, String> {
     Ok(entries)
 }
 
-/// The `d-ng` and `n-ng` fields of a template's data: (algorithm, digest hex) and the path.
-fn fields(data: &[u8]) -> Result<((String, String), String), String> {
+/// The file's digest, path and signature.
+type Fields = ((String, String), String, Vec<u8>);
+
+/// The `d-ng` and `n-ng` fields of a template's data: (algorithm, digest hex) and the path;
+/// and the `sig` field that follows them in `ima-sig` and `ima-modsig`.
+fn fields(data: &[u8], template: &str) -> Result<Fields, String> {
     let mut at = 0;
     let digest_field = read_u32(data, &mut at)
         .and_then(|length| take(data, &mut at, length as usize))
@@ -169,9 +177,18 @@ fn fields(data: &[u8]) -> Result<((String, String), String), String> {
         .map(|b| format!("{b:02x}"))
         .collect();
     let path = name_field.strip_suffix(&[0]).unwrap_or(name_field);
+    let signature = if matches!(template, "ima-sig" | "ima-modsig") {
+        read_u32(data, &mut at)
+            .and_then(|length| take(data, &mut at, length as usize))
+            .ok_or("its data ends inside the signature")?
+            .to_vec()
+    } else {
+        Vec::new()
+    };
     Ok((
         (algorithm, digest),
         String::from_utf8_lossy(path).into_owned(),
+        signature,
     ))
 }
 
@@ -392,12 +409,30 @@ fn hex(bytes: &[u8]) -> String {
 /// One entry as the kernel writes it, for tests and for tools that make lists: `ima-ng` of a
 /// file with this SHA-256 digest (all-zero template digest when `violation`).
 pub fn encode_entry(path: &str, file_sha256: &[u8; 32], violation: bool) -> Vec<u8> {
+    encode(path, file_sha256, violation, None)
+}
+
+/// The same in the `ima-sig` template, with the file's signature (empty: unsigned).
+pub fn encode_signed_entry(path: &str, file_sha256: &[u8; 32], signature: &[u8]) -> Vec<u8> {
+    encode(path, file_sha256, false, Some(signature))
+}
+
+fn encode(
+    path: &str,
+    file_sha256: &[u8; 32],
+    violation: bool,
+    signature: Option<&[u8]>,
+) -> Vec<u8> {
     let mut digest_field = b"sha256:\0".to_vec();
     digest_field.extend_from_slice(file_sha256);
     let mut name_field = path.as_bytes().to_vec();
     name_field.push(0);
     let mut data = Vec::new();
-    for field in [&digest_field, &name_field] {
+    let fields: &[&[u8]] = match signature {
+        Some(signature) => &[&digest_field, &name_field, signature],
+        None => &[&digest_field, &name_field],
+    };
+    for field in fields {
         data.extend_from_slice(&(field.len() as u32).to_le_bytes());
         data.extend_from_slice(field);
     }
@@ -410,8 +445,13 @@ pub fn encode_entry(path: &str, file_sha256: &[u8; 32], violation: bool) -> Vec<
     };
     let mut entry = IMA_PCR.to_le_bytes().to_vec();
     entry.extend_from_slice(&template_digest);
-    entry.extend_from_slice(&6u32.to_le_bytes());
-    entry.extend_from_slice(b"ima-ng");
+    let template: &[u8] = if signature.is_some() {
+        b"ima-sig"
+    } else {
+        b"ima-ng"
+    };
+    entry.extend_from_slice(&(template.len() as u32).to_le_bytes());
+    entry.extend_from_slice(template);
     entry.extend_from_slice(&(data.len() as u32).to_le_bytes());
     entry.extend_from_slice(&data);
     entry

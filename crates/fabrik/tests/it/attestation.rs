@@ -1302,24 +1302,45 @@ impl Ima {
     }
 
     fn measure_digest(&mut self, tpm: &Tpm, path: &str, file_digest: &[u8]) {
-        self.append(Some(tpm), path, file_digest);
+        self.append(Some(tpm), path, file_digest, None);
+    }
+
+    /// A file with its `security.ima` signature, in the `ima-sig` template.
+    fn measure_signed(&mut self, tpm: &Tpm, path: &str, content: &[u8], signature: &[u8]) {
+        use sha2::Digest as _;
+        self.append(
+            Some(tpm),
+            path,
+            &sha2::Sha256::digest(content),
+            Some(signature),
+        );
     }
 
     /// An entry the kernel adds to the list after the quote: in the list, not yet in the
     /// quoted PCR.
     fn append_unquoted(&mut self, path: &str, content: &str) {
         use sha2::Digest as _;
-        self.append(None, path, &sha2::Sha256::digest(content.as_bytes()));
+        self.append(None, path, &sha2::Sha256::digest(content.as_bytes()), None);
     }
 
-    fn append(&mut self, tpm: Option<&Tpm>, path: &str, file_digest: &[u8]) {
+    fn append(
+        &mut self,
+        tpm: Option<&Tpm>,
+        path: &str,
+        file_digest: &[u8],
+        signature: Option<&[u8]>,
+    ) {
         use sha2::Digest as _;
         let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
         let mut digest_field = b"sha256:\0".to_vec();
         digest_field.extend_from_slice(file_digest);
         let name_field = [path.as_bytes(), &[0]].concat();
         let mut data = Vec::new();
-        for field in [&digest_field, &name_field] {
+        let fields: Vec<&[u8]> = [&digest_field[..], &name_field[..]]
+            .into_iter()
+            .chain(signature)
+            .collect();
+        for field in fields {
             data.extend_from_slice(&(field.len() as u32).to_le_bytes());
             data.extend_from_slice(field);
         }
@@ -1335,10 +1356,15 @@ impl Ima {
                 )],
             );
         }
+        let template: &[u8] = if signature.is_some() {
+            b"ima-sig"
+        } else {
+            b"ima-ng"
+        };
         let mut entry = 10u32.to_le_bytes().to_vec();
         entry.extend_from_slice(sha1.as_ref());
-        entry.extend_from_slice(&6u32.to_le_bytes());
-        entry.extend_from_slice(b"ima-ng");
+        entry.extend_from_slice(&(template.len() as u32).to_le_bytes());
+        entry.extend_from_slice(template);
         entry.extend_from_slice(&(data.len() as u32).to_le_bytes());
         entry.extend_from_slice(&data);
         self.entries.push(entry);
@@ -1735,6 +1761,131 @@ fn a_runtime_policy_admits_only_the_files_it_allows_and_the_ima_log_must_replay(
     assert!(
         reason.contains("/usr/bin/nc") && reason.contains("another digest than allowed"),
         "{status}"
+    );
+
+    // Files a vendor signed (with evmctl, the reference tool: `security.ima` v2) are admitted
+    // by the vendor's key, whatever their path and digest; another key's, or a signature of
+    // other content, is not.
+    let (ok, out) = crate::support::client_command(
+        &p.url,
+        &[
+            "device",
+            "attestation",
+            "runtime-policy",
+            "gateway",
+            "--allow-from-device",
+            "gw-1",
+        ],
+    );
+    assert!(ok, "{out}");
+    let vendor = dir.path().join("vendor");
+    std::fs::create_dir_all(&vendor).expect("vendor dir");
+    let run = |program: &str, args: &[&str]| {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .current_dir(&vendor)
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        assert!(out.status.success(), "{program} {args:?}: {}", text(&out));
+    };
+    for key in ["vendor", "other"] {
+        run(
+            "openssl",
+            &[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                &format!("{key}.pem"),
+            ],
+        );
+        run(
+            "openssl",
+            &[
+                "pkey",
+                "-in",
+                &format!("{key}.pem"),
+                "-pubout",
+                "-out",
+                &format!("{key}.pub"),
+            ],
+        );
+    }
+    std::fs::write(vendor.join("tool"), "vendor tool 2.1").expect("tool");
+    run(
+        "evmctl",
+        &[
+            "ima_sign",
+            "--key",
+            "vendor.pem",
+            "--hashalgo",
+            "sha256",
+            "--sigfile",
+            "tool",
+        ],
+    );
+    let signature = std::fs::read(vendor.join("tool.sig")).expect("signature");
+    ima.measure_signed(&tpm, "/opt/vendor/bin/tool", b"vendor tool 2.1", &signature);
+    ima.write(&list, |_| false);
+    let trust = |key: &str| {
+        let pem = std::fs::read_to_string(vendor.join(format!("{key}.pub"))).expect("pem");
+        std::fs::write(
+            &policy_file,
+            serde_json::json!({"signing_keys": [pem]}).to_string(),
+        )
+        .expect("policy");
+        let (ok, out) = crate::support::client_command(
+            &p.url,
+            &[
+                "device",
+                "attestation",
+                "runtime-policy",
+                "gateway",
+                &path(&policy_file),
+                "--merge",
+            ],
+        );
+        assert!(ok, "{out}");
+    };
+    let said = text(&quote(Some(&list)));
+    assert!(
+        said.contains("IMA entry 7: /opt/vendor/bin/tool measured sha256:")
+            && said.contains("(an unknown file)"),
+        "{said}"
+    );
+    trust("other");
+    let said = text(&quote(Some(&list)));
+    assert!(
+        said.contains(
+            "(an unknown file, and its signature is not one of the policy's signing keys)"
+        ),
+        "{said}"
+    );
+    trust("vendor");
+    let passed = quote(Some(&list));
+    assert!(passed.status.success(), "{}", text(&passed));
+    // The same signature on another build of the tool does not admit it.
+    ima.measure_signed(&tpm, "/opt/vendor/bin/tool", b"vendor tool 2.2", &signature);
+    ima.write(&list, |_| false);
+    let said = text(&quote(Some(&list)));
+    assert!(
+        said.contains("IMA entry 8: /opt/vendor/bin/tool")
+            && said.contains("its signature is not one of the policy's signing keys"),
+        "{said}"
+    );
+    // A key that is not one is refused, naming its place.
+    let (status, body) = http(
+        &p.url,
+        Method::POST,
+        "/api/v1/attestation/policies/gateway/runtime/merge",
+        Some(serde_json::json!({"signing_keys": ["not a key"]})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.to_string().contains("signing_keys[0]: not PEM"),
+        "{body}"
     );
     drop(p);
 }
