@@ -164,8 +164,12 @@ pub(crate) enum AttestationCommand {
         /// an authentic quote; always a merge.
         #[arg(long)]
         allow_from_device: Option<String>,
+        /// Add a public key (PEM file: RSA, ECDSA P-256 or P-384) whose IMA signatures
+        /// (`evmctl ima_sign`) admit a file (repeat); always a merge.
+        #[arg(long = "signing-key")]
+        signing_keys: Vec<PathBuf>,
         /// Remove the type's runtime policy.
-        #[arg(long, conflicts_with_all = ["file", "allow_from_device"])]
+        #[arg(long, conflicts_with_all = ["file", "allow_from_device", "signing_keys"])]
         remove: bool,
     },
     /// Make a runtime policy from a device image's root file system: every regular file by its
@@ -340,6 +344,7 @@ pub(crate) async fn run(
             file,
             merge,
             allow_from_device,
+            signing_keys,
             remove,
         } => {
             let path = format!("/api/v1/attestation/policies/{device_type}/runtime");
@@ -350,9 +355,17 @@ pub(crate) async fn run(
                 return Ok(());
             }
             let body = file.as_deref().map(read_json_file).transpose()?;
+            let mut keys = Vec::new();
+            for key in &signing_keys {
+                keys.push(serde_json::Value::from(
+                    std::fs::read_to_string(key)
+                        .with_context(|| format!("reading the signing key {}", key.display()))?,
+                ));
+            }
+            let adding = merge || allow_from_device.is_some() || !keys.is_empty();
             let policy: serde_json::Value = match (body, allow_from_device) {
-                (None, None) => ep.get_json(client, &path).await?,
-                (Some(body), None) if !merge => {
+                (None, None) if !adding => ep.get_json(client, &path).await?,
+                (Some(body), None) if !adding => {
                     ep.send(ep.request(client, reqwest::Method::PUT, &path).json(&body))
                         .await?
                         .json()
@@ -370,6 +383,14 @@ pub(crate) async fn run(
                     }
                     if let Some(device) = from_device {
                         addition.insert("from_device".to_owned(), device.into());
+                    }
+                    if !keys.is_empty() {
+                        let mut all = match addition.remove("signing_keys") {
+                            Some(serde_json::Value::Array(given)) => given,
+                            _ => Vec::new(),
+                        };
+                        all.extend(keys);
+                        addition.insert("signing_keys".to_owned(), all.into());
                     }
                     ep.send(
                         ep.request(client, reqwest::Method::POST, &format!("{path}/merge"))

@@ -1830,12 +1830,6 @@ fn a_runtime_policy_admits_only_the_files_it_allows_and_the_ima_log_must_replay(
     ima.measure_signed(&tpm, "/opt/vendor/bin/tool", b"vendor tool 2.1", &signature);
     ima.write(&list, |_| false);
     let trust = |key: &str| {
-        let pem = std::fs::read_to_string(vendor.join(format!("{key}.pub"))).expect("pem");
-        std::fs::write(
-            &policy_file,
-            serde_json::json!({"signing_keys": [pem]}).to_string(),
-        )
-        .expect("policy");
         let (ok, out) = crate::support::client_command(
             &p.url,
             &[
@@ -1843,11 +1837,18 @@ fn a_runtime_policy_admits_only_the_files_it_allows_and_the_ima_log_must_replay(
                 "attestation",
                 "runtime-policy",
                 "gateway",
-                &path(&policy_file),
-                "--merge",
+                "--signing-key",
+                &path(&vendor.join(format!("{key}.pub"))),
             ],
         );
         assert!(ok, "{out}");
+        let policy: serde_json::Value = serde_json::from_str(&out).expect("policy");
+        assert!(
+            policy["signing_keys"]
+                .to_string()
+                .contains("BEGIN PUBLIC KEY"),
+            "{policy}"
+        );
     };
     let said = text(&quote(Some(&list)));
     assert!(
