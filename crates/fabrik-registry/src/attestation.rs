@@ -546,9 +546,10 @@ impl Registry {
                     tpm::ima::parse(&bytes).map_err(|why| {
                         RegistryError::Invalid(match evidence.ima_log_offset {
                             // Its entries are numbered from the list's start where they came.
-                            Some(from) if from > 0 => {
-                                format!("ima_log (its entries from {from} on): {why}")
-                            }
+                            Some(from) if from > 0 => format!(
+                                "ima_log (sent from entry {from}; the entry numbers and byte \
+                                 offsets here count from there): {why}"
+                            ),
                             _ => format!("ima_log: {why}"),
                         })
                     })
@@ -623,6 +624,7 @@ impl Registry {
         }
         // The runtime measurements, in the policy's bank (SHA-256 without a policy).
         let mut kept_ima = None;
+        let mut runtime_reasons = 0;
         if record.authentic {
             let runtime_policy = self.runtime_policy(&device.device_type).await?;
             let bank = policy
@@ -655,6 +657,7 @@ impl Registry {
             kept_ima = judged.kept;
             record.ima = judged.check;
             record.runtime_policy_updated_at = runtime_policy.map(|policy| policy.updated_at);
+            runtime_reasons = judged.reasons.len();
             record.reasons.extend(judged.reasons);
         }
         if record.authentic {
@@ -669,6 +672,13 @@ impl Registry {
             .await?;
         }
         record.passed = record.authentic && record.reasons.is_empty();
+        // The entries first: a connect check that reads the new verdict finds them.
+        if let Some(mut log) = kept_ima {
+            // Failing for the runtime policy alone, its files may still be taken into one.
+            log.set_boot_passed(record.authentic && record.reasons.len() == runtime_reasons);
+            self.store_ima_entries(id, &enrolled.fingerprint, record.time, &log)
+                .await?;
+        }
         sqlx::query(
             "INSERT INTO attestations (device_id, key_fingerprint, time, passed, authentic, record) VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -680,10 +690,6 @@ impl Registry {
         .bind(serde_json::to_string(&record).map_err(|e| RegistryError::Corrupt(e.to_string()))?)
         .execute(&self.pool)
         .await?;
-        if let Some(log) = kept_ima {
-            self.store_ima_entries(id, &enrolled.fingerprint, record.time, &log)
-                .await?;
-        }
         if let Some((bank, events)) = measured {
             self.store_event_log(&DeviceEventLog {
                 device: id.to_owned(),

@@ -269,6 +269,50 @@ mod attestation {
     }
 
     #[tokio::test]
+    async fn a_pass_from_before_versions_were_recorded_stands_under_the_policy_it_met() {
+        use crate::attestation::{AttestationRecord, RuntimePolicy};
+        let (_dir, registry) = gateway().await;
+        let policy = registry
+            .set_runtime_policy(
+                "gateway",
+                RuntimePolicy {
+                    allowed: std::collections::BTreeMap::from([(
+                        "/usr/bin/a".to_owned(),
+                        vec!["ab".repeat(32)],
+                    )]),
+                    excludes: Vec::new(),
+                    violations_fail: true,
+                    signing_keys: Vec::new(),
+                    updated_at: 0,
+                },
+            )
+            .await
+            .expect("policy");
+        let verdict = |time: i64| -> AttestationRecord {
+            serde_json::from_value(serde_json::json!({
+                "time": time, "passed": true, "authentic": true, "reasons": [],
+                "key_fingerprint": "k", "policy": "gateway", "pcrs": {}, "reset_count": 1,
+                "restart_count": 0, "firmware_version": 0, "clock": 0,
+                "ima": {"entries": 3, "covered": 3, "bank": "sha256", "matches": true,
+                    "extension": "template_data", "violations": 0, "not_allowed": 0}
+            }))
+            .expect("a verdict as older versions stored it")
+        };
+        // Judged after the policy was set (it has not changed since): judged under it.
+        let after = registry
+            .runtime_reasons_now("gw-1", "gateway", &verdict(policy.updated_at + 1))
+            .await
+            .expect("after");
+        assert!(after.is_empty(), "{after:?}");
+        // Judged before it: its kept entries would be needed, and there are none.
+        let before = registry
+            .runtime_reasons_now("gw-1", "gateway", &verdict(policy.updated_at - 1))
+            .await
+            .expect("before");
+        assert!(before[0].contains("without an IMA log"), "{before:?}");
+    }
+
+    #[tokio::test]
     async fn additions_to_a_runtime_policy_are_merged_and_none_is_lost() {
         use crate::attestation::RuntimePolicyAddition;
         let (_dir, registry) = registry().await;

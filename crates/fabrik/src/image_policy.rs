@@ -48,7 +48,7 @@ pub(crate) fn make(
         );
     }
     for (index, excluded) in excludes.iter().enumerate() {
-        if !excluded.starts_with('/') || excluded == "/" {
+        if !excluded.starts_with('/') || excluded.trim_end_matches('/').is_empty() {
             bail!(
                 "--exclude `{excluded}` (number {}): an absolute path in the image, below `/`",
                 index + 1
@@ -182,6 +182,8 @@ mod tests {
         assert!(err.to_string().contains("not a directory"), "{err}");
         let err = make(root.path(), &["var".into()], "sha256").expect_err("relative");
         assert!(err.to_string().contains("--exclude `var`"), "{err}");
+        let err = make(root.path(), &["//".into()], "sha256").expect_err("root");
+        assert!(err.to_string().contains("--exclude `//`"), "{err}");
         let err = make(root.path(), &[], "md5").expect_err("md5");
         assert!(err.to_string().contains("--hash `md5`"), "{err}");
     }

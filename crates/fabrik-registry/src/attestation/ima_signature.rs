@@ -15,14 +15,14 @@ const HEADER: usize = 9;
 
 /// A key a runtime policy trusts to sign files: its DER `SubjectPublicKeyInfo`.
 #[derive(Debug, Clone)]
-pub(crate) struct SigningKey {
+pub struct SigningKey {
     spki: Vec<u8>,
 }
 
 impl SigningKey {
     /// A PEM public key (RSA of 2048 bits or more, ECDSA P-256 or P-384); `Err` names what is
     /// wrong with it.
-    pub(crate) fn from_pem(pem: &str) -> Result<Self, String> {
+    pub fn from_pem(pem: &str) -> Result<Self, String> {
         AttestationKey::from_pem(pem).map_err(|why| {
             why.strip_prefix("attestation key: ")
                 .unwrap_or(&why)
@@ -69,7 +69,7 @@ fn candidates(algorithm: &str) -> [&'static dyn VerificationAlgorithm; 3] {
 
 /// Whether `signature` (the entry's `sig` field) is one of `keys` over the file digest
 /// `digest` (`<algorithm>:<hex>`, as kept); `Err` says why it is not.
-pub(crate) fn check(digest: &str, signature: &[u8], keys: &[SigningKey]) -> Result<(), String> {
+pub fn check(digest: &str, signature: &[u8], keys: &[SigningKey]) -> Result<(), String> {
     if signature.len() < HEADER || signature[0] != DIGSIG {
         return Err("its signature is not a digital signature (security.ima type 3)".into());
     }

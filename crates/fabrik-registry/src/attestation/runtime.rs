@@ -145,6 +145,10 @@ pub struct DeviceImaLog {
     /// 0-9); `null`: nothing.
     #[serde(default)]
     pub boot_aggregate_problem: Option<String>,
+    /// Whether its quote met everything but the runtime policy (key, nonce, the boot's
+    /// PCRs): only such a list can be taken into a policy (`from_device`).
+    #[serde(default)]
+    pub boot_passed: bool,
     /// The entries the quote covered, in order; the first is the boot_aggregate.
     pub entries: Vec<ImaLogEntry>,
 }
@@ -159,11 +163,19 @@ pub(crate) struct KeptLog {
     entries: Vec<ImaLogEntry>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     replay: Option<ReplayState>,
+    /// Whether the quote met everything but the runtime policy (its key, nonce, boot
+    /// policy): only then may its files be taken into a policy.
+    #[serde(default)]
+    boot_passed: bool,
 }
 
 impl KeptLog {
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    pub(crate) fn set_boot_passed(&mut self, passed: bool) {
+        self.boot_passed = passed;
     }
 }
 
@@ -212,6 +224,12 @@ pub(crate) fn judge_evidence(
     let Some(state) = before.replay.as_ref() else {
         return Err("the kept list has no replay state".into());
     };
+    if from.saturating_add(evidence.entries.len()) > ima::MOST_ENTRIES {
+        return Err(format!(
+            "the list would grow past {} entries, the most kept of a list sent in parts",
+            ima::MOST_ENTRIES
+        ));
+    }
     if before.len() != from {
         return Err(format!(
             "it continues from entry {from}, but {} entries are kept",
@@ -256,6 +274,7 @@ pub(crate) fn judge_evidence(
         Some((entry.path.as_str(), algorithm, digest))
     });
     let kept = KeptLog {
+        boot_passed: false,
         boot_aggregate_problem: ima::check_boot_aggregate_entry(first, quote.pcrs).err(),
         entries,
         replay: Some(ReplayState {
@@ -298,6 +317,7 @@ fn judge_whole(
     // from at the next quote.
     let covered = &entries[..check.covered];
     let kept = KeptLog {
+        boot_passed: false,
         boot_aggregate_problem: ima::check_boot_aggregate(covered, quote.pcrs).err(),
         entries: kept_entries(covered),
         replay: Some(ReplayState {
@@ -626,6 +646,7 @@ impl Registry {
                 time: row.try_get("time")?,
                 key_fingerprint: row.try_get("key_fingerprint")?,
                 boot_aggregate_problem: log.boot_aggregate_problem,
+                boot_passed: log.boot_passed,
                 entries: log.entries,
             })
         })
@@ -711,6 +732,15 @@ impl Registry {
         {
             return Ok(Vec::new());
         }
+        // A pass from before verdicts recorded the version: the policy as it is now was in
+        // force when it was judged (it has not changed since), so it was judged under it.
+        if verdict.policy == device_type
+            && verdict.runtime_policy_updated_at.is_none()
+            && verdict.ima.as_ref().is_some_and(|check| check.matches)
+            && policy.updated_at < verdict.time
+        {
+            return Ok(Vec::new());
+        }
         if let Some(known) = self.runtime_rejudged.lock().get(id)
             && known.verdict_time == verdict.time
             && known.device_type == device_type
@@ -718,20 +748,21 @@ impl Registry {
         {
             return Ok(known.reasons.clone());
         }
-        let reasons = match self
+        let Some(log) = self
             .kept_ima_entries(id, &verdict.key_fingerprint, verdict.time)
             .await?
-        {
-            Some(log) => log
-                .boot_aggregate_problem
-                .into_iter()
-                .chain(not_allowed(&policy, device_type, &log.entries).1)
-                .collect(),
-            None => vec![format!(
+        else {
+            // Not cached: a newer quote's entries may have replaced this one's a moment ago.
+            return Ok(vec![format!(
                 "its quote came without an IMA log that replayed, which the runtime policy of \
                  type `{device_type}` now needs"
-            )],
+            )]);
         };
+        let reasons: Vec<String> = log
+            .boot_aggregate_problem
+            .into_iter()
+            .chain(not_allowed(&policy, device_type, &log.entries).1)
+            .collect();
         self.runtime_rejudged.lock().insert(
             id.to_owned(),
             RejudgedVerdict {
@@ -811,7 +842,8 @@ impl Registry {
                 Ok(Some(log)) => log,
                 Ok(None) => {
                     return Err(RegistryError::Invalid(format!(
-                        "from_device: `{device}` has sent no IMA log that replayed to an                          authentic quote (`fabrik device attestation quote --ima-log`)"
+                        "from_device: `{device}` has sent no IMA log that replayed to an \
+                         authentic quote (`fabrik device attestation quote --ima-log`)"
                     )));
                 }
                 Err(RegistryError::NotFound(_)) => {
@@ -821,6 +853,30 @@ impl Registry {
                 }
                 Err(e) => return Err(e),
             };
+            // Only a list the device's current key vouched for, bound to the boot its PCRs
+            // 0-9 show, with a quote that passed: else root on the device could have made
+            // PCR 10 and the list say anything, and the policy would allow it.
+            if let Some(problem) = &log.boot_aggregate_problem {
+                return Err(RegistryError::Invalid(format!(
+                    "from_device: `{device}`'s IMA list is not bound to its boot ({problem})"
+                )));
+            }
+            let current = self.attestation_key(device).await?;
+            if current.as_ref().map(|key| key.fingerprint.as_str())
+                != Some(log.key_fingerprint.as_str())
+            {
+                return Err(RegistryError::Invalid(format!(
+                    "from_device: `{device}`'s IMA list came under an attestation key that is no \
+                     longer enrolled"
+                )));
+            }
+            if !log.boot_passed {
+                return Err(RegistryError::Invalid(format!(
+                    "from_device: the quote that sent `{device}`'s IMA list failed more than \
+                     the runtime policy (`fabrik device attestation status {device}`): take \
+                     the files of a device whose boot attests"
+                )));
+            }
             // The first entry is the boot_aggregate, which PCRs 0-9 vouch for, not a file.
             for entry in log.entries.into_iter().skip(1) {
                 if !entry.violation {

@@ -13,6 +13,9 @@ use super::event_log::{algorithm_of, hash_of};
 pub const IMA_PCR: u32 = 10;
 /// Largest measurement list read: some 100,000 entries of long paths.
 pub const MOST_BYTES: usize = 16 << 20;
+/// Most entries a verifier keeps of a list sent in parts: about what a whole list of
+/// [`MOST_BYTES`] can hold (an entry takes 87 bytes or more).
+pub const MOST_ENTRIES: usize = 200_000;
 /// Length of the SHA-1 template digest every entry carries.
 const TEMPLATE_DIGEST: usize = 20;
 /// Templates whose first two fields are `d-ng` (the file's digest, with its algorithm) and

@@ -1442,6 +1442,22 @@ fn a_runtime_policy_admits_only_the_files_it_allows_and_the_ima_log_must_replay(
     // The boot's PCRs are the type's reference; PCR 10 grows with every file measured, so the
     // runtime policy judges it, not a value.
     assert!(!quote(Some(&list)).status.success());
+    // A list whose quote failed its boot checks is not taken into a policy.
+    let (ok, out) = crate::support::client_command(
+        &p.url,
+        &[
+            "device",
+            "attestation",
+            "runtime-policy",
+            "gateway",
+            "--allow-from-device",
+            "gw-1",
+        ],
+    );
+    assert!(
+        !ok && out.contains("failed more than the runtime policy"),
+        "{out}"
+    );
     let (status, body) = http(
         &p.url,
         Method::PUT,
