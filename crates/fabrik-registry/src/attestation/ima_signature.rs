@@ -4,7 +4,7 @@
 //! without listing each digest.
 
 use aws_lc_rs::digest::{self, Digest};
-use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
+use aws_lc_rs::signature::{self, ParsedPublicKey, VerificationAlgorithm};
 
 use crate::tpm::AttestationKey;
 
@@ -13,57 +13,64 @@ const DIGSIG: u8 = 3;
 /// The signature header: type, version, hash algorithm, key id (4), signature length (2).
 const HEADER: usize = 9;
 
-/// A key a runtime policy trusts to sign files: its DER `SubjectPublicKeyInfo`.
+/// A key a runtime policy trusts to sign files, parsed once for each digest a signature may
+/// be of (SHA-256, -384, -512), with the one algorithm its kind verifies it by.
 #[derive(Debug, Clone)]
 pub struct SigningKey {
-    spki: Vec<u8>,
+    parsed: [ParsedPublicKey; 3],
 }
 
 impl SigningKey {
     /// A PEM public key (RSA of 2048 bits or more, ECDSA P-256 or P-384); `Err` names what is
     /// wrong with it.
     pub fn from_pem(pem: &str) -> Result<Self, String> {
-        AttestationKey::from_pem(pem).map_err(|why| {
+        let kind = AttestationKey::from_pem(pem).map_err(|why| {
             why.strip_prefix("attestation key: ")
                 .unwrap_or(&why)
                 .to_owned()
         })?;
         let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
             .map_err(|e| format!("not PEM ({e})"))?;
+        let algorithms: [&'static dyn VerificationAlgorithm; 3] = match kind {
+            AttestationKey::Rsa { .. } => [
+                &signature::RSA_PKCS1_2048_8192_SHA256,
+                &signature::RSA_PKCS1_2048_8192_SHA384,
+                &signature::RSA_PKCS1_2048_8192_SHA512,
+            ],
+            // An uncompressed point: 65 bytes on P-256, 97 on P-384 (from_pem checked).
+            AttestationKey::Ec(point) if point.len() == 65 => [
+                &signature::ECDSA_P256_SHA256_ASN1,
+                &signature::ECDSA_P256_SHA384_ASN1,
+                &signature::ECDSA_P256_SHA512_ASN1,
+            ],
+            AttestationKey::Ec(_) => [
+                &signature::ECDSA_P384_SHA256_ASN1,
+                &signature::ECDSA_P384_SHA384_ASN1,
+                &signature::ECDSA_P384_SHA512_ASN1,
+            ],
+        };
+        let parse = |algorithm: &'static dyn VerificationAlgorithm| {
+            ParsedPublicKey::new(algorithm, &block.contents)
+                .map_err(|e| format!("a key that cannot be used ({e})"))
+        };
         Ok(Self {
-            spki: block.contents,
+            parsed: [
+                parse(algorithms[0])?,
+                parse(algorithms[1])?,
+                parse(algorithms[2])?,
+            ],
         })
     }
 }
 
-/// The digest algorithm of the kernel's `enum hash_algo`, as a signature header names it.
-fn hash_algorithm(id: u8) -> Option<(&'static str, &'static digest::Algorithm)> {
+/// The digest algorithm of the kernel's `enum hash_algo`, as a signature header names it,
+/// with its place in [`SigningKey`]'s parsed keys.
+fn hash_algorithm(id: u8) -> Option<(&'static str, &'static digest::Algorithm, usize)> {
     match id {
-        4 => Some(("sha256", &digest::SHA256)),
-        5 => Some(("sha384", &digest::SHA384)),
-        6 => Some(("sha512", &digest::SHA512)),
+        4 => Some(("sha256", &digest::SHA256, 0)),
+        5 => Some(("sha384", &digest::SHA384, 1)),
+        6 => Some(("sha512", &digest::SHA512, 2)),
         _ => None,
-    }
-}
-
-/// The verification algorithms a key may need for a digest of `algorithm`.
-fn candidates(algorithm: &str) -> [&'static dyn VerificationAlgorithm; 3] {
-    match algorithm {
-        "sha384" => [
-            &signature::RSA_PKCS1_2048_8192_SHA384,
-            &signature::ECDSA_P256_SHA384_ASN1,
-            &signature::ECDSA_P384_SHA384_ASN1,
-        ],
-        "sha512" => [
-            &signature::RSA_PKCS1_2048_8192_SHA512,
-            &signature::ECDSA_P256_SHA512_ASN1,
-            &signature::ECDSA_P384_SHA512_ASN1,
-        ],
-        _ => [
-            &signature::RSA_PKCS1_2048_8192_SHA256,
-            &signature::ECDSA_P256_SHA256_ASN1,
-            &signature::ECDSA_P384_SHA256_ASN1,
-        ],
     }
 }
 
@@ -79,7 +86,7 @@ pub fn check(digest: &str, signature: &[u8], keys: &[SigningKey]) -> Result<(), 
             signature[1]
         ));
     }
-    let Some((name, algorithm)) = hash_algorithm(signature[2]) else {
+    let Some((name, algorithm, place)) = hash_algorithm(signature[2]) else {
         return Err(format!(
             "its signature names hash algorithm {}; sha256, sha384 and sha512 are read",
             signature[2]
@@ -100,13 +107,9 @@ pub fn check(digest: &str, signature: &[u8], keys: &[SigningKey]) -> Result<(), 
     let bytes = crate::tpm::unhex(hex).map_err(|e| format!("its digest: {e}"))?;
     let digest = Digest::import_less_safe(&bytes, algorithm)
         .map_err(|_| format!("its digest is not a {name} digest"))?;
-    let verified = keys.iter().any(|key| {
-        candidates(name).iter().any(|&algorithm| {
-            UnparsedPublicKey::new(algorithm, &key.spki)
-                .verify_digest(&digest, body)
-                .is_ok()
-        })
-    });
+    let verified = keys
+        .iter()
+        .any(|key| key.parsed[place].verify_digest_sig(&digest, body).is_ok());
     if verified {
         Ok(())
     } else {
