@@ -632,7 +632,7 @@ impl Registry {
                 .map_or("sha256", |policy| policy.bank.as_str());
             let from = evidence.ima_log_offset.unwrap_or(0);
             let before = if from > 0 && ima_entries.is_some() {
-                self.kept_ima_log(id, &enrolled.fingerprint).await?
+                self.kept_ima_log(id, &enrolled.fingerprint, None).await?
             } else {
                 None
             };

@@ -121,80 +121,86 @@ pub fn check(digest: &str, signature: &[u8], keys: &[SigningKey]) -> Result<(), 
 mod tests {
     use super::*;
 
-    // Made with `evmctl ima_sign --hashalgo … --sigfile` (ima-evm-utils 1.4) over a file
-    // holding `vendor tool 2.1`, with openssl keys made for these tests.
-    const EC_KEY: &str = "-----BEGIN PUBLIC KEY-----
-MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEDPS0Q8JYbbaNy+pfGNrO6iEGFZ7u
-clTuZVjHUnRUHba0jn6Lqu8Pv93iLNP2XdyoCuryW1c9WQVM7i4q0a8tCA==
------END PUBLIC KEY-----";
-    const EC_SHA256: &str = "0302041c10543d00463044022055bf449c86e341cd6e79e90161a98d8d9ce88de7411a56c183ae539c4042bae70220036d94acdcb571256411d3bead596fd61513476884ae45c816d2b1c2a4aebf6e";
-    const RSA_KEY: &str = "-----BEGIN PUBLIC KEY-----
-MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA94C5vv5C6Vip3pRe5qFh
-ZSoVdjsiwG1ITRDLDEaRp1w0tIuGNPxUkXazTcgXYhziCyyZBpnJa/BcL/PW83wP
-RMXjlJDIQovUUfS+PtUnxTnS/YBLRyUzfYjFXaHsu3Y+PV+p3NatXagsBoGJStDC
-iI0+l2X+NbgOB5dLI9l0HApD3tMTf+SyJFAO8p+HGbNe38K/+uuNMGSjhXeWZjr9
-U0rXABWifu0s8ciTwBwwHm24E6uLqMK5VKL6ZEhk60sFeu+LYbqNYD4KbSHtKHn5
-5XhuI/zGI1BSLj4NZe4aocoO2Y/Z1gKAnt8y1V/m+F1Pg/N9gxHmJGJQass8dYTD
-iQIDAQAB
------END PUBLIC KEY-----";
-    const RSA_SHA384: &str = "030205a30214d401000f585afdf671f9c3a279293dbdaa38c7eb665ab6736bf0379d0fd12b3d650ab8e00f6c9736cdfddb8e413328446c609b8e604c3c1f696c9c5afb29edb63fd64668bf3222624725fac85e80a4cbe95813fe9a6196f62909798fc248ac7570bebe8e187e9998e0950892e832b236b88ecc755f124ab705859f0ec6c439fcb018768b266630a5521281b0675b9f324939452ed9eddfe56ddbb698019b0341c313f5bfe973c7142d4dcacb4689fb703e2d670bd902555aa56640ee90fd933ef79cc831187e3b6d6eeb36b588cb85588ae742dbd25f3f6dbdd6d707578b4d659b37c93e308d41df49a0add7c39e310dcd1c6699dd332ac83ffa07020d3a934ef1f1d5";
-    const SHA256: &str = "sha256:f04a257c4927cac699091fd2ff0f875ad202dacf3154a9b680f0d60856c360b5";
-    const SHA384: &str = "sha384:6a61fbeebc17cb205e5ce4a601f97baaa865d1e44b06a35961d132c3a615084b94bcdadc11592af3262455f0d452fd7e";
+    /// Signatures `evmctl ima_sign` made (tests/fixtures/ima-signatures, with its README).
+    macro_rules! fixture {
+        ($name:literal) => {
+            include_bytes!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/ima-signatures/",
+                $name
+            ))
+        };
+    }
 
-    fn bytes(hex: &str) -> Vec<u8> {
-        crate::tpm::unhex(hex).expect("hex")
+    fn key(name: &str, pem: &[u8]) -> SigningKey {
+        SigningKey::from_pem(std::str::from_utf8(pem).expect("utf-8")).expect(name)
+    }
+
+    /// The digest of the signed file, as an entry keeps it.
+    fn tool(algorithm: &'static digest::Algorithm, name: &str) -> String {
+        let value = digest::digest(algorithm, fixture!("tool"));
+        format!("{name}:{}", crate::tpm::hex(value.as_ref()))
     }
 
     #[test]
     fn evmctl_signatures_verify_under_their_key_and_no_other() {
-        let ec = SigningKey::from_pem(EC_KEY).expect("ec");
-        let rsa = SigningKey::from_pem(RSA_KEY).expect("rsa");
+        let ec = key("ec", fixture!("ec.pub"));
+        let rsa = key("rsa", fixture!("rsa.pub"));
         let both = [rsa.clone(), ec.clone()];
-        assert_eq!(check(SHA256, &bytes(EC_SHA256), &both), Ok(()));
-        assert_eq!(check(SHA384, &bytes(RSA_SHA384), &both), Ok(()));
+        let (sha256, sha384) = (
+            tool(&digest::SHA256, "sha256"),
+            tool(&digest::SHA384, "sha384"),
+        );
+        let (ec_sha256, rsa_sha384) = (
+            fixture!("tool.ec-sha256.sig"),
+            fixture!("tool.rsa-sha384.sig"),
+        );
+        assert_eq!(check(&sha256, ec_sha256, &both), Ok(()));
+        assert_eq!(check(&sha384, rsa_sha384, &both), Ok(()));
         // Another key, another file's digest, or a changed signature: not verified.
-        let not_one = check(SHA256, &bytes(EC_SHA256), std::slice::from_ref(&rsa));
+        let not_one = check(&sha256, ec_sha256, std::slice::from_ref(&rsa));
         assert!(
             not_one
                 .expect_err("rsa")
                 .contains("not one of the policy's signing keys")
         );
-        let other_file = SHA256.replace("f04a", "f04b");
-        assert!(check(&other_file, &bytes(EC_SHA256), &both).is_err());
-        let mut changed = bytes(RSA_SHA384);
+        let other_file = sha256.replace("f04a", "f04b");
+        assert!(check(&other_file, ec_sha256, &both).is_err());
+        let mut changed = rsa_sha384.to_vec();
         let last = changed.len() - 1;
         changed[last] ^= 1;
-        assert!(check(SHA384, &changed, &both).is_err());
+        assert!(check(&sha384, &changed, &both).is_err());
         // A signature of a SHA-384 digest does not vouch for a SHA-256 entry.
-        let why = check(SHA256, &bytes(RSA_SHA384), &both).expect_err("algorithm");
+        let why = check(&sha256, rsa_sha384, &both).expect_err("algorithm");
         assert!(why.contains("of a sha384 digest"), "{why}");
     }
 
     #[test]
     fn what_is_not_a_v2_signature_is_named() {
-        let ec = [SigningKey::from_pem(EC_KEY).expect("ec")];
-        let mut v3 = bytes(EC_SHA256);
+        let ec = [key("ec", fixture!("ec.pub"))];
+        let sha256 = tool(&digest::SHA256, "sha256");
+        let mut v3 = fixture!("tool.ec-sha256.sig").to_vec();
         v3[1] = 3;
         assert!(
-            check(SHA256, &v3, &ec)
+            check(&sha256, &v3, &ec)
                 .expect_err("v3")
                 .contains("format v3")
         );
-        let mut md5 = bytes(EC_SHA256);
+        let mut md5 = fixture!("tool.ec-sha256.sig").to_vec();
         md5[2] = 1;
         assert!(
-            check(SHA256, &md5, &ec)
+            check(&sha256, &md5, &ec)
                 .expect_err("md5")
                 .contains("hash algorithm 1")
         );
         assert!(
-            check(SHA256, &[4, 2], &ec)
+            check(&sha256, &[4, 2], &ec)
                 .expect_err("digest")
                 .contains("type 3")
         );
-        let short = bytes(EC_SHA256)[..40].to_vec();
+        let short = fixture!("tool.ec-sha256.sig")[..40].to_vec();
         assert!(
-            check(SHA256, &short, &ec)
+            check(&sha256, &short, &ec)
                 .expect_err("short")
                 .contains("shorter")
         );

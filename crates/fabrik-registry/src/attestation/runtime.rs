@@ -627,34 +627,62 @@ impl Registry {
         Ok(())
     }
 
-    /// The IMA entries of the device's newest authentic quote that came with a list that
-    /// replayed.
-    pub async fn device_ima_log(&self, id: &str) -> Result<Option<DeviceImaLog>, RegistryError> {
-        self.get(id).await?;
-        let row = sqlx::query(
-            "SELECT key_fingerprint, time, entries FROM attestation_ima_logs WHERE device_id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+    /// The device's kept row: the quote's time and key, and its list; only under `key` (and
+    /// of the quote of `time`), when given, so a list that is not wanted is not read.
+    async fn kept_row(
+        &self,
+        id: &str,
+        key: Option<&str>,
+        time: Option<i64>,
+    ) -> Result<Option<(i64, String, KeptLog)>, RegistryError> {
+        let sql = match (key, time) {
+            (None, _) => {
+                "SELECT key_fingerprint, time, entries FROM attestation_ima_logs WHERE device_id = $1"
+            }
+            (Some(_), None) => {
+                "SELECT key_fingerprint, time, entries FROM attestation_ima_logs WHERE device_id = $1 AND key_fingerprint = $2"
+            }
+            (Some(_), Some(_)) => {
+                "SELECT key_fingerprint, time, entries FROM attestation_ima_logs WHERE device_id = $1 AND key_fingerprint = $2 AND time = $3"
+            }
+        };
+        let mut query = sqlx::query(sql).bind(id);
+        if let Some(key) = key {
+            query = query.bind(key);
+            if let Some(time) = time {
+                query = query.bind(time);
+            }
+        }
+        let row = query.fetch_optional(&self.pool).await?;
         row.map(|row| {
             let text: String = row.try_get("entries")?;
-            let log: KeptLog = serde_json::from_str(&text)
+            let log = serde_json::from_str(&text)
                 .map_err(|e| RegistryError::Corrupt(format!("IMA entries of `{id}`: {e}")))?;
-            Ok(DeviceImaLog {
-                device: id.to_owned(),
-                time: row.try_get("time")?,
-                key_fingerprint: row.try_get("key_fingerprint")?,
-                boot_aggregate_problem: log.boot_aggregate_problem,
-                boot_passed: log.boot_passed,
-                entries: log.entries,
-            })
+            Ok((row.try_get("time")?, row.try_get("key_fingerprint")?, log))
         })
         .transpose()
     }
 
+    /// The IMA entries of the device's newest authentic quote that came with a list that
+    /// replayed.
+    pub async fn device_ima_log(&self, id: &str) -> Result<Option<DeviceImaLog>, RegistryError> {
+        self.get(id).await?;
+        Ok(self
+            .kept_row(id, None, None)
+            .await?
+            .map(|(time, key_fingerprint, log)| DeviceImaLog {
+                device: id.to_owned(),
+                time,
+                key_fingerprint,
+                boot_aggregate_problem: log.boot_aggregate_problem,
+                boot_passed: log.boot_passed,
+                entries: log.entries,
+            }))
+    }
+
     /// How many IMA entries of the device are kept under `key_fingerprint`: its next quote
-    /// may send its list from there on (`None`: none are, send it whole).
+    /// may send its list from there on (`None`: none are, send it whole). Read from its own
+    /// column, so a challenge does not read the list.
     pub(crate) async fn kept_ima_entry_count(
         &self,
         id: &str,
@@ -670,48 +698,17 @@ impl Registry {
         Ok(count.and_then(|count| usize::try_from(count).ok()))
     }
 
-    /// The device's kept IMA list under `key_fingerprint`, whatever quote it came with.
+    /// The device's kept IMA list under `key_fingerprint` (and, given `time`, of that quote).
     pub(crate) async fn kept_ima_log(
         &self,
         id: &str,
         key_fingerprint: &str,
+        time: Option<i64>,
     ) -> Result<Option<KeptLog>, RegistryError> {
-        let text: Option<String> = sqlx::query_scalar(
-            "SELECT entries FROM attestation_ima_logs WHERE device_id = $1 AND key_fingerprint = $2",
-        )
-        .bind(id)
-        .bind(key_fingerprint)
-        .fetch_optional(&self.pool)
-        .await?;
-        text.map(|text| {
-            serde_json::from_str(&text)
-                .map_err(|e| RegistryError::Corrupt(format!("IMA entries of `{id}`: {e}")))
-        })
-        .transpose()
-    }
-
-    /// The IMA entries kept with the device's quote of `time` under `key_fingerprint`, if
-    /// those are the ones kept.
-    async fn kept_ima_entries(
-        &self,
-        id: &str,
-        key_fingerprint: &str,
-        time: i64,
-    ) -> Result<Option<KeptLog>, RegistryError> {
-        let row = sqlx::query(
-            "SELECT entries FROM attestation_ima_logs WHERE device_id = $1 AND key_fingerprint = $2 AND time = $3",
-        )
-        .bind(id)
-        .bind(key_fingerprint)
-        .bind(time)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| {
-            let text: String = row.try_get("entries")?;
-            serde_json::from_str(&text)
-                .map_err(|e| RegistryError::Corrupt(format!("IMA entries of `{id}`: {e}")))
-        })
-        .transpose()
+        Ok(self
+            .kept_row(id, Some(key_fingerprint), time)
+            .await?
+            .map(|(_, _, log)| log))
     }
 
     /// Why a passing verdict no longer meets its device's type's runtime policy as it is now
@@ -749,7 +746,7 @@ impl Registry {
             return Ok(known.reasons.clone());
         }
         let Some(log) = self
-            .kept_ima_entries(id, &verdict.key_fingerprint, verdict.time)
+            .kept_ima_log(id, &verdict.key_fingerprint, Some(verdict.time))
             .await?
         else {
             // Not cached: a newer quote's entries may have replaced this one's a moment ago.

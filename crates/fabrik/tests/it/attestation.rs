@@ -1438,22 +1438,36 @@ fn a_runtime_policy_admits_only_the_files_it_allows_and_the_ima_log_must_replay(
         );
         status["history"][0].clone()
     };
+    // The type's runtime policy, through the CLI.
+    let runtime_policy = |args: &[&str]| {
+        let command = [
+            &["device", "attestation", "runtime-policy", "gateway"][..],
+            args,
+        ]
+        .concat();
+        crate::support::client_command(&p.url, &command)
+    };
+    // Whether the device may connect over MQTT now, and why not.
+    let connects = || {
+        publish(&p.mqtt.clone().expect("mqtt"), "gw-1", &token)
+            .status
+            .success()
+    };
+    let gate_reason = || {
+        let (_, status) = http(
+            &p.url,
+            Method::GET,
+            "/api/v1/devices/gw-1/attestation",
+            None,
+        );
+        status["reason"].as_str().unwrap_or_default().to_owned()
+    };
 
     // The boot's PCRs are the type's reference; PCR 10 grows with every file measured, so the
     // runtime policy judges it, not a value.
     assert!(!quote(Some(&list)).status.success());
     // A list whose quote failed its boot checks is not taken into a policy.
-    let (ok, out) = crate::support::client_command(
-        &p.url,
-        &[
-            "device",
-            "attestation",
-            "runtime-policy",
-            "gateway",
-            "--allow-from-device",
-            "gw-1",
-        ],
-    );
+    let (ok, out) = runtime_policy(&["--allow-from-device", "gw-1"]);
     assert!(
         !ok && out.contains("failed more than the runtime policy"),
         "{out}"
@@ -1500,16 +1514,7 @@ fn a_runtime_policy_admits_only_the_files_it_allows_and_the_ima_log_must_replay(
             serde_json::json!({"allowed": allowed, "excludes": ["/var/log"]}).to_string(),
         )
         .expect("policy");
-        let (ok, out) = crate::support::client_command(
-            &p.url,
-            &[
-                "device",
-                "attestation",
-                "runtime-policy",
-                "gateway",
-                &path(&policy_file),
-            ],
-        );
+        let (ok, out) = runtime_policy(&[&path(&policy_file)]);
         assert!(ok, "{out}");
     };
     write_policy(&[]);
@@ -1543,11 +1548,7 @@ fn a_runtime_policy_admits_only_the_files_it_allows_and_the_ima_log_must_replay(
         "{said}"
     );
     assert_eq!(newest()["ima"]["not_allowed"], 1);
-    assert!(
-        !publish(&p.mqtt.clone().expect("mqtt"), "gw-1", &token)
-            .status
-            .success()
-    );
+    assert!(!connects());
 
     // Hiding it from the list does not help: the list no longer replays to PCR 10.
     let edited = dir.path().join("edited_measurements");
@@ -1598,42 +1599,23 @@ fn a_runtime_policy_admits_only_the_files_it_allows_and_the_ima_log_must_replay(
     ]);
     let passed = quote(Some(&list));
     assert!(passed.status.success(), "{}", text(&passed));
-    assert!(
-        publish(&p.mqtt.clone().expect("mqtt"), "gw-1", &token)
-            .status
-            .success()
-    );
+    assert!(connects());
 
     // Withdrawn again, its digest ends the pass at once, judged from the entries kept with
     // the quote: no new quote is needed to shut the device out.
     write_policy(&[]);
-    assert!(
-        !publish(&p.mqtt.clone().expect("mqtt"), "gw-1", &token)
-            .status
-            .success()
-    );
-    let (_, status) = http(
-        &p.url,
-        Method::GET,
-        "/api/v1/devices/gw-1/attestation",
-        None,
-    );
-    let reason = status["reason"].as_str().unwrap_or_default();
+    assert!(!connects());
+    let reason = gate_reason();
     assert!(
         reason.contains("no longer meets") && reason.contains("IMA entry 4: /usr/bin/nc"),
-        "{status}"
+        "{reason}"
     );
     write_policy(&[
         ("/usr/bin/nc", "netcat"),
         ("/usr/lib/libssl.so.3", "openssl 3"),
         ("/usr/bin/socat", "socat"),
     ]);
-    assert!(
-        publish(&p.mqtt.clone().expect("mqtt"), "gw-1", &token)
-            .status
-            .success(),
-        "allowed again, the same pass stands"
-    );
+    assert!(connects(), "allowed again, the same pass stands");
 
     // A policy with a wrong digest is refused naming its place; the type's policy reads back
     // normalised, and can be removed.
@@ -1661,16 +1643,7 @@ fn a_runtime_policy_admits_only_the_files_it_allows_and_the_ima_log_must_replay(
         body["allowed"]["/usr/bin/fabrik"][0],
         format!("sha256:{}", digest("fabrik 1.0"))
     );
-    let (ok, out) = crate::support::client_command(
-        &p.url,
-        &[
-            "device",
-            "attestation",
-            "runtime-policy",
-            "gateway",
-            "--remove",
-        ],
-    );
+    let (ok, out) = runtime_policy(&["--remove"]);
     assert!(ok, "{out}");
 
     // What the device's kernel measured, as its newest quote covered it, makes a policy: the
@@ -1683,17 +1656,7 @@ fn a_runtime_policy_admits_only_the_files_it_allows_and_the_ima_log_must_replay(
             && out.contains(&format!("sha256:{}  /usr/bin/nc", digest("netcat"))),
         "{out}"
     );
-    let (ok, out) = crate::support::client_command(
-        &p.url,
-        &[
-            "device",
-            "attestation",
-            "runtime-policy",
-            "gateway",
-            "--allow-from-device",
-            "gw-1",
-        ],
-    );
+    let (ok, out) = runtime_policy(&["--allow-from-device", "gw-1"]);
     assert!(ok, "{out}");
     let made: serde_json::Value = serde_json::from_str(&out).expect("policy");
     let paths: Vec<&String> = made["allowed"]
@@ -1713,11 +1676,7 @@ fn a_runtime_policy_admits_only_the_files_it_allows_and_the_ima_log_must_replay(
         ],
         "{made}"
     );
-    assert!(
-        publish(&p.mqtt.clone().expect("mqtt"), "gw-1", &token)
-            .status
-            .success()
-    );
+    assert!(connects());
 
     // A policy made from the device image: the files its builder shipped, by digest. An
     // image whose netcat is another build shuts the device out, naming the file.
@@ -1743,56 +1702,23 @@ fn a_runtime_policy_admits_only_the_files_it_allows_and_the_ima_log_must_replay(
             .expect("make-runtime-policy");
         assert!(out.status.success(), "{}", text(&out));
         std::fs::write(&policy_file, &out.stdout).expect("policy");
-        let (ok, out) = crate::support::client_command(
-            &p.url,
-            &[
-                "device",
-                "attestation",
-                "runtime-policy",
-                "gateway",
-                &path(&policy_file),
-            ],
-        );
+        let (ok, out) = runtime_policy(&[&path(&policy_file)]);
         assert!(ok, "{out}");
     };
     make_from_image("netcat");
-    assert!(
-        publish(&p.mqtt.clone().expect("mqtt"), "gw-1", &token)
-            .status
-            .success()
-    );
+    assert!(connects());
     make_from_image("netcat 2");
-    assert!(
-        !publish(&p.mqtt.clone().expect("mqtt"), "gw-1", &token)
-            .status
-            .success()
-    );
-    let (_, status) = http(
-        &p.url,
-        Method::GET,
-        "/api/v1/devices/gw-1/attestation",
-        None,
-    );
-    let reason = status["reason"].as_str().unwrap_or_default();
+    assert!(!connects());
+    let reason = gate_reason();
     assert!(
         reason.contains("/usr/bin/nc") && reason.contains("another digest than allowed"),
-        "{status}"
+        "{reason}"
     );
 
     // Files a vendor signed (with evmctl, the reference tool: `security.ima` v2) are admitted
     // by the vendor's key, whatever their path and digest; another key's, or a signature of
     // other content, is not.
-    let (ok, out) = crate::support::client_command(
-        &p.url,
-        &[
-            "device",
-            "attestation",
-            "runtime-policy",
-            "gateway",
-            "--allow-from-device",
-            "gw-1",
-        ],
-    );
+    let (ok, out) = runtime_policy(&["--allow-from-device", "gw-1"]);
     assert!(ok, "{out}");
     let vendor = dir.path().join("vendor");
     std::fs::create_dir_all(&vendor).expect("vendor dir");
@@ -1846,17 +1772,8 @@ fn a_runtime_policy_admits_only_the_files_it_allows_and_the_ima_log_must_replay(
     ima.measure_signed(&tpm, "/opt/vendor/bin/tool", b"vendor tool 2.1", &signature);
     ima.write(&list, |_| false);
     let trust = |key: &str| {
-        let (ok, out) = crate::support::client_command(
-            &p.url,
-            &[
-                "device",
-                "attestation",
-                "runtime-policy",
-                "gateway",
-                "--signing-key",
-                &path(&vendor.join(format!("{key}.pub"))),
-            ],
-        );
+        let (ok, out) =
+            runtime_policy(&["--signing-key", &path(&vendor.join(format!("{key}.pub")))]);
         assert!(ok, "{out}");
         let policy: serde_json::Value = serde_json::from_str(&out).expect("policy");
         assert!(
