@@ -18,6 +18,7 @@ pub mod erasure;
 pub mod error;
 mod extract;
 pub mod fleet;
+pub mod fleet_keys;
 pub mod links;
 pub mod openapi;
 pub mod pipelines;

@@ -173,6 +173,7 @@ impl Modify for TokenAuth {
         crate::updates::status,
         crate::updates::fleet,
         crate::fleet::devices,
+        crate::fleet_keys::recipients,
         crate::privacy::export,
         crate::erasure::erase,
         crate::stream::device_stream,

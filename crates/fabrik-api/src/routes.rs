@@ -205,6 +205,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/updates", get(crate::updates::status))
         .route("/api/v1/fleet/releases", get(crate::updates::fleet))
         .route("/api/v1/fleet/devices", get(crate::fleet::devices))
+        .route(
+            "/api/v1/fleet/recipients",
+            get(crate::fleet_keys::recipients),
+        )
         .route("/services", get(services))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

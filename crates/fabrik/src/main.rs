@@ -28,6 +28,7 @@ mod error_text;
 mod eval;
 mod hub;
 mod image_policy;
+mod key_report;
 mod kpi_series;
 mod modbus;
 mod model_cli;

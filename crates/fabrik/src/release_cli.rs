@@ -202,6 +202,22 @@ enum ReleaseCommand {
         #[command(flatten)]
         endpoint: Endpoint,
     },
+    /// The nodes' keys for encrypted targets, as an age recipients file for `release add
+    /// --recipients-file`: asked of a hub (each node that follows a release repository
+    /// reports its key through its uplink at start and daily, so a rotated key shows after
+    /// the node's restart) or of one node.
+    Recipients {
+        /// Only these nodes (names, `*` matches any run of characters); repeat or
+        /// comma-separate. Default: every node that reported a key.
+        #[arg(long, value_delimiter = ',')]
+        nodes: Vec<String>,
+        /// Print JSON (each node's key, the previous keys it still reads, and when it
+        /// reported them).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
     /// What the repository publishes, verified as a node would (except expiry, shown).
     List {
         /// The release repository's directory.
@@ -500,6 +516,71 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                         .map(|why| format!("; refused {}: {why}", text(&release["last_seen"])))
                         .unwrap_or_default()
                 );
+            }
+        }
+        ReleaseCommand::Recipients {
+            nodes,
+            json,
+            endpoint,
+        } => {
+            let client = endpoint.client()?;
+            let fleet: serde_json::Value = endpoint
+                .get_json(&client, "/api/v1/fleet/recipients")
+                .await
+                .context("asking for the fleet's keys")?;
+            let patterns: Vec<&str> = nodes
+                .iter()
+                .map(|pattern| pattern.trim())
+                .filter(|pattern| !pattern.is_empty())
+                .collect();
+            let chosen: Vec<&serde_json::Value> = fleet["recipients"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .filter(|key| {
+                    let node = key["node"].as_str().unwrap_or_default();
+                    patterns.is_empty()
+                        || patterns
+                            .iter()
+                            .any(|pattern| release::glob_match(pattern, node))
+                })
+                .collect();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "recipients": chosen }))?
+                );
+                return Ok(());
+            }
+            // An empty file would make `release add --recipients-file` fail later, further
+            // from the cause.
+            if chosen.is_empty() {
+                anyhow::bail!(
+                    "{} reported a key for encrypted targets to {} (nodes report theirs when \
+                     they follow a release repository, through their uplink to a hub)",
+                    if patterns.is_empty() {
+                        "no node".to_owned()
+                    } else {
+                        format!("no node matching {}", patterns.join(", "))
+                    },
+                    endpoint.url
+                );
+            }
+            let text = crate::client::json_text;
+            for key in chosen {
+                println!(
+                    "# {}, reported {}{}",
+                    text(&key["node"]),
+                    text(&key["reported_at"]),
+                    match key["previous_recipients"].as_array().map(Vec::len) {
+                        Some(held) if held > 0 => {
+                            format!("; still reads {held} previous key(s) until retired")
+                        }
+                        _ => String::new(),
+                    }
+                );
+                println!("{}", text(&key["recipient"]));
             }
         }
         ReleaseCommand::List { repo, json } => {

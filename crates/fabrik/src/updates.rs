@@ -317,6 +317,8 @@ struct Updater {
     /// `[updates] rollback_after_failed_runs` and `confirm_after`, for the status.
     rollback_after_failed_runs: u32,
     confirm_after: Duration,
+    /// When this node's keys were last recorded for the hub (`_node_keys`).
+    keys_reported: Option<tokio::time::Instant>,
 }
 
 /// A target this node refused, and when it tries again.
@@ -376,6 +378,7 @@ impl Updater {
             status.binary_sha256 = self.self_update.known_sha256();
             status.binary_unconfirmed = unconfirmed;
         }
+        self.report_keys().await;
         let offset = spread(&self.node, self.interval);
         // The offset also before the first check: a fleet powered up together.
         tokio::select! {
@@ -385,10 +388,30 @@ impl Updater {
         let pause = self.interval + offset;
         loop {
             self.check(&stop).await;
+            self.report_keys().await;
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(pause) => {}
             }
+        }
+    }
+
+    /// Records this node's keys for the hub (decision 0068) at start and then daily; a write
+    /// that failed is tried again after the next check.
+    async fn report_keys(&mut self) {
+        if self
+            .keys_reported
+            .is_some_and(|at| at.elapsed() < crate::key_report::REPORT_EVERY)
+        {
+            return;
+        }
+        match crate::key_report::record(&self.store, &self.node, &self.identity).await {
+            Ok(()) => self.keys_reported = Some(tokio::time::Instant::now()),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "This node's key for encrypted targets could not be recorded for the hub; \
+                 trying again after the next check."
+            ),
         }
     }
 
@@ -1275,6 +1298,16 @@ pub(crate) async fn start(
         .map_err(|why| format!("updates.identity: {why}"))?;
     let repository = updates.url.trim().to_owned();
     tracing::info!(%repository, %node, recipient = %identity.recipient(), every = ?interval, "Following the release repository.");
+    let uplink_node = config.uplink.node.trim();
+    if !config.uplink.url.trim().is_empty() && !uplink_node.is_empty() && uplink_node != node {
+        // The hub takes a node's key only from rows its own uplink brought (decision 0068).
+        tracing::warn!(
+            updates_node = %node,
+            uplink_node,
+            "[updates] node and [uplink] node differ: the hub will not list this node's key \
+             for encrypted targets, as it cannot tie it to the uplink that brought it."
+        );
+    }
     *board.write() = Some(UpdateStatus {
         repository: repository.clone(),
         node: node.clone(),
@@ -1314,6 +1347,7 @@ pub(crate) async fn start(
         rollbacks_recorded: HashSet::new(),
         rollback_after_failed_runs: updates.rollback_after_failed_runs,
         confirm_after: fabrik_runtime::units::parse_duration(&updates.confirm_after)?,
+        keys_reported: None,
     };
     let stop = CancellationToken::new();
     let token = stop.clone();

@@ -1421,6 +1421,180 @@ fn a_hub_knows_which_node_runs_which_release() {
     assert_eq!(fleet(&empty.url)["nodes"], 0);
 }
 
+/// `fabrik release recipients ARGS` asked of `url`: its stdout (an age recipients file), or
+/// its stderr when it failed.
+fn fleet_recipients(url: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(fabrik_bin())
+        .args(["release", "recipients"])
+        .args(args)
+        .args(["--url", url, "--token", crate::support::TOKEN])
+        .output()
+        .expect("fabrik release recipients");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// A node reports its key for encrypted targets through its uplink; the publisher takes the
+/// fleet's keys from the hub, and after the node rotates its key and restarts, the hub has
+/// the new one. Rows naming a key that did not come from the node's own updates module are
+/// not taken.
+#[test]
+fn a_publisher_encrypts_to_the_keys_the_nodes_reported_to_their_hub() {
+    let (dir, repo, keys, work) = new_repository();
+    let port = crate::support::free_port();
+    let _nats = crate::uplink::nats_server(&dir.path().join("nats"), port);
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let hub = Process::start(
+        &dir.path().join("hub"),
+        &[("FABRIK__HUB__URL", nats_url.as_str())],
+    );
+    // Nothing reported yet: an empty list, and the CLI says so rather than print an empty
+    // recipients file.
+    let (code, answer) = http(
+        &hub.url,
+        reqwest::Method::GET,
+        "/api/v1/fleet/recipients",
+        None,
+    );
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(answer["recipients"], serde_json::json!([]), "{answer}");
+    let none = fleet_recipients(&hub.url, &[]).expect_err("no keys yet");
+    assert!(none.contains("no node reported a key"), "{none}");
+
+    let config = uplinked_follower_config(dir.path(), &repo, &nats_url);
+    let edge_data = dir.path().join("edge");
+    let edge = Process::start_with_args(&edge_data, &["--config", path(&config)], &[]);
+    let first_key = updates(&edge.url)["recipient"]
+        .as_str()
+        .expect("recipient")
+        .to_owned();
+    // Forged keys: one written through the edge's API (it reaches the hub as the edge's
+    // `http` rows) and one through the hub's own, each naming a node.
+    let forged = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+    for (url, node) in [(&edge.url, "line-2"), (&hub.url, "line-1")] {
+        let status = crate::support::post_status(
+            url,
+            "/api/v1/write",
+            &format!("_node_keys,node={node} recipient=\"{forged}\",previous_recipients=\"[]\""),
+        );
+        assert!((200..300).contains(&status), "{url}: {status}");
+    }
+    // Only line-1's own word counts: the forged rows arrive too (the edge's through its
+    // uplink) but name no key.
+    eventually_for(
+        "the hub holds the three rows and lists line-1's key",
+        Duration::from_secs(60),
+        || {
+            crate::support::count_if_any(&hub.url, "SELECT count(*) AS n FROM _node_keys")
+                == Some(3)
+                && fleet_recipients(&hub.url, &["--nodes", "line-*"])
+                    .is_ok_and(|file| file.contains(&first_key))
+        },
+    );
+    let (_, answer) = http(
+        &hub.url,
+        reqwest::Method::GET,
+        "/api/v1/fleet/recipients",
+        None,
+    );
+    let listed = answer["recipients"].as_array().expect("recipients");
+    assert_eq!(listed.len(), 1, "{answer}");
+    assert_eq!(listed[0]["node"], "line-1");
+    assert_eq!(listed[0]["recipient"], first_key.as_str());
+    assert_eq!(listed[0]["previous_recipients"], serde_json::json!([]));
+    let unmatched = fleet_recipients(&hub.url, &["--nodes", "press-*"]).expect_err("no match");
+    assert!(
+        unmatched.contains("no node matching press-*"),
+        "{unmatched}"
+    );
+
+    // The publisher encrypts to what the hub lists: the edge decrypts and installs it.
+    let file = work.join("fleet.recipients");
+    std::fs::write(&file, fleet_recipients(&hub.url, &[]).expect("file")).expect("write");
+    let secret_bytes = fixture("iforest_100.onnx");
+    let secret = work.join("secret.onnx");
+    std::fs::write(&secret, &secret_bytes).expect("model");
+    release(
+        "add",
+        &repo,
+        &keys,
+        &[
+            "--name",
+            "secret-model",
+            "--recipients-file",
+            path(&file),
+            path(&secret),
+        ],
+    );
+    eventually_for(
+        "line-1 installs the model encrypted to the key it reported",
+        Duration::from_secs(30),
+        || target(&updates(&edge.url), "secret-model.onnx")["state"] == "installed",
+    );
+
+    // The key is rotated: from its restart the node reports the new one, and the old one as
+    // still read; a model published to what the hub lists then is for the new key.
+    let (exit, _) = edge.terminate();
+    assert!(exit.success());
+    let identity_file = edge_data.join("updates/identity.key");
+    let said = fabrik(&["updates", "rotate-key", "--identity", path(&identity_file)]);
+    let rotated = said.lines().next().unwrap_or_default().trim().to_owned();
+    assert!(
+        rotated.starts_with("age1") && rotated != first_key,
+        "{said}"
+    );
+    let edge = Process::start_with_args(&edge_data, &["--config", path(&config)], &[]);
+    eventually_for(
+        "the hub lists line-1's new key",
+        Duration::from_secs(60),
+        || fleet_recipients(&hub.url, &[]).is_ok_and(|file| file.contains(&rotated)),
+    );
+    let file_text = fleet_recipients(&hub.url, &[]).expect("file");
+    assert!(
+        !file_text.contains(&first_key) && file_text.contains("still reads 1 previous key(s)"),
+        "{file_text}"
+    );
+    let (_, answer) = http(
+        &hub.url,
+        reqwest::Method::GET,
+        "/api/v1/fleet/recipients",
+        None,
+    );
+    assert_eq!(
+        answer["recipients"][0]["previous_recipients"],
+        serde_json::json!([first_key]),
+        "{answer}"
+    );
+    std::fs::write(&file, &file_text).expect("write");
+    let renewed_bytes = fixture("rf_clf_50_nozipmap.onnx");
+    let renewed = work.join("renewed.onnx");
+    std::fs::write(&renewed, &renewed_bytes).expect("model");
+    release(
+        "add",
+        &repo,
+        &keys,
+        &[
+            "--name",
+            "renewed-model",
+            "--recipients-file",
+            path(&file),
+            path(&renewed),
+        ],
+    );
+    eventually_for(
+        "line-1 installs the model encrypted to its new key",
+        Duration::from_secs(30),
+        || target(&updates(&edge.url), "renewed-model.onnx")["state"] == "installed",
+    );
+    assert_eq!(
+        model_sha(&edge.url, "renewed-model").as_deref(),
+        Some(sha256_hex(&renewed_bytes).as_str())
+    );
+}
+
 /// The follower configuration of [`follower_config`], with an uplink to `nats_url` as node
 /// `line-1`.
 /// A phased rollout: published to 50 % of the nodes, line-1 (place 91.75 % for this model:
