@@ -226,6 +226,14 @@ async function main() {
     assert(/refused/.test(other) && /—/.test(other), `another node's refusal: ${other}`);
     const mine = await page.textContent('#fleet-releases tr[data-node="demo-line"]');
     assert(/installed/.test(mine), `this node's install: ${mine}`);
+    // This node's key as its updates module recorded it for the hub; the forged row of
+    // another node's key, written through the API, is not shown.
+    await apiCall('/api/v1/write', { method: 'POST', type: 'text/plain',
+      body: '_node_keys,node=line-7 recipient="age1forged",previous_recipients="[]"\n' });
+    const myKey = await page.getAttribute('#fleet-keys tr[data-node="demo-line"] code', 'title');
+    assert(myKey === nodeRecipient, `this node's reported key: ${myKey}`);
+    await page.waitForTimeout(6000);
+    assert((await page.locator('#fleet-keys tr[data-node="line-7"]').count()) === 0, 'a key written through the API is not listed');
     // The ingest rate needs two /metrics samples, 5 s apart.
     await page.waitForFunction(() => /\d/.test(document.querySelector('#st-ingest .value')?.textContent || ''), null, { timeout: 15000 });
     await shot('01-overview');

@@ -42,7 +42,8 @@ pub struct MirroredDevice {
     pub latest_ns: i64,
 }
 
-fn literal(text: &str) -> String {
+/// `text` as an SQL string literal.
+pub(crate) fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 

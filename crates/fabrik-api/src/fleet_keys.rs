@@ -41,10 +41,6 @@ pub struct FleetRecipients {
     pub recipients: Vec<NodeRecipient>,
 }
 
-fn literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
-
 /// The latest `_node_keys` row of every node: rows this process's own updates module wrote
 /// (`_source` `node-keys`) and rows that arrived through the uplink of the node they name
 /// (`uplink:<node>/node-keys`). A row an edge wrote for another node, or one written through
@@ -59,7 +55,7 @@ pub async fn latest_recipients(store: &Store) -> Result<Vec<NodeRecipient>, Stri
          CAST(max(time) AS BIGINT) AS latest FROM {NODE_KEYS_TABLE} \
          WHERE _source = {} OR _source = concat('uplink:', node, '/{NODE_KEYS_SOURCE}') \
          GROUP BY node ORDER BY node",
-        literal(NODE_KEYS_SOURCE)
+        crate::fleet::literal(NODE_KEYS_SOURCE)
     );
     let output = store.query(&sql).await.map_err(|e| e.to_string())?;
     let rows = crate::routes::batches_to_json(&output.batches)?;

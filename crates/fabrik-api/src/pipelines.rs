@@ -204,6 +204,12 @@ pub struct PerformanceReference {
     pub calibrated: bool,
     /// Per metric: the alert thresholds, the reference chunks' realized mean ± 3σ.
     pub metrics: Vec<ReferenceMetric>,
+    /// When the reference was fixed (ns): found the first time it could be fitted, it stays
+    /// the same windows and outcomes from then on (outcomes that arrive later for earlier
+    /// windows, or retention, do not move it) until the model version or the section's
+    /// `chunk`, `reference_chunks`, `targets`, `target` or `device_column` change.
+    #[serde(default)]
+    pub fixed_at: i64,
 }
 
 /// A metric on the reference.

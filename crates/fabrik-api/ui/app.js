@@ -90,7 +90,7 @@ function performanceView(r) {
   const bound = (b) => (b == null ? '—' : fmtNum(b, 3));
   const chunks = r.chunks.slice(-10).reverse();
   return html`${r.problem ? html`<div class="notice warn">${r.problem}</div>` : ''}<dl class="kv">
-    <dt>Reference</dt><dd id="pl-perf-reference">${fmtNum(ref.windows)} windows with outcomes (${fmtNum(ref.positives)} positive) of ${fmtNum(ref.span_windows)} scored, ${fmtTime(ref.from)} – ${fmtTime(ref.until)}${ref.calibrated ? ', scores calibrated' : ''}</dd>
+    <dt>Reference</dt><dd id="pl-perf-reference">${fmtNum(ref.windows)} windows with outcomes (${fmtNum(ref.positives)} positive) of ${fmtNum(ref.span_windows)} scored, ${fmtTime(ref.from)} – ${fmtTime(ref.until)}${ref.calibrated ? ', scores calibrated' : ''}${ref.fixed_at ? html` <span class="muted" title="later outcomes for earlier windows, or retention, do not move it; a new model version or chunk size finds a new one">· fixed ${fmtTime(ref.fixed_at)}</span>` : ''}</dd>
     <dt>Alert outside</dt><dd>${ref.metrics.map((m) => html`<span class="tag">${m.metric} ${bound(m.lower_threshold)} – ${bound(m.upper_threshold)}</span> `)}</dd>
     <dt>Prediction</dt><dd>positive from probability ${fmtNum(r.decision_threshold)}, chunks of ${fmtNum(r.chunk)} windows${r.pending ? html` <span class="muted">(${fmtNum(r.pending)} scored since)</span>` : ''}</dd></dl>
     ${chunks.length ? html`<table id="pl-perf-chunks"><thead><tr><th>Chunk</th><th class="num">Outcomes</th>${r.metrics.map((m) => html`<th class="num">${m}</th><th class="num">realized</th>`)}</tr></thead><tbody>
@@ -564,10 +564,10 @@ async function pageOverview(p) {
   const ingestChart = chartIn(p, $('#ov-ingest-chart'), { series: [{ label: 'points/s', color: PALETTE[0] }], height: 160 });
 
   await every(p, 5000, async () => {
-    const [devices, active, pending, pipelines, services, rate, updates, fleet] = await Promise.all([
+    const [devices, active, pending, pipelines, services, rate, updates, fleet, keys] = await Promise.all([
       api('/api/v1/devices'), api('/api/v1/alerts?state=firing&limit=200'), api('/api/v1/alerts?state=pending&limit=200'),
       api('/api/v1/pipelines'), api('/services'), sampleIngest().catch(() => null), api('/api/v1/updates').catch(() => null),
-      api('/api/v1/fleet/releases').catch(() => null),
+      api('/api/v1/fleet/releases').catch(() => null), api('/api/v1/fleet/recipients').catch(() => null),
     ]);
     if (!p.alive) return;
     const count = (s) => devices.filter((d) => d.state === s).length;
@@ -608,7 +608,7 @@ async function pageOverview(p) {
     const own = updates?.status?.node;
     const others = (fleet?.releases || []).filter((r) => r.node !== own);
     $('#ov-fleet-card').hidden = !others.length;
-    if (others.length) patch($('#ov-fleet'), fleetView(fleet.releases, fleet.nodes));
+    if (others.length) patch($('#ov-fleet'), fleetView(fleet.releases, fleet.nodes, keys?.recipients || []));
     const enough = ingest.history.length >= 2;
     $('#ov-ingest-chart').hidden = !enough;
     $('#ov-ingest-empty').hidden = enough;
@@ -639,13 +639,20 @@ function releasesView(u) {
   return html`${head}${key}${error}${trial}${rows}`;
 }
 
-function fleetView(releases, nodes) {
+function fleetView(releases, nodes, keys) {
+  // The keys nodes reported through their uplinks (decision 0068): what `fabrik release
+  // recipients` prints for a publisher; a node still reading previous keys has not retired them.
+  const keyTable = keys.length ? html`<h3 class="small-text">Keys for encrypted releases</h3>
+    <table id="fleet-keys"><thead><tr><th>Node</th><th>Key</th><th>Reported</th></tr></thead><tbody>
+    ${keys.map((k) => html`<tr data-node="${k.node}"><td class="wrap-id">${k.node}</td><td><code class="wrap-id" title="${k.recipient}">${k.recipient.slice(0, 16)}…</code>${k.previous_recipients.length ? html` <span class="muted small-text" title="${k.previous_recipients.join(' ')}">· still reads ${k.previous_recipients.length} previous</span>` : ''}</td>
+      <td>${time(k.reported_at)}</td></tr>`)}
+    </tbody></table>` : '';
   return html`<p class="small-text muted">${nodes} node${nodes === 1 ? '' : 's'}: each one's latest install or refusal</p>
     <table id="fleet-releases"><thead><tr><th>Node</th><th>Release</th><th>State</th><th>Runs since</th></tr></thead><tbody>
     ${releases.map((r) => html`<tr data-node="${r.node}" data-target="${r.target}"><td class="wrap-id">${r.node}</td><td class="wrap-id">${r.name || r.target}</td>
       <td>${pill(RELEASE_STATE[r.state] || 'pending', r.state)}${r.reason ? html` <span class="muted" title="${r.reason}">⚠</span>` : ''}</td>
       <td>${r.installed_at ? time(r.installed_at) : html`<span class="muted">—</span>`}</td></tr>`)}
-    </tbody></table>`;
+    </tbody></table>${keyTable}`;
 }
 
 function pipelinesTable(pipelines) {

@@ -355,6 +355,225 @@ async fn label(
     Ok(())
 }
 
+/// The table a pipeline's references are fixed in: a row per pipeline, model version and
+/// basis, written once (decision 0069).
+pub(crate) const REFERENCES_TABLE: &str = "_performance_references";
+
+/// The lineage source of those rows: only this process's own count (a hub's store also holds
+/// its edges' rows, which name their pipelines, not its own).
+const REFERENCE_SOURCE: &str = "performance";
+
+/// A reference as it was found: its windows' scores and outcomes in window order, its first
+/// window's start, its last window (the chunks after it are counted from there), how many
+/// windows its span holds, and when it was fixed (ns).
+#[derive(Debug, Clone, PartialEq)]
+struct FixedReference {
+    scores: Vec<f64>,
+    outcomes: Vec<bool>,
+    first_start: i64,
+    last: Scored,
+    span_windows: usize,
+    fixed_at: i64,
+}
+
+/// What a reference is found by besides the model version: another value of any of these
+/// finds (and fixes) a new one. The metrics and the decision threshold are not among them:
+/// the fit is made again from the fixed scores and outcomes at every look.
+fn reference_basis(config: &PerformanceConfig) -> String {
+    format!(
+        "chunk={};reference_chunks={};targets={};target={};device_column={}",
+        config.chunk, config.reference_chunks, config.targets, config.target, config.device_column
+    )
+}
+
+/// The version's first `chunk × reference_chunks` windows with outcomes, in window order,
+/// among its first [`MOST_SEARCHED`]; `Ok(Err(problem))` while there are not enough.
+async fn find_reference(
+    store: &Store,
+    config: &PerformanceConfig,
+    rows: &Rows,
+) -> Result<Result<FixedReference, String>, String> {
+    let chunk = config.chunk as usize;
+    let wanted = chunk * config.reference_chunks as usize;
+    let mut head = scored_windows(store, &rows.filter, MOST_SEARCHED, false).await?;
+    if head.is_empty() {
+        return Ok(Err("the pipeline has scored no window yet".to_owned()));
+    }
+    if let Err(e) = label(store, config, &mut head).await {
+        return Ok(Err(e));
+    }
+    let mut reference = Vec::with_capacity(wanted.min(head.len()));
+    let (mut first_index, mut span) = (None, 0);
+    for (index, window) in head.iter().enumerate() {
+        if let Some(outcome) = window.outcome {
+            let first = *first_index.get_or_insert(index);
+            reference.push((window, outcome));
+            if reference.len() == wanted {
+                span = index + 1 - first;
+                break;
+            }
+        }
+    }
+    let Some(last) = reference
+        .last()
+        .filter(|_| reference.len() == wanted)
+        .map(|(w, _)| (*w).clone())
+    else {
+        return Ok(Err(format!(
+            "{} of the {wanted} windows with outcomes the reference needs ({} chunks of {chunk}) have arrived in `{}`{}",
+            reference.len(),
+            config.reference_chunks,
+            config.targets,
+            if head.len() == MOST_SEARCHED {
+                format!(" among the model version's first {MOST_SEARCHED} windows")
+            } else {
+                String::new()
+            }
+        )));
+    };
+    Ok(Ok(FixedReference {
+        scores: reference.iter().map(|(w, _)| w.score).collect(),
+        outcomes: reference.iter().map(|(_, t)| *t).collect(),
+        first_start: reference.first().map_or(last.start, |(w, _)| w.start),
+        last,
+        span_windows: span,
+        fixed_at: Timestamp::now().nanos(),
+    }))
+}
+
+/// Keeps `reference` as the one of `pipeline`'s `version` under `basis`. Scores are written
+/// as Rust prints them, which reads back to the same bits (NaN and infinities included).
+async fn fix_reference(
+    store: &Store,
+    pipeline: &str,
+    version: &str,
+    basis: &str,
+    reference: &FixedReference,
+) -> Result<(), String> {
+    let scores: Vec<String> = reference.scores.iter().map(f64::to_string).collect();
+    let outcomes: String = reference
+        .outcomes
+        .iter()
+        .map(|&o| if o { '1' } else { '0' })
+        .collect();
+    let point = Point {
+        measurement: REFERENCES_TABLE.to_owned(),
+        tags: vec![
+            ("pipeline".to_owned(), pipeline.to_owned()),
+            ("model_version".to_owned(), version.to_owned()),
+            ("basis".to_owned(), basis.to_owned()),
+        ],
+        fields: vec![
+            ("scores".to_owned(), Value::Str(scores.join(","))),
+            ("outcomes".to_owned(), Value::Str(outcomes)),
+            ("first_start".to_owned(), Value::I64(reference.first_start)),
+            (
+                "last_device".to_owned(),
+                Value::Str(reference.last.device.clone()),
+            ),
+            ("last_start".to_owned(), Value::I64(reference.last.start)),
+            ("last_end".to_owned(), Value::I64(reference.last.end)),
+            (
+                "span_windows".to_owned(),
+                Value::I64(i64::try_from(reference.span_windows).unwrap_or(i64::MAX)),
+            ),
+        ],
+        time: Timestamp(reference.fixed_at),
+        quality: Quality::Good,
+    };
+    store
+        .write_computed(&[point], REFERENCE_SOURCE, REFERENCES_TABLE)
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("writing {REFERENCES_TABLE}: {e}"))
+}
+
+/// The reference fixed for `pipeline`'s `version` under `basis`, if one was (the first, should
+/// two looks have fixed one at once).
+async fn fixed_reference(
+    store: &Store,
+    pipeline: &str,
+    version: &str,
+    basis: &str,
+) -> Result<Option<FixedReference>, String> {
+    if !store.has_table(REFERENCES_TABLE) {
+        return Ok(None);
+    }
+    let sql = format!(
+        "SELECT scores, outcomes, first_start, last_device, last_start, last_end, span_windows, \
+         CAST(time AS BIGINT) AS fixed_at FROM {REFERENCES_TABLE} WHERE _source = {} AND pipeline = {} \
+         AND model_version = {} AND basis = {} ORDER BY time LIMIT 1",
+        literal(REFERENCE_SOURCE),
+        literal(pipeline),
+        literal(version),
+        literal(basis)
+    );
+    let output = store.query(&sql).await.map_err(|e| e.to_string())?;
+    let damaged = |what: &str| {
+        format!(
+            "the performance reference fixed for `{pipeline}` (model version {version}) is damaged: {what}"
+        )
+    };
+    for batch in &output.batches {
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        let text = |column: usize, name: &str| -> Result<String, String> {
+            let values: StringArray = cast_column(batch, column, &DataType::Utf8, name)?;
+            Ok(if values.is_valid(0) {
+                values.value(0).to_owned()
+            } else {
+                String::new()
+            })
+        };
+        let number = |column: usize, name: &str| -> Result<i64, String> {
+            let values: Int64Array = cast_column(batch, column, &DataType::Int64, name)?;
+            values
+                .is_valid(0)
+                .then(|| values.value(0))
+                .ok_or_else(|| damaged(&format!("no {name}")))
+        };
+        let scores = text(0, "scores")?
+            .split(',')
+            .map(|score| {
+                score
+                    .parse::<f64>()
+                    .map_err(|e| damaged(&format!("a score `{score}`: {e}")))
+            })
+            .collect::<Result<Vec<f64>, String>>()?;
+        let outcomes = text(1, "outcomes")?
+            .chars()
+            .map(|outcome| match outcome {
+                '1' => Ok(true),
+                '0' => Ok(false),
+                other => Err(damaged(&format!("an outcome `{other}`"))),
+            })
+            .collect::<Result<Vec<bool>, String>>()?;
+        if scores.len() != outcomes.len() {
+            return Err(damaged(&format!(
+                "{} scores, {} outcomes",
+                scores.len(),
+                outcomes.len()
+            )));
+        }
+        return Ok(Some(FixedReference {
+            scores,
+            outcomes,
+            first_start: number(2, "first_start")?,
+            last: Scored {
+                device: text(3, "last_device")?,
+                start: number(4, "last_start")?,
+                end: number(5, "last_end")?,
+                score: 0.0,
+                outcome: None,
+            },
+            span_windows: usize::try_from(number(6, "span_windows")?).unwrap_or(0),
+            fixed_at: number(7, "time")?,
+        }));
+    }
+    Ok(None)
+}
+
 /// The report of `pipeline`, which has `[pipelines.performance]` `config`.
 pub(crate) async fn report(
     store: &Store,
@@ -394,59 +613,37 @@ async fn report_with(
         return Ok(report);
     };
     let rows = rows.of_version(&version);
-    report.model_version = Some(version);
+    report.model_version = Some(version.clone());
     let chunk = config.chunk as usize;
-    let wanted = chunk * config.reference_chunks as usize;
 
-    // The reference: the version's first windows with outcomes, in window order.
-    let mut head = scored_windows(store, &rows.filter, MOST_SEARCHED, false).await?;
-    if head.is_empty() {
-        report.problem = Some(no_windows);
-        return Ok(report);
-    }
-    if let Err(e) = label(store, config, &mut head).await {
-        report.problem = Some(e);
-        return Ok(report);
-    }
-    let mut reference = Vec::with_capacity(wanted.min(head.len()));
-    let (mut first_index, mut span) = (None, 0);
-    for (index, window) in head.iter().enumerate() {
-        if let Some(outcome) = window.outcome {
-            let first = *first_index.get_or_insert(index);
-            reference.push((window, outcome));
-            if reference.len() == wanted {
-                span = index + 1 - first;
-                break;
+    // The reference: fixed the first time it was found and fitted, else the version's first
+    // windows with outcomes, in window order.
+    let basis = reference_basis(config);
+    let (reference, is_new) = match fixed_reference(store, &pipeline.name, &version, &basis).await?
+    {
+        Some(fixed) => (fixed, false),
+        None => match find_reference(store, config, &rows).await? {
+            Ok(found) => (found, true),
+            Err(problem) => {
+                report.problem = Some(problem);
+                return Ok(report);
             }
-        }
-    }
-    let Some(last) = reference
-        .last()
-        .filter(|_| reference.len() == wanted)
-        .map(|(w, _)| (*w).clone())
-    else {
-        report.problem = Some(format!(
-            "{} of the {wanted} windows with outcomes the reference needs ({} chunks of {chunk}) have arrived in `{}`{}",
-            reference.len(),
-            config.reference_chunks,
-            config.targets,
-            if head.len() == MOST_SEARCHED {
-                format!(" among the model version's first {MOST_SEARCHED} windows")
-            } else {
-                String::new()
-            }
-        ));
-        return Ok(report);
+        },
     };
+    let wanted = reference.scores.len();
     let threshold = config.decision_threshold;
     let predict =
         |scores: &[f64]| -> Vec<bool> { scores.iter().map(|&s| s >= threshold).collect() };
-    let scores: Vec<f64> = reference.iter().map(|(w, _)| w.score).collect();
-    let targets: Vec<bool> = reference.iter().map(|(_, t)| *t).collect();
-    let fitted = match Cbpe::fit(&scores, &predict(&scores), &targets, &metrics, chunk) {
+    let positives = reference.outcomes.iter().filter(|&&t| t).count();
+    let fitted = match Cbpe::fit(
+        &reference.scores,
+        &predict(&reference.scores),
+        &reference.outcomes,
+        &metrics,
+        chunk,
+    ) {
         Ok(fitted) => fitted,
         Err(e) => {
-            let positives = targets.iter().filter(|&&t| t).count();
             report.problem = Some(format!(
                 "the reference ({positives} of {wanted} outcomes positive) cannot be fitted: {e}{}",
                 if positives == 0 || positives == wanted {
@@ -461,13 +658,20 @@ async fn report_with(
             return Ok(report);
         }
     };
-    let first = reference.first().map_or(last.start, |(w, _)| w.start);
+    // Fixed once it fits, so outcomes that arrive late for earlier windows, or retention
+    // removing its windows, do not move it and the chunks counted from its end. One that
+    // cannot be fitted is not: more outcomes may make it fit.
+    if is_new
+        && let Err(e) = fix_reference(store, &pipeline.name, &version, &basis, &reference).await
+    {
+        tracing::warn!(pipeline = %pipeline.name, error = %e, "The performance reference could not be fixed; it is found again at the next look.");
+    }
     report.reference = Some(PerformanceReference {
-        from: first,
-        until: last.end,
+        from: reference.first_start,
+        until: reference.last.end,
         windows: wanted as u64,
-        span_windows: span as u64,
-        positives: targets.iter().filter(|&&t| t).count() as u64,
+        span_windows: reference.span_windows as u64,
+        positives: positives as u64,
         calibrated: fitted.calibrated(),
         metrics: fitted
             .thresholds()
@@ -478,13 +682,13 @@ async fn report_with(
                 upper_threshold: upper,
             })
             .collect(),
+        fixed_at: reference.fixed_at,
     });
 
     // The chunks after it, up to the newest window now: counted, then only the latest read,
     // newest first (a sorted top-k, whatever the count), so chunk boundaries are counted
     // from the reference's end.
-    drop(reference);
-    drop(head);
+    let last = reference.last;
     let after = rows.between(&last, None);
     let newest = scored_windows(store, &after, 1, true).await?;
     let Some(newest) = newest.first() else {
@@ -960,6 +1164,74 @@ mod tests {
             .expect("report");
         assert_eq!(latest.chunks[..], report.chunks[chunks - 5..]);
         assert_eq!(latest.pending, report.pending);
+    }
+
+    #[tokio::test]
+    async fn a_reference_stays_fixed_when_outcomes_arrive_late_for_earlier_windows() {
+        // Inspections from window 400 on at first: the reference starts there.
+        let inspected = |k: usize| k < 3_000 && k % 4 != 3;
+        let g = history(5_000, 2_400, |k| inspected(k) && k >= 400);
+        let (_dir, store) = crate::test_store::store_with(&g.lines).await;
+        let (pipeline, mut performance) = config();
+        let first = report(&store, &pipeline, &performance)
+            .await
+            .expect("report");
+        assert_eq!(first.problem, None, "{first:?}");
+        let reference = first.reference.clone().expect("reference");
+        assert!(reference.fixed_at > 0, "{reference:?}");
+        assert!(!first.chunks.is_empty());
+
+        // The outcomes of windows 0 to 399 arrive late. Found again, the reference would
+        // start at window 0 and every chunk would move; fixed, nothing changes.
+        let all = history(5_000, 2_400, inspected);
+        let late: String = all
+            .lines
+            .lines()
+            .filter(|line| line.starts_with("inspections"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        store
+            .write_lines(&late, Precision::Ns, SourceId::http())
+            .await
+            .expect("late outcomes");
+        let again = report(&store, &pipeline, &performance)
+            .await
+            .expect("report");
+        assert_eq!(again.reference, first.reference);
+        assert_eq!(again.chunks, first.chunks);
+        assert_eq!(again.pending, first.pending);
+        // The decision threshold and the metrics are not part of it: the same windows, fitted
+        // again.
+        performance.decision_threshold = 0.6;
+        performance.metrics = vec!["f1".into()];
+        let refitted = report(&store, &pipeline, &performance)
+            .await
+            .expect("report");
+        let kept = refitted.reference.as_ref().expect("reference");
+        assert_eq!(
+            (kept.from, kept.until, kept.fixed_at),
+            (reference.from, reference.until, reference.fixed_at)
+        );
+        assert_eq!(kept.metrics[0].metric, "f1");
+
+        // Another chunk size finds a new reference, among the outcomes as they are now: from
+        // window 0, 200 minutes (400 windows on two pumps) earlier.
+        performance.chunk = 100;
+        let rebased = report(&store, &pipeline, &performance)
+            .await
+            .expect("report");
+        let new = rebased.reference.as_ref().expect("reference");
+        assert_eq!(new.from, reference.from - 200 * MINUTE, "{new:?}");
+        assert_eq!(new.windows, 600);
+        assert!(new.fixed_at > reference.fixed_at);
+        assert_eq!(
+            rows(
+                &store,
+                &format!("SELECT count(*) AS n FROM {REFERENCES_TABLE} WHERE pipeline = 'quality'")
+            )
+            .await,
+            2
+        );
     }
 
     #[tokio::test]

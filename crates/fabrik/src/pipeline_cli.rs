@@ -214,7 +214,7 @@ fn performance_table(r: &PerformanceReport) -> String {
     if let Some(reference) = &r.reference {
         let _ = writeln!(
             out,
-            "reference: {} windows with outcomes ({} positive) of {} scored, {} to {}{}",
+            "reference: {} windows with outcomes ({} positive) of {} scored, {} to {}{}, fixed {}",
             reference.windows,
             reference.positives,
             reference.span_windows,
@@ -224,7 +224,8 @@ fn performance_table(r: &PerformanceReport) -> String {
                 ", scores calibrated"
             } else {
                 ""
-            }
+            },
+            time(reference.fixed_at)
         );
         for m in &reference.metrics {
             let bound = |b: Option<f64>| b.map_or_else(|| "-".to_owned(), |b| format!("{b:.4}"));
