@@ -654,7 +654,9 @@ impl Registry {
                     "{IMA_CONTINUATION_REFUSED} from entry {from}: {why}; send it whole"
                 ))
             })?;
-            kept_ima = judged.kept;
+            kept_ima = judged
+                .kept
+                .map(|log| (log, judged.check.as_ref().and_then(|c| c.continued_from)));
             record.ima = judged.check;
             record.runtime_policy_updated_at = runtime_policy.map(|policy| policy.updated_at);
             runtime_reasons = judged.reasons.len();
@@ -673,10 +675,10 @@ impl Registry {
         }
         record.passed = record.authentic && record.reasons.is_empty();
         // The entries first: a connect check that reads the new verdict finds them.
-        if let Some(mut log) = kept_ima {
+        if let Some((mut log, continued_from)) = kept_ima {
             // Failing for the runtime policy alone, its files may still be taken into one.
             log.set_boot_passed(record.authentic && record.reasons.len() == runtime_reasons);
-            self.store_ima_entries(id, &enrolled.fingerprint, record.time, &log)
+            self.store_ima_entries(id, &enrolled.fingerprint, record.time, &log, continued_from)
                 .await?;
         }
         sqlx::query(
@@ -1357,6 +1359,10 @@ impl Registry {
             .execute(&self.pool)
             .await?;
         sqlx::query("DELETE FROM attestation_event_logs WHERE device_id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM attestation_ima_parts WHERE device_id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;

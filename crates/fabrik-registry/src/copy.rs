@@ -168,7 +168,12 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("time", Int),
             ("entry_count", Int),
             ("entries", Text),
+            ("parts", Int),
         ],
+    ),
+    (
+        "attestation_ima_parts",
+        &[("device_id", Text), ("first_entry", Int), ("entries", Text)],
     ),
 ];
 

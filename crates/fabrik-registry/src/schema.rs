@@ -145,6 +145,20 @@ const MIGRATIONS: &[(i64, &str)] = &[
         entries TEXT NOT NULL
     )",
     ),
+    (
+        12,
+        // A kept IMA list in parts: the entries of a list sent whole, then those each
+        // continuing quote added, so a long list is not rewritten at every quote; the header
+        // row keeps the list's facts and how many parts it has (0: a list kept whole in its
+        // `entries`, as before this migration).
+        "CREATE TABLE attestation_ima_parts (
+        device_id TEXT NOT NULL,
+        first_entry BIGINT NOT NULL,
+        entries TEXT NOT NULL,
+        PRIMARY KEY (device_id, first_entry)
+    );
+    ALTER TABLE attestation_ima_logs ADD COLUMN parts BIGINT NOT NULL DEFAULT 0",
+    ),
 ];
 
 /// The audit log's table, also made afresh when an old log is set aside.

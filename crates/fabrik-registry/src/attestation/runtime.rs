@@ -11,10 +11,15 @@ use sqlx::Row;
 use super::ima_signature::{self, SigningKey};
 use super::{AttestationRecord, RejudgedVerdict};
 use crate::tpm::ima::{self, Extension, ImaEntry};
-use crate::{Registry, RegistryError, now_ns};
+use crate::{Dialect, Registry, RegistryError, now_ns};
 
 /// Entries named in a verdict before the rest are counted.
 const NAMED: usize = 5;
+/// A kept list in more parts than this is written again whole (one part) at the next quote,
+/// so reading it back stays a few queries' work.
+const MOST_PARTS: i64 = 64;
+/// How often a kept list is read again when a quote was kept while it was being read.
+const READ_ATTEMPTS: usize = 3;
 
 /// The files a device type may run and read, as its IMA measures them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -603,27 +608,95 @@ fn not_allowed(
 
 impl Registry {
     /// Keeps the IMA entries an authentic quote covered, replacing older ones of the device.
+    /// A list that continued the kept one from entry `continued_from` adds only its new
+    /// entries, as one more part (decision 0067): a long list is not written again at every
+    /// quote. It is written whole when it did not continue, when what is kept is no longer
+    /// what it continued (another quote was kept meanwhile), or when it is in
+    /// [`MOST_PARTS`] parts already. A quote older than the one kept changes nothing.
     pub(crate) async fn store_ima_entries(
         &self,
         id: &str,
         key_fingerprint: &str,
         time: i64,
         log: &KeptLog,
+        continued_from: Option<usize>,
     ) -> Result<(), RegistryError> {
-        let text = serde_json::to_string(log).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+        let header = KeptLog {
+            entries: Vec::new(),
+            ..log.clone()
+        };
+        let header =
+            serde_json::to_string(&header).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        // SQLite's write lock at once (a deferred transaction that read and then wrote would
+        // fail if another write came in between); PostgreSQL locks the device's row.
+        let mut tx = match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.pool.begin().await?,
+        };
+        let kept = sqlx::query(self.dialect.pick(
+            "SELECT key_fingerprint, time, entry_count, parts FROM attestation_ima_logs WHERE device_id = $1",
+            "SELECT key_fingerprint, time, entry_count, parts FROM attestation_ima_logs WHERE device_id = $1 FOR UPDATE",
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let mut parts = 0;
+        let mut appends = false;
+        if let Some(row) = &kept {
+            let kept_time: i64 = row.try_get("time")?;
+            if kept_time >= time {
+                return Ok(());
+            }
+            let kept_key: String = row.try_get("key_fingerprint")?;
+            let kept_count: i64 = row.try_get("entry_count")?;
+            parts = row.try_get::<i64, _>("parts")?;
+            appends = continued_from
+                .is_some_and(|from| count(from) == kept_count && from <= log.entries.len())
+                && kept_key == key_fingerprint
+                && parts > 0
+                && parts < MOST_PARTS;
+        }
+        if !appends {
+            sqlx::query("DELETE FROM attestation_ima_parts WHERE device_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            parts = 0;
+        }
+        let first = if appends {
+            continued_from.unwrap_or(0)
+        } else {
+            0
+        };
+        if first < log.entries.len() || parts == 0 {
+            let part = serde_json::to_string(&log.entries[first..])
+                .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO attestation_ima_parts (device_id, first_entry, entries) VALUES ($1, $2, $3)",
+            )
+            .bind(id)
+            .bind(count(first))
+            .bind(part)
+            .execute(&mut *tx)
+            .await?;
+            parts += 1;
+        }
         sqlx::query(
-            "INSERT INTO attestation_ima_logs (device_id, key_fingerprint, time, entry_count, entries) VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO attestation_ima_logs (device_id, key_fingerprint, time, entry_count, entries, parts) VALUES ($1, $2, $3, $4, $5, $6)
              ON CONFLICT (device_id) DO UPDATE SET key_fingerprint = excluded.key_fingerprint,
-             time = excluded.time, entry_count = excluded.entry_count, entries = excluded.entries
-             WHERE attestation_ima_logs.time < excluded.time",
+             time = excluded.time, entry_count = excluded.entry_count, entries = excluded.entries,
+             parts = excluded.parts",
         )
         .bind(id)
         .bind(key_fingerprint)
         .bind(time)
-        .bind(i64::try_from(log.len()).unwrap_or(i64::MAX))
-        .bind(text)
-        .execute(&self.pool)
+        .bind(count(log.len()))
+        .bind(header)
+        .bind(parts)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -635,15 +708,58 @@ impl Registry {
         key: Option<&str>,
         time: Option<i64>,
     ) -> Result<Option<(i64, String, KeptLog)>, RegistryError> {
+        // The header, the parts, and the header again: a quote kept in between (parts added,
+        // or the list rewritten) is read again rather than mixed with the one before.
+        for _ in 0..READ_ATTEMPTS {
+            let Some((kept_time, kept_key, count, parts, mut log)) =
+                self.kept_header(id, key, time).await?
+            else {
+                return Ok(None);
+            };
+            if parts > 0 {
+                log.entries = self.kept_parts(id, count).await?;
+            }
+            let again = self
+                .kept_header(id, Some(&kept_key), Some(kept_time))
+                .await?;
+            if again.is_some_and(|(_, _, again_count, again_parts, _)| {
+                (again_count, again_parts) == (count, parts)
+            }) {
+                if log.entries.len() != count {
+                    return Err(RegistryError::Corrupt(format!(
+                        "IMA entries of `{id}`: {} kept of {count}",
+                        log.entries.len()
+                    )));
+                }
+                return Ok(Some((kept_time, kept_key, log)));
+            }
+            if time.is_some() {
+                // That quote's list is gone: replaced by a newer one.
+                return Ok(None);
+            }
+        }
+        Err(RegistryError::Conflict(format!(
+            "the IMA entries of `{id}` changed at every reading"
+        )))
+    }
+
+    /// The kept row's header: time, key, entry count, parts, and the list's facts (with its
+    /// entries, for a row kept before lists were kept in parts).
+    async fn kept_header(
+        &self,
+        id: &str,
+        key: Option<&str>,
+        time: Option<i64>,
+    ) -> Result<Option<(i64, String, usize, i64, KeptLog)>, RegistryError> {
         let sql = match (key, time) {
             (None, _) => {
-                "SELECT key_fingerprint, time, entries FROM attestation_ima_logs WHERE device_id = $1"
+                "SELECT key_fingerprint, time, entry_count, parts, entries FROM attestation_ima_logs WHERE device_id = $1"
             }
             (Some(_), None) => {
-                "SELECT key_fingerprint, time, entries FROM attestation_ima_logs WHERE device_id = $1 AND key_fingerprint = $2"
+                "SELECT key_fingerprint, time, entry_count, parts, entries FROM attestation_ima_logs WHERE device_id = $1 AND key_fingerprint = $2"
             }
             (Some(_), Some(_)) => {
-                "SELECT key_fingerprint, time, entries FROM attestation_ima_logs WHERE device_id = $1 AND key_fingerprint = $2 AND time = $3"
+                "SELECT key_fingerprint, time, entry_count, parts, entries FROM attestation_ima_logs WHERE device_id = $1 AND key_fingerprint = $2 AND time = $3"
             }
         };
         let mut query = sqlx::query(sql).bind(id);
@@ -658,9 +774,45 @@ impl Registry {
             let text: String = row.try_get("entries")?;
             let log = serde_json::from_str(&text)
                 .map_err(|e| RegistryError::Corrupt(format!("IMA entries of `{id}`: {e}")))?;
-            Ok((row.try_get("time")?, row.try_get("key_fingerprint")?, log))
+            let count: i64 = row.try_get("entry_count")?;
+            Ok((
+                row.try_get("time")?,
+                row.try_get("key_fingerprint")?,
+                usize::try_from(count).unwrap_or(0),
+                row.try_get("parts")?,
+                log,
+            ))
         })
         .transpose()
+    }
+
+    /// The first `count` entries of the device's kept parts, which must follow each other.
+    async fn kept_parts(&self, id: &str, count: usize) -> Result<Vec<ImaLogEntry>, RegistryError> {
+        let rows = sqlx::query(
+            "SELECT first_entry, entries FROM attestation_ima_parts WHERE device_id = $1 ORDER BY first_entry",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut entries: Vec<ImaLogEntry> = Vec::with_capacity(count);
+        for row in rows {
+            // A part added after the header was read belongs to the next quote.
+            if entries.len() >= count && count > 0 {
+                break;
+            }
+            let first: i64 = row.try_get("first_entry")?;
+            if usize::try_from(first).ok() != Some(entries.len()) {
+                return Err(RegistryError::Corrupt(format!(
+                    "IMA entries of `{id}`: a part from entry {first} after {} entries",
+                    entries.len()
+                )));
+            }
+            let text: String = row.try_get("entries")?;
+            let part: Vec<ImaLogEntry> = serde_json::from_str(&text)
+                .map_err(|e| RegistryError::Corrupt(format!("IMA entries of `{id}`: {e}")))?;
+            entries.extend(part);
+        }
+        Ok(entries)
     }
 
     /// The IMA entries of the device's newest authentic quote that came with a list that
@@ -1271,5 +1423,160 @@ mod tests {
         ] {
             assert!(why.contains(place), "{place} in {why}");
         }
+    }
+
+    fn listed(count: usize) -> KeptLog {
+        KeptLog {
+            boot_aggregate_problem: None,
+            entries: (0..count)
+                .map(|n| ImaLogEntry {
+                    path: format!("/usr/bin/tool-{n}"),
+                    digest: format!("sha256:{}", hex(&digest(&n.to_string()))),
+                    violation: false,
+                    signature: None,
+                })
+                .collect(),
+            replay: Some(ReplayState {
+                bank: "sha256".into(),
+                extension: Extension::TemplateData,
+                pcr: format!("{count:064x}"),
+                reset_count: 1,
+            }),
+            boot_passed: true,
+        }
+    }
+
+    async fn parts(registry: &Registry) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM attestation_ima_parts WHERE device_id = 'gw'")
+            .fetch_one(&registry.pool)
+            .await
+            .expect("parts")
+    }
+
+    #[tokio::test]
+    async fn a_continued_list_is_kept_by_its_new_entries_and_read_back_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let registry = Registry::open(&dir.path().join("registry.db"))
+            .await
+            .expect("open");
+        let kept = |time: Option<i64>| registry.kept_ima_log("gw", "key-a", time);
+
+        registry
+            .store_ima_entries("gw", "key-a", 10, &listed(5), None)
+            .await
+            .expect("whole");
+        assert_eq!(kept(None).await.expect("read"), Some(listed(5)));
+        // Continued from entry 5: one more part, the list read back whole, under its quote's
+        // time only.
+        registry
+            .store_ima_entries("gw", "key-a", 20, &listed(8), Some(5))
+            .await
+            .expect("continued");
+        assert_eq!(parts(&registry).await, 2);
+        assert_eq!(kept(Some(20)).await.expect("read"), Some(listed(8)));
+        assert_eq!(kept(Some(10)).await.expect("read"), None, "replaced");
+        assert_eq!(
+            registry
+                .kept_ima_entry_count("gw", "key-a")
+                .await
+                .expect("count"),
+            Some(8)
+        );
+        // A quote older than the kept one, arriving late, changes nothing.
+        registry
+            .store_ima_entries("gw", "key-a", 15, &listed(3), None)
+            .await
+            .expect("older");
+        assert_eq!(kept(None).await.expect("read"), Some(listed(8)));
+        // A continuation from other than what is kept (another quote was kept meanwhile), and
+        // one under another key, are written whole.
+        registry
+            .store_ima_entries("gw", "key-a", 30, &listed(9), Some(6))
+            .await
+            .expect("not following");
+        assert_eq!(parts(&registry).await, 1);
+        assert_eq!(kept(None).await.expect("read"), Some(listed(9)));
+        registry
+            .store_ima_entries("gw", "key-b", 40, &listed(10), Some(9))
+            .await
+            .expect("other key");
+        assert_eq!(parts(&registry).await, 1);
+        assert_eq!(kept(None).await.expect("read"), None, "not under key-a");
+        assert_eq!(
+            registry
+                .kept_ima_log("gw", "key-b", None)
+                .await
+                .expect("read"),
+            Some(listed(10))
+        );
+        // A quote that added nothing adds no part; continued quote after quote, the list is
+        // written whole again once it is in MOST_PARTS parts.
+        registry
+            .store_ima_entries("gw", "key-b", 45, &listed(10), Some(10))
+            .await
+            .expect("nothing new");
+        assert_eq!(parts(&registry).await, 1);
+        let mut count = 10;
+        for time in 50..50 + MOST_PARTS - 1 {
+            registry
+                .store_ima_entries("gw", "key-b", time, &listed(count + 1), Some(count))
+                .await
+                .expect("continued");
+            count += 1;
+        }
+        assert_eq!(parts(&registry).await, MOST_PARTS);
+        registry
+            .store_ima_entries("gw", "key-b", 201, &listed(count + 1), Some(count))
+            .await
+            .expect("compacted");
+        assert_eq!(parts(&registry).await, 1);
+        assert_eq!(
+            registry
+                .kept_ima_log("gw", "key-b", Some(201))
+                .await
+                .expect("read"),
+            Some(listed(count + 1))
+        );
+
+        // A list kept whole in its row (before lists were kept in parts) reads as it was, and
+        // its next continuation is written whole, in parts from then on.
+        let legacy = serde_json::to_string(&listed(4)).expect("json");
+        sqlx::query(
+            "INSERT INTO attestation_ima_logs (device_id, key_fingerprint, time, entry_count, entries) \
+             VALUES ('old', 'key-a', 5, 4, $1)",
+        )
+        .bind(legacy)
+        .execute(&registry.pool)
+        .await
+        .expect("legacy row");
+        assert_eq!(
+            registry
+                .kept_ima_log("old", "key-a", None)
+                .await
+                .expect("read"),
+            Some(listed(4))
+        );
+        registry
+            .store_ima_entries("old", "key-a", 6, &listed(6), Some(4))
+            .await
+            .expect("continued");
+        assert_eq!(
+            registry
+                .kept_ima_log("old", "key-a", None)
+                .await
+                .expect("read"),
+            Some(listed(6))
+        );
+
+        // Parts that do not follow each other are damage, said, never a shorter list.
+        sqlx::query("DELETE FROM attestation_ima_parts WHERE device_id = 'gw' AND first_entry = 0")
+            .execute(&registry.pool)
+            .await
+            .expect("damage");
+        let damaged = registry.kept_ima_log("gw", "key-b", None).await;
+        assert!(
+            matches!(&damaged, Err(RegistryError::Corrupt(why)) if why.contains("gw")),
+            "{damaged:?}"
+        );
     }
 }
