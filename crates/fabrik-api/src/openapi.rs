@@ -186,6 +186,7 @@ impl Modify for TokenAuth {
         crate::pipelines::drift,
         crate::pipelines::shadow,
         crate::pipelines::performance,
+        crate::pipelines::new_performance_reference,
         crate::pipelines::models,
         crate::pipelines::model_file,
         crate::pipelines::put_model,

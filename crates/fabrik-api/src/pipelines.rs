@@ -210,6 +210,10 @@ pub struct PerformanceReference {
     /// `chunk`, `reference_chunks`, `targets`, `target` or `device_column` change.
     #[serde(default)]
     pub fixed_at: i64,
+    /// Start (ns) of the windows it was looked for among, when a new reference was asked for
+    /// from a time (`POST …/performance/reference`); absent: from the model version's first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub searched_from: Option<i64>,
 }
 
 /// A metric on the reference.
@@ -520,6 +524,14 @@ pub trait PipelineControl: Send + Sync {
     /// Pipeline `name`'s classifier performance estimated per chunk of scored windows
     /// (`[pipelines.performance]`).
     fn performance(&self, name: String) -> BoxFuture<'_, Result<PerformanceReport, ControlError>>;
+    /// Sets pipeline `name`'s performance reference aside: a new one is found among the
+    /// windows with outcomes as they are now, starting at or after `from` (ns) when given,
+    /// and fixed. Returns the report after.
+    fn new_performance_reference(
+        &self,
+        name: String,
+        from: Option<i64>,
+    ) -> BoxFuture<'_, Result<PerformanceReport, ControlError>>;
     /// The uploaded ONNX models.
     fn models(&self) -> BoxFuture<'_, Result<Vec<ModelInfo>, ControlError>>;
     /// Checks and stores an ONNX model under `name` with its detached signature (the
@@ -801,6 +813,47 @@ pub(crate) async fn performance(
     Path(name): Path<String>,
 ) -> Result<Json<PerformanceReport>, ApiError> {
     Ok(Json(control(&state)?.performance(name).await?))
+}
+
+/// `POST /api/v1/pipelines/{name}/performance/reference`.
+#[derive(Debug, Default, serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewReference {
+    /// Look for the new reference among windows starting at or after this time (RFC 3339): a
+    /// period known to be good. Absent: from the model version's first window.
+    pub from: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/pipelines/{name}/performance/reference", tag = "pipelines", security(("token" = [])),
+    params(("name" = String, Path, description = "pipeline name")),
+    request_body = NewReference,
+    responses((status = 200, description = "the reference set aside; the report after, with the new reference when enough windows with outcomes are there (else `problem` says how many are), fixed from then on", body = PerformanceReport),
+              (status = 400, description = "`from` is not RFC 3339", body = crate::error::ErrorBody),
+              (status = 404, description = "no pipeline of that name, or it has no `[pipelines.performance]`", body = crate::error::ErrorBody),
+              (status = 409, description = "the pipeline has scored no window yet: there is no reference to replace", body = crate::error::ErrorBody),
+              (status = 503, description = "the pipelines module does not run here", body = crate::error::ErrorBody)))]
+pub(crate) async fn new_performance_reference(
+    State(state): State<ApiState>,
+    Query(_options): Query<crate::control::NoOptions>,
+    Path(name): Path<String>,
+    crate::extract::Json(request): crate::extract::Json<NewReference>,
+) -> Result<Json<PerformanceReport>, ApiError> {
+    let from = request
+        .from
+        .as_deref()
+        .map(|text| {
+            fabrik_alert::model::parse_rfc3339(text).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "`from` is `{text}`: not an RFC 3339 time (2026-12-01T00:00:00Z)"
+                ))
+            })
+        })
+        .transpose()?;
+    Ok(Json(
+        control(&state)?
+            .new_performance_reference(name, from)
+            .await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/api/v1/models", tag = "pipelines", security(("token" = [])),

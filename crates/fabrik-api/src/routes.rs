@@ -162,6 +162,10 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/pipelines/{name}/performance",
             get(crate::pipelines::performance),
         )
+        .route(
+            "/api/v1/pipelines/{name}/performance/reference",
+            post(crate::pipelines::new_performance_reference),
+        )
         .route("/api/v1/models", get(crate::pipelines::models))
         .route(
             "/api/v1/models/{name}",

@@ -374,6 +374,9 @@ struct FixedReference {
     last: Scored,
     span_windows: usize,
     fixed_at: i64,
+    /// The windows it was looked for among started at or after this (ns), as a new reference
+    /// asked for them to.
+    searched_from: Option<i64>,
 }
 
 /// What a reference is found by besides the model version: another value of any of these
@@ -392,12 +395,20 @@ async fn find_reference(
     store: &Store,
     config: &PerformanceConfig,
     rows: &Rows,
+    from: Option<i64>,
 ) -> Result<Result<FixedReference, String>, String> {
     let chunk = config.chunk as usize;
     let wanted = chunk * config.reference_chunks as usize;
-    let mut head = scored_windows(store, &rows.filter, MOST_SEARCHED, false).await?;
+    let filter = match from {
+        Some(from) => format!("{} AND window_start >= {from}", rows.filter),
+        None => rows.filter.clone(),
+    };
+    let since = from
+        .map(|from| format!(" since {}", crate::pipelines::rfc3339(from)))
+        .unwrap_or_default();
+    let mut head = scored_windows(store, &filter, MOST_SEARCHED, false).await?;
     if head.is_empty() {
-        return Ok(Err("the pipeline has scored no window yet".to_owned()));
+        return Ok(Err(format!("the pipeline has scored no window{since} yet")));
     }
     if let Err(e) = label(store, config, &mut head).await {
         return Ok(Err(e));
@@ -420,7 +431,7 @@ async fn find_reference(
         .map(|(w, _)| (*w).clone())
     else {
         return Ok(Err(format!(
-            "{} of the {wanted} windows with outcomes the reference needs ({} chunks of {chunk}) have arrived in `{}`{}",
+            "{} of the {wanted} windows with outcomes the reference needs ({} chunks of {chunk}) have arrived in `{}`{since}{}",
             reference.len(),
             config.reference_chunks,
             config.targets,
@@ -438,6 +449,7 @@ async fn find_reference(
         last,
         span_windows: span,
         fixed_at: Timestamp::now().nanos(),
+        searched_from: from,
     }))
 }
 
@@ -456,7 +468,7 @@ async fn fix_reference(
         .iter()
         .map(|&o| if o { '1' } else { '0' })
         .collect();
-    let point = Point {
+    let mut point = Point {
         measurement: REFERENCES_TABLE.to_owned(),
         tags: vec![
             ("pipeline".to_owned(), pipeline.to_owned()),
@@ -481,6 +493,11 @@ async fn fix_reference(
         time: Timestamp(reference.fixed_at),
         quality: Quality::Good,
     };
+    if let Some(from) = reference.searched_from {
+        point
+            .fields
+            .push(("search_from".to_owned(), Value::I64(from)));
+    }
     store
         .write_computed(&[point], REFERENCE_SOURCE, REFERENCES_TABLE)
         .await
@@ -488,25 +505,81 @@ async fn fix_reference(
         .map_err(|e| format!("writing {REFERENCES_TABLE}: {e}"))
 }
 
-/// The reference fixed for `pipeline`'s `version` under `basis`, if one was (the first, should
-/// two looks have fixed one at once).
-async fn fixed_reference(
+/// What `_performance_references` says of `pipeline`'s `version` under `basis`: the
+/// reference fixed since the latest new reference was asked for (the first, should two looks
+/// have fixed one at once), where that asked the search to start, and the newest row's time
+/// (a row written next is stamped after it, whatever the clock says, so it is never taken
+/// for one before it).
+#[derive(Debug, Default)]
+struct References {
+    fixed: Option<FixedReference>,
+    search_from: Option<i64>,
+    newest: Option<i64>,
+}
+
+/// Reads [`References`] of `pipeline`'s `version` under `basis`.
+async fn references(
     store: &Store,
     pipeline: &str,
     version: &str,
     basis: &str,
-) -> Result<Option<FixedReference>, String> {
+) -> Result<References, String> {
     if !store.has_table(REFERENCES_TABLE) {
-        return Ok(None);
+        return Ok(References::default());
     }
-    let sql = format!(
-        "SELECT scores, outcomes, first_start, last_device, last_start, last_end, span_windows, \
-         CAST(time AS BIGINT) AS fixed_at FROM {REFERENCES_TABLE} WHERE _source = {} AND pipeline = {} \
-         AND model_version = {} AND basis = {} ORDER BY time LIMIT 1",
+    let of_this = format!(
+        "_source = {} AND pipeline = {} AND model_version = {} AND basis = {}",
         literal(REFERENCE_SOURCE),
         literal(pipeline),
         literal(version),
         literal(basis)
+    );
+    let mut found = References::default();
+    let newest =
+        format!("SELECT CAST(max(time) AS BIGINT) FROM {REFERENCES_TABLE} WHERE {of_this}");
+    for batch in &store
+        .query(&newest)
+        .await
+        .map_err(|e| e.to_string())?
+        .batches
+    {
+        let time: Int64Array = cast_column(batch, 0, &DataType::Int64, "time")?;
+        if !time.is_empty() && time.is_valid(0) {
+            found.newest = Some(time.value(0));
+        }
+    }
+    // Rows of both kinds: a new reference asked for (`reset`), and references fixed.
+    let (mut after, mut fixed_only) = (i64::MIN, String::new());
+    if store.has_column(REFERENCES_TABLE, "reset") {
+        fixed_only = " AND reset IS NOT TRUE".to_owned();
+        let search_from = if store.has_column(REFERENCES_TABLE, "search_from") {
+            "search_from"
+        } else {
+            "CAST(NULL AS BIGINT)"
+        };
+        let sql = format!(
+            "SELECT CAST(time AS BIGINT) AS reset_at, {search_from} AS search_from FROM \
+             {REFERENCES_TABLE} WHERE {of_this} AND reset ORDER BY time DESC LIMIT 1"
+        );
+        for batch in &store.query(&sql).await.map_err(|e| e.to_string())?.batches {
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let reset_at: Int64Array = cast_column(batch, 0, &DataType::Int64, "time")?;
+            let from: Int64Array = cast_column(batch, 1, &DataType::Int64, "search_from")?;
+            after = reset_at.value(0);
+            found.search_from = from.is_valid(0).then(|| from.value(0));
+        }
+    }
+    let since_reset = if after == i64::MIN {
+        String::new()
+    } else {
+        format!(" AND time > to_timestamp_nanos({after})")
+    };
+    let sql = format!(
+        "SELECT scores, outcomes, first_start, last_device, last_start, last_end, span_windows, \
+         CAST(time AS BIGINT) AS fixed_at FROM {REFERENCES_TABLE} WHERE {of_this}{fixed_only}\
+         {since_reset} ORDER BY time LIMIT 1"
     );
     let output = store.query(&sql).await.map_err(|e| e.to_string())?;
     let damaged = |what: &str| {
@@ -556,7 +629,7 @@ async fn fixed_reference(
                 outcomes.len()
             )));
         }
-        return Ok(Some(FixedReference {
+        found.fixed = Some(FixedReference {
             scores,
             outcomes,
             first_start: number(2, "first_start")?,
@@ -569,9 +642,64 @@ async fn fixed_reference(
             },
             span_windows: usize::try_from(number(6, "span_windows")?).unwrap_or(0),
             fixed_at: number(7, "time")?,
-        }));
+            searched_from: found.search_from,
+        });
+        break;
     }
-    Ok(None)
+    Ok(found)
+}
+
+/// Asks for a new reference of `pipeline`'s latest model version: the next look finds one
+/// among the windows with outcomes as they are then, starting at or after `from` (ns) when
+/// given, and fixes it (decision 0069). For a reference fixed on outcomes found wrong since,
+/// or a period known to be good. `Err` when the pipeline has scored no window yet (nothing to
+/// replace).
+pub(crate) async fn new_reference(
+    store: &Store,
+    pipeline: &PipelineConfig,
+    config: &PerformanceConfig,
+    from: Option<i64>,
+) -> Result<Result<PerformanceReport, String>, String> {
+    let rows = Rows::own(store, &pipeline.name);
+    let version = if store.has_table(INFERENCES_TABLE) {
+        latest_version(store, &rows).await?
+    } else {
+        None
+    };
+    let Some(version) = version else {
+        return Ok(Err(format!(
+            "pipeline `{}` has scored no window yet: there is no reference to replace",
+            pipeline.name
+        )));
+    };
+    let basis = reference_basis(config);
+    let known = references(store, &pipeline.name, &version, &basis).await?;
+    let mut fields = vec![("reset".to_owned(), Value::Bool(true))];
+    if let Some(from) = from {
+        fields.push(("search_from".to_owned(), Value::I64(from)));
+    }
+    let point = Point {
+        measurement: REFERENCES_TABLE.to_owned(),
+        tags: vec![
+            ("pipeline".to_owned(), pipeline.name.clone()),
+            ("model_version".to_owned(), version),
+            ("basis".to_owned(), basis),
+        ],
+        fields,
+        time: Timestamp(after_newest(known.newest)),
+        quality: Quality::Good,
+    };
+    store
+        .write_computed(&[point], REFERENCE_SOURCE, REFERENCES_TABLE)
+        .await
+        .map_err(|e| format!("writing {REFERENCES_TABLE}: {e}"))?;
+    report(store, pipeline, config).await.map(Ok)
+}
+
+/// Now, or just after `newest` if the clock says otherwise.
+fn after_newest(newest: Option<i64>) -> i64 {
+    let now = Timestamp::now().nanos();
+    newest.map_or(now, |newest| now.max(newest.saturating_add(1)))
 }
 
 /// The report of `pipeline`, which has `[pipelines.performance]` `config`.
@@ -619,11 +747,14 @@ async fn report_with(
     // The reference: fixed the first time it was found and fitted, else the version's first
     // windows with outcomes, in window order.
     let basis = reference_basis(config);
-    let (reference, is_new) = match fixed_reference(store, &pipeline.name, &version, &basis).await?
-    {
+    let known = references(store, &pipeline.name, &version, &basis).await?;
+    let (reference, is_new) = match known.fixed {
         Some(fixed) => (fixed, false),
-        None => match find_reference(store, config, &rows).await? {
-            Ok(found) => (found, true),
+        None => match find_reference(store, config, &rows, known.search_from).await? {
+            Ok(mut found) => {
+                found.fixed_at = after_newest(known.newest);
+                (found, true)
+            }
             Err(problem) => {
                 report.problem = Some(problem);
                 return Ok(report);
@@ -683,6 +814,7 @@ async fn report_with(
             })
             .collect(),
         fixed_at: reference.fixed_at,
+        searched_from: reference.searched_from,
     });
 
     // The chunks after it, up to the newest window now: counted, then only the latest read,
@@ -1166,6 +1298,22 @@ mod tests {
         assert_eq!(latest.pending, report.pending);
     }
 
+    /// Writes the inspections of [`history`]'s windows that `inspected` picks (again, for
+    /// those already written: the same rows).
+    async fn write_every_inspection(store: &Store, inspected: impl Fn(usize) -> bool) {
+        let all = history(5_000, 2_400, inspected);
+        let inspections: String = all
+            .lines
+            .lines()
+            .filter(|line| line.starts_with("inspections"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        store
+            .write_lines(&inspections, Precision::Ns, SourceId::http())
+            .await
+            .expect("inspections");
+    }
+
     #[tokio::test]
     async fn a_reference_stays_fixed_when_outcomes_arrive_late_for_earlier_windows() {
         // Inspections from window 400 on at first: the reference starts there.
@@ -1183,17 +1331,7 @@ mod tests {
 
         // The outcomes of windows 0 to 399 arrive late. Found again, the reference would
         // start at window 0 and every chunk would move; fixed, nothing changes.
-        let all = history(5_000, 2_400, inspected);
-        let late: String = all
-            .lines
-            .lines()
-            .filter(|line| line.starts_with("inspections"))
-            .map(|line| format!("{line}\n"))
-            .collect();
-        store
-            .write_lines(&late, Precision::Ns, SourceId::http())
-            .await
-            .expect("late outcomes");
+        write_every_inspection(&store, inspected).await;
         let again = report(&store, &pipeline, &performance)
             .await
             .expect("report");
@@ -1231,6 +1369,77 @@ mod tests {
             )
             .await,
             2
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_reference_is_found_on_request_and_fixed_again() {
+        let inspected = |k: usize| k < 3_000 && k % 4 != 3;
+        let g = history(5_000, 2_400, |k| inspected(k) && k >= 400);
+        let (_dir, store) = crate::test_store::store_with(&g.lines).await;
+        let (pipeline, performance) = config();
+        // Nothing scored: nothing to replace.
+        let (_empty_dir, empty) = crate::test_store::store_with("pump,device=p1 v=1 1\n").await;
+        let refused = new_reference(&empty, &pipeline, &performance, None)
+            .await
+            .expect("looked");
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|why| why.contains("has scored no window yet")),
+            "{refused:?}"
+        );
+        let first = report(&store, &pipeline, &performance)
+            .await
+            .expect("report")
+            .reference
+            .expect("reference");
+        assert_eq!(first.searched_from, None);
+
+        // The outcomes of windows 0 to 399 arrive late; asked for, a new reference is found
+        // among the outcomes as they are now, 200 minutes earlier, and fixed.
+        write_every_inspection(&store, inspected).await;
+        let renewed = new_reference(&store, &pipeline, &performance, None)
+            .await
+            .expect("looked")
+            .expect("renewed");
+        let second = renewed.reference.clone().expect("reference");
+        assert_eq!(second.from, first.from - 200 * MINUTE, "{second:?}");
+        assert!(second.fixed_at > first.fixed_at);
+        let again = report(&store, &pipeline, &performance)
+            .await
+            .expect("report");
+        assert_eq!(again.reference.as_ref(), Some(&second));
+        assert_eq!(again.chunks, renewed.chunks);
+
+        // From a time: only windows starting then or later, here those of window 1,000 on
+        // (500 minutes after window 0).
+        let from = second.from + 500 * MINUTE;
+        let third = new_reference(&store, &pipeline, &performance, Some(from))
+            .await
+            .expect("looked")
+            .expect("renewed")
+            .reference
+            .expect("reference");
+        assert_eq!((third.from, third.searched_from), (from, Some(from)));
+        let kept = report(&store, &pipeline, &performance)
+            .await
+            .expect("report")
+            .reference
+            .expect("reference");
+        assert_eq!(kept, third);
+        // Too late a start: no reference, and the report says from when it looked.
+        let after_outcomes = second.from + 2_000 * MINUTE;
+        let none = new_reference(&store, &pipeline, &performance, Some(after_outcomes))
+            .await
+            .expect("looked")
+            .expect("asked");
+        assert_eq!(none.reference, None);
+        assert!(
+            none.problem
+                .as_deref()
+                .is_some_and(|why| why.contains(" since ")),
+            "{none:?}"
         );
     }
 

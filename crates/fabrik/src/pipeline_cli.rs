@@ -97,6 +97,15 @@ enum PipelineCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Set the fixed reference aside and find a new one among the windows with outcomes
+        /// as they are now (after outcomes of the reference were corrected, say); fixed
+        /// again once found.
+        #[arg(long)]
+        new_reference: bool,
+        /// With --new-reference: only among windows starting at or after this time (RFC
+        /// 3339), a period known to be good.
+        #[arg(long, requires = "new_reference")]
+        from: Option<String>,
     },
 }
 
@@ -185,9 +194,24 @@ pub(crate) async fn run(args: PipelineArgs) -> anyhow::Result<()> {
             }
             print!("{}", shadow_table(&comparison));
         }
-        PipelineCommand::Performance { name, json } => {
+        PipelineCommand::Performance {
+            name,
+            json,
+            new_reference,
+            from,
+        } => {
             let path = format!("/api/v1/pipelines/{name}/performance");
-            let report: PerformanceReport = ep.get_json(&client, &path).await?;
+            let report: PerformanceReport = if new_reference {
+                ep.send(
+                    ep.request(&client, reqwest::Method::POST, &format!("{path}/reference"))
+                        .json(&serde_json::json!({ "from": from })),
+                )
+                .await?
+                .json()
+                .await?
+            } else {
+                ep.get_json(&client, &path).await?
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
                 return Ok(());
@@ -214,7 +238,7 @@ fn performance_table(r: &PerformanceReport) -> String {
     if let Some(reference) = &r.reference {
         let _ = writeln!(
             out,
-            "reference: {} windows with outcomes ({} positive) of {} scored, {} to {}{}, fixed {}",
+            "reference: {} windows with outcomes ({} positive) of {} scored, {} to {}{}, fixed {}{}",
             reference.windows,
             reference.positives,
             reference.span_windows,
@@ -225,7 +249,11 @@ fn performance_table(r: &PerformanceReport) -> String {
             } else {
                 ""
             },
-            time(reference.fixed_at)
+            time(reference.fixed_at),
+            reference
+                .searched_from
+                .map(|from| format!(" (looked for from {})", time(from)))
+                .unwrap_or_default()
         );
         for m in &reference.metrics {
             let bound = |b: Option<f64>| b.map_or_else(|| "-".to_owned(), |b| format!("{b:.4}"));

@@ -1296,6 +1296,30 @@ impl PipelineManager {
     /// Restarts pipeline `name`, whatever defined it, with every device training afresh: a
     /// model whose saved training span held a fault would otherwise come back at every
     /// restart. The definition does not change.
+    /// Pipeline `name`'s definition and its `[pipelines.performance]`.
+    async fn performance_config(
+        &self,
+        name: &str,
+    ) -> Result<(PipelineConfig, fabrik_runtime::config::PerformanceConfig), ControlError> {
+        let config = {
+            let pipelines = self.pipelines.lock().await;
+            let managed = pipelines
+                .by_name
+                .get(name)
+                .ok_or_else(|| ControlError::NotFound(format!("no pipeline named `{name}`")))?;
+            // A stored definition that no longer compiles is not estimated on.
+            compile(&managed.config)
+                .map_err(ControlError::Invalid)?
+                .config
+        };
+        let Some(performance) = config.performance.clone() else {
+            return Err(ControlError::NotFound(format!(
+                "pipeline `{name}` estimates no performance (`[pipelines.performance]`)"
+            )));
+        };
+        Ok((config, performance))
+    }
+
     async fn retrain_pipeline(&self, name: String) -> Result<(), ControlError> {
         let mut pipelines = self.pipelines.lock().await;
         let existing = pipelines
@@ -1641,25 +1665,24 @@ impl PipelineControl for PipelineManager {
         name: String,
     ) -> BoxFuture<'_, Result<fabrik_api::pipelines::PerformanceReport, ControlError>> {
         Box::pin(async move {
-            let config = {
-                let pipelines = self.pipelines.lock().await;
-                let managed = pipelines
-                    .by_name
-                    .get(&name)
-                    .ok_or_else(|| ControlError::NotFound(format!("no pipeline named `{name}`")))?;
-                // A stored definition that no longer compiles is not estimated on.
-                compile(&managed.config)
-                    .map_err(ControlError::Invalid)?
-                    .config
-            };
-            let Some(performance) = config.performance.clone() else {
-                return Err(ControlError::NotFound(format!(
-                    "pipeline `{name}` estimates no performance (`[pipelines.performance]`)"
-                )));
-            };
+            let (config, performance) = self.performance_config(&name).await?;
             crate::performance::report(&self.store, &config, &performance)
                 .await
                 .map_err(ControlError::Storage)
+        })
+    }
+
+    fn new_performance_reference(
+        &self,
+        name: String,
+        from: Option<i64>,
+    ) -> BoxFuture<'_, Result<fabrik_api::pipelines::PerformanceReport, ControlError>> {
+        Box::pin(async move {
+            let (config, performance) = self.performance_config(&name).await?;
+            crate::performance::new_reference(&self.store, &config, &performance, from)
+                .await
+                .map_err(ControlError::Storage)?
+                .map_err(ControlError::NotChangeable)
         })
     }
 

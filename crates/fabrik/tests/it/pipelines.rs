@@ -655,6 +655,55 @@ start = "earliest"
         out.contains("reference: 60 windows with outcomes (30 positive) of 60 scored"),
         "{out}"
     );
+    // The reference is fixed; asked for, a new one is looked for among the windows from a
+    // time on (none after this one: no reference, said), or from the first window again.
+    let fixed_at = report["reference"]["fixed_at"].as_i64().expect("fixed_at");
+    let new_reference = |body: serde_json::Value| {
+        http(
+            &p.url,
+            reqwest::Method::POST,
+            "/api/v1/pipelines/classifier/performance/reference",
+            Some(body),
+        )
+    };
+    let (code, body) = new_reference(serde_json::json!({"from": "next tuesday"}));
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("`from` is `next tuesday`")),
+        "{body}"
+    );
+    let (code, none) = new_reference(serde_json::json!({"from": "2100-01-01T00:00:00Z"}));
+    assert_eq!(code, 200, "{none}");
+    assert_eq!(none["reference"], serde_json::Value::Null, "{none}");
+    assert!(
+        none["problem"]
+            .as_str()
+            .is_some_and(|why| why.contains("since 2100-01-01")),
+        "{none}"
+    );
+    let (ok, out) = crate::support::client_command(
+        &p.url,
+        &["pipeline", "performance", "classifier", "--new-reference"],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("reference: 60 windows with outcomes (30 positive) of 60 scored"),
+        "{out}"
+    );
+    let (_, renewed) = http(
+        &p.url,
+        reqwest::Method::GET,
+        "/api/v1/pipelines/classifier/performance",
+        None,
+    );
+    assert!(
+        renewed["reference"]["fixed_at"]
+            .as_i64()
+            .is_some_and(|at| at > fixed_at),
+        "{renewed}"
+    );
     // A pipeline without the section: 404, named.
     let (code, body) = http(
         &p.url,
