@@ -125,6 +125,9 @@ pub struct LiveState {
     /// Device types with a runtime policy (IMA, decision 0067); `None` when the registry runs
     /// elsewhere.
     pub runtime_policies: Option<usize>,
+    /// Whether this node's keys for encrypted targets are sealed to its TPM (decision 0070);
+    /// `None` when it follows no release repository.
+    pub node_key_sealed: Option<bool>,
 }
 
 fn control(
@@ -472,6 +475,19 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
              key (age, X25519) is decrypted only after that, and checked against its signed \
              content hash"
         ));
+        match live.node_key_sealed {
+            Some(true) => evidence.push(
+                "this node's keys for encrypted targets are sealed to its TPM: a copy of its \
+                 disk opens no model published to it (decision 0070)"
+                    .to_owned(),
+            ),
+            Some(false) => gaps.push(
+                "this node's keys for encrypted targets are a file on its disk, which a copy of \
+                 the disk carries away: `fabrik updates seal-key` seals them to its TPM"
+                    .to_owned(),
+            ),
+            None => {}
+        }
         if facts.binary_updates {
             evidence.push(
                 "the Fabrik binary arrives the same way, and is tried on this node (`config \
@@ -602,9 +618,18 @@ pub(crate) async fn report(
                 audit: Some(registry.verify_audit().await?),
                 attestation: Some(registry.attestation_coverage().await?),
                 runtime_policies: Some(registry.runtime_policy_count().await?),
+                node_key_sealed: None,
             }
         }
         None => LiveState::default(),
+    };
+    let live = LiveState {
+        node_key_sealed: state
+            .updates
+            .read()
+            .as_ref()
+            .map(|status| status.key_sealed),
+        ..live
     };
     let controls = assess(&state.compliance, &live);
     let count = |status| controls.iter().filter(|c| c.status == status).count();
@@ -655,11 +680,12 @@ mod tests {
             binary_rollback_after_failed_runs: 3,
             ..ComplianceFacts::default()
         };
-        let live = LiveState {
+        let mut live = LiveState {
             attestation: Some((2, 2)),
             runtime_policies: Some(1),
             users: Some([1, 0, 0]),
             audit: Some(intact()),
+            node_key_sealed: Some(true),
         };
         let controls = assess(&facts, &live);
         let models = control_of(&controls, "NIST 800-53 SI-7");
@@ -671,6 +697,24 @@ mod tests {
             "{:?}",
             models.evidence
         );
+        assert!(
+            models
+                .evidence
+                .iter()
+                .any(|e| e.contains("sealed to its TPM")),
+            "{:?}",
+            models.evidence
+        );
+        live.node_key_sealed = Some(false);
+        let unsealed = assess(&facts, &live);
+        assert!(
+            control_of(&unsealed, "NIST 800-53 SI-7")
+                .gaps
+                .iter()
+                .any(|g| g.contains("fabrik updates seal-key")),
+            "{unsealed:?}"
+        );
+        live.node_key_sealed = Some(true);
         let devices = control_of(&controls, "NIST 800-53 IA-3");
         assert!(
             devices
@@ -707,6 +751,7 @@ mod tests {
             runtime_policies: None,
             users: Some([1, 0, 2]),
             audit: Some(intact()),
+            node_key_sealed: None,
         };
         let controls = assess(&facts, &live);
         assert_eq!(
@@ -735,6 +780,7 @@ mod tests {
                 runtime_policies: None,
                 users: Some([1, 0, 0]),
                 audit: Some(broken),
+                node_key_sealed: None,
             },
         );
         assert_eq!(status_of(&controls, "NIST 800-53 SI-7"), ControlStatus::Met);
@@ -762,6 +808,7 @@ mod tests {
                 runtime_policies: None,
                 users: Some([1, 0, 0]),
                 audit: Some(intact()),
+                node_key_sealed: None,
             },
         );
         assert_eq!(status_of(&controls, "NIST 800-53 SC-8"), ControlStatus::Met);
@@ -774,6 +821,7 @@ mod tests {
                 runtime_policies: None,
                 users: Some([1, 0, 0]),
                 audit: Some(intact()),
+                node_key_sealed: None,
             },
         );
         assert_eq!(
@@ -788,6 +836,7 @@ mod tests {
             runtime_policies: None,
             users: Some([1, 0, 0]),
             audit: Some(intact()),
+            node_key_sealed: None,
         };
         facts.mqtt_acl_rules = 2;
         let controls = assess(&facts, &live);
@@ -801,6 +850,7 @@ mod tests {
             runtime_policies: None,
             users: Some([0, 0, 2]),
             audit: Some(intact()),
+            node_key_sealed: None,
         };
         facts.admin_token_file_mode = Some(0o600);
         let gdpr = |facts: &ComplianceFacts| {
@@ -834,6 +884,7 @@ mod tests {
                 unverifiable_entries: 1,
                 ..intact()
             }),
+            node_key_sealed: None,
         };
         let controls = assess(&facts, &erased);
         let audit = control_of(&controls, "NIST 800-53 AU-2");

@@ -31,6 +31,9 @@ pub struct UpdateStatus {
     /// Its previous keys' recipients, newest first (`fabrik updates rotate-key`): targets
     /// published to them still decrypt here until `fabrik updates retire-keys`.
     pub previous_recipients: Vec<String>,
+    /// Whether its keys are sealed to its TPM (`fabrik updates seal-key`).
+    #[serde(default)]
+    pub key_sealed: bool,
     /// Seconds between checks.
     pub interval_seconds: f64,
     /// The platform this node runs on (`linux-x86_64`): a `binary` target must name it.

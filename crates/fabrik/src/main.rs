@@ -48,6 +48,7 @@ mod release_cli;
 mod release_keys;
 mod release_signer;
 mod run;
+mod sealed_identity;
 mod self_update;
 mod shadow;
 mod shadow_kpis;

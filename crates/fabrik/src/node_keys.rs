@@ -1,7 +1,9 @@
 //! A node's keys for encrypted release targets (decisions 0032, 0043): the identity file
 //! (`[updates] identity`, else `<data_dir>/updates/identity.key`), made at first start, and
 //! its rotation — a new key first, the previous ones kept after it so targets already
-//! published to them still decrypt, until they are retired.
+//! published to them still decrypt, until they are retired. The file may be sealed to the
+//! node's TPM (decision 0070, [`crate::sealed_identity`]): read, rotated and retired the same
+//! way, it stays sealed.
 
 use std::path::{Path, PathBuf};
 
@@ -11,12 +13,22 @@ use crate::age::{Identity, Recipient};
 /// publishers encrypt to), the others previous keys that still decrypt.
 pub(crate) struct NodeKeys {
     keys: Vec<Identity>,
+    /// The file's seal, when it is sealed to the TPM: a rewrite is sealed with it again.
+    seal: Option<crate::sealed_identity::Seal>,
 }
 
 impl NodeKeys {
     /// One key and no previous ones.
     pub(crate) fn single(key: Identity) -> Self {
-        Self { keys: vec![key] }
+        Self {
+            keys: vec![key],
+            seal: None,
+        }
+    }
+
+    /// Whether the file is sealed to the TPM.
+    pub(crate) fn sealed(&self) -> bool {
+        self.seal.is_some()
     }
 
     /// The node's current recipient.
@@ -48,12 +60,47 @@ pub(crate) fn default_path(data_dir: &Path) -> PathBuf {
     data_dir.join("updates").join("identity.key")
 }
 
-/// The keys in the identity file at `path`.
+/// The keys in the identity file at `path` (unsealed by the TPM when it is sealed).
 pub(crate) fn read(path: &Path) -> Result<NodeKeys, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (text, seal) = if crate::sealed_identity::is_sealed(&text) {
+        let (text, seal) = crate::sealed_identity::open(path, &text)?;
+        (text, Some(seal))
+    } else {
+        (text, None)
+    };
     let keys = Identity::parse_all(&text)
         .map_err(|e| format!("{}: {}", path.display(), crate::error_text::describe(&e)))?;
-    Ok(NodeKeys { keys })
+    Ok(NodeKeys { keys, seal })
+}
+
+/// Seals the identity file at `path` to this node's TPM, in place: its keys are encrypted
+/// under a key the TPM seals, so the file opens only there. Opened again before it replaces
+/// the plain file, so a TPM that cannot unseal what it sealed leaves the keys as they were.
+pub(crate) fn seal(path: &Path) -> Result<NodeKeys, String> {
+    let (path, _lock) = locked(path)?;
+    let path = path.as_path();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if crate::sealed_identity::is_sealed(&text) {
+        return Err(format!("{}: already sealed to a TPM", path.display()));
+    }
+    let keys = Identity::parse_all(&text)
+        .map_err(|e| format!("{}: {}", path.display(), crate::error_text::describe(&e)))?;
+    let seal = crate::sealed_identity::new_seal()
+        .map_err(|why| format!("{}: sealing: {why}", path.display()))?;
+    let sealed = crate::sealed_identity::close(&seal, &text)?;
+    let (opened, _) = crate::sealed_identity::open(path, &sealed)?;
+    if opened != text {
+        return Err(format!(
+            "{}: the sealed file did not open to the same keys; left unsealed",
+            path.display()
+        ));
+    }
+    write_replacing(path, sealed.as_bytes())?;
+    Ok(NodeKeys {
+        keys,
+        seal: Some(seal),
+    })
 }
 
 /// This node's keys: the configured identity file, else the one in the data directory, made
@@ -105,21 +152,24 @@ pub(crate) fn rotate(path: &Path) -> Result<NodeKeys, String> {
     let new = Identity::generate().map_err(|e| e.to_string())?;
     let mut keys = vec![new];
     keys.extend(old.keys);
-    replace(path, &keys)?;
-    Ok(NodeKeys { keys })
+    replace(path, &keys, old.seal.as_ref())?;
+    Ok(NodeKeys {
+        keys,
+        seal: old.seal,
+    })
 }
 
 /// Keeps only the first key of the identity file at `path`; how many previous keys went.
 pub(crate) fn retire_previous(path: &Path) -> Result<(NodeKeys, usize), String> {
     let (path, _lock) = locked(path)?;
     let path = path.as_path();
-    let mut keys = read(path)?.keys;
+    let NodeKeys { mut keys, seal } = read(path)?;
     let retired = keys.len() - 1;
     if retired > 0 {
         keys.truncate(1);
-        replace(path, &keys)?;
+        replace(path, &keys, seal.as_ref())?;
     }
-    Ok((NodeKeys { keys }, retired))
+    Ok((NodeKeys { keys, seal }, retired))
 }
 
 /// Held while an identity file is rewritten: two rotations at once must not lose the key one
@@ -153,10 +203,12 @@ fn locked(path: &Path) -> Result<(PathBuf, KeyLock), String> {
     Ok((path, KeyLock(lock)))
 }
 
-/// Writes `keys` as the identity file at `path`: whole to a private temporary file, then
-/// renamed over it, so a crash leaves the old file or the new one. The new file keeps the old
-/// one's owner, so a key rotated by root stays readable by the service that uses it.
-fn replace(path: &Path, keys: &[Identity]) -> Result<(), String> {
+/// Writes `keys` as the identity file at `path`, sealed with `seal` when given.
+fn replace(
+    path: &Path,
+    keys: &[Identity],
+    seal: Option<&crate::sealed_identity::Seal>,
+) -> Result<(), String> {
     let secret = |key: &Identity| key.secret_line().map_err(|e| e.to_string());
     let mut text = keys[0]
         .to_file(&crate::updates::now_rfc3339())
@@ -175,8 +227,19 @@ fn replace(path: &Path, keys: &[Identity]) -> Result<(), String> {
             ));
         }
     }
+    let text = match seal {
+        Some(seal) => crate::sealed_identity::close(seal, &text)?,
+        None => text,
+    };
+    write_replacing(path, text.as_bytes())
+}
+
+/// Writes `bytes` as the file at `path`: whole to a private temporary file, then renamed over
+/// it, so a crash leaves the old file or the new one. The new file keeps the old one's owner,
+/// so a key rotated by root stays readable by the service that uses it.
+fn write_replacing(path: &Path, bytes: &[u8]) -> Result<(), String> {
     let temporary = temporary_beside(path);
-    crate::run::write_private(&temporary, text.as_bytes())
+    crate::run::write_private(&temporary, bytes)
         .map_err(|e| format!("{}: {e}", temporary.display()))?;
     #[cfg(unix)]
     {

@@ -766,6 +766,16 @@ enum UpdatesCommand {
         #[arg(long)]
         identity: PathBuf,
     },
+    /// Seal a node's identity file to its TPM (chosen by `TPM2TOOLS_TCTI`, as for the
+    /// attestation agent; tpm2-tools installed): its keys are encrypted under a key the TPM
+    /// seals, so a copy of the disk or of the file opens on no other TPM. Same path, read,
+    /// rotated and retired as before; the node needs its TPM to start. Prints the recipient.
+    SealKey {
+        /// The node's identity file: its `[updates] identity`, or
+        /// `<data_dir>/updates/identity.key`.
+        #[arg(long)]
+        identity: PathBuf,
+    },
     /// Put back the Fabrik binary a release replaced (kept beside it as `<binary>.previous`)
     /// and keep the node from installing the rolled-back build again; restart the node
     /// afterwards.
@@ -838,6 +848,19 @@ pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
             );
             return Ok(());
         }
+        UpdatesCommand::SealKey { identity } => {
+            let keys = crate::node_keys::seal(&identity).map_err(|why| anyhow::anyhow!(why))?;
+            println!("{}", keys.recipient());
+            eprintln!(
+                "{}: sealed to this TPM ({} key(s)); it opens only there. The node unseals it at \
+                 its next start. The plain file's blocks may remain on the disk until \
+                 overwritten: on a disk that was copied before, rotate the key \
+                 (`fabrik updates rotate-key`).",
+                identity.display(),
+                keys.all().len()
+            );
+            return Ok(());
+        }
         UpdatesCommand::RetireKeys { identity } => {
             let (keys, retired) =
                 crate::node_keys::retire_previous(&identity).map_err(|why| anyhow::anyhow!(why))?;
@@ -890,9 +913,14 @@ pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
     let status = &status["status"];
     let text = crate::client::json_text;
     println!(
-        "node {} (key {}) follows {} (every {} s); last check {}, last verified {}",
+        "node {} (key {}{}) follows {} (every {} s); last check {}, last verified {}",
         text(&status["node"]),
         text(&status["recipient"]),
+        if status["key_sealed"] == true {
+            ", sealed to its TPM"
+        } else {
+            ""
+        },
         text(&status["repository"]),
         text(&status["interval_seconds"]),
         text(&status["last_check_at"]),

@@ -1313,6 +1313,7 @@ pub(crate) async fn start(
         node: node.clone(),
         recipient: identity.recipient().to_string(),
         previous_recipients: identity.previous_recipients(),
+        key_sealed: identity.sealed(),
         interval_seconds: interval.as_secs_f64(),
         platform: crate::self_update::platform(),
         binary_updates: updates.binary,

@@ -15,15 +15,15 @@ use crate::support::{Peer, Process, fabrik_bin, free_port};
 const AK_HANDLE: &str = "0x81010002";
 
 /// A software TPM 2.0 on a free port, reset and started.
-struct Tpm {
+pub(crate) struct Tpm {
     _peer: Peer,
-    tcti: String,
+    pub(crate) tcti: String,
     /// swtpm's control channel: power cycles.
     ctrl: u16,
 }
 
 impl Tpm {
-    fn start(state: &Path) -> Tpm {
+    pub(crate) fn start(state: &Path) -> Tpm {
         // tpm2-tss's swtpm TCTI finds the control channel on the next port.
         let port = (0..100)
             .map(|_| free_port())

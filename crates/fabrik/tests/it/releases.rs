@@ -1421,6 +1421,175 @@ fn a_hub_knows_which_node_runs_which_release() {
     assert_eq!(fleet(&empty.url)["nodes"], 0);
 }
 
+/// Publishes the fixture model `fixture_name` as `name`, encrypted as `encryption` says
+/// (`["--recipient", KEY]` or `["--recipients-file", FILE]`); returns its bytes.
+fn publish_encrypted(
+    (repo, keys, work): (&Path, &Path, &Path),
+    name: &str,
+    fixture_name: &str,
+    encryption: [&str; 2],
+) -> Vec<u8> {
+    let bytes = fixture(fixture_name);
+    let file = work.join(format!("{name}.onnx"));
+    std::fs::write(&file, &bytes).expect("model");
+    release(
+        "add",
+        repo,
+        keys,
+        &["--name", name, encryption[0], encryption[1], path(&file)],
+    );
+    bytes
+}
+
+/// An offline `fabrik` command with the TPM at `tcti`: whether it succeeded, its stdout, and
+/// its stderr.
+fn fabrik_on_tpm(tcti: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(fabrik_bin())
+        .args(args)
+        .env("TPM2TOOLS_TCTI", tcti)
+        .output()
+        .expect("fabrik");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A node's identity file sealed to its TPM: no key in the file, opened only by that TPM (a
+/// copy on another device's TPM is refused), the node decrypts its targets with it, and a
+/// rotation keeps it sealed.
+#[test]
+fn a_node_key_sealed_to_its_tpm_opens_only_there_and_still_decrypts() {
+    let (dir, repo, keys, work) = new_repository();
+    let tpm_state = |name: &str| {
+        let state = dir.path().join(name);
+        std::fs::create_dir_all(&state).expect("tpm state");
+        state
+    };
+    let tpm = crate::attestation::Tpm::start(&tpm_state("tpm"));
+    let other_tpm = crate::attestation::Tpm::start(&tpm_state("other-tpm"));
+    let edge_data = dir.path().join("edge");
+    let identity_file = edge_data.join("updates/identity.key");
+    let identity = path(&identity_file);
+    let recipient = fabrik(&["updates", "recipient", "--identity", identity, "--create"])
+        .trim()
+        .to_owned();
+
+    let (ok, out, err) = fabrik_on_tpm(&tpm.tcti, &["updates", "seal-key", "--identity", identity]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), recipient, "{err}");
+    let text = std::fs::read_to_string(&identity_file).expect("identity");
+    assert!(
+        text.contains("fabrik-sealed-identity-v1") && !text.contains("AGE-SECRET-KEY"),
+        "{text}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&identity_file)
+            .expect("identity")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "still private: {mode:o}");
+    }
+    let (ok, _, err) = fabrik_on_tpm(&tpm.tcti, &["updates", "seal-key", "--identity", identity]);
+    assert!(!ok && err.contains("already sealed"), "{err}");
+    // The same file on another device's TPM: refused, saying why.
+    let (ok, _, err) = fabrik_on_tpm(
+        &other_tpm.tcti,
+        &["updates", "recipient", "--identity", identity],
+    );
+    assert!(
+        !ok && err.contains("opens only on the TPM that sealed it"),
+        "{err}"
+    );
+    let (ok, out, err) =
+        fabrik_on_tpm(&tpm.tcti, &["updates", "recipient", "--identity", identity]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), recipient);
+    // A sealed file changed on disk does not open.
+    let tampered = work.join("tampered.key");
+    let mut envelope: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let ciphertext = envelope["ciphertext"]
+        .as_str()
+        .expect("ciphertext")
+        .to_owned();
+    let flipped = if ciphertext.starts_with('A') {
+        "B"
+    } else {
+        "A"
+    };
+    envelope["ciphertext"] = format!("{flipped}{}", &ciphertext[1..]).into();
+    std::fs::write(&tampered, envelope.to_string()).expect("tampered");
+    let (ok, _, err) = fabrik_on_tpm(
+        &tpm.tcti,
+        &["updates", "recipient", "--identity", path(&tampered)],
+    );
+    assert!(!ok && err.contains("the file was changed"), "{err}");
+
+    // The node, on its TPM, decrypts a model published to its key.
+    let model_bytes = publish_encrypted(
+        (&repo, &keys, &work),
+        "secret-model",
+        "iforest_100.onnx",
+        ["--recipient", &recipient],
+    );
+    let config = follower_config(dir.path(), &repo);
+    let tcti = [("TPM2TOOLS_TCTI", tpm.tcti.as_str())];
+    let edge = Process::start_with_args(&edge_data, &["--config", path(&config)], &tcti);
+    eventually_for(
+        "the edge installs the model encrypted to its sealed key",
+        Duration::from_secs(30),
+        || target(&updates(&edge.url), "secret-model.onnx")["state"] == "installed",
+    );
+    let status = updates(&edge.url);
+    assert_eq!(status["recipient"], recipient.as_str(), "{status}");
+    assert_eq!(status["key_sealed"], true, "{status}");
+    assert_eq!(
+        model_sha(&edge.url, "secret-model").as_deref(),
+        Some(sha256_hex(&model_bytes).as_str())
+    );
+
+    // Rotated, the file stays sealed, with the old key after the new one.
+    let (exit, _) = edge.terminate();
+    assert!(exit.success());
+    let (ok, out, err) = fabrik_on_tpm(
+        &tpm.tcti,
+        &["updates", "rotate-key", "--identity", identity],
+    );
+    assert!(ok, "{err}");
+    let rotated = out.trim().to_owned();
+    assert!(rotated.starts_with("age1") && rotated != recipient, "{out}");
+    let text = std::fs::read_to_string(&identity_file).expect("identity");
+    assert!(
+        text.contains("fabrik-sealed-identity-v1") && !text.contains("AGE-SECRET-KEY"),
+        "{text}"
+    );
+    let edge = Process::start_with_args(&edge_data, &["--config", path(&config)], &tcti);
+    let status = updates(&edge.url);
+    assert_eq!(status["recipient"], rotated.as_str(), "{status}");
+    assert_eq!(
+        status["previous_recipients"],
+        serde_json::json!([recipient]),
+        "{status}"
+    );
+    assert_eq!(status["key_sealed"], true, "{status}");
+    let (exit, _) = edge.terminate();
+    assert!(exit.success());
+    let (ok, out, err) = fabrik_on_tpm(
+        &tpm.tcti,
+        &["updates", "retire-keys", "--identity", identity],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), rotated);
+    assert!(
+        !std::fs::read_to_string(&identity_file)
+            .expect("identity")
+            .contains("AGE-SECRET-KEY")
+    );
+}
+
 /// `fabrik release recipients ARGS` asked of `url`: its stdout (an age recipients file), or
 /// its stderr when it failed.
 fn fleet_recipients(url: &str, args: &[&str]) -> Result<String, String> {
@@ -1514,20 +1683,11 @@ fn a_publisher_encrypts_to_the_keys_the_nodes_reported_to_their_hub() {
     // The publisher encrypts to what the hub lists: the edge decrypts and installs it.
     let file = work.join("fleet.recipients");
     std::fs::write(&file, fleet_recipients(&hub.url, &[]).expect("file")).expect("write");
-    let secret_bytes = fixture("iforest_100.onnx");
-    let secret = work.join("secret.onnx");
-    std::fs::write(&secret, &secret_bytes).expect("model");
-    release(
-        "add",
-        &repo,
-        &keys,
-        &[
-            "--name",
-            "secret-model",
-            "--recipients-file",
-            path(&file),
-            path(&secret),
-        ],
+    publish_encrypted(
+        (&repo, &keys, &work),
+        "secret-model",
+        "iforest_100.onnx",
+        ["--recipients-file", path(&file)],
     );
     eventually_for(
         "line-1 installs the model encrypted to the key it reported",
@@ -1569,20 +1729,11 @@ fn a_publisher_encrypts_to_the_keys_the_nodes_reported_to_their_hub() {
         "{answer}"
     );
     std::fs::write(&file, &file_text).expect("write");
-    let renewed_bytes = fixture("rf_clf_50_nozipmap.onnx");
-    let renewed = work.join("renewed.onnx");
-    std::fs::write(&renewed, &renewed_bytes).expect("model");
-    release(
-        "add",
-        &repo,
-        &keys,
-        &[
-            "--name",
-            "renewed-model",
-            "--recipients-file",
-            path(&file),
-            path(&renewed),
-        ],
+    let renewed_bytes = publish_encrypted(
+        (&repo, &keys, &work),
+        "renewed-model",
+        "rf_clf_50_nozipmap.onnx",
+        ["--recipients-file", path(&file)],
     );
     eventually_for(
         "line-1 installs the model encrypted to its new key",
