@@ -607,8 +607,10 @@ async function pageOverview(p) {
     // node alone, which the Releases card already shows.
     const own = updates?.status?.node;
     const others = (fleet?.releases || []).filter((r) => r.node !== own);
-    $('#ov-fleet-card').hidden = !others.length;
-    if (others.length) patch($('#ov-fleet'), fleetView(fleet.releases, fleet.nodes, keys?.recipients || []));
+    // Other nodes' keys show before their first release: when a publisher needs them.
+    const otherKeys = (keys?.recipients || []).filter((k) => k.node !== own);
+    $('#ov-fleet-card').hidden = !others.length && !otherKeys.length;
+    if (others.length || otherKeys.length) patch($('#ov-fleet'), fleetView(fleet?.releases || [], fleet?.nodes || 0, keys?.recipients || []));
     const enough = ingest.history.length >= 2;
     $('#ov-ingest-chart').hidden = !enough;
     $('#ov-ingest-empty').hidden = enough;

@@ -632,13 +632,15 @@ impl Registry {
                 .map_or("sha256", |policy| policy.bank.as_str());
             let from = evidence.ima_log_offset.unwrap_or(0);
             let before = if from > 0 && ima_entries.is_some() {
-                self.kept_ima_log(id, &enrolled.fingerprint, None).await?
+                self.kept_ima_log_at(id, &enrolled.fingerprint).await?
             } else {
                 None
             };
+            // The kept quote a continuation follows: stored as a part only onto that list.
+            let before_time = before.as_ref().map(|(time, _)| *time);
             let judged = runtime::judge_evidence(
                 ima_entries.map(|entries| runtime::ImaEvidence { from, entries }),
-                before,
+                before.map(|(_, log)| log),
                 &runtime::QuoteFacts {
                     pcrs: &record.pcrs,
                     bank,
@@ -654,9 +656,12 @@ impl Registry {
                     "{IMA_CONTINUATION_REFUSED} from entry {from}: {why}; send it whole"
                 ))
             })?;
-            kept_ima = judged
-                .kept
-                .map(|log| (log, judged.check.as_ref().and_then(|c| c.continued_from)));
+            let continued = judged
+                .check
+                .as_ref()
+                .and_then(|check| check.continued_from)
+                .zip(before_time);
+            kept_ima = judged.kept.map(|log| (log, continued));
             record.ima = judged.check;
             record.runtime_policy_updated_at = runtime_policy.map(|policy| policy.updated_at);
             runtime_reasons = judged.reasons.len();
@@ -675,10 +680,10 @@ impl Registry {
         }
         record.passed = record.authentic && record.reasons.is_empty();
         // The entries first: a connect check that reads the new verdict finds them.
-        if let Some((mut log, continued_from)) = kept_ima {
+        if let Some((mut log, continued)) = kept_ima {
             // Failing for the runtime policy alone, its files may still be taken into one.
             log.set_boot_passed(record.authentic && record.reasons.len() == runtime_reasons);
-            self.store_ima_entries(id, &enrolled.fingerprint, record.time, &log, continued_from)
+            self.store_ima_entries(id, &enrolled.fingerprint, record.time, &log, continued)
                 .await?;
         }
         sqlx::query(

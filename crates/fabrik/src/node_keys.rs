@@ -74,6 +74,18 @@ pub(crate) fn read(path: &Path) -> Result<NodeKeys, String> {
     Ok(NodeKeys { keys, seal })
 }
 
+/// Whether the identity file at `path` can be read: its keys, or, sealed, its envelope (the
+/// TPM is not asked: a configuration check may run where it is not reachable).
+pub(crate) fn check(path: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if crate::sealed_identity::is_sealed(&text) {
+        return crate::sealed_identity::check(path, &text);
+    }
+    Identity::parse_all(&text)
+        .map(|_| ())
+        .map_err(|e| format!("{}: {}", path.display(), crate::error_text::describe(&e)))
+}
+
 /// Seals the identity file at `path` to this node's TPM, in place: its keys are encrypted
 /// under a key the TPM seals, so the file opens only there. Opened again before it replaces
 /// the plain file, so a TPM that cannot unseal what it sealed leaves the keys as they were.

@@ -377,6 +377,8 @@ struct FixedReference {
     /// The windows it was looked for among started at or after this (ns), as a new reference
     /// asked for them to.
     searched_from: Option<i64>,
+    /// The new reference asked for (its row's time) that it answers, if one was.
+    after_reset: Option<i64>,
 }
 
 /// What a reference is found by besides the model version: another value of any of these
@@ -450,11 +452,12 @@ async fn find_reference(
         span_windows: span,
         fixed_at: Timestamp::now().nanos(),
         searched_from: from,
+        after_reset: None,
     }))
 }
 
 /// Keeps `reference` as the one of `pipeline`'s `version` under `basis`. Scores are written
-/// as Rust prints them, which reads back to the same bits (NaN and infinities included).
+/// as Rust prints them (`{:e}`), which reads back to the same bits (NaN and infinities too).
 async fn fix_reference(
     store: &Store,
     pipeline: &str,
@@ -462,7 +465,13 @@ async fn fix_reference(
     basis: &str,
     reference: &FixedReference,
 ) -> Result<(), String> {
-    let scores: Vec<String> = reference.scores.iter().map(f64::to_string).collect();
+    // In exponent form: as short as the plain one, and a probability of 1e-300 stays 6
+    // characters rather than 300.
+    let scores: Vec<String> = reference
+        .scores
+        .iter()
+        .map(|score| format!("{score:e}"))
+        .collect();
     let outcomes: String = reference
         .outcomes
         .iter()
@@ -498,6 +507,11 @@ async fn fix_reference(
             .fields
             .push(("search_from".to_owned(), Value::I64(from)));
     }
+    if let Some(reset) = reference.after_reset {
+        point
+            .fields
+            .push(("after_reset".to_owned(), Value::I64(reset)));
+    }
     store
         .write_computed(&[point], REFERENCE_SOURCE, REFERENCES_TABLE)
         .await
@@ -514,6 +528,8 @@ async fn fix_reference(
 struct References {
     fixed: Option<FixedReference>,
     search_from: Option<i64>,
+    /// The latest new reference asked for: its row's time.
+    reset_at: Option<i64>,
     newest: Option<i64>,
 }
 
@@ -548,8 +564,10 @@ async fn references(
             found.newest = Some(time.value(0));
         }
     }
-    // Rows of both kinds: a new reference asked for (`reset`), and references fixed.
-    let (mut after, mut fixed_only) = (i64::MIN, String::new());
+    // Rows of both kinds: a new reference asked for (`reset`), and references fixed. Either
+    // kind may be the first the table holds, so each kind's columns are asked for only once
+    // a row of it brought them.
+    let mut fixed_only = String::new();
     if store.has_column(REFERENCES_TABLE, "reset") {
         fixed_only = " AND reset IS NOT TRUE".to_owned();
         let search_from = if store.has_column(REFERENCES_TABLE, "search_from") {
@@ -567,19 +585,29 @@ async fn references(
             }
             let reset_at: Int64Array = cast_column(batch, 0, &DataType::Int64, "time")?;
             let from: Int64Array = cast_column(batch, 1, &DataType::Int64, "search_from")?;
-            after = reset_at.value(0);
+            found.reset_at = Some(reset_at.value(0));
             found.search_from = from.is_valid(0).then(|| from.value(0));
         }
     }
-    let since_reset = if after == i64::MIN {
-        String::new()
+    if !store.has_column(REFERENCES_TABLE, "scores") {
+        return Ok(found);
+    }
+    // After a new reference was asked for, only one found for that very request counts: a
+    // look that began before it fixes one without its `from`, which is not the answer.
+    let answering = match found.reset_at {
+        None => String::new(),
+        Some(_) if !store.has_column(REFERENCES_TABLE, "after_reset") => return Ok(found),
+        Some(reset) => format!(" AND after_reset = {reset}"),
+    };
+    let search_from = if store.has_column(REFERENCES_TABLE, "search_from") {
+        "search_from"
     } else {
-        format!(" AND time > to_timestamp_nanos({after})")
+        "CAST(NULL AS BIGINT)"
     };
     let sql = format!(
         "SELECT scores, outcomes, first_start, last_device, last_start, last_end, span_windows, \
-         CAST(time AS BIGINT) AS fixed_at FROM {REFERENCES_TABLE} WHERE {of_this}{fixed_only}\
-         {since_reset} ORDER BY time LIMIT 1"
+         CAST(time AS BIGINT) AS fixed_at, {search_from} AS search_from FROM {REFERENCES_TABLE} \
+         WHERE {of_this}{fixed_only}{answering} ORDER BY time LIMIT 1"
     );
     let output = store.query(&sql).await.map_err(|e| e.to_string())?;
     let damaged = |what: &str| {
@@ -642,7 +670,11 @@ async fn references(
             },
             span_windows: usize::try_from(number(6, "span_windows")?).unwrap_or(0),
             fixed_at: number(7, "time")?,
-            searched_from: found.search_from,
+            searched_from: {
+                let from: Int64Array = cast_column(batch, 8, &DataType::Int64, "search_from")?;
+                from.is_valid(0).then(|| from.value(0))
+            },
+            after_reset: found.reset_at,
         });
         break;
     }
@@ -693,7 +725,10 @@ pub(crate) async fn new_reference(
         .write_computed(&[point], REFERENCE_SOURCE, REFERENCES_TABLE)
         .await
         .map_err(|e| format!("writing {REFERENCES_TABLE}: {e}"))?;
-    report(store, pipeline, config).await.map(Ok)
+    report(store, pipeline, config)
+        .await
+        .map(Ok)
+        .map_err(|e| format!("a new reference was asked for, but the report after it failed: {e}"))
 }
 
 /// Now, or just after `newest` if the clock says otherwise.
@@ -753,6 +788,7 @@ async fn report_with(
         None => match find_reference(store, config, &rows, known.search_from).await? {
             Ok(mut found) => {
                 found.fixed_at = after_newest(known.newest);
+                found.after_reset = known.reset_at;
                 (found, true)
             }
             Err(problem) => {
@@ -929,25 +965,31 @@ fn chunk_points(pipeline: &str, version: &str, chunk: &PerformanceChunk, time: i
         .collect()
 }
 
-/// The end of the newest chunk of `version` recorded for `pipeline`, if any.
+/// The newest chunk of `version` recorded for `pipeline`, as (its end, its index), if any.
+/// By end first: a reference picked again (decision 0069) counts its chunks from another
+/// place, so an index alone would record windows twice or wait for months.
 async fn recorded_through(
     store: &Store,
     pipeline: &str,
     version: &str,
-) -> Result<Option<i64>, String> {
-    if !store.has_column(PERFORMANCE_TABLE, "chunk") {
+) -> Result<Option<(i64, i64)>, String> {
+    if !store.has_column(PERFORMANCE_TABLE, "chunk")
+        || !store.has_column(PERFORMANCE_TABLE, "chunk_until")
+    {
         return Ok(None);
     }
     let sql = format!(
-        "SELECT max(chunk) FROM {PERFORMANCE_TABLE} WHERE pipeline = {} AND model_version = {}",
+        "SELECT chunk_until, chunk FROM {PERFORMANCE_TABLE} WHERE pipeline = {} AND \
+         model_version = {} ORDER BY chunk_until DESC, chunk DESC LIMIT 1",
         literal(pipeline),
         literal(version)
     );
     let output = store.query(&sql).await.map_err(|e| e.to_string())?;
     for batch in &output.batches {
-        let index: Int64Array = cast_column(batch, 0, &DataType::Int64, "chunk")?;
-        if !index.is_empty() && index.is_valid(0) {
-            return Ok(Some(index.value(0)));
+        let until: Int64Array = cast_column(batch, 0, &DataType::Int64, "chunk_until")?;
+        let index: Int64Array = cast_column(batch, 1, &DataType::Int64, "chunk")?;
+        if !index.is_empty() && index.is_valid(0) && until.is_valid(0) {
+            return Ok(Some((until.value(0), index.value(0))));
         }
     }
     Ok(None)
@@ -963,8 +1005,9 @@ pub(crate) async fn record(
     stop: CancellationToken,
 ) {
     let name = pipeline.name.clone();
-    // The highest chunk index recorded, per model version (read back once per version).
-    let mut recorded: HashMap<String, i64> = HashMap::new();
+    // The newest chunk recorded (end, index), per model version (read back once per
+    // version).
+    let mut recorded: HashMap<String, (i64, i64)> = HashMap::new();
     let mut last_problem = None;
     let mut ticker = tokio::time::interval(RECORD_EVERY);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1007,27 +1050,33 @@ async fn record_new_chunks(
     store: &Store,
     pipeline: &PipelineConfig,
     config: &PerformanceConfig,
-    recorded: &mut HashMap<String, i64>,
+    recorded: &mut HashMap<String, (i64, i64)>,
 ) -> Result<(usize, Option<String>), String> {
     let report = report(store, pipeline, config).await?;
     let problem = report.problem.clone();
     let Some(version) = report.model_version.clone() else {
         return Ok((0, problem));
     };
+    const NONE_YET: (i64, i64) = (i64::MIN, -1);
     if !recorded.contains_key(&version) {
         let through = recorded_through(store, &pipeline.name, &version)
             .await?
-            .unwrap_or(-1);
+            .unwrap_or(NONE_YET);
         recorded.insert(version.clone(), through);
     }
-    let through = recorded.get(&version).copied().unwrap_or(-1);
+    let through = recorded.get(&version).copied().unwrap_or(NONE_YET);
+    let key = |c: &PerformanceChunk| (c.until, i64::try_from(c.index).unwrap_or(i64::MAX));
+    // Chunks that end after the newest recorded: within one reference those after it by
+    // index; after a reference was picked again, none over windows already recorded. A chunk
+    // that becomes whole only after another one ending at the same instant was recorded
+    // (windows scored late into the past) is not recorded; the report still shows it.
     let new: Vec<(usize, &PerformanceChunk)> = report
         .chunks
         .iter()
         .enumerate()
-        .filter(|(_, c)| i64::try_from(c.index).unwrap_or(i64::MAX) > through)
+        .filter(|(_, c)| through == NONE_YET || c.until > through.0)
         .collect();
-    let Some(newest) = new.iter().map(|(_, c)| c.index).max() else {
+    let Some(newest) = new.iter().map(|(_, c)| key(c)).max() else {
         return Ok((0, problem));
     };
     // A row per chunk and metric at the chunk's last instant; chunks that end at the same
@@ -1049,7 +1098,7 @@ async fn record_new_chunks(
     crate::pipelines::store_rows(store, &pipeline.name, &points, PERFORMANCE_TABLE)
         .await
         .map_err(|e| format!("writing {PERFORMANCE_TABLE}: {e}"))?;
-    recorded.insert(version, i64::try_from(newest).unwrap_or(i64::MAX));
+    recorded.insert(version, newest);
     Ok((new.len(), problem))
 }
 
@@ -1396,6 +1445,14 @@ mod tests {
             .expect("reference");
         assert_eq!(first.searched_from, None);
 
+        let mut recorded = HashMap::new();
+        let (written, _) = record_new_chunks(&store, &pipeline, &performance, &mut recorded)
+            .await
+            .expect("record");
+        assert!(written > 0);
+        let all_rows = "SELECT count(*) AS n FROM model_performance WHERE pipeline = 'quality'";
+        let rows_before = rows(&store, all_rows).await;
+
         // The outcomes of windows 0 to 399 arrive late; asked for, a new reference is found
         // among the outcomes as they are now, 200 minutes earlier, and fixed.
         write_every_inspection(&store, inspected).await;
@@ -1406,6 +1463,21 @@ mod tests {
         let second = renewed.reference.clone().expect("reference");
         assert_eq!(second.from, first.from - 200 * MINUTE, "{second:?}");
         assert!(second.fixed_at > first.fixed_at);
+        // Its chunks are counted from an earlier end: only those that end after the newest
+        // recorded are recorded (the windows that were pending), none over windows already
+        // recorded, with the look's memory or after a restart.
+        let newest_recorded = recorded.get("v2").copied().expect("recorded").0;
+        let (written, _) = record_new_chunks(&store, &pipeline, &performance, &mut recorded)
+            .await
+            .expect("record");
+        assert!(written <= 1, "{written}");
+        let (again, _) = record_new_chunks(&store, &pipeline, &performance, &mut HashMap::new())
+            .await
+            .expect("record");
+        assert_eq!(again, 0);
+        assert_eq!(rows(&store, all_rows).await, rows_before + 2 * written);
+        let up_to_then = format!("{all_rows} AND chunk_until <= {newest_recorded}");
+        assert_eq!(rows(&store, &up_to_then).await, rows_before);
         let again = report(&store, &pipeline, &performance)
             .await
             .expect("report");
@@ -1441,6 +1513,40 @@ mod tests {
                 .is_some_and(|why| why.contains(" since ")),
             "{none:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_new_reference_asked_for_before_any_fits_is_found_once_outcomes_arrive() {
+        // 750 windows with outcomes, the reference needs 1,200.
+        let g = history(5_000, 2_400, |k| k < 1_000 && k % 4 != 3);
+        let (_dir, store) = crate::test_store::store_with(&g.lines).await;
+        let (pipeline, performance) = config();
+        let asked = new_reference(&store, &pipeline, &performance, None)
+            .await
+            .expect("looked")
+            .expect("asked");
+        assert_eq!(asked.reference, None);
+        assert!(
+            asked
+                .problem
+                .as_deref()
+                .is_some_and(|why| why.starts_with("750 of the 1200")),
+            "{asked:?}"
+        );
+        // The table holds a reset row only: reading it is no error, and once the outcomes
+        // arrive the reference is found and fixed.
+        write_every_inspection(&store, |k| k < 3_000 && k % 4 != 3).await;
+        let found = report(&store, &pipeline, &performance)
+            .await
+            .expect("report");
+        assert_eq!(found.problem, None, "{found:?}");
+        let reference = found.reference.expect("reference");
+        let again = report(&store, &pipeline, &performance)
+            .await
+            .expect("report")
+            .reference
+            .expect("reference");
+        assert_eq!(again, reference, "fixed");
     }
 
     #[tokio::test]

@@ -1293,9 +1293,6 @@ impl PipelineManager {
         Ok(())
     }
 
-    /// Restarts pipeline `name`, whatever defined it, with every device training afresh: a
-    /// model whose saved training span held a fault would otherwise come back at every
-    /// restart. The definition does not change.
     /// Pipeline `name`'s definition and its `[pipelines.performance]`.
     async fn performance_config(
         &self,
@@ -1320,6 +1317,9 @@ impl PipelineManager {
         Ok((config, performance))
     }
 
+    /// Restarts pipeline `name`, whatever defined it, with every device training afresh: a
+    /// model whose saved training span held a fault would otherwise come back at every
+    /// restart. The definition does not change.
     async fn retrain_pipeline(&self, name: String) -> Result<(), ControlError> {
         let mut pipelines = self.pipelines.lock().await;
         let existing = pipelines

@@ -546,15 +546,8 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                             .any(|pattern| release::glob_match(pattern, node))
                 })
                 .collect();
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({ "recipients": chosen }))?
-                );
-                return Ok(());
-            }
             // An empty file would make `release add --recipients-file` fail later, further
-            // from the cause.
+            // from the cause; an empty list is as much an answer to a script.
             if chosen.is_empty() {
                 anyhow::bail!(
                     "{} reported a key for encrypted targets to {} (nodes report theirs when \
@@ -566,6 +559,13 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                     },
                     endpoint.url
                 );
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "recipients": chosen }))?
+                );
+                return Ok(());
             }
             let text = crate::client::json_text;
             for key in chosen {

@@ -249,11 +249,19 @@ pub(crate) fn store_options(s: &Settings) -> StoreOptions {
         flush_buffer_size: s.flush_buffer_size,
         compaction_interval: s.compaction_interval,
         retention: retention(s.retention),
-        table_retention: s
-            .table_retention
-            .iter()
-            .map(|(k, v)| (k.clone(), retention(*v)))
-            .collect(),
+        table_retention: {
+            let mut tables: std::collections::BTreeMap<_, _> = s
+                .table_retention
+                .iter()
+                .map(|(k, v)| (k.clone(), retention(*v)))
+                .collect();
+            // A fixed performance reference must outlive the windows it was found among
+            // (decision 0069); `[store.tables._performance_references]` may still say otherwise.
+            tables
+                .entry(crate::performance::REFERENCES_TABLE.to_owned())
+                .or_insert(None);
+            tables
+        },
         blob_sweep_interval: s.blob_sweep_interval,
         blob_min_age: s.blob_min_age,
         query_timeout: s.query_timeout,

@@ -8,7 +8,7 @@
 //! re-encrypts the file with the same sealed key: the TPM is needed to open it, not to change
 //! it again.
 
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,12 +24,21 @@ const FORMAT: &str = "fabrik-sealed-identity-v1";
 const TPM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound into the ciphertext: an envelope's bytes decrypt only as a Fabrik identity file.
 const AAD: &[u8] = b"fabrik node identity";
+/// The owner hierarchy's primary key the sealed key is under, made again from the TPM's seed
+/// at every use: its template written out in full rather than left to tpm2-tools' defaults,
+/// which have changed between releases (another template is another key, and the sealed key
+/// would no longer load).
+const PRIMARY_ALGORITHM: &str = "ecc256:aes128cfb";
+const PRIMARY_ATTRIBUTES: &str =
+    "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|decrypt";
 
 /// The sealed identity file, as JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Envelope {
     format: String,
+    /// The parent key's template: `owner sha256 <algorithm> <attributes>`.
+    primary: String,
     /// The sealed data object's public and private parts (`tpm2_create -u`/`-r`), base64.
     tpm_public: String,
     tpm_private: String,
@@ -50,9 +59,12 @@ pub(crate) fn is_sealed(text: &str) -> bool {
     text.trim_start().starts_with('{') && text.contains(FORMAT)
 }
 
-/// The identity file's text inside the sealed file `text` (from `path`, named in errors), and
-/// the seal that closes it again.
-pub(crate) fn open(path: &Path, text: &str) -> Result<(String, Seal), String> {
+fn primary_template() -> String {
+    format!("owner sha256 {PRIMARY_ALGORITHM} {PRIMARY_ATTRIBUTES}")
+}
+
+/// The sealed file `text` (from `path`, named in errors) read and checked without the TPM.
+fn envelope(path: &Path, text: &str) -> Result<Envelope, String> {
     let named = |why: String| format!("{}: {why}", path.display());
     let envelope: Envelope = serde_json::from_str(text)
         .map_err(|e| named(format!("not a sealed identity file: {e}")))?;
@@ -62,6 +74,27 @@ pub(crate) fn open(path: &Path, text: &str) -> Result<(String, Seal), String> {
             envelope.format
         )));
     }
+    if envelope.primary != primary_template() {
+        return Err(named(format!(
+            "sealed under the primary key `{}`, this build makes `{}`",
+            envelope.primary,
+            primary_template()
+        )));
+    }
+    Ok(envelope)
+}
+
+/// Whether the sealed file `text` is one this build can open, without asking the TPM (a
+/// configuration check may run where the TPM is not reachable).
+pub(crate) fn check(path: &Path, text: &str) -> Result<(), String> {
+    envelope(path, text).map(|_| ())
+}
+
+/// The identity file's text inside the sealed file `text` (from `path`, named in errors), and
+/// the seal that closes it again.
+pub(crate) fn open(path: &Path, text: &str) -> Result<(String, Seal), String> {
+    let named = |why: String| format!("{}: {why}", path.display());
+    let envelope = envelope(path, text)?;
     let bytes = |what: &str, value: &str| {
         base64::engine::general_purpose::STANDARD
             .decode(value)
@@ -69,11 +102,12 @@ pub(crate) fn open(path: &Path, text: &str) -> Result<(String, Seal), String> {
     };
     let public = bytes("tpm_public", &envelope.tpm_public)?;
     let private = bytes("tpm_private", &envelope.tpm_private)?;
-    let key = unseal(&public, &private).map_err(|why| {
-        named(format!(
-            "the TPM did not unseal its key ({why}); a sealed identity opens only on the TPM \
-             that sealed it"
-        ))
+    let key = unseal(&public, &private).map_err(|failure| match failure {
+        Unsealing::NotLoaded(why) => named(format!(
+            "the TPM did not take its sealed key ({why}): a sealed identity opens only on the \
+             TPM that sealed it"
+        )),
+        Unsealing::Failed(why) => named(format!("its key could not be unsealed: {why}")),
     })?;
     let key: [u8; 32] = key
         .as_slice()
@@ -128,6 +162,7 @@ pub(crate) fn close(seal: &Seal, text: &str) -> Result<String, String> {
     let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
     let envelope = Envelope {
         format: FORMAT.to_owned(),
+        primary: primary_template(),
         tpm_public: seal.tpm_public.clone(),
         tpm_private: seal.tpm_private.clone(),
         nonce: encode(&nonce),
@@ -167,21 +202,29 @@ fn seal(secret: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
         Some(secret),
     );
     flush();
-    result?;
+    result.map_err(|why| why.to_string())?;
     let read = |name: &str| std::fs::read(file(name)).map_err(|e| format!("{name}: {e}"));
     Ok((read("sealed.pub")?, read("sealed.priv")?))
 }
 
+/// Why a sealed key did not come out of the TPM.
+enum Unsealing {
+    /// The TPM refused the sealed object: made by another TPM (or under another primary key).
+    NotLoaded(String),
+    /// Anything else: the tools, the TPM's answer, a timeout.
+    Failed(String),
+}
+
 /// The secret sealed in the object of `public` and `private`.
-fn unseal(public: &[u8], private: &[u8]) -> Result<Vec<u8>, String> {
-    let work = work_dir()?;
+fn unseal(public: &[u8], private: &[u8]) -> Result<Vec<u8>, Unsealing> {
+    let work = work_dir().map_err(Unsealing::Failed)?;
     let file = |name: &str| work.path().join(name);
     let write = |name: &str, bytes: &[u8]| {
-        std::fs::write(file(name), bytes).map_err(|e| format!("{name}: {e}"))
+        std::fs::write(file(name), bytes).map_err(|e| Unsealing::Failed(format!("{name}: {e}")))
     };
     write("sealed.pub", public)?;
     write("sealed.priv", private)?;
-    let primary = primary(work.path())?;
+    let primary = primary(work.path()).map_err(Unsealing::Failed)?;
     let loaded = tpm2(
         "tpm2_load",
         &[
@@ -197,14 +240,17 @@ fn unseal(public: &[u8], private: &[u8]) -> Result<Vec<u8>, String> {
         None,
     );
     flush();
-    loaded?;
+    loaded.map_err(|why| match why {
+        Tpm2Failure::Refused(why) => Unsealing::NotLoaded(why),
+        Tpm2Failure::NotRun(why) => Unsealing::Failed(why),
+    })?;
     let unsealed = tpm2(
         "tpm2_unseal",
         &["-c".as_ref(), file("sealed.ctx").as_os_str()],
         None,
     );
     flush();
-    unsealed
+    unsealed.map_err(|why| Unsealing::Failed(why.to_string()))
 }
 
 /// The owner hierarchy's primary key, loaded; its context file in `work`.
@@ -218,12 +264,15 @@ fn primary(work: &Path) -> Result<std::path::PathBuf, String> {
             "-g".as_ref(),
             "sha256".as_ref(),
             "-G".as_ref(),
-            "ecc".as_ref(),
+            PRIMARY_ALGORITHM.as_ref(),
+            "-a".as_ref(),
+            PRIMARY_ATTRIBUTES.as_ref(),
             "-c".as_ref(),
             context.as_os_str(),
         ],
         None,
-    )?;
+    )
+    .map_err(|why| why.to_string())?;
     Ok(context)
 }
 
@@ -240,9 +289,31 @@ fn flush() {
     let _ = tpm2("tpm2_flushcontext", &["-t".as_ref()], None);
 }
 
+/// Why a tpm2-tools command gave no output.
+enum Tpm2Failure {
+    /// It ran and the TPM (or the tool) refused: its exit status and what it said.
+    Refused(String),
+    /// It could not be run, or did not finish in time.
+    NotRun(String),
+}
+
+impl std::fmt::Display for Tpm2Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refused(why) | Self::NotRun(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Runs a tpm2-tools command with `input` on its standard input, bounded in time; its
-/// standard output, or why not, naming the tool and what it said.
-fn tpm2(tool: &str, args: &[&std::ffi::OsStr], input: Option<&[u8]>) -> Result<Vec<u8>, String> {
+/// standard output, or why not, naming the tool and what it said. Its output is read while
+/// it runs (a tool that writes more than a pipe holds, with TSS2 logging on, would otherwise
+/// wait for ever), and it is killed when it takes too long.
+fn tpm2(
+    tool: &str,
+    args: &[&std::ffi::OsStr],
+    input: Option<&[u8]>,
+) -> Result<Vec<u8>, Tpm2Failure> {
     let mut child = Command::new(tool)
         .args(args)
         .stdin(if input.is_some() {
@@ -253,39 +324,67 @@ fn tpm2(tool: &str, args: &[&std::ffi::OsStr], input: Option<&[u8]>) -> Result<V
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("running {tool} (apt install tpm2-tools): {e}"))?;
-    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin
-            .write_all(input)
-            .map_err(|e| format!("{tool}: writing its input: {e}"))?;
-    }
+        .map_err(|e| {
+            Tpm2Failure::NotRun(format!("running {tool} (apt install tpm2-tools): {e}"))
+        })?;
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+    );
+    let fed = match (input, child.stdin.take()) {
+        (Some(input), Some(mut stdin)) => stdin.write_all(input),
+        _ => Ok(()),
+    };
     let started = Instant::now();
-    loop {
+    let finished = loop {
         match child.try_wait() {
-            Ok(Some(_)) => break,
+            Ok(Some(status)) => break Ok(status),
             Ok(None) if started.elapsed() < TPM_TIMEOUT => {
                 std::thread::sleep(Duration::from_millis(10));
             }
             Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
+                break Err(format!(
                     "{tool} did not finish within {} s: is the TPM (TPM2TOOLS_TCTI) answering?",
                     TPM_TIMEOUT.as_secs()
                 ));
             }
-            Err(e) => return Err(format!("{tool}: {e}")),
+            Err(e) => break Err(format!("{tool}: {e}")),
         }
+    };
+    if finished.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
     }
-    let output = child
-        .wait_with_output()
-        .map_err(|e| format!("{tool}: {e}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "{tool} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ));
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    let status = finished.map_err(Tpm2Failure::NotRun)?;
+    if let Err(e) = fed {
+        return Err(Tpm2Failure::NotRun(format!(
+            "{tool}: writing its input: {e}"
+        )));
     }
-    Ok(output.stdout)
+    if !status.success() {
+        return Err(Tpm2Failure::Refused(format!(
+            "{tool} failed ({status}): {}",
+            String::from_utf8_lossy(&stderr).trim()
+        )));
+    }
+    Ok(stdout)
 }

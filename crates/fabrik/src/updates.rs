@@ -113,7 +113,7 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
     }
     let identity = updates.identity.trim();
     if !identity.is_empty()
-        && let Err(why) = crate::node_keys::read(Path::new(identity))
+        && let Err(why) = crate::node_keys::check(Path::new(identity))
     {
         problems.push(("updates.identity".into(), why));
     }
@@ -1294,8 +1294,14 @@ pub(crate) async fn start(
     let datastore = data_dir.join("updates").join("tuf");
     std::fs::create_dir_all(&datastore).map_err(|e| format!("{}: {e}", datastore.display()))?;
     let node = node_name(config);
-    let identity = crate::node_keys::of_node(&updates.identity, data_dir)
-        .map_err(|why| format!("updates.identity: {why}"))?;
+    // A sealed identity is opened by tpm2-tools processes: off the async threads.
+    let identity = {
+        let (configured, data_dir) = (updates.identity.clone(), data_dir.to_owned());
+        tokio::task::spawn_blocking(move || crate::node_keys::of_node(&configured, &data_dir))
+            .await
+            .map_err(|e| format!("updates.identity: {e}"))?
+            .map_err(|why| format!("updates.identity: {why}"))?
+    };
     let repository = updates.url.trim().to_owned();
     tracing::info!(%repository, %node, recipient = %identity.recipient(), every = ?interval, "Following the release repository.");
     let uplink_node = config.uplink.node.trim();

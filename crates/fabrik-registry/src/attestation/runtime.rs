@@ -608,9 +608,9 @@ fn not_allowed(
 
 impl Registry {
     /// Keeps the IMA entries an authentic quote covered, replacing older ones of the device.
-    /// A list that continued the kept one from entry `continued_from` adds only its new
-    /// entries, as one more part (decision 0067): a long list is not written again at every
-    /// quote. It is written whole when it did not continue, when what is kept is no longer
+    /// A list that continued the kept one (`continued`: from which entry, and the time of the
+    /// kept quote it continued) adds only its new entries, as one more part (decision 0067): a
+    /// long list is not written again at every quote. It is written whole when it did not continue, when what is kept is no longer
     /// what it continued (another quote was kept meanwhile), or when it is in
     /// [`MOST_PARTS`] parts already. A quote older than the one kept changes nothing.
     pub(crate) async fn store_ima_entries(
@@ -619,7 +619,7 @@ impl Registry {
         key_fingerprint: &str,
         time: i64,
         log: &KeptLog,
-        continued_from: Option<usize>,
+        continued: Option<(usize, i64)>,
     ) -> Result<(), RegistryError> {
         let header = KeptLog {
             entries: Vec::new(),
@@ -634,6 +634,17 @@ impl Registry {
             Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Dialect::Postgres => self.pool.begin().await?,
         };
+        // A device's first list: a row to lock first (PostgreSQL locks no row that is not
+        // there, and two first quotes at once would both write part 0). It never outlives
+        // the transaction: the header below replaces it.
+        sqlx::query(
+            "INSERT INTO attestation_ima_logs (device_id, key_fingerprint, time, entry_count, entries, parts) \
+             VALUES ($1, '', $2, 0, '{\"entries\":[]}', 0) ON CONFLICT (device_id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(i64::MIN)
+        .execute(&mut *tx)
+        .await?;
         let kept = sqlx::query(self.dialect.pick(
             "SELECT key_fingerprint, time, entry_count, parts FROM attestation_ima_logs WHERE device_id = $1",
             "SELECT key_fingerprint, time, entry_count, parts FROM attestation_ima_logs WHERE device_id = $1 FOR UPDATE",
@@ -651,9 +662,12 @@ impl Registry {
             let kept_key: String = row.try_get("key_fingerprint")?;
             let kept_count: i64 = row.try_get("entry_count")?;
             parts = row.try_get::<i64, _>("parts")?;
-            appends = continued_from
-                .is_some_and(|from| count(from) == kept_count && from <= log.entries.len())
-                && kept_key == key_fingerprint
+            // What is kept must be the very list continued: same quote, same key, as long.
+            appends = continued.is_some_and(|(from, continued_time)| {
+                count(from) == kept_count
+                    && continued_time == kept_time
+                    && from <= log.entries.len()
+            }) && kept_key == key_fingerprint
                 && parts > 0
                 && parts < MOST_PARTS;
         }
@@ -664,10 +678,9 @@ impl Registry {
                 .await?;
             parts = 0;
         }
-        let first = if appends {
-            continued_from.unwrap_or(0)
-        } else {
-            0
+        let first = match continued {
+            Some((from, _)) if appends => from,
+            _ => 0,
         };
         if first < log.entries.len() || parts == 0 {
             let part = serde_json::to_string(&log.entries[first..])
@@ -848,6 +861,18 @@ impl Registry {
         .fetch_optional(&self.pool)
         .await?;
         Ok(count.and_then(|count| usize::try_from(count).ok()))
+    }
+
+    /// The device's kept IMA list under `key_fingerprint`, with the time of its quote.
+    pub(crate) async fn kept_ima_log_at(
+        &self,
+        id: &str,
+        key_fingerprint: &str,
+    ) -> Result<Option<(i64, KeptLog)>, RegistryError> {
+        Ok(self
+            .kept_row(id, Some(key_fingerprint), None)
+            .await?
+            .map(|(time, _, log)| (time, log)))
     }
 
     /// The device's kept IMA list under `key_fingerprint` (and, given `time`, of that quote).
@@ -1469,7 +1494,7 @@ mod tests {
         // Continued from entry 5: one more part, the list read back whole, under its quote's
         // time only.
         registry
-            .store_ima_entries("gw", "key-a", 20, &listed(8), Some(5))
+            .store_ima_entries("gw", "key-a", 20, &listed(8), Some((5, 10)))
             .await
             .expect("continued");
         assert_eq!(parts(&registry).await, 2);
@@ -1488,16 +1513,22 @@ mod tests {
             .await
             .expect("older");
         assert_eq!(kept(None).await.expect("read"), Some(listed(8)));
-        // A continuation from other than what is kept (another quote was kept meanwhile), and
-        // one under another key, are written whole.
+        // A continuation of another quote's list than the one kept (of as many entries, or
+        // not), and one under another key, are written whole.
         registry
-            .store_ima_entries("gw", "key-a", 30, &listed(9), Some(6))
+            .store_ima_entries("gw", "key-a", 30, &listed(9), Some((8, 19)))
             .await
-            .expect("not following");
+            .expect("another quote's");
         assert_eq!(parts(&registry).await, 1);
         assert_eq!(kept(None).await.expect("read"), Some(listed(9)));
         registry
-            .store_ima_entries("gw", "key-b", 40, &listed(10), Some(9))
+            .store_ima_entries("gw", "key-a", 35, &listed(10), Some((6, 30)))
+            .await
+            .expect("not following");
+        assert_eq!(parts(&registry).await, 1);
+        assert_eq!(kept(None).await.expect("read"), Some(listed(10)));
+        registry
+            .store_ima_entries("gw", "key-b", 40, &listed(10), Some((10, 35)))
             .await
             .expect("other key");
         assert_eq!(parts(&registry).await, 1);
@@ -1512,21 +1543,33 @@ mod tests {
         // A quote that added nothing adds no part; continued quote after quote, the list is
         // written whole again once it is in MOST_PARTS parts.
         registry
-            .store_ima_entries("gw", "key-b", 45, &listed(10), Some(10))
+            .store_ima_entries("gw", "key-b", 45, &listed(10), Some((10, 40)))
             .await
             .expect("nothing new");
         assert_eq!(parts(&registry).await, 1);
-        let mut count = 10;
+        let (mut count, mut previous) = (10, 45);
         for time in 50..50 + MOST_PARTS - 1 {
             registry
-                .store_ima_entries("gw", "key-b", time, &listed(count + 1), Some(count))
+                .store_ima_entries(
+                    "gw",
+                    "key-b",
+                    time,
+                    &listed(count + 1),
+                    Some((count, previous)),
+                )
                 .await
                 .expect("continued");
-            count += 1;
+            (count, previous) = (count + 1, time);
         }
         assert_eq!(parts(&registry).await, MOST_PARTS);
         registry
-            .store_ima_entries("gw", "key-b", 201, &listed(count + 1), Some(count))
+            .store_ima_entries(
+                "gw",
+                "key-b",
+                201,
+                &listed(count + 1),
+                Some((count, previous)),
+            )
             .await
             .expect("compacted");
         assert_eq!(parts(&registry).await, 1);
@@ -1557,7 +1600,7 @@ mod tests {
             Some(listed(4))
         );
         registry
-            .store_ima_entries("old", "key-a", 6, &listed(6), Some(4))
+            .store_ima_entries("old", "key-a", 6, &listed(6), Some((4, 5)))
             .await
             .expect("continued");
         assert_eq!(
