@@ -30,6 +30,9 @@ pub struct NodeRecipient {
     pub recipient: String,
     /// Keys it held before and still reads, until `fabrik updates retire-keys`.
     pub previous_recipients: Vec<String>,
+    /// Whether its keys are sealed to its TPM (`fabrik updates seal-key`): if not, a copy of
+    /// its disk carries them.
+    pub sealed: bool,
     /// When the node last reported it (RFC 3339, UTC): at its start, and daily.
     pub reported_at: String,
 }
@@ -49,10 +52,16 @@ pub async fn latest_recipients(store: &Store) -> Result<Vec<NodeRecipient>, Stri
     if !store.has_table(NODE_KEYS_TABLE) {
         return Ok(Vec::new());
     }
+    // Rows from before nodes reported it have no `sealed`.
+    let sealed = if store.has_column(NODE_KEYS_TABLE, "sealed") {
+        "last_value(sealed ORDER BY time)"
+    } else {
+        "CAST(NULL AS BOOLEAN)"
+    };
     let sql = format!(
         "SELECT node, last_value(recipient ORDER BY time) AS recipient, \
          last_value(previous_recipients ORDER BY time) AS previous_recipients, \
-         CAST(max(time) AS BIGINT) AS latest FROM {NODE_KEYS_TABLE} \
+         {sealed} AS sealed, CAST(max(time) AS BIGINT) AS latest FROM {NODE_KEYS_TABLE} \
          WHERE _source = {} OR _source = concat('uplink:', node, '/{NODE_KEYS_SOURCE}') \
          GROUP BY node ORDER BY node",
         crate::fleet::literal(NODE_KEYS_SOURCE)
@@ -69,6 +78,7 @@ pub async fn latest_recipients(store: &Store) -> Result<Vec<NodeRecipient>, Stri
             recipient: text(row, "recipient"),
             previous_recipients: serde_json::from_str(&text(row, "previous_recipients"))
                 .unwrap_or_default(),
+            sealed: row["sealed"].as_bool().unwrap_or(false),
             reported_at: fabrik_alert::model::rfc3339(row["latest"].as_i64().unwrap_or(0)),
         })
         .filter(|key| !key.recipient.is_empty())

@@ -21,6 +21,8 @@ fn row(node: &str, keys: &crate::node_keys::NodeKeys, time: Timestamp) -> Point 
         fields: vec![
             ("recipient".into(), Value::Str(keys.recipient().to_string())),
             ("previous_recipients".into(), Value::Str(previous)),
+            // Whether a copy of the node's disk would carry its keys (decision 0070).
+            ("sealed".into(), Value::Bool(keys.sealed())),
         ],
         time,
         quality: Quality::Good,
@@ -97,6 +99,7 @@ mod tests {
                 )
             })
             .collect();
+        assert!(listed.iter().all(|key| !key.sealed), "{listed:?}");
         assert_eq!(
             shown,
             [

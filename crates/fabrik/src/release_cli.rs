@@ -570,9 +570,14 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
             let text = crate::client::json_text;
             for key in chosen {
                 println!(
-                    "# {}, reported {}{}",
+                    "# {}, reported {}{}{}",
                     text(&key["node"]),
                     text(&key["reported_at"]),
+                    if key["sealed"] == true {
+                        ", sealed to its TPM"
+                    } else {
+                        ", not sealed"
+                    },
                     match key["previous_recipients"].as_array().map(Vec::len) {
                         Some(held) if held > 0 => {
                             format!("; still reads {held} previous key(s) until retired")

@@ -1546,6 +1546,19 @@ fn a_node_key_sealed_to_its_tpm_opens_only_there_and_still_decrypts() {
     let status = updates(&edge.url);
     assert_eq!(status["recipient"], recipient.as_str(), "{status}");
     assert_eq!(status["key_sealed"], true, "{status}");
+    // The key it reports for the hub says it is sealed.
+    let (_, reported) = http(
+        &edge.url,
+        reqwest::Method::GET,
+        "/api/v1/fleet/recipients",
+        None,
+    );
+    assert_eq!(
+        reported["recipients"][0]["recipient"],
+        recipient.as_str(),
+        "{reported}"
+    );
+    assert_eq!(reported["recipients"][0]["sealed"], true, "{reported}");
     assert_eq!(
         model_sha(&edge.url, "secret-model").as_deref(),
         Some(sha256_hex(&model_bytes).as_str())
@@ -1674,6 +1687,7 @@ fn a_publisher_encrypts_to_the_keys_the_nodes_reported_to_their_hub() {
     assert_eq!(listed[0]["node"], "line-1");
     assert_eq!(listed[0]["recipient"], first_key.as_str());
     assert_eq!(listed[0]["previous_recipients"], serde_json::json!([]));
+    assert_eq!(listed[0]["sealed"], false, "{answer}");
     let unmatched = fleet_recipients(&hub.url, &["--nodes", "press-*"]).expect_err("no match");
     assert!(
         unmatched.contains("no node matching press-*"),
