@@ -42,6 +42,17 @@ pub struct MirroredDevice {
     pub latest_ns: i64,
 }
 
+/// The rows `sql` answers, as JSON objects by column name.
+pub(crate) async fn query_json(store: &Store, sql: &str) -> Result<Vec<serde_json::Value>, String> {
+    let output = store.query(sql).await.map_err(|e| e.to_string())?;
+    crate::routes::batches_to_json(&output.batches)
+}
+
+/// A text column of a [`query_json`] row (empty when null).
+pub(crate) fn text(row: &serde_json::Value, key: &str) -> String {
+    row[key].as_str().unwrap_or_default().to_owned()
+}
+
 /// `text` as an SQL string literal.
 pub(crate) fn literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
@@ -76,11 +87,7 @@ pub async fn latest_devices(
          CAST(max(time) AS BIGINT) AS latest \
          FROM {DEVICES_TABLE} WHERE {only} GROUP BY node, device ORDER BY device, node"
     );
-    let output = store.query(&sql).await.map_err(|e| e.to_string())?;
-    let rows = crate::routes::batches_to_json(&output.batches)?;
-    let text = |row: &serde_json::Value, key: &str| -> String {
-        row[key].as_str().unwrap_or_default().to_owned()
-    };
+    let rows = query_json(store, &sql).await?;
     Ok(rows
         .iter()
         .map(|row| MirroredDevice {

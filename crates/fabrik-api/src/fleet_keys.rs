@@ -66,11 +66,8 @@ pub async fn latest_recipients(store: &Store) -> Result<Vec<NodeRecipient>, Stri
          GROUP BY node ORDER BY node",
         crate::fleet::literal(NODE_KEYS_SOURCE)
     );
-    let output = store.query(&sql).await.map_err(|e| e.to_string())?;
-    let rows = crate::routes::batches_to_json(&output.batches)?;
-    let text = |row: &serde_json::Value, key: &str| -> String {
-        row[key].as_str().unwrap_or_default().to_owned()
-    };
+    let rows = crate::fleet::query_json(store, &sql).await?;
+    let text = crate::fleet::text;
     Ok(rows
         .iter()
         .map(|row| NodeRecipient {

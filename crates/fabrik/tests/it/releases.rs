@@ -1315,13 +1315,7 @@ fn a_hub_knows_which_node_runs_which_release() {
     )
     .expect("tamper");
 
-    let port = crate::support::free_port();
-    let _nats = crate::uplink::nats_server(&dir.path().join("nats"), port);
-    let nats_url = format!("nats://127.0.0.1:{port}");
-    let hub = Process::start(
-        &dir.path().join("hub"),
-        &[("FABRIK__HUB__URL", nats_url.as_str())],
-    );
+    let (_nats, nats_url, hub) = nats_and_hub(dir.path());
     let config = uplinked_follower_config(dir.path(), &repo, &nats_url);
     let edge =
         Process::start_with_args(&dir.path().join("edge"), &["--config", path(&config)], &[]);
@@ -1626,13 +1620,7 @@ fn fleet_recipients(url: &str, args: &[&str]) -> Result<String, String> {
 #[test]
 fn a_publisher_encrypts_to_the_keys_the_nodes_reported_to_their_hub() {
     let (dir, repo, keys, work) = new_repository();
-    let port = crate::support::free_port();
-    let _nats = crate::uplink::nats_server(&dir.path().join("nats"), port);
-    let nats_url = format!("nats://127.0.0.1:{port}");
-    let hub = Process::start(
-        &dir.path().join("hub"),
-        &[("FABRIK__HUB__URL", nats_url.as_str())],
-    );
+    let (_nats, nats_url, hub) = nats_and_hub(dir.path());
     // Nothing reported yet: an empty list, and the CLI says so rather than print an empty
     // recipients file.
     let (code, answer) = http(
@@ -1828,6 +1816,15 @@ fn a_phased_rollout_reaches_a_node_once_its_share_covers_it() {
     );
 }
 
+/// A nats-server with JetStream in `dir`, its URL, and a hub consuming from it.
+fn nats_and_hub(dir: &Path) -> (crate::support::Peer, String, Process) {
+    let port = crate::support::free_port();
+    let nats = crate::uplink::nats_server(&dir.join("nats"), port);
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let hub = Process::start(&dir.join("hub"), &[("FABRIK__HUB__URL", nats_url.as_str())]);
+    (nats, nats_url, hub)
+}
+
 fn uplinked_follower_config(dir: &Path, repo: &Path, nats_url: &str) -> std::path::PathBuf {
     let config = follower_config(dir, repo);
     let mut text = std::fs::read_to_string(&config).expect("config");
@@ -1841,13 +1838,7 @@ fn uplinked_follower_config(dir: &Path, repo: &Path, nats_url: &str) -> std::pat
 #[test]
 fn a_gate_judged_at_the_hub_on_the_fleets_data_is_released_to_the_edges() {
     let (dir, repo, keys, work) = new_repository();
-    let port = crate::support::free_port();
-    let _nats = crate::uplink::nats_server(&dir.path().join("nats"), port);
-    let nats_url = format!("nats://127.0.0.1:{port}");
-    let hub = Process::start(
-        &dir.path().join("hub"),
-        &[("FABRIK__HUB__URL", nats_url.as_str())],
-    );
+    let (_nats, nats_url, hub) = nats_and_hub(dir.path());
     let config = uplinked_follower_config(dir.path(), &repo, &nats_url);
     let edge =
         Process::start_with_args(&dir.path().join("edge"), &["--config", path(&config)], &[]);
