@@ -126,8 +126,10 @@ pub struct LiveState {
     /// elsewhere.
     pub runtime_policies: Option<usize>,
     /// Whether this node's keys for encrypted targets are sealed to its TPM (decision 0070);
-    /// `None` when it follows no release repository.
+    /// `None` when it follows no release repository, or its keys did not open.
     pub node_key_sealed: Option<bool>,
+    /// The PCRs its sealed keys are bound to (decision 0071), if any.
+    pub node_key_sealed_pcrs: Option<String>,
 }
 
 fn control(
@@ -476,11 +478,17 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
              content hash"
         ));
         match live.node_key_sealed {
-            Some(true) => evidence.push(
+            Some(true) => evidence.push(format!(
                 "this node's keys for encrypted targets are sealed to its TPM: a copy of its \
-                 disk opens no model published to it (decision 0070)"
-                    .to_owned(),
-            ),
+                 disk opens no model published to it (decision 0070){}",
+                live.node_key_sealed_pcrs
+                    .as_ref()
+                    .map(|pcrs| format!(
+                        "; and to its boot (PCRs {pcrs}): booted otherwise, the device itself \
+                         opens none either (decision 0071)"
+                    ))
+                    .unwrap_or_default()
+            )),
             Some(false) => gaps.push(
                 "this node's keys for encrypted targets are a file on its disk, which a copy of \
                  the disk carries away: `fabrik updates seal-key` seals them to its TPM"
@@ -619,16 +627,23 @@ pub(crate) async fn report(
                 attestation: Some(registry.attestation_coverage().await?),
                 runtime_policies: Some(registry.runtime_policy_count().await?),
                 node_key_sealed: None,
+                node_key_sealed_pcrs: None,
             }
         }
         None => LiveState::default(),
     };
+    let (node_key_sealed, node_key_sealed_pcrs) = state
+        .updates
+        .read()
+        .as_ref()
+        // Keys that did not open say nothing of how they are kept.
+        .filter(|status| status.key_error.is_none())
+        .map_or((None, None), |status| {
+            (Some(status.key_sealed), status.key_sealed_pcrs.clone())
+        });
     let live = LiveState {
-        node_key_sealed: state
-            .updates
-            .read()
-            .as_ref()
-            .map(|status| status.key_sealed),
+        node_key_sealed,
+        node_key_sealed_pcrs,
         ..live
     };
     let controls = assess(&state.compliance, &live);
@@ -686,6 +701,7 @@ mod tests {
             users: Some([1, 0, 0]),
             audit: Some(intact()),
             node_key_sealed: Some(true),
+            node_key_sealed_pcrs: None,
         };
         let controls = assess(&facts, &live);
         let models = control_of(&controls, "NIST 800-53 SI-7");
@@ -715,6 +731,15 @@ mod tests {
             "{unsealed:?}"
         );
         live.node_key_sealed = Some(true);
+        live.node_key_sealed_pcrs = Some("sha256:7".into());
+        let bound = assess(&facts, &live);
+        assert!(
+            control_of(&bound, "NIST 800-53 SI-7")
+                .evidence
+                .iter()
+                .any(|e| e.contains("PCRs sha256:7") && e.contains("0071")),
+            "{bound:?}"
+        );
         let devices = control_of(&controls, "NIST 800-53 IA-3");
         assert!(
             devices
@@ -752,6 +777,7 @@ mod tests {
             users: Some([1, 0, 2]),
             audit: Some(intact()),
             node_key_sealed: None,
+            node_key_sealed_pcrs: None,
         };
         let controls = assess(&facts, &live);
         assert_eq!(
@@ -781,6 +807,7 @@ mod tests {
                 users: Some([1, 0, 0]),
                 audit: Some(broken),
                 node_key_sealed: None,
+                node_key_sealed_pcrs: None,
             },
         );
         assert_eq!(status_of(&controls, "NIST 800-53 SI-7"), ControlStatus::Met);
@@ -809,6 +836,7 @@ mod tests {
                 users: Some([1, 0, 0]),
                 audit: Some(intact()),
                 node_key_sealed: None,
+                node_key_sealed_pcrs: None,
             },
         );
         assert_eq!(status_of(&controls, "NIST 800-53 SC-8"), ControlStatus::Met);
@@ -822,6 +850,7 @@ mod tests {
                 users: Some([1, 0, 0]),
                 audit: Some(intact()),
                 node_key_sealed: None,
+                node_key_sealed_pcrs: None,
             },
         );
         assert_eq!(
@@ -837,6 +866,7 @@ mod tests {
             users: Some([1, 0, 0]),
             audit: Some(intact()),
             node_key_sealed: None,
+            node_key_sealed_pcrs: None,
         };
         facts.mqtt_acl_rules = 2;
         let controls = assess(&facts, &live);
@@ -851,6 +881,7 @@ mod tests {
             users: Some([0, 0, 2]),
             audit: Some(intact()),
             node_key_sealed: None,
+            node_key_sealed_pcrs: None,
         };
         facts.admin_token_file_mode = Some(0o600);
         let gdpr = |facts: &ComplianceFacts| {
@@ -885,6 +916,7 @@ mod tests {
                 ..intact()
             }),
             node_key_sealed: None,
+            node_key_sealed_pcrs: None,
         };
         let controls = assess(&facts, &erased);
         let audit = control_of(&controls, "NIST 800-53 AU-2");

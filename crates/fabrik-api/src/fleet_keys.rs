@@ -33,6 +33,9 @@ pub struct NodeRecipient {
     /// Whether its keys are sealed to its TPM (`fabrik updates seal-key`): if not, a copy of
     /// its disk carries them.
     pub sealed: bool,
+    /// The PCRs its sealed key is bound to (`sha256:7`), if any: it opens only on the boot
+    /// it was sealed on.
+    pub sealed_pcrs: Option<String>,
     /// When the node last reported it (RFC 3339, UTC): at its start, and daily.
     pub reported_at: String,
 }
@@ -58,10 +61,15 @@ pub async fn latest_recipients(store: &Store) -> Result<Vec<NodeRecipient>, Stri
     } else {
         "CAST(NULL AS BOOLEAN)"
     };
+    let sealed_pcrs = if store.has_column(NODE_KEYS_TABLE, "sealed_pcrs") {
+        "last_value(sealed_pcrs ORDER BY time)"
+    } else {
+        "CAST(NULL AS VARCHAR)"
+    };
     let sql = format!(
         "SELECT node, last_value(recipient ORDER BY time) AS recipient, \
          last_value(previous_recipients ORDER BY time) AS previous_recipients, \
-         {sealed} AS sealed, CAST(max(time) AS BIGINT) AS latest FROM {NODE_KEYS_TABLE} \
+         {sealed} AS sealed, {sealed_pcrs} AS sealed_pcrs, CAST(max(time) AS BIGINT) AS latest FROM {NODE_KEYS_TABLE} \
          WHERE _source = {} OR _source = concat('uplink:', node, '/{NODE_KEYS_SOURCE}') \
          GROUP BY node ORDER BY node",
         crate::fleet::literal(NODE_KEYS_SOURCE)
@@ -76,6 +84,10 @@ pub async fn latest_recipients(store: &Store) -> Result<Vec<NodeRecipient>, Stri
             previous_recipients: serde_json::from_str(&text(row, "previous_recipients"))
                 .unwrap_or_default(),
             sealed: row["sealed"].as_bool().unwrap_or(false),
+            sealed_pcrs: row["sealed_pcrs"]
+                .as_str()
+                .filter(|pcrs| !pcrs.is_empty())
+                .map(str::to_owned),
             reported_at: fabrik_alert::model::rfc3339(row["latest"].as_i64().unwrap_or(0)),
         })
         .filter(|key| !key.recipient.is_empty())

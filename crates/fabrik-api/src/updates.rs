@@ -26,7 +26,7 @@ pub struct UpdateStatus {
     /// This node's name, matched against each target's `nodes`.
     pub node: String,
     /// This node's public key (`age1…`): publishers encrypt targets to it (`fabrik release
-    /// add --recipient`).
+    /// add --recipient`). Empty while its keys cannot be opened (`key_error`).
     pub recipient: String,
     /// Its previous keys' recipients, newest first (`fabrik updates rotate-key`): targets
     /// published to them still decrypt here until `fabrik updates retire-keys`.
@@ -34,6 +34,15 @@ pub struct UpdateStatus {
     /// Whether its keys are sealed to its TPM (`fabrik updates seal-key`).
     #[serde(default)]
     pub key_sealed: bool,
+    /// The PCRs its sealed key is bound to (`sha256:7`; `fabrik updates seal-key --pcrs`):
+    /// it opens only while they hold the values they held when it was sealed.
+    #[serde(default)]
+    pub key_sealed_pcrs: Option<String>,
+    /// Why this node's keys cannot be opened, while they cannot (a sealed file on a boot
+    /// other than the one its PCRs were sealed to, a TPM not answering): encrypted targets
+    /// wait, the others install; tried again at each check.
+    #[serde(default)]
+    pub key_error: Option<String>,
     /// Seconds between checks.
     pub interval_seconds: f64,
     /// The platform this node runs on (`linux-x86_64`): a `binary` target must name it.

@@ -646,7 +646,7 @@ function fleetView(releases, nodes, keys) {
   // recipients` prints for a publisher; a node still reading previous keys has not retired them.
   const keyTable = keys.length ? html`<h3 class="small-text">Keys for encrypted releases</h3>
     <table id="fleet-keys"><thead><tr><th>Node</th><th>Key</th><th>Reported</th></tr></thead><tbody>
-    ${keys.map((k) => html`<tr data-node="${k.node}"><td class="wrap-id">${k.node}</td><td><code class="wrap-id" title="${k.recipient}">${k.recipient.slice(0, 16)}…</code>${k.sealed ? html` <span class="muted small-text" title="sealed to the node's TPM: a copy of its disk does not carry it">· sealed</span>` : ''}${k.previous_recipients.length ? html` <span class="muted small-text" title="${k.previous_recipients.join(' ')}">· still reads ${k.previous_recipients.length} previous</span>` : ''}</td>
+    ${keys.map((k) => html`<tr data-node="${k.node}"><td class="wrap-id">${k.node}</td><td><code class="wrap-id" title="${k.recipient}">${k.recipient.slice(0, 16)}…</code>${k.sealed ? html` <span class="muted small-text" title="sealed to the node's TPM: a copy of its disk does not carry it${k.sealed_pcrs ? `; bound to PCRs ${k.sealed_pcrs}: it opens only on the boot it was sealed on` : ''}">· sealed${k.sealed_pcrs ? ` to PCRs ${k.sealed_pcrs}` : ''}</span>` : ''}${k.previous_recipients.length ? html` <span class="muted small-text" title="${k.previous_recipients.join(' ')}">· still reads ${k.previous_recipients.length} previous</span>` : ''}</td>
       <td>${time(k.reported_at)}</td></tr>`)}
     </tbody></table>` : '';
   return html`<p class="small-text muted">${nodes} node${nodes === 1 ? '' : 's'}: each one's latest install or refusal</p>

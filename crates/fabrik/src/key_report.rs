@@ -23,6 +23,11 @@ fn row(node: &str, keys: &crate::node_keys::NodeKeys, time: Timestamp) -> Point 
             ("previous_recipients".into(), Value::Str(previous)),
             // Whether a copy of the node's disk would carry its keys (decision 0070).
             ("sealed".into(), Value::Bool(keys.sealed())),
+            // And to which boot, if its key is bound to PCRs (empty: to the TPM alone).
+            (
+                "sealed_pcrs".into(),
+                Value::Str(keys.sealed_pcrs().unwrap_or_default()),
+            ),
         ],
         time,
         quality: Quality::Good,

@@ -31,6 +31,13 @@ impl NodeKeys {
         self.seal.is_some()
     }
 
+    /// The PCRs its sealed key is bound to (`sha256:7`), if any.
+    pub(crate) fn sealed_pcrs(&self) -> Option<String> {
+        self.seal
+            .as_ref()
+            .and_then(crate::sealed_identity::Seal::pcrs)
+    }
+
     /// The node's current recipient.
     pub(crate) fn recipient(&self) -> &Recipient {
         self.keys[0].recipient()
@@ -87,24 +94,40 @@ pub(crate) fn check(path: &Path) -> Result<(), String> {
 }
 
 /// Seals the identity file at `path` to this node's TPM, in place: its keys are encrypted
-/// under a key the TPM seals, so the file opens only there. Opened again before it replaces
-/// the plain file, so a TPM that cannot unseal what it sealed leaves the keys as they were.
-pub(crate) fn seal(path: &Path) -> Result<NodeKeys, String> {
+/// under a key the TPM seals, so the file opens only there — and, with `pcrs`, only while
+/// those PCRs hold the values they hold now. Opened again before it replaces the file, so a
+/// TPM that cannot unseal what it sealed leaves the keys as they were. A sealed file is
+/// sealed again (a new sealed key, to `pcrs`) only when `reseal` says so: it must open first.
+pub(crate) fn seal(path: &Path, pcrs: &[u8], reseal: bool) -> Result<NodeKeys, String> {
+    let pcrs = crate::sealed_identity::pcr_indices(pcrs)?;
     let (path, _lock) = locked(path)?;
     let path = path.as_path();
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if crate::sealed_identity::is_sealed(&text) {
-        return Err(format!("{}: already sealed to a TPM", path.display()));
-    }
+    let stored = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = match (crate::sealed_identity::is_sealed(&stored), reseal) {
+        (true, true) => crate::sealed_identity::open(path, &stored)?.0,
+        (false, false) => stored,
+        (true, false) => {
+            return Err(format!(
+                "{}: already sealed to a TPM (--reseal seals it again, to other PCRs or none)",
+                path.display()
+            ));
+        }
+        (false, true) => {
+            return Err(format!(
+                "{}: not sealed, so there is nothing to seal again (leave out --reseal)",
+                path.display()
+            ));
+        }
+    };
     let keys = Identity::parse_all(&text)
         .map_err(|e| format!("{}: {}", path.display(), crate::error_text::describe(&e)))?;
-    let seal = crate::sealed_identity::new_seal()
+    let seal = crate::sealed_identity::new_seal(&pcrs)
         .map_err(|why| format!("{}: sealing: {why}", path.display()))?;
     let sealed = crate::sealed_identity::close(&seal, &text)?;
     let (opened, _) = crate::sealed_identity::open(path, &sealed)?;
     if opened != text {
         return Err(format!(
-            "{}: the sealed file did not open to the same keys; left unsealed",
+            "{}: the sealed file did not open to the same keys; left as it was",
             path.display()
         ));
     }

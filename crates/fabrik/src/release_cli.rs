@@ -573,10 +573,10 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                     "# {}, reported {}{}{}",
                     text(&key["node"]),
                     text(&key["reported_at"]),
-                    if key["sealed"] == true {
-                        ", sealed to its TPM"
-                    } else {
-                        ", not sealed"
+                    match (key["sealed"] == true, key["sealed_pcrs"].as_str()) {
+                        (true, Some(pcrs)) => format!(", sealed to its TPM and PCRs {pcrs}"),
+                        (true, None) => ", sealed to its TPM".to_owned(),
+                        (false, _) => ", not sealed".to_owned(),
                     },
                     match key["previous_recipients"].as_array().map(Vec::len) {
                         Some(held) if held > 0 => {
@@ -780,6 +780,16 @@ enum UpdatesCommand {
         /// `<data_dir>/updates/identity.key`.
         #[arg(long)]
         identity: PathBuf,
+        /// Bind the sealed key to these PCRs' current SHA-256 values as well (`7` for the
+        /// Secure Boot state, `0,2,4,7` for firmware, option ROMs and boot loader too): it
+        /// then opens only while the device boots as it does now. Firmware, boot loader or
+        /// Secure Boot changes need `--reseal` without PCRs before, and with them after.
+        #[arg(long, value_delimiter = ',', value_name = "PCR,...")]
+        pcrs: Vec<u8>,
+        /// Seal an already sealed file again, with a new sealed key bound to `--pcrs` (or to
+        /// none): it must open on this TPM and boot first.
+        #[arg(long)]
+        reseal: bool,
     },
     /// Put back the Fabrik binary a release replaced (kept beside it as `<binary>.previous`)
     /// and keep the node from installing the rolled-back build again; restart the node
@@ -853,14 +863,26 @@ pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
             );
             return Ok(());
         }
-        UpdatesCommand::SealKey { identity } => {
-            let keys = crate::node_keys::seal(&identity).map_err(|why| anyhow::anyhow!(why))?;
+        UpdatesCommand::SealKey {
+            identity,
+            pcrs,
+            reseal,
+        } => {
+            let keys = crate::node_keys::seal(&identity, &pcrs, reseal)
+                .map_err(|why| anyhow::anyhow!(why))?;
             println!("{}", keys.recipient());
+            let bound = keys.sealed_pcrs().map_or_else(String::new, |pcrs| {
+                format!(" while PCRs {pcrs} hold the values they hold now")
+            });
+            let plain_blocks = if reseal {
+                ""
+            } else {
+                " The plain file's blocks may remain on the disk until overwritten: on a disk \
+                 that was copied before, rotate the key (`fabrik updates rotate-key`)."
+            };
             eprintln!(
-                "{}: sealed to this TPM ({} key(s)); it opens only there. The node unseals it at \
-                 its next start. The plain file's blocks may remain on the disk until \
-                 overwritten: on a disk that was copied before, rotate the key \
-                 (`fabrik updates rotate-key`).",
+                "{}: sealed to this TPM ({} key(s)); it opens only there{bound}. The node \
+                 unseals it at its next start.{plain_blocks}",
                 identity.display(),
                 keys.all().len()
             );
@@ -891,6 +913,9 @@ pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
                 .get_json(&client, "/api/v1/updates")
                 .await
                 .context("asking the node for its key")?;
+            if let Some(why) = status["status"]["key_error"].as_str() {
+                bail!("{}: its keys cannot be opened: {why}", endpoint.url);
+            }
             let Some(recipient) = status["status"]["recipient"].as_str() else {
                 bail!(
                     "{} follows no release repository ([updates] url), so it has no key yet; \
@@ -921,10 +946,13 @@ pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
         "node {} (key {}{}) follows {} (every {} s); last check {}, last verified {}",
         text(&status["node"]),
         text(&status["recipient"]),
-        if status["key_sealed"] == true {
-            ", sealed to its TPM"
-        } else {
-            ""
+        match (
+            status["key_sealed"] == true,
+            status["key_sealed_pcrs"].as_str()
+        ) {
+            (true, Some(pcrs)) => format!(", sealed to its TPM and PCRs {pcrs}"),
+            (true, None) => ", sealed to its TPM".to_owned(),
+            (false, _) => String::new(),
         },
         text(&status["repository"]),
         text(&status["interval_seconds"]),
@@ -941,6 +969,12 @@ pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
         println!(
             "  previous keys, still read until retired: {}",
             previous.join(", ")
+        );
+    }
+    if let Some(why) = status["key_error"].as_str() {
+        println!(
+            "  keys for encrypted targets cannot be opened (encrypted targets wait, tried again \
+             at each check): {why}"
         );
     }
     println!(

@@ -3,11 +3,16 @@
 //! the owner hierarchy's primary key, through tpm2-tools (`TPM2TOOLS_TCTI` chooses the TPM, as
 //! for the attestation agent). A copy of the disk, or of the file, opens on no other TPM.
 //!
+//! Sealed with `--pcrs`, the key is bound to PCR values as well (a TPM policy): it comes out
+//! only while the device booted as it had when the key was sealed, and the file records those
+//! values so a refusal names the PCRs that changed.
+//!
 //! A sealed data object holds at most 128 bytes, fewer than an identity file with previous
 //! keys, hence the key in the TPM and the keys beside it. Rotating or retiring keys
 //! re-encrypts the file with the same sealed key: the TPM is needed to open it, not to change
 //! it again.
 
+use std::collections::BTreeMap;
 use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -17,8 +22,18 @@ use aws_lc_rs::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, Unb
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-/// The file's `format`: what tells a sealed identity file from a plain one.
+/// What every sealed identity file's `format` begins with: what tells it from a plain one.
+const FORMAT_PREFIX: &str = "fabrik-sealed-identity-";
+/// The file's `format` when its key is sealed to the TPM alone.
 const FORMAT: &str = "fabrik-sealed-identity-v1";
+/// The file's `format` when its key is also bound to PCR values: another format, so a build
+/// that cannot satisfy the policy says so instead of failing in the TPM.
+const FORMAT_PCR_BOUND: &str = "fabrik-sealed-identity-v2";
+/// The PCR bank a policy reads: SHA-1 banks are being retired, and every TPM 2.0 that
+/// attests (decision 0050) has SHA-256.
+const PCR_BANK: &str = "sha256";
+/// PCRs a TPM 2.0 has at least (the PC Client profile's 0–23).
+const PCR_COUNT: u8 = 24;
 /// The most one tpm2-tools command may take: a TPM that stops answering must not hang a
 /// node's start.
 const TPM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,6 +46,9 @@ const AAD: &[u8] = b"fabrik node identity";
 const PRIMARY_ALGORITHM: &str = "ecc256:aes128cfb";
 const PRIMARY_ATTRIBUTES: &str =
     "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|decrypt";
+
+/// The sealed data object's attributes when a PCR policy binds it (see [`seal`]).
+const SEALED_PCR_BOUND_ATTRIBUTES: &str = "fixedtpm|fixedparent";
 
 /// The sealed identity file, as JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -45,6 +63,26 @@ struct Envelope {
     /// The identity file's text under the sealed key, base64.
     nonce: String,
     ciphertext: String,
+    /// The PCR values the sealed key is bound to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pcr_policy: Option<PcrPolicy>,
+}
+
+/// The PCRs a sealed key is bound to and their values when it was sealed (hex, by PCR): the
+/// policy the TPM checks is made of exactly these, so the file can say which ones changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PcrPolicy {
+    bank: String,
+    values: BTreeMap<u8, String>,
+}
+
+impl PcrPolicy {
+    /// `sha256:0,7`, as tpm2-tools writes a PCR selection.
+    fn selection(&self) -> String {
+        let indices: Vec<String> = self.values.keys().map(u8::to_string).collect();
+        format!("{}:{}", self.bank, indices.join(","))
+    }
 }
 
 /// What re-encrypts an opened identity file: the sealed object's parts and the key it holds.
@@ -52,11 +90,33 @@ pub(crate) struct Seal {
     tpm_public: String,
     tpm_private: String,
     key: [u8; 32],
+    pcr_policy: Option<PcrPolicy>,
+}
+
+impl Seal {
+    /// The PCRs the sealed key is bound to (`sha256:0,7`), if any.
+    pub(crate) fn pcrs(&self) -> Option<String> {
+        self.pcr_policy.as_ref().map(PcrPolicy::selection)
+    }
+}
+
+/// The PCR indices of `--pcrs`, checked, ascending and without repeats.
+pub(crate) fn pcr_indices(asked: &[u8]) -> Result<Vec<u8>, String> {
+    if let Some(index) = asked.iter().find(|index| **index >= PCR_COUNT) {
+        return Err(format!(
+            "--pcrs: {index} is not a PCR (a TPM 2.0 has PCRs 0 to {})",
+            PCR_COUNT - 1
+        ));
+    }
+    let mut indices = asked.to_vec();
+    indices.sort_unstable();
+    indices.dedup();
+    Ok(indices)
 }
 
 /// Whether `text` is a sealed identity file (else it is read as a plain one).
 pub(crate) fn is_sealed(text: &str) -> bool {
-    text.trim_start().starts_with('{') && text.contains(FORMAT)
+    text.trim_start().starts_with('{') && text.contains(FORMAT_PREFIX)
 }
 
 fn primary_template() -> String {
@@ -68,11 +128,30 @@ fn envelope(path: &Path, text: &str) -> Result<Envelope, String> {
     let named = |why: String| format!("{}: {why}", path.display());
     let envelope: Envelope = serde_json::from_str(text)
         .map_err(|e| named(format!("not a sealed identity file: {e}")))?;
-    if envelope.format != FORMAT {
+    let expected = if envelope.pcr_policy.is_some() {
+        FORMAT_PCR_BOUND
+    } else {
+        FORMAT
+    };
+    if envelope.format != expected {
         return Err(named(format!(
-            "sealed in format `{}`, this build reads `{FORMAT}`",
+            "sealed in format `{}`, this build reads `{FORMAT}` and `{FORMAT_PCR_BOUND}` (with \
+             its PCR policy)",
             envelope.format
         )));
+    }
+    if let Some(policy) = &envelope.pcr_policy {
+        if policy.bank != PCR_BANK || policy.values.is_empty() {
+            return Err(named(format!(
+                "bound to PCRs `{}`, this build binds to PCRs of the `{PCR_BANK}` bank",
+                policy.selection()
+            )));
+        }
+        if let Some(index) = policy.values.keys().find(|index| **index >= PCR_COUNT) {
+            return Err(named(format!(
+                "bound to PCR {index}, which a TPM 2.0 has not"
+            )));
+        }
     }
     if envelope.primary != primary_template() {
         return Err(named(format!(
@@ -102,13 +181,23 @@ pub(crate) fn open(path: &Path, text: &str) -> Result<(String, Seal), String> {
     };
     let public = bytes("tpm_public", &envelope.tpm_public)?;
     let private = bytes("tpm_private", &envelope.tpm_private)?;
-    let key = unseal(&public, &private).map_err(|failure| match failure {
-        Unsealing::NotLoaded(why) => named(format!(
-            "the TPM did not take its sealed key ({why}): a sealed identity opens only on the \
-             TPM that sealed it"
-        )),
-        Unsealing::Failed(why) => named(format!("its key could not be unsealed: {why}")),
-    })?;
+    let key =
+        unseal(&public, &private, envelope.pcr_policy.as_ref()).map_err(
+            |failure| match failure {
+                Unsealing::NotLoaded(why) => named(format!(
+                    "the TPM did not take its sealed key ({why}): a sealed identity opens only on \
+                 the TPM that sealed it"
+                )),
+                Unsealing::BootChanged(changed) => named(format!(
+                    "its key is bound to PCRs that changed since it was sealed ({changed}): this \
+                 device did not boot as it had then (firmware, boot loader or Secure Boot \
+                 settings). After an intended change, boot as before, run `fabrik updates \
+                 seal-key --reseal` to unbind the key, and bind it again after the new boot; \
+                 else give the node a new key"
+                )),
+                Unsealing::Failed(why) => named(format!("its key could not be unsealed: {why}")),
+            },
+        )?;
     let key: [u8; 32] = key
         .as_slice()
         .try_into()
@@ -130,21 +219,17 @@ pub(crate) fn open(path: &Path, text: &str) -> Result<(String, Seal), String> {
             tpm_public: envelope.tpm_public,
             tpm_private: envelope.tpm_private,
             key,
+            pcr_policy: envelope.pcr_policy,
         },
     ))
 }
 
-/// Seals a new key in the TPM, for [`close`].
-pub(crate) fn new_seal() -> Result<Seal, String> {
+/// Seals a new key in the TPM, for [`close`]; bound to the current values of the PCRs
+/// `pcrs` ([`pcr_indices`]) unless that is empty.
+pub(crate) fn new_seal(pcrs: &[u8]) -> Result<Seal, String> {
     let mut key = [0_u8; 32];
     aws_lc_rs::rand::fill(&mut key).map_err(|_| "no random bytes for the sealed key".to_owned())?;
-    let (public, private) = seal(&key)?;
-    let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
-    Ok(Seal {
-        tpm_public: encode(&public),
-        tpm_private: encode(&private),
-        key,
-    })
+    seal(key, pcrs)
 }
 
 /// The sealed identity file holding `text` under `seal`.
@@ -161,12 +246,18 @@ pub(crate) fn close(seal: &Seal, text: &str) -> Result<String, String> {
         .map_err(|_| "encrypting the identity file failed".to_owned())?;
     let encode = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
     let envelope = Envelope {
-        format: FORMAT.to_owned(),
+        format: if seal.pcr_policy.is_some() {
+            FORMAT_PCR_BOUND
+        } else {
+            FORMAT
+        }
+        .to_owned(),
         primary: primary_template(),
         tpm_public: seal.tpm_public.clone(),
         tpm_private: seal.tpm_private.clone(),
         nonce: encode(&nonce),
         ciphertext: encode(&sealed),
+        pcr_policy: seal.pcr_policy.clone(),
     };
     let mut json = serde_json::to_string_pretty(&envelope).map_err(|e| e.to_string())?;
     json.push('\n');
@@ -179,44 +270,137 @@ fn aead(key: &[u8; 32]) -> Result<LessSafeKey, String> {
         .map_err(|_| "the sealed key is not a ChaCha20-Poly1305 key".to_owned())
 }
 
-/// Seals `secret` under the owner hierarchy's primary key (made again from the TPM's seed
-/// with the tools' default template each time, so nothing is left persistent in the TPM).
-fn seal(secret: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
+/// Seals `key` under the owner hierarchy's primary key (made again from the TPM's seed each
+/// time, so nothing is left persistent in the TPM); bound to the current values of the PCRs
+/// `pcrs` when there are any.
+fn seal(key: [u8; 32], pcrs: &[u8]) -> Result<Seal, String> {
     let work = work_dir()?;
     let file = |name: &str| work.path().join(name);
+    let policy = if pcrs.is_empty() {
+        None
+    } else {
+        Some(pcr_policy(work.path(), pcrs)?)
+    };
     let primary = primary(work.path())?;
-    let result = tpm2(
-        "tpm2_create",
-        &[
-            "-C".as_ref(),
-            primary.as_os_str(),
-            "-g".as_ref(),
-            "sha256".as_ref(),
-            "-u".as_ref(),
-            file("sealed.pub").as_os_str(),
-            "-r".as_ref(),
-            file("sealed.priv").as_os_str(),
-            "-i".as_ref(),
-            "-".as_ref(),
-        ],
-        Some(secret),
-    );
+    let (public_file, private_file, policy_file) =
+        (file("sealed.pub"), file("sealed.priv"), file("pcr.policy"));
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "-C".as_ref(),
+        primary.as_os_str(),
+        "-g".as_ref(),
+        "sha256".as_ref(),
+        "-u".as_ref(),
+        public_file.as_os_str(),
+        "-r".as_ref(),
+        private_file.as_os_str(),
+        "-i".as_ref(),
+        "-".as_ref(),
+    ];
+    if policy.is_some() {
+        // Without `userwithauth` the empty password opens nothing: only the PCR policy does.
+        args.extend::<[&std::ffi::OsStr; 4]>([
+            "-L".as_ref(),
+            policy_file.as_os_str(),
+            "-a".as_ref(),
+            SEALED_PCR_BOUND_ATTRIBUTES.as_ref(),
+        ]);
+    }
+    let result = tpm2("tpm2_create", &args, Some(&key));
     flush();
     result.map_err(|why| why.to_string())?;
-    let read = |name: &str| std::fs::read(file(name)).map_err(|e| format!("{name}: {e}"));
-    Ok((read("sealed.pub")?, read("sealed.priv")?))
+    let read = |name: &str| {
+        std::fs::read(file(name))
+            .map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes))
+            .map_err(|e| format!("{name}: {e}"))
+    };
+    Ok(Seal {
+        tpm_public: read("sealed.pub")?,
+        tpm_private: read("sealed.priv")?,
+        key,
+        pcr_policy: policy,
+    })
+}
+
+/// The policy digest of the PCRs `pcrs`' current values, written to `pcr.policy` in `work`
+/// (a trial session), and those values: read once into a file the policy is made from, so
+/// what the file records is exactly what the TPM will demand.
+fn pcr_policy(work: &Path, pcrs: &[u8]) -> Result<PcrPolicy, String> {
+    let file = |name: &str| work.join(name);
+    let indices: Vec<String> = pcrs.iter().map(u8::to_string).collect();
+    let selection = format!("{PCR_BANK}:{}", indices.join(","));
+    let values = pcr_values(work, &selection, pcrs)?;
+    tpm2(
+        "tpm2_startauthsession",
+        &["-S".as_ref(), file("trial.session").as_os_str()],
+        None,
+    )
+    .map_err(|why| why.to_string())?;
+    let made = tpm2(
+        "tpm2_policypcr",
+        &[
+            "-S".as_ref(),
+            file("trial.session").as_os_str(),
+            "-l".as_ref(),
+            selection.as_ref(),
+            "-f".as_ref(),
+            file("pcrs.bin").as_os_str(),
+            "-L".as_ref(),
+            file("pcr.policy").as_os_str(),
+        ],
+        None,
+    );
+    let _ = tpm2(
+        "tpm2_flushcontext",
+        &[file("trial.session").as_os_str()],
+        None,
+    );
+    made.map_err(|why| why.to_string())?;
+    Ok(PcrPolicy {
+        bank: PCR_BANK.to_owned(),
+        values,
+    })
+}
+
+/// The current values of the PCRs `pcrs` (`selection` in tpm2-tools' words), by PCR, hex;
+/// also left in `pcrs.bin` in `work`.
+fn pcr_values(work: &Path, selection: &str, pcrs: &[u8]) -> Result<BTreeMap<u8, String>, String> {
+    let out = work.join("pcrs.bin");
+    tpm2(
+        "tpm2_pcrread",
+        &[selection.as_ref(), "-o".as_ref(), out.as_os_str()],
+        None,
+    )
+    .map_err(|why| why.to_string())?;
+    let bytes = std::fs::read(&out).map_err(|e| format!("pcrs.bin: {e}"))?;
+    // tpm2_pcrread writes the digests in ascending PCR order, `pcrs`' order.
+    const DIGEST: usize = 32;
+    if bytes.len() != pcrs.len() * DIGEST {
+        return Err(format!(
+            "tpm2_pcrread gave {} bytes for {} SHA-256 PCRs: does this TPM have a {PCR_BANK} \
+             bank with PCRs {selection}?",
+            bytes.len(),
+            pcrs.len()
+        ));
+    }
+    Ok(pcrs
+        .iter()
+        .zip(bytes.chunks(DIGEST))
+        .map(|(index, digest)| (*index, crate::release::hex(digest)))
+        .collect())
 }
 
 /// Why a sealed key did not come out of the TPM.
 enum Unsealing {
     /// The TPM refused the sealed object: made by another TPM (or under another primary key).
     NotLoaded(String),
+    /// The key is bound to PCRs whose values changed: which, was and is.
+    BootChanged(String),
     /// Anything else: the tools, the TPM's answer, a timeout.
     Failed(String),
 }
 
-/// The secret sealed in the object of `public` and `private`.
-fn unseal(public: &[u8], private: &[u8]) -> Result<Vec<u8>, Unsealing> {
+/// The secret sealed in the object of `public` and `private`, bound to `policy` if any.
+fn unseal(public: &[u8], private: &[u8], policy: Option<&PcrPolicy>) -> Result<Vec<u8>, Unsealing> {
     let work = work_dir().map_err(Unsealing::Failed)?;
     let file = |name: &str| work.path().join(name);
     let write = |name: &str, bytes: &[u8]| {
@@ -244,13 +428,44 @@ fn unseal(public: &[u8], private: &[u8]) -> Result<Vec<u8>, Unsealing> {
         Tpm2Failure::Refused(why) => Unsealing::NotLoaded(why),
         Tpm2Failure::NotRun(why) => Unsealing::Failed(why),
     })?;
-    let unsealed = tpm2(
-        "tpm2_unseal",
-        &["-c".as_ref(), file("sealed.ctx").as_os_str()],
-        None,
-    );
+    // tpm2-tools starts the policy session, satisfies PolicyPCR and flushes it (`pcr:`).
+    let auth = policy.map(|policy| format!("pcr:{}", policy.selection()));
+    let context = file("sealed.ctx");
+    let mut args: Vec<&std::ffi::OsStr> = vec!["-c".as_ref(), context.as_os_str()];
+    if let Some(auth) = &auth {
+        args.extend::<[&std::ffi::OsStr; 2]>(["-p".as_ref(), auth.as_ref()]);
+    }
+    let unsealed = tpm2("tpm2_unseal", &args, None);
     flush();
-    unsealed.map_err(|why| Unsealing::Failed(why.to_string()))
+    match (unsealed, policy) {
+        (Ok(secret), _) => Ok(secret),
+        (Err(Tpm2Failure::Refused(why)), Some(policy)) => {
+            // The TPM says only that the policy failed; the recorded values say why.
+            match changed_pcrs(work.path(), policy) {
+                Some(changed) if !changed.is_empty() => Err(Unsealing::BootChanged(changed)),
+                _ => Err(Unsealing::Failed(why)),
+            }
+        }
+        (Err(why), _) => Err(Unsealing::Failed(why.to_string())),
+    }
+}
+
+/// The PCRs of `policy` whose values now differ from those it was sealed to, each `PCR n:
+/// <was> → <is>` (short digests), or None when they cannot be read.
+fn changed_pcrs(work: &Path, policy: &PcrPolicy) -> Option<String> {
+    let indices: Vec<u8> = policy.values.keys().copied().collect();
+    let now = pcr_values(work, &policy.selection(), &indices).ok()?;
+    let short = |digest: &str| digest.chars().take(16).collect::<String>();
+    let changed: Vec<String> = policy
+        .values
+        .iter()
+        .filter(|(index, was)| now.get(index) != Some(was))
+        .map(|(index, was)| {
+            let is = now.get(index).map_or("?", String::as_str);
+            format!("PCR {index} was {}…, is {}…", short(was), short(is))
+        })
+        .collect();
+    Some(changed.join("; "))
 }
 
 /// The owner hierarchy's primary key, loaded; its context file in `work`.
@@ -387,4 +602,81 @@ fn tpm2(
         )));
     }
     Ok(stdout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sealed_file(format: &str, pcr_policy: Option<PcrPolicy>) -> String {
+        serde_json::to_string(&Envelope {
+            format: format.to_owned(),
+            primary: primary_template(),
+            tpm_public: String::new(),
+            tpm_private: String::new(),
+            nonce: String::new(),
+            ciphertext: String::new(),
+            pcr_policy,
+        })
+        .expect("json")
+    }
+
+    fn bound_to(bank: &str, pcrs: &[u8]) -> Option<PcrPolicy> {
+        Some(PcrPolicy {
+            bank: bank.to_owned(),
+            values: pcrs.iter().map(|pcr| (*pcr, "00".repeat(32))).collect(),
+        })
+    }
+
+    #[test]
+    fn pcrs_are_checked_sorted_and_named_as_tpm2_tools_does() {
+        assert_eq!(pcr_indices(&[7, 0, 7, 4]), Ok(vec![0, 4, 7]));
+        let refused = pcr_indices(&[7, 24]).expect_err("24");
+        assert!(refused.contains("24 is not a PCR"), "{refused}");
+        let policy = bound_to(PCR_BANK, &[7, 0]).expect("policy");
+        assert_eq!(policy.selection(), "sha256:0,7");
+    }
+
+    /// The format says whether a PCR policy binds the key, so a build that cannot satisfy it
+    /// refuses the file by its format; and what does not match is refused before the TPM.
+    #[test]
+    fn a_file_is_read_only_when_its_format_matches_its_policy() {
+        let path = Path::new("identity.key");
+        for good in [
+            sealed_file(FORMAT, None),
+            sealed_file(FORMAT_PCR_BOUND, bound_to(PCR_BANK, &[7])),
+        ] {
+            assert!(is_sealed(&good), "{good}");
+            assert_eq!(check(path, &good), Ok(()), "{good}");
+        }
+        for (bad, why) in [
+            (
+                sealed_file(FORMAT, bound_to(PCR_BANK, &[7])),
+                "sealed in format",
+            ),
+            (sealed_file(FORMAT_PCR_BOUND, None), "sealed in format"),
+            (
+                sealed_file(FORMAT_PCR_BOUND, bound_to("sha1", &[7])),
+                "bound to PCRs `sha1:7`",
+            ),
+            (
+                sealed_file(FORMAT_PCR_BOUND, bound_to(PCR_BANK, &[])),
+                "bound to PCRs",
+            ),
+            (
+                sealed_file(FORMAT_PCR_BOUND, bound_to(PCR_BANK, &[30])),
+                "PCR 30",
+            ),
+            (
+                sealed_file("fabrik-sealed-identity-v9", None),
+                "this build reads",
+            ),
+        ] {
+            let refused = check(path, &bad).expect_err(&bad);
+            assert!(
+                refused.starts_with("identity.key: ") && refused.contains(why),
+                "{refused}"
+            );
+        }
+    }
 }

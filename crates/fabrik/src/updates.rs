@@ -282,8 +282,12 @@ struct Updater {
     datastore: PathBuf,
     node: String,
     /// This node's keys: the current one, and previous ones that still decrypt the targets
-    /// published to them.
-    identity: Arc<crate::node_keys::NodeKeys>,
+    /// published to them; or why they cannot be opened (a sealed file on a changed boot or
+    /// an unreachable TPM), tried again at each check. Without them the node still installs
+    /// unencrypted targets: the build that mends it among them.
+    identity: Result<Arc<crate::node_keys::NodeKeys>, String>,
+    /// `[updates] identity`, to open the keys again.
+    configured_identity: String,
     control: Arc<dyn PipelineControl>,
     /// Alert rules, when the alerts module runs in this process.
     alert_rules: Option<Arc<dyn AlertRuleControl>>,
@@ -387,12 +391,46 @@ impl Updater {
         }
         let pause = self.interval + offset;
         loop {
+            self.open_keys_again().await;
             self.check(&stop).await;
             self.report_keys().await;
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(pause) => {}
             }
+        }
+    }
+
+    /// Tries again to open this node's keys when they did not open: a TPM that answers again,
+    /// or the boot they are sealed to. Refused encrypted targets are then tried at once.
+    async fn open_keys_again(&mut self) {
+        let Err(before) = &self.identity else {
+            return;
+        };
+        let (configured, data_dir) = (self.configured_identity.clone(), self.data_dir.clone());
+        let opened =
+            tokio::task::spawn_blocking(move || crate::node_keys::of_node(&configured, &data_dir))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|opened| opened)
+                .map_err(|why| format!("updates.identity: {why}"));
+        match opened {
+            Ok(keys) => {
+                tracing::info!(recipient = %keys.recipient(), "This node's keys for encrypted targets opened.");
+                if let Some(status) = self.board.write().as_mut() {
+                    show_keys(status, Ok(&keys));
+                }
+                self.identity = Ok(Arc::new(keys));
+                self.refused.clear();
+            }
+            Err(why) if why != *before => {
+                tracing::error!(error = %why, "This node's keys for encrypted targets still cannot be opened.");
+                if let Some(status) = self.board.write().as_mut() {
+                    show_keys(status, Err(&why));
+                }
+                self.identity = Err(why);
+            }
+            Err(_) => {}
         }
     }
 
@@ -405,7 +443,11 @@ impl Updater {
         {
             return;
         }
-        match crate::key_report::record(&self.store, &self.node, &self.identity).await {
+        // Keys that did not open are reported once they do.
+        let Ok(identity) = &self.identity else {
+            return;
+        };
+        match crate::key_report::record(&self.store, &self.node, identity).await {
             Ok(()) => self.keys_reported = Some(tokio::time::Instant::now()),
             Err(e) => tracing::warn!(
                 error = %e,
@@ -685,10 +727,12 @@ impl Updater {
                     self.platform
                 ));
             } else if release.nodes.is_empty()
-                && release
-                    .encrypted
-                    .as_ref()
-                    .is_some_and(|encryption| !self.is_recipient(encryption))
+                && release.encrypted.as_ref().is_some_and(|encryption| {
+                    // Keys that did not open cannot say: it is tried, and refused so.
+                    self.identity
+                        .as_ref()
+                        .is_ok_and(|keys| !Self::is_recipient(encryption, keys))
+                })
             {
                 // Encrypted for every node: its recipients are the nodes it is for. (Named
                 // with --nodes and not a recipient, a node refuses it: a publisher's slip.)
@@ -877,10 +921,14 @@ impl Updater {
 
     /// Whether this node's key is among an encrypted target's recipients (compared as keys:
     /// another tool may write them in capitals).
-    fn is_recipient(&self, encryption: &crate::release::Encryption) -> bool {
-        encryption.recipients.iter().any(|text| {
-            crate::age::Recipient::parse(text).is_ok_and(|key| self.identity.holds(&key))
-        })
+    fn is_recipient(
+        encryption: &crate::release::Encryption,
+        keys: &crate::node_keys::NodeKeys,
+    ) -> bool {
+        encryption
+            .recipients
+            .iter()
+            .any(|text| crate::age::Recipient::parse(text).is_ok_and(|key| keys.holds(&key)))
     }
 
     /// Whether the definition this node applied for `key` is still what it runs: a dry run of
@@ -1029,8 +1077,14 @@ impl Updater {
                     encryption.format
                 )));
             }
-            if !self.is_recipient(encryption) {
-                let mine = self.identity.recipient();
+            let keys = self.identity.as_ref().map_err(|why| {
+                Some(format!(
+                    "encrypted, and this node's keys cannot be opened ({why}); tried again at \
+                     the next check"
+                ))
+            })?;
+            if !Self::is_recipient(encryption, keys) {
+                let mine = keys.recipient();
                 return Err(Some(format!(
                     "encrypted to {} other key{}, not to this node's ({mine}; `fabrik \
                      updates recipient` prints it for the publisher)",
@@ -1070,7 +1124,8 @@ impl Updater {
             None => bytes,
             Some(encryption) => {
                 // Off the async workers: a large model takes a while to decrypt and hash.
-                let (encryption, identity) = (encryption.clone(), self.identity.clone());
+                let identity = self.identity.clone().map_err(Some)?;
+                let encryption = encryption.clone();
                 tokio::task::spawn_blocking(move || decrypted(&bytes, &encryption, &identity))
                     .await
                     .map_err(|e| Some(format!("decrypting stopped: {e}")))??
@@ -1258,6 +1313,24 @@ fn decrypted(
     Ok(content)
 }
 
+/// The node's keys in its status: their recipients and seal, or why they did not open.
+fn show_keys(status: &mut UpdateStatus, keys: Result<&crate::node_keys::NodeKeys, &str>) {
+    match keys {
+        Ok(keys) => {
+            status.recipient = keys.recipient().to_string();
+            status.previous_recipients = keys.previous_recipients();
+            status.key_sealed = keys.sealed();
+            status.key_sealed_pcrs = keys.sealed_pcrs();
+            status.key_error = None;
+        }
+        Err(why) => {
+            status.recipient = String::new();
+            status.previous_recipients = Vec::new();
+            status.key_error = Some(why.to_owned());
+        }
+    }
+}
+
 /// Starts the module: idle without `[updates] url`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn start(
@@ -1294,16 +1367,26 @@ pub(crate) async fn start(
     let datastore = data_dir.join("updates").join("tuf");
     std::fs::create_dir_all(&datastore).map_err(|e| format!("{}: {e}", datastore.display()))?;
     let node = node_name(config);
-    // A sealed identity is opened by tpm2-tools processes: off the async threads.
+    // A sealed identity is opened by tpm2-tools processes: off the async threads. Keys that
+    // do not open (a sealed file on a changed boot, a TPM not answering) do not stop the
+    // module: it follows the repository without them and tries them again at each check.
     let identity = {
         let (configured, data_dir) = (updates.identity.clone(), data_dir.to_owned());
         tokio::task::spawn_blocking(move || crate::node_keys::of_node(&configured, &data_dir))
             .await
             .map_err(|e| format!("updates.identity: {e}"))?
-            .map_err(|why| format!("updates.identity: {why}"))?
+            .map(Arc::new)
+            .map_err(|why| format!("updates.identity: {why}"))
     };
     let repository = updates.url.trim().to_owned();
-    tracing::info!(%repository, %node, recipient = %identity.recipient(), every = ?interval, "Following the release repository.");
+    match &identity {
+        Ok(keys) => {
+            tracing::info!(%repository, %node, recipient = %keys.recipient(), every = ?interval, "Following the release repository.");
+        }
+        Err(why) => {
+            tracing::error!(%repository, %node, error = %why, every = ?interval, "Following the release repository without this node's keys for encrypted targets: they cannot be opened. Encrypted targets wait until they do (tried again at each check).");
+        }
+    }
     let uplink_node = config.uplink.node.trim();
     if !config.uplink.url.trim().is_empty() && !uplink_node.is_empty() && uplink_node != node {
         // The hub takes a node's key only from rows its own uplink brought (decision 0068).
@@ -1314,17 +1397,16 @@ pub(crate) async fn start(
              for encrypted targets, as it cannot tie it to the uplink that brought it."
         );
     }
-    *board.write() = Some(UpdateStatus {
+    let mut status = UpdateStatus {
         repository: repository.clone(),
         node: node.clone(),
-        recipient: identity.recipient().to_string(),
-        previous_recipients: identity.previous_recipients(),
-        key_sealed: identity.sealed(),
         interval_seconds: interval.as_secs_f64(),
         platform: crate::self_update::platform(),
         binary_updates: updates.binary,
         ..UpdateStatus::default()
-    });
+    };
+    show_keys(&mut status, identity.as_deref().map_err(String::as_str));
+    *board.write() = Some(status);
     let updater = Updater {
         root,
         repository,
@@ -1336,7 +1418,8 @@ pub(crate) async fn start(
         },
         datastore,
         node,
-        identity: Arc::new(identity),
+        identity,
+        configured_identity: updates.identity.clone(),
         control,
         alert_rules,
         registry,

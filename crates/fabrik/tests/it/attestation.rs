@@ -66,7 +66,7 @@ impl Tpm {
     }
 
     /// Measures something into a PCR, as a boot stage does.
-    fn extend(&self, pcr: u32, what: &str) {
+    pub(crate) fn extend(&self, pcr: u32, what: &str) {
         use sha2::Digest as _;
         let digest: String = sha2::Sha256::digest(what.as_bytes())
             .iter()
@@ -75,9 +75,13 @@ impl Tpm {
         self.run("tpm2_pcrextend", &[&format!("{pcr}:sha256={digest}")]);
     }
 
-    /// A reboot: the TPM is reset (swtpm's CMD_INIT on its control channel) and started
-    /// afresh, its PCRs cleared, its boot count one higher, its persistent keys kept.
-    fn reboot(&self) {
+    /// A reboot: the TPM is shut down as an operating system does, reset (swtpm's CMD_INIT
+    /// on its control channel) and started afresh, its PCRs cleared, its boot count one
+    /// higher, its persistent keys kept. Without the orderly shutdown the TPM counts each
+    /// reset as a dictionary-attack failure, and after three refuses every key under an
+    /// empty password for a while.
+    pub(crate) fn reboot(&self) {
+        self.run("tpm2_shutdown", &["-c"]);
         use std::io::{Read, Write};
         let mut ctrl = std::net::TcpStream::connect(("127.0.0.1", self.ctrl)).expect("ctrl");
         ctrl.write_all(&[0, 0, 0, 2, 0, 0, 0, 0]).expect("CMD_INIT");

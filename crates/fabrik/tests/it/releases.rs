@@ -1597,6 +1597,198 @@ fn a_node_key_sealed_to_its_tpm_opens_only_there_and_still_decrypts() {
     );
 }
 
+/// A node's key sealed to its TPM and to PCR 7 (the Secure Boot state): it opens on the boot it
+/// was sealed on and after a reboot that measures the same, not after one that measures
+/// otherwise (the error names PCR 7). A node on that boot still installs unencrypted targets
+/// and opens its keys once the boot is the right one again. Sealed again without PCRs
+/// (`--reseal`) on the right boot, it opens on any; the node and the hub say which PCRs bind
+/// it.
+#[test]
+fn a_node_key_bound_to_pcrs_opens_only_on_the_boot_it_was_sealed_on() {
+    let (dir, repo, keys, work) = new_repository();
+    let tpm_state = dir.path().join("tpm");
+    std::fs::create_dir_all(&tpm_state).expect("tpm state");
+    let tpm = crate::attestation::Tpm::start(&tpm_state);
+    let boot = |secure_boot: &str| {
+        tpm.reboot();
+        tpm.extend(7, secure_boot);
+    };
+    boot("secure boot: on");
+    let edge_data = dir.path().join("edge");
+    let identity_file = edge_data.join("updates/identity.key");
+    let identity = path(&identity_file);
+    let recipient = fabrik(&["updates", "recipient", "--identity", identity, "--create"])
+        .trim()
+        .to_owned();
+    let opens = || fabrik_on_tpm(&tpm.tcti, &["updates", "recipient", "--identity", identity]);
+
+    let (ok, _, err) = fabrik_on_tpm(
+        &tpm.tcti,
+        &[
+            "updates",
+            "seal-key",
+            "--identity",
+            identity,
+            "--pcrs",
+            "24",
+        ],
+    );
+    assert!(!ok && err.contains("24 is not a PCR"), "{err}");
+    let (ok, out, err) = fabrik_on_tpm(
+        &tpm.tcti,
+        &["updates", "seal-key", "--identity", identity, "--pcrs", "7"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), recipient, "{err}");
+    assert!(err.contains("PCRs sha256:7"), "{err}");
+    let envelope: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&identity_file).expect("identity"))
+            .expect("json");
+    assert_eq!(
+        envelope["format"], "fabrik-sealed-identity-v2",
+        "{envelope}"
+    );
+    let sealed_to = envelope["pcr_policy"]["values"]["7"]
+        .as_str()
+        .expect("PCR 7");
+    assert!(
+        sealed_to.len() == 64 && sealed_to != "0".repeat(64),
+        "{envelope}"
+    );
+    let (ok, out, err) = opens();
+    assert!(ok && out.trim() == recipient, "{err}");
+
+    // The same measurements after a reboot: it opens.
+    boot("secure boot: on");
+    let (ok, out, err) = opens();
+    assert!(ok && out.trim() == recipient, "{err}");
+    // Another boot: refused, naming the PCR that changed and what to do; nor can it be
+    // sealed again from there.
+    boot("secure boot: off");
+    let (ok, _, err) = opens();
+    assert!(
+        !ok && err.contains(&format!("PCR 7 was {}", &sealed_to[..16]))
+            && err.contains("did not boot as it had"),
+        "{err}"
+    );
+    let (ok, _, err) = fabrik_on_tpm(
+        &tpm.tcti,
+        &["updates", "seal-key", "--identity", identity, "--reseal"],
+    );
+    assert!(!ok && err.contains("PCR 7 was"), "{err}");
+    // A node restarting on that boot again and again: a policy refused is not a failed
+    // password, so the refusals do not count towards the TPM's dictionary-attack lockout
+    // (swtpm locks out after three), which would refuse the key on the right boot too.
+    for _ in 0..3 {
+        let (ok, _, err) = opens();
+        assert!(!ok && err.contains("PCR 7 was"), "{err}");
+    }
+    // A node on that boot follows its repository without its keys: a model published in
+    // the clear installs, one encrypted to it waits, saying why.
+    let secret_model = publish_encrypted(
+        (&repo, &keys, &work),
+        "secret-model",
+        "iforest_100.onnx",
+        ["--recipient", &recipient],
+    );
+    let plain_file = work.join("plain-model.onnx");
+    std::fs::write(&plain_file, fixture("iforest_100.onnx")).expect("model");
+    release(
+        "add",
+        &repo,
+        &keys,
+        &["--name", "plain-model", path(&plain_file)],
+    );
+    let config = follower_config(dir.path(), &repo);
+    let tcti = [("TPM2TOOLS_TCTI", tpm.tcti.as_str())];
+    let edge = Process::start_with_args(&edge_data, &["--config", path(&config)], &tcti);
+    eventually_for(
+        "the edge installs the model in the clear",
+        Duration::from_secs(30),
+        || target(&updates(&edge.url), "plain-model.onnx")["state"] == "installed",
+    );
+    let status = updates(&edge.url);
+    assert!(
+        status["key_error"]
+            .as_str()
+            .is_some_and(|why| why.contains("PCR 7 was") && why.contains("--reseal")),
+        "{status}"
+    );
+    assert_eq!(status["recipient"], "", "{status}");
+    let waiting = target(&status, "secret-model.onnx");
+    assert_eq!(waiting["state"], "refused", "{status}");
+    assert!(
+        waiting["reason"]
+            .as_str()
+            .is_some_and(|why| why.contains("keys cannot be opened")),
+        "{waiting}"
+    );
+    // Rebooted as it was sealed, the running node opens its keys and installs the model.
+    boot("secure boot: on");
+    eventually_for(
+        "the edge opens its keys on the right boot and installs the encrypted model",
+        Duration::from_secs(30),
+        || target(&updates(&edge.url), "secret-model.onnx")["state"] == "installed",
+    );
+    let status = updates(&edge.url);
+    assert!(status["key_error"].is_null(), "{status}");
+    assert_eq!(status["recipient"], recipient.as_str(), "{status}");
+    assert_eq!(
+        model_sha(&edge.url, "secret-model").as_deref(),
+        Some(sha256_hex(&secret_model).as_str())
+    );
+    let (exit, _) = edge.terminate();
+    assert!(exit.success());
+
+    // On the boot it was sealed on, sealed again without PCRs: any boot opens it.
+    let (ok, _, err) = fabrik_on_tpm(&tpm.tcti, &["updates", "seal-key", "--identity", identity]);
+    assert!(!ok && err.contains("--reseal"), "{err}");
+    let (ok, out, err) = fabrik_on_tpm(
+        &tpm.tcti,
+        &["updates", "seal-key", "--identity", identity, "--reseal"],
+    );
+    assert!(ok && out.trim() == recipient, "{err}");
+    let text = std::fs::read_to_string(&identity_file).expect("identity");
+    assert!(
+        text.contains("fabrik-sealed-identity-v1") && !text.contains("pcr_policy"),
+        "{text}"
+    );
+    boot("secure boot: off");
+    let (ok, out, err) = opens();
+    assert!(ok && out.trim() == recipient, "{err}");
+
+    // Bound to PCRs 0 and 7 of this boot: the node says so, and so does its key report.
+    let (ok, _, err) = fabrik_on_tpm(
+        &tpm.tcti,
+        &[
+            "updates",
+            "seal-key",
+            "--identity",
+            identity,
+            "--reseal",
+            "--pcrs",
+            "7,0",
+        ],
+    );
+    assert!(ok, "{err}");
+    let edge = Process::start_with_args(&edge_data, &["--config", path(&config)], &tcti);
+    let status = updates(&edge.url);
+    assert_eq!(status["recipient"], recipient.as_str(), "{status}");
+    assert_eq!(status["key_sealed_pcrs"], "sha256:0,7", "{status}");
+    let (_, reported) = http(
+        &edge.url,
+        reqwest::Method::GET,
+        "/api/v1/fleet/recipients",
+        None,
+    );
+    assert_eq!(
+        reported["recipients"][0]["sealed_pcrs"], "sha256:0,7",
+        "{reported}"
+    );
+    let (exit, _) = edge.terminate();
+    assert!(exit.success());
+}
+
 /// `fabrik release recipients ARGS` asked of `url`: its stdout (an age recipients file), or
 /// its stderr when it failed.
 fn fleet_recipients(url: &str, args: &[&str]) -> Result<String, String> {
