@@ -484,8 +484,9 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
                 live.node_key_sealed_pcrs
                     .as_ref()
                     .map(|pcrs| format!(
-                        "; and to its boot (PCRs {pcrs}): booted otherwise, the device itself \
-                         opens none either (decision 0071)"
+                        "; and to its boot (PCRs {pcrs}): booted with other values in those \
+                         PCRs, the device itself does not open the file either, though a copy \
+                         sealed before without them would (decision 0071)"
                     ))
                     .unwrap_or_default()
             )),

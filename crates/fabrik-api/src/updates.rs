@@ -111,8 +111,10 @@ pub struct TargetStatus {
     /// Whether the file is encrypted to its nodes' keys (then `sha256` and `length` are the
     /// encrypted file's).
     pub encrypted: bool,
-    /// `installed` (this node holds exactly this file), `not_for_this_node`, `refused`, or
-    /// `available` (a binary for this node that `[updates] binary` leaves to the operator).
+    /// `installed` (this node holds exactly this file), `not_for_this_node`, `refused`,
+    /// `available` (a binary for this node that `[updates] binary` leaves to the operator), or
+    /// `waiting_for_keys` (encrypted for every node, while this node's keys cannot be opened:
+    /// whether it is for this node is known once they open).
     pub state: String,
     /// Why it was refused (a download that does not match the signed hash, a model signature
     /// that does not verify, a model that does not fit a pipeline using it, a definition the

@@ -619,7 +619,7 @@ async function pageOverview(p) {
   });
 }
 
-const RELEASE_STATE = { installed: 'online', not_for_this_node: 'never', refused: 'failed' };
+const RELEASE_STATE = { installed: 'online', not_for_this_node: 'never', refused: 'failed', waiting_for_keys: 'pending' };
 function releasesView(u) {
   const head = u.last_verified_at
     ? html`<p class="small-text" id="rel-trusted">Targets v${u.targets_version} from <span class="mono wrap-id">${u.repository}</span>, verified ${time(u.last_verified_at)}; valid until <time id="rel-expires" datetime="${u.expires_at || ''}">${u.expires_at ? fmtTime(u.expires_at) : '—'}</time></p>`
@@ -628,6 +628,8 @@ function releasesView(u) {
   const previous = (u.previous_recipients || []).length ? html`; previous keys, still read until retired: ${u.previous_recipients.map((k) => html`<code class="wrap-id">${k}</code> `)}` : '';
   const key = u.recipient ? html`<p class="small-text muted">Node <b>${u.node}</b>, key <code class="wrap-id" id="rel-recipient">${u.recipient}</code>${previous}</p>` : '';
   const error = u.last_error ? html`<div class="notice bad" role="alert" id="rel-error">${u.last_error}</div>` : '';
+  // Keys that did not open (decision 0071): encrypted targets wait, the rest installs.
+  const keyError = u.key_error ? html`<div class="notice bad" role="alert" id="rel-key-error">Node <b>${u.node}</b>: its keys for encrypted targets cannot be opened; encrypted targets wait, tried again at each check. ${u.key_error}</div>` : '';
   // A new build of Fabrik on trial (decision 0066): how many of its runs failed, and when it stays.
   const b = u.binary_unconfirmed;
   const back = b && (b.rollback_after_failed_runs
@@ -638,7 +640,7 @@ function releasesView(u) {
     ${u.targets.map((t) => html`<tr data-target="${t.target}"><td class="wrap-id">${t.name || t.target}</td><td>${t.kind}${t.encrypted ? html` <span class="muted small-text" title="encrypted to this node's key">· encrypted</span>` : ''}</td>
       <td>${pill(RELEASE_STATE[t.state] || 'pending', t.state.replaceAll('_', ' '))}${t.reason ? html` <span class="muted" title="${t.reason}">⚠</span>` : ''}</td></tr>`)}
     </tbody></table>` : html`<div class="empty">The repository publishes nothing for Fabrik yet.</div>`;
-  return html`${head}${key}${error}${trial}${rows}`;
+  return html`${head}${key}${keyError}${error}${trial}${rows}`;
 }
 
 function fleetView(releases, nodes, keys) {

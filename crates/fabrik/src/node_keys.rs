@@ -81,6 +81,23 @@ pub(crate) fn read(path: &Path) -> Result<NodeKeys, String> {
     Ok(NodeKeys { keys, seal })
 }
 
+/// Whether this node's identity file (as [`of_node`] finds it) is sealed, and to which PCRs,
+/// as its envelope says: read without the TPM, for a status whose keys did not open.
+pub(crate) fn seal_on_disk(configured: &str, data_dir: &Path) -> (bool, Option<String>) {
+    let configured = configured.trim();
+    let path = if configured.is_empty() {
+        default_path(data_dir)
+    } else {
+        PathBuf::from(configured)
+    };
+    std::fs::read_to_string(&path)
+        .ok()
+        .filter(|text| crate::sealed_identity::is_sealed(text))
+        .map_or((false, None), |text| {
+            (true, crate::sealed_identity::pcrs_on_disk(&path, &text))
+        })
+}
+
 /// Whether the identity file at `path` can be read: its keys, or, sealed, its envelope (the
 /// TPM is not asked: a configuration check may run where it is not reachable).
 pub(crate) fn check(path: &Path) -> Result<(), String> {

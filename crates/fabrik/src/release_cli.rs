@@ -840,13 +840,14 @@ pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
             let origin = config
                 .as_ref()
                 .map_or_else(|| "defaults".to_owned(), |p| p.display().to_string());
-            let settings = match crate::config_check::load(config.as_deref(), &origin) {
-                Ok((_, settings)) => settings,
-                Err(failure) => {
-                    crate::config_check::report("", &origin, failure);
-                    anyhow::bail!("{origin}: the configuration cannot be used");
-                }
-            };
+            let (node_config, settings) =
+                match crate::config_check::load(config.as_deref(), &origin) {
+                    Ok(loaded) => loaded,
+                    Err(failure) => {
+                        crate::config_check::report("", &origin, failure);
+                        anyhow::bail!("{origin}: the configuration cannot be used");
+                    }
+                };
             let binary = match binary {
                 Some(binary) => binary,
                 None => std::env::current_exe().context("this binary's path")?,
@@ -861,6 +862,18 @@ pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
                  it.",
                 binary.display()
             );
+            // Builds before decision 0071 read a PCR-bound identity file as a plain one,
+            // fail to, and stop at start.
+            if let (true, Some(pcrs)) =
+                crate::node_keys::seal_on_disk(&node_config.updates.identity, &settings.data_dir)
+            {
+                eprintln!(
+                    "This node's identity file is sealed to PCRs {pcrs} (`fabrik updates \
+                     seal-key --pcrs`), which builds older than that option cannot read: such a \
+                     build stops at its start. If the restored build is one, seal the file \
+                     again without PCRs (`fabrik updates seal-key --reseal`) before restarting."
+                );
+            }
             return Ok(());
         }
         UpdatesCommand::SealKey {
@@ -875,7 +888,12 @@ pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
                 format!(" while PCRs {pcrs} hold the values they hold now")
             });
             let plain_blocks = if reseal {
-                ""
+                // The file it replaced was sealed under another key, which the TPM still
+                // opens on that file's own terms (unbound, or to other PCRs).
+                " The file it replaced still opens on this TPM as it was sealed, and its \
+                 blocks, a backup or a copy may hold it: where a copy may exist and the new \
+                 seal is stricter, rotate the key (`fabrik updates rotate-key`), publish to \
+                 the new one and retire the old (`fabrik updates retire-keys`)."
             } else {
                 " The plain file's blocks may remain on the disk until overwritten: on a disk \
                  that was copied before, rotate the key (`fabrik updates rotate-key`)."
@@ -945,7 +963,11 @@ pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
     println!(
         "node {} (key {}{}) follows {} (every {} s); last check {}, last verified {}",
         text(&status["node"]),
-        text(&status["recipient"]),
+        if status["key_error"].is_string() {
+            "not opened".to_owned()
+        } else {
+            text(&status["recipient"])
+        },
         match (
             status["key_sealed"] == true,
             status["key_sealed_pcrs"].as_str()

@@ -163,6 +163,15 @@ fn envelope(path: &Path, text: &str) -> Result<Envelope, String> {
     Ok(envelope)
 }
 
+/// The PCRs the sealed file `text` (from `path`) says its key is bound to, if any: read
+/// without the TPM.
+pub(crate) fn pcrs_on_disk(path: &Path, text: &str) -> Option<String> {
+    envelope(path, text)
+        .ok()
+        .and_then(|envelope| envelope.pcr_policy)
+        .map(|policy| policy.selection())
+}
+
 /// Whether the sealed file `text` is one this build can open, without asking the TPM (a
 /// configuration check may run where the TPM is not reachable).
 pub(crate) fn check(path: &Path, text: &str) -> Result<(), String> {

@@ -332,6 +332,9 @@ struct Refusal {
     reason: String,
     failures: u32,
     retry_at: tokio::time::Instant,
+    /// Refused because it is encrypted and this node's keys did not open: tried again as
+    /// soon as they do.
+    needs_keys: bool,
 }
 
 /// How long an installed target is taken as still held before that is checked again (or ten
@@ -391,7 +394,11 @@ impl Updater {
         }
         let pause = self.interval + offset;
         loop {
-            self.open_keys_again().await;
+            // A TPM that does not answer holds each of its tools up to 30 s: not the stop.
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = self.open_keys_again() => {}
+            }
             self.check(&stop).await;
             self.report_keys().await;
             tokio::select! {
@@ -418,15 +425,23 @@ impl Updater {
             Ok(keys) => {
                 tracing::info!(recipient = %keys.recipient(), "This node's keys for encrypted targets opened.");
                 if let Some(status) = self.board.write().as_mut() {
-                    show_keys(status, Ok(&keys));
+                    show_keys(
+                        status,
+                        Ok(&keys),
+                        (&self.configured_identity, &self.data_dir),
+                    );
                 }
                 self.identity = Ok(Arc::new(keys));
-                self.refused.clear();
+                self.refused.retain(|_, refusal| !refusal.needs_keys);
             }
             Err(why) if why != *before => {
                 tracing::error!(error = %why, "This node's keys for encrypted targets still cannot be opened.");
                 if let Some(status) = self.board.write().as_mut() {
-                    show_keys(status, Err(&why));
+                    show_keys(
+                        status,
+                        Err(&why),
+                        (&self.configured_identity, &self.data_dir),
+                    );
                 }
                 self.identity = Err(why);
             }
@@ -726,9 +741,20 @@ impl Updater {
                     release.platform.as_deref().unwrap_or("an unnamed platform"),
                     self.platform
                 ));
+            } else if let (true, Some(_), Err(why)) =
+                (release.nodes.is_empty(), &release.encrypted, &self.identity)
+            {
+                // Encrypted for every node, its recipients the nodes it is for: which those
+                // are is known once this node's keys open. Nothing is recorded for the hub
+                // meanwhile: a refusal would stand in its fleet view for good if the target
+                // turned out to be another node's.
+                status.state = "waiting_for_keys".into();
+                status.reason = Some(format!(
+                    "encrypted, and this node's keys cannot be opened yet ({why}); tried \
+                     again at each check"
+                ));
             } else if release.nodes.is_empty()
                 && release.encrypted.as_ref().is_some_and(|encryption| {
-                    // Keys that did not open cannot say: it is tried, and refused so.
                     self.identity
                         .as_ref()
                         .is_ok_and(|keys| !Self::is_recipient(encryption, keys))
@@ -801,6 +827,7 @@ impl Updater {
                                 reason: why.clone(),
                                 failures,
                                 retry_at: tokio::time::Instant::now() + backoff,
+                                needs_keys: release.encrypted.is_some() && self.identity.is_err(),
                             },
                         );
                         status.state = "refused".into();
@@ -1313,8 +1340,14 @@ fn decrypted(
     Ok(content)
 }
 
-/// The node's keys in its status: their recipients and seal, or why they did not open.
-fn show_keys(status: &mut UpdateStatus, keys: Result<&crate::node_keys::NodeKeys, &str>) {
+/// The node's keys in its status: their recipients and seal, or why they did not open (and
+/// how the file in `identity` — `[updates] identity` and the data directory — is sealed, as
+/// its envelope says without the TPM).
+fn show_keys(
+    status: &mut UpdateStatus,
+    keys: Result<&crate::node_keys::NodeKeys, &str>,
+    identity: (&str, &Path),
+) {
     match keys {
         Ok(keys) => {
             status.recipient = keys.recipient().to_string();
@@ -1324,8 +1357,11 @@ fn show_keys(status: &mut UpdateStatus, keys: Result<&crate::node_keys::NodeKeys
             status.key_error = None;
         }
         Err(why) => {
+            let (sealed, pcrs) = crate::node_keys::seal_on_disk(identity.0, identity.1);
             status.recipient = String::new();
             status.previous_recipients = Vec::new();
+            status.key_sealed = sealed;
+            status.key_sealed_pcrs = pcrs;
             status.key_error = Some(why.to_owned());
         }
     }
@@ -1405,7 +1441,11 @@ pub(crate) async fn start(
         binary_updates: updates.binary,
         ..UpdateStatus::default()
     };
-    show_keys(&mut status, identity.as_deref().map_err(String::as_str));
+    show_keys(
+        &mut status,
+        identity.as_deref().map_err(String::as_str),
+        (&updates.identity, data_dir),
+    );
     *board.write() = Some(status);
     let updater = Updater {
         root,
