@@ -374,6 +374,26 @@ pub struct ArmKpi {
     pub error: Option<String>,
 }
 
+/// An A/B split's arms compared on its use case's KPIs over one interval of the KPI series
+/// (decision 0072).
+#[derive(Debug, Clone, PartialEq)]
+pub struct IntervalArmKpis {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The use case it names.
+    pub use_case: String,
+    /// The champion's and the challenger's model tags (`model` of their inferences).
+    pub champion: String,
+    pub challenger: String,
+    /// The versions compared: the latest pair with windows in the interval; `None` when none
+    /// had.
+    pub champion_version: Option<String>,
+    pub challenger_version: Option<String>,
+    /// Each KPI compared (none without windows in the interval, or while the use case is not
+    /// defined), or why they could not be.
+    pub kpis: Result<Vec<ArmKpi>, String>,
+}
+
 /// What one model did on the devices (and windows) where it acted.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, ToSchema)]
 pub struct ShadowArm {
@@ -521,6 +541,13 @@ pub trait PipelineControl: Send + Sync {
         days: u32,
         alpha: f64,
     ) -> BoxFuture<'_, Result<ShadowComparison, ControlError>>;
+    /// Every A/B split of a pipeline that names a use case, its arms compared on the use
+    /// case's KPIs over `[from_ns, to_ns)` only: what the KPI series records (decision 0072).
+    fn interval_arm_kpis(
+        &self,
+        from_ns: i64,
+        to_ns: i64,
+    ) -> BoxFuture<'_, Result<Vec<IntervalArmKpis>, ControlError>>;
     /// Pipeline `name`'s classifier performance estimated per chunk of scored windows
     /// (`[pipelines.performance]`).
     fn performance(&self, name: String) -> BoxFuture<'_, Result<PerformanceReport, ControlError>>;

@@ -2,15 +2,17 @@
 //! multiple of `[usecases] record_every`, each use case's KPIs measured over the interval just
 //! ended on its stage's devices, a row per KPI and node. Alert rules can then page on a
 //! business KPI, a hub receives its edges' KPIs through their uplinks, and the trend outlives
-//! the raw rows' retention.
+//! the raw rows' retention. Over the same intervals, each A/B split's arms compared on its
+//! use case's KPIs (`ab_kpis`, decision 0072), when the pipelines run in this process.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use fabrik_api::pipelines::{ArmKpi, IntervalArmKpis, PipelineControl};
 use fabrik_api::usecases::KpiMeter;
 use fabrik_core::{Point, Quality, Timestamp, Value};
 use fabrik_registry::Registry;
-use fabrik_registry::usecases::{KpiMeasure, KpiValue, UseCase};
+use fabrik_registry::usecases::{Better, KpiMeasure, KpiValue, UseCase};
 use fabrik_runtime::services::ServiceHandle;
 use fabrik_store::Store;
 use tokio_util::sync::CancellationToken;
@@ -19,19 +21,30 @@ use crate::usecases::StoreKpiMeter;
 
 /// The table KPIs are recorded in.
 pub(crate) const KPIS_TABLE: &str = "use_case_kpis";
+/// The table A/B splits' arms are recorded in, a row per KPI and interval.
+pub(crate) const AB_KPIS_TABLE: &str = "ab_kpis";
 
 /// The longest wait after an interval ends before it is measured, for rows still on their
 /// way (a batching connector, an uplink); a tenth of the interval when that is shorter.
 const LONGEST_SETTLING: Duration = Duration::from_secs(60);
 
+/// What the series is recorded from.
+pub(crate) struct Sources {
+    pub(crate) store: Arc<Store>,
+    pub(crate) registry: Registry,
+    pub(crate) meter: StoreKpiMeter,
+    /// The pipelines of this process, for their A/B splits; none when they run elsewhere.
+    pub(crate) pipelines: Option<Arc<dyn PipelineControl>>,
+}
+
 /// Starts recording every `every` (none when zero) as node `node`.
-pub(crate) fn start(
-    every: Duration,
-    node: String,
-    store: Arc<Store>,
-    registry: Registry,
-    meter: StoreKpiMeter,
-) -> ServiceHandle {
+pub(crate) fn start(every: Duration, node: String, sources: Sources) -> ServiceHandle {
+    let Sources {
+        store,
+        registry,
+        meter,
+        pipelines,
+    } = sources;
     let stop = CancellationToken::new();
     let token = stop.clone();
     let task = tokio::spawn(async move {
@@ -83,10 +96,19 @@ pub(crate) fn start(
                 () = token.cancelled() => return Ok(()),
                 recorded = record(&store, &registry, &meter, &node, end - every_ns, end) => recorded,
             };
-            end = end.saturating_add(every_ns);
             if let Err(e) = recorded {
                 tracing::warn!(error = %e, "Use-case KPIs could not be recorded.");
             }
+            if let Some(pipelines) = &pipelines {
+                let recorded = tokio::select! {
+                    () = token.cancelled() => return Ok(()),
+                    recorded = record_arms(&store, pipelines.as_ref(), &node, end - every_ns, end) => recorded,
+                };
+                if let Err(e) = recorded {
+                    tracing::warn!(error = %e, "A/B splits' KPIs could not be recorded.");
+                }
+            }
+            end = end.saturating_add(every_ns);
         }
     });
     ServiceHandle { stop, task }
@@ -184,6 +206,110 @@ async fn record(
         .map_err(|e| e.to_string())?;
     metrics::counter!("fabrik_use_case_kpis_recorded_total").increment(points.len() as u64);
     Ok(())
+}
+
+/// Compares every A/B split's arms on its use case's KPIs over `[from_ns, to_ns)` and stores a
+/// row per KPI (none for a split without windows in the interval).
+async fn record_arms(
+    store: &Store,
+    pipelines: &dyn PipelineControl,
+    node: &str,
+    from_ns: i64,
+    to_ns: i64,
+) -> Result<(), String> {
+    let splits = pipelines
+        .interval_arm_kpis(from_ns, to_ns)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut points = Vec::new();
+    for split in &splits {
+        match &split.kpis {
+            Ok(kpis) => points.extend(
+                kpis.iter()
+                    .map(|kpi| arm_kpi_point(node, split, kpi, to_ns - 1)),
+            ),
+            Err(e) => {
+                tracing::warn!(pipeline = %split.pipeline, use_case = %split.use_case, error = %e, "An A/B split's arms could not be compared on its use case's KPIs.");
+            }
+        }
+    }
+    if points.is_empty() {
+        return Ok(());
+    }
+    store
+        .write_computed(&points, KPIS_SOURCE, AB_KPIS_TABLE)
+        .await
+        .map_err(|e| e.to_string())?;
+    metrics::counter!("fabrik_ab_kpis_recorded_total").increment(points.len() as u64);
+    Ok(())
+}
+
+/// One KPI of one A/B split over one interval: each arm's value and devices, their
+/// difference and its p-value, the models and versions compared.
+fn arm_kpi_point(node: &str, split: &IntervalArmKpis, kpi: &ArmKpi, time_ns: i64) -> Point {
+    let text = |value: &str| Value::Str(value.to_owned());
+    let mut fields = vec![
+        ("unit".to_owned(), text(&kpi.unit)),
+        (
+            "better".to_owned(),
+            text(match kpi.better {
+                Better::Lower => "lower",
+                Better::Higher => "higher",
+            }),
+        ),
+        (
+            "champion_devices".to_owned(),
+            Value::I64(i64::try_from(kpi.champion_devices).unwrap_or(i64::MAX)),
+        ),
+        (
+            "challenger_devices".to_owned(),
+            Value::I64(i64::try_from(kpi.challenger_devices).unwrap_or(i64::MAX)),
+        ),
+        ("champion_model".to_owned(), text(&split.champion)),
+        ("challenger_model".to_owned(), text(&split.challenger)),
+        (
+            "champion_version".to_owned(),
+            text(split.champion_version.as_deref().unwrap_or_default()),
+        ),
+        (
+            "challenger_version".to_owned(),
+            text(split.challenger_version.as_deref().unwrap_or_default()),
+        ),
+        (
+            "permutations".to_owned(),
+            Value::I64(i64::try_from(kpi.comparison.permutations).unwrap_or(i64::MAX)),
+        ),
+        (
+            "error".to_owned(),
+            text(kpi.error.as_deref().unwrap_or_default()),
+        ),
+    ];
+    let numbers = [
+        ("champion", kpi.champion),
+        ("challenger", kpi.challenger),
+        ("difference", kpi.comparison.difference),
+        ("p_value", kpi.comparison.p_value),
+    ];
+    for (name, value) in numbers {
+        if let Some(value) = value.filter(|v| v.is_finite()) {
+            fields.push((name.to_owned(), Value::F64(value)));
+        }
+    }
+    if let Some(better) = kpi.challenger_better {
+        fields.push(("challenger_better".to_owned(), Value::Bool(better)));
+    }
+    Point {
+        measurement: AB_KPIS_TABLE.to_owned(),
+        tags: vec![
+            ("node".to_owned(), node.to_owned()),
+            ("pipeline".to_owned(), split.pipeline.clone()),
+            ("use_case".to_owned(), split.use_case.clone()),
+            ("kpi".to_owned(), kpi.name.clone()),
+        ],
+        fields,
+        time: Timestamp(time_ns),
+        quality: Quality::Good,
+    }
 }
 
 /// One KPI of one use case over one interval, as node `node` measured it (so a hub keeps

@@ -1656,6 +1656,52 @@ impl PipelineControl for PipelineManager {
         })
     }
 
+    fn interval_arm_kpis(
+        &self,
+        from_ns: i64,
+        to_ns: i64,
+    ) -> BoxFuture<'_, Result<Vec<fabrik_api::pipelines::IntervalArmKpis>, ControlError>> {
+        Box::pin(async move {
+            let Some(registry) = &self.registry else {
+                return Ok(Vec::new());
+            };
+            // The splits as defined now; a split removed meanwhile is no longer recorded.
+            let splits: Vec<(PipelineConfig, PipelineConfig)> = {
+                let pipelines = self.pipelines.lock().await;
+                pipelines
+                    .by_name
+                    .values()
+                    .filter_map(|managed| {
+                        let compiled = compile(&managed.config).ok()?;
+                        if !compiled.has_live_split() {
+                            return None;
+                        }
+                        let challenger = compiled.shadow?.config;
+                        Some((compiled.config, challenger))
+                    })
+                    .collect()
+            };
+            let mut compared = Vec::new();
+            for (champion, challenger) in &splits {
+                let Some(use_case) = champion.use_case.as_deref().filter(|u| !u.is_empty()) else {
+                    continue;
+                };
+                compared.push(
+                    crate::shadow_kpis::interval_kpis(
+                        &self.store,
+                        registry,
+                        use_case,
+                        (champion, challenger),
+                        from_ns,
+                        to_ns,
+                    )
+                    .await,
+                );
+            }
+            Ok(compared)
+        })
+    }
+
     fn retrain(&self, name: String) -> BoxFuture<'_, Result<(), ControlError>> {
         Box::pin(self.retrain_pipeline(name))
     }

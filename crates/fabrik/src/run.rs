@@ -989,6 +989,7 @@ async fn serve(
                 let store = wiring.store.clone();
                 let registry = wiring.registry.clone();
                 let alerting = wiring.alerting.clone();
+                let pipelines = wiring.pipeline_control.clone();
                 manager
                     .start(module.name(), || async {
                         let store = store.ok_or("the kpis module needs the store module")?;
@@ -1009,7 +1010,14 @@ async fn serve(
                             .filter(|n| !n.is_empty())
                             .map_or_else(|| crate::updates::node_name(&config), str::to_owned);
                         Ok(crate::kpi_series::start(
-                            every, node, store, registry, meter,
+                            every,
+                            node,
+                            crate::kpi_series::Sources {
+                                store,
+                                registry,
+                                meter,
+                                pipelines,
+                            },
                         ))
                     })
                     .await

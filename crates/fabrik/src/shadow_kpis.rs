@@ -3,18 +3,20 @@
 //! and the arms' pooled values tested over devices by permutation (decision 0057).
 //!
 //! Owns which time is measured for which arm and how runs combine; the KPIs' SQL is
-//! `usecases`', the test `fabrik_ml::permutation`'s.
+//! `usecases`', the test `fabrik_ml::permutation`'s. The same comparison over each interval
+//! of the use-case KPI series is what `kpi_series` records as `ab_kpis` rows (decision 0072).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, Int64Array, StringArray};
 use datafusion::arrow::datatypes::DataType;
-use fabrik_api::pipelines::{ArmDifference, ArmKpi, ShadowComparison};
+use fabrik_api::pipelines::{ArmDifference, ArmKpi, IntervalArmKpis, ShadowComparison};
 use fabrik_api::usecases::KpiMeter;
 use fabrik_ml::permutation::{Weighted, compare_means};
 use fabrik_registry::usecases::{Better, Kpi, KpiKind};
 use fabrik_registry::{Registry, RegistryError};
+use fabrik_runtime::config::PipelineConfig;
 use fabrik_store::Store;
 
 use crate::columns::cast_column;
@@ -42,6 +44,15 @@ pub(crate) struct ArmRun {
     pub(crate) to_ns: i64,
 }
 
+/// The two models compared, by their tags and versions as `shadow_inferences` names them.
+struct Pair<'a> {
+    pipeline: &'a str,
+    challenger: &'a str,
+    champion: &'a str,
+    challenger_version: &'a str,
+    champion_version: &'a str,
+}
+
 /// The runs of each device in each arm over the comparison's period and versions; none before
 /// the comparison has a pair of versions.
 pub(crate) async fn arm_runs(
@@ -54,6 +65,18 @@ pub(crate) async fn arm_runs(
     ) else {
         return Ok(Vec::new());
     };
+    let pair = Pair {
+        pipeline: &comparison.pipeline,
+        challenger: &comparison.challenger,
+        champion: &comparison.champion,
+        challenger_version,
+        champion_version,
+    };
+    runs_where(store, &pair, &within_days("s", comparison.days)).await
+}
+
+/// The runs of `pair`'s windows (alias `s`) that `period` admits.
+async fn runs_where(store: &Store, pair: &Pair<'_>, period: &str) -> Result<Vec<ArmRun>, String> {
     if !store.has_table(SHADOW_TABLE) {
         return Ok(Vec::new());
     }
@@ -87,12 +110,12 @@ pub(crate) async fn arm_runs(
          SELECT device, CAST(max(live) AS BIGINT) AS live, CAST(min(ws) AS BIGINT) AS first, \
            CAST(max(we) AS BIGINT) AS last FROM numbered GROUP BY device, run \
            ORDER BY device, first",
-        literal(&comparison.pipeline),
-        literal(&comparison.challenger),
-        literal(&comparison.champion),
-        literal(challenger_version),
-        literal(champion_version),
-        within_days("s", comparison.days),
+        literal(pair.pipeline),
+        literal(pair.challenger),
+        literal(pair.champion),
+        literal(pair.challenger_version),
+        literal(pair.champion_version),
+        period,
     );
     let output = store.query(&sql).await.map_err(|e| e.to_string())?;
     let mut runs = Vec::new();
@@ -150,6 +173,150 @@ pub(crate) async fn use_case_kpis(
         hub: false,
     };
     Ok(arm_kpis(store, &meter, &use_case.definition.kpis, &runs).await)
+}
+
+/// The A/B split of `champion` (whose `use_case` is `use_case`) and its shadow `challenger`,
+/// compared on the use case's KPIs over `[from_ns, to_ns)` only: the runs of the latest pair
+/// of versions with windows in the interval, cut to it. A use case not defined (yet), or no
+/// windows in the interval, gives no KPIs; what keeps them from being compared is `kpis`'
+/// `Err`.
+pub(crate) async fn interval_kpis(
+    store: &Arc<Store>,
+    registry: &Registry,
+    use_case: &str,
+    (champion, challenger): (&PipelineConfig, &PipelineConfig),
+    from_ns: i64,
+    to_ns: i64,
+) -> IntervalArmKpis {
+    let mut compared = IntervalArmKpis {
+        pipeline: champion.name.clone(),
+        use_case: use_case.to_owned(),
+        champion: crate::pipelines::model_tag(champion),
+        challenger: crate::pipelines::model_tag(challenger),
+        champion_version: None,
+        challenger_version: None,
+        kpis: Ok(Vec::new()),
+    };
+    let definition = match registry.use_case(use_case).await {
+        Err(RegistryError::UseCaseNotFound(_)) => return compared,
+        Err(e) => {
+            compared.kpis = Err(format!("use case `{use_case}`: {e}"));
+            return compared;
+        }
+        Ok(found) => found.definition,
+    };
+    if !store.has_table(SHADOW_TABLE) {
+        return compared;
+    }
+    // A window belongs to the interval where it overlaps it; rows are dated at their
+    // window's last instant, so none dated before the interval does.
+    let period = format!("s.time >= to_timestamp_nanos({from_ns}) AND s.window_start < {to_ns}");
+    let latest = format!(
+        "SELECT s.model_version AS challenger_version, s.champion_model_version AS \
+         champion_version FROM {SHADOW_TABLE} s WHERE s.pipeline = {} AND s.model = {} AND \
+         s.champion_model = {} AND s.champion_model_version IS NOT NULL AND {period} \
+         ORDER BY s.time DESC LIMIT 1",
+        literal(&compared.pipeline),
+        literal(&compared.challenger),
+        literal(&compared.champion),
+    );
+    let versions = match latest_versions(store, &latest).await {
+        Ok(versions) => versions,
+        Err(e) => {
+            compared.kpis = Ok(not_compared(
+                &definition.kpis,
+                &format!("the split's model versions: {e}"),
+            ));
+            return compared;
+        }
+    };
+    let Some((challenger_version, champion_version)) = versions else {
+        return compared;
+    };
+    let pair = Pair {
+        pipeline: &compared.pipeline,
+        challenger: &compared.challenger,
+        champion: &compared.champion,
+        challenger_version: &challenger_version,
+        champion_version: &champion_version,
+    };
+    let runs = match runs_where(store, &pair, &period).await {
+        Ok(runs) => runs,
+        Err(e) => {
+            compared.kpis = Ok(not_compared(
+                &definition.kpis,
+                &format!("the arms' runs of windows: {e}"),
+            ));
+            return compared;
+        }
+    };
+    let runs: Vec<ArmRun> = runs
+        .into_iter()
+        .filter_map(|run| {
+            let (from, to) = (run.from_ns.max(from_ns), run.to_ns.min(to_ns));
+            (from < to).then_some(ArmRun {
+                from_ns: from,
+                to_ns: to,
+                ..run
+            })
+        })
+        .collect();
+    let meter = StoreKpiMeter {
+        store: store.clone(),
+        alerting: None,
+        hub: false,
+    };
+    compared.kpis = Ok(arm_kpis(store, &meter, &definition.kpis, &runs).await);
+    compared.challenger_version = Some(challenger_version);
+    compared.champion_version = Some(champion_version);
+    compared
+}
+
+/// The table KPIs of `kpis`, each saying `why` it was not compared: a row per KPI that
+/// says so, as for a KPI that could not be measured.
+fn not_compared(kpis: &[Kpi], why: &str) -> Vec<ArmKpi> {
+    kpis.iter()
+        .filter(|k| k.kind != KpiKind::AlertPrecision)
+        .map(|kpi| ArmKpi {
+            name: kpi.name.clone(),
+            unit: kpi.unit(),
+            better: kpi.better(),
+            challenger: None,
+            challenger_devices: 0,
+            champion: None,
+            champion_devices: 0,
+            comparison: ArmDifference {
+                difference: None,
+                p_value: None,
+                permutations: 0,
+                exact: false,
+            },
+            challenger_better: None,
+            error: Some(why.to_owned()),
+        })
+        .collect()
+}
+
+/// The two versions `sql` selects in its first row, if it has one with both; none when the
+/// table has no champions' versions yet (rows written before they were).
+async fn latest_versions(store: &Store, sql: &str) -> Result<Option<(String, String)>, String> {
+    let output = match store.query(sql).await {
+        Ok(output) => output,
+        Err(e) if e.to_string().contains("No field named") => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    let Some(batch) = output.batches.iter().find(|b| b.num_rows() > 0) else {
+        return Ok(None);
+    };
+    let challenger: StringArray = cast_column(batch, 0, &DataType::Utf8, "model_version")?;
+    let champion: StringArray = cast_column(batch, 1, &DataType::Utf8, "champion_model_version")?;
+    if challenger.is_null(0) || champion.is_null(0) {
+        return Ok(None);
+    }
+    Ok(Some((
+        challenger.value(0).to_owned(),
+        champion.value(0).to_owned(),
+    )))
 }
 
 /// How a KPI's values over several runs of one device combine, and how the devices of an arm
@@ -454,6 +621,76 @@ mod tests {
         assert_eq!((energy.champion, energy.challenger), (None, None));
         assert_eq!(energy.comparison.p_value, None);
         assert_eq!(energy.error.as_deref(), Some("no table `meters` yet"));
+    }
+
+    /// An interval of the KPI series measures each model only where it acted within the
+    /// interval: runs that began before it or end after it are cut to it.
+    #[tokio::test]
+    async fn an_interval_compares_only_the_time_each_model_acted_within_it() {
+        let start = fabrik_core::Timestamp::now().nanos() - 3 * 3600 * 1_000_000_000;
+        let always = |_: usize| true;
+        let never = |_: usize| false;
+        // The champion acts on pump-a, down for its first 12 minutes; the challenger on
+        // pump-c, running all along; pump-e moved to the challenger at minute 15, down
+        // before.
+        let mut lines = String::new();
+        lines += &device_lines("pump-a", start, always, never, |k| k < 12);
+        lines += &device_lines("pump-c", start, always, always, never);
+        lines += &device_lines("pump-e", start, always, |k| k >= 15, |k| k < 15);
+        let (dir, store) = crate::test_store::store_with(&lines).await;
+        let registry = Registry::open(&dir.path().join("registry.db"))
+            .await
+            .expect("registry");
+        let champion = crate::pipelines::demo_pipeline();
+        let mut challenger = champion.clone();
+        challenger.model = "iforest".into();
+        let pair = (&champion, &challenger);
+        let (from, to) = (start + 10 * MINUTE, start + 20 * MINUTE);
+
+        // The use case not defined yet: nothing to compare.
+        let undefined = interval_kpis(&store, &registry, "pumps", pair, from, to).await;
+        assert_eq!(undefined.kpis, Ok(Vec::new()));
+        let definition = serde_json::from_value(serde_json::json!({
+            "name": "pumps", "objective": "fewer stops", "pilot": {"devices": ["pump-a"]},
+            "kpis": [{"name": "downtime", "kind": "downtime", "table": "pump",
+                      "condition": "NOT running"}]
+        }))
+        .expect("definition");
+        registry.put_use_case(definition).await.expect("use case");
+
+        let compared = interval_kpis(&store, &registry, "pumps", pair, from, to).await;
+        assert_eq!(
+            (
+                compared.challenger_version.as_deref(),
+                compared.champion_version.as_deref()
+            ),
+            (Some("c1"), Some("v1"))
+        );
+        let kpis = compared.kpis.expect("kpis");
+        let downtime = &kpis[0];
+        assert_eq!(
+            (downtime.champion_devices, downtime.challenger_devices),
+            (2, 2),
+            "{downtime:?}"
+        );
+        // Observed time runs from one row to the next within a run. pump-a: rows at minutes
+        // 10 to 19, 2 of the 9 minutes between them down; pump-e: the champion's rows at 10
+        // to 14, all 4 minutes down. Pooled by observed time: 6 of 13 minutes. (Over the
+        // whole period pump-a alone would be 12 of 29.)
+        let champion_down = downtime.champion.expect("champion");
+        assert!(
+            (champion_down - 100.0 * 6.0 / 13.0).abs() < 1e-9,
+            "{downtime:?}"
+        );
+        assert_eq!(downtime.challenger, Some(0.0), "{downtime:?}");
+        assert_eq!(downtime.error, None);
+
+        // An interval without windows compares nothing.
+        let later = start + 3 * 3600 * 1_000_000_000;
+        let empty =
+            interval_kpis(&store, &registry, "pumps", pair, later, later + 10 * MINUTE).await;
+        assert_eq!(empty.kpis, Ok(Vec::new()));
+        assert_eq!(empty.champion_version, None);
     }
 
     #[test]
