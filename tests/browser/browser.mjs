@@ -486,7 +486,13 @@ async function main() {
     // pipeline and the alert module write them. The sequential test decides for the challenger.
     const pl = `ui-shadow-${randomBytes(3).toString('hex')}`;
     const split = `${device}-ab`;
-    await apiCall(`/api/v1/pipelines/${pl}`, { method: 'PUT', body: { name: pl, table: 'ui_shadow_nothing', signals: ['x'], shadow: { model: 'iforest', live_devices: [split] } } });
+    // It serves a use case of its own, whose KPI the arms are compared on, interval by
+    // interval (`ab_kpis`, decision 0072): three intervals written as the kpis module writes them.
+    const uc = `${pl}-uc`;
+    await apiCall(`/api/v1/usecases/${uc}`, { method: 'PUT', body: { objective: 'fewer stops', pilot: { devices: [device, split] }, kpis: [{ name: 'stops', kind: 'aggregate', table: 'ui_shadow_nothing', signal: 'x', aggregate: 'count' }] } });
+    await apiCall(`/api/v1/pipelines/${pl}`, { method: 'PUT', body: { name: pl, table: 'ui_shadow_nothing', signals: ['x'], use_case: uc, shadow: { model: 'iforest', live_devices: [split] } } });
+    const intervals = [[5, 4], [6, 3], [3, 2]].map(([champion, challenger], k) => `ab_kpis,node=ui,pipeline=${pl},use_case=${uc},kpi=stops champion=${champion},challenger=${challenger},champion_devices=1i,challenger_devices=1i,unit="",better="lower",error="" ${now - BigInt(3 - k) * 3600000000000n - 1n}`);
+    await apiCall('/api/v1/write', { method: 'POST', body: intervals.join('\n'), type: 'text/plain' });
     const pair = await apiCall(`/api/v1/pipelines/${pl}/shadow`);
     const labelled = [];
     for (let k = 0; k < 14; k++) {
@@ -494,9 +500,10 @@ async function main() {
       const window = `${pl}/${device}/${k}`;
       labelled.push(
         `inferences,pipeline=${pl},device=${device},model=${pair.champion} flag=true,score=2.0,window_id="${window}",model_version="ui-champion" ${t}`,
-        `shadow_inferences,pipeline=${pl},device=${device},model=${pair.challenger} flag=false,score=0.1,window_id="${window}",model_version="ui-challenger",champion_model="${pair.champion}",champion_model_version="ui-champion",champion_flag=true,champion_score=2.0 ${t}`,
+        `shadow_inferences,pipeline=${pl},device=${device},model=${pair.challenger} flag=false,score=0.1,window_id="${window}",model_version="ui-challenger",champion_model="${pair.champion}",champion_model_version="ui-champion",champion_flag=true,champion_score=2.0,window_start=${t - 59999999999n}i,window_end=${t + 1n}i ${t}`,
         `alert_labels,device=${device},pipeline=${pl} alert_id="ui-${k}",feedback="false_positive",true_positive=false,by="ui-test" ${t}`);
     }
+    // (Each window's span, as the pipeline writes it: the arms' KPIs are measured over it.)
     // Before them, an A/B split's device: the challenger acted there, caught four faults the
     // champion missed, and operators confirmed them.
     for (let k = 0; k < 4; k++) {
@@ -504,7 +511,7 @@ async function main() {
       const window = `${pl}/${split}/${k}`;
       labelled.push(
         `inferences,pipeline=${pl},device=${split},model=${pair.challenger} flag=true,score=0.9,window_id="${window}",model_version="ui-challenger",challenger=true ${t}`,
-        `shadow_inferences,pipeline=${pl},device=${split},model=${pair.challenger} flag=true,score=0.9,window_id="${window}",model_version="ui-challenger",live=true,champion_model="${pair.champion}",champion_model_version="ui-champion",champion_flag=false,champion_score=0.5 ${t}`,
+        `shadow_inferences,pipeline=${pl},device=${split},model=${pair.challenger} flag=true,score=0.9,window_id="${window}",model_version="ui-challenger",live=true,champion_model="${pair.champion}",champion_model_version="ui-champion",champion_flag=false,champion_score=0.5,window_start=${t - 59999999999n}i,window_end=${t + 1n}i ${t}`,
         `alert_labels,device=${split},pipeline=${pl} alert_id="ui-ab-${k}",feedback="true_positive",true_positive=true,by="ui-test" ${t}`);
     }
     await apiCall('/api/v1/write', { method: 'POST', body: labelled.join('\n'), type: 'text/plain' });
@@ -514,6 +521,10 @@ async function main() {
       const live = document.querySelector('#pl-shadow-live')?.textContent || '';
       return text.includes('challenger right more often') && /right on 0 \(champion\) vs \d+ \(challenger\)/.test(text)
         && text.includes('the champion missed 4 confirmed') && live.includes('acts on 4 of these windows');
+    }, null, { timeout: 15000 });
+    await page.waitForFunction(() => {
+      const series = document.querySelector('#pl-shadow-series [data-kpi="stops"]');
+      return series?.querySelector('svg.spark') && series.textContent.includes('latest: 2 vs 3');
     }, null, { timeout: 15000 });
     // The challenger's verdicts among the pipeline's say whose they are.
     await page.waitForFunction((d) => [...document.querySelectorAll('#pl-inferences tr')]

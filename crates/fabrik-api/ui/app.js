@@ -111,6 +111,18 @@ function armsText(a) {
   return `alert rate: challenger ${pct(a.challenger.alert_rate)} on ${a.challenger.devices} device(s), champion ${pct(a.champion.alert_rate)} on ${a.champion.devices} (${diff(a.alert_rate)}); precision: ${pct(a.challenger.precision)} vs ${pct(a.champion.precision)} (${diff(a.precision)})${kpis}; p over devices`;
 }
 
+/** Each KPI's challenger-minus-champion difference over the recorded intervals (`ab_kpis`,
+ * oldest first), with the latest interval's two values: the trend a reading over days hides. */
+function armSeries(kpis, rows) {
+  return kpis.map((k) => {
+    const mine = rows.filter((r) => r.kpi === k.name).reverse();
+    if (!mine.length) return '';
+    const values = mine.map((r) => (r.challenger == null || r.champion == null ? null : r.challenger - r.champion));
+    const last = mine[mine.length - 1];
+    return html`<div data-kpi="${k.name}">${k.name} <span class="muted small-text">(challenger − champion${k.unit ? `, ${k.unit}` : ''}, ${k.better} is better)</span> ${sparkline({ name: `${k.name}, challenger minus champion`, values })} <span class="muted small-text">latest: ${fmtNum(last.challenger)} vs ${fmtNum(last.champion)}</span></div>`;
+  });
+}
+
 /** A shadow comparison's sequential decision: the verdict, and what it rests on. */
 function shadowDecision(d) {
   const verdict = d.verdict === 'challenger_better' ? pill('online', 'challenger right more often')
@@ -1278,6 +1290,11 @@ async function pagePipelines(p, args) {
       return;
     }
     const c = await api(`/api/v1/pipelines/${enc(name)}/shadow`);
+    // The arms per interval of the KPI series (decision 0072), newest 24 per KPI.
+    // (A store without the table yet answers with an error: no series.)
+    const series = c.arms && (c.arms.kpis || []).length
+      ? await query(`SELECT time, kpi, champion, challenger FROM ab_kpis WHERE pipeline = ${sqlStr(name)} ORDER BY time DESC LIMIT ${24 * c.arms.kpis.length}`).catch(() => [])
+      : [];
     if (!p.alive) return;
     patch($('#pl-shadow'), html`${status.shadow_error ? html`<div class="notice warn">${status.shadow_error}</div>` : ''}<dl class="kv"><dt>Champion</dt><dd>${c.champion} <span class="muted mono">${c.champion_version || ''}</span></dd><dt>Challenger</dt><dd>${c.challenger} <span class="muted mono">${c.challenger_version || ''}</span></dd>
       <dt>Windows both scored</dt><dd>${fmtNum(c.windows)} <span class="muted">last ${c.days} days</span></dd>
@@ -1287,6 +1304,7 @@ async function pagePipelines(p, args) {
       <dt>Confirmed faults</dt><dd>${!c.confirmed ? html`<span class="muted">none labelled yet</span>` : c.live_windows ? `${c.confirmed}: flagged by the champion ${c.confirmed_flagged_by_champion}, by the challenger ${c.confirmed_flagged_by_challenger}` : `${c.confirmed_flagged_by_challenger} of ${c.confirmed} flagged by the challenger too`}</dd>
       <dt>False alarms</dt><dd>${!c.false_alarms ? html`<span class="muted">none labelled yet</span>` : c.live_windows ? `${c.false_alarms}: raised by the champion ${c.false_alarms_flagged_by_champion}, by the challenger ${c.false_alarms_flagged_by_challenger}` : `${c.false_alarms_flagged_by_challenger} of ${c.false_alarms} raised by the challenger too`}</dd>
       ${c.arms ? html`<dt>Arms</dt><dd id="pl-shadow-arms">${armsText(c.arms)}</dd>` : ''}
+      ${series.length ? html`<dt>Arms per interval</dt><dd id="pl-shadow-series">${armSeries(c.arms.kpis, series)}</dd>` : ''}
       <dt>Decision</dt><dd id="pl-shadow-decision">${shadowDecision(c.decision)}</dd></dl>`);
   };
   every(p, 30000, refreshMonitoring);
