@@ -1555,7 +1555,8 @@ impl Default for LogConfig {
     }
 }
 
-/// `[traces]`: OpenTelemetry traces over OTLP/HTTP (JSON) to a collector (decision 0054).
+/// `[traces]`: OpenTelemetry traces over OTLP/HTTP (protobuf or JSON) to a collector
+/// (decisions 0054, 0073).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TracesConfig {
@@ -1567,6 +1568,9 @@ pub struct TracesConfig {
     pub sample_ratio: f64,
     /// The spans' `service.name`.
     pub service_name: String,
+    /// How the spans are encoded, in `OTEL_EXPORTER_OTLP_PROTOCOL`'s words: `http/protobuf`
+    /// (the default, as for OpenTelemetry's SDKs) or `http/json`.
+    pub protocol: String,
 }
 
 impl Default for TracesConfig {
@@ -1575,6 +1579,7 @@ impl Default for TracesConfig {
             otlp_endpoint: String::new(),
             sample_ratio: 1.0,
             service_name: "fabrik".into(),
+            protocol: "http/protobuf".into(),
         }
     }
 }
@@ -1588,6 +1593,8 @@ pub struct TracesSettings {
     pub sample_ratio: f64,
     /// `service.name`.
     pub service_name: String,
+    /// Protobuf (`http/protobuf`), else JSON (`http/json`).
+    pub protobuf: bool,
 }
 
 impl TracesConfig {
@@ -1603,6 +1610,20 @@ impl TracesConfig {
         if self.service_name.trim().is_empty() {
             problem("traces.service_name", "must not be empty".into());
         }
+        let protobuf = match self.protocol.trim() {
+            "http/protobuf" | "" => true,
+            "http/json" => false,
+            other => {
+                problem(
+                    "traces.protocol",
+                    format!(
+                        "`{other}` is not `http/protobuf` or `http/json` (OTLP over gRPC is not \
+                         spoken)"
+                    ),
+                );
+                true
+            }
+        };
         if endpoint.is_empty() {
             return None;
         }
@@ -1625,6 +1646,7 @@ impl TracesConfig {
             url,
             sample_ratio: self.sample_ratio.clamp(0.0, 1.0),
             service_name: self.service_name.trim().to_owned(),
+            protobuf,
         })
     }
 }
@@ -2687,6 +2709,17 @@ mod tests {
         assert_eq!(traces.url, "http://127.0.0.1:4318/v1/traces");
         assert_eq!(traces.sample_ratio, 0.25);
         assert_eq!(traces.service_name, "fabrik");
+        assert!(traces.protobuf, "OpenTelemetry's default encoding");
+        let json = format!("{on}protocol = \"http/json\"\n");
+        let config = Config::from_toml("t", &json, no_env()).expect("parses");
+        assert!(
+            !config
+                .validate("t")
+                .expect("valid")
+                .traces
+                .expect("on")
+                .protobuf
+        );
         let full = "[traces]\notlp_endpoint = \"https://tempo:4318/v1/traces\"\n";
         let config = Config::from_toml("t", full, no_env()).expect("parses");
         let traces = config.validate("t").expect("valid").traces.expect("on");
@@ -2695,6 +2728,7 @@ mod tests {
             ("otlp_endpoint = \"collector:4318\"", "traces.otlp_endpoint"),
             ("sample_ratio = 1.5", "traces.sample_ratio"),
             ("service_name = \" \"", "traces.service_name"),
+            ("protocol = \"grpc\"", "traces.protocol"),
         ] {
             let config =
                 Config::from_toml("t", &format!("[traces]\n{text}\n"), no_env()).expect("parses");

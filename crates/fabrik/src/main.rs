@@ -37,6 +37,7 @@ mod modules;
 mod nats_link;
 mod node_keys;
 mod opcua;
+mod otlp_proto;
 mod performance;
 mod pipeline_cli;
 mod pipelines;

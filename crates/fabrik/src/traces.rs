@@ -377,6 +377,8 @@ pub(crate) struct Exporter {
     pub(crate) service: String,
     /// `service.instance.id`: the node's name.
     pub(crate) instance: String,
+    /// OTLP/HTTP's binary protobuf encoding (`application/x-protobuf`), else its JSON.
+    pub(crate) protobuf: bool,
 }
 
 impl Exporter {
@@ -453,12 +455,31 @@ pub(crate) async fn export(exporter: Exporter, mut spans: SpanQueue, stop: Cance
 }
 
 async fn send(client: &reqwest::Client, exporter: &Exporter, spans: Vec<Value>, retry: bool) {
+    use prost::Message as _;
     let count = spans.len() as u64;
-    let body = exporter.request(spans);
+    let request = exporter.request(spans);
+    let (body, content_type) = if exporter.protobuf {
+        match crate::otlp_proto::request_from_json(&request) {
+            Ok(message) => (message.encode_to_vec(), "application/x-protobuf"),
+            Err(e) => {
+                tracing::warn!(error = %e, "A batch of spans could not be encoded; it is dropped.");
+                metrics::counter!("fabrik_trace_spans_dropped_total", "reason" => "unencodable")
+                    .increment(count);
+                return;
+            }
+        }
+    } else {
+        (request.to_string().into_bytes(), "application/json")
+    };
     let mut wait = Duration::from_millis(500);
     let attempts = if retry { ATTEMPTS } else { 1 };
     for attempt in 1..=attempts {
-        let outcome = client.post(&exporter.url).json(&body).send().await;
+        let outcome = client
+            .post(&exporter.url)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body.clone())
+            .send()
+            .await;
         let retryable = match outcome {
             Ok(response) if response.status().is_success() => {
                 metrics::counter!("fabrik_trace_spans_exported_total").increment(count);

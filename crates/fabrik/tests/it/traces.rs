@@ -90,6 +90,10 @@ fn spans_of_requests_queries_and_pipelines_reach_an_otlp_collector() {
     assert_eq!(request["attributes"]["http.route"], "/api/v1/query");
     assert_eq!(request["attributes"]["http.response.status_code"], 200);
     assert_eq!(request["resource"]["service.name"], "fabrik");
+    assert_eq!(
+        request["encoding"], "protobuf",
+        "OTLP/HTTP's default encoding"
+    );
     let query = all
         .iter()
         .find(|s| s["trace_id"] == trace && s["name"] == "store.query")
@@ -121,6 +125,42 @@ fn spans_of_requests_queries_and_pipelines_reach_an_otlp_collector() {
             .any(|s| s["trace_id"] == last && s["name"] == "POST /api/v1/query"),
         "the last request's span was sent at shutdown"
     );
+}
+
+/// `protocol = "http/json"`: the same spans in OTLP/HTTP's JSON encoding, which the collector
+/// parses by the protocol's own definitions.
+#[test]
+fn spans_go_as_json_when_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("spans.jsonl");
+    let (port, _receiver) = collector(&out);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let p = Process::start_with_args(
+        &dir.path().join("data"),
+        &[],
+        &[
+            ("FABRIK__TRACES__OTLP_ENDPOINT", endpoint.as_str()),
+            ("FABRIK__TRACES__PROTOCOL", "http/json"),
+        ],
+    );
+    let (trace, caller) = ("5bf92f3577b34da6a3ce929d0e0e4736", "10f067aa0ba902b7");
+    assert_eq!(traced_query(&p.url, trace, caller, "SELECT 2 AS n"), 200);
+    eventually("the request's span at the collector", || {
+        spans(&out)
+            .iter()
+            .any(|s| s["trace_id"] == trace && s["name"] == "POST /api/v1/query")
+    });
+    let all = spans(&out);
+    assert!(all.iter().all(|s| s.get("error").is_none()), "{all:?}");
+    let request = all
+        .iter()
+        .find(|s| s["trace_id"] == trace && s["name"] == "POST /api/v1/query")
+        .expect("the request's span");
+    assert_eq!(request["encoding"], "json");
+    assert_eq!(request["parent_span_id"], caller);
+    assert_eq!(request["attributes"]["http.response.status_code"], 200);
+    let (status, _) = p.terminate();
+    assert!(status.success());
 }
 
 /// An HTTP receiver that answers 200 and keeps each request's `traceparent` header (or none).

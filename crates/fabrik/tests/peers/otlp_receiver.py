@@ -1,12 +1,14 @@
 """An OTLP/HTTP trace receiver for Fabrik's trace test (decision 0054).
 
-Takes `POST /v1/traces` with a JSON `ExportTraceServiceRequest`, parsed strictly by the
-OpenTelemetry protocol's own definitions (PyPI `opentelemetry-proto`, protobuf's JSON
-mapping: unknown fields and wrong types are errors). As the OTLP specification says, and as
-the OpenTelemetry Collector does, trace and span ids in OTLP/JSON are hex, not protobuf's
-base64: they are checked and converted first. Each span is appended to OUT as one JSON line
-(ids in hex, attributes as a dict, the resource's attributes beside them); a request that does
-not parse is answered 400 and written as {"error": ...}.
+Takes `POST /v1/traces` with an `ExportTraceServiceRequest` in either of OTLP/HTTP's
+encodings, parsed strictly by the OpenTelemetry protocol's own definitions (PyPI
+`opentelemetry-proto`): binary protobuf (`application/x-protobuf`), or JSON
+(`application/json`, protobuf's JSON mapping: unknown fields and wrong types are errors). As
+the OTLP specification says, and as the OpenTelemetry Collector does, trace and span ids in
+OTLP/JSON are hex, not protobuf's base64: they are checked and converted first. Each span is
+appended to OUT as one JSON line (ids in hex, attributes as a dict, the resource's attributes
+beside them, and the encoding it came in); a request that does not parse is answered 400 and
+written as {"error": ...}.
 
 Usage: otlp_receiver.py PORT OUT
 """
@@ -16,7 +18,8 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from google.protobuf import json_format
+from google.protobuf import json_format, unknown_fields
+from google.protobuf.descriptor import FieldDescriptor
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 PORT, OUT = int(sys.argv[1]), sys.argv[2]
@@ -30,6 +33,20 @@ def hex_ids_to_base64(span):
             if len(raw) != length:
                 raise ValueError(f"{key} {span[key]!r} is not {length} bytes of hex")
             span[key] = base64.b64encode(raw).decode()
+
+
+def has_unknown_fields(message):
+    if len(unknown_fields.UnknownFieldSet(message)):
+        return True
+    for field, v in message.ListFields():
+        if field.type != FieldDescriptor.TYPE_MESSAGE:
+            continue
+        repeated = getattr(field, "is_repeated", None)
+        if repeated is None:
+            repeated = field.label == FieldDescriptor.LABEL_REPEATED
+        if any(has_unknown_fields(m) for m in (v if repeated else [v])):
+            return True
+    return False
 
 
 def value(any_value):
@@ -49,14 +66,24 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if self.path != "/v1/traces":
                 raise ValueError(f"path {self.path}")
-            if self.headers.get("content-type", "").split(";")[0] != "application/json":
+            content_type = self.headers.get("content-type", "").split(";")[0]
+            if content_type == "application/x-protobuf":
+                encoding = "protobuf"
+                request = ExportTraceServiceRequest.FromString(body)
+                # Parsing keeps fields it does not know aside: a field sent under a wrong
+                # number would otherwise pass unseen.
+                if has_unknown_fields(request):
+                    raise ValueError("fields under numbers OTLP does not define")
+            elif content_type == "application/json":
+                encoding = "json"
+                document = json.loads(body)
+                for resource_spans in document.get("resourceSpans", []):
+                    for scope_spans in resource_spans.get("scopeSpans", []):
+                        for span in scope_spans.get("spans", []):
+                            hex_ids_to_base64(span)
+                request = json_format.Parse(json.dumps(document), ExportTraceServiceRequest())
+            else:
                 raise ValueError(f"content-type {self.headers.get('content-type')}")
-            document = json.loads(body)
-            for resource_spans in document.get("resourceSpans", []):
-                for scope_spans in resource_spans.get("scopeSpans", []):
-                    for span in scope_spans.get("spans", []):
-                        hex_ids_to_base64(span)
-            request = json_format.Parse(json.dumps(document), ExportTraceServiceRequest())
         except Exception as e:  # noqa: BLE001 - every failure is the sender's
             with OUT_LOCK, open(OUT, "a") as out:
                 out.write(json.dumps({"error": str(e)}) + "\n")
@@ -79,6 +106,7 @@ class Handler(BaseHTTPRequestHandler):
                         "attributes": {a.key: value(a.value) for a in span.attributes},
                         "status": span.status.code,
                         "resource": resource,
+                        "encoding": encoding,
                     }))
         with OUT_LOCK, open(OUT, "a") as out:
             out.writelines(line + "\n" for line in lines)
