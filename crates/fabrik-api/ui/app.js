@@ -117,7 +117,16 @@ function armSeries(kpis, rows) {
   return kpis.map((k) => {
     const mine = rows.filter((r) => r.kpi === k.name).reverse();
     if (!mine.length) return '';
-    const values = mine.map((r) => (r.challenger == null || r.champion == null ? null : r.challenger - r.champion));
+    // Placed by time, one point per interval: an interval without windows wrote no row and
+    // shows as a gap, not as a line drawn across it.
+    const times = mine.map((r) => Number(r.t));
+    const step = times.slice(1).reduce((m, t, i) => Math.min(m, t - times[i]), Infinity);
+    const slots = Number.isFinite(step) && step > 0 ? Math.min(48, Math.round((times[times.length - 1] - times[0]) / step) + 1) : mine.length;
+    const values = new Array(slots).fill(null);
+    mine.forEach((r, i) => {
+      const slot = Number.isFinite(step) && step > 0 ? Math.round((times[i] - times[0]) / step) : i;
+      if (slot < slots && r.challenger != null && r.champion != null) values[slot] = r.challenger - r.champion;
+    });
     const last = mine[mine.length - 1];
     return html`<div data-kpi="${k.name}">${k.name} <span class="muted small-text">(challenger − champion${k.unit ? `, ${k.unit}` : ''}, ${k.better} is better)</span> ${sparkline({ name: `${k.name}, challenger minus champion`, values })} <span class="muted small-text">latest: ${fmtNum(last.challenger)} vs ${fmtNum(last.champion)}</span></div>`;
   });
@@ -1290,10 +1299,12 @@ async function pagePipelines(p, args) {
       return;
     }
     const c = await api(`/api/v1/pipelines/${enc(name)}/shadow`);
-    // The arms per interval of the KPI series (decision 0072), newest 24 per KPI.
+    // The arms per interval of the KPI series (decision 0072), newest 24 per KPI: this
+    // process's own rows (not those edges forward to a hub), of the use case the pipeline
+    // serves.
     // (A store without the table yet answers with an error: no series.)
-    const series = c.arms && (c.arms.kpis || []).length
-      ? await query(`SELECT time, kpi, champion, challenger FROM ab_kpis WHERE pipeline = ${sqlStr(name)} ORDER BY time DESC LIMIT ${24 * c.arms.kpis.length}`).catch(() => [])
+    const series = c.arms && (c.arms.kpis || []).length && def.use_case
+      ? await query(`SELECT CAST(time AS BIGINT) AS t, kpi, champion, challenger FROM ab_kpis WHERE pipeline = ${sqlStr(name)} AND use_case = ${sqlStr(def.use_case)} AND _source NOT LIKE 'uplink:%' ORDER BY time DESC LIMIT ${24 * c.arms.kpis.length}`).catch(() => [])
       : [];
     if (!p.alive) return;
     patch($('#pl-shadow'), html`${status.shadow_error ? html`<div class="notice warn">${status.shadow_error}</div>` : ''}<dl class="kv"><dt>Champion</dt><dd>${c.champion} <span class="muted mono">${c.champion_version || ''}</span></dd><dt>Challenger</dt><dd>${c.challenger} <span class="muted mono">${c.challenger_version || ''}</span></dd>

@@ -92,21 +92,28 @@ pub(crate) fn start(every: Duration, node: String, sources: Sources) -> ServiceH
                 () = token.cancelled() => return Ok(()),
                 () = tokio::time::sleep(wait) => {}
             }
+            // The arms one interval behind the use cases' KPIs: a pipeline writes a window
+            // only once its lateness has passed the window's end, which may be long after
+            // the interval's settling time; an interval measured before its last windows
+            // were written would miss them for good. First, so that a stop in between
+            // leaves the use cases' interval unrecorded too, and a restart measures both
+            // again.
+            if let Some(pipelines) = &pipelines {
+                let (from, to) = (end - 2 * every_ns, end - every_ns);
+                let recorded = tokio::select! {
+                    () = token.cancelled() => return Ok(()),
+                    recorded = record_arms(&store, pipelines.as_ref(), &node, from, to) => recorded,
+                };
+                if let Err(e) = recorded {
+                    tracing::warn!(error = %e, "A/B splits' KPIs could not be recorded.");
+                }
+            }
             let recorded = tokio::select! {
                 () = token.cancelled() => return Ok(()),
                 recorded = record(&store, &registry, &meter, &node, end - every_ns, end) => recorded,
             };
             if let Err(e) = recorded {
                 tracing::warn!(error = %e, "Use-case KPIs could not be recorded.");
-            }
-            if let Some(pipelines) = &pipelines {
-                let recorded = tokio::select! {
-                    () = token.cancelled() => return Ok(()),
-                    recorded = record_arms(&store, pipelines.as_ref(), &node, end - every_ns, end) => recorded,
-                };
-                if let Err(e) = recorded {
-                    tracing::warn!(error = %e, "A/B splits' KPIs could not be recorded.");
-                }
             }
             end = end.saturating_add(every_ns);
         }

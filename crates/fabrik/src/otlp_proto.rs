@@ -257,6 +257,43 @@ mod tests {
     use prost::Message as _;
     use serde_json::json;
 
+    /// The bytes PyPI's opentelemetry-proto (1.45, protobuf 7.36) serializes for this request
+    /// (parsed from the same JSON, ids as base64): the field numbers and wire types are
+    /// OTLP's, not only consistent with this module's own decoding.
+    const OTLP_PROTO_BYTES: &str = "0af2010a1a0a180a0c736572766963652e6e616d6512080a0666616272696b12d3010a0f0a066661\
+        6272696b1205302e312e3012bf010a104bf92f3577b34da6a3ce929d0e0e4736120800f067aa0ba9\
+        02b7220801020304050607082a12504f5354202f6170692f76312f717565727930023901002a36fe\
+        9c97174109002a36fe9c97174a200a19687474702e726573706f6e73652e7374617475735f636f64\
+        65120318f4034a080a026f6b120210004a120a057368617265120921000000000000d03f5a230905\
+        002a36fe9c971712066661696c65641a100a056c6576656c12070a054552524f527a0a1206666169\
+        6c65641802";
+
+    #[test]
+    fn the_encoding_is_byte_for_byte_opentelemetry_protos() {
+        let json = json!({"resourceSpans": [{
+            "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "fabrik"}}]},
+            "scopeSpans": [{"scope": {"name": "fabrik", "version": "0.1.0"}, "spans": [{
+                "traceId": "4bf92f3577b34da6a3ce929d0e0e4736",
+                "spanId": "00f067aa0ba902b7",
+                "parentSpanId": "0102030405060708",
+                "name": "POST /api/v1/query", "kind": 2,
+                "startTimeUnixNano": "1700000000000000001",
+                "endTimeUnixNano": "1700000000000000009",
+                "attributes": [
+                    {"key": "http.response.status_code", "value": {"intValue": "500"}},
+                    {"key": "ok", "value": {"boolValue": false}},
+                    {"key": "share", "value": {"doubleValue": 0.25}}
+                ],
+                "events": [{"timeUnixNano": "1700000000000000005", "name": "failed",
+                            "attributes": [{"key": "level", "value": {"stringValue": "ERROR"}}]}],
+                "status": {"code": 2, "message": "failed"}
+            }]}]
+        }]});
+        let encoded = request_from_json(&json).expect("request").encode_to_vec();
+        let hex: String = encoded.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, OTLP_PROTO_BYTES);
+    }
+
     #[test]
     fn a_json_request_becomes_the_same_protobuf_request() {
         let json = json!({"resourceSpans": [{

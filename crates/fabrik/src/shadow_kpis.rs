@@ -24,6 +24,10 @@ use crate::shadow::{ARMS_SEED, LIVE_COLUMN, SHADOW_TABLE, within_days};
 use crate::sql_text::literal;
 use crate::usecases::StoreKpiMeter;
 
+/// The longest window an interval of the KPI series looks for beyond its end: a week (a
+/// window longer than that counts only where it ends within a week of the interval).
+const LONGEST_WINDOW_NS: i64 = 7 * 24 * 3600 * 1_000_000_000;
+
 /// Runs measured per KPI at most: each is one query, and a reading must stay quick. Past it
 /// the KPI is not compared by arm (the use case's own reading still measures the fleet).
 pub(crate) const MOST_RUNS: usize = 256;
@@ -209,13 +213,21 @@ pub(crate) async fn interval_kpis(
         return compared;
     }
     // A window belongs to the interval where it overlaps it; rows are dated at their
-    // window's last instant, so none dated before the interval does.
-    let period = format!("s.time >= to_timestamp_nanos({from_ns}) AND s.window_start < {to_ns}");
+    // window's last instant, so none dated before the interval does, and none longer than
+    // [`LONGEST_WINDOW_NS`] is looked for after it (the store prunes by time only).
+    let period = format!(
+        "s.time >= to_timestamp_nanos({from_ns}) AND s.time < to_timestamp_nanos({}) AND \
+         s.window_start < {to_ns}",
+        to_ns.saturating_add(LONGEST_WINDOW_NS)
+    );
+    // The versions of the latest window that ended within the interval (one that ends
+    // after it may be a redefinition's first), else of any overlapping it.
     let latest = format!(
         "SELECT s.model_version AS challenger_version, s.champion_model_version AS \
          champion_version FROM {SHADOW_TABLE} s WHERE s.pipeline = {} AND s.model = {} AND \
          s.champion_model = {} AND s.champion_model_version IS NOT NULL AND {period} \
-         ORDER BY s.time DESC LIMIT 1",
+         ORDER BY CASE WHEN s.time < to_timestamp_nanos({to_ns}) THEN 0 ELSE 1 END, \
+         s.time DESC LIMIT 1",
         literal(&compared.pipeline),
         literal(&compared.challenger),
         literal(&compared.champion),
@@ -233,6 +245,8 @@ pub(crate) async fn interval_kpis(
     let Some((challenger_version, champion_version)) = versions else {
         return compared;
     };
+    compared.challenger_version = Some(challenger_version.clone());
+    compared.champion_version = Some(champion_version.clone());
     let pair = Pair {
         pipeline: &compared.pipeline,
         challenger: &compared.challenger,
@@ -267,8 +281,6 @@ pub(crate) async fn interval_kpis(
         hub: false,
     };
     compared.kpis = Ok(arm_kpis(store, &meter, &definition.kpis, &runs).await);
-    compared.challenger_version = Some(challenger_version);
-    compared.champion_version = Some(champion_version);
     compared
 }
 
@@ -645,7 +657,11 @@ mod tests {
         let mut challenger = champion.clone();
         challenger.model = "iforest".into();
         let pair = (&champion, &challenger);
-        let (from, to) = (start + 10 * MINUTE, start + 20 * MINUTE);
+        // Bounds half way through windows: the runs are cut, not just filtered.
+        let (from, to) = (
+            start + 10 * MINUTE + MINUTE / 2,
+            start + 20 * MINUTE + MINUTE / 2,
+        );
 
         // The use case not defined yet: nothing to compare.
         let undefined = interval_kpis(&store, &registry, "pumps", pair, from, to).await;
@@ -673,13 +689,14 @@ mod tests {
             (2, 2),
             "{downtime:?}"
         );
-        // Observed time runs from one row to the next within a run. pump-a: rows at minutes
-        // 10 to 19, 2 of the 9 minutes between them down; pump-e: the champion's rows at 10
-        // to 14, all 4 minutes down. Pooled by observed time: 6 of 13 minutes. (Over the
-        // whole period pump-a alone would be 12 of 29.)
+        // Observed time runs from one row to the next within a run. pump-a, cut to
+        // [10.5, 20.5): rows at minutes 11 to 20, 1 of the 9 minutes between them down;
+        // pump-e, the champion's run cut to [10.5, 15): rows at 11 to 14, all 3 minutes
+        // down. Pooled by observed time: 4 of 12 minutes. (Uncut, the runs would give 26 of
+        // 43.)
         let champion_down = downtime.champion.expect("champion");
         assert!(
-            (champion_down - 100.0 * 6.0 / 13.0).abs() < 1e-9,
+            (champion_down - 100.0 * 4.0 / 12.0).abs() < 1e-9,
             "{downtime:?}"
         );
         assert_eq!(downtime.challenger, Some(0.0), "{downtime:?}");

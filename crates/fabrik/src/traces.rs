@@ -158,7 +158,9 @@ impl SpanData {
 fn attribute(key: &str, value: &Value) -> Value {
     let any = match value {
         Value::Bool(b) => json!({ "boolValue": b }),
-        Value::Number(n) if n.is_i64() || n.is_u64() => json!({ "intValue": n.to_string() }),
+        // OTLP's integers are int64: a larger unsigned one (a counter) goes as a double,
+        // the same in both encodings.
+        Value::Number(n) if n.is_i64() => json!({ "intValue": n.to_string() }),
         Value::Number(n) => json!({ "doubleValue": n.as_f64() }),
         Value::String(s) => json!({ "stringValue": s }),
         other => json!({ "stringValue": other.to_string() }),
