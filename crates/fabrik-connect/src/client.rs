@@ -1,5 +1,7 @@
-//! A small MQTT 3.1.1 client on the same codec as the endpoint, used by the MQTT bridge and the
-//! simulated plant: TCP or TLS, credentials, publish at QoS 0/1, subscribe, keepalive pings,
+//! A small MQTT client (3.1.1, or 5 with `mqtt5`: its packets in [`crate::client_wire`]) on
+//! the same codec as the endpoint, used by the MQTT bridge, the alerts' MQTT notifier and the
+//! simulated plant: TCP or TLS, credentials, publish at QoS 0/1 (under MQTT 5 with user
+//! properties, and a refusal in the PUBACK's reason code reported), subscribe, keepalive pings,
 //! and reconnection with exponential backoff that resubscribes and re-sends unacknowledged
 //! publishes. Messages received at QoS 1 are acknowledged to the broker only once the consumer
 //! says they are stored, so a crash never loses an acknowledged message.
@@ -14,14 +16,15 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use futures::stream::FuturesOrdered;
 use futures::{SinkExt, StreamExt};
-use rmqtt_codec::types::{Protocol, Publish, QoS};
-use rmqtt_codec::{MqttCodec, MqttPacket, v3};
+use rmqtt_codec::types::{Publish, QoS};
+use rmqtt_codec::v5::PublishProperties;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use crate::ConnectError;
+use crate::client_wire::{Inbound, Wire, pid, qos};
 
 /// TLS settings of a client connection.
 #[derive(Debug, Clone, Default)]
@@ -55,6 +58,8 @@ pub struct ClientOptions {
     pub tls: Option<ClientTls>,
     /// Longest wait between reconnection attempts.
     pub max_backoff: Duration,
+    /// Speak MQTT 5 (else 3.1.1).
+    pub mqtt5: bool,
 }
 
 impl ClientOptions {
@@ -69,7 +74,17 @@ impl ClientOptions {
             clean_session: true,
             tls: None,
             max_backoff: Duration::from_secs(30),
+            mqtt5: false,
         }
+    }
+}
+
+/// Whether a configuration's `mqtt_version` asks for MQTT 5: `3.1.1` (or none) or `5`.
+pub fn speaks_mqtt5(mqtt_version: Option<&str>) -> Result<bool, String> {
+    match mqtt_version.map(str::trim) {
+        None | Some("3.1.1") => Ok(false),
+        Some("5" | "5.0") => Ok(true),
+        Some(other) => Err(format!("`{other}`: expected `3.1.1` or `5`")),
     }
 }
 
@@ -84,6 +99,8 @@ pub struct Received {
     pub qos: u8,
     /// Retained message.
     pub retain: bool,
+    /// Its MQTT 5 user properties (none under 3.1.1).
+    pub user_properties: Vec<(String, String)>,
     /// Answer `Ok` once the message is stored; only then is a QoS 1 message acknowledged.
     /// Dropping it without answering leaves the message unacknowledged (the broker re-sends
     /// it after a reconnect).
@@ -107,6 +124,7 @@ enum Command {
         payload: Bytes,
         qos: u8,
         retain: bool,
+        user_properties: Vec<(String, String)>,
         done: Option<oneshot::Sender<Result<(), String>>>,
     },
     Subscribe(Vec<(String, u8)>),
@@ -149,6 +167,21 @@ impl MqttClient {
         qos: u8,
         retain: bool,
     ) -> Result<(), String> {
+        self.publish_with(topic, payload, qos, retain, Vec::new())
+            .await
+    }
+
+    /// [`MqttClient::publish`] with MQTT 5 user properties (dropped under 3.1.1, whose
+    /// messages carry none). Under MQTT 5 a QoS 1 message the broker refuses (its PUBACK's
+    /// reason code: not authorized, quota exceeded) is an error naming the reason.
+    pub async fn publish_with(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        qos: u8,
+        retain: bool,
+        user_properties: Vec<(String, String)>,
+    ) -> Result<(), String> {
         let (done, answer) = if qos > 0 {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
@@ -161,6 +194,7 @@ impl MqttClient {
                 payload: payload.into(),
                 qos: qos.min(1),
                 retain,
+                user_properties,
                 done,
             })
             .await
@@ -367,18 +401,6 @@ enum Stop {
     Lost(String),
 }
 
-fn pid(id: u16) -> NonZeroU16 {
-    NonZeroU16::new(id).unwrap_or(NonZeroU16::MIN)
-}
-
-fn qos(q: u8) -> QoS {
-    if q == 0 {
-        QoS::AtMostOnce
-    } else {
-        QoS::AtLeastOnce
-    }
-}
-
 type AckFuture = futures::future::BoxFuture<'static, Option<u16>>;
 
 async fn connected<S>(
@@ -392,47 +414,30 @@ async fn connected<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut framed = Framed::new(stream, MqttCodec::V3(v3::Codec::new(64 << 20)));
-    let connect = v3::Connect {
-        protocol: Protocol::default(),
-        clean_session: options.clean_session,
-        keep_alive: u16::try_from(options.keep_alive.as_secs()).unwrap_or(u16::MAX),
-        last_will: None,
-        client_id: ByteString::from(options.client_id.as_str()),
-        username: options.username.as_deref().map(ByteString::from),
-        password: options.password.as_ref().map(|p| Bytes::from(p.clone())),
-        cert: None,
-    };
+    let wire = Wire { v5: options.mqtt5 };
+    let mut framed = Framed::new(stream, wire.codec());
     framed
-        .send(MqttPacket::V3(v3::Packet::Connect(Box::new(connect))))
+        .send(wire.connect(options))
         .await
         .map_err(|e| e.to_string())?;
     let ack = tokio::time::timeout(Duration::from_secs(10), framed.next())
         .await
         .map_err(|_| "no CONNACK within 10 s".to_owned())?;
     match ack {
-        Some(Ok((MqttPacket::V3(v3::Packet::ConnectAck(a)), _))) => {
-            if a.return_code != v3::ConnectAckReason::ConnectionAccepted {
-                return Err(format!("refused: {}", a.return_code.reason()));
-            }
-        }
-        Some(Ok(_)) => return Err("expected CONNACK".into()),
+        Some(Ok((packet, _))) => wire.accepted(packet)?,
         Some(Err(e)) => return Err(e.to_string()),
         None => return Err("closed before CONNACK".into()),
     }
     let _ = events.send(ClientEvent::Connected).await;
     if !session.subscriptions.is_empty() {
-        let filters: Vec<(ByteString, QoS)> = session
+        let filters: Vec<(String, u8)> = session
             .subscriptions
             .iter()
-            .map(|(f, q)| (ByteString::from(f.as_str()), qos(*q)))
+            .map(|(f, q)| (f.clone(), *q))
             .collect();
         let id = session.next_packet_id();
         framed
-            .send(MqttPacket::V3(v3::Packet::Subscribe {
-                packet_id: pid(id),
-                topic_filters: filters,
-            }))
+            .send(wire.subscribe(id, &filters))
             .await
             .map_err(|e| e.to_string())?;
     }
@@ -440,7 +445,7 @@ where
         let mut again = publish.clone();
         again.dup = true;
         framed
-            .send(MqttPacket::V3(v3::Packet::Publish(Box::new(again))))
+            .send(wire.publish(again))
             .await
             .map_err(|e| e.to_string())?;
     }
@@ -455,20 +460,28 @@ where
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
-                let _ = framed.send(MqttPacket::V3(v3::Packet::Disconnect)).await;
+                let _ = framed.send(wire.disconnect()).await;
                 return Ok(Stop::Shutdown);
             }
             Some(acked) = acks.next(), if !acks.is_empty() => {
                 if let Some(id) = acked {
-                    framed.send(MqttPacket::V3(v3::Packet::PublishAck { packet_id: pid(id) }))
-                        .await.map_err(|e| e.to_string())?;
+                    framed.send(wire.pub_ack(id)).await.map_err(|e| e.to_string())?;
                 }
             }
             command = commands.recv() => {
                 let Some(command) = command else { return Ok(Stop::Shutdown) };
                 match command {
-                    Command::Publish { topic, payload, qos: q, retain, done } => {
+                    Command::Publish { topic, payload, qos: q, retain, user_properties, done } => {
                         let packet_id = (q > 0).then(|| session.next_packet_id());
+                        let properties = (wire.v5 && !user_properties.is_empty()).then(|| {
+                            PublishProperties {
+                                user_properties: user_properties
+                                    .into_iter()
+                                    .map(|(k, v)| (ByteString::from(k), ByteString::from(v)))
+                                    .collect(),
+                                ..PublishProperties::default()
+                            }
+                        });
                         let publish = Publish {
                             dup: false,
                             retain,
@@ -476,30 +489,26 @@ where
                             topic: ByteString::from(topic),
                             packet_id: packet_id.map(pid),
                             payload,
-                            properties: None,
+                            properties,
                         };
                         if let Some(id) = packet_id {
                             session.inflight.insert(id, (publish.clone(), done));
                         } else if let Some(done) = done {
                             let _ = done.send(Ok(()));
                         }
-                        framed.send(MqttPacket::V3(v3::Packet::Publish(Box::new(publish))))
-                            .await.map_err(|e| e.to_string())?;
+                        framed.send(wire.publish(publish)).await.map_err(|e| e.to_string())?;
                     }
                     Command::Subscribe(filters) => {
                         for (f, q) in &filters {
                             session.subscriptions.insert(f.clone(), *q);
                         }
                         let id = session.next_packet_id();
-                        framed.send(MqttPacket::V3(v3::Packet::Subscribe {
-                            packet_id: pid(id),
-                            topic_filters: filters.iter().map(|(f, q)| (ByteString::from(f.as_str()), qos(*q))).collect(),
-                        })).await.map_err(|e| e.to_string())?;
+                        framed.send(wire.subscribe(id, &filters)).await.map_err(|e| e.to_string())?;
                     }
                 }
             }
             _ = ping.tick() => {
-                framed.send(MqttPacket::V3(v3::Packet::PingRequest)).await.map_err(|e| e.to_string())?;
+                framed.send(wire.ping()).await.map_err(|e| e.to_string())?;
             }
             frame = tokio::time::timeout(options.keep_alive.max(Duration::from_secs(1)) * 2, framed.next()) => {
                 let frame = match frame {
@@ -508,13 +517,13 @@ where
                     Ok(Some(Err(e))) => return Ok(Stop::Lost(e.to_string())),
                     Ok(Some(Ok((packet, _)))) => packet,
                 };
-                match frame {
-                    MqttPacket::V3(v3::Packet::PublishAck { packet_id }) => {
-                        if let Some((_, Some(done))) = session.inflight.remove(&packet_id.get()) {
-                            let _ = done.send(Ok(()));
+                match Wire::inbound(frame) {
+                    Inbound::PubAck(packet_id, result) => {
+                        if let Some((_, Some(done))) = session.inflight.remove(&packet_id) {
+                            let _ = done.send(result);
                         }
                     }
-                    MqttPacket::V3(v3::Packet::Publish(p)) => {
+                    Inbound::Publish(p) => {
                         let id = p.packet_id.map(NonZeroU16::get);
                         let wants_ack = p.qos != QoS::AtMostOnce;
                         let (done, stored) = if wants_ack {
@@ -523,11 +532,23 @@ where
                         } else {
                             (None, None)
                         };
+                        let user_properties = p
+                            .properties
+                            .as_ref()
+                            .map(|props| {
+                                props
+                                    .user_properties
+                                    .iter()
+                                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                                    .collect()
+                            })
+                            .unwrap_or_default();
                         let received = Received {
                             topic: p.topic.to_string(),
                             payload: p.payload,
                             qos: p.qos.value(),
                             retain: p.retain,
+                            user_properties,
                             done,
                         };
                         if events.send(ClientEvent::Message(received)).await.is_err() {
@@ -539,12 +560,10 @@ where
                             }));
                         }
                     }
-                    MqttPacket::V3(v3::Packet::SubscribeAck { status, .. })
-                        if status.iter().any(|s| matches!(s, v3::SubscribeReturnCode::Failure)) =>
-                    {
-                        tracing::warn!(broker = %options.address, "The broker refused a subscription.");
+                    Inbound::SubscribeRefused(why) => {
+                        tracing::warn!(broker = %options.address, reason = %why, "The broker refused a subscription.");
                     }
-                    _ => {}
+                    Inbound::Other => {}
                 }
             }
         }

@@ -8,6 +8,7 @@
 //! binary implements.
 
 pub mod client;
+mod client_wire;
 pub mod ingest;
 pub mod mapping;
 pub mod modbus;

@@ -795,6 +795,9 @@ pub struct BridgeConfig {
     /// Name the broker's certificate must carry (default: the host of `address`).
     #[serde(default)]
     pub server_name: Option<String>,
+    /// The MQTT version spoken to the broker: `3.1.1` (the default) or `5`.
+    #[serde(default)]
+    pub mqtt_version: Option<String>,
 }
 
 fn one_u8() -> u8 {
@@ -1154,6 +1157,11 @@ pub struct NotifierConfig {
     /// message, which live subscribers receive too).
     #[serde(default)]
     pub retain: bool,
+    /// mqtt (external broker): the MQTT version spoken, `3.1.1` (the default) or `5` (each
+    /// message carries its delivery's `traceparent` as a user property, and a message the
+    /// broker refuses fails the delivery with the broker's reason).
+    #[serde(default)]
+    pub mqtt_version: Option<String>,
     /// mqtt (external broker), email and webhook (HTTP basic authentication): user name.
     #[serde(default)]
     pub username: Option<String>,
@@ -2404,6 +2412,7 @@ fn array_template(path: &str) -> Option<toml::Table> {
             tls: false,
             ca: Some(String::new()),
             server_name: Some(String::new()),
+            mqtt_version: Some(String::new()),
         })
         .ok();
     }
@@ -2445,6 +2454,7 @@ fn array_template(path: &str) -> Option<toml::Table> {
             topic: Some(String::new()),
             qos: 1,
             retain: false,
+            mqtt_version: Some(String::new()),
             username: Some(String::new()),
             password: Some(String::new()),
             ca: Some(String::new()),

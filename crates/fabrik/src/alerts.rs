@@ -514,6 +514,7 @@ fn check_notifier(
         ("topic", n.topic.is_some()),
         ("retain", n.retain),
         ("qos", n.qos != 1),
+        ("mqtt_version", n.mqtt_version.is_some()),
     ];
     let email_only = [
         ("from", n.from.is_some()),
@@ -593,6 +594,7 @@ fn check_notifier(
                     ("username", n.username.is_some()),
                     ("password", n.password.is_some()),
                     ("ca", n.ca.is_some()),
+                    ("mqtt_version", n.mqtt_version.is_some()),
                 ] {
                     if set {
                         problem(
@@ -626,6 +628,10 @@ fn check_notifier(
                         o.username = n.username.clone();
                         o.password = n.password.clone();
                         o.clean_session = true;
+                        match fabrik_connect::client::speaks_mqtt5(n.mqtt_version.as_deref()) {
+                            Ok(mqtt5) => o.mqtt5 = mqtt5,
+                            Err(e) => problem("mqtt_version", e),
+                        }
                         o.tls = tls.then(|| ClientTls {
                             ca: n.ca.clone().map(Into::into),
                             insecure: false,
@@ -740,10 +746,14 @@ impl fabrik_alert::Publish for ClientPublisher {
         payload: Vec<u8>,
         qos: u8,
         retain: bool,
-        // The client speaks MQTT 3.1.1, whose messages carry no properties.
-        _traceparent: Option<&'a str>,
+        // A user property under MQTT 5 (the W3C's MQTT binding of Trace Context); a 3.1.1
+        // message carries none.
+        traceparent: Option<&'a str>,
     ) -> fabrik_alert::PublishFuture<'a> {
-        Box::pin(self.0.publish(topic, payload, qos, retain))
+        let properties = traceparent
+            .map(|tp| vec![("traceparent".to_owned(), tp.to_owned())])
+            .unwrap_or_default();
+        Box::pin(self.0.publish_with(topic, payload, qos, retain, properties))
     }
 }
 
@@ -2471,6 +2481,19 @@ mod tests {
         assert!(fields(&notifier("webhook", "http://127.0.0.1:9093/hook")).is_empty());
         assert!(fields(&notifier("mqtt", "")).is_empty());
         assert!(fields(&notifier("mqtt", "mqtt://broker.plant:1883")).is_empty());
+        // MQTT 5 to an external broker; not to this process's endpoint (which speaks what its
+        // subscribers speak), nor a version there is none of.
+        let mut five = notifier("mqtt", "mqtt://broker.plant:1883");
+        five.mqtt_version = Some("5".into());
+        assert!(fields(&five).is_empty());
+        five.mqtt_version = Some("4".into());
+        assert_eq!(fields(&five), vec!["mqtt_version"]);
+        let mut embedded_five = notifier("mqtt", "");
+        embedded_five.mqtt_version = Some("5".into());
+        assert_eq!(fields(&embedded_five), vec!["mqtt_version"]);
+        let mut webhook_five = notifier("webhook", "http://127.0.0.1:9093/hook");
+        webhook_five.mqtt_version = Some("5".into());
+        assert_eq!(fields(&webhook_five), vec!["mqtt_version"]);
 
         let mut mqtt = notifier("mqtt", "mqtts://broker.plant:8883");
         mqtt.topic = Some("alerts/+/{device}".into());

@@ -58,6 +58,9 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
                 format!("{} (the bridge subscribes at QoS 0 or 1)", b.qos),
             );
         }
+        if let Err(e) = fabrik_connect::client::speaks_mqtt5(b.mqtt_version.as_deref()) {
+            problem("mqtt_version", e);
+        }
         if !b.tls && (b.ca.is_some() || b.server_name.is_some()) {
             problem("tls", "`ca` and `server_name` need `tls = true`".into());
         }
@@ -76,6 +79,8 @@ fn options(b: &BridgeConfig) -> ClientOptions {
     o.password = b.password.clone();
     // A persistent session keeps QoS 1 messages for us while the link is down.
     o.clean_session = false;
+    // Checked by `check`.
+    o.mqtt5 = fabrik_connect::client::speaks_mqtt5(b.mqtt_version.as_deref()).unwrap_or(false);
     if b.tls {
         let host = b.address.rsplit_once(':').map_or("", |(h, _)| h).to_owned();
         o.tls = Some(ClientTls {

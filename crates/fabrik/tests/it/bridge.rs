@@ -10,10 +10,15 @@ use crate::support::{Peer, Process, free_port};
 
 /// A Mosquitto broker on `port`, anonymous, no persistence; killed on drop.
 fn start_broker(dir: &std::path::Path, port: u16) -> Peer {
+    start_broker_with(dir, port, "")
+}
+
+/// [`start_broker`] with more lines of Mosquitto's configuration.
+pub(crate) fn start_broker_with(dir: &std::path::Path, port: u16, more: &str) -> Peer {
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{more}"),
     )
     .expect("conf");
     let mut command = Command::new(mosquitto_path());
@@ -136,6 +141,88 @@ measurement = "line"
         count(&p.url, "SELECT count(*) AS n FROM line WHERE pressure = 99"),
         0,
         "an unsubscribed topic was stored"
+    );
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}
+
+/// `mqtt_version = "5"`: the bridge connects to Mosquitto as an MQTT 5 client (its log says
+/// so), subscribes, and stores what an MQTT 5 publisher sends, user properties and all.
+#[test]
+fn a_bridge_speaks_mqtt_5() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let log = dir.path().join("mosquitto.log");
+    let _broker = start_broker_with(
+        dir.path(),
+        port,
+        // Started as root, Mosquitto writes its log as the `mosquitto` user, which cannot
+        // enter the test's private directory: it stays root (no effect when not root).
+        &format!("log_dest file {}\nlog_type all\nuser root\n", log.display()),
+    );
+    let config = dir.path().join("fabrik.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[bridges]]
+name = "plant5"
+address = "127.0.0.1:{port}"
+topics = ["plant/+/telemetry"]
+qos = 1
+mqtt_version = "5"
+
+[[mappings]]
+name = "plant-telemetry"
+source = "bridge:plant5"
+topic = "plant/{{device}}/telemetry"
+measurement = "line"
+"#
+        ),
+    )
+    .expect("config");
+    let p = Process::start_with_args(
+        &dir.path().join("data"),
+        &["--config", config.to_str().expect("utf-8")],
+        &[],
+    );
+    eventually("a message from an MQTT 5 publisher is stored", || {
+        let out = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-V",
+                "mqttv5",
+                "-q",
+                "1",
+                "-t",
+                "plant/press-5/telemetry",
+                "-D",
+                "publish",
+                "user-property",
+                "line",
+                "5",
+                "-m",
+                r#"{"pressure": 5.5}"#,
+            ])
+            .output()
+            .expect("mosquitto_pub");
+        assert!(out.status.success(), "{out:?}");
+        count(&p.url, "SELECT count(*) AS n FROM line") > 0
+    });
+    let rows = query(&p.url, "SELECT device, pressure FROM line LIMIT 1");
+    assert_eq!(
+        (&rows[0]["device"], &rows[0]["pressure"]),
+        (&"press-5".into(), &5.5.into())
+    );
+    // Mosquitto names each client's protocol version as it connects: p5 is MQTT 5.
+    let text = std::fs::read_to_string(&log).expect("mosquitto log");
+    assert!(
+        text.lines()
+            .any(|line| line.contains("as fabrik-bridge-plant5 (p5")),
+        "{text}"
     );
     let (status, _) = p.terminate();
     assert!(status.success());

@@ -280,6 +280,27 @@ timeout = "2s"
     assert_eq!(delivery["kind"], 3, "a client span: {delivery}");
 }
 
+/// The first retained message under `plant/alerts/#` on the broker at `host`:`port`, as an
+/// MQTT 5 subscriber (mosquitto_sub) reads it: `topic|user properties`.
+fn retained_with_properties(host: &str, port: &str, login: Option<(&str, &str)>) -> String {
+    let mut printed = String::new();
+    // Retained: the subscriber finds the notification whenever it connects.
+    eventually("the retained notification with its user properties", || {
+        let mut sub = Command::new("mosquitto_sub");
+        sub.args(["-h", host, "-p", port, "-V", "mqttv5"]);
+        if let Some((user, password)) = login {
+            sub.args(["-u", user, "-P", password]);
+        }
+        let out = sub
+            .args(["-t", "plant/alerts/#", "-F", "%t|%P", "-C", "1", "-W", "5"])
+            .output()
+            .expect("mosquitto_sub");
+        printed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        !printed.is_empty()
+    });
+    printed
+}
+
 /// An MQTT notification published on this process's endpoint carries the `traceparent` of
 /// its delivery as an MQTT 5 user property (the W3C's MQTT binding of Trace Context), which an
 /// MQTT 5 subscriber (mosquitto_sub) reads.
@@ -300,35 +321,7 @@ retain = true
     );
     let mqtt = p.mqtt.clone().expect("the MQTT endpoint");
     let (host, mqtt_port) = mqtt.rsplit_once(':').expect("host:port");
-    // Retained: the subscriber finds the notification whenever it connects.
-    let mut printed = String::new();
-    eventually("the retained notification with its user properties", || {
-        let sub = Command::new("mosquitto_sub")
-            .args([
-                "-h",
-                host,
-                "-p",
-                mqtt_port,
-                "-V",
-                "mqttv5",
-                "-u",
-                "admin",
-                "-P",
-                TOKEN,
-                "-t",
-                "plant/alerts/#",
-                "-F",
-                "%t|%P",
-                "-C",
-                "1",
-                "-W",
-                "5",
-            ])
-            .output()
-            .expect("mosquitto_sub");
-        printed = String::from_utf8_lossy(&sub.stdout).trim().to_owned();
-        !printed.is_empty()
-    });
+    let printed = retained_with_properties(host, mqtt_port, Some(("admin", TOKEN)));
     let (topic, properties) = printed.split_once('|').expect("topic|properties");
     assert_eq!(topic, "plant/alerts/oven-hot/oven-1");
     let traceparent = properties
@@ -338,4 +331,65 @@ retain = true
     // The subscriber's parent is the delivery's span, as exported to the collector.
     let delivery = span_of(&out, traceparent);
     assert_eq!(delivery["name"], "alert notification scada", "{delivery}");
+}
+
+/// An MQTT notifier to an external broker (Mosquitto) with `mqtt_version = "5"`: its message
+/// carries the delivery's `traceparent` as a user property, and a message the broker refuses
+/// (its ACL denies the topic) fails the delivery with the reason in the PUBACK, which the
+/// delivery's span records.
+#[test]
+fn mqtt_5_notifications_to_an_external_broker_carry_their_trace_and_refusals() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("spans.jsonl");
+    let (port, _collector) = collector(&out);
+    let broker_port = crate::support::free_port();
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, "topic readwrite plant/#\n").expect("acl");
+    let _broker = crate::bridge::start_broker_with(
+        dir.path(),
+        broker_port,
+        &format!("acl_file {}\n", acl.display()),
+    );
+    let p = start_hot_oven(
+        dir.path(),
+        port,
+        &format!(
+            r#"
+name = "scada"
+kind = "mqtt"
+url = "mqtt://127.0.0.1:{broker_port}"
+mqtt_version = "5"
+topic = "plant/alerts/{{rule}}/{{device}}"
+retain = true
+
+[[alerting.notifiers]]
+name = "denied"
+kind = "mqtt"
+url = "mqtt://127.0.0.1:{broker_port}"
+mqtt_version = "5"
+topic = "office/alerts/{{device}}"
+"#
+        ),
+    );
+    let printed = retained_with_properties("127.0.0.1", &broker_port.to_string(), None);
+    let (topic, properties) = printed.split_once('|').expect("topic|properties");
+    assert_eq!(topic, "plant/alerts/oven-hot/oven-1");
+    let traceparent = properties
+        .split(' ')
+        .find_map(|property| property.strip_prefix("traceparent:"))
+        .unwrap_or_else(|| panic!("no traceparent user property in `{properties}`"));
+    let delivery = span_of(&out, traceparent);
+    assert_eq!(delivery["name"], "alert notification scada", "{delivery}");
+    // The denied topic: the broker's PUBACK says why, and the delivery fails with it.
+    eventually("the refused delivery's span", || {
+        spans(&out).iter().any(|s| {
+            s["name"] == "alert notification denied"
+                && s["status"] == 2
+                && s["status_message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("NotAuthorized"))
+        })
+    });
+    let (status, _) = p.terminate();
+    assert!(status.success());
 }

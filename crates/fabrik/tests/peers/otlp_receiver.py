@@ -105,6 +105,7 @@ class Handler(BaseHTTPRequestHandler):
                         "end": span.end_time_unix_nano,
                         "attributes": {a.key: value(a.value) for a in span.attributes},
                         "status": span.status.code,
+                        "status_message": span.status.message,
                         "resource": resource,
                         "encoding": encoding,
                     }))
