@@ -6,7 +6,7 @@
 //! publishes. Messages received at QoS 1 are acknowledged to the broker only once the consumer
 //! says they are stored, so a crash never loses an acknowledged message.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::num::NonZeroU16;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use futures::stream::FuturesOrdered;
 use futures::{SinkExt, StreamExt};
+use rmqtt_codec::error::EncodeError;
 use rmqtt_codec::types::{Publish, QoS};
 use rmqtt_codec::v5::PublishProperties;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -24,7 +25,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use crate::ConnectError;
-use crate::client_wire::{Inbound, Wire, pid, qos};
+use crate::client_wire::{Granted, Inbound, Wire, pid, qos};
 
 /// TLS settings of a client connection.
 #[derive(Debug, Clone, Default)]
@@ -299,6 +300,9 @@ struct Session {
     subscriptions: BTreeMap<String, u8>,
     /// Sent QoS 1 publishes waiting for PUBACK, by packet id.
     inflight: BTreeMap<u16, (Publish, Option<Answer>)>,
+    /// Of those, the ones not sent yet on this connection (re-sent after a reconnect as the
+    /// broker's receive maximum lets them go), oldest first.
+    unsent: VecDeque<u16>,
     next_id: u16,
 }
 
@@ -324,6 +328,7 @@ async fn run(
     let mut session = Session {
         subscriptions: BTreeMap::new(),
         inflight: BTreeMap::new(),
+        unsent: VecDeque::new(),
         next_id: 1,
     };
     let mut backoff = Duration::from_millis(200);
@@ -403,6 +408,55 @@ enum Stop {
 
 type AckFuture = futures::future::BoxFuture<'static, Option<u16>>;
 
+/// Why the broker's CONNACK does not take a publish at QoS `q` (retained when `retain`).
+fn not_granted(granted: &Granted, q: u8, retain: bool) -> Option<String> {
+    if q > 0 && !granted.qos1 {
+        Some("the broker takes QoS 0 publishes only (its CONNACK's maximum QoS)".into())
+    } else if retain && !granted.retain {
+        Some("the broker takes no retained messages (its CONNACK)".into())
+    } else {
+        None
+    }
+}
+
+/// Sends the publishes not yet sent on this connection (after a reconnect) while fewer than
+/// the broker's receive maximum wait for their PUBACK; one the codec cannot send (larger than
+/// the broker takes) fails on its own.
+async fn send_window<S>(
+    framed: &mut Framed<S, rmqtt_codec::MqttCodec>,
+    wire: Wire,
+    session: &mut Session,
+    granted: &Granted,
+) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let window = usize::from(granted.receive_max.max(1));
+    while session.inflight.len().saturating_sub(session.unsent.len()) < window {
+        let Some(id) = session.unsent.pop_front() else {
+            break;
+        };
+        let Some((publish, _)) = session.inflight.get(&id) else {
+            continue;
+        };
+        let mut again = publish.clone();
+        again.dup = true;
+        match framed.send(wire.publish(again)).await {
+            Ok(()) => {}
+            Err(e) if !matches!(e, EncodeError::Io(_)) => {
+                if let Some((_, Some(done))) = session.inflight.remove(&id) {
+                    let _ = done.send(Err(format!("not sent: {e}")));
+                }
+            }
+            Err(e) => {
+                session.unsent.push_front(id);
+                return Err(e.to_string());
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn connected<S>(
     stream: S,
     options: &ClientOptions,
@@ -423,10 +477,13 @@ where
     let ack = tokio::time::timeout(Duration::from_secs(10), framed.next())
         .await
         .map_err(|_| "no CONNACK within 10 s".to_owned())?;
-    match ack {
+    let granted = match ack {
         Some(Ok((packet, _))) => wire.accepted(packet)?,
         Some(Err(e)) => return Err(e.to_string()),
         None => return Err("closed before CONNACK".into()),
+    };
+    if let Some(max) = granted.max_packet_size {
+        Wire::limit_outbound(framed.codec_mut(), max);
     }
     let _ = events.send(ClientEvent::Connected).await;
     if !session.subscriptions.is_empty() {
@@ -441,22 +498,26 @@ where
             .await
             .map_err(|e| e.to_string())?;
     }
-    for (publish, _) in session.inflight.values() {
-        let mut again = publish.clone();
-        again.dup = true;
-        framed
-            .send(wire.publish(again))
-            .await
-            .map_err(|e| e.to_string())?;
-    }
+    // Every publish not acknowledged is sent again, as many at once as the broker takes.
+    session.unsent = session.inflight.keys().copied().collect();
+    send_window(&mut framed, wire, session, &granted).await?;
     let mut acks: FuturesOrdered<AckFuture> = FuturesOrdered::new();
-    let ping_every = if options.keep_alive.is_zero() {
-        Duration::from_secs(3600)
+    // The broker's keepalive, when it names one, instead of ours (MQTT 5 §3.2.2.3.14).
+    let keep_alive = granted.keep_alive.unwrap_or(options.keep_alive);
+    let (ping_every, silence_limit) = if keep_alive.is_zero() {
+        // No keepalive: no pings, and silence is no sign of a dead broker.
+        (
+            Duration::from_secs(3600),
+            Duration::from_secs(100 * 365 * 86_400),
+        )
     } else {
-        options.keep_alive / 2
+        (keep_alive / 2, keep_alive.max(Duration::from_secs(1)) * 2)
     };
     let mut ping = tokio::time::interval(ping_every);
     ping.tick().await;
+    // When the broker was last heard from: pings do not reset it, answers do.
+    let mut heard = tokio::time::Instant::now();
+    let window = usize::from(granted.receive_max.max(1));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -468,10 +529,17 @@ where
                     framed.send(wire.pub_ack(id)).await.map_err(|e| e.to_string())?;
                 }
             }
-            command = commands.recv() => {
+            // A new publish waits while the broker's receive maximum is taken up.
+            command = commands.recv(), if session.unsent.is_empty() && session.inflight.len() < window => {
                 let Some(command) = command else { return Ok(Stop::Shutdown) };
                 match command {
                     Command::Publish { topic, payload, qos: q, retain, user_properties, done } => {
+                        if let Some(why) = not_granted(&granted, q, retain) {
+                            if let Some(done) = done {
+                                let _ = done.send(Err(why));
+                            }
+                            continue;
+                        }
                         let packet_id = (q > 0).then(|| session.next_packet_id());
                         let properties = (wire.v5 && !user_properties.is_empty()).then(|| {
                             PublishProperties {
@@ -491,12 +559,28 @@ where
                             payload,
                             properties,
                         };
-                        if let Some(id) = packet_id {
-                            session.inflight.insert(id, (publish.clone(), done));
-                        } else if let Some(done) = done {
-                            let _ = done.send(Ok(()));
+                        match framed.send(wire.publish(publish.clone())).await {
+                            Ok(()) => {
+                                if let Some(id) = packet_id {
+                                    session.inflight.insert(id, (publish, done));
+                                } else if let Some(done) = done {
+                                    let _ = done.send(Ok(()));
+                                }
+                            }
+                            // Too large for the broker, say: this publish fails, not the link.
+                            Err(e) if !matches!(e, EncodeError::Io(_)) => {
+                                if let Some(done) = done {
+                                    let _ = done.send(Err(format!("not sent: {e}")));
+                                }
+                            }
+                            Err(e) => {
+                                // Sent again after the reconnect.
+                                if let Some(id) = packet_id {
+                                    session.inflight.insert(id, (publish, done));
+                                }
+                                return Err(e.to_string());
+                            }
                         }
-                        framed.send(wire.publish(publish)).await.map_err(|e| e.to_string())?;
                     }
                     Command::Subscribe(filters) => {
                         for (f, q) in &filters {
@@ -510,18 +594,27 @@ where
             _ = ping.tick() => {
                 framed.send(wire.ping()).await.map_err(|e| e.to_string())?;
             }
-            frame = tokio::time::timeout(options.keep_alive.max(Duration::from_secs(1)) * 2, framed.next()) => {
+            () = tokio::time::sleep_until(heard + silence_limit) => {
+                return Ok(Stop::Lost("no answer from the broker within 2 × keepalive".into()));
+            }
+            frame = framed.next() => {
+                heard = tokio::time::Instant::now();
                 let frame = match frame {
-                    Err(_) => return Ok(Stop::Lost("no answer from the broker within 2 × keepalive".into())),
-                    Ok(None) => return Ok(Stop::Lost("connection closed by the broker".into())),
-                    Ok(Some(Err(e))) => return Ok(Stop::Lost(e.to_string())),
-                    Ok(Some(Ok((packet, _)))) => packet,
+                    None => return Ok(Stop::Lost("connection closed by the broker".into())),
+                    Some(Err(e)) => return Ok(Stop::Lost(e.to_string())),
+                    Some(Ok((packet, _))) => packet,
                 };
                 match Wire::inbound(frame) {
                     Inbound::PubAck(packet_id, result) => {
-                        if let Some((_, Some(done))) = session.inflight.remove(&packet_id) {
+                        if let Some((_, done)) = session.inflight.remove(&packet_id)
+                            && let Some(done) = done
+                        {
                             let _ = done.send(result);
                         }
+                        send_window(&mut framed, wire, session, &granted).await?;
+                    }
+                    Inbound::Disconnect(why) => {
+                        return Ok(Stop::Lost(format!("the broker disconnected: {why}")));
                     }
                     Inbound::Publish(p) => {
                         let id = p.packet_id.map(NonZeroU16::get);

@@ -796,7 +796,7 @@ pub struct BridgeConfig {
     #[serde(default)]
     pub server_name: Option<String>,
     /// The MQTT version spoken to the broker: `3.1.1` (the default) or `5`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "string_or_number")]
     pub mqtt_version: Option<String>,
 }
 
@@ -825,22 +825,46 @@ fn string_or_number<'de, D: serde::Deserializer<'de>>(
     )
 }
 
+/// The tables of a list of tables (`[[bridges]]`), if `value` is one.
+fn table_entries(value: Option<&mut toml::Value>) -> Vec<&mut toml::Table> {
+    match value {
+        Some(toml::Value::Array(list)) => list
+            .iter_mut()
+            .filter_map(|entry| match entry {
+                toml::Value::Table(fields) => Some(fields),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
 /// Numbers where the shape check's template has text that may be written as a number (a
-/// pipeline's `threshold`, and its shadow model's), turned into that text, so the check does not refuse them.
+/// pipeline's `threshold`, and its shadow model's; an MQTT client's `mqtt_version = 5`),
+/// turned into that text, so the check does not refuse them.
 fn numbers_as_text(table: &mut toml::Table) {
-    let Some(toml::Value::Array(pipelines)) = table.get_mut("pipelines") else {
-        return;
-    };
-    let as_text = |fields: &mut toml::Table| {
-        if let Some(threshold) = fields.get_mut("threshold") {
-            let text = match threshold {
+    let field_as_text = |fields: &mut toml::Table, key: &str| {
+        if let Some(value) = fields.get_mut(key) {
+            let text = match value {
                 toml::Value::Integer(n) => n.to_string(),
                 toml::Value::Float(n) => n.to_string(),
                 _ => return,
             };
-            *threshold = toml::Value::String(text);
+            *value = toml::Value::String(text);
         }
     };
+    for bridge in table_entries(table.get_mut("bridges")) {
+        field_as_text(bridge, "mqtt_version");
+    }
+    if let Some(toml::Value::Table(alerting)) = table.get_mut("alerting") {
+        for notifier in table_entries(alerting.get_mut("notifiers")) {
+            field_as_text(notifier, "mqtt_version");
+        }
+    }
+    let Some(toml::Value::Array(pipelines)) = table.get_mut("pipelines") else {
+        return;
+    };
+    let as_text = |fields: &mut toml::Table| field_as_text(fields, "threshold");
     for pipeline in pipelines {
         if let toml::Value::Table(fields) = pipeline {
             as_text(fields);
@@ -1160,7 +1184,7 @@ pub struct NotifierConfig {
     /// mqtt (external broker): the MQTT version spoken, `3.1.1` (the default) or `5` (each
     /// message carries its delivery's `traceparent` as a user property, and a message the
     /// broker refuses fails the delivery with the broker's reason).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "string_or_number")]
     pub mqtt_version: Option<String>,
     /// mqtt (external broker), email and webhook (HTTP basic authentication): user name.
     #[serde(default)]
@@ -2707,6 +2731,23 @@ mod tests {
 
     fn no_env() -> Vec<(String, String)> {
         Vec::new()
+    }
+
+    /// `mqtt_version = 5`, as one naturally writes it, is the text `5`, like `"5"`.
+    #[test]
+    fn an_mqtt_version_may_be_written_as_a_number() {
+        let text = "[[bridges]]\nname = \"b\"\naddress = \"h:1883\"\ntopics = [\"t\"]\n\
+                    mqtt_version = 5\n\n[[alerting.notifiers]]\nname = \"n\"\nkind = \"mqtt\"\n\
+                    url = \"mqtt://h:1883\"\nmqtt_version = 5\n";
+        let config = Config::from_toml("t", text, no_env()).expect("parses");
+        assert_eq!(config.bridges[0].mqtt_version.as_deref(), Some("5"));
+        assert_eq!(
+            config.alerting.notifiers[0].mqtt_version.as_deref(),
+            Some("5")
+        );
+        let quoted = text.replace("mqtt_version = 5", "mqtt_version = \"3.1.1\"");
+        let config = Config::from_toml("t", &quoted, no_env()).expect("parses");
+        assert_eq!(config.bridges[0].mqtt_version.as_deref(), Some("3.1.1"));
     }
 
     #[test]

@@ -61,6 +61,17 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
         if let Err(e) = fabrik_connect::client::speaks_mqtt5(b.mqtt_version.as_deref()) {
             problem("mqtt_version", e);
         }
+        // The broker keeps the bridge's session under its id; an empty one would be a new
+        // session, never expiring under MQTT 5, at every reconnect.
+        if b.client_id
+            .as_deref()
+            .is_some_and(|id| id.trim().is_empty())
+        {
+            problem(
+                "client_id",
+                "must not be empty (leave it out for `fabrik-bridge-<name>`)".into(),
+            );
+        }
         if !b.tls && (b.ca.is_some() || b.server_name.is_some()) {
             problem("tls", "`ca` and `server_name` need `tls = true`".into());
         }

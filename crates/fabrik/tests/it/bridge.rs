@@ -147,7 +147,8 @@ measurement = "line"
 }
 
 /// `mqtt_version = "5"`: the bridge connects to Mosquitto as an MQTT 5 client (its log says
-/// so), subscribes, and stores what an MQTT 5 publisher sends, user properties and all.
+/// so), subscribes, and stores what an MQTT 5 publisher sends (with a user property, which
+/// the rows do not keep).
 #[test]
 fn a_bridge_speaks_mqtt_5() {
     let dir = tempfile::tempdir().expect("tempdir");
