@@ -367,7 +367,7 @@ fn shadow_table(c: &ShadowComparison) -> String {
             c.false_alarms_flagged_by_challenger
         );
         if let Some(arms) = &c.arms {
-            out += &arms_lines(arms);
+            out += &arms_lines(&c.pipeline, arms);
         }
     }
     let _ = writeln!(out, "{}", decision_line(&c.decision));
@@ -393,7 +393,7 @@ fn shadow_table(c: &ShadowComparison) -> String {
 
 /// The arms of an A/B split: each model where it acted, then the two differences with their
 /// permutation p-values over devices.
-fn arms_lines(arms: &ShadowArms) -> String {
+fn arms_lines(pipeline: &str, arms: &ShadowArms) -> String {
     use std::fmt::Write as _;
     let share = |x: Option<f64>| x.map_or("-".to_owned(), |x| format!("{:.2} %", x * 100.0));
     let mut out = String::new();
@@ -465,6 +465,15 @@ fn arms_lines(arms: &ShadowArms) -> String {
         if let Some(error) = &kpi.error {
             let _ = writeln!(out, "    not measured: {error}");
         }
+    }
+    if !arms.kpis.is_empty() {
+        // The same comparison interval by interval (decision 0072), for the trend.
+        let _ = writeln!(
+            out,
+            "  per interval of the KPI series: fabrik query \"SELECT time, kpi, challenger, \
+             champion, p_value FROM ab_kpis WHERE pipeline = {} ORDER BY time DESC\"",
+            crate::sql_text::literal(pipeline)
+        );
     }
     if let Some(error) = &arms.kpi_error {
         let _ = writeln!(out, "  the use case's KPIs were not compared: {error}");

@@ -670,6 +670,10 @@ fn an_ab_split_lets_the_challenger_act_on_its_devices_and_labels_count_both_ways
         "{text}"
     );
     assert!(text.contains("over devices (all 3 assignments)"), "{text}");
+    assert!(
+        text.contains("FROM ab_kpis WHERE pipeline = 'pumps'"),
+        "the per-interval series is named: {text}"
+    );
 
     // The use case's KPI in each arm: each pump's mean vibration over the time each model
     // acted on it, as SQL over the same spans gives it (alert precision is the arms' own).
