@@ -301,7 +301,7 @@ struct Session {
     /// Sent QoS 1 publishes waiting for PUBACK, by packet id.
     inflight: BTreeMap<u16, (Publish, Option<Answer>)>,
     /// Of those, the ones not sent yet on this connection (re-sent after a reconnect as the
-    /// broker's receive maximum lets them go), oldest first.
+    /// broker's receive maximum lets them go), by packet id.
     unsent: VecDeque<u16>,
     next_id: u16,
 }
@@ -408,6 +408,12 @@ enum Stop {
 
 type AckFuture = futures::future::BoxFuture<'static, Option<u16>>;
 
+/// Unacknowledged QoS 1 publishes at once: the broker's receive maximum, and one packet id
+/// short of all, so a new id is always free for a SUBSCRIBE.
+fn send_window_size(granted: &Granted) -> usize {
+    usize::from(granted.receive_max.clamp(1, u16::MAX - 1))
+}
+
 /// Why the broker's CONNACK does not take a publish at QoS `q` (retained when `retain`).
 fn not_granted(granted: &Granted, q: u8, retain: bool) -> Option<String> {
     if q > 0 && !granted.qos1 {
@@ -431,7 +437,7 @@ async fn send_window<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let window = usize::from(granted.receive_max.max(1));
+    let window = send_window_size(granted);
     while session.inflight.len().saturating_sub(session.unsent.len()) < window {
         let Some(id) = session.unsent.pop_front() else {
             break;
@@ -439,11 +445,20 @@ where
         let Some((publish, _)) = session.inflight.get(&id) else {
             continue;
         };
+        // The broker now connected to may take less than the one it was first sent to.
+        if let Some(why) = not_granted(granted, publish.qos.value(), publish.retain) {
+            if let Some((_, Some(done))) = session.inflight.remove(&id) {
+                let _ = done.send(Err(why));
+            }
+            continue;
+        }
         let mut again = publish.clone();
         again.dup = true;
         match framed.send(wire.publish(again)).await {
             Ok(()) => {}
             Err(e) if !matches!(e, EncodeError::Io(_)) => {
+                // A failed encode may have left part of the packet in the buffer.
+                framed.write_buffer_mut().clear();
                 if let Some((_, Some(done))) = session.inflight.remove(&id) {
                     let _ = done.send(Err(format!("not sent: {e}")));
                 }
@@ -517,7 +532,7 @@ where
     ping.tick().await;
     // When the broker was last heard from: pings do not reset it, answers do.
     let mut heard = tokio::time::Instant::now();
-    let window = usize::from(granted.receive_max.max(1));
+    let window = send_window_size(&granted);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -569,6 +584,9 @@ where
                             }
                             // Too large for the broker, say: this publish fails, not the link.
                             Err(e) if !matches!(e, EncodeError::Io(_)) => {
+                                // A failed encode may have left part of the packet in the
+                                // buffer, which the next send would flush ahead of its own.
+                                framed.write_buffer_mut().clear();
                                 if let Some(done) = done {
                                     let _ = done.send(Err(format!("not sent: {e}")));
                                 }
@@ -605,7 +623,9 @@ where
                     Some(Ok((packet, _))) => packet,
                 };
                 match Wire::inbound(frame) {
-                    Inbound::PubAck(packet_id, result) => {
+                    // A PUBACK for a publish not sent on this connection is a broker's mistake:
+                    // ignored, so the window's count stays right.
+                    Inbound::PubAck(packet_id, result) if !session.unsent.contains(&packet_id) => {
                         if let Some((_, done)) = session.inflight.remove(&packet_id)
                             && let Some(done) = done
                         {
@@ -656,7 +676,7 @@ where
                     Inbound::SubscribeRefused(why) => {
                         tracing::warn!(broker = %options.address, reason = %why, "The broker refused a subscription.");
                     }
-                    Inbound::Other => {}
+                    Inbound::PubAck(..) | Inbound::Other => {}
                 }
             }
         }

@@ -288,10 +288,11 @@ impl Wire {
         }
     }
 
-    /// Makes the codec refuse to send packets larger than the broker takes.
+    /// Makes the codec refuse to send packets larger than the broker takes (never larger
+    /// than the client's own limit: the codec cannot encode beyond 256 MiB).
     pub(crate) fn limit_outbound(codec: &mut MqttCodec, max: u32) {
         if let MqttCodec::V5(codec) = codec {
-            codec.set_max_outbound_size(max);
+            codec.set_max_outbound_size(max.min(MAX_PACKET));
         }
     }
 }
