@@ -84,12 +84,7 @@ pub(crate) fn read(path: &Path) -> Result<NodeKeys, String> {
 /// Whether this node's identity file (as [`of_node`] finds it) is sealed, and to which PCRs,
 /// as its envelope says: read without the TPM, for a status whose keys did not open.
 pub(crate) fn seal_on_disk(configured: &str, data_dir: &Path) -> (bool, Option<String>) {
-    let configured = configured.trim();
-    let path = if configured.is_empty() {
-        default_path(data_dir)
-    } else {
-        PathBuf::from(configured)
-    };
+    let path = node_path(configured, data_dir);
     std::fs::read_to_string(&path)
         .ok()
         .filter(|text| crate::sealed_identity::is_sealed(text))
@@ -158,11 +153,23 @@ pub(crate) fn seal(path: &Path, pcrs: &[u8], reseal: bool) -> Result<NodeKeys, S
 /// This node's keys: the configured identity file, else the one in the data directory, made
 /// when there is none yet.
 pub(crate) fn of_node(configured: &str, data_dir: &Path) -> Result<NodeKeys, String> {
-    let configured = configured.trim();
-    if !configured.is_empty() {
-        return read(Path::new(configured));
+    let path = node_path(configured, data_dir);
+    if configured.trim().is_empty() {
+        at(&path)
+    } else {
+        read(&path)
     }
-    at(&default_path(data_dir))
+}
+
+/// This node's identity file: `[updates] identity` (`configured`), else the one in the data
+/// directory.
+fn node_path(configured: &str, data_dir: &Path) -> PathBuf {
+    let configured = configured.trim();
+    if configured.is_empty() {
+        default_path(data_dir)
+    } else {
+        PathBuf::from(configured)
+    }
 }
 
 /// The keys in `path`, a new key made there (mode 0600) when the file does not exist. The key

@@ -573,11 +573,8 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                     "# {}, reported {}{}{}",
                     text(&key["node"]),
                     text(&key["reported_at"]),
-                    match (key["sealed"] == true, key["sealed_pcrs"].as_str()) {
-                        (true, Some(pcrs)) => format!(", sealed to its TPM and PCRs {pcrs}"),
-                        (true, None) => ", sealed to its TPM".to_owned(),
-                        (false, _) => ", not sealed".to_owned(),
-                    },
+                    sealed_words(&key["sealed"], &key["sealed_pcrs"])
+                        .unwrap_or_else(|| ", not sealed".to_owned()),
                     match key["previous_recipients"].as_array().map(Vec::len) {
                         Some(held) if held > 0 => {
                             format!("; still reads {held} previous key(s) until retired")
@@ -805,6 +802,15 @@ enum UpdatesCommand {
     },
 }
 
+/// How a node's key is sealed, from its `sealed` flag and `sealed_pcrs` as the API gives them
+/// (`, sealed to its TPM and PCRs sha256:7`); none when it is not.
+fn sealed_words(sealed: &serde_json::Value, pcrs: &serde_json::Value) -> Option<String> {
+    (sealed == true).then(|| match pcrs.as_str() {
+        Some(pcrs) => format!(", sealed to its TPM and PCRs {pcrs}"),
+        None => ", sealed to its TPM".to_owned(),
+    })
+}
+
 /// Runs `fabrik updates ...`.
 pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
     let (json, endpoint) = match args.command {
@@ -968,14 +974,7 @@ pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
         } else {
             text(&status["recipient"])
         },
-        match (
-            status["key_sealed"] == true,
-            status["key_sealed_pcrs"].as_str()
-        ) {
-            (true, Some(pcrs)) => format!(", sealed to its TPM and PCRs {pcrs}"),
-            (true, None) => ", sealed to its TPM".to_owned(),
-            (false, _) => String::new(),
-        },
+        sealed_words(&status["key_sealed"], &status["key_sealed_pcrs"]).unwrap_or_default(),
         text(&status["repository"]),
         text(&status["interval_seconds"]),
         text(&status["last_check_at"]),

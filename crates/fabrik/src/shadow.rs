@@ -143,6 +143,30 @@ async fn query_unless_missing(
     }
 }
 
+/// The challenger's and the champion's versions in the first row `sql` selects (its first two
+/// columns), if it has one with both; none when the table has no champions' versions yet
+/// (rows written before they were).
+pub(crate) async fn latest_versions(
+    store: &Store,
+    sql: &str,
+) -> Result<Option<(String, String)>, String> {
+    let Some(output) = query_unless_missing(store, sql, "champion_model_version").await? else {
+        return Ok(None);
+    };
+    let Some(batch) = output.batches.iter().find(|b| b.num_rows() > 0) else {
+        return Ok(None);
+    };
+    let challenger: StringArray = cast_column(batch, 0, &DataType::Utf8, "model_version")?;
+    let champion: StringArray = cast_column(batch, 1, &DataType::Utf8, "champion_model_version")?;
+    if challenger.is_null(0) || champion.is_null(0) {
+        return Ok(None);
+    }
+    Ok(Some((
+        challenger.value(0).to_owned(),
+        champion.value(0).to_owned(),
+    )))
+}
+
 /// The challenger `challenger` of pipeline `champion` against it over the last `days` days:
 /// the windows of the latest pair of model versions (a retuned challenger, or a champion
 /// redefined, starts a new comparison rather than mixing in verdicts of another definition).
@@ -197,25 +221,12 @@ pub(crate) async fn compare(
         "SELECT s.model_version, s.champion_model_version FROM {SHADOW_TABLE} s \
          WHERE {of_these} AND s.champion_model_version IS NOT NULL ORDER BY s.time DESC LIMIT 1"
     );
-    let Some(output) = query_unless_missing(store, &latest, "champion_model_version").await? else {
+    let Some((challenger_version, champion_version)) = latest_versions(store, &latest).await?
+    else {
         return Ok(comparison);
     };
-    for batch in &output.batches {
-        let challenger_version: StringArray =
-            cast_column(batch, 0, &DataType::Utf8, "model_version")?;
-        let champion_version: StringArray =
-            cast_column(batch, 1, &DataType::Utf8, "champion_model_version")?;
-        if batch.num_rows() > 0 {
-            comparison.challenger_version = Some(challenger_version.value(0).to_owned());
-            comparison.champion_version = Some(champion_version.value(0).to_owned());
-        }
-    }
-    let (Some(challenger_version), Some(champion_version)) = (
-        comparison.challenger_version.clone(),
-        comparison.champion_version.clone(),
-    ) else {
-        return Ok(comparison);
-    };
+    comparison.challenger_version = Some(challenger_version.clone());
+    comparison.champion_version = Some(champion_version.clone());
     let paired = format!(
         "{of_these} AND s.model_version = {} AND s.champion_model_version = {}",
         literal(&challenger_version),

@@ -232,7 +232,7 @@ pub(crate) async fn interval_kpis(
         literal(&compared.challenger),
         literal(&compared.champion),
     );
-    let versions = match latest_versions(store, &latest).await {
+    let versions = match crate::shadow::latest_versions(store, &latest).await {
         Ok(versions) => versions,
         Err(e) => {
             compared.kpis = Ok(not_compared(
@@ -307,28 +307,6 @@ fn not_compared(kpis: &[Kpi], why: &str) -> Vec<ArmKpi> {
             error: Some(why.to_owned()),
         })
         .collect()
-}
-
-/// The two versions `sql` selects in its first row, if it has one with both; none when the
-/// table has no champions' versions yet (rows written before they were).
-async fn latest_versions(store: &Store, sql: &str) -> Result<Option<(String, String)>, String> {
-    let output = match store.query(sql).await {
-        Ok(output) => output,
-        Err(e) if e.to_string().contains("No field named") => return Ok(None),
-        Err(e) => return Err(e.to_string()),
-    };
-    let Some(batch) = output.batches.iter().find(|b| b.num_rows() > 0) else {
-        return Ok(None);
-    };
-    let challenger: StringArray = cast_column(batch, 0, &DataType::Utf8, "model_version")?;
-    let champion: StringArray = cast_column(batch, 1, &DataType::Utf8, "champion_model_version")?;
-    if challenger.is_null(0) || champion.is_null(0) {
-        return Ok(None);
-    }
-    Ok(Some((
-        challenger.value(0).to_owned(),
-        champion.value(0).to_owned(),
-    )))
 }
 
 /// How a KPI's values over several runs of one device combine, and how the devices of an arm

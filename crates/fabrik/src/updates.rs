@@ -414,13 +414,9 @@ impl Updater {
         let Err(before) = &self.identity else {
             return;
         };
-        let (configured, data_dir) = (self.configured_identity.clone(), self.data_dir.clone());
-        let opened =
-            tokio::task::spawn_blocking(move || crate::node_keys::of_node(&configured, &data_dir))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|opened| opened)
-                .map_err(|why| format!("updates.identity: {why}"));
+        let opened = open_node_keys(&self.configured_identity, &self.data_dir)
+            .await
+            .and_then(|opened| opened);
         match opened {
             Ok(keys) => {
                 tracing::info!(recipient = %keys.recipient(), "This node's keys for encrypted targets opened.");
@@ -1340,6 +1336,19 @@ fn decrypted(
     Ok(content)
 }
 
+/// This node's keys (`[updates] identity`, `configured`), opened off the async threads (a
+/// sealed file is opened by tpm2-tools processes); the outer error is the task's own.
+async fn open_node_keys(
+    configured: &str,
+    data_dir: &Path,
+) -> Result<Result<crate::node_keys::NodeKeys, String>, String> {
+    let (configured, data_dir) = (configured.to_owned(), data_dir.to_owned());
+    tokio::task::spawn_blocking(move || crate::node_keys::of_node(&configured, &data_dir))
+        .await
+        .map(|opened| opened.map_err(|why| format!("updates.identity: {why}")))
+        .map_err(|e| format!("updates.identity: {e}"))
+}
+
 /// The node's keys in its status: their recipients and seal, or why they did not open (and
 /// how the file in `identity` — `[updates] identity` and the data directory — is sealed, as
 /// its envelope says without the TPM).
@@ -1406,14 +1415,9 @@ pub(crate) async fn start(
     // A sealed identity is opened by tpm2-tools processes: off the async threads. Keys that
     // do not open (a sealed file on a changed boot, a TPM not answering) do not stop the
     // module: it follows the repository without them and tries them again at each check.
-    let identity = {
-        let (configured, data_dir) = (updates.identity.clone(), data_dir.to_owned());
-        tokio::task::spawn_blocking(move || crate::node_keys::of_node(&configured, &data_dir))
-            .await
-            .map_err(|e| format!("updates.identity: {e}"))?
-            .map(Arc::new)
-            .map_err(|why| format!("updates.identity: {why}"))
-    };
+    let identity = open_node_keys(&updates.identity, data_dir)
+        .await?
+        .map(Arc::new);
     let repository = updates.url.trim().to_owned();
     match &identity {
         Ok(keys) => {
