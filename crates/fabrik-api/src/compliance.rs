@@ -130,6 +130,9 @@ pub struct LiveState {
     pub node_key_sealed: Option<bool>,
     /// The PCRs its sealed keys are bound to (decision 0071), if any.
     pub node_key_sealed_pcrs: Option<String>,
+    /// How many targets keys must sign a release, of how many (decision 0075); `None` until
+    /// the release repository verified, or when the node follows none.
+    pub release_signers: Option<(u64, u64)>,
 }
 
 fn control(
@@ -477,6 +480,18 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
              key (age, X25519) is decrypted only after that, and checked against its signed \
              content hash"
         ));
+        match live.release_signers {
+            Some((threshold, keys)) if threshold >= 2 => evidence.push(format!(
+                "each release is signed by {threshold} of {keys} publishers' keys before this \
+                 node accepts it: no one person can publish to it alone (decision 0075)"
+            )),
+            Some((threshold, keys)) => evidence.push(format!(
+                "each release is signed by {threshold} of {keys} publishers' keys: one person \
+                 can publish to this node (`fabrik release signers --threshold 2` makes it \
+                 two, decision 0075)"
+            )),
+            None => {}
+        }
         match live.node_key_sealed {
             Some(true) => evidence.push(format!(
                 "this node's keys for encrypted targets are sealed to its TPM: a copy of its \
@@ -523,7 +538,12 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
         }
     }
     controls.push(control(
-        &["IEC 62443-3-3 SR 3.4", "NIST 800-53 SI-7", "CM-14"],
+        &[
+            "IEC 62443-3-3 SR 3.4",
+            "NIST 800-53 SI-7",
+            "CM-14",
+            "CM-5(4)",
+        ],
         "Software and information integrity of models",
         evidence,
         gaps,
@@ -629,6 +649,7 @@ pub(crate) async fn report(
                 runtime_policies: Some(registry.runtime_policy_count().await?),
                 node_key_sealed: None,
                 node_key_sealed_pcrs: None,
+                release_signers: None,
             }
         }
         None => LiveState::default(),
@@ -642,9 +663,16 @@ pub(crate) async fn report(
         .map_or((None, None), |status| {
             (Some(status.key_sealed), status.key_sealed_pcrs.clone())
         });
+    let release_signers = state
+        .updates
+        .read()
+        .as_ref()
+        .filter(|status| status.targets_threshold > 0)
+        .map(|status| (status.targets_threshold, status.targets_keys));
     let live = LiveState {
         node_key_sealed,
         node_key_sealed_pcrs,
+        release_signers,
         ..live
     };
     let controls = assess(&state.compliance, &live);
@@ -703,6 +731,7 @@ mod tests {
             audit: Some(intact()),
             node_key_sealed: Some(true),
             node_key_sealed_pcrs: None,
+            release_signers: None,
         };
         let controls = assess(&facts, &live);
         let models = control_of(&controls, "NIST 800-53 SI-7");
@@ -779,6 +808,7 @@ mod tests {
             audit: Some(intact()),
             node_key_sealed: None,
             node_key_sealed_pcrs: None,
+            release_signers: None,
         };
         let controls = assess(&facts, &live);
         assert_eq!(
@@ -809,6 +839,7 @@ mod tests {
                 audit: Some(broken),
                 node_key_sealed: None,
                 node_key_sealed_pcrs: None,
+                release_signers: None,
             },
         );
         assert_eq!(status_of(&controls, "NIST 800-53 SI-7"), ControlStatus::Met);
@@ -838,6 +869,7 @@ mod tests {
                 audit: Some(intact()),
                 node_key_sealed: None,
                 node_key_sealed_pcrs: None,
+                release_signers: None,
             },
         );
         assert_eq!(status_of(&controls, "NIST 800-53 SC-8"), ControlStatus::Met);
@@ -852,6 +884,7 @@ mod tests {
                 audit: Some(intact()),
                 node_key_sealed: None,
                 node_key_sealed_pcrs: None,
+                release_signers: None,
             },
         );
         assert_eq!(
@@ -868,6 +901,7 @@ mod tests {
             audit: Some(intact()),
             node_key_sealed: None,
             node_key_sealed_pcrs: None,
+            release_signers: None,
         };
         facts.mqtt_acl_rules = 2;
         let controls = assess(&facts, &live);
@@ -883,6 +917,7 @@ mod tests {
             audit: Some(intact()),
             node_key_sealed: None,
             node_key_sealed_pcrs: None,
+            release_signers: None,
         };
         facts.admin_token_file_mode = Some(0o600);
         let gdpr = |facts: &ComplianceFacts| {
@@ -918,6 +953,7 @@ mod tests {
             }),
             node_key_sealed: None,
             node_key_sealed_pcrs: None,
+            release_signers: None,
         };
         let controls = assess(&facts, &erased);
         let audit = control_of(&controls, "NIST 800-53 AU-2");

@@ -64,6 +64,11 @@ pub struct UpdateStatus {
     pub root_version: u64,
     /// The targets metadata's version.
     pub targets_version: u64,
+    /// How many of the root's targets keys must sign each release (0 until a check
+    /// verified): 2 or more when no one publisher can release alone (decision 0075).
+    pub targets_threshold: u64,
+    /// How many targets keys the root lists.
+    pub targets_keys: u64,
     /// The snapshot metadata's version.
     pub snapshot_version: u64,
     /// The timestamp metadata's version.

@@ -47,6 +47,7 @@ mod registry_cli;
 mod release;
 mod release_cli;
 mod release_keys;
+mod release_proposals;
 mod release_signer;
 mod run;
 mod sealed_identity;

@@ -327,26 +327,6 @@ pub(crate) fn directory_url(path: &Path) -> anyhow::Result<url::Url> {
         .map_err(|()| anyhow!("{}: not a directory path", absolute.display()))
 }
 
-/// The newest root metadata in `metadata/` (`N.root.json` with the largest N).
-fn latest_root(metadata: &Path) -> anyhow::Result<(u64, PathBuf)> {
-    let entries = std::fs::read_dir(metadata)
-        .with_context(|| format!("{}: not a release repository", metadata.display()))?;
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name();
-            let version = name.to_str()?.strip_suffix(".root.json")?.parse().ok()?;
-            Some((version, entry.path()))
-        })
-        .max_by_key(|(version, _)| *version)
-        .with_context(|| {
-            format!(
-                "{}: no N.root.json (made by `fabrik release init`)",
-                metadata.display()
-            )
-        })
-}
-
 /// Makes a repository in `repo` (which must be empty or absent) and its keys in `keys` (which
 /// must not hold keys yet): root metadata signed by a new root key, and empty targets,
 /// snapshot and timestamp metadata. Returns the root metadata's path, the file nodes trust.
@@ -574,19 +554,6 @@ pub(crate) fn clock_version(current: NonZeroU64) -> anyhow::Result<NonZeroU64> {
     Ok(next(current)?.max(NonZeroU64::new(now).unwrap_or(NonZeroU64::MIN)))
 }
 
-/// An editor on the repository's current metadata, every version bumped and every expiry
-/// renewed (targets, snapshot, timestamp): what every change signs anew; and the new targets
-/// version. The caller holds the repository's lock.
-async fn edit(
-    repo: &Path,
-    keys: &Path,
-    lifetimes: Lifetimes,
-) -> anyhow::Result<(RepositoryEditor, u64)> {
-    let loaded = load_for_signing(repo, &publisher_state(keys)).await?;
-    let (_, root_path) = latest_root(&metadata_dir(repo))?;
-    editor_for(loaded, &root_path, lifetimes).await
-}
-
 /// An editor of `loaded` under the root in `root_path` (the repository's, or a new one about
 /// to be published with what it signs), with the next versions and fresh expiries set.
 /// Returns it and the new targets version.
@@ -787,7 +754,7 @@ pub(crate) async fn add_model(
     name: &str,
     audience: Audience,
     lifetimes: Lifetimes,
-) -> anyhow::Result<(String, u64)> {
+) -> anyhow::Result<(String, crate::release_proposals::Committed)> {
     if !crate::pipelines::model_name_ok(name) {
         bail!("`{name}`: {}", crate::pipelines::MODEL_NAME_RULE);
     }
@@ -835,7 +802,7 @@ pub(crate) async fn add_binary(
     platform: Option<&str>,
     audience: Audience,
     lifetimes: Lifetimes,
-) -> anyhow::Result<(String, String, String, u64)> {
+) -> anyhow::Result<(String, String, String, crate::release_proposals::Committed)> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let read = crate::self_update::elf_platform(&bytes);
     let platform = match (platform.map(str::trim), read) {
@@ -898,7 +865,7 @@ pub(crate) async fn add_definition(
     expected_name: Option<&str>,
     audience: Audience,
     lifetimes: Lifetimes,
-) -> anyhow::Result<(String, String, u64)> {
+) -> anyhow::Result<(String, String, crate::release_proposals::Committed)> {
     use fabrik_runtime::config::{AlertRuleConfig, PipelineConfig};
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
@@ -1123,7 +1090,7 @@ pub(crate) async fn add_use_case(
     decision: &UseCaseDecision,
     audience: Audience,
     lifetimes: Lifetimes,
-) -> anyhow::Result<(String, String, u64)> {
+) -> anyhow::Result<(String, String, crate::release_proposals::Committed)> {
     let (name, json) = released_use_case(file, decision)?;
     let release = ReleaseTarget {
         kind: Kind::UseCase.as_str().into(),
@@ -1196,7 +1163,7 @@ async fn publish_target(
     bytes: Vec<u8>,
     recipients: &[crate::age::Recipient],
     lifetimes: Lifetimes,
-) -> anyhow::Result<(String, u64)> {
+) -> anyhow::Result<(String, crate::release_proposals::Committed)> {
     let bytes = if recipients.is_empty() {
         bytes
     } else {
@@ -1224,19 +1191,16 @@ async fn publish_target(
     let sha256 = hex(digest.as_ref());
     let target_name = kind.target_name(&release.name)?;
     let _lock = lock(repo).await?;
-    let (mut editor, version) = edit(repo, keys, lifetimes).await?;
-    editor
-        .add_target(target_name.clone(), target)
-        .context("adding the target")?;
-    let signed = editor
-        .sign(&key_sources(keys, &["targets", "snapshot", "timestamp"])?)
-        .await
-        .context("signing")?;
+    let loaded = load_for_signing(repo, &publisher_state(keys)).await?;
+    let mut targets = crate::release_proposals::next_targets(&loaded, lifetimes)?;
+    targets.targets.insert(target_name.clone(), target);
     // The file before the metadata that names it: a node never finds a target missing.
     store_target_file(repo, &sha256, &target_name, &bytes)?;
-    publish(&signed, repo).await?;
-    remember(repo, &publisher_state(keys)).await?;
-    Ok((sha256, version))
+    let committed = crate::release_proposals::commit_targets(
+        repo, keys, &loaded, None, targets, lifetimes, true,
+    )
+    .await?;
+    Ok((sha256, committed))
 }
 
 /// Removes a target from the metadata (its file stays in `targets/`, where nodes that
@@ -1247,7 +1211,7 @@ pub(crate) async fn remove(
     kind: Kind,
     name: &str,
     lifetimes: Lifetimes,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<crate::release_proposals::Committed> {
     let target_name = kind.target_name(name)?;
     let _lock = lock(repo).await?;
     let known = load_local(repo)
@@ -1257,30 +1221,25 @@ pub(crate) async fn remove(
     if !known {
         bail!("no target `{}` in {}", target_name.raw(), repo.display());
     }
-    let (mut editor, version) = edit(repo, keys, lifetimes).await?;
-    editor
-        .remove_target(&target_name)
-        .context("removing the target")?;
-    let signed = editor
-        .sign(&key_sources(keys, &["targets", "snapshot", "timestamp"])?)
+    let loaded = load_for_signing(repo, &publisher_state(keys)).await?;
+    let mut targets = crate::release_proposals::next_targets(&loaded, lifetimes)?;
+    targets.targets.remove(&target_name);
+    crate::release_proposals::commit_targets(repo, keys, &loaded, None, targets, lifetimes, true)
         .await
-        .context("signing")?;
-    publish(&signed, repo).await?;
-    remember(repo, &publisher_state(keys)).await?;
-    Ok(version)
 }
 
 /// Re-signs targets, snapshot and timestamp with fresh expiries and new versions, changing no
 /// target: what the publisher runs before the targets metadata expires.
-pub(crate) async fn refresh(repo: &Path, keys: &Path, lifetimes: Lifetimes) -> anyhow::Result<()> {
+pub(crate) async fn refresh(
+    repo: &Path,
+    keys: &Path,
+    lifetimes: Lifetimes,
+) -> anyhow::Result<crate::release_proposals::Committed> {
     let _lock = lock(repo).await?;
-    let (editor, _) = edit(repo, keys, lifetimes).await?;
-    let signed = editor
-        .sign(&key_sources(keys, &["targets", "snapshot", "timestamp"])?)
+    let loaded = load_for_signing(repo, &publisher_state(keys)).await?;
+    let targets = crate::release_proposals::next_targets(&loaded, lifetimes)?;
+    crate::release_proposals::commit_targets(repo, keys, &loaded, None, targets, lifetimes, true)
         .await
-        .context("signing")?;
-    publish(&signed, repo).await?;
-    remember(repo, &publisher_state(keys)).await
 }
 
 /// Re-signs the snapshot (when `snapshot` is given: new version, valid for that long) and the
@@ -1299,15 +1258,44 @@ pub(crate) async fn refresh_online(
     let loaded = load_for_signing(repo, state).await?;
     let root = loaded.root().signed.clone();
     let staging = staging_dir(repo)?;
+    let expiries = sign_online_roles(
+        &loaded,
+        &root,
+        keys,
+        &staging,
+        snapshot.map(|lifetime| (lifetime, None)),
+        timestamp,
+    )
+    .await?;
+    move_in(repo, &staging)?;
+    remember(repo, state).await?;
+    Ok(expiries)
+}
+
+/// Signs a new timestamp into `staging` with `<keys>/timestamp.key`, under `root`, and with
+/// `snapshot` (a lifetime, and the targets metadata it is to name if that changes) a new
+/// snapshot first with `<keys>/snapshot.key`; the rest is `loaded`'s. Returns the expiries of
+/// the snapshot and the timestamp.
+pub(crate) async fn sign_online_roles(
+    loaded: &Repository,
+    root: &Root,
+    keys: &Path,
+    staging: &Path,
+    snapshot: Option<(Duration, Option<tough::schema::Metafile>)>,
+    timestamp: Duration,
+) -> anyhow::Result<(jiff::Timestamp, jiff::Timestamp)> {
     let mut new_timestamp = loaded.timestamp().signed.clone();
     let mut snapshot_expires = loaded.snapshot().signed.expires;
-    if let Some(lifetime) = snapshot {
+    if let Some((lifetime, targets)) = snapshot {
         let mut new_snapshot = loaded.snapshot().signed.clone();
         new_snapshot.version = clock_version(new_snapshot.version)?;
         new_snapshot.expires = expires_in(lifetime)?;
+        if let Some(targets) = targets {
+            new_snapshot.meta.insert("targets.json".to_owned(), targets);
+        }
         snapshot_expires = new_snapshot.expires;
         let version = new_snapshot.version;
-        let signed = sign_into(new_snapshot, &root, keys, "snapshot", &staging).await?;
+        let signed = sign_into(new_snapshot, root, keys, "snapshot", staging).await?;
         let meta = new_timestamp
             .meta
             .get_mut("snapshot.json")
@@ -1322,9 +1310,7 @@ pub(crate) async fn refresh_online(
     new_timestamp.version = clock_version(new_timestamp.version)?;
     new_timestamp.expires = expires_in(timestamp)?;
     let timestamp_expires = new_timestamp.expires;
-    sign_into(new_timestamp, &root, keys, "timestamp", &staging).await?;
-    move_in(repo, &staging)?;
-    remember(repo, state).await?;
+    sign_into(new_timestamp, root, keys, "timestamp", staging).await?;
     Ok((snapshot_expires, timestamp_expires))
 }
 
@@ -1457,7 +1443,11 @@ pub(crate) mod tests {
         )
         .await
         .expect("add");
-        assert_eq!(version, 2);
+        assert_eq!(version.version, 2);
+        assert!(
+            version.pending.is_none(),
+            "one key of one: published at once"
+        );
         assert!(
             repo.join("targets")
                 .join(format!("{sha256}.pump.onnx"))
@@ -1488,7 +1478,7 @@ pub(crate) mod tests {
         let version = remove(&repo, &keys, Kind::Model, "pump", Lifetimes::default())
             .await
             .expect("remove");
-        assert_eq!(version, 3);
+        assert_eq!(version.version, 3);
         assert_eq!(
             load_local(&repo).await.expect("load").all_targets().count(),
             0

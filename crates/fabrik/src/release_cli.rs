@@ -193,6 +193,78 @@ enum ReleaseCommand {
         #[command(flatten)]
         lifetimes: LifetimeArgs,
     },
+    /// Make a private key for one person who signs releases (at `--out`, mode 0600) and its
+    /// public key (`<out>.pub`), which the root key's holder adds with `fabrik release
+    /// signers --add`. Name it `targets.key` in that person's keys directory.
+    Keygen {
+        /// Where the private key goes (never overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Change who signs the releases (the targets metadata): add people's public keys, remove
+    /// keys, and set how many of them must sign each change (two people to publish). The new
+    /// root waits, with the targets re-signed under it, until enough of the new keys have
+    /// signed (`fabrik release approve`). Needs the root key.
+    Signers {
+        /// The release repository's directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// A keys directory holding the root key (and a targets key that signs at once, if
+        /// the new root lists it).
+        #[arg(long)]
+        keys: PathBuf,
+        /// A public key file (`KEY.pub` from `fabrik release keygen`) to add; repeat.
+        #[arg(long)]
+        add: Vec<PathBuf>,
+        /// A key to remove, by the first 8 or more hex digits of its id; repeat.
+        #[arg(long)]
+        remove: Vec<String>,
+        /// How many targets keys must sign each change.
+        #[arg(long)]
+        threshold: Option<u64>,
+        /// Validity of the new root metadata.
+        #[arg(long, default_value = "365d")]
+        root_lifetime: String,
+        #[command(flatten)]
+        lifetimes: LifetimeArgs,
+    },
+    /// Changes waiting for more signatures (when the root asks for more than one targets
+    /// signature): what each changes, read from what is signed, who signed it, and whether it
+    /// can still be published.
+    Proposals {
+        /// The release repository's directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign a waiting change with the targets key in `--keys` after checking the signatures it
+    /// has, and publish it once it has enough and `--keys` holds the snapshot and timestamp
+    /// keys (otherwise a hub with `[releases] keys` publishes it).
+    Approve {
+        /// The release repository's directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// The approver's keys directory (`targets.key`; `snapshot.key` and `timestamp.key`
+        /// to publish).
+        #[arg(long)]
+        keys: PathBuf,
+        /// The proposal, as `fabrik release proposals` lists it.
+        #[arg(long)]
+        id: String,
+        #[command(flatten)]
+        lifetimes: LifetimeArgs,
+    },
+    /// Drop a waiting change (nothing of it was published).
+    Withdraw {
+        /// The release repository's directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// The proposal, as `fabrik release proposals` lists it.
+        #[arg(long)]
+        id: String,
+    },
     /// Which node runs which release, since when, and what it refused: asked of a hub (its
     /// nodes' uplinks bring their records) or of one node.
     Fleet {
@@ -341,19 +413,19 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                         .context("name the model with --name")?,
                 };
                 let signed = crate::model_signature::signature_path(&file).exists();
-                let (sha256, version) =
+                let (sha256, committed) =
                     release::add_model(&repo, &keys, &file, &name, audience, lifetimes).await?;
-                println!(
-                    "published model {name} (sha256 {sha256}, {}) for {for_nodes} as targets \
-                     version {version}",
+                let what = format!(
+                    "model {name} (sha256 {sha256}, {}) for {for_nodes}",
                     if signed {
                         "with its signature"
                     } else {
                         "unsigned"
                     },
                 );
+                println!("{}", committed.describe(&what, &repo));
             } else if kind == Kind::Binary {
-                let (name, platform, sha256, version) = release::add_binary(
+                let (name, platform, sha256, committed) = release::add_binary(
                     &repo,
                     &keys,
                     &file,
@@ -363,10 +435,9 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                     lifetimes,
                 )
                 .await?;
-                println!(
-                    "published binary {name} for {platform} (sha256 {sha256}) for {for_nodes} as \
-                     targets version {version}"
-                );
+                let what =
+                    format!("binary {name} for {platform} (sha256 {sha256}) for {for_nodes}");
+                println!("{}", committed.describe(&what, &repo));
             } else if kind == Kind::UseCase {
                 let decision = release::UseCaseDecision {
                     stage,
@@ -374,15 +445,13 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                     forced,
                     expected_name: name,
                 };
-                let (defined, sha256, version) =
+                let (defined, sha256, committed) =
                     release::add_use_case(&repo, &keys, &file, &decision, audience, lifetimes)
                         .await?;
-                println!(
-                    "published use case {defined} (sha256 {sha256}) for {for_nodes} as targets \
-                     version {version}"
-                );
+                let what = format!("use case {defined} (sha256 {sha256}) for {for_nodes}");
+                println!("{}", committed.describe(&what, &repo));
             } else {
-                let (defined, sha256, version) = release::add_definition(
+                let (defined, sha256, committed) = release::add_definition(
                     &repo,
                     &keys,
                     kind,
@@ -392,11 +461,11 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                     lifetimes,
                 )
                 .await?;
-                println!(
-                    "published {} {defined} (sha256 {sha256}) for {for_nodes} as targets \
-                     version {version}",
+                let what = format!(
+                    "{} {defined} (sha256 {sha256}) for {for_nodes}",
                     kind.as_str()
                 );
+                println!("{}", committed.describe(&what, &repo));
             }
         }
         ReleaseCommand::Remove {
@@ -407,12 +476,10 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
             name,
         } => {
             let kind = parse_kind(&kind)?;
-            let version =
+            let committed =
                 release::remove(&repo, &keys, kind, &name, lifetimes.lifetimes(None)?).await?;
-            println!(
-                "no longer publishing {} {name} (targets version {version})",
-                kind.as_str()
-            );
+            let what = format!("the removal of {} {name}", kind.as_str());
+            println!("{}", committed.describe(&what, &repo));
         }
         ReleaseCommand::Refresh {
             repo,
@@ -430,16 +497,26 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
             if online {
+                let state = release::publisher_state(&keys);
+                if let Some(version) =
+                    crate::release_proposals::publish_ready(&repo, &keys, &state, lifetimes).await?
+                {
+                    println!("published the signed proposal as targets version {version}");
+                }
                 release::refresh_online(
                     &repo,
                     &keys,
-                    &release::publisher_state(&keys),
+                    &state,
                     Some(lifetimes.snapshot),
                     lifetimes.timestamp,
                 )
                 .await?;
             } else {
-                release::refresh(&repo, &keys, lifetimes).await?;
+                let committed = release::refresh(&repo, &keys, lifetimes).await?;
+                if committed.pending.is_some() {
+                    println!("{}", committed.describe("the re-signed targets", &repo));
+                    return Ok(());
+                }
             }
             println!(
                 "re-signed {}: the timestamp is valid for {}",
@@ -479,6 +556,82 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                      ([releases] keys): until then they cannot sign"
                 );
             }
+        }
+        ReleaseCommand::Keygen { out } => {
+            let (id, public) = crate::release_proposals::keygen(&out).await?;
+            println!(
+                "made key {} at {} (keep it private); its public key is {}: the root key's \
+                 holder adds it with `fabrik release signers --add {}`",
+                id.get(..16).unwrap_or(&id),
+                out.display(),
+                public.display(),
+                public.display()
+            );
+        }
+        ReleaseCommand::Signers {
+            repo,
+            keys,
+            add,
+            remove,
+            threshold,
+            root_lifetime,
+            lifetimes,
+        } => {
+            let lifetimes = lifetimes.lifetimes(Some(&root_lifetime))?;
+            let (root_version, committed) = crate::release_proposals::signers(
+                &repo, &keys, &add, &remove, threshold, lifetimes,
+            )
+            .await?;
+            let what = format!("root version {root_version} with the new targets signers");
+            println!("{}", committed.describe(&what, &repo));
+        }
+        ReleaseCommand::Proposals { repo, json } => {
+            let proposals = crate::release_proposals::list(&repo).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&proposals)?);
+                return Ok(());
+            }
+            if proposals.is_empty() {
+                println!("no proposals in {}", repo.display());
+            }
+            for proposal in proposals {
+                println!(
+                    "proposal {}: targets version {}, signed by {} of {} needed ({})",
+                    proposal.id,
+                    proposal.targets_version,
+                    proposal.signatures,
+                    proposal.threshold,
+                    if proposal.signed_by.is_empty() {
+                        "nobody yet".to_owned()
+                    } else {
+                        proposal.signed_by.join(", ")
+                    }
+                );
+                if let Some(problem) = &proposal.problem {
+                    println!("  cannot be published: {problem}");
+                }
+                for change in &proposal.changes {
+                    println!("  {change}");
+                }
+            }
+        }
+        ReleaseCommand::Approve {
+            repo,
+            keys,
+            id,
+            lifetimes,
+        } => {
+            let (changes, committed) =
+                crate::release_proposals::approve(&repo, &keys, &id, lifetimes.lifetimes(None)?)
+                    .await?;
+            for change in &changes {
+                println!("  {change}");
+            }
+            println!("{}", committed.describe("the change", &repo));
+        }
+        ReleaseCommand::Withdraw { repo, id } => {
+            crate::release_proposals::withdraw(&repo, &id).await?;
+            println!("withdrew proposal {id}");
         }
         ReleaseCommand::Fleet { json, endpoint } => {
             let client = endpoint.client()?;
@@ -599,6 +752,18 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                     "fabrik": fabrik,
                 }));
             }
+            let signers = loaded
+                .root()
+                .signed
+                .roles
+                .get(&tough::schema::RoleType::Targets)
+                .map(|keys| {
+                    serde_json::json!({
+                        "threshold": keys.threshold.get(),
+                        "keys": keys.keyids.iter().map(crate::release_proposals::short).collect::<Vec<_>>(),
+                    })
+                });
+            let proposals = crate::release_proposals::count(&repo)?;
             let summary = serde_json::json!({
                 "root_version": loaded.root().signed.version.get(),
                 "targets_version": loaded.targets().signed.version.get(),
@@ -608,6 +773,8 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                 "snapshot_expires": loaded.snapshot().signed.expires.to_string(),
                 "timestamp_expires": loaded.timestamp().signed.expires.to_string(),
                 "root_expires": loaded.root().signed.expires.to_string(),
+                "targets_signers": signers,
+                "proposals": proposals,
                 "targets": targets,
             });
             if json {
@@ -620,6 +787,21 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                 loaded.targets().signed.expires,
                 loaded.timestamp().signed.expires
             );
+            if let Some(signers) = &summary["targets_signers"].as_object() {
+                let keys = signers["keys"].as_array().map_or(0, Vec::len);
+                if keys > 1 {
+                    println!(
+                        "each change signed by {} of {keys} targets keys",
+                        signers["threshold"]
+                    );
+                }
+            }
+            if proposals > 0 {
+                println!(
+                    "{proposals} proposal(s) waiting: `fabrik release proposals --repo {}`",
+                    repo.display()
+                );
+            }
             for target in summary["targets"].as_array().into_iter().flatten() {
                 let fabrik = &target["fabrik"];
                 let nodes = fabrik["nodes"]
@@ -1031,6 +1213,13 @@ pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
         text(&status["timestamp_version"]),
         text(&status["expires_at"]),
     );
+    if status["targets_keys"].as_u64() > Some(1) {
+        println!(
+            "  each release signed by {} of {} targets keys",
+            text(&status["targets_threshold"]),
+            text(&status["targets_keys"]),
+        );
+    }
     for target in status["targets"].as_array().into_iter().flatten() {
         println!(
             "  {}  {} {}{}  {}{}",

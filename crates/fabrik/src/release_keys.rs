@@ -66,6 +66,17 @@ pub(crate) async fn rotate(
     let state = publisher_state(keys);
     let loaded = load_for_signing(repo, &state).await?;
     let old_root = loaded.root().signed.clone();
+    if let Some(targets) = old_root.roles.get(&RoleType::Targets)
+        && (targets.keyids.len() > 1 || targets.threshold.get() > 1)
+    {
+        bail!(
+            "the targets are signed by {} of {} keys (decision 0075): `fabrik release rotate` \
+             re-signs them with one key; change the targets signers with `fabrik release \
+             signers`, and rotate other roles' keys while one key signs the targets",
+            targets.threshold,
+            targets.keyids.len()
+        );
+    }
     let current = key_path(keys, role);
     let pending = keys.join(format!("{role}.key.next"));
     let listed = |root: &Root, role_type: RoleType| -> Vec<String> {

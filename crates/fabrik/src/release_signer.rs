@@ -2,7 +2,8 @@
 //! `[releases] repo` and `keys` (a directory holding only `snapshot.key` and
 //! `timestamp.key`), it re-signs the snapshot and the timestamp whenever less than half of
 //! their lifetime is left, and warns while the targets or root metadata — whose keys stay with
-//! the publisher — are within a week of expiring. Idle otherwise.
+//! the publisher — are within a week of expiring; and publishes a release proposal once enough
+//! targets keys have signed it (decision 0075). Idle otherwise.
 //!
 //! Every role's expiry is exported as `fabrik_releases_expiry_seconds{role}` (Unix time), for
 //! an alert rule.
@@ -40,6 +41,20 @@ fn half_gone(expires: jiff::Timestamp, lifetime: Duration) -> bool {
 impl Signer {
     /// Re-signs what is due; an error leaves the repository as it was.
     async fn pass(&mut self) -> anyhow::Result<()> {
+        let lifetimes = release::Lifetimes {
+            snapshot: self.snapshot_lifetime,
+            timestamp: self.timestamp_lifetime,
+            ..release::Lifetimes::default()
+        };
+        if let Some(version) =
+            crate::release_proposals::publish_ready(&self.repo, &self.keys, &self.state, lifetimes)
+                .await?
+        {
+            tracing::info!(
+                targets_version = version,
+                "Published a release proposal its signers completed."
+            );
+        }
         let loaded = release::load_local(&self.repo).await?;
         let expiries = [
             ("root", loaded.root().signed.expires),
@@ -171,8 +186,10 @@ pub(crate) async fn start(config: &Config, data_dir: &Path) -> Result<ServiceHan
         last_warning: None,
     };
     tracing::info!(%repo, "Keeping the release repository's snapshot and timestamp signed.");
+    // A proposal its signers completed (decision 0075) waits for this pass, so it runs each
+    // minute; what it re-signs is still due only at half a lifetime.
     let every =
-        (signer.timestamp_lifetime.min(signer.snapshot_lifetime) / 4).min(Duration::from_secs(600));
+        (signer.timestamp_lifetime.min(signer.snapshot_lifetime) / 4).min(Duration::from_secs(60));
     let stop = CancellationToken::new();
     let token = stop.clone();
     let task = tokio::spawn(async move {

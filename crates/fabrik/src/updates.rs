@@ -594,6 +594,15 @@ impl Updater {
             status.last_verified_at = Some(started);
             status.root_version = repository.root().signed.version.get();
             status.targets_version = repository.targets().signed.version.get();
+            if let Some(signers) = repository
+                .root()
+                .signed
+                .roles
+                .get(&tough::schema::RoleType::Targets)
+            {
+                status.targets_threshold = signers.threshold.get();
+                status.targets_keys = signers.keyids.len() as u64;
+            }
             status.snapshot_version = repository.snapshot().signed.version.get();
             status.timestamp_version = repository.timestamp().signed.version.get();
             status.expires_at = [

@@ -1295,6 +1295,134 @@ fn an_edge_follows_its_repository_through_replaced_keys() {
     );
 }
 
+/// The id of the one proposal waiting in `repo`.
+fn only_proposal(repo: &Path) -> String {
+    let listed: serde_json::Value = serde_json::from_str(&fabrik(&[
+        "release",
+        "proposals",
+        "--repo",
+        path(repo),
+        "--json",
+    ]))
+    .expect("json");
+    let proposals = listed.as_array().expect("a list");
+    assert_eq!(proposals.len(), 1, "{listed}");
+    proposals[0]["id"].as_str().expect("id").to_owned()
+}
+
+/// Two people sign each release (decision 0075): the root key's holder makes a second
+/// person's key a targets signer at threshold 2; nothing reaches the edge until that person
+/// has signed too, and then the hub holding the online keys publishes it.
+#[test]
+fn a_release_reaches_the_edge_only_once_both_signers_have_signed_it() {
+    let (dir, repo, alice, work) = new_repository();
+    let bob = work.join("bob");
+    std::fs::create_dir_all(&bob).expect("bob");
+    let made = fabrik(&["release", "keygen", "--out", path(&bob.join("targets.key"))]);
+    assert!(made.contains("targets.key.pub"), "{made}");
+    let proposed = release(
+        "signers",
+        &repo,
+        &alice,
+        &[
+            "--add",
+            path(&bob.join("targets.key.pub")),
+            "--threshold",
+            "2",
+        ],
+    );
+    assert!(proposed.contains("signed by 1 of the 2"), "{proposed}");
+    let change_of_signers = only_proposal(&repo);
+
+    let online = dir.path().join("online-keys");
+    std::fs::create_dir_all(&online).expect("online keys");
+    for role in ["snapshot", "timestamp"] {
+        let key = format!("{role}.key");
+        std::fs::copy(alice.join(&key), online.join(&key)).expect("copy key");
+    }
+    let _hub = Process::start(
+        &dir.path().join("hub"),
+        &[
+            ("FABRIK__RELEASES__REPO", path(&repo)),
+            ("FABRIK__RELEASES__TOKEN", RELEASE_TOKEN),
+            ("FABRIK__RELEASES__KEYS", path(&online)),
+            ("FABRIK__RELEASES__TIMESTAMP_LIFETIME", "8s"),
+        ],
+    );
+    let config = follower_config(dir.path(), &repo);
+    let edge =
+        Process::start_with_args(&dir.path().join("edge"), &["--config", path(&config)], &[]);
+    eventually_for(
+        "the edge follows the repository",
+        Duration::from_secs(30),
+        || {
+            let status = updates(&edge.url);
+            status["last_error"].is_null() && status["root_version"] == 1
+        },
+    );
+
+    // Bob signs the change of signers without the online keys: the hub publishes it.
+    let approved = release("approve", &repo, &bob, &["--id", &change_of_signers]);
+    assert!(approved.contains("targets signed by 2 of"), "{approved}");
+    assert!(approved.contains("not published"), "{approved}");
+    eventually_for(
+        "the edge trusts the new root",
+        Duration::from_secs(30),
+        || {
+            let status = updates(&edge.url);
+            status["last_error"].is_null() && status["root_version"] == 2
+        },
+    );
+    let status = updates(&edge.url);
+    assert_eq!(
+        (&status["targets_threshold"], &status["targets_keys"]),
+        (&serde_json::json!(2), &serde_json::json!(2)),
+        "{status}"
+    );
+    let (code, report) = http(&edge.url, reqwest::Method::GET, "/api/v1/compliance", None);
+    assert_eq!(code, 200, "{report}");
+    assert!(
+        report
+            .to_string()
+            .contains("signed by 2 of 2 publishers' keys"),
+        "{report}"
+    );
+
+    // Alice's release waits for Bob.
+    let model = work.join("pump.onnx");
+    std::fs::write(&model, fixture("iforest_100.onnx")).expect("model");
+    let proposed = release("add", &repo, &alice, &["--name", "pump", path(&model)]);
+    assert!(proposed.contains("proposed model pump"), "{proposed}");
+    let release_of_pump = only_proposal(&repo);
+    let listing = fabrik(&["release", "proposals", "--repo", path(&repo)]);
+    assert!(listing.contains("+ pump.onnx ("), "{listing}");
+    assert!(listing.contains("signed by 1 of 2 needed"), "{listing}");
+    let refused = release_fails("approve", &repo, &alice, &["--id", &release_of_pump]);
+    assert!(refused.contains("has signed proposal"), "{refused}");
+    // The hub has re-signed the timestamp since (every 4 s) and the edge has checked it:
+    // still no model.
+    let seen = updates(&edge.url)["timestamp_version"]
+        .as_u64()
+        .expect("version");
+    eventually_for(
+        "the edge sees a re-signed timestamp",
+        Duration::from_secs(30),
+        || updates(&edge.url)["timestamp_version"].as_u64() > Some(seen),
+    );
+    assert_eq!(model_sha(&edge.url, "pump"), None);
+
+    release("approve", &repo, &bob, &["--id", &release_of_pump]);
+    eventually_for(
+        "the edge installs the model both signed",
+        Duration::from_secs(30),
+        || model_sha(&edge.url, "pump").is_some(),
+    );
+    let listing = fabrik(&["release", "proposals", "--repo", path(&repo)]);
+    assert!(listing.contains("no proposals"), "{listing}");
+    let listed = fabrik(&["release", "list", "--repo", path(&repo)]);
+    assert!(listed.contains("pump"), "{listed}");
+}
+
 #[test]
 fn a_hub_knows_which_node_runs_which_release() {
     let (dir, repo, keys, work) = new_repository();

@@ -1,0 +1,1234 @@
+//! Releases signed by more than one person (decision 0075): when the root asks for more
+//! targets signatures than one publisher holds, a change to the targets metadata waits as a
+//! proposal in `<repo>/proposals/` until enough targets keys have signed it, and is then
+//! published with a new snapshot and timestamp — by whoever completes it and holds those two
+//! keys, or by a hub that re-signs them (`[releases] keys`). A new root that changes who signs
+//! the targets (`fabrik release signers`) waits with the targets signed under it, so nodes
+//! never see a root whose targets do not verify.
+
+use std::collections::HashMap;
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, anyhow, bail};
+use serde::{Deserialize, Serialize};
+use tough::Repository;
+use tough::editor::signed::SignedRole;
+use tough::key_source::{KeySource, LocalKeySource};
+use tough::schema::decoded::{Decoded, Hex};
+use tough::schema::key::Key;
+use tough::schema::{KeyHolder, RoleType, Root, Signature, Signed, Targets};
+
+use crate::release::{self, Lifetimes, hex};
+
+/// Where proposals wait, beside `metadata/` and `targets/` (not served: `/tuf` serves only
+/// those two).
+fn proposals_dir(repo: &Path) -> PathBuf {
+    repo.join("proposals")
+}
+
+/// A change to the targets metadata waiting for signatures, as stored in
+/// `<repo>/proposals/<id>.json`. Nothing in it is trusted: every signature is checked
+/// against the root before it counts, and what an approver is shown is read from the signed
+/// content.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Proposal {
+    /// The targets version published when it was made: it replaces that one or none.
+    base_targets_version: u64,
+    /// The root version published when it was made.
+    base_root_version: u64,
+    /// A new root published with it (a change of who signs the targets), root-signed.
+    root: Option<Signed<Root>>,
+    /// The new targets metadata and the signatures it has so far.
+    targets: Signed<Targets>,
+}
+
+/// What signing a change of the targets metadata led to.
+#[derive(Debug)]
+pub(crate) struct Committed {
+    /// The targets version it is (or will be, once published).
+    pub(crate) version: u64,
+    /// Set when it was not published: it waits as this proposal.
+    pub(crate) pending: Option<Pending>,
+}
+
+/// A proposal's standing.
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    pub(crate) id: String,
+    /// Valid signatures from distinct targets keys.
+    pub(crate) signatures: u64,
+    /// How many the root asks for.
+    pub(crate) threshold: u64,
+}
+
+impl Pending {
+    /// Signed enough, waiting only for the snapshot and timestamp keys.
+    pub(crate) fn ready(&self) -> bool {
+        self.signatures >= self.threshold
+    }
+}
+
+impl Committed {
+    /// One line for the CLI: what happened to `what` and what comes next.
+    pub(crate) fn describe(&self, what: &str, repo: &Path) -> String {
+        let Some(pending) = &self.pending else {
+            return format!("published {what} as targets version {}", self.version);
+        };
+        if pending.ready() {
+            format!(
+                "signed {what} (targets version {}, proposal {}) by {} of the {} targets keys \
+                 needed; not published: no snapshot and timestamp keys here. A hub with \
+                 [releases] keys publishes it within a minute, or run `fabrik release \
+                 approve --repo {} --keys KEYS --id {}` with those keys",
+                self.version,
+                pending.id,
+                pending.signatures,
+                pending.threshold,
+                repo.display(),
+                pending.id
+            )
+        } else {
+            format!(
+                "proposed {what} as targets version {} (proposal {}): signed by {} of the {} \
+                 targets keys needed; another signer reviews it with `fabrik release proposals \
+                 --repo {}` and signs it with `fabrik release approve --repo {} --keys \
+                 THEIR_KEYS --id {}`",
+                self.version,
+                pending.id,
+                pending.signatures,
+                pending.threshold,
+                repo.display(),
+                repo.display(),
+                pending.id
+            )
+        }
+    }
+}
+
+/// The key id (as the root lists it) of the private key in `path`.
+pub(crate) async fn key_id_of(path: &Path) -> anyhow::Result<Decoded<Hex>> {
+    LocalKeySource {
+        path: path.to_owned(),
+    }
+    .as_sign()
+    .await
+    .map_err(|e| anyhow!("{}: {e}", path.display()))?
+    .tuf_key()
+    .key_id()
+    .context("key id")
+}
+
+/// `root` with only `keyid` listed for the targets role, at threshold 1: the means to make
+/// and check one signature with tough's own code, whatever the real threshold is.
+fn only_key(root: &Root, keyid: &Decoded<Hex>) -> Root {
+    let mut only = root.clone();
+    only.roles.insert(
+        RoleType::Targets,
+        tough::schema::RoleKeys {
+            keyids: vec![keyid.clone()],
+            threshold: NonZeroU64::MIN,
+            _extra: HashMap::new(),
+        },
+    );
+    only
+}
+
+fn targets_keys(root: &Root) -> anyhow::Result<&tough::schema::RoleKeys> {
+    root.roles
+        .get(&RoleType::Targets)
+        .context("the root names no targets keys")
+}
+
+/// Signs `targets` with the private key in `path`, which `root` must list for the targets
+/// role.
+async fn signature_by(targets: &Targets, root: &Root, path: &Path) -> anyhow::Result<Signature> {
+    let id = key_id_of(path).await?;
+    let listed = targets_keys(root)?;
+    if !listed.keyids.contains(&id) {
+        bail!(
+            "{}: key {} is not one of the targets keys the root lists ({})",
+            path.display(),
+            short(&id),
+            listed
+                .keyids
+                .iter()
+                .map(short)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let signed = SignedRole::new(
+        targets.clone(),
+        &KeyHolder::Root(only_key(root, &id)),
+        &[Box::new(LocalKeySource {
+            path: path.to_owned(),
+        }) as Box<dyn KeySource>],
+        &aws_lc_rs::rand::SystemRandom::new(),
+    )
+    .await
+    .with_context(|| format!("signing the targets metadata with {}", path.display()))?;
+    signed
+        .signed()
+        .signatures
+        .first()
+        .cloned()
+        .context("the key made no signature")
+}
+
+/// Whether `signature` is a valid signature of `targets` by a targets key `root` lists.
+fn verifies(targets: &Targets, signature: &Signature, root: &Root) -> bool {
+    let listed = targets_keys(root).is_ok_and(|keys| keys.keyids.contains(&signature.keyid));
+    listed
+        && only_key(root, &signature.keyid)
+            .verify_role(&Signed {
+                signed: targets.clone(),
+                signatures: vec![signature.clone()],
+            })
+            .is_ok()
+}
+
+/// The first 16 hex digits of a key id: what the CLI shows and `--remove` takes.
+pub(crate) fn short(id: &Decoded<Hex>) -> String {
+    let text = hex(id);
+    text.get(..16).unwrap_or(&text).to_owned()
+}
+
+impl Proposal {
+    /// The root the targets are signed under: the new one it carries, else the published one.
+    fn governing_root<'a>(&'a self, loaded: &'a Repository) -> &'a Root {
+        match &self.root {
+            Some(root) => &root.signed,
+            None => &loaded.root().signed,
+        }
+    }
+
+    /// Signatures that count: valid, by distinct targets keys of the governing root. The
+    /// first invalid one is an error naming its key — the proposal was changed after that key
+    /// signed it.
+    fn valid_signatures(&self, loaded: &Repository) -> anyhow::Result<u64> {
+        let root = self.governing_root(loaded);
+        let mut seen = Vec::new();
+        for signature in &self.targets.signatures {
+            if seen.contains(&signature.keyid) {
+                bail!(
+                    "key {} signed the proposal twice: it was not written by Fabrik",
+                    short(&signature.keyid)
+                );
+            }
+            if !verifies(&self.targets.signed, signature, root) {
+                bail!(
+                    "the signature by key {} does not verify: the proposal was changed after \
+                     that key signed it, or the key is not one of the targets keys; withdraw \
+                     it and propose the change again",
+                    short(&signature.keyid)
+                );
+            }
+            seen.push(signature.keyid.clone());
+        }
+        Ok(seen.len() as u64)
+    }
+
+    fn threshold(&self, loaded: &Repository) -> anyhow::Result<u64> {
+        Ok(targets_keys(self.governing_root(loaded))?.threshold.get())
+    }
+
+    /// Why this proposal can no longer be published, if it cannot: the repository moved on
+    /// (another change was published first), its new root no longer follows the published
+    /// one, or its targets metadata has expired.
+    fn stale(&self, loaded: &Repository) -> Option<String> {
+        let published = loaded.targets().signed.version.get();
+        let root_version = loaded.root().signed.version.get();
+        if self.base_targets_version != published || self.base_root_version != root_version {
+            return Some(format!(
+                "made on targets version {} (root {}); the repository has published targets \
+                 version {published} (root {root_version}) since: propose the change again",
+                self.base_targets_version, self.base_root_version
+            ));
+        }
+        if self.targets.signed.version.get() != published + 1 {
+            return Some(format!(
+                "its targets version {} does not follow the published {published}",
+                self.targets.signed.version
+            ));
+        }
+        if let Some(root) = &self.root {
+            if root.signed.version.get() != root_version + 1 {
+                return Some(format!(
+                    "its root version {} does not follow the published {root_version}",
+                    root.signed.version
+                ));
+            }
+            if let Err(e) = release::check_new_root(&loaded.root().signed, root) {
+                return Some(format!("{e:#}"));
+            }
+        }
+        if self.targets.signed.expires <= jiff::Timestamp::now() {
+            return Some(format!(
+                "its targets metadata expired at {}",
+                self.targets.signed.expires
+            ));
+        }
+        None
+    }
+
+    /// What it changes against the published metadata, one line each, read from what is
+    /// signed.
+    pub(crate) fn changes(&self, loaded: &Repository) -> Vec<String> {
+        let mut lines = Vec::new();
+        if let Some(root) = &self.root {
+            let describe = |root: &Root| match targets_keys(root) {
+                Ok(keys) => format!(
+                    "{} of [{}]",
+                    keys.threshold,
+                    keys.keyids.iter().map(short).collect::<Vec<_>>().join(", ")
+                ),
+                Err(_) => "no keys".to_owned(),
+            };
+            lines.push(format!(
+                "root version {}: targets signed by {} (was {})",
+                root.signed.version,
+                describe(&root.signed),
+                describe(&loaded.root().signed)
+            ));
+        }
+        let before = &loaded.targets().signed.targets;
+        let after = &self.targets.signed.targets;
+        let mut names: Vec<&tough::TargetName> = before.keys().chain(after.keys()).collect();
+        names.sort_by(|a, b| a.raw().cmp(b.raw()));
+        names.dedup();
+        for name in names {
+            let describe = |target: &tough::schema::Target| {
+                let fabrik = target.custom.get(release::CUSTOM_KEY);
+                let field = |key: &str| fabrik.and_then(|f| f.get(key)).cloned();
+                let nodes = match field("nodes") {
+                    Some(serde_json::Value::Array(nodes)) if !nodes.is_empty() => nodes
+                        .iter()
+                        .filter_map(|n| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    _ => "every node".to_owned(),
+                };
+                let share = field("share_bp")
+                    .and_then(|share| share.as_u64())
+                    .and_then(|share| u32::try_from(share).ok())
+                    .map(|share| format!(", phased to {} %", release::percent(share)))
+                    .unwrap_or_default();
+                let encrypted = field("encrypted")
+                    .and_then(|encrypted| encrypted["recipients"].as_array().map(Vec::len))
+                    .map(|n| format!(", encrypted to {n}"))
+                    .unwrap_or_default();
+                format!(
+                    "sha256 {}, {} bytes, for {nodes}{share}{encrypted}",
+                    hex(&target.hashes.sha256).get(..16).unwrap_or_default(),
+                    target.length
+                )
+            };
+            match (before.get(name), after.get(name)) {
+                (None, Some(new)) => lines.push(format!("+ {} ({})", name.raw(), describe(new))),
+                (Some(_), None) => lines.push(format!("- {}", name.raw())),
+                (Some(old), Some(new)) if old != new => lines.push(format!(
+                    "~ {} ({}; was {})",
+                    name.raw(),
+                    describe(new),
+                    describe(old)
+                )),
+                _ => {}
+            }
+        }
+        if lines.is_empty() {
+            lines.push("no target changes: re-signed".to_owned());
+        }
+        lines.push(format!(
+            "targets version {}, valid until {}",
+            self.targets.signed.version, self.targets.signed.expires
+        ));
+        lines
+    }
+}
+
+/// The next targets metadata: the published one with the version after it and a fresh
+/// expiry, to be changed and then committed.
+pub(crate) fn next_targets(loaded: &Repository, lifetimes: Lifetimes) -> anyhow::Result<Targets> {
+    let mut targets = loaded.targets().signed.clone();
+    targets.version = release::next(targets.version)?;
+    targets.expires = release::expires_in(lifetimes.targets)?;
+    Ok(targets)
+}
+
+/// Signs `targets` (the version after the published one, under `new_root` when given) with
+/// the targets key in `keys` — required when `own_signature`, else used when the root lists
+/// it — and publishes it, with a new snapshot and timestamp, when that meets the root's
+/// threshold and `keys` holds the snapshot and timestamp keys; otherwise it waits as a
+/// proposal. The caller holds the repository's lock and loaded `loaded` through the
+/// publisher's state.
+pub(crate) async fn commit_targets(
+    repo: &Path,
+    keys: &Path,
+    loaded: &Repository,
+    new_root: Option<Signed<Root>>,
+    targets: Targets,
+    lifetimes: Lifetimes,
+    own_signature: bool,
+) -> anyhow::Result<Committed> {
+    let mut proposal = Proposal {
+        base_targets_version: loaded.targets().signed.version.get(),
+        base_root_version: loaded.root().signed.version.get(),
+        root: new_root,
+        targets: Signed {
+            signed: targets,
+            signatures: Vec::new(),
+        },
+    };
+    let own = release::key_path(keys, "targets");
+    let governing = proposal.governing_root(loaded).clone();
+    let listed = match key_id_of(&own).await {
+        Ok(id) => targets_keys(&governing)?.keyids.contains(&id),
+        Err(_) if !own.is_file() => false,
+        Err(e) => return Err(e),
+    };
+    if own_signature || listed {
+        if !own.is_file() {
+            bail!(
+                "{}: no targets key here (made by `fabrik release init` or `fabrik release \
+                 keygen`)",
+                own.display()
+            );
+        }
+        let signature = signature_by(&proposal.targets.signed, &governing, &own).await?;
+        proposal.targets.signatures.push(signature);
+    }
+    let id = format!(
+        "{}-{}",
+        proposal.targets.signed.version,
+        &hex(aws_lc_rs::digest::digest(
+            &aws_lc_rs::digest::SHA256,
+            &serde_json::to_vec(&proposal).context("encoding the proposal")?,
+        )
+        .as_ref())[..8]
+    );
+    finish(
+        repo,
+        keys,
+        &release::publisher_state(keys),
+        loaded,
+        &id,
+        proposal,
+        lifetimes,
+    )
+    .await
+}
+
+/// Publishes `proposal` if it has enough signatures and `keys` holds the snapshot and
+/// timestamp keys, and removes its file; stores it otherwise.
+async fn finish(
+    repo: &Path,
+    keys: &Path,
+    state: &Path,
+    loaded: &Repository,
+    id: &str,
+    proposal: Proposal,
+    lifetimes: Lifetimes,
+) -> anyhow::Result<Committed> {
+    let version = proposal.targets.signed.version.get();
+    let pending = Pending {
+        id: id.to_owned(),
+        signatures: proposal.valid_signatures(loaded)?,
+        threshold: proposal.threshold(loaded)?,
+    };
+    let online_keys = ["snapshot", "timestamp"]
+        .iter()
+        .all(|role| release::key_path(keys, role).is_file());
+    if pending.ready() && online_keys {
+        if let Err(e) = publish(repo, keys, state, loaded, &proposal, lifetimes).await {
+            // The signatures it has are kept: a holder of the right keys publishes it.
+            write_proposal(repo, id, &proposal)?;
+            return Err(e.context(format!("not published; kept as proposal {id}")));
+        }
+        remove_proposal(repo, id)?;
+        return Ok(Committed {
+            version,
+            pending: None,
+        });
+    }
+    write_proposal(repo, id, &proposal)?;
+    Ok(Committed {
+        version,
+        pending: Some(pending),
+    })
+}
+
+/// Publishes a proposal that meets the threshold: its root (if any), its targets, and a new
+/// snapshot and timestamp signed with the keys in `keys`, moved in as one set.
+async fn publish(
+    repo: &Path,
+    keys: &Path,
+    state: &Path,
+    loaded: &Repository,
+    proposal: &Proposal,
+    lifetimes: Lifetimes,
+) -> anyhow::Result<()> {
+    let root = proposal.governing_root(loaded);
+    // What nodes will check, checked first: a published set nobody can verify would stop
+    // every node.
+    root.verify_role(&proposal.targets).map_err(|e| {
+        anyhow!("the targets metadata does not verify ({e}); nothing was published")
+    })?;
+    let staging = release::staging_dir(repo)?;
+    let write = |name: String, bytes: &[u8]| {
+        let path = staging.join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
+    };
+    if let Some(new_root) = &proposal.root {
+        write(
+            format!("{}.root.json", new_root.signed.version),
+            &pretty(new_root)?,
+        )?;
+    }
+    let targets = pretty(&proposal.targets)?;
+    let name = if root.consistent_snapshot {
+        format!("{}.targets.json", proposal.targets.signed.version)
+    } else {
+        "targets.json".to_owned()
+    };
+    write(name, &targets)?;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &targets);
+    let targets_meta = tough::schema::Metafile {
+        length: Some(targets.len() as u64),
+        hashes: Some(tough::schema::Hashes {
+            sha256: digest.as_ref().to_vec().into(),
+            _extra: HashMap::new(),
+        }),
+        version: proposal.targets.signed.version,
+        _extra: HashMap::new(),
+    };
+    release::sign_online_roles(
+        loaded,
+        root,
+        keys,
+        &staging,
+        Some((lifetimes.snapshot, Some(targets_meta))),
+        lifetimes.timestamp,
+    )
+    .await?;
+    release::move_in(repo, &staging)?;
+    release::remember(repo, state).await
+}
+
+/// Metadata as tough writes it: pretty JSON and a newline (what is signed is the canonical
+/// form of `signed`, so the layout only has to match the snapshot's length and hash).
+fn pretty<T: Serialize>(value: &T) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = serde_json::to_vec_pretty(value).context("encoding metadata")?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+fn check_id(id: &str) -> anyhow::Result<()> {
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        bail!("--id {id}: not a proposal id (as `fabrik release proposals` lists them)");
+    }
+    Ok(())
+}
+
+fn proposal_path(repo: &Path, id: &str) -> PathBuf {
+    proposals_dir(repo).join(format!("{id}.json"))
+}
+
+/// Writes through a temporary file, synced and renamed: a proposal is never half written.
+fn write_proposal(repo: &Path, id: &str, proposal: &Proposal) -> anyhow::Result<()> {
+    let dir = proposals_dir(repo);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = proposal_path(repo, id);
+    let temporary = dir.join(format!(".{id}.json.tmp"));
+    let bytes = pretty(proposal)?;
+    std::fs::File::create(&temporary)
+        .and_then(|mut file| {
+            use std::io::Write;
+            file.write_all(&bytes)?;
+            file.sync_all()
+        })
+        .with_context(|| format!("writing {}", temporary.display()))?;
+    std::fs::rename(&temporary, &path)
+        .with_context(|| format!("moving {} to {}", temporary.display(), path.display()))?;
+    std::fs::File::open(&dir)
+        .and_then(|directory| directory.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
+}
+
+fn read_proposal(repo: &Path, id: &str) -> anyhow::Result<Proposal> {
+    check_id(id)?;
+    let path = proposal_path(repo, id);
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!(
+            "{}: no proposal {id} (`fabrik release proposals --repo {}` lists them)",
+            path.display(),
+            repo.display()
+        )
+    })?;
+    serde_json::from_slice(&bytes).with_context(|| format!("{}: not a proposal", path.display()))
+}
+
+fn remove_proposal(repo: &Path, id: &str) -> anyhow::Result<()> {
+    let path = proposal_path(repo, id);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+/// How many proposals are stored (whether or not they can still be published).
+pub(crate) fn count(repo: &Path) -> anyhow::Result<usize> {
+    Ok(stored(repo)?.len())
+}
+
+/// The stored proposals, by id (oldest targets version first).
+fn stored(repo: &Path) -> anyhow::Result<Vec<(String, anyhow::Result<Proposal>)>> {
+    let dir = proposals_dir(repo);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    let mut ids: Vec<String> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let id = name.strip_suffix(".json")?.to_owned();
+            check_id(&id).ok().map(|()| id)
+        })
+        .collect();
+    ids.sort();
+    Ok(ids
+        .into_iter()
+        .map(|id| {
+            let proposal = read_proposal(repo, &id);
+            (id, proposal)
+        })
+        .collect())
+}
+
+/// A proposal as `fabrik release proposals` shows it.
+#[derive(Debug, Serialize)]
+pub(crate) struct ProposalView {
+    pub(crate) id: String,
+    pub(crate) targets_version: u64,
+    /// Key ids (16 hex digits) whose signatures verify.
+    pub(crate) signed_by: Vec<String>,
+    pub(crate) signatures: u64,
+    pub(crate) threshold: u64,
+    /// Why it cannot be published (stale, expired, a signature that does not verify).
+    pub(crate) problem: Option<String>,
+    pub(crate) changes: Vec<String>,
+}
+
+/// Every stored proposal, checked against the published metadata.
+pub(crate) async fn list(repo: &Path) -> anyhow::Result<Vec<ProposalView>> {
+    let loaded = release::load_local(repo).await?;
+    let mut views = Vec::new();
+    for (id, proposal) in stored(repo)? {
+        let proposal = match proposal {
+            Ok(proposal) => proposal,
+            Err(e) => {
+                views.push(ProposalView {
+                    id,
+                    targets_version: 0,
+                    signed_by: Vec::new(),
+                    signatures: 0,
+                    threshold: 0,
+                    problem: Some(format!("{e:#}")),
+                    changes: Vec::new(),
+                });
+                continue;
+            }
+        };
+        let signatures = proposal.valid_signatures(&loaded);
+        views.push(ProposalView {
+            targets_version: proposal.targets.signed.version.get(),
+            signed_by: proposal
+                .targets
+                .signatures
+                .iter()
+                .map(|s| short(&s.keyid))
+                .collect(),
+            signatures: *signatures.as_ref().unwrap_or(&0),
+            threshold: proposal.threshold(&loaded).unwrap_or(0),
+            problem: proposal
+                .stale(&loaded)
+                .or_else(|| signatures.err().map(|e| format!("{e:#}"))),
+            changes: proposal.changes(&loaded),
+            id,
+        });
+    }
+    Ok(views)
+}
+
+/// Adds the signature of the targets key in `keys` to proposal `id` (after checking every
+/// signature it has), and publishes it once it has enough signatures and `keys` holds the
+/// snapshot and timestamp keys. Also publishes a proposal that already has enough
+/// signatures, for a holder of those keys. Returns the proposal's changes with the outcome.
+pub(crate) async fn approve(
+    repo: &Path,
+    keys: &Path,
+    id: &str,
+    lifetimes: Lifetimes,
+) -> anyhow::Result<(Vec<String>, Committed)> {
+    check_id(id)?;
+    let _lock = release::lock(repo).await?;
+    let state = release::publisher_state(keys);
+    let loaded = release::load_for_signing(repo, &state).await?;
+    let mut proposal = read_proposal(repo, id)?;
+    if let Some(problem) = proposal.stale(&loaded) {
+        bail!("proposal {id} cannot be published: {problem}");
+    }
+    let signatures = proposal.valid_signatures(&loaded)?;
+    let threshold = proposal.threshold(&loaded)?;
+    let own = release::key_path(keys, "targets");
+    if own.is_file() {
+        let id_here = key_id_of(&own).await?;
+        let signed_already = proposal
+            .targets
+            .signatures
+            .iter()
+            .any(|s| s.keyid == id_here);
+        if signed_already && signatures < threshold {
+            bail!(
+                "key {} has signed proposal {id} already; it needs {} more signature(s) by \
+                 other targets keys",
+                short(&id_here),
+                threshold - signatures
+            );
+        }
+        if !signed_already {
+            let root = proposal.governing_root(&loaded).clone();
+            let signature = signature_by(&proposal.targets.signed, &root, &own).await?;
+            proposal.targets.signatures.push(signature);
+        }
+    } else if signatures < threshold {
+        bail!(
+            "{}: no targets key here to sign proposal {id} with (it has {signatures} of the \
+             {threshold} signatures it needs)",
+            own.display()
+        );
+    }
+    let changes = proposal.changes(&loaded);
+    let committed = finish(repo, keys, &state, &loaded, id, proposal, lifetimes).await?;
+    Ok((changes, committed))
+}
+
+/// Removes a proposal (nothing was published from it; its target files stay in `targets/`,
+/// named by no metadata).
+pub(crate) async fn withdraw(repo: &Path, id: &str) -> anyhow::Result<()> {
+    check_id(id)?;
+    let _lock = release::lock(repo).await?;
+    if !proposal_path(repo, id).is_file() {
+        bail!("no proposal {id} in {}", repo.display());
+    }
+    remove_proposal(repo, id)
+}
+
+/// Publishes the first stored proposal that has enough signatures and still follows the
+/// published metadata, with the snapshot and timestamp keys in `keys`: what a hub with
+/// `[releases] keys` does at each pass, and `fabrik release refresh --online`. `state` is the
+/// signer's memory. Returns the targets version published, if any.
+pub(crate) async fn publish_ready(
+    repo: &Path,
+    keys: &Path,
+    state: &Path,
+    lifetimes: Lifetimes,
+) -> anyhow::Result<Option<u64>> {
+    if stored(repo)?.is_empty() {
+        return Ok(None);
+    }
+    let _lock = release::lock(repo).await?;
+    let loaded = release::load_for_signing(repo, state).await?;
+    for (id, proposal) in stored(repo)? {
+        let Ok(proposal) = proposal else { continue };
+        if proposal.stale(&loaded).is_some() {
+            continue;
+        }
+        let signatures = match proposal.valid_signatures(&loaded) {
+            Ok(signatures) => signatures,
+            Err(e) => {
+                tracing::warn!(proposal = %id, error = %format!("{e:#}"), "A release proposal does not verify; it is not published.");
+                continue;
+            }
+        };
+        if signatures < proposal.threshold(&loaded)? {
+            continue;
+        }
+        let version = proposal.targets.signed.version.get();
+        publish(repo, keys, state, &loaded, &proposal, lifetimes).await?;
+        remove_proposal(repo, &id)?;
+        return Ok(Some(version));
+    }
+    Ok(None)
+}
+
+/// Makes a new private key (PKCS#8 Ed25519, mode 0600, never overwriting) at `path` and its
+/// public key, as TUF metadata lists it, at `<path>.pub` — what a root holder adds with
+/// `fabrik release signers --add`. Returns the key id.
+pub(crate) async fn keygen(path: &Path) -> anyhow::Result<(String, PathBuf)> {
+    let public_path = PathBuf::from(format!("{}.pub", path.display()));
+    if public_path.exists() {
+        bail!(
+            "{}: exists; keys are never overwritten",
+            public_path.display()
+        );
+    }
+    let (pkcs8, _) = crate::model_signature::generate().map_err(anyhow::Error::msg)?;
+    crate::run::write_private(path, &pkcs8)
+        .with_context(|| format!("creating {} (keys are never overwritten)", path.display()))?;
+    let key = LocalKeySource {
+        path: path.to_owned(),
+    }
+    .as_sign()
+    .await
+    .map_err(|e| anyhow!("{}: {e}", path.display()))?
+    .tuf_key();
+    let id = key.key_id().context("key id")?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    let mut bytes = serde_json::to_vec_pretty(&key).context("encoding the public key")?;
+    bytes.push(b'\n');
+    options
+        .open(&public_path)
+        .and_then(|mut file| {
+            use std::io::Write;
+            file.write_all(&bytes)
+        })
+        .with_context(|| format!("writing {}", public_path.display()))?;
+    Ok((hex(&id), public_path))
+}
+
+/// Changes who signs the targets metadata: adds the public keys in `add` (files `keygen`
+/// wrote), removes the keys whose ids start with `remove` (at least 8 hex digits, as
+/// `proposals` and `list` show them), and sets the threshold. The new root (version + 1,
+/// valid for `lifetimes.root`) is signed with the root key in `keys` and waits, as a proposal,
+/// with the current targets re-signed under it until enough of the new targets keys have
+/// signed (the targets key in `keys` signs at once if the new root lists it). Returns the new
+/// root's version and the outcome.
+pub(crate) async fn signers(
+    repo: &Path,
+    keys: &Path,
+    add: &[PathBuf],
+    remove: &[String],
+    threshold: Option<u64>,
+    lifetimes: Lifetimes,
+) -> anyhow::Result<(u64, Committed)> {
+    let _lock = release::lock(repo).await?;
+    let state = release::publisher_state(keys);
+    let loaded = release::load_for_signing(repo, &state).await?;
+    let current = loaded.root().signed.clone();
+    let mut root = current.clone();
+    root.version = release::next(root.version)?;
+    root.expires = release::expires_in(lifetimes.root)?;
+    let mut role = targets_keys(&root)?.clone();
+    let mut changed = false;
+    for file in add {
+        let bytes = std::fs::read(file)
+            .with_context(|| format!("--add {}: cannot read", file.display()))?;
+        let key: Key = serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "--add {}: not a public key file (`fabrik release keygen` writes one as \
+                 KEY.pub)",
+                file.display()
+            )
+        })?;
+        let id = key
+            .key_id()
+            .with_context(|| format!("--add {}: key id", file.display()))?;
+        if role.keyids.contains(&id) {
+            bail!(
+                "--add {}: key {} signs the targets already",
+                file.display(),
+                short(&id)
+            );
+        }
+        root.keys.insert(id.clone(), key);
+        role.keyids.push(id);
+        changed = true;
+    }
+    for prefix in remove {
+        let prefix = prefix.trim().to_ascii_lowercase();
+        if prefix.len() < 8 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+            bail!("--remove {prefix}: at least 8 hex digits of a key id");
+        }
+        let matching: Vec<Decoded<Hex>> = role
+            .keyids
+            .iter()
+            .filter(|id| hex(id).starts_with(&prefix))
+            .cloned()
+            .collect();
+        let [id] = matching.as_slice() else {
+            bail!(
+                "--remove {prefix}: {} of the targets keys ({}) start so",
+                matching.len(),
+                role.keyids.iter().map(short).collect::<Vec<_>>().join(", ")
+            );
+        };
+        role.keyids.retain(|listed| listed != id);
+        changed = true;
+    }
+    if let Some(threshold) = threshold {
+        let threshold = NonZeroU64::new(threshold).context("--threshold: at least 1")?;
+        changed |= threshold != role.threshold;
+        role.threshold = threshold;
+    }
+    if !changed {
+        bail!("nothing to change: give --add, --remove or --threshold");
+    }
+    if role.keyids.is_empty() {
+        bail!("the targets role would have no key left");
+    }
+    if role.threshold.get() > role.keyids.len() as u64 {
+        bail!(
+            "--threshold {}: the targets role would have only {} key(s)",
+            role.threshold,
+            role.keyids.len()
+        );
+    }
+    root.roles.insert(RoleType::Targets, role);
+    let used: Vec<Decoded<Hex>> = root
+        .roles
+        .values()
+        .flat_map(|keys| keys.keyids.iter().cloned())
+        .collect();
+    root.keys.retain(|id, _| used.contains(id));
+    let signed_root = SignedRole::new(
+        root.clone(),
+        &KeyHolder::Root(root.clone()),
+        &release::key_sources(keys, &["root"])?,
+        &aws_lc_rs::rand::SystemRandom::new(),
+    )
+    .await
+    .context("signing the new root (is root.key the repository's root key?)")?
+    .signed()
+    .clone();
+    release::check_new_root(&current, &signed_root)?;
+    let version = signed_root.signed.version.get();
+    let targets = next_targets(&loaded, lifetimes)?;
+    let committed = commit_targets(
+        repo,
+        keys,
+        &loaded,
+        Some(signed_root),
+        targets,
+        lifetimes,
+        false,
+    )
+    .await?;
+    Ok((version, committed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::release::tests::{forest, fresh_repository};
+    use crate::release::{Audience, add_model, load_local};
+
+    /// A person's keys directory holding only their own targets key, and its public key.
+    async fn signer(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let keys = dir.join(name);
+        std::fs::create_dir_all(&keys).expect("dir");
+        let (_, public) = keygen(&keys.join("targets.key")).await.expect("keygen");
+        (keys, public)
+    }
+
+    /// A hub's keys directory: copies of the two online keys.
+    fn hub(dir: &Path, keys: &Path) -> PathBuf {
+        let hub = dir.join("hub");
+        std::fs::create_dir_all(&hub).expect("dir");
+        for role in ["snapshot", "timestamp"] {
+            std::fs::copy(release::key_path(keys, role), release::key_path(&hub, role))
+                .expect("copy");
+        }
+        hub
+    }
+
+    async fn propose_model(repo: &Path, keys: &Path, dir: &Path, name: &str) -> Committed {
+        let model = dir.join(format!("{name}.onnx"));
+        std::fs::write(&model, forest()).expect("model");
+        let (_, committed) = add_model(
+            repo,
+            keys,
+            &model,
+            name,
+            Audience::default(),
+            Lifetimes::default(),
+        )
+        .await
+        .expect("add");
+        committed
+    }
+
+    fn target_names(loaded: &Repository) -> Vec<String> {
+        let mut names: Vec<String> = loaded
+            .all_targets()
+            .map(|(name, _)| name.raw().to_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Two of two: the root holder adds a second signer; nothing is published until that
+    /// signer has signed too, and then the hub publishes; a release by one of them waits
+    /// for the other, is refused when changed after signing, and nodes refuse the targets
+    /// metadata with one signature.
+    #[tokio::test]
+    async fn a_release_needs_both_signers_and_nodes_refuse_one_signature() {
+        let (dir, repo, alice) = fresh_repository().await;
+        let (bob, bob_public) = signer(dir.path(), "bob").await;
+        let hub = hub(dir.path(), &alice);
+        let hub_state = dir.path().join("hub-state");
+
+        let (root_version, committed) = signers(
+            &repo,
+            &alice,
+            std::slice::from_ref(&bob_public),
+            &[],
+            Some(2),
+            Lifetimes::default(),
+        )
+        .await
+        .expect("signers");
+        assert_eq!(root_version, 2);
+        let pending = committed.pending.expect("waits for bob");
+        assert_eq!((pending.signatures, pending.threshold), (1, 2));
+        let loaded = load_local(&repo).await.expect("load");
+        assert_eq!(
+            loaded.root().signed.version.get(),
+            1,
+            "the new root waits with the proposal"
+        );
+        let listed = list(&repo).await.expect("list");
+        assert_eq!(listed.len(), 1);
+        assert!(
+            listed[0].changes[0].contains("targets signed by 2 of"),
+            "{:?}",
+            listed[0].changes
+        );
+        assert_eq!(listed[0].problem, None);
+
+        // Bob signs, without the online keys: signed enough, published by the hub.
+        let (_, committed) = approve(&repo, &bob, &pending.id, Lifetimes::default())
+            .await
+            .expect("bob approves");
+        assert!(committed.pending.as_ref().is_some_and(Pending::ready));
+        assert_eq!(
+            load_local(&repo)
+                .await
+                .expect("load")
+                .root()
+                .signed
+                .version
+                .get(),
+            1
+        );
+        let published = publish_ready(&repo, &hub, &hub_state, Lifetimes::default())
+            .await
+            .expect("hub publishes");
+        assert_eq!(published, Some(2));
+        let loaded = load_local(&repo).await.expect("load");
+        assert_eq!(loaded.root().signed.version.get(), 2);
+        assert_eq!(
+            loaded.root().signed.roles[&RoleType::Targets]
+                .threshold
+                .get(),
+            2
+        );
+        assert_eq!(loaded.targets().signatures.len(), 2);
+        assert!(list(&repo).await.expect("list").is_empty());
+
+        // Alice releases a model: it waits for Bob.
+        let committed = propose_model(&repo, &alice, dir.path(), "pump").await;
+        let pending = committed.pending.expect("waits for bob");
+        assert_eq!((pending.signatures, pending.threshold), (1, 2));
+        assert!(target_names(&load_local(&repo).await.expect("load")).is_empty());
+        let again = approve(&repo, &alice, &pending.id, Lifetimes::default())
+            .await
+            .expect_err("alice cannot sign twice");
+        assert!(
+            format!("{again:#}").contains("has signed proposal"),
+            "{again:#}"
+        );
+
+        // What nodes do with a targets metadata only Alice signed: refuse it.
+        let forged = dir.path().join("forged");
+        copy_dir(&repo, &forged);
+        let proposal = read_proposal(&forged, &pending.id).expect("read");
+        let loaded = load_local(&forged).await.expect("load");
+        let staging = release::staging_dir(&forged).expect("staging");
+        let bytes = pretty(&proposal.targets).expect("json");
+        std::fs::write(
+            staging.join(format!("{}.targets.json", proposal.targets.signed.version)),
+            &bytes,
+        )
+        .expect("write");
+        let meta = tough::schema::Metafile {
+            length: Some(bytes.len() as u64),
+            hashes: Some(tough::schema::Hashes {
+                sha256: aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes)
+                    .as_ref()
+                    .to_vec()
+                    .into(),
+                _extra: HashMap::new(),
+            }),
+            version: proposal.targets.signed.version,
+            _extra: HashMap::new(),
+        };
+        release::sign_online_roles(
+            &loaded,
+            &loaded.root().signed,
+            &alice,
+            &staging,
+            Some((Lifetimes::default().snapshot, Some(meta))),
+            Lifetimes::default().timestamp,
+        )
+        .await
+        .expect("sign");
+        release::move_in(&forged, &staging).expect("move in");
+        let refused = load_local(&forged).await.expect_err("one signature of two");
+        assert!(
+            format!("{refused:#}").to_lowercase().contains("threshold"),
+            "{refused:#}"
+        );
+
+        // Changed after Alice signed (another node pattern): Bob's check refuses it.
+        let path = proposal_path(&repo, &pending.id);
+        let original = std::fs::read(&path).expect("read");
+        let mut tampered: serde_json::Value = serde_json::from_slice(&original).expect("json");
+        tampered["targets"]["signed"]["targets"]["pump.onnx"]["custom"]["fabrik"]["nodes"] =
+            serde_json::json!(["attacker-*"]);
+        std::fs::write(&path, serde_json::to_vec(&tampered).expect("json")).expect("write");
+        let refused = approve(&repo, &bob, &pending.id, Lifetimes::default())
+            .await
+            .expect_err("changed after signing");
+        let alice_id = short(&key_id_of(&alice.join("targets.key")).await.expect("id"));
+        assert!(
+            format!("{refused:#}").contains(&format!("signature by key {alice_id}")),
+            "{refused:#}"
+        );
+        assert!(list(&repo).await.expect("list")[0].problem.is_some());
+        std::fs::write(&path, &original).expect("restore");
+
+        // Bob signs with the online keys at hand: published at once.
+        for role in ["snapshot", "timestamp"] {
+            std::fs::copy(release::key_path(&hub, role), release::key_path(&bob, role))
+                .expect("copy");
+        }
+        let (changes, committed) = approve(&repo, &bob, &pending.id, Lifetimes::default())
+            .await
+            .expect("bob approves");
+        assert!(changes[0].starts_with("+ pump.onnx ("), "{changes:?}");
+        assert!(committed.pending.is_none());
+        let loaded = load_local(&repo).await.expect("load");
+        assert_eq!(target_names(&loaded), ["pump.onnx"]);
+        assert_eq!(loaded.targets().signatures.len(), 2);
+
+        // Two proposals on the same version: the second is stale once the first lands.
+        let first = propose_model(&repo, &alice, dir.path(), "fan").await;
+        let second = propose_model(&repo, &alice, dir.path(), "valve").await;
+        let (first, second) = (
+            first.pending.expect("first"),
+            second.pending.expect("second"),
+        );
+        approve(&repo, &bob, &first.id, Lifetimes::default())
+            .await
+            .expect("first");
+        let stale = approve(&repo, &bob, &second.id, Lifetimes::default())
+            .await
+            .expect_err("stale");
+        assert!(
+            format!("{stale:#}").contains("propose the change again"),
+            "{stale:#}"
+        );
+        assert_eq!(
+            target_names(&load_local(&repo).await.expect("load")),
+            ["fan.onnx", "pump.onnx"]
+        );
+        withdraw(&repo, &second.id).await.expect("withdraw");
+        assert!(list(&repo).await.expect("list").is_empty());
+
+        // One key replaces a key of two by rotation no longer.
+        let refused = crate::release_keys::rotate(&repo, &alice, "snapshot", Lifetimes::default())
+            .await
+            .expect_err("rotation re-signs the targets with one key");
+        assert!(
+            format!("{refused:#}").contains("release signers"),
+            "{refused:#}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_change_of_signers_that_cannot_work_is_refused() {
+        let (dir, repo, keys) = fresh_repository().await;
+        let (_, bob_public) = signer(dir.path(), "bob").await;
+        let attempt = |add: Vec<PathBuf>, remove: Vec<String>, threshold: Option<u64>| {
+            let (repo, keys) = (repo.clone(), keys.clone());
+            async move {
+                signers(&repo, &keys, &add, &remove, threshold, Lifetimes::default())
+                    .await
+                    .map(drop)
+                    .map_err(|e| format!("{e:#}"))
+            }
+        };
+        let error = attempt(vec![bob_public.clone()], vec![], Some(3))
+            .await
+            .expect_err("3 of 2");
+        assert!(error.contains("only 2 key(s)"), "{error}");
+        let error = attempt(vec![], vec!["00000000".into()], None)
+            .await
+            .expect_err("no such key");
+        assert!(error.contains("0 of the targets keys"), "{error}");
+        let error = attempt(vec![], vec![], None).await.expect_err("nothing");
+        assert!(error.contains("nothing to change"), "{error}");
+        let error = attempt(vec![keys.join("targets.key")], vec![], None)
+            .await
+            .expect_err("a private key file");
+        assert!(error.contains("not a public key file"), "{error}");
+        let alice = short(&key_id_of(&keys.join("targets.key")).await.expect("id"));
+        let error = attempt(vec![], vec![alice], None)
+            .await
+            .expect_err("the only key");
+        assert!(error.contains("no key left"), "{error}");
+        assert!(
+            list(&repo).await.expect("list").is_empty(),
+            "nothing stored"
+        );
+        assert_eq!(
+            load_local(&repo)
+                .await
+                .expect("load")
+                .root()
+                .signed
+                .version
+                .get(),
+            1
+        );
+        // Adding a key at threshold 1: the publisher's own signature suffices, published at once.
+        let (_, committed) = signers(&repo, &keys, &[bob_public], &[], None, Lifetimes::default())
+            .await
+            .expect("add bob at 1 of 2");
+        assert!(committed.pending.is_none());
+        let loaded = load_local(&repo).await.expect("load");
+        assert_eq!(loaded.root().signed.version.get(), 2);
+        assert_eq!(
+            loaded.root().signed.roles[&RoleType::Targets].keyids.len(),
+            2
+        );
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("dir");
+        for entry in std::fs::read_dir(from).expect("read").flatten() {
+            let target = to.join(entry.file_name());
+            if entry.path().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), &target).expect("copy");
+            }
+        }
+    }
+}
