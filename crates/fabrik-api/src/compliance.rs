@@ -483,7 +483,9 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
         match live.release_signers {
             Some((threshold, keys)) if threshold >= 2 => evidence.push(format!(
                 "each release is signed by {threshold} of {keys} publishers' keys before this \
-                 node accepts it: no one person can publish to it alone (decision 0075)"
+                 node accepts it: no one holder of a targets key can publish to it alone, and \
+                 changing who those are needs the same quorum besides the root key, which \
+                 should be held apart from them (decision 0075)"
             )),
             Some((threshold, keys)) => evidence.push(format!(
                 "each release is signed by {threshold} of {keys} publishers' keys: one person \

@@ -250,11 +250,16 @@ enum ReleaseCommand {
         /// to publish).
         #[arg(long)]
         keys: PathBuf,
-        /// The proposal, as `fabrik release proposals` lists it.
+        /// The proposal, as `fabrik release proposals` lists it (the id names its content:
+        /// a proposal changed since it was listed is refused).
         #[arg(long)]
         id: String,
-        #[command(flatten)]
-        lifetimes: LifetimeArgs,
+        /// Validity of the snapshot metadata, when this publishes it.
+        #[arg(long, default_value = "7d")]
+        snapshot_lifetime: String,
+        /// Validity of the timestamp metadata, when this publishes it.
+        #[arg(long, default_value = "1d")]
+        timestamp_lifetime: String,
     },
     /// Drop a waiting change (nothing of it was published).
     Withdraw {
@@ -498,10 +503,12 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
             }
             if online {
                 let state = release::publisher_state(&keys);
-                if let Some(version) =
-                    crate::release_proposals::publish_ready(&repo, &keys, &state, lifetimes).await?
-                {
-                    println!("published the signed proposal as targets version {version}");
+                // A proposal that cannot be published must not keep the timestamp from being
+                // re-signed: its error is reported after.
+                let published =
+                    crate::release_proposals::publish_ready(&repo, &keys, &state, lifetimes).await;
+                if let Ok(Some(version)) = published {
+                    println!("published a signed proposal as targets version {version}");
                 }
                 release::refresh_online(
                     &repo,
@@ -511,6 +518,7 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                     lifetimes.timestamp,
                 )
                 .await?;
+                published.context("publishing the signed proposals")?;
             } else {
                 let committed = release::refresh(&repo, &keys, lifetimes).await?;
                 if committed.pending.is_some() {
@@ -607,6 +615,12 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                         proposal.signed_by.join(", ")
                     }
                 );
+                if let Some((signatures, threshold)) = proposal.current_root_quorum {
+                    println!(
+                        "  a change of signers: also signed by {signatures} of the {threshold} \
+                         keys the current root needs"
+                    );
+                }
                 if let Some(problem) = &proposal.problem {
                     println!("  cannot be published: {problem}");
                 }
@@ -619,11 +633,17 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
             repo,
             keys,
             id,
-            lifetimes,
+            snapshot_lifetime,
+            timestamp_lifetime,
         } => {
+            let lifetimes = LifetimeArgs {
+                targets_lifetime: "90d".into(),
+                snapshot_lifetime,
+                timestamp_lifetime,
+            }
+            .lifetimes(None)?;
             let (changes, committed) =
-                crate::release_proposals::approve(&repo, &keys, &id, lifetimes.lifetimes(None)?)
-                    .await?;
+                crate::release_proposals::approve(&repo, &keys, &id, lifetimes).await?;
             for change in &changes {
                 println!("  {change}");
             }

@@ -3,8 +3,9 @@
 //! proposal in `<repo>/proposals/` until enough targets keys have signed it, and is then
 //! published with a new snapshot and timestamp — by whoever completes it and holds those two
 //! keys, or by a hub that re-signs them (`[releases] keys`). A new root that changes who signs
-//! the targets (`fabrik release signers`) waits with the targets signed under it, so nodes
-//! never see a root whose targets do not verify.
+//! the targets (`fabrik release signers`) waits with the targets signed under it, and needs
+//! the signatures the current root asks for as well as its own, so nodes never see a root
+//! whose targets do not verify and the signers cannot be changed around the current quorum.
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;
@@ -17,7 +18,7 @@ use tough::editor::signed::SignedRole;
 use tough::key_source::{KeySource, LocalKeySource};
 use tough::schema::decoded::{Decoded, Hex};
 use tough::schema::key::Key;
-use tough::schema::{KeyHolder, RoleType, Root, Signature, Signed, Targets};
+use tough::schema::{KeyHolder, RoleKeys, RoleType, Root, Signature, Signed, Targets};
 
 use crate::release::{self, Lifetimes, hex};
 
@@ -28,9 +29,9 @@ fn proposals_dir(repo: &Path) -> PathBuf {
 }
 
 /// A change to the targets metadata waiting for signatures, as stored in
-/// `<repo>/proposals/<id>.json`. Nothing in it is trusted: every signature is checked
-/// against the root before it counts, and what an approver is shown is read from the signed
-/// content.
+/// `<repo>/proposals/<id>.json`, where the id names its content (see [`Proposal::id`]).
+/// Nothing in it is trusted: every signature is checked against the roots before it counts,
+/// and what an approver is shown is read from the content the id names.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Proposal {
@@ -57,16 +58,35 @@ pub(crate) struct Committed {
 #[derive(Debug, Clone)]
 pub(crate) struct Pending {
     pub(crate) id: String,
-    /// Valid signatures from distinct targets keys.
+    /// Valid signatures from distinct targets keys of the root it is published under.
     pub(crate) signatures: u64,
-    /// How many the root asks for.
+    /// How many that root asks for.
     pub(crate) threshold: u64,
+    /// With a new root: valid signatures by the current root's targets keys, and how many it
+    /// asks for (a change of signers needs the current quorum too).
+    pub(crate) current: Option<(u64, u64)>,
 }
 
 impl Pending {
     /// Signed enough, waiting only for the snapshot and timestamp keys.
     pub(crate) fn ready(&self) -> bool {
         self.signatures >= self.threshold
+            && self
+                .current
+                .is_none_or(|(signatures, threshold)| signatures >= threshold)
+    }
+
+    fn standing(&self) -> String {
+        let mut text = format!(
+            "signed by {} of the {} targets keys needed",
+            self.signatures, self.threshold
+        );
+        if let Some((signatures, threshold)) = self.current {
+            text.push_str(&format!(
+                ", and by {signatures} of the {threshold} the current root needs"
+            ));
+        }
+        text
     }
 }
 
@@ -78,27 +98,24 @@ impl Committed {
         };
         if pending.ready() {
             format!(
-                "signed {what} (targets version {}, proposal {}) by {} of the {} targets keys \
-                 needed; not published: no snapshot and timestamp keys here. A hub with \
-                 [releases] keys publishes it within a minute, or run `fabrik release \
-                 approve --repo {} --keys KEYS --id {}` with those keys",
+                "{what} (targets version {}, proposal {}) is {}, but not published: no \
+                 snapshot and timestamp keys here. A hub with [releases] keys publishes it \
+                 within a minute, or run `fabrik release approve --repo {} --keys KEYS --id \
+                 {}` with those keys",
                 self.version,
                 pending.id,
-                pending.signatures,
-                pending.threshold,
+                pending.standing(),
                 repo.display(),
                 pending.id
             )
         } else {
             format!(
-                "proposed {what} as targets version {} (proposal {}): signed by {} of the {} \
-                 targets keys needed; another signer reviews it with `fabrik release proposals \
-                 --repo {}` and signs it with `fabrik release approve --repo {} --keys \
-                 THEIR_KEYS --id {}`",
-                self.version,
+                "{what} waits as proposal {} for targets version {}: {}. Another signer \
+                 reviews it with `fabrik release proposals --repo {}` and signs it with \
+                 `fabrik release approve --repo {} --keys THEIR_KEYS --id {}`",
                 pending.id,
-                pending.signatures,
-                pending.threshold,
+                self.version,
+                pending.standing(),
                 repo.display(),
                 repo.display(),
                 pending.id
@@ -120,13 +137,25 @@ pub(crate) async fn key_id_of(path: &Path) -> anyhow::Result<Decoded<Hex>> {
     .context("key id")
 }
 
+/// The raw public key of an Ed25519 key without extra fields — the only kind a targets signer
+/// may have: a key id hashes the whole key's JSON, so one public key dressed with an extra
+/// field would get a second id and one person's signature would count twice.
+fn public_key(key: &Key) -> Option<&[u8]> {
+    match key {
+        Key::Ed25519 { keyval, _extra, .. } if _extra.is_empty() && keyval._extra.is_empty() => {
+            Some(&keyval.public)
+        }
+        _ => None,
+    }
+}
+
 /// `root` with only `keyid` listed for the targets role, at threshold 1: the means to make
 /// and check one signature with tough's own code, whatever the real threshold is.
 fn only_key(root: &Root, keyid: &Decoded<Hex>) -> Root {
     let mut only = root.clone();
     only.roles.insert(
         RoleType::Targets,
-        tough::schema::RoleKeys {
+        RoleKeys {
             keyids: vec![keyid.clone()],
             threshold: NonZeroU64::MIN,
             _extra: HashMap::new(),
@@ -135,23 +164,26 @@ fn only_key(root: &Root, keyid: &Decoded<Hex>) -> Root {
     only
 }
 
-fn targets_keys(root: &Root) -> anyhow::Result<&tough::schema::RoleKeys> {
+fn targets_keys(root: &Root) -> anyhow::Result<&RoleKeys> {
     root.roles
         .get(&RoleType::Targets)
         .context("the root names no targets keys")
+}
+
+fn lists(root: &Root, id: &Decoded<Hex>) -> bool {
+    targets_keys(root).is_ok_and(|keys| keys.keyids.contains(id))
 }
 
 /// Signs `targets` with the private key in `path`, which `root` must list for the targets
 /// role.
 async fn signature_by(targets: &Targets, root: &Root, path: &Path) -> anyhow::Result<Signature> {
     let id = key_id_of(path).await?;
-    let listed = targets_keys(root)?;
-    if !listed.keyids.contains(&id) {
+    if !lists(root, &id) {
         bail!(
             "{}: key {} is not one of the targets keys the root lists ({})",
             path.display(),
             short(&id),
-            listed
+            targets_keys(root)?
                 .keyids
                 .iter()
                 .map(short)
@@ -179,8 +211,7 @@ async fn signature_by(targets: &Targets, root: &Root, path: &Path) -> anyhow::Re
 
 /// Whether `signature` is a valid signature of `targets` by a targets key `root` lists.
 fn verifies(targets: &Targets, signature: &Signature, root: &Root) -> bool {
-    let listed = targets_keys(root).is_ok_and(|keys| keys.keyids.contains(&signature.keyid));
-    listed
+    lists(root, &signature.keyid)
         && only_key(root, &signature.keyid)
             .verify_role(&Signed {
                 signed: targets.clone(),
@@ -189,13 +220,74 @@ fn verifies(targets: &Targets, signature: &Signature, root: &Root) -> bool {
             .is_ok()
 }
 
+/// How many distinct public keys among `ids` (all listed by `root`).
+fn distinct_keys(root: &Root, ids: &[Decoded<Hex>]) -> u64 {
+    let mut keys: Vec<Vec<u8>> = ids
+        .iter()
+        .filter_map(|id| root.keys.get(id))
+        .map(|key| public_key(key).map_or_else(|| format!("{key:?}").into_bytes(), <[u8]>::to_vec))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys.len() as u64
+}
+
 /// The first 16 hex digits of a key id: what the CLI shows and `--remove` takes.
 pub(crate) fn short(id: &Decoded<Hex>) -> String {
     let text = hex(id);
     text.get(..16).unwrap_or(&text).to_owned()
 }
 
+/// TUF's canonical JSON of `value`: the bytes signatures are made over.
+fn canonical<T: Serialize>(value: &T) -> anyhow::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    let mut serializer =
+        serde_json::Serializer::with_formatter(&mut data, olpc_cjson::CanonicalFormatter::new());
+    value
+        .serialize(&mut serializer)
+        .context("encoding canonical JSON")?;
+    Ok(data)
+}
+
+/// A string for the terminal: JSON-quoted, so control characters in a name cannot disguise a
+/// line.
+fn quoted(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_else(|_| format!("{text:?}"))
+}
+
+/// The signatures of a proposal that count.
+struct Counted {
+    /// By targets keys of the root it is published under.
+    governing: Vec<Decoded<Hex>>,
+    /// By the current root's targets keys, when it carries a new root.
+    current: Option<Vec<Decoded<Hex>>>,
+}
+
 impl Proposal {
+    /// Its id: the targets version and 128 bits of the SHA-256 of what it asks to have signed
+    /// and published (its base versions, targets metadata and new root, as canonical JSON).
+    /// An id an approver reviewed names that content and no other; signatures added later do
+    /// not change it.
+    fn id(&self) -> anyhow::Result<String> {
+        let mut content = format!(
+            "fabrik release proposal v1\n{}\n{}\n",
+            self.base_targets_version, self.base_root_version
+        )
+        .into_bytes();
+        content.extend(canonical(&self.targets.signed)?);
+        content.push(b'\n');
+        match &self.root {
+            Some(root) => content.extend(canonical(&root.signed)?),
+            None => content.extend(b"null"),
+        }
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &content);
+        Ok(format!(
+            "{}-{}",
+            self.targets.signed.version,
+            &hex(digest.as_ref())[..32]
+        ))
+    }
+
     /// The root the targets are signed under: the new one it carries, else the published one.
     fn governing_root<'a>(&'a self, loaded: &'a Repository) -> &'a Root {
         match &self.root {
@@ -204,11 +296,16 @@ impl Proposal {
         }
     }
 
-    /// Signatures that count: valid, by distinct targets keys of the governing root. The
-    /// first invalid one is an error naming its key — the proposal was changed after that key
-    /// signed it.
-    fn valid_signatures(&self, loaded: &Repository) -> anyhow::Result<u64> {
-        let root = self.governing_root(loaded);
+    /// The signatures that count. Each must verify under the governing root or (with a new
+    /// root) the current one: the first that does not is an error naming its key — the
+    /// proposal was changed after that key signed it.
+    fn counted(&self, loaded: &Repository) -> anyhow::Result<Counted> {
+        let governing = self.governing_root(loaded);
+        let current = self.root.as_ref().map(|_| &loaded.root().signed);
+        let mut counted = Counted {
+            governing: Vec::new(),
+            current: current.map(|_| Vec::new()),
+        };
         let mut seen = Vec::new();
         for signature in &self.targets.signatures {
             if seen.contains(&signature.keyid) {
@@ -217,7 +314,19 @@ impl Proposal {
                     short(&signature.keyid)
                 );
             }
-            if !verifies(&self.targets.signed, signature, root) {
+            seen.push(signature.keyid.clone());
+            let mut valid = false;
+            if verifies(&self.targets.signed, signature, governing) {
+                counted.governing.push(signature.keyid.clone());
+                valid = true;
+            }
+            if let (Some(current), Some(ids)) = (current, counted.current.as_mut())
+                && verifies(&self.targets.signed, signature, current)
+            {
+                ids.push(signature.keyid.clone());
+                valid = true;
+            }
+            if !valid {
                 bail!(
                     "the signature by key {} does not verify: the proposal was changed after \
                      that key signed it, or the key is not one of the targets keys; withdraw \
@@ -225,18 +334,33 @@ impl Proposal {
                     short(&signature.keyid)
                 );
             }
-            seen.push(signature.keyid.clone());
         }
-        Ok(seen.len() as u64)
+        Ok(counted)
     }
 
-    fn threshold(&self, loaded: &Repository) -> anyhow::Result<u64> {
-        Ok(targets_keys(self.governing_root(loaded))?.threshold.get())
+    /// Its standing: the signatures that count against what the roots ask for.
+    fn pending(&self, id: &str, loaded: &Repository) -> anyhow::Result<Pending> {
+        let counted = self.counted(loaded)?;
+        let governing = self.governing_root(loaded);
+        let current = match counted.current {
+            Some(ids) => Some((
+                distinct_keys(&loaded.root().signed, &ids),
+                targets_keys(&loaded.root().signed)?.threshold.get(),
+            )),
+            None => None,
+        };
+        Ok(Pending {
+            id: id.to_owned(),
+            signatures: distinct_keys(governing, &counted.governing),
+            threshold: targets_keys(governing)?.threshold.get(),
+            current,
+        })
     }
 
     /// Why this proposal can no longer be published, if it cannot: the repository moved on
     /// (another change was published first), its new root no longer follows the published
-    /// one, or its targets metadata has expired.
+    /// one or changes more than who signs the targets, its targets change more than the
+    /// targets, or have expired.
     fn stale(&self, loaded: &Repository) -> Option<String> {
         let published = loaded.targets().signed.version.get();
         let root_version = loaded.root().signed.version.get();
@@ -247,11 +371,23 @@ impl Proposal {
                 self.base_targets_version, self.base_root_version
             ));
         }
-        if self.targets.signed.version.get() != published + 1 {
+        let targets = &self.targets.signed;
+        if targets.version.get() != published + 1 {
             return Some(format!(
                 "its targets version {} does not follow the published {published}",
-                self.targets.signed.version
+                targets.version
             ));
+        }
+        let before = &loaded.targets().signed;
+        if targets.delegations != before.delegations
+            || targets._extra != before._extra
+            || targets.spec_version != before.spec_version
+        {
+            return Some(
+                "it changes the targets metadata beyond its targets (delegations or other \
+                 fields): not written by Fabrik"
+                    .to_owned(),
+            );
         }
         if let Some(root) = &self.root {
             if root.signed.version.get() != root_version + 1 {
@@ -263,18 +399,21 @@ impl Proposal {
             if let Err(e) = release::check_new_root(&loaded.root().signed, root) {
                 return Some(format!("{e:#}"));
             }
+            if let Some(problem) = signers_change_problem(&loaded.root().signed, &root.signed) {
+                return Some(problem);
+            }
         }
-        if self.targets.signed.expires <= jiff::Timestamp::now() {
+        if targets.expires <= jiff::Timestamp::now() {
             return Some(format!(
                 "its targets metadata expired at {}",
-                self.targets.signed.expires
+                targets.expires
             ));
         }
         None
     }
 
-    /// What it changes against the published metadata, one line each, read from what is
-    /// signed.
+    /// What it changes against the published metadata, one line each, read from the content
+    /// its id names: every field of each target added or changed, in full.
     pub(crate) fn changes(&self, loaded: &Repository) -> Vec<String> {
         let mut lines = Vec::new();
         if let Some(root) = &self.root {
@@ -282,13 +421,18 @@ impl Proposal {
                 Ok(keys) => format!(
                     "{} of [{}]",
                     keys.threshold,
-                    keys.keyids.iter().map(short).collect::<Vec<_>>().join(", ")
+                    keys.keyids
+                        .iter()
+                        .map(|id| hex(id))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
                 Err(_) => "no keys".to_owned(),
             };
             lines.push(format!(
-                "root version {}: targets signed by {} (was {})",
+                "root version {} (valid until {}): targets signed by {} (was {})",
                 root.signed.version,
+                root.signed.expires,
                 describe(&root.signed),
                 describe(&loaded.root().signed)
             ));
@@ -298,42 +442,17 @@ impl Proposal {
         let mut names: Vec<&tough::TargetName> = before.keys().chain(after.keys()).collect();
         names.sort_by(|a, b| a.raw().cmp(b.raw()));
         names.dedup();
+        let full = |target: &tough::schema::Target| {
+            String::from_utf8(canonical(target).unwrap_or_default()).unwrap_or_default()
+        };
         for name in names {
-            let describe = |target: &tough::schema::Target| {
-                let fabrik = target.custom.get(release::CUSTOM_KEY);
-                let field = |key: &str| fabrik.and_then(|f| f.get(key)).cloned();
-                let nodes = match field("nodes") {
-                    Some(serde_json::Value::Array(nodes)) if !nodes.is_empty() => nodes
-                        .iter()
-                        .filter_map(|n| n.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    _ => "every node".to_owned(),
-                };
-                let share = field("share_bp")
-                    .and_then(|share| share.as_u64())
-                    .and_then(|share| u32::try_from(share).ok())
-                    .map(|share| format!(", phased to {} %", release::percent(share)))
-                    .unwrap_or_default();
-                let encrypted = field("encrypted")
-                    .and_then(|encrypted| encrypted["recipients"].as_array().map(Vec::len))
-                    .map(|n| format!(", encrypted to {n}"))
-                    .unwrap_or_default();
-                format!(
-                    "sha256 {}, {} bytes, for {nodes}{share}{encrypted}",
-                    hex(&target.hashes.sha256).get(..16).unwrap_or_default(),
-                    target.length
-                )
-            };
+            let shown = quoted(name.raw());
             match (before.get(name), after.get(name)) {
-                (None, Some(new)) => lines.push(format!("+ {} ({})", name.raw(), describe(new))),
-                (Some(_), None) => lines.push(format!("- {}", name.raw())),
-                (Some(old), Some(new)) if old != new => lines.push(format!(
-                    "~ {} ({}; was {})",
-                    name.raw(),
-                    describe(new),
-                    describe(old)
-                )),
+                (None, Some(new)) => lines.push(format!("+ {shown} {}", full(new))),
+                (Some(_), None) => lines.push(format!("- {shown}")),
+                (Some(old), Some(new)) if old != new => {
+                    lines.push(format!("~ {shown} {} (was {})", full(new), full(old)))
+                }
                 _ => {}
             }
         }
@@ -348,6 +467,50 @@ impl Proposal {
     }
 }
 
+/// Why a new root is not one `fabrik release signers` would make from `current`: it may
+/// change only its version, its expiry, the targets role and the keys that role uses — each
+/// an Ed25519 key of its own (see [`public_key`]) — and keep every other key as it was.
+fn signers_change_problem(current: &Root, new: &Root) -> Option<String> {
+    let mut same = new.clone();
+    same.version = current.version;
+    same.expires = current.expires;
+    same.keys = current.keys.clone();
+    if let Some(keys) = current.roles.get(&RoleType::Targets) {
+        same.roles.insert(RoleType::Targets, keys.clone());
+    }
+    if same != *current {
+        return Some("its new root changes more than who signs the targets".to_owned());
+    }
+    for (id, key) in &new.keys {
+        if current.keys.get(id).is_some_and(|old| old != key) {
+            return Some(format!("its new root changes key {}", short(id)));
+        }
+    }
+    let Ok(role) = targets_keys(new) else {
+        return Some("its new root names no targets keys".to_owned());
+    };
+    let mut publics = Vec::new();
+    for id in &role.keyids {
+        match new.keys.get(id).and_then(public_key) {
+            Some(public) if !publics.contains(&public) => publics.push(public),
+            Some(_) => {
+                return Some(format!(
+                    "its new root lists one public key twice for the targets (key {})",
+                    short(id)
+                ));
+            }
+            None => {
+                return Some(format!(
+                    "its new root lists key {} for the targets, which is not a plain Ed25519 \
+                     key",
+                    short(id)
+                ));
+            }
+        }
+    }
+    None
+}
+
 /// The next targets metadata: the published one with the version after it and a fresh
 /// expiry, to be changed and then committed.
 pub(crate) fn next_targets(loaded: &Repository, lifetimes: Lifetimes) -> anyhow::Result<Targets> {
@@ -358,11 +521,10 @@ pub(crate) fn next_targets(loaded: &Repository, lifetimes: Lifetimes) -> anyhow:
 }
 
 /// Signs `targets` (the version after the published one, under `new_root` when given) with
-/// the targets key in `keys` — required when `own_signature`, else used when the root lists
-/// it — and publishes it, with a new snapshot and timestamp, when that meets the root's
-/// threshold and `keys` holds the snapshot and timestamp keys; otherwise it waits as a
-/// proposal. The caller holds the repository's lock and loaded `loaded` through the
-/// publisher's state.
+/// the targets key in `keys` — required when `own_signature`, else used when a root lists
+/// it — and publishes it, with a new snapshot and timestamp, when that meets the threshold
+/// and `keys` holds the snapshot and timestamp keys; otherwise it waits as a proposal. The
+/// caller holds the repository's lock and loaded `loaded` through the publisher's state.
 pub(crate) async fn commit_targets(
     repo: &Path,
     keys: &Path,
@@ -382,13 +544,7 @@ pub(crate) async fn commit_targets(
         },
     };
     let own = release::key_path(keys, "targets");
-    let governing = proposal.governing_root(loaded).clone();
-    let listed = match key_id_of(&own).await {
-        Ok(id) => targets_keys(&governing)?.keyids.contains(&id),
-        Err(_) if !own.is_file() => false,
-        Err(e) => return Err(e),
-    };
-    if own_signature || listed {
+    if own.is_file() || own_signature {
         if !own.is_file() {
             bail!(
                 "{}: no targets key here (made by `fabrik release init` or `fabrik release \
@@ -396,18 +552,27 @@ pub(crate) async fn commit_targets(
                 own.display()
             );
         }
-        let signature = signature_by(&proposal.targets.signed, &governing, &own).await?;
-        proposal.targets.signatures.push(signature);
+        let id = key_id_of(&own).await?;
+        let current = &loaded.root().signed;
+        let governing = proposal.governing_root(loaded).clone();
+        // With a new root, a key either root lists signs: the current quorum counts too.
+        let signing_root = if lists(&governing, &id) || proposal.root.is_none() {
+            Some(&governing)
+        } else {
+            lists(current, &id).then_some(current)
+        };
+        match signing_root {
+            Some(root) => {
+                let signature = signature_by(&proposal.targets.signed, root, &own).await?;
+                proposal.targets.signatures.push(signature);
+            }
+            None if own_signature => {
+                signature_by(&proposal.targets.signed, &governing, &own).await?;
+            }
+            None => {}
+        }
     }
-    let id = format!(
-        "{}-{}",
-        proposal.targets.signed.version,
-        &hex(aws_lc_rs::digest::digest(
-            &aws_lc_rs::digest::SHA256,
-            &serde_json::to_vec(&proposal).context("encoding the proposal")?,
-        )
-        .as_ref())[..8]
-    );
+    let id = proposal.id()?;
     finish(
         repo,
         keys,
@@ -421,7 +586,8 @@ pub(crate) async fn commit_targets(
 }
 
 /// Publishes `proposal` if it has enough signatures and `keys` holds the snapshot and
-/// timestamp keys, and removes its file; stores it otherwise.
+/// timestamp keys, and removes its file; stores it otherwise (also when publishing failed
+/// before anything was moved in, so no signature is lost).
 async fn finish(
     repo: &Path,
     keys: &Path,
@@ -432,17 +598,21 @@ async fn finish(
     lifetimes: Lifetimes,
 ) -> anyhow::Result<Committed> {
     let version = proposal.targets.signed.version.get();
-    let pending = Pending {
-        id: id.to_owned(),
-        signatures: proposal.valid_signatures(loaded)?,
-        threshold: proposal.threshold(loaded)?,
-    };
+    let pending = proposal.pending(id, loaded)?;
     let online_keys = ["snapshot", "timestamp"]
         .iter()
         .all(|role| release::key_path(keys, role).is_file());
     if pending.ready() && online_keys {
         if let Err(e) = publish(repo, keys, state, loaded, &proposal, lifetimes).await {
-            // The signatures it has are kept: a holder of the right keys publishes it.
+            let published = release::load_local(repo)
+                .await
+                .is_ok_and(|now| now.targets().signed.version.get() >= version);
+            if published {
+                remove_proposal(repo, id)?;
+                return Err(e.context(format!(
+                    "targets version {version} was published, but reading it back failed"
+                )));
+            }
             write_proposal(repo, id, &proposal)?;
             return Err(e.context(format!("not published; kept as proposal {id}")));
         }
@@ -459,7 +629,7 @@ async fn finish(
     })
 }
 
-/// Publishes a proposal that meets the threshold: its root (if any), its targets, and a new
+/// Publishes a proposal that meets the thresholds: its root (if any), its targets, and a new
 /// snapshot and timestamp signed with the keys in `keys`, moved in as one set.
 async fn publish(
     repo: &Path,
@@ -470,19 +640,27 @@ async fn publish(
     lifetimes: Lifetimes,
 ) -> anyhow::Result<()> {
     let root = proposal.governing_root(loaded);
-    // What nodes will check, checked first: a published set nobody can verify would stop
-    // every node.
+    // What nodes will check, checked first with tough's own code: a published set nobody can
+    // verify would stop every node. A change of signers must also satisfy the current root.
     root.verify_role(&proposal.targets).map_err(|e| {
         anyhow!("the targets metadata does not verify ({e}); nothing was published")
     })?;
+    if proposal.root.is_some() {
+        loaded
+            .root()
+            .signed
+            .verify_role(&proposal.targets)
+            .map_err(|e| {
+                anyhow!(
+                    "the targets metadata lacks the current root's quorum ({e}); nothing was \
+                     published"
+                )
+            })?;
+    }
     let staging = release::staging_dir(repo)?;
-    let write = |name: String, bytes: &[u8]| {
-        let path = staging.join(name);
-        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))
-    };
     if let Some(new_root) = &proposal.root {
-        write(
-            format!("{}.root.json", new_root.signed.version),
+        write_new(
+            &staging.join(format!("{}.root.json", new_root.signed.version)),
             &pretty(new_root)?,
         )?;
     }
@@ -492,7 +670,7 @@ async fn publish(
     } else {
         "targets.json".to_owned()
     };
-    write(name, &targets)?;
+    write_new(&staging.join(name), &targets)?;
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &targets);
     let targets_meta = tough::schema::Metafile {
         length: Some(targets.len() as u64),
@@ -524,6 +702,22 @@ fn pretty<T: Serialize>(value: &T) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Writes a file that must not exist yet (a symbolic link planted under its name is not
+/// followed: whoever can write the repository directory cannot make a signer overwrite
+/// another file), synced.
+fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.sync_all()
+        })
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 fn check_id(id: &str) -> anyhow::Result<()> {
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
         bail!("--id {id}: not a proposal id (as `fabrik release proposals` lists them)");
@@ -535,20 +729,18 @@ fn proposal_path(repo: &Path, id: &str) -> PathBuf {
     proposals_dir(repo).join(format!("{id}.json"))
 }
 
-/// Writes through a temporary file, synced and renamed: a proposal is never half written.
+/// Writes through a new temporary file, synced and renamed: a proposal is never half written.
 fn write_proposal(repo: &Path, id: &str, proposal: &Proposal) -> anyhow::Result<()> {
     let dir = proposals_dir(repo);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = proposal_path(repo, id);
     let temporary = dir.join(format!(".{id}.json.tmp"));
-    let bytes = pretty(proposal)?;
-    std::fs::File::create(&temporary)
-        .and_then(|mut file| {
-            use std::io::Write;
-            file.write_all(&bytes)?;
-            file.sync_all()
-        })
-        .with_context(|| format!("writing {}", temporary.display()))?;
+    match std::fs::remove_file(&temporary) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", temporary.display())),
+    }
+    write_new(&temporary, &pretty(proposal)?)?;
     std::fs::rename(&temporary, &path)
         .with_context(|| format!("moving {} to {}", temporary.display(), path.display()))?;
     std::fs::File::open(&dir)
@@ -556,6 +748,7 @@ fn write_proposal(repo: &Path, id: &str, proposal: &Proposal) -> anyhow::Result<
         .with_context(|| format!("syncing {}", dir.display()))
 }
 
+/// Reads proposal `id`, which must be the content its id names.
 fn read_proposal(repo: &Path, id: &str) -> anyhow::Result<Proposal> {
     check_id(id)?;
     let path = proposal_path(repo, id);
@@ -566,7 +759,16 @@ fn read_proposal(repo: &Path, id: &str) -> anyhow::Result<Proposal> {
             repo.display()
         )
     })?;
-    serde_json::from_slice(&bytes).with_context(|| format!("{}: not a proposal", path.display()))
+    let proposal: Proposal = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{}: not a proposal", path.display()))?;
+    if proposal.id()? != id {
+        bail!(
+            "{}: its content is not what the id {id} names: it was changed after it was \
+             proposed; withdraw it",
+            path.display()
+        );
+    }
+    Ok(proposal)
 }
 
 fn remove_proposal(repo: &Path, id: &str) -> anyhow::Result<()> {
@@ -616,9 +818,12 @@ pub(crate) struct ProposalView {
     pub(crate) targets_version: u64,
     /// Key ids (16 hex digits) whose signatures verify.
     pub(crate) signed_by: Vec<String>,
+    /// Valid signatures from distinct keys of the root it is published under.
     pub(crate) signatures: u64,
     pub(crate) threshold: u64,
-    /// Why it cannot be published (stale, expired, a signature that does not verify).
+    /// With a new root: the current root's quorum, `[signatures, threshold]`.
+    pub(crate) current_root_quorum: Option<(u64, u64)>,
+    /// Why it cannot be published (stale, expired, changed after it was signed).
     pub(crate) problem: Option<String>,
     pub(crate) changes: Vec<String>,
 }
@@ -628,46 +833,56 @@ pub(crate) async fn list(repo: &Path) -> anyhow::Result<Vec<ProposalView>> {
     let loaded = release::load_local(repo).await?;
     let mut views = Vec::new();
     for (id, proposal) in stored(repo)? {
+        let mut view = ProposalView {
+            id: id.clone(),
+            targets_version: 0,
+            signed_by: Vec::new(),
+            signatures: 0,
+            threshold: 0,
+            current_root_quorum: None,
+            problem: None,
+            changes: Vec::new(),
+        };
         let proposal = match proposal {
             Ok(proposal) => proposal,
             Err(e) => {
-                views.push(ProposalView {
-                    id,
-                    targets_version: 0,
-                    signed_by: Vec::new(),
-                    signatures: 0,
-                    threshold: 0,
-                    problem: Some(format!("{e:#}")),
-                    changes: Vec::new(),
-                });
+                view.problem = Some(format!("{e:#}"));
+                views.push(view);
                 continue;
             }
         };
-        let signatures = proposal.valid_signatures(&loaded);
-        views.push(ProposalView {
-            targets_version: proposal.targets.signed.version.get(),
-            signed_by: proposal
-                .targets
-                .signatures
-                .iter()
-                .map(|s| short(&s.keyid))
-                .collect(),
-            signatures: *signatures.as_ref().unwrap_or(&0),
-            threshold: proposal.threshold(&loaded).unwrap_or(0),
-            problem: proposal
-                .stale(&loaded)
-                .or_else(|| signatures.err().map(|e| format!("{e:#}"))),
-            changes: proposal.changes(&loaded),
-            id,
-        });
+        view.targets_version = proposal.targets.signed.version.get();
+        view.changes = proposal.changes(&loaded);
+        view.problem = proposal.stale(&loaded);
+        match proposal.counted(&loaded) {
+            Ok(counted) => {
+                let mut signers: Vec<String> = counted
+                    .governing
+                    .iter()
+                    .chain(counted.current.iter().flatten())
+                    .map(short)
+                    .collect();
+                signers.sort();
+                signers.dedup();
+                view.signed_by = signers;
+            }
+            Err(e) => view.problem = view.problem.or(Some(format!("{e:#}"))),
+        }
+        if let Ok(pending) = proposal.pending(&id, &loaded) {
+            view.signatures = pending.signatures;
+            view.threshold = pending.threshold;
+            view.current_root_quorum = pending.current;
+        }
+        views.push(view);
     }
     Ok(views)
 }
 
-/// Adds the signature of the targets key in `keys` to proposal `id` (after checking every
-/// signature it has), and publishes it once it has enough signatures and `keys` holds the
-/// snapshot and timestamp keys. Also publishes a proposal that already has enough
-/// signatures, for a holder of those keys. Returns the proposal's changes with the outcome.
+/// Adds the signature of the targets key in `keys` to proposal `id` (after checking that the
+/// file is the content the id names and every signature it has), and publishes it once it
+/// has enough signatures and `keys` holds the snapshot and timestamp keys. Also publishes a
+/// proposal that already has enough signatures, for a holder of those keys. Returns the
+/// proposal's changes with the outcome.
 pub(crate) async fn approve(
     repo: &Path,
     keys: &Path,
@@ -682,8 +897,7 @@ pub(crate) async fn approve(
     if let Some(problem) = proposal.stale(&loaded) {
         bail!("proposal {id} cannot be published: {problem}");
     }
-    let signatures = proposal.valid_signatures(&loaded)?;
-    let threshold = proposal.threshold(&loaded)?;
+    let before = proposal.pending(id, &loaded)?;
     let own = release::key_path(keys, "targets");
     if own.is_file() {
         let id_here = key_id_of(&own).await?;
@@ -692,24 +906,30 @@ pub(crate) async fn approve(
             .signatures
             .iter()
             .any(|s| s.keyid == id_here);
-        if signed_already && signatures < threshold {
+        if signed_already && !before.ready() {
             bail!(
-                "key {} has signed proposal {id} already; it needs {} more signature(s) by \
-                 other targets keys",
+                "key {} has signed proposal {id} already; it is {}: other targets keys must \
+                 sign",
                 short(&id_here),
-                threshold - signatures
+                before.standing()
             );
         }
         if !signed_already {
-            let root = proposal.governing_root(&loaded).clone();
+            let governing = proposal.governing_root(&loaded).clone();
+            let current = loaded.root().signed.clone();
+            let root = if lists(&governing, &id_here) || proposal.root.is_none() {
+                governing
+            } else {
+                current
+            };
             let signature = signature_by(&proposal.targets.signed, &root, &own).await?;
             proposal.targets.signatures.push(signature);
         }
-    } else if signatures < threshold {
+    } else if !before.ready() {
         bail!(
-            "{}: no targets key here to sign proposal {id} with (it has {signatures} of the \
-             {threshold} signatures it needs)",
-            own.display()
+            "{}: no targets key here to sign proposal {id} with (it is {})",
+            own.display(),
+            before.standing()
         );
     }
     let changes = proposal.changes(&loaded);
@@ -731,7 +951,8 @@ pub(crate) async fn withdraw(repo: &Path, id: &str) -> anyhow::Result<()> {
 /// Publishes the first stored proposal that has enough signatures and still follows the
 /// published metadata, with the snapshot and timestamp keys in `keys`: what a hub with
 /// `[releases] keys` does at each pass, and `fabrik release refresh --online`. `state` is the
-/// signer's memory. Returns the targets version published, if any.
+/// signer's memory. A proposal that does not verify or fails to publish is logged and passed
+/// over. Returns the targets version published, if any.
 pub(crate) async fn publish_ready(
     repo: &Path,
     keys: &Path,
@@ -748,20 +969,24 @@ pub(crate) async fn publish_ready(
         if proposal.stale(&loaded).is_some() {
             continue;
         }
-        let signatures = match proposal.valid_signatures(&loaded) {
-            Ok(signatures) => signatures,
+        match proposal.pending(&id, &loaded) {
+            Ok(pending) if pending.ready() => {}
+            Ok(_) => continue,
             Err(e) => {
                 tracing::warn!(proposal = %id, error = %format!("{e:#}"), "A release proposal does not verify; it is not published.");
                 continue;
             }
-        };
-        if signatures < proposal.threshold(&loaded)? {
-            continue;
         }
         let version = proposal.targets.signed.version.get();
-        publish(repo, keys, state, &loaded, &proposal, lifetimes).await?;
-        remove_proposal(repo, &id)?;
-        return Ok(Some(version));
+        match publish(repo, keys, state, &loaded, &proposal, lifetimes).await {
+            Ok(()) => {
+                remove_proposal(repo, &id)?;
+                return Ok(Some(version));
+            }
+            Err(e) => {
+                tracing::warn!(proposal = %id, error = %format!("{e:#}"), "A signed release proposal could not be published.");
+            }
+        }
     }
     Ok(None)
 }
@@ -788,17 +1013,9 @@ pub(crate) async fn keygen(path: &Path) -> anyhow::Result<(String, PathBuf)> {
     .map_err(|e| anyhow!("{}: {e}", path.display()))?
     .tuf_key();
     let id = key.key_id().context("key id")?;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
     let mut bytes = serde_json::to_vec_pretty(&key).context("encoding the public key")?;
     bytes.push(b'\n');
-    options
-        .open(&public_path)
-        .and_then(|mut file| {
-            use std::io::Write;
-            file.write_all(&bytes)
-        })
-        .with_context(|| format!("writing {}", public_path.display()))?;
+    write_new(&public_path, &bytes)?;
     Ok((hex(&id), public_path))
 }
 
@@ -806,9 +1023,9 @@ pub(crate) async fn keygen(path: &Path) -> anyhow::Result<(String, PathBuf)> {
 /// wrote), removes the keys whose ids start with `remove` (at least 8 hex digits, as
 /// `proposals` and `list` show them), and sets the threshold. The new root (version + 1,
 /// valid for `lifetimes.root`) is signed with the root key in `keys` and waits, as a proposal,
-/// with the current targets re-signed under it until enough of the new targets keys have
-/// signed (the targets key in `keys` signs at once if the new root lists it). Returns the new
-/// root's version and the outcome.
+/// with the current targets re-signed under it until enough of the new targets keys, and of
+/// the current ones, have signed (the targets key in `keys` signs at once if either root
+/// lists it). Returns the new root's version and the outcome.
 pub(crate) async fn signers(
     repo: &Path,
     keys: &Path,
@@ -836,16 +1053,28 @@ pub(crate) async fn signers(
                 file.display()
             )
         })?;
+        let Some(public) = public_key(&key) else {
+            bail!(
+                "--add {}: not a plain Ed25519 public key (as `fabrik release keygen` writes \
+                 them, without extra fields)",
+                file.display()
+            );
+        };
+        if let Some((listed, _)) = root
+            .keys
+            .iter()
+            .find(|(_, listed)| public_key(listed) == Some(public))
+        {
+            bail!(
+                "--add {}: the root lists this public key already (key {}); one person's key \
+                 counts once",
+                file.display(),
+                short(listed)
+            );
+        }
         let id = key
             .key_id()
             .with_context(|| format!("--add {}: key id", file.display()))?;
-        if role.keyids.contains(&id) {
-            bail!(
-                "--add {}: key {} signs the targets already",
-                file.display(),
-                short(&id)
-            );
-        }
         root.keys.insert(id.clone(), key);
         role.keyids.push(id);
         changed = true;
@@ -884,9 +1113,10 @@ pub(crate) async fn signers(
     }
     if role.threshold.get() > role.keyids.len() as u64 {
         bail!(
-            "--threshold {}: the targets role would have only {} key(s)",
-            role.threshold,
-            role.keyids.len()
+            "the targets role would have {} key(s) for a threshold of {}: give a lower \
+             --threshold",
+            role.keyids.len(),
+            role.threshold
         );
     }
     root.roles.insert(RoleType::Targets, role);
@@ -896,6 +1126,9 @@ pub(crate) async fn signers(
         .flat_map(|keys| keys.keyids.iter().cloned())
         .collect();
     root.keys.retain(|id, _| used.contains(id));
+    if let Some(problem) = signers_change_problem(&current, &root) {
+        bail!("{problem}");
+    }
     let signed_root = SignedRole::new(
         root.clone(),
         &KeyHolder::Root(root.clone()),
@@ -1095,7 +1328,8 @@ mod tests {
             "{refused:#}"
         );
 
-        // Changed after Alice signed (another node pattern): Bob's check refuses it.
+        // Changed after it was proposed (another node pattern): the id Bob reviewed no longer
+        // names it.
         let path = proposal_path(&repo, &pending.id);
         let original = std::fs::read(&path).expect("read");
         let mut tampered: serde_json::Value = serde_json::from_slice(&original).expect("json");
@@ -1104,13 +1338,30 @@ mod tests {
         std::fs::write(&path, serde_json::to_vec(&tampered).expect("json")).expect("write");
         let refused = approve(&repo, &bob, &pending.id, Lifetimes::default())
             .await
-            .expect_err("changed after signing");
+            .expect_err("changed after it was proposed");
+        assert!(
+            format!("{refused:#}").contains("is not what the id"),
+            "{refused:#}"
+        );
+        assert!(list(&repo).await.expect("list")[0].problem.is_some());
+        // Alice's signature damaged: named as the one that does not verify.
+        let mut damaged: serde_json::Value = serde_json::from_slice(&original).expect("json");
+        let signature = damaged["targets"]["signatures"][0]["sig"]
+            .as_str()
+            .expect("sig")
+            .to_owned();
+        let flipped = if signature.starts_with('0') { "1" } else { "0" };
+        damaged["targets"]["signatures"][0]["sig"] =
+            serde_json::json!(format!("{flipped}{}", &signature[1..]));
+        std::fs::write(&path, serde_json::to_vec(&damaged).expect("json")).expect("write");
+        let refused = approve(&repo, &bob, &pending.id, Lifetimes::default())
+            .await
+            .expect_err("a signature that does not verify");
         let alice_id = short(&key_id_of(&alice.join("targets.key")).await.expect("id"));
         assert!(
             format!("{refused:#}").contains(&format!("signature by key {alice_id}")),
             "{refused:#}"
         );
-        assert!(list(&repo).await.expect("list")[0].problem.is_some());
         std::fs::write(&path, &original).expect("restore");
 
         // Bob signs with the online keys at hand: published at once.
@@ -1121,7 +1372,7 @@ mod tests {
         let (changes, committed) = approve(&repo, &bob, &pending.id, Lifetimes::default())
             .await
             .expect("bob approves");
-        assert!(changes[0].starts_with("+ pump.onnx ("), "{changes:?}");
+        assert!(changes[0].starts_with("+ \"pump.onnx\" {"), "{changes:?}");
         assert!(committed.pending.is_none());
         let loaded = load_local(&repo).await.expect("load");
         assert_eq!(target_names(&loaded), ["pump.onnx"]);
@@ -1151,6 +1402,66 @@ mod tests {
         withdraw(&repo, &second.id).await.expect("withdraw");
         assert!(list(&repo).await.expect("list").is_empty());
 
+        // The root key's holder (here also a signer) cannot drop the other signer alone: the
+        // change waits for the current quorum, which Bob completes.
+        let bob_id = short(&key_id_of(&bob.join("targets.key")).await.expect("id"));
+        let (_, committed) = signers(
+            &repo,
+            &alice,
+            &[],
+            std::slice::from_ref(&bob_id),
+            Some(1),
+            Lifetimes::default(),
+        )
+        .await
+        .expect("signers");
+        let pending = committed.pending.expect("waits for the current quorum");
+        assert_eq!((pending.signatures, pending.threshold), (1, 1));
+        assert_eq!(pending.current, Some((1, 2)));
+        assert!(!pending.ready());
+        assert_eq!(
+            load_local(&repo)
+                .await
+                .expect("load")
+                .root()
+                .signed
+                .version
+                .get(),
+            2
+        );
+        let (_, committed) = approve(&repo, &bob, &pending.id, Lifetimes::default())
+            .await
+            .expect("bob agrees to leave");
+        assert!(committed.pending.is_none(), "{committed:?}");
+        let loaded = load_local(&repo).await.expect("load");
+        assert_eq!(loaded.root().signed.version.get(), 3);
+        assert_eq!(
+            loaded.root().signed.roles[&RoleType::Targets].keyids.len(),
+            1
+        );
+        let back = signers(
+            &repo,
+            &alice,
+            std::slice::from_ref(&bob.join("targets.key.pub")),
+            &[],
+            Some(2),
+            Lifetimes::default(),
+        )
+        .await
+        .expect("bob back")
+        .1
+        .pending
+        .expect("waits for bob");
+        approve(&repo, &bob, &back.id, Lifetimes::default())
+            .await
+            .expect("bob signs");
+        assert_eq!(
+            load_local(&repo).await.expect("load").root().signed.roles[&RoleType::Targets]
+                .keyids
+                .len(),
+            2
+        );
+
         // One key replaces a key of two by rotation no longer.
         let refused = crate::release_keys::rotate(&repo, &alice, "snapshot", Lifetimes::default())
             .await
@@ -1177,7 +1488,7 @@ mod tests {
         let error = attempt(vec![bob_public.clone()], vec![], Some(3))
             .await
             .expect_err("3 of 2");
-        assert!(error.contains("only 2 key(s)"), "{error}");
+        assert!(error.contains("2 key(s) for a threshold of 3"), "{error}");
         let error = attempt(vec![], vec!["00000000".into()], None)
             .await
             .expect_err("no such key");
@@ -1188,6 +1499,21 @@ mod tests {
             .await
             .expect_err("a private key file");
         assert!(error.contains("not a public key file"), "{error}");
+        // Bob's public key with an extra field has another key id: refused, or one person's
+        // signature would count twice.
+        let mut dressed: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&bob_public).expect("read")).expect("json");
+        dressed["keyval"]["note"] = serde_json::json!("bob again");
+        let dressed_path = dir.path().join("dressed.pub");
+        std::fs::write(&dressed_path, dressed.to_string()).expect("write");
+        let error = attempt(vec![dressed_path], vec![], None)
+            .await
+            .expect_err("extra fields");
+        assert!(error.contains("not a plain Ed25519"), "{error}");
+        let error = attempt(vec![bob_public.clone(), bob_public.clone()], vec![], None)
+            .await
+            .expect_err("the same key twice");
+        assert!(error.contains("lists this public key already"), "{error}");
         let alice = short(&key_id_of(&keys.join("targets.key")).await.expect("id"));
         let error = attempt(vec![], vec![alice], None)
             .await

@@ -46,14 +46,24 @@ impl Signer {
             timestamp: self.timestamp_lifetime,
             ..release::Lifetimes::default()
         };
-        if let Some(version) =
-            crate::release_proposals::publish_ready(&self.repo, &self.keys, &self.state, lifetimes)
-                .await?
+        // Never in the way of re-signing the timestamp: nodes stop installing once it expires.
+        match crate::release_proposals::publish_ready(
+            &self.repo,
+            &self.keys,
+            &self.state,
+            lifetimes,
+        )
+        .await
         {
-            tracing::info!(
+            Ok(Some(version)) => tracing::info!(
                 targets_version = version,
                 "Published a release proposal its signers completed."
-            );
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                error = %crate::error_text::describe(&e),
+                "The release proposals could not be read; the metadata is re-signed all the same."
+            ),
         }
         let loaded = release::load_local(&self.repo).await?;
         let expiries = [
@@ -98,7 +108,8 @@ impl Signer {
                 let command = if *role == "root" {
                     "fabrik release refresh --root, with the root key"
                 } else {
-                    "fabrik release refresh, with the targets key"
+                    "fabrik release refresh, with a targets key, and `fabrik release \
+                     approve` by as many more as the root asks"
                 };
                 format!("{role} (expires {expires}; {command})")
             })

@@ -1392,10 +1392,13 @@ fn a_release_reaches_the_edge_only_once_both_signers_have_signed_it() {
     let model = work.join("pump.onnx");
     std::fs::write(&model, fixture("iforest_100.onnx")).expect("model");
     let proposed = release("add", &repo, &alice, &["--name", "pump", path(&model)]);
-    assert!(proposed.contains("proposed model pump"), "{proposed}");
+    assert!(
+        proposed.contains("model pump") && proposed.contains("waits as proposal"),
+        "{proposed}"
+    );
     let release_of_pump = only_proposal(&repo);
     let listing = fabrik(&["release", "proposals", "--repo", path(&repo)]);
-    assert!(listing.contains("+ pump.onnx ("), "{listing}");
+    assert!(listing.contains("+ \"pump.onnx\" {"), "{listing}");
     assert!(listing.contains("signed by 1 of 2 needed"), "{listing}");
     let refused = release_fails("approve", &repo, &alice, &["--id", &release_of_pump]);
     assert!(refused.contains("has signed proposal"), "{refused}");
