@@ -607,6 +607,12 @@ fn finish_interrupted_publish(repo: &Path) -> anyhow::Result<()> {
     move_in(repo, &staging).context("finishing an interrupted publish in .staging")
 }
 
+/// Whether a publish stopped while moving in (its staging directory is marked complete): the
+/// next signer to take the lock finishes it.
+pub(crate) fn publish_interrupted(repo: &Path) -> bool {
+    repo.join(".staging").join(STAGED_MARKER).is_file()
+}
+
 /// A fresh staging directory beside `metadata/` (the caller holds the lock, so a leftover is
 /// an interrupted signer's that never began publishing, and is removed).
 pub(crate) fn staging_dir(repo: &Path) -> anyhow::Result<PathBuf> {

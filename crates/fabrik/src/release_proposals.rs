@@ -22,6 +22,17 @@ use tough::schema::{KeyHolder, RoleKeys, RoleType, Root, Signature, Signed, Targ
 
 use crate::release::{self, Lifetimes, hex};
 
+/// The field of the targets metadata that names the new root a change of signers publishes
+/// with it (the SHA-256 of its canonical JSON): the targets signatures, the current quorum's
+/// included, then cover that root and no other.
+const ROOT_BINDING: &str = "fabrik_new_root_sha256";
+
+/// What [`ROOT_BINDING`] holds for `root`.
+fn root_binding(root: &Root) -> anyhow::Result<serde_json::Value> {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &canonical(root)?);
+    Ok(serde_json::Value::String(hex(digest.as_ref())))
+}
+
 /// Where proposals wait, beside `metadata/` and `targets/` (not served: `/tuf` serves only
 /// those two).
 fn proposals_dir(repo: &Path) -> PathBuf {
@@ -220,12 +231,15 @@ fn verifies(targets: &Targets, signature: &Signature, root: &Root) -> bool {
             .is_ok()
 }
 
-/// How many distinct public keys among `ids` (all listed by `root`).
+/// How many distinct public keys among `ids` (all listed by `root`): Ed25519 keys by their
+/// raw public key whatever extra fields they carry, others by their key id.
 fn distinct_keys(root: &Root, ids: &[Decoded<Hex>]) -> u64 {
     let mut keys: Vec<Vec<u8>> = ids
         .iter()
-        .filter_map(|id| root.keys.get(id))
-        .map(|key| public_key(key).map_or_else(|| format!("{key:?}").into_bytes(), <[u8]>::to_vec))
+        .map(|id| match root.keys.get(id) {
+            Some(Key::Ed25519 { keyval, .. }) => [b"ed25519:".as_slice(), &keyval.public].concat(),
+            _ => [b"id:".as_slice(), id.as_ref()].concat(),
+        })
         .collect();
     keys.sort();
     keys.dedup();
@@ -249,10 +263,25 @@ fn canonical<T: Serialize>(value: &T) -> anyhow::Result<Vec<u8>> {
     Ok(data)
 }
 
-/// A string for the terminal: JSON-quoted, so control characters in a name cannot disguise a
-/// line.
+/// A string for the terminal: JSON-quoted, and every control or direction-changing character
+/// escaped, so nothing in a name or a field can disguise a line an approver reads.
 fn quoted(text: &str) -> String {
-    serde_json::to_string(text).unwrap_or_else(|_| format!("{text:?}"))
+    printable(&serde_json::to_string(text).unwrap_or_else(|_| format!("{text:?}")))
+}
+
+/// `text` with control characters (C0, DEL, C1) and Unicode's bidirectional controls written
+/// as `\u{…}`.
+pub(crate) fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            if c.is_control() || bidi {
+                format!("\\u{{{:04x}}}", u32::from(c))
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// The signatures of a proposal that count.
@@ -264,7 +293,7 @@ struct Counted {
 }
 
 impl Proposal {
-    /// Its id: the targets version and 128 bits of the SHA-256 of what it asks to have signed
+    /// Its id: the targets version and the SHA-256 of what it asks to have signed
     /// and published (its base versions, targets metadata and new root, as canonical JSON).
     /// An id an approver reviewed names that content and no other; signatures added later do
     /// not change it.
@@ -284,7 +313,7 @@ impl Proposal {
         Ok(format!(
             "{}-{}",
             self.targets.signed.version,
-            &hex(digest.as_ref())[..32]
+            hex(digest.as_ref())
         ))
     }
 
@@ -364,11 +393,14 @@ impl Proposal {
     fn stale(&self, loaded: &Repository) -> Option<String> {
         let published = loaded.targets().signed.version.get();
         let root_version = loaded.root().signed.version.get();
-        if self.base_targets_version != published || self.base_root_version != root_version {
+        // The root version matters only to a new root (checked below): a root re-signed
+        // meanwhile leaves the targets keys, under which every signature is checked, as they
+        // were.
+        if self.base_targets_version != published {
             return Some(format!(
-                "made on targets version {} (root {}); the repository has published targets \
-                 version {published} (root {root_version}) since: propose the change again",
-                self.base_targets_version, self.base_root_version
+                "made on targets version {}; the repository has published targets version \
+                 {published} since: propose the change again",
+                self.base_targets_version
             ));
         }
         let targets = &self.targets.signed;
@@ -379,8 +411,13 @@ impl Proposal {
             ));
         }
         let before = &loaded.targets().signed;
+        let without_binding = |extra: &HashMap<String, serde_json::Value>| {
+            let mut extra = extra.clone();
+            extra.remove(ROOT_BINDING);
+            extra
+        };
         if targets.delegations != before.delegations
-            || targets._extra != before._extra
+            || without_binding(&targets._extra) != without_binding(&before._extra)
             || targets.spec_version != before.spec_version
         {
             return Some(
@@ -402,6 +439,18 @@ impl Proposal {
             if let Some(problem) = signers_change_problem(&loaded.root().signed, &root.signed) {
                 return Some(problem);
             }
+            if root.signed.expires <= jiff::Timestamp::now() {
+                return Some(format!("its new root expired at {}", root.signed.expires));
+            }
+            if root_binding(&root.signed).ok().as_ref() != targets._extra.get(ROOT_BINDING) {
+                return Some(
+                    "its targets metadata does not name its new root, so their signatures do \
+                     not cover it"
+                        .to_owned(),
+                );
+            }
+        } else if targets._extra.contains_key(ROOT_BINDING) {
+            return Some("its targets metadata names a new root it does not carry".to_owned());
         }
         if targets.expires <= jiff::Timestamp::now() {
             return Some(format!(
@@ -443,7 +492,9 @@ impl Proposal {
         names.sort_by(|a, b| a.raw().cmp(b.raw()));
         names.dedup();
         let full = |target: &tough::schema::Target| {
-            String::from_utf8(canonical(target).unwrap_or_default()).unwrap_or_default()
+            printable(&String::from_utf8_lossy(
+                &canonical(target).unwrap_or_default(),
+            ))
         };
         for name in names {
             let shown = quoted(name.raw());
@@ -517,6 +568,7 @@ pub(crate) fn next_targets(loaded: &Repository, lifetimes: Lifetimes) -> anyhow:
     let mut targets = loaded.targets().signed.clone();
     targets.version = release::next(targets.version)?;
     targets.expires = release::expires_in(lifetimes.targets)?;
+    targets._extra.remove(ROOT_BINDING);
     Ok(targets)
 }
 
@@ -556,19 +608,27 @@ pub(crate) async fn commit_targets(
         let current = &loaded.root().signed;
         let governing = proposal.governing_root(loaded).clone();
         // With a new root, a key either root lists signs: the current quorum counts too.
-        let signing_root = if lists(&governing, &id) || proposal.root.is_none() {
+        let signing_root = if lists(&governing, &id) {
             Some(&governing)
         } else {
-            lists(current, &id).then_some(current)
+            (proposal.root.is_some() && lists(current, &id)).then_some(current)
         };
         match signing_root {
             Some(root) => {
                 let signature = signature_by(&proposal.targets.signed, root, &own).await?;
                 proposal.targets.signatures.push(signature);
             }
-            None if own_signature => {
-                signature_by(&proposal.targets.signed, &governing, &own).await?;
-            }
+            None if own_signature => bail!(
+                "{}: key {} is not one of the targets keys the root lists ({})",
+                own.display(),
+                short(&id),
+                targets_keys(&governing)?
+                    .keyids
+                    .iter()
+                    .map(short)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             None => {}
         }
     }
@@ -604,13 +664,17 @@ async fn finish(
         .all(|role| release::key_path(keys, role).is_file());
     if pending.ready() && online_keys {
         if let Err(e) = publish(repo, keys, state, loaded, &proposal, lifetimes).await {
-            let published = release::load_local(repo)
-                .await
-                .is_ok_and(|now| now.targets().signed.version.get() >= version);
-            if published {
+            if published_since(repo, version).await {
                 remove_proposal(repo, id)?;
                 return Err(e.context(format!(
                     "targets version {version} was published, but reading it back failed"
+                )));
+            }
+            if release::publish_interrupted(repo) {
+                remove_proposal(repo, id)?;
+                return Err(e.context(format!(
+                    "publishing targets version {version} stopped half way; the next signer \
+                     finishes it"
                 )));
             }
             write_proposal(repo, id, &proposal)?;
@@ -627,6 +691,13 @@ async fn finish(
         version,
         pending: Some(pending),
     })
+}
+
+/// Whether the repository now publishes targets `version` or a later one.
+async fn published_since(repo: &Path, version: u64) -> bool {
+    release::load_local(repo)
+        .await
+        .is_ok_and(|now| now.targets().signed.version.get() >= version)
 }
 
 /// Publishes a proposal that meets the thresholds: its root (if any), its targets, and a new
@@ -733,6 +804,12 @@ fn proposal_path(repo: &Path, id: &str) -> PathBuf {
 fn write_proposal(repo: &Path, id: &str, proposal: &Proposal) -> anyhow::Result<()> {
     let dir = proposals_dir(repo);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    if std::fs::symlink_metadata(&dir).is_ok_and(|meta| !meta.is_dir()) {
+        bail!(
+            "{}: not a directory (a link is not followed)",
+            dir.display()
+        );
+    }
     let path = proposal_path(repo, id);
     let temporary = dir.join(format!(".{id}.json.tmp"));
     match std::fs::remove_file(&temporary) {
@@ -846,7 +923,7 @@ pub(crate) async fn list(repo: &Path) -> anyhow::Result<Vec<ProposalView>> {
         let proposal = match proposal {
             Ok(proposal) => proposal,
             Err(e) => {
-                view.problem = Some(format!("{e:#}"));
+                view.problem = Some(printable(&format!("{e:#}")));
                 views.push(view);
                 continue;
             }
@@ -866,7 +943,7 @@ pub(crate) async fn list(repo: &Path) -> anyhow::Result<Vec<ProposalView>> {
                 signers.dedup();
                 view.signed_by = signers;
             }
-            Err(e) => view.problem = view.problem.or(Some(format!("{e:#}"))),
+            Err(e) => view.problem = view.problem.or(Some(printable(&format!("{e:#}")))),
         }
         if let Ok(pending) = proposal.pending(&id, &loaded) {
             view.signatures = pending.signatures;
@@ -914,16 +991,28 @@ pub(crate) async fn approve(
                 before.standing()
             );
         }
-        if !signed_already {
-            let governing = proposal.governing_root(&loaded).clone();
-            let current = loaded.root().signed.clone();
-            let root = if lists(&governing, &id_here) || proposal.root.is_none() {
-                governing
-            } else {
-                current
-            };
-            let signature = signature_by(&proposal.targets.signed, &root, &own).await?;
-            proposal.targets.signatures.push(signature);
+        let governing = proposal.governing_root(&loaded).clone();
+        let current = loaded.root().signed.clone();
+        let signing_root = if lists(&governing, &id_here) {
+            Some(governing)
+        } else {
+            (proposal.root.is_some() && lists(&current, &id_here)).then_some(current)
+        };
+        match signing_root {
+            Some(root) if !signed_already => {
+                let signature = signature_by(&proposal.targets.signed, &root, &own).await?;
+                proposal.targets.signatures.push(signature);
+            }
+            Some(_) => {}
+            // Not a signer: it may still publish what others signed, with the online keys.
+            None if before.ready() => {}
+            None => bail!(
+                "{}: key {} is not one of the targets keys that can sign proposal {id} (it is \
+                 {})",
+                own.display(),
+                short(&id_here),
+                before.standing()
+            ),
         }
     } else if !before.ready() {
         bail!(
@@ -978,15 +1067,17 @@ pub(crate) async fn publish_ready(
             }
         }
         let version = proposal.targets.signed.version.get();
-        match publish(repo, keys, state, &loaded, &proposal, lifetimes).await {
-            Ok(()) => {
+        if let Err(e) = publish(repo, keys, state, &loaded, &proposal, lifetimes).await {
+            tracing::warn!(proposal = %id, error = %format!("{e:#}"), "A signed release proposal could not be published.");
+            // What was loaded may be out of date now (a publish that got as far as moving
+            // in): the next pass reloads rather than publish another on the same base.
+            if published_since(repo, version).await {
                 remove_proposal(repo, &id)?;
-                return Ok(Some(version));
             }
-            Err(e) => {
-                tracing::warn!(proposal = %id, error = %format!("{e:#}"), "A signed release proposal could not be published.");
-            }
+            return Ok(None);
         }
+        remove_proposal(repo, &id)?;
+        return Ok(Some(version));
     }
     Ok(None)
 }
@@ -1141,7 +1232,10 @@ pub(crate) async fn signers(
     .clone();
     release::check_new_root(&current, &signed_root)?;
     let version = signed_root.signed.version.get();
-    let targets = next_targets(&loaded, lifetimes)?;
+    let mut targets = next_targets(&loaded, lifetimes)?;
+    targets
+        ._extra
+        .insert(ROOT_BINDING.to_owned(), root_binding(&signed_root.signed)?);
     let committed = commit_targets(
         repo,
         keys,
@@ -1544,6 +1638,89 @@ mod tests {
             loaded.root().signed.roles[&RoleType::Targets].keyids.len(),
             2
         );
+    }
+
+    /// The targets signatures cover the new root a change of signers carries: the quorum's
+    /// signatures on one change of signers do not publish another root.
+    #[tokio::test]
+    async fn signatures_on_one_change_of_signers_do_not_carry_another_root() {
+        let (dir, repo, alice) = fresh_repository().await;
+        let (bob, bob_public) = signer(dir.path(), "bob").await;
+        let (_, carol_public) = signer(dir.path(), "carol").await;
+        let hub = hub(dir.path(), &alice);
+        let (_, added) = signers(
+            &repo,
+            &alice,
+            &[bob_public, carol_public],
+            &[],
+            Some(1),
+            Lifetimes::default(),
+        )
+        .await
+        .expect("bob and carol at 1 of 3");
+        assert!(added.pending.is_none(), "alice's signature suffices");
+        let real = signers(&repo, &alice, &[], &[], Some(2), Lifetimes::default())
+            .await
+            .expect("2 of 3")
+            .1
+            .pending
+            .expect("waits for a second signer");
+        let approved = approve(&repo, &bob, &real.id, Lifetimes::default())
+            .await
+            .expect("bob signs")
+            .1;
+        assert!(approved.pending.as_ref().is_some_and(Pending::ready));
+        // Bob swaps in another root the root key once signed (the same keys at 1 of 3, say),
+        // which nobody approved, keeping the signatures.
+        let genuine = read_proposal(&repo, &real.id).expect("read");
+        let loaded = load_local(&repo).await.expect("load");
+        let mut other = genuine.root.clone().expect("root");
+        other
+            .signed
+            .roles
+            .get_mut(&RoleType::Targets)
+            .expect("targets")
+            .threshold = NonZeroU64::MIN;
+        other.signatures.clear();
+        let other = SignedRole::new(
+            other.signed.clone(),
+            &KeyHolder::Root(other.signed.clone()),
+            &release::key_sources(&alice, &["root"]).expect("root key"),
+            &aws_lc_rs::rand::SystemRandom::new(),
+        )
+        .await
+        .expect("sign")
+        .signed()
+        .clone();
+        let forged = Proposal {
+            root: Some(other),
+            ..genuine
+        };
+        let forged_id = forged.id().expect("id");
+        write_proposal(&repo, &forged_id, &forged).expect("write");
+        assert_eq!(
+            forged.stale(&loaded).as_deref(),
+            Some(
+                "its targets metadata does not name its new root, so their signatures do not \
+                 cover it"
+            )
+        );
+        remove_proposal(&repo, &real.id).expect("remove the genuine one");
+        let published = publish_ready(&repo, &hub, &dir.path().join("state"), Lifetimes::default())
+            .await
+            .expect("pass");
+        assert_eq!(published, None, "the hub publishes no root nobody approved");
+    }
+
+    #[test]
+    fn names_and_fields_cannot_hide_lines_on_a_terminal() {
+        let shown = quoted("pump\u{1b}[2K\rfan\u{202e}.onnx\u{7f}\u{85}");
+        for escaped in ["\\u001b", "\\r", "\\u{202e}", "\\u{007f}", "\\u{0085}"] {
+            assert!(shown.contains(escaped), "{shown} lacks {escaped}");
+        }
+        assert!(!shown.chars().any(char::is_control), "{shown}");
+        let field = printable("{\"nodes\":[\"line-\u{1b}[1A\"]}");
+        assert!(!field.chars().any(char::is_control), "{field}");
     }
 
     fn copy_dir(from: &Path, to: &Path) {
