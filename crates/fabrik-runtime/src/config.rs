@@ -1592,17 +1592,30 @@ impl Default for LogConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TracesConfig {
-    /// The collector's OTLP/HTTP endpoint, e.g. `http://127.0.0.1:4318` (`/v1/traces` is
-    /// added unless given); empty: no traces.
+    /// The collector's OTLP endpoint, e.g. `http://127.0.0.1:4318` (over HTTP, `/v1/traces`
+    /// is added unless given) or `http://127.0.0.1:4317` (over gRPC, no path); empty: no
+    /// traces.
     pub otlp_endpoint: String,
     /// Share of root spans kept, 0 to 1; a span whose caller sent a `traceparent` follows the
     /// caller's choice.
     pub sample_ratio: f64,
     /// The spans' `service.name`.
     pub service_name: String,
-    /// How the spans are encoded, in `OTEL_EXPORTER_OTLP_PROTOCOL`'s words: `http/protobuf`
-    /// (the default, as for OpenTelemetry's SDKs) or `http/json`.
+    /// How the spans are sent, in `OTEL_EXPORTER_OTLP_PROTOCOL`'s words: `http/protobuf`
+    /// (the default, as for OpenTelemetry's SDKs), `http/json`, or `grpc` (HTTP/2; cleartext
+    /// to an `http://` endpoint, TLS to an `https://` one).
     pub protocol: String,
+}
+
+/// How spans travel to the collector (`[traces] protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP/HTTP, binary protobuf (`application/x-protobuf`).
+    HttpProtobuf,
+    /// OTLP/HTTP, protobuf's JSON mapping (`application/json`).
+    HttpJson,
+    /// OTLP/gRPC: the `TraceService/Export` call over HTTP/2.
+    Grpc,
 }
 
 impl Default for TracesConfig {
@@ -1619,14 +1632,15 @@ impl Default for TracesConfig {
 /// The validated `[traces]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TracesSettings {
-    /// Where spans are POSTed (`…/v1/traces`).
+    /// Where spans are POSTed (`…/v1/traces`, or over gRPC
+    /// `…/opentelemetry.proto.collector.trace.v1.TraceService/Export`).
     pub url: String,
     /// Share of root spans kept.
     pub sample_ratio: f64,
     /// `service.name`.
     pub service_name: String,
-    /// Protobuf (`http/protobuf`), else JSON (`http/json`).
-    pub protobuf: bool,
+    /// How they are sent.
+    pub protocol: OtlpProtocol,
 }
 
 impl TracesConfig {
@@ -1642,18 +1656,16 @@ impl TracesConfig {
         if self.service_name.trim().is_empty() {
             problem("traces.service_name", "must not be empty".into());
         }
-        let protobuf = match self.protocol.trim() {
-            "http/protobuf" | "" => true,
-            "http/json" => false,
+        let protocol = match self.protocol.trim() {
+            "http/protobuf" | "" => OtlpProtocol::HttpProtobuf,
+            "http/json" => OtlpProtocol::HttpJson,
+            "grpc" => OtlpProtocol::Grpc,
             other => {
                 problem(
                     "traces.protocol",
-                    format!(
-                        "`{other}` is not `http/protobuf` or `http/json` (OTLP over gRPC is not \
-                         spoken)"
-                    ),
+                    format!("`{other}` is not `http/protobuf`, `http/json` or `grpc`"),
                 );
-                true
+                OtlpProtocol::HttpProtobuf
             }
         };
         if endpoint.is_empty() {
@@ -1669,7 +1681,21 @@ impl TracesConfig {
             );
             return None;
         }
-        let url = if endpoint.ends_with("/v1/traces") {
+        let url = if protocol == OtlpProtocol::Grpc {
+            // A gRPC method has a path of its own; a path given in the endpoint is a sign of an
+            // OTLP/HTTP URL set with the wrong protocol.
+            if host.is_some_and(|h| h.contains('/')) {
+                problem(
+                    "traces.otlp_endpoint",
+                    format!(
+                        "`{endpoint}`: an OTLP/gRPC endpoint has no path (e.g. \
+                         http://collector:4317)"
+                    ),
+                );
+                return None;
+            }
+            format!("{endpoint}/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+        } else if endpoint.ends_with("/v1/traces") {
             endpoint.to_owned()
         } else {
             format!("{endpoint}/v1/traces")
@@ -1678,7 +1704,7 @@ impl TracesConfig {
             url,
             sample_ratio: self.sample_ratio.clamp(0.0, 1.0),
             service_name: self.service_name.trim().to_owned(),
-            protobuf,
+            protocol,
         })
     }
 }
@@ -2760,16 +2786,33 @@ mod tests {
         assert_eq!(traces.url, "http://127.0.0.1:4318/v1/traces");
         assert_eq!(traces.sample_ratio, 0.25);
         assert_eq!(traces.service_name, "fabrik");
-        assert!(traces.protobuf, "OpenTelemetry's default encoding");
+        assert_eq!(
+            traces.protocol,
+            OtlpProtocol::HttpProtobuf,
+            "OpenTelemetry's default encoding"
+        );
         let json = format!("{on}protocol = \"http/json\"\n");
         let config = Config::from_toml("t", &json, no_env()).expect("parses");
-        assert!(
-            !config
+        assert_eq!(
+            config
                 .validate("t")
                 .expect("valid")
                 .traces
                 .expect("on")
-                .protobuf
+                .protocol,
+            OtlpProtocol::HttpJson
+        );
+        let grpc = "[traces]\notlp_endpoint = \"http://collector:4317\"\nprotocol = \"grpc\"\n";
+        let traces = Config::from_toml("t", grpc, no_env())
+            .expect("parses")
+            .validate("t")
+            .expect("valid")
+            .traces
+            .expect("on");
+        assert_eq!(traces.protocol, OtlpProtocol::Grpc);
+        assert_eq!(
+            traces.url,
+            "http://collector:4317/opentelemetry.proto.collector.trace.v1.TraceService/Export"
         );
         let full = "[traces]\notlp_endpoint = \"https://tempo:4318/v1/traces\"\n";
         let config = Config::from_toml("t", full, no_env()).expect("parses");
@@ -2779,7 +2822,11 @@ mod tests {
             ("otlp_endpoint = \"collector:4318\"", "traces.otlp_endpoint"),
             ("sample_ratio = 1.5", "traces.sample_ratio"),
             ("service_name = \" \"", "traces.service_name"),
-            ("protocol = \"grpc\"", "traces.protocol"),
+            ("protocol = \"grpc/json\"", "traces.protocol"),
+            (
+                "otlp_endpoint = \"http://collector:4318/v1/traces\"\nprotocol = \"grpc\"",
+                "traces.otlp_endpoint",
+            ),
         ] {
             let config =
                 Config::from_toml("t", &format!("[traces]\n{text}\n"), no_env()).expect("parses");

@@ -218,7 +218,7 @@ fn init_tracing(
                 url: t.url.clone(),
                 service: t.service_name.clone(),
                 instance: node.to_owned(),
-                protobuf: t.protobuf,
+                protocol: t.protocol,
             };
             // Fabrik's own spans, and the warnings and errors inside them.
             let fabrik = tracing_subscriber::filter::Targets::new()

@@ -10,6 +10,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use fabrik_runtime::config::OtlpProtocol;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -379,8 +380,8 @@ pub(crate) struct Exporter {
     pub(crate) service: String,
     /// `service.instance.id`: the node's name.
     pub(crate) instance: String,
-    /// OTLP/HTTP's binary protobuf encoding (`application/x-protobuf`), else its JSON.
-    pub(crate) protobuf: bool,
+    /// OTLP/HTTP with protobuf or JSON, or OTLP/gRPC.
+    pub(crate) protocol: OtlpProtocol,
 }
 
 impl Exporter {
@@ -412,10 +413,13 @@ impl Exporter {
 /// not take after [`ATTEMPTS`] tries (with backoff) is dropped and counted: traces are for
 /// looking into the system, not data to keep at any cost.
 pub(crate) async fn export(exporter: Exporter, mut spans: SpanQueue, stop: CancellationToken) {
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-    {
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+    // gRPC is HTTP/2 only: to a cleartext endpoint without an upgrade (h2c, as every gRPC
+    // client does); over TLS, ALPN picks it.
+    if exporter.protocol == OtlpProtocol::Grpc && exporter.url.starts_with("http://") {
+        builder = builder.http2_prior_knowledge();
+    }
+    let client = match builder.build() {
         Ok(client) => client,
         Err(e) => {
             tracing::error!(error = %e, "No HTTP client for the trace exporter; traces are off.");
@@ -460,8 +464,12 @@ async fn send(client: &reqwest::Client, exporter: &Exporter, spans: Vec<Value>, 
     use prost::Message as _;
     let count = spans.len() as u64;
     let request = exporter.request(spans);
-    let (body, content_type) = if exporter.protobuf {
-        match crate::otlp_proto::request_from_json(&request) {
+    let (body, content_type) = match exporter.protocol {
+        OtlpProtocol::HttpJson => (request.to_string().into_bytes(), "application/json"),
+        protocol => match crate::otlp_proto::request_from_json(&request) {
+            Ok(message) if protocol == OtlpProtocol::Grpc => {
+                (grpc_frame(&message.encode_to_vec()), "application/grpc")
+            }
             Ok(message) => (message.encode_to_vec(), "application/x-protobuf"),
             Err(e) => {
                 tracing::warn!(error = %e, "A batch of spans could not be encoded; it is dropped.");
@@ -469,20 +477,32 @@ async fn send(client: &reqwest::Client, exporter: &Exporter, spans: Vec<Value>, 
                     .increment(count);
                 return;
             }
-        }
-    } else {
-        (request.to_string().into_bytes(), "application/json")
+        },
     };
     let mut wait = Duration::from_millis(500);
     let attempts = if retry { ATTEMPTS } else { 1 };
     for attempt in 1..=attempts {
-        let outcome = client
+        let mut post = client
             .post(&exporter.url)
             .header(reqwest::header::CONTENT_TYPE, content_type)
-            .body(body.clone())
-            .send()
-            .await;
+            .body(body.clone());
+        if exporter.protocol == OtlpProtocol::Grpc {
+            post = post.header(reqwest::header::TE, "trailers");
+        }
+        let outcome = post.send().await;
         let retryable = match outcome {
+            Ok(response) if exporter.protocol == OtlpProtocol::Grpc => {
+                match grpc_outcome(response).await {
+                    Ok(()) => {
+                        metrics::counter!("fabrik_trace_spans_exported_total").increment(count);
+                        return;
+                    }
+                    Err((status, retryable)) => {
+                        tracing::warn!(url = %exporter.url, %status, attempt, "The trace collector refused a batch of spans.");
+                        retryable
+                    }
+                }
+            }
             Ok(response) if response.status().is_success() => {
                 metrics::counter!("fabrik_trace_spans_exported_total").increment(count);
                 return;
@@ -507,10 +527,147 @@ async fn send(client: &reqwest::Client, exporter: &Exporter, spans: Vec<Value>, 
         .increment(count);
 }
 
+/// A gRPC message as it travels in an HTTP/2 body: not compressed (0), its length (4 bytes,
+/// big-endian), then the message.
+fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(5 + message.len());
+    frame.push(0);
+    frame.extend_from_slice(
+        &u32::try_from(message.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes(),
+    );
+    frame.extend_from_slice(message);
+    frame
+}
+
+/// gRPC status codes OTLP says to retry (the collector's back-pressure and transient faults):
+/// CANCELLED, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, OUT_OF_RANGE, UNAVAILABLE,
+/// DATA_LOSS.
+const GRPC_RETRYABLE: [u32; 7] = [1, 4, 8, 10, 11, 14, 15];
+
+/// Whether a gRPC call succeeded: HTTP 200 and `grpc-status` 0, which a server sends in the
+/// trailers after the answer, or in the headers of an answer without a body (how errors are
+/// usually sent). Otherwise the status to report (with `grpc-message`) and whether to retry.
+async fn grpc_outcome(response: reqwest::Response) -> Result<(), (String, bool)> {
+    use http_body_util::BodyExt as _;
+    let http_status = response.status();
+    let response: http::Response<reqwest::Body> = response.into();
+    let (parts, body) = response.into_parts();
+    if http_status != reqwest::StatusCode::OK {
+        let retryable = http_status.as_u16() == 429 || http_status.is_server_error();
+        return Err((format!("HTTP {http_status}"), retryable));
+    }
+    let trailers = if parts.headers.contains_key("grpc-status") {
+        None
+    } else {
+        match body.collect().await {
+            Ok(collected) => collected.trailers().cloned(),
+            Err(e) => return Err((format!("the answer broke off: {e}"), true)),
+        }
+    };
+    let fields = trailers.as_ref().unwrap_or(&parts.headers);
+    let code = fields
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u32>().ok());
+    match code {
+        Some(0) => Ok(()),
+        Some(code) => {
+            let message = fields
+                .get("grpc-message")
+                .and_then(|v| v.to_str().ok())
+                .map(percent_decoded)
+                .unwrap_or_default();
+            Err((
+                format!("gRPC status {code} {message}")
+                    .trim_end()
+                    .to_owned(),
+                GRPC_RETRYABLE.contains(&code),
+            ))
+        }
+        None => Err(("an answer without a gRPC status".to_owned(), true)),
+    }
+}
+
+/// `grpc-message` is percent-encoded (gRPC over HTTP/2, "Responses").
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tracing_subscriber::layer::SubscriberExt as _;
+
+    #[test]
+    fn a_grpc_message_is_framed_with_its_length() {
+        let frame = grpc_frame(&[7; 300]);
+        assert_eq!(
+            &frame[..5],
+            &[0, 0, 0, 1, 44],
+            "not compressed, 300 bytes big-endian"
+        );
+        assert_eq!(frame.len(), 305);
+        assert_eq!(percent_decoded("no%20spans%3a%2"), "no spans:%2");
+    }
+
+    #[tokio::test]
+    async fn grpc_statuses_decide_between_success_retry_and_drop() {
+        let answer = |status: u16, headers: &[(&str, &str)]| {
+            let mut builder = http::Response::builder().status(status);
+            for (name, value) in headers {
+                builder = builder.header(*name, *value);
+            }
+            reqwest::Response::from(builder.body(Vec::<u8>::new()).expect("response"))
+        };
+        assert_eq!(
+            grpc_outcome(answer(200, &[("grpc-status", "0")])).await,
+            Ok(())
+        );
+        assert_eq!(
+            grpc_outcome(answer(
+                200,
+                &[("grpc-status", "14"), ("grpc-message", "warming%20up")]
+            ))
+            .await,
+            Err(("gRPC status 14 warming up".to_owned(), true))
+        );
+        assert_eq!(
+            grpc_outcome(answer(200, &[("grpc-status", "3")])).await,
+            Err(("gRPC status 3".to_owned(), false)),
+            "INVALID_ARGUMENT: the same batch would be refused again"
+        );
+        assert_eq!(
+            grpc_outcome(answer(200, &[])).await,
+            Err(("an answer without a gRPC status".to_owned(), true))
+        );
+        assert_eq!(
+            grpc_outcome(answer(503, &[]))
+                .await
+                .map_err(|(_, retry)| retry),
+            Err(true)
+        );
+    }
 
     #[test]
     fn traceparents_are_read_as_w3c_writes_them() {

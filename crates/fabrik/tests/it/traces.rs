@@ -20,10 +20,19 @@ fn spans(file: &Path) -> Vec<serde_json::Value> {
 
 /// The OTLP receiver on a free port, writing the spans it parses to `out`; stopped on drop.
 fn collector(out: &Path) -> (u16, Peer) {
+    collector_with(out, &[])
+}
+
+/// [`collector`] with more arguments (`grpc [REFUSE_FIRST]`).
+fn collector_with(out: &Path, args: &[&str]) -> (u16, Peer) {
     let port = free_port();
     let python = std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into());
     let mut receiver = Command::new(&python);
-    receiver.arg(RECEIVER).arg(port.to_string()).arg(out);
+    receiver
+        .arg(RECEIVER)
+        .arg(port.to_string())
+        .arg(out)
+        .args(args);
     let peer = Peer::listening(
         receiver,
         port,
@@ -161,6 +170,67 @@ fn spans_go_as_json_when_asked() {
     assert_eq!(request["attributes"]["http.response.status_code"], 200);
     let (status, _) = p.terminate();
     assert!(status.success());
+}
+
+/// `protocol = "grpc"` (decision 0076): the spans reach gRPC's reference server over
+/// cleartext HTTP/2, a call it refuses with UNAVAILABLE is sent again, and spans still queued
+/// at shutdown go before Fabrik exits.
+#[test]
+fn spans_go_over_grpc_and_a_refused_call_is_retried() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("spans.jsonl");
+    let (port, _receiver) = collector_with(&out, &["grpc", "1"]);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let p = Process::start_with_args(
+        &dir.path().join("data"),
+        &[],
+        &[
+            ("FABRIK__TRACES__OTLP_ENDPOINT", endpoint.as_str()),
+            ("FABRIK__TRACES__PROTOCOL", "grpc"),
+        ],
+    );
+    let (trace, caller) = ("6bf92f3577b34da6a3ce929d0e0e4736", "20f067aa0ba902b7");
+    assert_eq!(traced_query(&p.url, trace, caller, "SELECT 3 AS n"), 200);
+    eventually("the request's span at the gRPC collector", || {
+        spans(&out)
+            .iter()
+            .any(|s| s["trace_id"] == trace && s["name"] == "POST /api/v1/query")
+    });
+    let all = spans(&out);
+    assert!(all.iter().all(|s| s.get("error").is_none()), "{all:?}");
+    assert_eq!(
+        all.first().and_then(|s| s["refused"].as_str()),
+        Some("UNAVAILABLE"),
+        "the first call was refused, and its spans came again: {all:?}"
+    );
+    let request = all
+        .iter()
+        .find(|s| s["trace_id"] == trace && s["name"] == "POST /api/v1/query")
+        .expect("the request's span");
+    assert_eq!(request["encoding"], "grpc");
+    assert_eq!(
+        all.iter()
+            .filter(|s| s["span_id"] == request["span_id"])
+            .count(),
+        1,
+        "a call answered with status 0 (in the trailers) is not sent again"
+    );
+    assert_eq!(request["parent_span_id"], caller);
+    assert_eq!(request["resource"]["service.name"], "fabrik");
+    let query = all
+        .iter()
+        .find(|s| s["trace_id"] == trace && s["name"] == "store.query")
+        .expect("the query's span");
+    assert_eq!(query["parent_span_id"], request["span_id"]);
+
+    let last = "7af7651916cd43dd8448eb211c80319c";
+    assert_eq!(traced_query(&p.url, last, caller, "SELECT 4 AS n"), 200);
+    let (status, log) = p.terminate();
+    assert!(status.success(), "{status}: {}", log.join("\n"));
+    assert!(
+        spans(&out).iter().any(|s| s["trace_id"] == last),
+        "the last request's span was sent at shutdown"
+    );
 }
 
 /// An HTTP receiver that answers 200 and keeps each request's `traceparent` header (or none).

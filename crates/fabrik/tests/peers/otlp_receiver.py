@@ -1,4 +1,4 @@
-"""An OTLP/HTTP trace receiver for Fabrik's trace test (decision 0054).
+"""An OTLP trace receiver for Fabrik's trace tests (decisions 0054, 0073, 0076).
 
 Takes `POST /v1/traces` with an `ExportTraceServiceRequest` in either of OTLP/HTTP's
 encodings, parsed strictly by the OpenTelemetry protocol's own definitions (PyPI
@@ -10,7 +10,12 @@ appended to OUT as one JSON line (ids in hex, attributes as a dict, the resource
 beside them, and the encoding it came in); a request that does not parse is answered 400 and
 written as {"error": ...}.
 
-Usage: otlp_receiver.py PORT OUT
+With `grpc`, it is an OTLP/gRPC receiver instead: the `TraceService/Export` call served by
+gRPC's reference implementation (PyPI grpcio, with opentelemetry-proto's service stubs),
+spans recorded with the encoding "grpc". With a count after it, it refuses that many calls
+first with UNAVAILABLE (recorded as {"refused": "UNAVAILABLE"}), which OTLP says to retry.
+
+Usage: otlp_receiver.py PORT OUT [grpc [REFUSE_FIRST]]
 """
 import base64
 import json
@@ -60,6 +65,35 @@ def value(any_value):
 OUT_LOCK = threading.Lock()
 
 
+def record(request, encoding):
+    lines = []
+    for resource_spans in request.resource_spans:
+        resource = {a.key: value(a.value) for a in resource_spans.resource.attributes}
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                lines.append(json.dumps({
+                    "trace_id": span.trace_id.hex(),
+                    "span_id": span.span_id.hex(),
+                    "parent_span_id": span.parent_span_id.hex(),
+                    "name": span.name,
+                    "kind": span.kind,
+                    "start": span.start_time_unix_nano,
+                    "end": span.end_time_unix_nano,
+                    "attributes": {a.key: value(a.value) for a in span.attributes},
+                    "status": span.status.code,
+                    "status_message": span.status.message,
+                    "resource": resource,
+                    "encoding": encoding,
+                }))
+    with OUT_LOCK, open(OUT, "a") as out:
+        out.writelines(line + "\n" for line in lines)
+
+
+def note(entry):
+    with OUT_LOCK, open(OUT, "a") as out:
+        out.write(json.dumps(entry) + "\n")
+
+
 class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length", 0)))
@@ -85,32 +119,11 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 raise ValueError(f"content-type {self.headers.get('content-type')}")
         except Exception as e:  # noqa: BLE001 - every failure is the sender's
-            with OUT_LOCK, open(OUT, "a") as out:
-                out.write(json.dumps({"error": str(e)}) + "\n")
+            note({"error": str(e)})
             self.send_response(400)
             self.end_headers()
             return
-        lines = []
-        for resource_spans in request.resource_spans:
-            resource = {a.key: value(a.value) for a in resource_spans.resource.attributes}
-            for scope_spans in resource_spans.scope_spans:
-                for span in scope_spans.spans:
-                    lines.append(json.dumps({
-                        "trace_id": span.trace_id.hex(),
-                        "span_id": span.span_id.hex(),
-                        "parent_span_id": span.parent_span_id.hex(),
-                        "name": span.name,
-                        "kind": span.kind,
-                        "start": span.start_time_unix_nano,
-                        "end": span.end_time_unix_nano,
-                        "attributes": {a.key: value(a.value) for a in span.attributes},
-                        "status": span.status.code,
-                        "status_message": span.status.message,
-                        "resource": resource,
-                        "encoding": encoding,
-                    }))
-        with OUT_LOCK, open(OUT, "a") as out:
-            out.writelines(line + "\n" for line in lines)
+        record(request, encoding)
         answer = b"{}"
         self.send_response(200)
         self.send_header("content-type", "application/json")
@@ -122,4 +135,40 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
-ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
+def serve_grpc(refuse_first):
+    from concurrent import futures
+
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceResponse,
+    )
+
+    refusals = [refuse_first]
+    refusals_lock = threading.Lock()
+
+    class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):
+            with refusals_lock:
+                refuse = refusals[0] > 0
+                refusals[0] -= refuse
+            if refuse:
+                note({"refused": "UNAVAILABLE"})
+                context.abort(grpc.StatusCode.UNAVAILABLE, "warming up")
+            if has_unknown_fields(request):
+                note({"error": "fields under numbers OTLP does not define"})
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown fields")
+            record(request, "grpc")
+            return ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), server)
+    server.add_insecure_port(f"127.0.0.1:{PORT}")
+    server.start()
+    server.wait_for_termination()
+
+
+if len(sys.argv) > 3 and sys.argv[3] == "grpc":
+    serve_grpc(int(sys.argv[4]) if len(sys.argv) > 4 else 0)
+else:
+    ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
