@@ -1684,7 +1684,7 @@ impl TracesConfig {
         let url = if protocol == OtlpProtocol::Grpc {
             // A gRPC method has a path of its own; a path given in the endpoint is a sign of an
             // OTLP/HTTP URL set with the wrong protocol.
-            if host.is_some_and(|h| h.contains('/')) {
+            if host.is_some_and(|h| h.contains(['/', '?', '#'])) {
                 problem(
                     "traces.otlp_endpoint",
                     format!(
@@ -2825,6 +2825,10 @@ mod tests {
             ("protocol = \"grpc/json\"", "traces.protocol"),
             (
                 "otlp_endpoint = \"http://collector:4318/v1/traces\"\nprotocol = \"grpc\"",
+                "traces.otlp_endpoint",
+            ),
+            (
+                "otlp_endpoint = \"http://collector:4317?tenant=a\"\nprotocol = \"grpc\"",
                 "traces.otlp_endpoint",
             ),
         ] {

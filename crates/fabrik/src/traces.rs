@@ -413,13 +413,7 @@ impl Exporter {
 /// not take after [`ATTEMPTS`] tries (with backoff) is dropped and counted: traces are for
 /// looking into the system, not data to keep at any cost.
 pub(crate) async fn export(exporter: Exporter, mut spans: SpanQueue, stop: CancellationToken) {
-    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
-    // gRPC is HTTP/2 only: to a cleartext endpoint without an upgrade (h2c, as every gRPC
-    // client does); over TLS, ALPN picks it.
-    if exporter.protocol == OtlpProtocol::Grpc && exporter.url.starts_with("http://") {
-        builder = builder.http2_prior_knowledge();
-    }
-    let client = match builder.build() {
+    let mut client = match client_for(&exporter) {
         Ok(client) => client,
         Err(e) => {
             tracing::error!(error = %e, "No HTTP client for the trace exporter; traces are off.");
@@ -451,7 +445,7 @@ pub(crate) async fn export(exporter: Exporter, mut spans: SpanQueue, stop: Cance
             }
         }
         for chunk in batch.chunks(BATCH) {
-            send(&client, &exporter, chunk.to_vec(), !stopping).await;
+            send(&mut client, &exporter, chunk.to_vec(), !stopping).await;
         }
         batch.clear();
         if stopping {
@@ -460,7 +454,19 @@ pub(crate) async fn export(exporter: Exporter, mut spans: SpanQueue, stop: Cance
     }
 }
 
-async fn send(client: &reqwest::Client, exporter: &Exporter, spans: Vec<Value>, retry: bool) {
+/// The exporter's HTTP client. gRPC is HTTP/2 only, so it is spoken from the first byte:
+/// without an upgrade to a cleartext endpoint (h2c, as every gRPC client does), and over TLS
+/// offering only `h2` (a server or balancer that would pick HTTP/1.1 fails the handshake
+/// plainly rather than garble the call).
+fn client_for(exporter: &Exporter) -> reqwest::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(10));
+    if exporter.protocol == OtlpProtocol::Grpc {
+        builder = builder.http2_prior_knowledge();
+    }
+    builder.build()
+}
+
+async fn send(client: &mut reqwest::Client, exporter: &Exporter, spans: Vec<Value>, retry: bool) {
     use prost::Message as _;
     let count = spans.len() as u64;
     let request = exporter.request(spans);
@@ -514,6 +520,14 @@ async fn send(client: &reqwest::Client, exporter: &Exporter, spans: Vec<Value>, 
             }
             Err(e) => {
                 tracing::warn!(url = %exporter.url, error = %e, attempt, "Could not send spans to the trace collector.");
+                // Over HTTP/2 every call shares one connection, which a timeout leaves in the
+                // pool: a collector gone without closing it would take every later call down
+                // with it until the kernel gives up. A new client opens a new connection.
+                if exporter.protocol == OtlpProtocol::Grpc
+                    && let Ok(fresh) = client_for(exporter)
+                {
+                    *client = fresh;
+                }
                 true
             }
         };
@@ -541,10 +555,13 @@ fn grpc_frame(message: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// gRPC status codes OTLP says to retry (the collector's back-pressure and transient faults):
-/// CANCELLED, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, OUT_OF_RANGE, UNAVAILABLE,
-/// DATA_LOSS.
-const GRPC_RETRYABLE: [u32; 7] = [1, 4, 8, 10, 11, 14, 15];
+/// gRPC status codes OTLP says to retry (transient faults): CANCELLED, DEADLINE_EXCEEDED,
+/// ABORTED, OUT_OF_RANGE, UNAVAILABLE, DATA_LOSS. RESOURCE_EXHAUSTED is retried only when
+/// the server says when (RetryInfo), which is not read: a batch too large would fail again.
+const GRPC_RETRYABLE: [u32; 6] = [1, 4, 10, 11, 14, 15];
+
+/// The most of an answer's body read: an ExportTraceServiceResponse is a few bytes.
+const GRPC_ANSWER_LIMIT: usize = 64 * 1024;
 
 /// Whether a gRPC call succeeded: HTTP 200 and `grpc-status` 0, which a server sends in the
 /// trailers after the answer, or in the headers of an answer without a body (how errors are
@@ -555,13 +572,17 @@ async fn grpc_outcome(response: reqwest::Response) -> Result<(), (String, bool)>
     let response: http::Response<reqwest::Body> = response.into();
     let (parts, body) = response.into_parts();
     if http_status != reqwest::StatusCode::OK {
-        let retryable = http_status.as_u16() == 429 || http_status.is_server_error();
+        // gRPC over HTTP/2: only these mean UNAVAILABLE; other statuses are UNKNOWN.
+        let retryable = matches!(http_status.as_u16(), 429 | 502 | 503 | 504);
         return Err((format!("HTTP {http_status}"), retryable));
     }
     let trailers = if parts.headers.contains_key("grpc-status") {
         None
     } else {
-        match body.collect().await {
+        match http_body_util::Limited::new(body, GRPC_ANSWER_LIMIT)
+            .collect()
+            .await
+        {
             Ok(collected) => collected.trailers().cloned(),
             Err(e) => return Err((format!("the answer broke off: {e}"), true)),
         }
@@ -586,7 +607,8 @@ async fn grpc_outcome(response: reqwest::Response) -> Result<(), (String, bool)>
                 GRPC_RETRYABLE.contains(&code),
             ))
         }
-        None => Err(("an answer without a gRPC status".to_owned(), true)),
+        // UNKNOWN, as gRPC reads it: not retried.
+        None => Err(("an answer without a gRPC status".to_owned(), false)),
     }
 }
 
@@ -659,13 +681,27 @@ mod tests {
         );
         assert_eq!(
             grpc_outcome(answer(200, &[])).await,
-            Err(("an answer without a gRPC status".to_owned(), true))
+            Err(("an answer without a gRPC status".to_owned(), false))
         );
         assert_eq!(
             grpc_outcome(answer(503, &[]))
                 .await
                 .map_err(|(_, retry)| retry),
             Err(true)
+        );
+        assert_eq!(
+            grpc_outcome(answer(500, &[]))
+                .await
+                .map_err(|(_, retry)| retry),
+            Err(false),
+            "UNKNOWN"
+        );
+        assert_eq!(
+            grpc_outcome(answer(200, &[("grpc-status", "8")]))
+                .await
+                .map_err(|(_, retry)| retry),
+            Err(false),
+            "RESOURCE_EXHAUSTED without RetryInfo"
         );
     }
 

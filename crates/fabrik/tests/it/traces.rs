@@ -227,10 +227,23 @@ fn spans_go_over_grpc_and_a_refused_call_is_retried() {
     assert_eq!(traced_query(&p.url, last, caller, "SELECT 4 AS n"), 200);
     let (status, log) = p.terminate();
     assert!(status.success(), "{status}: {}", log.join("\n"));
+    let all = spans(&out);
     assert!(
-        spans(&out).iter().any(|s| s["trace_id"] == last),
+        all.iter().any(|s| s["trace_id"] == last),
         "the last request's span was sent at shutdown"
     );
+    // Read after every retry has ended: a success misread (status 0 in the trailers) would
+    // have sent a batch again, or been logged.
+    let mut ids: Vec<&str> = all.iter().filter_map(|s| s["span_id"].as_str()).collect();
+    let count = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "no span was sent twice: {all:?}");
+    let refusals = log
+        .iter()
+        .filter(|line| line.contains("refused a batch of spans"))
+        .count();
+    assert_eq!(refusals, 1, "only the UNAVAILABLE: {}", log.join("\n"));
 }
 
 /// An HTTP receiver that answers 200 and keeps each request's `traceparent` header (or none).
