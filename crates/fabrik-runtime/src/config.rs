@@ -1605,6 +1605,9 @@ pub struct TracesConfig {
     /// (the default, as for OpenTelemetry's SDKs), `http/json`, or `grpc` (HTTP/2; cleartext
     /// to an `http://` endpoint, TLS to an `https://` one).
     pub protocol: String,
+    /// `gzip` compresses each batch (OTEL_EXPORTER_OTLP_COMPRESSION), for a collector across
+    /// a narrow link; `none` (the default) sends it as it is.
+    pub compression: String,
 }
 
 /// How spans travel to the collector (`[traces] protocol`).
@@ -1625,6 +1628,7 @@ impl Default for TracesConfig {
             sample_ratio: 1.0,
             service_name: "fabrik".into(),
             protocol: "http/protobuf".into(),
+            compression: "none".into(),
         }
     }
 }
@@ -1641,6 +1645,8 @@ pub struct TracesSettings {
     pub service_name: String,
     /// How they are sent.
     pub protocol: OtlpProtocol,
+    /// Whether each batch is gzip-compressed.
+    pub gzip: bool,
 }
 
 impl TracesConfig {
@@ -1666,6 +1672,17 @@ impl TracesConfig {
                     format!("`{other}` is not `http/protobuf`, `http/json` or `grpc`"),
                 );
                 OtlpProtocol::HttpProtobuf
+            }
+        };
+        let gzip = match self.compression.trim() {
+            "none" | "" => false,
+            "gzip" => true,
+            other => {
+                problem(
+                    "traces.compression",
+                    format!("`{other}` is not `none` or `gzip`"),
+                );
+                false
             }
         };
         if endpoint.is_empty() {
@@ -1705,6 +1722,7 @@ impl TracesConfig {
             sample_ratio: self.sample_ratio.clamp(0.0, 1.0),
             service_name: self.service_name.trim().to_owned(),
             protocol,
+            gzip,
         })
     }
 }
@@ -2810,6 +2828,7 @@ mod tests {
             .traces
             .expect("on");
         assert_eq!(traces.protocol, OtlpProtocol::Grpc);
+        assert!(!traces.gzip, "not compressed unless asked");
         assert_eq!(
             traces.url,
             "http://collector:4317/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -2823,6 +2842,7 @@ mod tests {
             ("sample_ratio = 1.5", "traces.sample_ratio"),
             ("service_name = \" \"", "traces.service_name"),
             ("protocol = \"grpc/json\"", "traces.protocol"),
+            ("compression = \"zstd\"", "traces.compression"),
             (
                 "otlp_endpoint = \"http://collector:4318/v1/traces\"\nprotocol = \"grpc\"",
                 "traces.otlp_endpoint",

@@ -219,6 +219,7 @@ fn init_tracing(
                 service: t.service_name.clone(),
                 instance: node.to_owned(),
                 protocol: t.protocol,
+                gzip: t.gzip,
             };
             // Fabrik's own spans, and the warnings and errors inside them.
             let fabrik = tracing_subscriber::filter::Targets::new()

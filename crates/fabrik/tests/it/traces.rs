@@ -103,6 +103,7 @@ fn spans_of_requests_queries_and_pipelines_reach_an_otlp_collector() {
         request["encoding"], "protobuf",
         "OTLP/HTTP's default encoding"
     );
+    assert_eq!(request["compressed"], false, "not compressed unless asked");
     let query = all
         .iter()
         .find(|s| s["trace_id"] == trace && s["name"] == "store.query")
@@ -137,7 +138,7 @@ fn spans_of_requests_queries_and_pipelines_reach_an_otlp_collector() {
 }
 
 /// `protocol = "http/json"`: the same spans in OTLP/HTTP's JSON encoding, which the collector
-/// parses by the protocol's own definitions.
+/// parses by the protocol's own definitions; here gzip-compressed (`compression = "gzip"`).
 #[test]
 fn spans_go_as_json_when_asked() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -150,6 +151,7 @@ fn spans_go_as_json_when_asked() {
         &[
             ("FABRIK__TRACES__OTLP_ENDPOINT", endpoint.as_str()),
             ("FABRIK__TRACES__PROTOCOL", "http/json"),
+            ("FABRIK__TRACES__COMPRESSION", "gzip"),
         ],
     );
     let (trace, caller) = ("5bf92f3577b34da6a3ce929d0e0e4736", "10f067aa0ba902b7");
@@ -166,6 +168,7 @@ fn spans_go_as_json_when_asked() {
         .find(|s| s["trace_id"] == trace && s["name"] == "POST /api/v1/query")
         .expect("the request's span");
     assert_eq!(request["encoding"], "json");
+    assert_eq!(request["compressed"], true, "Content-Encoding: gzip");
     assert_eq!(request["parent_span_id"], caller);
     assert_eq!(request["attributes"]["http.response.status_code"], 200);
     let (status, _) = p.terminate();
@@ -187,6 +190,8 @@ fn spans_go_over_grpc_and_a_refused_call_is_retried() {
         &[
             ("FABRIK__TRACES__OTLP_ENDPOINT", endpoint.as_str()),
             ("FABRIK__TRACES__PROTOCOL", "grpc"),
+            // Compressed messages, which grpcio inflates by the call's grpc-encoding.
+            ("FABRIK__TRACES__COMPRESSION", "gzip"),
         ],
     );
     let (trace, caller) = ("6bf92f3577b34da6a3ce929d0e0e4736", "20f067aa0ba902b7");

@@ -3,7 +3,8 @@
 Takes `POST /v1/traces` with an `ExportTraceServiceRequest` in either of OTLP/HTTP's
 encodings, parsed strictly by the OpenTelemetry protocol's own definitions (PyPI
 `opentelemetry-proto`): binary protobuf (`application/x-protobuf`), or JSON
-(`application/json`, protobuf's JSON mapping: unknown fields and wrong types are errors). As
+(`application/json`, protobuf's JSON mapping; either gzip-compressed with `Content-Encoding:
+gzip`, recorded as "compressed": unknown fields and wrong types are errors). As
 the OTLP specification says, and as the OpenTelemetry Collector does, trace and span ids in
 OTLP/JSON are hex, not protobuf's base64: they are checked and converted first. Each span is
 appended to OUT as one JSON line (ids in hex, attributes as a dict, the resource's attributes
@@ -18,6 +19,7 @@ first with UNAVAILABLE (recorded as {"refused": "UNAVAILABLE"}), which OTLP says
 Usage: otlp_receiver.py PORT OUT [grpc [REFUSE_FIRST]]
 """
 import base64
+import gzip
 import json
 import sys
 import threading
@@ -65,7 +67,7 @@ def value(any_value):
 OUT_LOCK = threading.Lock()
 
 
-def record(request, encoding):
+def record(request, encoding, compressed=None):
     lines = []
     for resource_spans in request.resource_spans:
         resource = {a.key: value(a.value) for a in resource_spans.resource.attributes}
@@ -84,6 +86,7 @@ def record(request, encoding):
                     "status_message": span.status.message,
                     "resource": resource,
                     "encoding": encoding,
+                    "compressed": compressed,
                 }))
     with OUT_LOCK, open(OUT, "a") as out:
         out.writelines(line + "\n" for line in lines)
@@ -97,7 +100,10 @@ def note(entry):
 class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        compressed = self.headers.get("content-encoding") == "gzip"
         try:
+            if compressed:
+                body = gzip.decompress(body)
             if self.path != "/v1/traces":
                 raise ValueError(f"path {self.path}")
             content_type = self.headers.get("content-type", "").split(";")[0]
@@ -123,7 +129,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_response(400)
             self.end_headers()
             return
-        record(request, encoding)
+        record(request, encoding, compressed)
         answer = b"{}"
         self.send_response(200)
         self.send_header("content-type", "application/json")
