@@ -13,6 +13,23 @@ pub(crate) struct ExportTraceServiceRequest {
     pub(crate) resource_spans: Vec<ResourceSpans>,
 }
 
+/// `ExportTraceServiceResponse`: what a collector answers, a partial success when it
+/// refused some spans of a batch it took.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct ExportTraceServiceResponse {
+    #[prost(message, optional, tag = "1")]
+    pub(crate) partial_success: Option<ExportTracePartialSuccess>,
+}
+
+/// `ExportTracePartialSuccess`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct ExportTracePartialSuccess {
+    #[prost(int64, tag = "1")]
+    pub(crate) rejected_spans: i64,
+    #[prost(string, tag = "2")]
+    pub(crate) error_message: String,
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct ResourceSpans {
     #[prost(message, optional, tag = "1")]

@@ -517,8 +517,8 @@ async fn send(client: &mut reqwest::Client, exporter: &Exporter, spans: Vec<Valu
         let retryable = match outcome {
             Ok(response) if exporter.protocol == OtlpProtocol::Grpc => {
                 match grpc_outcome(response).await {
-                    Ok(()) => {
-                        metrics::counter!("fabrik_trace_spans_exported_total").increment(count);
+                    Ok(answer) => {
+                        took(exporter, count, &answer);
                         return;
                     }
                     Err((status, retryable)) => {
@@ -528,7 +528,10 @@ async fn send(client: &mut reqwest::Client, exporter: &Exporter, spans: Vec<Valu
                 }
             }
             Ok(response) if response.status().is_success() => {
-                metrics::counter!("fabrik_trace_spans_exported_total").increment(count);
+                // The answer only matters for a partial success; one that cannot be read
+                // counts as a whole one.
+                let answer = response.bytes().await.unwrap_or_default();
+                took(exporter, count, &answer);
                 return;
             }
             Ok(response) => {
@@ -557,6 +560,60 @@ async fn send(client: &mut reqwest::Client, exporter: &Exporter, spans: Vec<Valu
     }
     metrics::counter!("fabrik_trace_spans_dropped_total", "reason" => "export_failed")
         .increment(count);
+}
+
+/// Counts a batch the collector took, less the spans its answer says it rejected (OTLP's
+/// partial success, which the collector explains in its message).
+fn took(exporter: &Exporter, count: u64, answer: &[u8]) {
+    let (rejected, message) = partial_success(exporter.protocol, answer);
+    let rejected = rejected.min(count);
+    if rejected > 0 || !message.is_empty() {
+        tracing::warn!(url = %exporter.url, rejected, message = %message, "The trace collector rejected part of a batch of spans.");
+        metrics::counter!("fabrik_trace_spans_dropped_total", "reason" => "rejected")
+            .increment(rejected);
+    }
+    metrics::counter!("fabrik_trace_spans_exported_total").increment(count - rejected);
+}
+
+/// The spans an export's answer says were rejected, and the collector's message: from an
+/// `ExportTraceServiceResponse` in protobuf (over gRPC, behind its 5-byte prefix) or in
+/// OTLP/JSON. An empty or unreadable answer is a full success.
+fn partial_success(protocol: OtlpProtocol, answer: &[u8]) -> (u64, String) {
+    use prost::Message as _;
+    match protocol {
+        OtlpProtocol::HttpJson => {
+            let Ok(json) = serde_json::from_slice::<Value>(answer) else {
+                return (0, String::new());
+            };
+            let partial = &json["partialSuccess"];
+            // int64 is a string in protobuf's JSON mapping; a number is taken too.
+            let rejected = match &partial["rejectedSpans"] {
+                Value::String(text) => text.parse().unwrap_or(0),
+                other => other.as_u64().unwrap_or(0),
+            };
+            let message = partial["errorMessage"].as_str().unwrap_or_default();
+            (rejected, message.to_owned())
+        }
+        protocol => {
+            let message = match protocol {
+                // Only an uncompressed answer is read: Fabrik offers no grpc-accept-encoding.
+                OtlpProtocol::Grpc => match answer {
+                    [0, length @ ..] if length.len() >= 4 => &length[4..],
+                    _ => return (0, String::new()),
+                },
+                _ => answer,
+            };
+            match crate::otlp_proto::ExportTraceServiceResponse::decode(message) {
+                Ok(response) => response.partial_success.map_or((0, String::new()), |p| {
+                    (
+                        u64::try_from(p.rejected_spans).unwrap_or(0),
+                        p.error_message,
+                    )
+                }),
+                Err(_) => (0, String::new()),
+            }
+        }
+    }
 }
 
 /// `bytes` gzip-compressed when `gzip` (the fast level: spans compress well, and the edge's
@@ -602,7 +659,7 @@ const GRPC_ANSWER_LIMIT: usize = 64 * 1024;
 /// Whether a gRPC call succeeded: HTTP 200 and `grpc-status` 0, which a server sends in the
 /// trailers after the answer, or in the headers of an answer without a body (how errors are
 /// usually sent). Otherwise the status to report (with `grpc-message`) and whether to retry.
-async fn grpc_outcome(response: reqwest::Response) -> Result<(), (String, bool)> {
+async fn grpc_outcome(response: reqwest::Response) -> Result<Vec<u8>, (String, bool)> {
     use http_body_util::BodyExt as _;
     let http_status = response.status();
     let response: http::Response<reqwest::Body> = response.into();
@@ -612,14 +669,17 @@ async fn grpc_outcome(response: reqwest::Response) -> Result<(), (String, bool)>
         let retryable = matches!(http_status.as_u16(), 429 | 502 | 503 | 504);
         return Err((format!("HTTP {http_status}"), retryable));
     }
-    let trailers = if parts.headers.contains_key("grpc-status") {
-        None
+    let (trailers, answer) = if parts.headers.contains_key("grpc-status") {
+        (None, Vec::new())
     } else {
         match http_body_util::Limited::new(body, GRPC_ANSWER_LIMIT)
             .collect()
             .await
         {
-            Ok(collected) => collected.trailers().cloned(),
+            Ok(collected) => {
+                let trailers = collected.trailers().cloned();
+                (trailers, collected.to_bytes().to_vec())
+            }
             Err(e) => return Err((format!("the answer broke off: {e}"), true)),
         }
     };
@@ -629,7 +689,7 @@ async fn grpc_outcome(response: reqwest::Response) -> Result<(), (String, bool)>
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u32>().ok());
     match code {
-        Some(0) => Ok(()),
+        Some(0) => Ok(answer),
         Some(code) => {
             let message = fields
                 .get("grpc-message")
@@ -698,6 +758,40 @@ mod tests {
         assert_eq!(percent_decoded("no%20spans%3a%2"), "no spans:%2");
     }
 
+    #[test]
+    fn a_partial_success_is_read_in_each_encoding() {
+        use prost::Message as _;
+        let message = crate::otlp_proto::ExportTraceServiceResponse {
+            partial_success: Some(crate::otlp_proto::ExportTracePartialSuccess {
+                rejected_spans: 3,
+                error_message: "too old".into(),
+            }),
+        }
+        .encode_to_vec();
+        let expected = (3, "too old".to_owned());
+        assert_eq!(
+            partial_success(OtlpProtocol::HttpProtobuf, &message),
+            expected
+        );
+        assert_eq!(
+            partial_success(OtlpProtocol::Grpc, &grpc_frame(&message, false)),
+            expected
+        );
+        let json = br#"{"partialSuccess": {"rejectedSpans": "3", "errorMessage": "too old"}}"#;
+        assert_eq!(partial_success(OtlpProtocol::HttpJson, json), expected);
+        for empty in [&b""[..], b"{}", b"not json"] {
+            assert_eq!(
+                partial_success(OtlpProtocol::HttpJson, empty),
+                (0, String::new())
+            );
+        }
+        assert_eq!(
+            partial_success(OtlpProtocol::Grpc, &[]),
+            (0, String::new()),
+            "a trailers-only success"
+        );
+    }
+
     #[tokio::test]
     async fn grpc_statuses_decide_between_success_retry_and_drop() {
         let answer = |status: u16, headers: &[(&str, &str)]| {
@@ -709,7 +803,7 @@ mod tests {
         };
         assert_eq!(
             grpc_outcome(answer(200, &[("grpc-status", "0")])).await,
-            Ok(())
+            Ok(Vec::new())
         );
         assert_eq!(
             grpc_outcome(answer(

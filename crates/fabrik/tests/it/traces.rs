@@ -20,11 +20,12 @@ fn spans(file: &Path) -> Vec<serde_json::Value> {
 
 /// The OTLP receiver on a free port, writing the spans it parses to `out`; stopped on drop.
 fn collector(out: &Path) -> (u16, Peer) {
-    collector_with(out, &[])
+    collector_with(out, &[], 0)
 }
 
-/// [`collector`] with more arguments (`grpc [REFUSE_FIRST]`).
-fn collector_with(out: &Path, args: &[&str]) -> (u16, Peer) {
+/// [`collector`] with more arguments (`grpc [REFUSE_FIRST]`), answering that `reject` spans
+/// of each batch were rejected (OTLP's partial success).
+fn collector_with(out: &Path, args: &[&str], reject: u32) -> (u16, Peer) {
     let port = free_port();
     let python = std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into());
     let mut receiver = Command::new(&python);
@@ -32,7 +33,8 @@ fn collector_with(out: &Path, args: &[&str]) -> (u16, Peer) {
         .arg(RECEIVER)
         .arg(port.to_string())
         .arg(out)
-        .args(args);
+        .args(args)
+        .env("OTLP_REJECT", reject.to_string());
     let peer = Peer::listening(
         receiver,
         port,
@@ -143,7 +145,7 @@ fn spans_of_requests_queries_and_pipelines_reach_an_otlp_collector() {
 fn spans_go_as_json_when_asked() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("spans.jsonl");
-    let (port, _receiver) = collector(&out);
+    let (port, _receiver) = collector_with(&out, &[], 1);
     let endpoint = format!("http://127.0.0.1:{port}");
     let p = Process::start_with_args(
         &dir.path().join("data"),
@@ -171,8 +173,14 @@ fn spans_go_as_json_when_asked() {
     assert_eq!(request["compressed"], true, "Content-Encoding: gzip");
     assert_eq!(request["parent_span_id"], caller);
     assert_eq!(request["attributes"]["http.response.status_code"], 200);
-    let (status, _) = p.terminate();
+    let (status, log) = p.terminate();
     assert!(status.success());
+    assert!(
+        log.iter()
+            .any(|line| line.contains("rejected part of a batch") && line.contains("too old")),
+        "the partial success in OTLP/JSON is read: {}",
+        log.join("\n")
+    );
 }
 
 /// `protocol = "grpc"` (decision 0076): the spans reach gRPC's reference server over
@@ -182,7 +190,7 @@ fn spans_go_as_json_when_asked() {
 fn spans_go_over_grpc_and_a_refused_call_is_retried() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("spans.jsonl");
-    let (port, _receiver) = collector_with(&out, &["grpc", "1"]);
+    let (port, _receiver) = collector_with(&out, &["grpc", "1"], 1);
     let endpoint = format!("http://127.0.0.1:{port}");
     let p = Process::start_with_args(
         &dir.path().join("data"),
@@ -249,6 +257,12 @@ fn spans_go_over_grpc_and_a_refused_call_is_retried() {
         .filter(|line| line.contains("refused a batch of spans"))
         .count();
     assert_eq!(refusals, 1, "only the UNAVAILABLE: {}", log.join("\n"));
+    assert!(
+        log.iter()
+            .any(|line| line.contains("rejected part of a batch") && line.contains("too old")),
+        "the collector's partial success is reported: {}",
+        log.join("\n")
+    );
 }
 
 /// An HTTP receiver that answers 200 and keeps each request's `traceparent` header (or none).

@@ -16,21 +16,38 @@ gRPC's reference implementation (PyPI grpcio, with opentelemetry-proto's service
 spans recorded with the encoding "grpc". With a count after it, it refuses that many calls
 first with UNAVAILABLE (recorded as {"refused": "UNAVAILABLE"}), which OTLP says to retry.
 
+With OTLP_REJECT=N in its environment it answers every export with a partial success:
+N spans rejected, "too old" (in the request's encoding).
+
 Usage: otlp_receiver.py PORT OUT [grpc [REFUSE_FIRST]]
 """
 import base64
 import gzip
 import json
+import os
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from google.protobuf import json_format, unknown_fields
 from google.protobuf.descriptor import FieldDescriptor
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTracePartialSuccess,
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 
 PORT, OUT = int(sys.argv[1]), sys.argv[2]
 ID_LENGTHS = {"traceId": 16, "spanId": 8, "parentSpanId": 8}
+REJECT = int(os.environ.get("OTLP_REJECT", "0"))
+
+
+def response():
+    if not REJECT:
+        return ExportTraceServiceResponse()
+    return ExportTraceServiceResponse(
+        partial_success=ExportTracePartialSuccess(rejected_spans=REJECT, error_message="too old")
+    )
 
 
 def hex_ids_to_base64(span):
@@ -130,9 +147,13 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             return
         record(request, encoding, compressed)
-        answer = b"{}"
+        if encoding == "protobuf":
+            answer, answer_type = response().SerializeToString(), "application/x-protobuf"
+        else:
+            answer = json_format.MessageToJson(response()).encode()
+            answer_type = "application/json"
         self.send_response(200)
-        self.send_header("content-type", "application/json")
+        self.send_header("content-type", answer_type)
         self.send_header("content-length", str(len(answer)))
         self.end_headers()
         self.wfile.write(answer)
@@ -146,9 +167,6 @@ def serve_grpc(refuse_first):
 
     import grpc
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-        ExportTraceServiceResponse,
-    )
 
     refusals = [refuse_first]
     refusals_lock = threading.Lock()
@@ -165,7 +183,7 @@ def serve_grpc(refuse_first):
                 note({"error": "fields under numbers OTLP does not define"})
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown fields")
             record(request, "grpc")
-            return ExportTraceServiceResponse()
+            return response()
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), server)
