@@ -1605,7 +1605,7 @@ pub struct TracesConfig {
     /// (the default, as for OpenTelemetry's SDKs), `http/json`, or `grpc` (HTTP/2; cleartext
     /// to an `http://` endpoint, TLS to an `https://` one).
     pub protocol: String,
-    /// `gzip` compresses each batch (OTEL_EXPORTER_OTLP_COMPRESSION), for a collector across
+    /// `gzip` compresses each batch (as OTEL_EXPORTER_OTLP_COMPRESSION names it), for a collector across
     /// a narrow link; `none` (the default) sends it as it is.
     pub compression: String,
 }

@@ -473,19 +473,16 @@ async fn send(client: &mut reqwest::Client, exporter: &Exporter, spans: Vec<Valu
     use prost::Message as _;
     let count = spans.len() as u64;
     let request = exporter.request(spans);
-    let (body, content_type) = match exporter.protocol {
+    let ((body, gzipped), content_type) = match exporter.protocol {
         OtlpProtocol::HttpJson => (
             compressed(request.to_string().into_bytes(), exporter.gzip),
             "application/json",
         ),
         protocol => match crate::otlp_proto::request_from_json(&request) {
-            Ok(message) if protocol == OtlpProtocol::Grpc => (
-                grpc_frame(
-                    &compressed(message.encode_to_vec(), exporter.gzip),
-                    exporter.gzip,
-                ),
-                "application/grpc",
-            ),
+            Ok(message) if protocol == OtlpProtocol::Grpc => {
+                let (message, gzipped) = compressed(message.encode_to_vec(), exporter.gzip);
+                ((grpc_frame(&message, gzipped), gzipped), "application/grpc")
+            }
             Ok(message) => (
                 compressed(message.encode_to_vec(), exporter.gzip),
                 "application/x-protobuf",
@@ -507,10 +504,10 @@ async fn send(client: &mut reqwest::Client, exporter: &Exporter, spans: Vec<Valu
             .body(body.clone());
         if exporter.protocol == OtlpProtocol::Grpc {
             post = post.header(reqwest::header::TE, "trailers");
-            if exporter.gzip {
+            if gzipped {
                 post = post.header("grpc-encoding", "gzip");
             }
-        } else if exporter.gzip {
+        } else if gzipped {
             post = post.header(reqwest::header::CONTENT_ENCODING, "gzip");
         }
         let outcome = post.send().await;
@@ -530,7 +527,7 @@ async fn send(client: &mut reqwest::Client, exporter: &Exporter, spans: Vec<Valu
             Ok(response) if response.status().is_success() => {
                 // The answer only matters for a partial success; one that cannot be read
                 // counts as a whole one.
-                let answer = response.bytes().await.unwrap_or_default();
+                let answer = bounded_answer(response).await;
                 took(exporter, count, &answer);
                 return;
             }
@@ -567,17 +564,19 @@ async fn send(client: &mut reqwest::Client, exporter: &Exporter, spans: Vec<Valu
 fn took(exporter: &Exporter, count: u64, answer: &[u8]) {
     let (rejected, message) = partial_success(exporter.protocol, answer);
     let rejected = rejected.min(count);
-    if rejected > 0 || !message.is_empty() {
+    if rejected > 0 {
         tracing::warn!(url = %exporter.url, rejected, message = %message, "The trace collector rejected part of a batch of spans.");
         metrics::counter!("fabrik_trace_spans_dropped_total", "reason" => "rejected")
             .increment(rejected);
+    } else if !message.is_empty() {
+        tracing::warn!(url = %exporter.url, message = %message, "The trace collector took a batch of spans with a warning.");
     }
     metrics::counter!("fabrik_trace_spans_exported_total").increment(count - rejected);
 }
 
 /// The spans an export's answer says were rejected, and the collector's message: from an
-/// `ExportTraceServiceResponse` in protobuf (over gRPC, behind its 5-byte prefix) or in
-/// OTLP/JSON. An empty or unreadable answer is a full success.
+/// `ExportTraceServiceResponse` in protobuf (over gRPC, the message [`grpc_outcome`] took
+/// out of its frame) or in OTLP/JSON. An empty or unreadable answer is a full success.
 fn partial_success(protocol: OtlpProtocol, answer: &[u8]) -> (u64, String) {
     use prost::Message as _;
     match protocol {
@@ -594,16 +593,8 @@ fn partial_success(protocol: OtlpProtocol, answer: &[u8]) -> (u64, String) {
             let message = partial["errorMessage"].as_str().unwrap_or_default();
             (rejected, message.to_owned())
         }
-        protocol => {
-            let message = match protocol {
-                // Only an uncompressed answer is read: Fabrik offers no grpc-accept-encoding.
-                OtlpProtocol::Grpc => match answer {
-                    [0, length @ ..] if length.len() >= 4 => &length[4..],
-                    _ => return (0, String::new()),
-                },
-                _ => answer,
-            };
-            match crate::otlp_proto::ExportTraceServiceResponse::decode(message) {
+        OtlpProtocol::HttpProtobuf | OtlpProtocol::Grpc => {
+            match crate::otlp_proto::ExportTraceServiceResponse::decode(answer) {
                 Ok(response) => response.partial_success.map_or((0, String::new()), |p| {
                     (
                         u64::try_from(p.rejected_spans).unwrap_or(0),
@@ -616,21 +607,64 @@ fn partial_success(protocol: OtlpProtocol, answer: &[u8]) -> (u64, String) {
     }
 }
 
+/// An OTLP/HTTP answer's body, at most [`ANSWER_LIMIT`] of it (empty when larger or broken
+/// off: the batch was taken, the answer only says how much of it).
+async fn bounded_answer(response: reqwest::Response) -> Vec<u8> {
+    use http_body_util::BodyExt as _;
+    let response: http::Response<reqwest::Body> = response.into();
+    match http_body_util::Limited::new(response.into_body(), ANSWER_LIMIT)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes().to_vec(),
+        Err(_) => Vec::new(),
+    }
+}
+
 /// `bytes` gzip-compressed when `gzip` (the fast level: spans compress well, and the edge's
-/// CPU is for the data).
-fn compressed(bytes: Vec<u8>, gzip: bool) -> Vec<u8> {
+/// CPU is for the data), and whether they are.
+fn compressed(bytes: Vec<u8>, gzip: bool) -> (Vec<u8>, bool) {
     use std::io::Write as _;
     if !gzip {
-        return bytes;
+        return (bytes, false);
     }
     let mut encoder = flate2::write::GzEncoder::new(
         Vec::with_capacity(bytes.len() / 4),
         flate2::Compression::fast(),
     );
-    // Writing to a Vec cannot fail.
+    // Writing to a Vec does not fail; if it did, the batch goes uncompressed and says so.
     match encoder.write_all(&bytes).and_then(|()| encoder.finish()) {
-        Ok(gzipped) => gzipped,
-        Err(_) => bytes,
+        Ok(gzipped) => (gzipped, true),
+        Err(_) => (bytes, false),
+    }
+}
+
+/// The message of a gRPC answer's body (one frame): as sent, or inflated when its flag says
+/// it is compressed and the call's `grpc-encoding` is gzip (grpc-go answers in the
+/// request's encoding). Empty when the body is not one well-formed frame.
+fn grpc_message(body: &[u8], encoding: Option<&str>) -> Vec<u8> {
+    use std::io::Read as _;
+    let Some((&[flag, a, b, c, d], rest)) = body.split_first_chunk::<5>() else {
+        return Vec::new();
+    };
+    let length = u32::from_be_bytes([a, b, c, d]) as usize;
+    if rest.len() != length {
+        return Vec::new();
+    }
+    match (flag, encoding) {
+        (0, _) => rest.to_vec(),
+        (1, Some("gzip")) => {
+            let mut message = Vec::new();
+            let inflated = flate2::read::GzDecoder::new(rest)
+                .take(ANSWER_LIMIT as u64)
+                .read_to_end(&mut message);
+            if inflated.is_ok() {
+                message
+            } else {
+                Vec::new()
+            }
+        }
+        _ => Vec::new(),
     }
 }
 
@@ -653,12 +687,14 @@ fn grpc_frame(message: &[u8], compressed: bool) -> Vec<u8> {
 /// the server says when (RetryInfo), which is not read: a batch too large would fail again.
 const GRPC_RETRYABLE: [u32; 6] = [1, 4, 10, 11, 14, 15];
 
-/// The most of an answer's body read: an ExportTraceServiceResponse is a few bytes.
-const GRPC_ANSWER_LIMIT: usize = 64 * 1024;
+/// The most of an answer's body read (or inflated): an ExportTraceServiceResponse is a few
+/// bytes.
+const ANSWER_LIMIT: usize = 64 * 1024;
 
 /// Whether a gRPC call succeeded: HTTP 200 and `grpc-status` 0, which a server sends in the
 /// trailers after the answer, or in the headers of an answer without a body (how errors are
-/// usually sent). Otherwise the status to report (with `grpc-message`) and whether to retry.
+/// usually sent), with the answer's message (see [`grpc_message`]). Otherwise the status to
+/// report (with `grpc-message`) and whether to retry.
 async fn grpc_outcome(response: reqwest::Response) -> Result<Vec<u8>, (String, bool)> {
     use http_body_util::BodyExt as _;
     let http_status = response.status();
@@ -672,13 +708,21 @@ async fn grpc_outcome(response: reqwest::Response) -> Result<Vec<u8>, (String, b
     let (trailers, answer) = if parts.headers.contains_key("grpc-status") {
         (None, Vec::new())
     } else {
-        match http_body_util::Limited::new(body, GRPC_ANSWER_LIMIT)
+        match http_body_util::Limited::new(body, ANSWER_LIMIT)
             .collect()
             .await
         {
             Ok(collected) => {
                 let trailers = collected.trailers().cloned();
-                (trailers, collected.to_bytes().to_vec())
+                let encoding = parts
+                    .headers
+                    .get("grpc-encoding")
+                    .and_then(|v| v.to_str().ok());
+                (trailers, grpc_message(&collected.to_bytes(), encoding))
+            }
+            // Its status is past the limit, unread: sent again, the batch could arrive twice.
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err((format!("an answer over {ANSWER_LIMIT} bytes"), false));
             }
             Err(e) => return Err((format!("the answer broke off: {e}"), true)),
         }
@@ -746,8 +790,23 @@ mod tests {
             "not compressed, 300 bytes big-endian"
         );
         assert_eq!(frame.len(), 305);
-        let gzipped = compressed(vec![7; 300], true);
+        let (gzipped, yes) = compressed(vec![7; 300], true);
+        assert!(yes);
         assert_eq!(grpc_frame(&gzipped, true)[0], 1, "compressed");
+        assert_eq!(
+            grpc_message(&grpc_frame(&gzipped, true), Some("gzip")),
+            vec![7; 300],
+            "a compressed answer is inflated"
+        );
+        assert_eq!(grpc_message(&grpc_frame(&[1, 2], false), None), vec![1, 2]);
+        let mut two = grpc_frame(&[1, 2], false);
+        two.extend(grpc_frame(&[3], false));
+        assert!(grpc_message(&two, None).is_empty(), "one frame only");
+        assert!(grpc_message(&two[..6], None).is_empty(), "cut short");
+        assert!(
+            grpc_message(&grpc_frame(&gzipped, true), None).is_empty(),
+            "compressed without an encoding"
+        );
         let mut plain = Vec::new();
         std::io::Read::read_to_end(
             &mut flate2::read::GzDecoder::new(gzipped.as_slice()),
@@ -773,10 +832,7 @@ mod tests {
             partial_success(OtlpProtocol::HttpProtobuf, &message),
             expected
         );
-        assert_eq!(
-            partial_success(OtlpProtocol::Grpc, &grpc_frame(&message, false)),
-            expected
-        );
+        assert_eq!(partial_success(OtlpProtocol::Grpc, &message), expected);
         let json = br#"{"partialSuccess": {"rejectedSpans": "3", "errorMessage": "too old"}}"#;
         assert_eq!(partial_success(OtlpProtocol::HttpJson, json), expected);
         for empty in [&b""[..], b"{}", b"not json"] {
