@@ -38,14 +38,9 @@ fn role_type(role: &str) -> anyhow::Result<RoleType> {
 }
 
 async fn key_id(path: &Path) -> anyhow::Result<String> {
-    let key = LocalKeySource {
-        path: path.to_owned(),
-    }
-    .as_sign()
-    .await
-    .map_err(|e| anyhow!("{}: {e}", path.display()))?
-    .tuf_key();
-    Ok(crate::release::hex(&key.key_id().context("key id")?))
+    Ok(crate::release::hex(
+        &crate::release_proposals::key_id_of(path).await?,
+    ))
 }
 
 /// Replaces `role`'s key: a new key (`<keys>/<role>.key`), the old one kept as

@@ -185,22 +185,25 @@ fn lists(root: &Root, id: &Decoded<Hex>) -> bool {
     targets_keys(root).is_ok_and(|keys| keys.keyids.contains(id))
 }
 
+/// The error for a key in `path` that `root` does not list for the targets role.
+fn not_a_signer(path: &Path, id: &Decoded<Hex>, root: &Root) -> anyhow::Error {
+    let listed = targets_keys(root).map_or_else(
+        |_| "none".to_owned(),
+        |keys| keys.keyids.iter().map(short).collect::<Vec<_>>().join(", "),
+    );
+    anyhow!(
+        "{}: key {} is not one of the targets keys the root lists ({listed})",
+        path.display(),
+        short(id)
+    )
+}
+
 /// Signs `targets` with the private key in `path`, which `root` must list for the targets
 /// role.
 async fn signature_by(targets: &Targets, root: &Root, path: &Path) -> anyhow::Result<Signature> {
     let id = key_id_of(path).await?;
     if !lists(root, &id) {
-        bail!(
-            "{}: key {} is not one of the targets keys the root lists ({})",
-            path.display(),
-            short(&id),
-            targets_keys(root)?
-                .keyids
-                .iter()
-                .map(short)
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        return Err(not_a_signer(path, &id, root));
     }
     let signed = SignedRole::new(
         targets.clone(),
@@ -322,6 +325,19 @@ impl Proposal {
         match &self.root {
             Some(root) => &root.signed,
             None => &loaded.root().signed,
+        }
+    }
+
+    /// The root under which the targets key `id` signs this proposal: the governing root if it
+    /// lists the key, else, for a change of signers, the current root if that lists it (its
+    /// quorum counts too); `None` when neither does.
+    fn signing_root(&self, loaded: &Repository, id: &Decoded<Hex>) -> Option<Root> {
+        let governing = self.governing_root(loaded);
+        let current = &loaded.root().signed;
+        if lists(governing, id) {
+            Some(governing.clone())
+        } else {
+            (self.root.is_some() && lists(current, id)).then(|| current.clone())
         }
     }
 
@@ -605,30 +621,14 @@ pub(crate) async fn commit_targets(
             );
         }
         let id = key_id_of(&own).await?;
-        let current = &loaded.root().signed;
-        let governing = proposal.governing_root(loaded).clone();
-        // With a new root, a key either root lists signs: the current quorum counts too.
-        let signing_root = if lists(&governing, &id) {
-            Some(&governing)
-        } else {
-            (proposal.root.is_some() && lists(current, &id)).then_some(current)
-        };
-        match signing_root {
+        match proposal.signing_root(loaded, &id) {
             Some(root) => {
-                let signature = signature_by(&proposal.targets.signed, root, &own).await?;
+                let signature = signature_by(&proposal.targets.signed, &root, &own).await?;
                 proposal.targets.signatures.push(signature);
             }
-            None if own_signature => bail!(
-                "{}: key {} is not one of the targets keys the root lists ({})",
-                own.display(),
-                short(&id),
-                targets_keys(&governing)?
-                    .keyids
-                    .iter()
-                    .map(short)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            None if own_signature => {
+                return Err(not_a_signer(&own, &id, proposal.governing_root(loaded)));
+            }
             None => {}
         }
     }
@@ -859,11 +859,22 @@ fn remove_proposal(repo: &Path, id: &str) -> anyhow::Result<()> {
 
 /// How many proposals are stored (whether or not they can still be published).
 pub(crate) fn count(repo: &Path) -> anyhow::Result<usize> {
-    Ok(stored(repo)?.len())
+    Ok(stored_ids(repo)?.len())
 }
 
 /// The stored proposals, by id (oldest targets version first).
 fn stored(repo: &Path) -> anyhow::Result<Vec<(String, anyhow::Result<Proposal>)>> {
+    Ok(stored_ids(repo)?
+        .into_iter()
+        .map(|id| {
+            let proposal = read_proposal(repo, &id);
+            (id, proposal)
+        })
+        .collect())
+}
+
+/// The ids of the stored proposals, sorted, without reading them.
+fn stored_ids(repo: &Path) -> anyhow::Result<Vec<String>> {
     let dir = proposals_dir(repo);
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
@@ -879,13 +890,7 @@ fn stored(repo: &Path) -> anyhow::Result<Vec<(String, anyhow::Result<Proposal>)>
         })
         .collect();
     ids.sort();
-    Ok(ids
-        .into_iter()
-        .map(|id| {
-            let proposal = read_proposal(repo, &id);
-            (id, proposal)
-        })
-        .collect())
+    Ok(ids)
 }
 
 /// A proposal as `fabrik release proposals` shows it.
@@ -991,14 +996,7 @@ pub(crate) async fn approve(
                 before.standing()
             );
         }
-        let governing = proposal.governing_root(&loaded).clone();
-        let current = loaded.root().signed.clone();
-        let signing_root = if lists(&governing, &id_here) {
-            Some(governing)
-        } else {
-            (proposal.root.is_some() && lists(&current, &id_here)).then_some(current)
-        };
-        match signing_root {
+        match proposal.signing_root(&loaded, &id_here) {
             Some(root) if !signed_already => {
                 let signature = signature_by(&proposal.targets.signed, &root, &own).await?;
                 proposal.targets.signatures.push(signature);
@@ -1048,7 +1046,7 @@ pub(crate) async fn publish_ready(
     state: &Path,
     lifetimes: Lifetimes,
 ) -> anyhow::Result<Option<u64>> {
-    if stored(repo)?.is_empty() {
+    if stored_ids(repo)?.is_empty() {
         return Ok(None);
     }
     let _lock = release::lock(repo).await?;
@@ -1255,6 +1253,17 @@ mod tests {
     use crate::release::tests::{forest, fresh_repository};
     use crate::release::{Audience, add_model, load_local};
 
+    /// The root version the repository publishes, as a node reads it.
+    async fn published_root_version(repo: &Path) -> u64 {
+        load_local(repo)
+            .await
+            .expect("load")
+            .root()
+            .signed
+            .version
+            .get()
+    }
+
     /// A person's keys directory holding only their own targets key, and its public key.
     async fn signer(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
         let keys = dir.join(name);
@@ -1343,16 +1352,7 @@ mod tests {
             .await
             .expect("bob approves");
         assert!(committed.pending.as_ref().is_some_and(Pending::ready));
-        assert_eq!(
-            load_local(&repo)
-                .await
-                .expect("load")
-                .root()
-                .signed
-                .version
-                .get(),
-            1
-        );
+        assert_eq!(published_root_version(&repo).await, 1);
         let published = publish_ready(&repo, &hub, &hub_state, Lifetimes::default())
             .await
             .expect("hub publishes");
@@ -1513,16 +1513,7 @@ mod tests {
         assert_eq!((pending.signatures, pending.threshold), (1, 1));
         assert_eq!(pending.current, Some((1, 2)));
         assert!(!pending.ready());
-        assert_eq!(
-            load_local(&repo)
-                .await
-                .expect("load")
-                .root()
-                .signed
-                .version
-                .get(),
-            2
-        );
+        assert_eq!(published_root_version(&repo).await, 2);
         let (_, committed) = approve(&repo, &bob, &pending.id, Lifetimes::default())
             .await
             .expect("bob agrees to leave");
@@ -1617,16 +1608,7 @@ mod tests {
             list(&repo).await.expect("list").is_empty(),
             "nothing stored"
         );
-        assert_eq!(
-            load_local(&repo)
-                .await
-                .expect("load")
-                .root()
-                .signed
-                .version
-                .get(),
-            1
-        );
+        assert_eq!(published_root_version(&repo).await, 1);
         // Adding a key at threshold 1: the publisher's own signature suffices, published at once.
         let (_, committed) = signers(&repo, &keys, &[bob_public], &[], None, Lifetimes::default())
             .await
