@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::mapping::{self, DeviceInfo, Mapping};
+use crate::message_trace::{self, Outcome};
 use crate::mqtt::ClientIdentity;
 use crate::sparkplug::{
     Event as SparkplugEvent, Sample as SparkplugSample, SessionConfig, SparkplugHost,
@@ -41,6 +42,8 @@ pub struct RawMessage {
     pub publisher: Option<Arc<ClientIdentity>>,
     /// Answered once the message's rows or dead letter are durable (or with the error).
     pub done: Option<oneshot::Sender<Result<(), String>>>,
+    /// Its trace span ([`crate::message_trace`]), closed once it is answered; usually none.
+    pub trace: tracing::Span,
 }
 
 /// Where rows go (the store, in `fabrik run`).
@@ -214,6 +217,7 @@ impl Ingest {
         raw_id: fabrik_core::RawMessageId,
         device: Option<String>,
     ) -> Pending {
+        message.trace.record("otel.name", "ingest sparkplug");
         let received_ms = u64::try_from(message.received_at.nanos() / 1_000_000).unwrap_or(0);
         let step = self
             .sparkplug
@@ -306,6 +310,21 @@ impl Ingest {
     }
 
     fn prepare(&self, message: RawMessage) -> Pending {
+        let p = self.prepare_untraced(message);
+        let span = &p.message.trace;
+        if !span.is_none() {
+            span.record("fabrik.raw_id", p.raw_id.0);
+            if let Some(device) = &p.device {
+                span.record("fabrik.device", device.as_str());
+            }
+            if let Ok((_, points)) = &p.rows {
+                span.record("fabrik.points", points.len() as u64);
+            }
+        }
+        p
+    }
+
+    fn prepare_untraced(&self, message: RawMessage) -> Pending {
         let raw_id = self.ids.next();
         let publisher_device = message.publisher.as_ref().and_then(|p| p.device_id.clone());
         if message.topic.starts_with("spBv1.0/") {
@@ -329,6 +348,13 @@ impl Ingest {
                 }
             }
             Some((m, captures)) => {
+                if !message.trace.is_none() {
+                    message
+                        .trace
+                        .record("otel.name", format_args!("ingest {}", m.name));
+                    message.trace.record("fabrik.mapping", m.name.as_str());
+                    message.trace.record("fabrik.mapping.version", m.version);
+                }
                 let device = captures.get("device").cloned();
                 let info = DeviceInfo {
                     device_type: device
@@ -463,6 +489,7 @@ impl Ingest {
         for m in messages {
             let p = self.prepare(m);
             if p.ignored {
+                message_trace::record_outcome(&p.message.trace, Outcome::NotStored);
                 if let Some(done) = p.message.done {
                     let _ = done.send(Ok(()));
                 }
@@ -498,6 +525,7 @@ impl Ingest {
             Err(SinkError::Unavailable(reason)) => {
                 tracing::warn!(messages = pending.len(), reason = %reason, "Ingest could not store messages; their senders will retry.");
                 for p in pending {
+                    message_trace::record_outcome(&p.message.trace, Outcome::Failed(&reason));
                     if let Some(done) = p.message.done {
                         let _ = done.send(Err(reason.clone()));
                     }
@@ -567,6 +595,7 @@ impl Ingest {
                 }
                 Some(Err(SinkError::Unavailable(reason))) => {
                     tracing::warn!(topic = %p.message.topic, reason = %reason, "Ingest could not store a clip; its sender will retry.");
+                    message_trace::record_outcome(&p.message.trace, Outcome::Failed(&reason));
                     if let Some(done) = p.message.done {
                         let _ = done.send(Err(reason));
                     }
@@ -595,6 +624,17 @@ impl Ingest {
         if result.is_ok() {
             self.stored_counter.increment(1);
         }
+        let span = &p.message.trace;
+        match (&result, &p.rows) {
+            (Err(reason), _) => message_trace::record_outcome(span, Outcome::Failed(reason)),
+            (Ok(()), Err((_, reason))) => {
+                // A batch that refused the message's rows left them uncounted.
+                span.record("fabrik.points", 0_u64);
+                message_trace::record_outcome(span, Outcome::DeadLetter(reason));
+            }
+            (Ok(()), Ok(_)) => message_trace::record_outcome(span, Outcome::Stored),
+        }
+        // The span ends as the sender is answered (when `p` is dropped, after this).
         if let Some(done) = p.message.done {
             let _ = done.send(result);
         }
@@ -721,6 +761,7 @@ mod tests {
                 received_at: Timestamp(1_000),
                 publisher,
                 done: Some(tx),
+                trace: tracing::Span::none(),
             },
             rx,
         )

@@ -1,7 +1,7 @@
 //! Fabrik's device connectivity: the MQTT device endpoint ([`mqtt`]), the Modbus TCP poller
 //! ([`modbus`]), the OPC UA client ([`opcua`]), Sparkplug B ([`sparkplug`]), normalisation mappings
-//! ([`mapping`]) and the ingest path that turns raw messages into stored rows or dead letters
-//! ([`ingest`]).
+//! ([`mapping`]), the ingest path that turns raw messages into stored rows or dead letters
+//! ([`ingest`]) and the trace spans of messages that carry a trace context ([`message_trace`]).
 //!
 //! This crate must not know about the store or the registry: it reaches them through the
 //! [`ingest::RecordSink`], [`ingest::DeviceDirectory`] and [`mqtt::MqttHooks`] traits, which the
@@ -11,6 +11,7 @@ pub mod client;
 mod client_wire;
 pub mod ingest;
 pub mod mapping;
+pub mod message_trace;
 pub mod modbus;
 pub mod mqtt;
 pub mod opcua;

@@ -190,6 +190,20 @@ pub(crate) fn document() -> String {
              cannot store becomes a `_dead_letters` row.",
         ),
     );
+    // MQTT 5 user properties, as AsyncAPI's headers of a message (decision 0077).
+    let trace_headers = json!({
+        "type": "object",
+        "properties": {
+            "traceparent": {
+                "type": "string",
+                "pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+                "description": "MQTT 5 user property: the publisher's W3C trace context. A \
+                    sampled one gives the message a span in the publisher's trace, from \
+                    receipt until its rows are durable (`fabrik.raw_id` = the rows' `_raw_id`), \
+                    exported when `[traces]` is on.",
+            },
+        },
+    });
     let doc = json!({
         "asyncapi": "3.1.0",
         "info": {
@@ -258,6 +272,7 @@ pub(crate) fn document() -> String {
                             ],
                         },
                     },
+                    "headers": trace_headers,
                     "examples": [{ "payload": { "ts": 1_735_689_600_000_i64, "vibration_rms": 2.4, "temperature": 61.5 } }],
                 },
                 "wavClip": {
@@ -265,6 +280,7 @@ pub(crate) fn document() -> String {
                     "summary": "A PCM WAV recording (8/16/24/32-bit integer or 32-bit float); \
                         one that does not parse is a dead letter naming why.",
                     "payload": { "type": "string", "format": "binary" },
+                    "headers": trace_headers,
                 },
                 "command": {
                     "summary": "Any payload; Fabrik routes it without reading it.",
@@ -275,6 +291,7 @@ pub(crate) fn document() -> String {
                     "summary": "Sparkplug B protobuf payload (timestamp, metrics with names or \
                         aliases, seq).",
                     "payload": { "type": "string", "format": "binary" },
+                    "headers": trace_headers,
                 },
                 "alertNotification": {
                     "contentType": "application/json",

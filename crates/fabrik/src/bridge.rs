@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use fabrik_connect::client::{ClientEvent, ClientOptions, ClientTls, MqttClient};
 use fabrik_connect::ingest::RawMessage;
+use fabrik_connect::message_trace;
 use fabrik_core::Timestamp;
 use fabrik_runtime::ServiceHandle;
 use fabrik_runtime::config::{BridgeConfig, Config};
@@ -153,6 +154,15 @@ async fn forward(
                 tracing::warn!(bridge = %source, reason, "Bridge disconnected; reconnecting.");
             }
             ClientEvent::Message(m) => {
+                let trace = message_trace::message_span(
+                    message_trace::Arrival {
+                        source: &source,
+                        topic: &m.topic,
+                        client_id: None,
+                        payload_bytes: m.payload.len(),
+                    },
+                    message_trace::traceparent(&m.user_properties),
+                );
                 let message = RawMessage {
                     source: source.clone(),
                     topic: Arc::from(m.topic.as_str()),
@@ -160,6 +170,7 @@ async fn forward(
                     received_at: Timestamp::now(),
                     publisher: None,
                     done: m.done,
+                    trace,
                 };
                 if ingest.send(message).await.is_err() {
                     return;

@@ -208,6 +208,7 @@ impl MqttHooks for EndpointHooks {
             received_at: message.received_at,
             publisher: Some(message.identity),
             done: message.done,
+            trace: message.trace,
         };
         if let Err(mpsc::error::SendError(raw)) = self.ingest.send(raw).await
             && let Some(done) = raw.done
@@ -224,6 +225,7 @@ impl MqttHooks for EndpointHooks {
             received_at: message.received_at,
             publisher: Some(message.identity),
             done: message.done,
+            trace: message.trace,
         };
         if self.ingest.try_send(raw).is_err() {
             metrics::counter!("fabrik_ingest_dropped_total", "reason" => "queue_full").increment(1);
@@ -539,7 +541,7 @@ pub(crate) async fn start_mqtt(
         events: events_tx,
         allow_anonymous: config.mqtt.allow_anonymous,
         admin_token,
-        source: Arc::from("mqtt"),
+        source: Arc::from(mqtt::SOURCE),
         attestation: settings.attestation.clone(),
     });
     let stop = CancellationToken::new();

@@ -27,6 +27,7 @@ use super::wire::{
     connack, connect_info,
 };
 use super::{ConnectRequest, Inbound as IngestMessage, MqttHooks, MqttLimits};
+use crate::message_trace;
 
 /// Everything a connection shares with the endpoint.
 pub(crate) struct Shared {
@@ -450,6 +451,8 @@ fn publish_will(
                 retain: message.retain,
                 received_at: fabrik_core::Timestamp::now(),
                 done: None,
+                // A will is the broker's publish, made long after the client's trace.
+                trace: tracing::Span::none(),
             };
             shared.broker.publish(message);
             shared.hooks.offer(inbound);
@@ -986,6 +989,19 @@ where
         } else {
             (None, None)
         };
+        let received_at = fabrik_core::Timestamp::now();
+        let trace = message_trace::message_span(
+            message_trace::Arrival {
+                source: super::SOURCE,
+                topic: &topic,
+                client_id: Some(&self.client_id),
+                payload_bytes: publish.payload.len(),
+            },
+            publish
+                .properties
+                .as_ref()
+                .and_then(|p| message_trace::traceparent(&p.user_properties)),
+        );
         let inbound = IngestMessage {
             client_id: self.client_id.clone(),
             identity: self.identity.clone(),
@@ -993,8 +1009,9 @@ where
             payload: publish.payload.clone(),
             qos,
             retain: publish.retain,
-            received_at: fabrik_core::Timestamp::now(),
+            received_at,
             done,
+            trace,
         };
         let expires_at = publish
             .properties

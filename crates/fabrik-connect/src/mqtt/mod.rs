@@ -31,6 +31,9 @@ pub use acl::{Acl, AclAction, AclRule, ClientIdentity};
 pub use broker::{Broker, BrokerLimits, BrokerStats};
 pub use wire::ConnectRefusal;
 
+/// The lineage source (`_source`) of messages from the device endpoint.
+pub const SOURCE: &str = "mqtt";
+
 /// What a client presented in its CONNECT.
 #[derive(Debug, Clone)]
 pub struct ConnectRequest {
@@ -66,6 +69,8 @@ pub struct Inbound {
     /// For QoS 1/2: resolved once the message is durably stored (or dead-lettered), or with
     /// an error; the client's acknowledgement waits for it.
     pub done: Option<oneshot::Sender<Result<(), String>>>,
+    /// Its trace span, if it carried a `traceparent` (see [`crate::message_trace`]).
+    pub trace: tracing::Span,
 }
 
 /// What the endpoint asks of the rest of Fabrik.

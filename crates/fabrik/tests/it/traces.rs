@@ -495,3 +495,215 @@ topic = "office/alerts/{{device}}"
     let (status, _) = p.terminate();
     assert!(status.success());
 }
+
+/// `mosquitto_pub` as MQTT 5 at QoS 1, with `traceparent` as a user property when given.
+fn publish_traced(
+    port: &str,
+    login: Option<(&str, &str)>,
+    topic: &str,
+    payload: &str,
+    traceparent: Option<&str>,
+) {
+    let mut publish = Command::new("mosquitto_pub");
+    publish.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        port,
+        "-V",
+        "mqttv5",
+        "-q",
+        "1",
+        "-t",
+        topic,
+        "-m",
+        payload,
+    ]);
+    if let Some((user, password)) = login {
+        publish.args(["-i", user, "-u", user, "-P", password]);
+    }
+    if let Some(traceparent) = traceparent {
+        publish.args(["-D", "publish", "user-property", "traceparent", traceparent]);
+    }
+    let out = publish.output().expect("mosquitto_pub");
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// The spans of messages (the ingest path's), in the order the collector received them.
+fn message_spans(out: &Path) -> Vec<serde_json::Value> {
+    spans(out)
+        .into_iter()
+        .filter(|s| s["attributes"]["messaging.system"] == "mqtt")
+        .collect()
+}
+
+/// An MQTT 5 message that carries a W3C `traceparent` user property (from a device on
+/// Fabrik's endpoint, or through a bridge from Mosquitto) gets a consumer span in the
+/// publisher's trace, from its receipt until its rows are durable, naming the `_raw_id` its
+/// rows carry; a dead letter fails its span with the reason; an unsampled context and a message
+/// without one make no span.
+#[test]
+fn messages_that_carry_a_traceparent_are_traced_into_the_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("spans.jsonl");
+    let (collector_port, _collector) = collector(&out);
+    let broker_port = crate::support::free_port();
+    let _broker = crate::bridge::start_broker_with(dir.path(), broker_port, "");
+    let p = crate::support::start_configured(
+        dir.path(),
+        &format!(
+            r#"
+[traces]
+otlp_endpoint = "http://127.0.0.1:{collector_port}"
+
+[[bridges]]
+name = "plant5"
+address = "127.0.0.1:{broker_port}"
+topics = ["plant/+/telemetry"]
+qos = 1
+mqtt_version = "5"
+
+[[mappings]]
+name = "plant-telemetry"
+source = "bridge:plant5"
+topic = "plant/{{device}}/telemetry"
+measurement = "line"
+
+[[mappings]]
+name = "pump-telemetry"
+source = "mqtt"
+topic = "devices/{{device}}/telemetry"
+measurement = "pump"
+"#
+        ),
+    );
+    let mqtt = p.mqtt.clone().expect("the MQTT endpoint");
+    let (_, mqtt_port) = mqtt.rsplit_once(':').expect("host:port");
+    let token = crate::mqtt::register(&p.url, "pump-1");
+    let login = Some(("pump-1", token.as_str()));
+    let trace = "5b8efff798038103d269b633813fc60c";
+    let device = "eee19b7ec3c1b174";
+
+    // No trace context, and an unsampled one: stored, no span.
+    publish_traced(
+        mqtt_port,
+        login,
+        "devices/pump-1/telemetry",
+        r#"{"pressure": 1.0}"#,
+        None,
+    );
+    let unsampled = "0af7651916cd43dd8448eb211c80319c";
+    publish_traced(
+        mqtt_port,
+        login,
+        "devices/pump-1/telemetry",
+        r#"{"pressure": 1.5}"#,
+        Some(&format!("00-{unsampled}-b7ad6b7169203331-00")),
+    );
+    // A sampled one: acknowledged (QoS 1) once stored, so the row is there now.
+    let sent_after = u64::try_from(crate::support::now_ns()).expect("after 1970");
+    publish_traced(
+        mqtt_port,
+        login,
+        "devices/pump-1/telemetry",
+        r#"{"pressure": 2.5}"#,
+        Some(&format!("00-{trace}-{device}-01")),
+    );
+    let rows = crate::mqtt::query(&p.url, "SELECT _raw_id FROM pump WHERE pressure = 2.5");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let raw_id = rows[0]["_raw_id"].as_u64().expect("raw id");
+    eventually("the message's span", || {
+        message_spans(&out).iter().any(|s| s["trace_id"] == trace)
+    });
+    let all = message_spans(&out);
+    let stored = all.iter().find(|s| s["trace_id"] == trace).expect("span");
+    assert_eq!(
+        stored["parent_span_id"], device,
+        "the publisher's child: {stored}"
+    );
+    assert_eq!(stored["kind"], 5, "a consumer span: {stored}");
+    assert_eq!(stored["name"], "ingest pump-telemetry", "{stored}");
+    let attributes = &stored["attributes"];
+    assert_eq!(
+        attributes["messaging.destination.name"],
+        "devices/pump-1/telemetry"
+    );
+    assert_eq!(attributes["messaging.operation.type"], "process");
+    assert_eq!(attributes["messaging.client.id"], "pump-1");
+    assert_eq!(attributes["messaging.message.body.size"], 17);
+    assert_eq!(attributes["fabrik.source"], "mqtt");
+    assert_eq!(attributes["fabrik.device"], "pump-1");
+    assert_eq!(attributes["fabrik.mapping"], "pump-telemetry");
+    assert_eq!(attributes["fabrik.mapping.version"], 1);
+    assert_eq!(attributes["fabrik.points"], 1);
+    assert_eq!(attributes["fabrik.outcome"], "stored");
+    assert_eq!(
+        attributes["fabrik.raw_id"], raw_id,
+        "the row's lineage id: {stored}"
+    );
+    assert_ne!(stored["status"], 2, "{stored}");
+    assert!(stored["start"].as_u64() >= Some(sent_after), "{stored}");
+    assert!(
+        stored["end"].as_u64() >= stored["start"].as_u64(),
+        "{stored}"
+    );
+
+    // A payload the mapping cannot read: a dead letter, and a failed span saying why.
+    let bad = "4bf92f3577b34da6a3ce929d0e0e4736";
+    publish_traced(
+        mqtt_port,
+        login,
+        "devices/pump-1/telemetry",
+        "{not json",
+        Some(&format!("00-{bad}-00f067aa0ba902b7-01")),
+    );
+    eventually("the dead letter's span", || {
+        message_spans(&out).iter().any(|s| s["trace_id"] == bad)
+    });
+    let all = message_spans(&out);
+    let dead = all.iter().find(|s| s["trace_id"] == bad).expect("span");
+    assert_eq!(dead["status"], 2, "failed: {dead}");
+    assert!(
+        dead["status_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not JSON")),
+        "{dead}"
+    );
+    assert_eq!(dead["attributes"]["fabrik.outcome"], "dead_letter");
+    assert_eq!(dead["attributes"]["fabrik.points"], 0);
+
+    // Through the bridge: Mosquitto forwards the user property, the bridge continues the trace.
+    let bridged = "c2a5f3a1b9e04d5c8f7e6d5c4b3a2918";
+    eventually("a bridged message's span", || {
+        publish_traced(
+            &broker_port.to_string(),
+            None,
+            "plant/press-5/telemetry",
+            r#"{"pressure": 5.5}"#,
+            Some(&format!("00-{bridged}-1a2b3c4d5e6f7081-01")),
+        );
+        message_spans(&out).iter().any(|s| s["trace_id"] == bridged)
+    });
+    let all = message_spans(&out);
+    let through = all.iter().find(|s| s["trace_id"] == bridged).expect("span");
+    assert_eq!(through["parent_span_id"], "1a2b3c4d5e6f7081");
+    assert_eq!(through["name"], "ingest plant-telemetry", "{through}");
+    assert_eq!(through["attributes"]["fabrik.source"], "bridge:plant5");
+    assert_eq!(through["attributes"]["fabrik.device"], "press-5");
+    assert_eq!(through["attributes"]["fabrik.outcome"], "stored");
+
+    // Every span of a message is one of the sampled ones: none for the unsampled context,
+    // none for the message without one, and the unsampled message was stored all the same.
+    assert!(
+        all.iter()
+            .all(|s| [trace, bad, bridged].contains(&s["trace_id"].as_str().unwrap_or_default())),
+        "{all:?}"
+    );
+    let plain = crate::mqtt::query(&p.url, "SELECT count(*) AS n FROM pump");
+    assert_eq!(plain[0]["n"], 3, "{plain:?}");
+    let errors: Vec<_> = spans(&out)
+        .into_iter()
+        .filter(|s| s.get("error").is_some())
+        .collect();
+    assert!(errors.is_empty(), "the collector refused spans: {errors:?}");
+}
