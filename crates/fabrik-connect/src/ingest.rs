@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::mapping::{self, DeviceInfo, Mapping};
-use crate::message_trace::{self, Outcome};
+use crate::message_trace::{MessageTrace, Outcome};
 use crate::mqtt::ClientIdentity;
 use crate::sparkplug::{
     Event as SparkplugEvent, Sample as SparkplugSample, SessionConfig, SparkplugHost,
@@ -43,7 +43,7 @@ pub struct RawMessage {
     /// Answered once the message's rows or dead letter are durable (or with the error).
     pub done: Option<oneshot::Sender<Result<(), String>>>,
     /// Its trace span ([`crate::message_trace`]), closed once it is answered; usually none.
-    pub trace: tracing::Span,
+    pub trace: MessageTrace,
 }
 
 /// Where rows go (the store, in `fabrik run`).
@@ -311,14 +311,13 @@ impl Ingest {
 
     fn prepare(&self, message: RawMessage) -> Pending {
         let p = self.prepare_untraced(message);
-        let span = &p.message.trace;
-        if !span.is_none() {
-            span.record("fabrik.raw_id", p.raw_id.0);
+        let trace = &p.message.trace;
+        if trace.is_traced() {
             if let Some(device) = &p.device {
-                span.record("fabrik.device", device.as_str());
+                trace.record("fabrik.device", device.as_str());
             }
             if let Ok((_, points)) = &p.rows {
-                span.record("fabrik.points", points.len() as u64);
+                trace.record("fabrik.points", points.len() as u64);
             }
         }
         p
@@ -348,13 +347,7 @@ impl Ingest {
                 }
             }
             Some((m, captures)) => {
-                if !message.trace.is_none() {
-                    message
-                        .trace
-                        .record("otel.name", format_args!("ingest {}", m.name));
-                    message.trace.record("fabrik.mapping", m.name.as_str());
-                    message.trace.record("fabrik.mapping.version", m.version);
-                }
+                message.trace.mapped(&m.name, m.version);
                 let device = captures.get("device").cloned();
                 let info = DeviceInfo {
                     device_type: device
@@ -487,9 +480,9 @@ impl Ingest {
     async fn process(&self, messages: Vec<RawMessage>) {
         let mut pending: Vec<Pending> = Vec::with_capacity(messages.len());
         for m in messages {
-            let p = self.prepare(m);
+            let mut p = self.prepare(m);
             if p.ignored {
-                message_trace::record_outcome(&p.message.trace, Outcome::NotStored);
+                p.message.trace.end(Outcome::NotStored);
                 if let Some(done) = p.message.done {
                     let _ = done.send(Ok(()));
                 }
@@ -524,8 +517,8 @@ impl Ingest {
             }
             Err(SinkError::Unavailable(reason)) => {
                 tracing::warn!(messages = pending.len(), reason = %reason, "Ingest could not store messages; their senders will retry.");
-                for p in pending {
-                    message_trace::record_outcome(&p.message.trace, Outcome::Failed(&reason));
+                for mut p in pending {
+                    p.message.trace.end(Outcome::Failed(&reason));
                     if let Some(done) = p.message.done {
                         let _ = done.send(Err(reason.clone()));
                     }
@@ -595,7 +588,7 @@ impl Ingest {
                 }
                 Some(Err(SinkError::Unavailable(reason))) => {
                     tracing::warn!(topic = %p.message.topic, reason = %reason, "Ingest could not store a clip; its sender will retry.");
-                    message_trace::record_outcome(&p.message.trace, Outcome::Failed(&reason));
+                    p.message.trace.end(Outcome::Failed(&reason));
                     if let Some(done) = p.message.done {
                         let _ = done.send(Err(reason));
                     }
@@ -610,7 +603,7 @@ impl Ingest {
         Some(self.sink.put_blob(&p.message.payload, media_type).await)
     }
 
-    fn finish(&self, p: Pending, result: Result<(), String>) {
+    fn finish(&self, mut p: Pending, result: Result<(), String>) {
         let failed = p.rows.is_err();
         if let Some(device) = &p.device {
             self.devices.count(device, failed);
@@ -624,15 +617,19 @@ impl Ingest {
         if result.is_ok() {
             self.stored_counter.increment(1);
         }
-        let span = &p.message.trace;
+        let trace = &mut p.message.trace;
+        if result.is_ok() {
+            // Only now does a row carry the id (a retried message gets a new one).
+            trace.record("fabrik.raw_id", p.raw_id.0);
+        }
         match (&result, &p.rows) {
-            (Err(reason), _) => message_trace::record_outcome(span, Outcome::Failed(reason)),
+            (Err(reason), _) => trace.end(Outcome::Failed(reason)),
             (Ok(()), Err((_, reason))) => {
                 // A batch that refused the message's rows left them uncounted.
-                span.record("fabrik.points", 0_u64);
-                message_trace::record_outcome(span, Outcome::DeadLetter(reason));
+                trace.record("fabrik.points", 0_u64);
+                trace.end(Outcome::DeadLetter(reason));
             }
-            (Ok(()), Ok(_)) => message_trace::record_outcome(span, Outcome::Stored),
+            (Ok(()), Ok(_)) => trace.end(Outcome::Stored),
         }
         // The span ends as the sender is answered (when `p` is dropped, after this).
         if let Some(done) = p.message.done {
@@ -686,6 +683,8 @@ pub const QUEUE_WAIT_WARN: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use parking_lot::Mutex;
 
@@ -761,7 +760,7 @@ mod tests {
                 received_at: Timestamp(1_000),
                 publisher,
                 done: Some(tx),
-                trace: tracing::Span::none(),
+                trace: MessageTrace::none(),
             },
             rx,
         )
@@ -843,6 +842,186 @@ mod tests {
         let t = tables(&sink);
         assert_eq!(t.iter().filter(|t| *t == "pump").count(), 1);
         assert_eq!(t.iter().filter(|t| *t == DEAD_LETTERS).count(), 1);
+    }
+
+    /// The fields of each message span as it closed, in close order.
+    #[derive(Clone, Default)]
+    struct ClosedSpans(Arc<parking_lot::Mutex<Vec<BTreeMap<String, String>>>>);
+
+    struct SpanFields(BTreeMap<String, String>);
+
+    impl tracing::field::Visit for SpanFields {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0.insert(field.name().to_owned(), format!("{value:?}"));
+        }
+        fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+            self.0.insert(field.name().to_owned(), value.to_owned());
+        }
+    }
+
+    impl<S> tracing_subscriber::Layer<S> for ClosedSpans
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            id: &tracing::span::Id,
+            ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            let mut fields = SpanFields(BTreeMap::new());
+            attrs.record(&mut fields);
+            if let Some(span) = ctx.span(id) {
+                span.extensions_mut().insert(fields);
+            }
+        }
+        fn on_record(
+            &self,
+            id: &tracing::span::Id,
+            values: &tracing::span::Record<'_>,
+            ctx: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            if let Some(span) = ctx.span(id)
+                && let Some(fields) = span.extensions_mut().get_mut::<SpanFields>()
+            {
+                values.record(fields);
+            }
+        }
+        fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+            if let Some(span) = ctx.span(&id)
+                && let Some(fields) = span.extensions_mut().remove::<SpanFields>()
+            {
+                self.0.lock().push(fields.0);
+            }
+        }
+    }
+
+    fn traced(
+        topic: &str,
+        payload: &str,
+        device: Option<&str>,
+        traceparent: &str,
+    ) -> (RawMessage, oneshot::Receiver<Result<(), String>>) {
+        let (mut m, rx) = message(topic, payload, device);
+        m.trace = MessageTrace::start(
+            crate::message_trace::Arrival {
+                source: "mqtt",
+                topic,
+                client_id: device,
+                payload_bytes: payload.len(),
+            },
+            Some(traceparent),
+        );
+        (m, rx)
+    }
+
+    #[tokio::test]
+    async fn each_traced_message_ends_its_span_with_how_it_ended() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let closed = ClosedSpans::default();
+        let _default =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(closed.clone()));
+        let sink = Arc::new(MemorySink {
+            reject_field: Some("conflict".into()),
+            ..MemorySink::default()
+        });
+        let worker = ingest(sink.clone());
+        let context = |n: u8, flags: &str| format!("00-{:032x}-{:016x}-{flags}", n, n);
+        let (stored, _) = traced(
+            "devices/p1/telemetry",
+            r#"{"v": 1}"#,
+            Some("p1"),
+            &context(1, "01"),
+        );
+        let (refused, _) = traced(
+            "devices/p2/telemetry",
+            r#"{"conflict": 1}"#,
+            Some("p2"),
+            &context(2, "01"),
+        );
+        let (unreadable, _) = traced(
+            "devices/p1/telemetry",
+            "{oops",
+            Some("p1"),
+            &context(3, "01"),
+        );
+        let (chatter, _) = traced("app/notes", "hello", None, &context(4, "01"));
+        let (unsampled, _) = traced(
+            "devices/p1/telemetry",
+            r#"{"v": 2}"#,
+            Some("p1"),
+            &context(5, "00"),
+        );
+        let (malformed, _) = traced("devices/p1/telemetry", r#"{"v": 3}"#, Some("p1"), "01-zz");
+        assert!(!unsampled.trace.is_traced() && !malformed.trace.is_traced());
+        let (lost, _) = traced(
+            "devices/p1/telemetry",
+            r#"{"v": 4}"#,
+            Some("p1"),
+            &context(6, "01"),
+        );
+        worker
+            .process(vec![
+                stored, refused, unreadable, chatter, unsampled, malformed,
+            ])
+            .await;
+        drop(lost);
+
+        let spans = closed.0.lock().clone();
+        let outcome_of = |traceparent: &str| {
+            spans
+                .iter()
+                .find(|s| s.get("traceparent").map(String::as_str) == Some(traceparent))
+                .unwrap_or_else(|| panic!("no span for {traceparent}: {spans:?}"))
+                .clone()
+        };
+        assert_eq!(
+            spans.len(),
+            5,
+            "no span for the unsampled or malformed: {spans:?}"
+        );
+        let stored = outcome_of(&context(1, "01"));
+        assert_eq!(stored["fabrik.outcome"], "stored");
+        assert_eq!(stored["otel.name"], "ingest device-telemetry");
+        assert_eq!(stored["fabrik.points"], "1");
+        let raw_ids: Vec<String> = sink
+            .written
+            .lock()
+            .iter()
+            .filter(|(_, ps)| {
+                ps.iter().any(|p| {
+                    p.measurement == "pump"
+                        && p.fields
+                            .iter()
+                            .any(|(k, v)| k == "v" && matches!(v, Value::F64(x) if *x == 1.0))
+                })
+            })
+            .map(|(lineage, _)| lineage.raw_id.0.to_string())
+            .collect();
+        assert_eq!(
+            raw_ids,
+            vec![stored["fabrik.raw_id"].clone()],
+            "the row's id"
+        );
+        let refused = outcome_of(&context(2, "01"));
+        assert_eq!(refused["fabrik.outcome"], "dead_letter", "{refused:?}");
+        assert_eq!(refused["fabrik.points"], "0");
+        assert!(
+            refused["otel.status_message"].contains("conflict"),
+            "{refused:?}"
+        );
+        let unreadable = outcome_of(&context(3, "01"));
+        assert_eq!(unreadable["fabrik.outcome"], "dead_letter");
+        assert_eq!(unreadable["otel.status_code"], "ERROR");
+        let chatter = outcome_of(&context(4, "01"));
+        assert_eq!(chatter["fabrik.outcome"], "not_stored");
+        assert!(
+            !chatter.contains_key("fabrik.raw_id"),
+            "no row carries its id"
+        );
+        let lost = outcome_of(&context(6, "01"));
+        assert_eq!(lost["fabrik.outcome"], "failed");
+        assert_eq!(lost["otel.status_message"], "dropped before it was stored");
     }
 
     #[tokio::test]

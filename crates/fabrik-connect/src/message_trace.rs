@@ -1,16 +1,27 @@
-//! A trace span per MQTT message that carries a W3C `traceparent` user property (the W3C
-//! "Trace Context: MQTT format" draft; decision 0077): the span continues the publisher's trace
-//! and lasts from the message's receipt until its rows, or its dead letter, are durable, so a
-//! device that traces its publishes sees where the time went on Fabrik's side and which stored
-//! rows (`fabrik.raw_id`, the rows' `_raw_id`) came of it.
+//! A trace span per MQTT message that carries a sampled W3C `traceparent` user property (the
+//! W3C "Trace Context: MQTT format" draft; decision 0077): the span continues the publisher's
+//! trace and lasts from the message's receipt until its rows, or its dead letter, are durable,
+//! so a device that traces its publishes sees where the time went on Fabrik's side and which
+//! stored rows (`fabrik.raw_id`, the rows' `_raw_id`) came of it.
 //!
-//! Messages without the property get [`tracing::Span::none`]: no span, no sampling draw, no
-//! cost beyond looking at their user properties, so the ingest path keeps its rate.
+//! Messages without the property, or with one that is malformed or not sampled, get no span:
+//! no sampler draw, no id, no cost beyond looking at their user properties, so the ingest path
+//! keeps its rate. Message spans are capped per second, so a fleet that samples every publish
+//! cannot turn the ingest worker into a span factory.
 
+use std::time::Instant;
+
+use parking_lot::Mutex;
 use tracing::Span;
 
 /// The user property that carries the W3C trace context in MQTT 5.
 pub const TRACEPARENT: &str = "traceparent";
+
+/// Message spans started per second at most; beyond it a sampled message goes untraced and is
+/// counted (`fabrik_trace_spans_dropped_total{reason="message_rate"}`). The exporter sends a
+/// few thousand spans a second; more would only be dropped later, after costing the ingest
+/// worker their attributes.
+pub const MESSAGE_SPANS_PER_SECOND: u32 = 1_000;
 
 /// The `traceparent` among a message's user properties (the first, if sent twice).
 pub fn traceparent<'a, K, V>(user_properties: &'a [(K, V)]) -> Option<&'a str>
@@ -37,38 +48,6 @@ pub struct Arrival<'a> {
     pub payload_bytes: usize,
 }
 
-/// The span of one message, the publisher's `traceparent` as its remote parent (the trace
-/// layer decides by its sampled flag whether the span is kept), or no span without one.
-pub fn message_span(arrival: Arrival<'_>, traceparent: Option<&str>) -> Span {
-    let Some(traceparent) = traceparent else {
-        return Span::none();
-    };
-    // An explicit root: the remote parent is the publisher's span, never whatever span the
-    // receiving task happens to be in.
-    tracing::info_span!(
-        target: fabrik_runtime::telemetry::SPAN_TARGET,
-        parent: None,
-        "mqtt.message",
-        otel.name = %format_args!("ingest {}", arrival.source),
-        otel.kind = "consumer",
-        otel.status_code = tracing::field::Empty,
-        otel.status_message = tracing::field::Empty,
-        traceparent = %traceparent,
-        messaging.system = "mqtt",
-        messaging.operation.type = "process",
-        messaging.destination.name = %arrival.topic,
-        messaging.client.id = arrival.client_id,
-        messaging.message.body.size = arrival.payload_bytes as u64,
-        fabrik.source = %arrival.source,
-        fabrik.raw_id = tracing::field::Empty,
-        fabrik.device = tracing::field::Empty,
-        fabrik.mapping = tracing::field::Empty,
-        fabrik.mapping.version = tracing::field::Empty,
-        fabrik.points = tracing::field::Empty,
-        fabrik.outcome = tracing::field::Empty,
-    )
-}
-
 /// How a traced message ended, recorded on its span as `fabrik.outcome` (and its status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome<'a> {
@@ -78,25 +57,155 @@ pub enum Outcome<'a> {
     DeadLetter(&'a str),
     /// Nothing was stored: no mapping covers it and no device sent it (routed only).
     NotStored,
-    /// It could not be stored now; its sender was told to retry.
+    /// It could not be stored; its sender was told so, or it was dropped at shutdown.
     Failed(&'a str),
 }
 
-/// Records how the message ended; a dead letter or a failure marks the span failed.
-pub fn record_outcome(span: &Span, outcome: Outcome<'_>) {
-    if span.is_none() {
-        return;
+/// The span of one message on its way into the store, or none. A span dropped before its
+/// outcome was recorded (the message was dropped at shutdown) ends as failed, so no trace
+/// shows a message that vanished as a success.
+#[derive(Debug)]
+pub struct MessageTrace {
+    span: Span,
+    ended: bool,
+}
+
+impl MessageTrace {
+    /// No span (the message carried no sampled trace context).
+    pub fn none() -> Self {
+        Self {
+            span: Span::none(),
+            ended: true,
+        }
     }
-    let (name, error) = match outcome {
-        Outcome::Stored => ("stored", None),
-        Outcome::DeadLetter(reason) => ("dead_letter", Some(reason)),
-        Outcome::NotStored => ("not_stored", None),
-        Outcome::Failed(reason) => ("failed", Some(reason)),
-    };
-    span.record("fabrik.outcome", name);
-    if let Some(reason) = error {
-        span.record("otel.status_code", "ERROR");
-        span.record("otel.status_message", reason);
+
+    /// The span of a message that arrived with `traceparent`: the publisher's child, if the
+    /// context is a valid, sampled W3C `traceparent` and the per-second cap allows; else none.
+    pub fn start(arrival: Arrival<'_>, traceparent: Option<&str>) -> Self {
+        let Some(traceparent) = traceparent else {
+            return Self::none();
+        };
+        // The publisher decides (parent-based sampling): an unsampled or unreadable context
+        // makes no span, rather than a span of Fabrik's own that the sampler then judges.
+        if !fabrik_runtime::telemetry::parse_traceparent(traceparent)
+            .is_some_and(|(_, _, sampled)| sampled)
+        {
+            return Self::none();
+        }
+        // An explicit root: the remote parent is the publisher's span, never whatever span the
+        // receiving task happens to be in. Disabled (no cost but this) when traces are off.
+        let span = tracing::info_span!(
+            target: fabrik_runtime::telemetry::SPAN_TARGET,
+            parent: None,
+            "mqtt.message",
+            otel.name = %format_args!("ingest {}", arrival.source),
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            otel.status_message = tracing::field::Empty,
+            traceparent = %traceparent,
+            messaging.system = "mqtt",
+            messaging.operation.type = "process",
+            messaging.destination.name = %arrival.topic,
+            messaging.client.id = arrival.client_id,
+            messaging.message.body.size = arrival.payload_bytes as u64,
+            fabrik.source = %arrival.source,
+            fabrik.raw_id = tracing::field::Empty,
+            fabrik.device = tracing::field::Empty,
+            fabrik.mapping = tracing::field::Empty,
+            fabrik.mapping.version = tracing::field::Empty,
+            fabrik.points = tracing::field::Empty,
+            fabrik.outcome = tracing::field::Empty,
+        );
+        if span.is_disabled() {
+            return Self::none();
+        }
+        if !RATE.take() {
+            metrics::counter!("fabrik_trace_spans_dropped_total", "reason" => "message_rate")
+                .increment(1);
+            return Self::none();
+        }
+        Self { span, ended: false }
+    }
+
+    /// Whether there is a span to record on.
+    pub fn is_traced(&self) -> bool {
+        !self.span.is_disabled()
+    }
+
+    /// Records `value` as `field` (one declared on the span) when traced.
+    pub fn record(&self, field: &str, value: impl tracing::Value) {
+        if self.is_traced() {
+            self.span.record(field, value);
+        }
+    }
+
+    /// Names the span after the mapping that read the message.
+    pub fn mapped(&self, mapping: &str, version: u32) {
+        if self.is_traced() {
+            self.span
+                .record("otel.name", format_args!("ingest {mapping}"));
+            self.span.record("fabrik.mapping", mapping);
+            self.span.record("fabrik.mapping.version", version);
+        }
+    }
+
+    /// Records how the message ended; a dead letter or a failure marks the span failed. The
+    /// span ends when this value is dropped.
+    pub fn end(&mut self, outcome: Outcome<'_>) {
+        self.ended = true;
+        if !self.is_traced() {
+            return;
+        }
+        let (name, error) = match outcome {
+            Outcome::Stored => ("stored", None),
+            Outcome::DeadLetter(reason) => ("dead_letter", Some(reason)),
+            Outcome::NotStored => ("not_stored", None),
+            Outcome::Failed(reason) => ("failed", Some(reason)),
+        };
+        self.span.record("fabrik.outcome", name);
+        if let Some(reason) = error {
+            self.span.record("otel.status_code", "ERROR");
+            self.span.record("otel.status_message", reason);
+        }
+    }
+}
+
+impl Drop for MessageTrace {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.end(Outcome::Failed("dropped before it was stored"));
+        }
+    }
+}
+
+/// The per-second cap on message spans.
+static RATE: SpanRate = SpanRate::new();
+
+struct SpanRate {
+    /// The second the count is of (since the first span), and the spans started in it.
+    window: Mutex<Option<(Instant, u32)>>,
+}
+
+impl SpanRate {
+    const fn new() -> Self {
+        Self {
+            window: Mutex::new(None),
+        }
+    }
+
+    fn take(&self) -> bool {
+        let now = Instant::now();
+        let mut window = self.window.lock();
+        match &mut *window {
+            Some((since, count)) if now.duration_since(*since).as_secs() < 1 => {
+                if *count >= MESSAGE_SPANS_PER_SECOND {
+                    return false;
+                }
+                *count += 1;
+            }
+            _ => *window = Some((now, 1)),
+        }
+        true
     }
 }
 
@@ -117,16 +226,16 @@ mod tests {
     }
 
     #[test]
-    fn a_message_without_a_traceparent_has_no_span() {
-        let arrival = Arrival {
-            source: "mqtt",
-            topic: "devices/p/telemetry",
-            client_id: Some("p"),
-            payload_bytes: 3,
-        };
-        let span = message_span(arrival, None);
-        assert!(span.is_none());
-        // Recording on it is a no-op, not a panic.
-        record_outcome(&span, Outcome::Failed("disk full"));
+    fn the_cap_allows_so_many_spans_a_second() {
+        let rate = SpanRate::new();
+        let allowed = (0..MESSAGE_SPANS_PER_SECOND + 10)
+            .filter(|_| rate.take())
+            .count();
+        assert_eq!(allowed, MESSAGE_SPANS_PER_SECOND as usize);
+        // A second later the count starts again.
+        if let Some((since, _)) = &mut *rate.window.lock() {
+            *since -= std::time::Duration::from_secs(1);
+        }
+        assert!(rate.take());
     }
 }

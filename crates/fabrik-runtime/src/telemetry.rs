@@ -1,4 +1,5 @@
-//! Telemetry: the process-wide Prometheus recorder behind `/metrics`.
+//! Telemetry: the process-wide Prometheus recorder behind `/metrics`, the `tracing` target of
+//! the spans that become traces and the W3C `traceparent` they continue.
 //!
 //! Metric names follow `fabrik_<what>_<unit>[_total]`; device ids never become labels
 //! (per-device cardinality lives in the store, not in Prometheus).
@@ -14,6 +15,32 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// out, the trace layer takes it. Not a prefix of any crate's name, so filters on crates do not
 /// catch it.
 pub const SPAN_TARGET: &str = "fabrik_spans";
+
+/// A W3C `traceparent` (version 00): trace id, parent span id and whether the caller sampled
+/// it. All-zero ids are invalid.
+pub fn parse_traceparent(value: &str) -> Option<([u8; 16], [u8; 8], bool)> {
+    let mut parts = value.trim().split('-');
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if version != "00" || parts.next().is_some() {
+        return None;
+    }
+    let trace = unhex::<16>(trace).filter(|t| t.iter().any(|b| *b != 0))?;
+    let span = unhex::<8>(span).filter(|s| s.iter().any(|b| *b != 0))?;
+    let flags = unhex::<1>(flags)?;
+    Some((trace, span, flags[0] & 1 == 1))
+}
+
+fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != 2 * N || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
 
 /// Installs the Prometheus recorder once per process and returns a handle that renders the
 /// exposition text. Later calls (tests start many servers in one process) return the same
@@ -31,4 +58,33 @@ pub fn prometheus() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparents_are_read_as_w3c_writes_them() {
+        let (trace, span, sampled) =
+            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+                .expect("valid");
+        assert_eq!(trace[..2], [0x4b, 0xf9]);
+        assert_eq!(trace[15], 0x36);
+        assert_eq!(span, [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
+        assert!(sampled);
+        let unsampled =
+            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+        assert!(!unsampled.expect("valid").2);
+        for bad in [
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902zz-01",
+        ] {
+            assert_eq!(parse_traceparent(bad), None, "{bad}");
+        }
+    }
 }

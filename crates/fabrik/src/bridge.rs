@@ -154,7 +154,7 @@ async fn forward(
                 tracing::warn!(bridge = %source, reason, "Bridge disconnected; reconnecting.");
             }
             ClientEvent::Message(m) => {
-                let trace = message_trace::message_span(
+                let trace = message_trace::MessageTrace::start(
                     message_trace::Arrival {
                         source: &source,
                         topic: &m.topic,

@@ -11,6 +11,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fabrik_runtime::config::OtlpProtocol;
+use fabrik_runtime::telemetry::parse_traceparent;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -173,17 +174,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.len() != 2 * N || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
-}
-
 /// The W3C `traceparent` of the current span, for a request Fabrik makes as part of it (a
 /// webhook): its trace, itself as the parent, and whether it is sampled; `None` outside the
 /// spans the layer keeps.
@@ -205,21 +195,6 @@ pub(crate) fn current_traceparent() -> Option<String> {
             })
         })
         .flatten()
-}
-
-/// A W3C `traceparent` (version 00): trace id, parent span id and whether the caller sampled
-/// it. All-zero ids are invalid.
-pub(crate) fn parse_traceparent(value: &str) -> Option<([u8; 16], [u8; 8], bool)> {
-    let mut parts = value.trim().split('-');
-    let (version, trace, span, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    if version != "00" || parts.next().is_some() {
-        return None;
-    }
-    let trace = unhex::<16>(trace).filter(|t| t.iter().any(|b| *b != 0))?;
-    let span = unhex::<8>(span).filter(|s| s.iter().any(|b| *b != 0))?;
-    let flags = unhex::<1>(flags)?;
-    Some((trace, span, flags[0] & 1 == 1))
 }
 
 fn now_ns() -> u64 {
@@ -364,7 +339,9 @@ where
         if !data.sampled {
             return;
         }
-        if self.queue.try_send(data.to_otlp(now_ns())).is_err() {
+        // A full queue is known before the span is encoded: the span that would be dropped
+        // costs the thread that ends it nothing more.
+        if self.queue.capacity() == 0 || self.queue.try_send(data.to_otlp(now_ns())).is_err() {
             metrics::counter!("fabrik_trace_spans_dropped_total", "reason" => "queue_full")
                 .increment(1);
         }
@@ -881,29 +858,6 @@ mod tests {
             Err(false),
             "RESOURCE_EXHAUSTED without RetryInfo"
         );
-    }
-
-    #[test]
-    fn traceparents_are_read_as_w3c_writes_them() {
-        let (trace, span, sampled) =
-            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-                .expect("valid");
-        assert_eq!(hex(&trace), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(hex(&span), "00f067aa0ba902b7");
-        assert!(sampled);
-        let unsampled =
-            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
-        assert!(!unsampled.expect("valid").2);
-        for bad in [
-            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902zz-01",
-        ] {
-            assert_eq!(parse_traceparent(bad), None, "{bad}");
-        }
     }
 
     /// Runs `work` under a subscriber with the layer and returns the spans it queued.

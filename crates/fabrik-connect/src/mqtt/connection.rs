@@ -27,7 +27,7 @@ use super::wire::{
     connack, connect_info,
 };
 use super::{ConnectRequest, Inbound as IngestMessage, MqttHooks, MqttLimits};
-use crate::message_trace;
+use crate::message_trace::{self, MessageTrace};
 
 /// Everything a connection shares with the endpoint.
 pub(crate) struct Shared {
@@ -452,7 +452,7 @@ fn publish_will(
                 received_at: fabrik_core::Timestamp::now(),
                 done: None,
                 // A will is the broker's publish, made long after the client's trace.
-                trace: tracing::Span::none(),
+                trace: MessageTrace::none(),
             };
             shared.broker.publish(message);
             shared.hooks.offer(inbound);
@@ -990,7 +990,7 @@ where
             (None, None)
         };
         let received_at = fabrik_core::Timestamp::now();
-        let trace = message_trace::message_span(
+        let trace = MessageTrace::start(
             message_trace::Arrival {
                 source: super::SOURCE,
                 topic: &topic,

@@ -70,7 +70,7 @@ pub struct Inbound {
     /// an error; the client's acknowledgement waits for it.
     pub done: Option<oneshot::Sender<Result<(), String>>>,
     /// Its trace span, if it carried a `traceparent` (see [`crate::message_trace`]).
-    pub trace: tracing::Span,
+    pub trace: crate::message_trace::MessageTrace,
 }
 
 /// What the endpoint asks of the rest of Fabrik.

@@ -609,6 +609,8 @@ measurement = "pump"
         r#"{"pressure": 2.5}"#,
         Some(&format!("00-{trace}-{device}-01")),
     );
+    // The client has its PUBACK: the span, which ends as the message is answered, has ended.
+    let acked_by = u64::try_from(crate::support::now_ns()).expect("after 1970");
     let rows = crate::mqtt::query(&p.url, "SELECT _raw_id FROM pump WHERE pressure = 2.5");
     assert_eq!(rows.len(), 1, "{rows:?}");
     let raw_id = rows[0]["_raw_id"].as_u64().expect("raw id");
@@ -646,6 +648,10 @@ measurement = "pump"
     assert!(
         stored["end"].as_u64() >= stored["start"].as_u64(),
         "{stored}"
+    );
+    assert!(
+        stored["end"].as_u64() <= Some(acked_by),
+        "ended by the PUBACK: {stored}"
     );
 
     // A payload the mapping cannot read: a dead letter, and a failed span saying why.
