@@ -41,7 +41,7 @@ impl From<AlertError> for ApiError {
     }
 }
 
-fn alerting(state: &ApiState) -> Result<&Arc<Alerting>, ApiError> {
+pub(crate) fn alerting(state: &ApiState) -> Result<&Arc<Alerting>, ApiError> {
     state.alerting.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -19,6 +19,7 @@ pub mod error;
 mod extract;
 pub mod fleet;
 pub mod fleet_keys;
+pub mod lineage;
 pub mod links;
 pub mod openapi;
 pub mod pipelines;

@@ -191,6 +191,7 @@ impl Modify for TokenAuth {
         crate::pipelines::model_file,
         crate::pipelines::put_model,
         crate::pipelines::remove_model,
+        crate::lineage::show,
         crate::usecases::list,
         crate::usecases::show,
         crate::usecases::put,

@@ -617,7 +617,7 @@ fn control(state: &ApiState) -> Result<&Arc<dyn PipelineControl>, ApiError> {
         .ok_or_else(not_in_this_process)
 }
 
-fn board(state: &ApiState) -> Result<&PipelineBoard, ApiError> {
+pub(crate) fn board(state: &ApiState) -> Result<&PipelineBoard, ApiError> {
     state.pipelines.as_ref().ok_or_else(not_in_this_process)
 }
 

@@ -102,6 +102,7 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/devices/{id}/stream",
             get(crate::stream::device_stream),
         )
+        .route("/api/v1/lineage", get(crate::lineage::show))
         .route("/api/v1/alerts", get(crate::alerts::list))
         .route("/api/v1/alerts/{id}", get(crate::alerts::show))
         .route("/api/v1/alerts/{id}/ack", post(crate::alerts::ack))

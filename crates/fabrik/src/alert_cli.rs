@@ -1,5 +1,5 @@
-//! `fabrik alert list|ack|silence|silences|unsilence|rules|rule`: a thin client of
-//! `/api/v1/alerts`, `/api/v1/silences` and `/api/v1/alert-rules`.
+//! `fabrik alert list|ack|silence|silences|unsilence|rules|rule|lineage`: a thin client of
+//! `/api/v1/alerts`, `/api/v1/silences`, `/api/v1/alert-rules` and `/api/v1/lineage`.
 
 use std::path::PathBuf;
 
@@ -39,6 +39,16 @@ enum Verdict {
 
 #[derive(Debug, Subcommand)]
 enum AlertCommand {
+    /// Where an alert's decision came from: the inference of the window it names, the exact
+    /// input rows and their raw messages (alerts on inferences whose rule's `context`
+    /// includes `window_id`, as the demo's `pump-anomaly`).
+    Lineage {
+        /// Alert id (from `fabrik alert list`).
+        id: String,
+        /// Print JSON (every row and message) instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// List alerts, most recently changed first.
     List {
         /// Only this state: pending, firing, resolved.
@@ -169,6 +179,9 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
     let client = args.endpoint.client()?;
     let ep = &args.endpoint;
     match args.command {
+        AlertCommand::Lineage { id, json } => {
+            crate::lineage_cli::show(ep, "alert", &id, json).await?;
+        }
         AlertCommand::List {
             state,
             limit,

@@ -30,6 +30,7 @@ mod hub;
 mod image_policy;
 mod key_report;
 mod kpi_series;
+mod lineage_cli;
 mod modbus;
 mod model_cli;
 mod model_signature;

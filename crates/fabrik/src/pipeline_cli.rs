@@ -1,5 +1,5 @@
-//! `fabrik pipeline list|show|apply|rm|retrain|drift|shadow`: a thin client of
-//! `/api/v1/pipelines`.
+//! `fabrik pipeline list|show|apply|rm|retrain|drift|shadow|performance|lineage`: a thin client
+//! of `/api/v1/pipelines` and `/api/v1/lineage`.
 
 use std::path::PathBuf;
 
@@ -107,6 +107,16 @@ enum PipelineCommand {
         #[arg(long, requires = "new_reference")]
         from: Option<String>,
     },
+    /// Where one decision came from: the inference of a window, the exact input rows it read
+    /// and the raw messages (topic, payload as received) those rows were decoded from.
+    Lineage {
+        /// The window id, as inference rows and alerts carry it
+        /// (`<pipeline>/<device>/<window start, ns>`).
+        window_id: String,
+        /// Print JSON (every row and message) instead of a summary.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Pipelines as `fabrik pipeline apply` reads and sends them.
@@ -193,6 +203,9 @@ pub(crate) async fn run(args: PipelineArgs) -> anyhow::Result<()> {
                 return Ok(());
             }
             print!("{}", shadow_table(&comparison));
+        }
+        PipelineCommand::Lineage { window_id, json } => {
+            crate::lineage_cli::show(ep, "window_id", &window_id, json).await?;
         }
         PipelineCommand::Performance {
             name,

@@ -13,6 +13,7 @@ mod deploy;
 mod devices;
 mod drift;
 mod https;
+mod lineage;
 mod modbus;
 mod mqtt;
 mod objects;
