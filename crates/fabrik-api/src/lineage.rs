@@ -1,5 +1,5 @@
 //! `GET /api/v1/lineage`: where a pipeline's decision came from — the inference row a window
-//! id (or an alert that names one) leads to, the exact input rows that window read, and the
+//! id (or an alert that names one) leads to, the input rows that window read, and the
 //! raw messages those rows were decoded from, as received. Lineage from raw message to
 //! decision in one answer, so an operator asking "why did this fire?" need not write the SQL.
 
@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::ApiState;
 use crate::error::ApiError;
 use crate::extract::Query;
-use crate::fleet::{literal, query_json};
+use crate::fleet::literal;
 
 /// The table pipelines write their inferences to.
 const INFERENCES: &str = "inferences";
@@ -25,6 +25,21 @@ const RAW: &str = "_raw";
 const MAX_INPUT_ROWS: usize = 10_000;
 /// Raw messages listed at most.
 const MAX_MESSAGES: usize = 1_000;
+/// Characters of a payload listed at most (the row's `bytes` says how long it was): a
+/// thousand messages of up to a megabyte each would make an answer no one reads.
+const MAX_PAYLOAD_CHARS: usize = 4_096;
+/// How long before its id a message may have been received: the ingest queue's wait.
+const RECEIPT_MARGIN_NS: i64 = 3_600 * 1_000_000_000;
+
+/// Cuts a listed message's payload to [`MAX_PAYLOAD_CHARS`], marking the cut with `…`.
+fn cut_payload(row: &mut Value) {
+    if let Some(payload) = row.get_mut("payload")
+        && let Some(text) = payload.as_str()
+        && let Some((at, _)) = text.char_indices().nth(MAX_PAYLOAD_CHARS)
+    {
+        *payload = Value::String(format!("{}…", &text[..at]));
+    }
+}
 
 /// Which decision to trace back: exactly one of the two.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -56,7 +71,8 @@ pub struct Lineage {
     pub messages: LineageMessages,
 }
 
-/// The input rows of a window.
+/// The input rows of a window: those the store can still select for it (a row overwritten
+/// since drops out; compare the count with the inference's `samples`).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LineageInputs {
     /// The table read: the pipeline's as it is defined now.
@@ -79,7 +95,8 @@ pub struct LineageInputs {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LineageMessages {
     /// `_raw` rows (source, device, topic, payload as received, bytes) whose `_raw_id` an
-    /// input row carries, in arrival order. A clip's payload is its blob id.
+    /// input row carries, in arrival order. A clip's payload is its blob id; a payload
+    /// longer than 4,096 characters is cut there, ending in `…` (`bytes` is its length).
     #[schema(value_type = Vec<Object>)]
     pub rows: Vec<Value>,
     /// Input rows with no raw message here: written over HTTP, polled over Modbus or OPC UA
@@ -100,7 +117,7 @@ fn identifier(name: &str) -> String {
 
 #[utoipa::path(get, path = "/api/v1/lineage", tag = "pipelines", security(("token" = [])),
     params(LineageParams),
-    responses((status = 200, description = "the inference, its exact input rows and their raw messages", body = Lineage),
+    responses((status = 200, description = "the inference, its input rows and their raw messages", body = Lineage),
               (status = 400, description = "neither or both of `window_id` and `alert`", body = crate::error::ErrorBody),
               (status = 404, description = "no such alert or inference, an alert that names no window, or a pipeline no longer defined here", body = crate::error::ErrorBody),
               (status = 503, description = "the pipelines module (or, for `alert`, the alerts module) does not run here", body = crate::error::ErrorBody)))]
@@ -128,6 +145,18 @@ pub(crate) async fn show(
         }
     };
     let inference = inference(&state, &window_id).await?;
+    // A hub holds its edges' inferences but not what their windows read: the rows and
+    // messages of the edge's devices are the edge's (and ids of two nodes do not compare).
+    if let Some(node) = inference["_source"]
+        .as_str()
+        .and_then(|s| s.strip_prefix("uplink:"))
+    {
+        let node = node.split('/').next().unwrap_or(node);
+        return Err(not_found(format!(
+            "window `{window_id}` was scored on edge node `{node}`, whose uplink sent the \
+             inference here: ask that node for its lineage"
+        )));
+    }
     let pipeline = inference["pipeline"]
         .as_str()
         .unwrap_or_default()
@@ -205,11 +234,13 @@ pub(crate) async fn show(
 }
 
 async fn rows_of(state: &ApiState, sql: &str) -> Result<Vec<Value>, ApiError> {
-    query_json(&state.store, sql).await.map_err(|e| {
+    // The store's own status (a timeout, an overloaded store, a column not written yet).
+    let output = state.store.query(sql).await?;
+    crate::routes::batches_to_json(&output.batches).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
-            format!("{sql}: {e}"),
+            format!("encoding the rows: {e}"),
         )
     })
 }
@@ -217,11 +248,19 @@ async fn rows_of(state: &ApiState, sql: &str) -> Result<Vec<Value>, ApiError> {
 /// The inference row of `window_id`, the latest written.
 async fn inference(state: &ApiState, window_id: &str) -> Result<Value, ApiError> {
     let missing = || not_found(format!("no inference has window id `{window_id}`"));
+    // `<pipeline>/<device>/<window start>`; the row is dated at the window's last instant,
+    // so its start bounds the scan to the segments from there on.
+    let start: i64 = window_id
+        .rsplit('/')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(missing)?;
     if !state.store.has_table(INFERENCES) {
         return Err(missing());
     }
     let sql = format!(
-        "SELECT * FROM {INFERENCES} WHERE window_id = {} ORDER BY _raw_id DESC LIMIT 1",
+        "SELECT * FROM {INFERENCES} WHERE window_id = {} AND time >= to_timestamp_nanos({start}) \
+         ORDER BY _raw_id DESC LIMIT 1",
         literal(window_id)
     );
     rows_of(state, &sql)
@@ -235,15 +274,25 @@ async fn inference(state: &ApiState, window_id: &str) -> Result<Value, ApiError>
 async fn messages(state: &ApiState, rows: &[Value]) -> Result<LineageMessages, ApiError> {
     let ids: BTreeSet<u64> = rows.iter().filter_map(|r| r["_raw_id"].as_u64()).collect();
     let wanted: Vec<u64> = ids.iter().copied().take(MAX_MESSAGES).collect();
-    let found = if wanted.is_empty() || !state.store.has_table(RAW) {
-        Vec::new()
-    } else {
-        let list: Vec<String> = wanted.iter().map(u64::to_string).collect();
-        let sql = format!(
-            "SELECT * FROM {RAW} WHERE _raw_id IN ({}) ORDER BY _raw_id",
-            list.join(", ")
-        );
-        rows_of(state, &sql).await?
+    let found = match (wanted.first(), wanted.last()) {
+        (Some(&first), Some(&last)) if state.store.has_table(RAW) => {
+            let list: Vec<String> = wanted.iter().map(u64::to_string).collect();
+            // A raw row is dated at receipt, and its id is taken from the clock just after
+            // (later still when the ingest queue was full): the ids bound the segments read.
+            let from = i64::try_from(first).unwrap_or(i64::MAX) - RECEIPT_MARGIN_NS;
+            let until = i64::try_from(last).unwrap_or(i64::MAX);
+            let sql = format!(
+                "SELECT * FROM {RAW} WHERE time >= to_timestamp_nanos({from}) \
+                 AND time <= to_timestamp_nanos({until}) AND _raw_id IN ({}) ORDER BY _raw_id",
+                list.join(", ")
+            );
+            let mut rows = rows_of(state, &sql).await?;
+            for row in &mut rows {
+                cut_payload(row);
+            }
+            rows
+        }
+        _ => Vec::new(),
     };
     let kept: BTreeSet<u64> = found.iter().filter_map(|r| r["_raw_id"].as_u64()).collect();
     let listed: BTreeSet<u64> = wanted.into_iter().collect();
@@ -258,4 +307,23 @@ async fn messages(state: &ApiState, rows: &[Value]) -> Result<LineageMessages, A
         rows_without_message,
         truncated: ids.len() > MAX_MESSAGES,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_payload_is_cut_and_says_so() {
+        let long = "é".repeat(MAX_PAYLOAD_CHARS + 10);
+        let mut row = serde_json::json!({ "payload": long, "bytes": 8212 });
+        cut_payload(&mut row);
+        let cut = row["payload"].as_str().expect("text");
+        assert_eq!(cut.chars().count(), MAX_PAYLOAD_CHARS + 1);
+        assert!(cut.ends_with('…'));
+        assert_eq!(row["bytes"], 8212);
+        let mut short = serde_json::json!({ "payload": "{\"v\": 1}" });
+        cut_payload(&mut short);
+        assert_eq!(short["payload"], "{\"v\": 1}");
+    }
 }

@@ -1215,17 +1215,18 @@ async function pagePipelines(p, args) {
   const showLineage = async (wid) => {
     let l;
     try { l = await api(`/api/v1/lineage?window_id=${enc(wid)}`); } catch (e) {
-      if (p.alive && $('#win-lineage')) $('#win-lineage').innerHTML = String(html`<div class="muted">No lineage: ${e.message}</div>`);
+      if (p.alive && $('#win-lineage')?.dataset.window === wid) $('#win-lineage').innerHTML = String(html`<div class="muted">No lineage: ${e.message}</div>`);
       return;
     }
     const box = $('#win-lineage');
-    if (!p.alive || !box) return;
+    // Another window may have been opened while this answer was on its way.
+    if (!p.alive || !box || box.dataset.window !== wid) return;
     const messages = l.messages.rows;
     const sources = Object.entries(l.inputs.sources).map(([s, n]) => `${s} ${n}`).join(', ') || '—';
     const short = (text) => (String(text ?? '').length > 160 ? `${String(text).slice(0, 160)}…` : String(text ?? ''));
     box.innerHTML = String(html`<h3 style="margin-top:16px">Raw messages <span style="text-transform:none;letter-spacing:0;font-weight:400">(the window read ${l.inputs.rows.length}${l.inputs.truncated ? '+' : ''} rows of ${l.inputs.table}; by source: ${sources})</span></h3>
       ${messages.length ? html`<table aria-label="Raw messages of the window's input rows"><thead><tr><th>Received</th><th>Source</th><th>Topic</th><th>Payload</th></tr></thead><tbody>
-        ${messages.slice(0, 50).map((m) => html`<tr data-raw="${m._raw_id}"><td>${fmtTime(Number(m._raw_id))}</td><td>${m.source ?? ''}</td><td class="mono">${m.topic ?? ''}</td><td class="mono wrap">${short(m.payload)}</td></tr>`)}</tbody></table>
+        ${messages.slice(0, 50).map((m) => html`<tr><td>${fmtTime(toMs(m.time) * 1e6)}</td><td>${m.source ?? ''}</td><td class="mono">${m.topic ?? ''}</td><td class="mono wrap">${short(m.payload)}</td></tr>`)}</tbody></table>
         ${messages.length > 50 ? html`<div class="muted">${messages.length - 50} more: <code>fabrik pipeline lineage ${wid} --json</code></div>` : ''}` : ''}
       ${l.messages.rows_without_message ? html`<div class="muted">${l.messages.rows_without_message} of its rows have no raw message here (written over HTTP, polled over Modbus or OPC UA, or not kept).</div>` : ''}`);
   };
@@ -1280,7 +1281,7 @@ async function pagePipelines(p, args) {
           <a href="${API}/api/v1/blobs/${c.id}" download="${`${inf.device}-${c.signal}-${Math.round(c.t / 1e6)}.wav`}">WAV</a></li>`)}</ul>` : ''}
       ${plotted.length ? html`<h3 style="margin-top:16px">Input signals <span style="text-transform:none;letter-spacing:0;font-weight:400">(window shaded)</span></h3>` : ''}
       <div class="charts" id="win-charts"></div>
-      <div id="win-lineage"></div>`);
+      <div id="win-lineage" data-window="${wid}"></div>`);
     showLineage(wid);
     const box = $('#win-charts');
     const t = rows.map((r) => toMs(r.time) / 1000);

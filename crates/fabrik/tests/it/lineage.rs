@@ -73,6 +73,13 @@ fn an_alert_is_traced_back_to_its_input_rows_and_their_raw_messages() {
         })
         .collect();
     publish_lines(&mqtt, "pump-a", &token, &lines);
+    // One reading of a normal window written over HTTP: an input row with no raw message.
+    let normal_window = (start_ms + 220_000) * 1_000_000;
+    let written = format!(
+        "pump,device=pump-a vibration=2.1,current=10.5 {}\n",
+        normal_window + 5_500_000_000
+    );
+    assert_eq!(post_status(&p.url, "/api/v1/write", &written), 200);
     // Defined once every message is stored: a pipeline reading history while it still
     // arrives (`lateness = "0s"`) would score the window the messages were filling with
     // the part it found, which is what it read and what the lineage would show.
@@ -201,6 +208,23 @@ fn an_alert_is_traced_back_to_its_input_rows_and_their_raw_messages() {
     );
     assert_eq!(stored[0]["n"], 11, "the late reading is stored");
 
+    // A window with a reading written over HTTP: counted, and counted as without a message.
+    let (status, mixed) = http(
+        &p.url,
+        reqwest::Method::GET,
+        &format!("/api/v1/lineage?window_id=pumps/pump-a/{normal_window}"),
+        None,
+    );
+    assert_eq!(status, 200, "{mixed}");
+    assert_eq!(mixed["inference"]["samples"], 11, "{mixed}");
+    assert_eq!(mixed["inputs"]["rows"].as_array().map(Vec::len), Some(11));
+    assert_eq!(
+        mixed["inputs"]["sources"],
+        serde_json::json!({ "http": 1, "mqtt": 10 })
+    );
+    assert_eq!(mixed["messages"]["rows"].as_array().map(Vec::len), Some(10));
+    assert_eq!(mixed["messages"]["rows_without_message"], 1);
+
     // Bad questions name what is wrong.
     for (path, code, says) in [
         ("/api/v1/lineage", 400, "exactly one"),
@@ -211,7 +235,12 @@ fn an_alert_is_traced_back_to_its_input_rows_and_their_raw_messages() {
             "pumps/pump-z/1",
         ),
         ("/api/v1/lineage?alert=nope", 404, "nope"),
-        ("/api/v1/lineage?window=x", 400, "window"),
+        ("/api/v1/lineage?window=x", 400, "unknown field `window`"),
+        (
+            "/api/v1/lineage?window_id=pumps/pump-a/x",
+            404,
+            "pumps/pump-a/x",
+        ),
     ] {
         let (status, body) = http(&p.url, reqwest::Method::GET, path, None);
         assert_eq!(status, code, "{path}: {body}");
