@@ -921,6 +921,7 @@ mod tests {
         let closed = ClosedSpans::default();
         let _default =
             tracing::subscriber::set_default(tracing_subscriber::registry().with(closed.clone()));
+        fabrik_runtime::telemetry::set_spans_exported();
         let sink = Arc::new(MemorySink {
             reject_field: Some("conflict".into()),
             ..MemorySink::default()

@@ -82,6 +82,10 @@ impl MessageTrace {
     /// The span of a message that arrived with `traceparent`: the publisher's child, if the
     /// context is a valid, sampled W3C `traceparent` and the per-second cap allows; else none.
     pub fn start(arrival: Arrival<'_>, traceparent: Option<&str>) -> Self {
+        Self::start_capped(arrival, traceparent, &RATE)
+    }
+
+    fn start_capped(arrival: Arrival<'_>, traceparent: Option<&str>, rate: &SpanRate) -> Self {
         let Some(traceparent) = traceparent else {
             return Self::none();
         };
@@ -92,8 +96,18 @@ impl MessageTrace {
         {
             return Self::none();
         }
+        // Traces off: no slot of the cap taken, no span built.
+        if !fabrik_runtime::telemetry::spans_exported() {
+            return Self::none();
+        }
+        // The cap before the span exists: a span once built is exported when it closes,
+        // whatever becomes of it, so one over the cap must never be built.
+        if !rate.take() {
+            rate.dropped();
+            return Self::none();
+        }
         // An explicit root: the remote parent is the publisher's span, never whatever span the
-        // receiving task happens to be in. Disabled (no cost but this) when traces are off.
+        // receiving task happens to be in.
         let span = tracing::info_span!(
             target: fabrik_runtime::telemetry::SPAN_TARGET,
             parent: None,
@@ -117,11 +131,6 @@ impl MessageTrace {
             fabrik.outcome = tracing::field::Empty,
         );
         if span.is_disabled() {
-            return Self::none();
-        }
-        if !RATE.take() {
-            metrics::counter!("fabrik_trace_spans_dropped_total", "reason" => "message_rate")
-                .increment(1);
             return Self::none();
         }
         Self { span, ended: false }
@@ -184,13 +193,26 @@ static RATE: SpanRate = SpanRate::new();
 struct SpanRate {
     /// The second the count is of (since the first span), and the spans started in it.
     window: Mutex<Option<(Instant, u32)>>,
+    /// `fabrik_trace_spans_dropped_total{reason="message_rate"}`, looked up once: beyond the
+    /// cap it is counted for every message at ingest rate. (Taken from the recorder installed
+    /// when the first message is dropped; `fabrik run` installs it before it listens.)
+    dropped: std::sync::OnceLock<metrics::Counter>,
 }
 
 impl SpanRate {
     const fn new() -> Self {
         Self {
             window: Mutex::new(None),
+            dropped: std::sync::OnceLock::new(),
         }
+    }
+
+    fn dropped(&self) {
+        self.dropped
+            .get_or_init(|| {
+                metrics::counter!("fabrik_trace_spans_dropped_total", "reason" => "message_rate")
+            })
+            .increment(1);
     }
 
     fn take(&self) -> bool {
@@ -223,6 +245,49 @@ mod tests {
         assert_eq!(traceparent(&properties), Some("00-aa-bb-01"));
         let none: [(&str, &str); 1] = [("Traceparent-x", "00-aa-bb-01")];
         assert_eq!(traceparent(&none), None);
+    }
+
+    /// Counts the spans that closed, each of which an exporter would send.
+    #[derive(Clone, Default)]
+    struct ClosedSpans(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ClosedSpans {
+        fn on_close(&self, _: tracing::span::Id, _: tracing_subscriber::layer::Context<'_, S>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn arrival() -> Arrival<'static> {
+        Arrival {
+            source: "mqtt",
+            topic: "devices/p1/telemetry",
+            client_id: Some("p1"),
+            payload_bytes: 8,
+        }
+    }
+
+    #[test]
+    fn messages_over_the_cap_build_no_span_that_could_be_exported() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let closed = ClosedSpans::default();
+        let _default =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(closed.clone()));
+        fabrik_runtime::telemetry::set_spans_exported();
+        let rate = SpanRate::new();
+        let traces: Vec<_> = (1..=MESSAGE_SPANS_PER_SECOND + 50)
+            .map(|n| {
+                let context = format!("00-{n:032x}-{n:016x}-01");
+                MessageTrace::start_capped(arrival(), Some(&context), &rate)
+            })
+            .collect();
+        let traced = traces.iter().filter(|t| t.is_traced()).count();
+        assert_eq!(traced, MESSAGE_SPANS_PER_SECOND as usize);
+        drop(traces);
+        assert_eq!(
+            closed.0.load(std::sync::atomic::Ordering::Relaxed),
+            MESSAGE_SPANS_PER_SECOND as usize,
+            "only the spans under the cap closed, so only they are exported"
+        );
     }
 
     #[test]

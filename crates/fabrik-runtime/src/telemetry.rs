@@ -5,6 +5,7 @@
 //! (per-device cardinality lives in the store, not in Prometheus).
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use metrics_exporter_prometheus::PrometheusBuilder;
 pub use metrics_exporter_prometheus::PrometheusHandle;
@@ -15,6 +16,23 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// out, the trace layer takes it. Not a prefix of any crate's name, so filters on crates do not
 /// catch it.
 pub const SPAN_TARGET: &str = "fabrik_spans";
+
+static SPANS_EXPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Says that a layer now turns [`SPAN_TARGET`]'s spans into traces (`fabrik run` with
+/// `[traces]`; tests that capture spans).
+pub fn set_spans_exported() {
+    SPANS_EXPORTED.store(true, Ordering::Relaxed);
+}
+
+/// Whether spans of [`SPAN_TARGET`] become traces. Hot paths that must decide before they
+/// build a span (message traces, under their cap) ask this rather than `tracing::enabled!`:
+/// with per-layer filters, an `enabled` check that no span follows leaves the log filter's
+/// verdict behind for the thread's next event, which the log then drops
+/// (tokio-rs/tracing#2519).
+pub fn spans_exported() -> bool {
+    SPANS_EXPORTED.load(Ordering::Relaxed)
+}
 
 /// A W3C `traceparent` (version 00): trace id, parent span id and whether the caller sampled
 /// it. All-zero ids are invalid.
@@ -31,13 +49,24 @@ pub fn parse_traceparent(value: &str) -> Option<([u8; 16], [u8; 8], bool)> {
     Some((trace, span, flags[0] & 1 == 1))
 }
 
+/// One pass, no parsing per byte pair: MQTT messages that carry a context are read at ingest
+/// rate.
 fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.len() != 2 * N || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+    fn nibble(digit: u8) -> Option<u8> {
+        match digit {
+            b'0'..=b'9' => Some(digit - b'0'),
+            b'a'..=b'f' => Some(digit - b'a' + 10),
+            b'A'..=b'F' => Some(digit - b'A' + 10),
+            _ => None,
+        }
+    }
+    let text = text.as_bytes();
+    if text.len() != 2 * N {
         return None;
     }
     let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        *byte = (nibble(pair[0])? << 4) | nibble(pair[1])?;
     }
     Some(out)
 }
@@ -76,6 +105,11 @@ mod tests {
         let unsampled =
             parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
         assert!(!unsampled.expect("valid").2);
+        assert_eq!(
+            parse_traceparent("00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01"),
+            Some((trace, span, true)),
+            "upper-case digits are read too"
+        );
         for bad in [
             "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
@@ -83,6 +117,8 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902zz-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0é",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-+1",
         ] {
             assert_eq!(parse_traceparent(bad), None, "{bad}");
         }

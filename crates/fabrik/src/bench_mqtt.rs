@@ -1,10 +1,12 @@
 //! `fabrik bench mqtt`: many publishing connections against an MQTT broker (Fabrik's endpoint
 //! or any other, e.g. Mosquitto), one single-reading JSON message per publish.
 //!
-//! The publishers speak MQTT 3.1.1 directly on their sockets with pre-encoded packets, written
-//! in bursts (QoS 0) or as far as the in-flight window allows (QoS 1): on a two-core machine
-//! the load generator shares the CPU with the broker under test, and a full client per
-//! connection would measure the client rather than the broker.
+//! The publishers speak MQTT 3.1.1 (or 5, `--mqtt-version 5`) directly on their sockets with
+//! pre-encoded packets, written in bursts (QoS 0) or as far as the in-flight window allows
+//! (QoS 1): on a two-core machine the load generator shares the CPU with the broker under test,
+//! and a full client per connection would measure the client rather than the broker. With
+//! `--traceparent` every MQTT 5 publish carries a sampled W3C trace context of its own, as a
+//! traced device fleet would send (decision 0077), so the cost of message traces is measured.
 //!
 //! Reports the publish rate the broker accepted (QoS 1: acknowledged; Fabrik acknowledges only
 //! once a message is stored, so that is publish-to-durable), PUBACK latency percentiles, the
@@ -37,6 +39,13 @@ pub(crate) struct MqttArgs {
     /// QoS of the publishes (0 or 1).
     #[arg(long, default_value_t = 1)]
     qos: u8,
+    /// MQTT version of the publishers: `3.1.1` or `5`.
+    #[arg(long, default_value = "3.1.1", value_parser = ["3.1.1", "5"])]
+    mqtt_version: String,
+    /// Every publish carries a sampled W3C `traceparent` user property with a trace of its
+    /// own (needs `--mqtt-version 5`).
+    #[arg(long)]
+    traceparent: bool,
     /// Unacknowledged QoS 1 publishes per connection.
     #[arg(long, default_value_t = 8)]
     inflight: usize,
@@ -99,6 +108,14 @@ pub(crate) async fn run(args: MqttArgs) -> anyhow::Result<()> {
     if args.qos > 1 {
         bail!("--qos must be 0 or 1");
     }
+    let version = if args.mqtt_version == "5" {
+        raw::Version::V5
+    } else {
+        raw::Version::V311
+    };
+    if args.traceparent && version != raw::Version::V5 {
+        bail!("--traceparent needs --mqtt-version 5: MQTT 3.1.1 has no user properties");
+    }
     let stop = CancellationToken::new();
     let run_id = std::process::id();
     let received = Arc::new(AtomicU64::new(0));
@@ -144,6 +161,7 @@ pub(crate) async fn run(args: MqttArgs) -> anyhow::Result<()> {
     for i in 0..args.connections {
         let stream = raw::connect(
             &args.broker,
+            version,
             &format!("bench-{run_id}-{i}"),
             args.username.as_deref(),
             args.password.as_deref(),
@@ -157,12 +175,25 @@ pub(crate) async fn run(args: MqttArgs) -> anyhow::Result<()> {
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for (i, stream) in connections.into_iter().enumerate() {
+    for (i, (stream, receive_maximum)) in connections.into_iter().enumerate() {
         let topic = format!("devices/bench-{run_id}-{i}/telemetry");
         let errors = errors.clone();
-        let (qos, inflight, burst) = (args.qos, args.inflight.max(1), args.burst.max(1));
+        let publisher = raw::Publisher {
+            version,
+            qos: args.qos,
+            // An MQTT 5 broker may take fewer unacknowledged publishes than asked for.
+            inflight: args
+                .inflight
+                .min(receive_maximum.map_or(usize::MAX, usize::from))
+                .max(1),
+            burst: args.burst.max(1),
+            // Distinct per run and connection, so every message starts a trace of its own.
+            trace_prefix: args
+                .traceparent
+                .then(|| (u64::from(run_id) << 32) | (i as u64 + 1)),
+        };
         tasks.push(tokio::spawn(async move {
-            match raw::publish_all(stream, &topic, per_connection, qos, inflight, burst).await {
+            match publisher.publish_all(stream, &topic, per_connection).await {
                 Ok(latencies) => latencies,
                 Err(e) => {
                     tracing::warn!(error = %e, topic = %topic, "Publisher failed.");
@@ -232,6 +263,8 @@ pub(crate) async fn run(args: MqttArgs) -> anyhow::Result<()> {
         "broker": args.broker,
         "connections": args.connections,
         "qos": args.qos,
+        "mqtt_version": args.mqtt_version,
+        "traceparent": args.traceparent,
         "messages": total,
         "errors": errors.load(Ordering::Relaxed),
         "connect_seconds": connect_time.as_secs_f64(),
@@ -248,8 +281,14 @@ pub(crate) async fn run(args: MqttArgs) -> anyhow::Result<()> {
         println!("{result}");
     } else {
         println!(
-            "{} connections, QoS {}: {} messages in {:.2} s = {:.0} msg/s accepted ({} errors); connect {:.2} s",
+            "{} connections, MQTT {}{}, QoS {}: {} messages in {:.2} s = {:.0} msg/s accepted ({} errors); connect {:.2} s",
             args.connections,
+            args.mqtt_version,
+            if args.traceparent {
+                " with traceparent"
+            } else {
+                ""
+            },
             args.qos,
             total,
             publish_time.as_secs_f64(),
@@ -283,13 +322,24 @@ pub(crate) async fn run(args: MqttArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// MQTT 3.1.1 on a bare socket: just enough to connect, publish and count acknowledgements.
+/// MQTT 3.1.1 and 5 on a bare socket: just enough to connect, publish and count
+/// acknowledgements.
 mod raw {
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use anyhow::{Context, bail};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
+
+    /// The protocol version the publishers speak.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(super) enum Version {
+        V311,
+        V5,
+    }
+
+    /// MQTT 5's user property identifier.
+    const USER_PROPERTY: u8 = 0x26;
 
     fn put_remaining_length(out: &mut Vec<u8>, mut n: usize) {
         loop {
@@ -310,20 +360,91 @@ mod raw {
         out.extend_from_slice(s);
     }
 
-    /// Connects with a clean session and waits for a successful CONNACK.
+    /// A packet's remaining length at the start of `bytes`: the length and how many bytes
+    /// encode it, `Ok(None)` when more bytes are needed.
+    fn remaining_length(bytes: &[u8]) -> anyhow::Result<Option<(usize, usize)>> {
+        let mut length = 0usize;
+        for (i, byte) in bytes.iter().take(4).enumerate() {
+            length |= usize::from(byte & 0x7F) << (7 * i);
+            if byte & 0x80 == 0 {
+                return Ok(Some((length, i + 1)));
+            }
+        }
+        if bytes.len() >= 4 {
+            bail!("malformed remaining length");
+        }
+        Ok(None)
+    }
+
+    /// The Receive Maximum among an MQTT 5 CONNACK's properties (`body` after the flags and
+    /// the reason code), if the broker set one; `None` also when a property is not one a
+    /// CONNACK may carry (the rest cannot be walked).
+    fn receive_maximum(properties: &[u8]) -> Option<u16> {
+        let (length, at) = remaining_length(properties).ok()??;
+        let properties = properties.get(at..at + length)?;
+        let mut at = 0;
+        while at < properties.len() {
+            let id = properties[at];
+            at += 1;
+            let two = |at: usize| -> Option<usize> {
+                let b = properties.get(at..at + 2)?;
+                Some(usize::from(u16::from_be_bytes([b[0], b[1]])))
+            };
+            at += match id {
+                0x21 => return two(at).and_then(|v| u16::try_from(v).ok()),
+                0x24 | 0x25 | 0x28 | 0x29 | 0x2A => 1,
+                0x13 | 0x22 => 2,
+                0x11 | 0x27 => 4,
+                // Strings and binary data: a two-byte length first.
+                0x12 | 0x15 | 0x16 | 0x1A | 0x1C | 0x1F => 2 + two(at)?,
+                // A user property: two strings.
+                0x26 => {
+                    let key = 2 + two(at)?;
+                    key + 2 + two(at + key)?
+                }
+                _ => return None,
+            };
+        }
+        None
+    }
+
+    /// Reads one whole packet: its first byte and its body.
+    async fn read_packet(stream: &mut TcpStream) -> anyhow::Result<(u8, Vec<u8>)> {
+        let kind = stream.read_u8().await?;
+        let (mut length, mut shift) = (0usize, 0);
+        loop {
+            let byte = stream.read_u8().await?;
+            length |= usize::from(byte & 0x7F) << shift;
+            if byte & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+            if shift > 21 {
+                bail!("malformed remaining length");
+            }
+        }
+        let mut body = vec![0; length];
+        stream.read_exact(&mut body).await?;
+        Ok((kind, body))
+    }
+
+    /// Connects with a clean session and waits for a successful CONNACK; returns the stream
+    /// and the broker's Receive Maximum (MQTT 5: the QoS 1 publishes it takes unacknowledged
+    /// at once).
     pub(super) async fn connect(
         broker: &str,
+        version: Version,
         client_id: &str,
         username: Option<&str>,
         password: Option<&str>,
-    ) -> anyhow::Result<TcpStream> {
+    ) -> anyhow::Result<(TcpStream, Option<u16>)> {
         let mut stream = TcpStream::connect(broker)
             .await
             .with_context(|| format!("cannot connect to {broker}"))?;
         stream.set_nodelay(true)?;
         let mut body = Vec::new();
         put_str(&mut body, b"MQTT");
-        body.push(4);
+        body.push(if version == Version::V5 { 5 } else { 4 });
         let mut flags = 0x02u8;
         if username.is_some() {
             flags |= 0x80;
@@ -333,6 +454,9 @@ mod raw {
         }
         body.push(flags);
         body.extend_from_slice(&60u16.to_be_bytes());
+        if version == Version::V5 {
+            body.push(0); // no CONNECT properties
+        }
         put_str(&mut body, client_id.as_bytes());
         if let Some(u) = username {
             put_str(&mut body, u.as_bytes());
@@ -344,103 +468,185 @@ mod raw {
         put_remaining_length(&mut packet, body.len());
         packet.extend_from_slice(&body);
         stream.write_all(&packet).await?;
-        let mut connack = [0u8; 4];
-        tokio::time::timeout(
-            std::time::Duration::from_secs(30),
-            stream.read_exact(&mut connack),
-        )
-        .await
-        .context("no CONNACK within 30 s")??;
-        if connack[0] != 0x20 || connack[3] != 0 {
-            bail!("refused: CONNACK {connack:02x?}");
+        // An MQTT 5 CONNACK carries properties (the broker's limits), so its length varies.
+        let (kind, connack) =
+            tokio::time::timeout(Duration::from_secs(30), read_packet(&mut stream))
+                .await
+                .context("no CONNACK within 30 s")??;
+        if kind != 0x20 || connack.len() < 2 || connack[1] != 0 {
+            bail!("refused: packet {kind:02x}, CONNACK {connack:02x?}");
         }
-        Ok(stream)
+        let receive_maximum = match version {
+            Version::V5 => receive_maximum(&connack[2..]),
+            Version::V311 => None,
+        };
+        Ok((stream, receive_maximum))
     }
 
-    fn publish_packet(out: &mut Vec<u8>, topic: &str, payload: &[u8], packet_id: Option<u16>) {
-        out.push(if packet_id.is_some() { 0x32 } else { 0x30 });
-        let length = 2 + topic.len() + payload.len() + if packet_id.is_some() { 2 } else { 0 };
-        put_remaining_length(out, length);
-        put_str(out, topic.as_bytes());
-        if let Some(id) = packet_id {
-            out.extend_from_slice(&id.to_be_bytes());
-        }
-        out.extend_from_slice(payload);
+    /// How one connection publishes.
+    #[derive(Debug, Clone, Copy)]
+    pub(super) struct Publisher {
+        pub(super) version: Version,
+        pub(super) qos: u8,
+        /// Unacknowledged QoS 1 publishes at most.
+        pub(super) inflight: usize,
+        /// QoS 0 publishes per socket write.
+        pub(super) burst: usize,
+        /// With a value, every publish carries a sampled `traceparent` whose trace id starts
+        /// with it and ends with the message's number (MQTT 5 only).
+        pub(super) trace_prefix: Option<u64>,
     }
 
-    /// Publishes `count` single-reading JSON messages; for QoS 1 returns each PUBACK latency
-    /// in microseconds.
-    pub(super) async fn publish_all(
-        mut stream: TcpStream,
-        topic: &str,
-        count: usize,
-        qos: u8,
-        inflight: usize,
-        burst: usize,
-    ) -> anyhow::Result<Vec<u64>> {
-        let mut out = Vec::with_capacity(burst * (topic.len() + 32));
-        let mut latencies = Vec::new();
-        if qos == 0 {
-            let mut n = 0;
-            while n < count {
-                out.clear();
-                for _ in 0..burst.min(count - n) {
-                    publish_packet(&mut out, topic, format!("{{\"v\":{n}}}").as_bytes(), None);
-                    n += 1;
-                }
-                stream.write_all(&out).await?;
+    impl Publisher {
+        fn publish_packet(&self, out: &mut Vec<u8>, topic: &str, n: usize, packet_id: Option<u16>) {
+            let payload = format!("{{\"v\":{n}}}");
+            let mut properties = Vec::new();
+            if let Some(prefix) = self.trace_prefix {
+                // A trace and a span of the publisher's own per message; `01`: sampled.
+                let traceparent = format!("00-{prefix:016x}{:016x}-{:016x}-01", n + 1, n + 1);
+                properties.push(USER_PROPERTY);
+                put_str(&mut properties, b"traceparent");
+                put_str(&mut properties, traceparent.as_bytes());
             }
-        } else {
-            let mut sent_at = vec![None::<Instant>; 65_536];
-            let (mut sent, mut acked) = (0usize, 0usize);
-            let mut next_id: u16 = 1;
-            let mut input = Vec::with_capacity(4096);
-            let mut chunk = [0u8; 4096];
-            while acked < count {
-                out.clear();
-                while sent < count && sent - acked < inflight {
-                    let id = next_id;
-                    next_id = next_id.checked_add(1).unwrap_or(1);
-                    publish_packet(
-                        &mut out,
-                        topic,
-                        format!("{{\"v\":{sent}}}").as_bytes(),
-                        Some(id),
-                    );
-                    sent_at[usize::from(id)] = Some(Instant::now());
-                    sent += 1;
-                }
-                if !out.is_empty() {
+            let mut properties_length = Vec::new();
+            if self.version == Version::V5 {
+                put_remaining_length(&mut properties_length, properties.len());
+            }
+            out.push(if packet_id.is_some() { 0x32 } else { 0x30 });
+            let length = 2
+                + topic.len()
+                + if packet_id.is_some() { 2 } else { 0 }
+                + properties_length.len()
+                + properties.len()
+                + payload.len();
+            put_remaining_length(out, length);
+            put_str(out, topic.as_bytes());
+            if let Some(id) = packet_id {
+                out.extend_from_slice(&id.to_be_bytes());
+            }
+            out.extend_from_slice(&properties_length);
+            out.extend_from_slice(&properties);
+            out.extend_from_slice(payload.as_bytes());
+        }
+
+        /// Publishes `count` single-reading JSON messages; for QoS 1 returns each PUBACK
+        /// latency in microseconds.
+        pub(super) async fn publish_all(
+            &self,
+            mut stream: TcpStream,
+            topic: &str,
+            count: usize,
+        ) -> anyhow::Result<Vec<u64>> {
+            let mut out = Vec::with_capacity(self.burst * (topic.len() + 96));
+            let mut latencies = Vec::new();
+            if self.qos == 0 {
+                let mut n = 0;
+                while n < count {
+                    out.clear();
+                    for _ in 0..self.burst.min(count - n) {
+                        self.publish_packet(&mut out, topic, n, None);
+                        n += 1;
+                    }
                     stream.write_all(&out).await?;
                 }
-                let n = stream.read(&mut chunk).await?;
-                if n == 0 {
-                    bail!("the broker closed the connection after {acked} acknowledgements");
-                }
-                input.extend_from_slice(&chunk[..n]);
-                let mut at = 0;
-                while input.len() - at >= 2 {
-                    let kind = input[at];
-                    let length = usize::from(input[at + 1]);
-                    if input.len() - at < 2 + length {
-                        break;
+            } else {
+                let mut sent_at = vec![None::<Instant>; 65_536];
+                let (mut sent, mut acked) = (0usize, 0usize);
+                let mut next_id: u16 = 1;
+                let mut input = Vec::with_capacity(4096);
+                let mut chunk = [0u8; 4096];
+                while acked < count {
+                    out.clear();
+                    while sent < count && sent - acked < self.inflight {
+                        let id = next_id;
+                        next_id = next_id.checked_add(1).unwrap_or(1);
+                        self.publish_packet(&mut out, topic, sent, Some(id));
+                        sent_at[usize::from(id)] = Some(Instant::now());
+                        sent += 1;
                     }
-                    if kind == 0x40 && length == 2 {
-                        let id = u16::from_be_bytes([input[at + 2], input[at + 3]]);
-                        if let Some(t) = sent_at[usize::from(id)].take() {
-                            latencies
-                                .push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
-                            acked += 1;
+                    if !out.is_empty() {
+                        stream.write_all(&out).await?;
+                    }
+                    let n = stream.read(&mut chunk).await?;
+                    if n == 0 {
+                        bail!("the broker closed the connection after {acked} acknowledgements");
+                    }
+                    input.extend_from_slice(&chunk[..n]);
+                    let mut at = 0;
+                    while input.len() - at >= 2 {
+                        let kind = input[at];
+                        let Some((length, length_bytes)) = remaining_length(&input[at + 1..])?
+                        else {
+                            break;
+                        };
+                        let start = at + 1 + length_bytes;
+                        if input.len() < start + length {
+                            break;
                         }
+                        let body = &input[start..start + length];
+                        match kind {
+                            // MQTT 5 adds a reason code (success when left out).
+                            0x40 if length >= 2 => {
+                                let id = u16::from_be_bytes([body[0], body[1]]);
+                                if let Some(&reason) = body.get(2).filter(|&&r| r >= 0x80) {
+                                    bail!("PUBACK of packet {id} with reason code {reason:#04x}");
+                                }
+                                if let Some(t) = sent_at[usize::from(id)].take() {
+                                    latencies.push(
+                                        u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX),
+                                    );
+                                    acked += 1;
+                                }
+                            }
+                            0xE0 => bail!(
+                                "the broker disconnected after {acked} acknowledgements (reason {:02x?})",
+                                body.first()
+                            ),
+                            _ => {}
+                        }
+                        at = start + length;
                     }
-                    at += 2 + length;
+                    input.drain(..at);
                 }
-                input.drain(..at);
             }
+            // DISCONNECT: the broker has everything before it.
+            stream.write_all(&[0xE0, 0x00]).await?;
+            let _ = stream.shutdown().await;
+            Ok(latencies)
         }
-        // DISCONNECT: the broker has everything before it.
-        stream.write_all(&[0xE0, 0x00]).await?;
-        let _ = stream.shutdown().await;
-        Ok(latencies)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_receive_maximum_is_found_among_other_properties() {
+            // Properties: topic alias maximum 10, an assigned client id "ab", a user property
+            // ("k", "v"), receive maximum 20.
+            let properties = [
+                18, 0x22, 0, 10, 0x12, 0, 2, b'a', b'b', 0x26, 0, 1, b'k', 0, 1, b'v', 0x21, 0, 20,
+            ];
+            assert_eq!(receive_maximum(&properties), Some(20));
+            assert_eq!(receive_maximum(&[0]), None, "none set");
+            assert_eq!(
+                receive_maximum(&[3, 0x24, 1, 0x7F]),
+                None,
+                "an unknown property"
+            );
+            assert_eq!(receive_maximum(&[3, 0x21, 0]), None, "cut short");
+        }
+
+        #[test]
+        fn remaining_lengths_of_several_bytes_are_read() {
+            assert_eq!(remaining_length(&[2]).ok(), Some(Some((2, 1))));
+            assert_eq!(remaining_length(&[0x80 | 8, 1]).ok(), Some(Some((136, 2))));
+            assert_eq!(
+                remaining_length(&[0x80]).ok(),
+                Some(None),
+                "more bytes needed"
+            );
+            assert!(remaining_length(&[0xFF, 0xFF, 0xFF, 0xFF]).is_err());
+        }
     }
 }

@@ -86,6 +86,9 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
     };
     let node = crate::updates::node_name(&config);
     let traces = init_tracing(&settings.log_level, settings.traces.as_ref(), &node);
+    // The metrics recorder before any module runs: counters a hot path looks up once (the
+    // message spans over their cap) would otherwise stay bound to no recorder.
+    let _ = fabrik_runtime::telemetry::prometheus();
     // Before anything can replace the file: once renamed over, `/proc/self/exe` names a
     // deleted one.
     let self_update = crate::self_update::SelfUpdate::capture(args.config.clone());
@@ -229,10 +232,14 @@ fn init_tracing(
         }
         None => (None, None),
     };
-    let _ = tracing_subscriber::registry()
+    let installed = tracing_subscriber::registry()
         .with(log)
         .with(spans)
-        .try_init();
+        .try_init()
+        .is_ok();
+    if installed && export.is_some() {
+        fabrik_runtime::telemetry::set_spans_exported();
+    }
     export
 }
 

@@ -713,3 +713,118 @@ measurement = "pump"
         .collect();
     assert!(errors.is_empty(), "the collector refused spans: {errors:?}");
 }
+
+/// `fabrik bench mqtt --mqtt-version 5 --traceparent`, the load generator that measures what
+/// message traces cost (bench/message_traces.sh), speaks MQTT 5 that Fabrik's endpoint and
+/// Mosquitto accept, and each of its publishes starts a trace of its own whose span names the
+/// row it became.
+#[test]
+fn the_mqtt_load_generator_publishes_traced_mqtt_5_messages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("spans.jsonl");
+    let (collector_port, _collector) = collector(&out);
+    let p = crate::support::start_configured(
+        dir.path(),
+        &format!("[traces]\notlp_endpoint = \"http://127.0.0.1:{collector_port}\"\n"),
+    );
+    let mqtt = p.mqtt.clone().expect("the MQTT endpoint");
+    let bench = |broker: &str, more: &[&str]| {
+        let output = Command::new(crate::support::fabrik_bin())
+            .args(["bench", "mqtt", "--broker", broker, "--json"])
+            .args(more)
+            .output()
+            .expect("fabrik bench mqtt");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), text)
+    };
+    let (ok, text) = bench(
+        &mqtt,
+        &[
+            "--mqtt-version",
+            "5",
+            "--traceparent",
+            "--connections",
+            "3",
+            "--messages",
+            "30",
+            "--qos",
+            "1",
+            "--username",
+            "admin",
+            "--password",
+            TOKEN,
+            "--verify-store",
+            "--url",
+            &p.url,
+            "--token",
+            TOKEN,
+        ],
+    );
+    assert!(ok, "{text}");
+    let result: serde_json::Value =
+        serde_json::from_str(text.lines().next().expect("a line")).expect("JSON");
+    assert_eq!(result["errors"], 0, "{result}");
+    assert_eq!(result["stored"], 30, "every message a row: {result}");
+    assert_eq!(result["mqtt_version"], "5");
+
+    eventually("a span per message", || message_spans(&out).len() >= 30);
+    let all = message_spans(&out);
+    assert_eq!(all.len(), 30, "one span per message, no more");
+    let traces: std::collections::BTreeSet<_> =
+        all.iter().map(|s| s["trace_id"].to_string()).collect();
+    assert_eq!(traces.len(), 30, "a trace of its own per message");
+    let raw_ids: std::collections::BTreeSet<u64> = crate::mqtt::query(
+        &p.url,
+        "SELECT _raw_id FROM telemetry WHERE device LIKE 'bench-%'",
+    )
+    .iter()
+    .map(|row| row["_raw_id"].as_u64().expect("raw id"))
+    .collect();
+    for span in &all {
+        assert_eq!(span["attributes"]["fabrik.outcome"], "stored", "{span}");
+        assert_eq!(span["attributes"]["fabrik.points"], 1, "{span}");
+        let raw_id = span["attributes"]["fabrik.raw_id"].as_u64();
+        assert!(
+            raw_id.is_some_and(|id| raw_ids.contains(&id)),
+            "the span names a stored row: {span}"
+        );
+        let trace = span["trace_id"].as_str().expect("trace id");
+        assert_eq!(
+            span["parent_span_id"].as_str(),
+            Some(&trace[16..]),
+            "the publisher's span is the message's number, as its trace id ends: {span}"
+        );
+    }
+
+    // Mosquitto as MQTT 5 (its PUBACKs say "no subscribers", a success), QoS 0 and 1.
+    let broker_port = free_port();
+    let _broker = crate::bridge::start_broker_with(dir.path(), broker_port, "");
+    for qos in ["0", "1"] {
+        let (ok, text) = bench(
+            &format!("127.0.0.1:{broker_port}"),
+            &[
+                "--mqtt-version",
+                "5",
+                "--traceparent",
+                "--connections",
+                "2",
+                "--messages",
+                "20",
+                "--qos",
+                qos,
+            ],
+        );
+        assert!(ok, "QoS {qos}: {text}");
+        let result: serde_json::Value =
+            serde_json::from_str(text.lines().next().expect("a line")).expect("JSON");
+        assert_eq!(result["errors"], 0, "QoS {qos}: {result}");
+    }
+
+    // MQTT 3.1.1 has no user properties: asking for trace contexts on it is refused.
+    let (ok, text) = bench(&mqtt, &["--traceparent", "--messages", "1"]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("--mqtt-version 5"), "{text}");
+    let (status, _) = p.terminate();
+    assert!(status.success());
+}
