@@ -89,15 +89,15 @@ impl MessageTrace {
         let Some(traceparent) = traceparent else {
             return Self::none();
         };
+        // Traces off: nothing read, no slot of the cap taken, no span built.
+        if !fabrik_runtime::telemetry::spans_exported() {
+            return Self::none();
+        }
         // The publisher decides (parent-based sampling): an unsampled or unreadable context
         // makes no span, rather than a span of Fabrik's own that the sampler then judges.
         if !fabrik_runtime::telemetry::parse_traceparent(traceparent)
             .is_some_and(|(_, _, sampled)| sampled)
         {
-            return Self::none();
-        }
-        // Traces off: no slot of the cap taken, no span built.
-        if !fabrik_runtime::telemetry::spans_exported() {
             return Self::none();
         }
         // The cap before the span exists: a span once built is exported when it closes,

@@ -37,21 +37,20 @@ pub fn spans_exported() -> bool {
 /// A W3C `traceparent` (version 00): trace id, parent span id and whether the caller sampled
 /// it. All-zero ids are invalid.
 pub fn parse_traceparent(value: &str) -> Option<([u8; 16], [u8; 8], bool)> {
-    let mut parts = value.trim().split('-');
-    let (version, trace, span, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    if version != "00" || parts.next().is_some() {
+    // Version 00 has one layout: `00-<32 hex>-<16 hex>-<2 hex>`, 55 bytes. Read by position
+    // (MQTT messages that carry a context are read at ingest rate).
+    let value = value.trim().as_bytes();
+    if value.len() != 55 || &value[..3] != b"00-" || value[35] != b'-' || value[52] != b'-' {
         return None;
     }
-    let trace = unhex::<16>(trace).filter(|t| t.iter().any(|b| *b != 0))?;
-    let span = unhex::<8>(span).filter(|s| s.iter().any(|b| *b != 0))?;
-    let flags = unhex::<1>(flags)?;
+    let trace = unhex::<16>(&value[3..35]).filter(|t| t.iter().any(|b| *b != 0))?;
+    let span = unhex::<8>(&value[36..52]).filter(|s| s.iter().any(|b| *b != 0))?;
+    let flags = unhex::<1>(&value[53..])?;
     Some((trace, span, flags[0] & 1 == 1))
 }
 
-/// One pass, no parsing per byte pair: MQTT messages that carry a context are read at ingest
-/// rate.
-fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
+/// One pass, no parsing per byte pair.
+fn unhex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     fn nibble(digit: u8) -> Option<u8> {
         match digit {
             b'0'..=b'9' => Some(digit - b'0'),
@@ -60,7 +59,6 @@ fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
             _ => None,
         }
     }
-    let text = text.as_bytes();
     if text.len() != 2 * N {
         return None;
     }
@@ -110,6 +108,11 @@ mod tests {
             Some((trace, span, true)),
             "upper-case digits are read too"
         );
+        assert_eq!(
+            parse_traceparent(" 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\n"),
+            Some((trace, span, true)),
+            "surrounding white space is left out"
+        );
         for bad in [
             "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
@@ -119,6 +122,10 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902zz-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0é",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-+1",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-011",
+            "00-4bf92f3577b34da6a3ce929d0e0e47360-0f067aa0ba902b7-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "",
         ] {
             assert_eq!(parse_traceparent(bad), None, "{bad}");
         }
