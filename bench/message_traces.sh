@@ -24,7 +24,6 @@ TOKEN=bench-token-0123456789
 build_fabrik
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" || true
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { # port: until something accepts connections on it
   for _ in $(seq 1 100); do
     python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' "$1" 2>/dev/null && return 0

@@ -411,18 +411,13 @@ mod raw {
     /// Reads one whole packet: its first byte and its body.
     async fn read_packet(stream: &mut TcpStream) -> anyhow::Result<(u8, Vec<u8>)> {
         let kind = stream.read_u8().await?;
-        let (mut length, mut shift) = (0usize, 0);
-        loop {
-            let byte = stream.read_u8().await?;
-            length |= usize::from(byte & 0x7F) << shift;
-            if byte & 0x80 == 0 {
-                break;
+        let mut encoded = Vec::with_capacity(4);
+        let length = loop {
+            encoded.push(stream.read_u8().await?);
+            if let Some((length, _)) = remaining_length(&encoded)? {
+                break length;
             }
-            shift += 7;
-            if shift > 21 {
-                bail!("malformed remaining length");
-            }
-        }
+        };
         let mut body = vec![0; length];
         stream.read_exact(&mut body).await?;
         Ok((kind, body))

@@ -728,15 +728,10 @@ fn the_mqtt_load_generator_publishes_traced_mqtt_5_messages() {
         &format!("[traces]\notlp_endpoint = \"http://127.0.0.1:{collector_port}\"\n"),
     );
     let mqtt = p.mqtt.clone().expect("the MQTT endpoint");
+    // `--url` and `--token` (added by `client_command`) are where `--verify-store` counts rows.
     let bench = |broker: &str, more: &[&str]| {
-        let output = Command::new(crate::support::fabrik_bin())
-            .args(["bench", "mqtt", "--broker", broker, "--json"])
-            .args(more)
-            .output()
-            .expect("fabrik bench mqtt");
-        let text = String::from_utf8_lossy(&output.stdout).into_owned()
-            + &String::from_utf8_lossy(&output.stderr);
-        (output.status.success(), text)
+        let args = [&["bench", "mqtt", "--broker", broker, "--json"], more].concat();
+        crate::support::client_command(&p.url, &args)
     };
     let (ok, text) = bench(
         &mqtt,
@@ -755,10 +750,6 @@ fn the_mqtt_load_generator_publishes_traced_mqtt_5_messages() {
             "--password",
             TOKEN,
             "--verify-store",
-            "--url",
-            &p.url,
-            "--token",
-            TOKEN,
         ],
     );
     assert!(ok, "{text}");
