@@ -73,6 +73,7 @@ impl From<StoreError> for ApiError {
             StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let code = match status.as_u16() {
             400 => "bad_request",
+            403 => "read_only",
             408 => "query_timeout",
             503 => "unavailable",
             507 => "insufficient_storage",

@@ -1389,6 +1389,10 @@ pub struct ObjectsConfig {
     /// Keep copies of at most this many bytes of segments on the disk for queries (`10GiB`);
     /// empty: every query reads the bucket.
     pub segment_cache: String,
+    /// Only read the prefix another node's store writes, answering queries (decision 0079).
+    pub read_only: bool,
+    /// With `read_only`: how often the writer's manifest is read again (`10s` when empty).
+    pub refresh_interval: String,
 }
 
 /// The validated `[store.objects]`.
@@ -1407,6 +1411,9 @@ pub struct ObjectsSettings {
     pub local_blob_limit: Option<u64>,
     /// Bytes of segment copies the disk keeps for queries (decision 0064). `None`: no cache.
     pub segment_cache: Option<u64>,
+    /// With a refresh interval: this node only reads the prefix another store writes
+    /// (decision 0079). `None`: it owns the prefix.
+    pub read_only: Option<std::time::Duration>,
 }
 
 impl ObjectsConfig {
@@ -1416,7 +1423,16 @@ impl ObjectsConfig {
         let endpoint = self.endpoint.trim();
         let limit = self.local_blob_limit.trim();
         let cache = self.segment_cache.trim();
+        let refresh = self.refresh_interval.trim();
         if url.is_empty() {
+            if self.read_only {
+                problem(
+                    "store.objects.read_only",
+                    "is true, but store.objects.url is empty: name the bucket prefix the \
+                     writing store owns (s3://bucket/prefix)"
+                        .into(),
+                );
+            }
             if !endpoint.is_empty() || !self.region.trim().is_empty() {
                 problem(
                     "store.objects.url",
@@ -1468,6 +1484,33 @@ impl ObjectsConfig {
             "to keep every blob on the disk",
         );
         let segment_cache = size("store.objects.segment_cache", cache, "for no segment cache");
+        let read_only = match (self.read_only, refresh) {
+            (false, "") => None,
+            (false, _) => {
+                problem(
+                    "store.objects.refresh_interval",
+                    "is set, but store.objects.read_only is false: a store that owns its \
+                     prefix has its manifest on its own disk"
+                        .into(),
+                );
+                None
+            }
+            (true, "") => Some(DEFAULT_REFRESH_INTERVAL),
+            (true, text) => match parse_duration(text) {
+                Ok(every) if every.is_zero() => {
+                    problem(
+                        "store.objects.refresh_interval",
+                        format!("`{text}` is zero: leave it empty for every 10s"),
+                    );
+                    None
+                }
+                Ok(every) => Some(every),
+                Err(e) => {
+                    problem("store.objects.refresh_interval", e);
+                    None
+                }
+            },
+        };
         let bucket = url
             .strip_prefix("s3://")
             .map(|rest| rest.split('/').next().unwrap_or_default());
@@ -1505,9 +1548,14 @@ impl ObjectsConfig {
             allow_http: self.allow_http,
             local_blob_limit,
             segment_cache,
+            read_only,
         })
     }
 }
+
+/// How often a read-only node reads the writer's manifest by default: well inside the minute
+/// a writer waits before deleting the segments a compaction replaced (decision 0079).
+const DEFAULT_REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -2888,6 +2936,28 @@ mod tests {
             let e = objects(wrong).unwrap_err().to_string();
             assert!(e.contains(key), "{wrong}: {e}");
         }
+        assert_eq!(all.read_only, None);
+        let reader = objects("read_only = true")
+            .expect("valid")
+            .objects
+            .expect("a bucket");
+        assert_eq!(reader.read_only, Some(std::time::Duration::from_secs(10)));
+        let reader = objects("read_only = true\nrefresh_interval = \"2s\"")
+            .expect("valid")
+            .objects
+            .expect("a bucket");
+        assert_eq!(reader.read_only, Some(std::time::Duration::from_secs(2)));
+        for (wrong, text) in [
+            ("refresh_interval = \"2s\"", "read_only is false"),
+            ("read_only = true\nrefresh_interval = \"0s\"", "is zero"),
+            ("read_only = true\nrefresh_interval = \"soon\"", "soon"),
+        ] {
+            let e = objects(wrong).unwrap_err().to_string();
+            assert!(
+                e.contains("store.objects.refresh_interval") && e.contains(text),
+                "{wrong}: {e}"
+            );
+        }
         for (key, text) in [
             ("store.objects.local_blob_limit", "without a bucket"),
             ("store.objects.segment_cache", "nothing to cache"),
@@ -2901,6 +2971,15 @@ mod tests {
                 .to_string();
             assert!(e.contains(key) && e.contains(text), "{e}");
         }
+        let e = Config::from_toml("t", "[store.objects]\nread_only = true\n", no_env())
+            .expect("parses")
+            .validate("t")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("store.objects.read_only") && e.contains("url is empty"),
+            "{e}"
+        );
     }
 
     #[test]

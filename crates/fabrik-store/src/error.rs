@@ -61,6 +61,21 @@ pub enum StoreError {
         /// Why it cannot be used.
         reason: String,
     },
+    /// This store only reads a prefix another store writes (decision 0079): it takes no
+    /// writes and runs no persist or compaction.
+    #[error(
+        "this node only reads object storage {url} (store.objects.read_only): it takes no writes; \
+         write to the node whose store {owner} owns the prefix"
+    )]
+    ReadOnly {
+        /// `[store.objects] url`.
+        url: String,
+        /// The id of the store that owns the prefix.
+        owner: String,
+    },
+    /// A query read a segment the manifest lists but its storage does not hold.
+    #[error("a segment the manifest lists is missing: {0}")]
+    MissingSegment(String),
     /// The WAL is damaged somewhere other than its tail; acknowledged data would be lost by
     /// truncating, so the store refuses to start.
     #[error("WAL segment {segment} is corrupt at byte {offset}: {reason}")]
@@ -105,11 +120,14 @@ impl StoreError {
             | Self::Empty
             | Self::Query(_) => 400,
             Self::QueryTimeout(_) => 408,
+            // Refused for good, not an outage to retry: the node is set up to only read.
+            Self::ReadOnly { .. } => 403,
             Self::InsufficientStorage(_) => 507,
             // The bucket is the unavailable dependency, and its reason (unreachable, the prefix
             // taken over) is what the operator must act on.
             Self::ShuttingDown | Self::ObjectStorage { .. } => 503,
             Self::DataDir { .. }
+            | Self::MissingSegment(_)
             | Self::CorruptWal { .. }
             | Self::Io { .. }
             | Self::Internal(_) => 500,

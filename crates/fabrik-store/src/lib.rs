@@ -22,6 +22,7 @@ pub mod manifest;
 pub mod objects;
 pub mod pool;
 pub mod query;
+mod reader;
 pub mod schema;
 mod segment_cache;
 pub mod segments;
@@ -397,6 +398,8 @@ pub struct Store {
     query_pool: QueryPool,
     ids: RawMessageIds,
     blobs: BlobStore,
+    /// Set when this store only reads the prefix another store writes (decision 0079).
+    reader: Option<reader::Follower>,
     _lock: File,
 }
 
@@ -405,6 +408,59 @@ fn data_dir_error(path: &Path, reason: impl std::fmt::Display) -> StoreError {
         path: path.display().to_string(),
         reason: reason.to_string(),
     }
+}
+
+/// The tables a manifest names, as the catalog takes them.
+fn manifest_tables(manifest: &Manifest) -> Vec<(String, u32, Vec<crate::schema::Column>)> {
+    manifest
+        .tables
+        .iter()
+        .map(|(name, t)| (name.clone(), t.id, t.columns.clone()))
+        .collect()
+}
+
+/// `objects` (a bucket prefix's segments) read through the disk cache when
+/// `[store.objects] segment_cache` asks for one (decision 0064).
+async fn with_segment_cache(
+    objects: Objects,
+    options: &StoreOptions,
+    manifest: &Manifest,
+) -> Result<Objects, StoreError> {
+    let Some(limit) = options.segment_cache else {
+        return Ok(objects);
+    };
+    let live: std::collections::HashMap<String, u64> = manifest
+        .tables
+        .values()
+        .flat_map(|t| t.segments.iter().map(|s| (s.path.clone(), s.bytes)))
+        .collect();
+    let cache_dir = options.data_dir.join("segment-cache");
+    Ok(Arc::new(
+        tokio::task::spawn_blocking(move || {
+            segment_cache::SegmentCache::open(objects, cache_dir, limit, &live)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("segment cache task: {e}")))??,
+    ))
+}
+
+/// DataFusion's runtime reading segments from `objects`, and the pool queries run on.
+fn query_runtime(
+    options: &StoreOptions,
+    objects: Objects,
+) -> Result<(Arc<RuntimeEnv>, QueryPool), StoreError> {
+    let runtime_env = RuntimeEnvBuilder::new()
+        .build_arc()
+        .map_err(|e| StoreError::Internal(e.to_string()))?;
+    let url = datafusion::execution::object_store::ObjectStoreUrl::parse(SEGMENTS_URL)?;
+    runtime_env.register_object_store(url.as_ref(), objects);
+    let query_pool = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(options.query_threads.max(1))
+        .thread_name("fabrik-query")
+        .enable_all()
+        .build()
+        .map_err(|e| StoreError::io("starting the query pool", e))?;
+    Ok((runtime_env, QueryPool(Some(query_pool))))
 }
 
 /// Creates the data directory and proves it is writable, with a clear error if not.
@@ -433,36 +489,23 @@ impl Store {
     /// Opens (or creates) a store: checks the data directory, loads the manifest, replays the
     /// WAL into the buffer, and starts the WAL thread. Must be called inside a tokio runtime.
     pub async fn open(options: StoreOptions) -> Result<Arc<Store>, StoreError> {
+        if let Some(storage) = &options.objects
+            && let Some(every) = storage.read_only
+        {
+            let storage = storage.clone();
+            return Self::open_read_only(options, &storage, every).await;
+        }
         let dir = options.data_dir.clone();
         let lock = prepare_data_dir(&dir)?;
         let manifest = Manifest::load(&dir)?;
-        let catalog = Catalog::from_tables(
-            manifest
-                .tables
-                .iter()
-                .map(|(name, t)| (name.clone(), t.id, t.columns.clone())),
-        );
+        let catalog = Catalog::from_tables(manifest_tables(&manifest));
         let blobs = BlobStore::open(dir.join("blobs"))?;
         let (objects, sweep, bucket) =
             objects::open(&dir, options.objects.as_ref(), &manifest).await?;
         sweep_orphan_segments(&objects, &manifest, sweep).await?;
-        let objects: Objects = match (&bucket, options.segment_cache) {
-            (Some(_), Some(limit)) => {
-                let live: std::collections::HashMap<String, u64> = manifest
-                    .tables
-                    .values()
-                    .flat_map(|t| t.segments.iter().map(|s| (s.path.clone(), s.bytes)))
-                    .collect();
-                let (inner, cache_dir) = (objects.clone(), dir.join("segment-cache"));
-                Arc::new(
-                    tokio::task::spawn_blocking(move || {
-                        segment_cache::SegmentCache::open(inner, cache_dir, limit, &live)
-                    })
-                    .await
-                    .map_err(|e| StoreError::Internal(format!("segment cache task: {e}")))??,
-                )
-            }
-            _ => objects,
+        let objects = match &bucket {
+            Some(_) => with_segment_cache(objects, &options, &manifest).await?,
+            None => objects,
         };
         if let Some(bucket) = &bucket
             && sweep != objects::Sweep::Skip
@@ -541,18 +584,7 @@ impl Store {
         shared.applied.send_replace(report.next_seq - 1);
         let (wal_tx, wal_thread) =
             wal::start(&wal_dir, report.next_seq, Sink(shared.clone()), 1024)?;
-
-        let runtime_env = RuntimeEnvBuilder::new()
-            .build_arc()
-            .map_err(|e| StoreError::Internal(e.to_string()))?;
-        let url = datafusion::execution::object_store::ObjectStoreUrl::parse(SEGMENTS_URL)?;
-        runtime_env.register_object_store(url.as_ref(), objects);
-        let query_pool = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(options.query_threads.max(1))
-            .thread_name("fabrik-query")
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError::io("starting the query pool", e))?;
+        let (runtime_env, query_pool) = query_runtime(&options, objects)?;
 
         Ok(Arc::new(Store {
             shared,
@@ -561,11 +593,122 @@ impl Store {
             wal_dir,
             maintenance: tokio::sync::Mutex::new(Vec::new()),
             runtime_env,
-            query_pool: QueryPool(Some(query_pool)),
+            query_pool,
             ids: RawMessageIds::new(),
             blobs,
+            reader: None,
             _lock: lock,
         }))
+    }
+
+    /// Opens a store that only reads the prefix another store writes (decision 0079): its
+    /// tables and segments are the owner's manifest's, read again every `every`; it has no
+    /// WAL and takes no writes, so rows appear here once the owner persisted them.
+    async fn open_read_only(
+        options: StoreOptions,
+        storage: &objects::ObjectStorage,
+        every: Duration,
+    ) -> Result<Arc<Store>, StoreError> {
+        let dir = options.data_dir.clone();
+        let lock = prepare_data_dir(&dir)?;
+        let opened = reader::open(&dir, storage, every).await?;
+        let catalog = Catalog::default();
+        catalog.replace(manifest_tables(&opened.manifest));
+        let objects = with_segment_cache(opened.objects, &options, &opened.manifest).await?;
+        let persisted_seq = opened.manifest.persisted_seq;
+        let shared = Arc::new(Shared {
+            options: options.clone(),
+            catalog,
+            state: RwLock::new(State {
+                manifest: opened.manifest,
+                frozen: Vec::new(),
+            }),
+            buffer: Mutex::new(Buffer::default()),
+            objects: objects.clone(),
+            bucket: Some(opened.claim),
+            flush_wanted: Notify::new(),
+            evict_wanted: Notify::new(),
+            restoring: turns::Turns::default(),
+            applied: tokio::sync::watch::Sender::new(persisted_seq),
+            wal_hold: std::sync::atomic::AtomicU64::new(u64::MAX),
+            last_rows_cache: Mutex::default(),
+            buffer_bytes: std::sync::atomic::AtomicU64::new(0),
+            frozen_bytes: std::sync::atomic::AtomicU64::new(0),
+        });
+        let (runtime_env, query_pool) = query_runtime(&options, objects)?;
+        metrics::gauge!("fabrik_store_reader_refreshed_timestamp_seconds")
+            .set(Timestamp::now().nanos() as f64 / 1e9);
+        Ok(Arc::new(Store {
+            shared,
+            wal_tx: RwLock::new(None),
+            wal_thread: Mutex::new(None),
+            wal_dir: dir.join("wal"),
+            maintenance: tokio::sync::Mutex::new(Vec::new()),
+            runtime_env,
+            query_pool,
+            ids: RawMessageIds::new(),
+            blobs: BlobStore::open(dir.join("blobs"))?,
+            reader: Some(opened.follower),
+            _lock: lock,
+        }))
+    }
+
+    /// Whether this store only reads the prefix another store writes (decision 0079).
+    pub fn is_read_only(&self) -> bool {
+        self.reader.is_some()
+    }
+
+    /// Fails on a read-only store, naming where writes go instead: the callers that store a
+    /// blob before the rows naming it ask first, so a refused write leaves nothing behind.
+    pub async fn check_writable(&self) -> Result<(), StoreError> {
+        match &self.reader {
+            None => Ok(()),
+            Some(reader) => Err(StoreError::ReadOnly {
+                url: reader.url().to_owned(),
+                owner: reader.owner().await,
+            }),
+        }
+    }
+
+    /// Reads the owner's manifest again on a read-only store (decision 0079), so queries see
+    /// what it persisted since; whether it changed. Does nothing on a store that writes.
+    pub async fn refresh(&self) -> Result<bool, StoreError> {
+        let Some(reader) = &self.reader else {
+            return Ok(false);
+        };
+        // A reader's only maintenance: held from the read to the swap, so a query's retry and
+        // the timer cannot put an older manifest back over a newer one.
+        let _turn = self.maintenance.lock().await;
+        let refreshed = reader.refresh().await;
+        let outcome = match &refreshed {
+            Ok(Some(_)) => "changed",
+            Ok(None) => "unchanged",
+            Err(_) => "failed",
+        };
+        metrics::counter!("fabrik_store_reader_refreshes_total", "outcome" => outcome).increment(1);
+        let Some(manifest) = refreshed? else {
+            metrics::gauge!("fabrik_store_reader_refreshed_timestamp_seconds")
+                .set(Timestamp::now().nanos() as f64 / 1e9);
+            return Ok(false);
+        };
+        let live: std::collections::HashSet<String> = manifest
+            .tables
+            .values()
+            .flat_map(|t| t.segments.iter().map(|s| s.path.clone()))
+            .collect();
+        {
+            let mut state = self.shared.state.write();
+            self.shared.catalog.replace(manifest_tables(&manifest));
+            self.shared.applied.send_replace(manifest.persisted_seq);
+            state.manifest = manifest;
+        }
+        // Segments the owner compacted away are named by no later plan.
+        for segments in self.shared.last_rows_cache.lock().values_mut() {
+            segments.retain(|path, _| live.contains(path));
+        }
+        metrics::gauge!("fabrik_store_reader_refreshed_timestamp_seconds")
+            .set(Timestamp::now().nanos() as f64 / 1e9);
+        Ok(true)
     }
 
     /// The clips, images and files rows refer to by [`fabrik_core::BlobId`].
@@ -772,10 +915,14 @@ impl Store {
         // the disk is.
         metrics::gauge!("fabrik_blob_local_bytes").set(report.local_bytes as f64);
         let mut left = report.local_bytes;
+        // Once a restore elsewhere took the prefix over, its blobs are the new owner's to
+        // delete, so the bucket may not keep what this disk would give up. A read-only node's
+        // copies all came from the bucket: never the last one.
+        let fenced = self.reader.is_none();
         if left > limit {
-            // Once a restore elsewhere took the prefix over, its blobs are the new owner's to
-            // delete, so the bucket may not keep what this disk would give up.
-            claim.check_still_ours().await?;
+            if fenced {
+                claim.check_still_ours().await?;
+            }
             let mut fence_checked = std::time::Instant::now();
             // Least recently used first (ties by id, so a pass is repeatable).
             local.sort_unstable();
@@ -784,7 +931,7 @@ impl Store {
                     break;
                 }
                 // A long pass looks again, so a restore elsewhere stops it within seconds.
-                if fence_checked.elapsed() >= FENCE_RECHECK {
+                if fenced && fence_checked.elapsed() >= FENCE_RECHECK {
                     claim.check_still_ours().await?;
                     fence_checked = std::time::Instant::now();
                 }
@@ -1037,6 +1184,7 @@ impl Store {
 
     async fn commit(&self, chunks: Vec<WriteChunk>) -> Result<u64, StoreError> {
         use std::sync::atomic::Ordering::Relaxed;
+        self.check_writable().await?;
         let frozen = self.shared.frozen_bytes.load(Relaxed);
         let waiting = frozen + self.shared.buffer_bytes.load(Relaxed);
         if frozen > 0 && waiting > self.shared.backlog_limit() {
@@ -1062,6 +1210,21 @@ impl Store {
 
     /// Runs SQL (queries only: no DDL, DML or `SET`). Cancelled after the query timeout.
     pub async fn query(&self, sql: &str) -> Result<QueryOutput, StoreError> {
+        match self.run_query(sql).await {
+            // On a read-only node, a segment gone is most likely one the owner compacted away
+            // after this node last read its manifest (decision 0079): read it again and retry
+            // once; a segment still missing then is lost data, as on the owner.
+            Err(StoreError::MissingSegment(why)) if self.reader.is_some() => {
+                tracing::info!(reason = %why, "A query found a segment gone: reading the owner's manifest again.");
+                metrics::counter!("fabrik_store_reader_query_retries_total").increment(1);
+                self.refresh().await?;
+                self.run_query(sql).await
+            }
+            result => result,
+        }
+    }
+
+    async fn run_query(&self, sql: &str) -> Result<QueryOutput, StoreError> {
         let timeout = self.shared.options.query_timeout;
         let config = SessionConfig::new()
             .with_information_schema(true)
@@ -1187,6 +1350,7 @@ impl Store {
 
     /// Writes everything buffered to Parquet segments and drops the WAL it covered.
     pub async fn persist(&self) -> Result<(), StoreError> {
+        self.check_writable().await?;
         let _maintenance = self.maintenance.lock().await;
         let buffered = !self.shared.buffer.lock().is_empty();
         if buffered {
@@ -1343,6 +1507,7 @@ impl Store {
     /// Merges partitions holding several segments into one, drops data past retention, and
     /// deletes replaced segments once no running query can still be reading them.
     pub async fn compact(&self) -> Result<(), StoreError> {
+        self.check_writable().await?;
         let mut pending_deletes = self.maintenance.lock().await;
         if let Some(bucket) = &self.shared.bucket {
             // A store whose prefix a restore took over neither merges nor deletes there.
@@ -1493,6 +1658,7 @@ impl Store {
     /// expire with the rows that name them. The store is swept a sixteenth at a time, so only
     /// that share of the live ids is held at once.
     pub async fn sweep_blobs(&self) -> Result<SweepReport, StoreError> {
+        self.check_writable().await?;
         let mut report = SweepReport::default();
         let live_condition = self.live_listing_condition();
         let mut bucket = self.shared.bucket.as_ref();
@@ -1615,6 +1781,9 @@ impl Store {
     /// and sweep) until `stop` is cancelled. Sweep and eviction run beside the other two, so
     /// their queries and bucket requests never hold up a flush.
     pub async fn run_background(self: Arc<Self>, stop: CancellationToken) {
+        if let Some(reader) = &self.reader {
+            return self.clone().follow(reader.every, stop).await;
+        }
         let mut flush = tokio::time::interval(self.shared.options.flush_interval);
         let mut compaction = tokio::time::interval(self.shared.options.compaction_interval);
         let mut blob_sweep = tokio::time::interval(self.shared.options.blob_sweep_interval);
@@ -1661,6 +1830,33 @@ impl Store {
             }
         };
         tokio::join!(maintenance, sweeps);
+    }
+
+    /// A read-only store's background work: reads the owner's manifest again every `every`,
+    /// and keeps the blobs read back from the bucket within `local_blob_limit`.
+    async fn follow(self: Arc<Self>, every: Duration, stop: CancellationToken) {
+        let mut refresh = tokio::time::interval(every);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        refresh.tick().await;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = refresh.tick() => {
+                    let refreshed = tokio::select! {
+                        () = stop.cancelled() => break,
+                        refreshed = self.refresh() => refreshed,
+                    };
+                    self.log_failure("manifest refresh", refreshed.map(drop));
+                }
+                () = self.shared.evict_wanted.notified() => {
+                    let evicted = tokio::select! {
+                        () = stop.cancelled() => break,
+                        evicted = self.evict_blobs() => evicted,
+                    };
+                    self.log_failure("blob eviction", evicted.map(drop));
+                }
+            }
+        }
     }
 
     fn log_failure(&self, what: &str, result: Result<(), StoreError>) {
@@ -1731,10 +1927,12 @@ fn query_error(e: datafusion::error::DataFusionError, bucket: Option<&str>) -> S
                 store_error,
                 object_store::Error::Generic { store, .. } if *store == segment_cache::CACHE_STORE
             );
-            // A segment the manifest lists but the bucket lacks is lost data, not an outage.
+            // A segment the manifest lists but the bucket lacks is lost data, not an outage
+            // (or, on a read-only node, one the owner compacted away since the last refresh).
             let lost = matches!(store_error, object_store::Error::NotFound { .. });
             return match bucket {
-                Some(url) if !own_disk && !lost => from_the_bucket(url),
+                _ if lost && !own_disk => StoreError::MissingSegment(e.to_string()),
+                Some(url) if !own_disk => from_the_bucket(url),
                 _ => StoreError::Internal(e.to_string()),
             };
         }
@@ -1752,6 +1950,14 @@ fn query_error(e: datafusion::error::DataFusionError, bucket: Option<&str>) -> S
             } =>
         {
             from_the_bucket(url)
+        }
+        (E::ParquetError(cause), _)
+            if {
+                let text = cause.to_string();
+                text.contains("Object Store error") && text.contains(" not found: ")
+            } =>
+        {
+            StoreError::MissingSegment(e.to_string())
         }
         (E::ObjectStore(_) | E::IoError(_) | E::ParquetError(_) | E::Internal(_), _) => {
             StoreError::Internal(e.to_string())

@@ -46,16 +46,19 @@ pub struct ObjectStorage {
     pub region: Option<String>,
     /// Allow a plain `http://` endpoint (a service on the same host or a private network).
     pub allow_http: bool,
+    /// Only read the prefix another store owns, reading its manifest copy again this often
+    /// (decision 0079); `None`: this store owns the prefix.
+    pub read_only: Option<std::time::Duration>,
 }
 
 /// The marker object a store writes under its prefix, naming the store that owns it.
-const MARKER: &str = "fabrik-store.json";
+pub(crate) const MARKER: &str = "fabrik-store.json";
 /// The local record of where this data directory's segments are.
-const LOCAL_RECORD: &str = "objects.json";
+pub(crate) const LOCAL_RECORD: &str = "objects.json";
 /// The copy of a store's manifest under the prefix, replaced after every local save. Named by
 /// the store's id, so a node whose prefix a restore took over cannot overwrite the copy of the
 /// store that took it (it may still be mid-persist when it happens).
-fn manifest_copy(root: &Root, store_id: &str) -> ObjectPath {
+pub(crate) fn manifest_copy(root: &Root, store_id: &str) -> ObjectPath {
     root.join(&format!("manifest-{store_id}.json"))
 }
 /// How far a restored store's segment ids start past the highest in the bucket: a node that
@@ -65,11 +68,11 @@ const RESTORE_FILE_ID_GAP: u64 = 1 << 20;
 
 /// The marker's and the local record's content.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Claim {
+pub(crate) struct Claim {
     /// The `[store.objects] url` the segments were written under.
     url: String,
     /// Random, made when the store first claimed the prefix.
-    store_id: String,
+    pub(crate) store_id: String,
     /// In the local record: false from the moment it is written until the marker is known to
     /// name it (omitted when true, and in the marker).
     #[serde(default = "confirmed", skip_serializing_if = "is_confirmed")]
@@ -221,7 +224,7 @@ fn exactly(
     .boxed()
 }
 
-fn objects_error(url: &str, reason: impl std::fmt::Display) -> StoreError {
+pub(crate) fn objects_error(url: &str, reason: impl std::fmt::Display) -> StoreError {
     StoreError::ObjectStorage {
         url: url.to_owned(),
         reason: reason.to_string(),
@@ -232,7 +235,7 @@ fn has_segments(manifest: &Manifest) -> bool {
     manifest.tables.values().any(|t| !t.segments.is_empty())
 }
 
-fn read_local_claim(dir: &Path) -> Result<Option<Claim>, StoreError> {
+pub(crate) fn read_local_claim(dir: &Path) -> Result<Option<Claim>, StoreError> {
     let path = dir.join(LOCAL_RECORD);
     match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
@@ -286,10 +289,10 @@ fn split_url(url: &str) -> Result<(String, String), StoreError> {
 
 /// Where a prefix's objects are named from: `prefix/name`, or `name` at the bucket's root.
 #[derive(Debug, Clone)]
-struct Root(String);
+pub(crate) struct Root(String);
 
 impl Root {
-    fn join(&self, name: &str) -> ObjectPath {
+    pub(crate) fn join(&self, name: &str) -> ObjectPath {
         if self.0.is_empty() {
             ObjectPath::from(name)
         } else {
@@ -299,7 +302,7 @@ impl Root {
 }
 
 /// A client for the bucket `storage` names, and its prefix.
-fn connect(storage: &ObjectStorage) -> Result<(Arc<dyn ObjectStore>, Root), StoreError> {
+pub(crate) fn connect(storage: &ObjectStorage) -> Result<(Arc<dyn ObjectStore>, Root), StoreError> {
     let url = storage.url.trim();
     let (bucket_url, prefix) = split_url(url)?;
     // Bounded retries: a start waits at most about half a minute for an unreachable service,
@@ -486,23 +489,15 @@ pub(crate) async fn open(
             (Sweep::Report, claim.store_id)
         }
     };
-    let claim = Arc::new(BucketClaim {
-        url: url.to_owned(),
-        manifest_copy: manifest_copy(&root, &store_id),
-        blobs: root.join("blobs/sha256"),
-        store_id,
-        marker: marker_path,
-        bucket: bucket.clone(),
-        // Unknown until the first upload; a start that could not reach the bucket has none.
-        copy_current: AtomicBool::new(false),
-    });
-    Ok((
-        Arc::new(object_store::prefix::PrefixStore::new(
-            bucket,
-            root.join("segments"),
-        )),
-        sweep,
-        Some(claim),
+    let claim = Arc::new(BucketClaim::new(url, store_id, &root, bucket.clone()));
+    Ok((segments_under(bucket, &root), sweep, Some(claim)))
+}
+
+/// The segments under a prefix, as the store reads and writes them.
+pub(crate) fn segments_under(bucket: Arc<dyn ObjectStore>, root: &Root) -> Objects {
+    Arc::new(object_store::prefix::PrefixStore::new(
+        bucket,
+        root.join("segments"),
     ))
 }
 
@@ -523,6 +518,25 @@ pub(crate) struct BucketClaim {
 }
 
 impl BucketClaim {
+    /// Store `store_id`'s hold on the prefix at `root`.
+    pub(crate) fn new(
+        url: &str,
+        store_id: String,
+        root: &Root,
+        bucket: Arc<dyn ObjectStore>,
+    ) -> Self {
+        Self {
+            url: url.to_owned(),
+            manifest_copy: manifest_copy(root, &store_id),
+            blobs: root.join("blobs/sha256"),
+            store_id,
+            marker: root.join(MARKER),
+            bucket,
+            // Unknown until the first upload; a start that could not reach the bucket has none.
+            copy_current: AtomicBool::new(false),
+        }
+    }
+
     /// An error of this store's bucket.
     pub(crate) fn error(&self, reason: impl std::fmt::Display) -> StoreError {
         objects_error(&self.url, reason)
@@ -1138,7 +1152,7 @@ async fn rebuild(
 
 /// The JSON object at `path` (`what` names its kind in errors) with its metadata, or `None`
 /// if there is none.
-async fn get_json<T: serde::de::DeserializeOwned>(
+pub(crate) async fn get_json<T: serde::de::DeserializeOwned>(
     bucket: &dyn ObjectStore,
     path: &ObjectPath,
     url: &str,
@@ -1212,14 +1226,14 @@ fn segment_file_id(path: &str) -> Option<u64> {
 }
 
 /// What the marker read found.
-enum Marker {
+pub(crate) enum Marker {
     Found(Claim),
     Absent,
     /// The service did not answer (or failed): the reason.
     Unreachable(String),
 }
 
-async fn read_marker(
+pub(crate) async fn read_marker(
     bucket: &Arc<dyn ObjectStore>,
     path: &ObjectPath,
     url: &str,
@@ -1452,6 +1466,7 @@ mod tests {
             endpoint: Some("http://127.0.0.1:9".into()),
             region: None,
             allow_http: true,
+            read_only: None,
         };
         let Err(err) = open(dir.path(), Some(&other), &manifest).await else {
             panic!("opened at another prefix");

@@ -253,6 +253,17 @@ impl Catalog {
         }
     }
 
+    /// Replaces every table with `tables`, all queryable: a read-only store's catalog is the
+    /// owner's manifest's, as last read (decision 0079).
+    pub fn replace(&self, tables: impl IntoIterator<Item = (String, u32, Vec<Column>)>) {
+        let fresh = Self::from_tables(tables);
+        // In `queryable`'s order (that set first), so the two cannot wait on each other.
+        let mut queryable = self.queryable.write();
+        let mut current = self.tables.write();
+        *current = fresh.tables.into_inner();
+        *queryable = fresh.queryable.into_inner();
+    }
+
     /// Makes `table` visible to queries: call after its rows were applied.
     pub fn mark_queryable(&self, table: &Arc<str>) {
         if self.queryable.read().contains(table) {

@@ -139,6 +139,42 @@ impl Module {
     }
 }
 
+/// The modules a node whose store only reads a prefix another store writes can run
+/// (`[store.objects] read_only`, decision 0079): every other one writes rows.
+const READ_ONLY_MODULES: [Module; 4] = [
+    Module::Store,
+    Module::Registry,
+    Module::Releases,
+    Module::Http,
+];
+
+/// [`resolve`], for a node whose store may be read-only: there, no `--target` means the
+/// HTTP API (with what it needs), and a target that writes rows is refused by name.
+pub(crate) fn resolve_for(targets: &[String], read_only: bool) -> Result<Vec<Module>, String> {
+    if !read_only {
+        return resolve(targets);
+    }
+    let named = targets.iter().any(|t| !t.trim().is_empty());
+    if !named {
+        return resolve(&[Module::Http.name().to_owned()]);
+    }
+    let modules = resolve(targets)?;
+    let writers: Vec<&str> = modules
+        .iter()
+        .filter(|m| !READ_ONLY_MODULES.contains(m))
+        .map(|m| m.name())
+        .collect();
+    if !writers.is_empty() {
+        return Err(format!(
+            "store.objects.read_only is set, so this node only answers queries, but --target \
+             asks for modules that write rows: {}; run them on the node whose store owns the \
+             prefix (here: --target http)",
+            writers.join(", ")
+        ));
+    }
+    Ok(modules)
+}
+
 /// Resolves a `--target` list (`all` or module names) into modules in start order
 /// (dependencies first).
 pub(crate) fn resolve(targets: &[String]) -> Result<Vec<Module>, String> {
@@ -191,6 +227,28 @@ pub(crate) fn resolve(targets: &[String]) -> Result<Vec<Module>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_only_node_runs_the_api_and_refuses_modules_that_write() {
+        let names =
+            |modules: Vec<Module>| -> Vec<&str> { modules.into_iter().map(Module::name).collect() };
+        let default = resolve_for(&[], true).expect("resolves");
+        assert_eq!(names(default), ["store", "registry", "http"]);
+        let asked = resolve_for(&["http".into(), "releases".into()], true).expect("resolves");
+        assert_eq!(names(asked), ["store", "registry", "releases", "http"]);
+        let e = resolve_for(&["all".into()], true).unwrap_err();
+        assert!(
+            e.contains("ingest, mqtt") && e.contains("--target http"),
+            "{e}"
+        );
+        let e = resolve_for(&["pipelines".into()], true).unwrap_err();
+        assert!(e.contains(": pipelines;"), "{e}");
+        // A node that owns its store runs everything by default.
+        assert_eq!(
+            resolve_for(&[], false).expect("resolves").len(),
+            Module::ALL.len()
+        );
+    }
 
     #[test]
     fn every_module_is_listed_after_the_modules_it_needs() {

@@ -77,7 +77,11 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let modules = match modules::resolve(&args.target) {
+    let read_only = settings
+        .objects
+        .as_ref()
+        .is_some_and(|o| o.read_only.is_some());
+    let modules = match modules::resolve_for(&args.target, read_only) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("fabrik: {e}");
@@ -284,6 +288,7 @@ pub(crate) fn store_options(s: &Settings) -> StoreOptions {
                 endpoint: o.endpoint.clone(),
                 region: o.region.clone(),
                 allow_http: o.allow_http,
+                read_only: o.read_only,
             }),
         local_blob_limit: s.objects.as_ref().and_then(|o| o.local_blob_limit),
         segment_cache: s.objects.as_ref().and_then(|o| o.segment_cache),
@@ -530,7 +535,17 @@ async fn start_store(
 ) -> Result<ServiceHandle, String> {
     let mut options = store_options(settings);
     options.wal_hold = wal_hold;
+    let read_only = options
+        .objects
+        .as_ref()
+        .and_then(|o| Some((o.url.clone(), o.read_only?)));
     let store = Store::open(options).await.map_err(|e| e.to_string())?;
+    if let Some((url, every)) = read_only {
+        wiring.banner.push(format!(
+            "  Store:     read-only query node over {url}: what its owning store persisted, \
+             read again every {every:?}"
+        ));
+    }
     if wal_hold.is_some() {
         // Before any other module writes: a first start's uplink sends from here.
         crate::uplink::prepare_cursor(&settings.data_dir, &store)?;

@@ -48,6 +48,13 @@ pub(crate) async fn run(args: StoreArgs) -> anyhow::Result<()> {
                      object storage can be restored (set FABRIK__STORE__OBJECTS__URL)"
                 );
             };
+            if storage.read_only.is_some() {
+                anyhow::bail!(
+                    "{origin} sets [store.objects] read_only: a read-only node reads the \
+                     prefix another store owns and has nothing to restore; restore with the \
+                     configuration of the node that wrote it"
+                );
+            }
             let restored = fabrik_store::objects::restore(&options.data_dir, &storage).await?;
             println!(
                 "Restored store {} from {} into {}; this data directory is now store {}, \

@@ -38,40 +38,8 @@ fn of_kind<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
-#[test]
-fn the_hub_manifest_runs_the_configuration_it_ships() {
-    let docs = manifest("fabrik-hub.yaml");
-    let config = of_kind(&docs, "ConfigMap", "fabrik-config")["data"]["fabrik.toml"]
-        .as_str()
-        .expect("fabrik.toml");
-    let set = of_kind(&docs, "StatefulSet", "fabrik-hub");
-    let pod = &set["spec"]["template"]["spec"];
-    let container = &pod["containers"][0];
-
-    // The container's command reads the ConfigMap where it is mounted.
-    let args: Vec<&str> = container["args"]
-        .as_array()
-        .expect("args")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    assert_eq!(args, ["run", "--config", "/etc/fabrik/fabrik.toml"]);
-    let mounts: BTreeMap<&str, &str> = container["volumeMounts"]
-        .as_array()
-        .expect("mounts")
-        .iter()
-        .filter_map(|m| Some((m["name"].as_str()?, m["mountPath"].as_str()?)))
-        .collect();
-    assert_eq!(mounts["config"], "/etc/fabrik");
-    let config_volume = pod["volumes"]
-        .as_array()
-        .expect("volumes")
-        .iter()
-        .find(|v| v["name"] == "config")
-        .expect("config volume");
-    assert_eq!(config_volume["configMap"]["name"], "fabrik-config");
-
-    // `fabrik config check` with the container's environment (secrets stand in).
+/// `fabrik config check` of `config` with `container`'s environment (secrets stand in).
+fn config_check(config: &str, container: &Value) {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("fabrik.toml");
     std::fs::write(&file, config).expect("config");
@@ -94,6 +62,48 @@ fn the_hub_manifest_runs_the_configuration_it_ships() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A container's arguments and its mounts (volume name → path).
+fn args_and_mounts(container: &Value) -> (Vec<&str>, BTreeMap<&str, &str>) {
+    let args = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let mounts = container["volumeMounts"]
+        .as_array()
+        .expect("mounts")
+        .iter()
+        .filter_map(|m| Some((m["name"].as_str()?, m["mountPath"].as_str()?)))
+        .collect();
+    (args, mounts)
+}
+
+#[test]
+fn the_hub_manifest_runs_the_configuration_it_ships() {
+    let docs = manifest("fabrik-hub.yaml");
+    let config = of_kind(&docs, "ConfigMap", "fabrik-config")["data"]["fabrik.toml"]
+        .as_str()
+        .expect("fabrik.toml");
+    let set = of_kind(&docs, "StatefulSet", "fabrik-hub");
+    let pod = &set["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+
+    // The container's command reads the ConfigMap where it is mounted.
+    let (args, mounts) = args_and_mounts(container);
+    assert_eq!(args, ["run", "--config", "/etc/fabrik/fabrik.toml"]);
+    assert_eq!(mounts["config"], "/etc/fabrik");
+    let config_volume = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "config")
+        .expect("config volume");
+    assert_eq!(config_volume["configMap"]["name"], "fabrik-config");
+
+    config_check(config, container);
 
     // The data directory the configuration names is the volume; the ports it listens on are
     // the container's; the readiness probe asks a route the API serves without a token.
@@ -156,4 +166,70 @@ fn the_hub_manifest_runs_the_configuration_it_ships() {
     let args = of_kind(&nats, "StatefulSet", "fabrik-nats")["spec"]["template"]["spec"]["containers"][0]["args"]
         .to_string();
     assert!(args.contains("\"-js\""), "JetStream is off: {args}");
+}
+
+/// Query nodes read the prefix the hub's store would write (its commented `[store.objects]`),
+/// run the API only, and keep their data directory (caches) on a volume of the pod's own.
+#[test]
+fn the_query_manifest_reads_the_prefix_the_hub_writes() {
+    let docs = manifest("fabrik-query.yaml");
+    let config = of_kind(&docs, "ConfigMap", "fabrik-query-config")["data"]["fabrik.toml"]
+        .as_str()
+        .expect("fabrik.toml");
+    let deployment = of_kind(&docs, "Deployment", "fabrik-query");
+    assert!(deployment["spec"]["replicas"].as_u64() >= Some(2));
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let (args, mounts) = args_and_mounts(container);
+    assert_eq!(
+        args,
+        [
+            "run",
+            "--config",
+            "/etc/fabrik/fabrik.toml",
+            "--target",
+            "http"
+        ]
+    );
+    assert_eq!(mounts["config"], "/etc/fabrik");
+    config_check(config, container);
+
+    let parsed: toml::Value = toml::from_str(config).expect("toml");
+    let objects = &parsed["store"]["objects"];
+    assert_eq!(objects["read_only"].as_bool(), Some(true));
+    let hub = manifest("fabrik-hub.yaml");
+    let hub_config = of_kind(&hub, "ConfigMap", "fabrik-config")["data"]["fabrik.toml"]
+        .as_str()
+        .expect("fabrik.toml");
+    for key in ["url", "endpoint"] {
+        let value = objects[key].as_str().expect(key);
+        assert!(
+            hub_config.contains(&format!("# {key} = \"{value}\"")),
+            "the hub's [store.objects] {key} is not {value}"
+        );
+    }
+    assert_eq!(
+        mounts["data"],
+        parsed["store"]["data_dir"].as_str().expect("data_dir")
+    );
+    let data = pod["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == "data")
+        .expect("data volume");
+    assert!(data["emptyDir"].is_object(), "{data}");
+    let listen = parsed["http"]["listen"].as_str().expect("listen");
+    assert_eq!(
+        listen.strip_prefix("0.0.0.0:").and_then(|p| p.parse().ok()),
+        container["ports"][0]["containerPort"].as_u64()
+    );
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/ready");
+    assert_eq!(pod["securityContext"]["runAsUser"], 10001);
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    let service = of_kind(&docs, "Service", "fabrik-query");
+    assert_eq!(
+        service["spec"]["selector"],
+        deployment["spec"]["template"]["metadata"]["labels"]
+    );
 }

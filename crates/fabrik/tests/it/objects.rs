@@ -1063,3 +1063,187 @@ fn a_blob_the_bucket_holds_other_bytes_for_stays_on_the_disk_until_copied_again(
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+/// The whole listing of `prefix` in bucket `plant` as S3 answers it (keys, ETags, sizes and
+/// times): equal before and after means nothing was written there.
+fn listing(endpoint: &str, prefix: &str) -> String {
+    let (status, xml) = s3(
+        reqwest::Method::GET,
+        &format!("{endpoint}/plant?list-type=2&prefix={prefix}"),
+        "",
+    );
+    assert_eq!(status, 200, "{xml}");
+    xml
+}
+
+/// Waits until `done` holds, for at most `limit`.
+fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Query nodes (decision 0079): `[store.objects] read_only` nodes answer SQL over the prefix
+/// another node's store writes, see what it persists within their refresh interval, take no
+/// writes, write nothing to the bucket, keep answering while the writer is down, and a query
+/// that meets a segment the writer compacted away reads the manifest again instead of failing.
+#[test]
+fn query_nodes_read_the_prefix_another_store_writes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (_s3, endpoint) = s3_with_plant_bucket();
+    let mut env = objects_env(&endpoint, "s3://plant/line-6");
+    let mut reader_env = env.clone();
+    reader_env.push(("FABRIK__STORE__OBJECTS__READ_ONLY", "true".into()));
+    reader_env.push(("FABRIK__STORE__OBJECTS__REFRESH_INTERVAL", "1s".into()));
+    let reader_env: Vec<(&str, &str)> = reader_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let start_reader = |name: &str, extra: &[(&'static str, &'static str)]| {
+        let mut env = reader_env.clone();
+        env.extend_from_slice(extra);
+        Process::start_with_args(&dir.path().join(name), &["--target", "http"], &env)
+    };
+
+    // No store owns the prefix yet: nothing to read.
+    let owned: Vec<(&'static str, String)> = reader_env
+        .iter()
+        .map(|(k, v)| (*k, (*v).to_owned()))
+        .collect();
+    let out = start_refused(&dir.path().join("early"), &owned);
+    assert!(
+        out.contains("no store owns the prefix") && out.contains("s3://plant/line-6"),
+        "{out}"
+    );
+
+    // The writer merges and deletes on its own, every few seconds (after the minute's grace).
+    env.push(("FABRIK__STORE__COMPACTION_INTERVAL", "3s".into()));
+    let writer_data = dir.path().join("writer");
+    let writer = start(&writer_data, &env);
+    assert_eq!(
+        post_status(&writer.url, "/api/v1/write", &body(0, 1000)),
+        200
+    );
+    admin(&writer.url, "persist");
+
+    let reader = start_reader("reader", &[]);
+    let banner = reader.drain_log().join("\n");
+    assert!(
+        banner.contains("read-only query node over s3://plant/line-6"),
+        "{banner}"
+    );
+    assert_eq!(count(&reader.url), 1000);
+    // Acknowledged by the writer but not persisted: not in the bucket, so not here yet.
+    assert_eq!(
+        post_status(&writer.url, "/api/v1/write", &body(1000, 500)),
+        200
+    );
+    assert_eq!(count(&reader.url), 1000);
+    admin(&writer.url, "persist");
+    wait_until(Duration::from_secs(30), "the reader sees 1500 rows", || {
+        count(&reader.url) == 1500
+    });
+    // A reader that reads its manifest only at the start; the writer has two segments of `m`
+    // in one partition now, which its next compaction merges.
+    let slow = start_reader(
+        "slow-reader",
+        &[("FABRIK__STORE__OBJECTS__REFRESH_INTERVAL", "1h")],
+    );
+    let replaced: Vec<String> = keys(&endpoint, "plant", "line-6/segments/")
+        .into_iter()
+        .filter(|k| k.ends_with(".parquet"))
+        .collect();
+    assert_eq!(replaced.len(), 2, "{replaced:?}");
+
+    // A table and a column the writer made later appear once persisted.
+    assert_eq!(
+        post_status(&writer.url, "/api/v1/write", "pump,device=p1 rpm=1450 7\n"),
+        200
+    );
+    admin(&writer.url, "persist");
+    wait_until(
+        Duration::from_secs(30),
+        "the reader sees table pump",
+        || {
+            let (status, rows) = http(
+                &reader.url,
+                reqwest::Method::POST,
+                "/api/v1/query",
+                Some(serde_json::json!({"sql": "SELECT rpm FROM pump"})),
+            );
+            status == 200 && rows.to_string().contains("1450")
+        },
+    );
+
+    // Writes are refused for good (403), naming the owner, and leave nothing behind; so are
+    // a persist and a blob.
+    let (status, text) = http(
+        &reader.url,
+        reqwest::Method::POST,
+        "/api/v1/samples",
+        Some(serde_json::json!({"samples": [{"measurement": "m", "fields": {"v": 1.0}}]})),
+    );
+    assert_eq!(status, 403, "{text}");
+    let text = text.to_string();
+    assert!(
+        text.contains("only reads object storage s3://plant/line-6")
+            && text.contains("owns the prefix"),
+        "{text}"
+    );
+    assert_eq!(
+        post_status(&reader.url, "/api/v1/write", &body(5000, 1)),
+        403
+    );
+    let (status, text) = http(
+        &reader.url,
+        reqwest::Method::POST,
+        "/api/v1/admin/persist",
+        None,
+    );
+    assert_eq!(status, 403, "{text}");
+    let (status, answer) = crate::clips::post_blob(
+        &reader.url,
+        "table=photos&device=p1&signal=camera",
+        "application/octet-stream",
+        b"a frame".to_vec(),
+    );
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        files_in(&dir.path().join("reader").join("blobs")).is_empty(),
+        "a refused blob was kept"
+    );
+    assert_eq!(count(&reader.url), 1500);
+
+    // The writer's compaction merged the two segments; once its grace passed it deleted them.
+    wait_until(
+        Duration::from_secs(150),
+        "the replaced segments deleted",
+        || {
+            let now = keys(&endpoint, "plant", "line-6/segments/");
+            replaced.iter().all(|k| !now.contains(k))
+        },
+    );
+    // The slow reader's manifest still names them: its query reads the manifest again.
+    assert_eq!(count(&slow.url), 1500);
+    assert!(
+        crate::support::metric(&slow.url, "fabrik_store_reader_query_retries_total")
+            .is_some_and(|n| n >= 1.0),
+        "the query did not go through the retry"
+    );
+
+    // With the writer gone, the readers still answer from the bucket, and write nothing
+    // there while they refresh.
+    writer.kill9();
+    let before = listing(&endpoint, "line-6/");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(count(&reader.url), 1500);
+    assert_eq!(count(&slow.url), 1500);
+    assert_eq!(listing(&endpoint, "line-6/"), before);
+    assert_eq!(manifest_copies(&endpoint, "line-6/").len(), 1);
+
+    // A reader's data directory holds only caches: a writer's is refused.
+    let out = start_refused(&writer_data, &owned);
+    assert!(
+        out.contains("holds a store") && out.contains("of its own"),
+        "{out}"
+    );
+}
