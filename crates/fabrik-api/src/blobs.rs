@@ -104,7 +104,7 @@ fn name_check(what: &str, value: &str) -> Result<(), ApiError> {
         description = "the file as it is; `Content-Type` is kept with it (`audio/wav` clips are checked and their header recorded)"),
     responses((status = 201, description = "stored and durable; the row naming it is queryable", body = BlobOut),
               (status = 400, description = "a WAV clip Fabrik cannot read, or a bad table, device or signal; no row stored", body = crate::error::ErrorBody),
-              (status = 403, description = "a read-only query node (store.objects.read_only, decision 0079): writes go to the node that owns the bucket prefix", body = crate::error::ErrorBody),
+              (status = 403, description = "the signed-in user's role is too low, or this is a read-only query node (store.objects.read_only, decision 0079): writes go to the node that owns the bucket prefix", body = crate::error::ErrorBody),
               (status = 413, description = "larger than http.max_body_size", body = crate::error::ErrorBody)))]
 pub(crate) async fn put_blob(
     State(state): State<ApiState>,
@@ -157,7 +157,7 @@ pub(crate) async fn put_blob(
     };
     let points = row.points();
     // Before the blob reaches the disk: a read-only node would keep it with no row naming it.
-    state.store.check_writable().await?;
+    state.store.check_writable()?;
     let blobs = state.store.blobs().clone();
     let stored = bytes.to_vec();
     let media = content_type.clone();

@@ -44,13 +44,16 @@ pub struct Erasure {
     params(("name" = String, Path, description = "a user name, or a name given with an acknowledgement")),
     responses((status = 200, description = "their names erased: the audit log's chain still verifies, and an erasure entry in it names the admin who asked, not the person (admin)", body = Erasure),
               (status = 400, description = "a name that cannot be erased, or the admin's own", body = crate::error::ErrorBody),
-              (status = 403, description = "not an admin", body = crate::error::ErrorBody)))]
+              (status = 403, description = "not an admin, or a read-only query node (decision 0079): erase on the node that owns the store", body = crate::error::ErrorBody)))]
 pub(crate) async fn erase(
     crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
     State(state): State<ApiState>,
     Extension(identity): Extension<Identity>,
     Path(name): Path<String>,
 ) -> Result<Json<Erasure>, ApiError> {
+    // A read-only query node (decision 0079) holds copies of the owner's rows it cannot
+    // rewrite: refused before anything is erased, not halfway.
+    state.store.check_writable()?;
     // Done to completion once begun: a client hanging up must not leave half of it.
     crate::audit::to_completion(erase_everywhere(state, identity, name)).await?
 }

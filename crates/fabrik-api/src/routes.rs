@@ -557,7 +557,7 @@ async fn write_body(
     responses((status = 200, description = "every line stored and durable", body = WriteResponse),
               (status = 400, description = "a line is malformed (line, column and reason named) or a field type conflicts; nothing stored", body = crate::error::ErrorBody),
               (status = 401, body = crate::error::ErrorBody),
-              (status = 403, description = "a read-only query node (store.objects.read_only, decision 0079): writes go to the node that owns the bucket prefix", body = crate::error::ErrorBody),
+              (status = 403, description = "the signed-in user's role is too low, or this is a read-only query node (store.objects.read_only, decision 0079): writes go to the node that owns the bucket prefix", body = crate::error::ErrorBody),
               (status = 413, description = "body over http.max_body_size", body = crate::error::ErrorBody),
               (status = 507, description = "disk full; nothing stored", body = crate::error::ErrorBody)))]
 pub(crate) async fn write_v1(
@@ -586,7 +586,7 @@ pub struct InfluxV1Params {
 #[utoipa::path(post, path = "/write", tag = "write", security(("token" = [])), params(InfluxV1Params),
     request_body(content = String, content_type = "text/plain"),
     responses((status = 204, description = "stored"), (status = 400, body = crate::error::ErrorBody),
-              (status = 403, description = "a read-only query node (store.objects.read_only, decision 0079): writes go to the node that owns the bucket prefix", body = crate::error::ErrorBody)))]
+              (status = 403, description = "the signed-in user's role is too low, or this is a read-only query node (store.objects.read_only, decision 0079): writes go to the node that owns the bucket prefix", body = crate::error::ErrorBody)))]
 pub(crate) async fn write_influx_v1(
     State(state): State<ApiState>,
     Query(params): Query<InfluxV1Params>,
@@ -612,7 +612,7 @@ pub struct InfluxV2Params {
 #[utoipa::path(post, path = "/api/v2/write", tag = "write", security(("token" = [])), params(InfluxV2Params),
     request_body(content = String, content_type = "text/plain"),
     responses((status = 204, description = "stored"), (status = 400, body = crate::error::ErrorBody),
-              (status = 403, description = "a read-only query node (store.objects.read_only, decision 0079): writes go to the node that owns the bucket prefix", body = crate::error::ErrorBody)))]
+              (status = 403, description = "the signed-in user's role is too low, or this is a read-only query node (store.objects.read_only, decision 0079): writes go to the node that owns the bucket prefix", body = crate::error::ErrorBody)))]
 pub(crate) async fn write_influx_v2(
     State(state): State<ApiState>,
     Query(params): Query<InfluxV2Params>,
@@ -691,7 +691,7 @@ fn to_point(i: usize, s: SampleIn, now: i64) -> Result<Point, ApiError> {
 #[utoipa::path(post, path = "/api/v1/samples", tag = "write", security(("token" = [])),
     request_body(content = SamplesIn, description = "may be gzip-compressed"),
     responses((status = 200, body = WriteResponse), (status = 400, body = crate::error::ErrorBody),
-              (status = 403, description = "a read-only query node (store.objects.read_only, decision 0079): writes go to the node that owns the bucket prefix", body = crate::error::ErrorBody)))]
+              (status = 403, description = "the signed-in user's role is too low, or this is a read-only query node (store.objects.read_only, decision 0079): writes go to the node that owns the bucket prefix", body = crate::error::ErrorBody)))]
 pub(crate) async fn write_samples(
     crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
     State(state): State<ApiState>,
@@ -908,7 +908,7 @@ pub(crate) async fn tables(
 
 #[utoipa::path(post, path = "/api/v1/admin/persist", tag = "operations", security(("token" = [])),
     responses((status = 204, description = "the buffer is in Parquet segments"),
-        (status = 403, description = "a read-only query node (store.objects.read_only, decision 0079) persists and compacts nothing", body = crate::error::ErrorBody),
+        (status = 403, description = "the signed-in user's role is too low, or this is a read-only query node (store.objects.read_only, decision 0079), which persists and compacts nothing", body = crate::error::ErrorBody),
         (status = 503, description = "the object storage bucket did not answer, or the prefix now belongs to a store restored elsewhere (decision 0061)", body = crate::error::ErrorBody)))]
 pub(crate) async fn persist(
     crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
@@ -920,7 +920,7 @@ pub(crate) async fn persist(
 
 #[utoipa::path(post, path = "/api/v1/admin/compact", tag = "operations", security(("token" = [])),
     responses((status = 204, description = "segments merged and retention applied"),
-        (status = 403, description = "a read-only query node (store.objects.read_only, decision 0079) persists and compacts nothing", body = crate::error::ErrorBody),
+        (status = 403, description = "the signed-in user's role is too low, or this is a read-only query node (store.objects.read_only, decision 0079), which persists and compacts nothing", body = crate::error::ErrorBody),
         (status = 503, description = "the object storage bucket did not answer, or the prefix now belongs to a store restored elsewhere (decision 0061)", body = crate::error::ErrorBody)))]
 pub(crate) async fn compact(
     crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,

@@ -2082,6 +2082,15 @@ impl Config {
         let objects = self.store.objects.validate(&mut problem);
         let traces = self.traces.validate(&mut problem);
         let registry_database_url = self.registry.validate(&mut problem);
+        if registry_database_url.is_some() && self.store.objects.read_only {
+            problem(
+                "registry.database_url",
+                "is set on a read-only query node (store.objects.read_only): a registry \
+                 database is written by one Fabrik process (its audit chain is numbered under \
+                 that process's lock), the owner's; a query node keeps its own in data_dir"
+                    .into(),
+            );
+        }
         if self.attestation.required && self.mqtt.allow_anonymous {
             problem(
                 "attestation.required",
@@ -2993,7 +3002,7 @@ mod tests {
             "FABRIK__REGISTRY__DATABASE_URL".to_owned(),
             "postgres://fabrik:pw@db:5432/fabrik".to_owned(),
         )];
-        let config = Config::from_toml("t", "", env).expect("parses");
+        let config = Config::from_toml("t", "", env.clone()).expect("parses");
         assert_eq!(
             config
                 .validate("t")
@@ -3001,6 +3010,17 @@ mod tests {
                 .registry_database_url
                 .as_deref(),
             Some("postgres://fabrik:pw@db:5432/fabrik")
+        );
+        // Not on a query node: the owner writes it.
+        let reader = "[store.objects]\nurl = \"s3://plant/hub\"\nread_only = true\n";
+        let e = Config::from_toml("t", reader, env)
+            .expect("parses")
+            .validate("t")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("registry.database_url") && e.contains("read-only"),
+            "{e}"
         );
         for wrong in [
             "mysql://root:hunter2@db/fabrik",

@@ -609,9 +609,18 @@ impl Store {
         storage: &objects::ObjectStorage,
         every: Duration,
     ) -> Result<Arc<Store>, StoreError> {
+        let mut options = options;
+        // Retention is the owner's to apply (its compaction drops expired rows, and the
+        // refresh brings that here): this node's own settings could only disagree with it,
+        // hiding rows the owner still serves or showing ones it already dropped.
+        options.retention = None;
+        options.table_retention.clear();
         let dir = options.data_dir.clone();
         let lock = prepare_data_dir(&dir)?;
         let opened = reader::open(&dir, storage, every).await?;
+        if options.local_blob_limit.is_none() {
+            tracing::warn!(data_dir = %dir.display(), "This read-only node keeps every blob it reads whole on its disk: set store.objects.local_blob_limit to bound them.");
+        }
         let catalog = Catalog::default();
         catalog.replace(manifest_tables(&opened.manifest));
         let objects = with_segment_cache(opened.objects, &options, &opened.manifest).await?;
@@ -658,14 +667,15 @@ impl Store {
         self.reader.is_some()
     }
 
-    /// Fails on a read-only store, naming where writes go instead: the callers that store a
-    /// blob before the rows naming it ask first, so a refused write leaves nothing behind.
-    pub async fn check_writable(&self) -> Result<(), StoreError> {
+    /// Fails on a read-only store, naming where writes go instead. Every write asks before
+    /// it parses (a parse teaches the catalog the request's columns), and so do the callers
+    /// that store a blob before the rows naming it: a refused write leaves nothing behind.
+    pub fn check_writable(&self) -> Result<(), StoreError> {
         match &self.reader {
             None => Ok(()),
             Some(reader) => Err(StoreError::ReadOnly {
                 url: reader.url().to_owned(),
-                owner: reader.owner().await,
+                owner: reader.owner(),
             }),
         }
     }
@@ -1008,6 +1018,7 @@ impl Store {
         precision: Precision,
         source: SourceId,
     ) -> Result<WriteReport, StoreError> {
+        self.check_writable()?;
         let raw_id = self.ids.next();
         let lineage = Lineage {
             source,
@@ -1036,6 +1047,7 @@ impl Store {
         lineage: Lineage,
         location: &str,
     ) -> Result<WriteReport, StoreError> {
+        self.check_writable()?;
         let raw_id = lineage.raw_id;
         let mut builder = BatchBuilder::new(Timestamp::now().nanos(), lineage);
         for (i, point) in points.iter().enumerate() {
@@ -1077,6 +1089,7 @@ impl Store {
         groups: &[(Lineage, Vec<Point>)],
         location: &str,
     ) -> Result<WriteReport, StoreError> {
+        self.check_writable()?;
         let Some((first, _)) = groups.first() else {
             return Err(StoreError::InvalidPoint {
                 location: location.to_owned(),
@@ -1149,6 +1162,7 @@ impl Store {
         batches: Vec<(String, RecordBatch)>,
         location: &str,
     ) -> Result<WriteReport, StoreError> {
+        self.check_writable()?;
         let mut chunks = Vec::new();
         let mut points = 0;
         for (i, (table, batch)) in batches.into_iter().enumerate() {
@@ -1184,7 +1198,6 @@ impl Store {
 
     async fn commit(&self, chunks: Vec<WriteChunk>) -> Result<u64, StoreError> {
         use std::sync::atomic::Ordering::Relaxed;
-        self.check_writable().await?;
         let frozen = self.shared.frozen_bytes.load(Relaxed);
         let waiting = frozen + self.shared.buffer_bytes.load(Relaxed);
         if frozen > 0 && waiting > self.shared.backlog_limit() {
@@ -1350,7 +1363,7 @@ impl Store {
 
     /// Writes everything buffered to Parquet segments and drops the WAL it covered.
     pub async fn persist(&self) -> Result<(), StoreError> {
-        self.check_writable().await?;
+        self.check_writable()?;
         let _maintenance = self.maintenance.lock().await;
         let buffered = !self.shared.buffer.lock().is_empty();
         if buffered {
@@ -1507,7 +1520,7 @@ impl Store {
     /// Merges partitions holding several segments into one, drops data past retention, and
     /// deletes replaced segments once no running query can still be reading them.
     pub async fn compact(&self) -> Result<(), StoreError> {
-        self.check_writable().await?;
+        self.check_writable()?;
         let mut pending_deletes = self.maintenance.lock().await;
         if let Some(bucket) = &self.shared.bucket {
             // A store whose prefix a restore took over neither merges nor deletes there.
@@ -1658,7 +1671,7 @@ impl Store {
     /// expire with the rows that name them. The store is swept a sixteenth at a time, so only
     /// that share of the live ids is held at once.
     pub async fn sweep_blobs(&self) -> Result<SweepReport, StoreError> {
-        self.check_writable().await?;
+        self.check_writable()?;
         let mut report = SweepReport::default();
         let live_condition = self.live_listing_condition();
         let mut bucket = self.shared.bucket.as_ref();
@@ -1954,7 +1967,9 @@ fn query_error(e: datafusion::error::DataFusionError, bucket: Option<&str>) -> S
         (E::ParquetError(cause), _)
             if {
                 let text = cause.to_string();
-                text.contains("Object Store error") && text.contains(" not found: ")
+                text.contains("Object Store error")
+                    && text.contains(" not found: ")
+                    && !text.contains(segment_cache::CACHE_STORE)
             } =>
         {
             StoreError::MissingSegment(e.to_string())
@@ -2040,6 +2055,8 @@ mod tests {
     fn a_query_failing_on_the_bucket_is_the_buckets_fault_not_the_users() {
         use datafusion::error::DataFusionError as E;
         use datafusion::parquet::errors::ParquetError;
+        // A scan's error as DataFusion hands it over: wrapped, shared between partitions.
+        let chunk_of = |e: E| E::Shared(Arc::new(E::Context("scanning".into(), Box::new(e))));
         let footer = |text: &str| {
             E::Shared(Arc::new(E::ParquetError(Box::new(ParquetError::General(
                 format!("Failed to fetch metadata for file t1/p0/1.parquet: {text}"),
@@ -2052,13 +2069,24 @@ mod tests {
         assert!(e.to_string().contains("s3://plant/line-1"), "{e}");
         // On the local disk, or a segment missing from the bucket: the store's fault.
         assert_eq!(query_error(footer(outage), None).http_status(), 500);
+        // A read-only node retries these after reading the owner's manifest again.
         let missing = "Object Store error: Object at location t1/p0/1.parquet not found: 404";
-        assert_eq!(query_error(footer(missing), bucket).http_status(), 500);
-        let lost = E::ObjectStore(Box::new(object_store::Error::NotFound {
-            path: "t1/p0/1.parquet".into(),
-            source: "gone".into(),
-        }));
-        assert_eq!(query_error(lost, bucket).http_status(), 500);
+        let e = query_error(footer(missing), bucket);
+        assert!(matches!(e, StoreError::MissingSegment(_)), "{e:?}");
+        assert_eq!(e.http_status(), 500);
+        let lost = || {
+            E::ObjectStore(Box::new(object_store::Error::NotFound {
+                path: "t1/p0/1.parquet".into(),
+                source: "gone".into(),
+            }))
+        };
+        let e = query_error(lost(), bucket);
+        assert!(matches!(e, StoreError::MissingSegment(_)), "{e:?}");
+        assert_eq!(e.http_status(), 500);
+        assert!(matches!(
+            query_error(chunk_of(lost()), None),
+            StoreError::MissingSegment(_)
+        ));
         // A column chunk's read keeps the object store's error as the Parquet error's source.
         let chunk = |store_error: object_store::Error| {
             E::Shared(Arc::new(E::ParquetError(Box::new(ParquetError::External(

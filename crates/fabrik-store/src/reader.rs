@@ -26,6 +26,9 @@ pub(crate) struct Follower {
     pub(crate) every: Duration,
     /// What the last read found; the lock also keeps refreshes one at a time.
     seen: tokio::sync::Mutex<Seen>,
+    /// The owner as last read, apart from `seen`: a refused write names it at once, without
+    /// waiting for a refresh that may be retrying against a slow bucket.
+    owner: parking_lot::Mutex<String>,
 }
 
 impl std::fmt::Debug for Follower {
@@ -69,9 +72,10 @@ pub(crate) async fn open(
         root: root.clone(),
         every,
         seen: tokio::sync::Mutex::default(),
+        owner: parking_lot::Mutex::default(),
     };
     let manifest = follower.refresh().await?.unwrap_or_default();
-    let owner = follower.seen.lock().await.store_id.clone();
+    let owner = follower.owner();
     tracing::info!(url, store_id = %owner, tables = manifest.tables.len(), "Reading the prefix another store writes (read-only).");
     Ok(Opened {
         objects: objects::segments_under(bucket.clone(), &root),
@@ -88,8 +92,8 @@ impl Follower {
     }
 
     /// The store whose prefix this is, as last read.
-    pub(crate) async fn owner(&self) -> String {
-        self.seen.lock().await.store_id.clone()
+    pub(crate) fn owner(&self) -> String {
+        self.owner.lock().clone()
     }
 
     /// The owner's manifest if it changed since the last read (`None`: unchanged). A
@@ -133,6 +137,7 @@ impl Follower {
         .await?;
         match read {
             Some((manifest, meta)) => {
+                self.owner.lock().clone_from(&owner);
                 *seen = Seen {
                     store_id: owner,
                     e_tag: meta.e_tag,
@@ -143,6 +148,7 @@ impl Follower {
             // persisted to read.
             None if owner != seen.store_id => {
                 tracing::info!(url = %self.url, store_id = %owner, "The store owning the prefix has not copied its manifest yet: nothing to read until it has.");
+                self.owner.lock().clone_from(&owner);
                 *seen = Seen {
                     store_id: owner,
                     e_tag: None,

@@ -232,4 +232,15 @@ fn the_query_manifest_reads_the_prefix_the_hub_writes() {
         service["spec"]["selector"],
         deployment["spec"]["template"]["metadata"]["labels"]
     );
+    // Dashboard sessions are held per process.
+    assert_eq!(service["spec"]["sessionAffinity"], "ClientIP");
+    // The hub reads the same bucket credentials.
+    let hub_env = of_kind(&hub, "StatefulSet", "fabrik-hub")["spec"]["template"]["spec"]
+        ["containers"][0]["env"]
+        .to_string();
+    for var in container["env"].as_array().expect("env") {
+        if let Some(secret) = var["valueFrom"]["secretKeyRef"]["name"].as_str() {
+            assert!(hub_env.contains(secret), "the hub does not read {secret}");
+        }
+    }
 }

@@ -1115,8 +1115,8 @@ fn query_nodes_read_the_prefix_another_store_writes() {
         "{out}"
     );
 
-    // The writer merges and deletes on its own, every few seconds (after the minute's grace).
-    env.push(("FABRIK__STORE__COMPACTION_INTERVAL", "3s".into()));
+    // The writer compacts when the test says (its deletions wait a minute's grace).
+    env.push(("FABRIK__STORE__COMPACTION_INTERVAL", "1h".into()));
     let writer_data = dir.path().join("writer");
     let writer = start(&writer_data, &env);
     assert_eq!(
@@ -1193,6 +1193,18 @@ fn query_nodes_read_the_prefix_another_store_writes() {
         post_status(&reader.url, "/api/v1/write", &body(5000, 1)),
         403
     );
+    // Refused before it is read: a new column does not reach the reader's tables.
+    assert_eq!(
+        post_status(&reader.url, "/api/v1/write", "m,dev=d1 intruder=1 5\n"),
+        403
+    );
+    let (status, text) = http(
+        &reader.url,
+        reqwest::Method::POST,
+        "/api/v1/query",
+        Some(serde_json::json!({"sql": "SELECT intruder FROM m"})),
+    );
+    assert_eq!(status, 400, "{text}");
     let (status, text) = http(
         &reader.url,
         reqwest::Method::POST,
@@ -1213,11 +1225,17 @@ fn query_nodes_read_the_prefix_another_store_writes() {
     );
     assert_eq!(count(&reader.url), 1500);
 
-    // The writer's compaction merged the two segments; once its grace passed it deleted them.
+    // The writer's compaction merges the two segments; one after its grace deletes them.
+    admin(&writer.url, "compact");
+    let mut checks = 0;
     wait_until(
         Duration::from_secs(150),
         "the replaced segments deleted",
         || {
+            checks += 1;
+            if checks % 10 == 0 {
+                admin(&writer.url, "compact");
+            }
             let now = keys(&endpoint, "plant", "line-6/segments/");
             replaced.iter().all(|k| !now.contains(k))
         },
