@@ -117,6 +117,7 @@ impl Modify for TokenAuth {
         crate::blobs::put_blob,
         crate::blobs::get_blob,
         crate::routes::tables,
+        crate::routes::store_status,
         crate::routes::persist,
         crate::routes::compact,
         crate::routes::openapi,

@@ -42,6 +42,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/blobs/{id}", get(crate::blobs::get_blob))
         .route("/api/v1/query", post(query))
         .route("/api/v1/tables", get(tables))
+        .route("/api/v1/store", get(store_status))
         .route("/api/v1/admin/persist", post(persist))
         .route("/api/v1/admin/compact", post(compact))
         .route("/api/v1/openapi.json", get(openapi))
@@ -884,6 +885,75 @@ pub struct TableBody {
     pub tags: Vec<String>,
     /// Field columns: name → type.
     pub fields: std::collections::BTreeMap<String, String>,
+}
+
+/// Where the store's segments are and how far it is.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StoreBody {
+    /// `owner`: this node writes its store; `read_only`: it reads the bucket prefix another
+    /// node's store writes (decision 0079).
+    pub role: String,
+    /// `[store.objects] url`; null: segments on the local disk.
+    pub bucket: Option<String>,
+    /// The store that owns the prefix (this one, or on a read-only node the owner).
+    pub store_id: Option<String>,
+    /// Every WAL record up to this one is in segments (on a read-only node: the owner's).
+    pub persisted_seq: u64,
+    /// Rows acknowledged but not yet in segments (always 0 on a read-only node).
+    pub buffered_rows: u64,
+    /// Their bytes in memory.
+    pub buffered_bytes: u64,
+    /// Per table, what its segments hold.
+    pub tables: Vec<TableSegmentsBody>,
+    /// On a read-only node: when the owner's manifest was last read (ns since the epoch).
+    pub read_at: Option<i64>,
+    /// On a read-only node: how often it is read, in seconds.
+    pub refresh_interval_s: Option<f64>,
+}
+
+/// A table's segments.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TableSegmentsBody {
+    /// The table.
+    pub name: String,
+    /// Segment files.
+    pub segments: u64,
+    /// Rows in them (before de-duplication across files).
+    pub rows: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// The time of the newest row in them (ns since the epoch).
+    pub newest: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/store", tag = "operations", security(("token" = [])),
+    responses((status = 200, description = "the store's segments, owner and progress; on a read-only query node, when it last read the owner's manifest", body = StoreBody)))]
+pub(crate) async fn store_status(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
+    State(state): State<ApiState>,
+) -> Json<StoreBody> {
+    let status = state.store.status();
+    Json(StoreBody {
+        role: status.role.to_owned(),
+        bucket: status.bucket,
+        store_id: status.store_id,
+        persisted_seq: status.persisted_seq,
+        buffered_rows: status.buffered_rows as u64,
+        buffered_bytes: status.buffered_bytes as u64,
+        tables: status
+            .tables
+            .into_iter()
+            .map(|t| TableSegmentsBody {
+                name: t.name,
+                segments: t.segments as u64,
+                rows: t.rows,
+                bytes: t.bytes,
+                newest: t.newest,
+            })
+            .collect(),
+        read_at: status.read_at,
+        refresh_interval_s: status.refresh_interval_s,
+    })
 }
 
 #[utoipa::path(get, path = "/api/v1/tables", tag = "query", security(("token" = [])),

@@ -217,6 +217,47 @@ pub struct TableInfo {
     pub fields: Vec<(String, String)>,
 }
 
+/// Where a store's segments are and how far it is (`GET /api/v1/store`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StoreStatus {
+    /// `owner` (this store writes its segments) or `read_only` (it reads the prefix another
+    /// store writes, decision 0079).
+    pub role: &'static str,
+    /// `[store.objects] url`; `None`: segments on the local disk.
+    pub bucket: Option<String>,
+    /// The store that owns the prefix: this one, or on a read-only node the owner as last read.
+    pub store_id: Option<String>,
+    /// Every WAL record up to this one is in the segments (on a read-only node: the owner's,
+    /// as its manifest last read says).
+    pub persisted_seq: u64,
+    /// Rows acknowledged and not yet in segments, and their bytes in memory (none on a
+    /// read-only node, which sees only what the owner persisted).
+    pub buffered_rows: usize,
+    /// See `buffered_rows`.
+    pub buffered_bytes: usize,
+    /// Per table, what its segments hold.
+    pub tables: Vec<TableSegments>,
+    /// On a read-only node: when the owner's manifest was last read (ns since the epoch).
+    pub read_at: Option<i64>,
+    /// On a read-only node: how often it is read, in seconds.
+    pub refresh_interval_s: Option<f64>,
+}
+
+/// A table's segments, for [`StoreStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TableSegments {
+    /// The table.
+    pub name: String,
+    /// Segment files.
+    pub segments: usize,
+    /// Rows in them (before de-duplication across files).
+    pub rows: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// The time of the newest row in them (ns since the epoch).
+    pub newest: Option<i64>,
+}
+
 struct Frozen {
     buffer: Buffer,
     last_seq: u64,
@@ -1327,6 +1368,55 @@ impl Store {
             return None;
         }
         self.shared.catalog.get(table).map(|t| t.arrow())
+    }
+
+    /// Where the segments are, who owns them, what is persisted and what is buffered.
+    pub fn status(&self) -> StoreStatus {
+        let (persisted_seq, tables, frozen) = {
+            let state = self.shared.state.read();
+            let tables = state
+                .manifest
+                .tables
+                .iter()
+                .map(|(name, table)| TableSegments {
+                    name: name.clone(),
+                    segments: table.segments.len(),
+                    rows: table.segments.iter().map(|s| s.rows).sum(),
+                    bytes: table.segments.iter().map(|s| s.bytes).sum(),
+                    newest: table.segments.iter().map(|s| s.max_time).max(),
+                })
+                .collect();
+            let frozen: (usize, usize) = state
+                .frozen
+                .iter()
+                .fold((0, 0), |(r, b), f| (r + f.buffer.rows, b + f.buffer.bytes));
+            (state.manifest.persisted_seq, tables, frozen)
+        };
+        let (rows, bytes) = self.buffer_stats();
+        let bucket = self.shared.bucket.as_ref();
+        let (store_id, read_at, refresh_interval_s) = match &self.reader {
+            Some(reader) => (
+                Some(reader.owner()),
+                Some(reader.read_at.load(std::sync::atomic::Ordering::Relaxed)),
+                Some(reader.every.as_secs_f64()),
+            ),
+            None => (bucket.map(|b| b.store_id().to_owned()), None, None),
+        };
+        StoreStatus {
+            role: if self.reader.is_some() {
+                "read_only"
+            } else {
+                "owner"
+            },
+            bucket: bucket.map(|b| b.url().to_owned()),
+            store_id,
+            persisted_seq,
+            buffered_rows: rows + frozen.0,
+            buffered_bytes: bytes + frozen.1,
+            tables,
+            read_at,
+            refresh_interval_s,
+        }
     }
 
     /// Tables and their columns.

@@ -586,6 +586,11 @@ impl BucketClaim {
         self.copy_current.load(Ordering::Acquire)
     }
 
+    /// The store whose claim this is (on a read-only node: the owner when it opened).
+    pub(crate) fn store_id(&self) -> &str {
+        &self.store_id
+    }
+
     /// `[store.objects] url`.
     pub(crate) fn url(&self) -> &str {
         &self.url

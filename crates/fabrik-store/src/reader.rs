@@ -29,6 +29,8 @@ pub(crate) struct Follower {
     /// The owner as last read, apart from `seen`: a refused write names it at once, without
     /// waiting for a refresh that may be retrying against a slow bucket.
     owner: parking_lot::Mutex<String>,
+    /// When a read of the owner's manifest last succeeded (ns since the epoch).
+    pub(crate) read_at: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for Follower {
@@ -73,6 +75,7 @@ pub(crate) async fn open(
         every,
         seen: tokio::sync::Mutex::default(),
         owner: parking_lot::Mutex::default(),
+        read_at: std::sync::atomic::AtomicI64::new(0),
     };
     let manifest = follower.refresh().await?.unwrap_or_default();
     let owner = follower.owner();
@@ -100,6 +103,16 @@ impl Follower {
     /// restore elsewhere hands the prefix to a new store, whose manifest is read from then on.
     pub(crate) async fn refresh(&self) -> Result<Option<Manifest>, StoreError> {
         let mut seen = self.seen.lock().await;
+        let started = fabrik_core::Timestamp::now().nanos();
+        let refreshed = self.read_owner(&mut seen).await;
+        if refreshed.is_ok() {
+            self.read_at
+                .store(started, std::sync::atomic::Ordering::Relaxed);
+        }
+        refreshed
+    }
+
+    async fn read_owner(&self, seen: &mut Seen) -> Result<Option<Manifest>, StoreError> {
         let owner = match objects::read_marker(&self.bucket, &self.marker, &self.url).await? {
             Marker::Found(claim) => claim.store_id,
             Marker::Absent => {

@@ -25,11 +25,21 @@ enum StoreCommand {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Where a running Fabrik's segments are, which store owns them, what is persisted and
+    /// buffered, and on a read-only query node when it last read the owner's manifest.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        endpoint: crate::client::Endpoint,
+    },
 }
 
 /// Runs a `fabrik store` command.
 pub(crate) async fn run(args: StoreArgs) -> anyhow::Result<()> {
     match args.command {
+        StoreCommand::Status { json, endpoint } => return status(json, endpoint).await,
         StoreCommand::Restore { config } => {
             let origin = config
                 .as_ref()
@@ -92,4 +102,111 @@ pub(crate) async fn run(args: StoreArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `fabrik store status`: `GET /api/v1/store`, printed.
+async fn status(json: bool, endpoint: crate::client::Endpoint) -> anyhow::Result<()> {
+    let client = endpoint.client()?;
+    let status: serde_json::Value = endpoint.get_json(&client, "/api/v1/store").await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    print!(
+        "{}",
+        status_text(&status, fabrik_core::Timestamp::now().nanos())
+    );
+    Ok(())
+}
+
+/// The status as `fabrik store status` prints it, `now` (ns) dating the last read.
+fn status_text(status: &serde_json::Value, now: i64) -> String {
+    use crate::client::{json_text, time_text};
+    let bucket = status["bucket"].as_str();
+    let store_id = json_text(&status["store_id"]);
+    let mut out = match (status["role"].as_str(), bucket) {
+        (Some("read_only"), Some(url)) => {
+            let read_at = status["read_at"].as_i64().filter(|&t| t > 0);
+            let ago = read_at.map_or_else(
+                || "never".to_owned(),
+                |t| format!("{} s ago", (now - t).max(0) / 1_000_000_000),
+            );
+            format!(
+                "read-only query node over {url}, owned by store {store_id}: its manifest \
+                 last read {ago} (every {} s)\n",
+                status["refresh_interval_s"]
+                    .as_f64()
+                    .map_or_else(|| "-".to_owned(), |s| s.to_string())
+            )
+        }
+        (_, Some(url)) => format!("store {store_id}, segments in {url}\n"),
+        _ => "segments on the local disk\n".to_owned(),
+    };
+    out.push_str(&format!(
+        "persisted up to WAL record {}; buffered: {} rows ({} bytes)\n",
+        json_text(&status["persisted_seq"]),
+        json_text(&status["buffered_rows"]),
+        json_text(&status["buffered_bytes"]),
+    ));
+    let tables = status["tables"].as_array().cloned().unwrap_or_default();
+    if tables.is_empty() {
+        out.push_str("no segments yet\n");
+        return out;
+    }
+    let width = tables
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(str::len))
+        .max()
+        .unwrap_or(0)
+        .max("table".len());
+    out.push_str(&format!(
+        "{:<width$}  {:>8}  {:>12}  {:>14}  newest row\n",
+        "table", "segments", "rows", "bytes"
+    ));
+    for table in &tables {
+        out.push_str(&format!(
+            "{:<width$}  {:>8}  {:>12}  {:>14}  {}\n",
+            json_text(&table["name"]),
+            json_text(&table["segments"]),
+            json_text(&table["rows"]),
+            json_text(&table["bytes"]),
+            time_text(table["newest"].as_i64()),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_only_node_says_whose_prefix_it_reads_and_when_it_last_read_it() {
+        let status = serde_json::json!({
+            "role": "read_only", "bucket": "s3://plant/hub", "store_id": "7f3a",
+            "persisted_seq": 41, "buffered_rows": 0, "buffered_bytes": 0,
+            "read_at": 1_000_000_000_000_i64, "refresh_interval_s": 10.0,
+            "tables": [{"name": "pump", "segments": 2, "rows": 1500, "bytes": 20480,
+                        "newest": 1_000_000_000_000_000_000_i64}],
+        });
+        let text = status_text(&status, 1_003_000_000_000);
+        assert!(
+            text.starts_with("read-only query node over s3://plant/hub, owned by store 7f3a")
+                && text.contains("last read 3 s ago (every 10 s)")
+                && text.contains("persisted up to WAL record 41"),
+            "{text}"
+        );
+        let row = text.lines().find(|l| l.starts_with("pump")).expect("a row");
+        assert!(
+            row.contains(" 2 ") && row.contains("1500") && row.contains("2001-09-09"),
+            "{row}"
+        );
+        let local = serde_json::json!({"role": "owner", "bucket": null, "store_id": null,
+            "persisted_seq": 0, "buffered_rows": 3, "buffered_bytes": 90, "tables": []});
+        let text = status_text(&local, 0);
+        assert!(
+            text.starts_with("segments on the local disk") && text.contains("no segments yet"),
+            "{text}"
+        );
+    }
 }

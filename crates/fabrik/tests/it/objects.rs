@@ -1142,6 +1142,33 @@ fn query_nodes_read_the_prefix_another_store_writes() {
     wait_until(Duration::from_secs(30), "the reader sees 1500 rows", || {
         count(&reader.url) == 1500
     });
+    // Each says where it stands: the reader at the owner's persisted WAL record, nothing
+    // buffered, its manifest read just now.
+    let store = |url: &str| {
+        let (status, body) = http(url, reqwest::Method::GET, "/api/v1/store", None);
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let (owner, seen) = (store(&writer.url), store(&reader.url));
+    assert_eq!(owner["role"], "owner", "{owner}");
+    assert_eq!(owner["bucket"], "s3://plant/line-6", "{owner}");
+    assert_eq!(seen["role"], "read_only", "{seen}");
+    assert_eq!(seen["bucket"], owner["bucket"]);
+    assert_eq!(seen["store_id"], owner["store_id"]);
+    assert_eq!(seen["persisted_seq"], owner["persisted_seq"]);
+    assert_eq!(seen["buffered_rows"], 0);
+    assert!(seen["read_at"].as_i64() > Some(0), "{seen}");
+    assert_eq!(seen["tables"][0]["name"], "m", "{seen}");
+    assert_eq!(seen["tables"][0]["rows"], 1500, "{seen}");
+    let (ok, text) = crate::support::client_command(&reader.url, &["store", "status"]);
+    assert!(ok, "{text}");
+    let owner_id = owner["store_id"].as_str().expect("store id");
+    assert!(
+        text.contains(&format!(
+            "read-only query node over s3://plant/line-6, owned by store {owner_id}"
+        )),
+        "{text}"
+    );
     // A reader that reads its manifest only at the start; the writer has two segments of `m`
     // in one partition now, which its next compaction merges.
     let slow = start_reader(
