@@ -14,6 +14,7 @@ import path from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { randomBytes, createHash } from 'node:crypto';
+import net from 'node:net';
 
 const require = createRequire(import.meta.url);
 const { chromium } = require('playwright-core');
@@ -106,6 +107,53 @@ function startServer() {
     server.stdout.on('data', onData);
     server.stderr.on('data', (b) => { out += b.toString(); });
   });
+}
+
+/// moto's S3 server (FABRIK_PYTHON's venv, as the Rust tests use it), a store writing under
+/// s3://plant/hub with one persisted row, and a read-only query node over that prefix
+/// (decision 0079) serving the dashboard: the query node's URL.
+const extraProcesses = [];
+function spawnUntil(cmd, args, env, pattern, what) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    extraProcesses.push(child);
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`${what} did not start within 60 s:\n${out.slice(-2000)}`)), 60000);
+    child.on('error', (e) => { clearTimeout(timer); reject(new Error(`cannot start ${what}: ${e.message}`)); });
+    child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`${what} exited with ${code}:\n${out.slice(-2000)}`)); });
+    const onData = (buf) => {
+      out += buf.toString();
+      const m = out.match(pattern);
+      if (m) { clearTimeout(timer); child.removeAllListeners('exit'); resolve(m[1]); }
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
+  });
+}
+async function startQueryNode() {
+  const python = process.env.FABRIK_PYTHON;
+  const moto = process.env.MOTO_SERVER || (python ? path.join(path.dirname(python), 'moto_server') : 'moto_server');
+  const port = await new Promise((resolve) => {
+    const probe = net.createServer();
+    probe.listen(0, '127.0.0.1', () => { const { port: free } = probe.address(); probe.close(() => resolve(free)); });
+  });
+  const s3 = await spawnUntil(moto, ['-H', '127.0.0.1', '-p', String(port)], {}, /Running on (http:\/\/127\.0\.0\.1:\d+)/, 'moto_server');
+  const created = await fetch(`${s3}/plant`, { method: 'PUT' });
+  assert(created.ok, `creating the bucket: ${created.status}`);
+  const objects = {
+    AWS_ACCESS_KEY_ID: 'ui-test', AWS_SECRET_ACCESS_KEY: 'ui-test-secret',
+    FABRIK__STORE__OBJECTS__URL: 's3://plant/hub', FABRIK__STORE__OBJECTS__ENDPOINT: s3,
+    FABRIK__STORE__OBJECTS__ALLOW_HTTP: 'true', FABRIK__AUTH__ADMIN_TOKEN: TOKEN,
+    FABRIK__HTTP__LISTEN: '127.0.0.1:0', NO_COLOR: '1',
+  };
+  const listening = /Fabrik is listening on (http:\/\/[^\s]+)/;
+  const writer = await spawnUntil(BIN, ['run', '--target', 'http'], { ...objects, FABRIK__STORE__DATA_DIR: path.join(dataDir, 'hub') }, listening, 'the writing node');
+  const headers = { Authorization: `Bearer ${TOKEN}` };
+  const wrote = await fetch(`${writer}/api/v1/write`, { method: 'POST', headers, body: 'line_speed,line=l1 mps=1.5\n' });
+  assert(wrote.ok, `write: ${wrote.status}`);
+  const persisted = await fetch(`${writer}/api/v1/admin/persist`, { method: 'POST', headers });
+  assert(persisted.status === 204, `persist: ${persisted.status}`);
+  return spawnUntil(BIN, ['run', '--target', 'http'], { ...objects, FABRIK__STORE__OBJECTS__READ_ONLY: 'true', FABRIK__STORE__DATA_DIR: path.join(dataDir, 'query') }, listening, 'the query node');
 }
 
 let BASE;
@@ -754,10 +802,34 @@ async function main() {
     assert(!(await page.textContent('#uc-devices')).includes('pump-04'), 'pump-04 is still in scope after the step back');
     noErrors('use cases');
   });
+
+  await step("a read-only query node's overview says whose rows it shows", async () => {
+    const query = (await startQueryNode()).replace(/\/$/, '');
+    const reader = await browser.newPage();
+    const readerErrors = [];
+    reader.on('pageerror', (e) => readerErrors.push(`pageerror: ${e.message}`));
+    await reader.goto(`${query}/`);
+    await reader.fill('#signin-token', TOKEN);
+    await reader.click('#signin-submit');
+    await reader.waitForSelector('#ov-store:not([hidden])', { timeout: 15000 });
+    const notice = await reader.textContent('#ov-store');
+    assert(/Read-only query node over s3:\/\/plant\/hub: the rows store [0-9a-f]+ persisted/.test(notice), `notice: ${notice}`);
+    // Alerts and pipelines run on the owner: said so, not an error.
+    await reader.waitForFunction(() => /another process/.test(document.querySelector('#st-alerts .hint')?.textContent || ''), null, { timeout: 10000 });
+    assert(/does not run in this process/.test(await reader.textContent('#ov-pipelines')), 'the pipelines card does not say where they run');
+    assert(await reader.$eval('#page-error', (e) => e.hidden), `an error shows: ${await reader.textContent('#page-error')}`);
+    // The owner's table is there to query.
+    const tablesSeen = await reader.evaluate(async (t) => (await (await fetch('/api/v1/tables', { headers: { Authorization: `Bearer ${t}` } })).json()).map((x) => x.name), TOKEN);
+    assert(tablesSeen.includes('line_speed'), `tables: ${tablesSeen}`);
+    await reader.screenshot({ path: path.join(SHOTS, '13-query-node.png'), fullPage: true });
+    assert(readerErrors.length === 0, `page errors on the query node:\n  ${readerErrors.join('\n  ')}`);
+    await reader.close();
+  });
 }
 
 async function cleanup() {
   await browser?.close().catch(() => {});
+  for (const child of extraProcesses) if (child.exitCode === null) child.kill('SIGKILL');
   proxy?.close();
   if (server && server.exitCode === null) {
     server.removeAllListeners('exit');

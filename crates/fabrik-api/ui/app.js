@@ -520,6 +520,11 @@ async function route() {
 }
 function setTitle(t) { document.title = `${t} · Fabrik`; }
 const errorBox = html`<div id="page-error" class="notice bad" role="alert" hidden></div>`;
+/** `null` for a module this process does not run (`--target`, or a read-only query node); other errors stay errors. */
+const elsewhere = (e) => {
+  if (e?.status === 503 && /does not run in this process/.test(e.message)) return null;
+  throw e;
+};
 
 // Global: firing-alert badge in the nav.
 let globalTimer = null;
@@ -563,6 +568,7 @@ async function pageOverview(p) {
   main.innerHTML = String(html`
     <div class="page-head"><div><h1>Overview</h1><div class="sub">Fleet health, live</div></div><div class="muted" id="ov-updated" aria-live="off"></div></div>
     ${errorBox}
+    <div id="ov-store" class="notice" role="note" hidden></div>
     <section class="stats" aria-label="Key figures">
       <div class="card stat" id="st-devices"><div class="label">Devices online</div><div class="value">—</div></div>
       <div class="card stat" id="st-ingest"><div class="label">Ingest rate</div><div class="value">—</div></div>
@@ -585,12 +591,20 @@ async function pageOverview(p) {
   const ingestChart = chartIn(p, $('#ov-ingest-chart'), { series: [{ label: 'points/s', color: PALETTE[0] }], height: 160 });
 
   await every(p, 5000, async () => {
-    const [devices, active, pending, pipelines, services, rate, updates, fleet, keys] = await Promise.all([
-      api('/api/v1/devices'), api('/api/v1/alerts?state=firing&limit=200'), api('/api/v1/alerts?state=pending&limit=200'),
-      api('/api/v1/pipelines'), api('/services'), sampleIngest().catch(() => null), api('/api/v1/updates').catch(() => null),
+    const [devices, active, pending, pipelines, services, rate, updates, fleet, keys, store] = await Promise.all([
+      api('/api/v1/devices'), api('/api/v1/alerts?state=firing&limit=200').catch(elsewhere),
+      api('/api/v1/alerts?state=pending&limit=200').catch(elsewhere),
+      api('/api/v1/pipelines').catch(elsewhere), api('/services'), sampleIngest().catch(() => null), api('/api/v1/updates').catch(() => null),
       api('/api/v1/fleet/releases').catch(() => null), api('/api/v1/fleet/recipients').catch(() => null),
+      api('/api/v1/store').catch(() => null),
     ]);
     if (!p.alive) return;
+    // A query node reads what another node's store persisted (decision 0079): say whose, and how fresh.
+    const reader = store?.role === 'read_only';
+    $('#ov-store').hidden = !reader;
+    if (reader) {
+      patch($('#ov-store'), html`Read-only query node over <code>${store.bucket}</code>: the rows store <code>${store.store_id}</code> persisted, up to its WAL record ${store.persisted_seq}; its manifest read ${store.read_at ? fmtAgo(store.read_at) : 'never'} (every ${fmtDuration(store.refresh_interval_s)}). Writes, pipelines and alert rules run on the node that owns the store.`);
+    }
     const count = (s) => devices.filter((d) => d.state === s).length;
     const on = count('online'); const off = count('offline'); const never = count('never'); const total = devices.length || 1;
     // Silent: connected (or polled) but nothing heard for a minute — a stuck gateway or PLC.
@@ -604,17 +618,29 @@ async function pageOverview(p) {
     patch($('#st-ingest'), html`<div class="label">Ingest rate</div>
       <div class="value">${rate === null ? '…' : fmtNum(Math.round(rate * 10) / 10)}<small>points/s</small></div>
       <div class="hint">${rate === null ? 'measuring (needs two samples)' : 'from /metrics, 5 s average'}</div>`);
-    const activeAll = [...active, ...pending];
-    patch($('#st-alerts'), html`<div class="label">Active alerts</div><div class="value">${activeAll.length}</div>
-      <div class="hint">${active.length} firing · ${pending.length} pending</div>`);
-    $('#st-alerts').className = `card stat ${active.length ? 'bad' : pending.length ? 'warn' : 'ok'}`;
-    const running = pipelines.filter((x) => x.state === 'running').length;
-    patch($('#st-pipelines'), html`<div class="label">Pipelines running</div><div class="value">${running}<small>/ ${pipelines.length}</small></div>
-      <div class="hint">${pipelines.reduce((a, x) => a + x.anomalies, 0)} anomalies flagged</div>`);
-    $('#st-pipelines').className = `card stat ${pipelines.some((x) => x.state === 'failed') ? 'bad' : 'ok'}`;
-
-    patch($('#ov-alerts'), activeAll.length ? alertsTable(activeAll.slice(0, 8), { compact: true }) : html`<div class="empty">No active alerts. All clear.</div>`);
-    patch($('#ov-pipelines'), pipelinesTable(pipelines));
+    const notHere = (what) => html`<div class="empty">The ${what} module does not run in this process.</div>`;
+    if (active && pending) {
+      const activeAll = [...active, ...pending];
+      patch($('#st-alerts'), html`<div class="label">Active alerts</div><div class="value">${activeAll.length}</div>
+        <div class="hint">${active.length} firing · ${pending.length} pending</div>`);
+      $('#st-alerts').className = `card stat ${active.length ? 'bad' : pending.length ? 'warn' : 'ok'}`;
+      patch($('#ov-alerts'), activeAll.length ? alertsTable(activeAll.slice(0, 8), { compact: true }) : html`<div class="empty">No active alerts. All clear.</div>`);
+    } else {
+      patch($('#st-alerts'), html`<div class="label">Active alerts</div><div class="value">—</div><div class="hint">evaluated in another process</div>`);
+      $('#st-alerts').className = 'card stat';
+      patch($('#ov-alerts'), notHere('alerts'));
+    }
+    if (pipelines) {
+      const running = pipelines.filter((x) => x.state === 'running').length;
+      patch($('#st-pipelines'), html`<div class="label">Pipelines running</div><div class="value">${running}<small>/ ${pipelines.length}</small></div>
+        <div class="hint">${pipelines.reduce((a, x) => a + x.anomalies, 0)} anomalies flagged</div>`);
+      $('#st-pipelines').className = `card stat ${pipelines.some((x) => x.state === 'failed') ? 'bad' : 'ok'}`;
+      patch($('#ov-pipelines'), pipelinesTable(pipelines));
+    } else {
+      patch($('#st-pipelines'), html`<div class="label">Pipelines running</div><div class="value">—</div><div class="hint">run in another process</div>`);
+      $('#st-pipelines').className = 'card stat';
+      patch($('#ov-pipelines'), notHere('pipelines'));
+    }
     const healthy = (d) => d.state === 'online' && !isSilent(d);
     const attention = [...devices].sort((a, b) => healthy(a) - healthy(b) || a.id.localeCompare(b.id));
     patch($('#ov-devices'), html`<table><caption class="muted" hidden>Devices</caption><thead><tr><th>Device</th><th>State</th><th>Last seen</th></tr></thead><tbody>
