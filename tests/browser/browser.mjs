@@ -6,7 +6,9 @@
 //      (default: `which chromium`), SCREENSHOT_DIR (default ./screenshots),
 //      UI=server|proxy|auto (default auto: the binary's embedded dashboard when it serves
 //      /ui/app.js, else crates/fabrik-api/ui through dev/proxy.js, for UI development),
-//      ALERT_WAIT_S (default 0: seconds to wait for a natural alert before injecting one).
+//      ALERT_WAIT_S (default 0: seconds to wait for a natural alert before injecting one),
+//      MOTO_SERVER (default: moto_server beside FABRIK_PYTHON, as .ci/run's venv has it: the
+//      query-node step's S3 server).
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, rmSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -29,7 +31,7 @@ const ALERT_WAIT_S = Number(process.env.ALERT_WAIT_S || 0);
 const started = Date.now();
 const log = (...a) => console.log(`[${((Date.now() - started) / 1000).toFixed(1).padStart(6)}s]`, ...a);
 
-let server; let proxy; let browser; let dataDir; let currentPage; let lastErrors = [];
+let server; let proxy; let queryProxy; let browser; let dataDir; let currentPage; let lastErrors = [];
 const results = [];
 let failed = 0;
 
@@ -804,7 +806,13 @@ async function main() {
   });
 
   await step("a read-only query node's overview says whose rows it shows", async () => {
-    const query = (await startQueryNode()).replace(/\/$/, '');
+    let query = (await startQueryNode()).replace(/\/$/, '');
+    if (proxy) {
+      // The dashboard under development, as for the main server.
+      queryProxy = createProxy(query);
+      await new Promise((r) => queryProxy.listen(0, '127.0.0.1', r));
+      query = `http://127.0.0.1:${queryProxy.address().port}`;
+    }
     const reader = await browser.newPage();
     const readerErrors = [];
     reader.on('pageerror', (e) => readerErrors.push(`pageerror: ${e.message}`));
@@ -829,7 +837,11 @@ async function main() {
 
 async function cleanup() {
   await browser?.close().catch(() => {});
-  for (const child of extraProcesses) if (child.exitCode === null) child.kill('SIGKILL');
+  queryProxy?.close();
+  await Promise.all(extraProcesses.filter((child) => child.exitCode === null).map((child) => new Promise((r) => {
+    child.once('exit', r);
+    child.kill('SIGKILL');
+  })));
   proxy?.close();
   if (server && server.exitCode === null) {
     server.removeAllListeners('exit');

@@ -615,9 +615,13 @@ async function pageOverview(p) {
       <div class="bar3" role="img" aria-label="${on - silent} online and reporting, ${silent} silent, ${off} offline, ${never} never connected">
         <span style="width:${((on - silent) / total) * 100}%;background:var(--ok)"></span><span style="width:${(silent / total) * 100}%;background:var(--warn)"></span><span style="width:${(off / total) * 100}%;background:var(--bad)"></span></div>`);
     $('#st-devices').className = `card stat ${off || silent ? 'warn' : 'ok'}`;
-    patch($('#st-ingest'), html`<div class="label">Ingest rate</div>
-      <div class="value">${rate === null ? '…' : fmtNum(Math.round(rate * 10) / 10)}<small>points/s</small></div>
-      <div class="hint">${rate === null ? 'measuring (needs two samples)' : 'from /metrics, 5 s average'}</div>`);
+    if (reader) {
+      patch($('#st-ingest'), html`<div class="label">Ingest rate</div><div class="value">—</div><div class="hint">rows are written on the owning node</div>`);
+    } else {
+      patch($('#st-ingest'), html`<div class="label">Ingest rate</div>
+        <div class="value">${rate === null ? '…' : fmtNum(Math.round(rate * 10) / 10)}<small>points/s</small></div>
+        <div class="hint">${rate === null ? 'measuring (needs two samples)' : 'from /metrics, 5 s average'}</div>`);
+    }
     const notHere = (what) => html`<div class="empty">The ${what} module does not run in this process.</div>`;
     if (active && pending) {
       const activeAll = [...active, ...pending];

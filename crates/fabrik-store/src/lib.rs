@@ -1372,7 +1372,7 @@ impl Store {
 
     /// Where the segments are, who owns them, what is persisted and what is buffered.
     pub fn status(&self) -> StoreStatus {
-        let (persisted_seq, tables, frozen) = {
+        let (persisted_seq, tables, buffered) = {
             let state = self.shared.state.read();
             let tables = state
                 .manifest
@@ -1386,13 +1386,17 @@ impl Store {
                     newest: table.segments.iter().map(|s| s.max_time).max(),
                 })
                 .collect();
-            let frozen: (usize, usize) = state
+            // The live buffer under the same guard (state, then buffer, as a rotation takes
+            // them): rows moving from one to the other are counted once, not never.
+            let live = self.shared.buffer.lock();
+            let buffered: (usize, usize) = state
                 .frozen
                 .iter()
-                .fold((0, 0), |(r, b), f| (r + f.buffer.rows, b + f.buffer.bytes));
-            (state.manifest.persisted_seq, tables, frozen)
+                .fold((live.rows, live.bytes), |(r, b), f| {
+                    (r + f.buffer.rows, b + f.buffer.bytes)
+                });
+            (state.manifest.persisted_seq, tables, buffered)
         };
-        let (rows, bytes) = self.buffer_stats();
         let bucket = self.shared.bucket.as_ref();
         let (store_id, read_at, refresh_interval_s) = match &self.reader {
             Some(reader) => (
@@ -1411,8 +1415,8 @@ impl Store {
             bucket: bucket.map(|b| b.url().to_owned()),
             store_id,
             persisted_seq,
-            buffered_rows: rows + frozen.0,
-            buffered_bytes: bytes + frozen.1,
+            buffered_rows: buffered.0,
+            buffered_bytes: buffered.1,
             tables,
             read_at,
             refresh_interval_s,

@@ -157,6 +157,13 @@ impl Follower {
                 };
                 Ok(Some(manifest))
             }
+            // The prefix changed hands but the new owner's copy is missing (a restore writes it
+            // before the marker, so only if it was deleted since): the previous owner's
+            // segments stay until the new owner compacts, so keep answering from them.
+            None if !seen.store_id.is_empty() && owner != seen.store_id => {
+                tracing::warn!(url = %self.url, previous = %seen.store_id, store_id = %owner, "The prefix changed hands but its new owner's manifest copy is missing: reading the previous one until it is there.");
+                Ok(None)
+            }
             // Claimed but not copied yet (the owner's first start is under way): nothing
             // persisted to read.
             None if owner != seen.store_id => {

@@ -1285,6 +1285,38 @@ fn query_nodes_read_the_prefix_another_store_writes() {
     assert_eq!(listing(&endpoint, "line-6/"), before);
     assert_eq!(manifest_copies(&endpoint, "line-6/").len(), 1);
 
+    // A person's erasure erases the reader's own registry and leaves the rows to the owner.
+    let (status, erased) = http(
+        &reader.url,
+        reqwest::Method::DELETE,
+        "/api/v1/people/ana",
+        None,
+    );
+    assert_eq!(status, 200, "{erased}");
+    assert!(
+        erased["notes"].to_string().contains("read-only query node"),
+        "{erased}"
+    );
+
+    // The writer's disk is lost: a restore hands the prefix to a new store (its manifest
+    // copied before the marker names it). The readers follow it at their next refresh, before
+    // it has even started, and keep answering.
+    let (ok, out) = restore(&dir.path().join("restored"), &env);
+    assert!(ok, "{out}");
+    let new_id = out
+        .split("is now store ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .expect("the restored store's id")
+        .to_owned();
+    assert_ne!(new_id, owner_id);
+    wait_until(
+        Duration::from_secs(30),
+        "the reader follows the new owner",
+        || store(&reader.url)["store_id"] == new_id.as_str(),
+    );
+    assert_eq!(count(&reader.url), 1500);
+
     // A reader's data directory holds only caches: a writer's is refused.
     let out = start_refused(&writer_data, &owned);
     assert!(
