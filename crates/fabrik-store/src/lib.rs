@@ -737,9 +737,10 @@ impl Store {
             Err(_) => "failed",
         };
         metrics::counter!("fabrik_store_reader_refreshes_total", "outcome" => outcome).increment(1);
-        let Some(manifest) = refreshed? else {
-            metrics::gauge!("fabrik_store_reader_refreshed_timestamp_seconds")
-                .set(Timestamp::now().nanos() as f64 / 1e9);
+        let refreshed = refreshed?;
+        metrics::gauge!("fabrik_store_reader_refreshed_timestamp_seconds")
+            .set(Timestamp::now().nanos() as f64 / 1e9);
+        let Some(manifest) = refreshed else {
             return Ok(false);
         };
         let live: std::collections::HashSet<String> = manifest
@@ -757,8 +758,6 @@ impl Store {
         for segments in self.shared.last_rows_cache.lock().values_mut() {
             segments.retain(|path, _| live.contains(path));
         }
-        metrics::gauge!("fabrik_store_reader_refreshed_timestamp_seconds")
-            .set(Timestamp::now().nanos() as f64 / 1e9);
         Ok(true)
     }
 

@@ -1208,17 +1208,20 @@ fn refuse_a_store_in(dir: &Path) -> Result<(), StoreError> {
             "holds a store (manifest.json): restore into a new, empty data directory",
         ));
     }
-    let wal = dir.join("wal");
-    let has_wal = std::fs::read_dir(&wal)
-        .map(|mut entries| entries.next().is_some())
-        .unwrap_or(false);
-    if has_wal {
+    if holds_wal(dir) {
         return Err(data_dir_error(
             dir,
             "holds a WAL (wal/): restore into a new, empty data directory",
         ));
     }
     Ok(())
+}
+
+/// Whether `dir/wal` holds anything: a data directory with a WAL holds a store's rows.
+pub(crate) fn holds_wal(dir: &Path) -> bool {
+    std::fs::read_dir(dir.join("wal"))
+        .map(|mut entries| entries.next().is_some())
+        .unwrap_or(false)
 }
 
 /// The file id of a segment path `t<table>/p<partition>/<id>.parquet`.

@@ -209,10 +209,7 @@ fn refuse_a_store_in(dir: &Path) -> Result<(), StoreError> {
     if dir.join(crate::manifest::FILE).exists() {
         return Err(holds(crate::manifest::FILE));
     }
-    let has_wal = std::fs::read_dir(dir.join("wal"))
-        .map(|mut entries| entries.next().is_some())
-        .unwrap_or(false);
-    if has_wal {
+    if objects::holds_wal(dir) {
         return Err(holds("wal/"));
     }
     Ok(())

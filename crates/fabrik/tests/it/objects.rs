@@ -44,15 +44,22 @@ fn s3(method: reqwest::Method, url: &str, body: &str) -> (u16, String) {
     crate::support::send_blocking(|client| client.request(method, url).body(body.to_owned()))
 }
 
-/// The keys under `prefix` in `bucket`.
-fn keys(endpoint: &str, bucket: &str, prefix: &str) -> Vec<String> {
+/// The whole listing of `prefix` in `bucket` as S3 answers it (keys, ETags, sizes and times):
+/// equal before and after means nothing was written there.
+fn listing(endpoint: &str, bucket: &str, prefix: &str) -> String {
     let (status, xml) = s3(
         reqwest::Method::GET,
         &format!("{endpoint}/{bucket}?list-type=2&prefix={prefix}"),
         "",
     );
     assert_eq!(status, 200, "{xml}");
-    xml.split("<Key>")
+    xml
+}
+
+/// The keys under `prefix` in `bucket`.
+fn keys(endpoint: &str, bucket: &str, prefix: &str) -> Vec<String> {
+    listing(endpoint, bucket, prefix)
+        .split("<Key>")
         .skip(1)
         .filter_map(|rest| rest.split_once("</Key>").map(|(key, _)| key.to_owned()))
         .collect()
@@ -1064,27 +1071,6 @@ fn a_blob_the_bucket_holds_other_bytes_for_stays_on_the_disk_until_copied_again(
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
-/// The whole listing of `prefix` in bucket `plant` as S3 answers it (keys, ETags, sizes and
-/// times): equal before and after means nothing was written there.
-fn listing(endpoint: &str, prefix: &str) -> String {
-    let (status, xml) = s3(
-        reqwest::Method::GET,
-        &format!("{endpoint}/plant?list-type=2&prefix={prefix}"),
-        "",
-    );
-    assert_eq!(status, 200, "{xml}");
-    xml
-}
-
-/// Waits until `done` holds, for at most `limit`.
-fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Query nodes (decision 0079): `[store.objects] read_only` nodes answer SQL over the prefix
 /// another node's store writes, see what it persists within their refresh interval, take no
 /// writes, write nothing to the bucket, keep answering while the writer is down, and a query
@@ -1139,7 +1125,7 @@ fn query_nodes_read_the_prefix_another_store_writes() {
     );
     assert_eq!(count(&reader.url), 1000);
     admin(&writer.url, "persist");
-    wait_until(Duration::from_secs(30), "the reader sees 1500 rows", || {
+    crate::mqtt::eventually_for("the reader sees 1500 rows", Duration::from_secs(30), || {
         count(&reader.url) == 1500
     });
     // Each says where it stands: the reader at the owner's persisted WAL record, nothing
@@ -1187,9 +1173,9 @@ fn query_nodes_read_the_prefix_another_store_writes() {
         200
     );
     admin(&writer.url, "persist");
-    wait_until(
-        Duration::from_secs(30),
+    crate::mqtt::eventually_for(
         "the reader sees table pump",
+        Duration::from_secs(30),
         || {
             let (status, rows) = http(
                 &reader.url,
@@ -1255,12 +1241,12 @@ fn query_nodes_read_the_prefix_another_store_writes() {
     // The writer's compaction merges the two segments; one after its grace deletes them.
     admin(&writer.url, "compact");
     let mut checks = 0;
-    wait_until(
-        Duration::from_secs(150),
+    crate::mqtt::eventually_for(
         "the replaced segments deleted",
+        Duration::from_secs(150),
         || {
             checks += 1;
-            if checks % 10 == 0 {
+            if checks % 20 == 0 {
                 admin(&writer.url, "compact");
             }
             let now = keys(&endpoint, "plant", "line-6/segments/");
@@ -1278,11 +1264,11 @@ fn query_nodes_read_the_prefix_another_store_writes() {
     // With the writer gone, the readers still answer from the bucket, and write nothing
     // there while they refresh.
     writer.kill9();
-    let before = listing(&endpoint, "line-6/");
+    let before = listing(&endpoint, "plant", "line-6/");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(count(&reader.url), 1500);
     assert_eq!(count(&slow.url), 1500);
-    assert_eq!(listing(&endpoint, "line-6/"), before);
+    assert_eq!(listing(&endpoint, "plant", "line-6/"), before);
     assert_eq!(manifest_copies(&endpoint, "line-6/").len(), 1);
 
     // A person's erasure erases the reader's own registry and leaves the rows to the owner.
@@ -1310,9 +1296,9 @@ fn query_nodes_read_the_prefix_another_store_writes() {
         .expect("the restored store's id")
         .to_owned();
     assert_ne!(new_id, owner_id);
-    wait_until(
-        Duration::from_secs(30),
+    crate::mqtt::eventually_for(
         "the reader follows the new owner",
+        Duration::from_secs(30),
         || store(&reader.url)["store_id"] == new_id.as_str(),
     );
     assert_eq!(count(&reader.url), 1500);
