@@ -51,6 +51,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Traces of the data path and the API, sent to an OpenTelemetry collector.
     pub traces: TracesConfig,
+    /// OpenLineage run events of the pipelines and their models, sent to a lineage catalog.
+    pub openlineage: OpenLineageConfig,
     /// Which ONNX models may load: the keys their signatures are checked with.
     pub models: ModelsConfig,
     /// Forwarding this node's stored rows to a hub over NATS JetStream.
@@ -1775,6 +1777,129 @@ impl TracesConfig {
     }
 }
 
+/// `[openlineage]`: OpenLineage run events (spec 2-0-2) of the pipelines and of the model each
+/// device learns, for a lineage catalog such as Marquez, DataHub or OpenMetadata (decision
+/// 0080).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenLineageConfig {
+    /// The catalog's base URL, e.g. `http://marquez:5000`; empty: no events over HTTP.
+    pub url: String,
+    /// The path under `url` events are POSTed to, as OpenLineage's clients name it: Marquez's
+    /// `api/v1/lineage` (their default); DataHub's is `openapi/openlineage/api/v1/lineage`.
+    pub endpoint: String,
+    /// Sent as `Authorization: Bearer <api_key>`; best given as
+    /// `FABRIK__OPENLINEAGE__API_KEY`, so it stays out of the file.
+    pub api_key: String,
+    /// A file each event is appended to as one JSON line (OpenLineage's file transport), with
+    /// or without `url`; empty: none.
+    pub file: String,
+    /// The namespace of Fabrik's jobs; empty: `fabrik://<node>`, the namespace of its
+    /// datasets.
+    pub namespace: String,
+    /// How often a running pipeline reports the rows it wrote in a RUNNING event; `0s`:
+    /// never (only its START and its end).
+    pub running_interval: String,
+}
+
+impl Default for OpenLineageConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            endpoint: "api/v1/lineage".into(),
+            api_key: String::new(),
+            file: String::new(),
+            namespace: String::new(),
+            running_interval: "10m".into(),
+        }
+    }
+}
+
+/// The validated `[openlineage]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenLineageSettings {
+    /// Where events are POSTed; `None`: not over HTTP.
+    pub url: Option<String>,
+    /// Bearer token for `url`.
+    pub api_key: Option<String>,
+    /// The JSON-lines file events are appended to; `None`: none.
+    pub file: Option<PathBuf>,
+    /// The jobs' namespace; `None`: the datasets' (`fabrik://<node>`).
+    pub namespace: Option<String>,
+    /// Between a running pipeline's RUNNING events; `None`: none.
+    pub running_interval: Option<Duration>,
+}
+
+impl OpenLineageConfig {
+    /// `None` when no event is sent; the problems of a malformed section.
+    fn validate(&self, problem: &mut impl FnMut(&str, String)) -> Option<OpenLineageSettings> {
+        let running_interval = match parse_duration(&self.running_interval) {
+            Ok(every) if every.is_zero() => None,
+            Ok(every) if every < Duration::from_secs(1) => {
+                problem(
+                    "openlineage.running_interval",
+                    format!(
+                        "`{}`: at most one RUNNING event a second, or `0s` for none",
+                        self.running_interval
+                    ),
+                );
+                None
+            }
+            Ok(every) => Some(every),
+            Err(e) => {
+                problem("openlineage.running_interval", e);
+                None
+            }
+        };
+        let namespace = self.namespace.trim();
+        if namespace.chars().any(char::is_control) {
+            problem(
+                "openlineage.namespace",
+                "must not hold control characters".into(),
+            );
+        }
+        let base = self.url.trim().trim_end_matches('/');
+        let endpoint = self.endpoint.trim().trim_start_matches('/');
+        let url = if base.is_empty() {
+            None
+        } else {
+            let host = base
+                .strip_prefix("http://")
+                .or_else(|| base.strip_prefix("https://"));
+            if host.is_none_or(|h| h.is_empty() || h.starts_with('/') || h.contains(['?', '#'])) {
+                problem(
+                    "openlineage.url",
+                    format!("`{base}` is not an http:// or https:// URL of a lineage catalog"),
+                );
+                None
+            } else if endpoint.is_empty() {
+                Some(base.to_owned())
+            } else {
+                Some(format!("{base}/{endpoint}"))
+            }
+        };
+        let file = Some(self.file.trim())
+            .filter(|f| !f.is_empty())
+            .map(PathBuf::from);
+        if url.is_none() && file.is_none() {
+            if !self.api_key.trim().is_empty() && base.is_empty() {
+                problem(
+                    "openlineage.api_key",
+                    "is set without `url`: events are sent nowhere".into(),
+                );
+            }
+            return None;
+        }
+        Some(OpenLineageSettings {
+            url,
+            api_key: Some(self.api_key.trim().to_owned()).filter(|k| !k.is_empty()),
+            file,
+            namespace: Some(namespace.to_owned()).filter(|n| !n.is_empty()),
+            running_interval,
+        })
+    }
+}
+
 /// Retention of a table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retention {
@@ -1819,6 +1944,8 @@ pub struct Settings {
     pub log_level: String,
     /// Where traces go; `None`: off.
     pub traces: Option<TracesSettings>,
+    /// Where OpenLineage events go; `None`: nowhere.
+    pub openlineage: Option<OpenLineageSettings>,
     /// The MQTT device endpoint.
     pub mqtt: MqttSettings,
     /// Raw-message retention (the `_raw` table); `None` when raw messages are not kept.
@@ -2081,6 +2208,7 @@ impl Config {
         let mqtt = self.validate_mqtt(&mut problem);
         let objects = self.store.objects.validate(&mut problem);
         let traces = self.traces.validate(&mut problem);
+        let openlineage = self.openlineage.validate(&mut problem);
         let registry_database_url = self.registry.validate(&mut problem);
         if registry_database_url.is_some() && self.store.objects.read_only {
             problem(
@@ -2202,6 +2330,7 @@ impl Config {
                 admin_token: Some(self.auth.admin_token.clone()).filter(|t| !t.is_empty()),
                 log_level: self.log.level.clone(),
                 traces,
+                openlineage,
                 mqtt,
                 raw_retention,
                 ingest_queue,
@@ -2912,6 +3041,72 @@ mod tests {
             let config =
                 Config::from_toml("t", &format!("[traces]\n{text}\n"), no_env()).expect("parses");
             let e = config.validate("t").unwrap_err().to_string();
+            assert!(e.contains(field), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn openlineage_settings_are_validated() {
+        let off = Config::from_toml("t", "", no_env()).expect("parses");
+        assert_eq!(off.validate("t").expect("valid").openlineage, None);
+        let settings = |text: &str| {
+            Config::from_toml("t", &format!("[openlineage]\n{text}\n"), no_env())
+                .expect("parses")
+                .validate("t")
+        };
+        let marquez = settings("url = \"http://marquez:5000/\"\napi_key = \" k \"")
+            .expect("valid")
+            .openlineage
+            .expect("on");
+        assert_eq!(
+            marquez.url.as_deref(),
+            Some("http://marquez:5000/api/v1/lineage"),
+            "OpenLineage's clients' default endpoint"
+        );
+        assert_eq!(marquez.api_key.as_deref(), Some("k"));
+        assert_eq!(marquez.file, None);
+        assert_eq!(marquez.namespace, None);
+        assert_eq!(marquez.running_interval, Some(Duration::from_secs(600)));
+        let datahub = settings(
+            "url = \"https://datahub:8080\"\nendpoint = \"/openapi/openlineage/api/v1/lineage\"\n\
+             namespace = \"plant-7\"\nrunning_interval = \"0s\"",
+        )
+        .expect("valid")
+        .openlineage
+        .expect("on");
+        assert_eq!(
+            datahub.url.as_deref(),
+            Some("https://datahub:8080/openapi/openlineage/api/v1/lineage")
+        );
+        assert_eq!(datahub.namespace.as_deref(), Some("plant-7"));
+        assert_eq!(datahub.running_interval, None, "0s: no RUNNING events");
+        let file = settings("file = \"/var/log/fabrik/lineage.jsonl\"")
+            .expect("valid")
+            .openlineage
+            .expect("on");
+        assert_eq!(file.url, None);
+        assert_eq!(
+            file.file.as_deref(),
+            Some(Path::new("/var/log/fabrik/lineage.jsonl"))
+        );
+        for (text, field) in [
+            ("url = \"marquez:5000\"", "openlineage.url"),
+            ("url = \"http://marquez:5000?x=1\"", "openlineage.url"),
+            (
+                "file = \"l.jsonl\"\nrunning_interval = \"100ms\"",
+                "openlineage.running_interval",
+            ),
+            (
+                "file = \"l.jsonl\"\nrunning_interval = \"soon\"",
+                "openlineage.running_interval",
+            ),
+            (
+                "file = \"l.jsonl\"\nnamespace = \"a\\nb\"",
+                "openlineage.namespace",
+            ),
+            ("api_key = \"k\"", "openlineage.api_key"),
+        ] {
+            let e = settings(text).unwrap_err().to_string();
             assert!(e.contains(field), "{text}: {e}");
         }
     }

@@ -26,6 +26,7 @@ use fabrik_runtime::units::parse_duration;
 use fabrik_store::Store;
 
 use crate::columns::cast_column;
+use crate::openlineage::{Dataset, Emitter, EventType, Field, StreamingRun};
 use crate::stored::{compile_batch, definitions_json, read_definitions, store_file};
 use crate::{alert_fill, sql_text};
 use futures::future::BoxFuture;
@@ -1243,6 +1244,47 @@ pub(crate) struct AlertRuleManager {
     stored_path: std::path::PathBuf,
     /// One change at a time; held while a replaced evaluator is stopped.
     rules: tokio::sync::Mutex<Rules>,
+    /// Where each evaluation's OpenLineage events go, if anywhere.
+    lineage: Option<Emitter>,
+}
+
+/// A rule's evaluation as an OpenLineage run (decision 0080): a streaming job that reads the
+/// rule's table and writes alerts.
+struct RuleLineage {
+    run: StreamingRun,
+    inputs: Vec<Dataset>,
+    outputs: Vec<Dataset>,
+}
+
+impl RuleLineage {
+    fn new(emitter: &Emitter, config: &AlertRuleConfig) -> Self {
+        let mut table = Dataset::new(&emitter.datasets, config.table.clone());
+        table.schema = [
+            Field::new("time", Some("timestamp".into())),
+            Field::new(config.key.clone(), None),
+        ]
+        .into_iter()
+        .chain(config.context.iter().map(|c| Field::new(c.clone(), None)))
+        .collect();
+        let mut sql = format!("SELECT {} FROM \"{}\"", select_list(config), config.table);
+        if let Some(filter) = &config.filter {
+            sql.push_str(&format!(" WHERE {}", sql_text::embedded(filter)));
+        }
+        Self {
+            run: StreamingRun::new(
+                emitter,
+                format!("alert_rule.{}", config.name),
+                "ALERTING",
+                Some(sql),
+            ),
+            inputs: vec![table],
+            outputs: vec![Dataset::new(&emitter.datasets, "alerts")],
+        }
+    }
+
+    fn emit(&self, event_type: EventType) {
+        self.run.emit(event_type, &self.inputs, &self.outputs, None);
+    }
 }
 
 fn rule_status(
@@ -1291,6 +1333,10 @@ impl AlertRuleManager {
             expected_registered: parking_lot::Mutex::default(),
             board: self.board.clone(),
             filler: config.fill.is_some().then(Default::default),
+            lineage: self
+                .lineage
+                .as_ref()
+                .map(|emitter| RuleLineage::new(emitter, &config)),
         };
         let task = tokio::spawn(evaluator.run(stop.clone(), resume));
         rules.by_name.insert(
@@ -1608,6 +1654,7 @@ pub(crate) async fn start(
     broker: Option<&Arc<Broker>>,
     registry: Option<fabrik_registry::Registry>,
     board: AlertRuleBoard,
+    lineage: Option<Emitter>,
 ) -> Result<AlertsModule, String> {
     let mut configured: Vec<(RuleOrigin, AlertRuleConfig)> = config
         .alerting
@@ -1725,6 +1772,7 @@ pub(crate) async fn start(
             by_name: BTreeMap::new(),
             shadowed,
         }),
+        lineage,
     });
     {
         let mut managed = manager.rules.lock().await;
@@ -1734,6 +1782,12 @@ pub(crate) async fn start(
         for (definition, reason) in invalid {
             metrics::gauge!("fabrik_alert_rule_problem", "rule" => definition.name.clone())
                 .set(1.0);
+            if let Some(emitter) = &manager.lineage {
+                let lineage = RuleLineage::new(emitter, &definition);
+                lineage
+                    .run
+                    .failed(&lineage.inputs, &lineage.outputs, &reason);
+            }
             manager.board.write().insert(
                 definition.name.clone(),
                 rule_status(
@@ -1789,6 +1843,8 @@ struct Evaluator {
     board: AlertRuleBoard,
     /// With `fill = "previous"`, each key's last field values.
     filler: Option<tokio::sync::Mutex<FillValues>>,
+    /// This evaluation's OpenLineage run, if events go anywhere.
+    lineage: Option<RuleLineage>,
 }
 
 /// A `fill` rule's last field values per key: those of the pages whose changes are recorded,
@@ -1875,10 +1931,21 @@ impl Evaluator {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_problem = String::new();
         let mut said_waiting = false;
+        if let Some(lineage) = &self.lineage {
+            lineage.run.started(&lineage.inputs, &lineage.outputs);
+        }
         loop {
             tokio::select! {
-                _ = stop.cancelled() => return read_after,
+                _ = stop.cancelled() => {
+                    if let Some(lineage) = &self.lineage {
+                        lineage.emit(EventType::Complete);
+                    }
+                    return read_after;
+                }
                 _ = ticker.tick() => {}
+            }
+            if let Some(lineage) = self.lineage.as_ref().filter(|l| l.run.running_due()) {
+                lineage.emit(EventType::Running);
             }
             let outcome = self.step(&mut read_after, &watches, &stop).await;
             self.report(&outcome);

@@ -32,6 +32,7 @@ use fabrik_store::Store;
 use crate::clips::SignalColumn;
 use crate::columns::cast_column;
 use crate::model_signature::ModelTrust;
+use crate::pipeline_lineage::{ModelFile, PipelineLineage};
 use crate::sql_text::literal;
 use crate::stored::{compile_batch, definitions_json, read_definitions, store_file};
 use futures::future::BoxFuture;
@@ -876,6 +877,8 @@ pub(crate) struct PipelineManager {
     trust: ModelTrust,
     /// One change at a time; held while a replaced runner is stopped.
     pipelines: tokio::sync::Mutex<Pipelines>,
+    /// Where each runner's OpenLineage events go, if anywhere.
+    lineage: Option<crate::openlineage::Emitter>,
 }
 
 impl PipelineManager {
@@ -912,6 +915,8 @@ impl PipelineManager {
                 models_dir: self.models_dir.clone(),
                 trust: self.trust.clone(),
                 restore_spans,
+                emitter: self.lineage.clone(),
+                lineage: None,
             };
             Some(tokio::spawn(runner.run(stop.clone())))
         } else {
@@ -1930,6 +1935,7 @@ pub(crate) async fn start(
     store: Arc<Store>,
     registry: Option<Registry>,
     board: PipelineBoard,
+    lineage: Option<crate::openlineage::Emitter>,
 ) -> Result<(ServiceHandle, Arc<PipelineManager>), String> {
     let mut configured: Vec<(PipelineOrigin, PipelineConfig)> = config
         .pipelines
@@ -1962,6 +1968,7 @@ pub(crate) async fn start(
         models_dir: data_dir.join(MODELS_DIRECTORY),
         trust,
         pipelines: tokio::sync::Mutex::new(Pipelines::default()),
+        lineage,
     });
     // Every configured pipeline compiles before any starts, so a bad one leaves no runner
     // behind that nothing would stop.
@@ -2046,16 +2053,26 @@ struct Runner {
     /// Whether devices retrain on their saved training spans at start (not after a retrain
     /// request).
     restore_spans: bool,
+    /// Where this run's OpenLineage events go, if anywhere.
+    emitter: Option<crate::openlineage::Emitter>,
+    /// This run's OpenLineage run, once its model loaded.
+    lineage: Option<PipelineLineage>,
 }
 
 impl Runner {
     /// Loads `compiled`'s model into a pipeline; `status` updates this pipeline's status with
     /// a threshold the model decides (the champion's, not a challenger's).
-    fn load(&self, compiled: &Compiled, status: bool) -> Result<Pipeline, fabrik_ml::MlError> {
+    /// Also returns an ONNX model's content version.
+    fn load(
+        &self,
+        compiled: &Compiled,
+        status: bool,
+    ) -> Result<(Pipeline, Option<String>), fabrik_ml::MlError> {
         match &compiled.model {
             ModelChoice::Builtin(model) => {
                 let model = *model;
                 Pipeline::new(compiled.spec.clone(), move || model.build())
+                    .map(|pipeline| (pipeline, None))
             }
             ModelChoice::Onnx { source, output } => {
                 let model = load_onnx(
@@ -2077,18 +2094,41 @@ impl Runner {
                         self.update(|s| s.threshold = format!("{PROBABILITY_THRESHOLD:?}"));
                     }
                 }
+                let version = fabrik_ml::pipeline::WindowModel::version(&model).to_owned();
                 Pipeline::new(spec, move || {
                     Box::new(model.clone()) as Box<dyn fabrik_ml::pipeline::WindowModel>
                 })
+                .map(|pipeline| (pipeline, Some(version)))
             }
         }
     }
 
-    async fn run(self, stop: CancellationToken) {
+    /// This run's OpenLineage run, if events go anywhere; `model_version`: its ONNX model's.
+    fn lineage_run(&self, model_version: Option<String>) -> Option<PipelineLineage> {
+        let emitter = self.emitter.clone()?;
+        let model = match &self.compiled.model {
+            ModelChoice::Builtin(_) => None,
+            ModelChoice::Onnx { source, .. } => Some(match source {
+                OnnxSource::Path(path) => (ModelFile::Path(path), model_version),
+                OnnxSource::Uploaded(name) => (ModelFile::Uploaded(name), model_version),
+            }),
+        };
+        Some(PipelineLineage::new(
+            emitter,
+            &self.compiled.config,
+            self.store.clone(),
+            model,
+        ))
+    }
+
+    async fn run(mut self, stop: CancellationToken) {
         let name = self.compiled.config.name.clone();
         let loaded = self.load(&self.compiled, true);
         let mut pipeline = match loaded {
-            Ok(p) => p,
+            Ok((p, model_version)) => {
+                self.lineage = self.lineage_run(model_version);
+                p
+            }
             Err(e) => {
                 metrics::gauge!("fabrik_pipeline_problem", "pipeline" => name.clone()).set(1.0);
                 self.update(|s| {
@@ -2096,9 +2136,15 @@ impl Runner {
                     s.error = Some(e.to_string());
                 });
                 tracing::error!(pipeline = %name, error = %e, "Pipeline failed to load; the others keep running.");
+                if let Some(lineage) = self.lineage_run(None) {
+                    lineage.failed(&e.to_string());
+                }
                 return;
             }
         };
+        if let Some(lineage) = &self.lineage {
+            lineage.started();
+        }
         tracing::info!(pipeline = %name, model = %self.compiled.config.model, "Pipeline started.");
         let start = Timestamp::now().nanos() - self.compiled.lateness_ns;
         // Exclusive lower bound of the next read; `None` reads from the beginning.
@@ -2163,7 +2209,7 @@ impl Runner {
         let mut shadow = None;
         if let Some(challenger) = self.compiled.shadow.as_deref() {
             match self.load(challenger, false) {
-                Ok(mut challenged) => {
+                Ok((mut challenged, _)) => {
                     if !self.compiled.replay {
                         challenged.train_only_until(start);
                         // Its devices learn again from its own saved spans, as the
@@ -2269,9 +2315,15 @@ impl Runner {
             if let Err(e) = result {
                 tracing::debug!(pipeline = %name, error = %e, "Pipeline step failed; retrying.");
             }
+            if let Some(lineage) = &self.lineage {
+                lineage.running(counters.inferences);
+            }
         }
         if let Some(recorder) = recorder {
             let _ = recorder.await;
+        }
+        if let Some(lineage) = &self.lineage {
+            lineage.ended(pipeline.counters().inferences);
         }
         exported.stopped();
         self.update(|s| s.state = PipelineState::Stopped);
@@ -2619,6 +2671,12 @@ impl Runner {
                         .entry(inference.device.clone())
                         .and_modify(|from| *from = (*from).min(inference.window_start_ns))
                         .or_insert(inference.window_start_ns);
+                }
+                if let Some(lineage) = &self.lineage {
+                    // Before the writes: a model whose verdicts a write lost still learnt.
+                    lineage.trained(&inferences, |version| {
+                        model_version(&self.compiled.config, version)
+                    });
                 }
                 if live_from.is_empty() {
                     self.write(&inferences, stage, false).await?;

@@ -128,13 +128,30 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
     let trace_export = traces.map(|(exporter, spans)| {
         runtime.spawn(crate::traces::export(exporter, spans, trace_stop.clone()))
     });
+    // Beside the modules, like the trace exporter: a pipeline's last event is sent as it stops.
+    let lineage_stop = tokio_util::sync::CancellationToken::new();
+    let (lineage, lineage_sender) = match settings.openlineage.clone() {
+        Some(lineage) => {
+            let (emitter, sender) = crate::openlineage::channel(lineage, &node);
+            (Some(emitter), Some(sender))
+        }
+        None => (None, None),
+    };
+    let lineage_send = lineage_sender
+        .map(|sender| runtime.spawn(crate::openlineage::send(sender, lineage_stop.clone())));
     let served = runtime.block_on(serve(
         config,
         settings,
         modules,
         args.demo,
         self_update.clone(),
+        lineage,
     ));
+    if let Some(send) = lineage_send {
+        lineage_stop.cancel();
+        let limit = crate::openlineage::DRAIN + Duration::from_secs(1);
+        let _ = runtime.block_on(async { tokio::time::timeout(limit, send).await });
+    }
     if let Some(export) = trace_export {
         // The last spans (the shutdown's own among them) go out before the process ends.
         trace_stop.cancel();
@@ -423,6 +440,18 @@ fn clear_text_links(config: &Config) -> Vec<String> {
              signed, but the models and the token travel in clear)"
         ));
     }
+    let lineage = config.openlineage.url.trim();
+    if lineage.starts_with("http://") {
+        links.push(format!(
+            "[openlineage] sends lineage events to {lineage} without TLS (table, column and \
+             device names{})",
+            if config.openlineage.api_key.trim().is_empty() {
+                ""
+            } else {
+                ", and its API key"
+            }
+        ));
+    }
     if !config.modbus.devices.is_empty() {
         links.push(format!(
             "{} Modbus TCP device(s): the protocol has no encryption (keep them on an isolated \
@@ -526,6 +555,8 @@ struct Wiring {
     backfill: Option<Arc<dyn fabrik_api::links::BackfillControl>>,
     /// The release repository's last check, written by the updates module.
     updates: fabrik_api::updates::UpdateBoard,
+    /// Where OpenLineage events go (`[openlineage]`), if anywhere.
+    lineage: Option<crate::openlineage::Emitter>,
 }
 
 async fn start_store(
@@ -717,6 +748,7 @@ async fn serve(
     modules: Vec<Module>,
     demo: bool,
     self_update: crate::self_update::SelfUpdate,
+    lineage: Option<crate::openlineage::Emitter>,
 ) -> anyhow::Result<()> {
     // A file-size limit (ulimit -f) must surface as EFBIG → 507 on write, not kill the
     // process: listening for SIGXFSZ replaces its default action (terminate).
@@ -747,7 +779,10 @@ async fn serve(
     let names: Vec<&'static str> = modules.iter().map(|m| m.name()).collect();
     let mut manager = ServiceManager::new(&names);
     let services = manager.services();
-    let mut wiring = Wiring::default();
+    let mut wiring = Wiring {
+        lineage,
+        ..Wiring::default()
+    };
     let needs_token = modules
         .iter()
         .any(|m| matches!(m, Module::Http | Module::Mqtt));
@@ -889,6 +924,7 @@ async fn serve(
             Module::Pipelines => {
                 let store = wiring.store.clone();
                 let registry = wiring.registry.clone();
+                let lineage = wiring.lineage.clone();
                 let board = fabrik_api::pipelines::PipelineBoard::default();
                 wiring.pipelines = Some(board.clone());
                 manager
@@ -901,6 +937,7 @@ async fn serve(
                             store,
                             registry,
                             board,
+                            lineage,
                         )
                         .await?;
                         wiring.pipeline_control = Some(control);
@@ -927,6 +964,7 @@ async fn serve(
                 }
                 let board = fabrik_api::alert_rules::AlertRuleBoard::default();
                 wiring.alert_rules = Some(board.clone());
+                let lineage = wiring.lineage.clone();
                 manager
                     .start(module.name(), || async {
                         let store = store.ok_or("the alerts module needs the store module")?;
@@ -939,6 +977,7 @@ async fn serve(
                             broker.as_ref(),
                             registry,
                             board,
+                            lineage,
                         )
                         .await?;
                         wiring.alerting = Some(module.alerting);
@@ -1186,5 +1225,21 @@ mod tests {
         );
         config.uplink.tls_ca = "/etc/fabrik/nats-ca.pem".into();
         assert!(clear_text_links(&config).is_empty());
+    }
+
+    /// Lineage events name tables, columns and devices, and carry the catalog's key.
+    #[test]
+    fn lineage_events_over_plain_http_are_clear_text() {
+        let mut config = Config::default();
+        config.openlineage.url = "https://marquez.plant:5000".into();
+        assert!(clear_text_links(&config).is_empty());
+        config.openlineage.url = "http://marquez.plant:5000".into();
+        config.openlineage.api_key = "k".into();
+        let links = clear_text_links(&config);
+        assert_eq!(links.len(), 1, "{links:?}");
+        assert!(
+            links[0].contains("http://marquez.plant:5000") && links[0].contains("API key"),
+            "{links:?}"
+        );
     }
 }

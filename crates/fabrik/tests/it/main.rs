@@ -18,6 +18,7 @@ mod modbus;
 mod mqtt;
 mod objects;
 mod opcua;
+mod openlineage;
 mod paho;
 mod pipelines;
 mod postgres;

@@ -1,0 +1,335 @@
+//! OpenLineage events end to end (decision 0080): a real `fabrik run` sends its pipelines' runs
+//! and the models their devices learn to an HTTP endpoint that checks every event with
+//! OpenLineage's own Python client (`tests/peers/openlineage_receiver.py`, PyPI
+//! openlineage-python), and appends the same events to a file.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::mqtt::{eventually, http, query};
+use crate::support::{Peer, free_port, now_ns, start_configured};
+
+const RECEIVER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/peers/openlineage_receiver.py"
+);
+const SECOND: i64 = 1_000_000_000;
+const KEY: &str = "catalog-key-7";
+
+/// The receiver on a free port, recording to `out` and refusing the first `refuse` requests
+/// with 503; stopped on drop.
+fn catalog(out: &Path, refuse: u32) -> (u16, Peer) {
+    let port = free_port();
+    let python = std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut receiver = Command::new(&python);
+    receiver
+        .arg(RECEIVER)
+        .arg(port.to_string())
+        .arg(out)
+        .arg(refuse.to_string());
+    let peer = Peer::listening(
+        receiver,
+        port,
+        "the OpenLineage receiver needs Python with openlineage-python (.ci/run installs it)",
+    );
+    (port, peer)
+}
+
+fn lines(file: &Path) -> Vec<Value> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect()
+}
+
+/// The events the catalog accepted.
+fn accepted(out: &Path) -> Vec<Value> {
+    lines(out)
+        .into_iter()
+        .filter(|l| l.get("event").is_some() && l.get("error").is_none())
+        .map(|l| l["event"].clone())
+        .collect()
+}
+
+fn of<'a>(events: &'a [Value], job: &str, event_type: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["job"]["name"] == job && e["eventType"] == event_type)
+        .collect()
+}
+
+fn schema(dataset: &Value) -> Vec<(String, String)> {
+    dataset["facets"]["schema"]["fields"]
+        .as_array()
+        .map(|fields| {
+            fields
+                .iter()
+                .map(|f| {
+                    (
+                        f["name"].as_str().unwrap_or_default().to_owned(),
+                        f["type"].as_str().unwrap_or("-").to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn rfc3339(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[test]
+fn pipelines_and_the_models_their_devices_learn_reach_a_lineage_catalog() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("catalog.jsonl");
+    let file = dir.path().join("lineage.jsonl");
+    let missing = dir.path().join("missing.onnx");
+    // The first request is refused: the sender must try it again.
+    let (port, _catalog) = catalog(&out, 1);
+    let config = format!(
+        r#"
+[updates]
+node = "edge-7"
+
+[openlineage]
+url = "http://127.0.0.1:{port}/"
+api_key = "{KEY}"
+file = "{file}"
+running_interval = "1s"
+
+[[pipelines]]
+name = "broken"
+table = "pump"
+signals = ["vibration"]
+model = "onnx"
+model_path = "{missing}"
+
+[[alerting.rules]]
+name = "recent-anomaly"
+table = "inferences"
+value = "score / threshold"
+key = "device"
+filter = "pipeline = 'recent'"
+condition = "above"
+threshold = 1.0
+context = ["top_signal"]
+"#,
+        file = file.display(),
+        missing = missing.display(),
+    );
+    let p = start_configured(dir.path(), &config);
+
+    // A pipeline that fails to load is a run that started and failed, saying why.
+    eventually("the failed pipeline's run at the catalog", || {
+        !of(&accepted(&out), "pipeline.broken", "FAIL").is_empty()
+    });
+    let events = accepted(&out);
+    let failed = of(&events, "pipeline.broken", "FAIL")[0];
+    let started = of(&events, "pipeline.broken", "START");
+    assert_eq!(started.len(), 1, "{events:?}");
+    assert_eq!(started[0]["run"]["runId"], failed["run"]["runId"]);
+    let message = failed["run"]["facets"]["errorMessage"]["message"]
+        .as_str()
+        .expect("an error message");
+    assert!(message.contains("missing.onnx"), "{message}");
+    assert_eq!(failed["job"]["namespace"], "fabrik://edge-7");
+    assert_eq!(
+        failed["inputs"][1]["namespace"], "file",
+        "the ONNX model file, named as OpenLineage names local files: {failed}"
+    );
+
+    // An alert rule is a streaming job from its table to the alerts, with the query it reads.
+    let rule = of(&events, "alert_rule.recent-anomaly", "START");
+    assert_eq!(rule.len(), 1, "{events:?}");
+    let rule = rule[0];
+    assert_eq!(rule["inputs"][0]["name"], "inferences");
+    assert_eq!(rule["outputs"][0]["name"], "alerts");
+    let sql = rule["job"]["facets"]["sql"]["query"]
+        .as_str()
+        .expect("the rule's query");
+    assert!(
+        sql.contains("FROM \"inferences\"") && sql.contains("pipeline = 'recent'"),
+        "{sql}"
+    );
+
+    // Forty seconds of pump-a at 5 Hz, stored before the pipeline is defined: it learns from
+    // them at once.
+    let now = now_ns();
+    let sample = |t: i64| {
+        let wobble = ((t / (SECOND / 5)) * 7919 % 13) as f64 / 13.0;
+        format!(
+            "pump,device=pump-a vibration={},current={} {t}\n",
+            2.0 + wobble * 0.2,
+            10.0 + wobble
+        )
+    };
+    let history: String = (1..=200).map(|i| sample(now - i * SECOND / 5)).collect();
+    assert_eq!(
+        crate::support::post_status(&p.url, "/api/v1/write", &history),
+        200
+    );
+    let definition = serde_json::json!({
+        "name": "recent",
+        "table": "pump",
+        "signals": ["vibration", "current"],
+        "window": "2s",
+        "training_windows": 10,
+        "interval": "200ms",
+        "lateness": "0s",
+        "start": "now",
+    });
+    let (code, body) = http(
+        &p.url,
+        reqwest::Method::PUT,
+        "/api/v1/pipelines/recent",
+        Some(definition.clone()),
+    );
+    assert_eq!(code, 201, "{body}");
+    // Live windows are scored, and the run reports the rows it wrote every second.
+    eventually("a RUNNING event with the inferences written", || {
+        assert_eq!(
+            crate::support::post_status(&p.url, "/api/v1/write", &sample(now_ns())),
+            200
+        );
+        of(&accepted(&out), "pipeline.recent", "RUNNING")
+            .iter()
+            .any(|e| {
+                e["outputs"][0]["outputFacets"]["outputStatistics"]["rowCount"].as_u64() > Some(0)
+            })
+    });
+    let events = accepted(&out);
+    let start = of(&events, "pipeline.recent", "START");
+    assert_eq!(start.len(), 1, "{events:?}");
+    let start = start[0];
+    let run_id = start["run"]["runId"].as_str().expect("a run id").to_owned();
+    assert_eq!(
+        start["job"]["facets"]["jobType"]["processingType"],
+        "STREAMING"
+    );
+    let table = &start["inputs"][0];
+    assert_eq!(
+        (table["namespace"].as_str(), table["name"].as_str()),
+        (Some("fabrik://edge-7"), Some("pump"))
+    );
+    assert_eq!(
+        schema(table),
+        [
+            ("time".to_owned(), "timestamp".to_owned()),
+            ("device".to_owned(), "string".to_owned()),
+            ("vibration".to_owned(), "float".to_owned()),
+            ("current".to_owned(), "float".to_owned()),
+        ],
+        "the columns the pipeline reads, typed as the store holds them"
+    );
+    assert_eq!(start["outputs"][0]["name"], "inferences");
+    assert!(
+        schema(&start["outputs"][0]).contains(&("score".to_owned(), "float".to_owned())),
+        "{start}"
+    );
+
+    // pump-a's model: a training run under the pipeline's, whose output is that device's
+    // model, versioned by the span it learnt from — the span its inferences name.
+    let trained = of(&events, "pipeline.recent.training", "COMPLETE");
+    assert_eq!(trained.len(), 1, "one device, trained once: {events:?}");
+    let trained = trained[0];
+    assert_eq!(
+        of(&events, "pipeline.recent.training", "START")[0]["run"]["runId"],
+        trained["run"]["runId"]
+    );
+    assert_eq!(trained["run"]["facets"]["parent"]["run"]["runId"], run_id);
+    assert_eq!(
+        trained["run"]["facets"]["parent"]["job"]["name"],
+        "pipeline.recent"
+    );
+    let rows = query(
+        &p.url,
+        "SELECT model_version, trained_from, trained_until FROM inferences \
+         WHERE pipeline = 'recent' LIMIT 1",
+    );
+    let row = &rows[0];
+    let (from, until) = (
+        row["trained_from"].as_i64().expect("trained_from"),
+        row["trained_until"].as_i64().expect("trained_until"),
+    );
+    assert!(
+        from < until && until <= now,
+        "learnt from the stored history: {row}"
+    );
+    let nominal = &trained["run"]["facets"]["nominalTime"];
+    assert_eq!(nominal["nominalStartTime"], rfc3339(from));
+    assert_eq!(nominal["nominalEndTime"], rfc3339(until));
+    let model = &trained["outputs"][0];
+    assert_eq!(model["name"], "models/recent/pump-a");
+    assert_eq!(
+        model["facets"]["version"]["datasetVersion"],
+        format!(
+            "{}@{}",
+            row["model_version"].as_str().expect("model_version"),
+            rfc3339(until)
+        )
+    );
+
+    // A redefinition ends the run and starts another.
+    let mut changed = definition;
+    changed["features"] = serde_json::json!(["mean", "max"]);
+    let (code, body) = http(
+        &p.url,
+        reqwest::Method::PUT,
+        "/api/v1/pipelines/recent",
+        Some(changed),
+    );
+    assert_eq!(code, 200, "{body}");
+    eventually("the replaced run's end and the new run's start", || {
+        let events = accepted(&out);
+        !of(&events, "pipeline.recent", "COMPLETE").is_empty()
+            && of(&events, "pipeline.recent", "START").len() == 2
+    });
+    let events = accepted(&out);
+    let ended = of(&events, "pipeline.recent", "COMPLETE")[0];
+    assert_eq!(ended["run"]["runId"], run_id.as_str());
+    let second = of(&events, "pipeline.recent", "START")[1]["run"]["runId"].clone();
+    assert_ne!(second, run_id.as_str());
+
+    // The run still going when Fabrik stops ends with it, before the process exits.
+    let (status, log) = p.terminate();
+    assert!(status.success(), "{status}: {}", log.join("\n"));
+    let lines = lines(&out);
+    let events = accepted(&out);
+    assert!(
+        of(&events, "pipeline.recent", "COMPLETE")
+            .iter()
+            .any(|e| e["run"]["runId"] == second),
+        "the last run's end was sent at shutdown"
+    );
+    assert_eq!(
+        of(&events, "alert_rule.recent-anomaly", "COMPLETE")[0]["run"]["runId"],
+        rule["run"]["runId"],
+        "the rule's run ended with the process"
+    );
+
+    // Every event passed OpenLineage's client, carried the key, and the refused one came again.
+    let errors: Vec<&Value> = lines.iter().filter(|l| l.get("error").is_some()).collect();
+    assert!(errors.is_empty(), "events the client refused: {errors:?}");
+    assert_eq!(
+        lines.iter().filter(|l| l.get("refused").is_some()).count(),
+        1
+    );
+    assert!(
+        lines
+            .iter()
+            .filter(|l| l.get("event").is_some())
+            .all(|l| l["authorization"] == format!("Bearer {KEY}")),
+        "{lines:?}"
+    );
+    // The file holds the same events, in the order they were made.
+    let in_file: Vec<Value> = std::fs::read_to_string(&file)
+        .expect("the events file")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("an event per line"))
+        .collect();
+    assert_eq!(in_file, events);
+}
