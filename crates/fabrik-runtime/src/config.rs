@@ -1792,7 +1792,7 @@ pub struct OpenLineageConfig {
     /// `FABRIK__OPENLINEAGE__API_KEY`, so it stays out of the file.
     pub api_key: String,
     /// A file each event is appended to as one JSON line (OpenLineage's file transport), with
-    /// or without `url`; empty: none.
+    /// or without `url` (a relative path is in `store.data_dir`); empty: none.
     pub file: String,
     /// The namespace of Fabrik's jobs; empty: `fabrik://<node>`, the namespace of its
     /// datasets.
@@ -1831,8 +1831,13 @@ pub struct OpenLineageSettings {
 }
 
 impl OpenLineageConfig {
-    /// `None` when no event is sent; the problems of a malformed section.
-    fn validate(&self, problem: &mut impl FnMut(&str, String)) -> Option<OpenLineageSettings> {
+    /// `None` when no event is sent; the problems of a malformed section. A relative `file` is
+    /// in `data_dir`.
+    fn validate(
+        &self,
+        data_dir: &Path,
+        problem: &mut impl FnMut(&str, String),
+    ) -> Option<OpenLineageSettings> {
         let running_interval = match parse_duration(&self.running_interval) {
             Ok(every) if every.is_zero() => None,
             Ok(every) if every < Duration::from_secs(1) => {
@@ -1859,35 +1864,57 @@ impl OpenLineageConfig {
             );
         }
         let base = self.url.trim().trim_end_matches('/');
-        let endpoint = self.endpoint.trim().trim_start_matches('/');
+        let endpoint = self.endpoint.trim().trim_matches('/');
         let url = if base.is_empty() {
             None
         } else {
-            let host = base
-                .strip_prefix("http://")
-                .or_else(|| base.strip_prefix("https://"));
-            if host.is_none_or(|h| h.is_empty() || h.starts_with('/') || h.contains(['?', '#'])) {
-                problem(
-                    "openlineage.url",
-                    format!("`{base}` is not an http:// or https:// URL of a lineage catalog"),
-                );
-                None
-            } else if endpoint.is_empty() {
-                Some(base.to_owned())
-            } else {
-                Some(format!("{base}/{endpoint}"))
+            match url::Url::parse(base) {
+                Ok(parsed)
+                    if matches!(parsed.scheme(), "http" | "https")
+                        && parsed.host_str().is_some_and(|h| !h.is_empty())
+                        && parsed.query().is_none()
+                        && parsed.fragment().is_none()
+                        && parsed.username().is_empty()
+                        && parsed.password().is_none() =>
+                {
+                    // The whole URL given (`…/api/v1/lineage`) is taken as it is.
+                    if endpoint.is_empty() || base.ends_with(&format!("/{endpoint}")) {
+                        Some(base.to_owned())
+                    } else {
+                        Some(format!("{base}/{endpoint}"))
+                    }
+                }
+                Ok(parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+                    problem(
+                        "openlineage.url",
+                        "holds credentials, which would be logged with the URL: give the \
+                         catalog's key as `api_key`"
+                            .into(),
+                    );
+                    None
+                }
+                _ => {
+                    problem(
+                        "openlineage.url",
+                        format!(
+                            "`{base}` is not an http:// or https:// URL of a lineage catalog \
+                             (without a query)"
+                        ),
+                    );
+                    None
+                }
             }
         };
+        if base.is_empty() && !self.api_key.trim().is_empty() {
+            problem(
+                "openlineage.api_key",
+                "is set without `url`: no catalog would receive it".into(),
+            );
+        }
         let file = Some(self.file.trim())
             .filter(|f| !f.is_empty())
-            .map(PathBuf::from);
+            .map(|f| data_dir.join(f));
         if url.is_none() && file.is_none() {
-            if !self.api_key.trim().is_empty() && base.is_empty() {
-                problem(
-                    "openlineage.api_key",
-                    "is set without `url`: events are sent nowhere".into(),
-                );
-            }
             return None;
         }
         Some(OpenLineageSettings {
@@ -2208,7 +2235,9 @@ impl Config {
         let mqtt = self.validate_mqtt(&mut problem);
         let objects = self.store.objects.validate(&mut problem);
         let traces = self.traces.validate(&mut problem);
-        let openlineage = self.openlineage.validate(&mut problem);
+        let openlineage = self
+            .openlineage
+            .validate(Path::new(&self.store.data_dir), &mut problem);
         let registry_database_url = self.registry.validate(&mut problem);
         if registry_database_url.is_some() && self.store.objects.read_only {
             problem(
@@ -3089,6 +3118,24 @@ mod tests {
             file.file.as_deref(),
             Some(Path::new("/var/log/fabrik/lineage.jsonl"))
         );
+        let relative = settings("file = \"lineage.jsonl\"")
+            .expect("valid")
+            .openlineage
+            .expect("on");
+        assert_eq!(
+            relative.file.as_deref(),
+            Some(Path::new("./fabrik-data/lineage.jsonl")),
+            "a relative file is in the data directory"
+        );
+        let whole = settings("url = \"http://marquez:5000/api/v1/lineage\"")
+            .expect("valid")
+            .openlineage
+            .expect("on");
+        assert_eq!(
+            whole.url.as_deref(),
+            Some("http://marquez:5000/api/v1/lineage"),
+            "a URL that names the endpoint already is taken as it is"
+        );
         for (text, field) in [
             ("url = \"marquez:5000\"", "openlineage.url"),
             ("url = \"http://marquez:5000?x=1\"", "openlineage.url"),
@@ -3105,6 +3152,10 @@ mod tests {
                 "openlineage.namespace",
             ),
             ("api_key = \"k\"", "openlineage.api_key"),
+            ("file = \"l.jsonl\"\napi_key = \"k\"", "openlineage.api_key"),
+            ("url = \"http://me:secret@marquez:5000\"", "openlineage.url"),
+            ("url = \"ftp://marquez\"", "openlineage.url"),
+            ("url = \"http://marquez:99999\"", "openlineage.url"),
         ] {
             let e = settings(text).unwrap_err().to_string();
             assert!(e.contains(field), "{text}: {e}");

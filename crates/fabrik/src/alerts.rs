@@ -26,7 +26,7 @@ use fabrik_runtime::units::parse_duration;
 use fabrik_store::Store;
 
 use crate::columns::cast_column;
-use crate::openlineage::{Dataset, Emitter, EventType, Field, StreamingRun};
+use crate::openlineage::{Dataset, Emitter, EventType, StreamingRun, table_dataset};
 use crate::stored::{compile_batch, definitions_json, read_definitions, store_file};
 use crate::{alert_fill, sql_text};
 use futures::future::BoxFuture;
@@ -1248,6 +1248,10 @@ pub(crate) struct AlertRuleManager {
     lineage: Option<Emitter>,
 }
 
+/// The dataset a rule's alerts are, beside the store's tables: the alerts live in the alerts
+/// database (`alerts.db` or PostgreSQL), not in a table of the store.
+const ALERTS_DATASET: &str = "alerting.alerts";
+
 /// A rule's evaluation as an OpenLineage run (decision 0080): a streaming job that reads the
 /// rule's table and writes alerts.
 struct RuleLineage {
@@ -1257,15 +1261,13 @@ struct RuleLineage {
 }
 
 impl RuleLineage {
-    fn new(emitter: &Emitter, config: &AlertRuleConfig) -> Self {
-        let mut table = Dataset::new(&emitter.datasets, config.table.clone());
-        table.schema = [
-            Field::new("time", Some("timestamp".into())),
-            Field::new(config.key.clone(), None),
-        ]
-        .into_iter()
-        .chain(config.context.iter().map(|c| Field::new(c.clone(), None)))
-        .collect();
+    /// The run of `config`, with its table's columns (its key and context; those its value and
+    /// filter read are in its `sql` facet) typed as `store` holds them.
+    fn new(emitter: &Emitter, config: &AlertRuleConfig, store: &Store) -> Self {
+        let columns: Vec<String> = std::iter::once(config.key.clone())
+            .chain(config.context.iter().cloned())
+            .collect();
+        let table = table_dataset(store, &emitter.datasets, &config.table, &columns);
         let mut sql = format!("SELECT {} FROM \"{}\"", select_list(config), config.table);
         if let Some(filter) = &config.filter {
             sql.push_str(&format!(" WHERE {}", sql_text::embedded(filter)));
@@ -1278,7 +1280,7 @@ impl RuleLineage {
                 Some(sql),
             ),
             inputs: vec![table],
-            outputs: vec![Dataset::new(&emitter.datasets, "alerts")],
+            outputs: vec![Dataset::new(&emitter.datasets, ALERTS_DATASET)],
         }
     }
 
@@ -1336,7 +1338,7 @@ impl AlertRuleManager {
             lineage: self
                 .lineage
                 .as_ref()
-                .map(|emitter| RuleLineage::new(emitter, &config)),
+                .map(|emitter| RuleLineage::new(emitter, &config, &self.store)),
         };
         let task = tokio::spawn(evaluator.run(stop.clone(), resume));
         rules.by_name.insert(
@@ -1783,7 +1785,7 @@ pub(crate) async fn start(
             metrics::gauge!("fabrik_alert_rule_problem", "rule" => definition.name.clone())
                 .set(1.0);
             if let Some(emitter) = &manager.lineage {
-                let lineage = RuleLineage::new(emitter, &definition);
+                let lineage = RuleLineage::new(emitter, &definition, &manager.store);
                 lineage
                     .run
                     .failed(&lineage.inputs, &lineage.outputs, &reason);

@@ -4,7 +4,9 @@
 //!
 //! Knows datasets, jobs and runs, not pipelines: `pipelines` says what a run reads and writes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fabrik_runtime::config::OpenLineageSettings;
@@ -298,6 +300,23 @@ pub(crate) struct StreamingRun {
     emitter: Emitter,
     pub(crate) run: JobRun,
     last_running: parking_lot::Mutex<std::time::Instant>,
+    /// Whether it began (a START was sent) and whether it ended: one dropped in between (its
+    /// task panicked) sends a FAIL, so no run stays open in the catalog.
+    began: AtomicBool,
+    ended: AtomicBool,
+}
+
+impl Drop for StreamingRun {
+    fn drop(&mut self) {
+        if self.began.load(Ordering::Relaxed) && !self.ended.load(Ordering::Relaxed) {
+            self.emit(
+                EventType::Fail,
+                &[],
+                &[],
+                Some("the job ended without stopping (its task failed)"),
+            );
+        }
+    }
 }
 
 impl StreamingRun {
@@ -321,6 +340,8 @@ impl StreamingRun {
                 sql,
             },
             last_running: parking_lot::Mutex::new(std::time::Instant::now()),
+            began: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
         }
     }
 
@@ -329,7 +350,7 @@ impl StreamingRun {
         &self.emitter
     }
 
-    /// Queues the run's `event_type` event now.
+    /// Queues the run's `event_type` event now; after its end, nothing.
     pub(crate) fn emit(
         &self,
         event_type: EventType,
@@ -337,6 +358,15 @@ impl StreamingRun {
         outputs: &[Dataset],
         error: Option<&str>,
     ) {
+        match event_type {
+            EventType::Start => self.began.store(true, Ordering::Relaxed),
+            EventType::Complete | EventType::Fail => {
+                if self.ended.swap(true, Ordering::Relaxed) {
+                    return;
+                }
+            }
+            EventType::Running => {}
+        }
         self.emitter
             .emit(self.run.event(event_type, &now(), inputs, outputs, error));
     }
@@ -365,6 +395,33 @@ impl StreamingRun {
         *last = std::time::Instant::now();
         true
     }
+}
+
+/// Table `table` of `store` as a dataset in `namespace`, with `columns` after `time`, typed
+/// as the store holds them now (a tag as `string`; a column not written yet untyped).
+pub(crate) fn table_dataset(
+    store: &fabrik_store::Store,
+    namespace: &str,
+    table: &str,
+    columns: &[String],
+) -> Dataset {
+    let known = store.tables().into_iter().find(|t| t.name == table);
+    let kind_of = |column: &str| -> Option<String> {
+        let table = known.as_ref()?;
+        if table.tags.iter().any(|tag| tag == column) {
+            return Some("string".into());
+        }
+        table
+            .fields
+            .iter()
+            .find(|(field, _)| field == column)
+            .map(|(_, kind)| kind.clone())
+    };
+    let mut dataset = Dataset::new(namespace, table.to_owned());
+    dataset.schema = std::iter::once(Field::new("time", Some("timestamp".into())))
+        .chain(columns.iter().map(|c| Field::new(c.clone(), kind_of(c))))
+        .collect();
+    dataset
 }
 
 /// A new run id: a UUID version 7 (RFC 9562), time-ordered as OpenLineage's clients make them,
@@ -405,7 +462,10 @@ pub(crate) fn now() -> String {
 /// waits: a full queue drops the event and counts it.
 #[derive(Debug, Clone)]
 pub(crate) struct Emitter {
-    queue: mpsc::Sender<Value>,
+    /// The catalog's queue and the file's: each transport drains its own, so a catalog that
+    /// is slow or down never keeps an event from the file.
+    http: Option<mpsc::Sender<Arc<str>>>,
+    file: Option<mpsc::Sender<Arc<str>>>,
     /// The namespace of Fabrik's datasets on this node, `fabrik://<node>`.
     pub(crate) datasets: String,
     /// The namespace of its jobs.
@@ -415,28 +475,73 @@ pub(crate) struct Emitter {
 }
 
 impl Emitter {
-    /// Queues `event`.
+    /// Queues `event` for each transport.
     pub(crate) fn emit(&self, event: Value) {
-        if self.queue.try_send(event).is_err() {
-            metrics::counter!("fabrik_openlineage_events_total", "outcome" => "dropped")
-                .increment(1);
-            tracing::debug!("OpenLineage event dropped: the queue is full.");
+        let line: Arc<str> = event.to_string().into();
+        for (queue, transport) in [(&self.http, "http"), (&self.file, "file")] {
+            if let Some(queue) = queue
+                && queue.try_send(line.clone()).is_err()
+            {
+                metrics::counter!("fabrik_openlineage_events_total", "transport" => transport, "outcome" => "dropped")
+                    .increment(1);
+                tracing::debug!(transport, "OpenLineage event dropped: its queue is full.");
+            }
         }
+    }
+
+    /// How many events can be queued now without one being dropped.
+    pub(crate) fn room(&self) -> usize {
+        [&self.http, &self.file]
+            .into_iter()
+            .flatten()
+            .map(mpsc::Sender::capacity)
+            .min()
+            .unwrap_or(0)
     }
 }
 
-/// The sender's half: where it sends, and the queue it drains.
+/// The transports' halves: where each sends, and the queue it drains.
 pub(crate) struct Sender {
-    settings: OpenLineageSettings,
-    events: mpsc::Receiver<Value>,
+    http: Option<(String, Option<String>, mpsc::Receiver<Arc<str>>)>,
+    file: Option<(PathBuf, mpsc::Receiver<Arc<str>>)>,
+}
+
+impl Sender {
+    /// The events queued for the file so far, taken without writing them (for tests).
+    #[cfg(test)]
+    pub(crate) fn take_queued_file_events(&mut self) -> Vec<Value> {
+        let mut events = Vec::new();
+        if let Some((_, queue)) = &mut self.file {
+            while let Ok(line) = queue.try_recv() {
+                events.push(serde_json::from_str(&line).expect("an event"));
+            }
+        }
+        events
+    }
 }
 
 /// The emitter for `settings` on node `node`, and the sender to run (with [`send`]).
 pub(crate) fn channel(settings: OpenLineageSettings, node: &str) -> (Emitter, Sender) {
-    let (queue, events) = mpsc::channel(QUEUE);
+    let (http, http_events) = settings
+        .url
+        .clone()
+        .map(|url| {
+            let (queue, events) = mpsc::channel(QUEUE);
+            (queue, (url, settings.api_key.clone(), events))
+        })
+        .unzip();
+    let (file, file_events) = settings
+        .file
+        .clone()
+        .map(|path| {
+            let (queue, events) = mpsc::channel(QUEUE);
+            (queue, (path, events))
+        })
+        .unzip();
     let datasets = format!("fabrik://{node}");
     let emitter = Emitter {
-        queue,
+        http,
+        file,
         jobs: settings
             .namespace
             .clone()
@@ -444,120 +549,128 @@ pub(crate) fn channel(settings: OpenLineageSettings, node: &str) -> (Emitter, Se
         datasets,
         running_interval: settings.running_interval,
     };
-    (emitter, Sender { settings, events })
+    (
+        emitter,
+        Sender {
+            http: http_events,
+            file: file_events,
+        },
+    )
 }
 
-/// Sends each queued event until `stop`, then what is still queued within [`DRAIN`] (a
-/// pipeline's end is among the last). An event the catalog refuses (a 4xx other than 429) is
-/// logged and dropped, one it cannot take (a 5xx, 429 or no connection) is tried again with
-/// backoff up to [`ATTEMPTS`] times; the file gets every event, whatever the catalog did.
+/// Runs each transport until `stop`, then lets it send what is still queued within [`DRAIN`]
+/// (the pipelines' and rules' ends are among the last).
 pub(crate) async fn send(sender: Sender, stop: CancellationToken) {
-    let Sender {
-        settings,
-        mut events,
-    } = sender;
+    let http = async {
+        if let Some((url, api_key, events)) = sender.http {
+            post_each(url, api_key, events, &stop).await;
+        }
+    };
+    let file = async {
+        if let Some((path, events)) = sender.file {
+            append_each(path, events, &stop).await;
+        }
+    };
+    tokio::join!(http, file);
+}
+
+/// The next queued event: until `stop`, whenever one comes; after it (the queue closed), what
+/// is left, until `deadline` — set here when the stop is first seen.
+async fn next(
+    events: &mut mpsc::Receiver<Arc<str>>,
+    stop: &CancellationToken,
+    deadline: &mut Option<tokio::time::Instant>,
+) -> Option<Arc<str>> {
+    loop {
+        match *deadline {
+            None => tokio::select! {
+                biased;
+                () = stop.cancelled() => {
+                    *deadline = Some(tokio::time::Instant::now() + DRAIN);
+                    events.close();
+                }
+                event = events.recv() => return event,
+            },
+            Some(deadline) => {
+                return tokio::time::timeout_at(deadline, events.recv())
+                    .await
+                    .ok()
+                    .flatten();
+            }
+        }
+    }
+}
+
+/// POSTs each event to the catalog. One it refuses (a 4xx other than 429) is logged and
+/// dropped; one it cannot take (a 5xx, 429 or no connection) is tried again with backoff, up
+/// to [`ATTEMPTS`] times while Fabrik runs and once while it stops.
+async fn post_each(
+    url: String,
+    api_key: Option<String>,
+    mut events: mpsc::Receiver<Arc<str>>,
+    stop: &CancellationToken,
+) {
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
     {
         Ok(client) => client,
         Err(e) => {
-            tracing::error!(error = %e, "OpenLineage events cannot be sent: no HTTP client.");
+            tracing::error!(error = %e, "OpenLineage events cannot be sent to the catalog: no HTTP client.");
             return;
         }
     };
-    let mut file = None;
     let mut deadline = None;
-    loop {
-        let event = match deadline {
-            None => tokio::select! {
-                event = events.recv() => event,
-                () = stop.cancelled() => {
-                    deadline = Some(tokio::time::Instant::now() + DRAIN);
-                    events.close();
-                    continue;
-                }
-            },
-            Some(deadline) => tokio::time::timeout_at(deadline, events.recv())
-                .await
-                .ok()
-                .flatten(),
-        };
-        let Some(event) = event else { return };
-        let line = event.to_string();
-        if let Some(path) = &settings.file {
-            append(&mut file, path, &line).await;
-        }
-        if let Some(url) = &settings.url {
-            // At shutdown one try each: the process must end.
-            let attempts = if deadline.is_some() { 1 } else { ATTEMPTS };
-            post(
-                &client,
-                url,
-                settings.api_key.as_deref(),
-                line,
-                attempts,
-                &stop,
-            )
-            .await;
-        }
+    while let Some(line) = next(&mut events, stop, &mut deadline).await {
+        post(&client, &url, api_key.as_deref(), &line, stop, deadline).await;
     }
 }
 
-/// Appends `line` to the events file, opening it at first use (and again after an error).
-async fn append(file: &mut Option<tokio::fs::File>, path: &Path, line: &str) {
-    if file.is_none() {
-        match tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .await
-        {
-            Ok(opened) => *file = Some(opened),
-            Err(e) => {
-                metrics::counter!("fabrik_openlineage_events_total", "outcome" => "file_failed")
-                    .increment(1);
-                tracing::warn!(file = %path.display(), error = %e, "OpenLineage events file cannot be opened.");
-                return;
-            }
-        }
-    }
-    let Some(open) = file.as_mut() else { return };
-    let mut bytes = Vec::with_capacity(line.len() + 1);
-    bytes.extend_from_slice(line.as_bytes());
-    bytes.push(b'\n');
-    // One write of the whole line, so a reader never sees half an event followed by another.
-    if let Err(e) = open.write_all(&bytes).await {
-        metrics::counter!("fabrik_openlineage_events_total", "outcome" => "file_failed")
-            .increment(1);
-        tracing::warn!(file = %path.display(), error = %e, "OpenLineage event not written to its file.");
-        *file = None;
-        return;
-    }
-    metrics::counter!("fabrik_openlineage_events_total", "outcome" => "written").increment(1);
-}
-
-/// POSTs one event, trying again while the catalog answers it may succeed later.
+/// POSTs one event, trying again while the catalog answers it may succeed later. Once Fabrik
+/// stops, a request has until the drain's `deadline` (or [`DRAIN`] from the stop, for one
+/// already under way), and no second try.
 async fn post(
     client: &reqwest::Client,
     url: &str,
     api_key: Option<&str>,
-    body: String,
-    attempts: u32,
+    body: &str,
     stop: &CancellationToken,
+    deadline: Option<tokio::time::Instant>,
 ) {
+    let failed = |why: &str, attempts: u32| {
+        metrics::counter!("fabrik_openlineage_events_total", "transport" => "http", "outcome" => "failed")
+            .increment(1);
+        tracing::warn!(url, error = %why, attempts, "OpenLineage event not delivered to the catalog; dropped.");
+    };
+    let drained = || async move {
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => {
+                stop.cancelled().await;
+                tokio::time::sleep(DRAIN).await;
+            }
+        }
+    };
     let mut backoff = FIRST_BACKOFF;
-    for attempt in 1..=attempts {
+    for attempt in 1..=ATTEMPTS {
         let mut request = client
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.clone());
+            .body(body.to_owned());
         if let Some(key) = api_key {
             request = request.bearer_auth(key);
         }
-        let (why, retry) = match request.send().await {
+        let answer = tokio::select! {
+            biased;
+            answer = request.send() => answer,
+            () = drained() => {
+                failed("Fabrik stopped before the catalog answered", attempt);
+                return;
+            }
+        };
+        let (why, retry) = match answer {
             Ok(response) if response.status().is_success() => {
-                metrics::counter!("fabrik_openlineage_events_total", "outcome" => "sent")
+                metrics::counter!("fabrik_openlineage_events_total", "transport" => "http", "outcome" => "sent")
                     .increment(1);
                 return;
             }
@@ -570,20 +683,68 @@ async fn post(
             }
             Err(e) => (crate::error_text::describe(&anyhow::Error::new(e)), true),
         };
-        if !retry || attempt == attempts {
-            metrics::counter!("fabrik_openlineage_events_total", "outcome" => "failed")
-                .increment(1);
-            tracing::warn!(url, error = %why, attempts = attempt, "OpenLineage event not delivered; dropped.");
+        if !retry || attempt == ATTEMPTS || stop.is_cancelled() {
+            failed(&why, attempt);
             return;
         }
         tracing::debug!(url, error = %why, "OpenLineage event not delivered; trying again.");
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
-            // At shutdown the remaining tries are given up; the drain sends what is left once.
-            () = stop.cancelled() => {}
+            () = stop.cancelled() => {
+                failed(&why, attempt);
+                return;
+            }
         }
         backoff *= 2;
     }
+}
+
+/// Appends each event to the file as one line, opening it at first use (and again after an
+/// error).
+async fn append_each(
+    path: PathBuf,
+    mut events: mpsc::Receiver<Arc<str>>,
+    stop: &CancellationToken,
+) {
+    let mut file = None;
+    let mut deadline = None;
+    while let Some(line) = next(&mut events, stop, &mut deadline).await {
+        let outcome = match append(&mut file, &path, &line).await {
+            Ok(()) => "written",
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "OpenLineage event not written to its file.");
+                file = None;
+                "file_failed"
+            }
+        };
+        metrics::counter!("fabrik_openlineage_events_total", "transport" => "file", "outcome" => outcome)
+            .increment(1);
+    }
+}
+
+async fn append(
+    file: &mut Option<tokio::fs::File>,
+    path: &Path,
+    line: &str,
+) -> std::io::Result<()> {
+    if file.is_none() {
+        let opened = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .await?;
+        *file = Some(opened);
+    }
+    let Some(open) = file.as_mut() else {
+        return Ok(());
+    };
+    let mut bytes = Vec::with_capacity(line.len() + 1);
+    bytes.extend_from_slice(line.as_bytes());
+    bytes.push(b'\n');
+    // One write of the whole line, so a reader never sees half an event followed by another;
+    // flushed, because tokio's file reports a failed write only at the next operation.
+    open.write_all(&bytes).await?;
+    open.flush().await
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! training run under it whose output is that device's model, versioned by the span of rows
 //! it learnt from.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use fabrik_ml::pipeline::Inference;
@@ -13,6 +13,7 @@ use parking_lot::Mutex;
 
 use crate::openlineage::{
     Dataset, Emitter, EventType, Field, JobRun, Processing, StreamingRun, now, run_id,
+    table_dataset,
 };
 
 /// The columns of `inferences` every pipeline writes, and their types in the store's words.
@@ -36,6 +37,11 @@ const INFERENCE_COLUMNS: [(&str, &str); 17] = [
     ("top_signal", "string"),
 ];
 
+/// Queue slots training reports leave free, for the starts and ends of other runs: a fleet
+/// whose devices all learn at once is reported over several passes instead of overflowing
+/// the queue.
+const KEEP_FREE: usize = 64;
+
 /// Where a pipeline's ONNX model comes from, for its dataset's name.
 pub(crate) enum ModelFile<'a> {
     /// `model_path`, a file on this node.
@@ -44,30 +50,38 @@ pub(crate) enum ModelFile<'a> {
     Uploaded(&'a str),
 }
 
+/// A device's model, learnt and not reported yet.
+struct Learnt {
+    span: (i64, i64),
+    /// The version its verdicts carry (the champion's or, on a device an A/B split gave the
+    /// challenger, the challenger's).
+    version: String,
+}
+
 /// One run of one pipeline's definition, from its start (or failed load) to its stop.
 pub(crate) struct PipelineLineage {
     scoring: StreamingRun,
-    /// The table the windows are read from, and the columns the pipeline reads of it.
+    /// The table the windows are read from, and the columns the pipeline reads of it; their
+    /// types are read at each event, so a table written after the start has them later.
     table: String,
     columns: Vec<String>,
-    /// Where the columns' types are read, at each event: a table written after the
-    /// pipeline started has them by its later events.
     store: Arc<Store>,
-    /// The ONNX model that scores them, once loaded.
+    /// The ONNX model that scores them.
     model: Option<Dataset>,
     /// What the run writes: `inferences`, and `shadow_inferences` with a challenger.
     outputs: Vec<Dataset>,
     pipeline: String,
-    /// Per device, the span of rows its model learnt from, as last reported.
-    trained: Mutex<HashMap<String, (i64, i64)>>,
+    /// Per device, the span of rows its model learnt from and its version, as last reported.
+    reported: Mutex<HashMap<String, Learnt>>,
+    /// Models learnt and waiting for room in the queue, by device.
+    pending: Mutex<BTreeMap<String, Learnt>>,
 }
 
 impl PipelineLineage {
-    /// The run of `config` that starts now, reading the column types of its table from
-    /// `store` (those not written yet are left untyped); `model`: its ONNX model's file and,
-    /// once loaded, content version.
+    /// The run of `config` that starts now; `model`: its ONNX model's file and, once loaded,
+    /// content version.
     pub(crate) fn new(
-        emitter: Emitter,
+        emitter: &Emitter,
         config: &PipelineConfig,
         store: Arc<Store>,
         model: Option<(ModelFile<'_>, Option<String>)>,
@@ -93,25 +107,29 @@ impl PipelineLineage {
             .map(|(name, kind)| Field::new(*name, Some((*kind).to_owned())))
             .collect();
         if config.use_case.is_some() {
-            inferences
-                .schema
-                .push(Field::new("use_case", Some("string".into())));
-            inferences
-                .schema
-                .push(Field::new("stage", Some("string".into())));
+            for column in ["use_case", "stage"] {
+                inferences
+                    .schema
+                    .push(Field::new(column, Some("string".into())));
+            }
         }
         let mut outputs = vec![inferences];
-        if config.shadow.is_some() {
+        if let Some(shadow) = &config.shadow {
+            if shadow.live_share.is_some() || !shadow.live_devices.is_empty() {
+                outputs[0].schema.push(Field::new(
+                    crate::pipelines::CHALLENGER_COLUMN,
+                    Some("boolean".into()),
+                ));
+            }
             outputs.push(Dataset::new(&emitter.datasets, crate::shadow::SHADOW_TABLE));
         }
-        let scoring = StreamingRun::new(
-            &emitter,
-            format!("pipeline.{}", config.name),
-            "INFERENCE",
-            None,
-        );
         Self {
-            scoring,
+            scoring: StreamingRun::new(
+                emitter,
+                format!("pipeline.{}", config.name),
+                "INFERENCE",
+                None,
+            ),
             table: config.table.clone(),
             columns: std::iter::once(&config.device_column)
                 .chain(&config.signals)
@@ -121,33 +139,24 @@ impl PipelineLineage {
             model,
             outputs,
             pipeline: config.name.clone(),
-            trained: Mutex::new(HashMap::new()),
+            reported: Mutex::new(HashMap::new()),
+            pending: Mutex::new(BTreeMap::new()),
         }
     }
 
-    /// The table, with the types its columns have in the store now (none for a column not
-    /// written yet), and the ONNX model.
+    /// The challenger did not load: the run writes no `shadow_inferences`.
+    pub(crate) fn without_challenger(&mut self) {
+        self.outputs
+            .retain(|d| d.name != crate::shadow::SHADOW_TABLE);
+    }
+
     fn inputs(&self) -> Vec<Dataset> {
-        let known = self
-            .store
-            .tables()
-            .into_iter()
-            .find(|t| t.name == self.table);
-        let kind_of = |column: &str| -> Option<String> {
-            let table = known.as_ref()?;
-            if table.tags.iter().any(|tag| tag == column) {
-                return Some("string".into());
-            }
-            table
-                .fields
-                .iter()
-                .find(|(field, _)| field == column)
-                .map(|(_, kind)| kind.clone())
-        };
-        let mut table = Dataset::new(&self.scoring.emitter().datasets, self.table.clone());
-        table.schema = std::iter::once(Field::new("time", Some("timestamp".into())))
-            .chain(self.columns.iter().map(|c| Field::new(c, kind_of(c))))
-            .collect();
+        let table = table_dataset(
+            &self.store,
+            &self.scoring.emitter().datasets,
+            &self.table,
+            &self.columns,
+        );
         std::iter::once(table).chain(self.model.clone()).collect()
     }
 
@@ -170,41 +179,70 @@ impl PipelineLineage {
             .failed(&self.inputs(), &self.outputs(None), error);
     }
 
-    /// A RUNNING event with the inferences written so far, when `running_interval` has passed
-    /// since the last.
-    pub(crate) fn running(&self, inferences: u64) {
+    /// Once a pass: the models learnt that the queue has room for, and a RUNNING event with
+    /// the rows written to `inferences` so far when `running_interval` has passed since the
+    /// last.
+    pub(crate) fn pass(&self, rows_written: u64) {
+        self.report_learnt();
         if self.scoring.running_due() {
             self.scoring.emit(
                 EventType::Running,
                 &self.inputs(),
-                &self.outputs(Some(inferences)),
+                &self.outputs(Some(rows_written)),
                 None,
             );
         }
     }
 
-    /// The pipeline stopped (the process stops, or its definition was replaced or removed).
-    pub(crate) fn ended(&self, inferences: u64) {
+    /// The pipeline stopped (the process stops, or its definition was replaced or removed):
+    /// the models learnt that still fit, then the end.
+    pub(crate) fn ended(&self, rows_written: u64) {
+        self.report_learnt();
         self.scoring.emit(
             EventType::Complete,
             &self.inputs(),
-            &self.outputs(Some(inferences)),
+            &self.outputs(Some(rows_written)),
             None,
         );
     }
 
-    /// A training run for each device whose model learnt from a span not reported yet, as
-    /// the champion's stored `inferences` show it; `model_version` as the rows carry it.
-    pub(crate) fn trained(&self, inferences: &[Inference], model_version: impl Fn(&str) -> String) {
-        let mut trained = self.trained.lock();
-        let mut inputs = None;
-        for inference in inferences {
-            let span = (inference.trained_from_ns, inference.trained_until_ns);
-            if trained.get(&inference.device) == Some(&span) {
-                continue;
+    /// Notes the models learnt behind `inferences` — a device's span of rows that differs from
+    /// the one reported last — and reports what the queue has room for; `model_version`
+    /// turns a verdict's model version into the one its row carries.
+    pub(crate) fn learnt(&self, inferences: &[Inference], model_version: impl Fn(&str) -> String) {
+        {
+            let reported = self.reported.lock();
+            let mut pending = self.pending.lock();
+            for inference in inferences {
+                let span = (inference.trained_from_ns, inference.trained_until_ns);
+                let version = model_version(&inference.model_version);
+                let known = pending
+                    .get(&inference.device)
+                    .or_else(|| reported.get(&inference.device));
+                if known.is_some_and(|learnt| learnt.span == span && learnt.version == version) {
+                    continue;
+                }
+                pending.insert(inference.device.clone(), Learnt { span, version });
             }
-            trained.insert(inference.device.clone(), span);
+        }
+        self.report_learnt();
+    }
+
+    /// A training run (START and COMPLETE) for each model learnt, as far as the queue has
+    /// room beyond [`KEEP_FREE`]; the rest wait for the next pass.
+    fn report_learnt(&self) {
+        let emitter = self.scoring.emitter();
+        let mut inputs = None;
+        loop {
+            if emitter.room() < KEEP_FREE + 2 {
+                return;
+            }
+            let Some((device, learnt)) = self.pending.lock().pop_first() else {
+                return;
+            };
+            let inputs = inputs.get_or_insert_with(|| self.inputs());
             let scoring = &self.scoring.run;
+            let (from, until) = learnt.span;
             let run = JobRun {
                 run_id: run_id(),
                 job_namespace: scoring.job_namespace.clone(),
@@ -217,19 +255,20 @@ impl PipelineLineage {
                     scoring.run_id.clone(),
                 )),
                 nominal: Some((
-                    crate::pipelines::rfc3339(span.0),
-                    crate::pipelines::rfc3339(span.1),
+                    crate::pipelines::rfc3339(from),
+                    crate::pipelines::rfc3339(until),
                 )),
                 sql: None,
             };
-            let version = model_version(&inference.model_version);
-            let emitter = self.scoring.emitter();
             let mut model = Dataset::new(
                 &emitter.datasets,
-                format!("models/{}/{}", self.pipeline, inference.device),
+                format!("models/{}/{device}", self.pipeline),
             );
-            model.version = Some(format!("{version}@{}", crate::pipelines::rfc3339(span.1)));
-            let inputs = inputs.get_or_insert_with(|| self.inputs());
+            model.version = Some(format!(
+                "{}@{}",
+                learnt.version,
+                crate::pipelines::rfc3339(until)
+            ));
             let at = now();
             emitter.emit(run.event(EventType::Start, &at, inputs, &[], None));
             emitter.emit(run.event(
@@ -239,6 +278,136 @@ impl PipelineLineage {
                 std::slice::from_ref(&model),
                 None,
             ));
+            self.reported.lock().insert(device, learnt);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fabrik_runtime::config::OpenLineageSettings;
+
+    fn verdict(device: &str, span: (i64, i64)) -> Inference {
+        Inference {
+            device: device.into(),
+            window_start_ns: span.1,
+            window_end_ns: span.1 + 1,
+            samples: 1,
+            last_arrival: 0,
+            score: 0.0,
+            threshold: 1.0,
+            flag: false,
+            contributions: Vec::new(),
+            top_signal: None,
+            model_version: "1".into(),
+            trained_from_ns: span.0,
+            trained_until_ns: span.1,
+        }
+    }
+
+    fn pumps() -> PipelineConfig {
+        let mut config = crate::pipelines::demo_pipeline();
+        config.name = "pumps".into();
+        config.table = "pump".into();
+        config.signals = vec!["vibration".into()];
+        config
+    }
+
+    fn drained(sender: &mut crate::openlineage::Sender) -> Vec<serde_json::Value> {
+        sender.take_queued_file_events()
+    }
+
+    /// A fleet whose devices all learn in one pass is reported as the queue has room, over
+    /// the passes that follow, each model once; a span learnt again is reported again.
+    #[tokio::test]
+    async fn learnt_models_wait_for_room_in_the_queue_and_are_reported_once() {
+        let (_dir, store) = crate::test_store::store_with("pump,device=p-0 vibration=1 1\n").await;
+        let settings = OpenLineageSettings {
+            url: None,
+            api_key: None,
+            file: Some("unused.jsonl".into()),
+            namespace: None,
+            running_interval: None,
+        };
+        let (emitter, mut sender) = crate::openlineage::channel(settings, "edge-1");
+        let config = pumps();
+        let lineage = PipelineLineage::new(&emitter, &config, store, None);
+        lineage.started();
+        let fleet: Vec<Inference> = (0..2000)
+            .map(|i| verdict(&format!("p-{i}"), (10, 20)))
+            .collect();
+        lineage.learnt(&fleet, |v| format!("{v}+x"));
+        let first = drained(&mut sender);
+        let trained = |events: &[serde_json::Value]| {
+            events
+                .iter()
+                .filter(|e| {
+                    e["job"]["name"] == "pipeline.pumps.training" && e["eventType"] == "COMPLETE"
+                })
+                .count()
+        };
+        assert!(
+            trained(&first) > 0 && trained(&first) < 2000,
+            "{} reported at once",
+            trained(&first)
+        );
+        let mut total = trained(&first);
+        // The same verdicts again report nothing new; each pass reports what now fits.
+        for _ in 0..20 {
+            lineage.learnt(&fleet, |v| format!("{v}+x"));
+            lineage.pass(0);
+            total += trained(&drained(&mut sender));
+        }
+        assert_eq!(total, 2000, "every model once");
+        lineage.learnt(&[verdict("p-7", (10, 30))], |v| format!("{v}+x"));
+        let again = drained(&mut sender);
+        assert_eq!(trained(&again), 1, "p-7 learnt from a new span");
+        assert_eq!(
+            again[1]["outputs"][0]["facets"]["version"]["datasetVersion"],
+            "1+x@1970-01-01T00:00:00.000Z"
+        );
+    }
+
+    /// A run ends once; one dropped after its start without an end (its task failed) fails.
+    #[tokio::test]
+    async fn a_run_ends_once_and_one_dropped_unended_fails() {
+        let (_dir, store) = crate::test_store::store_with("pump,device=p-0 vibration=1 1\n").await;
+        let settings = OpenLineageSettings {
+            url: None,
+            api_key: None,
+            file: Some("unused.jsonl".into()),
+            namespace: None,
+            running_interval: None,
+        };
+        let (emitter, mut sender) = crate::openlineage::channel(settings, "edge-1");
+        let config = pumps();
+        let ended = PipelineLineage::new(&emitter, &config, store.clone(), None);
+        ended.started();
+        ended.ended(3);
+        ended.ended(3);
+        drop(ended);
+        let types = |events: Vec<serde_json::Value>| -> Vec<String> {
+            events
+                .iter()
+                .map(|e| e["eventType"].as_str().unwrap_or("?").to_owned())
+                .collect()
+        };
+        assert_eq!(types(drained(&mut sender)), ["START", "COMPLETE"]);
+        let failed = PipelineLineage::new(&emitter, &config, store.clone(), None);
+        failed.started();
+        drop(failed);
+        let events = drained(&mut sender);
+        assert_eq!(types(events.clone()), ["START", "FAIL"]);
+        assert!(
+            events[1]["run"]["facets"]["errorMessage"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("ended without stopping")),
+            "{}",
+            events[1]
+        );
+        // Never started (stopped while it loaded): nothing.
+        drop(PipelineLineage::new(&emitter, &config, store, None));
+        assert!(drained(&mut sender).is_empty());
     }
 }

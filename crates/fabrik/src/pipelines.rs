@@ -917,6 +917,7 @@ impl PipelineManager {
                 restore_spans,
                 emitter: self.lineage.clone(),
                 lineage: None,
+                written: std::sync::atomic::AtomicU64::new(0),
             };
             Some(tokio::spawn(runner.run(stop.clone())))
         } else {
@@ -2005,6 +2006,10 @@ pub(crate) async fn start(
                     // file, and let the API replace or remove it.
                     let reason = describe_problems(&problems);
                     tracing::error!(pipeline = %definition.name, error = %reason, "Stored pipeline definition does not load; the others keep running.");
+                    if let Some(emitter) = &manager.lineage {
+                        PipelineLineage::new(emitter, &definition, manager.store.clone(), None)
+                            .failed(&reason);
+                    }
                     manager.board.write().insert(
                         definition.name.clone(),
                         status_of(
@@ -2057,6 +2062,8 @@ struct Runner {
     emitter: Option<crate::openlineage::Emitter>,
     /// This run's OpenLineage run, once its model loaded.
     lineage: Option<PipelineLineage>,
+    /// Rows this run wrote to `inferences`.
+    written: std::sync::atomic::AtomicU64,
 }
 
 impl Runner {
@@ -2114,7 +2121,7 @@ impl Runner {
             }),
         };
         Some(PipelineLineage::new(
-            emitter,
+            &emitter,
             &self.compiled.config,
             self.store.clone(),
             model,
@@ -2142,9 +2149,6 @@ impl Runner {
                 return;
             }
         };
-        if let Some(lineage) = &self.lineage {
-            lineage.started();
-        }
         tracing::info!(pipeline = %name, model = %self.compiled.config.model, "Pipeline started.");
         let start = Timestamp::now().nanos() - self.compiled.lateness_ns;
         // Exclusive lower bound of the next read; `None` reads from the beginning.
@@ -2234,6 +2238,13 @@ impl Runner {
                 }
             }
         }
+        // Its START names what it reads and writes: with a challenger only if that loaded.
+        if let Some(lineage) = &mut self.lineage {
+            if shadow.is_none() {
+                lineage.without_challenger();
+            }
+            lineage.started();
+        }
         let mut shadow_write_error = None;
         let mut samples = 0u64;
         let mut exported = ExportedCounters::new(&name);
@@ -2316,14 +2327,14 @@ impl Runner {
                 tracing::debug!(pipeline = %name, error = %e, "Pipeline step failed; retrying.");
             }
             if let Some(lineage) = &self.lineage {
-                lineage.running(counters.inferences);
+                lineage.pass(self.written.load(std::sync::atomic::Ordering::Relaxed));
             }
+        }
+        if let Some(lineage) = &self.lineage {
+            lineage.ended(self.written.load(std::sync::atomic::Ordering::Relaxed));
         }
         if let Some(recorder) = recorder {
             let _ = recorder.await;
-        }
-        if let Some(lineage) = &self.lineage {
-            lineage.ended(pipeline.counters().inferences);
         }
         exported.stopped();
         self.update(|s| s.state = PipelineState::Stopped);
@@ -2672,13 +2683,13 @@ impl Runner {
                         .and_modify(|from| *from = (*from).min(inference.window_start_ns))
                         .or_insert(inference.window_start_ns);
                 }
-                if let Some(lineage) = &self.lineage {
-                    // Before the writes: a model whose verdicts a write lost still learnt.
-                    lineage.trained(&inferences, |version| {
-                        model_version(&self.compiled.config, version)
-                    });
-                }
+                // The models learnt are noted before the writes: one whose verdicts a write lost
+                // still learnt. On a device an A/B split gave the challenger, its model acts.
+                let champion = |version: &str| model_version(&self.compiled.config, version);
                 if live_from.is_empty() {
+                    if let Some(lineage) = &self.lineage {
+                        lineage.learnt(&inferences, champion);
+                    }
                     self.write(&inferences, stage, false).await?;
                 } else {
                     let acting: Vec<Inference> = inferences
@@ -2690,6 +2701,12 @@ impl Runner {
                         })
                         .cloned()
                         .collect();
+                    if let (Some(lineage), Some(challenger)) =
+                        (&self.lineage, self.compiled.shadow.as_deref())
+                    {
+                        lineage.learnt(&acting, champion);
+                        lineage.learnt(&live, |version| model_version(&challenger.config, version));
+                    }
                     self.write(&acting, stage, false).await?;
                     self.write(&live, stage, true).await?;
                 }
@@ -3020,6 +3037,8 @@ impl Runner {
         store_rows(&self.store, name, &points, INFERENCES_TABLE)
             .await
             .map_err(|e| format!("storing inferences: {e}"))?;
+        self.written
+            .fetch_add(points.len() as u64, std::sync::atomic::Ordering::Relaxed);
         for inference in inferences.iter().filter(|i| i.flag) {
             tracing::info!(
                 pipeline = %name,

@@ -147,10 +147,14 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
         self_update.clone(),
         lineage,
     ));
-    if let Some(send) = lineage_send {
+    if let Some(mut send) = lineage_send {
         lineage_stop.cancel();
+        // The sender keeps its own deadline; this one is for a file write that hangs.
         let limit = crate::openlineage::DRAIN + Duration::from_secs(1);
-        let _ = runtime.block_on(async { tokio::time::timeout(limit, send).await });
+        let sent = runtime.block_on(async { tokio::time::timeout(limit, &mut send).await });
+        if sent.is_err() {
+            send.abort();
+        }
     }
     if let Some(export) = trace_export {
         // The last spans (the shutdown's own among them) go out before the process ends.

@@ -18,6 +18,34 @@ const RECEIVER: &str = concat!(
 const SECOND: i64 = 1_000_000_000;
 const KEY: &str = "catalog-key-7";
 
+/// Each event as `job type`, for messages.
+fn summary(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| format!("{} {}", e["job"]["name"], e["eventType"]))
+        .collect()
+}
+
+/// Each run's events: a START first, then RUNNING events only, then exactly one COMPLETE or
+/// FAIL, and nothing after it.
+fn every_run_begins_and_ends_once(events: &[Value]) {
+    let mut runs: Vec<&Value> = events.iter().map(|e| &e["run"]["runId"]).collect();
+    runs.sort_by_key(|id| id.to_string());
+    runs.dedup();
+    for id in runs {
+        let types: Vec<&str> = events
+            .iter()
+            .filter(|e| e["run"]["runId"] == *id)
+            .map(|e| e["eventType"].as_str().unwrap_or("?"))
+            .collect();
+        let well_formed = types.len() >= 2
+            && types[0] == "START"
+            && matches!(types[types.len() - 1], "COMPLETE" | "FAIL")
+            && types[1..types.len() - 1].iter().all(|t| *t == "RUNNING");
+        assert!(well_formed, "run {id}: {types:?}");
+    }
+}
+
 /// The receiver on a free port, recording to `out` and refusing the first `refuse` requests
 /// with 503; stopped on drop.
 fn catalog(out: &Path, refuse: u32) -> (u16, Peer) {
@@ -130,7 +158,7 @@ context = ["top_signal"]
     let events = accepted(&out);
     let failed = of(&events, "pipeline.broken", "FAIL")[0];
     let started = of(&events, "pipeline.broken", "START");
-    assert_eq!(started.len(), 1, "{events:?}");
+    assert_eq!(started.len(), 1, "{:?}", summary(&events));
     assert_eq!(started[0]["run"]["runId"], failed["run"]["runId"]);
     let message = failed["run"]["facets"]["errorMessage"]["message"]
         .as_str()
@@ -144,10 +172,10 @@ context = ["top_signal"]
 
     // An alert rule is a streaming job from its table to the alerts, with the query it reads.
     let rule = of(&events, "alert_rule.recent-anomaly", "START");
-    assert_eq!(rule.len(), 1, "{events:?}");
+    assert_eq!(rule.len(), 1, "{:?}", summary(&events));
     let rule = rule[0];
     assert_eq!(rule["inputs"][0]["name"], "inferences");
-    assert_eq!(rule["outputs"][0]["name"], "alerts");
+    assert_eq!(rule["outputs"][0]["name"], "alerting.alerts");
     let sql = rule["job"]["facets"]["sql"]["query"]
         .as_str()
         .expect("the rule's query");
@@ -203,7 +231,7 @@ context = ["top_signal"]
     });
     let events = accepted(&out);
     let start = of(&events, "pipeline.recent", "START");
-    assert_eq!(start.len(), 1, "{events:?}");
+    assert_eq!(start.len(), 1, "{:?}", summary(&events));
     let start = start[0];
     let run_id = start["run"]["runId"].as_str().expect("a run id").to_owned();
     assert_eq!(
@@ -234,7 +262,12 @@ context = ["top_signal"]
     // pump-a's model: a training run under the pipeline's, whose output is that device's
     // model, versioned by the span it learnt from — the span its inferences name.
     let trained = of(&events, "pipeline.recent.training", "COMPLETE");
-    assert_eq!(trained.len(), 1, "one device, trained once: {events:?}");
+    assert_eq!(
+        trained.len(),
+        1,
+        "one device, trained once: {:?}",
+        summary(&events)
+    );
     let trained = trained[0];
     assert_eq!(
         of(&events, "pipeline.recent.training", "START")[0]["run"]["runId"],
@@ -311,6 +344,45 @@ context = ["top_signal"]
         "the rule's run ended with the process"
     );
 
+    // Every run began once and ended once, and sent nothing after its end; a running one
+    // reported at most once a second, the rows it wrote never going down.
+    every_run_begins_and_ends_once(&events);
+    for run in events.iter().filter(|e| e["eventType"] == "START") {
+        let id = &run["run"]["runId"];
+        let running: Vec<&Value> = events
+            .iter()
+            .filter(|e| e["run"]["runId"] == *id && e["eventType"] == "RUNNING")
+            .collect();
+        for pair in running.windows(2) {
+            let at = |e: &Value| {
+                chrono::DateTime::parse_from_rfc3339(e["eventTime"].as_str().expect("time"))
+                    .expect("RFC 3339")
+            };
+            assert!(
+                at(pair[1]) - at(pair[0]) >= chrono::TimeDelta::milliseconds(900),
+                "RUNNING events closer than running_interval: {pair:?}"
+            );
+            let rows = |e: &Value| {
+                e["outputs"][0]["outputFacets"]["outputStatistics"]["rowCount"].as_u64()
+            };
+            assert!(rows(pair[1]) >= rows(pair[0]), "{pair:?}");
+        }
+    }
+    // A device's model is reported once per run of the pipeline (each start learns anew).
+    let mut models: Vec<(String, String)> = of(&events, "pipeline.recent.training", "COMPLETE")
+        .iter()
+        .map(|e| {
+            (
+                e["run"]["facets"]["parent"]["run"]["runId"].to_string(),
+                e["outputs"][0]["name"].to_string(),
+            )
+        })
+        .collect();
+    let reported = models.len();
+    models.sort();
+    models.dedup();
+    assert!(reported >= 1 && models.len() == reported, "{models:?}");
+
     // Every event passed OpenLineage's client, carried the key, and the refused one came again.
     let errors: Vec<&Value> = lines.iter().filter(|l| l.get("error").is_some()).collect();
     assert!(errors.is_empty(), "events the client refused: {errors:?}");
@@ -323,7 +395,7 @@ context = ["top_signal"]
             .iter()
             .filter(|l| l.get("event").is_some())
             .all(|l| l["authorization"] == format!("Bearer {KEY}")),
-        "{lines:?}"
+        "a request without the key"
     );
     // The file holds the same events, in the order they were made.
     let in_file: Vec<Value> = std::fs::read_to_string(&file)
@@ -332,4 +404,50 @@ context = ["top_signal"]
         .map(|l| serde_json::from_str(l).expect("an event per line"))
         .collect();
     assert_eq!(in_file, events);
+}
+
+/// A catalog that cannot be reached keeps no event from the file, and does not keep Fabrik
+/// from stopping: the file holds every run's start and end.
+#[test]
+fn the_file_gets_every_event_while_the_catalog_is_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Nothing listens there.
+    let down = free_port();
+    let config = format!(
+        r#"
+[openlineage]
+url = "http://127.0.0.1:{down}"
+file = "lineage.jsonl"
+
+[[alerting.rules]]
+name = "hot"
+table = "oven"
+value = "celsius"
+key = "device"
+condition = "above"
+threshold = 250.0
+"#
+    );
+    let p = start_configured(dir.path(), &config);
+    // Relative: in the data directory.
+    let file = dir.path().join("data").join("lineage.jsonl");
+    eventually("the rule's start in the file", || {
+        !of(&lines(&file), "alert_rule.hot", "START").is_empty()
+    });
+    let (status, log) = p.terminate();
+    assert!(status.success(), "{status}: {}", log.join("\n"));
+    let events = lines(&file);
+    every_run_begins_and_ends_once(&events);
+    assert_eq!(
+        of(&events, "alert_rule.hot", "COMPLETE").len(),
+        1,
+        "{:?}",
+        summary(&events)
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("OpenLineage event not delivered to the catalog")),
+        "the catalog's failures are logged: {}",
+        log.join("\n")
+    );
 }
