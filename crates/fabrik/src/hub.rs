@@ -6,6 +6,7 @@
 //! of another type than the hub's) is a dead letter naming why; it is never retried forever
 //! and never blocks the rest. Hubs that share the consumer name share the work.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use fabrik_store::schema;
 use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::hub_lineage::HubLineage;
 use crate::nats_link::{self, NatsLink};
 
 /// Messages stored together in one write at most, and their bytes.
@@ -218,6 +220,7 @@ async fn store_messages(
     messages: &[jetstream::Message],
     prefix: &str,
     board: &LinkBoard,
+    lineage: Option<&HubLineage>,
 ) {
     let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(messages.len());
     let mut decoded: Vec<Option<Decoded>> = Vec::with_capacity(messages.len());
@@ -288,6 +291,21 @@ async fn store_messages(
     }
     metrics::counter!("fabrik_hub_messages_total").increment(messages.len() as u64);
     report(board, &decoded, &outcomes);
+    if let Some(lineage) = lineage {
+        let mut stored: BTreeMap<&str, Vec<(&str, u64)>> = BTreeMap::new();
+        for (d, outcome) in decoded.iter().zip(&outcomes) {
+            if let (Some(d), Some(Outcome::Stored)) = (d, outcome) {
+                stored.entry(&d.node).or_default().extend(
+                    d.batches
+                        .iter()
+                        .map(|(table, batch)| (table.as_str(), batch.num_rows() as u64)),
+                );
+            }
+        }
+        for (node, tables) in stored {
+            lineage.stored(node, &tables);
+        }
+    }
     for (message, outcome) in messages.iter().zip(&outcomes) {
         settle(message, outcome.as_ref()).await;
     }
@@ -332,6 +350,8 @@ struct Hub {
     max_age: Duration,
     store: Arc<Store>,
     board: LinkBoard,
+    /// The edges' uplinks as OpenLineage runs, if events go anywhere.
+    lineage: Option<HubLineage>,
 }
 
 /// Makes sure of the stream and the durable consumer, and stores messages until stopped or
@@ -348,6 +368,7 @@ async fn consume(
         max_age,
         store,
         board,
+        lineage,
     } = hub;
     let max_age = *max_age;
     let stream = js
@@ -409,7 +430,7 @@ async fn consume(
                 _ => break,
             }
         }
-        store_messages(store, &batch, &link.subject, board).await;
+        store_messages(store, &batch, &link.subject, board, lineage.as_ref()).await;
     }
 }
 
@@ -418,6 +439,7 @@ pub(crate) async fn start(
     config: &Config,
     store: Arc<Store>,
     board: LinkBoard,
+    lineage: Option<crate::openlineage::Emitter>,
 ) -> Result<ServiceHandle, String> {
     let link = NatsLink::from(&config.hub);
     if !link.is_on() {
@@ -442,6 +464,7 @@ pub(crate) async fn start(
         max_age,
         store,
         board,
+        lineage: lineage.map(HubLineage::new),
     };
     let task = tokio::spawn(async move {
         let board = hub.board.clone();
@@ -480,6 +503,9 @@ pub(crate) async fn start(
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
+        }
+        if let Some(lineage) = &hub.lineage {
+            lineage.ended();
         }
         Ok(())
     });

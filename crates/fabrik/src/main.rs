@@ -27,6 +27,7 @@ mod drift;
 mod error_text;
 mod eval;
 mod hub;
+mod hub_lineage;
 mod image_policy;
 mod key_report;
 mod kpi_series;

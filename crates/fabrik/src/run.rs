@@ -1013,10 +1013,11 @@ async fn serve(
             Module::Hub => {
                 let store = wiring.store.clone();
                 let links = wiring.links.clone();
+                let lineage = wiring.lineage.clone();
                 manager
                     .start(module.name(), || async {
                         let store = store.ok_or("the hub module needs the store module")?;
-                        crate::hub::start(&config, store, links).await
+                        crate::hub::start(&config, store, links, lineage).await
                     })
                     .await
             }

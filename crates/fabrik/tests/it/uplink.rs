@@ -96,7 +96,13 @@ fn an_edge_forwards_its_rows_to_a_hub_across_outages_and_kill_9() {
     let port = free_port();
     let nats = nats_server(&nats_dir, port);
     let nats_url = format!("nats://127.0.0.1:{port}");
-    let hub_env = [("FABRIK__HUB__URL", nats_url.as_str())];
+    // The hub reports each edge's uplink as lineage (decision 0080), into a file in its data
+    // directory.
+    let hub_env = [
+        ("FABRIK__HUB__URL", nats_url.as_str()),
+        ("FABRIK__UPDATES__NODE", "hub-1"),
+        ("FABRIK__OPENLINEAGE__FILE", "lineage.jsonl"),
+    ];
     let hub = Process::start(&hub_dir, &hub_env);
     let config = edge_config(dir.path(), port);
     let config = config.to_str().expect("utf-8");
@@ -138,6 +144,28 @@ fn an_edge_forwards_its_rows_to_a_hub_across_outages_and_kill_9() {
     let hub_status = link_status(&hub.url)["hub"].clone();
     assert_eq!(hub_status["nodes"]["line-1"]["rows"], 800, "{hub_status}");
     assert_eq!(hub_status["dead_letters"], 0);
+    // In a lineage catalog, the edge's table (named as the edge's own events name it) feeds
+    // the hub's; the excluded one is in neither.
+    let uplinked = |table: &str| {
+        std::fs::read_to_string(hub_dir.join("lineage.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("an event"))
+            .filter(|e| e["job"]["name"] == "uplink.line-1")
+            .any(|e| {
+                e["inputs"].as_array().is_some_and(|inputs| {
+                    inputs
+                        .iter()
+                        .any(|d| d["namespace"] == "fabrik://line-1" && d["name"] == table)
+                }) && e["outputs"].as_array().is_some_and(|outputs| {
+                    outputs
+                        .iter()
+                        .any(|d| d["namespace"] == "fabrik://hub-1" && d["name"] == table)
+                })
+            })
+    };
+    eventually("the uplink's lineage at the hub", || uplinked("up"));
+    assert!(!uplinked("secret"), "an excluded table in the lineage");
     // The topics' contract names the uplink's subject.
     let (code, asyncapi) = http(
         &edge.url,
