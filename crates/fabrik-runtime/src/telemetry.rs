@@ -34,6 +34,74 @@ pub fn spans_exported() -> bool {
     SPANS_EXPORTED.load(Ordering::Relaxed)
 }
 
+/// How many traced messages' spans [`remember_message_span`] keeps: at the message spans' cap
+/// of 1,000 a second, the last minute or so, which covers a pipeline's window and lateness.
+const MESSAGE_SPANS_KEPT: usize = 65_536;
+
+/// The spans of recent traced messages, by the arrival id (`_raw_id`) of their rows, oldest
+/// first for eviction (decision 0081).
+struct MessageSpans {
+    by_raw_id: std::collections::HashMap<u64, ([u8; 16], [u8; 8])>,
+    order: std::collections::VecDeque<u64>,
+}
+
+static MESSAGE_SPANS: std::sync::Mutex<Option<MessageSpans>> = std::sync::Mutex::new(None);
+static MESSAGE_SPANS_ANY: AtomicBool = AtomicBool::new(false);
+
+/// Remembers that the rows of arrival `raw_id` came of the message traced as span `span_id` of
+/// trace `trace_id`, so a span that later reads them can link to it.
+pub fn remember_message_span(raw_id: u64, trace_id: [u8; 16], span_id: [u8; 8]) {
+    let Ok(mut guard) = MESSAGE_SPANS.lock() else {
+        return;
+    };
+    let spans = guard.get_or_insert_with(|| MessageSpans {
+        by_raw_id: std::collections::HashMap::new(),
+        order: std::collections::VecDeque::new(),
+    });
+    if spans
+        .by_raw_id
+        .insert(raw_id, (trace_id, span_id))
+        .is_none()
+    {
+        spans.order.push_back(raw_id);
+    }
+    while spans.order.len() > MESSAGE_SPANS_KEPT {
+        if let Some(oldest) = spans.order.pop_front() {
+            spans.by_raw_id.remove(&oldest);
+        }
+    }
+    MESSAGE_SPANS_ANY.store(true, Ordering::Relaxed);
+}
+
+/// The spans of the traced messages among the arrival ids `raw_ids`, at most `limit`, each
+/// once; nothing (and no lock taken) when no message was traced.
+pub fn message_spans_of(
+    raw_ids: impl IntoIterator<Item = u64>,
+    limit: usize,
+) -> Vec<([u8; 16], [u8; 8])> {
+    if !MESSAGE_SPANS_ANY.load(Ordering::Relaxed) {
+        return Vec::new();
+    }
+    let Ok(guard) = MESSAGE_SPANS.lock() else {
+        return Vec::new();
+    };
+    let Some(spans) = guard.as_ref() else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for raw_id in raw_ids {
+        if found.len() >= limit {
+            break;
+        }
+        if let Some(span) = spans.by_raw_id.get(&raw_id)
+            && !found.contains(span)
+        {
+            found.push(*span);
+        }
+    }
+    found
+}
+
 /// A W3C `traceparent` (version 00): trace id, parent span id and whether the caller sampled
 /// it. All-zero ids are invalid.
 pub fn parse_traceparent(value: &str) -> Option<([u8; 16], [u8; 8], bool)> {
@@ -129,5 +197,19 @@ mod tests {
         ] {
             assert_eq!(parse_traceparent(bad), None, "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod message_span_tests {
+    use super::*;
+
+    #[test]
+    fn traced_messages_are_found_by_their_rows_arrival_ids_each_once() {
+        remember_message_span(u64::MAX - 1, [1; 16], [1; 8]);
+        remember_message_span(u64::MAX - 2, [2; 16], [2; 8]);
+        let found = message_spans_of([u64::MAX - 1, 7, u64::MAX - 1, u64::MAX - 2], 8);
+        assert_eq!(found, [([1; 16], [1; 8]), ([2; 16], [2; 8])]);
+        assert_eq!(message_spans_of([u64::MAX - 1, u64::MAX - 2], 1).len(), 1);
     }
 }

@@ -80,8 +80,19 @@ pub(crate) struct Span {
     pub(crate) attributes: Vec<KeyValue>,
     #[prost(message, repeated, tag = "11")]
     pub(crate) events: Vec<Event>,
+    #[prost(message, repeated, tag = "13")]
+    pub(crate) links: Vec<Link>,
     #[prost(message, optional, tag = "15")]
     pub(crate) status: Option<Status>,
+}
+
+/// `Span.Link`: another span this one is causally related to (decision 0081).
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct Link {
+    #[prost(bytes = "vec", tag = "1")]
+    pub(crate) trace_id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub(crate) span_id: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -191,6 +202,20 @@ fn span(json: &Value) -> Result<Span, String> {
                     time_unix_nano: nanos(&event["timeUnixNano"])?,
                     name: text(&event["name"]),
                     attributes: key_values(event)?,
+                })
+            })
+            .collect::<Result<_, String>>()?,
+        links: list(json, "links")
+            .iter()
+            .map(|link| {
+                let id = |key: &str, length: usize| -> Result<Vec<u8>, String> {
+                    let hex = text(&link[key]);
+                    bytes_of_hex(&hex, length)
+                        .ok_or_else(|| format!("link {key} `{hex}` is not {length} bytes of hex"))
+                };
+                Ok(Link {
+                    trace_id: id("traceId", 16)?,
+                    span_id: id("spanId", 8)?,
                 })
             })
             .collect::<Result<_, String>>()?,
@@ -309,6 +334,31 @@ mod tests {
         let encoded = request_from_json(&json).expect("request").encode_to_vec();
         let hex: String = encoded.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, OTLP_PROTO_BYTES);
+    }
+
+    /// A span's links go as `Span.links` (field 13), each a `Link` of trace id (1) and span
+    /// id (2): OTLP's numbers, checked on the wire.
+    #[test]
+    fn links_are_span_field_13_on_the_wire() {
+        let json = json!({"resourceSpans": [{"scopeSpans": [{"spans": [{
+            "traceId": "4bf92f3577b34da6a3ce929d0e0e4736",
+            "spanId": "00f067aa0ba902b7",
+            "name": "pipeline pumps", "kind": 1,
+            "startTimeUnixNano": "1", "endTimeUnixNano": "2",
+            "links": [{"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174"}]
+        }]}]}]});
+        let encoded = request_from_json(&json).expect("request").encode_to_vec();
+        let hex: String = encoded.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(
+            hex.contains("6a1c0a105b8efff798038103d269b633813fc60c1208eee19b7ec3c1b174"),
+            "{hex}"
+        );
+        let bad = json!({"resourceSpans": [{"scopeSpans": [{"spans": [{
+            "traceId": "4bf92f3577b34da6a3ce929d0e0e4736", "spanId": "00f067aa0ba902b7",
+            "links": [{"traceId": "5b8e", "spanId": "eee19b7ec3c1b174"}]
+        }]}]}]});
+        let error = request_from_json(&bad).expect_err("a short trace id");
+        assert!(error.contains("link traceId"), "{error}");
     }
 
     #[test]

@@ -77,6 +77,11 @@ enum ModelChoice {
     },
 }
 
+/// Most message spans a pipeline page's span links to: enough to follow a window back to its
+/// messages in a trace viewer, few enough that a page of a busy table does not make a span
+/// of thousands of links (OpenTelemetry's SDKs keep 128).
+const MESSAGE_LINKS: usize = 32;
+
 /// Where an ONNX model's file is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum OnnxSource {
@@ -2632,8 +2637,20 @@ impl Runner {
                             samples = rows.len() as u64,
                             windows = tracing::field::Empty,
                             flagged = tracing::field::Empty,
+                            otel.links = tracing::field::Empty,
                         )
             };
+            // Links to the traced messages whose rows the page read (decision 0081).
+            if !span.is_disabled() {
+                let linked = fabrik_runtime::telemetry::message_spans_of(
+                    rows.iter()
+                        .filter_map(|(_, row)| u64::try_from(row.arrival).ok()),
+                    MESSAGE_LINKS,
+                );
+                if !linked.is_empty() {
+                    span.record("otel.links", crate::traces::links_field(&linked));
+                }
+            }
             let page = async {
                 for (device, row) in rows {
                     if let Some(challenged) = shadow.as_mut() {

@@ -45,6 +45,8 @@ struct SpanData {
     events: Vec<Value>,
     /// OTLP status code (1 ok, 2 error) and message.
     status: Option<(u8, String)>,
+    /// Spans this one links to (`otel.links`): the messages a pipeline's page read.
+    links: Vec<([u8; 16], [u8; 8])>,
 }
 
 /// Reads a span's fields: the `otel.*` conventions, the remote parent, and the attributes.
@@ -56,6 +58,9 @@ struct Fields {
     status_message: Option<String>,
     traceparent: Option<String>,
     attributes: Vec<(String, Value)>,
+    links: Vec<([u8; 16], [u8; 8])>,
+    /// `fabrik.raw_id`: the arrival id of the rows a message span's message became.
+    raw_id: Option<u64>,
 }
 
 impl Fields {
@@ -86,7 +91,19 @@ impl Fields {
             }
             "otel.status_message" => self.status_message = Some(text()),
             "traceparent" => self.traceparent = Some(text()),
-            name => self.attributes.push((name.to_owned(), value)),
+            // `<trace id>-<span id>` pairs in hex, comma-separated.
+            "otel.links" => {
+                self.links.extend(text().split(',').filter_map(|link| {
+                    let (trace, span) = link.trim().split_once('-')?;
+                    Some((hex_bytes(trace)?, hex_bytes(span)?))
+                }));
+            }
+            name => {
+                if name == "fabrik.raw_id" {
+                    self.raw_id = value.as_u64();
+                }
+                self.attributes.push((name.to_owned(), value));
+            }
         }
     }
 }
@@ -114,6 +131,14 @@ impl Visit for Fields {
 
 impl SpanData {
     fn apply(&mut self, fields: Fields) {
+        // A sampled message span's rows can be linked to by whoever reads them (decision
+        // 0081); an unsampled one is never exported, so nothing could follow the link.
+        if let Some(raw_id) = fields.raw_id
+            && self.sampled
+        {
+            fabrik_runtime::telemetry::remember_message_span(raw_id, self.trace_id, self.span_id);
+        }
+        self.links.extend(fields.links);
         if let Some(name) = fields.name {
             self.name = name;
         }
@@ -152,6 +177,13 @@ impl SpanData {
         if let Some((code, message)) = &self.status {
             span["status"] = json!({ "code": code, "message": message });
         }
+        if !self.links.is_empty() {
+            span["links"] = self
+                .links
+                .iter()
+                .map(|(trace, span)| json!({ "traceId": hex(trace), "spanId": hex(span) }))
+                .collect();
+        }
         span
     }
 }
@@ -172,6 +204,27 @@ fn attribute(key: &str, value: &Value) -> Value {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `N` bytes from `2N` hex digits; `None` for anything else, or all zeros (an invalid id).
+fn hex_bytes<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != 2 * N || !text.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+    }
+    out.iter().any(|b| *b != 0).then_some(out)
+}
+
+/// The value of a span's `otel.links` field naming `spans`.
+pub(crate) fn links_field(spans: &[([u8; 16], [u8; 8])]) -> String {
+    spans
+        .iter()
+        .map(|(trace, span)| format!("{}-{}", hex(trace), hex(span)))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The W3C `traceparent` of the current span, for a request Fabrik makes as part of it (a
@@ -280,6 +333,7 @@ where
             attributes: Vec::new(),
             events: Vec::new(),
             status: None,
+            links: Vec::new(),
         };
         data.apply(fields);
         span.extensions_mut().insert(data);
@@ -905,6 +959,40 @@ mod tests {
         assert_eq!(inner["status"]["code"], 2);
         assert_eq!(inner["events"][0]["name"], "the scan failed");
         assert!(outer.get("status").is_none(), "{outer}");
+    }
+
+    /// A sampled message span is found by its rows' arrival id, and a span given it as
+    /// `otel.links` links to it; malformed or all-zero ids are left out.
+    #[test]
+    fn a_span_links_to_the_message_span_of_the_rows_it_read() {
+        let raw_id = u64::MAX - 77;
+        let spans = spans_of(1.0, || {
+            let message = tracing::info_span!(
+                "mqtt.message",
+                traceparent = "00-5b8efff798038103d269b633813fc60c-eee19b7ec3c1b174-01",
+                fabrik.raw_id = tracing::field::Empty,
+            );
+            message.record("fabrik.raw_id", raw_id);
+            drop(message);
+            let linked = fabrik_runtime::telemetry::message_spans_of([raw_id, 1], 32);
+            assert_eq!(linked.len(), 1, "{linked:?}");
+            let page = tracing::info_span!("pipeline.step", otel.links = tracing::field::Empty);
+            page.record(
+                "otel.links",
+                format!(
+                    "{},00000000000000000000000000000000-0000000000000000,zz",
+                    links_field(&linked)
+                ),
+            );
+        });
+        assert_eq!(spans.len(), 2, "{spans:?}");
+        let (message, page) = (&spans[0], &spans[1]);
+        assert_eq!(
+            page["links"],
+            json!([{ "traceId": message["traceId"], "spanId": message["spanId"] }])
+        );
+        assert_eq!(message["traceId"], "5b8efff798038103d269b633813fc60c");
+        assert!(message.get("links").is_none(), "{message}");
     }
 
     #[test]

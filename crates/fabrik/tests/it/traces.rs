@@ -574,6 +574,15 @@ name = "pump-telemetry"
 source = "mqtt"
 topic = "devices/{{device}}/telemetry"
 measurement = "pump"
+
+[[pipelines]]
+name = "pressure"
+table = "pump"
+signals = ["pressure"]
+window = "1s"
+interval = "200ms"
+lateness = "0s"
+start = "earliest"
 "#
         ),
     );
@@ -653,6 +662,17 @@ measurement = "pump"
         stored["end"].as_u64() <= Some(acked_by),
         "ended by the PUBACK: {stored}"
     );
+    // The pipeline's span for the page that read the message's row links to the message's
+    // span (decision 0081): a trace viewer goes from the verdict's pass to the message.
+    let message_link = serde_json::json!({ "trace_id": trace, "span_id": stored["span_id"] });
+    eventually("a pipeline span linking to the message", || {
+        spans(&out).iter().any(|s| {
+            s["name"] == "pipeline pressure"
+                && s["links"]
+                    .as_array()
+                    .is_some_and(|links| links.contains(&message_link))
+        })
+    });
 
     // A payload the mapping cannot read: a dead letter, and a failed span saying why.
     let bad = "4bf92f3577b34da6a3ce929d0e0e4736";

@@ -101,6 +101,10 @@ def record(request, encoding, compressed=None):
                     "attributes": {a.key: value(a.value) for a in span.attributes},
                     "status": span.status.code,
                     "status_message": span.status.message,
+                    "links": [
+                        {"trace_id": link.trace_id.hex(), "span_id": link.span_id.hex()}
+                        for link in span.links
+                    ],
                     "resource": resource,
                     "encoding": encoding,
                     "compressed": compressed,
@@ -138,6 +142,8 @@ class Handler(BaseHTTPRequestHandler):
                     for scope_spans in resource_spans.get("scopeSpans", []):
                         for span in scope_spans.get("spans", []):
                             hex_ids_to_base64(span)
+                            for link in span.get("links", []):
+                                hex_ids_to_base64(link)
                 request = json_format.Parse(json.dumps(document), ExportTraceServiceRequest())
             else:
                 raise ValueError(f"content-type {self.headers.get('content-type')}")
