@@ -509,6 +509,9 @@ impl Ingest {
             }
             return;
         }
+        for p in &pending {
+            p.message.trace.will_store_as(p.raw_id.0);
+        }
         match self.sink.write(&all).await {
             Ok(()) => {
                 for p in pending {
@@ -1003,6 +1006,10 @@ mod tests {
             raw_ids,
             vec![stored["fabrik.raw_id"].clone()],
             "the row's id"
+        );
+        assert_eq!(
+            stored["fabrik.link_id"], stored["fabrik.raw_id"],
+            "the id the span is found by, said before the write"
         );
         let refused = outcome_of(&context(2, "01"));
         assert_eq!(refused["fabrik.outcome"], "dead_letter", "{refused:?}");

@@ -124,6 +124,7 @@ impl MessageTrace {
             messaging.message.body.size = arrival.payload_bytes as u64,
             fabrik.source = %arrival.source,
             fabrik.raw_id = tracing::field::Empty,
+            fabrik.link_id = tracing::field::Empty,
             fabrik.device = tracing::field::Empty,
             fabrik.mapping = tracing::field::Empty,
             fabrik.mapping.version = tracing::field::Empty,
@@ -146,6 +147,14 @@ impl MessageTrace {
         if self.is_traced() {
             self.span.record(field, value);
         }
+    }
+
+    /// Says, before the message's rows are written, the arrival id they will carry: the trace
+    /// layer keeps the span findable by it (not as an attribute), so a pipeline that reads the
+    /// rows as soon as they are written can link to it (decision 0081). A write that fails
+    /// leaves an entry no row will ever name.
+    pub fn will_store_as(&self, raw_id: u64) {
+        self.record("fabrik.link_id", raw_id);
     }
 
     /// Names the span after the mapping that read the message.

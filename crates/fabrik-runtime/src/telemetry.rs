@@ -5,7 +5,7 @@
 //! (per-device cardinality lives in the store, not in Prometheus).
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use metrics_exporter_prometheus::PrometheusBuilder;
 pub use metrics_exporter_prometheus::PrometheusHandle;
@@ -35,68 +35,99 @@ pub fn spans_exported() -> bool {
 }
 
 /// How many traced messages' spans [`remember_message_span`] keeps: at the message spans' cap
-/// of 1,000 a second, the last minute or so, which covers a pipeline's window and lateness.
+/// of 1,000 a second, about the last minute.
 const MESSAGE_SPANS_KEPT: usize = 65_536;
+/// Arrival ids looked up per hold of the index's lock, so a page of 50,000 rows never keeps the
+/// ingest path (which adds to the index) waiting for long.
+const LOOKUPS_PER_LOCK: usize = 1024;
 
-/// The spans of recent traced messages, by the arrival id (`_raw_id`) of their rows, oldest
-/// first for eviction (decision 0081).
+type SpanIds = ([u8; 16], [u8; 8]);
+
+/// The spans of recent traced messages by the arrival id (`_raw_id`) of their rows, the oldest
+/// dropped first (decision 0081).
 struct MessageSpans {
-    by_raw_id: std::collections::HashMap<u64, ([u8; 16], [u8; 8])>,
+    capacity: usize,
+    by_raw_id: std::collections::HashMap<u64, SpanIds>,
     order: std::collections::VecDeque<u64>,
 }
 
+impl MessageSpans {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            by_raw_id: std::collections::HashMap::new(),
+            order: std::collections::VecDeque::new(),
+        }
+    }
+
+    fn insert(&mut self, raw_id: u64, span: SpanIds) {
+        if self.by_raw_id.insert(raw_id, span).is_none() {
+            self.order.push_back(raw_id);
+        }
+        while self.order.len() > self.capacity {
+            if let Some(oldest) = self.order.pop_front() {
+                self.by_raw_id.remove(&oldest);
+            }
+        }
+    }
+}
+
 static MESSAGE_SPANS: std::sync::Mutex<Option<MessageSpans>> = std::sync::Mutex::new(None);
-static MESSAGE_SPANS_ANY: AtomicBool = AtomicBool::new(false);
+/// The index's id range, `[min, max]`, readable without its lock; `min > max` while empty.
+static MESSAGE_SPANS_MIN: AtomicU64 = AtomicU64::new(u64::MAX);
+static MESSAGE_SPANS_MAX: AtomicU64 = AtomicU64::new(0);
 
 /// Remembers that the rows of arrival `raw_id` came of the message traced as span `span_id` of
-/// trace `trace_id`, so a span that later reads them can link to it.
+/// trace `trace_id`, so a span that reads them can link to it.
 pub fn remember_message_span(raw_id: u64, trace_id: [u8; 16], span_id: [u8; 8]) {
     let Ok(mut guard) = MESSAGE_SPANS.lock() else {
         return;
     };
-    let spans = guard.get_or_insert_with(|| MessageSpans {
-        by_raw_id: std::collections::HashMap::new(),
-        order: std::collections::VecDeque::new(),
-    });
-    if spans
-        .by_raw_id
-        .insert(raw_id, (trace_id, span_id))
-        .is_none()
-    {
-        spans.order.push_back(raw_id);
+    let spans = guard.get_or_insert_with(|| MessageSpans::new(MESSAGE_SPANS_KEPT));
+    spans.insert(raw_id, (trace_id, span_id));
+    // Ids grow with time, so the oldest kept bounds the range from below (an id that two
+    // workers registered out of order, a microsecond apart, may fall outside it as it is about
+    // to be dropped anyway).
+    if let Some(oldest) = spans.order.front() {
+        MESSAGE_SPANS_MIN.store(*oldest, Ordering::Relaxed);
     }
-    while spans.order.len() > MESSAGE_SPANS_KEPT {
-        if let Some(oldest) = spans.order.pop_front() {
-            spans.by_raw_id.remove(&oldest);
-        }
-    }
-    MESSAGE_SPANS_ANY.store(true, Ordering::Relaxed);
+    MESSAGE_SPANS_MAX.fetch_max(raw_id, Ordering::Relaxed);
 }
 
 /// The spans of the traced messages among the arrival ids `raw_ids`, at most `limit`, each
-/// once; nothing (and no lock taken) when no message was traced.
-pub fn message_spans_of(
-    raw_ids: impl IntoIterator<Item = u64>,
-    limit: usize,
-) -> Vec<([u8; 16], [u8; 8])> {
-    if !MESSAGE_SPANS_ANY.load(Ordering::Relaxed) {
+/// once. Ids outside the kept range are passed over without the lock: nothing is looked up
+/// when no message was traced, or for rows older than the oldest kept.
+pub fn message_spans_of(raw_ids: impl IntoIterator<Item = u64>, limit: usize) -> Vec<SpanIds> {
+    let (min, max) = (
+        MESSAGE_SPANS_MIN.load(Ordering::Relaxed),
+        MESSAGE_SPANS_MAX.load(Ordering::Relaxed),
+    );
+    if min > max {
         return Vec::new();
     }
-    let Ok(guard) = MESSAGE_SPANS.lock() else {
-        return Vec::new();
-    };
-    let Some(spans) = guard.as_ref() else {
-        return Vec::new();
-    };
-    let mut found = Vec::new();
-    for raw_id in raw_ids {
-        if found.len() >= limit {
-            break;
-        }
-        if let Some(span) = spans.by_raw_id.get(&raw_id)
-            && !found.contains(span)
-        {
-            found.push(*span);
+    let mut candidates: Vec<u64> = raw_ids
+        .into_iter()
+        .filter(|id| (min..=max).contains(id))
+        .collect();
+    candidates.sort_unstable();
+    candidates.dedup();
+    let mut found: Vec<SpanIds> = Vec::new();
+    for chunk in candidates.chunks(LOOKUPS_PER_LOCK) {
+        let Ok(guard) = MESSAGE_SPANS.lock() else {
+            return found;
+        };
+        let Some(spans) = guard.as_ref() else {
+            return found;
+        };
+        for raw_id in chunk {
+            if found.len() >= limit {
+                return found;
+            }
+            if let Some(span) = spans.by_raw_id.get(raw_id)
+                && !found.contains(span)
+            {
+                found.push(*span);
+            }
         }
     }
     found
@@ -206,10 +237,29 @@ mod message_span_tests {
 
     #[test]
     fn traced_messages_are_found_by_their_rows_arrival_ids_each_once() {
-        remember_message_span(u64::MAX - 1, [1; 16], [1; 8]);
         remember_message_span(u64::MAX - 2, [2; 16], [2; 8]);
+        remember_message_span(u64::MAX - 1, [1; 16], [1; 8]);
         let found = message_spans_of([u64::MAX - 1, 7, u64::MAX - 1, u64::MAX - 2], 8);
-        assert_eq!(found, [([1; 16], [1; 8]), ([2; 16], [2; 8])]);
+        assert_eq!(found.len(), 2);
+        assert!(found.contains(&([1; 16], [1; 8])) && found.contains(&([2; 16], [2; 8])));
         assert_eq!(message_spans_of([u64::MAX - 1, u64::MAX - 2], 1).len(), 1);
+    }
+
+    #[test]
+    fn the_index_keeps_its_capacity_dropping_the_oldest() {
+        let mut spans = MessageSpans::new(3);
+        for id in 1..=5 {
+            spans.insert(id, ([id as u8; 16], [1; 8]));
+        }
+        spans.insert(5, ([9; 16], [9; 8]));
+        assert_eq!(spans.order.len(), 3);
+        assert_eq!(spans.by_raw_id.len(), 3);
+        assert!(!spans.by_raw_id.contains_key(&2) && spans.by_raw_id.contains_key(&3));
+        assert_eq!(
+            spans.by_raw_id[&5],
+            ([9; 16], [9; 8]),
+            "the latest span of an id"
+        );
+        assert_eq!(spans.order.front(), Some(&3));
     }
 }

@@ -9,11 +9,19 @@ use parking_lot::Mutex;
 
 use crate::openlineage::{Dataset, Emitter, EventType, StreamingRun};
 
+/// Queue slots the edges' reports leave free, as a pipeline's training reports do: after a
+/// hub restart every edge's first rows come within seconds.
+const KEEP_FREE: usize = 64;
+
 /// One edge's uplink, since the hub first stored a row of it in this run.
 struct EdgeRun {
     run: StreamingRun,
     /// Rows stored per table.
     tables: BTreeMap<String, u64>,
+    /// Whether its START went out, and whether an event (its START, a new table, the
+    /// interval's RUNNING) waits for room in the queue.
+    started: bool,
+    due: bool,
 }
 
 /// The hub's view of its edges' uplinks.
@@ -31,39 +39,51 @@ impl HubLineage {
     }
 
     /// Rows of `node`'s tables the hub stored, `(table, rows)`: a START for an edge's first, a
-    /// RUNNING when a table is new (so the catalog has every table at once) or
-    /// `running_interval` has passed.
+    /// RUNNING when a table is new (so the catalog has every table at once) or, at the next
+    /// rows after each `running_interval`, with the rows so far — each as the queue has room.
     pub(crate) fn stored(&self, node: &str, tables: &[(&str, u64)]) {
         let mut edges = self.edges.lock();
         let edge = edges.entry(node.to_owned()).or_insert_with(|| EdgeRun {
             run: StreamingRun::new(&self.emitter, format!("uplink.{node}"), "UPLINK", None),
             tables: BTreeMap::new(),
+            started: false,
+            due: true,
         });
-        let first = edge.tables.is_empty();
-        let mut new_table = false;
         for (table, rows) in tables {
             match edge.tables.get_mut(*table) {
                 Some(stored) => *stored += rows,
                 None => {
                     edge.tables.insert((*table).to_owned(), *rows);
-                    new_table = true;
+                    edge.due = true;
                 }
             }
         }
-        let (inputs, outputs) = self.datasets(node, &edge.tables);
-        if first {
-            edge.run.started(&inputs, &outputs);
-        } else if new_table || edge.run.running_due() {
-            edge.run.emit(EventType::Running, &inputs, &outputs, None);
+        if edge.started && !edge.due && edge.run.running_due() {
+            edge.due = true;
+        }
+        for (node, edge) in edges.iter_mut().filter(|(_, edge)| edge.due) {
+            if self.emitter.room() < KEEP_FREE {
+                return;
+            }
+            let (inputs, outputs) = self.datasets(node, &edge.tables);
+            if edge.started {
+                edge.run.emit(EventType::Running, &inputs, &outputs, None);
+            } else {
+                edge.run.started(&inputs, &outputs);
+                edge.started = true;
+            }
+            edge.due = false;
         }
     }
 
-    /// The hub stops: every edge's run ends, with the rows stored per table.
+    /// The hub stops: every edge's run that began ends, with the rows stored per table.
     pub(crate) fn ended(&self) {
         let mut edges = self.edges.lock();
         for (node, edge) in std::mem::take(&mut *edges) {
-            let (inputs, outputs) = self.datasets(&node, &edge.tables);
-            edge.run.emit(EventType::Complete, &inputs, &outputs, None);
+            if edge.started {
+                let (inputs, outputs) = self.datasets(&node, &edge.tables);
+                edge.run.emit(EventType::Complete, &inputs, &outputs, None);
+            }
         }
     }
 
@@ -85,18 +105,10 @@ impl HubLineage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fabrik_runtime::config::OpenLineageSettings;
 
     #[test]
     fn each_edge_is_a_run_from_its_tables_to_the_hubs() {
-        let settings = OpenLineageSettings {
-            url: None,
-            api_key: None,
-            file: Some("unused.jsonl".into()),
-            namespace: None,
-            running_interval: None,
-        };
-        let (emitter, mut sender) = crate::openlineage::channel(settings, "hub");
+        let (emitter, mut sender) = crate::openlineage::test_channel("hub");
         let hub = HubLineage::new(emitter);
         hub.stored("edge-1", &[("pump", 10)]);
         hub.stored("edge-1", &[("pump", 5)]);
@@ -134,5 +146,30 @@ mod tests {
             end["outputs"][1]["outputFacets"]["outputStatistics"]["rowCount"],
             16
         );
+    }
+
+    /// A hub restarted under 2,000 edges reports their starts as the queue has room, each once,
+    /// at the rows that follow.
+    #[test]
+    fn many_edges_start_as_the_queue_has_room() {
+        let (emitter, mut sender) = crate::openlineage::test_channel("hub");
+        let hub = HubLineage::new(emitter);
+        let starts = |sender: &mut crate::openlineage::Sender| {
+            sender
+                .take_queued_file_events()
+                .iter()
+                .filter(|e| e["eventType"] == "START")
+                .count()
+        };
+        for edge in 0..2000 {
+            hub.stored(&format!("edge-{edge}"), &[("pump", 1)]);
+        }
+        let mut started = starts(&mut sender);
+        assert!(started < 2000, "{started} at once");
+        for _ in 0..10 {
+            hub.stored("edge-0", &[("pump", 1)]);
+            started += starts(&mut sender);
+        }
+        assert_eq!(started, 2000);
     }
 }

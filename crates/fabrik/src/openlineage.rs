@@ -506,6 +506,19 @@ pub(crate) struct Sender {
     file: Option<(PathBuf, mpsc::Receiver<Arc<str>>)>,
 }
 
+/// An emitter with a file transport whose queue a test reads ([`Sender::take_queued_file_events`]).
+#[cfg(test)]
+pub(crate) fn test_channel(node: &str) -> (Emitter, Sender) {
+    let settings = OpenLineageSettings {
+        url: None,
+        api_key: None,
+        file: Some("unused.jsonl".into()),
+        namespace: None,
+        running_interval: None,
+    };
+    channel(settings, node)
+}
+
 impl Sender {
     /// The events queued for the file so far, taken without writing them (for tests).
     #[cfg(test)]

@@ -61,10 +61,10 @@ struct Learnt {
 /// One run of one pipeline's definition, from its start (or failed load) to its stop.
 pub(crate) struct PipelineLineage {
     scoring: StreamingRun,
-    /// The table the windows are read from, and the columns the pipeline reads of it; their
-    /// types are read at each event, so a table written after the start has them later.
-    table: String,
-    columns: Vec<String>,
+    /// The tables read, with the columns read of each: the one the windows are read from,
+    /// and the outcomes a classifier's performance is estimated against. Their types are read
+    /// at each event, so a table written after the start has them later.
+    tables: Vec<(String, Vec<String>)>,
     store: Arc<Store>,
     /// The ONNX model that scores them.
     model: Option<Dataset>,
@@ -114,6 +114,29 @@ impl PipelineLineage {
             }
         }
         let mut outputs = vec![inferences];
+        if config.drift.is_some() {
+            outputs.push(Dataset::new(&emitter.datasets, crate::drift::DRIFT_TABLE));
+        }
+        let mut tables = vec![(
+            config.table.clone(),
+            std::iter::once(&config.device_column)
+                .chain(&config.signals)
+                .cloned()
+                .collect(),
+        )];
+        if let Some(performance) = &config.performance {
+            tables.push((
+                performance.targets.clone(),
+                vec![
+                    performance.device_column.clone(),
+                    performance.target.clone(),
+                ],
+            ));
+            outputs.push(Dataset::new(
+                &emitter.datasets,
+                crate::performance::PERFORMANCE_TABLE,
+            ));
+        }
         if let Some(shadow) = &config.shadow {
             if shadow.live_share.is_some() || !shadow.live_devices.is_empty() {
                 outputs[0].schema.push(Field::new(
@@ -130,11 +153,7 @@ impl PipelineLineage {
                 "INFERENCE",
                 None,
             ),
-            table: config.table.clone(),
-            columns: std::iter::once(&config.device_column)
-                .chain(&config.signals)
-                .cloned()
-                .collect(),
+            tables,
             store,
             model,
             outputs,
@@ -151,13 +170,22 @@ impl PipelineLineage {
     }
 
     fn inputs(&self) -> Vec<Dataset> {
-        let table = table_dataset(
-            &self.store,
-            &self.scoring.emitter().datasets,
-            &self.table,
-            &self.columns,
-        );
-        std::iter::once(table).chain(self.model.clone()).collect()
+        self.inputs_of(&self.tables)
+    }
+
+    /// What a device's model learns from: the windows' table (not the outcomes), and the ONNX
+    /// model it calibrates.
+    fn training_inputs(&self) -> Vec<Dataset> {
+        self.inputs_of(&self.tables[..1])
+    }
+
+    fn inputs_of(&self, tables: &[(String, Vec<String>)]) -> Vec<Dataset> {
+        let namespace = &self.scoring.emitter().datasets;
+        tables
+            .iter()
+            .map(|(table, columns)| table_dataset(&self.store, namespace, table, columns))
+            .chain(self.model.clone())
+            .collect()
     }
 
     fn outputs(&self, rows_written: Option<u64>) -> Vec<Dataset> {
@@ -240,7 +268,7 @@ impl PipelineLineage {
             let Some((device, learnt)) = self.pending.lock().pop_first() else {
                 return;
             };
-            let inputs = inputs.get_or_insert_with(|| self.inputs());
+            let inputs = inputs.get_or_insert_with(|| self.training_inputs());
             let scoring = &self.scoring.run;
             let (from, until) = learnt.span;
             let run = JobRun {
@@ -286,7 +314,6 @@ impl PipelineLineage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fabrik_runtime::config::OpenLineageSettings;
 
     fn verdict(device: &str, span: (i64, i64)) -> Inference {
         Inference {
@@ -323,14 +350,7 @@ mod tests {
     #[tokio::test]
     async fn learnt_models_wait_for_room_in_the_queue_and_are_reported_once() {
         let (_dir, store) = crate::test_store::store_with("pump,device=p-0 vibration=1 1\n").await;
-        let settings = OpenLineageSettings {
-            url: None,
-            api_key: None,
-            file: Some("unused.jsonl".into()),
-            namespace: None,
-            running_interval: None,
-        };
-        let (emitter, mut sender) = crate::openlineage::channel(settings, "edge-1");
+        let (emitter, mut sender) = crate::openlineage::test_channel("edge-1");
         let config = pumps();
         let lineage = PipelineLineage::new(&emitter, &config, store, None);
         lineage.started();
@@ -369,18 +389,46 @@ mod tests {
         );
     }
 
+    /// Drift checks and performance estimation write tables of their own, and the estimate
+    /// reads the outcomes table: the run names them.
+    #[tokio::test]
+    async fn drift_and_performance_add_their_tables() {
+        let (_dir, store) = crate::test_store::store_with("pump,device=p-0 vibration=1 1\n").await;
+        let (emitter, mut sender) = crate::openlineage::test_channel("edge-1");
+        let mut config = pumps();
+        config.shadow = None;
+        config.drift = Some(serde_json::from_value(serde_json::json!({})).expect("drift"));
+        config.performance = Some(
+            serde_json::from_value(serde_json::json!({
+                "targets": "inspections", "target": "defect", "device_column": "line"
+            }))
+            .expect("performance"),
+        );
+        PipelineLineage::new(&emitter, &config, store, None).started();
+        let start = &drained(&mut sender)[0];
+        let names = |key: &str| -> Vec<String> {
+            start[key]
+                .as_array()
+                .expect("datasets")
+                .iter()
+                .map(|d| d["name"].as_str().unwrap_or("?").to_owned())
+                .collect()
+        };
+        assert_eq!(names("inputs"), ["pump", "inspections"]);
+        assert_eq!(
+            names("outputs"),
+            ["inferences", "model_drift", "model_performance"]
+        );
+        let outcomes = &start["inputs"][1]["facets"]["schema"]["fields"];
+        assert_eq!(outcomes[1]["name"], "line", "{outcomes}");
+        assert_eq!(outcomes[2]["name"], "defect", "{outcomes}");
+    }
+
     /// A run ends once; one dropped after its start without an end (its task failed) fails.
     #[tokio::test]
     async fn a_run_ends_once_and_one_dropped_unended_fails() {
         let (_dir, store) = crate::test_store::store_with("pump,device=p-0 vibration=1 1\n").await;
-        let settings = OpenLineageSettings {
-            url: None,
-            api_key: None,
-            file: Some("unused.jsonl".into()),
-            namespace: None,
-            running_interval: None,
-        };
-        let (emitter, mut sender) = crate::openlineage::channel(settings, "edge-1");
+        let (emitter, mut sender) = crate::openlineage::test_channel("edge-1");
         let config = pumps();
         let ended = PipelineLineage::new(&emitter, &config, store.clone(), None);
         ended.started();

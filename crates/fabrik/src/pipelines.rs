@@ -2628,6 +2628,19 @@ impl Runner {
                 tracing::Span::none()
             } else {
                 let name = &self.compiled.config.name;
+                // Links to the traced messages whose rows the page read (decision 0081), known
+                // before the span is made: a root span that links to a sampled message is kept
+                // whatever the sampling ratio.
+                let linked = if fabrik_runtime::telemetry::spans_exported() {
+                    fabrik_runtime::telemetry::message_spans_of(
+                        rows.iter()
+                            .filter_map(|(_, row)| u64::try_from(row.arrival).ok()),
+                        MESSAGE_LINKS,
+                    )
+                } else {
+                    Vec::new()
+                };
+                let links = (!linked.is_empty()).then(|| crate::traces::links_field(&linked));
                 tracing::info_span!(
                 target: fabrik_runtime::telemetry::SPAN_TARGET,
                 "pipeline.step",
@@ -2637,20 +2650,9 @@ impl Runner {
                             samples = rows.len() as u64,
                             windows = tracing::field::Empty,
                             flagged = tracing::field::Empty,
-                            otel.links = tracing::field::Empty,
+                            otel.links = links.as_deref(),
                         )
             };
-            // Links to the traced messages whose rows the page read (decision 0081).
-            if !span.is_disabled() {
-                let linked = fabrik_runtime::telemetry::message_spans_of(
-                    rows.iter()
-                        .filter_map(|(_, row)| u64::try_from(row.arrival).ok()),
-                    MESSAGE_LINKS,
-                );
-                if !linked.is_empty() {
-                    span.record("otel.links", crate::traces::links_field(&linked));
-                }
-            }
             let page = async {
                 for (device, row) in rows {
                     if let Some(challenged) = shadow.as_mut() {

@@ -90,6 +90,16 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
     };
     let node = crate::updates::node_name(&config);
     let traces = init_tracing(&settings.log_level, settings.traces.as_ref(), &node);
+    let uplink_node = config.uplink.node.trim();
+    if settings.openlineage.is_some() && !uplink_node.is_empty() && uplink_node != node {
+        tracing::warn!(
+            node = %node,
+            uplink_node,
+            "OpenLineage names this node's datasets fabrik://{node}, but its hub names them by \
+             [uplink] node: the two graphs do not join. Give [updates] node and [uplink] node \
+             the same name."
+        );
+    }
     // The metrics recorder before any module runs: counters a hot path looks up once (the
     // message spans over their cap) would otherwise stay bound to no recorder.
     let _ = fabrik_runtime::telemetry::prometheus();

@@ -59,8 +59,9 @@ struct Fields {
     traceparent: Option<String>,
     attributes: Vec<(String, Value)>,
     links: Vec<([u8; 16], [u8; 8])>,
-    /// `fabrik.raw_id`: the arrival id of the rows a message span's message became.
-    raw_id: Option<u64>,
+    /// `fabrik.link_id`: the arrival id the rows of a message span's message are written
+    /// with, said before the write (decision 0081); not an attribute.
+    link_id: Option<u64>,
 }
 
 impl Fields {
@@ -98,12 +99,8 @@ impl Fields {
                     Some((hex_bytes(trace)?, hex_bytes(span)?))
                 }));
             }
-            name => {
-                if name == "fabrik.raw_id" {
-                    self.raw_id = value.as_u64();
-                }
-                self.attributes.push((name.to_owned(), value));
-            }
+            "fabrik.link_id" => self.link_id = value.as_u64(),
+            name => self.attributes.push((name.to_owned(), value)),
         }
     }
 }
@@ -133,7 +130,7 @@ impl SpanData {
     fn apply(&mut self, fields: Fields) {
         // A sampled message span's rows can be linked to by whoever reads them (decision
         // 0081); an unsampled one is never exported, so nothing could follow the link.
-        if let Some(raw_id) = fields.raw_id
+        if let Some(raw_id) = fields.link_id
             && self.sampled
         {
             fabrik_runtime::telemetry::remember_message_span(raw_id, self.trace_id, self.span_id);
@@ -319,7 +316,13 @@ where
             Some((trace, parent, sampled)) => (trace, Some(parent), sampled),
             None => match fields.traceparent.as_deref().and_then(parse_traceparent) {
                 Some((trace, parent, sampled)) => (trace, Some(parent), sampled),
-                None => (random::<16>(), None, self.keep_root()),
+                // A root that links to sampled spans (a pipeline's page of traced messages'
+                // rows) is kept: the traces it links to were kept by their publishers.
+                None => (
+                    random::<16>(),
+                    None,
+                    !fields.links.is_empty() || self.keep_root(),
+                ),
             },
         };
         let mut data = SpanData {
@@ -961,31 +964,45 @@ mod tests {
         assert!(outer.get("status").is_none(), "{outer}");
     }
 
-    /// A sampled message span is found by its rows' arrival id, and a span given it as
-    /// `otel.links` links to it; malformed or all-zero ids are left out.
+    /// A sampled message span is found by the arrival id its rows are written with (not an
+    /// unsampled one), a span given it as `otel.links` links to it, malformed or all-zero ids
+    /// are left out, and a root span with links is kept whatever the sampling ratio.
     #[test]
     fn a_span_links_to_the_message_span_of_the_rows_it_read() {
-        let raw_id = u64::MAX - 77;
-        let spans = spans_of(1.0, || {
+        let (raw_id, unsampled_id) = (u64::MAX - 78, u64::MAX - 77);
+        let spans = spans_of(0.0, || {
             let message = tracing::info_span!(
                 "mqtt.message",
                 traceparent = "00-5b8efff798038103d269b633813fc60c-eee19b7ec3c1b174-01",
-                fabrik.raw_id = tracing::field::Empty,
+                fabrik.link_id = tracing::field::Empty,
             );
-            message.record("fabrik.raw_id", raw_id);
+            message.record("fabrik.link_id", raw_id);
             drop(message);
-            let linked = fabrik_runtime::telemetry::message_spans_of([raw_id, 1], 32);
-            assert_eq!(linked.len(), 1, "{linked:?}");
-            let page = tracing::info_span!("pipeline.step", otel.links = tracing::field::Empty);
-            page.record(
-                "otel.links",
-                format!(
-                    "{},00000000000000000000000000000000-0000000000000000,zz",
-                    links_field(&linked)
-                ),
+            let unsampled = tracing::info_span!(
+                "mqtt.message",
+                traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+                fabrik.link_id = tracing::field::Empty,
             );
+            unsampled.record("fabrik.link_id", unsampled_id);
+            drop(unsampled);
+            let linked = fabrik_runtime::telemetry::message_spans_of([raw_id, unsampled_id, 1], 32);
+            assert_eq!(linked.len(), 1, "only the sampled message: {linked:?}");
+            let links = format!(
+                "{},00000000000000000000000000000000-0000000000000000,zz",
+                links_field(&linked)
+            );
+            // A root span: at ratio 0 it is kept only because it links.
+            drop(tracing::info_span!(
+                "pipeline.step",
+                otel.links = links.as_str()
+            ));
+            drop(tracing::info_span!("pipeline.step"));
         });
-        assert_eq!(spans.len(), 2, "{spans:?}");
+        assert_eq!(
+            spans.len(),
+            2,
+            "the message and the linking page: {spans:?}"
+        );
         let (message, page) = (&spans[0], &spans[1]);
         assert_eq!(
             page["links"],
@@ -993,6 +1010,12 @@ mod tests {
         );
         assert_eq!(message["traceId"], "5b8efff798038103d269b633813fc60c");
         assert!(message.get("links").is_none(), "{message}");
+        assert!(
+            message["attributes"]
+                .as_array()
+                .is_some_and(|a| a.iter().all(|kv| kv["key"] != "fabrik.link_id")),
+            "the link id is not an attribute: {message}"
+        );
     }
 
     #[test]

@@ -673,6 +673,14 @@ start = "earliest"
                     .is_some_and(|links| links.contains(&message_link))
         })
     });
+    // And to nothing else: the table's other rows came of untraced messages.
+    for page in spans(&out)
+        .iter()
+        .filter(|s| s["name"] == "pipeline pressure")
+    {
+        let links = page["links"].as_array().cloned().unwrap_or_default();
+        assert!(links.iter().all(|link| *link == message_link), "{page}");
+    }
 
     // A payload the mapping cannot read: a dead letter, and a failed span saying why.
     let bad = "4bf92f3577b34da6a3ce929d0e0e4736";
