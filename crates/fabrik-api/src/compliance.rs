@@ -67,6 +67,9 @@ pub struct ComplianceFacts {
     /// `[attestation] require_endorsement`: attestation keys only through EK certificates of
     /// trusted TPM vendors.
     pub attestation_endorsed: bool,
+    /// Where `[openlineage]` reports the jobs that process the data (a catalog's URL, a
+    /// file), if anywhere (decision 0080).
+    pub lineage_to: Option<String>,
 }
 
 /// How far a control is met.
@@ -611,6 +614,20 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
          use case descriptions, other people's comments)"
             .to_owned(),
     );
+    // A record of processing activities (Art. 30) needs to know what processes the data and
+    // where it goes: the lineage events say it per job, kept outside this node.
+    match &facts.lineage_to {
+        Some(to) => evidence.push(format!(
+            "the jobs that process the data are reported as OpenLineage runs to {to}: which \
+             pipelines read which tables, the models each device learnt and from which span, \
+             the alert rules, and (on a hub) which edge's tables feed it"
+        )),
+        None => gaps.push(
+            "no lineage catalog receives the processing activities ([openlineage]): the \
+             record of what processes which data is the configuration alone"
+                .to_owned(),
+        ),
+    }
     controls.push(control(
         &[
             "GDPR Art. 5(1)(e)",
@@ -941,6 +958,15 @@ mod tests {
             "{evidence}"
         );
         assert!(gaps.contains("process log"), "{gaps}");
+        // The record of processing (Art. 30): a lineage catalog, or the configuration alone.
+        assert!(gaps.contains("no lineage catalog"), "{gaps}");
+        facts.lineage_to = Some("http://marquez:5000/api/v1/lineage".into());
+        let (evidence, gaps) = gdpr(&facts);
+        assert!(
+            evidence.contains("OpenLineage runs to http://marquez:5000/api/v1/lineage"),
+            "{evidence}"
+        );
+        assert!(!gaps.contains("lineage"), "{gaps}");
         assert!(!gaps.contains("no erasure"), "{gaps}");
         // An erasure shows in the audit control: vouched-for entries as evidence, older
         // entries whose own hash can no longer be checked as a gap.

@@ -2,7 +2,8 @@
 //! schema version, as OpenLineage's Python client writes them), run ids, and the sender that
 //! takes them to a lineage catalog over HTTP and appends them to a JSON-lines file.
 //!
-//! Knows datasets, jobs and runs, not pipelines: `pipelines` says what a run reads and writes.
+//! Knows datasets, jobs and runs, not what they are: the jobs' modules (`pipeline_lineage`,
+//! `hub_lineage`, the alert rules in `alerts`) say what a run reads and writes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -15,8 +16,8 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Events waiting for the sender; beyond this they are dropped (and counted), so a catalog
-/// that is down never holds up a pipeline or grows memory.
+/// Events waiting for each transport; beyond this they are dropped (and counted), so a
+/// catalog that is down never holds up a pipeline or grows memory.
 const QUEUE: usize = 1024;
 /// Tries per event over HTTP before it is dropped.
 const ATTEMPTS: u32 = 5;

@@ -68,7 +68,8 @@ pub(crate) struct PipelineLineage {
     store: Arc<Store>,
     /// The ONNX model that scores them.
     model: Option<Dataset>,
-    /// What the run writes: `inferences`, and `shadow_inferences` with a challenger.
+    /// What the run writes: `inferences`, and with their settings `model_drift`,
+    /// `model_performance` and `shadow_inferences`.
     outputs: Vec<Dataset>,
     pipeline: String,
     /// Per device, the span of rows its model learnt from and its version, as last reported.

@@ -403,6 +403,11 @@ fn compliance_facts(
         audit_lines_logged: tracing::enabled!(target: "fabrik::audit", tracing::Level::INFO),
         attestation_required: settings.attestation.required,
         attestation_endorsed: settings.attestation.require_endorsement,
+        lineage_to: settings.openlineage.as_ref().map(|lineage| {
+            let mut to: Vec<String> = lineage.url.iter().cloned().collect();
+            to.extend(lineage.file.iter().map(|f| f.display().to_string()));
+            to.join(" and ")
+        }),
     }
 }
 
