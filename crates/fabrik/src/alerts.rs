@@ -1250,7 +1250,7 @@ pub(crate) struct AlertRuleManager {
 
 /// The dataset a rule's alerts are, beside the store's tables: the alerts live in the alerts
 /// database (`alerts.db` or PostgreSQL), not in a table of the store.
-const ALERTS_DATASET: &str = "alerting.alerts";
+pub(crate) const ALERTS_DATASET: &str = "alerting.alerts";
 
 /// A rule's evaluation as an OpenLineage run (decision 0080): a streaming job that reads the
 /// rule's table and writes alerts.

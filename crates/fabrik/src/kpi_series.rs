@@ -35,6 +35,8 @@ pub(crate) struct Sources {
     pub(crate) meter: StoreKpiMeter,
     /// The pipelines of this process, for their A/B splits; none when they run elsewhere.
     pub(crate) pipelines: Option<Arc<dyn PipelineControl>>,
+    /// Where each use case's measurement is reported as an OpenLineage run, if anywhere.
+    pub(crate) lineage: Option<crate::openlineage::Emitter>,
 }
 
 /// Starts recording every `every` (none when zero) as node `node`.
@@ -44,6 +46,7 @@ pub(crate) fn start(every: Duration, node: String, sources: Sources) -> ServiceH
         registry,
         meter,
         pipelines,
+        lineage,
     } = sources;
     let stop = CancellationToken::new();
     let token = stop.clone();
@@ -110,7 +113,7 @@ pub(crate) fn start(every: Duration, node: String, sources: Sources) -> ServiceH
             }
             let recorded = tokio::select! {
                 () = token.cancelled() => return Ok(()),
-                recorded = record(&store, &registry, &meter, &node, end - every_ns, end) => recorded,
+                recorded = record(&store, &registry, &meter, &node, end - every_ns, end, lineage.as_ref()) => recorded,
             };
             if let Err(e) = recorded {
                 tracing::warn!(error = %e, "Use-case KPIs could not be recorded.");
@@ -167,7 +170,8 @@ fn first_end_after(last_end: i64, every_ns: i64, next_end: i64) -> Option<i64> {
     i64::try_from(first).ok().filter(|&first| first < next_end)
 }
 
-/// Measures every use case's KPIs over `[from_ns, to_ns)` and stores a row per KPI.
+/// Measures every use case's KPIs over `[from_ns, to_ns)` and stores a row per KPI; with
+/// `lineage`, each use case's measurement is a run of its job (decision 0080).
 async fn record(
     store: &Store,
     registry: &Registry,
@@ -175,6 +179,7 @@ async fn record(
     node: &str,
     from_ns: i64,
     to_ns: i64,
+    lineage: Option<&crate::openlineage::Emitter>,
 ) -> Result<(), String> {
     let use_cases = registry.use_cases().await.map_err(|e| e.to_string())?;
     let fleet = meter
@@ -207,12 +212,76 @@ async fn record(
     if points.is_empty() {
         return Ok(());
     }
-    store
+    let written = store
         .write_computed(&points, "usecases", KPIS_TABLE)
         .await
-        .map_err(|e| e.to_string())?;
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    if let Some(emitter) = lineage {
+        for use_case in &use_cases {
+            report_measured(emitter, use_case, meter.hub, (from_ns, to_ns), &written);
+        }
+    }
+    written?;
     metrics::counter!("fabrik_use_case_kpis_recorded_total").increment(points.len() as u64);
     Ok(())
+}
+
+/// A use case's measurement over `span` as a run of `usecase.<name>.kpis` (decision 0080): the
+/// tables its KPIs read (the alerts for an alert precision, on a hub the `alert_labels` its
+/// edges forward) into `use_case_kpis`, a row per KPI; a FAIL when the rows were not stored.
+fn report_measured(
+    emitter: &crate::openlineage::Emitter,
+    use_case: &UseCase,
+    hub: bool,
+    span: (i64, i64),
+    written: &Result<(), String>,
+) {
+    use crate::openlineage::{Dataset, EventType, JobRun, Processing, now, run_id};
+    let kpis = &use_case.definition.kpis;
+    if kpis.is_empty() {
+        return;
+    }
+    let mut inputs: Vec<Dataset> = Vec::new();
+    for kpi in kpis {
+        let table = match (&kpi.kind, &kpi.table) {
+            (fabrik_registry::usecases::KpiKind::AlertPrecision, _) if hub => "alert_labels",
+            (fabrik_registry::usecases::KpiKind::AlertPrecision, _) => {
+                crate::alerts::ALERTS_DATASET
+            }
+            (_, Some(table)) => table.as_str(),
+            (_, None) => continue,
+        };
+        if !inputs.iter().any(|d| d.name == table) {
+            inputs.push(Dataset::new(&emitter.datasets, table));
+        }
+    }
+    let mut output = Dataset::new(&emitter.datasets, KPIS_TABLE);
+    output.rows_written = Some(if written.is_ok() {
+        kpis.len() as u64
+    } else {
+        0
+    });
+    let run = JobRun {
+        run_id: run_id(),
+        job_namespace: emitter.jobs.clone(),
+        job_name: format!("usecase.{}.kpis", use_case.name),
+        processing: Processing::Batch,
+        job_type: "KPI",
+        parent: None,
+        nominal: Some((
+            crate::pipelines::rfc3339(span.0),
+            crate::pipelines::rfc3339(span.1),
+        )),
+        sql: None,
+    };
+    let at = now();
+    emitter.emit(run.event(EventType::Start, &at, &inputs, &[], None));
+    let (end, error) = match written {
+        Ok(()) => (EventType::Complete, None),
+        Err(e) => (EventType::Fail, Some(e.as_str())),
+    };
+    emitter.emit(run.event(end, &at, &inputs, std::slice::from_ref(&output), error));
 }
 
 /// Compares every A/B split's arms on its use case's KPIs over `[from_ns, to_ns)` and stores a

@@ -1073,6 +1073,7 @@ async fn serve(
                 let registry = wiring.registry.clone();
                 let alerting = wiring.alerting.clone();
                 let pipelines = wiring.pipeline_control.clone();
+                let lineage = wiring.lineage.clone();
                 manager
                     .start(module.name(), || async {
                         let store = store.ok_or("the kpis module needs the store module")?;
@@ -1100,6 +1101,7 @@ async fn serve(
                                 registry,
                                 meter,
                                 pipelines,
+                                lineage,
                             },
                         ))
                     })

@@ -565,6 +565,9 @@ fn kpis_are_recorded_every_interval_and_an_alert_rule_pages_on_one() {
 [usecases]
 record_every = "2s"
 
+[openlineage]
+file = "lineage.jsonl"
+
 [[alerting.rules]]
 name = "busy-pilot"
 table = "use_case_kpis"
@@ -620,6 +623,39 @@ start = "earliest"
             "SELECT count(*) FROM use_case_kpis WHERE value > 20"
         ),
         0
+    );
+    // Each measurement is a run of the use case's job in a lineage catalog (decision 0080):
+    // the table its KPI reads into `use_case_kpis`, over the interval it measured.
+    let measured = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.path().join("data").join("lineage.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("an event"))
+            .filter(|e: &serde_json::Value| {
+                e["job"]["name"] == "usecase.pumps.kpis" && e["eventType"] == "COMPLETE"
+            })
+            .collect()
+    };
+    eventually("a measurement's run in the lineage file", || {
+        !measured().is_empty()
+    });
+    let runs = measured();
+    let run = &runs[0];
+    assert_eq!(run["inputs"][0]["name"], "pump", "{run}");
+    assert_eq!(run["outputs"][0]["name"], "use_case_kpis", "{run}");
+    assert_eq!(
+        run["outputs"][0]["outputFacets"]["outputStatistics"]["rowCount"], 1,
+        "one row per KPI: {run}"
+    );
+    let nominal = &run["run"]["facets"]["nominalTime"];
+    let at = |key: &str| {
+        chrono::DateTime::parse_from_rfc3339(nominal[key].as_str().expect("a time"))
+            .expect("RFC 3339")
+    };
+    assert_eq!(
+        at("nominalEndTime") - at("nominalStartTime"),
+        chrono::TimeDelta::seconds(2),
+        "the interval measured: {nominal}"
     );
     eventually("the alert rule on the KPI fires", || {
         crate::support::alerts_of(&p.url, "busy-pilot")
