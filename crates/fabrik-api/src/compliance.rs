@@ -620,7 +620,8 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
         Some(to) => evidence.push(format!(
             "the jobs that process the data are reported as OpenLineage runs to {to}: which \
              pipelines read which tables, the models each device learnt and from which span, \
-             the alert rules, and (on a hub) which edge's tables feed it"
+             the alert rules, which data each use case's KPIs are computed from, and (on a \
+             hub) which edge's tables feed it"
         )),
         None => gaps.push(
             "no lineage catalog receives the processing activities ([openlineage]): the \

@@ -51,7 +51,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Traces of the data path and the API, sent to an OpenTelemetry collector.
     pub traces: TracesConfig,
-    /// OpenLineage run events of the pipelines and their models, sent to a lineage catalog.
+    /// OpenLineage run events of the pipelines, their models, alert rules, use cases' KPIs and
+    /// (on a hub) edges' uplinks, sent to a lineage catalog or a file.
     pub openlineage: OpenLineageConfig,
     /// Which ONNX models may load: the keys their signatures are checked with.
     pub models: ModelsConfig,
@@ -1777,9 +1778,10 @@ impl TracesConfig {
     }
 }
 
-/// `[openlineage]`: OpenLineage run events (spec 2-0-2) of the pipelines and of the model each
-/// device learns, for a lineage catalog such as Marquez, DataHub or OpenMetadata (decision
-/// 0080).
+/// `[openlineage]`: OpenLineage run events (spec 2-0-2) of the pipelines and the model each
+/// device learns, the alert rules, the use cases' KPI measurements and (on a hub) the edges'
+/// uplinks, for a lineage catalog such as Marquez, DataHub or OpenMetadata, or a file
+/// (decision 0080).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OpenLineageConfig {
@@ -1797,8 +1799,8 @@ pub struct OpenLineageConfig {
     /// The namespace of Fabrik's jobs; empty: `fabrik://<node>`, the namespace of its
     /// datasets.
     pub namespace: String,
-    /// How often a running pipeline reports the rows it wrote in a RUNNING event; `0s`:
-    /// never (only its START and its end).
+    /// How often a running pipeline, alert rule or edge's uplink sends a RUNNING event (a
+    /// pipeline's and an uplink's with the rows written); `0s`: never (only START and end).
     pub running_interval: String,
 }
 

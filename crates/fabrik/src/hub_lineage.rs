@@ -7,11 +7,7 @@ use std::collections::BTreeMap;
 
 use parking_lot::Mutex;
 
-use crate::openlineage::{Dataset, Emitter, EventType, StreamingRun};
-
-/// Queue slots the edges' reports leave free, as a pipeline's training reports do: after a
-/// hub restart every edge's first rows come within seconds.
-const KEEP_FREE: usize = 64;
+use crate::openlineage::{Dataset, Emitter, EventType, KEEP_FREE, StreamingRun};
 
 /// One edge's uplink, since the hub first stored a row of it in this run.
 struct EdgeRun {
@@ -61,6 +57,8 @@ impl HubLineage {
         if edge.started && !edge.due && edge.run.running_due() {
             edge.due = true;
         }
+        // After a hub restart every edge's first rows come within seconds: their starts wait
+        // for room, as a pipeline's training reports do.
         for (node, edge) in edges.iter_mut().filter(|(_, edge)| edge.due) {
             if self.emitter.room() < KEEP_FREE {
                 return;

@@ -237,15 +237,31 @@ fn report_measured(
     span: (i64, i64),
     written: &Result<(), String>,
 ) {
-    use crate::openlineage::{Dataset, EventType, JobRun, Processing, now, run_id};
+    use crate::openlineage::{Dataset, EventType, JobRun, KEEP_FREE, Processing, now, run_id};
     let kpis = &use_case.definition.kpis;
     if kpis.is_empty() {
         return;
     }
+    // A catch-up after a restart measures many intervals back to back: beyond the room the
+    // ends of other runs need, a measurement's run is not reported (and counted).
+    if emitter.room() < KEEP_FREE + 2 {
+        metrics::counter!("fabrik_openlineage_events_total", "transport" => "any", "outcome" => "skipped")
+            .increment(2);
+        return;
+    }
+    // A hub scopes the use case's devices by the `_devices` its edges forward.
     let mut inputs: Vec<Dataset> = Vec::new();
+    if hub {
+        inputs.push(Dataset::new(
+            &emitter.datasets,
+            fabrik_api::fleet::DEVICES_TABLE,
+        ));
+    }
     for kpi in kpis {
         let table = match (&kpi.kind, &kpi.table) {
-            (fabrik_registry::usecases::KpiKind::AlertPrecision, _) if hub => "alert_labels",
+            (fabrik_registry::usecases::KpiKind::AlertPrecision, _) if hub => {
+                fabrik_api::alerts::ALERT_LABELS_TABLE
+            }
             (fabrik_registry::usecases::KpiKind::AlertPrecision, _) => {
                 crate::alerts::ALERTS_DATASET
             }
@@ -276,12 +292,14 @@ fn report_measured(
         sql: None,
     };
     let at = now();
-    emitter.emit(run.event(EventType::Start, &at, &inputs, &[], None));
     let (end, error) = match written {
         Ok(()) => (EventType::Complete, None),
         Err(e) => (EventType::Fail, Some(e.as_str())),
     };
-    emitter.emit(run.event(end, &at, &inputs, std::slice::from_ref(&output), error));
+    emitter.emit_all(&[
+        run.event(EventType::Start, &at, &inputs, &[], None),
+        run.event(end, &at, &inputs, std::slice::from_ref(&output), error),
+    ]);
 }
 
 /// Compares every A/B split's arms on its use case's KPIs over `[from_ns, to_ns)` and stores a

@@ -3,7 +3,8 @@
 //! takes them to a lineage catalog over HTTP and appends them to a JSON-lines file.
 //!
 //! Knows datasets, jobs and runs, not what they are: the jobs' modules (`pipeline_lineage`,
-//! `hub_lineage`, the alert rules in `alerts`) say what a run reads and writes.
+//! `hub_lineage`, the alert rules in `alerts`, the use cases' KPIs in `kpi_series`) say what a
+//! run reads and writes.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +26,9 @@ const ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// How long events still queued at shutdown may take to go out.
 pub(crate) const DRAIN: Duration = Duration::from_secs(5);
+/// Queue slots that reports which can wait or be skipped (training runs, edges' starts, KPI
+/// measurements) leave free, for the ends of runs already begun.
+pub(crate) const KEEP_FREE: usize = 64;
 
 /// The event schema every event names.
 const RUN_EVENT_SCHEMA: &str = "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent";
@@ -378,10 +382,18 @@ impl StreamingRun {
         self.emit(EventType::Start, inputs, outputs, None);
     }
 
-    /// The run could not begin: why.
+    /// The run could not begin: why. Its START and FAIL are queued together or not at all.
     pub(crate) fn failed(&self, inputs: &[Dataset], outputs: &[Dataset], error: &str) {
-        self.emit(EventType::Start, inputs, outputs, None);
-        self.emit(EventType::Fail, inputs, outputs, Some(error));
+        self.began.store(true, Ordering::Relaxed);
+        if self.ended.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let at = now();
+        self.emitter.emit_all(&[
+            self.run.event(EventType::Start, &at, inputs, outputs, None),
+            self.run
+                .event(EventType::Fail, &at, inputs, outputs, Some(error)),
+        ]);
     }
 
     /// Whether a RUNNING event is due (and, if so, the next one is an interval from now).
@@ -486,6 +498,27 @@ impl Emitter {
                 metrics::counter!("fabrik_openlineage_events_total", "transport" => transport, "outcome" => "dropped")
                     .increment(1);
                 tracing::debug!(transport, "OpenLineage event dropped: its queue is full.");
+            }
+        }
+    }
+
+    /// Queues `events` (a run's START and its end) for each transport all or none: a START
+    /// whose end found the queue full would stay open in the catalog.
+    pub(crate) fn emit_all(&self, events: &[Value]) {
+        let lines: Vec<Arc<str>> = events.iter().map(|e| e.to_string().into()).collect();
+        for (queue, transport) in [(&self.http, "http"), (&self.file, "file")] {
+            let Some(queue) = queue else { continue };
+            match queue.try_reserve_many(lines.len()) {
+                Ok(permits) => {
+                    for (permit, line) in permits.zip(&lines) {
+                        permit.send(line.clone());
+                    }
+                }
+                Err(_) => {
+                    metrics::counter!("fabrik_openlineage_events_total", "transport" => transport, "outcome" => "dropped")
+                        .increment(lines.len() as u64);
+                    tracing::debug!(transport, "OpenLineage run dropped: its queue is full.");
+                }
             }
         }
     }
@@ -823,6 +856,31 @@ mod tests {
             Value::Array(items) => items.iter_mut().for_each(|v| rename_producers(v, producer)),
             _ => {}
         }
+    }
+
+    /// A run's START and end go together or not at all: with one slot left, neither.
+    #[test]
+    fn a_start_and_its_end_are_queued_together_or_not_at_all() {
+        let (emitter, mut sender) = test_channel("edge-1");
+        for i in 0..QUEUE - 1 {
+            emitter.emit(json!({ "filler": i }));
+        }
+        assert_eq!(emitter.room(), 1);
+        emitter.emit_all(&[
+            json!({ "eventType": "START" }),
+            json!({ "eventType": "COMPLETE" }),
+        ]);
+        let queued = sender.take_queued_file_events();
+        assert_eq!(queued.len(), QUEUE - 1, "neither the START nor its end");
+        emitter.emit_all(&[
+            json!({ "eventType": "START" }),
+            json!({ "eventType": "COMPLETE" }),
+        ]);
+        assert_eq!(
+            sender.take_queued_file_events().len(),
+            2,
+            "both, once there is room"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use fabrik_store::Store;
 use parking_lot::Mutex;
 
 use crate::openlineage::{
-    Dataset, Emitter, EventType, Field, JobRun, Processing, StreamingRun, now, run_id,
+    Dataset, Emitter, EventType, Field, JobRun, KEEP_FREE, Processing, StreamingRun, now, run_id,
     table_dataset,
 };
 
@@ -36,11 +36,6 @@ const INFERENCE_COLUMNS: [(&str, &str); 17] = [
     ("trained_until", "integer"),
     ("top_signal", "string"),
 ];
-
-/// Queue slots training reports leave free, for the starts and ends of other runs: a fleet
-/// whose devices all learn at once is reported over several passes instead of overflowing
-/// the queue.
-const KEEP_FREE: usize = 64;
 
 /// Where a pipeline's ONNX model comes from, for its dataset's name.
 pub(crate) enum ModelFile<'a> {
@@ -258,7 +253,8 @@ impl PipelineLineage {
     }
 
     /// A training run (START and COMPLETE) for each model learnt, as far as the queue has
-    /// room beyond [`KEEP_FREE`]; the rest wait for the next pass.
+    /// room beyond [`KEEP_FREE`] (a fleet whose devices all learn at once is reported over
+    /// several passes); the rest wait for the next pass.
     fn report_learnt(&self) {
         let emitter = self.scoring.emitter();
         let mut inputs = None;
@@ -299,14 +295,16 @@ impl PipelineLineage {
                 crate::pipelines::rfc3339(until)
             ));
             let at = now();
-            emitter.emit(run.event(EventType::Start, &at, inputs, &[], None));
-            emitter.emit(run.event(
-                EventType::Complete,
-                &at,
-                inputs,
-                std::slice::from_ref(&model),
-                None,
-            ));
+            emitter.emit_all(&[
+                run.event(EventType::Start, &at, inputs, &[], None),
+                run.event(
+                    EventType::Complete,
+                    &at,
+                    inputs,
+                    std::slice::from_ref(&model),
+                    None,
+                ),
+            ]);
             self.reported.lock().insert(device, learnt);
         }
     }
