@@ -237,7 +237,7 @@ fn report_measured(
     span: (i64, i64),
     written: &Result<(), String>,
 ) {
-    use crate::openlineage::{Dataset, EventType, JobRun, KEEP_FREE, Processing, now, run_id};
+    use crate::openlineage::{Dataset, EventType, JobRun, KEEP_FREE, now};
     let kpis = &use_case.definition.kpis;
     if kpis.is_empty() {
         return;
@@ -278,19 +278,12 @@ fn report_measured(
     } else {
         0
     });
-    let run = JobRun {
-        run_id: run_id(),
-        job_namespace: emitter.jobs.clone(),
-        job_name: format!("usecase.{}.kpis", use_case.name),
-        processing: Processing::Batch,
-        job_type: "KPI",
-        parent: None,
-        nominal: Some((
-            crate::pipelines::rfc3339(span.0),
-            crate::pipelines::rfc3339(span.1),
-        )),
-        sql: None,
-    };
+    let run = JobRun::batch(
+        emitter,
+        format!("usecase.{}.kpis", use_case.name),
+        "KPI",
+        span,
+    );
     let at = now();
     let (end, error) = match written {
         Ok(()) => (EventType::Complete, None),

@@ -203,6 +203,29 @@ pub(crate) struct JobRun {
 }
 
 impl JobRun {
+    /// A new run of the finite job `name` (in `emitter`'s job namespace) about the data of
+    /// `span`, in ns (its `nominalTime`).
+    pub(crate) fn batch(
+        emitter: &Emitter,
+        name: String,
+        job_type: &'static str,
+        span: (i64, i64),
+    ) -> Self {
+        Self {
+            run_id: run_id(),
+            job_namespace: emitter.jobs.clone(),
+            job_name: name,
+            processing: Processing::Batch,
+            job_type,
+            parent: None,
+            nominal: Some((
+                crate::pipelines::rfc3339(span.0),
+                crate::pipelines::rfc3339(span.1),
+            )),
+            sql: None,
+        }
+    }
+
     /// The event `event_type` of this run at `event_time` (RFC 3339), reading `inputs` and
     /// writing `outputs`; `error`: why it failed.
     pub(crate) fn event(

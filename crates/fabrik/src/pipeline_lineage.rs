@@ -12,8 +12,7 @@ use fabrik_store::Store;
 use parking_lot::Mutex;
 
 use crate::openlineage::{
-    Dataset, Emitter, EventType, Field, JobRun, KEEP_FREE, Processing, StreamingRun, now, run_id,
-    table_dataset,
+    Dataset, Emitter, EventType, Field, JobRun, KEEP_FREE, StreamingRun, now, table_dataset,
 };
 
 /// The columns of `inferences` every pipeline writes, and their types in the store's words.
@@ -267,24 +266,18 @@ impl PipelineLineage {
             };
             let inputs = inputs.get_or_insert_with(|| self.training_inputs());
             let scoring = &self.scoring.run;
-            let (from, until) = learnt.span;
-            let run = JobRun {
-                run_id: run_id(),
-                job_namespace: scoring.job_namespace.clone(),
-                job_name: format!("{}.training", scoring.job_name),
-                processing: Processing::Batch,
-                job_type: "TRAINING",
-                parent: Some((
-                    scoring.job_namespace.clone(),
-                    scoring.job_name.clone(),
-                    scoring.run_id.clone(),
-                )),
-                nominal: Some((
-                    crate::pipelines::rfc3339(from),
-                    crate::pipelines::rfc3339(until),
-                )),
-                sql: None,
-            };
+            let until = learnt.span.1;
+            let mut run = JobRun::batch(
+                emitter,
+                format!("{}.training", scoring.job_name),
+                "TRAINING",
+                learnt.span,
+            );
+            run.parent = Some((
+                scoring.job_namespace.clone(),
+                scoring.job_name.clone(),
+                scoring.run_id.clone(),
+            ));
             let mut model = Dataset::new(
                 &emitter.datasets,
                 format!("models/{}/{device}", self.pipeline),
