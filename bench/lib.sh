@@ -117,4 +117,7 @@ CONF
   curl -fsS -XPOST "$INFLUX_URL/query" --data-urlencode "q=CREATE DATABASE bench" >/dev/null
 }
 
+admin() { # url action: POST /api/v1/admin/<action> (persist, compact) to a started Fabrik
+  curl -fsS -XPOST -H "Authorization: Bearer bench-token" "$1/api/v1/admin/$2" >/dev/null
+}
 stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }

@@ -22,7 +22,6 @@ start_moto
 export FABRIK__STORE__FLUSH_INTERVAL=1h FABRIK__STORE__OBJECTS__URL="s3://bench/hub"
 export FABRIK__STORE__OBJECTS__SEGMENT_CACHE=2GiB
 
-admin() { curl -fsS -XPOST -H "Authorization: Bearer bench-token" "$1/api/v1/admin/$2" >/dev/null; }
 count_probe() { # url → rows of table probe (0 before it exists)
   curl -sS -H "Authorization: Bearer bench-token" -H 'Content-Type: application/json' \
     --data-binary '{"sql": "SELECT count(*) AS n FROM probe"}' "$1/api/v1/query" |

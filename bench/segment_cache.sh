@@ -21,7 +21,6 @@ source "$(dirname "$0")/truck_queries.sh"
 start_moto
 export FABRIK__STORE__FLUSH_INTERVAL=1h
 
-admin() { curl -fsS -XPOST -H "Authorization: Bearer bench-token" "$FABRIK_URL/api/v1/admin/$1" >/dev/null; }
 time_once() { # sql → ms of one run
   local args
   mapfile -t args < <(fabrik_request "$1")
@@ -34,8 +33,8 @@ run_with() { # prefix cache → fills the array named by $3
   export FABRIK__STORE__OBJECTS__URL="s3://bench/$1" FABRIK__STORE__OBJECTS__SEGMENT_CACHE="$2"
   start_fabrik "$WORK/$1" "$(free_port)"
   load "$FABRIK_URL" /api/v1/write --token bench-token
-  admin persist
-  admin compact
+  admin "$FABRIK_URL" persist
+  admin "$FABRIK_URL" compact
   for entry in "${QUERIES[@]}"; do
     IFS='|' read -r name sql _ <<<"$entry"
     results[$name]=$(time_runs fabrik "$sql")

@@ -148,8 +148,8 @@ pub fn parse_traceparent(value: &str) -> Option<([u8; 16], [u8; 8], bool)> {
     Some((trace, span, flags[0] & 1 == 1))
 }
 
-/// One pass, no parsing per byte pair.
-fn unhex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
+/// `N` bytes from `2N` hex digits (either case), in one pass, no parsing per byte pair.
+pub fn unhex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
     fn nibble(digit: u8) -> Option<u8> {
         match digit {
             b'0'..=b'9' => Some(digit - b'0'),

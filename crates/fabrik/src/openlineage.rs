@@ -513,16 +513,7 @@ pub(crate) struct Emitter {
 impl Emitter {
     /// Queues `event` for each transport.
     pub(crate) fn emit(&self, event: Value) {
-        let line: Arc<str> = event.to_string().into();
-        for (queue, transport) in [(&self.http, "http"), (&self.file, "file")] {
-            if let Some(queue) = queue
-                && queue.try_send(line.clone()).is_err()
-            {
-                metrics::counter!("fabrik_openlineage_events_total", "transport" => transport, "outcome" => "dropped")
-                    .increment(1);
-                tracing::debug!(transport, "OpenLineage event dropped: its queue is full.");
-            }
-        }
+        self.emit_all(std::slice::from_ref(&event));
     }
 
     /// Queues `events` (a run's START and its end) for each transport all or none: a START
@@ -540,7 +531,10 @@ impl Emitter {
                 Err(_) => {
                     metrics::counter!("fabrik_openlineage_events_total", "transport" => transport, "outcome" => "dropped")
                         .increment(lines.len() as u64);
-                    tracing::debug!(transport, "OpenLineage run dropped: its queue is full.");
+                    tracing::debug!(
+                        transport,
+                        "OpenLineage events dropped: their queue is full."
+                    );
                 }
             }
         }

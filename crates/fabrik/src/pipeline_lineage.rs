@@ -15,26 +15,37 @@ use crate::openlineage::{
     Dataset, Emitter, EventType, Field, JobRun, KEEP_FREE, StreamingRun, now, table_dataset,
 };
 
-/// The columns of `inferences` every pipeline writes, and their types in the store's words.
-const INFERENCE_COLUMNS: [(&str, &str); 17] = [
-    ("time", "timestamp"),
-    ("pipeline", "string"),
-    ("device", "string"),
-    ("model", "string"),
-    ("score", "float"),
-    ("threshold", "float"),
-    ("flag", "boolean"),
-    ("window_start", "integer"),
-    ("window_end", "integer"),
-    ("samples", "integer"),
-    ("last_arrival", "integer"),
-    ("window_id", "string"),
-    ("contributions", "string"),
-    ("model_version", "string"),
-    ("trained_from", "integer"),
-    ("trained_until", "integer"),
-    ("top_signal", "string"),
-];
+/// The columns of `inferences` every pipeline writes, typed in the store's words: read off
+/// the row `pipelines::inference_point` makes, so the two cannot drift apart.
+fn inference_columns() -> Vec<Field> {
+    let verdict = Inference {
+        device: String::new(),
+        window_start_ns: 0,
+        window_end_ns: 1,
+        samples: 0,
+        last_arrival: 0,
+        score: 0.0,
+        threshold: 0.0,
+        flag: false,
+        contributions: Vec::new(),
+        // Written only when there is one: present here so the column is listed.
+        top_signal: Some(String::new()),
+        model_version: String::new(),
+        trained_from_ns: 0,
+        trained_until_ns: 0,
+    };
+    let row = crate::pipelines::inference_point("", "", "", &verdict);
+    std::iter::once(Field::new("time", Some("timestamp".into())))
+        .chain(
+            row.tags
+                .iter()
+                .map(|(tag, _)| Field::new(tag.clone(), Some("string".into()))),
+        )
+        .chain(row.fields.iter().map(|(field, value)| {
+            Field::new(field.clone(), Some(value.field_type().name().to_owned()))
+        }))
+        .collect()
+}
 
 /// Where a pipeline's ONNX model comes from, for its dataset's name.
 pub(crate) enum ModelFile<'a> {
@@ -97,10 +108,7 @@ impl PipelineLineage {
             model
         });
         let mut inferences = Dataset::new(&emitter.datasets, crate::pipelines::INFERENCES_TABLE);
-        inferences.schema = INFERENCE_COLUMNS
-            .iter()
-            .map(|(name, kind)| Field::new(*name, Some((*kind).to_owned())))
-            .collect();
+        inferences.schema = inference_columns();
         if config.use_case.is_some() {
             for column in ["use_case", "stage"] {
                 inferences
@@ -379,6 +387,36 @@ mod tests {
             again[1]["outputs"][0]["facets"]["version"]["datasetVersion"],
             "1+x@1970-01-01T00:00:00.000Z"
         );
+    }
+
+    /// The `inferences` schema the events carry is the row a verdict becomes, typed as stored.
+    #[test]
+    fn the_inferences_columns_are_those_a_verdict_is_written_with() {
+        let columns: Vec<(String, String)> = inference_columns()
+            .into_iter()
+            .map(|f| (f.name, f.kind.unwrap_or_default()))
+            .collect();
+        let expected = [
+            ("time", "timestamp"),
+            ("pipeline", "string"),
+            ("device", "string"),
+            ("model", "string"),
+            ("score", "float"),
+            ("threshold", "float"),
+            ("flag", "boolean"),
+            ("window_start", "integer"),
+            ("window_end", "integer"),
+            ("samples", "integer"),
+            ("last_arrival", "integer"),
+            ("window_id", "string"),
+            ("contributions", "string"),
+            ("model_version", "string"),
+            ("trained_from", "integer"),
+            ("trained_until", "integer"),
+            ("top_signal", "string"),
+        ]
+        .map(|(name, kind)| (name.to_owned(), kind.to_owned()));
+        assert_eq!(columns, expected);
     }
 
     /// Drift checks and performance estimation write tables of their own, and the estimate

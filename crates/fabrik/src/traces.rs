@@ -92,11 +92,15 @@ impl Fields {
             }
             "otel.status_message" => self.status_message = Some(text()),
             "traceparent" => self.traceparent = Some(text()),
-            // `<trace id>-<span id>` pairs in hex, comma-separated.
+            // `<trace id>-<span id>` pairs in hex, comma-separated; all-zero ids are invalid.
             "otel.links" => {
+                use fabrik_runtime::telemetry::unhex;
+                let valid = |id: &[u8]| id.iter().any(|b| *b != 0);
                 self.links.extend(text().split(',').filter_map(|link| {
                     let (trace, span) = link.trim().split_once('-')?;
-                    Some((hex_bytes(trace)?, hex_bytes(span)?))
+                    let trace = unhex::<16>(trace.as_bytes()).filter(|t| valid(t))?;
+                    let span = unhex::<8>(span.as_bytes()).filter(|s| valid(s))?;
+                    Some((trace, span))
                 }));
             }
             "fabrik.link_id" => self.link_id = value.as_u64(),
@@ -201,18 +205,6 @@ fn attribute(key: &str, value: &Value) -> Value {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// `N` bytes from `2N` hex digits; `None` for anything else, or all zeros (an invalid id).
-fn hex_bytes<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.len() != 2 * N || !text.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-    }
-    out.iter().any(|b| *b != 0).then_some(out)
 }
 
 /// The value of a span's `otel.links` field naming `spans`.

@@ -9,13 +9,13 @@ use std::process::Command;
 use serde_json::Value;
 
 use crate::mqtt::{eventually, http, query};
-use crate::support::{Peer, free_port, now_ns, start_configured};
+use crate::pipelines::{steady_pump_a, write_recent_pump_a};
+use crate::support::{Peer, free_port, now_ns, python, start_configured};
 
 const RECEIVER: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/peers/openlineage_receiver.py"
 );
-const SECOND: i64 = 1_000_000_000;
 const KEY: &str = "catalog-key-7";
 
 /// Each event as `job type`, for messages.
@@ -50,8 +50,7 @@ fn every_run_begins_and_ends_once(events: &[Value]) {
 /// with 503; stopped on drop.
 fn catalog(out: &Path, refuse: u32) -> (u16, Peer) {
     let port = free_port();
-    let python = std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into());
-    let mut receiver = Command::new(&python);
+    let mut receiver = Command::new(python());
     receiver
         .arg(RECEIVER)
         .arg(port.to_string())
@@ -193,19 +192,7 @@ context = ["top_signal"]
     // Forty seconds of pump-a at 5 Hz, stored before the pipeline is defined: it learns from
     // them at once.
     let now = now_ns();
-    let sample = |t: i64| {
-        let wobble = ((t / (SECOND / 5)) * 7919 % 13) as f64 / 13.0;
-        format!(
-            "pump,device=pump-a vibration={},current={} {t}\n",
-            2.0 + wobble * 0.2,
-            10.0 + wobble
-        )
-    };
-    let history: String = (1..=200).map(|i| sample(now - i * SECOND / 5)).collect();
-    assert_eq!(
-        crate::support::post_status(&p.url, "/api/v1/write", &history),
-        200
-    );
+    write_recent_pump_a(&p.url, now);
     let definition = serde_json::json!({
         "name": "recent",
         "table": "pump",
@@ -226,7 +213,7 @@ context = ["top_signal"]
     // Live windows are scored, and the run reports the rows it wrote every second.
     eventually("a RUNNING event with the inferences written", || {
         assert_eq!(
-            crate::support::post_status(&p.url, "/api/v1/write", &sample(now_ns())),
+            crate::support::post_status(&p.url, "/api/v1/write", &steady_pump_a(now_ns())),
             200
         );
         of(&accepted(&out), "pipeline.recent", "RUNNING")

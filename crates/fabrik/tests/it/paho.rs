@@ -7,16 +7,12 @@
 use std::process::Command;
 
 use crate::mqtt::http;
-use crate::support::{Process, TOKEN};
+use crate::support::{Process, TOKEN, python};
 
 const SCRIPT: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../fabrik-connect/tests/peers/paho_clients.py"
 );
-
-fn python() -> String {
-    std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into())
-}
 
 fn run_script(args: &[&str], scenarios: bool) {
     let out = Command::new(python())

@@ -101,6 +101,29 @@ fn history(start_ns: i64) -> String {
     body
 }
 
+/// pump-a's row at `t` (ns): vibration and current wobbling a little around their normal, as
+/// a 5 Hz stream gives them.
+pub(crate) fn steady_pump_a(t: i64) -> String {
+    let wobble = ((t / (SECOND / 5)) * 7919 % 13) as f64 / 13.0;
+    format!(
+        "pump,device=pump-a vibration={},current={} {t}\n",
+        2.0 + wobble * 0.2,
+        10.0 + wobble
+    )
+}
+
+/// Writes the 40 s of [`steady_pump_a`] at 5 Hz before `now` (ns): twenty 2 s windows of ten
+/// samples.
+pub(crate) fn write_recent_pump_a(url: &str, now: i64) {
+    let history: String = (1..=200)
+        .map(|i| steady_pump_a(now - i * SECOND / 5))
+        .collect();
+    assert_eq!(
+        crate::support::post_status(url, "/api/v1/write", &history),
+        200
+    );
+}
+
 /// Writes [`history`] from `start`.
 fn write_history(url: &str, start: i64) {
     assert_eq!(
@@ -1586,20 +1609,7 @@ fn a_pipeline_defined_on_flowing_data_trains_on_its_recent_history() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = Process::start(&dir.path().join("data"), &[]);
     // The last 40 s of pump-a at 5 Hz: twenty 2 s windows of ten samples.
-    let now = now_ns();
-    let sample = |t: i64| {
-        let wobble = ((t / (SECOND / 5)) * 7919 % 13) as f64 / 13.0;
-        format!(
-            "pump,device=pump-a vibration={},current={} {t}\n",
-            2.0 + wobble * 0.2,
-            10.0 + wobble
-        )
-    };
-    let history: String = (1..=200).map(|i| sample(now - i * SECOND / 5)).collect();
-    assert_eq!(
-        crate::support::post_status(&p.url, "/api/v1/write", &history),
-        200
-    );
+    write_recent_pump_a(&p.url, now_ns());
     let defined_at = now_ns();
     let (code, body) = put_pipeline(
         &p.url,
@@ -1625,7 +1635,7 @@ fn a_pipeline_defined_on_flowing_data_trains_on_its_recent_history() {
     eventually("live windows are scored", || {
         let t = now_ns();
         assert_eq!(
-            crate::support::post_status(&p.url, "/api/v1/write", &sample(t)),
+            crate::support::post_status(&p.url, "/api/v1/write", &steady_pump_a(t)),
             200
         );
         let (_, status) = pipeline_status(&p.url, "recent");

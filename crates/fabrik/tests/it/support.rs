@@ -507,6 +507,12 @@ impl Drop for Peer {
     }
 }
 
+/// The Python that has the tests' peers (`FABRIK_PYTHON`, the venv `.ci/run` makes), else
+/// `python3`.
+pub(crate) fn python() -> String {
+    std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
 /// A `fabrik run` whose configuration file holds `config`, with its files under `dir`.
 pub(crate) fn start_configured(dir: &std::path::Path, config: &str) -> Process {
     let file = dir.join("fabrik.toml");
