@@ -20,20 +20,31 @@ use fabrik_registry::{Registry, RegistryError};
 use fabrik_runtime::{Config, ServiceHandle, Settings};
 use fabrik_store::{Store, StoreError};
 use parking_lot::RwLock;
+
+use crate::ingest_lineage::IngestLineage;
+use crate::openlineage::Emitter;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// The MQTT user name operators log in with, using the admin token as password.
 pub(crate) const ADMIN_USER: &str = "admin";
 
-/// Stores connector rows.
-pub(crate) struct StoreSink(pub(crate) Arc<Store>);
+/// Stores connector rows, and counts them for the ingest jobs' lineage when it is reported.
+pub(crate) struct StoreSink {
+    store: Arc<Store>,
+    lineage: Option<Arc<IngestLineage>>,
+}
 
 #[async_trait::async_trait]
 impl RecordSink for StoreSink {
     async fn write(&self, groups: &[(Lineage, Vec<Point>)]) -> Result<(), SinkError> {
-        match self.0.write_groups(groups, "message").await {
-            Ok(_) => Ok(()),
+        match self.store.write_groups(groups, "message").await {
+            Ok(_) => {
+                if let Some(lineage) = &self.lineage {
+                    lineage.stored(groups);
+                }
+                Ok(())
+            }
             Err(e @ (StoreError::SchemaConflict { .. } | StoreError::InvalidPoint { .. })) => {
                 Err(SinkError::Rejected(e.to_string()))
             }
@@ -47,7 +58,7 @@ impl RecordSink for StoreSink {
         content_type: &str,
     ) -> Result<fabrik_connect::ingest::BlobHold, SinkError> {
         let (blobs, bytes, media) = (
-            self.0.blobs().clone(),
+            self.store.blobs().clone(),
             bytes.clone(),
             content_type.to_owned(),
         );
@@ -331,6 +342,7 @@ pub(crate) async fn start_ingest(
     settings: &Settings,
     store: Arc<Store>,
     registry: Option<Registry>,
+    lineage: Option<Emitter>,
     slot: &mut Option<IngestWiring>,
 ) -> Result<ServiceHandle, String> {
     let configs = if config.mappings.is_empty() {
@@ -348,9 +360,17 @@ pub(crate) async fn start_ingest(
     };
     let (tx, rx) = mpsc::channel(settings.ingest_queue);
     let (outbound_tx, outbound_rx) = mpsc::channel(256);
+    let lineage = lineage.map(|emitter| {
+        let node = emitter.node().to_owned();
+        Arc::new(IngestLineage::mqtt(emitter, config, &node))
+    });
+    let sink = StoreSink {
+        store,
+        lineage: lineage.clone(),
+    };
     let worker = Ingest::new(
         mappings,
-        Arc::new(StoreSink(store)),
+        Arc::new(sink),
         Arc::new(directory.clone()),
         Arc::new(RawMessageIds::new()),
         IngestSettings {
@@ -368,6 +388,9 @@ pub(crate) async fn start_ingest(
     let token = stop.clone();
     let task = tokio::spawn(async move {
         worker.run(rx, token).await;
+        if let Some(lineage) = lineage {
+            lineage.ended();
+        }
         Ok(())
     });
     Ok(ServiceHandle { stop, task })

@@ -3,100 +3,35 @@
 //! the edge's own events use) to the hub's (`fabrik://<hub>`), so a catalog joins an edge's
 //! lineage to its hub's.
 
-use std::collections::BTreeMap;
-
-use parking_lot::Mutex;
-
-use crate::openlineage::{Dataset, Emitter, EventType, KEEP_FREE, StreamingRun};
-
-/// One edge's uplink, since the hub first stored a row of it in this run.
-struct EdgeRun {
-    run: StreamingRun,
-    /// Rows stored per table.
-    tables: BTreeMap<String, u64>,
-    /// Whether its START went out, and whether an event (its START, a new table, the
-    /// interval's RUNNING) waits for room in the queue.
-    started: bool,
-    due: bool,
-}
+use crate::openlineage::{Dataset, Emitter};
+use crate::table_runs::TableRuns;
 
 /// The hub's view of its edges' uplinks.
 pub(crate) struct HubLineage {
-    emitter: Emitter,
-    edges: Mutex<BTreeMap<String, EdgeRun>>,
+    runs: TableRuns,
 }
 
 impl HubLineage {
     pub(crate) fn new(emitter: Emitter) -> Self {
         Self {
-            emitter,
-            edges: Mutex::new(BTreeMap::new()),
+            runs: TableRuns::new(emitter, "UPLINK"),
         }
     }
 
-    /// Rows of `node`'s tables the hub stored, `(table, rows)`: a START for an edge's first, a
-    /// RUNNING when a table is new (so the catalog has every table at once) or, at the next
-    /// rows after each `running_interval`, with the rows so far — each as the queue has room.
+    /// Rows of `node`'s tables the hub stored, `(table, rows)`, each read from the edge's
+    /// table of the same name (see [`TableRuns::stored`]).
     pub(crate) fn stored(&self, node: &str, tables: &[(&str, u64)]) {
-        let mut edges = self.edges.lock();
-        let edge = edges.entry(node.to_owned()).or_insert_with(|| EdgeRun {
-            run: StreamingRun::new(&self.emitter, format!("uplink.{node}"), "UPLINK", None),
-            tables: BTreeMap::new(),
-            started: false,
-            due: true,
-        });
-        for (table, rows) in tables {
-            match edge.tables.get_mut(*table) {
-                Some(stored) => *stored += rows,
-                None => {
-                    edge.tables.insert((*table).to_owned(), *rows);
-                    edge.due = true;
-                }
-            }
-        }
-        if edge.started && !edge.due && edge.run.running_due() {
-            edge.due = true;
-        }
-        // After a hub restart every edge's first rows come within seconds: their starts wait
-        // for room, as a pipeline's training reports do.
-        for (node, edge) in edges.iter_mut().filter(|(_, edge)| edge.due) {
-            if self.emitter.room() < KEEP_FREE {
-                return;
-            }
-            let (inputs, outputs) = self.datasets(node, &edge.tables);
-            if edge.started {
-                edge.run.emit(EventType::Running, &inputs, &outputs, None);
-            } else {
-                edge.run.started(&inputs, &outputs);
-                edge.started = true;
-            }
-            edge.due = false;
-        }
+        let edge_namespace = format!("fabrik://{node}");
+        let inputs: Vec<Dataset> = tables
+            .iter()
+            .map(|(table, _)| Dataset::new(&edge_namespace, *table))
+            .collect();
+        self.runs.stored(&format!("uplink.{node}"), &inputs, tables);
     }
 
     /// The hub stops: every edge's run that began ends, with the rows stored per table.
     pub(crate) fn ended(&self) {
-        let mut edges = self.edges.lock();
-        for (node, edge) in std::mem::take(&mut *edges) {
-            if edge.started {
-                let (inputs, outputs) = self.datasets(&node, &edge.tables);
-                edge.run.emit(EventType::Complete, &inputs, &outputs, None);
-            }
-        }
-    }
-
-    /// The edge's tables in its namespace, and the hub's, with the rows stored this run.
-    fn datasets(&self, node: &str, tables: &BTreeMap<String, u64>) -> (Vec<Dataset>, Vec<Dataset>) {
-        let edge_namespace = format!("fabrik://{node}");
-        tables
-            .iter()
-            .map(|(table, rows)| {
-                let input = Dataset::new(&edge_namespace, table.clone());
-                let mut output = Dataset::new(&self.emitter.datasets, table.clone());
-                output.rows_written = Some(*rows);
-                (input, output)
-            })
-            .unzip()
+        self.runs.ended();
     }
 }
 

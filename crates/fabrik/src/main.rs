@@ -29,6 +29,7 @@ mod eval;
 mod hub;
 mod hub_lineage;
 mod image_policy;
+mod ingest_lineage;
 mod key_report;
 mod kpi_series;
 mod lineage_cli;
@@ -61,6 +62,7 @@ mod shadow_kpis;
 mod sql_text;
 mod store_cli;
 mod stored;
+mod table_runs;
 #[cfg(test)]
 mod test_store;
 mod traces;

@@ -18,6 +18,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::device_state::DeviceStates;
+use crate::ingest_lineage::IngestLineage;
+use crate::openlineage::Emitter;
 use crate::readings::{QUEUE, next_batch, point_error};
 
 /// Problems of the `[modbus]` section, as `modbus: ...`.
@@ -38,7 +40,9 @@ pub(crate) async fn start(
     config: &Config,
     store: Arc<Store>,
     registry: Option<Registry>,
+    lineage: Option<Emitter>,
 ) -> Result<ServiceHandle, String> {
+    let lineage = lineage.map(|emitter| IngestLineage::modbus(emitter, config));
     let tables: BTreeMap<String, String> = config
         .modbus
         .devices
@@ -56,7 +60,11 @@ pub(crate) async fn start(
     let task = tokio::spawn(async move {
         // The writer ends when every device task has dropped its sender: at once when no
         // device is configured, else after the stop. The module runs until it is stopped.
-        let written = write_readings(rx, &store, &tables, registry.as_ref()).await;
+        let written =
+            write_readings(rx, &store, &tables, registry.as_ref(), lineage.as_ref()).await;
+        if let Some(lineage) = &lineage {
+            lineage.ended();
+        }
         poller.stopped().await;
         token.cancelled().await;
         written
@@ -69,6 +77,7 @@ async fn write_readings(
     store: &Store,
     tables: &BTreeMap<String, String>,
     registry: Option<&Registry>,
+    lineage: Option<&IngestLineage>,
 ) -> Result<(), String> {
     let mut states = registry.map(|r| DeviceStates::new(r.clone(), "modbus"));
     while let Some(batch) = next_batch(&mut rx).await {
@@ -77,10 +86,17 @@ async fn write_readings(
             track_state(states, &polls).await;
         }
         let groups = to_groups(store, polls, tables);
-        if let Err(e) = store.write_groups(&groups, "modbus").await {
-            // The device keeps its schedule; a failed write loses only this batch, and says so.
-            tracing::error!(error = %e, rows = groups.len(), "Storing Modbus readings failed.");
-            metrics::counter!("fabrik_modbus_write_errors_total").increment(1);
+        match store.write_groups(&groups, "modbus").await {
+            Ok(_) => {
+                if let Some(lineage) = lineage {
+                    lineage.stored(&groups);
+                }
+            }
+            Err(e) => {
+                // The device keeps its schedule; a failed write loses only this batch, and says so.
+                tracing::error!(error = %e, rows = groups.len(), "Storing Modbus readings failed.");
+                metrics::counter!("fabrik_modbus_write_errors_total").increment(1);
+            }
         }
     }
     Ok(())

@@ -17,6 +17,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::device_state::DeviceStates;
+use crate::ingest_lineage::IngestLineage;
+use crate::openlineage::Emitter;
 use crate::readings::{QUEUE, next_batch, point_error};
 
 /// Problems of the `[opcua]` section.
@@ -68,7 +70,9 @@ pub(crate) async fn start(
     config: &Config,
     store: Arc<Store>,
     registry: Option<Registry>,
+    lineage: Option<Emitter>,
 ) -> Result<ServiceHandle, String> {
+    let lineage = lineage.map(|emitter| IngestLineage::opcua(emitter, config));
     let tables = tables(config);
     let counts = item_counts(config);
     let stop = CancellationToken::new();
@@ -84,7 +88,10 @@ pub(crate) async fn start(
     let token = stop.clone();
     let task = tokio::spawn(async move {
         let states = registry.map(|r| DeviceStates::new(r, "opcua"));
-        write_readings(rx, &store, &tables, states, &counts).await;
+        write_readings(rx, &store, &tables, states, &counts, lineage.as_ref()).await;
+        if let Some(lineage) = &lineage {
+            lineage.ended();
+        }
         client.stopped().await;
         // With no server configured the writer ends at once; the module still runs until stopped.
         token.cancelled().await;
@@ -99,15 +106,23 @@ async fn write_readings(
     tables: &BTreeMap<String, String>,
     mut states: Option<DeviceStates>,
     item_counts: &BTreeMap<String, usize>,
+    lineage: Option<&IngestLineage>,
 ) {
     while let Some(batch) = next_batch(&mut rx).await {
         if let Some(states) = states.as_mut() {
             track_state(states, &batch, item_counts).await;
         }
         let groups = to_groups(store, batch, tables);
-        if let Err(e) = store.write_groups(&groups, "opcua").await {
-            tracing::error!(error = %e, rows = groups.len(), "Storing OPC UA readings failed.");
-            metrics::counter!("fabrik_opcua_write_errors_total").increment(1);
+        match store.write_groups(&groups, "opcua").await {
+            Ok(_) => {
+                if let Some(lineage) = lineage {
+                    lineage.stored(&groups);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, rows = groups.len(), "Storing OPC UA readings failed.");
+                metrics::counter!("fabrik_opcua_write_errors_total").increment(1);
+            }
         }
     }
 }

@@ -3,9 +3,13 @@
 //! takes them to a lineage catalog over HTTP and appends them to a JSON-lines file.
 //!
 //! Knows datasets, jobs and runs, not what they are: the jobs' modules (`pipeline_lineage`,
-//! `hub_lineage`, the alert rules in `alerts`, the use cases' KPIs in `kpi_series`) say what a
-//! run reads and writes.
+//! `hub_lineage`, `ingest_lineage`, the alert rules in `alerts`, the use cases' KPIs in
+//! `kpi_series`) say what a run reads and writes. Keeps the streaming runs that began and have
+//! not ended in a file of the data directory, so that the next start ABORTs the runs a killed
+//! process left open (decision 0082).
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +33,11 @@ pub(crate) const DRAIN: Duration = Duration::from_secs(5);
 /// Queue slots that reports which can wait or be skipped (training runs, edges' starts, KPI
 /// measurements) leave free, for the ends of runs already begun.
 pub(crate) const KEEP_FREE: usize = 64;
+
+/// The file of the data directory that lists the streaming runs begun and not yet ended.
+pub(crate) const OPEN_RUNS_FILE: &str = "openlineage-open-runs.json";
+/// How often that file is brought up to date (when a run began or ended since).
+const OPEN_RUNS_EVERY: Duration = Duration::from_secs(1);
 
 /// The event schema every event names.
 const RUN_EVENT_SCHEMA: &str = "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent";
@@ -62,6 +71,8 @@ pub(crate) enum EventType {
     Running,
     Complete,
     Fail,
+    /// Ended abnormally: sent at the next start for a run a killed process left open.
+    Abort,
 }
 
 impl EventType {
@@ -71,6 +82,7 @@ impl EventType {
             EventType::Running => "RUNNING",
             EventType::Complete => "COMPLETE",
             EventType::Fail => "FAIL",
+            EventType::Abort => "ABORT",
         }
     }
 }
@@ -193,7 +205,7 @@ pub(crate) struct JobRun {
     pub(crate) job_name: String,
     pub(crate) processing: Processing,
     /// The `jobType` facet's `jobType` (`INFERENCE`, `TRAINING`).
-    pub(crate) job_type: &'static str,
+    pub(crate) job_type: Cow<'static, str>,
     /// The run this one is part of (the `parent` facet): job namespace, job name, run id.
     pub(crate) parent: Option<(String, String, String)>,
     /// The span of data the run is about (the `nominalTime` facet), RFC 3339.
@@ -216,7 +228,7 @@ impl JobRun {
             job_namespace: emitter.jobs.clone(),
             job_name: name,
             processing: Processing::Batch,
-            job_type,
+            job_type: job_type.into(),
             parent: None,
             nominal: Some((
                 crate::pipelines::rfc3339(span.0),
@@ -362,7 +374,7 @@ impl StreamingRun {
                 job_namespace: emitter.jobs.clone(),
                 job_name: name,
                 processing: Processing::Streaming,
-                job_type,
+                job_type: job_type.into(),
                 parent: None,
                 nominal: None,
                 sql,
@@ -388,15 +400,25 @@ impl StreamingRun {
     ) {
         match event_type {
             EventType::Start => self.began.store(true, Ordering::Relaxed),
-            EventType::Complete | EventType::Fail => {
+            EventType::Complete | EventType::Fail | EventType::Abort => {
                 if self.ended.swap(true, Ordering::Relaxed) {
                     return;
                 }
             }
             EventType::Running => {}
         }
-        self.emitter
+        let queued = self
+            .emitter
             .emit(self.run.event(event_type, &now(), inputs, outputs, error));
+        match event_type {
+            // A START no transport took is no run to end later.
+            EventType::Start if queued.any => self.emitter.open_runs.began(&self.run),
+            // An end that some transport lost leaves the run open there: the next start ends it.
+            EventType::Complete | EventType::Fail | EventType::Abort if queued.all => {
+                self.emitter.open_runs.ended(&self.run.run_id);
+            }
+            _ => {}
+        }
     }
 
     /// The run began.
@@ -494,6 +516,159 @@ pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// Whether events were queued: for some transport, for every one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Queued {
+    pub(crate) any: bool,
+    pub(crate) all: bool,
+}
+
+/// A streaming run that began, as the file of open runs lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct OpenRun {
+    run_id: String,
+    namespace: String,
+    name: String,
+    job_type: String,
+}
+
+#[derive(Debug, Default)]
+struct OpenRunsState {
+    /// Runs of this process that began and have not ended, by run id.
+    open: BTreeMap<String, OpenRun>,
+    /// Runs an earlier process left open, whose ABORT is not queued yet.
+    stale: Vec<OpenRun>,
+    /// Whether the file differs from `open` and `stale`.
+    dirty: bool,
+}
+
+/// The streaming runs begun and not ended, and those an earlier process left open (read from
+/// [`OPEN_RUNS_FILE`] at start). Only the sender's task writes the file, at most every
+/// [`OPEN_RUNS_EVERY`]: a run that began less than that before a `kill -9` is not in it.
+#[derive(Debug, Default)]
+pub(crate) struct OpenRuns {
+    /// The file; none: nothing is kept (tests).
+    path: Option<PathBuf>,
+    state: parking_lot::Mutex<OpenRunsState>,
+}
+
+impl OpenRuns {
+    /// The runs listed in `path`, to be aborted; a file that cannot be read is logged and
+    /// taken as empty (its runs stay open in the catalog).
+    fn load(path: PathBuf) -> Self {
+        let stale = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice::<Vec<OpenRun>>(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(file = %path.display(), error = %e, "The list of OpenLineage runs left open is unreadable; they are not aborted.");
+                Vec::new()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "The list of OpenLineage runs left open is unreadable; they are not aborted.");
+                Vec::new()
+            }
+        };
+        Self {
+            path: Some(path),
+            state: parking_lot::Mutex::new(OpenRunsState {
+                open: BTreeMap::new(),
+                stale,
+                dirty: false,
+            }),
+        }
+    }
+
+    fn began(&self, run: &JobRun) {
+        let mut state = self.state.lock();
+        state.open.insert(
+            run.run_id.clone(),
+            OpenRun {
+                run_id: run.run_id.clone(),
+                namespace: run.job_namespace.clone(),
+                name: run.job_name.clone(),
+                job_type: run.job_type.to_string(),
+            },
+        );
+        state.dirty = true;
+    }
+
+    fn ended(&self, run_id: &str) {
+        let mut state = self.state.lock();
+        if state.open.remove(run_id).is_some() {
+            state.dirty = true;
+        }
+    }
+
+    /// Queues an ABORT for each run an earlier process left open, as the queue has room beyond
+    /// [`KEEP_FREE`] slots; the others wait for the next call.
+    fn abort_stale(&self, emitter: &Emitter) {
+        let mut state = self.state.lock();
+        while let Some(run) = state.stale.last() {
+            if emitter.room() <= KEEP_FREE {
+                return;
+            }
+            let job = JobRun {
+                run_id: run.run_id.clone(),
+                job_namespace: run.namespace.clone(),
+                job_name: run.name.clone(),
+                processing: Processing::Streaming,
+                job_type: run.job_type.clone().into(),
+                parent: None,
+                nominal: None,
+                sql: None,
+            };
+            emitter.emit(job.event(
+                EventType::Abort,
+                &now(),
+                &[],
+                &[],
+                Some("Fabrik stopped without ending this run (the process was killed, or its host lost power); its next start ended it"),
+            ));
+            state.stale.pop();
+            state.dirty = true;
+        }
+    }
+
+    /// Writes the file if a run began or ended since the last write: to a temporary file,
+    /// synced, then renamed over it, so a crash leaves the old list or the new one.
+    async fn persist(&self) {
+        let Some(path) = self.path.clone() else {
+            return;
+        };
+        let runs: Vec<OpenRun> = {
+            let mut state = self.state.lock();
+            if !state.dirty {
+                return;
+            }
+            state.dirty = false;
+            state
+                .stale
+                .iter()
+                .chain(state.open.values())
+                .cloned()
+                .collect()
+        };
+        let write = move || -> std::io::Result<()> {
+            let bytes = serde_json::to_vec(&runs).map_err(std::io::Error::other)?;
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let temporary = path.with_extension("json.tmp");
+            let mut file = std::fs::File::create(&temporary)?;
+            std::io::Write::write_all(&mut file, &bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&temporary, &path)
+        };
+        let written = tokio::task::spawn_blocking(write)
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "The list of open OpenLineage runs was not written; trying again.");
+            self.state.lock().dirty = true;
+        }
+    }
+}
+
 /// Where events go: a handle every job emitting them holds (cheap to clone). Sending never
 /// waits: a full queue drops the event and counts it.
 #[derive(Debug, Clone)]
@@ -508,18 +683,24 @@ pub(crate) struct Emitter {
     pub(crate) jobs: String,
     /// Between a streaming run's RUNNING events; `None`: none.
     pub(crate) running_interval: Option<Duration>,
+    /// The streaming runs begun and not ended.
+    open_runs: Arc<OpenRuns>,
 }
 
 impl Emitter {
     /// Queues `event` for each transport.
-    pub(crate) fn emit(&self, event: Value) {
-        self.emit_all(std::slice::from_ref(&event));
+    pub(crate) fn emit(&self, event: Value) -> Queued {
+        self.emit_all(std::slice::from_ref(&event))
     }
 
     /// Queues `events` (a run's START and its end) for each transport all or none: a START
     /// whose end found the queue full would stay open in the catalog.
-    pub(crate) fn emit_all(&self, events: &[Value]) {
+    pub(crate) fn emit_all(&self, events: &[Value]) -> Queued {
         let lines: Vec<Arc<str>> = events.iter().map(|e| e.to_string().into()).collect();
+        let mut queued = Queued {
+            any: false,
+            all: true,
+        };
         for (queue, transport) in [(&self.http, "http"), (&self.file, "file")] {
             let Some(queue) = queue else { continue };
             match queue.try_reserve_many(lines.len()) {
@@ -527,8 +708,10 @@ impl Emitter {
                     for (permit, line) in permits.zip(&lines) {
                         permit.send(line.clone());
                     }
+                    queued.any = true;
                 }
                 Err(_) => {
+                    queued.all = false;
                     metrics::counter!("fabrik_openlineage_events_total", "transport" => transport, "outcome" => "dropped")
                         .increment(lines.len() as u64);
                     tracing::debug!(
@@ -538,6 +721,14 @@ impl Emitter {
                 }
             }
         }
+        queued
+    }
+
+    /// The node whose datasets this emitter names (`fabrik://<node>`).
+    pub(crate) fn node(&self) -> &str {
+        self.datasets
+            .strip_prefix("fabrik://")
+            .unwrap_or(&self.datasets)
     }
 
     /// How many events can be queued now without one being dropped.
@@ -551,10 +742,12 @@ impl Emitter {
     }
 }
 
-/// The transports' halves: where each sends, and the queue it drains.
+/// The transports' halves: where each sends, and the queue it drains; and the emitter whose
+/// open runs the sender keeps on disk (and whose stale ones it aborts).
 pub(crate) struct Sender {
     http: Option<(String, Option<String>, mpsc::Receiver<Arc<str>>)>,
     file: Option<(PathBuf, mpsc::Receiver<Arc<str>>)>,
+    emitter: Emitter,
 }
 
 /// An emitter with a file transport whose queue a test reads ([`Sender::take_queued_file_events`]).
@@ -567,7 +760,7 @@ pub(crate) fn test_channel(node: &str) -> (Emitter, Sender) {
         namespace: None,
         running_interval: None,
     };
-    channel(settings, node)
+    channel(settings, node, None)
 }
 
 impl Sender {
@@ -584,8 +777,14 @@ impl Sender {
     }
 }
 
-/// The emitter for `settings` on node `node`, and the sender to run (with [`send`]).
-pub(crate) fn channel(settings: OpenLineageSettings, node: &str) -> (Emitter, Sender) {
+/// The emitter for `settings` on node `node`, and the sender to run (with [`send`]); with
+/// `data_dir`, the runs begun and not ended are kept in its [`OPEN_RUNS_FILE`], and those an
+/// earlier process left there are aborted.
+pub(crate) fn channel(
+    settings: OpenLineageSettings,
+    node: &str,
+    data_dir: Option<&Path>,
+) -> (Emitter, Sender) {
     let (http, http_events) = settings
         .url
         .clone()
@@ -612,12 +811,20 @@ pub(crate) fn channel(settings: OpenLineageSettings, node: &str) -> (Emitter, Se
             .unwrap_or_else(|| datasets.clone()),
         datasets,
         running_interval: settings.running_interval,
+        open_runs: Arc::new(
+            data_dir
+                .map(|dir| OpenRuns::load(dir.join(OPEN_RUNS_FILE)))
+                .unwrap_or_default(),
+        ),
     };
+    // Before any run of this process begins, so a catalog sees the old runs end first.
+    emitter.open_runs.abort_stale(&emitter);
     (
-        emitter,
+        emitter.clone(),
         Sender {
             http: http_events,
             file: file_events,
+            emitter,
         },
     )
 }
@@ -625,6 +832,7 @@ pub(crate) fn channel(settings: OpenLineageSettings, node: &str) -> (Emitter, Se
 /// Runs each transport until `stop`, then lets it send what is still queued within [`DRAIN`]
 /// (the pipelines' and rules' ends are among the last).
 pub(crate) async fn send(sender: Sender, stop: CancellationToken) {
+    let open_runs = keep_open_runs(sender.emitter, &stop);
     let http = async {
         if let Some((url, api_key, events)) = sender.http {
             post_each(url, api_key, events, &stop).await;
@@ -635,7 +843,23 @@ pub(crate) async fn send(sender: Sender, stop: CancellationToken) {
             append_each(path, events, &stop).await;
         }
     };
-    tokio::join!(http, file);
+    tokio::join!(open_runs, http, file);
+}
+
+/// Aborts the runs an earlier process left open and keeps the file of open runs up to date,
+/// until `stop` — by then the modules have stopped and queued their runs' ends, so the last
+/// write leaves only the runs whose end was lost.
+async fn keep_open_runs(emitter: Emitter, stop: &CancellationToken) {
+    let open_runs = emitter.open_runs.clone();
+    loop {
+        open_runs.abort_stale(&emitter);
+        open_runs.persist().await;
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(OPEN_RUNS_EVERY) => {}
+        }
+    }
+    open_runs.persist().await;
 }
 
 /// The next queued event: until `stop`, whenever one comes; after it (the queue closed), what
@@ -829,7 +1053,7 @@ mod tests {
             job_namespace: "aiot-platform".into(),
             job_name: "retrain.pump_anomaly_iforest".into(),
             processing: Processing::Batch,
-            job_type: "TRAINING",
+            job_type: "TRAINING".into(),
             parent: None,
             nominal: Some(("2026-01-15T09:00:00Z".into(), "2026-01-15T10:00:00Z".into())),
             sql: None,
@@ -929,7 +1153,7 @@ mod tests {
             job_namespace: "fabrik://edge-1".into(),
             job_name: "pipeline.pump-health.training".into(),
             processing: Processing::Batch,
-            job_type: "TRAINING",
+            job_type: "TRAINING".into(),
             parent: Some((
                 "fabrik://edge-1".into(),
                 "pipeline.pump-health".into(),
@@ -955,6 +1179,95 @@ mod tests {
         assert_eq!(
             event["outputs"][0]["outputFacets"]["outputStatistics"]["rowCount"],
             42
+        );
+    }
+
+    /// A process killed with runs open leaves them in its data directory; the next start
+    /// ABORTs them, naming the run and the job, and then lists them no more. Runs that ended
+    /// are not aborted.
+    #[tokio::test]
+    async fn runs_a_killed_process_left_open_are_aborted_at_the_next_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = OpenLineageSettings {
+            url: None,
+            api_key: None,
+            file: Some(dir.path().join("lineage.jsonl")),
+            namespace: None,
+            running_interval: None,
+        };
+        let list = dir.path().join(OPEN_RUNS_FILE);
+        let (emitter, _sender) = channel(settings.clone(), "edge", Some(dir.path()));
+        let ended = StreamingRun::new(&emitter, "pipeline.a".into(), "INFERENCE", None);
+        ended.started(&[], &[]);
+        let left_open = StreamingRun::new(&emitter, "alert_rule.b".into(), "ALERTING", None);
+        left_open.started(&[], &[]);
+        ended.emit(EventType::Complete, &[], &[], None);
+        emitter.open_runs.persist().await;
+        let listed: Vec<OpenRun> =
+            serde_json::from_slice(&std::fs::read(&list).expect("the list")).expect("JSON");
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(listed[0].run_id, left_open.run.run_id);
+        // Killed: no FAIL is sent as the run is dropped.
+        let open_id = left_open.run.run_id.clone();
+        std::mem::forget(left_open);
+
+        let (emitter, mut sender) = channel(settings.clone(), "edge", Some(dir.path()));
+        let events = sender.take_queued_file_events();
+        assert_eq!(events.len(), 1, "{events:?}");
+        let abort = &events[0];
+        assert_eq!(abort["eventType"], "ABORT");
+        assert_eq!(abort["run"]["runId"], open_id.as_str());
+        assert_eq!(abort["job"]["name"], "alert_rule.b");
+        assert_eq!(abort["job"]["namespace"], "fabrik://edge");
+        assert_eq!(abort["job"]["facets"]["jobType"]["jobType"], "ALERTING");
+        assert_eq!(
+            abort["job"]["facets"]["jobType"]["processingType"],
+            "STREAMING"
+        );
+        assert!(
+            abort["run"]["facets"]["errorMessage"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("killed")),
+            "{abort}"
+        );
+        emitter.open_runs.persist().await;
+        assert_eq!(std::fs::read_to_string(&list).expect("the list"), "[]");
+
+        // A third start finds nothing to abort.
+        let (_emitter, mut sender) = channel(settings, "edge", Some(dir.path()));
+        assert!(sender.take_queued_file_events().is_empty());
+    }
+
+    /// An end no transport could take leaves the run listed, to be aborted at the next start.
+    #[test]
+    fn a_run_whose_end_was_dropped_stays_listed() {
+        let (emitter, mut sender) = test_channel("edge");
+        let run = StreamingRun::new(&emitter, "pipeline.a".into(), "INFERENCE", None);
+        run.started(&[], &[]);
+        let filler = emitter.datasets.clone();
+        while emitter.room() > 0 {
+            emitter.emit(json!({ "filler": filler }));
+        }
+        run.emit(EventType::Complete, &[], &[], None);
+        assert!(
+            emitter
+                .open_runs
+                .state
+                .lock()
+                .open
+                .contains_key(&run.run.run_id)
+        );
+        drop(sender.take_queued_file_events());
+        let other = StreamingRun::new(&emitter, "pipeline.b".into(), "INFERENCE", None);
+        other.started(&[], &[]);
+        other.emit(EventType::Complete, &[], &[], None);
+        assert!(
+            !emitter
+                .open_runs
+                .state
+                .lock()
+                .open
+                .contains_key(&other.run.run_id)
         );
     }
 }

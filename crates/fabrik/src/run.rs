@@ -142,7 +142,8 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
     let lineage_stop = tokio_util::sync::CancellationToken::new();
     let (lineage, lineage_sender) = match settings.openlineage.clone() {
         Some(lineage) => {
-            let (emitter, sender) = crate::openlineage::channel(lineage, &node);
+            let (emitter, sender) =
+                crate::openlineage::channel(lineage, &node, Some(&settings.data_dir));
             (Some(emitter), Some(sender))
         }
         None => (None, None),
@@ -868,6 +869,7 @@ async fn serve(
             Module::Ingest => {
                 let store = wiring.store.clone();
                 let registry = wiring.registry.clone();
+                let lineage = wiring.lineage.clone();
                 manager
                     .start(module.name(), || async {
                         let store = store.ok_or("the ingest module needs the store module")?;
@@ -876,6 +878,7 @@ async fn serve(
                             &settings,
                             store,
                             registry,
+                            lineage,
                             &mut wiring.ingest,
                         )
                         .await
@@ -923,20 +926,22 @@ async fn serve(
             Module::Modbus => {
                 let store = wiring.store.clone();
                 let registry = wiring.registry.clone();
+                let lineage = wiring.lineage.clone();
                 manager
                     .start(module.name(), || async {
                         let store = store.ok_or("the modbus module needs the store module")?;
-                        crate::modbus::start(&config, store, registry).await
+                        crate::modbus::start(&config, store, registry, lineage).await
                     })
                     .await
             }
             Module::Opcua => {
                 let store = wiring.store.clone();
                 let registry = wiring.registry.clone();
+                let lineage = wiring.lineage.clone();
                 manager
                     .start(module.name(), || async {
                         let store = store.ok_or("the opcua module needs the store module")?;
-                        crate::opcua::start(&config, store, registry).await
+                        crate::opcua::start(&config, store, registry, lineage).await
                     })
                     .await
             }

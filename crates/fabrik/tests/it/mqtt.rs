@@ -21,7 +21,7 @@ pub(crate) fn host_port(addr: &str) -> (String, String) {
 }
 
 /// Publishes one message as a device (or the admin) and returns the client's output.
-fn publish(
+pub(crate) fn publish(
     addr: &str,
     version: &str,
     qos: &str,

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::mqtt::{eventually, http, query};
+use crate::mqtt::{eventually, http, publish, query, register};
 use crate::pipelines::{steady_pump_a, write_recent_pump_a};
 use crate::support::{Peer, free_port, now_ns, python, start_configured};
 
@@ -26,8 +26,8 @@ fn summary(events: &[Value]) -> Vec<String> {
         .collect()
 }
 
-/// Each run's events: a START first, then RUNNING events only, then exactly one COMPLETE or
-/// FAIL, and nothing after it.
+/// Each run's events: a START first, then RUNNING events only, then exactly one COMPLETE,
+/// FAIL or ABORT, and nothing after it.
 fn every_run_begins_and_ends_once(events: &[Value]) {
     let mut runs: Vec<&Value> = events.iter().map(|e| &e["run"]["runId"]).collect();
     runs.sort_by_key(|id| id.to_string());
@@ -40,7 +40,7 @@ fn every_run_begins_and_ends_once(events: &[Value]) {
             .collect();
         let well_formed = types.len() >= 2
             && types[0] == "START"
-            && matches!(types[types.len() - 1], "COMPLETE" | "FAIL")
+            && matches!(types[types.len() - 1], "COMPLETE" | "FAIL" | "ABORT")
             && types[1..types.len() - 1].iter().all(|t| *t == "RUNNING");
         assert!(well_formed, "run {id}: {types:?}");
     }
@@ -442,5 +442,136 @@ threshold = 250.0
             .any(|l| l.contains("OpenLineage event not delivered to the catalog")),
         "the catalog's failures are logged: {}",
         log.join("\n")
+    );
+}
+
+/// Ingest is a job from the MQTT endpoint's topic filters to the tables its messages filled.
+/// A process killed with runs open leaves them open in the catalog only until its next start,
+/// which ABORTs them (each event rebuilt by openlineage-python at the receiver).
+#[test]
+fn ingest_is_a_job_and_a_killed_process_runs_are_aborted_at_the_next_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("catalog.jsonl");
+    let (port, _catalog) = catalog(&out, 0);
+    let config = format!(
+        r#"
+[updates]
+node = "edge-9"
+
+[openlineage]
+url = "http://127.0.0.1:{port}"
+file = "lineage.jsonl"
+
+[[alerting.rules]]
+name = "hot"
+table = "oven"
+value = "celsius"
+key = "device"
+condition = "above"
+threshold = 250.0
+"#
+    );
+    let p = start_configured(dir.path(), &config);
+    let mqtt = p.mqtt.clone().expect("the MQTT endpoint");
+    let token = register(&p.url, "oven-1");
+    let sent = publish(
+        &mqtt,
+        "mqttv311",
+        "1",
+        "oven-1",
+        &token,
+        "devices/oven-1/telemetry/oven",
+        r#"{"celsius": 180.5}"#,
+    );
+    assert!(sent.status.success(), "{sent:?}");
+    eventually("ingest's start at the catalog", || {
+        !of(&accepted(&out), "ingest.mqtt", "START").is_empty()
+    });
+    let events = accepted(&out);
+    let ingest = of(&events, "ingest.mqtt", "START")[0];
+    assert_eq!(ingest["job"]["facets"]["jobType"]["jobType"], "INGEST");
+    let topics: Vec<(&str, &str)> = ingest["inputs"]
+        .as_array()
+        .expect("inputs")
+        .iter()
+        .map(|i| {
+            (
+                i["namespace"].as_str().unwrap_or("?"),
+                i["name"].as_str().unwrap_or("?"),
+            )
+        })
+        .collect();
+    assert!(
+        topics.contains(&("mqtt://edge-9", "devices/+/telemetry/+")),
+        "the default mappings' topic filters: {topics:?}"
+    );
+    // The raw messages kept (`_raw`) are an output too.
+    let outputs: Vec<(&str, &str, u64)> = ingest["outputs"]
+        .as_array()
+        .expect("outputs")
+        .iter()
+        .map(|o| {
+            (
+                o["namespace"].as_str().unwrap_or("?"),
+                o["name"].as_str().unwrap_or("?"),
+                o["outputFacets"]["outputStatistics"]["rowCount"]
+                    .as_u64()
+                    .unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outputs,
+        [
+            ("fabrik://edge-9", "_raw", 1),
+            ("fabrik://edge-9", "oven", 1)
+        ]
+    );
+    eventually("the rule's start at the catalog", || {
+        !of(&accepted(&out), "alert_rule.hot", "START").is_empty()
+    });
+    let events = accepted(&out);
+    let mut open: Vec<String> = ["ingest.mqtt", "alert_rule.hot"]
+        .iter()
+        .map(|job| of(&events, job, "START")[0]["run"]["runId"].to_string())
+        .collect();
+    open.sort();
+    let list = dir.path().join("data").join("openlineage-open-runs.json");
+    eventually("both runs in the list of open runs", || {
+        let listed: Vec<Value> = std::fs::read(&list)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        let mut ids: Vec<String> = listed.iter().map(|r| r["run_id"].to_string()).collect();
+        ids.sort();
+        ids == open
+    });
+    p.kill9();
+
+    let p = start_configured(dir.path(), &config);
+    eventually("the killed process's runs aborted at the catalog", || {
+        accepted(&out)
+            .iter()
+            .filter(|e| e["eventType"] == "ABORT")
+            .count()
+            >= 2
+    });
+    let events = accepted(&out);
+    let mut aborted: Vec<String> = events
+        .iter()
+        .filter(|e| e["eventType"] == "ABORT")
+        .map(|e| e["run"]["runId"].to_string())
+        .collect();
+    aborted.sort();
+    assert_eq!(aborted, open, "{:?}", summary(&events));
+    let (status, log) = p.terminate();
+    assert!(status.success(), "{status}: {}", log.join("\n"));
+    // Every run in the file began once and ended once: the killed process's by their ABORT.
+    let in_file = lines(&dir.path().join("data").join("lineage.jsonl"));
+    every_run_begins_and_ends_once(&in_file);
+    assert_eq!(of(&in_file, "alert_rule.hot", "START").len(), 2);
+    assert!(
+        std::fs::read_to_string(&list).is_ok_and(|l| l == "[]"),
+        "a clean stop leaves no run open"
     );
 }
