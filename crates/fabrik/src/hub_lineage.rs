@@ -26,6 +26,7 @@ impl HubLineage {
             .iter()
             .map(|(table, _)| Dataset::new(&edge_namespace, *table))
             .collect();
+        let inputs: Vec<&Dataset> = inputs.iter().collect();
         self.runs.stored(&format!("uplink.{node}"), &inputs, tables);
     }
 

@@ -79,7 +79,9 @@ impl IngestLineage {
     /// The OPC UA clients' job: each device an input, in its server's namespace, with its
     /// signals as columns.
     pub(crate) fn opcua(emitter: Emitter, config: &Config) -> Self {
-        let mut devices: BTreeMap<String, Dataset> = BTreeMap::new();
+        // Rows name their device, not their server: a device name two servers report under
+        // reads from both.
+        let mut devices: BTreeMap<String, BTreeMap<String, Dataset>> = BTreeMap::new();
         for server in &config.opcua.servers {
             let namespace = authority_url(&server.endpoint);
             for item in &server.items {
@@ -90,10 +92,18 @@ impl IngestLineage {
                     .unwrap_or_else(|| server.id.clone());
                 let dataset = devices
                     .entry(device.clone())
+                    .or_default()
+                    .entry(namespace.clone())
                     .or_insert_with(|| Dataset::new(&namespace, device));
-                dataset.schema.push(Field::new(item.signal.clone(), None));
+                if !dataset.schema.iter().any(|f| f.name == item.signal) {
+                    dataset.schema.push(Field::new(item.signal.clone(), None));
+                }
             }
         }
+        let devices = devices
+            .into_iter()
+            .map(|(device, servers)| (device, servers.into_values().collect()))
+            .collect();
         Self::of_devices(emitter, "opcua", devices)
     }
 
@@ -114,21 +124,21 @@ impl IngestLineage {
                     .flat_map(|map| &map.points)
                     .map(|point| Field::new(point.name.clone(), None))
                     .collect();
-                (device.id.clone(), dataset)
+                (device.id.clone(), vec![dataset])
             })
             .collect();
         Self::of_devices(emitter, "modbus", devices)
     }
 
     /// A job `ingest.<kind>` whose sources are `<kind>:<device>`, each reading its device.
-    fn of_devices(emitter: Emitter, kind: &str, devices: BTreeMap<String, Dataset>) -> Self {
+    fn of_devices(emitter: Emitter, kind: &str, devices: BTreeMap<String, Vec<Dataset>>) -> Self {
         let job = format!("ingest.{kind}");
         let mut sources: BTreeMap<String, Source> = devices
             .into_iter()
-            .map(|(device, dataset)| {
+            .map(|(device, inputs)| {
                 let source = Source {
                     job: job.clone(),
-                    inputs: vec![dataset],
+                    inputs,
                     sparkplug: None,
                 };
                 (format!("{kind}:{device}"), source)
@@ -149,18 +159,31 @@ impl IngestLineage {
     }
 
     /// Groups of rows the module stored, each with its lineage: counted per source and table.
-    /// A source the configuration does not name (none does, today) is not reported.
+    /// Rows of a source the configuration does not name are not reported.
     pub(crate) fn stored(&self, groups: &[(Lineage, Vec<Point>)]) {
+        // A group is one message (or poll) of one source, its points nearly always of one
+        // table: counted as runs of one table, hashed once per run rather than per row.
         let mut counted: HashMap<(&str, &str), u64> = HashMap::new();
         for (lineage, points) in groups {
+            let source = lineage.source.0.as_str();
+            let mut run: Option<(&str, u64)> = None;
             for point in points {
-                *counted
-                    .entry((lineage.source.0.as_str(), point.measurement.as_str()))
-                    .or_default() += 1;
+                let table = point.measurement.as_str();
+                match &mut run {
+                    Some((current, rows)) if *current == table => *rows += 1,
+                    _ => {
+                        if let Some((done, rows)) = run.replace((table, 1)) {
+                            *counted.entry((source, done)).or_default() += rows;
+                        }
+                    }
+                }
+            }
+            if let Some((table, rows)) = run {
+                *counted.entry((source, table)).or_default() += rows;
             }
         }
         // One report per job, with what all its sources in these groups read and wrote.
-        let mut per_job: BTreeMap<&str, (Vec<Dataset>, BTreeMap<&str, u64>)> = BTreeMap::new();
+        let mut per_job: BTreeMap<&str, (Vec<&Dataset>, BTreeMap<&str, u64>)> = BTreeMap::new();
         let mut sources_seen: HashSet<&str> = HashSet::new();
         for ((source, table), rows) in counted {
             let Some(known) = self.sources.get(source) else {
@@ -168,10 +191,10 @@ impl IngestLineage {
             };
             let (inputs, tables) = per_job.entry(&known.job).or_default();
             if sources_seen.insert(source) {
-                inputs.extend(known.inputs.iter().cloned());
+                inputs.extend(known.inputs.iter());
             }
             if table == fabrik_connect::ingest::SPARKPLUG_TABLE {
-                inputs.extend(known.sparkplug.iter().cloned());
+                inputs.extend(known.sparkplug.iter());
             }
             *tables.entry(table).or_default() += rows;
         }
@@ -341,6 +364,13 @@ device = "press-1"
 pki_dir = "pki"
 items = [{ node_id = "ns=2;s=Temp", signal = "temperature" }]
 
+[[opcua.servers]]
+id = "plc-2"
+endpoint = "opc.tcp://plc2.line1:4840"
+device = "press-1"
+pki_dir = "pki"
+items = [{ node_id = "ns=2;s=Force", signal = "force" }]
+
 [[modbus.devices]]
 id = "meter-1"
 address = "gw.line1:502"
@@ -367,6 +397,12 @@ points = [{ name = "power", table = "holding", address = 0, type = "u16" }]
         assert_eq!(
             press["inputs"][0]["facets"]["schema"]["fields"][0]["name"],
             "temperature"
+        );
+        // The same device name on a second server: its rows may come from either.
+        assert_eq!(press["inputs"][1]["namespace"], "opc.tcp://plc2.line1:4840");
+        assert_eq!(
+            press["inputs"][1]["facets"]["schema"]["fields"][0]["name"],
+            "force"
         );
         assert_eq!(press["outputs"][1]["name"], "opcua");
         let meter = &events[1];

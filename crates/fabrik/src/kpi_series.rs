@@ -105,7 +105,13 @@ pub(crate) fn start(every: Duration, node: String, sources: Sources) -> ServiceH
                 let (from, to) = (end - 2 * every_ns, end - every_ns);
                 let recorded = tokio::select! {
                     () = token.cancelled() => return Ok(()),
-                    recorded = record_arms(&store, pipelines.as_ref(), &node, from, to) => recorded,
+                    recorded = record_arms(
+                        &store,
+                        pipelines.as_ref(),
+                        &node,
+                        (from, to),
+                        lineage.as_ref().map(|emitter| (emitter, &registry)),
+                    ) => recorded,
                 };
                 if let Err(e) = recorded {
                     tracing::warn!(error = %e, "A/B splits' KPIs could not be recorded.");
@@ -237,19 +243,30 @@ fn report_measured(
     span: (i64, i64),
     written: &Result<(), String>,
 ) {
-    use crate::openlineage::{Dataset, EventType, JobRun, KEEP_FREE, now};
     let kpis = &use_case.definition.kpis;
     if kpis.is_empty() {
         return;
     }
-    // A catch-up after a restart measures many intervals back to back: beyond the room the
-    // ends of other runs need, a measurement's run is not reported (and counted).
-    if emitter.room() < KEEP_FREE + 2 {
-        metrics::counter!("fabrik_openlineage_events_total", "transport" => "any", "outcome" => "skipped")
-            .increment(2);
-        return;
-    }
-    // A hub scopes the use case's devices by the `_devices` its edges forward.
+    let inputs = kpi_inputs(emitter, use_case, hub);
+    report_batch(
+        emitter,
+        format!("usecase.{}.kpis", use_case.name),
+        "KPI",
+        span,
+        &inputs,
+        (KPIS_TABLE, kpis.len()),
+        written,
+    );
+}
+
+/// The tables `use_case`'s KPIs read, as datasets of this node: on a hub the `_devices` that
+/// scope its devices, and the `alert_labels` its edges forward for an alert precision.
+fn kpi_inputs(
+    emitter: &crate::openlineage::Emitter,
+    use_case: &UseCase,
+    hub: bool,
+) -> Vec<crate::openlineage::Dataset> {
+    use crate::openlineage::Dataset;
     let mut inputs: Vec<Dataset> = Vec::new();
     if hub {
         inputs.push(Dataset::new(
@@ -257,7 +274,7 @@ fn report_measured(
             fabrik_api::fleet::DEVICES_TABLE,
         ));
     }
-    for kpi in kpis {
+    for kpi in &use_case.definition.kpis {
         let table = match (&kpi.kind, &kpi.table) {
             (fabrik_registry::usecases::KpiKind::AlertPrecision, _) if hub => {
                 fabrik_api::alerts::ALERT_LABELS_TABLE
@@ -272,27 +289,77 @@ fn report_measured(
             inputs.push(Dataset::new(&emitter.datasets, table));
         }
     }
-    let mut output = Dataset::new(&emitter.datasets, KPIS_TABLE);
-    output.rows_written = Some(if written.is_ok() {
-        kpis.len() as u64
-    } else {
-        0
-    });
-    let run = JobRun::batch(
-        emitter,
-        format!("usecase.{}.kpis", use_case.name),
-        "KPI",
-        span,
-    );
+    inputs
+}
+
+/// A measurement over `span` as a run of the batch job `job`: START and its end queued
+/// together, from `inputs` into `output` (`(table, rows written)`); a FAIL with the reason
+/// when the rows were not stored.
+fn report_batch(
+    emitter: &crate::openlineage::Emitter,
+    job: String,
+    job_type: &'static str,
+    span: (i64, i64),
+    inputs: &[crate::openlineage::Dataset],
+    output: (&str, usize),
+    written: &Result<(), String>,
+) {
+    use crate::openlineage::{Dataset, EventType, JobRun, KEEP_FREE, now};
+    // A catch-up after a restart measures many intervals back to back: beyond the room the
+    // ends of other runs need, a measurement's run is not reported (and counted).
+    if emitter.room() < KEEP_FREE + 2 {
+        metrics::counter!("fabrik_openlineage_events_total", "transport" => "any", "outcome" => "skipped")
+            .increment(2);
+        return;
+    }
+    let (table, rows) = output;
+    let mut output = Dataset::new(&emitter.datasets, table);
+    output.rows_written = Some(if written.is_ok() { rows as u64 } else { 0 });
+    let run = JobRun::batch(emitter, job, job_type, span);
     let at = now();
     let (end, error) = match written {
         Ok(()) => (EventType::Complete, None),
         Err(e) => (EventType::Fail, Some(e.as_str())),
     };
     emitter.emit_all(&[
-        run.event(EventType::Start, &at, &inputs, &[], None),
-        run.event(end, &at, &inputs, std::slice::from_ref(&output), error),
+        run.event(EventType::Start, &at, inputs, &[], None),
+        run.event(end, &at, inputs, std::slice::from_ref(&output), error),
     ]);
+}
+
+/// An A/B split's comparison over `span` as a run of `pipeline.<name>.ab_kpis` (decision
+/// 0082): from the verdicts of each arm (`inferences`, `shadow_inferences`) and the tables its
+/// use case's KPIs read, into `ab_kpis`, a row per KPI compared.
+fn report_arms(
+    emitter: &crate::openlineage::Emitter,
+    split: &IntervalArmKpis,
+    compared: usize,
+    use_case: Option<&UseCase>,
+    span: (i64, i64),
+    written: &Result<(), String>,
+) {
+    use crate::openlineage::Dataset;
+    let mut inputs = vec![
+        Dataset::new(&emitter.datasets, crate::pipelines::INFERENCES_TABLE),
+        Dataset::new(&emitter.datasets, crate::shadow::SHADOW_TABLE),
+    ];
+    for input in use_case
+        .map(|use_case| kpi_inputs(emitter, use_case, false))
+        .unwrap_or_default()
+    {
+        if !inputs.iter().any(|d| d.name == input.name) {
+            inputs.push(input);
+        }
+    }
+    report_batch(
+        emitter,
+        format!("pipeline.{}.ab_kpis", split.pipeline),
+        "AB_TEST",
+        span,
+        &inputs,
+        (AB_KPIS_TABLE, compared),
+        written,
+    );
 }
 
 /// Compares every A/B split's arms on its use case's KPIs over `[from_ns, to_ns)` and stores a
@@ -301,8 +368,8 @@ async fn record_arms(
     store: &Store,
     pipelines: &dyn PipelineControl,
     node: &str,
-    from_ns: i64,
-    to_ns: i64,
+    (from_ns, to_ns): (i64, i64),
+    lineage: Option<(&crate::openlineage::Emitter, &Registry)>,
 ) -> Result<(), String> {
     let splits = pipelines
         .interval_arm_kpis(from_ns, to_ns)
@@ -323,10 +390,31 @@ async fn record_arms(
     if points.is_empty() {
         return Ok(());
     }
-    store
+    let written = store
         .write_computed(&points, KPIS_SOURCE, AB_KPIS_TABLE)
         .await
-        .map_err(|e| e.to_string())?;
+        .map(|_| ())
+        .map_err(|e| e.to_string());
+    if let Some((emitter, registry)) = lineage {
+        // The KPIs' tables name the inputs; a registry that cannot say leaves the verdicts.
+        let use_cases = registry.use_cases().await.unwrap_or_default();
+        for split in &splits {
+            let Ok(kpis) = &split.kpis else { continue };
+            if kpis.is_empty() {
+                continue;
+            }
+            let use_case = use_cases.iter().find(|u| u.name == split.use_case);
+            report_arms(
+                emitter,
+                split,
+                kpis.len(),
+                use_case,
+                (from_ns, to_ns),
+                &written,
+            );
+        }
+    }
+    written?;
     metrics::counter!("fabrik_ab_kpis_recorded_total").increment(points.len() as u64);
     Ok(())
 }

@@ -40,6 +40,7 @@ mod modules;
 mod nats_link;
 mod node_keys;
 mod opcua;
+mod open_runs;
 mod openlineage;
 mod otlp_proto;
 mod performance;

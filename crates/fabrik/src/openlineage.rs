@@ -4,12 +4,10 @@
 //!
 //! Knows datasets, jobs and runs, not what they are: the jobs' modules (`pipeline_lineage`,
 //! `hub_lineage`, `ingest_lineage`, the alert rules in `alerts`, the use cases' KPIs in
-//! `kpi_series`) say what a run reads and writes. Keeps the streaming runs that began and have
-//! not ended in a file of the data directory, so that the next start ABORTs the runs a killed
-//! process left open (decision 0082).
+//! `kpi_series`) say what a run reads and writes; `open_runs` which runs a killed process left
+//! open.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +18,8 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::open_runs::{OpenRun, OpenRuns};
 
 /// Events waiting for each transport; beyond this they are dropped (and counted), so a
 /// catalog that is down never holds up a pipeline or grows memory.
@@ -33,11 +33,6 @@ pub(crate) const DRAIN: Duration = Duration::from_secs(5);
 /// Queue slots that reports which can wait or be skipped (training runs, edges' starts, KPI
 /// measurements) leave free, for the ends of runs already begun.
 pub(crate) const KEEP_FREE: usize = 64;
-
-/// The file of the data directory that lists the streaming runs begun and not yet ended.
-pub(crate) const OPEN_RUNS_FILE: &str = "openlineage-open-runs.json";
-/// How often that file is brought up to date (when a run began or ended since).
-const OPEN_RUNS_EVERY: Duration = Duration::from_secs(1);
 
 /// The event schema every event names.
 const RUN_EVENT_SCHEMA: &str = "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent";
@@ -413,6 +408,7 @@ impl StreamingRun {
         match event_type {
             // A START no transport took is no run to end later.
             EventType::Start if queued.any => self.emitter.open_runs.began(&self.run),
+            EventType::Running => self.emitter.open_runs.ran(),
             // An end that some transport lost leaves the run open there: the next start ends it.
             EventType::Complete | EventType::Fail | EventType::Abort if queued.all => {
                 self.emitter.open_runs.ended(&self.run.run_id);
@@ -516,157 +512,19 @@ pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// An event as queued: its JSON text (shared by the transports), and the streaming run it ends,
+/// if it ends one, to list again if it is not delivered.
+#[derive(Debug, Clone)]
+struct Outgoing {
+    line: Arc<str>,
+    ends: Option<Arc<OpenRun>>,
+}
+
 /// Whether events were queued: for some transport, for every one.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Queued {
     pub(crate) any: bool,
     pub(crate) all: bool,
-}
-
-/// A streaming run that began, as the file of open runs lists it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-struct OpenRun {
-    run_id: String,
-    namespace: String,
-    name: String,
-    job_type: String,
-}
-
-#[derive(Debug, Default)]
-struct OpenRunsState {
-    /// Runs of this process that began and have not ended, by run id.
-    open: BTreeMap<String, OpenRun>,
-    /// Runs an earlier process left open, whose ABORT is not queued yet.
-    stale: Vec<OpenRun>,
-    /// Whether the file differs from `open` and `stale`.
-    dirty: bool,
-}
-
-/// The streaming runs begun and not ended, and those an earlier process left open (read from
-/// [`OPEN_RUNS_FILE`] at start). Only the sender's task writes the file, at most every
-/// [`OPEN_RUNS_EVERY`]: a run that began less than that before a `kill -9` is not in it.
-#[derive(Debug, Default)]
-pub(crate) struct OpenRuns {
-    /// The file; none: nothing is kept (tests).
-    path: Option<PathBuf>,
-    state: parking_lot::Mutex<OpenRunsState>,
-}
-
-impl OpenRuns {
-    /// The runs listed in `path`, to be aborted; a file that cannot be read is logged and
-    /// taken as empty (its runs stay open in the catalog).
-    fn load(path: PathBuf) -> Self {
-        let stale = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice::<Vec<OpenRun>>(&bytes).unwrap_or_else(|e| {
-                tracing::warn!(file = %path.display(), error = %e, "The list of OpenLineage runs left open is unreadable; they are not aborted.");
-                Vec::new()
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "The list of OpenLineage runs left open is unreadable; they are not aborted.");
-                Vec::new()
-            }
-        };
-        Self {
-            path: Some(path),
-            state: parking_lot::Mutex::new(OpenRunsState {
-                open: BTreeMap::new(),
-                stale,
-                dirty: false,
-            }),
-        }
-    }
-
-    fn began(&self, run: &JobRun) {
-        let mut state = self.state.lock();
-        state.open.insert(
-            run.run_id.clone(),
-            OpenRun {
-                run_id: run.run_id.clone(),
-                namespace: run.job_namespace.clone(),
-                name: run.job_name.clone(),
-                job_type: run.job_type.to_string(),
-            },
-        );
-        state.dirty = true;
-    }
-
-    fn ended(&self, run_id: &str) {
-        let mut state = self.state.lock();
-        if state.open.remove(run_id).is_some() {
-            state.dirty = true;
-        }
-    }
-
-    /// Queues an ABORT for each run an earlier process left open, as the queue has room beyond
-    /// [`KEEP_FREE`] slots; the others wait for the next call.
-    fn abort_stale(&self, emitter: &Emitter) {
-        let mut state = self.state.lock();
-        while let Some(run) = state.stale.last() {
-            if emitter.room() <= KEEP_FREE {
-                return;
-            }
-            let job = JobRun {
-                run_id: run.run_id.clone(),
-                job_namespace: run.namespace.clone(),
-                job_name: run.name.clone(),
-                processing: Processing::Streaming,
-                job_type: run.job_type.clone().into(),
-                parent: None,
-                nominal: None,
-                sql: None,
-            };
-            emitter.emit(job.event(
-                EventType::Abort,
-                &now(),
-                &[],
-                &[],
-                Some("Fabrik stopped without ending this run (the process was killed, or its host lost power); its next start ended it"),
-            ));
-            state.stale.pop();
-            state.dirty = true;
-        }
-    }
-
-    /// Writes the file if a run began or ended since the last write: to a temporary file,
-    /// synced, then renamed over it, so a crash leaves the old list or the new one.
-    async fn persist(&self) {
-        let Some(path) = self.path.clone() else {
-            return;
-        };
-        let runs: Vec<OpenRun> = {
-            let mut state = self.state.lock();
-            if !state.dirty {
-                return;
-            }
-            state.dirty = false;
-            state
-                .stale
-                .iter()
-                .chain(state.open.values())
-                .cloned()
-                .collect()
-        };
-        let write = move || -> std::io::Result<()> {
-            let bytes = serde_json::to_vec(&runs).map_err(std::io::Error::other)?;
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let temporary = path.with_extension("json.tmp");
-            let mut file = std::fs::File::create(&temporary)?;
-            std::io::Write::write_all(&mut file, &bytes)?;
-            file.sync_all()?;
-            std::fs::rename(&temporary, &path)
-        };
-        let written = tokio::task::spawn_blocking(write)
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r);
-        if let Err(e) = written {
-            tracing::warn!(error = %e, "The list of open OpenLineage runs was not written; trying again.");
-            self.state.lock().dirty = true;
-        }
-    }
 }
 
 /// Where events go: a handle every job emitting them holds (cheap to clone). Sending never
@@ -675,8 +533,8 @@ impl OpenRuns {
 pub(crate) struct Emitter {
     /// The catalog's queue and the file's: each transport drains its own, so a catalog that
     /// is slow or down never keeps an event from the file.
-    http: Option<mpsc::Sender<Arc<str>>>,
-    file: Option<mpsc::Sender<Arc<str>>>,
+    http: Option<mpsc::Sender<Outgoing>>,
+    file: Option<mpsc::Sender<Outgoing>>,
     /// The namespace of Fabrik's datasets on this node, `fabrik://<node>`.
     pub(crate) datasets: String,
     /// The namespace of its jobs.
@@ -696,7 +554,13 @@ impl Emitter {
     /// Queues `events` (a run's START and its end) for each transport all or none: a START
     /// whose end found the queue full would stay open in the catalog.
     pub(crate) fn emit_all(&self, events: &[Value]) -> Queued {
-        let lines: Vec<Arc<str>> = events.iter().map(|e| e.to_string().into()).collect();
+        let lines: Vec<Outgoing> = events
+            .iter()
+            .map(|e| Outgoing {
+                line: e.to_string().into(),
+                ends: OpenRun::ended_by(e).map(Arc::new),
+            })
+            .collect();
         let mut queued = Queued {
             any: false,
             all: true,
@@ -724,6 +588,19 @@ impl Emitter {
         queued
     }
 
+    /// The runs begun and not ended.
+    pub(crate) fn open_runs(&self) -> &Arc<OpenRuns> {
+        &self.open_runs
+    }
+
+    /// This process holds the data directory `dir` (its store opened): the runs begun and not
+    /// ended are kept in a file there from now on, and those an earlier process left there are
+    /// aborted before any other run begins (as far as the queue has room).
+    pub(crate) fn keep_open_runs_in(&self, dir: &Path) {
+        self.open_runs.keep_in(dir);
+        self.open_runs.abort_stale(self);
+    }
+
     /// The node whose datasets this emitter names (`fabrik://<node>`).
     pub(crate) fn node(&self) -> &str {
         self.datasets
@@ -745,8 +622,8 @@ impl Emitter {
 /// The transports' halves: where each sends, and the queue it drains; and the emitter whose
 /// open runs the sender keeps on disk (and whose stale ones it aborts).
 pub(crate) struct Sender {
-    http: Option<(String, Option<String>, mpsc::Receiver<Arc<str>>)>,
-    file: Option<(PathBuf, mpsc::Receiver<Arc<str>>)>,
+    http: Option<(String, Option<String>, mpsc::Receiver<Outgoing>)>,
+    file: Option<(PathBuf, mpsc::Receiver<Outgoing>)>,
     emitter: Emitter,
 }
 
@@ -760,7 +637,7 @@ pub(crate) fn test_channel(node: &str) -> (Emitter, Sender) {
         namespace: None,
         running_interval: None,
     };
-    channel(settings, node, None)
+    channel(settings, node)
 }
 
 impl Sender {
@@ -769,22 +646,16 @@ impl Sender {
     pub(crate) fn take_queued_file_events(&mut self) -> Vec<Value> {
         let mut events = Vec::new();
         if let Some((_, queue)) = &mut self.file {
-            while let Ok(line) = queue.try_recv() {
-                events.push(serde_json::from_str(&line).expect("an event"));
+            while let Ok(event) = queue.try_recv() {
+                events.push(serde_json::from_str(&event.line).expect("an event"));
             }
         }
         events
     }
 }
 
-/// The emitter for `settings` on node `node`, and the sender to run (with [`send`]); with
-/// `data_dir`, the runs begun and not ended are kept in its [`OPEN_RUNS_FILE`], and those an
-/// earlier process left there are aborted.
-pub(crate) fn channel(
-    settings: OpenLineageSettings,
-    node: &str,
-    data_dir: Option<&Path>,
-) -> (Emitter, Sender) {
+/// The emitter for `settings` on node `node`, and the sender to run (with [`send`]).
+pub(crate) fn channel(settings: OpenLineageSettings, node: &str) -> (Emitter, Sender) {
     let (http, http_events) = settings
         .url
         .clone()
@@ -811,14 +682,8 @@ pub(crate) fn channel(
             .unwrap_or_else(|| datasets.clone()),
         datasets,
         running_interval: settings.running_interval,
-        open_runs: Arc::new(
-            data_dir
-                .map(|dir| OpenRuns::load(dir.join(OPEN_RUNS_FILE)))
-                .unwrap_or_default(),
-        ),
+        open_runs: Arc::default(),
     };
-    // Before any run of this process begins, so a catalog sees the old runs end first.
-    emitter.open_runs.abort_stale(&emitter);
     (
         emitter.clone(),
         Sender {
@@ -830,45 +695,42 @@ pub(crate) fn channel(
 }
 
 /// Runs each transport until `stop`, then lets it send what is still queued within [`DRAIN`]
-/// (the pipelines' and rules' ends are among the last).
+/// (the pipelines' and rules' ends are among the last); beside them, keeps the list of open
+/// runs, written a last time once the transports are done, so it holds the runs whose end was
+/// not delivered.
 pub(crate) async fn send(sender: Sender, stop: CancellationToken) {
-    let open_runs = keep_open_runs(sender.emitter, &stop);
+    let open_runs = sender.emitter.open_runs().clone();
+    let keep = crate::open_runs::keep(sender.emitter, &stop);
     let http = async {
         if let Some((url, api_key, events)) = sender.http {
-            post_each(url, api_key, events, &stop).await;
+            post_each(url, api_key, events, &stop, &open_runs).await;
         }
     };
     let file = async {
         if let Some((path, events)) = sender.file {
-            append_each(path, events, &stop).await;
+            append_each(path, events, &stop, &open_runs).await;
         }
     };
-    tokio::join!(open_runs, http, file);
+    tokio::join!(keep, http, file);
+    open_runs.persist().await;
 }
 
-/// Aborts the runs an earlier process left open and keeps the file of open runs up to date,
-/// until `stop` — by then the modules have stopped and queued their runs' ends, so the last
-/// write leaves only the runs whose end was lost.
-async fn keep_open_runs(emitter: Emitter, stop: &CancellationToken) {
-    let open_runs = emitter.open_runs.clone();
-    loop {
-        open_runs.abort_stale(&emitter);
-        open_runs.persist().await;
-        tokio::select! {
-            () = stop.cancelled() => break,
-            () = tokio::time::sleep(OPEN_RUNS_EVERY) => {}
+/// The events still queued when the drain ran out of time: the runs they end stay open.
+fn undelivered(events: &mut mpsc::Receiver<Outgoing>, open_runs: &OpenRuns) {
+    while let Ok(event) = events.try_recv() {
+        if let Some(run) = &event.ends {
+            open_runs.not_delivered(run);
         }
     }
-    open_runs.persist().await;
 }
 
 /// The next queued event: until `stop`, whenever one comes; after it (the queue closed), what
 /// is left, until `deadline` — set here when the stop is first seen.
 async fn next(
-    events: &mut mpsc::Receiver<Arc<str>>,
+    events: &mut mpsc::Receiver<Outgoing>,
     stop: &CancellationToken,
     deadline: &mut Option<tokio::time::Instant>,
-) -> Option<Arc<str>> {
+) -> Option<Outgoing> {
     loop {
         match *deadline {
             None => tokio::select! {
@@ -895,8 +757,9 @@ async fn next(
 async fn post_each(
     url: String,
     api_key: Option<String>,
-    mut events: mpsc::Receiver<Arc<str>>,
+    mut events: mpsc::Receiver<Outgoing>,
     stop: &CancellationToken,
+    open_runs: &OpenRuns,
 ) {
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -909,14 +772,26 @@ async fn post_each(
         }
     };
     let mut deadline = None;
-    while let Some(line) = next(&mut events, stop, &mut deadline).await {
-        post(&client, &url, api_key.as_deref(), &line, stop, deadline).await;
+    while let Some(event) = next(&mut events, stop, &mut deadline).await {
+        let delivered = post(
+            &client,
+            &url,
+            api_key.as_deref(),
+            &event.line,
+            stop,
+            deadline,
+        )
+        .await;
+        if let (false, Some(run)) = (delivered, &event.ends) {
+            open_runs.not_delivered(run);
+        }
     }
+    undelivered(&mut events, open_runs);
 }
 
 /// POSTs one event, trying again while the catalog answers it may succeed later. Once Fabrik
 /// stops, a request has until the drain's `deadline` (or [`DRAIN`] from the stop, for one
-/// already under way), and no second try.
+/// already under way), and no second try. Whether the catalog took it.
 async fn post(
     client: &reqwest::Client,
     url: &str,
@@ -924,7 +799,7 @@ async fn post(
     body: &str,
     stop: &CancellationToken,
     deadline: Option<tokio::time::Instant>,
-) {
+) -> bool {
     let failed = |why: &str, attempts: u32| {
         metrics::counter!("fabrik_openlineage_events_total", "transport" => "http", "outcome" => "failed")
             .increment(1);
@@ -953,14 +828,14 @@ async fn post(
             answer = request.send() => answer,
             () = drained() => {
                 failed("Fabrik stopped before the catalog answered", attempt);
-                return;
+                return false;
             }
         };
         let (why, retry) = match answer {
             Ok(response) if response.status().is_success() => {
                 metrics::counter!("fabrik_openlineage_events_total", "transport" => "http", "outcome" => "sent")
                     .increment(1);
-                return;
+                return true;
             }
             Ok(response) => {
                 let status = response.status();
@@ -973,41 +848,47 @@ async fn post(
         };
         if !retry || attempt == ATTEMPTS || stop.is_cancelled() {
             failed(&why, attempt);
-            return;
+            return false;
         }
         tracing::debug!(url, error = %why, "OpenLineage event not delivered; trying again.");
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
             () = stop.cancelled() => {
                 failed(&why, attempt);
-                return;
+                return false;
             }
         }
         backoff *= 2;
     }
+    false
 }
 
 /// Appends each event to the file as one line, opening it at first use (and again after an
 /// error).
 async fn append_each(
     path: PathBuf,
-    mut events: mpsc::Receiver<Arc<str>>,
+    mut events: mpsc::Receiver<Outgoing>,
     stop: &CancellationToken,
+    open_runs: &OpenRuns,
 ) {
     let mut file = None;
     let mut deadline = None;
-    while let Some(line) = next(&mut events, stop, &mut deadline).await {
-        let outcome = match append(&mut file, &path, &line).await {
+    while let Some(event) = next(&mut events, stop, &mut deadline).await {
+        let outcome = match append(&mut file, &path, &event.line).await {
             Ok(()) => "written",
             Err(e) => {
                 tracing::warn!(file = %path.display(), error = %e, "OpenLineage event not written to its file.");
                 file = None;
+                if let Some(run) = &event.ends {
+                    open_runs.not_delivered(run);
+                }
                 "file_failed"
             }
         };
         metrics::counter!("fabrik_openlineage_events_total", "transport" => "file", "outcome" => outcome)
             .increment(1);
     }
+    undelivered(&mut events, open_runs);
 }
 
 async fn append(
@@ -1179,95 +1060,6 @@ mod tests {
         assert_eq!(
             event["outputs"][0]["outputFacets"]["outputStatistics"]["rowCount"],
             42
-        );
-    }
-
-    /// A process killed with runs open leaves them in its data directory; the next start
-    /// ABORTs them, naming the run and the job, and then lists them no more. Runs that ended
-    /// are not aborted.
-    #[tokio::test]
-    async fn runs_a_killed_process_left_open_are_aborted_at_the_next_start() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let settings = OpenLineageSettings {
-            url: None,
-            api_key: None,
-            file: Some(dir.path().join("lineage.jsonl")),
-            namespace: None,
-            running_interval: None,
-        };
-        let list = dir.path().join(OPEN_RUNS_FILE);
-        let (emitter, _sender) = channel(settings.clone(), "edge", Some(dir.path()));
-        let ended = StreamingRun::new(&emitter, "pipeline.a".into(), "INFERENCE", None);
-        ended.started(&[], &[]);
-        let left_open = StreamingRun::new(&emitter, "alert_rule.b".into(), "ALERTING", None);
-        left_open.started(&[], &[]);
-        ended.emit(EventType::Complete, &[], &[], None);
-        emitter.open_runs.persist().await;
-        let listed: Vec<OpenRun> =
-            serde_json::from_slice(&std::fs::read(&list).expect("the list")).expect("JSON");
-        assert_eq!(listed.len(), 1, "{listed:?}");
-        assert_eq!(listed[0].run_id, left_open.run.run_id);
-        // Killed: no FAIL is sent as the run is dropped.
-        let open_id = left_open.run.run_id.clone();
-        std::mem::forget(left_open);
-
-        let (emitter, mut sender) = channel(settings.clone(), "edge", Some(dir.path()));
-        let events = sender.take_queued_file_events();
-        assert_eq!(events.len(), 1, "{events:?}");
-        let abort = &events[0];
-        assert_eq!(abort["eventType"], "ABORT");
-        assert_eq!(abort["run"]["runId"], open_id.as_str());
-        assert_eq!(abort["job"]["name"], "alert_rule.b");
-        assert_eq!(abort["job"]["namespace"], "fabrik://edge");
-        assert_eq!(abort["job"]["facets"]["jobType"]["jobType"], "ALERTING");
-        assert_eq!(
-            abort["job"]["facets"]["jobType"]["processingType"],
-            "STREAMING"
-        );
-        assert!(
-            abort["run"]["facets"]["errorMessage"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("killed")),
-            "{abort}"
-        );
-        emitter.open_runs.persist().await;
-        assert_eq!(std::fs::read_to_string(&list).expect("the list"), "[]");
-
-        // A third start finds nothing to abort.
-        let (_emitter, mut sender) = channel(settings, "edge", Some(dir.path()));
-        assert!(sender.take_queued_file_events().is_empty());
-    }
-
-    /// An end no transport could take leaves the run listed, to be aborted at the next start.
-    #[test]
-    fn a_run_whose_end_was_dropped_stays_listed() {
-        let (emitter, mut sender) = test_channel("edge");
-        let run = StreamingRun::new(&emitter, "pipeline.a".into(), "INFERENCE", None);
-        run.started(&[], &[]);
-        let filler = emitter.datasets.clone();
-        while emitter.room() > 0 {
-            emitter.emit(json!({ "filler": filler }));
-        }
-        run.emit(EventType::Complete, &[], &[], None);
-        assert!(
-            emitter
-                .open_runs
-                .state
-                .lock()
-                .open
-                .contains_key(&run.run.run_id)
-        );
-        drop(sender.take_queued_file_events());
-        let other = StreamingRun::new(&emitter, "pipeline.b".into(), "INFERENCE", None);
-        other.started(&[], &[]);
-        other.emit(EventType::Complete, &[], &[], None);
-        assert!(
-            !emitter
-                .open_runs
-                .state
-                .lock()
-                .open
-                .contains_key(&other.run.run_id)
         );
     }
 }

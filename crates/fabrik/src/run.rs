@@ -142,8 +142,7 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
     let lineage_stop = tokio_util::sync::CancellationToken::new();
     let (lineage, lineage_sender) = match settings.openlineage.clone() {
         Some(lineage) => {
-            let (emitter, sender) =
-                crate::openlineage::channel(lineage, &node, Some(&settings.data_dir));
+            let (emitter, sender) = crate::openlineage::channel(lineage, &node);
             (Some(emitter), Some(sender))
         }
         None => (None, None),
@@ -847,7 +846,7 @@ async fn serve(
     for module in &modules {
         let result = match module {
             Module::Store => {
-                manager
+                let started = manager
                     .start(module.name(), || {
                         // With the uplink in this process, no WAL is deleted before it says
                         // what the hub has.
@@ -857,7 +856,15 @@ async fn serve(
                             .flatten();
                         start_store(&settings, hold, &mut wiring)
                     })
-                    .await
+                    .await;
+                // The store holds the data directory's lock now: this process, and no other
+                // started on the same directory, keeps the list of open lineage runs there
+                // (decision 0082). The store starts first, so the old runs end before any
+                // new one begins.
+                if let (Some(lineage), Some(_)) = (&wiring.lineage, &wiring.store) {
+                    lineage.keep_open_runs_in(&settings.data_dir);
+                }
+                started
             }
             Module::Registry => {
                 manager

@@ -527,25 +527,33 @@ threshold = 250.0
             ("fabrik://edge-9", "oven", 1)
         ]
     );
-    eventually("the rule's start at the catalog", || {
-        !of(&accepted(&out), "alert_rule.hot", "START").is_empty()
+    // Both runs' STARTs in the file too, before the kill.
+    let file = dir.path().join("data").join("lineage.jsonl");
+    eventually("both runs' starts in the file", || {
+        let events = lines(&file);
+        !of(&events, "ingest.mqtt", "START").is_empty()
+            && !of(&events, "alert_rule.hot", "START").is_empty()
     });
-    let events = accepted(&out);
+    let events = lines(&file);
     let mut open: Vec<String> = ["ingest.mqtt", "alert_rule.hot"]
         .iter()
         .map(|job| of(&events, job, "START")[0]["run"]["runId"].to_string())
         .collect();
     open.sort();
     let list = dir.path().join("data").join("openlineage-open-runs.json");
-    eventually("both runs in the list of open runs", || {
-        let listed: Vec<Value> = std::fs::read(&list)
+    let listed = || -> Vec<String> {
+        let listed: Value = std::fs::read(&list)
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default();
-        let mut ids: Vec<String> = listed.iter().map(|r| r["run_id"].to_string()).collect();
+        let mut ids: Vec<String> = listed["runs"]
+            .as_array()
+            .map(|runs| runs.iter().map(|r| r["run_id"].to_string()).collect())
+            .unwrap_or_default();
         ids.sort();
-        ids == open
-    });
+        ids
+    };
+    eventually("both runs in the list of open runs", || listed() == open);
     p.kill9();
 
     let p = start_configured(dir.path(), &config);
@@ -564,14 +572,29 @@ threshold = 250.0
         .collect();
     aborted.sort();
     assert_eq!(aborted, open, "{:?}", summary(&events));
+    // The new process's rule run is listed (and only it); a clean stop ends it and empties the
+    // list.
+    eventually("the restarted rule's run listed", || {
+        let starts = of(&lines(&file), "alert_rule.hot", "START").len();
+        starts == 2 && listed().len() == 1
+    });
     let (status, log) = p.terminate();
     assert!(status.success(), "{status}: {}", log.join("\n"));
-    // Every run in the file began once and ended once: the killed process's by their ABORT.
-    let in_file = lines(&dir.path().join("data").join("lineage.jsonl"));
-    every_run_begins_and_ends_once(&in_file);
-    assert_eq!(of(&in_file, "alert_rule.hot", "START").len(), 2);
-    assert!(
-        std::fs::read_to_string(&list).is_ok_and(|l| l == "[]"),
-        "a clean stop leaves no run open"
+    assert!(listed().is_empty(), "a clean stop leaves no run open");
+    // A third start aborts nothing: its rule starts with no ABORT before it.
+    let p = start_configured(dir.path(), &config);
+    eventually("the third start's rule run", || {
+        of(&lines(&file), "alert_rule.hot", "START").len() == 3
+    });
+    let (status, _) = p.terminate();
+    assert!(status.success());
+    let in_file = lines(&file);
+    assert_eq!(
+        in_file.iter().filter(|e| e["eventType"] == "ABORT").count(),
+        2,
+        "{:?}",
+        summary(&in_file)
     );
+    // Every run in the file began once and ended once: the killed process's by their ABORT.
+    every_run_begins_and_ends_once(&in_file);
 }

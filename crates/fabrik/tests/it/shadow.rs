@@ -369,11 +369,14 @@ start = "earliest"
 
 /// The A/B split's arms on the use case's KPI, recorded each interval of the KPI series as
 /// `ab_kpis` rows (decision 0072): windows each model acted on, over the next half minute,
-/// written as the pipeline would, and the pumps' own rows beside them.
+/// written as the pipeline would, and the pumps' own rows beside them. Each interval compared
+/// is an OpenLineage run (decision 0082).
 #[test]
 fn an_ab_splits_kpis_are_recorded_as_a_series() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = format!("{SPLIT_CONFIG}\n[usecases]\nrecord_every = \"1s\"\n");
+    let config = format!(
+        "{SPLIT_CONFIG}\n[usecases]\nrecord_every = \"1s\"\n\n[openlineage]\nfile = \"lineage.jsonl\"\n"
+    );
     let p = crate::support::start_configured(dir.path(), &config);
     let (code, body) = http(
         &p.url,
@@ -455,6 +458,38 @@ fn an_ab_splits_kpis_are_recorded_as_a_series() {
     );
     // One device an arm: one way to assign them apart, which tells nothing.
     assert_eq!(row["p_value"], 1.0, "{row}");
+    // The comparison's lineage: from each arm's verdicts and the KPI's table into `ab_kpis`.
+    let file = dir.path().join("data").join("lineage.jsonl");
+    let compared = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|e| {
+                e["job"]["name"] == "pipeline.pumps.ab_kpis" && e["eventType"] == "COMPLETE"
+            })
+            .collect()
+    };
+    eventually("an A/B comparison's run in the lineage file", || {
+        !compared().is_empty()
+    });
+    let run = &compared()[0];
+    let inputs: Vec<&str> = run["inputs"]
+        .as_array()
+        .expect("inputs")
+        .iter()
+        .filter_map(|i| i["name"].as_str())
+        .collect();
+    assert_eq!(inputs, ["inferences", "shadow_inferences", "pump"], "{run}");
+    assert_eq!(run["outputs"][0]["name"], "ab_kpis");
+    assert_eq!(
+        run["outputs"][0]["outputFacets"]["outputStatistics"]["rowCount"], 1,
+        "one KPI compared: {run}"
+    );
+    assert!(
+        run["run"]["facets"]["nominalTime"]["nominalStartTime"].is_string(),
+        "{run}"
+    );
     let (status, _) = p.terminate();
     assert!(status.success());
 }
