@@ -173,6 +173,7 @@ pub(crate) async fn put_blob(
         mapping_version: 0,
     };
     let report = state.store.write_points(&points, lineage, "blob").await?;
+    state.written("/api/v1/blobs", &report);
     // The rows name the blob now: the sweep may judge it by them.
     drop(pin);
     Ok((

@@ -94,6 +94,24 @@ pub struct ApiState {
     /// Cancelled when the server stops ([`serve`] sets it to its `shutdown`): endless
     /// responses (a device's event stream) end with it, so they do not hold the stop.
     pub stopping: tokio_util::sync::CancellationToken,
+    /// Told of every write over HTTP once it is stored (the binary reports them as lineage).
+    pub writes: Option<Arc<dyn WriteObserver>>,
+}
+
+/// What is told of the rows written over HTTP.
+pub trait WriteObserver: Send + Sync + 'static {
+    /// Rows `path` (`/api/v1/write`, `/write`, `/api/v2/write`, `/api/v1/samples`,
+    /// `/api/v1/blobs`) stored, per table.
+    fn written(&self, path: &'static str, tables: &[(Arc<str>, usize)]);
+}
+
+impl ApiState {
+    /// Tells the observer, if any, of a write `path` stored.
+    pub(crate) fn written(&self, path: &'static str, report: &fabrik_store::WriteReport) {
+        if let Some(writes) = &self.writes {
+            writes.written(path, &report.tables);
+        }
+    }
 }
 
 /// Serves the API on `listener` (over TLS when `tls` is given) until `shutdown` is cancelled;

@@ -536,6 +536,7 @@ fn precision(text: Option<&str>) -> Result<Precision, ApiError> {
 
 async fn write_body(
     state: &ApiState,
+    path: &'static str,
     headers: &HeaderMap,
     body: Body,
     precision_text: Option<&str>,
@@ -547,6 +548,7 @@ async fn write_body(
         .store
         .write_lines(&text, precision, SourceId::http())
         .await?;
+    state.written(path, &report);
     Ok(WriteResponse {
         points: report.points,
         raw_id: report.raw_id.0,
@@ -567,9 +569,15 @@ pub(crate) async fn write_v1(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<WriteResponse>, ApiError> {
-    write_body(&state, &headers, body, params.precision.as_deref())
-        .await
-        .map(Json)
+    write_body(
+        &state,
+        "/api/v1/write",
+        &headers,
+        body,
+        params.precision.as_deref(),
+    )
+    .await
+    .map(Json)
 }
 
 /// InfluxDB 1.x `/write` parameters (db, rp, u and p are accepted and ignored but for `p`).
@@ -594,7 +602,14 @@ pub(crate) async fn write_influx_v1(
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    write_body(&state, &headers, body, params.precision.as_deref()).await?;
+    write_body(
+        &state,
+        "/write",
+        &headers,
+        body,
+        params.precision.as_deref(),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -620,7 +635,14 @@ pub(crate) async fn write_influx_v2(
     headers: HeaderMap,
     body: Body,
 ) -> Result<StatusCode, ApiError> {
-    write_body(&state, &headers, body, params.precision.as_deref()).await?;
+    write_body(
+        &state,
+        "/api/v2/write",
+        &headers,
+        body,
+        params.precision.as_deref(),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -723,6 +745,7 @@ pub(crate) async fn write_samples(
         .store
         .write_points(&points, lineage, "samples")
         .await?;
+    state.written("/api/v1/samples", &report);
     Ok(Json(WriteResponse {
         points: report.points,
         raw_id: report.raw_id.0,

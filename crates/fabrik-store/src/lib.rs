@@ -187,7 +187,7 @@ fn add_body(
 }
 
 /// What a write stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteReport {
     /// Points (rows) accepted.
     pub points: usize,
@@ -195,6 +195,20 @@ pub struct WriteReport {
     pub raw_id: RawMessageId,
     /// The WAL sequence number of the write.
     pub seq: u64,
+    /// Rows written per table, in the order the tables first appear.
+    pub tables: Vec<(Arc<str>, usize)>,
+}
+
+/// Rows per table of a write's chunks (a table has a chunk per partition it touches).
+fn rows_per_table(chunks: &[WriteChunk]) -> Vec<(Arc<str>, usize)> {
+    let mut tables: Vec<(Arc<str>, usize)> = Vec::new();
+    for chunk in chunks {
+        match tables.iter_mut().find(|(t, _)| *t == chunk.table) {
+            Some((_, rows)) => *rows += chunk.batch.num_rows(),
+            None => tables.push((chunk.table.clone(), chunk.batch.num_rows())),
+        }
+    }
+    tables
 }
 
 /// A query result.
@@ -1070,12 +1084,14 @@ impl Store {
         add_body(&mut builder, body, precision)?;
         let points = builder.rows();
         let chunks = builder.finish(&self.shared.catalog, self.partition_ns())?;
+        let tables = rows_per_table(&chunks);
         let seq = self.commit(chunks).await?;
         metrics::counter!("fabrik_store_points_written_total").increment(points as u64);
         Ok(WriteReport {
             points,
             raw_id,
             seq,
+            tables,
         })
     }
 
@@ -1095,12 +1111,14 @@ impl Store {
         }
         let count = builder.rows();
         let chunks = builder.finish(&self.shared.catalog, self.partition_ns())?;
+        let tables = rows_per_table(&chunks);
         let seq = self.commit(chunks).await?;
         metrics::counter!("fabrik_store_points_written_total").increment(count as u64);
         Ok(WriteReport {
             points: count,
             raw_id,
             seq,
+            tables,
         })
     }
 
@@ -1146,12 +1164,14 @@ impl Store {
         }
         let count = builder.rows();
         let chunks = builder.finish(&self.shared.catalog, self.partition_ns())?;
+        let tables = rows_per_table(&chunks);
         let seq = self.commit(chunks).await?;
         metrics::counter!("fabrik_store_points_written_total").increment(count as u64);
         Ok(WriteReport {
             points: count,
             raw_id,
             seq,
+            tables,
         })
     }
 
@@ -1218,12 +1238,14 @@ impl Store {
         if chunks.is_empty() {
             return Err(StoreError::Empty);
         }
+        let tables = rows_per_table(&chunks);
         let seq = self.commit(chunks).await?;
         metrics::counter!("fabrik_store_points_written_total").increment(points as u64);
         Ok(WriteReport {
             points,
             raw_id: RawMessageId(0),
             seq,
+            tables,
         })
     }
 

@@ -1,8 +1,9 @@
 //! The connectors' ingest as OpenLineage runs (decision 0082): a streaming job per connector —
 //! `ingest.mqtt` (the node's MQTT endpoint, Sparkplug B included), `ingest.bridge.<name>`,
-//! `ingest.opcua`, `ingest.modbus` — from what it reads (topic filters of a broker, devices of
-//! an OPC UA server or a Modbus gateway) to the tables its rows went to, so a catalog's graph
-//! starts at the plant's sources rather than at Fabrik's tables.
+//! `ingest.opcua`, `ingest.modbus`, `ingest.http` (the write endpoints of the API) — from what
+//! it reads (topic filters of a broker, devices of an OPC UA server or a Modbus gateway, the
+//! endpoints writers post to) to the tables its rows went to, so a catalog's graph starts at
+//! the plant's sources rather than at Fabrik's tables.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -32,7 +33,18 @@ pub(crate) struct IngestLineage {
     /// `modbus:<device>`); the sources a module reports with no input of their own (`opcua`,
     /// `modbus`: their point errors) by that name too.
     sources: BTreeMap<String, Source>,
+    /// The API's write endpoints, by path (for `ingest.http`).
+    http_endpoints: BTreeMap<&'static str, Dataset>,
 }
+
+/// The API paths rows are written through, which [`fabrik_api::WriteObserver`] names.
+const HTTP_WRITE_PATHS: [&str; 5] = [
+    "/api/v1/write",
+    "/write",
+    "/api/v2/write",
+    "/api/v1/samples",
+    "/api/v1/blobs",
+];
 
 impl IngestLineage {
     /// The MQTT endpoint's and the bridges' jobs, named from `config` on node `node`.
@@ -73,6 +85,22 @@ impl IngestLineage {
         Self {
             runs: TableRuns::new(emitter, "INGEST"),
             sources,
+            http_endpoints: BTreeMap::new(),
+        }
+    }
+
+    /// The API's job, `ingest.http`: each write endpoint an input (`http://<node>` or
+    /// `https://<node>`, named by its path).
+    pub(crate) fn http(emitter: Emitter, scheme: &str) -> Self {
+        let namespace = format!("{scheme}://{}", emitter.node());
+        let http_endpoints = HTTP_WRITE_PATHS
+            .into_iter()
+            .map(|path| (path, Dataset::new(&namespace, path)))
+            .collect();
+        Self {
+            runs: TableRuns::new(emitter, "INGEST"),
+            sources: BTreeMap::new(),
+            http_endpoints,
         }
     }
 
@@ -155,6 +183,7 @@ impl IngestLineage {
         Self {
             runs: TableRuns::new(emitter, "INGEST"),
             sources,
+            http_endpoints: BTreeMap::new(),
         }
     }
 
@@ -207,6 +236,19 @@ impl IngestLineage {
     /// The module stops: its runs end.
     pub(crate) fn ended(&self) {
         self.runs.ended();
+    }
+}
+
+impl fabrik_api::WriteObserver for IngestLineage {
+    fn written(&self, path: &'static str, tables: &[(std::sync::Arc<str>, usize)]) {
+        let Some(endpoint) = self.http_endpoints.get(path) else {
+            return;
+        };
+        let tables: Vec<(&str, u64)> = tables
+            .iter()
+            .map(|(table, rows)| (&**table, *rows as u64))
+            .collect();
+        self.runs.stored("ingest.http", &[endpoint], &tables);
     }
 }
 
@@ -412,6 +454,54 @@ points = [{ name = "power", table = "holding", address = 0, type = "u16" }]
         assert_eq!(
             meter["inputs"][0]["facets"]["schema"]["fields"][0]["name"],
             "power"
+        );
+    }
+
+    #[test]
+    fn writes_over_http_are_a_job_from_the_endpoints_they_came_through() {
+        use fabrik_api::WriteObserver as _;
+        let (emitter, mut sender) = crate::openlineage::test_channel("edge-1");
+        let http = IngestLineage::http(emitter, "https");
+        http.written(
+            "/api/v1/write",
+            &[("pump".into(), 3), ("chiller".into(), 1)],
+        );
+        http.written("/api/v1/write", &[("pump".into(), 2)]);
+        http.written("/api/v2/write", &[("pump".into(), 1)]);
+        http.written("/api/v1/query", &[("pump".into(), 1)]);
+        http.ended();
+        let events = sender.take_queued_file_events();
+        let kinds: Vec<&str> = events
+            .iter()
+            .filter_map(|e| e["eventType"].as_str())
+            .collect();
+        assert_eq!(kinds, ["START", "RUNNING", "COMPLETE"], "{events:?}");
+        let end = &events[2];
+        assert_eq!(end["job"]["name"], "ingest.http");
+        let inputs: Vec<(&str, &str)> = end["inputs"]
+            .as_array()
+            .map(|i| {
+                i.iter()
+                    .map(|d| {
+                        (
+                            d["namespace"].as_str().unwrap_or("?"),
+                            d["name"].as_str().unwrap_or("?"),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(
+            inputs,
+            [
+                ("https://edge-1", "/api/v1/write"),
+                ("https://edge-1", "/api/v2/write")
+            ]
+        );
+        assert_eq!(end["outputs"][1]["name"], "pump");
+        assert_eq!(
+            end["outputs"][1]["outputFacets"]["outputStatistics"]["rowCount"],
+            6
         );
     }
 }

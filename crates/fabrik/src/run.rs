@@ -674,6 +674,10 @@ async fn start_http(
     let scheme = if tls.is_some() { "https" } else { "http" };
     let generated_cert = (tls.is_some() && config.http.tls_cert.trim().is_empty())
         .then(|| settings.data_dir.join("tls").join("http-cert.pem"));
+    let writes = wiring
+        .lineage
+        .clone()
+        .map(|emitter| Arc::new(crate::ingest_lineage::IngestLineage::http(emitter, scheme)));
     let state = ApiState {
         store: store.clone(),
         services,
@@ -700,13 +704,20 @@ async fn start_http(
             alerting: wiring.alerting.clone(),
             hub: !config.hub.url.trim().is_empty(),
         })),
+        writes: writes
+            .clone()
+            .map(|w| w as Arc<dyn fabrik_api::WriteObserver>),
     };
     let stop = CancellationToken::new();
     let shutdown = stop.clone();
     let task = tokio::spawn(async move {
-        fabrik_api::serve(listener, state, shutdown, tls)
+        let served = fabrik_api::serve(listener, state, shutdown, tls)
             .await
-            .map_err(|e| format!("HTTP server: {e}"))
+            .map_err(|e| format!("HTTP server: {e}"));
+        if let Some(writes) = writes {
+            writes.ended();
+        }
+        served
     });
     let mut lines = vec![
         format!("Fabrik is listening on {scheme}://{addr}"),

@@ -583,7 +583,7 @@ struct SmtpPeer {
 
 impl SmtpPeer {
     fn start(args: &[&str]) -> SmtpPeer {
-        let python = std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into());
+        let python = crate::support::python();
         let script = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../fabrik-alert/tests/peers/smtp_server.py"

@@ -96,7 +96,7 @@ fn changes_refusals_and_sign_ins_are_chained_and_tampering_is_found() {
     );
 
     // Behind Fabrik's back: entry 2 (the refused sign-in) is made to look successful.
-    let python = std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = crate::support::python();
     let status = std::process::Command::new(python)
         .args([
             "-c",
@@ -283,7 +283,7 @@ fn the_compliance_report_follows_the_configuration_and_the_audit_chain() {
     let _ = p.terminate();
 
     // The audit log edited behind Fabrik's back.
-    let python = std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = crate::support::python();
     let edited = std::process::Command::new(python)
         .args([
             "-c",

@@ -15,7 +15,7 @@ fn deploy() -> PathBuf {
 
 /// The YAML documents of a manifest, read by PyYAML (in the test venv) into JSON.
 fn manifest(name: &str) -> Vec<Value> {
-    let python = std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = crate::support::python();
     let out = Command::new(&python)
         .args([
             "-c",

@@ -10,7 +10,7 @@ use crate::support::Process;
 
 /// Starts the fabrik-connect pymodbus peer; returns the child and its port.
 fn modbus_server() -> (std::process::Child, u16) {
-    let python = std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = crate::support::python();
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../fabrik-connect/tests/peers/modbus_server.py"

@@ -561,7 +561,7 @@ fn the_demo_plant_publishes_through_the_endpoint_within_seconds() {
         .map(|a| a.trim().to_owned())
         .expect("the chiller's address in the log");
     let (host, port) = address.rsplit_once(':').expect("host:port");
-    let python = std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = crate::support::python();
     let script = format!(
         "from pymodbus.client import ModbusTcpClient\n\
          c = ModbusTcpClient('{host}', port={port})\n\

@@ -402,7 +402,7 @@ fn restore(data_dir: &Path, env: &[(&'static str, String)]) -> (bool, String) {
 /// Deletes an object with a signed request (moto refuses unsigned deletes), through boto3 in
 /// the test venv (moto's own dependency).
 fn delete_object(endpoint: &str, bucket: &str, key: &str) {
-    let python = std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = crate::support::python();
     let out = Command::new(&python)
         .args([
             "-c",

@@ -10,7 +10,7 @@ use crate::support::Process;
 
 #[test]
 fn subscribed_opcua_values_are_stored_and_bad_ones_explained() {
-    let python = std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = crate::support::python();
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../fabrik-connect/tests/peers/opcua_server.py"
@@ -38,6 +38,12 @@ fn subscribed_opcua_values_are_stored_and_bad_ones_explained() {
         &config,
         format!(
             r#"
+[updates]
+node = "edge-3"
+
+[openlineage]
+file = "lineage.jsonl"
+
 [[opcua.servers]]
 id = "line-1"
 measurement = "line"
@@ -106,4 +112,28 @@ signal = "broken"
     assert!(status.success());
     let _ = server.kill();
     let _ = server.wait();
+    // Lineage (decision 0082): the device the server reports is the input of `ingest.opcua`,
+    // its signals as columns; its table and the point errors are the outputs.
+    let events: Vec<serde_json::Value> =
+        std::fs::read_to_string(dir.path().join("data").join("lineage.jsonl"))
+            .expect("the lineage file")
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("an event"))
+            .filter(|e: &serde_json::Value| e["job"]["name"] == "ingest.opcua")
+            .collect();
+    let end = events.last().expect("ingest.opcua's events");
+    assert_eq!(end["eventType"], "COMPLETE", "{end}");
+    let input = &end["inputs"][0];
+    assert_eq!(input["namespace"], format!("opc.tcp://127.0.0.1:{port}"));
+    assert_eq!(input["name"], "pump-1");
+    let signals: Vec<&str> = input["facets"]["schema"]["fields"]
+        .as_array()
+        .map(|f| f.iter().filter_map(|c| c["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(signals, ["pressure", "running", "broken"]);
+    let outputs: Vec<&str> = end["outputs"]
+        .as_array()
+        .map(|o| o.iter().filter_map(|d| d["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(outputs, ["_point_errors", "line"], "{end}");
 }

@@ -445,7 +445,8 @@ threshold = 250.0
     );
 }
 
-/// Ingest is a job from the MQTT endpoint's topic filters to the tables its messages filled.
+/// Ingest is a job from the MQTT endpoint's topic filters to the tables its messages filled,
+/// and another from the HTTP write endpoints to theirs.
 /// A process killed with runs open leaves them open in the catalog only until its next start,
 /// which ABORTs them (each event rebuilt by openlineage-python at the receiver).
 #[test]
@@ -527,15 +528,32 @@ threshold = 250.0
             ("fabrik://edge-9", "oven", 1)
         ]
     );
-    // Both runs' STARTs in the file too, before the kill.
+    // Rows written over HTTP are a job of their own, from the endpoint they came through.
+    assert_eq!(
+        crate::support::post_status(&p.url, "/api/v1/write", "oven,device=oven-2 celsius=90"),
+        200
+    );
+    eventually("the HTTP ingest's start at the catalog", || {
+        !of(&accepted(&out), "ingest.http", "START").is_empty()
+    });
+    let events = accepted(&out);
+    let http_ingest = of(&events, "ingest.http", "START")[0];
+    assert_eq!(http_ingest["inputs"][0]["namespace"], "http://edge-9");
+    assert_eq!(http_ingest["inputs"][0]["name"], "/api/v1/write");
+    assert_eq!(http_ingest["outputs"][0]["name"], "oven");
+    assert_eq!(
+        http_ingest["outputs"][0]["outputFacets"]["outputStatistics"]["rowCount"],
+        1
+    );
+    // The three runs' STARTs in the file too, before the kill.
+    const JOBS: [&str; 3] = ["ingest.mqtt", "ingest.http", "alert_rule.hot"];
     let file = dir.path().join("data").join("lineage.jsonl");
-    eventually("both runs' starts in the file", || {
+    eventually("the runs' starts in the file", || {
         let events = lines(&file);
-        !of(&events, "ingest.mqtt", "START").is_empty()
-            && !of(&events, "alert_rule.hot", "START").is_empty()
+        JOBS.iter().all(|job| !of(&events, job, "START").is_empty())
     });
     let events = lines(&file);
-    let mut open: Vec<String> = ["ingest.mqtt", "alert_rule.hot"]
+    let mut open: Vec<String> = JOBS
         .iter()
         .map(|job| of(&events, job, "START")[0]["run"]["runId"].to_string())
         .collect();
@@ -553,7 +571,7 @@ threshold = 250.0
         ids.sort();
         ids
     };
-    eventually("both runs in the list of open runs", || listed() == open);
+    eventually("the runs in the list of open runs", || listed() == open);
     p.kill9();
 
     let p = start_configured(dir.path(), &config);
@@ -562,7 +580,7 @@ threshold = 250.0
             .iter()
             .filter(|e| e["eventType"] == "ABORT")
             .count()
-            >= 2
+            >= 3
     });
     let events = accepted(&out);
     let mut aborted: Vec<String> = events
@@ -591,7 +609,7 @@ threshold = 250.0
     let in_file = lines(&file);
     assert_eq!(
         in_file.iter().filter(|e| e["eventType"] == "ABORT").count(),
-        2,
+        3,
         "{:?}",
         summary(&in_file)
     );

@@ -65,6 +65,7 @@ impl Server {
             alerting: None,
             kpi_meter: None,
             https: false,
+            writes: None,
         };
         let stop = CancellationToken::new();
         tokio::spawn(fabrik_api::serve(listener, state, stop.clone(), None));

@@ -27,7 +27,7 @@ fn collector(out: &Path) -> (u16, Peer) {
 /// of each batch were rejected (OTLP's partial success).
 fn collector_with(out: &Path, args: &[&str], reject: u32) -> (u16, Peer) {
     let port = free_port();
-    let python = std::env::var("FABRIK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = crate::support::python();
     let mut receiver = Command::new(&python);
     receiver
         .arg(RECEIVER)
