@@ -195,17 +195,19 @@ pub struct WriteReport {
     pub raw_id: RawMessageId,
     /// The WAL sequence number of the write.
     pub seq: u64,
-    /// Rows written per table, in the order the tables first appear.
+    /// Rows written per table, for writes of lines and points (the API's, Fabrik's own); empty
+    /// for connectors' groups and the hub's Arrow batches, whose callers know their tables.
     pub tables: Vec<(Arc<str>, usize)>,
 }
 
-/// Rows per table of a write's chunks (a table has a chunk per partition it touches).
+/// Rows per table of a write's chunks: a table has a chunk per partition it touches, and a
+/// builder's chunks come table by table, so a table repeats only right after itself.
 fn rows_per_table(chunks: &[WriteChunk]) -> Vec<(Arc<str>, usize)> {
     let mut tables: Vec<(Arc<str>, usize)> = Vec::new();
     for chunk in chunks {
-        match tables.iter_mut().find(|(t, _)| *t == chunk.table) {
-            Some((_, rows)) => *rows += chunk.batch.num_rows(),
-            None => tables.push((chunk.table.clone(), chunk.batch.num_rows())),
+        match tables.last_mut() {
+            Some((table, rows)) if *table == chunk.table => *rows += chunk.batch.num_rows(),
+            _ => tables.push((chunk.table.clone(), chunk.batch.num_rows())),
         }
     }
     tables
@@ -1164,7 +1166,8 @@ impl Store {
         }
         let count = builder.rows();
         let chunks = builder.finish(&self.shared.catalog, self.partition_ns())?;
-        let tables = rows_per_table(&chunks);
+        // Connectors and the hub report their own tables (and most writes come this way).
+        let tables = Vec::new();
         let seq = self.commit(chunks).await?;
         metrics::counter!("fabrik_store_points_written_total").increment(count as u64);
         Ok(WriteReport {
@@ -1238,7 +1241,7 @@ impl Store {
         if chunks.is_empty() {
             return Err(StoreError::Empty);
         }
-        let tables = rows_per_table(&chunks);
+        let tables = Vec::new();
         let seq = self.commit(chunks).await?;
         metrics::counter!("fabrik_store_points_written_total").increment(points as u64);
         Ok(WriteReport {
@@ -2360,6 +2363,26 @@ m,host=c,dc=x v=10,n=18i,u=19u,b=t 18
     /// The uplink's source: a follower reads every applied record in order, across a
     /// persistence (a new WAL segment), in bounded reads; the hold keeps persisted records
     /// on disk until it moves, and a follower behind deleted records says how many it missed.
+    /// A write of lines says how many rows each table got, across the partitions it touched.
+    #[tokio::test]
+    async fn a_write_reports_its_rows_per_table() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_store(dir.path(), None).await;
+        let week_ns = 7 * 24 * 3600 * 1_000_000_000_i64;
+        let body = format!("m,d=a v=1 1\nn,d=a w=2 1\nm,d=b v=3 {week_ns}\nm,d=c v=4 2");
+        let report = store
+            .write_lines(&body, Precision::Ns, SourceId::http())
+            .await
+            .expect("write");
+        let mut tables: Vec<(String, usize)> = report
+            .tables
+            .iter()
+            .map(|(t, rows)| (t.to_string(), *rows))
+            .collect();
+        tables.sort();
+        assert_eq!(tables, [("m".to_owned(), 3), ("n".to_owned(), 1)]);
+    }
+
     #[tokio::test]
     async fn a_wal_follower_reads_applied_records_in_order_and_the_hold_keeps_them() {
         let dir = tempfile::tempdir().expect("tempdir");

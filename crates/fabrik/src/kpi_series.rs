@@ -328,8 +328,9 @@ fn report_batch(
 }
 
 /// An A/B split's comparison over `span` as a run of `pipeline.<name>.ab_kpis` (decision
-/// 0082): from the verdicts of each arm (`inferences`, `shadow_inferences`) and the tables its
-/// use case's KPIs read, into `ab_kpis`, a row per KPI compared.
+/// 0082): from `shadow_inferences` (which model acted on which windows: the challenger's rows
+/// carry the champion's verdicts too) and the tables of the KPIs compared (an alert
+/// precision is not compared by arm), into `ab_kpis`, a row per KPI compared.
 fn report_arms(
     emitter: &crate::openlineage::Emitter,
     split: &IntervalArmKpis,
@@ -339,16 +340,15 @@ fn report_arms(
     written: &Result<(), String>,
 ) {
     use crate::openlineage::Dataset;
-    let mut inputs = vec![
-        Dataset::new(&emitter.datasets, crate::pipelines::INFERENCES_TABLE),
-        Dataset::new(&emitter.datasets, crate::shadow::SHADOW_TABLE),
-    ];
-    for input in use_case
-        .map(|use_case| kpi_inputs(emitter, use_case, false))
-        .unwrap_or_default()
-    {
-        if !inputs.iter().any(|d| d.name == input.name) {
-            inputs.push(input);
+    let mut inputs = vec![Dataset::new(&emitter.datasets, crate::shadow::SHADOW_TABLE)];
+    let compared_tables = use_case
+        .into_iter()
+        .flat_map(|use_case| &use_case.definition.kpis)
+        .filter(|kpi| kpi.kind != fabrik_registry::usecases::KpiKind::AlertPrecision)
+        .filter_map(|kpi| kpi.table.as_deref());
+    for table in compared_tables {
+        if !inputs.iter().any(|d| d.name == table) {
+            inputs.push(Dataset::new(&emitter.datasets, table));
         }
     }
     report_batch(
@@ -397,7 +397,10 @@ async fn record_arms(
         .map_err(|e| e.to_string());
     if let Some((emitter, registry)) = lineage {
         // The KPIs' tables name the inputs; a registry that cannot say leaves the verdicts.
-        let use_cases = registry.use_cases().await.unwrap_or_default();
+        let use_cases = registry.use_cases().await.unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "The use cases could not be read for the A/B comparisons' lineage.");
+            Vec::new()
+        });
         for split in &splits {
             let Ok(kpis) = &split.kpis else { continue };
             if kpis.is_empty() {

@@ -1,11 +1,12 @@
-//! The streaming OpenLineage runs that began and have not ended, kept in a file of the data
-//! directory so that the next start ABORTs the runs a killed process left open (decision
-//! 0082). Only a process that holds the data directory (its store's `LOCK`) keeps the file:
-//! another one started on it by mistake must not abort the live process's runs.
+//! The streaming OpenLineage runs whose START a transport delivered and whose end it has not,
+//! kept in a file of the data directory so that the next start ABORTs, on those transports,
+//! each run a killed process left open (decision 0082). Only the process that holds
+//! the data directory (its store opened) keeps the file, and only while it holds the file's own
+//! lock: a process started on the directory by mistake aborts nothing, and one started while
+//! the previous one still finishes its last write waits for it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -14,40 +15,47 @@ use crate::openlineage::{Emitter, EventType, JobRun, KEEP_FREE, Processing, now}
 
 /// The file of the data directory that lists the runs.
 pub(crate) const FILE: &str = "openlineage-open-runs.json";
-/// How often the file is brought up to date when a run began, reported or ended since.
+/// The file whose lock the process keeping the list holds.
+const LOCK_FILE: &str = "openlineage-open-runs.lock";
+/// How often the list is brought up to date when anything was sent since.
 pub(crate) const EVERY: Duration = Duration::from_secs(1);
-/// How often it is rewritten while runs are open and nothing changed, so that its time says
+/// How often it is rewritten while runs are open and nothing was sent, so that its time says
 /// when the process was last known to run.
 const HEARTBEAT: Duration = Duration::from_secs(60);
 
-/// A streaming run that began, as the file lists it.
+/// A streaming run that began, as the list holds it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct OpenRun {
     pub(crate) run_id: String,
     pub(crate) namespace: String,
     pub(crate) name: String,
     pub(crate) job_type: String,
+    /// The transports (`http`, `file`) that delivered its START and not yet its end.
+    pub(crate) transports: Vec<String>,
+    /// For a run an earlier process left open: when that process was last known to run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) alive_at: Option<String>,
 }
 
-impl OpenRun {
-    /// The run an event ends, if it ends a streaming run (batch runs begin and end in one
-    /// go, and are never listed).
-    pub(crate) fn ended_by(event: &Value) -> Option<Self> {
-        let ends = matches!(
-            event["eventType"].as_str(),
-            Some("COMPLETE" | "FAIL" | "ABORT")
-        );
-        let job_type = &event["job"]["facets"]["jobType"];
-        if !ends || job_type["processingType"] != "STREAMING" {
-            return None;
-        }
-        Some(Self {
-            run_id: event["run"]["runId"].as_str()?.to_owned(),
-            namespace: event["job"]["namespace"].as_str()?.to_owned(),
-            name: event["job"]["name"].as_str()?.to_owned(),
-            job_type: job_type["jobType"].as_str()?.to_owned(),
-        })
+/// What an event is to the list: the START or the end of a streaming run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mark {
+    Start,
+    End,
+}
+
+/// The run id of the streaming run `event` starts or ends, if it does (batch runs begin and
+/// end in one go, and are never listed).
+pub(crate) fn streaming_mark(event: &Value) -> Option<(String, Mark)> {
+    if event["job"]["facets"]["jobType"]["processingType"] != "STREAMING" {
+        return None;
     }
+    let mark = match event["eventType"].as_str()? {
+        "START" => Mark::Start,
+        "COMPLETE" | "FAIL" | "ABORT" => Mark::End,
+        _ => return None,
+    };
+    Some((event["run"]["runId"].as_str()?.to_owned(), mark))
 }
 
 /// The file's content.
@@ -60,33 +68,75 @@ struct Listed {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Runs of this process that began and have not ended (or whose end was not delivered),
-    /// by run id.
+    /// The data directory this process holds, once its store opened: runs are tracked from
+    /// then on.
+    data_dir: Option<PathBuf>,
+    /// Once the list's lock is held: the list's path, and the lock's file (held while open).
+    held: Option<(PathBuf, std::fs::File)>,
+    /// Runs of this process that began, by run id, with the transports that delivered their
+    /// START and not their end (listed only while there is one).
     open: BTreeMap<String, OpenRun>,
-    /// Runs an earlier process left open, whose ABORT is not queued yet, and when that
-    /// process was last known to run.
+    /// Runs an earlier process left open, whose ABORT is not queued yet.
     stale: Vec<OpenRun>,
-    stale_at: Option<String>,
     /// Whether the file is behind, and when it was last written.
     dirty: bool,
     written: Option<Instant>,
 }
 
-/// The runs of this process begun and not ended, and those an earlier one left open.
-#[derive(Debug, Default)]
+/// The runs of this process whose end has not reached every transport, and those an earlier
+/// process left open.
+#[derive(Debug)]
 pub(crate) struct OpenRuns {
-    /// The file, once this process holds the data directory; before (and in tests), runs are
-    /// tracked but not kept.
-    path: OnceLock<PathBuf>,
+    /// The transports this process sends to.
+    transports: Vec<&'static str>,
     state: parking_lot::Mutex<State>,
 }
 
 impl OpenRuns {
-    /// This process holds `data_dir`: the runs an earlier process left in its file are to be
-    /// aborted, and this process's are kept there from now on. A file that cannot be read is
-    /// logged and taken as empty (its runs stay open in the catalog).
+    pub(crate) fn new(transports: Vec<&'static str>) -> Self {
+        Self {
+            transports,
+            state: parking_lot::Mutex::new(State::default()),
+        }
+    }
+
+    /// This process holds `data_dir` (its store opened): runs are tracked from now on, and kept
+    /// in the list once its lock is held ([`OpenRuns::hold`]).
     pub(crate) fn keep_in(&self, data_dir: &Path) {
-        let path = data_dir.join(FILE);
+        self.state.lock().data_dir = Some(data_dir.to_owned());
+    }
+
+    /// Takes the list's lock if this process should and does not hold it yet, and reads the
+    /// runs an earlier process left there. A lock still held (the previous process finishing
+    /// its last write) is tried again at the next call; a list that cannot be read is logged
+    /// and taken as empty (its runs stay open in the catalog).
+    pub(crate) fn hold(&self) {
+        let mut state = self.state.lock();
+        let Some(dir) = state.data_dir.clone() else {
+            return;
+        };
+        if state.held.is_some() {
+            return;
+        }
+        let lock = match std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))
+        {
+            Ok(lock) => lock,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "The list of open OpenLineage runs cannot be locked; trying again.");
+                return;
+            }
+        };
+        if lock.try_lock().is_err() {
+            tracing::debug!(
+                "The list of open OpenLineage runs is still held by a process that stops; waiting."
+            );
+            return;
+        }
+        let path = dir.join(FILE);
         let unreadable = |e: &dyn std::fmt::Display| {
             tracing::warn!(file = %path.display(), error = %e, "The list of OpenLineage runs left open is unreadable; they are not aborted.");
         };
@@ -100,19 +150,27 @@ impl OpenRuns {
                 None
             }
         };
-        if self.path.set(path).is_err() {
-            return;
-        }
-        let mut state = self.state.lock();
         if let Some(listed) = listed {
-            state.stale = listed.runs;
-            state.stale_at = Some(listed.alive_at);
+            state.stale = listed
+                .runs
+                .into_iter()
+                .map(|mut run| {
+                    run.alive_at.get_or_insert_with(|| listed.alive_at.clone());
+                    run
+                })
+                .collect();
         }
+        state.held = Some((path, lock));
         state.dirty = true;
     }
 
+    /// A run begins (its START is about to be queued): listed once a transport delivers that
+    /// START.
     pub(crate) fn began(&self, run: &JobRun) {
         let mut state = self.state.lock();
+        if state.data_dir.is_none() {
+            return;
+        }
         state.open.insert(
             run.run_id.clone(),
             OpenRun {
@@ -120,55 +178,76 @@ impl OpenRuns {
                 namespace: run.job_namespace.clone(),
                 name: run.job_name.clone(),
                 job_type: run.job_type.to_string(),
+                transports: Vec::new(),
+                alive_at: None,
             },
         );
-        state.dirty = true;
     }
 
-    /// A run reported (RUNNING): the file's time moves on with it.
-    pub(crate) fn ran(&self) {
+    /// A run whose START no transport took: nothing to end.
+    pub(crate) fn forget(&self, run_id: &str) {
+        self.state.lock().open.remove(run_id);
+    }
+
+    /// An event was queued: the list's time is to move on with it.
+    pub(crate) fn sent(&self) {
         self.state.lock().dirty = true;
     }
 
-    pub(crate) fn ended(&self, run_id: &str) {
+    /// `transport` delivered `mark` of run `run_id`: after its START the run is open there;
+    /// after its end, no longer (and once no transport has it open, it is not listed).
+    pub(crate) fn delivered(&self, run_id: &str, mark: Mark, transport: &str) {
         let mut state = self.state.lock();
-        if state.open.remove(run_id).is_some() {
-            state.dirty = true;
-        }
-    }
-
-    /// An end a transport could not deliver (the catalog refused it or stayed down, the file
-    /// could not be written, the drain ran out of time): the run is open there still.
-    pub(crate) fn not_delivered(&self, run: &OpenRun) {
-        let mut state = self.state.lock();
-        if run.run_id.is_empty() || state.stale.iter().any(|s| s.run_id == run.run_id) {
+        let Some(run) = state.open.get_mut(run_id) else {
             return;
+        };
+        match mark {
+            Mark::Start => {
+                if !run.transports.iter().any(|t| t == transport) {
+                    run.transports.push(transport.to_owned());
+                }
+            }
+            Mark::End => {
+                run.transports.retain(|t| t != transport);
+                if run.transports.is_empty() {
+                    state.open.remove(run_id);
+                }
+            }
         }
-        state.open.insert(run.run_id.clone(), run.clone());
         state.dirty = true;
     }
 
-    /// Queues an ABORT for each run an earlier process left open, as the queue has room beyond
-    /// [`KEEP_FREE`] slots; the others wait for the next call. Each is dated when that process
-    /// was last known to run.
+    /// Queues an ABORT for each run an earlier process left open, on the transports that
+    /// missed its end, as the queues have room beyond [`KEEP_FREE`] slots; the others wait for
+    /// the next call. Each is dated a moment ([`EVERY`]) after the time that process was last
+    /// known to run, after every event it sent before its list was last written.
     pub(crate) fn abort_stale(&self, emitter: &Emitter) {
         loop {
             let room = emitter.room().saturating_sub(KEEP_FREE);
-            let (batch, alive_at) = {
+            let batch = {
                 let mut state = self.state.lock();
+                if state.held.is_none() {
+                    return;
+                }
                 let keep = state.stale.len().saturating_sub(room);
-                (state.stale.split_off(keep), state.stale_at.clone())
+                state.stale.split_off(keep)
             };
             if batch.is_empty() {
                 return;
             }
-            let at = alive_at.unwrap_or_else(now);
-            let why = format!(
-                "Fabrik stopped without ending this run (the process was killed, or its host \
-                 lost power); it was last known to run at {at}, and its next start ended the run"
-            );
-            let mut left = batch.into_iter();
-            while let Some(run) = left.next() {
+            for run in batch {
+                let known = run.alive_at.clone().unwrap_or_else(now);
+                let at = chrono::DateTime::parse_from_rfc3339(&known)
+                    .map(|t| {
+                        (t.with_timezone(&chrono::Utc) + EVERY)
+                            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    })
+                    .unwrap_or_else(|_| now());
+                let why = format!(
+                    "Fabrik stopped without ending this run (the process was killed, or its host \
+                     lost power); it was last known to run at {known}, and its next start ended \
+                     the run"
+                );
                 let job = JobRun {
                     run_id: run.run_id.clone(),
                     job_namespace: run.namespace.clone(),
@@ -179,45 +258,79 @@ impl OpenRuns {
                     nominal: None,
                     sql: None,
                 };
-                let queued = emitter.emit(job.event(EventType::Abort, &at, &[], &[], Some(&why)));
-                if !queued.all {
-                    // Another job filled the queue meanwhile: this one and the rest wait.
-                    let mut state = self.state.lock();
-                    state.stale.push(run);
-                    state.stale.extend(left);
-                    state.dirty = true;
+                let event = job.event(EventType::Abort, &at, &[], &[], Some(&why));
+                // Listed as awaiting its ABORT's delivery before it is queued, so a transport
+                // that delivers it at once finds the run.
+                self.state
+                    .lock()
+                    .open
+                    .insert(run.run_id.clone(), run.clone());
+                let took = emitter.emit_to(&event, &run.transports);
+                let missed: Vec<String> = run
+                    .transports
+                    .iter()
+                    .filter(|t| !took.contains(&t.as_str()))
+                    .cloned()
+                    .collect();
+                // The ones whose queue was full wait for room; a transport this process no
+                // longer sends to cannot get it.
+                let (full, gone): (Vec<String>, Vec<String>) = missed
+                    .iter()
+                    .cloned()
+                    .partition(|t| self.transports.contains(&t.as_str()));
+                if !gone.is_empty() {
+                    tracing::warn!(run = %run.run_id, transports = ?gone, "A run left open is not aborted where Fabrik no longer sends lineage.");
+                }
+                let mut state = self.state.lock();
+                state.dirty = true;
+                if let Some(awaiting) = state.open.get_mut(&run.run_id) {
+                    awaiting.transports.retain(|t| !missed.contains(t));
+                    if awaiting.transports.is_empty() {
+                        state.open.remove(&run.run_id);
+                    }
+                }
+                if !full.is_empty() {
+                    state.stale.push(OpenRun {
+                        transports: full,
+                        ..run
+                    });
                     return;
                 }
             }
-            self.state.lock().dirty = true;
         }
     }
 
-    /// Writes the file if it is behind (or, while runs are open, every [`HEARTBEAT`]): to a
+    /// Writes the list if it is behind (or, while runs are open, every [`HEARTBEAT`]): to a
     /// temporary file, synced, renamed over it, and the directory synced, so a crash or a power
     /// cut leaves the old list or the new one.
     pub(crate) async fn persist(&self) {
-        let Some(path) = self.path.get().cloned() else {
-            return;
-        };
-        let listed = {
+        let (path, listed) = {
             let mut state = self.state.lock();
-            let heartbeat =
-                !state.open.is_empty() && state.written.is_none_or(|at| at.elapsed() >= HEARTBEAT);
+            let Some((path, _)) = &state.held else {
+                return;
+            };
+            let path = path.clone();
+            let heartbeat = !(state.open.is_empty() && state.stale.is_empty())
+                && state.written.is_none_or(|at| at.elapsed() >= HEARTBEAT);
             if !state.dirty && !heartbeat {
                 return;
             }
             state.dirty = false;
             state.written = Some(Instant::now());
-            Listed {
-                alive_at: now(),
-                runs: state
-                    .stale
-                    .iter()
-                    .chain(state.open.values())
-                    .cloned()
-                    .collect(),
-            }
+            let runs = state
+                .stale
+                .iter()
+                .chain(state.open.values())
+                .filter(|run| !run.transports.is_empty())
+                .cloned()
+                .collect();
+            (
+                path,
+                Listed {
+                    alive_at: now(),
+                    runs,
+                },
+            )
         };
         let write = move || -> std::io::Result<()> {
             let bytes = serde_json::to_vec(&listed).map_err(std::io::Error::other)?;
@@ -241,7 +354,15 @@ impl OpenRuns {
         }
     }
 
-    /// The runs the file would list now (for tests).
+    /// Lets the list's lock go, as a killed process does (for tests, where the process lives on).
+    #[cfg(test)]
+    pub(crate) fn die(&self) {
+        let mut state = self.state.lock();
+        state.held = None;
+        state.data_dir = None;
+    }
+
+    /// The run ids the list would hold now (for tests).
     #[cfg(test)]
     pub(crate) fn listed(&self) -> Vec<String> {
         let state = self.state.lock();
@@ -249,22 +370,28 @@ impl OpenRuns {
             .stale
             .iter()
             .chain(state.open.values())
+            .filter(|run| !run.transports.is_empty())
             .map(|r| r.run_id.clone())
             .collect()
     }
 }
 
-/// Aborts the runs an earlier process left open and keeps the file up to date until `stop`.
+/// Takes the list's lock (as soon as the previous process let it go), aborts the runs an
+/// earlier process left open and keeps the list up to date until `stop`, then writes it once
+/// more (the modules have queued their runs' ends by then; [`crate::openlineage::send`] writes
+/// it again after the drain, with what was delivered).
 pub(crate) async fn keep(emitter: Emitter, stop: &tokio_util::sync::CancellationToken) {
     let open_runs = emitter.open_runs().clone();
     loop {
+        open_runs.hold();
         open_runs.abort_stale(&emitter);
         open_runs.persist().await;
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => break,
             () = tokio::time::sleep(EVERY) => {}
         }
     }
+    open_runs.persist().await;
 }
 
 #[cfg(test)]
@@ -276,33 +403,49 @@ mod tests {
         serde_json::from_slice(&std::fs::read(file).expect("the list")).expect("JSON")
     }
 
+    /// What the file transport does with events it wrote: tells the list.
+    fn deliver(emitter: &Emitter, events: &[Value]) {
+        for event in events {
+            if let Some((run, mark)) = streaming_mark(event) {
+                emitter.open_runs().delivered(&run, mark, "file");
+            }
+        }
+    }
+
     /// A process killed with runs open leaves them in its data directory; the next process
-    /// that holds the directory ABORTs them, naming the run and the job and dated when the
-    /// killed one was last known to run, and then lists them no more. Runs that ended are not
-    /// aborted.
+    /// that holds the directory ABORTs them, naming the run and the job and dated just after
+    /// the killed one was last known to run, and then lists them no more. Runs whose end was
+    /// delivered are not aborted.
     #[tokio::test]
     async fn runs_a_killed_process_left_open_are_aborted_by_the_next_one() {
         let dir = tempfile::tempdir().expect("tempdir");
         let list = dir.path().join(FILE);
-        let (emitter, _sender) = test_channel("edge");
+        let (emitter, mut sender) = test_channel("edge");
         emitter.keep_open_runs_in(dir.path());
         let ended = StreamingRun::new(&emitter, "pipeline.a".into(), "INFERENCE", None);
         ended.started(&[], &[]);
         let left_open = StreamingRun::new(&emitter, "alert_rule.b".into(), "ALERTING", None);
         left_open.started(&[], &[]);
+        // Queued is not delivered: listed only once the file has a START.
+        assert!(emitter.open_runs().listed().is_empty());
+        deliver(&emitter, &sender.take_queued_file_events());
+        assert_eq!(emitter.open_runs().listed().len(), 2);
         ended.emit(EventType::Complete, &[], &[], None);
+        assert_eq!(
+            emitter.open_runs().listed().len(),
+            2,
+            "queued, not delivered"
+        );
+        deliver(&emitter, &sender.take_queued_file_events());
         emitter.open_runs().persist().await;
         let listed = listed_in(&list);
         assert_eq!(listed.runs.len(), 1, "{listed:?}");
         assert_eq!(listed.runs[0].run_id, left_open.run.run_id);
-        // Killed: no FAIL is sent as the run is dropped.
+        assert_eq!(listed.runs[0].transports, ["file"]);
+        // Killed: no FAIL is sent as the run is dropped, and its lock goes with it.
         let open_id = left_open.run.run_id.clone();
         std::mem::forget(left_open);
-
-        // A process that does not hold the directory aborts nothing.
-        let (bystander, mut sender) = test_channel("edge");
-        bystander.open_runs().abort_stale(&bystander);
-        assert!(sender.take_queued_file_events().is_empty());
+        emitter.open_runs().die();
 
         let (emitter, mut sender) = test_channel("edge");
         emitter.keep_open_runs_in(dir.path());
@@ -310,7 +453,10 @@ mod tests {
         assert_eq!(events.len(), 1, "{events:?}");
         let abort = &events[0];
         assert_eq!(abort["eventType"], "ABORT");
-        assert_eq!(abort["eventTime"], listed.alive_at.as_str());
+        let alive = chrono::DateTime::parse_from_rfc3339(&listed.alive_at).expect("a time");
+        let dated = chrono::DateTime::parse_from_rfc3339(abort["eventTime"].as_str().unwrap_or(""))
+            .expect("a time");
+        assert_eq!(dated - alive, chrono::Duration::seconds(1));
         assert_eq!(abort["run"]["runId"], open_id.as_str());
         assert_eq!(abort["job"]["name"], "alert_rule.b");
         assert_eq!(abort["job"]["namespace"], "fabrik://edge");
@@ -325,8 +471,13 @@ mod tests {
                 .is_some_and(|m| m.contains("killed")),
             "{abort}"
         );
+        // Listed until the ABORT is delivered.
+        emitter.open_runs().persist().await;
+        assert_eq!(listed_in(&list).runs.len(), 1);
+        deliver(&emitter, &events);
         emitter.open_runs().persist().await;
         assert!(listed_in(&list).runs.is_empty());
+        emitter.open_runs().die();
 
         // A third process finds nothing to abort.
         let (emitter, mut sender) = test_channel("edge");
@@ -334,40 +485,82 @@ mod tests {
         assert!(sender.take_queued_file_events().is_empty());
     }
 
-    /// An end no transport could take, or one not delivered, leaves the run listed; an ended
-    /// batch run is never listed.
+    /// A process that does not hold the list's lock (the previous one still writes it) aborts
+    /// nothing until it does, and one that never holds the data directory tracks nothing.
+    #[tokio::test]
+    async fn only_the_holder_of_the_list_aborts_and_keeps_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (first, mut first_sender) = test_channel("edge");
+        first.keep_open_runs_in(dir.path());
+        let run = StreamingRun::new(&first, "pipeline.a".into(), "INFERENCE", None);
+        run.started(&[], &[]);
+        deliver(&first, &first_sender.take_queued_file_events());
+        first.open_runs().persist().await;
+        std::mem::forget(run);
+
+        let (second, mut sender) = test_channel("edge");
+        second.keep_open_runs_in(dir.path());
+        assert!(
+            sender.take_queued_file_events().is_empty(),
+            "the first process still holds the list"
+        );
+        first.open_runs().die();
+        second.open_runs().hold();
+        second.open_runs().abort_stale(&second);
+        let events = sender.take_queued_file_events();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0]["eventType"], "ABORT");
+
+        let (bystander, mut sender) = test_channel("edge");
+        let run = StreamingRun::new(&bystander, "pipeline.b".into(), "INFERENCE", None);
+        run.started(&[], &[]);
+        deliver(&bystander, &sender.take_queued_file_events());
+        assert!(bystander.open_runs().listed().is_empty());
+    }
+
+    /// An end a transport's queue could not take, or has not delivered, leaves the run
+    /// listed; a batch run's START and end are no run to list.
     #[test]
     fn a_run_whose_end_was_not_delivered_stays_listed() {
+        let dir = tempfile::tempdir().expect("tempdir");
         let (emitter, mut sender) = test_channel("edge");
+        emitter.keep_open_runs_in(dir.path());
         let run = StreamingRun::new(&emitter, "pipeline.a".into(), "INFERENCE", None);
         run.started(&[], &[]);
+        deliver(&emitter, &sender.take_queued_file_events());
         while emitter.room() > 0 {
             emitter.emit(serde_json::json!({ "filler": true }));
         }
         run.emit(EventType::Complete, &[], &[], None);
+        deliver(&emitter, &sender.take_queued_file_events());
         assert_eq!(
             emitter.open_runs().listed(),
-            std::slice::from_ref(&run.run.run_id)
+            std::slice::from_ref(&run.run.run_id),
+            "its COMPLETE found the queue full"
         );
-        drop(sender.take_queued_file_events());
 
         let other = StreamingRun::new(&emitter, "pipeline.b".into(), "INFERENCE", None);
         other.started(&[], &[]);
+        deliver(&emitter, &sender.take_queued_file_events());
         other.emit(EventType::Complete, &[], &[], None);
+        assert_eq!(
+            emitter.open_runs().listed().len(),
+            2,
+            "queued, not delivered"
+        );
+        deliver(&emitter, &sender.take_queued_file_events());
         assert_eq!(
             emitter.open_runs().listed(),
             std::slice::from_ref(&run.run.run_id)
         );
-        // The catalog refused the queued COMPLETE: listed again.
-        let events = sender.take_queued_file_events();
-        let end = OpenRun::ended_by(&events[1]).expect("a streaming run's end");
-        assert_eq!(end.run_id, other.run.run_id);
-        emitter.open_runs().not_delivered(&end);
-        assert_eq!(emitter.open_runs().listed().len(), 2);
 
         let batch = crate::openlineage::JobRun::batch(&emitter, "x".into(), "KPI", (0, 1));
         let at = crate::openlineage::now();
-        let complete = batch.event(EventType::Complete, &at, &[], &[], None);
-        assert_eq!(OpenRun::ended_by(&complete), None);
+        for kind in [EventType::Start, EventType::Complete] {
+            assert_eq!(
+                streaming_mark(&batch.event(kind, &at, &[], &[], None)),
+                None
+            );
+        }
     }
 }

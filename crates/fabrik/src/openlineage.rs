@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::open_runs::{OpenRun, OpenRuns};
+use crate::open_runs::{Mark, OpenRuns};
 
 /// Events waiting for each transport; beyond this they are dropped (and counted), so a
 /// catalog that is down never holds up a pipeline or grows memory.
@@ -30,6 +30,8 @@ const ATTEMPTS: u32 = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// How long events still queued at shutdown may take to go out.
 pub(crate) const DRAIN: Duration = Duration::from_secs(5);
+/// How long the list of open runs may take to be written after the drain.
+pub(crate) const FINAL_WRITE: Duration = Duration::from_secs(2);
 /// Queue slots that reports which can wait or be skipped (training runs, edges' starts, KPI
 /// measurements) leave free, for the ends of runs already begun.
 pub(crate) const KEEP_FREE: usize = 64;
@@ -402,18 +404,18 @@ impl StreamingRun {
             }
             EventType::Running => {}
         }
+        // Known to the list before its START is queued, so a transport that delivers it at once
+        // finds the run; one no transport took is no run to end later. The run leaves the list
+        // as each transport delivers its end.
+        let start = event_type == EventType::Start;
+        if start {
+            self.emitter.open_runs.began(&self.run);
+        }
         let queued = self
             .emitter
             .emit(self.run.event(event_type, &now(), inputs, outputs, error));
-        match event_type {
-            // A START no transport took is no run to end later.
-            EventType::Start if queued.any => self.emitter.open_runs.began(&self.run),
-            EventType::Running => self.emitter.open_runs.ran(),
-            // An end that some transport lost leaves the run open there: the next start ends it.
-            EventType::Complete | EventType::Fail | EventType::Abort if queued.all => {
-                self.emitter.open_runs.ended(&self.run.run_id);
-            }
-            _ => {}
+        if start && !queued {
+            self.emitter.open_runs.forget(&self.run.run_id);
         }
     }
 
@@ -512,19 +514,16 @@ pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// An event as queued: its JSON text (shared by the transports), and the streaming run it ends,
-/// if it ends one, to list again if it is not delivered.
+/// The transports, as metrics and the list of open runs name them.
+const HTTP: &str = "http";
+const FILE: &str = "file";
+
+/// An event as queued: its JSON text (shared by the transports), and the streaming run it starts
+/// or ends, if it does, whose delivery the list of open runs follows.
 #[derive(Debug, Clone)]
 struct Outgoing {
     line: Arc<str>,
-    ends: Option<Arc<OpenRun>>,
-}
-
-/// Whether events were queued: for some transport, for every one.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Queued {
-    pub(crate) any: bool,
-    pub(crate) all: bool,
+    marks: Option<(Arc<str>, Mark)>,
 }
 
 /// Where events go: a handle every job emitting them holds (cheap to clone). Sending never
@@ -541,41 +540,52 @@ pub(crate) struct Emitter {
     pub(crate) jobs: String,
     /// Between a streaming run's RUNNING events; `None`: none.
     pub(crate) running_interval: Option<Duration>,
-    /// The streaming runs begun and not ended.
+    /// The streaming runs whose end has not reached every transport.
     open_runs: Arc<OpenRuns>,
 }
 
 impl Emitter {
-    /// Queues `event` for each transport.
-    pub(crate) fn emit(&self, event: Value) -> Queued {
+    /// Queues `event` for each transport; whether some transport took it.
+    pub(crate) fn emit(&self, event: Value) -> bool {
         self.emit_all(std::slice::from_ref(&event))
     }
 
     /// Queues `events` (a run's START and its end) for each transport all or none: a START
-    /// whose end found the queue full would stay open in the catalog.
-    pub(crate) fn emit_all(&self, events: &[Value]) -> Queued {
+    /// whose end found the queue full would stay open in the catalog. Whether some transport
+    /// took them.
+    pub(crate) fn emit_all(&self, events: &[Value]) -> bool {
+        !self.queue(events, None).is_empty()
+    }
+
+    /// Queues `event` for those of `transports` this emitter sends to; the ones that took it.
+    pub(crate) fn emit_to(&self, event: &Value, transports: &[String]) -> Vec<&'static str> {
+        self.queue(std::slice::from_ref(event), Some(transports))
+    }
+
+    /// Queues `events` all or none per transport (of `only`, if given); the transports that
+    /// took them.
+    fn queue(&self, events: &[Value], only: Option<&[String]>) -> Vec<&'static str> {
         let lines: Vec<Outgoing> = events
             .iter()
             .map(|e| Outgoing {
                 line: e.to_string().into(),
-                ends: OpenRun::ended_by(e).map(Arc::new),
+                marks: crate::open_runs::streaming_mark(e).map(|(run, mark)| (run.into(), mark)),
             })
             .collect();
-        let mut queued = Queued {
-            any: false,
-            all: true,
-        };
-        for (queue, transport) in [(&self.http, "http"), (&self.file, "file")] {
+        let mut took = Vec::new();
+        for (queue, transport) in [(&self.http, HTTP), (&self.file, FILE)] {
             let Some(queue) = queue else { continue };
+            if only.is_some_and(|only| !only.iter().any(|t| t == transport)) {
+                continue;
+            }
             match queue.try_reserve_many(lines.len()) {
                 Ok(permits) => {
                     for (permit, line) in permits.zip(&lines) {
                         permit.send(line.clone());
                     }
-                    queued.any = true;
+                    took.push(transport);
                 }
                 Err(_) => {
-                    queued.all = false;
                     metrics::counter!("fabrik_openlineage_events_total", "transport" => transport, "outcome" => "dropped")
                         .increment(lines.len() as u64);
                     tracing::debug!(
@@ -585,7 +595,10 @@ impl Emitter {
                 }
             }
         }
-        queued
+        if !took.is_empty() {
+            self.open_runs.sent();
+        }
+        took
     }
 
     /// The runs begun and not ended.
@@ -593,11 +606,13 @@ impl Emitter {
         &self.open_runs
     }
 
-    /// This process holds the data directory `dir` (its store opened): the runs begun and not
-    /// ended are kept in a file there from now on, and those an earlier process left there are
-    /// aborted before any other run begins (as far as the queue has room).
+    /// This process holds the data directory `dir` (its store opened): the runs whose end has
+    /// not reached every transport are kept in a list there from now on, and those an earlier
+    /// process left there are aborted — at once, before any other run begins, when the list's
+    /// lock is free and the queues have room.
     pub(crate) fn keep_open_runs_in(&self, dir: &Path) {
         self.open_runs.keep_in(dir);
+        self.open_runs.hold();
         self.open_runs.abort_stale(self);
     }
 
@@ -682,7 +697,15 @@ pub(crate) fn channel(settings: OpenLineageSettings, node: &str) -> (Emitter, Se
             .unwrap_or_else(|| datasets.clone()),
         datasets,
         running_interval: settings.running_interval,
-        open_runs: Arc::default(),
+        open_runs: Arc::new(OpenRuns::new(
+            [
+                settings.url.as_ref().map(|_| HTTP),
+                settings.file.as_ref().map(|_| FILE),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        )),
     };
     (
         emitter.clone(),
@@ -697,7 +720,7 @@ pub(crate) fn channel(settings: OpenLineageSettings, node: &str) -> (Emitter, Se
 /// Runs each transport until `stop`, then lets it send what is still queued within [`DRAIN`]
 /// (the pipelines' and rules' ends are among the last); beside them, keeps the list of open
 /// runs, written a last time once the transports are done, so it holds the runs whose end was
-/// not delivered.
+/// not delivered (`fabrik run` gives that write [`FINAL_WRITE`] after the drain).
 pub(crate) async fn send(sender: Sender, stop: CancellationToken) {
     let open_runs = sender.emitter.open_runs().clone();
     let keep = crate::open_runs::keep(sender.emitter, &stop);
@@ -713,15 +736,6 @@ pub(crate) async fn send(sender: Sender, stop: CancellationToken) {
     };
     tokio::join!(keep, http, file);
     open_runs.persist().await;
-}
-
-/// The events still queued when the drain ran out of time: the runs they end stay open.
-fn undelivered(events: &mut mpsc::Receiver<Outgoing>, open_runs: &OpenRuns) {
-    while let Ok(event) = events.try_recv() {
-        if let Some(run) = &event.ends {
-            open_runs.not_delivered(run);
-        }
-    }
 }
 
 /// The next queued event: until `stop`, whenever one comes; after it (the queue closed), what
@@ -782,11 +796,10 @@ async fn post_each(
             deadline,
         )
         .await;
-        if let (false, Some(run)) = (delivered, &event.ends) {
-            open_runs.not_delivered(run);
+        if let (true, Some((run, mark))) = (delivered, &event.marks) {
+            open_runs.delivered(run, *mark, HTTP);
         }
     }
-    undelivered(&mut events, open_runs);
 }
 
 /// POSTs one event, trying again while the catalog answers it may succeed later. Once Fabrik
@@ -875,20 +888,21 @@ async fn append_each(
     let mut deadline = None;
     while let Some(event) = next(&mut events, stop, &mut deadline).await {
         let outcome = match append(&mut file, &path, &event.line).await {
-            Ok(()) => "written",
+            Ok(()) => {
+                if let Some((run, mark)) = &event.marks {
+                    open_runs.delivered(run, *mark, FILE);
+                }
+                "written"
+            }
             Err(e) => {
                 tracing::warn!(file = %path.display(), error = %e, "OpenLineage event not written to its file.");
                 file = None;
-                if let Some(run) = &event.ends {
-                    open_runs.not_delivered(run);
-                }
                 "file_failed"
             }
         };
         metrics::counter!("fabrik_openlineage_events_total", "transport" => "file", "outcome" => outcome)
             .increment(1);
     }
-    undelivered(&mut events, open_runs);
 }
 
 async fn append(

@@ -160,7 +160,7 @@ pub(crate) fn main(args: RunArgs) -> ExitCode {
     if let Some(mut send) = lineage_send {
         lineage_stop.cancel();
         // The sender keeps its own deadline; this one is for a file write that hangs.
-        let limit = crate::openlineage::DRAIN + Duration::from_secs(1);
+        let limit = crate::openlineage::DRAIN + crate::openlineage::FINAL_WRITE;
         let sent = runtime.block_on(async { tokio::time::timeout(limit, &mut send).await });
         if sent.is_err() {
             send.abort();

@@ -50,23 +50,30 @@ fn every_run_begins_and_ends_once(events: &[Value]) {
 /// with 503; stopped on drop.
 fn catalog(out: &Path, refuse: u32) -> (u16, Peer) {
     let port = free_port();
+    (port, catalog_on(port, out, refuse))
+}
+
+/// The receiver on `port`.
+fn catalog_on(port: u16, out: &Path, refuse: u32) -> Peer {
     let mut receiver = Command::new(python());
     receiver
         .arg(RECEIVER)
         .arg(port.to_string())
         .arg(out)
         .arg(refuse.to_string());
-    let peer = Peer::listening(
+    Peer::listening(
         receiver,
         port,
         "the OpenLineage receiver needs Python with openlineage-python (.ci/run installs it)",
-    );
-    (port, peer)
+    )
 }
 
+/// The complete lines of a JSON-lines file, each parsed: a last line still being written (no
+/// newline yet) is left for the next read.
 fn lines(file: &Path) -> Vec<Value> {
-    std::fs::read_to_string(file)
-        .unwrap_or_default()
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+    complete
         .lines()
         .map(|line| serde_json::from_str(line).expect("a JSON line"))
         .collect()
@@ -572,7 +579,29 @@ threshold = 250.0
         ids
     };
     eventually("the runs in the list of open runs", || listed() == open);
+    // A second `fabrik run` on the same directory (a mistake) fails on the store's lock and
+    // aborts none of the live process's runs.
+    let second = Command::new(crate::support::fabrik_bin())
+        .args(["run", "--config"])
+        .arg(dir.path().join("fabrik.toml"))
+        .env("FABRIK__STORE__DATA_DIR", dir.path().join("data"))
+        .env("FABRIK__HTTP__LISTEN", "127.0.0.1:0")
+        .env("FABRIK__MQTT__LISTEN", "127.0.0.1:0")
+        .env("FABRIK__AUTH__ADMIN_TOKEN", crate::support::TOKEN)
+        .output()
+        .expect("a second fabrik run");
+    assert!(!second.status.success(), "{second:?}");
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("in use by another Fabrik process"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert_eq!(listed(), open, "the live process's runs are still listed");
     p.kill9();
+    assert!(
+        lines(&file).iter().all(|e| e["eventType"] != "ABORT"),
+        "the second process aborted nothing"
+    );
 
     let p = start_configured(dir.path(), &config);
     eventually("the killed process's runs aborted at the catalog", || {
@@ -614,5 +643,82 @@ threshold = 250.0
         summary(&in_file)
     );
     // Every run in the file began once and ended once: the killed process's by their ABORT.
+    every_run_begins_and_ends_once(&in_file);
+}
+
+/// A catalog that got a run's START but not its end (it went down before Fabrik stopped) gets
+/// the run's ABORT at the next start; the file, which got the COMPLETE, gets none.
+#[test]
+fn a_catalog_that_missed_a_runs_end_gets_its_abort_at_the_next_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("catalog.jsonl");
+    let (port, receiver) = catalog(&out, 0);
+    let config = format!(
+        r#"
+[openlineage]
+url = "http://127.0.0.1:{port}"
+file = "lineage.jsonl"
+
+[[alerting.rules]]
+name = "hot"
+table = "oven"
+value = "celsius"
+key = "device"
+condition = "above"
+threshold = 250.0
+"#
+    );
+    let file = dir.path().join("data").join("lineage.jsonl");
+    let list = dir.path().join("data").join("openlineage-open-runs.json");
+    let listed = || -> Value {
+        std::fs::read(&list)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    };
+    let transports = |listed: &Value| -> Vec<String> {
+        let mut transports: Vec<String> = listed["runs"][0]["transports"]
+            .as_array()
+            .map(|t| {
+                t.iter()
+                    .filter_map(|t| t.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        transports.sort();
+        transports
+    };
+    let p = start_configured(dir.path(), &config);
+    eventually("the rule's START delivered to both transports", || {
+        transports(&listed()) == ["file", "http"]
+    });
+    let run_id = listed()["runs"][0]["run_id"].clone();
+    drop(receiver);
+    let (status, _) = p.terminate();
+    assert!(status.success());
+    assert_eq!(of(&lines(&file), "alert_rule.hot", "COMPLETE").len(), 1);
+    let after = listed();
+    assert_eq!(after["runs"].as_array().map(Vec::len), Some(1), "{after}");
+    assert_eq!(after["runs"][0]["run_id"], run_id);
+    assert_eq!(transports(&after), ["http"], "{after}");
+
+    let back = dir.path().join("catalog-back.jsonl");
+    let _receiver = catalog_on(port, &back, 0);
+    let p = start_configured(dir.path(), &config);
+    eventually("the ABORT at the catalog", || {
+        !of(&accepted(&back), "alert_rule.hot", "ABORT").is_empty()
+    });
+    assert_eq!(
+        of(&accepted(&back), "alert_rule.hot", "ABORT")[0]["run"]["runId"],
+        run_id
+    );
+    let (status, _) = p.terminate();
+    assert!(status.success());
+    let in_file = lines(&file);
+    assert!(
+        in_file.iter().all(|e| e["eventType"] != "ABORT"),
+        "the file had the COMPLETE: {:?}",
+        summary(&in_file)
+    );
     every_run_begins_and_ends_once(&in_file);
 }

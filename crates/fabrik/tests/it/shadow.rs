@@ -458,7 +458,7 @@ fn an_ab_splits_kpis_are_recorded_as_a_series() {
     );
     // One device an arm: one way to assign them apart, which tells nothing.
     assert_eq!(row["p_value"], 1.0, "{row}");
-    // The comparison's lineage: from each arm's verdicts and the KPI's table into `ab_kpis`.
+    // The comparison's lineage: from the arms' verdicts and the KPI's table into `ab_kpis`.
     let file = dir.path().join("data").join("lineage.jsonl");
     let compared = || -> Vec<serde_json::Value> {
         std::fs::read_to_string(&file)
@@ -480,7 +480,7 @@ fn an_ab_splits_kpis_are_recorded_as_a_series() {
         .iter()
         .filter_map(|i| i["name"].as_str())
         .collect();
-    assert_eq!(inputs, ["inferences", "shadow_inferences", "pump"], "{run}");
+    assert_eq!(inputs, ["shadow_inferences", "pump"], "{run}");
     assert_eq!(run["outputs"][0]["name"], "ab_kpis");
     assert_eq!(
         run["outputs"][0]["outputFacets"]["outputStatistics"]["rowCount"], 1,
