@@ -1,12 +1,13 @@
-//! The streaming OpenLineage runs whose START a transport delivered and whose end it has not,
-//! kept in a file of the data directory so that the next start ABORTs, on those transports,
-//! each run a killed process left open (decision 0082). Only the process that holds
-//! the data directory (its store opened) keeps the file, and only while it holds the file's own
-//! lock: a process started on the directory by mistake aborts nothing, and one started while
-//! the previous one still finishes its last write waits for it.
+//! The streaming OpenLineage runs that may be open on a transport — whose START it took and
+//! whose end it has not delivered — kept in a file of the data directory so that the next start
+//! ABORTs, on those transports, each run a killed process left open (decision 0082). Only the
+//! process that holds the data directory (its store opened) keeps the file, and only while it
+//! holds the file's own lock: a process started on the directory by mistake aborts nothing,
+//! and one started while the previous one still finishes its last write waits for it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -17,11 +18,14 @@ use crate::openlineage::{Emitter, EventType, JobRun, KEEP_FREE, Processing, now}
 pub(crate) const FILE: &str = "openlineage-open-runs.json";
 /// The file whose lock the process keeping the list holds.
 const LOCK_FILE: &str = "openlineage-open-runs.lock";
-/// How often the list is brought up to date when anything was sent since.
+/// How often the list is brought up to date when it changed (or events were sent while runs
+/// are listed: its time moves on with them).
 pub(crate) const EVERY: Duration = Duration::from_secs(1);
-/// How often it is rewritten while runs are open and nothing was sent, so that its time says
+/// How often it is rewritten while runs are listed and nothing was sent, so that its time says
 /// when the process was last known to run.
 const HEARTBEAT: Duration = Duration::from_secs(60);
+/// After this long waiting for the list's lock, the wait is logged as a warning.
+const LONG_WAIT: Duration = Duration::from_secs(30);
 
 /// A streaming run that began, as the list holds it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -30,32 +34,25 @@ pub(crate) struct OpenRun {
     pub(crate) namespace: String,
     pub(crate) name: String,
     pub(crate) job_type: String,
-    /// The transports (`http`, `file`) that delivered its START and not yet its end.
+    /// The transports (`http`, `file`) that took its START and have not delivered its end.
+    #[serde(default)]
     pub(crate) transports: Vec<String>,
     /// For a run an earlier process left open: when that process was last known to run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) alive_at: Option<String>,
 }
 
-/// What an event is to the list: the START or the end of a streaming run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Mark {
-    Start,
-    End,
-}
-
-/// The run id of the streaming run `event` starts or ends, if it does (batch runs begin and
-/// end in one go, and are never listed).
-pub(crate) fn streaming_mark(event: &Value) -> Option<(String, Mark)> {
-    if event["job"]["facets"]["jobType"]["processingType"] != "STREAMING" {
-        return None;
-    }
-    let mark = match event["eventType"].as_str()? {
-        "START" => Mark::Start,
-        "COMPLETE" | "FAIL" | "ABORT" => Mark::End,
-        _ => return None,
-    };
-    Some((event["run"]["runId"].as_str()?.to_owned(), mark))
+/// The run id of the streaming run `event` ends, if it ends one (batch runs begin and end in
+/// one go, and are never listed).
+pub(crate) fn run_ended_by(event: &Value) -> Option<String> {
+    let ends = matches!(
+        event["eventType"].as_str(),
+        Some("COMPLETE" | "FAIL" | "ABORT")
+    );
+    let streaming = event["job"]["facets"]["jobType"]["processingType"] == "STREAMING";
+    (ends && streaming)
+        .then(|| event["run"]["runId"].as_str().map(str::to_owned))
+        .flatten()
 }
 
 /// The file's content.
@@ -71,10 +68,12 @@ struct State {
     /// The data directory this process holds, once its store opened: runs are tracked from
     /// then on.
     data_dir: Option<PathBuf>,
-    /// Once the list's lock is held: the list's path, and the lock's file (held while open).
-    held: Option<(PathBuf, std::fs::File)>,
-    /// Runs of this process that began, by run id, with the transports that delivered their
-    /// START and not their end (listed only while there is one).
+    /// Since when the list's lock is waited for.
+    waiting_since: Option<Instant>,
+    /// Once the list's lock is held: the list's path, and the lock's file (the lock lasts as
+    /// long as the file is open; a write under way holds a clone).
+    held: Option<(PathBuf, Arc<std::fs::File>)>,
+    /// Runs of this process that are open on some transport, by run id.
     open: BTreeMap<String, OpenRun>,
     /// Runs an earlier process left open, whose ABORT is not queued yet.
     stale: Vec<OpenRun>,
@@ -83,8 +82,14 @@ struct State {
     written: Option<Instant>,
 }
 
-/// The runs of this process whose end has not reached every transport, and those an earlier
-/// process left open.
+impl State {
+    fn listed(&self) -> impl Iterator<Item = &OpenRun> {
+        self.stale.iter().chain(self.open.values())
+    }
+}
+
+/// The runs of this process that may be open on a transport, and those an earlier process
+/// left open.
 #[derive(Debug)]
 pub(crate) struct OpenRuns {
     /// The transports this process sends to.
@@ -118,24 +123,29 @@ impl OpenRuns {
         if state.held.is_some() {
             return;
         }
-        let lock = match std::fs::OpenOptions::new()
+        let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(dir.join(LOCK_FILE))
-        {
-            Ok(lock) => lock,
-            Err(e) => {
+            .open(dir.join(LOCK_FILE));
+        let lock = match lock.map(|file| (file.try_lock(), file)) {
+            Ok((Ok(()), file)) => file,
+            Ok((Err(std::fs::TryLockError::WouldBlock), _)) => {
+                let since = *state.waiting_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= LONG_WAIT {
+                    tracing::warn!(waited = ?since.elapsed(), "The list of open OpenLineage runs is still locked by another process; runs left open are not aborted yet.");
+                } else {
+                    tracing::debug!(
+                        "The list of open OpenLineage runs is still held by a process that stops; waiting."
+                    );
+                }
+                return;
+            }
+            Ok((Err(std::fs::TryLockError::Error(e)), _)) | Err(e) => {
                 tracing::warn!(dir = %dir.display(), error = %e, "The list of open OpenLineage runs cannot be locked; trying again.");
                 return;
             }
         };
-        if lock.try_lock().is_err() {
-            tracing::debug!(
-                "The list of open OpenLineage runs is still held by a process that stops; waiting."
-            );
-            return;
-        }
         let path = dir.join(FILE);
         let unreadable = |e: &dyn std::fmt::Display| {
             tracing::warn!(file = %path.display(), error = %e, "The list of OpenLineage runs left open is unreadable; they are not aborted.");
@@ -151,24 +161,28 @@ impl OpenRuns {
             }
         };
         if let Some(listed) = listed {
+            let every: Vec<String> = self.transports.iter().map(|t| (*t).to_owned()).collect();
             state.stale = listed
                 .runs
                 .into_iter()
                 .map(|mut run| {
                     run.alive_at.get_or_insert_with(|| listed.alive_at.clone());
+                    if run.transports.is_empty() {
+                        run.transports.clone_from(&every);
+                    }
                     run
                 })
                 .collect();
         }
-        state.held = Some((path, lock));
+        state.held = Some((path, Arc::new(lock)));
+        state.waiting_since = None;
         state.dirty = true;
     }
 
-    /// A run begins (its START is about to be queued): listed once a transport delivers that
-    /// START.
-    pub(crate) fn began(&self, run: &JobRun) {
+    /// A run began: its START was queued on `transports` (none: nothing to end later).
+    pub(crate) fn began(&self, run: &JobRun, transports: &[&'static str]) {
         let mut state = self.state.lock();
-        if state.data_dir.is_none() {
+        if state.data_dir.is_none() || transports.is_empty() {
             return;
         }
         state.open.insert(
@@ -178,48 +192,38 @@ impl OpenRuns {
                 namespace: run.job_namespace.clone(),
                 name: run.job_name.clone(),
                 job_type: run.job_type.to_string(),
-                transports: Vec::new(),
+                transports: transports.iter().map(|t| (*t).to_owned()).collect(),
                 alive_at: None,
             },
         );
+        state.dirty = true;
     }
 
-    /// A run whose START no transport took: nothing to end.
-    pub(crate) fn forget(&self, run_id: &str) {
-        self.state.lock().open.remove(run_id);
-    }
-
-    /// An event was queued: the list's time is to move on with it.
+    /// An event was queued: while runs are listed, the list's time is to move on with it.
     pub(crate) fn sent(&self) {
-        self.state.lock().dirty = true;
+        let mut state = self.state.lock();
+        if !(state.open.is_empty() && state.stale.is_empty()) {
+            state.dirty = true;
+        }
     }
 
-    /// `transport` delivered `mark` of run `run_id`: after its START the run is open there;
-    /// after its end, no longer (and once no transport has it open, it is not listed).
-    pub(crate) fn delivered(&self, run_id: &str, mark: Mark, transport: &str) {
+    /// `transport` delivered the end of run `run_id`: it is no longer open there (and once it
+    /// is open nowhere, not listed).
+    pub(crate) fn delivered(&self, run_id: &str, transport: &str) {
         let mut state = self.state.lock();
         let Some(run) = state.open.get_mut(run_id) else {
             return;
         };
-        match mark {
-            Mark::Start => {
-                if !run.transports.iter().any(|t| t == transport) {
-                    run.transports.push(transport.to_owned());
-                }
-            }
-            Mark::End => {
-                run.transports.retain(|t| t != transport);
-                if run.transports.is_empty() {
-                    state.open.remove(run_id);
-                }
-            }
+        run.transports.retain(|t| t != transport);
+        if run.transports.is_empty() {
+            state.open.remove(run_id);
         }
         state.dirty = true;
     }
 
-    /// Queues an ABORT for each run an earlier process left open, on the transports that
-    /// missed its end, as the queues have room beyond [`KEEP_FREE`] slots; the others wait for
-    /// the next call. Each is dated a moment ([`EVERY`]) after the time that process was last
+    /// Queues an ABORT for each run an earlier process left open, on the transports where it
+    /// is open, as the queues have room beyond [`KEEP_FREE`] slots; the others wait for the
+    /// next call. Each is dated a moment ([`EVERY`]) after the time that process was last
     /// known to run, after every event it sent before its list was last written.
     pub(crate) fn abort_stale(&self, emitter: &Emitter) {
         loop {
@@ -235,97 +239,113 @@ impl OpenRuns {
             if batch.is_empty() {
                 return;
             }
-            for run in batch {
-                let known = run.alive_at.clone().unwrap_or_else(now);
-                let at = chrono::DateTime::parse_from_rfc3339(&known)
-                    .map(|t| {
-                        (t.with_timezone(&chrono::Utc) + EVERY)
-                            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-                    })
-                    .unwrap_or_else(|_| now());
-                let why = format!(
-                    "Fabrik stopped without ending this run (the process was killed, or its host \
-                     lost power); it was last known to run at {known}, and its next start ended \
-                     the run"
-                );
-                let job = JobRun {
-                    run_id: run.run_id.clone(),
-                    job_namespace: run.namespace.clone(),
-                    job_name: run.name.clone(),
-                    processing: Processing::Streaming,
-                    job_type: run.job_type.clone().into(),
-                    parent: None,
-                    nominal: None,
-                    sql: None,
-                };
-                let event = job.event(EventType::Abort, &at, &[], &[], Some(&why));
-                // Listed as awaiting its ABORT's delivery before it is queued, so a transport
-                // that delivers it at once finds the run.
-                self.state
-                    .lock()
-                    .open
-                    .insert(run.run_id.clone(), run.clone());
-                let took = emitter.emit_to(&event, &run.transports);
-                let missed: Vec<String> = run
-                    .transports
-                    .iter()
-                    .filter(|t| !took.contains(&t.as_str()))
-                    .cloned()
-                    .collect();
-                // The ones whose queue was full wait for room; a transport this process no
-                // longer sends to cannot get it.
-                let (full, gone): (Vec<String>, Vec<String>) = missed
-                    .iter()
-                    .cloned()
-                    .partition(|t| self.transports.contains(&t.as_str()));
-                if !gone.is_empty() {
-                    tracing::warn!(run = %run.run_id, transports = ?gone, "A run left open is not aborted where Fabrik no longer sends lineage.");
-                }
-                let mut state = self.state.lock();
-                state.dirty = true;
-                if let Some(awaiting) = state.open.get_mut(&run.run_id) {
-                    awaiting.transports.retain(|t| !missed.contains(t));
-                    if awaiting.transports.is_empty() {
-                        state.open.remove(&run.run_id);
-                    }
-                }
-                if !full.is_empty() {
-                    state.stale.push(OpenRun {
-                        transports: full,
-                        ..run
-                    });
+            let mut rest = batch.into_iter();
+            while let Some(run) = rest.next() {
+                let waits = self.abort(emitter, run);
+                if let Some(waits) = waits {
+                    // A queue filled meanwhile: this run and the rest of the batch wait.
+                    let mut state = self.state.lock();
+                    state.stale.push(waits);
+                    state.stale.extend(rest);
+                    state.dirty = true;
                     return;
                 }
             }
         }
     }
 
-    /// Writes the list if it is behind (or, while runs are open, every [`HEARTBEAT`]): to a
+    /// Queues `run`'s ABORT where it is open; the run as it still waits where a queue was
+    /// full, if anywhere.
+    fn abort(&self, emitter: &Emitter, run: OpenRun) -> Option<OpenRun> {
+        let known = run.alive_at.clone().unwrap_or_else(now);
+        let at = chrono::DateTime::parse_from_rfc3339(&known)
+            .map(|t| {
+                (t.with_timezone(&chrono::Utc) + EVERY)
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            })
+            .unwrap_or_else(|_| now());
+        let why = format!(
+            "Fabrik stopped without ending this run (the process was killed, or its host lost \
+             power); it was last known to run at {known}, and its next start ended the run"
+        );
+        let job = JobRun {
+            run_id: run.run_id.clone(),
+            job_namespace: run.namespace.clone(),
+            job_name: run.name.clone(),
+            processing: Processing::Streaming,
+            job_type: run.job_type.clone().into(),
+            parent: None,
+            nominal: None,
+            sql: None,
+        };
+        let event = job.event(EventType::Abort, &at, &[], &[], Some(&why));
+        // Listed as awaiting its ABORT's delivery before it is queued, so a transport that
+        // delivers it at once finds the run (merged with a part of it already awaiting).
+        self.state
+            .lock()
+            .open
+            .entry(run.run_id.clone())
+            .and_modify(|open| {
+                for t in &run.transports {
+                    if !open.transports.contains(t) {
+                        open.transports.push(t.clone());
+                    }
+                }
+            })
+            .or_insert_with(|| run.clone());
+        let took = emitter.emit_to(&event, &run.transports);
+        let missed: Vec<String> = run
+            .transports
+            .iter()
+            .filter(|t| !took.contains(&t.as_str()))
+            .cloned()
+            .collect();
+        // The ones whose queue was full wait for room; a transport this process does not (or no
+        // longer) sends to cannot get it.
+        let (full, gone): (Vec<String>, Vec<String>) =
+            missed.iter().cloned().partition(|t| emitter.accepts(t));
+        if !gone.is_empty() {
+            tracing::warn!(run = %run.run_id, transports = ?gone, "A run left open is not aborted where Fabrik does not send lineage now.");
+        }
+        let mut state = self.state.lock();
+        state.dirty = true;
+        if let Some(awaiting) = state.open.get_mut(&run.run_id) {
+            awaiting.transports.retain(|t| !missed.contains(t));
+            if awaiting.transports.is_empty() {
+                state.open.remove(&run.run_id);
+            }
+        }
+        if full.is_empty() {
+            return None;
+        }
+        Some(OpenRun {
+            transports: full,
+            ..run
+        })
+    }
+
+    /// Writes the list if it is behind (or, while runs are listed, every [`HEARTBEAT`]): to a
     /// temporary file, synced, renamed over it, and the directory synced, so a crash or a power
-    /// cut leaves the old list or the new one.
+    /// cut leaves the old list or the new one. The lock is held until the write is done, even
+    /// if the process lets go of everything else meanwhile.
     pub(crate) async fn persist(&self) {
-        let (path, listed) = {
+        let (path, lock, listed) = {
             let mut state = self.state.lock();
-            let Some((path, _)) = &state.held else {
+            let Some((path, lock)) = &state.held else {
                 return;
             };
-            let path = path.clone();
-            let heartbeat = !(state.open.is_empty() && state.stale.is_empty())
-                && state.written.is_none_or(|at| at.elapsed() >= HEARTBEAT);
+            let (path, lock) = (path.clone(), lock.clone());
+            let listed_any = state.listed().next().is_some();
+            let heartbeat = listed_any && state.written.is_none_or(|at| at.elapsed() >= HEARTBEAT);
             if !state.dirty && !heartbeat {
                 return;
             }
             state.dirty = false;
             state.written = Some(Instant::now());
-            let runs = state
-                .stale
-                .iter()
-                .chain(state.open.values())
-                .filter(|run| !run.transports.is_empty())
-                .cloned()
-                .collect();
+            let runs = state.listed().cloned().collect();
             (
                 path,
+                lock,
                 Listed {
                     alive_at: now(),
                     runs,
@@ -333,8 +353,9 @@ impl OpenRuns {
             )
         };
         let write = move || -> std::io::Result<()> {
+            let _held = lock;
             let bytes = serde_json::to_vec(&listed).map_err(std::io::Error::other)?;
-            let temporary = path.with_extension("json.tmp");
+            let temporary = path.with_extension(format!("json.{}.tmp", std::process::id()));
             let mut file = std::fs::File::create(&temporary)?;
             std::io::Write::write_all(&mut file, &bytes)?;
             file.sync_all()?;
@@ -365,12 +386,9 @@ impl OpenRuns {
     /// The run ids the list would hold now (for tests).
     #[cfg(test)]
     pub(crate) fn listed(&self) -> Vec<String> {
-        let state = self.state.lock();
-        state
-            .stale
-            .iter()
-            .chain(state.open.values())
-            .filter(|run| !run.transports.is_empty())
+        self.state
+            .lock()
+            .listed()
             .map(|r| r.run_id.clone())
             .collect()
     }
@@ -403,11 +421,11 @@ mod tests {
         serde_json::from_slice(&std::fs::read(file).expect("the list")).expect("JSON")
     }
 
-    /// What the file transport does with events it wrote: tells the list.
+    /// What the file transport does with events it wrote: tells the list of the ends.
     fn deliver(emitter: &Emitter, events: &[Value]) {
         for event in events {
-            if let Some((run, mark)) = streaming_mark(event) {
-                emitter.open_runs().delivered(&run, mark, "file");
+            if let Some(run) = run_ended_by(event) {
+                emitter.open_runs().delivered(&run, "file");
             }
         }
     }
@@ -426,8 +444,8 @@ mod tests {
         ended.started(&[], &[]);
         let left_open = StreamingRun::new(&emitter, "alert_rule.b".into(), "ALERTING", None);
         left_open.started(&[], &[]);
-        // Queued is not delivered: listed only once the file has a START.
-        assert!(emitter.open_runs().listed().is_empty());
+        // Listed once a transport took their START.
+        assert_eq!(emitter.open_runs().listed().len(), 2);
         deliver(&emitter, &sender.take_queued_file_events());
         assert_eq!(emitter.open_runs().listed().len(), 2);
         ended.emit(EventType::Complete, &[], &[], None);
@@ -529,7 +547,7 @@ mod tests {
         run.started(&[], &[]);
         deliver(&emitter, &sender.take_queued_file_events());
         while emitter.room() > 0 {
-            emitter.emit(serde_json::json!({ "filler": true }));
+            emitter.emit_all(&[serde_json::json!({ "filler": true })]);
         }
         run.emit(EventType::Complete, &[], &[], None);
         deliver(&emitter, &sender.take_queued_file_events());
@@ -556,11 +574,59 @@ mod tests {
 
         let batch = crate::openlineage::JobRun::batch(&emitter, "x".into(), "KPI", (0, 1));
         let at = crate::openlineage::now();
-        for kind in [EventType::Start, EventType::Complete] {
-            assert_eq!(
-                streaming_mark(&batch.event(kind, &at, &[], &[], None)),
-                None
-            );
+        let complete = batch.event(EventType::Complete, &at, &[], &[], None);
+        assert_eq!(run_ended_by(&complete), None);
+    }
+
+    /// Runs left open wait for room in the queue, none lost; each is aborted where this process
+    /// sends (a transport it does not send to is given up) and leaves the list once delivered.
+    #[tokio::test]
+    async fn aborts_wait_for_room_and_none_is_lost() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listed = Listed {
+            alive_at: now(),
+            runs: (0..3)
+                .map(|i| OpenRun {
+                    run_id: format!("run-{i}"),
+                    namespace: "fabrik://edge".into(),
+                    name: format!("pipeline.p{i}"),
+                    job_type: "INFERENCE".into(),
+                    transports: vec!["file".into(), "http".into()],
+                    alive_at: None,
+                })
+                .collect(),
+        };
+        std::fs::write(
+            dir.path().join(FILE),
+            serde_json::to_vec(&listed).expect("JSON"),
+        )
+        .expect("the list");
+        // This process sends to the file only: `http` is given up.
+        let (emitter, mut sender) = test_channel("edge");
+        // Nearly full: room for one ABORT beyond the slots kept free.
+        while emitter.room() > KEEP_FREE + 1 {
+            emitter.emit_all(&[serde_json::json!({ "filler": true })]);
         }
+        emitter.keep_open_runs_in(dir.path());
+        let events: Vec<Value> = sender
+            .take_queued_file_events()
+            .into_iter()
+            .filter(|e| e["eventType"] == "ABORT")
+            .collect();
+        assert_eq!(events.len(), 1, "one had room");
+        let mut waiting = emitter.open_runs().listed();
+        waiting.sort();
+        assert_eq!(waiting, ["run-0", "run-1", "run-2"], "none lost");
+        // Room again: the others follow, and each leaves the list once delivered.
+        emitter.open_runs().abort_stale(&emitter);
+        let events: Vec<Value> = sender.take_queued_file_events();
+        assert_eq!(events.len(), 2, "{events:?}");
+        deliver(&emitter, &events);
+        let left = emitter.open_runs().listed();
+        assert_eq!(
+            left.len(),
+            1,
+            "the first ABORT is not delivered yet: {left:?}"
+        );
     }
 }

@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::open_runs::{Mark, OpenRuns};
+use crate::open_runs::OpenRuns;
 
 /// Events waiting for each transport; beyond this they are dropped (and counted), so a
 /// catalog that is down never holds up a pipeline or grows memory.
@@ -404,18 +404,11 @@ impl StreamingRun {
             }
             EventType::Running => {}
         }
-        // Known to the list before its START is queued, so a transport that delivers it at once
-        // finds the run; one no transport took is no run to end later. The run leaves the list
-        // as each transport delivers its end.
-        let start = event_type == EventType::Start;
-        if start {
-            self.emitter.open_runs.began(&self.run);
-        }
-        let queued = self
-            .emitter
-            .emit(self.run.event(event_type, &now(), inputs, outputs, error));
-        if start && !queued {
-            self.emitter.open_runs.forget(&self.run.run_id);
+        let event = self.run.event(event_type, &now(), inputs, outputs, error);
+        let took = self.emitter.queue(std::slice::from_ref(&event), None);
+        // Open on each transport that took its START until that transport delivers its end.
+        if event_type == EventType::Start {
+            self.emitter.open_runs.began(&self.run, &took);
         }
     }
 
@@ -518,12 +511,12 @@ pub(crate) fn now() -> String {
 const HTTP: &str = "http";
 const FILE: &str = "file";
 
-/// An event as queued: its JSON text (shared by the transports), and the streaming run it starts
-/// or ends, if it does, whose delivery the list of open runs follows.
+/// An event as queued: its JSON text (shared by the transports), and the streaming run it ends,
+/// if it ends one, whose delivery the list of open runs waits for.
 #[derive(Debug, Clone)]
 struct Outgoing {
     line: Arc<str>,
-    marks: Option<(Arc<str>, Mark)>,
+    ends: Option<Arc<str>>,
 }
 
 /// Where events go: a handle every job emitting them holds (cheap to clone). Sending never
@@ -545,16 +538,21 @@ pub(crate) struct Emitter {
 }
 
 impl Emitter {
-    /// Queues `event` for each transport; whether some transport took it.
-    pub(crate) fn emit(&self, event: Value) -> bool {
-        self.emit_all(std::slice::from_ref(&event))
-    }
-
     /// Queues `events` (a run's START and its end) for each transport all or none: a START
     /// whose end found the queue full would stay open in the catalog. Whether some transport
     /// took them.
     pub(crate) fn emit_all(&self, events: &[Value]) -> bool {
         !self.queue(events, None).is_empty()
+    }
+
+    /// Whether `transport` is one this emitter sends to, still open.
+    pub(crate) fn accepts(&self, transport: &str) -> bool {
+        let queue = match transport {
+            HTTP => &self.http,
+            FILE => &self.file,
+            _ => return false,
+        };
+        queue.as_ref().is_some_and(|q| !q.is_closed())
     }
 
     /// Queues `event` for those of `transports` this emitter sends to; the ones that took it.
@@ -569,7 +567,7 @@ impl Emitter {
             .iter()
             .map(|e| Outgoing {
                 line: e.to_string().into(),
-                marks: crate::open_runs::streaming_mark(e).map(|(run, mark)| (run.into(), mark)),
+                ends: crate::open_runs::run_ended_by(e).map(Into::into),
             })
             .collect();
         let mut took = Vec::new();
@@ -734,7 +732,23 @@ pub(crate) async fn send(sender: Sender, stop: CancellationToken) {
             append_each(path, events, &stop, &open_runs).await;
         }
     };
-    tokio::join!(keep, http, file);
+    // Each transport keeps its own deadline, but a request under way at the stop and the events
+    // after it could add up to two; the whole drain ends [`DRAIN`] after the stop, whatever
+    // is still queued, so the last write of the list has its time.
+    let transports = async {
+        tokio::join!(http, file);
+    };
+    let drained = async {
+        stop.cancelled().await;
+        tokio::time::sleep(DRAIN).await;
+    };
+    let transports = async {
+        tokio::select! {
+            () = transports => {}
+            () = drained => {}
+        }
+    };
+    tokio::join!(keep, transports);
     open_runs.persist().await;
 }
 
@@ -796,8 +810,8 @@ async fn post_each(
             deadline,
         )
         .await;
-        if let (true, Some((run, mark))) = (delivered, &event.marks) {
-            open_runs.delivered(run, *mark, HTTP);
+        if let (true, Some(run)) = (delivered, &event.ends) {
+            open_runs.delivered(run, HTTP);
         }
     }
 }
@@ -889,8 +903,8 @@ async fn append_each(
     while let Some(event) = next(&mut events, stop, &mut deadline).await {
         let outcome = match append(&mut file, &path, &event.line).await {
             Ok(()) => {
-                if let Some((run, mark)) = &event.marks {
-                    open_runs.delivered(run, *mark, FILE);
+                if let Some(run) = &event.ends {
+                    open_runs.delivered(run, FILE);
                 }
                 "written"
             }
@@ -999,7 +1013,7 @@ mod tests {
     fn a_start_and_its_end_are_queued_together_or_not_at_all() {
         let (emitter, mut sender) = test_channel("edge-1");
         for i in 0..QUEUE - 1 {
-            emitter.emit(json!({ "filler": i }));
+            emitter.emit_all(&[json!({ "filler": i })]);
         }
         assert_eq!(emitter.room(), 1);
         emitter.emit_all(&[

@@ -50,22 +50,18 @@ fn every_run_begins_and_ends_once(events: &[Value]) {
 /// with 503; stopped on drop.
 fn catalog(out: &Path, refuse: u32) -> (u16, Peer) {
     let port = free_port();
-    (port, catalog_on(port, out, refuse))
-}
-
-/// The receiver on `port`.
-fn catalog_on(port: u16, out: &Path, refuse: u32) -> Peer {
     let mut receiver = Command::new(python());
     receiver
         .arg(RECEIVER)
         .arg(port.to_string())
         .arg(out)
         .arg(refuse.to_string());
-    Peer::listening(
+    let peer = Peer::listening(
         receiver,
         port,
         "the OpenLineage receiver needs Python with openlineage-python (.ci/run installs it)",
-    )
+    );
+    (port, peer)
 }
 
 /// The complete lines of a JSON-lines file, each parsed: a last line still being written (no
@@ -581,15 +577,26 @@ threshold = 250.0
     eventually("the runs in the list of open runs", || listed() == open);
     // A second `fabrik run` on the same directory (a mistake) fails on the store's lock and
     // aborts none of the live process's runs.
-    let second = Command::new(crate::support::fabrik_bin())
+    let mut second = Command::new(crate::support::fabrik_bin())
         .args(["run", "--config"])
         .arg(dir.path().join("fabrik.toml"))
         .env("FABRIK__STORE__DATA_DIR", dir.path().join("data"))
         .env("FABRIK__HTTP__LISTEN", "127.0.0.1:0")
         .env("FABRIK__MQTT__LISTEN", "127.0.0.1:0")
         .env("FABRIK__AUTH__ADMIN_TOKEN", crate::support::TOKEN)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .expect("a second fabrik run");
+    let given_up = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while second.try_wait().expect("its status").is_none() {
+        if std::time::Instant::now() > given_up {
+            let _ = second.kill();
+            panic!("a second fabrik run on the same directory kept running");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let second = second.wait_with_output().expect("its output");
     assert!(!second.status.success(), "{second:?}");
     assert!(
         String::from_utf8_lossy(&second.stderr).contains("in use by another Fabrik process"),
@@ -689,10 +696,15 @@ threshold = 250.0
         transports
     };
     let p = start_configured(dir.path(), &config);
-    eventually("the rule's START delivered to both transports", || {
+    eventually("the rule's START at the catalog and in the file", || {
+        !of(&accepted(&out), "alert_rule.hot", "START").is_empty()
+            && !of(&lines(&file), "alert_rule.hot", "START").is_empty()
+    });
+    eventually("the rule's run listed on both transports", || {
         transports(&listed()) == ["file", "http"]
     });
-    let run_id = listed()["runs"][0]["run_id"].clone();
+    let run_id = of(&lines(&file), "alert_rule.hot", "START")[0]["run"]["runId"].clone();
+    assert_eq!(listed()["runs"][0]["run_id"], run_id);
     drop(receiver);
     let (status, _) = p.terminate();
     assert!(status.success());
@@ -702,8 +714,10 @@ threshold = 250.0
     assert_eq!(after["runs"][0]["run_id"], run_id);
     assert_eq!(transports(&after), ["http"], "{after}");
 
+    // The catalog back (on another port: the old one may have been taken meanwhile).
     let back = dir.path().join("catalog-back.jsonl");
-    let _receiver = catalog_on(port, &back, 0);
+    let (back_port, _receiver) = catalog(&back, 0);
+    let config = config.replace(&format!(":{port}\""), &format!(":{back_port}\""));
     let p = start_configured(dir.path(), &config);
     eventually("the ABORT at the catalog", || {
         !of(&accepted(&back), "alert_rule.hot", "ABORT").is_empty()
