@@ -108,6 +108,34 @@ fn schema(dataset: &Value) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// A configuration with `before`, lineage to the catalog on `port` and to `lineage.jsonl`, and
+/// an alert rule that never fires, whose run is open while Fabrik runs.
+fn hot_rule_reported_to(port: u16, before: &str) -> String {
+    format!(
+        r#"{before}
+[openlineage]
+url = "http://127.0.0.1:{port}"
+file = "lineage.jsonl"
+
+[[alerting.rules]]
+name = "hot"
+table = "oven"
+value = "celsius"
+key = "device"
+condition = "above"
+threshold = 250.0
+"#
+    )
+}
+
+/// The list of open runs in the data directory under `dir`; `null` while there is none.
+fn open_runs(dir: &Path) -> Value {
+    std::fs::read(dir.join("data").join("openlineage-open-runs.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
 fn rfc3339(ns: i64) -> String {
     chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
@@ -409,21 +437,7 @@ fn the_file_gets_every_event_while_the_catalog_is_down() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Nothing listens there.
     let down = free_port();
-    let config = format!(
-        r#"
-[openlineage]
-url = "http://127.0.0.1:{down}"
-file = "lineage.jsonl"
-
-[[alerting.rules]]
-name = "hot"
-table = "oven"
-value = "celsius"
-key = "device"
-condition = "above"
-threshold = 250.0
-"#
-    );
+    let config = hot_rule_reported_to(down, "");
     let p = start_configured(dir.path(), &config);
     // Relative: in the data directory.
     let file = dir.path().join("data").join("lineage.jsonl");
@@ -457,24 +471,7 @@ fn ingest_is_a_job_and_a_killed_process_runs_are_aborted_at_the_next_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("catalog.jsonl");
     let (port, _catalog) = catalog(&out, 0);
-    let config = format!(
-        r#"
-[updates]
-node = "edge-9"
-
-[openlineage]
-url = "http://127.0.0.1:{port}"
-file = "lineage.jsonl"
-
-[[alerting.rules]]
-name = "hot"
-table = "oven"
-value = "celsius"
-key = "device"
-condition = "above"
-threshold = 250.0
-"#
-    );
+    let config = hot_rule_reported_to(port, "[updates]\nnode = \"edge-9\"\n");
     let p = start_configured(dir.path(), &config);
     let mqtt = p.mqtt.clone().expect("the MQTT endpoint");
     let token = register(&p.url, "oven-1");
@@ -561,12 +558,8 @@ threshold = 250.0
         .map(|job| of(&events, job, "START")[0]["run"]["runId"].to_string())
         .collect();
     open.sort();
-    let list = dir.path().join("data").join("openlineage-open-runs.json");
     let listed = || -> Vec<String> {
-        let listed: Value = std::fs::read(&list)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default();
+        let listed = open_runs(dir.path());
         let mut ids: Vec<String> = listed["runs"]
             .as_array()
             .map(|runs| runs.iter().map(|r| r["run_id"].to_string()).collect())
@@ -660,29 +653,9 @@ fn a_catalog_that_missed_a_runs_end_gets_its_abort_at_the_next_start() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("catalog.jsonl");
     let (port, receiver) = catalog(&out, 0);
-    let config = format!(
-        r#"
-[openlineage]
-url = "http://127.0.0.1:{port}"
-file = "lineage.jsonl"
-
-[[alerting.rules]]
-name = "hot"
-table = "oven"
-value = "celsius"
-key = "device"
-condition = "above"
-threshold = 250.0
-"#
-    );
+    let config = hot_rule_reported_to(port, "");
     let file = dir.path().join("data").join("lineage.jsonl");
-    let list = dir.path().join("data").join("openlineage-open-runs.json");
-    let listed = || -> Value {
-        std::fs::read(&list)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default()
-    };
+    let listed = || open_runs(dir.path());
     let transports = |listed: &Value| -> Vec<String> {
         let mut transports: Vec<String> = listed["runs"][0]["transports"]
             .as_array()
