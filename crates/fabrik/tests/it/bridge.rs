@@ -84,6 +84,9 @@ fn bridged_messages_are_mapped_and_the_bridge_survives_a_broker_restart() {
         &config,
         format!(
             r#"
+[openlineage]
+file = "lineage.jsonl"
+
 [[bridges]]
 name = "plant"
 address = "127.0.0.1:{port}"
@@ -144,6 +147,34 @@ measurement = "line"
     );
     let (status, _) = p.terminate();
     assert!(status.success());
+    // Lineage (decision 0082): the bridge's job reads its mapping's topic filter on the plant
+    // broker, into the mapped table and the dead letters.
+    let events: Vec<serde_json::Value> =
+        std::fs::read_to_string(dir.path().join("data").join("lineage.jsonl"))
+            .expect("the lineage file")
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("an event"))
+            .filter(|e: &serde_json::Value| e["job"]["name"] == "ingest.bridge.plant")
+            .collect();
+    let end = events.last().expect("ingest.bridge.plant's events");
+    assert_eq!(end["eventType"], "COMPLETE", "{end}");
+    assert_eq!(
+        end["inputs"][0]["namespace"],
+        format!("mqtt://127.0.0.1:{port}")
+    );
+    assert_eq!(end["inputs"][0]["name"], "plant/+/telemetry");
+    assert_eq!(
+        end["inputs"][0]["facets"]["version"]["datasetVersion"],
+        "plant-telemetry@1"
+    );
+    let outputs: Vec<&str> = end["outputs"]
+        .as_array()
+        .map(|o| o.iter().filter_map(|d| d["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        outputs.contains(&"line") && outputs.contains(&"_dead_letters"),
+        "{end}"
+    );
 }
 
 /// `mqtt_version = "5"`: the bridge connects to Mosquitto as an MQTT 5 client (its log says
