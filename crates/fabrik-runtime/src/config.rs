@@ -51,8 +51,9 @@ pub struct Config {
     pub log: LogConfig,
     /// Traces of the data path and the API, sent to an OpenTelemetry collector.
     pub traces: TracesConfig,
-    /// OpenLineage run events of the pipelines, their models, alert rules, use cases' KPIs and
-    /// (on a hub) edges' uplinks, sent to a lineage catalog or a file.
+    /// OpenLineage run events of the pipelines, their models, alert rules, use cases' KPIs, A/B
+    /// comparisons, the connectors' ingest and (on a hub) edges' uplinks, sent to a lineage
+    /// catalog or a file.
     pub openlineage: OpenLineageConfig,
     /// Which ONNX models may load: the keys their signatures are checked with.
     pub models: ModelsConfig,
@@ -1779,9 +1780,12 @@ impl TracesConfig {
 }
 
 /// `[openlineage]`: OpenLineage run events (spec 2-0-2) of the pipelines and the model each
-/// device learns, the alert rules, the use cases' KPI measurements and (on a hub) the edges'
-/// uplinks, for a lineage catalog such as Marquez, DataHub or OpenMetadata, or a file
-/// (decision 0080).
+/// device learns, the alert rules, the use cases' KPI measurements and A/B comparisons, the
+/// connectors' ingest (`ingest.mqtt`, `ingest.bridge.<name>`, `ingest.opcua`, `ingest.modbus`,
+/// `ingest.http`) and (on a hub) the edges' uplinks, for a lineage catalog such as Marquez,
+/// DataHub or OpenMetadata, or a file (decisions 0080, 0082). The streaming runs that may be
+/// open are listed in `openlineage-open-runs.json` in `store.data_dir` (under
+/// `openlineage-open-runs.lock`), so that the next start ABORTs those a killed process left.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OpenLineageConfig {
@@ -1799,8 +1803,9 @@ pub struct OpenLineageConfig {
     /// The namespace of Fabrik's jobs; empty: `fabrik://<node>`, the namespace of its
     /// datasets.
     pub namespace: String,
-    /// How often a running pipeline, alert rule or edge's uplink sends a RUNNING event (a
-    /// pipeline's and an uplink's with the rows written); `0s`: never (only START and end).
+    /// How often a running pipeline, alert rule, connector's ingest or edge's uplink sends a
+    /// RUNNING event (a pipeline's, an ingest's and an uplink's with the rows written); `0s`:
+    /// never (only START and end).
     pub running_interval: String,
 }
 

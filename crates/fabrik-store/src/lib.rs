@@ -2360,9 +2360,6 @@ m,host=c,dc=x v=10,n=18i,u=19u,b=t 18
             .collect()
     }
 
-    /// The uplink's source: a follower reads every applied record in order, across a
-    /// persistence (a new WAL segment), in bounded reads; the hold keeps persisted records
-    /// on disk until it moves, and a follower behind deleted records says how many it missed.
     /// A write of lines says how many rows each table got, across the partitions it touched.
     #[tokio::test]
     async fn a_write_reports_its_rows_per_table() {
@@ -2383,6 +2380,9 @@ m,host=c,dc=x v=10,n=18i,u=19u,b=t 18
         assert_eq!(tables, [("m".to_owned(), 3), ("n".to_owned(), 1)]);
     }
 
+    /// The uplink's source: a follower reads every applied record in order, across a
+    /// persistence (a new WAL segment), in bounded reads; the hold keeps persisted records
+    /// on disk until it moves, and a follower behind deleted records says how many it missed.
     #[tokio::test]
     async fn a_wal_follower_reads_applied_records_in_order_and_the_hold_keeps_them() {
         let dir = tempfile::tempdir().expect("tempdir");

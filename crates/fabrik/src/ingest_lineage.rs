@@ -26,7 +26,7 @@ struct Source {
     sparkplug: Option<Dataset>,
 }
 
-/// The ingest runs of one module (ingest, opcua or modbus).
+/// The ingest runs of one module (ingest, opcua, modbus, or the API's writes).
 pub(crate) struct IngestLineage {
     runs: TableRuns,
     /// By the source rows carry in their lineage (`mqtt`, `bridge:<name>`, `opcua:<device>`,

@@ -15,17 +15,20 @@ use serde_json::Value;
 use crate::openlineage::{Emitter, EventType, JobRun, KEEP_FREE, Processing, now};
 
 /// The file of the data directory that lists the runs.
-pub(crate) const FILE: &str = "openlineage-open-runs.json";
+const FILE: &str = "openlineage-open-runs.json";
 /// The file whose lock the process keeping the list holds.
 const LOCK_FILE: &str = "openlineage-open-runs.lock";
-/// How often the list is brought up to date when it changed (or events were sent while runs
-/// are listed: its time moves on with them).
-pub(crate) const EVERY: Duration = Duration::from_secs(1);
-/// How often it is rewritten while runs are listed and nothing was sent, so that its time says
-/// when the process was last known to run.
+/// How often the list is brought up to date when it changed (a run began, or its end was
+/// delivered somewhere).
+const EVERY: Duration = Duration::from_secs(1);
+/// How often it is rewritten while runs are listed and none began or ended, so that its time
+/// says when the process was last known to run.
 const HEARTBEAT: Duration = Duration::from_secs(60);
-/// After this long waiting for the list's lock, the wait is logged as a warning.
+/// How often a wait for the list's lock is logged as a warning.
 const LONG_WAIT: Duration = Duration::from_secs(30);
+/// Runs left open that a start takes from the list at most (the most recently alive): a list
+/// that grew across many restarts while the catalog was unreachable stays bounded.
+const MOST_STALE: usize = 10_000;
 
 /// A streaming run that began, as the list holds it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -35,7 +38,6 @@ pub(crate) struct OpenRun {
     pub(crate) name: String,
     pub(crate) job_type: String,
     /// The transports (`http`, `file`) that took its START and have not delivered its end.
-    #[serde(default)]
     pub(crate) transports: Vec<String>,
     /// For a run an earlier process left open: when that process was last known to run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -68,7 +70,7 @@ struct State {
     /// The data directory this process holds, once its store opened: runs are tracked from
     /// then on.
     data_dir: Option<PathBuf>,
-    /// Since when the list's lock is waited for.
+    /// When a wait for the list's lock was last logged as a warning (or began).
     waiting_since: Option<Instant>,
     /// Once the list's lock is held: the list's path, and the lock's file (the lock lasts as
     /// long as the file is open; a write under way holds a clone).
@@ -90,21 +92,12 @@ impl State {
 
 /// The runs of this process that may be open on a transport, and those an earlier process
 /// left open.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct OpenRuns {
-    /// The transports this process sends to.
-    transports: Vec<&'static str>,
     state: parking_lot::Mutex<State>,
 }
 
 impl OpenRuns {
-    pub(crate) fn new(transports: Vec<&'static str>) -> Self {
-        Self {
-            transports,
-            state: parking_lot::Mutex::new(State::default()),
-        }
-    }
-
     /// This process holds `data_dir` (its store opened): runs are tracked from now on, and kept
     /// in the list once its lock is held ([`OpenRuns::hold`]).
     pub(crate) fn keep_in(&self, data_dir: &Path) {
@@ -116,13 +109,14 @@ impl OpenRuns {
     /// its last write) is tried again at the next call; a list that cannot be read is logged
     /// and taken as empty (its runs stay open in the catalog).
     pub(crate) fn hold(&self) {
-        let mut state = self.state.lock();
-        let Some(dir) = state.data_dir.clone() else {
-            return;
+        let dir = {
+            let state = self.state.lock();
+            match (&state.data_dir, &state.held) {
+                (Some(dir), None) => dir.clone(),
+                _ => return,
+            }
         };
-        if state.held.is_some() {
-            return;
-        }
+        // The files are read without the state's lock, which every event takes.
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -131,9 +125,13 @@ impl OpenRuns {
         let lock = match lock.map(|file| (file.try_lock(), file)) {
             Ok((Ok(()), file)) => file,
             Ok((Err(std::fs::TryLockError::WouldBlock), _)) => {
-                let since = *state.waiting_since.get_or_insert_with(Instant::now);
+                let mut state = self.state.lock();
+                let since = state.waiting_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= LONG_WAIT {
-                    tracing::warn!(waited = ?since.elapsed(), "The list of open OpenLineage runs is still locked by another process; runs left open are not aborted yet.");
+                    *since = Instant::now();
+                    tracing::warn!(
+                        "The list of open OpenLineage runs is still locked by another process; runs left open are not aborted yet."
+                    );
                 } else {
                     tracing::debug!(
                         "The list of open OpenLineage runs is still held by a process that stops; waiting."
@@ -160,20 +158,30 @@ impl OpenRuns {
                 None
             }
         };
-        if let Some(listed) = listed {
-            let every: Vec<String> = self.transports.iter().map(|t| (*t).to_owned()).collect();
-            state.stale = listed
-                .runs
-                .into_iter()
-                .map(|mut run| {
-                    run.alive_at.get_or_insert_with(|| listed.alive_at.clone());
-                    if run.transports.is_empty() {
-                        run.transports.clone_from(&every);
-                    }
-                    run
-                })
-                .collect();
+        let mut stale: Vec<OpenRun> = listed
+            .map(|listed| {
+                listed
+                    .runs
+                    .into_iter()
+                    .map(|mut run| {
+                        run.alive_at.get_or_insert_with(|| listed.alive_at.clone());
+                        run
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if stale.len() > MOST_STALE {
+            // RFC 3339 times of one format sort as strings: the most recently alive are kept.
+            stale.sort_by(|a, b| b.alive_at.cmp(&a.alive_at));
+            tracing::warn!(
+                listed = stale.len(),
+                kept = MOST_STALE,
+                "More OpenLineage runs were left open than are aborted at once; the oldest stay open in the catalog."
+            );
+            stale.truncate(MOST_STALE);
         }
+        let mut state = self.state.lock();
+        state.stale = stale;
         state.held = Some((path, Arc::new(lock)));
         state.waiting_since = None;
         state.dirty = true;
@@ -197,14 +205,6 @@ impl OpenRuns {
             },
         );
         state.dirty = true;
-    }
-
-    /// An event was queued: while runs are listed, the list's time is to move on with it.
-    pub(crate) fn sent(&self) {
-        let mut state = self.state.lock();
-        if !(state.open.is_empty() && state.stale.is_empty()) {
-            state.dirty = true;
-        }
     }
 
     /// `transport` delivered the end of run `run_id`: it is no longer open there (and once it
@@ -355,7 +355,8 @@ impl OpenRuns {
         let write = move || -> std::io::Result<()> {
             let _held = lock;
             let bytes = serde_json::to_vec(&listed).map_err(std::io::Error::other)?;
-            let temporary = path.with_extension(format!("json.{}.tmp", std::process::id()));
+            // One writer at a time: the list's lock is held until this write is done.
+            let temporary = path.with_extension("json.tmp");
             let mut file = std::fs::File::create(&temporary)?;
             std::io::Write::write_all(&mut file, &bytes)?;
             file.sync_all()?;

@@ -329,7 +329,8 @@ impl JobRun {
     }
 }
 
-/// One run of a continuous job (a pipeline scoring windows, an alert rule watching rows):
+/// One run of a continuous job (a pipeline scoring windows, an alert rule watching rows, a
+/// connector's ingest, an edge's uplink):
 /// a START, a RUNNING every `running_interval` while it runs, and its end — or, when it could
 /// not begin, a START and a FAIL, as every run must begin and end.
 #[derive(Debug)]
@@ -533,16 +534,15 @@ pub(crate) struct Emitter {
     pub(crate) jobs: String,
     /// Between a streaming run's RUNNING events; `None`: none.
     pub(crate) running_interval: Option<Duration>,
-    /// The streaming runs whose end has not reached every transport.
+    /// The streaming runs that may be open on a transport.
     open_runs: Arc<OpenRuns>,
 }
 
 impl Emitter {
     /// Queues `events` (a run's START and its end) for each transport all or none: a START
-    /// whose end found the queue full would stay open in the catalog. Whether some transport
-    /// took them.
-    pub(crate) fn emit_all(&self, events: &[Value]) -> bool {
-        !self.queue(events, None).is_empty()
+    /// whose end found the queue full would stay open in the catalog.
+    pub(crate) fn emit_all(&self, events: &[Value]) {
+        self.queue(events, None);
     }
 
     /// Whether `transport` is one this emitter sends to, still open.
@@ -593,13 +593,10 @@ impl Emitter {
                 }
             }
         }
-        if !took.is_empty() {
-            self.open_runs.sent();
-        }
         took
     }
 
-    /// The runs begun and not ended.
+    /// The runs that may be open on a transport, and those an earlier process left open.
     pub(crate) fn open_runs(&self) -> &Arc<OpenRuns> {
         &self.open_runs
     }
@@ -695,15 +692,7 @@ pub(crate) fn channel(settings: OpenLineageSettings, node: &str) -> (Emitter, Se
             .unwrap_or_else(|| datasets.clone()),
         datasets,
         running_interval: settings.running_interval,
-        open_runs: Arc::new(OpenRuns::new(
-            [
-                settings.url.as_ref().map(|_| HTTP),
-                settings.file.as_ref().map(|_| FILE),
-            ]
-            .into_iter()
-            .flatten()
-            .collect(),
-        )),
+        open_runs: Arc::default(),
     };
     (
         emitter.clone(),
@@ -801,7 +790,7 @@ async fn post_each(
     };
     let mut deadline = None;
     while let Some(event) = next(&mut events, stop, &mut deadline).await {
-        let delivered = post(
+        let posted = post(
             &client,
             &url,
             api_key.as_deref(),
@@ -810,7 +799,9 @@ async fn post_each(
             deadline,
         )
         .await;
-        if let (true, Some(run)) = (delivered, &event.ends) {
+        // A catalog that refuses an end for good will refuse it again: the run is not kept
+        // waiting for it (nor its ABORT, which it would refuse too).
+        if let (Posted::Delivered | Posted::Refused, Some(run)) = (posted, &event.ends) {
             open_runs.delivered(run, HTTP);
         }
     }
@@ -818,7 +809,20 @@ async fn post_each(
 
 /// POSTs one event, trying again while the catalog answers it may succeed later. Once Fabrik
 /// stops, a request has until the drain's `deadline` (or [`DRAIN`] from the stop, for one
-/// already under way), and no second try. Whether the catalog took it.
+/// already under way), and no second try.
+/// What became of an event sent to the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Posted {
+    /// It answered 2xx.
+    Delivered,
+    /// It refused it for good (a 4xx other than 429): it will never take it, so no run waits
+    /// for it there.
+    Refused,
+    /// It could not take it now (no connection, a 5xx or 429 through every try, Fabrik
+    /// stopping).
+    NotDelivered,
+}
+
 async fn post(
     client: &reqwest::Client,
     url: &str,
@@ -826,7 +830,7 @@ async fn post(
     body: &str,
     stop: &CancellationToken,
     deadline: Option<tokio::time::Instant>,
-) -> bool {
+) -> Posted {
     let failed = |why: &str, attempts: u32| {
         metrics::counter!("fabrik_openlineage_events_total", "transport" => "http", "outcome" => "failed")
             .increment(1);
@@ -855,14 +859,14 @@ async fn post(
             answer = request.send() => answer,
             () = drained() => {
                 failed("Fabrik stopped before the catalog answered", attempt);
-                return false;
+                return Posted::NotDelivered;
             }
         };
         let (why, retry) = match answer {
             Ok(response) if response.status().is_success() => {
                 metrics::counter!("fabrik_openlineage_events_total", "transport" => "http", "outcome" => "sent")
                     .increment(1);
-                return true;
+                return Posted::Delivered;
             }
             Ok(response) => {
                 let status = response.status();
@@ -873,21 +877,25 @@ async fn post(
             }
             Err(e) => (crate::error_text::describe(&anyhow::Error::new(e)), true),
         };
-        if !retry || attempt == ATTEMPTS || stop.is_cancelled() {
+        if !retry {
             failed(&why, attempt);
-            return false;
+            return Posted::Refused;
+        }
+        if attempt == ATTEMPTS || stop.is_cancelled() {
+            failed(&why, attempt);
+            return Posted::NotDelivered;
         }
         tracing::debug!(url, error = %why, "OpenLineage event not delivered; trying again.");
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}
             () = stop.cancelled() => {
                 failed(&why, attempt);
-                return false;
+                return Posted::NotDelivered;
             }
         }
         backoff *= 2;
     }
-    false
+    Posted::NotDelivered
 }
 
 /// Appends each event to the file as one line, opening it at first use (and again after an

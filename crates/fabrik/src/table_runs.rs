@@ -1,5 +1,5 @@
 //! Streaming OpenLineage runs that write tables of this node and are counted as their rows are
-//! stored (decision 0080): the hub's view of its edges' uplinks, the connectors' ingest. Each
+//! stored (decisions 0080, 0082): the hub's view of its edges' uplinks, the connectors' ingest. Each
 //! job's run starts at its first rows, reports a new input or table at once and more rows every
 //! `running_interval`, and ends when its module stops.
 
