@@ -149,14 +149,7 @@ measurement = "line"
     assert!(status.success());
     // Lineage (decision 0082): the bridge's job reads its mapping's topic filter on the plant
     // broker, into the mapped table and the dead letters.
-    let events: Vec<serde_json::Value> =
-        std::fs::read_to_string(dir.path().join("data").join("lineage.jsonl"))
-            .expect("the lineage file")
-            .lines()
-            .map(|line| serde_json::from_str(line).expect("an event"))
-            .filter(|e: &serde_json::Value| e["job"]["name"] == "ingest.bridge.plant")
-            .collect();
-    let end = events.last().expect("ingest.bridge.plant's events");
+    let end = crate::support::last_lineage_event(dir.path(), "ingest.bridge.plant");
     assert_eq!(end["eventType"], "COMPLETE", "{end}");
     assert_eq!(
         end["inputs"][0]["namespace"],
@@ -167,10 +160,7 @@ measurement = "line"
         end["inputs"][0]["facets"]["version"]["datasetVersion"],
         "plant-telemetry@1"
     );
-    let outputs: Vec<&str> = end["outputs"]
-        .as_array()
-        .map(|o| o.iter().filter_map(|d| d["name"].as_str()).collect())
-        .unwrap_or_default();
+    let outputs = crate::support::names(&end["outputs"]);
     assert!(
         outputs.contains(&"line") && outputs.contains(&"_dead_letters"),
         "{end}"

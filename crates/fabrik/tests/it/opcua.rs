@@ -114,26 +114,13 @@ signal = "broken"
     let _ = server.wait();
     // Lineage (decision 0082): the device the server reports is the input of `ingest.opcua`,
     // its signals as columns; its table and the point errors are the outputs.
-    let events: Vec<serde_json::Value> =
-        std::fs::read_to_string(dir.path().join("data").join("lineage.jsonl"))
-            .expect("the lineage file")
-            .lines()
-            .map(|line| serde_json::from_str(line).expect("an event"))
-            .filter(|e: &serde_json::Value| e["job"]["name"] == "ingest.opcua")
-            .collect();
-    let end = events.last().expect("ingest.opcua's events");
+    let end = crate::support::last_lineage_event(dir.path(), "ingest.opcua");
     assert_eq!(end["eventType"], "COMPLETE", "{end}");
     let input = &end["inputs"][0];
     assert_eq!(input["namespace"], format!("opc.tcp://127.0.0.1:{port}"));
     assert_eq!(input["name"], "pump-1");
-    let signals: Vec<&str> = input["facets"]["schema"]["fields"]
-        .as_array()
-        .map(|f| f.iter().filter_map(|c| c["name"].as_str()).collect())
-        .unwrap_or_default();
+    let signals = crate::support::names(&input["facets"]["schema"]["fields"]);
     assert_eq!(signals, ["pressure", "running", "broken"]);
-    let outputs: Vec<&str> = end["outputs"]
-        .as_array()
-        .map(|o| o.iter().filter_map(|d| d["name"].as_str()).collect())
-        .unwrap_or_default();
+    let outputs = crate::support::names(&end["outputs"]);
     assert_eq!(outputs, ["_point_errors", "line"], "{end}");
 }

@@ -536,3 +536,22 @@ pub(crate) fn alerts_of(url: &str, rule: &str) -> Vec<serde_json::Value> {
     );
     alerts.as_array().cloned().unwrap_or_default()
 }
+
+/// The last OpenLineage event of job `job` in `lineage.jsonl` of the data directory under `dir`
+/// (the file transport, decision 0080): after a clean stop, the run's end.
+pub(crate) fn last_lineage_event(dir: &Path, job: &str) -> serde_json::Value {
+    std::fs::read_to_string(dir.join("data").join("lineage.jsonl"))
+        .expect("the lineage file")
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("an event"))
+        .rfind(|e| e["job"]["name"] == job)
+        .unwrap_or_else(|| panic!("no event of {job} in the lineage file"))
+}
+
+/// The `name` of each object in a JSON array (a run's `inputs` or `outputs`, a schema's
+/// `fields`).
+pub(crate) fn names(list: &serde_json::Value) -> Vec<&str> {
+    list.as_array()
+        .map(|items| items.iter().filter_map(|i| i["name"].as_str()).collect())
+        .unwrap_or_default()
+}
