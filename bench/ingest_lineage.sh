@@ -50,7 +50,9 @@ if mode == "lineage":
     counted = "no ingest.mqtt event" if last is None else ", ".join(
         f"{o['name']} {o['outputFacets']['outputStatistics']['rowCount']}" for o in last["outputs"]
     ) + f" (last event {last['eventType']})"
-print(f"{mode:8} stored {r['stored']}/{r['messages']} at {r['stored_rate']:,.0f} msg/s end to end; "
+# A round whose rows were not all stored in time has no rate: say so rather than stop the bench.
+rate = "no rate (not all stored)" if r.get("stored_rate") is None else f"{r['stored_rate']:,.0f} msg/s"
+print(f"{mode:8} stored {r['stored']}/{r['messages']} at {rate} end to end; "
       f"PUBACK p50 {r['puback_p50_ms']:.1f} ms p99 {r['puback_p99_ms']:.1f} ms; errors {r['errors']}; "
       f"lineage counted: {counted}")
 PY
