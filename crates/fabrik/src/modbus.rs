@@ -20,7 +20,13 @@ use tokio_util::sync::CancellationToken;
 use crate::device_state::DeviceStates;
 use crate::ingest_lineage::IngestLineage;
 use crate::openlineage::Emitter;
-use crate::readings::{QUEUE, next_batch, point_error};
+use crate::readings::{Connector, QUEUE, next_batch, point_error, store_batch};
+
+const MODBUS: Connector = Connector {
+    location: "modbus",
+    name: "Modbus",
+    write_errors: "fabrik_modbus_write_errors_total",
+};
 
 /// Problems of the `[modbus]` section, as `modbus: ...`.
 pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
@@ -86,18 +92,7 @@ async fn write_readings(
             track_state(states, &polls).await;
         }
         let groups = to_groups(store, polls, tables);
-        match store.write_groups(&groups, "modbus").await {
-            Ok(_) => {
-                if let Some(lineage) = lineage {
-                    lineage.stored(&groups);
-                }
-            }
-            Err(e) => {
-                // The device keeps its schedule; a failed write loses only this batch, and says so.
-                tracing::error!(error = %e, rows = groups.len(), "Storing Modbus readings failed.");
-                metrics::counter!("fabrik_modbus_write_errors_total").increment(1);
-            }
-        }
+        store_batch(store, &groups, lineage, &MODBUS).await;
     }
     Ok(())
 }

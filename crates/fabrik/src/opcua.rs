@@ -19,7 +19,13 @@ use tokio_util::sync::CancellationToken;
 use crate::device_state::DeviceStates;
 use crate::ingest_lineage::IngestLineage;
 use crate::openlineage::Emitter;
-use crate::readings::{QUEUE, next_batch, point_error};
+use crate::readings::{Connector, QUEUE, next_batch, point_error, store_batch};
+
+const OPC_UA: Connector = Connector {
+    location: "opcua",
+    name: "OPC UA",
+    write_errors: "fabrik_opcua_write_errors_total",
+};
 
 /// Problems of the `[opcua]` section.
 pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
@@ -113,17 +119,7 @@ async fn write_readings(
             track_state(states, &batch, item_counts).await;
         }
         let groups = to_groups(store, batch, tables);
-        match store.write_groups(&groups, "opcua").await {
-            Ok(_) => {
-                if let Some(lineage) = lineage {
-                    lineage.stored(&groups);
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, rows = groups.len(), "Storing OPC UA readings failed.");
-                metrics::counter!("fabrik_opcua_write_errors_total").increment(1);
-            }
-        }
+        store_batch(store, &groups, lineage, &OPC_UA).await;
     }
 }
 

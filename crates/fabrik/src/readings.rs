@@ -1,10 +1,14 @@
 //! What the polling connectors (Modbus, OPC UA) share on the way to the store: readings
-//! batched into one store write, and the rows that explain a point that could not be read.
+//! batched into one store write, the write itself (counted for the ingest lineage), and the
+//! rows that explain a point that could not be read.
 
 use std::time::Duration;
 
-use fabrik_core::{Point, Quality, Timestamp, Value};
+use fabrik_core::{Lineage, Point, Quality, Timestamp, Value};
+use fabrik_store::Store;
 use tokio::sync::mpsc;
+
+use crate::ingest_lineage::IngestLineage;
 
 /// Table of points that could not be read.
 pub(crate) const POINT_ERRORS_TABLE: &str = "_point_errors";
@@ -26,6 +30,38 @@ pub(crate) async fn next_batch<T>(rx: &mut mpsc::Receiver<T>) -> Option<Vec<T>> 
         }
     }
     Some(batch)
+}
+
+/// A polling connector, as its store writes, logs and metrics name it.
+pub(crate) struct Connector {
+    /// The location prefix of the store's errors (`modbus`, `opcua`).
+    pub(crate) location: &'static str,
+    /// Its name in the log (`Modbus`, `OPC UA`).
+    pub(crate) name: &'static str,
+    /// The counter of its failed writes.
+    pub(crate) write_errors: &'static str,
+}
+
+/// Stores one batch's groups as one write and counts them for the ingest lineage, if it is
+/// reported. The devices keep their schedule: a failed write loses only this batch, and says
+/// so in the log and in `connector`'s error counter.
+pub(crate) async fn store_batch(
+    store: &Store,
+    groups: &[(Lineage, Vec<Point>)],
+    lineage: Option<&IngestLineage>,
+    connector: &Connector,
+) {
+    match store.write_groups(groups, connector.location).await {
+        Ok(_) => {
+            if let Some(lineage) = lineage {
+                lineage.stored(groups);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, rows = groups.len(), "Storing {} readings failed.", connector.name);
+            metrics::counter!(connector.write_errors).increment(1);
+        }
+    }
 }
 
 /// The `_point_errors` row for a point of `device` that `source` could not read.
