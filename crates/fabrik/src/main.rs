@@ -54,6 +54,7 @@ mod release;
 mod release_cli;
 mod release_keys;
 mod release_proposals;
+mod release_retention;
 mod release_signer;
 mod run;
 mod sealed_identity;

@@ -682,6 +682,20 @@ pub(crate) fn move_in(repo: &Path, staging: &Path) -> anyhow::Result<()> {
     std::fs::remove_file(&marker).with_context(|| format!("removing {}", marker.display()))?;
     std::fs::remove_dir(staging).with_context(|| format!("removing {}", staging.display()))?;
     prune_snapshots(&metadata);
+    // What was just published is; files that nothing names any more are cleared after it.
+    match crate::release_retention::remove_unneeded(repo) {
+        Ok(removed) if removed.files > 0 => {
+            tracing::info!(
+                files = removed.files,
+                bytes = removed.bytes,
+                "Removed target files no node or proposal needs any more."
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(repo = %repo.display(), error = %format!("{e:#}"), "Target files no longer needed were not removed; they are tried again at the next publish.");
+        }
+    }
     Ok(())
 }
 
@@ -1209,8 +1223,8 @@ async fn publish_target(
     Ok((sha256, committed))
 }
 
-/// Removes a target from the metadata (its file stays in `targets/`, where nodes that
-/// already fetched it no longer look). Nodes keep what they installed.
+/// Removes a target from the metadata (its file goes once no kept snapshot names it:
+/// decision 0084). Nodes keep what they installed.
 pub(crate) async fn remove(
     repo: &Path,
     keys: &Path,
@@ -1267,7 +1281,7 @@ pub(crate) async fn refresh_online(
     let expiries = sign_online_roles(
         &loaded,
         &root,
-        keys,
+        &OnlineKeys::in_dir(keys),
         &staging,
         snapshot.map(|lifetime| (lifetime, None)),
         timestamp,
@@ -1278,14 +1292,14 @@ pub(crate) async fn refresh_online(
     Ok(expiries)
 }
 
-/// Signs a new timestamp into `staging` with `<keys>/timestamp.key`, under `root`, and with
-/// `snapshot` (a lifetime, and the targets metadata it is to name if that changes) a new
-/// snapshot first with `<keys>/snapshot.key`; the rest is `loaded`'s. Returns the expiries of
+/// Signs a new timestamp into `staging` with the timestamp key of `keys`, under `root`, and
+/// with `snapshot` (a lifetime, and the targets metadata it is to name if that changes) a new
+/// snapshot first with the snapshot key; the rest is `loaded`'s. Returns the expiries of
 /// the snapshot and the timestamp.
 pub(crate) async fn sign_online_roles(
     loaded: &Repository,
     root: &Root,
-    keys: &Path,
+    keys: &OnlineKeys,
     staging: &Path,
     snapshot: Option<(Duration, Option<tough::schema::Metafile>)>,
     timestamp: Duration,
@@ -1301,7 +1315,7 @@ pub(crate) async fn sign_online_roles(
         }
         snapshot_expires = new_snapshot.expires;
         let version = new_snapshot.version;
-        let signed = sign_into(new_snapshot, root, keys, "snapshot", staging).await?;
+        let signed = sign_with(new_snapshot, root, &keys.snapshot, "snapshot", staging).await?;
         let meta = new_timestamp
             .meta
             .get_mut("snapshot.json")
@@ -1316,8 +1330,24 @@ pub(crate) async fn sign_online_roles(
     new_timestamp.version = clock_version(new_timestamp.version)?;
     new_timestamp.expires = expires_in(timestamp)?;
     let timestamp_expires = new_timestamp.expires;
-    sign_into(new_timestamp, root, keys, "timestamp", staging).await?;
+    sign_with(new_timestamp, root, &keys.timestamp, "timestamp", staging).await?;
     Ok((snapshot_expires, timestamp_expires))
+}
+
+/// The key files of TUF's online roles: `<keys>/snapshot.key` and `<keys>/timestamp.key`,
+/// or, while a rotation brings in a new key for one of them, that new key in its place.
+pub(crate) struct OnlineKeys {
+    pub(crate) snapshot: PathBuf,
+    pub(crate) timestamp: PathBuf,
+}
+
+impl OnlineKeys {
+    pub(crate) fn in_dir(keys: &Path) -> Self {
+        Self {
+            snapshot: key_path(keys, "snapshot"),
+            timestamp: key_path(keys, "timestamp"),
+        }
+    }
 }
 
 /// Re-signs the root metadata as the next version with the same keys and a new expiry, with
@@ -1374,10 +1404,30 @@ pub(crate) async fn sign_into<T: tough::schema::Role + Serialize>(
     key: &str,
     staging: &Path,
 ) -> anyhow::Result<SignedRole<T>> {
+    sign_with(role, root, &key_path(keys, key), key, staging).await
+}
+
+/// [`sign_into`] with the key file at `path`, the `key` role's.
+async fn sign_with<T: tough::schema::Role + Serialize>(
+    role: T,
+    root: &Root,
+    path: &Path,
+    key: &str,
+    staging: &Path,
+) -> anyhow::Result<SignedRole<T>> {
+    if !path.is_file() {
+        bail!(
+            "{}: no {key} key here (made by `fabrik release init`)",
+            path.display()
+        );
+    }
+    let source = LocalKeySource {
+        path: path.to_owned(),
+    };
     let signed = SignedRole::new(
         role,
         &KeyHolder::Root(root.clone()),
-        &key_sources(keys, &[key])?,
+        &[Box::new(source) as Box<dyn KeySource>],
         &aws_lc_rs::rand::SystemRandom::new(),
     )
     .await

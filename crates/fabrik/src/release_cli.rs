@@ -555,7 +555,9 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                         "the replaced key is {} (destroy it, or keep it offline)",
                         path.display()
                     ),
-                    None => "the replaced key was moved aside by the earlier run".to_owned(),
+                    None => "no replaced key file was here (moved aside by an earlier run, or \
+                             held elsewhere: destroy it there)"
+                        .to_owned(),
                 },
             );
             if role == "snapshot" || role == "timestamp" {

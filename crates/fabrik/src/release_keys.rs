@@ -11,8 +11,8 @@ use tough::key_source::{KeySource, LocalKeySource};
 use tough::schema::{KeyHolder, RoleType, Root};
 
 use crate::release::{
-    Lifetimes, ROLES, editor_for, expires_in, key_path, key_sources, load_for_signing, lock,
-    move_in, next, publisher_state, remember, sign_into, staging_dir,
+    Lifetimes, OnlineKeys, ROLES, editor_for, expires_in, key_path, key_sources, load_for_signing,
+    lock, move_in, next, publisher_state, remember, sign_into, sign_online_roles, staging_dir,
 };
 
 /// What a key replacement did.
@@ -23,7 +23,8 @@ pub(crate) struct Rotation {
     /// The new key's id (hex), as the root lists it.
     pub(crate) key_id: String,
     /// Where the replaced key was moved (to be destroyed, or kept offline for forensics);
-    /// `None` when an interrupted run had moved it already.
+    /// `None` when no key file was there (an interrupted run had moved it already, or, for
+    /// the snapshot or timestamp, it was never here).
     pub(crate) retired: Option<PathBuf>,
     /// Whether this finished a replacement an earlier run had published but not completed.
     pub(crate) resumed: bool,
@@ -46,10 +47,12 @@ async fn key_id(path: &Path) -> anyhow::Result<String> {
 /// Replaces `role`'s key: a new key (`<keys>/<role>.key`), the old one kept as
 /// `<role>.key.retired-<unix seconds>`. The new root (version + 1, valid for
 /// `lifetimes.root`) is signed with the root key — for the root role, with the old root key
-/// *and* the new one, as a node verifies it against both — and, for targets, snapshot or
-/// timestamp, those three are signed again, the rotated one with its new key. Needs the root
-/// key. A run interrupted after publishing is finished by running it again; a key file is
-/// never deleted or overwritten.
+/// *and* the new one, as a node verifies it against both. For the targets role, targets,
+/// snapshot and timestamp are signed again, the targets with the new key (refused while
+/// several keys sign the targets); for the snapshot, the snapshot and the timestamp; for the
+/// timestamp, the timestamp alone — the rotated role with its new key, and only the keys of
+/// the roles signed again are needed besides the root key. A run interrupted after
+/// publishing is finished by running it again; a key file is never deleted or overwritten.
 pub(crate) async fn rotate(
     repo: &Path,
     keys: &Path,
@@ -61,13 +64,14 @@ pub(crate) async fn rotate(
     let state = publisher_state(keys);
     let loaded = load_for_signing(repo, &state).await?;
     let old_root = loaded.root().signed.clone();
-    if let Some(targets) = old_root.roles.get(&RoleType::Targets)
+    if role_type == RoleType::Targets
+        && let Some(targets) = old_root.roles.get(&RoleType::Targets)
         && (targets.keyids.len() > 1 || targets.threshold.get() > 1)
     {
         bail!(
             "the targets are signed by {} of {} keys (decision 0075): `fabrik release rotate` \
-             re-signs them with one key; change the targets signers with `fabrik release \
-             signers`, and rotate other roles' keys while one key signs the targets",
+             replaces one targets key and re-signs with it; change the targets signers with \
+             `fabrik release signers` (add the new key, then remove the old one)",
             targets.threshold,
             targets.keyids.len()
         );
@@ -122,7 +126,11 @@ pub(crate) async fn rotate(
             let _ = directory.sync_all();
         }
     }
-    if !current.is_file() {
+    // The replaced snapshot or timestamp key signs nothing here: its holder (a hub that may
+    // have been compromised) need not hand it over. The root key signs the new root, and a
+    // targets key is re-signed with through tough's editor.
+    let signs_again = matches!(role_type, RoleType::Root | RoleType::Targets);
+    if signs_again && !current.is_file() {
         bail!("{}: no {role} key here to replace", current.display());
     }
     let new_key = LocalKeySource {
@@ -199,7 +207,30 @@ pub(crate) async fn rotate(
     };
     // Checked before anything is moved in; a refused root's staging is never published.
     crate::release::check_new_root(&old_root, signed_root.signed())?;
-    if role_type != RoleType::Root {
+    if role_type == RoleType::Snapshot || role_type == RoleType::Timestamp {
+        // What the replaced key signed is signed again under the new root, and published with
+        // it (the root moved in just before the timestamp), so the two arrive together. The
+        // targets metadata stays as published: the keys that signed it are the ones the new
+        // root lists, so it verifies under it, and it may carry signatures of several people
+        // (decision 0075) that this signer could not make again.
+        let mut online = OnlineKeys::in_dir(keys);
+        if role_type == RoleType::Snapshot {
+            online.snapshot = pending.clone();
+        } else {
+            online.timestamp = pending.clone();
+        }
+        let snapshot = (role_type == RoleType::Snapshot).then_some((lifetimes.snapshot, None));
+        sign_online_roles(
+            &loaded,
+            &new_root,
+            &online,
+            &staging,
+            snapshot,
+            lifetimes.timestamp,
+        )
+        .await
+        .with_context(|| format!("signing under the new root with the new {role} key"))?;
+    } else if role_type == RoleType::Targets {
         // What the replaced key signed is signed again under the new root, and published with
         // it (the root moved in just before the timestamp), so the two arrive together.
         let root_path = staging.join(format!("{}.root.json", new_root.version));

@@ -755,7 +755,7 @@ async fn publish(
     release::sign_online_roles(
         loaded,
         root,
-        keys,
+        &release::OnlineKeys::in_dir(keys),
         &staging,
         Some((lifetimes.snapshot, Some(targets_meta))),
         lifetimes.timestamp,
@@ -871,6 +871,23 @@ fn stored(repo: &Path) -> anyhow::Result<Vec<(String, anyhow::Result<Proposal>)>
             (id, proposal)
         })
         .collect())
+}
+
+/// The targets metadata of every stored proposal, read without checking it against its id or
+/// its signatures: what it would publish if it could, whose files must stay (decision 0084).
+/// A file that is not a proposal at all is an error.
+pub(crate) fn proposed_targets(repo: &Path) -> anyhow::Result<Vec<Targets>> {
+    stored_ids(repo)?
+        .into_iter()
+        .map(|id| {
+            let path = proposal_path(repo, &id);
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let proposal: Proposal = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{}: not a proposal", path.display()))?;
+            Ok(proposal.targets.signed)
+        })
+        .collect()
 }
 
 /// The ids of the stored proposals, sorted, without reading them.
@@ -1024,8 +1041,8 @@ pub(crate) async fn approve(
     Ok((changes, committed))
 }
 
-/// Removes a proposal (nothing was published from it; its target files stay in `targets/`,
-/// named by no metadata).
+/// Removes a proposal (nothing was published from it; its target files, named by no
+/// metadata, are removed at the next publish: decision 0084).
 pub(crate) async fn withdraw(repo: &Path, id: &str) -> anyhow::Result<()> {
     check_id(id)?;
     let _lock = release::lock(repo).await?;
@@ -1252,6 +1269,7 @@ mod tests {
     use super::*;
     use crate::release::tests::{forest, fresh_repository};
     use crate::release::{Audience, add_model, load_local};
+    use tough::IntoVec;
 
     /// The root version the repository publishes, as a node reads it.
     async fn published_root_version(repo: &Path) -> u64 {
@@ -1408,7 +1426,7 @@ mod tests {
         release::sign_online_roles(
             &loaded,
             &loaded.root().signed,
-            &alice,
+            &release::OnlineKeys::in_dir(&alice),
             &staging,
             Some((Lifetimes::default().snapshot, Some(meta))),
             Lifetimes::default().timestamp,
@@ -1520,6 +1538,16 @@ mod tests {
         assert!(committed.pending.is_none(), "{committed:?}");
         let loaded = load_local(&repo).await.expect("load");
         assert_eq!(loaded.root().signed.version.get(), 3);
+        // The withdrawn proposal's file went at that publish (decision 0084); the released
+        // ones stay.
+        let sha256 = hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &forest()).as_ref());
+        for (name, kept) in [("valve", false), ("fan", true), ("pump", true)] {
+            assert_eq!(
+                repo.join(format!("targets/{sha256}.{name}.onnx")).is_file(),
+                kept,
+                "{name}"
+            );
+        }
         assert_eq!(
             loaded.root().signed.roles[&RoleType::Targets].keyids.len(),
             1
@@ -1547,14 +1575,138 @@ mod tests {
             2
         );
 
-        // One key replaces a key of two by rotation no longer.
-        let refused = crate::release_keys::rotate(&repo, &alice, "snapshot", Lifetimes::default())
+        // One targets key of two is not replaced by rotation alone (decision 0083).
+        let refused = crate::release_keys::rotate(&repo, &alice, "targets", Lifetimes::default())
             .await
             .expect_err("rotation re-signs the targets with one key");
         assert!(
             format!("{refused:#}").contains("release signers"),
             "{refused:#}"
         );
+    }
+
+    /// Under two signers, the root, snapshot and timestamp keys are replaced by the root
+    /// key's holder, who holds no targets key: the targets metadata both signed stays as
+    /// published and verifies under each new root, and a release proposed before the
+    /// replacements is published after them. The targets key itself is changed through the
+    /// signers, not replaced alone.
+    #[tokio::test]
+    async fn the_other_roles_keys_are_replaced_while_two_people_sign_the_targets() {
+        let (dir, repo, alice) = fresh_repository().await;
+        let (bob, bob_public) = signer(dir.path(), "bob").await;
+        let (_, committed) = signers(
+            &repo,
+            &alice,
+            std::slice::from_ref(&bob_public),
+            &[],
+            Some(2),
+            Lifetimes::default(),
+        )
+        .await
+        .expect("signers");
+        let pending = committed.pending.expect("waits for bob");
+        approve(&repo, &bob, &pending.id, Lifetimes::default())
+            .await
+            .expect("bob approves");
+        let hub = hub(dir.path(), &alice);
+        let hub_state = dir.path().join("hub-state");
+        publish_ready(&repo, &hub, &hub_state, Lifetimes::default())
+            .await
+            .expect("hub publishes");
+        let waiting = propose_model(&repo, &alice, dir.path(), "pump")
+            .await
+            .pending
+            .expect("waits for bob");
+        let waiting_version = read_proposal(&repo, &waiting.id)
+            .expect("read")
+            .targets
+            .signed
+            .version
+            .get();
+
+        // The root key's holder: root and the online keys, no targets key.
+        let custodian = dir.path().join("custodian");
+        std::fs::create_dir_all(&custodian).expect("dir");
+        for role in ["root", "snapshot", "timestamp"] {
+            std::fs::copy(
+                release::key_path(&alice, role),
+                release::key_path(&custodian, role),
+            )
+            .expect("copy");
+        }
+        let refused =
+            crate::release_keys::rotate(&repo, &custodian, "targets", Lifetimes::default())
+                .await
+                .expect_err("two keys sign the targets");
+        assert!(
+            format!("{refused:#}").contains("fabrik release signers"),
+            "{refused:#}"
+        );
+        let before = load_local(&repo).await.expect("load");
+        let signed_targets = serde_json::to_value(before.targets()).expect("json");
+        assert_eq!(before.targets().signatures.len(), 2);
+        let mut root_version = before.root().signed.version.get();
+        for role in ["root", "snapshot", "timestamp"] {
+            let replaced = release::key_path(&custodian, role);
+            let old_id = key_id_of(&replaced).await.expect("id");
+            if role == "timestamp" {
+                // The compromised hub's key is not handed over: it signs nothing here.
+                std::fs::remove_file(&replaced).expect("not held");
+            }
+            let rotation =
+                crate::release_keys::rotate(&repo, &custodian, role, Lifetimes::default())
+                    .await
+                    .unwrap_or_else(|e| panic!("rotating {role}: {e:#}"));
+            assert_eq!(rotation.retired.is_some(), role != "timestamp", "{role}");
+            root_version += 1;
+            assert_eq!(rotation.root_version, root_version, "{role}");
+            // Verified from 1.root.json through every root since, as a node does.
+            let loaded = load_local(&repo)
+                .await
+                .unwrap_or_else(|e| panic!("after rotating {role}: {e:#}"));
+            let root = &loaded.root().signed;
+            assert_eq!(root.version.get(), root_version);
+            let role_type = release::ROLES
+                .iter()
+                .find(|(_, name)| *name == role)
+                .map(|(role_type, _)| *role_type)
+                .expect("a role");
+            assert!(!root.roles[&role_type].keyids.contains(&old_id), "{role}");
+            assert_eq!(
+                serde_json::to_value(loaded.targets()).expect("json"),
+                signed_targets,
+                "{role}: the targets metadata both signed is the one published"
+            );
+            if role != "root" {
+                std::fs::copy(&replaced, release::key_path(&hub, role)).expect("to the hub");
+            }
+        }
+
+        // Bob signs the release proposed before the replacements; the hub, given the new
+        // online keys, publishes it.
+        approve(&repo, &bob, &waiting.id, Lifetimes::default())
+            .await
+            .expect("bob approves");
+        let published = publish_ready(&repo, &hub, &hub_state, Lifetimes::default())
+            .await
+            .expect("hub publishes");
+        assert_eq!(published, Some(waiting_version));
+        let loaded = load_local(&repo).await.expect("load");
+        assert_eq!(target_names(&loaded), ["pump.onnx"]);
+        assert_eq!(loaded.targets().signatures.len(), 2);
+        assert_eq!(loaded.root().signed.version.get(), root_version);
+        // Its file, stored when it was proposed and named by no published metadata until now,
+        // was kept through every publish in between (decision 0084).
+        let (name, _) = loaded.all_targets().next().expect("pump");
+        let bytes = loaded
+            .read_target(name)
+            .await
+            .expect("read")
+            .expect("listed")
+            .into_vec()
+            .await
+            .expect("verified");
+        assert_eq!(bytes, forest());
     }
 
     #[tokio::test]

@@ -1424,6 +1424,42 @@ fn a_release_reaches_the_edge_only_once_both_signers_have_signed_it() {
     assert!(listing.contains("no proposals"), "{listing}");
     let listed = fabrik(&["release", "list", "--repo", path(&repo)]);
     assert!(listed.contains("pump"), "{listed}");
+
+    // The hub's online keys replaced (as after a hub was compromised) while two people sign
+    // the targets: the targets both signed stay published, the edge follows the new roots,
+    // and the hub signs again once it holds the new keys.
+    for (role, root_version) in [("snapshot", 3), ("timestamp", 4)] {
+        // Signed as the hub signs them, so the hub re-signs within the test.
+        let rotated = release(
+            "rotate",
+            &repo,
+            &alice,
+            &["--role", role, "--timestamp-lifetime", "8s"],
+        );
+        assert!(
+            rotated.contains(&format!("root version {root_version}")),
+            "{rotated}"
+        );
+        let key = format!("{role}.key");
+        std::fs::copy(alice.join(&key), online.join(&key)).expect("the new key to the hub");
+    }
+    // The timestamp the rotation signed; a later one is the hub's, signed with the new key.
+    let timestamp: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(repo.join("metadata/timestamp.json")).expect("timestamp"),
+    )
+    .expect("json");
+    let rotated_at = timestamp["signed"]["version"].as_u64().expect("version");
+    eventually_for(
+        "the edge follows the new roots and the hub's timestamps",
+        Duration::from_secs(30),
+        || {
+            let status = updates(&edge.url);
+            status["last_error"].is_null()
+                && status["root_version"] == 4
+                && status["timestamp_version"].as_u64() > Some(rotated_at)
+        },
+    );
+    assert!(model_sha(&edge.url, "pump").is_some());
 }
 
 #[test]
