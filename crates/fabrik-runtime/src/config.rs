@@ -1372,6 +1372,152 @@ pub struct StoreConfig {
     pub tables: BTreeMap<String, TableConfig>,
     /// Segments in S3-compatible object storage instead of `<data_dir>/segments`.
     pub objects: ObjectsConfig,
+    /// Tables summarised per interval into tables of their own (`[[store.rollups]]`).
+    pub rollups: Vec<RollupConfig>,
+}
+
+/// `[[store.rollups]]`: a table's rows summarised per interval — each numeric field's mean,
+/// minimum, maximum and count per series — into a table of its own, which can be kept far
+/// longer than the rows (decision 0085).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RollupConfig {
+    /// The table summarised.
+    pub table: String,
+    /// The interval one summary row covers (`1m`, `1h`), aligned to the Unix epoch.
+    pub every: String,
+    /// The table the summaries go to; empty: `<table>_<every>` (`telemetry_1m`).
+    pub into: String,
+    /// The fields summarised; empty: every numeric field the table has when it is summarised.
+    pub fields: Vec<String>,
+    /// How late rows may still arrive: the intervals that ended this recently are summarised
+    /// again at each pass, so their rows count; empty: one interval.
+    pub lateness: String,
+}
+
+/// A validated `[[store.rollups]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollupSettings {
+    /// The table summarised.
+    pub table: String,
+    /// The table the summaries go to.
+    pub into: String,
+    /// The interval of a summary row.
+    pub every: Duration,
+    /// The fields summarised (empty: every numeric field).
+    pub fields: Vec<String>,
+    /// How long after an interval ends it is summarised again.
+    pub lateness: Duration,
+}
+
+/// The most intervals a rollup's lateness spans.
+const ROLLUP_MOST_LATE_INTERVALS: u32 = 1_440;
+
+impl StoreConfig {
+    /// The validated rollups; a problem for each malformed one.
+    fn validate_rollups(&self, problem: &mut impl FnMut(&str, String)) -> Vec<RollupSettings> {
+        let mut rollups: Vec<RollupSettings> = Vec::new();
+        for (i, rollup) in self.rollups.iter().enumerate() {
+            let at = |key: &str| format!("store.rollups[{i}].{key}");
+            let table = rollup.table.trim();
+            if table.is_empty() {
+                problem(&at("table"), "names no table to summarise".into());
+                continue;
+            }
+            let every = match parse_duration(&rollup.every) {
+                Ok(every) if every < Duration::from_secs(1) => {
+                    problem(&at("every"), "must be at least 1s".into());
+                    continue;
+                }
+                Ok(every) => every,
+                Err(e) => {
+                    problem(&at("every"), e);
+                    continue;
+                }
+            };
+            let lateness = if rollup.lateness.trim().is_empty() {
+                every
+            } else {
+                match parse_duration(&rollup.lateness) {
+                    // Every interval within it is summarised again at each pass.
+                    Ok(lateness) if lateness > every.saturating_mul(ROLLUP_MOST_LATE_INTERVALS) => {
+                        problem(
+                            &at("lateness"),
+                            format!(
+                                "at most {ROLLUP_MOST_LATE_INTERVALS} intervals of `every` \
+                                 (each is summarised again at every pass): use a longer \
+                                 interval, or a rollup of its own for late rows"
+                            ),
+                        );
+                        continue;
+                    }
+                    Ok(lateness) => lateness,
+                    Err(e) => {
+                        problem(&at("lateness"), e);
+                        continue;
+                    }
+                }
+            };
+            let into = match rollup.into.trim() {
+                "" => format!("{table}_{}", rollup.every.trim()),
+                into => into.to_owned(),
+            };
+            let into_ok = !into.starts_with('_')
+                && into
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !into_ok {
+                problem(
+                    &at("into"),
+                    format!(
+                        "`{into}` is not a table name a rollup writes: letters, digits, `_` and \
+                         `-`, not starting with `_`"
+                    ),
+                );
+                continue;
+            }
+            if into == table {
+                problem(&at("into"), format!("`{into}` is the table it summarises"));
+                continue;
+            }
+            if rollups.iter().any(|r| r.into == into) {
+                problem(
+                    &at("into"),
+                    format!("`{into}` is written by another rollup already"),
+                );
+                continue;
+            }
+            // Summaries of summaries would average averages, and a cycle would grow columns
+            // (`x_mean_mean…`) at every pass: each rollup reads a table of rows.
+            if self.rollups.iter().any(|r| r.table.trim() == into) {
+                problem(
+                    &at("into"),
+                    format!("`{into}` is summarised by a rollup itself: summarise its rows' table"),
+                );
+                continue;
+            }
+            let mut fields: Vec<String> = Vec::new();
+            for field in &rollup.fields {
+                let field = field.trim();
+                if field.is_empty() || field.starts_with('_') || field == "time" {
+                    problem(
+                        &at("fields"),
+                        format!("`{field}` is not a field a rollup can summarise"),
+                    );
+                } else if !fields.iter().any(|f| f == field) {
+                    fields.push(field.to_owned());
+                }
+            }
+            rollups.push(RollupSettings {
+                table: table.to_owned(),
+                into,
+                every,
+                fields,
+                lateness,
+            });
+        }
+        rollups
+    }
 }
 
 /// `[store.objects]`: where the Parquet segments live when not on the local disk. The WAL,
@@ -1574,6 +1720,7 @@ impl Default for StoreConfig {
             blob_min_age: "1h".into(),
             tables: BTreeMap::new(),
             objects: ObjectsConfig::default(),
+            rollups: Vec::new(),
         }
     }
 }
@@ -1992,6 +2139,8 @@ pub struct Settings {
     pub attestation: AttestationSettings,
     /// The registry's PostgreSQL database; `None`: `<data_dir>/registry.db`.
     pub registry_database_url: Option<String>,
+    /// Tables summarised per interval.
+    pub rollups: Vec<RollupSettings>,
 }
 
 /// The validated `[mqtt]` section.
@@ -2218,6 +2367,7 @@ impl Config {
         let retention = retention_of(&self.store.retention)
             .map_err(|e| problem("store.retention", e))
             .ok();
+        let rollups = self.store.validate_rollups(&mut problem);
         let mut table_retention = BTreeMap::new();
         for (name, table) in &self.store.tables {
             if name == "_blobs" {
@@ -2373,6 +2523,7 @@ impl Config {
                 objects,
                 attestation,
                 registry_database_url,
+                rollups,
             }),
             _ => Err(RuntimeError::Invalid {
                 origin: origin.to_owned(),
@@ -3641,6 +3792,69 @@ mod tests {
             .to_string();
         for expected in ["store.tables._blobs", "store.blob_min_age"] {
             assert!(msg.contains(expected), "{expected}: {msg}");
+        }
+    }
+
+    #[test]
+    fn rollups_name_their_table_and_interval_and_every_mistake_is_named() {
+        let text = "[[store.rollups]]\ntable = \"telemetry\"\nevery = \"1m\"\n\
+                    [[store.rollups]]\ntable = \"telemetry\"\nevery = \"1h\"\n\
+                    into = \"telemetry_hourly\"\nfields = [\"temperature\", \"temperature\"]\n\
+                    lateness = \"2h\"\n";
+        let settings = Config::from_toml("t", text, no_env())
+            .expect("loads")
+            .validate("t")
+            .expect("valid");
+        assert_eq!(
+            settings.rollups,
+            [
+                RollupSettings {
+                    table: "telemetry".into(),
+                    into: "telemetry_1m".into(),
+                    every: Duration::from_secs(60),
+                    fields: Vec::new(),
+                    lateness: Duration::from_secs(60),
+                },
+                RollupSettings {
+                    table: "telemetry".into(),
+                    into: "telemetry_hourly".into(),
+                    every: Duration::from_secs(3600),
+                    fields: vec!["temperature".into()],
+                    lateness: Duration::from_secs(7200),
+                },
+            ]
+        );
+        let text = "[[store.rollups]]\nevery = \"1m\"\n\
+                    [[store.rollups]]\ntable = \"a\"\nevery = \"10ms\"\n\
+                    [[store.rollups]]\ntable = \"a\"\nevery = \"1m\"\ninto = \"a\"\n\
+                    [[store.rollups]]\ntable = \"a\"\nevery = \"1m\"\ninto = \"_a\"\n\
+                    [[store.rollups]]\ntable = \"a\"\nevery = \"1m\"\nlateness = \"soon\"\n\
+                    [[store.rollups]]\ntable = \"a\"\nevery = \"1m\"\n\
+                    [[store.rollups]]\ntable = \"b\"\nevery = \"1m\"\ninto = \"a_1m\"\n\
+                    [[store.rollups]]\ntable = \"c\"\nevery = \"1m\"\nfields = [\"_quality\"]\n\
+                    [[store.rollups]]\ntable = \"d\"\nevery = \"1m\"\nlateness = \"2d\"\n\
+                    [[store.rollups]]\ntable = \"e\"\nevery = \"1m\"\ninto = \"f\"\n\
+                    [[store.rollups]]\ntable = \"f\"\nevery = \"1h\"\n";
+        let msg = Config::from_toml("t", text, no_env())
+            .expect("loads")
+            .validate("t")
+            .expect_err("refused")
+            .to_string();
+        for expected in [
+            "store.rollups[0].table",
+            "store.rollups[1].every",
+            "store.rollups[2].into: `a` is the table it summarises",
+            "store.rollups[3].into",
+            "store.rollups[4].lateness",
+            "store.rollups[6].into: `a_1m` is written by another rollup",
+            "store.rollups[7].fields: `_quality`",
+            "store.rollups[8].lateness: at most 1440 intervals",
+            "store.rollups[9].into: `f` is summarised by a rollup itself",
+        ] {
+            assert!(msg.contains(expected), "{expected}: {msg}");
+        }
+        for fine in ["store.rollups[5]", "store.rollups[10]"] {
+            assert!(!msg.contains(fine), "{fine}: {msg}");
         }
     }
 }

@@ -56,6 +56,7 @@ mod release_keys;
 mod release_proposals;
 mod release_retention;
 mod release_signer;
+mod rollups;
 mod run;
 mod sealed_identity;
 mod self_update;

@@ -590,6 +590,7 @@ async fn start_store(
         .as_ref()
         .and_then(|o| Some((o.url.clone(), o.read_only?)));
     let store = Store::open(options).await.map_err(|e| e.to_string())?;
+    let owner = read_only.is_none();
     if let Some((url, every)) = read_only {
         wiring.banner.push(format!(
             "  Store:     read-only query node over {url}: what its owning store persisted, \
@@ -604,10 +605,21 @@ async fn start_store(
     let stop = CancellationToken::new();
     let background_stop = stop.child_token();
     let background = tokio::spawn(store.clone().run_background(background_stop.clone()));
+    // A read-only query node writes nothing: the owner's store rolls its tables up.
+    let rollups = (owner && !settings.rollups.is_empty()).then(|| {
+        crate::rollups::start(
+            store.clone(),
+            settings.rollups.clone(),
+            background_stop.clone(),
+        )
+    });
     let token = stop.clone();
     let task = tokio::spawn(async move {
         token.cancelled().await;
         background_stop.cancel();
+        if let Some(rollups) = rollups {
+            let _ = rollups.await;
+        }
         let _ = background.await;
         // Writes still in the WAL queue are committed; acknowledged data is in the WAL.
         store.close().await;
@@ -774,12 +786,24 @@ impl AdminToken {
 
 async fn serve(
     mut config: Config,
-    settings: Settings,
+    mut settings: Settings,
     modules: Vec<Module>,
     demo: bool,
     self_update: crate::self_update::SelfUpdate,
     lineage: Option<crate::openlineage::Emitter>,
 ) -> anyhow::Result<()> {
+    if demo && settings.rollups.is_empty() {
+        // Something to see of rollups (decision 0085): the pumps' signals per minute.
+        settings
+            .rollups
+            .push(fabrik_runtime::config::RollupSettings {
+                table: "pump".into(),
+                into: "pump_1m".into(),
+                every: Duration::from_secs(60),
+                fields: Vec::new(),
+                lateness: Duration::from_secs(60),
+            });
+    }
     // A file-size limit (ulimit -f) must surface as EFBIG → 507 on write, not kill the
     // process: listening for SIGXFSZ replaces its default action (terminate).
     #[cfg(target_os = "linux")]

@@ -1,6 +1,12 @@
 //! SQL expressions written by users (an alert rule's `value` and `filter`, a pipeline's
 //! `filter`) as the queries embed them: the one wrapping, and the check that the text is
-//! exactly one expression inside it; and names embedded as string literals.
+//! exactly one expression inside it; and names embedded as string literals or identifiers.
+
+/// `name` as an SQL identifier (a table or column name): double-quoted, so its case and any
+/// character in it are kept, a double quote inside doubled.
+pub(crate) fn identifier(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
 
 /// `text` as an SQL string literal: quoted, a quote inside doubled.
 pub(crate) fn literal(text: &str) -> String {

@@ -23,6 +23,7 @@ mod paho;
 mod pipelines;
 mod postgres;
 mod releases;
+mod rollups;
 mod shadow;
 mod sparkplug;
 mod storage;

@@ -1,0 +1,575 @@
+//! Rollups (`[[store.rollups]]`, decision 0085): a table's rows summarised per interval —
+//! each numeric field's mean, minimum, maximum and count per series — into a table of its
+//! own, so a plant keeps years of trends at a fraction of the rows' size while the rows
+//! themselves expire. Intervals are summarised once they end, and again while rows may still
+//! arrive late; a summary written again replaces the earlier one (the store keeps the last
+//! write of a series at a time), and a restart carries on from the last summary stored.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::arrow::array::{Array, Float64Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::datatypes::DataType;
+use fabrik_core::{Point, Quality, Timestamp, Value};
+use fabrik_runtime::config::RollupSettings;
+use fabrik_store::Store;
+use tokio_util::sync::CancellationToken;
+
+use crate::columns::cast_column;
+use crate::sql_text::{identifier, literal};
+
+/// The lineage source (`_source`) of the summaries.
+pub(crate) const ROLLUP_SOURCE: &str = "rollups";
+/// The summaries one pass reads and writes at most per query: a long backfill goes in steps.
+const INTERVALS_PER_STEP: i64 = 1_440;
+/// The most intervals a first start summarises back from now: a table with years of rows and
+/// a one-second rollup does not spend its start on them.
+const MOST_BACKFILL_INTERVALS: i64 = 100_000;
+/// The most rows' time one step's query reads (unless one interval is longer).
+const LONGEST_STEP: Duration = Duration::from_secs(86_400);
+/// The longest wait between passes of a rollup that keeps failing.
+const LONGEST_BACKOFF: Duration = Duration::from_secs(600);
+/// Points written in one store write at most.
+const POINTS_PER_WRITE: usize = 10_000;
+/// The longest wait after an interval ends before it is first summarised, for rows still
+/// being committed; a tenth of the interval when that is shorter.
+const LONGEST_SETTLING: Duration = Duration::from_secs(5);
+
+/// The summaries' columns per field, in the order they are written.
+const SUMMARIES: [&str; 4] = ["mean", "min", "max", "count"];
+
+/// Starts every rollup; the task ends when `stop` is cancelled.
+pub(crate) fn start(
+    store: Arc<Store>,
+    rollups: Vec<RollupSettings>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for rollup in rollups {
+            tasks.spawn(run(store.clone(), rollup, stop.clone()));
+        }
+        while tasks.join_next().await.is_some() {}
+    })
+}
+
+/// One rollup's loop: at each interval's end (and settling time), the intervals from the
+/// first not yet summarised, or still within the lateness, up to the last one ended.
+async fn run(store: Arc<Store>, rollup: RollupSettings, stop: CancellationToken) {
+    let every_ns = nanos(rollup.every).max(1);
+    let lateness_ns = nanos(rollup.lateness);
+    let settle_ns = nanos((rollup.every / 10).min(LONGEST_SETTLING));
+    // A table of rows from elsewhere (an edge's uplinked summaries, a device's own) is not
+    // written over: its name is a mistake in the configuration.
+    let foreign = tokio::select! {
+        () = stop.cancelled() => return,
+        foreign = foreign_rows(&store, &rollup) => foreign,
+    };
+    match foreign {
+        Ok(false) => {}
+        Ok(true) => {
+            metrics::counter!("fabrik_rollup_errors_total", "rollup" => rollup.into.clone())
+                .increment(1);
+            tracing::error!(rollup = %rollup.into, table = %rollup.table, "A rollup's table `into` holds rows that are not its summaries; it is not written to. Name another table in [[store.rollups]] into.");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(rollup = %rollup.into, error = %e, "A rollup's table could not be checked for rows of other sources.");
+        }
+    }
+    // Where the last run left off: the interval after the newest summary stored.
+    let mut done_until = tokio::select! {
+        () = stop.cancelled() => return,
+        newest = newest_summary(&store, &rollup) => match newest {
+            Ok(newest) => newest.map(|start| start.saturating_add(every_ns)),
+            Err(e) => {
+                tracing::warn!(rollup = %rollup.into, error = %e, "The newest summary of a rollup could not be read; it starts from the table's oldest rows.");
+                None
+            }
+        },
+    };
+    // Each step's query covers at most a day of rows (or one interval, if longer).
+    let step_ns = INTERVALS_PER_STEP
+        .saturating_mul(every_ns)
+        .min(nanos(LONGEST_STEP).max(every_ns));
+    let mut failures: u32 = 0;
+    loop {
+        let now = Timestamp::now().nanos();
+        let ended = align_down(now.saturating_sub(settle_ns), every_ns);
+        let from = tokio::select! {
+            () = stop.cancelled() => return,
+            from = pass_start(&store, &rollup, done_until, ended, every_ns, lateness_ns) => from,
+        };
+        let mut step_from = from.unwrap_or(ended);
+        while step_from < ended {
+            let step_to = ended.min(align_down(step_from.saturating_add(step_ns), every_ns));
+            let step_to = step_to.max(step_from.saturating_add(every_ns));
+            let summarised = tokio::select! {
+                () = stop.cancelled() => return,
+                summarised = summarise(&store, &rollup, step_from, step_to) => summarised,
+            };
+            match summarised {
+                Ok(written) => {
+                    metrics::counter!("fabrik_rollup_rows_written_total", "rollup" => rollup.into.clone())
+                        .increment(written as u64);
+                    done_until = Some(done_until.unwrap_or(step_to).max(step_to));
+                    step_from = step_to;
+                    failures = 0;
+                }
+                Err(e) => {
+                    metrics::counter!("fabrik_rollup_errors_total", "rollup" => rollup.into.clone())
+                        .increment(1);
+                    tracing::warn!(rollup = %rollup.into, table = %rollup.table, error = %e, "A rollup's intervals could not be summarised; they are tried again later.");
+                    failures = failures.saturating_add(1);
+                    break;
+                }
+            }
+        }
+        let next = ended
+            .saturating_add(every_ns)
+            .saturating_add(settle_ns)
+            .saturating_sub(Timestamp::now().nanos());
+        let mut wait = Duration::from_nanos(u64::try_from(next).unwrap_or(0));
+        if failures > 0 {
+            // A rollup that keeps failing (fields that are not there, a query the store
+            // refuses) is tried less and less often, not at every interval.
+            let backoff = rollup
+                .every
+                .saturating_mul(1 << failures.min(10))
+                .min(LONGEST_BACKOFF);
+            wait = wait.max(backoff);
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Whether `rollup.into` holds rows this rollup did not write.
+async fn foreign_rows(store: &Store, rollup: &RollupSettings) -> Result<bool, String> {
+    if !store.has_table(&rollup.into) {
+        return Ok(false);
+    }
+    let sql = format!(
+        "SELECT count(*) FROM (SELECT 1 FROM {} WHERE _source IS NULL OR _source <> {} LIMIT 1)",
+        identifier(&rollup.into),
+        literal(ROLLUP_SOURCE)
+    );
+    Ok(crate::columns::query_i64(store, &sql).await?.unwrap_or(0) > 0)
+}
+
+fn nanos(duration: Duration) -> i64 {
+    i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX)
+}
+
+/// The start of the interval `time` falls in (intervals are aligned to the Unix epoch).
+fn align_down(time: i64, every_ns: i64) -> i64 {
+    time.div_euclid(every_ns).saturating_mul(every_ns)
+}
+
+/// Where this pass starts summarising, before `ended` (the end of the last interval that
+/// ended): the first interval not summarised yet, or the first that ended within the
+/// lateness, whichever is earlier; on a first start, the table's oldest row; never more than
+/// [`MOST_BACKFILL_INTERVALS`] back. `None`: nothing to do yet (no rows, or the table does
+/// not exist yet).
+async fn pass_start(
+    store: &Store,
+    rollup: &RollupSettings,
+    done_until: Option<i64>,
+    ended: i64,
+    every_ns: i64,
+    lateness_ns: i64,
+) -> Option<i64> {
+    let late = align_down(ended.saturating_sub(lateness_ns), every_ns);
+    let from = match done_until {
+        Some(done) => done.min(late),
+        None => {
+            let oldest = oldest_row(store, rollup).await.unwrap_or_else(|e| {
+                tracing::debug!(rollup = %rollup.into, error = %e, "A rollup's table could not be read.");
+                None
+            })?;
+            align_down(oldest, every_ns)
+        }
+    };
+    // Also after a restart whose newest summary is old (a table that stopped receiving rows).
+    let from = from.max(ended.saturating_sub(MOST_BACKFILL_INTERVALS.saturating_mul(every_ns)));
+    (from < ended).then_some(from)
+}
+
+async fn oldest_row(store: &Store, rollup: &RollupSettings) -> Result<Option<i64>, String> {
+    if !store.has_table(&rollup.table) {
+        return Ok(None);
+    }
+    let sql = format!(
+        "SELECT CAST(min(time) AS BIGINT) FROM {}",
+        identifier(&rollup.table)
+    );
+    crate::columns::query_i64(store, &sql).await
+}
+
+/// The start of the newest interval summarised in `rollup.into`.
+async fn newest_summary(store: &Store, rollup: &RollupSettings) -> Result<Option<i64>, String> {
+    if !store.has_table(&rollup.into) {
+        return Ok(None);
+    }
+    let sql = format!(
+        "SELECT CAST(max(time) AS BIGINT) FROM {} WHERE _source = {}",
+        identifier(&rollup.into),
+        literal(ROLLUP_SOURCE)
+    );
+    crate::columns::query_i64(store, &sql).await
+}
+
+/// The table's tags and the fields summarised (those configured that are numeric, else every
+/// numeric field), as it is now; `None` when the table does not exist yet.
+fn columns_of(store: &Store, rollup: &RollupSettings) -> Option<(Vec<String>, Vec<String>)> {
+    let table = store
+        .tables()
+        .into_iter()
+        .find(|table| table.name == rollup.table)?;
+    let numeric = |kind: &str| matches!(kind, "float" | "integer" | "uinteger");
+    let fields = table
+        .fields
+        .iter()
+        .filter(|(name, kind)| {
+            numeric(kind) && (rollup.fields.is_empty() || rollup.fields.contains(name))
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    Some((table.tags, fields))
+}
+
+/// The query that summarises `[from, to)`: per interval and series, each field's summaries.
+/// Rows of bad quality (a failed sensor, a Modbus exception) are left out.
+fn summary_sql(
+    rollup: &RollupSettings,
+    tags: &[String],
+    fields: &[String],
+    from: i64,
+    to: i64,
+) -> String {
+    let every_ns = nanos(rollup.every).max(1);
+    // Integer arithmetic on the nanoseconds: the rows are after 1970, where it rounds down.
+    let interval_start = format!("(CAST(time AS BIGINT) / {every_ns}) * {every_ns}");
+    let mut columns = vec![interval_start.clone()];
+    columns.extend(
+        tags.iter()
+            .map(|tag| format!("CAST({} AS VARCHAR)", identifier(tag))),
+    );
+    for field in fields {
+        let value = format!("CAST({} AS DOUBLE)", identifier(field));
+        columns.push(format!("avg({value})"));
+        columns.push(format!("min({value})"));
+        columns.push(format!("max({value})"));
+        columns.push(format!("CAST(count({value}) AS BIGINT)"));
+    }
+    let group: Vec<String> = std::iter::once(interval_start)
+        .chain(tags.iter().map(|tag| identifier(tag)))
+        .collect();
+    format!(
+        "SELECT {} FROM {} WHERE time >= to_timestamp_nanos({from}) AND time < \
+         to_timestamp_nanos({to}) AND (_quality IS NULL OR _quality <> 'bad') GROUP BY {}",
+        columns.join(", "),
+        identifier(&rollup.table),
+        group.join(", ")
+    )
+}
+
+/// Summarises `[from, to)` into `rollup.into`; returns the summary rows written.
+async fn summarise(
+    store: &Store,
+    rollup: &RollupSettings,
+    from: i64,
+    to: i64,
+) -> Result<usize, String> {
+    let Some((tags, fields)) = columns_of(store, rollup) else {
+        return Ok(0);
+    };
+    if fields.is_empty() {
+        return Err(if rollup.fields.is_empty() {
+            format!("table `{}` has no numeric field", rollup.table)
+        } else {
+            format!(
+                "table `{}` has none of the numeric fields {:?}",
+                rollup.table, rollup.fields
+            )
+        });
+    }
+    let output = store
+        .query(&summary_sql(rollup, &tags, &fields, from, to))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut written = 0;
+    for batch in &output.batches {
+        let points = points_of(batch, rollup, &tags, &fields)?;
+        for chunk in points.chunks(POINTS_PER_WRITE) {
+            store
+                .write_computed(chunk, ROLLUP_SOURCE, &rollup.into)
+                .await
+                .map_err(|e| format!("writing `{}`: {e}", rollup.into))?;
+        }
+        written += points.len();
+    }
+    Ok(written)
+}
+
+/// The summary rows of one result batch (columns as [`summary_sql`] selects them): a row per
+/// interval and series, stamped at the interval's start, with the summaries of the fields that
+/// had values in it.
+fn points_of(
+    batch: &RecordBatch,
+    rollup: &RollupSettings,
+    tags: &[String],
+    fields: &[String],
+) -> Result<Vec<Point>, String> {
+    let starts: Int64Array = cast_column(batch, 0, &DataType::Int64, "interval start")?;
+    let tag_columns = (0..tags.len())
+        .map(|i| cast_column::<StringArray>(batch, 1 + i, &DataType::Utf8, "a tag"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let first_field = 1 + tags.len();
+    let mut summaries = Vec::with_capacity(fields.len());
+    for f in 0..fields.len() {
+        let at = first_field + f * SUMMARIES.len();
+        let float =
+            |i: usize| cast_column::<Float64Array>(batch, at + i, &DataType::Float64, "a summary");
+        summaries.push((
+            float(0)?,
+            float(1)?,
+            float(2)?,
+            cast_column::<Int64Array>(batch, at + 3, &DataType::Int64, "a count")?,
+        ));
+    }
+    let mut points = Vec::with_capacity(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        if starts.is_null(row) {
+            continue;
+        }
+        let mut values = Vec::with_capacity(fields.len() * SUMMARIES.len());
+        for (field, (mean, min, max, count)) in fields.iter().zip(&summaries) {
+            // A field without a value in the interval (another device's signal) has no
+            // summary there.
+            if count.is_null(row) || count.value(row) == 0 || mean.is_null(row) {
+                continue;
+            }
+            values.push((format!("{field}_mean"), Value::F64(mean.value(row))));
+            values.push((format!("{field}_min"), Value::F64(min.value(row))));
+            values.push((format!("{field}_max"), Value::F64(max.value(row))));
+            values.push((format!("{field}_count"), Value::I64(count.value(row))));
+        }
+        if values.is_empty() {
+            continue;
+        }
+        let series = tags
+            .iter()
+            .zip(&tag_columns)
+            .filter(|(_, column)| !column.is_null(row))
+            .map(|(tag, column)| (tag.clone(), column.value(row).to_owned()))
+            .collect();
+        points.push(Point {
+            measurement: rollup.into.clone(),
+            tags: series,
+            fields: values,
+            time: Timestamp(starts.value(row)),
+            quality: Quality::Good,
+        });
+    }
+    Ok(points)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: i64 = 60_000_000_000;
+
+    fn rollup(fields: &[&str]) -> RollupSettings {
+        RollupSettings {
+            table: "pump".into(),
+            into: "pump_1m".into(),
+            every: Duration::from_secs(60),
+            fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+            lateness: Duration::from_secs(60),
+        }
+    }
+
+    async fn rows(store: &Store, sql: &str) -> Vec<serde_json::Value> {
+        let output = store.query(sql).await.expect("query");
+        let mut json = Vec::new();
+        let mut writer = datafusion::arrow::json::ArrayWriter::new(&mut json);
+        for batch in &output.batches {
+            writer.write(batch).expect("json");
+        }
+        writer.finish().expect("json");
+        if json.is_empty() {
+            return Vec::new();
+        }
+        serde_json::from_slice(&json).expect("rows")
+    }
+
+    #[tokio::test]
+    async fn each_series_interval_is_summarised_and_a_late_row_replaces_its_summary() {
+        // Two pumps over two minutes; a bad-quality reading and a text field are not counted.
+        let (_dir, store) = crate::test_store::store_with(&format!(
+            "pump,device=p1,site=a pressure=1.0,speed=10i,state=\"on\" {}\n\
+             pump,device=p1,site=a pressure=3.0,speed=30i {}\n\
+             pump,device=p2,site=a pressure=7.0 {}\n\
+             pump,device=p1,site=a pressure=5.0 {}\n",
+            MINUTE + 1,
+            MINUTE + 2,
+            MINUTE + 3,
+            2 * MINUTE,
+        ))
+        .await;
+        let bad = fabrik_core::Point {
+            measurement: "pump".into(),
+            tags: vec![("device".into(), "p1".into()), ("site".into(), "a".into())],
+            fields: vec![("pressure".into(), Value::F64(1000.0))],
+            time: Timestamp(MINUTE + 4),
+            quality: Quality::Bad,
+        };
+        store
+            .write_computed(&[bad], "test", "pump")
+            .await
+            .expect("bad reading");
+        let rollup = rollup(&[]);
+        let written = summarise(&store, &rollup, MINUTE, 3 * MINUTE)
+            .await
+            .expect("summarise");
+        assert_eq!(
+            written, 3,
+            "p1 and p2 in the first minute, p1 in the second"
+        );
+        let summaries = rows(
+            &store,
+            "SELECT CAST(time AS BIGINT) AS t, device, site, pressure_mean, pressure_min, \
+             pressure_max, pressure_count, speed_mean, speed_count, _source FROM pump_1m \
+             ORDER BY t, device",
+        )
+        .await;
+        assert_eq!(summaries.len(), 3, "{summaries:?}");
+        let first = &summaries[0];
+        assert_eq!(first["t"], MINUTE);
+        assert_eq!(first["device"], "p1");
+        assert_eq!(first["site"], "a");
+        assert_eq!(first["pressure_mean"], 2.0);
+        assert_eq!(first["pressure_min"], 1.0);
+        assert_eq!(first["pressure_max"], 3.0);
+        assert_eq!(first["pressure_count"], 2, "the bad reading is left out");
+        assert_eq!(first["speed_mean"], 20.0);
+        assert_eq!(first["speed_count"], 2);
+        assert_eq!(first["_source"], ROLLUP_SOURCE);
+        assert!(
+            !store.has_column("pump_1m", "state_mean"),
+            "a text field is not summarised"
+        );
+        assert_eq!(summaries[1]["device"], "p2");
+        assert_eq!(summaries[1]["pressure_mean"], 7.0);
+        assert!(
+            summaries[1]
+                .get("speed_count")
+                .is_none_or(serde_json::Value::is_null),
+            "p2 had no speed: {:?}",
+            summaries[1]
+        );
+        assert_eq!(summaries[2]["t"], 2 * MINUTE);
+        assert_eq!(summaries[2]["pressure_count"], 1);
+
+        // A row that arrives late is counted when its interval is summarised again: the
+        // new summary replaces the old one.
+        store
+            .write_lines(
+                &format!("pump,device=p1,site=a pressure=8.0 {}\n", MINUTE + 5),
+                fabrik_core::Precision::Ns,
+                fabrik_core::SourceId::http(),
+            )
+            .await
+            .expect("late row");
+        summarise(&store, &rollup, MINUTE, 2 * MINUTE)
+            .await
+            .expect("again");
+        let again = rows(
+            &store,
+            &format!(
+                "SELECT pressure_mean, pressure_max, pressure_count FROM pump_1m \
+                 WHERE device = 'p1' AND time = to_timestamp_nanos({MINUTE})"
+            ),
+        )
+        .await;
+        assert_eq!(again.len(), 1, "replaced, not added: {again:?}");
+        assert_eq!(again[0]["pressure_mean"], 4.0);
+        assert_eq!(again[0]["pressure_max"], 8.0);
+        assert_eq!(again[0]["pressure_count"], 3);
+
+        // A restart carries on after the newest summary.
+        assert_eq!(
+            newest_summary(&store, &rollup).await.expect("newest"),
+            Some(2 * MINUTE)
+        );
+    }
+
+    #[tokio::test]
+    async fn only_the_fields_named_are_summarised_and_none_numeric_is_an_error() {
+        let (_dir, store) = crate::test_store::store_with(&format!(
+            "pump,device=p1 pressure=1.0,speed=10i,state=\"on\" {}\n",
+            MINUTE + 1
+        ))
+        .await;
+        summarise(&store, &rollup(&["speed"]), MINUTE, 2 * MINUTE)
+            .await
+            .expect("summarise");
+        assert!(store.has_column("pump_1m", "speed_mean"));
+        assert!(!store.has_column("pump_1m", "pressure_mean"));
+        let refused = summarise(&store, &rollup(&["state"]), MINUTE, 2 * MINUTE)
+            .await
+            .expect_err("a text field only");
+        assert!(refused.contains("none of the numeric fields"), "{refused}");
+        // A table that does not exist yet is nothing to do.
+        let mut absent = rollup(&[]);
+        absent.table = "valve".into();
+        assert_eq!(summarise(&store, &absent, MINUTE, 2 * MINUTE).await, Ok(0));
+    }
+
+    #[tokio::test]
+    async fn a_pass_starts_at_the_oldest_row_then_at_the_lateness() {
+        let (_dir, store) = crate::test_store::store_with(&format!(
+            "pump,device=p1 pressure=1.0 {}\n",
+            10 * MINUTE + 7
+        ))
+        .await;
+        let rollup = rollup(&[]);
+        let ended = 20 * MINUTE;
+        assert_eq!(
+            pass_start(&store, &rollup, None, ended, MINUTE, MINUTE).await,
+            Some(10 * MINUTE),
+            "first start: from the oldest row's interval"
+        );
+        assert_eq!(
+            pass_start(&store, &rollup, Some(ended), ended, MINUTE, 3 * MINUTE).await,
+            Some(17 * MINUTE),
+            "caught up: the intervals within the lateness again"
+        );
+        assert_eq!(
+            pass_start(&store, &rollup, Some(12 * MINUTE), ended, MINUTE, MINUTE).await,
+            Some(12 * MINUTE),
+            "behind: from the first not summarised"
+        );
+        assert_eq!(
+            pass_start(&store, &rollup, Some(ended), ended, MINUTE, 0).await,
+            None,
+            "no lateness and caught up: nothing to do"
+        );
+        let far = (MOST_BACKFILL_INTERVALS + 500) * MINUTE;
+        assert_eq!(
+            pass_start(&store, &rollup, Some(12 * MINUTE), far, MINUTE, MINUTE).await,
+            Some(500 * MINUTE),
+            "never more than the most intervals back"
+        );
+        let mut absent = rollup.clone();
+        absent.table = "valve".into();
+        assert_eq!(
+            pass_start(&store, &absent, None, ended, MINUTE, MINUTE).await,
+            None
+        );
+    }
+}
