@@ -1467,11 +1467,16 @@ impl StoreConfig {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
             if !into_ok {
+                let given = if rollup.into.trim().is_empty() {
+                    " (made from `table` and `every`: set `into`)"
+                } else {
+                    ""
+                };
                 problem(
                     &at("into"),
                     format!(
-                        "`{into}` is not a table name a rollup writes: letters, digits, `_` and \
-                         `-`, not starting with `_`"
+                        "`{into}`{given} is not a table name a rollup writes: letters, digits, \
+                         `_` and `-`, not starting with `_`"
                     ),
                 );
                 continue;
@@ -3834,7 +3839,8 @@ mod tests {
                     [[store.rollups]]\ntable = \"c\"\nevery = \"1m\"\nfields = [\"_quality\"]\n\
                     [[store.rollups]]\ntable = \"d\"\nevery = \"1m\"\nlateness = \"2d\"\n\
                     [[store.rollups]]\ntable = \"e\"\nevery = \"1m\"\ninto = \"f\"\n\
-                    [[store.rollups]]\ntable = \"f\"\nevery = \"1h\"\n";
+                    [[store.rollups]]\ntable = \"f\"\nevery = \"1h\"\n\
+                    [[store.rollups]]\ntable = \"plant.line\"\nevery = \"1h\"\n";
         let msg = Config::from_toml("t", text, no_env())
             .expect("loads")
             .validate("t")
@@ -3850,6 +3856,7 @@ mod tests {
             "store.rollups[7].fields: `_quality`",
             "store.rollups[8].lateness: at most 1440 intervals",
             "store.rollups[9].into: `f` is summarised by a rollup itself",
+            "store.rollups[11].into: `plant.line_1h` (made from `table` and `every`: set `into`)",
         ] {
             assert!(msg.contains(expected), "{expected}: {msg}");
         }

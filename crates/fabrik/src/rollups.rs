@@ -5,6 +5,7 @@
 //! arrive late; a summary written again replaces the earlier one (the store keeps the last
 //! write of a series at a time), and a restart carries on from the last summary stored.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,39 +60,25 @@ async fn run(store: Arc<Store>, rollup: RollupSettings, stop: CancellationToken)
     let every_ns = nanos(rollup.every).max(1);
     let lateness_ns = nanos(rollup.lateness);
     let settle_ns = nanos((rollup.every / 10).min(LONGEST_SETTLING));
-    // A table of rows from elsewhere (an edge's uplinked summaries, a device's own) is not
-    // written over: its name is a mistake in the configuration.
-    let foreign = tokio::select! {
-        () = stop.cancelled() => return,
-        foreign = foreign_rows(&store, &rollup) => foreign,
-    };
-    match foreign {
-        Ok(false) => {}
-        Ok(true) => {
-            metrics::counter!("fabrik_rollup_errors_total", "rollup" => rollup.into.clone())
-                .increment(1);
-            tracing::error!(rollup = %rollup.into, table = %rollup.table, "A rollup's table `into` holds rows that are not its summaries; it is not written to. Name another table in [[store.rollups]] into.");
-            return;
-        }
-        Err(e) => {
-            tracing::warn!(rollup = %rollup.into, error = %e, "A rollup's table could not be checked for rows of other sources.");
-        }
-    }
-    // Where the last run left off: the interval after the newest summary stored.
+    // Where the last run left off: the newest interval summarised, again (a stop in the
+    // middle of a step may have written only some of its series).
     let mut done_until = tokio::select! {
         () = stop.cancelled() => return,
-        newest = newest_summary(&store, &rollup) => match newest {
-            Ok(newest) => newest.map(|start| start.saturating_add(every_ns)),
+        newest = newest_summary(&store, &rollup, Timestamp::now().nanos()) => match newest {
+            Ok(newest) => newest,
             Err(e) => {
                 tracing::warn!(rollup = %rollup.into, error = %e, "The newest summary of a rollup could not be read; it starts from the table's oldest rows.");
                 None
             }
         },
     };
-    // Each step's query covers at most a day of rows (or one interval, if longer).
-    let step_ns = INTERVALS_PER_STEP
+    // Each step's query covers at most a day of rows (or one interval, if longer); a step that
+    // fails is halved, down to one interval, so one too large for the query timeout does not
+    // stop the rollup.
+    let longest_step = INTERVALS_PER_STEP
         .saturating_mul(every_ns)
         .min(nanos(LONGEST_STEP).max(every_ns));
+    let mut step_ns = longest_step;
     let mut failures: u32 = 0;
     loop {
         let now = Timestamp::now().nanos();
@@ -115,12 +102,14 @@ async fn run(store: Arc<Store>, rollup: RollupSettings, stop: CancellationToken)
                     done_until = Some(done_until.unwrap_or(step_to).max(step_to));
                     step_from = step_to;
                     failures = 0;
+                    step_ns = step_ns.saturating_mul(2).min(longest_step);
                 }
                 Err(e) => {
                     metrics::counter!("fabrik_rollup_errors_total", "rollup" => rollup.into.clone())
                         .increment(1);
                     tracing::warn!(rollup = %rollup.into, table = %rollup.table, error = %e, "A rollup's intervals could not be summarised; they are tried again later.");
                     failures = failures.saturating_add(1);
+                    step_ns = (step_ns / 2).max(every_ns);
                     break;
                 }
             }
@@ -146,13 +135,21 @@ async fn run(store: Arc<Store>, rollup: RollupSettings, stop: CancellationToken)
     }
 }
 
-/// Whether `rollup.into` holds rows this rollup did not write.
-async fn foreign_rows(store: &Store, rollup: &RollupSettings) -> Result<bool, String> {
+/// Whether `rollup.into` holds rows this rollup did not write within `[from, to)`: an edge's
+/// uplinked summaries on a hub, a device's own rows under that name. They are not written
+/// over.
+async fn foreign_rows(
+    store: &Store,
+    rollup: &RollupSettings,
+    from: i64,
+    to: i64,
+) -> Result<bool, String> {
     if !store.has_table(&rollup.into) {
         return Ok(false);
     }
     let sql = format!(
-        "SELECT count(*) FROM (SELECT 1 FROM {} WHERE _source IS NULL OR _source <> {} LIMIT 1)",
+        "SELECT count(*) FROM (SELECT 1 FROM {} WHERE time >= to_timestamp_nanos({from}) AND \
+         time < to_timestamp_nanos({to}) AND (_source IS NULL OR _source <> {}) LIMIT 1)",
         identifier(&rollup.into),
         literal(ROLLUP_SOURCE)
     );
@@ -170,7 +167,7 @@ fn align_down(time: i64, every_ns: i64) -> i64 {
 
 /// Where this pass starts summarising, before `ended` (the end of the last interval that
 /// ended): the first interval not summarised yet, or the first that ended within the
-/// lateness, whichever is earlier; on a first start, the table's oldest row; never more than
+/// lateness (rounded up to whole intervals), whichever is earlier; on a first start, the table's oldest row; never more than
 /// [`MOST_BACKFILL_INTERVALS`] back. `None`: nothing to do yet (no rows, or the table does
 /// not exist yet).
 async fn pass_start(
@@ -181,7 +178,14 @@ async fn pass_start(
     every_ns: i64,
     lateness_ns: i64,
 ) -> Option<i64> {
-    let late = align_down(ended.saturating_sub(lateness_ns), every_ns);
+    // An interval is summarised again until the pass after `lateness` has passed since it
+    // ended: rows that late still count.
+    let lateness_intervals = lateness_ns.saturating_add(every_ns - 1) / every_ns;
+    let late = ended.saturating_sub(
+        lateness_intervals
+            .saturating_add(1)
+            .saturating_mul(every_ns),
+    );
     let from = match done_until {
         Some(done) => done.min(late),
         None => {
@@ -209,12 +213,20 @@ async fn oldest_row(store: &Store, rollup: &RollupSettings) -> Result<Option<i64
 }
 
 /// The start of the newest interval summarised in `rollup.into`.
-async fn newest_summary(store: &Store, rollup: &RollupSettings) -> Result<Option<i64>, String> {
+async fn newest_summary(
+    store: &Store,
+    rollup: &RollupSettings,
+    now: i64,
+) -> Result<Option<i64>, String> {
     if !store.has_table(&rollup.into) {
         return Ok(None);
     }
+    // Only as far back as a pass would go: a start does not read years of summaries.
+    let every_ns = nanos(rollup.every).max(1);
+    let since = now.saturating_sub(MOST_BACKFILL_INTERVALS.saturating_mul(every_ns));
     let sql = format!(
-        "SELECT CAST(max(time) AS BIGINT) FROM {} WHERE _source = {}",
+        "SELECT CAST(max(time) AS BIGINT) FROM {} WHERE _source = {} AND time >= \
+         to_timestamp_nanos({since})",
         identifier(&rollup.into),
         literal(ROLLUP_SOURCE)
     );
@@ -267,9 +279,11 @@ fn summary_sql(
     let group: Vec<String> = std::iter::once(interval_start)
         .chain(tags.iter().map(|tag| identifier(tag)))
         .collect();
+    // In interval order, so a stop between writes leaves the earlier intervals written.
     format!(
         "SELECT {} FROM {} WHERE time >= to_timestamp_nanos({from}) AND time < \
-         to_timestamp_nanos({to}) AND (_quality IS NULL OR _quality <> 'bad') GROUP BY {}",
+         to_timestamp_nanos({to}) AND (_quality IS NULL OR _quality <> 'bad') GROUP BY {} \
+         ORDER BY 1",
         columns.join(", "),
         identifier(&rollup.table),
         group.join(", ")
@@ -296,13 +310,30 @@ async fn summarise(
             )
         });
     }
+    if foreign_rows(store, rollup, from, to).await? {
+        return Err(format!(
+            "table `{}` holds rows that are not this rollup's summaries (an edge's uplinked \
+             summaries, a device's rows): they are not written over; name another table in \
+             `into`",
+            rollup.into
+        ));
+    }
     let output = store
         .query(&summary_sql(rollup, &tags, &fields, from, to))
         .await
         .map_err(|e| e.to_string())?;
+    let existing = existing_summaries(store, rollup, &tags, &fields, from, to).await?;
     let mut written = 0;
     for batch in &output.batches {
-        let points = points_of(batch, rollup, &tags, &fields)?;
+        let mut points = points_of(batch, rollup, &tags, &fields)?;
+        // An interval summarised again is written only where its summary changed: the
+        // intervals within the lateness are read at every pass, but rewritten (and uplinked,
+        // and persisted again) only when rows arrived late.
+        points.retain(|point| {
+            existing
+                .get(&(point.time.nanos(), point.tags.clone()))
+                .is_none_or(|stored| !same_summary(&point.fields, stored))
+        });
         for chunk in points.chunks(POINTS_PER_WRITE) {
             store
                 .write_computed(chunk, ROLLUP_SOURCE, &rollup.into)
@@ -312,6 +343,103 @@ async fn summarise(
         written += points.len();
     }
     Ok(written)
+}
+
+/// A summary row as stored: its time and series, and its summaries' values.
+type StoredSummaries = HashMap<(i64, Vec<(String, String)>), Vec<(String, f64)>>;
+
+/// The summaries this rollup stored for `[from, to)`, by interval start and series (the tags
+/// that are set, in the table's order, as [`points_of`] makes them).
+async fn existing_summaries(
+    store: &Store,
+    rollup: &RollupSettings,
+    tags: &[String],
+    fields: &[String],
+    from: i64,
+    to: i64,
+) -> Result<StoredSummaries, String> {
+    let mut stored = StoredSummaries::new();
+    if !store.has_table(&rollup.into) {
+        return Ok(stored);
+    }
+    let tags: Vec<&String> = tags
+        .iter()
+        .filter(|tag| store.has_column(&rollup.into, tag))
+        .collect();
+    let columns: Vec<String> = fields
+        .iter()
+        .flat_map(|field| SUMMARIES.iter().map(move |s| format!("{field}_{s}")))
+        .filter(|column| store.has_column(&rollup.into, column))
+        .collect();
+    let mut select = vec!["CAST(time AS BIGINT)".to_owned()];
+    select.extend(
+        tags.iter()
+            .map(|tag| format!("CAST({} AS VARCHAR)", identifier(tag))),
+    );
+    select.extend(
+        columns
+            .iter()
+            .map(|column| format!("CAST({} AS DOUBLE)", identifier(column))),
+    );
+    let sql = format!(
+        "SELECT {} FROM {} WHERE time >= to_timestamp_nanos({from}) AND time < \
+         to_timestamp_nanos({to}) AND _source = {}",
+        select.join(", "),
+        identifier(&rollup.into),
+        literal(ROLLUP_SOURCE)
+    );
+    let output = store.query(&sql).await.map_err(|e| e.to_string())?;
+    for batch in &output.batches {
+        let times: Int64Array = cast_column(batch, 0, &DataType::Int64, "time")?;
+        let tag_columns = (0..tags.len())
+            .map(|i| cast_column::<StringArray>(batch, 1 + i, &DataType::Utf8, "a tag"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let value_columns = (0..columns.len())
+            .map(|i| {
+                cast_column::<Float64Array>(
+                    batch,
+                    1 + tags.len() + i,
+                    &DataType::Float64,
+                    "a summary",
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for row in 0..batch.num_rows() {
+            let series = tags
+                .iter()
+                .zip(&tag_columns)
+                .filter(|(_, column)| !column.is_null(row))
+                .map(|(tag, column)| ((*tag).clone(), column.value(row).to_owned()))
+                .collect();
+            let values = columns
+                .iter()
+                .zip(&value_columns)
+                .filter(|(_, column)| !column.is_null(row))
+                .map(|(name, column)| (name.clone(), column.value(row)))
+                .collect();
+            stored.insert((times.value(row), series), values);
+        }
+    }
+    Ok(stored)
+}
+
+/// Whether a new summary says what the stored one says: the same summaries, counts, minima
+/// and maxima exactly, means to a relative 1e-9 (a sum's order may differ between passes).
+fn same_summary(new: &[(String, Value)], stored: &[(String, f64)]) -> bool {
+    new.len() == stored.len()
+        && new.iter().all(|(name, value)| {
+            let new = match value {
+                Value::F64(v) => *v,
+                Value::I64(v) => *v as f64,
+                _ => return false,
+            };
+            stored.iter().any(|(stored_name, old)| {
+                stored_name == name
+                    && (new == *old
+                        || (name.ends_with("_mean")
+                            && (new - old).abs() <= 1e-9 * new.abs().max(old.abs())))
+            })
+        })
 }
 
 /// The summary rows of one result batch (columns as [`summary_sql`] selects them): a row per
@@ -352,6 +480,13 @@ fn points_of(
             if count.is_null(row) || count.value(row) == 0 || mean.is_null(row) {
                 continue;
             }
+            // A sum past the largest float (values near f64::MAX) has no mean the store takes.
+            if ![mean.value(row), min.value(row), max.value(row)]
+                .iter()
+                .all(|v| v.is_finite())
+            {
+                continue;
+            }
             values.push((format!("{field}_mean"), Value::F64(mean.value(row))));
             values.push((format!("{field}_min"), Value::F64(min.value(row))));
             values.push((format!("{field}_max"), Value::F64(max.value(row))));
@@ -381,7 +516,8 @@ fn points_of(
 mod tests {
     use super::*;
 
-    const MINUTE: i64 = 60_000_000_000;
+    const SECOND: i64 = 1_000_000_000;
+    const MINUTE: i64 = 60 * SECOND;
 
     fn rollup(fields: &[&str]) -> RollupSettings {
         RollupSettings {
@@ -475,6 +611,13 @@ mod tests {
         assert_eq!(summaries[2]["t"], 2 * MINUTE);
         assert_eq!(summaries[2]["pressure_count"], 1);
 
+        // Summarised again without a new row: nothing is written.
+        assert_eq!(
+            summarise(&store, &rollup, MINUTE, 3 * MINUTE).await,
+            Ok(0),
+            "unchanged summaries are not written again"
+        );
+
         // A row that arrives late is counted when its interval is summarised again: the
         // new summary replaces the old one.
         store
@@ -485,9 +628,11 @@ mod tests {
             )
             .await
             .expect("late row");
-        summarise(&store, &rollup, MINUTE, 2 * MINUTE)
-            .await
-            .expect("again");
+        assert_eq!(
+            summarise(&store, &rollup, MINUTE, 2 * MINUTE).await,
+            Ok(1),
+            "only p1's summary changed"
+        );
         let again = rows(
             &store,
             &format!(
@@ -501,10 +646,46 @@ mod tests {
         assert_eq!(again[0]["pressure_max"], 8.0);
         assert_eq!(again[0]["pressure_count"], 3);
 
-        // A restart carries on after the newest summary.
+        // A restart carries on from the newest summary.
         assert_eq!(
-            newest_summary(&store, &rollup).await.expect("newest"),
+            newest_summary(&store, &rollup, 3 * MINUTE)
+                .await
+                .expect("newest"),
             Some(2 * MINUTE)
+        );
+
+        // Rows of another source in the summary table are not written over.
+        store
+            .write_lines(
+                &format!(
+                    "pump_1m,device=p9,site=a pressure_mean=1.0 {}\n",
+                    5 * MINUTE
+                ),
+                fabrik_core::Precision::Ns,
+                fabrik_core::SourceId::http(),
+            )
+            .await
+            .expect("a device's own row");
+        store
+            .write_lines(
+                &format!("pump,device=p1,site=a pressure=9.0 {}\n", 5 * MINUTE + 1),
+                fabrik_core::Precision::Ns,
+                fabrik_core::SourceId::http(),
+            )
+            .await
+            .expect("row");
+        let refused = summarise(&store, &rollup, 5 * MINUTE, 6 * MINUTE)
+            .await
+            .expect_err("not written over");
+        assert!(refused.contains("not this rollup's summaries"), "{refused}");
+        assert_eq!(
+            rows(&store, "SELECT count(*) AS n FROM pump_1m WHERE device = 'p1' AND time >= to_timestamp_nanos(300000000000)").await[0]["n"],
+            0
+        );
+        assert_eq!(
+            summarise(&store, &rollup, 3 * MINUTE, 5 * MINUTE).await,
+            Ok(0),
+            "elsewhere in the table they are no obstacle"
         );
     }
 
@@ -546,8 +727,14 @@ mod tests {
         );
         assert_eq!(
             pass_start(&store, &rollup, Some(ended), ended, MINUTE, 3 * MINUTE).await,
-            Some(17 * MINUTE),
-            "caught up: the intervals within the lateness again"
+            Some(16 * MINUTE),
+            "caught up: again each interval that ended less than the lateness before the \
+             previous pass"
+        );
+        assert_eq!(
+            pass_start(&store, &rollup, Some(ended), ended, MINUTE, 150 * SECOND).await,
+            Some(16 * MINUTE),
+            "a lateness rounded up to whole intervals"
         );
         assert_eq!(
             pass_start(&store, &rollup, Some(12 * MINUTE), ended, MINUTE, MINUTE).await,
@@ -555,9 +742,9 @@ mod tests {
             "behind: from the first not summarised"
         );
         assert_eq!(
-            pass_start(&store, &rollup, Some(ended), ended, MINUTE, 0).await,
-            None,
-            "no lateness and caught up: nothing to do"
+            pass_start(&store, &rollup, Some(ended), ended, MINUTE, MINUTE).await,
+            Some(18 * MINUTE),
+            "the default lateness: the interval before the one that just ended, once more"
         );
         let far = (MOST_BACKFILL_INTERVALS + 500) * MINUTE;
         assert_eq!(
