@@ -1467,6 +1467,41 @@ pub(crate) mod tests {
         std::fs::read(format!("{fixtures}/iforest_100.onnx")).expect("fixture")
     }
 
+    /// Adds [`forest`] as model `name` (for every node), from a file under `dir`: its SHA-256
+    /// and what signing it led to.
+    pub(crate) async fn add_forest(
+        repo: &Path,
+        keys: &Path,
+        dir: &Path,
+        name: &str,
+    ) -> (String, crate::release_proposals::Committed) {
+        let model = dir.join(format!("{name}.onnx"));
+        std::fs::write(&model, forest()).expect("model");
+        add_model(
+            repo,
+            keys,
+            &model,
+            name,
+            Audience::default(),
+            Lifetimes::default(),
+        )
+        .await
+        .expect("add")
+    }
+
+    /// The bytes of target `name` as a node reads them: fetched and checked against the
+    /// signed metadata.
+    pub(crate) async fn verified_target(loaded: &Repository, name: &TargetName) -> Vec<u8> {
+        loaded
+            .read_target(name)
+            .await
+            .expect("read")
+            .expect("listed")
+            .into_vec()
+            .await
+            .expect("verified")
+    }
+
     #[tokio::test]
     async fn a_model_is_published_read_back_verified_and_removed_without_the_root_key() {
         let dir = tempfile::tempdir().expect("dir");
@@ -1521,15 +1556,7 @@ pub(crate) mod tests {
         assert_eq!(release.signature, None);
         assert!(release.is_for("line-3") && !release.is_for("hub"));
         let name = name.clone();
-        let bytes = loaded
-            .read_target(&name)
-            .await
-            .expect("read")
-            .expect("listed")
-            .into_vec()
-            .await
-            .expect("verified");
-        assert_eq!(bytes, forest());
+        assert_eq!(verified_target(&loaded, &name).await, forest());
 
         let version = remove(&repo, &keys, Kind::Model, "pump", Lifetimes::default())
             .await

@@ -1268,8 +1268,7 @@ pub(crate) async fn signers(
 mod tests {
     use super::*;
     use crate::release::tests::{forest, fresh_repository};
-    use crate::release::{Audience, add_model, load_local};
-    use tough::IntoVec;
+    use crate::release::load_local;
 
     /// The root version the repository publishes, as a node reads it.
     async fn published_root_version(repo: &Path) -> u64 {
@@ -1302,19 +1301,9 @@ mod tests {
     }
 
     async fn propose_model(repo: &Path, keys: &Path, dir: &Path, name: &str) -> Committed {
-        let model = dir.join(format!("{name}.onnx"));
-        std::fs::write(&model, forest()).expect("model");
-        let (_, committed) = add_model(
-            repo,
-            keys,
-            &model,
-            name,
-            Audience::default(),
-            Lifetimes::default(),
-        )
-        .await
-        .expect("add");
-        committed
+        crate::release::tests::add_forest(repo, keys, dir, name)
+            .await
+            .1
     }
 
     fn target_names(loaded: &Repository) -> Vec<String> {
@@ -1698,15 +1687,10 @@ mod tests {
         // Its file, stored when it was proposed and named by no published metadata until now,
         // was kept through every publish in between (decision 0084).
         let (name, _) = loaded.all_targets().next().expect("pump");
-        let bytes = loaded
-            .read_target(name)
-            .await
-            .expect("read")
-            .expect("listed")
-            .into_vec()
-            .await
-            .expect("verified");
-        assert_eq!(bytes, forest());
+        assert_eq!(
+            crate::release::tests::verified_target(&loaded, name).await,
+            forest()
+        );
     }
 
     #[tokio::test]

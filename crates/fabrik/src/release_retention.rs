@@ -154,23 +154,11 @@ fn remove_unneeded_older_than(repo: &Path, grace: std::time::Duration) -> anyhow
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::release::tests::{forest, fresh_repository};
-    use crate::release::{Audience, Kind, Lifetimes, add_model, load_local, refresh, remove};
-    use tough::IntoVec;
+    use crate::release::tests::{add_forest, forest, fresh_repository, verified_target};
+    use crate::release::{Kind, Lifetimes, load_local, refresh, remove};
 
     async fn publish_model(repo: &Path, keys: &Path, dir: &Path, name: &str) -> String {
-        let model = dir.join(format!("{name}.onnx"));
-        std::fs::write(&model, forest()).expect("model");
-        let (sha256, committed) = add_model(
-            repo,
-            keys,
-            &model,
-            name,
-            Audience::default(),
-            Lifetimes::default(),
-        )
-        .await
-        .expect("add");
+        let (sha256, committed) = add_forest(repo, keys, dir, name).await;
         assert!(committed.pending.is_none());
         sha256
     }
@@ -208,15 +196,7 @@ mod tests {
         // What nodes fetch still verifies.
         let loaded = load_local(&repo).await.expect("load");
         let (name, _) = loaded.all_targets().next().expect("pump");
-        let bytes = loaded
-            .read_target(name)
-            .await
-            .expect("read")
-            .expect("listed")
-            .into_vec()
-            .await
-            .expect("verified");
-        assert_eq!(bytes, forest());
+        assert_eq!(verified_target(&loaded, name).await, forest());
     }
 
     #[tokio::test]
