@@ -1267,8 +1267,8 @@ pub(crate) async fn signers(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::release::tests::{forest, fresh_repository};
     use crate::release::load_local;
+    use crate::release::tests::{forest, fresh_repository};
 
     /// The root version the repository publishes, as a node reads it.
     async fn published_root_version(repo: &Path) -> u64 {
