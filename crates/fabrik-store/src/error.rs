@@ -42,6 +42,10 @@ pub enum StoreError {
     /// The disk is full (or a file-size limit was hit); nothing of the write was acknowledged.
     #[error("insufficient storage: {0}")]
     InsufficientStorage(String),
+    /// Persisting is behind the writes (none failed): the write waited for it and was not
+    /// taken; sent again later, it is.
+    #[error("the store is busy: {0}")]
+    Busy(String),
     /// The store is shutting down and takes no more writes.
     #[error("the store is shutting down")]
     ShuttingDown,
@@ -125,7 +129,7 @@ impl StoreError {
             Self::InsufficientStorage(_) => 507,
             // The bucket is the unavailable dependency, and its reason (unreachable, the prefix
             // taken over) is what the operator must act on.
-            Self::ShuttingDown | Self::ObjectStorage { .. } => 503,
+            Self::ShuttingDown | Self::ObjectStorage { .. } | Self::Busy(_) => 503,
             Self::DataDir { .. }
             | Self::MissingSegment(_)
             | Self::CorruptWal { .. }

@@ -73,6 +73,8 @@ use crate::wal::{WalCommand, WalSink};
 /// How often a long eviction pass checks again that no restore elsewhere took the bucket
 /// prefix over (decision 0062).
 const FENCE_RECHECK: Duration = Duration::from_secs(2);
+/// How long a write waits for persisting to make room before it is refused as busy.
+const BACKLOG_WAIT: Duration = Duration::from_secs(30);
 
 /// How the store is set up.
 #[derive(Debug, Clone)]
@@ -307,10 +309,15 @@ pub(crate) struct Shared {
     /// Per table and segment path, the last row of each series in that segment file
     /// ([`last_rows`]); segment files never change, so an entry stays valid while the file lives.
     last_rows_cache: LastRowsCache,
-    /// Bytes of the live buffer, and of frozen buffers not yet persisted: writes are refused
-    /// while persistence fails and these pass [`Shared::backlog_limit`].
+    /// Bytes of the live buffer, and of frozen buffers not yet persisted: past
+    /// [`Shared::backlog_limit`], writes wait for persisting to catch up, and are refused while
+    /// it fails.
     buffer_bytes: std::sync::atomic::AtomicU64,
     frozen_bytes: std::sync::atomic::AtomicU64,
+    /// Whether the last persist failed (a full disk, an unreachable bucket).
+    persist_failing: std::sync::atomic::AtomicBool,
+    /// Woken after each persist, for the writes waiting for room.
+    persisted: Notify,
 }
 
 impl Shared {
@@ -590,6 +597,8 @@ impl Store {
             last_rows_cache: Mutex::default(),
             buffer_bytes: std::sync::atomic::AtomicU64::new(0),
             frozen_bytes: std::sync::atomic::AtomicU64::new(0),
+            persist_failing: std::sync::atomic::AtomicBool::new(false),
+            persisted: Notify::new(),
         });
         let wal_dir = dir.join("wal");
         let started = Instant::now();
@@ -700,6 +709,8 @@ impl Store {
             last_rows_cache: Mutex::default(),
             buffer_bytes: std::sync::atomic::AtomicU64::new(0),
             frozen_bytes: std::sync::atomic::AtomicU64::new(0),
+            persist_failing: std::sync::atomic::AtomicBool::new(false),
+            persisted: Notify::new(),
         });
         let (runtime_env, query_pool) = query_runtime(&options, objects)?;
         metrics::gauge!("fabrik_store_reader_refreshed_timestamp_seconds")
@@ -1262,17 +1273,7 @@ impl Store {
     }
 
     async fn commit(&self, chunks: Vec<WriteChunk>) -> Result<u64, StoreError> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let frozen = self.shared.frozen_bytes.load(Relaxed);
-        let waiting = frozen + self.shared.buffer_bytes.load(Relaxed);
-        if frozen > 0 && waiting > self.shared.backlog_limit() {
-            return Err(StoreError::InsufficientStorage(format!(
-                "{} MiB of acknowledged rows wait in memory for persisting, which is failing \
-                 (the log says why: a full disk, an unreachable object storage); writes are \
-                 taken again once it catches up",
-                waiting >> 20
-            )));
-        }
+        self.room_for_writes().await?;
         let payload = wal::encode(&chunks)?;
         let (reply, answer) = oneshot::channel();
         self.wal_sender()?
@@ -1284,6 +1285,42 @@ impl Store {
             .await
             .map_err(|_| StoreError::ShuttingDown)?;
         answer.await.map_err(|_| StoreError::ShuttingDown)?
+    }
+
+    /// Waits while more acknowledged rows than [`Shared::backlog_limit`] wait in memory for
+    /// persisting: a bulk load faster than the disk is slowed to its pace rather than
+    /// refused. While persisting fails, the write is refused at once (507: memory would
+    /// otherwise grow until the process is killed); when it is only behind and stays so for
+    /// [`BACKLOG_WAIT`], the write is refused as busy (503), to be sent again.
+    async fn room_for_writes(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let deadline = tokio::time::Instant::now() + BACKLOG_WAIT;
+        loop {
+            // Registered before the check, so a persist finishing in between is not missed.
+            let persisted = self.shared.persisted.notified();
+            tokio::pin!(persisted);
+            persisted.as_mut().enable();
+            let frozen = self.shared.frozen_bytes.load(Relaxed);
+            let waiting = frozen + self.shared.buffer_bytes.load(Relaxed);
+            if frozen == 0 || waiting <= self.shared.backlog_limit() {
+                return Ok(());
+            }
+            if self.shared.persist_failing.load(Relaxed) {
+                return Err(StoreError::InsufficientStorage(format!(
+                    "{} MiB of acknowledged rows wait in memory for persisting, which is \
+                     failing (the log says why: a full disk, an unreachable object storage); \
+                     writes are taken again once it catches up",
+                    waiting >> 20
+                )));
+            }
+            if tokio::time::timeout_at(deadline, persisted).await.is_err() {
+                return Err(StoreError::Busy(format!(
+                    "{} MiB of acknowledged rows still wait in memory for persisting after \
+                     {BACKLOG_WAIT:?}; send the write again",
+                    waiting >> 20
+                )));
+            }
+        }
     }
 
     /// Runs SQL (queries only: no DDL, DML or `SET`). Cancelled after the query timeout.
@@ -1481,6 +1518,17 @@ impl Store {
 
     /// Writes everything buffered to Parquet segments and drops the WAL it covered.
     pub async fn persist(&self) -> Result<(), StoreError> {
+        let persisted = self.persist_frozen().await;
+        // A failure refuses the writes waiting for room (and those after), a success lets
+        // them in.
+        self.shared
+            .persist_failing
+            .store(persisted.is_err(), std::sync::atomic::Ordering::Relaxed);
+        self.shared.persisted.notify_waiters();
+        persisted
+    }
+
+    async fn persist_frozen(&self) -> Result<(), StoreError> {
         self.check_writable()?;
         let _maintenance = self.maintenance.lock().await;
         let buffered = !self.shared.buffer.lock().is_empty();
@@ -2663,5 +2711,54 @@ m,host=c,dc=x v=10,n=18i,u=19u,b=t 18
         assert_eq!(count.batches[0].num_rows(), 1);
         edge.close().await;
         hub.close().await;
+    }
+
+    /// Past four flushes' worth of rows waiting for a persist, a write waits for the persist
+    /// under way rather than being refused, and is taken once it finished; while persisting
+    /// fails, it is refused at once with 507.
+    #[tokio::test]
+    async fn a_write_waits_for_a_persist_that_is_behind_and_is_refused_while_it_fails() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(StoreOptions::new(dir.path()))
+            .await
+            .expect("open");
+        let line = "m,dev=a v=1 1\n";
+        // As if a frozen buffer four flushes large were being persisted.
+        let backlog = store.shared.backlog_limit() + 1;
+        store.shared.frozen_bytes.store(backlog, Relaxed);
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .write_lines(line, Precision::Ns, SourceId::http())
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!writer.is_finished(), "the write waits for the persist");
+        // The persist finishes: the backlog is gone, and the write is taken.
+        store.shared.frozen_bytes.store(0, Relaxed);
+        store.shared.persisted.notify_waiters();
+        let taken = tokio::time::timeout(Duration::from_secs(10), writer)
+            .await
+            .expect("taken once persisted")
+            .expect("task");
+        assert!(taken.is_ok(), "{taken:?}");
+
+        // Persisting fails: refused at once, naming it.
+        store.shared.frozen_bytes.store(backlog, Relaxed);
+        store.shared.persist_failing.store(true, Relaxed);
+        let refused = tokio::time::timeout(
+            Duration::from_secs(10),
+            store.write_lines(line, Precision::Ns, SourceId::http()),
+        )
+        .await
+        .expect("at once")
+        .expect_err("refused");
+        assert_eq!(refused.http_status(), 507, "{refused}");
+        assert!(refused.to_string().contains("failing"), "{refused}");
+        store.shared.frozen_bytes.store(0, Relaxed);
+        store.close().await;
     }
 }
