@@ -1475,6 +1475,16 @@ pub(crate) mod tests {
         dir: &Path,
         name: &str,
     ) -> (String, crate::release_proposals::Committed) {
+        try_add_forest(repo, keys, dir, name).await.expect("add")
+    }
+
+    /// [`add_forest`], its refusal returned (keys that no longer sign, say).
+    pub(crate) async fn try_add_forest(
+        repo: &Path,
+        keys: &Path,
+        dir: &Path,
+        name: &str,
+    ) -> anyhow::Result<(String, crate::release_proposals::Committed)> {
         let model = dir.join(format!("{name}.onnx"));
         std::fs::write(&model, forest()).expect("model");
         add_model(
@@ -1486,7 +1496,6 @@ pub(crate) mod tests {
             Lifetimes::default(),
         )
         .await
-        .expect("add")
     }
 
     /// The bytes of target `name` as a node reads them: fetched and checked against the

@@ -294,23 +294,14 @@ fn retire(current: &Path, pending: &Path) -> anyhow::Result<Option<PathBuf>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::release::tests::{forest, fresh_repository};
-    use crate::release::{Audience, add_model, load_local};
+    use crate::release::load_local;
+    use crate::release::tests::fresh_repository;
     use std::time::Duration;
 
     async fn publish(repo: &Path, keys: &Path, dir: &Path, name: &str) -> anyhow::Result<()> {
-        let model = dir.join(format!("{name}.onnx"));
-        std::fs::write(&model, forest()).expect("model");
-        add_model(
-            repo,
-            keys,
-            &model,
-            name,
-            Audience::default(),
-            Lifetimes::default(),
-        )
-        .await
-        .map(drop)
+        crate::release::tests::try_add_forest(repo, keys, dir, name)
+            .await
+            .map(drop)
     }
 
     #[tokio::test]

@@ -106,10 +106,6 @@ fn load_job(path: &Path) -> Option<Job> {
     }
 }
 
-fn quote(table: &str) -> String {
-    format!("\"{}\"", table.replace('"', "\"\""))
-}
-
 /// `FROM table WHERE` the rows of `[from_ns, to_ns)` (`None`: from the oldest).
 fn span(table: &str, from_ns: Option<i64>, to_ns: i64) -> String {
     let from = from_ns
@@ -117,7 +113,7 @@ fn span(table: &str, from_ns: Option<i64>, to_ns: i64) -> String {
         .unwrap_or_default();
     format!(
         "FROM {} WHERE {from}time < to_timestamp_nanos({to_ns})",
-        quote(table)
+        crate::sql_text::identifier(table)
     )
 }
 
@@ -821,7 +817,7 @@ mod tests {
 
     #[test]
     fn table_names_are_quoted_for_sql() {
-        assert_eq!(quote("up"), "\"up\"");
-        assert_eq!(quote("a\"b"), "\"a\"\"b\"");
+        assert_eq!(crate::sql_text::identifier("up"), "\"up\"");
+        assert_eq!(crate::sql_text::identifier("a\"b"), "\"a\"\"b\"");
     }
 }
