@@ -17,7 +17,7 @@ use fabrik_store::Store;
 use futures::future::BoxFuture;
 
 use crate::columns::cast_column;
-use crate::sql_text::{embedded, literal, one_expression};
+use crate::sql_text::{embedded, identifier, literal, one_expression};
 
 /// Nanoseconds in an hour, and in a day.
 const HOUR_NS: f64 = 3.6e12;
@@ -96,10 +96,6 @@ pub(crate) fn sql_problems(definition: &UseCaseDefinition) -> Vec<(String, Strin
     problems
 }
 
-fn quote(name: &str) -> String {
-    format!("\"{name}\"")
-}
-
 /// The rows of a KPI's table in the period, on the devices (the filter is the caller's: a
 /// time-weighted KPI applies it after each row's interval is known).
 fn row_selection(kpi: &Kpi, devices: Option<&[String]>, from_ns: i64, to_ns: i64) -> String {
@@ -123,7 +119,7 @@ fn rows_in(
 ) -> String {
     let mut sql = format!(
         " FROM {} WHERE time >= to_timestamp_nanos({from_ns}) AND time < to_timestamp_nanos({to_ns})",
-        quote(table)
+        identifier(table)
     );
     if let Some(devices) = devices {
         let list: Vec<String> = devices.iter().map(|d| literal(d)).collect();
@@ -133,7 +129,7 @@ fn rows_in(
         } else {
             list.join(", ")
         };
-        sql.push_str(&format!(" AND {} IN ({list})", quote(device_column)));
+        sql.push_str(&format!(" AND {} IN ({list})", identifier(device_column)));
     }
     sql
 }
@@ -146,7 +142,7 @@ pub(crate) fn kpi_sql(
     to_ns: i64,
 ) -> Result<String, String> {
     let rows = row_selection(kpi, devices, from_ns, to_ns);
-    let device = quote(&kpi.device_column);
+    let device = identifier(&kpi.device_column);
     let max_gap_ns = fabrik_runtime::units::parse_duration(&kpi.max_gap)?.as_nanos();
     // Each row stands for the time until its device's next row, unless that gap is too long
     // to say what happened in it. The filter picks rows after their intervals are known, so
@@ -431,6 +427,17 @@ mod tests {
         assert!(none.contains("IN (NULL)"), "{none}");
         let all = kpi_sql(&downtime, None, 10, 20).unwrap();
         assert!(!all.contains(" IN ("), "{all}");
+    }
+
+    #[test]
+    fn a_quote_in_a_table_or_device_column_name_stays_inside_the_identifier() {
+        let mean = kpi(serde_json::json!({
+            "name": "m", "kind": "aggregate", "table": "line\"s", "signal": "x",
+            "device_column": "d\" OR 1=1 --"
+        }));
+        let sql = kpi_sql(&mean, Some(&["p1".to_owned()]), 10, 20).unwrap();
+        assert!(sql.contains(" FROM \"line\"\"s\" WHERE"), "{sql}");
+        assert!(sql.contains("\"d\"\" OR 1=1 --\" IN ('p1')"), "{sql}");
     }
 
     #[test]
