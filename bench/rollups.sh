@@ -6,8 +6,9 @@
 # and times the rollup from the restart until `readings_1h` holds every truck-hour (measured by
 # the same aggregation over the rows). Then the query a trend chart asks — hourly mean velocity
 # per truck over the whole range — from the rows and from the summaries, RUNS times each
-# (default 5), median and best of curl's time_total.
-#   bench/rollups.sh [POINTS] [RUNS]
+# (default 5), median and best of curl's time_total. ROLLUP_HOLD sets the rollup's `hold`
+# (decision 0087; "0s": no time-weighted means; unset: the default, 1h).
+#   [ROLLUP_HOLD=0s] bench/rollups.sh [POINTS] [RUNS]
 source "$(dirname "$0")/lib.sh"
 POINTS=${1:-1000000}
 RUNS=${2:-5}
@@ -27,7 +28,7 @@ query() { # sql → the JSON rows
 }
 count() { query "$1" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(r[0]["n"] if r else 0)'; }
 HOUR=3600000000000
-expected=$(count "SELECT count(*) AS n FROM (SELECT name, CAST(time AS BIGINT) / $HOUR AS h FROM readings GROUP BY 1, 2)")
+expected=$(count "SELECT count(*) AS n FROM (SELECT name, CAST(time AS BIGINT) / $HOUR AS h FROM readings WHERE velocity IS NOT NULL GROUP BY 1, 2)")
 rows=$(count "SELECT count(*) AS n FROM readings")
 kill "$FABRIK_PID"; wait "$FABRIK_PID" 2>/dev/null || true
 
@@ -35,6 +36,7 @@ cat >"$WORK/rollups.toml" <<TOML
 [[store.rollups]]
 table = "readings"
 every = "1h"
+hold = "${ROLLUP_HOLD:-}"
 TOML
 port=$(free_port)
 began=$(date +%s.%N)
@@ -46,7 +48,8 @@ wait_http "$FABRIK_URL/ready"
 ready=$(date +%s.%N)
 summarised=0
 for _ in $(seq 1 6000); do
-  summarised=$(count "SELECT count(*) AS n FROM readings_1h" 2>/dev/null || echo 0)
+  # Truck-hours with samples: time-weighted means add rows for hours a value stood into.
+  summarised=$(count "SELECT count(*) AS n FROM readings_1h WHERE velocity_count IS NOT NULL" 2>/dev/null || echo 0)
   [ "$summarised" -ge "$expected" ] && break
   sleep 0.05
 done

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::mapping::{self, DeviceInfo, Mapping};
 use crate::message_trace::{MessageTrace, Outcome};
 use crate::mqtt::ClientIdentity;
+use crate::point_errors::{PointOf, point_error};
 use crate::sparkplug::{
     Event as SparkplugEvent, Sample as SparkplugSample, SessionConfig, SparkplugHost,
     Value as SparkplugValue,
@@ -210,7 +211,7 @@ impl Ingest {
     }
 
     /// Sparkplug B: births and data become rows of [`SPARKPLUG_TABLE`], deaths mark nodes
-    /// offline, a sequence gap or unknown alias asks the node to rebirth (NCMD).
+    /// offline and their metrics stale (rows of `_point_errors`), a sequence gap or unknown alias asks the node to rebirth (NCMD).
     fn prepare_sparkplug(
         &self,
         message: RawMessage,
@@ -273,8 +274,26 @@ impl Ingest {
             raw_id,
             mapping_version: 0,
         };
+        let mut points = sparkplug_points(&step.samples);
+        // A death makes the node's or device's last values stale: a `_point_errors` row per
+        // metric says so, and ends their values in rollups' time-weighted means.
+        for stale in &step.stale {
+            let time_ns = ms_to_ns(stale.timestamp_ms);
+            for metric in &stale.metrics {
+                points.push(point_error(
+                    PointOf {
+                        device: &stale.device_id,
+                        signal: metric,
+                        table: SPARKPLUG_TABLE,
+                    },
+                    "sparkplug",
+                    stale.reason.clone(),
+                    time_ns,
+                ));
+            }
+        }
         Pending {
-            rows: Ok((lineage, sparkplug_points(&step.samples))),
+            rows: Ok((lineage, points)),
             device,
             raw_id,
             ignored: false,
@@ -646,8 +665,25 @@ impl Ingest {
 fn sparkplug_points(samples: &[SparkplugSample]) -> Vec<Point> {
     let mut rows: std::collections::BTreeMap<(&str, u64), Vec<(String, Value)>> =
         std::collections::BTreeMap::new();
+    let mut errors = Vec::new();
     for s in samples {
         let value = match &s.value {
+            // NaN or ±∞, which the store does not keep: the metric's value is not known from
+            // then on, which a `_point_errors` row says (and a rollup's time-weighted mean
+            // heeds).
+            SparkplugValue::F64(v) if !v.is_finite() => {
+                errors.push(point_error(
+                    PointOf {
+                        device: &s.device_id,
+                        signal: &s.metric,
+                        table: SPARKPLUG_TABLE,
+                    },
+                    "sparkplug",
+                    format!("{v} is not a number the store keeps"),
+                    ms_to_ns(s.timestamp_ms),
+                ));
+                continue;
+            }
             SparkplugValue::I64(v) => Value::I64(*v),
             SparkplugValue::U64(v) => Value::U64(*v),
             SparkplugValue::F64(v) if v.is_finite() => Value::F64(*v),
@@ -674,11 +710,19 @@ fn sparkplug_points(samples: &[SparkplugSample]) -> Vec<Point> {
                 measurement: SPARKPLUG_TABLE.to_owned(),
                 tags,
                 fields,
-                time: Timestamp(i64::try_from(ms).unwrap_or(i64::MAX / 1_000_000) * 1_000_000),
+                time: Timestamp(ms_to_ns(ms)),
                 quality: Quality::Good,
             }
         })
+        .chain(errors)
         .collect()
+}
+
+/// Milliseconds since the epoch as nanoseconds (saturating).
+fn ms_to_ns(ms: u64) -> i64 {
+    i64::try_from(ms)
+        .unwrap_or(i64::MAX / 1_000_000)
+        .saturating_mul(1_000_000)
 }
 
 /// How long a sender may wait for the ingest queue before it counts as stuck (used in logs).

@@ -15,6 +15,7 @@ pub mod message_trace;
 pub mod modbus;
 pub mod mqtt;
 pub mod opcua;
+pub mod point_errors;
 pub mod sparkplug;
 
 /// Errors of the connectivity layer.

@@ -1377,8 +1377,8 @@ pub struct StoreConfig {
 }
 
 /// `[[store.rollups]]`: a table's rows summarised per interval — each numeric field's mean,
-/// minimum, maximum and count per series — into a table of its own, which can be kept far
-/// longer than the rows (decision 0085).
+/// minimum, maximum, count and time-weighted mean per series — into a table of its own, which
+/// can be kept far longer than the rows (decisions 0085 and 0087).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RollupConfig {
@@ -1393,6 +1393,9 @@ pub struct RollupConfig {
     /// How late rows may still arrive: the intervals that ended this recently are summarised
     /// again at each pass, so their rows count; empty: one interval.
     pub lateness: String,
+    /// How long a value stands for when no newer sample of its signal follows, for the
+    /// time-weighted means (`<field>_twa`); empty: one hour; `0s`: no time-weighted means.
+    pub hold: String,
 }
 
 /// A validated `[[store.rollups]]`.
@@ -1408,10 +1411,16 @@ pub struct RollupSettings {
     pub fields: Vec<String>,
     /// How long after an interval ends it is summarised again.
     pub lateness: Duration,
+    /// How long a value stands for without a newer sample (zero: no time-weighted means).
+    pub hold: Duration,
 }
 
 /// The most intervals a rollup's lateness spans.
 const ROLLUP_MOST_LATE_INTERVALS: u32 = 1_440;
+/// How long a value stands for, for a rollup's time-weighted means, unless configured.
+const ROLLUP_DEFAULT_HOLD: Duration = Duration::from_secs(3_600);
+/// The longest `hold` (or one interval, if longer): each step reads this far back.
+const ROLLUP_LONGEST_HOLD: Duration = Duration::from_secs(86_400);
 
 impl StoreConfig {
     /// The validated rollups; a problem for each malformed one.
@@ -1454,6 +1463,26 @@ impl StoreConfig {
                     Ok(lateness) => lateness,
                     Err(e) => {
                         problem(&at("lateness"), e);
+                        continue;
+                    }
+                }
+            };
+            let hold = if rollup.hold.trim().is_empty() {
+                ROLLUP_DEFAULT_HOLD
+            } else {
+                match parse_duration(&rollup.hold) {
+                    // Each step reads the rows this far before it, for the values standing
+                    // at its start.
+                    Ok(hold) if hold > ROLLUP_LONGEST_HOLD.max(every) => {
+                        problem(
+                            &at("hold"),
+                            "at most 1d (or one interval of `every`, if longer)".into(),
+                        );
+                        continue;
+                    }
+                    Ok(hold) => hold,
+                    Err(e) => {
+                        problem(&at("hold"), e);
                         continue;
                     }
                 }
@@ -1519,6 +1548,7 @@ impl StoreConfig {
                 every,
                 fields,
                 lateness,
+                hold,
             });
         }
         rollups
@@ -3805,7 +3835,7 @@ mod tests {
         let text = "[[store.rollups]]\ntable = \"telemetry\"\nevery = \"1m\"\n\
                     [[store.rollups]]\ntable = \"telemetry\"\nevery = \"1h\"\n\
                     into = \"telemetry_hourly\"\nfields = [\"temperature\", \"temperature\"]\n\
-                    lateness = \"2h\"\n";
+                    lateness = \"2h\"\nhold = \"0s\"\n";
         let settings = Config::from_toml("t", text, no_env())
             .expect("loads")
             .validate("t")
@@ -3819,6 +3849,7 @@ mod tests {
                     every: Duration::from_secs(60),
                     fields: Vec::new(),
                     lateness: Duration::from_secs(60),
+                    hold: Duration::from_secs(3600),
                 },
                 RollupSettings {
                     table: "telemetry".into(),
@@ -3826,6 +3857,7 @@ mod tests {
                     every: Duration::from_secs(3600),
                     fields: vec!["temperature".into()],
                     lateness: Duration::from_secs(7200),
+                    hold: Duration::ZERO,
                 },
             ]
         );
@@ -3840,7 +3872,10 @@ mod tests {
                     [[store.rollups]]\ntable = \"d\"\nevery = \"1m\"\nlateness = \"2d\"\n\
                     [[store.rollups]]\ntable = \"e\"\nevery = \"1m\"\ninto = \"f\"\n\
                     [[store.rollups]]\ntable = \"f\"\nevery = \"1h\"\n\
-                    [[store.rollups]]\ntable = \"plant.line\"\nevery = \"1h\"\n";
+                    [[store.rollups]]\ntable = \"plant.line\"\nevery = \"1h\"\n\
+                    [[store.rollups]]\ntable = \"g\"\nevery = \"1m\"\nhold = \"2d\"\n\
+                    [[store.rollups]]\ntable = \"h\"\nevery = \"1m\"\nhold = \"long\"\n\
+                    [[store.rollups]]\ntable = \"i\"\nevery = \"7d\"\nhold = \"7d\"\n";
         let msg = Config::from_toml("t", text, no_env())
             .expect("loads")
             .validate("t")
@@ -3857,10 +3892,12 @@ mod tests {
             "store.rollups[8].lateness: at most 1440 intervals",
             "store.rollups[9].into: `f` is summarised by a rollup itself",
             "store.rollups[11].into: `plant.line_1h` (made from `table` and `every`: set `into`)",
+            "store.rollups[12].hold: at most 1d",
+            "store.rollups[13].hold",
         ] {
             assert!(msg.contains(expected), "{expected}: {msg}");
         }
-        for fine in ["store.rollups[5]", "store.rollups[10]"] {
+        for fine in ["store.rollups[5]", "store.rollups[10]", "store.rollups[14]"] {
             assert!(!msg.contains(fine), "{fine}: {msg}");
         }
     }

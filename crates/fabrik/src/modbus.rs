@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::device_state::DeviceStates;
 use crate::ingest_lineage::IngestLineage;
 use crate::openlineage::Emitter;
-use crate::readings::{Connector, QUEUE, next_batch, point_error, store_batch};
+use crate::readings::{Connector, PointOf, QUEUE, next_batch, point_error, store_batch};
 
 const MODBUS: Connector = Connector {
     location: "modbus",
@@ -150,15 +150,26 @@ fn to_groups(
             let mut points = Vec::new();
             let mut fields = Vec::new();
             for r in readings {
-                match (r.quality, r.value) {
-                    (ReadingQuality::Good, Some(value)) => {
-                        fields.push((r.signal.to_string(), convert(value)));
+                let value = match (r.quality, r.value) {
+                    // A float register holding NaN or ±∞ (often a device's "not available"):
+                    // the store keeps no such number, and one in a row would refuse the
+                    // whole batch.
+                    (ReadingQuality::Good, Some(modbus::Value::F64(v))) if !v.is_finite() => {
+                        Err(format!("{v} is not a number the store keeps"))
                     }
-                    _ => points.push(point_error(
-                        &device,
-                        &r.signal,
+                    (ReadingQuality::Good, Some(value)) => Ok(value),
+                    _ => Err(r.reason.unwrap_or_else(|| "unreadable".into())),
+                };
+                match value {
+                    Ok(value) => fields.push((r.signal.to_string(), convert(value))),
+                    Err(reason) => points.push(point_error(
+                        PointOf {
+                            device: &device,
+                            signal: &r.signal,
+                            table: &table,
+                        },
                         "modbus",
-                        r.reason.unwrap_or_else(|| "unreadable".into()),
+                        reason,
                         time,
                     )),
                 }
@@ -183,5 +194,44 @@ fn convert(value: modbus::Value) -> Value {
         modbus::Value::I64(v) => Value::I64(v),
         modbus::Value::Bool(v) => Value::Bool(v),
         modbus::Value::Str(v) => Value::Str(v),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_float_register_holding_nan_is_a_point_error_and_the_row_keeps_the_others() {
+        let (_dir, store) = crate::test_store::store_with("other,device=x v=1 1\n").await;
+        let reading = |signal: &str, value: f64| Reading {
+            device_id: Arc::from("plc-1"),
+            signal: Arc::from(signal),
+            timestamp_ns: 1_000,
+            value: Some(modbus::Value::F64(value)),
+            quality: ReadingQuality::Good,
+            reason: None,
+            unit: None,
+        };
+        let polls = group_polls(vec![reading("flow", f64::NAN), reading("pressure", 2.5)]);
+        let tables = BTreeMap::from([("plc-1".to_owned(), "plc".to_owned())]);
+        let groups = to_groups(&store, polls, &tables);
+        let points: Vec<&Point> = groups.iter().flat_map(|(_, points)| points).collect();
+        let error = points
+            .iter()
+            .find(|p| p.measurement == crate::readings::POINT_ERRORS_TABLE)
+            .expect("a point error");
+        assert!(error.tags.contains(&("signal".into(), "flow".into())));
+        assert!(error.tags.contains(&("table_name".into(), "plc".into())));
+        let row = points
+            .iter()
+            .find(|p| p.measurement == "plc")
+            .expect("the row");
+        assert_eq!(row.fields, vec![("pressure".to_owned(), Value::F64(2.5))]);
+        // The store takes the batch: nothing in it is a number it refuses.
+        store
+            .write_groups(&groups, "modbus")
+            .await
+            .expect("written");
     }
 }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::device_state::DeviceStates;
 use crate::ingest_lineage::IngestLineage;
 use crate::openlineage::Emitter;
-use crate::readings::{Connector, QUEUE, next_batch, point_error, store_batch};
+use crate::readings::{Connector, PointOf, QUEUE, next_batch, point_error, store_batch};
 
 const OPC_UA: Connector = Connector {
     location: "opcua",
@@ -163,19 +163,38 @@ fn to_groups(
     type RowKey = (Arc<str>, i64, bool);
     let mut rows: BTreeMap<RowKey, Vec<(String, Value)>> = BTreeMap::new();
     let mut errors = Vec::new();
+    let table_of = |device: &str| {
+        tables
+            .get(device)
+            .cloned()
+            .unwrap_or_else(|| "opcua".into())
+    };
     for r in readings {
-        match (r.quality, r.value) {
-            (OpcQuality::Bad, _) | (_, None) => errors.push(point_error(
-                &r.device_id,
-                &r.signal,
+        let value = match r.value {
+            Some(opcua::Value::F64(v)) if !v.is_finite() => Err(format!(
+                "{v} is not a number the store keeps (status {})",
+                r.status
+            )),
+            Some(value) if r.quality != OpcQuality::Bad => Ok(value),
+            _ => Err(r.status.clone()),
+        };
+        match value {
+            // A point that was not read, or whose value cannot be kept, ends the value before
+            // it as a bad sample does (decision 0087).
+            Err(reason) => errors.push(point_error(
+                PointOf {
+                    device: &r.device_id,
+                    signal: &r.signal,
+                    table: &table_of(&r.device_id),
+                },
                 "opcua",
-                r.status.clone(),
+                reason,
                 r.timestamp_ns,
             )),
-            (quality, Some(value)) => {
+            Ok(value) => {
+                let quality = r.quality;
                 let value = match value {
-                    opcua::Value::F64(v) if v.is_finite() => Value::F64(v),
-                    opcua::Value::F64(_) => continue,
+                    opcua::Value::F64(v) => Value::F64(v),
                     opcua::Value::I64(v) => Value::I64(v),
                     opcua::Value::Bool(v) => Value::Bool(v),
                     opcua::Value::Str(v) => Value::Str(v),
@@ -199,10 +218,7 @@ fn to_groups(
         .into_iter()
         .map(|((device, time, uncertain), fields)| {
             let point = Point {
-                measurement: tables
-                    .get(&*device)
-                    .cloned()
-                    .unwrap_or_else(|| "opcua".into()),
+                measurement: table_of(&device),
                 tags: vec![("device".into(), device.to_string())],
                 fields,
                 time: Timestamp(time),

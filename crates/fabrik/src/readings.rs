@@ -4,14 +4,13 @@
 
 use std::time::Duration;
 
-use fabrik_core::{Lineage, Point, Quality, Timestamp, Value};
+use fabrik_core::{Lineage, Point};
 use fabrik_store::Store;
 use tokio::sync::mpsc;
 
 use crate::ingest_lineage::IngestLineage;
 
-/// Table of points that could not be read.
-pub(crate) const POINT_ERRORS_TABLE: &str = "_point_errors";
+pub(crate) use fabrik_connect::point_errors::{POINT_ERRORS_TABLE, PointOf, point_error};
 /// Readings buffered between the device tasks and the store, and the most written at once.
 pub(crate) const QUEUE: usize = 4096;
 /// Longest a reading waits to be written with others.
@@ -61,27 +60,6 @@ pub(crate) async fn store_batch(
             tracing::error!(error = %e, rows = groups.len(), "Storing {} readings failed.", connector.name);
             metrics::counter!(connector.write_errors).increment(1);
         }
-    }
-}
-
-/// The `_point_errors` row for a point of `device` that `source` could not read.
-pub(crate) fn point_error(
-    device: &str,
-    signal: &str,
-    source: &str,
-    reason: String,
-    time_ns: i64,
-) -> Point {
-    Point {
-        measurement: POINT_ERRORS_TABLE.into(),
-        tags: vec![
-            ("device".into(), device.to_owned()),
-            ("signal".into(), signal.to_owned()),
-            ("source".into(), source.to_owned()),
-        ],
-        fields: vec![("reason".into(), Value::Str(reason))],
-        time: Timestamp(time_ns),
-        quality: Quality::Bad,
     }
 }
 

@@ -1,6 +1,6 @@
-//! Rollups (`[[store.rollups]]`, decision 0085): a table's rows summarised per interval —
-//! each numeric field's mean, minimum, maximum and count per series — into a table of its
-//! own, so a plant keeps years of trends at a fraction of the rows' size while the rows
+//! Rollups (`[[store.rollups]]`, decisions 0085 and 0087): a table's rows summarised per
+//! interval — each numeric field's mean, minimum, maximum, count and time-weighted mean per
+//! series — into a table of its own, so a plant keeps years of trends at a fraction of the rows' size while the rows
 //! themselves expire. Intervals are summarised once they end, and again while rows may still
 //! arrive late; a summary written again replaces the earlier one (the store keeps the last
 //! write of a series at a time), and a restart carries on from the last summary stored.
@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 use crate::columns::cast_column;
 use crate::sql_text::{identifier, literal};
 
+mod held;
+
 /// The lineage source (`_source`) of the summaries.
 pub(crate) const ROLLUP_SOURCE: &str = "rollups";
 /// The summaries one pass reads and writes at most per query: a long backfill goes in steps.
@@ -36,8 +38,13 @@ const POINTS_PER_WRITE: usize = 10_000;
 /// being committed; a tenth of the interval when that is shorter.
 const LONGEST_SETTLING: Duration = Duration::from_secs(5);
 
-/// The summaries' columns per field, in the order they are written.
+/// The summaries' columns per field made from the interval's samples, in the order the
+/// summary query selects them.
 const SUMMARIES: [&str; 4] = ["mean", "min", "max", "count"];
+/// The summary columns made from the values standing over the interval (decision 0087): their
+/// time-weighted mean, and the seconds of the interval a value stood.
+const TIME_WEIGHTED: &str = "twa";
+const TIME_WEIGHTED_SECONDS: &str = "held_s";
 
 /// Starts every rollup; the task ends when `stop` is cancelled.
 pub(crate) fn start(
@@ -80,6 +87,8 @@ async fn run(store: Arc<Store>, rollup: RollupSettings, stop: CancellationToken)
         .min(nanos(LONGEST_STEP).max(every_ns));
     let mut step_ns = longest_step;
     let mut failures: u32 = 0;
+    let lateness_intervals = lateness_ns.saturating_add(every_ns - 1) / every_ns;
+    let mut carried = held::Carried::default();
     loop {
         let now = Timestamp::now().nanos();
         let ended = align_down(now.saturating_sub(settle_ns), every_ns);
@@ -88,12 +97,15 @@ async fn run(store: Arc<Store>, rollup: RollupSettings, stop: CancellationToken)
             from = pass_start(&store, &rollup, done_until, ended, every_ns, lateness_ns) => from,
         };
         let mut step_from = from.unwrap_or(ended);
+        // The next pass, if on time, summarises again the intervals still within the
+        // lateness then: the values standing where it starts are carried to it.
+        let next_pass_from = ended.saturating_sub(lateness_intervals.saturating_mul(every_ns));
         while step_from < ended {
             let step_to = ended.min(align_down(step_from.saturating_add(step_ns), every_ns));
             let step_to = step_to.max(step_from.saturating_add(every_ns));
             let summarised = tokio::select! {
                 () = stop.cancelled() => return,
-                summarised = summarise(&store, &rollup, step_from, step_to) => summarised,
+                summarised = summarise(&store, &rollup, (step_from, step_to), &mut carried, Some(next_pass_from)) => summarised,
             };
             match summarised {
                 Ok(written) => {
@@ -290,12 +302,15 @@ fn summary_sql(
     )
 }
 
-/// Summarises `[from, to)` into `rollup.into`; returns the summary rows written.
+/// Summarises `[from, to)` into `rollup.into`; returns the summary rows written. The values
+/// standing at its start are taken from `carried` when there, and those standing at its end
+/// and at `next_pass_from` (where the next pass is expected to start) are kept there.
 async fn summarise(
     store: &Store,
     rollup: &RollupSettings,
-    from: i64,
-    to: i64,
+    (from, to): (i64, i64),
+    carried: &mut held::Carried,
+    next_pass_from: Option<i64>,
 ) -> Result<usize, String> {
     let Some((tags, fields)) = columns_of(store, rollup) else {
         return Ok(0);
@@ -322,27 +337,73 @@ async fn summarise(
         .query(&summary_sql(rollup, &tags, &fields, from, to))
         .await
         .map_err(|e| e.to_string())?;
-    let existing = existing_summaries(store, rollup, &tags, &fields, from, to).await?;
-    let mut written = 0;
+    let mut points = Vec::new();
     for batch in &output.batches {
-        let mut points = points_of(batch, rollup, &tags, &fields)?;
-        // An interval summarised again is written only where its summary changed: the
-        // intervals within the lateness are read at every pass, but rewritten (and uplinked,
-        // and persisted again) only when rows arrived late.
-        points.retain(|point| {
-            existing
-                .get(&(point.time.nanos(), point.tags.clone()))
-                .is_none_or(|stored| !same_summary(&point.fields, stored))
-        });
-        for chunk in points.chunks(POINTS_PER_WRITE) {
-            store
-                .write_computed(chunk, ROLLUP_SOURCE, &rollup.into)
-                .await
-                .map_err(|e| format!("writing `{}`: {e}", rollup.into))?;
-        }
-        written += points.len();
+        points.extend(points_of(batch, rollup, &tags, &fields)?);
     }
-    Ok(written)
+    let mut taken = None;
+    if !rollup.hold.is_zero() {
+        let wanted: Vec<i64> = std::iter::once(to).chain(next_pass_from).collect();
+        let (held, at_wanted) =
+            held::time_weighted(store, rollup, &tags, &fields, (from, to), carried, &wanted)
+                .await?;
+        held::add_time_weighted(&mut points, held, rollup, &fields);
+        taken = Some(at_wanted);
+    }
+    let existing = existing_summaries(store, rollup, &tags, &fields, from, to).await?;
+    // A summary stored with time-weighted means that nothing stands in any longer (a late bad
+    // sample, a shorter `hold`) is replaced by one saying no value stood: a row written over
+    // is replaced whole, and rows are not deleted.
+    let summarised: std::collections::HashSet<(i64, &[(String, String)])> = points
+        .iter()
+        .map(|point| (point.time.nanos(), point.tags.as_slice()))
+        .collect();
+    let mut nothing_stood = Vec::new();
+    for ((time, series), stored) in &existing {
+        // With time-weighted means turned off, what stood is not known: left as it was.
+        if rollup.hold.is_zero() || summarised.contains(&(*time, series.as_slice())) {
+            continue;
+        }
+        let fields: Vec<(String, Value)> = fields
+            .iter()
+            .filter(|field| {
+                let twa = format!("{field}_{TIME_WEIGHTED}");
+                stored.iter().any(|(name, _)| *name == twa)
+            })
+            .map(|field| (format!("{field}_{TIME_WEIGHTED_SECONDS}"), Value::F64(0.0)))
+            .collect();
+        if !fields.is_empty() {
+            nothing_stood.push(Point {
+                measurement: rollup.into.clone(),
+                tags: series.clone(),
+                fields,
+                time: Timestamp(*time),
+                quality: Quality::Good,
+            });
+        }
+    }
+    points.extend(nothing_stood);
+    // In interval order, so a stop between writes leaves the earlier intervals written.
+    points.sort_by_key(|point| point.time);
+    // An interval summarised again is written only where its summary changed: the intervals
+    // within the lateness are read at every pass, but rewritten (and uplinked, and persisted
+    // again) only when rows arrived late.
+    points.retain(|point| {
+        existing
+            .get(&(point.time.nanos(), point.tags.clone()))
+            .is_none_or(|stored| !same_summary(&point.fields, stored))
+    });
+    for chunk in points.chunks(POINTS_PER_WRITE) {
+        store
+            .write_computed(chunk, ROLLUP_SOURCE, &rollup.into)
+            .await
+            .map_err(|e| format!("writing `{}`: {e}", rollup.into))?;
+    }
+    // Only now: a step whose writes failed is tried again from the same values.
+    if let Some(taken) = taken {
+        carried.keep(taken);
+    }
+    Ok(points.len())
 }
 
 /// A summary row as stored: its time and series, and its summaries' values.
@@ -368,7 +429,12 @@ async fn existing_summaries(
         .collect();
     let columns: Vec<String> = fields
         .iter()
-        .flat_map(|field| SUMMARIES.iter().map(move |s| format!("{field}_{s}")))
+        .flat_map(|field| {
+            SUMMARIES
+                .iter()
+                .chain([&TIME_WEIGHTED, &TIME_WEIGHTED_SECONDS])
+                .map(move |s| format!("{field}_{s}"))
+        })
         .filter(|column| store.has_column(&rollup.into, column))
         .collect();
     let mut select = vec!["CAST(time AS BIGINT)".to_owned()];
@@ -424,7 +490,8 @@ async fn existing_summaries(
 }
 
 /// Whether a new summary says what the stored one says: the same summaries, counts, minima
-/// and maxima exactly, means to a relative 1e-9 (a sum's order may differ between passes).
+/// and maxima exactly, means (time-weighted too) to a relative 1e-9 (a sum's order may differ
+/// between passes).
 fn same_summary(new: &[(String, Value)], stored: &[(String, f64)]) -> bool {
     new.len() == stored.len()
         && new.iter().all(|(name, value)| {
@@ -436,7 +503,7 @@ fn same_summary(new: &[(String, Value)], stored: &[(String, f64)]) -> bool {
             stored.iter().any(|(stored_name, old)| {
                 stored_name == name
                     && (new == *old
-                        || (name.ends_with("_mean")
+                        || ((name.ends_with("_mean") || name.ends_with("_twa"))
                             && (new - old).abs() <= 1e-9 * new.abs().max(old.abs())))
             })
         })
@@ -519,6 +586,23 @@ mod tests {
     const SECOND: i64 = 1_000_000_000;
     const MINUTE: i64 = 60 * SECOND;
 
+    /// One step, nothing carried to or from it.
+    async fn summarise(
+        store: &Store,
+        rollup: &RollupSettings,
+        from: i64,
+        to: i64,
+    ) -> Result<usize, String> {
+        super::summarise(
+            store,
+            rollup,
+            (from, to),
+            &mut held::Carried::default(),
+            None,
+        )
+        .await
+    }
+
     fn rollup(fields: &[&str]) -> RollupSettings {
         RollupSettings {
             table: "pump".into(),
@@ -526,6 +610,8 @@ mod tests {
             every: Duration::from_secs(60),
             fields: fields.iter().map(|f| (*f).to_owned()).collect(),
             lateness: Duration::from_secs(60),
+            // Time-weighted means have a test of their own.
+            hold: Duration::ZERO,
         }
     }
 
@@ -686,6 +772,143 @@ mod tests {
             summarise(&store, &rollup, 3 * MINUTE, 5 * MINUTE).await,
             Ok(0),
             "elsewhere in the table they are no obstacle"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_value_stands_until_its_next_sample_for_the_time_weighted_means() {
+        // Report by exception: p1's pressure changes at 0:30, 1:15 and 2:30, with a bad
+        // reading at 1:45 (the sensor failed until 2:30); p2 reports pressure and speed in
+        // separate messages.
+        let (_dir, store) = crate::test_store::store_with(&format!(
+            "pump,device=p1 pressure=4.0 {}\n\
+             pump,device=p1 pressure=10.0 {}\n\
+             pump,device=p1 pressure=20.0 {}\n\
+             pump,device=p2 pressure=5.0 {}\n\
+             pump,device=p2 speed=100.0 {}\n",
+            30 * SECOND,
+            MINUTE + 15 * SECOND,
+            2 * MINUTE + 30 * SECOND,
+            MINUTE + 10 * SECOND,
+            MINUTE + 40 * SECOND,
+        ))
+        .await;
+        let bad = fabrik_core::Point {
+            measurement: "pump".into(),
+            tags: vec![("device".into(), "p1".into())],
+            fields: vec![("pressure".into(), Value::F64(1000.0))],
+            time: Timestamp(MINUTE + 45 * SECOND),
+            quality: Quality::Bad,
+        };
+        store
+            .write_computed(&[bad], "test", "pump")
+            .await
+            .expect("bad reading");
+        let mut rollup = rollup(&[]);
+        rollup.hold = Duration::from_secs(3600);
+        assert_eq!(
+            summarise(&store, &rollup, MINUTE, 4 * MINUTE).await,
+            Ok(6),
+            "each pump in each minute, also where no sample fell in it"
+        );
+        let summaries = |table: &'static str| {
+            let store = store.clone();
+            async move {
+                rows(
+                    &store,
+                    &format!(
+                        "SELECT CAST(time AS BIGINT) / {MINUTE} AS minute, device, \
+                         pressure_twa, pressure_held_s, pressure_mean, pressure_count, \
+                         speed_twa, speed_mean FROM {table} ORDER BY device, minute"
+                    ),
+                )
+                .await
+            }
+        };
+        let stored = summaries("pump_1m").await;
+        assert_eq!(stored.len(), 6, "{stored:?}");
+        let p1: Vec<_> = stored.iter().filter(|r| r["device"] == "p1").collect();
+        // 4.0 standing since before the step for 15 s, then 10.0 for 30 s until the bad
+        // reading; the bad reading's 15 s are not observed time.
+        assert_eq!(p1[0]["minute"], 1);
+        assert_eq!(p1[0]["pressure_twa"], (4.0 * 15.0 + 10.0 * 30.0) / 45.0);
+        assert_eq!(p1[0]["pressure_held_s"], 45.0, "the seconds a value stood");
+        assert_eq!(
+            p1[0]["pressure_mean"], 10.0,
+            "per sample, the bad one left out"
+        );
+        assert_eq!(p1[0]["pressure_count"], 1);
+        assert_eq!(p1[1]["pressure_twa"], 20.0, "nothing stands until 2:30");
+        assert_eq!(p1[2]["minute"], 3);
+        assert_eq!(p1[2]["pressure_twa"], 20.0, "20.0 still stands");
+        assert!(
+            p1[2]["pressure_count"].is_null() && p1[2]["pressure_mean"].is_null(),
+            "no sample in the third minute: {:?}",
+            p1[2]
+        );
+        let p2: Vec<_> = stored.iter().filter(|r| r["device"] == "p2").collect();
+        assert_eq!(
+            p2[0]["pressure_twa"], 5.0,
+            "a speed message does not end the pressure"
+        );
+        assert_eq!(p2[0]["speed_twa"], 100.0);
+        assert_eq!(p2[0]["speed_mean"], 100.0);
+        assert_eq!(p2[2]["pressure_twa"], 5.0);
+        assert_eq!(p2[2]["speed_twa"], 100.0);
+
+        assert_eq!(
+            summarise(&store, &rollup, MINUTE, 4 * MINUTE).await,
+            Ok(0),
+            "the time-weighted means are compared like the others"
+        );
+        // A late sample ends the value before it: only p1's second minute changes.
+        store
+            .write_lines(
+                &format!("pump,device=p1 pressure=2.0 {}\n", 2 * MINUTE + 10 * SECOND),
+                fabrik_core::Precision::Ns,
+                fabrik_core::SourceId::http(),
+            )
+            .await
+            .expect("late row");
+        assert_eq!(summarise(&store, &rollup, MINUTE, 4 * MINUTE).await, Ok(1));
+        let again = summaries("pump_1m").await;
+        assert_eq!(again[1]["minute"], 2);
+        assert_eq!(again[1]["pressure_twa"], (2.0 * 20.0 + 20.0 * 30.0) / 50.0);
+
+        // A late bad sample at 2:40 ends 20.0: the third minute's `_twa`-only summary is
+        // replaced by one saying no value stood, once.
+        let late_bad = fabrik_core::Point {
+            measurement: "pump".into(),
+            tags: vec![("device".into(), "p1".into())],
+            fields: vec![("pressure".into(), Value::F64(0.0))],
+            time: Timestamp(2 * MINUTE + 40 * SECOND),
+            quality: Quality::Bad,
+        };
+        store
+            .write_computed(&[late_bad], "test", "pump")
+            .await
+            .expect("late bad reading");
+        assert_eq!(summarise(&store, &rollup, MINUTE, 4 * MINUTE).await, Ok(2));
+        let after_bad = summaries("pump_1m").await;
+        assert_eq!(after_bad[2]["minute"], 3, "{after_bad:?}");
+        assert!(after_bad[2]["pressure_twa"].is_null(), "{after_bad:?}");
+        assert_eq!(after_bad[2]["pressure_held_s"], 0.0);
+        assert_eq!(after_bad[1]["pressure_held_s"], 30.0, "2:10 to 2:40");
+        assert_eq!(summarise(&store, &rollup, MINUTE, 4 * MINUTE).await, Ok(0));
+
+        // A value stands for at most `hold`.
+        rollup.into = "pump_held".into();
+        rollup.hold = Duration::from_secs(30);
+        summarise(&store, &rollup, MINUTE, 4 * MINUTE)
+            .await
+            .expect("summarise");
+        let held = summaries("pump_held").await;
+        let p1: Vec<_> = held.iter().filter(|r| r["device"] == "p1").collect();
+        assert_eq!(p1[0]["pressure_twa"], 10.0, "4.0 stood until 1:00 only");
+        assert_eq!(
+            p1.last().map(|r| r["minute"].clone()),
+            Some(serde_json::json!(2)),
+            "20.0 stood until 3:00 only: {p1:?}"
         );
     }
 

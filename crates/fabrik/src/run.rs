@@ -802,6 +802,7 @@ async fn serve(
                 every: Duration::from_secs(60),
                 fields: Vec::new(),
                 lateness: Duration::from_secs(60),
+                hold: Duration::from_secs(3600),
             });
     }
     // A file-size limit (ulimit -f) must surface as EFBIG → 507 on write, not kill the

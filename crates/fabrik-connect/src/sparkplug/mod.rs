@@ -16,7 +16,7 @@ pub use payload::{
 };
 pub use session::{
     DeviceIdFn, Event, NodeSession, RebirthReason, RejectedMetric, Sample, SessionConfig,
-    SparkplugHost, Step, default_device_id, rebirth_payload,
+    SparkplugHost, Stale, Step, default_device_id, rebirth_payload,
 };
 pub use topic::{MessageType, SparkplugTopic};
 

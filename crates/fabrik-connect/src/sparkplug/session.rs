@@ -170,6 +170,23 @@ pub struct RejectedMetric {
     pub error: SparkplugError,
 }
 
+/// The metrics of a node or device that went offline: their last values are stale from
+/// `timestamp_ms` on (the specification's STALE quality), until the next birth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stale {
+    /// Edge node or device id (see [`SessionConfig::device_id`]).
+    pub device_id: String,
+    /// The metrics its birth declared, by name (sorted; `bdSeq` and the control metrics,
+    /// which are commands, not measurements, left out).
+    pub metrics: Vec<String>,
+    /// When it went offline (ms since the epoch): the death's receive time for an NDEATH,
+    /// whose payload was written when the node connected (it is the node's MQTT will), else
+    /// the message's timestamp.
+    pub timestamp_ms: u64,
+    /// Why, for the `_point_errors` rows.
+    pub reason: String,
+}
+
 /// The output of one message.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Step {
@@ -177,6 +194,8 @@ pub struct Step {
     pub samples: Vec<Sample>,
     /// State changes and rebirth requests.
     pub events: Vec<Event>,
+    /// Metrics whose values went stale with their node's or device's death.
+    pub stale: Vec<Stale>,
     /// Metrics that were skipped.
     pub rejected: Vec<RejectedMetric>,
     /// Diagnostics for logs: ignored messages, suppressed rebirth requests.
@@ -205,6 +224,30 @@ struct MetricTable {
     by_name: HashMap<String, DataType>,
 }
 
+impl MetricTable {
+    /// What goes stale of `device_id`'s metrics at a death.
+    fn stale(&self, device_id: String, timestamp_ms: u64, reason: &str) -> Stale {
+        let mut metrics: Vec<String> = self
+            .by_name
+            .keys()
+            .filter(|name| {
+                !name.is_empty()
+                    && name.as_str() != BD_SEQ
+                    && !name.starts_with("Node Control/")
+                    && !name.starts_with("Device Control/")
+            })
+            .cloned()
+            .collect();
+        metrics.sort_unstable();
+        Stale {
+            device_id,
+            metrics,
+            timestamp_ms,
+            reason: reason.to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct DeviceState {
     online: bool,
@@ -222,6 +265,11 @@ pub struct NodeSession {
     metrics: MetricTable,
     devices: BTreeMap<String, DeviceState>,
     rebirth_requested_at: Option<u64>,
+    /// The newest payload timestamp from the node (its deaths aside): the node's own clock,
+    /// which its samples are stamped by.
+    latest_ms: u64,
+    /// When each of its ids (the node's, its devices') was last marked stale.
+    stale_at: HashMap<String, u64>,
 }
 
 impl NodeSession {
@@ -236,6 +284,8 @@ impl NodeSession {
             metrics: MetricTable::default(),
             devices: BTreeMap::new(),
             rebirth_requested_at: None,
+            latest_ms: 0,
+            stale_at: HashMap::new(),
         }
     }
 
@@ -286,7 +336,7 @@ impl NodeSession {
         let node_id = self.id(config, None);
         match (kind, device) {
             (MessageType::NBirth, _) => self.nbirth(config, payload, received_ms, &mut step),
-            (MessageType::NDeath, _) => self.ndeath(config, payload, &mut step),
+            (MessageType::NDeath, _) => self.ndeath(config, payload, received_ms, &mut step),
             (MessageType::NData, _) => {
                 if self.require_born(kind, &mut reasons) {
                     self.check_seq(payload, &mut reasons);
@@ -353,6 +403,11 @@ impl NodeSession {
                     match self.devices.get_mut(dev) {
                         Some(state) if state.online => {
                             state.online = false;
+                            step.stale.push(state.metrics.stale(
+                                id.clone(),
+                                payload.timestamp.unwrap_or(received_ms),
+                                "DDEATH: the device went offline; its last values are stale",
+                            ));
                             step.events.push(Event::Offline(id));
                         }
                         _ => step
@@ -373,7 +428,36 @@ impl NodeSession {
         if let Some(reason) = reasons.into_iter().next() {
             self.request_rebirth(config, reason, node_id, received_ms, &mut step);
         }
+        if matches!(kind, MessageType::NBirth | MessageType::DBirth) {
+            self.births_after_stale(payload.timestamp.unwrap_or(received_ms), &mut step);
+        }
+        for stale in &step.stale {
+            self.stale_at
+                .insert(stale.device_id.clone(), stale.timestamp_ms);
+        }
+        if kind != MessageType::NDeath
+            && let Some(timestamp) = payload.timestamp
+        {
+            self.latest_ms = self.latest_ms.max(timestamp);
+        }
         step
+    }
+
+    /// A birth's values stand from the birth on: one stamped before its id was marked stale
+    /// (a metric's timestamp is when it was sampled, which for a value that has not changed
+    /// can be long ago) is stamped at the birth instead, or it would sort before the stale
+    /// mark and count as ended by it.
+    fn births_after_stale(&mut self, birth_ms: u64, step: &mut Step) {
+        for sample in &mut step.samples {
+            if let Some(&stale_ms) = self.stale_at.get(&sample.device_id)
+                && sample.timestamp_ms <= stale_ms
+            {
+                sample.timestamp_ms = birth_ms.max(stale_ms.saturating_add(1));
+            }
+        }
+        for sample in &step.samples {
+            self.stale_at.remove(&sample.device_id);
+        }
     }
 
     fn require_born(&self, kind: MessageType, reasons: &mut Vec<RebirthReason>) -> bool {
@@ -408,8 +492,13 @@ impl NodeSession {
         let devices = std::mem::take(&mut self.devices);
         for (dev, state) in devices {
             if state.online {
-                step.events
-                    .push(Event::Offline(self.id(config, Some(&dev))));
+                let id = self.id(config, Some(&dev));
+                step.stale.push(state.metrics.stale(
+                    id.clone(),
+                    payload.timestamp.unwrap_or(received_ms),
+                    "NBIRTH: the edge node was born again; the device is offline until its DBIRTH",
+                ));
+                step.events.push(Event::Offline(id));
             }
         }
         self.bd_seq = bd_seq(payload);
@@ -442,7 +531,13 @@ impl NodeSession {
         }
     }
 
-    fn ndeath(&mut self, config: &SessionConfig, payload: &Payload, step: &mut Step) {
+    fn ndeath(
+        &mut self,
+        config: &SessionConfig,
+        payload: &Payload,
+        received_ms: u64,
+        step: &mut Step,
+    ) {
         if !self.online {
             step.notes
                 .push("NDEATH of a node that is not online: ignored".into());
@@ -456,19 +551,26 @@ impl NodeSession {
             ));
             return;
         }
+        // The death is the node's MQTT will, written when it connected: the broker's
+        // delivery, not its timestamp, says when the node went — on the node's clock, which
+        // its samples are stamped by, no earlier than the newest of them.
+        const WHY: &str = "NDEATH: the edge node went offline; its last values are stale";
+        let received_ms = received_ms.max(self.latest_ms);
         for (dev, state) in &mut self.devices {
             if state.online {
                 state.online = false;
-                step.events.push(Event::Offline((config.device_id)(
-                    &self.group,
-                    &self.edge_node,
-                    Some(dev),
-                )));
+                let id = (config.device_id)(&self.group, &self.edge_node, Some(dev));
+                step.stale
+                    .push(state.metrics.stale(id.clone(), received_ms, WHY));
+                step.events.push(Event::Offline(id));
             }
         }
         self.online = false;
         self.last_seq = None;
-        step.events.push(Event::Offline(self.id(config, None)));
+        let node_id = self.id(config, None);
+        step.stale
+            .push(self.metrics.stale(node_id.clone(), received_ms, WHY));
+        step.events.push(Event::Offline(node_id));
     }
 
     fn request_rebirth(
@@ -994,6 +1096,16 @@ mod tests {
             .handle(&t("DDEATH", Some("d")), &payload(Some(3), vec![]), 8)
             .unwrap();
         assert_eq!(step.events, vec![Event::Offline("g/e/d".into())]);
+        assert_eq!(
+            step.stale,
+            vec![Stale {
+                device_id: "g/e/d".into(),
+                metrics: vec!["rpm".into()],
+                timestamp_ms: 1_000,
+                reason: "DDEATH: the device went offline; its last values are stale".into(),
+            }],
+            "the device's metrics are stale from the death's timestamp"
+        );
         assert!(!host.node(G, E).unwrap().device_online("d"));
         let step = host
             .handle(&t("DDATA", Some("d")), &payload(Some(4), vec![]), 9)
@@ -1003,6 +1115,7 @@ mod tests {
             .handle(&t("DDEATH", Some("d")), &payload(Some(5), vec![]), 9)
             .unwrap();
         assert!(step.events.is_empty());
+        assert!(step.stale.is_empty(), "not online: nothing goes stale");
         assert!(step.notes.iter().any(|n| n.contains("not online")));
     }
 
@@ -1019,8 +1132,9 @@ mod tests {
         };
         let step = host.handle(&t("NDEATH", None), &death(2), 7).unwrap();
         assert!(step.events.is_empty(), "stale NDEATH is ignored");
+        assert!(step.stale.is_empty(), "and marks nothing stale");
         assert!(host.node(G, E).unwrap().is_online());
-        let step = host.handle(&t("NDEATH", None), &death(3), 8).unwrap();
+        let step = host.handle(&t("NDEATH", None), &death(3), 5_000).unwrap();
         assert_eq!(
             step.events,
             vec![
@@ -1029,10 +1143,60 @@ mod tests {
                 Event::Offline("g/e".into())
             ]
         );
+        let stale: Vec<(&str, Vec<&str>, u64)> = step
+            .stale
+            .iter()
+            .map(|s| {
+                let metrics = s.metrics.iter().map(String::as_str).collect();
+                (s.device_id.as_str(), metrics, s.timestamp_ms)
+            })
+            .collect();
+        assert_eq!(
+            stale,
+            vec![
+                ("g/e/a", vec!["rpm"], 5_000),
+                ("g/e/b", vec!["rpm"], 5_000),
+                ("g/e", vec!["count", "temp"], 5_000)
+            ],
+            "every metric but bdSeq, from when the will was delivered (not its payload's time)"
+        );
         let node = host.node(G, E).unwrap();
         assert!(!node.is_online() && !node.device_online("a"));
         let step = host.handle(&t("NDEATH", None), &death(3), 9).unwrap();
         assert!(step.events.is_empty(), "already offline");
+        assert!(step.stale.is_empty());
+    }
+
+    #[test]
+    fn a_birth_after_a_death_counts_from_the_birth_and_a_death_by_the_nodes_clock() {
+        let mut host = born();
+        host.handle(&t("DBIRTH", Some("d")), &dbirth(1), 6).unwrap();
+        let step = host
+            .handle(&t("DDEATH", Some("d")), &payload(Some(2), vec![]), 7)
+            .unwrap();
+        assert_eq!(step.stale[0].timestamp_ms, 1_000);
+        // The new birth's values carry the same timestamp as the death (the payloads' 1,000):
+        // they would sort before the stale mark, so they are stamped just after it.
+        let step = host.handle(&t("DBIRTH", Some("d")), &dbirth(3), 8).unwrap();
+        assert_eq!(step.samples[0].timestamp_ms, 1_001);
+        let mut m = metric(None, Some(1), DataType::Int16, Value::I64(-9));
+        m.datatype = None;
+        let step = host
+            .handle(&t("DDATA", Some("d")), &payload(Some(4), vec![m]), 9)
+            .unwrap();
+        assert_eq!(step.samples[0].timestamp_ms, 1_000, "data is as stamped");
+        // The node's will arrives at 9 ms by Fabrik's clock, before the node's own newest
+        // timestamp (1,000): its clock is ahead, and its death is on that clock.
+        let death = payload(
+            None,
+            vec![metric(Some(BD_SEQ), None, DataType::Int64, Value::I64(3))],
+        );
+        let step = host.handle(&t("NDEATH", None), &death, 9).unwrap();
+        assert!(
+            step.stale.iter().all(|s| s.timestamp_ms == 1_000),
+            "{:?}",
+            step.stale
+        );
     }
 
     #[test]
@@ -1041,6 +1205,14 @@ mod tests {
         host.handle(&t("DBIRTH", Some("a")), &dbirth(1), 6).unwrap();
         let step = host.handle(&t("NBIRTH", None), &nbirth(4), 7).unwrap();
         assert_eq!(step.events, vec![Event::Offline("g/e/a".into())]);
+        assert_eq!(
+            step.stale.len(),
+            1,
+            "the reborn node's device: {:?}",
+            step.stale
+        );
+        assert_eq!(step.stale[0].device_id, "g/e/a");
+        assert_eq!(step.stale[0].metrics, vec!["rpm".to_owned()]);
         let step = host
             .handle(&t("DDATA", Some("a")), &payload(Some(1), vec![]), 8)
             .unwrap();

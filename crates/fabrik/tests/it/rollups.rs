@@ -1,6 +1,7 @@
-//! Rollups (decision 0085) in a running `fabrik run`: rows written over HTTP are summarised
-//! per interval into their own table, a row that arrives late is counted again while within
-//! the lateness, and after a `kill -9` the next start carries on without summarising twice.
+//! Rollups (decisions 0085 and 0087) in a running `fabrik run`: rows written over HTTP are
+//! summarised per interval into their own table, a value stands until its next sample in the
+//! time-weighted means, a row that arrives late is counted again while within the lateness,
+//! and after a `kill -9` the next start carries on without summarising twice.
 
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ fn summary(url: &str, start: i64) -> Option<serde_json::Value> {
     let rows = query(
         url,
         &format!(
-            "SELECT force_mean, force_min, force_max, force_count, line FROM press_1s \
+            "SELECT force_mean, force_min, force_max, force_count, force_twa, line FROM press_1s \
              WHERE time = to_timestamp_nanos({start}) AND device = 'p1'"
         ),
     );
@@ -76,6 +77,17 @@ fn rows_are_summarised_per_interval_counted_again_when_late_and_not_twice_after_
     let again = summary(&fabrik.url, start).expect("summary");
     assert_eq!(again["force_mean"], 4.0, "{again}");
     assert_eq!(again["force_max"], 8.0, "{again}");
+    // 1.0 for 0.1 s, 3.0 for 0.2 s, then 8.0 until the second ends: the value stands.
+    let twa = again["force_twa"].as_f64().expect("time-weighted");
+    assert!((twa - (0.1 + 0.6 + 4.8) / 0.9).abs() < 1e-9, "{again}");
+    // With no sample since, 8.0 stands over the next seconds (within `hold`, an hour).
+    eventually_for("the value standing", Duration::from_secs(30), || {
+        summary(&fabrik.url, start + 3 * SECOND).is_some_and(|s| s["force_twa"] == 8.0)
+    });
+    assert!(
+        summary(&fabrik.url, start + 3 * SECOND).is_some_and(|s| s["force_count"].is_null()),
+        "no sample in that second"
+    );
 
     // Killed, started again: still one summary per interval and series, and new rows are
     // summarised.
@@ -88,7 +100,7 @@ fn rows_are_summarised_per_interval_counted_again_when_late_and_not_twice_after_
     eventually_for(
         "a summary after the restart",
         Duration::from_secs(30),
-        || summary(&fabrik.url, start + 5 * SECOND).is_some(),
+        || summary(&fabrik.url, start + 5 * SECOND).is_some_and(|s| s["force_count"] == 1),
     );
     assert_eq!(summary(&fabrik.url, start).expect("kept")["force_count"], 3);
     let duplicates = query(
@@ -98,7 +110,7 @@ fn rows_are_summarised_per_interval_counted_again_when_late_and_not_twice_after_
     assert!(duplicates.is_empty(), "{duplicates:?}");
     let p2 = query(
         &fabrik.url,
-        "SELECT force_mean, _source FROM press_1s WHERE device = 'p2'",
+        "SELECT force_mean, _source FROM press_1s WHERE device = 'p2' AND force_count > 0",
     );
     assert_eq!(p2.len(), 1, "{p2:?}");
     assert_eq!(p2[0]["force_mean"], 50.0);

@@ -1,7 +1,8 @@
 //! Sparkplug B through the MQTT endpoint of a real `fabrik run`, with Mosquitto's clients as
 //! the edge node: a birth registers metrics and aliases, data by alias is stored under the
-//! metric names, and a sequence gap makes Fabrik publish the NCMD rebirth request the
-//! specification asks for, which the node receives on its command topic.
+//! metric names, a sequence gap makes Fabrik publish the NCMD rebirth request the
+//! specification asks for, which the node receives on its command topic, and the node's
+//! death marks its metrics stale.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -213,6 +214,38 @@ fn births_data_by_alias_and_a_sequence_gap_that_asks_for_a_rebirth() {
                 .and_then(|r| r["reason"].as_str())
                 .is_some_and(|r| r.contains("Sparkplug"))
     });
+
+    // The node's death (its will, with the birth's bdSeq): its metrics' last values are stale
+    // from then on, which `_point_errors` says per metric.
+    let death = payload(0, &[(Some("bdSeq"), None, DataType::Int64, Value::I64(0))]);
+    publish_bytes(
+        &addr,
+        "edge-1",
+        &token,
+        "spBv1.0/Plant1/NDEATH/edge-1",
+        &death,
+        dir.path(),
+    );
+    let stale_sql = "SELECT signal, reason FROM _point_errors WHERE source = 'sparkplug' AND \
+                     table_name = 'sparkplug' AND device = 'Plant1/edge-1' ORDER BY signal";
+    eventually("the metrics are marked stale", || {
+        let (code, rows) = http(
+            &p.url,
+            reqwest::Method::POST,
+            "/api/v1/query",
+            Some(serde_json::json!({ "sql": stale_sql })),
+        );
+        code == 200 && rows.as_array().is_some_and(|r| r.len() == 2)
+    });
+    let stale = query(&p.url, stale_sql);
+    assert_eq!(stale[0]["signal"], "Motor/Running", "{stale:?}");
+    assert_eq!(stale[1]["signal"], "Motor/Speed", "{stale:?}");
+    assert!(
+        stale[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("NDEATH")),
+        "{stale:?}"
+    );
     let (status, _) = p.terminate();
     assert!(status.success());
 }
