@@ -686,13 +686,13 @@ fn sparkplug_points(samples: &[SparkplugSample]) -> Vec<Point> {
             }
             SparkplugValue::I64(v) => Value::I64(*v),
             SparkplugValue::U64(v) => Value::U64(*v),
-            SparkplugValue::F64(v) if v.is_finite() => Value::F64(*v),
+            SparkplugValue::F64(v) => Value::F64(*v),
             SparkplugValue::Bool(v) => Value::Bool(*v),
             SparkplugValue::Str(v) => Value::Str(v.clone()),
             SparkplugValue::Unsupported { json, .. } => Value::Str(json.clone()),
             SparkplugValue::Bytes(b) => Value::Str(b.iter().map(|x| format!("{x:02x}")).collect()),
             SparkplugValue::Array(items) => Value::Str(format!("{items:?}")),
-            SparkplugValue::F64(_) | SparkplugValue::Null => continue,
+            SparkplugValue::Null => continue,
         };
         rows.entry((s.device_id.as_str(), s.timestamp_ms))
             .or_default()
@@ -1166,6 +1166,36 @@ mod tests {
                 .any(|p| p.fields.iter().any(|(_, v)| *v == Value::Str(id.clone()))),
             "nothing written names the blob"
         );
+    }
+
+    #[test]
+    fn a_sparkplug_metric_that_is_not_a_finite_number_is_a_point_error() {
+        let sample = |metric: &str, value: f64| SparkplugSample {
+            device_id: "g/e/d".into(),
+            metric: metric.into(),
+            timestamp_ms: 5,
+            value: SparkplugValue::F64(value),
+            datatype: crate::sparkplug::DataType::Double,
+            is_historical: false,
+        };
+        let points = sparkplug_points(&[sample("flow", f64::INFINITY), sample("temp", 20.5)]);
+        assert_eq!(points.len(), 2, "{points:?}");
+        assert_eq!(points[0].measurement, SPARKPLUG_TABLE);
+        assert_eq!(
+            points[0].fields,
+            vec![("temp".to_owned(), Value::F64(20.5))]
+        );
+        assert_eq!(
+            points[1].measurement,
+            crate::point_errors::POINT_ERRORS_TABLE
+        );
+        assert!(points[1].tags.contains(&("signal".into(), "flow".into())));
+        assert!(
+            points[1]
+                .tags
+                .contains(&("table_name".into(), SPARKPLUG_TABLE.into()))
+        );
+        assert_eq!(points[1].time, Timestamp(5_000_000));
     }
 
     #[test]

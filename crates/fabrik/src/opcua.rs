@@ -236,3 +236,39 @@ fn to_groups(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_value_that_is_not_a_finite_number_is_a_point_error_of_its_table() {
+        let (_dir, store) = crate::test_store::store_with("other,device=x v=1 1\n").await;
+        let reading = |signal: &str, value: f64| Reading {
+            device_id: Arc::from("filler"),
+            signal: Arc::from(signal),
+            timestamp_ns: 1_000,
+            value: Some(opcua::Value::F64(value)),
+            quality: OpcQuality::Good,
+            status: "Good".into(),
+        };
+        let tables = BTreeMap::from([("filler".to_owned(), "line".to_owned())]);
+        let groups = to_groups(
+            &store,
+            vec![reading("speed", f64::NAN), reading("temp", 61.5)],
+            &tables,
+        );
+        let points: Vec<&Point> = groups.iter().flat_map(|(_, points)| points).collect();
+        let error = points
+            .iter()
+            .find(|p| p.measurement == crate::readings::POINT_ERRORS_TABLE)
+            .expect("a point error");
+        assert!(error.tags.contains(&("signal".into(), "speed".into())));
+        assert!(error.tags.contains(&("table_name".into(), "line".into())));
+        let row = points
+            .iter()
+            .find(|p| p.measurement == "line")
+            .expect("the row");
+        assert_eq!(row.fields, vec![("temp".to_owned(), Value::F64(61.5))]);
+    }
+}

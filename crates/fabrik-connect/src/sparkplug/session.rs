@@ -179,9 +179,10 @@ pub struct Stale {
     /// The metrics its birth declared, by name (sorted; `bdSeq` and the control metrics,
     /// which are commands, not measurements, left out).
     pub metrics: Vec<String>,
-    /// When it went offline (ms since the epoch): the death's receive time for an NDEATH,
-    /// whose payload was written when the node connected (it is the node's MQTT will), else
-    /// the message's timestamp.
+    /// When it went offline (ms since the epoch, on the node's clock): for an NDEATH, whose
+    /// payload was written when the node connected (it is the node's MQTT will), its receive
+    /// time moved by how far the node's clock was off Fabrik's in its last message (within a
+    /// day); else the message's timestamp.
     pub timestamp_ms: u64,
     /// Why, for the `_point_errors` rows.
     pub reason: String,
@@ -216,6 +217,9 @@ impl Step {
         })
     }
 }
+
+/// The most a node's clock is taken to be off Fabrik's (a day), in ms.
+const MOST_CLOCK_OFFSET_MS: i64 = 86_400_000;
 
 /// The metrics a birth declared.
 #[derive(Debug, Clone, Default)]
@@ -265,9 +269,9 @@ pub struct NodeSession {
     metrics: MetricTable,
     devices: BTreeMap<String, DeviceState>,
     rebirth_requested_at: Option<u64>,
-    /// The newest payload timestamp from the node (its deaths aside): the node's own clock,
-    /// which its samples are stamped by.
-    latest_ms: u64,
+    /// How far the node's clock, which its samples are stamped by, is ahead of Fabrik's (ms;
+    /// negative: behind), as its last timestamped message (a death aside) showed.
+    clock_offset_ms: i64,
     /// When each of its ids (the node's, its devices') was last marked stale.
     stale_at: HashMap<String, u64>,
 }
@@ -284,7 +288,7 @@ impl NodeSession {
             metrics: MetricTable::default(),
             devices: BTreeMap::new(),
             rebirth_requested_at: None,
-            latest_ms: 0,
+            clock_offset_ms: 0,
             stale_at: HashMap::new(),
         }
     }
@@ -438,7 +442,14 @@ impl NodeSession {
         if kind != MessageType::NDeath
             && let Some(timestamp) = payload.timestamp
         {
-            self.latest_ms = self.latest_ms.max(timestamp);
+            let offset = i64::try_from(timestamp)
+                .unwrap_or(i64::MAX)
+                .saturating_sub(i64::try_from(received_ms).unwrap_or(i64::MAX));
+            // A timestamp further off than a day is a wrong one, not a clock's drift: it
+            // would misplace every later death.
+            if offset.abs() <= MOST_CLOCK_OFFSET_MS {
+                self.clock_offset_ms = offset;
+            }
         }
         step
     }
@@ -553,9 +564,9 @@ impl NodeSession {
         }
         // The death is the node's MQTT will, written when it connected: the broker's
         // delivery, not its timestamp, says when the node went — on the node's clock, which
-        // its samples are stamped by, no earlier than the newest of them.
+        // its samples are stamped by, so that it sorts after the last of them.
         const WHY: &str = "NDEATH: the edge node went offline; its last values are stale";
-        let received_ms = received_ms.max(self.latest_ms);
+        let received_ms = received_ms.saturating_add_signed(self.clock_offset_ms);
         for (dev, state) in &mut self.devices {
             if state.online {
                 state.online = false;
@@ -1154,11 +1165,12 @@ mod tests {
         assert_eq!(
             stale,
             vec![
-                ("g/e/a", vec!["rpm"], 5_000),
-                ("g/e/b", vec!["rpm"], 5_000),
-                ("g/e", vec!["count", "temp"], 5_000)
+                ("g/e/a", vec!["rpm"], 5_994),
+                ("g/e/b", vec!["rpm"], 5_994),
+                ("g/e", vec!["count", "temp"], 5_994)
             ],
-            "every metric but bdSeq, from when the will was delivered (not its payload's time)"
+            "every metric but bdSeq, from when the will was delivered (5,000), on the node's \
+             clock (its last message, stamped 1,000, arrived at 6): not the will's own time"
         );
         let node = host.node(G, E).unwrap();
         assert!(!node.is_online() && !node.device_online("a"));
@@ -1185,17 +1197,66 @@ mod tests {
             .handle(&t("DDATA", Some("d")), &payload(Some(4), vec![m]), 9)
             .unwrap();
         assert_eq!(step.samples[0].timestamp_ms, 1_000, "data is as stamped");
-        // The node's will arrives at 9 ms by Fabrik's clock, before the node's own newest
-        // timestamp (1,000): its clock is ahead, and its death is on that clock.
+        // The node's last message (1,000 on its clock) arrived at 9 by Fabrik's: its clock
+        // is 991 ms ahead, and its will, delivered at 20, is at 1,011 on that clock.
         let death = payload(
             None,
             vec![metric(Some(BD_SEQ), None, DataType::Int64, Value::I64(3))],
         );
-        let step = host.handle(&t("NDEATH", None), &death, 9).unwrap();
+        let step = host.handle(&t("NDEATH", None), &death, 20).unwrap();
         assert!(
-            step.stale.iter().all(|s| s.timestamp_ms == 1_000),
+            step.stale.iter().all(|s| s.timestamp_ms == 1_011),
             "{:?}",
             step.stale
+        );
+
+        // Born again, at 5,000: a metric sampled at 500 (unchanged since) is stamped at the
+        // birth, after the stale mark; a timestamp a year off moves no later death.
+        let old_sample = encode_payload(&Payload {
+            timestamp: Some(5_000),
+            seq: Some(0),
+            metrics: vec![
+                metric(Some(BD_SEQ), None, DataType::Int64, Value::I64(4)),
+                new_metric(
+                    Some("temp"),
+                    Some(1),
+                    DataType::Float,
+                    &Value::F64(21.0),
+                    Some(500),
+                )
+                .unwrap(),
+            ],
+            ..Payload::default()
+        });
+        let step = host.handle(&t("NBIRTH", None), &old_sample, 4_990).unwrap();
+        assert_eq!(step.samples[0].metric, "temp");
+        assert_eq!(step.samples[0].timestamp_ms, 5_000);
+        let far = encode_payload(&Payload {
+            timestamp: Some(5_000 + 365 * 86_400_000),
+            seq: Some(1),
+            ..Payload::default()
+        });
+        host.handle(&t("NDATA", None), &far, 5_010).unwrap();
+        let death = payload(
+            None,
+            vec![metric(Some(BD_SEQ), None, DataType::Int64, Value::I64(4))],
+        );
+        let step = host.handle(&t("NDEATH", None), &death, 6_000).unwrap();
+        assert_eq!(
+            step.stale[0].timestamp_ms, 6_010,
+            "10 ms ahead, from the birth"
+        );
+        // Born again, its payload stamped before the death: just after the death.
+        let step = host.handle(&t("NBIRTH", None), &old_sample, 7_000).unwrap();
+        assert_eq!(
+            step.samples[0].timestamp_ms, 6_011,
+            "after the death at 6,010"
+        );
+        // A birth with no death since its last is not moved.
+        let step = host.handle(&t("NBIRTH", None), &old_sample, 7_100).unwrap();
+        assert_eq!(
+            step.samples[0].timestamp_ms, 500,
+            "no stale mark since: as sampled"
         );
     }
 

@@ -768,6 +768,8 @@ mod tests {
         };
         let errors = [
             error("d1", "pressure", "plc", 90 * SECOND),
+            // At the same time as d1's sample at 2:00: it ends the value before, not 4.0.
+            error("d1", "pressure", "plc", 2 * MINUTE),
             error("d2", "speed", "plc", 70 * SECOND),
             error("d1", "flow", "plc", 70 * SECOND),
             // The same device and signal names, another table's.
