@@ -667,23 +667,32 @@ fn sparkplug_points(samples: &[SparkplugSample]) -> Vec<Point> {
         std::collections::BTreeMap::new();
     let mut errors = Vec::new();
     for s in samples {
-        let value = match &s.value {
-            // NaN or ±∞, which the store does not keep: the metric's value is not known from
-            // then on, which a `_point_errors` row says (and a rollup's time-weighted mean
-            // heeds).
+        // NaN or ±∞, which the store does not keep, or a metric sent as null: its value is
+        // not known from then on, which a `_point_errors` row says (and a rollup's
+        // time-weighted mean heeds).
+        let unknown = match &s.value {
             SparkplugValue::F64(v) if !v.is_finite() => {
-                errors.push(point_error(
-                    PointOf {
-                        device: &s.device_id,
-                        signal: &s.metric,
-                        table: SPARKPLUG_TABLE,
-                    },
-                    "sparkplug",
-                    format!("{v} is not a number the store keeps"),
-                    ms_to_ns(s.timestamp_ms),
-                ));
-                continue;
+                Some(format!("{v} is not a number the store keeps"))
             }
+            SparkplugValue::Null => {
+                Some("the metric was sent as null: its value is not known".into())
+            }
+            _ => None,
+        };
+        if let Some(reason) = unknown {
+            errors.push(point_error(
+                PointOf {
+                    device: &s.device_id,
+                    signal: &s.metric,
+                    table: SPARKPLUG_TABLE,
+                },
+                "sparkplug",
+                reason,
+                ms_to_ns(s.timestamp_ms),
+            ));
+            continue;
+        }
+        let value = match &s.value {
             SparkplugValue::I64(v) => Value::I64(*v),
             SparkplugValue::U64(v) => Value::U64(*v),
             SparkplugValue::F64(v) => Value::F64(*v),
@@ -692,7 +701,7 @@ fn sparkplug_points(samples: &[SparkplugSample]) -> Vec<Point> {
             SparkplugValue::Unsupported { json, .. } => Value::Str(json.clone()),
             SparkplugValue::Bytes(b) => Value::Str(b.iter().map(|x| format!("{x:02x}")).collect()),
             SparkplugValue::Array(items) => Value::Str(format!("{items:?}")),
-            SparkplugValue::Null => continue,
+            SparkplugValue::Null => continue, // a point error above
         };
         rows.entry((s.device_id.as_str(), s.timestamp_ms))
             .or_default()
@@ -1169,7 +1178,7 @@ mod tests {
     }
 
     #[test]
-    fn a_sparkplug_metric_that_is_not_a_finite_number_is_a_point_error() {
+    fn a_sparkplug_metric_that_is_null_or_not_a_finite_number_is_a_point_error() {
         let sample = |metric: &str, value: f64| SparkplugSample {
             device_id: "g/e/d".into(),
             metric: metric.into(),
@@ -1178,8 +1187,11 @@ mod tests {
             datatype: crate::sparkplug::DataType::Double,
             is_historical: false,
         };
-        let points = sparkplug_points(&[sample("flow", f64::INFINITY), sample("temp", 20.5)]);
-        assert_eq!(points.len(), 2, "{points:?}");
+        let mut null = sample("level", 0.0);
+        null.value = SparkplugValue::Null;
+        let points = sparkplug_points(&[sample("flow", f64::INFINITY), sample("temp", 20.5), null]);
+        assert_eq!(points.len(), 3, "{points:?}");
+        assert!(points[2].tags.contains(&("signal".into(), "level".into())));
         assert_eq!(points[0].measurement, SPARKPLUG_TABLE);
         assert_eq!(
             points[0].fields,
