@@ -2,9 +2,10 @@
 //! `<field>_held_s`; decision 0087): each good sample of a field stands for its value until
 //! the series' next sample of that field, for at most `hold` — what a report-by-exception
 //! signal (Sparkplug, OPC UA subscriptions with a deadband) was over an interval is the values
-//! that stood, not the samples that arrived. A bad sample, or a point the device did not
-//! answer (`_point_errors`), ends the value before it. The values standing where a later step
-//! starts are carried to it, so a pass reads its own rows only, not `hold` before them.
+//! that stood, not the samples that arrived. A bad sample, or a `_point_errors` row of the
+//! table (a point the device did not answer, a Sparkplug metric gone stale with its node),
+//! ends the value before it. The values standing where a later step starts are carried to
+//! it, so a pass reads its own rows only, not `hold` before them.
 
 use std::collections::HashMap;
 use std::time::Duration;
