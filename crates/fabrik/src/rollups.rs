@@ -1,7 +1,7 @@
 //! Rollups (`[[store.rollups]]`, decisions 0085 and 0087): a table's rows summarised per
 //! interval — each numeric field's mean, minimum, maximum, count and time-weighted mean per
-//! series — into a table of its own, so a plant keeps years of trends at a fraction of the rows' size while the rows
-//! themselves expire. Intervals are summarised once they end, and again while rows may still
+//! series — into a table of its own, so a plant keeps years of trends at a fraction of the
+//! rows' size while the rows themselves expire. Intervals are summarised once they end, and again while rows may still
 //! arrive late; a summary written again replaces the earlier one (the store keeps the last
 //! write of a series at a time), and a restart carries on from the last summary stored.
 
@@ -87,7 +87,6 @@ async fn run(store: Arc<Store>, rollup: RollupSettings, stop: CancellationToken)
         .min(nanos(LONGEST_STEP).max(every_ns));
     let mut step_ns = longest_step;
     let mut failures: u32 = 0;
-    let lateness_intervals = lateness_ns.saturating_add(every_ns - 1) / every_ns;
     let mut carried = held::Carried::default();
     loop {
         let now = Timestamp::now().nanos();
@@ -99,7 +98,8 @@ async fn run(store: Arc<Store>, rollup: RollupSettings, stop: CancellationToken)
         let mut step_from = from.unwrap_or(ended);
         // The next pass, if on time, summarises again the intervals still within the
         // lateness then: the values standing where it starts are carried to it.
-        let next_pass_from = ended.saturating_sub(lateness_intervals.saturating_mul(every_ns));
+        let next_pass_from =
+            first_late_interval(ended.saturating_add(every_ns), every_ns, lateness_ns);
         while step_from < ended {
             let step_to = ended.min(align_down(step_from.saturating_add(step_ns), every_ns));
             let step_to = step_to.max(step_from.saturating_add(every_ns));
@@ -182,6 +182,18 @@ fn align_down(time: i64, every_ns: i64) -> i64 {
 /// lateness (rounded up to whole intervals), whichever is earlier; on a first start, the table's oldest row; never more than
 /// [`MOST_BACKFILL_INTERVALS`] back. `None`: nothing to do yet (no rows, or the table does
 /// not exist yet).
+/// The first interval a pass summarises again when the last interval ended at `ended`: an
+/// interval is summarised again until the pass after `lateness` (rounded up to whole
+/// intervals) has passed since it ended, so rows that late still count.
+fn first_late_interval(ended: i64, every_ns: i64, lateness_ns: i64) -> i64 {
+    let lateness_intervals = lateness_ns.saturating_add(every_ns - 1) / every_ns;
+    ended.saturating_sub(
+        lateness_intervals
+            .saturating_add(1)
+            .saturating_mul(every_ns),
+    )
+}
+
 async fn pass_start(
     store: &Store,
     rollup: &RollupSettings,
@@ -190,14 +202,7 @@ async fn pass_start(
     every_ns: i64,
     lateness_ns: i64,
 ) -> Option<i64> {
-    // An interval is summarised again until the pass after `lateness` has passed since it
-    // ended: rows that late still count.
-    let lateness_intervals = lateness_ns.saturating_add(every_ns - 1) / every_ns;
-    let late = ended.saturating_sub(
-        lateness_intervals
-            .saturating_add(1)
-            .saturating_mul(every_ns),
-    );
+    let late = first_late_interval(ended, every_ns, lateness_ns);
     let from = match done_until {
         Some(done) => done.min(late),
         None => {
@@ -351,38 +356,11 @@ async fn summarise(
         taken = Some(at_wanted);
     }
     let existing = existing_summaries(store, rollup, &tags, &fields, from, to).await?;
-    // A summary stored with time-weighted means that nothing stands in any longer (a late bad
-    // sample, a shorter `hold`) is replaced by one saying no value stood: a row written over
-    // is replaced whole, and rows are not deleted.
-    let summarised: std::collections::HashSet<(i64, &[(String, String)])> = points
-        .iter()
-        .map(|point| (point.time.nanos(), point.tags.as_slice()))
-        .collect();
-    let mut nothing_stood = Vec::new();
-    for ((time, series), stored) in &existing {
-        // With time-weighted means turned off, what stood is not known: left as it was.
-        if rollup.hold.is_zero() || summarised.contains(&(*time, series.as_slice())) {
-            continue;
-        }
-        let fields: Vec<(String, Value)> = fields
-            .iter()
-            .filter(|field| {
-                let twa = format!("{field}_{TIME_WEIGHTED}");
-                stored.iter().any(|(name, _)| *name == twa)
-            })
-            .map(|field| (format!("{field}_{TIME_WEIGHTED_SECONDS}"), Value::F64(0.0)))
-            .collect();
-        if !fields.is_empty() {
-            nothing_stood.push(Point {
-                measurement: rollup.into.clone(),
-                tags: series.clone(),
-                fields,
-                time: Timestamp(*time),
-                quality: Quality::Good,
-            });
-        }
+    // With time-weighted means turned off, what stood is not known: left as it was.
+    if !rollup.hold.is_zero() {
+        let nothing_stood = held::nothing_stood(&points, &existing, rollup, &fields);
+        points.extend(nothing_stood);
     }
-    points.extend(nothing_stood);
     // In interval order, so a stop between writes leaves the earlier intervals written.
     points.sort_by_key(|point| point.time);
     // An interval summarised again is written only where its summary changed: the intervals

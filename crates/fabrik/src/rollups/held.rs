@@ -18,7 +18,7 @@ use fabrik_core::{Point, Quality, Timestamp, Value};
 use fabrik_runtime::config::RollupSettings;
 use fabrik_store::Store;
 
-use super::{TIME_WEIGHTED, TIME_WEIGHTED_SECONDS, align_down, nanos};
+use super::{StoredSummaries, TIME_WEIGHTED, TIME_WEIGHTED_SECONDS, align_down, nanos};
 use crate::columns::cast_column;
 use crate::readings::POINT_ERRORS_TABLE;
 use crate::sql_text::{identifier, literal};
@@ -615,6 +615,45 @@ pub(super) fn add_time_weighted(
             }
         }
     }
+}
+
+/// For each summary stored with time-weighted means that nothing stands in any longer (a late
+/// bad sample, a shorter `hold`): one saying no value stood (`<field>_held_s = 0`), to write
+/// over it — a row written over is replaced whole, and rows are not deleted.
+pub(super) fn nothing_stood(
+    points: &[Point],
+    existing: &StoredSummaries,
+    rollup: &RollupSettings,
+    fields: &[String],
+) -> Vec<Point> {
+    let summarised: std::collections::HashSet<(i64, &[(String, String)])> = points
+        .iter()
+        .map(|point| (point.time.nanos(), point.tags.as_slice()))
+        .collect();
+    let mut nothing_stood = Vec::new();
+    for ((time, series), stored) in existing {
+        if summarised.contains(&(*time, series.as_slice())) {
+            continue;
+        }
+        let fields: Vec<(String, Value)> = fields
+            .iter()
+            .filter(|field| {
+                let twa = format!("{field}_{TIME_WEIGHTED}");
+                stored.iter().any(|(name, _)| *name == twa)
+            })
+            .map(|field| (format!("{field}_{TIME_WEIGHTED_SECONDS}"), Value::F64(0.0)))
+            .collect();
+        if !fields.is_empty() {
+            nothing_stood.push(Point {
+                measurement: rollup.into.clone(),
+                tags: series.clone(),
+                fields,
+                time: Timestamp(*time),
+                quality: Quality::Good,
+            });
+        }
+    }
+    nothing_stood
 }
 
 #[cfg(test)]
