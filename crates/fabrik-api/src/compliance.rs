@@ -136,6 +136,9 @@ pub struct LiveState {
     /// How many targets keys must sign a release, of how many (decision 0075); `None` until
     /// the release repository verified, or when the node follows none.
     pub release_signers: Option<(u64, u64)>,
+    /// How many root keys must sign a new root of the release repository, of how many
+    /// (decision 0088); `None` as for `release_signers`.
+    pub release_root_keys: Option<(u64, u64)>,
 }
 
 fn control(
@@ -497,6 +500,24 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
             )),
             None => {}
         }
+        if let Some((threshold, keys)) = live.release_root_keys {
+            evidence.push(format!(
+                "the release repository's root is signed by {threshold} of {keys} root keys{}{} \
+                 (decision 0088)",
+                if threshold >= 2 {
+                    ": no one holder can change whom nodes trust"
+                } else {
+                    ""
+                },
+                if keys > threshold {
+                    "; a lost root key is replaced by the other holders, and nodes follow the \
+                     new root from the one they hold"
+                } else {
+                    "; losing a root key means giving every node a new root by hand (`fabrik \
+                     release root-keys --add` lists more)"
+                }
+            ));
+        }
         match live.node_key_sealed {
             Some(true) => evidence.push(format!(
                 "this node's keys for encrypted targets are sealed to its TPM: a copy of its \
@@ -670,6 +691,7 @@ pub(crate) async fn report(
                 node_key_sealed: None,
                 node_key_sealed_pcrs: None,
                 release_signers: None,
+                release_root_keys: None,
             }
         }
         None => LiveState::default(),
@@ -689,10 +711,17 @@ pub(crate) async fn report(
         .as_ref()
         .filter(|status| status.targets_threshold > 0)
         .map(|status| (status.targets_threshold, status.targets_keys));
+    let release_root_keys = state
+        .updates
+        .read()
+        .as_ref()
+        .filter(|status| status.root_threshold > 0)
+        .map(|status| (status.root_threshold, status.root_keys));
     let live = LiveState {
         node_key_sealed,
         node_key_sealed_pcrs,
         release_signers,
+        release_root_keys,
         ..live
     };
     let controls = assess(&state.compliance, &live);
@@ -752,6 +781,7 @@ mod tests {
             node_key_sealed: Some(true),
             node_key_sealed_pcrs: None,
             release_signers: None,
+            release_root_keys: None,
         };
         let controls = assess(&facts, &live);
         let models = control_of(&controls, "NIST 800-53 SI-7");
@@ -781,6 +811,26 @@ mod tests {
             "{unsealed:?}"
         );
         live.node_key_sealed = Some(true);
+        for (root_keys, expected) in [
+            (
+                (2, 3),
+                "no one holder can change whom nodes trust; a lost root key is replaced",
+            ),
+            (
+                (1, 1),
+                "1 of 1 root keys; losing a root key means giving every node a new root",
+            ),
+        ] {
+            live.release_root_keys = Some(root_keys);
+            let root = assess(&facts, &live);
+            assert!(
+                control_of(&root, "NIST 800-53 SI-7")
+                    .evidence
+                    .iter()
+                    .any(|e| e.contains(expected)),
+                "{root:?}"
+            );
+        }
         live.node_key_sealed_pcrs = Some("sha256:7".into());
         let bound = assess(&facts, &live);
         assert!(
@@ -829,6 +879,7 @@ mod tests {
             node_key_sealed: None,
             node_key_sealed_pcrs: None,
             release_signers: None,
+            release_root_keys: None,
         };
         let controls = assess(&facts, &live);
         assert_eq!(
@@ -860,6 +911,7 @@ mod tests {
                 node_key_sealed: None,
                 node_key_sealed_pcrs: None,
                 release_signers: None,
+                release_root_keys: None,
             },
         );
         assert_eq!(status_of(&controls, "NIST 800-53 SI-7"), ControlStatus::Met);
@@ -890,6 +942,7 @@ mod tests {
                 node_key_sealed: None,
                 node_key_sealed_pcrs: None,
                 release_signers: None,
+                release_root_keys: None,
             },
         );
         assert_eq!(status_of(&controls, "NIST 800-53 SC-8"), ControlStatus::Met);
@@ -905,6 +958,7 @@ mod tests {
                 node_key_sealed: None,
                 node_key_sealed_pcrs: None,
                 release_signers: None,
+                release_root_keys: None,
             },
         );
         assert_eq!(
@@ -922,6 +976,7 @@ mod tests {
             node_key_sealed: None,
             node_key_sealed_pcrs: None,
             release_signers: None,
+            release_root_keys: None,
         };
         facts.mqtt_acl_rules = 2;
         let controls = assess(&facts, &live);
@@ -938,6 +993,7 @@ mod tests {
             node_key_sealed: None,
             node_key_sealed_pcrs: None,
             release_signers: None,
+            release_root_keys: None,
         };
         facts.admin_token_file_mode = Some(0o600);
         let gdpr = |facts: &ComplianceFacts| {
@@ -983,6 +1039,7 @@ mod tests {
             node_key_sealed: None,
             node_key_sealed_pcrs: None,
             release_signers: None,
+            release_root_keys: None,
         };
         let controls = assess(&facts, &erased);
         let audit = control_of(&controls, "NIST 800-53 AU-2");

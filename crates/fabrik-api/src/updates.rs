@@ -69,6 +69,11 @@ pub struct UpdateStatus {
     pub targets_threshold: u64,
     /// How many targets keys the root lists.
     pub targets_keys: u64,
+    /// How many of the root's own keys must sign the next root (0 until a check verified):
+    /// 2 or more when the root survives the loss of a key (decision 0088).
+    pub root_threshold: u64,
+    /// How many root keys the root lists.
+    pub root_keys: u64,
     /// The snapshot metadata's version.
     pub snapshot_version: u64,
     /// The timestamp metadata's version.

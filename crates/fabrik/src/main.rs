@@ -55,6 +55,7 @@ mod release_cli;
 mod release_keys;
 mod release_proposals;
 mod release_retention;
+mod release_root_keys;
 mod release_signer;
 mod rollups;
 mod run;

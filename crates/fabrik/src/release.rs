@@ -1357,6 +1357,7 @@ impl OnlineKeys {
 pub(crate) async fn refresh_root(
     repo: &Path,
     keys: &Path,
+    root_keys: &crate::release_root_keys::RootKeyFiles,
     lifetime: Duration,
 ) -> anyhow::Result<(u64, jiff::Timestamp)> {
     let _lock = lock(repo).await?;
@@ -1367,11 +1368,10 @@ pub(crate) async fn refresh_root(
     root.version = next(root.version)?;
     root.expires = expires_in(lifetime)?;
     let (version, expires) = (root.version.get(), root.expires);
-    // The same keys sign for the old root and the new one: one signature meets both
+    // The same keys sign for the old root and the new one: their signatures meet both
     // thresholds, as the TUF client checks when it walks from version N to N + 1.
     let staging = staging_dir(repo)?;
-    let signed = sign_into(root.clone(), &root, keys, "root", &staging).await?;
-    check_new_root(&current, signed.signed())?;
+    crate::release_root_keys::sign_root(root, &current, root_keys, Some(&staging)).await?;
     move_in(repo, &staging)?;
     remember(repo, &state).await?;
     Ok((version, expires))
@@ -1395,19 +1395,9 @@ pub(crate) fn check_new_root(
     })
 }
 
-/// Signs `role` with `<keys>/<key>.key`, the key `root` names for it, and writes it into
-/// `staging` under the name nodes fetch it by (versioned with consistent snapshots).
-pub(crate) async fn sign_into<T: tough::schema::Role + Serialize>(
-    role: T,
-    root: &Root,
-    keys: &Path,
-    key: &str,
-    staging: &Path,
-) -> anyhow::Result<SignedRole<T>> {
-    sign_with(role, root, &key_path(keys, key), key, staging).await
-}
-
-/// [`sign_into`] with the key file at `path`, the `key` role's.
+/// Signs `role` with the key file at `path`, the one `root` names for the `key` role, and
+/// writes it into `staging` under the name nodes fetch it by (versioned with consistent
+/// snapshots).
 async fn sign_with<T: tough::schema::Role + Serialize>(
     role: T,
     root: &Root,
@@ -1698,9 +1688,14 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_re_signed_root_is_followed_from_the_first_one() {
         let (dir, repo, keys) = fresh_repository().await;
-        let (version, expires) = refresh_root(&repo, &keys, Duration::from_secs(3 * 365 * 86_400))
-            .await
-            .expect("root");
+        let (version, expires) = refresh_root(
+            &repo,
+            &keys,
+            &crate::release_root_keys::RootKeyFiles::gather(&keys, &[]).expect("root keys"),
+            Duration::from_secs(3 * 365 * 86_400),
+        )
+        .await
+        .expect("root");
         assert_eq!(version, 2);
         assert!(repo.join("metadata/2.root.json").is_file());
         // Loaded from 1.root.json, as a node given the first root does.

@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 
 use crate::client::Endpoint;
 use crate::release::{self, Kind, Lifetimes, ReleaseTarget};
+use crate::release_root_keys::RootKeyFiles;
 
 /// `fabrik release`
 #[derive(Debug, Args)]
@@ -165,9 +166,13 @@ enum ReleaseCommand {
         /// with `[releases] keys` does by itself).
         #[arg(long)]
         online: bool,
-        /// Re-sign only the root (with the offline root key), valid for `--root-lifetime`.
+        /// Re-sign only the root (with the offline root keys), valid for `--root-lifetime`.
         #[arg(long, conflicts_with = "online")]
         root: bool,
+        /// Another holder's root key, when the root asks for several (`release root-keys`);
+        /// repeat. `root.key` in `--keys` signs too when it is there.
+        #[arg(long = "root-key", requires = "root")]
+        root_keys: Vec<PathBuf>,
         /// Validity of the re-signed root metadata (with `--root`).
         #[arg(long, default_value = "365d")]
         root_lifetime: String,
@@ -176,7 +181,8 @@ enum ReleaseCommand {
     },
     /// Replace a role's key (a key that may have leaked, or a scheduled change): the new
     /// root lists the new key, signed so nodes accept it from the root they hold, and what
-    /// the key signs is signed again, all published at once. Needs the root key.
+    /// the key signs is signed again, all published at once. Needs the root key (as many as
+    /// the root asks for). With several root keys, `--role root` replaces the one in `--keys`.
     Rotate {
         /// The release repository's directory.
         #[arg(long)]
@@ -187,15 +193,19 @@ enum ReleaseCommand {
         /// `root`, `targets`, `snapshot` or `timestamp`.
         #[arg(long)]
         role: String,
+        /// Another holder's root key, when the root asks for several; repeat.
+        #[arg(long = "root-key")]
+        root_keys: Vec<PathBuf>,
         /// Validity of the new root metadata.
         #[arg(long, default_value = "365d")]
         root_lifetime: String,
         #[command(flatten)]
         lifetimes: LifetimeArgs,
     },
-    /// Make a private key for one person who signs releases (at `--out`, mode 0600) and its
-    /// public key (`<out>.pub`), which the root key's holder adds with `fabrik release
-    /// signers --add`. Name it `targets.key` in that person's keys directory.
+    /// Make a private key for one person who signs releases or holds a root key (at `--out`,
+    /// mode 0600) and its public key (`<out>.pub`), which the root keys' holders add with
+    /// `fabrik release signers --add` or `fabrik release root-keys --add`. A signer names it
+    /// `targets.key` in their keys directory; a root key stays offline.
     Keygen {
         /// Where the private key goes (never overwritten).
         #[arg(long)]
@@ -213,6 +223,9 @@ enum ReleaseCommand {
         /// the new root lists it).
         #[arg(long)]
         keys: PathBuf,
+        /// Another holder's root key, when the root asks for several; repeat.
+        #[arg(long = "root-key")]
+        root_keys: Vec<PathBuf>,
         /// A public key file (`KEY.pub` from `fabrik release keygen`) to add; repeat.
         #[arg(long)]
         add: Vec<PathBuf>,
@@ -227,6 +240,35 @@ enum ReleaseCommand {
         root_lifetime: String,
         #[command(flatten)]
         lifetimes: LifetimeArgs,
+    },
+    /// Change who holds the root keys (decision 0088): add holders' public keys, remove a key
+    /// that was lost or stolen, and set how many must sign each later change of the root.
+    /// The new root is signed by enough of the current root keys and of its own, given with
+    /// `--root-key` (and `root.key` in `--keys`), and published at once; nodes follow it
+    /// from the root they hold.
+    RootKeys {
+        /// The release repository's directory.
+        #[arg(long)]
+        repo: PathBuf,
+        /// The keys directory of `init` (its `root.key` signs when it is there).
+        #[arg(long)]
+        keys: PathBuf,
+        /// A holder's private root key that signs this change; repeat.
+        #[arg(long = "root-key")]
+        root_keys: Vec<PathBuf>,
+        /// A holder's public key file (`KEY.pub` from `fabrik release keygen`) to add;
+        /// repeat.
+        #[arg(long)]
+        add: Vec<PathBuf>,
+        /// A root key to remove, by the first 8 or more hex digits of its id; repeat.
+        #[arg(long)]
+        remove: Vec<String>,
+        /// How many root keys must sign each later change of the root.
+        #[arg(long)]
+        threshold: Option<u64>,
+        /// Validity of the new root metadata.
+        #[arg(long, default_value = "365d")]
+        root_lifetime: String,
     },
     /// Changes waiting for more signatures (when the root asks for more than one targets
     /// signature): what each changes, read from what is signed, who signed it, and whether it
@@ -491,13 +533,15 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
             keys,
             online,
             root,
+            root_keys,
             root_lifetime,
             lifetimes,
         } => {
             let lifetimes = lifetimes.lifetimes(Some(&root_lifetime))?;
             if root {
+                let root_keys = RootKeyFiles::gather(&keys, &root_keys)?;
                 let (version, expires) =
-                    release::refresh_root(&repo, &keys, lifetimes.root).await?;
+                    release::refresh_root(&repo, &keys, &root_keys, lifetimes.root).await?;
                 println!("re-signed the root as version {version}, valid until {expires}");
                 return Ok(());
             }
@@ -536,11 +580,14 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
             repo,
             keys,
             role,
+            root_keys,
             root_lifetime,
             lifetimes,
         } => {
             let lifetimes = lifetimes.lifetimes(Some(&root_lifetime))?;
-            let rotation = crate::release_keys::rotate(&repo, &keys, &role, lifetimes).await?;
+            let root_keys = RootKeyFiles::gather(&keys, &root_keys)?;
+            let rotation =
+                crate::release_keys::rotate(&repo, &keys, &role, &root_keys, lifetimes).await?;
             println!(
                 "{} the {role} key: root version {} lists key {}; {}",
                 if rotation.resumed {
@@ -581,6 +628,7 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
         ReleaseCommand::Signers {
             repo,
             keys,
+            root_keys,
             add,
             remove,
             threshold,
@@ -588,12 +636,37 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
             lifetimes,
         } => {
             let lifetimes = lifetimes.lifetimes(Some(&root_lifetime))?;
+            let root_keys = RootKeyFiles::gather(&keys, &root_keys)?;
             let (root_version, committed) = crate::release_proposals::signers(
-                &repo, &keys, &add, &remove, threshold, lifetimes,
+                &repo, &keys, &root_keys, &add, &remove, threshold, lifetimes,
             )
             .await?;
             let what = format!("root version {root_version} with the new targets signers");
             println!("{}", committed.describe(&what, &repo));
+        }
+        ReleaseCommand::RootKeys {
+            repo,
+            keys,
+            root_keys,
+            add,
+            remove,
+            threshold,
+            root_lifetime,
+        } => {
+            let lifetime = fabrik_runtime::units::parse_duration(&root_lifetime)
+                .map_err(|e| anyhow::anyhow!("--root-lifetime: {e}"))?;
+            let root_keys = RootKeyFiles::gather(&keys, &root_keys)?;
+            let change = crate::release_root_keys::change_root_keys(
+                &repo, &keys, &root_keys, &add, &remove, threshold, lifetime,
+            )
+            .await?;
+            println!(
+                "published root version {}: each later change of the root needs {} of the root \
+                 keys {}; nodes follow it from the root they hold",
+                change.version,
+                change.threshold,
+                change.keys.join(", ")
+            );
         }
         ReleaseCommand::Proposals { repo, json } => {
             let proposals = crate::release_proposals::list(&repo).await?;
@@ -796,6 +869,7 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                 "timestamp_expires": loaded.timestamp().signed.expires.to_string(),
                 "root_expires": loaded.root().signed.expires.to_string(),
                 "targets_signers": signers,
+                "root_signers": crate::release_root_keys::root_signers(&loaded.root().signed),
                 "proposals": proposals,
                 "targets": targets,
             });
@@ -814,6 +888,15 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                 if keys > 1 {
                     println!(
                         "each change signed by {} of {keys} targets keys",
+                        signers["threshold"]
+                    );
+                }
+            }
+            if let Some(signers) = &summary["root_signers"].as_object() {
+                let keys = signers["keys"].as_array().map_or(0, Vec::len);
+                if keys > 1 {
+                    println!(
+                        "each change of the root signed by {} of {keys} root keys",
                         signers["threshold"]
                     );
                 }
@@ -1240,6 +1323,13 @@ pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
             "  each release signed by {} of {} targets keys",
             text(&status["targets_threshold"]),
             text(&status["targets_keys"]),
+        );
+    }
+    if status["root_keys"].as_u64() > Some(1) {
+        println!(
+            "  each change of the root signed by {} of {} root keys",
+            text(&status["root_threshold"]),
+            text(&status["root_keys"]),
         );
     }
     for target in status["targets"].as_array().into_iter().flatten() {

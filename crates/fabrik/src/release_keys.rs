@@ -6,14 +6,14 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow, bail};
-use tough::editor::signed::SignedRole;
 use tough::key_source::{KeySource, LocalKeySource};
-use tough::schema::{KeyHolder, RoleType, Root};
+use tough::schema::{RoleType, Root};
 
 use crate::release::{
-    Lifetimes, OnlineKeys, ROLES, editor_for, expires_in, key_path, key_sources, load_for_signing,
-    lock, move_in, next, publisher_state, remember, sign_into, sign_online_roles, staging_dir,
+    Lifetimes, OnlineKeys, ROLES, editor_for, expires_in, key_path, load_for_signing, lock,
+    move_in, next, publisher_state, remember, sign_online_roles, staging_dir,
 };
+use crate::release_root_keys::{RootKeyFiles, sign_root};
 
 /// What a key replacement did.
 #[derive(Debug)]
@@ -57,6 +57,7 @@ pub(crate) async fn rotate(
     repo: &Path,
     keys: &Path,
     role: &str,
+    root_keys: &RootKeyFiles,
     lifetimes: Lifetimes,
 ) -> anyhow::Result<Rotation> {
     let role_type = role_type(role)?;
@@ -145,16 +146,27 @@ pub(crate) async fn rotate(
     let mut new_root = old_root.clone();
     new_root.version = next(old_root.version)?;
     new_root.expires = expires_in(lifetimes.root)?;
-    let replaced: Vec<_> = new_root
-        .roles
-        .get(&role_type)
-        .map(|keys| keys.keyids.clone())
-        .unwrap_or_default();
     let entry = new_root
         .roles
         .get_mut(&role_type)
         .ok_or_else(|| anyhow!("the root names no {role} role"))?;
-    entry.keyids = vec![new_id.clone()];
+    let replaced = if role_type == RoleType::Root {
+        // Of several root keys (decision 0088), the one in `<keys>/root.key`, its holder's:
+        // the others' holders replace theirs from their own keys directories.
+        let own = crate::release_proposals::key_id_of(&current).await?;
+        let Some(at) = entry.keyids.iter().position(|id| *id == own) else {
+            bail!(
+                "{}: key {} is not one of the root keys the root lists: is root.key the \
+                 repository's root key? Nothing was published",
+                current.display(),
+                crate::release_proposals::short(&own)
+            );
+        };
+        entry.keyids[at] = new_id.clone();
+        vec![own]
+    } else {
+        std::mem::replace(&mut entry.keyids, vec![new_id.clone()])
+    };
     new_root.keys.insert(new_id.clone(), new_key);
     // A replaced key leaves the root unless another role still uses it.
     let in_use: HashSet<_> = new_root
@@ -169,44 +181,15 @@ pub(crate) async fn rotate(
     }
 
     let staging = staging_dir(repo)?;
-    let signed_root = if role_type == RoleType::Root {
-        // Signed by the new root key for the new root's threshold, and by the old one for the
-        // old root's, which a node checks first.
-        let rng = aws_lc_rs::rand::SystemRandom::new();
-        let by_new = SignedRole::new(
-            new_root.clone(),
-            &KeyHolder::Root(new_root.clone()),
-            &[Box::new(LocalKeySource {
-                path: pending.clone(),
-            }) as Box<dyn KeySource>],
-            &rng,
-        )
-        .await
-        .context("signing the new root with the new root key")?;
-        let by_old = SignedRole::new(
-            new_root.clone(),
-            &KeyHolder::Root(old_root.clone()),
-            &key_sources(keys, &["root"])?,
-            &rng,
-        )
-        .await
-        .context(
-            "signing the new root with the current root key (is root.key the repository's?)",
-        )?;
-        let joined = by_new
-            .add_old_signatures(by_old.signed().signatures.clone())
-            .context("joining the root's signatures")?;
-        joined
-            .write(&staging, new_root.consistent_snapshot)
-            .await
-            .context("writing the new root")?;
-        joined
+    // Signed by a threshold of the current root keys and of the new root's (for the root
+    // role, the new key among them), as a node checks it; refused before anything is moved
+    // in, and a refused root's staging is never published.
+    let signers = if role_type == RoleType::Root {
+        root_keys.with(&pending)
     } else {
-        // The root key, unchanged, meets the old root's threshold and the new one's.
-        sign_into(new_root.clone(), &new_root, keys, "root", &staging).await?
+        root_keys.clone()
     };
-    // Checked before anything is moved in; a refused root's staging is never published.
-    crate::release::check_new_root(&old_root, signed_root.signed())?;
+    sign_root(new_root.clone(), &old_root, &signers, Some(&staging)).await?;
     if role_type == RoleType::Snapshot || role_type == RoleType::Timestamp {
         // What the replaced key signed is signed again under the new root, and published with
         // it (the root moved in just before the timestamp), so the two arrive together. The
@@ -297,6 +280,8 @@ mod tests {
     use crate::release::load_local;
     use crate::release::tests::fresh_repository;
     use std::time::Duration;
+    use tough::editor::signed::SignedRole;
+    use tough::schema::KeyHolder;
 
     async fn publish(repo: &Path, keys: &Path, dir: &Path, name: &str) -> anyhow::Result<()> {
         crate::release::tests::try_add_forest(repo, keys, dir, name)
@@ -313,9 +298,15 @@ mod tests {
             .enumerate()
         {
             let before = key_id(&key_path(&keys, role)).await.expect("id");
-            let rotation = rotate(&repo, &keys, role, Lifetimes::default())
-                .await
-                .unwrap_or_else(|e| panic!("rotating {role}: {e:#}"));
+            let rotation = rotate(
+                &repo,
+                &keys,
+                role,
+                &crate::release_root_keys::RootKeyFiles::gather(&keys, &[]).expect("root keys"),
+                Lifetimes::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("rotating {role}: {e:#}"));
             assert!(!rotation.resumed);
             assert_eq!(rotation.root_version, round as u64 + 2);
             assert_ne!(rotation.key_id, before, "{role}: a new key");
@@ -365,18 +356,30 @@ mod tests {
     #[tokio::test]
     async fn a_replacement_published_but_not_finished_is_finished_by_running_it_again() {
         let (_dir, repo, keys) = fresh_repository().await;
-        let rotation = rotate(&repo, &keys, "targets", Lifetimes::default())
-            .await
-            .expect("rotate");
+        let rotation = rotate(
+            &repo,
+            &keys,
+            "targets",
+            &crate::release_root_keys::RootKeyFiles::gather(&keys, &[]).expect("root keys"),
+            Lifetimes::default(),
+        )
+        .await
+        .expect("rotate");
         // As if the run had stopped after publishing, before swapping the key files.
         let current = key_path(&keys, "targets");
         std::fs::rename(&current, keys.join("targets.key.next")).expect("back to pending");
         let retired = rotation.retired.clone().expect("moved aside");
         let old_id = key_id(&retired).await.expect("id");
         std::fs::rename(&retired, &current).expect("old key back");
-        let again = rotate(&repo, &keys, "targets", Lifetimes::default())
-            .await
-            .expect("finish");
+        let again = rotate(
+            &repo,
+            &keys,
+            "targets",
+            &crate::release_root_keys::RootKeyFiles::gather(&keys, &[]).expect("root keys"),
+            Lifetimes::default(),
+        )
+        .await
+        .expect("finish");
         assert!(again.resumed);
         // Kept under the name of the second run's second, which may not be the first's.
         let kept = again.retired.clone().expect("moved aside again");
@@ -396,12 +399,23 @@ mod tests {
         std::fs::rename(key_path(&keys, "root"), dir.path().join("real-root.key")).expect("away");
         std::fs::copy(&impostor, key_path(&keys, "root")).expect("wrong root key");
         for refused in [
-            rotate(&repo, &keys, "targets", Lifetimes::default())
-                .await
-                .map(drop),
-            crate::release::refresh_root(&repo, &keys, Duration::from_secs(3600))
-                .await
-                .map(drop),
+            rotate(
+                &repo,
+                &keys,
+                "targets",
+                &crate::release_root_keys::RootKeyFiles::gather(&keys, &[]).expect("root keys"),
+                Lifetimes::default(),
+            )
+            .await
+            .map(drop),
+            crate::release::refresh_root(
+                &repo,
+                &keys,
+                &crate::release_root_keys::RootKeyFiles::gather(&keys, &[]).expect("root keys"),
+                Duration::from_secs(3600),
+            )
+            .await
+            .map(drop),
         ] {
             let refused = refused.expect_err("a root no node could verify");
             assert!(format!("{refused:#}").contains("root key"), "{refused:#}");
@@ -451,9 +465,15 @@ mod tests {
     #[tokio::test]
     async fn a_publish_stopped_while_moving_in_is_finished_by_the_next_signer() {
         let (dir, repo, keys) = fresh_repository().await;
-        rotate(&repo, &keys, "targets", Lifetimes::default())
-            .await
-            .expect("rotate");
+        rotate(
+            &repo,
+            &keys,
+            "targets",
+            &crate::release_root_keys::RootKeyFiles::gather(&keys, &[]).expect("root keys"),
+            Lifetimes::default(),
+        )
+        .await
+        .expect("rotate");
         // A second rotation made on a copy, its files staged in the repository by hand: the
         // new root moved in, the rest left in a staging directory marked complete, as a signer
         // stopped mid-way leaves them.
@@ -461,9 +481,15 @@ mod tests {
         copy_dir(&repo, &copy);
         let copy_keys = dir.path().join("copy-keys");
         copy_dir(&keys, &copy_keys);
-        rotate(&copy, &copy_keys, "timestamp", Lifetimes::default())
-            .await
-            .expect("rotate the copy");
+        rotate(
+            &copy,
+            &copy_keys,
+            "timestamp",
+            &crate::release_root_keys::RootKeyFiles::gather(&copy_keys, &[]).expect("root keys"),
+            Lifetimes::default(),
+        )
+        .await
+        .expect("rotate the copy");
         let staging = repo.join(".staging");
         std::fs::create_dir_all(&staging).expect("staging");
         for entry in std::fs::read_dir(copy.join("metadata"))

@@ -1125,6 +1125,68 @@ pub(crate) async fn keygen(path: &Path) -> anyhow::Result<(String, PathBuf)> {
     Ok((hex(&id), public_path))
 }
 
+/// The public key in `file` (`KEY.pub`, as `fabrik release keygen` writes it) and its id, to
+/// be added to `root`: a plain Ed25519 key (see [`public_key`]) that `root` does not list
+/// already, so one person's key counts once.
+pub(crate) fn new_public_key(file: &Path, root: &Root) -> anyhow::Result<(Decoded<Hex>, Key)> {
+    let bytes =
+        std::fs::read(file).with_context(|| format!("--add {}: cannot read", file.display()))?;
+    let key: Key = serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "--add {}: not a public key file (`fabrik release keygen` writes one as KEY.pub)",
+            file.display()
+        )
+    })?;
+    let Some(public) = public_key(&key) else {
+        bail!(
+            "--add {}: not a plain Ed25519 public key (as `fabrik release keygen` writes them, \
+             without extra fields)",
+            file.display()
+        );
+    };
+    if let Some((listed, _)) = root
+        .keys
+        .iter()
+        .find(|(_, listed)| public_key(listed) == Some(public))
+    {
+        bail!(
+            "--add {}: the root lists this public key already (key {}); one person's key \
+             counts once",
+            file.display(),
+            short(listed)
+        );
+    }
+    let id = key
+        .key_id()
+        .with_context(|| format!("--add {}: key id", file.display()))?;
+    Ok((id, key))
+}
+
+/// The one key of `keyids` (the `role` role's) whose id starts with `prefix`: at least 8 hex
+/// digits, as `proposals` and `list` show them.
+pub(crate) fn listed_key(
+    prefix: &str,
+    keyids: &[Decoded<Hex>],
+    role: &str,
+) -> anyhow::Result<Decoded<Hex>> {
+    let prefix = prefix.trim().to_ascii_lowercase();
+    if prefix.len() < 8 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("--remove {prefix}: at least 8 hex digits of a key id");
+    }
+    let matching: Vec<&Decoded<Hex>> = keyids
+        .iter()
+        .filter(|id| hex(id).starts_with(&prefix))
+        .collect();
+    let [id] = matching.as_slice() else {
+        bail!(
+            "--remove {prefix}: {} of the {role} keys ({}) start so",
+            matching.len(),
+            keyids.iter().map(short).collect::<Vec<_>>().join(", ")
+        );
+    };
+    Ok((*id).clone())
+}
+
 /// Changes who signs the targets metadata: adds the public keys in `add` (files `keygen`
 /// wrote), removes the keys whose ids start with `remove` (at least 8 hex digits, as
 /// `proposals` and `list` show them), and sets the threshold. The new root (version + 1,
@@ -1135,6 +1197,7 @@ pub(crate) async fn keygen(path: &Path) -> anyhow::Result<(String, PathBuf)> {
 pub(crate) async fn signers(
     repo: &Path,
     keys: &Path,
+    root_keys: &crate::release_root_keys::RootKeyFiles,
     add: &[PathBuf],
     remove: &[String],
     threshold: Option<u64>,
@@ -1150,60 +1213,14 @@ pub(crate) async fn signers(
     let mut role = targets_keys(&root)?.clone();
     let mut changed = false;
     for file in add {
-        let bytes = std::fs::read(file)
-            .with_context(|| format!("--add {}: cannot read", file.display()))?;
-        let key: Key = serde_json::from_slice(&bytes).with_context(|| {
-            format!(
-                "--add {}: not a public key file (`fabrik release keygen` writes one as \
-                 KEY.pub)",
-                file.display()
-            )
-        })?;
-        let Some(public) = public_key(&key) else {
-            bail!(
-                "--add {}: not a plain Ed25519 public key (as `fabrik release keygen` writes \
-                 them, without extra fields)",
-                file.display()
-            );
-        };
-        if let Some((listed, _)) = root
-            .keys
-            .iter()
-            .find(|(_, listed)| public_key(listed) == Some(public))
-        {
-            bail!(
-                "--add {}: the root lists this public key already (key {}); one person's key \
-                 counts once",
-                file.display(),
-                short(listed)
-            );
-        }
-        let id = key
-            .key_id()
-            .with_context(|| format!("--add {}: key id", file.display()))?;
+        let (id, key) = new_public_key(file, &root)?;
         root.keys.insert(id.clone(), key);
         role.keyids.push(id);
         changed = true;
     }
     for prefix in remove {
-        let prefix = prefix.trim().to_ascii_lowercase();
-        if prefix.len() < 8 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
-            bail!("--remove {prefix}: at least 8 hex digits of a key id");
-        }
-        let matching: Vec<Decoded<Hex>> = role
-            .keyids
-            .iter()
-            .filter(|id| hex(id).starts_with(&prefix))
-            .cloned()
-            .collect();
-        let [id] = matching.as_slice() else {
-            bail!(
-                "--remove {prefix}: {} of the targets keys ({}) start so",
-                matching.len(),
-                role.keyids.iter().map(short).collect::<Vec<_>>().join(", ")
-            );
-        };
-        role.keyids.retain(|listed| listed != id);
+        let id = listed_key(prefix, &role.keyids, "targets")?;
+        role.keyids.retain(|listed| *listed != id);
         changed = true;
     }
     if let Some(threshold) = threshold {
@@ -1235,17 +1252,10 @@ pub(crate) async fn signers(
     if let Some(problem) = signers_change_problem(&current, &root) {
         bail!("{problem}");
     }
-    let signed_root = SignedRole::new(
-        root.clone(),
-        &KeyHolder::Root(root.clone()),
-        &release::key_sources(keys, &["root"])?,
-        &aws_lc_rs::rand::SystemRandom::new(),
-    )
-    .await
-    .context("signing the new root (is root.key the repository's root key?)")?
-    .signed()
-    .clone();
-    release::check_new_root(&current, &signed_root)?;
+    let signed_root = crate::release_root_keys::sign_root(root, &current, root_keys, None)
+        .await?
+        .signed()
+        .clone();
     let version = signed_root.signed.version.get();
     let mut targets = next_targets(&loaded, lifetimes)?;
     targets
@@ -1329,6 +1339,7 @@ mod tests {
         let (root_version, committed) = signers(
             &repo,
             &alice,
+            &crate::release_root_keys::RootKeyFiles::gather(&alice, &[]).expect("root keys"),
             std::slice::from_ref(&bob_public),
             &[],
             Some(2),
@@ -1509,6 +1520,7 @@ mod tests {
         let (_, committed) = signers(
             &repo,
             &alice,
+            &crate::release_root_keys::RootKeyFiles::gather(&alice, &[]).expect("root keys"),
             &[],
             std::slice::from_ref(&bob_id),
             Some(1),
@@ -1544,6 +1556,7 @@ mod tests {
         let back = signers(
             &repo,
             &alice,
+            &crate::release_root_keys::RootKeyFiles::gather(&alice, &[]).expect("root keys"),
             std::slice::from_ref(&bob.join("targets.key.pub")),
             &[],
             Some(2),
@@ -1565,9 +1578,15 @@ mod tests {
         );
 
         // One targets key of two is not replaced by rotation alone (decision 0083).
-        let refused = crate::release_keys::rotate(&repo, &alice, "targets", Lifetimes::default())
-            .await
-            .expect_err("rotation re-signs the targets with one key");
+        let refused = crate::release_keys::rotate(
+            &repo,
+            &alice,
+            "targets",
+            &crate::release_root_keys::RootKeyFiles::gather(&alice, &[]).expect("root keys"),
+            Lifetimes::default(),
+        )
+        .await
+        .expect_err("rotation re-signs the targets with one key");
         assert!(
             format!("{refused:#}").contains("release signers"),
             "{refused:#}"
@@ -1586,6 +1605,7 @@ mod tests {
         let (_, committed) = signers(
             &repo,
             &alice,
+            &crate::release_root_keys::RootKeyFiles::gather(&alice, &[]).expect("root keys"),
             std::slice::from_ref(&bob_public),
             &[],
             Some(2),
@@ -1623,10 +1643,15 @@ mod tests {
             )
             .expect("copy");
         }
-        let refused =
-            crate::release_keys::rotate(&repo, &custodian, "targets", Lifetimes::default())
-                .await
-                .expect_err("two keys sign the targets");
+        let refused = crate::release_keys::rotate(
+            &repo,
+            &custodian,
+            "targets",
+            &crate::release_root_keys::RootKeyFiles::gather(&custodian, &[]).expect("root keys"),
+            Lifetimes::default(),
+        )
+        .await
+        .expect_err("two keys sign the targets");
         assert!(
             format!("{refused:#}").contains("fabrik release signers"),
             "{refused:#}"
@@ -1642,10 +1667,16 @@ mod tests {
                 // The compromised hub's key is not handed over: it signs nothing here.
                 std::fs::remove_file(&replaced).expect("not held");
             }
-            let rotation =
-                crate::release_keys::rotate(&repo, &custodian, role, Lifetimes::default())
-                    .await
-                    .unwrap_or_else(|e| panic!("rotating {role}: {e:#}"));
+            let rotation = crate::release_keys::rotate(
+                &repo,
+                &custodian,
+                role,
+                &crate::release_root_keys::RootKeyFiles::gather(&custodian, &[])
+                    .expect("root keys"),
+                Lifetimes::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("rotating {role}: {e:#}"));
             assert_eq!(rotation.retired.is_some(), role != "timestamp", "{role}");
             root_version += 1;
             assert_eq!(rotation.root_version, root_version, "{role}");
@@ -1700,10 +1731,18 @@ mod tests {
         let attempt = |add: Vec<PathBuf>, remove: Vec<String>, threshold: Option<u64>| {
             let (repo, keys) = (repo.clone(), keys.clone());
             async move {
-                signers(&repo, &keys, &add, &remove, threshold, Lifetimes::default())
-                    .await
-                    .map(drop)
-                    .map_err(|e| format!("{e:#}"))
+                signers(
+                    &repo,
+                    &keys,
+                    &crate::release_root_keys::RootKeyFiles::gather(&keys, &[]).expect("root keys"),
+                    &add,
+                    &remove,
+                    threshold,
+                    Lifetimes::default(),
+                )
+                .await
+                .map(drop)
+                .map_err(|e| format!("{e:#}"))
             }
         };
         let error = attempt(vec![bob_public.clone()], vec![], Some(3))
@@ -1746,9 +1785,17 @@ mod tests {
         );
         assert_eq!(published_root_version(&repo).await, 1);
         // Adding a key at threshold 1: the publisher's own signature suffices, published at once.
-        let (_, committed) = signers(&repo, &keys, &[bob_public], &[], None, Lifetimes::default())
-            .await
-            .expect("add bob at 1 of 2");
+        let (_, committed) = signers(
+            &repo,
+            &keys,
+            &crate::release_root_keys::RootKeyFiles::gather(&keys, &[]).expect("root keys"),
+            &[bob_public],
+            &[],
+            None,
+            Lifetimes::default(),
+        )
+        .await
+        .expect("add bob at 1 of 2");
         assert!(committed.pending.is_none());
         let loaded = load_local(&repo).await.expect("load");
         assert_eq!(loaded.root().signed.version.get(), 2);
@@ -1769,6 +1816,7 @@ mod tests {
         let (_, added) = signers(
             &repo,
             &alice,
+            &crate::release_root_keys::RootKeyFiles::gather(&alice, &[]).expect("root keys"),
             &[bob_public, carol_public],
             &[],
             Some(1),
@@ -1777,12 +1825,20 @@ mod tests {
         .await
         .expect("bob and carol at 1 of 3");
         assert!(added.pending.is_none(), "alice's signature suffices");
-        let real = signers(&repo, &alice, &[], &[], Some(2), Lifetimes::default())
-            .await
-            .expect("2 of 3")
-            .1
-            .pending
-            .expect("waits for a second signer");
+        let real = signers(
+            &repo,
+            &alice,
+            &crate::release_root_keys::RootKeyFiles::gather(&alice, &[]).expect("root keys"),
+            &[],
+            &[],
+            Some(2),
+            Lifetimes::default(),
+        )
+        .await
+        .expect("2 of 3")
+        .1
+        .pending
+        .expect("waits for a second signer");
         let approved = approve(&repo, &bob, &real.id, Lifetimes::default())
             .await
             .expect("bob signs")

@@ -106,7 +106,8 @@ impl Signer {
             .filter(|(_, expires)| expires.duration_since(jiff::Timestamp::now()) < soon)
             .map(|(role, expires)| {
                 let command = if *role == "root" {
-                    "fabrik release refresh --root, with the root key"
+                    "fabrik release refresh --root, with as many root keys as the root asks \
+                     (--root-key)"
                 } else {
                     "fabrik release refresh, with a targets key, and `fabrik release \
                      approve` by as many more as the root asks"

@@ -603,6 +603,15 @@ impl Updater {
                 status.targets_threshold = signers.threshold.get();
                 status.targets_keys = signers.keyids.len() as u64;
             }
+            if let Some(holders) = repository
+                .root()
+                .signed
+                .roles
+                .get(&tough::schema::RoleType::Root)
+            {
+                status.root_threshold = holders.threshold.get();
+                status.root_keys = holders.keyids.len() as u64;
+            }
             status.snapshot_version = repository.snapshot().signed.version.get();
             status.timestamp_version = repository.timestamp().signed.version.get();
             status.expires_at = [

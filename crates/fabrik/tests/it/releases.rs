@@ -1283,6 +1283,121 @@ fn an_edge_follows_its_repository_through_replaced_keys() {
     let refused = release_fails("rotate", &repo, &keys, &["--role", "owner"]);
     assert!(refused.contains("expected root, targets"), "{refused}");
 
+    // The root held by three people, two of whom must sign (decision 0088): Bob brings his
+    // key to the change. Then Alice's key (`root.key`) is lost, and Bob and Carol replace it
+    // with Dave's; the edge follows both roots from the one it holds.
+    let listed = |repo: &Path| -> serde_json::Value {
+        serde_json::from_str(&fabrik(&[
+            "release",
+            "list",
+            "--repo",
+            path(repo),
+            "--json",
+        ]))
+        .expect("json")
+    };
+    let alice = listed(&repo)["root_signers"]["keys"][0]
+        .as_str()
+        .expect("the root key's short id")
+        .to_owned();
+    let holder = |name: &str| {
+        let private = work.join(format!("{name}.key"));
+        fabrik(&["release", "keygen", "--out", path(&private)]);
+        let public = work.join(format!("{name}.key.pub"));
+        (private, public)
+    };
+    let (bob, bob_pub) = holder("bob");
+    let (carol, carol_pub) = holder("carol");
+    let (_dave, dave_pub) = holder("dave");
+    let alone = release_fails(
+        "root-keys",
+        &repo,
+        &keys,
+        &[
+            "--add",
+            path(&bob_pub),
+            "--add",
+            path(&carol_pub),
+            "--threshold",
+            "2",
+        ],
+    );
+    assert!(alone.contains("--root-key"), "{alone}");
+    let changed = release(
+        "root-keys",
+        &repo,
+        &keys,
+        &[
+            "--add",
+            path(&bob_pub),
+            "--add",
+            path(&carol_pub),
+            "--threshold",
+            "2",
+            "--root-key",
+            path(&bob),
+        ],
+    );
+    assert!(
+        changed.contains("root version 6") && changed.contains("2 of"),
+        "{changed}"
+    );
+    std::fs::rename(keys.join("root.key"), work.join("lost-root.key")).expect("lost");
+    let replaced = release(
+        "root-keys",
+        &repo,
+        &keys,
+        &[
+            "--remove",
+            &alice,
+            "--add",
+            path(&dave_pub),
+            "--root-key",
+            path(&bob),
+            "--root-key",
+            path(&carol),
+        ],
+    );
+    assert!(replaced.contains("root version 7"), "{replaced}");
+    expected_root = 7;
+    let root_signers = &listed(&repo)["root_signers"];
+    assert_eq!(root_signers["threshold"], 2, "{root_signers}");
+    assert!(
+        !root_signers["keys"].to_string().contains(&alice),
+        "{root_signers}"
+    );
+    release(
+        "add",
+        &repo,
+        &keys,
+        &["--name", "after-root-keys", path(&model)],
+    );
+    eventually_for(
+        "the edge trusts the root of three holders",
+        Duration::from_secs(30),
+        || model_sha(&edge.url, "after-root-keys").is_some(),
+    );
+    let status = updates(&edge.url);
+    assert_eq!(
+        (
+            &status["root_version"],
+            &status["root_threshold"],
+            &status["root_keys"]
+        ),
+        (
+            &serde_json::json!(7),
+            &serde_json::json!(2),
+            &serde_json::json!(3)
+        ),
+        "{status}"
+    );
+    let (code, report) = http(&edge.url, reqwest::Method::GET, "/api/v1/compliance", None);
+    assert_eq!(code, 200, "{report}");
+    assert!(
+        report.to_string().contains("signed by 2 of 3 root keys"),
+        "{report}"
+    );
+
     // Restarted, the edge still holds the chain (from its datastore, not the 1.root.json it
     // was configured with).
     let (exit, _) = edge.terminate();
