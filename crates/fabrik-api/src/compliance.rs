@@ -490,7 +490,7 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
             Some((threshold, keys)) if threshold >= 2 => evidence.push(format!(
                 "each release is signed by {threshold} of {keys} publishers' keys before this \
                  node accepts it: no one holder of a targets key can publish to it alone, and \
-                 changing who those are needs the same quorum besides the root key, which \
+                 changing who those are needs the same quorum besides the root keys, which \
                  should be held apart from them (decision 0075)"
             )),
             Some((threshold, keys)) => evidence.push(format!(
@@ -506,6 +506,8 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
                  (decision 0088)",
                 if threshold >= 2 {
                     ": no one holder can change whom nodes trust"
+                } else if keys >= 2 {
+                    ": any one holder can change whom nodes trust alone"
                 } else {
                     ""
                 },

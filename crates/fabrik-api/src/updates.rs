@@ -70,7 +70,8 @@ pub struct UpdateStatus {
     /// How many targets keys the root lists.
     pub targets_keys: u64,
     /// How many of the root's own keys must sign the next root (0 until a check verified):
-    /// 2 or more when the root survives the loss of a key (decision 0088).
+    /// with 2 or more, no one stolen root key changes whom nodes trust; with more root keys
+    /// than this, a lost one can be replaced by the others (decision 0088).
     pub root_threshold: u64,
     /// How many root keys the root lists.
     pub root_keys: u64,

@@ -29,6 +29,7 @@ pub mod segments;
 mod series_cache;
 mod turns;
 pub mod wal;
+mod yielding_joins;
 
 /// How much of a blob's file one chunk of a streamed read carries. Each read of a tokio file is
 /// a hop to a blocking thread, so the 4 KiB `ReaderStream` reads by default held a 256 MiB
@@ -40,6 +41,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use datafusion::arrow::datatypes::SchemaRef;
@@ -441,13 +443,46 @@ impl WalSink for Sink {
 }
 
 /// Owns the query thread pool; shuts it down without blocking when dropped.
-struct QueryPool(Option<tokio::runtime::Runtime>);
+struct QueryPool {
+    runtime: Option<tokio::runtime::Runtime>,
+    /// Queries whose task is on the pool now (counted by [`RunningQuery`]).
+    running: Arc<AtomicUsize>,
+}
 
 impl Drop for QueryPool {
     fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
+        if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
+    }
+}
+
+/// Counts a query's task as running on the pool until the task ends, finished or aborted.
+struct RunningQuery(Arc<AtomicUsize>);
+
+impl RunningQuery {
+    fn new(running: Arc<AtomicUsize>) -> Self {
+        let now = running.fetch_add(1, Ordering::Relaxed) + 1;
+        metrics::gauge!("fabrik_queries_running").set(now as f64);
+        Self(running)
+    }
+}
+
+impl Drop for RunningQuery {
+    fn drop(&mut self) {
+        let now = self.0.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
+        metrics::gauge!("fabrik_queries_running").set(now as f64);
+    }
+}
+
+/// Aborts a query's task when whoever waits for it goes away (an HTTP client that
+/// disconnected, a rollup told to stop): dropping a `JoinHandle` only detaches the task, which
+/// would keep the pool's cores busy on an answer nobody reads.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -524,7 +559,13 @@ fn query_runtime(
         .enable_all()
         .build()
         .map_err(|e| StoreError::io("starting the query pool", e))?;
-    Ok((runtime_env, QueryPool(Some(query_pool))))
+    Ok((
+        runtime_env,
+        QueryPool {
+            runtime: Some(query_pool),
+            running: Arc::new(AtomicUsize::new(0)),
+        },
+    ))
 }
 
 /// Creates the data directory and proves it is writable, with a clear error if not.
@@ -1344,7 +1385,13 @@ impl Store {
         let config = SessionConfig::new()
             .with_information_schema(true)
             .with_target_partitions(self.shared.options.query_threads.max(1));
-        let ctx = SessionContext::new_with_config_rt(config, self.runtime_env.clone());
+        let state = datafusion::execution::SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(self.runtime_env.clone())
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(yielding_joins::YieldingJoins))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         ctx.add_optimizer_rule(Arc::new(last_rows::LastRowsRule));
         for table in self.shared.catalog.queryable() {
             let provider = FabrikTable {
@@ -1366,10 +1413,12 @@ impl Store {
             .as_ref()
             .map(|claim| claim.url().to_owned());
         let query_error = move |e| query_error(e, bucket.as_deref());
-        let Some(pool) = self.query_pool.0.as_ref() else {
+        let Some(pool) = self.query_pool.runtime.as_ref() else {
             return Err(StoreError::ShuttingDown);
         };
+        let running = self.query_pool.running.clone();
         let task = pool.spawn(async move {
+            let _running = RunningQuery::new(running);
             let options = SQLOptions::new()
                 .with_allow_ddl(false)
                 .with_allow_dml(false)
@@ -1386,16 +1435,21 @@ impl Store {
             }
             Ok::<_, StoreError>(QueryOutput { schema, batches })
         });
-        let abort = task.abort_handle();
+        let _abort = AbortOnDrop(task.abort_handle());
         match tokio::time::timeout(timeout, task).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(StoreError::Internal(format!("query task failed: {join}"))),
             Err(_) => {
-                abort.abort();
                 metrics::counter!("fabrik_query_timeouts_total").increment(1);
                 Err(StoreError::QueryTimeout(timeout))
             }
         }
+    }
+
+    /// Queries running on the query pool now: a query whose caller stopped waiting (timed
+    /// out, disconnected, told to stop) no longer counts once its task is aborted.
+    pub fn running_queries(&self) -> usize {
+        self.query_pool.running.load(Ordering::Relaxed)
     }
 
     /// Rows and bytes in the live buffer.
@@ -2406,6 +2460,55 @@ m,host=c,dc=x v=10,n=18i,u=19u,b=t 18
             .flat_map(|r| wal::decode(&r.payload).expect("decodes"))
             .map(|c| (c.table.to_string(), c.batch.num_rows()))
             .collect()
+    }
+
+    /// A query whose caller stops waiting (an HTTP client that went away, a rollup told to
+    /// stop) is aborted on the pool, not left computing an answer nobody reads.
+    #[tokio::test]
+    async fn a_query_nobody_waits_for_any_more_stops_running() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open_store(dir.path(), None).await;
+        let lines: String = (1..=2_000).map(|i| format!("m,d=a v={i} {i}\n")).collect();
+        write(&store, &lines).await;
+        // 1.6 × 10¹³ joined rows: hours, far past the query timeout of 30 s.
+        let endless = "SELECT sum(a.v * b.v + c.v - d.v) FROM m a, m b, m c, m d";
+        let waiting = tokio::spawn({
+            let store = store.clone();
+            async move { store.query(endless).await }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.running_queries() == 0 {
+            assert!(Instant::now() < deadline, "the query never started");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        waiting.abort();
+        // Every task of the query on the pool ends (its partitions run as tasks of their own),
+        // well inside the query timeout, which would not end them either without a yield.
+        let pool_tasks = || {
+            store
+                .query_pool
+                .runtime
+                .as_ref()
+                .map_or(0, |pool| pool.metrics().num_alive_tasks())
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while store.running_queries() > 0 || pool_tasks() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the query kept running after its caller went away: {} of its tasks",
+                pool_tasks()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The pool answers the next query.
+        let counted = store
+            .query("SELECT count(*) AS n FROM m")
+            .await
+            .expect("query");
+        assert_eq!(
+            counted.batches.iter().map(|b| b.num_rows()).sum::<usize>(),
+            1
+        );
     }
 
     /// A write of lines says how many rows each table got, across the partitions it touched.

@@ -214,7 +214,7 @@ enum ReleaseCommand {
     /// Change who signs the releases (the targets metadata): add people's public keys, remove
     /// keys, and set how many of them must sign each change (two people to publish). The new
     /// root waits, with the targets re-signed under it, until enough of the new keys have
-    /// signed (`fabrik release approve`). Needs the root key.
+    /// signed (`fabrik release approve`). Needs the root key (as many as the root asks for).
     Signers {
         /// The release repository's directory.
         #[arg(long)]
@@ -617,10 +617,12 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
         ReleaseCommand::Keygen { out } => {
             let (id, public) = crate::release_proposals::keygen(&out).await?;
             println!(
-                "made key {} at {} (keep it private); its public key is {}: the root key's \
-                 holder adds it with `fabrik release signers --add {}`",
+                "made key {} at {} (keep it private); its public key is {}: the root keys' \
+                 holders add it with `fabrik release signers --add {}` (a release signer) or \
+                 `fabrik release root-keys --add {}` (a root holder)",
                 id.get(..16).unwrap_or(&id),
                 out.display(),
+                public.display(),
                 public.display(),
                 public.display()
             );

@@ -46,12 +46,13 @@ async fn key_id(path: &Path) -> anyhow::Result<String> {
 
 /// Replaces `role`'s key: a new key (`<keys>/<role>.key`), the old one kept as
 /// `<role>.key.retired-<unix seconds>`. The new root (version + 1, valid for
-/// `lifetimes.root`) is signed with the root key — for the root role, with the old root key
-/// *and* the new one, as a node verifies it against both. For the targets role, targets,
+/// `lifetimes.root`) is signed with the root keys at hand (`root_keys`: as many as the current
+/// root asks for and the new one) — for the root role, the key in `<keys>/root.key` is the one
+/// replaced, and the new key signs too, as a node verifies against both roots. For the targets role, targets,
 /// snapshot and timestamp are signed again, the targets with the new key (refused while
 /// several keys sign the targets); for the snapshot, the snapshot and the timestamp; for the
 /// timestamp, the timestamp alone — the rotated role with its new key, and only the keys of
-/// the roles signed again are needed besides the root key. A run interrupted after
+/// the roles signed again are needed besides the root keys. A run interrupted after
 /// publishing is finished by running it again; a key file is never deleted or overwritten.
 pub(crate) async fn rotate(
     repo: &Path,
@@ -128,7 +129,7 @@ pub(crate) async fn rotate(
         }
     }
     // The replaced snapshot or timestamp key signs nothing here: its holder (a hub that may
-    // have been compromised) need not hand it over. The root key signs the new root, and a
+    // have been compromised) need not hand it over. The root keys sign the new root, and a
     // targets key is re-signed with through tough's editor.
     let signs_again = matches!(role_type, RoleType::Root | RoleType::Targets);
     if signs_again && !current.is_file() {

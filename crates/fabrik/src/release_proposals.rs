@@ -1149,13 +1149,36 @@ pub(crate) fn new_public_key(file: &Path, root: &Root) -> anyhow::Result<(Decode
         .iter()
         .find(|(_, listed)| public_key(listed) == Some(public))
     {
+        let mut roles: Vec<String> = root
+            .roles
+            .iter()
+            .filter(|(_, keys)| keys.keyids.contains(listed))
+            .map(|(role, _)| role.to_string())
+            .collect();
+        roles.sort_unstable();
         bail!(
-            "--add {}: the root lists this public key already (key {}); one person's key \
-             counts once",
+            "--add {}: the root lists this public key already (key {}, for {}); one person's \
+             key counts once",
             file.display(),
-            short(listed)
+            short(listed),
+            if roles.is_empty() {
+                "no role".to_owned()
+            } else {
+                roles.join(", ")
+            }
         );
     }
+    // Listed as the private key's holder computes it (lower-case hex, no other fields): a
+    // key id hashes the key's JSON text, so the file's own spelling of the same bytes (upper-
+    // case hex, say) would get an id the holder's signatures are never counted under.
+    let key = Key::Ed25519 {
+        keyval: tough::schema::key::Ed25519Key {
+            public: public.to_vec().into(),
+            _extra: HashMap::new(),
+        },
+        scheme: tough::schema::key::Ed25519Scheme::Ed25519,
+        _extra: HashMap::new(),
+    };
     let id = key
         .key_id()
         .with_context(|| format!("--add {}: key id", file.display()))?;
@@ -1190,7 +1213,7 @@ pub(crate) fn listed_key(
 /// Changes who signs the targets metadata: adds the public keys in `add` (files `keygen`
 /// wrote), removes the keys whose ids start with `remove` (at least 8 hex digits, as
 /// `proposals` and `list` show them), and sets the threshold. The new root (version + 1,
-/// valid for `lifetimes.root`) is signed with the root key in `keys` and waits, as a proposal,
+/// valid for `lifetimes.root`) is signed with the root keys at hand (`root_keys`) and waits, as a proposal,
 /// with the current targets re-signed under it until enough of the new targets keys, and of
 /// the current ones, have signed (the targets key in `keys` signs at once if either root
 /// lists it). Returns the new root's version and the outcome.

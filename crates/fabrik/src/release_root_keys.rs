@@ -27,6 +27,8 @@ use crate::release_proposals::{key_id_of, listed_key, new_public_key, short};
 #[derive(Debug, Clone)]
 pub(crate) struct RootKeyFiles {
     files: Vec<PathBuf>,
+    /// `<keys>/root.key.next`, left by a `rotate --role root` that may have published it.
+    unfinished: Option<PathBuf>,
 }
 
 impl RootKeyFiles {
@@ -43,14 +45,21 @@ impl RootKeyFiles {
             }
             files.push(file.clone());
         }
-        Ok(Self { files })
+        let unfinished = keys.join("root.key.next");
+        Ok(Self {
+            files,
+            unfinished: unfinished.is_file().then_some(unfinished),
+        })
     }
 
     /// These files and `extra` (a new key about to be listed).
     pub(crate) fn with(&self, extra: &Path) -> Self {
         let mut files = self.files.clone();
         files.push(extra.to_owned());
-        Self { files }
+        Self {
+            files,
+            unfinished: self.unfinished.clone(),
+        }
     }
 }
 
@@ -90,6 +99,20 @@ pub(crate) async fn sign_root(
         let id = key_id_of(file).await?;
         if !held.iter().any(|(_, other)| *other == id) {
             held.push((file.clone(), id));
+        }
+    }
+    // A replacement of `root.key` published but not finished: the root lists the new key,
+    // still at `root.key.next`, in place of the one at `root.key`, so the holder's signature
+    // would be missing for a reason no --root-key fixes.
+    if let Some(unfinished) = &files.unfinished {
+        let id = key_id_of(unfinished).await?;
+        let listed = root_role_keys(current).is_ok_and(|role| role.keyids.contains(&id));
+        if listed && !held.iter().any(|(_, held)| *held == id) {
+            bail!(
+                "{}: the root key's replacement was published but not finished: run `fabrik \
+                 release rotate --role root` first; nothing was published",
+                unfinished.display()
+            );
         }
     }
     let listed_by = |root: &Root| -> Vec<&Decoded<Hex>> {
@@ -476,6 +499,100 @@ mod tests {
             "one targets signature suffices"
         );
         load_local(&repo).await.expect("verifies");
+
+        // A replacement of Alice's root key published but stopped before the key files were
+        // swapped: other changes of the root say to finish it, not to bring more keys.
+        let rotation =
+            crate::release_keys::rotate(&repo, &keys, "root", &with_bob, Lifetimes::default())
+                .await
+                .expect("Alice's key replaced again");
+        let current = key_path(&keys, "root");
+        std::fs::rename(&current, keys.join("root.key.next")).expect("back to pending");
+        std::fs::rename(rotation.retired.expect("moved aside"), &current).expect("old key back");
+        let stopped = RootKeyFiles::gather(&keys, std::slice::from_ref(&bob)).expect("files");
+        let refused = crate::release::refresh_root(&repo, &keys, &stopped, YEAR)
+            .await
+            .expect_err("unfinished");
+        assert!(
+            format!("{refused:#}").contains("rotate --role root` first"),
+            "{refused:#}"
+        );
+        let resumed =
+            crate::release_keys::rotate(&repo, &keys, "root", &stopped, Lifetimes::default())
+                .await
+                .expect("finished");
+        assert!(resumed.resumed);
+        let finished = RootKeyFiles::gather(&keys, std::slice::from_ref(&bob)).expect("files");
+        crate::release::refresh_root(&repo, &keys, &finished, YEAR)
+            .await
+            .expect("re-signed once finished");
+        load_local(&repo).await.expect("verifies");
+    }
+
+    #[tokio::test]
+    async fn new_holders_alone_cannot_take_over_the_root() {
+        let (dir, repo, keys) = fresh_repository().await;
+        let (bob, bob_pub) = holder(dir.path(), "bob").await;
+        let with_bob = RootKeyFiles::gather(&keys, std::slice::from_ref(&bob)).expect("files");
+        change_root_keys(&repo, &keys, &with_bob, &[bob_pub], &[], Some(2), YEAR)
+            .await
+            .expect("two of two");
+        let alice = crate::release::hex(&key_id_of(&key_path(&keys, "root")).await.expect("id"));
+        let bob_id = crate::release::hex(&key_id_of(&bob).await.expect("id"));
+        // Mallory and Trent, holding none of the current root keys, list only themselves.
+        let (mallory, mallory_pub) = holder(dir.path(), "mallory").await;
+        let (trent, trent_pub) = holder(dir.path(), "trent").await;
+        let outsiders = dir.path().join("outsiders");
+        std::fs::create_dir_all(&outsiders).expect("dir");
+        let theirs = RootKeyFiles::gather(&outsiders, &[mallory, trent]).expect("files");
+        let refused = change_root_keys(
+            &repo,
+            &keys,
+            &theirs,
+            &[mallory_pub, trent_pub],
+            &[alice, bob_id],
+            None,
+            YEAR,
+        )
+        .await
+        .expect_err("not signed by the current root keys");
+        let text = format!("{refused:#}");
+        assert!(
+            text.contains("of the current root, and 0 of them"),
+            "{text}"
+        );
+        assert_eq!(
+            load_local(&repo)
+                .await
+                .expect("verifies")
+                .root()
+                .signed
+                .version
+                .get(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn a_public_key_file_spelled_in_upper_case_hex_still_counts_its_holders_signature() {
+        let (dir, repo, keys) = fresh_repository().await;
+        let (bob, bob_pub) = holder(dir.path(), "bob").await;
+        let mut public: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&bob_pub).expect("read")).expect("json");
+        let hex = public["keyval"]["public"]
+            .as_str()
+            .expect("hex")
+            .to_uppercase();
+        public["keyval"]["public"] = serde_json::Value::String(hex);
+        let shouted = dir.path().join("bob-upper.pub");
+        std::fs::write(&shouted, serde_json::to_vec(&public).expect("json")).expect("write");
+        let with_bob = RootKeyFiles::gather(&keys, std::slice::from_ref(&bob)).expect("files");
+        change_root_keys(&repo, &keys, &with_bob, &[shouted], &[], Some(2), YEAR)
+            .await
+            .expect("Bob's signature counts under the id his key has");
+        let bob_id = crate::release::hex(&key_id_of(&bob).await.expect("id"));
+        let loaded = load_local(&repo).await.expect("verifies");
+        assert!(root_role(&loaded.root().signed).1.contains(&bob_id));
     }
 
     #[tokio::test]
