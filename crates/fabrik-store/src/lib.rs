@@ -462,16 +462,18 @@ struct RunningQuery(Arc<AtomicUsize>);
 
 impl RunningQuery {
     fn new(running: Arc<AtomicUsize>) -> Self {
-        let now = running.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::gauge!("fabrik_queries_running").set(now as f64);
+        running.fetch_add(1, Ordering::Relaxed);
+        // Moved, not set from the count: two queries starting and ending at once could
+        // otherwise set it in the wrong order.
+        metrics::gauge!("fabrik_queries_running").increment(1.0);
         Self(running)
     }
 }
 
 impl Drop for RunningQuery {
     fn drop(&mut self) {
-        let now = self.0.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
-        metrics::gauge!("fabrik_queries_running").set(now as f64);
+        self.0.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!("fabrik_queries_running").decrement(1.0);
     }
 }
 
