@@ -1452,6 +1452,11 @@ pub(crate) mod tests {
         (dir, repo, keys)
     }
 
+    /// The root keys a keys directory holds (its `root.key`), as `--keys` alone gives them.
+    pub(crate) fn root_keys_in(keys: &Path) -> crate::release_root_keys::RootKeyFiles {
+        crate::release_root_keys::RootKeyFiles::gather(keys, &[]).expect("root keys")
+    }
+
     pub(crate) fn forest() -> Vec<u8> {
         let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../fabrik-onnx/tests/fixtures");
         std::fs::read(format!("{fixtures}/iforest_100.onnx")).expect("fixture")
@@ -1691,7 +1696,7 @@ pub(crate) mod tests {
         let (version, expires) = refresh_root(
             &repo,
             &keys,
-            &crate::release_root_keys::RootKeyFiles::gather(&keys, &[]).expect("root keys"),
+            &crate::release::tests::root_keys_in(&keys),
             Duration::from_secs(3 * 365 * 86_400),
         )
         .await

@@ -303,7 +303,7 @@ mod tests {
                 &repo,
                 &keys,
                 role,
-                &crate::release_root_keys::RootKeyFiles::gather(&keys, &[]).expect("root keys"),
+                &crate::release::tests::root_keys_in(&keys),
                 Lifetimes::default(),
             )
             .await
@@ -361,7 +361,7 @@ mod tests {
             &repo,
             &keys,
             "targets",
-            &crate::release_root_keys::RootKeyFiles::gather(&keys, &[]).expect("root keys"),
+            &crate::release::tests::root_keys_in(&keys),
             Lifetimes::default(),
         )
         .await
@@ -376,7 +376,7 @@ mod tests {
             &repo,
             &keys,
             "targets",
-            &crate::release_root_keys::RootKeyFiles::gather(&keys, &[]).expect("root keys"),
+            &crate::release::tests::root_keys_in(&keys),
             Lifetimes::default(),
         )
         .await
@@ -404,7 +404,7 @@ mod tests {
                 &repo,
                 &keys,
                 "targets",
-                &crate::release_root_keys::RootKeyFiles::gather(&keys, &[]).expect("root keys"),
+                &crate::release::tests::root_keys_in(&keys),
                 Lifetimes::default(),
             )
             .await
@@ -412,7 +412,7 @@ mod tests {
             crate::release::refresh_root(
                 &repo,
                 &keys,
-                &crate::release_root_keys::RootKeyFiles::gather(&keys, &[]).expect("root keys"),
+                &crate::release::tests::root_keys_in(&keys),
                 Duration::from_secs(3600),
             )
             .await
@@ -470,7 +470,7 @@ mod tests {
             &repo,
             &keys,
             "targets",
-            &crate::release_root_keys::RootKeyFiles::gather(&keys, &[]).expect("root keys"),
+            &crate::release::tests::root_keys_in(&keys),
             Lifetimes::default(),
         )
         .await
@@ -486,7 +486,7 @@ mod tests {
             &copy,
             &copy_keys,
             "timestamp",
-            &crate::release_root_keys::RootKeyFiles::gather(&copy_keys, &[]).expect("root keys"),
+            &crate::release::tests::root_keys_in(&copy_keys),
             Lifetimes::default(),
         )
         .await

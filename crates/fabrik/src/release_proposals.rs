@@ -1128,7 +1128,7 @@ pub(crate) async fn keygen(path: &Path) -> anyhow::Result<(String, PathBuf)> {
 /// The public key in `file` (`KEY.pub`, as `fabrik release keygen` writes it) and its id, to
 /// be added to `root`: a plain Ed25519 key (see [`public_key`]) that `root` does not list
 /// already, so one person's key counts once.
-pub(crate) fn new_public_key(file: &Path, root: &Root) -> anyhow::Result<(Decoded<Hex>, Key)> {
+fn new_public_key(file: &Path, root: &Root) -> anyhow::Result<(Decoded<Hex>, Key)> {
     let bytes =
         std::fs::read(file).with_context(|| format!("--add {}: cannot read", file.display()))?;
     let key: Key = serde_json::from_slice(&bytes).with_context(|| {
@@ -1187,11 +1187,7 @@ pub(crate) fn new_public_key(file: &Path, root: &Root) -> anyhow::Result<(Decode
 
 /// The one key of `keyids` (the `role` role's) whose id starts with `prefix`: at least 8 hex
 /// digits, as `proposals` and `list` show them.
-pub(crate) fn listed_key(
-    prefix: &str,
-    keyids: &[Decoded<Hex>],
-    role: &str,
-) -> anyhow::Result<Decoded<Hex>> {
+fn listed_key(prefix: &str, keyids: &[Decoded<Hex>], role: &str) -> anyhow::Result<Decoded<Hex>> {
     let prefix = prefix.trim().to_ascii_lowercase();
     if prefix.len() < 8 || !prefix.chars().all(|c| c.is_ascii_hexdigit()) {
         bail!("--remove {prefix}: at least 8 hex digits of a key id");
@@ -1208,6 +1204,63 @@ pub(crate) fn listed_key(
         );
     };
     Ok((*id).clone())
+}
+
+/// Changes the keys `root` lists for `role`: adds the public keys in `add` (see
+/// [`new_public_key`]), removes the keys whose ids start with `remove` (see [`listed_key`]) and
+/// sets the threshold, refusing a change that changes nothing, leaves the role no key or asks
+/// for more signatures than it has keys. Keys no role uses any more leave the root.
+pub(crate) fn change_role_keys(
+    root: &mut Root,
+    role_type: RoleType,
+    add: &[PathBuf],
+    remove: &[String],
+    threshold: Option<u64>,
+) -> anyhow::Result<()> {
+    let mut role = root
+        .roles
+        .get(&role_type)
+        .with_context(|| format!("the root names no {role_type} keys"))?
+        .clone();
+    let mut changed = false;
+    for file in add {
+        let (id, key) = new_public_key(file, root)?;
+        root.keys.insert(id.clone(), key);
+        role.keyids.push(id);
+        changed = true;
+    }
+    for prefix in remove {
+        let id = listed_key(prefix, &role.keyids, &role_type.to_string())?;
+        role.keyids.retain(|listed| *listed != id);
+        changed = true;
+    }
+    if let Some(threshold) = threshold {
+        let threshold = NonZeroU64::new(threshold).context("--threshold: at least 1")?;
+        changed |= threshold != role.threshold;
+        role.threshold = threshold;
+    }
+    if !changed {
+        bail!("nothing to change: give --add, --remove or --threshold");
+    }
+    if role.keyids.is_empty() {
+        bail!("the {role_type} role would have no key left");
+    }
+    if role.threshold.get() > role.keyids.len() as u64 {
+        bail!(
+            "the {role_type} role would have {} key(s) for a threshold of {}: give a lower \
+             --threshold (or --add more keys)",
+            role.keyids.len(),
+            role.threshold
+        );
+    }
+    root.roles.insert(role_type, role);
+    let used: Vec<Decoded<Hex>> = root
+        .roles
+        .values()
+        .flat_map(|keys| keys.keyids.iter().cloned())
+        .collect();
+    root.keys.retain(|id, _| used.contains(id));
+    Ok(())
 }
 
 /// Changes who signs the targets metadata: adds the public keys in `add` (files `keygen`
@@ -1233,45 +1286,7 @@ pub(crate) async fn signers(
     let mut root = current.clone();
     root.version = release::next(root.version)?;
     root.expires = release::expires_in(lifetimes.root)?;
-    let mut role = targets_keys(&root)?.clone();
-    let mut changed = false;
-    for file in add {
-        let (id, key) = new_public_key(file, &root)?;
-        root.keys.insert(id.clone(), key);
-        role.keyids.push(id);
-        changed = true;
-    }
-    for prefix in remove {
-        let id = listed_key(prefix, &role.keyids, "targets")?;
-        role.keyids.retain(|listed| *listed != id);
-        changed = true;
-    }
-    if let Some(threshold) = threshold {
-        let threshold = NonZeroU64::new(threshold).context("--threshold: at least 1")?;
-        changed |= threshold != role.threshold;
-        role.threshold = threshold;
-    }
-    if !changed {
-        bail!("nothing to change: give --add, --remove or --threshold");
-    }
-    if role.keyids.is_empty() {
-        bail!("the targets role would have no key left");
-    }
-    if role.threshold.get() > role.keyids.len() as u64 {
-        bail!(
-            "the targets role would have {} key(s) for a threshold of {}: give a lower \
-             --threshold",
-            role.keyids.len(),
-            role.threshold
-        );
-    }
-    root.roles.insert(RoleType::Targets, role);
-    let used: Vec<Decoded<Hex>> = root
-        .roles
-        .values()
-        .flat_map(|keys| keys.keyids.iter().cloned())
-        .collect();
-    root.keys.retain(|id, _| used.contains(id));
+    change_role_keys(&mut root, RoleType::Targets, add, remove, threshold)?;
     if let Some(problem) = signers_change_problem(&current, &root) {
         bail!("{problem}");
     }
@@ -1362,7 +1377,7 @@ mod tests {
         let (root_version, committed) = signers(
             &repo,
             &alice,
-            &crate::release_root_keys::RootKeyFiles::gather(&alice, &[]).expect("root keys"),
+            &crate::release::tests::root_keys_in(&alice),
             std::slice::from_ref(&bob_public),
             &[],
             Some(2),
@@ -1543,7 +1558,7 @@ mod tests {
         let (_, committed) = signers(
             &repo,
             &alice,
-            &crate::release_root_keys::RootKeyFiles::gather(&alice, &[]).expect("root keys"),
+            &crate::release::tests::root_keys_in(&alice),
             &[],
             std::slice::from_ref(&bob_id),
             Some(1),
@@ -1579,7 +1594,7 @@ mod tests {
         let back = signers(
             &repo,
             &alice,
-            &crate::release_root_keys::RootKeyFiles::gather(&alice, &[]).expect("root keys"),
+            &crate::release::tests::root_keys_in(&alice),
             std::slice::from_ref(&bob.join("targets.key.pub")),
             &[],
             Some(2),
@@ -1605,7 +1620,7 @@ mod tests {
             &repo,
             &alice,
             "targets",
-            &crate::release_root_keys::RootKeyFiles::gather(&alice, &[]).expect("root keys"),
+            &crate::release::tests::root_keys_in(&alice),
             Lifetimes::default(),
         )
         .await
@@ -1628,7 +1643,7 @@ mod tests {
         let (_, committed) = signers(
             &repo,
             &alice,
-            &crate::release_root_keys::RootKeyFiles::gather(&alice, &[]).expect("root keys"),
+            &crate::release::tests::root_keys_in(&alice),
             std::slice::from_ref(&bob_public),
             &[],
             Some(2),
@@ -1670,7 +1685,7 @@ mod tests {
             &repo,
             &custodian,
             "targets",
-            &crate::release_root_keys::RootKeyFiles::gather(&custodian, &[]).expect("root keys"),
+            &crate::release::tests::root_keys_in(&custodian),
             Lifetimes::default(),
         )
         .await
@@ -1694,8 +1709,7 @@ mod tests {
                 &repo,
                 &custodian,
                 role,
-                &crate::release_root_keys::RootKeyFiles::gather(&custodian, &[])
-                    .expect("root keys"),
+                &crate::release::tests::root_keys_in(&custodian),
                 Lifetimes::default(),
             )
             .await
@@ -1757,7 +1771,7 @@ mod tests {
                 signers(
                     &repo,
                     &keys,
-                    &crate::release_root_keys::RootKeyFiles::gather(&keys, &[]).expect("root keys"),
+                    &crate::release::tests::root_keys_in(&keys),
                     &add,
                     &remove,
                     threshold,
@@ -1811,7 +1825,7 @@ mod tests {
         let (_, committed) = signers(
             &repo,
             &keys,
-            &crate::release_root_keys::RootKeyFiles::gather(&keys, &[]).expect("root keys"),
+            &crate::release::tests::root_keys_in(&keys),
             &[bob_public],
             &[],
             None,
@@ -1839,7 +1853,7 @@ mod tests {
         let (_, added) = signers(
             &repo,
             &alice,
-            &crate::release_root_keys::RootKeyFiles::gather(&alice, &[]).expect("root keys"),
+            &crate::release::tests::root_keys_in(&alice),
             &[bob_public, carol_public],
             &[],
             Some(1),
@@ -1851,7 +1865,7 @@ mod tests {
         let real = signers(
             &repo,
             &alice,
-            &crate::release_root_keys::RootKeyFiles::gather(&alice, &[]).expect("root keys"),
+            &crate::release::tests::root_keys_in(&alice),
             &[],
             &[],
             Some(2),

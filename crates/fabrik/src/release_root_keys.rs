@@ -6,7 +6,6 @@
 //! replace them, and nodes follow the new root from the one they hold. With one root key
 //! (what `init` makes), losing it means giving every node a new root by hand.
 
-use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,7 +19,7 @@ use crate::release::{
     expires_in, key_path, load_for_signing, lock, move_in, next, publisher_state, remember,
     staging_dir,
 };
-use crate::release_proposals::{key_id_of, listed_key, new_public_key, short};
+use crate::release_proposals::{change_role_keys, key_id_of, short};
 
 /// The private root keys at hand for one change: `<keys>/root.key` when it is there, and each
 /// file given with `--root-key` (another holder's key, brought for the change).
@@ -209,50 +208,13 @@ pub(crate) async fn change_root_keys(
     let mut root = current.clone();
     root.version = next(root.version)?;
     root.expires = expires_in(lifetime)?;
-    let mut role = root_role_keys(&root)?.clone();
-    let mut changed = false;
-    for file in add {
-        let (id, key) = new_public_key(file, &root)?;
-        root.keys.insert(id.clone(), key);
-        role.keyids.push(id);
-        changed = true;
-    }
-    for prefix in remove {
-        let id = listed_key(prefix, &role.keyids, "root")?;
-        role.keyids.retain(|listed| *listed != id);
-        changed = true;
-    }
-    if let Some(threshold) = threshold {
-        let threshold = NonZeroU64::new(threshold).context("--threshold: at least 1")?;
-        changed |= threshold != role.threshold;
-        role.threshold = threshold;
-    }
-    if !changed {
-        bail!("nothing to change: give --add, --remove or --threshold");
-    }
-    if role.keyids.is_empty() {
-        bail!("the root role would have no key left");
-    }
-    if role.threshold.get() > role.keyids.len() as u64 {
-        bail!(
-            "the root role would have {} key(s) for a threshold of {}: give a lower --threshold \
-             (or --add more keys)",
-            role.keyids.len(),
-            role.threshold
-        );
-    }
+    change_role_keys(&mut root, RoleType::Root, add, remove, threshold)?;
+    let role = root_role_keys(&root)?;
     let change = RootKeysChange {
         version: root.version.get(),
         threshold: role.threshold.get(),
         keys: role.keyids.iter().map(short).collect(),
     };
-    root.roles.insert(RoleType::Root, role);
-    let used: Vec<Decoded<Hex>> = root
-        .roles
-        .values()
-        .flat_map(|keys| keys.keyids.iter().cloned())
-        .collect();
-    root.keys.retain(|id, _| used.contains(id));
     let staging = staging_dir(repo)?;
     sign_root(root, &current, files, Some(&staging)).await?;
     move_in(repo, &staging)?;
