@@ -2,8 +2,8 @@
 //! spend the query task's cooperative budget, so a query nobody waits for any more (its caller
 //! disconnected or was stopped, or it timed out) is aborted within 128 of a join's output
 //! batches — or, for a join that works long without output (a range join whose pairs mostly
-//! fail its condition), within 128 of the batches it reads, each of which it pairs with every
-//! row it holds: that loop is DataFusion's, and yields nowhere.
+//! fail its condition), at worst within 128 of the batches it reads, each of which it pairs
+//! with every row it holds in a loop of DataFusion's that yields nowhere (decision 0089).
 //!
 //! A query's task is aborted by dropping it at its next yield to the runtime. DataFusion's own
 //! rule (`EnsureCooperative`) makes the *scans* spend the budget, which suffices while the
