@@ -47,11 +47,11 @@ async fn key_id(path: &Path) -> anyhow::Result<String> {
 /// Replaces `role`'s key: a new key (`<keys>/<role>.key`), the old one kept as
 /// `<role>.key.retired-<unix seconds>`. The new root (version + 1, valid for
 /// `lifetimes.root`) is signed with the root keys at hand (`root_keys`: as many as the current
-/// root asks for and the new one) — for the root role, the key in `<keys>/root.key` is the one
-/// replaced, and the new key signs too, as a node verifies against both roots. For the targets role, targets,
-/// snapshot and timestamp are signed again, the targets with the new key (refused while
-/// several keys sign the targets); for the snapshot, the snapshot and the timestamp; for the
-/// timestamp, the timestamp alone — the rotated role with its new key, and only the keys of
+/// root asks for and the new one) — for the root role, the key in `<keys>/root.key` is the
+/// one replaced, and the new key signs too, as a node verifies against both roots. For the
+/// targets role, targets, snapshot and timestamp are signed again, the targets with the new
+/// key (refused while several keys sign the targets); for the snapshot, the snapshot and the
+/// timestamp; for the timestamp, the timestamp alone — the rotated role with its new key, and only the keys of
 /// the roles signed again are needed besides the root keys. A run interrupted after
 /// publishing is finished by running it again; a key file is never deleted or overwritten.
 pub(crate) async fn rotate(

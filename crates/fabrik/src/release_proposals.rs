@@ -1266,10 +1266,10 @@ pub(crate) fn change_role_keys(
 /// Changes who signs the targets metadata: adds the public keys in `add` (files `keygen`
 /// wrote), removes the keys whose ids start with `remove` (at least 8 hex digits, as
 /// `proposals` and `list` show them), and sets the threshold. The new root (version + 1,
-/// valid for `lifetimes.root`) is signed with the root keys at hand (`root_keys`) and waits, as a proposal,
-/// with the current targets re-signed under it until enough of the new targets keys, and of
-/// the current ones, have signed (the targets key in `keys` signs at once if either root
-/// lists it). Returns the new root's version and the outcome.
+/// valid for `lifetimes.root`) is signed with the root keys at hand (`root_keys`) and waits,
+/// as a proposal, with the current targets re-signed under it until enough of the new targets
+/// keys, and of the current ones, have signed (the targets key in `keys` signs at once if
+/// either root lists it). Returns the new root's version and the outcome.
 pub(crate) async fn signers(
     repo: &Path,
     keys: &Path,
