@@ -707,18 +707,20 @@ pub(crate) async fn report(
         .map_or((None, None), |status| {
             (Some(status.key_sealed), status.key_sealed_pcrs.clone())
         });
-    let release_signers = state
-        .updates
-        .read()
-        .as_ref()
-        .filter(|status| status.targets_threshold > 0)
-        .map(|status| (status.targets_threshold, status.targets_keys));
-    let release_root_keys = state
-        .updates
-        .read()
-        .as_ref()
-        .filter(|status| status.root_threshold > 0)
-        .map(|status| (status.root_threshold, status.root_keys));
+    // Both known once the release repository verified (a threshold is never 0 then).
+    let (release_signers, release_root_keys) =
+        state
+            .updates
+            .read()
+            .as_ref()
+            .map_or((None, None), |status| {
+                (
+                    (status.targets_threshold > 0)
+                        .then_some((status.targets_threshold, status.targets_keys)),
+                    (status.root_threshold > 0)
+                        .then_some((status.root_threshold, status.root_keys)),
+                )
+            });
     let live = LiveState {
         node_key_sealed,
         node_key_sealed_pcrs,

@@ -477,17 +477,6 @@ impl Drop for RunningQuery {
     }
 }
 
-/// Aborts a query's task when whoever waits for it goes away (an HTTP client that
-/// disconnected, a rollup told to stop, the timeout): dropping a `JoinHandle` only detaches
-/// the task, which would keep the pool's cores busy on an answer nobody reads.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// The storage engine. Share it behind an `Arc`.
 pub struct Store {
     shared: Arc<Shared>,
@@ -1419,7 +1408,10 @@ impl Store {
             return Err(StoreError::ShuttingDown);
         };
         let running = self.query_pool.running.clone();
-        let task = pool.spawn(async move {
+        // Aborted when whoever waits for it goes away (an HTTP client that disconnected, a
+        // rollup told to stop, the timeout): dropping a plain `JoinHandle` only detaches the
+        // task, which would keep the pool's cores busy on an answer nobody reads.
+        let task = tokio_util::task::AbortOnDropHandle::new(pool.spawn(async move {
             let _running = RunningQuery::new(running);
             let options = SQLOptions::new()
                 .with_allow_ddl(false)
@@ -1436,8 +1428,7 @@ impl Store {
                 batches.push(batch.map_err(&query_error)?);
             }
             Ok::<_, StoreError>(QueryOutput { schema, batches })
-        });
-        let _abort = AbortOnDrop(task.abort_handle());
+        }));
         match tokio::time::timeout(timeout, task).await {
             Ok(Ok(result)) => result,
             Ok(Err(join)) => Err(StoreError::Internal(format!("query task failed: {join}"))),

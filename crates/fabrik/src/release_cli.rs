@@ -849,17 +849,15 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                     "fabrik": fabrik,
                 }));
             }
-            let signers = loaded
-                .root()
-                .signed
-                .roles
-                .get(&tough::schema::RoleType::Targets)
-                .map(|keys| {
+            // The keys the root lists for a role and how many must sign.
+            let signers = |role| {
+                loaded.root().signed.roles.get(&role).map(|keys| {
                     serde_json::json!({
                         "threshold": keys.threshold.get(),
                         "keys": keys.keyids.iter().map(crate::release_proposals::short).collect::<Vec<_>>(),
                     })
-                });
+                })
+            };
             let proposals = crate::release_proposals::count(&repo)?;
             let summary = serde_json::json!({
                 "root_version": loaded.root().signed.version.get(),
@@ -870,8 +868,8 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                 "snapshot_expires": loaded.snapshot().signed.expires.to_string(),
                 "timestamp_expires": loaded.timestamp().signed.expires.to_string(),
                 "root_expires": loaded.root().signed.expires.to_string(),
-                "targets_signers": signers,
-                "root_signers": crate::release_root_keys::root_signers(&loaded.root().signed),
+                "targets_signers": signers(tough::schema::RoleType::Targets),
+                "root_signers": signers(tough::schema::RoleType::Root),
                 "proposals": proposals,
                 "targets": targets,
             });
@@ -885,20 +883,15 @@ pub(crate) async fn run(args: ReleaseArgs) -> anyhow::Result<()> {
                 loaded.targets().signed.expires,
                 loaded.timestamp().signed.expires
             );
-            if let Some(signers) = &summary["targets_signers"].as_object() {
+            for (field, what, role) in [
+                ("targets_signers", "each change", "targets"),
+                ("root_signers", "each change of the root", "root"),
+            ] {
+                let signers = &summary[field];
                 let keys = signers["keys"].as_array().map_or(0, Vec::len);
                 if keys > 1 {
                     println!(
-                        "each change signed by {} of {keys} targets keys",
-                        signers["threshold"]
-                    );
-                }
-            }
-            if let Some(signers) = &summary["root_signers"].as_object() {
-                let keys = signers["keys"].as_array().map_or(0, Vec::len);
-                if keys > 1 {
-                    println!(
-                        "each change of the root signed by {} of {keys} root keys",
+                        "{what} signed by {} of {keys} {role} keys",
                         signers["threshold"]
                     );
                 }
@@ -1320,19 +1313,18 @@ pub(crate) async fn run_updates(args: UpdatesArgs) -> anyhow::Result<()> {
         text(&status["timestamp_version"]),
         text(&status["expires_at"]),
     );
-    if status["targets_keys"].as_u64() > Some(1) {
-        println!(
-            "  each release signed by {} of {} targets keys",
-            text(&status["targets_threshold"]),
-            text(&status["targets_keys"]),
-        );
-    }
-    if status["root_keys"].as_u64() > Some(1) {
-        println!(
-            "  each change of the root signed by {} of {} root keys",
-            text(&status["root_threshold"]),
-            text(&status["root_keys"]),
-        );
+    for (what, role) in [
+        ("each release", "targets"),
+        ("each change of the root", "root"),
+    ] {
+        let keys = &status[format!("{role}_keys")];
+        if keys.as_u64() > Some(1) {
+            println!(
+                "  {what} signed by {} of {} {role} keys",
+                text(&status[format!("{role}_threshold")]),
+                text(keys),
+            );
+        }
     }
     for target in status["targets"].as_array().into_iter().flatten() {
         println!(

@@ -222,15 +222,6 @@ pub(crate) async fn change_root_keys(
     Ok(change)
 }
 
-/// The root keys a root lists and how many must sign, as `fabrik release list` shows them.
-pub(crate) fn root_signers(root: &Root) -> Option<serde_json::Value> {
-    let role = root.roles.get(&RoleType::Root)?;
-    Some(serde_json::json!({
-        "threshold": role.threshold.get(),
-        "keys": role.keyids.iter().map(short).collect::<Vec<_>>(),
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

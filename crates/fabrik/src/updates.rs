@@ -594,23 +594,20 @@ impl Updater {
             status.last_verified_at = Some(started);
             status.root_version = repository.root().signed.version.get();
             status.targets_version = repository.targets().signed.version.get();
-            if let Some(signers) = repository
-                .root()
-                .signed
-                .roles
-                .get(&tough::schema::RoleType::Targets)
-            {
-                status.targets_threshold = signers.threshold.get();
-                status.targets_keys = signers.keyids.len() as u64;
+            // How many keys of a role must sign, of how many the root lists.
+            let quorum = |role| {
+                repository
+                    .root()
+                    .signed
+                    .roles
+                    .get(&role)
+                    .map(|keys| (keys.threshold.get(), keys.keyids.len() as u64))
+            };
+            if let Some(quorum) = quorum(tough::schema::RoleType::Targets) {
+                (status.targets_threshold, status.targets_keys) = quorum;
             }
-            if let Some(holders) = repository
-                .root()
-                .signed
-                .roles
-                .get(&tough::schema::RoleType::Root)
-            {
-                status.root_threshold = holders.threshold.get();
-                status.root_keys = holders.keyids.len() as u64;
+            if let Some(quorum) = quorum(tough::schema::RoleType::Root) {
+                (status.root_threshold, status.root_keys) = quorum;
             }
             status.snapshot_version = repository.snapshot().signed.version.get();
             status.timestamp_version = repository.timestamp().signed.version.get();
