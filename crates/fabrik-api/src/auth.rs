@@ -46,7 +46,8 @@ impl Identity {
 }
 
 /// The role a request needs: reads (and SQL queries) are for viewers; acknowledging and
-/// silencing alerts for operators; every other change, and the user list, for admins. A user
+/// silencing alerts, and setting devices' writable points, for operators; every other change,
+/// and the user list, for admins. A user
 /// changing their own password is checked by that handler.
 pub fn required_role(method: &Method, route: &str) -> Role {
     let read = matches!(*method, Method::GET | Method::HEAD);
@@ -60,9 +61,13 @@ pub fn required_role(method: &Method, route: &str) -> Role {
             true,
         ) => Role::Admin,
         (_, true) | ("/api/v1/query", _) | ("/api/v1/users/{name}/password", _) => Role::Viewer,
-        ("/api/v1/alerts/{id}/ack" | "/api/v1/silences" | "/api/v1/silences/{id}", _) => {
-            Role::Operator
-        }
+        (
+            "/api/v1/alerts/{id}/ack"
+            | "/api/v1/silences"
+            | "/api/v1/silences/{id}"
+            | "/api/v1/devices/{id}/setpoints/{signal}",
+            _,
+        ) => Role::Operator,
         _ => Role::Admin,
     }
 }
@@ -317,6 +322,12 @@ mod tests {
             (Method::POST, "/api/v1/alerts/{id}/ack", Operator),
             (Method::POST, "/api/v1/silences", Operator),
             (Method::DELETE, "/api/v1/silences/{id}", Operator),
+            (
+                Method::POST,
+                "/api/v1/devices/{id}/setpoints/{signal}",
+                Operator,
+            ),
+            (Method::GET, "/api/v1/setpoints", Viewer),
             (Method::POST, "/api/v1/write", Admin),
             (Method::POST, "/api/v1/devices/{id}/token", Admin),
             (Method::DELETE, "/api/v1/devices/{id}", Admin),

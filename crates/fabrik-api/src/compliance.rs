@@ -37,6 +37,8 @@ pub struct ComplianceFacts {
     pub clear_text_links: Vec<String>,
     /// `[[mqtt.acl]]` rules configured (0: the built-in rules).
     pub mqtt_acl_rules: usize,
+    /// Device points declared writable (`writable = true`) where their connector runs here.
+    pub writable_points: usize,
     /// ONNX models load only when signed by a trusted key.
     pub models_signature_required: bool,
     /// Trusted model-signing keys.
@@ -338,6 +340,24 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
                     .to_owned(),
             );
         }
+    }
+    if facts.writable_points == 0 {
+        evidence.push(
+            "no device point is declared writable: Fabrik writes nothing to devices".to_owned(),
+        );
+    } else {
+        evidence.push(format!(
+            "writes to devices: only the {} point(s) declared writable, by operators and \
+             admins, within each point's declared range; every write is in the audit log with \
+             its value and in `_device_writes` with what the device read back",
+            facts.writable_points
+        ));
+        gaps.push(
+            "Modbus TCP has no authentication of its own: the writable registers can be \
+             written by any host that reaches the device, not only through Fabrik; keep the \
+             devices on a network zone Fabrik alone reaches (IEC 62443-3-3 SR 5.1)"
+                .to_owned(),
+        );
     }
     controls.push(control(
         &["IEC 62443-3-3 SR 2.1", "NIST 800-53 AC-3", "AC-6"],
@@ -982,6 +1002,29 @@ mod tests {
             release_signers: None,
             release_root_keys: None,
         };
+        let ac3 = |facts: &ComplianceFacts| {
+            let controls = assess(facts, &live);
+            let control = control_of(&controls, "NIST 800-53 AC-3");
+            (control.evidence.join(" | "), control.gaps.join(" | "))
+        };
+        let (evidence, gaps) = ac3(&facts);
+        assert!(
+            evidence.contains("Fabrik writes nothing to devices"),
+            "{evidence}"
+        );
+        assert!(!gaps.contains("Modbus TCP"), "{gaps}");
+        facts.writable_points = 3;
+        let (evidence, gaps) = ac3(&facts);
+        assert!(
+            evidence.contains("only the 3 point(s) declared writable"),
+            "{evidence}"
+        );
+        assert!(gaps.contains("Modbus TCP has no authentication"), "{gaps}");
+        assert_eq!(
+            status_of(&assess(&facts, &live), "NIST 800-53 AC-3"),
+            ControlStatus::Partial
+        );
+        facts.writable_points = 0;
         facts.mqtt_acl_rules = 2;
         let controls = assess(&facts, &live);
         assert_eq!(

@@ -2,8 +2,8 @@
 //! a data subject's right to erasure (GDPR Art. 17; decision 0040).
 //!
 //! Owns asking each keeper in turn — the registry (audit log, user, stage decisions, use
-//! cases), the alerts (acknowledgements, silences) and the store's `alert_labels` rows,
-//! rewritten in place — and saying what it could not reach.
+//! cases), the alerts (acknowledgements, silences) and the store's `alert_labels` and
+//! `_device_writes` rows, rewritten in place — and saying what it could not reach.
 
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
@@ -21,9 +21,15 @@ use crate::alerts::ALERT_LABELS_TABLE;
 use crate::auth::Identity;
 use crate::error::ApiError;
 
-/// The field of `alert_labels` that names who gave the verdict, and the one with their words.
-const BY: &str = "by";
-const COMMENT: &str = "comment";
+/// The tables that name people in a field, with that field and the one with their words.
+const NAMING_TABLES: [(&str, &str, &str); 2] = [
+    (ALERT_LABELS_TABLE, "by", "comment"),
+    (
+        crate::setpoints::DEVICE_WRITES_TABLE,
+        crate::setpoints::ACTOR,
+        crate::setpoints::NOTE,
+    ),
+];
 
 /// What erasing one person did.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -36,6 +42,8 @@ pub struct Erasure {
     pub silences: u64,
     /// Rows of `alert_labels` they gave, rewritten with `by` `(erased)` and no comment.
     pub alert_labels: u64,
+    /// Rows of `_device_writes` they made, rewritten with `actor` `(erased)` and no note.
+    pub device_writes: u64,
     /// Where their name may remain, and what could not be reached.
     pub notes: Vec<String>,
 }
@@ -65,6 +73,7 @@ async fn erase_everywhere(
         acknowledgements: 0,
         silences: 0,
         alert_labels: 0,
+        device_writes: 0,
         notes: vec![
             "the process log (stdout) named them at sign-in and in audit lines; erase it \
              wherever it was shipped"
@@ -125,17 +134,20 @@ async fn erase_everywhere(
     // the owning store's copies, rewritten there.
     if state.store.is_read_only() {
         erasure.notes.push(
-            "this is a read-only query node: the alert_labels rows it shows are the owning \
-             store's; erase them on the node that owns the store"
+            "this is a read-only query node: the alert_labels and _device_writes rows it \
+             shows are the owning store's; erase them on the node that owns the store"
                 .to_owned(),
         );
     } else {
-        erasure.alert_labels = erase_alert_labels(&state.store, &name).await?;
+        let [labels, writes] = NAMING_TABLES;
+        erasure.alert_labels = erase_names(&state.store, labels, &name).await?;
+        erasure.device_writes = erase_names(&state.store, writes, &name).await?;
     }
-    if erasure.alert_labels > 0 {
+    if erasure.alert_labels + erasure.device_writes > 0 {
         erasure.notes.push(
-            "the earlier versions of the rewritten alert_labels rows leave the disk with the \
-             store's next compaction; an uplink forwards the rewritten rows to the hub"
+            "the earlier versions of the rewritten alert_labels and _device_writes rows leave \
+             the disk with the store's next compaction; an uplink forwards the rewritten rows \
+             to the hub"
                 .to_owned(),
         );
     }
@@ -143,18 +155,19 @@ async fn erase_everywhere(
     Ok(Json(erasure))
 }
 
-/// Rewrites every `alert_labels` row whose `by` is `name` with `by` [`ERASED`] and an empty
-/// comment, same series and time, so the new version replaces the old one; returns how many.
-async fn erase_alert_labels(store: &Store, name: &str) -> Result<u64, ApiError> {
-    let Some(table) = store
-        .tables()
-        .into_iter()
-        .find(|t| t.name == ALERT_LABELS_TABLE)
-    else {
+/// Rewrites every row of `table` whose field `by` is `name` with `by` [`ERASED`] and an
+/// empty `comment`, same series and time, so the new version replaces the old one; returns
+/// how many.
+async fn erase_names(
+    store: &Store,
+    (table_name, by, comment): (&str, &str, &str),
+    name: &str,
+) -> Result<u64, ApiError> {
+    let Some(table) = store.tables().into_iter().find(|t| t.name == table_name) else {
         return Ok(0);
     };
     let sql = format!(
-        "SELECT * FROM {ALERT_LABELS_TABLE} WHERE \"{BY}\" = '{}'",
+        "SELECT * FROM \"{table_name}\" WHERE \"{by}\" = '{}'",
         name.replace('\'', "''")
     );
     let output = store.query(&sql).await?;
@@ -180,8 +193,8 @@ async fn erase_alert_labels(store: &Store, name: &str) -> Result<u64, ApiError> 
             let mut fields = Vec::new();
             for (field, _) in &table.fields {
                 let value = match field.as_str() {
-                    BY => Some(Value::Str(ERASED.to_owned())),
-                    COMMENT => Some(Value::Str(String::new())),
+                    f if f == by => Some(Value::Str(ERASED.to_owned())),
+                    f if f == comment => Some(Value::Str(String::new())),
                     _ => match column(field) {
                         Some(values) => value_at(values, row).map_err(internal)?,
                         None => None,
@@ -192,7 +205,7 @@ async fn erase_alert_labels(store: &Store, name: &str) -> Result<u64, ApiError> 
                 }
             }
             points.push(Point {
-                measurement: ALERT_LABELS_TABLE.into(),
+                measurement: table_name.into(),
                 tags: tags
                     .iter()
                     .filter(|(_, values)| values.is_valid(row))
@@ -217,9 +230,7 @@ async fn erase_alert_labels(store: &Store, name: &str) -> Result<u64, ApiError> 
         raw_id: store.next_raw_id(),
         mapping_version: 0,
     };
-    store
-        .write_points(&points, lineage, ALERT_LABELS_TABLE)
-        .await?;
+    store.write_points(&points, lineage, table_name).await?;
     Ok(points.len() as u64)
 }
 
@@ -249,6 +260,6 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(
         axum::http::StatusCode::INTERNAL_SERVER_ERROR,
         "internal",
-        format!("rewriting alert_labels: {e}"),
+        format!("rewriting a table that names people: {e}"),
     )
 }

@@ -26,6 +26,7 @@ pub mod pipelines;
 pub mod privacy;
 pub mod routes;
 pub mod session;
+pub mod setpoints;
 pub mod stream;
 pub mod tls;
 mod ui;
@@ -96,6 +97,8 @@ pub struct ApiState {
     pub stopping: tokio_util::sync::CancellationToken,
     /// Told of every write over HTTP once it is stored (the binary reports them as lineage).
     pub writes: Option<Arc<dyn WriteObserver>>,
+    /// Sets devices' writable points, when a connector that writes runs in this process.
+    pub setpoints: Option<Arc<dyn setpoints::SetpointControl>>,
 }
 
 /// What is told of the rows written over HTTP.

@@ -129,6 +129,8 @@ impl Modify for TokenAuth {
         crate::devices::remove,
         crate::devices::rotate_token,
         crate::devices::events,
+        crate::setpoints::list,
+        crate::setpoints::set,
         crate::attestation::challenge,
         crate::attestation::evidence,
         crate::attestation::begin_activation,

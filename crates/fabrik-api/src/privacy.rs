@@ -14,6 +14,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::ApiState;
+use crate::alerts::ALERT_LABELS_TABLE;
 use crate::error::ApiError;
 
 /// Most records of each kind in one answer.
@@ -67,6 +68,8 @@ pub struct PersonalData {
     pub silences: Vec<Silence>,
     /// Rows of the `alert_labels` table naming them (`by`), as `/api/v1/query` returns rows.
     pub alert_labels: Vec<serde_json::Value>,
+    /// Rows of the `_device_writes` table naming them (`actor`): the setpoints they wrote.
+    pub device_writes: Vec<serde_json::Value>,
     /// Where their name may be besides, and what could not be read.
     pub notes: Vec<String>,
 }
@@ -90,6 +93,7 @@ pub(crate) async fn export(
         acknowledgements: Vec::new(),
         silences: Vec::new(),
         alert_labels: Vec::new(),
+        device_writes: Vec::new(),
         notes: vec![
             "the process log (stdout) names users at sign-in and in audit lines; it is kept \
              wherever it is shipped"
@@ -181,34 +185,23 @@ pub(crate) async fn export(
                 .into(),
         ),
     }
-    let sql = format!(
-        "SELECT * FROM alert_labels WHERE \"by\" = '{}' ORDER BY time DESC LIMIT {}",
-        name.replace('\'', "''"),
-        MOST_RECORDS + 1
-    );
-    // No verdict was ever given: the table does not exist yet, and there is nothing to read.
-    let labels = if state.store.has_table("alert_labels") {
-        Some(state.store.query(&sql).await)
-    } else {
-        None
-    };
-    match labels {
-        None => {}
-        Some(Ok(output)) => {
-            data.alert_labels = crate::routes::batches_to_json(&output.batches).map_err(|e| {
-                ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e)
-            })?;
-        }
-        Some(Err(e)) => data
-            .notes
-            .push(format!("the alert_labels table could not be read: {e}")),
-    }
+    data.alert_labels =
+        rows_naming(&state, &mut data.notes, ALERT_LABELS_TABLE, "by", &name).await?;
+    data.device_writes = rows_naming(
+        &state,
+        &mut data.notes,
+        crate::setpoints::DEVICE_WRITES_TABLE,
+        crate::setpoints::ACTOR,
+        &name,
+    )
+    .await?;
     // Each list was read one past the limit: more than the limit means it was cut.
     let most = MOST_RECORDS as usize;
     for (what, count) in [
         ("audit entries by them", data.audit_entries.len()),
         ("acknowledgements", data.acknowledgements.len()),
         ("alert labels", data.alert_labels.len()),
+        ("writes to devices", data.device_writes.len()),
     ] {
         if count > most {
             data.notes.push(format!(
@@ -219,5 +212,35 @@ pub(crate) async fn export(
     data.audit_entries.truncate(most);
     data.acknowledgements.truncate(most);
     data.alert_labels.truncate(most);
+    data.device_writes.truncate(most);
     Ok(Json(data))
+}
+
+/// The rows of `table` whose field `by` is `name`, newest first, one past the limit; a table
+/// that cannot be read is a note.
+async fn rows_naming(
+    state: &ApiState,
+    notes: &mut Vec<String>,
+    table: &str,
+    by: &str,
+    name: &str,
+) -> Result<Vec<serde_json::Value>, ApiError> {
+    // Nobody ever wrote one: the table does not exist yet, and there is nothing to read.
+    if !state.store.has_table(table) {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT * FROM \"{table}\" WHERE \"{by}\" = '{}' ORDER BY time DESC LIMIT {}",
+        name.replace('\'', "''"),
+        MOST_RECORDS + 1
+    );
+    match state.store.query(&sql).await {
+        Ok(output) => crate::routes::batches_to_json(&output.batches).map_err(|e| {
+            ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", e)
+        }),
+        Err(e) => {
+            notes.push(format!("the {table} table could not be read: {e}"));
+            Ok(Vec::new())
+        }
+    }
 }

@@ -62,6 +62,11 @@ pub fn router(state: ApiState) -> Router {
             post(crate::devices::rotate_token),
         )
         .route("/api/v1/devices/{id}/events", get(crate::devices::events))
+        .route("/api/v1/setpoints", get(crate::setpoints::list))
+        .route(
+            "/api/v1/devices/{id}/setpoints/{signal}",
+            post(crate::setpoints::set),
+        )
         .route(
             "/api/v1/devices/{id}/attestation",
             get(crate::attestation::status),

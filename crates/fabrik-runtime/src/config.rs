@@ -3035,6 +3035,9 @@ fn modbus_template(path: &str) -> Option<toml::Table> {
             scale: Some(1.0),
             offset: Some(0.0),
             unit: Some(String::new()),
+            writable: false,
+            min: Some(0.0),
+            max: Some(0.0),
         })
         .ok();
     }

@@ -99,6 +99,17 @@ pub struct PointConfig {
     /// Engineering unit, copied into the reading.
     #[serde(default)]
     pub unit: Option<String>,
+    /// Whether operators may set this point (`fabrik device set`, `POST
+    /// /api/v1/devices/{id}/setpoints/{signal}`); holding registers and coils only. Off unless
+    /// the configuration says so: nothing is written to a device by default.
+    #[serde(default)]
+    pub writable: bool,
+    /// Lowest value a write may set, in engineering units (after `scale` and `offset`).
+    #[serde(default)]
+    pub min: Option<f64>,
+    /// Highest value a write may set, in engineering units.
+    #[serde(default)]
+    pub max: Option<f64>,
 }
 
 /// The four Modbus data tables.
@@ -272,6 +283,17 @@ offset = -40.0
 unit = "degC"
 
 [[devices.maps.points]]
+name = "flow_setpoint"
+table = "holding"
+address = 20
+type = "u16"
+scale = 0.1
+unit = "m3/h"
+writable = true              # operators may set it (off by default: nothing is written)
+min = 0.0                    # writes outside [min, max] are refused, in engineering units
+max = 120.0
+
+[[devices.maps.points]]
 name = "serial"
 table = "holding"
 address = 100
@@ -286,4 +308,5 @@ name = "running"
 table = "coil"
 address = 0
 type = "bool"
+writable = true              # a coil that may be switched
 "#;

@@ -98,12 +98,22 @@ address = {SETPOINT_REGISTER}
 type = "u16"
 scale = 0.1
 unit = "°C"
+writable = true
+min = 4.0
+max = 15.0
 
 [[modbus.devices.maps.points]]
 name = "running"
 table = "coil"
 address = 0
 type = "bool"
+
+[[modbus.devices.maps.points]]
+name = "enabled"
+table = "coil"
+address = {ENABLE_COIL}
+type = "bool"
+writable = true
 
 [[modbus.devices.maps.points]]
 name = "high_pressure_alarm"
@@ -499,6 +509,6 @@ mod tests {
         let value: toml::Table = toml::from_str(&text).unwrap();
         let device = &value["modbus"]["devices"][0];
         assert_eq!(device["id"].as_str(), Some("chiller-01"));
-        assert_eq!(device["maps"][0]["points"].as_array().unwrap().len(), 9);
+        assert_eq!(device["maps"][0]["points"].as_array().unwrap().len(), 10);
     }
 }

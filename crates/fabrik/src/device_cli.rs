@@ -81,6 +81,24 @@ enum DeviceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The points operators may set (declared `writable` in the connectors' configuration).
+    Setpoints {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set a writable point: the device reads it back; exits non-zero unless it holds the value.
+    Set {
+        /// Device id.
+        device: String,
+        /// The point.
+        signal: String,
+        /// A number in engineering units, or true/false.
+        value: String,
+        /// Why (a work order, a shift note), kept with the write.
+        #[arg(long)]
+        note: Option<String>,
+    },
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -228,8 +246,94 @@ pub(crate) async fn run(args: DeviceArgs) -> anyhow::Result<()> {
             }
             print!("{}", fleet_table(&fleet));
         }
+        DeviceCommand::Setpoints { json } => {
+            let points: Vec<serde_json::Value> = ep.get_json(&client, "/api/v1/setpoints").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&points)?);
+                return Ok(());
+            }
+            print!("{}", setpoints_table(&points));
+        }
+        DeviceCommand::Set {
+            device,
+            signal,
+            value,
+            note,
+        } => {
+            let value = parse_setpoint(&value)?;
+            let path = format!(
+                "/api/v1/devices/{}/setpoints/{}",
+                crate::client::percent_encode(&device),
+                crate::client::percent_encode(&signal)
+            );
+            let written: serde_json::Value = ep
+                .send(
+                    ep.request(&client, reqwest::Method::POST, &path)
+                        .json(&serde_json::json!({ "value": value, "note": note })),
+                )
+                .await?
+                .json()
+                .await?;
+            let read_back = &written["read_back"];
+            if written["confirmed"] != serde_json::Value::Bool(true) {
+                anyhow::bail!(
+                    "{device}/{signal}: the device answered the write of {value} but holds \
+                     {read_back}: it did not take the value as written (clamped or overwritten)"
+                );
+            }
+            println!("{device}/{signal} = {read_back} (read back from the device)");
+        }
     }
     Ok(())
+}
+
+/// `true`/`false` for switches, else a number.
+fn parse_setpoint(text: &str) -> anyhow::Result<serde_json::Value> {
+    match text {
+        "true" => Ok(serde_json::Value::Bool(true)),
+        "false" => Ok(serde_json::Value::Bool(false)),
+        number => number
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite())
+            .map(|v| serde_json::json!(v))
+            .ok_or_else(|| anyhow::anyhow!("`{text}` is neither a number nor true/false")),
+    }
+}
+
+/// The writable points as text: a line per point.
+fn setpoints_table(points: &[serde_json::Value]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    if points.is_empty() {
+        out.push_str(
+            "no writable points: a connector's point is written only with `writable = true`\n",
+        );
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:<20} {:<20} {:<8} {:<16} {:<6} range",
+        "device", "signal", "protocol", "address", "type"
+    );
+    for p in points {
+        let text = |key: &str| p[key].as_str().unwrap_or_default().to_owned();
+        let range = match (p["min"].as_f64(), p["max"].as_f64()) {
+            (Some(min), Some(max)) => format!("{min}..={max} {}", text("unit")),
+            _ => "true/false".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<20} {:<20} {:<8} {:<16} {:<6} {}",
+            text("device"),
+            text("signal"),
+            text("protocol"),
+            text("address"),
+            text("data_type"),
+            range.trim_end()
+        );
+    }
+    out
 }
 
 /// The fleet's devices as text: a line per node and device.

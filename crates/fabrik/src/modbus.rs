@@ -1,4 +1,5 @@
-//! The modbus module: polls the `[[modbus.devices]]` and stores what they answer.
+//! The modbus module: polls the `[[modbus.devices]]` and stores what they answer, and sets
+//! the points they declare writable when an operator asks (decision 0090).
 //!
 //! Good readings of one device and poll become one row of the device's table (one column per
 //! point); a point that could not be read (timeout, exception, connection down) becomes a row
@@ -8,12 +9,18 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use fabrik_connect::modbus::{self, ModbusPoller, Quality as ReadingQuality, Reading};
+use fabrik_api::setpoints::{
+    DeviceAnswer, Setpoint, SetpointControl, SetpointError, SetpointValue,
+};
+use fabrik_connect::modbus::{
+    self, ModbusError, ModbusPoller, ModbusWriter, Quality as ReadingQuality, Reading, SetValue,
+};
 use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
 use fabrik_registry::Registry;
 use fabrik_runtime::ServiceHandle;
 use fabrik_runtime::config::Config;
 use fabrik_store::Store;
+use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -41,13 +48,14 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
 }
 
 /// Starts one polling task per device and the writer that stores their readings (and, with a
-/// registry, keeps registered devices' state, last-seen time and counts up to date).
+/// registry, keeps registered devices' state, last-seen time and counts up to date); returns
+/// also what sets the devices' writable points.
 pub(crate) async fn start(
     config: &Config,
     store: Arc<Store>,
     registry: Option<Registry>,
     lineage: Option<Emitter>,
-) -> Result<ServiceHandle, String> {
+) -> Result<(ServiceHandle, Arc<dyn SetpointControl>), String> {
     let lineage = lineage.map(|emitter| IngestLineage::modbus(emitter, config));
     let tables: BTreeMap<String, String> = config
         .modbus
@@ -59,6 +67,7 @@ pub(crate) async fn start(
     let (tx, rx) = mpsc::channel(QUEUE);
     let poller =
         ModbusPoller::start(&config.modbus, tx, stop.child_token()).map_err(|e| e.to_string())?;
+    let setpoints: Arc<dyn SetpointControl> = Arc::new(ModbusSetpoints(poller.writer()));
     if !tables.is_empty() {
         tracing::info!(devices = tables.len(), "Modbus polling started.");
     }
@@ -75,7 +84,87 @@ pub(crate) async fn start(
         token.cancelled().await;
         written
     });
-    Ok(ServiceHandle { stop, task })
+    Ok((ServiceHandle { stop, task }, setpoints))
+}
+
+/// The API's way to the Modbus devices' writable points.
+struct ModbusSetpoints(ModbusWriter);
+
+impl SetpointControl for ModbusSetpoints {
+    fn setpoints(&self) -> Vec<Setpoint> {
+        self.0
+            .points()
+            .into_iter()
+            .map(|(device, point)| Setpoint {
+                device: device.to_string(),
+                signal: point.signal.to_string(),
+                protocol: "modbus".into(),
+                address: format!(
+                    "{} {}..{}",
+                    point.table,
+                    point.address,
+                    u32::from(point.address) + u32::from(point.codec.len)
+                ),
+                data_type: point.codec.data_type.to_string(),
+                min: point.min,
+                max: point.max,
+                unit: point.unit.as_deref().map(str::to_owned),
+            })
+            .collect()
+    }
+
+    fn set(
+        &self,
+        device: String,
+        signal: String,
+        value: SetpointValue,
+    ) -> BoxFuture<'_, Result<DeviceAnswer, SetpointError>> {
+        let value = match value {
+            SetpointValue::Bool(b) => SetValue::Bool(b),
+            SetpointValue::Number(v) => SetValue::Number(v),
+        };
+        Box::pin(async move {
+            let written = self
+                .0
+                .write(&device, &signal, value)
+                .await
+                .map_err(setpoint_error)?;
+            Ok(DeviceAnswer {
+                read_back: json_value(written.read_back),
+                confirmed: written.confirmed,
+            })
+        })
+    }
+}
+
+/// What the API makes of a Modbus write's failure: whether anything may have been sent
+/// decides whether it is stored as a failed write.
+fn setpoint_error(e: ModbusError) -> SetpointError {
+    let message = e.to_string();
+    match e {
+        ModbusError::UnknownDevice(_) => SetpointError::UnknownDevice(message),
+        ModbusError::NotWritable { .. } => SetpointError::NotWritable(message),
+        ModbusError::InvalidValue { .. } => SetpointError::Invalid(message),
+        ModbusError::Busy { .. } => SetpointError::Busy(message),
+        ModbusError::Config(_)
+        | ModbusError::Connect { .. }
+        | ModbusError::Disconnected { .. }
+        | ModbusError::Expired { .. }
+        | ModbusError::Stopped(_) => SetpointError::Unavailable(message),
+        ModbusError::Exception { .. }
+        | ModbusError::Transport { .. }
+        | ModbusError::ReadBack { .. } => SetpointError::DeviceFailed(message),
+        ModbusError::Timeout { .. } => SetpointError::Timeout(message),
+    }
+}
+
+fn json_value(value: modbus::Value) -> serde_json::Value {
+    match value {
+        modbus::Value::F64(v) => serde_json::json!(v),
+        modbus::Value::I64(v) => serde_json::json!(v),
+        modbus::Value::Bool(v) => serde_json::Value::Bool(v),
+        modbus::Value::Str(v) => serde_json::Value::String(v),
+    }
 }
 
 async fn write_readings(

@@ -381,6 +381,18 @@ fn compliance_facts(
         http_generated_certificate: config.http.tls && config.http.tls_cert.trim().is_empty(),
         clear_text_links: clear_text_links(config),
         mqtt_acl_rules: config.mqtt.acl.len(),
+        writable_points: if modules.contains(&Module::Modbus) {
+            config
+                .modbus
+                .devices
+                .iter()
+                .flat_map(|d| &d.maps)
+                .flat_map(|m| &m.points)
+                .filter(|p| p.writable)
+                .count()
+        } else {
+            0
+        },
         models_signature_required: trust.as_ref().is_some_and(|t| t.required()),
         models_trusted_keys: config.models.trusted_keys.len(),
         release_repository: Some(config.updates.url.trim().to_owned())
@@ -572,6 +584,8 @@ struct Wiring {
     links: fabrik_api::links::LinkBoard,
     /// Backfills to the hub, for the API.
     backfill: Option<Arc<dyn fabrik_api::links::BackfillControl>>,
+    /// Writes to devices' writable points, for the API.
+    setpoints: Option<Arc<dyn fabrik_api::setpoints::SetpointControl>>,
     /// The release repository's last check, written by the updates module.
     updates: fabrik_api::updates::UpdateBoard,
     /// Where OpenLineage events go (`[openlineage]`), if anywhere.
@@ -705,6 +719,7 @@ async fn start_http(
         compliance: wiring.compliance.clone(),
         links: wiring.links.clone(),
         backfill: wiring.backfill.clone(),
+        setpoints: wiring.setpoints.clone(),
         asyncapi: crate::asyncapi::document().into(),
         updates: wiring.updates.clone(),
         release_repo: release_repo(config),
@@ -973,7 +988,10 @@ async fn serve(
                 manager
                     .start(module.name(), || async {
                         let store = store.ok_or("the modbus module needs the store module")?;
-                        crate::modbus::start(&config, store, registry, lineage).await
+                        let (handle, setpoints) =
+                            crate::modbus::start(&config, store, registry, lineage).await?;
+                        wiring.setpoints = Some(setpoints);
+                        Ok(handle)
                     })
                     .await
             }

@@ -107,7 +107,8 @@ impl Codec {
         }
     }
 
-    fn float(&self, raw: f64) -> Value {
+    /// `raw` scaled and offset, as a float.
+    pub(crate) fn float(&self, raw: f64) -> Value {
         let scaled = match self.scale {
             None => raw,
             // Decimal scales (0.1, 0.01, ...) are not exact in binary: 3 × 0.1 is

@@ -7,19 +7,22 @@
 //! → [`decode`] (registers to typed values) → `mpsc::Sender<Reading>`.
 //!
 //! This module must not know where readings go (store, MQTT, rules): it only fills the channel.
-//! It writes nothing to devices.
+//! It writes to a device only what [`write::ModbusWriter`] is asked to set on a point declared
+//! `writable` (decision 0090), through the device's own task.
 
 /// The configuration shapes live in `fabrik-runtime`, which checks every config file.
 pub use fabrik_runtime::modbus as config;
 pub mod decode;
 pub mod plan;
 pub mod poller;
+pub mod write;
 
 use std::sync::Arc;
 
 pub use config::{DataType, DeviceConfig, MapConfig, ModbusConfig, Order, PointConfig, Table};
-pub use plan::{DevicePlan, MapPlan, PlannedPoint, ReadRequest, plan};
+pub use plan::{DevicePlan, MapPlan, PlannedPoint, ReadRequest, WritablePoint, plan};
 pub use poller::ModbusPoller;
+pub use write::{Encoded, ModbusWriter, SetValue, Written};
 
 /// Errors of the Modbus poller. Runtime variants also become the `reason` of Bad readings.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +84,65 @@ pub enum ModbusError {
         /// The transport or protocol error.
         source: tokio_modbus::Error,
     },
+    /// A write names a device that is not polled.
+    #[error("no Modbus device `{0}` is configured")]
+    UnknownDevice(String),
+    /// A write names a point that is not declared `writable` (or does not exist).
+    #[error(
+        "device `{device}`: point `{signal}` is not writable (only points with \
+         `writable = true` in [[modbus.devices.maps.points]] are)"
+    )]
+    NotWritable {
+        /// Device id.
+        device: Arc<str>,
+        /// The point asked for.
+        signal: String,
+    },
+    /// A write's value is not one the point may take; nothing was sent.
+    #[error("device `{device}`: point `{signal}`: {reason}; nothing was written")]
+    InvalidValue {
+        /// Device id.
+        device: Arc<str>,
+        /// Point name.
+        signal: String,
+        /// What is wrong with the value.
+        reason: String,
+    },
+    /// Too many writes wait for the device already.
+    #[error("device `{device}`: {waiting} writes wait already; nothing was written, try again")]
+    Busy {
+        /// Device id.
+        device: Arc<str>,
+        /// The queue's size.
+        waiting: usize,
+    },
+    /// The write waited past its deadline for the device's task (a long poll); it was dropped
+    /// unwritten.
+    #[error(
+        "device `{device}`: the write waited {waited_ms} ms for the device's poll to finish \
+         and was dropped; nothing was written"
+    )]
+    Expired {
+        /// Device id.
+        device: Arc<str>,
+        /// How long it waited.
+        waited_ms: u64,
+    },
+    /// The device answered a write, but what it read back could not be decoded.
+    #[error(
+        "device `{device}`: point `{signal}`: written, but the value read back does not decode: {reason}"
+    )]
+    ReadBack {
+        /// Device id.
+        device: Arc<str>,
+        /// Point name.
+        signal: String,
+        /// Why it does not decode.
+        reason: String,
+    },
+    /// The device's task has stopped (shutdown).
+    #[error("device `{0}`: the poller has stopped; nothing was written")]
+    Stopped(Arc<str>),
 }
 
 /// A decoded value.

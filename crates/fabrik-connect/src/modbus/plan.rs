@@ -28,6 +28,28 @@ pub struct DevicePlan {
     pub reconnect_max: Duration,
     /// Maps, each with its own interval.
     pub maps: Vec<MapPlan>,
+    /// The points operators may set, in configuration order.
+    pub writable: Vec<WritablePoint>,
+}
+
+/// A point declared `writable`: where it lives, how a value becomes its registers or bit, and
+/// the range a write may set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WritablePoint {
+    /// Signal name.
+    pub signal: Arc<str>,
+    /// Holding or coil.
+    pub table: Table,
+    /// Address on the wire.
+    pub address: u16,
+    /// How values are encoded (and read back).
+    pub codec: Codec,
+    /// Lowest value a write may set, in engineering units (numbers only).
+    pub min: Option<f64>,
+    /// Highest value a write may set, in engineering units (numbers only).
+    pub max: Option<f64>,
+    /// Engineering unit.
+    pub unit: Option<Arc<str>>,
 }
 
 /// The requests of one map.
@@ -128,6 +150,7 @@ fn plan_device(device: &DeviceConfig, issues: &mut Vec<String>) -> Option<Device
 
     let mut signals = HashSet::new();
     let mut maps = Vec::new();
+    let mut writable = Vec::new();
     for (index, map) in device.maps.iter().enumerate() {
         for point in &map.points {
             if !signals.insert(point.name.as_str()) {
@@ -137,7 +160,7 @@ fn plan_device(device: &DeviceConfig, issues: &mut Vec<String>) -> Option<Device
                 ));
             }
         }
-        maps.push(plan_map(id, index, map, issues));
+        maps.push(plan_map(id, index, map, &mut writable, issues));
     }
 
     (issues.len() == before).then(|| DevicePlan {
@@ -148,10 +171,17 @@ fn plan_device(device: &DeviceConfig, issues: &mut Vec<String>) -> Option<Device
         reconnect_min: Duration::from_millis(device.reconnect_min_ms),
         reconnect_max: Duration::from_millis(device.reconnect_max_ms),
         maps,
+        writable,
     })
 }
 
-fn plan_map(device: &str, index: usize, map: &MapConfig, issues: &mut Vec<String>) -> MapPlan {
+fn plan_map(
+    device: &str,
+    index: usize,
+    map: &MapConfig,
+    writable: &mut Vec<WritablePoint>,
+    issues: &mut Vec<String>,
+) -> MapPlan {
     if map.poll_interval_ms == 0 {
         issues.push(format!(
             "device `{device}`: map {index}: `poll_interval_ms` must be > 0"
@@ -163,6 +193,17 @@ fn plan_map(device: &str, index: usize, map: &MapConfig, issues: &mut Vec<String
     let mut by_table: BTreeMap<Table, Vec<PlannedPoint>> = BTreeMap::new();
     for point in &map.points {
         if let Some(codec) = check_point(device, point, issues) {
+            if point.writable {
+                writable.push(WritablePoint {
+                    signal: Arc::from(point.name.as_str()),
+                    table: point.table,
+                    address: point.address,
+                    codec: codec.clone(),
+                    min: point.min,
+                    max: point.max,
+                    unit: point.unit.as_deref().map(Arc::from),
+                });
+            }
             by_table.entry(point.table).or_default().push(PlannedPoint {
                 signal: Arc::from(point.name.as_str()),
                 address: point.address,
@@ -295,6 +336,7 @@ fn check_point(device: &str, p: &PointConfig, issues: &mut Vec<String>) -> Optio
     if p.offset.is_some_and(|o| !o.is_finite()) {
         issue("`offset` must be finite".into());
     }
+    check_writable(p, &mut issue);
     (issues.len() == before).then(|| Codec {
         data_type: t,
         len,
@@ -303,6 +345,50 @@ fn check_point(device: &str, p: &PointConfig, issues: &mut Vec<String>) -> Optio
         scale: p.scale,
         offset: p.offset,
     })
+}
+
+/// The rules of a `writable` point: only the tables a master may write, no strings, and a
+/// number only with the range an operator may set, so a write can never reach a value nobody
+/// chose.
+fn check_writable(p: &PointConfig, issue: &mut impl FnMut(String)) {
+    let t = p.data_type;
+    let limits = p.min.is_some() || p.max.is_some();
+    if !p.writable {
+        if limits {
+            issue("`min`/`max` limit writes: set `writable = true` or remove them".into());
+        }
+        return;
+    }
+    if !matches!(p.table, Table::Holding | Table::Coil) {
+        issue(format!(
+            "{} points cannot be written: only holding registers and coils are writable",
+            p.table
+        ));
+        return;
+    }
+    if t == DataType::String {
+        issue("`string` points cannot be written".into());
+    }
+    if !t.is_numeric() {
+        if limits {
+            issue(format!("`min`/`max` apply to numbers, not `{t}`"));
+        }
+        return;
+    }
+    match (p.min, p.max) {
+        (Some(min), Some(max)) if !min.is_finite() || !max.is_finite() => {
+            issue("`min` and `max` must be finite".into());
+        }
+        (Some(min), Some(max)) if min > max => {
+            issue(format!("`min` {min} is above `max` {max}"));
+        }
+        (Some(_), Some(_)) => {}
+        _ => issue(
+            "a writable number needs `min` and `max`: the range operators may set, in \
+             engineering units"
+                .into(),
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -322,6 +408,9 @@ mod tests {
             scale: None,
             offset: None,
             unit: None,
+            writable: false,
+            min: None,
+            max: None,
         }
     }
 
@@ -382,7 +471,87 @@ mod tests {
             .iter()
             .map(|r| r.describe())
             .collect();
-        assert_eq!(tables, ["holding 0..2", "holding 100..108", "input 10..11"]);
+        assert_eq!(
+            tables,
+            [
+                "holding 0..2",
+                "holding 20..21",
+                "holding 100..108",
+                "input 10..11"
+            ]
+        );
+        let writable: Vec<_> = plans[0]
+            .writable
+            .iter()
+            .map(|p| (p.signal.to_string(), p.table, p.address, p.min, p.max))
+            .collect();
+        assert_eq!(
+            writable,
+            [
+                (
+                    "flow_setpoint".to_owned(),
+                    Table::Holding,
+                    20,
+                    Some(0.0),
+                    Some(120.0)
+                ),
+                ("running".to_owned(), Table::Coil, 0, None, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn writable_points_are_holding_registers_or_coils_with_a_range_for_numbers() {
+        let writable = |name: &str, table, address, t| PointConfig {
+            writable: true,
+            ..point(name, table, address, t)
+        };
+        let input = writable("input", Table::Input, 0, DataType::U16);
+        let discrete = writable("discrete", Table::Discrete, 0, DataType::Bool);
+        let mut text = writable("text", Table::Holding, 10, DataType::String);
+        text.length = Some(2);
+        let no_range = writable("no_range", Table::Holding, 20, DataType::F32);
+        let mut upside_down = writable("upside_down", Table::Holding, 30, DataType::U16);
+        (upside_down.min, upside_down.max) = (Some(10.0), Some(1.0));
+        let mut infinite = writable("infinite", Table::Holding, 31, DataType::U16);
+        (infinite.min, infinite.max) = (Some(0.0), Some(f64::INFINITY));
+        let mut coil_range = writable("coil_range", Table::Coil, 1, DataType::Bool);
+        coil_range.max = Some(1.0);
+        let mut not_writable = point("limited", Table::Holding, 40, DataType::U16);
+        not_writable.max = Some(5.0);
+        let mut fine = writable("fine", Table::Holding, 50, DataType::U16);
+        (fine.min, fine.max) = (Some(0.0), Some(100.0));
+        let errs = errors(&device(
+            vec![
+                input,
+                discrete,
+                text,
+                no_range,
+                upside_down,
+                infinite,
+                coil_range,
+                not_writable,
+                fine,
+            ],
+            0,
+        ));
+        let expect = [
+            "point `input`: input points cannot be written",
+            "point `discrete`: discrete points cannot be written",
+            "point `text`: `string` points cannot be written",
+            "point `no_range`: a writable number needs `min` and `max`",
+            "point `upside_down`: `min` 10 is above `max` 1",
+            "point `infinite`: `min` and `max` must be finite",
+            "point `coil_range`: `min`/`max` apply to numbers, not `bool`",
+            "point `limited`: `min`/`max` limit writes: set `writable = true`",
+        ];
+        for e in expect {
+            assert!(
+                errs.iter().any(|m| m.contains(e)),
+                "missing `{e}` in {errs:#?}"
+            );
+        }
+        assert_eq!(errs.len(), expect.len(), "{errs:#?}");
     }
 
     #[test]

@@ -15,7 +15,12 @@
 //! Backpressure: a full readings channel makes the device task wait (nothing is dropped);
 //! ticks missed while waiting are skipped, not queued. Shutdown: every task watches the
 //! caller's [`CancellationToken`], also while connecting, reading or sending.
+//!
+//! Writes (decision 0090) go through the same task and connection, between two polls and
+//! before the next: a device that allows one master connection sees one, and a write never
+//! interleaves with a poll's requests.
 
+use std::borrow::Cow;
 use std::future::{Future, poll_fn};
 use std::sync::Arc;
 use std::task::Poll;
@@ -23,15 +28,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
+use tokio::time::error::Elapsed;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
-use tokio_modbus::client::{Context, Reader, tcp};
-use tokio_modbus::{ExceptionCode, Slave};
+use tokio_modbus::client::{Client, Context, Reader, tcp};
+use tokio_modbus::{ExceptionCode, Request, Slave};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use super::config::{ModbusConfig, Table};
-use super::plan::{DevicePlan, PlannedPoint, ReadRequest, plan};
+use super::plan::{DevicePlan, PlannedPoint, ReadRequest, WritablePoint, plan};
+use super::write::{Encoded, ModbusWriter, WriteCommand, Written};
 use super::{ModbusError, Quality, Reading, Value};
 
 /// The running poller: one task per device, stopped by the shutdown token given to
@@ -39,6 +46,7 @@ use super::{ModbusError, Quality, Reading, Value};
 #[derive(Debug)]
 pub struct ModbusPoller {
     tracker: TaskTracker,
+    writer: ModbusWriter,
 }
 
 impl ModbusPoller {
@@ -59,12 +67,18 @@ impl ModbusPoller {
         shutdown: CancellationToken,
     ) -> Self {
         let tracker = TaskTracker::new();
-        for device in devices {
-            let task = DeviceTask::new(device, readings.clone(), shutdown.clone());
+        let (writer, commands) = ModbusWriter::new(&devices);
+        for (device, commands) in devices.into_iter().zip(commands) {
+            let task = DeviceTask::new(device, readings.clone(), commands, shutdown.clone());
             tracker.spawn(task.run());
         }
         tracker.close();
-        Self { tracker }
+        Self { tracker, writer }
+    }
+
+    /// The handle that sets the devices' writable points.
+    pub fn writer(&self) -> ModbusWriter {
+        self.writer.clone()
     }
 
     /// Waits until every device task has ended (after the shutdown token was cancelled, or
@@ -86,6 +100,7 @@ enum Data {
 struct DeviceTask {
     plan: Arc<DevicePlan>,
     readings: mpsc::Sender<Reading>,
+    commands: mpsc::Receiver<WriteCommand>,
     shutdown: CancellationToken,
     conn: Option<Context>,
     /// Delay applied at the next failure.
@@ -98,11 +113,17 @@ struct DeviceTask {
 }
 
 impl DeviceTask {
-    fn new(plan: DevicePlan, readings: mpsc::Sender<Reading>, shutdown: CancellationToken) -> Self {
+    fn new(
+        plan: DevicePlan,
+        readings: mpsc::Sender<Reading>,
+        commands: mpsc::Receiver<WriteCommand>,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             backoff: plan.reconnect_min,
             plan: Arc::new(plan),
             readings,
+            commands,
             shutdown,
             conn: None,
             retry_at: Instant::now(),
@@ -125,9 +146,16 @@ impl DeviceTask {
         debug!(device = %self.plan.id, address = %self.plan.address, maps = intervals.len(), "Modbus poller started.");
         let mut first = 0;
         loop {
+            // Writes first: an operator waits for them, a poll keeps its grid anyway.
             let index = tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => break,
+                Some(command) = self.commands.recv() => {
+                    if self.execute(command).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 index = next_tick(&mut intervals, first) => index,
             };
             // Round robin among maps due at once, so a slow map cannot starve the others.
@@ -173,40 +201,28 @@ impl DeviceTask {
 
     /// Runs one request, connecting first if needed; the inner error is the Bad reason.
     async fn read(&mut self, request: &ReadRequest) -> Result<Result<Data, String>, Stop> {
-        let mut ctx = match self.conn.take() {
-            Some(ctx) => ctx,
-            None => {
-                let now = Instant::now();
-                if now < self.retry_at {
-                    return Ok(Err(ModbusError::Disconnected {
-                        device: Arc::clone(&self.plan.id),
-                        retry_in_ms: millis(self.retry_at - now),
-                        last_error: self.last_error.clone(),
-                    }
-                    .to_string()));
-                }
-                let connected = tokio::select! {
-                    biased;
-                    () = self.shutdown.cancelled() => return Err(Stop),
-                    connected = connect(&self.plan) => connected,
-                };
-                match connected {
-                    Ok(ctx) => {
-                        info!(device = %self.plan.id, address = %self.plan.address, "Modbus device connected.");
-                        ctx
-                    }
-                    Err(err) => {
-                        let reason = err.to_string();
-                        self.failed(&reason);
-                        return Ok(Err(reason));
-                    }
-                }
-            }
-        };
+        Ok(self
+            .read_range(request.table, request.start, request.count, || {
+                request.describe()
+            })
+            .await?
+            .map_err(|e| e.to_string()))
+    }
 
+    /// Reads `count` items of `table` from `start` on the device's connection.
+    async fn read_range(
+        &mut self,
+        table: Table,
+        start: u16,
+        count: u16,
+        describe: impl Fn() -> String,
+    ) -> Result<Result<Data, ModbusError>, Stop> {
+        let mut ctx = match self.connection(false).await? {
+            Ok(ctx) => ctx,
+            Err(e) => return Ok(Err(e)),
+        };
         let call = async {
-            let (start, count) = (request.start, request.count);
-            match request.table {
+            match table {
                 Table::Holding => ctx
                     .read_holding_registers(start, count)
                     .await
@@ -225,13 +241,50 @@ impl DeviceTask {
                     .map(|r| r.map(Data::Bits)),
             }
         };
-        let result = tokio::select! {
+        let result = timed(&self.shutdown, self.plan.timeout, call).await?;
+        Ok(self.settle(ctx, result, describe))
+    }
+
+    /// The open connection, or a new one. Between reconnect attempts a poll is answered
+    /// "disconnected" at once; a write (`now`) tries to connect anyway: a person asked for it.
+    async fn connection(&mut self, now: bool) -> Result<Result<Context, ModbusError>, Stop> {
+        if let Some(ctx) = self.conn.take() {
+            return Ok(Ok(ctx));
+        }
+        let at = Instant::now();
+        if !now && at < self.retry_at {
+            return Ok(Err(ModbusError::Disconnected {
+                device: Arc::clone(&self.plan.id),
+                retry_in_ms: millis(self.retry_at - at),
+                last_error: self.last_error.clone(),
+            }));
+        }
+        let connected = tokio::select! {
             biased;
             () = self.shutdown.cancelled() => return Err(Stop),
-            result = tokio::time::timeout(self.plan.timeout, call) => result,
+            connected = connect(&self.plan) => connected,
         };
+        Ok(match connected {
+            Ok(ctx) => {
+                info!(device = %self.plan.id, address = %self.plan.address, "Modbus device connected.");
+                Ok(ctx)
+            }
+            Err(err) => {
+                self.failed(&err.to_string());
+                Err(err)
+            }
+        })
+    }
+
+    /// Keeps the connection unless the call failed on it, and names the failure.
+    fn settle<T>(
+        &mut self,
+        ctx: Context,
+        result: Result<tokio_modbus::Result<T>, Elapsed>,
+        describe: impl Fn() -> String,
+    ) -> Result<T, ModbusError> {
         let device = Arc::clone(&self.plan.id);
-        Ok(match result {
+        match result {
             Ok(Ok(Ok(data))) => {
                 self.conn = Some(ctx);
                 self.succeeded();
@@ -241,31 +294,124 @@ impl DeviceTask {
                 // The device answered: the connection is fine, only this request failed.
                 self.conn = Some(ctx);
                 self.succeeded();
-                let err = exception(device, request, code);
+                let err = exception(device, describe(), code);
                 debug!(error = %err, "Modbus exception.");
-                Err(err.to_string())
+                Err(err)
             }
             Ok(Err(source)) => {
-                let reason = ModbusError::Transport {
+                let err = ModbusError::Transport {
                     device,
-                    request: request.describe(),
+                    request: describe(),
                     source,
-                }
-                .to_string();
-                self.failed(&reason);
-                Err(reason)
+                };
+                self.failed(&err.to_string());
+                Err(err)
             }
             Err(_elapsed) => {
-                let reason = ModbusError::Timeout {
+                let err = ModbusError::Timeout {
                     device,
-                    request: request.describe(),
+                    request: describe(),
                     timeout_ms: millis(self.plan.timeout),
-                }
-                .to_string();
-                self.failed(&reason);
-                Err(reason)
+                };
+                self.failed(&err.to_string());
+                Err(err)
             }
-        })
+        }
+    }
+
+    /// Carries out one write unless its deadline passed while it waited, and answers it.
+    async fn execute(&mut self, command: WriteCommand) -> Result<(), Stop> {
+        let WriteCommand {
+            point,
+            data,
+            deadline,
+            reply,
+        } = command;
+        let now = Instant::now();
+        let outcome = if now > deadline {
+            Err(ModbusError::Expired {
+                device: Arc::clone(&self.plan.id),
+                waited_ms: millis(now - deadline),
+            })
+        } else {
+            self.write_point(&point, &data).await?
+        };
+        match &outcome {
+            Ok(written) => {
+                info!(device = %self.plan.id, signal = %point.signal, read_back = ?written.read_back, confirmed = written.confirmed, "Modbus point written.");
+            }
+            Err(e) => {
+                warn!(device = %self.plan.id, signal = %point.signal, error = %e, "Modbus write failed.")
+            }
+        }
+        // The caller waits for the answer to the end (the API runs it to completion).
+        let _ = reply.send(outcome);
+        Ok(())
+    }
+
+    /// Writes `data` to the point, then reads the point back.
+    async fn write_point(
+        &mut self,
+        point: &WritablePoint,
+        data: &Encoded,
+    ) -> Result<Result<Written, ModbusError>, Stop> {
+        let (table, address, count) = (point.table, point.address, point.codec.len);
+        let range = move || {
+            format!(
+                "{table} {address}..{}",
+                u32::from(address) + u32::from(count)
+            )
+        };
+        let mut ctx = match self.connection(true).await? {
+            Ok(ctx) => ctx,
+            Err(e) => return Ok(Err(e)),
+        };
+        // Through `call`, not `Writer`: tokio-modbus debug-asserts that a single write's echo
+        // repeats the value, and a device that clamps echoes what it kept. The read-back
+        // below is what tells whether the value was taken.
+        let request = match data {
+            Encoded::Bit(bit) => Request::WriteSingleCoil(address, *bit),
+            Encoded::Registers(words) if words.len() == 1 => {
+                Request::WriteSingleRegister(address, words[0])
+            }
+            Encoded::Registers(words) => {
+                Request::WriteMultipleRegisters(address, Cow::Borrowed(words.as_slice()))
+            }
+        };
+        let call = async { ctx.call(request).await.map(|answer| answer.map(|_| ())) };
+        let result = timed(&self.shutdown, self.plan.timeout, call).await?;
+        if let Err(e) = self.settle(ctx, result, || format!("write {}", range())) {
+            return Ok(Err(e));
+        }
+        let read = self
+            .read_range(table, address, count, || format!("read back {}", range()))
+            .await?;
+        let as_read = PlannedPoint {
+            signal: Arc::clone(&point.signal),
+            address,
+            offset: 0,
+            codec: point.codec.clone(),
+            unit: point.unit.clone(),
+        };
+        Ok(read.and_then(|answer| {
+            let read_back =
+                decode_point(&answer, &as_read).map_err(|reason| ModbusError::ReadBack {
+                    device: Arc::clone(&self.plan.id),
+                    signal: point.signal.to_string(),
+                    reason,
+                })?;
+            // Compared as registers, not values: a float that did not survive the device, or
+            // a device that clamps, shows here even when the decoded values look alike.
+            let confirmed = match (&answer, data) {
+                (Data::Registers(read), Encoded::Registers(written)) => read == written,
+                (Data::Bits(read), Encoded::Bit(written)) => read.first() == Some(written),
+                _ => false,
+            };
+            Ok(Written {
+                read_back,
+                confirmed,
+            })
+        }))
     }
 
     fn succeeded(&mut self) {
@@ -301,6 +447,20 @@ impl DeviceTask {
                 Stop
             }),
         }
+    }
+}
+
+/// Runs one call within the device's timeout, or stops. (Not a method: the task's state,
+/// which holds a connection that is not `Sync`, must not be borrowed across the await.)
+async fn timed<T>(
+    shutdown: &CancellationToken,
+    timeout: Duration,
+    call: impl Future<Output = tokio_modbus::Result<T>>,
+) -> Result<Result<tokio_modbus::Result<T>, Elapsed>, Stop> {
+    tokio::select! {
+        biased;
+        () = shutdown.cancelled() => Err(Stop),
+        result = tokio::time::timeout(timeout, call) => Ok(result),
     }
 }
 
@@ -355,7 +515,7 @@ fn decode_point(data: &Data, point: &PlannedPoint) -> Result<Value, String> {
     }
 }
 
-fn exception(device: Arc<str>, request: &ReadRequest, code: ExceptionCode) -> ModbusError {
+fn exception(device: Arc<str>, request: String, code: ExceptionCode) -> ModbusError {
     let code = u8::from(code);
     let name = match code {
         0x01 => "illegal function",
@@ -371,7 +531,7 @@ fn exception(device: Arc<str>, request: &ReadRequest, code: ExceptionCode) -> Mo
     };
     ModbusError::Exception {
         device,
-        request: request.describe(),
+        request,
         code,
         name,
     }

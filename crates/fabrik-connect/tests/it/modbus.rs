@@ -128,6 +128,9 @@ fn pt(name: &str, table: Table, address: u16, t: DataType) -> PointConfig {
         scale: None,
         offset: None,
         unit: None,
+        writable: false,
+        min: None,
+        max: None,
     }
 }
 
@@ -621,4 +624,159 @@ fn now_ns() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
+}
+
+/// A point declared writable, with the range operators may set.
+fn writable(mut p: PointConfig, range: Option<(f64, f64)>) -> PointConfig {
+    p.writable = true;
+    if let Some((min, max)) = range {
+        (p.min, p.max) = (Some(min), Some(max));
+    }
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_reach_pymodbus_are_read_back_and_refused_where_they_must_be() {
+    use fabrik_connect::modbus::{ModbusError, SetValue};
+    let peer = Peer::start();
+    let mut speed = writable(
+        pt("speed", Table::Holding, 42, DataType::U16),
+        Some((0.0, 200.0)),
+    );
+    speed.scale = Some(0.1);
+    let flow = writable(
+        ordered(
+            pt("flow", Table::Holding, 43, DataType::F32),
+            Order::Big,
+            Order::Little,
+        ),
+        Some((-10.0, 10.0)),
+    );
+    let clamped = writable(
+        pt("clamped", Table::Holding, 45, DataType::U16),
+        Some((0.0, 1000.0)),
+    );
+    let locked = writable(
+        pt("locked", Table::Holding, 46, DataType::U16),
+        Some((0.0, 10.0)),
+    );
+    let pump = writable(pt("pump", Table::Coil, 5, DataType::Bool), None);
+    let config = ModbusConfig {
+        devices: vec![device(
+            "plc-w",
+            peer.address(),
+            100,
+            vec![
+                speed,
+                flow,
+                clamped,
+                locked,
+                pump,
+                pt("fixed", Table::Holding, 0, DataType::U16),
+            ],
+        )],
+    };
+    let (tx, mut rx) = mpsc::channel(64);
+    let shutdown = CancellationToken::new();
+    let poller = ModbusPoller::start(&config, tx, shutdown.clone()).expect("valid config");
+    let writer = poller.writer();
+    // Keep the readings flowing: the task must not wait on a full channel.
+    let drain = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(r) = rx.recv().await {
+            seen.push(r);
+        }
+        seen
+    });
+
+    // A scaled register: 123.4 is 1234 on the wire, and read back as 123.4.
+    let written = writer
+        .write("plc-w", "speed", SetValue::Number(123.4))
+        .await
+        .expect("speed written");
+    assert_eq!(written.read_back, Value::F64(123.4));
+    assert!(written.confirmed);
+    // A float over two registers, words swapped.
+    let written = writer
+        .write("plc-w", "flow", SetValue::Number(-2.5))
+        .await
+        .expect("flow written");
+    assert_eq!(written.read_back, Value::F64(-2.5));
+    assert!(written.confirmed);
+    // A coil.
+    let written = writer
+        .write("plc-w", "pump", SetValue::Bool(true))
+        .await
+        .expect("pump switched");
+    assert_eq!(written.read_back, Value::Bool(true));
+    assert!(written.confirmed);
+    // The device keeps at most 500: the write is answered, but not confirmed.
+    let written = writer
+        .write("plc-w", "clamped", SetValue::Number(900.0))
+        .await
+        .expect("clamped answered");
+    assert_eq!(written.read_back, Value::I64(500));
+    assert!(!written.confirmed, "a clamped value is not the one written");
+    // A register the device refuses to write.
+    match writer.write("plc-w", "locked", SetValue::Number(3.0)).await {
+        Err(ModbusError::Exception {
+            code: 0x02,
+            request,
+            ..
+        }) => {
+            assert_eq!(request, "write holding 46..47");
+        }
+        other => panic!("expected exception 0x02, got {other:?}"),
+    }
+    // Refused before anything is sent.
+    for (signal, value, want) in [
+        (
+            "speed",
+            SetValue::Number(200.5),
+            "outside the point's range 0..=200",
+        ),
+        ("speed", SetValue::Number(12.34), "cannot be stored exactly"),
+        ("pump", SetValue::Number(1.0), "give true or false"),
+    ] {
+        let e = writer.write("plc-w", signal, value).await.unwrap_err();
+        assert!(
+            matches!(e, ModbusError::InvalidValue { .. }) && e.to_string().contains(want),
+            "{signal} = {value}: {e}"
+        );
+    }
+    let e = writer
+        .write("plc-w", "fixed", SetValue::Number(1.0))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ModbusError::NotWritable { .. }), "{e}");
+    let e = writer
+        .write("plc-x", "speed", SetValue::Number(1.0))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ModbusError::UnknownDevice(_)), "{e}");
+
+    // The polls saw the written values: the writes changed the device, not just an echo.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stop(poller, shutdown).await;
+    let seen = drain.await.expect("drain");
+    let last = |signal: &str| {
+        seen.iter()
+            .rev()
+            .find(|r| &*r.signal == signal && r.quality == Quality::Good)
+            .and_then(|r| r.value.clone())
+    };
+    assert_eq!(last("speed"), Some(Value::F64(123.4)));
+    assert_eq!(last("flow"), Some(Value::F64(-2.5)));
+    assert_eq!(last("pump"), Some(Value::Bool(true)));
+    assert_eq!(
+        last("locked"),
+        Some(Value::I64(7)),
+        "the refused write changed nothing"
+    );
+    // The writer outlives its tasks, and says so.
+    let e = writer
+        .write("plc-w", "speed", SetValue::Number(1.0))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ModbusError::Stopped(_)), "{e}");
 }

@@ -8,6 +8,7 @@ decoder, so the tests compare two implementations.
 
 Layout (addresses are 0-based, as on the wire). Holding and input registers hold the same
 values; only addresses 0..HOLDING_SIZE-1 exist, anything above answers exception 0x02.
+Holding registers 42..46 are for the write tests.
 
   addr  type  byte  word  value
   0     u16   big   -     51234
@@ -29,6 +30,10 @@ values; only addresses 0..HOLDING_SIZE-1 exist, anything above answers exception
   36    string little -   "pump" (2 registers)
   38    u16   big   -     1000 (scale 0.1, offset -20 in the tests -> 80.0)
   40    i32   big   big   0 (1 register of padding between 39 and 40 tests gap merging)
+  42    u16   big   -     0, writable
+  43    f32   big   little 0.0, writable
+  45    u16   big   -     0, writable, but the server keeps at most 500 (a device that clamps)
+  46    u16   big   -     7, read-only: a write answers exception 0x02
 
 Coils 0..15: True at 0, 3, 9. Discrete inputs 0..15: True at 1, 2, 15.
 
@@ -43,7 +48,10 @@ import sys
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-HOLDING_SIZE = 42
+HOLDING_SIZE = 47
+CLAMPED = 45
+CLAMP = 500
+READ_ONLY = 46
 
 
 def words(raw: bytes, byte_order: str, word_order: str) -> list[int]:
@@ -86,7 +94,17 @@ def register_values() -> list[int]:
     put(36, string_words("pump", "little", 2))
     put(38, [1000])
     put(40, words(struct.pack(">i", 0), "big", "big"))
+    put(READ_ONLY, [7])
     return regs
+
+
+async def clamp(function_code, start_address, address, count, registers, set_values):
+    """Keeps register CLAMPED at most CLAMP, as a drive keeps its speed setpoint in range."""
+    if set_values is not None and function_code in (6, 16):
+        for i in range(count):
+            if address + i == CLAMPED and set_values[i] > CLAMP:
+                set_values[i] = CLAMP
+    return None
 
 
 def device() -> SimDevice:
@@ -98,9 +116,18 @@ def device() -> SimDevice:
         simdata=(
             [SimData(0, values=coils, datatype=DataType.BITS)],
             [SimData(0, values=discretes, datatype=DataType.BITS)],
-            [SimData(0, values=regs, datatype=DataType.REGISTERS)],
+            [
+                SimData(0, values=regs[:READ_ONLY], datatype=DataType.REGISTERS),
+                SimData(
+                    READ_ONLY,
+                    values=regs[READ_ONLY:],
+                    datatype=DataType.REGISTERS,
+                    readonly=True,
+                ),
+            ],
             [SimData(0, values=regs, datatype=DataType.REGISTERS)],
         ),
+        action=clamp,
     )
 
 

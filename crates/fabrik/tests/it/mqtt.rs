@@ -589,6 +589,26 @@ fn the_demo_plant_publishes_through_the_endpoint_within_seconds() {
         );
         rows.first().is_some_and(|r| r["setpoint"] == 9.0)
     });
+    // Through Fabrik (decision 0090): the demo's chillers declare the set-point writable
+    // within 4..=15 °C, the range their controllers take.
+    let (ok, out) =
+        crate::support::client_command(&p.url, &["device", "set", "chiller-02", "setpoint", "8.5"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("chiller-02/setpoint = 8.5"), "{out}");
+    let (ok, out) =
+        crate::support::client_command(&p.url, &["device", "set", "chiller-02", "setpoint", "3"]);
+    assert!(
+        !ok && out.contains("outside the point's range 4..=15 °C"),
+        "{out}"
+    );
+    eventually("the set-point written through Fabrik is polled", || {
+        let rows = query(
+            &p.url,
+            "SELECT setpoint FROM chiller WHERE device = 'chiller-02' AND setpoint IS NOT NULL \
+             ORDER BY time DESC LIMIT 1",
+        );
+        rows.first().is_some_and(|r| r["setpoint"] == 8.5)
+    });
 }
 
 /// `mosquitto_sub` with a persistent session (`-c`), QoS 1, until `count` messages or `wait`

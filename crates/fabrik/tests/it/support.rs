@@ -66,6 +66,7 @@ impl Server {
             kpi_meter: None,
             https: false,
             writes: None,
+            setpoints: None,
         };
         let stop = CancellationToken::new();
         tokio::spawn(fabrik_api::serve(listener, state, stop.clone(), None));

@@ -82,7 +82,12 @@ fn cli(url: &str, args: &[&str], stdin: Option<&str>) -> (bool, String) {
 
 /// Adds an operator with `fabrik user add`; returns the generated password it printed.
 fn add_operator(url: &str, name: &str) -> String {
-    let (ok, out) = cli(url, &["add", name, "--role", "operator"], None);
+    add_user(url, name, "operator")
+}
+
+/// Adds a user of `role` with `fabrik user add`; returns the generated password it printed.
+pub(crate) fn add_user(url: &str, name: &str, role: &str) -> String {
+    let (ok, out) = cli(url, &["add", name, "--role", role], None);
     assert!(ok, "{out}");
     out.lines()
         .find_map(|l| l.strip_prefix("password: "))
@@ -91,7 +96,11 @@ fn add_operator(url: &str, name: &str) -> String {
         .to_owned()
 }
 
-fn sign_in(url: &str, name: &str, password: &str) -> (u16, serde_json::Value, Option<String>) {
+pub(crate) fn sign_in(
+    url: &str,
+    name: &str,
+    password: &str,
+) -> (u16, serde_json::Value, Option<String>) {
     call(
         url,
         reqwest::Method::POST,

@@ -1,0 +1,369 @@
+//! `/api/v1/setpoints` and `/api/v1/devices/{id}/setpoints/{signal}` (decision 0090): the
+//! points operators may set on devices, and setting one. Nothing is writable unless a
+//! connector's configuration declares it; a write is an operator's act, recorded in the audit
+//! log with its value and outcome, and stored as a row of `_device_writes` (who, what, what the
+//! device read back) so that a change in the data can be traced to the write that caused it.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
+use fabrik_registry::AuditEvent;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::ApiState;
+use crate::error::ApiError;
+
+/// The table every write to a device is stored in.
+pub const DEVICE_WRITES_TABLE: &str = "_device_writes";
+/// The field of [`DEVICE_WRITES_TABLE`] that names who wrote, and the one with their words.
+pub const ACTOR: &str = "actor";
+/// See [`ACTOR`].
+pub const NOTE: &str = "note";
+/// The longest `note` kept with a write.
+const MAX_NOTE: usize = 500;
+
+/// A point operators may set.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Setpoint {
+    /// Device id.
+    pub device: String,
+    /// Signal (point) name.
+    pub signal: String,
+    /// The connector that writes it: `modbus`.
+    pub protocol: String,
+    /// Where on the device: `holding 20..21`, `coil 0..1`.
+    pub address: String,
+    /// Its type as configured (`u16`, `f32`, `bool`, ...).
+    pub data_type: String,
+    /// Lowest value a write may set, in engineering units (numbers only).
+    pub min: Option<f64>,
+    /// Highest value a write may set, in engineering units (numbers only).
+    pub max: Option<f64>,
+    /// Engineering unit.
+    pub unit: Option<String>,
+}
+
+/// A value to set: a number in engineering units, or true/false for a coil.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub enum SetpointValue {
+    /// For switches (coils, `bool` registers).
+    Bool(bool),
+    /// For numbers.
+    Number(f64),
+}
+
+impl std::fmt::Display for SetpointValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Bool(v) => write!(f, "{v}"),
+            Self::Number(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// `POST /api/v1/devices/{id}/setpoints/{signal}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetRequest {
+    /// The value to set.
+    pub value: SetpointValue,
+    /// Why (a work order, a shift note): kept with the write (at most 500 characters).
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+/// A write the device answered.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct SetpointWritten {
+    /// Device id.
+    pub device: String,
+    /// Signal name.
+    pub signal: String,
+    /// The value asked for.
+    pub value: SetpointValue,
+    /// The point's value read back from the device after the write (a number, true/false).
+    #[schema(value_type = Object)]
+    pub read_back: serde_json::Value,
+    /// Whether the device holds exactly what was written. False when it answered the write
+    /// but kept a value of its own (a drive that clamps its setpoint, a PLC program that
+    /// overwrites the register).
+    pub confirmed: bool,
+    /// When it was written (RFC 3339).
+    pub time: String,
+}
+
+/// Why a write was not carried out (or not as asked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetpointError {
+    /// No such device among the connectors'.
+    UnknownDevice(String),
+    /// The point is not declared writable (or does not exist): nothing is by default.
+    NotWritable(String),
+    /// The value is not one the point may take; nothing was sent.
+    Invalid(String),
+    /// Too many writes wait for the device; nothing was sent.
+    Busy(String),
+    /// The device cannot be reached; nothing was sent.
+    Unavailable(String),
+    /// The device refused the write (a protocol exception) or the connection broke during
+    /// it: the write may not have been applied.
+    DeviceFailed(String),
+    /// No answer in time: whether the device applied it is unknown.
+    Timeout(String),
+}
+
+impl SetpointError {
+    /// Whether the write may have reached the device (so it is stored as a failed write).
+    fn may_have_been_sent(&self) -> bool {
+        matches!(self, Self::DeviceFailed(_) | Self::Timeout(_))
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            Self::UnknownDevice(m)
+            | Self::NotWritable(m)
+            | Self::Invalid(m)
+            | Self::Busy(m)
+            | Self::Unavailable(m)
+            | Self::DeviceFailed(m)
+            | Self::Timeout(m) => m,
+        }
+    }
+}
+
+impl From<SetpointError> for ApiError {
+    fn from(error: SetpointError) -> Self {
+        let (status, code) = match &error {
+            SetpointError::UnknownDevice(_) => (StatusCode::NOT_FOUND, "not_found"),
+            SetpointError::NotWritable(_) => (StatusCode::FORBIDDEN, "not_writable"),
+            SetpointError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_value"),
+            SetpointError::Busy(_) => (StatusCode::TOO_MANY_REQUESTS, "busy"),
+            SetpointError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            SetpointError::DeviceFailed(_) => (StatusCode::BAD_GATEWAY, "device_failed"),
+            SetpointError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, "device_timeout"),
+        };
+        ApiError::new(status, code, error.message())
+    }
+}
+
+/// What the device answered to a write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceAnswer {
+    /// The point read back after the write.
+    pub read_back: serde_json::Value,
+    /// Whether it holds exactly what was written.
+    pub confirmed: bool,
+}
+
+/// Sets writable points; the connectors implement it (the Modbus module today).
+pub trait SetpointControl: Send + Sync {
+    /// Every writable point.
+    fn setpoints(&self) -> Vec<Setpoint>;
+    /// Checks `value` against the point and writes it.
+    fn set(
+        &self,
+        device: String,
+        signal: String,
+        value: SetpointValue,
+    ) -> BoxFuture<'_, Result<DeviceAnswer, SetpointError>>;
+}
+
+fn control(state: &ApiState) -> Result<&Arc<dyn SetpointControl>, ApiError> {
+    state.setpoints.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "no connector that writes to devices runs in this process (see --target)",
+        )
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/setpoints", tag = "devices", security(("token" = [])),
+    responses((status = 200, description = "every point operators may set, by device", body = [Setpoint])))]
+pub(crate) async fn list(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
+    State(state): State<ApiState>,
+) -> Json<Vec<Setpoint>> {
+    Json(
+        state
+            .setpoints
+            .as_ref()
+            .map(|c| c.setpoints())
+            .unwrap_or_default(),
+    )
+}
+
+#[utoipa::path(post, path = "/api/v1/devices/{id}/setpoints/{signal}", tag = "devices", security(("token" = [])),
+    params(("id" = String, Path, description = "device id"),
+           ("signal" = String, Path, description = "the point")),
+    request_body = SetRequest,
+    responses((status = 200, description = "written and read back; `confirmed` says whether \
+        the device holds what was written", body = SetpointWritten),
+              (status = 400, description = "the body is not a value", body = crate::error::ErrorBody),
+              (status = 403, description = "not an operator, or the point is not writable", body = crate::error::ErrorBody),
+              (status = 404, description = "no such device", body = crate::error::ErrorBody),
+              (status = 422, description = "the value is of the wrong kind, outside the \
+        point's range or not exactly representable; nothing was sent", body = crate::error::ErrorBody),
+              (status = 429, description = "too many writes wait for the device", body = crate::error::ErrorBody),
+              (status = 502, description = "the device refused the write or the connection \
+        broke during it", body = crate::error::ErrorBody),
+              (status = 503, description = "the device cannot be reached, or no connector \
+        that writes runs here", body = crate::error::ErrorBody),
+              (status = 504, description = "no answer in time: whether the device applied it \
+        is unknown", body = crate::error::ErrorBody)))]
+pub(crate) async fn set(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
+    State(state): State<ApiState>,
+    Extension(identity): Extension<crate::Identity>,
+    Path((device, signal)): Path<(String, String)>,
+    crate::extract::Json(request): crate::extract::Json<SetRequest>,
+) -> Result<Json<SetpointWritten>, ApiError> {
+    if let Some(note) = &request.note
+        && note.chars().count() > MAX_NOTE
+    {
+        return Err(ApiError::bad_request(format!(
+            "`note` has {} characters; at most {MAX_NOTE} are kept",
+            note.chars().count()
+        )));
+    }
+    let control = Arc::clone(control(&state)?);
+    // To completion: a client that hangs up must not leave a write made but unrecorded.
+    crate::audit::to_completion(async move {
+        let time = Timestamp::now();
+        let outcome = control
+            .set(device.clone(), signal.clone(), request.value)
+            .await;
+        let written = Written {
+            actor: &identity.name,
+            device: &device,
+            signal: &signal,
+            value: request.value,
+            note: request.note.as_deref(),
+            time,
+        };
+        written.store(&state, &outcome).await;
+        written.audit(&state, &outcome).await;
+        let answer = outcome?;
+        Ok(Json(SetpointWritten {
+            device,
+            signal,
+            value: request.value,
+            read_back: answer.read_back,
+            confirmed: answer.confirmed,
+            time: fabrik_alert::model::rfc3339(time.nanos()),
+        }))
+    })
+    .await?
+}
+
+/// One write's record.
+struct Written<'a> {
+    actor: &'a str,
+    device: &'a str,
+    signal: &'a str,
+    value: SetpointValue,
+    note: Option<&'a str>,
+    time: Timestamp,
+}
+
+impl Written<'_> {
+    /// A `_device_writes` row, for every write that may have reached the device. A failure to
+    /// store it is logged: the device has been written either way, and the audit log has it.
+    async fn store(&self, state: &ApiState, outcome: &Result<DeviceAnswer, SetpointError>) {
+        let (status, read_back, reason) = match outcome {
+            Ok(answer) if answer.confirmed => ("confirmed", Some(&answer.read_back), None),
+            Ok(answer) => ("unconfirmed", Some(&answer.read_back), None),
+            Err(e) if e.may_have_been_sent() => ("failed", None, Some(e.message())),
+            Err(_) => return,
+        };
+        // `actor` and `note` are fields, not tags: erasing a person (decision 0040) rewrites
+        // them in place, which a tag (part of the series' identity) would not allow.
+        let mut fields = vec![
+            ("value".to_owned(), Value::F64(number(self.value))),
+            (ACTOR.to_owned(), Value::Str(self.actor.to_owned())),
+        ];
+        if let Some(read_back) = read_back.and_then(json_number) {
+            fields.push(("read_back".to_owned(), Value::F64(read_back)));
+        }
+        if let Some(note) = self.note {
+            fields.push((NOTE.to_owned(), Value::Str(note.to_owned())));
+        }
+        if let Some(reason) = reason {
+            fields.push(("reason".to_owned(), Value::Str(reason.to_owned())));
+        }
+        let point = Point {
+            measurement: DEVICE_WRITES_TABLE.to_owned(),
+            tags: vec![
+                ("device".to_owned(), self.device.to_owned()),
+                ("signal".to_owned(), self.signal.to_owned()),
+                ("status".to_owned(), status.to_owned()),
+            ],
+            fields,
+            time: self.time,
+            quality: Quality::Good,
+        };
+        let lineage = Lineage {
+            source: SourceId("api:setpoints".into()),
+            raw_id: state.store.next_raw_id(),
+            mapping_version: 0,
+        };
+        if let Err(e) = state
+            .store
+            .write_points(&[point], lineage, DEVICE_WRITES_TABLE)
+            .await
+        {
+            metrics::counter!("fabrik_device_write_records_failed_total").increment(1);
+            tracing::error!(device = self.device, signal = self.signal, error = %e, "Could not store a write to a device.");
+        }
+    }
+
+    /// The audit entry, naming the value and what became of it.
+    async fn audit(&self, state: &ApiState, outcome: &Result<DeviceAnswer, SetpointError>) {
+        let (status, result) = match outcome {
+            Ok(answer) => (
+                StatusCode::OK,
+                format!(
+                    "read back {}{}",
+                    answer.read_back,
+                    if answer.confirmed {
+                        ""
+                    } else {
+                        ", not what was written"
+                    }
+                ),
+            ),
+            Err(e) => (ApiError::from(e.clone()).status(), e.message().to_owned()),
+        };
+        crate::audit::record(
+            state,
+            AuditEvent {
+                actor: self.actor.to_owned(),
+                action: "POST /api/v1/devices/{id}/setpoints/{signal}".to_owned(),
+                target: format!("{}/{} = {}: {result}", self.device, self.signal, self.value),
+                status: status.as_u16(),
+            },
+        )
+        .await;
+    }
+}
+
+/// A value as the number stored: switches as 1 and 0.
+fn number(value: SetpointValue) -> f64 {
+    match value {
+        SetpointValue::Bool(b) => f64::from(u8::from(b)),
+        SetpointValue::Number(v) => v,
+    }
+}
+
+fn json_number(value: &serde_json::Value) -> Option<f64> {
+    match value {
+        serde_json::Value::Bool(b) => Some(f64::from(u8::from(*b))),
+        other => other.as_f64(),
+    }
+}
