@@ -33,10 +33,8 @@ pub(crate) fn records(method: &Method, route: &str) -> bool {
         // does not name them.
         return matches!(*method, Method::GET | Method::HEAD);
     }
-    // A write to a device records itself, with the value and what the device answered.
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
         && !DATA_ROUTES.contains(&route)
-        && route != "/api/v1/devices/{id}/setpoints/{signal}"
 }
 
 /// Appends to the audit log when the registry runs in this process. A failure to record is
@@ -84,8 +82,15 @@ pub(crate) async fn to_completion<T: Send + 'static>(
     }
 }
 
-/// Runs the rest of an audited request, then records it, to completion (see
-/// [`to_completion`]).
+/// Marks a response whose handler recorded its own, more telling audit entry (a write to a
+/// device names its value and outcome): the request is then not recorded a second time. A
+/// request refused before its handler ran (a body that does not parse) has no mark and is
+/// recorded as any other.
+#[derive(Debug, Clone, Copy)]
+pub struct SelfRecorded;
+
+/// Runs the rest of an audited request, then records it unless its handler did, to
+/// completion (see [`to_completion`]).
 pub(crate) async fn run_recorded(
     state: ApiState,
     event: AuditEvent,
@@ -94,8 +99,10 @@ pub(crate) async fn run_recorded(
 ) -> axum::response::Response {
     to_completion(async move {
         let response = next.run(request).await;
-        let status = response.status().as_u16();
-        record(&state, AuditEvent { status, ..event }).await;
+        if response.extensions().get::<SelfRecorded>().is_none() {
+            let status = response.status().as_u16();
+            record(&state, AuditEvent { status, ..event }).await;
+        }
         response
     })
     .await

@@ -39,6 +39,8 @@ pub struct ComplianceFacts {
     pub mqtt_acl_rules: usize,
     /// Device points declared writable (`writable = true`) where their connector runs here.
     pub writable_points: usize,
+    /// Of those, the Modbus points (Modbus TCP has no authentication of its own).
+    pub writable_modbus_points: usize,
     /// ONNX models load only when signed by a trusted key.
     pub models_signature_required: bool,
     /// Trusted model-signing keys.
@@ -352,12 +354,14 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
              its value and in `_device_writes` with what the device read back",
             facts.writable_points
         ));
-        gaps.push(
-            "Modbus TCP has no authentication of its own: the writable registers can be \
-             written by any host that reaches the device, not only through Fabrik; keep the \
-             devices on a network zone Fabrik alone reaches (IEC 62443-3-3 SR 5.1)"
-                .to_owned(),
-        );
+        if facts.writable_modbus_points > 0 {
+            gaps.push(
+                "Modbus TCP has no authentication of its own: the writable registers can be \
+                 written by any host that reaches the device, not only through Fabrik; keep \
+                 the devices on a network zone Fabrik alone reaches (IEC 62443-3-3 SR 5.1)"
+                    .to_owned(),
+            );
+        }
     }
     controls.push(control(
         &["IEC 62443-3-3 SR 2.1", "NIST 800-53 AC-3", "AC-6"],
@@ -1014,6 +1018,9 @@ mod tests {
         );
         assert!(!gaps.contains("Modbus TCP"), "{gaps}");
         facts.writable_points = 3;
+        let (_, gaps) = ac3(&facts);
+        assert!(!gaps.contains("Modbus TCP"), "OPC UA items only: {gaps}");
+        facts.writable_modbus_points = 1;
         let (evidence, gaps) = ac3(&facts);
         assert!(
             evidence.contains("only the 3 point(s) declared writable"),
@@ -1025,6 +1032,7 @@ mod tests {
             ControlStatus::Partial
         );
         facts.writable_points = 0;
+        facts.writable_modbus_points = 0;
         facts.mqtt_acl_rules = 2;
         let controls = assess(&facts, &live);
         assert_eq!(

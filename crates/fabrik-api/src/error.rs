@@ -25,6 +25,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// Its handler recorded the request in the audit log already.
+    self_recorded: bool,
 }
 
 impl ApiError {
@@ -34,6 +36,16 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            self_recorded: false,
+        }
+    }
+
+    /// Marks the error as recorded in the audit log by its handler (see
+    /// [`crate::audit::SelfRecorded`]).
+    pub fn self_recorded(self) -> Self {
+        Self {
+            self_recorded: true,
+            ..self
         }
     }
 
@@ -98,6 +110,10 @@ impl IntoResponse for ApiError {
             code: self.code,
             message: self.message,
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.self_recorded {
+            response.extensions_mut().insert(crate::audit::SelfRecorded);
+        }
+        response
     }
 }

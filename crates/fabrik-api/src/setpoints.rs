@@ -34,11 +34,12 @@ pub struct Setpoint {
     pub device: String,
     /// Signal (point) name.
     pub signal: String,
-    /// The connector that writes it: `modbus`.
+    /// The connector that writes it: `modbus` or `opcua`.
     pub protocol: String,
-    /// Where on the device: `holding 20..21`, `coil 0..1`.
+    /// Where on the device: `holding 20..21`, `coil 0..1`, an OPC UA node id.
     pub address: String,
-    /// Its type as configured (`u16`, `f32`, `bool`, ...).
+    /// Its type as configured (`u16`, `f32`, `bool`, ...); for OPC UA, `node`: the node's own
+    /// type, read before each write.
     pub data_type: String,
     /// Lowest value a write may set, in engineering units (numbers only).
     pub min: Option<f64>,
@@ -87,14 +88,19 @@ pub struct SetpointWritten {
     pub signal: String,
     /// The value asked for.
     pub value: SetpointValue,
-    /// The point's value read back from the device after the write (a number, true/false).
+    /// The point's value read back from the device after the write (a number, true/false);
+    /// null when it could not be read back (see `read_back_error`).
     #[schema(value_type = Object)]
     pub read_back: serde_json::Value,
+    /// Why the point could not be read back after the device acknowledged the write (a
+    /// write-only register, a read that timed out): the write was made, but is not confirmed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_back_error: Option<String>,
     /// Whether the device holds exactly what was written. False when it answered the write
     /// but kept a value of its own (a drive that clamps its setpoint, a PLC program that
-    /// overwrites the register).
+    /// overwrites the register), or when it could not be read back.
     pub confirmed: bool,
-    /// When it was written (RFC 3339).
+    /// When the device answered (RFC 3339).
     pub time: String,
 }
 
@@ -152,19 +158,21 @@ impl From<SetpointError> for ApiError {
     }
 }
 
-/// What the device answered to a write.
+/// What the device answered to a write it acknowledged.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceAnswer {
-    /// The point read back after the write.
-    pub read_back: serde_json::Value,
+    /// The point read back after the write, or why it could not be read.
+    pub read_back: Result<serde_json::Value, String>,
     /// Whether it holds exactly what was written.
     pub confirmed: bool,
 }
 
-/// Sets writable points; the connectors implement it (the Modbus module today).
+/// Sets writable points; the connectors implement it (Modbus and OPC UA).
 pub trait SetpointControl: Send + Sync {
     /// Every writable point.
     fn setpoints(&self) -> Vec<Setpoint>;
+    /// Whether `device` is one this connector reads (writable points or not).
+    fn serves(&self, device: &str) -> bool;
     /// Checks `value` against the point and writes it.
     fn set(
         &self,
@@ -204,7 +212,7 @@ pub(crate) async fn list(
            ("signal" = String, Path, description = "the point")),
     request_body = SetRequest,
     responses((status = 200, description = "written and read back; `confirmed` says whether \
-        the device holds what was written", body = SetpointWritten),
+        the device holds what was written (an unreadable read-back is `read_back_error`)", body = SetpointWritten),
               (status = 400, description = "the body is not a value", body = crate::error::ErrorBody),
               (status = 403, description = "not an operator, or the point is not writable", body = crate::error::ErrorBody),
               (status = 404, description = "no such device", body = crate::error::ErrorBody),
@@ -223,7 +231,7 @@ pub(crate) async fn set(
     Extension(identity): Extension<crate::Identity>,
     Path((device, signal)): Path<(String, String)>,
     crate::extract::Json(request): crate::extract::Json<SetRequest>,
-) -> Result<Json<SetpointWritten>, ApiError> {
+) -> Result<(Extension<crate::audit::SelfRecorded>, Json<SetpointWritten>), ApiError> {
     if let Some(note) = &request.note
         && note.chars().count() > MAX_NOTE
     {
@@ -235,10 +243,11 @@ pub(crate) async fn set(
     let control = Arc::clone(control(&state)?);
     // To completion: a client that hangs up must not leave a write made but unrecorded.
     crate::audit::to_completion(async move {
-        let time = Timestamp::now();
         let outcome = control
             .set(device.clone(), signal.clone(), request.value)
             .await;
+        // When the device answered: the row lines up with the change it made in the data.
+        let time = Timestamp::now();
         let written = Written {
             actor: &identity.name,
             device: &device,
@@ -249,15 +258,24 @@ pub(crate) async fn set(
         };
         written.store(&state, &outcome).await;
         written.audit(&state, &outcome).await;
-        let answer = outcome?;
-        Ok(Json(SetpointWritten {
-            device,
-            signal,
-            value: request.value,
-            read_back: answer.read_back,
-            confirmed: answer.confirmed,
-            time: fabrik_alert::model::rfc3339(time.nanos()),
-        }))
+        let recorded = Extension(crate::audit::SelfRecorded);
+        let answer = outcome.map_err(|e| ApiError::from(e).self_recorded())?;
+        let (read_back, read_back_error) = match answer.read_back {
+            Ok(value) => (value, None),
+            Err(why) => (serde_json::Value::Null, Some(why)),
+        };
+        Ok((
+            recorded,
+            Json(SetpointWritten {
+                device,
+                signal,
+                value: request.value,
+                read_back,
+                read_back_error,
+                confirmed: answer.confirmed,
+                time: fabrik_alert::model::rfc3339(time.nanos()),
+            }),
+        ))
     })
     .await?
 }
@@ -277,8 +295,12 @@ impl Written<'_> {
     /// store it is logged: the device has been written either way, and the audit log has it.
     async fn store(&self, state: &ApiState, outcome: &Result<DeviceAnswer, SetpointError>) {
         let (status, read_back, reason) = match outcome {
-            Ok(answer) if answer.confirmed => ("confirmed", Some(&answer.read_back), None),
-            Ok(answer) => ("unconfirmed", Some(&answer.read_back), None),
+            Ok(DeviceAnswer {
+                read_back: Err(why),
+                ..
+            }) => ("unverified", None, Some(why.as_str())),
+            Ok(answer) if answer.confirmed => ("confirmed", answer.read_back.as_ref().ok(), None),
+            Ok(answer) => ("unconfirmed", answer.read_back.as_ref().ok(), None),
             Err(e) if e.may_have_been_sent() => ("failed", None, Some(e.message())),
             Err(_) => return,
         };
@@ -326,11 +348,18 @@ impl Written<'_> {
     /// The audit entry, naming the value and what became of it.
     async fn audit(&self, state: &ApiState, outcome: &Result<DeviceAnswer, SetpointError>) {
         let (status, result) = match outcome {
+            Ok(DeviceAnswer {
+                read_back: Err(why),
+                ..
+            }) => (StatusCode::OK, format!("written, but not read back: {why}")),
             Ok(answer) => (
                 StatusCode::OK,
                 format!(
                     "read back {}{}",
-                    answer.read_back,
+                    answer
+                        .read_back
+                        .as_ref()
+                        .unwrap_or(&serde_json::Value::Null),
                     if answer.confirmed {
                         ""
                     } else {
@@ -345,12 +374,23 @@ impl Written<'_> {
             AuditEvent {
                 actor: self.actor.to_owned(),
                 action: "POST /api/v1/devices/{id}/setpoints/{signal}".to_owned(),
-                target: format!("{}/{} = {}: {result}", self.device, self.signal, self.value),
+                target: format!(
+                    "{}/{} = {}: {result}",
+                    plain(self.device),
+                    plain(self.signal),
+                    self.value
+                ),
                 status: status.as_u16(),
             },
         )
         .await;
     }
+}
+
+/// A name from the request's path as the audit entry shows it: control characters escaped and
+/// `/` encoded, so `device/signal` reads one way only.
+fn plain(name: &str) -> String {
+    name.escape_debug().to_string().replace('/', "%2F")
 }
 
 /// A value as the number stored: switches as 1 and 0.

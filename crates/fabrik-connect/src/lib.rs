@@ -1,7 +1,9 @@
 //! Fabrik's device connectivity: the MQTT device endpoint ([`mqtt`]), the Modbus TCP poller
 //! ([`modbus`]), the OPC UA client ([`opcua`]), Sparkplug B ([`sparkplug`]), normalisation mappings
 //! ([`mapping`]), the ingest path that turns raw messages into stored rows or dead letters
-//! ([`ingest`]) and the trace spans of messages that carry a trace context ([`message_trace`]).
+//! ([`ingest`]), the trace spans of messages that carry a trace context ([`message_trace`]), and
+//! writes to the points operators may set ([`setpoint`], through [`modbus::ModbusWriter`] and
+//! [`opcua::OpcUaWriter`]).
 //!
 //! This crate must not know about the store or the registry: it reaches them through the
 //! [`ingest::RecordSink`], [`ingest::DeviceDirectory`] and [`mqtt::MqttHooks`] traits, which the
@@ -16,6 +18,7 @@ pub mod modbus;
 pub mod mqtt;
 pub mod opcua;
 pub mod point_errors;
+pub mod setpoint;
 pub mod sparkplug;
 
 /// Errors of the connectivity layer.

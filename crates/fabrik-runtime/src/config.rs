@@ -2991,6 +2991,9 @@ fn opcua_template(path: &str) -> Option<toml::Table> {
             sampling_interval_ms: Some(1),
             deadband: Some(0.0),
             queue_size: 1,
+            writable: false,
+            min: Some(0.0),
+            max: Some(0.0),
         })
         .ok();
     }

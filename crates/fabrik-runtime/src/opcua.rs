@@ -34,6 +34,13 @@ deadband = 0.5                             # absolute; omit to get every change
 node_id = "ns=2;s=Pump1.Running"
 signal = "running"
 device = "pump-1-motor"                    # per-item device overrides the server's
+
+[[opcua.servers.items]]
+node_id = "ns=2;s=Pump1.PressureSetpoint"
+signal = "pressure_setpoint"
+writable = true                            # operators may set it (off by default)
+min = 2.0                                  # a numeric node needs the range writes may set
+max = 6.5
 "#;
 
 /// Default publishing interval of the subscription.
@@ -130,6 +137,16 @@ pub struct ItemConfig {
     /// Server-side queue size of the item.
     #[serde(default = "default_queue_size")]
     pub queue_size: u32,
+    /// Whether operators may write the node's value (`fabrik device set`, decision 0090). Off
+    /// unless the configuration says so; the server's own access rights apply besides.
+    #[serde(default)]
+    pub writable: bool,
+    /// Lowest value a write may set (numeric nodes; with `max`).
+    #[serde(default)]
+    pub min: Option<f64>,
+    /// Highest value a write may set (numeric nodes; with `min`).
+    #[serde(default)]
+    pub max: Option<f64>,
 }
 
 /// Security policies the connector supports.

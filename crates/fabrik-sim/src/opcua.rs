@@ -2,6 +2,10 @@
 //! variables under `Objects/Line1/Filler`, updated every tick and offered over `None` and
 //! `Basic256Sha256` / `SignAndEncrypt` endpoints.
 //!
+//! Its speed set-point, `Line1.Filler.SpeedSetpoint` (bottles per minute), may be written by a
+//! client (Fabrik's setpoints, decision 0090); the line ramps to it and keeps it within
+//! 0..=900, as a drive keeps its speed in range.
+//!
 //! Faults: `drift` is a CO₂ leak (pressure sinks), `spike` a burst of rejects, `stuck` freezes
 //! the product temperature with status `UncertainLastUsableValue`, `malformed` reports it
 //! `BadSensorFailure` for 10 s, `dropout` takes the whole server down for 20 s and brings it
@@ -14,11 +18,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use opcua::crypto::SecurityPolicy;
-use opcua::server::address_space::Variable;
+use opcua::server::address_space::{AccessLevel, NodeType, Variable};
 use opcua::server::diagnostics::NamespaceMetadata;
 use opcua::server::node_manager::memory::{SimpleNodeManager, simple_node_manager};
 use opcua::server::{ANONYMOUS_USER_TOKEN_ID, ServerBuilder, ServerEndpoint};
-use opcua::types::{DataValue, DateTime, MessageSecurityMode, NodeId, StatusCode, Variant};
+use opcua::types::{
+    DataEncoding, DataValue, DateTime, MessageSecurityMode, NodeId, NumericRange, StatusCode,
+    TimestampsToReturn, Variant,
+};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +38,10 @@ pub const NAMESPACE_URI: &str = "urn:fabrik:sim:line-01";
 pub const DEVICE_ID: &str = "line-01";
 /// How long a `dropout` keeps the server down.
 const DOWN_FOR: Duration = Duration::from_secs(20);
+/// The writable set-point's node, under `Line1.Filler.`.
+const SETPOINT: &str = "SpeedSetpoint";
+/// The highest speed the line runs at, bottles per minute.
+const TOP_SPEED: f64 = 900.0;
 
 /// (node name under `Line1.Filler.`, signal name).
 const SIGNALS: [(&str, &str); 7] = [
@@ -69,6 +80,9 @@ reconnect_max_ms = 5000
             "\n[[opcua.servers.items]]\nnode_id = \"ns=2;s=Line1.Filler.{node}\"\nsignal = \"{signal}\"\nsampling_interval_ms = 500\n"
         ));
     }
+    out.push_str(&format!(
+        "\n[[opcua.servers.items]]\nnode_id = \"ns=2;s=Line1.Filler.{SETPOINT}\"\nsignal = \"speed_setpoint\"\nsampling_interval_ms = 500\nwritable = true\nmin = 0.0\nmax = {TOP_SPEED:.1}\n"
+    ));
     out
 }
 
@@ -78,6 +92,8 @@ struct Filler {
     rng: SmallRng,
     t: f64,
     speed: f64,
+    /// Bottles per minute it ramps to while not starved.
+    setpoint: f64,
     temp: f64,
     pressure: f64,
     good: u32,
@@ -97,6 +113,7 @@ impl Filler {
             rng: SmallRng::seed_from_u64(seed),
             t: 0.0,
             speed: 0.0,
+            setpoint: 600.0,
             temp: 4.0,
             pressure: 3.2,
             good: 182_340,
@@ -122,7 +139,7 @@ impl Filler {
 
     fn step(&mut self, dt: f64) {
         self.t += dt;
-        let target = if self.starved() { 0.0 } else { 600.0 };
+        let target = if self.starved() { 0.0 } else { self.setpoint };
         // Speed ramps like a drive does, not in steps.
         self.speed += (target - self.speed) * (dt / 4.0).min(1.0);
         if self.speed < 1.0 && target == 0.0 {
@@ -352,6 +369,15 @@ async fn run_once(
             })
             .collect();
         space.add_variables(variables, &filler_folder);
+        let mut setpoint = Variable::new(
+            &node_id(ns, SETPOINT),
+            SETPOINT,
+            SETPOINT,
+            Variant::Double(filler.setpoint),
+        );
+        setpoint.set_access_level(AccessLevel::CURRENT_READ | AccessLevel::CURRENT_WRITE);
+        setpoint.set_user_access_level(AccessLevel::CURRENT_READ | AccessLevel::CURRENT_WRITE);
+        space.add_variables(vec![setpoint], &filler_folder);
     }
     let subscriptions = handle.subscriptions().clone();
     let server_task = tokio::spawn(server.run_with(listener));
@@ -372,8 +398,20 @@ async fn run_once(
         if dropout {
             break Ended::Dropout;
         }
+        // A client's write lands in the address space; the line takes it from there, keeping
+        // it within what its drive can run.
+        let written = read_setpoint(&manager, ns);
+        if let Some(value) = written {
+            filler.setpoint = value.clamp(0.0, TOP_SPEED);
+        }
         filler.step(interval.as_secs_f64());
-        let values = filler.values(ns, now);
+        let mut values = filler.values(ns, now);
+        if written.is_some_and(|v| v != filler.setpoint) {
+            values.push((
+                node_id(ns, SETPOINT),
+                DataValue::new_now(Variant::Double(filler.setpoint)),
+            ));
+        }
         if let Err(status) = manager.set_values(
             &subscriptions,
             values.iter().map(|(id, v)| (id, None, v.clone())),
@@ -384,6 +422,24 @@ async fn run_once(
     handle.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), server_task).await;
     Ok(ended)
+}
+
+/// The set-point node's value as clients last wrote it.
+fn read_setpoint(manager: &SimpleNodeManager, ns: u16) -> Option<f64> {
+    let space = manager.address_space().read();
+    let Some(NodeType::Variable(variable)) = space.find(&node_id(ns, SETPOINT)) else {
+        return None;
+    };
+    let value = variable.value(
+        TimestampsToReturn::Neither,
+        &NumericRange::None,
+        &DataEncoding::Binary,
+        0.0,
+    );
+    match value.value {
+        Some(Variant::Double(v)) if v.is_finite() => Some(v),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -446,10 +502,14 @@ mod tests {
         let text = line_config_toml("opc.tcp://127.0.0.1:4840/", "/tmp/pki");
         let value: toml::Table = toml::from_str(&text).unwrap();
         let items = value["opcua"]["servers"][0]["items"].as_array().unwrap();
-        assert_eq!(items.len(), SIGNALS.len());
+        assert_eq!(items.len(), SIGNALS.len() + 1);
         assert_eq!(
             items[0]["node_id"].as_str(),
             Some("ns=2;s=Line1.Filler.Speed")
         );
+        let setpoint = &items[SIGNALS.len()];
+        assert_eq!(setpoint["signal"].as_str(), Some("speed_setpoint"));
+        assert_eq!(setpoint["writable"].as_bool(), Some(true));
+        assert_eq!(setpoint["max"].as_float(), Some(TOP_SPEED));
     }
 }

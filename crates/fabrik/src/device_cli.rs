@@ -275,6 +275,12 @@ pub(crate) async fn run(args: DeviceArgs) -> anyhow::Result<()> {
                 .json()
                 .await?;
             let read_back = &written["read_back"];
+            if let Some(why) = written["read_back_error"].as_str() {
+                anyhow::bail!(
+                    "{device}/{signal}: the device acknowledged the write of {value}, but it \
+                     could not be read back: {why}"
+                );
+            }
             if written["confirmed"] != serde_json::Value::Bool(true) {
                 anyhow::bail!(
                     "{device}/{signal}: the device answered the write of {value} but holds \

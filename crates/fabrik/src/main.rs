@@ -61,6 +61,7 @@ mod rollups;
 mod run;
 mod sealed_identity;
 mod self_update;
+mod setpoints;
 mod shadow;
 mod shadow_kpis;
 mod sql_text;

@@ -91,6 +91,10 @@ pub(crate) async fn start(
 struct ModbusSetpoints(ModbusWriter);
 
 impl SetpointControl for ModbusSetpoints {
+    fn serves(&self, device: &str) -> bool {
+        self.0.polls(device)
+    }
+
     fn setpoints(&self) -> Vec<Setpoint> {
         self.0
             .points()
@@ -130,7 +134,7 @@ impl SetpointControl for ModbusSetpoints {
                 .await
                 .map_err(setpoint_error)?;
             Ok(DeviceAnswer {
-                read_back: json_value(written.read_back),
+                read_back: written.read_back.map(json_value),
                 confirmed: written.confirmed,
             })
         })
@@ -151,10 +155,12 @@ fn setpoint_error(e: ModbusError) -> SetpointError {
         | ModbusError::Disconnected { .. }
         | ModbusError::Expired { .. }
         | ModbusError::Stopped(_) => SetpointError::Unavailable(message),
-        ModbusError::Exception { .. }
-        | ModbusError::Transport { .. }
-        | ModbusError::ReadBack { .. } => SetpointError::DeviceFailed(message),
-        ModbusError::Timeout { .. } => SetpointError::Timeout(message),
+        ModbusError::Exception { .. } | ModbusError::Transport { .. } => {
+            SetpointError::DeviceFailed(message)
+        }
+        ModbusError::Timeout { .. } | ModbusError::Interrupted(_) => {
+            SetpointError::Timeout(message)
+        }
     }
 }
 

@@ -2,17 +2,25 @@
 //!
 //! Good and uncertain readings of a device at one timestamp become one row of the server's
 //! table (quality kept in `_quality`); a bad reading (a Bad status, a refused node id, a lost
-//! connection) becomes a row of `_point_errors` with the status, as Modbus errors do.
+//! connection) becomes a row of `_point_errors` with the status, as Modbus errors do. The items
+//! declared writable are set through [`OpcUaSetpoints`] (decision 0090).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use fabrik_connect::opcua::{self, OpcUaClient, Quality as OpcQuality, Reading};
+use fabrik_api::setpoints::{
+    DeviceAnswer, Setpoint, SetpointControl, SetpointError, SetpointValue,
+};
+use fabrik_connect::opcua::{
+    self, OpcUaClient, OpcUaError, OpcUaWriter, Quality as OpcQuality, Reading,
+};
+use fabrik_connect::setpoint::SetValue;
 use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
 use fabrik_registry::Registry;
 use fabrik_runtime::ServiceHandle;
 use fabrik_runtime::config::Config;
 use fabrik_store::Store;
+use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -71,13 +79,14 @@ fn item_counts(config: &Config) -> BTreeMap<String, usize> {
 }
 
 /// Starts one client per server and the writer that stores their readings (and, with a
-/// registry, keeps registered devices' state up to date).
+/// registry, keeps registered devices' state up to date); returns also what sets the items
+/// declared writable.
 pub(crate) async fn start(
     config: &Config,
     store: Arc<Store>,
     registry: Option<Registry>,
     lineage: Option<Emitter>,
-) -> Result<ServiceHandle, String> {
+) -> Result<(ServiceHandle, Arc<dyn SetpointControl>), String> {
     let lineage = lineage.map(|emitter| IngestLineage::opcua(emitter, config));
     let tables = tables(config);
     let counts = item_counts(config);
@@ -85,6 +94,7 @@ pub(crate) async fn start(
     let (tx, rx) = mpsc::channel(QUEUE);
     let client =
         OpcUaClient::start(&config.opcua, tx, stop.child_token()).map_err(|e| e.to_string())?;
+    let setpoints: Arc<dyn SetpointControl> = Arc::new(OpcUaSetpoints(client.writer()));
     if !config.opcua.servers.is_empty() {
         tracing::info!(
             servers = config.opcua.servers.len(),
@@ -103,7 +113,82 @@ pub(crate) async fn start(
         token.cancelled().await;
         Ok(())
     });
-    Ok(ServiceHandle { stop, task })
+    Ok((ServiceHandle { stop, task }, setpoints))
+}
+
+/// The API's way to the OPC UA items declared writable.
+struct OpcUaSetpoints(OpcUaWriter);
+
+impl SetpointControl for OpcUaSetpoints {
+    fn serves(&self, device: &str) -> bool {
+        self.0.serves(device)
+    }
+
+    fn setpoints(&self) -> Vec<Setpoint> {
+        self.0
+            .items()
+            .into_iter()
+            .map(|item| Setpoint {
+                device: item.device.to_string(),
+                signal: item.signal.to_string(),
+                protocol: "opcua".into(),
+                address: item.node_text,
+                data_type: "node".into(),
+                min: item.range.map(|(min, _)| min),
+                max: item.range.map(|(_, max)| max),
+                unit: None,
+            })
+            .collect()
+    }
+
+    fn set(
+        &self,
+        device: String,
+        signal: String,
+        value: SetpointValue,
+    ) -> BoxFuture<'_, Result<DeviceAnswer, SetpointError>> {
+        let value = match value {
+            SetpointValue::Bool(b) => SetValue::Bool(b),
+            SetpointValue::Number(v) => SetValue::Number(v),
+        };
+        Box::pin(async move {
+            let written = self
+                .0
+                .write(&device, &signal, value)
+                .await
+                .map_err(setpoint_error)?;
+            Ok(DeviceAnswer {
+                read_back: written.read_back.map(json_value),
+                confirmed: written.confirmed,
+            })
+        })
+    }
+}
+
+/// What the API makes of an OPC UA write's failure: a refused or failed call may have reached
+/// the server; a timeout leaves it unknown.
+fn setpoint_error(e: OpcUaError) -> SetpointError {
+    let message = e.to_string();
+    match e {
+        OpcUaError::UnknownDevice(_) => SetpointError::UnknownDevice(message),
+        OpcUaError::NotWritable { .. } => SetpointError::NotWritable(message),
+        OpcUaError::InvalidValue { .. } => SetpointError::Invalid(message),
+        OpcUaError::WriteRefused { .. } => SetpointError::DeviceFailed(message),
+        OpcUaError::Request { ref status, .. } if status.starts_with("BadTimeout") => {
+            SetpointError::Timeout(message)
+        }
+        OpcUaError::Request { .. } => SetpointError::DeviceFailed(message),
+        _ => SetpointError::Unavailable(message),
+    }
+}
+
+fn json_value(value: opcua::Value) -> serde_json::Value {
+    match value {
+        opcua::Value::F64(v) => serde_json::json!(v),
+        opcua::Value::I64(v) => serde_json::json!(v),
+        opcua::Value::Bool(v) => serde_json::Value::Bool(v),
+        opcua::Value::Str(v) => serde_json::Value::String(v),
+    }
 }
 
 async fn write_readings(

@@ -370,6 +370,18 @@ fn compliance_facts(
     if settings.retention == Retention::Forever {
         kept_forever.insert(0, "*".to_owned());
     }
+    let writable_modbus_points = if modules.contains(&Module::Modbus) {
+        config
+            .modbus
+            .devices
+            .iter()
+            .flat_map(|d| &d.maps)
+            .flat_map(|m| &m.points)
+            .filter(|p| p.writable)
+            .count()
+    } else {
+        0
+    };
     fabrik_api::compliance::ComplianceFacts {
         mqtt_plain_listener: settings.mqtt.listen.is_some(),
         mqtt_tls_listener: settings.mqtt.tls_listen.is_some(),
@@ -381,18 +393,19 @@ fn compliance_facts(
         http_generated_certificate: config.http.tls && config.http.tls_cert.trim().is_empty(),
         clear_text_links: clear_text_links(config),
         mqtt_acl_rules: config.mqtt.acl.len(),
-        writable_points: if modules.contains(&Module::Modbus) {
-            config
-                .modbus
-                .devices
-                .iter()
-                .flat_map(|d| &d.maps)
-                .flat_map(|m| &m.points)
-                .filter(|p| p.writable)
-                .count()
-        } else {
-            0
-        },
+        writable_points: writable_modbus_points
+            + if modules.contains(&Module::Opcua) {
+                config
+                    .opcua
+                    .servers
+                    .iter()
+                    .flat_map(|s| &s.items)
+                    .filter(|i| i.writable)
+                    .count()
+            } else {
+                0
+            },
+        writable_modbus_points,
         models_signature_required: trust.as_ref().is_some_and(|t| t.required()),
         models_trusted_keys: config.models.trusted_keys.len(),
         release_repository: Some(config.updates.url.trim().to_owned())
@@ -584,8 +597,8 @@ struct Wiring {
     links: fabrik_api::links::LinkBoard,
     /// Backfills to the hub, for the API.
     backfill: Option<Arc<dyn fabrik_api::links::BackfillControl>>,
-    /// Writes to devices' writable points, for the API.
-    setpoints: Option<Arc<dyn fabrik_api::setpoints::SetpointControl>>,
+    /// The connectors that write to devices' writable points, for the API.
+    setpoints: Vec<Arc<dyn fabrik_api::setpoints::SetpointControl>>,
     /// The release repository's last check, written by the updates module.
     updates: fabrik_api::updates::UpdateBoard,
     /// Where OpenLineage events go (`[openlineage]`), if anywhere.
@@ -719,7 +732,10 @@ async fn start_http(
         compliance: wiring.compliance.clone(),
         links: wiring.links.clone(),
         backfill: wiring.backfill.clone(),
-        setpoints: wiring.setpoints.clone(),
+        setpoints: (!wiring.setpoints.is_empty()).then(|| {
+            Arc::new(crate::setpoints::Connectors(wiring.setpoints.clone()))
+                as Arc<dyn fabrik_api::setpoints::SetpointControl>
+        }),
         asyncapi: crate::asyncapi::document().into(),
         updates: wiring.updates.clone(),
         release_repo: release_repo(config),
@@ -990,7 +1006,7 @@ async fn serve(
                         let store = store.ok_or("the modbus module needs the store module")?;
                         let (handle, setpoints) =
                             crate::modbus::start(&config, store, registry, lineage).await?;
-                        wiring.setpoints = Some(setpoints);
+                        wiring.setpoints.push(setpoints);
                         Ok(handle)
                     })
                     .await
@@ -1002,7 +1018,10 @@ async fn serve(
                 manager
                     .start(module.name(), || async {
                         let store = store.ok_or("the opcua module needs the store module")?;
-                        crate::opcua::start(&config, store, registry, lineage).await
+                        let (handle, setpoints) =
+                            crate::opcua::start(&config, store, registry, lineage).await?;
+                        wiring.setpoints.push(setpoints);
+                        Ok(handle)
                     })
                     .await
             }

@@ -116,11 +116,11 @@ pub enum ModbusError {
         /// The queue's size.
         waiting: usize,
     },
-    /// The write waited past its deadline for the device's task (a long poll); it was dropped
-    /// unwritten.
+    /// The write waited past its deadline for the device's task (a long poll, a full readings
+    /// channel); it was given up, unwritten.
     #[error(
-        "device `{device}`: the write waited {waited_ms} ms for the device's poll to finish \
-         and was dropped; nothing was written"
+        "device `{device}`: the write waited {waited_ms} ms for the device's poller and was \
+         given up; nothing was written"
     )]
     Expired {
         /// Device id.
@@ -128,18 +128,13 @@ pub enum ModbusError {
         /// How long it waited.
         waited_ms: u64,
     },
-    /// The device answered a write, but what it read back could not be decoded.
+    /// Shutdown stopped the device's task during a write: whether the device applied it is
+    /// unknown.
     #[error(
-        "device `{device}`: point `{signal}`: written, but the value read back does not decode: {reason}"
+        "device `{0}`: the poller stopped during the write; whether the device applied it is \
+         unknown"
     )]
-    ReadBack {
-        /// Device id.
-        device: Arc<str>,
-        /// Point name.
-        signal: String,
-        /// Why it does not decode.
-        reason: String,
-    },
+    Interrupted(Arc<str>),
     /// The device's task has stopped (shutdown).
     #[error("device `{0}`: the poller has stopped; nothing was written")]
     Stopped(Arc<str>),

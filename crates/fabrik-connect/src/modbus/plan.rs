@@ -163,6 +163,7 @@ fn plan_device(device: &DeviceConfig, issues: &mut Vec<String>) -> Option<Device
         maps.push(plan_map(id, index, map, &mut writable, issues));
     }
 
+    check_writes_overlap(id, &maps, &writable, issues);
     (issues.len() == before).then(|| DevicePlan {
         id: Arc::from(id),
         address: device.address.clone(),
@@ -234,6 +235,52 @@ fn plan_map(
     MapPlan {
         interval: Duration::from_millis(map.poll_interval_ms),
         requests,
+    }
+}
+
+/// A writable point must not share a register or bit with a point of another map (overlaps
+/// within a map are reported by [`plan_map`]): writing it would change that point too, which
+/// nobody declared writable.
+fn check_writes_overlap(
+    device: &str,
+    maps: &[MapPlan],
+    writable: &[WritablePoint],
+    issues: &mut Vec<String>,
+) {
+    let located: Vec<(usize, &PlannedPoint, Table)> = maps
+        .iter()
+        .enumerate()
+        .flat_map(|(index, map)| {
+            map.requests
+                .iter()
+                .flat_map(move |r| r.points.iter().map(move |p| (index, p, r.table)))
+        })
+        .collect();
+    for w in writable {
+        let Some(home) = located
+            .iter()
+            .find(|(_, p, _)| p.signal == w.signal)
+            .map(|(index, _, _)| *index)
+        else {
+            continue;
+        };
+        let (start, stop) = (
+            u32::from(w.address),
+            u32::from(w.address) + u32::from(w.codec.len),
+        );
+        for (index, other, table) in &located {
+            if *index != home
+                && *table == w.table
+                && u32::from(other.address) < stop
+                && start < end(other)
+            {
+                issues.push(format!(
+                    "device `{device}`: point `{}`: writable {} {start}..{stop} overlaps point \
+                     `{}` of map {index} at {}; a write would change it too",
+                    w.signal, w.table, other.signal, other.address
+                ));
+            }
+        }
     }
 }
 
@@ -382,13 +429,40 @@ fn check_writable(p: &PointConfig, issue: &mut impl FnMut(String)) {
         (Some(min), Some(max)) if min > max => {
             issue(format!("`min` {min} is above `max` {max}"));
         }
-        (Some(_), Some(_)) => {}
+        (Some(min), Some(max)) => {
+            // A little slack: scaled bounds are computed in binary, a range a person wrote in
+            // decimal.
+            if let Some((lo, hi)) = engineering_range(p)
+                && (min < lo - lo.abs().max(hi.abs()) * 1e-12
+                    || max > hi + lo.abs().max(hi.abs()) * 1e-12)
+            {
+                issue(format!(
+                    "`min`..`max` {min}..={max} reaches beyond what a `{t}` register holds \
+                     here ({lo}..={hi}): writes there could never be made"
+                ));
+            }
+        }
         _ => issue(
             "a writable number needs `min` and `max`: the range operators may set, in \
              engineering units"
                 .into(),
         ),
     }
+}
+
+/// The values an integer point can hold, in engineering units (`None` for floats).
+fn engineering_range(p: &PointConfig) -> Option<(f64, f64)> {
+    if !matches!(
+        p.data_type,
+        DataType::U16 | DataType::I16 | DataType::U32 | DataType::I32
+    ) {
+        return None;
+    }
+    let (lo, hi) = super::write::integer_range(p.data_type);
+    let scale = p.scale.unwrap_or(1.0);
+    let offset = p.offset.unwrap_or(0.0);
+    let (a, b) = (lo * scale + offset, hi * scale + offset);
+    Some((a.min(b), a.max(b)))
 }
 
 #[cfg(test)]
@@ -521,6 +595,9 @@ mod tests {
         not_writable.max = Some(5.0);
         let mut fine = writable("fine", Table::Holding, 50, DataType::U16);
         (fine.min, fine.max) = (Some(0.0), Some(100.0));
+        let mut too_wide = writable("too_wide", Table::Holding, 60, DataType::U16);
+        too_wide.scale = Some(0.1);
+        (too_wide.min, too_wide.max) = (Some(0.0), Some(10_000.0));
         let errs = errors(&device(
             vec![
                 input,
@@ -532,6 +609,7 @@ mod tests {
                 coil_range,
                 not_writable,
                 fine,
+                too_wide,
             ],
             0,
         ));
@@ -544,6 +622,7 @@ mod tests {
             "point `infinite`: `min` and `max` must be finite",
             "point `coil_range`: `min`/`max` apply to numbers, not `bool`",
             "point `limited`: `min`/`max` limit writes: set `writable = true`",
+            "point `too_wide`: `min`..`max` 0..=10000 reaches beyond what a `u16` register holds here (0..=6553.5",
         ];
         for e in expect {
             assert!(
@@ -704,6 +783,28 @@ mod tests {
             "{errs:#?}"
         );
         assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+    }
+
+    #[test]
+    fn a_writable_point_may_not_share_registers_with_another_map() {
+        let mut setpoint = point("setpoint", Table::Holding, 20, DataType::F32);
+        setpoint.writable = true;
+        (setpoint.min, setpoint.max) = (Some(0.0), Some(1.0));
+        let mut config = device(vec![setpoint], 0);
+        let mut other_map = config.devices[0].maps[0].clone();
+        other_map.points = vec![
+            point("status", Table::Holding, 21, DataType::U16),
+            point("input_21", Table::Input, 21, DataType::U16),
+        ];
+        config.devices[0].maps.push(other_map);
+        let errs = errors(&config);
+        assert_eq!(
+            errs,
+            [
+                "device `pump-7`: point `setpoint`: writable holding 20..22 overlaps point \
+              `status` of map 1 at 21; a write would change it too"
+            ]
+        );
     }
 
     #[test]

@@ -319,22 +319,37 @@ impl DeviceTask {
         }
     }
 
-    /// Carries out one write unless its deadline passed while it waited, and answers it.
+    /// Carries out one write unless its caller gave up on it or its deadline passed while it
+    /// waited, and answers it.
     async fn execute(&mut self, command: WriteCommand) -> Result<(), Stop> {
+        if !command.claim() {
+            debug!(device = %self.plan.id, signal = %command.point.signal, "Modbus write given up by its caller; not written.");
+            return Ok(());
+        }
         let WriteCommand {
             point,
             data,
+            enqueued,
             deadline,
             reply,
+            ..
         } = command;
         let now = Instant::now();
         let outcome = if now > deadline {
             Err(ModbusError::Expired {
                 device: Arc::clone(&self.plan.id),
-                waited_ms: millis(now - deadline),
+                waited_ms: millis(now - enqueued),
             })
         } else {
-            self.write_point(&point, &data).await?
+            match self.write_point(&point, &data).await {
+                Ok(outcome) => outcome,
+                Err(Stop) => {
+                    // Whether the request reached the device is unknown: say so, rather than
+                    // let the caller read a dropped answer as "nothing was written".
+                    let _ = reply.send(Err(ModbusError::Interrupted(Arc::clone(&self.plan.id))));
+                    return Err(Stop);
+                }
+            }
         };
         match &outcome {
             Ok(written) => {
@@ -349,7 +364,9 @@ impl DeviceTask {
         Ok(())
     }
 
-    /// Writes `data` to the point, then reads the point back.
+    /// Writes `data` to the point, then reads the point back. Once the device acknowledged
+    /// the write, a read-back that fails is part of a written outcome, not an error: the value
+    /// is on the device.
     async fn write_point(
         &mut self,
         point: &WritablePoint,
@@ -386,6 +403,15 @@ impl DeviceTask {
         let read = self
             .read_range(table, address, count, || format!("read back {}", range()))
             .await?;
+        let answer = match read {
+            Ok(answer) => answer,
+            Err(e) => {
+                return Ok(Ok(Written {
+                    read_back: Err(e.to_string()),
+                    confirmed: false,
+                }));
+            }
+        };
         let as_read = PlannedPoint {
             signal: Arc::clone(&point.signal),
             address,
@@ -393,24 +419,23 @@ impl DeviceTask {
             codec: point.codec.clone(),
             unit: point.unit.clone(),
         };
-        Ok(read.and_then(|answer| {
-            let read_back =
-                decode_point(&answer, &as_read).map_err(|reason| ModbusError::ReadBack {
-                    device: Arc::clone(&self.plan.id),
-                    signal: point.signal.to_string(),
-                    reason,
-                })?;
-            // Compared as registers, not values: a float that did not survive the device, or
-            // a device that clamps, shows here even when the decoded values look alike.
-            let confirmed = match (&answer, data) {
+        let read_back = decode_point(&answer, &as_read).map_err(|reason| {
+            format!(
+                "device `{}`: point `{}`: what was read back does not decode: {reason}",
+                self.plan.id, point.signal
+            )
+        });
+        // Compared as registers, not values: a float that did not survive the device, or a
+        // device that clamps, shows here even when the decoded values look alike.
+        let confirmed = read_back.is_ok()
+            && match (&answer, data) {
                 (Data::Registers(read), Encoded::Registers(written)) => read == written,
                 (Data::Bits(read), Encoded::Bit(written)) => read.first() == Some(written),
                 _ => false,
             };
-            Ok(Written {
-                read_back,
-                confirmed,
-            })
+        Ok(Ok(Written {
+            read_back,
+            confirmed,
         }))
     }
 

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -25,23 +26,7 @@ const QUEUE: usize = 8;
 /// The least time a write may wait for its device task (which finishes the poll it is in).
 const LEAST_DEADLINE: Duration = Duration::from_secs(5);
 
-/// A value to set, as the caller gave it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum SetValue {
-    /// For number points, in engineering units.
-    Number(f64),
-    /// For coils and `bool` registers.
-    Bool(bool),
-}
-
-impl std::fmt::Display for SetValue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Number(v) => write!(f, "{v}"),
-            Self::Bool(v) => write!(f, "{v}"),
-        }
-    }
-}
+pub use crate::setpoint::SetValue;
 
 /// What a write put on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,11 +37,12 @@ pub enum Encoded {
     Bit(bool),
 }
 
-/// A write carried out.
+/// A write the device acknowledged.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Written {
-    /// The point's value read back after the write.
-    pub read_back: Value,
+    /// The point's value read back after the write, or why it could not be read (the write
+    /// was acknowledged all the same: a device's write-only register, a read that timed out).
+    pub read_back: Result<Value, String>,
     /// Whether the registers (or bit) read back are the ones written. A device that clamps
     /// or refuses a value silently answers the write but keeps its own value.
     pub confirmed: bool,
@@ -67,9 +53,31 @@ pub struct Written {
 pub(crate) struct WriteCommand {
     pub(crate) point: WritablePoint,
     pub(crate) data: Encoded,
+    /// When it was queued.
+    pub(crate) enqueued: Instant,
     /// Not started after this: the caller has been told it expired.
     pub(crate) deadline: Instant,
+    /// Set by whichever comes first: the task starting the write, or the caller giving up on
+    /// it (its deadline, or its future dropped). Exactly one of the two wins, so a write the
+    /// caller was told expired is never carried out.
+    pub(crate) claim: Arc<AtomicBool>,
     pub(crate) reply: oneshot::Sender<Result<Written, ModbusError>>,
+}
+
+impl WriteCommand {
+    /// Whether the task may start it (and the caller can no longer give up on it).
+    pub(crate) fn claim(&self) -> bool {
+        !self.claim.swap(true, Ordering::SeqCst)
+    }
+}
+
+/// Gives up on a write when the caller's future is dropped before the task started it.
+struct GiveUp(Arc<AtomicBool>);
+
+impl Drop for GiveUp {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 /// The writable points of the polled devices, and the way to their tasks.
@@ -151,11 +159,17 @@ impl ModbusWriter {
             signal: signal.to_owned(),
             reason,
         })?;
-        let (reply, answer) = oneshot::channel();
+        let (reply, mut answer) = oneshot::channel();
+        let enqueued = Instant::now();
+        let deadline = enqueued + writes.deadline;
+        let claim = Arc::new(AtomicBool::new(false));
+        let _give_up = GiveUp(Arc::clone(&claim));
         let command = WriteCommand {
             point: point.clone(),
             data,
-            deadline: Instant::now() + writes.deadline,
+            enqueued,
+            deadline,
+            claim: Arc::clone(&claim),
             reply,
         };
         writes.commands.try_send(command).map_err(|e| match e {
@@ -165,9 +179,18 @@ impl ModbusWriter {
             },
             mpsc::error::TrySendError::Closed(_) => ModbusError::Stopped(device.into()),
         })?;
-        answer
-            .await
-            .map_err(|_| ModbusError::Stopped(device.into()))?
+        let stopped = || ModbusError::Stopped(device.into());
+        match tokio::time::timeout_at(deadline, &mut answer).await {
+            Ok(answered) => answered.map_err(|_| stopped())?,
+            // The task has not answered by the deadline: if it has not started the write
+            // either, the write is given up and never carried out; if it has, its outcome is
+            // awaited (one request and one read-back, each within the device timeout).
+            Err(_) if claim.swap(true, Ordering::SeqCst) => answer.await.map_err(|_| stopped())?,
+            Err(_) => Err(ModbusError::Expired {
+                device: device.into(),
+                waited_ms: u64::try_from(enqueued.elapsed().as_millis()).unwrap_or(u64::MAX),
+            }),
+        }
     }
 }
 
@@ -209,14 +232,37 @@ pub fn encode(point: &WritablePoint, value: SetValue) -> Result<Encoded, String>
             if !narrowed.is_finite() {
                 return Err(format!("{number}{unit} does not fit a `f32` register pair"));
             }
+            // A float register holds the nearest f32 of what it is sent: fine for the value
+            // itself, not when a scale or offset magnifies the rounding (offset -1e6 turns 0.1
+            // into 0.125).
+            let nearest = engineering(codec, f64::from(narrowed));
+            if (nearest - number).abs() > number.abs() * f64::from(f32::EPSILON) {
+                return Err(format!(
+                    "{number}{unit} cannot be stored in a `f32`{}: the nearest it holds is \
+                     {nearest}{unit}",
+                    scaling(codec)
+                ));
+            }
             narrowed.to_be_bytes().to_vec()
         }
-        DataType::F64 => raw.to_be_bytes().to_vec(),
+        DataType::F64 => {
+            if !raw.is_finite() {
+                return Err(format!(
+                    "{number}{unit} does not fit a `f64`{}",
+                    scaling(codec)
+                ));
+            }
+            raw.to_be_bytes().to_vec()
+        }
         t => {
             let whole = raw.round();
-            // Relative, so that 0.1-scaled points take the decimals a person types.
-            if (raw - whole).abs() > 1e-9 * raw.abs().max(1.0) {
-                let nearest = engineering(codec, whole);
+            // Judged on the value the device will hold, against the point's resolution (its
+            // scale): a tolerance relative to the raw number would let large 32-bit values
+            // lose their fractions unnoticed.
+            let nearest = engineering(codec, whole);
+            let resolution = codec.scale.map_or(1.0, f64::abs);
+            let tolerance = (resolution * 1e-6).max(number.abs() * 4.0 * f64::EPSILON);
+            if (nearest - number).abs() > tolerance {
                 return Err(format!(
                     "{number}{unit} cannot be stored exactly: the point holds whole numbers{}; \
                      the nearest is {nearest}{unit}",
@@ -282,7 +328,8 @@ fn scaling(codec: &Codec) -> String {
     }
 }
 
-fn integer_range(t: DataType) -> (f64, f64) {
+/// The raw range of an integer type.
+pub(crate) fn integer_range(t: DataType) -> (f64, f64) {
     match t {
         DataType::U16 => (0.0, f64::from(u16::MAX)),
         DataType::I16 => (f64::from(i16::MIN), f64::from(i16::MAX)),
@@ -397,6 +444,40 @@ mod tests {
         let e = encode(&p, SetValue::Number(-21.0)).unwrap_err();
         assert!(e.contains("does not fit a `u16` register"), "{e}");
         assert!(e.contains("-20..=6533.5 bar"), "{e}");
+    }
+
+    #[test]
+    fn large_and_magnified_values_are_refused_rather_than_rounded() {
+        // A 32-bit register scaled by 0.001: 600000.0004 would be written as 600000.
+        let mut p = point(DataType::I32, 2);
+        p.codec.scale = Some(0.001);
+        let e = encode(&p, SetValue::Number(600_000.000_4)).unwrap_err();
+        assert!(e.contains("nearest is 600000"), "{e}");
+        assert_eq!(round_trip(&p, 600_000.123), Value::F64(600_000.123));
+        // Unscaled: 3000000000.4 is not a whole number.
+        let p = point(DataType::U32, 2);
+        let e = encode(&p, SetValue::Number(3_000_000_000.4)).unwrap_err();
+        assert!(e.contains("cannot be stored exactly"), "{e}");
+        // A float whose offset magnifies its rounding.
+        let mut p = point(DataType::F32, 2);
+        p.codec.offset = Some(-1e6);
+        let e = encode(&p, SetValue::Number(0.1)).unwrap_err();
+        assert!(e.contains("nearest it holds is 0.125"), "{e}");
+        // A float holds the nearest f32 of the value itself.
+        let p = point(DataType::F32, 2);
+        assert!(encode(&p, SetValue::Number(16_777_217.0)).is_ok());
+        // Negative and large scales invert as decoding applies them.
+        let mut p = point(DataType::I16, 1);
+        p.codec.scale = Some(-2.0);
+        p.codec.offset = Some(10.0);
+        assert_eq!(round_trip(&p, -30.0), Value::F64(-30.0));
+        let e = encode(&p, SetValue::Number(-31.0)).unwrap_err();
+        assert!(e.contains("cannot be stored exactly"), "{e}");
+        // A scale so small that the raw value overflows a double.
+        let mut p = point(DataType::F64, 4);
+        p.codec.scale = Some(1e-300);
+        let e = encode(&p, SetValue::Number(1e100)).unwrap_err();
+        assert!(e.contains("does not fit a `f64`"), "{e}");
     }
 
     #[test]

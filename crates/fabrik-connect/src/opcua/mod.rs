@@ -8,7 +8,8 @@
 //! (`DataValue` to [`Value`], [`Quality`] and timestamp) → `mpsc::Sender<Reading>`.
 //!
 //! This module must not know where readings go (store, MQTT, rules): it only fills the channel.
-//! It writes nothing to servers. It is built on `async-opcua` (MPL-2.0, used unmodified as a
+//! It writes to a server only the items declared `writable` that [`write::OpcUaWriter`] is
+//! asked to set (decision 0090). It is built on `async-opcua` (MPL-2.0, used unmodified as a
 //! crates.io dependency).
 
 /// The configuration shapes live in `fabrik-runtime`, which checks every config file.
@@ -17,6 +18,7 @@ pub mod convert;
 pub mod plan;
 pub mod runtime;
 pub mod session;
+pub mod write;
 
 use std::sync::Arc;
 
@@ -26,6 +28,7 @@ pub use config::{
 pub use plan::{ItemPlan, ServerPlan, plan};
 pub use runtime::OpcUaClient;
 pub use session::{BrowsedNode, browse, trust_server_certificate};
+pub use write::{OpcUaWriter, WritableItem, Written};
 
 /// Errors of the OPC UA connector. Runtime variants also become the `reason` of Bad readings.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +97,57 @@ pub enum OpcUaError {
         node_id: String,
         /// Signal name.
         signal: Arc<str>,
+        /// Status code name and description.
+        status: String,
+    },
+    /// A write names a device none of the servers' items has.
+    #[error("no OPC UA item is configured for device `{0}`")]
+    UnknownDevice(String),
+    /// A write names an item that is not declared `writable` (or does not exist).
+    #[error(
+        "device `{device}`: point `{signal}` is not writable (only items with \
+         `writable = true` in [[opcua.servers.items]] are)"
+    )]
+    NotWritable {
+        /// Device id.
+        device: String,
+        /// The signal asked for.
+        signal: String,
+    },
+    /// A write's value is not one the node may take; nothing was written.
+    #[error("device `{device}`: point `{signal}`: {reason}; nothing was written")]
+    InvalidValue {
+        /// Device id.
+        device: String,
+        /// Signal name.
+        signal: String,
+        /// What is wrong with the value.
+        reason: String,
+    },
+    /// The server's session is down; nothing was written.
+    #[error("server `{0}` is not connected; nothing was written")]
+    NotConnected(Arc<str>),
+    /// A read or write service call failed (a timeout, a lost connection).
+    #[error("server `{server}`: {what}: {status}")]
+    Request {
+        /// Server id.
+        server: Arc<str>,
+        /// The call, with its node.
+        what: String,
+        /// Status code name and description.
+        status: String,
+    },
+    /// The server refused the write (access, type, range, ...).
+    #[error(
+        "device `{device}`: point `{signal}`: the server refused the write to {node_id}: {status}"
+    )]
+    WriteRefused {
+        /// Device id.
+        device: String,
+        /// Signal name.
+        signal: String,
+        /// The node as configured.
+        node_id: String,
         /// Status code name and description.
         status: String,
     },

@@ -60,6 +60,10 @@ pub struct ItemPlan {
     pub deadband: Option<f64>,
     /// Server-side queue size.
     pub queue_size: u32,
+    /// Operators may write it (decision 0090).
+    pub writable: bool,
+    /// The range a write may set: both or neither (a numeric node needs both).
+    pub range: Option<(f64, f64)>,
 }
 
 /// Validates the whole section; `Err` lists every problem.
@@ -193,6 +197,26 @@ fn plan_server(server: &ServerConfig, label: &str, errors: &mut Vec<String>) -> 
                 "`deadband` must be a finite number >= 0, got {deadband}"
             ));
         }
+        let range = match (item.writable, item.min, item.max) {
+            (_, None, None) => None,
+            (false, _, _) => {
+                err("`min`/`max` limit writes: set `writable = true` or remove them".to_owned());
+                None
+            }
+            (true, Some(min), Some(max)) if !min.is_finite() || !max.is_finite() => {
+                err("`min` and `max` must be finite".to_owned());
+                None
+            }
+            (true, Some(min), Some(max)) if min > max => {
+                err(format!("`min` {min} is above `max` {max}"));
+                None
+            }
+            (true, Some(min), Some(max)) => Some((min, max)),
+            (true, _, _) => {
+                err("give both `min` and `max`, the range operators may set".to_owned());
+                None
+            }
+        };
         if let (Some(node_id), Some(device)) = (node_id, device) {
             items.push(ItemPlan {
                 node_id,
@@ -202,6 +226,8 @@ fn plan_server(server: &ServerConfig, label: &str, errors: &mut Vec<String>) -> 
                 sampling_interval_ms: item.sampling_interval_ms.map_or(-1.0, |ms| ms as f64),
                 deadband: item.deadband,
                 queue_size: item.queue_size.max(1),
+                writable: item.writable,
+                range,
             });
         }
     }
@@ -301,7 +327,10 @@ mod tests {
         }
         let root: Root = toml::from_str(crate::opcua::config::EXAMPLE).unwrap();
         let plans = plan(&root.opcua).unwrap();
-        assert_eq!(plans[0].items.len(), 2);
+        assert_eq!(plans[0].items.len(), 3);
+        assert!(!plans[0].items[0].writable);
+        assert!(plans[0].items[2].writable);
+        assert_eq!(plans[0].items[2].range, Some((2.0, 6.5)));
         assert_eq!(&*plans[0].items[1].device, "pump-1-motor");
         assert_eq!(plans[0].user, Some(("fabrik".into(), "change-me".into())));
     }
@@ -342,6 +371,27 @@ mod tests {
             signal = "y"
             deadband = -1.0
 
+            [[servers.items]]
+            node_id = "ns=2;s=Limited"
+            signal = "limited"
+            device = "d"
+            max = 3.0
+
+            [[servers.items]]
+            node_id = "ns=2;s=Half"
+            signal = "half"
+            device = "d"
+            writable = true
+            min = 3.0
+
+            [[servers.items]]
+            node_id = "ns=2;s=Upside"
+            signal = "upside"
+            device = "d"
+            writable = true
+            min = 3.0
+            max = 1.0
+
             [[servers]]
             id = "a"
             endpoint = "opc.tcp://h:99999/"
@@ -366,6 +416,9 @@ mod tests {
             "item `bogus`: not a node id",
             "item `bogus`: no `device`",
             "item `ns=2;s=X`: `deadband` must be",
+            "item `ns=2;s=Limited`: `min`/`max` limit writes: set `writable = true`",
+            "item `ns=2;s=Half`: give both `min` and `max`",
+            "item `ns=2;s=Upside`: `min` 3 is above `max` 1",
             "server `a`: duplicate id",
             "port `99999`",
             "item `i=2`: duplicate signal `s` of device `d`",

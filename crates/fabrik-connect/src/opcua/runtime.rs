@@ -53,6 +53,7 @@ use super::config::OpcUaConfig;
 use super::convert::{self, now_ns};
 use super::plan::{ItemPlan, ServerPlan, plan};
 use super::session::{ConnectSettings, build_client, open_session, sync_trust_dir};
+use super::write::{OpcUaWriter, SessionSlot};
 use super::{OpcUaError, Quality, Reading};
 
 /// Most readings held between the callback and the channel before dropping (one publish
@@ -72,6 +73,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct OpcUaClient {
     tracker: TaskTracker,
+    writer: OpcUaWriter,
 }
 
 impl OpcUaClient {
@@ -92,11 +94,17 @@ impl OpcUaClient {
         shutdown: CancellationToken,
     ) -> Self {
         let tracker = TaskTracker::new();
-        for server in servers {
-            tracker.spawn(ServerTask::new(server, readings.clone(), shutdown.clone()).run());
+        let (writer, slots) = OpcUaWriter::new(&servers);
+        for (server, slot) in servers.into_iter().zip(slots) {
+            tracker.spawn(ServerTask::new(server, readings.clone(), slot, shutdown.clone()).run());
         }
         tracker.close();
-        Self { tracker }
+        Self { tracker, writer }
+    }
+
+    /// The handle that writes the servers' writable items.
+    pub fn writer(&self) -> OpcUaWriter {
+        self.writer.clone()
     }
 
     /// Waits until every server task has ended (after the shutdown token was cancelled, or
@@ -145,6 +153,8 @@ struct ServerTask {
     readings: mpsc::Sender<Reading>,
     shutdown: CancellationToken,
     buffer: Arc<Buffer>,
+    /// The connected session, for writes; empty while disconnected.
+    session: SessionSlot,
     /// Delay applied at the next failure before a session exists.
     backoff: Duration,
     /// Failures in a row (0 = healthy).
@@ -157,8 +167,14 @@ struct ServerTask {
 }
 
 impl ServerTask {
-    fn new(plan: ServerPlan, readings: mpsc::Sender<Reading>, shutdown: CancellationToken) -> Self {
+    fn new(
+        plan: ServerPlan,
+        readings: mpsc::Sender<Reading>,
+        session: SessionSlot,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
+            session,
             settings: ConnectSettings::from_plan(&plan),
             backoff: plan.reconnect_min,
             plan: Arc::new(plan),
@@ -217,6 +233,7 @@ impl ServerTask {
     ) -> Result<(), Stop> {
         tokio::pin!(stream);
         let result = self.drive_loop(session, &mut stream).await;
+        *self.session.lock() = None;
         if result.is_err() {
             close(session, &mut stream).await;
         }
@@ -289,6 +306,7 @@ impl ServerTask {
                     }
                     Some(Ok(SessionPollResult::Reconnected(mode))) => {
                         connected = true;
+                        *self.session.lock() = Some(Arc::clone(session));
                         last_publish = Instant::now();
                         self.succeeded(&mode);
                         let exists = session
@@ -310,6 +328,7 @@ impl ServerTask {
                     }
                     Some(Ok(SessionPollResult::ConnectionLost(status))) => {
                         connected = false;
+                        *self.session.lock() = None;
                         let err = OpcUaError::ConnectionLost {
                             server: Arc::clone(&self.plan.id),
                             status: status.to_string(),

@@ -694,28 +694,28 @@ async fn writes_reach_pymodbus_are_read_back_and_refused_where_they_must_be() {
         .write("plc-w", "speed", SetValue::Number(123.4))
         .await
         .expect("speed written");
-    assert_eq!(written.read_back, Value::F64(123.4));
+    assert_eq!(written.read_back, Ok(Value::F64(123.4)));
     assert!(written.confirmed);
     // A float over two registers, words swapped.
     let written = writer
         .write("plc-w", "flow", SetValue::Number(-2.5))
         .await
         .expect("flow written");
-    assert_eq!(written.read_back, Value::F64(-2.5));
+    assert_eq!(written.read_back, Ok(Value::F64(-2.5)));
     assert!(written.confirmed);
     // A coil.
     let written = writer
         .write("plc-w", "pump", SetValue::Bool(true))
         .await
         .expect("pump switched");
-    assert_eq!(written.read_back, Value::Bool(true));
+    assert_eq!(written.read_back, Ok(Value::Bool(true)));
     assert!(written.confirmed);
     // The device keeps at most 500: the write is answered, but not confirmed.
     let written = writer
         .write("plc-w", "clamped", SetValue::Number(900.0))
         .await
         .expect("clamped answered");
-    assert_eq!(written.read_back, Value::I64(500));
+    assert_eq!(written.read_back, Ok(Value::I64(500)));
     assert!(!written.confirmed, "a clamped value is not the one written");
     // A register the device refuses to write.
     match writer.write("plc-w", "locked", SetValue::Number(3.0)).await {
@@ -779,4 +779,48 @@ async fn writes_reach_pymodbus_are_read_back_and_refused_where_they_must_be() {
         .await
         .unwrap_err();
     assert!(matches!(e, ModbusError::Stopped(_)), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_waits_past_its_deadline_is_given_up_and_never_made() {
+    use fabrik_connect::modbus::{ModbusError, SetValue};
+    let peer = Peer::start();
+    let speed = writable(
+        pt("speed", Table::Holding, 42, DataType::U16),
+        Some((0.0, 1000.0)),
+    );
+    let config = ModbusConfig {
+        devices: vec![device("plc-e", peer.address(), 50, vec![speed])],
+    };
+    // A readings channel nobody empties: the device task soon waits to hand on a poll, as it
+    // would behind a store that cannot keep up.
+    let (tx, mut rx) = mpsc::channel(1);
+    let shutdown = CancellationToken::new();
+    let poller = ModbusPoller::start(&config, tx, shutdown.clone()).expect("valid config");
+    let writer = poller.writer();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = Instant::now();
+    let e = writer
+        .write("plc-e", "speed", SetValue::Number(77.0))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ModbusError::Expired { .. }), "{e}");
+    assert!(e.to_string().contains("nothing was written"), "{e}");
+    assert!(
+        asked.elapsed() >= Duration::from_secs(5),
+        "the deadline is at least 5 s"
+    );
+    // The task gets going again and finds the write given up: the device keeps its value.
+    let readings = collect(&mut rx, Duration::from_secs(2), |_| false).await;
+    stop(poller, shutdown).await;
+    let values: Vec<_> = readings
+        .iter()
+        .filter(|r| r.quality == Quality::Good)
+        .map(|r| r.value.clone())
+        .collect();
+    assert!(values.len() >= 5, "{readings:#?}");
+    assert!(
+        values.iter().all(|v| *v == Some(Value::I64(0))),
+        "a given-up write reached the device: {values:?}"
+    );
 }

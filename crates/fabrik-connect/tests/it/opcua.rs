@@ -795,3 +795,155 @@ async fn server_down_at_start_is_reported_then_connected_when_it_comes_up() {
     assert!(!shutdown.is_cancelled());
     drop(peer);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writable_items_are_written_in_the_nodes_type_and_read_back() {
+    use fabrik_connect::opcua::OpcUaError;
+    use fabrik_connect::setpoint::SetValue;
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let peer = plain_peer(dir.path(), false).await;
+    let mut toml_text = server_toml(
+        "plc",
+        &peer.endpoint(),
+        &dir.path().join("pki"),
+        "",
+        &[("ns=2;s=Pump1.Count", "count")],
+    );
+    for (node, signal, range) in [
+        (
+            "ns=2;s=Pump1.Setpoint",
+            "setpoint",
+            "min = 2.0\nmax = 6.5\n",
+        ),
+        (
+            "ns=2;s=Pump1.Speed",
+            "speed",
+            "min = -1000.0\nmax = 1000.0\n",
+        ),
+        ("ns=2;s=Pump1.Enable", "enable", ""),
+        ("ns=2;s=Pump1.Limit", "limit", "min = 0.0\nmax = 1000.0\n"),
+        ("ns=2;s=Pump1.Locked", "locked", "min = 0.0\nmax = 10.0\n"),
+        ("ns=2;s=Pump1.Pressure", "unranged", ""),
+    ] {
+        toml_text.push_str(&format!(
+            "[[servers.items]]\nnode_id = \"{node}\"\nsignal = \"{signal}\"\nwritable = true\n{range}"
+        ));
+    }
+    let mut run = Running::start(&toml_text);
+    let writer = run.client.writer();
+    // Writes go out on the session the subscription uses: wait until it is up.
+    run.wait_for(Duration::from_secs(20), |r| {
+        &*r.signal == "count" && r.quality == Quality::Good
+    })
+    .await
+    .expect("the session connects");
+
+    let written = writer
+        .write("plc-dev", "setpoint", SetValue::Number(5.5))
+        .await
+        .expect("Double written");
+    assert_eq!(
+        (written.read_back, written.confirmed),
+        (Ok(Value::F64(5.5)), true)
+    );
+    // An Int16 node takes the number as an Int16 (a Double would be BadTypeMismatch).
+    let written = writer
+        .write("plc-dev", "speed", SetValue::Number(-300.0))
+        .await
+        .expect("Int16 written");
+    assert_eq!(
+        (written.read_back, written.confirmed),
+        (Ok(Value::I64(-300)), true)
+    );
+    let written = writer
+        .write("plc-dev", "enable", SetValue::Bool(true))
+        .await
+        .expect("Boolean written");
+    assert_eq!(
+        (written.read_back, written.confirmed),
+        (Ok(Value::Bool(true)), true)
+    );
+    // The server keeps Limit at most 500: the write is answered, but the node holds its own.
+    let clamped = writer
+        .write("plc-dev", "limit", SetValue::Number(900.0))
+        .await
+        .expect("UInt16 answered");
+    assert!(!clamped.confirmed, "{clamped:?}");
+    assert_eq!(clamped.read_back, Ok(Value::I64(500)), "{clamped:?}");
+
+    // Refused by the server: the node is not writable.
+    match writer
+        .write("plc-dev", "locked", SetValue::Number(3.0))
+        .await
+    {
+        Err(OpcUaError::WriteRefused { status, .. }) => {
+            assert!(
+                status.starts_with("BadNotWritable") || status.starts_with("BadUserAccessDenied"),
+                "{status}"
+            );
+        }
+        other => panic!("expected the server to refuse, got {other:?}"),
+    }
+    // Refused before anything is sent.
+    for (signal, value, says) in [
+        (
+            "setpoint",
+            SetValue::Number(7.0),
+            "outside the point's range 2..=6.5",
+        ),
+        (
+            "speed",
+            SetValue::Number(1.5),
+            "the node holds a Int16: 1.5 is not a whole number",
+        ),
+        ("enable", SetValue::Number(1.0), "give true or false"),
+        (
+            "unranged",
+            SetValue::Number(1.0),
+            "declares no `min` and `max`",
+        ),
+    ] {
+        let e = writer.write("plc-dev", signal, value).await.unwrap_err();
+        assert!(
+            matches!(e, OpcUaError::InvalidValue { .. }) && e.to_string().contains(says),
+            "{signal}: {e}"
+        );
+    }
+    let e = writer
+        .write("plc-dev", "count", SetValue::Number(1.0))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, OpcUaError::NotWritable { .. }), "{e}");
+    let e = writer
+        .write("other", "count", SetValue::Number(1.0))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, OpcUaError::UnknownDevice(_)), "{e}");
+
+    // The subscription sees what was written.
+    run.wait_for(Duration::from_secs(10), |r| {
+        &*r.signal == "setpoint" && r.value == Some(Value::F64(5.5))
+    })
+    .await
+    .expect("the written setpoint is reported by the subscription");
+    // Once the session is gone, a write is refused at once, not queued.
+    drop(peer);
+    let refused = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match writer
+                .write("plc-dev", "setpoint", SetValue::Number(3.0))
+                .await
+            {
+                Err(OpcUaError::NotConnected(_)) => break,
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    })
+    .await;
+    assert!(
+        refused.is_ok(),
+        "a write with the server gone is refused as not connected"
+    );
+    run.stop().await;
+}

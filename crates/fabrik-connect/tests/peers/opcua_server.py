@@ -12,6 +12,15 @@ every 100 ms:
     ns=2;s=Pump1.Broken    Double   status BadSensorFailure      (with --bad)
     ns=2;s=Pump1.Stale     Double   status UncertainLastUsableValue (with --bad)
 
+and, for the write tests, variables that keep what a client writes:
+
+    ns=2;s=Pump1.Setpoint  Double   4.0, writable
+    ns=2;s=Pump1.Speed     Int16    0, writable
+    ns=2;s=Pump1.Enable    Boolean  false, writable
+    ns=2;s=Pump1.Limit     UInt16   0, writable, but the server keeps at most 500 (it clamps
+                                    before it answers the write)
+    ns=2;s=Pump1.Locked    Double   1.0, read-only (a write answers BadNotWritable)
+
 Security: `--security` is a comma list of none, sign, encrypt (Basic256Sha256 Sign /
 SignAndEncrypt). With sign or encrypt the server certificate and key are read from
 `--cert-dir` (server_cert.der, server_key.pem) and generated there first if absent, with the
@@ -35,6 +44,7 @@ import sys
 
 try:
     from asyncua import Server, ua
+    from asyncua.common.callback import CallbackType
     from asyncua.crypto.permission_rules import User, UserRole
     from asyncua.crypto import cert_gen
     from cryptography import x509
@@ -149,6 +159,24 @@ async def main() -> None:
     step_value = 0.0
     broken = await var("Broken", 0.0, ua.VariantType.Double) if args.bad else None
     stale = await var("Stale", 0.0, ua.VariantType.Double) if args.bad else None
+    for name, value, vtype in (
+        ("Setpoint", 4.0, ua.VariantType.Double),
+        ("Speed", 0, ua.VariantType.Int16),
+        ("Enable", False, ua.VariantType.Boolean),
+        ("Limit", 0, ua.VariantType.UInt16),
+    ):
+        await (await var(name, value, vtype)).set_writable()
+    limit_id = ua.NodeId("Pump1.Limit", idx)
+    limit = server.get_node(limit_id)
+    await var("Locked", 1.0, ua.VariantType.Double)
+
+    async def clamp(event, _dispatcher):
+        """Keeps Limit at most 500 before the write is answered, as a drive keeps its limit."""
+        for write in event.request_params.NodesToWrite:
+            if write.NodeId == limit_id and write.Value.Value.Value > 500:
+                await limit.write_value(ua.Variant(500, ua.VariantType.UInt16))
+
+    server.subscribe_server_callback(CallbackType.PostWrite, clamp)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -166,6 +194,7 @@ async def main() -> None:
             await mode.write_value(ua.Variant(f"mode-{n}", ua.VariantType.String))
             step_value += 10.0 if n % 10 == 0 else 0.1
             await step.write_value(ua.Variant(step_value, ua.VariantType.Double))
+
             if broken is not None:
                 await broken.write_value(
                     ua.DataValue(

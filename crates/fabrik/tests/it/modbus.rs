@@ -347,7 +347,7 @@ type = "u16"
             "enable",
             serde_json::json!({"value": true}),
             404,
-            "no Modbus device `drive-9`",
+            "no Modbus device or OPC UA item is configured for device `drive-9`",
         ),
         (
             &ana,
@@ -472,9 +472,16 @@ type = "u16"
             "no audit entry by {actor} starting `{target}` with {status} in {targets:#?}"
         );
     }
+    // The body that does not parse is refused before the handler: recorded all the same.
+    assert!(
+        targets.iter().any(|(a, t, s)| a == "ana"
+            && t == "/api/v1/devices/drive-1/setpoints/enable"
+            && *s == 400),
+        "{targets:#?}"
+    );
     assert_eq!(
         targets.iter().filter(|(a, _, _)| a == "ana").count(),
-        8,
+        9,
         "one entry per write asked for, no more: {targets:#?}"
     );
 

@@ -609,6 +609,37 @@ fn the_demo_plant_publishes_through_the_endpoint_within_seconds() {
         );
         rows.first().is_some_and(|r| r["setpoint"] == 8.5)
     });
+    // The filler line's speed set-point over OPC UA, through the same command: the line ramps
+    // to it, and Fabrik refuses what the item's range does not allow.
+    let (ok, out) = crate::support::client_command(
+        &p.url,
+        &["device", "set", "line-01", "speed_setpoint", "450"],
+    );
+    assert!(ok, "{out}");
+    assert!(out.contains("line-01/speed_setpoint = 450"), "{out}");
+    let (ok, out) = crate::support::client_command(
+        &p.url,
+        &["device", "set", "line-01", "speed_setpoint", "1000"],
+    );
+    assert!(
+        !ok && out.contains("outside the point's range 0..=900"),
+        "{out}"
+    );
+    let (ok, out) = crate::support::client_command(&p.url, &["device", "setpoints"]);
+    assert!(ok, "{out}");
+    for listed in ["chiller-01", "line-01", "ns=2;s=Line1.Filler.SpeedSetpoint"] {
+        assert!(out.contains(listed), "{listed} not in:\n{out}");
+    }
+    eventually("the filler runs at the speed set through Fabrik", || {
+        let rows = query(
+            &p.url,
+            "SELECT speed FROM filler WHERE device = 'line-01' AND speed IS NOT NULL \
+             ORDER BY time DESC LIMIT 1",
+        );
+        rows.first()
+            .and_then(|r| r["speed"].as_f64())
+            .is_some_and(|v| (v - 450.0).abs() < 15.0)
+    });
 }
 
 /// `mosquitto_sub` with a persistent session (`-c`), QoS 1, until `count` messages or `wait`

@@ -1,0 +1,426 @@
+//! Writing the items declared `writable` (decision 0090): the node's value is read first, and
+//! the operator's value is converted to that value's own type (a server answers
+//! `BadTypeMismatch` to a Double written to an Int16 node), checked against the item's range
+//! and the type's; then written on the server's current session and read back.
+//!
+//! A write goes out on the session the server's task keeps connected, concurrently with its
+//! subscription (OPC UA sessions take concurrent requests); while that session is down, a
+//! write is refused at once rather than queued for a reconnect.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opcua::client::Session;
+use opcua::types::{
+    AttributeId, DataValue, NodeId, ReadValueId, StatusCode, TimestampsToReturn, Variant,
+    WriteValue,
+};
+use parking_lot::Mutex;
+
+use super::convert;
+use super::plan::ServerPlan;
+use super::{OpcUaError, Value};
+use crate::setpoint::SetValue;
+
+/// The session a server's task has connected, if any; the task sets and clears it.
+pub(crate) type SessionSlot = Arc<Mutex<Option<Arc<Session>>>>;
+
+/// A write the server accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    /// The node's value read back after the write, or why it could not be read (the write
+    /// was accepted all the same).
+    pub read_back: Result<Value, String>,
+    /// Whether the node holds exactly what was written (the server may clamp or a program may
+    /// overwrite it).
+    pub confirmed: bool,
+}
+
+/// A writable item, as the writer finds it.
+#[derive(Debug, Clone)]
+pub struct WritableItem {
+    /// The server's id.
+    pub server: Arc<str>,
+    /// Device id.
+    pub device: Arc<str>,
+    /// Signal name.
+    pub signal: Arc<str>,
+    /// The node.
+    pub node_id: NodeId,
+    /// The node id as configured.
+    pub node_text: String,
+    /// The range a write may set (numeric nodes).
+    pub range: Option<(f64, f64)>,
+}
+
+/// The writable items of the configured servers, and the sessions to write them on.
+#[derive(Clone, Default)]
+pub struct OpcUaWriter {
+    items: Arc<Vec<WritableItem>>,
+    /// Devices with any item, writable or not.
+    devices: Arc<Vec<Arc<str>>>,
+    sessions: Arc<HashMap<Arc<str>, (SessionSlot, Duration)>>,
+}
+
+impl std::fmt::Debug for OpcUaWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpcUaWriter")
+            .field("items", &self.items)
+            .field("servers", &self.sessions.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl OpcUaWriter {
+    /// The writer of `servers`, and per server the slot its task keeps its session in.
+    pub(crate) fn new(servers: &[ServerPlan]) -> (Self, Vec<SessionSlot>) {
+        let mut items = Vec::new();
+        let mut devices: Vec<Arc<str>> = Vec::new();
+        let mut sessions = HashMap::new();
+        let mut slots = Vec::with_capacity(servers.len());
+        for server in servers {
+            for item in &server.items {
+                if !devices.contains(&item.device) {
+                    devices.push(Arc::clone(&item.device));
+                }
+                if item.writable {
+                    items.push(WritableItem {
+                        server: Arc::clone(&server.id),
+                        device: Arc::clone(&item.device),
+                        signal: Arc::clone(&item.signal),
+                        node_id: item.node_id.clone(),
+                        node_text: item.node_text.clone(),
+                        range: item.range,
+                    });
+                }
+            }
+            let slot = SessionSlot::default();
+            slots.push(Arc::clone(&slot));
+            sessions.insert(Arc::clone(&server.id), (slot, server.request_timeout));
+        }
+        devices.sort();
+        (
+            Self {
+                items: Arc::new(items),
+                devices: Arc::new(devices),
+                sessions: Arc::new(sessions),
+            },
+            slots,
+        )
+    }
+
+    /// Every writable item.
+    pub fn items(&self) -> Vec<WritableItem> {
+        self.items.to_vec()
+    }
+
+    /// Whether `device` has items on one of the servers.
+    pub fn serves(&self, device: &str) -> bool {
+        self.devices.iter().any(|d| &**d == device)
+    }
+
+    /// Reads the node, converts `value` to its type, writes it and reads it back.
+    pub async fn write(
+        &self,
+        device: &str,
+        signal: &str,
+        value: SetValue,
+    ) -> Result<Written, OpcUaError> {
+        if !self.serves(device) {
+            return Err(OpcUaError::UnknownDevice(device.to_owned()));
+        }
+        let item = self
+            .items
+            .iter()
+            .find(|i| &*i.device == device && &*i.signal == signal)
+            .ok_or_else(|| OpcUaError::NotWritable {
+                device: device.to_owned(),
+                signal: signal.to_owned(),
+            })?;
+        let (slot, timeout) = self
+            .sessions
+            .get(&item.server)
+            .ok_or_else(|| OpcUaError::NotConnected(Arc::clone(&item.server)))?;
+        let session = slot
+            .lock()
+            .clone()
+            .ok_or_else(|| OpcUaError::NotConnected(Arc::clone(&item.server)))?;
+        let request = |what: &'static str| {
+            let server = Arc::clone(&item.server);
+            let node = item.node_text.clone();
+            move |status: String| OpcUaError::Request {
+                server,
+                what: format!("{what} {node}"),
+                status,
+            }
+        };
+        let current = read_value(&session, &item.node_id, *timeout)
+            .await
+            .map_err(request("read"))?;
+        let variant =
+            to_variant(&current, value, item.range).map_err(|reason| OpcUaError::InvalidValue {
+                device: device.to_owned(),
+                signal: signal.to_owned(),
+                reason,
+            })?;
+        let write = WriteValue {
+            node_id: item.node_id.clone(),
+            attribute_id: AttributeId::Value as u32,
+            index_range: Default::default(),
+            value: DataValue::value_only(variant.clone()),
+        };
+        let statuses = with_timeout(*timeout, session.write(&[write]))
+            .await
+            .map_err(request("write"))?;
+        let status = statuses
+            .first()
+            .copied()
+            .unwrap_or(StatusCode::BadUnexpectedError);
+        if !status.is_good() {
+            return Err(OpcUaError::WriteRefused {
+                device: device.to_owned(),
+                signal: signal.to_owned(),
+                node_id: item.node_text.clone(),
+                status: convert::status_text(status),
+            });
+        }
+        // Accepted: from here on the value is on the server, whatever the read-back says.
+        Ok(match read_value(&session, &item.node_id, *timeout).await {
+            Ok(after) => Written {
+                read_back: Ok(convert::value(&after).unwrap_or(Value::Str(after.to_string()))),
+                confirmed: after == variant,
+            },
+            Err(status) => Written {
+                read_back: Err(request("read back")(status).to_string()),
+                confirmed: false,
+            },
+        })
+    }
+}
+
+/// The node's current value (read from the device, not a cache).
+async fn read_value(
+    session: &Session,
+    node_id: &NodeId,
+    timeout: Duration,
+) -> Result<Variant, String> {
+    let read = ReadValueId {
+        node_id: node_id.clone(),
+        attribute_id: AttributeId::Value as u32,
+        ..Default::default()
+    };
+    let values = with_timeout(
+        timeout,
+        session.read(&[read], TimestampsToReturn::Neither, 0.0),
+    )
+    .await?;
+    let value = values
+        .into_iter()
+        .next()
+        .ok_or_else(|| "no value in the answer".to_owned())?;
+    if let Some(status) = value.status
+        && !status.is_good()
+    {
+        return Err(convert::status_text(status));
+    }
+    value
+        .value
+        .ok_or_else(|| "no value in the answer".to_owned())
+}
+
+/// A service call within the request timeout (a second more than the session's own).
+async fn with_timeout<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<T, opcua::types::Error>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(timeout + Duration::from_secs(1), call).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(convert::status_text(e.status())),
+        Err(_) => Err(convert::status_text(StatusCode::BadTimeout)),
+    }
+}
+
+/// `value` as a variant of `current`'s type, within `range` and the type's own bounds.
+pub fn to_variant(
+    current: &Variant,
+    value: SetValue,
+    range: Option<(f64, f64)>,
+) -> Result<Variant, String> {
+    let kind = type_name(current);
+    let number = match (current, value) {
+        (Variant::Boolean(_), SetValue::Bool(b)) => return Ok(Variant::Boolean(b)),
+        (Variant::Boolean(_), SetValue::Number(_)) => {
+            return Err("the node is a Boolean: give true or false".into());
+        }
+        (
+            Variant::SByte(_)
+            | Variant::Byte(_)
+            | Variant::Int16(_)
+            | Variant::UInt16(_)
+            | Variant::Int32(_)
+            | Variant::UInt32(_)
+            | Variant::Int64(_)
+            | Variant::UInt64(_)
+            | Variant::Float(_)
+            | Variant::Double(_),
+            SetValue::Bool(_),
+        ) => return Err(format!("the node holds a {kind}: give a number")),
+        (
+            Variant::SByte(_)
+            | Variant::Byte(_)
+            | Variant::Int16(_)
+            | Variant::UInt16(_)
+            | Variant::Int32(_)
+            | Variant::UInt32(_)
+            | Variant::Int64(_)
+            | Variant::UInt64(_)
+            | Variant::Float(_)
+            | Variant::Double(_),
+            SetValue::Number(v),
+        ) => v,
+        (_, _) => {
+            return Err(format!(
+                "the node holds a {kind}; only numbers and Booleans are written"
+            ));
+        }
+    };
+    if !number.is_finite() {
+        return Err(format!("{number} is not a finite number"));
+    }
+    let Some((min, max)) = range else {
+        return Err(
+            "the node holds a number, and its item declares no `min` and `max`: nothing is \
+             written to it until the configuration says what range operators may set"
+                .into(),
+        );
+    };
+    if !(min..=max).contains(&number) {
+        return Err(format!(
+            "{number} is outside the point's range {min}..={max}"
+        ));
+    }
+    let whole = || {
+        if number.fract() == 0.0 {
+            Ok(number)
+        } else {
+            Err(format!(
+                "the node holds a {kind}: {number} is not a whole number"
+            ))
+        }
+    };
+    let bounded = |lo: f64, hi: f64| {
+        let n = whole()?;
+        if (lo..=hi).contains(&n) {
+            Ok(n)
+        } else {
+            Err(format!("{number} does not fit a {kind} ({lo}..={hi})"))
+        }
+    };
+    // Each cast is exact: `bounded` checked the value is whole and inside the type.
+    Ok(match current {
+        Variant::SByte(_) => Variant::SByte(bounded(f64::from(i8::MIN), f64::from(i8::MAX))? as i8),
+        Variant::Byte(_) => Variant::Byte(bounded(0.0, f64::from(u8::MAX))? as u8),
+        Variant::Int16(_) => {
+            Variant::Int16(bounded(f64::from(i16::MIN), f64::from(i16::MAX))? as i16)
+        }
+        Variant::UInt16(_) => Variant::UInt16(bounded(0.0, f64::from(u16::MAX))? as u16),
+        Variant::Int32(_) => {
+            Variant::Int32(bounded(f64::from(i32::MIN), f64::from(i32::MAX))? as i32)
+        }
+        Variant::UInt32(_) => Variant::UInt32(bounded(0.0, f64::from(u32::MAX))? as u32),
+        // 2^53: beyond it an f64 no longer holds every whole number, so the value asked for
+        // might not be the one written.
+        Variant::Int64(_) => {
+            Variant::Int64(bounded(-9_007_199_254_740_992.0, 9_007_199_254_740_992.0)? as i64)
+        }
+        Variant::UInt64(_) => Variant::UInt64(bounded(0.0, 9_007_199_254_740_992.0)? as u64),
+        Variant::Float(_) => {
+            let narrowed = number as f32;
+            // The nearest Float of the value itself: its own rounding, nothing magnified.
+            if !narrowed.is_finite()
+                || (f64::from(narrowed) - number).abs() > number.abs() * f64::from(f32::EPSILON)
+            {
+                return Err(format!("{number} does not fit a Float"));
+            }
+            Variant::Float(narrowed)
+        }
+        _ => Variant::Double(number),
+    })
+}
+
+/// The variant's OPC UA type name (`Int16`, `Double`, ...).
+fn type_name(variant: &Variant) -> String {
+    variant
+        .scalar_type_id()
+        .map_or_else(|| "empty value".to_owned(), |t| format!("{t:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_take_the_type_the_node_holds() {
+        let range = Some((-1e6, 1e6));
+        let cases = [
+            (Variant::Double(0.0), 7.25, Variant::Double(7.25)),
+            (Variant::Float(0.0), 7.25, Variant::Float(7.25)),
+            (Variant::Int16(0), -300.0, Variant::Int16(-300)),
+            (Variant::UInt16(0), 300.0, Variant::UInt16(300)),
+            (Variant::Int32(0), 70_000.0, Variant::Int32(70_000)),
+            (Variant::UInt32(0), 70_000.0, Variant::UInt32(70_000)),
+            (Variant::Int64(0), -5.0, Variant::Int64(-5)),
+            (Variant::UInt64(0), 5.0, Variant::UInt64(5)),
+            (Variant::SByte(0), -5.0, Variant::SByte(-5)),
+            (Variant::Byte(0), 200.0, Variant::Byte(200)),
+        ];
+        for (current, value, want) in cases {
+            assert_eq!(
+                to_variant(&current, SetValue::Number(value), range),
+                Ok(want),
+                "{current:?}"
+            );
+        }
+        assert_eq!(
+            to_variant(&Variant::Boolean(false), SetValue::Bool(true), None),
+            Ok(Variant::Boolean(true))
+        );
+    }
+
+    #[test]
+    fn values_that_the_node_cannot_hold_or_the_item_forbids_are_refused() {
+        let range = Some((-1e6, 1e6));
+        let refused = |current: Variant, value: SetValue, range| {
+            to_variant(&current, value, range).expect_err("refused")
+        };
+        let e = refused(Variant::Int16(0), SetValue::Number(1.5), range);
+        assert!(e.contains("not a whole number"), "{e}");
+        let e = refused(Variant::Byte(0), SetValue::Number(300.0), range);
+        assert!(e.contains("does not fit a Byte (0..=255)"), "{e}");
+        let e = refused(Variant::UInt16(0), SetValue::Number(-1.0), range);
+        assert!(e.contains("does not fit"), "{e}");
+        let e = refused(
+            Variant::Double(0.0),
+            SetValue::Number(7.0),
+            Some((0.0, 6.5)),
+        );
+        assert_eq!(e, "7 is outside the point's range 0..=6.5");
+        let e = refused(Variant::Double(0.0), SetValue::Number(7.0), None);
+        assert!(e.contains("declares no `min` and `max`"), "{e}");
+        let e = refused(Variant::Double(0.0), SetValue::Bool(true), range);
+        assert!(e.contains("give a number"), "{e}");
+        let e = refused(Variant::Boolean(true), SetValue::Number(1.0), range);
+        assert!(e.contains("give true or false"), "{e}");
+        let e = refused(Variant::String("a".into()), SetValue::Number(1.0), range);
+        assert!(e.contains("only numbers and Booleans"), "{e}");
+        let e = refused(Variant::Double(0.0), SetValue::Number(f64::NAN), range);
+        assert!(e.contains("not a finite number"), "{e}");
+        let e = refused(
+            Variant::Float(0.0),
+            SetValue::Number(1e300),
+            Some((0.0, f64::MAX)),
+        );
+        assert!(e.contains("does not fit a Float"), "{e}");
+    }
+}
