@@ -375,10 +375,11 @@ impl Written<'_> {
                 actor: self.actor.to_owned(),
                 action: "POST /api/v1/devices/{id}/setpoints/{signal}".to_owned(),
                 target: format!(
-                    "{}/{} = {}: {result}",
+                    "{}/{} = {}: {}",
                     plain(self.device),
                     plain(self.signal),
-                    self.value
+                    self.value,
+                    result.escape_debug()
                 ),
                 status: status.as_u16(),
             },
@@ -388,9 +389,12 @@ impl Written<'_> {
 }
 
 /// A name from the request's path as the audit entry shows it: control characters escaped and
-/// `/` encoded, so `device/signal` reads one way only.
+/// `%` and `/` encoded, so `device/signal` reads one way only.
 fn plain(name: &str) -> String {
-    name.escape_debug().to_string().replace('/', "%2F")
+    name.escape_debug()
+        .to_string()
+        .replace('%', "%25")
+        .replace('/', "%2F")
 }
 
 /// A value as the number stored: switches as 1 and 0.

@@ -838,6 +838,7 @@ async function pageDevice(p, id) {
       </div>
       <div class="stack">
         <section class="card" aria-labelledby="h-meta"><h2 id="h-meta">Details</h2><div id="dev-meta"></div><div id="dev-attest"></div></section>
+        <div id="dev-setpoints"></div>
         <section class="card" aria-labelledby="h-alerts"><div class="card-head"><h2 id="h-alerts">Recent alerts</h2><a href="#/alerts">All alerts →</a></div><div id="dev-alerts"></div></section>
         <section class="card" aria-labelledby="h-events"><h2 id="h-events">Connection history</h2><ul class="timeline" id="dev-events" aria-label="Connection history"></ul></section>
       </div>
@@ -857,6 +858,9 @@ async function pageDevice(p, id) {
       <dt>Sparkplug node</dt><dd>${dev.sparkplug_node || '—'}</dd><dt>Registered</dt><dd>${fmtTime(dev.created_at)}</dd></dl>`);
   };
   renderMeta(d);
+  // Setpoints (decision 0090): the points of this device the configuration declares writable.
+  const writable = (await api('/api/v1/setpoints').catch(() => [])).filter((s) => s.device === id);
+  if (writable.length) renderSetpoints(p, id, writable);
   $('#dev-actions').addEventListener('click', async (ev) => {
     const b = ev.target.closest('button');
     if (!b) return;
@@ -952,6 +956,66 @@ async function pageDevice(p, id) {
     const mine = alerts.filter((a) => a.key === id).slice(0, 8);
     patch($('#dev-alerts'), mine.length ? alertsTable(mine, { compact: true, noDevice: true }) : html`<div class="empty">No alerts for this device.</div>`);
     patch($('#dev-inferences'), infs === null ? html`<div class="empty">No inferences yet (pipelines are still training).</div>` : inferencesTable(infs, { device: false }));
+  });
+}
+
+/** A device page's setpoints card (decision 0090): each writable point with its range, set by
+ * operators and admins; the answer says what the device read back, and the writes made so far
+ * are listed from `_device_writes`. */
+function renderSetpoints(p, id, points) {
+  const may = ['operator', 'admin'].includes(document.body.dataset.role);
+  const range = (s) => (s.min == null ? 'true or false' : `${s.min} to ${s.max}${s.unit ? ` ${s.unit}` : ''}`);
+  $('#dev-setpoints').innerHTML = String(html`<section class="card" aria-labelledby="h-setpoints">
+    <div class="card-head"><h2 id="h-setpoints">Setpoints</h2><span class="muted">${may ? 'written to the device, then read back' : 'operators and admins set them'}</span></div>
+    <form id="sp-form" class="stack">
+      ${points.map((s) => html`<div class="row" data-signal="${s.signal}">
+        <label for="sp-${s.signal}" class="mono">${s.signal}</label>
+        ${s.min == null
+          ? html`<select id="sp-${s.signal}"><option value="true">true (on)</option><option value="false">false (off)</option></select>`
+          : html`<input id="sp-${s.signal}" type="number" step="any" min="${s.min}" max="${s.max}" placeholder="${s.min} to ${s.max}" aria-describedby="sp-range-${s.signal}">`}
+        <button type="submit" class="small" value="${s.signal}" ${may ? '' : raw('disabled')}>Set</button>
+        <span class="muted" id="sp-range-${s.signal}">${range(s)} · ${s.protocol} <span class="mono">${s.address}</span></span></div>`)}
+      <label>Note <input id="sp-note" maxlength="500" placeholder="work order, reason (kept with the write)"></label>
+    </form>
+    <div id="sp-result" role="status" aria-live="polite"></div>
+    <h3>Recent writes</h3><ul class="timeline" id="sp-writes" aria-label="Recent writes"></ul></section>`);
+  const showWrites = async () => {
+    // The table appears with the first write anywhere; asking for it before would be an error.
+    const any = (await tables(true).catch(() => [])).some((t) => t.name === '_device_writes');
+    const rows = any ? await query(`SELECT time, signal, status, value, read_back, actor, note FROM _device_writes WHERE device = ${sqlStr(id)} ORDER BY time DESC LIMIT 8`).catch(() => []) : [];
+    if (!p.alive) return;
+    patch($('#sp-writes'), rows.length ? rows.map((r) => html`<li><span class="muted">${fmtTime(r.time)}</span><span>${pill(r.status === 'confirmed' ? 'online' : 'offline', r.status)}</span>
+      <span><span class="mono">${r.signal}</span> = ${r.value}${r.read_back != null && r.read_back !== r.value ? html` (holds ${r.read_back})` : ''} · ${r.actor}${r.note ? html` · ${r.note}` : ''}</span></li>`)
+      : html`<li class="muted">None yet.</li>`);
+  };
+  showWrites();
+  $('#sp-form').addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const signal = ev.submitter?.value;
+    const point = points.find((s) => s.signal === signal);
+    if (!point) return;
+    const input = $(`#sp-${CSS.escape(signal)}`);
+    let value;
+    if (point.min == null) value = input.value === 'true';
+    else if (input.value.trim() === '' || !Number.isFinite(Number(input.value))) {
+      patch($('#sp-result'), html`<div class="notice bad" role="alert">Give ${signal} a number from ${range(point)}.</div>`);
+      return;
+    } else value = Number(input.value);
+    const note = $('#sp-note').value.trim();
+    ev.submitter.disabled = true;
+    try {
+      const r = await api(`/api/v1/devices/${enc(id)}/setpoints/${enc(signal)}`, { method: 'POST', body: note ? { value, note } : { value } });
+      patch($('#sp-result'), r.confirmed
+        ? html`<div class="notice ok" id="sp-done">${signal} = ${value}: the device holds it (read back ${JSON.stringify(r.read_back)}).</div>`
+        : r.read_back_error
+          ? html`<div class="notice warn" id="sp-done">${signal} = ${value} was acknowledged, but could not be read back: ${r.read_back_error}</div>`
+          : html`<div class="notice warn" id="sp-done">${signal} = ${value} was answered, but the device holds ${JSON.stringify(r.read_back)}: it did not take the value as written.</div>`);
+    } catch (e) {
+      patch($('#sp-result'), html`<div class="notice bad" role="alert" id="sp-done">${e.message}</div>`);
+    } finally {
+      ev.submitter.disabled = false;
+      showWrites();
+    }
   });
 }
 

@@ -174,7 +174,14 @@ fn setpoint_error(e: OpcUaError) -> SetpointError {
         OpcUaError::NotWritable { .. } => SetpointError::NotWritable(message),
         OpcUaError::InvalidValue { .. } => SetpointError::Invalid(message),
         OpcUaError::WriteRefused { .. } => SetpointError::DeviceFailed(message),
-        OpcUaError::Request { ref status, .. } if status.starts_with("BadTimeout") => {
+        OpcUaError::Busy(_) => SetpointError::Busy(message),
+        // The transport had no connection to send on: nothing went out.
+        OpcUaError::Request { ref status, .. } if status.starts_with("BadNotConnected") => {
+            SetpointError::Unavailable(message)
+        }
+        OpcUaError::Request { ref status, .. }
+            if status.starts_with("BadTimeout") || status.starts_with("BadRequestTimeout") =>
+        {
             SetpointError::Timeout(message)
         }
         OpcUaError::Request { .. } => SetpointError::DeviceFailed(message),

@@ -28,7 +28,20 @@ impl SetpointControl for Connectors {
         signal: String,
         value: SetpointValue,
     ) -> BoxFuture<'_, Result<DeviceAnswer, SetpointError>> {
-        match self.0.iter().find(|c| c.serves(&device)) {
+        // The connector that lists the point writes it; else the one that reads the device
+        // says the point is not writable; else nobody knows the device. (A device id may be
+        // configured in more than one connector.)
+        let lists = |c: &&Arc<dyn SetpointControl>| {
+            c.setpoints()
+                .iter()
+                .any(|s| s.device == device && s.signal == signal)
+        };
+        let connector = self
+            .0
+            .iter()
+            .find(lists)
+            .or_else(|| self.0.iter().find(|c| c.serves(&device)));
+        match connector {
             Some(connector) => connector.set(device, signal, value),
             None => Box::pin(async move {
                 Err(SetpointError::UnknownDevice(format!(

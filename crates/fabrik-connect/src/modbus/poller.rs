@@ -344,8 +344,9 @@ impl DeviceTask {
             match self.write_point(&point, &data).await {
                 Ok(outcome) => outcome,
                 Err(Stop) => {
-                    // Whether the request reached the device is unknown: say so, rather than
-                    // let the caller read a dropped answer as "nothing was written".
+                    // Stopped during the write request itself: whether it reached the device
+                    // is unknown. Say so, rather than let the caller read a dropped answer as
+                    // "nothing was written".
                     let _ = reply.send(Err(ModbusError::Interrupted(Arc::clone(&self.plan.id))));
                     return Err(Stop);
                 }
@@ -379,9 +380,11 @@ impl DeviceTask {
                 u32::from(address) + u32::from(count)
             )
         };
-        let mut ctx = match self.connection(true).await? {
-            Ok(ctx) => ctx,
-            Err(e) => return Ok(Err(e)),
+        // A shutdown while connecting: nothing was sent. (The loop sees the shutdown next.)
+        let mut ctx = match self.connection(true).await {
+            Ok(Ok(ctx)) => ctx,
+            Ok(Err(e)) => return Ok(Err(e)),
+            Err(Stop) => return Ok(Err(ModbusError::Stopped(Arc::clone(&self.plan.id)))),
         };
         // Through `call`, not `Writer`: tokio-modbus debug-asserts that a single write's echo
         // repeats the value, and a device that clamps echoes what it kept. The read-back
@@ -400,9 +403,19 @@ impl DeviceTask {
         if let Err(e) = self.settle(ctx, result, || format!("write {}", range())) {
             return Ok(Err(e));
         }
-        let read = self
+        // From here the device has acknowledged the write: a shutdown only cuts the read-back.
+        let read = match self
             .read_range(table, address, count, || format!("read back {}", range()))
-            .await?;
+            .await
+        {
+            Ok(read) => read,
+            Err(Stop) => {
+                return Ok(Ok(Written {
+                    read_back: Err("the poller stopped before the read-back".to_owned()),
+                    confirmed: false,
+                }));
+            }
+        };
         let answer = match read {
             Ok(answer) => answer,
             Err(e) => {

@@ -124,10 +124,29 @@ pub enum OpcUaError {
         /// What is wrong with the value.
         reason: String,
     },
-    /// The server's session is down; nothing was written.
-    #[error("server `{0}` is not connected; nothing was written")]
-    NotConnected(Arc<str>),
-    /// A read or write service call failed (a timeout, a lost connection).
+    /// The server's session cannot take a write now; nothing was written.
+    #[error("server `{server}`: {why}; nothing was written")]
+    NotConnected {
+        /// Server id.
+        server: Arc<str>,
+        /// Why not: not connected, waiting for the store.
+        why: &'static str,
+    },
+    /// Another write to the server took longer than the request timeout; nothing was written.
+    #[error("server `{0}`: another write is still going on; nothing was written, try again")]
+    Busy(Arc<str>),
+    /// Reading the node before the write (for its type) failed; nothing was written.
+    #[error("server `{server}`: reading {node_id} before the write: {status}; nothing was written")]
+    ReadBefore {
+        /// Server id.
+        server: Arc<str>,
+        /// The node as configured.
+        node_id: String,
+        /// Status code name and description.
+        status: String,
+    },
+    /// The write service call failed (a timeout, a lost connection): whether the server
+    /// applied it is unknown.
     #[error("server `{server}`: {what}: {status}")]
     Request {
         /// Server id.

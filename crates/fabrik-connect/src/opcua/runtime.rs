@@ -53,7 +53,7 @@ use super::config::OpcUaConfig;
 use super::convert::{self, now_ns};
 use super::plan::{ItemPlan, ServerPlan, plan};
 use super::session::{ConnectSettings, build_client, open_session, sync_trust_dir};
-use super::write::{OpcUaWriter, SessionSlot};
+use super::write::{OpcUaWriter, ServerLink};
 use super::{OpcUaError, Quality, Reading};
 
 /// Most readings held between the callback and the channel before dropping (one publish
@@ -94,9 +94,9 @@ impl OpcUaClient {
         shutdown: CancellationToken,
     ) -> Self {
         let tracker = TaskTracker::new();
-        let (writer, slots) = OpcUaWriter::new(&servers);
-        for (server, slot) in servers.into_iter().zip(slots) {
-            tracker.spawn(ServerTask::new(server, readings.clone(), slot, shutdown.clone()).run());
+        let (writer, links) = OpcUaWriter::new(&servers);
+        for (server, link) in servers.into_iter().zip(links) {
+            tracker.spawn(ServerTask::new(server, readings.clone(), link, shutdown.clone()).run());
         }
         tracker.close();
         Self { tracker, writer }
@@ -154,7 +154,7 @@ struct ServerTask {
     shutdown: CancellationToken,
     buffer: Arc<Buffer>,
     /// The connected session, for writes; empty while disconnected.
-    session: SessionSlot,
+    link: Arc<ServerLink>,
     /// Delay applied at the next failure before a session exists.
     backoff: Duration,
     /// Failures in a row (0 = healthy).
@@ -170,11 +170,11 @@ impl ServerTask {
     fn new(
         plan: ServerPlan,
         readings: mpsc::Sender<Reading>,
-        session: SessionSlot,
+        link: Arc<ServerLink>,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
-            session,
+            link,
             settings: ConnectSettings::from_plan(&plan),
             backoff: plan.reconnect_min,
             plan: Arc::new(plan),
@@ -233,7 +233,7 @@ impl ServerTask {
     ) -> Result<(), Stop> {
         tokio::pin!(stream);
         let result = self.drive_loop(session, &mut stream).await;
-        *self.session.lock() = None;
+        self.link.set_session(None);
         if result.is_err() {
             close(session, &mut stream).await;
         }
@@ -306,7 +306,7 @@ impl ServerTask {
                     }
                     Some(Ok(SessionPollResult::Reconnected(mode))) => {
                         connected = true;
-                        *self.session.lock() = Some(Arc::clone(session));
+                        self.link.set_session(Some(Arc::clone(session)));
                         last_publish = Instant::now();
                         self.succeeded(&mode);
                         let exists = session
@@ -328,7 +328,7 @@ impl ServerTask {
                     }
                     Some(Ok(SessionPollResult::ConnectionLost(status))) => {
                         connected = false;
-                        *self.session.lock() = None;
+                        self.link.set_session(None);
                         let err = OpcUaError::ConnectionLost {
                             server: Arc::clone(&self.plan.id),
                             status: status.to_string(),
@@ -495,14 +495,27 @@ impl ServerTask {
     }
 
     async fn send(&mut self, reading: Reading) -> Result<(), Stop> {
-        tokio::select! {
+        let reading = match self.readings.try_send(reading) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(self.receiver_gone()),
+            Err(mpsc::error::TrySendError::Full(reading)) => reading,
+        };
+        // While the task waits here the session's event loop is not polled, so requests the
+        // writer queued would go out only once the store catches up: writes are refused
+        // meanwhile rather than sent late (decision 0090).
+        self.link.set_stalled(true);
+        let sent = tokio::select! {
             biased;
             () = self.shutdown.cancelled() => Err(Stop),
-            sent = self.readings.send(reading) => sent.map_err(|_| {
-                debug!(server = %self.plan.id, "Readings receiver dropped; OPC UA client stops.");
-                Stop
-            }),
-        }
+            sent = self.readings.send(reading) => sent.map_err(|_| self.receiver_gone()),
+        };
+        self.link.set_stalled(false);
+        sent
+    }
+
+    fn receiver_gone(&self) -> Stop {
+        debug!(server = %self.plan.id, "Readings receiver dropped; OPC UA client stops.");
+        Stop
     }
 }
 

@@ -4,8 +4,9 @@
 //! and the type's; then written on the server's current session and read back.
 //!
 //! A write goes out on the session the server's task keeps connected, concurrently with its
-//! subscription (OPC UA sessions take concurrent requests); while that session is down, a
-//! write is refused at once rather than queued for a reconnect.
+//! subscription (OPC UA sessions take concurrent requests); while that session is down, or
+//! while the task waits for the store (its event loop, which sends requests, is then not
+//! polled), a write is refused at once rather than sent late.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,14 +18,49 @@ use opcua::types::{
     WriteValue,
 };
 use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::convert;
 use super::plan::ServerPlan;
 use super::{OpcUaError, Value};
 use crate::setpoint::SetValue;
 
-/// The session a server's task has connected, if any; the task sets and clears it.
-pub(crate) type SessionSlot = Arc<Mutex<Option<Arc<Session>>>>;
+/// What a server's task shares with the writer: its connected session (set and cleared by the
+/// task), whether the task is waiting for the store (its session's event loop is then not
+/// polled), and the lock that lets one write at a time use the session.
+#[derive(Default)]
+pub(crate) struct ServerLink {
+    session: Mutex<Option<Arc<Session>>>,
+    stalled: AtomicBool,
+    writing: tokio::sync::Mutex<()>,
+}
+
+impl ServerLink {
+    pub(crate) fn set_session(&self, session: Option<Arc<Session>>) {
+        *self.session.lock() = session;
+    }
+
+    pub(crate) fn set_stalled(&self, stalled: bool) {
+        self.stalled.store(stalled, Ordering::SeqCst);
+    }
+
+    /// The session to write on now, or why there is none; nothing was sent.
+    fn usable(&self, server: &Arc<str>) -> Result<Arc<Session>, OpcUaError> {
+        if self.stalled.load(Ordering::SeqCst) {
+            return Err(OpcUaError::NotConnected {
+                server: Arc::clone(server),
+                why: "its task is waiting for the store to take its readings",
+            });
+        }
+        self.session
+            .lock()
+            .clone()
+            .ok_or_else(|| OpcUaError::NotConnected {
+                server: Arc::clone(server),
+                why: "it is not connected",
+            })
+    }
+}
 
 /// A write the server accepted.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,31 +90,35 @@ pub struct WritableItem {
     pub range: Option<(f64, f64)>,
 }
 
+/// A server's link and its request timeout.
+type ServerEntry = (Arc<ServerLink>, Duration);
+
 /// The writable items of the configured servers, and the sessions to write them on.
 #[derive(Clone, Default)]
 pub struct OpcUaWriter {
     items: Arc<Vec<WritableItem>>,
     /// Devices with any item, writable or not.
     devices: Arc<Vec<Arc<str>>>,
-    sessions: Arc<HashMap<Arc<str>, (SessionSlot, Duration)>>,
+    /// Per server: its link and its request timeout.
+    links: Arc<HashMap<Arc<str>, ServerEntry>>,
 }
 
 impl std::fmt::Debug for OpcUaWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpcUaWriter")
             .field("items", &self.items)
-            .field("servers", &self.sessions.keys().collect::<Vec<_>>())
+            .field("servers", &self.links.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
 
 impl OpcUaWriter {
-    /// The writer of `servers`, and per server the slot its task keeps its session in.
-    pub(crate) fn new(servers: &[ServerPlan]) -> (Self, Vec<SessionSlot>) {
+    /// The writer of `servers`, and per server the link its task keeps up to date.
+    pub(crate) fn new(servers: &[ServerPlan]) -> (Self, Vec<Arc<ServerLink>>) {
         let mut items = Vec::new();
         let mut devices: Vec<Arc<str>> = Vec::new();
-        let mut sessions = HashMap::new();
-        let mut slots = Vec::with_capacity(servers.len());
+        let mut links = HashMap::new();
+        let mut handed = Vec::with_capacity(servers.len());
         for server in servers {
             for item in &server.items {
                 if !devices.contains(&item.device) {
@@ -95,18 +135,18 @@ impl OpcUaWriter {
                     });
                 }
             }
-            let slot = SessionSlot::default();
-            slots.push(Arc::clone(&slot));
-            sessions.insert(Arc::clone(&server.id), (slot, server.request_timeout));
+            let link = Arc::new(ServerLink::default());
+            handed.push(Arc::clone(&link));
+            links.insert(Arc::clone(&server.id), (link, server.request_timeout));
         }
         devices.sort();
         (
             Self {
                 items: Arc::new(items),
                 devices: Arc::new(devices),
-                sessions: Arc::new(sessions),
+                links: Arc::new(links),
             },
-            slots,
+            handed,
         )
     }
 
@@ -120,7 +160,8 @@ impl OpcUaWriter {
         self.devices.iter().any(|d| &**d == device)
     }
 
-    /// Reads the node, converts `value` to its type, writes it and reads it back.
+    /// Reads the node, converts `value` to its type, writes it and reads it back. One write at
+    /// a time per server: two operators setting one node each see the value they wrote.
     pub async fn write(
         &self,
         device: &str,
@@ -138,32 +179,33 @@ impl OpcUaWriter {
                 device: device.to_owned(),
                 signal: signal.to_owned(),
             })?;
-        let (slot, timeout) = self
-            .sessions
-            .get(&item.server)
-            .ok_or_else(|| OpcUaError::NotConnected(Arc::clone(&item.server)))?;
-        let session = slot
-            .lock()
-            .clone()
-            .ok_or_else(|| OpcUaError::NotConnected(Arc::clone(&item.server)))?;
-        let request = |what: &'static str| {
-            let server = Arc::clone(&item.server);
-            let node = item.node_text.clone();
-            move |status: String| OpcUaError::Request {
-                server,
-                what: format!("{what} {node}"),
-                status,
-            }
-        };
+        let (link, timeout) =
+            self.links
+                .get(&item.server)
+                .ok_or_else(|| OpcUaError::NotConnected {
+                    server: Arc::clone(&item.server),
+                    why: "it is not configured",
+                })?;
+        let _turn = tokio::time::timeout(*timeout, link.writing.lock())
+            .await
+            .map_err(|_| OpcUaError::Busy(Arc::clone(&item.server)))?;
+        let session = link.usable(&item.server)?;
+        // Nothing is sent until this read has answered: its failure is "not written".
         let current = read_value(&session, &item.node_id, *timeout)
             .await
-            .map_err(request("read"))?;
+            .map_err(|status| OpcUaError::ReadBefore {
+                server: Arc::clone(&item.server),
+                node_id: item.node_text.clone(),
+                status,
+            })?;
         let variant =
             to_variant(&current, value, item.range).map_err(|reason| OpcUaError::InvalidValue {
                 device: device.to_owned(),
                 signal: signal.to_owned(),
                 reason,
             })?;
+        // The task may have begun to wait for the store while the read was answered.
+        let session = link.usable(&item.server)?;
         let write = WriteValue {
             node_id: item.node_id.clone(),
             attribute_id: AttributeId::Value as u32,
@@ -172,12 +214,17 @@ impl OpcUaWriter {
         };
         let statuses = with_timeout(*timeout, session.write(&[write]))
             .await
-            .map_err(request("write"))?;
+            .map_err(|status| OpcUaError::Request {
+                server: Arc::clone(&item.server),
+                what: format!("write {}", item.node_text),
+                status,
+            })?;
         let status = statuses
             .first()
             .copied()
             .unwrap_or(StatusCode::BadUnexpectedError);
-        if !status.is_good() {
+        // Bad: refused. Good (GoodClamped too) and Uncertain: taken, as the read-back tells.
+        if status.is_bad() {
             return Err(OpcUaError::WriteRefused {
                 device: device.to_owned(),
                 signal: signal.to_owned(),
@@ -185,21 +232,24 @@ impl OpcUaWriter {
                 status: convert::status_text(status),
             });
         }
-        // Accepted: from here on the value is on the server, whatever the read-back says.
         Ok(match read_value(&session, &item.node_id, *timeout).await {
             Ok(after) => Written {
                 read_back: Ok(convert::value(&after).unwrap_or(Value::Str(after.to_string()))),
                 confirmed: after == variant,
             },
             Err(status) => Written {
-                read_back: Err(request("read back")(status).to_string()),
+                read_back: Err(format!(
+                    "server `{}`: read back {}: {status}",
+                    item.server, item.node_text
+                )),
                 confirmed: false,
             },
         })
     }
 }
 
-/// The node's current value (read from the device, not a cache).
+/// The node's current value (read from the device, not a cache), nested variants unwrapped.
+/// An Uncertain value still names the node's type; a Bad one does not.
 async fn read_value(
     session: &Session,
     node_id: &NodeId,
@@ -220,13 +270,17 @@ async fn read_value(
         .next()
         .ok_or_else(|| "no value in the answer".to_owned())?;
     if let Some(status) = value.status
-        && !status.is_good()
+        && status.is_bad()
     {
         return Err(convert::status_text(status));
     }
-    value
+    let mut variant = value
         .value
-        .ok_or_else(|| "no value in the answer".to_owned())
+        .ok_or_else(|| "the node has no value yet to take its type from".to_owned())?;
+    while let Variant::Variant(inner) = variant {
+        variant = *inner;
+    }
+    Ok(variant)
 }
 
 /// A service call within the request timeout (a second more than the session's own).

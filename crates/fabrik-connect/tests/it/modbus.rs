@@ -824,3 +824,41 @@ async fn a_write_that_waits_past_its_deadline_is_given_up_and_never_made() {
         "a given-up write reached the device: {values:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_caller_went_away_before_it_started_is_never_made() {
+    use fabrik_connect::modbus::SetValue;
+    let peer = Peer::start();
+    let speed = writable(
+        pt("speed", Table::Holding, 42, DataType::U16),
+        Some((0.0, 1000.0)),
+    );
+    let config = ModbusConfig {
+        devices: vec![device("plc-g", peer.address(), 50, vec![speed])],
+    };
+    let (tx, mut rx) = mpsc::channel(1);
+    let shutdown = CancellationToken::new();
+    let poller = ModbusPoller::start(&config, tx, shutdown.clone()).expect("valid config");
+    let writer = poller.writer();
+    // The task waits to hand on a poll; the write queues behind it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let caller =
+        tokio::spawn(async move { writer.write("plc-g", "speed", SetValue::Number(55.0)).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    caller.abort();
+    assert!(caller.await.is_err_and(|e| e.is_cancelled()));
+    // Well before the write's 5 s deadline the task gets going again and dequeues it: only
+    // the caller's giving up keeps it from being made.
+    let readings = collect(&mut rx, Duration::from_secs(2), |_| false).await;
+    stop(poller, shutdown).await;
+    let values: Vec<_> = readings
+        .iter()
+        .filter(|r| r.quality == Quality::Good)
+        .map(|r| r.value.clone())
+        .collect();
+    assert!(values.len() >= 5, "{readings:#?}");
+    assert!(
+        values.iter().all(|v| *v == Some(Value::I64(0))),
+        "a write nobody waited for reached the device: {values:?}"
+    );
+}

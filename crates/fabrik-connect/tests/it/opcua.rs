@@ -935,7 +935,7 @@ async fn writable_items_are_written_in_the_nodes_type_and_read_back() {
                 .write("plc-dev", "setpoint", SetValue::Number(3.0))
                 .await
             {
-                Err(OpcUaError::NotConnected(_)) => break,
+                Err(OpcUaError::NotConnected { .. }) => break,
                 _ => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }

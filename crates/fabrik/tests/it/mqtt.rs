@@ -630,16 +630,36 @@ fn the_demo_plant_publishes_through_the_endpoint_within_seconds() {
     for listed in ["chiller-01", "line-01", "ns=2;s=Line1.Filler.SpeedSetpoint"] {
         assert!(out.contains(listed), "{listed} not in:\n{out}");
     }
-    eventually("the filler runs at the speed set through Fabrik", || {
+    // The subscription reports the node's new value, and the write is on record.
+    eventually("the set-point written through Fabrik is reported", || {
         let rows = query(
             &p.url,
-            "SELECT speed FROM filler WHERE device = 'line-01' AND speed IS NOT NULL \
-             ORDER BY time DESC LIMIT 1",
+            "SELECT speed_setpoint FROM filler WHERE device = 'line-01' \
+             AND speed_setpoint IS NOT NULL ORDER BY time DESC LIMIT 1",
         );
-        rows.first()
-            .and_then(|r| r["speed"].as_f64())
-            .is_some_and(|v| (v - 450.0).abs() < 15.0)
+        rows.first().is_some_and(|r| r["speed_setpoint"] == 450.0)
     });
+    let writes = query(
+        &p.url,
+        "SELECT device, signal, status, value, read_back FROM _device_writes ORDER BY time",
+    );
+    let seen: Vec<String> = writes
+        .iter()
+        .map(|w| {
+            format!(
+                "{} {} {} {} {}",
+                w["device"], w["signal"], w["status"], w["value"], w["read_back"]
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            r#""chiller-02" "setpoint" "confirmed" 8.5 8.5"#,
+            r#""line-01" "speed_setpoint" "confirmed" 450.0 450.0"#,
+        ],
+        "the refused writes are not rows: {writes:#?}"
+    );
 }
 
 /// `mosquitto_sub` with a persistent session (`-c`), QoS 1, until `count` messages or `wait`
