@@ -13,7 +13,7 @@ use fabrik_api::setpoints::{
     DeviceAnswer, Setpoint, SetpointControl, SetpointError, SetpointValue,
 };
 use fabrik_connect::modbus::{
-    self, ModbusError, ModbusPoller, ModbusWriter, Quality as ReadingQuality, Reading, SetValue,
+    self, ModbusError, ModbusPoller, ModbusWriter, Quality as ReadingQuality, Reading,
 };
 use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
 use fabrik_registry::Registry;
@@ -123,10 +123,7 @@ impl SetpointControl for ModbusSetpoints {
         signal: String,
         value: SetpointValue,
     ) -> BoxFuture<'_, Result<DeviceAnswer, SetpointError>> {
-        let value = match value {
-            SetpointValue::Bool(b) => SetValue::Bool(b),
-            SetpointValue::Number(v) => SetValue::Number(v),
-        };
+        let value = crate::setpoints::set_value(value);
         Box::pin(async move {
             let written = self
                 .0

@@ -14,7 +14,6 @@ use fabrik_api::setpoints::{
 use fabrik_connect::opcua::{
     self, OpcUaClient, OpcUaError, OpcUaWriter, Quality as OpcQuality, Reading,
 };
-use fabrik_connect::setpoint::SetValue;
 use fabrik_core::{Lineage, Point, Quality, SourceId, Timestamp, Value};
 use fabrik_registry::Registry;
 use fabrik_runtime::ServiceHandle;
@@ -147,10 +146,7 @@ impl SetpointControl for OpcUaSetpoints {
         signal: String,
         value: SetpointValue,
     ) -> BoxFuture<'_, Result<DeviceAnswer, SetpointError>> {
-        let value = match value {
-            SetpointValue::Bool(b) => SetValue::Bool(b),
-            SetpointValue::Number(v) => SetValue::Number(v),
-        };
+        let value = crate::setpoints::set_value(value);
         Box::pin(async move {
             let written = self
                 .0

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use fabrik_api::setpoints::{
     DeviceAnswer, Setpoint, SetpointControl, SetpointError, SetpointValue,
 };
+use fabrik_connect::setpoint::SetValue;
 use futures::future::BoxFuture;
 
 /// Every connector that writes, in module order.
@@ -49,5 +50,13 @@ impl SetpointControl for Connectors {
                 )))
             }),
         }
+    }
+}
+
+/// The API's value as the connectors take it.
+pub(crate) fn set_value(value: SetpointValue) -> SetValue {
+    match value {
+        SetpointValue::Bool(b) => SetValue::Bool(b),
+        SetpointValue::Number(v) => SetValue::Number(v),
     }
 }

@@ -191,19 +191,20 @@ impl OpcUaWriter {
             .map_err(|_| OpcUaError::Busy(Arc::clone(&item.server)))?;
         let session = link.usable(&item.server)?;
         // Nothing is sent until this read has answered: its failure is "not written".
-        let current = read_value(&session, &item.node_id, *timeout)
+        let invalid = |reason: String| OpcUaError::InvalidValue {
+            device: device.to_owned(),
+            signal: signal.to_owned(),
+            reason,
+        };
+        let template = node_type(&session, &item.node_id, *timeout)
             .await
             .map_err(|status| OpcUaError::ReadBefore {
                 server: Arc::clone(&item.server),
                 node_id: item.node_text.clone(),
                 status,
-            })?;
-        let variant =
-            to_variant(&current, value, item.range).map_err(|reason| OpcUaError::InvalidValue {
-                device: device.to_owned(),
-                signal: signal.to_owned(),
-                reason,
-            })?;
+            })?
+            .map_err(invalid)?;
+        let variant = to_variant(&template, value, item.range).map_err(invalid)?;
         // The task may have begun to wait for the store while the read was answered.
         let session = link.usable(&item.server)?;
         let write = WriteValue {
@@ -248,8 +249,76 @@ impl OpcUaWriter {
     }
 }
 
+/// A value of the type a write to the node must have: its `DataType` attribute when that is a
+/// concrete Boolean or number type (a node without a value yet can then be written), else
+/// its current value's (an abstract `Number` or `BaseDataType` node takes what it holds). The
+/// outer error is the read's; the inner one says why the node's type cannot be known.
+async fn node_type(
+    session: &Session,
+    node_id: &NodeId,
+    timeout: Duration,
+) -> Result<Result<Variant, String>, String> {
+    let read = |attribute: AttributeId| ReadValueId {
+        node_id: node_id.clone(),
+        attribute_id: attribute as u32,
+        ..Default::default()
+    };
+    let values = with_timeout(
+        timeout,
+        session.read(
+            &[read(AttributeId::DataType), read(AttributeId::Value)],
+            TimestampsToReturn::Neither,
+            0.0,
+        ),
+    )
+    .await?;
+    let mut values = values.into_iter();
+    let declared = values.next().and_then(|v| match v.value {
+        Some(Variant::NodeId(id)) => template_of(&id),
+        _ => None,
+    });
+    if let Some(template) = declared {
+        return Ok(Ok(template));
+    }
+    let Some(current) = values.next() else {
+        return Err("no value in the answer".to_owned());
+    };
+    if let Some(status) = current.status
+        && status.is_bad()
+    {
+        return Ok(Err(format!(
+            "the node's type is not a number or Boolean type Fabrik knows, and its value, \
+             which would say what it holds, is {}",
+            convert::status_text(status)
+        )));
+    }
+    let mut variant = current.value.unwrap_or(Variant::Empty);
+    while let Variant::Variant(inner) = variant {
+        variant = *inner;
+    }
+    Ok(Ok(variant))
+}
+
+/// A value of `data_type` when it is a concrete Boolean or number type.
+fn template_of(data_type: &NodeId) -> Option<Variant> {
+    use opcua::types::DataTypeId as T;
+    Some(match data_type.as_data_type_id().ok()? {
+        T::Boolean => Variant::Boolean(false),
+        T::SByte => Variant::SByte(0),
+        T::Byte => Variant::Byte(0),
+        T::Int16 => Variant::Int16(0),
+        T::UInt16 => Variant::UInt16(0),
+        T::Int32 => Variant::Int32(0),
+        T::UInt32 => Variant::UInt32(0),
+        T::Int64 => Variant::Int64(0),
+        T::UInt64 => Variant::UInt64(0),
+        T::Float => Variant::Float(0.0),
+        T::Double => Variant::Double(0.0),
+        _ => return None,
+    })
+}
+
 /// The node's current value (read from the device, not a cache), nested variants unwrapped.
-/// An Uncertain value still names the node's type; a Bad one does not.
 async fn read_value(
     session: &Session,
     node_id: &NodeId,
@@ -333,6 +402,13 @@ pub fn to_variant(
             | Variant::Double(_),
             SetValue::Number(v),
         ) => v,
+        (Variant::Empty, _) => {
+            return Err(
+                "the node has no value yet, and its DataType is not a number or Boolean type \
+                 Fabrik knows: nothing says what to write it as"
+                    .into(),
+            );
+        }
         (_, _) => {
             return Err(format!(
                 "the node holds a {kind}; only numbers and Booleans are written"
@@ -440,6 +516,23 @@ mod tests {
             to_variant(&Variant::Boolean(false), SetValue::Bool(true), None),
             Ok(Variant::Boolean(true))
         );
+    }
+
+    #[test]
+    fn a_declared_data_type_gives_the_type_to_write() {
+        use opcua::types::DataTypeId;
+        assert_eq!(
+            template_of(&DataTypeId::Int16.into()),
+            Some(Variant::Int16(0))
+        );
+        assert_eq!(
+            template_of(&DataTypeId::SByte.into()),
+            Some(Variant::SByte(0))
+        );
+        // Abstract types leave it to the node's current value.
+        assert_eq!(template_of(&DataTypeId::Number.into()), None);
+        assert_eq!(template_of(&DataTypeId::BaseDataType.into()), None);
+        assert_eq!(template_of(&NodeId::new(2, "Custom")), None);
     }
 
     #[test]

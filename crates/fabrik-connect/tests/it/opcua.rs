@@ -825,6 +825,7 @@ async fn writable_items_are_written_in_the_nodes_type_and_read_back() {
         ("ns=2;s=Pump1.Limit", "limit", "min = 0.0\nmax = 1000.0\n"),
         ("ns=2;s=Pump1.Locked", "locked", "min = 0.0\nmax = 10.0\n"),
         ("ns=2;s=Pump1.Pressure", "unranged", ""),
+        ("ns=2;s=Pump1.Fresh", "fresh", "min = 0.0\nmax = 10.0\n"),
     ] {
         toml_text.push_str(&format!(
             "[[servers.items]]\nnode_id = \"{node}\"\nsignal = \"{signal}\"\nwritable = true\n{range}"
@@ -855,6 +856,15 @@ async fn writable_items_are_written_in_the_nodes_type_and_read_back() {
     assert_eq!(
         (written.read_back, written.confirmed),
         (Ok(Value::I64(-300)), true)
+    );
+    // A node without a value yet: its DataType says it holds a Double.
+    let written = writer
+        .write("plc-dev", "fresh", SetValue::Number(2.5))
+        .await
+        .expect("a node waiting for its first value written");
+    assert_eq!(
+        (written.read_back, written.confirmed),
+        (Ok(Value::F64(2.5)), true)
     );
     let written = writer
         .write("plc-dev", "enable", SetValue::Bool(true))

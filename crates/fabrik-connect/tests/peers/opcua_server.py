@@ -20,6 +20,8 @@ and, for the write tests, variables that keep what a client writes:
     ns=2;s=Pump1.Limit     UInt16   0, writable, but the server keeps at most 500 (it clamps
                                     before it answers the write)
     ns=2;s=Pump1.Locked    Double   1.0, read-only (a write answers BadNotWritable)
+    ns=2;s=Pump1.Fresh     Double   writable, no value yet (BadWaitingForInitialData): only
+                                    its DataType says what it holds
 
 Security: `--security` is a comma list of none, sign, encrypt (Basic256Sha256 Sign /
 SignAndEncrypt). With sign or encrypt the server certificate and key are read from
@@ -169,6 +171,11 @@ async def main() -> None:
     limit_id = ua.NodeId("Pump1.Limit", idx)
     limit = server.get_node(limit_id)
     await var("Locked", 1.0, ua.VariantType.Double)
+    fresh = await var("Fresh", 0.0, ua.VariantType.Double)
+    await fresh.set_writable()
+    await fresh.write_value(
+        ua.DataValue(StatusCode=ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData))
+    )
 
     async def clamp(event, _dispatcher):
         """Keeps Limit at most 500 before the write is answered, as a drive keeps its limit."""
