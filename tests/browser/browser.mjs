@@ -318,20 +318,24 @@ async function main() {
     noErrors('device page');
   });
 
-  await step('device page: an operator sets a chiller set-point and the device reads it back', async () => {
+  await step('device page: an admin sets a chiller set-point and the device reads it back', async () => {
     await go('#/devices/chiller-01');
-    await page.waitForSelector('#sp-setpoint', { timeout: 15000 });
-    await page.fill('#sp-setpoint', '8.5');
+    const field = 'form.sp-point[data-signal="setpoint"] [name="value"]';
+    await page.waitForSelector(field, { timeout: 15000 });
     await page.fill('#sp-note', 'browser test');
-    await page.click('#sp-form button[value="setpoint"]');
+    // Enter in the set-point's field sets the set-point, not the row above it (the enable coil).
+    await page.fill(field, '8.5');
+    await page.press(field, 'Enter');
     await page.waitForSelector('#sp-done', { timeout: 10000 });
     const done = await page.textContent('#sp-done');
     assert(done.includes('the device holds it') && done.includes('8.5'), `set-point answer: ${done}`);
     await page.waitForFunction(() => document.querySelector('#sp-writes')?.textContent.includes('browser test'), null, { timeout: 10000 });
+    const writes = await page.textContent('#sp-writes');
+    assert(!writes.includes('enabled'), `only the set-point was written: ${writes}`);
     // Inside the range but finer than the register holds (0.1 °C): refused by Fabrik, naming
     // the nearest value, nothing sent. (Outside the range, the browser's own check stops it.)
-    await page.fill('#sp-setpoint', '8.55');
-    await page.click('#sp-form button[value="setpoint"]');
+    await page.fill(field, '8.55');
+    await page.click('form.sp-point[data-signal="setpoint"] button');
     await page.waitForFunction(() => document.querySelector('#sp-done')?.textContent.includes('cannot be stored exactly'), null, { timeout: 10000 });
     expectedErrors(/422/);
     await shot('03b-setpoints');
@@ -732,6 +736,13 @@ async function main() {
     await page.waitForSelector('#topbar:not([hidden])');
     await page.waitForFunction(() => /ana · operator/.test(document.querySelector('#whoami')?.textContent || ''));
     await shot('10-signed-in-user');
+    // An operator sets a point: the other chiller's enable coil.
+    await go('#/devices/chiller-02');
+    await page.waitForSelector('form.sp-point[data-signal="enabled"] button:not([disabled])', { timeout: 15000 });
+    await page.selectOption('form.sp-point[data-signal="enabled"] [name="value"]', 'true');
+    await page.click('form.sp-point[data-signal="enabled"] button');
+    await page.waitForFunction(() => document.querySelector('#sp-done')?.textContent.includes('the device holds it'), null, { timeout: 10000 });
+    await page.waitForFunction(() => document.querySelector('#sp-writes')?.textContent.includes('ana'), null, { timeout: 10000 });
     await page.click('#sign-out');
     await page.waitForSelector('#signin-user');
     await page.fill('#signin-user', 'vic');
@@ -745,6 +756,9 @@ async function main() {
     }, alertId);
     assert(/^403 .*operator/.test(status), `viewer ack answered ${status}`);
     expectedErrors(/status of 403 .*\/ack\)$/);
+    // A viewer sees the setpoints but cannot set them.
+    await go('#/devices/chiller-02');
+    await page.waitForSelector('form.sp-point[data-signal="setpoint"] button[disabled]', { timeout: 15000 });
     // Retraining is an admin's change: a viewer is not offered it.
     await go('#/pipelines/pump-health');
     await page.waitForSelector('#pl-def dl');

@@ -389,12 +389,16 @@ impl Written<'_> {
 }
 
 /// A name from the request's path as the audit entry shows it: control characters escaped and
-/// `%` and `/` encoded, so `device/signal` reads one way only.
+/// `%`, `/`, spaces, `:` and `=` encoded, so `device/signal = value: outcome` reads one way
+/// only.
 fn plain(name: &str) -> String {
     name.escape_debug()
         .to_string()
         .replace('%', "%25")
         .replace('/', "%2F")
+        .replace(' ', "%20")
+        .replace(':', "%3A")
+        .replace('=', "%3D")
 }
 
 /// A value as the number stored: switches as 1 and 0.

@@ -860,6 +860,7 @@ async function pageDevice(p, id) {
   renderMeta(d);
   // Setpoints (decision 0090): the points of this device the configuration declares writable.
   const writable = (await api('/api/v1/setpoints').catch(() => [])).filter((s) => s.device === id);
+  if (!p.alive) return;
   if (writable.length) renderSetpoints(p, id, writable);
   $('#dev-actions').addEventListener('click', async (ev) => {
     const b = ev.target.closest('button');
@@ -965,18 +966,20 @@ async function pageDevice(p, id) {
 function renderSetpoints(p, id, points) {
   const may = ['operator', 'admin'].includes(document.body.dataset.role);
   const range = (s) => (s.min == null ? 'true or false' : `${s.min} to ${s.max}${s.unit ? ` ${s.unit}` : ''}`);
+  // One form per point, its elements named by position (a signal's name is the device's, and
+  // could be anything): Enter in a field sets that point and no other.
   $('#dev-setpoints').innerHTML = String(html`<section class="card" aria-labelledby="h-setpoints">
     <div class="card-head"><h2 id="h-setpoints">Setpoints</h2><span class="muted">${may ? 'written to the device, then read back' : 'operators and admins set them'}</span></div>
-    <form id="sp-form" class="stack">
-      ${points.map((s) => html`<div class="row" data-signal="${s.signal}">
-        <label for="sp-${s.signal}" class="mono">${s.signal}</label>
+    <div class="stack" id="sp-points">
+      ${points.map((s, i) => html`<form class="row sp-point" data-signal="${s.signal}" data-index="${i}">
+        <label for="sp-value-${i}" class="mono">${s.signal}</label>
         ${s.min == null
-          ? html`<select id="sp-${s.signal}"><option value="true">true (on)</option><option value="false">false (off)</option></select>`
-          : html`<input id="sp-${s.signal}" type="number" step="any" min="${s.min}" max="${s.max}" placeholder="${s.min} to ${s.max}" aria-describedby="sp-range-${s.signal}">`}
-        <button type="submit" class="small" value="${s.signal}" ${may ? '' : raw('disabled')}>Set</button>
-        <span class="muted" id="sp-range-${s.signal}">${range(s)} · ${s.protocol} <span class="mono">${s.address}</span></span></div>`)}
+          ? html`<select id="sp-value-${i}" name="value"><option value="true">true (on)</option><option value="false">false (off)</option></select>`
+          : html`<input id="sp-value-${i}" name="value" type="number" step="any" min="${s.min}" max="${s.max}" placeholder="${s.min} to ${s.max}" aria-describedby="sp-range-${i}">`}
+        <button type="submit" class="small" ${may ? '' : raw('disabled')}>Set</button>
+        <span class="muted" id="sp-range-${i}">${range(s)} · ${s.protocol} <span class="mono">${s.address}</span></span></form>`)}
       <label>Note <input id="sp-note" maxlength="500" placeholder="work order, reason (kept with the write)"></label>
-    </form>
+    </div>
     <div id="sp-result" role="status" aria-live="polite"></div>
     <h3>Recent writes</h3><ul class="timeline" id="sp-writes" aria-label="Recent writes"></ul></section>`);
   const showWrites = async () => {
@@ -989,12 +992,13 @@ function renderSetpoints(p, id, points) {
       : html`<li class="muted">None yet.</li>`);
   };
   showWrites();
-  $('#sp-form').addEventListener('submit', async (ev) => {
+  $('#sp-points').addEventListener('submit', async (ev) => {
     ev.preventDefault();
-    const signal = ev.submitter?.value;
-    const point = points.find((s) => s.signal === signal);
-    if (!point) return;
-    const input = $(`#sp-${CSS.escape(signal)}`);
+    const form = ev.target.closest('form.sp-point');
+    const point = form && points[Number(form.dataset.index)];
+    if (!point || !may) return;
+    const signal = point.signal;
+    const input = form.elements.value;
     let value;
     if (point.min == null) value = input.value === 'true';
     else if (input.value.trim() === '' || !Number.isFinite(Number(input.value))) {
@@ -1002,18 +1006,20 @@ function renderSetpoints(p, id, points) {
       return;
     } else value = Number(input.value);
     const note = $('#sp-note').value.trim();
-    ev.submitter.disabled = true;
+    const button = form.querySelector('button');
+    button.disabled = true;
     try {
       const r = await api(`/api/v1/devices/${enc(id)}/setpoints/${enc(signal)}`, { method: 'POST', body: note ? { value, note } : { value } });
+      if (!p.alive) return;
       patch($('#sp-result'), r.confirmed
         ? html`<div class="notice ok" id="sp-done">${signal} = ${value}: the device holds it (read back ${JSON.stringify(r.read_back)}).</div>`
         : r.read_back_error
           ? html`<div class="notice warn" id="sp-done">${signal} = ${value} was acknowledged, but could not be read back: ${r.read_back_error}</div>`
           : html`<div class="notice warn" id="sp-done">${signal} = ${value} was answered, but the device holds ${JSON.stringify(r.read_back)}: it did not take the value as written.</div>`);
     } catch (e) {
-      patch($('#sp-result'), html`<div class="notice bad" role="alert" id="sp-done">${e.message}</div>`);
+      if (p.alive) patch($('#sp-result'), html`<div class="notice bad" role="alert" id="sp-done">${e.message}</div>`);
     } finally {
-      ev.submitter.disabled = false;
+      button.disabled = false;
       showWrites();
     }
   });

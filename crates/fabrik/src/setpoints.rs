@@ -7,6 +7,7 @@ use fabrik_api::setpoints::{
     DeviceAnswer, Setpoint, SetpointControl, SetpointError, SetpointValue,
 };
 use fabrik_connect::setpoint::SetValue;
+use fabrik_runtime::config::Config;
 use futures::future::BoxFuture;
 
 /// Every connector that writes, in module order.
@@ -58,5 +59,90 @@ pub(crate) fn set_value(value: SetpointValue) -> SetValue {
     match value {
         SetpointValue::Bool(b) => SetValue::Bool(b),
         SetpointValue::Number(v) => SetValue::Number(v),
+    }
+}
+
+/// A device's point declared writable in both connectors would be listed twice and written
+/// through one only: refused, naming both places.
+pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    for server in &config.opcua.servers {
+        for item in server.items.iter().filter(|i| i.writable) {
+            let Some(device) = item.device.as_ref().or(server.device.as_ref()) else {
+                continue;
+            };
+            let in_modbus = config
+                .modbus
+                .devices
+                .iter()
+                .filter(|d| &d.id == device)
+                .flat_map(|d| &d.maps)
+                .flat_map(|m| &m.points)
+                .any(|p| p.writable && p.name == item.signal);
+            if in_modbus {
+                problems.push((
+                    "opcua".to_owned(),
+                    format!(
+                        "server `{}`: item `{}`: device `{device}` point `{}` is declared \
+                         writable in [[modbus.devices]] too; declare it in one place",
+                        server.id, item.node_id, item.signal
+                    ),
+                ));
+            }
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_point_writable_in_both_connectors_is_refused() {
+        let config: Config = toml::from_str(
+            r#"
+            [[modbus.devices]]
+            id = "pump-1"
+            address = "127.0.0.1:502"
+            [[modbus.devices.maps]]
+            poll_interval_ms = 1000
+            [[modbus.devices.maps.points]]
+            name = "speed"
+            table = "holding"
+            address = 0
+            type = "u16"
+            writable = true
+            min = 0.0
+            max = 10.0
+
+            [[opcua.servers]]
+            id = "plc"
+            endpoint = "opc.tcp://127.0.0.1:4840/"
+            pki_dir = "pki"
+            device = "pump-1"
+            [[opcua.servers.items]]
+            node_id = "ns=2;s=Speed"
+            signal = "speed"
+            writable = true
+            min = 0.0
+            max = 10.0
+            [[opcua.servers.items]]
+            node_id = "ns=2;s=Other"
+            signal = "other"
+            writable = true
+            min = 0.0
+            max = 10.0
+            "#,
+        )
+        .expect("parses");
+        let problems = check(&config);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].1.contains(
+                "device `pump-1` point `speed` is declared writable in [[modbus.devices]] too"
+            ),
+            "{problems:?}"
+        );
     }
 }

@@ -147,7 +147,7 @@ pub enum OpcUaError {
     },
     /// The write service call failed (a timeout, a lost connection): whether the server
     /// applied it is unknown.
-    #[error("server `{server}`: {what}: {status}")]
+    #[error("server `{server}`: {what}: {status}; whether the server applied it is unknown")]
     Request {
         /// Server id.
         server: Arc<str>,

@@ -19,10 +19,11 @@
 //! node id, …) sends one Bad reading naming the node.
 //!
 //! Backpressure: the library calls the data-change callback synchronously inside the event
-//! loop; the callback only appends to a per-task buffer, and the task empties the buffer into
-//! the channel (awaiting capacity) before it polls the event loop again. A full channel thus
-//! stops publish requests and the server's per-item queues absorb the burst (oldest dropped
-//! there). The buffer holds at most one publish response; past a hard cap it drops and counts.
+//! loop; the callback only appends to a per-task buffer, and the task hands the buffer on to
+//! the channel as the channel has room, polling the event loop all the while: the session's
+//! keep-alives and publish requests, and the writes queued on it (decision 0090), go out on
+//! time however slow the store is. A full channel leaves readings in the buffer, which past a
+//! hard cap drops its oldest and counts them (logged).
 //!
 //! Shutdown: every task watches the caller's [`CancellationToken`], closes its session (bounded
 //! wait) and ends; so does a task whose readings receiver is gone.
@@ -142,6 +143,17 @@ impl Buffer {
     fn pop(&self) -> Option<Reading> {
         self.queue.lock().ok()?.pop_front()
     }
+
+    /// Puts back a reading the channel had no room for, first in line again.
+    fn unpop(&self, reading: Reading) {
+        if let Ok(mut queue) = self.queue.lock() {
+            queue.push_front(reading);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.lock().map_or(true, |q| q.is_empty())
+    }
 }
 
 /// Creates the subscription and its items; the per-item status codes, in item order.
@@ -258,11 +270,21 @@ impl ServerTask {
         let mut last_publish = Instant::now();
         let mut connected = false;
         loop {
-            self.flush().await?;
+            self.flush_ready()?;
             let buffer = Arc::clone(&self.buffer);
+            let readings = self.readings.clone();
+            let waiting = !buffer.is_empty();
             tokio::select! {
                 biased;
                 () = self.shutdown.cancelled() => return Err(Stop),
+                // Room in the channel again: hand on what waits. Meanwhile the loop goes on
+                // polling the session, so its keep-alives, and the writes queued on it
+                // (decision 0090), go out on time rather than when the store catches up.
+                permit = readings.reserve(), if waiting => match (permit, buffer.pop()) {
+                    (Ok(permit), Some(reading)) => permit.send(reading),
+                    (Ok(_), None) => {}
+                    (Err(_), _) => return Err(self.receiver_gone()),
+                },
                 () = buffer.notify.notified() => {}
                 _ = watchdog.tick() => {
                     if connected && subscribed && last_publish.elapsed() > stall_after {
@@ -276,7 +298,7 @@ impl ServerTask {
                     match created {
                         Ok(results) => {
                             subscribed = true;
-                            self.report_items(&results).await?;
+                            self.report_items(&results);
                         }
                         Err(reason) => {
                             let err = OpcUaError::Subscribe { server: Arc::clone(&self.plan.id), reason };
@@ -399,7 +421,7 @@ impl ServerTask {
     }
 
     /// Sends one Bad reading per item the server refused.
-    async fn report_items(&mut self, results: &[StatusCode]) -> Result<(), Stop> {
+    fn report_items(&mut self, results: &[StatusCode]) {
         let plan = Arc::clone(&self.plan);
         let mut good = 0usize;
         for (item, &status) in plan.items.iter().zip(results) {
@@ -418,23 +440,43 @@ impl ServerTask {
                 ),
             };
             warn!(server = %plan.id, error = %err, "OPC UA monitored item refused.");
-            self.send(bad_reading(item, err.to_string())).await?;
+            self.buffer.push(bad_reading(item, err.to_string()));
         }
         info!(server = %plan.id, items = good, refused = results.len() - good, "OPC UA subscription created.");
+    }
+
+    /// Hands on what the channel has room for now, without waiting (the session loop must go
+    /// on being polled); the rest waits in the buffer, which drops its oldest past its cap.
+    fn flush_ready(&mut self) -> Result<(), Stop> {
+        while let Some(reading) = self.buffer.pop() {
+            match self.readings.try_send(reading) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(reading)) => {
+                    self.buffer.unpop(reading);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(self.receiver_gone()),
+            }
+        }
+        self.report_dropped();
         Ok(())
     }
 
-    /// Empties the callback buffer into the channel.
+    /// Empties the buffer into the channel, waiting for room: only while no session runs.
     async fn flush(&mut self) -> Result<(), Stop> {
         while let Some(reading) = self.buffer.pop() {
             self.send(reading).await?;
         }
+        self.report_dropped();
+        Ok(())
+    }
+
+    fn report_dropped(&mut self) {
         let dropped = self.buffer.dropped.load(Ordering::Relaxed);
         if dropped > self.reported_dropped {
             warn!(server = %self.plan.id, dropped = dropped - self.reported_dropped, total = dropped, "OPC UA readings dropped: buffer full.");
             self.reported_dropped = dropped;
         }
-        Ok(())
     }
 
     fn succeeded(&mut self, mode: &SessionConnectMode) {
@@ -466,7 +508,8 @@ impl ServerTask {
         self.outage(reason).await
     }
 
-    /// Sends one Bad reading per item, once per outage.
+    /// Reports one Bad reading per item, once per outage (through the buffer: an outage seen
+    /// inside the session loop must not stop it; [`Self::wait_backoff`] empties it otherwise).
     async fn outage(&mut self, reason: &str) -> Result<(), Stop> {
         if self.outage_since.is_none() {
             self.outage_since = Some(Instant::now());
@@ -479,12 +522,13 @@ impl ServerTask {
         self.outage_reported = true;
         let plan = Arc::clone(&self.plan);
         for item in &plan.items {
-            self.send(bad_reading(item, reason.to_owned())).await?;
+            self.buffer.push(bad_reading(item, reason.to_owned()));
         }
         Ok(())
     }
 
     async fn wait_backoff(&mut self) -> Result<(), Stop> {
+        self.flush().await?;
         let delay = self.backoff;
         self.backoff = (self.backoff * 2).min(self.plan.reconnect_max);
         tokio::select! {
@@ -495,22 +539,11 @@ impl ServerTask {
     }
 
     async fn send(&mut self, reading: Reading) -> Result<(), Stop> {
-        let reading = match self.readings.try_send(reading) {
-            Ok(()) => return Ok(()),
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(self.receiver_gone()),
-            Err(mpsc::error::TrySendError::Full(reading)) => reading,
-        };
-        // While the task waits here the session's event loop is not polled, so requests the
-        // writer queued would go out only once the store catches up: writes are refused
-        // meanwhile rather than sent late (decision 0090).
-        self.link.set_stalled(true);
-        let sent = tokio::select! {
+        tokio::select! {
             biased;
             () = self.shutdown.cancelled() => Err(Stop),
             sent = self.readings.send(reading) => sent.map_err(|_| self.receiver_gone()),
-        };
-        self.link.set_stalled(false);
-        sent
+        }
     }
 
     fn receiver_gone(&self) -> Stop {

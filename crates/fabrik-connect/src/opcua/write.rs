@@ -1,12 +1,12 @@
-//! Writing the items declared `writable` (decision 0090): the node's value is read first, and
-//! the operator's value is converted to that value's own type (a server answers
+//! Writing the items declared `writable` (decision 0090): the node's `DataType` (and value) is
+//! read first, and the operator's value is converted to that type (a server answers
 //! `BadTypeMismatch` to a Double written to an Int16 node), checked against the item's range
 //! and the type's; then written on the server's current session and read back.
 //!
 //! A write goes out on the session the server's task keeps connected, concurrently with its
-//! subscription (OPC UA sessions take concurrent requests); while that session is down, or
-//! while the task waits for the store (its event loop, which sends requests, is then not
-//! polled), a write is refused at once rather than sent late.
+//! subscription (OPC UA sessions take concurrent requests; the task polls the session's event
+//! loop, which sends them, whatever the store's pace); while that session is down, a write is
+//! refused at once rather than queued for a reconnect.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +18,6 @@ use opcua::types::{
     WriteValue,
 };
 use parking_lot::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::convert;
 use super::plan::ServerPlan;
@@ -26,12 +25,10 @@ use super::{OpcUaError, Value};
 use crate::setpoint::SetValue;
 
 /// What a server's task shares with the writer: its connected session (set and cleared by the
-/// task), whether the task is waiting for the store (its session's event loop is then not
-/// polled), and the lock that lets one write at a time use the session.
+/// task), and the lock that lets one write at a time use the session.
 #[derive(Default)]
 pub(crate) struct ServerLink {
     session: Mutex<Option<Arc<Session>>>,
-    stalled: AtomicBool,
     writing: tokio::sync::Mutex<()>,
 }
 
@@ -40,18 +37,8 @@ impl ServerLink {
         *self.session.lock() = session;
     }
 
-    pub(crate) fn set_stalled(&self, stalled: bool) {
-        self.stalled.store(stalled, Ordering::SeqCst);
-    }
-
     /// The session to write on now, or why there is none; nothing was sent.
     fn usable(&self, server: &Arc<str>) -> Result<Arc<Session>, OpcUaError> {
-        if self.stalled.load(Ordering::SeqCst) {
-            return Err(OpcUaError::NotConnected {
-                server: Arc::clone(server),
-                why: "its task is waiting for the store to take its readings",
-            });
-        }
         self.session
             .lock()
             .clone()
@@ -205,7 +192,7 @@ impl OpcUaWriter {
             })?
             .map_err(invalid)?;
         let variant = to_variant(&template, value, item.range).map_err(invalid)?;
-        // The task may have begun to wait for the store while the read was answered.
+        // The session may have been lost while the read was answered.
         let session = link.usable(&item.server)?;
         let write = WriteValue {
             node_id: item.node_id.clone(),
@@ -273,10 +260,20 @@ async fn node_type(
     )
     .await?;
     let mut values = values.into_iter();
-    let declared = values.next().and_then(|v| match v.value {
+    let data_type = values
+        .next()
+        .ok_or_else(|| "no value in the answer".to_owned())?;
+    // The attribute every variable has could not be read (an unknown node id, access
+    // refused): a problem of the node or the server, not of the value.
+    if let Some(status) = data_type.status
+        && status.is_bad()
+    {
+        return Err(convert::status_text(status));
+    }
+    let declared = match data_type.value {
         Some(Variant::NodeId(id)) => template_of(&id),
         _ => None,
-    });
+    };
     if let Some(template) = declared {
         return Ok(Ok(template));
     }
@@ -345,7 +342,7 @@ async fn read_value(
     }
     let mut variant = value
         .value
-        .ok_or_else(|| "the node has no value yet to take its type from".to_owned())?;
+        .ok_or_else(|| "no value was read back".to_owned())?;
     while let Variant::Variant(inner) = variant {
         variant = *inner;
     }

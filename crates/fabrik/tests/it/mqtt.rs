@@ -609,8 +609,8 @@ fn the_demo_plant_publishes_through_the_endpoint_within_seconds() {
         );
         rows.first().is_some_and(|r| r["setpoint"] == 8.5)
     });
-    // The filler line's speed set-point over OPC UA, through the same command: the line ramps
-    // to it, and Fabrik refuses what the item's range does not allow.
+    // The filler line's speed set-point over OPC UA, through the same command; Fabrik refuses
+    // what the item's range does not allow.
     let (ok, out) = crate::support::client_command(
         &p.url,
         &["device", "set", "line-01", "speed_setpoint", "450"],
