@@ -781,26 +781,64 @@ async fn writes_reach_pymodbus_are_read_back_and_refused_where_they_must_be() {
     assert!(matches!(e, ModbusError::Stopped(_)), "{e}");
 }
 
+/// A device whose poller soon waits to hand on a poll (its readings channel holds one and
+/// nobody empties it, as behind a store that cannot keep up), with one writable point,
+/// `speed`, holding 0.
+struct Backlogged {
+    _peer: Peer,
+    poller: ModbusPoller,
+    rx: mpsc::Receiver<Reading>,
+    shutdown: CancellationToken,
+}
+
+impl Backlogged {
+    async fn start(id: &str) -> Self {
+        let peer = Peer::start();
+        let speed = writable(
+            pt("speed", Table::Holding, 42, DataType::U16),
+            Some((0.0, 1000.0)),
+        );
+        let config = ModbusConfig {
+            devices: vec![device(id, peer.address(), 50, vec![speed])],
+        };
+        let (tx, rx) = mpsc::channel(1);
+        let shutdown = CancellationToken::new();
+        let poller = ModbusPoller::start(&config, tx, shutdown.clone()).expect("valid config");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Self {
+            _peer: peer,
+            poller,
+            rx,
+            shutdown,
+        }
+    }
+
+    /// Lets the poller go on for 2 s, stops it, and checks that every poll read 0: no write
+    /// reached the device.
+    async fn assert_never_written(mut self) {
+        let readings = collect(&mut self.rx, Duration::from_secs(2), |_| false).await;
+        stop(self.poller, self.shutdown).await;
+        let values: Vec<_> = readings
+            .iter()
+            .filter(|r| r.quality == Quality::Good)
+            .map(|r| r.value.clone())
+            .collect();
+        assert!(values.len() >= 5, "{readings:#?}");
+        assert!(
+            values.iter().all(|v| *v == Some(Value::I64(0))),
+            "a write reached the device: {values:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_that_waits_past_its_deadline_is_given_up_and_never_made() {
     use fabrik_connect::modbus::{ModbusError, SetValue};
-    let peer = Peer::start();
-    let speed = writable(
-        pt("speed", Table::Holding, 42, DataType::U16),
-        Some((0.0, 1000.0)),
-    );
-    let config = ModbusConfig {
-        devices: vec![device("plc-e", peer.address(), 50, vec![speed])],
-    };
-    // A readings channel nobody empties: the device task soon waits to hand on a poll, as it
-    // would behind a store that cannot keep up.
-    let (tx, mut rx) = mpsc::channel(1);
-    let shutdown = CancellationToken::new();
-    let poller = ModbusPoller::start(&config, tx, shutdown.clone()).expect("valid config");
-    let writer = poller.writer();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let device = Backlogged::start("plc-e").await;
     let asked = Instant::now();
-    let e = writer
+    let e = device
+        .poller
+        .writer()
         .write("plc-e", "speed", SetValue::Number(77.0))
         .await
         .unwrap_err();
@@ -810,38 +848,15 @@ async fn a_write_that_waits_past_its_deadline_is_given_up_and_never_made() {
         asked.elapsed() >= Duration::from_secs(5),
         "the deadline is at least 5 s"
     );
-    // The task gets going again and finds the write given up: the device keeps its value.
-    let readings = collect(&mut rx, Duration::from_secs(2), |_| false).await;
-    stop(poller, shutdown).await;
-    let values: Vec<_> = readings
-        .iter()
-        .filter(|r| r.quality == Quality::Good)
-        .map(|r| r.value.clone())
-        .collect();
-    assert!(values.len() >= 5, "{readings:#?}");
-    assert!(
-        values.iter().all(|v| *v == Some(Value::I64(0))),
-        "a given-up write reached the device: {values:?}"
-    );
+    // The task gets going again and finds the write given up.
+    device.assert_never_written().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_whose_caller_went_away_before_it_started_is_never_made() {
     use fabrik_connect::modbus::SetValue;
-    let peer = Peer::start();
-    let speed = writable(
-        pt("speed", Table::Holding, 42, DataType::U16),
-        Some((0.0, 1000.0)),
-    );
-    let config = ModbusConfig {
-        devices: vec![device("plc-g", peer.address(), 50, vec![speed])],
-    };
-    let (tx, mut rx) = mpsc::channel(1);
-    let shutdown = CancellationToken::new();
-    let poller = ModbusPoller::start(&config, tx, shutdown.clone()).expect("valid config");
-    let writer = poller.writer();
-    // The task waits to hand on a poll; the write queues behind it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let device = Backlogged::start("plc-g").await;
+    let writer = device.poller.writer();
     let caller =
         tokio::spawn(async move { writer.write("plc-g", "speed", SetValue::Number(55.0)).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -849,16 +864,5 @@ async fn a_write_whose_caller_went_away_before_it_started_is_never_made() {
     assert!(caller.await.is_err_and(|e| e.is_cancelled()));
     // Well before the write's 5 s deadline the task gets going again and dequeues it: only
     // the caller's giving up keeps it from being made.
-    let readings = collect(&mut rx, Duration::from_secs(2), |_| false).await;
-    stop(poller, shutdown).await;
-    let values: Vec<_> = readings
-        .iter()
-        .filter(|r| r.quality == Quality::Good)
-        .map(|r| r.value.clone())
-        .collect();
-    assert!(values.len() >= 5, "{readings:#?}");
-    assert!(
-        values.iter().all(|v| *v == Some(Value::I64(0))),
-        "a write nobody waited for reached the device: {values:?}"
-    );
+    device.assert_never_written().await;
 }
