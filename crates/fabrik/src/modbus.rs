@@ -130,10 +130,7 @@ impl SetpointControl for ModbusSetpoints {
                 .write(&device, &signal, value)
                 .await
                 .map_err(setpoint_error)?;
-            Ok(DeviceAnswer {
-                read_back: written.read_back.map(json_value),
-                confirmed: written.confirmed,
-            })
+            Ok(crate::setpoints::answer(written))
         })
     }
 }
@@ -158,15 +155,6 @@ fn setpoint_error(e: ModbusError) -> SetpointError {
         ModbusError::Timeout { .. } | ModbusError::Interrupted(_) => {
             SetpointError::Timeout(message)
         }
-    }
-}
-
-fn json_value(value: modbus::Value) -> serde_json::Value {
-    match value {
-        modbus::Value::F64(v) => serde_json::json!(v),
-        modbus::Value::I64(v) => serde_json::json!(v),
-        modbus::Value::Bool(v) => serde_json::Value::Bool(v),
-        modbus::Value::Str(v) => serde_json::Value::String(v),
     }
 }
 

@@ -153,10 +153,7 @@ impl SetpointControl for OpcUaSetpoints {
                 .write(&device, &signal, value)
                 .await
                 .map_err(setpoint_error)?;
-            Ok(DeviceAnswer {
-                read_back: written.read_back.map(json_value),
-                confirmed: written.confirmed,
-            })
+            Ok(crate::setpoints::answer(written))
         })
     }
 }
@@ -182,15 +179,6 @@ fn setpoint_error(e: OpcUaError) -> SetpointError {
         }
         OpcUaError::Request { .. } => SetpointError::DeviceFailed(message),
         _ => SetpointError::Unavailable(message),
-    }
-}
-
-fn json_value(value: opcua::Value) -> serde_json::Value {
-    match value {
-        opcua::Value::F64(v) => serde_json::json!(v),
-        opcua::Value::I64(v) => serde_json::json!(v),
-        opcua::Value::Bool(v) => serde_json::Value::Bool(v),
-        opcua::Value::Str(v) => serde_json::Value::String(v),
     }
 }
 

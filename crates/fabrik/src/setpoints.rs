@@ -6,7 +6,7 @@ use std::sync::Arc;
 use fabrik_api::setpoints::{
     DeviceAnswer, Setpoint, SetpointControl, SetpointError, SetpointValue,
 };
-use fabrik_connect::setpoint::SetValue;
+use fabrik_connect::setpoint::{SetValue, Written};
 use fabrik_runtime::config::Config;
 use futures::future::BoxFuture;
 
@@ -51,6 +51,16 @@ impl SetpointControl for Connectors {
                 )))
             }),
         }
+    }
+}
+
+/// The API's answer from what a connector's write came to: the value read back as JSON.
+pub(crate) fn answer<V: serde::Serialize>(written: Written<V>) -> DeviceAnswer {
+    DeviceAnswer {
+        read_back: written
+            .read_back
+            .map(|v| serde_json::to_value(v).unwrap_or(serde_json::Value::Null)),
+        confirmed: written.confirmed,
     }
 }
 

@@ -140,8 +140,9 @@ pub enum ModbusError {
     Stopped(Arc<str>),
 }
 
-/// A decoded value.
-#[derive(Debug, Clone, PartialEq)]
+/// A decoded value (serialized as the bare number, Boolean or text).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(untagged)]
 pub enum Value {
     /// Floats, and any numeric point with `scale` or `offset`.
     F64(f64),

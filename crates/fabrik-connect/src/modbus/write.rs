@@ -37,16 +37,9 @@ pub enum Encoded {
     Bit(bool),
 }
 
-/// A write the device acknowledged.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Written {
-    /// The point's value read back after the write, or why it could not be read (the write
-    /// was acknowledged all the same: a device's write-only register, a read that timed out).
-    pub read_back: Result<Value, String>,
-    /// Whether the registers (or bit) read back are the ones written. A device that clamps
-    /// or refuses a value silently answers the write but keeps its own value.
-    pub confirmed: bool,
-}
+/// A Modbus write the device acknowledged; `confirmed` compares the registers (or bit) read
+/// back with those written.
+pub type Written = crate::setpoint::Written<Value>;
 
 /// One write handed to a device task.
 #[derive(Debug)]

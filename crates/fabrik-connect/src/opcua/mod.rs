@@ -182,8 +182,9 @@ pub enum OpcUaError {
     },
 }
 
-/// A converted value.
-#[derive(Debug, Clone, PartialEq)]
+/// A converted value (serialized as the bare number, Boolean or text).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(untagged)]
 pub enum Value {
     /// Float, Double (and Decimal-like types the server sends as doubles).
     F64(f64),

@@ -49,16 +49,9 @@ impl ServerLink {
     }
 }
 
-/// A write the server accepted.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Written {
-    /// The node's value read back after the write, or why it could not be read (the write
-    /// was accepted all the same).
-    pub read_back: Result<Value, String>,
-    /// Whether the node holds exactly what was written (the server may clamp or a program may
-    /// overwrite it).
-    pub confirmed: bool,
-}
+/// An OPC UA write the server accepted; `confirmed` compares the variant read back with the
+/// one written.
+pub type Written = crate::setpoint::Written<Value>;
 
 /// A writable item, as the writer finds it.
 #[derive(Debug, Clone)]
@@ -373,32 +366,10 @@ pub fn to_variant(
         (Variant::Boolean(_), SetValue::Number(_)) => {
             return Err("the node is a Boolean: give true or false".into());
         }
-        (
-            Variant::SByte(_)
-            | Variant::Byte(_)
-            | Variant::Int16(_)
-            | Variant::UInt16(_)
-            | Variant::Int32(_)
-            | Variant::UInt32(_)
-            | Variant::Int64(_)
-            | Variant::UInt64(_)
-            | Variant::Float(_)
-            | Variant::Double(_),
-            SetValue::Bool(_),
-        ) => return Err(format!("the node holds a {kind}: give a number")),
-        (
-            Variant::SByte(_)
-            | Variant::Byte(_)
-            | Variant::Int16(_)
-            | Variant::UInt16(_)
-            | Variant::Int32(_)
-            | Variant::UInt32(_)
-            | Variant::Int64(_)
-            | Variant::UInt64(_)
-            | Variant::Float(_)
-            | Variant::Double(_),
-            SetValue::Number(v),
-        ) => v,
+        (numeric, SetValue::Bool(_)) if numeric.is_numeric() => {
+            return Err(format!("the node holds a {kind}: give a number"));
+        }
+        (numeric, SetValue::Number(v)) if numeric.is_numeric() => v,
         (Variant::Empty, _) => {
             return Err(
                 "the node has no value yet, and its DataType is not a number or Boolean type \
