@@ -342,6 +342,19 @@ async function main() {
     noErrors('setpoints');
   });
 
+  await step('device page: an edge node\'s Sparkplug set-point is set by command and reported back', async () => {
+    await go('#/devices/edge-01');
+    const field = 'form.sp-point[data-signal="Compressor/Pressure Setpoint"] [name="value"]';
+    await page.waitForSelector(field, { timeout: 15000 });
+    await page.fill(field, '7');
+    await page.press(field, 'Enter');
+    await page.waitForSelector('#sp-done', { timeout: 10000 });
+    const done = await page.textContent('#sp-done');
+    assert(done.includes('the device holds it') && done.includes('7'), `Sparkplug set-point answer: ${done}`);
+    await page.waitForFunction(() => document.querySelector('#sp-writes')?.textContent.includes('plant-1/edge-01 · Compressor/Pressure Setpoint'), null, { timeout: 10000 });
+    noErrors('Sparkplug setpoints');
+  });
+
   await step('device page: rotate token shows the new token once', async () => {
     // motor-02: not an input of the pump pipeline, so the rest of the run is unaffected.
     await go('#/devices/motor-02');

@@ -34,12 +34,14 @@ pub struct Setpoint {
     pub device: String,
     /// Signal (point) name.
     pub signal: String,
-    /// The connector that writes it: `modbus` or `opcua`.
+    /// The connector that writes it: `modbus`, `opcua` or `sparkplug`.
     pub protocol: String,
-    /// Where on the device: `holding 20..21`, `coil 0..1`, an OPC UA node id.
+    /// Where on the device: `holding 20..21`, `coil 0..1`, an OPC UA node id, a Sparkplug
+    /// command topic with the metric's alias.
     pub address: String,
     /// Its type as configured (`u16`, `f32`, `bool`, ...); for OPC UA, `node`: the node's own
-    /// type, read before each write.
+    /// type, read before each write; for Sparkplug, the type the node's birth declares
+    /// (`birth` until one is seen).
     pub data_type: String,
     /// Lowest value a write may set, in engineering units (numbers only).
     pub min: Option<f64>,
@@ -167,7 +169,7 @@ pub struct DeviceAnswer {
     pub confirmed: bool,
 }
 
-/// Sets writable points; the connectors implement it (Modbus and OPC UA).
+/// Sets writable points; the connectors implement it (Modbus, OPC UA and Sparkplug).
 pub trait SetpointControl: Send + Sync {
     /// Every writable point.
     fn setpoints(&self) -> Vec<Setpoint>;

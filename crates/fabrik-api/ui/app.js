@@ -858,8 +858,11 @@ async function pageDevice(p, id) {
       <dt>Sparkplug node</dt><dd>${dev.sparkplug_node || '—'}</dd><dt>Registered</dt><dd>${fmtTime(dev.created_at)}</dd></dl>`);
   };
   renderMeta(d);
-  // Setpoints (decision 0090): the points of this device the configuration declares writable.
-  const writable = (await api('/api/v1/setpoints').catch(() => [])).filter((s) => s.device === id);
+  // Setpoints (decision 0090): the points of this device the configuration declares writable;
+  // for a Sparkplug edge node, its own metrics' and its devices' (decision 0091).
+  const node = d.sparkplug_node;
+  const ours = (s) => s.device === id || (!!node && (s.device === node || s.device.startsWith(`${node}/`)));
+  const writable = (await api('/api/v1/setpoints').catch(() => [])).filter(ours);
   if (!p.alive) return;
   if (writable.length) renderSetpoints(p, id, writable);
   $('#dev-actions').addEventListener('click', async (ev) => {
@@ -972,7 +975,7 @@ function renderSetpoints(p, id, points) {
     <div class="card-head"><h2 id="h-setpoints">Setpoints</h2><span class="muted">${may ? 'written to the device, then read back' : 'operators and admins set them'}</span></div>
     <div class="stack" id="sp-points">
       ${points.map((s, i) => html`<form class="row sp-point" data-signal="${s.signal}" data-index="${i}">
-        <label for="sp-value-${i}" class="mono">${s.signal}</label>
+        <label for="sp-value-${i}" class="mono">${s.device === id ? '' : html`<span class="muted">${s.device} · </span>`}${s.signal}</label>
         ${s.min == null
           ? html`<select id="sp-value-${i}" name="value"><option value="true">true (on)</option><option value="false">false (off)</option></select>`
           : html`<input id="sp-value-${i}" name="value" type="number" step="any" min="${s.min}" max="${s.max}" placeholder="${s.min} to ${s.max}" aria-describedby="sp-range-${i}">`}
@@ -985,10 +988,11 @@ function renderSetpoints(p, id, points) {
   const showWrites = async () => {
     // The table appears with the first write anywhere; asking for it before would be an error.
     const any = (await tables(true).catch(() => [])).some((t) => t.name === '_device_writes');
-    const rows = any ? await query(`SELECT time, signal, status, value, read_back, actor, note FROM _device_writes WHERE device = ${sqlStr(id)} ORDER BY time DESC LIMIT 8`).catch(() => []) : [];
+    const devices = [...new Set([id, ...points.map((s) => s.device)])].map(sqlStr).join(', ');
+    const rows = any ? await query(`SELECT time, device, signal, status, value, read_back, actor, note FROM _device_writes WHERE device IN (${devices}) ORDER BY time DESC LIMIT 8`).catch(() => []) : [];
     if (!p.alive) return;
     patch($('#sp-writes'), rows.length ? rows.map((r) => html`<li><span class="muted">${fmtTime(r.time)}</span><span>${pill(r.status === 'confirmed' ? 'online' : 'offline', r.status)}</span>
-      <span><span class="mono">${r.signal}</span> = ${r.value}${r.read_back != null && r.read_back !== r.value ? html` (holds ${r.read_back})` : ''} · ${r.actor}${r.note ? html` · ${r.note}` : ''}</span></li>`)
+      <span><span class="mono">${r.device === id ? '' : `${r.device} · `}${r.signal}</span> = ${r.value}${r.read_back != null && r.read_back !== r.value ? html` (holds ${r.read_back})` : ''} · ${r.actor}${r.note ? html` · ${r.note}` : ''}</span></li>`)
       : html`<li class="muted">None yet.</li>`);
   };
   showWrites();
@@ -1009,7 +1013,7 @@ function renderSetpoints(p, id, points) {
     const button = form.querySelector('button');
     button.disabled = true;
     try {
-      const r = await api(`/api/v1/devices/${enc(id)}/setpoints/${enc(signal)}`, { method: 'POST', body: note ? { value, note } : { value } });
+      const r = await api(`/api/v1/devices/${enc(point.device)}/setpoints/${enc(signal)}`, { method: 'POST', body: note ? { value, note } : { value } });
       if (!p.alive) return;
       patch($('#sp-result'), r.confirmed
         ? html`<div class="notice ok" id="sp-done">${signal} = ${value}: the device holds it (read back ${JSON.stringify(r.read_back)}).</div>`

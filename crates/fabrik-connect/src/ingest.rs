@@ -18,6 +18,7 @@ use crate::mapping::{self, DeviceInfo, Mapping};
 use crate::message_trace::{MessageTrace, Outcome};
 use crate::mqtt::ClientIdentity;
 use crate::point_errors::{PointOf, point_error};
+use crate::sparkplug::command::SparkplugCommands;
 use crate::sparkplug::{
     Event as SparkplugEvent, Sample as SparkplugSample, SessionConfig, SparkplugHost,
     Value as SparkplugValue,
@@ -112,8 +113,11 @@ pub struct Ingest {
     devices: Arc<dyn DeviceDirectory>,
     ids: Arc<RawMessageIds>,
     settings: IngestSettings,
-    /// Sparkplug B edge-node sessions (births, aliases, sequence numbers).
-    sparkplug: parking_lot::Mutex<SparkplugHost>,
+    /// Sparkplug B edge-node sessions (births, aliases, sequence numbers), shared with the
+    /// commands that write to edge nodes.
+    sparkplug: Arc<parking_lot::Mutex<SparkplugHost>>,
+    /// Writes to edge nodes' metrics, which wait for the samples decoded here.
+    commands: Option<Arc<SparkplugCommands>>,
     /// Where messages to publish go (Sparkplug rebirth requests), if anyone publishes them.
     outbound: Option<mpsc::Sender<Outbound>>,
     stored_counter: metrics::Counter,
@@ -195,7 +199,10 @@ impl Ingest {
             devices,
             ids,
             settings,
-            sparkplug: parking_lot::Mutex::new(SparkplugHost::new(SessionConfig::default())),
+            sparkplug: Arc::new(parking_lot::Mutex::new(SparkplugHost::new(
+                SessionConfig::default(),
+            ))),
+            commands: None,
             outbound: None,
             // Handles taken once: looking a counter up by name on every message cost ~1 % of
             // the MQTT path.
@@ -207,6 +214,14 @@ impl Ingest {
     /// Sends messages the ingest path must publish (Sparkplug NCMD rebirth requests) to `tx`.
     pub fn with_outbound(mut self, tx: mpsc::Sender<Outbound>) -> Self {
         self.outbound = Some(tx);
+        self
+    }
+
+    /// Keeps the Sparkplug sessions in `commands`' host, and shows it every sample and death,
+    /// so writes to edge nodes see what the nodes report.
+    pub fn with_commands(mut self, commands: Arc<SparkplugCommands>) -> Self {
+        self.sparkplug = commands.host();
+        self.commands = Some(commands);
         self
     }
 
@@ -265,6 +280,9 @@ impl Ingest {
                     }
                 }
             }
+        }
+        if let Some(commands) = &self.commands {
+            commands.observe(&step.samples, &step.stale);
         }
         for rejected in &step.rejected {
             tracing::debug!(device = %rejected.device_id, metric = %rejected.metric, error = %rejected.error, "Sparkplug metric not stored.");

@@ -30,3 +30,87 @@ pub struct Written<V> {
     /// when it could not be read back.
     pub confirmed: bool,
 }
+
+/// The scalar number types devices declare for a point (OPC UA's built-in types, Sparkplug's
+/// data types), as far as a write to it is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NumberType {
+    /// Signed 8-bit (OPC UA `SByte`, Sparkplug `Int8`).
+    Int8,
+    /// Unsigned 8-bit (OPC UA `Byte`, Sparkplug `UInt8`).
+    UInt8,
+    /// Signed 16-bit.
+    Int16,
+    /// Unsigned 16-bit.
+    UInt16,
+    /// Signed 32-bit.
+    Int32,
+    /// Unsigned 32-bit.
+    UInt32,
+    /// Signed 64-bit.
+    Int64,
+    /// Unsigned 64-bit.
+    UInt64,
+    /// 32-bit float.
+    Float,
+    /// 64-bit float.
+    Double,
+}
+
+/// Beyond 2^53 an `f64` no longer holds every whole number, so the value asked for might not
+/// be the one written: 64-bit integers are written up to it.
+const LARGEST_EXACT_WHOLE: f64 = 9_007_199_254_740_992.0;
+
+/// `number` as a point of type `ty` holds it, checked: finite, inside `range` (the
+/// configuration's, in the point's units), and for integers a whole number inside the type;
+/// for `Float`, the nearest `f32` of the value itself (its own rounding, nothing magnified).
+/// Each integer returned converts to its type with `as` exactly. `kind` names the type in
+/// messages (`Int16`, `SByte`), `holder` what holds it (`the node`, `the metric`).
+pub fn checked_number(
+    number: f64,
+    ty: NumberType,
+    range: (f64, f64),
+    holder: &str,
+    kind: &str,
+) -> Result<f64, String> {
+    if !number.is_finite() {
+        return Err(format!("{number} is not a finite number"));
+    }
+    let (min, max) = range;
+    if !(min..=max).contains(&number) {
+        return Err(format!(
+            "{number} is outside the point's range {min}..={max}"
+        ));
+    }
+    let bounded = |lo: f64, hi: f64| {
+        if number.fract() != 0.0 {
+            Err(format!(
+                "{holder} holds a {kind}: {number} is not a whole number"
+            ))
+        } else if (lo..=hi).contains(&number) {
+            Ok(number)
+        } else {
+            Err(format!("{number} does not fit a {kind} ({lo}..={hi})"))
+        }
+    };
+    match ty {
+        NumberType::Int8 => bounded(f64::from(i8::MIN), f64::from(i8::MAX)),
+        NumberType::UInt8 => bounded(0.0, f64::from(u8::MAX)),
+        NumberType::Int16 => bounded(f64::from(i16::MIN), f64::from(i16::MAX)),
+        NumberType::UInt16 => bounded(0.0, f64::from(u16::MAX)),
+        NumberType::Int32 => bounded(f64::from(i32::MIN), f64::from(i32::MAX)),
+        NumberType::UInt32 => bounded(0.0, f64::from(u32::MAX)),
+        NumberType::Int64 => bounded(-LARGEST_EXACT_WHOLE, LARGEST_EXACT_WHOLE),
+        NumberType::UInt64 => bounded(0.0, LARGEST_EXACT_WHOLE),
+        NumberType::Float => {
+            let narrowed = number as f32;
+            if !narrowed.is_finite()
+                || (f64::from(narrowed) - number).abs() > number.abs() * f64::from(f32::EPSILON)
+            {
+                return Err(format!("{number} does not fit a {kind}"));
+            }
+            Ok(f64::from(narrowed))
+        }
+        NumberType::Double => Ok(number),
+    }
+}

@@ -43,6 +43,8 @@ pub struct Config {
     pub modbus: crate::modbus::ModbusConfig,
     /// OPC UA servers to subscribe to.
     pub opcua: crate::opcua::OpcUaConfig,
+    /// Sparkplug B: the metrics operators may set on edge nodes.
+    pub sparkplug: crate::sparkplug::SparkplugConfig,
     /// Alert rules and notifiers.
     pub alerting: AlertingConfig,
     /// External MQTT brokers to subscribe to.

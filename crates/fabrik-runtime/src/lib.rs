@@ -10,6 +10,7 @@ pub mod modbus;
 pub mod opcua;
 pub mod services;
 pub mod shutdown;
+pub mod sparkplug;
 pub mod telemetry;
 pub mod units;
 

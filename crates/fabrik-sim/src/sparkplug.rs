@@ -1,7 +1,9 @@
 //! A simulated Sparkplug B edge node: a compressor that announces its metrics with NBIRTH
 //! (bdSeq, names, aliases, types), then publishes NDATA by alias every interval with the
 //! sequence number the specification requires, and answers a `Node Control/Rebirth` command
-//! (NCMD) with a fresh NBIRTH, as a real edge node does.
+//! (NCMD) with a fresh NBIRTH, as a real edge node does. Its pressure set-point is writable:
+//! an NCMD that sets it (by alias, or by name) is applied within the compressor's own limits
+//! and reported at once in an NDATA, as report-by-exception asks.
 
 use std::time::Duration;
 
@@ -25,11 +27,32 @@ pub struct EdgeNode {
     pub node: String,
 }
 
-const METRICS: [(&str, u64, DataType); 3] = [
+/// The writable metric: the pressure the compressor regulates to, in bar.
+pub const SETPOINT_METRIC: &str = "Compressor/Pressure Setpoint";
+const SETPOINT_ALIAS: u64 = 4;
+/// What the compressor itself accepts as a set-point; beyond it, it holds the nearest limit.
+const SETPOINT_LIMITS: (f64, f64) = (5.0, 9.0);
+
+const METRICS: [(&str, u64, DataType); 4] = [
     ("Compressor/Pressure", 1, DataType::Double),
     ("Compressor/Temperature", 2, DataType::Double),
     ("Compressor/Running", 3, DataType::Boolean),
+    (SETPOINT_METRIC, SETPOINT_ALIAS, DataType::Double),
 ];
+
+/// The `[[sparkplug.setpoints]]` entry that lets operators set the edge node `group/node`'s
+/// pressure set-point (the demo parses this same text).
+pub fn setpoint_config_toml(group: &str, node: &str) -> String {
+    format!(
+        r#"[[sparkplug.setpoints]]
+device = "{group}/{node}"
+metric = "{SETPOINT_METRIC}"
+min = 6.0
+max = 8.5
+unit = "bar"
+"#
+    )
+}
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -40,17 +63,20 @@ fn now_ms() -> u64 {
 struct Compressor {
     rng: SmallRng,
     t: f64,
+    setpoint: f64,
 }
 
 impl Compressor {
-    fn values(&mut self, step_s: f64) -> [Value; 3] {
+    fn values(&mut self, step_s: f64) -> [Value; 4] {
         self.t += step_s;
-        let pressure = 7.5 + 0.4 * (self.t / 60.0).sin() + self.rng.random_range(-0.05..0.05);
+        let pressure =
+            self.setpoint + 0.4 * (self.t / 60.0).sin() + self.rng.random_range(-0.05..0.05);
         let temperature = 64.0 + 3.0 * (self.t / 300.0).sin() + self.rng.random_range(-0.2..0.2);
         [
             Value::F64(pressure),
             Value::F64(temperature),
             Value::Bool(true),
+            Value::F64(self.setpoint),
         ]
     }
 }
@@ -64,7 +90,7 @@ fn payload(seq: u64, metrics: Vec<fabrik_connect::sparkplug::proto::Metric>) -> 
     })
 }
 
-fn birth(bd_seq: u64, values: &[Value; 3]) -> Vec<u8> {
+fn birth(bd_seq: u64, values: &[Value; 4]) -> Vec<u8> {
     let ts = Some(now_ms());
     let mut metrics = Vec::with_capacity(4);
     if let Ok(m) = new_metric(
@@ -84,7 +110,7 @@ fn birth(bd_seq: u64, values: &[Value; 3]) -> Vec<u8> {
     payload(0, metrics)
 }
 
-fn data(seq: u64, values: &[Value; 3]) -> Vec<u8> {
+fn data(seq: u64, values: &[Value; 4]) -> Vec<u8> {
     let ts = Some(now_ms());
     let metrics = METRICS
         .iter()
@@ -96,12 +122,25 @@ fn data(seq: u64, values: &[Value; 3]) -> Vec<u8> {
     payload(seq, metrics)
 }
 
-fn is_rebirth(bytes: &[u8]) -> bool {
-    decode_payload(bytes).is_ok_and(|p| {
-        p.metrics
-            .iter()
-            .any(|m| m.name.as_deref() == Some("Node Control/Rebirth"))
-    })
+/// What an NCMD asks: a rebirth, and the set-point it sets, if any.
+fn command(bytes: &[u8]) -> (bool, Option<f64>) {
+    let Ok(payload) = decode_payload(bytes) else {
+        return (false, None);
+    };
+    let rebirth = payload
+        .metrics
+        .iter()
+        .any(|m| m.name.as_deref() == Some("Node Control/Rebirth"));
+    let setpoint = payload
+        .metrics
+        .iter()
+        .find(|m| m.alias == Some(SETPOINT_ALIAS) || m.name.as_deref() == Some(SETPOINT_METRIC))
+        .and_then(|m| match m.value {
+            Some(fabrik_connect::sparkplug::proto::MetricValue::DoubleValue(v)) => Some(v),
+            _ => None,
+        })
+        .filter(|v| v.is_finite());
+    (rebirth, setpoint)
 }
 
 /// Runs the edge node until `shutdown`.
@@ -132,6 +171,7 @@ pub async fn run_edge_node(
     let mut compressor = Compressor {
         rng: SmallRng::seed_from_u64(seed),
         t: 0.0,
+        setpoint: 7.5,
     };
     let mut bd_seq = 0u64;
     let mut seq = 0u64;
@@ -147,12 +187,19 @@ pub async fn run_edge_node(
                 Some(ClientEvent::Connected) => need_birth = true,
                 Some(ClientEvent::Disconnected(_)) => {}
                 Some(ClientEvent::Message(m)) => {
-                    if is_rebirth(&m.payload) {
+                    let (rebirth, setpoint) = command(&m.payload);
+                    if rebirth {
                         tracing::info!(node = %edge.node, "Rebirth requested; sending NBIRTH.");
                         need_birth = true;
                     }
                     if let Some(done) = m.done {
                         let _ = done.send(Ok(()));
+                    }
+                    if let Some(v) = setpoint {
+                        compressor.setpoint = v.clamp(SETPOINT_LIMITS.0, SETPOINT_LIMITS.1);
+                        tracing::info!(node = %edge.node, setpoint = compressor.setpoint, "Pressure set-point commanded.");
+                        // Reported at once, not at the next tick.
+                        tick.reset_immediately();
                     }
                 }
             },

@@ -119,7 +119,8 @@ pub(crate) fn document() -> String {
         channel(
             "spBv1.0/{group}/{messageType}/{edgeNode}",
             "Sparkplug B edge node messages (NBIRTH, NDEATH, NDATA in; NCMD out: a rebirth \
-             request after a sequence gap). Births register devices and metric aliases.",
+             request after a sequence gap, or an operator's write of a metric listed in \
+             `[[sparkplug.setpoints]]`). Births register devices and metric aliases.",
             "sparkplugPayload",
             "device-endpoint",
         ),
@@ -128,7 +129,8 @@ pub(crate) fn document() -> String {
         "sparkplug-device".into(),
         channel(
             "spBv1.0/{group}/{messageType}/{edgeNode}/{sparkplugDevice}",
-            "Sparkplug B device messages (DBIRTH, DDEATH, DDATA).",
+            "Sparkplug B device messages (DBIRTH, DDEATH, DDATA in; DCMD out: an operator's \
+             write of a metric listed in `[[sparkplug.setpoints]]`).",
             "sparkplugPayload",
             "device-endpoint",
         ),
@@ -147,6 +149,21 @@ pub(crate) fn document() -> String {
             "NCMD with `Node Control/Rebirth` after a sequence gap.",
         ),
     );
+    for (name, kind) in [("node", "NCMD"), ("device", "DCMD")] {
+        operations.insert(
+            format!("send-sparkplug-{name}-setpoint"),
+            operation(
+                "send",
+                &format!("sparkplug-{name}"),
+                &format!(
+                    "{kind} (QoS 0, not retained) setting one metric an operator wrote \
+                     (`POST /api/v1/devices/{{id}}/setpoints/{{metric}}`): by the alias its \
+                     birth gave, else by name, in the birth's type; the node's next report of \
+                     the metric answers it (decision 0091)."
+                ),
+            ),
+        );
+    }
     channels.insert(
         "alert-notifications".into(),
         channel(

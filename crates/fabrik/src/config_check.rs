@@ -45,6 +45,7 @@ pub(crate) fn load(path: Option<&Path>, origin: &str) -> Result<(Config, Setting
     later.extend(crate::pipelines::check(&config));
     later.extend(crate::modbus::check(&config));
     later.extend(crate::opcua::check(&config));
+    later.extend(crate::sparkplug::check(&config));
     later.extend(crate::setpoints::check(&config));
     later.extend(crate::alerts::check(&config));
     later.extend(crate::bridge::check(&config));

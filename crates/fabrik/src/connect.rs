@@ -334,6 +334,9 @@ pub(crate) struct IngestWiring {
     /// takes the receiver.
     pub(crate) outbound:
         parking_lot::Mutex<Option<mpsc::Receiver<fabrik_connect::ingest::Outbound>>>,
+    /// Writes to edge nodes' metrics (Sparkplug commands): they read the ingest path's
+    /// sessions, and the MQTT module publishes them.
+    pub(crate) commands: Arc<fabrik_connect::sparkplug::command::SparkplugCommands>,
 }
 
 /// Starts the ingest worker over the configured (or built-in) mappings.
@@ -360,6 +363,7 @@ pub(crate) async fn start_ingest(
     };
     let (tx, rx) = mpsc::channel(settings.ingest_queue);
     let (outbound_tx, outbound_rx) = mpsc::channel(256);
+    let commands = crate::sparkplug::commands(config)?;
     let lineage = lineage.map(|emitter| {
         let node = emitter.node().to_owned();
         Arc::new(IngestLineage::mqtt(emitter, config, &node))
@@ -378,11 +382,13 @@ pub(crate) async fn start_ingest(
             ..IngestSettings::default()
         },
     )
-    .with_outbound(outbound_tx);
+    .with_outbound(outbound_tx)
+    .with_commands(commands.clone());
     *slot = Some(IngestWiring {
         tx,
         directory,
         outbound: parking_lot::Mutex::new(Some(outbound_rx)),
+        commands,
     });
     let stop = CancellationToken::new();
     let token = stop.clone();
@@ -646,6 +652,23 @@ pub(crate) async fn start_mqtt(
             }
         })
     });
+    // Sparkplug commands (decision 0091) are published as QoS 0, not retained, as the
+    // specification asks; the count of connected clients they reached tells the writer whether
+    // anything was sent.
+    let command_broker = broker.clone();
+    ingest
+        .commands
+        .connect(Arc::new(move |topic, payload, expires_at| {
+            command_broker.publish(mqtt::broker::Message {
+                topic: Arc::from(topic),
+                payload,
+                qos: 0,
+                retain: false,
+                properties: None,
+                expires_at: Some(expires_at),
+                publisher: None,
+            })
+        }));
     let broker_handle = broker.clone();
     let token = stop.clone();
     let task = tokio::spawn(async move {

@@ -50,7 +50,8 @@ impl DemoField {
 
 /// Starts the demo's field devices and adds them to the configuration (a configured device or
 /// server with the same id wins): Modbus chillers when the modbus module runs, the OPC UA
-/// filler line when the opcua module does.
+/// filler line when the opcua module does; and the Sparkplug edge node's writable pressure
+/// set-point (the node itself starts with the plant).
 pub(crate) async fn start_field(
     config: &mut fabrik_runtime::config::Config,
     data_dir: &std::path::Path,
@@ -60,6 +61,20 @@ pub(crate) async fn start_field(
 ) -> Result<DemoField, String> {
     let board = FaultBoard::default();
     let mut tasks = Vec::new();
+    let snippet =
+        fabrik_sim::sparkplug::setpoint_config_toml(&PlantSpec::default().site, EDGE_NODE_ID);
+    let parsed: fabrik_runtime::config::Config =
+        toml::from_str(&snippet).map_err(|e| format!("demo Sparkplug set-point: {e}"))?;
+    for point in parsed.sparkplug.setpoints {
+        if !config
+            .sparkplug
+            .setpoints
+            .iter()
+            .any(|p| p.device == point.device && p.metric == point.metric)
+        {
+            config.sparkplug.setpoints.push(point);
+        }
+    }
     let chillers = if modbus { &CHILLERS[..] } else { &[] };
     for (n, id) in chillers.iter().enumerate() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -266,12 +281,15 @@ async fn add_or_rotate(registry: &Registry, new: NewDevice) -> Result<String, St
     }
 }
 
+/// The demo's Sparkplug B edge node: its device id and edge node id.
+const EDGE_NODE_ID: &str = "edge-01";
+
 /// Registers the demo's Sparkplug B edge node (`edge-01`, node `<site>/edge-01`).
 async fn register_edge_node(
     registry: &Registry,
     site: &str,
 ) -> Result<fabrik_sim::sparkplug::EdgeNode, String> {
-    let id = "edge-01".to_owned();
+    let id = EDGE_NODE_ID.to_owned();
     let new = NewDevice {
         id: id.clone(),
         name: Some("Simulated compressor edge node".into()),

@@ -64,6 +64,7 @@ mod self_update;
 mod setpoints;
 mod shadow;
 mod shadow_kpis;
+mod sparkplug;
 mod sql_text;
 mod store_cli;
 mod stored;

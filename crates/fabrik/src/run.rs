@@ -394,6 +394,11 @@ fn compliance_facts(
         clear_text_links: clear_text_links(config),
         mqtt_acl_rules: config.mqtt.acl.len(),
         writable_points: writable_modbus_points
+            + if modules.contains(&Module::Ingest) && modules.contains(&Module::Mqtt) {
+                config.sparkplug.setpoints.len()
+            } else {
+                0
+            }
             + if modules.contains(&Module::Opcua) {
                 config
                     .opcua
@@ -944,7 +949,7 @@ async fn serve(
                 let store = wiring.store.clone();
                 let registry = wiring.registry.clone();
                 let lineage = wiring.lineage.clone();
-                manager
+                let started = manager
                     .start(module.name(), || async {
                         let store = store.ok_or("the ingest module needs the store module")?;
                         crate::connect::start_ingest(
@@ -957,7 +962,15 @@ async fn serve(
                         )
                         .await
                     })
-                    .await
+                    .await;
+                if let Some(ingest) = &wiring.ingest {
+                    wiring
+                        .setpoints
+                        .push(Arc::new(crate::sparkplug::SparkplugSetpoints(
+                            ingest.commands.clone(),
+                        )));
+                }
+                started
             }
             Module::Mqtt => {
                 let admin = token.as_ref().map(|t| t.token.clone());

@@ -1,5 +1,6 @@
 //! Setpoint writes (decision 0090) routed to the connector that reads the device: the Modbus
-//! poller's devices, the OPC UA servers' items.
+//! poller's devices, the OPC UA servers' items, the Sparkplug edge nodes' metrics (decision
+//! 0091).
 
 use std::sync::Arc;
 
@@ -47,7 +48,8 @@ impl SetpointControl for Connectors {
             Some(connector) => connector.set(device, signal, value),
             None => Box::pin(async move {
                 Err(SetpointError::UnknownDevice(format!(
-                    "no Modbus device or OPC UA item is configured for device `{device}`"
+                    "no Modbus device, OPC UA item or Sparkplug setpoint is configured for \
+                     device `{device}`"
                 )))
             }),
         }
@@ -72,33 +74,49 @@ pub(crate) fn set_value(value: SetpointValue) -> SetValue {
     }
 }
 
-/// A device's point declared writable in both connectors would be listed twice and written
+/// A device's point declared writable in two connectors would be listed twice and written
 /// through one only: refused, naming both places.
 pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
-    let mut problems = Vec::new();
+    // (device, point, connector, where): each connector checks its own duplicates.
+    let mut declared: Vec<(&str, &str, &str, String)> = Vec::new();
+    for d in &config.modbus.devices {
+        for p in d.maps.iter().flat_map(|m| &m.points).filter(|p| p.writable) {
+            declared.push((&d.id, &p.name, "modbus", "[[modbus.devices]]".to_owned()));
+        }
+    }
     for server in &config.opcua.servers {
         for item in server.items.iter().filter(|i| i.writable) {
-            let Some(device) = item.device.as_ref().or(server.device.as_ref()) else {
-                continue;
-            };
-            let in_modbus = config
-                .modbus
-                .devices
-                .iter()
-                .filter(|d| &d.id == device)
-                .flat_map(|d| &d.maps)
-                .flat_map(|m| &m.points)
-                .any(|p| p.writable && p.name == item.signal);
-            if in_modbus {
-                problems.push((
-                    "opcua".to_owned(),
-                    format!(
-                        "server `{}`: item `{}`: device `{device}` point `{}` is declared \
-                         writable in [[modbus.devices]] too; declare it in one place",
-                        server.id, item.node_id, item.signal
-                    ),
+            if let Some(device) = item.device.as_ref().or(server.device.as_ref()) {
+                declared.push((
+                    device,
+                    &item.signal,
+                    "opcua",
+                    format!("[[opcua.servers]] `{}` item `{}`", server.id, item.node_id),
                 ));
             }
+        }
+    }
+    for (i, p) in config.sparkplug.setpoints.iter().enumerate() {
+        declared.push((
+            &p.device,
+            &p.metric,
+            "sparkplug",
+            format!("sparkplug.setpoints[{i}]"),
+        ));
+    }
+    let mut problems = Vec::new();
+    for (n, (device, signal, connector, place)) in declared.iter().enumerate() {
+        if let Some((_, _, _, first)) = declared[..n]
+            .iter()
+            .find(|(d, s, c, _)| d == device && s == signal && c != connector)
+        {
+            problems.push((
+                "setpoints".to_owned(),
+                format!(
+                    "device `{device}` point `{signal}` is declared writable in {first} and in \
+                     {place}; declare it in one place"
+                ),
+            ));
         }
     }
     problems
@@ -150,7 +168,8 @@ mod tests {
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(
             problems[0].1.contains(
-                "device `pump-1` point `speed` is declared writable in [[modbus.devices]] too"
+                "device `pump-1` point `speed` is declared writable in [[modbus.devices]] and \
+                 in [[opcua.servers]] `plc` item `ns=2;s=Speed`"
             ),
             "{problems:?}"
         );

@@ -469,8 +469,8 @@ impl Broker {
             };
             if let Some(session) = state.sessions.get_mut(&client)
                 && !session.may_not_read(&message.topic)
+                && enqueue(session, delivery, self.limits.max_queued_messages)
             {
-                enqueue(session, delivery, self.limits.max_queued_messages);
                 delivered += 1;
             }
         }
@@ -513,7 +513,7 @@ impl Broker {
                         retain: true,
                         subscription_ids: options.id.into_iter().collect(),
                     };
-                    enqueue(session, delivery, self.limits.max_queued_messages);
+                    let _ = enqueue(session, delivery, self.limits.max_queued_messages);
                 }
             }
         }
@@ -989,20 +989,23 @@ fn restore_delivery(d: SavedDelivery, now: Instant) -> Result<Delivery, String> 
     })
 }
 
-fn enqueue(session: &mut Session, delivery: Delivery, max_queued: usize) {
+/// Queues `delivery` for `session`; false when it is not kept (QoS 0 for an offline session,
+/// or a full queue).
+fn enqueue(session: &mut Session, delivery: Delivery, max_queued: usize) -> bool {
     // QoS 0 messages are not kept for offline sessions.
     if session.link.is_none() && delivery.qos == 0 {
-        return;
+        return false;
     }
     if session.queue.len() >= max_queued {
         metrics::counter!("fabrik_mqtt_messages_dropped_total", "reason" => "queue_full")
             .increment(1);
-        return;
+        return false;
     }
     session.queue.push_back(delivery);
     if let Some(link) = &session.link {
         link.notify.notify_one();
     }
+    true
 }
 
 #[cfg(test)]
@@ -1232,6 +1235,28 @@ mod tests {
         assert_eq!(payloads(&next), vec![(Some(2), 1, "queued".into())]);
         assert!(broker.acked(&a, 1));
         assert!(!broker.acked(&a, 1), "a second PUBACK is ignored");
+    }
+
+    #[test]
+    fn a_qos_0_message_counts_only_connected_sessions() {
+        // A Sparkplug command (QoS 0) for an edge node whose persistent session is offline is
+        // not kept: the count says nobody got it, so its writer can say nothing was sent.
+        let broker = Broker::new(BrokerLimits::default());
+        let a = id("a");
+        let att = broker.attach(
+            &a,
+            ClientIdentity::default(),
+            false,
+            Some(Duration::from_secs(3600)),
+            10,
+            Vec::new(),
+        );
+        broker.subscribe(&a, "cmd/#", sub(1), |_| true);
+        assert_eq!(broker.publish(msg("cmd/x", 0, false, "online")), 1);
+        broker.detach(&a, att.link.generation);
+        assert_eq!(broker.publish(msg("cmd/x", 0, false, "offline")), 0);
+        // QoS 1 is kept for the offline session, and counted.
+        assert_eq!(broker.publish(msg("cmd/x", 1, false, "kept")), 1);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use super::convert;
 use super::plan::ServerPlan;
 use super::{OpcUaError, Value};
-use crate::setpoint::SetValue;
+use crate::setpoint::{NumberType, SetValue, checked_number};
 
 /// What a server's task shares with the writer: its connected session (set and cleared by the
 /// task), and the lock that lets one write at a time use the session.
@@ -383,67 +383,29 @@ pub fn to_variant(
             ));
         }
     };
-    if !number.is_finite() {
-        return Err(format!("{number} is not a finite number"));
-    }
-    let Some((min, max)) = range else {
+    let Some(range) = range else {
+        if !number.is_finite() {
+            return Err(format!("{number} is not a finite number"));
+        }
         return Err(
             "the node holds a number, and its item declares no `min` and `max`: nothing is \
              written to it until the configuration says what range operators may set"
                 .into(),
         );
     };
-    if !(min..=max).contains(&number) {
-        return Err(format!(
-            "{number} is outside the point's range {min}..={max}"
-        ));
-    }
-    let whole = || {
-        if number.fract() == 0.0 {
-            Ok(number)
-        } else {
-            Err(format!(
-                "the node holds a {kind}: {number} is not a whole number"
-            ))
-        }
-    };
-    let bounded = |lo: f64, hi: f64| {
-        let n = whole()?;
-        if (lo..=hi).contains(&n) {
-            Ok(n)
-        } else {
-            Err(format!("{number} does not fit a {kind} ({lo}..={hi})"))
-        }
-    };
-    // Each cast is exact: `bounded` checked the value is whole and inside the type.
+    let checked = |ty| checked_number(number, ty, range, "the node", &kind);
+    // Each cast is exact: `checked_number` kept the value whole and inside the type.
     Ok(match current {
-        Variant::SByte(_) => Variant::SByte(bounded(f64::from(i8::MIN), f64::from(i8::MAX))? as i8),
-        Variant::Byte(_) => Variant::Byte(bounded(0.0, f64::from(u8::MAX))? as u8),
-        Variant::Int16(_) => {
-            Variant::Int16(bounded(f64::from(i16::MIN), f64::from(i16::MAX))? as i16)
-        }
-        Variant::UInt16(_) => Variant::UInt16(bounded(0.0, f64::from(u16::MAX))? as u16),
-        Variant::Int32(_) => {
-            Variant::Int32(bounded(f64::from(i32::MIN), f64::from(i32::MAX))? as i32)
-        }
-        Variant::UInt32(_) => Variant::UInt32(bounded(0.0, f64::from(u32::MAX))? as u32),
-        // 2^53: beyond it an f64 no longer holds every whole number, so the value asked for
-        // might not be the one written.
-        Variant::Int64(_) => {
-            Variant::Int64(bounded(-9_007_199_254_740_992.0, 9_007_199_254_740_992.0)? as i64)
-        }
-        Variant::UInt64(_) => Variant::UInt64(bounded(0.0, 9_007_199_254_740_992.0)? as u64),
-        Variant::Float(_) => {
-            let narrowed = number as f32;
-            // The nearest Float of the value itself: its own rounding, nothing magnified.
-            if !narrowed.is_finite()
-                || (f64::from(narrowed) - number).abs() > number.abs() * f64::from(f32::EPSILON)
-            {
-                return Err(format!("{number} does not fit a Float"));
-            }
-            Variant::Float(narrowed)
-        }
-        _ => Variant::Double(number),
+        Variant::SByte(_) => Variant::SByte(checked(NumberType::Int8)? as i8),
+        Variant::Byte(_) => Variant::Byte(checked(NumberType::UInt8)? as u8),
+        Variant::Int16(_) => Variant::Int16(checked(NumberType::Int16)? as i16),
+        Variant::UInt16(_) => Variant::UInt16(checked(NumberType::UInt16)? as u16),
+        Variant::Int32(_) => Variant::Int32(checked(NumberType::Int32)? as i32),
+        Variant::UInt32(_) => Variant::UInt32(checked(NumberType::UInt32)? as u32),
+        Variant::Int64(_) => Variant::Int64(checked(NumberType::Int64)? as i64),
+        Variant::UInt64(_) => Variant::UInt64(checked(NumberType::UInt64)? as u64),
+        Variant::Float(_) => Variant::Float(checked(NumberType::Float)? as f32),
+        _ => Variant::Double(checked(NumberType::Double)?),
     })
 }
 

@@ -1,11 +1,13 @@
 //! Sparkplug B (Eclipse Sparkplug 3.0 / Tahu `sparkplug_b.proto`) for the MQTT ingest path:
 //! topic parsing ([`topic`]), payload decoding and encoding with value conversion
-//! ([`payload`], messages in [`proto`]) and the per-edge-node session state machine that
-//! resolves aliases, checks sequence numbers and asks for rebirths ([`session`]).
+//! ([`payload`], messages in [`proto`]), the per-edge-node session state machine that
+//! resolves aliases, checks sequence numbers and asks for rebirths ([`session`]), and the
+//! commands that write to edge nodes' metrics ([`command`]).
 //!
-//! Everything here is pure (no I/O, no clock): the caller hands in the MQTT topic, the payload
-//! bytes and the receive time, and publishes whatever NCMD the output asks for.
+//! All but [`command`] is pure (no I/O, no clock): the caller hands in the MQTT topic, the
+//! payload bytes and the receive time, and publishes whatever NCMD the output asks for.
 
+pub mod command;
 pub mod payload;
 pub mod proto;
 pub mod session;
@@ -75,6 +77,60 @@ pub enum SparkplugError {
         datatype: DataType,
         /// What is wrong.
         detail: String,
+    },
+    /// A write names a device that no writable metric or birth names.
+    #[error(
+        "no Sparkplug edge node or device `{0}` is known (neither a [[sparkplug.setpoints]] entry nor a birth names it)"
+    )]
+    UnknownDevice(String),
+    /// A write names a metric the configuration does not declare writable.
+    #[error(
+        "device `{device}` metric `{metric}` is not writable: only metrics listed in [[sparkplug.setpoints]] are"
+    )]
+    NotWritable {
+        /// The Sparkplug id.
+        device: String,
+        /// The metric.
+        metric: String,
+    },
+    /// The node's current birth does not declare the metric being written.
+    #[error("the birth of `{device}` declares no metric `{metric}`: nothing was sent")]
+    UndeclaredMetric {
+        /// The Sparkplug id.
+        device: String,
+        /// The metric.
+        metric: String,
+    },
+    /// The value is not one the metric may take; nothing was sent.
+    #[error("device `{device}` metric `{metric}`: {reason}")]
+    InvalidSetpoint {
+        /// The Sparkplug id.
+        device: String,
+        /// The metric.
+        metric: String,
+        /// Why.
+        reason: String,
+    },
+    /// The node or device is not online; nothing was sent.
+    #[error("{0}")]
+    Offline(String),
+    /// The command could not be published; nothing was sent.
+    #[error("{0}")]
+    NotSent(String),
+    /// Another write of the metric still waits for its report; nothing was sent.
+    #[error("{0}")]
+    CommandBusy(String),
+    /// The command was published but the node reported no value of the metric in time.
+    #[error(
+        "edge node reported no value of `{device}` metric `{metric}` within {waited_ms} ms of the command: whether it applied it is unknown (Sparkplug commands are not acknowledged)"
+    )]
+    NoReport {
+        /// The Sparkplug id.
+        device: String,
+        /// The metric.
+        metric: String,
+        /// How long it waited.
+        waited_ms: u64,
     },
 }
 

@@ -322,6 +322,27 @@ impl NodeSession {
         table.by_alias.get(&alias).map(|(n, _)| n.as_str())
     }
 
+    /// A metric of the node's birth (`device` `None`) or of a device's: its data type and, if
+    /// the birth gave one, its alias.
+    pub fn metric(&self, device: Option<&str>, name: &str) -> Option<(DataType, Option<u64>)> {
+        let table = match device {
+            Some(d) => &self.devices.get(d)?.metrics,
+            None => &self.metrics,
+        };
+        let datatype = *table.by_name.get(name)?;
+        let alias = table
+            .by_alias
+            .iter()
+            .find(|(_, (n, _))| n == name)
+            .map(|(alias, _)| *alias);
+        Some((datatype, alias))
+    }
+
+    /// Whether a birth of `device` was ever seen (alive or dead since).
+    pub fn knows_device(&self, device: &str) -> bool {
+        self.devices.contains_key(device)
+    }
+
     fn id(&self, config: &SessionConfig, device: Option<&str>) -> String {
         (config.device_id)(&self.group, &self.edge_node, device)
     }

@@ -639,6 +639,46 @@ fn the_demo_plant_publishes_through_the_endpoint_within_seconds() {
         );
         rows.first().is_some_and(|r| r["speed_setpoint"] == 450.0)
     });
+    // The Sparkplug edge node's pressure set-point (decision 0091): an NCMD, which the node
+    // answers with an NDATA reporting the value it took.
+    let (ok, out) = crate::support::client_command(
+        &p.url,
+        &[
+            "device",
+            "set",
+            "plant-1/edge-01",
+            "Compressor/Pressure Setpoint",
+            "8",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("plant-1/edge-01/Compressor/Pressure Setpoint = 8.0"),
+        "{out}"
+    );
+    let (ok, out) = crate::support::client_command(
+        &p.url,
+        &[
+            "device",
+            "set",
+            "plant-1/edge-01",
+            "Compressor/Pressure Setpoint",
+            "9",
+        ],
+    );
+    assert!(
+        !ok && out.contains("outside the point's range 6..=8.5"),
+        "{out}"
+    );
+    eventually("the node's report of its new set-point is stored", || {
+        let rows = query(
+            &p.url,
+            "SELECT \"Compressor/Pressure Setpoint\" AS sp FROM sparkplug \
+             WHERE device = 'plant-1/edge-01' AND \"Compressor/Pressure Setpoint\" IS NOT NULL \
+             ORDER BY time DESC LIMIT 1",
+        );
+        rows.first().is_some_and(|r| r["sp"] == 8.0)
+    });
     let writes = query(
         &p.url,
         "SELECT device, signal, status, value, read_back FROM _device_writes ORDER BY time",
@@ -657,6 +697,7 @@ fn the_demo_plant_publishes_through_the_endpoint_within_seconds() {
         [
             r#""chiller-02" "setpoint" "confirmed" 8.5 8.5"#,
             r#""line-01" "speed_setpoint" "confirmed" 450.0 450.0"#,
+            r#""plant-1/edge-01" "Compressor/Pressure Setpoint" "confirmed" 8.0 8.0"#,
         ],
         "the refused writes are not rows: {writes:#?}"
     );

@@ -14,7 +14,10 @@ use fabrik_connect::sparkplug::{DataType, Value, decode_payload, encode_payload,
 use crate::mqtt::{eventually, http, query};
 use crate::support::Process;
 
-fn payload(seq: u64, metrics: &[(Option<&str>, Option<u64>, DataType, Value)]) -> Vec<u8> {
+pub(crate) fn payload(
+    seq: u64,
+    metrics: &[(Option<&str>, Option<u64>, DataType, Value)],
+) -> Vec<u8> {
     let now_ms = u64::try_from(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -35,7 +38,8 @@ fn payload(seq: u64, metrics: &[(Option<&str>, Option<u64>, DataType, Value)]) -
     })
 }
 
-fn publish_bytes(
+/// Publishes `bytes` with `mosquitto_pub` (QoS 1), through a file of its own in `dir`.
+pub(crate) fn publish_bytes(
     addr: &str,
     user: &str,
     token: &str,
@@ -43,7 +47,9 @@ fn publish_bytes(
     bytes: &[u8],
     dir: &std::path::Path,
 ) {
-    let file = dir.join("payload.bin");
+    static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = dir.join(format!("payload-{n}.bin"));
     std::fs::write(&file, bytes).expect("payload file");
     let (host, port) = addr.rsplit_once(':').expect("host:port");
     let out = Command::new("mosquitto_pub")

@@ -1,0 +1,679 @@
+//! Writes to edge nodes' metrics (decision 0091): which metrics the configuration lets
+//! operators set ([`plan`]), the NCMD or DCMD that carries a value in the type the node's
+//! birth declares ([`command_payload`]), and [`SparkplugCommands`], which publishes it through
+//! the broker and waits for the node to report the value it then holds — Sparkplug commands
+//! are not acknowledged, so the node's next report of the metric is the only answer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fabrik_runtime::sparkplug::SparkplugConfig;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use super::payload::{DataType, Value, encode_payload, new_metric};
+use super::proto::Payload;
+use super::session::{BD_SEQ, Sample, SparkplugHost, Stale};
+use super::topic::{MessageType, SparkplugTopic};
+use super::{Result, SparkplugError};
+use crate::setpoint::{NumberType, SetValue, Written, checked_number};
+
+/// A metric operators may set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WritablePoint {
+    /// The Sparkplug id as stored: `group/edge_node[/device]`.
+    pub device_id: String,
+    /// Group id.
+    pub group: String,
+    /// Edge node id.
+    pub edge_node: String,
+    /// Device id; `None` for a node's own metric (written with an NCMD).
+    pub device: Option<String>,
+    /// The metric's name.
+    pub metric: String,
+    /// The range writes may set (numeric metrics).
+    pub range: Option<(f64, f64)>,
+    /// Engineering unit.
+    pub unit: Option<String>,
+}
+
+impl WritablePoint {
+    /// The topic its command goes to: the node's NCMD or the device's DCMD.
+    pub fn command_topic(&self) -> String {
+        let kind = if self.device.is_some() {
+            MessageType::DCmd
+        } else {
+            MessageType::NCmd
+        };
+        SparkplugTopic::Node {
+            group: self.group.clone(),
+            kind,
+            edge_node: self.edge_node.clone(),
+            device: self.device.clone(),
+        }
+        .to_string()
+    }
+}
+
+/// The `[sparkplug]` section, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandPlan {
+    /// The writable metrics.
+    pub points: Vec<WritablePoint>,
+    /// How long a write waits for the node's report.
+    pub timeout: Duration,
+}
+
+/// Checks the `[sparkplug]` section; every problem as (path, message).
+pub fn plan(config: &SparkplugConfig) -> std::result::Result<CommandPlan, Vec<(String, String)>> {
+    let mut problems = Vec::new();
+    let timeout = match fabrik_runtime::units::parse_duration(&config.command_timeout) {
+        Ok(d) if d.is_zero() => {
+            problems.push((
+                "sparkplug.command_timeout".to_owned(),
+                "must be greater than zero".to_owned(),
+            ));
+            Duration::ZERO
+        }
+        Ok(d) => d,
+        Err(e) => {
+            problems.push(("sparkplug.command_timeout".to_owned(), e));
+            Duration::ZERO
+        }
+    };
+    let mut points: Vec<WritablePoint> = Vec::new();
+    for (i, entry) in config.setpoints.iter().enumerate() {
+        let path = format!("sparkplug.setpoints[{i}]");
+        match point(entry) {
+            Ok(p) => {
+                if points
+                    .iter()
+                    .any(|q| q.device_id == p.device_id && q.metric == p.metric)
+                {
+                    problems.push((
+                        path,
+                        format!(
+                            "device `{}` metric `{}` is listed twice",
+                            p.device_id, p.metric
+                        ),
+                    ));
+                } else {
+                    points.push(p);
+                }
+            }
+            Err(e) => problems.push((path, e)),
+        }
+    }
+    if problems.is_empty() {
+        Ok(CommandPlan { points, timeout })
+    } else {
+        Err(problems)
+    }
+}
+
+fn point(
+    entry: &fabrik_runtime::sparkplug::SparkplugSetpointConfig,
+) -> Result<WritablePoint, String> {
+    let levels: Vec<&str> = entry.device.split('/').collect();
+    let (group, edge_node, device) = match levels.as_slice() {
+        [g, n] => (*g, *n, None),
+        [g, n, d] => (*g, *n, Some(*d)),
+        _ => {
+            return Err(format!(
+                "device `{}` is not group/edge_node or group/edge_node/device",
+                entry.device
+            ));
+        }
+    };
+    let point = WritablePoint {
+        device_id: entry.device.clone(),
+        group: group.to_owned(),
+        edge_node: edge_node.to_owned(),
+        device: device.map(str::to_owned),
+        metric: entry.metric.clone(),
+        range: None,
+        unit: entry.unit.clone(),
+    };
+    // The ids must make a topic a node would publish on: no empty level, no wildcard.
+    if let Err(e) = SparkplugTopic::parse(&point.command_topic()) {
+        return Err(format!("device `{}`: {e}", entry.device));
+    }
+    let metric = entry.metric.as_str();
+    if metric.trim().is_empty() {
+        return Err("metric must not be empty".into());
+    }
+    if metric == BD_SEQ
+        || metric.starts_with("Node Control/")
+        || metric.starts_with("Device Control/")
+    {
+        return Err(format!(
+            "metric `{metric}` is part of the Sparkplug session, not a setpoint"
+        ));
+    }
+    let range = match (entry.min, entry.max) {
+        (None, None) => None,
+        (Some(min), Some(max)) if min.is_finite() && max.is_finite() && min <= max => {
+            Some((min, max))
+        }
+        (Some(min), Some(max)) => {
+            return Err(format!(
+                "min {min} and max {max} are not a range of finite numbers, lowest first"
+            ));
+        }
+        _ => return Err("min and max are given together".into()),
+    };
+    Ok(WritablePoint { range, ..point })
+}
+
+/// The command that sets `metric` to `value` (already of `datatype`): the alias alone when the
+/// birth gave one, else the name, as the specification asks of NCMD and DCMD; no data type
+/// (the birth declared it) and no sequence number (the host has none), stamped `now_ms`.
+pub fn command_payload(
+    metric: &str,
+    alias: Option<u64>,
+    datatype: DataType,
+    value: &Value,
+    now_ms: u64,
+) -> Result<Vec<u8>> {
+    let name = alias.is_none().then_some(metric);
+    let mut encoded = new_metric(name, alias, datatype, value, Some(now_ms))?;
+    encoded.datatype = None;
+    Ok(encode_payload(&Payload {
+        timestamp: Some(now_ms),
+        metrics: vec![encoded],
+        ..Payload::default()
+    }))
+}
+
+/// `value` as a metric of `datatype` holds it, within `range`.
+pub fn to_metric_value(
+    datatype: DataType,
+    value: SetValue,
+    range: Option<(f64, f64)>,
+) -> std::result::Result<Value, String> {
+    use DataType as T;
+    let ty = match datatype {
+        T::Boolean => {
+            return match value {
+                SetValue::Bool(b) => Ok(Value::Bool(b)),
+                SetValue::Number(_) => Err("the metric is a Boolean: give true or false".into()),
+            };
+        }
+        T::Int8 => NumberType::Int8,
+        T::Int16 => NumberType::Int16,
+        T::Int32 => NumberType::Int32,
+        T::Int64 => NumberType::Int64,
+        T::UInt8 => NumberType::UInt8,
+        T::UInt16 => NumberType::UInt16,
+        T::UInt32 => NumberType::UInt32,
+        T::UInt64 => NumberType::UInt64,
+        T::Float => NumberType::Float,
+        T::Double => NumberType::Double,
+        other => {
+            return Err(format!(
+                "the metric is a {other:?}; only numbers and Booleans are written"
+            ));
+        }
+    };
+    let SetValue::Number(number) = value else {
+        return Err(format!("the metric is a {datatype:?}: give a number"));
+    };
+    let Some(range) = range else {
+        return Err(
+            "the metric is a number, and its setpoint declares no `min` and `max`: nothing is \
+             written to it until the configuration says what range operators may set"
+                .into(),
+        );
+    };
+    let kind = format!("{datatype:?}");
+    let checked = checked_number(number, ty, range, "the metric", &kind)?;
+    // Exact: `checked_number` kept integers whole and inside their type.
+    Ok(match ty {
+        NumberType::Int8 | NumberType::Int16 | NumberType::Int32 | NumberType::Int64 => {
+            Value::I64(checked as i64)
+        }
+        NumberType::UInt8 | NumberType::UInt16 | NumberType::UInt32 | NumberType::UInt64 => {
+            Value::U64(checked as u64)
+        }
+        NumberType::Float | NumberType::Double => Value::F64(checked),
+    })
+}
+
+/// Whether a reported value is the one sent (numbers compared as numbers: a node may report
+/// an integer metric through either integer field).
+fn same(sent: &Value, reported: &Value) -> bool {
+    let number = |v: &Value| match v {
+        Value::I64(n) => Some(*n as f64),
+        Value::U64(n) => Some(*n as f64),
+        Value::F64(n) => Some(*n),
+        _ => None,
+    };
+    match (number(sent), number(reported)) {
+        (Some(a), Some(b)) => a == b,
+        _ => sent == reported,
+    }
+}
+
+/// Publishes a command through the broker, to be dropped undelivered after the instant
+/// given; returns how many connected clients it was queued for.
+pub type Publish = Arc<dyn Fn(&str, Bytes, Instant) -> usize + Send + Sync>;
+
+/// One writable metric's reports and its write lock.
+struct Watched {
+    /// The value the node last reported (live values only; `None` before any, and after a
+    /// death made it stale).
+    reports: watch::Sender<Option<Value>>,
+    /// One write at a time per metric, so each waits for the report of its own command.
+    writing: tokio::sync::Mutex<()>,
+}
+
+/// Fabrik as the Sparkplug host that commands edge nodes: shares the ingest path's sessions
+/// (births, aliases, data types, who is online) and sees every sample it decodes.
+pub struct SparkplugCommands {
+    host: Arc<Mutex<SparkplugHost>>,
+    plan: CommandPlan,
+    /// Device id → metric → its reports.
+    watched: HashMap<String, HashMap<String, Watched>>,
+    publish: Mutex<Option<Publish>>,
+}
+
+/// How a write's wait for the node's report ended.
+enum Heard {
+    /// It reported the value sent.
+    Same(Value),
+    /// Its last report before the deadline was another value.
+    Other(Value),
+    /// No report.
+    Nothing,
+}
+
+impl SparkplugCommands {
+    /// Commands for `plan`'s points, over the sessions in `host`.
+    pub fn new(plan: CommandPlan, host: Arc<Mutex<SparkplugHost>>) -> Self {
+        let mut watched: HashMap<String, HashMap<String, Watched>> = HashMap::new();
+        for p in &plan.points {
+            watched.entry(p.device_id.clone()).or_default().insert(
+                p.metric.clone(),
+                Watched {
+                    reports: watch::Sender::new(None),
+                    writing: tokio::sync::Mutex::new(()),
+                },
+            );
+        }
+        Self {
+            host,
+            plan,
+            watched,
+            publish: Mutex::new(None),
+        }
+    }
+
+    /// The sessions the ingest path keeps (and these commands read).
+    pub fn host(&self) -> Arc<Mutex<SparkplugHost>> {
+        self.host.clone()
+    }
+
+    /// Sends commands through `publish` from now on (the MQTT endpoint, once it runs).
+    pub fn connect(&self, publish: Publish) {
+        *self.publish.lock() = Some(publish);
+    }
+
+    /// The writable metrics.
+    pub fn points(&self) -> &[WritablePoint] {
+        &self.plan.points
+    }
+
+    /// A writable metric's data type and alias from the node's current birth, if it has one.
+    pub fn declared(&self, point: &WritablePoint) -> Option<(DataType, Option<u64>)> {
+        let host = self.host.lock();
+        host.node(&point.group, &point.edge_node)?
+            .metric(point.device.as_deref(), &point.metric)
+    }
+
+    /// Whether `device` is a writable metric's or one a birth announced.
+    pub fn knows(&self, device: &str) -> bool {
+        if self.plan.points.iter().any(|p| p.device_id == device) {
+            return true;
+        }
+        let levels: Vec<&str> = device.split('/').collect();
+        let host = self.host.lock();
+        match levels.as_slice() {
+            [g, n] => host.node(g, n).is_some(),
+            [g, n, d] => host.node(g, n).is_some_and(|node| node.knows_device(d)),
+            _ => false,
+        }
+    }
+
+    /// Takes the ingest path's decoded samples (the reports writes wait for) and deaths (after
+    /// which the last report no longer says what the node holds).
+    pub fn observe(&self, samples: &[Sample], stale: &[Stale]) {
+        if self.watched.is_empty() {
+            return;
+        }
+        for sample in samples.iter().filter(|s| !s.is_historical) {
+            if let Some(w) = self
+                .watched
+                .get(&sample.device_id)
+                .and_then(|metrics| metrics.get(&sample.metric))
+            {
+                w.reports.send_replace(Some(sample.value.clone()));
+            }
+        }
+        for dead in stale {
+            if let Some(metrics) = self.watched.get(&dead.device_id) {
+                for w in metrics.values() {
+                    w.reports.send_replace(None);
+                }
+            }
+        }
+    }
+
+    /// Sets `metric` of `device` to `value`: checks it against the point and the node's
+    /// birth, publishes the command, and waits for the node to report the metric.
+    pub async fn write(
+        &self,
+        device: &str,
+        metric: &str,
+        value: SetValue,
+    ) -> Result<Written<Value>> {
+        let Some(point) = self
+            .plan
+            .points
+            .iter()
+            .find(|p| p.device_id == device && p.metric == metric)
+        else {
+            return Err(if self.knows(device) {
+                SparkplugError::NotWritable {
+                    device: device.to_owned(),
+                    metric: metric.to_owned(),
+                }
+            } else {
+                SparkplugError::UnknownDevice(device.to_owned())
+            });
+        };
+        let watched = self
+            .watched
+            .get(device)
+            .and_then(|m| m.get(metric))
+            .ok_or_else(|| SparkplugError::UnknownDevice(device.to_owned()))?;
+        // A second write of the same metric waits for the first's answer, then gives up.
+        let _writing = tokio::time::timeout(self.plan.timeout, watched.writing.lock())
+            .await
+            .map_err(|_| {
+                SparkplugError::CommandBusy(format!(
+                    "another write of device `{device}` metric `{metric}` is still waiting for \
+                     its report; nothing was sent"
+                ))
+            })?;
+        let (datatype, alias) = self.online_metric(point)?;
+        let sent = to_metric_value(datatype, value, point.range).map_err(|reason| {
+            SparkplugError::InvalidSetpoint {
+                device: device.to_owned(),
+                metric: metric.to_owned(),
+                reason,
+            }
+        })?;
+        let publish = self.publish.lock().clone().ok_or_else(|| {
+            SparkplugError::NotSent(
+                "the MQTT endpoint does not run in this process (see --target): nothing was sent"
+                    .into(),
+            )
+        })?;
+        let payload = command_payload(metric, alias, datatype, &sent, now_ms())?;
+        let topic = point.command_topic();
+        let mut reports = watched.reports.subscribe();
+        let before = reports.borrow_and_update().clone();
+        let deadline = Instant::now() + self.plan.timeout;
+        // Dropped undelivered at the deadline: a command held in a slow client's queue must
+        // not be carried out after its caller was told nothing was heard.
+        if publish(&topic, Bytes::from(payload), deadline) == 0 {
+            return Err(SparkplugError::NotSent(format!(
+                "no connected client subscribes to `{topic}` (is edge node `{}/{}` connected to \
+                 this endpoint?): nothing was sent",
+                point.group, point.edge_node
+            )));
+        }
+        let heard = wait_for_report(&mut reports, &sent, deadline.into()).await;
+        match heard {
+            Heard::Same(v) => Ok(Written {
+                read_back: Ok(v),
+                confirmed: true,
+            }),
+            Heard::Other(v) => Ok(Written {
+                read_back: Ok(v),
+                confirmed: false,
+            }),
+            // Report by exception: a node that already held the value has nothing to report,
+            // and still holds it while it stays online.
+            Heard::Nothing
+                if before.as_ref().is_some_and(|b| same(&sent, b))
+                    && self.online_metric(point).is_ok() =>
+            {
+                Ok(Written {
+                    read_back: Ok(sent),
+                    confirmed: true,
+                })
+            }
+            Heard::Nothing => Err(SparkplugError::NoReport {
+                device: device.to_owned(),
+                metric: metric.to_owned(),
+                waited_ms: u64::try_from(self.plan.timeout.as_millis()).unwrap_or(u64::MAX),
+            }),
+        }
+    }
+
+    /// The point's data type and alias, if its node (and device) is online and its birth
+    /// declares the metric.
+    fn online_metric(&self, point: &WritablePoint) -> Result<(DataType, Option<u64>)> {
+        let host = self.host.lock();
+        let node = host
+            .node(&point.group, &point.edge_node)
+            .filter(|n| n.is_online())
+            .ok_or_else(|| {
+                SparkplugError::Offline(format!(
+                    "edge node `{}/{}` is offline (no birth since it connected, or dead since): \
+                     nothing was sent",
+                    point.group, point.edge_node
+                ))
+            })?;
+        if let Some(d) = point.device.as_deref()
+            && !node.device_online(d)
+        {
+            return Err(SparkplugError::Offline(format!(
+                "device `{}` is offline (no DBIRTH, or a DDEATH since): nothing was sent",
+                point.device_id
+            )));
+        }
+        node.metric(point.device.as_deref(), &point.metric)
+            .ok_or_else(|| SparkplugError::UndeclaredMetric {
+                device: point.device_id.clone(),
+                metric: point.metric.clone(),
+            })
+    }
+}
+
+/// Waits until the node reports `sent`, or the deadline; the last other value it reported
+/// otherwise.
+async fn wait_for_report(
+    reports: &mut watch::Receiver<Option<Value>>,
+    sent: &Value,
+    deadline: tokio::time::Instant,
+) -> Heard {
+    let mut last = None;
+    loop {
+        tokio::select! {
+            changed = reports.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                match reports.borrow_and_update().clone() {
+                    Some(v) if same(sent, &v) => return Heard::Same(v),
+                    // A death since: what it held before is no answer.
+                    None => last = None,
+                    other => last = other,
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    last.map_or(Heard::Nothing, Heard::Other)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sparkplug::decode_payload;
+    use crate::sparkplug::proto::MetricValue;
+
+    fn config(text: &str) -> SparkplugConfig {
+        #[derive(serde::Deserialize)]
+        struct Root {
+            sparkplug: SparkplugConfig,
+        }
+        toml::from_str::<Root>(text).expect("parses").sparkplug
+    }
+
+    #[test]
+    fn the_example_plans() {
+        let plan = plan(&config(fabrik_runtime::sparkplug::EXAMPLE)).expect("valid");
+        assert_eq!(plan.timeout, Duration::from_secs(5));
+        assert_eq!(plan.points.len(), 1);
+        let p = &plan.points[0];
+        assert_eq!(
+            (p.group.as_str(), p.edge_node.as_str()),
+            ("plant-1", "edge-01")
+        );
+        assert_eq!(p.device, None);
+        assert_eq!(p.range, Some((6.0, 8.5)));
+        assert_eq!(p.command_topic(), "spBv1.0/plant-1/NCMD/edge-01");
+    }
+
+    #[test]
+    fn bad_entries_are_named() {
+        let problems = plan(&config(
+            r#"
+            [sparkplug]
+            command_timeout = "0s"
+            [[sparkplug.setpoints]]
+            device = "g"
+            metric = "m"
+            [[sparkplug.setpoints]]
+            device = "g/n/d"
+            metric = "Node Control/Reboot"
+            [[sparkplug.setpoints]]
+            device = "g/n/d"
+            metric = "Speed"
+            min = 5.0
+            [[sparkplug.setpoints]]
+            device = "g/+/d"
+            metric = "Speed"
+            [[sparkplug.setpoints]]
+            device = "g/n/d"
+            metric = "Speed"
+            min = 9.0
+            max = 1.0
+            [[sparkplug.setpoints]]
+            device = "g/n/d"
+            metric = "Flow"
+            [[sparkplug.setpoints]]
+            device = "g/n/d"
+            metric = "Flow"
+            "#,
+        ))
+        .expect_err("invalid");
+        let text = format!("{problems:?}");
+        for expected in [
+            "sparkplug.command_timeout",
+            "[0]\", \"device `g` is not group/edge_node",
+            "[1]\", \"metric `Node Control/Reboot` is part of the Sparkplug session",
+            "[2]\", \"min and max are given together",
+            "[3]\", \"device `g/+/d`",
+            "[4]\", \"min 9 and max 1 are not a range",
+            "[6]\", \"device `g/n/d` metric `Flow` is listed twice",
+        ] {
+            assert!(text.contains(expected), "{expected} not in {text}");
+        }
+        assert_eq!(problems.len(), 7, "{text}");
+    }
+
+    #[test]
+    fn values_take_the_birth_type() {
+        let range = Some((-1000.0, 70_000.0));
+        assert_eq!(
+            to_metric_value(DataType::UInt16, SetValue::Number(900.0), range),
+            Ok(Value::U64(900))
+        );
+        assert_eq!(
+            to_metric_value(DataType::Int32, SetValue::Number(-12.0), range),
+            Ok(Value::I64(-12))
+        );
+        assert_eq!(
+            to_metric_value(DataType::Float, SetValue::Number(7.25), range),
+            Ok(Value::F64(7.25))
+        );
+        assert_eq!(
+            to_metric_value(DataType::Boolean, SetValue::Bool(true), None),
+            Ok(Value::Bool(true))
+        );
+        let refused = |dt, v, range| to_metric_value(dt, v, range).expect_err("refused");
+        assert!(
+            refused(DataType::UInt16, SetValue::Number(900.5), range)
+                .contains("not a whole number")
+        );
+        assert!(
+            refused(DataType::UInt16, SetValue::Number(66_000.0), range)
+                .contains("does not fit a UInt16")
+        );
+        assert!(
+            refused(DataType::Int8, SetValue::Number(70_001.0), range)
+                .contains("outside the point's range")
+        );
+        assert!(
+            refused(DataType::Float, SetValue::Number(1e40), Some((0.0, 1e300)))
+                .contains("does not fit a Float")
+        );
+        assert!(
+            refused(DataType::Double, SetValue::Number(1.0), None)
+                .contains("declares no `min` and `max`")
+        );
+        assert!(refused(DataType::Double, SetValue::Bool(true), range).contains("give a number"));
+        assert!(refused(DataType::Boolean, SetValue::Number(1.0), None).contains("true or false"));
+        assert!(
+            refused(DataType::String, SetValue::Number(1.0), range)
+                .contains("only numbers and Booleans")
+        );
+    }
+
+    #[test]
+    fn a_command_carries_the_alias_alone_or_else_the_name() {
+        let by_alias = decode_payload(
+            &command_payload("Speed", Some(10), DataType::UInt16, &Value::U64(900), 1_000)
+                .expect("encodes"),
+        )
+        .expect("decodes");
+        assert_eq!(by_alias.timestamp, Some(1_000));
+        assert_eq!(by_alias.seq, None);
+        let m = &by_alias.metrics[0];
+        assert_eq!(
+            (m.name.as_deref(), m.alias, m.datatype),
+            (None, Some(10), None)
+        );
+        assert_eq!(m.value, Some(MetricValue::IntValue(900)));
+        let by_name = decode_payload(
+            &command_payload("Mode", None, DataType::Boolean, &Value::Bool(true), 1_000)
+                .expect("encodes"),
+        )
+        .expect("decodes");
+        let m = &by_name.metrics[0];
+        assert_eq!((m.name.as_deref(), m.alias), (Some("Mode"), None));
+        assert_eq!(m.value, Some(MetricValue::BooleanValue(true)));
+    }
+}
