@@ -282,7 +282,13 @@ impl Ingest {
             }
         }
         if let Some(commands) = &self.commands {
-            commands.observe(&step.samples, &step.stale);
+            commands.observe(
+                &message.topic,
+                message.publisher.as_ref().map(|p| p.client_id.as_str()),
+                received_ms,
+                &step.samples,
+                &step.stale,
+            );
         }
         for rejected in &step.rejected {
             tracing::debug!(device = %rejected.device_id, metric = %rejected.metric, error = %rejected.error, "Sparkplug metric not stored.");

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 /// A commented example of the section.
 pub const EXAMPLE: &str = r#"
 [sparkplug]
+host_id = "fabrik"          # Fabrik's Sparkplug host id: STATE on spBv1.0/STATE/fabrik
 command_timeout = "5s"      # how long a write waits for the edge node to report the new value
 
 # A metric operators may set (decision 0091): Fabrik sends it in an NCMD (a node's metric) or
@@ -28,6 +29,10 @@ pub const DEFAULT_COMMAND_TIMEOUT: &str = "5s";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SparkplugConfig {
+    /// Fabrik's Sparkplug host application id: it publishes its state, retained, on
+    /// `spBv1.0/STATE/<host_id>`, which edge nodes configured with it as their primary host
+    /// wait for before they birth.
+    pub host_id: String,
     /// How long a write waits for the edge node to report the metric's new value (Sparkplug
     /// commands are not acknowledged: the node's next NDATA/DDATA is the answer).
     pub command_timeout: String,
@@ -38,6 +43,7 @@ pub struct SparkplugConfig {
 impl Default for SparkplugConfig {
     fn default() -> Self {
         Self {
+            host_id: "fabrik".into(),
             command_timeout: DEFAULT_COMMAND_TIMEOUT.into(),
             setpoints: Vec::new(),
         }

@@ -652,23 +652,41 @@ pub(crate) async fn start_mqtt(
             }
         })
     });
-    // Sparkplug commands (decision 0091) are published as QoS 0, not retained, as the
-    // specification asks; the count of connected clients they reached tells the writer whether
-    // anything was sent.
+    // Sparkplug commands (decision 0091) go to the edge node's own MQTT client only, at QoS 0
+    // and not retained, as the specification asks; whether it was queued for that client tells
+    // the writer whether anything was sent.
     let command_broker = broker.clone();
     ingest
         .commands
-        .connect(Arc::new(move |topic, payload, expires_at| {
-            command_broker.publish(mqtt::broker::Message {
-                topic: Arc::from(topic),
-                payload,
-                qos: 0,
-                retain: false,
-                properties: None,
-                expires_at: Some(expires_at),
-                publisher: None,
-            })
+        .connect(Arc::new(move |client, topic, payload, expires_at| {
+            command_broker.publish_to(
+                client,
+                mqtt::broker::Message {
+                    topic: Arc::from(topic),
+                    payload,
+                    qos: 0,
+                    retain: false,
+                    properties: None,
+                    expires_at: Some(expires_at),
+                    publisher: None,
+                },
+            )
         }));
+    // Fabrik as the Sparkplug primary host: its state, retained, so edge nodes that wait for
+    // it birth (and those that lose it may move on).
+    let host_state = |online: bool| mqtt::broker::Message {
+        topic: Arc::from(ingest.commands.state_topic()),
+        payload: fabrik_connect::ingest::Bytes::from(
+            fabrik_connect::sparkplug::command::state_payload(online),
+        ),
+        qos: 1,
+        retain: true,
+        properties: None,
+        expires_at: None,
+        publisher: None,
+    };
+    broker.publish(host_state(true));
+    let offline_state = host_state(false);
     let broker_handle = broker.clone();
     let token = stop.clone();
     let task = tokio::spawn(async move {
@@ -721,6 +739,8 @@ pub(crate) async fn start_mqtt(
         if let Some(watcher) = watcher {
             let _ = watcher.await;
         }
+        // Before the connections close, so connected edge nodes hear the host go.
+        broker.publish(offline_state);
         if !endpoint.drain(Duration::from_secs(5)).await {
             tracing::warn!("Some MQTT connections did not close within 5 s.");
         }

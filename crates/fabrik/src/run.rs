@@ -963,7 +963,11 @@ async fn serve(
                         .await
                     })
                     .await;
-                if let Some(ingest) = &wiring.ingest {
+                if let Some(ingest) = wiring
+                    .ingest
+                    .as_ref()
+                    .filter(|i| !i.commands.points().is_empty())
+                {
                     wiring
                         .setpoints
                         .push(Arc::new(crate::sparkplug::SparkplugSetpoints(

@@ -49,7 +49,8 @@ impl SetpointControl for Connectors {
             None => Box::pin(async move {
                 Err(SetpointError::UnknownDevice(format!(
                     "no Modbus device, OPC UA item or Sparkplug setpoint is configured for \
-                     device `{device}`"
+                     device `{device}` (a Sparkplug metric's device is `group/edge_node` or \
+                     `group/edge_node/device`)"
                 )))
             }),
         }

@@ -104,9 +104,7 @@ fn json_of(value: &Value) -> serde_json::Value {
 fn setpoint_error(e: SparkplugError) -> SetpointError {
     let message = e.to_string();
     match e {
-        SparkplugError::UnknownDevice(_) | SparkplugError::UndeclaredMetric { .. } => {
-            SetpointError::UnknownDevice(message)
-        }
+        SparkplugError::UnknownDevice(_) => SetpointError::UnknownDevice(message),
         SparkplugError::NotWritable { .. } => SetpointError::NotWritable(message),
         SparkplugError::InvalidSetpoint { .. } => SetpointError::Invalid(message),
         SparkplugError::CommandBusy(_) => SetpointError::Busy(message),

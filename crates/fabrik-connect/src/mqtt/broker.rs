@@ -477,6 +477,40 @@ impl Broker {
         delivered
     }
 
+    /// Routes a message to one session only (a command for one client), if that session is
+    /// subscribed to its topic and may read it; whether it was queued (not for a QoS 0 message
+    /// while the session is offline, or with its queue full). Not retained.
+    pub fn publish_to(&self, client_id: &str, message: Message) -> bool {
+        let message = Arc::new(message);
+        let mut state = self.state.lock();
+        let State {
+            sessions, index, ..
+        } = &mut *state;
+        let mut matched: Option<(u8, Vec<NonZeroU32>)> = None;
+        index.for_each_match(&message.topic, |client, options| {
+            if &**client == client_id {
+                let (qos, ids) = matched.get_or_insert((0, Vec::new()));
+                *qos = (*qos).max(options.qos);
+                ids.extend(options.id);
+            }
+        });
+        let Some((qos, ids)) = matched else {
+            return false;
+        };
+        match sessions.get_mut(client_id) {
+            Some(session) if !session.may_not_read(&message.topic) => {
+                let delivery = Delivery {
+                    qos: message.qos.min(qos),
+                    message,
+                    retain: false,
+                    subscription_ids: ids,
+                };
+                enqueue(session, delivery, self.limits.max_queued_messages)
+            }
+            _ => false,
+        }
+    }
+
     /// Adds (or replaces) a subscription and returns the retained messages to send for it,
     /// already queued. `send_retained` decides whether they are (MQTT 5 retain handling).
     pub fn subscribe(
@@ -1257,6 +1291,33 @@ mod tests {
         assert_eq!(broker.publish(msg("cmd/x", 0, false, "offline")), 0);
         // QoS 1 is kept for the offline session, and counted.
         assert_eq!(broker.publish(msg("cmd/x", 1, false, "kept")), 1);
+    }
+
+    #[test]
+    fn a_message_for_one_client_reaches_only_that_subscriber() {
+        let broker = Broker::new(BrokerLimits::default());
+        let (node, monitor) = (id("node"), id("monitor"));
+        let attach = |c: &Arc<str>| {
+            broker.attach(
+                c,
+                ClientIdentity::default(),
+                true,
+                Some(Duration::ZERO),
+                10,
+                Vec::new(),
+            )
+        };
+        let (node_att, monitor_att) = (attach(&node), attach(&monitor));
+        broker.subscribe(&monitor, "spBv1.0/#", sub(0), |_| true);
+        // Not subscribed yet: nothing queued, though another client listens.
+        assert!(!broker.publish_to("node", msg("spBv1.0/g/NCMD/n", 0, false, "a")));
+        broker.subscribe(&node, "spBv1.0/g/NCMD/n", sub(1), |_| true);
+        assert!(broker.publish_to("node", msg("spBv1.0/g/NCMD/n", 0, false, "b")));
+        assert!(!broker.publish_to("other", msg("spBv1.0/g/NCMD/n", 0, false, "c")));
+        let out = broker.take_outgoing(&node, node_att.link.generation, 10);
+        assert_eq!(payloads(&out), vec![(None, 0, "b".into())]);
+        let out = broker.take_outgoing(&monitor, monitor_att.link.generation, 10);
+        assert!(payloads(&out).is_empty(), "{:?}", payloads(&out));
     }
 
     #[test]

@@ -60,6 +60,8 @@ impl WritablePoint {
 /// The `[sparkplug]` section, checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommandPlan {
+    /// The topic Fabrik's host state is published on: `spBv1.0/STATE/<host_id>`.
+    pub state_topic: String,
     /// The writable metrics.
     pub points: Vec<WritablePoint>,
     /// How long a write waits for the node's report.
@@ -83,6 +85,22 @@ pub fn plan(config: &SparkplugConfig) -> std::result::Result<CommandPlan, Vec<(S
             Duration::ZERO
         }
     };
+    let state = SparkplugTopic::HostState {
+        host: config.host_id.clone(),
+    };
+    let state_topic = state.to_string();
+    if let Err(e) = SparkplugTopic::parse(&state_topic).and_then(|parsed| {
+        if parsed == state {
+            Ok(())
+        } else {
+            Err(SparkplugError::InvalidTopic {
+                topic: state_topic.clone(),
+                reason: "a host id is one topic level".into(),
+            })
+        }
+    }) {
+        problems.push(("sparkplug.host_id".to_owned(), e.to_string()));
+    }
     let mut points: Vec<WritablePoint> = Vec::new();
     for (i, entry) in config.setpoints.iter().enumerate() {
         let path = format!("sparkplug.setpoints[{i}]");
@@ -107,7 +125,11 @@ pub fn plan(config: &SparkplugConfig) -> std::result::Result<CommandPlan, Vec<(S
         }
     }
     if problems.is_empty() {
-        Ok(CommandPlan { points, timeout })
+        Ok(CommandPlan {
+            state_topic,
+            points,
+            timeout,
+        })
     } else {
         Err(problems)
     }
@@ -217,15 +239,14 @@ pub fn to_metric_value(
             ));
         }
     };
+    let Some(range) = range else {
+        return Err(format!(
+            "the metric is a {datatype:?}, and its setpoint declares no `min` and `max`: \
+             nothing is written to it until the configuration says what range operators may set"
+        ));
+    };
     let SetValue::Number(number) = value else {
         return Err(format!("the metric is a {datatype:?}: give a number"));
-    };
-    let Some(range) = range else {
-        return Err(
-            "the metric is a number, and its setpoint declares no `min` and `max`: nothing is \
-             written to it until the configuration says what range operators may set"
-                .into(),
-        );
     };
     let kind = format!("{datatype:?}");
     let checked = checked_number(number, ty, range, "the metric", &kind)?;
@@ -256,15 +277,25 @@ fn same(sent: &Value, reported: &Value) -> bool {
     }
 }
 
-/// Publishes a command through the broker, to be dropped undelivered after the instant
-/// given; returns how many connected clients it was queued for.
-pub type Publish = Arc<dyn Fn(&str, Bytes, Instant) -> usize + Send + Sync>;
+/// Publishes a command to one MQTT client (the edge node's), to be dropped undelivered after
+/// the instant given; whether it was queued for it (`client id, topic, payload, expiry`).
+pub type Publish = Arc<dyn Fn(&str, &str, Bytes, Instant) -> bool + Send + Sync>;
+
+/// An edge node: (group id, edge node id).
+type NodeKey = (String, String);
+
+/// A node's live report of a writable metric.
+#[derive(Debug, Clone)]
+struct Report {
+    value: Value,
+    /// When Fabrik received the message that carried it (ms since the epoch, Fabrik's clock).
+    received_ms: u64,
+}
 
 /// One writable metric's reports and its write lock.
 struct Watched {
-    /// The value the node last reported (live values only; `None` before any, and after a
-    /// death made it stale).
-    reports: watch::Sender<Option<Value>>,
+    /// The node's last report (`None` before any, and after a death made it stale).
+    reports: watch::Sender<Option<Report>>,
     /// One write at a time per metric, so each waits for the report of its own command.
     writing: tokio::sync::Mutex<()>,
 }
@@ -276,6 +307,9 @@ pub struct SparkplugCommands {
     plan: CommandPlan,
     /// Device id → metric → its reports.
     watched: HashMap<String, HashMap<String, Watched>>,
+    /// The MQTT client that published each node's last NBIRTH; `None` when it came through a
+    /// bridge from another broker, where Fabrik cannot reach the node.
+    node_clients: Mutex<HashMap<NodeKey, Option<Arc<str>>>>,
     publish: Mutex<Option<Publish>>,
 }
 
@@ -287,6 +321,13 @@ enum Heard {
     Other(Value),
     /// No report.
     Nothing,
+}
+
+/// What a command goes out with, from the node's current birth.
+struct Target {
+    datatype: DataType,
+    alias: Option<u64>,
+    client: Arc<str>,
 }
 
 impl SparkplugCommands {
@@ -306,6 +347,7 @@ impl SparkplugCommands {
             host,
             plan,
             watched,
+            node_clients: Mutex::new(HashMap::new()),
             publish: Mutex::new(None),
         }
     }
@@ -318,6 +360,11 @@ impl SparkplugCommands {
     /// Sends commands through `publish` from now on (the MQTT endpoint, once it runs).
     pub fn connect(&self, publish: Publish) {
         *self.publish.lock() = Some(publish);
+    }
+
+    /// The topic of Fabrik's host state.
+    pub fn state_topic(&self) -> &str {
+        &self.plan.state_topic
     }
 
     /// The writable metrics.
@@ -346,11 +393,29 @@ impl SparkplugCommands {
         }
     }
 
-    /// Takes the ingest path's decoded samples (the reports writes wait for) and deaths (after
-    /// which the last report no longer says what the node holds).
-    pub fn observe(&self, samples: &[Sample], stale: &[Stale]) {
-        if self.watched.is_empty() {
+    /// Takes what the ingest path decoded from one message on `topic`, received at
+    /// `received_ms` from the MQTT client `publisher` (`None`: through a bridge): who each node's
+    /// births come from (where its commands go), its samples (the reports writes wait for) and
+    /// deaths (after which the last report no longer says what the node holds).
+    pub fn observe(
+        &self,
+        topic: &str,
+        publisher: Option<&str>,
+        received_ms: u64,
+        samples: &[Sample],
+        stale: &[Stale],
+    ) {
+        if self.plan.points.is_empty() {
             return;
+        }
+        if topic.contains("/NBIRTH/")
+            && let Ok(SparkplugTopic::Node {
+                group, edge_node, ..
+            }) = SparkplugTopic::parse(topic)
+        {
+            self.node_clients
+                .lock()
+                .insert((group, edge_node), publisher.map(Arc::from));
         }
         for sample in samples.iter().filter(|s| !s.is_historical) {
             if let Some(w) = self
@@ -358,7 +423,10 @@ impl SparkplugCommands {
                 .get(&sample.device_id)
                 .and_then(|metrics| metrics.get(&sample.metric))
             {
-                w.reports.send_replace(Some(sample.value.clone()));
+                w.reports.send_replace(Some(Report {
+                    value: sample.value.clone(),
+                    received_ms,
+                }));
             }
         }
         for dead in stale {
@@ -371,7 +439,8 @@ impl SparkplugCommands {
     }
 
     /// Sets `metric` of `device` to `value`: checks it against the point and the node's
-    /// birth, publishes the command, and waits for the node to report the metric.
+    /// birth, publishes the command to the node's own MQTT client, and waits for the node to
+    /// report the metric.
     pub async fn write(
         &self,
         device: &str,
@@ -398,6 +467,13 @@ impl SparkplugCommands {
             .get(device)
             .and_then(|m| m.get(metric))
             .ok_or_else(|| SparkplugError::UnknownDevice(device.to_owned()))?;
+        // Checked before waiting for another write, so a refusal is not held behind it; and
+        // again below, against the birth current when the command goes out.
+        {
+            let host = self.host.lock();
+            let target = self.target(&host, point)?;
+            self.checked(point, target.datatype, value)?;
+        }
         // A second write of the same metric waits for the first's answer, then gives up.
         let _writing = tokio::time::timeout(self.plan.timeout, watched.writing.lock())
             .await
@@ -407,36 +483,42 @@ impl SparkplugCommands {
                      its report; nothing was sent"
                 ))
             })?;
-        let (datatype, alias) = self.online_metric(point)?;
-        let sent = to_metric_value(datatype, value, point.range).map_err(|reason| {
-            SparkplugError::InvalidSetpoint {
-                device: device.to_owned(),
-                metric: metric.to_owned(),
-                reason,
-            }
-        })?;
         let publish = self.publish.lock().clone().ok_or_else(|| {
             SparkplugError::NotSent(
                 "the MQTT endpoint does not run in this process (see --target): nothing was sent"
                     .into(),
             )
         })?;
-        let payload = command_payload(metric, alias, datatype, &sent, now_ms())?;
         let topic = point.command_topic();
         let mut reports = watched.reports.subscribe();
         let before = reports.borrow_and_update().clone();
-        let deadline = Instant::now() + self.plan.timeout;
-        // Dropped undelivered at the deadline: a command held in a slow client's queue must
-        // not be carried out after its caller was told nothing was heard.
-        if publish(&topic, Bytes::from(payload), deadline) == 0 {
-            return Err(SparkplugError::NotSent(format!(
-                "no connected client subscribes to `{topic}` (is edge node `{}/{}` connected to \
-                 this endpoint?): nothing was sent",
-                point.group, point.edge_node
-            )));
-        }
-        let heard = wait_for_report(&mut reports, &sent, deadline.into()).await;
-        match heard {
+        let sent_ms = now_ms();
+        let start = Instant::now();
+        let deadline = start + self.plan.timeout;
+        let sent = {
+            // Held from the birth's alias to the publish: a rebirth in between could give the
+            // alias to another metric. (The broker never takes this lock.)
+            let host = self.host.lock();
+            let target = self.target(&host, point)?;
+            let sent = self.checked(point, target.datatype, value)?;
+            let payload = command_payload(metric, target.alias, target.datatype, &sent, sent_ms)?;
+            // Dropped undelivered at half the wait: a command held in the node's backed-up
+            // queue must not be carried out after its caller was answered.
+            if !publish(
+                &target.client,
+                &topic,
+                Bytes::from(payload),
+                start + self.plan.timeout / 2,
+            ) {
+                return Err(SparkplugError::NotSent(format!(
+                    "edge node `{}/{}` (MQTT client `{}`) is not connected, does not subscribe to \
+                     `{topic}`, or has a full queue: nothing was sent",
+                    point.group, point.edge_node, target.client
+                )));
+            }
+            sent
+        };
+        match wait_for_report(&mut reports, &sent, sent_ms, deadline.into()).await {
             Heard::Same(v) => Ok(Written {
                 read_back: Ok(v),
                 confirmed: true,
@@ -445,15 +527,17 @@ impl SparkplugCommands {
                 read_back: Ok(v),
                 confirmed: false,
             }),
-            // Report by exception: a node that already held the value has nothing to report,
-            // and still holds it while it stays online.
-            Heard::Nothing
-                if before.as_ref().is_some_and(|b| same(&sent, b))
-                    && self.online_metric(point).is_ok() =>
-            {
+            // Report by exception: a node that already held the value has nothing to report.
+            // What it last reported is no read-back, so the write is unverified.
+            Heard::Nothing if before.as_ref().is_some_and(|b| same(&sent, &b.value)) => {
                 Ok(Written {
-                    read_back: Ok(sent),
-                    confirmed: true,
+                    read_back: Err(format!(
+                        "the node reported nothing within {} ms of the command; it had \
+                         reported {} before it (a node reports a metric only when it changes)",
+                        self.plan.timeout.as_millis(),
+                        shown(&sent)
+                    )),
+                    confirmed: false,
                 })
             }
             Heard::Nothing => Err(SparkplugError::NoReport {
@@ -464,10 +548,20 @@ impl SparkplugCommands {
         }
     }
 
-    /// The point's data type and alias, if its node (and device) is online and its birth
-    /// declares the metric.
-    fn online_metric(&self, point: &WritablePoint) -> Result<(DataType, Option<u64>)> {
-        let host = self.host.lock();
+    /// `value` checked against the point's range and the birth's `datatype`.
+    fn checked(&self, point: &WritablePoint, datatype: DataType, value: SetValue) -> Result<Value> {
+        to_metric_value(datatype, value, point.range).map_err(|reason| {
+            SparkplugError::InvalidSetpoint {
+                device: point.device_id.clone(),
+                metric: point.metric.clone(),
+                reason,
+            }
+        })
+    }
+
+    /// Where and how the point's command goes: its node (and device) online, its birth
+    /// declaring the metric, born through Fabrik's own endpoint.
+    fn target(&self, host: &SparkplugHost, point: &WritablePoint) -> Result<Target> {
         let node = host
             .node(&point.group, &point.edge_node)
             .filter(|n| n.is_online())
@@ -486,19 +580,52 @@ impl SparkplugCommands {
                 point.device_id
             )));
         }
-        node.metric(point.device.as_deref(), &point.metric)
+        let (datatype, alias) = node
+            .metric(point.device.as_deref(), &point.metric)
             .ok_or_else(|| SparkplugError::UndeclaredMetric {
                 device: point.device_id.clone(),
                 metric: point.metric.clone(),
-            })
+            })?;
+        let client = self
+            .node_clients
+            .lock()
+            .get(&(point.group.clone(), point.edge_node.clone()))
+            .cloned()
+            .flatten()
+            .ok_or_else(|| {
+                SparkplugError::NotSent(format!(
+                    "edge node `{}/{}` reaches Fabrik through a bridge from another broker; \
+                     commands go only to nodes connected to Fabrik's own MQTT endpoint: nothing \
+                     was sent",
+                    point.group, point.edge_node
+                ))
+            })?;
+        Ok(Target {
+            datatype,
+            alias,
+            client,
+        })
     }
 }
 
-/// Waits until the node reports `sent`, or the deadline; the last other value it reported
-/// otherwise.
+/// A value as a message shows it.
+fn shown(value: &Value) -> String {
+    match value {
+        Value::I64(n) => n.to_string(),
+        Value::U64(n) => n.to_string(),
+        Value::F64(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Waits until the node reports `sent` in a message received since `sent_ms`, or the
+/// deadline; the last other value it so reported otherwise. Reports received before the
+/// command went out (a message still in the ingest queue) are no answer to it.
 async fn wait_for_report(
-    reports: &mut watch::Receiver<Option<Value>>,
+    reports: &mut watch::Receiver<Option<Report>>,
     sent: &Value,
+    sent_ms: u64,
     deadline: tokio::time::Instant,
 ) -> Heard {
     let mut last = None;
@@ -509,16 +636,24 @@ async fn wait_for_report(
                     break;
                 }
                 match reports.borrow_and_update().clone() {
-                    Some(v) if same(sent, &v) => return Heard::Same(v),
-                    // A death since: what it held before is no answer.
+                    Some(r) if r.received_ms < sent_ms => {}
+                    Some(r) if same(sent, &r.value) => return Heard::Same(r.value),
+                    Some(r) => last = Some(r.value),
+                    // A death since: what it reported before is no answer.
                     None => last = None,
-                    other => last = other,
                 }
             }
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
     last.map_or(Heard::Nothing, Heard::Other)
+}
+
+/// Fabrik's host state (Sparkplug 3.0 `STATE` payload), to publish retained at QoS 1.
+pub fn state_payload(online: bool) -> Vec<u8> {
+    serde_json::json!({ "online": online, "timestamp": now_ms() })
+        .to_string()
+        .into_bytes()
 }
 
 fn now_ms() -> u64 {
@@ -545,6 +680,7 @@ mod tests {
     fn the_example_plans() {
         let plan = plan(&config(fabrik_runtime::sparkplug::EXAMPLE)).expect("valid");
         assert_eq!(plan.timeout, Duration::from_secs(5));
+        assert_eq!(plan.state_topic, "spBv1.0/STATE/fabrik");
         assert_eq!(plan.points.len(), 1);
         let p = &plan.points[0];
         assert_eq!(
@@ -561,6 +697,7 @@ mod tests {
         let problems = plan(&config(
             r#"
             [sparkplug]
+            host_id = "a/b"
             command_timeout = "0s"
             [[sparkplug.setpoints]]
             device = "g"
@@ -592,6 +729,7 @@ mod tests {
         let text = format!("{problems:?}");
         for expected in [
             "sparkplug.command_timeout",
+            "sparkplug.host_id",
             "[0]\", \"device `g` is not group/edge_node",
             "[1]\", \"metric `Node Control/Reboot` is part of the Sparkplug session",
             "[2]\", \"min and max are given together",
@@ -601,7 +739,7 @@ mod tests {
         ] {
             assert!(text.contains(expected), "{expected} not in {text}");
         }
-        assert_eq!(problems.len(), 7, "{text}");
+        assert_eq!(problems.len(), 8, "{text}");
     }
 
     #[test]

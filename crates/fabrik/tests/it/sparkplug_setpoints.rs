@@ -1,21 +1,21 @@
-//! Sparkplug B setpoints (decision 0091) through a real `fabrik run`, with Mosquitto's clients
-//! as the edge node: an operator's write becomes a DCMD (a device's metric) or an NCMD (the
-//! node's) carrying the alias the birth gave, in the birth's type; the node's report of the
-//! metric answers it (confirmed, or the value it kept instead); a node that reports nothing
-//! leaves it unknown (504); values, offline nodes and devices and a missing subscriber are
-//! refused before anything is sent.
+//! Sparkplug B setpoints (decision 0091) through a real `fabrik run`, with a Paho client as the
+//! edge node: an operator's write becomes a DCMD (a device's metric) or an NCMD (the node's)
+//! sent to the node's own client at QoS 0, carrying the alias the birth gave, in the birth's
+//! type; the node's report of the metric answers it (confirmed, or the value it kept instead);
+//! a node that reports nothing leaves it unknown (504), or unverified when it had already
+//! reported that value; values, offline nodes and devices and a node that is gone are refused
+//! before anything is sent. Fabrik's host state is retained for the nodes.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use fabrik_connect::sparkplug::proto::{MetricValue, Payload};
 use fabrik_connect::sparkplug::{DataType, Value, decode_payload};
 
 use crate::mqtt::{eventually, http, query};
-use crate::sparkplug::{payload, publish_bytes};
+use crate::sparkplug::payload;
 use crate::support::Process;
 
 const SPEED_ALIAS: u64 = 10;
@@ -24,99 +24,160 @@ const AUTO_ALIAS: u64 = 1;
 /// What the simulated pump accepts as a speed: it keeps at most this.
 const PUMP_TOP_SPEED: u32 = 1200;
 
-/// The edge node's command side: `mosquitto_sub` on its NCMD and DCMD topics, and a thread
-/// that records each command and answers as a node does — the speed and the auto flag are
-/// applied (the speed within the pump's own limit) and reported at once; the valve is not.
+/// The edge node as one Paho MQTT client (as a real node is: its births and its command
+/// subscription share a session). Python moves bytes; the payloads are built and read here.
+const NODE_SCRIPT: &str = r#"
+import sys, paho.mqtt.client as mqtt
+host, port, user, token = sys.argv[1:5]
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="edge-1-node")
+c.username_pw_set(user, token)
+def on_connect(cl, ud, flags, rc, props):
+    cl.subscribe([("spBv1.0/Plant1/NCMD/edge-1", 1), ("spBv1.0/Plant1/DCMD/edge-1/#", 1)])
+def on_subscribe(cl, ud, mid, rcs, props):
+    print("ready", flush=True)
+def on_message(cl, ud, m):
+    print("cmd", m.topic, m.qos, int(m.retain), m.payload.hex(), flush=True)
+c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
+c.connect(host, int(port))
+c.loop_start()
+for line in sys.stdin:
+    topic, payload = line.split()
+    c.publish(topic, bytes.fromhex(payload), qos=1).wait_for_publish(10)
+"#;
+
+/// A command as the node received it: topic, QoS, retain flag, payload.
+type Received = (String, u8, bool, Payload);
+
+/// The edge node: records each command and answers as a node does — the speed and the auto
+/// flag are applied (the speed within the pump's own limit) and reported at once; the valve's
+/// command is lost on the node, nothing reported.
 struct EdgeNode {
-    sub: Child,
-    commands: Arc<Mutex<Vec<(String, Payload)>>>,
+    child: Child,
+    stdin: Arc<Mutex<ChildStdin>>,
+    commands: Arc<Mutex<Vec<Received>>>,
+    seq: Arc<AtomicU64>,
 }
 
 impl EdgeNode {
-    fn start(addr: &str, token: &str, dir: &std::path::Path, seq: Arc<AtomicU64>) -> Self {
+    fn start(addr: &str, token: &str) -> Self {
         let (host, port) = addr.rsplit_once(':').expect("host:port");
-        let mut sub = Command::new("mosquitto_sub")
-            .args([
-                "-h",
-                host,
-                "-p",
-                port,
-                "-u",
-                "edge-1",
-                "-P",
-                token,
-                "-t",
-                "spBv1.0/Plant1/NCMD/edge-1",
-                "-t",
-                "spBv1.0/Plant1/DCMD/edge-1/#",
-                "-F",
-                "%t %x",
-            ])
+        let mut child = Command::new(crate::support::python())
+            .args(["-c", NODE_SCRIPT, host, port, "edge-1", token])
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::inherit())
             .spawn()
-            .expect("mosquitto_sub (apt install mosquitto-clients)");
-        let stdout = sub.stdout.take().expect("stdout");
-        let commands: Arc<Mutex<Vec<(String, Payload)>>> = Arc::default();
-        let seen = commands.clone();
-        let (addr, token, dir) = (addr.to_owned(), token.to_owned(), dir.to_owned());
+            .expect("python with paho-mqtt (FABRIK_PYTHON)");
+        let stdin = Arc::new(Mutex::new(child.stdin.take().expect("stdin")));
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let first = lines.next().expect("the node's first line").expect("line");
+        assert_eq!(first, "ready", "the node subscribed to its command topics");
+        let commands: Arc<Mutex<Vec<Received>>> = Arc::default();
+        // Births are seq 0 (NBIRTH) and 1 (DBIRTH); reports follow.
+        let seq = Arc::new(AtomicU64::new(1));
+        let node = Self {
+            child,
+            stdin,
+            commands: commands.clone(),
+            seq: seq.clone(),
+        };
+        let answer = node.sender();
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
+            for line in lines {
                 let Ok(line) = line else { return };
-                let Some((topic, hex)) = line.trim().split_once(' ') else {
+                let parts: Vec<&str> = line.split(' ').collect();
+                let ["cmd", topic, qos, retain, hex] = parts.as_slice() else {
                     continue;
                 };
                 let bytes: Vec<u8> = (0..hex.len())
                     .step_by(2)
-                    .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+                    .filter_map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
                     .collect();
-                let command = decode_payload(&bytes).expect("a Sparkplug payload");
-                seen.lock()
-                    .expect("lock")
-                    .push((topic.to_owned(), command.clone()));
-                let metric = &command.metrics[0];
-                let (report_topic, report) = match (topic, metric.alias, &metric.value) {
-                    (
-                        "spBv1.0/Plant1/DCMD/edge-1/pump-3",
-                        Some(SPEED_ALIAS),
-                        Some(MetricValue::IntValue(v)),
-                    ) => (
-                        "spBv1.0/Plant1/DDATA/edge-1/pump-3",
+                let Ok(command) = decode_payload(&bytes) else {
+                    continue;
+                };
+                commands.lock().expect("lock").push((
+                    (*topic).to_owned(),
+                    qos.parse().unwrap_or(9),
+                    *retain == "1",
+                    command.clone(),
+                ));
+                let Some(metric) = command.metrics.first() else {
+                    continue;
+                };
+                let (report_topic, alias, datatype, value) =
+                    match (*topic, metric.alias, &metric.value) {
                         (
+                            "spBv1.0/Plant1/DCMD/edge-1/pump-3",
+                            Some(SPEED_ALIAS),
+                            Some(MetricValue::IntValue(v)),
+                        ) => (
+                            "spBv1.0/Plant1/DDATA/edge-1/pump-3",
                             SPEED_ALIAS,
                             DataType::UInt16,
                             Value::U64(u64::from((*v).min(PUMP_TOP_SPEED))),
                         ),
-                    ),
-                    (
-                        "spBv1.0/Plant1/NCMD/edge-1",
-                        Some(AUTO_ALIAS),
-                        Some(MetricValue::BooleanValue(b)),
-                    ) => (
-                        "spBv1.0/Plant1/NDATA/edge-1",
-                        (AUTO_ALIAS, DataType::Boolean, Value::Bool(*b)),
-                    ),
-                    // The valve's command is lost on the node: nothing is reported.
-                    _ => continue,
-                };
-                let (alias, datatype, value) = report;
+                        (
+                            "spBv1.0/Plant1/NCMD/edge-1",
+                            Some(AUTO_ALIAS),
+                            Some(MetricValue::BooleanValue(b)),
+                        ) => (
+                            "spBv1.0/Plant1/NDATA/edge-1",
+                            AUTO_ALIAS,
+                            DataType::Boolean,
+                            Value::Bool(*b),
+                        ),
+                        _ => continue,
+                    };
                 let n = seq.fetch_add(1, Ordering::SeqCst) + 1;
-                let data = payload(n % 256, &[(None, Some(alias), datatype, value)]);
-                publish_bytes(&addr, "edge-1", &token, report_topic, &data, &dir);
+                answer(
+                    report_topic,
+                    &payload(n % 256, &[(None, Some(alias), datatype, value)]),
+                );
             }
         });
-        Self { sub, commands }
+        node
     }
 
-    fn commands(&self) -> Vec<(String, Payload)> {
+    /// What publishes through the node's own client.
+    fn sender(&self) -> impl Fn(&str, &[u8]) + Send + 'static {
+        let stdin = self.stdin.clone();
+        move |topic, bytes| {
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let mut stdin = stdin.lock().expect("lock");
+            writeln!(stdin, "{topic} {hex}").expect("the node takes a publish");
+            stdin.flush().expect("flush");
+        }
+    }
+
+    fn publish(&self, topic: &str, bytes: &[u8]) {
+        self.sender()(topic, bytes);
+    }
+
+    fn next_seq(&self) -> u64 {
+        (self.seq.fetch_add(1, Ordering::SeqCst) + 1) % 256
+    }
+
+    fn commands(&self) -> Vec<Received> {
         self.commands.lock().expect("lock").clone()
+    }
+
+    /// Waits until the node has received `n` commands and returns them. Commands arrive in
+    /// order, so the one expected at `n - 1` also says nothing was sent before it.
+    fn wait_for(&self, n: usize) -> Vec<Received> {
+        eventually(&format!("the node received {n} commands"), || {
+            self.commands().len() >= n
+        });
+        let commands = self.commands();
+        assert_eq!(commands.len(), n, "{commands:#?}");
+        commands
     }
 }
 
 impl Drop for EdgeNode {
     fn drop(&mut self) {
-        let _ = self.sub.kill();
-        let _ = self.sub.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -137,6 +198,13 @@ fn set(
         ),
         Some(serde_json::json!({ "value": value, "note": "shift 2" })),
     )
+}
+
+fn says(answer: &serde_json::Value, what: &str) -> bool {
+    answer["message"]
+        .as_str()
+        .or_else(|| answer["read_back_error"].as_str())
+        .is_some_and(|m| m.contains(what))
 }
 
 #[test]
@@ -189,6 +257,34 @@ metric = "Mode/Auto"
     assert_eq!(code, 201, "{created}");
     let token = created["token"].as_str().expect("token").to_owned();
 
+    // Fabrik is the nodes' primary host: its state is retained where they look for it.
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    let state = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            host,
+            "-p",
+            port,
+            "-u",
+            "edge-1",
+            "-P",
+            &token,
+            "-t",
+            "spBv1.0/STATE/#",
+            "-v",
+            "-C",
+            "1",
+            "-W",
+            "10",
+        ])
+        .output()
+        .expect("mosquitto_sub");
+    let state = String::from_utf8_lossy(&state.stdout);
+    assert!(
+        state.starts_with("spBv1.0/STATE/fabrik {\"online\":true,\"timestamp\":"),
+        "{state}"
+    );
+
     // Before any birth: listed, of a type only the birth will tell, and not written.
     let (code, points) = http(&p.url, reqwest::Method::GET, "/api/v1/setpoints", None);
     assert_eq!(code, 200, "{points}");
@@ -202,59 +298,45 @@ metric = "Mode/Auto"
     let (code, refused) = set(&p.url, "Plant1/edge-1/pump-3", "Pump/Speed", 900.into());
     assert_eq!(code, 503, "{refused}");
     assert!(
-        refused["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("edge node `Plant1/edge-1` is offline")),
+        says(&refused, "edge node `Plant1/edge-1` is offline"),
         "{refused}"
     );
 
-    let seq = Arc::new(AtomicU64::new(1));
-    let node = EdgeNode::start(&addr, &token, dir.path(), seq.clone());
-    std::thread::sleep(Duration::from_millis(700));
-    let nbirth = payload(
-        0,
-        &[
-            (Some("bdSeq"), None, DataType::Int64, Value::I64(0)),
-            (
-                Some("Mode/Auto"),
-                Some(AUTO_ALIAS),
-                DataType::Boolean,
-                Value::Bool(false),
-            ),
-        ],
-    );
-    publish_bytes(
-        &addr,
-        "edge-1",
-        &token,
+    let node = EdgeNode::start(&addr, &token);
+    node.publish(
         "spBv1.0/Plant1/NBIRTH/edge-1",
-        &nbirth,
-        dir.path(),
+        &payload(
+            0,
+            &[
+                (Some("bdSeq"), None, DataType::Int64, Value::I64(0)),
+                (
+                    Some("Mode/Auto"),
+                    Some(AUTO_ALIAS),
+                    DataType::Boolean,
+                    Value::Bool(false),
+                ),
+            ],
+        ),
     );
-    let dbirth = payload(
-        1,
-        &[
-            (
-                Some("Pump/Speed"),
-                Some(SPEED_ALIAS),
-                DataType::UInt16,
-                Value::U64(600),
-            ),
-            (
-                Some("Pump/Valve"),
-                Some(VALVE_ALIAS),
-                DataType::Double,
-                Value::F64(20.0),
-            ),
-        ],
-    );
-    publish_bytes(
-        &addr,
-        "edge-1",
-        &token,
+    node.publish(
         "spBv1.0/Plant1/DBIRTH/edge-1/pump-3",
-        &dbirth,
-        dir.path(),
+        &payload(
+            1,
+            &[
+                (
+                    Some("Pump/Speed"),
+                    Some(SPEED_ALIAS),
+                    DataType::UInt16,
+                    Value::U64(600),
+                ),
+                (
+                    Some("Pump/Valve"),
+                    Some(VALVE_ALIAS),
+                    DataType::Double,
+                    Value::F64(20.0),
+                ),
+            ],
+        ),
     );
     eventually("the birth gives the speed its type", || {
         let (_, points) = http(&p.url, reqwest::Method::GET, "/api/v1/setpoints", None);
@@ -267,7 +349,8 @@ metric = "Mode/Auto"
         })
     });
 
-    // A DCMD by alias, in the birth's type; the node reports the speed it took.
+    // A DCMD by alias, in the birth's type, at QoS 0 and not retained; the node reports the
+    // speed it took.
     let (code, written) = set(&p.url, "Plant1/edge-1/pump-3", "Pump/Speed", 900.into());
     assert_eq!(code, 200, "{written}");
     assert_eq!(
@@ -275,10 +358,10 @@ metric = "Mode/Auto"
         (&serde_json::json!(900), &serde_json::json!(true)),
         "{written}"
     );
-    let commands = node.commands();
-    assert_eq!(commands.len(), 1, "{commands:?}");
-    let (topic, dcmd) = &commands[0];
+    let commands = node.wait_for(1);
+    let (topic, qos, retain, dcmd) = &commands[0];
     assert_eq!(topic, "spBv1.0/Plant1/DCMD/edge-1/pump-3");
+    assert_eq!((*qos, *retain), (0, false));
     assert!(dcmd.timestamp.is_some() && dcmd.seq.is_none(), "{dcmd:?}");
     let metric = &dcmd.metrics[0];
     assert_eq!(
@@ -311,21 +394,18 @@ metric = "Mode/Auto"
     ] {
         let (code, refused) = set(&p.url, "Plant1/edge-1/pump-3", "Pump/Speed", value);
         assert_eq!(code, 422, "{refused}");
-        assert!(
-            refused["message"].as_str().is_some_and(|m| m.contains(why)),
-            "{why}: {refused}"
-        );
+        assert!(says(&refused, why), "{why}: {refused}");
     }
-    assert_eq!(node.commands().len(), 2, "refused values sent nothing");
 
-    // The node's own metric: an NCMD, answered by its NDATA.
+    // The node's own metric: an NCMD, answered by its NDATA. It is the third command the
+    // node received: the refused values sent nothing.
     let (code, written) = set(&p.url, "Plant1/edge-1", "Mode/Auto", true.into());
     assert_eq!(code, 200, "{written}");
     assert_eq!(written["confirmed"], true, "{written}");
-    let commands = node.commands();
+    let commands = node.wait_for(3);
     assert_eq!(commands[2].0, "spBv1.0/Plant1/NCMD/edge-1");
     assert_eq!(
-        commands[2].1.metrics[0].value,
+        commands[2].3.metrics[0].value,
         Some(MetricValue::BooleanValue(true))
     );
 
@@ -333,25 +413,41 @@ metric = "Mode/Auto"
     let (code, unknown) = set(&p.url, "Plant1/edge-1/pump-3", "Pump/Valve", 55.into());
     assert_eq!(code, 504, "{unknown}");
     assert!(
-        unknown["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("whether it applied it is unknown")),
+        says(&unknown, "whether it applied it is unknown"),
         "{unknown}"
     );
-    assert_eq!(node.commands().len(), 4, "the valve's command was sent");
 
-    // A metric the birth does not declare, and one not listed as writable.
+    // A metric the birth does not declare, and one not listed as writable: nothing sent.
     let (code, missing) = set(&p.url, "Plant1/edge-1/pump-3", "Pump/Flow Limit", 5.into());
-    assert_eq!(code, 404, "{missing}");
+    assert_eq!(code, 503, "{missing}");
     assert!(
-        missing["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("declares no metric `Pump/Flow Limit`")),
+        says(&missing, "declares no metric `Pump/Flow Limit`"),
         "{missing}"
     );
     let (code, _) = set(&p.url, "Plant1/edge-1/pump-3", "Pump/Other", 5.into());
     assert_eq!(code, 403);
-    assert_eq!(node.commands().len(), 4);
+
+    // The valve's last report (its birth) is 20: set to 20, the node has nothing new to
+    // report, so the write is made but unverified.
+    let (code, unverified) = set(&p.url, "Plant1/edge-1/pump-3", "Pump/Valve", 20.into());
+    assert_eq!(code, 200, "{unverified}");
+    assert_eq!(unverified["confirmed"], false, "{unverified}");
+    assert_eq!(
+        unverified["read_back"],
+        serde_json::Value::Null,
+        "{unverified}"
+    );
+    assert!(
+        says(&unverified, "it had reported 20 before it"),
+        "{unverified}"
+    );
+    let commands = node.wait_for(5);
+    assert_eq!(commands[3].0, "spBv1.0/Plant1/DCMD/edge-1/pump-3");
+    assert_eq!(
+        commands[4].3.metrics[0].value,
+        Some(MetricValue::DoubleValue(20.0)),
+        "the valve's second command is the fifth: the refusals sent nothing"
+    );
 
     // Each write that reached the node is a row of `_device_writes`.
     let rows_sql = "SELECT signal, status, value, read_back, note FROM _device_writes \
@@ -363,7 +459,7 @@ metric = "Mode/Auto"
             "/api/v1/query",
             Some(serde_json::json!({ "sql": rows_sql })),
         );
-        code == 200 && rows.as_array().is_some_and(|r| r.len() == 4)
+        code == 200 && rows.as_array().is_some_and(|r| r.len() == 5)
     });
     let rows = query(&p.url, rows_sql);
     let summary: Vec<(String, String)> = rows
@@ -382,6 +478,7 @@ metric = "Mode/Auto"
             ("Pump/Speed", "unconfirmed"),
             ("Mode/Auto", "confirmed"),
             ("Pump/Valve", "failed"),
+            ("Pump/Valve", "unverified"),
         ]
         .map(|(s, t)| (s.to_owned(), t.to_owned())),
         "{rows:?}"
@@ -389,15 +486,11 @@ metric = "Mode/Auto"
     assert_eq!(rows[1]["read_back"], 1200.0, "{rows:?}");
     assert_eq!(rows[0]["note"], "shift 2", "{rows:?}");
 
-    // The device's death: refused, nothing sent.
-    let n = seq.fetch_add(1, Ordering::SeqCst) + 1;
-    publish_bytes(
-        &addr,
-        "edge-1",
-        &token,
+    // The device's death: refused, nothing sent (the next command the node receives is the
+    // node's own).
+    node.publish(
         "spBv1.0/Plant1/DDEATH/edge-1/pump-3",
-        &payload(n, &[]),
-        dir.path(),
+        &payload(node.next_seq(), &[]),
     );
     eventually("the device's death marks its metrics stale", || {
         let (code, rows) = http(
@@ -414,23 +507,26 @@ metric = "Mode/Auto"
     let (code, refused) = set(&p.url, "Plant1/edge-1/pump-3", "Pump/Speed", 700.into());
     assert_eq!(code, 503, "{refused}");
     assert!(
-        refused["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("device `Plant1/edge-1/pump-3` is offline")),
+        says(&refused, "device `Plant1/edge-1/pump-3` is offline"),
         "{refused}"
     );
-    assert_eq!(node.commands().len(), 4);
+    let (code, written) = set(&p.url, "Plant1/edge-1", "Mode/Auto", false.into());
+    assert_eq!(
+        (code, &written["confirmed"]),
+        (200, &serde_json::json!(true))
+    );
+    assert_eq!(node.wait_for(6)[5].0, "spBv1.0/Plant1/NCMD/edge-1");
 
-    // Nobody listens on the node's command topic any more: nothing can be sent. (Until the
-    // endpoint has seen the subscriber go, a try is sent and unanswered: 504.)
+    // The node's client is gone (its NDEATH not sent, as when a link just drops): nothing can
+    // be sent to it, whoever else listens.
     drop(node);
-    eventually("a command with no subscriber is refused", || {
-        let (code, refused) = set(&p.url, "Plant1/edge-1", "Mode/Auto", false.into());
-        code == 503
-            && refused["message"].as_str().is_some_and(|m| {
-                m.contains("no connected client subscribes to `spBv1.0/Plant1/NCMD/edge-1`")
-            })
-    });
+    eventually(
+        "a command to a node whose client is gone is refused",
+        || {
+            let (code, refused) = set(&p.url, "Plant1/edge-1", "Mode/Auto", true.into());
+            code == 503 && says(&refused, "(MQTT client `edge-1-node`) is not connected")
+        },
+    );
     let (status, _) = p.terminate();
     assert!(status.success());
 }
