@@ -1488,6 +1488,7 @@ fn alert_from_row(r: &AnyRow) -> Result<Alert, AlertError> {
         ack,
         silenced: r.try_get::<i64, _>("silenced")? != 0,
         inhibited_by: None,
+        action: None,
         updated_at: crate::model::rfc3339_ns(r.try_get("updated_ns")?),
     })
 }
@@ -1511,6 +1512,7 @@ mod tests {
             ack: None,
             silenced: true,
             inhibited_by: None,
+            action: None,
             updated_at: String::new(),
         }
     }

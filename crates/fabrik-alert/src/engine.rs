@@ -178,6 +178,22 @@ pub struct Rule {
     /// Annotation templates (`summary`, `runbook`, ...): rendered into an alert's annotations
     /// when it becomes pending or fires (see [`crate::notify::render_annotation`]).
     pub annotations: BTreeMap<String, String>,
+    /// The setpoint the rule proposes operators apply (decision 0092); not the engine's
+    /// concern, shown with the rule's alerts.
+    pub action: Option<RuleAction>,
+}
+
+/// A rule's proposed setpoint (decision 0092).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleAction {
+    /// The device written; `None`: each alert's key.
+    pub device: Option<String>,
+    /// The writable point.
+    pub signal: String,
+    /// A number or true/false.
+    pub value: serde_json::Value,
+    /// Why, in the rule author's words.
+    pub summary: Option<String>,
 }
 
 /// Where an alert is in its life.
@@ -864,6 +880,7 @@ mod tests {
             condition,
             for_ns: for_s * S,
             annotations: BTreeMap::new(),
+            action: None,
         }
     }
 

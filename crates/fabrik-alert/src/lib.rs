@@ -59,10 +59,10 @@ pub struct ReadPosition<'a> {
     pub read_after: Option<i64>,
 }
 pub use engine::{
-    AlertState, Condition, ErrorRateMethod, Observation, Rule, RuleEngine, Transition,
+    AlertState, Condition, ErrorRateMethod, Observation, Rule, RuleAction, RuleEngine, Transition,
 };
 pub use error::AlertError;
-pub use model::{Ack, Alert, Feedback, Inhibition, NotifierStatus, Silence};
+pub use model::{Ack, Alert, Feedback, Inhibition, NotifierStatus, ProposedAction, Silence};
 pub use notify::{Notifier, Publish, PublishFuture, Publisher};
 
 /// What one pass of the outbox worker reads once and its steps share: the time, the
@@ -494,6 +494,22 @@ impl Alerting {
             }
         }
         Ok(())
+    }
+
+    /// Fills in `action` of `alerts` from their rules' proposals (decision 0092).
+    pub fn fill_actions(&self, alerts: &mut [Alert]) {
+        let engines = self.engines.lock();
+        for alert in alerts {
+            alert.action = engines
+                .get(&alert.rule)
+                .and_then(|e| e.rule().action.as_ref())
+                .map(|a| ProposedAction {
+                    device: a.device.clone().unwrap_or_else(|| alert.key.clone()),
+                    signal: a.signal.clone(),
+                    value: a.value.clone(),
+                    summary: a.summary.clone(),
+                });
+        }
     }
 
     /// The rules, in name order.
@@ -947,6 +963,7 @@ impl Alerting {
                 ack: None,
                 silenced,
                 inhibited_by: None,
+                action: None,
                 updated_at: String::new(),
             });
             alert.state = t.state;
@@ -1881,6 +1898,61 @@ mod tests {
     /// An inference is stamped at its window's last instant (…9.999999999 s); its alert's
     /// `started_at` shows milliseconds only.
     #[tokio::test]
+    async fn alerts_carry_their_rules_proposed_action_to_their_own_device_or_the_named_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let proposing = |name: &str, device: Option<&str>| Rule {
+            name: name.into(),
+            action: Some(RuleAction {
+                device: device.map(str::to_owned),
+                signal: "setpoint".into(),
+                value: serde_json::json!(60.0),
+                summary: None,
+            }),
+            ..rule()
+        };
+        let alerting = Alerting::open(
+            &dir.path().join("alerts.db"),
+            vec![
+                rule(),
+                proposing("hot-own", None),
+                proposing("hot-plant", Some("chiller-1")),
+            ],
+            Vec::new(),
+            "http://x".into(),
+        )
+        .await
+        .unwrap();
+        for name in ["hot", "hot-own", "hot-plant"] {
+            alerting
+                .observe(name, &[obs("oven-1", 1, 85.0)])
+                .await
+                .unwrap();
+        }
+        let mut listed: Vec<Alert> = Vec::new();
+        for name in ["hot", "hot-own", "hot-plant"] {
+            listed.push(
+                alerting
+                    .db()
+                    .get(&alert_id(name, "oven-1", S))
+                    .await
+                    .unwrap(),
+            );
+        }
+        assert!(listed.iter().all(|a| a.action.is_none()), "never stored");
+        alerting.fill_actions(&mut listed);
+        assert_eq!(listed[0].action, None);
+        let devices: Vec<Option<&str>> = listed
+            .iter()
+            .map(|a| a.action.as_ref().map(|x| x.device.as_str()))
+            .collect();
+        assert_eq!(devices, [None, Some("oven-1"), Some("chiller-1")]);
+        assert_eq!(
+            listed[1].action.as_ref().map(|a| (&a.signal, &a.value)),
+            Some((&"setpoint".to_owned(), &serde_json::json!(60.0)))
+        );
+    }
+
+    #[tokio::test]
     async fn a_restored_alert_started_between_milliseconds_resolves_under_its_own_id() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("alerts.db");
@@ -1925,6 +1997,7 @@ mod tests {
             },
             for_ns: 0,
             annotations: BTreeMap::new(),
+            action: None,
         }
     }
 

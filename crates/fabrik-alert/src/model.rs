@@ -85,6 +85,27 @@ pub struct Alert {
     /// nanosecond: with the id, the cursor of `changed_after` to read every change.
     #[serde(default)]
     pub updated_at: String,
+    /// What its rule proposes operators do (decision 0092); never stored, filled in when
+    /// alerts are listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<ProposedAction>,
+}
+
+/// What an alert's rule proposes operators do about it (decision 0092): set a device's
+/// writable point. Applied only by a person (`POST /api/v1/alerts/{id}/apply`), and checked,
+/// written and recorded as any setpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProposedAction {
+    /// The device written: the rule's `device`, else the alert's key.
+    pub device: String,
+    /// The writable point.
+    pub signal: String,
+    /// The value: a number in engineering units, or true/false.
+    #[schema(value_type = Object)]
+    pub value: serde_json::Value,
+    /// Why, in the rule author's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
 }
 
 /// While an alert of a `source` rule fires, the alerts of the `targets` rules (of the same

@@ -1216,6 +1216,7 @@ mod tests {
             ack: None,
             silenced: false,
             inhibited_by: None,
+            action: None,
             updated_at: String::new(),
         }
     }

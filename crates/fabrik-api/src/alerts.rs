@@ -128,6 +128,7 @@ pub(crate) async fn list(
     let alerting = alerting(&state)?;
     let mut alerts = alerting.db().find(&query, limit).await?;
     alerting.explain_inhibited(&mut alerts).await?;
+    alerting.fill_actions(&mut alerts);
     Ok(Json(alerts))
 }
 
@@ -145,7 +146,94 @@ pub(crate) async fn show(
     alerting
         .explain_inhibited(std::slice::from_mut(&mut alert))
         .await?;
+    alerting.fill_actions(std::slice::from_mut(&mut alert));
     Ok(Json(alert))
+}
+
+/// Applying an alert's proposed action.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyRequest {
+    /// Why (a work order, a shift note): kept with the write (at most 500 characters).
+    #[serde(default)]
+    pub note: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/v1/alerts/{id}/apply", tag = "alerts", security(("token" = [])),
+    params(("id" = String, Path, description = "alert id")),
+    request_body = ApplyRequest,
+    responses((status = 200, description = "the proposed setpoint written, as a setpoint write \
+        answers (`confirmed` says whether the device holds it); its `_device_writes` row names the \
+        alert", body = crate::setpoints::SetpointWritten),
+              (status = 403, description = "not an operator, or the point is not writable", body = crate::error::ErrorBody),
+              (status = 404, description = "no such alert, or no such device", body = crate::error::ErrorBody),
+              (status = 409, description = "the alert is not firing, or its rule proposes no action", body = crate::error::ErrorBody),
+              (status = 422, description = "the value is not one the point may take; nothing was sent", body = crate::error::ErrorBody),
+              (status = 502, description = "the device refused the write", body = crate::error::ErrorBody),
+              (status = 503, description = "the device cannot be reached; nothing was sent", body = crate::error::ErrorBody),
+              (status = 504, description = "no answer in time: whether the device applied it is unknown", body = crate::error::ErrorBody)))]
+pub(crate) async fn apply(
+    crate::extract::Query(_options): crate::extract::Query<crate::control::NoOptions>,
+    State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
+    Path(id): Path<String>,
+    crate::extract::Json(request): crate::extract::Json<ApplyRequest>,
+) -> Result<
+    (
+        Extension<crate::audit::SelfRecorded>,
+        Json<crate::setpoints::SetpointWritten>,
+    ),
+    ApiError,
+> {
+    crate::setpoints::check_note(request.note.as_deref())?;
+    let alerting = alerting(&state)?;
+    let mut alert = alerting.db().get(&id).await?;
+    alerting.fill_actions(std::slice::from_mut(&mut alert));
+    let Some(action) = alert.action else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("rule `{}` proposes no action", alert.rule),
+        ));
+    };
+    // A proposal stands for the condition that raised it: once that cleared (or before it
+    // held for the rule's `for`), it is no longer the rule's advice.
+    if alert.state != AlertState::Firing {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!(
+                "alert `{id}` is {}: its proposed action is applied only while it fires",
+                alert.state.as_str()
+            ),
+        ));
+    }
+    let value = match &action.value {
+        serde_json::Value::Bool(b) => crate::setpoints::SetpointValue::Bool(*b),
+        other => crate::setpoints::SetpointValue::Number(other.as_f64().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!(
+                    "rule `{}` proposes the value {other}, neither a number nor true/false",
+                    alert.rule
+                ),
+            )
+        })?),
+    };
+    crate::setpoints::write_recorded(
+        &state,
+        crate::setpoints::PointWrite {
+            actor: identity.name,
+            device: action.device,
+            signal: action.signal,
+            value,
+            note: request.note,
+            alert: Some(id),
+        },
+        "POST /api/v1/alerts/{id}/apply",
+    )
+    .await
 }
 
 /// An acknowledgement.

@@ -63,6 +63,7 @@ pub fn required_role(method: &Method, route: &str) -> Role {
         (_, true) | ("/api/v1/query", _) | ("/api/v1/users/{name}/password", _) => Role::Viewer,
         (
             "/api/v1/alerts/{id}/ack"
+            | "/api/v1/alerts/{id}/apply"
             | "/api/v1/silences"
             | "/api/v1/silences/{id}"
             | "/api/v1/devices/{id}/setpoints/{signal}",
@@ -320,6 +321,7 @@ mod tests {
             (Method::GET, "/api/v1/audit/verify", Admin),
             (Method::GET, "/api/v1/compliance", Admin),
             (Method::POST, "/api/v1/alerts/{id}/ack", Operator),
+            (Method::POST, "/api/v1/alerts/{id}/apply", Operator),
             (Method::POST, "/api/v1/silences", Operator),
             (Method::DELETE, "/api/v1/silences/{id}", Operator),
             (

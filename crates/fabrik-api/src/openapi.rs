@@ -151,6 +151,7 @@ impl Modify for TokenAuth {
         crate::alerts::list,
         crate::alerts::show,
         crate::alerts::ack,
+        crate::alerts::apply,
         crate::alerts::silences,
         crate::alerts::create_silence,
         crate::alerts::remove_silence,

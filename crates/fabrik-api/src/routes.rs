@@ -112,6 +112,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/alerts", get(crate::alerts::list))
         .route("/api/v1/alerts/{id}", get(crate::alerts::show))
         .route("/api/v1/alerts/{id}/ack", post(crate::alerts::ack))
+        .route("/api/v1/alerts/{id}/apply", post(crate::alerts::apply))
         .route(
             "/api/v1/silences",
             get(crate::alerts::silences).post(crate::alerts::create_silence),

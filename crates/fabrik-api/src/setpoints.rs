@@ -24,6 +24,9 @@ pub const DEVICE_WRITES_TABLE: &str = "_device_writes";
 pub const ACTOR: &str = "actor";
 /// See [`ACTOR`].
 pub const NOTE: &str = "note";
+/// The field of [`DEVICE_WRITES_TABLE`] naming the alert whose proposed action a write applied
+/// (decision 0092).
+pub const ALERT: &str = "alert";
 /// The longest `note` kept with a write.
 const MAX_NOTE: usize = 500;
 
@@ -234,32 +237,76 @@ pub(crate) async fn set(
     Path((device, signal)): Path<(String, String)>,
     crate::extract::Json(request): crate::extract::Json<SetRequest>,
 ) -> Result<(Extension<crate::audit::SelfRecorded>, Json<SetpointWritten>), ApiError> {
-    if let Some(note) = &request.note
-        && note.chars().count() > MAX_NOTE
-    {
-        return Err(ApiError::bad_request(format!(
+    check_note(request.note.as_deref())?;
+    write_recorded(
+        &state,
+        PointWrite {
+            actor: identity.name,
+            device,
+            signal,
+            value: request.value,
+            note: request.note,
+            alert: None,
+        },
+        "POST /api/v1/devices/{id}/setpoints/{signal}",
+    )
+    .await
+}
+
+/// A note longer than is kept is refused, not cut.
+pub(crate) fn check_note(note: Option<&str>) -> Result<(), ApiError> {
+    match note {
+        Some(note) if note.chars().count() > MAX_NOTE => Err(ApiError::bad_request(format!(
             "`note` has {} characters; at most {MAX_NOTE} are kept",
             note.chars().count()
-        )));
+        ))),
+        _ => Ok(()),
     }
-    let control = Arc::clone(control(&state)?);
-    // To completion: a client that hangs up must not leave a write made but unrecorded.
+}
+
+/// A write a person asked for.
+pub(crate) struct PointWrite {
+    /// Who.
+    pub(crate) actor: String,
+    /// The device.
+    pub(crate) device: String,
+    /// The point.
+    pub(crate) signal: String,
+    /// The value.
+    pub(crate) value: SetpointValue,
+    /// Their words.
+    pub(crate) note: Option<String>,
+    /// The alert whose proposed action this applies (decision 0092).
+    pub(crate) alert: Option<String>,
+}
+
+/// Writes through the connectors, stores the write as a row of [`DEVICE_WRITES_TABLE`] and
+/// records it in the audit log under `action`, the request's own entry; runs to completion, so
+/// a client that hangs up does not leave a write made but unrecorded.
+pub(crate) async fn write_recorded(
+    state: &ApiState,
+    write: PointWrite,
+    action: &'static str,
+) -> Result<(Extension<crate::audit::SelfRecorded>, Json<SetpointWritten>), ApiError> {
+    let control = Arc::clone(control(state)?);
+    let state = state.clone();
     crate::audit::to_completion(async move {
         let outcome = control
-            .set(device.clone(), signal.clone(), request.value)
+            .set(write.device.clone(), write.signal.clone(), write.value)
             .await;
         // When the device answered: the row lines up with the change it made in the data.
         let time = Timestamp::now();
         let written = Written {
-            actor: &identity.name,
-            device: &device,
-            signal: &signal,
-            value: request.value,
-            note: request.note.as_deref(),
+            actor: &write.actor,
+            device: &write.device,
+            signal: &write.signal,
+            value: write.value,
+            note: write.note.as_deref(),
+            alert: write.alert.as_deref(),
             time,
         };
         written.store(&state, &outcome).await;
-        written.audit(&state, &outcome).await;
+        written.audit(&state, &outcome, action).await;
         let recorded = Extension(crate::audit::SelfRecorded);
         let answer = outcome.map_err(|e| ApiError::from(e).self_recorded())?;
         let (read_back, read_back_error) = match answer.read_back {
@@ -269,9 +316,9 @@ pub(crate) async fn set(
         Ok((
             recorded,
             Json(SetpointWritten {
-                device,
-                signal,
-                value: request.value,
+                device: write.device,
+                signal: write.signal,
+                value: write.value,
                 read_back,
                 read_back_error,
                 confirmed: answer.confirmed,
@@ -289,6 +336,7 @@ struct Written<'a> {
     signal: &'a str,
     value: SetpointValue,
     note: Option<&'a str>,
+    alert: Option<&'a str>,
     time: Timestamp,
 }
 
@@ -317,6 +365,9 @@ impl Written<'_> {
         }
         if let Some(note) = self.note {
             fields.push((NOTE.to_owned(), Value::Str(note.to_owned())));
+        }
+        if let Some(alert) = self.alert {
+            fields.push((ALERT.to_owned(), Value::Str(alert.to_owned())));
         }
         if let Some(reason) = reason {
             fields.push(("reason".to_owned(), Value::Str(reason.to_owned())));
@@ -348,7 +399,12 @@ impl Written<'_> {
     }
 
     /// The audit entry, naming the value and what became of it.
-    async fn audit(&self, state: &ApiState, outcome: &Result<DeviceAnswer, SetpointError>) {
+    async fn audit(
+        &self,
+        state: &ApiState,
+        outcome: &Result<DeviceAnswer, SetpointError>,
+        action: &str,
+    ) {
         let (status, result) = match outcome {
             Ok(DeviceAnswer {
                 read_back: Err(why),
@@ -375,13 +431,16 @@ impl Written<'_> {
             state,
             AuditEvent {
                 actor: self.actor.to_owned(),
-                action: "POST /api/v1/devices/{id}/setpoints/{signal}".to_owned(),
+                action: action.to_owned(),
                 target: format!(
-                    "{}/{} = {}: {}",
+                    "{}/{} = {}: {}{}",
                     plain(self.device),
                     plain(self.signal),
                     self.value,
-                    result.escape_debug()
+                    result.escape_debug(),
+                    self.alert
+                        .map(|a| format!(" (proposed by alert {})", a.escape_debug()))
+                        .unwrap_or_default()
                 ),
                 status: status.as_u16(),
             },

@@ -1505,7 +1505,7 @@ function alertsTable(alerts, { compact = false, noDevice = false, actions = fals
       <td>${time(a.started_at)}</td>
       ${compact ? '' : html`<td><div>${a.fired_at ? fmtTime(a.fired_at) : '—'}</div>${a.resolved_at ? html`<div class="muted">→ ${fmtTime(a.resolved_at)}</div>` : ''}</td><td class="num">${fmtNum(a.value)}</td><td class="mono">${windowLink(a)}</td>`}
       <td>${a.ack ? html`<span title="${a.ack.comment || ''}">${pill(a.ack.feedback)} <span class="muted">by ${a.ack.by}</span></span>` : html`<span class="muted">—</span>`}</td>
-      ${actions ? html`<td><div class="stack">${a.ack || a.state === 'pending' ? '' : html`<button type="button" class="small" data-ack="${a.id}" aria-label="Acknowledge alert ${a.rule} on ${a.key}">Acknowledge</button>`}
+      ${actions ? html`<td><div class="stack">${a.action && a.state === 'firing' ? html`<button type="button" class="small" data-apply="${a.id}" title="${`Set ${a.action.signal} of ${a.action.device} to ${a.action.value}`}" aria-label="Apply the proposed action of ${a.rule} on ${a.key}">Apply: ${a.action.signal} = ${String(a.action.value)}</button>` : ''}${a.ack || a.state === 'pending' ? '' : html`<button type="button" class="small" data-ack="${a.id}" aria-label="Acknowledge alert ${a.rule} on ${a.key}">Acknowledge</button>`}
         <button type="button" class="small" data-silence="${a.id}" aria-label="Silence ${a.rule} on ${a.key}">Silence</button></div></td>` : ''}</tr>`)}
     </tbody></table></div>`;
 }
@@ -1795,6 +1795,9 @@ async function pageAlerts(p, args) {
     if (b.dataset.ack) {
       const a = alerts.find((x) => x.id === b.dataset.ack);
       if (a && await ackDialog(a)) { await load(); refreshBadge(); }
+    } else if (b.dataset.apply) {
+      const a = alerts.find((x) => x.id === b.dataset.apply);
+      if (a && await applyDialog(a)) await load();
     } else if (b.dataset.silence) {
       const a = alerts.find((x) => x.id === b.dataset.silence);
       if (a && await silenceDialog(a)) await load();
@@ -1853,6 +1856,26 @@ function ackDialog(a) {
     if (comment) body.comment = comment;
     await api(`/api/v1/alerts/${enc(a.id)}/ack`, { method: 'POST', body });
     toast(`Alert on ${a.key} acknowledged.`);
+    return true;
+  });
+}
+/** Applies an alert's proposed setpoint (decision 0092): the rule's advice, a person's act. */
+function applyDialog(a) {
+  const act = a.action;
+  return dialog(html`<form id="apply-form" aria-labelledby="apply-title"><h2 id="apply-title">Apply the proposed action</h2>
+    <div class="muted">${a.rule} on <strong>${a.key}</strong> proposes:</div>
+    <p style="margin:0">Set <code>${act.signal}</code> of <strong>${act.device}</strong> to <strong>${String(act.value)}</strong>.${act.summary ? html` <span class="muted">${act.summary}</span>` : ''}</p>
+    <div class="field"><label for="apply-note">Note (optional, kept with the write)</label><input id="apply-note" name="note" maxlength="500"></div>
+    <div class="notice bad" role="alert" hidden></div>
+    <div class="actions"><button type="button" data-cancel>Cancel</button><button type="submit" class="primary">Write to the device</button></div></form>`,
+  async (fd) => {
+    const note = String(fd.get('note') || '').trim();
+    const r = await api(`/api/v1/alerts/${enc(a.id)}/apply`, { method: 'POST', body: note ? { note } : {} });
+    toast(r.confirmed
+      ? `${act.signal} of ${act.device} = ${JSON.stringify(r.read_back)}: the device holds it.`
+      : r.read_back_error
+        ? `${act.signal} of ${act.device} was written, but not read back: ${r.read_back_error}`
+        : `${act.signal} of ${act.device} was answered, but the device holds ${JSON.stringify(r.read_back)}.`);
     return true;
   });
 }

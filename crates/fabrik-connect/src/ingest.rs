@@ -235,10 +235,19 @@ impl Ingest {
     ) -> Pending {
         message.trace.record("otel.name", "ingest sparkplug");
         let received_ms = u64::try_from(message.received_at.nanos() / 1_000_000).unwrap_or(0);
-        let step = self
-            .sparkplug
-            .lock()
-            .handle(&message.topic, &message.payload, received_ms);
+        let step = {
+            let mut host = self.sparkplug.lock();
+            let step = host.handle(&message.topic, &message.payload, received_ms);
+            // In the same step as the birth: commands never pair its aliases with another
+            // birth's client.
+            if let (Ok(_), Some(commands)) = (&step, &self.commands) {
+                commands.note_publisher(
+                    &message.topic,
+                    message.publisher.as_ref().map(|p| p.client_id.as_str()),
+                );
+            }
+            step
+        };
         let step = match step {
             Ok(step) => step,
             Err(e) => {
@@ -282,13 +291,7 @@ impl Ingest {
             }
         }
         if let Some(commands) = &self.commands {
-            commands.observe(
-                &message.topic,
-                message.publisher.as_ref().map(|p| p.client_id.as_str()),
-                received_ms,
-                &step.samples,
-                &step.stale,
-            );
+            commands.observe(message.received_at.nanos(), &step.samples, &step.stale);
         }
         for rejected in &step.rejected {
             tracing::debug!(device = %rejected.device_id, metric = %rejected.metric, error = %rejected.error, "Sparkplug metric not stored.");

@@ -1046,6 +1046,32 @@ pub struct InhibitionConfig {
     pub same_device: bool,
 }
 
+/// `[alerting.rules.action]`: the setpoint a rule proposes operators apply (decision 0092).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlertActionConfig {
+    /// The writable point to set: a Modbus point's or OPC UA item's signal, a Sparkplug metric.
+    pub signal: String,
+    /// The value: a number in the point's engineering units, or true/false.
+    pub value: AlertActionValue,
+    /// The device written; absent: each alert's key (its device).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// Why, shown with the proposal (e.g. "lower the set-point to relieve the compressor").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+}
+
+/// A proposed value: true/false for a switch, else a number.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum AlertActionValue {
+    /// For switches.
+    Bool(bool),
+    /// For numbers, in engineering units.
+    Number(f64),
+}
+
 /// `[[alerting.rules]]`: a condition on a SQL value per key, evaluated on new rows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -1108,6 +1134,11 @@ pub struct AlertRuleConfig {
     /// `critical`, `warning` or `info`.
     #[serde(default = "warning")]
     pub severity: String,
+    /// A setpoint the rule proposes operators apply when it fires (decision 0092): shown with
+    /// its alerts, applied only by a person (`fabrik alert apply`), and checked, written and
+    /// recorded as any setpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<AlertActionConfig>,
     /// Columns copied into the alert's annotations (e.g. `top_signal`, `contributions`).
     #[serde(default)]
     pub context: Vec<String>,
@@ -2920,6 +2951,12 @@ fn array_template(path: &str) -> Option<toml::Table> {
             }),
             // Any names: see `check_shape`.
             annotations: BTreeMap::from([(String::new(), String::new())]),
+            action: Some(AlertActionConfig {
+                signal: String::new(),
+                value: AlertActionValue::Number(0.0),
+                device: Some(String::new()),
+                summary: Some(String::new()),
+            }),
         })
         .ok();
     }

@@ -1,4 +1,4 @@
-//! `fabrik alert list|ack|silence|silences|unsilence|rules|rule|lineage`: a thin client of
+//! `fabrik alert list|ack|apply|silence|silences|unsilence|rules|rule|lineage`: a thin client of
 //! `/api/v1/alerts`, `/api/v1/silences`, `/api/v1/alert-rules` and `/api/v1/lineage`.
 
 use std::path::PathBuf;
@@ -85,6 +85,15 @@ enum AlertCommand {
         /// refused, naming who acknowledged it and how).
         #[arg(long)]
         replace: bool,
+    },
+    /// Apply the setpoint an alert's rule proposes (decision 0092) while the alert fires: the
+    /// device writes it and reads it back; exits non-zero unless the device holds it.
+    Apply {
+        /// Alert id (from `fabrik alert list`).
+        id: String,
+        /// Why (a work order, a shift note), kept with the write.
+        #[arg(long)]
+        note: Option<String>,
     },
     /// Silence a rule and/or a device for a while (name at least one; `--rule '*'` silences
     /// every alert), from now or from `--from` (a maintenance window set ahead).
@@ -264,13 +273,28 @@ pub(crate) async fn run(args: AlertArgs) -> anyhow::Result<()> {
             let body = serde_json::json!({
                 "feedback": feedback, "comment": comment, "by": by, "replace": replace
             });
-            let path = format!("/api/v1/alerts/{id}/ack");
+            let path = format!("/api/v1/alerts/{}/ack", crate::client::percent_encode(&id));
             ep.send(
                 ep.request(&client, reqwest::Method::POST, &path)
                     .json(&body),
             )
             .await?;
             println!("acknowledged {id} as {feedback}");
+        }
+        AlertCommand::Apply { id, note } => {
+            let path = format!(
+                "/api/v1/alerts/{}/apply",
+                crate::client::percent_encode(&id)
+            );
+            let written: serde_json::Value = ep
+                .send(
+                    ep.request(&client, reqwest::Method::POST, &path)
+                        .json(&serde_json::json!({ "note": note })),
+                )
+                .await?
+                .json()
+                .await?;
+            crate::device_cli::report_written(&written)?;
         }
         AlertCommand::Silence {
             rule,

@@ -21,7 +21,7 @@ use fabrik_connect::client::{ClientEvent, ClientOptions, ClientTls, MqttClient};
 use fabrik_connect::mqtt::broker::{Broker, Message, PublishProperties};
 use fabrik_core::Timestamp;
 use fabrik_runtime::ServiceHandle;
-use fabrik_runtime::config::{AlertRuleConfig, Config, NotifierConfig};
+use fabrik_runtime::config::{AlertActionValue, AlertRuleConfig, Config, NotifierConfig};
 use fabrik_runtime::units::parse_duration;
 use fabrik_store::Store;
 
@@ -337,6 +337,26 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
             }
         }
     }
+    if let Some(action) = &c.action {
+        if action.signal.trim().is_empty() {
+            problem("action.signal", "must name a writable point".into());
+        }
+        if let AlertActionValue::Number(n) = action.value
+            && !n.is_finite()
+        {
+            problem("action.value", format!("{n} is not a finite number"));
+        }
+        if action
+            .device
+            .as_deref()
+            .is_some_and(|d| d.trim().is_empty())
+        {
+            problem(
+                "action.device",
+                "leave it out to write each alert's device".into(),
+            );
+        }
+    }
     let heartbeat = c.condition == "absent";
     if c.clear.is_some() && matches!(c.condition.as_str(), "absent" | "rate_above" | "unchanged") {
         problem(
@@ -378,6 +398,15 @@ pub(crate) fn compile_rule(c: &AlertRuleConfig) -> Result<CompiledRule, Vec<(Str
                     condition,
                     for_ns,
                     annotations: c.annotations.clone(),
+                    action: c.action.as_ref().map(|a| fabrik_alert::RuleAction {
+                        device: a.device.clone(),
+                        signal: a.signal.clone(),
+                        value: match a.value {
+                            AlertActionValue::Bool(b) => serde_json::Value::Bool(b),
+                            AlertActionValue::Number(n) => serde_json::Value::from(n),
+                        },
+                        summary: a.summary.clone(),
+                    }),
                 },
                 config: c.clone(),
                 interval,
@@ -1024,6 +1053,7 @@ fn demo_rule() -> AlertRuleConfig {
         interval: "1s".into(),
         start: "now".into(),
         expect: None,
+        action: None,
         annotations: BTreeMap::from([
             (
                 "summary".to_owned(),
@@ -1121,6 +1151,18 @@ fn demo_chiller_pressure_rule() -> AlertRuleConfig {
                     .to_owned(),
             ),
         ]),
+        // Proposed, never applied by itself (decision 0092): a warmer supply unloads the
+        // compressor until the coil is cleaned.
+        action: Some(fabrik_runtime::config::AlertActionConfig {
+            signal: "setpoint".into(),
+            value: AlertActionValue::Number(10.0),
+            device: None,
+            summary: Some(
+                "Raise the chilled-water set-point to 10 °C to unload the compressor until the \
+                 condenser is cleaned."
+                    .into(),
+            ),
+        }),
         ..demo_rule()
     }
 }

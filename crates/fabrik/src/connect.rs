@@ -574,6 +574,9 @@ pub(crate) async fn start_mqtt(
         attestation: settings.attestation.clone(),
     });
     let stop = CancellationToken::new();
+    // The connections close only after the module's stop has told the edge nodes the host is
+    // going (its offline STATE, below): a token of their own, cancelled then.
+    let connections_stop = CancellationToken::new();
     let endpoint = Arc::new(MqttEndpoint::new(
         broker.clone(),
         acl,
@@ -588,7 +591,7 @@ pub(crate) async fn start_mqtt(
             subscribe_denied_unspecified: m.subscribe_denied_unspecified,
             ..MqttLimits::default()
         },
-        stop.clone(),
+        connections_stop.clone(),
     ));
     let mut listeners = Vec::new();
     let mut addresses = Vec::new();
@@ -674,10 +677,12 @@ pub(crate) async fn start_mqtt(
         }));
     // Fabrik as the Sparkplug primary host: its state, retained, so edge nodes that wait for
     // it birth (and those that lose it may move on).
+    // Both carry the birth's timestamp, as the specification asks of the death's.
+    let state_since = fabrik_connect::sparkplug::command::now_ms();
     let host_state = |online: bool| mqtt::broker::Message {
         topic: Arc::from(ingest.commands.state_topic()),
         payload: fabrik_connect::ingest::Bytes::from(
-            fabrik_connect::sparkplug::command::state_payload(online),
+            fabrik_connect::sparkplug::command::state_payload(online, state_since),
         ),
         qos: 1,
         retain: true,
@@ -732,6 +737,11 @@ pub(crate) async fn start_mqtt(
             ))
         });
         token.cancelled().await;
+        // Before the connections close, so connected edge nodes hear the host go; they are
+        // woken at once, and a moment lets them send it.
+        broker.publish(offline_state);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        connections_stop.cancel();
         for s in servers {
             let _ = s.await;
         }
@@ -739,8 +749,6 @@ pub(crate) async fn start_mqtt(
         if let Some(watcher) = watcher {
             let _ = watcher.await;
         }
-        // Before the connections close, so connected edge nodes hear the host go.
-        broker.publish(offline_state);
         if !endpoint.drain(Duration::from_secs(5)).await {
             tracing::warn!("Some MQTT connections did not close within 5 s.");
         }

@@ -274,22 +274,31 @@ pub(crate) async fn run(args: DeviceArgs) -> anyhow::Result<()> {
                 .await?
                 .json()
                 .await?;
-            let read_back = &written["read_back"];
-            if let Some(why) = written["read_back_error"].as_str() {
-                anyhow::bail!(
-                    "{device}/{signal}: the device acknowledged the write of {value}, but it \
-                     could not be read back: {why}"
-                );
-            }
-            if written["confirmed"] != serde_json::Value::Bool(true) {
-                anyhow::bail!(
-                    "{device}/{signal}: the device answered the write of {value} but holds \
-                     {read_back}: it did not take the value as written (clamped or overwritten)"
-                );
-            }
-            println!("{device}/{signal} = {read_back} (read back from the device)");
+            report_written(&written)?;
         }
     }
+    Ok(())
+}
+
+/// Prints a setpoint write's answer (`SetpointWritten`); an error unless the device holds the
+/// value written.
+pub(crate) fn report_written(written: &serde_json::Value) -> anyhow::Result<()> {
+    let text = |key: &str| written[key].as_str().unwrap_or("?").to_owned();
+    let (device, signal, value) = (text("device"), text("signal"), &written["value"]);
+    let read_back = &written["read_back"];
+    if let Some(why) = written["read_back_error"].as_str() {
+        anyhow::bail!(
+            "{device}/{signal}: the device acknowledged the write of {value}, but it could not \
+             be read back: {why}"
+        );
+    }
+    if written["confirmed"] != serde_json::Value::Bool(true) {
+        anyhow::bail!(
+            "{device}/{signal}: the device answered the write of {value} but holds \
+             {read_back}: it did not take the value as written (clamped or overwritten)"
+        );
+    }
+    println!("{device}/{signal} = {read_back} (read back from the device)");
     Ok(())
 }
 

@@ -106,6 +106,30 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
         ));
     }
     let mut problems = Vec::new();
+    // A rule's proposed action (decision 0092) names a point some connector declares writable:
+    // a proposal nobody can apply would only show up when the alert fires.
+    for (i, rule) in config.alerting.rules.iter().enumerate() {
+        let Some(action) = &rule.action else { continue };
+        let writable = declared.iter().any(|(d, s, _, _)| {
+            *s == action.signal && action.device.as_deref().is_none_or(|want| want == *d)
+        });
+        if !writable {
+            problems.push((
+                format!("alerting.rules[{i}].action"),
+                format!(
+                    "rule `{}` proposes setting `{}`{}, which no connector declares writable \
+                     (`writable = true`, or a [[sparkplug.setpoints]] entry)",
+                    rule.name,
+                    action.signal,
+                    action
+                        .device
+                        .as_deref()
+                        .map(|d| format!(" of device `{d}`"))
+                        .unwrap_or_default()
+                ),
+            ));
+        }
+    }
     for (n, (device, signal, connector, place)) in declared.iter().enumerate() {
         if let Some((_, _, _, first)) = declared[..n]
             .iter()
@@ -126,6 +150,62 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rules_proposed_action_must_name_a_writable_point() {
+        let config: Config = toml::from_str(
+            r#"
+            [[modbus.devices]]
+            id = "pump-1"
+            address = "127.0.0.1:502"
+            [[modbus.devices.maps]]
+            poll_interval_ms = 1000
+            [[modbus.devices.maps.points]]
+            name = "speed"
+            table = "holding"
+            address = 0
+            type = "u16"
+            writable = true
+            min = 0.0
+            max = 10.0
+
+            [[alerting.rules]]
+            name = "fast"
+            table = "pump"
+            value = "speed"
+            condition = "above"
+            threshold = 9.0
+            action = { signal = "speed", value = 5 }
+
+            [[alerting.rules]]
+            name = "elsewhere"
+            table = "pump"
+            value = "speed"
+            condition = "above"
+            threshold = 9.0
+            action = { signal = "speed", value = 5, device = "pump-2" }
+
+            [[alerting.rules]]
+            name = "flow"
+            table = "pump"
+            value = "speed"
+            condition = "above"
+            threshold = 9.0
+            action = { signal = "flow", value = true }
+            "#,
+        )
+        .expect("parses");
+        let problems = check(&config);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems[0].0, "alerting.rules[1].action");
+        assert!(
+            problems[0]
+                .1
+                .contains("rule `elsewhere` proposes setting `speed` of device `pump-2`"),
+            "{problems:?}"
+        );
+        assert_eq!(problems[1].0, "alerting.rules[2].action");
+    }
 
     #[test]
     fn a_point_writable_in_both_connectors_is_refused() {

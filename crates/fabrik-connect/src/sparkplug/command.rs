@@ -288,8 +288,8 @@ type NodeKey = (String, String);
 #[derive(Debug, Clone)]
 struct Report {
     value: Value,
-    /// When Fabrik received the message that carried it (ms since the epoch, Fabrik's clock).
-    received_ms: u64,
+    /// When Fabrik's endpoint received the message that carried it (ns since the epoch).
+    received_ns: i64,
 }
 
 /// One writable metric's reports and its write lock.
@@ -393,29 +393,30 @@ impl SparkplugCommands {
         }
     }
 
-    /// Takes what the ingest path decoded from one message on `topic`, received at
-    /// `received_ms` from the MQTT client `publisher` (`None`: through a bridge): who each node's
-    /// births come from (where its commands go), its samples (the reports writes wait for) and
-    /// deaths (after which the last report no longer says what the node holds).
-    pub fn observe(
-        &self,
-        topic: &str,
-        publisher: Option<&str>,
-        received_ms: u64,
-        samples: &[Sample],
-        stale: &[Stale],
-    ) {
-        if self.plan.points.is_empty() {
+    /// Notes which MQTT client (`None`: a bridge from another broker) published a message on
+    /// `topic`: an NBIRTH's is where the node's commands go. Called with the sessions' lock
+    /// held, in the same step as the birth, so a command never pairs one birth's aliases with
+    /// another's client.
+    pub fn note_publisher(&self, topic: &str, publisher: Option<&str>) {
+        if self.plan.points.is_empty() || !topic.contains("/NBIRTH/") {
             return;
         }
-        if topic.contains("/NBIRTH/")
-            && let Ok(SparkplugTopic::Node {
-                group, edge_node, ..
-            }) = SparkplugTopic::parse(topic)
+        if let Ok(SparkplugTopic::Node {
+            group, edge_node, ..
+        }) = SparkplugTopic::parse(topic)
         {
             self.node_clients
                 .lock()
                 .insert((group, edge_node), publisher.map(Arc::from));
+        }
+    }
+
+    /// Takes what the ingest path decoded from one message received at `received_ns`: its
+    /// samples (the reports writes wait for) and deaths (after which the last report no longer
+    /// says what the node holds).
+    pub fn observe(&self, received_ns: i64, samples: &[Sample], stale: &[Stale]) {
+        if self.plan.points.is_empty() {
+            return;
         }
         for sample in samples.iter().filter(|s| !s.is_historical) {
             if let Some(w) = self
@@ -425,7 +426,7 @@ impl SparkplugCommands {
             {
                 w.reports.send_replace(Some(Report {
                     value: sample.value.clone(),
-                    received_ms,
+                    received_ns,
                 }));
             }
         }
@@ -495,7 +496,7 @@ impl SparkplugCommands {
         let sent_ms = now_ms();
         let start = Instant::now();
         let deadline = start + self.plan.timeout;
-        let sent = {
+        let (sent, published_ns) = {
             // Held from the birth's alias to the publish: a rebirth in between could give the
             // alias to another metric. (The broker never takes this lock.)
             let host = self.host.lock();
@@ -516,9 +517,9 @@ impl SparkplugCommands {
                     point.group, point.edge_node, target.client
                 )));
             }
-            sent
+            (sent, fabrik_core::Timestamp::now().nanos())
         };
-        match wait_for_report(&mut reports, &sent, sent_ms, deadline.into()).await {
+        match wait_for_report(&mut reports, &sent, published_ns, deadline.into()).await {
             Heard::Same(v) => Ok(Written {
                 read_back: Ok(v),
                 confirmed: true,
@@ -619,13 +620,13 @@ fn shown(value: &Value) -> String {
     }
 }
 
-/// Waits until the node reports `sent` in a message received since `sent_ms`, or the
+/// Waits until the node reports `sent` in a message received after `published_ns`, or the
 /// deadline; the last other value it so reported otherwise. Reports received before the
 /// command went out (a message still in the ingest queue) are no answer to it.
 async fn wait_for_report(
     reports: &mut watch::Receiver<Option<Report>>,
     sent: &Value,
-    sent_ms: u64,
+    published_ns: i64,
     deadline: tokio::time::Instant,
 ) -> Heard {
     let mut last = None;
@@ -636,7 +637,7 @@ async fn wait_for_report(
                     break;
                 }
                 match reports.borrow_and_update().clone() {
-                    Some(r) if r.received_ms < sent_ms => {}
+                    Some(r) if r.received_ns <= published_ns => {}
                     Some(r) if same(sent, &r.value) => return Heard::Same(r.value),
                     Some(r) => last = Some(r.value),
                     // A death since: what it reported before is no answer.
@@ -649,14 +650,16 @@ async fn wait_for_report(
     last.map_or(Heard::Nothing, Heard::Other)
 }
 
-/// Fabrik's host state (Sparkplug 3.0 `STATE` payload), to publish retained at QoS 1.
-pub fn state_payload(online: bool) -> Vec<u8> {
-    serde_json::json!({ "online": online, "timestamp": now_ms() })
+/// Fabrik's host state (Sparkplug 3.0 `STATE` payload), to publish retained at QoS 1; both
+/// the online and the offline state carry the time it came online (`since_ms`).
+pub fn state_payload(online: bool, since_ms: u64) -> Vec<u8> {
+    serde_json::json!({ "online": online, "timestamp": since_ms })
         .to_string()
         .into_bytes()
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch, by the system clock.
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

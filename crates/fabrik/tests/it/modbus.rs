@@ -347,7 +347,7 @@ type = "u16"
             "enable",
             serde_json::json!({"value": true}),
             404,
-            "no Modbus device or OPC UA item is configured for device `drive-9`",
+            "no Modbus device, OPC UA item or Sparkplug setpoint is configured for device `drive-9`",
         ),
         (
             &ana,

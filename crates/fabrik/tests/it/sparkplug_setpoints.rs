@@ -154,6 +154,46 @@ impl EdgeNode {
         self.sender()(topic, bytes);
     }
 
+    /// The node's births: its own `Mode/Auto` (alias 1), and pump-3's speed (alias 10, a
+    /// `UInt16`, at 600) and valve (alias 12, a `Double`, at 20).
+    fn births(&self) {
+        self.publish(
+            "spBv1.0/Plant1/NBIRTH/edge-1",
+            &payload(
+                0,
+                &[
+                    (Some("bdSeq"), None, DataType::Int64, Value::I64(0)),
+                    (
+                        Some("Mode/Auto"),
+                        Some(AUTO_ALIAS),
+                        DataType::Boolean,
+                        Value::Bool(false),
+                    ),
+                ],
+            ),
+        );
+        self.publish(
+            "spBv1.0/Plant1/DBIRTH/edge-1/pump-3",
+            &payload(
+                1,
+                &[
+                    (
+                        Some("Pump/Speed"),
+                        Some(SPEED_ALIAS),
+                        DataType::UInt16,
+                        Value::U64(600),
+                    ),
+                    (
+                        Some("Pump/Valve"),
+                        Some(VALVE_ALIAS),
+                        DataType::Double,
+                        Value::F64(20.0),
+                    ),
+                ],
+            ),
+        );
+    }
+
     fn next_seq(&self) -> u64 {
         (self.seq.fetch_add(1, Ordering::SeqCst) + 1) % 256
     }
@@ -303,41 +343,7 @@ metric = "Mode/Auto"
     );
 
     let node = EdgeNode::start(&addr, &token);
-    node.publish(
-        "spBv1.0/Plant1/NBIRTH/edge-1",
-        &payload(
-            0,
-            &[
-                (Some("bdSeq"), None, DataType::Int64, Value::I64(0)),
-                (
-                    Some("Mode/Auto"),
-                    Some(AUTO_ALIAS),
-                    DataType::Boolean,
-                    Value::Bool(false),
-                ),
-            ],
-        ),
-    );
-    node.publish(
-        "spBv1.0/Plant1/DBIRTH/edge-1/pump-3",
-        &payload(
-            1,
-            &[
-                (
-                    Some("Pump/Speed"),
-                    Some(SPEED_ALIAS),
-                    DataType::UInt16,
-                    Value::U64(600),
-                ),
-                (
-                    Some("Pump/Valve"),
-                    Some(VALVE_ALIAS),
-                    DataType::Double,
-                    Value::F64(20.0),
-                ),
-            ],
-        ),
-    );
+    node.births();
     eventually("the birth gives the speed its type", || {
         let (_, points) = http(&p.url, reqwest::Method::GET, "/api/v1/setpoints", None);
         points.as_array().is_some_and(|a| {
@@ -527,6 +533,212 @@ metric = "Mode/Auto"
             code == 503 && says(&refused, "(MQTT client `edge-1-node`) is not connected")
         },
     );
+
+    // At shutdown the nodes still connected hear the host go, with its birth's timestamp.
+    let mut watcher = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            host,
+            "-p",
+            port,
+            "-u",
+            "edge-1",
+            "-P",
+            &token,
+            "-t",
+            "spBv1.0/STATE/#",
+            "-C",
+            "2",
+            "-W",
+            "30",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub");
+    let mut states = BufReader::new(watcher.stdout.take().expect("stdout")).lines();
+    let online = states.next().expect("the retained state").expect("line");
+    let (status, _) = p.terminate();
+    assert!(status.success());
+    let offline = states.next().expect("the offline state").expect("line");
+    let _ = watcher.wait();
+    let online: serde_json::Value = serde_json::from_str(&online).expect("JSON");
+    let offline: serde_json::Value = serde_json::from_str(&offline).expect("JSON");
+    assert_eq!(
+        (&online["online"], &offline["online"]),
+        (&serde_json::json!(true), &serde_json::json!(false))
+    );
+    assert_eq!(online["timestamp"], offline["timestamp"]);
+}
+
+/// The alert whose rule is `rule`, once it fires.
+fn firing(url: &str, rule: &str) -> serde_json::Value {
+    let mut found = serde_json::Value::Null;
+    eventually(&format!("`{rule}` fires"), || {
+        let (code, alerts) = http(
+            url,
+            reqwest::Method::GET,
+            &format!("/api/v1/alerts?state=firing&rule={rule}"),
+            None,
+        );
+        match alerts.as_array().and_then(|a| a.first()) {
+            Some(alert) if code == 200 => {
+                found = alert.clone();
+                true
+            }
+            _ => false,
+        }
+    });
+    found
+}
+
+fn apply(url: &str, id: &str) -> (u16, serde_json::Value) {
+    http(
+        url,
+        reqwest::Method::POST,
+        &format!("/api/v1/alerts/{}/apply", id.replace('/', "%2F")),
+        Some(serde_json::json!({})),
+    )
+}
+
+#[test]
+fn an_alerts_proposed_setpoint_is_applied_by_an_operator_and_names_the_alert() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = crate::support::start_configured(
+        dir.path(),
+        r#"
+[sparkplug]
+command_timeout = "2s"
+
+[[sparkplug.setpoints]]
+device = "Plant1/edge-1/pump-3"
+metric = "Pump/Speed"
+min = 0.0
+max = 1500.0
+
+[[alerting.rules]]
+name = "pump-too-fast"
+table = "sparkplug"
+value = '"Pump/Speed"'
+filter = '"Pump/Speed" IS NOT NULL'
+condition = "above"
+threshold = 1000.0
+interval = "1s"
+[alerting.rules.action]
+signal = "Pump/Speed"
+value = 800
+summary = "Slow the pump to 800 rpm"
+
+[[alerting.rules]]
+name = "pump-running"
+table = "sparkplug"
+value = '"Pump/Speed"'
+filter = '"Pump/Speed" IS NOT NULL'
+condition = "above"
+threshold = 0.0
+interval = "1s"
+"#,
+    );
+    let addr = p.mqtt.clone().expect("mqtt address");
+    let (code, created) = http(
+        &p.url,
+        reqwest::Method::POST,
+        "/api/v1/devices",
+        Some(serde_json::json!({"id": "edge-1", "sparkplug_node": "Plant1/edge-1"})),
+    );
+    assert_eq!(code, 201, "{created}");
+    let token = created["token"].as_str().expect("token");
+    let node = EdgeNode::start(&addr, token);
+    node.births();
+    // The pump runs too fast: the rule fires and proposes its set-point.
+    node.publish(
+        "spBv1.0/Plant1/DDATA/edge-1/pump-3",
+        &payload(
+            node.next_seq(),
+            &[(None, Some(SPEED_ALIAS), DataType::UInt16, Value::U64(1100))],
+        ),
+    );
+    let alert = firing(&p.url, "pump-too-fast");
+    let id = alert["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        alert["action"],
+        serde_json::json!({
+            "device": "Plant1/edge-1/pump-3",
+            "signal": "Pump/Speed",
+            "value": 800.0,
+            "summary": "Slow the pump to 800 rpm",
+        }),
+        "{alert}"
+    );
+    // A rule that proposes nothing has nothing to apply.
+    let quiet = firing(&p.url, "pump-running");
+    assert!(quiet.get("action").is_none(), "{quiet}");
+    let (code, refused) = apply(&p.url, quiet["id"].as_str().expect("id"));
+    assert_eq!(code, 409, "{refused}");
+    assert!(
+        says(&refused, "rule `pump-running` proposes no action"),
+        "{refused}"
+    );
+    assert!(node.commands().is_empty());
+
+    // An operator applies it (here through the CLI): the node takes it and reports it.
+    let (ok, out) =
+        crate::support::client_command(&p.url, &["alert", "apply", &id, "--note", "WO-17"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("Plant1/edge-1/pump-3/Pump/Speed = 800"),
+        "{out}"
+    );
+    let commands = node.wait_for(1);
+    assert_eq!(
+        commands[0].3.metrics[0].value,
+        Some(MetricValue::IntValue(800))
+    );
+    // The write names the alert it applied, in its row and in the audit log.
+    let rows_sql = "SELECT signal, status, value, alert, note FROM _device_writes";
+    eventually("the write is stored", || {
+        let (code, rows) = http(
+            &p.url,
+            reqwest::Method::POST,
+            "/api/v1/query",
+            Some(serde_json::json!({ "sql": rows_sql })),
+        );
+        code == 200 && rows.as_array().is_some_and(|r| r.len() == 1)
+    });
+    let rows = query(&p.url, rows_sql);
+    assert_eq!(rows[0]["alert"], id.as_str(), "{rows:?}");
+    assert_eq!(
+        (&rows[0]["status"], &rows[0]["note"]),
+        (&serde_json::json!("confirmed"), &serde_json::json!("WO-17")),
+        "{rows:?}"
+    );
+    let (code, audit) = http(&p.url, reqwest::Method::GET, "/api/v1/audit?limit=50", None);
+    assert_eq!(code, 200, "{audit}");
+    assert!(
+        audit.to_string().contains("POST /api/v1/alerts/{id}/apply")
+            && audit.to_string().contains("(proposed by alert "),
+        "{audit}"
+    );
+
+    // The speed is down: the alert resolves, and its proposal is no longer applied.
+    eventually("the alert resolves", || {
+        let (_, alerts) = http(
+            &p.url,
+            reqwest::Method::GET,
+            "/api/v1/alerts?state=resolved&rule=pump-too-fast",
+            None,
+        );
+        alerts.as_array().is_some_and(|a| !a.is_empty())
+    });
+    let (code, refused) = apply(&p.url, &id);
+    assert_eq!(code, 409, "{refused}");
+    assert!(
+        says(
+            &refused,
+            "is resolved: its proposed action is applied only while it fires"
+        ),
+        "{refused}"
+    );
+    assert_eq!(node.commands().len(), 1);
     let (status, _) = p.terminate();
     assert!(status.success());
 }
