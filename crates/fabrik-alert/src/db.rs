@@ -1489,6 +1489,7 @@ fn alert_from_row(r: &AnyRow) -> Result<Alert, AlertError> {
         silenced: r.try_get::<i64, _>("silenced")? != 0,
         inhibited_by: None,
         action: None,
+        applied: Vec::new(),
         updated_at: crate::model::rfc3339_ns(r.try_get("updated_ns")?),
     })
 }
@@ -1513,6 +1514,7 @@ mod tests {
             silenced: true,
             inhibited_by: None,
             action: None,
+            applied: Vec::new(),
             updated_at: String::new(),
         }
     }

@@ -62,7 +62,9 @@ pub use engine::{
     AlertState, Condition, ErrorRateMethod, Observation, Rule, RuleAction, RuleEngine, Transition,
 };
 pub use error::AlertError;
-pub use model::{Ack, Alert, Feedback, Inhibition, NotifierStatus, ProposedAction, Silence};
+pub use model::{
+    Ack, Alert, AppliedAction, Feedback, Inhibition, NotifierStatus, ProposedAction, Silence,
+};
 pub use notify::{Notifier, Publish, PublishFuture, Publisher};
 
 /// What one pass of the outbox worker reads once and its steps share: the time, the
@@ -964,6 +966,7 @@ impl Alerting {
                 silenced,
                 inhibited_by: None,
                 action: None,
+                applied: Vec::new(),
                 updated_at: String::new(),
             });
             alert.state = t.state;

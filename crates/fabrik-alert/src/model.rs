@@ -89,6 +89,35 @@ pub struct Alert {
     /// alerts are listed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<ProposedAction>,
+    /// The writes that applied its proposed action, oldest first (from `_device_writes`);
+    /// never stored, filled in when alerts are listed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub applied: Vec<AppliedAction>,
+}
+
+/// A write that applied an alert's proposed action (decision 0092): who, when, and what the
+/// device made of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AppliedAction {
+    /// When the device answered (RFC 3339).
+    pub time: String,
+    /// Who applied it.
+    pub by: String,
+    /// The device written.
+    pub device: String,
+    /// The point.
+    pub signal: String,
+    /// `confirmed`, `unconfirmed` (the device holds another value), `unverified` (not read
+    /// back) or `failed`.
+    pub status: String,
+    /// The value written (a switch as 1 or 0).
+    pub value: f64,
+    /// What the device read back or reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_back: Option<f64>,
+    /// The operator's note.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// What an alert's rule proposes operators do about it (decision 0092): set a device's

@@ -1217,6 +1217,7 @@ mod tests {
             silenced: false,
             inhibited_by: None,
             action: None,
+            applied: Vec::new(),
             updated_at: String::new(),
         }
     }

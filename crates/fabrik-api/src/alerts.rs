@@ -129,6 +129,7 @@ pub(crate) async fn list(
     let mut alerts = alerting.db().find(&query, limit).await?;
     alerting.explain_inhibited(&mut alerts).await?;
     alerting.fill_actions(&mut alerts);
+    fill_applied(&state, &mut alerts).await?;
     Ok(Json(alerts))
 }
 
@@ -147,7 +148,67 @@ pub(crate) async fn show(
         .explain_inhibited(std::slice::from_mut(&mut alert))
         .await?;
     alerting.fill_actions(std::slice::from_mut(&mut alert));
+    fill_applied(&state, std::slice::from_mut(&mut alert)).await?;
     Ok(Json(alert))
+}
+
+/// Fills in `applied` of `alerts`: the writes that applied each one's proposed action
+/// (decision 0092), from the rows of `_device_writes` that name it, oldest first.
+async fn fill_applied(
+    state: &ApiState,
+    alerts: &mut [fabrik_alert::Alert],
+) -> Result<(), ApiError> {
+    use crate::setpoints::{ACTOR, ALERT, DEVICE_WRITES_TABLE, NOTE};
+    // The column exists once a write named an alert; before, nothing was applied.
+    if alerts.is_empty() || !state.store.has_column(DEVICE_WRITES_TABLE, ALERT) {
+        return Ok(());
+    }
+    // Columns appear with the first row that has them.
+    let optional = |column: &str| {
+        if state.store.has_column(DEVICE_WRITES_TABLE, column) {
+            format!("\"{column}\"")
+        } else {
+            format!("NULL AS \"{column}\"")
+        }
+    };
+    let ids: Vec<String> = alerts
+        .iter()
+        .map(|a| crate::fleet::literal(&a.id))
+        .collect();
+    let sql = format!(
+        "SELECT time, \"{ALERT}\", device, signal, status, value, {}, {}, {} \
+         FROM \"{DEVICE_WRITES_TABLE}\" WHERE \"{ALERT}\" IN ({}) ORDER BY time",
+        optional("read_back"),
+        optional(ACTOR),
+        optional(NOTE),
+        ids.join(", ")
+    );
+    let output = state.store.query(&sql).await?;
+    let rows = crate::routes::batches_to_json(&output.batches).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("encoding the writes: {e}"),
+        )
+    })?;
+    let text =
+        |row: &serde_json::Value, key: &str| row[key].as_str().unwrap_or_default().to_owned();
+    for row in rows {
+        let Some(alert) = alerts.iter_mut().find(|a| row[ALERT] == a.id.as_str()) else {
+            continue;
+        };
+        alert.applied.push(fabrik_alert::AppliedAction {
+            time: text(&row, "time"),
+            by: text(&row, ACTOR),
+            device: text(&row, "device"),
+            signal: text(&row, "signal"),
+            status: text(&row, "status"),
+            value: row["value"].as_f64().unwrap_or(f64::NAN),
+            read_back: row["read_back"].as_f64(),
+            note: row[NOTE].as_str().map(str::to_owned),
+        });
+    }
+    Ok(())
 }
 
 /// Applying an alert's proposed action.

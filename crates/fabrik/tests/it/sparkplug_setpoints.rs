@@ -711,6 +711,32 @@ interval = "1s"
         (&serde_json::json!("confirmed"), &serde_json::json!("WO-17")),
         "{rows:?}"
     );
+    // The alert says what was done about it.
+    let (code, shown) = http(
+        &p.url,
+        reqwest::Method::GET,
+        &format!("/api/v1/alerts/{}", id.replace('/', "%2F")),
+        None,
+    );
+    assert_eq!(code, 200, "{shown}");
+    let applied = &shown["applied"][0];
+    assert_eq!(
+        (
+            &applied["signal"],
+            &applied["status"],
+            &applied["value"],
+            &applied["read_back"],
+            &applied["note"]
+        ),
+        (
+            &serde_json::json!("Pump/Speed"),
+            &serde_json::json!("confirmed"),
+            &serde_json::json!(800.0),
+            &serde_json::json!(800.0),
+            &serde_json::json!("WO-17")
+        ),
+        "{shown}"
+    );
     let (code, audit) = http(&p.url, reqwest::Method::GET, "/api/v1/audit?limit=50", None);
     assert_eq!(code, 200, "{audit}");
     assert!(
