@@ -240,6 +240,35 @@ fn set(
     )
 }
 
+/// Registers the edge node `edge-1` (Sparkplug node `Plant1/edge-1`); its token.
+fn register_edge_node(url: &str) -> String {
+    let (code, created) = http(
+        url,
+        reqwest::Method::POST,
+        "/api/v1/devices",
+        Some(serde_json::json!({"id": "edge-1", "sparkplug_node": "Plant1/edge-1"})),
+    );
+    assert_eq!(code, 201, "{created}");
+    created["token"].as_str().expect("token").to_owned()
+}
+
+/// `mosquitto_sub` as the edge node on Fabrik's host state, for `count` messages (30 s at
+/// most).
+fn host_state(addr: &str, token: &str, count: u32) -> Command {
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    let mut sub = Command::new("mosquitto_sub");
+    sub.args(["-h", host, "-p", port, "-u", "edge-1", "-P", token])
+        .args([
+            "-t",
+            "spBv1.0/STATE/#",
+            "-W",
+            "30",
+            "-C",
+            &count.to_string(),
+        ]);
+    sub
+}
+
 fn says(answer: &serde_json::Value, what: &str) -> bool {
     answer["message"]
         .as_str()
@@ -288,35 +317,11 @@ metric = "Mode/Auto"
         &[],
     );
     let addr = p.mqtt.clone().expect("mqtt address");
-    let (code, created) = http(
-        &p.url,
-        reqwest::Method::POST,
-        "/api/v1/devices",
-        Some(serde_json::json!({"id": "edge-1", "sparkplug_node": "Plant1/edge-1"})),
-    );
-    assert_eq!(code, 201, "{created}");
-    let token = created["token"].as_str().expect("token").to_owned();
+    let token = register_edge_node(&p.url);
 
     // Fabrik is the nodes' primary host: its state is retained where they look for it.
-    let (host, port) = addr.rsplit_once(':').expect("host:port");
-    let state = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            host,
-            "-p",
-            port,
-            "-u",
-            "edge-1",
-            "-P",
-            &token,
-            "-t",
-            "spBv1.0/STATE/#",
-            "-v",
-            "-C",
-            "1",
-            "-W",
-            "10",
-        ])
+    let state = host_state(&addr, &token, 1)
+        .arg("-v")
         .output()
         .expect("mosquitto_sub");
     let state = String::from_utf8_lossy(&state.stdout);
@@ -535,23 +540,7 @@ metric = "Mode/Auto"
     );
 
     // At shutdown the nodes still connected hear the host go, with its birth's timestamp.
-    let mut watcher = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            host,
-            "-p",
-            port,
-            "-u",
-            "edge-1",
-            "-P",
-            &token,
-            "-t",
-            "spBv1.0/STATE/#",
-            "-C",
-            "2",
-            "-W",
-            "30",
-        ])
+    let mut watcher = host_state(&addr, &token, 2)
         .stdout(Stdio::piped())
         .spawn()
         .expect("mosquitto_sub");
@@ -639,15 +628,8 @@ interval = "1s"
 "#,
     );
     let addr = p.mqtt.clone().expect("mqtt address");
-    let (code, created) = http(
-        &p.url,
-        reqwest::Method::POST,
-        "/api/v1/devices",
-        Some(serde_json::json!({"id": "edge-1", "sparkplug_node": "Plant1/edge-1"})),
-    );
-    assert_eq!(code, 201, "{created}");
-    let token = created["token"].as_str().expect("token");
-    let node = EdgeNode::start(&addr, token);
+    let token = register_edge_node(&p.url);
+    let node = EdgeNode::start(&addr, &token);
     node.births();
     // The pump runs too fast: the rule fires and proposes its set-point.
     node.publish(
