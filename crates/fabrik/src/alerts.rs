@@ -1288,6 +1288,8 @@ pub(crate) struct AlertRuleManager {
     rules: tokio::sync::Mutex<Rules>,
     /// Where each evaluation's OpenLineage events go, if anywhere.
     lineage: Option<Emitter>,
+    /// The configuration's writable points, which a rule's proposed action should name.
+    writable: Vec<(String, String)>,
 }
 
 /// The dataset a rule's alerts are, beside the store's tables: the alerts live in the alerts
@@ -1560,6 +1562,9 @@ impl AlertRuleManager {
                     .into(),
             );
         }
+        if let Some(why) = crate::setpoints::unwritable_action(&config, &self.writable) {
+            warnings.push(format!("{why}: applying it will be refused"));
+        }
         if config.expect.as_ref().is_some_and(|e| e.uses_registry()) && self.registry.is_none() {
             warnings.push(
                 "`expect` selects registered devices, and the registry module does not run in \
@@ -1817,6 +1822,7 @@ pub(crate) async fn start(
             shadowed,
         }),
         lineage,
+        writable: crate::setpoints::writable_points(config),
     });
     {
         let mut managed = manager.rules.lock().await;

@@ -75,11 +75,9 @@ pub(crate) fn set_value(value: SetpointValue) -> SetValue {
     }
 }
 
-/// A device's point declared writable in two connectors would be listed twice and written
-/// through one only: refused, naming both places.
-pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
-    // (device, point, connector, where): each connector checks its own duplicates.
-    let mut declared: Vec<(&str, &str, &str, String)> = Vec::new();
+/// Every point the configuration declares writable: (device, point, connector, where).
+fn declared(config: &Config) -> Vec<(&str, &str, &'static str, String)> {
+    let mut declared: Vec<(&str, &str, &'static str, String)> = Vec::new();
     for d in &config.modbus.devices {
         for p in d.maps.iter().flat_map(|m| &m.points).filter(|p| p.writable) {
             declared.push((&d.id, &p.name, "modbus", "[[modbus.devices]]".to_owned()));
@@ -105,29 +103,56 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
             format!("sparkplug.setpoints[{i}]"),
         ));
     }
+    declared
+}
+
+/// The configuration's writable points as (device, point).
+pub(crate) fn writable_points(config: &Config) -> Vec<(String, String)> {
+    declared(config)
+        .into_iter()
+        .map(|(device, point, _, _)| (device.to_owned(), point.to_owned()))
+        .collect()
+}
+
+/// Why a rule's proposed action (decision 0092) names no point of `writable`, if it does not.
+pub(crate) fn unwritable_action(
+    rule: &fabrik_runtime::config::AlertRuleConfig,
+    writable: &[(String, String)],
+) -> Option<String> {
+    let action = rule.action.as_ref()?;
+    let found = writable
+        .iter()
+        .any(|(d, s)| *s == action.signal && action.device.as_deref().is_none_or(|want| want == d));
+    (!found).then(|| {
+        format!(
+            "rule `{}` proposes setting `{}`{}, which no connector declares writable \
+             (`writable = true`, or a [[sparkplug.setpoints]] entry)",
+            rule.name,
+            action.signal,
+            action
+                .device
+                .as_deref()
+                .map(|d| format!(" of device `{d}`"))
+                .unwrap_or_default()
+        )
+    })
+}
+
+/// A device's point declared writable in two connectors would be listed twice and written
+/// through one only: refused, naming both places.
+pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
+    // (device, point, connector, where): each connector checks its own duplicates.
+    let declared = declared(config);
     let mut problems = Vec::new();
     // A rule's proposed action (decision 0092) names a point some connector declares writable:
     // a proposal nobody can apply would only show up when the alert fires.
+    let writable: Vec<(String, String)> = declared
+        .iter()
+        .map(|(d, s, _, _)| ((*d).to_owned(), (*s).to_owned()))
+        .collect();
     for (i, rule) in config.alerting.rules.iter().enumerate() {
-        let Some(action) = &rule.action else { continue };
-        let writable = declared.iter().any(|(d, s, _, _)| {
-            *s == action.signal && action.device.as_deref().is_none_or(|want| want == *d)
-        });
-        if !writable {
-            problems.push((
-                format!("alerting.rules[{i}].action"),
-                format!(
-                    "rule `{}` proposes setting `{}`{}, which no connector declares writable \
-                     (`writable = true`, or a [[sparkplug.setpoints]] entry)",
-                    rule.name,
-                    action.signal,
-                    action
-                        .device
-                        .as_deref()
-                        .map(|d| format!(" of device `{d}`"))
-                        .unwrap_or_default()
-                ),
-            ));
+        if let Some(problem) = unwritable_action(rule, &writable) {
+            problems.push((format!("alerting.rules[{i}].action"), problem));
         }
     }
     for (n, (device, signal, connector, place)) in declared.iter().enumerate() {

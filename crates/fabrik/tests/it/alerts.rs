@@ -1507,6 +1507,24 @@ fn an_expression_over_signals_reported_by_exception_fills_in_their_last_values()
             .contains("`expect` matches no registered"),
         "{dry}"
     );
+    // A proposed action (decision 0092) on a point no connector declares writable is taken,
+    // with a warning: applying it would be refused.
+    let (status, dry) = http(
+        &p.url,
+        reqwest::Method::PUT,
+        "/api/v1/alert-rules/hot-line?dry_run=true",
+        Some(serde_json::json!({
+            "table": "line", "value": "temp", "condition": "above", "threshold": 90,
+            "action": {"signal": "heater", "value": false},
+        })),
+    );
+    assert_eq!(status, 200, "{dry}");
+    assert!(
+        dry["warnings"].to_string().contains(
+            "rule `hot-line` proposes setting `heater`, which no connector declares writable"
+        ),
+        "{dry}"
+    );
     // Checked as it runs: over the filled page, where the table's name qualifies nothing.
     let (status, dry) = http(
         &p.url,
