@@ -139,17 +139,15 @@ pub(crate) fn unwritable_action(
 }
 
 /// A device's point declared writable in two connectors would be listed twice and written
-/// through one only: refused, naming both places.
+/// through one only: refused, naming both places; and a rule's proposed action must name a
+/// writable point.
 pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
     // (device, point, connector, where): each connector checks its own duplicates.
     let declared = declared(config);
     let mut problems = Vec::new();
     // A rule's proposed action (decision 0092) names a point some connector declares writable:
     // a proposal nobody can apply would only show up when the alert fires.
-    let writable: Vec<(String, String)> = declared
-        .iter()
-        .map(|(d, s, _, _)| ((*d).to_owned(), (*s).to_owned()))
-        .collect();
+    let writable = writable_points(config);
     for (i, rule) in config.alerting.rules.iter().enumerate() {
         if let Some(problem) = unwritable_action(rule, &writable) {
             problems.push((format!("alerting.rules[{i}].action"), problem));
