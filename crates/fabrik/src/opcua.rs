@@ -148,12 +148,8 @@ impl SetpointControl for OpcUaSetpoints {
     ) -> BoxFuture<'_, Result<DeviceAnswer, SetpointError>> {
         let value = crate::setpoints::set_value(value);
         Box::pin(async move {
-            let written = self
-                .0
-                .write(&device, &signal, value)
-                .await
-                .map_err(setpoint_error)?;
-            Ok(crate::setpoints::answer(written))
+            let write = self.0.write(&device, &signal, value);
+            crate::setpoints::answered(write, setpoint_error, crate::setpoints::to_json).await
         })
     }
 }

@@ -57,14 +57,23 @@ impl SetpointControl for Connectors {
     }
 }
 
-/// The API's answer from what a connector's write came to: the value read back as JSON.
-pub(crate) fn answer<V: serde::Serialize>(written: Written<V>) -> DeviceAnswer {
-    DeviceAnswer {
-        read_back: written
-            .read_back
-            .map(|v| serde_json::to_value(v).unwrap_or(serde_json::Value::Null)),
+/// The API's answer from a connector's write: `error` says what its failure means to the
+/// API, `json` how the value read back is shown.
+pub(crate) async fn answered<V, E>(
+    write: impl std::future::Future<Output = Result<Written<V>, E>>,
+    error: fn(E) -> SetpointError,
+    json: fn(V) -> serde_json::Value,
+) -> Result<DeviceAnswer, SetpointError> {
+    let written = write.await.map_err(error)?;
+    Ok(DeviceAnswer {
+        read_back: written.read_back.map(json),
         confirmed: written.confirmed,
-    }
+    })
+}
+
+/// A value read back, as JSON (Modbus and OPC UA values serialize as numbers and Booleans).
+pub(crate) fn to_json<V: serde::Serialize>(value: V) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
 }
 
 /// The API's value as the connectors take it.

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use fabrik_api::setpoints::{
     DeviceAnswer, Setpoint, SetpointControl, SetpointError, SetpointValue,
 };
-use fabrik_connect::setpoint::Written;
 use fabrik_connect::sparkplug::command::{self, SparkplugCommands};
 use fabrik_connect::sparkplug::{SparkplugError, Value};
 use fabrik_runtime::config::Config;
@@ -74,27 +73,20 @@ impl SetpointControl for SparkplugSetpoints {
     ) -> BoxFuture<'_, Result<DeviceAnswer, SetpointError>> {
         let value = crate::setpoints::set_value(value);
         Box::pin(async move {
-            let written = self
-                .0
-                .write(&device, &signal, value)
-                .await
-                .map_err(setpoint_error)?;
-            Ok(crate::setpoints::answer(Written {
-                read_back: written.read_back.map(|v| json_of(&v)),
-                confirmed: written.confirmed,
-            }))
+            let write = self.0.write(&device, &signal, value);
+            crate::setpoints::answered(write, setpoint_error, json_of).await
         })
     }
 }
 
 /// A reported scalar as JSON (the only kinds a setpoint takes: numbers and Booleans).
-fn json_of(value: &Value) -> serde_json::Value {
+fn json_of(value: Value) -> serde_json::Value {
     match value {
-        Value::Bool(b) => serde_json::Value::Bool(*b),
-        Value::I64(n) => serde_json::Value::from(*n),
-        Value::U64(n) => serde_json::Value::from(*n),
-        Value::F64(n) => serde_json::Value::from(*n),
-        Value::Str(s) => serde_json::Value::from(s.as_str()),
+        Value::Bool(b) => serde_json::Value::Bool(b),
+        Value::I64(n) => serde_json::Value::from(n),
+        Value::U64(n) => serde_json::Value::from(n),
+        Value::F64(n) => serde_json::Value::from(n),
+        Value::Str(s) => serde_json::Value::from(s),
         _ => serde_json::Value::Null,
     }
 }
