@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::num::NonZeroU16;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,6 +41,27 @@ pub struct ClientTls {
     pub server_name: String,
 }
 
+/// A retained message by which the client shows the broker's other clients whether it is
+/// connected (a Sparkplug host's `STATE`): the offline form is its will, which the broker
+/// publishes when the connection is lost, and is published before a deliberate disconnect; the
+/// online form is the first publish on every connection. Both carry the time their connection
+/// was made, so a late will of an earlier connection can be told from the current one's.
+#[derive(Clone)]
+pub struct Presence {
+    /// Topic (published at QoS 1, retained).
+    pub topic: String,
+    /// The payload saying online (`true`) or offline for the connection made at `since_ms`.
+    pub payload: Arc<dyn Fn(bool, u64) -> Bytes + Send + Sync>,
+}
+
+impl std::fmt::Debug for Presence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Presence")
+            .field("topic", &self.topic)
+            .finish()
+    }
+}
+
 /// How to reach a broker.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
@@ -61,6 +83,8 @@ pub struct ClientOptions {
     pub max_backoff: Duration,
     /// Speak MQTT 5 (else 3.1.1).
     pub mqtt5: bool,
+    /// The presence the client keeps on the broker, if any.
+    pub presence: Option<Presence>,
 }
 
 impl ClientOptions {
@@ -76,6 +100,7 @@ impl ClientOptions {
             tls: None,
             max_backoff: Duration::from_secs(30),
             mqtt5: false,
+            presence: None,
         }
     }
 }
@@ -127,6 +152,8 @@ enum Command {
         retain: bool,
         user_properties: Vec<(String, String)>,
         done: Option<oneshot::Sender<Result<(), String>>>,
+        /// Dropped unsent if the connection cannot take it before then.
+        expires_at: Option<tokio::time::Instant>,
     },
     Subscribe(Vec<(String, u8)>),
 }
@@ -135,6 +162,7 @@ enum Command {
 #[derive(Clone)]
 pub struct MqttClient {
     commands: mpsc::Sender<Command>,
+    connected: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for MqttClient {
@@ -156,8 +184,51 @@ impl MqttClient {
         };
         let (commands, rx) = mpsc::channel(1024);
         let (events_tx, events_rx) = mpsc::channel(1024);
-        tokio::spawn(run(options, tls, rx, events_tx, shutdown));
-        Ok((Self { commands }, events_rx))
+        let connected = Arc::new(AtomicBool::new(false));
+        tokio::spawn(run(
+            options,
+            tls,
+            rx,
+            events_tx,
+            shutdown,
+            connected.clone(),
+        ));
+        Ok((
+            Self {
+                commands,
+                connected,
+            },
+            events_rx,
+        ))
+    }
+
+    /// Whether the client holds a connection the broker accepted.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// Queues a QoS 0 publish (not retained) without waiting: dropped unsent if the
+    /// connection cannot take it before `expires_at`. False when nothing was queued: not
+    /// connected, the client's queue full, or the client stopped.
+    pub fn try_publish_until(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        expires_at: tokio::time::Instant,
+    ) -> bool {
+        self.is_connected()
+            && self
+                .commands
+                .try_send(Command::Publish {
+                    topic: topic.to_owned(),
+                    payload,
+                    qos: 0,
+                    retain: false,
+                    user_properties: Vec::new(),
+                    done: None,
+                    expires_at: Some(expires_at),
+                })
+                .is_ok()
     }
 
     /// Publishes; for QoS 1 the returned future resolves once the broker acknowledged.
@@ -197,6 +268,7 @@ impl MqttClient {
                 retain,
                 user_properties,
                 done,
+                expires_at: None,
             })
             .await
             .map_err(|_| "the MQTT client has stopped".to_owned())?;
@@ -304,9 +376,39 @@ struct Session {
     /// broker's receive maximum lets them go), by packet id.
     unsent: VecDeque<u16>,
     next_id: u16,
+    /// When this process's connections were made (ms since the epoch), the current one last:
+    /// the times the presence messages carry. Bounded: only a recent connection's will can
+    /// still be on its way.
+    presence_since: VecDeque<u64>,
+    /// The packet id of the current connection's online presence, while unacknowledged.
+    presence_birth: Option<u16>,
 }
 
+/// How many earlier connections' wills are still recognised as this process's own.
+const PRESENCE_HISTORY: usize = 16;
+
 impl Session {
+    /// The time of a new connection: now, and always later than the previous one's, so each
+    /// connection's presence messages differ from every earlier one's.
+    fn new_presence_since(&mut self) -> u64 {
+        let now = u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis(),
+        )
+        .unwrap_or(u64::MAX);
+        let since = match self.presence_since.back() {
+            Some(last) if *last >= now => last.saturating_add(1),
+            _ => now,
+        };
+        if self.presence_since.len() == PRESENCE_HISTORY {
+            self.presence_since.pop_front();
+        }
+        self.presence_since.push_back(since);
+        since
+    }
+
     fn next_packet_id(&mut self) -> u16 {
         loop {
             let id = self.next_id;
@@ -324,13 +426,20 @@ async fn run(
     mut commands: mpsc::Receiver<Command>,
     events: mpsc::Sender<ClientEvent>,
     shutdown: CancellationToken,
+    is_connected: Arc<AtomicBool>,
 ) {
     let mut session = Session {
         subscriptions: BTreeMap::new(),
         inflight: BTreeMap::new(),
         unsent: VecDeque::new(),
         next_id: 1,
+        presence_since: VecDeque::new(),
+        presence_birth: None,
     };
+    // Its own presence topic, so a late will of an earlier connection is seen and answered.
+    if let Some(presence) = &options.presence {
+        session.subscriptions.insert(presence.topic.clone(), 1);
+    }
     let mut backoff = Duration::from_millis(200);
     loop {
         let attempt = async {
@@ -351,6 +460,7 @@ async fn run(
                         &mut commands,
                         &events,
                         &shutdown,
+                        &is_connected,
                     )
                     .await
                 }
@@ -373,15 +483,27 @@ async fn run(
                         &mut commands,
                         &events,
                         &shutdown,
+                        &is_connected,
                     )
                     .await
                 }
             }
         };
+        tokio::pin!(attempt);
         let outcome = tokio::select! {
-            r = attempt => r,
-            _ = shutdown.cancelled() => return,
+            biased;
+            r = &mut attempt => r,
+            _ = shutdown.cancelled(), if options.presence.is_none() => return,
+            _ = shutdown.cancelled() => {
+                // A connection with a presence ends by saying it is offline: let it finish,
+                // for a moment.
+                match tokio::time::timeout(Duration::from_secs(3), &mut attempt).await {
+                    Ok(r) => r,
+                    Err(_) => return,
+                }
+            }
         };
+        is_connected.store(false, Ordering::Release);
         match outcome {
             Ok(Stop::Shutdown) => return,
             Ok(Stop::Lost(reason)) => {
@@ -479,14 +601,29 @@ async fn connected<S>(
     commands: &mut mpsc::Receiver<Command>,
     events: &mpsc::Sender<ClientEvent>,
     shutdown: &CancellationToken,
+    is_connected: &AtomicBool,
 ) -> Result<Stop, String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let wire = Wire { v5: options.mqtt5 };
     let mut framed = Framed::new(stream, wire.codec());
+    // A new connection, a new presence: the last one's online message, if still unanswered,
+    // is not sent again (it would say an older connection is the current one).
+    let since = options
+        .presence
+        .as_ref()
+        .map(|_| session.new_presence_since());
+    if let Some(id) = session.presence_birth.take() {
+        session.inflight.remove(&id);
+    }
+    let will = options
+        .presence
+        .as_ref()
+        .zip(since)
+        .map(|(p, since)| (p.topic.as_str(), (p.payload)(false, since)));
     framed
-        .send(wire.connect(options))
+        .send(wire.connect(options, will))
         .await
         .map_err(|e| e.to_string())?;
     let ack = tokio::time::timeout(Duration::from_secs(10), framed.next())
@@ -500,7 +637,18 @@ where
     if let Some(max) = granted.max_packet_size {
         Wire::limit_outbound(framed.codec_mut(), max);
     }
+    let presence = options.presence.as_ref().zip(since);
+    if shutdown.is_cancelled() {
+        // Connected while shutting down: gone again at once.
+        if let Some((presence, since)) = presence {
+            say_offline(&mut framed, wire, session, &granted, presence, since).await;
+        }
+        let _ = framed.send(wire.disconnect()).await;
+        return Ok(Stop::Shutdown);
+    }
+    is_connected.store(true, Ordering::Release);
     let _ = events.send(ClientEvent::Connected).await;
+    // Subscriptions first, then the presence (as Sparkplug asks of a host), then the rest.
     if !session.subscriptions.is_empty() {
         let filters: Vec<(String, u8)> = session
             .subscriptions
@@ -513,8 +661,16 @@ where
             .await
             .map_err(|e| e.to_string())?;
     }
+    if let Some((presence, since)) = presence {
+        say_online(&mut framed, wire, session, &granted, presence, since).await?;
+    }
     // Every publish not acknowledged is sent again, as many at once as the broker takes.
-    session.unsent = session.inflight.keys().copied().collect();
+    session.unsent = session
+        .inflight
+        .keys()
+        .copied()
+        .filter(|id| Some(*id) != session.presence_birth)
+        .collect();
     send_window(&mut framed, wire, session, &granted).await?;
     let mut acks: FuturesOrdered<AckFuture> = FuturesOrdered::new();
     // The broker's keepalive, when it names one, instead of ours (MQTT 5 §3.2.2.3.14).
@@ -536,6 +692,9 @@ where
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
+                if let Some((presence, since)) = presence {
+                    say_offline(&mut framed, wire, session, &granted, presence, since).await;
+                }
                 let _ = framed.send(wire.disconnect()).await;
                 return Ok(Stop::Shutdown);
             }
@@ -546,9 +705,20 @@ where
             }
             // A new publish waits while the broker's receive maximum is taken up.
             command = commands.recv(), if session.unsent.is_empty() && session.inflight.len() < window => {
-                let Some(command) = command else { return Ok(Stop::Shutdown) };
+                let Some(command) = command else {
+                    if let Some((presence, since)) = presence {
+                        say_offline(&mut framed, wire, session, &granted, presence, since).await;
+                    }
+                    let _ = framed.send(wire.disconnect()).await;
+                    return Ok(Stop::Shutdown);
+                };
                 match command {
-                    Command::Publish { topic, payload, qos: q, retain, user_properties, done } => {
+                    Command::Publish { expires_at: Some(at), done, .. } if at <= tokio::time::Instant::now() => {
+                        if let Some(done) = done {
+                            let _ = done.send(Err("expired before the connection could take it".into()));
+                        }
+                    }
+                    Command::Publish { topic, payload, qos: q, retain, user_properties, done, expires_at: _ } => {
                         if let Some(why) = not_granted(&granted, q, retain) {
                             if let Some(done) = done {
                                 let _ = done.send(Err(why));
@@ -636,6 +806,21 @@ where
                     Inbound::Disconnect(why) => {
                         return Ok(Stop::Lost(format!("the broker disconnected: {why}")));
                     }
+                    Inbound::Publish(p) if presence.is_some_and(|(pr, _)| p.topic == pr.topic.as_str()) => {
+                        // Its own presence topic: not the consumer's. Acknowledged in turn.
+                        if let Some(id) = p.packet_id.map(NonZeroU16::get) {
+                            acks.push_back(Box::pin(async move { Some(id) }));
+                        }
+                        if let Some((presence, since)) = presence
+                            && is_earlier_will(session, presence, since, &p.payload)
+                        {
+                            // An earlier connection's will, published by the broker after this
+                            // connection said it is online (a lost connection noticed late):
+                            // said again, so the retained message is true.
+                            tracing::info!(broker = %options.address, topic = %presence.topic, "An earlier connection's will replaced the presence; publishing it again.");
+                            say_online(&mut framed, wire, session, &granted, presence, since).await?;
+                        }
+                    }
                     Inbound::Publish(p) => {
                         let id = p.packet_id.map(NonZeroU16::get);
                         let wants_ack = p.qos != QoS::AtMostOnce;
@@ -680,5 +865,94 @@ where
                 }
             }
         }
+    }
+}
+
+/// Whether `payload` is the offline presence of one of this process's earlier connections.
+fn is_earlier_will(session: &Session, presence: &Presence, current: u64, payload: &[u8]) -> bool {
+    session
+        .presence_since
+        .iter()
+        .filter(|since| **since != current)
+        .any(|since| (presence.payload)(false, *since).as_ref() == payload)
+}
+
+/// Publishes the connection's online presence (QoS 1, retained) ahead of everything else it
+/// sends, and keeps it in flight until acknowledged.
+async fn say_online<S>(
+    framed: &mut Framed<S, rmqtt_codec::MqttCodec>,
+    wire: Wire,
+    session: &mut Session,
+    granted: &Granted,
+    presence: &Presence,
+    since: u64,
+) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    if let Some(why) = not_granted(granted, 1, true) {
+        tracing::warn!(topic = %presence.topic, reason = %why, "The presence cannot be published.");
+        return Ok(());
+    }
+    let id = session.next_packet_id();
+    let publish = presence_publish(presence, id, true, since);
+    framed
+        .send(wire.publish(publish.clone()))
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(earlier) = session.presence_birth.replace(id) {
+        session.inflight.remove(&earlier);
+    }
+    session.inflight.insert(id, (publish, None));
+    Ok(())
+}
+
+/// Publishes the connection's offline presence before a deliberate disconnect (whose will the
+/// broker drops), and waits a moment for the broker to acknowledge it.
+async fn say_offline<S>(
+    framed: &mut Framed<S, rmqtt_codec::MqttCodec>,
+    wire: Wire,
+    session: &mut Session,
+    granted: &Granted,
+    presence: &Presence,
+    since: u64,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    if not_granted(granted, 1, true).is_some() {
+        return;
+    }
+    let id = session.next_packet_id();
+    if framed
+        .send(wire.publish(presence_publish(presence, id, false, since)))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let acknowledged = async {
+        while let Some(Ok((packet, _))) = framed.next().await {
+            if matches!(Wire::inbound(packet), Inbound::PubAck(acked, _) if acked == id) {
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(2), acknowledged)
+        .await
+        .is_err()
+    {
+        tracing::warn!(topic = %presence.topic, "The broker did not acknowledge the offline presence within 2 s.");
+    }
+}
+
+fn presence_publish(presence: &Presence, id: u16, online: bool, since: u64) -> Publish {
+    Publish {
+        dup: false,
+        retain: true,
+        qos: QoS::AtLeastOnce,
+        topic: ByteString::from(presence.topic.as_str()),
+        packet_id: Some(pid(id)),
+        payload: (presence.payload)(online, since),
+        properties: None,
     }
 }

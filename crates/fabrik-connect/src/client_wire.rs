@@ -75,7 +75,12 @@ impl Wire {
         }
     }
 
-    pub(crate) fn connect(self, options: &ClientOptions) -> MqttPacket {
+    /// CONNECT, with `will` (topic, payload) as a retained QoS 1 will.
+    pub(crate) fn connect(
+        self,
+        options: &ClientOptions,
+        will: Option<(&str, Bytes)>,
+    ) -> MqttPacket {
         let keep_alive = u16::try_from(options.keep_alive.as_secs()).unwrap_or(u16::MAX);
         let client_id = ByteString::from(options.client_id.as_str());
         let username = options.username.as_deref().map(ByteString::from);
@@ -95,6 +100,19 @@ impl Wire {
                 // A larger message is then dropped by the broker rather than sent to a
                 // client that cannot take it (and would get it again at every reconnect).
                 max_packet_size: NonZeroU32::new(MAX_PACKET),
+                last_will: will.map(|(topic, message)| v5::LastWill {
+                    qos: QoS::AtLeastOnce,
+                    retain: true,
+                    topic: ByteString::from(topic),
+                    message,
+                    will_delay_interval_sec: None,
+                    correlation_data: None,
+                    message_expiry_interval: None,
+                    content_type: None,
+                    user_properties: Vec::new(),
+                    is_utf8_payload: None,
+                    response_topic: None,
+                }),
                 ..v5::Connect::default()
             })))
         } else {
@@ -102,7 +120,12 @@ impl Wire {
                 protocol: Protocol::default(),
                 clean_session: options.clean_session,
                 keep_alive,
-                last_will: None,
+                last_will: will.map(|(topic, message)| v3::LastWill {
+                    qos: QoS::AtLeastOnce,
+                    retain: true,
+                    topic: ByteString::from(topic),
+                    message,
+                }),
                 client_id,
                 username,
                 password,
@@ -317,7 +340,8 @@ mod tests {
     fn an_mqtt_5_connect_keeps_a_persistent_session_and_bounds_packets() {
         let mut options = ClientOptions::new("broker:1883", "fabrik-bridge-plant");
         options.clean_session = false;
-        let MqttPacket::V5(v5::Packet::Connect(connect)) = Wire { v5: true }.connect(&options)
+        let MqttPacket::V5(v5::Packet::Connect(connect)) =
+            Wire { v5: true }.connect(&options, None)
         else {
             panic!("an MQTT 5 CONNECT");
         };
@@ -326,12 +350,13 @@ mod tests {
         assert_eq!(connect.max_packet_size, NonZeroU32::new(MAX_PACKET));
         assert_eq!(connect.topic_alias_max, 0, "the broker sends whole topics");
         options.clean_session = true;
-        let MqttPacket::V5(v5::Packet::Connect(clean)) = Wire { v5: true }.connect(&options) else {
+        let MqttPacket::V5(v5::Packet::Connect(clean)) = Wire { v5: true }.connect(&options, None)
+        else {
             panic!("an MQTT 5 CONNECT");
         };
         assert_eq!(clean.session_expiry_interval_secs, 0);
         assert!(matches!(
-            Wire { v5: false }.connect(&options),
+            Wire { v5: false }.connect(&options, None),
             MqttPacket::V3(v3::Packet::Connect(_))
         ));
     }

@@ -116,10 +116,9 @@ pub struct Ingest {
     /// Sparkplug B edge-node sessions (births, aliases, sequence numbers), shared with the
     /// commands that write to edge nodes.
     sparkplug: Arc<parking_lot::Mutex<SparkplugHost>>,
-    /// Writes to edge nodes' metrics, which wait for the samples decoded here.
+    /// Writes to edge nodes' metrics, which wait for the samples decoded here; and the ways
+    /// out to the nodes, which rebirth requests take.
     commands: Option<Arc<SparkplugCommands>>,
-    /// Where messages to publish go (Sparkplug rebirth requests), if anyone publishes them.
-    outbound: Option<mpsc::Sender<Outbound>>,
     stored_counter: metrics::Counter,
     dead_letter_counter: metrics::Counter,
 }
@@ -127,15 +126,6 @@ pub struct Ingest {
 /// The table Sparkplug B metrics are stored in (tags `device`, `group`, `edge_node`; one column
 /// per metric name).
 pub const SPARKPLUG_TABLE: &str = "sparkplug";
-
-/// A message the ingest path wants published on the device endpoint.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Outbound {
-    /// Topic.
-    pub topic: String,
-    /// Payload.
-    pub payload: Bytes,
-}
 
 /// One message on its way through a batch.
 struct Pending {
@@ -203,7 +193,6 @@ impl Ingest {
                 SessionConfig::default(),
             ))),
             commands: None,
-            outbound: None,
             // Handles taken once: looking a counter up by name on every message cost ~1 % of
             // the MQTT path.
             stored_counter: metrics::counter!("fabrik_ingest_messages_total"),
@@ -211,14 +200,8 @@ impl Ingest {
         }
     }
 
-    /// Sends messages the ingest path must publish (Sparkplug NCMD rebirth requests) to `tx`.
-    pub fn with_outbound(mut self, tx: mpsc::Sender<Outbound>) -> Self {
-        self.outbound = Some(tx);
-        self
-    }
-
     /// Keeps the Sparkplug sessions in `commands`' host, and shows it every sample and death,
-    /// so writes to edge nodes see what the nodes report.
+    /// so writes to edge nodes see what the nodes report; rebirth requests go out its way.
     pub fn with_commands(mut self, commands: Arc<SparkplugCommands>) -> Self {
         self.sparkplug = commands.host();
         self.commands = Some(commands);
@@ -243,6 +226,7 @@ impl Ingest {
             if let (Ok(_), Some(commands)) = (&step, &self.commands) {
                 commands.note_publisher(
                     &message.topic,
+                    &message.source,
                     message.publisher.as_ref().map(|p| p.client_id.as_str()),
                 );
             }
@@ -278,14 +262,17 @@ impl Ingest {
                 } => {
                     tracing::warn!(node = %node, reason = ?reason, "Sparkplug session out of step; asking the node to rebirth.");
                     metrics::counter!("fabrik_sparkplug_rebirth_requests_total").increment(1);
-                    if let Some(tx) = &self.outbound {
-                        let command = Outbound {
-                            topic: ncmd_topic.clone(),
-                            payload: Bytes::from(ncmd_payload.clone()),
-                        };
-                        if tx.try_send(command).is_err() {
-                            tracing::warn!(node = %node, "Rebirth request dropped: the publish queue is full.");
-                        }
+                    // Back where the node's message came from: Fabrik's endpoint, or the broker
+                    // of a bridge that is the nodes' host.
+                    let sent = self.commands.as_ref().is_some_and(|commands| {
+                        commands.request_rebirth(
+                            &message.source,
+                            ncmd_topic,
+                            Bytes::from(ncmd_payload.clone()),
+                        )
+                    });
+                    if !sent {
+                        tracing::warn!(node = %node, source = %message.source, "Rebirth request not sent: no way to the node from here (a bridge that is not its Sparkplug host, or not connected), or a full queue.");
                     }
                 }
             }

@@ -804,6 +804,12 @@ pub struct BridgeConfig {
     /// The MQTT version spoken to the broker: `3.1.1` (the default) or `5`.
     #[serde(default, deserialize_with = "string_or_number")]
     pub mqtt_version: Option<String>,
+    /// Fabrik is the Sparkplug host of the edge nodes on this broker (decision 0093): it keeps
+    /// its `STATE` there (a will, and online on every connection), connects with a clean
+    /// session as the specification asks, and sends the nodes their rebirth requests and
+    /// commands through it.
+    #[serde(default)]
+    pub sparkplug_host: bool,
 }
 
 fn one_u8() -> u8 {
@@ -2922,6 +2928,7 @@ fn array_template(path: &str) -> Option<toml::Table> {
             ca: Some(String::new()),
             server_name: Some(String::new()),
             mqtt_version: Some(String::new()),
+            sparkplug_host: false,
         })
         .ok();
     }

@@ -4,13 +4,19 @@
 //!
 //! The client reconnects with backoff and resubscribes by itself; a QoS 1 message is
 //! acknowledged to the broker only once the ingest path has stored it.
+//!
+//! A bridge with `sparkplug_host = true` (decision 0093) is also Fabrik's Sparkplug host
+//! session on that broker: its `STATE` is the client's will and its first publish on every
+//! connection, and rebirth requests and commands to the edge nodes that came through it are
+//! published there.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use fabrik_connect::client::{ClientEvent, ClientOptions, ClientTls, MqttClient};
+use fabrik_connect::client::{ClientEvent, ClientOptions, ClientTls, MqttClient, Presence};
 use fabrik_connect::ingest::RawMessage;
 use fabrik_connect::message_trace;
+use fabrik_connect::sparkplug::command::{SparkplugCommands, state_payload};
 use fabrik_core::Timestamp;
 use fabrik_runtime::ServiceHandle;
 use fabrik_runtime::config::{BridgeConfig, Config};
@@ -76,11 +82,27 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
         if !b.tls && (b.ca.is_some() || b.server_name.is_some()) {
             problem("tls", "`ca` and `server_name` need `tls = true`".into());
         }
+        // A host that hears no births has nothing to command.
+        if b.sparkplug_host
+            && !b
+                .topics
+                .iter()
+                .any(|t| fabrik_connect::mqtt::topic::overlaps(t, "spBv1.0/+/NBIRTH/+"))
+        {
+            problem(
+                "sparkplug_host",
+                "the bridge's topics receive no Sparkplug births; subscribe to `spBv1.0/#` (or \
+                 a group's `spBv1.0/<group>/#`)"
+                    .into(),
+            );
+        }
     }
     problems
 }
 
-fn options(b: &BridgeConfig) -> ClientOptions {
+/// The client's options; `host_state` is the `STATE` topic of a bridge that is the Sparkplug
+/// host on its broker.
+fn options(b: &BridgeConfig, host_state: Option<&str>) -> ClientOptions {
     let mut o = ClientOptions::new(
         b.address.clone(),
         b.client_id
@@ -89,8 +111,15 @@ fn options(b: &BridgeConfig) -> ClientOptions {
     );
     o.username = b.username.clone();
     o.password = b.password.clone();
-    // A persistent session keeps QoS 1 messages for us while the link is down.
-    o.clean_session = false;
+    // A persistent session keeps QoS 1 messages for us while the link is down. A Sparkplug host
+    // starts clean, as the specification asks: its nodes rebirth for it instead.
+    o.clean_session = host_state.is_some();
+    o.presence = host_state.map(|topic| Presence {
+        topic: topic.to_owned(),
+        payload: Arc::new(|online: bool, since: u64| {
+            fabrik_connect::ingest::Bytes::from(state_payload(online, since))
+        }),
+    });
     // Checked by `check`.
     o.mqtt5 = fabrik_connect::client::speaks_mqtt5(b.mqtt_version.as_deref()).unwrap_or(false);
     if b.tls {
@@ -104,16 +133,28 @@ fn options(b: &BridgeConfig) -> ClientOptions {
     o
 }
 
-/// Starts one client per bridge.
+/// Starts one client per bridge; those that are the Sparkplug host on their broker carry
+/// `commands`' rebirth requests and writes to the nodes there.
 pub(crate) async fn start(
     config: &Config,
     ingest: mpsc::Sender<RawMessage>,
+    commands: Arc<SparkplugCommands>,
 ) -> Result<ServiceHandle, String> {
     let stop = CancellationToken::new();
     let mut tasks = Vec::new();
     for b in &config.bridges {
-        let (client, events) = MqttClient::start(options(b), stop.child_token())
+        let host_state = b.sparkplug_host.then(|| commands.state_topic());
+        let (client, events) = MqttClient::start(options(b, host_state), stop.child_token())
             .map_err(|e| format!("bridge `{}`: {e}", b.name))?;
+        if b.sparkplug_host {
+            let client = client.clone();
+            commands.connect(
+                &format!("bridge:{}", b.name),
+                Arc::new(move |_, topic, payload, expires_at| {
+                    client.try_publish_until(topic, payload, expires_at.into())
+                }),
+            );
+        }
         let filters: Vec<(String, u8)> = b.topics.iter().map(|t| (t.clone(), b.qos)).collect();
         // Queued in the client and re-sent after every reconnect.
         client
@@ -177,5 +218,53 @@ async fn forward(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host_bridge(topics: &str) -> Config {
+        toml::from_str(&format!(
+            "[[bridges]]\nname = \"site\"\naddress = \"broker:1883\"\ntopics = {topics}\n\
+             sparkplug_host = true\n"
+        ))
+        .expect("parses")
+    }
+
+    #[test]
+    fn a_sparkplug_host_bridge_must_hear_births() {
+        for heard in [
+            r#"["spBv1.0/#"]"#,
+            r#"["spBv1.0/Site/#"]"#,
+            r##"["#"]"##,
+            r#"["plant/+/telemetry", "spBv1.0/+/NBIRTH/+"]"#,
+        ] {
+            assert_eq!(check(&host_bridge(heard)), Vec::new(), "{heard}");
+        }
+        for deaf in [r#"["plant/+/telemetry"]"#, r#"["spBv1.0/Site/NDATA/+"]"#] {
+            let problems = check(&host_bridge(deaf));
+            assert_eq!(problems.len(), 1, "{deaf}: {problems:?}");
+            assert_eq!(problems[0].0, "bridges[0].sparkplug_host");
+        }
+    }
+
+    #[test]
+    fn a_sparkplug_host_bridge_starts_clean_with_its_state_as_will() {
+        let config = host_bridge(r#"["spBv1.0/#"]"#);
+        let host = options(&config.bridges[0], Some("spBv1.0/STATE/fabrik"));
+        assert!(
+            host.clean_session,
+            "the specification asks a host for a clean session"
+        );
+        let presence = host.presence.expect("a presence");
+        assert_eq!(presence.topic, "spBv1.0/STATE/fabrik");
+        assert_eq!(
+            &(presence.payload)(false, 7)[..],
+            br#"{"online":false,"timestamp":7}"#
+        );
+        let plain = options(&config.bridges[0], None);
+        assert!(!plain.clean_session && plain.presence.is_none());
     }
 }

@@ -330,12 +330,9 @@ pub(crate) fn registry_location(settings: &Settings) -> fabrik_registry::Locatio
 pub(crate) struct IngestWiring {
     pub(crate) tx: mpsc::Sender<RawMessage>,
     pub(crate) directory: Directory,
-    /// Messages the ingest path wants published (Sparkplug rebirth requests); the MQTT module
-    /// takes the receiver.
-    pub(crate) outbound:
-        parking_lot::Mutex<Option<mpsc::Receiver<fabrik_connect::ingest::Outbound>>>,
-    /// Writes to edge nodes' metrics (Sparkplug commands): they read the ingest path's
-    /// sessions, and the MQTT module publishes them.
+    /// Writes to edge nodes' metrics (Sparkplug commands) and rebirth requests: they read the
+    /// ingest path's sessions, and the MQTT module and the bridges that are the nodes' host
+    /// publish them.
     pub(crate) commands: Arc<fabrik_connect::sparkplug::command::SparkplugCommands>,
 }
 
@@ -362,7 +359,6 @@ pub(crate) async fn start_ingest(
         registry,
     };
     let (tx, rx) = mpsc::channel(settings.ingest_queue);
-    let (outbound_tx, outbound_rx) = mpsc::channel(256);
     let commands = crate::sparkplug::commands(config)?;
     let lineage = lineage.map(|emitter| {
         let node = emitter.node().to_owned();
@@ -382,12 +378,10 @@ pub(crate) async fn start_ingest(
             ..IngestSettings::default()
         },
     )
-    .with_outbound(outbound_tx)
     .with_commands(commands.clone());
     *slot = Some(IngestWiring {
         tx,
         directory,
-        outbound: parking_lot::Mutex::new(Some(outbound_rx)),
         commands,
     });
     let stop = CancellationToken::new();
@@ -637,44 +631,29 @@ pub(crate) async fn start_mqtt(
             }
         }
     });
-    // Messages the ingest path publishes (Sparkplug NCMD rebirth requests) go through the
-    // broker like any publish, so the edge node's subscription receives them.
-    let outbound_task = ingest.outbound.lock().take().map(|mut rx| {
-        let broker = broker.clone();
-        tokio::spawn(async move {
-            while let Some(out) = rx.recv().await {
-                broker.publish(mqtt::broker::Message {
-                    topic: Arc::from(out.topic.as_str()),
-                    payload: out.payload,
-                    qos: 0,
-                    retain: false,
-                    properties: None,
-                    expires_at: None,
-                    publisher: None,
-                });
-            }
-        })
-    });
     // Sparkplug commands (decision 0091) go to the edge node's own MQTT client only, at QoS 0
     // and not retained, as the specification asks; whether it was queued for that client tells
-    // the writer whether anything was sent.
+    // the writer whether anything was sent. Rebirth requests go through the broker like any
+    // publish, so the edge node's subscription receives them.
     let command_broker = broker.clone();
-    ingest
-        .commands
-        .connect(Arc::new(move |client, topic, payload, expires_at| {
-            command_broker.publish_to(
-                client,
-                mqtt::broker::Message {
-                    topic: Arc::from(topic),
-                    payload,
-                    qos: 0,
-                    retain: false,
-                    properties: None,
-                    expires_at: Some(expires_at),
-                    publisher: None,
-                },
-            )
-        }));
+    ingest.commands.connect(
+        mqtt::SOURCE,
+        Arc::new(move |client, topic, payload, expires_at| {
+            let message = mqtt::broker::Message {
+                topic: Arc::from(topic),
+                payload,
+                qos: 0,
+                retain: false,
+                properties: None,
+                expires_at: Some(expires_at),
+                publisher: None,
+            };
+            match client {
+                Some(client) => command_broker.publish_to(client, message),
+                None => command_broker.publish(message) > 0,
+            }
+        }),
+    );
     // Fabrik as the Sparkplug primary host: its state, retained, so edge nodes that wait for
     // it birth (and those that lose it may move on).
     // Both carry the birth's timestamp, as the specification asks of the death's.
@@ -765,9 +744,6 @@ pub(crate) async fn start_mqtt(
         // writes what is queued, then ends.
         drop(endpoint);
         let _ = tokio::time::timeout(Duration::from_secs(2), events_task).await;
-        if let Some(t) = outbound_task {
-            t.abort();
-        }
         Ok(())
     });
     Ok((ServiceHandle { stop, task }, addresses, broker_handle))

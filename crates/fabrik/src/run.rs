@@ -1006,11 +1006,15 @@ async fn serve(
                     .await
             }
             Module::Bridge => {
-                let ingest = wiring.ingest.as_ref().map(|i| i.tx.clone());
+                let ingest = wiring
+                    .ingest
+                    .as_ref()
+                    .map(|i| (i.tx.clone(), i.commands.clone()));
                 manager
                     .start(module.name(), || async {
-                        let ingest = ingest.ok_or("the bridge module needs the ingest module")?;
-                        crate::bridge::start(&config, ingest).await
+                        let (ingest, commands) =
+                            ingest.ok_or("the bridge module needs the ingest module")?;
+                        crate::bridge::start(&config, ingest, commands).await
                     })
                     .await
             }

@@ -277,12 +277,25 @@ fn same(sent: &Value, reported: &Value) -> bool {
     }
 }
 
-/// Publishes a command to one MQTT client (the edge node's), to be dropped undelivered after
-/// the instant given; whether it was queued for it (`client id, topic, payload, expiry`).
-pub type Publish = Arc<dyn Fn(&str, &str, Bytes, Instant) -> bool + Send + Sync>;
+/// Publishes a message of the host (a command) on one of the brokers edge nodes use, to be
+/// dropped undelivered after the instant given; whether it was queued (`client id, topic,
+/// payload, expiry`). On Fabrik's own endpoint a client id sends it to that client only, none
+/// to every subscriber; a bridge's broker delivers it to its subscribers.
+pub type Publish = Arc<dyn Fn(Option<&str>, &str, Bytes, Instant) -> bool + Send + Sync>;
 
 /// An edge node: (group id, edge node id).
 type NodeKey = (String, String);
+
+/// How long a rebirth request may wait in a queue before it is no longer worth sending.
+const REBIRTH_REQUEST_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Where an edge node's last NBIRTH came from: the source (`mqtt`, `bridge:<name>`), and on
+/// Fabrik's endpoint the MQTT client that published it.
+#[derive(Debug, Clone)]
+struct Route {
+    source: Arc<str>,
+    client: Option<Arc<str>>,
+}
 
 /// A node's live report of a writable metric.
 #[derive(Debug, Clone)]
@@ -307,10 +320,10 @@ pub struct SparkplugCommands {
     plan: CommandPlan,
     /// Device id → metric → its reports.
     watched: HashMap<String, HashMap<String, Watched>>,
-    /// The MQTT client that published each node's last NBIRTH; `None` when it came through a
-    /// bridge from another broker, where Fabrik cannot reach the node.
-    node_clients: Mutex<HashMap<NodeKey, Option<Arc<str>>>>,
-    publish: Mutex<Option<Publish>>,
+    /// Where each node's last NBIRTH came from.
+    node_routes: Mutex<HashMap<NodeKey, Route>>,
+    /// The ways out, by source: Fabrik's endpoint and the bridges that are the nodes' host.
+    publishers: Mutex<HashMap<String, Publish>>,
 }
 
 /// How a write's wait for the node's report ended.
@@ -323,11 +336,15 @@ enum Heard {
     Nothing,
 }
 
-/// What a command goes out with, from the node's current birth.
+/// What a command goes out with, from the node's current birth, and the way to it.
 struct Target {
     datatype: DataType,
     alias: Option<u64>,
-    client: Arc<str>,
+    publish: Publish,
+    /// The node's MQTT client on Fabrik's endpoint (`None` through a bridge).
+    client: Option<Arc<str>>,
+    /// Why nothing was queued, when the publish queued nothing.
+    not_queued: String,
 }
 
 impl SparkplugCommands {
@@ -347,8 +364,8 @@ impl SparkplugCommands {
             host,
             plan,
             watched,
-            node_clients: Mutex::new(HashMap::new()),
-            publish: Mutex::new(None),
+            node_routes: Mutex::new(HashMap::new()),
+            publishers: Mutex::new(HashMap::new()),
         }
     }
 
@@ -357,9 +374,25 @@ impl SparkplugCommands {
         self.host.clone()
     }
 
-    /// Sends commands through `publish` from now on (the MQTT endpoint, once it runs).
-    pub fn connect(&self, publish: Publish) {
-        *self.publish.lock() = Some(publish);
+    /// Sends the host's messages to nodes that came through `source` (the MQTT endpoint,
+    /// [`crate::mqtt::SOURCE`], or `bridge:<name>`) by `publish` from now on.
+    pub fn connect(&self, source: &str, publish: Publish) {
+        self.publishers.lock().insert(source.to_owned(), publish);
+    }
+
+    /// Asks an edge node that came through `source` to rebirth: publishes `payload` (an NCMD)
+    /// on `topic` there. False when nothing was queued: no way out to that source (a bridge
+    /// that is not the nodes' host), or it is not connected.
+    pub fn request_rebirth(&self, source: &str, topic: &str, payload: Bytes) -> bool {
+        let publish = self.publishers.lock().get(source).cloned();
+        publish.is_some_and(|publish| {
+            publish(
+                None,
+                topic,
+                payload,
+                Instant::now() + REBIRTH_REQUEST_LIFETIME,
+            )
+        })
     }
 
     /// The topic of Fabrik's host state.
@@ -393,11 +426,11 @@ impl SparkplugCommands {
         }
     }
 
-    /// Notes which MQTT client (`None`: a bridge from another broker) published a message on
-    /// `topic`: an NBIRTH's is where the node's commands go. Called with the sessions' lock
-    /// held, in the same step as the birth, so a command never pairs one birth's aliases with
-    /// another's client.
-    pub fn note_publisher(&self, topic: &str, publisher: Option<&str>) {
+    /// Notes where a message on `topic` came from: its `source`, and on Fabrik's endpoint the
+    /// MQTT client that published it. An NBIRTH's is where the node's commands go. Called with
+    /// the sessions' lock held, in the same step as the birth, so a command never pairs one
+    /// birth's aliases with another's client.
+    pub fn note_publisher(&self, topic: &str, source: &str, publisher: Option<&str>) {
         if self.plan.points.is_empty() || !topic.contains("/NBIRTH/") {
             return;
         }
@@ -405,9 +438,13 @@ impl SparkplugCommands {
             group, edge_node, ..
         }) = SparkplugTopic::parse(topic)
         {
-            self.node_clients
-                .lock()
-                .insert((group, edge_node), publisher.map(Arc::from));
+            self.node_routes.lock().insert(
+                (group, edge_node),
+                Route {
+                    source: Arc::from(source),
+                    client: publisher.map(Arc::from),
+                },
+            );
         }
     }
 
@@ -440,8 +477,8 @@ impl SparkplugCommands {
     }
 
     /// Sets `metric` of `device` to `value`: checks it against the point and the node's
-    /// birth, publishes the command to the node's own MQTT client, and waits for the node to
-    /// report the metric.
+    /// birth, publishes the command to the node (its own MQTT client on Fabrik's endpoint, or
+    /// the broker of the bridge it came through), and waits for the node to report the metric.
     pub async fn write(
         &self,
         device: &str,
@@ -484,12 +521,6 @@ impl SparkplugCommands {
                      its report; nothing was sent"
                 ))
             })?;
-        let publish = self.publish.lock().clone().ok_or_else(|| {
-            SparkplugError::NotSent(
-                "the MQTT endpoint does not run in this process (see --target): nothing was sent"
-                    .into(),
-            )
-        })?;
         let topic = point.command_topic();
         let mut reports = watched.reports.subscribe();
         let before = reports.borrow_and_update().clone();
@@ -505,17 +536,13 @@ impl SparkplugCommands {
             let payload = command_payload(metric, target.alias, target.datatype, &sent, sent_ms)?;
             // Dropped undelivered at half the wait: a command held in the node's backed-up
             // queue must not be carried out after its caller was answered.
-            if !publish(
-                &target.client,
+            if !(target.publish)(
+                target.client.as_deref(),
                 &topic,
                 Bytes::from(payload),
                 start + self.plan.timeout / 2,
             ) {
-                return Err(SparkplugError::NotSent(format!(
-                    "edge node `{}/{}` (MQTT client `{}`) is not connected, does not subscribe to \
-                     `{topic}`, or has a full queue: nothing was sent",
-                    point.group, point.edge_node, target.client
-                )));
+                return Err(SparkplugError::NotSent(target.not_queued));
             }
             (sent, fabrik_core::Timestamp::now().nanos())
         };
@@ -561,7 +588,7 @@ impl SparkplugCommands {
     }
 
     /// Where and how the point's command goes: its node (and device) online, its birth
-    /// declaring the metric, born through Fabrik's own endpoint.
+    /// declaring the metric, born through Fabrik's own endpoint or a bridge that is its host.
     fn target(&self, host: &SparkplugHost, point: &WritablePoint) -> Result<Target> {
         let node = host
             .node(&point.group, &point.edge_node)
@@ -587,24 +614,59 @@ impl SparkplugCommands {
                 device: point.device_id.clone(),
                 metric: point.metric.clone(),
             })?;
-        let client = self
-            .node_clients
+        let node = format!("{}/{}", point.group, point.edge_node);
+        let route = self
+            .node_routes
             .lock()
             .get(&(point.group.clone(), point.edge_node.clone()))
             .cloned()
-            .flatten()
             .ok_or_else(|| {
                 SparkplugError::NotSent(format!(
-                    "edge node `{}/{}` reaches Fabrik through a bridge from another broker; \
-                     commands go only to nodes connected to Fabrik's own MQTT endpoint: nothing \
-                     was sent",
-                    point.group, point.edge_node
+                    "edge node `{node}`'s birth came from no known source: nothing was sent"
                 ))
             })?;
+        let publish = self.publishers.lock().get(&*route.source).cloned();
+        let (publish, not_queued) = match (publish, route.source.strip_prefix("bridge:")) {
+            (Some(publish), Some(bridge)) => (
+                publish,
+                format!(
+                    "bridge `{bridge}`, which edge node `{node}` came through, is not connected \
+                     to its broker or has a full queue: nothing was sent"
+                ),
+            ),
+            (None, Some(bridge)) => {
+                return Err(SparkplugError::NotSent(format!(
+                    "edge node `{node}` reaches Fabrik through bridge `{bridge}`, which is not \
+                     the Sparkplug host on its broker (`sparkplug_host = true` in its \
+                     `[[bridges]]` entry makes it one): nothing was sent"
+                )));
+            }
+            (Some(publish), None) => {
+                let client = route.client.clone().ok_or_else(|| {
+                    SparkplugError::NotSent(format!(
+                        "edge node `{node}`'s birth came from no MQTT client: nothing was sent"
+                    ))
+                })?;
+                let not_queued = format!(
+                    "edge node `{node}` (MQTT client `{client}`) is not connected, does not \
+                     subscribe to `{}`, or has a full queue: nothing was sent",
+                    point.command_topic()
+                );
+                (publish, not_queued)
+            }
+            (None, None) => {
+                return Err(SparkplugError::NotSent(format!(
+                    "the MQTT endpoint edge node `{node}` came through does not run in this \
+                     process (see --target): nothing was sent"
+                )));
+            }
+        };
         Ok(Target {
             datatype,
             alias,
-            client,
+            publish,
+            client: route.client,
+            not_queued,
         })
     }
 }
@@ -816,5 +878,100 @@ mod tests {
         let m = &by_name.metrics[0];
         assert_eq!((m.name.as_deref(), m.alias), (Some("Mode"), None));
         assert_eq!(m.value, Some(MetricValue::BooleanValue(true)));
+    }
+
+    /// Commands for `Site/edge-9`'s `Speed`, the node born (alias 5, a `Double`) through
+    /// `source`.
+    fn born_through(source: &str) -> SparkplugCommands {
+        let plan = plan(&config(
+            "[sparkplug]\ncommand_timeout = \"100ms\"\n[[sparkplug.setpoints]]\n\
+             device = \"Site/edge-9\"\nmetric = \"Speed\"\nmin = 0.0\nmax = 100.0\n",
+        ))
+        .expect("valid");
+        let commands = SparkplugCommands::new(
+            plan,
+            Arc::new(Mutex::new(SparkplugHost::new(Default::default()))),
+        );
+        let birth = encode_payload(&Payload {
+            timestamp: Some(1),
+            seq: Some(0),
+            metrics: vec![
+                new_metric(Some(BD_SEQ), None, DataType::Int64, &Value::I64(0), None)
+                    .expect("metric"),
+                new_metric(
+                    Some("Speed"),
+                    Some(5),
+                    DataType::Double,
+                    &Value::F64(40.0),
+                    None,
+                )
+                .expect("metric"),
+            ],
+            ..Payload::default()
+        });
+        let topic = "spBv1.0/Site/NBIRTH/edge-9";
+        let host = commands.host();
+        let mut host = host.lock();
+        host.handle(topic, &birth, 1).expect("a birth");
+        commands.note_publisher(topic, source, None);
+        drop(host);
+        commands
+    }
+
+    #[tokio::test]
+    async fn a_command_goes_back_the_way_the_node_came() {
+        // Through a bridge that is not the nodes' host: refused, naming the setting.
+        let commands = born_through("bridge:plant");
+        let refused = commands
+            .write("Site/edge-9", "Speed", SetValue::Number(55.0))
+            .await
+            .expect_err("no way out");
+        assert!(
+            matches!(&refused, SparkplugError::NotSent(m) if m.contains("bridge `plant`") && m.contains("sparkplug_host")),
+            "{refused}"
+        );
+
+        // Through a host bridge: published there, to the broker rather than one client.
+        // (client, topic) of each publish.
+        type Sent = Vec<(Option<String>, String)>;
+        let sent: Arc<Mutex<Sent>> = Arc::default();
+        let seen = sent.clone();
+        commands.connect(
+            "bridge:plant",
+            Arc::new(move |client, topic, _, _| {
+                seen.lock()
+                    .push((client.map(str::to_owned), topic.to_owned()));
+                true
+            }),
+        );
+        let unanswered = commands
+            .write("Site/edge-9", "Speed", SetValue::Number(55.0))
+            .await
+            .expect_err("nobody reports in a unit test");
+        assert!(
+            matches!(unanswered, SparkplugError::NoReport { .. }),
+            "{unanswered}"
+        );
+        assert_eq!(
+            sent.lock().as_slice(),
+            [(None, "spBv1.0/Site/NCMD/edge-9".to_owned())]
+        );
+        assert!(commands.request_rebirth("bridge:plant", "spBv1.0/Site/NCMD/edge-9", Bytes::new()));
+        assert!(!commands.request_rebirth(
+            "bridge:other",
+            "spBv1.0/Site/NCMD/edge-9",
+            Bytes::new()
+        ));
+
+        // A bridge whose client cannot queue it: nothing sent, and said so.
+        commands.connect("bridge:plant", Arc::new(|_, _, _, _| false));
+        let down = commands
+            .write("Site/edge-9", "Speed", SetValue::Number(55.0))
+            .await
+            .expect_err("not queued");
+        assert!(
+            matches!(&down, SparkplugError::NotSent(m) if m.contains("not connected")),
+            "{down}"
+        );
     }
 }

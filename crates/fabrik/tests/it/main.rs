@@ -26,6 +26,7 @@ mod releases;
 mod rollups;
 mod shadow;
 mod sparkplug;
+mod sparkplug_bridge;
 mod sparkplug_setpoints;
 mod storage;
 mod support;
