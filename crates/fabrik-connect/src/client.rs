@@ -85,6 +85,9 @@ pub struct ClientOptions {
     pub mqtt5: bool,
     /// The presence the client keeps on the broker, if any.
     pub presence: Option<Presence>,
+    /// Filters (with their QoS) subscribed on every connection from the first, before the
+    /// presence says online: what a Sparkplug host must hear before its nodes birth.
+    pub subscriptions: Vec<(String, u8)>,
 }
 
 impl ClientOptions {
@@ -101,6 +104,7 @@ impl ClientOptions {
             max_backoff: Duration::from_secs(30),
             mqtt5: false,
             presence: None,
+            subscriptions: Vec::new(),
         }
     }
 }
@@ -380,8 +384,10 @@ struct Session {
     /// the times the presence messages carry. Bounded: only a recent connection's will can
     /// still be on its way.
     presence_since: VecDeque<u64>,
-    /// The packet id of the current connection's online presence, while unacknowledged.
-    presence_birth: Option<u16>,
+    /// The packet ids of online presences sent on this connection and not yet acknowledged
+    /// (in `inflight` too, so the broker's receive maximum is counted right; never re-sent on
+    /// a later connection).
+    presence_births: Vec<u16>,
 }
 
 /// How many earlier connections' wills are still recognised as this process's own.
@@ -434,8 +440,11 @@ async fn run(
         unsent: VecDeque::new(),
         next_id: 1,
         presence_since: VecDeque::new(),
-        presence_birth: None,
+        presence_births: Vec::new(),
     };
+    session
+        .subscriptions
+        .extend(options.subscriptions.iter().cloned());
     // Its own presence topic, so a late will of an earlier connection is seen and answered.
     if let Some(presence) = &options.presence {
         session.subscriptions.insert(presence.topic.clone(), 1);
@@ -608,13 +617,13 @@ where
 {
     let wire = Wire { v5: options.mqtt5 };
     let mut framed = Framed::new(stream, wire.codec());
-    // A new connection, a new presence: the last one's online message, if still unanswered,
-    // is not sent again (it would say an older connection is the current one).
+    // A new connection, a new presence: the last one's online messages, if still unanswered,
+    // are not sent again (they would say an older connection is the current one).
     let since = options
         .presence
         .as_ref()
         .map(|_| session.new_presence_since());
-    if let Some(id) = session.presence_birth.take() {
+    for id in std::mem::take(&mut session.presence_births) {
         session.inflight.remove(&id);
     }
     let will = options
@@ -669,7 +678,7 @@ where
         .inflight
         .keys()
         .copied()
-        .filter(|id| Some(*id) != session.presence_birth)
+        .filter(|id| !session.presence_births.contains(id))
         .collect();
     send_window(&mut framed, wire, session, &granted).await?;
     let mut acks: FuturesOrdered<AckFuture> = FuturesOrdered::new();
@@ -796,6 +805,7 @@ where
                     // A PUBACK for a publish not sent on this connection is a broker's mistake:
                     // ignored, so the window's count stays right.
                     Inbound::PubAck(packet_id, result) if !session.unsent.contains(&packet_id) => {
+                        session.presence_births.retain(|id| *id != packet_id);
                         if let Some((_, done)) = session.inflight.remove(&packet_id)
                             && let Some(done) = done
                         {
@@ -811,7 +821,10 @@ where
                         if let Some(id) = p.packet_id.map(NonZeroU16::get) {
                             acks.push_back(Box::pin(async move { Some(id) }));
                         }
+                        // A retained one came with the subscription, before this connection's
+                        // own presence replaced it; only a live one came after.
                         if let Some((presence, since)) = presence
+                            && !p.retain
                             && is_earlier_will(session, presence, since, &p.payload)
                         {
                             // An earlier connection's will, published by the broker after this
@@ -850,6 +863,10 @@ where
                             done,
                         };
                         if events.send(ClientEvent::Message(received)).await.is_err() {
+                            if let Some((presence, since)) = presence {
+                                say_offline(&mut framed, wire, session, &granted, presence, since).await;
+                            }
+                            let _ = framed.send(wire.disconnect()).await;
                             return Ok(Stop::Shutdown);
                         }
                         if let (Some(rx), Some(id)) = (stored, id) {
@@ -900,9 +917,7 @@ where
         .send(wire.publish(publish.clone()))
         .await
         .map_err(|e| e.to_string())?;
-    if let Some(earlier) = session.presence_birth.replace(id) {
-        session.inflight.remove(&earlier);
-    }
+    session.presence_births.push(id);
     session.inflight.insert(id, (publish, None));
     Ok(())
 }

@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
     let mut problems = Vec::new();
     let mut names = BTreeSet::new();
+    let mut host_brokers = BTreeSet::new();
     for (i, b) in config.bridges.iter().enumerate() {
         let mut problem = |field: &str, message: String| {
             problems.push((format!("bridges[{i}].{field}"), message));
@@ -82,6 +83,18 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
         if !b.tls && (b.ca.is_some() || b.server_name.is_some()) {
             problem("tls", "`ca` and `server_name` need `tls = true`".into());
         }
+        // Two host sessions on one broker share one STATE topic: either's will would say the
+        // host is gone while the other is still there.
+        if b.sparkplug_host && !host_brokers.insert(b.address.as_str()) {
+            problem(
+                "sparkplug_host",
+                format!(
+                    "an earlier bridge is already the Sparkplug host on `{}`; one bridge per \
+                     broker may be",
+                    b.address
+                ),
+            );
+        }
         // A host that hears no births has nothing to command.
         if b.sparkplug_host
             && !b
@@ -111,6 +124,8 @@ fn options(b: &BridgeConfig, host_state: Option<&str>) -> ClientOptions {
     );
     o.username = b.username.clone();
     o.password = b.password.clone();
+    // Subscribed before the first connection says anything (a host's STATE brings births).
+    o.subscriptions = b.topics.iter().map(|t| (t.clone(), b.qos)).collect();
     // A persistent session keeps QoS 1 messages for us while the link is down. A Sparkplug host
     // starts clean, as the specification asks: its nodes rebirth for it instead.
     o.clean_session = host_state.is_some();
@@ -155,12 +170,6 @@ pub(crate) async fn start(
                 }),
             );
         }
-        let filters: Vec<(String, u8)> = b.topics.iter().map(|t| (t.clone(), b.qos)).collect();
-        // Queued in the client and re-sent after every reconnect.
-        client
-            .subscribe(filters)
-            .await
-            .map_err(|e| format!("bridge `{}`: {e}", b.name))?;
         tracing::info!(bridge = %b.name, address = %b.address, topics = ?b.topics, "MQTT bridge started.");
         tasks.push(tokio::spawn(forward(
             Arc::from(format!("bridge:{}", b.name)),
@@ -251,6 +260,23 @@ mod tests {
     }
 
     #[test]
+    fn one_host_bridge_per_broker() {
+        let mut config = host_bridge(r#"["spBv1.0/#"]"#);
+        let mut second = config.bridges[0].clone();
+        second.name = "site-again".into();
+        config.bridges.push(second.clone());
+        let problems = check(&config);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "bridges[1].sparkplug_host");
+        // Another broker, or the same one read without being its host: fine.
+        config.bridges[1].address = "other-broker:1883".into();
+        assert_eq!(check(&config), Vec::new());
+        config.bridges[1] = second;
+        config.bridges[1].sparkplug_host = false;
+        assert_eq!(check(&config), Vec::new());
+    }
+
+    #[test]
     fn a_sparkplug_host_bridge_starts_clean_with_its_state_as_will() {
         let config = host_bridge(r#"["spBv1.0/#"]"#);
         let host = options(&config.bridges[0], Some("spBv1.0/STATE/fabrik"));
@@ -264,6 +290,7 @@ mod tests {
             &(presence.payload)(false, 7)[..],
             br#"{"online":false,"timestamp":7}"#
         );
+        assert_eq!(host.subscriptions, vec![("spBv1.0/#".to_owned(), 1)]);
         let plain = options(&config.bridges[0], None);
         assert!(!plain.clean_session && plain.presence.is_none());
     }

@@ -650,7 +650,11 @@ pub(crate) async fn start_mqtt(
             };
             match client {
                 Some(client) => command_broker.publish_to(client, message),
-                None => command_broker.publish(message) > 0,
+                // A rebirth request: published, whether or not the node subscribes.
+                None => {
+                    command_broker.publish(message);
+                    true
+                }
             }
         }),
     );

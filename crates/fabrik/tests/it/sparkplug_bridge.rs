@@ -4,7 +4,9 @@
 //! `kill -9`, offline again with the same timestamp when it stops); a write to the node's
 //! metric goes out as an NCMD through the bridge and is confirmed by the node's report; a
 //! sequence gap brings a rebirth request through the same way; a node behind a bridge that is
-//! not its host is refused with nothing sent.
+//! not its host is refused with nothing sent. Mosquitto's log shows the offline `STATE` is
+//! published before the DISCONNECT (the will carries the same payload, so the nodes alone
+//! cannot tell).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -173,7 +175,11 @@ fn born(url: &str, device: &str) -> bool {
 fn fabrik_is_the_sparkplug_host_on_a_bridged_broker() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let broker = start_broker_with(dir.path(), port, "");
+    let log = dir.path().join("mosquitto.log");
+    // Started as root, Mosquitto would run as its own user, which cannot write in the test's
+    // directory; `user root` keeps it as whoever started it.
+    let logging = format!("user root\nlog_dest file {}\nlog_type all\n", log.display());
+    let broker = start_broker_with(dir.path(), port, &logging);
     let mut nodes = EdgeNodes::start(port);
     let config = dir.path().join("fabrik.toml");
     std::fs::write(
@@ -222,9 +228,11 @@ qos = 0
         "Fabrik's STATE says online once its bridge connected"
     );
 
-    nodes.birth("Site", "edge-9", 40.0);
-    nodes.birth("Other", "edge-7", 40.0);
+    // The plain bridge subscribes in its own time: births are sent until both are held.
     eventually("Fabrik holds both births", || {
+        nodes.birth("Site", "edge-9", 40.0);
+        nodes.birth("Other", "edge-7", 40.0);
+        std::thread::sleep(Duration::from_millis(200));
         born(&p.url, "Site/edge-9") && born(&p.url, "Other/edge-7")
     });
 
@@ -289,7 +297,7 @@ qos = 0
     // with a later timestamp. A late will of the first connection, arriving after that, is
     // answered by saying online again.
     drop(broker);
-    let _broker = start_broker_with(dir.path(), port, "");
+    let _broker = start_broker_with(dir.path(), port, &logging);
     let (online, second_since) = nodes.next_state();
     assert!(online, "online again after the broker's restart");
     assert!(second_since > first_since, "{second_since} > {first_since}");
@@ -323,4 +331,18 @@ qos = 0
         (false, third_since),
         "the offline STATE published before a deliberate disconnect"
     );
+    let log = std::fs::read_to_string(&log).expect("mosquitto's log");
+    let from_host: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("from fabrik-bridge-site"))
+        .collect();
+    let [.., last_publish, last] = from_host.as_slice() else {
+        panic!("{log}");
+    };
+    assert!(
+        last_publish.contains("Received PUBLISH")
+            && last_publish.contains("'spBv1.0/STATE/fabrik'"),
+        "{from_host:#?}"
+    );
+    assert!(last.contains("Received DISCONNECT"), "{from_host:#?}");
 }
