@@ -21,7 +21,7 @@ use crate::point_errors::{PointOf, point_error};
 use crate::sparkplug::command::SparkplugCommands;
 use crate::sparkplug::{
     Event as SparkplugEvent, Sample as SparkplugSample, SessionConfig, SparkplugHost,
-    Value as SparkplugValue,
+    Step as SparkplugStep, Value as SparkplugValue,
 };
 
 /// Table of messages that could not be mapped.
@@ -122,6 +122,12 @@ pub struct Ingest {
     stored_counter: metrics::Counter,
     dead_letter_counter: metrics::Counter,
 }
+
+/// The topic of the message a bridge that is a Sparkplug host sends into the ingest queue when
+/// it loses its broker (no payload): ordered after every message it received before, it marks
+/// the Sparkplug nodes behind it offline. A `$` topic, which no broker delivers to a wildcard
+/// subscription and which `[[bridges]]` may not subscribe to.
+pub const CONNECTION_LOST_TOPIC: &str = "$fabrik/connection-lost";
 
 /// The table Sparkplug B metrics are stored in (tags `device`, `group`, `edge_node`; one column
 /// per metric name).
@@ -246,6 +252,62 @@ impl Ingest {
                 };
             }
         };
+        self.sparkplug_pending(message, raw_id, device, step)
+    }
+
+    /// Fabrik lost the broker of bridge `message.source` (a [`CONNECTION_LOST_TOPIC`] message
+    /// its client sent): the Sparkplug nodes whose births came through it go offline and their
+    /// metrics stale, as the specification asks of a host that loses its server.
+    fn prepare_connection_lost(
+        &self,
+        message: RawMessage,
+        raw_id: fabrik_core::RawMessageId,
+    ) -> Pending {
+        let received_ms = u64::try_from(message.received_at.nanos() / 1_000_000).unwrap_or(0);
+        let nodes = self
+            .commands
+            .as_ref()
+            .map(|c| c.nodes_from(&message.source))
+            .unwrap_or_default();
+        let why = format!(
+            "Fabrik lost its connection to the broker of `{}`; the edge node's last values \
+             are stale until it is born again",
+            message.source
+        );
+        let step = self
+            .sparkplug
+            .lock()
+            .connection_lost(&nodes, received_ms, &why);
+        if step.stale.is_empty() {
+            return Pending {
+                rows: Ok((
+                    Lineage {
+                        source: SourceId(message.source.to_string()),
+                        raw_id,
+                        mapping_version: 0,
+                    },
+                    Vec::new(),
+                )),
+                device: None,
+                raw_id,
+                ignored: true,
+                blob: None,
+                blob_hold: None,
+                message,
+            };
+        }
+        self.sparkplug_pending(message, raw_id, None, step)
+    }
+
+    /// The rows and side effects of one Sparkplug step: events logged, rebirth requests sent
+    /// back where the message came from, samples and deaths shown to the commands.
+    fn sparkplug_pending(
+        &self,
+        message: RawMessage,
+        raw_id: fabrik_core::RawMessageId,
+        device: Option<String>,
+        step: SparkplugStep,
+    ) -> Pending {
         for event in &step.events {
             match event {
                 SparkplugEvent::Online(id) => {
@@ -361,6 +423,13 @@ impl Ingest {
         let publisher_device = message.publisher.as_ref().and_then(|p| p.device_id.clone());
         if message.topic.starts_with("spBv1.0/") {
             return self.prepare_sparkplug(message, raw_id, publisher_device);
+        }
+        // Only a bridge's own client says this; no broker delivers a `$` topic it could match.
+        if &*message.topic == CONNECTION_LOST_TOPIC
+            && message.source.starts_with("bridge:")
+            && message.publisher.is_none()
+        {
+            return self.prepare_connection_lost(message, raw_id);
         }
         let found = mapping::find(&self.mappings, &message.source, &message.topic);
         match found {

@@ -59,6 +59,13 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
             if let Err(e) = fabrik_connect::mqtt::topic::validate_filter(t) {
                 problem("topics", format!("`{t}`: {e}"));
             }
+            // Fabrik's own events on the ingest queue use that prefix.
+            if t.starts_with("$fabrik/") || t == "$fabrik" {
+                problem(
+                    "topics",
+                    format!("`{t}`: `$fabrik/` topics are Fabrik's own"),
+                );
+            }
         }
         if b.qos > 1 {
             problem(
@@ -173,6 +180,7 @@ pub(crate) async fn start(
         tracing::info!(bridge = %b.name, address = %b.address, topics = ?b.topics, "MQTT bridge started.");
         tasks.push(tokio::spawn(forward(
             Arc::from(format!("bridge:{}", b.name)),
+            b.sparkplug_host,
             client,
             events,
             ingest.clone(),
@@ -189,19 +197,40 @@ pub(crate) async fn start(
     Ok(ServiceHandle { stop, task })
 }
 
-/// Moves messages from one bridge client into the ingest queue until the client stops.
+/// Moves messages from one bridge client into the ingest queue until the client stops; a
+/// Sparkplug host bridge also tells it when the broker is lost, after what came before.
 async fn forward(
     source: Arc<str>,
+    sparkplug_host: bool,
     // Kept alive so the client's command channel stays open.
     _client: MqttClient,
     mut events: mpsc::Receiver<ClientEvent>,
     ingest: mpsc::Sender<RawMessage>,
 ) {
+    let mut connected = false;
     while let Some(event) = events.recv().await {
         match event {
-            ClientEvent::Connected => tracing::info!(bridge = %source, "Bridge connected."),
+            ClientEvent::Connected => {
+                connected = true;
+                tracing::info!(bridge = %source, "Bridge connected.");
+            }
             ClientEvent::Disconnected(reason) => {
                 tracing::warn!(bridge = %source, reason, "Bridge disconnected; reconnecting.");
+                // Failed attempts while away say so again; the loss is told once.
+                if std::mem::take(&mut connected) && sparkplug_host {
+                    let lost = RawMessage {
+                        source: source.clone(),
+                        topic: Arc::from(fabrik_connect::ingest::CONNECTION_LOST_TOPIC),
+                        payload: fabrik_connect::ingest::Bytes::new(),
+                        received_at: Timestamp::now(),
+                        publisher: None,
+                        done: None,
+                        trace: message_trace::MessageTrace::none(),
+                    };
+                    if ingest.send(lost).await.is_err() {
+                        return;
+                    }
+                }
             }
             ClientEvent::Message(m) => {
                 let trace = message_trace::MessageTrace::start(
@@ -257,6 +286,13 @@ mod tests {
             assert_eq!(problems.len(), 1, "{deaf}: {problems:?}");
             assert_eq!(problems[0].0, "bridges[0].sparkplug_host");
         }
+    }
+
+    #[test]
+    fn fabriks_own_topics_are_not_subscribed() {
+        let problems = check(&host_bridge(r#"["spBv1.0/#", "$fabrik/connection-lost"]"#));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].0, "bridges[0].topics");
     }
 
     #[test]

@@ -431,7 +431,7 @@ impl SparkplugCommands {
     /// the sessions' lock held, in the same step as the birth, so a command never pairs one
     /// birth's aliases with another's client.
     pub fn note_publisher(&self, topic: &str, source: &str, publisher: Option<&str>) {
-        if self.plan.points.is_empty() || !topic.contains("/NBIRTH/") {
+        if !topic.contains("/NBIRTH/") {
             return;
         }
         if let Ok(SparkplugTopic::Node {
@@ -446,6 +446,19 @@ impl SparkplugCommands {
                 },
             );
         }
+    }
+
+    /// The edge nodes whose last NBIRTH came through `source`.
+    pub fn nodes_from(&self, source: &str) -> Vec<(String, String)> {
+        let mut nodes: Vec<(String, String)> = self
+            .node_routes
+            .lock()
+            .iter()
+            .filter(|(_, route)| &*route.source == source)
+            .map(|(node, _)| node.clone())
+            .collect();
+        nodes.sort_unstable();
+        nodes
     }
 
     /// Takes what the ingest path decoded from one message received at `received_ns`: its

@@ -584,16 +584,26 @@ impl NodeSession {
             return;
         }
         // The death is the node's MQTT will, written when it connected: the broker's
-        // delivery, not its timestamp, says when the node went — on the node's clock, which
-        // its samples are stamped by, so that it sorts after the last of them.
-        const WHY: &str = "NDEATH: the edge node went offline; its last values are stale";
+        // delivery, not its timestamp, says when the node went.
+        self.go_offline(
+            config,
+            received_ms,
+            "NDEATH: the edge node went offline; its last values are stale",
+            step,
+        );
+    }
+
+    /// Marks the node and its online devices offline, their metrics stale from `received_ms`
+    /// (Fabrik's clock) moved to the node's clock, which its samples are stamped by, so the
+    /// mark sorts after the last of them.
+    fn go_offline(&mut self, config: &SessionConfig, received_ms: u64, why: &str, step: &mut Step) {
         let received_ms = received_ms.saturating_add_signed(self.clock_offset_ms);
         for (dev, state) in &mut self.devices {
             if state.online {
                 state.online = false;
                 let id = (config.device_id)(&self.group, &self.edge_node, Some(dev));
                 step.stale
-                    .push(state.metrics.stale(id.clone(), received_ms, WHY));
+                    .push(state.metrics.stale(id.clone(), received_ms, why));
                 step.events.push(Event::Offline(id));
             }
         }
@@ -601,7 +611,7 @@ impl NodeSession {
         self.last_seq = None;
         let node_id = self.id(config, None);
         step.stale
-            .push(self.metrics.stale(node_id.clone(), received_ms, WHY));
+            .push(self.metrics.stale(node_id.clone(), received_ms, why));
         step.events.push(Event::Offline(node_id));
     }
 
@@ -865,6 +875,32 @@ impl SparkplugHost {
                 node.handle(&self.config, *kind, device.as_deref(), payload, received_ms)
             }
         }
+    }
+
+    /// Fabrik lost the connection that `nodes`' messages came through (a host bridge's broker):
+    /// those online go offline, their metrics stale from `received_ms` (Sparkplug asks a host
+    /// to mark them STALE when it loses its server), until they are born again.
+    pub fn connection_lost(
+        &mut self,
+        nodes: &[(String, String)],
+        received_ms: u64,
+        why: &str,
+    ) -> Step {
+        let mut step = Step::default();
+        for key in nodes {
+            if let Some(node) = self.nodes.get_mut(key).filter(|n| n.online) {
+                // A request sent on the lost connection may never have reached the node: the
+                // next one is not held back for it.
+                node.rebirth_requested_at = None;
+                let first = step.stale.len();
+                node.go_offline(&self.config, received_ms, why, &mut step);
+                for stale in &step.stale[first..] {
+                    node.stale_at
+                        .insert(stale.device_id.clone(), stale.timestamp_ms);
+                }
+            }
+        }
+        step
     }
 
     /// The session of an edge node, once it sent anything.
@@ -1198,6 +1234,45 @@ mod tests {
         let step = host.handle(&t("NDEATH", None), &death(3), 9).unwrap();
         assert!(step.events.is_empty(), "already offline");
         assert!(step.stale.is_empty());
+    }
+
+    #[test]
+    fn a_lost_connection_makes_its_nodes_stale_and_lets_them_be_asked_to_rebirth() {
+        let mut host = born();
+        host.handle(&t("DBIRTH", Some("a")), &dbirth(1), 6).unwrap();
+        // A gap: a rebirth request, then none again within the hold-off.
+        let gap = host.handle(&t("NDATA", None), &ndata(5, 1), 7).unwrap();
+        assert!(gap.rebirth().is_some());
+        let nodes = vec![(G.to_owned(), E.to_owned()), ("other".into(), "x".into())];
+        let step = host.connection_lost(&nodes, 5_000, "lost");
+        assert_eq!(
+            step.events,
+            vec![Event::Offline("g/e/a".into()), Event::Offline("g/e".into())],
+            "an unknown node is no one's business"
+        );
+        let stale: Vec<(&str, u64, &str)> = step
+            .stale
+            .iter()
+            .map(|s| (s.device_id.as_str(), s.timestamp_ms, s.reason.as_str()))
+            .collect();
+        assert_eq!(
+            stale,
+            vec![("g/e/a", 5_993, "lost"), ("g/e", 5_993, "lost")],
+            "on the node's clock (its last message, stamped 1,000, arrived at 7), as a death"
+        );
+        assert!(!host.node(G, E).unwrap().is_online());
+        assert!(
+            host.connection_lost(&nodes, 6_000, "lost").stale.is_empty(),
+            "told once"
+        );
+        // Back: its next report brings a rebirth request at once, the hold-off forgotten.
+        let after = host.handle(&t("NDATA", None), &ndata(6, 1), 5_010).unwrap();
+        assert_rebirth(
+            &after,
+            RebirthReason::NotBorn {
+                kind: MessageType::NData,
+            },
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! `kill -9`, offline again with the same timestamp when it stops); a write to the node's
 //! metric goes out as an NCMD through the bridge and is confirmed by the node's report; a
 //! sequence gap brings a rebirth request through the same way; a node behind a bridge that is
-//! not its host is refused with nothing sent. Mosquitto's log shows the offline `STATE` is
+//! not its host is refused with nothing sent. When the broker goes away, the node's metrics
+//! are marked stale and writes refused until, the broker back, the node's next report brings
+//! a rebirth request and its birth. Mosquitto's log shows the offline `STATE` is
 //! published before the DISCONNECT (the will carries the same payload, so the nodes alone
 //! cannot tell).
 
@@ -17,7 +19,7 @@ use fabrik_connect::sparkplug::proto::MetricValue;
 use fabrik_connect::sparkplug::{DataType, Value, decode_payload};
 
 use crate::bridge::start_broker_with;
-use crate::mqtt::{eventually, http};
+use crate::mqtt::{eventually, http, query};
 use crate::sparkplug::payload;
 use crate::support::{Process, free_port};
 
@@ -161,6 +163,13 @@ fn set_speed(url: &str, device: &str, value: f64) -> (u16, serde_json::Value) {
     )
 }
 
+/// Whether a write to `Site/edge-9` goes out again: nobody answers it here, and the node's
+/// birth had already reported the value, so it is taken unverified.
+fn set_speed_checked(url: &str) -> bool {
+    let (code, answer) = set_speed(url, "Site/edge-9", 56.0);
+    code == 200 && answer["confirmed"] == false
+}
+
 /// Whether Fabrik holds the node's birth: its setpoint shows the birth's data type.
 fn born(url: &str, device: &str) -> bool {
     let (code, list) = http(url, reqwest::Method::GET, "/api/v1/setpoints", None);
@@ -293,14 +302,71 @@ qos = 0
         Some(MetricValue::BooleanValue(true))
     );
 
-    // The broker restarts (losing what it retained): the bridge's new connection says online
-    // with a later timestamp. A late will of the first connection, arriving after that, is
-    // answered by saying online again.
+    // The broker goes away: what Fabrik knows of the node through it is stale, and writes
+    // are refused.
     drop(broker);
+    let stale_sql = "SELECT reason FROM _point_errors WHERE source = 'sparkplug' AND \
+                     device = 'Site/edge-9' AND signal = 'Line/Speed'";
+    eventually("the node's metric is marked stale", || {
+        // No table until the first row.
+        let (code, rows) = http(
+            &p.url,
+            reqwest::Method::POST,
+            "/api/v1/query",
+            Some(serde_json::json!({ "sql": stale_sql })),
+        );
+        code == 200
+            && rows.as_array().is_some_and(|rows| {
+                rows.iter().any(|r| {
+                    r["reason"].as_str().is_some_and(|m| {
+                        m.contains("lost its connection to the broker of `bridge:site`")
+                    })
+                })
+            })
+    });
+    assert!(
+        query(
+            &p.url,
+            "SELECT count(*) AS n FROM _point_errors WHERE device = 'Other/edge-7'"
+        )[0]["n"]
+            == 0,
+        "a bridge that is not the host leaves its nodes as they were"
+    );
+    let (code, offline) = set_speed(&p.url, "Site/edge-9", 57.0);
+    assert_eq!(code, 503, "{offline}");
+    assert!(
+        offline["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("offline")),
+        "{offline}"
+    );
+
+    // The broker restarts (without what it retained): the bridge's new connection says online
+    // with a later timestamp.
     let _broker = start_broker_with(dir.path(), port, &logging);
     let (online, second_since) = nodes.next_state();
     assert!(online, "online again after the broker's restart");
     assert!(second_since > first_since, "{second_since} > {first_since}");
+    // The node, which did not see it go, reports on: Fabrik asks it to rebirth, and after the
+    // birth its metric can be set again.
+    nodes.publish(
+        "spBv1.0/Site/NDATA/edge-9",
+        &payload(
+            8,
+            &[(None, Some(SPEED_ALIAS), DataType::Double, Value::F64(56.0))],
+        ),
+    );
+    let rebirth = decode_payload(&nodes.next_on("spBv1.0/Site/NCMD/edge-9")).expect("an NCMD");
+    assert_eq!(
+        rebirth.metrics[0].name.as_deref(),
+        Some("Node Control/Rebirth"),
+        "{rebirth:?}"
+    );
+    nodes.birth("Site", "edge-9", 56.0);
+    eventually("the node takes writes again", || set_speed_checked(&p.url));
+
+    // A late will of the first connection, arriving after the new one said online, is
+    // answered by saying online again.
     let late_will = format!(r#"{{"online":false,"timestamp":{first_since}}}"#);
     let published = Command::new("mosquitto_pub")
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-r"])
