@@ -512,10 +512,16 @@ async fn run(
                 }
             }
         };
-        is_connected.store(false, Ordering::Release);
+        let was_connected = is_connected.swap(false, Ordering::AcqRel);
         match outcome {
             Ok(Stop::Shutdown) => return,
             Ok(Stop::Lost(reason)) => {
+                backoff = Duration::from_millis(200);
+                let _ = events.send(ClientEvent::Disconnected(reason)).await;
+            }
+            // A write that failed on an accepted connection: a loss the consumer must hear of
+            // (a Sparkplug host marks its nodes stale), however full its queue.
+            Err(reason) if was_connected => {
                 backoff = Duration::from_millis(200);
                 let _ = events.send(ClientEvent::Disconnected(reason)).await;
             }

@@ -60,7 +60,11 @@ pub(crate) fn check(config: &Config) -> Vec<(String, String)> {
                 problem("topics", format!("`{t}`: {e}"));
             }
             // Fabrik's own events on the ingest queue use that prefix.
-            if t.starts_with("$fabrik/") || t == "$fabrik" {
+            let proper = fabrik_connect::mqtt::topic::split_shared(t)
+                .ok()
+                .flatten()
+                .map_or(t.as_str(), |(_, filter)| filter);
+            if proper.starts_with("$fabrik/") || proper == "$fabrik" {
                 problem(
                     "topics",
                     format!("`{t}`: `$fabrik/` topics are Fabrik's own"),
@@ -232,6 +236,13 @@ async fn forward(
                     }
                 }
             }
+            // Only the bridge itself says this (below); a broker's message with that topic
+            // is nobody's.
+            ClientEvent::Message(m) if m.topic == fabrik_connect::ingest::CONNECTION_LOST_TOPIC => {
+                if let Some(done) = m.done {
+                    let _ = done.send(Ok(()));
+                }
+            }
             ClientEvent::Message(m) => {
                 let trace = message_trace::MessageTrace::start(
                     message_trace::Arrival {
@@ -290,9 +301,11 @@ mod tests {
 
     #[test]
     fn fabriks_own_topics_are_not_subscribed() {
-        let problems = check(&host_bridge(r#"["spBv1.0/#", "$fabrik/connection-lost"]"#));
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert_eq!(problems[0].0, "bridges[0].topics");
+        for own in ["$fabrik/connection-lost", "$share/g/$fabrik/#"] {
+            let problems = check(&host_bridge(&format!(r#"["spBv1.0/#", "{own}"]"#)));
+            assert_eq!(problems.len(), 1, "{own}: {problems:?}");
+            assert_eq!(problems[0].0, "bridges[0].topics");
+        }
     }
 
     #[test]

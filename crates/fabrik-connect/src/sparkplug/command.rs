@@ -931,6 +931,25 @@ mod tests {
         commands
     }
 
+    #[test]
+    fn where_each_node_came_from_is_kept_without_setpoints() {
+        // A host bridge marks its nodes stale when it loses its broker, setpoints or not.
+        let commands = SparkplugCommands::new(
+            plan(&config("[sparkplug]\n")).expect("valid"),
+            Arc::new(Mutex::new(SparkplugHost::new(Default::default()))),
+        );
+        commands.note_publisher("spBv1.0/Site/NBIRTH/edge-9", "bridge:plant", None);
+        commands.note_publisher("spBv1.0/Site/NBIRTH/edge-1", "mqtt", Some("edge-1"));
+        commands.note_publisher("spBv1.0/Site/NDATA/edge-2", "bridge:plant", None);
+        assert_eq!(
+            commands.nodes_from("bridge:plant"),
+            vec![("Site".to_owned(), "edge-9".to_owned())]
+        );
+        // A node born again elsewhere is no longer that bridge's.
+        commands.note_publisher("spBv1.0/Site/NBIRTH/edge-9", "mqtt", Some("edge-9"));
+        assert!(commands.nodes_from("bridge:plant").is_empty());
+    }
+
     #[tokio::test]
     async fn a_command_goes_back_the_way_the_node_came() {
         // Through a bridge that is not the nodes' host: refused, naming the setting.

@@ -1244,7 +1244,7 @@ mod tests {
         let gap = host.handle(&t("NDATA", None), &ndata(5, 1), 7).unwrap();
         assert!(gap.rebirth().is_some());
         let nodes = vec![(G.to_owned(), E.to_owned()), ("other".into(), "x".into())];
-        let step = host.connection_lost(&nodes, 5_000, "lost");
+        let step = host.connection_lost(&nodes, 100, "lost");
         assert_eq!(
             step.events,
             vec![Event::Offline("g/e/a".into()), Event::Offline("g/e".into())],
@@ -1257,16 +1257,17 @@ mod tests {
             .collect();
         assert_eq!(
             stale,
-            vec![("g/e/a", 5_993, "lost"), ("g/e", 5_993, "lost")],
+            vec![("g/e/a", 1_093, "lost"), ("g/e", 1_093, "lost")],
             "on the node's clock (its last message, stamped 1,000, arrived at 7), as a death"
         );
         assert!(!host.node(G, E).unwrap().is_online());
         assert!(
-            host.connection_lost(&nodes, 6_000, "lost").stale.is_empty(),
+            host.connection_lost(&nodes, 150, "lost").stale.is_empty(),
             "told once"
         );
-        // Back: its next report brings a rebirth request at once, the hold-off forgotten.
-        let after = host.handle(&t("NDATA", None), &ndata(6, 1), 5_010).unwrap();
+        // Back: its next report brings a rebirth request at once, within the hold-off of the
+        // request sent on the lost connection.
+        let after = host.handle(&t("NDATA", None), &ndata(6, 1), 200).unwrap();
         assert_rebirth(
             &after,
             RebirthReason::NotBorn {

@@ -397,6 +397,11 @@ qos = 0
         (false, third_since),
         "the offline STATE published before a deliberate disconnect"
     );
+    // The broker may write its log line a moment after the node heard the message.
+    eventually("Mosquitto logged the DISCONNECT", || {
+        std::fs::read_to_string(&log)
+            .is_ok_and(|l| l.contains("Received DISCONNECT from fabrik-bridge-site"))
+    });
     let log = std::fs::read_to_string(&log).expect("mosquitto's log");
     let from_host: Vec<&str> = log
         .lines()
