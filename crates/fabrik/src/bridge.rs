@@ -212,16 +212,26 @@ async fn forward(
     ingest: mpsc::Sender<RawMessage>,
 ) {
     let mut connected = false;
+    let name = source.strip_prefix("bridge:").unwrap_or(&source).to_owned();
+    let up = metrics::gauge!("fabrik_bridge_connected", "bridge" => name.clone());
+    let losses = metrics::counter!("fabrik_bridge_connections_lost_total", "bridge" => name);
+    up.set(0.0);
     while let Some(event) = events.recv().await {
         match event {
             ClientEvent::Connected => {
                 connected = true;
+                up.set(1.0);
                 tracing::info!(bridge = %source, "Bridge connected.");
             }
             ClientEvent::Disconnected(reason) => {
                 tracing::warn!(bridge = %source, reason, "Bridge disconnected; reconnecting.");
+                up.set(0.0);
                 // Failed attempts while away say so again; the loss is told once.
-                if std::mem::take(&mut connected) && sparkplug_host {
+                let lost = std::mem::take(&mut connected);
+                if lost {
+                    losses.increment(1);
+                }
+                if lost && sparkplug_host {
                     let lost = RawMessage {
                         source: source.clone(),
                         topic: Arc::from(fabrik_connect::ingest::CONNECTION_LOST_TOPIC),
@@ -268,6 +278,7 @@ async fn forward(
             }
         }
     }
+    up.set(0.0);
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use fabrik_connect::sparkplug::{DataType, Value, decode_payload};
 use crate::bridge::start_broker_with;
 use crate::mqtt::{eventually, http, query};
 use crate::sparkplug::payload;
-use crate::support::{Process, free_port};
+use crate::support::{Process, free_port, metric};
 
 const SPEED_ALIAS: u64 = 5;
 
@@ -116,6 +116,31 @@ impl EdgeNodes {
             state["online"].as_bool().expect("online"),
             state["timestamp"].as_u64().expect("timestamp"),
         )
+    }
+
+    /// `Site/edge-9` reports its speed: an NDATA with sequence number `seq`.
+    fn report_speed(&mut self, seq: u64, speed: f64) {
+        self.publish(
+            "spBv1.0/Site/NDATA/edge-9",
+            &payload(
+                seq,
+                &[(None, Some(SPEED_ALIAS), DataType::Double, Value::F64(speed))],
+            ),
+        );
+    }
+
+    /// Waits for the next command to `Site/edge-9`: a rebirth request.
+    fn expect_rebirth_request(&self) {
+        let rebirth = decode_payload(&self.next_on("spBv1.0/Site/NCMD/edge-9")).expect("an NCMD");
+        assert_eq!(
+            rebirth.metrics[0].name.as_deref(),
+            Some("Node Control/Rebirth"),
+            "{rebirth:?}"
+        );
+        assert_eq!(
+            rebirth.metrics[0].value,
+            Some(MetricValue::BooleanValue(true))
+        );
     }
 
     /// A node's birth: `bdSeq`, the rebirth control and `Line/Speed` (alias 5, a `Double`).
@@ -236,6 +261,11 @@ qos = 0
         online,
         "Fabrik's STATE says online once its bridge connected"
     );
+    let connected = r#"fabrik_bridge_connected{bridge="site"}"#;
+    let lost = r#"fabrik_bridge_connections_lost_total{bridge="site"}"#;
+    eventually("the bridge counts as connected", || {
+        metric(&p.url, connected) == Some(1.0)
+    });
 
     // The plain bridge subscribes in its own time: births are sent until both are held.
     eventually("Fabrik holds both births", || {
@@ -260,13 +290,7 @@ qos = 0
         Some(MetricValue::DoubleValue(55.0)),
         "{command:?}"
     );
-    nodes.publish(
-        "spBv1.0/Site/NDATA/edge-9",
-        &payload(
-            1,
-            &[(None, Some(SPEED_ALIAS), DataType::Double, Value::F64(55.0))],
-        ),
-    );
+    nodes.report_speed(1, 55.0);
     let (code, written) = answer
         .recv_timeout(Duration::from_secs(30))
         .expect("the write answered");
@@ -284,23 +308,8 @@ qos = 0
     );
 
     // A sequence gap: the rebirth request goes back through the host bridge.
-    nodes.publish(
-        "spBv1.0/Site/NDATA/edge-9",
-        &payload(
-            7,
-            &[(None, Some(SPEED_ALIAS), DataType::Double, Value::F64(56.0))],
-        ),
-    );
-    let rebirth = decode_payload(&nodes.next_on("spBv1.0/Site/NCMD/edge-9")).expect("an NCMD");
-    assert_eq!(
-        rebirth.metrics[0].name.as_deref(),
-        Some("Node Control/Rebirth"),
-        "{rebirth:?}"
-    );
-    assert_eq!(
-        rebirth.metrics[0].value,
-        Some(MetricValue::BooleanValue(true))
-    );
+    nodes.report_speed(7, 56.0);
+    nodes.expect_rebirth_request();
 
     // The broker goes away: what Fabrik knows of the node through it is stale, and writes
     // are refused.
@@ -332,6 +341,12 @@ qos = 0
             == 0,
         "a bridge that is not the host leaves its nodes as they were"
     );
+    assert_eq!(metric(&p.url, connected), Some(0.0));
+    assert_eq!(
+        metric(&p.url, lost),
+        Some(1.0),
+        "one loss, however many failed attempts"
+    );
     let (code, offline) = set_speed(&p.url, "Site/edge-9", 57.0);
     assert_eq!(code, 503, "{offline}");
     assert!(
@@ -349,19 +364,8 @@ qos = 0
     assert!(second_since > first_since, "{second_since} > {first_since}");
     // The node, which did not see it go, reports on: Fabrik asks it to rebirth, and after the
     // birth its metric can be set again.
-    nodes.publish(
-        "spBv1.0/Site/NDATA/edge-9",
-        &payload(
-            8,
-            &[(None, Some(SPEED_ALIAS), DataType::Double, Value::F64(56.0))],
-        ),
-    );
-    let rebirth = decode_payload(&nodes.next_on("spBv1.0/Site/NCMD/edge-9")).expect("an NCMD");
-    assert_eq!(
-        rebirth.metrics[0].name.as_deref(),
-        Some("Node Control/Rebirth"),
-        "{rebirth:?}"
-    );
+    nodes.report_speed(8, 56.0);
+    nodes.expect_rebirth_request();
     nodes.birth("Site", "edge-9", 56.0);
     eventually("the node takes writes again", || set_speed_checked(&p.url));
 
