@@ -25,6 +25,7 @@ fn parameter_text(name: &str) -> &'static str {
         "group" => "the Sparkplug group id",
         "edgeNode" => "the Sparkplug edge node id (the connecting device owns it)",
         "sparkplugDevice" => "a device behind the edge node",
+        "hostId" => "Fabrik's Sparkplug host id (`[sparkplug] host_id`, default `fabrik`)",
         "messageType" => {
             "NBIRTH, NDEATH, NDATA, NCMD for the node; DBIRTH, DDEATH, DDATA, DCMD for a device"
         }
@@ -164,6 +165,28 @@ pub(crate) fn document() -> String {
             ),
         );
     }
+    channels.insert(
+        "sparkplug-host-state".into(),
+        channel(
+            "spBv1.0/STATE/{hostId}",
+            "Fabrik's state as the edge nodes' Sparkplug primary host (QoS 1, retained), which \
+             nodes configured with a primary host wait for before they birth (decisions 0091, \
+             0093). Published on this endpoint, and on the broker of each `[[bridges]]` entry \
+             with `sparkplug_host = true`.",
+            "sparkplugState",
+            "device-endpoint",
+        ),
+    );
+    operations.insert(
+        "send-sparkplug-host-state".into(),
+        operation(
+            "send",
+            "sparkplug-host-state",
+            "Online at start (through a host bridge: on every connection, after its \
+             subscriptions); offline with the same timestamp before a deliberate stop; through \
+             a host bridge, offline is also its MQTT will.",
+        ),
+    );
     channels.insert(
         "alert-notifications".into(),
         channel(
@@ -309,6 +332,24 @@ pub(crate) fn document() -> String {
                         aliases, seq).",
                     "payload": { "type": "string", "format": "binary" },
                     "headers": trace_headers,
+                },
+                "sparkplugState": {
+                    "contentType": "application/json",
+                    "summary": "Sparkplug 3.0 host application STATE.",
+                    "payload": {
+                        "type": "object",
+                        "required": ["online", "timestamp"],
+                        "properties": {
+                            "online": { "type": "boolean" },
+                            "timestamp": {
+                                "type": "integer",
+                                "description": "when the connection it describes was made (ms \
+                                    since the Unix epoch): the same in its online and offline \
+                                    messages",
+                            },
+                        },
+                    },
+                    "examples": [{ "payload": { "online": true, "timestamp": 1_735_689_600_000_i64 } }],
                 },
                 "alertNotification": {
                     "contentType": "application/json",
