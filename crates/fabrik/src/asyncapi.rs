@@ -121,7 +121,8 @@ pub(crate) fn document() -> String {
             "spBv1.0/{group}/{messageType}/{edgeNode}",
             "Sparkplug B edge node messages (NBIRTH, NDEATH, NDATA in; NCMD out: a rebirth \
              request after a sequence gap, or an operator's write of a metric listed in \
-             `[[sparkplug.setpoints]]`). Births register devices and metric aliases.",
+             `[[sparkplug.setpoints]]`). Births register devices and metric aliases. The same \
+             topics on the broker of a `[[bridges]]` entry with `sparkplug_host = true`.",
             "sparkplugPayload",
             "device-endpoint",
         ),
@@ -183,8 +184,9 @@ pub(crate) fn document() -> String {
             "send",
             "sparkplug-host-state",
             "Online at start (through a host bridge: on every connection, after its \
-             subscriptions); offline with the same timestamp before a deliberate stop; through \
-             a host bridge, offline is also its MQTT will.",
+             subscriptions, and again when an earlier connection's will arrives late); offline \
+             with the same timestamp before a deliberate stop; through a host bridge, offline \
+             is also its MQTT will.",
         ),
     );
     channels.insert(
@@ -343,9 +345,9 @@ pub(crate) fn document() -> String {
                             "online": { "type": "boolean" },
                             "timestamp": {
                                 "type": "integer",
-                                "description": "when the connection it describes was made (ms \
-                                    since the Unix epoch): the same in its online and offline \
-                                    messages",
+                                "description": "when Fabrik's endpoint started, or the host \
+                                    bridge's connection was made (ms since the Unix epoch): the \
+                                    same in its online and offline messages",
                             },
                         },
                     },

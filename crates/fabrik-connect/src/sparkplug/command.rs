@@ -382,7 +382,7 @@ impl SparkplugCommands {
 
     /// Asks an edge node that came through `source` to rebirth: publishes `payload` (an NCMD)
     /// on `topic` there. False when nothing was queued: no way out to that source (a bridge
-    /// that is not the nodes' host), or it is not connected.
+    /// that is not the nodes' host), or it is not connected or its queue is full.
     pub fn request_rebirth(&self, source: &str, topic: &str, payload: Bytes) -> bool {
         let publish = self.publishers.lock().get(source).cloned();
         publish.is_some_and(|publish| {
