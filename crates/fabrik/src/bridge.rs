@@ -246,7 +246,7 @@ async fn forward(
                     }
                 }
             }
-            // Only the bridge itself says this (below); a broker's message with that topic
+            // Only the bridge itself says this (above); a broker's message with that topic
             // is nobody's.
             ClientEvent::Message(m) if m.topic == fabrik_connect::ingest::CONNECTION_LOST_TOPIC => {
                 if let Some(done) = m.done {
