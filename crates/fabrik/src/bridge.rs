@@ -227,11 +227,11 @@ async fn forward(
                 tracing::warn!(bridge = %source, reason, "Bridge disconnected; reconnecting.");
                 up.set(0.0);
                 // Failed attempts while away say so again; the loss is told once.
-                let lost = std::mem::take(&mut connected);
-                if lost {
+                let was_connected = std::mem::take(&mut connected);
+                if was_connected {
                     losses.increment(1);
                 }
-                if lost && sparkplug_host {
+                if was_connected && sparkplug_host {
                     let lost = RawMessage {
                         source: source.clone(),
                         topic: Arc::from(fabrik_connect::ingest::CONNECTION_LOST_TOPIC),

@@ -38,6 +38,19 @@ pub(crate) fn payload(
     })
 }
 
+/// Bytes as the lowercase hex the test's Python peers read (`bytes.fromhex`).
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of the hex the test's Python peers print (`bytes.hex()`).
+pub(crate) fn from_hex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
 /// Publishes `bytes` with `mosquitto_pub` (QoS 1), through a file of its own in `dir`.
 pub(crate) fn publish_bytes(
     addr: &str,
@@ -179,11 +192,7 @@ fn births_data_by_alias_and_a_sequence_gap_that_asks_for_a_rebirth() {
         .expect("an NCMD within 30 s")
         .expect("line");
     let _ = commands.wait();
-    let bytes: Vec<u8> = (0..line.trim().len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&line.trim()[i..i + 2], 16).expect("hex"))
-        .collect();
-    let ncmd = decode_payload(&bytes).expect("a Sparkplug payload");
+    let ncmd = decode_payload(&from_hex(line.trim())).expect("a Sparkplug payload");
     let rebirth = ncmd
         .metrics
         .iter()

@@ -20,7 +20,7 @@ use fabrik_connect::sparkplug::{DataType, Value, decode_payload};
 
 use crate::bridge::start_broker_with;
 use crate::mqtt::{eventually, http, query};
-use crate::sparkplug::payload;
+use crate::sparkplug::{from_hex, payload, to_hex};
 use crate::support::{Process, free_port, metric};
 
 const SPEED_ALIAS: u64 = 5;
@@ -73,11 +73,7 @@ impl EdgeNodes {
                 let ["msg", topic, hex] = parts.as_slice() else {
                     continue;
                 };
-                let bytes = (0..hex.len())
-                    .step_by(2)
-                    .filter_map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
-                    .collect();
-                if tx.send(((*topic).to_owned(), bytes)).is_err() {
+                if tx.send(((*topic).to_owned(), from_hex(hex))).is_err() {
                     return;
                 }
             }
@@ -90,8 +86,7 @@ impl EdgeNodes {
     }
 
     fn publish(&mut self, topic: &str, bytes: &[u8]) {
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        writeln!(self.stdin, "{topic} {hex}").expect("the nodes take a publish");
+        writeln!(self.stdin, "{topic} {}", to_hex(bytes)).expect("the nodes take a publish");
         self.stdin.flush().expect("flush");
     }
 

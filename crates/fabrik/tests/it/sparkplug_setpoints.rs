@@ -15,7 +15,7 @@ use fabrik_connect::sparkplug::proto::{MetricValue, Payload};
 use fabrik_connect::sparkplug::{DataType, Value, decode_payload};
 
 use crate::mqtt::{eventually, http, query};
-use crate::sparkplug::payload;
+use crate::sparkplug::{from_hex, payload, to_hex};
 use crate::support::Process;
 
 const SPEED_ALIAS: u64 = 10;
@@ -89,11 +89,7 @@ impl EdgeNode {
                 let ["cmd", topic, qos, retain, hex] = parts.as_slice() else {
                     continue;
                 };
-                let bytes: Vec<u8> = (0..hex.len())
-                    .step_by(2)
-                    .filter_map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
-                    .collect();
-                let Ok(command) = decode_payload(&bytes) else {
+                let Ok(command) = decode_payload(&from_hex(hex)) else {
                     continue;
                 };
                 commands.lock().expect("lock").push((
@@ -143,9 +139,8 @@ impl EdgeNode {
     fn sender(&self) -> impl Fn(&str, &[u8]) + Send + 'static {
         let stdin = self.stdin.clone();
         move |topic, bytes| {
-            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
             let mut stdin = stdin.lock().expect("lock");
-            writeln!(stdin, "{topic} {hex}").expect("the node takes a publish");
+            writeln!(stdin, "{topic} {}", to_hex(bytes)).expect("the node takes a publish");
             stdin.flush().expect("flush");
         }
     }
