@@ -50,7 +50,13 @@ pub struct Setpoint {
     pub min: Option<f64>,
     /// Highest value a write may set, in engineering units (numbers only).
     pub max: Option<f64>,
-    /// Engineering unit.
+    /// Where `min` and `max` come from: `configuration`; `device`, the range the device
+    /// declares for the point (an OPC UA node's `EURange`, decision 0094); or `configuration
+    /// and device`, the configured range narrowed to the declared one. `null` for switches and
+    /// for points whose range is not known yet.
+    pub range_from: Option<String>,
+    /// Engineering unit: the configuration's, else the one the device declares (an OPC UA
+    /// node's `EngineeringUnits`).
     pub unit: Option<String>,
 }
 

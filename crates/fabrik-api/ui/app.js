@@ -968,7 +968,8 @@ async function pageDevice(p, id) {
  * are listed from `_device_writes`. */
 function renderSetpoints(p, id, points) {
   const may = ['operator', 'admin'].includes(document.body.dataset.role);
-  const range = (s) => (s.min == null ? 'true or false' : `${s.min} to ${s.max}${s.unit ? ` ${s.unit}` : ''}`);
+  const from = { device: ' (declared by the device)', 'configuration and device': ' (narrowed by the device)' };
+  const range = (s) => (s.min == null ? 'true or false' : `${s.min} to ${s.max}${s.unit ? ` ${s.unit}` : ''}${from[s.range_from] ?? ''}`);
   // One form per point, its elements named by position (a signal's name is the device's, and
   // could be anything): Enter in a field sets that point and no other.
   $('#dev-setpoints').innerHTML = String(html`<section class="card" aria-labelledby="h-setpoints">

@@ -39,8 +39,8 @@ device = "pump-1-motor"                    # per-item device overrides the serve
 node_id = "ns=2;s=Pump1.PressureSetpoint"
 signal = "pressure_setpoint"
 writable = true                            # operators may set it (off by default)
-min = 2.0                                  # a numeric node needs the range writes may set
-max = 6.5
+min = 2.0                                  # the range writes may set; optional when the
+max = 6.5                                  # node declares an EURange (decision 0094)
 "#;
 
 /// Default publishing interval of the subscription.
@@ -141,7 +141,8 @@ pub struct ItemConfig {
     /// unless the configuration says so; the server's own access rights apply besides.
     #[serde(default)]
     pub writable: bool,
-    /// Lowest value a write may set (numeric nodes; with `max`).
+    /// Lowest value a write may set (numeric nodes; with `max`). A node that declares an
+    /// `EURange` needs none; with both, a write keeps to each (decision 0094).
     #[serde(default)]
     pub min: Option<f64>,
     /// Highest value a write may set (numeric nodes; with `min`).

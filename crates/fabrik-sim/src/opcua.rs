@@ -4,7 +4,9 @@
 //!
 //! Its speed set-point, `Line1.Filler.SpeedSetpoint` (bottles per minute), may be written by a
 //! client (Fabrik's setpoints, decision 0090); the line ramps to it and keeps it within
-//! 0..=900, as a drive keeps its speed in range.
+//! 0..=900, as a drive keeps its speed in range. It declares that range and its unit as an
+//! analog item does (`EURange`, `EngineeringUnits`), so the configuration needs no `min` and
+//! `max` for it (decision 0094).
 //!
 //! Faults: `drift` is a CO₂ leak (pressure sinks), `spike` a burst of rejects, `stuck` freezes
 //! the product temperature with status `UncertainLastUsableValue`, `malformed` reports it
@@ -18,13 +20,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use opcua::crypto::SecurityPolicy;
-use opcua::server::address_space::{AccessLevel, NodeType, Variable};
+use opcua::server::address_space::{AccessLevel, NodeType, Variable, VariableBuilder};
 use opcua::server::diagnostics::NamespaceMetadata;
 use opcua::server::node_manager::memory::{SimpleNodeManager, simple_node_manager};
 use opcua::server::{ANONYMOUS_USER_TOKEN_ID, ServerBuilder, ServerEndpoint};
 use opcua::types::{
-    DataEncoding, DataValue, DateTime, MessageSecurityMode, NodeId, NumericRange, StatusCode,
-    TimestampsToReturn, Variant,
+    DataEncoding, DataTypeId, DataValue, DateTime, EUInformation, ExtensionObject, LocalizedText,
+    MessageSecurityMode, NodeId, NumericRange, Range, StatusCode, TimestampsToReturn,
+    VariableTypeId, Variant,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -42,6 +45,8 @@ const DOWN_FOR: Duration = Duration::from_secs(20);
 const SETPOINT: &str = "SpeedSetpoint";
 /// The highest speed the line runs at, bottles per minute.
 const TOP_SPEED: f64 = 900.0;
+/// The set-point's unit, as its `EngineeringUnits` property names it.
+const SPEED_UNIT: &str = "bottles/min";
 
 /// (node name under `Line1.Filler.`, signal name).
 const SIGNALS: [(&str, &str); 7] = [
@@ -80,10 +85,43 @@ reconnect_max_ms = 5000
             "\n[[opcua.servers.items]]\nnode_id = \"ns=2;s=Line1.Filler.{node}\"\nsignal = \"{signal}\"\nsampling_interval_ms = 500\n"
         ));
     }
+    // No `min` and `max`: the node's EURange is the range (decision 0094).
     out.push_str(&format!(
-        "\n[[opcua.servers.items]]\nnode_id = \"ns=2;s=Line1.Filler.{SETPOINT}\"\nsignal = \"speed_setpoint\"\nsampling_interval_ms = 500\nwritable = true\nmin = 0.0\nmax = {TOP_SPEED:.1}\n"
+        "\n[[opcua.servers.items]]\nnode_id = \"ns=2;s=Line1.Filler.{SETPOINT}\"\nsignal = \"speed_setpoint\"\nsampling_interval_ms = 500\nwritable = true\n"
     ));
     out
+}
+
+/// The `EURange` and `EngineeringUnits` properties of the variable `name` (under
+/// `Line1.Filler.`), as OPC UA Part 8's
+/// `AnalogItemType` declares them (browse names in namespace 0).
+fn add_analog_properties(
+    space: &mut opcua::server::address_space::AddressSpace,
+    (ns, name): (u16, &str),
+    (low, high): (f64, f64),
+    unit: &str,
+) {
+    let variable = node_id(ns, name);
+    let property = |property: &str| node_id(ns, &format!("{name}.{property}"));
+    VariableBuilder::new(&property("EURange"), "EURange", "EURange")
+        .property_of(variable.clone())
+        .has_type_definition(VariableTypeId::PropertyType)
+        .data_type(DataTypeId::Range)
+        .value(ExtensionObject::from_message(Range { low, high }))
+        .insert(space);
+    VariableBuilder::new(
+        &property("EngineeringUnits"),
+        "EngineeringUnits",
+        "EngineeringUnits",
+    )
+    .property_of(variable.clone())
+    .has_type_definition(VariableTypeId::PropertyType)
+    .data_type(DataTypeId::EUInformation)
+    .value(ExtensionObject::from_message(EUInformation {
+        display_name: LocalizedText::new("", unit),
+        ..Default::default()
+    }))
+    .insert(space);
 }
 
 /// The filler's state.
@@ -378,6 +416,7 @@ async fn run_once(
         setpoint.set_access_level(AccessLevel::CURRENT_READ | AccessLevel::CURRENT_WRITE);
         setpoint.set_user_access_level(AccessLevel::CURRENT_READ | AccessLevel::CURRENT_WRITE);
         space.add_variables(vec![setpoint], &filler_folder);
+        add_analog_properties(&mut space, (ns, SETPOINT), (0.0, TOP_SPEED), SPEED_UNIT);
     }
     let subscriptions = handle.subscriptions().clone();
     let server_task = tokio::spawn(server.run_with(listener));
@@ -510,6 +549,7 @@ mod tests {
         let setpoint = &items[SIGNALS.len()];
         assert_eq!(setpoint["signal"].as_str(), Some("speed_setpoint"));
         assert_eq!(setpoint["writable"].as_bool(), Some(true));
-        assert_eq!(setpoint["max"].as_float(), Some(TOP_SPEED));
+        // The node declares its range (EURange): the configuration gives none.
+        assert!(setpoint.get("max").is_none() && setpoint.get("min").is_none());
     }
 }

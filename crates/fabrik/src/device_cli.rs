@@ -334,7 +334,18 @@ fn setpoints_table(points: &[serde_json::Value]) -> String {
     for p in points {
         let text = |key: &str| p[key].as_str().unwrap_or_default().to_owned();
         let range = match (p["min"].as_f64(), p["max"].as_f64()) {
-            (Some(min), Some(max)) => format!("{min}..={max} {}", text("unit")),
+            (Some(min), Some(max)) => {
+                // Decision 0094: say when the device's own declaration set or narrowed it.
+                let from = match p["range_from"].as_str() {
+                    Some("device") => " (declared by the device)",
+                    Some("configuration and device") => " (narrowed by the device)",
+                    _ => "",
+                };
+                format!("{min}..={max} {}{from}", text("unit"))
+            }
+            // An OPC UA node's type is the server's: a Boolean, or a number with no range
+            // known yet (a write reads the node and says which).
+            _ if p["data_type"] == "node" => "true/false, or a number without a range".to_owned(),
             _ => "true/false".to_owned(),
         };
         let _ = writeln!(

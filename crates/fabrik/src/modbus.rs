@@ -112,6 +112,7 @@ impl SetpointControl for ModbusSetpoints {
                 data_type: point.codec.data_type.to_string(),
                 min: point.min,
                 max: point.max,
+                range_from: point.min.map(|_| "configuration".into()),
                 unit: point.unit.as_deref().map(str::to_owned),
             })
             .collect()

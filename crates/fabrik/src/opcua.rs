@@ -127,15 +127,26 @@ impl SetpointControl for OpcUaSetpoints {
         self.0
             .items()
             .into_iter()
-            .map(|item| Setpoint {
-                device: item.device.to_string(),
-                signal: item.signal.to_string(),
-                protocol: "opcua".into(),
-                address: item.node_text,
-                data_type: "node".into(),
-                min: item.range.map(|(min, _)| min),
-                max: item.range.map(|(_, max)| max),
-                unit: None,
+            .map(|item| {
+                let range = item.write_range();
+                let declared = item.declared.as_ref();
+                let range_from = match (item.range, declared.and_then(|d| d.usable_range())) {
+                    (Some(_), Some(_)) => Some("configuration and device"),
+                    (Some(_), None) => Some("configuration"),
+                    (None, Some(_)) => Some("device"),
+                    (None, None) => None,
+                };
+                Setpoint {
+                    device: item.device.to_string(),
+                    signal: item.signal.to_string(),
+                    protocol: "opcua".into(),
+                    address: item.node_text,
+                    data_type: "node".into(),
+                    min: range.map(|(min, _)| min),
+                    max: range.map(|(_, max)| max),
+                    range_from: range_from.map(str::to_owned),
+                    unit: declared.and_then(|d| d.unit.clone()),
+                }
             })
             .collect()
     }

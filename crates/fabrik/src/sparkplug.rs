@@ -59,6 +59,7 @@ impl SetpointControl for SparkplugSetpoints {
                     data_type: declared.map_or_else(|| "birth".into(), |(dt, _)| format!("{dt:?}")),
                     min: point.range.map(|(min, _)| min),
                     max: point.range.map(|(_, max)| max),
+                    range_from: point.range.map(|_| "configuration".into()),
                     unit: point.unit.clone(),
                 }
             })

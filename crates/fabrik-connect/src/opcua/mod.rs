@@ -15,6 +15,7 @@
 /// The configuration shapes live in `fabrik-runtime`, which checks every config file.
 pub use fabrik_runtime::opcua as config;
 pub mod convert;
+pub mod declared;
 pub mod plan;
 pub mod runtime;
 pub mod session;

@@ -14,6 +14,9 @@
 //! - Before a session exists (server down at start, GetEndpoints failing, no matching
 //!   endpoint) the task retries with its own capped exponential backoff.
 //!
+//! On every (re)connect the task also reads what the writable items' nodes declare (their
+//! `EURange` and unit, decision 0094), so the list of setpoints shows it before a first write.
+//!
 //! Every outage (connect failure or lost connection) sends one Bad reading per item with the
 //! reason, once, so consumers know the values are stale; a refused monitored item (unknown
 //! node id, …) sends one Bad reading naming the node.
@@ -52,6 +55,7 @@ use tracing::{debug, info, warn};
 
 use super::config::OpcUaConfig;
 use super::convert::{self, now_ns};
+use super::declared::read_declared;
 use super::plan::{ItemPlan, ServerPlan, plan};
 use super::session::{ConnectSettings, build_client, open_session, sync_trust_dir};
 use super::write::{OpcUaWriter, ServerLink};
@@ -158,6 +162,8 @@ impl Buffer {
 
 /// Creates the subscription and its items; the per-item status codes, in item order.
 type SubscribeFuture = Pin<Box<dyn Future<Output = Result<Vec<StatusCode>, String>> + Send>>;
+/// Reads the writable nodes' declarations into the server's link.
+type DescribeFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 struct ServerTask {
     plan: Arc<ServerPlan>,
@@ -258,6 +264,7 @@ impl ServerTask {
         stream: &mut Pin<&mut S>,
     ) -> Result<(), Stop> {
         let mut subscribe: Option<SubscribeFuture> = None;
+        let mut describe: Option<DescribeFuture> = None;
         let mut subscribed = false;
         let mut retry_subscribe_at: Option<Instant> = None;
         // Publish watchdog: a healthy subscription answers at least every keep-alive count of
@@ -307,6 +314,7 @@ impl ServerTask {
                         }
                     }
                 }
+                () = poll_opt(&mut describe) => describe = None,
                 () = sleep_opt(retry_subscribe_at) => {
                     retry_subscribe_at = None;
                     if !subscribed && subscribe.is_none() {
@@ -341,6 +349,9 @@ impl ServerTask {
                         }
                         if !subscribed && subscribe.is_none() {
                             subscribe = Some(self.subscribe_future(session));
+                        }
+                        if describe.is_none() {
+                            describe = self.describe_future(session);
                         }
                         // async-opcua 0.19 starts a fresh publish loop after every reconnect
                         // that waits for a trigger newer than the one fired while the
@@ -418,6 +429,47 @@ impl ServerTask {
                 }
             }
         })
+    }
+
+    /// Reads what the writable items' nodes declare and keeps it in the link; `None` without
+    /// writable items. A failed read is logged and leaves what was known (a write reads again).
+    fn describe_future(&self, session: &Arc<Session>) -> Option<DescribeFuture> {
+        let writable: Vec<ItemPlan> = self
+            .plan
+            .items
+            .iter()
+            .filter(|item| item.writable)
+            .cloned()
+            .collect();
+        if writable.is_empty() {
+            return None;
+        }
+        let session = Arc::clone(session);
+        let link = Arc::clone(&self.link);
+        let server = Arc::clone(&self.plan.id);
+        let timeout = self.plan.request_timeout;
+        Some(Box::pin(async move {
+            let nodes: Vec<_> = writable.iter().map(|item| item.node_id.clone()).collect();
+            let declared = match read_declared(&session, &nodes, timeout).await {
+                Ok(declared) => declared,
+                Err(status) => {
+                    debug!(server = %server, status = %status, "OPC UA writable nodes' EURange not read.");
+                    return;
+                }
+            };
+            for (item, declared) in writable.iter().zip(declared) {
+                match (&declared.eu_range, item.range) {
+                    (Some(Err(why)), _) => {
+                        warn!(server = %server, node = %item.node_text, reason = %why, "OPC UA node's EURange is not usable; writes keep to the configured range, if any.");
+                    }
+                    (Some(Ok((low, high))), Some((min, max))) if min > *high || max < *low => {
+                        warn!(server = %server, node = %item.node_text, min, max, low, high, "The configured range of a writable OPC UA item lies outside its node's EURange: every write to it is refused.");
+                    }
+                    _ => {}
+                }
+                link.remember(&item.node_id, declared);
+            }
+        }))
     }
 
     /// Sends one Bad reading per item the server refused.

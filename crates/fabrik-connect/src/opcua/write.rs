@@ -1,7 +1,8 @@
 //! Writing the items declared `writable` (decision 0090): the node's `DataType` (and value) is
-//! read first, and the operator's value is converted to that type (a server answers
-//! `BadTypeMismatch` to a Double written to an Int16 node), checked against the item's range
-//! and the type's; then written on the server's current session and read back.
+//! read first, with its declared `EURange` (decision 0094), and the operator's value is
+//! converted to that type (a server answers `BadTypeMismatch` to a Double written to an Int16
+//! node), checked against the item's range, the node's `EURange` and the type's; then written
+//! on the server's current session and read back.
 //!
 //! A write goes out on the session the server's task keeps connected, concurrently with its
 //! subscription (OPC UA sessions take concurrent requests; the task polls the session's event
@@ -20,21 +21,33 @@ use opcua::types::{
 use parking_lot::Mutex;
 
 use super::convert;
+use super::declared::{Declared, read_declared};
 use super::plan::ServerPlan;
 use super::{OpcUaError, Value};
 use crate::setpoint::{NumberType, SetValue, checked_number};
 
 /// What a server's task shares with the writer: its connected session (set and cleared by the
-/// task), and the lock that lets one write at a time use the session.
+/// task), the lock that lets one write at a time use the session, and what the server last
+/// said its writable nodes declare (read on connecting and at each write).
 #[derive(Default)]
 pub(crate) struct ServerLink {
     session: Mutex<Option<Arc<Session>>>,
     writing: tokio::sync::Mutex<()>,
+    declared: Mutex<HashMap<NodeId, Declared>>,
 }
 
 impl ServerLink {
     pub(crate) fn set_session(&self, session: Option<Arc<Session>>) {
         *self.session.lock() = session;
+    }
+
+    /// Keeps what `node` declares, for the list of writable points.
+    pub(crate) fn remember(&self, node: &NodeId, declared: Declared) {
+        self.declared.lock().insert(node.clone(), declared);
+    }
+
+    fn declared(&self, node: &NodeId) -> Option<Declared> {
+        self.declared.lock().get(node).cloned()
     }
 
     /// The session to write on now, or why there is none; nothing was sent.
@@ -66,8 +79,24 @@ pub struct WritableItem {
     pub node_id: NodeId,
     /// The node id as configured.
     pub node_text: String,
-    /// The range a write may set (numeric nodes).
+    /// The range a write may set (numeric nodes), as configured.
     pub range: Option<(f64, f64)>,
+    /// What the node declares (its `EURange` and unit), as last read: on connecting and at
+    /// each write; `None` until then.
+    pub declared: Option<Declared>,
+}
+
+impl WritableItem {
+    /// The range a write may set as far as known now: the configuration's, narrowed to the
+    /// node's `EURange` when both are given (the two may not overlap: then `min > max`), or
+    /// either alone.
+    pub fn write_range(&self) -> Option<(f64, f64)> {
+        let declared = self.declared.as_ref().and_then(Declared::usable_range);
+        match (self.range, declared) {
+            (Some((min, max)), Some((low, high))) => Some((min.max(low), max.min(high))),
+            (configured, declared) => configured.or(declared),
+        }
+    }
 }
 
 /// A server's link and its request timeout.
@@ -112,6 +141,7 @@ impl OpcUaWriter {
                         node_id: item.node_id.clone(),
                         node_text: item.node_text.clone(),
                         range: item.range,
+                        declared: None,
                     });
                 }
             }
@@ -130,9 +160,18 @@ impl OpcUaWriter {
         )
     }
 
-    /// Every writable item.
+    /// Every writable item, with what its node declared when last read.
     pub fn items(&self) -> Vec<WritableItem> {
-        self.items.to_vec()
+        self.items
+            .iter()
+            .map(|item| WritableItem {
+                declared: self
+                    .links
+                    .get(&item.server)
+                    .and_then(|(link, _)| link.declared(&item.node_id)),
+                ..item.clone()
+            })
+            .collect()
     }
 
     /// Whether `device` has items on one of the servers.
@@ -176,15 +215,26 @@ impl OpcUaWriter {
             signal: signal.to_owned(),
             reason,
         };
-        let template = node_type(&session, &item.node_id, *timeout)
-            .await
-            .map_err(|status| OpcUaError::ReadBefore {
-                server: Arc::clone(&item.server),
-                node_id: item.node_text.clone(),
-                status,
-            })?
+        let read_before = |status| OpcUaError::ReadBefore {
+            server: Arc::clone(&item.server),
+            node_id: item.node_text.clone(),
+            status,
+        };
+        let nodes = [item.node_id.clone()];
+        let (template, declared) = tokio::join!(
+            node_type(&session, &item.node_id, *timeout),
+            read_declared(&session, &nodes, *timeout)
+        );
+        let template = template.map_err(read_before)?.map_err(invalid)?;
+        let declared = match declared {
+            Ok(mut declared) => declared.pop().unwrap_or_default(),
+            // A server without the View services declares nothing this way.
+            Err(status) if status.starts_with("BadServiceUnsupported") => Declared::default(),
+            Err(status) => return Err(read_before(status)),
+        };
+        link.remember(&item.node_id, declared.clone());
+        let variant = to_variant(&template, value, item.range, declared.eu_range.as_ref())
             .map_err(invalid)?;
-        let variant = to_variant(&template, value, item.range).map_err(invalid)?;
         // The session may have been lost while the read was answered.
         let session = link.usable(&item.server)?;
         let write = WriteValue {
@@ -343,7 +393,7 @@ async fn read_value(
 }
 
 /// A service call within the request timeout (a second more than the session's own).
-async fn with_timeout<T>(
+pub(crate) async fn with_timeout<T>(
     timeout: Duration,
     call: impl Future<Output = Result<T, opcua::types::Error>>,
 ) -> Result<T, String> {
@@ -354,11 +404,14 @@ async fn with_timeout<T>(
     }
 }
 
-/// `value` as a variant of `current`'s type, within `range` and the type's own bounds.
+/// `value` as a variant of `current`'s type, within the configured `range`, the node's
+/// declared `eu_range` (either alone suffices; a number needs one of them) and the type's own
+/// bounds. An unusable `EURange` is passed over when the configuration gives a range.
 pub fn to_variant(
     current: &Variant,
     value: SetValue,
     range: Option<(f64, f64)>,
+    eu_range: Option<&Result<(f64, f64), String>>,
 ) -> Result<Variant, String> {
     let kind = type_name(current);
     let number = match (current, value) {
@@ -383,17 +436,37 @@ pub fn to_variant(
             ));
         }
     };
-    let Some(range) = range else {
-        if !number.is_finite() {
-            return Err(format!("{number} is not a finite number"));
+    if !number.is_finite() {
+        return Err(format!("{number} is not a finite number"));
+    }
+    let eu_range = match eu_range {
+        Some(Ok(declared)) => Some(*declared),
+        Some(Err(why)) if range.is_none() => {
+            return Err(format!(
+                "the node holds a number, its item declares no `min` and `max`, and {why}: \
+                 nothing is written to it until the configuration says what range operators \
+                 may set"
+            ));
         }
+        _ => None,
+    };
+    let Some(limits) = range.or(eu_range) else {
         return Err(
-            "the node holds a number, and its item declares no `min` and `max`: nothing is \
-             written to it until the configuration says what range operators may set"
+            "the node holds a number, its item declares no `min` and `max` and the node no \
+             `EURange`: nothing is written to it until the configuration says what range \
+             operators may set"
                 .into(),
         );
     };
-    let checked = |ty| checked_number(number, ty, range, "the node", &kind);
+    if let Some((low, high)) = eu_range
+        && !(low..=high).contains(&number)
+    {
+        return Err(format!(
+            "{number} is outside the node's EURange {low}..={high} (the range its server \
+             declares for it)"
+        ));
+    }
+    let checked = |ty| checked_number(number, ty, limits, "the node", &kind);
     // Each cast is exact: `checked_number` kept the value whole and inside the type.
     Ok(match current {
         Variant::SByte(_) => Variant::SByte(checked(NumberType::Int8)? as i8),
@@ -437,13 +510,13 @@ mod tests {
         ];
         for (current, value, want) in cases {
             assert_eq!(
-                to_variant(&current, SetValue::Number(value), range),
+                to_variant(&current, SetValue::Number(value), range, None),
                 Ok(want),
                 "{current:?}"
             );
         }
         assert_eq!(
-            to_variant(&Variant::Boolean(false), SetValue::Bool(true), None),
+            to_variant(&Variant::Boolean(false), SetValue::Bool(true), None, None),
             Ok(Variant::Boolean(true))
         );
     }
@@ -469,7 +542,7 @@ mod tests {
     fn values_that_the_node_cannot_hold_or_the_item_forbids_are_refused() {
         let range = Some((-1e6, 1e6));
         let refused = |current: Variant, value: SetValue, range| {
-            to_variant(&current, value, range).expect_err("refused")
+            to_variant(&current, value, range, None).expect_err("refused")
         };
         let e = refused(Variant::Int16(0), SetValue::Number(1.5), range);
         assert!(e.contains("not a whole number"), "{e}");
@@ -499,5 +572,86 @@ mod tests {
             Some((0.0, f64::MAX)),
         );
         assert!(e.contains("does not fit a Float"), "{e}");
+    }
+
+    #[test]
+    fn a_declared_eu_range_limits_writes_alone_or_with_the_configuration() {
+        let double = Variant::Double(0.0);
+        let set = |value: f64, range, eu: Option<Result<(f64, f64), String>>| {
+            to_variant(&double, SetValue::Number(value), range, eu.as_ref())
+        };
+        // The node's EURange alone is enough to write.
+        assert_eq!(
+            set(75.0, None, Some(Ok((0.0, 80.0)))),
+            Ok(Variant::Double(75.0))
+        );
+        let e = set(90.0, None, Some(Ok((0.0, 80.0)))).unwrap_err();
+        assert_eq!(
+            e,
+            "90 is outside the node's EURange 0..=80 (the range its server declares for it)"
+        );
+        // Both: a value must lie inside each, and each refusal names its own range.
+        let both = Some((10.0, 200.0));
+        assert_eq!(
+            set(50.0, both, Some(Ok((0.0, 100.0)))),
+            Ok(Variant::Double(50.0))
+        );
+        let e = set(150.0, both, Some(Ok((0.0, 100.0)))).unwrap_err();
+        assert!(e.contains("outside the node's EURange 0..=100"), "{e}");
+        let e = set(5.0, both, Some(Ok((0.0, 100.0)))).unwrap_err();
+        assert_eq!(e, "5 is outside the point's range 10..=200");
+        // An EURange that is not a usable range: passed over when the configuration gives one,
+        // named when it would have been the only one.
+        let broken = || Some(Err("its EURange's low 50 is above its high 10".to_owned()));
+        assert_eq!(set(150.0, both, broken()), Ok(Variant::Double(150.0)));
+        let e = set(20.0, None, broken()).unwrap_err();
+        assert!(
+            e.contains(
+                "declares no `min` and `max`, and its EURange's low 50 is above its high 10"
+            ),
+            "{e}"
+        );
+        let e = set(20.0, None, None).unwrap_err();
+        assert!(e.contains("the node no `EURange`"), "{e}");
+        let e = set(f64::NAN, None, Some(Ok((0.0, 80.0)))).unwrap_err();
+        assert!(e.contains("not a finite number"), "{e}");
+        // The type's own bounds still hold inside a declared range.
+        let e = to_variant(
+            &Variant::Byte(0),
+            SetValue::Number(300.0),
+            None,
+            Some(&Ok((0.0, 1000.0))),
+        )
+        .unwrap_err();
+        assert!(e.contains("does not fit a Byte"), "{e}");
+    }
+
+    #[test]
+    fn the_listed_range_is_the_configured_one_narrowed_to_the_declared_one() {
+        let item = |range, eu_range| WritableItem {
+            server: "s".into(),
+            device: "d".into(),
+            signal: "x".into(),
+            node_id: NodeId::new(2, "X"),
+            node_text: "ns=2;s=X".into(),
+            range,
+            declared: Some(Declared {
+                eu_range,
+                unit: None,
+            }),
+        };
+        assert_eq!(
+            item(Some((10.0, 200.0)), Some(Ok((0.0, 100.0)))).write_range(),
+            Some((10.0, 100.0))
+        );
+        assert_eq!(
+            item(None, Some(Ok((0.0, 100.0)))).write_range(),
+            Some((0.0, 100.0))
+        );
+        assert_eq!(
+            item(Some((1.0, 2.0)), Some(Err("broken".into()))).write_range(),
+            Some((1.0, 2.0))
+        );
+        assert_eq!(item(None, None).write_range(), None);
     }
 }

@@ -957,3 +957,125 @@ async fn writable_items_are_written_in_the_nodes_type_and_read_back() {
     );
     run.stop().await;
 }
+
+/// Analog items declare their range (`EURange`) and unit: the writer reads them when the session
+/// connects (so the list of setpoints shows them) and again at each write, and keeps every
+/// write inside the declared range, alone or together with a configured one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_keep_inside_the_eu_range_their_nodes_declare() {
+    use fabrik_connect::opcua::OpcUaError;
+    use fabrik_connect::opcua::declared::Declared;
+    use fabrik_connect::setpoint::SetValue;
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let peer = plain_peer(dir.path(), false).await;
+    let mut toml_text = server_toml(
+        "plc",
+        &peer.endpoint(),
+        &dir.path().join("pki"),
+        "",
+        &[("ns=2;s=Pump1.Count", "count")],
+    );
+    for (node, signal, range) in [
+        ("ns=2;s=Pump1.Flow", "flow", ""),
+        ("ns=2;s=Pump1.Valve", "valve", "min = 10.0\nmax = 200.0\n"),
+        ("ns=2;s=Pump1.Odd", "odd", ""),
+        (
+            "ns=2;s=Pump1.Setpoint",
+            "setpoint",
+            "min = 2.0\nmax = 6.5\n",
+        ),
+    ] {
+        toml_text.push_str(&format!(
+            "[[servers.items]]\nnode_id = \"{node}\"\nsignal = \"{signal}\"\nwritable = true\n{range}"
+        ));
+    }
+    let mut run = Running::start(&toml_text);
+    let writer = run.client.writer();
+    run.wait_for(Duration::from_secs(20), |r| {
+        &*r.signal == "count" && r.quality == Quality::Good
+    })
+    .await
+    .expect("the session connects");
+
+    // Read on connecting, before any write.
+    let declared = |signal: &str| {
+        writer
+            .items()
+            .into_iter()
+            .find(|i| &*i.signal == signal)
+            .expect("a writable item")
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while declared("flow").declared.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the declarations are read on connecting"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let flow = declared("flow");
+    assert_eq!(
+        flow.declared,
+        Some(Declared {
+            eu_range: Some(Ok((0.0, 80.0))),
+            unit: Some("l/min".into()),
+        })
+    );
+    assert_eq!(flow.write_range(), Some((0.0, 80.0)));
+    assert_eq!(declared("valve").write_range(), Some((10.0, 100.0)));
+    let odd = declared("odd").declared.expect("read");
+    assert_eq!(
+        odd.eu_range,
+        Some(Err("its EURange's low 50 is above its high 10".to_owned()))
+    );
+    // A plain variable declares nothing: its configured range alone.
+    let setpoint = declared("setpoint");
+    assert_eq!(setpoint.declared, Some(Declared::default()));
+    assert_eq!(setpoint.write_range(), Some((2.0, 6.5)));
+
+    // No range configured: the node's EURange is the range a write may set.
+    let written = writer
+        .write("plc-dev", "flow", SetValue::Number(75.0))
+        .await
+        .expect("a value inside the EURange is written");
+    assert_eq!(
+        (written.read_back, written.confirmed),
+        (Ok(Value::F64(75.0)), true)
+    );
+    let written = writer
+        .write("plc-dev", "valve", SetValue::Number(60.0))
+        .await
+        .expect("a value inside both ranges is written");
+    assert!(written.confirmed, "{written:?}");
+    for (signal, value, says) in [
+        (
+            "flow",
+            90.0,
+            "90 is outside the node's EURange 0..=80 (the range its server declares for it)",
+        ),
+        ("valve", 150.0, "outside the node's EURange 0..=100"),
+        ("valve", 5.0, "5 is outside the point's range 10..=200"),
+        (
+            "odd",
+            20.0,
+            "declares no `min` and `max`, and its EURange's low 50 is above its high 10",
+        ),
+    ] {
+        let e = writer
+            .write("plc-dev", signal, SetValue::Number(value))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, OpcUaError::InvalidValue { .. }) && e.to_string().contains(says),
+            "{signal} = {value}: {e}"
+        );
+    }
+    // The accepted write is the node's value, as the subscription reports.
+    run.wait_for(Duration::from_secs(10), |r| {
+        &*r.signal == "flow" && r.value == Some(Value::F64(75.0))
+    })
+    .await
+    .expect("the written flow is reported");
+    run.stop().await;
+}

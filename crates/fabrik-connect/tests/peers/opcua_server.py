@@ -23,6 +23,13 @@ and, for the write tests, variables that keep what a client writes:
     ns=2;s=Pump1.Fresh     Double   writable, no value yet (BadWaitingForInitialData): only
                                     its DataType says what it holds
 
+and analog items that declare their range and unit (OPC UA Part 8's `EURange` and
+`EngineeringUnits` properties):
+
+    ns=2;s=Pump1.Flow      Double   40.0, writable, EURange 0..80, unit l/min
+    ns=2;s=Pump1.Valve     Double   50.0, writable, EURange 0..100, unit %
+    ns=2;s=Pump1.Odd       Double   20.0, writable, EURange 50..10 (low above high: unusable)
+
 Security: `--security` is a comma list of none, sign, encrypt (Basic256Sha256 Sign /
 SignAndEncrypt). With sign or encrypt the server certificate and key are read from
 `--cert-dir` (server_cert.der, server_key.pem) and generated there first if absent, with the
@@ -176,6 +183,29 @@ async def main() -> None:
     await fresh.write_value(
         ua.DataValue(StatusCode=ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData))
     )
+
+    async def analog(name: str, value: float, low: float, high: float, unit):
+        node = await var(name, value, ua.VariantType.Double)
+        await node.set_writable()
+        await node.add_property(
+            ua.NodeId(f"Pump1.{name}.EURange", idx),
+            ua.QualifiedName("EURange", 0),
+            ua.Range(Low=low, High=high),
+            ua.VariantType.ExtensionObject,
+            ua.NodeId(ua.ObjectIds.Range),
+        )
+        if unit is not None:
+            await node.add_property(
+                ua.NodeId(f"Pump1.{name}.EngineeringUnits", idx),
+                ua.QualifiedName("EngineeringUnits", 0),
+                ua.EUInformation(DisplayName=ua.LocalizedText(unit)),
+                ua.VariantType.ExtensionObject,
+                ua.NodeId(ua.ObjectIds.EUInformation),
+            )
+
+    await analog("Flow", 40.0, 0.0, 80.0, "l/min")
+    await analog("Valve", 50.0, 0.0, 100.0, "%")
+    await analog("Odd", 20.0, 50.0, 10.0, None)
 
     async def clamp(event, _dispatcher):
         """Keeps Limit at most 500 before the write is answered, as a drive keeps its limit."""

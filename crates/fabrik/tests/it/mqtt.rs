@@ -610,7 +610,8 @@ fn the_demo_plant_publishes_through_the_endpoint_within_seconds() {
         rows.first().is_some_and(|r| r["setpoint"] == 8.5)
     });
     // The filler line's speed set-point over OPC UA, through the same command; Fabrik refuses
-    // what the item's range does not allow.
+    // what the node's declared EURange does not allow (the demo configures no range for it,
+    // decision 0094).
     let (ok, out) = crate::support::client_command(
         &p.url,
         &["device", "set", "line-01", "speed_setpoint", "450"],
@@ -622,12 +623,17 @@ fn the_demo_plant_publishes_through_the_endpoint_within_seconds() {
         &["device", "set", "line-01", "speed_setpoint", "1000"],
     );
     assert!(
-        !ok && out.contains("outside the point's range 0..=900"),
+        !ok && out.contains("outside the node's EURange 0..=900"),
         "{out}"
     );
     let (ok, out) = crate::support::client_command(&p.url, &["device", "setpoints"]);
     assert!(ok, "{out}");
-    for listed in ["chiller-01", "line-01", "ns=2;s=Line1.Filler.SpeedSetpoint"] {
+    for listed in [
+        "chiller-01",
+        "line-01",
+        "ns=2;s=Line1.Filler.SpeedSetpoint",
+        "0..=900 bottles/min (declared by the device)",
+    ] {
         assert!(out.contains(listed), "{listed} not in:\n{out}");
     }
     // The subscription reports the node's new value, and the write is on record.

@@ -1,6 +1,7 @@
 //! The opcua module of a real `fabrik run` against a Python asyncua server: subscribed values
-//! are stored in the server's table with their quality, and a node whose status is Bad lands
-//! in `_point_errors` with the status.
+//! are stored in the server's table with their quality, a node whose status is Bad lands
+//! in `_point_errors` with the status, and a writable analog item with no configured range
+//! is listed and written within the `EURange` its node declares (decision 0094).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -65,6 +66,11 @@ signal = "running"
 [[opcua.servers.items]]
 node_id = "ns=2;s=Pump1.Broken"
 signal = "broken"
+
+[[opcua.servers.items]]
+node_id = "ns=2;s=Pump1.Flow"
+signal = "flow"
+writable = true
 "#,
             pki.display()
         ),
@@ -108,6 +114,35 @@ signal = "broken"
                 .and_then(|r| r["reason"].as_str())
                 .is_some_and(|r| r.contains("BadSensorFailure"))
     });
+    // The flow item declares no range: the node's EURange and unit are listed, read when the
+    // session connected, and limit what may be written.
+    eventually("the node's declared range is listed", || {
+        let (code, points) = http(&p.url, reqwest::Method::GET, "/api/v1/setpoints", None);
+        code == 200
+            && points.as_array().is_some_and(|points| {
+                points.iter().any(|point| {
+                    point["signal"] == "flow"
+                        && point["min"] == 0.0
+                        && point["max"] == 80.0
+                        && point["range_from"] == "device"
+                        && point["unit"] == "l/min"
+                })
+            })
+    });
+    let (ok, out) = crate::support::client_command(&p.url, &["device", "setpoints"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("0..=80 l/min (declared by the device)"),
+        "{out}"
+    );
+    let (ok, out) =
+        crate::support::client_command(&p.url, &["device", "set", "pump-1", "flow", "90"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("outside the node's EURange 0..=80"), "{out}");
+    let (ok, out) =
+        crate::support::client_command(&p.url, &["device", "set", "pump-1", "flow", "62.5"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("pump-1/flow = 62.5"), "{out}");
     let (status, _) = p.terminate();
     assert!(status.success());
     let _ = server.kill();
@@ -120,7 +155,7 @@ signal = "broken"
     assert_eq!(input["namespace"], format!("opc.tcp://127.0.0.1:{port}"));
     assert_eq!(input["name"], "pump-1");
     let signals = crate::support::names(&input["facets"]["schema"]["fields"]);
-    assert_eq!(signals, ["pressure", "running", "broken"]);
+    assert_eq!(signals, ["pressure", "running", "broken", "flow"]);
     let outputs = crate::support::names(&end["outputs"]);
     assert_eq!(outputs, ["_point_errors", "line"], "{end}");
 }
