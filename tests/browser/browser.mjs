@@ -342,6 +342,17 @@ async function main() {
     noErrors('setpoints');
   });
 
+  await step('device page: the filler\'s OPC UA set-point shows the range its node declares', async () => {
+    await go('#/devices/line-01');
+    // The demo configures no range for it: the node's EURange (decision 0094) is listed, with
+    // its unit, once the OPC UA session connected.
+    await page.waitForFunction(() => document.querySelector('#sp-points')?.textContent.includes('0 to 900 bottles/min (declared by the device)'), null, { timeout: 30000 });
+    const field = 'form.sp-point[data-signal="speed_setpoint"] [name="value"]';
+    assert(await page.getAttribute(field, 'type') === 'number', 'the set-point takes a number');
+    assert(await page.getAttribute(field, 'max') === '900', 'the browser keeps to the declared range');
+    noErrors('OPC UA setpoints');
+  });
+
   await step('device page: an edge node\'s Sparkplug set-point is set by command and reported back', async () => {
     await go('#/devices/edge-01');
     const field = 'form.sp-point[data-signal="Compressor/Pressure Setpoint"] [name="value"]';

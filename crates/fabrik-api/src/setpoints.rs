@@ -42,8 +42,9 @@ pub struct Setpoint {
     /// Where on the device: `holding 20..21`, `coil 0..1`, an OPC UA node id, a Sparkplug
     /// command topic with the metric's alias.
     pub address: String,
-    /// Its type as configured (`u16`, `f32`, `bool`, ...); for OPC UA, `node`: the node's own
-    /// type, read before each write; for Sparkplug, the type the node's birth declares
+    /// Its type as configured (`u16`, `f32`, `bool`, ...); for OPC UA, the node's `DataType`
+    /// as read when its server's session connected (`Double`, `Boolean`), or `node` until then
+    /// or for a custom type (each write reads the type again); for Sparkplug, the type the node's birth declares
     /// (`birth` until one is seen).
     pub data_type: String,
     /// Lowest value a write may set, in engineering units (numbers only).
@@ -51,9 +52,11 @@ pub struct Setpoint {
     /// Highest value a write may set, in engineering units (numbers only).
     pub max: Option<f64>,
     /// Where `min` and `max` come from: `configuration`; `device`, the range the device
-    /// declares for the point (an OPC UA node's `EURange`, decision 0094); or `configuration
-    /// and device`, the configured range narrowed to the declared one. `null` for switches and
-    /// for points whose range is not known yet.
+    /// declares for the point (an OPC UA node's `EURange`, decision 0094); `configuration
+    /// and device`, the configured range narrowed by the declared one; or `configuration
+    /// outside the device's`, a configured range the declared one does not overlap, so that
+    /// every write is refused. `null` for switches and for points whose range is not known
+    /// yet.
     pub range_from: Option<String>,
     /// Engineering unit: the configuration's, else the one the device declares (an OPC UA
     /// node's `EngineeringUnits`).

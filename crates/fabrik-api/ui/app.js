@@ -968,8 +968,16 @@ async function pageDevice(p, id) {
  * are listed from `_device_writes`. */
 function renderSetpoints(p, id, points) {
   const may = ['operator', 'admin'].includes(document.body.dataset.role);
-  const from = { device: ' (declared by the device)', 'configuration and device': ' (narrowed by the device)' };
-  const range = (s) => (s.min == null ? 'true or false' : `${s.min} to ${s.max}${s.unit ? ` ${s.unit}` : ''}${from[s.range_from] ?? ''}`);
+  const from = {
+    device: ' (declared by the device)',
+    'configuration and device': ' (narrowed by the device)',
+    "configuration outside the device's": " (outside the device's EURange: every write is refused)",
+  };
+  // An OPC UA node of a number type with no range known (none configured, no EURange) takes
+  // no writes; any other point without a range is a switch.
+  const unranged = (s) => s.min == null && s.protocol === 'opcua' && !['Boolean', 'node'].includes(s.data_type);
+  const range = (s) => (unranged(s) ? `a ${s.data_type} with no range: configure min and max to write it`
+    : s.min == null ? 'true or false' : `${s.min} to ${s.max}${s.unit ? ` ${s.unit}` : ''}${from[s.range_from] ?? ''}`);
   // One form per point, its elements named by position (a signal's name is the device's, and
   // could be anything): Enter in a field sets that point and no other.
   $('#dev-setpoints').innerHTML = String(html`<section class="card" aria-labelledby="h-setpoints">
@@ -977,10 +985,12 @@ function renderSetpoints(p, id, points) {
     <div class="stack" id="sp-points">
       ${points.map((s, i) => html`<form class="row sp-point" data-signal="${s.signal}" data-index="${i}">
         <label for="sp-value-${i}" class="mono">${s.device === id ? '' : html`<span class="muted">${s.device} · </span>`}${s.signal}</label>
-        ${s.min == null
+        ${unranged(s)
+          ? html`<input id="sp-value-${i}" name="value" type="number" disabled aria-describedby="sp-range-${i}">`
+          : s.min == null
           ? html`<select id="sp-value-${i}" name="value"><option value="true">true (on)</option><option value="false">false (off)</option></select>`
           : html`<input id="sp-value-${i}" name="value" type="number" step="any" min="${s.min}" max="${s.max}" placeholder="${s.min} to ${s.max}" aria-describedby="sp-range-${i}">`}
-        <button type="submit" class="small" ${may ? '' : raw('disabled')}>Set</button>
+        <button type="submit" class="small" ${may && !unranged(s) ? '' : raw('disabled')}>Set</button>
         <span class="muted" id="sp-range-${i}">${range(s)} · ${s.protocol} <span class="mono">${s.address}</span></span></form>`)}
       <label>Note <input id="sp-note" maxlength="500" placeholder="work order, reason (kept with the write)"></label>
     </div>

@@ -339,14 +339,21 @@ fn setpoints_table(points: &[serde_json::Value]) -> String {
                 let from = match p["range_from"].as_str() {
                     Some("device") => " (declared by the device)",
                     Some("configuration and device") => " (narrowed by the device)",
+                    Some("configuration outside the device's") => {
+                        " (outside the device's EURange: every write is refused)"
+                    }
                     _ => "",
                 };
                 format!("{min}..={max} {}{from}", text("unit"))
             }
-            // An OPC UA node's type is the server's: a Boolean, or a number with no range
-            // known yet (a write reads the node and says which).
-            _ if p["data_type"] == "node" => "true/false, or a number without a range".to_owned(),
-            _ => "true/false".to_owned(),
+            // An OPC UA node's type is the server's, known once its session connected.
+            _ => match (text("protocol").as_str(), text("data_type").as_str()) {
+                ("opcua", "node") => "true/false, or a number without a range".to_owned(),
+                ("opcua", number) if number != "Boolean" => {
+                    format!("no range: configure `min` and `max` to write this {number}")
+                }
+                _ => "true/false".to_owned(),
+            },
         };
         let _ = writeln!(
             out,

@@ -128,20 +128,19 @@ impl SetpointControl for OpcUaSetpoints {
             .items()
             .into_iter()
             .map(|item| {
-                let range = item.write_range();
+                let listed = item.write_range();
+                let range = listed.map(|(range, _)| range);
+                let range_from = listed.map(|(_, from)| from);
                 let declared = item.declared.as_ref();
-                let range_from = match (item.range, declared.and_then(|d| d.usable_range())) {
-                    (Some(_), Some(_)) => Some("configuration and device"),
-                    (Some(_), None) => Some("configuration"),
-                    (None, Some(_)) => Some("device"),
-                    (None, None) => None,
-                };
                 Setpoint {
                     device: item.device.to_string(),
                     signal: item.signal.to_string(),
                     protocol: "opcua".into(),
                     address: item.node_text,
-                    data_type: "node".into(),
+                    // The node's own type, once read on connecting.
+                    data_type: declared
+                        .and_then(|d| d.data_type.clone())
+                        .unwrap_or_else(|| "node".into()),
                     min: range.map(|(min, _)| min),
                     max: range.map(|(_, max)| max),
                     range_from: range_from.map(str::to_owned),

@@ -1,13 +1,14 @@
 //! What an OPC UA server declares about a writable node's values (decision 0094): the
 //! `EURange` and `EngineeringUnits` properties of an analog item (OPC UA Part 8,
-//! `AnalogItemType`), found by browse path and read in one request each.
+//! `AnalogItemType`), found by browse path, and the node's own `DataType`.
 
 use std::time::Duration;
 
 use opcua::client::Session;
 use opcua::types::{
-    AttributeId, BrowsePath, EUInformation, NodeId, QualifiedName, Range, ReadValueId,
-    ReferenceTypeId, RelativePath, RelativePathElement, TimestampsToReturn, Variant,
+    AttributeId, BrowsePath, BrowsePathResult, DataValue, EUInformation, NodeId, QualifiedName,
+    Range, ReadValueId, ReferenceTypeId, RelativePath, RelativePathElement, StatusCode,
+    TimestampsToReturn, Variant,
 };
 
 use super::convert;
@@ -16,12 +17,15 @@ use super::convert;
 const EU_RANGE: &str = "EURange";
 const ENGINEERING_UNITS: &str = "EngineeringUnits";
 
-/// A node's declared range and unit.
+/// A node's declared type, range and unit.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Declared {
+    /// The node's `DataType` attribute by name when it is a concrete Boolean or number type
+    /// (`Double`, `Boolean`, `Int16`); `None` for any other type or when it could not be read.
+    pub data_type: Option<String>,
     /// `EURange`, the range of the node's normal operation, as `(low, high)`; `Err` says why
-    /// the node has the property but it is not a usable range (unreadable, not a `Range`,
-    /// NaN, low above high). `None`: the node declares none.
+    /// the value the node declares is not a usable range (not a `Range`, NaN, low above
+    /// high). `None`: the node declares none.
     pub eu_range: Option<Result<(f64, f64), String>>,
     /// `EngineeringUnits`' display name (`°C`, `bottles/min`), when the node declares one.
     pub unit: Option<String>,
@@ -36,92 +40,137 @@ impl Declared {
     }
 }
 
-/// Nodes looked up per request: servers cap the operations of one request (Part 4's
-/// `MaxNodesPerTranslateBrowsePathsToNodeIds`, `MaxNodesPerRead`), often at a few hundred.
-const NODES_PER_REQUEST: usize = 100;
+/// Nodes looked up per request: two browse paths each, and servers cap the operations of one
+/// request (Part 4's `MaxNodesPerTranslateBrowsePathsToNodeIds`, `MaxNodesPerRead`), often at
+/// a few hundred.
+pub(crate) const NODES_PER_REQUEST: usize = 50;
 
-/// The declarations of `nodes`, in their order: per hundred nodes, one
-/// TranslateBrowsePathsToNodeIds for both properties of each, then one Read of the properties
-/// found. The error is the service's (a request failed or timed out); a node without the
-/// properties is `Declared::default()`.
+/// Why a node's declarations could not be read: nothing about its range is known, so a
+/// number is not written to it. `status` is the service's or the operation's.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct LookupFailed(pub(crate) String);
+
+/// The declarations of `nodes` (at most [`NODES_PER_REQUEST`]), in their order: one
+/// TranslateBrowsePathsToNodeIds for both properties of each, then one Read of each node's
+/// `DataType` and of the properties found. The outer error is the service's (the request
+/// failed, timed out, or answered the wrong number of results); the inner one a node's own: a
+/// browse path the server could not follow (anything but `BadNoMatch`, which means no such
+/// property), a property it names elsewhere, or one it would not read.
 pub(crate) async fn read_declared(
     session: &Session,
     nodes: &[NodeId],
     timeout: Duration,
-) -> Result<Vec<Declared>, String> {
-    let mut declared = Vec::with_capacity(nodes.len());
-    for chunk in nodes.chunks(NODES_PER_REQUEST) {
-        declared.extend(read_chunk(session, chunk, timeout).await?);
-    }
-    Ok(declared)
-}
-
-async fn read_chunk(
-    session: &Session,
-    nodes: &[NodeId],
-    timeout: Duration,
-) -> Result<Vec<Declared>, String> {
+) -> Result<Vec<Result<Declared, LookupFailed>>, StatusCode> {
     let paths: Vec<BrowsePath> = nodes
         .iter()
         .flat_map(|node| [EU_RANGE, ENGINEERING_UNITS].map(|name| property_path(node, name)))
         .collect();
     let found =
-        super::write::with_timeout(timeout, session.translate_browse_paths_to_node_ids(&paths))
+        super::write::call_within(timeout, session.translate_browse_paths_to_node_ids(&paths))
             .await?;
-    // Per path: the property's node id, when the server found exactly one on this server.
-    let targets: Vec<Option<NodeId>> = (0..paths.len())
-        .map(|i| {
-            let result = found.get(i)?;
-            if result.status_code.is_bad() {
-                return None;
-            }
-            let target = result.targets.as_ref()?.first()?;
-            let local = target.target_id.server_index == 0
-                && target.target_id.namespace_uri.is_null()
-                && target.remaining_path_index == u32::MAX;
-            local.then(|| target.target_id.node_id.clone())
-        })
-        .collect();
-    let reads: Vec<ReadValueId> = targets
-        .iter()
-        .flatten()
-        .map(|node_id| ReadValueId {
-            node_id: node_id.clone(),
-            attribute_id: AttributeId::Value as u32,
-            ..Default::default()
-        })
-        .collect();
-    let mut values = if reads.is_empty() {
-        Vec::new()
-    } else {
-        super::write::with_timeout(
-            timeout,
-            session.read(&reads, TimestampsToReturn::Neither, 0.0),
-        )
-        .await?
+    if found.len() != paths.len() {
+        return Err(StatusCode::BadUnexpectedError);
     }
-    .into_iter();
-    let mut read_next = |target: &Option<NodeId>| {
-        target.as_ref().map(|_| {
-            values.next().map_or_else(
-                || Err("the server's answer had no value for it".to_owned()),
-                |value| match value.status {
-                    Some(status) if status.is_bad() => Err(convert::status_text(status)),
-                    _ => Ok(value.value.unwrap_or(Variant::Empty)),
-                },
-            )
-        })
+    let targets: Vec<Result<Option<NodeId>, String>> = found.iter().map(property_target).collect();
+    let read = |node_id: &NodeId, attribute: AttributeId| ReadValueId {
+        node_id: node_id.clone(),
+        attribute_id: attribute as u32,
+        ..Default::default()
+    };
+    let reads: Vec<ReadValueId> = nodes
+        .iter()
+        .map(|node| read(node, AttributeId::DataType))
+        .chain(
+            targets
+                .iter()
+                .filter_map(|t| t.as_ref().ok().and_then(Option::as_ref))
+                .map(|property| read(property, AttributeId::Value)),
+        )
+        .collect();
+    let values = super::write::call_within(
+        timeout,
+        session.read(&reads, TimestampsToReturn::Neither, 0.0),
+    )
+    .await?;
+    if values.len() != reads.len() {
+        return Err(StatusCode::BadUnexpectedError);
+    }
+    let (types, properties) = values.split_at(nodes.len());
+    let mut properties = properties.iter();
+    // A property's value, `None` when the node has no such property.
+    let mut value_of = |target: &Result<Option<NodeId>, String>, name: &str| match target {
+        Err(why) => Err(LookupFailed(format!("its {name}: {why}"))),
+        Ok(None) => Ok(None),
+        Ok(Some(_)) => {
+            let value = properties
+                .next()
+                .ok_or_else(|| LookupFailed("the server's answer was short".to_owned()))?;
+            match value.status {
+                Some(status) if status.is_bad() => Err(LookupFailed(format!(
+                    "its {name} could not be read: {}",
+                    convert::status_text(status)
+                ))),
+                _ => Ok(Some(value.value.clone().unwrap_or(Variant::Empty))),
+            }
+        }
     };
     Ok(targets
-        .chunks(2)
-        .map(|pair| {
-            let eu_range = read_next(&pair[0]).map(|read| read.and_then(|v| range_of(&v)));
-            let unit = read_next(&pair[1])
-                .and_then(Result::ok)
-                .and_then(|v| unit_of(&v));
-            Declared { eu_range, unit }
+        .chunks_exact(2)
+        .zip(types)
+        .map(|(pair, data_type)| {
+            let eu_range = value_of(&pair[0], EU_RANGE);
+            let unit = value_of(&pair[1], ENGINEERING_UNITS);
+            Ok(Declared {
+                data_type: writable_type_name(data_type),
+                eu_range: eu_range?.map(|v| range_of(&v)),
+                unit: unit?.and_then(|v| unit_of(&v)),
+            })
         })
         .collect())
+}
+
+/// Where a browse path led: the property's node id, `None` when the node has no such property
+/// (`BadNoMatch`, or no target), or why it cannot be used.
+fn property_target(result: &BrowsePathResult) -> Result<Option<NodeId>, String> {
+    if result.status_code == StatusCode::BadNoMatch {
+        return Ok(None);
+    }
+    if result.status_code.is_bad() {
+        return Err(format!(
+            "the server could not look it up: {}",
+            convert::status_text(result.status_code)
+        ));
+    }
+    let targets = result.targets.as_deref().unwrap_or_default();
+    let local = targets.iter().find(|t| {
+        t.target_id.server_index == 0
+            && t.target_id.namespace_uri.is_null()
+            && t.remaining_path_index == u32::MAX
+    });
+    match (local, targets.is_empty()) {
+        (Some(target), _) => Ok(Some(target.target_id.node_id.clone())),
+        (None, true) => Ok(None),
+        (None, false) => Err(
+            "the server names it only on another server or by namespace URI, \
+                              which Fabrik does not follow"
+                .to_owned(),
+        ),
+    }
+}
+
+/// The name of a node's `DataType` when it is a concrete Boolean or number type, the types a
+/// write converts to (`Double`, `Boolean`); `None` for any other, abstract or custom type, or
+/// when it could not be read.
+fn writable_type_name(value: &DataValue) -> Option<String> {
+    if value.status.is_some_and(|status| status.is_bad()) {
+        return None;
+    }
+    match value.value.as_ref()? {
+        Variant::NodeId(id) => {
+            super::write::template_of(id).map(|template| super::write::type_name(&template))
+        }
+        _ => None,
+    }
 }
 
 /// `node`'s property `name`: one HasProperty step (or a subtype) to the standard browse name.
@@ -153,6 +202,9 @@ pub(crate) fn range_of(value: &Variant) -> Result<(f64, f64), String> {
                 .map_or_else(|| "no value".to_owned(), |t| format!("a {t:?}"))
         ));
     };
+    if object.is_null() {
+        return Err("its EURange holds no value".to_owned());
+    }
     let Some(range) = object.inner_as::<Range>() else {
         return Err("its EURange holds a structure that is not a Range".to_owned());
     };
@@ -168,6 +220,10 @@ pub(crate) fn range_of(value: &Variant) -> Result<(f64, f64), String> {
 
 /// An `EngineeringUnits` value's display name, when it has one.
 fn unit_of(value: &Variant) -> Option<String> {
+    let mut value = value;
+    while let Variant::Variant(inner) = value {
+        value = inner;
+    }
     let Variant::ExtensionObject(object) = value else {
         return None;
     };
@@ -220,6 +276,55 @@ mod tests {
         assert_eq!(unit_of(&unit("l/min")), Some("l/min".to_owned()));
         assert_eq!(unit_of(&unit("  ")), None);
         assert_eq!(unit_of(&Variant::Double(1.0)), None);
+    }
+
+    #[test]
+    fn only_the_types_a_write_converts_to_are_named() {
+        use opcua::types::DataTypeId;
+        let named = |id: NodeId| writable_type_name(&DataValue::value_only(Variant::from(id)));
+        assert_eq!(named(DataTypeId::Double.into()), Some("Double".to_owned()));
+        assert_eq!(
+            named(DataTypeId::Boolean.into()),
+            Some("Boolean".to_owned())
+        );
+        // Abstract and other types: the node's value decides at the write.
+        assert_eq!(named(DataTypeId::BaseDataType.into()), None);
+        assert_eq!(named(DataTypeId::Number.into()), None);
+        assert_eq!(named(DataTypeId::String.into()), None);
+        assert_eq!(named(NodeId::new(2, "Custom")), None);
+    }
+
+    #[test]
+    fn a_browse_path_says_no_property_only_with_bad_no_match_or_no_target() {
+        use opcua::types::{BrowsePathTarget, ExpandedNodeId};
+        let result = |status_code, targets: Option<Vec<BrowsePathTarget>>| BrowsePathResult {
+            status_code,
+            targets,
+        };
+        let target = |node: NodeId, remaining| BrowsePathTarget {
+            target_id: ExpandedNodeId::from(node),
+            remaining_path_index: remaining,
+        };
+        assert_eq!(
+            property_target(&result(StatusCode::BadNoMatch, None)),
+            Ok(None)
+        );
+        assert_eq!(property_target(&result(StatusCode::Good, None)), Ok(None));
+        let here = NodeId::new(2, "X.EURange");
+        assert_eq!(
+            property_target(&result(
+                StatusCode::Good,
+                Some(vec![target(here.clone(), u32::MAX)])
+            )),
+            Ok(Some(here.clone()))
+        );
+        // Any other failure is not "no property": the write cannot be judged.
+        let e = property_target(&result(StatusCode::BadUserAccessDenied, None)).unwrap_err();
+        assert!(e.contains("BadUserAccessDenied"), "{e}");
+        // A path the server did not follow to its end is not the property.
+        let e =
+            property_target(&result(StatusCode::Good, Some(vec![target(here, 0)]))).unwrap_err();
+        assert!(e.contains("another server"), "{e}");
     }
 
     #[test]

@@ -55,7 +55,7 @@ use tracing::{debug, info, warn};
 
 use super::config::OpcUaConfig;
 use super::convert::{self, now_ns};
-use super::declared::read_declared;
+use super::declared::{LookupFailed, NODES_PER_REQUEST, read_declared};
 use super::plan::{ItemPlan, ServerPlan, plan};
 use super::session::{ConnectSettings, build_client, open_session, sync_trust_dir};
 use super::write::{OpcUaWriter, ServerLink};
@@ -350,9 +350,8 @@ impl ServerTask {
                         if !subscribed && subscribe.is_none() {
                             subscribe = Some(self.subscribe_future(session));
                         }
-                        if describe.is_none() {
-                            describe = self.describe_future(session);
-                        }
+                        // A lookup still running from before the reconnect would fail: start over.
+                        describe = self.describe_future(session);
                         // async-opcua 0.19 starts a fresh publish loop after every reconnect
                         // that waits for a trigger newer than the one fired while the
                         // subscription was transferred or recreated, so without this nudge no
@@ -432,7 +431,8 @@ impl ServerTask {
     }
 
     /// Reads what the writable items' nodes declare and keeps it in the link; `None` without
-    /// writable items. A failed read is logged and leaves what was known (a write reads again).
+    /// writable items. A failed lookup is logged and leaves what was known for those nodes (a
+    /// write looks again); the other chunks are kept.
     fn describe_future(&self, session: &Arc<Session>) -> Option<DescribeFuture> {
         let writable: Vec<ItemPlan> = self
             .plan
@@ -449,25 +449,36 @@ impl ServerTask {
         let server = Arc::clone(&self.plan.id);
         let timeout = self.plan.request_timeout;
         Some(Box::pin(async move {
-            let nodes: Vec<_> = writable.iter().map(|item| item.node_id.clone()).collect();
-            let declared = match read_declared(&session, &nodes, timeout).await {
-                Ok(declared) => declared,
-                Err(status) => {
-                    debug!(server = %server, status = %status, "OPC UA writable nodes' EURange not read.");
-                    return;
-                }
-            };
-            for (item, declared) in writable.iter().zip(declared) {
-                match (&declared.eu_range, item.range) {
-                    (Some(Err(why)), _) => {
-                        warn!(server = %server, node = %item.node_text, reason = %why, "OPC UA node's EURange is not usable; writes keep to the configured range, if any.");
+            for chunk in writable.chunks(NODES_PER_REQUEST) {
+                let nodes: Vec<_> = chunk.iter().map(|item| item.node_id.clone()).collect();
+                let answers = match read_declared(&session, &nodes, timeout).await {
+                    Ok(answers) => answers,
+                    Err(status) => {
+                        warn!(server = %server, status = %convert::status_text(status), "OPC UA writable nodes' EURange not looked up; each write looks it up.");
+                        continue;
                     }
-                    (Some(Ok((low, high))), Some((min, max))) if min > *high || max < *low => {
-                        warn!(server = %server, node = %item.node_text, min, max, low, high, "The configured range of a writable OPC UA item lies outside its node's EURange: every write to it is refused.");
+                };
+                let mut known = Vec::with_capacity(chunk.len());
+                for (item, answer) in chunk.iter().zip(answers) {
+                    let declared = match answer {
+                        Ok(declared) => declared,
+                        Err(LookupFailed(why)) => {
+                            warn!(server = %server, node = %item.node_text, reason = %why, "OPC UA node's EURange not looked up; each write looks it up.");
+                            continue;
+                        }
+                    };
+                    match (&declared.eu_range, item.range) {
+                        (Some(Err(why)), _) => {
+                            warn!(server = %server, node = %item.node_text, reason = %why, "OPC UA node's EURange is not usable; writes keep to the configured range, if any.");
+                        }
+                        (Some(Ok((low, high))), Some((min, max))) if min > *high || max < *low => {
+                            warn!(server = %server, node = %item.node_text, min, max, low, high, "The configured range of a writable OPC UA item lies outside its node's EURange: every write to it is refused.");
+                        }
+                        _ => {}
                     }
-                    _ => {}
+                    known.push((item.node_id.clone(), declared));
                 }
-                link.remember(&item.node_id, declared);
+                link.remember(known);
             }
         }))
     }

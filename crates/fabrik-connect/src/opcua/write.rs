@@ -21,7 +21,7 @@ use opcua::types::{
 use parking_lot::Mutex;
 
 use super::convert;
-use super::declared::{Declared, read_declared};
+use super::declared::{Declared, LookupFailed, read_declared};
 use super::plan::ServerPlan;
 use super::{OpcUaError, Value};
 use crate::setpoint::{NumberType, SetValue, checked_number};
@@ -41,9 +41,10 @@ impl ServerLink {
         *self.session.lock() = session;
     }
 
-    /// Keeps what `node` declares, for the list of writable points.
-    pub(crate) fn remember(&self, node: &NodeId, declared: Declared) {
-        self.declared.lock().insert(node.clone(), declared);
+    /// Keeps what nodes declare, for the list of writable points: all at once, so the list
+    /// shows one lookup's answers together.
+    pub(crate) fn remember(&self, declared: impl IntoIterator<Item = (NodeId, Declared)>) {
+        self.declared.lock().extend(declared);
     }
 
     fn declared(&self, node: &NodeId) -> Option<Declared> {
@@ -87,14 +88,23 @@ pub struct WritableItem {
 }
 
 impl WritableItem {
-    /// The range a write may set as far as known now: the configuration's, narrowed to the
-    /// node's `EURange` when both are given (the two may not overlap: then `min > max`), or
-    /// either alone.
-    pub fn write_range(&self) -> Option<(f64, f64)> {
+    /// The range a write may set as far as known now, and where it comes from (decision
+    /// 0094): `configuration`; `device`, the node's `EURange`; `configuration and device`, the
+    /// configured range narrowed by the declared one; `configuration outside the device's`,
+    /// a configured range the declared one does not overlap (every write is refused; the
+    /// configured range is given).
+    pub fn write_range(&self) -> Option<((f64, f64), &'static str)> {
         let declared = self.declared.as_ref().and_then(Declared::usable_range);
         match (self.range, declared) {
-            (Some((min, max)), Some((low, high))) => Some((min.max(low), max.min(high))),
-            (configured, declared) => configured.or(declared),
+            (Some((min, max)), Some((low, high))) if min > high || max < low => {
+                Some(((min, max), "configuration outside the device's"))
+            }
+            (Some((min, max)), Some((low, high))) if low > min || high < max => {
+                Some(((min.max(low), max.min(high)), "configuration and device"))
+            }
+            (Some(range), _) => Some((range, "configuration")),
+            (None, Some(range)) => Some((range, "device")),
+            (None, None) => None,
         }
     }
 }
@@ -227,12 +237,27 @@ impl OpcUaWriter {
         );
         let template = template.map_err(read_before)?.map_err(invalid)?;
         let declared = match declared {
-            Ok(mut declared) => declared.pop().unwrap_or_default(),
+            Ok(declared) => declared
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| Err(LookupFailed("the server's answer was empty".to_owned()))),
             // A server without the View services declares nothing this way.
-            Err(status) if status.starts_with("BadServiceUnsupported") => Declared::default(),
-            Err(status) => return Err(read_before(status)),
+            Err(status) if declares_nothing(status) => Ok(Declared::default()),
+            Err(status) => Err(LookupFailed(format!(
+                "looking up its EURange: {}",
+                convert::status_text(status)
+            ))),
         };
-        link.remember(&item.node_id, declared.clone());
+        let declared = match declared {
+            Ok(declared) => {
+                link.remember([(item.node_id.clone(), declared.clone())]);
+                declared
+            }
+            // A Boolean has no range: what the lookup could not tell does not concern it.
+            Err(_) if matches!(template, Variant::Boolean(_)) => Declared::default(),
+            // Unknown is not "none": the node may declare a narrower range than configured.
+            Err(LookupFailed(why)) => return Err(read_before(why)),
+        };
         let variant = to_variant(&template, value, item.range, declared.eu_range.as_ref())
             .map_err(invalid)?;
         // The session may have been lost while the read was answered.
@@ -339,8 +364,20 @@ async fn node_type(
     Ok(Ok(variant))
 }
 
+/// Whether a lookup's failure means the server offers no way to declare anything: it does not
+/// implement TranslateBrowsePathsToNodeIds (the View service set is optional for small
+/// servers).
+fn declares_nothing(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BadServiceUnsupported
+            | StatusCode::BadNotImplemented
+            | StatusCode::BadNotSupported
+    )
+}
+
 /// A value of `data_type` when it is a concrete Boolean or number type.
-fn template_of(data_type: &NodeId) -> Option<Variant> {
+pub(crate) fn template_of(data_type: &NodeId) -> Option<Variant> {
     use opcua::types::DataTypeId as T;
     Some(match data_type.as_data_type_id().ok()? {
         T::Boolean => Variant::Boolean(false),
@@ -393,14 +430,24 @@ async fn read_value(
 }
 
 /// A service call within the request timeout (a second more than the session's own).
-pub(crate) async fn with_timeout<T>(
+async fn with_timeout<T>(
     timeout: Duration,
     call: impl Future<Output = Result<T, opcua::types::Error>>,
 ) -> Result<T, String> {
+    call_within(timeout, call)
+        .await
+        .map_err(convert::status_text)
+}
+
+/// [`with_timeout`], its failure as the status code.
+pub(crate) async fn call_within<T>(
+    timeout: Duration,
+    call: impl Future<Output = Result<T, opcua::types::Error>>,
+) -> Result<T, StatusCode> {
     match tokio::time::timeout(timeout + Duration::from_secs(1), call).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(convert::status_text(e.status())),
-        Err(_) => Err(convert::status_text(StatusCode::BadTimeout)),
+        Ok(Err(e)) => Err(e.status()),
+        Err(_) => Err(StatusCode::BadTimeout),
     }
 }
 
@@ -483,7 +530,7 @@ pub fn to_variant(
 }
 
 /// The variant's OPC UA type name (`Int16`, `Double`, ...).
-fn type_name(variant: &Variant) -> String {
+pub(crate) fn type_name(variant: &Variant) -> String {
     variant
         .scalar_type_id()
         .map_or_else(|| "empty value".to_owned(), |t| format!("{t:?}"))
@@ -636,22 +683,41 @@ mod tests {
             node_text: "ns=2;s=X".into(),
             range,
             declared: Some(Declared {
+                data_type: Some("Double".into()),
                 eu_range,
                 unit: None,
             }),
         };
         assert_eq!(
             item(Some((10.0, 200.0)), Some(Ok((0.0, 100.0)))).write_range(),
-            Some((10.0, 100.0))
+            Some(((10.0, 100.0), "configuration and device"))
+        );
+        // Inside the declared range: nothing narrowed.
+        assert_eq!(
+            item(Some((2.0, 6.5)), Some(Ok((0.0, 100.0)))).write_range(),
+            Some(((2.0, 6.5), "configuration"))
+        );
+        // No overlap: the configured range, said to be outside the device's.
+        assert_eq!(
+            item(Some((1000.0, 2000.0)), Some(Ok((0.0, 900.0)))).write_range(),
+            Some(((1000.0, 2000.0), "configuration outside the device's"))
         );
         assert_eq!(
             item(None, Some(Ok((0.0, 100.0)))).write_range(),
-            Some((0.0, 100.0))
+            Some(((0.0, 100.0), "device"))
         );
         assert_eq!(
             item(Some((1.0, 2.0)), Some(Err("broken".into()))).write_range(),
-            Some((1.0, 2.0))
+            Some(((1.0, 2.0), "configuration"))
         );
         assert_eq!(item(None, None).write_range(), None);
+    }
+
+    #[test]
+    fn only_a_server_without_the_view_services_declares_nothing() {
+        assert!(declares_nothing(StatusCode::BadServiceUnsupported));
+        assert!(declares_nothing(StatusCode::BadNotImplemented));
+        assert!(!declares_nothing(StatusCode::BadTimeout));
+        assert!(!declares_nothing(StatusCode::BadUserAccessDenied));
     }
 }

@@ -985,6 +985,8 @@ async fn writes_keep_inside_the_eu_range_their_nodes_declare() {
             "setpoint",
             "min = 2.0\nmax = 6.5\n",
         ),
+        ("ns=2;s=Pump1.Enable", "enable", ""),
+        ("ns=2;s=Pump1.Hidden", "hidden", "min = 0.0\nmax = 10.0\n"),
     ] {
         toml_text.push_str(&format!(
             "[[servers.items]]\nnode_id = \"{node}\"\nsignal = \"{signal}\"\nwritable = true\n{range}"
@@ -998,7 +1000,7 @@ async fn writes_keep_inside_the_eu_range_their_nodes_declare() {
     .await
     .expect("the session connects");
 
-    // Read on connecting, before any write.
+    // Read on connecting, before any write: the node's type too.
     let declared = |signal: &str| {
         writer
             .items()
@@ -1018,21 +1020,37 @@ async fn writes_keep_inside_the_eu_range_their_nodes_declare() {
     assert_eq!(
         flow.declared,
         Some(Declared {
+            data_type: Some("Double".into()),
             eu_range: Some(Ok((0.0, 80.0))),
             unit: Some("l/min".into()),
         })
     );
-    assert_eq!(flow.write_range(), Some((0.0, 80.0)));
-    assert_eq!(declared("valve").write_range(), Some((10.0, 100.0)));
+    assert_eq!(flow.write_range(), Some(((0.0, 80.0), "device")));
+    assert_eq!(
+        declared("valve").write_range(),
+        Some(((10.0, 100.0), "configuration and device"))
+    );
+    assert_eq!(
+        declared("enable").declared.and_then(|d| d.data_type),
+        Some("Boolean".to_owned())
+    );
     let odd = declared("odd").declared.expect("read");
     assert_eq!(
         odd.eu_range,
         Some(Err("its EURange's low 50 is above its high 10".to_owned()))
     );
-    // A plain variable declares nothing: its configured range alone.
+    // A plain variable declares its type only: its configured range alone.
     let setpoint = declared("setpoint");
-    assert_eq!(setpoint.declared, Some(Declared::default()));
-    assert_eq!(setpoint.write_range(), Some((2.0, 6.5)));
+    assert_eq!(
+        setpoint.declared,
+        Some(Declared {
+            data_type: Some("Double".into()),
+            ..Declared::default()
+        })
+    );
+    assert_eq!(setpoint.write_range(), Some(((2.0, 6.5), "configuration")));
+    // A property the server would not read is not "no range": nothing is known to list.
+    assert_eq!(declared("hidden").declared, None);
 
     // No range configured: the node's EURange is the range a write may set.
     let written = writer
@@ -1043,17 +1061,27 @@ async fn writes_keep_inside_the_eu_range_their_nodes_declare() {
         (written.read_back, written.confirmed),
         (Ok(Value::F64(75.0)), true)
     );
+    // The controller narrowed Flow's EURange to 0..70 once written: each write reads it again.
+    let e = writer
+        .write("plc-dev", "flow", SetValue::Number(75.0))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "75 is outside the node's EURange 0..=70 (the range its server declares for it)"
+        ),
+        "{e}"
+    );
+    assert_eq!(
+        declared("flow").write_range(),
+        Some(((0.0, 70.0), "device"))
+    );
     let written = writer
         .write("plc-dev", "valve", SetValue::Number(60.0))
         .await
         .expect("a value inside both ranges is written");
     assert!(written.confirmed, "{written:?}");
     for (signal, value, says) in [
-        (
-            "flow",
-            90.0,
-            "90 is outside the node's EURange 0..=80 (the range its server declares for it)",
-        ),
         ("valve", 150.0, "outside the node's EURange 0..=100"),
         ("valve", 5.0, "5 is outside the point's range 10..=200"),
         (
@@ -1071,6 +1099,18 @@ async fn writes_keep_inside_the_eu_range_their_nodes_declare() {
             "{signal} = {value}: {e}"
         );
     }
+    // A range configured, but the node's EURange could not be read: it may be narrower, so
+    // nothing is written.
+    let e = writer
+        .write("plc-dev", "hidden", SetValue::Number(5.0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, OpcUaError::ReadBefore { .. })
+            && e.to_string()
+                .contains("its EURange could not be read: BadNotReadable"),
+        "{e}"
+    );
     // The accepted write is the node's value, as the subscription reports.
     run.wait_for(Duration::from_secs(10), |r| {
         &*r.signal == "flow" && r.value == Some(Value::F64(75.0))

@@ -26,9 +26,12 @@ and, for the write tests, variables that keep what a client writes:
 and analog items that declare their range and unit (OPC UA Part 8's `EURange` and
 `EngineeringUnits` properties):
 
-    ns=2;s=Pump1.Flow      Double   40.0, writable, EURange 0..80, unit l/min
+    ns=2;s=Pump1.Flow      Double   40.0, writable, EURange 0..80, unit l/min; once written,
+                                    its EURange narrows to 0..70 (a recipe changed on the
+                                    controller)
     ns=2;s=Pump1.Valve     Double   50.0, writable, EURange 0..100, unit %
     ns=2;s=Pump1.Odd       Double   20.0, writable, EURange 50..10 (low above high: unusable)
+    ns=2;s=Pump1.Hidden    Double   1.0, writable, its EURange read answers BadNotReadable
 
 Security: `--security` is a comma list of none, sign, encrypt (Basic256Sha256 Sign /
 SignAndEncrypt). With sign or encrypt the server certificate and key are read from
@@ -187,7 +190,7 @@ async def main() -> None:
     async def analog(name: str, value: float, low: float, high: float, unit):
         node = await var(name, value, ua.VariantType.Double)
         await node.set_writable()
-        await node.add_property(
+        eu_range = await node.add_property(
             ua.NodeId(f"Pump1.{name}.EURange", idx),
             ua.QualifiedName("EURange", 0),
             ua.Range(Low=low, High=high),
@@ -202,16 +205,23 @@ async def main() -> None:
                 ua.VariantType.ExtensionObject,
                 ua.NodeId(ua.ObjectIds.EUInformation),
             )
+        return eu_range
 
-    await analog("Flow", 40.0, 0.0, 80.0, "l/min")
+    flow_range = await analog("Flow", 40.0, 0.0, 80.0, "l/min")
+    flow_id = ua.NodeId("Pump1.Flow", idx)
     await analog("Valve", 50.0, 0.0, 100.0, "%")
     await analog("Odd", 20.0, 50.0, 10.0, None)
+    hidden_range = await analog("Hidden", 1.0, 0.0, 10.0, None)
+    await hidden_range.write_value(ua.DataValue(StatusCode=ua.StatusCode(ua.StatusCodes.BadNotReadable)))
 
     async def clamp(event, _dispatcher):
-        """Keeps Limit at most 500 before the write is answered, as a drive keeps its limit."""
+        """Keeps Limit at most 500 before the write is answered, as a drive keeps its limit;
+        narrows Flow's EURange once it is written."""
         for write in event.request_params.NodesToWrite:
             if write.NodeId == limit_id and write.Value.Value.Value > 500:
                 await limit.write_value(ua.Variant(500, ua.VariantType.UInt16))
+            if write.NodeId == flow_id:
+                await flow_range.write_value(ua.Variant(ua.Range(Low=0.0, High=70.0), ua.VariantType.ExtensionObject))
 
     server.subscribe_server_callback(CallbackType.PostWrite, clamp)
 

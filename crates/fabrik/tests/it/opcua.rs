@@ -122,6 +122,7 @@ writable = true
             && points.as_array().is_some_and(|points| {
                 points.iter().any(|point| {
                     point["signal"] == "flow"
+                        && point["data_type"] == "Double"
                         && point["min"] == 0.0
                         && point["max"] == 80.0
                         && point["range_from"] == "device"
