@@ -40,6 +40,7 @@ mod modules;
 mod nats_link;
 mod node_keys;
 mod opcua;
+mod opcua_cli;
 mod open_runs;
 mod openlineage;
 mod otlp_proto;
@@ -116,6 +117,9 @@ enum Command {
     Blob(blob_cli::BlobArgs),
     /// Register, list, show and remove devices of a running Fabrik.
     Device(device_cli::DeviceArgs),
+    /// Browse an OPC UA server's nodes (types, declared ranges and units) to configure its
+    /// items.
+    Opcua(opcua_cli::OpcUaArgs),
     /// Create, list and remove the users who sign in with a password, and set passwords.
     User(user_cli::UserArgs),
     /// Read the audit log (changes made through the API, sign-ins) and check its hash chain.
@@ -231,6 +235,7 @@ fn main() -> ExitCode {
         Command::Query(args) => client::block_on(client::query(args)),
         Command::Write(args) => client::block_on(client::write(args)),
         Command::Device(args) => client::block_on(device_cli::run(args)),
+        Command::Opcua(args) => client::block_on(opcua_cli::run(args)),
         Command::User(args) => client::block_on(user_cli::run(args)),
         Command::Audit(args) => client::block_on(audit_cli::run(args)),
         Command::Registry(args) => client::block_on(registry_cli::run(args)),

@@ -45,17 +45,25 @@ impl Declared {
 /// a few hundred.
 pub(crate) const NODES_PER_REQUEST: usize = 50;
 
-/// Why a node's declarations could not be read: nothing about its range is known, so a
-/// number is not written to it. `status` is the service's or the operation's.
+/// Why a node's `EURange` could not be known: it may declare a narrower range than the one
+/// configured, so a number is not written to it. `data_type` is what the lookup did learn.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct LookupFailed(pub(crate) String);
+pub(crate) struct LookupFailed {
+    /// What went wrong, naming the property.
+    pub(crate) why: String,
+    /// The node's type, as [`Declared::data_type`].
+    pub(crate) data_type: Option<String>,
+}
 
 /// The declarations of `nodes` (at most [`NODES_PER_REQUEST`]), in their order: one
 /// TranslateBrowsePathsToNodeIds for both properties of each, then one Read of each node's
-/// `DataType` and of the properties found. The outer error is the service's (the request
-/// failed, timed out, or answered the wrong number of results); the inner one a node's own: a
-/// browse path the server could not follow (anything but `BadNoMatch`, which means no such
-/// property), a property it names elsewhere, or one it would not read.
+/// `DataType` and of the properties found. A server that does not implement the translate
+/// (the View service set is optional for small servers) declares no properties. The outer
+/// error is the service's (a request failed, timed out, or answered the wrong number of
+/// results); the inner one a node's own, about its `EURange` only: a browse path the server
+/// could not follow (anything but `BadNoMatch`, which means no such property), a property it
+/// names elsewhere or twice, one it would not read or that holds no value. A unit that cannot
+/// be read is left out.
 pub(crate) async fn read_declared(
     session: &Session,
     nodes: &[NodeId],
@@ -65,13 +73,15 @@ pub(crate) async fn read_declared(
         .iter()
         .flat_map(|node| [EU_RANGE, ENGINEERING_UNITS].map(|name| property_path(node, name)))
         .collect();
-    let found =
+    let translated =
         super::write::call_within(timeout, session.translate_browse_paths_to_node_ids(&paths))
-            .await?;
-    if found.len() != paths.len() {
-        return Err(StatusCode::BadUnexpectedError);
-    }
-    let targets: Vec<Result<Option<NodeId>, String>> = found.iter().map(property_target).collect();
+            .await;
+    let targets: Vec<Result<Option<NodeId>, String>> = match translated {
+        Ok(found) if found.len() == paths.len() => found.iter().map(property_target).collect(),
+        Ok(_) => return Err(StatusCode::BadUnexpectedError),
+        Err(status) if declares_nothing(status) => vec![Ok(None); paths.len()],
+        Err(status) => return Err(status),
+    };
     let read = |node_id: &NodeId, attribute: AttributeId| ReadValueId {
         node_id: node_id.clone(),
         attribute_id: attribute as u32,
@@ -99,18 +109,19 @@ pub(crate) async fn read_declared(
     let mut properties = properties.iter();
     // A property's value, `None` when the node has no such property.
     let mut value_of = |target: &Result<Option<NodeId>, String>, name: &str| match target {
-        Err(why) => Err(LookupFailed(format!("its {name}: {why}"))),
+        Err(why) => Err(format!("its {name}: {why}")),
         Ok(None) => Ok(None),
         Ok(Some(_)) => {
             let value = properties
                 .next()
-                .ok_or_else(|| LookupFailed("the server's answer was short".to_owned()))?;
-            match value.status {
-                Some(status) if status.is_bad() => Err(LookupFailed(format!(
+                .ok_or_else(|| "the server's answer was short".to_owned())?;
+            match (value.status, &value.value) {
+                (Some(status), _) if status.is_bad() => Err(format!(
                     "its {name} could not be read: {}",
                     convert::status_text(status)
-                ))),
-                _ => Ok(Some(value.value.clone().unwrap_or(Variant::Empty))),
+                )),
+                (_, Some(variant)) if !holds_nothing(variant) => Ok(Some(variant.clone())),
+                _ => Err(format!("its {name} holds no value")),
             }
         }
     };
@@ -118,15 +129,45 @@ pub(crate) async fn read_declared(
         .chunks_exact(2)
         .zip(types)
         .map(|(pair, data_type)| {
+            let data_type = writable_type_name(data_type);
             let eu_range = value_of(&pair[0], EU_RANGE);
-            let unit = value_of(&pair[1], ENGINEERING_UNITS);
-            Ok(Declared {
-                data_type: writable_type_name(data_type),
-                eu_range: eu_range?.map(|v| range_of(&v)),
-                unit: unit?.and_then(|v| unit_of(&v)),
-            })
+            // The unit has no bearing on what may be written: one that cannot be read is
+            // left out, not a failed lookup.
+            let unit = value_of(&pair[1], ENGINEERING_UNITS)
+                .ok()
+                .flatten()
+                .and_then(|v| unit_of(&v));
+            match eu_range {
+                Ok(eu_range) => Ok(Declared {
+                    data_type,
+                    eu_range: eu_range.map(|v| range_of(&v)),
+                    unit,
+                }),
+                Err(why) => Err(LookupFailed { why, data_type }),
+            }
         })
         .collect())
+}
+
+/// Whether a failure of TranslateBrowsePathsToNodeIds means the server offers no way to
+/// declare anything: it does not implement the service.
+pub(crate) fn declares_nothing(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::BadServiceUnsupported
+            | StatusCode::BadNotImplemented
+            | StatusCode::BadNotSupported
+    )
+}
+
+/// An empty variant, or an extension object with no body: a property with nothing in it.
+fn holds_nothing(value: &Variant) -> bool {
+    match value {
+        Variant::Empty => true,
+        Variant::ExtensionObject(object) => object.is_null(),
+        Variant::Variant(inner) => holds_nothing(inner),
+        _ => false,
+    }
 }
 
 /// Where a browse path led: the property's node id, `None` when the node has no such property
@@ -142,19 +183,23 @@ fn property_target(result: &BrowsePathResult) -> Result<Option<NodeId>, String> 
         ));
     }
     let targets = result.targets.as_deref().unwrap_or_default();
-    let local = targets.iter().find(|t| {
-        t.target_id.server_index == 0
-            && t.target_id.namespace_uri.is_null()
-            && t.remaining_path_index == u32::MAX
-    });
-    match (local, targets.is_empty()) {
-        (Some(target), _) => Ok(Some(target.target_id.node_id.clone())),
-        (None, true) => Ok(None),
-        (None, false) => Err(
+    let local: Vec<_> = targets
+        .iter()
+        .filter(|t| {
+            t.target_id.server_index == 0
+                && t.target_id.namespace_uri.is_null()
+                && t.remaining_path_index == u32::MAX
+        })
+        .collect();
+    match (local.as_slice(), targets.is_empty()) {
+        ([target], _) => Ok(Some(target.target_id.node_id.clone())),
+        ([], true) => Ok(None),
+        ([], false) => Err(
             "the server names it only on another server or by namespace URI, \
-                              which Fabrik does not follow"
+                            which Fabrik does not follow"
                 .to_owned(),
         ),
+        (_, _) => Err("the node has more than one such property".to_owned()),
     }
 }
 
@@ -322,9 +367,33 @@ mod tests {
         let e = property_target(&result(StatusCode::BadUserAccessDenied, None)).unwrap_err();
         assert!(e.contains("BadUserAccessDenied"), "{e}");
         // A path the server did not follow to its end is not the property.
-        let e =
-            property_target(&result(StatusCode::Good, Some(vec![target(here, 0)]))).unwrap_err();
+        let e = property_target(&result(
+            StatusCode::Good,
+            Some(vec![target(here.clone(), 0)]),
+        ))
+        .unwrap_err();
         assert!(e.contains("another server"), "{e}");
+        let e = property_target(&result(
+            StatusCode::Good,
+            Some(vec![target(here.clone(), u32::MAX), target(here, u32::MAX)]),
+        ))
+        .unwrap_err();
+        assert!(e.contains("more than one"), "{e}");
+    }
+
+    #[test]
+    fn only_a_server_without_the_view_services_declares_nothing() {
+        assert!(declares_nothing(StatusCode::BadServiceUnsupported));
+        assert!(declares_nothing(StatusCode::BadNotImplemented));
+        assert!(!declares_nothing(StatusCode::BadTimeout));
+        assert!(!declares_nothing(StatusCode::BadUserAccessDenied));
+    }
+
+    #[test]
+    fn a_property_with_nothing_in_it_holds_nothing() {
+        assert!(holds_nothing(&Variant::Empty));
+        assert!(holds_nothing(&Variant::from(ExtensionObject::null())));
+        assert!(!holds_nothing(&range(0.0, 1.0)));
     }
 
     #[test]

@@ -55,7 +55,7 @@ use tracing::{debug, info, warn};
 
 use super::config::OpcUaConfig;
 use super::convert::{self, now_ns};
-use super::declared::{LookupFailed, NODES_PER_REQUEST, read_declared};
+use super::declared::{Declared, LookupFailed, NODES_PER_REQUEST, read_declared};
 use super::plan::{ItemPlan, ServerPlan, plan};
 use super::session::{ConnectSettings, build_client, open_session, sync_trust_dir};
 use super::write::{OpcUaWriter, ServerLink};
@@ -462,8 +462,18 @@ impl ServerTask {
                 for (item, answer) in chunk.iter().zip(answers) {
                     let declared = match answer {
                         Ok(declared) => declared,
-                        Err(LookupFailed(why)) => {
-                            warn!(server = %server, node = %item.node_text, reason = %why, "OPC UA node's EURange not looked up; each write looks it up.");
+                        // Listed with its type and the reason; a write looks again and, still
+                        // not knowing, refuses a number.
+                        Err(LookupFailed { why, data_type }) => {
+                            warn!(server = %server, node = %item.node_text, reason = %why, "OPC UA node's EURange not known; each write looks it up.");
+                            known.push((
+                                item.node_id.clone(),
+                                Declared {
+                                    data_type,
+                                    eu_range: Some(Err(why)),
+                                    unit: None,
+                                },
+                            ));
                             continue;
                         }
                     };

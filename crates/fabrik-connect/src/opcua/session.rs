@@ -30,7 +30,7 @@ use super::plan::ServerPlan;
 pub const APPLICATION_URI: &str = "urn:fabrik:opcua:client";
 
 /// One reference found by [`browse`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BrowsedNode {
     /// Target node id in text form (`ns=2;s=Pump1.Pressure`).
     pub node_id: String,
@@ -38,6 +38,9 @@ pub struct BrowsedNode {
     pub browse_name: String,
     /// Node class (`Object`, `Variable`, `Method`, …).
     pub node_class: String,
+    /// For a variable: its type, and the range and unit it declares (decision 0094), as far
+    /// as the server answered; `None` for other classes or when the lookup failed.
+    pub declared: Option<super::declared::Declared>,
 }
 
 /// Connection settings shared by the runtime and [`browse`].
@@ -378,15 +381,19 @@ pub async fn browse(
             for reference in result.references.unwrap_or_default() {
                 let ns = reference.browse_name.namespace_index;
                 let name = reference.browse_name.name.as_ref().to_owned();
-                found.push(BrowsedNode {
-                    node_id: reference.node_id.node_id.to_string(),
-                    browse_name: if ns == 0 {
-                        name
-                    } else {
-                        format!("{ns}:{name}")
+                found.push((
+                    reference.node_id.node_id.clone(),
+                    BrowsedNode {
+                        node_id: reference.node_id.node_id.to_string(),
+                        browse_name: if ns == 0 {
+                            name
+                        } else {
+                            format!("{ns}:{name}")
+                        },
+                        node_class: node_class_name(reference.node_class).to_owned(),
+                        declared: None,
                     },
-                    node_class: node_class_name(reference.node_class).to_owned(),
-                });
+                ));
             }
             if result.continuation_point.is_null_or_empty() {
                 break;
@@ -396,7 +403,22 @@ pub async fn browse(
                 .await
                 .map_err(|e| browse_error(e.to_string()))?;
         }
-        Ok(found)
+        // What each variable declares, so a commissioning engineer sees the type, range and
+        // unit to configure. Best effort: a server that will not say leaves them out.
+        let variables: Vec<usize> = (0..found.len())
+            .filter(|&i| found[i].1.node_class == "Variable")
+            .collect();
+        for chunk in variables.chunks(super::declared::NODES_PER_REQUEST) {
+            let nodes: Vec<NodeId> = chunk.iter().map(|&i| found[i].0.clone()).collect();
+            let Ok(answers) = super::declared::read_declared(&session, &nodes, timeout).await
+            else {
+                continue;
+            };
+            for (&i, answer) in chunk.iter().zip(answers) {
+                found[i].1.declared = answer.ok();
+            }
+        }
+        Ok(found.into_iter().map(|(_, node)| node).collect())
     };
     let outcome = match tokio::time::timeout(timeout * 4, work).await {
         Ok(outcome) => outcome,

@@ -236,14 +236,16 @@ impl OpcUaWriter {
             read_declared(&session, &nodes, *timeout)
         );
         let template = template.map_err(read_before)?.map_err(invalid)?;
+        let failed = |why: String| LookupFailed {
+            why,
+            data_type: None,
+        };
         let declared = match declared {
             Ok(declared) => declared
                 .into_iter()
                 .next()
-                .unwrap_or_else(|| Err(LookupFailed("the server's answer was empty".to_owned()))),
-            // A server without the View services declares nothing this way.
-            Err(status) if declares_nothing(status) => Ok(Declared::default()),
-            Err(status) => Err(LookupFailed(format!(
+                .unwrap_or_else(|| Err(failed("the server's answer was empty".to_owned()))),
+            Err(status) => Err(failed(format!(
                 "looking up its EURange: {}",
                 convert::status_text(status)
             ))),
@@ -256,7 +258,7 @@ impl OpcUaWriter {
             // A Boolean has no range: what the lookup could not tell does not concern it.
             Err(_) if matches!(template, Variant::Boolean(_)) => Declared::default(),
             // Unknown is not "none": the node may declare a narrower range than configured.
-            Err(LookupFailed(why)) => return Err(read_before(why)),
+            Err(LookupFailed { why, .. }) => return Err(read_before(why)),
         };
         let variant = to_variant(&template, value, item.range, declared.eu_range.as_ref())
             .map_err(invalid)?;
@@ -362,18 +364,6 @@ async fn node_type(
         variant = *inner;
     }
     Ok(Ok(variant))
-}
-
-/// Whether a lookup's failure means the server offers no way to declare anything: it does not
-/// implement TranslateBrowsePathsToNodeIds (the View service set is optional for small
-/// servers).
-fn declares_nothing(status: StatusCode) -> bool {
-    matches!(
-        status,
-        StatusCode::BadServiceUnsupported
-            | StatusCode::BadNotImplemented
-            | StatusCode::BadNotSupported
-    )
 }
 
 /// A value of `data_type` when it is a concrete Boolean or number type.
@@ -711,13 +701,5 @@ mod tests {
             Some(((1.0, 2.0), "configuration"))
         );
         assert_eq!(item(None, None).write_range(), None);
-    }
-
-    #[test]
-    fn only_a_server_without_the_view_services_declares_nothing() {
-        assert!(declares_nothing(StatusCode::BadServiceUnsupported));
-        assert!(declares_nothing(StatusCode::BadNotImplemented));
-        assert!(!declares_nothing(StatusCode::BadTimeout));
-        assert!(!declares_nothing(StatusCode::BadUserAccessDenied));
     }
 }

@@ -520,6 +520,27 @@ async fn browse_lists_the_pump_variables() {
         "{vars:#?}"
     );
     assert!(by_name.contains_key("2:Mode"), "{vars:#?}");
+    // Each variable's type, and what an analog item declares (decision 0094).
+    let flow = vars
+        .iter()
+        .find(|n| n.browse_name == "2:Flow")
+        .expect("Flow is browsed");
+    let declared = flow.declared.as_ref().expect("a variable's declarations");
+    assert_eq!(declared.data_type.as_deref(), Some("Double"));
+    assert_eq!(declared.eu_range, Some(Ok((0.0, 80.0))));
+    assert_eq!(declared.unit.as_deref(), Some("l/min"));
+    let running = vars
+        .iter()
+        .find(|n| n.browse_name == "2:Running")
+        .and_then(|n| n.declared.as_ref())
+        .expect("Running's declarations");
+    assert_eq!(running.data_type.as_deref(), Some("Boolean"));
+    assert_eq!(running.eu_range, None);
+    let pump = objects
+        .iter()
+        .find(|n| n.node_id == "ns=2;s=Pump1")
+        .expect("Pump1");
+    assert_eq!(pump.declared, None, "an object declares no range");
     let err = browse(
         "opc.tcp://127.0.0.1:1/none/",
         "i=85",
@@ -1049,8 +1070,13 @@ async fn writes_keep_inside_the_eu_range_their_nodes_declare() {
         })
     );
     assert_eq!(setpoint.write_range(), Some(((2.0, 6.5), "configuration")));
-    // A property the server would not read is not "no range": nothing is known to list.
-    assert_eq!(declared("hidden").declared, None);
+    // A property the server would not read is not "no range": listed as not known.
+    let hidden = declared("hidden").declared.expect("listed");
+    assert_eq!(hidden.data_type.as_deref(), Some("Double"));
+    assert!(
+        matches!(&hidden.eu_range, Some(Err(why)) if why.contains("its EURange could not be read: BadNotReadable")),
+        "{hidden:?}"
+    );
 
     // No range configured: the node's EURange is the range a write may set.
     let written = writer

@@ -1,7 +1,8 @@
 //! The opcua module of a real `fabrik run` against a Python asyncua server: subscribed values
 //! are stored in the server's table with their quality, a node whose status is Bad lands
-//! in `_point_errors` with the status, and a writable analog item with no configured range
-//! is listed and written within the `EURange` its node declares (decision 0094).
+//! in `_point_errors` with the status, a writable analog item with no configured range is
+//! listed and written within the `EURange` its node declares (decision 0094), and
+//! `fabrik opcua browse` shows what the server's variables declare.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -114,6 +115,34 @@ writable = true
                 .and_then(|r| r["reason"].as_str())
                 .is_some_and(|r| r.contains("BadSensorFailure"))
     });
+    // Commissioning: `fabrik opcua browse` shows what the server's variables declare.
+    let browsed = Command::new(crate::support::fabrik_bin())
+        .args([
+            "opcua",
+            "browse",
+            "--endpoint",
+            &format!("opc.tcp://127.0.0.1:{port}/fabrik/"),
+            "--node",
+            "ns=2;s=Pump1",
+            "--pki-dir",
+        ])
+        .arg(dir.path().join("browse-pki"))
+        .output()
+        .expect("fabrik opcua browse");
+    let text = String::from_utf8_lossy(&browsed.stdout);
+    assert!(
+        browsed.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&browsed.stderr)
+    );
+    let flow = text
+        .lines()
+        .find(|l| l.starts_with("ns=2;s=Pump1.Flow "))
+        .unwrap_or_else(|| panic!("Flow browsed:\n{text}"));
+    assert!(
+        flow.contains(" Double ") && flow.ends_with("EURange 0..=80 l/min"),
+        "{text}"
+    );
     // The flow item declares no range: the node's EURange and unit are listed, read when the
     // session connected, and limit what may be written.
     eventually("the node's declared range is listed", || {
