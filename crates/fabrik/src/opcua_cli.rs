@@ -7,6 +7,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
+use fabrik_connect::opcua::BrowseSecurity;
+use fabrik_connect::opcua::config::{SecurityMode, SecurityPolicyName, TrustMode};
+
+/// A setting by its name in the configuration file (`Basic256Sha256`, `trust_on_first_use`).
+fn named<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned()))
+        .map_err(|_| format!("`{text}` is not one of the names the configuration takes"))
+}
 
 /// `fabrik opcua ...`
 #[derive(Debug, Args)]
@@ -18,7 +26,8 @@ pub(crate) struct OpcUaArgs {
 #[derive(Debug, Subcommand)]
 enum OpcUaCommand {
     /// List the nodes under a node (Objects by default): node id, browse name, class, and for
-    /// variables their type, EURange and unit. Connects over the server's `None` endpoint.
+    /// variables their type, EURange and unit. Connects over the server's `None` endpoint
+    /// unless told otherwise.
     Browse {
         /// The server, e.g. opc.tcp://10.0.0.5:4840/ (the path must be one it advertises).
         #[arg(long)]
@@ -32,6 +41,28 @@ enum OpcUaCommand {
         /// Seconds each request may take.
         #[arg(long, default_value_t = 5)]
         timeout: u64,
+        /// The endpoint's security policy: None or Basic256Sha256.
+        #[arg(long, default_value = "None", value_parser = named::<SecurityPolicyName>)]
+        security_policy: SecurityPolicyName,
+        /// The endpoint's security mode: None, Sign or SignAndEncrypt.
+        #[arg(long, default_value = "None", value_parser = named::<SecurityMode>)]
+        security_mode: SecurityMode,
+        /// trust_list (the server's certificate must be in PKI_DIR/trusted/; an unknown one is
+        /// put in rejected/) or trust_on_first_use.
+        #[arg(long, default_value = "trust_list", value_parser = named::<TrustMode>)]
+        trust_server: TrustMode,
+        /// User name; the password is read from FABRIK_OPCUA_PASSWORD. Anonymous without.
+        #[arg(long)]
+        username: Option<String>,
+        /// The user's password (from the environment, not the command line, so it stays out
+        /// of the shell's history and the process list).
+        #[arg(
+            long = "password",
+            env = "FABRIK_OPCUA_PASSWORD",
+            hide_env_values = true,
+            hide = true
+        )]
+        password: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -45,13 +76,32 @@ pub(crate) async fn run(args: OpcUaArgs) -> anyhow::Result<()> {
             node,
             pki_dir,
             timeout,
+            security_policy,
+            security_mode,
+            trust_server,
+            username,
+            password,
             json,
         } => {
+            let user = match (username, password) {
+                (Some(name), Some(password)) => Some((name, password)),
+                (Some(_), None) => {
+                    anyhow::bail!("--username needs the password in FABRIK_OPCUA_PASSWORD")
+                }
+                (None, _) => None,
+            };
+            let security = BrowseSecurity {
+                policy: security_policy,
+                mode: security_mode,
+                trust: trust_server,
+                user,
+            };
             let nodes = fabrik_connect::opcua::browse(
                 &endpoint,
                 &node,
                 &pki_dir,
                 Duration::from_secs(timeout.max(1)),
+                &security,
             )
             .await?;
             if json {
@@ -120,6 +170,23 @@ mod tests {
     use fabrik_connect::opcua::declared::Declared;
 
     use super::*;
+
+    #[test]
+    fn security_settings_are_taken_by_their_configuration_names() {
+        assert_eq!(
+            named::<SecurityPolicyName>("Basic256Sha256"),
+            Ok(SecurityPolicyName::Basic256Sha256)
+        );
+        assert_eq!(
+            named::<SecurityMode>("SignAndEncrypt"),
+            Ok(SecurityMode::SignAndEncrypt)
+        );
+        assert_eq!(
+            named::<TrustMode>("trust_on_first_use"),
+            Ok(TrustMode::TrustOnFirstUse)
+        );
+        assert!(named::<SecurityMode>("Encrypt").is_err());
+    }
 
     #[test]
     fn a_variable_shows_its_type_range_and_unit() {

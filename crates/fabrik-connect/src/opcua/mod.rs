@@ -28,7 +28,7 @@ pub use config::{
 };
 pub use plan::{ItemPlan, ServerPlan, plan};
 pub use runtime::OpcUaClient;
-pub use session::{BrowsedNode, browse, trust_server_certificate};
+pub use session::{BrowseSecurity, BrowsedNode, browse, trust_server_certificate};
 pub use write::{OpcUaWriter, WritableItem, Written};
 
 /// Errors of the OPC UA connector. Runtime variants also become the `reason` of Bad readings.

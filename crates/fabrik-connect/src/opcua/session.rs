@@ -43,6 +43,21 @@ pub struct BrowsedNode {
     pub declared: Option<super::declared::Declared>,
 }
 
+/// How [`browse`] connects: the endpoint's security, whom to trust, and a user. The default is
+/// the server's `None` endpoint, anonymous, trusting only `pki_dir/trusted/` (which `None`
+/// does not consult).
+#[derive(Debug, Clone, Default)]
+pub struct BrowseSecurity {
+    /// The endpoint's security policy.
+    pub policy: SecurityPolicyName,
+    /// The endpoint's security mode.
+    pub mode: SecurityMode,
+    /// How the server's certificate is trusted.
+    pub trust: TrustMode,
+    /// User name and password; anonymous without.
+    pub user: Option<(String, String)>,
+}
+
 /// Connection settings shared by the runtime and [`browse`].
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectSettings {
@@ -317,16 +332,18 @@ pub(crate) fn security_mode(mode: SecurityMode) -> MessageSecurityMode {
 }
 
 /// Browses the forward hierarchical references of `start_node` (e.g. `i=85`, the Objects
-/// folder) on an unsecured endpoint with an anonymous session, following continuation
-/// points. Returns `(node_id, browse_name, node_class)` per reference.
+/// folder) on the endpoint `security` names, following continuation points; each variable
+/// found comes with its type and what it declares (decision 0094).
 ///
-/// The client's own key pair is created in `pki_dir` if missing (needed only for secured
-/// endpoints, which this helper does not use).
+/// The client's own key pair is created in `pki_dir` if missing (a secured endpoint needs it,
+/// and the server must accept its certificate); with [`TrustMode::TrustList`] the server's
+/// certificate must be in `pki_dir/trusted/`.
 pub async fn browse(
     endpoint: &str,
     start_node: &str,
     pki_dir: &Path,
     timeout: Duration,
+    security: &BrowseSecurity,
 ) -> Result<Vec<BrowsedNode>, OpcUaError> {
     let browse_error = |reason: String| OpcUaError::Browse {
         endpoint: endpoint.to_owned(),
@@ -338,11 +355,11 @@ pub async fn browse(
     let settings = ConnectSettings {
         label: Arc::from(endpoint),
         endpoint: endpoint.to_owned(),
-        policy: SecurityPolicyName::None,
-        mode: SecurityMode::None,
+        policy: security.policy,
+        mode: security.mode,
         pki_dir: pki_dir.to_path_buf(),
-        trust: TrustMode::TrustList,
-        user: None,
+        trust: security.trust,
+        user: security.user.clone(),
         reconnect_min: Duration::from_millis(200),
         reconnect_max: Duration::from_millis(200),
         request_timeout: timeout,

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fabrik_connect::opcua::{
-    OpcUaClient, OpcUaConfig, Quality, Reading, Value, browse, trust_server_certificate,
+    BrowseSecurity, OpcUaClient, OpcUaConfig, Quality, Reading, Value, browse,
+    trust_server_certificate,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -488,9 +489,16 @@ async fn browse_lists_the_pump_variables() {
     let dir = tempfile::tempdir().unwrap();
     let peer = plain_peer(dir.path(), false).await;
     let pki = dir.path().join("pki");
-    let objects = browse(&peer.endpoint(), "i=85", &pki, Duration::from_secs(5))
-        .await
-        .unwrap();
+    let anonymous = BrowseSecurity::default();
+    let objects = browse(
+        &peer.endpoint(),
+        "i=85",
+        &pki,
+        Duration::from_secs(5),
+        &anonymous,
+    )
+    .await
+    .unwrap();
     assert!(
         objects.iter().any(|n| n.node_id == "ns=2;s=Pump1"
             && n.browse_name == "2:Pump1"
@@ -502,6 +510,7 @@ async fn browse_lists_the_pump_variables() {
         "ns=2;s=Pump1",
         &pki,
         Duration::from_secs(5),
+        &anonymous,
     )
     .await
     .unwrap();
@@ -546,6 +555,7 @@ async fn browse_lists_the_pump_variables() {
         "i=85",
         &pki,
         Duration::from_secs(2),
+        &anonymous,
     )
     .await
     .unwrap_err();
@@ -755,6 +765,42 @@ async fn username_password_is_required_and_accepted() {
     );
     println!("wrong password reported as: {}", readings[0].status);
     run.stop().await;
+
+    // Commissioning a locked-down server: browse over SignAndEncrypt as the user.
+    use fabrik_connect::opcua::config::{SecurityMode, SecurityPolicyName};
+    let secured = BrowseSecurity {
+        policy: SecurityPolicyName::Basic256Sha256,
+        mode: SecurityMode::SignAndEncrypt,
+        user: Some(("fabrik".into(), "s3cret".into())),
+        ..BrowseSecurity::default()
+    };
+    let vars = browse(
+        &peer.endpoint(),
+        "ns=2;s=Pump1",
+        &pki,
+        Duration::from_secs(5),
+        &secured,
+    )
+    .await
+    .expect("browsed as the user over an encrypted channel");
+    assert!(
+        vars.iter()
+            .any(|n| n.node_id == "ns=2;s=Pump1.Count" && n.node_class == "Variable"),
+        "{vars:#?}"
+    );
+    let anonymous = BrowseSecurity {
+        user: None,
+        ..secured
+    };
+    let refused = browse(
+        &peer.endpoint(),
+        "ns=2;s=Pump1",
+        &pki,
+        Duration::from_secs(5),
+        &anonymous,
+    )
+    .await;
+    assert!(refused.is_err(), "anonymous is refused: {refused:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
