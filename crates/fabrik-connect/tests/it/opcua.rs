@@ -863,49 +863,60 @@ async fn server_down_at_start_is_reported_then_connected_when_it_comes_up() {
     drop(peer);
 }
 
+/// A plain peer and a client whose `items` (node, signal, range keys) are writable, besides
+/// `count`; returned once the session is up (writes go out on the session the subscription
+/// uses).
+async fn writing_to_the_peer(dir: &Path, items: &[(&str, &str, &str)]) -> (Peer, Running) {
+    let peer = plain_peer(dir, false).await;
+    let mut toml_text = server_toml(
+        "plc",
+        &peer.endpoint(),
+        &dir.join("pki"),
+        "",
+        &[("ns=2;s=Pump1.Count", "count")],
+    );
+    for (node, signal, range) in items {
+        toml_text.push_str(&format!(
+            "[[servers.items]]\nnode_id = \"{node}\"\nsignal = \"{signal}\"\nwritable = true\n{range}"
+        ));
+    }
+    let mut run = Running::start(&toml_text);
+    run.wait_for(Duration::from_secs(20), |r| {
+        &*r.signal == "count" && r.quality == Quality::Good
+    })
+    .await
+    .expect("the session connects");
+    (peer, run)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writable_items_are_written_in_the_nodes_type_and_read_back() {
     use fabrik_connect::opcua::OpcUaError;
     use fabrik_connect::setpoint::SetValue;
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let peer = plain_peer(dir.path(), false).await;
-    let mut toml_text = server_toml(
-        "plc",
-        &peer.endpoint(),
-        &dir.path().join("pki"),
-        "",
-        &[("ns=2;s=Pump1.Count", "count")],
-    );
-    for (node, signal, range) in [
-        (
-            "ns=2;s=Pump1.Setpoint",
-            "setpoint",
-            "min = 2.0\nmax = 6.5\n",
-        ),
-        (
-            "ns=2;s=Pump1.Speed",
-            "speed",
-            "min = -1000.0\nmax = 1000.0\n",
-        ),
-        ("ns=2;s=Pump1.Enable", "enable", ""),
-        ("ns=2;s=Pump1.Limit", "limit", "min = 0.0\nmax = 1000.0\n"),
-        ("ns=2;s=Pump1.Locked", "locked", "min = 0.0\nmax = 10.0\n"),
-        ("ns=2;s=Pump1.Pressure", "unranged", ""),
-        ("ns=2;s=Pump1.Fresh", "fresh", "min = 0.0\nmax = 10.0\n"),
-    ] {
-        toml_text.push_str(&format!(
-            "[[servers.items]]\nnode_id = \"{node}\"\nsignal = \"{signal}\"\nwritable = true\n{range}"
-        ));
-    }
-    let mut run = Running::start(&toml_text);
+    let (peer, mut run) = writing_to_the_peer(
+        dir.path(),
+        &[
+            (
+                "ns=2;s=Pump1.Setpoint",
+                "setpoint",
+                "min = 2.0\nmax = 6.5\n",
+            ),
+            (
+                "ns=2;s=Pump1.Speed",
+                "speed",
+                "min = -1000.0\nmax = 1000.0\n",
+            ),
+            ("ns=2;s=Pump1.Enable", "enable", ""),
+            ("ns=2;s=Pump1.Limit", "limit", "min = 0.0\nmax = 1000.0\n"),
+            ("ns=2;s=Pump1.Locked", "locked", "min = 0.0\nmax = 10.0\n"),
+            ("ns=2;s=Pump1.Pressure", "unranged", ""),
+            ("ns=2;s=Pump1.Fresh", "fresh", "min = 0.0\nmax = 10.0\n"),
+        ],
+    )
+    .await;
     let writer = run.client.writer();
-    // Writes go out on the session the subscription uses: wait until it is up.
-    run.wait_for(Duration::from_secs(20), |r| {
-        &*r.signal == "count" && r.quality == Quality::Good
-    })
-    .await
-    .expect("the session connects");
 
     let written = writer
         .write("plc-dev", "setpoint", SetValue::Number(5.5))
@@ -1035,37 +1046,23 @@ async fn writes_keep_inside_the_eu_range_their_nodes_declare() {
     use fabrik_connect::setpoint::SetValue;
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let peer = plain_peer(dir.path(), false).await;
-    let mut toml_text = server_toml(
-        "plc",
-        &peer.endpoint(),
-        &dir.path().join("pki"),
-        "",
-        &[("ns=2;s=Pump1.Count", "count")],
-    );
-    for (node, signal, range) in [
-        ("ns=2;s=Pump1.Flow", "flow", ""),
-        ("ns=2;s=Pump1.Valve", "valve", "min = 10.0\nmax = 200.0\n"),
-        ("ns=2;s=Pump1.Odd", "odd", ""),
-        (
-            "ns=2;s=Pump1.Setpoint",
-            "setpoint",
-            "min = 2.0\nmax = 6.5\n",
-        ),
-        ("ns=2;s=Pump1.Enable", "enable", ""),
-        ("ns=2;s=Pump1.Hidden", "hidden", "min = 0.0\nmax = 10.0\n"),
-    ] {
-        toml_text.push_str(&format!(
-            "[[servers.items]]\nnode_id = \"{node}\"\nsignal = \"{signal}\"\nwritable = true\n{range}"
-        ));
-    }
-    let mut run = Running::start(&toml_text);
+    let (_peer, mut run) = writing_to_the_peer(
+        dir.path(),
+        &[
+            ("ns=2;s=Pump1.Flow", "flow", ""),
+            ("ns=2;s=Pump1.Valve", "valve", "min = 10.0\nmax = 200.0\n"),
+            ("ns=2;s=Pump1.Odd", "odd", ""),
+            (
+                "ns=2;s=Pump1.Setpoint",
+                "setpoint",
+                "min = 2.0\nmax = 6.5\n",
+            ),
+            ("ns=2;s=Pump1.Enable", "enable", ""),
+            ("ns=2;s=Pump1.Hidden", "hidden", "min = 0.0\nmax = 10.0\n"),
+        ],
+    )
+    .await;
     let writer = run.client.writer();
-    run.wait_for(Duration::from_secs(20), |r| {
-        &*r.signal == "count" && r.quality == Quality::Good
-    })
-    .await
-    .expect("the session connects");
 
     // Read on connecting, before any write: the node's type too.
     let declared = |signal: &str| {
