@@ -1,4 +1,4 @@
-//! What an OPC UA server declares about a writable node's values (decision 0094): the
+//! What an OPC UA server declares about a variable's values (decision 0094): the
 //! `EURange` and `EngineeringUnits` properties of an analog item (OPC UA Part 8,
 //! `AnalogItemType`), found by browse path, and the node's own `DataType`.
 
@@ -24,8 +24,9 @@ pub struct Declared {
     /// (`Double`, `Boolean`, `Int16`); `None` for any other type or when it could not be read.
     pub data_type: Option<String>,
     /// `EURange`, the range of the node's normal operation, as `(low, high)`; `Err` says why
-    /// the value the node declares is not a usable range (not a `Range`, NaN, low above
-    /// high). `None`: the node declares none.
+    /// it cannot be used: the value the node declares is not a range (not a `Range`, NaN, low
+    /// above high), or, in the list of setpoints after a lookup that failed on connecting,
+    /// why it is not known. `None`: the node declares none.
     pub eu_range: Option<Result<(f64, f64), String>>,
     /// `EngineeringUnits`' display name (`°C`, `bottles/min`), when the node declares one.
     pub unit: Option<String>,
