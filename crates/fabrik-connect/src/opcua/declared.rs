@@ -41,6 +41,12 @@ impl Declared {
     }
 }
 
+/// Whether a configured range and a declared one have no value in common: every write is
+/// refused.
+pub(crate) fn disjoint((min, max): (f64, f64), (low, high): (f64, f64)) -> bool {
+    min > high || max < low
+}
+
 /// Nodes looked up per request: two browse paths each, and servers cap the operations of one
 /// request (Part 4's `MaxNodesPerTranslateBrowsePathsToNodeIds`, `MaxNodesPerRead`), often at
 /// a few hundred.

@@ -55,7 +55,7 @@ use tracing::{debug, info, warn};
 
 use super::config::OpcUaConfig;
 use super::convert::{self, now_ns};
-use super::declared::{Declared, LookupFailed, NODES_PER_REQUEST, read_declared};
+use super::declared::{Declared, LookupFailed, NODES_PER_REQUEST, disjoint, read_declared};
 use super::plan::{ItemPlan, ServerPlan, plan};
 use super::session::{ConnectSettings, build_client, open_session, sync_trust_dir};
 use super::write::{OpcUaWriter, ServerLink};
@@ -481,7 +481,9 @@ impl ServerTask {
                         (Some(Err(why)), _) => {
                             warn!(server = %server, node = %item.node_text, reason = %why, "OPC UA node's EURange is not usable; writes keep to the configured range, if any.");
                         }
-                        (Some(Ok((low, high))), Some((min, max))) if min > *high || max < *low => {
+                        (Some(Ok((low, high))), Some((min, max)))
+                            if disjoint((min, max), (*low, *high)) =>
+                        {
                             warn!(server = %server, node = %item.node_text, min, max, low, high, "The configured range of a writable OPC UA item lies outside its node's EURange: every write to it is refused.");
                         }
                         _ => {}

@@ -21,7 +21,7 @@ use opcua::types::{
 use parking_lot::Mutex;
 
 use super::convert;
-use super::declared::{Declared, LookupFailed, read_declared};
+use super::declared::{Declared, LookupFailed, disjoint, read_declared};
 use super::plan::ServerPlan;
 use super::{OpcUaError, Value};
 use crate::setpoint::{NumberType, SetValue, checked_number};
@@ -96,8 +96,8 @@ impl WritableItem {
     pub fn write_range(&self) -> Option<((f64, f64), &'static str)> {
         let declared = self.declared.as_ref().and_then(Declared::usable_range);
         match (self.range, declared) {
-            (Some((min, max)), Some((low, high))) if min > high || max < low => {
-                Some(((min, max), "configuration outside the device's"))
+            (Some(configured), Some(declared)) if disjoint(configured, declared) => {
+                Some((configured, "configuration outside the device's"))
             }
             (Some((min, max)), Some((low, high))) if low > min || high < max => {
                 Some(((min.max(low), max.min(high)), "configuration and device"))
