@@ -360,6 +360,22 @@ async function main() {
     noErrors('OPC UA setpoints');
   });
 
+  await step('device page: the filler\'s recipe, a String node, is set as text', async () => {
+    // Decision 0095: a text field, the value sent as a JSON string and shown quoted.
+    const field = 'form.sp-point[data-signal="recipe"] [name="value"]';
+    await page.waitForSelector(field, { timeout: 10000 });
+    assert(await page.getAttribute(field, 'type') === 'text', 'the recipe takes text');
+    await page.fill(field, 'Lemon 0.33 l');
+    await page.click('form.sp-point[data-signal="recipe"] button');
+    await page.waitForFunction(() => document.querySelector('#sp-done')?.textContent.includes('recipe = "Lemon 0.33 l": the device holds it'), null, { timeout: 10000 });
+    await page.waitForFunction(() => document.querySelector('#sp-writes')?.textContent.includes('recipe = "Lemon 0.33 l"'), null, { timeout: 10000 });
+    // The subscription reports the node's new value: the Last values card shows each signal's
+    // newest value, text included, not only those of the newest row.
+    await page.waitForFunction(() => document.querySelector('#last-values')?.textContent.includes('Lemon 0.33 l'), null, { timeout: 15000 });
+    await shot('03c-text-setpoint');
+    noErrors('text setpoints');
+  });
+
   await step('device page: an edge node\'s Sparkplug set-point is set by command and reported back', async () => {
     await go('#/devices/edge-01');
     const field = 'form.sp-point[data-signal="Compressor/Pressure Setpoint"] [name="value"]';

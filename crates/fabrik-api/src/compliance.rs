@@ -350,8 +350,9 @@ pub fn assess(facts: &ComplianceFacts, live: &LiveState) -> Vec<ControlAssessmen
     } else {
         evidence.push(format!(
             "writes to devices: only the {} point(s) declared writable, by operators and \
-             admins, within each point's declared range; every write is in the audit log with \
-             its value and in `_device_writes` with what the device read back",
+             admins, within each point's declared range (text: at most 1000 characters); \
+             every write is in the audit log with its value and in `_device_writes` with what \
+             the device read back",
             facts.writable_points
         ));
         if facts.writable_modbus_points > 0 {

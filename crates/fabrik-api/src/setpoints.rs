@@ -27,6 +27,11 @@ pub const NOTE: &str = "note";
 /// The field of [`DEVICE_WRITES_TABLE`] naming the alert whose proposed action a write applied
 /// (decision 0092).
 pub const ALERT: &str = "alert";
+/// The fields of [`DEVICE_WRITES_TABLE`] that hold a text write's value and the text read back
+/// (decision 0095); numbers and switches are in `value` and `read_back`.
+pub const TEXT: &str = "text";
+/// See [`TEXT`].
+pub const READ_BACK_TEXT: &str = "read_back_text";
 /// The longest `note` kept with a write.
 const MAX_NOTE: usize = 500;
 
@@ -42,10 +47,11 @@ pub struct Setpoint {
     /// Where on the device: `holding 20..21`, `coil 0..1`, an OPC UA node id, a Sparkplug
     /// command topic with the metric's alias.
     pub address: String,
-    /// Its type as configured (`u16`, `f32`, `bool`, ...); for OPC UA, the node's `DataType`
-    /// as read when its server's session connected (`Double`, `Boolean`), or `node` until then
-    /// or for a custom type (each write reads the type again); for Sparkplug, the type the node's birth declares
-    /// (`birth` until one is seen).
+    /// Its type as configured (`u16`, `f32`, `bool`, `string`, ...); for OPC UA, the node's
+    /// `DataType` as read when its server's session connected (`Double`, `Boolean`, `String`),
+    /// or `node` until then or for a custom type (each write reads the type again); for
+    /// Sparkplug, the type the node's birth declares (`birth` until one is seen). Points of
+    /// type `string`, `String` or `Text` take text.
     pub data_type: String,
     /// Lowest value a write may set, in engineering units (numbers only).
     pub min: Option<f64>,
@@ -63,14 +69,24 @@ pub struct Setpoint {
     pub unit: Option<String>,
 }
 
-/// A value to set: a number in engineering units, or true/false for a coil.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+/// Whether a point of `data_type` (as [`Setpoint::data_type`] names it) takes text: a Modbus
+/// `string`, an OPC UA `String` node, a Sparkplug `String` or `Text` metric (decision 0095).
+pub fn takes_text(data_type: &str) -> bool {
+    matches!(data_type, "string" | "String" | "Text")
+}
+
+/// A value to set: a number in engineering units, true/false for a switch, or a string for
+/// a text point (decision 0095).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum SetpointValue {
     /// For switches (coils, `bool` registers).
     Bool(bool),
     /// For numbers.
     Number(f64),
+    /// For text points (a Modbus `string`, an OPC UA `String` node, a Sparkplug `String` or
+    /// `Text` metric), at most 1000 characters.
+    Text(String),
 }
 
 impl std::fmt::Display for SetpointValue {
@@ -78,6 +94,8 @@ impl std::fmt::Display for SetpointValue {
         match self {
             Self::Bool(v) => write!(f, "{v}"),
             Self::Number(v) => write!(f, "{v}"),
+            // Quoted: the audit entry tells the text "7" from the number 7.
+            Self::Text(v) => write!(f, "{v:?}"),
         }
     }
 }
@@ -102,8 +120,8 @@ pub struct SetpointWritten {
     pub signal: String,
     /// The value asked for.
     pub value: SetpointValue,
-    /// The point's value read back from the device after the write (a number, true/false);
-    /// null when it could not be read back (see `read_back_error`).
+    /// The point's value read back from the device after the write (a number, true/false, a
+    /// string); null when it could not be read back (see `read_back_error`).
     #[schema(value_type = Object)]
     pub read_back: serde_json::Value,
     /// Why the point could not be read back after the device acknowledged the write (a
@@ -301,7 +319,11 @@ pub(crate) async fn write_recorded(
     let state = state.clone();
     crate::audit::to_completion(async move {
         let outcome = control
-            .set(write.device.clone(), write.signal.clone(), write.value)
+            .set(
+                write.device.clone(),
+                write.signal.clone(),
+                write.value.clone(),
+            )
             .await;
         // When the device answered: the row lines up with the change it made in the data.
         let time = Timestamp::now();
@@ -309,7 +331,7 @@ pub(crate) async fn write_recorded(
             actor: &write.actor,
             device: &write.device,
             signal: &write.signal,
-            value: write.value,
+            value: &write.value,
             note: write.note.as_deref(),
             alert: write.alert.as_deref(),
             time,
@@ -343,7 +365,7 @@ struct Written<'a> {
     actor: &'a str,
     device: &'a str,
     signal: &'a str,
-    value: SetpointValue,
+    value: &'a SetpointValue,
     note: Option<&'a str>,
     alert: Option<&'a str>,
     time: Timestamp,
@@ -365,12 +387,27 @@ impl Written<'_> {
         };
         // `actor` and `note` are fields, not tags: erasing a person (decision 0040) rewrites
         // them in place, which a tag (part of the series' identity) would not allow.
+        // Text goes in fields of its own (`text`, `read_back_text`): a column holds one type,
+        // and `value` is a number in every row before it.
         let mut fields = vec![
-            ("value".to_owned(), Value::F64(number(self.value))),
+            match self.value {
+                SetpointValue::Text(text) => (TEXT.to_owned(), Value::Str(text.clone())),
+                // Switches as 1 and 0.
+                SetpointValue::Bool(b) => ("value".to_owned(), Value::F64(f64::from(u8::from(*b)))),
+                SetpointValue::Number(v) => ("value".to_owned(), Value::F64(*v)),
+            },
             (ACTOR.to_owned(), Value::Str(self.actor.to_owned())),
         ];
-        if let Some(read_back) = read_back.and_then(json_number) {
-            fields.push(("read_back".to_owned(), Value::F64(read_back)));
+        match read_back {
+            Some(serde_json::Value::String(text)) => {
+                fields.push((READ_BACK_TEXT.to_owned(), Value::Str(text.clone())));
+            }
+            Some(other) => {
+                if let Some(number) = json_number(other) {
+                    fields.push(("read_back".to_owned(), Value::F64(number)));
+                }
+            }
+            None => {}
         }
         if let Some(note) = self.note {
             fields.push((NOTE.to_owned(), Value::Str(note.to_owned())));
@@ -414,19 +451,24 @@ impl Written<'_> {
         outcome: &Result<DeviceAnswer, SetpointError>,
         action: &str,
     ) {
+        // Messages escaped (one line each); values as `audited` shows them, already escaped.
         let (status, result) = match outcome {
             Ok(DeviceAnswer {
                 read_back: Err(why),
                 ..
-            }) => (StatusCode::OK, format!("written, but not read back: {why}")),
+            }) => (
+                StatusCode::OK,
+                format!("written, but not read back: {}", why.escape_debug()),
+            ),
             Ok(answer) => (
                 StatusCode::OK,
                 format!(
                     "read back {}{}",
-                    answer
-                        .read_back
-                        .as_ref()
-                        .unwrap_or(&serde_json::Value::Null),
+                    match &answer.read_back {
+                        Ok(serde_json::Value::String(text)) => audited(text),
+                        Ok(other) => other.to_string(),
+                        Err(_) => "null".to_owned(),
+                    },
                     if answer.confirmed {
                         ""
                     } else {
@@ -434,7 +476,10 @@ impl Written<'_> {
                     }
                 ),
             ),
-            Err(e) => (ApiError::from(e.clone()).status(), e.message().to_owned()),
+            Err(e) => (
+                ApiError::from(e.clone()).status(),
+                e.message().escape_debug().to_string(),
+            ),
         };
         crate::audit::record(
             state,
@@ -445,8 +490,11 @@ impl Written<'_> {
                     "{}/{} = {}: {}{}",
                     plain(self.device),
                     plain(self.signal),
-                    self.value,
-                    result.escape_debug(),
+                    match self.value {
+                        SetpointValue::Text(text) => audited(text),
+                        other => other.to_string(),
+                    },
+                    result,
                     self.alert
                         .map(|a| format!(" (proposed by alert {})", a.escape_debug()))
                         .unwrap_or_default()
@@ -456,6 +504,22 @@ impl Written<'_> {
         )
         .await;
     }
+}
+
+/// The most characters of a text an audit entry shows. The registry keeps 512 characters of
+/// an entry's target, and what became of the write comes after the value (and the text read
+/// back): a long text would push it out. The whole text is in `_device_writes`.
+const AUDITED_TEXT: usize = 100;
+
+/// A text as an audit entry shows it: quoted and escaped (the text "7" is not the number 7),
+/// cut to [`AUDITED_TEXT`] characters with the length said.
+fn audited(text: &str) -> String {
+    let length = text.chars().count();
+    if length <= AUDITED_TEXT {
+        return format!("{text:?}");
+    }
+    let head: String = text.chars().take(AUDITED_TEXT).collect();
+    format!("{head:?}… ({length} characters)")
 }
 
 /// A name from the request's path as the audit entry shows it: control characters escaped and
@@ -471,17 +535,28 @@ fn plain(name: &str) -> String {
         .replace('=', "%3D")
 }
 
-/// A value as the number stored: switches as 1 and 0.
-fn number(value: SetpointValue) -> f64 {
-    match value {
-        SetpointValue::Bool(b) => f64::from(u8::from(b)),
-        SetpointValue::Number(v) => v,
-    }
-}
-
 fn json_number(value: &serde_json::Value) -> Option<f64> {
     match value {
         serde_json::Value::Bool(b) => Some(f64::from(u8::from(*b))),
         other => other.as_f64(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_entries_quote_text_and_keep_it_short() {
+        assert_eq!(audited("Lemon 0.33 l"), r#""Lemon 0.33 l""#);
+        assert_eq!(audited("7"), r#""7""#);
+        assert_eq!(audited("say \"hi\"\n"), r#""say \"hi\"\n""#);
+        let long = "é".repeat(300);
+        let shown = audited(&long);
+        assert!(
+            shown.ends_with("\"… (300 characters)"),
+            "the length is said: {shown}"
+        );
+        assert_eq!(shown.chars().filter(|&c| c == 'é').count(), AUDITED_TEXT);
     }
 }

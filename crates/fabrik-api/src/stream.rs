@@ -1,5 +1,5 @@
-//! `/api/v1/devices/{id}/stream`: Server-Sent Events with a device's latest values, once a
-//! second, for live charts that update in place.
+//! `/api/v1/devices/{id}/stream`: Server-Sent Events with a device's rows as they are stored,
+//! sent once a second, for live charts and last values that update in place.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use crate::extract::Query;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -24,12 +24,15 @@ pub struct StreamParams {
     pub table: Option<String>,
 }
 
-/// How often a new event is sent.
+/// How often the table is asked for new rows.
 const PERIOD: Duration = Duration::from_secs(1);
+/// The most rows sent per period (the newest): a chart needs no more, and a device that
+/// writes faster does not make the stream fall ever further behind.
+const ROWS_PER_PERIOD: usize = 100;
 
 #[utoipa::path(get, path = "/api/v1/devices/{id}/stream", tag = "devices", security(("token" = [])),
     params(("id" = String, Path, description = "device id"), StreamParams),
-    responses((status = 200, description = "text/event-stream; each event's data is {\"time\": RFC 3339, \"values\": {signal: number|bool|string}}"),
+    responses((status = 200, description = "text/event-stream; the device's newest row, then each row stored after it (at most 100 a second, the newest), one event each, whose data is {\"time\": RFC 3339, \"values\": {signal: number|bool|string}} (the row's non-null values)"),
               (status = 404, description = "no such device", body = crate::error::ErrorBody)))]
 pub(crate) async fn device_stream(
     State(state): State<ApiState>,
@@ -58,39 +61,79 @@ pub(crate) async fn device_stream(
         return Err(ApiError::bad_request("invalid table or device id"));
     }
     let store = state.store.clone();
+    // Every row, not only the newest at each tick: a point reported on its own (an OPC UA
+    // data change, a Sparkplug report by exception) is a row of its own, and would be missed.
     let stream = futures::stream::unfold(
-        (store, table, id, tokio::time::interval(PERIOD)),
-        |(store, table, id, mut ticker)| async move {
+        (store, table, id, tokio::time::interval(PERIOD), None),
+        |(store, table, id, mut ticker, mut sent_up_to)| async move {
             ticker.tick().await;
-            let data = latest_row(&store, &table, &id)
-                .await
-                .unwrap_or_else(|e| serde_json::json!({ "error": e }));
-            let event = Event::default().data(data.to_string());
-            Some((Ok(event), (store, table, id, ticker)))
+            let events = match rows_after(&store, &table, &id, sent_up_to).await {
+                Ok(rows) => rows
+                    .into_iter()
+                    .map(|(time_ns, row)| {
+                        sent_up_to = Some(time_ns);
+                        Ok(Event::default().data(row.to_string()))
+                    })
+                    .collect(),
+                Err(e) => vec![Ok(
+                    Event::default().data(serde_json::json!({ "error": e }).to_string())
+                )],
+            };
+            Some((
+                futures::stream::iter(events),
+                (store, table, id, ticker, sent_up_to),
+            ))
         },
-    );
+    )
+    .flatten();
     // An endless response would hold the server's graceful stop until its deadline.
     let stream = futures::StreamExt::take_until(stream, state.stopping.clone().cancelled_owned());
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-/// The device's latest row as `{time, values}`, lineage and tag columns left out.
-async fn latest_row(
+/// The device's rows stored after `after` (nanoseconds), oldest first, at most
+/// [`ROWS_PER_PERIOD`] (the newest); with no `after`, its newest row. Each as its time in
+/// nanoseconds and `{time, values}`, lineage and tag columns and nulls left out.
+async fn rows_after(
     store: &fabrik_store::Store,
     table: &str,
     device: &str,
-) -> Result<serde_json::Value, String> {
-    let sql =
-        format!("SELECT * FROM \"{table}\" WHERE device = '{device}' ORDER BY time DESC LIMIT 1");
+    after: Option<i64>,
+) -> Result<Vec<(i64, serde_json::Value)>, String> {
+    let (newer, limit) = match after {
+        Some(ns) => (
+            format!(" AND time > to_timestamp_nanos({ns})"),
+            ROWS_PER_PERIOD,
+        ),
+        None => (String::new(), 1),
+    };
+    let sql = format!(
+        "SELECT *, CAST(time AS BIGINT) AS \"_stream_ns\" FROM \"{table}\" \
+         WHERE device = '{device}'{newer} ORDER BY time DESC LIMIT {limit}"
+    );
     let output = store.query(&sql).await.map_err(|e| e.to_string())?;
     let rows = crate::routes::batches_to_json(&output.batches)?;
-    let Some(serde_json::Value::Object(row)) = rows.into_iter().next() else {
-        return Ok(serde_json::json!({ "time": null, "values": {} }));
-    };
-    let time = row.get("time").cloned().unwrap_or(serde_json::Value::Null);
-    let values: serde_json::Map<String, serde_json::Value> = row
+    let mut events: Vec<(i64, serde_json::Value)> = rows
         .into_iter()
-        .filter(|(k, v)| k != "time" && k != "device" && !k.starts_with('_') && !v.is_null())
+        .filter_map(|row| match row {
+            serde_json::Value::Object(row) => Some(row),
+            _ => None,
+        })
+        .filter_map(|row| {
+            let time_ns = row.get("_stream_ns")?.as_i64()?;
+            let time = row.get("time").cloned().unwrap_or(serde_json::Value::Null);
+            let values: serde_json::Map<String, serde_json::Value> = row
+                .into_iter()
+                .filter(|(k, v)| {
+                    k != "time" && k != "device" && !k.starts_with('_') && !v.is_null()
+                })
+                .collect();
+            Some((
+                time_ns,
+                serde_json::json!({ "time": time, "values": values }),
+            ))
+        })
         .collect();
-    Ok(serde_json::json!({ "time": time, "values": values }))
+    events.reverse();
+    Ok(events)
 }

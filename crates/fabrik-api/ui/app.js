@@ -892,7 +892,10 @@ async function pageDevice(p, id) {
   });
 
   // Live data: seed from the table, then the SSE stream (or polling the query API).
-  const live = { times: [], cols: Object.fromEntries(numeric.map((s) => [s, []])), lastMs: 0, last: null };
+  // `latest`: each signal's last value that was not null. A connector reports each changed
+  // point on its own (OPC UA data changes, Sparkplug reports by exception), so the newest row
+  // holds few of them.
+  const live = { times: [], cols: Object.fromEntries(numeric.map((s) => [s, []])), lastMs: 0, last: null, latest: {} };
   const WINDOW_S = 300;
   let liveCharts = [];
   const buildCharts = () => {
@@ -922,12 +925,15 @@ async function pageDevice(p, id) {
     live.times.push(ms / 1000);
     numeric.forEach((s) => live.cols[s].push(typeof values[s] === 'number' ? values[s] : null));
     live.last = { ms, values };
+    for (const [k, v] of Object.entries(values)) if (v != null || !(k in live.latest)) live.latest[k] = v;
     return true;
   };
   const showLast = () => {
     if (!live.last) return;
-    const vals = Object.entries(live.last.values).filter(([k]) => !k.startsWith('_') && k !== 'device' && k !== 'time').sort(([a], [b]) => a.localeCompare(b));
-    patch($('#last-values'), vals.map(([k, v]) => html`<div class="v"><div class="k">${k}</div><div class="n">${typeof v === 'boolean' ? (v ? 'true' : 'false') : fmtNum(v)}</div></div>`));
+    const vals = Object.entries(live.latest).filter(([k]) => !k.startsWith('_') && k !== 'device' && k !== 'time').sort(([a], [b]) => a.localeCompare(b));
+    // Text is cut to fit its tile; the whole of it is the tile's tooltip.
+    const shown = (v) => (typeof v === 'boolean' ? (v ? 'true' : 'false') : typeof v === 'string' && v.length > 40 ? `${v.slice(0, 39)}…` : fmtNum(v));
+    patch($('#last-values'), vals.map(([k, v]) => html`<div class="v"><div class="k">${k}</div><div class="n" title="${typeof v === 'string' ? v : ''}">${shown(v)}</div></div>`));
     $('#last-time').textContent = `at ${fmtTime(live.last.ms, false)}`;
   };
   if (tbl) {
@@ -973,10 +979,12 @@ function renderSetpoints(p, id, points) {
     'configuration and device': ' (narrowed by the device)',
     "configuration outside the device's": " (outside the device's EURange: every write is refused)",
   };
-  // An OPC UA node of a number type with no range known (none configured, no EURange) takes
-  // no writes; any other point without a range is a switch.
-  const unranged = (s) => s.min == null && s.protocol === 'opcua' && !['Boolean', 'node'].includes(s.data_type);
-  const range = (s) => (unranged(s) ? `a ${s.data_type} with no range: configure min and max to write it`
+  // Text points (decision 0095) take a string; an OPC UA node of a number type with no range
+  // known (none configured, no EURange) takes no writes; any other point without a range is a
+  // switch.
+  const text = (s) => ['string', 'String', 'Text'].includes(s.data_type);
+  const unranged = (s) => !text(s) && s.min == null && s.protocol === 'opcua' && !['Boolean', 'node'].includes(s.data_type);
+  const range = (s) => (text(s) ? 'text' : unranged(s) ? `a ${s.data_type} with no range: configure min and max to write it`
     : s.min == null ? 'true or false' : `${s.min} to ${s.max}${s.unit ? ` ${s.unit}` : ''}${from[s.range_from] ?? ''}`);
   // One form per point, its elements named by position (a signal's name is the device's, and
   // could be anything): Enter in a field sets that point and no other.
@@ -985,7 +993,9 @@ function renderSetpoints(p, id, points) {
     <div class="stack" id="sp-points">
       ${points.map((s, i) => html`<form class="row sp-point" data-signal="${s.signal}" data-index="${i}">
         <label for="sp-value-${i}" class="mono">${s.device === id ? '' : html`<span class="muted">${s.device} · </span>`}${s.signal}</label>
-        ${unranged(s)
+        ${text(s)
+          ? html`<input id="sp-value-${i}" name="value" type="text" aria-describedby="sp-range-${i}">`
+          : unranged(s)
           ? html`<input id="sp-value-${i}" name="value" type="number" disabled aria-describedby="sp-range-${i}">`
           : s.min == null
           ? html`<select id="sp-value-${i}" name="value"><option value="true">true (on)</option><option value="false">false (off)</option></select>`
@@ -1000,10 +1010,13 @@ function renderSetpoints(p, id, points) {
     // The table appears with the first write anywhere; asking for it before would be an error.
     const any = (await tables(true).catch(() => [])).some((t) => t.name === '_device_writes');
     const devices = [...new Set([id, ...points.map((s) => s.device)])].map(sqlStr).join(', ');
-    const rows = any ? await query(`SELECT time, device, signal, status, value, read_back, actor, note FROM _device_writes WHERE device IN (${devices}) ORDER BY time DESC LIMIT 8`).catch(() => []) : [];
+    // `SELECT *`: a text write's columns (`text`, `read_back_text`) exist only once one was made.
+    const rows = any ? await query(`SELECT * FROM _device_writes WHERE device IN (${devices}) ORDER BY time DESC LIMIT 8`).catch(() => []) : [];
     if (!p.alive) return;
-    patch($('#sp-writes'), rows.length ? rows.map((r) => html`<li><span class="muted">${fmtTime(r.time)}</span><span>${pill(r.status === 'confirmed' ? 'online' : 'offline', r.status)}</span>
-      <span><span class="mono">${r.device === id ? '' : `${r.device} · `}${r.signal}</span> = ${r.value}${r.read_back != null && r.read_back !== r.value ? html` (holds ${r.read_back})` : ''} · ${r.actor}${r.note ? html` · ${r.note}` : ''}</span></li>`)
+    const shown = (r) => (r.text != null ? { value: JSON.stringify(r.text), held: r.read_back_text == null ? null : JSON.stringify(r.read_back_text) }
+      : { value: r.value, held: r.read_back });
+    patch($('#sp-writes'), rows.length ? rows.map((r) => { const { value, held } = shown(r); return html`<li><span class="muted">${fmtTime(r.time)}</span><span>${pill(r.status === 'confirmed' ? 'online' : 'offline', r.status)}</span>
+      <span><span class="mono">${r.device === id ? '' : `${r.device} · `}${r.signal}</span> = ${value}${held != null && held !== value ? html` (holds ${held})` : ''} · ${r.actor}${r.note ? html` · ${r.note}` : ''}</span></li>`; })
       : html`<li class="muted">None yet.</li>`);
   };
   showWrites();
@@ -1015,11 +1028,13 @@ function renderSetpoints(p, id, points) {
     const signal = point.signal;
     const input = form.elements.value;
     let value;
-    if (point.min == null) value = input.value === 'true';
+    if (text(point)) value = input.value;
+    else if (point.min == null) value = input.value === 'true';
     else if (input.value.trim() === '' || !Number.isFinite(Number(input.value))) {
       patch($('#sp-result'), html`<div class="notice bad" role="alert">Give ${signal} a number from ${range(point)}.</div>`);
       return;
     } else value = Number(input.value);
+    const said = text(point) ? JSON.stringify(value) : value;
     const note = $('#sp-note').value.trim();
     const button = form.querySelector('button');
     button.disabled = true;
@@ -1027,10 +1042,10 @@ function renderSetpoints(p, id, points) {
       const r = await api(`/api/v1/devices/${enc(point.device)}/setpoints/${enc(signal)}`, { method: 'POST', body: note ? { value, note } : { value } });
       if (!p.alive) return;
       patch($('#sp-result'), r.confirmed
-        ? html`<div class="notice ok" id="sp-done">${signal} = ${value}: the device holds it (read back ${JSON.stringify(r.read_back)}).</div>`
+        ? html`<div class="notice ok" id="sp-done">${signal} = ${said}: the device holds it (read back ${JSON.stringify(r.read_back)}).</div>`
         : r.read_back_error
-          ? html`<div class="notice warn" id="sp-done">${signal} = ${value} was acknowledged, but could not be read back: ${r.read_back_error}</div>`
-          : html`<div class="notice warn" id="sp-done">${signal} = ${value} was answered, but the device holds ${JSON.stringify(r.read_back)}: it did not take the value as written.</div>`);
+          ? html`<div class="notice warn" id="sp-done">${signal} = ${said} was acknowledged, but could not be read back: ${r.read_back_error}</div>`
+          : html`<div class="notice warn" id="sp-done">${signal} = ${said} was answered, but the device holds ${JSON.stringify(r.read_back)}: it did not take the value as written.</div>`);
     } catch (e) {
       if (p.alive) patch($('#sp-result'), html`<div class="notice bad" role="alert" id="sp-done">${e.message}</div>`);
     } finally {

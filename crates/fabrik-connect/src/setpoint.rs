@@ -2,12 +2,15 @@
 //! the write came to, whatever the protocol.
 
 /// A value to set, as the caller gave it.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SetValue {
     /// For number points, in engineering units.
     Number(f64),
     /// For switches (coils, `bool` registers, Boolean nodes).
     Bool(bool),
+    /// For text points (OPC UA `String` nodes, Sparkplug `String` and `Text` metrics): a
+    /// recipe or batch name, an operator message (decision 0095).
+    Text(String),
 }
 
 impl std::fmt::Display for SetValue {
@@ -15,8 +18,28 @@ impl std::fmt::Display for SetValue {
         match self {
             Self::Number(v) => write!(f, "{v}"),
             Self::Bool(v) => write!(f, "{v}"),
+            // Quoted and escaped: `"7"` is text, `7` a number, and a message naming the value
+            // stays one line.
+            Self::Text(v) => write!(f, "{v:?}"),
         }
     }
+}
+
+/// The longest text written to a point, in characters. Controllers hold short strings (an S7
+/// `STRING` at most 254 bytes); the bound keeps a mistaken paste out of the device and of the
+/// audit log.
+pub const MAX_TEXT: usize = 1000;
+
+/// `text` if a text point may take it: at most [`MAX_TEXT`] characters. (A device that holds
+/// shorter strings refuses or cuts a longer one itself: its answer or the read-back says so.)
+pub fn checked_text(text: &str) -> Result<String, String> {
+    let length = text.chars().count();
+    if length > MAX_TEXT {
+        return Err(format!(
+            "the text has {length} characters; at most {MAX_TEXT} are written"
+        ));
+    }
+    Ok(text.to_owned())
 }
 
 /// A write the device acknowledged, with its point's value type.

@@ -6,7 +6,8 @@
 //! client (Fabrik's setpoints, decision 0090); the line ramps to it and keeps it within
 //! 0..=900, as a drive keeps its speed in range. It declares that range and its unit as an
 //! analog item does (`EURange`, `EngineeringUnits`), so the configuration needs no `min` and
-//! `max` for it (decision 0094).
+//! `max` for it (decision 0094). Its recipe, `Line1.Filler.Recipe`, is a `String` node a
+//! client may write too (a text setpoint, decision 0095); the line keeps what it is given.
 //!
 //! Faults: `drift` is a CO₂ leak (pressure sinks), `spike` a burst of rejects, `stuck` freezes
 //! the product temperature with status `UncertainLastUsableValue`, `malformed` reports it
@@ -47,6 +48,9 @@ const SETPOINT: &str = "SpeedSetpoint";
 const TOP_SPEED: f64 = 900.0;
 /// The set-point's unit, as its `EngineeringUnits` property names it.
 const SPEED_UNIT: &str = "bottles/min";
+/// The writable recipe's node, under `Line1.Filler.`, and the recipe the line starts on.
+const RECIPE: &str = "Recipe";
+const FIRST_RECIPE: &str = "Cola 0.5 l";
 
 /// (node name under `Line1.Filler.`, signal name).
 const SIGNALS: [(&str, &str); 7] = [
@@ -88,6 +92,10 @@ reconnect_max_ms = 5000
     // No `min` and `max`: the node's EURange is the range (decision 0094).
     out.push_str(&format!(
         "\n[[opcua.servers.items]]\nnode_id = \"ns=2;s=Line1.Filler.{SETPOINT}\"\nsignal = \"speed_setpoint\"\nsampling_interval_ms = 500\nwritable = true\n"
+    ));
+    // A String node: written as text (decision 0095).
+    out.push_str(&format!(
+        "\n[[opcua.servers.items]]\nnode_id = \"ns=2;s=Line1.Filler.{RECIPE}\"\nsignal = \"recipe\"\nsampling_interval_ms = 500\nwritable = true\n"
     ));
     out
 }
@@ -143,6 +151,8 @@ struct Filler {
     reject_burst: u32,
     stuck: Option<(Instant, f64)>,
     failing_until: Option<Instant>,
+    /// The product it fills, as clients last wrote it.
+    recipe: String,
 }
 
 impl Filler {
@@ -163,6 +173,7 @@ impl Filler {
             reject_burst: 0,
             stuck: None,
             failing_until: None,
+            recipe: FIRST_RECIPE.to_owned(),
         }
     }
 
@@ -407,15 +418,20 @@ async fn run_once(
             })
             .collect();
         space.add_variables(variables, &filler_folder);
-        let mut setpoint = Variable::new(
-            &node_id(ns, SETPOINT),
-            SETPOINT,
-            SETPOINT,
-            Variant::Double(filler.setpoint),
+        let writable = |name: &str, value: Variant| {
+            let mut variable = Variable::new(&node_id(ns, name), name, name, value);
+            variable.set_access_level(AccessLevel::CURRENT_READ | AccessLevel::CURRENT_WRITE);
+            variable.set_user_access_level(AccessLevel::CURRENT_READ | AccessLevel::CURRENT_WRITE);
+            variable
+        };
+        space.add_variables(
+            vec![
+                writable(SETPOINT, Variant::Double(filler.setpoint)),
+                // The recipe survives a dropout, as a controller's does.
+                writable(RECIPE, Variant::from(filler.recipe.as_str())),
+            ],
+            &filler_folder,
         );
-        setpoint.set_access_level(AccessLevel::CURRENT_READ | AccessLevel::CURRENT_WRITE);
-        setpoint.set_user_access_level(AccessLevel::CURRENT_READ | AccessLevel::CURRENT_WRITE);
-        space.add_variables(vec![setpoint], &filler_folder);
         add_analog_properties(&mut space, (ns, SETPOINT), (0.0, TOP_SPEED), SPEED_UNIT);
     }
     let subscriptions = handle.subscriptions().clone();
@@ -439,9 +455,15 @@ async fn run_once(
         }
         // A client's write lands in the address space; the line takes it from there, keeping
         // it within what its drive can run.
-        let written = read_setpoint(&manager, ns);
+        let written = match written_value(&manager, ns, SETPOINT) {
+            Some(Variant::Double(v)) if v.is_finite() => Some(v),
+            _ => None,
+        };
         if let Some(value) = written {
             filler.setpoint = value.clamp(0.0, TOP_SPEED);
+        }
+        if let Some(Variant::String(recipe)) = written_value(&manager, ns, RECIPE) {
+            filler.recipe = recipe.as_ref().to_owned();
         }
         filler.step(interval.as_secs_f64());
         let mut values = filler.values(ns, now);
@@ -463,22 +485,20 @@ async fn run_once(
     Ok(ended)
 }
 
-/// The set-point node's value as clients last wrote it.
-fn read_setpoint(manager: &SimpleNodeManager, ns: u16) -> Option<f64> {
+/// The value of the writable node `name` (under `Line1.Filler.`) as clients last wrote it.
+fn written_value(manager: &SimpleNodeManager, ns: u16, name: &str) -> Option<Variant> {
     let space = manager.address_space().read();
-    let Some(NodeType::Variable(variable)) = space.find(&node_id(ns, SETPOINT)) else {
+    let Some(NodeType::Variable(variable)) = space.find(&node_id(ns, name)) else {
         return None;
     };
-    let value = variable.value(
-        TimestampsToReturn::Neither,
-        &NumericRange::None,
-        &DataEncoding::Binary,
-        0.0,
-    );
-    match value.value {
-        Some(Variant::Double(v)) if v.is_finite() => Some(v),
-        _ => None,
-    }
+    variable
+        .value(
+            TimestampsToReturn::Neither,
+            &NumericRange::None,
+            &DataEncoding::Binary,
+            0.0,
+        )
+        .value
 }
 
 #[cfg(test)]
@@ -541,7 +561,7 @@ mod tests {
         let text = line_config_toml("opc.tcp://127.0.0.1:4840/", "/tmp/pki");
         let value: toml::Table = toml::from_str(&text).unwrap();
         let items = value["opcua"]["servers"][0]["items"].as_array().unwrap();
-        assert_eq!(items.len(), SIGNALS.len() + 1);
+        assert_eq!(items.len(), SIGNALS.len() + 2);
         assert_eq!(
             items[0]["node_id"].as_str(),
             Some("ns=2;s=Line1.Filler.Speed")
@@ -551,5 +571,10 @@ mod tests {
         assert_eq!(setpoint["writable"].as_bool(), Some(true));
         // The node declares its range (EURange): the configuration gives none.
         assert!(setpoint.get("max").is_none() && setpoint.get("min").is_none());
+        let recipe = &items[SIGNALS.len() + 1];
+        assert_eq!(
+            (recipe["signal"].as_str(), recipe["writable"].as_bool()),
+            (Some("recipe"), Some(true))
+        );
     }
 }

@@ -93,8 +93,12 @@ enum DeviceCommand {
         device: String,
         /// The point.
         signal: String,
-        /// A number in engineering units, or true/false.
+        /// A number in engineering units, or true/false; with `--text`, the text itself.
         value: String,
+        /// Send VALUE as text, for a text point (a Modbus `string`, an OPC UA `String` node, a
+        /// Sparkplug `String` or `Text` metric), even when it reads as a number.
+        #[arg(long)]
+        text: bool,
         /// Why (a work order, a shift note), kept with the write.
         #[arg(long)]
         note: Option<String>,
@@ -258,9 +262,14 @@ pub(crate) async fn run(args: DeviceArgs) -> anyhow::Result<()> {
             device,
             signal,
             value,
+            text,
             note,
         } => {
-            let value = parse_setpoint(&value)?;
+            let value = if text {
+                serde_json::Value::String(value)
+            } else {
+                parse_setpoint(&value)?
+            };
             let path = format!(
                 "/api/v1/devices/{}/setpoints/{}",
                 crate::client::percent_encode(&device),
@@ -312,7 +321,11 @@ fn parse_setpoint(text: &str) -> anyhow::Result<serde_json::Value> {
             .ok()
             .filter(|v| v.is_finite())
             .map(|v| serde_json::json!(v))
-            .ok_or_else(|| anyhow::anyhow!("`{text}` is neither a number nor true/false")),
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "`{text}` is neither a number nor true/false (give --text to set a text point)"
+                )
+            }),
     }
 }
 
@@ -348,6 +361,10 @@ fn setpoints_table(points: &[serde_json::Value]) -> String {
             }
             // An OPC UA node's type is the server's, known once its session connected.
             _ => match (text("protocol").as_str(), text("data_type").as_str()) {
+                // Decision 0095: set with `--text`.
+                (_, data_type) if fabrik_api::setpoints::takes_text(data_type) => {
+                    "text (set with --text)".to_owned()
+                }
                 ("opcua", "node") => "true/false, or a number without a range".to_owned(),
                 ("opcua", number) if number != "Boolean" => {
                     format!("no range: configure `min` and `max` to write this {number}")

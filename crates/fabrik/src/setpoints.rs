@@ -17,6 +17,13 @@ pub(crate) struct Connectors(pub(crate) Vec<Arc<dyn SetpointControl>>);
 impl SetpointControl for Connectors {
     fn setpoints(&self) -> Vec<Setpoint> {
         let mut all: Vec<Setpoint> = self.0.iter().flat_map(|c| c.setpoints()).collect();
+        // A range configured for a point that turns out to hold text does not apply to it.
+        for text in all
+            .iter_mut()
+            .filter(|s| fabrik_api::setpoints::takes_text(&s.data_type))
+        {
+            (text.min, text.max, text.range_from) = (None, None, None);
+        }
         all.sort_by(|a, b| (&a.device, &a.signal).cmp(&(&b.device, &b.signal)));
         all
     }
@@ -71,7 +78,8 @@ pub(crate) async fn answered<V, E>(
     })
 }
 
-/// A value read back, as JSON (Modbus and OPC UA values serialize as numbers and Booleans).
+/// A value read back, as JSON (Modbus and OPC UA values serialize as bare numbers, Booleans
+/// and strings).
 pub(crate) fn to_json<V: serde::Serialize>(value: V) -> serde_json::Value {
     serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
 }
@@ -81,6 +89,7 @@ pub(crate) fn set_value(value: SetpointValue) -> SetValue {
     match value {
         SetpointValue::Bool(b) => SetValue::Bool(b),
         SetpointValue::Number(v) => SetValue::Number(v),
+        SetpointValue::Text(text) => SetValue::Text(text),
     }
 }
 

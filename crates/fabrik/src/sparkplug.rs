@@ -80,7 +80,7 @@ impl SetpointControl for SparkplugSetpoints {
     }
 }
 
-/// A reported scalar as JSON (the only kinds a setpoint takes: numbers and Booleans).
+/// A reported scalar as JSON (the kinds a setpoint takes: numbers, Booleans and text).
 fn json_of(value: Value) -> serde_json::Value {
     match value {
         Value::Bool(b) => serde_json::Value::Bool(b),

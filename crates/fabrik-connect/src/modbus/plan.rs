@@ -394,9 +394,12 @@ fn check_point(device: &str, p: &PointConfig, issues: &mut Vec<String>) -> Optio
     })
 }
 
-/// The rules of a `writable` point: only the tables a master may write, no strings, and a
-/// number only with the range an operator may set, so a write can never reach a value nobody
-/// chose.
+/// Registers one Write Multiple Registers request carries.
+const MAX_WRITE_REGISTERS: u16 = 123;
+
+/// The rules of a `writable` point: only the tables a master may write, a string no longer
+/// than one write request carries, and a number only with the range an operator may set, so
+/// a write can never reach a value nobody chose.
 fn check_writable(p: &PointConfig, issue: &mut impl FnMut(String)) {
     let t = p.data_type;
     let limits = p.min.is_some() || p.max.is_some();
@@ -413,8 +416,15 @@ fn check_writable(p: &PointConfig, issue: &mut impl FnMut(String)) {
         ));
         return;
     }
-    if t == DataType::String {
-        issue("`string` points cannot be written".into());
+    // Write Multiple Registers carries at most 123 registers (Modbus Application Protocol
+    // 1.1b3, 6.12), two fewer than a read.
+    if t == DataType::String
+        && let Some(n) = p.length.filter(|&n| n > MAX_WRITE_REGISTERS)
+    {
+        issue(format!(
+            "a writable `string` spans at most {MAX_WRITE_REGISTERS} registers (one write \
+             request), not {n}"
+        ));
     }
     if !t.is_numeric() {
         if limits {
@@ -584,6 +594,8 @@ mod tests {
         let discrete = writable("discrete", Table::Discrete, 0, DataType::Bool);
         let mut text = writable("text", Table::Holding, 10, DataType::String);
         text.length = Some(2);
+        let mut long_text = writable("long_text", Table::Holding, 100, DataType::String);
+        long_text.length = Some(124);
         let no_range = writable("no_range", Table::Holding, 20, DataType::F32);
         let mut upside_down = writable("upside_down", Table::Holding, 30, DataType::U16);
         (upside_down.min, upside_down.max) = (Some(10.0), Some(1.0));
@@ -603,6 +615,7 @@ mod tests {
                 input,
                 discrete,
                 text,
+                long_text,
                 no_range,
                 upside_down,
                 infinite,
@@ -616,7 +629,7 @@ mod tests {
         let expect = [
             "point `input`: input points cannot be written",
             "point `discrete`: discrete points cannot be written",
-            "point `text`: `string` points cannot be written",
+            "point `long_text`: a writable `string` spans at most 123 registers (one write request), not 124",
             "point `no_range`: a writable number needs `min` and `max`",
             "point `upside_down`: `min` 10 is above `max` 1",
             "point `infinite`: `min` and `max` must be finite",

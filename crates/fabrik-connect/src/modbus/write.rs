@@ -198,10 +198,19 @@ pub fn encode(point: &WritablePoint, value: SetValue) -> Result<Encoded, String>
                 Encoded::Registers(vec![u16::from(b)])
             });
         }
-        (DataType::Bool, SetValue::Number(_)) => {
+        (DataType::Bool, _) => {
             return Err("the point is a `bool`: give true or false".into());
         }
-        (t, SetValue::Bool(_)) => return Err(format!("the point is a `{t}`: give a number")),
+        (DataType::String, SetValue::Text(text)) => return encode_text(codec, &text),
+        (DataType::String, _) => {
+            return Err(format!(
+                "the point is a `string` of {} registers: give text",
+                codec.len
+            ));
+        }
+        (t, SetValue::Bool(_) | SetValue::Text(_)) => {
+            return Err(format!("the point is a `{t}`: give a number"));
+        }
         (_, SetValue::Number(v)) => v,
     };
     if !number.is_finite() {
@@ -282,6 +291,38 @@ pub fn encode(point: &WritablePoint, value: SetValue) -> Result<Encoded, String>
         }
     };
     Ok(Encoded::Registers(registers(codec, &bytes)))
+}
+
+/// `text` as a `string` point's registers: its UTF-8 bytes, two to a register in the point's
+/// byte order, the rest of the point's registers NUL (the inverse of the poller's decoding,
+/// which drops trailing NULs). Text with a NUL of its own would read back cut, so it is refused.
+fn encode_text(codec: &Codec, text: &str) -> Result<Encoded, String> {
+    let text = crate::setpoint::checked_text(text)?;
+    let room = usize::from(codec.len) * 2;
+    if text.contains('\0') {
+        return Err("the text holds a NUL character, which ends a string in registers".into());
+    }
+    if text.len() > room {
+        return Err(format!(
+            "the text is {} bytes in UTF-8; the point's {} registers hold {room}",
+            text.len(),
+            codec.len
+        ));
+    }
+    let mut bytes = text.into_bytes();
+    bytes.resize(room, 0);
+    Ok(Encoded::Registers(
+        bytes
+            .chunks_exact(2)
+            .map(|pair| {
+                let pair = [pair[0], pair[1]];
+                match codec.byte_order {
+                    Order::Big => u16::from_be_bytes(pair),
+                    Order::Little => u16::from_le_bytes(pair),
+                }
+            })
+            .collect(),
+    ))
 }
 
 /// The raw number whose decoding is `value` (the inverse of `Codec`'s scaling).
@@ -499,5 +540,42 @@ mod tests {
             encode(&coil, SetValue::Bool(true)),
             Ok(Encoded::Registers(vec![1]))
         );
+    }
+
+    #[test]
+    fn text_fills_a_string_point_and_reads_back_as_written() {
+        for byte_order in [Order::Big, Order::Little] {
+            let p = ordered(point(DataType::String, 4), byte_order, Order::Big);
+            for text in ["Cola", "Lemon 1", "Mango 12", "ü", ""] {
+                let Ok(Encoded::Registers(regs)) = encode(&p, SetValue::Text(text.into())) else {
+                    panic!("{text:?} encodes");
+                };
+                assert_eq!(regs.len(), 4, "the point's registers, NUL-padded");
+                assert_eq!(
+                    p.codec.decode_registers(&regs),
+                    Ok(Value::Str(text.to_owned())),
+                    "{byte_order:?}"
+                );
+            }
+        }
+        let p = point(DataType::String, 2);
+        assert_eq!(
+            encode(&p, SetValue::Text("AB".into())),
+            Ok(Encoded::Registers(vec![0x4142, 0]))
+        );
+        let e = encode(&p, SetValue::Text("Lemon".into())).unwrap_err();
+        assert_eq!(
+            e,
+            "the text is 5 bytes in UTF-8; the point's 2 registers hold 4"
+        );
+        let e = encode(&p, SetValue::Text("A\0B".into())).unwrap_err();
+        assert!(e.contains("NUL"), "{e}");
+        let e = encode(&p, SetValue::Number(1.0)).unwrap_err();
+        assert_eq!(e, "the point is a `string` of 2 registers: give text");
+        let e = encode(&point(DataType::U16, 1), SetValue::Text("1".into())).unwrap_err();
+        assert!(e.contains("give a number"), "{e}");
+        let long = point(DataType::String, 123);
+        let e = encode(&long, SetValue::Text("x".repeat(1001))).unwrap_err();
+        assert!(e.contains("at most 1000"), "{e}");
     }
 }

@@ -20,7 +20,7 @@ const ENGINEERING_UNITS: &str = "EngineeringUnits";
 /// A node's declared type, range and unit.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Declared {
-    /// The node's `DataType` attribute by name when it is a concrete Boolean or number type
+    /// The node's `DataType` attribute by name when it is a concrete Boolean, number or String type
     /// (`Double`, `Boolean`, `Int16`); `None` for any other type or when it could not be read.
     pub data_type: Option<String>,
     /// `EURange`, the range of the node's normal operation, as `(low, high)`; `Err` says why
@@ -210,7 +210,7 @@ fn property_target(result: &BrowsePathResult) -> Result<Option<NodeId>, String> 
     }
 }
 
-/// The name of a node's `DataType` when it is a concrete Boolean or number type, the types a
+/// The name of a node's `DataType` when it is a concrete Boolean, number or String type, the types a
 /// write converts to (`Double`, `Boolean`); `None` for any other, abstract or custom type, or
 /// when it could not be read.
 fn writable_type_name(value: &DataValue) -> Option<String> {
@@ -339,10 +339,12 @@ mod tests {
             named(DataTypeId::Boolean.into()),
             Some("Boolean".to_owned())
         );
+        // Text (decision 0095).
+        assert_eq!(named(DataTypeId::String.into()), Some("String".to_owned()));
         // Abstract and other types: the node's value decides at the write.
         assert_eq!(named(DataTypeId::BaseDataType.into()), None);
         assert_eq!(named(DataTypeId::Number.into()), None);
-        assert_eq!(named(DataTypeId::String.into()), None);
+        assert_eq!(named(DataTypeId::LocalizedText.into()), None);
         assert_eq!(named(NodeId::new(2, "Custom")), None);
     }
 

@@ -24,7 +24,7 @@ use super::convert;
 use super::declared::{Declared, LookupFailed, disjoint, read_declared};
 use super::plan::ServerPlan;
 use super::{OpcUaError, Value};
-use crate::setpoint::{NumberType, SetValue, checked_number};
+use crate::setpoint::{NumberType, SetValue, checked_number, checked_text};
 
 /// What a server's task shares with the writer: its connected session (set and cleared by the
 /// task), the lock that lets one write at a time use the session, and what the server last
@@ -255,8 +255,11 @@ impl OpcUaWriter {
                 link.remember([(item.node_id.clone(), declared.clone())]);
                 declared
             }
-            // A Boolean has no range: what the lookup could not tell does not concern it.
-            Err(_) if matches!(template, Variant::Boolean(_)) => Declared::default(),
+            // A Boolean or a String has no range: what the lookup could not tell does not
+            // concern it.
+            Err(_) if matches!(template, Variant::Boolean(_) | Variant::String(_)) => {
+                Declared::default()
+            }
             // Unknown is not "none": the node may declare a narrower range than configured.
             Err(LookupFailed { why, .. }) => return Err(read_before(why)),
         };
@@ -307,7 +310,7 @@ impl OpcUaWriter {
 }
 
 /// A value of the type a write to the node must have: its `DataType` attribute when that is a
-/// concrete Boolean or number type (a node without a value yet can then be written), else
+/// concrete Boolean, number or String type (a node without a value yet can then be written), else
 /// its current value's (an abstract `Number` or `BaseDataType` node takes what it holds). The
 /// outer error is the read's; the inner one says why the node's type cannot be known.
 async fn node_type(
@@ -354,7 +357,7 @@ async fn node_type(
         && status.is_bad()
     {
         return Ok(Err(format!(
-            "the node's type is not a number or Boolean type Fabrik knows, and its value, \
+            "the node's type is not a number, Boolean or String type Fabrik knows, and its value, \
              which would say what it holds, is {}",
             convert::status_text(status)
         )));
@@ -366,11 +369,12 @@ async fn node_type(
     Ok(Ok(variant))
 }
 
-/// A value of `data_type` when it is a concrete Boolean or number type.
+/// A value of `data_type` when it is a concrete Boolean, number or String type.
 pub(crate) fn template_of(data_type: &NodeId) -> Option<Variant> {
     use opcua::types::DataTypeId as T;
     Some(match data_type.as_data_type_id().ok()? {
         T::Boolean => Variant::Boolean(false),
+        T::String => Variant::String(opcua::types::UAString::null()),
         T::SByte => Variant::SByte(0),
         T::Byte => Variant::Byte(0),
         T::Int16 => Variant::Int16(0),
@@ -453,23 +457,27 @@ pub fn to_variant(
     let kind = type_name(current);
     let number = match (current, value) {
         (Variant::Boolean(_), SetValue::Bool(b)) => return Ok(Variant::Boolean(b)),
-        (Variant::Boolean(_), SetValue::Number(_)) => {
+        (Variant::Boolean(_), _) => {
             return Err("the node is a Boolean: give true or false".into());
         }
-        (numeric, SetValue::Bool(_)) if numeric.is_numeric() => {
+        (Variant::String(_), SetValue::Text(text)) => {
+            return Ok(Variant::String(checked_text(&text)?.into()));
+        }
+        (Variant::String(_), _) => return Err("the node holds a String: give text".into()),
+        (numeric, SetValue::Bool(_) | SetValue::Text(_)) if numeric.is_numeric() => {
             return Err(format!("the node holds a {kind}: give a number"));
         }
         (numeric, SetValue::Number(v)) if numeric.is_numeric() => v,
         (Variant::Empty, _) => {
             return Err(
-                "the node has no value yet, and its DataType is not a number or Boolean type \
-                 Fabrik knows: nothing says what to write it as"
+                "the node has no value yet, and its DataType is not a number, Boolean or \
+                 String type Fabrik knows: nothing says what to write it as"
                     .into(),
             );
         }
         (_, _) => {
             return Err(format!(
-                "the node holds a {kind}; only numbers and Booleans are written"
+                "the node holds a {kind}; only numbers, Booleans and Strings are written"
             ));
         }
     };
@@ -600,7 +608,22 @@ mod tests {
         let e = refused(Variant::Boolean(true), SetValue::Number(1.0), range);
         assert!(e.contains("give true or false"), "{e}");
         let e = refused(Variant::String("a".into()), SetValue::Number(1.0), range);
-        assert!(e.contains("only numbers and Booleans"), "{e}");
+        assert_eq!(e, "the node holds a String: give text");
+        let e = refused(Variant::Double(0.0), SetValue::Text("1".into()), range);
+        assert_eq!(e, "the node holds a Double: give a number");
+        let e = refused(
+            Variant::DateTime(Box::default()),
+            SetValue::Number(1.0),
+            range,
+        );
+        assert!(e.contains("only numbers, Booleans and Strings"), "{e}");
+        // A String node (or one whose DataType is String and has no value yet) takes text,
+        // whatever range is configured.
+        let template = template_of(&opcua::types::DataTypeId::String.into()).expect("String");
+        assert_eq!(
+            to_variant(&template, SetValue::Text("B-7".into()), range, None),
+            Ok(Variant::String("B-7".into()))
+        );
         let e = refused(Variant::Double(0.0), SetValue::Number(f64::NAN), range);
         assert!(e.contains("not a finite number"), "{e}");
         let e = refused(

@@ -18,7 +18,7 @@ use super::proto::Payload;
 use super::session::{BD_SEQ, Sample, SparkplugHost, Stale};
 use super::topic::{MessageType, SparkplugTopic};
 use super::{Result, SparkplugError};
-use crate::setpoint::{NumberType, SetValue, Written, checked_number};
+use crate::setpoint::{NumberType, SetValue, Written, checked_number, checked_text};
 
 /// A metric operators may set.
 #[derive(Debug, Clone, PartialEq)]
@@ -220,7 +220,13 @@ pub fn to_metric_value(
         T::Boolean => {
             return match value {
                 SetValue::Bool(b) => Ok(Value::Bool(b)),
-                SetValue::Number(_) => Err("the metric is a Boolean: give true or false".into()),
+                _ => Err("the metric is a Boolean: give true or false".into()),
+            };
+        }
+        T::String | T::Text => {
+            return match value {
+                SetValue::Text(text) => Ok(Value::Str(checked_text(&text)?)),
+                _ => Err(format!("the metric is a {datatype:?}: give text")),
             };
         }
         T::Int8 => NumberType::Int8,
@@ -235,7 +241,7 @@ pub fn to_metric_value(
         T::Double => NumberType::Double,
         other => {
             return Err(format!(
-                "the metric is a {other:?}; only numbers and Booleans are written"
+                "the metric is a {other:?}; only numbers, Booleans and text are written"
             ));
         }
     };
@@ -523,7 +529,7 @@ impl SparkplugCommands {
         {
             let host = self.host.lock();
             let target = self.target(&host, point)?;
-            self.checked(point, target.datatype, value)?;
+            self.checked(point, target.datatype, value.clone())?;
         }
         // A second write of the same metric waits for the first's answer, then gives up.
         let _writing = tokio::time::timeout(self.plan.timeout, watched.writing.lock())
@@ -691,6 +697,8 @@ fn shown(value: &Value) -> String {
         Value::U64(n) => n.to_string(),
         Value::F64(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
+        // Quoted, as the API shows text (decision 0095).
+        Value::Str(text) => format!("{text:?}"),
         other => format!("{other:?}"),
     }
 }
@@ -862,9 +870,25 @@ mod tests {
         );
         assert!(refused(DataType::Double, SetValue::Bool(true), range).contains("give a number"));
         assert!(refused(DataType::Boolean, SetValue::Number(1.0), None).contains("true or false"));
+        assert!(refused(DataType::String, SetValue::Number(1.0), range).contains("give text"));
         assert!(
-            refused(DataType::String, SetValue::Number(1.0), range)
-                .contains("only numbers and Booleans")
+            refused(DataType::Double, SetValue::Text("1".into()), range).contains("give a number")
+        );
+        assert!(
+            refused(DataType::Bytes, SetValue::Number(1.0), range)
+                .contains("only numbers, Booleans and text")
+        );
+        // Text metrics take text (no range applies), within the length kept.
+        for datatype in [DataType::String, DataType::Text] {
+            assert_eq!(
+                to_metric_value(datatype, SetValue::Text("Recipe B-7".into()), None),
+                Ok(Value::Str("Recipe B-7".into()))
+            );
+        }
+        let long = "x".repeat(crate::setpoint::MAX_TEXT + 1);
+        assert!(
+            refused(DataType::String, SetValue::Text(long), None)
+                .contains("the text has 1001 characters; at most 1000 are written")
         );
     }
 

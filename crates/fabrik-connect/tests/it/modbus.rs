@@ -661,6 +661,16 @@ async fn writes_reach_pymodbus_are_read_back_and_refused_where_they_must_be() {
         Some((0.0, 10.0)),
     );
     let pump = writable(pt("pump", Table::Coil, 5, DataType::Bool), None);
+    // The peer's "pump" string, two registers, bytes little-endian: text is written into it.
+    let mut label = writable(
+        ordered(
+            pt("label", Table::Holding, 36, DataType::String),
+            Order::Little,
+            Order::Big,
+        ),
+        None,
+    );
+    label.length = Some(2);
     let config = ModbusConfig {
         devices: vec![device(
             "plc-w",
@@ -672,6 +682,7 @@ async fn writes_reach_pymodbus_are_read_back_and_refused_where_they_must_be() {
                 clamped,
                 locked,
                 pump,
+                label,
                 pt("fixed", Table::Holding, 0, DataType::U16),
             ],
         )],
@@ -710,6 +721,15 @@ async fn writes_reach_pymodbus_are_read_back_and_refused_where_they_must_be() {
         .expect("pump switched");
     assert_eq!(written.read_back, Ok(Value::Bool(true)));
     assert!(written.confirmed);
+    // Text in a string point (decision 0095): its registers, NUL-padded, read back as written.
+    for text in ["Lime", "ok"] {
+        let written = writer
+            .write("plc-w", "label", SetValue::Text(text.into()))
+            .await
+            .expect("label written");
+        assert_eq!(written.read_back, Ok(Value::Str(text.into())));
+        assert!(written.confirmed);
+    }
     // The device keeps at most 500: the write is answered, but not confirmed.
     let written = writer
         .write("plc-w", "clamped", SetValue::Number(900.0))
@@ -737,8 +757,17 @@ async fn writes_reach_pymodbus_are_read_back_and_refused_where_they_must_be() {
         ),
         ("speed", SetValue::Number(12.34), "cannot be stored exactly"),
         ("pump", SetValue::Number(1.0), "give true or false"),
+        (
+            "label",
+            SetValue::Text("Lemon".into()),
+            "the text is 5 bytes in UTF-8; the point's 2 registers hold 4",
+        ),
+        ("speed", SetValue::Text("12".into()), "give a number"),
     ] {
-        let e = writer.write("plc-w", signal, value).await.unwrap_err();
+        let e = writer
+            .write("plc-w", signal, value.clone())
+            .await
+            .unwrap_err();
         assert!(
             matches!(e, ModbusError::InvalidValue { .. }) && e.to_string().contains(want),
             "{signal} = {value}: {e}"

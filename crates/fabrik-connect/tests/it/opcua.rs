@@ -910,6 +910,7 @@ async fn writable_items_are_written_in_the_nodes_type_and_read_back() {
             ),
             ("ns=2;s=Pump1.Enable", "enable", ""),
             ("ns=2;s=Pump1.Limit", "limit", "min = 0.0\nmax = 1000.0\n"),
+            ("ns=2;s=Pump1.Recipe", "recipe", ""),
             ("ns=2;s=Pump1.Locked", "locked", "min = 0.0\nmax = 10.0\n"),
             ("ns=2;s=Pump1.Pressure", "unranged", ""),
             ("ns=2;s=Pump1.Fresh", "fresh", "min = 0.0\nmax = 10.0\n"),
@@ -952,6 +953,15 @@ async fn writable_items_are_written_in_the_nodes_type_and_read_back() {
         (written.read_back, written.confirmed),
         (Ok(Value::Bool(true)), true)
     );
+    // A String node takes text (decision 0095).
+    let written = writer
+        .write("plc-dev", "recipe", SetValue::Text("B-200 ünïcode".into()))
+        .await
+        .expect("String written");
+    assert_eq!(
+        (written.read_back, written.confirmed),
+        (Ok(Value::Str("B-200 ünïcode".into())), true)
+    );
     // The server keeps Limit at most 500: the write is answered, but the node holds its own.
     let clamped = writer
         .write("plc-dev", "limit", SetValue::Number(900.0))
@@ -986,6 +996,26 @@ async fn writable_items_are_written_in_the_nodes_type_and_read_back() {
             "the node holds a Int16: 1.5 is not a whole number",
         ),
         ("enable", SetValue::Number(1.0), "give true or false"),
+        (
+            "enable",
+            SetValue::Text("true".into()),
+            "give true or false",
+        ),
+        (
+            "recipe",
+            SetValue::Number(7.0),
+            "the node holds a String: give text",
+        ),
+        (
+            "recipe",
+            SetValue::Text("x".repeat(1001)),
+            "the text has 1001 characters; at most 1000 are written",
+        ),
+        (
+            "setpoint",
+            SetValue::Text("5".into()),
+            "the node holds a Double: give a number",
+        ),
         (
             "unranged",
             SetValue::Number(1.0),

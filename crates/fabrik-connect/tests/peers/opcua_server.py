@@ -19,6 +19,7 @@ and, for the write tests, variables that keep what a client writes:
     ns=2;s=Pump1.Enable    Boolean  false, writable
     ns=2;s=Pump1.Limit     UInt16   0, writable, but the server keeps at most 500 (it clamps
                                     before it answers the write)
+    ns=2;s=Pump1.Recipe    String   "A-100", writable
     ns=2;s=Pump1.Locked    Double   1.0, read-only (a write answers BadNotWritable)
     ns=2;s=Pump1.Fresh     Double   writable, no value yet (BadWaitingForInitialData): only
                                     its DataType says what it holds
@@ -176,6 +177,7 @@ async def main() -> None:
         ("Speed", 0, ua.VariantType.Int16),
         ("Enable", False, ua.VariantType.Boolean),
         ("Limit", 0, ua.VariantType.UInt16),
+        ("Recipe", "A-100", ua.VariantType.String),
     ):
         await (await var(name, value, vtype)).set_writable()
     limit_id = ua.NodeId("Pump1.Limit", idx)

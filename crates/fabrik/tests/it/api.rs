@@ -537,7 +537,7 @@ async fn a_session_cookie_replaces_the_token_until_sign_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_device_stream_sends_its_latest_values_as_server_sent_events() {
+async fn the_device_stream_sends_each_new_row_as_a_server_sent_event() {
     let s = Server::start().await;
     let r = s
         .post("/api/v1/devices")
@@ -585,6 +585,49 @@ async fn the_device_stream_sends_its_latest_values_as_server_sent_events() {
     assert_eq!(event["values"]["vibration_rms"], 0.25, "{event}");
     assert_eq!(event["values"]["running"], true, "{event}");
     assert!(event["time"].is_string(), "{event}");
+    // Rows stored after it each come as an event, in order, even when a newer row follows
+    // within the same second: a value reported on its own (here the mode) is not lost.
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    let r = s
+        .post("/api/v1/write")
+        .body(format!(
+            "pump,device=pump-9 mode=\"auto\" {now_ns}\npump,device=pump-9 vibration_rms=0.5 {}\n",
+            now_ns + 1_000_000
+        ))
+        .send()
+        .await
+        .expect("write");
+    assert_eq!(r.status(), 200);
+    let mut later = Vec::new();
+    let mut rest = text[text.find("\n\n").expect("first event") + 2..].to_owned();
+    while later.len() < 2 {
+        while let Some(end) = rest.find("\n\n") {
+            let chunk: String = rest.drain(..end + 2).collect();
+            if let Some(data) = chunk.lines().find_map(|l| l.strip_prefix("data:")) {
+                let event: serde_json::Value = serde_json::from_str(data.trim()).expect("json");
+                later.push(event["values"].clone());
+            }
+        }
+        if later.len() >= 2 {
+            break;
+        }
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), response.chunk())
+            .await
+            .expect("the later rows within 10 s")
+            .expect("chunk")
+            .expect("stream open");
+        rest.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert_eq!(
+        later,
+        [
+            serde_json::json!({"mode": "auto"}),
+            serde_json::json!({"vibration_rms": 0.5})
+        ]
+    );
     let missing = s
         .client
         .get(format!("{}/api/v1/devices/nope/stream", s.url))

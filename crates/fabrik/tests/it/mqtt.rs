@@ -626,6 +626,44 @@ fn the_demo_plant_publishes_through_the_endpoint_within_seconds() {
         !ok && out.contains("outside the node's EURange 0..=900"),
         "{out}"
     );
+    // Its recipe is a String node: set as text (decision 0095), and only as text.
+    let (ok, out) = crate::support::client_command(
+        &p.url,
+        &[
+            "device",
+            "set",
+            "line-01",
+            "recipe",
+            "--text",
+            "Lemon 0.33 l",
+        ],
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(r#"line-01/recipe = "Lemon 0.33 l" (read back from the device)"#),
+        "{out}"
+    );
+    let (ok, out) =
+        crate::support::client_command(&p.url, &["device", "set", "line-01", "recipe", "7"]);
+    assert!(
+        !ok && out.contains("the node holds a String: give text"),
+        "{out}"
+    );
+    let (ok, out) = crate::support::client_command(
+        &p.url,
+        &[
+            "device",
+            "set",
+            "line-01",
+            "speed_setpoint",
+            "--text",
+            "450",
+        ],
+    );
+    assert!(
+        !ok && out.contains("the node holds a Double: give a number"),
+        "{out}"
+    );
     let (ok, out) = crate::support::client_command(&p.url, &["device", "setpoints"]);
     assert!(ok, "{out}");
     for listed in [
@@ -633,6 +671,7 @@ fn the_demo_plant_publishes_through_the_endpoint_within_seconds() {
         "line-01",
         "ns=2;s=Line1.Filler.SpeedSetpoint",
         "0..=900 bottles/min (declared by the device)",
+        "ns=2;s=Line1.Filler.Recipe String text (set with --text)",
     ] {
         assert!(out.contains(listed), "{listed} not in:\n{out}");
     }
@@ -644,6 +683,14 @@ fn the_demo_plant_publishes_through_the_endpoint_within_seconds() {
              AND speed_setpoint IS NOT NULL ORDER BY time DESC LIMIT 1",
         );
         rows.first().is_some_and(|r| r["speed_setpoint"] == 450.0)
+    });
+    eventually("the recipe written through Fabrik is reported", || {
+        let rows = query(
+            &p.url,
+            "SELECT recipe FROM filler WHERE device = 'line-01' AND recipe IS NOT NULL \
+             ORDER BY time DESC LIMIT 1",
+        );
+        rows.first().is_some_and(|r| r["recipe"] == "Lemon 0.33 l")
     });
     // The Sparkplug edge node's pressure set-point (decision 0091): an NCMD, which the node
     // answers with an NDATA reporting the value it took.
@@ -687,23 +734,31 @@ fn the_demo_plant_publishes_through_the_endpoint_within_seconds() {
     });
     let writes = query(
         &p.url,
-        "SELECT device, signal, status, value, read_back FROM _device_writes ORDER BY time",
+        "SELECT device, signal, status, value, read_back, text, read_back_text \
+         FROM _device_writes ORDER BY time",
     );
     let seen: Vec<String> = writes
         .iter()
         .map(|w| {
             format!(
-                "{} {} {} {} {}",
-                w["device"], w["signal"], w["status"], w["value"], w["read_back"]
+                "{} {} {} {} {} {} {}",
+                w["device"],
+                w["signal"],
+                w["status"],
+                w["value"],
+                w["read_back"],
+                w["text"],
+                w["read_back_text"]
             )
         })
         .collect();
     assert_eq!(
         seen,
         [
-            r#""chiller-02" "setpoint" "confirmed" 8.5 8.5"#,
-            r#""line-01" "speed_setpoint" "confirmed" 450.0 450.0"#,
-            r#""plant-1/edge-01" "Compressor/Pressure Setpoint" "confirmed" 8.0 8.0"#,
+            r#""chiller-02" "setpoint" "confirmed" 8.5 8.5 null null"#,
+            r#""line-01" "speed_setpoint" "confirmed" 450.0 450.0 null null"#,
+            r#""line-01" "recipe" "confirmed" null null "Lemon 0.33 l" "Lemon 0.33 l""#,
+            r#""plant-1/edge-01" "Compressor/Pressure Setpoint" "confirmed" 8.0 8.0 null null"#,
         ],
         "the refused writes are not rows: {writes:#?}"
     );

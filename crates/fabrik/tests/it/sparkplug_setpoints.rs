@@ -21,6 +21,7 @@ use crate::support::Process;
 const SPEED_ALIAS: u64 = 10;
 const VALVE_ALIAS: u64 = 12;
 const AUTO_ALIAS: u64 = 1;
+const RECIPE_ALIAS: u64 = 2;
 /// What the simulated pump accepts as a speed: it keeps at most this.
 const PUMP_TOP_SPEED: u32 = 1200;
 
@@ -123,6 +124,16 @@ impl EdgeNode {
                             DataType::Boolean,
                             Value::Bool(*b),
                         ),
+                        (
+                            "spBv1.0/Plant1/NCMD/edge-1",
+                            Some(RECIPE_ALIAS),
+                            Some(MetricValue::StringValue(recipe)),
+                        ) => (
+                            "spBv1.0/Plant1/NDATA/edge-1",
+                            RECIPE_ALIAS,
+                            DataType::String,
+                            Value::Str(recipe.clone()),
+                        ),
                         _ => continue,
                     };
                 let n = seq.fetch_add(1, Ordering::SeqCst) + 1;
@@ -149,8 +160,9 @@ impl EdgeNode {
         self.sender()(topic, bytes);
     }
 
-    /// The node's births: its own `Mode/Auto` (alias 1), and pump-3's speed (alias 10, a
-    /// `UInt16`, at 600) and valve (alias 12, a `Double`, at 20).
+    /// The node's births: its own `Mode/Auto` (alias 1) and `Recipe` (alias 2, a `String`),
+    /// and pump-3's speed (alias 10, a `UInt16`, at 600) and valve (alias 12, a `Double`, at
+    /// 20).
     fn births(&self) {
         self.publish(
             "spBv1.0/Plant1/NBIRTH/edge-1",
@@ -163,6 +175,12 @@ impl EdgeNode {
                         Some(AUTO_ALIAS),
                         DataType::Boolean,
                         Value::Bool(false),
+                    ),
+                    (
+                        Some("Recipe"),
+                        Some(RECIPE_ALIAS),
+                        DataType::String,
+                        Value::Str("A-100".into()),
                     ),
                 ],
             ),
@@ -303,6 +321,10 @@ max = 100.0
 [[sparkplug.setpoints]]
 device = "Plant1/edge-1"
 metric = "Mode/Auto"
+
+[[sparkplug.setpoints]]
+device = "Plant1/edge-1"
+metric = "Recipe"
 "#,
     )
     .expect("config");
@@ -522,6 +544,60 @@ metric = "Mode/Auto"
         (200, &serde_json::json!(true))
     );
     assert_eq!(node.wait_for(6)[5].0, "spBv1.0/Plant1/NCMD/edge-1");
+
+    // A text metric takes text (decision 0095): an NCMD with the string, confirmed by the
+    // node's report; a number for it, or text for the Boolean, is refused with nothing sent.
+    let (code, refused) = set(&p.url, "Plant1/edge-1", "Recipe", 7.into());
+    assert_eq!(code, 422, "{refused}");
+    assert!(
+        says(&refused, "the metric is a String: give text"),
+        "{refused}"
+    );
+    let (code, refused) = set(&p.url, "Plant1/edge-1", "Mode/Auto", "on".into());
+    assert_eq!(code, 422, "{refused}");
+    assert!(says(&refused, "give true or false"), "{refused}");
+    let (code, written) = set(&p.url, "Plant1/edge-1", "Recipe", "B-200 \"night\"".into());
+    assert_eq!(code, 200, "{written}");
+    assert_eq!(
+        (
+            &written["value"],
+            &written["read_back"],
+            &written["confirmed"]
+        ),
+        (
+            &serde_json::json!("B-200 \"night\""),
+            &serde_json::json!("B-200 \"night\""),
+            &serde_json::json!(true)
+        ),
+        "{written}"
+    );
+    let command = &node.wait_for(7)[6];
+    assert_eq!(command.0, "spBv1.0/Plant1/NCMD/edge-1");
+    assert_eq!(
+        (command.3.metrics[0].alias, &command.3.metrics[0].value),
+        (
+            Some(RECIPE_ALIAS),
+            &Some(MetricValue::StringValue("B-200 \"night\"".into()))
+        )
+    );
+    let (_, points) = http(&p.url, reqwest::Method::GET, "/api/v1/setpoints", None);
+    assert!(
+        points.as_array().is_some_and(|a| a
+            .iter()
+            .any(|s| s["signal"] == "Recipe" && s["data_type"] == "String")),
+        "{points}"
+    );
+    // Stored as text, beside the numbers' `value` column.
+    let rows = query(
+        &p.url,
+        "SELECT status, value, text, read_back_text FROM _device_writes \
+         WHERE signal = 'Recipe'",
+    );
+    assert_eq!(
+        rows,
+        [serde_json::json!({"status": "confirmed", "value": null,
+            "text": "B-200 \"night\"", "read_back_text": "B-200 \"night\""})],
+    );
 
     // The node's client is gone (its NDEATH not sent, as when a link just drops): nothing can
     // be sent to it, whoever else listens.
