@@ -512,14 +512,27 @@ impl Written<'_> {
 const AUDITED_TEXT: usize = 100;
 
 /// A text as an audit entry shows it: quoted and escaped (the text "7" is not the number 7),
-/// cut to [`AUDITED_TEXT`] characters with the length said.
+/// cut to [`AUDITED_TEXT`] characters once escaped, with the length said.
 fn audited(text: &str) -> String {
-    let length = text.chars().count();
-    if length <= AUDITED_TEXT {
-        return format!("{text:?}");
+    let mut shown = String::new();
+    let mut shown_chars = 0;
+    let mut taken = 0;
+    for c in text.chars() {
+        let escaped: String = c.to_string().escape_debug().collect();
+        let width = escaped.chars().count();
+        if shown_chars + width > AUDITED_TEXT {
+            break;
+        }
+        shown.push_str(&escaped);
+        shown_chars += width;
+        taken += 1;
     }
-    let head: String = text.chars().take(AUDITED_TEXT).collect();
-    format!("{head:?}… ({length} characters)")
+    let length = text.chars().count();
+    if taken == length {
+        format!("\"{shown}\"")
+    } else {
+        format!("\"{shown}\"… ({length} characters)")
+    }
 }
 
 /// A name from the request's path as the audit entry shows it: control characters escaped and
@@ -558,5 +571,11 @@ mod tests {
             "the length is said: {shown}"
         );
         assert_eq!(shown.chars().filter(|&c| c == 'é').count(), AUDITED_TEXT);
+        // Escapes count: 60 quotes are 120 characters escaped, so 50 are shown.
+        let quoted = audited(&"\"".repeat(60));
+        assert_eq!(
+            quoted,
+            format!("\"{}\"… (60 characters)", "\\\"".repeat(50))
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! `/api/v1/devices/{id}/stream`: Server-Sent Events with a device's rows as they are stored,
 //! sent once a second, for live charts and last values that update in place.
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -29,6 +30,36 @@ const PERIOD: Duration = Duration::from_secs(1);
 /// The most rows sent per period (the newest): a chart needs no more, and a device that
 /// writes faster does not make the stream fall ever further behind.
 const ROWS_PER_PERIOD: usize = 100;
+/// How far before the newest row sent each query looks again, in nanoseconds: a row stored
+/// after a newer one (a source timestamp a little behind, a batch split across two periods)
+/// or at the same time as one already sent is sent then, once. Older late rows are not.
+const LATE_NS: i64 = 10_000_000_000;
+
+/// What a stream has sent: the newest row's time, and the rows (time, event data) from
+/// [`LATE_NS`] before it on, so that each is sent once.
+#[derive(Default)]
+struct Sent {
+    newest: Option<i64>,
+    recent: HashSet<(i64, String)>,
+}
+
+impl Sent {
+    /// `rows` (oldest first) less those already sent, as events; remembers them.
+    fn events(&mut self, rows: Vec<(i64, String)>) -> Vec<Result<Event, Infallible>> {
+        let mut events = Vec::new();
+        for (time_ns, data) in rows {
+            if self.recent.insert((time_ns, data.clone())) {
+                events.push(Ok(Event::default().data(data)));
+                self.newest = Some(self.newest.map_or(time_ns, |n| n.max(time_ns)));
+            }
+        }
+        if let Some(newest) = self.newest {
+            self.recent
+                .retain(|(time_ns, _)| *time_ns >= newest.saturating_sub(LATE_NS));
+        }
+        events
+    }
+}
 
 #[utoipa::path(get, path = "/api/v1/devices/{id}/stream", tag = "devices", security(("token" = [])),
     params(("id" = String, Path, description = "device id"), StreamParams),
@@ -64,24 +95,25 @@ pub(crate) async fn device_stream(
     // Every row, not only the newest at each tick: a point reported on its own (an OPC UA
     // data change, a Sparkplug report by exception) is a row of its own, and would be missed.
     let stream = futures::stream::unfold(
-        (store, table, id, tokio::time::interval(PERIOD), None),
-        |(store, table, id, mut ticker, mut sent_up_to)| async move {
+        (
+            store,
+            table,
+            id,
+            tokio::time::interval(PERIOD),
+            Sent::default(),
+        ),
+        |(store, table, id, mut ticker, mut sent)| async move {
             ticker.tick().await;
-            let events = match rows_after(&store, &table, &id, sent_up_to).await {
-                Ok(rows) => rows
-                    .into_iter()
-                    .map(|(time_ns, row)| {
-                        sent_up_to = Some(time_ns);
-                        Ok(Event::default().data(row.to_string()))
-                    })
-                    .collect(),
+            let from = sent.newest.map(|newest| newest.saturating_sub(LATE_NS));
+            let events = match rows_from(&store, &table, &id, from).await {
+                Ok(rows) => sent.events(rows),
                 Err(e) => vec![Ok(
                     Event::default().data(serde_json::json!({ "error": e }).to_string())
                 )],
             };
             Some((
                 futures::stream::iter(events),
-                (store, table, id, ticker, sent_up_to),
+                (store, table, id, ticker, sent),
             ))
         },
     )
@@ -91,18 +123,18 @@ pub(crate) async fn device_stream(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-/// The device's rows stored after `after` (nanoseconds), oldest first, at most
-/// [`ROWS_PER_PERIOD`] (the newest); with no `after`, its newest row. Each as its time in
-/// nanoseconds and `{time, values}`, lineage and tag columns and nulls left out.
-async fn rows_after(
+/// The device's rows from `from` (nanoseconds) on, oldest first, at most [`ROWS_PER_PERIOD`]
+/// (the newest); with no `from`, its newest row. Each as its time in nanoseconds and the
+/// event's data, `{time, values}`, with the `device` and lineage columns and nulls left out.
+async fn rows_from(
     store: &fabrik_store::Store,
     table: &str,
     device: &str,
-    after: Option<i64>,
-) -> Result<Vec<(i64, serde_json::Value)>, String> {
-    let (newer, limit) = match after {
+    from: Option<i64>,
+) -> Result<Vec<(i64, String)>, String> {
+    let (newer, limit) = match from {
         Some(ns) => (
-            format!(" AND time > to_timestamp_nanos({ns})"),
+            format!(" AND time >= to_timestamp_nanos({ns})"),
             ROWS_PER_PERIOD,
         ),
         None => (String::new(), 1),
@@ -113,7 +145,7 @@ async fn rows_after(
     );
     let output = store.query(&sql).await.map_err(|e| e.to_string())?;
     let rows = crate::routes::batches_to_json(&output.batches)?;
-    let mut events: Vec<(i64, serde_json::Value)> = rows
+    let mut events: Vec<(i64, String)> = rows
         .into_iter()
         .filter_map(|row| match row {
             serde_json::Value::Object(row) => Some(row),
@@ -130,10 +162,41 @@ async fn rows_after(
                 .collect();
             Some((
                 time_ns,
-                serde_json::json!({ "time": time, "values": values }),
+                serde_json::json!({ "time": time, "values": values }).to_string(),
             ))
         })
         .collect();
     events.reverse();
     Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_row_is_sent_once_also_when_it_comes_late_or_ties_with_one_sent() {
+        let mut sent = Sent::default();
+        let row = |ns: i64, v: &str| {
+            (
+                ns,
+                format!("{{\"time\":{ns},\"values\":{{\"v\":\"{v}\"}}}}"),
+            )
+        };
+        assert_eq!(sent.events(vec![row(100, "a")]).len(), 1);
+        // Queried again from LATE_NS before: the row already sent is not sent again, a row
+        // at the same time with other values is, and so is one stored late, before it.
+        let again = sent.events(vec![
+            row(50, "late"),
+            row(100, "a"),
+            row(100, "b"),
+            row(200, "c"),
+        ]);
+        assert_eq!(again.len(), 3);
+        assert_eq!(sent.newest, Some(200));
+        // What is older than LATE_NS before the newest is forgotten.
+        sent.events(vec![row(200 + LATE_NS, "d")]);
+        assert!(sent.recent.iter().all(|(ns, _)| *ns >= 200));
+        assert_eq!(sent.recent.len(), 2);
+    }
 }

@@ -892,9 +892,10 @@ async function pageDevice(p, id) {
   });
 
   // Live data: seed from the table, then the SSE stream (or polling the query API).
-  // `latest`: each signal's last value that was not null. A connector reports each changed
-  // point on its own (OPC UA data changes, Sparkplug reports by exception), so the newest row
-  // holds few of them.
+  // `latest`: per signal, its newest value that was not null and when (`{ v, ms }`). A
+  // connector reports each changed point on its own (OPC UA data changes, Sparkplug reports by
+  // exception), so the newest row holds few of them; rows can come late or share a
+  // millisecond, which the charts (one point per millisecond, in order) merge or pass over.
   const live = { times: [], cols: Object.fromEntries(numeric.map((s) => [s, []])), lastMs: 0, last: null, latest: {} };
   const WINDOW_S = 300;
   let liveCharts = [];
@@ -920,20 +921,36 @@ async function pageDevice(p, id) {
     if (box) box.dataset.points = String(live.times.length);
   };
   const push = (ms, values) => {
-    if (!(ms > live.lastMs)) return false;
-    live.lastMs = ms;
-    live.times.push(ms / 1000);
-    numeric.forEach((s) => live.cols[s].push(typeof values[s] === 'number' ? values[s] : null));
-    live.last = { ms, values };
-    for (const [k, v] of Object.entries(values)) if (v != null || !(k in live.latest)) live.latest[k] = v;
-    return true;
+    if (!Number.isFinite(ms)) return false;
+    let changed = false;
+    for (const [k, v] of Object.entries(values)) {
+      if (k.startsWith('_') || k === 'device' || k === 'time') continue;
+      if (v == null) { live.latest[k] ??= { v: null, ms: 0 }; continue; }
+      if (!(live.latest[k]?.ms > ms)) { live.latest[k] = { v, ms }; changed = true; }
+    }
+    if (ms > live.lastMs) {
+      live.lastMs = ms;
+      live.times.push(ms / 1000);
+      numeric.forEach((s) => live.cols[s].push(typeof values[s] === 'number' ? values[s] : null));
+      live.last = { ms };
+      return true;
+    }
+    // The same millisecond as the newest point: its values join that point.
+    if (ms === live.lastMs && live.times.length) {
+      const i = live.times.length - 1;
+      numeric.forEach((s) => { if (typeof values[s] === 'number') live.cols[s][i] = values[s]; });
+      return true;
+    }
+    return changed;
   };
   const showLast = () => {
     if (!live.last) return;
-    const vals = Object.entries(live.latest).filter(([k]) => !k.startsWith('_') && k !== 'device' && k !== 'time').sort(([a], [b]) => a.localeCompare(b));
-    // Text is cut to fit its tile; the whole of it is the tile's tooltip.
+    const vals = Object.entries(live.latest).sort(([a], [b]) => a.localeCompare(b));
+    // Text is cut to fit its tile (the whole of it is the tooltip); a value older than the
+    // newest row by more than 10 s says when it was reported, so it is not read as current.
     const shown = (v) => (typeof v === 'boolean' ? (v ? 'true' : 'false') : typeof v === 'string' && v.length > 40 ? `${v.slice(0, 39)}…` : fmtNum(v));
-    patch($('#last-values'), vals.map(([k, v]) => html`<div class="v"><div class="k">${k}</div><div class="n" title="${typeof v === 'string' ? v : ''}">${shown(v)}</div></div>`));
+    const age = (ms) => (ms && live.last.ms - ms > 10000 ? html` <span class="muted">· ${fmtAgo(ms)}</span>` : '');
+    patch($('#last-values'), vals.map(([k, { v, ms }]) => html`<div class="v"><div class="k">${k}${age(ms)}</div><div class="n" title="${typeof v === 'string' ? v : ''}">${shown(v)}</div></div>`));
     $('#last-time').textContent = `at ${fmtTime(live.last.ms, false)}`;
   };
   if (tbl) {
@@ -947,7 +964,13 @@ async function pageDevice(p, id) {
       sessionStorage.setItem(`fabrik.signals.${d.device_type}`, JSON.stringify(chosen));
       buildCharts();
     });
-    const onPoint = (ms, values) => { if (push(ms, values)) { redraw(); showLast(); } };
+    // Drawn once per frame, however many rows an event burst brings.
+    let drawing = false;
+    const onPoint = (ms, values) => {
+      if (!push(ms, values) || drawing) return;
+      drawing = true;
+      requestAnimationFrame(() => { drawing = false; if (p.alive) { redraw(); showLast(); } });
+    };
     startLive(p, id, tbl.name, () => live.lastMs, onPoint, (mode) => { $('#live-mode').textContent = mode; });
   }
 

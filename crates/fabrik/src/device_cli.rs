@@ -93,7 +93,9 @@ enum DeviceCommand {
         device: String,
         /// The point.
         signal: String,
-        /// A number in engineering units, or true/false; with `--text`, the text itself.
+        /// A number in engineering units, or true/false; with `--text`, the text itself (one
+        /// that begins with `-` after `--`).
+        #[arg(allow_negative_numbers = true)]
         value: String,
         /// Send VALUE as text, for a text point (a Modbus `string`, an OPC UA `String` node, a
         /// Sparkplug `String` or `Text` metric), even when it reads as a number.
@@ -365,7 +367,9 @@ fn setpoints_table(points: &[serde_json::Value]) -> String {
                 (_, data_type) if fabrik_api::setpoints::takes_text(data_type) => {
                     "text (set with --text)".to_owned()
                 }
-                ("opcua", "node") => "true/false, or a number without a range".to_owned(),
+                ("opcua", "node") => {
+                    "true/false, a number without a range, or text (--text)".to_owned()
+                }
                 ("opcua", number) if number != "Boolean" => {
                     format!("no range: configure `min` and `max` to write this {number}")
                 }

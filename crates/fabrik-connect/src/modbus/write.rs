@@ -311,18 +311,9 @@ fn encode_text(codec: &Codec, text: &str) -> Result<Encoded, String> {
     }
     let mut bytes = text.into_bytes();
     bytes.resize(room, 0);
-    Ok(Encoded::Registers(
-        bytes
-            .chunks_exact(2)
-            .map(|pair| {
-                let pair = [pair[0], pair[1]];
-                match codec.byte_order {
-                    Order::Big => u16::from_be_bytes(pair),
-                    Order::Little => u16::from_le_bytes(pair),
-                }
-            })
-            .collect(),
-    ))
+    // A string's word order is always big (the configuration refuses another), as decoding
+    // takes its registers in address order.
+    Ok(Encoded::Registers(registers(codec, &bytes)))
 }
 
 /// The raw number whose decoding is `value` (the inverse of `Codec`'s scaling).

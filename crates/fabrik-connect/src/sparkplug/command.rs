@@ -697,7 +697,11 @@ fn shown(value: &Value) -> String {
         Value::U64(n) => n.to_string(),
         Value::F64(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
-        // Quoted, as the API shows text (decision 0095).
+        // Quoted, as the API shows text (decision 0095); a message names at most 100
+        // characters of it.
+        Value::Str(text) if text.chars().count() > 100 => {
+            format!("{:?}…", text.chars().take(100).collect::<String>())
+        }
         Value::Str(text) => format!("{text:?}"),
         other => format!("{other:?}"),
     }

@@ -349,11 +349,20 @@ type = "u16"
             404,
             "no Modbus device, OPC UA item or Sparkplug setpoint is configured for device `drive-9`",
         ),
+        // Text is a value (decision 0095), of the wrong kind for a switch.
         (
             &ana,
             "drive-1",
             "enable",
             serde_json::json!({"value": "on"}),
+            422,
+            "give true or false",
+        ),
+        (
+            &ana,
+            "drive-1",
+            "enable",
+            serde_json::json!({"value": [true]}),
             400,
             "value",
         ),
@@ -481,7 +490,7 @@ type = "u16"
     );
     assert_eq!(
         targets.iter().filter(|(a, _, _)| a == "ana").count(),
-        9,
+        10,
         "one entry per write asked for, no more: {targets:#?}"
     );
 

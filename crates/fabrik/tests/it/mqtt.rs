@@ -601,6 +601,13 @@ fn the_demo_plant_publishes_through_the_endpoint_within_seconds() {
         !ok && out.contains("outside the point's range 4..=15 °C"),
         "{out}"
     );
+    // A negative number is a value, not an option of the command.
+    let (ok, out) =
+        crate::support::client_command(&p.url, &["device", "set", "chiller-02", "setpoint", "-5"]);
+    assert!(
+        !ok && out.contains("-5 °C is outside the point's range 4..=15 °C"),
+        "{out}"
+    );
     eventually("the set-point written through Fabrik is polled", || {
         let rows = query(
             &p.url,
