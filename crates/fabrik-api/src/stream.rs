@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::extract::Query;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt as _};
 use serde::Deserialize;
@@ -41,15 +41,31 @@ const LATE_NS: i64 = 10_000_000_000;
 struct Sent {
     newest: Option<i64>,
     recent: HashSet<(i64, String)>,
+    /// A resumed stream (`Last-Event-ID`): the rows up to this time were sent on the earlier
+    /// connection.
+    resumed_after: Option<i64>,
 }
 
 impl Sent {
-    /// `rows` (oldest first) less those already sent, as events; remembers them.
+    /// A stream that goes on from the row an earlier connection last sent, at `time_ns`.
+    fn resuming(time_ns: i64) -> Self {
+        Self {
+            newest: Some(time_ns),
+            recent: HashSet::new(),
+            resumed_after: Some(time_ns),
+        }
+    }
+
+    /// `rows` (oldest first) less those already sent, as events whose id is the row's time in
+    /// nanoseconds; remembers them.
     fn events(&mut self, rows: Vec<(i64, String)>) -> Vec<Result<Event, Infallible>> {
         let mut events = Vec::new();
         for (time_ns, data) in rows {
+            if self.resumed_after.is_some_and(|after| time_ns <= after) {
+                continue;
+            }
             if self.recent.insert((time_ns, data.clone())) {
-                events.push(Ok(Event::default().data(data)));
+                events.push(Ok(Event::default().id(time_ns.to_string()).data(data)));
                 self.newest = Some(self.newest.map_or(time_ns, |n| n.max(time_ns)));
             }
         }
@@ -62,14 +78,32 @@ impl Sent {
 }
 
 #[utoipa::path(get, path = "/api/v1/devices/{id}/stream", tag = "devices", security(("token" = [])),
-    params(("id" = String, Path, description = "device id"), StreamParams),
-    responses((status = 200, description = "text/event-stream; the device's newest row, then each row stored after it (at most 100 a second, the newest), one event each, whose data is {\"time\": RFC 3339, \"values\": {signal: number|bool|string}} (the row's non-null values)"),
+    params(("id" = String, Path, description = "device id"), StreamParams,
+           ("Last-Event-ID" = Option<String>, Header, description = "the id of the last event an earlier connection received: the stream goes on after that row instead of starting at the newest")),
+    responses((status = 200, description = "text/event-stream; the device's newest row, then each row stored after it (at most 100 a second, the newest), one event each, whose id is the row's time in nanoseconds and whose data is {\"time\": RFC 3339, \"values\": {signal: number|bool|string}} (the row's non-null values)"),
+              (status = 400, description = "a bad request: an unknown query parameter, or a Last-Event-ID this stream did not send", body = crate::error::ErrorBody),
               (status = 404, description = "no such device", body = crate::error::ErrorBody)))]
 pub(crate) async fn device_stream(
     State(state): State<ApiState>,
     Path(id): Path<String>,
     Query(params): Query<StreamParams>,
+    headers: HeaderMap,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    // What EventSource sends on reconnecting: the rows in between are not lost.
+    let sent = match headers.get("last-event-id") {
+        None => Sent::default(),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|id| id.trim().parse::<i64>().ok())
+            .map(Sent::resuming)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "Last-Event-ID {value:?} is not an id this stream sends (a row's time in \
+                     nanoseconds)"
+                ))
+            })?,
+    };
     let table: String = match params.table {
         Some(t) => t,
         None => {
@@ -95,13 +129,7 @@ pub(crate) async fn device_stream(
     // Every row, not only the newest at each tick: a point reported on its own (an OPC UA
     // data change, a Sparkplug report by exception) is a row of its own, and would be missed.
     let stream = futures::stream::unfold(
-        (
-            store,
-            table,
-            id,
-            tokio::time::interval(PERIOD),
-            Sent::default(),
-        ),
+        (store, table, id, tokio::time::interval(PERIOD), sent),
         |(store, table, id, mut ticker, mut sent)| async move {
             ticker.tick().await;
             let from = sent.newest.map(|newest| newest.saturating_sub(LATE_NS));
@@ -198,5 +226,10 @@ mod tests {
         sent.events(vec![row(200 + LATE_NS, "d")]);
         assert!(sent.recent.iter().all(|(ns, _)| *ns >= 200));
         assert_eq!(sent.recent.len(), 2);
+        // Resumed after 100: rows up to it were sent before.
+        let mut resumed = Sent::resuming(100);
+        let events = resumed.events(vec![row(90, "x"), row(100, "a"), row(150, "y")]);
+        assert_eq!(events.len(), 1);
+        assert_eq!(resumed.newest, Some(150));
     }
 }

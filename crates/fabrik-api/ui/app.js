@@ -1109,10 +1109,12 @@ function startLive(p, id, table, lastMs, onPoint, setMode) {
   };
   const sse = async () => {
     let failures = 0;
+    // The last event's id: a reconnect goes on after that row, as EventSource does.
+    let lastId = null;
     while (p.alive) {
       try {
         const res = await fetch(`${API}/api/v1/devices/${enc(id)}/stream`, {
-          headers: headers({ Accept: 'text/event-stream' }), credentials: API ? 'include' : 'same-origin', signal: ctl.signal, cache: 'no-store',
+          headers: headers(lastId ? { Accept: 'text/event-stream', 'Last-Event-ID': lastId } : { Accept: 'text/event-stream' }), credentials: API ? 'include' : 'same-origin', signal: ctl.signal, cache: 'no-store',
         });
         if (res.status === 404 || res.status === 405 || !res.body) return poll();
         if (res.status === 401) { auth.clear(); showSignIn('Your session has ended. Sign in again.'); return; }
@@ -1128,6 +1130,8 @@ function startLive(p, id, table, lastMs, onPoint, setMode) {
           let i;
           while ((i = buf.indexOf('\n\n')) >= 0) {
             const chunk = buf.slice(0, i); buf = buf.slice(i + 2);
+            const idLine = chunk.split('\n').find((l) => l.startsWith('id:'));
+            if (idLine) lastId = idLine.slice(3).trim();
             const data = chunk.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).replace(/^ /, '')).join('\n');
             if (!data) continue;
             try {

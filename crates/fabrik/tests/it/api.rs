@@ -536,6 +536,37 @@ async fn a_session_cookie_replaces_the_token_until_sign_out() {
     s.shutdown().await;
 }
 
+/// The next `n` events of a Server-Sent Events response, as (id, data), each within 10 s;
+/// `buffer` keeps what was read beyond them.
+async fn next_events(
+    response: &mut reqwest::Response,
+    buffer: &mut String,
+    n: usize,
+) -> Vec<(Option<String>, serde_json::Value)> {
+    let mut events = Vec::new();
+    loop {
+        while let Some(end) = buffer.find("\n\n") {
+            let chunk: String = buffer.drain(..end + 2).collect();
+            let id = chunk
+                .lines()
+                .find_map(|l| l.strip_prefix("id:"))
+                .map(|id| id.trim().to_owned());
+            if let Some(data) = chunk.lines().find_map(|l| l.strip_prefix("data:")) {
+                events.push((id, serde_json::from_str(data.trim()).expect("json")));
+                if events.len() == n {
+                    return events;
+                }
+            }
+        }
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), response.chunk())
+            .await
+            .expect("an event within 10 s")
+            .expect("chunk")
+            .expect("stream open");
+        buffer.push_str(&String::from_utf8_lossy(&chunk));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_device_stream_sends_each_new_row_as_a_server_sent_event() {
     let s = Server::start().await;
@@ -568,23 +599,13 @@ async fn the_device_stream_sends_each_new_row_as_a_server_sent_event() {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"))
     );
-    let mut text = String::new();
-    while !text.contains("\n\n") {
-        let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), response.chunk())
-            .await
-            .expect("an event within 10 s")
-            .expect("chunk")
-            .expect("stream open");
-        text.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    let data = text
-        .lines()
-        .find_map(|l| l.strip_prefix("data:"))
-        .expect("a data line");
-    let event: serde_json::Value = serde_json::from_str(data.trim()).expect("json");
+    let mut buffer = String::new();
+    let first = next_events(&mut response, &mut buffer, 1).await;
+    let (first_id, event) = &first[0];
     assert_eq!(event["values"]["vibration_rms"], 0.25, "{event}");
     assert_eq!(event["values"]["running"], true, "{event}");
     assert!(event["time"].is_string(), "{event}");
+    let first_id = first_id.clone().expect("events carry an id");
     // Rows stored after it each come as an event, in order, even when a newer row follows
     // within the same second: a value reported on its own (here the mode) is not lost.
     let now_ns = std::time::SystemTime::now()
@@ -601,33 +622,44 @@ async fn the_device_stream_sends_each_new_row_as_a_server_sent_event() {
         .await
         .expect("write");
     assert_eq!(r.status(), 200);
-    let mut later = Vec::new();
-    let mut rest = text[text.find("\n\n").expect("first event") + 2..].to_owned();
-    while later.len() < 2 {
-        while let Some(end) = rest.find("\n\n") {
-            let chunk: String = rest.drain(..end + 2).collect();
-            if let Some(data) = chunk.lines().find_map(|l| l.strip_prefix("data:")) {
-                let event: serde_json::Value = serde_json::from_str(data.trim()).expect("json");
-                later.push(event["values"].clone());
-            }
-        }
-        if later.len() >= 2 {
-            break;
-        }
-        let chunk = tokio::time::timeout(std::time::Duration::from_secs(10), response.chunk())
-            .await
-            .expect("the later rows within 10 s")
-            .expect("chunk")
-            .expect("stream open");
-        rest.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    assert_eq!(
-        later,
-        [
-            serde_json::json!({"mode": "auto"}),
-            serde_json::json!({"vibration_rms": 0.5})
-        ]
-    );
+    let later: Vec<serde_json::Value> = next_events(&mut response, &mut buffer, 2)
+        .await
+        .into_iter()
+        .map(|(_, event)| event["values"].clone())
+        .collect();
+    let expected = [
+        serde_json::json!({"mode": "auto"}),
+        serde_json::json!({"vibration_rms": 0.5}),
+    ];
+    assert_eq!(later, expected);
+    // A reconnect that names the last event it received (as EventSource does) goes on after
+    // that row, rather than at the newest: nothing in between is lost.
+    let mut resumed = s
+        .client
+        .get(format!("{}/api/v1/devices/pump-9/stream", s.url))
+        .bearer_auth(TOKEN)
+        .header("Last-Event-ID", &first_id)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(resumed.status(), 200);
+    let mut resumed_buffer = String::new();
+    let again: Vec<serde_json::Value> = next_events(&mut resumed, &mut resumed_buffer, 2)
+        .await
+        .into_iter()
+        .map(|(_, event)| event["values"].clone())
+        .collect();
+    assert_eq!(again, expected);
+    drop(resumed);
+    let refused = s
+        .client
+        .get(format!("{}/api/v1/devices/pump-9/stream", s.url))
+        .bearer_auth(TOKEN)
+        .header("Last-Event-ID", "yesterday")
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(refused.status(), 400);
     let missing = s
         .client
         .get(format!("{}/api/v1/devices/nope/stream", s.url))
