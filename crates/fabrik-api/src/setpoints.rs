@@ -460,16 +460,18 @@ impl Written<'_> {
                 StatusCode::OK,
                 format!("written, but not read back: {}", why.escape_debug()),
             ),
-            Ok(answer) => (
+            Ok(DeviceAnswer {
+                read_back: Ok(read_back),
+                confirmed,
+            }) => (
                 StatusCode::OK,
                 format!(
                     "read back {}{}",
-                    match &answer.read_back {
-                        Ok(serde_json::Value::String(text)) => audited(text),
-                        Ok(other) => other.to_string(),
-                        Err(_) => "null".to_owned(),
+                    match read_back {
+                        serde_json::Value::String(text) => audited(text),
+                        other => other.to_string(),
                     },
-                    if answer.confirmed {
+                    if *confirmed {
                         ""
                     } else {
                         ", not what was written"

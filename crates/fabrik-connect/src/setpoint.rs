@@ -32,14 +32,14 @@ pub const MAX_TEXT: usize = 1000;
 
 /// `text` if a text point may take it: at most [`MAX_TEXT`] characters. (A device that holds
 /// shorter strings refuses or cuts a longer one itself: its answer or the read-back says so.)
-pub fn checked_text(text: &str) -> Result<String, String> {
+pub fn checked_text(text: String) -> Result<String, String> {
     let length = text.chars().count();
     if length > MAX_TEXT {
         return Err(format!(
             "the text has {length} characters; at most {MAX_TEXT} are written"
         ));
     }
-    Ok(text.to_owned())
+    Ok(text)
 }
 
 /// A write the device acknowledged, with its point's value type.

@@ -201,7 +201,7 @@ pub fn encode(point: &WritablePoint, value: SetValue) -> Result<Encoded, String>
         (DataType::Bool, _) => {
             return Err("the point is a `bool`: give true or false".into());
         }
-        (DataType::String, SetValue::Text(text)) => return encode_text(codec, &text),
+        (DataType::String, SetValue::Text(text)) => return encode_text(codec, text),
         (DataType::String, _) => {
             return Err(format!(
                 "the point is a `string` of {} registers: give text",
@@ -296,7 +296,7 @@ pub fn encode(point: &WritablePoint, value: SetValue) -> Result<Encoded, String>
 /// `text` as a `string` point's registers: its UTF-8 bytes, two to a register in the point's
 /// byte order, the rest of the point's registers NUL (the inverse of the poller's decoding,
 /// which drops trailing NULs). Text with a NUL of its own would read back cut, so it is refused.
-fn encode_text(codec: &Codec, text: &str) -> Result<Encoded, String> {
+fn encode_text(codec: &Codec, text: String) -> Result<Encoded, String> {
     let text = crate::setpoint::checked_text(text)?;
     let room = usize::from(codec.len) * 2;
     if text.contains('\0') {

@@ -461,7 +461,7 @@ pub fn to_variant(
             return Err("the node is a Boolean: give true or false".into());
         }
         (Variant::String(_), SetValue::Text(text)) => {
-            return Ok(Variant::String(checked_text(&text)?.into()));
+            return Ok(Variant::String(checked_text(text)?.into()));
         }
         (Variant::String(_), _) => return Err("the node holds a String: give text".into()),
         (numeric, SetValue::Bool(_) | SetValue::Text(_)) if numeric.is_numeric() => {

@@ -225,7 +225,7 @@ pub fn to_metric_value(
         }
         T::String | T::Text => {
             return match value {
-                SetValue::Text(text) => Ok(Value::Str(checked_text(&text)?)),
+                SetValue::Text(text) => Ok(Value::Str(checked_text(text)?)),
                 _ => Err(format!("the metric is a {datatype:?}: give text")),
             };
         }
