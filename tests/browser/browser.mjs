@@ -376,6 +376,18 @@ async function main() {
     noErrors('text setpoints');
   });
 
+  await step('device page: Last values shows a value reported two hours ago, with its age', async () => {
+    // Decision 0096: the card starts from each signal's newest value however old
+    // (GET /devices/{id}/latest), not only the rows of the last five minutes.
+    const dev = await apiCall('/api/v1/devices/line-01');
+    const twoHoursAgoNs = BigInt(Date.now() - 2 * 3600 * 1000) * 1000000n;
+    await apiCall('/api/v1/write', { method: 'POST', type: 'text/plain', body: `${dev.device_type},device=line-01 shift_note="night shift, seal checked" ${twoHoursAgoNs}\n` });
+    await go('#/devices');
+    await go('#/devices/line-01');
+    await page.waitForFunction(() => [...document.querySelectorAll('#last-values .v')].some((v) => v.textContent.includes('shift_note') && v.textContent.includes('2 h ago') && v.textContent.includes('night shift, seal checked')), null, { timeout: 15000 });
+    noErrors('latest values');
+  });
+
   await step('device page: an edge node\'s Sparkplug set-point is set by command and reported back', async () => {
     await go('#/devices/edge-01');
     const field = 'form.sp-point[data-signal="Compressor/Pressure Setpoint"] [name="value"]';

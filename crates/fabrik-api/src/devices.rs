@@ -15,6 +15,31 @@ use utoipa::{IntoParams, ToSchema};
 use crate::ApiState;
 use crate::error::ApiError;
 
+/// The table a device's rows are in: `given`, else the device's type, as the default mappings
+/// store them (`telemetry` for a device without a type).
+pub(crate) async fn table_of(
+    state: &ApiState,
+    id: &str,
+    given: Option<String>,
+) -> Result<String, ApiError> {
+    if let Some(table) = given {
+        return Ok(table);
+    }
+    let registry = state.registry.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the registry module does not run here; pass ?table=",
+        )
+    })?;
+    let device = registry.get(id).await?;
+    Ok(if device.device_type.is_empty() {
+        "telemetry".to_owned()
+    } else {
+        device.device_type
+    })
+}
+
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         match e {

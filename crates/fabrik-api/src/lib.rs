@@ -19,6 +19,7 @@ pub mod error;
 mod extract;
 pub mod fleet;
 pub mod fleet_keys;
+pub mod latest;
 pub mod lineage;
 pub mod links;
 pub mod openapi;

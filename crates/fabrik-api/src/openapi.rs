@@ -181,6 +181,7 @@ impl Modify for TokenAuth {
         crate::privacy::export,
         crate::erasure::erase,
         crate::stream::device_stream,
+        crate::latest::latest,
         crate::pipelines::list,
         crate::pipelines::show,
         crate::pipelines::apply,

@@ -62,6 +62,7 @@ pub fn router(state: ApiState) -> Router {
             post(crate::devices::rotate_token),
         )
         .route("/api/v1/devices/{id}/events", get(crate::devices::events))
+        .route("/api/v1/devices/{id}/latest", get(crate::latest::latest))
         .route("/api/v1/setpoints", get(crate::setpoints::list))
         .route(
             "/api/v1/devices/{id}/setpoints/{signal}",

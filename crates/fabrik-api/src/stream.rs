@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::extract::Query;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt as _};
 use serde::Deserialize;
@@ -104,24 +104,7 @@ pub(crate) async fn device_stream(
                 ))
             })?,
     };
-    let table: String = match params.table {
-        Some(t) => t,
-        None => {
-            let registry = state.registry.as_ref().ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "the registry module does not run here; pass ?table=",
-                )
-            })?;
-            let device = registry.get(&id).await?;
-            if device.device_type.is_empty() {
-                "telemetry".to_owned()
-            } else {
-                device.device_type
-            }
-        }
-    };
+    let table = crate::devices::table_of(&state, &id, params.table).await?;
     if table.contains('"') || id.contains('\'') {
         return Err(ApiError::bad_request("invalid table or device id"));
     }

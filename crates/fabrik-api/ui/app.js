@@ -944,17 +944,27 @@ async function pageDevice(p, id) {
     return changed;
   };
   const showLast = () => {
-    if (!live.last) return;
     const vals = Object.entries(live.latest).sort(([a], [b]) => a.localeCompare(b));
+    if (!vals.length) return;
     // Text is cut to fit its tile (the whole of it is the tooltip); a value older than the
     // newest row by more than 10 s says when it was reported, so it is not read as current.
+    // The stream's first row is the device's newest however old: when that is older than the
+    // charts' window, ages count from now.
+    const recent = live.last && Date.now() - live.last.ms < WINDOW_S * 1000;
+    const newest = recent ? live.last.ms : Date.now();
     const shown = (v) => (typeof v === 'boolean' ? (v ? 'true' : 'false') : typeof v === 'string' && v.length > 40 ? `${v.slice(0, 39)}…` : fmtNum(v));
-    const age = (ms) => (ms && live.last.ms - ms > 10000 ? html` <span class="muted">· ${fmtAgo(ms)}</span>` : '');
+    const age = (ms) => (ms && newest - ms > 10000 ? html` <span class="muted">· ${fmtAgo(ms)}</span>` : '');
     patch($('#last-values'), vals.map(([k, { v, ms }]) => html`<div class="v"><div class="k">${k}${age(ms)}</div><div class="n" title="${typeof v === 'string' ? v : ''}">${shown(v)}</div></div>`));
-    $('#last-time').textContent = `at ${fmtTime(live.last.ms, false)}`;
+    $('#last-time').textContent = !live.last ? 'no rows in the last 5 minutes' : `at ${fmtTime(live.last.ms, !recent)}`;
   };
   if (tbl) {
-    const rows = await query(`SELECT * FROM ${sqlId(tbl.name)} WHERE device = ${sqlStr(id)} AND time >= now() - interval '${WINDOW_S} seconds' ORDER BY time`);
+    // Each signal's newest value however old (a point reported only when it changes), then
+    // the last five minutes' rows for the charts.
+    const [latest, rows] = await Promise.all([
+      api(`/api/v1/devices/${enc(id)}/latest?table=${enc(tbl.name)}`).catch(() => null),
+      query(`SELECT * FROM ${sqlId(tbl.name)} WHERE device = ${sqlStr(id)} AND time >= now() - interval '${WINDOW_S} seconds' ORDER BY time`),
+    ]);
+    for (const [k, { value, time }] of Object.entries(latest?.values ?? {})) live.latest[k] = { v: value, ms: toMs(time) };
     rows.forEach((r) => push(toMs(r.time), r));
     if (!p.alive) return;
     buildCharts();

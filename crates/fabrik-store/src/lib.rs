@@ -1389,7 +1389,7 @@ impl Store {
                 name: table.name.clone(),
                 schema: table.arrow(),
                 shared: self.shared.clone(),
-                last_rows: false,
+                last_rows: None,
             };
             ctx.register_table(
                 datafusion::common::TableReference::bare(table.name.as_ref()),

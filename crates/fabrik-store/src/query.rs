@@ -29,7 +29,7 @@ use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 
 use crate::buffer::PartitionData;
-use crate::last_rows::{last_rows_of, last_rows_of_segment};
+use crate::last_rows::{ReplacedPicks, last_rows_of, last_rows_of_segment, segment_columns};
 use crate::manifest::SegmentMeta;
 use crate::segments::{self, Objects};
 use crate::{Shared, schema};
@@ -53,8 +53,21 @@ pub(crate) struct FabrikTable {
     pub name: Arc<str>,
     pub schema: SchemaRef,
     pub shared: Arc<Shared>,
-    /// Scan only the last row of each series ([`crate::last_rows`] decides when that is exact).
-    pub last_rows: bool,
+    /// Scan only the last rows of each series, read so ([`crate::last_rows`] decides when that
+    /// is exact).
+    pub last_rows: Option<LastRows>,
+}
+
+/// How a last-rows scan reads the rows picked per piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LastRows {
+    /// For each series' newest row and time: a newer piece's row at the same series and time
+    /// wins the tie, so the picks of each piece suffice.
+    Newest,
+    /// Also for each column's newest non-null value (`IGNORE NULLS`, `FILTER (WHERE c IS NOT
+    /// NULL)`): a pick that a newer piece replaced (same series and time) must not count, and
+    /// what it hid may be a row no piece picked, so such a partition is merged first.
+    PerColumn,
 }
 
 /// Inclusive time bounds a scan needs, from the query's filters and the table's retention.
@@ -195,63 +208,100 @@ async fn read_segment(objects: &Objects, meta: &SegmentMeta) -> DfResult<Vec<Rec
 }
 
 impl FabrikTable {
-    /// The last row of each series, as one memory batch: per segment from the cache (or read
-    /// once and cached: segment files never change), per buffer piece computed now, then
-    /// merged oldest piece first so that a newer row of the same series and time wins.
+    /// The rows of each series that latest-value aggregates need ([`last_rows_of`]), as one
+    /// memory batch: per segment from the cache (or read once and cached: segment files never
+    /// change), per buffer piece computed now, then picked again over all pieces, oldest
+    /// first, so that a newer piece's row wins a tie. Read [`LastRows::PerColumn`], a
+    /// partition where a newer piece replaced a picked row is merged (last write wins) and
+    /// picked from the merged rows, as a full scan merges it.
     async fn scan_last_rows(
         &self,
+        mode: LastRows,
         projection: Option<&Vec<usize>>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let external = |e: crate::StoreError| DataFusionError::External(Box::new(e));
         let snapshot = self.shared.snapshot_table(&self.name);
-        let mut segment_list = snapshot.segments;
-        segment_list.sort_by_key(|s| s.order);
-        let mut pieces: Vec<RecordBatch> = Vec::new();
-        for seg in &segment_list {
-            let cached = self
-                .shared
-                .last_rows_cache
-                .lock()
-                .get(&self.name)
-                .and_then(|t| t.get(&seg.path).cloned());
-            let last = match cached {
-                Some(last) => last,
-                None => {
-                    use object_store::ObjectStoreExt;
-                    let path = object_store::path::Path::from(seg.path.as_str());
-                    let bytes = self.shared.objects.get(&path).await?.bytes().await?;
-                    let last = last_rows_of_segment(bytes, &self.schema).map_err(external)?;
-                    self.shared
-                        .last_rows_cache
-                        .lock()
-                        .entry(self.name.clone())
-                        .or_default()
-                        .insert(seg.path.clone(), last.clone());
-                    last
-                }
-            };
-            // Cached under the schema of its day: the table may have gained columns since.
-            if let Some(batch) = last {
-                pieces.push(segments::align(&batch, &self.schema).map_err(external)?);
-            }
-        }
-        // Forget segments that compaction or retention has removed since.
-        if let Some(table) = self.shared.last_rows_cache.lock().get_mut(&self.name) {
-            table.retain(|path, _| segment_list.iter().any(|s| &s.path == path));
+        let segment_list = snapshot.segments.clone();
+        let mut partitions: BTreeMap<i64, Vec<Piece>> = BTreeMap::new();
+        for seg in snapshot.segments {
+            partitions
+                .entry(seg.partition)
+                .or_default()
+                .push(Piece::Segment(seg));
         }
         let buffers = snapshot
             .frozen
             .into_iter()
             .chain(std::iter::once((u64::MAX, snapshot.live)));
-        for (_, parts) in buffers {
-            let batches = parts
-                .iter()
-                .flat_map(|p| p.batches.iter())
-                .map(|b| segments::align(b, &self.schema))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(external)?;
-            pieces.extend(last_rows_of(&self.schema, &batches).map_err(external)?);
+        for (order, parts) in buffers {
+            for part in parts {
+                if !part.batches.is_empty() {
+                    partitions
+                        .entry(part.partition)
+                        .or_default()
+                        .push(Piece::Batches {
+                            order,
+                            min: part.min_time,
+                            max: part.max_time,
+                            batches: part.batches,
+                        });
+                }
+            }
         }
+        // (order, rows) per piece or merged partition.
+        let mut pieces: Vec<(u64, RecordBatch)> = Vec::new();
+        for (_, mut partition) in partitions {
+            partition.sort_by_key(Piece::order);
+            let mut picked: Vec<(u64, Option<RecordBatch>)> = Vec::new();
+            for piece in &partition {
+                let rows = match piece {
+                    Piece::Segment(seg) => self.segment_last_rows(seg).await?,
+                    Piece::Batches { batches, .. } => {
+                        let batches = batches
+                            .iter()
+                            .map(|b| segments::align(b, &self.schema))
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(external)?;
+                        last_rows_of(&self.schema, &batches).map_err(external)?
+                    }
+                };
+                picked.push((piece.order(), rows));
+            }
+            if mode == LastRows::PerColumn
+                && partition.len() > 1
+                && overlapping(&partition)
+                && self.replaces_a_pick(&partition, &picked).await?
+            {
+                let order = partition.last().map_or(0, Piece::order);
+                let mut ordered = Vec::new();
+                for piece in partition {
+                    match piece {
+                        Piece::Segment(meta) => {
+                            ordered.extend(read_segment(&self.shared.objects, &meta).await?)
+                        }
+                        Piece::Batches { batches, .. } => ordered.extend(batches),
+                    }
+                }
+                let merged = segments::sort_dedup(&self.schema, &ordered).map_err(external)?;
+                let rows = match merged {
+                    Some(merged) => last_rows_of(&self.schema, &[merged]).map_err(external)?,
+                    None => None,
+                };
+                pieces.extend(rows.map(|rows| (order, rows)));
+                continue;
+            }
+            pieces.extend(
+                picked
+                    .into_iter()
+                    .filter_map(|(order, rows)| rows.map(|rows| (order, rows))),
+            );
+        }
+        // Forget segments that compaction or retention has removed since.
+        if let Some(table) = self.shared.last_rows_cache.lock().get_mut(&self.name) {
+            table.retain(|path, _| segment_list.iter().any(|s| &s.path == path));
+        }
+        pieces.sort_by_key(|(order, _)| *order);
+        let pieces: Vec<RecordBatch> = pieces.into_iter().map(|(_, rows)| rows).collect();
         let mut last = last_rows_of(&self.schema, &pieces).map_err(external)?;
         if let (Some(batch), Some(cutoff)) = (&last, self.shared.retention_cutoff(&self.name)) {
             last = Some(keep_rows_from(batch, cutoff)?);
@@ -271,6 +321,78 @@ impl FabrikTable {
                 Ok(Arc::new(EmptyExec::new(projected)))
             }
         }
+    }
+
+    /// True when a piece of `partition` (oldest first) holds a row at the series and time of a
+    /// row `picked` from an older piece. Reads the tag and time columns of the newer segments;
+    /// the usual case, segments overlapped by the buffer only, reads no file.
+    async fn replaces_a_pick(
+        &self,
+        partition: &[Piece],
+        picked: &[(u64, Option<RecordBatch>)],
+    ) -> DfResult<bool> {
+        let external = |e: crate::StoreError| DataFusionError::External(Box::new(e));
+        let mut key_columns = schema::tag_indices(&self.schema);
+        key_columns.extend(self.schema.index_of(schema::TIME).ok());
+        let keys_schema = Arc::new(self.schema.project(&key_columns)?);
+        let mut replaced = ReplacedPicks::default();
+        for (piece, (_, picks)) in partition.iter().zip(picked) {
+            let rows = match piece {
+                _ if replaced.is_empty() => Vec::new(),
+                Piece::Segment(meta) => {
+                    use object_store::ObjectStoreExt;
+                    let path = object_store::path::Path::from(meta.path.as_str());
+                    let bytes = self.shared.objects.get(&path).await?.bytes().await?;
+                    segment_columns(bytes, &keys_schema).map_err(external)?
+                }
+                Piece::Batches { batches, .. } => batches
+                    .iter()
+                    .map(|b| segments::align(b, &keys_schema))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(external)?,
+            };
+            for batch in &rows {
+                if replaced.replaces_one(batch).map_err(external)? {
+                    return Ok(true);
+                }
+            }
+            if let Some(picks) = picks {
+                let picks = segments::align(picks, &keys_schema).map_err(external)?;
+                replaced.add_picks(&picks).map_err(external)?;
+            }
+        }
+        Ok(false)
+    }
+
+    /// A segment's rows for latest-value aggregates, aligned to the table's schema: from the
+    /// cache, or read once and cached.
+    async fn segment_last_rows(&self, seg: &SegmentMeta) -> DfResult<Option<RecordBatch>> {
+        let external = |e: crate::StoreError| DataFusionError::External(Box::new(e));
+        let cached = self
+            .shared
+            .last_rows_cache
+            .lock()
+            .get(&self.name)
+            .and_then(|t| t.get(&seg.path).cloned());
+        let last = match cached {
+            Some(last) => last,
+            None => {
+                use object_store::ObjectStoreExt;
+                let path = object_store::path::Path::from(seg.path.as_str());
+                let bytes = self.shared.objects.get(&path).await?.bytes().await?;
+                let last = last_rows_of_segment(bytes).map_err(external)?;
+                self.shared
+                    .last_rows_cache
+                    .lock()
+                    .entry(self.name.clone())
+                    .or_default()
+                    .insert(seg.path.clone(), last.clone());
+                last
+            }
+        };
+        // Cached under the schema of its day: the table may have gained columns since.
+        last.map(|batch| segments::align(&batch, &self.schema).map_err(external))
+            .transpose()
     }
 }
 
@@ -299,8 +421,8 @@ impl TableProvider for FabrikTable {
         filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        if self.last_rows {
-            return self.scan_last_rows(projection).await;
+        if let Some(mode) = self.last_rows {
+            return self.scan_last_rows(mode, projection).await;
         }
         let snapshot = self.shared.snapshot_table(&self.name);
         let cutoff = self.shared.retention_cutoff(&self.name);

@@ -1,4 +1,4 @@
-//! `fabrik device add|list|show|rm|rotate-token|fleet|attestation`: a thin client of
+//! `fabrik device add|list|show|values|rm|rotate-token|fleet|attestation|setpoints|set`: a thin client of
 //! `/api/v1/devices`.
 
 use anyhow::bail;
@@ -60,6 +60,17 @@ enum DeviceCommand {
         /// Device id.
         id: String,
     },
+    /// Each signal's newest value and when it was reported, however long ago.
+    Values {
+        /// Device id.
+        id: String,
+        /// The table to read (default: the device's type).
+        #[arg(long)]
+        table: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove a device (its stored data stays).
     Rm {
         /// Device id.
@@ -105,6 +116,33 @@ enum DeviceCommand {
         #[arg(long)]
         note: Option<String>,
     },
+}
+
+/// `fabrik device values` as a table: signal, value (text quoted), when reported.
+fn values_table(latest: &serde_json::Value) -> String {
+    let empty = serde_json::Map::new();
+    let values = latest
+        .get("values")
+        .and_then(serde_json::Value::as_object)
+        .unwrap_or(&empty);
+    let mut out = format!("{:<32} {:<24} reported\n", "signal", "value");
+    for (signal, v) in values {
+        let value = match &v["value"] {
+            serde_json::Value::String(text) => format!("{text:?}"),
+            other => other.to_string(),
+        };
+        out.push_str(&format!(
+            "{signal:<32} {value:<24} {}\n",
+            time_text(v["time_ns"].as_i64())
+        ));
+    }
+    out.push_str(&format!(
+        "{} signal(s) of {} in table {}\n",
+        values.len(),
+        latest["device"].as_str().unwrap_or(""),
+        latest["table"].as_str().unwrap_or("")
+    ));
+    out
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -216,6 +254,21 @@ pub(crate) async fn run(args: DeviceArgs) -> anyhow::Result<()> {
                     e.get("detail").and_then(|v| v.as_str()).unwrap_or("")
                 );
             }
+        }
+        DeviceCommand::Values { id, table, json } => {
+            let mut path = format!(
+                "/api/v1/devices/{}/latest",
+                crate::client::percent_encode(&id)
+            );
+            if let Some(table) = table {
+                path.push_str(&format!("?table={}", crate::client::percent_encode(&table)));
+            }
+            let latest: serde_json::Value = ep.get_json(&client, &path).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&latest)?);
+                return Ok(());
+            }
+            print!("{}", values_table(&latest));
         }
         DeviceCommand::Rm { id } => {
             ep.send(ep.request(

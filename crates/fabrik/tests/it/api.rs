@@ -683,3 +683,127 @@ async fn the_device_stream_sends_each_new_row_as_a_server_sent_event() {
     assert!(ended.is_ok(), "the event stream outlived the server's stop");
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_devices_latest_values_are_each_signals_newest_report_however_old() {
+    let s = Server::start().await;
+    for id in ["filler-1", "filler-2"] {
+        let r = s
+            .post("/api/v1/devices")
+            .json(&serde_json::json!({"id": id, "type": "filler"}))
+            .send()
+            .await
+            .expect("register");
+        assert_eq!(r.status(), 201);
+    }
+    // A point reported once an hour ago (a recipe, as an OPC UA data change), then rows that
+    // leave it null; another device's newer recipe; a row of ours in a later write.
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as i64;
+    let hour_ago = now_ns - 3_600_000_000_000;
+    let body = format!(
+        "filler,device=filler-1 recipe=\"Cola 0.5 l\",speed=100i {hour_ago}\n\
+         filler,device=filler-1 speed=120i {}\n\
+         filler,device=filler-1 running=true {}\n\
+         filler,device=filler-2 recipe=\"Water\" {now_ns}\n",
+        hour_ago + 1_000_000_000,
+        hour_ago + 2_000_000_000,
+    );
+    let r = s
+        .post("/api/v1/write")
+        .body(body)
+        .send()
+        .await
+        .expect("write");
+    assert_eq!(r.status(), 200);
+    let persisted = s
+        .post("/api/v1/admin/persist")
+        .send()
+        .await
+        .expect("persist");
+    assert_eq!(persisted.status(), 204);
+    let r = s
+        .post("/api/v1/write")
+        .body(format!("filler,device=filler-1 speed=130i {now_ns}\n"))
+        .send()
+        .await
+        .expect("write");
+    assert_eq!(r.status(), 200);
+
+    let latest: serde_json::Value = s
+        .get("/api/v1/devices/filler-1/latest")
+        .send()
+        .await
+        .expect("latest")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(latest["device"], "filler-1");
+    assert_eq!(latest["table"], "filler");
+    let values = &latest["values"];
+    assert_eq!(values["recipe"]["value"], "Cola 0.5 l", "{latest}");
+    assert_eq!(values["recipe"]["time_ns"], hour_ago, "{latest}");
+    assert!(
+        values["recipe"]["time"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{latest}"
+    );
+    assert_eq!(values["speed"]["value"], 130, "{latest}");
+    assert_eq!(values["speed"]["time_ns"], now_ns, "{latest}");
+    assert_eq!(values["running"]["value"], true, "{latest}");
+    assert_eq!(
+        values.as_object().map(|v| v.len()),
+        Some(3),
+        "the lineage columns are not signals: {latest}"
+    );
+
+    // The same from a named table; a device with no rows has no values; unknowns are 404.
+    let other: serde_json::Value = s
+        .get("/api/v1/devices/filler-2/latest?table=filler")
+        .send()
+        .await
+        .expect("latest")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(other["values"]["recipe"]["value"], "Water", "{other}");
+    assert!(other["values"]["speed"].is_null(), "{other}");
+    let r = s
+        .post("/api/v1/devices")
+        .json(&serde_json::json!({"id": "filler-3", "type": "filler"}))
+        .send()
+        .await
+        .expect("register");
+    assert_eq!(r.status(), 201);
+    let none: serde_json::Value = s
+        .get("/api/v1/devices/filler-3/latest")
+        .send()
+        .await
+        .expect("latest")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(none["values"], serde_json::json!({}), "{none}");
+    // The endpoint's query is answered from the last rows, not by reading the segments.
+    let sql = fabrik_api::latest::latest_sql("filler", "filler-1", &["recipe", "speed"]);
+    let plan: String = s
+        .query(&format!("EXPLAIN {sql}"))
+        .await
+        .iter()
+        .map(|row| row["plan"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(!plan.contains("parquet"), "{plan}");
+    for (path, status) in [
+        ("/api/v1/devices/nope/latest", 404),
+        ("/api/v1/devices/o'brien/latest?table=filler", 404),
+        ("/api/v1/devices/filler-1/latest?table=nope", 404),
+        ("/api/v1/devices/filler-1/latest?tabel=filler", 400),
+    ] {
+        let r = s.get(path).send().await.expect("latest");
+        assert_eq!(r.status(), status, "{path}");
+    }
+    s.shutdown().await;
+}

@@ -699,6 +699,17 @@ fn the_demo_plant_publishes_through_the_endpoint_within_seconds() {
         );
         rows.first().is_some_and(|r| r["recipe"] == "Lemon 0.33 l")
     });
+    // Each signal's newest value (decision 0096): the recipe, reported once, among them.
+    let (ok, out) = crate::support::client_command(&p.url, &["device", "values", "line-01"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("recipe ") && l.contains(r#""Lemon 0.33 l""#)),
+        "{out}"
+    );
+    assert!(out.contains("of line-01 in table filler"), "{out}");
+    let (ok, out) = crate::support::client_command(&p.url, &["device", "values", "line-99"]);
+    assert!(!ok && out.contains("line-99"), "{out}");
     // The Sparkplug edge node's pressure set-point (decision 0091): an NCMD, which the node
     // answers with an NDATA reporting the value it took.
     let (ok, out) = crate::support::client_command(

@@ -177,7 +177,9 @@ async fn latest_values_per_series_come_from_last_rows_and_equal_a_full_scan() {
     for other in [
         "SELECT dev, max(v) FROM t GROUP BY dev",
         "SELECT dev, last_value(v ORDER BY w) FROM t GROUP BY dev",
-        "SELECT dev, last_value(v ORDER BY time) IGNORE NULLS FROM t GROUP BY dev",
+        "SELECT dev, last_value(v ORDER BY time) FILTER (WHERE w > 0) FROM t GROUP BY dev",
+        "SELECT dev, max(time) FILTER (WHERE v > 3) FROM t GROUP BY dev",
+        "SELECT dev, last_value(v ORDER BY time) FROM t WHERE v > 3 GROUP BY dev",
         "SELECT v, max(time) FROM t GROUP BY v",
     ] {
         assert!(
@@ -185,6 +187,108 @@ async fn latest_values_per_series_come_from_last_rows_and_equal_a_full_scan() {
             "{other}"
         );
     }
+    s.shutdown().await;
+}
+
+/// Each signal's newest value when rows hold only the points that changed (OPC UA data
+/// changes, Sparkplug reports by exception): `IGNORE NULLS`, when each was last reported, and
+/// one device's only, all from the last rows and equal to the full scan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_signals_newest_value_comes_from_last_rows_and_equals_a_full_scan() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut options = StoreOptions::new(dir.path());
+    options.partition = Duration::from_nanos(500);
+    let s = Server::with_options(options, 8 << 20).await;
+    // Per device: `a` in every row, `b` every tenth, `c` once early on, across two partitions.
+    let history: String = (0..600)
+        .map(|i| {
+            let mut fields = format!("a={i}");
+            if i % 30 < 3 {
+                fields.push_str(&format!(",b={}", i * 10));
+            }
+            if i < 3 {
+                fields.push_str(&format!(",c=\"first {i}\""));
+            }
+            format!("t,dev=d{} {fields} {}\n", i % 3, 1_000 + i)
+        })
+        .collect();
+    assert_eq!(s.write(&history).await.status(), 200);
+    assert_eq!(persist(&s).await, 204);
+    // d0's row at its newest `b` (time 1570) is written again without `b`, into a later
+    // segment over the same partition: that row replaces the old one whole, so d0's newest
+    // `b` is the one before (time 1540), which no single segment's picks alone show.
+    let rewrite = "t,dev=d0 a=-1 1570\n";
+    assert_eq!(s.write(rewrite).await.status(), 200);
+    assert_eq!(persist(&s).await, 204);
+    // d1 reports `c` again, still buffered.
+    assert_eq!(s.write("t,dev=d1 c=\"again\" 1700\n").await.status(), 200);
+
+    let aggregates = "last_value(a ORDER BY time) IGNORE NULLS AS a, \
+                  last_value(b ORDER BY time) IGNORE NULLS AS b, \
+                  last_value(c ORDER BY time) IGNORE NULLS AS c, \
+                  max(time) FILTER (WHERE b IS NOT NULL) AS b_time, \
+                  max(time) FILTER (WHERE c IS NOT NULL) AS c_time, \
+                  last_value(a ORDER BY time) AS a_respecting_nulls, \
+                  max(time) AS newest FROM t";
+    let select = format!("SELECT dev, {aggregates}");
+    let latest = format!("{select} GROUP BY dev ORDER BY dev");
+    let full_scan = format!(
+        "{select} WHERE time >= arrow_cast(0, 'Timestamp(Nanosecond, None)') \
+         GROUP BY dev ORDER BY dev"
+    );
+    assert!(
+        !physical_plan(&s, &latest).await.contains("parquet"),
+        "rewritten to last rows"
+    );
+    let rows = s.query(&latest).await;
+    assert_eq!(rows, s.query(&full_scan).await);
+    assert_eq!(rows.len(), 3);
+    let d0 = &rows[0];
+    assert_eq!(d0["b"], 5400.0, "{d0}");
+    assert_eq!(d0["c"], "first 0", "{d0}");
+    assert_eq!(d0["a"], 597.0, "{d0}");
+    let d1 = &rows[1];
+    assert_eq!(d1["c"], "again", "{d1}");
+    assert!(
+        d1["a_respecting_nulls"].is_null(),
+        "the newest row has no `a`: {d1}"
+    );
+    assert_eq!(d1["a"], 598.0, "{d1}");
+    // Again from the cached picks; and one device by a filter on its tag.
+    assert_eq!(s.query(&latest).await, rows);
+    let one = format!("SELECT {aggregates} WHERE dev = 'd1'");
+    assert!(
+        !physical_plan(&s, &one).await.contains("parquet"),
+        "a filter on tags keeps the rewrite"
+    );
+    let d1_only = s.query(&one).await;
+    assert_eq!(d1_only.len(), 1);
+    for key in [
+        "a",
+        "b",
+        "c",
+        "b_time",
+        "c_time",
+        "a_respecting_nulls",
+        "newest",
+    ] {
+        assert_eq!(d1_only[0][key], d1[key], "{key}: {d1_only:?}");
+    }
+    // After compaction merges the overlapping segments, the same answers.
+    let compacted = s
+        .post("/api/v1/admin/compact")
+        .send()
+        .await
+        .expect("compact");
+    assert!(compacted.status().is_success(), "{}", compacted.status());
+    assert_eq!(persist(&s).await, 204);
+    assert_eq!(s.query(&latest).await, rows);
+    // A late row over the compacted segment that replaces no picked row (d2 has no row at
+    // 1550): the picks are used as they are, and the answer is still the full scan's.
+    assert_eq!(s.write("t,dev=d2 c=\"late\" 1550\n").await.status(), 200);
+    let rows = s.query(&latest).await;
+    assert_eq!(rows, s.query(&full_scan).await);
+    assert_eq!(rows[2]["c"], "late", "{rows:?}");
     s.shutdown().await;
 }
 

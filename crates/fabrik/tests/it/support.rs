@@ -85,6 +85,12 @@ impl Server {
             .bearer_auth(TOKEN)
     }
 
+    pub(crate) fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(TOKEN)
+    }
+
     pub(crate) async fn write(&self, body: &str) -> reqwest::Response {
         self.post("/api/v1/write")
             .body(body.to_owned())
