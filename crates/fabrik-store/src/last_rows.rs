@@ -6,8 +6,9 @@
 //! aggregate over the series' last rows equals the aggregate over every row. [`LastRowsRule`]
 //! recognises that plan shape and points its scan at [`FabrikTable`] in last-rows mode, which
 //! reads a few rows per series: cached per immutable segment file, computed per query for the
-//! buffer, gathered again over all pieces (a partition whose pieces overlap in time is merged
-//! with last-write-wins first, as a full scan merges it).
+//! buffer, gathered again over all pieces (for the per-column aggregates, a partition where a
+//! newer piece replaced a picked row is merged with last-write-wins first, as a full scan
+//! merges it).
 //!
 //! A connector that reports each changed point on its own (OPC UA data changes, Sparkplug
 //! reports by exception) leaves most columns of a row null, so "each signal's newest value"
