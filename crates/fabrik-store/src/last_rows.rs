@@ -22,7 +22,7 @@
 //! `max(time) FILTER (WHERE column IS NOT NULL)`, and a filter only on tag columns (it keeps or
 //! drops whole series).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -370,7 +370,7 @@ pub(crate) fn last_rows_of(
 #[derive(Default)]
 pub(crate) struct ReplacedPicks {
     /// The picks of the pieces seen so far: time → series keys.
-    older: HashMap<i64, Vec<Vec<u8>>>,
+    older: HashMap<i64, HashSet<Vec<u8>>>,
 }
 
 impl ReplacedPicks {
@@ -383,7 +383,10 @@ impl ReplacedPicks {
     pub(crate) fn add_picks(&mut self, picks: &RecordBatch) -> Result<(), StoreError> {
         let (keys, times) = keys_and_times(picks)?;
         for (i, &t) in times.iter().enumerate() {
-            self.older.entry(t).or_default().push(keys.key(i).to_vec());
+            self.older
+                .entry(t)
+                .or_default()
+                .insert(keys.key(i).to_vec());
         }
         Ok(())
     }
@@ -397,7 +400,7 @@ impl ReplacedPicks {
         Ok(times.iter().enumerate().any(|(i, t)| {
             self.older
                 .get(t)
-                .is_some_and(|picked| picked.iter().any(|k| k.as_slice() == keys.key(i)))
+                .is_some_and(|picked| picked.contains(keys.key(i)))
         }))
     }
 }

@@ -62,7 +62,8 @@ pub(crate) struct FabrikTable {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum LastRows {
     /// For each series' newest row and time: a newer piece's row at the same series and time
-    /// wins the tie, so the picks of each piece suffice.
+    /// replaces an older piece's pick there, and is its piece's newest row if nothing newer
+    /// is, so the picks of each piece suffice.
     Newest,
     /// Also for each column's newest non-null value (`IGNORE NULLS`, `FILTER (WHERE c IS NOT
     /// NULL)`): a pick that a newer piece replaced (same series and time) must not count, and
@@ -302,7 +303,13 @@ impl FabrikTable {
         }
         pieces.sort_by_key(|(order, _)| *order);
         let pieces: Vec<RecordBatch> = pieces.into_iter().map(|(_, rows)| rows).collect();
-        let mut last = last_rows_of(&self.schema, &pieces).map_err(external)?;
+        // A pick a newer piece's pick replaced (same series and time) goes, as in a full scan:
+        // it would tie with the row that replaced it.
+        let picks = segments::sort_dedup(&self.schema, &pieces).map_err(external)?;
+        let mut last = match picks {
+            Some(picks) => last_rows_of(&self.schema, &[picks]).map_err(external)?,
+            None => None,
+        };
         if let (Some(batch), Some(cutoff)) = (&last, self.shared.retention_cutoff(&self.name)) {
             last = Some(keep_rows_from(batch, cutoff)?);
         }

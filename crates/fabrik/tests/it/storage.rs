@@ -289,6 +289,28 @@ async fn each_signals_newest_value_comes_from_last_rows_and_equals_a_full_scan()
     let rows = s.query(&latest).await;
     assert_eq!(rows, s.query(&full_scan).await);
     assert_eq!(rows[2]["c"], "late", "{rows:?}");
+    // A row written again at the same series and time replaces the old one whole: its
+    // values, not the old row's, and the null where the old row had one, also when it is
+    // the series' newest row (grouped, where a tie would keep the first row).
+    assert_eq!(s.write("m,dev=a v=1,w=2 100\n").await.status(), 200);
+    assert_eq!(persist(&s).await, 204);
+    assert_eq!(s.write("m,dev=a v=5 100\n").await.status(), 200);
+    for sql in [
+        "SELECT dev, last_value(v ORDER BY time) AS v, last_value(w ORDER BY time) AS w \
+         FROM m GROUP BY dev",
+        "SELECT dev, last_value(w ORDER BY time) IGNORE NULLS AS w, \
+         max(time) FILTER (WHERE w IS NOT NULL) AS w_time FROM m GROUP BY dev",
+    ] {
+        let rows = s.query(sql).await;
+        let full = s
+            .query(&sql.replace(
+                "FROM m",
+                "FROM m WHERE time >= arrow_cast(0, 'Timestamp(Nanosecond, None)')",
+            ))
+            .await;
+        assert_eq!(rows, full, "{sql}");
+        assert!(rows[0]["w"].is_null(), "{sql}: {rows:?}");
+    }
     s.shutdown().await;
 }
 
