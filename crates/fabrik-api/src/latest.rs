@@ -143,7 +143,7 @@ pub fn latest_sql(table: &str, device: &str, signals: &[&str]) -> String {
         .iter()
         .enumerate()
         .map(|(i, signal)| {
-            let column = quote_identifier(signal);
+            let column = crate::lineage::identifier(signal);
             format!(
                 "last_value({column} ORDER BY time) IGNORE NULLS AS v{i}, \
                  CAST(max(time) FILTER (WHERE {column} IS NOT NULL) AS BIGINT) AS t{i}"
@@ -153,12 +153,7 @@ pub fn latest_sql(table: &str, device: &str, signals: &[&str]) -> String {
     format!(
         "SELECT {} FROM {} WHERE {DEVICE} = '{}'",
         aggregates.join(", "),
-        quote_identifier(table),
+        crate::lineage::identifier(table),
         device.replace('\'', "''"),
     )
-}
-
-/// A SQL identifier for any column or table name.
-fn quote_identifier(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
 }

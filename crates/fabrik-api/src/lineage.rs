@@ -111,7 +111,7 @@ fn not_found(message: impl Into<String>) -> ApiError {
 }
 
 /// `"name"` as an SQL identifier.
-fn identifier(name: &str) -> String {
+pub(crate) fn identifier(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 

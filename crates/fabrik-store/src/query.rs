@@ -201,11 +201,51 @@ fn keep_rows_from(batch: &RecordBatch, cutoff: i64) -> DfResult<RecordBatch> {
     Ok(filter_record_batch(batch, &keep)?)
 }
 
-async fn read_segment(objects: &Objects, meta: &SegmentMeta) -> DfResult<Vec<RecordBatch>> {
+/// A segment file's bytes.
+async fn segment_bytes(objects: &Objects, meta: &SegmentMeta) -> DfResult<bytes::Bytes> {
     use object_store::ObjectStoreExt;
     let path = object_store::path::Path::from(meta.path.as_str());
-    let bytes = objects.get(&path).await?.bytes().await?;
+    Ok(objects.get(&path).await?.bytes().await?)
+}
+
+async fn read_segment(objects: &Objects, meta: &SegmentMeta) -> DfResult<Vec<RecordBatch>> {
+    let bytes = segment_bytes(objects, meta).await?;
     segments::decode_parquet(bytes).map_err(|e| DataFusionError::External(Box::new(e)))
+}
+
+/// The segments and buffer parts of `snapshot` that reach into `bounds`, by time partition.
+fn pieces_by_partition(snapshot: TableSnapshot, bounds: TimeBounds) -> BTreeMap<i64, Vec<Piece>> {
+    let mut partitions: BTreeMap<i64, Vec<Piece>> = BTreeMap::new();
+    for seg in snapshot.segments {
+        if bounds.overlaps(seg.min_time, seg.max_time) {
+            partitions
+                .entry(seg.partition)
+                .or_default()
+                .push(Piece::Segment(seg));
+        }
+    }
+    let newest = u64::MAX;
+    let buffers = snapshot
+        .frozen
+        .into_iter()
+        .chain(std::iter::once((newest, snapshot.live)));
+    for (order, parts) in buffers {
+        for part in parts {
+            if part.batches.is_empty() || !bounds.overlaps(part.min_time, part.max_time) {
+                continue;
+            }
+            partitions
+                .entry(part.partition)
+                .or_default()
+                .push(Piece::Batches {
+                    order,
+                    min: part.min_time,
+                    max: part.max_time,
+                    batches: part.batches,
+                });
+        }
+    }
+    partitions
 }
 
 impl FabrikTable {
@@ -223,32 +263,11 @@ impl FabrikTable {
         let external = |e: crate::StoreError| DataFusionError::External(Box::new(e));
         let snapshot = self.shared.snapshot_table(&self.name);
         let segment_list = snapshot.segments.clone();
-        let mut partitions: BTreeMap<i64, Vec<Piece>> = BTreeMap::new();
-        for seg in snapshot.segments {
-            partitions
-                .entry(seg.partition)
-                .or_default()
-                .push(Piece::Segment(seg));
-        }
-        let buffers = snapshot
-            .frozen
-            .into_iter()
-            .chain(std::iter::once((u64::MAX, snapshot.live)));
-        for (order, parts) in buffers {
-            for part in parts {
-                if !part.batches.is_empty() {
-                    partitions
-                        .entry(part.partition)
-                        .or_default()
-                        .push(Piece::Batches {
-                            order,
-                            min: part.min_time,
-                            max: part.max_time,
-                            batches: part.batches,
-                        });
-                }
-            }
-        }
+        let everything = TimeBounds {
+            min: i64::MIN,
+            max: i64::MAX,
+        };
+        let partitions = pieces_by_partition(snapshot, everything);
         // (order, rows) per piece or merged partition.
         let mut pieces: Vec<(u64, RecordBatch)> = Vec::new();
         for (_, mut partition) in partitions {
@@ -274,17 +293,7 @@ impl FabrikTable {
                 && self.replaces_a_pick(&partition, &picked).await?
             {
                 let order = partition.last().map_or(0, Piece::order);
-                let mut ordered = Vec::new();
-                for piece in partition {
-                    match piece {
-                        Piece::Segment(meta) => {
-                            ordered.extend(read_segment(&self.shared.objects, &meta).await?)
-                        }
-                        Piece::Batches { batches, .. } => ordered.extend(batches),
-                    }
-                }
-                let merged = segments::sort_dedup(&self.schema, &ordered).map_err(external)?;
-                let rows = match merged {
+                let rows = match self.merged(partition).await? {
                     Some(merged) => last_rows_of(&self.schema, &[merged]).map_err(external)?,
                     None => None,
                 };
@@ -330,6 +339,23 @@ impl FabrikTable {
         }
     }
 
+    /// The rows of a partition's pieces merged: oldest piece first, one row per series and
+    /// time, the last written.
+    async fn merged(&self, mut pieces: Vec<Piece>) -> DfResult<Option<RecordBatch>> {
+        pieces.sort_by_key(Piece::order);
+        let mut ordered = Vec::new();
+        for piece in pieces {
+            match piece {
+                Piece::Segment(meta) => {
+                    ordered.extend(read_segment(&self.shared.objects, &meta).await?)
+                }
+                Piece::Batches { batches, .. } => ordered.extend(batches),
+            }
+        }
+        segments::sort_dedup(&self.schema, &ordered)
+            .map_err(|e| DataFusionError::External(Box::new(e)))
+    }
+
     /// True when a piece of `partition` (oldest first) holds a row at the series and time of a
     /// row `picked` from an older piece. Reads the tag and time columns of the newer segments;
     /// the usual case, segments overlapped by the buffer only, reads no file.
@@ -347,9 +373,7 @@ impl FabrikTable {
             let rows = match piece {
                 _ if replaced.is_empty() => Vec::new(),
                 Piece::Segment(meta) => {
-                    use object_store::ObjectStoreExt;
-                    let path = object_store::path::Path::from(meta.path.as_str());
-                    let bytes = self.shared.objects.get(&path).await?.bytes().await?;
+                    let bytes = segment_bytes(&self.shared.objects, meta).await?;
                     segment_columns(bytes, &keys_schema).map_err(external)?
                 }
                 Piece::Batches { batches, .. } => batches
@@ -384,9 +408,7 @@ impl FabrikTable {
         let last = match cached {
             Some(last) => last,
             None => {
-                use object_store::ObjectStoreExt;
-                let path = object_store::path::Path::from(seg.path.as_str());
-                let bytes = self.shared.objects.get(&path).await?.bytes().await?;
+                let bytes = segment_bytes(&self.shared.objects, seg).await?;
                 let last = last_rows_of_segment(bytes).map_err(external)?;
                 self.shared
                     .last_rows_cache
@@ -441,54 +463,12 @@ impl TableProvider for FabrikTable {
             narrow(f, &mut bounds);
         }
 
-        let mut partitions: BTreeMap<i64, Vec<Piece>> = BTreeMap::new();
-        for seg in snapshot.segments {
-            if bounds.overlaps(seg.min_time, seg.max_time) {
-                partitions
-                    .entry(seg.partition)
-                    .or_default()
-                    .push(Piece::Segment(seg));
-            }
-        }
-        let newest = u64::MAX;
-        let buffers = snapshot
-            .frozen
-            .into_iter()
-            .chain(std::iter::once((newest, snapshot.live)));
-        for (order, parts) in buffers {
-            for part in parts {
-                if part.batches.is_empty() || !bounds.overlaps(part.min_time, part.max_time) {
-                    continue;
-                }
-                partitions
-                    .entry(part.partition)
-                    .or_default()
-                    .push(Piece::Batches {
-                        order,
-                        min: part.min_time,
-                        max: part.max_time,
-                        batches: part.batches,
-                    });
-            }
-        }
-
+        let partitions = pieces_by_partition(snapshot, bounds);
         let mut files = Vec::new();
         let mut memory = Vec::new();
-        for (_, mut pieces) in partitions {
+        for (_, pieces) in partitions {
             if pieces.len() > 1 && overlapping(&pieces) {
-                pieces.sort_by_key(Piece::order);
-                let mut ordered = Vec::new();
-                for piece in pieces {
-                    match piece {
-                        Piece::Segment(meta) => {
-                            ordered.extend(read_segment(&self.shared.objects, &meta).await?)
-                        }
-                        Piece::Batches { batches, .. } => ordered.extend(batches),
-                    }
-                }
-                let merged = segments::sort_dedup(&self.schema, &ordered)
-                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
-                memory.extend(merged);
+                memory.extend(self.merged(pieces).await?);
                 continue;
             }
             for piece in pieces {
